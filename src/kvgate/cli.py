@@ -1,0 +1,48 @@
+"""`kvgate` command line: a thin dispatcher to each front door's own CLI module.
+
+Each subcommand lives next to the code it runs (``kvgate.<package>.cli:main``) and parses its own
+arguments, so importing ``kvgate sim`` never loads the gateway or gRPC, and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("kvgate.gateway.cli", "run the OpenAI-compatible gateway in front of model servers"),
+    "epp": ("kvgate.extproc.cli", "run the Envoy ext_proc Endpoint Picker (EPP) server"),
+    "sim": ("kvgate.sim.cli", "run simulated vLLM/SGLang model servers"),
+    "bench": ("kvgate.bench.cli", "run a benchmark scenario"),
+    "demo": ("kvgate.bench.demo", "simulated fleet behind kvgate vs round robin, side by side"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: kvgate <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`kvgate <command> --help` shows each command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if args[0] == "--version":
+        from kvgate import __version__
+
+        print(__version__)
+        return 0
+    entry = COMMANDS.get(args[0])
+    if entry is None:
+        print(f"kvgate: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(entry[0])
+    result = module.main(args[1:])
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""An endpoint (one model-server port of a pool) and the live state the picker reads about it.
+
+Two kinds of state, kept apart on purpose:
+- ``metrics``: what the server itself reports (scraped from ``/metrics``), with the time it was read,
+  so staleness is explicit;
+- ``inflight``: what this picker has dispatched and not yet seen finish. It has no scrape lag, which
+  is why kvgate's default profile leans on it.
+
+Time is always a float in seconds from an injected clock (``time.monotonic`` in production, the
+virtual clock in the fleet simulator), never read here directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class EndpointMetrics:
+    """Server-reported signals, engine-neutral (see datalayer mappings per engine)."""
+
+    waiting_queue_size: int = 0
+    running_requests: int = 0
+    kv_cache_usage: float = 0.0  # 0..1
+    block_size: int | None = None  # tokens per KV block, from cache_config_info
+    num_gpu_blocks: int | None = None
+    max_lora: int | None = None
+    running_loras: frozenset[str] = frozenset()
+    waiting_loras: frozenset[str] = frozenset()
+    updated_at: float | None = None  # clock time of the last successful scrape; None = never
+
+
+@dataclass(slots=True)
+class InFlight:
+    """The picker's own accounting of requests sent to an endpoint and not yet finished."""
+
+    requests: int = 0
+    # Prompt tokens of dispatched requests that have not produced a first token yet (still in prefill
+    # or queued), counting only tokens the picker expects to miss the prefix cache.
+    pending_prefill_tokens: int = 0
+    # Expected decode tokens still to generate (max_tokens or an estimate) over running requests.
+    pending_decode_tokens: int = 0
+    # Requests that have produced their first token and are decoding.
+    decoding: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Endpoint:
+    """One schedulable target: ``address`` is ``ip:port`` (what the gateway connects to)."""
+
+    address: str
+    pool: str = "default"
+    engine: str = "vllm"  # vllm | sglang | trtllm-serve | triton-tensorrt-llm
+    labels: dict[str, str] = field(default_factory=dict)
+    metrics: EndpointMetrics = field(default_factory=EndpointMetrics)
+    inflight: InFlight = field(default_factory=InFlight)
+    # False while ejected after repeated failures (set by the front doors' health tracking).
+    healthy: bool = True
+
+    def __hash__(self) -> int:
+        return hash(self.address)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.address})"

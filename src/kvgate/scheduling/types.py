@@ -1,0 +1,90 @@
+"""What a front door hands the picker, what it gets back, and the typed errors it maps to statuses.
+
+Nothing here knows about HTTP or gRPC: the gateway, the ext_proc server and the virtual-clock fleet
+simulator all build an ``InferenceRequest`` and call the same scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    request_id: str
+    # Model name the endpoint will see (after any rewrite); may be a LoRA adapter name.
+    model: str
+    # Text that prefix matching hashes: completions -> the prompt; chat -> the JSON of ``messages``.
+    prompt_text: str = ""
+    # Estimated prompt tokens (len(prompt_text) / 4 unless a tokenizer gave an exact count).
+    prompt_tokens: int = 0
+    # Exact token ids when known (precise prefix matching needs them); None otherwise.
+    token_ids: list[int] | None = None
+    max_tokens: int | None = None
+    # Set when ``model`` names a LoRA adapter rather than a base model.
+    lora_adapter: str | None = None
+    session_key: str | None = None
+    # InferenceObjective semantics: unset = 0, higher = more important, negative = sheddable.
+    priority: int = 0
+    fairness_id: str = "default-flow"
+    # Subset hint from the gateway (envoy.lb.subset_hint): only these addresses are eligible.
+    subset: frozenset[str] | None = None
+    # Request headers (lower-case names) for plugins that read them, e.g. the conformance filter.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Set by the front door from the clock when the request arrived.
+    arrival_time: float = 0.0
+
+    @property
+    def sheddable(self) -> bool:
+        return self.priority < 0
+
+
+@dataclass(slots=True)
+class PickResult:
+    """The chosen endpoints, best first (several = a fallback list), and how they were chosen."""
+
+    endpoints: list[Any]  # list[kvgate.datalayer.endpoint.Endpoint]
+    profile: str = "default"
+    # Per-profile candidates, plugin scores and weights, and the winner; see scheduling docs.
+    explanation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> Any:
+        return self.endpoints[0]
+
+
+class SchedulingError(Exception):
+    """Base of the picker's typed errors; ``status`` is the HTTP status a front door answers."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequestError(SchedulingError):
+    status = 400
+    code = "invalid_request_error"
+
+
+class ModelNotFoundError(SchedulingError):
+    status = 404
+    code = "model_not_found"
+
+
+class ShedError(SchedulingError):
+    """A sheddable request arrived while the pool is saturated (or flow control rejected it)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+
+class NoCapacityError(SchedulingError):
+    """No endpoint is eligible (none ready, all filtered, subset empty, queue TTL expired)."""
+
+    status = 503
+    code = "service_unavailable"
