@@ -28,6 +28,8 @@ class SimRequest:
     first_token_time: float | None = None
     finish_time: float | None = None
     finish_reason: str | None = None  # "length" | "abort"
+    first_scheduled_time: float | None = None  # step start of its first schedule: queue time = this - arrival
+    num_preemptions: int = 0  # times the engine preempted it (recompute)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -44,6 +46,10 @@ class StepResult:
     finished: list[SimRequest] = field(default_factory=list)
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
+    # Requests scheduled for the first time in this step (their ``first_scheduled_time`` is the step start):
+    # where the metrics front observes queue time.
+    started: list[SimRequest] = field(default_factory=list)
+    num_preempted: int = 0  # requests preempted in this step
 
 
 @dataclass(slots=True)

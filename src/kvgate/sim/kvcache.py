@@ -1,0 +1,223 @@
+"""A paged KV cache with prefix caching, after vLLM V1's block pool.
+
+Blocks are plain ints with parallel arrays (ref counts, hashes) rather than objects, so admission and
+freeing cost O(blocks) with small constants. A full block of tokens gets a 64-bit hash chained on its
+parent's hash (``hash(parent, token ids, lora)``); a cached block whose ref count drops to zero stays
+findable by hash until it is evicted. Free blocks sit in one LRU queue (an ``OrderedDict``: O(1) removal
+when a prefix hit revives one, O(1) pop of the oldest); allocation evicts from its head, like vLLM's
+``FreeKVCacheBlockQueue``.
+
+KV events (``BlockStored``, ``BlockRemoved``, ``AllBlocksCleared``) mirror vLLM's
+``vllm.distributed.kv_events``; the HTTP front serialises them to vLLM's msgpack wire format.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import xxhash
+
+# hash(parent block hash or None, the block's token ids, lora name or None) -> 64-bit int
+BlockHasher = Callable[[int | None, Sequence[int], str | None], int]
+
+
+def xxhash64_block(parent: int | None, token_ids: Sequence[int], lora: str | None) -> int:
+    """Default block hash: xxh64 over the parent hash (8 bytes LE, 0 for none), the token ids (int64 LE)
+    and the LoRA name."""
+    data = (parent or 0).to_bytes(8, "little") + array("q", token_ids).tobytes()
+    if lora:
+        data += lora.encode()
+    return xxhash.xxh64_intdigest(data)
+
+
+def xxhash64_chain(
+    parent: int | None, token_ids: Sequence[int], block_size: int, lora: str | None
+) -> list[int]:
+    """``xxhash64_block`` over consecutive full blocks of ``token_ids``, each chained on the previous one:
+    the same hashes, with one conversion of the tokens to bytes instead of one per block."""
+    raw = array("q", token_ids).tobytes()
+    width = block_size * 8
+    suffix = lora.encode() if lora else b""
+    out: list[int] = []
+    h = parent or 0
+    digest = xxhash.xxh64_intdigest
+    for off in range(0, len(raw) - width + 1, width):
+        h = digest(h.to_bytes(8, "little") + raw[off : off + width] + suffix)
+        out.append(h)
+    return out
+
+
+def lora_int_id(lora: str | None) -> int | None:
+    """A stable positive int for an adapter name (vLLM events carry ``lora_id``; the sim only has names)."""
+    if not lora:
+        return None
+    return xxhash.xxh32_intdigest(lora.encode()) & 0x7FFFFFFF or 1
+
+
+@dataclass(slots=True)
+class BlockStored:
+    block_hashes: list[int]
+    parent_block_hash: int | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None
+    lora_name: str | None = None
+    medium: str | None = "GPU"
+
+
+@dataclass(slots=True)
+class BlockRemoved:
+    block_hashes: list[int]
+    medium: str | None = "GPU"
+
+
+@dataclass(slots=True)
+class AllBlocksCleared:
+    pass
+
+
+KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
+
+
+@dataclass(slots=True)
+class BlockPool:
+    """``num_blocks`` blocks of ``block_size`` tokens; ``events`` collects KV events until drained."""
+
+    num_blocks: int
+    block_size: int
+    enable_caching: bool = True
+    emit_events: bool = False
+    ref: list[int] = field(init=False)
+    block_hash: list[int | None] = field(init=False)
+    cached: dict[int, int] = field(init=False, default_factory=dict)  # hash -> block id
+    free: OrderedDict[int, None] = field(init=False)  # eviction order: oldest first
+    events: list[KVEvent] = field(init=False, default_factory=list)
+    evictions: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.ref = [0] * self.num_blocks
+        self.block_hash = [None] * self.num_blocks
+        self.free = OrderedDict.fromkeys(range(self.num_blocks))
+
+    @property
+    def num_free(self) -> int:
+        """Blocks with no user (cached or not): what an allocation can take."""
+        return len(self.free)
+
+    @property
+    def usage(self) -> float:
+        """vLLM's ``kv_cache_usage_perc``: blocks in use by requests / all blocks."""
+        return 1.0 - len(self.free) / self.num_blocks if self.num_blocks else 0.0
+
+    def lookup(self, hashes: Sequence[int], max_blocks: int) -> list[int]:
+        """The longest run of cached blocks matching ``hashes[:max_blocks]`` from the start."""
+        hit: list[int] = []
+        if not self.enable_caching:
+            return hit
+        cached = self.cached
+        for i in range(min(max_blocks, len(hashes))):
+            bid = cached.get(hashes[i])
+            if bid is None:
+                break
+            hit.append(bid)
+        return hit
+
+    def num_reviving(self, block_ids: Sequence[int]) -> int:
+        """How many of these (hit) blocks are free now, i.e. would leave the free queue when touched."""
+        ref = self.ref
+        return sum(1 for b in block_ids if ref[b] == 0)
+
+    def touch(self, block_ids: Sequence[int]) -> None:
+        ref, free = self.ref, self.free
+        for b in block_ids:
+            if ref[b] == 0:
+                del free[b]
+            ref[b] += 1
+
+    def allocate(self, n: int) -> list[int]:
+        """Take ``n`` blocks from the head of the free queue (caller checked ``num_free``), evicting cached
+        ones."""
+        out: list[int] = []
+        free, ref, block_hash = self.free, self.ref, self.block_hash
+        removed: list[int] = []
+        for _ in range(n):
+            b, _ = free.popitem(last=False)
+            h = block_hash[b]
+            if h is not None:
+                block_hash[b] = None
+                if self.cached.get(h) == b:
+                    del self.cached[h]
+                removed.append(h)
+            ref[b] = 1
+            out.append(b)
+        if removed:
+            self.evictions += len(removed)
+            if self.emit_events:
+                self.events.append(BlockRemoved(removed))
+        return out
+
+    def free_blocks(self, block_ids: Sequence[int]) -> None:
+        """Drop one reference from each block; blocks reaching zero join the free queue's tail, the request's
+        last block first so that its tail is evicted before its (more shareable) head."""
+        ref, free = self.ref, self.free
+        for b in reversed(block_ids):
+            ref[b] -= 1
+            if ref[b] == 0:
+                free[b] = None
+
+    def cache_blocks(
+        self,
+        block_ids: Sequence[int],
+        hashes: Sequence[int],
+        start: int,
+        end: int,
+        tokens: Callable[[int, int], list[int]],
+        lora: str | None,
+    ) -> None:
+        """Register full blocks ``start..end-1`` of a request (``block_ids[i]`` holds tokens of block ``i``,
+        hash ``hashes[i]``). A block whose hash is already cached elsewhere stays an uncached duplicate.
+        Emits one ``BlockStored`` per run of newly registered blocks, as vLLM batches them."""
+        if not self.enable_caching:
+            return
+        cached, block_hash, bs = self.cached, self.block_hash, self.block_size
+        run_start = -1
+        for i in range(start, end):
+            b, h = block_ids[i], hashes[i]
+            new = block_hash[b] is None and h not in cached
+            if new:
+                block_hash[b] = h
+                cached[h] = b
+                if run_start < 0:
+                    run_start = i
+            if self.emit_events and run_start >= 0 and (not new or i == end - 1):
+                last = i + 1 if new else i
+                self.events.append(
+                    BlockStored(
+                        block_hashes=list(hashes[run_start:last]),
+                        parent_block_hash=hashes[run_start - 1] if run_start > 0 else None,
+                        token_ids=tokens(run_start * bs, last * bs),
+                        block_size=bs,
+                        lora_id=lora_int_id(lora),
+                        lora_name=lora,
+                    )
+                )
+                run_start = -1
+            elif not new:
+                run_start = -1
+
+    def reset(self) -> bool:
+        """Forget every cached hash (vLLM's ``reset_prefix_cache``); refused while any block is in use."""
+        if len(self.free) != self.num_blocks:
+            return False
+        self.cached.clear()
+        self.block_hash = [None] * self.num_blocks
+        if self.emit_events:
+            self.events.append(AllBlocksCleared())
+        return True
+
+    def drain_events(self) -> list[KVEvent]:
+        ev, self.events = self.events, []
+        return ev
