@@ -1,0 +1,182 @@
+"""`kvgate epp`: run the Envoy ext_proc Endpoint Picker for one InferencePool.
+
+Flag names follow the reference EPP where they exist (``--grpc-port``, ``--grpc-health-port``,
+``--metrics-port``, ``--secure-serving``, ``--cert-path``, ``--config-file``, ``--config-text``,
+``--pool-name``, ``--pool-namespace``) so a Deployment written for it runs kvgate unchanged, apart from
+the endpoint list: Kubernetes pod discovery is not implemented yet, endpoints come from flags/config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kvgate.extproc import keys
+
+if TYPE_CHECKING:
+    from kvgate.datalayer.store import EndpointStore
+    from kvgate.extproc.metrics import EppMetrics
+    from kvgate.extproc.server import EppServer
+    from kvgate.extproc.session import SessionContext
+    from kvgate.extproc.tls import KeyPair
+
+log = logging.getLogger("kvgate.epp")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parser() -> argparse.ArgumentParser:
+    # No abbreviations: an unknown reference flag must never be read as a prefix of one of ours.
+    p = argparse.ArgumentParser(
+        prog="kvgate epp", description=__doc__.split("\n\n")[0] if __doc__ else None, allow_abbrev=False
+    )
+    src = p.add_argument_group("pool")
+    src.add_argument("--config", help="gateway config YAML (pools, objectives, rewrites); serves one pool")
+    src.add_argument("--pool-name", help="which pool of --config to serve (InferencePool name)")
+    src.add_argument("--pool-namespace", default="default", help="accepted for compatibility; informational")
+    src.add_argument("--endpoints", help="comma-separated ip:port list of the pool's model servers")
+    src.add_argument("--model", action="append", default=[], help="model the pool serves (repeatable)")
+    src.add_argument("--engine", default="vllm", help="vllm | sglang | trtllm-serve | triton-tensorrt-llm")
+    pick = p.add_argument_group("picker")
+    pick.add_argument(
+        "--policy",
+        default="kvgate",
+        help="named policy: kvgate | reference | round-robin | least-request | random",
+    )
+    pick.add_argument("--config-file", help="EndpointPickerConfig YAML (replaces --policy)")
+    pick.add_argument("--config-text", help="EndpointPickerConfig as inline YAML")
+    pick.add_argument("--scrape-interval", type=float, default=0.05, help="seconds between /metrics scrapes")
+    pick.add_argument(
+        "--enable-conformance-hooks",
+        action="store_true",
+        help="honour test-epp-endpoint-selection and report x-conformance-test-served-endpoint",
+    )
+    net = p.add_argument_group("serving")
+    net.add_argument("--host", default="0.0.0.0", help="listen address (all interfaces, as in a pod)")
+    net.add_argument("--port", "--grpc-port", dest="port", type=int, default=keys.DEFAULT_GRPC_PORT)
+    net.add_argument("--grpc-health-port", type=int, default=keys.DEFAULT_HEALTH_PORT)
+    net.add_argument("--metrics-port", type=int, default=keys.DEFAULT_METRICS_PORT)
+    net.add_argument("--plaintext", action="store_true", help="serve ext_proc without TLS")
+    net.add_argument("--secure-serving", type=_bool, default=True, help="reference flag: false = --plaintext")
+    net.add_argument("--cert-path", help="directory with tls.crt and tls.key (a Kubernetes TLS Secret)")
+    net.add_argument("--cert", help="server certificate PEM")
+    net.add_argument("--key", help="server private key PEM")
+    net.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    net.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        default=10_000,
+        help="ext_proc streams (requests) served at once; more are refused with RESOURCE_EXHAUSTED",
+    )
+    net.add_argument(
+        "--tls-hosts",
+        default="localhost,127.0.0.1",
+        help="names/IPs for the generated self-signed certificate",
+    )
+    p.add_argument("--log-level", default="info")
+    return p  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, unknown = parser().parse_known_args(argv)
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=args.log_level.upper(), format=fmt)
+    if unknown:
+        # Reference-only flags (--v, --zap-*, --enable-pprof, ...) must not stop a drop-in replacement.
+        log.warning("ignoring unsupported arguments: %s", " ".join(unknown))
+    from kvgate.datalayer.store import EndpointStore
+    from kvgate.extproc.config import EppConfigError, load
+    from kvgate.extproc.metrics import EppMetrics
+    from kvgate.extproc.picker import build_context
+
+    try:
+        cfg = load(
+            config=args.config, pool_name=args.pool_name, endpoints=args.endpoints, models=args.model,
+            policy=args.policy, engine=args.engine, config_file=args.config_file,
+            config_text=args.config_text, conformance=args.enable_conformance_hooks,
+        )  # fmt: skip
+        pair, client_ca = _tls(args)
+        # Build the picker before serving, so a bad EndpointPickerConfig is a clear exit, not a traceback.
+        store = EndpointStore.from_addresses(cfg.pool.endpoints, pool=cfg.pool.name, engine=cfg.pool.engine)
+        metrics = EppMetrics()
+        ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
+    except (EppConfigError, OSError, ValueError, KeyError) as e:
+        print(f"kvgate epp: {e}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca))
+    return 0
+
+
+def _tls(args: argparse.Namespace) -> tuple[KeyPair | None, bytes | None]:
+    from kvgate.extproc import tls
+
+    client_ca = Path(args.client_ca).read_bytes() if args.client_ca else None
+    if args.plaintext or not args.secure_serving:
+        return None, client_ca
+    if args.cert_path or args.cert or args.key:
+        return tls.load(args.cert_path, args.cert, args.key), client_ca
+    log.info("TLS with a generated self-signed certificate (pass --cert-path for a real one)")
+    return tls.self_signed(tuple(h.strip() for h in args.tls_hosts.split(",") if h.strip())), client_ca
+
+
+async def _serve(
+    args: argparse.Namespace,
+    store: EndpointStore,
+    ctx: SessionContext,
+    metrics: EppMetrics,
+    pair: KeyPair | None,
+    client_ca: bytes | None,
+) -> None:
+    from kvgate.datalayer.scraper import MetricsScraper
+    from kvgate.extproc.server import EppServer, ServerOptions
+
+    opts = ServerOptions(
+        host=args.host, port=args.port, health_port=args.grpc_health_port, metrics_port=args.metrics_port,
+        tls=pair, client_ca=client_ca, max_concurrent_streams=args.max_concurrent_streams,
+    )  # fmt: skip
+    # Ready while some endpoint can be picked (the health tracking may eject them all).
+    server = EppServer(ctx, opts, metrics=metrics, ready=lambda: any(e.healthy for e in store.all()))
+    scraper = MetricsScraper(store, interval=args.scrape_interval, clock=time.monotonic)
+    # Handlers first: a supervisor may signal as soon as it reads the ready line.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await scraper.start()
+    await server.start()
+    # One line a supervisor (or a test) can read: the ports actually bound.
+    print(f"kvgate epp ready grpc={server.port} health={server.health_port} metrics={server.metrics_port} "
+          f"tls={'on' if pair else 'off'} endpoints={len(store)}", flush=True)  # fmt: skip
+
+    pool_gauges = asyncio.create_task(_every_second(ctx.picker, server, stop))
+    await stop.wait()
+    log.info("shutting down: draining streams")
+    await server.stop()
+    await scraper.stop()
+    await pool_gauges
+
+
+async def _every_second(picker: object, server: EppServer, stop: asyncio.Event) -> None:
+    """Refresh the inference_pool_* gauges and the readiness status (per scrape round would be too often)."""
+    update = getattr(picker, "update_pool_metrics", None)
+    while not stop.is_set():
+        if update is not None:
+            update()
+        await server.refresh_health()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)

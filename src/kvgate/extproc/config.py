@@ -1,0 +1,114 @@
+"""What `kvgate epp` serves: one InferencePool's endpoints, its picker config and request policy.
+
+Two ways in, mirroring the reference EPP and the gateway:
+- config-free flags: ``--endpoints a:p,b:p --model NAME [--policy kvgate | --config-file EPC.yaml]``;
+- ``--config gw.yaml``: the gateway's config format (``kvgate.config.gateway``: pools, objectives,
+  rewrites); the EPP serves one pool of it (``--pool-name``, or the only one).
+An ``EndpointPickerConfig`` (``--config-file`` / ``--config-text``, the reference EPP's flags) replaces
+the pool's named policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from kvgate.config.gateway import (
+    GatewayConfig,
+    GatewayConfigError,
+    PoolConfig,
+    config_from_flags,
+    load_gateway_config,
+)
+
+CONFORMANCE_FILTER = "header-based-testing-filter"
+
+
+class EppConfigError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class EppConfig:
+    pool: PoolConfig
+    gateway: GatewayConfig
+    picker_config: dict[str, Any] | None = None
+    conformance_hooks: bool = False
+    max_body_bytes: int = 64 << 20
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def objectives(self) -> dict[str, int]:
+        return self.gateway.objectives
+
+
+def _picker_config(path: str | None, text: str | None) -> dict[str, Any] | None:
+    if path and text:
+        raise EppConfigError("--config-file and --config-text: give one")
+    raw: Any = None
+    try:
+        if path:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f)
+        elif text:
+            raw = yaml.safe_load(text)
+    except OSError as e:
+        raise EppConfigError(f"--config-file: cannot read {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise EppConfigError(f"EndpointPickerConfig is not valid YAML: {e}") from e
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise EppConfigError("EndpointPickerConfig must be a mapping")
+    kind = raw.get("kind", "EndpointPickerConfig")
+    if kind != "EndpointPickerConfig":
+        raise EppConfigError(f"expected kind EndpointPickerConfig, got {kind!r}")
+    return raw
+
+
+def uses_conformance_filter(picker_config: dict[str, Any] | None) -> bool:
+    plugins = (picker_config or {}).get("plugins") or []
+    return any(isinstance(p, dict) and p.get("type") == CONFORMANCE_FILTER for p in plugins)
+
+
+def load(
+    *,
+    config: str | None,
+    pool_name: str | None,
+    endpoints: str | None,
+    models: list[str],
+    policy: str,
+    engine: str,
+    config_file: str | None,
+    config_text: str | None,
+    conformance: bool,
+) -> EppConfig:
+    try:
+        if config:
+            gw = load_gateway_config(config)
+        elif endpoints:
+            gw = config_from_flags(endpoints, models or ["*"], policy=policy, engine=engine)
+        else:
+            raise EppConfigError("give --endpoints (and --model) or --config")
+    except GatewayConfigError as e:
+        raise EppConfigError(str(e)) from e
+    if pool_name:
+        matches = [p for p in gw.pools if p.name == pool_name]
+        if not matches and config:
+            raise EppConfigError(f"--pool-name: no pool {pool_name!r} in {config}")
+        pool = matches[0] if matches else gw.pools[0]
+    elif len(gw.pools) == 1:
+        pool = gw.pools[0]
+    else:
+        names = ", ".join(p.name for p in gw.pools)
+        raise EppConfigError(f"the config has several pools ({names}); choose one with --pool-name")
+    picker = _picker_config(config_file, config_text) or pool.picker_config
+    return EppConfig(
+        pool=pool,
+        gateway=gw,
+        picker_config=picker,
+        conformance_hooks=conformance or uses_conformance_filter(picker),
+        max_body_bytes=gw.limits.max_body_bytes if config else 64 << 20,
+    )

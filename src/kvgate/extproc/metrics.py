@@ -1,0 +1,85 @@
+"""The EPP's own Prometheus metrics, on a private registry so several servers can live in one process.
+
+The metrics port serves this registry together with the process-wide default one (where the picker's
+and scraper's metrics live, per-endpoint pick counts included), as one text exposition.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from aiohttp import web
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from kvgate.extproc.openai import Usage
+from kvgate.scheduling.types import PickResult
+
+_PICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_BYTES_BUCKETS = tuple(float(1 << s) for s in range(8, 27, 2))
+
+
+class EppMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.streams = Gauge("kvgate_epp_streams_active", "ext_proc streams open now", registry=r)
+        self.picks = Counter("kvgate_epp_picks_total", "Requests given an endpoint", registry=r)
+        self.rejections = Counter(
+            "kvgate_epp_rejections_total", "ImmediateResponse errors by HTTP status", ["status"], registry=r
+        )
+        self.pick_seconds = Histogram(
+            "kvgate_epp_pick_duration_seconds",
+            "Time inside the picker per request",
+            buckets=_PICK_BUCKETS,
+            registry=r,
+        )
+        self.body_bytes = Histogram(
+            "kvgate_epp_request_body_bytes", "Request body size", buckets=_BYTES_BUCKETS, registry=r
+        )
+        self.responses = Counter(
+            "kvgate_epp_responses_total", "Responses seen, by outcome", ["ok", "streaming"], registry=r
+        )
+        self.prompt_tokens = Counter("kvgate_epp_prompt_tokens_total", "usage.prompt_tokens", registry=r)
+        self.completion_tokens = Counter(
+            "kvgate_epp_completion_tokens_total", "usage.completion_tokens", registry=r
+        )
+        self.cached_tokens = Counter(
+            "kvgate_epp_cached_prompt_tokens_total", "usage.prompt_tokens_details.cached_tokens", registry=r
+        )
+
+    # Observer protocol used by kvgate.extproc.session
+    def picked(self, result: PickResult, seconds: float, body_bytes: int) -> None:
+        self.picks.inc()
+        self.pick_seconds.observe(seconds)
+        self.body_bytes.observe(body_bytes)
+
+    def rejected(self, status: int) -> None:
+        self.rejections.labels(str(status)).inc()
+
+    def finished(self, usage: Usage | None, ok: bool, streaming: bool) -> None:
+        self.responses.labels(str(ok).lower(), str(streaming).lower()).inc()
+        if usage is not None:
+            self.prompt_tokens.inc(usage.prompt_tokens)
+            self.completion_tokens.inc(usage.completion_tokens)
+            self.cached_tokens.inc(usage.cached_tokens)
+
+    def exposition(self) -> bytes:
+        return generate_latest(REGISTRY) + generate_latest(self.registry)
+
+    async def serve(self, host: str, port: int) -> tuple[web.AppRunner, int]:
+        """Start ``/metrics`` on ``host:port`` (0 = ephemeral); returns the runner and the port."""
+
+        async def handler(_request: web.Request) -> web.Response:
+            return web.Response(body=self.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.router.add_get("/metrics", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        # Bind the socket ourselves so an ephemeral port can be read back.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        await web.SockSite(runner, sock).start()
+        return runner, sock.getsockname()[1]

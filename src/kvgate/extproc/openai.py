@@ -1,0 +1,187 @@
+"""OpenAI-shaped payloads as the EPP sees them: request bodies in, usage and model names out.
+
+The request body is parsed once (orjson); responses are scanned incrementally so a streamed reply is
+never held whole, and an SSE event split across body messages is reassembled from a bounded tail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# An SSE line longer than this is not a usage-bearing event we can afford to buffer: drop it.
+MAX_SSE_LINE = 1 << 20
+
+
+class BodyError(ValueError):
+    """The request body cannot be scheduled (400)."""
+
+
+@dataclass(slots=True)
+class ParsedBody:
+    payload: dict[str, Any]
+    model: str
+    prompt_text: str
+    max_tokens: int | None
+    stream: bool
+
+
+def parse_request_body(raw: bytes) -> ParsedBody:
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BodyError("request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise BodyError("request body has no 'model'")
+    max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    return ParsedBody(
+        payload=payload,
+        model=model,
+        prompt_text=prompt_text(payload),
+        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
+        stream=payload.get("stream") is True,
+    )
+
+
+def prompt_text(payload: dict[str, Any]) -> str:
+    """What prefix matching hashes: completions -> the prompt; chat -> the JSON of ``messages``."""
+    messages = payload.get("messages")
+    if messages is not None:
+        return orjson.dumps(messages).decode()
+    prompt = payload.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        return "".join(prompt)
+    if prompt is not None:  # token ids or mixed: the JSON still gives stable prefixes
+        return orjson.dumps(prompt).decode()
+    inp = payload.get("input")  # embeddings / responses API
+    if isinstance(inp, str):
+        return inp
+    return orjson.dumps(inp).decode() if inp is not None else ""
+
+
+def error_body(status: int, message: str, code: str) -> bytes:
+    kind = "invalid_request_error" if 400 <= status < 500 and status != 429 else code
+    return orjson.dumps({"error": {"message": message, "type": kind, "code": status, "param": None}})
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts from an OpenAI ``usage`` object (the last one seen wins)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+def usage_from(obj: Any) -> Usage | None:
+    if not isinstance(obj, dict):
+        return None
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=_int(usage.get("prompt_tokens")),
+        completion_tokens=_int(usage.get("completion_tokens")),
+        cached_tokens=_int(cached),
+    )
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and v >= 0 else 0
+
+
+def has_output(obj: Any) -> bool:
+    """True when a streamed event carries generated text (the first one marks the first token)."""
+    if not isinstance(obj, dict):
+        return False
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and (delta.get("content") or delta.get("reasoning_content")):
+            return True
+    return False
+
+
+def rewrite_model(obj: Any, model: str) -> bool:
+    if isinstance(obj, dict) and "model" in obj:
+        obj["model"] = model
+        return True
+    return False
+
+
+class SSEScanner:
+    """Incremental ``text/event-stream`` reader: feeds complete ``data:`` lines, keeps a bounded tail.
+
+    With ``rewrite_to`` set, ``feed`` returns the bytes to forward with each event's ``model`` put back
+    to the name the client sent (complete lines only; the tail waits for the next chunk). Without it,
+    ``feed`` returns the input untouched, so pass-through chunks are never delayed.
+    """
+
+    def __init__(self, rewrite_to: str | None = None) -> None:
+        self.rewrite_to = rewrite_to
+        self.usage: Usage | None = None
+        self.saw_output = False
+        self.events = 0
+        self._tail = bytearray()
+        self._skipping = False  # inside an over-long line we gave up on
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self._tail + chunk if self._tail else bytearray(chunk)
+        end = buf.rfind(b"\n")
+        complete, rest = (bytes(buf[: end + 1]), buf[end + 1 :]) if end >= 0 else (b"", buf)
+        out = bytearray()
+        for line in complete.splitlines(keepends=True):
+            if self._skipping:
+                self._skipping = False
+                out += line
+                continue
+            out += self._line(line)
+        if len(rest) > MAX_SSE_LINE:
+            # Forward the oversized partial line untouched and stop buffering it.
+            out += rest
+            rest = bytearray()
+            self._skipping = True
+        self._tail = rest
+        return bytes(out) if self.rewrite_to is not None else chunk
+
+    def finish(self) -> bytes:
+        """End of stream: a last event without a trailing newline."""
+        tail, self._tail = bytes(self._tail), bytearray()
+        if not tail:
+            return b""
+        out = self._line(tail) if not self._skipping else tail
+        return out if self.rewrite_to is not None else b""
+
+    def _line(self, line: bytes) -> bytes:
+        stripped = line.strip()
+        if not stripped.startswith(b"data:"):
+            return line
+        data = stripped[5:].strip()
+        if not data or data == b"[DONE]" or data[:1] != b"{":
+            return line
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return line
+        self.events += 1
+        usage = usage_from(obj)
+        if usage is not None:
+            self.usage = usage
+        if not self.saw_output and has_output(obj):
+            self.saw_output = True
+        if self.rewrite_to is not None and rewrite_model(obj, self.rewrite_to):
+            ending = line[len(line.rstrip(b"\r\n")) :]
+            return b"data: " + orjson.dumps(obj) + ending
+        return line

@@ -1,0 +1,138 @@
+"""The gRPC side: an ``ExternalProcessor`` service over ``Session``, gRPC health and the metrics port."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from kvgate.extproc import keys
+from kvgate.extproc.metrics import EppMetrics
+from kvgate.extproc.session import Session, SessionContext
+from kvgate.extproc.tls import KeyPair, server_credentials
+
+log = logging.getLogger(__name__)
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
+    """One ``Process`` stream per HTTP request; the ``Session`` decides every answer."""
+
+    def __init__(self, ctx: SessionContext, metrics: EppMetrics | None = None) -> None:
+        self.ctx = ctx
+        self.metrics = metrics
+
+    async def Process(
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        session = Session(self.ctx)
+        if self.metrics is not None:
+            self.metrics.streams.inc()
+        try:
+            async for msg in request_iterator:
+                for resp in session.handle(msg):
+                    yield resp
+                if session.done:  # an ImmediateResponse ends the exchange
+                    return
+        finally:
+            # Runs on normal end, on cancellation (client gone) and on errors alike.
+            session.close()
+            if self.metrics is not None:
+                self.metrics.streams.dec()
+
+
+@dataclass(slots=True)
+class ServerOptions:
+    host: str = "0.0.0.0"
+    port: int = keys.DEFAULT_GRPC_PORT
+    health_port: int | None = keys.DEFAULT_HEALTH_PORT
+    metrics_port: int | None = keys.DEFAULT_METRICS_PORT
+    # None = plaintext. The CLI fills a generated self-signed pair unless --plaintext.
+    tls: KeyPair | None = None
+    client_ca: bytes | None = None
+    grace_s: float = 5.0
+    # Each open stream holds at most one request body (bounded) and response buffer: this bounds them all.
+    # Beyond it gRPC answers RESOURCE_EXHAUSTED and the gateway applies its failure mode.
+    max_concurrent_streams: int = 10_000
+
+
+class EppServer:
+    """Owns the three listeners; ports given as 0 are bound ephemerally and read back after ``start``."""
+
+    def __init__(
+        self,
+        ctx: SessionContext,
+        options: ServerOptions,
+        *,
+        metrics: EppMetrics | None = None,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.ctx = ctx
+        self.options = options
+        self.metrics = metrics or EppMetrics()
+        self.ready = ready
+        self.port = 0
+        self.health_port: int | None = None
+        self.metrics_port: int | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._metrics_runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        o = self.options
+        # Envoy's keepalive and message sizes: chunks are <= 62 KB, but allow a large single message.
+        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        self._grpc = grpc.aio.server(options=opts, maximum_concurrent_rpcs=o.max_concurrent_streams)
+        pb_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(self.ctx, self.metrics), self._grpc)
+        addr = f"{o.host}:{o.port}"
+        if o.tls is not None:
+            self.port = self._grpc.add_secure_port(addr, server_credentials(o.tls, o.client_ca))
+        else:
+            self.port = self._grpc.add_insecure_port(addr)
+        await self._grpc.start()
+
+        if o.health_port is not None:
+            # Plaintext like the reference: kubelet's gRPC probes do not speak TLS.
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(f"{o.host}:{o.health_port}")
+            await self._health_server.start()
+        await self.refresh_health()
+
+        if o.metrics_port is not None:
+            self._metrics_runner, self.metrics_port = await self.metrics.serve(o.host, o.metrics_port)
+        log.info(
+            "kvgate epp: ext_proc on %s:%d (%s), health %s, metrics %s",
+            o.host, self.port, "TLS" if o.tls else "plaintext", self.health_port, self.metrics_port,
+        )  # fmt: skip
+
+    async def refresh_health(self) -> None:
+        """Liveness is the process; readiness (and the service itself) needs endpoints to pick from."""
+        await self._health.set("liveness", _SERVING)
+        status = _SERVING if self.ready() else _NOT_SERVING
+        for name in ("readiness", keys.EXT_PROC_SERVICE, keys.LEGACY_HEALTH_SERVICE, ""):
+            await self._health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        g = self.options.grace_s if grace is None else grace
+        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(g)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+
+    async def wait(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()

@@ -1,0 +1,448 @@
+"""One ext_proc stream = one HTTP request: the protocol state machine, with no sockets in it.
+
+Envoy (FULL_DUPLEX_STREAMED for both bodies) sends request headers, request body chunks, then response
+headers and response body chunks. ``Session.handle`` takes each ``ProcessingRequest`` and returns the
+``ProcessingResponse``s to send, in order:
+
+- request headers: held (nothing answered) until the body ends; a body-less request is picked at once;
+- request body: buffered (bounded) to end of stream, parsed, picked; then the headers answer
+  (``clear_route_cache``, destination header + ``envoy.lb`` metadata, control headers stripped) and the
+  body re-chunked into ``StreamedBodyResponse``s of at most 62,000 bytes;
+- response headers: the served endpoint (``envoy.lb`` metadata) fixes the in-flight accounting;
+- response body: SSE passes through (model put back after a rewrite), JSON is buffered (bounded) to read
+  ``usage``; the end of the body closes the accounting with ``on_finished``.
+
+``close()`` runs when the stream ends for any reason, so a cancelled stream still releases its in-flight
+accounting exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+import orjson
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.extproc import headers as hdr
+from kvgate.extproc import keys
+from kvgate.extproc.openai import (
+    BodyError,
+    SSEScanner,
+    Usage,
+    error_body,
+    parse_request_body,
+    rewrite_model,
+    usage_from,
+)
+from kvgate.scheduling.types import (
+    InferenceRequest,
+    NoCapacityError,
+    PickResult,
+    SchedulingError,
+)
+
+log = logging.getLogger(__name__)
+
+_BODY_MODE = processing_mode_pb2.ProcessingMode.BodySendMode
+
+
+class Picker(Protocol):
+    """What the EPP needs from ``kvgate.scheduling.director.Director``."""
+
+    def pick(self, req: InferenceRequest) -> PickResult: ...
+    def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
+    def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None: ...
+
+
+class Observer(Protocol):
+    """Metrics hooks (``kvgate.extproc.metrics.EppMetrics``); all cheap and synchronous."""
+
+    def picked(self, result: PickResult, seconds: float, body_bytes: int) -> None: ...
+    def rejected(self, status: int) -> None: ...
+    def finished(self, usage: Usage | None, ok: bool, streaming: bool) -> None: ...
+
+
+class SessionContext:
+    """Everything a stream shares with the server: the picker, known endpoints, policy knobs."""
+
+    def __init__(
+        self,
+        picker: Picker,
+        endpoints: Callable[[], Mapping[str, Endpoint]],
+        *,
+        clock: Callable[[], float],
+        observer: Observer | None = None,
+        usage_factory: Callable[[Usage], Any] = lambda u: u,
+        objective_priority: Callable[[str], int] = lambda _name: 0,
+        model_rewrite: Callable[[str], str | None] = lambda _model: None,
+        conformance_hooks: bool = False,
+        max_request_body: int = 64 << 20,
+        max_buffered_response: int = 16 << 20,
+    ) -> None:
+        self.picker = picker
+        self.endpoints = endpoints
+        self.clock = clock
+        self.observer = observer
+        self.usage_factory = usage_factory
+        self.objective_priority = objective_priority
+        self.model_rewrite = model_rewrite
+        self.conformance_hooks = conformance_hooks
+        self.max_request_body = max_request_body
+        self.max_buffered_response = max_buffered_response
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+def chunks(body: bytes, size: int = keys.MAX_BODY_CHUNK) -> Iterator[bytes]:
+    if not body:
+        yield b""
+        return
+    view = memoryview(body)
+    for start in range(0, len(body), size):
+        yield bytes(view[start : start + size])
+
+
+def _streamed(body: bytes, *, request: bool, end_of_stream: bool) -> list[pb.ProcessingResponse]:
+    pieces = list(chunks(body))
+    out = []
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        common = pb.CommonResponse(
+            body_mutation=pb.BodyMutation(
+                streamed_response=pb.StreamedBodyResponse(body=piece, end_of_stream=end_of_stream and last)
+            )
+        )
+        br = pb.BodyResponse(response=common)
+        out.append(
+            pb.ProcessingResponse(request_body=br) if request else pb.ProcessingResponse(response_body=br)
+        )
+    return out
+
+
+def immediate(status: int, message: str, code: str) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),
+            headers=hdr.header_mutation({"content-type": "application/json"}),
+            body=error_body(status, message, code),
+            details=f"kvgate_epp_{code}",
+        )
+    )
+
+
+def _without(h: dict[str, str]) -> dict[str, str]:
+    # Conformance hooks off: the picker's header-based-testing-filter must not see the header either,
+    # or any client could steer routing with it.
+    return {k: v for k, v in h.items() if k != keys.TEST_ENDPOINT_SELECTION}
+
+
+class Session:
+    def __init__(self, ctx: SessionContext) -> None:
+        self.ctx = ctx
+        self.done = False  # an ImmediateResponse ended the exchange
+        self.request_headers: dict[str, str] = {}
+        self._subset: frozenset[str] | None = None
+        self._body = bytearray()
+        self._body_finished = False
+        self._generated_request_id: str | None = None
+        self.request: InferenceRequest | None = None
+        self.result: PickResult | None = None
+        self.destination = ""
+        self.endpoint: Endpoint | None = None  # the one the in-flight accounting is charged to
+        self._client_model: str | None = None  # set when the model was rewritten
+        self._finished = False
+        self._first_token = False
+        self.status = 0
+        self.streaming = False
+        self._scanner: SSEScanner | None = None
+        self._resp_buf: bytearray | None = None
+        self.usage: Usage | None = None
+
+    # ---- dispatch -------------------------------------------------------------------------------
+    def handle(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if self.done:
+            return []
+        if msg.HasField("metadata_context"):
+            hint = hdr.subset_hint(msg.metadata_context)
+            if hint is not None:
+                self._subset = hint
+        try:
+            kind = msg.WhichOneof("request")
+            if kind == "request_headers":
+                return self._on_request_headers(msg)
+            if kind == "request_body":
+                return self._on_request_body(msg.request_body)
+            if kind == "request_trailers":
+                out = [] if self._body_finished else self._finish_request(trailers=True)
+                return [*out, pb.ProcessingResponse(request_trailers=pb.TrailersResponse())]
+            if kind == "response_headers":
+                return self._on_response_headers(msg)
+            if kind == "response_body":
+                return self._on_response_body(msg.response_body)
+            if kind == "response_trailers":
+                out = self._flush_response(end_of_stream=False)
+                self._finish(ok=self.status == 200)
+                return [*out, pb.ProcessingResponse(response_trailers=pb.TrailersResponse())]
+            return []
+        except _Reject as rej:
+            return [self._reject(rej.status, rej.message, rej.code)]
+        except SchedulingError as err:
+            return [self._reject(err.status, err.message, err.code)]
+        except Exception:
+            log.exception("ext_proc stream failed")
+            return [self._reject(500, "internal error in the endpoint picker", "internal_error")]
+
+    def _reject(self, status: int, message: str, code: str) -> pb.ProcessingResponse:
+        self.done = True
+        if self.ctx.observer is not None:
+            self.ctx.observer.rejected(status)
+        return immediate(status, message, code)
+
+    # ---- request path ---------------------------------------------------------------------------
+    def _on_request_headers(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        pc = msg.protocol_config
+        if msg.HasField("protocol_config") and pc.request_body_mode in (
+            _BODY_MODE.STREAMED,
+            _BODY_MODE.BUFFERED,
+            _BODY_MODE.BUFFERED_PARTIAL,
+        ):
+            raise _Reject(500, "the gateway must send request bodies FULL_DUPLEX_STREAMED", "internal_error")
+        self.request_headers = hdr.header_dict(msg.request_headers.headers)
+        if not self.request_headers.get(keys.REQUEST_ID):
+            self._generated_request_id = uuid.uuid4().hex
+        if msg.request_headers.end_of_stream:
+            # Body-less (GET /v1/models, health probes): pick at once on headers.
+            self._body_finished = True
+            model = self.request_headers.get("x-gateway-model-name", "")
+            req = self._build_request(model=model, prompt="", max_tokens=None)
+            return self._schedule(req, body=None, body_changed=False)
+        return []
+
+    def _on_request_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+        if self._body_finished:
+            return []
+        chunk = body.body  # one copy out of the protobuf per message
+        if len(self._body) + len(chunk) > self.ctx.max_request_body:
+            raise _Reject(413, f"request body exceeds {self.ctx.max_request_body} bytes", "payload_too_large")
+        self._body += chunk
+        if body.end_of_stream or body.end_of_stream_without_message:
+            return self._finish_request(trailers=False)
+        return []
+
+    def _finish_request(self, *, trailers: bool) -> list[pb.ProcessingResponse]:
+        self._body_finished = True
+        raw = bytes(self._body)
+        self._body = bytearray()  # the bytes live on in `raw` only until re-chunked
+        try:
+            parsed = parse_request_body(raw)
+        except BodyError as exc:
+            raise _Reject(400, str(exc), "invalid_request_error") from None
+        model = parsed.model
+        target = self.request_headers.get(keys.MODEL_REWRITE) or self.ctx.model_rewrite(model)
+        changed = False
+        if target and target != model:
+            self._client_model = model
+            parsed.payload["model"] = target
+            raw = orjson.dumps(parsed.payload)
+            model, changed = target, True
+        req = self._build_request(model=model, prompt=parsed.prompt_text, max_tokens=parsed.max_tokens)
+        # With request trailers the body's end is signalled by the trailers answer, not end_of_stream.
+        return self._schedule(req, body=raw, body_changed=changed, body_eos=not trailers)
+
+    def _build_request(self, *, model: str, prompt: str, max_tokens: int | None) -> InferenceRequest:
+        h = self.request_headers
+        objective = h.get(keys.OBJECTIVE)
+        return InferenceRequest(
+            request_id=self._generated_request_id or h.get(keys.REQUEST_ID, ""),
+            model=model,
+            prompt_text=prompt,
+            prompt_tokens=len(prompt) // 4,
+            max_tokens=max_tokens,
+            session_key=h.get("x-session-id") or None,
+            priority=self.ctx.objective_priority(objective) if objective else 0,
+            fairness_id=h.get(keys.FAIRNESS_ID) or keys.DEFAULT_FAIRNESS_ID,
+            subset=self._effective_subset(),
+            headers=h if self.ctx.conformance_hooks or keys.TEST_ENDPOINT_SELECTION not in h else _without(h),
+            arrival_time=self.ctx.clock(),
+        )
+
+    def _effective_subset(self) -> frozenset[str] | None:
+        subset = self._subset
+        wanted = self.request_headers.get(keys.TEST_ENDPOINT_SELECTION)
+        if self.ctx.conformance_hooks and wanted is not None:
+            # header-based-testing-filter: entries are IP or IP:port; a bare IP matches every port.
+            entries = {e.strip() for e in wanted.split(",") if e.strip()}
+            chosen = frozenset(
+                a for a in self.ctx.endpoints() if a in entries or a.rsplit(":", 1)[0] in entries
+            )
+            subset = chosen if subset is None else subset & chosen
+        return subset
+
+    def _schedule(
+        self, req: InferenceRequest, *, body: bytes | None, body_changed: bool, body_eos: bool = True
+    ) -> list[pb.ProcessingResponse]:
+        if req.subset is not None:
+            known = self.ctx.endpoints()
+            if not any(a in known for a in req.subset):
+                raise NoCapacityError("no endpoint in the subset hint is eligible")
+        start = self.ctx.clock()
+        result = self.ctx.picker.pick(req)
+        if not result.endpoints:
+            raise NoCapacityError("the scheduler returned no endpoint")
+        self.request, self.result = req, result
+        self.destination = ",".join(e.address for e in result.endpoints)
+        self.endpoint = result.endpoints[0]
+        self.ctx.picker.on_dispatched(req, self.endpoint)
+        if self.ctx.observer is not None:
+            self.ctx.observer.picked(result, self.ctx.clock() - start, len(body or b""))
+
+        sets = {keys.DESTINATION_ENDPOINT: self.destination}
+        if body_changed and body is not None:
+            sets["content-length"] = str(len(body))
+        if self._generated_request_id:
+            sets[keys.REQUEST_ID] = self._generated_request_id
+        removes = [k for k in keys.STRIPPED_REQUEST_HEADERS if k in self.request_headers]
+        headers_resp = pb.ProcessingResponse(
+            request_headers=pb.HeadersResponse(
+                response=pb.CommonResponse(
+                    clear_route_cache=True,
+                    header_mutation=hdr.header_mutation(sets, removes),
+                )
+            ),
+            dynamic_metadata=hdr.destination_metadata(self.destination),
+        )
+        if body is None:
+            return [headers_resp]
+        return [headers_resp, *_streamed(body, request=True, end_of_stream=body_eos)]
+
+    # ---- response path --------------------------------------------------------------------------
+    def _on_response_headers(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        h = hdr.header_dict(msg.response_headers.headers)
+        try:
+            self.status = int(h.get(":status", "0"))
+        except ValueError:
+            self.status = 0
+        self.streaming = h.get("content-type", "").startswith("text/event-stream")
+        served = hdr.served_endpoint(msg.metadata_context) if msg.HasField("metadata_context") else None
+        if served is not None:
+            self._move_to(served)
+        sets: dict[str, str] = {}
+        removes: list[str] = []
+        if self.ctx.conformance_hooks:
+            sets[keys.CONFORMANCE_SERVED] = served or (self.endpoint.address if self.endpoint else "")
+        if self._client_model is not None and self.status == 200:
+            removes.append("content-length")  # the body's length changes when the model is put back
+        if self.streaming:
+            self._scanner = SSEScanner(rewrite_to=self._client_model if self.status == 200 else None)
+        else:
+            self._resp_buf = bytearray()
+        if self.status == 200 and not self.streaming:
+            # A non-streamed reply arrives whole: its headers come after generation is done.
+            self._mark_first_token()
+        resp = pb.ProcessingResponse(
+            response_headers=pb.HeadersResponse(
+                response=pb.CommonResponse(header_mutation=hdr.header_mutation(sets, removes))
+            )
+        )
+        if msg.response_headers.end_of_stream:
+            self._finish(ok=self.status == 200)
+        return [resp]
+
+    def _move_to(self, served: str) -> None:
+        """The gateway fell back to another address of the list: charge that one instead."""
+        if self.endpoint is None or self.request is None or served == self.endpoint.address:
+            return
+        candidates = {e.address: e for e in (self.result.endpoints if self.result else [])}
+        target = candidates.get(served) or self.ctx.endpoints().get(served)
+        if target is None:
+            log.warning("gateway reports served endpoint %s that is not in the pool", served)
+            return
+        # The primary was skipped by the gateway (connect failure): close it as failed.
+        self.ctx.picker.on_finished(self.request, self.endpoint, None, False)
+        self.endpoint = target
+        self.ctx.picker.on_dispatched(self.request, target)
+
+    def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+        eos = body.end_of_stream or body.end_of_stream_without_message
+        chunk = body.body
+        if self._scanner is not None:
+            out = self._scanner.feed(chunk)
+            if self._scanner.saw_output:
+                self._mark_first_token()
+            if eos:
+                out += self._scanner.finish()
+                self.usage = self._scanner.usage
+                self._finish(ok=self.status == 200)
+            if not out and not eos:
+                return []
+            return _streamed(out, request=False, end_of_stream=eos)
+        if self._resp_buf is None:  # no headers seen, or too large to hold: pass through untouched
+            if eos:
+                self._finish(ok=self.status == 200)
+            return _streamed(chunk, request=False, end_of_stream=eos)
+        if len(self._resp_buf) + len(chunk) > self.ctx.max_buffered_response:
+            # Too large to hold: give up on usage, forward what we have and pass the rest through.
+            held, self._resp_buf = bytes(self._resp_buf) + chunk, None
+            if eos:
+                self._finish(ok=self.status == 200)
+            return _streamed(held, request=False, end_of_stream=eos)
+        self._resp_buf += chunk
+        if not eos:
+            return []
+        return self._flush_response(end_of_stream=True)
+
+    def _flush_response(self, *, end_of_stream: bool) -> list[pb.ProcessingResponse]:
+        if self._scanner is not None:
+            rest = self._scanner.finish()
+            self.usage = self._scanner.usage
+            self._scanner = None
+            return _streamed(rest, request=False, end_of_stream=end_of_stream) if rest else []
+        if self._resp_buf is None:
+            return []
+        raw, self._resp_buf = bytes(self._resp_buf), None
+        if raw:
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                obj = None
+            self.usage = usage_from(obj)
+            rewrite = self._client_model if self.status == 200 else None
+            if rewrite is not None and rewrite_model(obj, rewrite):
+                raw = orjson.dumps(obj)
+        self._finish(ok=self.status == 200)
+        return _streamed(raw, request=False, end_of_stream=end_of_stream)
+
+    # ---- accounting -----------------------------------------------------------------------------
+    def _mark_first_token(self) -> None:
+        if self._first_token or self.endpoint is None or self.request is None:
+            return
+        self._first_token = True
+        self.ctx.picker.on_first_token(self.request, self.endpoint)
+
+    def _finish(self, *, ok: bool) -> None:
+        if self._finished or self.endpoint is None or self.request is None:
+            return
+        self._finished = True
+        usage = self.ctx.usage_factory(self.usage) if self.usage is not None else None
+        self.ctx.picker.on_finished(self.request, self.endpoint, usage, ok)
+        if self.ctx.observer is not None:
+            self.ctx.observer.finished(self.usage, ok, self.streaming)
+
+    def close(self) -> None:
+        """The stream ended (normally, cancelled, or the client went away)."""
+        if self._finished or self.endpoint is None:
+            return
+        # Gone before response headers: the server may never have been reached -> not ok. Gone after
+        # a 200: the client left, the server was fine.
+        self._finish(ok=self.status == 200)

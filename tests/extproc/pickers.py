@@ -1,0 +1,23 @@
+"""The picker the EPP tests run against: kvgate's real Director, optionally returning fallback lists."""
+
+from __future__ import annotations
+
+import time
+
+import yaml
+
+from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.picker import build_picker as build
+from kvgate.extproc.session import Picker
+from kvgate.scheduling.policies import policy_yaml
+
+
+def build_picker(store: EndpointStore, *, policy: str = "kvgate", fallbacks: int = 1) -> Picker:
+    if fallbacks == 1:
+        return build(None, store, policy=policy, clock=time.monotonic)
+    # The profile picks several endpoints: the EPP answers with a comma-separated fallback list.
+    doc = yaml.safe_load(policy_yaml(policy))
+    for plugin in doc["plugins"]:
+        if plugin["type"] == "max-score-picker":
+            plugin["parameters"] = {"maxNumOfEndpoints": fallbacks}
+    return build(doc, store, clock=time.monotonic)

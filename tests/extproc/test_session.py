@@ -1,0 +1,150 @@
+"""The state machine without sockets: error mapping, and the SSE scanner under arbitrary chunking."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import orjson
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.extproc.openai import SSEScanner
+from kvgate.extproc.session import Session, SessionContext
+from kvgate.extproc.testing import header_map
+from kvgate.scheduling.types import (
+    BadRequestError,
+    InferenceRequest,
+    ModelNotFoundError,
+    NoCapacityError,
+    PickResult,
+    ShedError,
+)
+
+EP = Endpoint("127.0.0.1:18201")
+
+
+class Raising:
+    """A picker that fails the way the Director does; it must never be charged for a request."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+        self.dispatched = 0
+
+    def pick(self, req: InferenceRequest) -> PickResult:
+        raise self.exc
+
+    def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+        self.dispatched += 1
+
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
+
+    def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None: ...
+
+
+def _run(picker: Any) -> pb.ProcessingResponse:
+    ctx = SessionContext(picker, lambda: {EP.address: EP}, clock=time.monotonic)
+    s = Session(ctx)
+    headers = pb.HttpHeaders(headers=header_map({":method": "POST", ":path": "/v1/completions"}))
+    assert s.handle(pb.ProcessingRequest(request_headers=headers)) == []
+    body = pb.HttpBody(body=orjson.dumps({"model": "m", "prompt": "p"}), end_of_stream=True)
+    (out,) = s.handle(pb.ProcessingRequest(request_body=body))
+    s.close()
+    assert s.done
+    return out
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (BadRequestError("bad"), 400),
+        (ModelNotFoundError("no such model"), 404),
+        (ShedError("saturated"), 429),
+        (NoCapacityError("nothing ready"), 503),
+        (RuntimeError("bug"), 500),
+    ],
+)
+def test_picker_errors_become_immediate_responses(exc: Exception, status: int) -> None:
+    picker = Raising(exc)
+    out = _run(picker)
+    assert out.WhichOneof("response") == "immediate_response"
+    assert out.immediate_response.status.code == status
+    err = orjson.loads(out.immediate_response.body)["error"]
+    assert err["code"] == status
+    # An internal error never leaks its text; typed errors explain themselves.
+    assert ("bug" not in err["message"]) if status == 500 else (str(exc) == err["message"])
+    assert picker.dispatched == 0
+
+
+STREAM_EVENTS = [
+    {"model": "m-rewritten", "choices": [{"delta": {"content": "a"}}]},
+    {"model": "m-rewritten", "choices": [{"delta": {"content": "\u00e9\u4e16"}}]},
+    {"model": "m-rewritten", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 2,
+                                                       "prompt_tokens_details": {"cached_tokens": 5}}},
+]  # fmt: skip
+STREAM = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in STREAM_EVENTS) + b"data: [DONE]\n\n"
+
+
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), max_size=12, unique=True))
+def test_sse_scanner_is_independent_of_chunking(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(STREAM)]
+    pieces = [STREAM[a:b] for a, b in itertools.pairwise(bounds)]
+    passthrough, rewriting = SSEScanner(), SSEScanner(rewrite_to="m")
+    out_pass = b"".join(passthrough.feed(p) for p in pieces) + passthrough.finish()
+    out_rw = b"".join(rewriting.feed(p) for p in pieces) + rewriting.finish()
+    assert out_pass == STREAM  # untouched, byte for byte
+    assert out_rw == STREAM.replace(b'"model":"m-rewritten"', b'"model":"m"')
+    for scanner in (passthrough, rewriting):
+        assert scanner.usage is not None
+        assert (
+            scanner.usage.prompt_tokens,
+            scanner.usage.completion_tokens,
+            scanner.usage.cached_tokens,
+        ) == (
+            12,
+            2,
+            5,
+        )
+        assert scanner.saw_output
+
+
+def test_sse_scanner_bounds_an_endless_line() -> None:
+    scanner = SSEScanner(rewrite_to="m")
+    huge = b"data: " + b"x" * (2 << 20)
+    out = scanner.feed(huge[: 1 << 20]) + scanner.feed(huge[1 << 20 :]) + scanner.feed(b"\n\n")
+    assert out == huge + b"\n\n"  # forwarded untouched, never held whole
+    assert len(scanner._tail) == 0
+
+
+def test_gateway_in_another_body_mode_is_refused() -> None:
+    from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+
+    ctx = SessionContext(Raising(RuntimeError()), lambda: {EP.address: EP}, clock=time.monotonic)
+    msg = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map({":method": "POST"})))
+    msg.protocol_config.request_body_mode = processing_mode_pb2.ProcessingMode.BUFFERED
+    (out,) = Session(ctx).handle(msg)
+    assert out.immediate_response.status.code == 500
+    assert b"FULL_DUPLEX_STREAMED" in out.immediate_response.body
+
+
+def test_weighted_rewrite_follows_the_weights() -> None:
+    from kvgate.config.gateway import RewriteRule, RewriteTarget
+    from kvgate.extproc.picker import WeightedRewriter
+
+    rw = WeightedRewriter(
+        [
+            RewriteRule(["base"], [RewriteTarget("base", 3), RewriteTarget("canary", 1)]),
+            RewriteRule([], [RewriteTarget("fallback", 1)]),
+        ],
+        seed=7,
+    )
+    draws = [rw("base") for _ in range(4000)]
+    # Drawing the client's own model leaves the request untouched (None); a quarter goes to the canary.
+    assert set(draws) == {None, "canary"}
+    assert 0.22 < draws.count("canary") / len(draws) < 0.28
+    assert rw("anything-else") == "fallback"  # a rule without matches applies to every model
