@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import OrderedDict
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -84,7 +87,7 @@ def test_touching_a_free_cached_block_revives_it() -> None:
     assert pool.num_free == 0 and pool.ref[x] == 1
     pool.free_blocks([x, y, z])
     # Freed in reverse: the request's tail block goes first.
-    assert list(pool.free) == [z, y, x]
+    assert pool.free_order() == [z, y, x]
 
 
 def test_block_stored_batches_runs_and_skips_duplicates() -> None:
@@ -144,8 +147,62 @@ def test_pool_invariants_under_random_operations(ops: list[tuple[str, int]]) -> 
                 pool.touch(hit)
                 held.append(hit)
         # Free queue == blocks nobody holds; the hash index points at blocks carrying that hash.
-        assert set(pool.free) == {b for b in range(8) if pool.ref[b] == 0}
+        free = pool.free_order()
+        assert len(free) == len(set(free)) == pool.num_free
+        assert set(free) == {b for b in range(8) if b >= len(pool.ref) or pool.ref[b] == 0}
         assert all(r >= 0 for r in pool.ref)
         assert sum(len(h) for h in held) == sum(pool.ref)
         for h, b in pool.cached.items():
             assert pool.block_hash[b] == h
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["alloc", "free", "hit"]), st.integers(0, 7)), max_size=400))
+def test_free_queue_order_matches_a_plain_lru(ops: list[tuple[str, int]]) -> None:
+    _check_against_plain_lru(ops)
+
+
+def test_free_queue_stays_bounded_over_a_long_run() -> None:
+    # Enough frees that stale entries would pile up without compaction (> 2 * blocks + 64 of them).
+    rng = random.Random(5)
+    ops = [(rng.choice(["alloc", "free", "free", "hit"]), rng.randrange(8)) for _ in range(5000)]
+    assert _check_against_plain_lru(ops) > 10 * (2 * 6 + 64)
+
+
+def _check_against_plain_lru(ops: list[tuple[str, int]]) -> int:
+    # The pool's lazy queue (fresh counter + deque with stale entries + compaction) against the obvious
+    # model: an ordered dict of free blocks, revival deletes, freeing appends, allocation pops the oldest.
+    pool = BlockPool(num_blocks=6, block_size=1)
+    frees = 0
+    model: OrderedDict[int, None] = OrderedDict.fromkeys(range(6))
+    refs = [0] * 6
+    held: list[list[int]] = []
+    for op, k in ops:
+        if op == "alloc" and pool.num_free >= 1:
+            n = 1 + k % min(3, pool.num_free)
+            blocks = pool.allocate(n)
+            assert blocks == [model.popitem(last=False)[0] for _ in range(n)]
+            for b in blocks:
+                refs[b] = 1
+            pool.cache_blocks(blocks, [k * 10 + i for i in range(n)], 0, n, _tokens, None)
+            held.append(blocks)
+        elif op == "free" and held:
+            blocks = held.pop(k % len(held))
+            pool.free_blocks(blocks)
+            for b in reversed(blocks):
+                refs[b] -= 1
+                if refs[b] == 0:
+                    model[b] = None
+                    frees += 1
+        elif op == "hit":
+            hit = pool.lookup([k * 10, k * 10 + 1], 2)
+            if hit:
+                pool.touch(hit)
+                for b in hit:
+                    if refs[b] == 0:
+                        del model[b]
+                    refs[b] += 1
+                held.append(hit)
+        assert pool.free_order() == list(model)
+        assert len(pool._queue) <= 2 * pool.num_blocks + 64  # stale entries are bounded
+    return frees

@@ -1,0 +1,253 @@
+"""How many concurrent streams one simulator process sustains before its step clock falls behind real time.
+
+    python -m kvgate.bench.sim_capacity [--levels 1,32,64,128,256,512] [--seconds 6] [--replicas 1]
+
+Starts ``kvgate sim`` (``--time-scale 1``) in its own process, then for each concurrency level runs that many
+closed-loop streaming clients (this process, uvloop) against it and reads the replicas' ``/sim/state``
+before and after a measurement window. Per level it prints:
+
+- ``late%``: the share of engine steps delivered more than ``late_slack`` (2 ms) after their deadline;
+- ``lag mean/max``: how far behind the wall clock the steps were delivered;
+- ``load``: wall time the steps should take / window (the same-run baseline: <= 1.0 per replica when the
+  driver keeps up, since steps are chained on deadlines; a replica that is busy all the time reads 1.0);
+- ``tok/s``: streamed tokens the clients received, and ``sim tok/s``: tokens the engines produced.
+
+The first level (1 stream) is the same-run baseline (timer jitter on this machine): a level is
+*sustained* while its mean lag stays within ``--max-lag-ms`` (5 ms) of the baseline's and its ``load`` at
+least ``--min-load`` (0.9) of the baseline's, i.e. the step clock keeps pace with the wall clock. Steps are
+chained on deadlines, so a process that cannot keep up shows a lag that grows without bound and a load
+that drops, not jitter. ``late%`` is printed for reference. The clients share the machine with the
+simulator, so the figures are for this machine, clients included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from kvgate.bench.workloads import random_ids, render
+
+
+@dataclass(slots=True)
+class Level:
+    concurrency: int
+    steps: int
+    late: int
+    lag_sum: float
+    lag_max: float
+    step_time: float
+    window: float
+    client_tokens: int
+    sim_tokens: int
+    errors: int
+
+    @property
+    def late_frac(self) -> float:
+        return self.late / self.steps if self.steps else 0.0
+
+    @property
+    def lag_mean_ms(self) -> float:
+        return 1000 * self.lag_sum / self.steps if self.steps else 0.0
+
+
+def start_sim(args: argparse.Namespace) -> tuple[subprocess.Popen[str], list[str]]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "kvgate.cli",
+        "sim",
+        "--base-port",
+        "0",
+        "--replicas",
+        str(args.replicas),
+        "--profile",
+        args.profile,
+        "--time-scale",
+        str(args.time_scale),
+        "--stream-interval",
+        str(args.stream_interval),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    urls: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.match(r"replica \d+: (\S+)", line)
+        if m:
+            urls.append(m.group(1))
+        if line.startswith("serving"):
+            return proc, urls
+    raise RuntimeError(f"kvgate sim exited with {proc.wait()}")
+
+
+async def _state(s: aiohttp.ClientSession, urls: list[str]) -> list[dict[str, float]]:
+    out = []
+    for u in urls:
+        async with s.get(u + "/sim/state") as r:
+            out.append(orjson.loads(await r.read()))
+    return out
+
+
+class Clients:
+    """``n`` closed-loop streaming clients; each counts the token chunks it receives."""
+
+    def __init__(self, urls: list[str], prompts: list[str], max_tokens: int) -> None:
+        self.urls, self.prompts, self.max_tokens = urls, prompts, max_tokens
+        self.tokens = 0
+        self.errors = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _worker(self, s: aiohttp.ClientSession, i: int) -> None:
+        url = self.urls[i % len(self.urls)] + "/v1/completions"
+        k = i
+        while True:
+            body = {
+                "model": "sim-model",
+                "prompt": self.prompts[k % len(self.prompts)],
+                "max_tokens": self.max_tokens,
+                "stream": True,
+            }
+            k += 7
+            try:
+                async with s.post(url, json=body) as resp:
+                    if resp.status != 200:
+                        self.errors += 1
+                        await resp.read()
+                        continue
+                    async for line in resp.content:
+                        if line.startswith(b"data: {"):
+                            self.tokens += 1
+            except aiohttp.ClientError:
+                self.errors += 1
+                await asyncio.sleep(0.05)
+
+    def resize(self, s: aiohttp.ClientSession, n: int) -> None:
+        while len(self._tasks) < n:
+            self._tasks.append(asyncio.create_task(self._worker(s, len(self._tasks))))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+
+
+async def run(args: argparse.Namespace, urls: list[str]) -> list[Level]:
+    rng = random.Random(args.seed)
+    prompts = [render(random_ids(rng, args.prompt_tokens)) for _ in range(64)]
+    levels = [int(x) for x in args.levels.split(",")]
+    results: list[Level] = []
+    conn = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+        clients = Clients(urls, prompts, args.max_tokens)
+        for n in levels:
+            clients.resize(s, n)  # ramp: the clients of lower levels keep running
+            await asyncio.sleep(args.warmup)
+            a = await _state(s, urls)
+            tok0, err0, t0 = clients.tokens, clients.errors, time.perf_counter()
+            await asyncio.sleep(args.seconds)
+            b = await _state(s, urls)
+            window = time.perf_counter() - t0
+            lv = Level(
+                concurrency=n,
+                steps=int(sum(y["steps"] - x["steps"] for x, y in zip(a, b, strict=True))),
+                late=int(sum(y["steps_late"] - x["steps_late"] for x, y in zip(a, b, strict=True))),
+                lag_sum=sum(y["step_lag_sum_s"] - x["step_lag_sum_s"] for x, y in zip(a, b, strict=True)),
+                lag_max=max(y["step_lag_max_s"] for y in b),
+                step_time=sum(y["step_time_s"] - x["step_time_s"] for x, y in zip(a, b, strict=True)),
+                window=window,
+                client_tokens=clients.tokens - tok0,
+                sim_tokens=int(
+                    sum(
+                        y["generation_tokens_total"] - x["generation_tokens_total"]
+                        for x, y in zip(a, b, strict=True)
+                    )
+                ),
+                errors=clients.errors - err0,
+            )
+            results.append(lv)
+            _print_row(lv, len(urls))
+            if lv.lag_mean_ms > args.stop_lag_ms:
+                break  # far past capacity: further levels only take longer
+        await clients.stop()
+    return results
+
+
+def _print_row(lv: Level, replicas: int) -> None:
+    print(
+        f"{lv.concurrency:>6} {lv.steps / lv.window:>8.0f} {100 * lv.late_frac:>6.1f} {lv.lag_mean_ms:>9.2f} "
+        f"{1000 * lv.lag_max:>9.1f} {lv.step_time / lv.window / replicas:>6.2f} "
+        f"{lv.client_tokens / lv.window:>9.0f} {lv.sim_tokens / lv.window:>9.0f} {lv.errors:>6}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m kvgate.bench.sim_capacity", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--levels", default="1,32,64,128,256,512", help="concurrencies, ramped; first = baseline")
+    p.add_argument("--seconds", type=float, default=6.0, help="measurement window per level")
+    p.add_argument("--warmup", type=float, default=2.0, help="settle time after each ramp step")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--profile", default="llama3-8b-h100")
+    p.add_argument("--time-scale", type=float, default=1.0)
+    p.add_argument("--prompt-tokens", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--max-lag-ms", type=float, default=5.0, help="mean lag over the baseline's allowed")
+    p.add_argument("--min-load", type=float, default=0.9, help="load (step clock / wall) vs the baseline's")
+    p.add_argument("--stream-interval", type=int, default=1, help="the sim's --stream-interval")
+    p.add_argument("--stop-lag-ms", type=float, default=100.0, help="stop ramping past this mean lag")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    proc, urls = start_sim(args)
+    try:
+        print(
+            f"sim: {args.replicas} replica(s), profile {args.profile}, time-scale {args.time_scale}; "
+            f"prompt {args.prompt_tokens} tokens, {args.max_tokens} output tokens, streaming"
+        )
+        print(
+            f"{'conc':>6} {'steps/s':>8} {'late%':>6} {'lag ms':>9} {'max ms':>9} {'load':>6} "
+            f"{'tok/s':>9} {'sim tok/s':>9} {'errors':>6}"
+        )
+        import uvloop
+
+        results = uvloop.run(run(args, urls))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if not results:
+        return 1
+    base = results[0]
+    lag_cap = base.lag_mean_ms + args.max_lag_ms
+    load_floor = args.min_load * base.step_time / base.window
+    best = 0
+    for r in results:  # the highest level before the first one past the caps
+        if r.lag_mean_ms > lag_cap or r.step_time / r.window < load_floor:
+            break
+        best = r.concurrency
+    print(
+        f"sustained: {best} concurrent streams (mean lag <= {lag_cap:.2f} ms, load >= {load_floor:.2f};"
+        f" baseline at {base.concurrency} stream(s)) in one sim process with {args.replicas} replica(s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

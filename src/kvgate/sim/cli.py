@@ -1,0 +1,115 @@
+"""``kvgate sim``: serve N simulated vLLM/SGLang replicas from one process (one uvloop event loop)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from kvgate.sim.profiles import profile_names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvgate sim", description="Run simulated vLLM/SGLang model servers.")
+    p.add_argument("--replicas", type=int, default=1, help="replicas in this process (default 1)")
+    p.add_argument(
+        "--profile", default="llama3-8b-h100", help=f"step-time profile: {', '.join(profile_names())}"
+    )
+    p.add_argument("--base-port", type=int, default=8001, help="replica i listens on base+i (0: ephemeral)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--model", default="sim-model", help="served model name")
+    p.add_argument("--engine", choices=("vllm", "sglang"), default="vllm", help="metric names to expose")
+    p.add_argument("--time-scale", type=float, default=1.0, help="> 1 runs faster than real time")
+    p.add_argument("--max-num-seqs", type=int, default=0, help="0: the profile's default")
+    p.add_argument("--max-num-batched-tokens", type=int, default=0, help="0: the profile's default")
+    p.add_argument("--num-gpu-blocks", type=int, default=0, help="0: from the profile's GPU memory")
+    p.add_argument("--block-size", type=int, default=0, help="0: the profile's (16)")
+    p.add_argument("--max-model-len", type=int, default=0, help="0: the model's, capped by the KV cache")
+    p.add_argument("--max-loras", type=int, default=1)
+    p.add_argument("--lora-adapters", default="", help="comma-separated adapters loaded at start")
+    p.add_argument(
+        "--kv-events-port",
+        type=int,
+        default=None,
+        help="publish KV events: replica i PUB on P+2i, replay ROUTER on P+2i+1 (0: ephemeral)",
+    )
+    p.add_argument("--kv-topic", default="kv")
+    p.add_argument("--control-port", type=int, default=None, help="fleet admin port (stop/start/faults)")
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="exit after this many seconds (0: until signal)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for fault injection draws")
+    p.add_argument("--stream-interval", type=int, default=1, help="stream tokens in groups of N (vLLM's)")
+    p.add_argument("--late-slack-ms", type=float, default=5.0, help="a step this late counts as late")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from kvgate.sim.fleet import SimFleet
+
+    loras = tuple(a for a in args.lora_adapters.split(",") if a)
+    fleet = SimFleet(
+        args.replicas,
+        base_port=args.base_port,
+        kv_events_port=args.kv_events_port,
+        control_port=args.control_port,
+        model=args.model,
+        engine=args.engine,
+        profile=args.profile,
+        time_scale=args.time_scale,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        num_gpu_blocks=args.num_gpu_blocks,
+        block_size=args.block_size,
+        max_model_len=args.max_model_len,
+        max_loras=args.max_loras,
+        lora_adapters=loras,
+        host=args.host,
+        kv_topic=args.kv_topic,
+        seed=args.seed,
+        late_slack_s=args.late_slack_ms / 1000.0,
+        stream_interval=args.stream_interval,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with fleet:
+        for r in fleet.replicas:
+            kv = f" kv-events {r.kv.endpoint} replay {r.kv.replay_endpoint}" if r.kv is not None else ""
+            print(f"replica {r.index}: {r.url}{kv}", flush=True)
+        if fleet.control_port is not None:
+            print(f"control: http://{args.host}:{fleet.control_port}/sim/replicas", flush=True)
+        print(
+            f"serving {args.replicas} x {args.model} ({args.engine}, {args.profile}, "
+            f"time-scale {args.time_scale}); Ctrl-C stops",
+            flush=True,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.duration or None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.replicas < 1 or args.time_scale <= 0 or args.stream_interval < 1:
+        print("kvgate sim: --replicas and --stream-interval must be >= 1, --time-scale > 0", file=sys.stderr)
+        return 2
+    import uvloop
+
+    try:
+        return uvloop.run(_serve(args))
+    except (OSError, ValueError, KeyError) as e:
+        print(f"kvgate sim: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
