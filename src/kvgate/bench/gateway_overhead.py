@@ -1,0 +1,624 @@
+"""What a router costs on the data path: kvgate vs the Rust peers, in front of the same instant backend.
+
+    python -m kvgate.bench.gateway_overhead [--requests 3000] [--concurrency 64] [--repeats 3]
+                                            [--paths direct,kvgate-rr,...] [--streams 10000]
+
+Everything runs on 127.0.0.1; as root the script re-executes itself inside a loopback-only network
+namespace (``unshare -n`` + ``ip link set lo up``) so nothing can reach outside. Three processes per
+measurement: a fast backend (raw asyncio protocol on uvloop, answers at once), the router under test,
+and a lean load generator (keep-alive connections, one request in flight each). Paths are interleaved
+across repeats and medians reported. The router's CPU per request comes from ``/proc/<pid>/stat``
+(utime + stime, all threads) over the measured window only.
+
+The second part measures how many concurrent streaming connections kvgate holds (the backend sends
+one SSE chunk and holds each stream open) and its resident memory per held connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BODY = b'{"model":"m","prompt":"Say hello to the benchmark","max_tokens":8}'
+STREAM_BODY = b'{"model":"m","prompt":"Say hello","max_tokens":8,"stream":true}'
+NOFILE = 200_000
+
+# --- fast backend -----------------------------------------------------------------------------------
+
+_COMPLETION = json.dumps(
+    {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "text": " hello", "finish_reason": "length", "logprobs": None}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 8, "total_tokens": 15},
+    },
+    separators=(",", ":"),
+).encode()
+_METRICS = (
+    b'# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name="m"} 0\n'
+    b'# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name="m"} 0\n'
+    b'# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name="m"} 0.1\n'
+)
+_INFO = json.dumps(
+    {
+        "model_path": "m",
+        "tokenizer_path": "m",
+        "is_generation": True,
+        "served_model_name": "m",
+        "version": "0.0.0",
+    }
+).encode()
+_MODELS = json.dumps(
+    {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "bench"}]}
+).encode()
+
+
+def _http(status: str, body: bytes, ctype: bytes = b"application/json") -> bytes:
+    return (
+        b"HTTP/1.1 "
+        + status.encode()
+        + b"\r\nContent-Type: "
+        + ctype
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+_RESPONSES = {
+    b"/v1/completions": _http("200 OK", _COMPLETION),
+    b"/v1/chat/completions": _http("200 OK", _COMPLETION),
+    b"/health": _http("200 OK", b"ok", b"text/plain"),
+    b"/health_generate": _http("200 OK", b"ok", b"text/plain"),
+    b"/metrics": _http("200 OK", _METRICS, b"text/plain"),
+    b"/server_info": _http("200 OK", _INFO),
+    b"/get_server_info": _http("200 OK", _INFO),
+    b"/model_info": _http("200 OK", _INFO),
+    b"/get_model_info": _http("200 OK", _INFO),
+    b"/v1/models": _http("200 OK", _MODELS),
+}
+_STREAM_EVENT = (
+    b'data: {"id":"c","object":"text_completion","model":"m","choices":[{"index":0,"text":"hi"}]}\n\n'
+)
+_NOT_FOUND = _http("404 Not Found", b'{"error":"not found"}')
+_STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+class _BackendProtocol(asyncio.Protocol):
+    """Minimal HTTP/1.1 keep-alive server: enough parsing for the routers and the load generator."""
+
+    hold_streams = False
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end]
+            length = 0
+            low = head.lower()
+            i = low.find(b"content-length:")
+            if i >= 0:
+                j = low.find(b"\r\n", i)
+                length = int(low[i + 15 : j if j >= 0 else None])
+            total = end + 4 + length
+            if len(self.buf) < total:
+                return
+            body = self.buf[end + 4 : total]
+            self.buf = self.buf[total:]
+            path = head[head.find(b" ") + 1 : head.find(b" ", head.find(b" ") + 1)].split(b"?")[0]
+            self._respond(path, body)
+
+    def _respond(self, path: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        if b'"stream":true' in body.replace(b" ", b""):
+            ev = _STREAM_EVENT
+            if self.hold_streams:
+                self.transport.write(_STREAM_HEAD + _chunk(ev))  # ...and never finish: a held stream
+                return
+            self.transport.write(_STREAM_HEAD + _chunk(ev) + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            return
+        self.transport.write(_RESPONSES.get(path, _NOT_FOUND))
+
+
+async def _backend(ports: list[int], hold: bool) -> None:
+    _BackendProtocol.hold_streams = hold
+    loop = asyncio.get_running_loop()
+    servers = [
+        await loop.create_server(_BackendProtocol, "127.0.0.1", p, backlog=4096, reuse_address=True)
+        for p in ports
+    ]
+    print("ready", flush=True)
+    await asyncio.gather(*(s.serve_forever() for s in servers))
+
+
+# --- load generator -----------------------------------------------------------------------------------
+
+
+class _ClientProtocol(asyncio.Protocol):
+    """One keep-alive connection; parses Content-Length and chunked responses."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.waiter: asyncio.Future[int] | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def request(self, raw: bytes) -> asyncio.Future[int]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(raw)
+        return self.waiter
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.waiter is None or self.waiter.done():
+            return
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end].lower()
+        status = int(head[9:12])
+        i = head.find(b"content-length:")
+        if i >= 0:
+            j = head.find(b"\r\n", i)
+            total = end + 4 + int(head[i + 15 : j if j >= 0 else None])
+            if len(self.buf) >= total:
+                self.buf = self.buf[total:]
+                self.waiter.set_result(status)
+        elif b"chunked" in head:
+            k = self.buf.find(b"\r\n0\r\n\r\n", end)
+            if k >= 0 or self.buf[end + 4 : end + 9] == b"0\r\n\r\n":
+                cut = k + 7 if k >= 0 else end + 9
+                self.buf = self.buf[cut:]
+                self.waiter.set_result(status)
+
+
+def _request_bytes(port: int, path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _loadgen(port: int, requests: int, concurrency: int) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    raw = _request_bytes(port, "/v1/completions", BODY)
+    conns = [
+        (await loop.create_connection(_ClientProtocol, "127.0.0.1", port))[1] for _ in range(concurrency)
+    ]
+    latencies: list[float] = []
+    errors = 0
+    remaining = requests
+
+    async def worker(c: _ClientProtocol) -> None:
+        nonlocal remaining, errors
+        while remaining > 0:
+            remaining -= 1
+            t = time.perf_counter()
+            try:
+                status = await c.request(raw)
+            except ConnectionError:
+                errors += 1
+                return
+            latencies.append(time.perf_counter() - t)
+            if status != 200:
+                errors += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    wall = time.perf_counter() - t0
+    for c in conns:
+        assert c.transport is not None
+        c.transport.close()
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "requests": n,
+        "errors": errors,
+        "wall_s": wall,
+        "rps": n / wall,
+        "p50_ms": latencies[n // 2] * 1e3 if n else 0.0,
+        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1e3 if n else 0.0,
+    }
+
+
+async def _hold_streams(port: int, n: int, rss: Callable[[], int], settle_s: float) -> dict[str, Any]:
+    """Open ``n`` streaming requests through the router; count those whose first chunk arrived."""
+    loop = asyncio.get_running_loop()
+    raw = _request_bytes(port, "/v1/completions", STREAM_BODY)
+
+    class Holder(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.got = loop.create_future()
+            self.status = b""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.write(raw)  # type: ignore[attr-defined]
+
+        def data_received(self, data: bytes) -> None:
+            if not self.status:
+                self.status = data[9:12]
+            if not self.got.done() and b"data:" in data:
+                self.got.set_result(True)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self.got.done():
+                self.got.set_result(False)
+
+    rss0 = rss()
+    transports, holders = [], []
+    t0 = time.perf_counter()
+    failed_connect = 0
+    for start in range(0, n, 500):
+        batch = []
+        for _ in range(min(500, n - start)):
+            batch.append(loop.create_connection(Holder, "127.0.0.1", port))
+        for res in await asyncio.gather(*batch, return_exceptions=True):
+            if isinstance(res, BaseException):
+                failed_connect += 1
+            else:
+                transports.append(res[0])
+                holders.append(res[1])
+    done, _ = await asyncio.wait([h.got for h in holders], timeout=settle_s)
+    held = sum(1 for f in done if f.result())
+    statuses = collections.Counter(h.status.decode() or "none" for h in holders)
+    elapsed = time.perf_counter() - t0
+    await asyncio.sleep(0.5)
+    rss1 = rss()
+    for t in transports:
+        t.close()
+    return {
+        "asked": n,
+        "held": held,
+        "connect_failures": failed_connect,
+        "open_s": elapsed,
+        "statuses": dict(statuses),
+        "rss_before_mb": rss0 / 2**20,
+        "rss_after_mb": rss1 / 2**20,
+        "rss_per_conn_kb": (rss1 - rss0) / max(held, 1) / 1024,
+    }
+
+
+# --- orchestration ---------------------------------------------------------------------------------------
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _spawn(args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kw
+    )
+
+
+def _wait_line(proc: subprocess.Popen[bytes], needle: bytes, timeout: float = 30.0) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"process exited before printing {needle!r}")
+        if needle in line:
+            return
+    raise TimeoutError(f"no {needle!r} within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _run_loadgen(port: int, requests: int, concurrency: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [PY, "-m", "kvgate.bench.gateway_overhead", "--_loadgen", str(port), str(requests), str(concurrency)],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
+    return result
+
+
+ROUTER_PORT = 18080
+BACKEND_PORTS = [18001, 18002]
+
+
+def _start_router(path: str, log_dir: Path) -> subprocess.Popen[bytes] | None:
+    from kvgate.bench import peers
+
+    workers = [f"http://127.0.0.1:{p}" for p in BACKEND_PORTS]
+    if path == "direct":
+        return None
+    if path.startswith("kvgate"):
+        policy = {"kvgate-rr": "round-robin", "kvgate": "kvgate"}[path]
+        proc = _spawn(
+            [
+                PY,
+                "-m",
+                "kvgate.cli",
+                "serve",
+                "--endpoints",
+                ",".join(workers),
+                "--model",
+                "m",
+                "--policy",
+                policy,
+                "--port",
+                str(ROUTER_PORT),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        _wait_line(proc, b"listening")
+        return proc
+    name, policy = path.rsplit(":", 1)
+    peer = peers.PEERS[name]
+    proc = peers.launch(
+        peer, workers, policy=policy, port=ROUTER_PORT, log_path=log_dir / f"{name}-{policy}.log"
+    )
+    peers.wait_ready(proc, ROUTER_PORT, timeout=90)
+    return proc
+
+
+DEFAULT_PATHS = (
+    "direct",
+    "kvgate-rr",
+    "kvgate",
+    "sglang-router:round_robin",
+    "sglang-router:cache_aware",
+    "vllm-router:round_robin",
+)
+
+
+def _isolated() -> bool:
+    return os.environ.get("KVGATE_NETNS") == "1" or set(os.listdir("/sys/class/net")) <= {"lo"}
+
+
+def _reexec_isolated(argv: list[str]) -> int | None:
+    if _isolated() or os.geteuid() != 0 or not shutil.which("unshare"):
+        return None
+    inner = " ".join([PY, "-m", "kvgate.bench.gateway_overhead", *[f"'{a}'" for a in argv]])
+    cmd = ["unshare", "-n", "--", "sh", "-c", f"ip link set lo up && exec {inner}"]
+    return subprocess.run(cmd, env={**os.environ, "KVGATE_NETNS": "1"}).returncode
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = NOFILE
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kvgate.bench import peers
+
+    _raise_nofile()
+    paths = [p for p in args.paths.split(",") if p]
+    for p in paths:
+        if ":" in p:
+            peers.ensure_installed(peers.PEERS[p.split(":")[0]])
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "kvgate-bench-logs"
+    log_dir.mkdir(exist_ok=True)
+    print(
+        f"machine: {os.cpu_count()} CPUs, {os.uname().release}, python {sys.version.split()[0]}; "
+        f"isolated netns: {_isolated()}; {args.requests} requests x {args.repeats} repeats, "
+        f"concurrency {args.concurrency}",
+        flush=True,
+    )
+    results: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
+    if args.requests > 0:
+        backend = _spawn([PY, "-m", "kvgate.bench.gateway_overhead", "--_backend", *map(str, BACKEND_PORTS)])
+        try:
+            _wait_line(backend, b"ready")
+            for rep in range(args.repeats):
+                for path in paths:  # interleaved: each repeat visits every path once
+                    proc = _start_router(path, log_dir)
+                    try:
+                        port = BACKEND_PORTS[0] if proc is None else ROUTER_PORT
+                        _run_loadgen(port, args.warmup, args.concurrency)
+                        pid = proc.pid if proc is not None else backend.pid
+                        cpu0, bcpu0 = _cpu_s(pid), _cpu_s(backend.pid)
+                        r = _run_loadgen(port, args.requests, args.concurrency)
+                        r["cpu_us_per_req"] = (_cpu_s(pid) - cpu0) / max(r["requests"], 1) * 1e6
+                        r["backend_cpu_us_per_req"] = (
+                            (_cpu_s(backend.pid) - bcpu0) / max(r["requests"], 1) * 1e6
+                        )
+                        results[path].append(r)
+                        print(
+                            f"  rep {rep + 1} {path:<28} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+                            f"p99 {r['p99_ms']:6.2f} ms  router CPU {r['cpu_us_per_req']:5.0f} us/req  "
+                            f"errors {r['errors']}",
+                            flush=True,
+                        )
+                    finally:
+                        if proc is not None:
+                            _stop(proc)
+        finally:
+            _stop(backend)
+        _print_table(results)
+    if args.streams:
+        _print_streams(_streams(args.streams))
+    return 0
+
+
+def _print_table(results: dict[str, list[dict[str, Any]]]) -> None:
+    direct = results.get("direct")
+    d50 = _median(direct, "p50_ms") if direct else 0.0
+    d99 = _median(direct, "p99_ms") if direct else 0.0
+    print("\n| path | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | router CPU us/req | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for path, rows in results.items():
+        if not rows:
+            continue
+        p50, p99 = _median(rows, "p50_ms"), _median(rows, "p99_ms")
+        cpu = "-" if path == "direct" else f"{_median(rows, 'cpu_us_per_req'):.0f}"
+        added = ("-", "-") if path == "direct" else (f"{p50 - d50:.1f}", f"{p99 - d99:.1f}")
+        print(
+            f"| {path} | {_median(rows, 'rps'):,.0f} | {p50:.1f} | {p99:.1f} | {added[0]} | {added[1]} "
+            f"| {cpu} | "
+            f"{sum(r['errors'] for r in rows)} |"
+        )
+    print("(medians over repeats; direct = load generator straight to the backend)", flush=True)
+
+
+def _streams(n: int) -> dict[str, Any]:
+    backend = _spawn(
+        [PY, "-m", "kvgate.bench.gateway_overhead", "--_backend", "--hold", str(BACKEND_PORTS[0])]
+    )
+    router: subprocess.Popen[bytes] | None = None
+    try:
+        _wait_line(backend, b"ready")
+        router = _spawn(
+            [
+                PY,
+                "-m",
+                "kvgate.cli",
+                "serve",
+                "--endpoints",
+                f"127.0.0.1:{BACKEND_PORTS[0]}",
+                "--model",
+                "m",
+                "--policy",
+                "round-robin",
+                "--port",
+                str(ROUTER_PORT),
+                "--log-level",
+                "ERROR",
+            ]
+        )
+        _wait_line(router, b"listening")
+        out = subprocess.run(
+            [PY, "-m", "kvgate.bench.gateway_overhead", "--_hold", str(ROUTER_PORT), str(n), str(router.pid)],
+            capture_output=True,
+            timeout=600,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr.decode()[-2000:])
+        result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
+        return result
+    finally:
+        if router is not None:
+            _stop(router)
+        _stop(backend)
+
+
+def _print_streams(r: dict[str, Any]) -> None:
+    print(
+        f"\nconcurrent streams held by kvgate: {r['held']:,} of {r['asked']:,} asked "
+        f"(connect failures {r['connect_failures']}, statuses {r['statuses']}, "
+        f"opened in {r['open_s']:.1f}s); "
+        f"kvgate RSS {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB = "
+        f"{r['rss_per_conn_kb']:.1f} KB per held stream",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0].startswith("--_"):
+        return _internal(argv)
+    p = argparse.ArgumentParser(
+        prog="python -m kvgate.bench.gateway_overhead", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--requests", type=int, default=3000, help="measured requests per path and repeat (0 = skip)"
+    )
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--paths",
+        default=",".join(DEFAULT_PATHS),
+        help="comma-separated: direct, kvgate-rr, kvgate, sglang-router:<policy>, vllm-router:<policy>",
+    )
+    p.add_argument(
+        "--streams", type=int, default=10_000, help="concurrent streams to hold through kvgate (0 = skip)"
+    )
+    p.add_argument("--no-netns", action="store_true", help="do not re-exec inside a loopback-only namespace")
+    args = p.parse_args(argv)
+    if not args.no_netns:
+        rc = _reexec_isolated(argv)
+        if rc is not None:
+            return rc
+    return run(args)
+
+
+def _internal(argv: list[str]) -> int:
+    import uvloop
+
+    _raise_nofile()
+    if argv[0] == "--_backend":
+        hold = "--hold" in argv
+        ports = [int(a) for a in argv[1:] if a != "--hold"]
+        uvloop.run(_backend(ports, hold))
+    elif argv[0] == "--_loadgen":
+        print(json.dumps(uvloop.run(_loadgen(int(argv[1]), int(argv[2]), int(argv[3])))))
+    elif argv[0] == "--_hold":
+        port, n, pid = int(argv[1]), int(argv[2]), int(argv[3])
+        print(json.dumps(uvloop.run(_hold_streams(port, n, lambda: _rss_bytes(pid), settle_s=120))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,434 @@
+"""Gateway configuration for ``kvgate serve``: pools, models, objectives, rewrites, limits.
+
+Loaded from YAML (``kvgate serve --config gw.yaml``) or built from CLI flags for a config-free start.
+Every validation error names the offending key path (``pools[1].endpoints[0]``) so a user can fix
+the file without reading code. The picker's own ``EndpointPickerConfig`` is kept as a raw mapping
+here (inline or loaded from ``endpointPickerConfigFile``) and handed to the scheduling package, which
+owns its schema; a pool with neither gets the named ``policy`` (kvgate by default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+POLICIES = ("kvgate", "reference", "round-robin", "least-request", "random")
+ENGINES = ("vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm")
+# InferenceModelRewrite bounds target weights to 1..1,000,000.
+MAX_REWRITE_WEIGHT = 1_000_000
+
+
+class GatewayConfigError(ValueError):
+    """A config problem; the message starts with the key path it concerns."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(slots=True)
+class PoolConfig:
+    name: str
+    endpoints: list[str]  # normalised "host:port"
+    models: list[str]
+    adapters: list[str] = field(default_factory=list)
+    engine: str = "vllm"
+    policy: str = "kvgate"
+    # Raw EndpointPickerConfig mapping (inline or from file); None = use ``policy``.
+    picker_config: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class RewriteTarget:
+    model: str
+    weight: int
+
+
+@dataclass(slots=True)
+class RewriteRule:
+    # Exact model names that trigger the rule; empty = every model (as in InferenceModelRewrite).
+    matches: list[str]
+    targets: list[RewriteTarget]
+
+
+@dataclass(slots=True)
+class Limits:
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_concurrent_requests: int = 10_000
+    # Whole request, from arrival to the last byte sent; 0 disables it (long generations).
+    request_timeout_s: float = 600.0
+    # Longest gap between two upstream reads (time to headers, then between chunks).
+    idle_timeout_s: float = 120.0
+    connect_timeout_s: float = 5.0
+    # Tries per request across different endpoints; only before any byte reached the client.
+    max_attempts: int = 3
+    drain_timeout_s: float = 30.0
+    # Idle client connections (kept alive, or stalled half-way through a request) close after this.
+    keepalive_s: float = 75.0
+    # Upstream connections kept per endpoint (0 = unlimited).
+    max_connections_per_endpoint: int = 0
+
+
+@dataclass(slots=True)
+class HealthConfig:
+    # Consecutive failed attempts that eject an endpoint.
+    eject_after_failures: int = 3
+    eject_base_s: float = 5.0
+    eject_max_s: float = 60.0
+    probe_path: str = "/health"
+    probe_timeout_s: float = 1.0
+
+
+@dataclass(slots=True)
+class GatewayConfig:
+    pools: list[PoolConfig]
+    objectives: dict[str, int] = field(default_factory=dict)
+    rewrites: list[RewriteRule] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_port: int | None = None
+    scrape_interval_s: float = 0.05
+    # Fixed seed for the weighted model rewrite (tests, reproducible canaries); None = random.
+    rewrite_seed: int | None = None
+    session_header: str = "x-session-id"
+
+
+def normalise_endpoint(value: object, key: str) -> str:
+    """``http://1.2.3.4:8000/`` or ``1.2.3.4:8000`` -> ``1.2.3.4:8000`` (what the picker calls an address)."""
+    if not isinstance(value, str) or not value.strip():
+        raise GatewayConfigError(key, "expected 'host:port' or 'http://host:port'")
+    text = value.strip()
+    if text.startswith("https://"):
+        raise GatewayConfigError(key, "https upstreams are not supported; use http://host:port")
+    text = text.removeprefix("http://").rstrip("/")
+    if "/" in text:
+        raise GatewayConfigError(key, f"{value!r} has a path; give only host:port")
+    host, sep, port_s = text.rpartition(":")
+    if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise GatewayConfigError(key, f"{value!r} is not host:port with a port in 1..65535")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise GatewayConfigError(
+                key, f"{host!r} is not an IP address (DNS names are not resolved)"
+            ) from None
+    return text
+
+
+def _get(
+    m: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...], default: Any = None
+) -> Any:
+    value = m.get(key, default)
+    if value is None:
+        return default
+    # bool is an int in Python; never accept it where a number is meant.
+    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else ()):
+        raise GatewayConfigError(f"{path}{key}", f"expected {_kind_name(kind)}, got a boolean")
+    if not isinstance(value, kind):
+        raise GatewayConfigError(f"{path}{key}", f"expected {_kind_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {
+        "str": "a string",
+        "int": "an integer",
+        "float": "a number",
+        "list": "a list",
+        "dict": "a mapping",
+    }
+    return " or ".join(names.get(k.__name__, k.__name__) for k in kinds)
+
+
+def _check_keys(m: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
+    for key in m:
+        if key not in allowed:
+            raise GatewayConfigError(f"{path}{key}", f"unknown key (allowed: {', '.join(allowed)})")
+
+
+def _positive(value: float, key: str, *, allow_zero: bool = False) -> float:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise GatewayConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return value
+
+
+def _string_list(value: Any, key: str) -> list[str]:
+    if not isinstance(value, list):
+        raise GatewayConfigError(key, "expected a list of strings")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item:
+            raise GatewayConfigError(f"{key}[{i}]", "expected a non-empty string")
+    return list(value)
+
+
+def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
+    if not isinstance(raw, dict):
+        raise GatewayConfigError(path, "expected a mapping")
+    allowed = (
+        "name",
+        "engine",
+        "endpoints",
+        "models",
+        "adapters",
+        "policy",
+        "endpointPickerConfig",
+        "endpointPickerConfigFile",
+    )
+    _check_keys(raw, allowed, path + ".")
+    name = _get(raw, "name", path + ".", str)
+    if not name:
+        raise GatewayConfigError(path + ".name", "required")
+    engine = _get(raw, "engine", path + ".", str, "vllm")
+    if engine not in ENGINES:
+        raise GatewayConfigError(path + ".engine", f"{engine!r} is not one of {', '.join(ENGINES)}")
+    eps_raw = raw.get("endpoints")
+    if not isinstance(eps_raw, list) or not eps_raw:
+        raise GatewayConfigError(path + ".endpoints", "expected a non-empty list of host:port")
+    endpoints = [normalise_endpoint(e, f"{path}.endpoints[{i}]") for i, e in enumerate(eps_raw)]
+    if len(set(endpoints)) != len(endpoints):
+        raise GatewayConfigError(path + ".endpoints", "lists an endpoint twice")
+    models = _string_list(raw.get("models"), path + ".models")
+    if not models:
+        raise GatewayConfigError(path + ".models", "list at least one model the pool serves")
+    adapters = _string_list(raw.get("adapters", []), path + ".adapters")
+    policy = _get(raw, "policy", path + ".", str, "kvgate")
+    if policy not in POLICIES:
+        raise GatewayConfigError(path + ".policy", f"{policy!r} is not one of {', '.join(POLICIES)}")
+    inline = raw.get("endpointPickerConfig")
+    file_ = raw.get("endpointPickerConfigFile")
+    if inline is not None and file_ is not None:
+        raise GatewayConfigError(path + ".endpointPickerConfig", "give it inline or as a file, not both")
+    picker: dict[str, Any] | None = None
+    if inline is not None:
+        if not isinstance(inline, dict):
+            raise GatewayConfigError(path + ".endpointPickerConfig", "expected a mapping")
+        picker = inline
+    elif file_ is not None:
+        if not isinstance(file_, str):
+            raise GatewayConfigError(path + ".endpointPickerConfigFile", "expected a file path")
+        picker = _load_yaml(os.path.join(base_dir, file_), path + ".endpointPickerConfigFile")
+    return PoolConfig(name, endpoints, models, adapters, engine, policy, picker)
+
+
+def _parse_rewrite(raw: Any, path: str) -> RewriteRule:
+    if not isinstance(raw, dict):
+        raise GatewayConfigError(path, "expected a mapping")
+    _check_keys(raw, ("matches", "targets"), path + ".")
+    matches: list[str] = []
+    for i, m in enumerate(raw.get("matches") or []):
+        mp = f"{path}.matches[{i}]"
+        model = m.get("model") if isinstance(m, dict) else None
+        if not isinstance(model, dict) or not isinstance(model.get("value"), str) or not model["value"]:
+            raise GatewayConfigError(mp + ".model.value", "expected a model name")
+        if model.get("type", "Exact") != "Exact":
+            raise GatewayConfigError(mp + ".model.type", "only 'Exact' is supported")
+        matches.append(model["value"])
+    targets_raw = raw.get("targets")
+    if not isinstance(targets_raw, list) or not targets_raw:
+        raise GatewayConfigError(path + ".targets", "expected a non-empty list of {modelRewrite, weight}")
+    targets: list[RewriteTarget] = []
+    for i, t in enumerate(targets_raw):
+        tp = f"{path}.targets[{i}]"
+        if not isinstance(t, dict):
+            raise GatewayConfigError(tp, "expected a mapping")
+        _check_keys(t, ("modelRewrite", "weight"), tp + ".")
+        model = _get(t, "modelRewrite", tp + ".", str)
+        if not model:
+            raise GatewayConfigError(tp + ".modelRewrite", "required")
+        weight = _get(t, "weight", tp + ".", int, 1)
+        if not 1 <= weight <= MAX_REWRITE_WEIGHT:
+            raise GatewayConfigError(tp + ".weight", f"must be in 1..{MAX_REWRITE_WEIGHT}, got {weight}")
+        targets.append(RewriteTarget(model, weight))
+    return RewriteRule(matches, targets)
+
+
+_LIMIT_KEYS: dict[str, tuple[str, type | tuple[type, ...], bool]] = {
+    # yaml key: (attribute, type, zero allowed)
+    "maxBodyBytes": ("max_body_bytes", int, False),
+    "maxConcurrentRequests": ("max_concurrent_requests", int, False),
+    "requestTimeoutSeconds": ("request_timeout_s", (int, float), True),
+    "idleTimeoutSeconds": ("idle_timeout_s", (int, float), False),
+    "connectTimeoutSeconds": ("connect_timeout_s", (int, float), False),
+    "maxAttempts": ("max_attempts", int, False),
+    "drainTimeoutSeconds": ("drain_timeout_s", (int, float), True),
+    "keepAliveSeconds": ("keepalive_s", (int, float), False),
+    "maxConnectionsPerEndpoint": ("max_connections_per_endpoint", int, True),
+}
+_HEALTH_KEYS: dict[str, tuple[str, type | tuple[type, ...], bool]] = {
+    "ejectAfterFailures": ("eject_after_failures", int, False),
+    "ejectBaseSeconds": ("eject_base_s", (int, float), False),
+    "ejectMaxSeconds": ("eject_max_s", (int, float), False),
+    "probeTimeoutSeconds": ("probe_timeout_s", (int, float), False),
+}
+
+
+def _fill(
+    target: Any, raw: Any, keys: dict[str, tuple[str, type | tuple[type, ...], bool]], path: str
+) -> None:
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        raise GatewayConfigError(path, "expected a mapping")
+    extra = ("probePath",) if keys is _HEALTH_KEYS else ()
+    _check_keys(raw, (*keys, *extra), path + ".")
+    for key, (attr, kind, zero_ok) in keys.items():
+        value = _get(raw, key, path + ".", kind)
+        if value is not None:
+            setattr(target, attr, _positive(value, f"{path}.{key}", allow_zero=zero_ok))
+    if "probePath" in raw:
+        probe = _get(raw, "probePath", path + ".", str)
+        if not probe.startswith("/"):
+            raise GatewayConfigError(path + ".probePath", "must start with '/'")
+        target.probe_path = probe
+
+
+def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
+    """Validate a decoded YAML document into a ``GatewayConfig`` (raises ``GatewayConfigError``)."""
+    if not isinstance(raw, dict):
+        raise GatewayConfigError("(top level)", "expected a mapping")
+    allowed = (
+        "listen",
+        "pools",
+        "objectives",
+        "rewrites",
+        "limits",
+        "health",
+        "scrapeIntervalSeconds",
+        "rewriteSeed",
+        "sessionHeader",
+    )
+    _check_keys(raw, allowed, "")
+    pools_raw = raw.get("pools")
+    if not isinstance(pools_raw, list) or not pools_raw:
+        raise GatewayConfigError("pools", "expected a non-empty list of pools")
+    pools = [_parse_pool(p, f"pools[{i}]", base_dir) for i, p in enumerate(pools_raw)]
+    seen_pools: set[str] = set()
+    served: dict[str, str] = {}
+    for i, pool in enumerate(pools):
+        if pool.name in seen_pools:
+            raise GatewayConfigError(f"pools[{i}].name", f"duplicate pool name {pool.name!r}")
+        seen_pools.add(pool.name)
+        for model in (*pool.models, *pool.adapters):
+            if model in served:
+                raise GatewayConfigError(
+                    f"pools[{i}]", f"model {model!r} is already served by pool {served[model]!r}"
+                )
+            served[model] = pool.name
+
+    cfg = GatewayConfig(pools=pools)
+    listen = raw.get("listen")
+    if listen is not None:
+        if not isinstance(listen, dict):
+            raise GatewayConfigError("listen", "expected a mapping")
+        _check_keys(listen, ("host", "port", "adminPort"), "listen.")
+        cfg.host = _get(listen, "host", "listen.", str, cfg.host)
+        cfg.port = _port(_get(listen, "port", "listen.", int, cfg.port), "listen.port")
+        admin = _get(listen, "adminPort", "listen.", int)
+        cfg.admin_port = None if admin is None else _port(admin, "listen.adminPort")
+
+    objectives = raw.get("objectives") or []
+    if not isinstance(objectives, list):
+        raise GatewayConfigError("objectives", "expected a list of {name, priority}")
+    for i, o in enumerate(objectives):
+        op = f"objectives[{i}]"
+        if not isinstance(o, dict):
+            raise GatewayConfigError(op, "expected a mapping")
+        _check_keys(o, ("name", "priority"), op + ".")
+        name = _get(o, "name", op + ".", str)
+        if not name:
+            raise GatewayConfigError(op + ".name", "required")
+        if name in cfg.objectives:
+            raise GatewayConfigError(op + ".name", f"duplicate objective {name!r}")
+        cfg.objectives[name] = _get(o, "priority", op + ".", int, 0)
+
+    rewrites = raw.get("rewrites") or []
+    if not isinstance(rewrites, list):
+        raise GatewayConfigError("rewrites", "expected a list of rules")
+    cfg.rewrites = [_parse_rewrite(r, f"rewrites[{i}]") for i, r in enumerate(rewrites)]
+    for i, rule in enumerate(cfg.rewrites):
+        for j, t in enumerate(rule.targets):
+            if t.model not in served:
+                raise GatewayConfigError(
+                    f"rewrites[{i}].targets[{j}].modelRewrite", f"no pool serves model {t.model!r}"
+                )
+
+    _fill(cfg.limits, raw.get("limits"), _LIMIT_KEYS, "limits")
+    _fill(cfg.health, raw.get("health"), _HEALTH_KEYS, "health")
+    if cfg.health.eject_max_s < cfg.health.eject_base_s:
+        raise GatewayConfigError("health.ejectMaxSeconds", "must be >= ejectBaseSeconds")
+    interval = _get(raw, "scrapeIntervalSeconds", "", (int, float))
+    if interval is not None:
+        cfg.scrape_interval_s = _positive(interval, "scrapeIntervalSeconds")
+    cfg.rewrite_seed = _get(raw, "rewriteSeed", "", int)
+    header = _get(raw, "sessionHeader", "", str)
+    if header:
+        cfg.session_header = header.lower()
+    return cfg
+
+
+def _port(value: int, key: str) -> int:
+    if not 0 <= value < 65536:
+        raise GatewayConfigError(key, f"port must be in 0..65535, got {value}")
+    return value
+
+
+def _load_yaml(path: str, key: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise GatewayConfigError(key, f"cannot read {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise GatewayConfigError(key, f"{path} is not valid YAML: {e}") from e
+
+
+def load_gateway_config(path: str) -> GatewayConfig:
+    raw = _load_yaml(path, "--config")
+    return parse_gateway_config(raw, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def config_from_flags(
+    endpoints: str,
+    models: Sequence[str],
+    policy: str = "kvgate",
+    engine: str = "vllm",
+    adapters: Sequence[str] = (),
+) -> GatewayConfig:
+    """The config-free start: one pool named ``default`` from ``--endpoints`` and ``--model``."""
+    raw = {
+        "pools": [
+            {
+                "name": "default",
+                "engine": engine,
+                "policy": policy,
+                "endpoints": [e for e in endpoints.split(",") if e.strip()],
+                "models": list(models),
+                "adapters": list(adapters),
+            }
+        ],
+    }
+    try:
+        return parse_gateway_config(raw)
+    except GatewayConfigError as e:
+        # Point at the flag the user actually typed rather than the synthetic YAML key.
+        key = {
+            "endpoints": "--endpoints",
+            "models": "--model",
+            "policy": "--policy",
+            "engine": "--engine",
+            "adapters": "--adapter",
+        }
+        for k, flag in key.items():
+            if e.key.startswith(f"pools[0].{k}"):
+                raise GatewayConfigError(flag, str(e).split(": ", 1)[1]) from None
+        raise

@@ -1,0 +1,121 @@
+"""``kvgate serve``: run the OpenAI-compatible gateway (from flags, or ``--config gw.yaml``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import signal
+import sys
+
+from kvgate.config.gateway import (
+    POLICIES,
+    GatewayConfig,
+    GatewayConfigError,
+    config_from_flags,
+    load_gateway_config,
+)
+from kvgate.gateway.pools import Pool, build_pool
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kvgate serve",
+        description="OpenAI-compatible gateway in front of model "
+        "servers, picking an endpoint per request (load-, KV-, prefix- and LoRA-aware).",
+    )
+    p.add_argument("--config", help="gateway YAML (pools, models, objectives, rewrites, limits)")
+    p.add_argument(
+        "--endpoints", help="comma-separated model servers, e.g. http://127.0.0.1:8001,127.0.0.1:8002"
+    )
+    p.add_argument("--model", action="append", default=[], help="model name the endpoints serve (repeatable)")
+    p.add_argument("--adapter", action="append", default=[], help="LoRA adapter name the endpoints serve")
+    p.add_argument("--engine", default="vllm", help="vllm | sglang | trtllm-serve | triton-tensorrt-llm")
+    p.add_argument("--policy", default="kvgate", choices=POLICIES)
+    p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
+    p.add_argument(
+        "--admin-port", type=int, default=None, help="port for /metrics, /healthz, /readyz, /debug"
+    )
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def build_config(args: argparse.Namespace) -> GatewayConfig:
+    if args.config:
+        if args.endpoints or args.model:
+            raise GatewayConfigError("--config", "give either --config or --endpoints/--model, not both")
+        cfg = load_gateway_config(args.config)
+    else:
+        if not args.endpoints:
+            raise GatewayConfigError("--endpoints", "required without --config")
+        if not args.model:
+            raise GatewayConfigError("--model", "required without --config")
+        cfg = config_from_flags(args.endpoints, args.model, args.policy, args.engine, args.adapter)
+    if args.host is not None:
+        cfg.host = args.host
+    if args.port is not None:
+        cfg.port = args.port
+    if args.admin_port is not None:
+        cfg.admin_port = args.admin_port
+    return cfg
+
+
+def _raise_nofile() -> None:
+    # Every client stream holds two sockets (client + upstream): lift the soft fd limit to the hard one.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def build_pools(cfg: GatewayConfig) -> list[Pool]:
+    """Each pool's picker, with picker-config errors reported against the pool that holds them."""
+    pools = []
+    for i, pc in enumerate(cfg.pools):
+        try:
+            pools.append(build_pool(pc))
+        except (ValueError, KeyError, TypeError) as e:
+            key = "endpointPickerConfig" if pc.picker_config is not None else "policy"
+            raise GatewayConfigError(f"pools[{i}].{key}", str(e)) from e
+    return pools
+
+
+async def serve(cfg: GatewayConfig, pools: list[Pool]) -> None:
+    from kvgate.gateway.server import GatewayServer
+
+    server = GatewayServer(cfg, pools)
+    await server.start()
+    print(
+        f"kvgate serve: listening on http://{cfg.host}:{server.port}"
+        + (f", admin on http://{cfg.host}:{server.admin_port}" if server.admin_port is not None else ""),
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("kvgate serve: draining", flush=True)
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cfg = build_config(args)
+        pools = build_pools(cfg)
+    except GatewayConfigError as e:
+        print(f"kvgate serve: config error: {e}", file=sys.stderr)
+        return 2
+    _raise_nofile()
+    try:
+        import uvloop
+
+        uvloop.run(serve(cfg, pools))
+    except KeyboardInterrupt:
+        pass
+    return 0

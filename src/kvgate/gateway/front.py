@@ -1,0 +1,482 @@
+"""The client-facing HTTP/1.1 server: a lean asyncio protocol instead of aiohttp's web server.
+
+Why: after the upstream leg (``upstream.py``), aiohttp's per-request server machinery (request and
+response objects, header multidicts, the router) was the largest Python cost left on the data path.
+This front parses requests itself (request line, headers, Content-Length or chunked bodies) and writes
+responses as single byte strings. It keeps the part of aiohttp's web API the proxy uses
+(``Response``, ``StreamResponse.prepare/write/write_eof``, ``request.headers.get``) so handlers stay
+plain.
+
+Robustness rules: anything malformed gets a 400 and the connection is closed; header block <= 64 KB
+(431), body <= the configured limit (413, checked on Content-Length before reading and while reading
+chunked bodies); CR, LF or NUL inside a header line is refused (no response splitting through echoed
+headers); Content-Length together with Transfer-Encoding is refused (no request smuggling); requests on
+one connection are answered in order (pipelining), at most ``_MAX_PIPELINE`` queued before reading
+pauses; idle keep-alive connections close after ``keepalive_s``; streams honour write back-pressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+log = logging.getLogger("kvgate.gateway.front")
+
+_MAX_HEAD = 64 * 1024
+_MAX_PIPELINE = 16
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_BAD_HEADER_BYTES = (b"\r", b"\n", b"\x00")
+
+
+class Request:
+    __slots__ = (
+        "_proto",
+        "body",
+        "content_length",
+        "error",
+        "headers",
+        "http11",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+    )
+
+    def __init__(
+        self,
+        proto: FrontProtocol,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        keep_alive: bool,
+    ) -> None:
+        self._proto = proto
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers  # lower-case names; repeated headers joined with ","
+        self.body = body
+        self.content_length = len(body)
+        self.keep_alive = keep_alive
+        self.http11 = True  # False for HTTP/1.0 clients: no chunked encoding, close after the reply
+        # Set on a synthetic request standing for a parse error: (status, message).
+        self.error: tuple[int, str] | None = None
+
+    async def read(self) -> bytes:
+        return self.body
+
+
+class Response:
+    """A whole response (the aiohttp ``web.Response`` keywords the gateway uses)."""
+
+    __slots__ = ("body", "close", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        *,
+        status: int = 200,
+        body: bytes = b"",
+        text: str | None = None,
+        headers: dict[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        self.status = status
+        self.body = text.encode() if text is not None else body
+        self.headers = headers or {}
+        self.content_type = content_type
+        self.close = False
+
+    def force_close(self) -> None:
+        self.close = True
+
+
+class StreamResponse:
+    """A chunked response written piece by piece (SSE)."""
+
+    __slots__ = ("_chunked", "_proto", "ended", "headers", "prepared", "status")
+
+    def __init__(self, *, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.headers = headers or {}
+        self._proto: FrontProtocol | None = None
+        self.prepared = False
+        self.ended = False
+        self._chunked = True
+
+    async def prepare(self, request: Request) -> None:
+        self._proto = request._proto
+        if request.http11:
+            self._proto.send(_head(self.status, self.headers, None, None, False))
+        else:
+            # HTTP/1.0 has no chunked encoding: the body ends when the connection closes.
+            self._chunked = False
+            request.keep_alive = False
+            self._proto.send(_head(self.status, self.headers, None, -1, True))
+        self.prepared = True
+
+    async def write(self, data: bytes) -> None:
+        proto = self._proto
+        if proto is None or proto.closed:
+            raise ConnectionResetError("client connection closed")
+        if data:
+            proto.send(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+            if proto.write_paused:
+                await proto.drain()
+
+    async def write_eof(self) -> None:
+        if self.ended or self._proto is None:
+            return
+        self.ended = True
+        if self._proto.closed:
+            raise ConnectionResetError("client connection closed")
+        if self._chunked:
+            self._proto.send(b"0\r\n\r\n")
+
+
+def _head(
+    status: int, headers: dict[str, str], content_type: str | None, length: int | None, close: bool
+) -> bytes:
+    parts = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
+    if content_type:
+        parts.append(f"Content-Type: {content_type}\r\n")
+    for k, v in headers.items():
+        parts.append(f"{k}: {v}\r\n")
+    if length is None:
+        parts.append("Transfer-Encoding: chunked\r\n")
+    elif length >= 0:  # -1: neither (an HTTP/1.0 stream, delimited by closing the connection)
+        parts.append(f"Content-Length: {length}\r\n")
+    if close:
+        parts.append("Connection: close\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+def _error(status: int, message: str) -> Response:
+    from kvgate.gateway.errors import error_body  # errors imports this module
+
+    resp = Response(status=status, body=error_body(status, message), content_type="application/json")
+    resp.force_close()
+    return resp
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+Handler = Callable[[Request], Awaitable["Response | StreamResponse"]]
+
+
+class FrontServer:
+    """Routes, limits and the set of live connections (for draining)."""
+
+    def __init__(
+        self,
+        routes: dict[str, Handler],
+        fallback: Handler,
+        *,
+        max_body: int,
+        prefix_routes: dict[str, Handler] | None = None,
+        keepalive_s: float = 75.0,
+    ) -> None:
+        self.routes = routes
+        self.prefix_routes = prefix_routes or {}
+        self.fallback = fallback
+        self.max_body = max_body
+        self.keepalive_s = keepalive_s
+        self.connections: set[FrontProtocol] = set()
+        self.draining = False
+
+    def handler_for(self, path: str) -> Handler:
+        h = self.routes.get(path)
+        if h is not None:
+            return h
+        for prefix, ph in self.prefix_routes.items():
+            if path.startswith(prefix):
+                return ph
+        return self.fallback
+
+    def protocol(self) -> FrontProtocol:
+        return FrontProtocol(self)
+
+    def drain(self) -> None:
+        """Stop keeping connections alive: idle ones close now, busy ones after their response."""
+        self.draining = True
+        for conn in list(self.connections):
+            if conn.task is None and not conn.queue:
+                conn.close()
+
+    def close_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class FrontProtocol(asyncio.Protocol):
+    def __init__(self, server: FrontServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.queue: collections.deque[Request] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._read_paused = False
+        self._reject_after = False  # stop parsing: an error response is queued and we close after it
+        # A parsed request head waiting for its body: (method, path, query, headers, keep-alive,
+        # Content-Length or -1 for chunked), and the chunked decoder's state.
+        self._pending: tuple[str, str, str, dict[str, str], bool, int, bool] | None = None
+        self._cpos = 0
+        self._cparts: list[bytes] = []
+        self._ctotal = 0
+
+    # --- transport callbacks --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("client connection closed"))
+            self._drain.exception()  # mark retrieved; the writer raises its own error
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ConnectionResetError("client connection closed")
+        if self.write_paused:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+
+    def data_received(self, data: bytes) -> None:
+        if self._reject_after:
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self.buf += data
+        try:
+            self._parse()
+        except _BadRequest as e:
+            self._reject_after = True
+            self.buf.clear()
+            self._enqueue_error(e.status, str(e))
+        except (ValueError, UnicodeError) as e:
+            self._reject_after = True
+            self.buf.clear()
+            self._enqueue_error(400, f"malformed HTTP request: {e}")
+        if self.task is None and not self.queue and not self._reject_after:
+            # Waiting for the rest of a request: a client that stalls half-way is closed too.
+            self._arm_idle()
+
+    # --- parsing --------------------------------------------------------------------------------
+    def _parse(self) -> None:
+        while not self._reject_after:
+            if self._pending is None and (not self.buf or not self._parse_head()):
+                return
+            assert self._pending is not None
+            method, path, query, headers, keep_alive, length, http11 = self._pending
+            if length < 0:  # chunked
+                body = self._chunked()
+                if body is None:
+                    return
+            else:
+                if len(self.buf) < length:
+                    return
+                body = bytes(self.buf[:length])
+                del self.buf[:length]
+            self._pending = None
+            req = Request(self, method, path, query, headers, body, keep_alive)
+            req.http11 = http11
+            self._enqueue(req)
+
+    def _parse_head(self) -> bool:
+        """Parse one request head off the buffer into ``_pending``; False if it is incomplete."""
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buf) > _MAX_HEAD:
+                raise _BadRequest(431, "request header block too large")
+            return False
+        if end > _MAX_HEAD:
+            raise _BadRequest(431, "request header block too large")
+        lines = bytes(self.buf[:end]).split(b"\r\n")
+        del self.buf[: end + 4]
+        method_b, target, version = lines[0].split(b" ")
+        if version not in (b"HTTP/1.1", b"HTTP/1.0") or not method_b.isalpha():
+            raise _BadRequest(400, "unsupported request line")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if not line or line[:1] in (b" ", b"\t") or any(c in line for c in _BAD_HEADER_BYTES):
+                raise _BadRequest(400, "malformed header line")
+            name_b, sep, value_b = line.partition(b":")
+            if not sep or not name_b or name_b != name_b.strip():
+                raise _BadRequest(400, "malformed header line")
+            name = name_b.decode("latin-1").lower()
+            value = value_b.strip().decode("utf-8", "surrogateescape")
+            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        te = headers.get("transfer-encoding")
+        cl = headers.get("content-length")
+        if te is not None and cl is not None:
+            raise _BadRequest(400, "both Content-Length and Transfer-Encoding")
+        if te is not None:
+            if te.strip().lower() != "chunked":
+                raise _BadRequest(501, f"unsupported transfer-encoding {te!r}")
+            length = -1
+            self._cpos, self._cparts, self._ctotal = 0, [], 0
+        else:
+            if cl is not None and not cl.isdigit():
+                raise _BadRequest(400, "invalid Content-Length")
+            length = int(cl) if cl else 0
+            if length > self.server.max_body:
+                raise _BadRequest(413, f"request body of {length} bytes exceeds {self.server.max_body} bytes")
+        if length and headers.get("expect", "").lower() == "100-continue":
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        conn = headers.get("connection", "").lower()
+        keep_alive = ("close" not in conn) if version == b"HTTP/1.1" else ("keep-alive" in conn)
+        path, _, query = target.decode("latin-1").partition("?")
+        self._pending = (method_b.decode(), path, query, headers, keep_alive, length, version == b"HTTP/1.1")
+        return True
+
+    def _chunked(self) -> bytes | None:
+        """Continue decoding a chunked body (state kept across reads); the body once complete."""
+        buf = self.buf
+        pos = self._cpos
+        while True:
+            nl = buf.find(b"\r\n", pos)
+            if nl < 0:
+                if len(buf) - pos > 1024:
+                    raise _BadRequest(400, "chunk size line too long")
+                self._cpos = pos
+                return None
+            size_s = bytes(buf[pos:nl]).split(b";", 1)[0].strip()
+            if not size_s or any(c not in b"0123456789abcdefABCDEF" for c in size_s):
+                raise _BadRequest(400, "invalid chunk size")
+            size = int(size_s, 16)
+            if size == 0:
+                # Trailer section: header lines until the empty line.
+                tpos = nl + 2
+                while True:
+                    tnl = buf.find(b"\r\n", tpos)
+                    if tnl < 0:
+                        if len(buf) - tpos > _MAX_HEAD:
+                            raise _BadRequest(431, "chunked trailers too large")
+                        self._cpos = pos
+                        return None
+                    if tnl == tpos:
+                        del buf[: tnl + 2]
+                        body = b"".join(self._cparts)
+                        self._cparts = []
+                        return body
+                    tpos = tnl + 2
+            if self._ctotal + size > self.server.max_body:
+                raise _BadRequest(413, f"request body exceeds {self.server.max_body} bytes")
+            start = nl + 2
+            if len(buf) < start + size + 2:
+                self._cpos = pos
+                return None
+            if buf[start + size : start + size + 2] != b"\r\n":
+                raise _BadRequest(400, "missing CRLF after chunk")
+            self._cparts.append(bytes(buf[start : start + size]))
+            self._ctotal += size
+            del buf[: start + size + 2]
+            pos = 0
+
+    # --- dispatch -------------------------------------------------------------------------------
+    def _enqueue_error(self, status: int, message: str) -> None:
+        req = Request(self, "", "", "", {}, b"", False)
+        req.error = (status, message)
+        self.queue.append(req)
+        self._next()
+
+    def _enqueue(self, req: Request) -> None:
+        self.queue.append(req)
+        if len(self.queue) > _MAX_PIPELINE and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._next()
+
+    def _next(self) -> None:
+        if self.task is None and self.queue and not self.closed:
+            req = self.queue.popleft()
+            if self._read_paused and len(self.queue) <= _MAX_PIPELINE // 2 and self.transport is not None:
+                self._read_paused = False
+                self.transport.resume_reading()
+            self.task = asyncio.get_running_loop().create_task(self._run(req))
+
+    async def _run(self, req: Request) -> None:
+        close = not req.keep_alive
+        try:
+            if req.error is not None:
+                resp: Response | StreamResponse = _error(*req.error)
+            else:
+                try:
+                    resp = await self.server.handler_for(req.path)(req)
+                except Exception:
+                    log.exception("unhandled error serving %s %s", req.method, req.path)
+                    resp = _error(500, "internal error in the gateway")
+            close = close or self.server.draining
+            if isinstance(resp, StreamResponse):
+                if not resp.prepared:  # a handler returned a stream it never started
+                    resp = _error(500, "empty stream")
+                elif not resp.ended and not self.closed:
+                    await resp.write_eof()
+            if isinstance(resp, Response):
+                close = close or resp.close
+                body = b"" if req.method == "HEAD" else resp.body  # HEAD: headers only
+                self.send(_head(resp.status, resp.headers, resp.content_type, len(resp.body), close) + body)
+        except ConnectionResetError:
+            close = True
+        finally:
+            self.task = None
+        if close or self._reject_after:
+            self.close()
+        elif self.queue:
+            self._next()
+        else:
+            self._arm_idle()
+
+    # --- output ---------------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def _arm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self.server.draining and not self.buf:
+            self.close()
+            return
+        if not self.closed:
+            loop = asyncio.get_running_loop()
+            self._idle = loop.call_later(self.server.keepalive_s, self.close)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
+
+
+__all__ = ["FrontServer", "Request", "Response", "StreamResponse"]

@@ -1,0 +1,101 @@
+"""Passive health: eject an endpoint after consecutive failures, probe it back in with back-off.
+
+Failures are what the proxy sees (connect errors, 5xx, streams cut before the first byte); the picker
+skips endpoints whose ``healthy`` is False. An ejected endpoint is probed at ``GET <probe_path>``
+once its back-off expires; each failed probe doubles the back-off up to ``eject_max_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import aiohttp
+
+from kvgate.config.gateway import HealthConfig
+from kvgate.datalayer.endpoint import Endpoint
+
+log = logging.getLogger("kvgate.gateway.health")
+
+
+@dataclass(slots=True)
+class _State:
+    failures: int = 0
+    backoff_s: float = 0.0
+    retry_at: float = 0.0
+
+
+class HealthTracker:
+    def __init__(self, cfg: HealthConfig, clock: Callable[[], float]) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self._state: dict[str, _State] = {}
+        self.ejections = 0
+
+    def success(self, ep: Endpoint) -> None:
+        st = self._state.get(ep.address)
+        if st is not None and st.failures:
+            st.failures = 0
+
+    def failure(self, ep: Endpoint, pool: Iterable[Endpoint] = ()) -> bool:
+        """Record a failure; True when this one ejected the endpoint.
+
+        Never ejects the pool's last healthy endpoint (Envoy's "panic" idea): with nothing left the
+        gateway could only answer 503, while the endpoint may just be overloaded for a moment.
+        """
+        st = self._state.setdefault(ep.address, _State())
+        st.failures += 1
+        if ep.healthy and st.failures >= self.cfg.eject_after_failures:
+            if not any(other.healthy for other in pool if other is not ep):
+                return False
+            self._eject(ep, st, self.cfg.eject_base_s)
+            return True
+        return False
+
+    def _eject(self, ep: Endpoint, st: _State, backoff: float) -> None:
+        ep.healthy = False
+        st.backoff_s = min(backoff, self.cfg.eject_max_s)
+        st.retry_at = self.clock() + st.backoff_s
+        self.ejections += 1
+        log.warning("ejected %s for %.1fs after %d failures", ep.address, st.backoff_s, st.failures)
+
+    def due(self, endpoints: Iterable[Endpoint]) -> list[Endpoint]:
+        now = self.clock()
+        return [
+            ep for ep in endpoints if not ep.healthy and now >= self._state.get(ep.address, _State()).retry_at
+        ]
+
+    def probe_result(self, ep: Endpoint, ok: bool) -> None:
+        st = self._state.setdefault(ep.address, _State())
+        if ok:
+            ep.healthy = True
+            st.failures = 0
+            st.backoff_s = 0.0
+            log.warning("probe ok: %s is back in", ep.address)
+        else:
+            st.backoff_s = min(st.backoff_s * 2 or self.cfg.eject_base_s, self.cfg.eject_max_s)
+            st.retry_at = self.clock() + st.backoff_s
+
+    async def probe(self, session: aiohttp.ClientSession, ep: Endpoint) -> bool:
+        url = f"http://{ep.address}{self.cfg.probe_path}"
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.cfg.probe_timeout_s)
+            async with session.get(url, timeout=timeout) as resp:
+                await resp.read()
+                return resp.status < 500
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def run(
+        self,
+        session: aiohttp.ClientSession,
+        endpoints: Callable[[], Iterable[Endpoint]],
+        interval_s: float = 0.25,
+    ) -> None:
+        """Probe loop; cancelled on shutdown."""
+        while True:
+            for ep in self.due(endpoints()):
+                self.probe_result(ep, await self.probe(session, ep))
+            await asyncio.sleep(interval_s)

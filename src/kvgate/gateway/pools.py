@@ -1,0 +1,67 @@
+"""Pools at run time: their endpoints (an ``EndpointStore``), scraper and ``Director``.
+
+Each configured pool gets its own store and director, so one pool's load never skews another's
+picks; the gateway routes a request to the pool that serves its (rewritten) model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kvgate.config.gateway import PoolConfig
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.store import EndpointStore, make_endpoint
+from kvgate.scheduling.director import Usage
+from kvgate.scheduling.types import InferenceRequest, PickResult
+
+
+class Picker(Protocol):
+    """What the gateway needs from ``kvgate.scheduling.director.Director``."""
+
+    def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult: ...
+    def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
+    def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None: ...
+
+
+@dataclass(slots=True)
+class Pool:
+    name: str
+    cfg: PoolConfig
+    store: EndpointStore
+    director: Picker
+    adapters: frozenset[str] = field(default_factory=frozenset)
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return self.store.all()
+
+
+def make_store(cfg: PoolConfig) -> EndpointStore:
+    return EndpointStore(make_endpoint(a, pool=cfg.name, engine=cfg.engine) for a in cfg.endpoints)
+
+
+def build_pool(cfg: PoolConfig, clock: Callable[[], float] = time.monotonic) -> Pool:
+    """A pool with the real picker: the pool's EndpointPickerConfig, or its named policy."""
+    from kvgate.scheduling.director import build_director
+    from kvgate.scheduling.policies import policy_config
+
+    store = make_store(cfg)
+    picker_cfg: Any = cfg.picker_config if cfg.picker_config is not None else policy_config(cfg.policy)
+    director = build_director(picker_cfg, store, clock=clock)
+    return Pool(cfg.name, cfg, store, director, frozenset(cfg.adapters))
+
+
+def make_usage(usage: dict[str, Any] | None) -> Usage | None:
+    """The response's OpenAI ``usage`` object as the director's ``Usage`` (None when absent)."""
+    if not usage:
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), _int(cached))
+
+
+def _int(v: Any) -> int:
+    return v if type(v) is int and v >= 0 else 0

@@ -1,0 +1,518 @@
+"""The data path: parse once, pick, forward on a pooled connection, relay, account.
+
+Retries: a connect error, a 5xx, or an upstream that dies before its first body byte is retried on
+another endpoint (at most ``limits.max_attempts`` tries), never once a byte has gone to the client.
+A stream the upstream cuts later ends with one SSE ``error`` event (the openai SDK raises
+``APIError`` on it) and no ``[DONE]``, so no client mistakes a truncated answer for a complete one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from kvgate.config.gateway import GatewayConfig
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.gateway.errors import GatewayError, error_response, sse_error_event
+from kvgate.gateway.front import Request, Response, StreamResponse
+from kvgate.gateway.health import HealthTracker
+from kvgate.gateway.metrics import GatewayMetrics
+from kvgate.gateway.pools import Pool, make_usage
+from kvgate.gateway.request import CHAT, COMPLETIONS, EMBEDDINGS, ParsedBody, estimate_tokens, parse_body
+from kvgate.gateway.rewrite import ModelRewriter
+from kvgate.gateway.stream import BodyRewriter, StreamRelay, StreamTooLarge, usage_from_body
+from kvgate.gateway.upstream import UpstreamPool, UpstreamResponse
+from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError
+
+log = logging.getLogger("kvgate.gateway")
+
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
+EXPLAIN_HEADER = "x-kvgate-explain"
+PICK_HEADER = "x-kvgate-pick"
+# Never forwarded upstream nor shown to plugins: hop-by-hop headers, ones the gateway sets itself, and
+# routing controls a client must not be able to use to choose its backend.
+_DROP = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+        "accept-encoding",
+        "expect",
+        "x-request-id",
+        "test-epp-endpoint-selection",
+        "x-conformance-test-served-endpoint",
+    }
+)
+_DROP_PREFIXES = ("x-gateway-", "x-kvgate-")
+_UPSTREAM_ERRORS = (TimeoutError, OSError)  # UpstreamError is an OSError
+_PATHS = {COMPLETIONS: "/v1/completions", CHAT: "/v1/chat/completions", EMBEDDINGS: "/v1/embeddings"}
+_EXPLAIN_HEADER_MAX = 4096
+
+
+def _filter_headers(headers: Mapping[str, str]) -> tuple[dict[str, str], str | None, str | None, bool]:
+    """One pass: (forwardable headers, objective, fairness id, explain?)."""
+    out: dict[str, str] = {}
+    objective = fairness = None
+    explain = False
+    for k, v in headers.items():
+        lk = k.lower()
+        if lk in _DROP:
+            continue
+        if lk.startswith(_DROP_PREFIXES):
+            if lk == OBJECTIVE_HEADER:
+                objective = v
+            elif lk == FAIRNESS_HEADER:
+                fairness = v
+            elif lk == EXPLAIN_HEADER:
+                explain = v.strip().lower() in ("1", "true", "yes")
+            continue
+        out[lk] = v
+    return out, objective, fairness, explain
+
+
+class PickLog:
+    """Bounded ring buffer of pick explanations by request id (``/debug/picks/<id>``)."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+
+    def put(self, request_id: str, explanation: bytes) -> None:
+        self._items[request_id] = explanation
+        self._items.move_to_end(request_id)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def get(self, request_id: str) -> bytes | None:
+        return self._items.get(request_id)
+
+
+class Proxy:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        pools: list[Pool],
+        metrics: GatewayMetrics,
+        health: HealthTracker,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.pools = pools
+        self.metrics = metrics
+        self.health = health
+        self.clock = clock
+        self.rewriter = ModelRewriter(cfg.rewrites, cfg.rewrite_seed)
+        self.picks = PickLog()
+        # model or adapter name -> pool serving it
+        self.routes: dict[str, Pool] = {}
+        self.pool_by_name = {pool.name: pool for pool in pools}
+        for pool in pools:
+            for name in (*pool.cfg.models, *pool.cfg.adapters):
+                self.routes[name] = pool
+        lim = cfg.limits
+        self.upstream = UpstreamPool(lim.connect_timeout_s, lim.idle_timeout_s)
+        self.request_timeout = lim.request_timeout_s or None
+        self.inflight = 0
+        self.draining = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._rid_prefix = os.urandom(4).hex()
+        self._rid_seq = 0
+
+    def _request_id(self) -> str:
+        self._rid_seq += 1
+        return f"{self._rid_prefix}-{self._rid_seq:x}"
+
+    # --- entry points -------------------------------------------------------------------------
+    async def completions(self, request: Request) -> Response | StreamResponse:
+        return await self._entry(request, COMPLETIONS)
+
+    async def chat(self, request: Request) -> Response | StreamResponse:
+        return await self._entry(request, CHAT)
+
+    async def embeddings(self, request: Request) -> Response | StreamResponse:
+        return await self._entry(request, EMBEDDINGS)
+
+    async def models(self, request: Request) -> Response | StreamResponse:
+        if request.method != "GET":
+            return error_response(GatewayError(405, f"{request.method} is not allowed on {request.path}"))
+        data = []
+        for pool in self.pools:
+            for m in pool.cfg.models:
+                data.append(
+                    {
+                        "id": m,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "kvgate",
+                        "root": m,
+                        "parent": None,
+                        "pool": pool.name,
+                    }
+                )
+            for a in pool.cfg.adapters:
+                base = pool.cfg.models[0]
+                data.append(
+                    {
+                        "id": a,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "kvgate",
+                        "root": a,
+                        "parent": base,
+                        "pool": pool.name,
+                    }
+                )
+        return Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+    async def _entry(self, request: Request, kind: str) -> Response | StreamResponse:
+        rid = request.headers.get("x-request-id") or self._request_id()
+        if request.method != "POST":
+            return error_response(
+                GatewayError(405, f"{request.method} is not allowed on {request.path}; use POST"), rid
+            )
+        if self.draining:
+            resp = error_response(GatewayError(503, "gateway is shutting down"), rid)
+            resp.force_close()
+            return resp
+        if self.inflight >= self.cfg.limits.max_concurrent_requests:
+            self.metrics.error("", "", "429")
+            return error_response(
+                GatewayError(429, "too many concurrent requests", code="too_many_requests"), rid
+            )
+        self.inflight += 1
+        self.idle.clear()
+        self.metrics.inflight.inc()
+        try:
+            return await self._handle(request, kind, rid, self.clock())
+        except GatewayError as e:
+            return error_response(e, rid)
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight.dec()
+            if self.inflight == 0:
+                self.idle.set()
+
+    async def _read_body(self, request: Request) -> bytes:
+        # The front already refused bodies over the limit (413) while reading them.
+        limit = self.cfg.limits.max_body_bytes
+        if request.content_length > limit:
+            raise GatewayError(413, f"request body of {request.content_length} bytes exceeds {limit} bytes")
+        return await request.read()
+
+    # --- one request --------------------------------------------------------------------------
+    async def _handle(self, request: Request, kind: str, rid: str, t0: float) -> Response | StreamResponse:
+        raw = await self._read_body(request)
+        parsed = parse_body(kind, raw)
+        client_model = parsed.model
+        target = self.rewriter.rewrite(client_model) if self.rewriter else client_model
+        pool = self.routes.get(target)
+        if pool is None:
+            self.metrics.error("", "", "404")
+            raise GatewayError(
+                404, f"The model '{client_model}' does not exist", param="model", code="model_not_found"
+            )
+        headers, objective, fairness, explain = _filter_headers(request.headers)
+        strip_usage = False
+        changed = target != client_model
+        if changed:
+            parsed.body["model"] = target
+        if parsed.stream and not parsed.client_wants_usage:
+            # Ask for the final usage chunk so the in-flight accounting sees real token counts, and
+            # strip it from what the client sees since it did not ask for it.
+            opts = parsed.body.get("stream_options") or {}
+            parsed.body["stream_options"] = {**opts, "include_usage": True}
+            strip_usage = changed = True
+        out = orjson.dumps(parsed.body) if changed else raw
+        # The picker tracks requests by id, so it gets a unique one even when clients reuse theirs;
+        # the client's x-request-id is what goes upstream and back.
+        internal = self._request_id() if "x-request-id" in request.headers else rid
+        ireq = self._inference_request(parsed, target, pool, internal, headers, objective, fairness, t0)
+        headers["x-request-id"] = rid
+        headers["content-type"] = "application/json"
+        # Header block built once; each attempt only prepends its request line and Host.
+        lines = [f"{k}: {v}\r\n" for k, v in headers.items()]
+        lines.append(f"content-length: {len(out)}\r\n\r\n")
+        header_block = "".join(lines).encode("utf-8", "surrogateescape")
+        try:
+            return await self._dispatch(
+                request, kind, pool, ireq, rid, out, header_block, client_model, strip_usage, explain, t0
+            )
+        except GatewayError as e:
+            self.metrics.error(client_model, target, str(e.status))
+            raise
+
+    def _inference_request(
+        self,
+        parsed: ParsedBody,
+        target: str,
+        pool: Pool,
+        rid: str,
+        headers: dict[str, str],
+        objective: str | None,
+        fairness: str | None,
+        t0: float,
+    ) -> InferenceRequest:
+        session = headers.get(self.cfg.session_header) or parsed.user
+        return InferenceRequest(
+            request_id=rid,
+            model=target,
+            prompt_text=parsed.prompt_text,
+            prompt_tokens=estimate_tokens(parsed),
+            token_ids=parsed.token_ids,
+            max_tokens=parsed.max_tokens,
+            lora_adapter=target if target in pool.adapters else None,
+            session_key=session,
+            priority=self.cfg.objectives.get(objective, 0) if objective else 0,
+            fairness_id=fairness or "default-flow",
+            headers=headers,
+            arrival_time=t0,
+        )
+
+    def _pick(
+        self, pool: Pool, ireq: InferenceRequest, tried: set[str], explain: bool
+    ) -> tuple[Endpoint, Any]:
+        if tried:
+            # Retry: only endpoints not tried yet are eligible.
+            ireq.subset = frozenset(ep.address for ep in pool.endpoints() if ep.address not in tried)
+            if not ireq.subset:
+                raise NoCapacityError("every endpoint failed for this request")
+        result = pool.director.pick(ireq, explain)
+        for ep in result.endpoints:
+            if ep.address not in tried:
+                return ep, result
+        raise NoCapacityError("no untried endpoint left for this request")
+
+    async def _dispatch(
+        self,
+        request: Request,
+        kind: str,
+        pool: Pool,
+        ireq: InferenceRequest,
+        rid: str,
+        out: bytes,
+        header_block: bytes,
+        client_model: str,
+        strip_usage: bool,
+        explain: bool,
+        t0: float,
+    ) -> Response | StreamResponse:
+        tried: set[str] = set()
+        director = pool.director
+        last_error = "no endpoint tried"
+        path = _PATHS[kind].encode()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout if self.request_timeout else None
+        sent_model = ireq.model if ireq.model != client_model else None
+        for attempt in range(self.cfg.limits.max_attempts):
+            try:
+                ep, result = self._pick(pool, ireq, tried, explain)
+            except SchedulingError as e:
+                if attempt == 0:
+                    raise GatewayError.from_scheduling(e) from None
+                raise GatewayError(
+                    503, f"all attempts failed; last: {last_error}", code="upstream_unavailable"
+                ) from None
+            tried.add(ep.address)
+            if attempt:
+                self.metrics.retries.inc()
+            reply_headers = {"x-request-id": rid}
+            if explain:
+                reply_headers[PICK_HEADER] = self._explain(rid, ep, result)
+            director.on_dispatched(ireq, ep)
+            finished = False
+            try:
+                head = b"POST " + path + b" HTTP/1.1\r\nhost: " + ep.address.encode() + b"\r\n" + header_block
+                resp = await self.upstream.request(ep.address, head, out, deadline)
+            except _UPSTREAM_ERRORS as e:
+                last_error = f"{ep.address}: {type(e).__name__}: {e}"
+                self._failed(director, ireq, ep)
+                continue
+            try:
+                # A 5xx with nowhere else to go is passed through rather than masked.
+                final = attempt == self.cfg.limits.max_attempts - 1 or not any(
+                    e.healthy and e.address not in tried for e in pool.endpoints()
+                )
+                if resp.status >= 500 and not final:
+                    last_error = f"{ep.address}: HTTP {resp.status}"
+                    self._failed(director, ireq, ep)
+                    finished = True
+                    continue
+                if resp.content_type == "text/event-stream":
+                    first = await self._first_chunk(resp)
+                    if first is None:
+                        last_error = f"{ep.address}: stream ended before its first byte"
+                        self._failed(director, ireq, ep)
+                        finished = True
+                        continue
+                    finished = True
+                    return await self._relay_stream(
+                        request,
+                        resp,
+                        first,
+                        director,
+                        ireq,
+                        ep,
+                        client_model,
+                        sent_model,
+                        strip_usage,
+                        reply_headers,
+                        t0,
+                    )
+                try:
+                    body = await resp.read()
+                except _UPSTREAM_ERRORS as e:
+                    last_error = f"{ep.address}: body read failed: {type(e).__name__}"
+                    self._failed(director, ireq, ep)
+                    finished = True
+                    continue
+                finished = True
+                return self._whole(
+                    resp, body, director, ireq, ep, client_model, sent_model, reply_headers, t0
+                )
+            finally:
+                if not finished:
+                    # Cancelled (client gone) or an unexpected error: keep the accounting exact.
+                    director.on_finished(ireq, ep, None, False)
+                resp.release()
+        raise GatewayError(
+            503,
+            f"all {self.cfg.limits.max_attempts} attempts failed; last: {last_error}",
+            code="upstream_unavailable",
+        )
+
+    def _peers(self, ep: Endpoint) -> tuple[Endpoint, ...]:
+        pool = self.pool_by_name.get(ep.pool)
+        return pool.endpoints() if pool is not None else ()
+
+    def _failed(self, director: Any, ireq: InferenceRequest, ep: Endpoint) -> None:
+        director.on_finished(ireq, ep, None, False)
+        if self.health.failure(ep, self._peers(ep)):
+            self.metrics.ejections.inc()
+
+    async def _first_chunk(self, resp: UpstreamResponse) -> bytes | None:
+        try:
+            chunk = await resp.read_chunk()
+        except _UPSTREAM_ERRORS:
+            return None
+        return chunk or None
+
+    def _explain(self, rid: str, ep: Endpoint, result: Any) -> str:
+        doc = orjson.dumps(
+            {"endpoint": ep.address, "profile": result.profile, "explanation": result.explanation},
+            default=str,
+            option=orjson.OPT_NON_STR_KEYS,
+        )
+        self.picks.put(rid, doc)
+        if len(doc) <= _EXPLAIN_HEADER_MAX:
+            return doc.decode()
+        return orjson.dumps(
+            {"endpoint": ep.address, "profile": result.profile, "truncated": f"/debug/picks/{rid}"}
+        ).decode()
+
+    def _whole(
+        self,
+        resp: UpstreamResponse,
+        body: bytes,
+        director: Any,
+        ireq: InferenceRequest,
+        ep: Endpoint,
+        client_model: str,
+        sent_model: str | None,
+        reply_headers: dict[str, str],
+        t0: float,
+    ) -> Response:
+        ok = resp.status < 500
+        director.on_first_token(ireq, ep)
+        usage = usage_from_body(body) if resp.status < 300 else None
+        director.on_finished(ireq, ep, make_usage(usage), ok)
+        if ok:
+            self.health.success(ep)
+        elif self.health.failure(ep, self._peers(ep)):
+            self.metrics.ejections.inc()
+        if sent_model:
+            body = BodyRewriter(sent_model, client_model).rewrite(body)
+        self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage)
+        if resp.status >= 400:
+            self.metrics.error(client_model, ireq.model, str(resp.status))
+        headers = reply_headers
+        headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
+        return Response(status=resp.status, body=body, headers=headers)
+
+    async def _relay_stream(
+        self,
+        request: Request,
+        resp: UpstreamResponse,
+        first: bytes,
+        director: Any,
+        ireq: InferenceRequest,
+        ep: Endpoint,
+        client_model: str,
+        sent_model: str | None,
+        strip_usage: bool,
+        reply_headers: dict[str, str],
+        t0: float,
+    ) -> Response | StreamResponse:
+        relay = StreamRelay(sent_model, client_model, strip_usage)
+        headers = reply_headers
+        headers["Content-Type"] = resp.head.headers.get("content-type", "text/event-stream")
+        headers["Cache-Control"] = "no-cache"
+        out = StreamResponse(status=resp.status, headers=headers)
+        ok = False
+        upstream_ok = True
+        director.on_first_token(ireq, ep)
+        try:
+            await out.prepare(request)
+            chunk: bytes | None = first
+            while chunk:
+                data = relay.feed(chunk)
+                if data:
+                    await out.write(data)
+                try:
+                    chunk = await resp.read_chunk()
+                except (*_UPSTREAM_ERRORS, StreamTooLarge) as e:
+                    upstream_ok = False
+                    log.warning(
+                        "%s: stream from %s cut: %s: %s", ireq.request_id, ep.address, type(e).__name__, e
+                    )
+                    await out.write(
+                        sse_error_event(f"upstream stream from {ep.address} was cut: {type(e).__name__}")
+                    )
+                    break
+            else:
+                tail = relay.finish()
+                if tail:
+                    await out.write(tail)
+                ok = True
+            await out.write_eof()
+        except (ConnectionResetError, StreamTooLarge):
+            # The client went away (or the upstream's framing broke): abort the upstream request so
+            # the model server stops generating for nobody.
+            resp.close()
+        finally:
+            if upstream_ok:
+                self.health.success(ep)
+            elif self.health.failure(ep, self._peers(ep)):
+                self.metrics.ejections.inc()
+            director.on_finished(ireq, ep, make_usage(relay.usage), ok)
+            self.metrics.observe(client_model, ireq.model, self.clock() - t0, relay.usage)
+            if not ok:
+                self.metrics.error(
+                    client_model, ireq.model, "stream_cut" if not upstream_ok else "client_gone"
+                )
+        return out

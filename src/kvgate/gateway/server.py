@@ -1,0 +1,182 @@
+"""``GatewayServer``: the data and admin listeners, their lifecycle and graceful drain.
+
+Shutdown order: stop listening, answer any new request on kept-alive connections with 503, wait for
+in-flight requests (streams included) up to ``limits.drain_timeout_s``, then close everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from kvgate.config.gateway import GatewayConfig
+from kvgate.gateway.errors import GatewayError, error_response
+from kvgate.gateway.front import FrontServer, Handler, Request, Response
+from kvgate.gateway.health import HealthTracker
+from kvgate.gateway.metrics import GatewayMetrics
+from kvgate.gateway.pools import Pool, build_pool
+from kvgate.gateway.proxy import Proxy
+
+log = logging.getLogger("kvgate.gateway")
+
+
+class GatewayServer:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        pools: list[Pool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        scrape: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.pools = pools if pools is not None else [build_pool(p, clock) for p in cfg.pools]
+        self.scrape = scrape
+        self.metrics = GatewayMetrics()
+        self.health = HealthTracker(cfg.health, clock)
+        self.session: aiohttp.ClientSession | None = None
+        self.proxy: Proxy | None = None
+        self._servers: list[tuple[asyncio.Server, FrontServer]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._scrapers: list[Any] = []
+        self.port = 0
+        self.admin_port: int | None = None
+
+    # --- routes -------------------------------------------------------------------------------
+    def _front(self, proxy: Proxy | None, admin: bool) -> FrontServer:
+        routes: dict[str, Handler] = {}
+        prefix: dict[str, Handler] = {}
+        if proxy is not None:
+            # One handler per path for every method: it answers 405 itself, as an OpenAI JSON error.
+            routes.update(
+                {
+                    "/v1/completions": proxy.completions,
+                    "/v1/chat/completions": proxy.chat,
+                    "/v1/embeddings": proxy.embeddings,
+                    "/v1/models": proxy.models,
+                }
+            )
+        if admin:
+            routes.update({"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz})
+            prefix["/debug/picks/"] = self._debug_pick
+        return FrontServer(
+            routes,
+            self._not_found,
+            prefix_routes=prefix,
+            max_body=self.cfg.limits.max_body_bytes,
+            keepalive_s=self.cfg.limits.keepalive_s,
+        )
+
+    async def _not_found(self, request: Request) -> Response:
+        return error_response(GatewayError(404, f"no route for {request.method} {request.path}"))
+
+    async def _metrics(self, request: Request) -> Response:
+        for pool in self.pools:
+            update = getattr(pool.director, "update_pool_metrics", None)
+            if update is not None:
+                update(pool.name)
+        body = generate_latest(self.metrics.registry) + generate_latest(REGISTRY)
+        return Response(body=body, content_type=CONTENT_TYPE_LATEST)
+
+    async def _healthz(self, request: Request) -> Response:
+        return Response(text="ok", content_type="text/plain")
+
+    async def _readyz(self, request: Request) -> Response:
+        if self.proxy is None or self.proxy.draining:
+            return Response(status=503, text="draining", content_type="text/plain")
+        if not any(ep.healthy for p in self.pools for ep in p.endpoints()):
+            return Response(status=503, text="no healthy endpoint", content_type="text/plain")
+        return Response(text="ready", content_type="text/plain")
+
+    async def _debug_pick(self, request: Request) -> Response:
+        assert self.proxy is not None
+        doc = self.proxy.picks.get(request.path.removeprefix("/debug/picks/"))
+        if doc is None:
+            return error_response(
+                GatewayError(
+                    404,
+                    "no pick recorded for that request id (ring buffer of "
+                    f"{self.proxy.picks.capacity}; send x-kvgate-explain: 1)",
+                )
+            )
+        return Response(body=doc, content_type="application/json")
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        # aiohttp's client only for the health probes (rare); the data path uses upstream.UpstreamPool.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.proxy = Proxy(self.cfg, self.pools, self.metrics, self.health, self.clock)
+        self.port = await self._serve(
+            self._front(self.proxy, admin=self.cfg.admin_port is None), self.cfg.port
+        )
+        if self.cfg.admin_port is not None:
+            self.admin_port = await self._serve(self._front(None, admin=True), self.cfg.admin_port)
+        self._tasks.append(
+            asyncio.create_task(
+                self.health.run(self.session, lambda: [ep for p in self.pools for ep in p.endpoints()])
+            )
+        )
+        if self.scrape:
+            from kvgate.datalayer.scraper import MetricsScraper
+
+            for pool in self.pools:
+                scraper = MetricsScraper(pool.store, interval=self.cfg.scrape_interval_s, clock=self.clock)
+                await scraper.start()
+                self._scrapers.append(scraper)
+        log.info(
+            "kvgate gateway on http://%s:%d (admin %s)",
+            self.cfg.host,
+            self.port,
+            self.admin_port if self.admin_port is not None else "on the data port",
+        )
+
+    async def _serve(self, front: FrontServer, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            front.protocol, self.cfg.host, port, backlog=4096, reuse_address=True
+        )
+        self._servers.append((server, front))
+        bound: int = server.sockets[0].getsockname()[1]
+        return bound
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Graceful: stop accepting, drain in-flight requests (bounded), then close."""
+        timeout = self.cfg.limits.drain_timeout_s if drain_timeout is None else drain_timeout
+        if self.proxy is not None:
+            self.proxy.draining = True
+        # Close the data listener first so no new connection is accepted during the drain, and
+        # stop keeping client connections alive (idle ones close now, busy ones after their reply).
+        if self._servers:
+            data_server, data_front = self._servers[0]
+            data_server.close()
+            data_front.drain()
+        if self.proxy is not None and self.proxy.inflight:
+            log.info("draining %d in-flight requests (up to %.0fs)", self.proxy.inflight, timeout)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proxy.idle.wait(), timeout)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+        for s in self._scrapers:
+            await s.stop()
+        self._scrapers.clear()
+        for server, front in reversed(self._servers):
+            server.close()
+            front.close_all()
+        self._servers.clear()
+        if self.proxy is not None:
+            self.proxy.upstream.close()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None

@@ -1,0 +1,135 @@
+"""Response-side work: rewrite ``model`` back, read ``usage``, strip a usage chunk the gateway added.
+
+Streams are relayed chunk by chunk. When nothing needs changing, each chunk goes out as it arrived
+and only a bounded tail is kept to find the final usage event. When something must change, chunks are
+split at SSE event boundaries; complete events go out at once and only an incomplete trailing event
+waits for its end (bounded by ``max_event_bytes``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+_TAIL_BYTES = 16 * 1024
+
+
+class StreamTooLarge(Exception):
+    """One SSE event grew past the bound: the upstream is not speaking SSE as expected."""
+
+
+def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:
+    s, c = orjson.dumps(sent), orjson.dumps(client)
+    # Compact (vLLM, SGLang, orjson) and json.dumps-style spacing.
+    return [(b'"model":' + s, b'"model":' + c), (b'"model": ' + s, b'"model": ' + c)]
+
+
+def _usage_of(event: bytes) -> dict[str, Any] | None:
+    start = event.find(b"{")
+    if start < 0:
+        return None
+    try:
+        obj = orjson.loads(event[start:])
+    except orjson.JSONDecodeError:
+        return None
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+class BodyRewriter:
+    """Non-streaming bodies: one pass over the whole body."""
+
+    __slots__ = ("_patterns",)
+
+    def __init__(self, sent_model: str | None, client_model: str) -> None:
+        self._patterns = _model_patterns(sent_model, client_model) if sent_model else []
+
+    def rewrite(self, body: bytes) -> bytes:
+        for old, new in self._patterns:
+            body = body.replace(old, new, 1)
+        return body
+
+
+def usage_from_body(body: bytes) -> dict[str, Any] | None:
+    if b'"usage"' not in body:
+        return None
+    return _usage_of(body)
+
+
+class StreamRelay:
+    def __init__(
+        self, sent_model: str | None, client_model: str, strip_usage: bool, max_event_bytes: int = 1024 * 1024
+    ) -> None:
+        self._patterns = _model_patterns(sent_model, client_model) if sent_model else []
+        self._strip = strip_usage
+        self._transform = bool(self._patterns) or strip_usage
+        self._buf = b""
+        self._max = max_event_bytes
+        self._sep = b"\n\n"
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self._transform:
+            self._buf = (self._buf + chunk)[-_TAIL_BYTES:]
+            return chunk
+        buf = self._buf + chunk if self._buf else chunk
+        if self._sep == b"\n\n" and b"\r\n\r\n" in buf:
+            self._sep = b"\r\n\r\n"
+        cut = buf.rfind(self._sep)
+        if cut < 0:
+            if len(buf) > self._max:
+                raise StreamTooLarge(f"an SSE event exceeded {self._max} bytes")
+            self._buf = buf
+            return b""
+        end = cut + len(self._sep)
+        self._buf = buf[end:]
+        return self._process(buf[:end])
+
+    def _process(self, events: bytes) -> bytes:
+        if self._strip and b'"usage"' in events:
+            kept = []
+            for ev in events.split(self._sep):
+                if not ev:
+                    continue
+                if b'"usage"' in ev and b"[DONE]" not in ev:
+                    usage = _usage_of(ev)
+                    if usage is not None:
+                        self.usage = usage
+                        if self._is_usage_only(ev):
+                            continue
+                kept.append(ev + self._sep)
+            events = b"".join(kept)
+        elif b'"usage"' in events:
+            for ev in events.split(self._sep):
+                usage = _usage_of(ev) if b'"usage"' in ev else None
+                if usage is not None:
+                    self.usage = usage
+        for old, new in self._patterns:
+            events = events.replace(old, new)
+        return events
+
+    @staticmethod
+    def _is_usage_only(ev: bytes) -> bool:
+        # The include_usage chunk has an empty choices list; token chunks never do.
+        start = ev.find(b"{")
+        try:
+            obj = orjson.loads(ev[start:])
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(obj, dict) and obj.get("choices") == []
+
+    def finish(self) -> bytes:
+        """At end of stream: the leftover (an event without its blank line), and usage from the tail."""
+        if not self._transform:
+            tail = self._buf
+            self._buf = b""
+            for ev in reversed(tail.split(b"\n\n")):
+                if b'"usage"' in ev:
+                    usage = _usage_of(ev)
+                    if usage is not None:
+                        self.usage = usage
+                        break
+            return b""
+        rest, self._buf = self._buf, b""
+        return self._process(rest) if rest.strip() else rest

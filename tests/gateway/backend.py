@@ -1,0 +1,163 @@
+"""A small OpenAI-compatible model server for gateway tests, with switchable failure modes.
+
+Real HTTP on 127.0.0.1 (ephemeral port). It records what it received (bounded) so tests can check
+what the gateway forwarded, and can misbehave on demand: answer 500, drop the connection before
+answering, cut a stream half-way, or stream slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+class Backend:
+    def __init__(self, name: str, *, tokens: int = 4, chunk_delay: float = 0.0) -> None:
+        self.name = name
+        self.tokens = tokens
+        self.chunk_delay = chunk_delay
+        # ok | error500 | drop | cut | hang
+        self.mode = "ok"
+        self.received: collections.deque[tuple[str, dict[str, str], dict[str, Any]]] = collections.deque(
+            maxlen=2000
+        )
+        self.health_ok = True
+        # Set when any generation/embedding request arrives (tests wait on it instead of polling).
+        self.arrived = asyncio.Event()
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._generate)
+        app.router.add_post("/v1/chat/completions", self._generate)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self, port: int = 0) -> Backend:
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True)
+        await site.start()
+        server = site._server
+        self.port = getattr(server, "sockets")[0].getsockname()[1]  # noqa: B009
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.health_ok else 503, text="ok")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        text = (
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            'vllm:num_requests_waiting{model_name="m"} 0\n'
+            "# TYPE vllm:num_requests_running gauge\n"
+            'vllm:num_requests_running{model_name="m"} 0\n'
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            'vllm:kv_cache_usage_perc{model_name="m"} 0.1\n'
+        )
+        return web.Response(text=text)
+
+    async def _misbehave(self, request: web.Request) -> web.Response | None:
+        if self.mode == "error500":
+            return web.Response(status=500, text=f"{self.name} broken")
+        if self.mode == "drop":
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        return None
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        self.received.append((request.path, {k.lower(): v for k, v in request.headers.items()}, body))
+        self.arrived.set()
+        bad = await self._misbehave(request)
+        if bad is not None:
+            return bad
+        out = {
+            "object": "list",
+            "model": body["model"],
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+            "usage": {"prompt_tokens": 3, "total_tokens": 3},
+        }
+        return web.Response(body=orjson.dumps(out), content_type="application/json")
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.received.append((request.path, {k.lower(): v for k, v in request.headers.items()}, body))
+        self.arrived.set()
+        bad = await self._misbehave(request)
+        if bad is not None:
+            return bad
+        chat = request.path.endswith("chat/completions")
+        model = body["model"]
+        n = min(int(body.get("max_tokens") or self.tokens), self.tokens)
+        usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+        rid = f"cmpl-{self.name}"
+        if not body.get("stream"):
+            text = " ".join(f"{self.name}-{i}" for i in range(n))
+            choice: dict[str, Any] = (
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+                if chat
+                else {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
+            )
+            out = {
+                "id": rid,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+            }
+            return web.Response(body=orjson.dumps(out), content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        for i in range(n):
+            if self.mode == "cut" and i == 2:
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
+            piece = f"{self.name}-{i} "
+            ch: dict[str, Any] = (
+                {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                if chat
+                else {"index": 0, "text": piece, "finish_reason": None}
+            )
+            chunk = {"id": rid, "object": obj, "created": 0, "model": model, "choices": [ch]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            last = {"id": rid, "object": obj, "created": 0, "model": model, "choices": [], "usage": usage}
+            await resp.write(b"data: " + orjson.dumps(last) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+def free_port() -> int:
+    """A port nobody listens on (connect is refused): a dead replica."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port

@@ -1,0 +1,76 @@
+"""Gateway test fixtures: real backends and a real gateway on 127.0.0.1 ephemeral ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from gateway.backend import Backend
+from kvgate.config.gateway import GatewayConfig, parse_gateway_config
+from kvgate.gateway.pools import Pool, build_pool
+from kvgate.gateway.server import GatewayServer
+
+
+def make_config(
+    addresses: list[str],
+    *,
+    models: tuple[str, ...] = ("m",),
+    policy: str = "round-robin",
+    extra: dict[str, Any] | None = None,
+    adapters: tuple[str, ...] = (),
+) -> GatewayConfig:
+    raw: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "pools": [
+            {
+                "name": "p",
+                "endpoints": addresses,
+                "models": list(models),
+                "adapters": list(adapters),
+                "policy": policy,
+            }
+        ],
+        "health": {"ejectBaseSeconds": 0.2, "ejectMaxSeconds": 1.0, "probeTimeoutSeconds": 0.5},
+    }
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return parse_gateway_config(raw)
+
+
+def make_pools(cfg: GatewayConfig) -> list[Pool]:
+    """Each pool with kvgate's real picker (``build_director`` with the pool's policy)."""
+    return [build_pool(p) for p in cfg.pools]
+
+
+@asynccontextmanager
+async def running_gateway(cfg: GatewayConfig, *, scrape: bool = False) -> AsyncIterator[GatewayServer]:
+    gw = GatewayServer(cfg, make_pools(cfg), scrape=scrape)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop(drain_timeout=1.0)
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[Callable[..., Any]]:
+    started: list[Backend] = []
+
+    async def make(n: int = 2, **kw: Any) -> list[Backend]:
+        out = [await Backend(f"b{i}", **kw).start() for i in range(len(started), len(started) + n)]
+        started.extend(out)
+        return out
+
+    yield make
+    for b in started:
+        await b.stop()
+
+
+def base_url(gw: GatewayServer) -> str:
+    return f"http://127.0.0.1:{gw.port}"

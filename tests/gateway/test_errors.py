@@ -1,0 +1,140 @@
+"""Every refusal the gateway makes, as an OpenAI JSON error with the right status."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import openai
+import orjson
+import pytest
+
+from gateway.conftest import base_url, make_config, running_gateway
+
+
+async def _post(s: aiohttp.ClientSession, url: str, body: bytes, **headers: str) -> tuple[int, dict]:
+    async with s.post(url, data=body, headers={"Content-Type": "application/json", **headers}) as r:
+        raw = await r.read()
+        assert r.content_type == "application/json", raw
+        return r.status, orjson.loads(raw)
+
+
+def _assert_error(doc: dict, code: str | None = None, param: str | None = None) -> None:
+    err = doc["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"]
+    if code is not None:
+        assert err["code"] == code
+    if param is not None:
+        assert err["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (b"", None),
+        (b'{"prompt": "x"}', "model"),
+        (b'{"model": 5, "prompt": "x"}', "model"),
+        (b'{"model": "m"}', "prompt"),
+        (b'{"model": "m", "prompt": {"a": 1}}', "prompt"),
+        (b'{"model": "m", "prompt": "x", "stream": "yes"}', "stream"),
+        (b'{"model": "m", "prompt": "x", "max_tokens": -1}', "max_tokens"),
+        (b'{"model": "m", "prompt": "x", "max_tokens": 1.5}', "max_tokens"),
+    ],
+)
+async def test_400_bad_bodies(backends, body, param):
+    (b,) = await backends(1)
+    async with running_gateway(make_config([b.address])) as gw, aiohttp.ClientSession() as s:
+        status, doc = await _post(s, base_url(gw) + "/v1/completions", body)
+        assert status == 400
+        _assert_error(doc, "invalid_request_error", param)
+    assert not b.received  # nothing reached the model server
+
+
+async def test_400_chat_without_messages(backends):
+    (b,) = await backends(1)
+    async with running_gateway(make_config([b.address])) as gw, aiohttp.ClientSession() as s:
+        status, doc = await _post(s, base_url(gw) + "/v1/chat/completions", b'{"model": "m", "messages": []}')
+        assert status == 400
+        _assert_error(doc, param="messages")
+
+
+async def test_404_unknown_model_via_sdk(backends):
+    (b,) = await backends(1)
+    async with running_gateway(make_config([b.address])) as gw:
+        client = openai.AsyncOpenAI(base_url=base_url(gw) + "/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.NotFoundError) as ei:
+            await client.completions.create(model="nope", prompt="x")
+        assert "nope" in str(ei.value)
+        assert ei.value.code == "model_not_found"
+        await client.close()
+
+
+async def test_404_unknown_path_and_405_wrong_method(backends):
+    (b,) = await backends(1)
+    async with running_gateway(make_config([b.address])) as gw, aiohttp.ClientSession() as s:
+        async with s.get(base_url(gw) + "/v2/whatever") as r:
+            assert r.status == 404
+            _assert_error(orjson.loads(await r.read()), "not_found")
+        async with s.get(base_url(gw) + "/v1/completions") as r:
+            assert r.status == 405
+            _assert_error(orjson.loads(await r.read()), "method_not_allowed")
+        async with s.post(base_url(gw) + "/v1/models") as r:
+            assert r.status == 405
+
+
+async def test_413_body_too_large(backends):
+    (b,) = await backends(1)
+    cfg = make_config([b.address], extra={"limits": {"maxBodyBytes": 1000}})
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        body = orjson.dumps({"model": "m", "prompt": "x" * 2000})
+        status, doc = await _post(s, base_url(gw) + "/v1/completions", body)
+        assert status == 413
+        _assert_error(doc, "request_too_large")
+
+        # Chunked upload (no Content-Length): the limit still holds while reading.
+        async def gen():
+            for _ in range(4):
+                yield b"x" * 500
+
+        async with s.post(base_url(gw) + "/v1/completions", data=gen()) as r:
+            assert r.status == 413
+    assert not b.received
+
+
+async def test_429_when_concurrency_limit_reached(backends):
+    (b,) = await backends(1)
+    b.mode = "hang"
+    cfg = make_config([b.address], extra={"limits": {"maxConcurrentRequests": 1}})
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/completions"
+        hung = asyncio.create_task(_post(s, url, b'{"model": "m", "prompt": "a"}'))
+        await asyncio.wait_for(b.arrived.wait(), 5)
+        status, doc = await _post(s, url, b'{"model": "m", "prompt": "b"}')
+        assert status == 429
+        _assert_error(doc, "too_many_requests")
+        hung.cancel()
+
+
+async def test_503_when_no_endpoint_is_healthy(backends):
+    bs = await backends(2)
+    async with running_gateway(make_config([b.address for b in bs])) as gw, aiohttp.ClientSession() as s:
+        for pool in gw.pools:
+            for ep in pool.endpoints():
+                ep.healthy = False
+        gw.health.cfg.eject_base_s = 60  # keep the probe from bringing them back during the test
+        status, doc = await _post(s, base_url(gw) + "/v1/completions", b'{"model": "m", "prompt": "x"}')
+        assert status == 503
+        _assert_error(doc)
+        assert doc["error"]["type"] == "service_unavailable"
+
+
+async def test_upstream_5xx_with_no_other_endpoint_passes_through(backends):
+    (b,) = await backends(1)
+    async with running_gateway(make_config([b.address])) as gw, aiohttp.ClientSession() as s:
+        b.mode = "error500"
+        async with s.post(base_url(gw) + "/v1/completions", data=b'{"model": "m", "prompt": "x"}') as r:
+            assert r.status == 500
+            assert "b0 broken" in await r.text()

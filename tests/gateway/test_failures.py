@@ -1,0 +1,219 @@
+"""Retries, ejection and probe-back, mid-stream cuts, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import openai
+import orjson
+import pytest
+
+from gateway.backend import free_port
+from gateway.conftest import base_url, make_config, running_gateway
+
+
+def _client(gw: object) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url(gw) + "/v1", api_key="k", max_retries=0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("failure", ["refused", "error500", "drop"])
+async def test_no_request_lost_when_a_replica_fails(backends, failure):
+    good = await backends(2)
+    if failure == "refused":
+        bad_addr = f"127.0.0.1:{free_port()}"
+    else:
+        (bad,) = await backends(1)
+        bad.mode = failure
+        bad_addr = bad.address
+    addrs = [good[0].address, bad_addr, good[1].address]
+    cfg = make_config(addrs, extra={"health": {"ejectAfterFailures": 1000}})
+    async with running_gateway(cfg) as gw:
+        client = _client(gw)
+        results = await asyncio.gather(
+            *(client.completions.create(model="m", prompt=f"p{i}", max_tokens=1) for i in range(30))
+        )
+        assert all(r.choices[0].text for r in results)
+        assert sum(len(b.received) for b in good) == 30
+        # The failed replica was tried (and the requests it failed were retried elsewhere).
+        assert gw.metrics.retries._value.get() >= 5
+        streams = [
+            await client.completions.create(model="m", prompt="s", max_tokens=2, stream=True)
+            for _ in range(6)
+        ]
+        for st in streams:
+            assert len([c async for c in st]) == 2
+        await client.close()
+
+
+async def test_repeated_failures_eject_then_probe_brings_back(backends):
+    good, flaky = await backends(2)
+    flaky.mode = "error500"
+    flaky.health_ok = False
+    cfg = make_config([good.address, flaky.address], extra={"health": {"ejectAfterFailures": 2}})
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/completions"
+        for _ in range(6):
+            async with s.post(url, data=b'{"model": "m", "prompt": "x"}') as r:
+                assert r.status == 200
+        ep = next(e for e in gw.pools[0].endpoints() if e.address == flaky.address)
+        assert not ep.healthy
+        seen = len(flaky.received)
+        for _ in range(6):
+            async with s.post(url, data=b'{"model": "m", "prompt": "x"}') as r:
+                assert r.status == 200
+        assert len(flaky.received) == seen  # ejected: no traffic
+        # Heal it: the probe (back-off 0.2 s) brings it back and it gets traffic again.
+        flaky.mode = "ok"
+        flaky.health_ok = True
+        for _ in range(100):
+            if ep.healthy:
+                break
+            await asyncio.sleep(0.05)
+        assert ep.healthy
+        for _ in range(4):
+            async with s.post(url, data=b'{"model": "m", "prompt": "x"}') as r:
+                assert r.status == 200
+        assert len(flaky.received) > seen
+
+
+async def test_stream_cut_midway_ends_with_an_error_event_not_a_hang(backends):
+    (b,) = await backends(1, tokens=6)
+    b.mode = "cut"
+    async with running_gateway(make_config([b.address])) as gw:
+        client = _client(gw)
+        stream = await client.completions.create(model="m", prompt="x", max_tokens=6, stream=True)
+        got = []
+        with pytest.raises(openai.APIError) as ei:
+            async with asyncio.timeout(10):
+                async for chunk in stream:
+                    got.append(chunk.choices[0].text)
+        assert got == ["b0-0 ", "b0-1 "]
+        assert "cut" in str(ei.value)
+        await client.close()
+    # Raw view: the last event is the error, and no [DONE] follows it.
+    b.mode = "cut"
+    async with running_gateway(make_config([b.address])) as gw, aiohttp.ClientSession() as s:
+        body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 6})
+        async with s.post(base_url(gw) + "/v1/completions", data=body) as r:
+            raw = await r.read()
+        events = [e for e in raw.split(b"\n\n") if e]
+        assert b'"error"' in events[-1] and b"[DONE]" not in raw
+
+
+async def test_graceful_drain_finishes_streams_and_refuses_new_connections(backends):
+    (b,) = await backends(1, tokens=8, chunk_delay=0.05)
+    cfg = make_config([b.address])
+    async with running_gateway(cfg) as gw:
+        client = _client(gw)
+        stream = await client.completions.create(model="m", prompt="x", max_tokens=8, stream=True)
+        first = await stream.__anext__()
+        stopper = asyncio.create_task(gw.stop(drain_timeout=10))
+        await asyncio.sleep(0.05)
+        assert gw.proxy is not None and gw.proxy.draining
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with aiohttp.ClientSession() as s:
+                await s.post(base_url(gw) + "/v1/completions", data=b"{}")
+        rest = [c.choices[0].text async for c in stream]
+        assert [first.choices[0].text, *rest] == [f"b0-{i} " for i in range(8)]
+        await asyncio.wait_for(stopper, 5)
+        await client.close()
+
+
+async def test_drain_is_bounded_by_its_timeout(backends):
+    (b,) = await backends(1)
+    b.mode = "hang"
+    async with running_gateway(make_config([b.address])) as gw, aiohttp.ClientSession() as s:
+        task = asyncio.create_task(
+            s.post(base_url(gw) + "/v1/completions", data=b'{"model":"m","prompt":"x"}')
+        )
+        await asyncio.wait_for(b.arrived.wait(), 5)
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        await gw.stop(drain_timeout=0.3)
+        assert loop.time() - t < 5
+        task.cancel()
+
+
+async def test_last_healthy_endpoint_is_never_ejected(backends):
+    (b,) = await backends(1)
+    b.mode = "error500"
+    cfg = make_config([b.address], extra={"health": {"ejectAfterFailures": 2}})
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        for _ in range(5):
+            async with s.post(base_url(gw) + "/v1/completions", data=b'{"model":"m","prompt":"x"}') as r:
+                assert r.status == 500  # the server's own answer, not a 503 from an emptied pool
+        assert gw.pools[0].endpoints()[0].healthy
+        b.mode = "ok"
+        async with s.post(base_url(gw) + "/v1/completions", data=b'{"model":"m","prompt":"x"}') as r:
+            assert r.status == 200
+
+
+async def test_idle_and_request_timeouts(backends):
+    hung, slow = await backends(2, tokens=20, chunk_delay=0.1)
+    hung.mode = "hang"
+    cfg = make_config([hung.address], extra={"limits": {"idleTimeoutSeconds": 0.3}})
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        async with s.post(base_url(gw) + "/v1/completions", data=b'{"model":"m","prompt":"x"}') as r:
+            assert r.status == 503
+            assert "timeout" in (await r.json())["error"]["message"].lower()
+        assert loop.time() - t < 5
+    # A stream that outlives requestTimeoutSeconds is ended with an error event, not left open.
+    cfg = make_config([slow.address], extra={"limits": {"requestTimeoutSeconds": 0.5}})
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 20})
+        async with s.post(base_url(gw) + "/v1/completions", data=body) as r:
+            raw = await asyncio.wait_for(r.read(), 10)
+        events = [e for e in raw.split(b"\n\n") if e]
+        assert 1 <= len(events) < 20
+        assert b'"error"' in events[-1]
+
+
+async def test_cli_serve_drains_on_sigterm(backends, tmp_path):
+    import signal
+    import sys
+
+    (b,) = await backends(1, tokens=6, chunk_delay=0.1)
+    from gateway.backend import free_port as _free
+
+    port = _free()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kvgate.cli",
+        "serve",
+        "--endpoints",
+        b.address,
+        "--model",
+        "m",
+        "--policy",
+        "round-robin",
+        "--port",
+        str(port),
+        "--log-level",
+        "WARNING",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(200):
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 6})
+            async with s.post(f"http://127.0.0.1:{port}/v1/completions", data=body) as r:
+                first = await r.content.readuntil(b"\n\n")
+                proc.send_signal(signal.SIGTERM)
+                rest = await asyncio.wait_for(r.read(), 10)
+        assert b"b0-0" in first and rest.count(b"data: ") == 6  # 5 more tokens + [DONE]
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,160 @@
+"""The lean upstream HTTP/1.1 client: framing, keep-alive reuse, split reads, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvgate.gateway.upstream import UpstreamError, UpstreamPool, UpstreamTimeout, _Conn
+
+
+class _Scripted:
+    """A raw TCP server that answers each request with the next scripted reply (or closes)."""
+
+    def __init__(self, replies: list[bytes | None]) -> None:
+        self.replies = replies
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while self.replies:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                self.requests.append(head + await reader.readexactly(length))
+                reply = self.replies.pop(0)
+                if reply is None:
+                    break
+                if reply == b"HANG":
+                    await asyncio.sleep(2)
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def stop(self) -> None:
+        self.server.close()
+
+
+def _req(port: int) -> tuple[str, bytes, bytes]:
+    return (
+        f"127.0.0.1:{port}",
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n",
+        b"{}",
+    )
+
+
+async def test_content_length_and_keep_alive_reuse():
+    srv = _Scripted(
+        [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\nhello"] * 3
+    )
+    port = await srv.start()
+    pool = UpstreamPool(1.0, 5.0)
+    for _ in range(3):
+        resp = await pool.request(*_req(port))
+        assert (resp.status, resp.content_type) == (200, "application/json")
+        assert await resp.read() == b"hello"
+        resp.release()
+    assert srv.connections == 1  # one kept-alive connection served all three
+    pool.close()
+    await srv.stop()
+
+
+async def test_chunked_streaming_and_trailers():
+    body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n"
+    srv = _Scripted(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + body,
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ]
+    )
+    port = await srv.start()
+    pool = UpstreamPool(1.0, 5.0)
+    resp = await pool.request(*_req(port))
+    assert resp.content_type == "text/event-stream"
+    assert await resp.read() == b"hello world"
+    resp.release()
+    resp = await pool.request(*_req(port))  # same connection, next response parsed cleanly
+    assert resp.status == 204 and await resp.read() == b""
+    resp.release()
+    assert srv.connections == 1
+    pool.close()
+    await srv.stop()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pieces=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(1, 50), max_size=40),
+)
+def test_chunked_decoding_survives_any_split(pieces, cuts):
+    wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    wire += b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+    conn = _Conn(UpstreamPool(1.0, 1.0), "x:1")
+    i = 0
+    for n in cuts:
+        conn.data_received(wire[i : i + n])
+        i += n
+        if i >= len(wire):
+            break
+    if i < len(wire):
+        conn.data_received(wire[i:])
+    assert conn.error is None and conn.done
+    assert b"".join(conn.body) == b"".join(pieces)
+
+
+async def test_server_closing_an_idle_connection_is_retried_transparently():
+    srv = _Scripted(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            None,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ]
+    )
+    port = await srv.start()
+    pool = UpstreamPool(1.0, 5.0)
+    resp = await pool.request(*_req(port))
+    assert await resp.read() == b"ok"
+    resp.release()
+    # The server closes the kept-alive connection on the next request without answering: the
+    # request cannot have been processed, so the pool retries once on a fresh connection.
+    resp = await pool.request(*_req(port))
+    assert await resp.read() == b"ok"
+    resp.release()
+    assert srv.connections == 2
+    pool.close()
+    await srv.stop()
+
+
+async def test_failures_raise_upstream_errors():
+    pool = UpstreamPool(1.0, 0.3)
+    srv = _Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nonly5", None])
+    port = await srv.start()
+    resp = await pool.request(*_req(port))
+    with pytest.raises(UpstreamError):  # body shorter than Content-Length, then close
+        await resp.read()
+    resp.release()
+    await srv.stop()
+    hang = _Scripted([b"HANG"])  # accepts and never answers
+    port = await hang.start()
+    with pytest.raises(UpstreamTimeout):
+        await pool.request(*_req(port))
+    await hang.stop()
+    garbage = _Scripted([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"])
+    port = await garbage.start()
+    resp = await pool.request(*_req(port))
+    with pytest.raises(UpstreamError, match="malformed"):
+        await resp.read()
+    resp.release()
+    await garbage.stop()
+    pool.close()
