@@ -1,1 +1,2 @@
-
+"""Scheduling plugins. Every module here is imported by ``kvgate.scheduling.registry.discover()`` and
+registers its plugin types with ``@register("type-name")``; add a module, not an import line."""

@@ -1,0 +1,253 @@
+"""Load ``EndpointPickerConfig`` YAML exactly as users write it for the reference EPP.
+
+Structure errors, unknown plugin types, bad parameters and dangling ``pluginRef``s fail here, at load,
+with a ``ConfigError`` naming the key (``plugins[1].parameters.blockSize: ...``). Parameters are
+validated by building each plugin once with a store-less handle, so the rules live in one place: the
+plugin's own ``create``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kvgate.scheduling import registry
+from kvgate.scheduling.framework import ConfigError, Params, Picker, PluginHandle, ProfileHandler
+
+API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
+KIND = "EndpointPickerConfig"
+TOP_KEYS = (
+    "apiVersion",
+    "kind",
+    "plugins",
+    "schedulingProfiles",
+    "featureGates",
+    "saturationDetector",
+    "dataLayer",
+    "flowControl",
+    "parser",
+)
+# Inline saturationDetector keys (the reference's utilization detector parameters).
+_DETECTOR_INLINE = ("queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold")
+
+__all__ = ["API_VERSION", "KIND", "ConfigError", "EndpointPickerConfig", "load_config", "parse_config"]
+
+
+@dataclass(slots=True)
+class PluginSpec:
+    name: str
+    type: str
+    parameters: dict[str, Any]
+    path: str  # where it was declared, for error messages
+
+    def params(self) -> Params:
+        return Params(self.parameters, f"{self.path}.parameters")
+
+
+@dataclass(slots=True)
+class ProfileRef:
+    plugin_ref: str
+    weight: float | None
+    path: str
+
+
+@dataclass(slots=True)
+class ProfileSpec:
+    name: str
+    plugins: list[ProfileRef]
+    path: str
+
+
+@dataclass(slots=True)
+class EndpointPickerConfig:
+    plugins: list[PluginSpec] = field(default_factory=list)
+    profiles: list[ProfileSpec] = field(default_factory=list)
+    feature_gates: list[str] = field(default_factory=list)
+    # The detector as a plugin spec (from saturationDetector or the default utilization detector).
+    saturation_detector: PluginSpec | None = None
+    data_layer: dict[str, Any] = field(default_factory=dict)
+    flow_control: dict[str, Any] = field(default_factory=dict)
+    parser: dict[str, Any] = field(default_factory=dict)
+    name: str = "custom"  # a policy name, or the file it came from
+
+    def plugin(self, name: str) -> PluginSpec | None:
+        return next((p for p in self.plugins if p.name == name), None)
+
+
+def _mapping(v: Any, path: str) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{path}: must be a mapping, got {type(v).__name__}")
+    return dict(v)
+
+
+def _list(v: Any, path: str) -> list[Any]:
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise ConfigError(f"{path}: must be a list, got {type(v).__name__}")
+    return v
+
+
+def _str(v: Any, path: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{path}: must be a non-empty string, got {v!r}")
+    return v
+
+
+def _check_keys(d: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> None:
+    for k in d:
+        if k not in allowed:
+            raise ConfigError(
+                f"{path}.{k}: unknown key (allowed: {', '.join(allowed)})" if path else f"{k}: unknown key"
+            )
+
+
+def _plugin(raw: Any, path: str) -> PluginSpec:
+    d = _mapping(raw, path)
+    _check_keys(d, ("name", "type", "parameters"), path)
+    if "type" not in d:
+        raise ConfigError(f"{path}.type: required")
+    ptype = _str(d["type"], f"{path}.type")
+    name = _str(d.get("name", ptype), f"{path}.name")
+    cls = registry.get(ptype)
+    if cls is None:
+        raise ConfigError(
+            f"{path}.type: unknown plugin type {ptype!r} (known: {', '.join(registry.types())})"
+        )
+    return PluginSpec(name, ptype, _mapping(d.get("parameters"), f"{path}.parameters"), path)
+
+
+def _detector(raw: Any, plugins: list[PluginSpec]) -> PluginSpec:
+    path = "saturationDetector"
+    d = _mapping(raw, path)
+    if "pluginRef" in d:
+        _check_keys(d, ("pluginRef",), path)
+        ref = _str(d["pluginRef"], f"{path}.pluginRef")
+        spec = next((p for p in plugins if p.name == ref), None)
+        if spec is None:
+            raise ConfigError(f"{path}.pluginRef: no plugin named {ref!r}")
+        return spec
+    if "type" in d:
+        return _plugin(d, path)
+    _check_keys(d, _DETECTOR_INLINE, path)
+    return PluginSpec("utilization-detector", "utilization-detector", d, path)
+
+
+def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
+    """Validate a decoded YAML document into an ``EndpointPickerConfig``."""
+    d = _mapping(doc, "config")
+    _check_keys(d, TOP_KEYS, "")
+    if d.get("apiVersion", API_VERSION) != API_VERSION:
+        raise ConfigError(f"apiVersion: expected {API_VERSION!r}, got {d.get('apiVersion')!r}")
+    if d.get("kind", KIND) != KIND:
+        raise ConfigError(f"kind: expected {KIND!r}, got {d.get('kind')!r}")
+    plugins = [_plugin(p, f"plugins[{i}]") for i, p in enumerate(_list(d.get("plugins"), "plugins"))]
+    seen: dict[str, str] = {}
+    for p in plugins:
+        if p.name in seen:
+            raise ConfigError(f"{p.path}.name: duplicate plugin name {p.name!r} (also {seen[p.name]})")
+        seen[p.name] = p.path
+    profiles: list[ProfileSpec] = []
+    for i, raw in enumerate(_list(d.get("schedulingProfiles"), "schedulingProfiles")):
+        path = f"schedulingProfiles[{i}]"
+        pd = _mapping(raw, path)
+        _check_keys(pd, ("name", "plugins"), path)
+        refs: list[ProfileRef] = []
+        for j, rr in enumerate(_list(pd.get("plugins"), f"{path}.plugins")):
+            rpath = f"{path}.plugins[{j}]"
+            rd = _mapping(rr, rpath)
+            _check_keys(rd, ("pluginRef", "weight"), rpath)
+            if "pluginRef" not in rd:
+                raise ConfigError(f"{rpath}.pluginRef: required")
+            ref = _str(rd["pluginRef"], f"{rpath}.pluginRef")
+            if ref not in seen:
+                raise ConfigError(f"{rpath}.pluginRef: no plugin named {ref!r} in plugins")
+            w = rd.get("weight")
+            if w is not None and (isinstance(w, bool) or not isinstance(w, int | float) or w < 0):
+                raise ConfigError(f"{rpath}.weight: must be a number >= 0, got {w!r}")
+            refs.append(ProfileRef(ref, None if w is None else float(w), rpath))
+        profiles.append(ProfileSpec(_str(pd.get("name"), f"{path}.name"), refs, path))
+    if len({p.name for p in profiles}) != len(profiles):
+        raise ConfigError("schedulingProfiles: duplicate profile names")
+    gates = _list(d.get("featureGates"), "featureGates")
+    for i, g in enumerate(gates):
+        _str(g, f"featureGates[{i}]")
+    if not profiles:
+        # Reference behaviour: one "default" profile referencing every plugin (weight 1).
+        profiles = [
+            ProfileSpec(
+                "default", [ProfileRef(p.name, None, p.path) for p in plugins if not _is_special(p)], ""
+            )
+        ]
+    cfg = EndpointPickerConfig(
+        plugins=plugins,
+        profiles=profiles,
+        feature_gates=list(gates),
+        saturation_detector=_detector(d.get("saturationDetector"), plugins),
+        data_layer=_mapping(d.get("dataLayer"), "dataLayer"),
+        flow_control=_mapping(d.get("flowControl"), "flowControl"),
+        parser=_mapping(d.get("parser"), "parser"),
+        name=name,
+    )
+    validate(cfg)
+    return cfg
+
+
+def _is_special(p: PluginSpec) -> bool:
+    """Plugins that never sit in a profile's filter/scorer/picker chain."""
+    from kvgate.flowcontrol.saturation import SaturationDetector
+
+    cls = registry.get(p.type)
+    return cls is not None and issubclass(cls, ProfileHandler | SaturationDetector)
+
+
+def validate(cfg: EndpointPickerConfig) -> None:
+    """Build every plugin once (checks parameters) and check profile composition."""
+    handle = PluginHandle()
+    for spec in cfg.plugins:
+        instantiate(spec, handle)
+    if cfg.saturation_detector is not None and cfg.saturation_detector not in cfg.plugins:
+        instantiate(cfg.saturation_detector, handle)
+    handlers = [p for p in cfg.plugins if isinstance(handle.plugins[p.name], ProfileHandler)]
+    if len(handlers) > 1:
+        raise ConfigError(f"{handlers[1].path}: only one profile handler may be configured")
+    if (not handlers or handlers[0].type == "single-profile-handler") and len(cfg.profiles) > 1:
+        raise ConfigError("schedulingProfiles: single-profile-handler needs exactly one profile")
+    for prof in cfg.profiles:
+        pickers = [r for r in prof.plugins if isinstance(handle.plugins[r.plugin_ref], Picker)]
+        if len(pickers) > 1:
+            raise ConfigError(f"{pickers[1].path}.pluginRef: profile {prof.name!r} already has a picker")
+
+
+def instantiate(spec: PluginSpec, handle: PluginHandle) -> Any:
+    cls = registry.get(spec.type)
+    if cls is None:
+        raise ConfigError(f"{spec.path}.type: unknown plugin type {spec.type!r}")
+    try:
+        plugin = cls.create(spec.name, spec.params(), handle)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{spec.path}.parameters: {e}") from e
+    handle.plugins[spec.name] = plugin
+    return plugin
+
+
+def load_config(source: str | Path) -> EndpointPickerConfig:
+    """Load from a YAML file path, or YAML text when ``source`` is a string holding a document."""
+    if isinstance(source, Path) or ("\n" not in source and Path(source).exists()):
+        path = Path(source)
+        text, name = path.read_text(), str(path)
+    else:
+        text, name = str(source), "custom"
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config: invalid YAML: {e}") from e
+    return parse_config(doc, name=name)

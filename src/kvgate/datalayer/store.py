@@ -1,0 +1,130 @@
+"""The set of endpoints the picker may choose from, by address and pool, with change listeners.
+
+Sources (a static list today; Kubernetes or multi-cluster watchers later) call ``add``/``remove`` or
+``sync`` with their full view; consumers (the director, the prefix index, the scraper) subscribe to
+changes instead of polling. Re-adding a known address updates it in place so its scraped metrics and
+in-flight accounting survive a relabel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from kvgate.datalayer.endpoint import Endpoint
+
+log = logging.getLogger(__name__)
+
+ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
+ENGINES = ("vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm")
+
+ChangeKind = Literal["added", "removed", "updated"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChange:
+    kind: ChangeKind
+    endpoint: Endpoint
+
+
+Listener = Callable[[StoreChange], None]
+
+
+def make_endpoint(
+    address: str,
+    *,
+    pool: str = "default",
+    labels: Mapping[str, str] | None = None,
+    engine: str | None = None,
+) -> Endpoint:
+    """An endpoint whose engine comes from ``engine``, else the engine-type label, else vLLM."""
+    lab = dict(labels or {})
+    eng = engine or lab.get(ENGINE_LABEL) or "vllm"
+    return Endpoint(address=address, pool=pool, engine=eng, labels=lab)
+
+
+class EndpointStore:
+    def __init__(self, endpoints: Iterable[Endpoint] = ()) -> None:
+        self._by_addr: dict[str, Endpoint] = {}
+        self._listeners: list[Listener] = []
+        # Bumped on every change so readers can cache derived lists (the director's candidate list).
+        self.version = 0
+        self._snapshot: tuple[Endpoint, ...] = ()
+        self._snapshot_version = -1
+        for ep in endpoints:
+            self.add(ep)
+
+    @classmethod
+    def from_addresses(
+        cls, addresses: Iterable[str], *, pool: str = "default", engine: str = "vllm"
+    ) -> EndpointStore:
+        return cls(make_endpoint(a, pool=pool, engine=engine) for a in addresses)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _emit(self, kind: ChangeKind, ep: Endpoint) -> None:
+        self.version += 1
+        change = StoreChange(kind, ep)
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:  # a broken listener must not stop the others or the source
+                log.exception("endpoint store listener failed on %s %s", kind, ep.address)
+
+    def add(self, ep: Endpoint) -> Endpoint:
+        """Add ``ep``, or update the known endpoint with its address in place; returns the stored one."""
+        if ep.engine == "vllm" and ENGINE_LABEL in ep.labels:
+            ep.engine = ep.labels[ENGINE_LABEL]
+        cur = self._by_addr.get(ep.address)
+        if cur is None:
+            self._by_addr[ep.address] = ep
+            self._emit("added", ep)
+            return ep
+        if (cur.pool, cur.engine, cur.labels) != (ep.pool, ep.engine, ep.labels):
+            cur.pool, cur.engine, cur.labels = ep.pool, ep.engine, dict(ep.labels)
+            self._emit("updated", cur)
+        return cur
+
+    def remove(self, address: str) -> Endpoint | None:
+        ep = self._by_addr.pop(address, None)
+        if ep is not None:
+            self._emit("removed", ep)
+        return ep
+
+    def sync(self, endpoints: Iterable[Endpoint], *, pool: str | None = None) -> None:
+        """Make the store (or one pool of it) hold exactly ``endpoints``: a source's full view."""
+        wanted = {ep.address: ep for ep in endpoints}
+        for addr, ep in list(self._by_addr.items()):
+            if (pool is None or ep.pool == pool) and addr not in wanted:
+                self.remove(addr)
+        for ep in wanted.values():
+            self.add(ep)
+
+    def get(self, address: str) -> Endpoint | None:
+        return self._by_addr.get(address)
+
+    def __len__(self) -> int:
+        return len(self._by_addr)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._by_addr
+
+    def all(self) -> tuple[Endpoint, ...]:
+        """Every endpoint, as a tuple cached until the next change (cheap to call per pick)."""
+        if self._snapshot_version != self.version:
+            self._snapshot = tuple(self._by_addr.values())
+            self._snapshot_version = self.version
+        return self._snapshot
+
+    def endpoints(self, pool: str | None = None) -> list[Endpoint]:
+        return [ep for ep in self.all() if pool is None or ep.pool == pool]
+
+    def pools(self) -> set[str]:
+        return {ep.pool for ep in self._by_addr.values()}

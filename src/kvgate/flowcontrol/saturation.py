@@ -1,0 +1,91 @@
+"""Saturation detectors: is the pool too busy to accept a sheddable (negative-priority) request?
+
+Both give a per-endpoint score where 1.0 = saturated, and a pool score = their mean over the
+candidates; the director sheds a sheddable request when the pool score is >= 1.0 (reference rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.scheduling.framework import Params, Plugin, PluginHandle
+from kvgate.scheduling.registry import register
+
+
+class SaturationDetector(Plugin):
+    def endpoint_saturation(self, ep: Endpoint, now: float) -> float:
+        raise NotImplementedError
+
+    def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
+        if not endpoints:
+            return float("inf")
+        return sum(self.endpoint_saturation(ep, now) for ep in endpoints) / len(endpoints)
+
+    def saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
+        return self.saturation(endpoints, now) >= 1.0
+
+
+@register("utilization-detector")
+class UtilizationDetector(SaturationDetector):
+    """max(queue / queueDepthThreshold, kv / kvCacheUtilThreshold); metrics older than
+    ``metricsStalenessThreshold`` (200 ms) count as saturated: no news is not good news."""
+
+    def __init__(
+        self,
+        name: str,
+        handle: PluginHandle,
+        queue_threshold: float = 5.0,
+        kv_threshold: float = 0.8,
+        staleness: float = 0.2,
+    ) -> None:
+        super().__init__(name, handle)
+        self.queue_threshold = queue_threshold
+        self.kv_threshold = kv_threshold
+        self.staleness = staleness
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> UtilizationDetector:
+        d = cls(
+            name,
+            handle,
+            queue_threshold=params.get_float("queueDepthThreshold", 5.0, min=1e-9),
+            kv_threshold=params.get_float("kvCacheUtilThreshold", 0.8, min=1e-9, max=1.0),
+            staleness=params.get_duration("metricsStalenessThreshold", 0.2),
+        )
+        params.finish()
+        return d
+
+    def endpoint_saturation(self, ep: Endpoint, now: float) -> float:
+        m = ep.metrics
+        if m.updated_at is None or now - m.updated_at > self.staleness:
+            return 1.0
+        return max(m.waiting_queue_size / self.queue_threshold, m.kv_cache_usage / self.kv_threshold)
+
+
+@register("concurrency-detector")
+class ConcurrencyDetector(SaturationDetector):
+    """This picker's own in-flight load: max(requests / maxConcurrency, tokens / maxTokens)."""
+
+    def __init__(
+        self, name: str, handle: PluginHandle, max_requests: int = 100, max_tokens: int = 1_000_000
+    ) -> None:
+        super().__init__(name, handle)
+        self.max_requests = max_requests
+        self.max_tokens = max_tokens
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> ConcurrencyDetector:
+        d = cls(
+            name,
+            handle,
+            max_requests=params.get_int("maxConcurrency", 100, min=1),
+            max_tokens=params.get_int("maxTokens", 1_000_000, min=1),
+        )
+        params.finish()
+        return d
+
+    def endpoint_saturation(self, ep: Endpoint, now: float) -> float:
+        inf = ep.inflight
+        tokens = inf.pending_prefill_tokens + inf.pending_decode_tokens
+        return max(inf.requests / self.max_requests, tokens / self.max_tokens)

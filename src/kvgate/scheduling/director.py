@@ -1,0 +1,280 @@
+"""The Director: the one object a front door talks to (pick, then report dispatch, first token, finish).
+
+``pick`` is synchronous and does no I/O: candidates (healthy endpoints, intersected with the request's
+subset hint) -> saturation check for sheddable requests -> the configured profile(s) -> a
+``PickResult``. The ``on_*`` calls keep each endpoint's ``InFlight`` accounting, the lag-free load
+signal kvgate's default policy relies on. Time comes only from the injected ``clock`` (virtual time in
+the fleet simulator); ``timer`` is used solely to measure the picker's own latency for the
+``inference_extension_scheduler_e2e_duration_seconds`` histogram.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvgate.config.picker import EndpointPickerConfig, instantiate, load_config, parse_config
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.store import EndpointStore
+from kvgate.flowcontrol.saturation import SaturationDetector
+from kvgate.scheduling import metrics
+from kvgate.scheduling.framework import ConfigError, CycleState, PluginHandle, ProfileHandler
+from kvgate.scheduling.plugins.kvgate_cost import COST_KEY, prompt_tokens
+from kvgate.scheduling.plugins.pickers import MaxScorePicker
+from kvgate.scheduling.plugins.prefix_cache import prefix_match
+from kvgate.scheduling.profile import SchedulerProfile
+from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult, SchedulingError, ShedError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DECODE_TOKENS = 128  # expected output tokens when a request sets no max_tokens (refined by EWMA)
+POOL_METRICS_EVERY_S = 1.0  # inference_pool_* gauges are refreshed at most this often (clock seconds)
+MAX_TRACKED = 1 << 17  # bound on requests tracked between pick and finish (a front door may forget one)
+
+
+@dataclass(slots=True)
+class Usage:
+    """What a finished request really cost (OpenAI ``usage``); any field may be 0 when unknown."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(slots=True)
+class _Track:
+    """Per (request, endpoint) accounting between dispatch and finish."""
+
+    prefill: int  # uncached prompt tokens added to pending_prefill_tokens
+    decode: int  # expected output tokens added to pending_decode_tokens
+    first_token: bool = False
+
+
+class Director:
+    def __init__(
+        self,
+        profiles: Mapping[str, SchedulerProfile],
+        handler: ProfileHandler,
+        store: EndpointStore,
+        handle: PluginHandle,
+        *,
+        detector: SaturationDetector | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+        name: str = "custom",
+    ) -> None:
+        self.profiles = dict(profiles)
+        self._profile_names = list(self.profiles)
+        self.handler = handler
+        self.store = store
+        self.handle = handle
+        self.clock = handle.clock
+        self.detector = detector
+        self.timer = timer
+        self.name = name
+        self._candidates: tuple[Endpoint, ...] = ()
+        self._candidates_version = -1
+        # request_id -> {address: uncached fraction}, from pick until dispatch.
+        self._picked: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._tracks: OrderedDict[tuple[str, str], _Track] = OrderedDict()
+        self.mean_decode = float(DEFAULT_DECODE_TOKENS)
+        self._pool_metrics_at: float | None = None
+
+    # -- picking -------------------------------------------------------------------------------------
+
+    def candidates(self, req: InferenceRequest) -> Sequence[Endpoint]:
+        if self._candidates_version != self.store.version:
+            self._candidates = self.store.all()
+            self._candidates_version = self.store.version
+        eps: Sequence[Endpoint] = self._candidates
+        if req.subset is not None:
+            subset = req.subset
+            eps = [ep for ep in eps if ep.address in subset]
+            if not eps:
+                raise NoCapacityError("no endpoint in the request's subset hint is known to the picker")
+        healthy = [ep for ep in eps if ep.healthy]
+        if not healthy:
+            raise NoCapacityError("no ready endpoint")
+        return healthy
+
+    def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+        t0 = self.timer()
+        try:
+            result = self._pick(req, explain)
+        except SchedulingError as e:
+            metrics.SCHEDULER_ERRORS.labels(code=e.code).inc()
+            raise
+        metrics.SCHEDULER_E2E.observe(self.timer() - t0)
+        metrics.pick_counter(result.endpoints[0].address).inc()
+        return result
+
+    def _pick(self, req: InferenceRequest, explain: bool) -> PickResult:
+        now = self.clock()
+        if self._pool_metrics_at is None or now - self._pool_metrics_at >= POOL_METRICS_EVERY_S:
+            self._pool_metrics_at = now
+            self.update_pool_metrics()
+        cands = self.candidates(req)
+        if req.sheddable and self.detector is not None and self.detector.saturated(cands, now):
+            metrics.SHED.inc()
+            raise ShedError("pool saturated: sheddable request rejected")
+        cycle = CycleState(req, now, explain or log.isEnabledFor(logging.DEBUG))
+        chosen: list[Endpoint] = []
+        first = ""
+        for name in self.handler.select(cycle, self._profile_names):
+            picked = self.profiles[name].run(cycle, cands)
+            if not chosen:
+                chosen, first = picked, name
+        m = prefix_match(cycle)
+        if m is not None and m.hashes:
+            # Remember the expected cache hit per chosen endpoint for in-flight accounting at dispatch.
+            self._remember(req.request_id, {ep.address: 1.0 - m.ratio(ep.address) for ep in chosen})
+        explanation: dict[str, Any] = {}
+        if cycle.explain:
+            explanation = {
+                "request_id": req.request_id,
+                "policy": self.name,
+                "profiles": cycle.data.get("explanation", {}),
+                "winner": chosen[0].address,
+            }
+            if COST_KEY in cycle.data:
+                explanation["costs"] = cycle.data[COST_KEY]
+            log.debug("pick %s", explanation)
+        return PickResult(chosen, first, explanation)
+
+    def _remember(self, request_id: str, uncached: dict[str, float]) -> None:
+        self._picked[request_id] = uncached
+        if len(self._picked) > MAX_TRACKED:
+            self._picked.popitem(last=False)
+
+    # -- in-flight accounting -----------------------------------------------------------------------
+
+    def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+        key = (req.request_id, endpoint.address)
+        if key in self._tracks:
+            return
+        p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        frac = self._picked.get(req.request_id, {}).get(endpoint.address, 1.0)
+        track = _Track(int(p * frac), req.max_tokens if req.max_tokens else int(self.mean_decode))
+        self._tracks[key] = track
+        if len(self._tracks) > MAX_TRACKED:  # a leaked request: forget the oldest, undo its counts
+            (_rid, addr), old = self._tracks.popitem(last=False)
+            ep = self.store.get(addr)
+            if ep is not None:
+                self._release(ep, old)
+        inf = endpoint.inflight
+        inf.requests += 1
+        inf.pending_prefill_tokens += track.prefill
+        inf.pending_decode_tokens += track.decode
+
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+        track = self._tracks.get((req.request_id, endpoint.address))
+        if track is None or track.first_token:
+            return
+        track.first_token = True
+        inf = endpoint.inflight
+        inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
+        inf.decoding += 1
+
+    def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
+        self._picked.pop(req.request_id, None)
+        track = self._tracks.pop((req.request_id, endpoint.address), None)
+        if track is None:
+            return
+        self._release(endpoint, track)
+        if ok and usage is not None and usage.completion_tokens > 0 and not req.max_tokens:
+            self.mean_decode += 0.05 * (usage.completion_tokens - self.mean_decode)
+
+    @staticmethod
+    def _release(endpoint: Endpoint, track: _Track) -> None:
+        inf = endpoint.inflight
+        inf.requests = max(0, inf.requests - 1)
+        if track.first_token:
+            inf.decoding = max(0, inf.decoding - 1)
+        else:
+            inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
+        inf.pending_decode_tokens = max(0, inf.pending_decode_tokens - track.decode)
+
+    # -- pool gauges --------------------------------------------------------------------------------
+
+    def update_pool_metrics(self, pool: str | None = None) -> None:
+        """Refresh the ``inference_pool_*`` gauges (call after each scrape round, not per pick)."""
+        by_pool: dict[str, list[Endpoint]] = {}
+        for ep in self.store.all():
+            if pool is None or ep.pool == pool:
+                by_pool.setdefault(ep.pool, []).append(ep)
+        for name, eps in by_pool.items():
+            ready = [ep for ep in eps if ep.healthy]
+            metrics.POOL_READY.labels(name=name).set(len(ready))
+            if ready:
+                metrics.POOL_KV.labels(name=name).set(
+                    sum(e.metrics.kv_cache_usage for e in ready) / len(ready)
+                )
+                metrics.POOL_QUEUE.labels(name=name).set(
+                    sum(e.metrics.waiting_queue_size for e in ready) / len(ready)
+                )
+
+
+def _as_config(config: EndpointPickerConfig | str | Path | Mapping[str, Any]) -> EndpointPickerConfig:
+    from kvgate.scheduling.policies import POLICIES, policy_config
+
+    if isinstance(config, EndpointPickerConfig):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(config)
+    if isinstance(config, str) and config in POLICIES:
+        return policy_config(config)
+    return load_config(config)
+
+
+def build_director(
+    config: EndpointPickerConfig | str | Path | Mapping[str, Any],
+    store: EndpointStore,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    seed: int | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+    staleness: float = 2.0,
+) -> Director:
+    """A Director from a config object, a policy name, a YAML path or text, or a decoded mapping."""
+    cfg = _as_config(config)
+    handle = PluginHandle(store, clock, staleness, random.Random(seed))
+    for spec in cfg.plugins:
+        instantiate(spec, handle)
+    handler: ProfileHandler | None = None
+    for p in handle.plugins.values():
+        if isinstance(p, ProfileHandler):
+            handler = p
+    if handler is None:
+        from kvgate.scheduling.plugins.handlers import SingleProfileHandler
+
+        handler = SingleProfileHandler("single-profile-handler", handle)
+    profiles: dict[str, SchedulerProfile] = {}
+    for ps in cfg.profiles:
+        prof = SchedulerProfile(ps.name)
+        for ref in ps.plugins:
+            plugin = handle.plugins[ref.plugin_ref]
+            if isinstance(plugin, SaturationDetector | ProfileHandler):
+                continue
+            try:
+                prof.add(plugin, ref.weight)
+            except ValueError as e:
+                raise ConfigError(f"{ref.path}: {e}") from e
+        if prof.picker is None:
+            prof.picker = MaxScorePicker(f"{ps.name}/max-score-picker", handle)
+        profiles[ps.name] = prof
+    detector: SaturationDetector | None = None
+    if cfg.saturation_detector is not None:
+        det = handle.plugins.get(cfg.saturation_detector.name)
+        if not isinstance(det, SaturationDetector):
+            det = instantiate(cfg.saturation_detector, PluginHandle(store, clock, staleness))
+        if not isinstance(det, SaturationDetector):
+            raise ConfigError(
+                f"{cfg.saturation_detector.path}: {det.type_name!r} is not a saturation detector"
+            )
+        detector = det
+    return Director(profiles, handler, store, handle, detector=detector, timer=timer, name=cfg.name)

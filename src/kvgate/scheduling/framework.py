@@ -1,0 +1,215 @@
+"""The plugin framework: plugin roles, per-request cycle state, and typed parameter parsing.
+
+A profile is filters -> weighted scorers -> picker (the reference's shape). A plugin class takes a role
+by subclassing ``Filter``, ``Scorer`` or ``Picker``; it may also be a ``Producer`` (computes data into
+the cycle state before any filter runs, e.g. prefix matching) and/or a ``PostPick`` hook (learns from
+the decision, e.g. the prefix index records the chosen endpoint). Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.scheduling.types import InferenceRequest
+
+if TYPE_CHECKING:
+    from kvgate.datalayer.store import EndpointStore
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message (``plugins[2].parameters.x``)."""
+
+
+class CycleState:
+    """What one scheduling cycle shares between plugins (reference: CycleState)."""
+
+    __slots__ = ("data", "explain", "now", "request")
+
+    def __init__(self, request: InferenceRequest, now: float, explain: bool = False) -> None:
+        self.request = request
+        self.now = now
+        self.explain = explain
+        self.data: dict[Any, Any] = {}
+
+
+class PluginHandle:
+    """What a plugin may reach outside itself: the clock, the endpoint store, other plugins by name."""
+
+    def __init__(
+        self,
+        store: EndpointStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        staleness: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        # Every random choice (tie-breaks, random pickers) draws from here, so a seeded run repeats.
+        self.rng = rng or random.Random()
+        self.clock = clock
+        # Scraped metrics older than this are stale for the picker (reference: 2 s).
+        self.staleness = staleness
+        self.plugins: dict[str, Plugin] = {}
+
+    def plugin(self, name: str) -> Plugin | None:
+        return self.plugins.get(name)
+
+    def find(self, kind: type[Plugin]) -> Plugin | None:
+        """The first configured plugin of a class, e.g. the prefix scorer a filter consumes."""
+        for p in self.plugins.values():
+            if isinstance(p, kind):
+                return p
+        return None
+
+    def fresh(self, ep: Endpoint, now: float) -> bool:
+        t = ep.metrics.updated_at
+        return t is not None and now - t <= self.staleness
+
+    def fresh_flags(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[bool]:
+        """Freshness of each endpoint's metrics, computed once per cycle and shared by the scorers."""
+        key = ("fresh", id(endpoints), len(endpoints))
+        got = cycle.data.get(key)
+        if got is None:
+            now, st = cycle.now, self.staleness
+            got = [t is not None and now - t <= st for t in [ep.metrics.updated_at for ep in endpoints]]
+            cycle.data[key] = got
+        return got
+
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|us|µs)?\s*$")
+_UNITS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "m": 60.0, "h": 3600.0}
+
+
+class Params:
+    """Typed, strict reading of a plugin's ``parameters``: wrong types and unknown keys are ConfigErrors."""
+
+    def __init__(self, raw: Mapping[str, Any] | None, path: str) -> None:
+        if raw is not None and not isinstance(raw, Mapping):
+            raise ConfigError(f"{path}: must be a mapping, got {type(raw).__name__}")
+        self.raw = dict(raw or {})
+        self.path = path
+        self._seen: set[str] = set()
+
+    def _get(self, key: str) -> Any:
+        self._seen.add(key)
+        return self.raw.get(key)
+
+    def _err(self, key: str, what: str, value: Any) -> ConfigError:
+        return ConfigError(f"{self.path}.{key}: {what}, got {value!r}")
+
+    def get_int(self, key: str, default: int, *, min: int | None = None, max: int | None = None) -> int:
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self._err(key, "must be an integer", v)
+        if (min is not None and v < min) or (max is not None and v > max):
+            raise self._err(key, f"must be in [{min}, {max}]", v)
+        return v
+
+    def get_float(
+        self, key: str, default: float, *, min: float | None = None, max: float | None = None
+    ) -> float:
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self._err(key, "must be a number", v)
+        if (min is not None and v < min) or (max is not None and v > max):
+            raise self._err(key, f"must be in [{min}, {max}]", v)
+        return float(v)
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        v = self._get(key)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise self._err(key, "must be true or false", v)
+        return v
+
+    def get_str(self, key: str, default: str, *, choices: Sequence[str] | None = None) -> str:
+        v = self._get(key)
+        if v is None:
+            return default
+        if not isinstance(v, str) or (choices is not None and v not in choices):
+            raise self._err(key, f"must be one of {list(choices)}" if choices else "must be a string", v)
+        return v
+
+    def get_duration(self, key: str, default: float) -> float:
+        """Seconds, from a number (seconds) or a Go-style string like ``200ms`` / ``2s``."""
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0:
+            return float(v)
+        if isinstance(v, str) and (m := _DURATION.match(v)):
+            return float(m.group(1)) * _UNITS[m.group(2)]
+        raise self._err(key, "must be a duration like 200ms or 2s", v)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.raw) - self._seen)
+        if unknown:
+            raise ConfigError(f"{self.path}.{unknown[0]}: unknown parameter (known: {sorted(self._seen)})")
+
+
+class Plugin:
+    """Base of all plugins. Subclasses set ``type_name`` and register with ``@register``."""
+
+    type_name: ClassVar[str] = ""
+
+    def __init__(self, name: str, handle: PluginHandle) -> None:
+        self.name = name
+        self.handle = handle
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> Plugin:
+        """Build from config; override to read parameters (then call ``params.finish()``)."""
+        params.finish()
+        return cls(name, handle)
+
+
+class Producer(Plugin):
+    """Runs before any filter of the profile and writes into ``cycle.data`` for its consumers."""
+
+    def prepare(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> None:
+        raise NotImplementedError
+
+
+class PostPick(Plugin):
+    """Learns from the decision (reference: PreRequest), e.g. to index the chosen endpoint's prefix."""
+
+    def on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
+        raise NotImplementedError
+
+
+class Filter(Plugin):
+    def filter(self, cycle: CycleState, endpoints: list[Endpoint]) -> list[Endpoint]:
+        raise NotImplementedError
+
+
+class Scorer(Plugin):
+    # True when ``score`` always returns values in [0, 1], so the profile may skip clamping them.
+    bounded: ClassVar[bool] = False
+
+    def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
+        """One score per endpoint, same order; the profile clamps them to [0, 1]."""
+        raise NotImplementedError
+
+
+class Picker(Plugin):
+    def pick(
+        self, cycle: CycleState, endpoints: Sequence[Endpoint], scores: Sequence[float]
+    ) -> list[Endpoint]:
+        """Best first; more than one = a fallback list."""
+        raise NotImplementedError
+
+
+class ProfileHandler(Plugin):
+    """Chooses which profiles run for a request (P/D disaggregation would run two)."""
+
+    def select(self, cycle: CycleState, profiles: Sequence[str]) -> list[str]:
+        raise NotImplementedError

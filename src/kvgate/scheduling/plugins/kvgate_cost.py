@@ -1,0 +1,172 @@
+"""``kvgate-cost-scorer``: prefix affinity that yields when the preferred endpoint is overloaded.
+
+Each endpoint gets an expected cost in prefill-token equivalents of sending it this request:
+
+    cost = tokens_ahead + uncached + decodeWeight * requests + kv_penalty   (+ saturation override)
+
+- ``uncached`` = prompt tokens * (1 - prefix match ratio at that endpoint): what a hit saves.
+- ``tokens_ahead`` = uncached prefill tokens already dispatched there and not yet started
+  (``InFlight.pending_prefill_tokens``, no scrape lag), or, if larger, the scraped waiting queue times
+  the mean prompt size (work other gateway replicas sent, seen only through ``/metrics``).
+- ``requests`` = requests in flight there (own count, or the scraped running + waiting if larger):
+  each will hold a batch slot and slow every engine step a little, even when its prompt was cached.
+- ``kv_penalty`` grows past ``kvHigh`` KV utilisation: near-full caches preempt and evict.
+- Saturated endpoints (fresh queue >= ``queueThreshold`` or KV >= ``kvCacheUtilThreshold``, or in-flight
+  requests >= ``maxInFlight``) get ``saturationPenalty`` unless every candidate is saturated.
+
+A prefix holder therefore keeps its traffic until the queue in front of it costs more than
+recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tuned switch — and the
+load it is judged by includes everything this picker dispatched a microsecond ago.
+Score = (c_min + s) / (c + s) with s = the request's own prompt tokens: in (0, 1], 1 for the cheapest,
+so the max-score picker picks the cheapest endpoint and blending with other scorers stays sensible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.scheduling.framework import CycleState, Params, Plugin, PluginHandle, PostPick, Scorer
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, find_prefix_plugin, prefix_match
+from kvgate.scheduling.registry import register
+
+COST_KEY = "kvgate-cost"
+
+
+def prompt_tokens(req_tokens: int, text: str, token_ids: list[int] | None) -> int:
+    if req_tokens > 0:
+        return req_tokens
+    if token_ids:
+        return len(token_ids)
+    return max(1, len(text) // 4)
+
+
+@register("kvgate-cost-scorer")
+class KVGateCostScorer(Scorer, PostPick):
+    bounded = True
+
+    def __init__(
+        self,
+        name: str,
+        handle: PluginHandle,
+        *,
+        prefix_ref: str | None = None,
+        decode_weight: float = 32.0,
+        kv_high: float = 0.9,
+        miss_penalty: float = 2.0,
+        queue_threshold: int = 0,
+        kv_threshold: float = 1.0,
+        max_inflight: int = 256,
+        saturation_penalty: float = 1e6,
+    ) -> None:
+        super().__init__(name, handle)
+        self.prefix_ref = prefix_ref
+        self._prefix: PrefixCacheScorer | None = None
+        self.decode_weight = decode_weight
+        self.kv_high = kv_high
+        self.miss_penalty = miss_penalty
+        self.queue_threshold = queue_threshold
+        self.kv_threshold = kv_threshold
+        self.max_inflight = max_inflight
+        self.saturation_penalty = saturation_penalty
+        # EWMA of the uncached prompt tokens per dispatched request: converts scraped queue lengths this
+        # picker cannot explain (other gateways' traffic) into tokens.
+        self.mean_uncached = 512.0
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> KVGateCostScorer:
+        s = cls(
+            name,
+            handle,
+            prefix_ref=params.get_str("prefixPluginRef", "") or None,
+            decode_weight=params.get_float("decodeWeight", 32.0, min=0.0),
+            kv_high=params.get_float("kvHigh", 0.9, min=0.0, max=1.0),
+            miss_penalty=params.get_float("missPenalty", 2.0, min=0.0),
+            queue_threshold=params.get_int("queueThreshold", 0, min=0),
+            kv_threshold=params.get_float("kvCacheUtilThreshold", 1.0, min=0.0, max=1.0),
+            max_inflight=params.get_int("maxInFlight", 256, min=1),
+            saturation_penalty=params.get_float("saturationPenalty", 1e6, min=0.0),
+        )
+        params.finish()
+        return s
+
+    @property
+    def prefix(self) -> PrefixCacheScorer:
+        if self._prefix is None:
+            self._prefix = find_prefix_plugin(self.handle, self.prefix_ref)
+        return self._prefix
+
+    def dependencies(self) -> list[Plugin]:
+        return [self.prefix]
+
+    def costs(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
+        req = cycle.request
+        p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        m = prefix_match(cycle)
+        # Hot loop (once per endpoint per pick): locals only, freshness and match ratio inlined.
+        matched = m.matched if m is not None and m.hashes else {}
+        per_block = p / len(m.hashes) if matched and m is not None else 0.0
+        miss = 1.0 + self.miss_penalty  # a miss computes the prefix now and displaces others' cache
+        now = cycle.now
+        staleness = self.handle.staleness
+        mean_uncached = self.mean_uncached
+        decode_weight = self.decode_weight
+        kv_high, kv_thr, q_thr, max_inf = (
+            self.kv_high,
+            self.kv_threshold,
+            self.queue_threshold,
+            self.max_inflight,
+        )
+        kv_scale = max(p, 1024) / (1.0 - kv_high + 1e-9)
+        costs: list[float] = []
+        sat_flags: list[bool] = []
+        n_sat = 0
+        get = matched.get
+        for ep in endpoints:
+            inf = ep.inflight
+            ahead: float = inf.pending_prefill_tokens
+            load = inf.requests
+            sat = load >= max_inf
+            cost = 0.0
+            met = ep.metrics
+            t = met.updated_at
+            if t is not None and now - t <= staleness:
+                q = met.waiting_queue_size
+                if q:
+                    # Only the part of the server's queue our own accounting does not explain.
+                    extra = q - (load - inf.decoding)
+                    if extra > 0:
+                        ahead += extra * mean_uncached
+                    if q_thr and q >= q_thr:
+                        sat = True
+                if met.running_requests + q > load:
+                    load = met.running_requests + q
+                kv = met.kv_cache_usage
+                if kv > kv_high:
+                    cost = (kv - kv_high) * kv_scale
+                if kv >= kv_thr:
+                    sat = True
+            uncached = p - get(ep.address, 0) * per_block if matched else p
+            costs.append(cost + ahead + miss * uncached + decode_weight * load)
+            sat_flags.append(sat)
+            n_sat += sat
+        if 0 < n_sat < len(costs):
+            pen = self.saturation_penalty
+            costs = [c + pen if s else c for c, s in zip(costs, sat_flags, strict=True)]
+        if cycle.explain:
+            cycle.data[COST_KEY] = {ep.address: c for ep, c in zip(endpoints, costs, strict=True)}
+        return costs
+
+    def on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
+        req = cycle.request
+        p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        m = prefix_match(cycle)
+        uncached = p * (1.0 - m.ratio(endpoint.address)) if m is not None else p
+        self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
+
+    def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
+        costs = self.costs(cycle, endpoints)
+        req = cycle.request
+        s = float(max(64, prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)))
+        lo = min(costs)
+        return [(lo + s) / (c + s) for c in costs]

@@ -1,0 +1,245 @@
+"""``prefix-cache-scorer`` (approximate, as the reference) and ``prefix-cache-affinity-filter``.
+
+The scorer is also a producer (it matches the request against the index before any filter runs and
+leaves a ``PrefixMatch`` in the cycle state for consumers such as the affinity filter, kvgate's cost
+scorer and the director's in-flight accounting) and a post-pick hook (it records the chosen endpoint
+as holding the request's blocks).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.store import StoreChange
+from kvgate.scheduling import metrics
+from kvgate.scheduling.framework import (
+    CycleState,
+    Filter,
+    Params,
+    Plugin,
+    PluginHandle,
+    PostPick,
+    Producer,
+    Scorer,
+)
+from kvgate.scheduling.prefix import (
+    CHARS_PER_TOKEN,
+    DEFAULT_BLOCK_TOKENS,
+    DEFAULT_LRU_CAPACITY,
+    DEFAULT_MAX_TOTAL_BLOCKS,
+    MAX_PREFIX_BLOCKS,
+    PrefixIndex,
+    block_hashes,
+)
+from kvgate.scheduling.registry import register
+
+CYCLE_KEY = "prefix-cache"
+PURGE_INTERVAL_S = 120.0  # reference: inactive endpoints purged from the index every 2 minutes
+
+
+@dataclass(slots=True)
+class PrefixMatch:
+    hashes: list[int]
+    matched: dict[str, int]  # address -> leading blocks held (absent = 0)
+    chunk: int  # characters (or bytes) per block
+
+    @property
+    def total(self) -> int:
+        return len(self.hashes)
+
+    def ratio(self, address: str) -> float:
+        n = len(self.hashes)
+        return self.matched.get(address, 0) / n if n else 0.0
+
+
+def prefix_match(cycle: CycleState) -> PrefixMatch | None:
+    m = cycle.data.get(CYCLE_KEY)
+    return m if isinstance(m, PrefixMatch) else None
+
+
+@register("prefix-cache-scorer")
+class PrefixCacheScorer(Producer, Scorer, PostPick):
+    bounded = True
+
+    def __init__(
+        self,
+        name: str,
+        handle: PluginHandle,
+        *,
+        block_size: int = DEFAULT_BLOCK_TOKENS,
+        auto_tune: bool = True,
+        max_blocks: int = MAX_PREFIX_BLOCKS,
+        capacity: int = DEFAULT_LRU_CAPACITY,
+        max_total_blocks: int = DEFAULT_MAX_TOTAL_BLOCKS,
+    ) -> None:
+        super().__init__(name, handle)
+        self.block_size = block_size
+        self.auto_tune = auto_tune
+        self.max_blocks = max_blocks
+        self.index = PrefixIndex(capacity, max_total_blocks)
+        self._chunk_tokens = block_size  # the block size the index is currently keyed by
+        self._last_purge: float | None = None
+        if handle.store is not None:
+            handle.store.add_listener(self._on_store_change)
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> PrefixCacheScorer:
+        p = cls(
+            name,
+            handle,
+            block_size=params.get_int("blockSize", DEFAULT_BLOCK_TOKENS, min=1),
+            auto_tune=params.get_bool("autoTune", True),
+            max_blocks=params.get_int("maxPrefixBlocksToMatch", MAX_PREFIX_BLOCKS, min=1),
+            capacity=params.get_int("lruCapacityPerServer", DEFAULT_LRU_CAPACITY, min=1),
+            max_total_blocks=params.get_int("maxTotalBlocks", DEFAULT_MAX_TOTAL_BLOCKS, min=1),
+        )
+        params.finish()
+        return p
+
+    def _on_store_change(self, change: StoreChange) -> None:
+        if change.kind == "removed":
+            self.index.remove_endpoint(change.endpoint.address)
+
+    def _block_tokens(self, endpoints: Sequence[Endpoint]) -> int:
+        if self.auto_tune:
+            for ep in endpoints:
+                if ep.metrics.block_size:
+                    return ep.metrics.block_size
+        return self.block_size
+
+    def prepare(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> None:
+        tokens = self._block_tokens(endpoints)
+        if tokens != self._chunk_tokens:
+            # The servers' block size changed what a block is: old hashes can never match again.
+            self.index.clear()
+            self._chunk_tokens = tokens
+        req = cycle.request
+        if req.prompt_text:
+            chunk = tokens * CHARS_PER_TOKEN
+            hashes = block_hashes(req.model, req.prompt_text, chunk, self.max_blocks)
+        elif req.token_ids:
+            chunk = tokens * 4  # uint32 per token: a block is exactly ``tokens`` tokens
+            hashes = block_hashes(req.model, array("I", req.token_ids).tobytes(), chunk, self.max_blocks)
+        else:
+            chunk, hashes = tokens * CHARS_PER_TOKEN, []
+        matched: dict[str, int] = {}
+        if hashes and len(self.index):
+            addrs = [ep.address for ep in endpoints]
+            for a, n in zip(addrs, self.index.match(hashes, addrs), strict=True):
+                if n:
+                    matched[a] = n
+        cycle.data[CYCLE_KEY] = PrefixMatch(hashes, matched, chunk)
+
+    def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
+        m = prefix_match(cycle)
+        if m is None or not m.matched:
+            return [0.0] * len(endpoints)
+        get, n = m.matched.get, len(m.hashes)
+        return [get(ep.address, 0) / n for ep in endpoints]
+
+    def on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
+        m = prefix_match(cycle)
+        if m is None or not m.hashes:
+            return
+        ratio = m.ratio(endpoint.address)
+        metrics.PREFIX_HIT_RATIO.observe(ratio)
+        metrics.PREFIX_HIT_BYTES.observe(m.matched.get(endpoint.address, 0) * m.chunk)
+        self.index.add(endpoint.address, m.hashes, endpoint.metrics.num_gpu_blocks)
+        metrics.PREFIX_INDEX_SIZE.set(self.index.total)
+        if self._last_purge is None:
+            self._last_purge = cycle.now
+        elif cycle.now - self._last_purge >= PURGE_INTERVAL_S and self.handle.store is not None:
+            self._last_purge = cycle.now
+            self.index.retain({ep.address for ep in self.handle.store.all()})
+
+
+def find_prefix_plugin(handle: PluginHandle, name: str | None) -> PrefixCacheScorer:
+    """The named prefix scorer, else the first configured one, else a private one with defaults."""
+    p: Plugin | None = handle.plugin(name) if name else handle.find(PrefixCacheScorer)
+    if isinstance(p, PrefixCacheScorer):
+        return p
+    return PrefixCacheScorer(f"{name or 'prefix-cache-scorer'}#implicit", handle)
+
+
+@register("prefix-cache-affinity-filter")
+class PrefixCacheAffinityFilter(Filter):
+    """Sticky until saturated: keep the endpoints holding most of the prompt's prefix, unless every one
+    of them is overloaded (then pass all through so load-aware scorers can spread the work).
+
+    Keeps endpoints with match ratio >= ``threshold`` and within ``slack`` of the best; overloaded =
+    scraped queue >= ``queueThreshold`` or KV >= ``kvCacheUtilThreshold`` (fresh metrics), or in-flight
+    requests >= ``maxInFlight``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        handle: PluginHandle,
+        prefix_ref: str | None = None,
+        threshold: float = 0.5,
+        slack: float = 0.1,
+        queue_threshold: int = 5,
+        kv_threshold: float = 0.8,
+        max_inflight: int = 64,
+    ) -> None:
+        super().__init__(name, handle)
+        self.prefix_ref = prefix_ref
+        self._prefix: PrefixCacheScorer | None = None
+        self.threshold = threshold
+        self.slack = slack
+        self.queue_threshold = queue_threshold
+        self.kv_threshold = kv_threshold
+        self.max_inflight = max_inflight
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> PrefixCacheAffinityFilter:
+        ref = params.get_str("prefixPluginRef", "") or None
+        f = cls(
+            name,
+            handle,
+            ref,
+            threshold=params.get_float("threshold", 0.5, min=0.0, max=1.0),
+            slack=params.get_float("slack", 0.1, min=0.0, max=1.0),
+            queue_threshold=params.get_int("queueThreshold", 5, min=1),
+            kv_threshold=params.get_float("kvCacheUtilThreshold", 0.8, min=0.0, max=1.0),
+            max_inflight=params.get_int("maxInFlight", 64, min=1),
+        )
+        params.finish()
+        return f
+
+    @property
+    def prefix(self) -> PrefixCacheScorer:
+        # Resolved on first use, after every plugin of the config exists (declaration order is free).
+        if self._prefix is None:
+            self._prefix = find_prefix_plugin(self.handle, self.prefix_ref)
+        return self._prefix
+
+    def dependencies(self) -> list[Plugin]:
+        return [self.prefix]
+
+    def overloaded(self, ep: Endpoint, now: float) -> bool:
+        if ep.inflight.requests >= self.max_inflight:
+            return True
+        m = ep.metrics
+        return self.handle.fresh(ep, now) and (
+            m.waiting_queue_size >= self.queue_threshold or m.kv_cache_usage >= self.kv_threshold
+        )
+
+    def filter(self, cycle: CycleState, endpoints: list[Endpoint]) -> list[Endpoint]:
+        m = prefix_match(cycle)
+        if m is None or not m.matched:
+            return endpoints
+        ratios = [m.ratio(ep.address) for ep in endpoints]
+        best = max(ratios)
+        if best < self.threshold:
+            return endpoints
+        floor = max(self.threshold, best - self.slack)
+        keep = [
+            ep
+            for ep, r in zip(endpoints, ratios, strict=True)
+            if r >= floor and not self.overloaded(ep, cycle.now)
+        ]
+        return keep or endpoints

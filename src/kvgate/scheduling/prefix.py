@@ -1,0 +1,190 @@
+"""Approximate prefix-cache tracking: block hashing and a bounded index of what each endpoint holds.
+
+Hashing follows the reference: text is cut into blocks of ``block_size * 4`` characters (≈ tokens *
+4), only full blocks, at most 256; seed = xxhash64(model); block_i = xxhash64(block bytes || le
+uint64(block_{i-1})). Only the first ``chunk * max_blocks`` characters are ever encoded, so a 220 KB
+prompt costs the same as a 16 KB one.
+
+The index keeps, per endpoint, an LRU of block hashes (capacity = the server's ``num_gpu_blocks`` when
+scraped, else 31,250) and a reverse map hash -> bitmask of endpoint slots, so matching a request is
+one dict lookup and one AND per block whatever the number of endpoints. A hard global cap bounds
+memory: each endpoint's share is ``max_total_blocks / endpoints``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import xxhash
+
+DEFAULT_BLOCK_TOKENS = 16
+CHARS_PER_TOKEN = 4
+MAX_PREFIX_BLOCKS = 256
+DEFAULT_LRU_CAPACITY = 31_250
+DEFAULT_MAX_TOTAL_BLOCKS = 1_000_000  # ~250 B per entry measured: ~250 MiB worst case
+
+_pack = struct.Struct("<Q").pack
+_h64 = xxhash.xxh64_intdigest
+
+
+def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MAX_PREFIX_BLOCKS) -> list[int]:
+    """Chained hashes of the full ``chunk``-sized blocks of ``data`` (chars for text, bytes otherwise)."""
+    if isinstance(data, str):
+        raw = data[: chunk * max_blocks].encode("utf-8", "surrogatepass")
+    else:
+        raw = data[: chunk * max_blocks]
+    n = min(len(raw) // chunk, max_blocks)
+    prev = _h64(model.encode("utf-8", "surrogatepass"))
+    out = [0] * n
+    for i in range(n):
+        start = i * chunk
+        prev = _h64(raw[start : start + chunk] + _pack(prev))
+        out[i] = prev
+    return out
+
+
+@dataclass(slots=True)
+class IndexStats:
+    endpoints: int
+    blocks: int  # (endpoint, block) entries
+    unique_hashes: int
+
+
+class PrefixIndex:
+    def __init__(
+        self, default_capacity: int = DEFAULT_LRU_CAPACITY, max_total_blocks: int = DEFAULT_MAX_TOTAL_BLOCKS
+    ) -> None:
+        self.default_capacity = default_capacity
+        self.max_total_blocks = max_total_blocks
+        self._slot: dict[str, int] = {}  # address -> bit position
+        self._addr_of: dict[int, str] = {}
+        self._bits: dict[str, int] = {}  # address -> 1 << slot (one shared int object per endpoint)
+        self._free: list[int] = []
+        self._lru: dict[str, OrderedDict[int, None]] = {}
+        self._cap: dict[str, int] = {}
+        self._rev: dict[int, int] = {}  # block hash -> bitmask of endpoint slots holding it
+        self.total = 0
+
+    def __len__(self) -> int:
+        return self.total
+
+    def stats(self) -> IndexStats:
+        return IndexStats(len(self._lru), self.total, len(self._rev))
+
+    def endpoints(self) -> list[str]:
+        return list(self._lru)
+
+    def _limit(self, address: str) -> int:
+        share = self.max_total_blocks // max(1, len(self._lru))
+        return min(self._cap.get(address, self.default_capacity), share)
+
+    def _ensure(self, address: str, capacity: int | None) -> OrderedDict[int, None]:
+        lru = self._lru.get(address)
+        if lru is None:
+            slot = self._free.pop() if self._free else len(self._slot)
+            self._slot[address] = slot
+            self._bits[address] = 1 << slot
+            self._addr_of[slot] = address
+            lru = self._lru[address] = OrderedDict()
+            # A new endpoint lowers everyone's share of the global cap: shrink the others now.
+            for other in list(self._lru):
+                self._evict(other, self._limit(other))
+        if capacity:
+            self._cap[address] = capacity
+        return lru
+
+    def _evict(self, address: str, limit: int) -> None:
+        lru = self._lru[address]
+        if len(lru) <= limit:
+            return
+        clear = ~(1 << self._slot[address])
+        rev = self._rev
+        while len(lru) > limit:
+            h, _ = lru.popitem(last=False)
+            m = rev[h] & clear
+            if m:
+                rev[h] = m
+            else:
+                del rev[h]
+            self.total -= 1
+
+    def add(self, address: str, hashes: Sequence[int], capacity: int | None = None) -> None:
+        """Record that ``address`` now holds these blocks (most recently used)."""
+        lru = self._ensure(address, capacity)
+        bit = self._bits[address]
+        rev = self._rev
+        added = 0
+        for h in hashes:
+            if h in lru:
+                lru.move_to_end(h)
+            else:
+                lru[h] = None
+                cur = rev.get(h)
+                # Sole holder: store the shared ``bit`` object itself rather than a fresh int per entry.
+                rev[h] = bit if cur is None else cur | bit
+                added += 1
+        self.total += added
+        self._evict(address, self._limit(address))
+
+    def match(self, hashes: Sequence[int], addresses: Sequence[str]) -> list[int]:
+        """Leading blocks of ``hashes`` each address holds, aligned with ``addresses``."""
+        out = [0] * len(addresses)
+        slot = self._slot
+        pos: dict[int, int] = {}
+        alive = 0
+        for i, a in enumerate(addresses):
+            s = slot.get(a)
+            if s is not None:
+                alive |= 1 << s
+                pos[s] = i
+        if not alive:
+            return out
+        rev = self._rev
+        n = 0
+        for h in hashes:
+            m = rev.get(h, 0) & alive
+            if m != alive:
+                dropped = alive & ~m
+                while dropped:
+                    low = dropped & -dropped
+                    out[pos[low.bit_length() - 1]] = n
+                    dropped ^= low
+                alive = m
+                if not alive:
+                    return out
+            n += 1
+        while alive:
+            low = alive & -alive
+            out[pos[low.bit_length() - 1]] = n
+            alive ^= low
+        return out
+
+    def remove_endpoint(self, address: str) -> None:
+        lru = self._lru.pop(address, None)
+        if lru is None:
+            return
+        slot = self._slot.pop(address)
+        del self._addr_of[slot]
+        del self._bits[address]
+        self._cap.pop(address, None)
+        clear = ~(1 << slot)
+        rev = self._rev
+        for h in lru:
+            m = rev[h] & clear
+            if m:
+                rev[h] = m
+            else:
+                del rev[h]
+        self.total -= len(lru)
+        self._free.append(slot)
+
+    def retain(self, addresses: set[str]) -> None:
+        for a in [a for a in self._lru if a not in addresses]:
+            self.remove_endpoint(a)
+
+    def clear(self) -> None:
+        for a in list(self._lru):
+            self.remove_endpoint(a)

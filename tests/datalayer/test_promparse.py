@@ -1,0 +1,93 @@
+"""The hand-written metrics reader agrees with prometheus_client's parser on what it extracts."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from kvgate.datalayer.promparse import find_samples
+
+NAMES = ["vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc", "x_total"]
+
+label_names = st.sampled_from(["model_name", "engine", "le", "a_b", "block_size"])
+label_values = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=12
+)
+values = st.one_of(
+    st.integers(-(10**9), 10**9).map(float),
+    st.floats(allow_nan=False, allow_infinity=True, width=64),
+)
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _fmt(v: float) -> str:
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+@st.composite
+def pages(draw: Any) -> str:
+    lines: list[str] = []
+    for name in draw(st.lists(st.sampled_from([*NAMES, "vllm:num_requests_waiting_by_reason"]), max_size=6)):
+        lines.append(f"# HELP {name} some help")
+        lines.append(f"# TYPE {name} gauge")
+        seen: set[tuple[tuple[str, str], ...]] = set()
+        for _ in range(draw(st.integers(1, 3))):
+            labels = draw(st.dictionaries(label_names, label_values, max_size=3))
+            key = tuple(sorted(labels.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            lab = "{" + body + "}" if labels or draw(st.booleans()) else ""
+            lines.append(f"{name}{lab} {_fmt(draw(values))}")
+    return "\n".join(lines) + "\n"
+
+
+def _reference(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(pages())
+def test_matches_prometheus_client(text: str) -> None:
+    ref = _reference(text)
+    mine = find_samples(text, NAMES)
+    for name in NAMES:
+        assert sorted(map(repr, mine.get(name, []))) == sorted(map(repr, ref.get(name, [])))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_never_raises_on_garbage(text: str) -> None:
+    find_samples(text, NAMES)
+    find_samples("vllm:num_requests_waiting" + text, NAMES)
+
+
+def test_exact_name_not_prefix_and_timestamps() -> None:
+    text = (
+        'vllm:num_requests_waiting_by_reason{reason="x"} 9\n'
+        'vllm:num_requests_waiting{model_name="m"} 3 1700000000000\n'
+        'vllm:num_requests_waiting{model_name="n",engine="1"} 4\r\n'
+    )
+    got = find_samples(text, ["vllm:num_requests_waiting"])
+    assert got == {
+        "vllm:num_requests_waiting": [({"model_name": "m"}, 3.0), ({"model_name": "n", "engine": "1"}, 4.0)]
+    }
+
+
+def test_escaped_label_values() -> None:
+    text = 'x_total{a="q\\"uo\\\\te\\nnl",b=",}"} 1\n'
+    assert find_samples(text, ["x_total"]) == {"x_total": [({"a": 'q"uo\\te\nnl', "b": ",}"}, 1.0)]}

@@ -1,0 +1,130 @@
+"""Prefix hashing and the bounded prefix index (checked against a brute-force model)."""
+
+from __future__ import annotations
+
+import struct
+
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvgate.datalayer.store import EndpointStore
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, prefix_match
+from kvgate.scheduling.prefix import PrefixIndex, block_hashes
+
+from .helpers import cycle, ep, handle
+
+
+def test_hash_chain_matches_reference_definition() -> None:
+    text = "abcd" * 40  # 160 chars -> 2 full blocks of 64
+    seed = xxhash.xxh64_intdigest(b"llama")
+    h0 = xxhash.xxh64_intdigest(text[:64].encode() + struct.pack("<Q", seed))
+    h1 = xxhash.xxh64_intdigest(text[64:128].encode() + struct.pack("<Q", h0))
+    assert block_hashes("llama", text, 64) == [h0, h1]
+    assert block_hashes("other", text, 64)[0] != h0  # the model seeds the chain
+    assert len(block_hashes("m", "x" * 64 * 300, 64)) == 256  # at most 256 blocks
+    assert block_hashes("m", "x" * 63, 64) == []
+
+
+def test_shared_prefix_diverging_suffix() -> None:
+    a = block_hashes("m", "s" * 128 + "a" * 64, 64)
+    b = block_hashes("m", "s" * 128 + "b" * 64, 64)
+    assert a[:2] == b[:2] and a[2] != b[2]
+
+
+def test_index_match_and_lru_capacity() -> None:
+    idx = PrefixIndex(default_capacity=4)
+    idx.add("a", [1, 2, 3])
+    idx.add("b", [1, 2])
+    assert idx.match([1, 2, 3, 4], ["a", "b", "c"]) == [3, 2, 0]
+    idx.add("a", [7, 8])  # 5 blocks > capacity 4: the least recently used (1) goes
+    assert idx.match([1, 2, 3], ["a", "b"]) == [0, 2]
+    assert idx.total == 6
+
+
+def test_global_cap_is_hard() -> None:
+    idx = PrefixIndex(default_capacity=1000, max_total_blocks=100)
+    for e in range(10):
+        idx.add(f"e{e}", list(range(e * 1000, e * 1000 + 50)))
+        assert idx.total <= 100
+    assert idx.stats().endpoints == 10
+
+
+def test_remove_endpoint_frees_slot_and_hashes() -> None:
+    idx = PrefixIndex()
+    idx.add("a", [1, 2])
+    idx.add("b", [2, 3])
+    idx.remove_endpoint("a")
+    assert idx.match([1], ["a", "b"]) == [0, 0] and idx.match([2, 3], ["b"]) == [2]
+    idx.add("c", [1])  # reuses a's slot without inheriting its blocks
+    assert idx.match([2], ["c"]) == [0]
+    assert idx.stats().unique_hashes == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.lists(st.integers(0, 12), max_size=8)), max_size=25),
+    st.lists(st.integers(0, 12), max_size=8),
+    st.integers(1, 10),
+)
+def test_index_matches_brute_force(ops: list[tuple[int, list[int]]], query: list[int], cap: int) -> None:
+    idx = PrefixIndex(default_capacity=cap)
+    model: dict[str, list[int]] = {}  # address -> LRU order, oldest first
+    for e, hashes in ops:
+        a = f"e{e}"
+        lru = model.setdefault(a, [])
+        for h in hashes:
+            if h in lru:
+                lru.remove(h)
+            lru.append(h)
+        del lru[: max(0, len(lru) - cap)]
+        idx.add(a, hashes)
+    addrs = [f"e{i}" for i in range(6)]
+    want = []
+    for a in addrs:
+        held = set(model.get(a, []))
+        n = 0
+        while n < len(query) and query[n] in held:
+            n += 1
+        want.append(n)
+    assert idx.match(query, addrs) == want
+    assert idx.total == sum(len(v) for v in model.values())
+
+
+def test_scorer_learns_from_picks_and_purges_removed_endpoints() -> None:
+    store = EndpointStore([ep("a:1"), ep("b:1")])
+    eps = list(store.all())
+    s = PrefixCacheScorer("p", handle(store))
+    text = "q" * 64 * 4 + "tail"
+    c = cycle(text)
+    s.prepare(c, eps)
+    assert s.score(c, eps) == [0.0, 0.0]
+    s.on_picked(c, eps[1])
+    c2 = cycle("q" * 64 * 2 + "different" * 20)
+    s.prepare(c2, eps)
+    m = prefix_match(c2)
+    assert m is not None and m.total == 4
+    assert s.score(c2, eps) == [0.0, 0.5]
+    store.remove("b:1")
+    assert s.index.total == 0
+
+
+def test_block_size_auto_tuned_from_server() -> None:
+    a = ep("a:1", block_size=128)
+    s = PrefixCacheScorer("p", handle())
+    c = cycle("z" * 1024)
+    s.prepare(c, [a])
+    m = prefix_match(c)
+    assert m is not None and m.chunk == 512 and m.total == 2
+    fixed = PrefixCacheScorer("p", handle(), block_size=16, auto_tune=False)
+    fixed.prepare(c, [a])
+    m2 = prefix_match(c)
+    assert m2 is not None and m2.chunk == 64
+
+
+def test_token_ids_hash_whole_tokens() -> None:
+    s = PrefixCacheScorer("p", handle())
+    c = cycle(token_ids=list(range(40)))
+    s.prepare(c, [ep("a:1")])
+    m = prefix_match(c)
+    assert m is not None and m.total == 2  # 40 tokens / 16 per block
