@@ -1,0 +1,81 @@
+"""`kvgate bench <scenario>`: fleet-simulator scenarios, the live side-by-side run, inference-perf.
+
+Benchmarks written by other parts of the project (picker micro-benchmark, gateway overhead, ext_proc,
+simulator capacity) keep their own arguments: ``kvgate bench <name> ...`` hands the rest of the
+command line to their ``main(argv)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+# Other benchmark modules with their own CLI: name -> module.
+DELEGATED = {
+    "picker": "kvgate.bench.picker_micro",
+    "sim-capacity": "kvgate.bench.sim_capacity",
+    "gateway-overhead": "kvgate.bench.gateway_overhead",
+    "extproc": "kvgate.bench.extproc_bench",
+    "peers": "kvgate.bench.peers",
+}
+
+
+def _parser(fleet: list[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kvgate bench",
+        description="Run a benchmark scenario and write JSON, a markdown table and PNG plots.",
+        epilog=(
+            "fleet scenarios (virtual clock, real picker): " + ", ".join(fleet) + "; "
+            "live: the simulated fleet behind kvgate and the peer routers over HTTP; "
+            "inference-perf: kubernetes-sigs inference-perf against kvgate; "
+            "delegated (own options): " + ", ".join(DELEGATED)
+        ),
+    )
+    p.add_argument("scenario", choices=[*fleet, "live", "inference-perf", "list"])
+    p.add_argument("--quick", action="store_true", help="fewer load points, shorter runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    p.add_argument("--policies", help="comma-separated policies (default: the scenario's list)")
+    p.add_argument("--qps", type=float, help="live: offered QPS (default: the scenario's)")
+    p.add_argument("--duration", type=float, help="live: seconds per run")
+    p.add_argument("--repeats", type=int, default=1, help="live: interleaved rounds")
+    p.add_argument("--no-netns", action="store_true", help="live: don't re-exec inside `unshare -n`")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = list(argv or [])
+    if args_in and args_in[0] in DELEGATED:
+        try:
+            mod = importlib.import_module(DELEGATED[args_in[0]])
+        except ImportError as e:
+            print(f"kvgate bench {args_in[0]}: not available ({e})", file=sys.stderr)
+            return 2
+        return int(mod.main(args_in[1:]) or 0)
+
+    from kvgate.bench.scenarios import SCENARIOS
+
+    args = _parser(list(SCENARIOS)).parse_args(args_in)
+    policies = args.policies.split(",") if args.policies else None
+    if args.scenario == "list":
+        for name, sc in SCENARIOS.items():
+            print(f"{name:<14} {sc.title}")
+        print(f"{'live':<14} simulated fleet behind kvgate, sglang-router, vllm-router over HTTP")
+        print(f"{'inference-perf':<14} kubernetes-sigs inference-perf against kvgate")
+        for name in DELEGATED:
+            print(f"{name:<14} (delegated to {DELEGATED[name]})")
+        return 0
+    if args.scenario == "live":
+        from kvgate.bench import live
+
+        return live.main_from_args(args, policies)
+    if args.scenario == "inference-perf":
+        import kvgate.bench.inference_perf as inference_perf
+
+        return inference_perf.run(out=args.out, quick=args.quick, seed=args.seed)
+    from kvgate.bench.sweep import run_scenario
+
+    run_scenario(SCENARIOS[args.scenario], quick=args.quick, seed=args.seed, out=args.out, policies=policies)
+    return 0

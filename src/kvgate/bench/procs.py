@@ -1,0 +1,137 @@
+"""Subprocesses for live benchmarks: start one, read the addresses it prints, always stop it.
+
+Every server here binds 127.0.0.1 on a port it picks (or we pick) and prints where it listens; we
+wait for that line with a deadline, keep draining its output into a bounded ring (so a chatty
+process can never block on a full pipe), and stop it with SIGTERM then SIGKILL of its own process
+group — never anything we did not start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+def free_port() -> int:
+    """An ephemeral 127.0.0.1 port for servers that need one given (peer routers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def kvgate_cmd(*args: str) -> list[str]:
+    """``kvgate <args>`` with this interpreter (works from a venv without the script on PATH)."""
+    return [sys.executable, "-m", "kvgate.cli", *args]
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: asyncio.subprocess.Process
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    _reader: asyncio.Task[None] | None = None
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join(list(self.lines)[-n:])
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
+async def start(
+    name: str,
+    cmd: Sequence[str],
+    ready: str | None,
+    *,
+    count: int = 1,
+    wait_s: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> tuple[Proc, list[re.Match[str]]]:
+    """Start ``cmd``; wait until ``count`` output lines match the ``ready`` regex; return the matches.
+    ``ready=None``: return at once (the caller polls an HTTP endpoint instead).
+
+    Raises ``RuntimeError`` with the process's last output lines if it exits or times out first.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group, so stop() reaches its children too
+    )
+    p = Proc(name, proc)
+    pattern = re.compile(ready or r"\A(?!x)x")  # never matches when ready is None
+    matches: list[re.Match[str]] = []
+    found = asyncio.Event()
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            p.lines.append(line)
+            if len(matches) < count:
+                m = pattern.search(line)
+                if m:
+                    matches.append(m)
+                    if len(matches) >= count:
+                        found.set()
+        found.set()  # EOF: the process is gone
+
+    p._reader = asyncio.create_task(read())
+    if ready is None:
+        return p, []
+    try:
+        await asyncio.wait_for(found.wait(), wait_s)
+    except TimeoutError:
+        await p.stop()
+        raise RuntimeError(f"{name}: not ready after {wait_s:.0f} s; last output:\n{p.tail()}") from None
+    if len(matches) < count:
+        await p.stop()
+        raise RuntimeError(f"{name}: exited (rc {proc.returncode}) before ready; last output:\n{p.tail()}")
+    return p, matches
+
+
+async def wait_http(url: str, wait_s: float = 30.0, ok: Sequence[int] = (200,)) -> None:
+    """Poll ``url`` until it answers one of ``ok``."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    last = ""
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < deadline:
+            try:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status in ok:
+                        return
+                    last = f"http {r.status}"
+            except (aiohttp.ClientError, TimeoutError) as e:
+                last = type(e).__name__
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {wait_s:.0f} s ({last})")

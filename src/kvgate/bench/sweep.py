@@ -1,0 +1,139 @@
+"""Run a fleet scenario: probe capacity, sweep the QPS ladder per policy, write JSON/markdown/PNGs."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kvgate.bench import report
+from kvgate.bench.fleetsim import FleetConfig, FleetResult, FleetSim
+from kvgate.bench.scenarios import Scenario
+
+
+def _count(qps: float, duration: float) -> int:
+    # Enough specs for the arrival process with headroom for Poisson variance; bounded.
+    return min(200_000, int(qps * duration * 1.3) + 50)
+
+
+def run_point(
+    sc: Scenario,
+    policy: str,
+    qps: float,
+    duration: float,
+    seed: int,
+    progress: Any = None,
+    drain: float = 120.0,
+    warmup: float | None = None,
+) -> FleetResult:
+    cfg_warmup = sc.warmup if warmup is None else warmup
+    cfg = FleetConfig(
+        warmup=cfg_warmup,
+        drain=drain,
+        replicas=sc.replicas,
+        policy=policy,
+        qps=qps,
+        duration=duration,
+        slo_ttft=sc.slo_ttft,
+        seed=seed,
+        max_requests=_count(qps, cfg_warmup + duration),
+    )
+    sim = FleetSim(cfg, sc.workload(seed, cfg.max_requests))
+    return sim.run(progress)
+
+
+def probe_capacity(sc: Scenario, policy: str, seed: int, duration: float) -> float:
+    """Req/s served under ``policy`` when offered more than the fleet can take (``sc.probe_qps``)."""
+    # No drain: count only what completed while arrivals kept the fleet saturated, after the
+    # warm-up and the first quarter of the window (the fill-up).
+    res = run_point(sc, policy, sc.probe_qps, duration, seed, drain=0.0)
+    t_from = sc.warmup + duration / 4
+    done = sum(1 for t in res.done_times if t >= t_from)
+    return done / (sc.warmup + duration - t_from)
+
+
+def run_scenario(
+    sc: Scenario,
+    *,
+    quick: bool,
+    seed: int,
+    out: Path,
+    policies: list[str] | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    console = console or Console()
+    pols = policies or sc.policies
+    fractions = sc.quick_fractions if quick else sc.load_fractions
+    duration = sc.quick_duration if quick else sc.duration
+    wall0 = time.perf_counter()
+    console.print(f"[bold]{sc.title}[/bold]  (seed {seed}{', quick' if quick else ''})")
+    probes: dict[str, float] = {}
+    for pol in sc.probe_policies:
+        probes[pol] = probe_capacity(sc, pol, seed, min(duration, 20.0))
+        console.print(f"  capacity probe {pol:>18} at {sc.probe_qps:g} QPS offered: {probes[pol]:.1f} req/s")
+    cap = max(probes.values())
+    console.print(f"fleet capacity (best policy): {cap:.1f} req/s")
+    points = [round(cap * f, 2) for f in fractions]
+    rows: list[dict[str, Any]] = []
+    series: dict[str, report.LoadSeries] = {}
+    # Per-replica load over time is plotted for the point nearest the key load fraction.
+    key_qps = min(points, key=lambda q: abs(q - cap * sc.key_fraction))
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} virtual s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as prog:
+        span = sc.warmup + duration
+        total = len(pols) * len(points) * span
+        task = prog.add_task("sweep", total=total)
+        done = 0.0
+        for qps in points:
+            for pol in pols:
+                prog.update(task, description=f"{pol:>18} @ {qps:7.1f} QPS")
+
+                def tick(t: float, base: float = done) -> None:
+                    prog.update(task, completed=base + min(t, span))
+
+                res = run_point(sc, pol, qps, duration, seed, tick)
+                row = res.row | {"load_fraction": round(qps / cap, 3) if cap else None}
+                rows.append(row)
+                if qps == key_qps:
+                    series[pol] = res.collector.load
+                done += span
+                prog.update(task, completed=done)
+    wall = time.perf_counter() - wall0
+    payload = {
+        "scenario": sc.name,
+        "title": sc.title,
+        "how_scaled": sc.how_scaled,
+        "seed": seed,
+        "quick": quick,
+        "capacity_req_per_s": cap,
+        "probe": {"offered_qps": sc.probe_qps, "served_req_per_s": probes},
+        "replicas": [{"profile": r.profile, "count": r.count, **r.overrides} for r in sc.replicas],
+        "duration_virtual_s": duration,
+        "wall_s": wall,
+        "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}",
+        "rows": rows,
+    }
+    suffix = "-quick" if quick else ""
+    base = out / f"fleet-{sc.name}{suffix}"
+    report.write_json(base.with_suffix(".json"), payload)
+    table = report.markdown_table(rows, [("policy", "policy"), ("QPS", "qps"), ("load", "load_fraction")])
+    base.with_suffix(".md").write_text(
+        f"# {sc.title}\n\n{sc.how_scaled}\n\nProbed capacity: {cap:.1f} req/s. "
+        f"Virtual seconds per point: {duration:g}. Wall time: {wall:.0f} s.\n\n{table}\n"
+    )
+    report.plot_ttft_vs_qps(base.parent / f"{base.name}-ttft.png", rows, sc.title)
+    if series:
+        report.plot_load(base.parent / f"{base.name}-load.png", series, f"{sc.title}: per-replica queue")
+    print(table)
+    console.print(f"wrote {base}.json/.md/-ttft.png ({wall:.0f} s)")
+    return payload

@@ -1,0 +1,62 @@
+"""A whole fleet scenario end to end at toy size: probe, sweep, JSON + markdown + PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+pytest.importorskip("kvgate.scheduling.director")
+
+from kvgate.bench import workloads
+from kvgate.bench.fleetsim import ReplicaSpec
+from kvgate.bench.scenarios import SCENARIOS, Scenario
+from kvgate.bench.sweep import run_scenario
+
+
+def _toy() -> Scenario:
+    return Scenario(
+        name="toy",
+        title="toy",
+        replicas=[ReplicaSpec("llama3-8b-h100", 3, {"num_gpu_blocks": 300})],
+        workload=lambda seed, n: workloads.shared_prefix_stream(
+            num_groups=6, system_prompt_len=768, question_len=32, output_len=8, count=n, seed=seed
+        ),
+        load_fractions=[0.3, 0.6],
+        duration=4.0,
+        warmup=2.0,
+        how_scaled="toy",
+        policies=["round-robin", "kvgate"],
+        probe_policies=["kvgate"],
+        probe_qps=400.0,
+        quick_fractions=[0.5],
+        quick_duration=3.0,
+    )
+
+
+def test_run_scenario_writes_results(tmp_path: Path) -> None:
+    payload = run_scenario(_toy(), quick=False, seed=0, out=tmp_path)
+    assert payload["capacity_req_per_s"] > 10
+    rows = payload["rows"]
+    assert [(r["policy"], r["load_fraction"]) for r in rows] == [
+        ("round-robin", 0.3),
+        ("kvgate", 0.3),
+        ("round-robin", 0.6),
+        ("kvgate", 0.6),
+    ]
+    assert all(r["errors"] == 0 and r["ok"] > 0 for r in rows)
+    saved = orjson.loads((tmp_path / "fleet-toy.json").read_bytes())
+    assert saved["rows"] == orjson.loads(orjson.dumps(rows))
+    md = (tmp_path / "fleet-toy.md").read_text()
+    assert md.count("| kvgate |") == 2
+    for png in ("fleet-toy-ttft.png", "fleet-toy-load.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_named_scenarios_are_well_formed() -> None:
+    for sc in SCENARIOS.values():
+        assert sc.load_fractions == sorted(sc.load_fractions)
+        assert sc.key_fraction in sc.load_fractions or sc.name == "multi-lora"
+        spec = next(iter(sc.workload(0, 3)))
+        assert spec.max_tokens > 0 and spec.prompt_ids
