@@ -414,3 +414,14 @@ def test_engine_invariants_under_random_workloads(
             assert len(r.output_token_ids) == min(r.max_tokens, e.config.max_model_len - r.num_prompt_tokens)
     assert st_.requests_finished == sum(1 for r, _ in reqs if r.finish_reason == "length")
     assert st_.prefix_cache_hits <= st_.prefix_cache_queries
+
+
+def test_chunked_output_tokens_match_the_per_position_formula() -> None:
+    # The engine computes tokens ahead in chunks (numpy uint64 from 32 tokens on); every chunk must equal
+    # the plain per-position formula, including positions whose product overflows 64 bits.
+    from kvgate.sim.engine import output_token, output_tokens
+
+    for seed in (0, 1, (1 << 64) - 1, 0x0123456789ABCDEF):
+        for start, count, vocab in ((0, 5, 1000), (0, 64, 128256), (10**9, 40, 151936), (7, 31, 3)):
+            want = [output_token(seed, p, vocab) for p in range(start, start + count)]
+            assert output_tokens(seed, start, count, vocab) == want

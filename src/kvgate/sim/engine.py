@@ -8,15 +8,21 @@ step's duration comes from the profile's step-time model (:mod:`kvgate.sim.profi
 tokens exist at ``now + duration``. The engine never sleeps and never reads a clock.
 
 Costs: a step is O(scheduled requests + blocks it allocates); admission is O(prompt blocks) (hashes are
-computed once per block and kept); per-request state is a few ints and lists, no per-token objects.
+computed once per block and kept); per-request state is a few ints and lists, no per-token objects beyond
+the contract's ``(request, token)`` pairs. The per-request loop in ``step`` is the simulator's hot path:
+output tokens are computed ahead in chunks (numpy, same formula), block allocation and prefix-cache
+registration have one-block fast paths, and the step-time model's ``linear`` term is memoised.
+``tests/sim/test_engine_equivalence.py`` holds the result to the plain pre-optimisation engine.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import xxhash
 
 from kvgate.sim.kvcache import BlockHasher, BlockPool, KVEvent, xxhash64_block, xxhash64_chain
@@ -25,6 +31,25 @@ from kvgate.sim.types import EngineStats, SimRequest, StepResult
 
 KVEventSink = Callable[[list[KVEvent]], None]
 _M64 = (1 << 64) - 1
+_K1, _K2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9
+_NK1, _NK2, _N29 = np.uint64(_K1), np.uint64(_K2), np.uint64(29)
+_TOKEN_CHUNK = 64  # output tokens computed ahead per running request (bounds the extra memory)
+
+
+def output_token(seed: int, pos: int, vocab: int) -> int:
+    """The token a request emits at output position ``pos``: a cheap deterministic mix of (request seed,
+    position), so the same request id gives the same tokens on every run, replica and driver."""
+    return ((((seed ^ (pos * _K1)) * _K2) & _M64) >> 29) % vocab
+
+
+def output_tokens(seed: int, start: int, count: int, vocab: int) -> list[int]:
+    """``output_token`` for positions ``start .. start+count-1``; in numpy (uint64 arithmetic wraps mod
+    2**64 exactly like the masked Python ints) when the chunk is long enough to pay for the call."""
+    if count < 32:
+        return [output_token(seed, p, vocab) for p in range(start, start + count)]
+    pos = np.arange(start, start + count, dtype=np.uint64)
+    toks: list[int] = (((((pos * _NK1) ^ np.uint64(seed)) * _NK2) >> _N29) % np.uint64(vocab)).tolist()
+    return toks
 
 
 @dataclass(slots=True)
@@ -91,6 +116,8 @@ class _Seq:
         "seed",
         "slots",
         "state",
+        "tbase",
+        "tbuf",
     )
 
     def __init__(self, req: SimRequest, max_model_len: int) -> None:
@@ -109,6 +136,8 @@ class _Seq:
         self.slots = 0  # tokens the allocated blocks hold: len(blocks) * bs
         self.seed = xxhash.xxh64_intdigest(req.request_id.encode())
         self.state = _WAITING
+        self.tbuf: list[int] = []  # output tokens for positions tbase.., computed ahead in chunks
+        self.tbase = 0
 
     @property
     def num_tokens(self) -> int:
@@ -136,6 +165,15 @@ class Engine:
             cfg.enable_prefix_caching,
             emit_events=kv_event_sink is not None,
         )
+        # Config values the hot loop reads, as plain attributes.
+        self._bs = cfg.block_size
+        self._budget = cfg.max_num_batched_tokens
+        self._caching = cfg.enable_prefix_caching
+        self._vocab = cfg.vocab_size
+        self._linear: dict[int, float] = {}  # tokens -> linear(tokens); keys <= max_num_batched_tokens
+        # The default hash's token packing for one block (None: a custom hasher, no inline fast path).
+        default_hash = cfg.block_hasher is xxhash64_block
+        self._pack_block = struct.Struct(f"<{cfg.block_size}q").pack if default_hash else None
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
         self._by_id: dict[str, _Seq] = {}
@@ -194,29 +232,32 @@ class Engine:
         return bool(self._running or self._waiting)
 
     def step(self, now: float) -> StepResult:
-        cfg = self.config
-        bs = cfg.block_size
+        bs = self._bs
         pool = self.pool
-        budget = cfg.max_num_batched_tokens
+        budget = self._budget
         running = self._running
-        result = StepResult(duration=0.0)
+        result = StepResult(0.0)
         emitted = result.tokens
+        emit = emitted.append
         finished = result.finished
         firsts: list[SimRequest] = []  # first tokens: their time is the step's end, known after costing
-        vocab = cfg.vocab_size
 
         # 1. Running requests, oldest first; make room by preempting the newest (victims come from the
         # unscheduled tail, so what is already in the batch stays). Cost terms accumulate on the way, and a
         # request whose tokens are now all computed samples its next token (it is visible at the step's end).
-        caching = cfg.enable_prefix_caching
-        tokens = pf_tokens = pf_pairs = dsum = dmax = ndec = 0
+        # This loop is the simulator's hot path (one pass per running request per step): locals only,
+        # block and prefix-cache work only at block boundaries, tokens precomputed per request in chunks.
+        caching = self._caching
+        pf_tokens = pf_pairs = dsum = dmax = ndec = 0
         batch_loras: dict[str, None] = {}  # ordered, so LRU updates are deterministic
         i = 0
-        while i < len(running) and budget > 0:
+        nrun = len(running)
+        while i < nrun and budget > 0:
             s = running[i]
             out = s.out
+            nout = len(out)
             nc = s.num_computed
-            total = s.plen + len(out)
+            total = s.plen + nout
             n = total - nc
             if n > budget:
                 n = budget
@@ -229,36 +270,41 @@ class Engine:
                     result.num_preempted += 1
                     if victim is s:
                         break
+                nrun = len(running)
                 if s.state != _RUNNING:
                     break
-                s.blocks += pool.allocate(need)
+                if need == 1:
+                    s.blocks.append(pool.allocate_one())
+                else:
+                    s.blocks += pool.allocate(need)
                 s.slots = len(s.blocks) * bs
             if caching and end >= s.next_full:
                 self._cache_full_blocks(s, end)
             budget -= n
             i += 1
-            tokens += n
-            if n == 1 and out:  # a decode: reads nc + 1 tokens of KV
+            if n == 1 and nout:  # a decode: reads nc + 1 tokens of KV
                 dsum += end
                 if end > dmax:
                     dmax = end
                 ndec += 1
             else:
                 pf_tokens += n
-                pf_pairs += causal_pairs(nc, n)
-            if s.lora:
-                batch_loras[s.lora] = None
+                pf_pairs += n * nc + n * (n + 1) // 2  # causal_pairs(nc, n)
+            lora = s.lora
+            if lora:
+                batch_loras[lora] = None
             s.num_computed = end
             if end < total:
                 continue  # a prefill chunk that is not the last
             req = s.req
-            # A cheap deterministic mix of (request, position): the same request id gives the same tokens.
-            tok = ((((s.seed ^ (len(out) * 0x9E3779B97F4A7C15)) * 0xBF58476D1CE4E5B9) & _M64) >> 29) % vocab
+            k = nout - s.tbase
+            buf = s.tbuf
+            tok = buf[k] if k < len(buf) else self._refill_tokens(s, nout)
             out.append(tok)
-            emitted.append((req, tok))
-            if req.first_token_time is None:
+            emit((req, tok))
+            if not nout and req.first_token_time is None:  # outputs are kept across preemption
                 firsts.append(req)
-            if len(out) >= s.max_out:
+            if nout + 1 >= s.max_out:
                 finished.append(req)
 
         # 2. New requests, FCFS, unless this step had to preempt (as vLLM). They all start a prefill.
@@ -266,7 +312,6 @@ class Engine:
             admitted: list[tuple[_Seq, int]] = []
             self._admit(now, budget, admitted, result)
             for s, n in admitted:
-                tokens += n
                 pf_tokens += n
                 pf_pairs += causal_pairs(s.num_computed, n)
                 if s.lora:
@@ -276,8 +321,8 @@ class Engine:
                     self._sample(s, emitted, firsts, finished)
 
         # 3. The step's duration: the step-time model over what was scheduled, plus adapter loads.
-        if tokens:
-            duration = self._model.step_s(tokens, pf_tokens, pf_pairs, ndec, dsum, dmax)
+        if pf_tokens or ndec:
+            duration = self._step_s(pf_tokens + ndec, pf_tokens, pf_pairs, ndec, dsum, dmax)
         elif self.has_work():
             # Nothing fit (cannot happen with validated limits); still let time pass so drivers progress.
             duration = self._model.overhead_ms / 1000.0
@@ -300,8 +345,30 @@ class Engine:
                 req.finish_reason = "length"
                 req.finish_time = t_end
             self._finish(finished)
-        self._flush_events()
+        if self._sink is not None and pool.events:
+            self._sink(pool.drain_events())
         return result
+
+    def _step_s(self, tokens: int, pf_tokens: int, pf_pairs: int, ndec: int, dsum: int, dmax: int) -> float:
+        """``StepModel.step_s`` with ``linear`` memoised (at most one entry per batch size): the same
+        arithmetic in the same order, so the same floats."""
+        lin = self._linear.get(tokens)
+        if lin is None:
+            lin = self._linear[tokens] = self._model.linear(tokens)
+        m = self._model
+        gpu = lin + m.prefill_ms_per_pair * pf_pairs + m.prefill_ms_per_token * pf_tokens
+        if ndec > 0:
+            bw = m.decode_ms_per_kv_token * dsum + m.decode_ms_per_seq * ndec
+            lat = m.decode_seq_ms_base + m.decode_seq_ms_per_token * dmax
+            gpu += bw if bw > lat else lat
+        return (m.overhead_ms + gpu) / 1000.0
+
+    def _refill_tokens(self, s: _Seq, pos: int) -> int:
+        """Compute ``s``'s next chunk of output tokens (from position ``pos``); return the first."""
+        count = min(s.max_out - pos, _TOKEN_CHUNK)
+        s.tbuf = buf = output_tokens(s.seed, pos, max(1, count), self._vocab)
+        s.tbase = pos
+        return buf[0]
 
     def _sample(
         self,
@@ -312,9 +379,9 @@ class Engine:
     ) -> None:
         """Step 1's sampling, for requests admitted in this step whose prefill completed."""
         out, req = s.out, s.req
-        tok = ((((s.seed ^ (len(out) * 0x9E3779B97F4A7C15)) * 0xBF58476D1CE4E5B9) & _M64) >> 29) % (
-            self.config.vocab_size
-        )
+        nout = len(out)
+        k = nout - s.tbase
+        tok = s.tbuf[k] if k < len(s.tbuf) else self._refill_tokens(s, nout)
         out.append(tok)
         emitted.append((req, tok))
         if req.first_token_time is None:
@@ -451,7 +518,7 @@ class Engine:
         bs = self.config.block_size
         hasher = self.config.block_hasher
         parent = hs[-1] if hs else None
-        if hasher is xxhash64_block:  # the default: hash all new blocks in one pass
+        if hasher is xxhash64_block and nblocks - have > 1:  # the default: hash all new blocks in one pass
             hs += xxhash64_chain(parent, s.tokens(have * bs, nblocks * bs), bs, s.lora)
             return
         for i in range(have, nblocks):
@@ -460,14 +527,23 @@ class Engine:
 
     def _cache_full_blocks(self, s: _Seq, computed: int) -> None:
         """Register the blocks that ``computed`` tokens fill (vLLM caches them when they are scheduled)."""
-        if not self.config.enable_prefix_caching:
+        if not self._caching:
             return
-        bs = self.config.block_size
+        bs = self._bs
         full = computed // bs
-        if full <= s.n_cached_blocks:
+        start = s.n_cached_blocks
+        if full <= start:
             return
-        self._ensure_hashes(s, full)
-        self.pool.cache_blocks(s.blocks, s.hashes, s.n_cached_blocks, full, s.tokens, s.lora)
+        hs = s.hashes
+        if len(hs) == start and full == start + 1 and self._pack_block is not None:
+            # A decode filling one block (every block_size tokens of every request): xxhash64_block inline.
+            lo = start * bs - s.plen
+            toks = s.out[lo : lo + bs] if lo >= 0 else s.tokens(start * bs, full * bs)
+            data = (hs[-1] if hs else 0).to_bytes(8, "little") + self._pack_block(*toks)
+            hs.append(xxhash.xxh64_intdigest(data + s.lora.encode() if s.lora else data))
+        else:
+            self._ensure_hashes(s, full)
+        self.pool.cache_blocks(s.blocks, hs, start, full, s.tokens, s.lora)
         s.n_cached_blocks = full
         s.next_full = (full + 1) * bs
 

@@ -3,9 +3,9 @@
 Blocks are plain ints with parallel arrays (ref counts, hashes) rather than objects, so admission and
 freeing cost O(blocks) with small constants. A full block of tokens gets a 64-bit hash chained on its
 parent's hash (``hash(parent, token ids, lora)``); a cached block whose ref count drops to zero stays
-findable by hash until it is evicted. Free blocks sit in one LRU queue (an ``OrderedDict``: O(1) removal
-when a prefix hit revives one, O(1) pop of the oldest); allocation evicts from its head, like vLLM's
-``FreeKVCacheBlockQueue``.
+findable by hash until it is evicted. Free blocks sit in one LRU queue (O(1) revival of a free cached
+block on a prefix hit, O(1) pop of the oldest, see :class:`BlockPool`); allocation evicts from its head,
+like vLLM's ``FreeKVCacheBlockQueue``.
 
 KV events (``BlockStored``, ``BlockRemoved``, ``AllBlocksCleared``) mirror vLLM's
 ``vllm.distributed.kv_events``; the HTTP front serialises them to vLLM's msgpack wire format.
@@ -13,8 +13,8 @@ KV events (``BlockStored``, ``BlockRemoved``, ``AllBlocksCleared``) mirror vLLM'
 
 from __future__ import annotations
 
-from array import array
-from collections import OrderedDict
+import struct
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,10 +27,15 @@ BlockHasher = Callable[[int | None, Sequence[int], str | None], int]
 def xxhash64_block(parent: int | None, token_ids: Sequence[int], lora: str | None) -> int:
     """Default block hash: xxh64 over the parent hash (8 bytes LE, 0 for none), the token ids (int64 LE)
     and the LoRA name."""
-    data = (parent or 0).to_bytes(8, "little") + array("q", token_ids).tobytes()
+    data = (parent or 0).to_bytes(8, "little") + _int64s(token_ids)
     if lora:
         data += lora.encode()
     return xxhash.xxh64_intdigest(data)
+
+
+def _int64s(token_ids: Sequence[int]) -> bytes:
+    # int64 little-endian; struct.pack is ~3x faster than array("q", ...) from a list of ints.
+    return struct.pack(f"<{len(token_ids)}q", *token_ids)
 
 
 def xxhash64_chain(
@@ -38,7 +43,7 @@ def xxhash64_chain(
 ) -> list[int]:
     """``xxhash64_block`` over consecutive full blocks of ``token_ids``, each chained on the previous one:
     the same hashes, with one conversion of the tokens to bytes instead of one per block."""
-    raw = array("q", token_ids).tobytes()
+    raw = _int64s(token_ids)
     width = block_size * 8
     suffix = lora.encode() if lora else b""
     out: list[int] = []
@@ -84,33 +89,53 @@ KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
 
 @dataclass(slots=True)
 class BlockPool:
-    """``num_blocks`` blocks of ``block_size`` tokens; ``events`` collects KV events until drained."""
+    """``num_blocks`` blocks of ``block_size`` tokens; ``events`` collects KV events until drained.
+
+    The free queue is vLLM's LRU order (oldest first) kept cheaply for hundreds of pools in one process:
+    blocks never used yet are a counter (``_fresh``: they leave in id order, before any freed block, as in
+    a queue that starts with every block), and freed blocks go to a deque. Reviving a free cached block
+    leaves its deque entry behind as stale instead of deleting it from the middle; ``_entries`` counts a
+    block's entries so a pop can tell the block's latest entry (valid if the block is still free) from older
+    ones. The deque is compacted when stale entries outnumber the blocks, so memory stays O(blocks).
+    ``ref`` / ``block_hash`` cover only the blocks handed out so far (they grow with ``_fresh``).
+    """
 
     num_blocks: int
     block_size: int
     enable_caching: bool = True
     emit_events: bool = False
-    ref: list[int] = field(init=False)
-    block_hash: list[int | None] = field(init=False)
+    ref: list[int] = field(init=False, default_factory=list)
+    block_hash: list[int | None] = field(init=False, default_factory=list)
     cached: dict[int, int] = field(init=False, default_factory=dict)  # hash -> block id
-    free: OrderedDict[int, None] = field(init=False)  # eviction order: oldest first
     events: list[KVEvent] = field(init=False, default_factory=list)
     evictions: int = field(init=False, default=0)
+    _fresh: int = field(init=False, default=0)  # blocks 0.._fresh-1 have been handed out at least once
+    _queue: deque[int] = field(init=False, default_factory=deque)  # freed blocks, oldest first (+ stale)
+    _entries: list[int] = field(init=False, default_factory=list)  # a block's entries in ``_queue``
+    _nfree: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self.ref = [0] * self.num_blocks
-        self.block_hash = [None] * self.num_blocks
-        self.free = OrderedDict.fromkeys(range(self.num_blocks))
+        self._nfree = self.num_blocks
 
     @property
     def num_free(self) -> int:
         """Blocks with no user (cached or not): what an allocation can take."""
-        return len(self.free)
+        return self._nfree
 
     @property
     def usage(self) -> float:
         """vLLM's ``kv_cache_usage_perc``: blocks in use by requests / all blocks."""
-        return 1.0 - len(self.free) / self.num_blocks if self.num_blocks else 0.0
+        return 1.0 - self._nfree / self.num_blocks if self.num_blocks else 0.0
+
+    def free_order(self) -> list[int]:
+        """The free queue, oldest (next to be taken) first. O(blocks): for tests and debugging."""
+        ref, entries = self.ref, list(self._entries)
+        out = list(range(self._fresh, self.num_blocks))  # never used: ahead of every freed block
+        for b in self._queue:
+            entries[b] -= 1
+            if not entries[b] and not ref[b]:
+                out.append(b)
+        return out
 
     def lookup(self, hashes: Sequence[int], max_blocks: int) -> list[int]:
         """The longest run of cached blocks matching ``hashes[:max_blocks]`` from the start."""
@@ -131,20 +156,41 @@ class BlockPool:
         return sum(1 for b in block_ids if ref[b] == 0)
 
     def touch(self, block_ids: Sequence[int]) -> None:
-        ref, free = self.ref, self.free
+        ref = self.ref
         for b in block_ids:
             if ref[b] == 0:
-                del free[b]
+                self._nfree -= 1  # its queue entry goes stale
             ref[b] += 1
 
     def allocate(self, n: int) -> list[int]:
         """Take ``n`` blocks from the head of the free queue (caller checked ``num_free``), evicting cached
         ones."""
-        out: list[int] = []
-        free, ref, block_hash = self.free, self.ref, self.block_hash
+        self._nfree -= n
+        fresh = self._fresh
+        take = self.num_blocks - fresh
+        if take > n:
+            take = n
+        if take > 0:
+            # Never-used blocks come first (they head the queue): no hashes to evict.
+            self._fresh = fresh + take
+            self.ref.extend([1] * take)
+            self.block_hash.extend([None] * take)
+            self._entries.extend([0] * take)
+            out = list(range(fresh, fresh + take))
+            if take == n:
+                return out
+            n -= take
+        else:
+            out = []
+        queue, ref, block_hash, entries = self._queue, self.ref, self.block_hash, self._entries
+        pop = queue.popleft
         removed: list[int] = []
-        for _ in range(n):
-            b, _ = free.popitem(last=False)
+        while n:
+            b = pop()
+            c = entries[b] - 1
+            entries[b] = c
+            if c or ref[b]:
+                continue  # stale: the block was revived, or freed again later (a newer entry exists)
             h = block_hash[b]
             if h is not None:
                 block_hash[b] = None
@@ -153,20 +199,52 @@ class BlockPool:
                 removed.append(h)
             ref[b] = 1
             out.append(b)
+            n -= 1
         if removed:
             self.evictions += len(removed)
             if self.emit_events:
                 self.events.append(BlockRemoved(removed))
         return out
 
+    def allocate_one(self) -> int:
+        """``allocate(1)[0]``, cheaper for the common case (a decode crossing into a new block)."""
+        b = self._fresh
+        if b < self.num_blocks:
+            self._nfree -= 1
+            self._fresh = b + 1
+            self.ref.append(1)
+            self.block_hash.append(None)
+            self._entries.append(0)
+            return b
+        return self.allocate(1)[0]
+
     def free_blocks(self, block_ids: Sequence[int]) -> None:
         """Drop one reference from each block; blocks reaching zero join the free queue's tail, the request's
         last block first so that its tail is evicted before its (more shareable) head."""
-        ref, free = self.ref, self.free
+        ref, entries, queue = self.ref, self._entries, self._queue
+        freed = 0
         for b in reversed(block_ids):
-            ref[b] -= 1
-            if ref[b] == 0:
-                free[b] = None
+            r = ref[b] - 1
+            ref[b] = r
+            if r == 0:
+                queue.append(b)
+                entries[b] += 1
+                freed += 1
+        self._nfree += freed
+        if len(queue) > 2 * self.num_blocks + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop stale queue entries (amortised O(1) per free: runs after >= num_blocks new entries)."""
+        ref, entries = self.ref, self._entries
+        keep: deque[int] = deque()
+        for b in self._queue:
+            entries[b] -= 1
+            if not entries[b] and not ref[b]:
+                keep.append(b)
+        for b in keep:
+            entries[b] = 1
+        self._queue = keep
 
     def cache_blocks(
         self,
@@ -183,6 +261,12 @@ class BlockPool:
         if not self.enable_caching:
             return
         cached, block_hash, bs = self.cached, self.block_hash, self.block_size
+        if end - start == 1 and not self.emit_events:  # a decode filling one block: the common case
+            b, h = block_ids[start], hashes[start]
+            if block_hash[b] is None and h not in cached:
+                block_hash[b] = h
+                cached[h] = b
+            return
         run_start = -1
         for i in range(start, end):
             b, h = block_ids[i], hashes[i]
@@ -210,10 +294,10 @@ class BlockPool:
 
     def reset(self) -> bool:
         """Forget every cached hash (vLLM's ``reset_prefix_cache``); refused while any block is in use."""
-        if len(self.free) != self.num_blocks:
+        if self._nfree != self.num_blocks:
             return False
         self.cached.clear()
-        self.block_hash = [None] * self.num_blocks
+        self.block_hash = [None] * len(self.ref)
         if self.emit_events:
             self.events.append(AllBlocksCleared())
         return True

@@ -49,6 +49,11 @@ class VirtualClock:
         heapq.heappush(self._heap, (when, next(self._seq), h))
         return h
 
+    def _push(self, when: float, handle: TimerHandle) -> None:
+        """Schedule an existing (not pending) handle at ``when``: a replica reuses one for its step ends."""
+        handle.when = when
+        heapq.heappush(self._heap, (when, next(self._seq), handle))
+
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         return self.call_at(self.now + delay, callback, *args)
 
@@ -99,7 +104,12 @@ StepCallback = Callable[["VirtualReplica", StepResult], None]
 class VirtualReplica:
     """One model server on the virtual clock. Callbacks fire at the end of the step that produced them:
     ``on_token(req, token_id, t)`` per token, ``on_first_token(req, t)`` for a request's first token,
-    ``on_finished(req, t)`` when it finishes, ``on_step(replica, result)`` once per step."""
+    ``on_finished(req, t)`` when it finishes, ``on_step(replica, result)`` once per step.
+
+    ``on_step`` alone is the cheap way to observe tokens: one call per step, with ``result.tokens`` (the
+    step's ``(request, token)`` pairs) and ``result.finished``, at ``replica.clock.now`` (the step's end);
+    ``on_token`` costs a Python call per generated token on top (filter out ``finish_reason == "abort"``
+    when using ``result`` directly, as ``on_token`` does)."""
 
     def __init__(
         self,
@@ -121,6 +131,9 @@ class VirtualReplica:
         self.busy = False
         self.steps = 0
         self.busy_time = 0.0
+        # At most one step is in flight: its end event reuses one handle, its result waits in ``_result``.
+        self._result: StepResult | None = None
+        self._step_end = TimerHandle(0.0, self._end_step, ())
 
     def submit(self, req: SimRequest) -> None:
         """Add ``req`` at the current virtual time; start a step if the replica is idle."""
@@ -135,14 +148,19 @@ class VirtualReplica:
         engine = self.engine
         if not engine.has_work():
             return
-        now = self.clock.now
+        clock = self.clock
+        now = clock.now
         res = engine.step(now)
         self.busy = True
         self.steps += 1
         self.busy_time += res.duration
-        self.clock.call_at(now + res.duration, self._end_step, res)
+        self._result = res
+        clock._push(now + res.duration, self._step_end)
 
-    def _end_step(self, res: StepResult) -> None:
+    def _end_step(self) -> None:
+        res = self._result
+        assert res is not None
+        self._result = None
         self.busy = False
         t = self.clock.now
         on_token, on_first = self.on_token, self.on_first_token
