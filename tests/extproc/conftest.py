@@ -13,7 +13,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.metrics import EppMetrics
-from kvgate.extproc.picker import to_director_usage
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import Picker, SessionContext
 from kvgate.extproc.testing import channel
@@ -97,7 +96,7 @@ async def start_epp() -> AsyncIterator[StartEpp]:
         ctx = SessionContext(
             picker, lambda: {e.address: e for e in store.all()}, clock=time.monotonic, observer=metrics,
             objective_priority=lambda name: objs.get(name, 0), model_rewrite=model_rewrite,
-            conformance_hooks=conformance, usage_factory=to_director_usage, **ctx_kw,
+            conformance_hooks=conformance, **ctx_kw,
         )  # fmt: skip
         opts = ServerOptions(
             host="127.0.0.1", port=0, health_port=0, metrics_port=0, tls=tls, client_ca=client_ca,

@@ -74,7 +74,9 @@ def test_picker_errors_become_immediate_responses(exc: Exception, status: int) -
     assert out.WhichOneof("response") == "immediate_response"
     assert out.immediate_response.status.code == status
     err = orjson.loads(out.immediate_response.body)["error"]
-    assert err["code"] == status
+    # One error shape for both front doors (config.protocol.error_body): OpenAI's string code.
+    assert err["code"] == getattr(exc, "code", "internal_error")
+    assert err["type"] and err["param"] is None
     # An internal error never leaks its text; typed errors explain themselves.
     assert ("bug" not in err["message"]) if status == 500 else (str(exc) == err["message"])
     assert picker.dispatched == 0
@@ -134,9 +136,9 @@ def test_gateway_in_another_body_mode_is_refused() -> None:
 
 def test_weighted_rewrite_follows_the_weights() -> None:
     from kvgate.config.gateway import RewriteRule, RewriteTarget
-    from kvgate.extproc.picker import WeightedRewriter
+    from kvgate.config.rewrite import ModelRewriter
 
-    rw = WeightedRewriter(
+    rw = ModelRewriter(
         [
             RewriteRule(["base"], [RewriteTarget("base", 3), RewriteTarget("canary", 1)]),
             RewriteRule([], [RewriteTarget("fallback", 1)]),

@@ -14,7 +14,7 @@ import pytest
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.metrics import EppMetrics
-from kvgate.extproc.picker import AddressIndex, build_picker, to_director_usage
+from kvgate.extproc.picker import AddressIndex, build_picker
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import SessionContext
 from kvgate.extproc.testing import EnvoyHarness, channel
@@ -40,7 +40,7 @@ async def test_simulated_fleet_through_the_epp(replicas: list[str]) -> None:
     store = EndpointStore.from_addresses(replicas)
     director = build_picker(None, store, policy="kvgate")
     ctx = SessionContext(
-        director, AddressIndex(store), clock=time.monotonic, usage_factory=to_director_usage,
+        director, AddressIndex(store), clock=time.monotonic,
         observer=(metrics := EppMetrics()),
     )  # fmt: skip
     server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))

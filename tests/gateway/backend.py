@@ -22,7 +22,7 @@ class Backend:
         self.name = name
         self.tokens = tokens
         self.chunk_delay = chunk_delay
-        # ok | error500 | drop | cut | hang
+        # ok | error500 | drop | cut | hang | unframed (a stream event that never ends)
         self.mode = "ok"
         self.received: collections.deque[tuple[str, dict[str, str], dict[str, Any]]] = collections.deque(
             maxlen=2000
@@ -131,6 +131,9 @@ class Backend:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         obj = "chat.completion.chunk" if chat else "text_completion"
+        if self.mode == "unframed":
+            await resp.write(b"data: " + b"x" * (2 << 20))
+            await asyncio.sleep(3600)
         for i in range(n):
             if self.mode == "cut" and i == 2:
                 assert request.transport is not None

@@ -99,6 +99,14 @@ async def test_stream_cut_midway_ends_with_an_error_event_not_a_hang(backends):
             raw = await r.read()
         events = [e for e in raw.split(b"\n\n") if e]
         assert b'"error"' in events[-1] and b"[DONE]" not in raw
+    # An upstream that never ends its event (past the relay's 1 MB bound) is cut the same way, and
+    # its connection is dropped rather than left hanging.
+    b.mode = "unframed"
+    async with running_gateway(make_config([b.address])) as gw, aiohttp.ClientSession() as s:
+        async with asyncio.timeout(10), s.post(base_url(gw) + "/v1/completions", data=body) as r:
+            raw = await r.read()
+        assert raw.startswith(b"data: {") and b'"error"' in raw and b"StreamTooLarge" in raw
+        assert all(ep.inflight.requests == 0 for ep in gw.pools[0].endpoints())
 
 
 async def test_graceful_drain_finishes_streams_and_refuses_new_connections(backends):
@@ -217,3 +225,33 @@ async def test_cli_serve_drains_on_sigterm(backends, tmp_path):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_client_disconnect_releases_inflight_and_upstream(backends, stream):
+    # Non-streamed: the backend hangs, so only the client going away can end the request.
+    # Streamed: a slow stream the client leaves after its first event.
+    (b,) = await backends(1, tokens=200, chunk_delay=0.2)
+    if not stream:
+        b.mode = "hang"
+    async with running_gateway(make_config([b.address])) as gw:
+        body = orjson.dumps({"model": "m", "prompt": "x", "stream": stream, "max_tokens": 200})
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            if stream:
+                assert b"data:" in await reader.readuntil(b"\n\n")
+            else:
+                await b.arrived.wait()
+        proxy = gw.proxy
+        assert proxy is not None and proxy.inflight == 1
+        writer.close()
+        # The proxy goes idle only after the picker's accounting was settled (finally blocks).
+        await asyncio.wait_for(proxy.idle.wait(), 5)
+        assert all(ep.inflight.requests == 0 for ep in gw.pools[0].endpoints())
+        assert gw.metrics.inflight._value.get() == 0
+        assert gw.metrics.errors.labels("m", "m", "client_gone")._value.get() == 1

@@ -11,7 +11,7 @@ import orjson
 
 from gateway.conftest import base_url, make_config, running_gateway
 from kvgate.config.gateway import RewriteRule, RewriteTarget
-from kvgate.gateway.rewrite import ModelRewriter
+from kvgate.config.rewrite import ModelRewriter
 
 
 async def test_client_cannot_choose_its_backend(backends):
@@ -40,6 +40,21 @@ async def test_client_cannot_choose_its_backend(backends):
                 assert "test-epp-endpoint-selection" not in lower
                 assert headers.get("authorization") == "Bearer secret"  # ordinary headers still go
                 assert body["model"] == "m"
+
+
+async def test_conformance_header_cannot_steer_the_default_policy(backends):
+    # The kvgate policy runs header-based-testing-filter: were the header to reach it, naming an
+    # address outside the pool would leave no candidate (503). Stripped, every request is served.
+    bs = await backends(2)
+    cfg = make_config([b.address for b in bs], policy="kvgate")
+    nowhere = "10.255.255.1:1"
+    hdrs = {"test-epp-endpoint-selection": nowhere, "x-gateway-destination-endpoint": nowhere}
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        for i in range(6):
+            body = orjson.dumps({"model": "m", "prompt": f"p{i}"})
+            async with s.post(base_url(gw) + "/v1/completions", data=body, headers=hdrs) as r:
+                assert r.status == 200
+    assert sum(len(b.received) for b in bs) == 6
 
 
 async def test_request_id_propagated_or_generated(backends):

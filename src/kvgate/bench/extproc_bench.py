@@ -142,15 +142,12 @@ def _inprocess(policy: str, sizes: list[int], n: int) -> list[str]:
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
     from kvgate.datalayer.store import EndpointStore
-    from kvgate.extproc.picker import AddressIndex, build_picker, to_director_usage
+    from kvgate.extproc.picker import AddressIndex, build_picker
     from kvgate.extproc.session import Session, SessionContext
     from kvgate.extproc.testing import ENVOY_CHUNK, header_map
 
     store = EndpointStore.from_addresses([f"127.0.0.1:{18000 + i}" for i in range(8)])
-    ctx = SessionContext(
-        build_picker(None, store, policy=policy), AddressIndex(store), clock=time.monotonic,
-        usage_factory=to_director_usage,
-    )  # fmt: skip
+    ctx = SessionContext(build_picker(None, store, policy=policy), AddressIndex(store), clock=time.monotonic)
     req_headers = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map(HEADERS)))
     resp_headers = pb.ProcessingRequest(
         response_headers=pb.HttpHeaders(

@@ -2,8 +2,33 @@
 
 from __future__ import annotations
 
-# EPP -> gateway: header and dynamic metadata carry the same value.
-DESTINATION_ENDPOINT = "x-gateway-destination-endpoint"
+# Shared with the built-in gateway: one definition in kvgate.config.protocol.
+from kvgate.config.protocol import (
+    CONFORMANCE_SERVED as CONFORMANCE_SERVED,
+)
+from kvgate.config.protocol import (
+    DEFAULT_FAIRNESS_ID as DEFAULT_FAIRNESS_ID,
+)
+from kvgate.config.protocol import (
+    DESTINATION_ENDPOINT as DESTINATION_ENDPOINT,
+)
+from kvgate.config.protocol import (
+    FAIRNESS_ID as FAIRNESS_ID,
+)
+from kvgate.config.protocol import (
+    MODEL_REWRITE as MODEL_REWRITE,
+)
+from kvgate.config.protocol import (
+    OBJECTIVE as OBJECTIVE,
+)
+from kvgate.config.protocol import (
+    REQUEST_ID as REQUEST_ID,
+)
+from kvgate.config.protocol import (
+    TEST_ENDPOINT_SELECTION as TEST_ENDPOINT_SELECTION,
+)
+
+# EPP -> gateway: header DESTINATION_ENDPOINT and this dynamic metadata carry the same value.
 LB_NAMESPACE = "envoy.lb"
 # gateway -> EPP, request: the addresses the EPP may pick from.
 SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
@@ -11,21 +36,12 @@ SUBSET_HINT_KEY = "x-gateway-destination-endpoint-subset"
 # gateway -> EPP, response: the address that actually served.
 SERVED_ENDPOINT_KEY = "x-gateway-destination-endpoint-served"
 
-FAIRNESS_ID = "x-gateway-inference-fairness-id"
-OBJECTIVE = "x-gateway-inference-objective"
-MODEL_REWRITE = "x-gateway-model-name-rewrite"
-REQUEST_ID = "x-request-id"
 SLO_TTFT = "x-slo-ttft-ms"
 SLO_TPOT = "x-slo-tpot-ms"
-DEFAULT_FAIRNESS_ID = "default-flow"
 
 # Control headers read by the EPP and never forwarded to the model server. A client-sent destination
 # header is stripped too, so a client cannot steer routing.
 STRIPPED_REQUEST_HEADERS = (FAIRNESS_ID, OBJECTIVE, MODEL_REWRITE, DESTINATION_ENDPOINT)
-
-# Conformance hooks (GIE conformance suite).
-TEST_ENDPOINT_SELECTION = "test-epp-endpoint-selection"
-CONFORMANCE_SERVED = "x-conformance-test-served-endpoint"
 
 # Envoy's ext_proc stream messages are limited in size; the reference re-chunks bodies at this bound.
 MAX_BODY_CHUNK = 62_000

@@ -11,6 +11,9 @@ from typing import Any
 
 import orjson
 
+from kvgate.config.protocol import usage_from
+from kvgate.scheduling.director import Usage
+
 # An SSE line longer than this is not a usage-bearing event we can afford to buffer: drop it.
 MAX_SSE_LINE = 1 << 20
 
@@ -28,7 +31,7 @@ class ParsedBody:
     stream: bool
 
 
-def parse_request_body(raw: bytes) -> ParsedBody:
+def parse_request_body(raw: bytes | bytearray) -> ParsedBody:
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -66,39 +69,6 @@ def prompt_text(payload: dict[str, Any]) -> str:
     return orjson.dumps(inp).decode() if inp is not None else ""
 
 
-def error_body(status: int, message: str, code: str) -> bytes:
-    kind = "invalid_request_error" if 400 <= status < 500 and status != 429 else code
-    return orjson.dumps({"error": {"message": message, "type": kind, "code": status, "param": None}})
-
-
-@dataclass(slots=True)
-class Usage:
-    """Token counts from an OpenAI ``usage`` object (the last one seen wins)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-
-def usage_from(obj: Any) -> Usage | None:
-    if not isinstance(obj, dict):
-        return None
-    usage = obj.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(
-        prompt_tokens=_int(usage.get("prompt_tokens")),
-        completion_tokens=_int(usage.get("completion_tokens")),
-        cached_tokens=_int(cached),
-    )
-
-
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and v >= 0 else 0
-
-
 def has_output(obj: Any) -> bool:
     """True when a streamed event carries generated text (the first one marks the first token)."""
     if not isinstance(obj, dict):
@@ -133,7 +103,6 @@ class SSEScanner:
         self.rewrite_to = rewrite_to
         self.usage: Usage | None = None
         self.saw_output = False
-        self.events = 0
         self._tail = bytearray()
         self._skipping = False  # inside an over-long line we gave up on
 
@@ -171,11 +140,12 @@ class SSEScanner:
         data = stripped[5:].strip()
         if not data or data == b"[DONE]" or data[:1] != b"{":
             return line
+        if self.rewrite_to is None and self.saw_output and b'"usage"' not in data:
+            return line  # nothing left to learn from this event: skip the JSON parse
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             return line
-        self.events += 1
         usage = usage_from(obj)
         if usage is not None:
             self.usage = usage

@@ -28,18 +28,12 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 
+from kvgate.config.protocol import error_body, usage_from
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc import headers as hdr
 from kvgate.extproc import keys
-from kvgate.extproc.openai import (
-    BodyError,
-    SSEScanner,
-    Usage,
-    error_body,
-    parse_request_body,
-    rewrite_model,
-    usage_from,
-)
+from kvgate.extproc.openai import BodyError, SSEScanner, parse_request_body, rewrite_model
+from kvgate.scheduling.director import Usage
 from kvgate.scheduling.types import (
     InferenceRequest,
     NoCapacityError,
@@ -79,7 +73,6 @@ class SessionContext:
         *,
         clock: Callable[[], float],
         observer: Observer | None = None,
-        usage_factory: Callable[[Usage], Any] = lambda u: u,
         objective_priority: Callable[[str], int] = lambda _name: 0,
         model_rewrite: Callable[[str], str | None] = lambda _model: None,
         conformance_hooks: bool = False,
@@ -90,7 +83,6 @@ class SessionContext:
         self.endpoints = endpoints
         self.clock = clock
         self.observer = observer
-        self.usage_factory = usage_factory
         self.objective_priority = objective_priority
         self.model_rewrite = model_rewrite
         self.conformance_hooks = conformance_hooks
@@ -104,16 +96,16 @@ class _Reject(Exception):
         self.status, self.message, self.code = status, message, code
 
 
-def chunks(body: bytes, size: int = keys.MAX_BODY_CHUNK) -> Iterator[bytes]:
-    if not body:
-        yield b""
+def chunks(body: bytes | bytearray, size: int = keys.MAX_BODY_CHUNK) -> Iterator[bytes]:
+    if len(body) <= size:
+        yield bytes(body)  # no copy when it is bytes already
         return
     view = memoryview(body)
     for start in range(0, len(body), size):
         yield bytes(view[start : start + size])
 
 
-def _streamed(body: bytes, *, request: bool, end_of_stream: bool) -> list[pb.ProcessingResponse]:
+def _streamed(body: bytes | bytearray, *, request: bool, end_of_stream: bool) -> list[pb.ProcessingResponse]:
     pieces = list(chunks(body))
     out = []
     for i, piece in enumerate(pieces):
@@ -135,7 +127,7 @@ def immediate(status: int, message: str, code: str) -> pb.ProcessingResponse:
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=status),
             headers=hdr.header_mutation({"content-type": "application/json"}),
-            body=error_body(status, message, code),
+            body=error_body(status, message, code=code),
             details=f"kvgate_epp_{code}",
         )
     )
@@ -242,8 +234,9 @@ class Session:
 
     def _finish_request(self, *, trailers: bool) -> list[pb.ProcessingResponse]:
         self._body_finished = True
-        raw = bytes(self._body)
-        self._body = bytearray()  # the bytes live on in `raw` only until re-chunked
+        # No copy: orjson reads the bytearray and the re-chunking slices it (one copy per chunk).
+        raw: bytes | bytearray = self._body
+        self._body = bytearray()
         try:
             parsed = parse_request_body(raw)
         except BodyError as exc:
@@ -290,7 +283,12 @@ class Session:
         return subset
 
     def _schedule(
-        self, req: InferenceRequest, *, body: bytes | None, body_changed: bool, body_eos: bool = True
+        self,
+        req: InferenceRequest,
+        *,
+        body: bytes | bytearray | None,
+        body_changed: bool,
+        body_eos: bool = True,
     ) -> list[pb.ProcessingResponse]:
         if req.subset is not None:
             known = self.ctx.endpoints()
@@ -410,7 +408,8 @@ class Session:
             return _streamed(rest, request=False, end_of_stream=end_of_stream) if rest else []
         if self._resp_buf is None:
             return []
-        raw, self._resp_buf = bytes(self._resp_buf), None
+        raw: bytes | bytearray = self._resp_buf
+        self._resp_buf = None
         if raw:
             try:
                 obj = orjson.loads(raw)
@@ -434,8 +433,7 @@ class Session:
         if self._finished or self.endpoint is None or self.request is None:
             return
         self._finished = True
-        usage = self.ctx.usage_factory(self.usage) if self.usage is not None else None
-        self.ctx.picker.on_finished(self.request, self.endpoint, usage, ok)
+        self.ctx.picker.on_finished(self.request, self.endpoint, self.usage, ok)
         if self.ctx.observer is not None:
             self.ctx.observer.finished(self.usage, ok, self.streaming)
 

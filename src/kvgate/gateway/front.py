@@ -23,6 +23,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
+from kvgate.config.protocol import error_body
+
 log = logging.getLogger("kvgate.gateway.front")
 
 _MAX_HEAD = 64 * 1024
@@ -157,8 +159,6 @@ def _head(
 
 
 def _error(status: int, message: str) -> Response:
-    from kvgate.gateway.errors import error_body  # errors imports this module
-
     resp = Response(status=status, body=error_body(status, message), content_type="application/json")
     resp.force_close()
     return resp
@@ -248,6 +248,12 @@ class FrontProtocol(asyncio.Protocol):
         self.server.connections.discard(self)
         if self._idle is not None:
             self._idle.cancel()
+        self.queue.clear()
+        if self.task is not None and not self.task.done():
+            # The client is gone: stop working for it. Cancelling aborts the upstream request (the
+            # model server stops generating for nobody); the proxy's finally blocks settle the
+            # in-flight accounting.
+            self.task.cancel()
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("client connection closed"))
             self._drain.exception()  # mark retrieved; the writer raises its own error

@@ -13,6 +13,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kvgate.scheduling.director import Usage
+
 _LATENCY_BUCKETS = (
     0.005,
     0.025,
@@ -129,16 +131,16 @@ class GatewayMetrics:
             self._children[key] = c
         return c
 
-    def observe(self, model: str, target: str, seconds: float, usage: dict[str, Any] | None) -> None:
+    def observe(self, model: str, target: str, seconds: float, usage: Usage | None) -> None:
         req, dur, inp, out = self._child(model, target)
         req.inc()
         dur.observe(seconds)
-        if usage:
-            p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            if isinstance(p, int):
-                inp.observe(p)
-            if isinstance(c, int):
-                out.observe(c)
+        if usage is not None:
+            # 0 = not reported (an embeddings usage has no completion_tokens): nothing to observe.
+            if usage.prompt_tokens:
+                inp.observe(usage.prompt_tokens)
+            if usage.completion_tokens:
+                out.observe(usage.completion_tokens)
 
     def error(self, model: str, target: str, code: str) -> None:
         self.errors.labels(model, target, code).inc()

@@ -14,7 +14,6 @@ from typing import Any, Protocol
 from kvgate.config.gateway import PoolConfig
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore, make_endpoint
-from kvgate.scheduling.director import Usage
 from kvgate.scheduling.types import InferenceRequest, PickResult
 
 
@@ -52,16 +51,3 @@ def build_pool(cfg: PoolConfig, clock: Callable[[], float] = time.monotonic) -> 
     picker_cfg: Any = cfg.picker_config if cfg.picker_config is not None else policy_config(cfg.policy)
     director = build_director(picker_cfg, store, clock=clock)
     return Pool(cfg.name, cfg, store, director, frozenset(cfg.adapters))
-
-
-def make_usage(usage: dict[str, Any] | None) -> Usage | None:
-    """The response's OpenAI ``usage`` object as the director's ``Usage`` (None when absent)."""
-    if not usage:
-        return None
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), _int(cached))
-
-
-def _int(v: Any) -> int:
-    return v if type(v) is int and v >= 0 else 0

@@ -18,23 +18,24 @@ from typing import Any
 
 import orjson
 
+from kvgate.config import protocol as proto
 from kvgate.config.gateway import GatewayConfig
+from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.gateway.errors import GatewayError, error_response, sse_error_event
 from kvgate.gateway.front import Request, Response, StreamResponse
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
-from kvgate.gateway.pools import Pool, make_usage
+from kvgate.gateway.pools import Pool
 from kvgate.gateway.request import CHAT, COMPLETIONS, EMBEDDINGS, ParsedBody, estimate_tokens, parse_body
-from kvgate.gateway.rewrite import ModelRewriter
 from kvgate.gateway.stream import BodyRewriter, StreamRelay, StreamTooLarge, usage_from_body
 from kvgate.gateway.upstream import UpstreamPool, UpstreamResponse
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError
 
 log = logging.getLogger("kvgate.gateway")
 
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
-FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
+OBJECTIVE_HEADER = proto.OBJECTIVE
+FAIRNESS_HEADER = proto.FAIRNESS_ID
 EXPLAIN_HEADER = "x-kvgate-explain"
 PICK_HEADER = "x-kvgate-pick"
 # Never forwarded upstream nor shown to plugins: hop-by-hop headers, ones the gateway sets itself, and
@@ -53,9 +54,9 @@ _DROP = frozenset(
         "proxy-authorization",
         "accept-encoding",
         "expect",
-        "x-request-id",
-        "test-epp-endpoint-selection",
-        "x-conformance-test-served-endpoint",
+        proto.REQUEST_ID,
+        proto.TEST_ENDPOINT_SELECTION,
+        proto.CONFORMANCE_SERVED,
     }
 )
 _DROP_PREFIXES = ("x-gateway-", "x-kvgate-")
@@ -279,7 +280,7 @@ class Proxy:
             lora_adapter=target if target in pool.adapters else None,
             session_key=session,
             priority=self.cfg.objectives.get(objective, 0) if objective else 0,
-            fairness_id=fairness or "default-flow",
+            fairness_id=fairness or proto.DEFAULT_FAIRNESS_ID,
             headers=headers,
             arrival_time=t0,
         )
@@ -335,30 +336,34 @@ class Proxy:
             if explain:
                 reply_headers[PICK_HEADER] = self._explain(rid, ep, result)
             director.on_dispatched(ireq, ep)
+            # Exactly one on_finished per on_dispatched: set once it has run (or the stream relay
+            # owns it); the finally covers cancellation (client gone) and unexpected errors.
             finished = False
+            resp: UpstreamResponse | None = None
+            head = b"POST " + path + b" HTTP/1.1\r\nhost: " + ep.address.encode() + b"\r\n" + header_block
             try:
-                head = b"POST " + path + b" HTTP/1.1\r\nhost: " + ep.address.encode() + b"\r\n" + header_block
-                resp = await self.upstream.request(ep.address, head, out, deadline)
-            except _UPSTREAM_ERRORS as e:
-                last_error = f"{ep.address}: {type(e).__name__}: {e}"
-                self._failed(director, ireq, ep)
-                continue
-            try:
+                try:
+                    resp = await self.upstream.request(ep.address, head, out, deadline)
+                except _UPSTREAM_ERRORS as e:
+                    last_error = f"{ep.address}: {type(e).__name__}: {e}"
+                    finished = True
+                    self._failed(director, ireq, ep)
+                    continue
                 # A 5xx with nowhere else to go is passed through rather than masked.
                 final = attempt == self.cfg.limits.max_attempts - 1 or not any(
                     e.healthy and e.address not in tried for e in pool.endpoints()
                 )
                 if resp.status >= 500 and not final:
                     last_error = f"{ep.address}: HTTP {resp.status}"
-                    self._failed(director, ireq, ep)
                     finished = True
+                    self._failed(director, ireq, ep)
                     continue
                 if resp.content_type == "text/event-stream":
                     first = await self._first_chunk(resp)
                     if first is None:
                         last_error = f"{ep.address}: stream ended before its first byte"
-                        self._failed(director, ireq, ep)
                         finished = True
+                        self._failed(director, ireq, ep)
                         continue
                     finished = True
                     return await self._relay_stream(
@@ -378,18 +383,22 @@ class Proxy:
                     body = await resp.read()
                 except _UPSTREAM_ERRORS as e:
                     last_error = f"{ep.address}: body read failed: {type(e).__name__}"
-                    self._failed(director, ireq, ep)
                     finished = True
+                    self._failed(director, ireq, ep)
                     continue
                 finished = True
                 return self._whole(
                     resp, body, director, ireq, ep, client_model, sent_model, reply_headers, t0
                 )
+            except asyncio.CancelledError:
+                if not finished:  # (a stream's relay records its own end)
+                    self.metrics.error(client_model, ireq.model, "client_gone")
+                raise
             finally:
                 if not finished:
-                    # Cancelled (client gone) or an unexpected error: keep the accounting exact.
                     director.on_finished(ireq, ep, None, False)
-                resp.release()
+                if resp is not None:
+                    resp.release()
         raise GatewayError(
             503,
             f"all {self.cfg.limits.max_attempts} attempts failed; last: {last_error}",
@@ -440,7 +449,7 @@ class Proxy:
         ok = resp.status < 500
         director.on_first_token(ireq, ep)
         usage = usage_from_body(body) if resp.status < 300 else None
-        director.on_finished(ireq, ep, make_usage(usage), ok)
+        director.on_finished(ireq, ep, usage, ok)
         if ok:
             self.health.success(ep)
         elif self.health.failure(ep, self._peers(ep)):
@@ -478,38 +487,45 @@ class Proxy:
         director.on_first_token(ireq, ep)
         try:
             await out.prepare(request)
-            chunk: bytes | None = first
+            chunk = first
+            cut: Exception | None = None
             while chunk:
-                data = relay.feed(chunk)
+                try:
+                    data = relay.feed(chunk)
+                except StreamTooLarge as e:  # the upstream's framing broke: same as a cut
+                    cut = e
+                    break
                 if data:
                     await out.write(data)
                 try:
                     chunk = await resp.read_chunk()
-                except (*_UPSTREAM_ERRORS, StreamTooLarge) as e:
-                    upstream_ok = False
-                    log.warning(
-                        "%s: stream from %s cut: %s: %s", ireq.request_id, ep.address, type(e).__name__, e
-                    )
-                    await out.write(
-                        sse_error_event(f"upstream stream from {ep.address} was cut: {type(e).__name__}")
-                    )
+                except _UPSTREAM_ERRORS as e:
+                    cut = e
                     break
-            else:
+            if cut is None:
                 tail = relay.finish()
                 if tail:
                     await out.write(tail)
                 ok = True
+            else:
+                upstream_ok = False
+                log.warning(
+                    "%s: stream from %s cut: %s: %s", ireq.request_id, ep.address, type(cut).__name__, cut
+                )
+                await out.write(
+                    sse_error_event(f"upstream stream from {ep.address} was cut: {type(cut).__name__}")
+                )
             await out.write_eof()
-        except (ConnectionResetError, StreamTooLarge):
-            # The client went away (or the upstream's framing broke): abort the upstream request so
-            # the model server stops generating for nobody.
+        except ConnectionResetError:
+            # The client went away: abort the upstream request so the model server stops generating
+            # for nobody.
             resp.close()
         finally:
             if upstream_ok:
                 self.health.success(ep)
             elif self.health.failure(ep, self._peers(ep)):
                 self.metrics.ejections.inc()
-            director.on_finished(ireq, ep, make_usage(relay.usage), ok)
+            director.on_finished(ireq, ep, relay.usage, ok)
             self.metrics.observe(client_model, ireq.model, self.clock() - t0, relay.usage)
             if not ok:
                 self.metrics.error(

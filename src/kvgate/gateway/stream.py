@@ -8,11 +8,16 @@ waits for its end (bounded by ``max_event_bytes``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
+from kvgate.config.protocol import usage_from
+from kvgate.scheduling.director import Usage
+
 _TAIL_BYTES = 16 * 1024
+_EVENT_SEP = re.compile(rb"\r?\n\r?\n")
 
 
 class StreamTooLarge(Exception):
@@ -25,16 +30,19 @@ def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:
     return [(b'"model":' + s, b'"model":' + c), (b'"model": ' + s, b'"model": ' + c)]
 
 
-def _usage_of(event: bytes) -> dict[str, Any] | None:
+def _event_obj(event: bytes) -> Any:
+    """The JSON object of one SSE event (or of a whole body); None when it has none."""
     start = event.find(b"{")
     if start < 0:
         return None
     try:
-        obj = orjson.loads(event[start:])
+        return orjson.loads(event[start:])
     except orjson.JSONDecodeError:
         return None
-    usage = obj.get("usage") if isinstance(obj, dict) else None
-    return usage if isinstance(usage, dict) else None
+
+
+def _usage_of(event: bytes) -> Usage | None:
+    return usage_from(_event_obj(event))
 
 
 class BodyRewriter:
@@ -51,7 +59,7 @@ class BodyRewriter:
         return body
 
 
-def usage_from_body(body: bytes) -> dict[str, Any] | None:
+def usage_from_body(body: bytes) -> Usage | None:
     if b'"usage"' not in body:
         return None
     return _usage_of(body)
@@ -67,11 +75,15 @@ class StreamRelay:
         self._buf = b""
         self._max = max_event_bytes
         self._sep = b"\n\n"
-        self.usage: dict[str, Any] | None = None
+        self.usage: Usage | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         if not self._transform:
-            self._buf = (self._buf + chunk)[-_TAIL_BYTES:]
+            # Keep only a bounded tail (the usage event is last); a big chunk alone fills it.
+            if len(chunk) >= _TAIL_BYTES:
+                self._buf = chunk[-_TAIL_BYTES:]
+            else:
+                self._buf = (self._buf + chunk)[-_TAIL_BYTES:]
             return chunk
         buf = self._buf + chunk if self._buf else chunk
         if self._sep == b"\n\n" and b"\r\n\r\n" in buf:
@@ -93,10 +105,12 @@ class StreamRelay:
                 if not ev:
                     continue
                 if b'"usage"' in ev and b"[DONE]" not in ev:
-                    usage = _usage_of(ev)
+                    obj = _event_obj(ev)  # parsed once for both questions
+                    usage = usage_from(obj)
                     if usage is not None:
                         self.usage = usage
-                        if self._is_usage_only(ev):
+                        # The include_usage chunk has an empty choices list; token chunks never do.
+                        if obj.get("choices") == []:
                             continue
                 kept.append(ev + self._sep)
             events = b"".join(kept)
@@ -109,22 +123,12 @@ class StreamRelay:
             events = events.replace(old, new)
         return events
 
-    @staticmethod
-    def _is_usage_only(ev: bytes) -> bool:
-        # The include_usage chunk has an empty choices list; token chunks never do.
-        start = ev.find(b"{")
-        try:
-            obj = orjson.loads(ev[start:])
-        except orjson.JSONDecodeError:
-            return False
-        return isinstance(obj, dict) and obj.get("choices") == []
-
     def finish(self) -> bytes:
         """At end of stream: the leftover (an event without its blank line), and usage from the tail."""
         if not self._transform:
             tail = self._buf
             self._buf = b""
-            for ev in reversed(tail.split(b"\n\n")):
+            for ev in reversed(_EVENT_SEP.split(tail)):
                 if b'"usage"' in ev:
                     usage = _usage_of(ev)
                     if usage is not None:

@@ -1,0 +1,79 @@
+"""What both front doors (``kvgate serve`` and ``kvgate epp``) share on the wire.
+
+Control header names (GIE endpoint picker protocol), the OpenAI ``usage`` object as the director's
+``Usage``, and the OpenAI error body. Kept here, not in either front door, because neither may import
+the other (docs/architecture.md): one definition, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from kvgate.scheduling.director import Usage
+
+# Request headers a gateway (or a client) may send; read by the front door, never forwarded upstream.
+FAIRNESS_ID = "x-gateway-inference-fairness-id"
+OBJECTIVE = "x-gateway-inference-objective"
+MODEL_REWRITE = "x-gateway-model-name-rewrite"
+DESTINATION_ENDPOINT = "x-gateway-destination-endpoint"
+REQUEST_ID = "x-request-id"
+DEFAULT_FAIRNESS_ID = "default-flow"
+# Conformance hooks (GIE conformance suite): a client must not steer routing with them unless enabled.
+TEST_ENDPOINT_SELECTION = "test-epp-endpoint-selection"
+CONFORMANCE_SERVED = "x-conformance-test-served-endpoint"
+
+
+def usage_from(obj: Any) -> Usage | None:
+    """``obj["usage"]`` of an OpenAI response or stream event (None when absent or not an object)."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), _count(cached))
+
+
+def _count(v: Any) -> int:
+    return v if type(v) is int and v >= 0 else 0
+
+
+_TYPES = {
+    400: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    431: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "server_error",
+    503: "service_unavailable",
+    504: "server_error",
+}
+CODES = {
+    400: "invalid_request_error",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+    429: "rate_limit_exceeded",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> bytes:
+    """``{"error": {"message", "type", "param", "code"}}``: OpenAI SDKs raise with ``error.message``."""
+    return orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+                "param": param,
+                "code": code or CODES.get(status, "error"),
+            }
+        }
+    )
