@@ -1,0 +1,150 @@
+"""vLLM-compatible prefix-cache block hashes (what vLLM V1 puts in its KV events), for vLLM 0.32.
+
+Reproduces ``vllm/v1/core/kv_cache_utils.py`` for requests without extra keys (no LoRA, no multimodal
+inputs, no ``cache_salt``, no prompt embeddings):
+
+    NONE_HASH  = H(seed)                     seed = $PYTHONHASHSEED if the server sets it, else
+                                             "vllm-none-hash" (sha256 / sha256_cbor only)
+    block_i    = H((block_{i-1} or NONE_HASH, tuple(tokens_i), None))
+    event hash = int.from_bytes(block_i, "big") & (2**64 - 1)   (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1)
+
+``H`` is ``--prefix-caching-hash-algo``: ``sha256`` (default: SHA-256 of ``pickle.dumps(x, protocol=5)``),
+``sha256_cbor`` (SHA-256 of canonical CBOR), ``xxhash`` / ``xxhash_cbor`` (xxh3-128 of the same; vLLM gives
+these a random per-process seed unless PYTHONHASHSEED is set, so they need ``seed``).
+CBOR is encoded here for exactly the shapes vLLM hashes (str, bytes, tuple of non-negative ints, None), so
+kvgate does not depend on cbor2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import xxhash
+
+HashAlgo = Literal["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"]
+DEFAULT_NONE_HASH_SEED = "vllm-none-hash"
+_MASK64 = (1 << 64) - 1
+
+
+def _cbor_head(major: int, n: int) -> bytes:
+    if n < 24:
+        return bytes([(major << 5) | n])
+    if n < 1 << 8:
+        return bytes([(major << 5) | 24, n])
+    if n < 1 << 16:
+        return bytes([(major << 5) | 25]) + struct.pack(">H", n)
+    if n < 1 << 32:
+        return bytes([(major << 5) | 26]) + struct.pack(">I", n)
+    return bytes([(major << 5) | 27]) + struct.pack(">Q", n)
+
+
+def cbor_dumps(obj: Any) -> bytes:
+    """Canonical CBOR (as ``cbor2.dumps(obj, canonical=True)``) for the shapes vLLM block hashing uses."""
+    if obj is None:
+        return b"\xf6"
+    if isinstance(obj, bool):
+        return b"\xf5" if obj else b"\xf4"
+    if isinstance(obj, int):
+        if obj < 0:
+            return _cbor_head(1, -1 - obj)
+        return _cbor_head(0, obj)
+    if isinstance(obj, bytes):
+        return _cbor_head(2, len(obj)) + obj
+    if isinstance(obj, str):
+        b = obj.encode("utf-8")
+        return _cbor_head(3, len(b)) + b
+    if isinstance(obj, tuple | list):
+        return _cbor_head(4, len(obj)) + b"".join(cbor_dumps(x) for x in obj)
+    raise TypeError(f"cbor_dumps: unsupported {type(obj).__name__}")
+
+
+def _pickle(x: Any) -> bytes:
+    return pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+_HASH_FNS: dict[str, Callable[[Any], bytes]] = {
+    "sha256": lambda x: hashlib.sha256(_pickle(x)).digest(),
+    "sha256_cbor": lambda x: hashlib.sha256(cbor_dumps(x)).digest(),
+    "xxhash": lambda x: xxhash.xxh3_128_digest(_pickle(x)),
+    "xxhash_cbor": lambda x: xxhash.xxh3_128_digest(cbor_dumps(x)),
+}
+
+
+def to_external(block_hash: bytes) -> int:
+    """vLLM's ``maybe_convert_block_hash``: the low 64 bits of the digest read big-endian."""
+    return int.from_bytes(block_hash, "big") & _MASK64
+
+
+class VLLMBlockHasher:
+    """Computes the block hashes a vLLM server with the given settings assigns to a prompt."""
+
+    def __init__(self, block_size: int, algo: HashAlgo = "sha256", seed: str | None = None) -> None:
+        if algo not in _HASH_FNS:
+            raise ValueError(f"unsupported prefix_caching_hash_algo {algo!r}")
+        if seed is None:
+            if algo.startswith("xxhash"):
+                raise ValueError(f"{algo} needs the servers' PYTHONHASHSEED (vLLM seeds it randomly)")
+            seed = DEFAULT_NONE_HASH_SEED
+        if block_size <= 0:
+            raise ValueError("block_size must be positive")
+        self.block_size = block_size
+        self.algo = algo
+        self._fn = _HASH_FNS[algo]
+        self.none_hash = self._fn(seed)
+
+    def block_hashes(self, token_ids: Sequence[int], max_blocks: int | None = None) -> list[bytes]:
+        """Digests of the prompt's full blocks, chained from NONE_HASH."""
+        n = len(token_ids) // self.block_size
+        if max_blocks is not None:
+            n = min(n, max_blocks)
+        out: list[bytes] = []
+        parent = self.none_hash
+        bs = self.block_size
+        for i in range(n):
+            parent = self._fn((parent, tuple(token_ids[i * bs : (i + 1) * bs]), None))
+            out.append(parent)
+        return out
+
+    def external_hashes(self, token_ids: Sequence[int], max_blocks: int | None = None) -> list[int]:
+        """The 64-bit ints vLLM's KV events carry for these blocks."""
+        return [to_external(h) for h in self.block_hashes(token_ids, max_blocks)]
+
+
+class ChainedVLLMHasher:
+    """A ``(parent_int | None, tokens, lora) -> int`` block hasher that yields vLLM's event hashes.
+
+    For engines (the simulator's ``EngineConfig.block_hasher``) that chain on the parent's 64-bit hash:
+    vLLM chains on the parent's full digest, so the digests of recent blocks are kept in a bounded LRU keyed
+    by their 64-bit form. Hashing a sequence block by block always finds its parent there. LoRA blocks are
+    not vLLM-compatible (vLLM adds ``("lora", name)`` extra keys); they get a distinct, kvgate-only chain.
+    """
+
+    def __init__(self, algo: HashAlgo = "sha256", seed: str | None = None, capacity: int = 1 << 16) -> None:
+        self._h = VLLMBlockHasher(1, algo, seed)
+        self._fn = self._h._fn
+        self._digests: dict[int, bytes] = {}
+        self.capacity = capacity
+        self.misses = 0  # parents no longer remembered (the chain then restarts from NONE_HASH)
+
+    def __call__(self, parent: int | None, token_ids: Sequence[int], lora: str | None) -> int:
+        if parent is None:
+            pdig = self._h.none_hash
+        else:
+            got = self._digests.get(parent)
+            if got is None:
+                self.misses += 1
+                got = self._h.none_hash
+            pdig = got
+        extra = (("lora", lora),) if lora else None
+        digest = self._fn((pdig, tuple(token_ids), extra))
+        ext = to_external(digest)
+        d = self._digests
+        d.pop(ext, None)
+        d[ext] = digest
+        if len(d) > self.capacity:
+            del d[next(iter(d))]  # dicts keep insertion order: drop the oldest
+        return ext

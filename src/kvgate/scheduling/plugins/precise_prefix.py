@@ -1,0 +1,226 @@
+"""``precise-prefix-cache-scorer``: score endpoints by the prefix blocks their engines *report* holding.
+
+The approximate ``prefix-cache-scorer`` guesses what each server caches from kvgate's own routing history,
+so it is fooled when a server evicts (KV pressure) or when traffic reaches servers around kvgate. This one
+reads the engines' KV-cache events (``kvgate.datalayer.kvevents``) into a global block index and scores
+``matched leading blocks / prompt blocks`` against it.
+
+Request tokens come from ``InferenceRequest.token_ids`` (token-id prompts) or, for text prompts, from the
+servers' tokenizer (``tokenizer`` parameter: a ``tokenizer.json`` or a directory holding one). Chat requests
+without token ids score 0 (the chat template is not rendered here).
+
+Event sources per endpoint ``host:port``: the label ``kvgate.io/kv-events`` (a ZMQ address) if set, else
+``tcp://host:(port + eventsPortOffset)`` when ``eventsPortOffset`` > 0. ``eventsBind: true`` binds that
+address (vLLM *connects* to a concrete ``tcp://host:port``) instead of connecting (vLLM binds ``tcp://*:port``).
+Subscribers start on the first pick that runs inside an event loop, or explicitly with ``start()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.kvevents import BlockIndex, KeyMode, KVEventsManager, token_keys
+from kvgate.scheduling.blockhash import HashAlgo, VLLMBlockHasher
+from kvgate.scheduling.framework import ConfigError, CycleState, Params, PluginHandle, Scorer
+from kvgate.scheduling.registry import register
+
+log = logging.getLogger(__name__)
+
+EVENTS_LABEL = "kvgate.io/kv-events"
+REPLAY_LABEL = "kvgate.io/kv-events-replay"
+CYCLE_KEY = "precise-prefix"
+
+# Indexes by name, so a gateway, its tests and several profiles can share one set of subscribers.
+_INDEXES: dict[str, tuple[BlockIndex, KVEventsManager]] = {}
+
+
+def shared_index(
+    name: str, mode: KeyMode = "engine", capacity: int = 65_536
+) -> tuple[BlockIndex, KVEventsManager]:
+    got = _INDEXES.get(name)
+    if got is not None and got[0].mode != mode:
+        # Replacing it would orphan the live subscribers feeding the other index.
+        raise ValueError(f"KV-event index {name!r} already exists in mode {got[0].mode!r}, not {mode!r}")
+    if got is None:
+        index = BlockIndex(mode=mode, default_capacity=capacity)
+        got = (index, KVEventsManager(index))
+        _INDEXES[name] = got
+    return got
+
+
+def _load_tokenizer(path: str) -> Any:
+    from tokenizers import Tokenizer
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "tokenizer.json"
+    return Tokenizer.from_file(str(p))
+
+
+def _looks_like_chat(text: str) -> bool:
+    return text.startswith("[{") and '"role"' in text[:200]
+
+
+@register("precise-prefix-cache-scorer")
+class PrecisePrefixCacheScorer(Scorer):
+    def __init__(
+        self,
+        name: str,
+        handle: PluginHandle,
+        *,
+        mode: KeyMode = "engine",
+        hash_algo: HashAlgo = "sha256",
+        hash_seed: str | None = None,
+        block_size: int = 16,
+        max_blocks: int = 256,
+        tokenizer: str | None = None,
+        index_name: str = "default",
+        capacity: int = 65_536,
+        events_port_offset: int = 0,
+        events_bind: bool = False,
+        replay_port_offset: int = 0,
+    ) -> None:
+        super().__init__(name, handle)
+        self.mode: KeyMode = mode
+        self.hash_algo: HashAlgo = hash_algo
+        self.hash_seed = hash_seed
+        self.default_block_size = block_size
+        self.max_blocks = max_blocks
+        self.index, self.manager = shared_index(index_name, mode, capacity)
+        self.events_port_offset = events_port_offset
+        self.events_bind = events_bind
+        self.replay_port_offset = replay_port_offset
+        self._tokenizer = _load_tokenizer(tokenizer) if tokenizer else None
+        self._hashers: dict[int, VLLMBlockHasher] = {}
+        if mode == "engine":
+            VLLMBlockHasher(block_size, hash_algo, hash_seed)  # fail at config time on bad settings
+        if handle.store is not None:
+            handle.store.add_listener(self._on_store_change)
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> PrecisePrefixCacheScorer:
+        mode: KeyMode = (
+            "tokens"
+            if params.get_str("mode", "engine", choices=("engine", "tokens")) == "tokens"
+            else "engine"
+        )
+        algos = ("sha256", "sha256_cbor", "xxhash", "xxhash_cbor")
+        algo = params.get_str("hashAlgo", "sha256", choices=algos)
+        seed = params.get_str("hashSeed", "") or None
+        kwargs: dict[str, Any] = dict(
+            mode=mode,
+            hash_algo=cast(HashAlgo, algo),
+            hash_seed=seed,
+            block_size=params.get_int("blockSize", 16, min=1),
+            max_blocks=params.get_int("maxPrefixBlocksToMatch", 256, min=1),
+            tokenizer=params.get_str("tokenizer", "") or None,
+            index_name=params.get_str("indexName", "default"),
+            capacity=params.get_int("capacityPerEndpoint", 65_536, min=1),
+            events_port_offset=params.get_int("eventsPortOffset", 0, min=0, max=65535),
+            events_bind=params.get_bool("eventsBind", False),
+            replay_port_offset=params.get_int("replayPortOffset", 0, min=0, max=65535),
+        )
+        params.finish()
+        try:
+            return cls(name, handle, **kwargs)
+        except (ValueError, OSError) as e:  # bad hash settings, index mode clash, unreadable tokenizer
+            raise ConfigError(f"{params.path}: {e}") from e
+
+    # -- tokens and keys ---------------------------------------------------------------------------
+
+    def request_tokens(self, cycle: CycleState) -> list[int] | None:
+        req = cycle.request
+        if req.token_ids is not None:
+            return req.token_ids
+        if self._tokenizer is None or not req.prompt_text or _looks_like_chat(req.prompt_text):
+            return None
+        ids: list[int] = self._tokenizer.encode(req.prompt_text).ids
+        req.token_ids = ids  # later plugins (and the front door's accounting) can reuse the exact count
+        return ids
+
+    def keys_for(self, tokens: Sequence[int], block_size: int) -> list[int]:
+        if self.mode == "tokens":
+            return token_keys(tokens, block_size, self.max_blocks)
+        hasher = self._hashers.get(block_size)
+        if hasher is None:
+            hasher = VLLMBlockHasher(block_size, self.hash_algo, self.hash_seed)
+            self._hashers[block_size] = hasher
+        return hasher.external_hashes(tokens, self.max_blocks)
+
+    def endpoint_block_size(self, ep: Endpoint) -> int:
+        return ep.metrics.block_size or self.index.block_size(ep.address) or self.default_block_size
+
+    # -- scoring -----------------------------------------------------------------------------------
+
+    def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
+        self._ensure_subscribers(endpoints)
+        tokens = self.request_tokens(cycle)
+        if not tokens:
+            return [0.0] * len(endpoints)
+        # Group endpoints by block size: one hash chain per size (usually one for the whole pool).
+        by_size: dict[int, list[Endpoint]] = {}
+        for ep in endpoints:
+            nb = ep.metrics.num_gpu_blocks
+            if nb and self.index.capacity(ep.address) != nb:
+                # The engine cannot hold more blocks than this: the tightest bound on its entries.
+                self.index.set_capacity(ep.address, nb)
+            by_size.setdefault(self.endpoint_block_size(ep), []).append(ep)
+        matched: dict[str, tuple[int, int]] = {}
+        cached_tokens: dict[str, int] = {}
+        for bs, eps in by_size.items():
+            keys = self.keys_for(tokens, bs)
+            hits = self.index.longest_prefix(keys, [ep.address for ep in eps]) if keys else {}
+            for ep in eps:
+                m = hits.get(ep.address, 0)
+                matched[ep.address] = (m, len(keys))
+                cached_tokens[ep.address] = m * bs
+        # Consumers (explanations, in-flight accounting) read the expected cache hit in tokens.
+        cycle.data[CYCLE_KEY] = cached_tokens
+        return [m / n if n else 0.0 for m, n in (matched[ep.address] for ep in endpoints)]
+
+    # -- event sources -----------------------------------------------------------------------------
+
+    def event_source(self, ep: Endpoint) -> tuple[str, str | None] | None:
+        """(events address, replay address) for an endpoint, or None if it has none configured."""
+        explicit = ep.labels.get(EVENTS_LABEL)
+        replay = ep.labels.get(REPLAY_LABEL)
+        host, _, port_s = ep.address.rpartition(":")
+        if explicit:
+            return explicit, replay
+        if self.events_port_offset <= 0 or not port_s.isdigit():
+            return None
+        port = int(port_s)
+        if replay is None and self.replay_port_offset > 0:
+            replay = f"tcp://{host}:{port + self.replay_port_offset}"
+        return f"tcp://{host}:{port + self.events_port_offset}", replay
+
+    async def start(self, endpoints: Sequence[Endpoint]) -> None:
+        """Subscribe to every endpoint's events now (and wait until the sockets are up)."""
+        for ep in endpoints:
+            src = self.event_source(ep)
+            if src is not None:
+                await self.manager.add(ep.address, src[0], bind=self.events_bind, replay_endpoint=src[1])
+
+    def _ensure_subscribers(self, endpoints: Sequence[Endpoint]) -> None:
+        if self.events_port_offset <= 0 and not any(EVENTS_LABEL in ep.labels for ep in endpoints):
+            return
+        missing = [ep for ep in endpoints if ep.address not in self.manager.subscribers]
+        if not missing:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (e.g. the virtual-clock simulator): someone else feeds the index
+        for ep in missing:
+            src = self.event_source(ep)
+            if src is not None:
+                self.manager.ensure(ep.address, src[0], bind=self.events_bind, replay_endpoint=src[1])
+
+    def _on_store_change(self, change: Any) -> None:
+        if change.kind == "removed":
+            self.manager.drop(change.endpoint.address)
