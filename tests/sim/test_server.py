@@ -305,3 +305,16 @@ async def test_stream_interval_groups_writes_but_keeps_one_chunk_per_token(sim_f
     assert len(events) == 11 and events[-1] == b"data: [DONE]"
     assert b'"finish_reason":"length"' in events[-2]
     assert sum(b'"finish_reason":null' in e for e in events) == 9
+
+
+async def test_reset_prefix_cache_drops_cached_blocks(sim_fleet: FleetFactory) -> None:
+    fleet = await sim_fleet(1)
+    client = _client(fleet.urls[0])
+    await client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2)
+    url = fleet.urls[0] + "/reset_prefix_cache"
+    async with aiohttp.ClientSession() as session, session.post(url) as resp:
+        assert resp.status == 200
+    after = await client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2)
+    assert after.usage is not None and after.usage.prompt_tokens_details is not None
+    assert after.usage.prompt_tokens_details.cached_tokens == 0
+    await client.close()

@@ -354,6 +354,7 @@ class Replica:
         r.add_post("/v1/chat/completions/render", self._render_chat)
         r.add_get("/kv_event_sources", self._kv_event_sources)
         r.add_get("/version", self._version)
+        r.add_post("/reset_prefix_cache", self._reset_prefix_cache)
         r.add_post("/sim/faults", self._set_faults)
         r.add_get("/sim/faults", self._get_faults)
         r.add_post("/sim/stop", self._admin_stop)
@@ -673,6 +674,12 @@ class Replica:
     # ----- health, metrics, probes -----
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=200)
+
+    async def _reset_prefix_cache(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's dev endpoint: drop the prefix cache (benchmarks reuse a fleet between runs with it)."""
+        if not self.engine.reset_prefix_cache():
+            raise ApiError(409, "Prefix cache not reset: requests are still holding KV blocks")
         return web.Response(status=200)
 
     async def _version(self, request: web.Request) -> web.StreamResponse:
