@@ -7,7 +7,10 @@ A discrete-event run on ``kvgate.sim.vclock`` (no sockets, no sleeping) with thr
   then start the next step if the engine still has work;
 - a scrape: copy each engine's ``stats()`` into its endpoint's metrics, stamped with the virtual
   time, every ``scrape_interval`` (50 ms by default, as the reference scrapes), so the picker sees
-  metrics exactly as stale as it would in production, while its own in-flight accounting is exact.
+  metrics exactly as stale as it would in production, while its own in-flight accounting is exact;
+- a KV-event delivery: when the policy has a ``precise-prefix-cache-scorer``, each engine's KV-cache
+  events reach that scorer's block index ``kv_event_delay`` after the step that produced them (the
+  ZMQ hop in production), so precise routing is measured with event lag too.
 
 Deterministic per seed: seeded RNGs for arrivals and workloads, the picker built with the same seed
 for its tie-breaks, and the virtual clock's heap ordered by (time, sequence number).
@@ -53,6 +56,7 @@ class FleetConfig:
     slo_ttft: float = 2.0
     seed: int = 0
     model: str = "sim-model"
+    kv_event_delay: float = 0.002  # virtual seconds from an engine step to its KV events in the index
 
 
 @dataclass(slots=True)
@@ -67,23 +71,62 @@ class _Live:
     last: float | None = None
 
 
-def _make_engines(cfg: FleetConfig) -> list[Any]:
+def _make_engines(cfg: FleetConfig, sink_for: Callable[[int], Any] | None = None) -> list[Any]:
     from kvgate.sim.engine import Engine, EngineConfig
 
     engines: list[Any] = []
     for spec in cfg.replicas:
         for _ in range(spec.count):
-            engines.append(Engine(EngineConfig(profile=spec.profile, **spec.overrides)))
+            sink = sink_for(len(engines)) if sink_for is not None else None
+            engines.append(Engine(EngineConfig(profile=spec.profile, **spec.overrides), kv_event_sink=sink))
     return engines
 
 
+def _replica_count(cfg: FleetConfig) -> int:
+    return sum(spec.count for spec in cfg.replicas)
+
+
+def _precise_indexes(director: Any) -> list[Any]:
+    """The block indexes of the policy's precise prefix scorers (none for the other policies)."""
+    from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer
+
+    found: list[Any] = []
+    for plugin in director.handle.plugins.values():
+        if isinstance(plugin, PrecisePrefixCacheScorer) and plugin.index not in found:
+            found.append(plugin.index)
+    return found
+
+
+def _index_events(events: list[Any]) -> list[Any]:
+    """The simulator's KV events as the data layer decodes them off vLLM's wire."""
+    from kvgate.datalayer import kvevents as kv
+    from kvgate.sim import kvcache
+
+    out: list[Any] = []
+    for ev in events:
+        if isinstance(ev, kvcache.BlockStored):
+            hashes, tokens, parent = tuple(ev.block_hashes), tuple(ev.token_ids), ev.parent_block_hash
+            out.append(kv.BlockStored(hashes, parent, tokens, ev.block_size, ev.lora_id, ev.medium))
+        elif isinstance(ev, kvcache.BlockRemoved):
+            out.append(kv.BlockRemoved(tuple(ev.block_hashes), ev.medium))
+        else:
+            out.append(kv.AllBlocksCleared())
+    return out
+
+
 def _make_director(policy: str, endpoints: list[Endpoint], clock: Callable[[], float], seed: int) -> Any:
+    from kvgate.bench.precise import PRECISE_POLICIES, precise_policy_config
     from kvgate.datalayer.store import EndpointStore
     from kvgate.scheduling.director import build_director
     from kvgate.scheduling.policies import POLICIES, policy_config
 
     # A named policy, or a path to an EndpointPickerConfig YAML (to try a tuned profile).
-    config: Any = policy_config(policy) if policy in POLICIES else Path(policy)
+    if policy in POLICIES:
+        config: Any = policy_config(policy)
+    elif policy in PRECISE_POLICIES:
+        config = precise_policy_config(policy)
+    else:
+        config = Path(policy)
     # Metrics are refreshed every scrape interval on virtual time; the picker's own staleness rule
     # (2 s by default) applies to them exactly as in production.
     return build_director(config, EndpointStore(endpoints), clock=clock, seed=seed)
@@ -121,10 +164,16 @@ class FleetSim:
         self.clock = VirtualClock()
         self._specs: Iterator[RequestSpec] = iter(specs)
         self._rng = random.Random(cfg.seed)
-        self.endpoints: list[Endpoint] = []
+        self.endpoints = [
+            Endpoint(address=f"10.0.{i // 256}.{i % 256}:8000") for i in range(_replica_count(cfg))
+        ]
         self.replicas: list[Any] = []
-        for i, eng in enumerate(_make_engines(cfg)):
-            ep = Endpoint(address=f"10.0.{i // 256}.{i % 256}:8000")
+        self.director = _make_director(cfg.policy, self.endpoints, self.clock.time, cfg.seed)
+        self._kv_indexes = _precise_indexes(self.director)
+        for index in self._kv_indexes:  # a shared index may hold an earlier run's blocks
+            index.retain([])
+        sink_for = self._kv_sink if self._kv_indexes else None
+        for ep, eng in zip(self.endpoints, _make_engines(cfg, sink_for), strict=True):
             rep = VirtualReplica(
                 self.clock,
                 eng,
@@ -133,9 +182,7 @@ class FleetSim:
                 on_first_token=self._on_first_token,
                 on_finished=self._on_finished,
             )
-            self.endpoints.append(ep)
             self.replicas.append(rep)
-        self.director = _make_director(cfg.policy, self.endpoints, self.clock.time, cfg.seed)
         self._index = {id(ep): i for i, ep in enumerate(self.endpoints)}
         self._live: dict[str, _Live] = {}
         self.collector = Collector(slo_ttft=cfg.slo_ttft, seed=cfg.seed)
@@ -148,6 +195,18 @@ class FleetSim:
         self._offsets: Iterator[float] = iter(())
         self._base = (0, 0, 0)
         self.done_times: list[float] = []
+
+    def _kv_sink(self, i: int) -> Callable[[list[Any]], None]:
+        address = self.endpoints[i].address
+
+        def deliver(events: list[Any]) -> None:
+            for index in self._kv_indexes:
+                index.apply(address, events)
+
+        def sink(events: list[Any]) -> None:
+            self.clock.call_later(self.cfg.kv_event_delay, deliver, _index_events(events))
+
+        return sink
 
     # ---- events --------------------------------------------------------------------------------
 

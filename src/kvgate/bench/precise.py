@@ -1,0 +1,158 @@
+"""Precise (KV-event) vs approximate prefix scoring on the virtual-clock fleet simulator.
+
+`python -m kvgate.bench.precise [--quick] [--seed N] [--out docs/benchmarks]` runs the same seeded
+workloads behind round robin, the reference profile with its approximate ``prefix-cache-scorer``, the
+reference profile with ``precise-prefix-cache-scorer`` in its place (fed by the simulated engines' own
+KV-cache events, delivered with a small virtual delay), and kvgate's default profile.
+
+Two fleets: one where every customer's context fits (the approximate index is right, so both should
+tie), and one under KV pressure, where engines evict blocks the approximate index still believes cached
+(it cannot see evictions or the decode blocks that compete for the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from kvgate.config.picker import EndpointPickerConfig, load_config
+
+# Registered here, not in ``scheduling.policies``: the precise scorer needs an event feed, which only
+# the fleet simulator (engine sinks) or a deployment with KV events configured provides.
+PRECISE_POLICIES: dict[str, str] = {
+    "reference-precise": """apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: precise-prefix-cache-scorer
+  parameters:
+    mode: tokens
+    indexName: fleetsim
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+    weight: 2
+  - pluginRef: kv-cache-utilization-scorer
+    weight: 2
+  - pluginRef: precise-prefix-cache-scorer
+    weight: 3
+""",
+}
+
+POLICIES = ["round-robin", "reference", "reference-precise", "kvgate"]
+
+
+def precise_policy_config(name: str) -> EndpointPickerConfig:
+    cfg = load_config(PRECISE_POLICIES[name])
+    cfg.name = name
+    return cfg
+
+
+def _scenarios() -> list[Any]:
+    from kvgate.bench import workloads
+    from kvgate.bench.fleetsim import ReplicaSpec
+    from kvgate.bench.scenarios import Scenario
+
+    def customers(groups: int) -> Any:
+        def make(seed: int, count: int) -> Any:
+            return workloads.shared_prefix_stream(
+                num_groups=groups, system_prompt_len=2048, question_len=128, output_len=128,
+                count=count, seed=seed,
+            )  # fmt: skip
+
+        return make
+
+    return [
+        Scenario(
+            name="fits",
+            title="4 x Llama-3-8B on H100, 24 customers x 2k-token contexts (all of them fit every replica)",
+            replicas=[ReplicaSpec("llama3-8b-h100", 4)],
+            workload=customers(24),
+            load_fractions=[],
+            duration=20.0,
+            how_scaled="",
+            warmup=10.0,
+        ),
+        Scenario(
+            name="kv-pressure",
+            title=(
+                "4 x Llama-3-8B on H100 with 1,500 KV blocks (24k tokens) each, "
+                "48 customers x 2k-token contexts (98k tokens of contexts for 96k of cache)"
+            ),
+            replicas=[ReplicaSpec("llama3-8b-h100", 4, {"num_gpu_blocks": 1500})],
+            workload=customers(48),
+            load_fractions=[],
+            duration=20.0,
+            how_scaled="",
+            warmup=10.0,
+        ),
+    ]
+
+
+def run(quick: bool, seed: int, qps_list: list[float]) -> list[dict[str, Any]]:
+    from kvgate.bench.sweep import run_point
+
+    rows: list[dict[str, Any]] = []
+    for sc in _scenarios():
+        duration = sc.duration / 2 if quick else sc.duration
+        for qps in qps_list:
+            for policy in POLICIES:
+                res = run_point(sc, policy, qps, duration, seed)
+                row = dict(res.row)
+                row["scenario"] = sc.name
+                rows.append(row)
+                print(_line(row), flush=True)
+    return rows
+
+
+def _ms(v: Any) -> str:
+    return "-" if v is None else f"{v * 1000:,.0f}"
+
+
+def _line(row: dict[str, Any]) -> str:
+    hit = row.get("prefix_hit_rate")
+    return (
+        f"| {row['scenario']} | {row['qps']:g} | {row['policy']} | {_ms(row.get('ttft_p50'))} | "
+        f"{_ms(row.get('ttft_p90'))} | {_ms(row.get('ttft_p99'))} | {row['output_tok_per_s']:,.0f} | "
+        f"{'-' if hit is None else f'{hit * 100:.1f}'} | {row.get('preemptions', 0)} | {row['errors']} |"
+    )
+
+
+HEADER = (
+    "| fleet | QPS | policy | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | out tok/s | hit rate % | preemptions "
+    "| errors |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kvgate.bench.precise", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="half-length measured windows")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--qps", default="20,40", help="comma-separated offered loads")
+    ap.add_argument("--out", default="docs/benchmarks", help="where precise-fleet.json/.md go ('' = none)")
+    args = ap.parse_args(argv)
+    qps_list = [float(q) for q in args.qps.split(",") if q]
+    print(HEADER, flush=True)
+    rows = run(args.quick, args.seed, qps_list)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "precise-fleet.json").write_text(json.dumps(rows, indent=1, default=str))
+        titles = "\n".join(f"- `{sc.name}`: {sc.title}" for sc in _scenarios())
+        cmd = "python -m kvgate.bench.precise" + (" --quick" if args.quick else "")
+        cmd += f" --seed {args.seed} --qps {args.qps}"
+        body = "\n".join(_line(r) for r in rows)
+        (out / "precise-fleet.md").write_text(
+            f"# Precise vs approximate prefix scoring (fleet simulator)\n\nCommand: `{cmd}`\n\n"
+            f"{titles}\n\n{HEADER}\n{body}\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
