@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.scheduling.framework import CycleState, Params, Plugin, PluginHandle, PostPick, Scorer
-from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, find_prefix_plugin, prefix_match
+from kvgate.scheduling.framework import CycleState, Params, PluginHandle, PostPick, Scorer
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, UsesPrefixPlugin, prefix_match
 from kvgate.scheduling.registry import register
 
 COST_KEY = "kvgate-cost"
@@ -42,7 +42,7 @@ def prompt_tokens(req_tokens: int, text: str, token_ids: list[int] | None) -> in
 
 
 @register("kvgate-cost-scorer")
-class KVGateCostScorer(Scorer, PostPick):
+class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
     bounded = True
 
     def __init__(
@@ -89,15 +89,6 @@ class KVGateCostScorer(Scorer, PostPick):
         )
         params.finish()
         return s
-
-    @property
-    def prefix(self) -> PrefixCacheScorer:
-        if self._prefix is None:
-            self._prefix = find_prefix_plugin(self.handle, self.prefix_ref)
-        return self._prefix
-
-    def dependencies(self) -> list[Plugin]:
-        return [self.prefix]
 
     def costs(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         req = cycle.request

@@ -164,8 +164,27 @@ def find_prefix_plugin(handle: PluginHandle, name: str | None) -> PrefixCacheSco
     return PrefixCacheScorer(f"{name or 'prefix-cache-scorer'}#implicit", handle)
 
 
+class UsesPrefixPlugin:
+    """For plugins that consume a prefix scorer's matches: ``prefixPluginRef`` resolved on first use,
+    after every plugin of the config exists (declaration order is free), and declared as a dependency
+    so the profile runs its hooks even when it is not one of the profile's scorers."""
+
+    handle: PluginHandle
+    prefix_ref: str | None
+    _prefix: PrefixCacheScorer | None
+
+    @property
+    def prefix(self) -> PrefixCacheScorer:
+        if self._prefix is None:
+            self._prefix = find_prefix_plugin(self.handle, self.prefix_ref)
+        return self._prefix
+
+    def dependencies(self) -> list[Plugin]:
+        return [self.prefix]
+
+
 @register("prefix-cache-affinity-filter")
-class PrefixCacheAffinityFilter(Filter):
+class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
     """Sticky until saturated: keep the endpoints holding most of the prompt's prefix, unless every one
     of them is overloaded (then pass all through so load-aware scorers can spread the work).
 
@@ -209,16 +228,6 @@ class PrefixCacheAffinityFilter(Filter):
         )
         params.finish()
         return f
-
-    @property
-    def prefix(self) -> PrefixCacheScorer:
-        # Resolved on first use, after every plugin of the config exists (declaration order is free).
-        if self._prefix is None:
-            self._prefix = find_prefix_plugin(self.handle, self.prefix_ref)
-        return self._prefix
-
-    def dependencies(self) -> list[Plugin]:
-        return [self.prefix]
 
     def overloaded(self, ep: Endpoint, now: float) -> bool:
         if ep.inflight.requests >= self.max_inflight:
