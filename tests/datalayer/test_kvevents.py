@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 
 import msgspec
@@ -337,9 +338,11 @@ async def test_zmq_subscriber_without_replay_resyncs_on_gap():
 async def test_bind_mode_receives_from_a_connecting_publisher():
     """vLLM with a concrete ``tcp://host:port`` endpoint connects its PUB; the subscriber binds."""
     ctx = zmq.asyncio.Context.instance()
-    probe = ctx.socket(zmq.PUB)
-    port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close(0)  # free an ephemeral port for the subscriber to bind
+    # A free ephemeral port for the subscriber to bind. A plain socket releases it on close(); a ZMQ
+    # socket releases it later, on its I/O thread, which made the bind below race ("already in use").
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     idx = BlockIndex()
     mgr = KVEventsManager(idx)
     pub = ctx.socket(zmq.PUB)
