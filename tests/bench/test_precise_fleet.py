@@ -62,4 +62,29 @@ def test_cli_writes_results(tmp_path) -> None:
     assert "reference-precise" in PRECISE_POLICIES
     assert main(["--quick", "--qps", "10", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "precise-fleet.md").read_text()
-    assert "reference-precise" in text and "kv-pressure" in text
+    assert "reference-precise" in text and "kv-pressure" in text and "evict-heavy" in text
+
+
+def _pressure_sim(policy: str, seed: int) -> FleetSim:
+    # Long answers in a small cache: decode blocks keep evicting the customers' contexts.
+    cfg = FleetConfig(
+        replicas=[ReplicaSpec("llama3-8b-h100", 3, {"num_gpu_blocks": 120})],
+        policy=policy,
+        qps=8.0,
+        duration=3.0,
+        seed=seed,
+        max_requests=24,
+    )
+    specs = workloads.shared_prefix_stream(
+        num_groups=6, system_prompt_len=512, question_len=32, output_len=256, count=24, seed=seed
+    )
+    return FleetSim(cfg, specs)
+
+
+def test_evictions_reach_the_index_under_kv_pressure() -> None:
+    sim = _pressure_sim("reference-precise", 2)
+    sim.run()
+    index = sim._kv_indexes[0]
+    assert sum(rep.engine.pool.evictions for rep in sim.replicas) > 0, "the case must evict"
+    for ep, rep in zip(sim.endpoints, sim.replicas, strict=True):
+        assert index.engine_hashes(ep.address) == set(rep.engine.pool.cached)

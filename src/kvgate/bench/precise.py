@@ -5,9 +5,10 @@ workloads behind round robin, the reference profile with its approximate ``prefi
 reference profile with ``precise-prefix-cache-scorer`` in its place (fed by the simulated engines' own
 KV-cache events, delivered with a small virtual delay), and kvgate's default profile.
 
-Two fleets: one where every customer's context fits (the approximate index is right, so both should
-tie), and one under KV pressure, where engines evict blocks the approximate index still believes cached
-(it cannot see evictions or the decode blocks that compete for the cache).
+Three fleets: one where every customer's context fits (the approximate index is right, so both should
+tie), one under KV pressure, where engines evict blocks the approximate index still believes cached
+(it cannot see evictions or the decode blocks that compete for the cache), and one under heavy eviction
+(1k-token answers fill most of a small cache), run at its own low offered load (``FIXED_QPS``).
 """
 
 from __future__ import annotations
@@ -58,11 +59,11 @@ def _scenarios() -> list[Any]:
     from kvgate.bench.fleetsim import ReplicaSpec
     from kvgate.bench.scenarios import Scenario
 
-    def customers(groups: int) -> Any:
+    def customers(groups: int, output_len: int = 128, question_len: int = 128) -> Any:
         def make(seed: int, count: int) -> Any:
             return workloads.shared_prefix_stream(
-                num_groups=groups, system_prompt_len=2048, question_len=128, output_len=128,
-                count=count, seed=seed,
+                num_groups=groups, system_prompt_len=2048, question_len=question_len,
+                output_len=output_len, count=count, seed=seed,
             )  # fmt: skip
 
         return make
@@ -91,7 +92,24 @@ def _scenarios() -> list[Any]:
             how_scaled="",
             warmup=10.0,
         ),
+        Scenario(
+            name="evict-heavy",
+            title=(
+                "4 x Llama-3-8B on H100 with 600 KV blocks (9.6k tokens) each, 16 customers x 2k-token "
+                "contexts, 1k-token answers (decode blocks evict contexts all the time)"
+            ),
+            replicas=[ReplicaSpec("llama3-8b-h100", 4, {"num_gpu_blocks": 600})],
+            workload=customers(16, output_len=1024, question_len=64),
+            load_fractions=[],
+            duration=20.0,
+            how_scaled="",
+            warmup=10.0,
+        ),
     ]
+
+
+# Scenarios whose capacity is far below the others' offered loads run at these instead of ``--qps``.
+FIXED_QPS: dict[str, list[float]] = {"evict-heavy": [3.0]}
 
 
 def run(quick: bool, seed: int, qps_list: list[float]) -> list[dict[str, Any]]:
@@ -100,7 +118,7 @@ def run(quick: bool, seed: int, qps_list: list[float]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for sc in _scenarios():
         duration = sc.duration / 2 if quick else sc.duration
-        for qps in qps_list:
+        for qps in FIXED_QPS.get(sc.name, qps_list):
             for policy in POLICIES:
                 res = run_point(sc, policy, qps, duration, seed)
                 row = dict(res.row)
