@@ -148,6 +148,15 @@ async def test_idle_and_stalled_connections_are_closed(backends):
         assert out == b"" and loop.time() - t < 4  # a half-sent request does not hold the socket forever
 
 
+async def test_keepalive_never_cuts_a_busy_connection(backends):
+    # A stream that lasts several keep-alive periods: only idle connections are swept.
+    (b,) = await backends(1, tokens=4, chunk_delay=0.25)
+    async with running_gateway(make_config([b.address], extra={"limits": {"keepAliveSeconds": 0.2}})) as gw:
+        body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 4})
+        out = await _exchange(gw.port, _req(body), wait_s=5)
+        assert out.startswith(b"HTTP/1.1 200") and out.count(b"data: ") == 5  # 4 tokens + [DONE]
+
+
 async def test_http10_stream_is_close_delimited_and_head_has_no_body(backends):
     (b,) = await backends(1, tokens=3)
     async with running_gateway(make_config([b.address])) as gw:

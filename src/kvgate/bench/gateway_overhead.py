@@ -327,6 +327,29 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
+def _tree_cpu_s(pid: int) -> float:
+    """CPU of a process and all its descendants (``kvgate serve --workers N`` is a supervisor + N)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # exited while we looked
+        children[ppid].append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += _cpu_s(p)
+        except OSError:
+            continue
+        todo.extend(children.get(p, ()))
+    return total
+
+
 def _rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -385,7 +408,9 @@ def _start_router(path: str, log_dir: Path) -> subprocess.Popen[bytes] | None:
     if path == "direct":
         return None
     if path.startswith("kvgate"):
-        policy = {"kvgate-rr": "round-robin", "kvgate": "kvgate"}[path]
+        # kvgate-rr | kvgate, optionally -w<N>: that many worker processes (--workers N).
+        base, _, w = path.partition("-w")
+        policy = {"kvgate-rr": "round-robin", "kvgate": "kvgate"}[base]
         proc = _spawn(
             [
                 PY,
@@ -402,6 +427,8 @@ def _start_router(path: str, log_dir: Path) -> subprocess.Popen[bytes] | None:
                 str(ROUTER_PORT),
                 "--log-level",
                 "WARNING",
+                "--workers",
+                w or "1",
             ]
         )
         _wait_line(proc, b"listening")
@@ -419,6 +446,8 @@ DEFAULT_PATHS = (
     "direct",
     "kvgate-rr",
     "kvgate",
+    "kvgate-rr-w2",
+    "kvgate-w2",
     "sglang-router:round_robin",
     "sglang-router:cache_aware",
     "vllm-router:round_robin",
@@ -478,9 +507,9 @@ def run(args: argparse.Namespace) -> int:
                         port = BACKEND_PORTS[0] if proc is None else ROUTER_PORT
                         _run_loadgen(port, args.warmup, args.concurrency)
                         pid = proc.pid if proc is not None else backend.pid
-                        cpu0, bcpu0 = _cpu_s(pid), _cpu_s(backend.pid)
+                        cpu0, bcpu0 = _tree_cpu_s(pid), _cpu_s(backend.pid)
                         r = _run_loadgen(port, args.requests, args.concurrency)
-                        r["cpu_us_per_req"] = (_cpu_s(pid) - cpu0) / max(r["requests"], 1) * 1e6
+                        r["cpu_us_per_req"] = (_tree_cpu_s(pid) - cpu0) / max(r["requests"], 1) * 1e6
                         r["backend_cpu_us_per_req"] = (
                             (_cpu_s(backend.pid) - bcpu0) / max(r["requests"], 1) * 1e6
                         )
@@ -590,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--paths",
         default=",".join(DEFAULT_PATHS),
-        help="comma-separated: direct, kvgate-rr, kvgate, sglang-router:<policy>, vllm-router:<policy>",
+        help="comma-separated: direct, kvgate-rr, kvgate (either with -w<N>: N workers), "
+        "sglang-router:<policy>, vllm-router:<policy>",
     )
     p.add_argument(
         "--streams", type=int, default=10_000, help="concurrent streams to hold through kvgate (0 = skip)"

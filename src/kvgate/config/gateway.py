@@ -94,6 +94,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     admin_port: int | None = None
+    # Gateway processes sharing the data port (SO_REUSEPORT); picker state is per process.
+    workers: int = 1
     scrape_interval_s: float = 0.05
     # Fixed seed for the weighted model rewrite (tests, reproducible canaries); None = random.
     rewrite_seed: int | None = None
@@ -330,11 +332,12 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
     if listen is not None:
         if not isinstance(listen, dict):
             raise GatewayConfigError("listen", "expected a mapping")
-        _check_keys(listen, ("host", "port", "adminPort"), "listen.")
+        _check_keys(listen, ("host", "port", "adminPort", "workers"), "listen.")
         cfg.host = _get(listen, "host", "listen.", str, cfg.host)
         cfg.port = _port(_get(listen, "port", "listen.", int, cfg.port), "listen.port")
         admin = _get(listen, "adminPort", "listen.", int)
         cfg.admin_port = None if admin is None else _port(admin, "listen.adminPort")
+        cfg.workers = _workers(_get(listen, "workers", "listen.", int, cfg.workers), "listen.workers")
 
     objectives = raw.get("objectives") or []
     if not isinstance(objectives, list):
@@ -374,6 +377,15 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
     if header:
         cfg.session_header = header.lower()
     return cfg
+
+
+MAX_WORKERS = 64
+
+
+def _workers(value: int, key: str) -> int:
+    if not 1 <= value <= MAX_WORKERS:
+        raise GatewayConfigError(key, f"workers must be in 1..{MAX_WORKERS}, got {value}")
+    return value
 
 
 def _port(value: int, key: str) -> int:

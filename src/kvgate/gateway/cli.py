@@ -10,6 +10,7 @@ import signal
 import sys
 
 from kvgate.config.gateway import (
+    MAX_WORKERS,
     POLICIES,
     GatewayConfig,
     GatewayConfigError,
@@ -38,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--admin-port", type=int, default=None, help="port for /metrics, /healthz, /readyz, /debug"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="gateway processes sharing the port (default 1); picker state is per worker",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -59,6 +66,10 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         cfg.port = args.port
     if args.admin_port is not None:
         cfg.admin_port = args.admin_port
+    if args.workers is not None:
+        if not 1 <= args.workers <= MAX_WORKERS:
+            raise GatewayConfigError("--workers", f"must be in 1..{MAX_WORKERS}, got {args.workers}")
+        cfg.workers = args.workers
     return cfg
 
 
@@ -112,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kvgate serve: config error: {e}", file=sys.stderr)
         return 2
     _raise_nofile()
+    if cfg.workers > 1:
+        from kvgate.gateway.workers import run_workers
+
+        try:
+            return run_workers(cfg, cfg.workers)
+        except OSError as e:  # the port is taken, or SO_REUSEPORT is unavailable
+            print(f"kvgate serve: cannot listen on {cfg.host}:{cfg.port}: {e}", file=sys.stderr)
+            return 1
     try:
         import uvloop
 

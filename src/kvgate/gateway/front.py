@@ -192,6 +192,22 @@ class FrontServer:
         self.keepalive_s = keepalive_s
         self.connections: set[FrontProtocol] = set()
         self.draining = False
+        # One sweeper closes idle connections, instead of a timer armed and cancelled per request.
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def watch_idle(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Granularity: a quarter of the keep-alive, at most 1 s (75 s keep-alive: closes at 75-76 s).
+        interval = min(1.0, self.keepalive_s / 4)
+        while self.connections:
+            await asyncio.sleep(interval)
+            cutoff = loop.time() - self.keepalive_s
+            for conn in [c for c in self.connections if c.idle_since is not None and c.idle_since <= cutoff]:
+                conn.close()
 
     def handler_for(self, path: str) -> Handler:
         h = self.routes.get(path)
@@ -215,6 +231,8 @@ class FrontServer:
     def close_all(self) -> None:
         for conn in list(self.connections):
             conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -227,7 +245,8 @@ class FrontProtocol(asyncio.Protocol):
         self.closed = False
         self.write_paused = False
         self._drain: asyncio.Future[None] | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        # Event-loop time since when this connection has waited on its client; None while busy.
+        self.idle_since: float | None = None
         self._read_paused = False
         self._reject_after = False  # stop parsing: an error response is queued and we close after it
         # A parsed request head waiting for its body: (method, path, query, headers, keep-alive,
@@ -240,14 +259,15 @@ class FrontProtocol(asyncio.Protocol):
     # --- transport callbacks --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
         self.server.connections.add(self)
+        self.server.watch_idle()
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        if self._idle is not None:
-            self._idle.cancel()
+        self.idle_since = None
         self.queue.clear()
         if self.task is not None and not self.task.done():
             # The client is gone: stop working for it. Cancelling aborts the upstream request (the
@@ -276,9 +296,7 @@ class FrontProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._reject_after:
             return
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self.idle_since = None
         self.buf += data
         try:
             self._parse()
@@ -426,7 +444,7 @@ class FrontProtocol(asyncio.Protocol):
             if self._read_paused and len(self.queue) <= _MAX_PIPELINE // 2 and self.transport is not None:
                 self._read_paused = False
                 self.transport.resume_reading()
-            self.task = asyncio.get_running_loop().create_task(self._run(req))
+            self.task = self._loop.create_task(self._run(req))
 
     async def _run(self, req: Request) -> None:
         close = not req.keep_alive
@@ -466,15 +484,12 @@ class FrontProtocol(asyncio.Protocol):
             self.transport.write(data)
 
     def _arm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self.idle_since = None
         if self.server.draining and not self.buf:
             self.close()
             return
         if not self.closed:
-            loop = asyncio.get_running_loop()
-            self._idle = loop.call_later(self.server.keepalive_s, self.close)
+            self.idle_since = self._loop.time()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:

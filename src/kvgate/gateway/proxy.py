@@ -129,6 +129,7 @@ class Proxy:
         self.upstream = UpstreamPool(lim.connect_timeout_s, lim.idle_timeout_s)
         self.request_timeout = lim.request_timeout_s or None
         self.inflight = 0
+        metrics.track_inflight(lambda: self.inflight)
         self.draining = False
         self.idle = asyncio.Event()
         self.idle.set()
@@ -198,14 +199,12 @@ class Proxy:
             )
         self.inflight += 1
         self.idle.clear()
-        self.metrics.inflight.inc()
         try:
             return await self._handle(request, kind, rid, self.clock())
         except GatewayError as e:
             return error_response(e, rid)
         finally:
             self.inflight -= 1
-            self.metrics.inflight.dec()
             if self.inflight == 0:
                 self.idle.set()
 

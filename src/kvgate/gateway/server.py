@@ -35,8 +35,15 @@ class GatewayServer:
         pools: list[Pool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         scrape: bool = True,
+        *,
+        reuse_port: bool = False,
+        admin_host: str | None = None,
     ) -> None:
         self.cfg = cfg
+        # Worker mode (``--workers``): the data port is shared with sibling processes, and the admin
+        # listener is a private one the supervisor reads (see ``gateway.workers``).
+        self.reuse_port = reuse_port
+        self.admin_host = admin_host or cfg.host
         self.clock = clock
         self.pools = pools if pools is not None else [build_pool(p, clock) for p in cfg.pools]
         self.scrape = scrape
@@ -115,10 +122,15 @@ class GatewayServer:
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self.proxy = Proxy(self.cfg, self.pools, self.metrics, self.health, self.clock)
         self.port = await self._serve(
-            self._front(self.proxy, admin=self.cfg.admin_port is None), self.cfg.port
+            self._front(self.proxy, admin=self.cfg.admin_port is None),
+            self.cfg.host,
+            self.cfg.port,
+            self.reuse_port,
         )
         if self.cfg.admin_port is not None:
-            self.admin_port = await self._serve(self._front(None, admin=True), self.cfg.admin_port)
+            self.admin_port = await self._serve(
+                self._front(None, admin=True), self.admin_host, self.cfg.admin_port, False
+            )
         self._tasks.append(
             asyncio.create_task(
                 self.health.run(self.session, lambda: [ep for p in self.pools for ep in p.endpoints()])
@@ -138,10 +150,10 @@ class GatewayServer:
             self.admin_port if self.admin_port is not None else "on the data port",
         )
 
-    async def _serve(self, front: FrontServer, port: int) -> int:
+    async def _serve(self, front: FrontServer, host: str, port: int, reuse_port: bool) -> int:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            front.protocol, self.cfg.host, port, backlog=4096, reuse_address=True
+            front.protocol, host, port, backlog=4096, reuse_address=True, reuse_port=reuse_port or None
         )
         self._servers.append((server, front))
         bound: int = server.sockets[0].getsockname()[1]

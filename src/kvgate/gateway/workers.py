@@ -1,0 +1,310 @@
+"""``kvgate serve --workers N``: N gateway processes on one port, under a small supervisor.
+
+Why: one Python process uses one core at most, so a single gateway process caps throughput at about
+1 / (CPU per request). With ``--workers N`` the kernel spreads incoming *connections* over N worker
+processes that all listen on the data port (``SO_REUSEPORT``); each is a complete ``GatewayServer``.
+
+What this trades: picker state is per worker. Each worker has its own in-flight counts, round-robin
+cursor and approximate prefix index; scraped metrics (queue, KV use) are the same truth for all, seen
+by each worker's own scraper. So with N workers a prefix group can be learned by up to N workers and
+placed on up to N replicas, and each worker balances only its own share of the traffic. Keep the
+default (1) unless the gateway's own CPU is the bottleneck.
+
+The supervisor (this module) holds no data path. It reserves the port (bound, not listening, so it
+takes no connections), starts the workers (``spawn``: fresh interpreters, nothing inherited from the
+supervisor's event loop), serves
+the admin port itself — ``/metrics`` merges every worker's metrics with a ``worker`` label,
+``/readyz`` is ready while any worker is, ``/debug/picks/<id>`` asks each worker — restarts a worker
+that dies (giving up if they keep dying at start), and on SIGTERM/SIGINT has every worker drain
+(the same graceful drain as one process) before it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from kvgate.config.gateway import GatewayConfig
+from kvgate.gateway.errors import GatewayError, error_response
+from kvgate.gateway.front import FrontServer, Handler, Request, Response
+
+log = logging.getLogger("kvgate.gateway.workers")
+
+# A worker that dies this soon after starting, this many times in a row, stops the supervisor:
+# restarting would only loop (bad config seen at runtime, port taken, out of memory).
+_FAST_DEATH_S = 5.0
+_MAX_FAST_DEATHS = 3
+_ADMIN_FETCH_TIMEOUT_S = 5.0
+
+
+# --- worker side -------------------------------------------------------------------------------
+
+
+def _worker_main(cfg: GatewayConfig, index: int, report: Connection) -> None:
+    """Entry point of one worker process: a full gateway on the shared port, admin on loopback."""
+    import uvloop
+
+    from kvgate.gateway.cli import build_pools
+
+    # The supervisor handles Ctrl-C for the whole group: a worker only drains on SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pools = build_pools(cfg)
+    uvloop.run(_worker(cfg, pools, index, report))
+
+
+async def _worker(cfg: GatewayConfig, pools: list[Any], index: int, report: Connection) -> None:
+    from kvgate.gateway.server import GatewayServer
+
+    server = GatewayServer(cfg, pools, reuse_port=True, admin_host="127.0.0.1")
+    await server.start()
+    report.send(server.admin_port)
+    report.close()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+# --- metrics merge -----------------------------------------------------------------------------
+
+
+def merge_metrics(texts: list[str | None]) -> bytes:
+    """One exposition from each worker's: every sample gets a ``worker`` label, families stay whole."""
+    families: dict[str, Metric] = {}
+    for i, text in enumerate(texts):
+        if text is None:
+            continue
+        for fam in text_string_to_metric_families(text):
+            merged = families.get(fam.name)
+            if merged is None:
+                merged = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                families[fam.name] = merged
+            for s in fam.samples:
+                merged.samples.append(s._replace(labels={"worker": str(i), **s.labels}))
+
+    class _Merged:
+        def collect(self) -> list[Metric]:
+            return list(families.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())
+    return generate_latest(registry)
+
+
+# --- supervisor --------------------------------------------------------------------------------
+
+
+class Supervisor:
+    def __init__(self, cfg: GatewayConfig, workers: int) -> None:
+        self.cfg = cfg
+        self.n = workers
+        self.ctx = multiprocessing.get_context("spawn")
+        self.procs: list[BaseProcess | None] = [None] * workers
+        self.admin_ports: list[int | None] = [None] * workers
+        self.started_at: list[float] = [0.0] * workers
+        self.fast_deaths = 0
+        self.stopping = False
+        self.failed = False
+        self.port = 0
+        self.admin_port: int | None = None
+        self._reserve: socket.socket | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._admin: asyncio.Server | None = None
+
+    # --- ports -------------------------------------------------------------------------------
+    def reserve_port(self) -> int:
+        """Bind (without listening) the data port with SO_REUSEPORT: picks the port when 0 was asked
+        for and holds it while workers come and go; a non-listening socket receives no connections."""
+        family = socket.AF_INET6 if ":" in self.cfg.host else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((self.cfg.host, self.cfg.port))
+        self._reserve = s
+        self.port = s.getsockname()[1]
+        return self.port
+
+    # --- workers -----------------------------------------------------------------------------
+    async def start_worker(self, i: int) -> None:
+        from dataclasses import replace
+
+        # Each worker: the shared data port, and a private admin port on loopback for the supervisor.
+        wcfg = replace(self.cfg, port=self.port, admin_port=0)
+        recv, send = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_worker_main, args=(wcfg, i, send), name=f"kvgate-worker-{i}")
+        proc.start()
+        send.close()
+        self.procs[i] = proc
+        self.started_at[i] = time.monotonic()
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[int | None] = loop.create_future()
+
+        def on_readable() -> None:
+            loop.remove_reader(recv.fileno())
+            try:
+                ready.set_result(recv.recv())
+            except (EOFError, OSError):
+                ready.set_result(None)  # died before it listened
+
+        loop.add_reader(recv.fileno(), on_readable)
+        try:
+            self.admin_ports[i] = await ready
+        finally:
+            recv.close()
+        if self.admin_ports[i] is None:
+            log.error("worker %d exited before it started listening", i)
+
+    async def watch(self) -> None:
+        """Restart workers that die; give up when they die right after starting, again and again."""
+        while not self.stopping:
+            await asyncio.sleep(0.2)
+            for i, proc in enumerate(self.procs):
+                if self.stopping or proc is None or proc.is_alive():
+                    continue
+                proc.join()
+                lived = time.monotonic() - self.started_at[i]
+                log.error("worker %d (pid %s) exited with %s after %.1fs", i, proc.pid, proc.exitcode, lived)
+                self.fast_deaths = self.fast_deaths + 1 if lived < _FAST_DEATH_S else 0
+                if self.fast_deaths >= _MAX_FAST_DEATHS:
+                    log.error("workers keep dying at start; shutting down")
+                    self.failed = True
+                    return
+                self.admin_ports[i] = None
+                await self.start_worker(i)
+                new = self.procs[i]
+                log.info("worker %d restarted (pid %s)", i, new.pid if new is not None else "?")
+
+    async def stop_workers(self) -> None:
+        self.stopping = True
+        alive = [p for p in self.procs if p is not None and p.is_alive()]
+        for p in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid or 0, signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.limits.drain_timeout_s + 10
+        for p in alive:
+            await asyncio.to_thread(p.join, max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                log.error("worker pid %s did not drain in time; killing it", p.pid)
+                p.kill()
+                p.join()
+
+    # --- admin -------------------------------------------------------------------------------
+    async def _fetch(self, port: int | None, path: str) -> tuple[int, bytes] | None:
+        if port is None or self._session is None:
+            return None
+        try:
+            async with self._session.get(f"http://127.0.0.1:{port}{path}") as r:
+                return r.status, await r.read()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def _all(self, path: str) -> list[tuple[int, bytes] | None]:
+        return list(await asyncio.gather(*(self._fetch(p, path) for p in self.admin_ports)))
+
+    async def _metrics(self, request: Request) -> Response:
+        got = await self._all("/metrics")
+        texts = [g[1].decode() if g is not None and g[0] == 200 else None for g in got]
+        return Response(body=merge_metrics(texts), content_type=CONTENT_TYPE_LATEST)
+
+    async def _healthz(self, request: Request) -> Response:
+        alive = sum(1 for p in self.procs if p is not None and p.is_alive())
+        if alive == 0:
+            return Response(status=503, text="no live worker", content_type="text/plain")
+        return Response(text=f"ok ({alive}/{self.n} workers)", content_type="text/plain")
+
+    async def _readyz(self, request: Request) -> Response:
+        got = await self._all("/readyz")
+        ready = sum(1 for g in got if g is not None and g[0] == 200)
+        if self.stopping or ready == 0:
+            return Response(status=503, text="no ready worker", content_type="text/plain")
+        return Response(text=f"ready ({ready}/{self.n} workers)", content_type="text/plain")
+
+    async def _debug_pick(self, request: Request) -> Response:
+        for g in await self._all(request.path):
+            if g is not None and g[0] == 200:
+                return Response(body=g[1], content_type="application/json")
+        return error_response(GatewayError(404, "no worker recorded a pick for that request id"))
+
+    async def _not_found(self, request: Request) -> Response:
+        return error_response(GatewayError(404, f"no route for {request.method} {request.path}"))
+
+    async def serve_admin(self) -> None:
+        if self.cfg.admin_port is None:
+            return
+        routes: dict[str, Handler] = {
+            "/metrics": self._metrics,
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+        }
+        front = FrontServer(
+            routes,
+            self._not_found,
+            prefix_routes={"/debug/picks/": self._debug_pick},
+            max_body=self.cfg.limits.max_body_bytes,
+            keepalive_s=self.cfg.limits.keepalive_s,
+        )
+        loop = asyncio.get_running_loop()
+        self._admin = await loop.create_server(
+            front.protocol, self.cfg.host, self.cfg.admin_port, reuse_address=True
+        )
+        self.admin_port = self._admin.sockets[0].getsockname()[1]
+
+    # --- whole lifecycle ---------------------------------------------------------------------
+    async def run(self) -> int:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=_ADMIN_FETCH_TIMEOUT_S),
+            connector=aiohttp.TCPConnector(limit=0),
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await asyncio.gather(*(self.start_worker(i) for i in range(self.n)))
+            if any(p is None for p in self.admin_ports):
+                print("kvgate serve: a worker failed to start", flush=True)
+                return 1
+            await self.serve_admin()
+            print(
+                f"kvgate serve: listening on http://{self.cfg.host}:{self.port} ({self.n} workers)"
+                + (f", admin on http://{self.cfg.host}:{self.admin_port}" if self.admin_port else ""),
+                flush=True,
+            )
+            watcher = asyncio.create_task(self.watch())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({watcher, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            watcher.cancel()
+            stopped.cancel()
+            print("kvgate serve: draining", flush=True)
+            return 1 if self.failed else 0
+        finally:
+            await self.stop_workers()
+            if self._admin is not None:
+                self._admin.close()
+            if self._reserve is not None:
+                self._reserve.close()
+            await self._session.close()
+
+
+def run_workers(cfg: GatewayConfig, workers: int) -> int:
+    """Run the supervisor until SIGTERM/SIGINT (or workers that keep dying); its exit status."""
+    import uvloop
+
+    sup = Supervisor(cfg, workers)
+    sup.reserve_port()
+    return uvloop.run(sup.run())

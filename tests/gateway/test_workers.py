@@ -1,0 +1,175 @@
+"""``kvgate serve --workers N``: worker processes on one port, merged admin, drain, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.backend import free_port
+from kvgate.config.gateway import GatewayConfigError, load_gateway_config
+from kvgate.gateway.cli import main as serve_main
+from kvgate.gateway.workers import merge_metrics
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+    return out
+
+
+@contextlib.asynccontextmanager
+async def serve_workers(address: str, n: int) -> AsyncIterator[tuple[Any, int, int]]:
+    port, admin = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", "serve", "--endpoints", address, "--model", "m",
+        "--policy", "round-robin", "--port", str(port), "--admin-port", str(admin),
+        "--workers", str(n), "--log-level", "WARNING",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(400):
+                try:
+                    async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+                        if r.status == 200 and f"({n}/{n} workers)" in await r.text():
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("workers never became ready")
+        yield proc, port, admin
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _requests_per_worker(admin: int) -> dict[str, float]:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+        text = await r.text()
+    per: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "inference_objective_request":
+            for smp in fam.samples:
+                if smp.name.endswith("_total"):
+                    per[smp.labels["worker"]] = per.get(smp.labels["worker"], 0) + smp.value
+    return per
+
+
+async def test_workers_share_the_port_and_admin_merges_their_metrics(backends):
+    (b,) = await backends(1)
+    async with serve_workers(b.address, 2) as (_, port, admin):
+        body = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 2})
+        # A new connection per request: the kernel spreads connections over the workers.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            for _ in range(40):
+                async with s.post(f"http://127.0.0.1:{port}/v1/completions", data=body) as r:
+                    assert r.status == 200
+                    assert (await r.json())["choices"]
+        per = await _requests_per_worker(admin)
+    assert sum(per.values()) == 40
+    # Both served some (all 40 on one worker: probability 2**-39 with SO_REUSEPORT's hashing).
+    assert set(per) == {"0", "1"} and min(per.values()) > 0
+
+
+async def test_sigterm_drains_every_worker(backends):
+    (b,) = await backends(1, tokens=6, chunk_delay=0.1)
+    async with serve_workers(b.address, 2) as (proc, port, _):
+        body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 6})
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"http://127.0.0.1:{port}/v1/completions", data=body) as r,
+        ):
+            first = await r.content.readuntil(b"\n\n")
+            proc.send_signal(signal.SIGTERM)
+            rest = await asyncio.wait_for(r.read(), 10)
+        assert b"b0-0" in first and rest.count(b"data: ") == 6  # 5 more tokens + [DONE]
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def test_a_dead_worker_is_restarted(backends):
+    (b,) = await backends(1)
+    async with serve_workers(b.address, 2) as (proc, port, admin):
+        before = _children(proc.pid)
+        workers = [p for p in before if "kvgate-worker" in _cmdline(p) or _is_python(p)]
+        assert len(workers) >= 2
+        os.kill(workers[0], signal.SIGKILL)
+        async with aiohttp.ClientSession() as s:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+                    ready = r.status == 200 and "(2/2 workers)" in await r.text()
+                if ready and workers[0] not in _children(proc.pid):
+                    break
+            else:
+                raise AssertionError("the killed worker was not replaced")
+            body = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 2})
+            async with s.post(f"http://127.0.0.1:{port}/v1/completions", data=body) as r:
+                assert r.status == 200
+        assert proc.returncode is None
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace")
+    return ""
+
+
+def _is_python(pid: int) -> bool:
+    # spawn's workers run "python -c 'from multiprocessing.spawn import spawn_main...'"
+    return "multiprocessing.spawn" in _cmdline(pid)
+
+
+def test_merge_keeps_families_whole_and_labels_each_worker() -> None:
+    def text(v: int) -> str:
+        return (
+            "# HELP x_total things\n# TYPE x_total counter\n"
+            f'x_total{{model_name="m"}} {v}\n'
+            "# HELP g a gauge\n# TYPE g gauge\n"
+            f"g {v * 10}\n"
+        )
+
+    out = merge_metrics([text(1), None, text(3)]).decode()
+    fams = {f.name: f for f in text_string_to_metric_families(out)}
+    xs = {(s.labels["worker"], s.labels.get("model_name")): s.value for s in fams["x"].samples}
+    assert xs == {("0", "m"): 1.0, ("2", "m"): 3.0}
+    assert {s.labels["worker"]: s.value for s in fams["g"].samples} == {"0": 10.0, "2": 30.0}
+    # One TYPE line per family, not one per worker.
+    assert out.count("# TYPE g gauge") == 1
+
+
+@pytest.mark.parametrize("value", [0, 65, True, "2"])
+def test_listen_workers_is_validated(tmp_path, value) -> None:
+    p = tmp_path / "gw.yaml"
+    p.write_text(
+        "pools: [{name: p, endpoints: ['127.0.0.1:8001'], models: [m]}]\n"
+        f"listen: {{workers: {orjson.dumps(value).decode()}}}\n"
+    )
+    with pytest.raises(GatewayConfigError, match=r"listen\.workers"):
+        load_gateway_config(str(p))
+
+
+def test_listen_workers_accepted(tmp_path) -> None:
+    p = tmp_path / "gw.yaml"
+    p.write_text("pools: [{name: p, endpoints: ['127.0.0.1:8001'], models: [m]}]\nlisten: {workers: 4}\n")
+    assert load_gateway_config(str(p)).workers == 4
+
+
+def test_cli_refuses_zero_workers(capsys) -> None:
+    rc = serve_main(["--endpoints", "127.0.0.1:8001", "--model", "m", "--workers", "0"])
+    assert rc == 2 and "--workers" in capsys.readouterr().err
