@@ -13,14 +13,13 @@ when ``/metrics`` is scraped, so they cost nothing per request.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
 
 from kvgate.scheduling.director import Usage
+from kvgate.scheduling.fastmetrics import Hist
 
 _LATENCY_BUCKETS = (
     0.005,
@@ -82,32 +81,14 @@ _TOKEN_BUCKETS = (
 )
 
 
-class _Hist:
-    """One histogram child: per-bucket counts (the last is +Inf) and the sum."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self, n_buckets: int) -> None:
-        self.counts = [0] * (n_buckets + 1)
-        self.sum = 0.0
-
-    def cumulative(self, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        acc = 0
-        for b, c in zip((*bounds, float("inf")), self.counts, strict=True):
-            acc += c
-            out.append((floatToGoString(b), acc))  # the "le" labels prometheus_client writes
-        return out
-
-
 class _Child:
     __slots__ = ("count", "duration", "input_tokens", "output_tokens")
 
     def __init__(self) -> None:
         self.count = 0
-        self.duration = _Hist(len(_LATENCY_BUCKETS))
-        self.input_tokens = _Hist(len(_TOKEN_BUCKETS))
-        self.output_tokens = _Hist(len(_TOKEN_BUCKETS))
+        self.duration = Hist(_LATENCY_BUCKETS)
+        self.input_tokens = Hist(_TOKEN_BUCKETS)
+        self.output_tokens = Hist(_TOKEN_BUCKETS)
 
 
 class _RequestStats:
@@ -129,31 +110,28 @@ class _RequestStats:
                     "Request latency, arrival to last byte",
                     labels=labels,
                 ),
-                _LATENCY_BUCKETS,
                 "duration",
             ),
             (
                 HistogramMetricFamily(
                     "inference_objective_input_tokens", "Prompt tokens (from usage)", labels=labels
                 ),
-                _TOKEN_BUCKETS,
                 "input_tokens",
             ),
             (
                 HistogramMetricFamily(
                     "inference_objective_output_tokens", "Completion tokens (from usage)", labels=labels
                 ),
-                _TOKEN_BUCKETS,
                 "output_tokens",
             ),
         ]
         for key, child in list(self.children.items()):
             total.add_metric(list(key), child.count)
-            for fam, bounds, attr in fams:
-                h: _Hist = getattr(child, attr)
-                fam.add_metric(list(key), h.cumulative(bounds), h.sum)
+            for fam, attr in fams:
+                h: Hist = getattr(child, attr)
+                fam.add_metric(list(key), h.cumulative(), h.sum)
         yield total
-        for fam, _, _ in fams:
+        for fam, _ in fams:
             yield fam
 
 
@@ -189,19 +167,13 @@ class GatewayMetrics:
             # Bounded: models come from the config (unknown ones are refused before this point).
             c = self._stats.children[key] = _Child()
         c.count += 1
-        h = c.duration
-        h.counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        h.sum += seconds
+        c.duration.observe(seconds)
         if usage is not None:
             # 0 = not reported (an embeddings usage has no completion_tokens): nothing to observe.
             if usage.prompt_tokens:
-                h = c.input_tokens
-                h.counts[bisect_left(_TOKEN_BUCKETS, usage.prompt_tokens)] += 1
-                h.sum += usage.prompt_tokens
+                c.input_tokens.observe(usage.prompt_tokens)
             if usage.completion_tokens:
-                h = c.output_tokens
-                h.counts[bisect_left(_TOKEN_BUCKETS, usage.completion_tokens)] += 1
-                h.sum += usage.completion_tokens
+                c.output_tokens.observe(usage.completion_tokens)
 
     def error(self, model: str, target: str, code: str) -> None:
         self.errors.labels(model, target, code).inc()

@@ -130,6 +130,8 @@ class Proxy:
         self.request_timeout = lim.request_timeout_s or None
         self.inflight = 0
         metrics.track_inflight(lambda: self.inflight)
+        # Cached: asyncio.get_running_loop() costs a getpid() system call per call on Python 3.11.
+        self._loop = asyncio.get_running_loop()
         self.draining = False
         self.idle = asyncio.Event()
         self.idle.set()
@@ -316,8 +318,7 @@ class Proxy:
         director = pool.director
         last_error = "no endpoint tried"
         path = _PATHS[kind].encode()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout if self.request_timeout else None
+        deadline = self._loop.time() + self.request_timeout if self.request_timeout else None
         sent_model = ireq.model if ireq.model != client_model else None
         for attempt in range(self.cfg.limits.max_attempts):
             try:

@@ -44,6 +44,9 @@ class ResponseHead:
 
 
 class _Conn(asyncio.Protocol):
+    # Set on connect. Cached: asyncio.get_running_loop() costs a getpid() system call on Python 3.11.
+    loop: asyncio.AbstractEventLoop
+
     def __init__(self, pool: UpstreamPool, address: str) -> None:
         self.pool = pool
         self.address = address
@@ -65,6 +68,7 @@ class _Conn(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -195,7 +199,7 @@ class _Conn(asyncio.Protocol):
             w.set_result(None)
 
     async def _wait(self, limit_s: float | None) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.waiter = loop.create_future()
         try:
             if limit_s is None:
@@ -229,10 +233,10 @@ class _Conn(asyncio.Protocol):
         self.error = None
 
 
-def _timeout(idle: float | None, deadline: float | None) -> float | None:
+def _timeout(conn: _Conn, idle: float | None, deadline: float | None) -> float | None:
     if deadline is None:
         return idle
-    left = max(0.0, deadline - asyncio.get_running_loop().time())
+    left = max(0.0, deadline - conn.loop.time())
     return left if idle is None else min(idle, left)
 
 
@@ -274,7 +278,7 @@ class UpstreamResponse:
                 raise c.error
             if c.done:
                 return b""
-            await c._wait(_timeout(self._idle, self._deadline))
+            await c._wait(_timeout(c, self._idle, self._deadline))
 
     async def read(self) -> bytes:
         parts: list[bytes] = []
@@ -368,7 +372,7 @@ class UpstreamPool:
                 while conn.head is None:
                     if conn.error is not None:
                         raise conn.error
-                    await conn._wait(_timeout(self.idle_timeout, deadline))
+                    await conn._wait(_timeout(conn, self.idle_timeout, deadline))
             except UpstreamTimeout:
                 if conn.transport is not None:
                     conn.transport.abort()

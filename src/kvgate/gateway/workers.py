@@ -68,10 +68,12 @@ def _worker_main(cfg: GatewayConfig, index: int, report: Connection) -> None:
 
 
 async def _worker(cfg: GatewayConfig, pools: list[Any], index: int, report: Connection) -> None:
+    from kvgate.gateway.cli import tune_gc
     from kvgate.gateway.server import GatewayServer
 
     server = GatewayServer(cfg, pools, reuse_port=True, admin_host="127.0.0.1")
     await server.start()
+    tune_gc()
     report.send(server.admin_port)
     report.close()
     stop = asyncio.Event()

@@ -110,7 +110,7 @@ class Director:
             metrics.SCHEDULER_ERRORS.labels(code=e.code).inc()
             raise
         metrics.SCHEDULER_E2E.observe(self.timer() - t0)
-        metrics.pick_counter(result.endpoints[0].address).inc()
+        metrics.PICKS.inc(result.endpoints[0].address)
         return result
 
     def _pick(self, req: InferenceRequest, explain: bool) -> PickResult:

@@ -1,30 +1,34 @@
 """The picker's Prometheus metrics (default registry), named after the reference's where one exists.
 
-Label children that the hot path touches are cached per endpoint so a pick never does a label lookup.
+The series touched on every pick (scheduling latency, picks per endpoint, prefix hit ratio and bytes)
+are lock-free collectors (``fastmetrics``) with the same names and buckets.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
-SCHEDULER_E2E = Histogram(
+from kvgate.scheduling.fastmetrics import FastCounter, FastHistogram
+
+SCHEDULER_E2E = FastHistogram(
     "inference_extension_scheduler_e2e_duration_seconds",
     "End-to-end scheduling latency (one pick, all profiles).",
     buckets=(0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
 )
-PICKS = Counter(
-    "kvgate_scheduler_picks_total", "Requests scheduled to each endpoint (primary pick).", ["endpoint"]
+# Bounded: one series per endpoint address the picker has chosen.
+PICKS = FastCounter(
+    "kvgate_scheduler_picks_total", "Requests scheduled to each endpoint (primary pick).", "endpoint"
 )
 SCHEDULER_ERRORS = Counter("kvgate_scheduler_errors_total", "Scheduling failures by error code.", ["code"])
 PREFIX_INDEX_SIZE = Gauge(
     "inference_extension_prefix_indexer_size", "Entries (endpoint, block) in the approximate prefix index."
 )
-PREFIX_HIT_RATIO = Histogram(
+PREFIX_HIT_RATIO = FastHistogram(
     "inference_extension_prefix_indexer_hit_ratio",
     "Fraction of a request's prefix blocks found at the chosen endpoint.",
     buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
 )
-PREFIX_HIT_BYTES = Histogram(
+PREFIX_HIT_BYTES = FastHistogram(
     "inference_extension_prefix_indexer_hit_bytes",
     "Prompt bytes (characters) matched in the prefix index at the chosen endpoint.",
     buckets=(0, 256, 1024, 4096, 16384, 65536),
@@ -39,12 +43,3 @@ POOL_QUEUE = Gauge(
 )
 POOL_READY = Gauge("inference_pool_ready_pods", "Endpoints eligible for scheduling in the pool.", ["name"])
 SHED = Counter("kvgate_requests_shed_total", "Sheddable requests rejected at saturation.")
-
-_pick_children: dict[str, Counter] = {}
-
-
-def pick_counter(address: str) -> Counter:
-    c = _pick_children.get(address)
-    if c is None:
-        c = _pick_children[address] = PICKS.labels(endpoint=address)
-    return c
