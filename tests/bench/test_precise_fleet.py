@@ -7,8 +7,9 @@ from kvgate.bench.fleetsim import FleetConfig, FleetSim, ReplicaSpec
 from kvgate.bench.precise import PRECISE_POLICIES, main
 
 
-def _sim(policy: str, seed: int) -> FleetSim:
+def _sim(policy: str, seed: int, kv_event_delay: float = 0.002) -> FleetSim:
     cfg = FleetConfig(
+        kv_event_delay=kv_event_delay,
         replicas=[ReplicaSpec("llama3-8b-h100", 3, {"num_gpu_blocks": 300})],
         policy=policy,
         qps=40.0,
@@ -58,11 +59,42 @@ def test_precise_routing_keeps_groups_together(tmp_path) -> None:
     assert precise > rr + 0.1
 
 
+def test_speculative_credit_groups_requests_before_events_arrive() -> None:
+    # Events that never arrive within the run: only dispatch-time credit can keep a group together.
+    blind = _sim("reference-precise-events", 5, kv_event_delay=1e6).run().row["prefix_hit_rate"]
+    spec = _sim("reference-precise", 5, kv_event_delay=1e6).run().row["prefix_hit_rate"]
+    assert spec > blind + 0.1
+
+
+def test_kvgate_precise_policy_completes_and_keeps_groups_together() -> None:
+    sim = _sim("kvgate-precise", 5)
+    assert len(sim._kv_indexes) == 1
+    row = sim.run().row
+    assert row["errors"] == 0 and row["unfinished"] == 0
+    assert row["prefix_hit_rate"] > _sim("round-robin", 5).run().row["prefix_hit_rate"] + 0.1
+
+
+def test_bypass_traffic_reaches_engines_and_events_but_not_the_picker() -> None:
+    sim = _sim("reference-precise", 6)
+    sim.cfg.bypass_fraction = 0.5
+    res = sim.run()
+    # About half went around the picker; the figures count only the picker's own requests.
+    assert 0.35 < sim.bypassed / (sim.bypassed + sum(sim.per_replica)) < 0.65
+    assert res.row["requests"] == sum(sim.per_replica) and res.row["bypassed"] == sim.bypassed
+    assert res.row["unfinished"] == 0
+    # The engines' events still reach the index, bypass traffic included.
+    index = sim._kv_indexes[0]
+    for ep, rep in zip(sim.endpoints, sim.replicas, strict=True):
+        assert index.engine_hashes(ep.address) == set(rep.engine.pool.cached)
+    assert all(ep.inflight.requests == 0 for ep in sim.endpoints)  # no callbacks for bypass requests
+
+
 def test_cli_writes_results(tmp_path) -> None:
     assert "reference-precise" in PRECISE_POLICIES
     assert main(["--quick", "--qps", "10", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "precise-fleet.md").read_text()
     assert "reference-precise" in text and "kv-pressure" in text and "evict-heavy" in text
+    assert "kvgate-precise" in text and "reference-precise-events" in text
 
 
 def _pressure_sim(policy: str, seed: int) -> FleetSim:

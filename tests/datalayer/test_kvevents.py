@@ -195,6 +195,65 @@ def test_retain_purges_vanished_endpoints():
     assert idx.endpoints() == ["b"] and idx.holders(1) == frozenset({"b"})
 
 
+# --- pending (dispatch-time) entries ----------------------------------------------------------------
+
+
+def test_pending_counts_until_it_expires_and_only_with_a_clock():
+    idx = BlockIndex()
+    assert idx.add_pending("a", [1, 2, 3], expires=5.0, now=0.0) == 3
+    assert idx.longest_prefix([1, 2, 3, 4], ["a", "b"], now=1.0) == {"a": 3, "b": 0}
+    # Without a clock a lookup sees only what the engines reported.
+    assert idx.longest_prefix([1, 2, 3], ["a"]) == {"a": 0}
+    assert idx.longest_prefix([1, 2, 3], ["a"], now=5.0) == {"a": 0}  # expired
+    # Reported blocks and pending credit chain into one prefix.
+    idx.apply("b", [BlockStored((1,), None, (0,) * 4, 4)])
+    idx.add_pending("b", [1, 2], expires=9.0, now=6.0)
+    assert idx.num_pending("b") == 1  # block 1 is already held by report: nothing to add
+    assert idx.longest_prefix([1, 2, 3], ["a", "b"], now=6.0) == {"a": 0, "b": 2}
+    assert idx.num_pending("a") == 3  # expired, kept until a's next add purges them
+    idx.add_pending("a", [7], expires=20.0, now=6.0)
+    assert idx.num_pending("a") == 1  # a's expired entries were purged on its next add
+
+
+def test_block_stored_confirms_and_block_removed_drops_pending():
+    idx = BlockIndex()
+    idx.add_pending("a", [1, 2, 3], expires=100.0, now=0.0)
+    idx.apply("a", [BlockStored((1, 2), None, (0,) * 8, 4)])
+    assert idx.num_pending("a") == 1 and idx.stats.pending_confirmed == 2
+    assert idx.longest_prefix([1, 2, 3], ["a"], now=1.0) == {"a": 3}
+    # The engine's eviction wins over the credit, whether the block was confirmed or still pending.
+    idx.apply("a", [BlockRemoved((3,))])
+    assert idx.num_pending("a") == 0 and idx.stats.pending_dropped == 1
+    assert idx.longest_prefix([1, 2, 3], ["a"], now=1.0) == {"a": 2}
+    idx.add_pending("a", [4, 5], expires=100.0, now=1.0)
+    idx.apply("a", [AllBlocksCleared()])
+    assert idx.longest_prefix([1, 2, 4, 5], ["a"], now=1.0) == {"a": 0}
+    assert idx.num_pending() == 0
+
+
+def test_pending_is_bounded_per_endpoint_and_purged_with_the_endpoint():
+    idx = BlockIndex(pending_capacity=4)
+    idx.add_pending("a", range(10), expires=100.0, now=0.0)
+    assert idx.num_pending("a") == 4
+    assert idx.longest_prefix([6, 7, 8, 9], ["a"], now=0.0) == {"a": 4}  # the newest are kept
+    idx.add_pending("b", [6], expires=100.0, now=0.0)
+    idx.retain(["b"])
+    assert idx.longest_prefix([6], ["a", "b"], now=0.0) == {"a": 0, "b": 1}
+    idx.remove_endpoint("b")
+    assert idx.num_pending() == 0 and idx.longest_prefix([6], ["b"], now=0.0) == {"b": 0}
+
+
+def test_tokens_mode_pending_keys_are_confirmed_by_the_token_chain():
+    idx = BlockIndex(mode="tokens")
+    toks = list(range(8))
+    keys = token_keys(toks, 4)
+    idx.add_pending("a", keys, expires=100.0, now=0.0)
+    idx.apply("a", [BlockStored((901, 902), None, tuple(toks), 4)])
+    assert idx.num_pending("a") == 0
+    idx.apply("a", [BlockRemoved((902,))])
+    assert idx.longest_prefix(keys, ["a"], now=0.0) == {"a": 1}
+
+
 # --- sequence numbers -------------------------------------------------------------------------------
 
 

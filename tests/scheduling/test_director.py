@@ -141,3 +141,23 @@ def test_pool_gauges_and_pick_counter() -> None:
     assert kv == pytest.approx(0.15)
     after = REGISTRY.get_sample_value("kvgate_scheduler_picks_total", {"endpoint": "10.0.0.0:8000"})
     assert after == before + 1
+
+
+def test_inflight_accounting_uses_precise_matches() -> None:
+    # kvgate's profile fed by the precise scorer: a second request for a prompt already credited to the
+    # endpoint (dispatch-time credit, no engine event yet) must not count as pending prefill again.
+    from kvgate.bench.precise import PRECISE_POLICIES
+    from kvgate.config.picker import load_config
+
+    yaml_text = PRECISE_POLICIES["kvgate-precise"].replace("indexName: fleetsim", "indexName: test-director")
+    store = fleet(1)
+    now = [0.0]
+    d = build_director(load_config(yaml_text), store, clock=lambda: now[0])
+    e = store.all()[0]
+    ids = list(range(1000, 1064))  # 64 tokens: 4 blocks of 16
+    r1 = _req(1, "", token_ids=ids, max_tokens=8)
+    d.on_dispatched(r1, d.pick(r1).primary)
+    assert e.inflight.pending_prefill_tokens == 64  # nothing cached yet
+    r2 = _req(2, "", token_ids=ids, max_tokens=8)
+    d.on_dispatched(r2, d.pick(r2).primary)
+    assert e.inflight.pending_prefill_tokens == 64  # r2 expected fully cached behind r1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kvgate.datalayer import kvevents
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.kvevents import BlockIndex, decode_batch
 from kvgate.datalayer.store import EndpointStore, make_endpoint
@@ -229,6 +230,97 @@ def test_event_source_from_label_or_port_offset():
     none, _ = _scorer("src2")
     assert none.event_source(make_endpoint("127.0.0.1:8000")) is None
     assert shared_index("src")[0] is plugin.index
+
+
+# --- dispatch-time (speculative) credit --------------------------------------------------------------
+
+_HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+
+
+def _reference_precise(index_name: str, ttl: str, mode: str = "tokens") -> str:
+    return f"""{_HEAD}plugins:
+- type: queue-scorer
+- type: precise-prefix-cache-scorer
+  parameters: {{mode: {mode}, indexName: {index_name}, blockSize: 16, speculativeTTL: {ttl}}}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {{pluginRef: queue-scorer, weight: 2}}
+  - {{pluginRef: precise-prefix-cache-scorer, weight: 3}}
+"""
+
+
+def _group_picks(config: str, now: list[float], n: int = 12) -> list[str]:
+    from kvgate.config.picker import load_config
+    from kvgate.scheduling.director import build_director
+
+    store = EndpointStore.from_addresses([f"10.1.0.{i}:8000" for i in range(4)])
+    d = build_director(load_config(config), store, clock=lambda: now[0], seed=1)
+    doc = [3] * 160  # one customer's 10-block context, then per-request questions
+    return [
+        d.pick(InferenceRequest(f"r{i}", "m", token_ids=doc + [i] * 16)).primary.address for i in range(n)
+    ]
+
+
+def test_speculative_credit_keeps_a_group_together_before_any_event():
+    # No engine has reported anything: only the picks themselves can keep the group on one endpoint.
+    together = _group_picks(_reference_precise("spec-on", "2s"), [0.0])
+    assert len(set(together)) == 1
+    scattered = _group_picks(_reference_precise("spec-off", "0"), [0.0])
+    assert len(set(scattered)) > 1  # events alone: every pick sees no match and ties are broken at random
+
+
+def test_speculative_credit_expires_and_yields_to_reported_evictions():
+    plugin, _ = _scorer("spec-evict", mode="engine", blockSize=16, speculativeTTL="2s")
+    a, b = make_endpoint("10.2.0.1:8000"), make_endpoint("10.2.0.2:8000")
+    doc = list(range(100, 260))  # 10 full blocks
+    cycle = CycleState(InferenceRequest("r0", "m", token_ids=doc), now=0.0)
+    plugin.prepare(cycle, [a, b])
+    plugin.on_picked(cycle, a)
+    later = CycleState(InferenceRequest("r1", "m", token_ids=doc), now=1.0)
+    assert plugin.score(later, [a, b]) == [1.0, 0.0]
+    assert later.data["precise-prefix"] == {a.address: 160, b.address: 0}
+    assert _score(plugin, doc, [a, b]) == [1.0, 0.0]  # _score runs at now=0.0, still credited
+    assert plugin.score(CycleState(InferenceRequest("r2", "m", token_ids=doc), now=2.5), [a, b]) == [0.0, 0.0]
+    # Credit again, then the engine reports evicting blocks 5.. of that prefix: the report wins.
+    plugin.on_picked(CycleState(InferenceRequest("r3", "m", token_ids=doc), now=3.0), a)  # not prepared
+    plugin.on_picked(later, a)  # prepared at now=1.0, so credited until 3.0
+    hashes = VLLMBlockHasher(16).external_hashes(doc)
+    plugin.index.apply(a.address, [kvevents.BlockRemoved(tuple(hashes[5:]))])
+    assert plugin.score(CycleState(InferenceRequest("r4", "m", token_ids=doc), now=1.5), [a, b]) == [0.5, 0.0]
+
+
+def test_kvgate_cost_scorer_reads_precise_matches():
+    from kvgate.config.picker import load_config
+    from kvgate.scheduling.director import build_director
+
+    def kvgate_precise(ref: str, index_name: str) -> str:
+        return f"""{_HEAD}plugins:
+- type: precise-prefix-cache-scorer
+  parameters: {{mode: tokens, indexName: {index_name}, blockSize: 16, speculativeTTL: 0}}
+- type: kvgate-cost-scorer
+  parameters: {{prefixPluginRef: "{ref}"}}
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {{pluginRef: kvgate-cost-scorer}}
+  - {{pluginRef: max-score-picker}}
+"""
+
+    doc = [5] * 320  # 20 full blocks
+    for ref, index_name in (("precise-prefix-cache-scorer", "cost-ref"), ("", "cost-auto")):
+        store = EndpointStore.from_addresses([f"10.3.0.{i}:8000" for i in range(4)])
+        d = build_director(load_config(kvgate_precise(ref, index_name)), store, clock=lambda: 0.0, seed=0)
+        holder = "10.3.0.2:8000"
+        # Only the engines' events say who holds the prompt: no pick has ever sent it anywhere.
+        d.handle.plugins["precise-prefix-cache-scorer"].index.apply(
+            holder, [kvevents.BlockStored(tuple(range(1, 21)), None, tuple(doc), 16)]
+        )
+        res = d.pick(InferenceRequest("r", "m", token_ids=doc + [9] * 8), explain=True)
+        assert res.primary.address == holder, ref
+        costs = res.explanation["costs"]
+        assert costs[holder] < min(c for a, c in costs.items() if a != holder)
 
 
 async def test_scorer_over_zmq_from_the_simulators_publisher():

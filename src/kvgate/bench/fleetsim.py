@@ -12,6 +12,11 @@ A discrete-event run on ``kvgate.sim.vclock`` (no sockets, no sleeping) with thr
   events reach that scorer's block index ``kv_event_delay`` after the step that produced them (the
   ZMQ hop in production), so precise routing is measured with event lag too.
 
+``bypass_fraction`` sends that share of arrivals straight to a random replica, around the picker (another
+gateway replica, a batch job, direct clients): the engines cache and evict for them, the picker sees them
+only through scraped metrics and KV events. They are left out of the latency figures (the hit rate is the
+engines' own, so it covers them).
+
 Deterministic per seed: seeded RNGs for arrivals and workloads, the picker built with the same seed
 for its tie-breaks, and the virtual clock's heap ordered by (time, sequence number).
 """
@@ -57,6 +62,7 @@ class FleetConfig:
     seed: int = 0
     model: str = "sim-model"
     kv_event_delay: float = 0.002  # virtual seconds from an engine step to its KV events in the index
+    bypass_fraction: float = 0.0  # share of arrivals sent to a random replica around the picker
 
 
 @dataclass(slots=True)
@@ -67,6 +73,7 @@ class _Live:
     index: int
     start: float
     measured: bool = True
+    bypass: bool = False  # sent around the picker: no director callbacks, not in the figures
     first: float | None = None
     last: float | None = None
 
@@ -164,6 +171,9 @@ class FleetSim:
         self.clock = VirtualClock()
         self._specs: Iterator[RequestSpec] = iter(specs)
         self._rng = random.Random(cfg.seed)
+        # Its own stream, so the arrival times and the picker's tie-breaks do not depend on it.
+        self._bypass_rng = random.Random(cfg.seed ^ 0x5EED)
+        self.bypassed = 0
         self.endpoints = [
             Endpoint(address=f"10.0.{i // 256}.{i % 256}:8000") for i in range(_replica_count(cfg))
         ]
@@ -227,6 +237,9 @@ class FleetSim:
             session_key=spec.session,
             arrival_time=t,
         )
+        if self.cfg.bypass_fraction > 0 and self._bypass_rng.random() < self.cfg.bypass_fraction:
+            self._bypass(req, spec, t)
+            return
         try:
             pick = self.director.pick(req)
         except SchedulingError as e:
@@ -251,9 +264,22 @@ class FleetSim:
         self._live[rid] = _Live(req, sim, self.replicas[i], i, t, measured=t >= self.cfg.warmup)
         self.replicas[i].submit(sim)
 
+    def _bypass(self, req: InferenceRequest, spec: RequestSpec, t: float) -> None:
+        i = self._bypass_rng.randrange(len(self.replicas))
+        self.bypassed += 1
+        sim = SimRequest(
+            request_id=req.request_id,
+            prompt_token_ids=spec.prompt_ids,
+            max_tokens=spec.max_tokens,
+            lora=spec.lora,
+            arrival_time=t,
+        )
+        self._live[req.request_id] = _Live(req, sim, self.replicas[i], i, t, measured=False, bypass=True)
+        self.replicas[i].submit(sim)
+
     def _on_first_token(self, sim: SimRequest, t: float) -> None:
         live = self._live.get(sim.request_id)
-        if live is not None:
+        if live is not None and not live.bypass:
             live.first = t
             self.director.on_first_token(live.req, self.endpoints[live.index])
 
@@ -269,7 +295,7 @@ class FleetSim:
         self._last_event = t
         self.done_times.append(t)
         live = self._live.pop(sim.request_id, None)
-        if live is None:
+        if live is None or live.bypass:
             return
         ok = sim.finish_reason != "abort" and live.first is not None
         n_out = len(sim.output_token_ids)
@@ -316,7 +342,7 @@ class FleetSim:
         self._queue_next_arrival()
         self.clock.call_at(0.0, self._scrape)
         self.clock.run_until(cfg.warmup + cfg.duration + cfg.drain)
-        lost = sum(1 for live in self._live.values() if live.measured)
+        lost = sum(1 for live in self._live.values() if live.measured)  # bypass ones are not measured
         for live in self._live.values():
             if not live.measured:
                 continue
@@ -347,6 +373,8 @@ class FleetSim:
                 "max_replica_share": max(self.per_replica) / max(1, sum(self.per_replica)),
             },
         )
+        if cfg.bypass_fraction > 0:
+            row["bypassed"] = self.bypassed
         return FleetResult(row, self.collector, list(self.per_replica), self.done_times)
 
     def _queue_next_arrival(self) -> None:

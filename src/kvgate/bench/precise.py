@@ -23,16 +23,18 @@ from kvgate.config.picker import EndpointPickerConfig, load_config
 
 # Registered here, not in ``scheduling.policies``: the precise scorer needs an event feed, which only
 # the fleet simulator (engine sinks) or a deployment with KV events configured provides.
-PRECISE_POLICIES: dict[str, str] = {
-    "reference-precise": """apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
+_HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+
+
+def _reference_precise(ttl: str) -> str:
+    return f"""{_HEAD}plugins:
 - type: queue-scorer
 - type: kv-cache-utilization-scorer
 - type: precise-prefix-cache-scorer
   parameters:
     mode: tokens
     indexName: fleetsim
+    speculativeTTL: {ttl}
 schedulingProfiles:
 - name: default
   plugins:
@@ -42,10 +44,47 @@ schedulingProfiles:
     weight: 2
   - pluginRef: precise-prefix-cache-scorer
     weight: 3
+"""
+
+
+PRECISE_POLICIES: dict[str, str] = {
+    # The reference profile with the precise scorer, crediting its picks until events confirm them.
+    "reference-precise": _reference_precise("2s"),
+    # The same on engine events alone (no dispatch-time credit): what the precise index knows by itself.
+    "reference-precise-events": _reference_precise("0"),
+    # kvgate's default profile with the cost scorer fed by the precise scorer's matches.
+    "kvgate-precise": f"""{_HEAD}plugins:
+- type: header-based-testing-filter
+- type: precise-prefix-cache-scorer
+  parameters:
+    mode: tokens
+    indexName: fleetsim
+    speculativeTTL: 2s
+- type: kvgate-cost-scorer
+  parameters:
+    prefixPluginRef: precise-prefix-cache-scorer
+- type: lora-affinity-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: header-based-testing-filter
+  - pluginRef: kvgate-cost-scorer
+    weight: 10
+  - pluginRef: lora-affinity-scorer
+    weight: 5
+  - pluginRef: max-score-picker
 """,
 }
 
-POLICIES = ["round-robin", "reference", "reference-precise", "kvgate"]
+POLICIES = [
+    "round-robin",
+    "reference",
+    "reference-precise-events",
+    "reference-precise",
+    "kvgate",
+    "kvgate-precise",
+]
 
 
 def precise_policy_config(name: str) -> EndpointPickerConfig:
@@ -105,16 +144,49 @@ def _scenarios() -> list[Any]:
             how_scaled="",
             warmup=10.0,
         ),
+        Scenario(
+            name="bypass",
+            title=(
+                "the kv-pressure fleet with 30% of the customers' requests sent to a random replica around "
+                "kvgate (another gateway replica, direct clients): only KV events show what they cache "
+                "and evict"
+            ),
+            replicas=[ReplicaSpec("llama3-8b-h100", 4, {"num_gpu_blocks": 1500})],
+            workload=customers(48),
+            load_fractions=[],
+            duration=20.0,
+            how_scaled="",
+            warmup=10.0,
+            extra={"bypass_fraction": 0.3},
+        ),
     ]
 
 
 # Scenarios whose capacity is far below the others' offered loads run at these instead of ``--qps``.
-FIXED_QPS: dict[str, list[float]] = {"evict-heavy": [3.0]}
+# ``bypass`` adds 30 QPS: at 40 its random share alone overloads replicas.
+FIXED_QPS: dict[str, list[float]] = {"evict-heavy": [3.0], "bypass": [20.0, 30.0, 40.0]}
+
+
+def run_point(sc: Any, policy: str, qps: float, duration: float, seed: int) -> Any:
+    """``sweep.run_point`` plus the scenario's fleet options (``bypass_fraction``)."""
+    from kvgate.bench.fleetsim import FleetConfig, FleetSim
+    from kvgate.bench.sweep import _count
+
+    cfg = FleetConfig(
+        warmup=sc.warmup,
+        replicas=sc.replicas,
+        policy=policy,
+        qps=qps,
+        duration=duration,
+        slo_ttft=sc.slo_ttft,
+        seed=seed,
+        max_requests=_count(qps, sc.warmup + duration),
+        bypass_fraction=float(sc.extra.get("bypass_fraction", 0.0)),
+    )
+    return FleetSim(cfg, sc.workload(seed, cfg.max_requests)).run()
 
 
 def run(quick: bool, seed: int, qps_list: list[float]) -> list[dict[str, Any]]:
-    from kvgate.bench.sweep import run_point
-
     rows: list[dict[str, Any]] = []
     for sc in _scenarios():
         duration = sc.duration / 2 if quick else sc.duration

@@ -12,6 +12,11 @@ The index maps a block *key* to the endpoints that hold it. Two keying modes:
 - ``tokens``: the key is kvgate's own chain hash over the event's ``token_ids`` (parent key + tokens), so
   routing works whatever hash algorithm or seed the engine uses, including the simulator's.
 Either way removals arrive as engine hashes, so each endpoint keeps ``engine hash -> key``.
+
+Besides what the engines report, the index can hold *pending* (speculative) entries: keys a picker has
+just sent to an endpoint, which its engine will store once it has prefilled them. They count as held
+until that endpoint's own events confirm them (``BlockStored``), drop them (``BlockRemoved``,
+``AllBlocksCleared``) or their expiry passes, so concurrent requests for a new prefix follow the first.
 """
 
 from __future__ import annotations
@@ -227,6 +232,8 @@ class _EndpointBlocks:
     refs: dict[int, int] = field(default_factory=dict)
     capacity: int = 0
     block_size: int | None = None
+    # key -> expiry (the picker's clock) of dispatch-time credit not yet confirmed, oldest first
+    pending: OrderedDict[int, float] = field(default_factory=OrderedDict)
 
 
 @dataclass(slots=True)
@@ -236,13 +243,17 @@ class IndexStats:
     cleared: int = 0
     evicted: int = 0  # dropped by the per-endpoint bound, not by the engine
     orphans: int = 0  # tokens mode: a stored block whose parent this index does not hold
+    pending_added: int = 0
+    pending_confirmed: int = 0  # a BlockStored arrived for a pending key
+    pending_dropped: int = 0  # a BlockRemoved / AllBlocksCleared (or the cap) dropped a pending key
 
 
 class BlockIndex:
     """Which endpoints hold which KV blocks, as their engines report it.
 
     Memory is bounded: each endpoint keeps at most ``capacity`` blocks (its ``num_gpu_blocks`` once known,
-    else ``default_capacity``), evicting its oldest entries first. Lookups cost O(blocks x endpoints).
+    else ``default_capacity``), evicting its oldest entries first, and at most ``pending_capacity``
+    pending keys. Lookups cost O(blocks x endpoints).
     """
 
     def __init__(
@@ -250,6 +261,7 @@ class BlockIndex:
         mode: KeyMode = "engine",
         default_capacity: int = 65_536,
         media: frozenset[str | None] = frozenset({None, "GPU"}),
+        pending_capacity: int = 16_384,
     ) -> None:
         if mode not in ("engine", "tokens"):
             raise ValueError(f"unknown key mode {mode!r}")
@@ -259,6 +271,9 @@ class BlockIndex:
         self.default_capacity = default_capacity
         self._eps: dict[str, _EndpointBlocks] = {}
         self._owners: dict[int, set[str]] = {}
+        # key -> {endpoint: expiry}: the pending entries of every endpoint, for lookups
+        self._pending: dict[int, dict[str, float]] = {}
+        self.pending_capacity = pending_capacity
         self.stats = IndexStats()
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -274,6 +289,13 @@ class BlockIndex:
 
     def num_keys(self) -> int:
         return len(self._owners)
+
+    def num_pending(self, endpoint: str | None = None) -> int:
+        """Pending entries held (expired ones included until a later add or the cap drops them)."""
+        if endpoint is None:
+            return sum(len(e.pending) for e in self._eps.values())
+        ep = self._eps.get(endpoint)
+        return 0 if ep is None else len(ep.pending)
 
     def block_size(self, endpoint: str) -> int | None:
         ep = self._eps.get(endpoint)
@@ -353,6 +375,8 @@ class BlockIndex:
         ep.refs[key] = ep.refs.get(key, 0) + 1
         self._owners.setdefault(key, set()).add(endpoint)
         self.stats.stored += 1
+        if ep.pending and self._drop_pending(endpoint, ep, key):
+            self.stats.pending_confirmed += 1
 
     def _unref(self, endpoint: str, ep: _EndpointBlocks, key: int) -> None:
         n = ep.refs.get(key, 0) - 1
@@ -375,6 +399,9 @@ class BlockIndex:
             if key is not None:
                 self._unref(endpoint, ep, key)
                 self.stats.removed += 1
+            # The engine's eviction beats our guess: no pending credit for that block either.
+            if ep.pending and self._drop_pending(endpoint, ep, h if key is None else key):
+                self.stats.pending_dropped += 1
 
     def _enforce(self, endpoint: str, ep: _EndpointBlocks) -> None:
         while len(ep.blocks) > ep.capacity:
@@ -395,6 +422,10 @@ class BlockIndex:
                     del self._owners[key]
         ep.blocks.clear()
         ep.refs.clear()
+        self.stats.pending_dropped += len(ep.pending)
+        for key in ep.pending:
+            self._unpend(endpoint, key)
+        ep.pending.clear()
         self.stats.cleared += 1
 
     def remove_endpoint(self, endpoint: str) -> None:
@@ -408,22 +439,77 @@ class BlockIndex:
         for name in [e for e in self._eps if e not in keep]:
             self.remove_endpoint(name)
 
+    # -- pending (dispatch-time) entries ------------------------------------------------------------
+
+    def add_pending(self, endpoint: str, keys: Iterable[int], expires: float, now: float) -> int:
+        """Credit ``endpoint`` with ``keys`` until ``expires`` (or its events confirm or drop them).
+
+        Keys it already holds by its own report are skipped (nothing to add). Returns how many were added.
+        """
+        ep = self._ep(endpoint)
+        pending = ep.pending
+        while pending:  # entries are kept in expiry order (one TTL per scorer): purge the expired head
+            key, exp = next(iter(pending.items()))
+            if exp > now:
+                break
+            pending.popitem(last=False)
+            self._unpend(endpoint, key)
+        added = 0
+        for key in keys:
+            if key in ep.refs:
+                continue
+            pending[key] = expires
+            pending.move_to_end(key)
+            self._pending.setdefault(key, {})[endpoint] = expires
+            added += 1
+        self.stats.pending_added += added
+        while len(pending) > self.pending_capacity:
+            key, _ = pending.popitem(last=False)
+            self._unpend(endpoint, key)
+            self.stats.pending_dropped += 1
+        return added
+
+    def _drop_pending(self, endpoint: str, ep: _EndpointBlocks, key: int) -> bool:
+        if ep.pending.pop(key, None) is None:
+            return False
+        self._unpend(endpoint, key)
+        return True
+
+    def _unpend(self, endpoint: str, key: int) -> None:
+        holders = self._pending.get(key)
+        if holders is not None:
+            holders.pop(endpoint, None)
+            if not holders:
+                del self._pending[key]
+
     # -- lookups -----------------------------------------------------------------------------------
 
     def holders(self, key: int) -> frozenset[str]:
         return frozenset(self._owners.get(key, ()))
 
-    def longest_prefix(self, keys: Sequence[int], endpoints: Iterable[str]) -> dict[str, int]:
-        """Per endpoint, how many leading ``keys`` it holds (vLLM reuses only an unbroken prefix)."""
+    def longest_prefix(
+        self, keys: Sequence[int], endpoints: Iterable[str], now: float | None = None
+    ) -> dict[str, int]:
+        """Per endpoint, how many leading ``keys`` it holds (vLLM reuses only an unbroken prefix).
+
+        With ``now``, pending entries that expire after ``now`` count as held too.
+        """
         alive = {e for e in endpoints}
         result = dict.fromkeys(alive, 0)
+        pending = self._pending if now is not None else None
+        t = 0.0 if now is None else now
         for i, key in enumerate(keys):
             if not alive:
                 break
             owners = self._owners.get(key)
-            if not owners:
+            pend = pending.get(key) if pending else None
+            if pend:
+                mine = owners or ()
+                alive = {e for e in alive if e in mine or (e in pend and pend[e] > t)}
+            elif not owners:
                 break
-            alive &= owners
+            else:
+                alive &= owners
             for e in alive:
                 result[e] = i + 1
         return result

@@ -27,6 +27,7 @@ from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import ConfigError, CycleState, PluginHandle, ProfileHandler
 from kvgate.scheduling.plugins.kvgate_cost import COST_KEY, prompt_tokens
 from kvgate.scheduling.plugins.pickers import MaxScorePicker
+from kvgate.scheduling.plugins.precise_prefix import CYCLE_KEY as PRECISE_KEY
 from kvgate.scheduling.plugins.prefix_cache import prefix_match
 from kvgate.scheduling.profile import SchedulerProfile
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult, SchedulingError, ShedError
@@ -133,6 +134,13 @@ class Director:
         if m is not None and m.hashes:
             # Remember the expected cache hit per chosen endpoint for in-flight accounting at dispatch.
             self._remember(req.request_id, {ep.address: 1.0 - m.ratio(ep.address) for ep in chosen})
+        elif isinstance(cached := cycle.data.get(PRECISE_KEY), dict) and cached:
+            # A precise prefix scorer's match instead (cached prompt tokens per endpoint); without it
+            # every dispatch would count its whole prompt as pending prefill on the prefix's holder.
+            p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+            self._remember(
+                req.request_id, {ep.address: 1.0 - min(cached.get(ep.address, 0), p) / p for ep in chosen}
+            )
         explanation: dict[str, Any] = {}
         if cycle.explain:
             explanation = {

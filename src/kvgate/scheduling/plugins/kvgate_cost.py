@@ -19,6 +19,10 @@ recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tun
 load it is judged by includes everything this picker dispatched a microsecond ago.
 Score = (c_min + s) / (c + s) with s = the request's own prompt tokens: in (0, 1], 1 for the cheapest,
 so the max-score picker picks the cheapest endpoint and blending with other scorers stays sensible.
+
+The prefix signal comes from the approximate ``prefix-cache-scorer`` (its ``PrefixMatch``), or from a
+``precise-prefix-cache-scorer`` (cached tokens per endpoint from the engines' KV events) when
+``prefixPluginRef`` names one, or when the config has a precise scorer and no approximate one.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.scheduling.framework import CycleState, Params, PluginHandle, PostPick, Scorer
+from kvgate.scheduling.framework import CycleState, Params, Plugin, PluginHandle, PostPick, Scorer
+from kvgate.scheduling.plugins.precise_prefix import CYCLE_KEY as PRECISE_KEY
+from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, UsesPrefixPlugin, prefix_match
 from kvgate.scheduling.registry import register
 
@@ -62,6 +68,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
         self._prefix: PrefixCacheScorer | None = None
+        self._precise: PrecisePrefixCacheScorer | None = None
+        self._resolved = False
         self.decode_weight = decode_weight
         self.kv_high = kv_high
         self.miss_penalty = miss_penalty
@@ -90,13 +98,41 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         params.finish()
         return s
 
+    @property
+    def precise(self) -> PrecisePrefixCacheScorer | None:
+        """The precise scorer this one reads its prefix signal from, if any (resolved on first use)."""
+        if not self._resolved:
+            self._resolved = True
+            h = self.handle
+            p = h.plugin(self.prefix_ref) if self.prefix_ref else None
+            if p is None and not self.prefix_ref and h.find(PrefixCacheScorer) is None:
+                p = h.find(PrecisePrefixCacheScorer)
+            self._precise = p if isinstance(p, PrecisePrefixCacheScorer) else None
+        return self._precise
+
+    def dependencies(self) -> list[Plugin]:
+        # The profile must run the source's producer and post-pick hooks even if it does not score.
+        precise = self.precise
+        return [precise] if precise is not None else [self.prefix]
+
+    def _precise_cached(self, cycle: CycleState, p: int) -> dict[str, int]:
+        """Cached prompt tokens per endpoint (non-zero only) from the precise scorer's match."""
+        got = cycle.data.get(PRECISE_KEY)
+        if not isinstance(got, dict):
+            return {}
+        return {a: min(t, p) for a, t in got.items() if t}
+
     def costs(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         req = cycle.request
         p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
-        m = prefix_match(cycle)
-        # Hot loop (once per endpoint per pick): locals only, freshness and match ratio inlined.
-        matched = m.matched if m is not None and m.hashes else {}
-        per_block = p / len(m.hashes) if matched and m is not None else 0.0
+        matched: dict[str, int]
+        if self.precise is not None:
+            matched, per_block = self._precise_cached(cycle, p), 1.0  # already in tokens
+        else:
+            m = prefix_match(cycle)
+            # Hot loop (once per endpoint per pick): locals only, freshness and match ratio inlined.
+            matched = m.matched if m is not None and m.hashes else {}
+            per_block = p / len(m.hashes) if matched and m is not None else 0.0
         miss = 1.0 + self.miss_penalty  # a miss computes the prefix now and displaces others' cache
         now = cycle.now
         staleness = self.handle.staleness
@@ -151,8 +187,12 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
     def on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
         req = cycle.request
         p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
-        m = prefix_match(cycle)
-        uncached = p * (1.0 - m.ratio(endpoint.address)) if m is not None else p
+        uncached: float
+        if self.precise is not None:
+            uncached = p - self._precise_cached(cycle, p).get(endpoint.address, 0)
+        else:
+            m = prefix_match(cycle)
+            uncached = p * (1.0 - m.ratio(endpoint.address)) if m is not None else p
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
 
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:

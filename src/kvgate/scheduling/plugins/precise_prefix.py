@@ -13,6 +13,11 @@ Event sources per endpoint ``host:port``: the label ``kvgate.io/kv-events`` (a Z
 ``tcp://host:(port + eventsPortOffset)`` when ``eventsPortOffset`` > 0. ``eventsBind: true`` binds that
 address (vLLM *connects* to a concrete ``tcp://host:port``) instead of connecting (vLLM binds ``tcp://*:port``).
 Subscribers start on the first pick that runs inside an event loop, or explicitly with ``start()``.
+
+Events describe the past (blocks appear after the engine prefilled them), so the scorer also records
+each pick: the chosen endpoint is credited with the prompt's blocks as *pending* for ``speculativeTTL``
+seconds of the picker's clock, until its own events confirm them or report their eviction. Requests for
+a new prefix that arrive while the first is still queued then follow it instead of scattering.
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ from typing import Any, cast
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.kvevents import BlockIndex, KeyMode, KVEventsManager, token_keys
 from kvgate.scheduling.blockhash import HashAlgo, VLLMBlockHasher
-from kvgate.scheduling.framework import ConfigError, CycleState, Params, PluginHandle, Scorer
+from kvgate.scheduling.framework import (
+    ConfigError,
+    CycleState,
+    Params,
+    PluginHandle,
+    PostPick,
+    Producer,
+    Scorer,
+)
 from kvgate.scheduling.registry import register
 
 log = logging.getLogger(__name__)
@@ -34,20 +47,25 @@ log = logging.getLogger(__name__)
 EVENTS_LABEL = "kvgate.io/kv-events"
 REPLAY_LABEL = "kvgate.io/kv-events-replay"
 CYCLE_KEY = "precise-prefix"
+DEFAULT_SPECULATIVE_TTL = 2.0  # seconds: covers a queued request's wait under load, then gives up
+DEFAULT_SPECULATIVE_CAPACITY = 16_384  # pending keys per endpoint
 
 # Indexes by name, so a gateway, its tests and several profiles can share one set of subscribers.
 _INDEXES: dict[str, tuple[BlockIndex, KVEventsManager]] = {}
 
 
 def shared_index(
-    name: str, mode: KeyMode = "engine", capacity: int = 65_536
+    name: str,
+    mode: KeyMode = "engine",
+    capacity: int = 65_536,
+    pending_capacity: int = DEFAULT_SPECULATIVE_CAPACITY,
 ) -> tuple[BlockIndex, KVEventsManager]:
     got = _INDEXES.get(name)
     if got is not None and got[0].mode != mode:
         # Replacing it would orphan the live subscribers feeding the other index.
         raise ValueError(f"KV-event index {name!r} already exists in mode {got[0].mode!r}, not {mode!r}")
     if got is None:
-        index = BlockIndex(mode=mode, default_capacity=capacity)
+        index = BlockIndex(mode=mode, default_capacity=capacity, pending_capacity=pending_capacity)
         got = (index, KVEventsManager(index))
         _INDEXES[name] = got
     return got
@@ -66,8 +84,25 @@ def _looks_like_chat(text: str) -> bool:
     return text.startswith("[{") and '"role"' in text[:200]
 
 
+class _Match:
+    """One pick's match: the prompt's keys per block size and each candidate's cached tokens."""
+
+    __slots__ = ("cached_tokens", "keys", "ratios", "sizes")
+
+    def __init__(self) -> None:
+        self.keys: dict[int, list[int]] = {}  # block size -> keys
+        self.sizes: dict[str, int] = {}  # address -> block size
+        self.ratios: dict[str, float] = {}
+        self.cached_tokens: dict[str, int] = {}
+
+
 @register("precise-prefix-cache-scorer")
-class PrecisePrefixCacheScorer(Scorer):
+class PrecisePrefixCacheScorer(Producer, Scorer, PostPick):
+    """A producer (matches before any filter, for consumers like ``kvgate-cost-scorer``), a scorer, and
+    a post-pick hook (records the pick as pending credit)."""
+
+    bounded = True
+
     def __init__(
         self,
         name: str,
@@ -84,6 +119,8 @@ class PrecisePrefixCacheScorer(Scorer):
         events_port_offset: int = 0,
         events_bind: bool = False,
         replay_port_offset: int = 0,
+        speculative_ttl: float = DEFAULT_SPECULATIVE_TTL,
+        speculative_capacity: int = DEFAULT_SPECULATIVE_CAPACITY,
     ) -> None:
         super().__init__(name, handle)
         self.mode: KeyMode = mode
@@ -91,7 +128,8 @@ class PrecisePrefixCacheScorer(Scorer):
         self.hash_seed = hash_seed
         self.default_block_size = block_size
         self.max_blocks = max_blocks
-        self.index, self.manager = shared_index(index_name, mode, capacity)
+        self.index, self.manager = shared_index(index_name, mode, capacity, speculative_capacity)
+        self.speculative_ttl = speculative_ttl
         self.events_port_offset = events_port_offset
         self.events_bind = events_bind
         self.replay_port_offset = replay_port_offset
@@ -124,6 +162,10 @@ class PrecisePrefixCacheScorer(Scorer):
             events_port_offset=params.get_int("eventsPortOffset", 0, min=0, max=65535),
             events_bind=params.get_bool("eventsBind", False),
             replay_port_offset=params.get_int("replayPortOffset", 0, min=0, max=65535),
+            speculative_ttl=params.get_duration("speculativeTTL", DEFAULT_SPECULATIVE_TTL),
+            speculative_capacity=params.get_int(
+                "speculativeCapacityPerEndpoint", DEFAULT_SPECULATIVE_CAPACITY, min=1
+            ),
         )
         params.finish()
         try:
@@ -157,11 +199,15 @@ class PrecisePrefixCacheScorer(Scorer):
 
     # -- scoring -----------------------------------------------------------------------------------
 
-    def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
+    def match(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> _Match:
+        """Match the request against the index (reported blocks plus unexpired pending credit)."""
         self._ensure_subscribers(endpoints)
+        found = _Match()
         tokens = self.request_tokens(cycle)
         if not tokens:
-            return [0.0] * len(endpoints)
+            found.cached_tokens = dict.fromkeys((ep.address for ep in endpoints), 0)
+            found.ratios = dict.fromkeys(found.cached_tokens, 0.0)
+            return found
         # Group endpoints by block size: one hash chain per size (usually one for the whole pool).
         by_size: dict[int, list[Endpoint]] = {}
         for ep in endpoints:
@@ -170,18 +216,48 @@ class PrecisePrefixCacheScorer(Scorer):
                 # The engine cannot hold more blocks than this: the tightest bound on its entries.
                 self.index.set_capacity(ep.address, nb)
             by_size.setdefault(self.endpoint_block_size(ep), []).append(ep)
-        matched: dict[str, tuple[int, int]] = {}
-        cached_tokens: dict[str, int] = {}
+        now = cycle.now if self.speculative_ttl > 0 else None
         for bs, eps in by_size.items():
             keys = self.keys_for(tokens, bs)
-            hits = self.index.longest_prefix(keys, [ep.address for ep in eps]) if keys else {}
+            found.keys[bs] = keys
+            hits = self.index.longest_prefix(keys, [ep.address for ep in eps], now) if keys else {}
             for ep in eps:
                 m = hits.get(ep.address, 0)
-                matched[ep.address] = (m, len(keys))
-                cached_tokens[ep.address] = m * bs
-        # Consumers (explanations, in-flight accounting) read the expected cache hit in tokens.
-        cycle.data[CYCLE_KEY] = cached_tokens
-        return [m / n if n else 0.0 for m, n in (matched[ep.address] for ep in endpoints)]
+                found.sizes[ep.address] = bs
+                found.ratios[ep.address] = m / len(keys) if keys else 0.0
+                found.cached_tokens[ep.address] = m * bs
+        return found
+
+    def prepare(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> None:
+        found = self.match(cycle, endpoints)
+        cycle.data[(CYCLE_KEY, self.name)] = found
+        # Consumers (kvgate-cost-scorer, explanations) read the expected cache hit in tokens.
+        cycle.data[CYCLE_KEY] = found.cached_tokens
+
+    def _found(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> _Match:
+        found = cycle.data.get((CYCLE_KEY, self.name))
+        if not isinstance(found, _Match) or any(ep.address not in found.ratios for ep in endpoints):
+            # Not prepared by a profile (or other candidates): match now.
+            self.prepare(cycle, endpoints)
+            found = cycle.data[(CYCLE_KEY, self.name)]
+        return found
+
+    def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
+        ratios = self._found(cycle, endpoints).ratios
+        return [ratios[ep.address] for ep in endpoints]
+
+    def on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
+        """The chosen engine will hold the prompt's blocks once it has prefilled them: credit them now."""
+        if self.speculative_ttl <= 0:
+            return
+        found = cycle.data.get((CYCLE_KEY, self.name))
+        if not isinstance(found, _Match):
+            return
+        bs = found.sizes.get(endpoint.address)
+        keys = found.keys.get(bs) if bs is not None else None
+        if keys:
+            now = cycle.now
+            self.index.add_pending(endpoint.address, keys, now + self.speculative_ttl, now)
 
     # -- event sources -----------------------------------------------------------------------------
 
