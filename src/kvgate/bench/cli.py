@@ -38,10 +38,17 @@ def _parser(fleet: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     p.add_argument("--policies", help="comma-separated policies (default: the scenario's list)")
-    p.add_argument("--qps", type=float, help="live: offered QPS (default: the scenario's)")
-    p.add_argument("--duration", type=float, help="live: seconds per run")
+    p.add_argument(
+        "--qps",
+        type=float,
+        help="live: fixed offered QPS (simulated); default: --load-fraction x measured capacity",
+    )
+    p.add_argument("--duration", type=float, help="live: simulated seconds measured per run")
     p.add_argument("--repeats", type=int, default=1, help="live: interleaved rounds")
     p.add_argument("--no-netns", action="store_true", help="live: don't re-exec inside `unshare -n`")
+    from kvgate.bench import live
+
+    live.add_arguments(p)
     return p
 
 

@@ -4,6 +4,10 @@ Starts ``--replicas`` ``kvgate.sim.server.Replica`` servers on ephemeral 127.0.0
 ``replica <i> http://127.0.0.1:<port>`` line each (what ``kvgate.bench.live.start_sim`` waits for),
 and runs until SIGTERM/SIGINT. One process for the whole fleet keeps the benchmark's process count
 (and its share of this machine's two cores) fixed however many replicas it simulates.
+
+``--kv-events-offset N`` (> 0) makes every replica publish vLLM-style KV events on its HTTP port + N
+(ZMQ PUB, bound) and answer replay on its HTTP port + 2N: a gateway's ``precise-prefix-cache-scorer``
+with ``eventsPortOffset: N`` and ``replayPortOffset: 2N`` finds them from the endpoint address alone.
 """
 
 from __future__ import annotations
@@ -11,32 +15,63 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
+from typing import Any
+
+_PORT_TRIES = 50
+
+
+def _free_port(below: int) -> int:
+    """An ephemeral 127.0.0.1 port under ``below`` (so port + offsets stays a valid port)."""
+    for _ in range(_PORT_TRIES):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port < below:
+            return port
+    raise OSError(f"no free ephemeral port below {below}")
+
+
+async def start_replica(args: argparse.Namespace, index: int) -> Any:
+    """One started replica; with KV events, on a port whose +N and +2N ports are free too."""
+    import zmq
+
+    from kvgate.sim.server import Replica, ReplicaConfig
+
+    offset = args.kv_events_offset
+    for _ in range(_PORT_TRIES):
+        port = _free_port(65536 - 2 * offset) if offset > 0 else 0
+        cfg = ReplicaConfig(
+            model=args.model,
+            profile=args.profile,
+            time_scale=args.time_scale,
+            num_gpu_blocks=args.num_gpu_blocks,
+            max_num_seqs=args.max_num_seqs,
+            host="127.0.0.1",
+            port=port,
+            kv_events_port=port + offset if offset > 0 else None,
+            kv_replay_port=port + 2 * offset if offset > 0 else None,
+            seed=args.seed,
+        )
+        rep = None
+        try:
+            rep = Replica(cfg, index=index)  # binds the KV-event sockets
+            await rep.start()  # binds the HTTP port
+            return rep
+        except (OSError, zmq.ZMQError):
+            # Another process took one of the three ports between the probe and the bind: next port.
+            if rep is not None:
+                await rep.close()
+            if offset <= 0:
+                raise
+    raise OSError(f"replica {index}: no free port with free +{offset}/+{2 * offset} ports")
 
 
 async def serve(args: argparse.Namespace) -> None:
-    from kvgate.sim.server import Replica, ReplicaConfig
-
-    reps = [
-        Replica(
-            ReplicaConfig(
-                model=args.model,
-                profile=args.profile,
-                time_scale=args.time_scale,
-                num_gpu_blocks=args.num_gpu_blocks,
-                max_num_seqs=args.max_num_seqs,
-                host="127.0.0.1",
-                port=0,
-                seed=args.seed,
-            ),
-            index=i,
-        )
-        for i in range(args.replicas)
-    ]
+    reps = [await start_replica(args, args.first_index + i) for i in range(args.replicas)]
     for r in reps:
-        await r.start()
-    for i, r in enumerate(reps):
-        print(f"replica {i} {r.url}", flush=True)
+        print(f"replica {r.index} {r.url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -49,13 +84,19 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kvgate.bench.simproc")
     p.add_argument("--replicas", type=int, default=4)
+    p.add_argument("--first-index", type=int, default=0, help="index of the first replica (several procs)")
     p.add_argument("--profile", default="llama3-8b-h100")
     p.add_argument("--time-scale", type=float, default=1.0, help="> 1 faster than real time, < 1 slower")
     p.add_argument("--model", default="sim-model")
     p.add_argument("--num-gpu-blocks", type=int, default=0, help="0: the profile's KV capacity")
     p.add_argument("--max-num-seqs", type=int, default=0)
+    p.add_argument(
+        "--kv-events-offset", type=int, default=0, help="> 0: KV events on http port + N, replay on + 2N"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if not 0 <= args.kv_events_offset < 30000:
+        p.error("--kv-events-offset must be in 0..29999")
     try:
         import uvloop
 
