@@ -82,3 +82,35 @@ def test_scraped_queue_counts_only_what_inflight_does_not_explain() -> None:
     b.metrics.waiting_queue_size = 0
     ca, cb = sat.costs(cycle("x" * 400), [a, b])
     assert ca > 1e6 > cb  # saturation override (opt-in): a is saturated, b is not
+
+
+def _burst_on_backlogged_fleet(params: dict[str, object]) -> tuple[Counter[str], str]:
+    # Every replica already has 50 requests waiting (scraped): the fleet is overloaded.
+    from kvgate.scheduling.policies import policy_config
+
+    cfg = policy_config("kvgate")
+    for spec in cfg.plugins:
+        if spec.type == "kvgate-cost-scorer":
+            spec.parameters = {**(spec.parameters or {}), **params}
+    store = EndpointStore([ep(f"10.0.0.{i}:8000", waiting_queue_size=50) for i in range(4)])
+    d = build_director(cfg, store, clock=lambda: 0.0, seed=0)
+    first = _req(0, PREFIX + "q0")
+    holder = d.pick(first).primary
+    d.on_dispatched(first, holder)
+    picks: Counter[str] = Counter()
+    for i in range(1, 150):
+        r = _req(i, PREFIX + f"q{i}")
+        res = d.pick(r)
+        picks[res.primary.address] += 1
+        d.on_dispatched(r, res.primary)
+    return picks, holder.address
+
+
+def test_overloaded_fleet_keeps_a_prefix_on_its_holder() -> None:
+    # Spilling onto a replica with a backlog only adds a prefix recompute there and evicts others'
+    # prefixes: with every queue long, the holder keeps the group (missQueueScale, default 1).
+    picks, holder = _burst_on_backlogged_fleet({})
+    assert picks == Counter({holder: 149})
+    # Without the backlog term the same burst spills as the holder's own in-flight grows.
+    picks, holder = _burst_on_backlogged_fleet({"missQueueScale": 0})
+    assert len(picks) >= 2 and picks[holder] < 149

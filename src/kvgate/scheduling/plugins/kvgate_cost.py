@@ -12,7 +12,13 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   each will hold a batch slot and slow every engine step a little, even when its prompt was cached.
 - ``kv_penalty`` grows past ``kvHigh`` KV utilisation: near-full caches preempt and evict.
 - Saturated endpoints (fresh queue >= ``queueThreshold`` or KV >= ``kvCacheUtilThreshold``, or in-flight
-  requests >= ``maxInFlight``) get ``saturationPenalty`` unless every candidate is saturated.
+  requests >= ``maxInFlight``; both thresholds 0 = off) get ``saturationPenalty`` unless every
+  candidate is saturated.
+- ``missQueueScale``: going to an endpoint that holds less of the prompt than the best one also costs
+  ``missPenalty``-weighted lost prefix tokens x (requests not yet started there) / ``missQueueScale``:
+  recomputing a prefix behind a backlog delays everything queued there and evicts other groups'
+  prefixes. Idle endpoints pay nothing extra, so light-load spilling is unchanged; under overload
+  groups stay partitioned and the fleet keeps its throughput.
 
 A prefix holder therefore keeps its traffic until the queue in front of it costs more than
 recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tuned switch — and the
@@ -62,8 +68,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         miss_penalty: float = 2.0,
         queue_threshold: int = 0,
         kv_threshold: float = 1.0,
-        max_inflight: int = 256,
+        max_inflight: int = 0,
         saturation_penalty: float = 1e6,
+        miss_queue_scale: float = 1.0,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -77,6 +84,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         self.kv_threshold = kv_threshold
         self.max_inflight = max_inflight
         self.saturation_penalty = saturation_penalty
+        self.miss_queue_scale = miss_queue_scale
         # EWMA of the uncached prompt tokens per dispatched request: converts scraped queue lengths this
         # picker cannot explain (other gateways' traffic) into tokens.
         self.mean_uncached = 512.0
@@ -92,8 +100,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
             miss_penalty=params.get_float("missPenalty", 2.0, min=0.0),
             queue_threshold=params.get_int("queueThreshold", 0, min=0),
             kv_threshold=params.get_float("kvCacheUtilThreshold", 1.0, min=0.0, max=1.0),
-            max_inflight=params.get_int("maxInFlight", 256, min=1),
+            max_inflight=params.get_int("maxInFlight", 0, min=0),
             saturation_penalty=params.get_float("saturationPenalty", 1e6, min=0.0),
+            miss_queue_scale=params.get_float("missQueueScale", 1.0, min=0.0),
         )
         params.finish()
         return s
@@ -145,6 +154,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
             self.max_inflight,
         )
         kv_scale = max(p, 1024) / (1.0 - kv_high + 1e-9)
+        mqs = self.miss_queue_scale
+        # Fewest uncached tokens anywhere: what is lost by going elsewhere is the prefix beyond that.
+        best_uncached = p - (max(matched.values()) * per_block if matched else 0.0)
         costs: list[float] = []
         sat_flags: list[bool] = []
         n_sat = 0
@@ -153,7 +165,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
             inf = ep.inflight
             ahead: float = inf.pending_prefill_tokens
             load = inf.requests
-            sat = load >= max_inf
+            sat = 0 < max_inf <= load
             cost = 0.0
             met = ep.metrics
             t = met.updated_at
@@ -174,6 +186,12 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
                 if kv >= kv_thr:
                     sat = True
             uncached = p - get(ep.address, 0) * per_block if matched else p
+            if mqs and uncached > best_uncached:
+                # Recomputing a prefix on a replica with a queue delays every request queued there,
+                # and the new copy evicts other groups' prefixes: under overload, spilling adds work
+                # to a fleet with none to spare. Grows with that replica's backlog (requests).
+                queued = max(load - inf.decoding, 0)
+                cost += miss * (uncached - best_uncached) * queued / mqs
             costs.append(cost + ahead + miss * uncached + decode_weight * load)
             sat_flags.append(sat)
             n_sat += sat
