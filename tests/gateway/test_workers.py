@@ -124,6 +124,30 @@ async def test_a_dead_worker_is_restarted(backends):
         assert proc.returncode is None
 
 
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except OSError:
+        return True
+
+
+async def test_workers_exit_when_the_supervisor_is_killed(backends):
+    # SIGKILL leaves the supervisor no chance to stop its workers: they must notice on their own.
+    (b,) = await backends(1)
+    async with serve_workers(b.address, 2) as (proc, _, _):
+        workers = [p for p in _children(proc.pid) if _is_python(p)]
+        assert len(workers) == 2
+        proc.kill()
+        await proc.wait()
+        for _ in range(200):
+            if all(_gone(p) for p in workers):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"orphaned workers still running: {workers}")
+
+
 def _cmdline(pid: int) -> str:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().replace(b"\0", b" ").decode(errors="replace")

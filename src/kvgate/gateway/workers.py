@@ -55,8 +55,12 @@ _ADMIN_FETCH_TIMEOUT_S = 5.0
 # --- worker side -------------------------------------------------------------------------------
 
 
-def _worker_main(cfg: GatewayConfig, index: int, report: Connection) -> None:
-    """Entry point of one worker process: a full gateway on the shared port, admin on loopback."""
+def _worker_main(cfg: GatewayConfig, index: int, report: Connection, lifeline: Connection) -> None:
+    """Entry point of one worker process: a full gateway on the shared port, admin on loopback.
+
+    ``lifeline`` is the read end of a pipe whose write end only the supervisor holds: it turns
+    readable (EOF) when the supervisor is gone, however it died (even SIGKILL), and the worker then
+    drains and exits instead of serving on as an orphan."""
     import uvloop
 
     from kvgate.gateway.cli import build_pools
@@ -64,10 +68,12 @@ def _worker_main(cfg: GatewayConfig, index: int, report: Connection) -> None:
     # The supervisor handles Ctrl-C for the whole group: a worker only drains on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pools = build_pools(cfg)
-    uvloop.run(_worker(cfg, pools, index, report))
+    uvloop.run(_worker(cfg, pools, index, report, lifeline))
 
 
-async def _worker(cfg: GatewayConfig, pools: list[Any], index: int, report: Connection) -> None:
+async def _worker(
+    cfg: GatewayConfig, pools: list[Any], index: int, report: Connection, lifeline: Connection
+) -> None:
     from kvgate.gateway.cli import tune_gc
     from kvgate.gateway.server import GatewayServer
 
@@ -77,7 +83,15 @@ async def _worker(cfg: GatewayConfig, pools: list[Any], index: int, report: Conn
     report.send(server.admin_port)
     report.close()
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def supervisor_gone() -> None:
+        loop.remove_reader(lifeline.fileno())
+        log.warning("worker %d: supervisor gone; draining", index)
+        stop.set()
+
+    loop.add_reader(lifeline.fileno(), supervisor_gone)
     await stop.wait()
     await server.stop()
 
@@ -117,6 +131,8 @@ class Supervisor:
         self.n = workers
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[BaseProcess | None] = [None] * workers
+        # Write ends of each worker's lifeline pipe: held open for the supervisor's whole life.
+        self._lifelines: list[Connection | None] = [None] * workers
         self.admin_ports: list[int | None] = [None] * workers
         self.started_at: list[float] = [0.0] * workers
         self.fast_deaths = 0
@@ -148,9 +164,15 @@ class Supervisor:
         # Each worker: the shared data port, and a private admin port on loopback for the supervisor.
         wcfg = replace(self.cfg, port=self.port, admin_port=0)
         recv, send = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=_worker_main, args=(wcfg, i, send), name=f"kvgate-worker-{i}")
+        life_r, life_w = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_worker_main, args=(wcfg, i, send, life_r), name=f"kvgate-worker-{i}")
         proc.start()
         send.close()
+        life_r.close()
+        old = self._lifelines[i]
+        if old is not None:
+            old.close()
+        self._lifelines[i] = life_w
         self.procs[i] = proc
         self.started_at[i] = time.monotonic()
         loop = asyncio.get_running_loop()
