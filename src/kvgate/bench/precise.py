@@ -167,26 +167,9 @@ def _scenarios() -> list[Any]:
 FIXED_QPS: dict[str, list[float]] = {"evict-heavy": [3.0], "bypass": [20.0, 30.0, 40.0]}
 
 
-def run_point(sc: Any, policy: str, qps: float, duration: float, seed: int) -> Any:
-    """``sweep.run_point`` plus the scenario's fleet options (``bypass_fraction``)."""
-    from kvgate.bench.fleetsim import FleetConfig, FleetSim
-    from kvgate.bench.sweep import _count
-
-    cfg = FleetConfig(
-        warmup=sc.warmup,
-        replicas=sc.replicas,
-        policy=policy,
-        qps=qps,
-        duration=duration,
-        slo_ttft=sc.slo_ttft,
-        seed=seed,
-        max_requests=_count(qps, sc.warmup + duration),
-        bypass_fraction=float(sc.extra.get("bypass_fraction", 0.0)),
-    )
-    return FleetSim(cfg, sc.workload(seed, cfg.max_requests)).run()
-
-
 def run(quick: bool, seed: int, qps_list: list[float]) -> list[dict[str, Any]]:
+    from kvgate.bench.sweep import run_point
+
     rows: list[dict[str, Any]] = []
     for sc in _scenarios():
         duration = sc.duration / 2 if quick else sc.duration

@@ -41,6 +41,8 @@ def run_point(
         slo_ttft=sc.slo_ttft,
         seed=seed,
         max_requests=_count(qps, cfg_warmup + duration),
+        # Share of requests sent around the picker (the precise benchmark's ``bypass`` fleet).
+        bypass_fraction=float(sc.extra.get("bypass_fraction", 0.0)),
     )
     sim = FleetSim(cfg, sc.workload(seed, cfg.max_requests))
     return sim.run(progress)
