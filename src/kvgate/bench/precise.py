@@ -22,59 +22,33 @@ from typing import Any
 from kvgate.config.picker import EndpointPickerConfig, load_config
 
 # Registered here, not in ``scheduling.policies``: the precise scorer needs an event feed, which only
-# the fleet simulator (engine sinks) or a deployment with KV events configured provides.
+# the fleet simulator (engine sinks) or a deployment with KV events configured provides. Each is a named
+# policy with its approximate ``prefix-cache-scorer`` swapped for the precise one (mode ``tokens``: the
+# simulator's events carry token ids); kvgate's cost scorer then reads the precise matches by itself.
 _HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 
 
-def _reference_precise(ttl: str) -> str:
-    return f"""{_HEAD}plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: precise-prefix-cache-scorer
-  parameters:
-    mode: tokens
-    indexName: fleetsim
-    speculativeTTL: {ttl}
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: queue-scorer
-    weight: 2
-  - pluginRef: kv-cache-utilization-scorer
-    weight: 2
-  - pluginRef: precise-prefix-cache-scorer
-    weight: 3
-"""
+def _with_precise(policy: str, ttl: str) -> str:
+    from kvgate.scheduling.policies import POLICIES as NAMED
+
+    text = NAMED[policy]
+    plugin = (
+        "- type: precise-prefix-cache-scorer\n  parameters:\n    mode: tokens\n"
+        f"    indexName: fleetsim\n    speculativeTTL: {ttl}\n"
+    )
+    assert "- type: prefix-cache-scorer\n" in text, policy
+    text = text.replace("- type: prefix-cache-scorer\n", plugin)
+    ref = "pluginRef: prefix-cache-scorer\n"
+    return _HEAD + text.replace(ref, "pluginRef: precise-prefix-cache-scorer\n")
 
 
 PRECISE_POLICIES: dict[str, str] = {
     # The reference profile with the precise scorer, crediting its picks until events confirm them.
-    "reference-precise": _reference_precise("2s"),
+    "reference-precise": _with_precise("reference", "2s"),
     # The same on engine events alone (no dispatch-time credit): what the precise index knows by itself.
-    "reference-precise-events": _reference_precise("0"),
+    "reference-precise-events": _with_precise("reference", "0"),
     # kvgate's default profile with the cost scorer fed by the precise scorer's matches.
-    "kvgate-precise": f"""{_HEAD}plugins:
-- type: header-based-testing-filter
-- type: precise-prefix-cache-scorer
-  parameters:
-    mode: tokens
-    indexName: fleetsim
-    speculativeTTL: 2s
-- type: kvgate-cost-scorer
-  parameters:
-    prefixPluginRef: precise-prefix-cache-scorer
-- type: lora-affinity-scorer
-- type: max-score-picker
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: header-based-testing-filter
-  - pluginRef: kvgate-cost-scorer
-    weight: 10
-  - pluginRef: lora-affinity-scorer
-    weight: 5
-  - pluginRef: max-score-picker
-""",
+    "kvgate-precise": _with_precise("kvgate", "2s"),
 }
 
 POLICIES = [
