@@ -253,7 +253,7 @@ class LiveLoad:
     load_fraction: float | None = None  # of ``capacity``; None when ``qps`` was given
     capacity: float | None = None  # req/s per simulated second, measured (``measure_capacity``)
 
-    def specs(self, count: int) -> Iterator[workloads.RequestSpec]:
+    def specs(self, count: int, seed: int | None = None) -> Iterator[workloads.RequestSpec]:
         """The workload; the capacity probe draws from the same generator with the same parameters."""
         return workloads.shared_prefix_stream(
             num_groups=self.num_groups,
@@ -261,7 +261,7 @@ class LiveLoad:
             question_len=self.question_len,
             output_len=self.output_len,
             count=count,
-            seed=self.seed,
+            seed=self.seed if seed is None else seed,
             model=MODEL,
         )
 
@@ -277,15 +277,7 @@ def live_scenario(spec: FleetSpec, load: LiveLoad) -> Any:
     from kvgate.bench.scenarios import Scenario
 
     def make(seed: int, count: int) -> Iterator[workloads.RequestSpec]:
-        return workloads.shared_prefix_stream(
-            num_groups=load.num_groups,
-            system_prompt_len=load.system_prompt_len,
-            question_len=load.question_len,
-            output_len=load.output_len,
-            count=count,
-            seed=seed,
-            model=MODEL,
-        )
+        return load.specs(count, seed)
 
     return Scenario(
         name="live-shared-prefix",
