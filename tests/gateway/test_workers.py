@@ -197,3 +197,34 @@ def test_listen_workers_accepted(tmp_path) -> None:
 def test_cli_refuses_zero_workers(capsys) -> None:
     rc = serve_main(["--endpoints", "127.0.0.1:8001", "--model", "m", "--workers", "0"])
     assert rc == 2 and "--workers" in capsys.readouterr().err
+
+
+async def test_without_an_admin_port_each_worker_answers_admin_routes_on_the_data_port(backends):
+    # As a single process does: probes and scrapes that work without --workers keep working with it.
+    (b,) = await backends(1)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", "serve", "--endpoints", b.address, "--model", "m",
+        "--policy", "round-robin", "--port", str(port), "--workers", "2", "--log-level", "WARNING",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            for _ in range(400):
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("never ready")
+            for _ in range(10):  # new connections: whichever worker takes each must answer
+                async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
+                    assert r.status == 200
+                async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    assert r.status == 200 and "kvgate_gateway_inflight_requests" in await r.text()
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 15) == 0

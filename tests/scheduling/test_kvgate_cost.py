@@ -84,15 +84,19 @@ def test_scraped_queue_counts_only_what_inflight_does_not_explain() -> None:
     assert ca > 1e6 > cb  # saturation override (opt-in): a is saturated, b is not
 
 
-def _burst_on_backlogged_fleet(params: dict[str, object]) -> tuple[Counter[str], str]:
-    # Every replica already has 50 requests waiting (scraped): the fleet is overloaded.
+def _burst_on_backlogged_fleet(
+    params: dict[str, object], waiting: int = 50, running: int = 0
+) -> tuple[Counter[str], str]:
+    # By default every replica already has 50 requests waiting (scraped): the fleet is overloaded.
     from kvgate.scheduling.policies import policy_config
 
     cfg = policy_config("kvgate")
     for spec in cfg.plugins:
         if spec.type == "kvgate-cost-scorer":
             spec.parameters = {**(spec.parameters or {}), **params}
-    store = EndpointStore([ep(f"10.0.0.{i}:8000", waiting_queue_size=50) for i in range(4)])
+    store = EndpointStore(
+        [ep(f"10.0.0.{i}:8000", waiting_queue_size=waiting, running_requests=running) for i in range(4)]
+    )
     d = build_director(cfg, store, clock=lambda: 0.0, seed=0)
     first = _req(0, PREFIX + "q0")
     holder = d.pick(first).primary
@@ -113,4 +117,11 @@ def test_overloaded_fleet_keeps_a_prefix_on_its_holder() -> None:
     assert picks == Counter({holder: 149})
     # Without the backlog term the same burst spills as the holder's own in-flight grows.
     picks, holder = _burst_on_backlogged_fleet({"missQueueScale": 0})
+    assert len(picks) >= 2 and picks[holder] < 149
+
+
+def test_a_running_batch_is_not_a_backlog() -> None:
+    # Replicas busy decoding but with nothing waiting: the burst must still spill off the holder as its
+    # own queue grows (only requests not yet started make a miss dearer).
+    picks, holder = _burst_on_backlogged_fleet({}, waiting=0, running=8)
     assert len(picks) >= 2 and picks[holder] < 149

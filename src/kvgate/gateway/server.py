@@ -38,12 +38,16 @@ class GatewayServer:
         *,
         reuse_port: bool = False,
         admin_host: str | None = None,
+        admin_on_data: bool = False,
     ) -> None:
         self.cfg = cfg
         # Worker mode (``--workers``): the data port is shared with sibling processes, and the admin
         # listener is a private one the supervisor reads (see ``gateway.workers``).
         self.reuse_port = reuse_port
         self.admin_host = admin_host or cfg.host
+        # A worker whose user gave no admin port serves the admin routes on the data port too, as a
+        # single process would (its private admin port is for the supervisor).
+        self.admin_on_data = admin_on_data
         self.clock = clock
         self.pools = pools if pools is not None else [build_pool(p, clock) for p in cfg.pools]
         self.scrape = scrape
@@ -122,7 +126,7 @@ class GatewayServer:
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self.proxy = Proxy(self.cfg, self.pools, self.metrics, self.health, self.clock)
         self.port = await self._serve(
-            self._front(self.proxy, admin=self.cfg.admin_port is None),
+            self._front(self.proxy, admin=self.cfg.admin_port is None or self.admin_on_data),
             self.cfg.host,
             self.cfg.port,
             self.reuse_port,

@@ -50,12 +50,16 @@ log = logging.getLogger("kvgate.gateway.workers")
 _FAST_DEATH_S = 5.0
 _MAX_FAST_DEATHS = 3
 _ADMIN_FETCH_TIMEOUT_S = 5.0
+# A worker builds its pickers and binds its ports in well under this; past it, it is stuck.
+_START_TIMEOUT_S = 60.0
 
 
 # --- worker side -------------------------------------------------------------------------------
 
 
-def _worker_main(cfg: GatewayConfig, index: int, report: Connection, lifeline: Connection) -> None:
+def _worker_main(
+    cfg: GatewayConfig, index: int, report: Connection, lifeline: Connection, admin_on_data: bool
+) -> None:
     """Entry point of one worker process: a full gateway on the shared port, admin on loopback.
 
     ``lifeline`` is the read end of a pipe whose write end only the supervisor holds: it turns
@@ -68,16 +72,21 @@ def _worker_main(cfg: GatewayConfig, index: int, report: Connection, lifeline: C
     # The supervisor handles Ctrl-C for the whole group: a worker only drains on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pools = build_pools(cfg)
-    uvloop.run(_worker(cfg, pools, index, report, lifeline))
+    uvloop.run(_worker(cfg, pools, index, report, lifeline, admin_on_data))
 
 
 async def _worker(
-    cfg: GatewayConfig, pools: list[Any], index: int, report: Connection, lifeline: Connection
+    cfg: GatewayConfig,
+    pools: list[Any],
+    index: int,
+    report: Connection,
+    lifeline: Connection,
+    admin_on_data: bool,
 ) -> None:
     from kvgate.gateway.cli import tune_gc
     from kvgate.gateway.server import GatewayServer
 
-    server = GatewayServer(cfg, pools, reuse_port=True, admin_host="127.0.0.1")
+    server = GatewayServer(cfg, pools, reuse_port=True, admin_host="127.0.0.1", admin_on_data=admin_on_data)
     await server.start()
     tune_gc()
     report.send(server.admin_port)
@@ -165,7 +174,11 @@ class Supervisor:
         wcfg = replace(self.cfg, port=self.port, admin_port=0)
         recv, send = self.ctx.Pipe(duplex=False)
         life_r, life_w = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=_worker_main, args=(wcfg, i, send, life_r), name=f"kvgate-worker-{i}")
+        proc = self.ctx.Process(
+            target=_worker_main,
+            args=(wcfg, i, send, life_r, self.cfg.admin_port is None),
+            name=f"kvgate-worker-{i}",
+        )
         proc.start()
         send.close()
         life_r.close()
@@ -182,13 +195,18 @@ class Supervisor:
             loop.remove_reader(recv.fileno())
             try:
                 ready.set_result(recv.recv())
-            except (EOFError, OSError):
-                ready.set_result(None)  # died before it listened
+            except Exception:  # EOF (died before it listened) or a garbled report
+                ready.set_result(None)
 
         loop.add_reader(recv.fileno(), on_readable)
         try:
-            self.admin_ports[i] = await ready
+            self.admin_ports[i] = await asyncio.wait_for(ready, _START_TIMEOUT_S)
+        except TimeoutError:
+            log.error("worker %d did not start within %.0fs; killing it", i, _START_TIMEOUT_S)
+            proc.kill()
+            self.admin_ports[i] = None
         finally:
+            loop.remove_reader(recv.fileno())  # no-op once read; needed if cancelled or timed out
             recv.close()
         if self.admin_ports[i] is None:
             log.error("worker %d exited before it started listening", i)
@@ -217,8 +235,10 @@ class Supervisor:
         self.stopping = True
         alive = [p for p in self.procs if p is not None and p.is_alive()]
         for p in alive:
+            if p.pid is None:  # never started: nothing to signal (pid 0 would be our own group)
+                continue
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid or 0, signal.SIGTERM)
+                os.kill(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.cfg.limits.drain_timeout_s + 10
         for p in alive:
             await asyncio.to_thread(p.join, max(0.0, deadline - time.monotonic()))

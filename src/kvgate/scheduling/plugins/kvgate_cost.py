@@ -155,22 +155,27 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         )
         kv_scale = max(p, 1024) / (1.0 - kv_high + 1e-9)
         mqs = self.miss_queue_scale
-        # Fewest uncached tokens anywhere: what is lost by going elsewhere is the prefix beyond that.
-        best_uncached = p - (max(matched.values()) * per_block if matched else 0.0)
+        get = matched.get
+        # Fewest uncached tokens among these candidates (a filter may have removed the best holder):
+        # what is lost by going elsewhere is the prefix beyond that.
+        best_uncached = p - (max(get(ep.address, 0) for ep in endpoints) * per_block if matched else 0.0)
         costs: list[float] = []
         sat_flags: list[bool] = []
         n_sat = 0
-        get = matched.get
         for ep in endpoints:
             inf = ep.inflight
             ahead: float = inf.pending_prefill_tokens
             load = inf.requests
+            # Requests not yet started there: own not-yet-first-token ones, or the fresh scraped queue.
+            queued = load - inf.decoding
             sat = 0 < max_inf <= load
             cost = 0.0
             met = ep.metrics
             t = met.updated_at
             if t is not None and now - t <= staleness:
                 q = met.waiting_queue_size
+                if q > queued:
+                    queued = q
                 if q:
                     # Only the part of the server's queue our own accounting does not explain.
                     extra = q - (load - inf.decoding)
@@ -186,11 +191,11 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
                 if kv >= kv_thr:
                     sat = True
             uncached = p - get(ep.address, 0) * per_block if matched else p
-            if mqs and uncached > best_uncached:
+            if mqs and queued > 0 and uncached > best_uncached:
                 # Recomputing a prefix on a replica with a queue delays every request queued there,
                 # and the new copy evicts other groups' prefixes: under overload, spilling adds work
-                # to a fleet with none to spare. Grows with that replica's backlog (requests).
-                queued = max(load - inf.decoding, 0)
+                # to a fleet with none to spare. Grows with that replica's backlog (requests), not
+                # with its running batch.
                 cost += miss * (uncached - best_uncached) * queued / mqs
             costs.append(cost + ahead + miss * uncached + decode_weight * load)
             sat_flags.append(sat)
