@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,56 +82,49 @@ def _scenarios() -> list[Any]:
 
         return make
 
+    def fleet(name: str, title: str, replicas: Any, workload: Any) -> Any:
+        # Every fleet here: 20 s measured after a 10 s warm-up, at the loads ``run`` gives it.
+        return Scenario(
+            name=name,
+            title=title,
+            replicas=replicas,
+            workload=workload,
+            load_fractions=[],
+            duration=20.0,
+            how_scaled="",
+            warmup=10.0,
+        )
+
+    pressure = fleet(
+        "kv-pressure",
+        "4 x Llama-3-8B on H100 with 1,500 KV blocks (24k tokens) each, "
+        "48 customers x 2k-token contexts (98k tokens of contexts for 96k of cache)",
+        [ReplicaSpec("llama3-8b-h100", 4, {"num_gpu_blocks": 1500})],
+        customers(48),
+    )
     return [
-        Scenario(
-            name="fits",
-            title="4 x Llama-3-8B on H100, 24 customers x 2k-token contexts (all of them fit every replica)",
-            replicas=[ReplicaSpec("llama3-8b-h100", 4)],
-            workload=customers(24),
-            load_fractions=[],
-            duration=20.0,
-            how_scaled="",
-            warmup=10.0,
+        fleet(
+            "fits",
+            "4 x Llama-3-8B on H100, 24 customers x 2k-token contexts (all of them fit every replica)",
+            [ReplicaSpec("llama3-8b-h100", 4)],
+            customers(24),
         ),
-        Scenario(
-            name="kv-pressure",
-            title=(
-                "4 x Llama-3-8B on H100 with 1,500 KV blocks (24k tokens) each, "
-                "48 customers x 2k-token contexts (98k tokens of contexts for 96k of cache)"
-            ),
-            replicas=[ReplicaSpec("llama3-8b-h100", 4, {"num_gpu_blocks": 1500})],
-            workload=customers(48),
-            load_fractions=[],
-            duration=20.0,
-            how_scaled="",
-            warmup=10.0,
+        pressure,
+        fleet(
+            "evict-heavy",
+            "4 x Llama-3-8B on H100 with 600 KV blocks (9.6k tokens) each, 16 customers x 2k-token "
+            "contexts, 1k-token answers (decode blocks evict contexts all the time)",
+            [ReplicaSpec("llama3-8b-h100", 4, {"num_gpu_blocks": 600})],
+            customers(16, output_len=1024, question_len=64),
         ),
-        Scenario(
-            name="evict-heavy",
-            title=(
-                "4 x Llama-3-8B on H100 with 600 KV blocks (9.6k tokens) each, 16 customers x 2k-token "
-                "contexts, 1k-token answers (decode blocks evict contexts all the time)"
-            ),
-            replicas=[ReplicaSpec("llama3-8b-h100", 4, {"num_gpu_blocks": 600})],
-            workload=customers(16, output_len=1024, question_len=64),
-            load_fractions=[],
-            duration=20.0,
-            how_scaled="",
-            warmup=10.0,
-        ),
-        Scenario(
+        replace(
+            pressure,
             name="bypass",
             title=(
                 "the kv-pressure fleet with 30% of the customers' requests sent to a random replica around "
                 "kvgate (another gateway replica, direct clients): only KV events show what they cache "
                 "and evict"
             ),
-            replicas=[ReplicaSpec("llama3-8b-h100", 4, {"num_gpu_blocks": 1500})],
-            workload=customers(48),
-            load_fractions=[],
-            duration=20.0,
-            how_scaled="",
-            warmup=10.0,
             extra={"bypass_fraction": 0.3},
         ),
     ]
