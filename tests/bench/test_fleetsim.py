@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-pytest.importorskip("kvgate.scheduling.director")
-pytest.importorskip("kvgate.scheduling.policies")
-
 from kvgate.bench import workloads
 from kvgate.bench.fleetsim import FleetConfig, FleetSim, ReplicaSpec
 

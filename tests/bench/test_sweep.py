@@ -5,9 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-import pytest
-
-pytest.importorskip("kvgate.scheduling.director")
 
 from kvgate.bench import workloads
 from kvgate.bench.fleetsim import ReplicaSpec

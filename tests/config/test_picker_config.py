@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvgate.config import ConfigError, load_config, parse_config
+from kvgate.config.director import build_director
+from kvgate.config.policies import POLICIES, policy_yaml
 from kvgate.datalayer.store import EndpointStore
-from kvgate.scheduling.director import build_director
-from kvgate.scheduling.policies import POLICIES, policy_yaml
 
 REFERENCE_DEFAULT = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1

@@ -16,6 +16,7 @@ from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import Picker, SessionContext
 from kvgate.extproc.testing import channel
+from kvgate.openai.request import RequestPolicy
 from kvgate.scheduling.types import InferenceRequest, PickResult
 
 from .pickers import build_picker
@@ -95,7 +96,7 @@ async def start_epp() -> AsyncIterator[StartEpp]:
         objs = objectives or {}
         ctx = SessionContext(
             picker, lambda: {e.address: e for e in store.all()}, clock=time.monotonic, observer=metrics,
-            objective_priority=lambda name: objs.get(name, 0), model_rewrite=model_rewrite,
+            policy=RequestPolicy(objectives=objs), model_rewrite=model_rewrite,
             conformance_hooks=conformance, **ctx_kw,
         )  # fmt: skip
         opts = ServerOptions(

@@ -6,10 +6,10 @@ import time
 
 import yaml
 
+from kvgate.config.policies import policy_yaml
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.picker import build_picker as build
 from kvgate.extproc.session import Picker
-from kvgate.scheduling.policies import policy_yaml
 
 
 def build_picker(store: EndpointStore, *, policy: str = "kvgate", fallbacks: int = 1) -> Picker:

@@ -170,7 +170,7 @@ def test_config_rewrites_and_objectives_reach_the_session(tmp_path: Path) -> Non
     ctx = build_context(cfg, EndpointStore.from_addresses(cfg.pool.endpoints))
     assert ctx.model_rewrite("base") == "base-v2"
     assert ctx.model_rewrite("other") is None
-    assert ctx.objective_priority("batch") == -2 and ctx.objective_priority("unknown") == 0
+    assert ctx.policy.objectives.get("batch", 0) == -2 and ctx.policy.objectives.get("unknown", 0) == 0
     assert ctx.max_request_body == cfg.gateway.limits.max_body_bytes
 
 

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.extproc.openai import SSEScanner
 from kvgate.extproc.session import Session, SessionContext
 from kvgate.extproc.testing import header_map
+from kvgate.openai.sse import SSEScanner
 from kvgate.scheduling.types import (
     BadRequestError,
     InferenceRequest,

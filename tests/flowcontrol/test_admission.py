@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
+from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
-from kvgate.flowcontrol.admission import AdmissionQueue
-from kvgate.scheduling.director import build_director
+from kvgate.requestcontrol.admission import AdmissionQueue
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult, ShedError
 
 

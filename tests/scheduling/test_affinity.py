@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from kvgate.config.director import build_director
 from kvgate.datalayer.store import EndpointStore
-from kvgate.scheduling.director import build_director
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheAffinityFilter, PrefixCacheScorer
 from kvgate.scheduling.plugins.session import SessionAffinityScorer
 from kvgate.scheduling.types import InferenceRequest

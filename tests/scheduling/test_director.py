@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from kvgate.config.director import build_director
+from kvgate.config.policies import POLICIES, policy_config
 from kvgate.datalayer.store import EndpointStore
-from kvgate.scheduling.director import Director, Usage, build_director
-from kvgate.scheduling.policies import POLICIES, policy_config
-from kvgate.scheduling.types import InferenceRequest, NoCapacityError, ShedError
+from kvgate.requestcontrol.director import Director
+from kvgate.scheduling.types import InferenceRequest, NoCapacityError, ShedError, Usage
 
 from .helpers import ep, fleet
 

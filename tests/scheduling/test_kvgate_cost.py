@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from kvgate.config.director import build_director
 from kvgate.datalayer.store import EndpointStore
-from kvgate.scheduling.director import build_director
 from kvgate.scheduling.types import InferenceRequest
 
 from .helpers import ep, fleet
@@ -88,7 +88,7 @@ def _burst_on_backlogged_fleet(
     params: dict[str, object], waiting: int = 50, running: int = 0
 ) -> tuple[Counter[str], str]:
     # By default every replica already has 50 requests waiting (scraped): the fleet is overloaded.
-    from kvgate.scheduling.policies import policy_config
+    from kvgate.config.policies import policy_config
 
     cfg = policy_config("kvgate")
     for spec in cfg.plugins:

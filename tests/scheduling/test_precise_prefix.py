@@ -251,8 +251,8 @@ schedulingProfiles:
 
 
 def _group_picks(config: str, now: list[float], n: int = 12) -> list[str]:
+    from kvgate.config.director import build_director
     from kvgate.config.picker import load_config
-    from kvgate.scheduling.director import build_director
 
     store = EndpointStore.from_addresses([f"10.1.0.{i}:8000" for i in range(4)])
     d = build_director(load_config(config), store, clock=lambda: now[0], seed=1)
@@ -291,8 +291,8 @@ def test_speculative_credit_expires_and_yields_to_reported_evictions():
 
 
 def test_kvgate_cost_scorer_reads_precise_matches():
+    from kvgate.config.director import build_director
     from kvgate.config.picker import load_config
-    from kvgate.scheduling.director import build_director
 
     def kvgate_precise(ref: str, index_name: str) -> str:
         return f"""{_HEAD}plugins:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvgate.scheduling.director import build_director
+from kvgate.config.director import build_director
 from kvgate.scheduling.plugins.sglang_cache_aware import RadixTree
 from kvgate.scheduling.types import InferenceRequest
 

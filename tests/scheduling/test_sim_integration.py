@@ -17,10 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from kvgate.config.director import build_director
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.datalayer.store import EndpointStore, make_endpoint
-from kvgate.scheduling.director import Director, Usage, build_director
-from kvgate.scheduling.types import InferenceRequest, ShedError
+from kvgate.requestcontrol.director import Director
+from kvgate.scheduling.types import InferenceRequest, ShedError, Usage
 from kvgate.sim.server import Replica, ReplicaConfig
 
 MODEL = "sim-model"

@@ -32,8 +32,7 @@ from typing import Any
 from kvgate.bench.report import Collector
 from kvgate.bench.workloads import RequestSpec, poisson_offsets
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.scheduling.director import Usage
-from kvgate.scheduling.types import InferenceRequest, SchedulingError
+from kvgate.scheduling.types import InferenceRequest, SchedulingError, Usage
 from kvgate.sim.types import SimRequest
 
 
@@ -123,9 +122,9 @@ def _index_events(events: list[Any]) -> list[Any]:
 
 def _make_director(policy: str, endpoints: list[Endpoint], clock: Callable[[], float], seed: int) -> Any:
     from kvgate.bench.precise import PRECISE_POLICIES, precise_policy_config
+    from kvgate.config.director import build_director
+    from kvgate.config.policies import POLICIES, policy_config
     from kvgate.datalayer.store import EndpointStore
-    from kvgate.scheduling.director import build_director
-    from kvgate.scheduling.policies import POLICIES, policy_config
 
     # A named policy, or a path to an EndpointPickerConfig YAML (to try a tuned profile).
     if policy in POLICIES:

@@ -392,7 +392,7 @@ def picker_config(policy: str, offset: int = KV_EVENTS_OFFSET) -> dict[str, Any]
         return _with_precise(yaml.safe_load(PRECISE_POLICIES[policy]), offset)
     if policy == "kvgate-precise" and KVGATE_COST_PRECISE_PARAMS is not None:
         # kvgate's default profile with the precise scorer as its prefix plugin.
-        from kvgate.scheduling.policies import POLICIES
+        from kvgate.config.policies import POLICIES
 
         doc = _with_precise(yaml.safe_load(POLICIES["kvgate"]), offset)
         for plugin in doc["plugins"]:

@@ -25,9 +25,9 @@ import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
+from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
-from kvgate.scheduling.director import build_director
 from kvgate.scheduling.prefix import DEFAULT_MAX_TOTAL_BLOCKS
 from kvgate.scheduling.types import InferenceRequest
 

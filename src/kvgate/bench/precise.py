@@ -30,7 +30,7 @@ _HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPicke
 
 
 def _with_precise(policy: str, ttl: str) -> str:
-    from kvgate.scheduling.policies import POLICIES as NAMED
+    from kvgate.config.policies import POLICIES as NAMED
 
     text = NAMED[policy]
     plugin = (

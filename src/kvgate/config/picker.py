@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import registry
 from kvgate.scheduling.framework import ConfigError, Params, Picker, PluginHandle, ProfileHandler
 
@@ -201,8 +202,6 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
 
 def _is_special(p: PluginSpec) -> bool:
     """Plugins that never sit in a profile's filter/scorer/picker chain."""
-    from kvgate.flowcontrol.saturation import SaturationDetector
-
     cls = registry.get(p.type)
     return cls is not None and issubclass(cls, ProfileHandler | SaturationDetector)
 

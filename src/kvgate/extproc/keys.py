@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-# Shared with the built-in gateway: one definition in kvgate.config.protocol.
-from kvgate.config.protocol import (
+# Shared with the built-in gateway: one definition in kvgate.openai.protocol.
+from kvgate.openai.protocol import (
     CONFORMANCE_SERVED as CONFORMANCE_SERVED,
 )
-from kvgate.config.protocol import (
+from kvgate.openai.protocol import (
     DEFAULT_FAIRNESS_ID as DEFAULT_FAIRNESS_ID,
 )
-from kvgate.config.protocol import (
+from kvgate.openai.protocol import (
     DESTINATION_ENDPOINT as DESTINATION_ENDPOINT,
 )
-from kvgate.config.protocol import (
+from kvgate.openai.protocol import (
     FAIRNESS_ID as FAIRNESS_ID,
 )
-from kvgate.config.protocol import (
+from kvgate.openai.protocol import (
     MODEL_REWRITE as MODEL_REWRITE,
 )
-from kvgate.config.protocol import (
+from kvgate.openai.protocol import (
     OBJECTIVE as OBJECTIVE,
 )
-from kvgate.config.protocol import (
+from kvgate.openai.protocol import (
     REQUEST_ID as REQUEST_ID,
 )
-from kvgate.config.protocol import (
+from kvgate.openai.protocol import (
     TEST_ENDPOINT_SELECTION as TEST_ENDPOINT_SELECTION,
 )
 

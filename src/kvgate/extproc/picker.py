@@ -7,12 +7,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kvgate.config.director import build_director
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.config import EppConfig
 from kvgate.extproc.session import Observer, SessionContext
-from kvgate.scheduling.director import Director, build_director
+from kvgate.openai.request import RequestPolicy
+from kvgate.requestcontrol.director import Director
 
 
 def build_picker(
@@ -50,14 +52,13 @@ def build_context(
 ) -> SessionContext:
     director = build_picker(cfg.picker_config, store, policy=cfg.pool.policy, clock=clock)
     rewriter = ModelRewriter(cfg.gateway.rewrites, seed=cfg.gateway.rewrite_seed)
-    objectives = cfg.objectives
-
+    policy = RequestPolicy(frozenset(cfg.pool.adapters), cfg.gateway.session_header, dict(cfg.objectives))
     return SessionContext(
         director,
         AddressIndex(store),
         clock=clock,
         observer=observer,
-        objective_priority=lambda name: objectives.get(name, 0),
+        policy=policy,
         model_rewrite=rewriter,
         conformance_hooks=cfg.conformance_hooks,
         max_request_body=cfg.max_body_bytes,

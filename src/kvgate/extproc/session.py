@@ -28,17 +28,26 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 
-from kvgate.config.protocol import error_body, usage_from
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc import headers as hdr
 from kvgate.extproc import keys
-from kvgate.extproc.openai import BodyError, SSEScanner, parse_request_body, rewrite_model
-from kvgate.scheduling.director import Usage
+from kvgate.openai.protocol import error_body, usage_from
+from kvgate.openai.request import (
+    OTHER,
+    BodyError,
+    ParsedBody,
+    RequestPolicy,
+    inference_request,
+    kind_for_path,
+    parse_body,
+)
+from kvgate.openai.sse import SSEScanner, rewrite_model
 from kvgate.scheduling.types import (
     InferenceRequest,
     NoCapacityError,
     PickResult,
     SchedulingError,
+    Usage,
 )
 
 log = logging.getLogger(__name__)
@@ -47,7 +56,7 @@ _BODY_MODE = processing_mode_pb2.ProcessingMode.BodySendMode
 
 
 class Picker(Protocol):
-    """What the EPP needs from ``kvgate.scheduling.director.Director``."""
+    """What the EPP needs from ``kvgate.requestcontrol.director.Director``."""
 
     def pick(self, req: InferenceRequest) -> PickResult: ...
     def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
@@ -73,7 +82,7 @@ class SessionContext:
         *,
         clock: Callable[[], float],
         observer: Observer | None = None,
-        objective_priority: Callable[[str], int] = lambda _name: 0,
+        policy: RequestPolicy | None = None,
         model_rewrite: Callable[[str], str | None] = lambda _model: None,
         conformance_hooks: bool = False,
         max_request_body: int = 64 << 20,
@@ -83,7 +92,8 @@ class SessionContext:
         self.endpoints = endpoints
         self.clock = clock
         self.observer = observer
-        self.objective_priority = objective_priority
+        # Adapters, session header and objective priorities (kvgate.openai.request, as the gateway).
+        self.policy = policy or RequestPolicy()
         self.model_rewrite = model_rewrite
         self.conformance_hooks = conformance_hooks
         self.max_request_body = max_request_body
@@ -91,9 +101,9 @@ class SessionContext:
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, message: str, code: str) -> None:
+    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.param = status, message, code, param
 
 
 def chunks(body: bytes | bytearray, size: int = keys.MAX_BODY_CHUNK) -> Iterator[bytes]:
@@ -122,12 +132,12 @@ def _streamed(body: bytes | bytearray, *, request: bool, end_of_stream: bool) ->
     return out
 
 
-def immediate(status: int, message: str, code: str) -> pb.ProcessingResponse:
+def immediate(status: int, message: str, code: str, param: str | None = None) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=status),
             headers=hdr.header_mutation({"content-type": "application/json"}),
-            body=error_body(status, message, code=code),
+            body=error_body(status, message, param=param, code=code),
             details=f"kvgate_epp_{code}",
         )
     )
@@ -188,18 +198,20 @@ class Session:
                 return [*out, pb.ProcessingResponse(response_trailers=pb.TrailersResponse())]
             return []
         except _Reject as rej:
-            return [self._reject(rej.status, rej.message, rej.code)]
+            return [self._reject(rej.status, rej.message, rej.code, rej.param)]
         except SchedulingError as err:
             return [self._reject(err.status, err.message, err.code)]
         except Exception:
             log.exception("ext_proc stream failed")
             return [self._reject(500, "internal error in the endpoint picker", "internal_error")]
 
-    def _reject(self, status: int, message: str, code: str) -> pb.ProcessingResponse:
+    def _reject(
+        self, status: int, message: str, code: str, param: str | None = None
+    ) -> pb.ProcessingResponse:
         self.done = True
         if self.ctx.observer is not None:
             self.ctx.observer.rejected(status)
-        return immediate(status, message, code)
+        return immediate(status, message, code, param)
 
     # ---- request path ---------------------------------------------------------------------------
     def _on_request_headers(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -217,7 +229,7 @@ class Session:
             # Body-less (GET /v1/models, health probes): pick at once on headers.
             self._body_finished = True
             model = self.request_headers.get("x-gateway-model-name", "")
-            req = self._build_request(model=model, prompt="", max_tokens=None)
+            req = self._build_request(ParsedBody(OTHER, {}, model), model)
             return self._schedule(req, body=None, body_changed=False)
         return []
 
@@ -238,33 +250,32 @@ class Session:
         raw: bytes | bytearray = self._body
         self._body = bytearray()
         try:
-            parsed = parse_request_body(raw)
+            parsed = parse_body(kind_for_path(self.request_headers.get(":path", "")), raw)
         except BodyError as exc:
-            raise _Reject(400, str(exc), "invalid_request_error") from None
+            raise _Reject(exc.status, exc.message, "invalid_request_error", exc.param) from None
         model = parsed.model
         target = self.request_headers.get(keys.MODEL_REWRITE) or self.ctx.model_rewrite(model)
         changed = False
         if target and target != model:
             self._client_model = model
-            parsed.payload["model"] = target
-            raw = orjson.dumps(parsed.payload)
+            parsed.body["model"] = target
+            raw = orjson.dumps(parsed.body)
             model, changed = target, True
-        req = self._build_request(model=model, prompt=parsed.prompt_text, max_tokens=parsed.max_tokens)
+        req = self._build_request(parsed, model)
         # With request trailers the body's end is signalled by the trailers answer, not end_of_stream.
         return self._schedule(req, body=raw, body_changed=changed, body_eos=not trailers)
 
-    def _build_request(self, *, model: str, prompt: str, max_tokens: int | None) -> InferenceRequest:
+    def _build_request(self, parsed: ParsedBody, model: str) -> InferenceRequest:
         h = self.request_headers
-        objective = h.get(keys.OBJECTIVE)
-        return InferenceRequest(
+        policy = self.ctx.policy
+        return inference_request(
+            parsed,
             request_id=self._generated_request_id or h.get(keys.REQUEST_ID, ""),
             model=model,
-            prompt_text=prompt,
-            prompt_tokens=len(prompt) // 4,
-            max_tokens=max_tokens,
-            session_key=h.get("x-session-id") or None,
-            priority=self.ctx.objective_priority(objective) if objective else 0,
-            fairness_id=h.get(keys.FAIRNESS_ID) or keys.DEFAULT_FAIRNESS_ID,
+            policy=policy,
+            session=h.get(policy.session_header),
+            objective=h.get(keys.OBJECTIVE),
+            fairness=h.get(keys.FAIRNESS_ID),
             subset=self._effective_subset(),
             headers=h if self.ctx.conformance_hooks or keys.TEST_ENDPOINT_SELECTION not in h else _without(h),
             arrival_time=self.ctx.clock(),

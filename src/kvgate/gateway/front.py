@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
-from kvgate.config.protocol import error_body
+from kvgate.openai.protocol import error_body
 
 log = logging.getLogger("kvgate.gateway.front")
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-from kvgate.scheduling.director import Usage
 from kvgate.scheduling.fastmetrics import Hist
+from kvgate.scheduling.types import Usage
 
 _LATENCY_BUCKETS = (
     0.005,

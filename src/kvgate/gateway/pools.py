@@ -11,14 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kvgate.config.director import build_director
 from kvgate.config.gateway import PoolConfig
+from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.scheduling.types import InferenceRequest, PickResult
 
 
 class Picker(Protocol):
-    """What the gateway needs from ``kvgate.scheduling.director.Director``."""
+    """What the gateway needs from ``kvgate.requestcontrol.director.Director``."""
 
     def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult: ...
     def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
@@ -44,9 +46,6 @@ def make_store(cfg: PoolConfig) -> EndpointStore:
 
 def build_pool(cfg: PoolConfig, clock: Callable[[], float] = time.monotonic) -> Pool:
     """A pool with the real picker: the pool's EndpointPickerConfig, or its named policy."""
-    from kvgate.scheduling.director import build_director
-    from kvgate.scheduling.policies import policy_config
-
     store = make_store(cfg)
     picker_cfg: Any = cfg.picker_config if cfg.picker_config is not None else policy_config(cfg.policy)
     director = build_director(picker_cfg, store, clock=clock)

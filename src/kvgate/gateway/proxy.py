@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 
-from kvgate.config import protocol as proto
 from kvgate.config.gateway import GatewayConfig
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.endpoint import Endpoint
@@ -27,9 +26,20 @@ from kvgate.gateway.front import Request, Response, StreamResponse
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
-from kvgate.gateway.request import CHAT, COMPLETIONS, EMBEDDINGS, ParsedBody, estimate_tokens, parse_body
 from kvgate.gateway.stream import BodyRewriter, StreamRelay, StreamTooLarge, usage_from_body
 from kvgate.gateway.upstream import UpstreamPool, UpstreamResponse
+from kvgate.openai import protocol as proto
+from kvgate.openai.request import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    PATHS,
+    BodyError,
+    ParsedBody,
+    RequestPolicy,
+    inference_request,
+    parse_body,
+)
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError
 
 log = logging.getLogger("kvgate.gateway")
@@ -61,7 +71,6 @@ _DROP = frozenset(
 )
 _DROP_PREFIXES = ("x-gateway-", "x-kvgate-")
 _UPSTREAM_ERRORS = (TimeoutError, OSError)  # UpstreamError is an OSError
-_PATHS = {COMPLETIONS: "/v1/completions", CHAT: "/v1/chat/completions", EMBEDDINGS: "/v1/embeddings"}
 _EXPLAIN_HEADER_MAX = 4096
 
 
@@ -125,6 +134,10 @@ class Proxy:
         for pool in pools:
             for name in (*pool.cfg.models, *pool.cfg.adapters):
                 self.routes[name] = pool
+        # What configuration adds to a body, per pool (kvgate.openai.request, shared with kvgate epp).
+        self.policies = {
+            pool.name: RequestPolicy(pool.adapters, cfg.session_header, cfg.objectives) for pool in pools
+        }
         lim = cfg.limits
         self.upstream = UpstreamPool(lim.connect_timeout_s, lim.idle_timeout_s)
         self.request_timeout = lim.request_timeout_s or None
@@ -220,7 +233,10 @@ class Proxy:
     # --- one request --------------------------------------------------------------------------
     async def _handle(self, request: Request, kind: str, rid: str, t0: float) -> Response | StreamResponse:
         raw = await self._read_body(request)
-        parsed = parse_body(kind, raw)
+        try:
+            parsed = parse_body(kind, raw)
+        except BodyError as e:
+            raise GatewayError(e.status, e.message, param=e.param) from None
         client_model = parsed.model
         target = self.rewriter.rewrite(client_model) if self.rewriter else client_model
         pool = self.routes.get(target)
@@ -270,18 +286,15 @@ class Proxy:
         fairness: str | None,
         t0: float,
     ) -> InferenceRequest:
-        session = headers.get(self.cfg.session_header) or parsed.user
-        return InferenceRequest(
+        policy = self.policies[pool.name]
+        return inference_request(
+            parsed,
             request_id=rid,
             model=target,
-            prompt_text=parsed.prompt_text,
-            prompt_tokens=estimate_tokens(parsed),
-            token_ids=parsed.token_ids,
-            max_tokens=parsed.max_tokens,
-            lora_adapter=target if target in pool.adapters else None,
-            session_key=session,
-            priority=self.cfg.objectives.get(objective, 0) if objective else 0,
-            fairness_id=fairness or proto.DEFAULT_FAIRNESS_ID,
+            policy=policy,
+            session=headers.get(policy.session_header),
+            objective=objective,
+            fairness=fairness,
             headers=headers,
             arrival_time=t0,
         )
@@ -317,7 +330,7 @@ class Proxy:
         tried: set[str] = set()
         director = pool.director
         last_error = "no endpoint tried"
-        path = _PATHS[kind].encode()
+        path = PATHS[kind].encode()
         deadline = self._loop.time() + self.request_timeout if self.request_timeout else None
         sent_model = ireq.model if ireq.model != client_model else None
         for attempt in range(self.cfg.limits.max_attempts):

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from kvgate.config.protocol import usage_from
-from kvgate.scheduling.director import Usage
+from kvgate.openai.protocol import usage_from
+from kvgate.scheduling.types import Usage
 
 _TAIL_BYTES = 16 * 1024
 _EVENT_SEP = re.compile(rb"\r?\n\r?\n")

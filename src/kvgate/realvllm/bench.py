@@ -96,9 +96,9 @@ class Gateway:
                 srv = GatewayServer(cfg)
             else:
                 # A seeded picker: tie-breaks (where new prefixes land) repeat from run to run.
+                from kvgate.config.director import build_director
+                from kvgate.config.policies import policy_config
                 from kvgate.gateway.pools import Pool, make_store
-                from kvgate.scheduling.director import build_director
-                from kvgate.scheduling.policies import policy_config
 
                 store = make_store(pool)
                 director = build_director(picker or policy_config(name), store, seed=seed)

@@ -12,7 +12,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.scheduling.types import InferenceRequest
@@ -23,6 +23,39 @@ if TYPE_CHECKING:
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message (``plugins[2].parameters.x``)."""
+
+
+# -- what plugins publish for the request-control layer (which names no plugin) -------------------------
+
+EXPECTED_CACHE = "expected-cache"  # cycle.data key: a CacheExpectation
+EXPLAIN_EXTRAS = "explain-extras"  # cycle.data key: {name: value} added to a pick's explanation
+
+
+class CacheExpectation(Protocol):
+    """What a prefix plugin expects each endpoint to hold of this request's prompt.
+
+    The Director reads it for the chosen endpoints to charge only the uncached part of the prompt as
+    pending prefill (in-flight accounting); without it every dispatch counts the whole prompt.
+    """
+
+    def uncached_fraction(self, address: str) -> float:
+        """Share of the prompt, in [0, 1], the endpoint at ``address`` will have to prefill."""
+        ...
+
+
+def publish_cache_expectation(cycle: CycleState, expectation: CacheExpectation, *, override: bool) -> None:
+    """Offer ``expectation`` for this cycle; ``override=False`` yields to one already published."""
+    if override or EXPECTED_CACHE not in cycle.data:
+        cycle.data[EXPECTED_CACHE] = expectation
+
+
+def cache_expectation(cycle: CycleState) -> CacheExpectation | None:
+    return cycle.data.get(EXPECTED_CACHE)
+
+
+def add_explanation(cycle: CycleState, name: str, value: Any) -> None:
+    """Put ``value`` under ``name`` in this pick's explanation (call only when ``cycle.explain``)."""
+    cycle.data.setdefault(EXPLAIN_EXTRAS, {})[name] = value
 
 
 class CycleState:

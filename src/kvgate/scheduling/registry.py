@@ -2,6 +2,8 @@
 
 Any module dropped into the plugins package registers itself with ``@register("type-name")`` on
 import; ``discover()`` imports them all once, so adding a plugin never means editing this file.
+Plugin types defined above scheduling (flow control's saturation detectors) register when their own
+module is imported; the config loader imports it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ log = logging.getLogger(__name__)
 P = TypeVar("P", bound=type[Plugin])
 
 _REGISTRY: dict[str, type[Plugin]] = {}
-# Plugin types that live outside the plugins package (saturation detectors are config plugins too).
-_EXTRA_MODULES = ("kvgate.flowcontrol.saturation",)
 _discovered = False
 
 
@@ -44,7 +44,7 @@ def discover() -> None:
     _discovered = True
     pkg = importlib.import_module("kvgate.scheduling.plugins")
     names = [m.name for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".")]
-    for name in [*names, *_EXTRA_MODULES]:
+    for name in names:
         try:
             importlib.import_module(name)
         except Exception:  # one broken plugin module must not take the picker down

@@ -41,6 +41,24 @@ class InferenceRequest:
         return self.priority < 0
 
 
+def prompt_tokens(req_tokens: int, text: str, token_ids: list[int] | None) -> int:
+    """A request's prompt size in tokens for load accounting: the estimate, else the ids, else text/4."""
+    if req_tokens > 0:
+        return req_tokens
+    if token_ids:
+        return len(token_ids)
+    return max(1, len(text) // 4)
+
+
+@dataclass(slots=True)
+class Usage:
+    """What a finished request really cost (OpenAI ``usage``); any field may be 0 when unknown."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
 @dataclass(slots=True)
 class PickResult:
     """The chosen endpoints, best first (several = a fallback list), and how they were chosen."""

@@ -36,21 +36,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.scheduling.framework import CycleState, Params, Plugin, PluginHandle, PostPick, Scorer
+from kvgate.scheduling.framework import (
+    CycleState,
+    Params,
+    Plugin,
+    PluginHandle,
+    PostPick,
+    Scorer,
+    add_explanation,
+)
 from kvgate.scheduling.plugins.precise_prefix import CYCLE_KEY as PRECISE_KEY
 from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, UsesPrefixPlugin, prefix_match
 from kvgate.scheduling.registry import register
-
-COST_KEY = "kvgate-cost"
-
-
-def prompt_tokens(req_tokens: int, text: str, token_ids: list[int] | None) -> int:
-    if req_tokens > 0:
-        return req_tokens
-    if token_ids:
-        return len(token_ids)
-    return max(1, len(text) // 4)
+from kvgate.scheduling.types import prompt_tokens
 
 
 @register("kvgate-cost-scorer")
@@ -204,7 +203,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
             pen = self.saturation_penalty
             costs = [c + pen if s else c for c, s in zip(costs, sat_flags, strict=True)]
         if cycle.explain:
-            cycle.data[COST_KEY] = {ep.address: c for ep, c in zip(endpoints, costs, strict=True)}
+            add_explanation(cycle, "costs", {ep.address: c for ep, c in zip(endpoints, costs, strict=True)})
         return costs
 
     def on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:

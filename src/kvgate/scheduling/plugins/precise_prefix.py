@@ -39,8 +39,10 @@ from kvgate.scheduling.framework import (
     PostPick,
     Producer,
     Scorer,
+    publish_cache_expectation,
 )
 from kvgate.scheduling.registry import register
+from kvgate.scheduling.types import InferenceRequest, prompt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,21 @@ def _load_tokenizer(path: str) -> Any:
 
 def _looks_like_chat(text: str) -> bool:
     return text.startswith("[{") and '"role"' in text[:200]
+
+
+class _CachedTokens:
+    """framework.CacheExpectation from cached prompt tokens per endpoint."""
+
+    __slots__ = ("cached", "request")
+
+    def __init__(self, cached: dict[str, int], request: InferenceRequest) -> None:
+        self.cached = cached
+        self.request = request
+
+    def uncached_fraction(self, address: str) -> float:
+        r = self.request
+        p = prompt_tokens(r.prompt_tokens, r.prompt_text, r.token_ids)
+        return 1.0 - min(self.cached.get(address, 0), p) / p
 
 
 class _Match:
@@ -233,6 +250,10 @@ class PrecisePrefixCacheScorer(Producer, Scorer, PostPick):
         cycle.data[(CYCLE_KEY, self.name)] = found
         # Consumers (kvgate-cost-scorer, explanations) read the expected cache hit in tokens.
         cycle.data[CYCLE_KEY] = found.cached_tokens
+        if found.cached_tokens:
+            publish_cache_expectation(
+                cycle, _CachedTokens(found.cached_tokens, cycle.request), override=False
+            )
 
     def _found(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> _Match:
         found = cycle.data.get((CYCLE_KEY, self.name))

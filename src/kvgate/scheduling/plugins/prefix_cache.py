@@ -24,6 +24,7 @@ from kvgate.scheduling.framework import (
     PostPick,
     Producer,
     Scorer,
+    publish_cache_expectation,
 )
 from kvgate.scheduling.prefix import (
     CHARS_PER_TOKEN,
@@ -53,6 +54,9 @@ class PrefixMatch:
     def ratio(self, address: str) -> float:
         n = len(self.hashes)
         return self.matched.get(address, 0) / n if n else 0.0
+
+    def uncached_fraction(self, address: str) -> float:  # framework.CacheExpectation
+        return 1.0 - self.ratio(address)
 
 
 def prefix_match(cycle: CycleState) -> PrefixMatch | None:
@@ -131,7 +135,10 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
             for a, n in zip(addrs, self.index.match(hashes, addrs), strict=True):
                 if n:
                     matched[a] = n
-        cycle.data[CYCLE_KEY] = PrefixMatch(hashes, matched, chunk)
+        match = cycle.data[CYCLE_KEY] = PrefixMatch(hashes, matched, chunk)
+        if hashes:
+            # The approximate index's guess wins over a precise scorer's in the same cycle.
+            publish_cache_expectation(cycle, match, override=True)
 
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         m = prefix_match(cycle)

@@ -1,8 +1,7 @@
 """What both front doors (``kvgate serve`` and ``kvgate epp``) share on the wire.
 
-Control header names (GIE endpoint picker protocol), the OpenAI ``usage`` object as the director's
-``Usage``, and the OpenAI error body. Kept here, not in either front door, because neither may import
-the other (docs/architecture.md): one definition, so the two cannot drift apart.
+Control header names (GIE endpoint picker protocol), the OpenAI ``usage`` object as the scheduler's
+``Usage``, and the OpenAI error body: one definition, so the two doors cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from kvgate.scheduling.director import Usage
+from kvgate.scheduling.types import Usage
 
 # Request headers a gateway (or a client) may send; read by the front door, never forwarded upstream.
 FAIRNESS_ID = "x-gateway-inference-fairness-id"
@@ -20,6 +19,8 @@ MODEL_REWRITE = "x-gateway-model-name-rewrite"
 DESTINATION_ENDPOINT = "x-gateway-destination-endpoint"
 REQUEST_ID = "x-request-id"
 DEFAULT_FAIRNESS_ID = "default-flow"
+# The session-affinity header when the configuration names none (``sessionHeader`` / ``--session-header``).
+DEFAULT_SESSION_HEADER = "x-session-id"
 # Conformance hooks (GIE conformance suite): a client must not steer routing with them unless enabled.
 TEST_ENDPOINT_SELECTION = "test-epp-endpoint-selection"
 CONFORMANCE_SERVED = "x-conformance-test-served-endpoint"

@@ -19,7 +19,7 @@ import contextlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from kvgate.scheduling.director import Director
+from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult, SchedulingError, ShedError
 
 

@@ -1,72 +1,21 @@
-"""OpenAI-shaped payloads as the EPP sees them: request bodies in, usage and model names out.
+"""OpenAI responses as a front door reads them: streamed events scanned incrementally, models put back.
 
-The request body is parsed once (orjson); responses are scanned incrementally so a streamed reply is
-never held whole, and an SSE event split across body messages is reassembled from a bounded tail.
+A streamed reply is never held whole: an SSE event split across body chunks is reassembled from a
+bounded tail. Used by ``kvgate epp`` (the built-in gateway's relay has its own, copy-free variant in
+``kvgate.gateway.stream``, reading usage with the same ``usage_from``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from kvgate.config.protocol import usage_from
-from kvgate.scheduling.director import Usage
+from kvgate.openai.protocol import usage_from
+from kvgate.scheduling.types import Usage
 
 # An SSE line longer than this is not a usage-bearing event we can afford to buffer: drop it.
 MAX_SSE_LINE = 1 << 20
-
-
-class BodyError(ValueError):
-    """The request body cannot be scheduled (400)."""
-
-
-@dataclass(slots=True)
-class ParsedBody:
-    payload: dict[str, Any]
-    model: str
-    prompt_text: str
-    max_tokens: int | None
-    stream: bool
-
-
-def parse_request_body(raw: bytes | bytearray) -> ParsedBody:
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BodyError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise BodyError("request body must be a JSON object")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise BodyError("request body has no 'model'")
-    max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens"))
-    return ParsedBody(
-        payload=payload,
-        model=model,
-        prompt_text=prompt_text(payload),
-        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
-        stream=payload.get("stream") is True,
-    )
-
-
-def prompt_text(payload: dict[str, Any]) -> str:
-    """What prefix matching hashes: completions -> the prompt; chat -> the JSON of ``messages``."""
-    messages = payload.get("messages")
-    if messages is not None:
-        return orjson.dumps(messages).decode()
-    prompt = payload.get("prompt")
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
-        return "".join(prompt)
-    if prompt is not None:  # token ids or mixed: the JSON still gives stable prefixes
-        return orjson.dumps(prompt).decode()
-    inp = payload.get("input")  # embeddings / responses API
-    if isinstance(inp, str):
-        return inp
-    return orjson.dumps(inp).decode() if inp is not None else ""
 
 
 def has_output(obj: Any) -> bool:

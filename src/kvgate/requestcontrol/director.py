@@ -1,5 +1,9 @@
 """The Director: the one object a front door talks to (pick, then report dispatch, first token, finish).
 
+Request control sits above scheduling and flow control: it names no plugin module (prefix plugins
+publish their expected cache hits through ``scheduling.framework.CacheExpectation``); it is built from
+an ``EndpointPickerConfig`` by ``kvgate.config.director.build_director``.
+
 ``pick`` is synchronous and does no I/O: candidates (healthy endpoints, intersected with the request's
 subset hint) -> saturation check for sheddable requests -> the configured profile(s) -> a
 ``PickResult``. The ``on_*`` calls keep each endpoint's ``InFlight`` accounting, the lag-free load
@@ -11,41 +15,39 @@ the fleet simulator); ``timer`` is used solely to measure the picker's own laten
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from kvgate.config.picker import EndpointPickerConfig, instantiate, load_config, parse_config
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import metrics
-from kvgate.scheduling.framework import ConfigError, CycleState, PluginHandle, ProfileHandler
-from kvgate.scheduling.plugins.kvgate_cost import COST_KEY, prompt_tokens
-from kvgate.scheduling.plugins.pickers import MaxScorePicker
-from kvgate.scheduling.plugins.precise_prefix import CYCLE_KEY as PRECISE_KEY
-from kvgate.scheduling.plugins.prefix_cache import prefix_match
+from kvgate.scheduling.framework import (
+    EXPLAIN_EXTRAS,
+    CycleState,
+    PluginHandle,
+    ProfileHandler,
+    cache_expectation,
+)
 from kvgate.scheduling.profile import SchedulerProfile
-from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult, SchedulingError, ShedError
+from kvgate.scheduling.types import (
+    InferenceRequest,
+    NoCapacityError,
+    PickResult,
+    SchedulingError,
+    ShedError,
+    Usage,
+    prompt_tokens,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DECODE_TOKENS = 128  # expected output tokens when a request sets no max_tokens (refined by EWMA)
 POOL_METRICS_EVERY_S = 1.0  # inference_pool_* gauges are refreshed at most this often (clock seconds)
 MAX_TRACKED = 1 << 17  # bound on requests tracked between pick and finish (a front door may forget one)
-
-
-@dataclass(slots=True)
-class Usage:
-    """What a finished request really cost (OpenAI ``usage``); any field may be 0 when unknown."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -130,16 +132,12 @@ class Director:
             picked = self.profiles[name].run(cycle, cands)
             if not chosen:
                 chosen, first = picked, name
-        m = prefix_match(cycle)
-        if m is not None and m.hashes:
-            # Remember the expected cache hit per chosen endpoint for in-flight accounting at dispatch.
-            self._remember(req.request_id, {ep.address: 1.0 - m.ratio(ep.address) for ep in chosen})
-        elif isinstance(cached := cycle.data.get(PRECISE_KEY), dict) and cached:
-            # A precise prefix scorer's match instead (cached prompt tokens per endpoint); without it
-            # every dispatch would count its whole prompt as pending prefill on the prefix's holder.
-            p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        expected = cache_expectation(cycle)
+        if expected is not None:
+            # Remember the expected cache hit per chosen endpoint for in-flight accounting at dispatch;
+            # without it every dispatch would count its whole prompt as pending prefill on the holder.
             self._remember(
-                req.request_id, {ep.address: 1.0 - min(cached.get(ep.address, 0), p) / p for ep in chosen}
+                req.request_id, {ep.address: expected.uncached_fraction(ep.address) for ep in chosen}
             )
         explanation: dict[str, Any] = {}
         if cycle.explain:
@@ -149,8 +147,7 @@ class Director:
                 "profiles": cycle.data.get("explanation", {}),
                 "winner": chosen[0].address,
             }
-            if COST_KEY in cycle.data:
-                explanation["costs"] = cycle.data[COST_KEY]
+            explanation.update(cycle.data.get(EXPLAIN_EXTRAS, {}))
             log.debug("pick %s", explanation)
         return PickResult(chosen, first, explanation)
 
@@ -225,64 +222,3 @@ class Director:
                 metrics.POOL_QUEUE.labels(name=name).set(
                     sum(e.metrics.waiting_queue_size for e in ready) / len(ready)
                 )
-
-
-def _as_config(config: EndpointPickerConfig | str | Path | Mapping[str, Any]) -> EndpointPickerConfig:
-    from kvgate.scheduling.policies import POLICIES, policy_config
-
-    if isinstance(config, EndpointPickerConfig):
-        return config
-    if isinstance(config, Mapping):
-        return parse_config(config)
-    if isinstance(config, str) and config in POLICIES:
-        return policy_config(config)
-    return load_config(config)
-
-
-def build_director(
-    config: EndpointPickerConfig | str | Path | Mapping[str, Any],
-    store: EndpointStore,
-    clock: Callable[[], float] = time.monotonic,
-    *,
-    seed: int | None = None,
-    timer: Callable[[], float] = time.perf_counter,
-    staleness: float = 2.0,
-) -> Director:
-    """A Director from a config object, a policy name, a YAML path or text, or a decoded mapping."""
-    cfg = _as_config(config)
-    handle = PluginHandle(store, clock, staleness, random.Random(seed))
-    for spec in cfg.plugins:
-        instantiate(spec, handle)
-    handler: ProfileHandler | None = None
-    for p in handle.plugins.values():
-        if isinstance(p, ProfileHandler):
-            handler = p
-    if handler is None:
-        from kvgate.scheduling.plugins.handlers import SingleProfileHandler
-
-        handler = SingleProfileHandler("single-profile-handler", handle)
-    profiles: dict[str, SchedulerProfile] = {}
-    for ps in cfg.profiles:
-        prof = SchedulerProfile(ps.name)
-        for ref in ps.plugins:
-            plugin = handle.plugins[ref.plugin_ref]
-            if isinstance(plugin, SaturationDetector | ProfileHandler):
-                continue
-            try:
-                prof.add(plugin, ref.weight)
-            except ValueError as e:
-                raise ConfigError(f"{ref.path}: {e}") from e
-        if prof.picker is None:
-            prof.picker = MaxScorePicker(f"{ps.name}/max-score-picker", handle)
-        profiles[ps.name] = prof
-    detector: SaturationDetector | None = None
-    if cfg.saturation_detector is not None:
-        det = handle.plugins.get(cfg.saturation_detector.name)
-        if not isinstance(det, SaturationDetector):
-            det = instantiate(cfg.saturation_detector, PluginHandle(store, clock, staleness))
-        if not isinstance(det, SaturationDetector):
-            raise ConfigError(
-                f"{cfg.saturation_detector.path}: {det.type_name!r} is not a saturation detector"
-            )
-        detector = det
-    return Director(profiles, handler, store, handle, detector=detector, timer=timer, name=cfg.name)

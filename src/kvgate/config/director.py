@@ -1,0 +1,91 @@
+"""Build a ``Director`` from an ``EndpointPickerConfig`` (or a named policy, a YAML path or text).
+
+Lives with the config loader, not in request control: the Director takes built plugins and profiles and
+never reads configuration. Default plugins (the max-score picker, the single-profile handler) are
+found by their registered type names, so nothing here names a plugin module either.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kvgate.config.picker import EndpointPickerConfig, instantiate, load_config, parse_config
+from kvgate.config.policies import POLICIES, policy_config
+from kvgate.datalayer.store import EndpointStore
+from kvgate.flowcontrol.saturation import SaturationDetector
+from kvgate.requestcontrol.director import Director
+from kvgate.scheduling import registry
+from kvgate.scheduling.framework import ConfigError, Picker, PluginHandle, ProfileHandler
+from kvgate.scheduling.profile import SchedulerProfile
+
+DEFAULT_PICKER = "max-score-picker"
+DEFAULT_PROFILE_HANDLER = "single-profile-handler"
+
+
+def _as_config(config: EndpointPickerConfig | str | Path | Mapping[str, Any]) -> EndpointPickerConfig:
+    if isinstance(config, EndpointPickerConfig):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(config)
+    if isinstance(config, str) and config in POLICIES:
+        return policy_config(config)
+    return load_config(config)
+
+
+def _default(type_name: str, name: str, handle: PluginHandle) -> Any:
+    cls = registry.get(type_name)
+    if cls is None:  # the plugins package itself is broken
+        raise ConfigError(f"{name}: plugin type {type_name!r} is not registered")
+    return cls(name, handle)
+
+
+def build_director(
+    config: EndpointPickerConfig | str | Path | Mapping[str, Any],
+    store: EndpointStore,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    seed: int | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+    staleness: float = 2.0,
+) -> Director:
+    """A Director from a config object, a policy name, a YAML path or text, or a decoded mapping."""
+    cfg = _as_config(config)
+    handle = PluginHandle(store, clock, staleness, random.Random(seed))
+    for spec in cfg.plugins:
+        instantiate(spec, handle)
+    handler: ProfileHandler | None = None
+    for p in handle.plugins.values():
+        if isinstance(p, ProfileHandler):
+            handler = p
+    if handler is None:
+        handler = _default(DEFAULT_PROFILE_HANDLER, DEFAULT_PROFILE_HANDLER, handle)
+    profiles: dict[str, SchedulerProfile] = {}
+    for ps in cfg.profiles:
+        prof = SchedulerProfile(ps.name)
+        for ref in ps.plugins:
+            plugin = handle.plugins[ref.plugin_ref]
+            if isinstance(plugin, SaturationDetector | ProfileHandler):
+                continue
+            try:
+                prof.add(plugin, ref.weight)
+            except ValueError as e:
+                raise ConfigError(f"{ref.path}: {e}") from e
+        if prof.picker is None:
+            picker: Picker = _default(DEFAULT_PICKER, f"{ps.name}/{DEFAULT_PICKER}", handle)
+            prof.picker = picker
+        profiles[ps.name] = prof
+    detector: SaturationDetector | None = None
+    if cfg.saturation_detector is not None:
+        det = handle.plugins.get(cfg.saturation_detector.name)
+        if not isinstance(det, SaturationDetector):
+            det = instantiate(cfg.saturation_detector, PluginHandle(store, clock, staleness))
+        if not isinstance(det, SaturationDetector):
+            raise ConfigError(
+                f"{cfg.saturation_detector.path}: {det.type_name!r} is not a saturation detector"
+            )
+        detector = det
+    return Director(profiles, handler, store, handle, detector=detector, timer=timer, name=cfg.name)

@@ -1,0 +1,227 @@
+"""Parse an OpenAI request body once and describe it for the scheduler: one ``InferenceRequest``.
+
+Both front doors call ``parse_body`` then ``inference_request``, so a body means the same thing behind
+``kvgate serve`` and behind ``kvgate epp`` (tests/openai/test_shared_bodies.py holds them to it). Every
+way a body can be wrong is a ``BodyError`` (400) naming the parameter, never a crash further down: token
+ids are checked to be what a tokenizer can emit, and nesting is bounded before anything re-encodes the
+body (orjson refuses to encode past 254 levels; a 500 is not an answer to a client's mistake).
+
+``max_completion_tokens`` wins over ``max_tokens`` when a body sets both (the newer OpenAI name; vLLM reads
+them in the same order); each must be a non-negative integer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from kvgate.openai.protocol import DEFAULT_FAIRNESS_ID, DEFAULT_SESSION_HEADER
+from kvgate.scheduling.types import InferenceRequest
+
+COMPLETIONS = "completions"
+CHAT = "chat"
+EMBEDDINGS = "embeddings"
+# A body whose API kvgate does not know (a path other than the three below): only ``model`` is required.
+OTHER = "other"
+PATHS = {COMPLETIONS: "/v1/completions", CHAT: "/v1/chat/completions", EMBEDDINGS: "/v1/embeddings"}
+_KIND_BY_PATH = {path: kind for kind, path in PATHS.items()}
+
+# Deepest JSON nesting accepted anywhere in a body. Real chat bodies (messages -> content parts -> image
+# url objects, tool schemas) stay well under it; orjson cannot re-encode past 254.
+MAX_NESTING = 64
+# Token ids are non-negative and fit an int32 (every tokenizer vocabulary does; prefix hashing packs them).
+TOKEN_ID_LIMIT = 1 << 31
+MAX_TOKENS_KEYS = ("max_completion_tokens", "max_tokens")  # precedence order
+
+
+class BodyError(ValueError):
+    """The body cannot be served as sent (400); ``param`` names the offending parameter."""
+
+    status = 400
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass(slots=True)
+class ParsedBody:
+    kind: str
+    body: dict[str, Any]
+    model: str
+    stream: bool = False
+    # Text that prefix matching hashes (completions: prompt; chat: JSON of messages; embeddings: input).
+    prompt_text: str = ""
+    token_ids: list[int] | None = None
+    max_tokens: int | None = None
+    user: str | None = None
+    # The client asked for the final usage chunk itself (so it must not be stripped).
+    client_wants_usage: bool = False
+    # Estimated prompt tokens: the token ids' count, else len(prompt_text) // 4.
+    prompt_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPolicy:
+    """What configuration adds to a body: adapter names, the session header, objective priorities."""
+
+    adapters: frozenset[str] = frozenset()
+    session_header: str = DEFAULT_SESSION_HEADER
+    objectives: Mapping[str, int] = field(default_factory=dict)
+
+
+def kind_for_path(path: str) -> str:
+    """The API a request path names (query string ignored); ``OTHER`` when it is none of the three."""
+    return _KIND_BY_PATH.get(path.split("?", 1)[0].rstrip("/"), OTHER)
+
+
+def _token_ids(value: list[Any], param: str) -> list[int] | None:
+    """``value`` as token ids, None when it is not an all-int list; out-of-range ids are a 400."""
+    if not all(type(t) is int for t in value):
+        return None
+    if not all(0 <= t < TOKEN_ID_LIMIT for t in value):
+        raise BodyError(f"'{param}' token ids must be integers in [0, {TOKEN_ID_LIMIT - 1}]", param)
+    return value
+
+
+def _prompt(value: Any, param: str) -> tuple[str, list[int] | None, int]:
+    """Completions ``prompt`` / embeddings ``input``: a string, strings, token ids, or lists of ids.
+
+    Returns (text, token ids, estimated tokens). A batch of token prompts: prefix matching and the
+    estimate use the first.
+    """
+    if isinstance(value, str):
+        return value, None, len(value) // 4
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            text = "\n".join(value)
+            return text, None, len(text) // 4
+        ids = _token_ids(value, param)
+        if ids is not None:
+            return "", ids, len(ids)
+        if all(isinstance(v, list) and v for v in value):
+            batch = [_token_ids(v, param) for v in value]
+            if all(b is not None for b in batch):
+                return "", batch[0], len(value[0])
+    raise BodyError(f"'{param}' must be a string, a list of strings, or token ids", param)
+
+
+def _too_deep(body: dict[str, Any]) -> str | None:
+    """The top-level key under which nesting exceeds ``MAX_NESTING`` (None when it does not)."""
+    for key, value in body.items():
+        stack: list[tuple[Any, int]] = [(value, 2)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > MAX_NESTING:
+                return key
+            if isinstance(node, dict):
+                stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+            elif isinstance(node, list):
+                stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+    return None
+
+
+def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
+    """Decode (orjson, once) and validate; ``kind`` is one of ``COMPLETIONS``, ``CHAT``, ``EMBEDDINGS``,
+    ``OTHER``. Raises ``BodyError``."""
+    if not raw:
+        raise BodyError("request body is empty; expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BodyError(f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BodyError("request body must be a JSON object")
+    # Cheap guard first: nesting deeper than the limit needs at least that many brackets.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and (key := _too_deep(body)) is not None:
+        raise BodyError(f"'{key}' is nested more than {MAX_NESTING} levels deep", key)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BodyError("'model' is required and must be a non-empty string", "model")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BodyError("'stream' must be a boolean", "stream")
+    if kind == OTHER:
+        # Unknown API: read the prompt the way its keys say, when it has one.
+        kind = CHAT if "messages" in body else COMPLETIONS if "prompt" in body else OTHER
+    token_ids: list[int] | None = None
+    prompt_text, estimate = "", 0
+    if kind == CHAT:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise BodyError("'messages' must be a non-empty list of message objects", "messages")
+        try:
+            prompt_text = orjson.dumps(messages).decode()
+        except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
+            raise BodyError(f"'messages' cannot be encoded: {e}", "messages") from None
+        estimate = len(prompt_text) // 4
+    elif kind == COMPLETIONS:
+        if "prompt" not in body:
+            raise BodyError("'prompt' is required", "prompt")
+        prompt_text, token_ids, estimate = _prompt(body["prompt"], "prompt")
+    elif kind == EMBEDDINGS:
+        if "input" not in body:
+            raise BodyError("'input' is required", "input")
+        prompt_text, token_ids, estimate = _prompt(body["input"], "input")
+        if stream:
+            raise BodyError("embeddings cannot be streamed", "stream")
+    max_tokens: int | None = None
+    for key in MAX_TOKENS_KEYS:
+        value = body.get(key)
+        if value is not None:
+            if type(value) is not int or value < 0:
+                raise BodyError(f"'{key}' must be a non-negative integer", key)
+            if max_tokens is None:
+                max_tokens = value
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise BodyError("'user' must be a string", "user")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise BodyError("'stream_options' must be an object", "stream_options")
+    wants_usage = bool(opts and opts.get("include_usage"))
+    return ParsedBody(
+        kind, body, model, stream, prompt_text, token_ids, max_tokens, user, wants_usage, estimate
+    )
+
+
+def inference_request(
+    parsed: ParsedBody,
+    *,
+    request_id: str,
+    model: str,
+    policy: RequestPolicy,
+    session: str | None = None,
+    objective: str | None = None,
+    fairness: str | None = None,
+    subset: frozenset[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    arrival_time: float = 0.0,
+) -> InferenceRequest:
+    """The one ``InferenceRequest`` for a parsed body.
+
+    ``model`` is the name the endpoint will see (after any rewrite); it is the LoRA adapter when the
+    policy lists it as one. ``session`` is the value of ``policy.session_header`` (the body's ``user``
+    when the header is absent); ``objective`` and ``fairness`` are the GIE control headers' values.
+    """
+    return InferenceRequest(
+        request_id=request_id,
+        model=model,
+        prompt_text=parsed.prompt_text,
+        prompt_tokens=parsed.prompt_tokens,
+        token_ids=parsed.token_ids,
+        max_tokens=parsed.max_tokens,
+        lora_adapter=model if model in policy.adapters else None,
+        session_key=session or parsed.user or None,
+        priority=policy.objectives.get(objective, 0) if objective else 0,
+        fairness_id=fairness or DEFAULT_FAIRNESS_ID,
+        subset=subset,
+        headers=headers if headers is not None else {},
+        arrival_time=arrival_time,
+    )
