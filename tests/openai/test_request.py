@@ -1,0 +1,106 @@
+"""kvgate.openai.request on its own: what a body means, and every bad body is a 400 naming its parameter."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from kvgate.openai.request import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    MAX_NESTING,
+    OTHER,
+    BodyError,
+    RequestPolicy,
+    inference_request,
+    kind_for_path,
+    parse_body,
+)
+
+
+def _bad(kind: str, body: object) -> BodyError:
+    with pytest.raises(BodyError) as info:
+        parse_body(kind, orjson.dumps(body) if not isinstance(body, bytes) else body)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [[-1, 2], [1, 2**31], [[1, 2], [3, -5]], [1, 2**40]],
+    ids=["negative", "2**31", "batch-negative", "2**40"],
+)
+def test_out_of_range_token_ids_name_the_parameter(prompt: list[object]) -> None:
+    err = _bad(COMPLETIONS, {"model": "m", "prompt": prompt})
+    assert err.param == "prompt" and "token ids" in err.message
+
+
+@pytest.mark.parametrize("prompt", [[1.5, 2], [True, 1], [1, "a"], [], [[]], [[1], "a"]])
+def test_non_token_lists_are_refused(prompt: list[object]) -> None:
+    assert _bad(COMPLETIONS, {"model": "m", "prompt": prompt}).param == "prompt"
+
+
+def test_embeddings_input_token_ids_are_checked_too() -> None:
+    assert _bad(EMBEDDINGS, {"model": "m", "input": [3, -1]}).param == "input"
+
+
+def test_largest_token_id_is_accepted() -> None:
+    parsed = parse_body(COMPLETIONS, orjson.dumps({"model": "m", "prompt": [0, 2**31 - 1]}))
+    assert parsed.token_ids == [0, 2**31 - 1] and parsed.prompt_tokens == 2
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("key", ["messages", "tools", "stream_options"])
+def test_nesting_1000_levels_deep_is_a_400_naming_the_key(key: str) -> None:
+    inner = _nested(1000)
+    if key == "messages":
+        raw = f'{{"model": "m", "messages": [{{"role": "user", "content": {inner}}}]}}'
+    else:
+        raw = f'{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "{key}": {inner}}}'
+    err = _bad(CHAT, raw.encode())
+    assert err.param == key and str(MAX_NESTING) in err.message
+
+
+def test_nesting_at_the_limit_is_accepted() -> None:
+    # body (1) -> messages (2) -> message (3) -> content ... MAX_NESTING levels in all.
+    content = _nested(MAX_NESTING - 3)
+    raw = f'{{"model": "m", "messages": [{{"role": "user", "content": {content}}}]}}'.encode()
+    assert parse_body(CHAT, raw).prompt_text
+
+
+def test_max_completion_tokens_wins_over_max_tokens() -> None:
+    both = parse_body(COMPLETIONS, b'{"model":"m","prompt":"x","max_tokens":5,"max_completion_tokens":9}')
+    assert both.max_tokens == 9
+    assert parse_body(COMPLETIONS, b'{"model":"m","prompt":"x","max_tokens":5}').max_tokens == 5
+    # Both are validated, even the one that loses.
+    err = _bad(COMPLETIONS, {"model": "m", "prompt": "x", "max_tokens": -1, "max_completion_tokens": 9})
+    assert err.param == "max_tokens"
+
+
+def test_kind_for_path() -> None:
+    assert kind_for_path("/v1/chat/completions?x=1") == CHAT
+    assert kind_for_path("/v1/completions") == COMPLETIONS
+    assert kind_for_path("/v1/embeddings") == EMBEDDINGS
+    assert kind_for_path("/v1/responses") == OTHER
+
+
+def test_unknown_api_needs_only_a_model() -> None:
+    parsed = parse_body(OTHER, b'{"model": "m", "input": [{"role": "user"}]}')
+    assert (parsed.kind, parsed.prompt_text, parsed.token_ids) == (OTHER, "", None)
+
+
+def test_inference_request_from_policy() -> None:
+    parsed = parse_body(CHAT, b'{"model":"a1","messages":[{"role":"user","content":"hi"}],"user":"u7"}')
+    policy = RequestPolicy(frozenset({"a1"}), "x-s", {"gold": 3})
+    req = inference_request(parsed, request_id="r", model="a1", policy=policy, objective="gold")
+    assert (req.lora_adapter, req.session_key, req.priority, req.fairness_id) == (
+        "a1",
+        "u7",
+        3,
+        "default-flow",
+    )
+    req = inference_request(parsed, request_id="r", model="base", policy=policy, session="s1", fairness="f")
+    assert (req.lora_adapter, req.session_key, req.priority, req.fairness_id) == (None, "s1", 0, "f")

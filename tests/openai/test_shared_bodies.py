@@ -1,0 +1,187 @@
+"""Both front doors read a body the same way: one InferenceRequest, and the same 400s.
+
+The same bodies go through ``kvgate serve`` (the gateway, over HTTP) and ``kvgate epp`` (over the
+ext_proc stream, with the Envoy-playing client forwarding to the backend), both configured from one
+gateway config (adapters, objectives, a non-default session header). The requests their pickers
+receive must be identical except for what is per door by design: request ids, arrival times and the
+header map plugins see (Envoy's pseudo-headers exist only behind the EPP).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from extproc.conftest import RecordingPicker
+from gateway.backend import Backend
+from gateway.conftest import make_config, make_pools
+from kvgate.config.gateway import GatewayConfig
+from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.config import EppConfig
+from kvgate.extproc.picker import build_context
+from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.testing import EnvoyHarness, channel
+from kvgate.gateway.server import GatewayServer
+from kvgate.openai.request import MAX_NESTING
+from kvgate.scheduling.types import InferenceRequest, PickResult
+
+SESSION_HEADER = "x-conversation"
+
+
+class Recorder(RecordingPicker):
+    """The EPP tests' recorder, with the gateway's ``explain`` argument."""
+
+    def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:  # type: ignore[override]
+        self.calls.requests.append(req)
+        return self.inner.pick(req, explain) if explain else self.inner.pick(req)
+
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+# (path, body, extra headers)
+BODIES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
+    (COMPLETIONS, {"model": "m", "prompt": "Once upon a time", "max_tokens": 7}, {}),
+    (COMPLETIONS, {"model": "m", "prompt": ["first line", "second line"]}, {}),
+    (COMPLETIONS, {"model": "m", "prompt": [101, 2023, 2003, 1037, 3231], "max_completion_tokens": 3}, {}),
+    (COMPLETIONS, {"model": "m", "prompt": [[1, 2, 3], [4, 5]]}, {}),
+    (CHAT, {"model": "m", "messages": [{"role": "user", "content": "hello"}], "stream": True}, {}),
+    (
+        CHAT,
+        {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+        {SESSION_HEADER: "conv-42"},
+    ),
+    (CHAT, {"model": "sql-lora", "messages": [{"role": "user", "content": "SELECT"}], "user": "u1"}, {}),
+    (COMPLETIONS, {"model": "sql-lora", "prompt": "x", "max_tokens": 5, "max_completion_tokens": 9}, {}),
+    (
+        COMPLETIONS,
+        {"model": "m", "prompt": "urgent"},
+        {"x-gateway-inference-objective": "gold", "x-gateway-inference-fairness-id": "tenant-a"},
+    ),
+    ("/v1/embeddings", {"model": "m", "input": "embed me"}, {}),
+]
+
+DEEP = "[" * 1000 + "]" * 1000
+# (path, raw body, the parameter the 400 must name)
+BAD_BODIES: list[tuple[str, bytes, str]] = [
+    (COMPLETIONS, b'{"model": "m", "prompt": [1, -2, 3]}', "prompt"),
+    (COMPLETIONS, b'{"model": "m", "prompt": [1, 2147483648]}', "prompt"),
+    (COMPLETIONS, b'{"model": "m", "prompt": [1, 2.5]}', "prompt"),
+    (CHAT, f'{{"model": "m", "messages": [{{"role": "user", "content": {DEEP}}}]}}'.encode(), "messages"),
+    (
+        CHAT,
+        f'{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "tools": {DEEP}}}'.encode(),
+        "tools",
+    ),
+    (COMPLETIONS, b'{"model": "m", "prompt": "x", "max_completion_tokens": -3}', "max_completion_tokens"),
+    (CHAT, b'{"model": "m", "messages": []}', "messages"),
+    (COMPLETIONS, b'{"model": "m", "prompt": "x", "stream": "yes"}', "stream"),
+]
+
+
+def _config(address: str) -> GatewayConfig:
+    return make_config(
+        [address],
+        policy="kvgate",
+        adapters=("sql-lora",),
+        extra={"sessionHeader": SESSION_HEADER.upper(), "objectives": [{"name": "gold", "priority": 5}]},
+    )
+
+
+class Doors:
+    def __init__(self, gw: GatewayServer, gw_picker: RecordingPicker, harness: EnvoyHarness,
+                 epp_picker: RecordingPicker, http: aiohttp.ClientSession) -> None:  # fmt: skip
+        self.gw, self.gw_picker, self.harness, self.epp_picker, self.http = (
+            gw,
+            gw_picker,
+            harness,
+            epp_picker,
+            http,
+        )
+
+    async def gateway(self, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        url = f"http://127.0.0.1:{self.gw.port}{path}"
+        async with self.http.post(
+            url, data=raw, headers={"content-type": "application/json", **headers}
+        ) as r:
+            return r.status, await r.read()
+
+    async def epp(self, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        res = await self.harness.request("POST", path, raw, headers)
+        return res.status, res.body
+
+
+@pytest.fixture
+async def doors() -> AsyncIterator[Doors]:
+    backend = await Backend("b0").start()
+    cfg = _config(backend.address)
+    pools = make_pools(cfg)
+    gw_picker = Recorder(pools[0].director)  # type: ignore[arg-type]
+    pools[0].director = gw_picker  # type: ignore[assignment]
+    gw = GatewayServer(cfg, pools, scrape=False)
+    await gw.start()
+    store = EndpointStore.from_addresses([backend.address])
+    ctx = build_context(EppConfig(pool=cfg.pools[0], gateway=cfg), store, clock=time.monotonic)
+    epp_picker = RecordingPicker(ctx.picker)  # type: ignore[arg-type]
+    ctx.picker = epp_picker
+    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=0, metrics_port=0))
+    await epp.start()
+    ch = channel(f"127.0.0.1:{epp.port}")
+    async with aiohttp.ClientSession() as http:
+        yield Doors(gw, gw_picker, EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http), epp_picker, http)
+    await ch.close()
+    await epp.stop(0)
+    await gw.stop(drain_timeout=1.0)
+    await backend.stop()
+
+
+def _comparable(req: InferenceRequest) -> dict[str, Any]:
+    d = asdict(req)
+    for per_door in ("request_id", "arrival_time", "headers"):
+        d.pop(per_door)
+    return d
+
+
+async def test_same_bodies_give_identical_inference_requests(doors: Doors) -> None:
+    for path, body, headers in BODIES:
+        raw = orjson.dumps(body)
+        gw_status, _ = await doors.gateway(path, raw, headers)
+        epp_status, _ = await doors.epp(path, raw, headers)
+        assert (gw_status, epp_status) == (200, 200), (path, body)
+    gw_reqs, epp_reqs = doors.gw_picker.calls.requests, doors.epp_picker.calls.requests
+    assert len(gw_reqs) == len(epp_reqs) == len(BODIES)
+    for (_path, body, _h), g, e in zip(BODIES, gw_reqs, epp_reqs, strict=True):
+        assert _comparable(g) == _comparable(e), body
+    # And they carry what the bodies and headers said (not two identical wrong answers).
+    by_body = dict(zip((orjson.dumps(b) for _p, b, _h in BODIES), gw_reqs, strict=True))
+    tokens = by_body[orjson.dumps(BODIES[2][1])]
+    assert (tokens.token_ids, tokens.prompt_text, tokens.max_tokens) == ([101, 2023, 2003, 1037, 3231], "", 3)
+    assert by_body[orjson.dumps(BODIES[3][1])].token_ids == [1, 2, 3]
+    assert by_body[orjson.dumps(BODIES[5][1])].session_key == "conv-42"
+    lora = by_body[orjson.dumps(BODIES[6][1])]
+    assert (lora.lora_adapter, lora.session_key) == ("sql-lora", "u1")
+    both = by_body[orjson.dumps(BODIES[7][1])]
+    assert (both.lora_adapter, both.max_tokens) == ("sql-lora", 9)
+    gold = by_body[orjson.dumps(BODIES[8][1])]
+    assert (gold.priority, gold.fairness_id) == (5, "tenant-a")
+    assert by_body[orjson.dumps(BODIES[0][1])].prompt_text == "Once upon a time"
+
+
+@pytest.mark.parametrize(("path", "raw", "param"), BAD_BODIES, ids=[f"{p}:{n}" for p, _r, n in BAD_BODIES])
+async def test_bad_bodies_are_a_400_naming_the_parameter_from_both_doors(
+    doors: Doors, path: str, raw: bytes, param: str
+) -> None:
+    for door in (doors.gateway, doors.epp):
+        status, body = await door(path, raw, {})
+        assert status == 400, (door.__name__, body[:200])
+        err = orjson.loads(body)["error"]
+        assert err["param"] == param and err["type"] == "invalid_request_error", (door.__name__, err)
+    assert MAX_NESTING < 1000
+    assert not doors.gw_picker.calls.requests and not doors.epp_picker.calls.requests
