@@ -32,6 +32,7 @@ from typing import Any
 from kvgate.bench.report import Collector
 from kvgate.bench.workloads import RequestSpec, poisson_offsets
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.openai.request import COMPLETIONS, ParsedBody, RequestPolicy, inference_request
 from kvgate.scheduling.types import InferenceRequest, SchedulingError, Usage
 from kvgate.sim.types import SimRequest
 
@@ -168,6 +169,8 @@ class FleetSim:
 
         self.cfg = cfg
         self.clock = VirtualClock()
+        # adapter (or None) -> the request policy that names it (kvgate.openai.request, as both doors)
+        self._policies: dict[str | None, RequestPolicy] = {}
         self._specs: Iterator[RequestSpec] = iter(specs)
         self._rng = random.Random(cfg.seed)
         # Its own stream, so the arrival times and the picker's tie-breaks do not depend on it.
@@ -225,16 +228,15 @@ class FleetSim:
         rid = f"r{self._n}"
         self._n += 1
         self._queue_next_arrival()
-        req = InferenceRequest(
-            request_id=rid,
-            model=spec.target_model,
-            prompt_text=spec.prompt_text,
-            prompt_tokens=len(spec.prompt_ids),
-            token_ids=spec.prompt_ids,
-            max_tokens=spec.max_tokens,
-            lora_adapter=spec.lora,
-            session_key=spec.session,
-            arrival_time=t,
+        model = spec.target_model
+        # The body a client would send, already parsed (the workload holds its text and token ids).
+        body = ParsedBody(COMPLETIONS, {}, model, prompt_text=spec.prompt_text, token_ids=spec.prompt_ids,
+                          max_tokens=spec.max_tokens, prompt_tokens=len(spec.prompt_ids))  # fmt: skip
+        policy = self._policies.get(spec.lora)
+        if policy is None:
+            policy = self._policies[spec.lora] = RequestPolicy(frozenset({spec.lora} if spec.lora else ()))
+        req = inference_request(
+            body, request_id=rid, model=model, policy=policy, session=spec.session, arrival_time=t
         )
         if self.cfg.bypass_fraction > 0 and self._bypass_rng.random() < self.cfg.bypass_fraction:
             self._bypass(req, spec, t)

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.config.gateway import GatewayConfig
+from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.gateway.front import FrontServer, Handler, Request, Response
 from kvgate.gateway.health import HealthTracker
@@ -141,8 +142,6 @@ class GatewayServer:
             )
         )
         if self.scrape:
-            from kvgate.datalayer.scraper import MetricsScraper
-
             for pool in self.pools:
                 scraper = MetricsScraper(pool.store, interval=self.cfg.scrape_interval_s, clock=self.clock)
                 await scraper.start()
