@@ -17,8 +17,12 @@ from typing import Any
 
 import yaml
 
-POLICIES = ("kvgate", "reference", "round-robin", "least-request", "random")
-ENGINES = ("vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm")
+from kvgate.config.policies import POLICIES as NAMED_POLICIES
+from kvgate.datalayer.store import ENGINES
+from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
+
+# One list each: the named policies (kvgate.config.policies) and the engines with a metric mapping.
+POLICIES = tuple(NAMED_POLICIES)
 # InferenceModelRewrite bounds target weights to 1..1,000,000.
 MAX_REWRITE_WEIGHT = 1_000_000
 
@@ -99,7 +103,7 @@ class GatewayConfig:
     scrape_interval_s: float = 0.05
     # Fixed seed for the weighted model rewrite (tests, reproducible canaries); None = random.
     rewrite_seed: int | None = None
-    session_header: str = "x-session-id"
+    session_header: str = DEFAULT_SESSION_HEADER
 
 
 def normalise_endpoint(value: object, key: str) -> str:

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.mappings import MAPPINGS
 
 log = logging.getLogger(__name__)
 
 ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
-ENGINES = ("vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm")
+# The engines kvgate can read: exactly those with a metric mapping.
+ENGINES = tuple(MAPPINGS)
 
 ChangeKind = Literal["added", "removed", "updated"]
 

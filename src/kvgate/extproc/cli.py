@@ -18,7 +18,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kvgate.config.policies import POLICIES
+from kvgate.datalayer.store import ENGINES
 from kvgate.extproc import keys
+from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
 
 if TYPE_CHECKING:
     from kvgate.datalayer.store import EndpointStore
@@ -49,12 +52,18 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--pool-namespace", default="default", help="accepted for compatibility; informational")
     src.add_argument("--endpoints", help="comma-separated ip:port list of the pool's model servers")
     src.add_argument("--model", action="append", default=[], help="model the pool serves (repeatable)")
-    src.add_argument("--engine", default="vllm", help="vllm | sglang | trtllm-serve | triton-tensorrt-llm")
+    src.add_argument("--engine", default="vllm", help=" | ".join(ENGINES))
+    src.add_argument(
+        "--adapter", action="append", default=[], help="LoRA adapter name the pool serves (repeatable)"
+    )
+    src.add_argument(
+        "--session-header", default=None, help=f"session-affinity header (default {DEFAULT_SESSION_HEADER})"
+    )
     pick = p.add_argument_group("picker")
     pick.add_argument(
         "--policy",
         default="kvgate",
-        help="named policy: kvgate | reference | round-robin | least-request | random",
+        help=f"named policy: {' | '.join(POLICIES)} (replaced by --config-file / --config-text)",
     )
     pick.add_argument("--config-file", help="EndpointPickerConfig YAML (replaces --policy)")
     pick.add_argument("--config-text", help="EndpointPickerConfig as inline YAML")
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             config=args.config, pool_name=args.pool_name, endpoints=args.endpoints, models=args.model,
             policy=args.policy, engine=args.engine, config_file=args.config_file,
             config_text=args.config_text, conformance=args.enable_conformance_hooks,
+            adapters=args.adapter, session_header=args.session_header,
         )  # fmt: skip
         pair, client_ca = _tls(args)
         # Build the picker before serving, so a bad EndpointPickerConfig is a clear exit, not a traceback.

@@ -84,16 +84,22 @@ def load(
     config_file: str | None,
     config_text: str | None,
     conformance: bool,
+    adapters: list[str] | None = None,
+    session_header: str | None = None,
 ) -> EppConfig:
     try:
         if config:
             gw = load_gateway_config(config)
         elif endpoints:
-            gw = config_from_flags(endpoints, models or ["*"], policy=policy, engine=engine)
+            gw = config_from_flags(
+                endpoints, models or ["*"], policy=policy, engine=engine, adapters=adapters or ()
+            )
         else:
             raise EppConfigError("give --endpoints (and --model) or --config")
     except GatewayConfigError as e:
         raise EppConfigError(str(e)) from e
+    if session_header:
+        gw.session_header = session_header.lower()
     if pool_name:
         matches = [p for p in gw.pools if p.name == pool_name]
         if not matches and config:

@@ -11,6 +11,7 @@ import signal
 import sys
 
 from kvgate.config.gateway import (
+    ENGINES,
     MAX_WORKERS,
     POLICIES,
     GatewayConfig,
@@ -19,6 +20,7 @@ from kvgate.config.gateway import (
     load_gateway_config,
 )
 from kvgate.gateway.pools import Pool, build_pool
+from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,8 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", action="append", default=[], help="model name the endpoints serve (repeatable)")
     p.add_argument("--adapter", action="append", default=[], help="LoRA adapter name the endpoints serve")
-    p.add_argument("--engine", default="vllm", help="vllm | sglang | trtllm-serve | triton-tensorrt-llm")
+    p.add_argument(
+        "--engine", default="vllm", choices=ENGINES, help="the model servers' engine (metric names)"
+    )
     p.add_argument("--policy", default="kvgate", choices=POLICIES)
+    p.add_argument(
+        "--session-header", default=None, help=f"session-affinity header (default {DEFAULT_SESSION_HEADER})"
+    )
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
     p.add_argument(
@@ -61,6 +68,8 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         if not args.model:
             raise GatewayConfigError("--model", "required without --config")
         cfg = config_from_flags(args.endpoints, args.model, args.policy, args.engine, args.adapter)
+    if args.session_header:
+        cfg.session_header = args.session_header.lower()
     if args.host is not None:
         cfg.host = args.host
     if args.port is not None:
