@@ -30,6 +30,22 @@ from kvgate.extproc.testing import EnvoyHarness, channel
 from kvgate.sim import server as sim
 
 ADAPTERS = ("sql-lora", "chat-lora", "code-lora")
+# LoRA affinity decides, load breaks ties. (kvgate's default policy weighs its cost scorer 2:1 over LoRA
+# affinity, so with a scrape-lagged view of the holder's last request it may prefer an idle replica that
+# would have to load the adapter; this test is about the EPP telling the picker which adapter it is.)
+LORA_PICKER = """
+kind: EndpointPickerConfig
+plugins:
+- type: lora-affinity-scorer
+- type: queue-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: lora-affinity-scorer
+    weight: 10
+  - pluginRef: queue-scorer
+    weight: 1
+"""
 SESSION_PICKER = """
 kind: EndpointPickerConfig
 plugins:
@@ -99,7 +115,10 @@ async def _hold(http: aiohttp.ClientSession, replica: sim.Replica, adapter: str,
 async def test_adapter_requests_go_to_the_replica_holding_the_adapter(replicas: list[sim.Replica]) -> None:
     addresses = [f"127.0.0.1:{r.port}" for r in replicas]
     stop = asyncio.Event()
-    async with aiohttp.ClientSession() as bg, epp_harness(addresses) as (harness, store):
+    async with (
+        aiohttp.ClientSession() as bg,
+        epp_harness(addresses, config_text=LORA_PICKER) as (harness, store),
+    ):
         holders = [
             asyncio.create_task(_hold(bg, r, a, stop)) for r, a in zip(replicas, ADAPTERS, strict=True)
         ]
@@ -112,7 +131,7 @@ async def test_adapter_requests_go_to_the_replica_holding_the_adapter(replicas: 
             for i in range(30):
                 body = {"model": "sql-lora", "prompt": f"SELECT {i} FROM t", "max_tokens": 4}
                 res = await harness.request("POST", "/v1/completions", orjson.dumps(body))
-                assert res.status == 200, (res.destination, res.body[:300])
+                assert res.status == 200, (i, res.destination, res.body[:300])
                 seen[res.destination] += 1
         finally:
             stop.set()
