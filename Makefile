@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,sim,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -34,7 +34,7 @@ sim: $(STAMP)
 
 ## Benchmarks (not tests). Each prints its figures; docs/benchmarks.md quotes them with these commands.
 calibrate: $(STAMP)
-	$(BIN)/python -m kvgate.sim.calibrate
+	$(BIN)/kvgate bench calibrate
 bench: $(STAMP)
 	$(BIN)/kvgate bench shared-prefix --quick
 bench-hetero: $(STAMP)
@@ -42,17 +42,17 @@ bench-hetero: $(STAMP)
 bench-live: $(STAMP)
 	$(BIN)/kvgate bench live --quick
 bench-picker: $(STAMP)
-	$(BIN)/python -m kvgate.bench.picker_micro
+	$(BIN)/kvgate bench picker
 bench-gateway: $(STAMP)
-	$(BIN)/python -m kvgate.bench.gateway_overhead
+	$(BIN)/kvgate bench gateway-overhead
 bench-extproc: $(STAMP)
-	$(BIN)/python -m kvgate.bench.extproc_bench
+	$(BIN)/kvgate bench extproc
 bench-sim-capacity: $(STAMP)
-	$(BIN)/python -m kvgate.bench.sim_capacity
+	$(BIN)/kvgate bench sim-capacity
 bench-inference-perf: $(STAMP)
 	$(BIN)/kvgate bench inference-perf --quick
 peers: $(STAMP)
-	$(BIN)/python -m kvgate.bench.peers
+	$(BIN)/kvgate bench peers
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

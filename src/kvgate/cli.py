@@ -18,6 +18,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Tooling outside the product install (pyproject's optional dependencies).
+EXTRAS = {"sim": "sim", "bench": "bench", "demo": "bench"}
+EXTRA_PACKAGES = frozenset({"numpy", "matplotlib", "rich"})
+
+
 def _usage() -> str:
     lines = ["usage: kvgate <command> [options]", "", "commands:"]
     lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
@@ -39,8 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     if entry is None:
         print(f"kvgate: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(entry[0])
-    result = module.main(args[1:])
+    try:
+        module = importlib.import_module(entry[0])
+        result = module.main(args[1:])
+    except ModuleNotFoundError as e:
+        # Tooling imports its extras lazily: say which extra to install instead of a traceback.
+        extra = EXTRAS.get(args[0])
+        if extra is None or (e.name or "").split(".")[0] not in EXTRA_PACKAGES:
+            raise
+        print(f"kvgate {args[0]}: needs {e.name!r}; pip install 'kvgate[{extra}]'", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -19,6 +19,7 @@ DELEGATED = {
     "gateway-overhead": "kvgate.bench.gateway_overhead",
     "extproc": "kvgate.bench.extproc_bench",
     "peers": "kvgate.bench.peers",
+    "calibrate": "kvgate.sim.calibrate",
 }
 
 

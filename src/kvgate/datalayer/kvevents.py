@@ -26,12 +26,15 @@ import contextlib
 import logging
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
 import xxhash
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.store import EndpointStore, StoreChange
 
 log = logging.getLogger(__name__)
 
@@ -772,3 +775,58 @@ class KVEventsManager:
         for name in list(self.subscribers):
             sub = self.subscribers.pop(name)
             await sub.stop()
+
+
+# (events address, replay address or None) of an endpoint's KV events, or None when it publishes none.
+EventSourceResolver = Callable[[Endpoint], "tuple[str, str | None] | None"]
+
+
+class KVEventSources:
+    """The data layer's KV-event feed for one store, started and stopped beside its ``MetricsScraper``.
+
+    Subscribes ``manager`` to every endpoint of ``store`` that ``resolve`` gives an event source, then
+    follows the store: an added endpoint is subscribed, a removed one dropped (its blocks purged). The
+    scheduler only reads the index; nothing is subscribed on a pick.
+    """
+
+    def __init__(
+        self,
+        store: EndpointStore,
+        manager: KVEventsManager,
+        resolve: EventSourceResolver,
+        *,
+        bind: bool = False,
+    ) -> None:
+        self.store = store
+        self.manager = manager
+        self.resolve = resolve
+        self.bind = bind
+        self._running = False
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self.store.add_listener(self._on_change)
+        for ep in self.store.all():
+            src = self.resolve(ep)
+            if src is not None:
+                await self.manager.add(ep.address, src[0], bind=self.bind, replay_endpoint=src[1])
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        self.store.remove_listener(self._on_change)
+        for ep in self.store.all():
+            if ep.address in self.manager.subscribers:
+                await self.manager.remove(ep.address)
+
+    def _on_change(self, change: StoreChange) -> None:
+        ep = change.endpoint
+        if change.kind == "removed":
+            self.manager.drop(ep.address)
+        elif change.kind == "added" and self._running:
+            src = self.resolve(ep)
+            if src is not None:
+                self.manager.ensure(ep.address, src[0], bind=self.bind, replay_endpoint=src[1])

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvgate.config.policies import POLICIES
 from kvgate.datalayer.store import ENGINES
@@ -168,6 +168,10 @@ async def _serve(
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await scraper.start()
+    # The data layer's other feeds (KV events) start beside the scraper, never on a first pick.
+    sources: list[Any] = getattr(ctx.picker, "data_sources", list)()
+    for source in sources:
+        await source.start()
     await server.start()
     # One line a supervisor (or a test) can read: the ports actually bound.
     print(f"kvgate epp ready grpc={server.port} health={server.health_port} metrics={server.metrics_port} "
@@ -178,6 +182,8 @@ async def _serve(
     log.info("shutting down: draining streams")
     await server.stop()
     await scraper.stop()
+    for source in sources:
+        await source.stop()
     await pool_gauges
 
 

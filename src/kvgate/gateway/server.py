@@ -58,7 +58,7 @@ class GatewayServer:
         self.proxy: Proxy | None = None
         self._servers: list[tuple[asyncio.Server, FrontServer]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._scrapers: list[Any] = []
+        self._scrapers: list[Any] = []  # metrics scrapers and the other data sources (KV events)
         self.port = 0
         self.admin_port: int | None = None
 
@@ -146,6 +146,11 @@ class GatewayServer:
                 scraper = MetricsScraper(pool.store, interval=self.cfg.scrape_interval_s, clock=self.clock)
                 await scraper.start()
                 self._scrapers.append(scraper)
+        # The data layer's other feeds (KV events) start here too, never on a first pick.
+        for pool in self.pools:
+            for source in getattr(pool.director, "data_sources", list)():
+                await source.start()
+                self._scrapers.append(source)
         log.info(
             "kvgate gateway on http://%s:%d (admin %s)",
             self.cfg.host,

@@ -28,6 +28,8 @@ from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
     EXPLAIN_EXTRAS,
     CycleState,
+    DataConsumer,
+    DataSource,
     PluginHandle,
     ProfileHandler,
     cache_expectation,
@@ -155,6 +157,15 @@ class Director:
         self._picked[request_id] = uncached
         if len(self._picked) > MAX_TRACKED:
             self._picked.popitem(last=False)
+
+    def data_sources(self) -> list[DataSource]:
+        """Data-layer feeds the configured plugins need (KV events), for the front door to start."""
+        return [
+            src
+            for p in self.handle.plugins.values()
+            if isinstance(p, DataConsumer)
+            for src in p.data_sources(self.store)
+        ]
 
     # -- in-flight accounting -----------------------------------------------------------------------
 

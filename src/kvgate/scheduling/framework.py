@@ -205,6 +205,21 @@ class Plugin:
         return cls(name, handle)
 
 
+class DataSource(Protocol):
+    """A data-layer feed a plugin needs (e.g. ``datalayer.kvevents.KVEventSources``): the front door
+    starts it beside the metrics scraper and stops it on shutdown."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class DataConsumer(Plugin):
+    """A plugin that reads a data-layer feed beyond scraped metrics; it says which, the front door runs it."""
+
+    def data_sources(self, store: EndpointStore) -> list[DataSource]:
+        raise NotImplementedError
+
+
 class Producer(Plugin):
     """Runs before any filter of the profile and writes into ``cycle.data`` for its consumers."""
 

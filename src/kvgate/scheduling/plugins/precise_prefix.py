@@ -22,18 +22,20 @@ a new prefix that arrive while the first is still queued then follow it instead 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.datalayer.kvevents import BlockIndex, KeyMode, KVEventsManager, token_keys
+from kvgate.datalayer.kvevents import BlockIndex, KeyMode, KVEventsManager, KVEventSources, token_keys
+from kvgate.datalayer.store import EndpointStore
 from kvgate.scheduling.blockhash import HashAlgo, VLLMBlockHasher
 from kvgate.scheduling.framework import (
     ConfigError,
     CycleState,
+    DataConsumer,
+    DataSource,
     Params,
     PluginHandle,
     PostPick,
@@ -114,7 +116,7 @@ class _Match:
 
 
 @register("precise-prefix-cache-scorer")
-class PrecisePrefixCacheScorer(Producer, Scorer, PostPick):
+class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
     """A producer (matches before any filter, for consumers like ``kvgate-cost-scorer``), a scorer, and
     a post-pick hook (records the pick as pending credit)."""
 
@@ -218,7 +220,6 @@ class PrecisePrefixCacheScorer(Producer, Scorer, PostPick):
 
     def match(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> _Match:
         """Match the request against the index (reported blocks plus unexpired pending credit)."""
-        self._ensure_subscribers(endpoints)
         found = _Match()
         tokens = self.request_tokens(cycle)
         if not tokens:
@@ -296,27 +297,9 @@ class PrecisePrefixCacheScorer(Producer, Scorer, PostPick):
             replay = f"tcp://{host}:{port + self.replay_port_offset}"
         return f"tcp://{host}:{port + self.events_port_offset}", replay
 
-    async def start(self, endpoints: Sequence[Endpoint]) -> None:
-        """Subscribe to every endpoint's events now (and wait until the sockets are up)."""
-        for ep in endpoints:
-            src = self.event_source(ep)
-            if src is not None:
-                await self.manager.add(ep.address, src[0], bind=self.events_bind, replay_endpoint=src[1])
-
-    def _ensure_subscribers(self, endpoints: Sequence[Endpoint]) -> None:
-        if self.events_port_offset <= 0 and not any(EVENTS_LABEL in ep.labels for ep in endpoints):
-            return
-        missing = [ep for ep in endpoints if ep.address not in self.manager.subscribers]
-        if not missing:
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no loop (e.g. the virtual-clock simulator): someone else feeds the index
-        for ep in missing:
-            src = self.event_source(ep)
-            if src is not None:
-                self.manager.ensure(ep.address, src[0], bind=self.events_bind, replay_endpoint=src[1])
+    def data_sources(self, store: EndpointStore) -> list[DataSource]:
+        """The KV-event subscriptions for ``store``'s endpoints (started by the front door)."""
+        return [KVEventSources(store, self.manager, self.event_source, bind=self.events_bind)]
 
     def _on_store_change(self, change: Any) -> None:
         if change.kind == "removed":
