@@ -201,3 +201,30 @@ def test_fuzz_plugin_lists(plugins: list[dict[str, Any]]) -> None:
         assert str(e).startswith(("plugins[", "schedulingProfiles"))
         return
     build_director(cfg, EndpointStore.from_addresses(["127.0.0.1:1"]))
+
+
+def test_one_config_error_base_carries_the_key_path() -> None:
+    from kvgate.config.gateway import GatewayConfigError, parse_gateway_config
+    from kvgate.extproc.config import EppConfigError
+    from kvgate.scheduling.framework import ConfigError
+
+    with pytest.raises(ConfigError) as picker:
+        parse_config({"plugins": [{"type": "queue-scorer", "parameters": {"nope": 1}}]})
+    assert picker.value.key == "plugins[0].parameters.nope"
+    with pytest.raises(ConfigError) as gateway:
+        parse_gateway_config({"pools": [{"name": "p", "endpoints": ["127.0.0.1:1"], "models": ["m"],
+                                         "engine": "nope"}]})  # fmt: skip
+    assert isinstance(gateway.value, GatewayConfigError) and gateway.value.key == "pools[0].engine"
+    assert issubclass(EppConfigError, ConfigError)
+
+
+def test_every_named_policy_is_accepted_by_the_gateway_config_and_both_clis() -> None:
+    from kvgate.config.gateway import config_from_flags
+    from kvgate.extproc.cli import parser as epp_parser
+    from kvgate.gateway.cli import _parser as serve_parser
+
+    for name in POLICIES:
+        assert config_from_flags("127.0.0.1:1", ["m"], policy=name).pools[0].policy == name
+        assert serve_parser().parse_args(["--policy", name]).policy == name
+        assert epp_parser().parse_args(["--policy", name]).policy == name
+    assert "sglang-cache-aware" in POLICIES

@@ -20,6 +20,7 @@ import yaml
 from kvgate.config.policies import POLICIES as NAMED_POLICIES
 from kvgate.datalayer.store import ENGINES
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
+from kvgate.scheduling.framework import ConfigError
 
 # One list each: the named policies (kvgate.config.policies) and the engines with a metric mapping.
 POLICIES = tuple(NAMED_POLICIES)
@@ -27,12 +28,11 @@ POLICIES = tuple(NAMED_POLICIES)
 MAX_REWRITE_WEIGHT = 1_000_000
 
 
-class GatewayConfigError(ValueError):
-    """A config problem; the message starts with the key path it concerns."""
+class GatewayConfigError(ConfigError):
+    """A gateway config problem; ``.key`` is the key path it concerns (the message starts with it)."""
 
     def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
+        super().__init__(key, message)
 
 
 @dataclass(slots=True)

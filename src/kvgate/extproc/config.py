@@ -22,12 +22,13 @@ from kvgate.config.gateway import (
     config_from_flags,
     load_gateway_config,
 )
+from kvgate.scheduling.framework import ConfigError
 
 CONFORMANCE_FILTER = "header-based-testing-filter"
 
 
-class EppConfigError(ValueError):
-    pass
+class EppConfigError(ConfigError):
+    """A ``kvgate epp`` flag or config problem; ``.key`` names the flag or key path."""
 
 
 @dataclass(slots=True)

@@ -22,7 +22,21 @@ if TYPE_CHECKING:
 
 
 class ConfigError(ValueError):
-    """A configuration problem, with the offending key in the message (``plugins[2].parameters.x``)."""
+    """A configuration problem naming the exact key path: ``.key`` (``plugins[2].parameters.x``,
+    ``pools[0].engine``, ``--endpoints``), and the message starts with it.
+
+    The one base of every configuration error (picker config, gateway config, ``kvgate epp`` flags).
+    ``ConfigError(key, message)``, or ``ConfigError("key: message")`` (the key read back from it).
+    """
+
+    def __init__(self, key_or_message: str, message: str | None = None) -> None:
+        if message is None:
+            key, sep, _rest = key_or_message.partition(": ")
+            self.key = key if sep else ""
+            super().__init__(key_or_message)
+        else:
+            self.key = key_or_message
+            super().__init__(f"{key_or_message}: {message}")
 
 
 # -- what plugins publish for the request-control layer (which names no plugin) -------------------------
