@@ -14,7 +14,7 @@ from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.server import EppServer, ServerOptions
-from kvgate.extproc.session import Picker, SessionContext
+from kvgate.extproc.session import RequestDirector, SessionContext
 from kvgate.extproc.testing import channel
 from kvgate.openai.request import RequestPolicy
 from kvgate.scheduling.types import InferenceRequest, PickResult
@@ -35,7 +35,7 @@ class Calls:
 class RecordingPicker:
     """Wraps the real picker and records the calls made to it (the picker still does the work)."""
 
-    def __init__(self, inner: Picker) -> None:
+    def __init__(self, inner: RequestDirector) -> None:
         self.inner = inner
         self.calls = Calls()
 

@@ -9,10 +9,10 @@ import yaml
 from kvgate.config.policies import policy_yaml
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.picker import build_picker as build
-from kvgate.extproc.session import Picker
+from kvgate.extproc.session import RequestDirector
 
 
-def build_picker(store: EndpointStore, *, policy: str = "kvgate", fallbacks: int = 1) -> Picker:
+def build_picker(store: EndpointStore, *, policy: str = "kvgate", fallbacks: int = 1) -> RequestDirector:
     if fallbacks == 1:
         return build(None, store, policy=policy, clock=time.monotonic)
     # The profile picks several endpoints: the EPP answers with a comma-separated fallback list.

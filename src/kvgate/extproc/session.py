@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 _BODY_MODE = processing_mode_pb2.ProcessingMode.BodySendMode
 
 
-class Picker(Protocol):
-    """What the EPP needs from ``kvgate.requestcontrol.director.Director``."""
+class RequestDirector(Protocol):
+    """What the EPP needs from ``kvgate.requestcontrol.director.Director`` ("picker" is a profile's
+    picker plugin, ``scheduling.framework.Picker``; this is the layer above it)."""
 
     def pick(self, req: InferenceRequest) -> PickResult: ...
     def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
@@ -77,7 +78,7 @@ class SessionContext:
 
     def __init__(
         self,
-        picker: Picker,
+        picker: RequestDirector,
         endpoints: Callable[[], Mapping[str, Endpoint]],
         *,
         clock: Callable[[], float],

@@ -19,7 +19,7 @@ from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.scheduling.types import InferenceRequest, PickResult
 
 
-class Picker(Protocol):
+class RequestDirector(Protocol):
     """What the gateway needs from ``kvgate.requestcontrol.director.Director``."""
 
     def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult: ...
@@ -33,7 +33,7 @@ class Pool:
     name: str
     cfg: PoolConfig
     store: EndpointStore
-    director: Picker
+    director: RequestDirector
     adapters: frozenset[str] = field(default_factory=frozenset)
 
     def endpoints(self) -> tuple[Endpoint, ...]:
