@@ -1,0 +1,333 @@
+"""ZMQ subscribers feeding the block index, one per endpoint, gaps healed by replay; and
+``KVEventSources``, which keeps them in step with an ``EndpointStore`` beside the metrics scraper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.kvindex import BlockIndex
+from kvgate.datalayer.kvwire import END_SEQ as _END_SEQ
+from kvgate.datalayer.kvwire import DecodeError, decode_batch
+from kvgate.datalayer.store import EndpointStore, StoreChange
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------------
+# ZMQ subscribers
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SubscriberStats:
+    batches: int = 0
+    events: int = 0
+    gaps: int = 0
+    replayed: int = 0
+    resyncs: int = 0
+    restarts: int = 0
+    decode_errors: int = 0
+    last_seq: int | None = None
+
+
+class KVEventSubscriber:
+    """Follows one endpoint's KV-event stream into a ``BlockIndex``.
+
+    ``zmq_endpoint`` is where the engine publishes. vLLM binds ``tcp://*:PORT`` (then we connect) but
+    *connects* to a concrete address (then we must bind), so ``bind`` says which side we are.
+    On a sequence gap it asks the engine's replay socket (``replay_endpoint``) for the missing batches;
+    without one, or if the replay cannot cover the gap, it clears that endpoint's entries (the index may
+    then under-report, never over-report, what the engine holds).
+    """
+
+    def __init__(
+        self,
+        index: BlockIndex,
+        endpoint: str,
+        zmq_endpoint: str,
+        *,
+        bind: bool = False,
+        topic: bytes = b"",
+        replay_endpoint: str | None = None,
+        replay_timeout: float = 1.0,
+    ) -> None:
+        self.index = index
+        self.endpoint = endpoint
+        self.zmq_endpoint = zmq_endpoint
+        self.bind = bind
+        self.topic = topic
+        self.replay_endpoint = replay_endpoint
+        self.replay_timeout = replay_timeout
+        self.stats = SubscriberStats()
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    # -- message handling (socket-free, so tests can drive it directly) ----------------------------
+
+    def handle(self, seq: int, payload: bytes) -> None:
+        """Apply one received batch (no replay: a gap resyncs by clearing)."""
+        if self._check_gap(seq) == "gap":
+            self._resync()
+        self._apply(seq, payload)
+
+    def _check_gap(self, seq: int) -> Literal["ok", "gap", "restart"]:
+        last = self.stats.last_seq
+        if last is None or seq == last + 1:
+            return "ok"
+        if seq <= last:
+            # The publisher restarted (sequence numbers start again): its cache restarted empty too.
+            self.stats.restarts += 1
+            self.index.clear_endpoint(self.endpoint)
+            return "restart"
+        self.stats.gaps += 1
+        return "gap"
+
+    def _resync(self) -> None:
+        self.stats.resyncs += 1
+        self.index.clear_endpoint(self.endpoint)
+
+    def _apply(self, seq: int, payload: bytes) -> None:
+        self.stats.last_seq = seq
+        try:
+            batch = decode_batch(payload)
+        except DecodeError as e:
+            # Can't tell what we missed: same as a gap.
+            self.stats.decode_errors += 1
+            log.warning("kv events from %s: undecodable batch %d: %s", self.endpoint, seq, e)
+            self._resync()
+            return
+        self.stats.batches += 1
+        self.stats.events += len(batch.events)
+        self.index.apply(self.endpoint, batch)
+
+    # -- socket loop -------------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"kvevents:{self.endpoint}")
+        return self._task
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        import zmq
+        import zmq.asyncio
+
+        ctx = zmq.asyncio.Context.instance()
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.SUBSCRIBE, self.topic)
+        try:
+            if self.bind:
+                sock.bind(self.zmq_endpoint)
+            else:
+                sock.connect(self.zmq_endpoint)
+            self._ready.set()
+            while True:
+                frames = await sock.recv_multipart()
+                if len(frames) < 3 or len(frames[-2]) != 8:
+                    self.stats.decode_errors += 1
+                    continue
+                seq = int.from_bytes(frames[-2], "big", signed=True)
+                payload = frames[-1]
+                if self.stats.last_seq is None and seq > 0 and self.replay_endpoint is not None:
+                    # Joined late (vLLM's PUB connects to us with a backoff): fetch what we missed.
+                    await self._replay(0, seq, partial_ok=True)
+                verdict = self._check_gap(seq)
+                if verdict == "gap" and not await self._replay(self._next_seq(), seq):
+                    self._resync()
+                self._apply(seq, payload)
+        finally:
+            sock.close(0)
+
+    def _next_seq(self) -> int:
+        return 0 if self.stats.last_seq is None else self.stats.last_seq + 1
+
+    async def _replay(self, want: int, upto: int, partial_ok: bool = False) -> bool:
+        """Fetch batches [want, upto) from the replay socket; True if they were all applied.
+
+        ``partial_ok`` (joining late, nothing known yet): apply the longest run that ends at ``upto - 1``
+        even if the engine's buffer no longer reaches back to ``want``.
+        """
+        if self.replay_endpoint is None:
+            return False
+        import zmq
+        import zmq.asyncio
+
+        ctx = zmq.asyncio.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        got: list[tuple[int, bytes]] = []
+        try:
+            sock.connect(self.replay_endpoint)
+            # vLLM's ROUTER reads [identity, b"", start_seq]; DEALER supplies the identity.
+            await sock.send_multipart([b"", want.to_bytes(8, "big")])
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.replay_timeout
+            while True:
+                left = deadline - loop.time()
+                if left <= 0 or not await sock.poll(int(left * 1000)):
+                    return False
+                frames = await sock.recv_multipart()
+                if len(frames) < 2:
+                    return False
+                seq_b, payload = frames[-2], frames[-1]
+                if seq_b == _END_SEQ:
+                    break
+                seq = int.from_bytes(seq_b, "big", signed=True)
+                if want <= seq < upto:
+                    got.append((seq, payload))
+        finally:
+            sock.close(0)
+        got.sort()
+        if partial_ok:
+            start = upto
+            for s, _ in reversed(got):
+                if s != start - 1:
+                    break
+                start = s
+            got = [(s, p) for s, p in got if s >= start]
+        elif [s for s, _ in got] != list(range(want, upto)):
+            return False  # the engine's buffer no longer reaches back to our gap
+        for seq, payload in got:
+            self._apply(seq, payload)
+        self.stats.replayed += len(got)
+        return True
+
+
+class KVEventsManager:
+    """One subscriber per endpoint over a shared index; endpoints that vanish are purged."""
+
+    def __init__(self, index: BlockIndex) -> None:
+        self.index = index
+        self.subscribers: dict[str, KVEventSubscriber] = {}
+
+    async def add(
+        self,
+        endpoint: str,
+        zmq_endpoint: str,
+        *,
+        bind: bool = False,
+        replay_endpoint: str | None = None,
+        topic: bytes = b"",
+    ) -> KVEventSubscriber:
+        old = self.subscribers.get(endpoint)
+        if old is not None:
+            return old
+        sub = KVEventSubscriber(
+            self.index, endpoint, zmq_endpoint, bind=bind, replay_endpoint=replay_endpoint, topic=topic
+        )
+        self.subscribers[endpoint] = sub
+        sub.start()
+        async with asyncio.timeout(5.0):
+            await sub.wait_ready()
+        return sub
+
+    def ensure(
+        self, endpoint: str, zmq_endpoint: str, *, bind: bool = False, replay_endpoint: str | None = None
+    ) -> KVEventSubscriber:
+        """Like ``add`` but from sync code inside a running loop: starts the task, does not wait."""
+        sub = self.subscribers.get(endpoint)
+        if sub is None:
+            sub = KVEventSubscriber(
+                self.index, endpoint, zmq_endpoint, bind=bind, replay_endpoint=replay_endpoint
+            )
+            self.subscribers[endpoint] = sub
+            sub.start()
+        return sub
+
+    def drop(self, endpoint: str) -> None:
+        """Sync removal: purge the index now, cancel the subscriber's task (its socket closes as it ends)."""
+        sub = self.subscribers.pop(endpoint, None)
+        if sub is not None and sub._task is not None:
+            sub._task.cancel()
+            sub._task = None
+        self.index.remove_endpoint(endpoint)
+
+    async def remove(self, endpoint: str) -> None:
+        sub = self.subscribers.pop(endpoint, None)
+        if sub is not None:
+            await sub.stop()
+        self.index.remove_endpoint(endpoint)
+
+    async def sync(self, endpoints: Iterable[str]) -> None:
+        """Drop subscribers and index entries of endpoints no longer in the pool."""
+        keep = set(endpoints)
+        for name in [e for e in self.subscribers if e not in keep]:
+            await self.remove(name)
+        self.index.retain(keep)
+
+    async def close(self) -> None:
+        for name in list(self.subscribers):
+            sub = self.subscribers.pop(name)
+            await sub.stop()
+
+
+# (events address, replay address or None) of an endpoint's KV events, or None when it publishes none.
+EventSourceResolver = Callable[[Endpoint], "tuple[str, str | None] | None"]
+
+
+class KVEventSources:
+    """The data layer's KV-event feed for one store, started and stopped beside its ``MetricsScraper``.
+
+    Subscribes ``manager`` to every endpoint of ``store`` that ``resolve`` gives an event source, then
+    follows the store: an added endpoint is subscribed, a removed one dropped (its blocks purged). The
+    scheduler only reads the index; nothing is subscribed on a pick.
+    """
+
+    def __init__(
+        self,
+        store: EndpointStore,
+        manager: KVEventsManager,
+        resolve: EventSourceResolver,
+        *,
+        bind: bool = False,
+    ) -> None:
+        self.store = store
+        self.manager = manager
+        self.resolve = resolve
+        self.bind = bind
+        self._running = False
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self.store.add_listener(self._on_change)
+        for ep in self.store.all():
+            src = self.resolve(ep)
+            if src is not None:
+                await self.manager.add(ep.address, src[0], bind=self.bind, replay_endpoint=src[1])
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        self.store.remove_listener(self._on_change)
+        for ep in self.store.all():
+            if ep.address in self.manager.subscribers:
+                await self.manager.remove(ep.address)
+
+    def _on_change(self, change: StoreChange) -> None:
+        ep = change.endpoint
+        if change.kind == "removed":
+            self.manager.drop(ep.address)
+        elif change.kind == "added" and self._running:
+            src = self.resolve(ep)
+            if src is not None:
+                self.manager.ensure(ep.address, src[0], bind=self.bind, replay_endpoint=src[1])

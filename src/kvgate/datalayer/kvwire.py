@@ -1,0 +1,173 @@
+"""vLLM KV-cache events on the wire: ZMQ multipart frames ``[topic, seq, payload]``, msgpack payloads.
+
+The payload is ``EventBatch = [ts, events, data_parallel_rank]``. Events come in two encodings: the map
+form ``{"type": "BlockStored", ...}`` (vLLM 0.32 here) and the older msgspec tagged-array form
+``["BlockStored", block_hashes, parent, token_ids, block_size, lora_id, medium, ...]``. Both decode to the
+same dataclasses below (the one ``BlockStored`` kvgate's index consumes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+KeyMode = Literal["engine", "tokens"]
+
+# vLLM's replay socket ends a replay with sequence number -1.
+END_SEQ = (-1).to_bytes(8, "big", signed=True)
+_MASK64 = (1 << 64) - 1
+
+# --------------------------------------------------------------------------------------------------
+# Wire format
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStored:
+    block_hashes: tuple[int, ...]
+    parent_block_hash: int | None
+    token_ids: tuple[int, ...]
+    block_size: int
+    lora_id: int | None = None
+    medium: str | None = None
+    group_idx: int | None = None  # KV-cache group (hybrid models have several; Llama has group 0)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRemoved:
+    block_hashes: tuple[int, ...]
+    medium: str | None = None
+    group_idx: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AllBlocksCleared:
+    medium: str | None = None
+
+
+KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    ts: float
+    events: tuple[KVEvent, ...]
+    data_parallel_rank: int | None = None
+
+
+class DecodeError(ValueError):
+    """A payload that is not a vLLM KV event batch."""
+
+
+_decoder = msgspec.msgpack.Decoder()
+
+
+def external_hash(h: Any) -> int:
+    """An engine block hash as a 64-bit int.
+
+    vLLM sends ints (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES``, the default) made from the last 8 bytes of the
+    digest, big-endian; with that switched off it sends the raw digest bytes, reduced here the same way.
+    """
+    if isinstance(h, bool):
+        raise DecodeError("bool is not a block hash")
+    if isinstance(h, int):
+        return h & _MASK64
+    if isinstance(h, bytes | bytearray | memoryview):
+        return int.from_bytes(bytes(h)[-8:], "big")
+    raise DecodeError(f"bad block hash {h!r}")
+
+
+def _opt_hash(h: Any) -> int | None:
+    return None if h is None else external_hash(h)
+
+
+def _hashes(v: Any) -> tuple[int, ...]:
+    if not isinstance(v, list | tuple):
+        raise DecodeError("block_hashes must be a list")
+    return tuple(external_hash(h) for h in v)
+
+
+def _ints(v: Any) -> tuple[int, ...]:
+    if not isinstance(v, list | tuple) or not all(isinstance(t, int) for t in v):
+        raise DecodeError("token_ids must be a list of ints")
+    return tuple(v)
+
+
+def _opt(seq: Sequence[Any], i: int) -> Any:
+    return seq[i] if len(seq) > i else None
+
+
+def _event_from_map(m: dict[str, Any]) -> KVEvent | None:
+    kind = m.get("type")
+    if kind == "BlockStored":
+        return BlockStored(
+            block_hashes=_hashes(m.get("block_hashes")),
+            parent_block_hash=_opt_hash(m.get("parent_block_hash")),
+            token_ids=_ints(m.get("token_ids", [])),
+            block_size=int(m.get("block_size") or 0),
+            lora_id=m.get("lora_id"),
+            medium=m.get("medium"),
+            group_idx=m.get("group_idx"),
+        )
+    if kind == "BlockRemoved":
+        return BlockRemoved(
+            block_hashes=_hashes(m.get("block_hashes")), medium=m.get("medium"), group_idx=m.get("group_idx")
+        )
+    if kind == "AllBlocksCleared":
+        return AllBlocksCleared(medium=m.get("medium"))
+    return None  # an event type this version does not know: skip it, keep the rest of the batch
+
+
+def _event_from_array(a: list[Any]) -> KVEvent | None:
+    if not a or not isinstance(a[0], str):
+        raise DecodeError("tagged event without a tag")
+    kind = a[0]
+    if kind == "BlockStored":
+        if len(a) < 5:
+            raise DecodeError("short BlockStored")
+        return BlockStored(
+            block_hashes=_hashes(a[1]),
+            parent_block_hash=_opt_hash(a[2]),
+            token_ids=_ints(a[3]),
+            block_size=int(a[4] or 0),
+            lora_id=_opt(a, 5),
+            medium=_opt(a, 6),
+        )
+    if kind == "BlockRemoved":
+        if len(a) < 2:
+            raise DecodeError("short BlockRemoved")
+        return BlockRemoved(block_hashes=_hashes(a[1]), medium=_opt(a, 2))
+    if kind == "AllBlocksCleared":
+        return AllBlocksCleared(medium=_opt(a, 1))
+    return None
+
+
+def decode_batch(payload: bytes) -> EventBatch:
+    """Decode one msgpack ``EventBatch`` payload (either event encoding)."""
+    try:
+        raw = _decoder.decode(payload)
+    except msgspec.DecodeError as e:
+        raise DecodeError(str(e)) from e
+    if isinstance(raw, dict):  # a batch encoded as a map (not seen from vLLM, accepted anyway)
+        raw = [raw.get("ts", 0.0), raw.get("events", []), raw.get("data_parallel_rank")]
+    if not isinstance(raw, list) or len(raw) < 2 or not isinstance(raw[1], list):
+        raise DecodeError("not an EventBatch [ts, events, dp_rank]")
+    events: list[KVEvent] = []
+    for ev in raw[1]:
+        if isinstance(ev, dict):
+            parsed = _event_from_map(ev)
+        elif isinstance(ev, list):
+            parsed = _event_from_array(ev)
+        else:
+            raise DecodeError(f"bad event {ev!r}")
+        if parsed is not None:
+            events.append(parsed)
+    ts = raw[0]
+    dp = raw[2] if len(raw) > 2 else None
+    return EventBatch(ts=float(ts or 0.0), events=tuple(events), data_parallel_rank=dp)
