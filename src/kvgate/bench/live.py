@@ -10,6 +10,10 @@ the figures. Runs are interleaved: every round visits the routers in a new shuff
 report takes the median over rounds. A peer that can't be installed or can't front the simulator is
 recorded with the reason, not dropped.
 
+Three modules: ``live_fleet`` (the simulated fleet, its scraping and the offered load), ``live_routers``
+(the routers and their configs) and this one (one run, the interleaved comparison, the report and CLI);
+the names of the first two are re-exported here.
+
 Offered load. By default it is ``--load-fraction`` (0.8) of the fleet's *measured* capacity: the
 virtual-clock fleet simulator (``kvgate.bench.fleetsim``) runs the identical fleet (profile, replica
 count, KV blocks, max_num_seqs) and the identical workload generator through
@@ -65,405 +69,55 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 from rich.console import Console
 
-from kvgate.bench import loadgen, procs, report, workloads
+from kvgate.bench import loadgen, procs, report
+from kvgate.bench.live_fleet import CAPACITY_PROBE_DURATION as CAPACITY_PROBE_DURATION
+from kvgate.bench.live_fleet import CAPACITY_PROBE_POLICIES as CAPACITY_PROBE_POLICIES
+from kvgate.bench.live_fleet import CAPACITY_PROBE_QPS as CAPACITY_PROBE_QPS
+from kvgate.bench.live_fleet import DEFAULT_LOAD_FRACTION as DEFAULT_LOAD_FRACTION
+from kvgate.bench.live_fleet import DEFAULT_TIME_SCALE as DEFAULT_TIME_SCALE
+from kvgate.bench.live_fleet import HITS as HITS
+from kvgate.bench.live_fleet import KV as KV
+from kvgate.bench.live_fleet import KV_EVENTS_OFFSET as KV_EVENTS_OFFSET
+from kvgate.bench.live_fleet import MODEL as MODEL
+from kvgate.bench.live_fleet import NETNS_ENV as NETNS_ENV
+from kvgate.bench.live_fleet import QUERIES as QUERIES
+from kvgate.bench.live_fleet import RUNNING as RUNNING
+from kvgate.bench.live_fleet import WAITING as WAITING
+from kvgate.bench.live_fleet import Capacity as Capacity
+from kvgate.bench.live_fleet import FleetSpec as FleetSpec
+from kvgate.bench.live_fleet import LiveLoad as LiveLoad
+from kvgate.bench.live_fleet import _split as _split
+from kvgate.bench.live_fleet import lag_summary as lag_summary
+from kvgate.bench.live_fleet import live_scenario as live_scenario
+from kvgate.bench.live_fleet import measure_capacity as measure_capacity
+from kvgate.bench.live_fleet import parse_prom as parse_prom
+from kvgate.bench.live_fleet import scrape as scrape
+from kvgate.bench.live_fleet import sim_cmd as sim_cmd
+from kvgate.bench.live_fleet import sim_states as sim_states
+from kvgate.bench.live_fleet import start_fleet as start_fleet
+from kvgate.bench.live_fleet import start_sim as start_sim
+from kvgate.bench.live_fleet import wall_qps as wall_qps
+from kvgate.bench.live_routers import KVGATE_COST_PRECISE_PARAMS as KVGATE_COST_PRECISE_PARAMS
+from kvgate.bench.live_routers import KVGATE_TARGETS as KVGATE_TARGETS
+from kvgate.bench.live_routers import PEER_TARGETS as PEER_TARGETS
+from kvgate.bench.live_routers import PICKER_CONFIGS as PICKER_CONFIGS
+from kvgate.bench.live_routers import Target as Target
+from kvgate.bench.live_routers import _with_precise as _with_precise
+from kvgate.bench.live_routers import gateway_config as gateway_config
+from kvgate.bench.live_routers import picker_config as picker_config
+from kvgate.bench.live_routers import precise_scorer_params as precise_scorer_params
+from kvgate.bench.live_routers import start_kvgate as start_kvgate
+from kvgate.bench.live_routers import start_peer as start_peer
 from kvgate.bench.procs import Proc
-
-NETNS_ENV = "KVGATE_BENCH_NETNS"
-MODEL = "sim-model"
-# Replica KV events on its HTTP port + this, replay on + 2x this (see kvgate.bench.simproc).
-KV_EVENTS_OFFSET = 1000
-DEFAULT_LOAD_FRACTION = 0.8
-DEFAULT_TIME_SCALE = 0.2
-# As the fleet scenario ``shared-prefix``: prefix-blind policies collapse long before the fleet's limit.
-CAPACITY_PROBE_POLICIES = ("reference", "kvgate", "sglang-cache-aware")
-CAPACITY_PROBE_QPS = 200.0  # > 1.4x the default fleet's capacity (~136 req/s)
-CAPACITY_PROBE_DURATION = 20.0  # virtual seconds, as ``sweep.run_scenario`` probes
-
-
-# ---- the simulated fleet -------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class FleetSpec:
-    replicas: int = 4
-    profile: str = "qwen3-32b-h100"
-    time_scale: float = 1.0
-    num_gpu_blocks: int = 0  # 0 = the profile's
-    max_num_seqs: int = 0
-    # > 0: KV events on each replica's HTTP port + this (live runs use KV_EVENTS_OFFSET).
-    kv_events_offset: int = 0
-    sim_procs: int = 1  # simulator processes the replicas are split over
-
-    def engine_overrides(self) -> dict[str, Any]:
-        """The ``EngineConfig`` overrides this fleet's replicas run with (for the fleet simulator)."""
-        out: dict[str, Any] = {}
-        if self.num_gpu_blocks:
-            out["num_gpu_blocks"] = self.num_gpu_blocks
-        if self.max_num_seqs:
-            out["max_num_seqs"] = self.max_num_seqs
-        return out
-
-
-def _split(n: int, parts: int) -> list[int]:
-    """``n`` replicas over ``parts`` processes, as evenly as possible (no empty process)."""
-    parts = max(1, min(parts, n))
-    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
-
-
-def sim_cmd(spec: FleetSpec, replicas: int, first_index: int) -> list[str]:
-    return [
-        sys.executable, "-m", "kvgate.bench.simproc",
-        "--replicas", str(replicas),
-        "--first-index", str(first_index),
-        "--profile", spec.profile,
-        "--time-scale", str(spec.time_scale),
-        "--model", MODEL,
-        "--num-gpu-blocks", str(spec.num_gpu_blocks),
-        "--max-num-seqs", str(spec.max_num_seqs),
-        "--kv-events-offset", str(spec.kv_events_offset),
-    ]  # fmt: skip
-
-
-async def start_sim(spec: FleetSpec, wait_s: float = 60.0) -> tuple[Proc, list[str]]:
-    """A simulated fleet of ``spec.replicas`` in one subprocess (``kvgate.bench.simproc``, the
-    simulator's own HTTP replicas); returns it and the replicas' base URLs."""
-    if spec.sim_procs != 1:
-        raise ValueError("start_sim runs one simulator process; use start_fleet for several")
-    (proc,), urls = await start_fleet(spec, wait_s)
-    return proc, urls
-
-
-async def start_fleet(spec: FleetSpec, wait_s: float = 60.0) -> tuple[list[Proc], list[str]]:
-    """A simulated fleet of ``spec.replicas`` in ``spec.sim_procs`` subprocesses
-    (``kvgate.bench.simproc``, the simulator's own HTTP replicas); returns them and their base URLs."""
-    started: list[Proc] = []
-    urls: list[str] = []
-    first = 0
-    try:
-        for n in _split(spec.replicas, spec.sim_procs):
-            proc, matches = await procs.start(
-                "simulated fleet", sim_cmd(spec, n, first), r"replica \d+ (http://127\.0\.0\.1:\d+)",
-                count=n, wait_s=wait_s,
-            )  # fmt: skip
-            started.append(proc)
-            urls += [m.group(1) for m in matches]
-            first += n
-        for u in urls:
-            await procs.wait_http(u + "/health", wait_s=wait_s)
-    except BaseException:
-        for p in started:
-            await p.stop()
-        raise
-    return started, urls
-
-
-def parse_prom(text: str, names: tuple[str, ...]) -> dict[str, float]:
-    """Sum the samples of each metric name over all label sets (enough for fleet-wide counters)."""
-    out = dict.fromkeys(names, 0.0)
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        name_end = line.find("{")
-        sp = line.find(" ")
-        if name_end < 0 or name_end > sp:
-            name_end = sp
-        name = line[:name_end]
-        if name in out:
-            try:
-                out[name] += float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                continue
-    return out
-
-
-HITS, QUERIES = "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
-WAITING, RUNNING, KV = "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"
-
-
-async def scrape(session: aiohttp.ClientSession, urls: list[str]) -> list[dict[str, float]]:
-    async def one(u: str) -> dict[str, float]:
-        # Generous: on a loaded 2-core machine a busy simulator can take seconds to answer.
-        async with session.get(u + "/metrics", timeout=aiohttp.ClientTimeout(total=30)) as r:
-            return parse_prom(await r.text(), (HITS, QUERIES, WAITING, RUNNING, KV))
-
-    return list(await asyncio.gather(*(one(u) for u in urls)))
-
-
-async def sim_states(session: aiohttp.ClientSession, urls: list[str]) -> list[dict[str, Any]]:
-    """Each replica's ``/sim/state`` (step and lag counters)."""
-
-    async def one(u: str) -> dict[str, Any]:
-        async with session.get(u + "/sim/state", timeout=aiohttp.ClientTimeout(total=30)) as r:
-            got: dict[str, Any] = await r.json()
-            return got
-
-    return list(await asyncio.gather(*(one(u) for u in urls)))
-
-
-def lag_summary(
-    before: list[dict[str, Any]], after: list[dict[str, Any]], time_scale: float
-) -> dict[str, Any]:
-    """How far the simulator fell behind its own step deadlines between two ``/sim/state`` reads.
-
-    ``sim_late_frac``: steps delivered more than the simulator's slack (5 ms wall) late;
-    ``sim_lag_mean_ms``: mean lag per step in simulated ms (wall lag x time scale), i.e. the error the
-    simulator's own CPU adds to every simulated step; ``sim_lag_max_ms``: worst step since start.
-    """
-    steps = sum(a["steps"] - b["steps"] for a, b in zip(after, before, strict=True))
-    late = sum(a["steps_late"] - b["steps_late"] for a, b in zip(after, before, strict=True))
-    lag = sum(a["step_lag_sum_s"] - b["step_lag_sum_s"] for a, b in zip(after, before, strict=True))
-    return {
-        "sim_steps": steps,
-        "sim_late_frac": late / steps if steps else None,
-        "sim_lag_mean_ms": lag / steps * time_scale * 1000 if steps else None,
-        "sim_lag_max_ms": max(a["step_lag_max_s"] for a in after) * time_scale * 1000 if after else None,
-    }
-
-
-# ---- offered load: a fraction of the capacity measured on the virtual-clock fleet ----------------
-
-
-@dataclass(slots=True)
-class LiveLoad:
-    """A shared-prefix workload in simulated time (converted to wall time by the fleet's time scale)."""
-
-    qps: float  # offered, per simulated second
-    duration: float  # simulated seconds measured
-    warmup: float = 4.0  # simulated seconds sent first and not measured (caches and queues settle)
-    num_groups: int = 16
-    system_prompt_len: int = 3072
-    question_len: int = 96
-    output_len: int = 32
-    slo_ttft: float = 2.0  # simulated seconds
-    # Simulated seconds a request may take before it counts as an error: bounds a run whose router
-    # lets the queue grow without limit (the stragglers would otherwise take minutes to drain).
-    request_timeout: float = 6.0
-    seed: int = 0
-    load_fraction: float | None = None  # of ``capacity``; None when ``qps`` was given
-    capacity: float | None = None  # req/s per simulated second, measured (``measure_capacity``)
-
-    def specs(self, count: int, seed: int | None = None) -> Iterator[workloads.RequestSpec]:
-        """The workload; the capacity probe draws from the same generator with the same parameters."""
-        return workloads.shared_prefix_stream(
-            num_groups=self.num_groups,
-            system_prompt_len=self.system_prompt_len,
-            question_len=self.question_len,
-            output_len=self.output_len,
-            count=count,
-            seed=self.seed if seed is None else seed,
-            model=MODEL,
-        )
-
-
-def wall_qps(load: LiveLoad, spec: FleetSpec) -> float:
-    """Wall-clock arrivals per second: simulated QPS x time scale."""
-    return load.qps * spec.time_scale
-
-
-def live_scenario(spec: FleetSpec, load: LiveLoad) -> Any:
-    """A fleet-simulator ``Scenario`` of exactly this live fleet and workload (for the capacity probe)."""
-    from kvgate.bench.fleetsim import ReplicaSpec
-    from kvgate.bench.scenarios import Scenario
-
-    def make(seed: int, count: int) -> Iterator[workloads.RequestSpec]:
-        return load.specs(count, seed)
-
-    return Scenario(
-        name="live-shared-prefix",
-        title=(
-            f"{spec.replicas} x {spec.profile}, {load.num_groups} customers x {load.system_prompt_len}-token "
-            f"prompts + {load.question_len}-token questions, {load.output_len} output tokens"
-        ),
-        replicas=[ReplicaSpec(spec.profile, spec.replicas, spec.engine_overrides())],
-        workload=make,
-        load_fractions=[],
-        duration=CAPACITY_PROBE_DURATION,
-        how_scaled="The live benchmark's fleet and workload, on the virtual clock.",
-        slo_ttft=load.slo_ttft,
-        probe_policies=list(CAPACITY_PROBE_POLICIES),
-        probe_qps=CAPACITY_PROBE_QPS,
-    )
-
-
-@dataclass(slots=True)
-class Capacity:
-    req_per_s: float  # the best probe
-    policy: str  # the policy that served it
-    probes: dict[str, float] = field(default_factory=dict)  # served req/s per probe policy
-    probe_qps: float = CAPACITY_PROBE_QPS
-    probe_duration: float = CAPACITY_PROBE_DURATION
-    seed: int = 0
-    method: str = (
-        "kvgate.bench.sweep.probe_capacity on the virtual-clock fleet simulator (same fleet, same "
-        "workload generator): the most req/s any probe policy serves when offered probe_qps"
-    )
-
-
-def measure_capacity(
-    spec: FleetSpec, load: LiveLoad, seed: int = 0, duration: float = CAPACITY_PROBE_DURATION
-) -> Capacity:
-    from kvgate.bench.sweep import probe_capacity
-
-    sc = live_scenario(spec, load)
-    probes = {pol: probe_capacity(sc, pol, seed, duration) for pol in sc.probe_policies}
-    best = max(probes, key=lambda p: probes[p])
-    return Capacity(probes[best], best, probes, sc.probe_qps, duration, seed)
-
-
-# ---- routers -------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Target:
-    name: str
-    kind: str  # "kvgate" | "sglang-router" | "vllm-router"
-    policy: str  # a kvgate policy, a key of PICKER_CONFIGS (kvgate serve --config), or a peer's policy
-    base_url: str | None = None
-    proc: Proc | None = None
-    skipped: str | None = None  # why it could not run
-
-
-KVGATE_TARGETS = [
-    Target("kvgate (default)", "kvgate", "kvgate"),
-    Target("kvgate reference 2/2/3", "kvgate", "reference"),
-    Target("kvgate reference + precise", "kvgate", "reference-precise"),
-    Target("round robin (kvgate)", "kvgate", "round-robin"),
-    Target("least request (kvgate)", "kvgate", "least-request"),
-]
-PEER_TARGETS = [
-    Target("sglang-router cache_aware", "sglang-router", "cache_aware"),
-    Target("sglang-router round_robin", "sglang-router", "round_robin"),
-    Target("vllm-router cache_aware", "vllm-router", "cache_aware"),
-]
-
-# ``kvgate-cost-scorer`` reads the precise scorer's matches when ``prefixPluginRef`` names it (helper B,
-# issue #6); ``_with_precise`` keeps the replaced plugin's name. None would drop the target below.
-KVGATE_COST_PRECISE_PARAMS: dict[str, Any] | None = {"prefixPluginRef": "prefix-cache-scorer"}
-if KVGATE_COST_PRECISE_PARAMS is not None:
-    KVGATE_TARGETS.insert(1, Target("kvgate default + precise", "kvgate", "kvgate-precise"))
-
-
-def precise_scorer_params(offset: int = KV_EVENTS_OFFSET) -> dict[str, Any]:
-    """``precise-prefix-cache-scorer`` parameters for the live fleet (see ``kvgate.bench.simproc``)."""
-    from kvgate.sim.tokenizer import tokenizer_dir
-
-    return {
-        # The simulator's engine publishes its own chained xxh64 block hashes, not vLLM's: key blocks
-        # by their token ids instead, with the simulator's own tokenizer on the prompt text.
-        "mode": "tokens",
-        "tokenizer": str(tokenizer_dir()),
-        "eventsPortOffset": offset,
-        "eventsBind": False,  # the simulator binds its PUB socket; the gateway connects
-        "replayPortOffset": 2 * offset,
-        "indexName": "live",
-    }
-
-
-def _with_precise(doc: dict[str, Any], offset: int) -> dict[str, Any]:
-    """``doc`` (a picker config) with its prefix scorer replaced by the precise one, live parameters."""
-    for plugin in doc.get("plugins") or []:
-        if plugin.get("type") in ("prefix-cache-scorer", "precise-prefix-cache-scorer"):
-            old = plugin.get("name") or plugin["type"]
-            plugin["type"] = "precise-prefix-cache-scorer"
-            plugin["name"] = old  # keep the profile's pluginRef valid
-            plugin["parameters"] = {**(plugin.get("parameters") or {}), **precise_scorer_params(offset)}
-    return doc
-
-
-def picker_config(policy: str, offset: int = KV_EVENTS_OFFSET) -> dict[str, Any]:
-    """The ``EndpointPickerConfig`` mapping of a generated live policy (PICKER_CONFIGS): the precise
-    benchmark's profile of that name (``bench/precise.py``), its precise scorer pointed at the live fleet."""
-    from kvgate.bench.precise import PRECISE_POLICIES
-
-    if policy not in PICKER_CONFIGS:
-        raise KeyError(f"no generated picker config {policy!r}")
-    if policy in PRECISE_POLICIES:
-        return _with_precise(yaml.safe_load(PRECISE_POLICIES[policy]), offset)
-    if policy == "kvgate-precise" and KVGATE_COST_PRECISE_PARAMS is not None:
-        # kvgate's default profile with the precise scorer as its prefix plugin.
-        from kvgate.config.policies import POLICIES
-
-        doc = _with_precise(yaml.safe_load(POLICIES["kvgate"]), offset)
-        for plugin in doc["plugins"]:
-            if plugin["type"] == "kvgate-cost-scorer":
-                plugin["parameters"] = {**(plugin.get("parameters") or {}), **KVGATE_COST_PRECISE_PARAMS}
-        return doc
-    raise KeyError(f"no generated picker config {policy!r}")
-
-
-PICKER_CONFIGS = ("reference-precise", "kvgate-precise")
-
-
-def gateway_config(policy: str, urls: Sequence[str], offset: int = KV_EVENTS_OFFSET) -> dict[str, Any]:
-    """A ``kvgate serve --config`` document: one pool over ``urls`` with a generated picker config."""
-    return {  # listen address: ``kvgate serve --host/--port`` flags
-        "pools": [
-            {
-                "name": "default",
-                "endpoints": list(urls),
-                "models": [MODEL],
-                "endpointPickerConfig": picker_config(policy, offset),
-            }
-        ],
-    }
-
-
-async def start_kvgate(
-    policy: str, urls: list[str], wait_s: float = 60.0, kv_offset: int = KV_EVENTS_OFFSET
-) -> tuple[Proc, str]:
-    common = ("--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING")
-    if policy in PICKER_CONFIGS:
-        fd, path = tempfile.mkstemp(prefix=f"kvgate-live-{policy}-", suffix=".yaml")
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(gateway_config(policy, urls, kv_offset), f)
-        cmd = procs.kvgate_cmd("serve", "--config", path, *common)
-    else:
-        path = ""
-        cmd = procs.kvgate_cmd(
-            "serve", "--endpoints", ",".join(urls), "--model", MODEL, "--policy", policy, *common
-        )
-    ready = r"listening on (http://[\d.]+:\d+)"
-    try:
-        proc, m = await procs.start(f"kvgate serve {policy}", cmd, ready, wait_s=wait_s)
-    finally:
-        if path:  # read at start-up only
-            os.unlink(path)
-    return proc, m[0].group(1)
-
-
-async def start_peer(t: Target, urls: list[str], wait_s: float = 120.0) -> tuple[Proc, str]:
-    """A peer router from ``kvgate.bench.peers`` (installed once into a cached venv), on 127.0.0.1.
-
-    The simulator answers ``/model_info`` with its tokenizer directory as ``model_path``, which is
-    what sglang-router loads; ``HF_HUB_OFFLINE=1`` makes sure nothing is fetched instead.
-    """
-    from kvgate.bench import peers
-
-    peer = peers.PEERS[t.kind]
-    python = await asyncio.to_thread(peers.ensure_installed, peer)
-    port = procs.free_port()
-    cmd = peer.command(python, urls, t.policy, "127.0.0.1", port)
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RUST_LOG": "warn", "NO_PROXY": "*"}
-    proc, _ = await procs.start(t.name, cmd, None, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await procs.wait_http(base + "/health", wait_s=wait_s)
-    except RuntimeError as e:
-        await proc.stop()
-        raise RuntimeError(f"{e}; last output: {proc.tail(5)}") from None
-    return proc, base
-
 
 # ---- one run -------------------------------------------------------------------------------------
 
