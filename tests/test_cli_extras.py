@@ -31,3 +31,24 @@ def test_missing_extra_names_the_extra(command: str, extra: str) -> None:
 def test_product_commands_need_no_extra(command: str) -> None:
     res = _kvgate(command, "--help")
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_every_benchmark_module_has_a_kvgate_bench_entry() -> None:
+    """One entry point: each benchmark module with its own ``main`` is reachable as ``kvgate bench NAME``."""
+    import ast
+    from pathlib import Path
+
+    from kvgate.bench.cli import DELEGATED
+
+    bench = Path(__file__).resolve().parent.parent / "src" / "kvgate" / "bench"
+    with_main = set()
+    for f in bench.glob("*.py"):
+        tree = ast.parse(f.read_text())
+        if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body) and any(
+            isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body
+        ):
+            with_main.add(f"kvgate.bench.{f.stem}")
+    # live and inference_perf are `kvgate bench live|inference-perf`, demo is `kvgate demo`, and simproc is
+    # the replica process the live benchmark launches (not a benchmark).
+    others = {"kvgate.bench.live", "kvgate.bench.inference_perf", "kvgate.bench.demo", "kvgate.bench.simproc"}
+    assert with_main - set(DELEGATED.values()) <= others

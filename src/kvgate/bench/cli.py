@@ -20,6 +20,7 @@ DELEGATED = {
     "extproc": "kvgate.bench.extproc_bench",
     "peers": "kvgate.bench.peers",
     "calibrate": "kvgate.sim.calibrate",
+    "precise": "kvgate.bench.precise",
 }
 
 
