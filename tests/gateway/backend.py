@@ -18,10 +18,12 @@ from aiohttp import web
 
 
 class Backend:
-    def __init__(self, name: str, *, tokens: int = 4, chunk_delay: float = 0.0) -> None:
+    def __init__(self, name: str, *, tokens: int = 4, chunk_delay: float = 0.0, piece_bytes: int = 0) -> None:
         self.name = name
         self.tokens = tokens
         self.chunk_delay = chunk_delay
+        self.piece_bytes = piece_bytes  # padding per streamed token (large streams)
+        self.disconnects = 0  # streams whose client (the gateway) went away mid-way
         # ok | error500 | drop | cut | hang | unframed (a stream event that never ends)
         self.mode = "ok"
         self.received: collections.deque[tuple[str, dict[str, str], dict[str, Any]]] = collections.deque(
@@ -113,7 +115,7 @@ class Backend:
         usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
         rid = f"cmpl-{self.name}"
         if not body.get("stream"):
-            text = " ".join(f"{self.name}-{i}" for i in range(n))
+            text = " ".join(f"{self.name}-{i}" + "x" * self.piece_bytes for i in range(n))
             choice: dict[str, Any] = (
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
                 if chat
@@ -139,14 +141,18 @@ class Backend:
                 assert request.transport is not None
                 request.transport.abort()
                 return resp
-            piece = f"{self.name}-{i} "
+            piece = f"{self.name}-{i} " + "x" * self.piece_bytes
             ch: dict[str, Any] = (
                 {"index": 0, "delta": {"content": piece}, "finish_reason": None}
                 if chat
                 else {"index": 0, "text": piece, "finish_reason": None}
             )
             chunk = {"id": rid, "object": obj, "created": 0, "model": model, "choices": [ch]}
-            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            try:
+                await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            except ConnectionError:
+                self.disconnects += 1
+                raise
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
         if (body.get("stream_options") or {}).get("include_usage"):

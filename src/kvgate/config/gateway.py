@@ -72,10 +72,17 @@ class Limits:
     # Tries per request across different endpoints; only before any byte reached the client.
     max_attempts: int = 3
     drain_timeout_s: float = 30.0
-    # Idle client connections (kept alive, or stalled half-way through a request) close after this.
+    # Idle client connections (kept alive, nothing received) close after this.
     keepalive_s: float = 75.0
-    # Upstream connections kept per endpoint (0 = unlimited).
-    max_connections_per_endpoint: int = 0
+    # Client-side deadlines (kvgate.gateway.front): whole request head, whole body (408 then close),
+    # and a write the client does not take (nginx send_timeout; aborts, releasing slot and upstream).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    send_timeout_s: float = 30.0
+    # Output buffered per client connection before writers wait on it.
+    write_buffer_bytes: int = 256 * 1024
+    # Open client connections per process (clamped to the fd limit); more get 503 too_many_connections.
+    max_connections: int = 10_000
 
 
 @dataclass(slots=True)
@@ -86,6 +93,10 @@ class HealthConfig:
     eject_max_s: float = 60.0
     probe_path: str = "/health"
     probe_timeout_s: float = 1.0
+    # The data layer's verdict (kvgate.datalayer.health), shared with kvgate epp: this many failed
+    # scrapes in a row, or metrics older than this, take an endpoint out of the candidates.
+    scrape_failures: int = 3
+    metrics_staleness_s: float = 5.0
 
 
 @dataclass(slots=True)
@@ -268,13 +279,24 @@ _LIMIT_KEYS: dict[str, tuple[str, type | tuple[type, ...], bool]] = {
     "maxAttempts": ("max_attempts", int, False),
     "drainTimeoutSeconds": ("drain_timeout_s", (int, float), True),
     "keepAliveSeconds": ("keepalive_s", (int, float), False),
-    "maxConnectionsPerEndpoint": ("max_connections_per_endpoint", int, True),
+    "headerTimeoutSeconds": ("header_timeout_s", (int, float), False),
+    "bodyTimeoutSeconds": ("body_timeout_s", (int, float), False),
+    "sendTimeoutSeconds": ("send_timeout_s", (int, float), False),
+    "writeBufferBytes": ("write_buffer_bytes", int, False),
+    "maxConnections": ("max_connections", int, False),
+}
+# Keys once accepted and ignored: refused with a reason rather than silently doing nothing.
+_UNSUPPORTED = {
+    "limits.maxConnectionsPerEndpoint": "not supported (upstream connections are pooled per endpoint "
+    "without a cap); remove it",
 }
 _HEALTH_KEYS: dict[str, tuple[str, type | tuple[type, ...], bool]] = {
     "ejectAfterFailures": ("eject_after_failures", int, False),
     "ejectBaseSeconds": ("eject_base_s", (int, float), False),
     "ejectMaxSeconds": ("eject_max_s", (int, float), False),
     "probeTimeoutSeconds": ("probe_timeout_s", (int, float), False),
+    "scrapeFailures": ("scrape_failures", int, False),
+    "metricsStalenessSeconds": ("metrics_staleness_s", (int, float), False),
 }
 
 
@@ -286,6 +308,10 @@ def _fill(
     if not isinstance(raw, dict):
         raise GatewayConfigError(path, "expected a mapping")
     extra = ("probePath",) if keys is _HEALTH_KEYS else ()
+    for key in raw:
+        reason = _UNSUPPORTED.get(f"{path}.{key}")
+        if reason is not None:
+            raise GatewayConfigError(f"{path}.{key}", reason)
     _check_keys(raw, (*keys, *extra), path + ".")
     for key, (attr, kind, zero_ok) in keys.items():
         value = _get(raw, key, path + ".", kind)

@@ -9,10 +9,18 @@ plain.
 
 Robustness rules: anything malformed gets a 400 and the connection is closed; header block <= 64 KB
 (431), body <= the configured limit (413, checked on Content-Length before reading and while reading
-chunked bodies); CR, LF or NUL inside a header line is refused (no response splitting through echoed
-headers); Content-Length together with Transfer-Encoding is refused (no request smuggling); requests on
-one connection are answered in order (pipelining), at most ``_MAX_PIPELINE`` queued before reading
-pauses; idle keep-alive connections close after ``keepalive_s``; streams honour write back-pressure.
+chunked bodies; the 413 lingers briefly so the client reads it); CR, LF or NUL inside a header line is
+refused (no response splitting through echoed headers); header names must be RFC 9110 tokens,
+Content-Length ASCII digits, HTTP/1.1 requests must carry Host; Content-Length together with
+Transfer-Encoding is refused (no request smuggling); requests on one connection are answered in order
+(pipelining), at most ``_MAX_PIPELINE`` queued before reading pauses.
+
+Deadlines (one sweeper task checks them all, no per-byte timers): idle keep-alive connections close
+after ``keepalive_s``; a request head must be complete within ``header_timeout_s`` and its body within
+``body_timeout_s`` of the head (408, then close: slowloris); a write the client does not take within
+``send_timeout_s`` (the output buffer stays above ``write_buffer_bytes``) aborts the connection, which
+cancels the handler and so releases its concurrency slot, in-flight accounting and upstream request.
+More than ``max_connections`` open connections: the new one gets 503 ``too_many_connections``.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
@@ -31,6 +40,10 @@ _MAX_HEAD = 64 * 1024
 _MAX_PIPELINE = 16
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _BAD_HEADER_BYTES = (b"\r", b"\n", b"\x00")
+# RFC 9110 token: the only characters a header name may have.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# How long a refused request (413) keeps reading (and discarding) so the client sees the answer.
+LINGER_S = 2.0
 
 
 class Request:
@@ -158,8 +171,10 @@ def _head(
     return "".join(parts).encode("utf-8", "surrogateescape")
 
 
-def _error(status: int, message: str) -> Response:
-    resp = Response(status=status, body=error_body(status, message), content_type="application/json")
+def _error(status: int, message: str, code: str | None = None) -> Response:
+    resp = Response(
+        status=status, body=error_body(status, message, code=code), content_type="application/json"
+    )
     resp.force_close()
     return resp
 
@@ -174,7 +189,7 @@ Handler = Callable[[Request], Awaitable["Response | StreamResponse"]]
 
 
 class FrontServer:
-    """Routes, limits and the set of live connections (for draining)."""
+    """Routes, limits, deadlines and the set of live connections (for draining)."""
 
     def __init__(
         self,
@@ -184,15 +199,28 @@ class FrontServer:
         max_body: int,
         prefix_routes: dict[str, Handler] | None = None,
         keepalive_s: float = 75.0,
+        header_timeout_s: float = 10.0,
+        body_timeout_s: float = 60.0,
+        send_timeout_s: float = 30.0,
+        write_buffer_bytes: int = 256 * 1024,
+        max_connections: int = 10_000,
     ) -> None:
         self.routes = routes
         self.prefix_routes = prefix_routes or {}
         self.fallback = fallback
         self.max_body = max_body
         self.keepalive_s = keepalive_s
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.send_timeout_s = send_timeout_s
+        self.write_buffer_bytes = write_buffer_bytes
+        self.max_connections = max_connections
         self.connections: set[FrontProtocol] = set()
         self.draining = False
-        # One sweeper closes idle connections, instead of a timer armed and cancelled per request.
+        # Counters for the metrics page and the soak report.
+        self.refused = 0  # connections over max_connections
+        self.timed_out = {"header": 0, "body": 0, "send": 0}
+        # One sweeper enforces every deadline, instead of a timer armed and cancelled per request.
         self._sweeper: asyncio.Task[None] | None = None
 
     def watch_idle(self) -> None:
@@ -201,13 +229,37 @@ class FrontServer:
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        # Granularity: a quarter of the keep-alive, at most 1 s (75 s keep-alive: closes at 75-76 s).
-        interval = min(1.0, self.keepalive_s / 4)
+        # Granularity: a quarter of the shortest deadline, at most 1 s (75 s keep-alive: closes at 75-76 s).
+        shortest = min(self.keepalive_s, self.header_timeout_s, self.body_timeout_s, self.send_timeout_s)
+        interval = min(1.0, shortest / 4)
         while self.connections:
             await asyncio.sleep(interval)
-            cutoff = loop.time() - self.keepalive_s
-            for conn in [c for c in self.connections if c.idle_since is not None and c.idle_since <= cutoff]:
-                conn.close()
+            self.sweep(loop.time())
+
+    def sweep(self, now: float) -> None:
+        """Enforce every connection deadline once (the sweeper calls this each tick)."""
+        idle_cut = now - self.keepalive_s
+        head_cut = now - self.header_timeout_s
+        body_cut = now - self.body_timeout_s
+        send_cut = now - self.send_timeout_s
+        for c in list(self.connections):
+            if c.blocked_since is not None and c.blocked_since <= send_cut:
+                # The client stopped reading what we write: give up on it. Abort, not close (close
+                # would wait for the buffer to flush); connection_lost cancels the handler.
+                self.timed_out["send"] += 1
+                c.abort()
+            elif c.linger_until is not None and c.linger_until <= now:
+                c.abort()
+            elif c.idle_since is not None and c.idle_since <= idle_cut:
+                c.close()
+            elif c._read_paused:
+                continue  # the server is the slow one (a full pipeline): not the client's deadline
+            elif c.head_since is not None and c.head_since <= head_cut:
+                self.timed_out["header"] += 1
+                c.deadline_passed("request header block not complete in time")
+            elif c.body_since is not None and c.body_since <= body_cut:
+                self.timed_out["body"] += 1
+                c.deadline_passed("request body not complete in time")
 
     def handler_for(self, path: str) -> Handler:
         h = self.routes.get(path)
@@ -245,8 +297,12 @@ class FrontProtocol(asyncio.Protocol):
         self.closed = False
         self.write_paused = False
         self._drain: asyncio.Future[None] | None = None
-        # Event-loop time since when this connection has waited on its client; None while busy.
-        self.idle_since: float | None = None
+        # Event-loop times the sweeper checks (None = not in that state):
+        self.idle_since: float | None = None  # waiting for a next request, nothing received
+        self.head_since: float | None = None  # first byte of an incomplete request head
+        self.body_since: float | None = None  # head complete, body still arriving
+        self.blocked_since: float | None = None  # output buffer above the bound, client not reading
+        self.linger_until: float | None = None  # refused request: reading to discard until then
         self._read_paused = False
         self._reject_after = False  # stop parsing: an error response is queued and we close after it
         # A parsed request head waiting for its body: (method, path, query, headers, keep-alive,
@@ -258,16 +314,29 @@ class FrontProtocol(asyncio.Protocol):
 
     # --- transport callbacks --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         self._loop = asyncio.get_running_loop()
-        self.server.connections.add(self)
-        self.server.watch_idle()
+        server = self.server
+        if len(server.connections) >= server.max_connections:
+            # A clear refusal instead of a reset: the accept loop goes on, this socket closes at once.
+            server.refused += 1
+            self.closed = True
+            self._reject_after = True
+            resp = _error(503, "too many connections to the gateway; retry later", "too_many_connections")
+            transport.write(_head(resp.status, {}, resp.content_type, len(resp.body), True) + resp.body)
+            transport.close()
+            return
+        # The write buffer bound: writers wait (back-pressure) above it, the sweeper gives up on them.
+        transport.set_write_buffer_limits(high=server.write_buffer_bytes)
+        server.connections.add(self)
+        server.watch_idle()
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        self.idle_since = None
+        self.idle_since = self.head_since = self.body_since = self.blocked_since = self.linger_until = None
         self.queue.clear()
         if self.task is not None and not self.task.done():
             # The client is gone: stop working for it. Cancelling aborts the upstream request (the
@@ -280,9 +349,11 @@ class FrontProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.blocked_since = self._loop.time()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.blocked_since = None
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -295,22 +366,30 @@ class FrontProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._reject_after:
-            return
+            return  # (also: a refused request's lingering body, read and dropped)
         self.idle_since = None
         self.buf += data
         try:
             self._parse()
         except _BadRequest as e:
-            self._reject_after = True
-            self.buf.clear()
-            self._enqueue_error(e.status, str(e))
+            self._reject(e.status, str(e))
         except (ValueError, UnicodeError) as e:
-            self._reject_after = True
-            self.buf.clear()
-            self._enqueue_error(400, f"malformed HTTP request: {e}")
-        if self.task is None and not self.queue and not self._reject_after:
-            # Waiting for the rest of a request: a client that stalls half-way is closed too.
-            self._arm_idle()
+            self._reject(400, f"malformed HTTP request: {e}")
+        if self.buf and self._pending is None and self.head_since is None and not self._reject_after:
+            # A head has started: it must be complete by the header deadline, however it trickles in.
+            self.head_since = self._loop.time()
+
+    def _reject(self, status: int, message: str) -> None:
+        self._reject_after = True
+        self.buf.clear()
+        self._pending = None
+        self.head_since = self.body_since = None
+        self._enqueue_error(status, message)
+
+    def deadline_passed(self, message: str) -> None:
+        """The sweeper's verdict on a slow request: 408, then close."""
+        if not self._reject_after:
+            self._reject(408, message)
 
     # --- parsing --------------------------------------------------------------------------------
     def _parse(self) -> None:
@@ -329,6 +408,7 @@ class FrontProtocol(asyncio.Protocol):
                 body = bytes(self.buf[:length])
                 del self.buf[:length]
             self._pending = None
+            self.body_since = None
             req = Request(self, method, path, query, headers, body, keep_alive)
             req.http11 = http11
             self._enqueue(req)
@@ -344,19 +424,23 @@ class FrontProtocol(asyncio.Protocol):
             raise _BadRequest(431, "request header block too large")
         lines = bytes(self.buf[:end]).split(b"\r\n")
         del self.buf[: end + 4]
+        self.head_since = None
         method_b, target, version = lines[0].split(b" ")
         if version not in (b"HTTP/1.1", b"HTTP/1.0") or not method_b.isalpha():
             raise _BadRequest(400, "unsupported request line")
         headers: dict[str, str] = {}
+        token = _TOKEN.fullmatch
         for line in lines[1:]:
             if not line or line[:1] in (b" ", b"\t") or any(c in line for c in _BAD_HEADER_BYTES):
                 raise _BadRequest(400, "malformed header line")
             name_b, sep, value_b = line.partition(b":")
-            if not sep or not name_b or name_b != name_b.strip():
-                raise _BadRequest(400, "malformed header line")
+            if not sep or token(name_b) is None:
+                raise _BadRequest(400, "malformed header line: the name is not an RFC 9110 token")
             name = name_b.decode("latin-1").lower()
             value = value_b.strip().decode("utf-8", "surrogateescape")
             headers[name] = f"{headers[name]},{value}" if name in headers else value
+        if version == b"HTTP/1.1" and "host" not in headers:
+            raise _BadRequest(400, "HTTP/1.1 request without a Host header")
         te = headers.get("transfer-encoding")
         cl = headers.get("content-length")
         if te is not None and cl is not None:
@@ -367,13 +451,19 @@ class FrontProtocol(asyncio.Protocol):
             length = -1
             self._cpos, self._cparts, self._ctotal = 0, [], 0
         else:
-            if cl is not None and not cl.isdigit():
+            # ASCII digits only: str.isdigit() alone takes other scripts' digits ("\u0661").
+            if cl is not None and not (cl.isascii() and cl.isdigit()):
                 raise _BadRequest(400, "invalid Content-Length")
             length = int(cl) if cl else 0
             if length > self.server.max_body:
                 raise _BadRequest(413, f"request body of {length} bytes exceeds {self.server.max_body} bytes")
-        if length and headers.get("expect", "").lower() == "100-continue":
+        expect = headers.get("expect", "").lower() == "100-continue"
+        if length and expect and self.task is None and not self.queue:
+            # Only when nothing is being answered: never into the middle of an earlier pipelined
+            # response (the client sends the body anyway after its own short wait).
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if length:
+            self.body_since = self._loop.time()
         conn = headers.get("connection", "").lower()
         keep_alive = ("close" not in conn) if version == b"HTTP/1.1" else ("keep-alive" in conn)
         path, _, query = target.decode("latin-1").partition("?")
@@ -467,20 +557,40 @@ class FrontProtocol(asyncio.Protocol):
                 close = close or resp.close
                 body = b"" if req.method == "HEAD" else resp.body  # HEAD: headers only
                 self.send(_head(resp.status, resp.headers, resp.content_type, len(resp.body), close) + body)
+                if self.write_paused and not close:
+                    # A pipelining client that does not read: answer its next request only once this
+                    # one left the buffer (bounded output; the send deadline applies meanwhile).
+                    await self.drain()
         except ConnectionResetError:
             close = True
         finally:
             self.task = None
-        if close or self._reject_after:
+        if req.error is not None and req.error[0] == 413 and not self.closed:
+            self._linger()
+        elif close or self._reject_after:
             self.close()
         elif self.queue:
             self._next()
         else:
             self._arm_idle()
 
+    def _linger(self) -> None:
+        """After a 413 the client may still be sending its body: closing now could reset the
+        connection before it reads the answer. Half-close, keep reading (and dropping) briefly."""
+        assert self.transport is not None
+        self.linger_until = self._loop.time() + LINGER_S
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.close()
+
     # --- output ---------------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
+            if self.transport.get_write_buffer_size() > self.server.write_buffer_bytes:
+                # A writer that ignored back-pressure: the bound is hard, drop the connection.
+                self.abort()
+                return
             self.transport.write(data)
 
     def _arm_idle(self) -> None:
@@ -488,11 +598,16 @@ class FrontProtocol(asyncio.Protocol):
         if self.server.draining and not self.buf:
             self.close()
             return
-        if not self.closed:
+        if not self.closed and not self.buf:
             self.idle_since = self._loop.time()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
+            self.idle_since = None
+            if self.transport.get_write_buffer_size() and self.blocked_since is None:
+                # close() flushes first; a client that never reads would hold the socket forever, so
+                # the send deadline covers the flush too.
+                self.blocked_since = self._loop.time()
             self.transport.close()
 
     def abort(self) -> None:

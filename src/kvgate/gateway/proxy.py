@@ -79,9 +79,12 @@ def _filter_headers(headers: Mapping[str, str]) -> tuple[dict[str, str], str | N
     out: dict[str, str] = {}
     objective = fairness = None
     explain = False
+    conn = headers.get("connection")
+    # Headers the client names in Connection are hop-by-hop too (RFC 9110 7.6.1).
+    hop: frozenset[str] = frozenset(t.strip().lower() for t in conn.split(",")) if conn else frozenset()
     for k, v in headers.items():
         lk = k.lower()
-        if lk in _DROP:
+        if lk in _DROP or lk in hop:
             continue
         if lk.startswith(_DROP_PREFIXES):
             if lk == OBJECTIVE_HEADER:

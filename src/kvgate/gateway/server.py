@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,36 @@ from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
 
 log = logging.getLogger("kvgate.gateway")
+
+# File descriptors kept out of the client-connection cap: listeners, scrapes, probes, logs.
+FD_RESERVE = 64
+
+
+def connection_cap(wanted: int, limits: tuple[int, int] | None = None) -> int:
+    """``limits.maxConnections`` clamped to what the fd limit allows (raised to the hard limit first).
+
+    Each proxied client connection may hold an upstream connection too, so half the fds go to each
+    side. Staying under the limit keeps accept() working: at EMFILE asyncio stops accepting for a
+    second at a time and every new client is reset; under the cap it gets a clear 503 instead.
+    """
+    if limits is None:
+        try:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            want = 2 * wanted + FD_RESERVE
+            if soft != resource.RLIM_INFINITY and soft < want:
+                new = want if hard == resource.RLIM_INFINITY else min(hard, want)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+                soft = new
+        except (ValueError, OSError):
+            return wanted
+        limits = (soft, hard)
+    soft = limits[0]
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    cap = max(1, (soft - FD_RESERVE) // 2)
+    if cap < wanted:
+        log.info("limits.maxConnections %d clamped to %d by the open-file limit %d", wanted, cap, soft)
+    return min(wanted, cap)
 
 
 class GatewayServer:
@@ -61,6 +92,7 @@ class GatewayServer:
         self._scrapers: list[Any] = []  # metrics scrapers and the other data sources (KV events)
         self.port = 0
         self.admin_port: int | None = None
+        self.max_connections = connection_cap(cfg.limits.max_connections)
 
     # --- routes -------------------------------------------------------------------------------
     def _front(self, proxy: Proxy | None, admin: bool) -> FrontServer:
@@ -79,12 +111,18 @@ class GatewayServer:
         if admin:
             routes.update({"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz})
             prefix["/debug/picks/"] = self._debug_pick
+        lim = self.cfg.limits
         return FrontServer(
             routes,
             self._not_found,
             prefix_routes=prefix,
-            max_body=self.cfg.limits.max_body_bytes,
-            keepalive_s=self.cfg.limits.keepalive_s,
+            max_body=lim.max_body_bytes,
+            keepalive_s=lim.keepalive_s,
+            header_timeout_s=lim.header_timeout_s,
+            body_timeout_s=lim.body_timeout_s,
+            send_timeout_s=lim.send_timeout_s,
+            write_buffer_bytes=lim.write_buffer_bytes,
+            max_connections=self.max_connections,
         )
 
     async def _not_found(self, request: Request) -> Response:
