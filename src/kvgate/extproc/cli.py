@@ -95,6 +95,9 @@ def parser() -> argparse.ArgumentParser:
         default="localhost,127.0.0.1",
         help="names/IPs for the generated self-signed certificate",
     )
+    hub = p.add_argument_group("hub (multi-cluster)")
+    hub.add_argument("--clusters", help="clusters file: pick clusters, not pods (docs/multicluster.md)")
+    hub.add_argument("--cluster-policy", default="kvgate", help="kvgate|llm-d-hub|round-robin|active-passive")
     p.add_argument("--log-level", default="info")
     return p  # fmt: skip
 
@@ -111,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     from kvgate.extproc.metrics import EppMetrics
     from kvgate.extproc.picker import build_context
 
+    if args.clusters:
+        return _hub_main(args)
     try:
         cfg = load(
             config=args.config, pool_name=args.pool_name, endpoints=args.endpoints, models=args.model,
@@ -128,6 +133,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca))
+    return 0
+
+
+def _hub_main(args: argparse.Namespace) -> int:
+    """``--clusters``: the hub EPP; its candidates are the clusters' gateways (kvgate.multicluster.hub)."""
+    from kvgate.extproc.metrics import EppMetrics
+    from kvgate.extproc.picker import AddressIndex
+    from kvgate.extproc.session import SessionContext
+    from kvgate.multicluster.clusters import ClustersError, ClustersFile
+    from kvgate.multicluster.hub import ClusterDirector, HubFeed
+
+    try:
+        cfile = ClustersFile(args.clusters)
+        director = ClusterDirector(cfile.config, args.cluster_policy)
+        pair, client_ca = _tls(args)
+    except (ClustersError, ValueError, OSError) as e:
+        print(f"kvgate epp: {e}", file=sys.stderr)
+        return 2
+    metrics = EppMetrics()
+    ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic, observer=metrics)
+    with contextlib.suppress(KeyboardInterrupt):
+        feed = HubFeed(director, cfile)
+        asyncio.run(_serve(args, director.store, ctx, metrics, pair, client_ca, feed=feed))
     return 0
 
 
@@ -150,6 +178,7 @@ async def _serve(
     metrics: EppMetrics,
     pair: KeyPair | None,
     client_ca: bytes | None,
+    feed: Any = None,
 ) -> None:
     from kvgate.datalayer.scraper import MetricsScraper
     from kvgate.extproc.server import EppServer, ServerOptions
@@ -158,9 +187,17 @@ async def _serve(
         host=args.host, port=args.port, health_port=args.grpc_health_port, metrics_port=args.metrics_port,
         tls=pair, client_ca=client_ca, max_concurrent_streams=args.max_concurrent_streams,
     )  # fmt: skip
+    from kvgate.multicluster.export import aggregate_source
+
+    # The pool aggregate for multi-cluster gateways, beside /metrics (kvgate.datalayer.aggregate).
+    agg = aggregate_source(next(iter(store.pools()), "default"), store.all, ctx.picker, tls=pair is not None,
+                           mtls=client_ca is not None)  # fmt: skip
     # Ready while some endpoint can be picked (the health tracking may eject them all).
-    server = EppServer(ctx, opts, metrics=metrics, ready=lambda: any(e.healthy for e in store.all()))
-    scraper = MetricsScraper(store, interval=args.scrape_interval, clock=time.monotonic)
+    server = EppServer(
+        ctx, opts, metrics=metrics, ready=lambda: any(e.healthy for e in store.all()), aggregate=agg.body
+    )
+    # A hub EPP's endpoints are cluster gateways: its feed is their aggregates, not a pod scraper.
+    scraper: Any = feed or MetricsScraper(store, interval=args.scrape_interval, clock=time.monotonic)
     # Handlers first: a supervisor may signal as soon as it reads the ready line.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,11 +7,13 @@ and scraper's metrics live, per-endpoint pick counts included), as one text expo
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.scheduling.types import PickResult, Usage
 
 _PICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -66,14 +68,23 @@ class EppMetrics:
     def exposition(self) -> bytes:
         return generate_latest(REGISTRY) + generate_latest(self.registry)
 
-    async def serve(self, host: str, port: int) -> tuple[web.AppRunner, int]:
-        """Start ``/metrics`` on ``host:port`` (0 = ephemeral); returns the runner and the port."""
+    async def serve(
+        self, host: str, port: int, aggregate: Callable[[], bytes] | None = None
+    ) -> tuple[web.AppRunner, int]:
+        """Start ``/metrics`` (and the pool aggregate, ``/v1/pool/aggregate``, when given) on ``host:port``
+        (0 = ephemeral); returns the runner and the port."""
 
         async def handler(_request: web.Request) -> web.Response:
             return web.Response(body=self.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         app = web.Application()
         app.router.add_get("/metrics", handler)
+        if aggregate is not None:
+
+            async def pool_aggregate(_request: web.Request) -> web.Response:
+                return web.Response(body=aggregate(), content_type="application/json")
+
+            app.router.add_get(AGGREGATE_PATH, pool_aggregate)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         # Bind the socket ourselves so an ephemeral port can be read back.

@@ -75,11 +75,13 @@ class EppServer:
         *,
         metrics: EppMetrics | None = None,
         ready: Callable[[], bool] = lambda: True,
+        aggregate: Callable[[], bytes] | None = None,
     ) -> None:
         self.ctx = ctx
         self.options = options
         self.metrics = metrics or EppMetrics()
         self.ready = ready
+        self.aggregate = aggregate  # the pool aggregate body, served beside /metrics
         self.port = 0
         self.health_port: int | None = None
         self.metrics_port: int | None = None
@@ -110,7 +112,9 @@ class EppServer:
         await self.refresh_health()
 
         if o.metrics_port is not None:
-            self._metrics_runner, self.metrics_port = await self.metrics.serve(o.host, o.metrics_port)
+            self._metrics_runner, self.metrics_port = await self.metrics.serve(
+                o.host, o.metrics_port, self.aggregate
+            )
         log.info(
             "kvgate epp: ext_proc on %s:%d (%s), health %s, metrics %s",
             o.host, self.port, "TLS" if o.tls else "plaintext", self.health_port, self.metrics_port,

@@ -20,6 +20,7 @@ from kvgate.config.gateway import (
     load_gateway_config,
 )
 from kvgate.gateway.pools import Pool, build_pool
+from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
 
 
@@ -52,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="gateway processes sharing the port (default 1); picker state is per worker",
+    )
+    p.add_argument(
+        "--clusters", help="clusters file: run as the global multi-cluster gateway (docs/multicluster.md)"
+    )
+    p.add_argument(
+        "--cluster-policy",
+        default="kvgate",
+        choices=CLUSTER_POLICIES,
+        help="with --clusters: how clusters are chosen",
     )
     p.add_argument("--log-level", default="INFO")
     return p
@@ -140,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.clusters:  # the global gateway: clusters are the candidates (kvgate.multicluster)
+        from kvgate.multicluster.serve import ServeArgs, run
+
+        return run(ServeArgs(args.clusters, args.cluster_policy, args.host or "127.0.0.1", args.port or 8080))
     try:
         cfg = build_config(args)
         pools = build_pools(cfg)

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.config.gateway import GatewayConfig
+from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.gateway.front import FrontServer, Handler, Request, Response
@@ -26,6 +27,7 @@ from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
+from kvgate.multicluster.export import aggregate_source
 
 log = logging.getLogger("kvgate.gateway")
 
@@ -93,6 +95,7 @@ class GatewayServer:
         self.port = 0
         self.admin_port: int | None = None
         self.max_connections = connection_cap(cfg.limits.max_connections)
+        self._aggregates: dict[str, AggregateSource] = {}
 
     # --- routes -------------------------------------------------------------------------------
     def _front(self, proxy: Proxy | None, admin: bool) -> FrontServer:
@@ -110,6 +113,7 @@ class GatewayServer:
             )
         if admin:
             routes.update({"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz})
+            routes[AGGREGATE_PATH] = self._aggregate
             prefix["/debug/picks/"] = self._debug_pick
         lim = self.cfg.limits
         return FrontServer(
@@ -135,6 +139,19 @@ class GatewayServer:
                 update(pool.name)
         body = generate_latest(self.metrics.registry) + generate_latest(REGISTRY)
         return Response(body=body, content_type=CONTENT_TYPE_LATEST)
+
+    async def _aggregate(self, request: Request) -> Response:
+        """The pool aggregate a multi-cluster gateway reads (``?pool=NAME``; default the first pool)."""
+        want = dict(p.partition("=")[::2] for p in request.query.split("&") if p).get("pool")
+        pool = next((p for p in self.pools if want is None or p.name == want), None)
+        if pool is None:
+            return error_response(GatewayError(404, f"no pool named {want!r}"))
+        source = self._aggregates.get(pool.name)
+        if source is None:
+            source = self._aggregates[pool.name] = aggregate_source(
+                pool.name, pool.endpoints, pool.director, clock=self.clock
+            )
+        return Response(body=source.body(), content_type="application/json")
 
     async def _healthz(self, request: Request) -> Response:
         return Response(text="ok", content_type="text/plain")

@@ -162,6 +162,23 @@ class PrefixIndex:
             alive ^= low
         return out
 
+    def hot(self, limit: int) -> list[int]:
+        """Up to ``limit`` distinct block hashes, most recently used first, taken from every endpoint in turn
+        (the pool aggregate's prefix summary for multi-cluster routing)."""
+        out: dict[int, None] = {}
+        iters = [reversed(lru) for lru in self._lru.values()]
+        while iters and len(out) < limit:
+            alive = []
+            for it in iters:
+                h = next(it, None)
+                if h is not None:
+                    out[h] = None
+                    alive.append(it)
+                    if len(out) >= limit:
+                        break
+            iters = alive
+        return list(out)
+
     def remove_endpoint(self, address: str) -> None:
         lru = self._lru.pop(address, None)
         if lru is None:

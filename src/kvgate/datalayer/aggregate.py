@@ -1,0 +1,333 @@
+"""A pool's aggregate snapshot: what one cluster's kvgate tells a multi-cluster gateway about its pool.
+
+Both front doors serve it at ``GET /v1/pool/aggregate`` (``kvgate serve``'s admin routes, ``kvgate epp``'s
+metrics port) as JSON, and the reference names of the same numbers on ``/metrics``:
+``inference_pool_average_{kv_cache_utilization,queue_size,running_requests}``, ``inference_pool_ready_pods``
+and llm-d's ``llm_d_epp_{average,std_dev}_{kv_cache_utilization,queue_size,running_requests}``,
+``llm_d_epp_ready_endpoints`` (label ``name``).
+
+kvgate's own fields, because averages alone cannot rank clusters of different sizes and GPUs:
+- ``ready_endpoints``: healthy endpoints with metrics fresher than ``staleness_s`` (never-scraped ones are
+  not ready: unknown is not idle), and ``ready_by_gpu``;
+- ``capacity`` = sum of ready endpoints' speed (GPU type -> relative throughput, H100 = 1), and
+  ``headroom`` = sum of speed x (1 - load), load from KV use, queue and running batch;
+- ``predicted_ttft_s``: a typical request's TTFT here now (queue ahead of it over the pool's speed);
+- ``snapshot_time`` (wall clock, for other machines) and ``metrics_age_s`` (the oldest ready endpoint's
+  scrape age, so a frozen scraper is visible);
+- ``prefix_bloom``: a Bloom filter of the hot prefix block hashes (the approximate prefix index's, text
+  blocks hashed as ``scheduling.prefix.block_hashes``), so a global gateway can send a prompt where its
+  prefix is cached. Its size is capped so the whole response stays under ``MAX_RESPONSE_BYTES``.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgspec
+from prometheus_client import Gauge
+
+from kvgate.datalayer.endpoint import Endpoint
+
+AGGREGATE_PATH = "/v1/pool/aggregate"
+MAX_RESPONSE_BYTES = 256 * 1024
+MAX_BLOOM_BITS = 1 << 20  # 128 KiB of bits, ~171 KiB in base64: the response stays under the cap
+BLOOM_BITS_PER_ENTRY = 10  # ~1% false positives with k = 7
+BLOOM_HASHES = 7
+GPU_LABELS = ("kvgate.io/gpu", "nvidia.com/gpu.product", "cloud.google.com/gke-accelerator")
+SPEED_LABEL = "kvgate.io/speed"
+# Relative decode/prefill throughput per GPU (H100 = 1), from the simulator's profiles' bandwidth/FLOP/s
+# ratios; a pod label kvgate.io/speed overrides it.
+GPU_SPEED = {"h100": 1.0, "h200": 1.25, "a100": 0.6, "l4": 0.15, "b200": 2.0}
+TYPICAL_PREFILL_S = 0.05  # one typical request's prefill on an H100 (~1k prompt tokens, 8B model)
+MAX_BATCH = 64  # running requests at which an endpoint counts as fully loaded by batch alone
+
+
+class Bloom(msgspec.Struct, frozen=True):
+    """``bits`` bits (power of two), ``k`` probes by double hashing the 64-bit block hash."""
+
+    bits: int
+    k: int
+    data: str  # base64 of the bit array
+
+    def contains(self, h: int) -> bool:
+        raw = _decoded(self)
+        return all(raw[i >> 3] & (1 << (i & 7)) for i in _probes(h, self.bits, self.k))
+
+
+_DECODED: dict[str, bytes] = {}
+
+
+def _decoded(b: Bloom) -> bytes:
+    # One decode per distinct filter (a fetcher swaps filters every refresh: keep only the latest few).
+    raw = _DECODED.get(b.data)
+    if raw is None:
+        if len(_DECODED) > 64:
+            _DECODED.clear()
+        raw = _DECODED[b.data] = base64.b64decode(b.data)
+    return raw
+
+
+def _probes(h: int, bits: int, k: int) -> Iterable[int]:
+    h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
+    mask = bits - 1
+    return ((h1 + i * h2) & mask for i in range(k))
+
+
+def build_bloom(hashes: Sequence[int], max_bits: int = MAX_BLOOM_BITS) -> Bloom:
+    want = max(64, len(hashes) * BLOOM_BITS_PER_ENTRY)
+    bits = min(max_bits, 1 << (want - 1).bit_length())
+    arr = bytearray(bits // 8)
+    for h in hashes:
+        for i in _probes(h, bits, BLOOM_HASHES):
+            arr[i >> 3] |= 1 << (i & 7)
+    return Bloom(bits, BLOOM_HASHES, base64.b64encode(bytes(arr)).decode("ascii"))
+
+
+class PoolAggregate(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str
+    snapshot_time: float
+    ready_endpoints: int
+    total_endpoints: int
+    average_kv_cache_utilization: float = 0.0
+    average_queue_size: float = 0.0
+    average_running_requests: float = 0.0
+    std_dev_kv_cache_utilization: float = 0.0
+    std_dev_queue_size: float = 0.0
+    std_dev_running_requests: float = 0.0
+    min_queue_size: float = 0.0
+    max_queue_size: float = 0.0
+    ready_by_gpu: dict[str, int] = {}
+    capacity: float = 0.0
+    headroom: float = 0.0
+    inflight_requests: int = 0
+    predicted_ttft_s: float | None = None
+    metrics_age_s: float | None = None
+    prefix_chunk_chars: int | None = None
+    prefix_bloom: Bloom | None = None
+    tls: bool = False
+    mtls: bool = False
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(PoolAggregate)
+
+
+def encode(agg: PoolAggregate) -> bytes:
+    return _encoder.encode(agg)
+
+
+def decode(raw: bytes) -> PoolAggregate:
+    """Parse an aggregate (raises ``msgspec.ValidationError`` / ``DecodeError`` on a bad one)."""
+    if len(raw) > MAX_RESPONSE_BYTES:
+        raise msgspec.ValidationError(f"aggregate of {len(raw)} bytes exceeds {MAX_RESPONSE_BYTES}")
+    return _decoder.decode(raw)
+
+
+def gpu_of(ep: Endpoint) -> str:
+    for key in GPU_LABELS:
+        v = ep.labels.get(key)
+        if v:
+            low = v.lower()
+            for gpu in GPU_SPEED:
+                if gpu in low:
+                    return gpu
+            return low
+    return "unknown"
+
+
+def speed_of(ep: Endpoint) -> float:
+    v = ep.labels.get(SPEED_LABEL)
+    if v:
+        try:
+            return max(0.0, float(v))
+        except ValueError:
+            pass
+    return GPU_SPEED.get(gpu_of(ep), 1.0)
+
+
+def endpoint_load(ep: Endpoint) -> float:
+    """0 (idle) .. 1 (full): the tightest of KV use, running batch and queue, plus what we sent unseen."""
+    m = ep.metrics
+    queued = m.waiting_queue_size + max(0, ep.inflight.requests - m.running_requests - m.waiting_queue_size)
+    return min(1.0, max(m.kv_cache_usage, m.running_requests / MAX_BATCH) + queued / MAX_BATCH)
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return 0.0, 0.0
+    mu = sum(xs) / len(xs)
+    return mu, math.sqrt(sum((x - mu) ** 2 for x in xs) / len(xs))
+
+
+def aggregate(
+    name: str,
+    endpoints: Iterable[Endpoint],
+    *,
+    now: float,
+    wall: float,
+    staleness_s: float = 2.0,
+    hot_blocks: Sequence[int] = (),
+    prefix_chunk_chars: int | None = None,
+    tls: bool = False,
+    mtls: bool = False,
+) -> PoolAggregate:
+    """The snapshot of ``endpoints`` at clock time ``now`` (``wall`` is the same instant, epoch seconds)."""
+    eps = list(endpoints)
+    ready = [
+        e
+        for e in eps
+        if e.healthy and e.metrics.updated_at is not None and now - e.metrics.updated_at <= staleness_s
+    ]
+    kv_mu, kv_sd = _mean_std([e.metrics.kv_cache_usage for e in ready])
+    queues = [float(e.metrics.waiting_queue_size) for e in ready]
+    q_mu, q_sd = _mean_std(queues)
+    r_mu, r_sd = _mean_std([float(e.metrics.running_requests) for e in ready])
+    by_gpu: dict[str, int] = {}
+    for e in ready:
+        g = gpu_of(e)
+        by_gpu[g] = by_gpu.get(g, 0) + 1
+    capacity = sum(speed_of(e) for e in ready)
+    headroom = sum(speed_of(e) * (1.0 - endpoint_load(e)) for e in ready)
+    ttft: float | None = None
+    if capacity > 0:
+        # The queue ahead of a new request, served by the pool's combined speed, plus its own prefill.
+        ahead = sum(e.metrics.waiting_queue_size for e in ready)
+        ttft = TYPICAL_PREFILL_S * (1.0 + ahead / capacity) / (capacity / len(ready))
+    ages = [now - e.metrics.updated_at for e in ready if e.metrics.updated_at is not None]
+    bloom = build_bloom(hot_blocks) if hot_blocks else None
+    return PoolAggregate(
+        name=name,
+        snapshot_time=wall,
+        ready_endpoints=len(ready),
+        total_endpoints=len(eps),
+        average_kv_cache_utilization=kv_mu,
+        average_queue_size=q_mu,
+        average_running_requests=r_mu,
+        std_dev_kv_cache_utilization=kv_sd,
+        std_dev_queue_size=q_sd,
+        std_dev_running_requests=r_sd,
+        min_queue_size=min(queues, default=0.0),
+        max_queue_size=max(queues, default=0.0),
+        ready_by_gpu=by_gpu,
+        capacity=capacity,
+        headroom=headroom,
+        inflight_requests=sum(e.inflight.requests for e in eps),
+        predicted_ttft_s=ttft,
+        metrics_age_s=max(ages) if ages else None,
+        prefix_chunk_chars=prefix_chunk_chars if bloom is not None else None,
+        prefix_bloom=bloom,
+        tls=tls,
+        mtls=mtls,
+    )
+
+
+# --- Prometheus: the reference's and llm-d's pool names, plus kvgate's own (label ``name``) ---------------
+def _g(metric: str, doc: str) -> Gauge:
+    return Gauge(metric, doc, ["name"])
+
+
+_GAUGES: dict[str, tuple[Gauge, Callable[[PoolAggregate], float]]] = {
+    "inference_pool_average_running_requests": (
+        _g("inference_pool_average_running_requests", "Mean running requests over the pool's endpoints."),
+        lambda a: a.average_running_requests,
+    ),
+    "llm_d_epp_average_kv_cache_utilization": (
+        _g("llm_d_epp_average_kv_cache_utilization", "The average kv cache utilization for a pool."),
+        lambda a: a.average_kv_cache_utilization,
+    ),
+    "llm_d_epp_average_queue_size": (
+        _g("llm_d_epp_average_queue_size", "The average number of requests pending in the queue."),
+        lambda a: a.average_queue_size,
+    ),
+    "llm_d_epp_average_running_requests": (
+        _g("llm_d_epp_average_running_requests", "The average number of running requests."),
+        lambda a: a.average_running_requests,
+    ),
+    "llm_d_epp_std_dev_kv_cache_utilization": (
+        _g("llm_d_epp_std_dev_kv_cache_utilization", "Std-dev of kv cache utilization in the pool."),
+        lambda a: a.std_dev_kv_cache_utilization,
+    ),
+    "llm_d_epp_std_dev_queue_size": (
+        _g("llm_d_epp_std_dev_queue_size", "Std-dev of requests pending in the queue."),
+        lambda a: a.std_dev_queue_size,
+    ),
+    "llm_d_epp_std_dev_running_requests": (
+        _g("llm_d_epp_std_dev_running_requests", "Std-dev of running requests."),
+        lambda a: a.std_dev_running_requests,
+    ),
+    "llm_d_epp_ready_endpoints": (
+        _g("llm_d_epp_ready_endpoints", "The number of ready endpoints in the pool."),
+        lambda a: float(a.ready_endpoints),
+    ),
+    "kvgate_pool_capacity": (
+        _g("kvgate_pool_capacity", "Ready endpoints weighted by GPU speed (H100 = 1)."),
+        lambda a: a.capacity,
+    ),
+    "kvgate_pool_headroom": (
+        _g("kvgate_pool_headroom", "Free capacity: ready endpoints x speed x (1 - load)."),
+        lambda a: a.headroom,
+    ),
+    "kvgate_pool_predicted_ttft_seconds": (
+        _g("kvgate_pool_predicted_ttft_seconds", "Predicted TTFT of a typical request now."),
+        lambda a: a.predicted_ttft_s if a.predicted_ttft_s is not None else float("nan"),
+    ),
+}
+
+
+def export_gauges(agg: PoolAggregate) -> None:
+    """Set the pool gauges from a snapshot (the reference's ``inference_pool_*`` live in scheduling)."""
+    for gauge, value in _GAUGES.values():
+        gauge.labels(name=agg.name).set(value(agg))
+
+
+class AggregateSource:
+    """What a front door needs to answer ``/v1/pool/aggregate``: a snapshot of its store, on demand."""
+
+    def __init__(
+        self,
+        name: str,
+        endpoints: Callable[[], Iterable[Endpoint]],
+        *,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        hot_blocks: Callable[[], Sequence[int]] = tuple,
+        prefix_chunk_chars: int | None = None,
+        tls: bool = False,
+        mtls: bool = False,
+    ) -> None:
+        self.name = name
+        self.endpoints = endpoints
+        self.clock = clock
+        self.wall = wall
+        self.hot_blocks = hot_blocks
+        self.prefix_chunk_chars = prefix_chunk_chars
+        self.tls = tls
+        self.mtls = mtls
+
+    def snapshot(self) -> PoolAggregate:
+        agg = aggregate(
+            self.name,
+            self.endpoints(),
+            now=self.clock(),
+            wall=self.wall(),
+            hot_blocks=self.hot_blocks(),
+            prefix_chunk_chars=self.prefix_chunk_chars,
+            tls=self.tls,
+            mtls=self.mtls,
+        )
+        export_gauges(agg)
+        return agg
+
+    def body(self) -> bytes:
+        raw = encode(self.snapshot())
+        if len(raw) > MAX_RESPONSE_BYTES:  # cannot happen with the bit cap; keep the promise anyway
+            raise ValueError(f"aggregate of {len(raw)} bytes exceeds {MAX_RESPONSE_BYTES}")
+        return raw
+
+
+def as_dict(agg: PoolAggregate) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(agg)
+    return out

@@ -1,0 +1,183 @@
+"""The clusters file: which clusters a global gateway routes to, and how (static, hot reload).
+
+```yaml
+local: east                 # this gateway's own cluster (preferred while it has room); optional
+ttl_s: 3.0                  # aggregates older than this are unknown (never "idle")
+refresh_s: 0.5              # how often aggregates and EPP health are fetched
+tls: {ca: ca.pem, cert: client.pem, key: client.key}   # client TLS for https aggregates (mTLS with cert)
+clusters:
+- name: east
+  aggregate: http://10.1.0.2:9090/v1/pool/aggregate   # a kvgate's /v1/pool/aggregate
+  gateway: 10.1.0.2:8080    # Parent mode: the cluster-local gateway (host:port)
+  epp: 10.1.0.2:9002        # Endpoint mode: the cluster's EPP (ext_proc); omit for Parent mode only
+  epp_tls: false
+  health: 10.1.0.2:9003     # the EPP's gRPC health port (active-passive)
+  rtt_ms: 5
+  priority: 0               # active-passive order (lowest first)
+```
+
+``ClustersFile.maybe_reload(now)`` re-reads the file when its mtime changes (checked at most every
+``check_every_s``); a file that fails to parse keeps the last good list and logs why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("kvgate.multicluster")
+
+
+class ClustersError(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    name: str
+    aggregate: str | None = None
+    gateway: str | None = None
+    epp: str | None = None
+    epp_tls: bool = False
+    health: str | None = None
+    rtt_ms: float = 0.0
+    priority: int = 0
+
+    @property
+    def endpoint_mode(self) -> bool:
+        return self.epp is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClustersConfig:
+    clusters: tuple[ClusterSpec, ...]
+    local: str | None = None
+    ttl_s: float = 3.0
+    refresh_s: float = 0.5
+    tls: TlsOptions = field(default_factory=TlsOptions)
+
+
+_CLUSTER_KEYS = {f for f in ClusterSpec.__dataclass_fields__}
+
+
+def _hostport(v: Any, key: str) -> str | None:
+    if v is None:
+        return None
+    s = str(v).removeprefix("http://").removeprefix("https://").rstrip("/")
+    if ":" not in s:
+        raise ClustersError(key, f"expected host:port, got {v!r}")
+    return s
+
+
+def parse(doc: Any) -> ClustersConfig:
+    if not isinstance(doc, Mapping):
+        raise ClustersError("(root)", "expected a mapping with a clusters list")
+    raw = doc.get("clusters")
+    if not isinstance(raw, list) or not raw:
+        raise ClustersError("clusters", "expected a non-empty list")
+    out: list[ClusterSpec] = []
+    for i, c in enumerate(raw):
+        key = f"clusters[{i}]"
+        if not isinstance(c, Mapping) or not c.get("name"):
+            raise ClustersError(key, "each cluster needs a name")
+        unknown = set(c) - _CLUSTER_KEYS
+        if unknown:
+            raise ClustersError(key, f"unknown keys {sorted(unknown)}")
+        if not c.get("gateway") and not c.get("epp"):
+            raise ClustersError(key, "needs a gateway (Parent mode) or an epp (Endpoint mode)")
+        out.append(
+            ClusterSpec(
+                name=str(c["name"]),
+                aggregate=str(c["aggregate"]) if c.get("aggregate") else None,
+                gateway=_hostport(c.get("gateway"), f"{key}.gateway"),
+                epp=_hostport(c.get("epp"), f"{key}.epp"),
+                epp_tls=bool(c.get("epp_tls", False)),
+                health=_hostport(c.get("health"), f"{key}.health"),
+                rtt_ms=float(c.get("rtt_ms", 0.0)),
+                priority=int(c.get("priority", 0)),
+            )
+        )
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):
+        raise ClustersError("clusters", "cluster names must be unique")
+    local = doc.get("local")
+    if local is not None and local not in names:
+        raise ClustersError("local", f"{local!r} is not one of the clusters")
+    tls = doc.get("tls") or {}
+    if not isinstance(tls, Mapping):
+        raise ClustersError("tls", "expected a mapping")
+    return ClustersConfig(
+        clusters=tuple(out),
+        local=local,
+        ttl_s=float(doc.get("ttl_s", 3.0)),
+        refresh_s=float(doc.get("refresh_s", 0.5)),
+        tls=TlsOptions(tls.get("ca"), tls.get("cert"), tls.get("key")),
+    )
+
+
+def load(path: str | Path) -> ClustersConfig:
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ClustersError(str(path), str(e)) from e
+    return parse(doc)
+
+
+class ClustersFile:
+    """A clusters file and its last good parse; ``on_change`` runs after each successful reload."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        check_every_s: float = 1.0,
+        on_change: Callable[[ClustersConfig], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.check_every_s = check_every_s
+        self.on_change = on_change
+        self.config = load(self.path)
+        self._mtime = self._stat()
+        self._checked_at: float | None = None
+        self.reloads = 0
+
+    def _stat(self) -> float | None:
+        try:
+            return os.stat(self.path).st_mtime
+        except OSError:
+            return None
+
+    def maybe_reload(self, now: float) -> bool:
+        if self._checked_at is not None and now - self._checked_at < self.check_every_s:
+            return False
+        self._checked_at = now
+        mtime = self._stat()
+        if mtime is None or mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            cfg = load(self.path)
+        except ClustersError as e:
+            log.warning("clusters file %s not reloaded (keeping the last good one): %s", self.path, e)
+            return False
+        self.config = cfg
+        self.reloads += 1
+        log.info("clusters file reloaded: %s", ", ".join(c.name for c in cfg.clusters))
+        if self.on_change is not None:
+            self.on_change(cfg)
+        return True

@@ -1,0 +1,116 @@
+"""Fetch every cluster's pool aggregate (HTTP/HTTPS, mTLS optional) and its EPP's gRPC health, periodically.
+
+One failed fetch leaves the last snapshot in place: the policy's TTL, on the clock time of the last good
+fetch, decides when it stops counting (so a cut link turns into "unknown" after ``ttl_s``, never into
+"idle"). Responses over the aggregate size cap are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable, Sequence
+
+import aiohttp
+import grpc
+import msgspec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kvgate.datalayer.aggregate import MAX_RESPONSE_BYTES, decode
+from kvgate.multicluster.clusters import TlsOptions
+from kvgate.multicluster.state import ClusterState
+
+log = logging.getLogger("kvgate.multicluster.fetcher")
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+def client_ssl(tls: TlsOptions) -> ssl.SSLContext | None:
+    if tls.ca is None and tls.cert is None:
+        return None
+    ctx = ssl.create_default_context(cafile=tls.ca)
+    if tls.cert is not None:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    return ctx
+
+
+class Fetcher:
+    def __init__(
+        self,
+        states: Callable[[], Sequence[ClusterState]],
+        *,
+        interval_s: float = 0.5,
+        timeout_s: float = 1.0,
+        tls: TlsOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.states = states
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.ssl = client_ssl(tls) if tls is not None else None
+        self.clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.rounds = 0
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=self.ssl or True))
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        await asyncio.gather(*(self._one(s) for s in self.states()))
+        self.rounds += 1
+
+    async def _one(self, st: ClusterState) -> None:
+        await asyncio.gather(self._aggregate(st), self._health(st))
+
+    async def _aggregate(self, st: ClusterState) -> None:
+        url = st.spec.aggregate
+        if url is None or self._session is None:
+            return
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+            async with self._session.get(url, timeout=timeout) as resp:
+                if resp.status != 200:
+                    st.fetch_error = f"HTTP {resp.status}"
+                    return
+                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+            st.set_aggregate(decode(raw), self.clock())
+        except (aiohttp.ClientError, TimeoutError, OSError, msgspec.MsgspecError, ValueError) as e:
+            st.fetch_error = f"{type(e).__name__}: {e}"
+            log.debug("aggregate from %s failed: %s", st.name, st.fetch_error)
+
+    async def _health(self, st: ClusterState) -> None:
+        addr = st.spec.health
+        if addr is None:
+            return
+        ch = self._channels.get(addr)
+        if ch is None:
+            ch = self._channels[addr] = grpc.aio.insecure_channel(addr)
+        try:
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=EXT_PROC_SERVICE), timeout=self.timeout_s
+            )
+            st.healthy = reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError:
+            st.healthy = False

@@ -1,0 +1,139 @@
+"""The hub EPP (``kvgate epp --clusters FILE``): an Endpoint Picker whose candidates are clusters.
+
+Each cluster's Parent-mode gateway (``gateway: host:port``) is one ``Endpoint`` in the store; the
+``ClusterDirector`` answers the ext_proc session's ``pick`` with the gateway of the cluster the policy
+puts first (the rest as fallbacks, which Envoy may try). Parent mode only: ext_proc's answer is one
+destination header decided inside a synchronous pick, so the hub cannot ask a remote EPP for a pod in the
+middle of it (Endpoint mode is the global ``kvgate serve --clusters``'s job).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.store import EndpointStore
+from kvgate.multicluster.clusters import ClustersConfig
+from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy
+from kvgate.multicluster.state import ClusterState
+from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult
+
+CLUSTER_LABEL = "kvgate.io/cluster"
+
+
+class ClusterDirector:
+    """The ``RequestDirector`` of the hub EPP (pick, dispatch/first-token/finish accounting)."""
+
+    def __init__(
+        self,
+        cfg: ClustersConfig,
+        policy: str | Policy = "kvgate",
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int = 0,
+    ) -> None:
+        self.clock = clock
+        self.cfg = cfg
+        self.policy = (
+            make_policy(policy, ttl_s=cfg.ttl_s, local=cfg.local, seed=seed)
+            if isinstance(policy, str)
+            else policy
+        )
+        self.store = EndpointStore()
+        self.states: dict[str, ClusterState] = {}
+        self.apply(cfg)
+
+    def apply(self, cfg: ClustersConfig) -> None:
+        self.cfg = cfg
+        old = self.states
+        self.states = {}
+        eps: list[Endpoint] = []
+        for spec in cfg.clusters:
+            if spec.gateway is None:
+                continue  # Parent mode only: a cluster without a gateway cannot be sent to from here
+            st = old.get(spec.name) or ClusterState(spec)
+            st.spec = spec
+            self.states[spec.name] = st
+            eps.append(Endpoint(address=spec.gateway, pool="clusters", labels={CLUSTER_LABEL: spec.name}))
+        self.store.sync(eps)
+        for attr, value in (("ttl_s", cfg.ttl_s), ("local", cfg.local)):
+            if hasattr(self.policy, attr):
+                setattr(self.policy, attr, value)
+
+    def state_list(self) -> list[ClusterState]:
+        return list(self.states.values())
+
+    def _state(self, ep: Endpoint) -> ClusterState | None:
+        return self.states.get(ep.labels.get(CLUSTER_LABEL, ""))
+
+    def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+        creq = ClusterRequest(req.model, req.prompt_text or None)
+        order = self.policy.order(self.state_list(), creq, self.clock())
+        by_name = {ep.labels.get(CLUSTER_LABEL): ep for ep in self.store.all()}
+        chosen = [by_name[c.name] for c in order if c.name in by_name]
+        if not chosen:
+            raise NoCapacityError("no cluster can take the request (none ready)")
+        explanation: dict[str, Any] = {}
+        if explain:
+            explanation = {"policy": self.policy.name, "order": [c.name for c in order]}
+        return PickResult(chosen, "clusters", explanation)
+
+    def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+        st = self._state(endpoint)
+        if st is not None:
+            st.dispatched()
+
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+        return None
+
+    def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None:
+        st = self._state(endpoint)
+        if st is not None:
+            st.finished()
+            if not ok:
+                st.failed(self.clock())
+            else:
+                st.succeeded()
+
+
+class HubFeed:
+    """The hub EPP's data source: aggregates and EPP health of every cluster, and clusters-file reloads."""
+
+    def __init__(self, director: ClusterDirector, clusters_file: Any = None) -> None:
+        from kvgate.multicluster.fetcher import Fetcher
+
+        cfg = director.cfg
+        self.director = director
+        self.clusters_file = clusters_file
+        if clusters_file is not None:
+            clusters_file.on_change = director.apply
+        self.fetcher = Fetcher(
+            director.state_list, interval_s=cfg.refresh_s, tls=cfg.tls, clock=director.clock
+        )
+        self._task: Any = None
+
+    async def start(self) -> None:
+        import asyncio
+
+        await self.fetcher.start()
+        if self.clusters_file is not None:
+            self._task = asyncio.create_task(self._reload())
+
+    async def _reload(self) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.clusters_file.check_every_s)
+            self.clusters_file.maybe_reload(self.director.clock())
+
+    async def stop(self) -> None:
+        import asyncio
+        import contextlib
+
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.fetcher.stop()

@@ -1,0 +1,216 @@
+"""The global router: order clusters with a policy, then send the request through each until one starts.
+
+Per cluster, the route is chosen by what is reachable:
+1. Endpoint mode (the cluster has an ``epp``): ask its EPP over ext_proc for a pod, send straight to it;
+2. Parent mode (the cluster has a ``gateway``): send to the cluster-local gateway, whose EPP picks.
+A pod that cannot be reached (no route across clusters, refused, connect timeout) falls back to Parent
+mode in the same cluster; a cluster whose every route fails, or that answers 5xx / 429 before any byte,
+is left for the next cluster in the policy's order (and backs off). A request whose response has started
+is never retried: it is the client's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+import grpc
+
+from kvgate.multicluster.clusters import ClustersConfig
+from kvgate.multicluster.epp_client import EppClient
+from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy
+from kvgate.multicluster.state import ClusterState
+
+log = logging.getLogger("kvgate.multicluster.router")
+
+ENDPOINT, PARENT = "endpoint", "parent"
+# Hop-by-hop and length headers are the proxy's own business.
+_DROP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+@dataclass(slots=True)
+class Attempt:
+    cluster: str
+    mode: str
+    target: str
+    outcome: str  # "ok", "unreachable", "status NNN", "epp: ..."
+
+
+@dataclass(slots=True)
+class Routed:
+    """A started response: status, headers and a body stream; ``attempts`` says how it got there."""
+
+    status: int
+    headers: dict[str, str]
+    body: AsyncIterator[bytes]
+    cluster: str
+    mode: str
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+class NoRoute(Exception):
+    def __init__(self, status: int, message: str, attempts: list[Attempt]) -> None:
+        super().__init__(message)
+        self.status, self.message, self.attempts = status, message, attempts
+
+
+class GlobalRouter:
+    def __init__(
+        self,
+        cfg: ClustersConfig,
+        policy: str | Policy = "kvgate",
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_clusters: int = 3,
+        connect_timeout_s: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self.clock = clock
+        self.cfg = cfg
+        self.policy = (
+            make_policy(policy, ttl_s=cfg.ttl_s, local=cfg.local, seed=seed)
+            if isinstance(policy, str)
+            else policy
+        )
+        self.states: dict[str, ClusterState] = {}
+        self.apply(cfg)
+        self.max_clusters = max_clusters
+        self.connect_timeout_s = connect_timeout_s
+        self.epp = EppClient(timeout_s=connect_timeout_s * 2)
+        self._session: aiohttp.ClientSession | None = None
+        self.counts: dict[tuple[str, str], int] = {}  # (cluster, mode) -> started requests
+        self.failovers = 0
+        self.fallbacks = 0  # Endpoint -> Parent within a cluster
+
+    def apply(self, cfg: ClustersConfig) -> None:
+        """A new clusters list (hot reload): keep what is known about clusters that stay."""
+        self.cfg = cfg
+        old = self.states
+        self.states = {}
+        for spec in cfg.clusters:
+            st = old.get(spec.name) or ClusterState(spec)
+            st.spec = spec
+            self.states[spec.name] = st
+        for attr, value in (("ttl_s", cfg.ttl_s), ("local", cfg.local)):
+            if hasattr(self.policy, attr):
+                setattr(self.policy, attr, value)
+
+    def state_list(self) -> list[ClusterState]:
+        return list(self.states.values())
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+
+    async def close(self) -> None:
+        await self.epp.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def order(self, req: ClusterRequest) -> list[ClusterState]:
+        return self.policy.order(self.state_list(), req, self.clock())
+
+    async def route(self, path: str, headers: Mapping[str, str], body: bytes, req: ClusterRequest) -> Routed:
+        attempts: list[Attempt] = []
+        fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP}
+        order = self.order(req)[: self.max_clusters]
+        if not order:
+            raise NoRoute(503, "no cluster can take the request (none ready)", attempts)
+        for i, st in enumerate(order):
+            if i:
+                self.failovers += 1
+            routed = await self._try_cluster(st, path, fwd, body, attempts)
+            if routed is not None:
+                st.succeeded()
+                return routed
+            st.failed(self.clock())
+        last = attempts[-1].outcome if attempts else "no route"
+        raise NoRoute(503, f"every cluster failed (last: {last})", attempts)
+
+    async def _try_cluster(
+        self, st: ClusterState, path: str, fwd: dict[str, str], body: bytes, attempts: list[Attempt]
+    ) -> Routed | None:
+        spec = st.spec
+        if spec.epp is not None:
+            try:
+                pick = await self.epp.pick(spec.epp, path, fwd, body, tls=spec.epp_tls)
+            except (grpc.aio.AioRpcError, TimeoutError, OSError) as e:
+                attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp: {type(e).__name__}"))
+                pick = None
+            if pick is not None and pick.address is not None:
+                routed = await self._send(st, ENDPOINT, pick.address, path, fwd, body, attempts)
+                if routed is not None:
+                    return routed
+                if spec.gateway is not None:
+                    self.fallbacks += 1
+            elif pick is not None:
+                attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp status {pick.status}"))
+                if pick.status is not None and pick.status < 500 and pick.status != 429:
+                    return None  # the cluster's answer stands (a 4xx body error): no point elsewhere either
+        if spec.gateway is not None:
+            return await self._send(st, PARENT, spec.gateway, path, fwd, body, attempts)
+        return None
+
+    async def _send(
+        self,
+        st: ClusterState,
+        mode: str,
+        target: str,
+        path: str,
+        fwd: dict[str, str],
+        body: bytes,
+        attempts: list[Attempt],
+    ) -> Routed | None:
+        assert self._session is not None, "start() first"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=300)
+        st.dispatched()
+        try:
+            resp = await self._session.post(f"http://{target}{path}", data=body, headers=fwd, timeout=timeout)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            st.finished()
+            attempts.append(Attempt(st.name, mode, target, f"unreachable: {type(e).__name__}"))
+            return None
+        if resp.status >= 500 or resp.status == 429:
+            # Nothing reached the client yet: free to go elsewhere.
+            resp.release()
+            st.finished()
+            attempts.append(Attempt(st.name, mode, target, f"status {resp.status}"))
+            return None
+        attempts.append(Attempt(st.name, mode, target, "ok"))
+        self.counts[(st.name, mode)] = self.counts.get((st.name, mode), 0) + 1
+        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in resp.content.iter_any():
+                    yield chunk
+            finally:
+                resp.release()
+                st.finished()
+
+        return Routed(resp.status, headers, stream(), st.name, mode, attempts)
+
+    def summary(self) -> list[dict[str, object]]:
+        now = self.clock()
+        out: list[dict[str, object]] = []
+        for st in self.state_list():
+            a = st.aggregate
+            out.append(
+                {
+                    "name": st.name,
+                    "fresh": st.fresh(now, self.cfg.ttl_s),
+                    "age_s": None if st.fetched_at is None else round(now - st.fetched_at, 3),
+                    "ready_endpoints": None if a is None else a.ready_endpoints,
+                    "headroom": None if a is None else a.headroom,
+                    "capacity": None if a is None else a.capacity,
+                    "healthy": st.healthy,
+                    "inflight": st.inflight,
+                    "sent_since_snapshot": st.sent_since_snapshot,
+                    "sent_total": st.sent_total,
+                    "backing_off": not st.available(now),
+                    "fetch_error": st.fetch_error,
+                }
+            )
+        return out

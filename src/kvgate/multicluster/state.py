@@ -1,0 +1,70 @@
+"""What a global gateway knows about each cluster: its last aggregate, when it came, EPP health, what it sent.
+
+Times are the injected clock's (monotonic), never the aggregate's wall-clock ``snapshot_time``, except to
+notice a new snapshot: ``sent_since_snapshot`` (this gateway's own dispatches the snapshot cannot show yet,
+the anti-herding term) resets when the snapshot changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvgate.datalayer.aggregate import PoolAggregate
+from kvgate.multicluster.clusters import ClusterSpec
+
+FAILURE_BACKOFF_S = 1.0  # a cluster that failed a request (connect error, 5xx) sits out this long, doubling
+FAILURE_BACKOFF_MAX_S = 8.0
+
+
+@dataclass(slots=True)
+class ClusterState:
+    spec: ClusterSpec
+    aggregate: PoolAggregate | None = None
+    fetched_at: float | None = None  # clock time of the last successful aggregate fetch
+    fetch_error: str | None = None
+    healthy: bool | None = None  # EPP gRPC health: None = not checked / no health address
+    sent_since_snapshot: int = 0
+    inflight: int = 0
+    sent_total: int = 0
+    failures: int = 0
+    down_until: float = 0.0
+    backoff_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def fresh(self, now: float, ttl_s: float) -> bool:
+        """A usable snapshot: fetched within the TTL and its own metrics no older than the TTL."""
+        a = self.aggregate
+        if a is None or self.fetched_at is None or now - self.fetched_at > ttl_s:
+            return False
+        return a.metrics_age_s is None or a.metrics_age_s <= ttl_s
+
+    def set_aggregate(self, agg: PoolAggregate, now: float) -> None:
+        if self.aggregate is None or agg.snapshot_time != self.aggregate.snapshot_time:
+            self.sent_since_snapshot = 0
+        self.aggregate = agg
+        self.fetched_at = now
+        self.fetch_error = None
+
+    def dispatched(self) -> None:
+        self.sent_since_snapshot += 1
+        self.sent_total += 1
+        self.inflight += 1
+
+    def finished(self) -> None:
+        self.inflight = max(0, self.inflight - 1)
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        self.backoff_s = min(FAILURE_BACKOFF_MAX_S, self.backoff_s * 2 or FAILURE_BACKOFF_S)
+        self.down_until = now + self.backoff_s
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.backoff_s = 0.0
+        self.down_until = 0.0
+
+    def available(self, now: float) -> bool:
+        return now >= self.down_until

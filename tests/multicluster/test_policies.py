@@ -1,0 +1,121 @@
+"""Cluster policies on hand-made snapshots: health gating, capacity, anti-herding, locality, affinity."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from kvgate.datalayer.aggregate import PoolAggregate, build_bloom
+from kvgate.multicluster.clusters import ClustersError, ClustersFile, ClusterSpec, parse
+from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, LlmdHub, make_policy
+from kvgate.multicluster.state import ClusterState
+from kvgate.scheduling.prefix import block_hashes
+
+
+def _state(name: str, *, ready: int = 4, cap: float = 4.0, head: float = 2.0, q: float = 0.0,
+           kv: float = 0.5, at: float = 0.0, rtt: float = 0.0, age: float = 0.0, snap: float = 1.0,
+           **kw: object) -> ClusterState:  # fmt: skip
+    st = ClusterState(ClusterSpec(name, gateway=f"{name}:80", rtt_ms=rtt))
+    st.set_aggregate(
+        PoolAggregate(name, snap, ready, ready, average_kv_cache_utilization=kv, average_queue_size=q,
+                      capacity=cap, headroom=head, metrics_age_s=age, **kw),  # type: ignore[arg-type]
+        at,
+    )  # fmt: skip
+    return st
+
+
+def test_stale_and_unknown_come_after_fresh_and_zero_ready_never() -> None:
+    p = KvgatePolicy(ttl_s=2.0)
+    stale = _state("stale", head=4.0, at=-5.0)  # idle, but its snapshot is 5 s old
+    frozen = _state("frozen", head=4.0, age=10.0)  # fresh fetch, but its metrics stopped
+    dead = _state("dead", ready=0, cap=0.0, head=0.0)
+    never = ClusterState(ClusterSpec("never", gateway="never:80"))
+    busy = _state("busy", head=0.5)
+    order = [c.name for c in p.order([stale, frozen, dead, never, busy], ClusterRequest(), 0.0)]
+    assert order[0] == "busy"
+    assert "dead" not in order
+    assert set(order[1:]) == {"stale", "frozen", "never"}
+
+
+def test_llmd_hub_treats_unknown_as_idle_and_has_no_ttl() -> None:
+    stale = _state("stale", kv=0.0, at=-100.0)
+    fresh = _state("fresh", kv=0.3)
+    assert LlmdHub().order([fresh, stale], ClusterRequest(), 0.0)[0].name == "stale"
+
+
+def test_capacity_weighted_spread_and_no_herding_between_two_gateways() -> None:
+    """Two gateways on one snapshot: each counts what it sent, so together they fill the clusters in
+    proportion to headroom instead of both sending everything to the best-looking one."""
+    big = [_state("big", cap=8.0, head=6.0), _state("small", cap=2.0, head=1.5)]
+    twin = [_state("big", cap=8.0, head=6.0), _state("small", cap=2.0, head=1.5)]
+    g1, g2 = KvgatePolicy(rng=random.Random(1)), KvgatePolicy(rng=random.Random(2))
+    sent: Counter[str] = Counter()
+    for _ in range(200):
+        for g, states in ((g1, big), (g2, twin)):
+            c = g.order(states, ClusterRequest(), 0.0)[0]
+            c.dispatched()
+            sent[c.name] += 1
+    share = sent["small"] / sum(sent.values())
+    assert 0.1 < share < 0.35  # ~1.5 / 7.5 of the headroom
+    hub: Counter[str] = Counter(LlmdHub().order(big, ClusterRequest(), 0.0)[0].name for _ in range(50))
+    assert len(hub) == 1  # the baseline herds onto one cluster until the next snapshot
+
+
+def test_prefers_local_then_spills_over() -> None:
+    p = KvgatePolicy(local="home")
+    home, away = _state("home", head=2.0), _state("away", head=2.0, rtt=40.0)
+    first = [p.order([home, away], ClusterRequest(), 0.0)[0].name for _ in range(5)]
+    assert first == ["home"] * 5
+    home.sent_since_snapshot = 200  # full as far as this gateway knows
+    assert p.order([home, away], ClusterRequest(), 0.0)[0].name == "away"
+
+
+def test_prefix_affinity_from_bloom_summary() -> None:
+    prompt = "system prompt of tenant seven " * 30
+    bloom = build_bloom(block_hashes("m", prompt, 64))
+    holder = _state("holder", head=1.6, prefix_bloom=bloom, prefix_chunk_chars=64)
+    other = _state("other", head=2.0)
+    p = KvgatePolicy(rng=random.Random(0))
+    req = ClusterRequest("m", prompt + "question")
+    assert all(p.order([holder, other], req, 0.0)[0].name == "holder" for _ in range(10))
+    # a different prompt goes by load
+    assert p.order([holder, other], ClusterRequest("m", "unrelated " * 50), 0.0)[0].name == "other"
+
+
+def test_active_passive_and_round_robin() -> None:
+    a, b = _state("a"), _state("b")
+    a.spec = ClusterSpec("a", gateway="a:80", priority=0)
+    b.spec = ClusterSpec("b", gateway="b:80", priority=1)
+    ap = make_policy("active-passive")
+    assert ap.order([b, a], ClusterRequest(), 0.0)[0].name == "a"
+    a.healthy = False
+    assert ap.order([b, a], ClusterRequest(), 0.0)[0].name == "b"
+    rr = make_policy("round-robin")
+    assert [rr.order([a, b], ClusterRequest(), 0.0)[0].name for _ in range(4)] == ["a", "b", "a", "b"]
+    with pytest.raises(ValueError):
+        make_policy("nope")
+
+
+def test_clusters_file_errors_and_hot_reload(tmp_path: Path) -> None:
+    with pytest.raises(ClustersError, match="clusters"):
+        parse({"clusters": []})
+    with pytest.raises(ClustersError, match="gateway"):
+        parse({"clusters": [{"name": "a"}]})
+    with pytest.raises(ClustersError, match="local"):
+        parse({"local": "z", "clusters": [{"name": "a", "gateway": "h:1"}]})
+    f = tmp_path / "c.yaml"
+    f.write_text("clusters: [{name: a, gateway: 'h:1'}]\n")
+    seen: list[int] = []
+    cf = ClustersFile(f, check_every_s=0.0, on_change=lambda c: seen.append(len(c.clusters)))
+    f.write_text("clusters: [{name: a, gateway: 'h:1'}, {name: b, epp: 'h:2', rtt_ms: 30}]\n")
+    import os
+
+    os.utime(f, (1e9, 1e9))
+    assert cf.maybe_reload(1.0) and seen == [2]
+    assert cf.config.clusters[1].endpoint_mode and cf.config.clusters[1].rtt_ms == 30
+    f.write_text("clusters: {broken")
+    os.utime(f, (2e9, 2e9))
+    assert not cf.maybe_reload(2.0) and len(cf.config.clusters) == 2  # last good list kept
