@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "kvgate"
 DOC = ROOT / "docs" / "architecture.md"
 EVERYTHING = "*"
-_ROW = re.compile(r"^\|\s*`([a-z_]+)/`\s*\|.*\|\s*([^|]*?)\s*\|\s*$")
+_ROW = re.compile(r"^\|\s*`([a-z0-9_]+)/`\s*\|.*\|\s*([^|]*?)\s*\|\s*$")
 
 
 def dependency_table(doc: str) -> dict[str, set[str]]:

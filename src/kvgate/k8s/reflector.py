@@ -1,0 +1,259 @@
+"""A reflector: the client-go pattern that keeps a local copy of one resource collection current.
+
+List (paged with ``limit``/``continue``), then watch from the list's resourceVersion with
+``allowWatchBookmarks``; each event updates the copy and reaches the listeners. A dropped connection or
+a watch timeout re-watches from the last resourceVersion seen (events or bookmarks), after back-off when
+it failed. ``410 Gone`` (history compacted) relists and *reconciles*: listeners get DELETED for what
+vanished meanwhile, ADDED/MODIFIED for the rest, so no stale object survives and none is missed. RBAC
+errors (403) are logged once per change with the server's message and kept in ``error`` (``/readyz``
+reports them) while the reflector retries with back-off.
+
+Generic over any group/version/plural (``ResourceType``), CRDs included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from kvgate.k8s.client import KubeClient, KubeError, error_from
+from kvgate.k8s.resources import ResourceType
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+Key = tuple[str, str]  # (namespace, name)
+Listener = Callable[[str, Obj], None]  # (ADDED | MODIFIED | DELETED, object)
+
+
+def key_of(obj: Obj) -> Key:
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace") or "", meta.get("name") or "")
+
+
+@dataclass(slots=True)
+class Backoff:
+    initial: float = 0.1
+    maximum: float = 5.0
+    factor: float = 2.0
+    jitter: float = 0.2
+    _next: float = 0.0
+
+    def next(self, rng: random.Random) -> float:
+        self._next = self.initial if self._next == 0 else min(self.maximum, self._next * self.factor)
+        return self._next * (1 + self.jitter * rng.random())
+
+    def reset(self) -> None:
+        self._next = 0.0
+
+
+class _Gone(Exception):
+    pass
+
+
+class Reflector:
+    def __init__(
+        self,
+        client: KubeClient,
+        rt: ResourceType,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        watch_timeout_s: int = 300,
+        backoff: Backoff | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.client, self.rt = client, rt
+        self.namespace = namespace
+        self.label_selector, self.field_selector = label_selector, field_selector
+        self.page_size, self.watch_timeout_s = page_size, watch_timeout_s
+        self.backoff = backoff or Backoff()
+        self._rng = random.Random(seed)
+        self.items: dict[Key, Obj] = {}
+        self.resource_version: str | None = None
+        self.synced = asyncio.Event()
+        self.error: str | None = None
+        # Counters tests and /readyz read: lists (initial + relists), watches opened, 410s seen.
+        self.lists = 0
+        self.watches = 0
+        self.gone = 0
+        self.bookmarks = 0
+        self._listeners: list[Listener] = []
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        scope = f" in {self.namespace}" if self.namespace else ""
+        return f"{self.rt.plural}.{self.rt.group or 'core'}/{self.rt.version}{scope}"
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name=f"reflector {self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait_synced(self, within_s: float = 10.0) -> None:
+        await asyncio.wait_for(self.synced.wait(), within_s)
+
+    def _emit(self, etype: str, obj: Obj) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(etype, obj)
+            except Exception:  # one broken listener must not stop the others or the watch
+                log.exception("reflector %s: listener failed on %s", self.name, etype)
+
+    def _fail(self, message: str) -> None:
+        if message != self.error:
+            level = logging.ERROR if message.startswith("403") else logging.WARNING
+            log.log(level, "reflector %s: %s", self.name, message)
+        self.error = message
+
+    async def run(self) -> None:
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self._list()
+                    need_list = False
+                await self._watch()
+                # A clean end (timeoutSeconds, server closed the stream): watch again at once.
+            except _Gone:
+                self.gone += 1
+                log.info("reflector %s: resourceVersion %s is gone (410); relisting", self.name,
+                         self.resource_version)  # fmt: skip
+                need_list = True
+            except KubeError as e:
+                if e.status == 403:
+                    self._fail(f"403 Forbidden (RBAC): {e.message}; kvgate needs list and watch on "
+                               f"{self.rt.plural} in API group {self.rt.group!r}")  # fmt: skip
+                else:
+                    self._fail(str(e))
+                need_list = need_list or e.status in (404, 410)
+                await asyncio.sleep(self.backoff.next(self._rng))
+            except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as e:
+                self._fail(f"connection to {self.client.host} lost: {type(e).__name__}: {e}")
+                await asyncio.sleep(self.backoff.next(self._rng))
+
+    def _query(self) -> dict[str, Any]:
+        q: dict[str, Any] = {}
+        if self.label_selector:
+            q["labelSelector"] = self.label_selector
+        if self.field_selector:
+            q["fieldSelector"] = self.field_selector
+        return q
+
+    async def _list(self) -> None:
+        path = self.rt.collection_path(self.namespace)
+        fresh: dict[Key, Obj] = {}
+        cont: str | None = None
+        while True:
+            q = {**self._query(), "limit": self.page_size}
+            if cont:
+                q["continue"] = cont
+            try:
+                page = await self.client.request("GET", path, q)
+            except KubeError as e:
+                if e.status == 410 and cont:  # the continue token expired mid-list: start over
+                    fresh, cont = {}, None
+                    continue
+                raise
+            for item in page.get("items") or []:
+                # List items omit apiVersion/kind; listeners get whole objects.
+                item.setdefault("apiVersion", self.rt.api_version)
+                item.setdefault("kind", self.rt.kind)
+                fresh[key_of(item)] = item
+            meta = page.get("metadata") or {}
+            cont = meta.get("continue")
+            if not cont:
+                self.resource_version = meta.get("resourceVersion")
+                break
+        self.lists += 1
+        self._reconcile(fresh)
+        self.error = None
+        self.backoff.reset()
+        self.synced.set()
+
+    def _reconcile(self, fresh: dict[Key, Obj]) -> None:
+        """Replace the copy with a full list: what vanished is DELETED, what is new or changed is sent."""
+        old = self.items
+        self.items = fresh
+        for k, obj in old.items():
+            if k not in fresh:
+                self._emit("DELETED", obj)
+        for k, obj in fresh.items():
+            prev = old.get(k)
+            if prev is None:
+                self._emit("ADDED", obj)
+            elif _rv(prev) != _rv(obj):
+                self._emit("MODIFIED", obj)
+
+    async def _watch(self) -> None:
+        q = {
+            **self._query(), "watch": "true", "allowWatchBookmarks": "true",
+            "resourceVersion": self.resource_version or "", "timeoutSeconds": self.watch_timeout_s,
+        }  # fmt: skip
+        # No total timeout (a watch is long), but a silent connection ends: bookmarks arrive each minute.
+        timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=max(90.0, self.watch_timeout_s + 30.0))
+        resp = await self.client.open("GET", self.rt.collection_path(self.namespace), q, timeout_s=timeout)
+        async with resp:
+            if resp.status == 410:
+                raise _Gone
+            if not 200 <= resp.status < 300:
+                raise error_from(resp.status, await resp.read())
+            self.watches += 1
+            self.error = None
+            self.backoff.reset()
+            buf = b""
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        self._on_event(orjson.loads(line))
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        etype, obj = ev.get("type"), ev.get("object") or {}
+        if etype == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise _Gone
+            raise KubeError(int(code or 500), str(obj.get("message", "")), str(obj.get("reason", "")))
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if etype == "BOOKMARK":
+            self.bookmarks += 1
+            if rv:
+                self.resource_version = rv
+            return
+        if etype not in ("ADDED", "MODIFIED", "DELETED"):
+            log.warning("reflector %s: unknown watch event %r", self.name, etype)
+            return
+        k = key_of(obj)
+        if etype == "DELETED":
+            self.items.pop(k, None)
+        else:
+            self.items[k] = obj
+        if rv:
+            self.resource_version = rv
+        self._emit(etype, obj)
+
+
+def _rv(obj: Obj) -> str | None:
+    return (obj.get("metadata") or {}).get("resourceVersion")
