@@ -21,6 +21,7 @@ DELEGATED = {
     "peers": "kvgate.bench.peers",
     "calibrate": "kvgate.sim.calibrate",
     "precise": "kvgate.bench.precise",
+    "multiturn": "kvgate.bench.multiturn",
 }
 
 

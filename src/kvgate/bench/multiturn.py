@@ -1,0 +1,221 @@
+"""`kvgate bench multiturn`: the mixed multi-turn / burst / decode-heavy family (``bench.mixed``) in the
+fleet simulator, kvgate against sglang-router's cache_aware (kvgate's reimplementation) and round robin,
+on the tuning set and the validation set, at a load fraction of a knee-based capacity.
+
+Capacity (``--capacity knee``, the default): the highest offered load whose p90 TTFT stays within 2x the
+unloaded p90 (``find_knee``), over a ladder of loads, under the best of the probe policies. ``served``
+instead takes the req/s served when offered far more than the fleet can take (the older definition:
+under overload a policy that finishes many short requests scores well while its TTFT has exploded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kvgate.bench import report
+from kvgate.bench.fleetsim import FleetConfig, FleetSim
+from kvgate.bench.mixed import FAMILIES, TUNING_SET, VALIDATION_SET, Family, mixed_workload
+
+DEFAULT_POLICIES = ["kvgate", "sglang-cache-aware", "round-robin"]
+KNEE_FACTOR = 2.0
+
+
+def find_knee(
+    points: Sequence[tuple[float, float | None]], unloaded_p90: float, factor: float = KNEE_FACTOR
+) -> float:
+    """The highest load whose p90 TTFT is within ``factor`` x the unloaded p90, scanning upwards and
+    stopping at the first load past it (a later lucky point does not count); 0 if even the lowest fails.
+
+    ``points``: (load, p90 TTFT or None when nothing finished)."""
+    knee = 0.0
+    for load, p90 in sorted(points):
+        if p90 is None or p90 > factor * unloaded_p90:
+            break
+        knee = load
+    return knee
+
+
+def run_once(
+    fam: Family, policy: str, qps: float, seed: int, duration: float, warmup: float
+) -> dict[str, Any]:
+    horizon = warmup + duration
+    specs = list(mixed_workload(fam, qps=qps, horizon=horizon, seed=seed))
+    cfg = FleetConfig(
+        replicas=fam.fleet(),
+        policy=policy,
+        qps=qps,
+        duration=duration,
+        warmup=warmup,
+        max_requests=len(specs) + 1,
+        drain=120.0,
+        seed=seed,
+    )
+    row = FleetSim(cfg, specs).run().row
+    row["family"] = fam.name
+    return row
+
+
+def capacity(
+    fam: Family, seed: int, policies: Sequence[str], mode: str, duration: float, warmup: float, log: Any
+) -> dict[str, Any]:
+    """Fleet capacity for one family (req/s) and how it was found."""
+    # Served rate under overload first: it also scales the knee ladder.
+    over = 40.0
+    served = {}
+    for pol in policies:
+        r = run_once(fam, pol, over, seed, duration, warmup)
+        served[pol] = r["req_per_s"]
+        log(f"    served at {over:g} req/s offered, {pol}: {served[pol]:.2f} req/s")
+    top = max(served.values())
+    if mode == "served":
+        return {"mode": mode, "capacity": top, "served": served}
+    base = min((run_once(fam, pol, 0.1 * top, seed, duration, warmup)["ttft_p90"] or 0.0) for pol in policies)
+    ladder = [round(top * f, 3) for f in (0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35)]
+    knees: dict[str, float] = {}
+    curves: dict[str, list[tuple[float, float | None]]] = {}
+    for pol in policies:
+        pts: list[tuple[float, float | None]] = []
+        for q in ladder:
+            p90 = run_once(fam, pol, q, seed, duration, warmup)["ttft_p90"]
+            pts.append((q, p90))
+            if p90 is None or p90 > KNEE_FACTOR * base:
+                break  # past the knee: higher loads cannot count
+        curves[pol] = pts
+        knees[pol] = find_knee(pts, base)
+        log(f"    knee {pol}: {knees[pol]:.2f} req/s (unloaded p90 {base:.3f} s)")
+    return {
+        "mode": mode,
+        "capacity": max(knees.values()) or ladder[0],
+        "unloaded_p90_s": base,
+        "knee": knees,
+        "curves": curves,
+        "served": served,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kvgate bench multiturn", description=__doc__.split("\n\n")[0])
+    p.add_argument("--set", choices=["tuning", "validation", "both"], default="both")
+    p.add_argument("--policies", default=",".join(DEFAULT_POLICIES))
+    p.add_argument("--capacity", choices=["knee", "served"], default="knee")
+    p.add_argument("--load", type=float, default=0.8, help="fraction of capacity to measure at")
+    p.add_argument("--duration", type=float, default=120.0, help="measured virtual seconds per run")
+    p.add_argument("--warmup", type=float, default=30.0)
+    p.add_argument("--probe-policies", default="kvgate,sglang-cache-aware")
+    p.add_argument("--qps", type=float, help="skip the capacity search: measure at this req/s")
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    args = p.parse_args(argv)
+    policies = args.policies.split(",")
+    probe = args.probe_policies.split(",")
+    sets = {"tuning": TUNING_SET, "validation": VALIDATION_SET}
+    chosen = list(sets) if args.set == "both" else [args.set]
+    wall0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    caps: dict[str, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    for set_name in chosen:
+        for fam_name, seed in sets[set_name]:
+            fam = FAMILIES[fam_name]
+            if args.qps:
+                qps = args.qps
+            else:
+                if fam_name not in caps:  # capacity per family, from its set's first seed
+                    log(f"family {fam_name}: capacity ({args.capacity}) with seed {seed}")
+                    caps[fam_name] = capacity(
+                        fam, seed, probe, args.capacity, args.duration, args.warmup, log
+                    )
+                qps = round(args.load * caps[fam_name]["capacity"], 3)
+            for pol in policies:
+                r = run_once(fam, pol, qps, seed, args.duration, args.warmup)
+                r["set"] = set_name
+                rows.append(r)
+                log(
+                    f"  {set_name} {fam_name}/{seed} {pol:>18} @ {qps:.2f} req/s: "
+                    f"p50 {report._fmt(r['ttft_p50'], digits=3)} s, "
+                    f"p90 {report._fmt(r['ttft_p90'], digits=3)} s, "
+                    f"hit {report._fmt(r['prefix_hit_rate'], digits=3)}"
+                )
+    # Ratios to sglang-cache-aware, per run and geometric mean per set.
+    summary: dict[str, dict[str, Any]] = {}
+    for set_name in chosen:
+        for pol in policies:
+            ratios90: list[float] = []
+            ratios50: list[float] = []
+            for r in rows:
+                if r["set"] != set_name or r["policy"] != pol:
+                    continue
+                ref = next(
+                    (x for x in rows if x["set"] == set_name and x["policy"] == "sglang-cache-aware"
+                     and x["family"] == r["family"] and x["seed"] == r["seed"]), None)  # fmt: skip
+                if ref is None:
+                    continue
+                for key, acc in (("ttft_p90", ratios90), ("ttft_p50", ratios50)):
+                    v = _ratio(r[key], ref[key])
+                    if v:
+                        acc.append(v)
+            summary.setdefault(set_name, {})[pol] = {
+                "p90_vs_sglang_geomean": statistics.geometric_mean(ratios90) if ratios90 else None,
+                "p50_vs_sglang_geomean": statistics.geometric_mean(ratios50) if ratios50 else None,
+                "hit_rate_mean": statistics.fmean(
+                    r["prefix_hit_rate"] or 0.0 for r in rows if r["set"] == set_name and r["policy"] == pol
+                ),
+            }
+    wall = time.perf_counter() - wall0
+    payload = {
+        "benchmark": "multiturn",
+        "load_fraction": args.load,
+        "capacity": caps,
+        "duration_virtual_s": args.duration,
+        "warmup_virtual_s": args.warmup,
+        "summary": summary,
+        "rows": rows,
+        "wall_s": wall,
+        "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}",
+    }
+    base = args.out / "fleet-multiturn"
+    report.write_json(base.with_suffix(".json"), payload)
+    table = report.markdown_table(
+        rows, [("set", "set"), ("family", "family"), ("seed", "seed"), ("policy", "policy"), ("QPS", "qps")]
+    )
+    lines = [
+        "| set | policy | p90 TTFT vs sglang (geomean) | p50 vs sglang | mean hit rate |",
+        "|---|---|---|---|---|",
+    ]
+    for set_name, by_pol in summary.items():
+        for pol, s in by_pol.items():
+            f = report._fmt
+            lines.append(
+                f"| {set_name} | {pol} | {f(s['p90_vs_sglang_geomean'])} | {f(s['p50_vs_sglang_geomean'])} "
+                f"| {f(s['hit_rate_mean'], digits=3)} |"
+            )
+    cap_lines = [f"- family {k}: {v['mode']} capacity {v['capacity']:.2f} req/s" for k, v in caps.items()]
+    base.with_suffix(".md").write_text(
+        "# Mixed multi-turn / burst / decode-heavy family (fleet simulator)\n\n"
+        f"Load: {args.load:g} x capacity. Virtual seconds per run: {args.duration:g} "
+        f"(+{args.warmup:g} warm-up). "
+        f"Wall time: {wall:.0f} s.\n\n"
+        + "\n".join(cap_lines)
+        + "\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + table
+        + "\n"
+    )
+    print("\n".join(cap_lines))
+    print("\n".join(lines))
+    print(table)
+    return 0

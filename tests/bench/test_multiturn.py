@@ -1,0 +1,66 @@
+"""The mixed multi-turn family (bench.mixed) and the knee-based capacity (bench.multiturn)."""
+
+from __future__ import annotations
+
+import itertools
+
+from kvgate.bench.mixed import BURST_SIZE, FAMILIES, TUNING_SET, VALIDATION_SET, mixed_workload
+from kvgate.bench.multiturn import find_knee, main, run_once
+
+
+def test_tuning_and_validation_sets_do_not_overlap() -> None:
+    assert {f for f, _ in TUNING_SET}.isdisjoint({f for f, _ in VALIDATION_SET})
+    assert {s for _, s in TUNING_SET}.isdisjoint({s for _, s in VALIDATION_SET})
+
+
+def test_workload_is_time_ordered_deterministic_and_mixed() -> None:
+    fam = FAMILIES["a"]
+    specs = list(mixed_workload(fam, qps=8.0, horizon=60.0, seed=1))
+    again = list(mixed_workload(fam, qps=8.0, horizon=60.0, seed=1))
+    assert [s.prompt_ids for s in specs] == [s.prompt_ids for s in again]
+    times = [s.at for s in specs]
+    assert all(t is not None for t in times)
+    assert times == sorted(times) and max(times) < 60.0  # type: ignore[type-var]
+    assert 0.5 * 8 * 60 < len(specs) < 1.5 * 8 * 60
+    # Sessions: every turn extends the previous turn's whole prompt (context grows).
+    by_session: dict[str, list[list[int]]] = {}
+    for s in specs:
+        if s.session:
+            by_session.setdefault(s.session, []).append(s.prompt_ids)
+    multi = [turns for turns in by_session.values() if len(turns) > 1]
+    assert multi
+    for turns in multi:
+        for prev, cur in itertools.pairwise(turns):
+            assert len(cur) > len(prev) and cur[: len(prev)] == prev
+    # Bursts: a tenant's requests come BURST_SIZE at a time, sharing the tenant prefix.
+    tenants = [s for s in specs if s.group.startswith("t")]
+    assert tenants and len(tenants) % BURST_SIZE == 0
+    first = tenants[0]
+    same = [s for s in tenants if s.group == first.group]
+    assert all(s.prompt_ids[: fam.tenant_prefix] == first.prompt_ids[: fam.tenant_prefix] for s in same)
+    # Decode-heavy one-offs: outputs longer than prompts.
+    oneoffs = [s for s in specs if s.group == "oneoff"]
+    assert oneoffs and all(s.max_tokens > len(s.prompt_ids) for s in oneoffs)
+
+
+def test_find_knee_stops_at_the_first_load_past_twice_the_unloaded_p90() -> None:
+    pts = [(1.0, 0.3), (2.0, 0.5), (3.0, 0.61), (4.0, 0.55), (5.0, 9.0)]
+    assert find_knee(pts, unloaded_p90=0.3) == 2.0  # 3.0 is past 0.6; the lucky 4.0 does not count
+    assert find_knee(pts, unloaded_p90=0.3, factor=3.0) == 4.0
+    assert find_knee([(1.0, None)], unloaded_p90=0.3) == 0.0
+    assert find_knee([(1.0, 1.0)], unloaded_p90=0.3) == 0.0
+
+
+def test_run_once_drives_the_real_picker_on_the_tight_kv_fleet() -> None:
+    row = run_once(FAMILIES["b"], "kvgate", 3.0, seed=7, duration=10.0, warmup=5.0)
+    assert row["ok"] > 5 and row["errors"] == 0 and row["replicas"] == 4
+    assert row["prefix_hit_rate"] is not None and row["prefix_hit_rate"] > 0.0
+
+
+def test_cli_writes_json_and_markdown(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rc = main(["--set", "tuning", "--qps", "2", "--duration", "5", "--warmup", "2",
+               "--policies", "kvgate,sglang-cache-aware", "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    md = (tmp_path / "fleet-multiturn.md").read_text()
+    assert "tuning" in md and "sglang-cache-aware" in md
+    assert (tmp_path / "fleet-multiturn.json").exists()
