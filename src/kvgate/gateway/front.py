@@ -31,6 +31,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import cast
 
 from kvgate.openai.protocol import error_body
 
@@ -314,7 +315,8 @@ class FrontProtocol(asyncio.Protocol):
 
     # --- transport callbacks --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (uvloop's transports are not asyncio.Transport subclasses, so a cast, not an isinstance check)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self._loop = asyncio.get_running_loop()
         server = self.server
