@@ -32,6 +32,7 @@ from kvgate.realvllm.bench import (
     run_workload,
     shared_prefix,
     sim_hits,
+    wait_quiet,
     with_side_traffic,
 )
 from kvgate.scheduling.plugins.precise_prefix import shared_index
@@ -88,7 +89,9 @@ def main() -> int:
             addrs = [s.address for s in servers]
 
             def settle() -> None:
-                time.sleep(0.05)
+                # Until the KV-event streams fall quiet: every pick sees what the engines did before it.
+                subs = manager.subscribers
+                wait_quiet(lambda: lt.call(lambda: sum(s.stats.batches for s in subs.values())))
 
             def run(policy_name: str, policy: str | dict[str, Any], w: Workload) -> float:
                 gw = Gateway(lt, addrs, policy)

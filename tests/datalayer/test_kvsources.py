@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kvgate.config.director import build_director
-from kvgate.datalayer.kvevents import KVEventSources
+from kvgate.datalayer.kvevents import BlockStored, KVEventSources
 from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.scheduling.types import InferenceRequest
 
@@ -39,3 +39,32 @@ async def test_sources_start_with_the_data_layer_and_follow_the_store() -> None:
 
 def test_a_director_without_event_plugins_has_no_sources() -> None:
     assert build_director("kvgate", EndpointStore.from_addresses(["127.0.0.1:18310"])).data_sources() == []
+
+
+async def test_a_source_stopping_leaves_other_owners_subscriptions() -> None:
+    # The real-vLLM suite's failure: a fixture subscribes the servers into a named index, gateways over
+    # the same index start and stop; the first gateway to stop ended the fixture's subscriptions and
+    # purged the index, so later "precise" runs routed without KV events.
+    store = EndpointStore.from_addresses(["127.0.0.1:18320", "127.0.0.1:18321"])
+    director = build_director(CONFIG.replace("kvsources-test", "kvsources-shared"), store)
+    (source,) = director.data_sources()
+    manager = source.manager
+    mine = await manager.add("127.0.0.1:18320", "tcp://127.0.0.1:19320")  # the fixture's own
+    try:
+        manager.index.apply("127.0.0.1:18320", [BlockStored([1], None, [0] * 16, 16, None)])
+        await source.start()
+        assert manager.subscribers["127.0.0.1:18320"] is mine and manager.owners("127.0.0.1:18320") == 2
+        store.remove("127.0.0.1:18320")  # the source lets go of its share; the fixture keeps its own
+        assert manager.subscribers["127.0.0.1:18320"] is mine
+        await source.stop()
+        assert set(manager.subscribers) == {"127.0.0.1:18320"} and manager.owners("127.0.0.1:18320") == 1
+        assert manager.index.num_blocks("127.0.0.1:18320") == 1  # nothing purged under the fixture
+        # A second source over the same manager, started and stopped: still the fixture's.
+        (again,) = build_director(CONFIG.replace("kvsources-test", "kvsources-shared"), store).data_sources()
+        await again.start()
+        await again.stop()
+        assert manager.subscribers == {"127.0.0.1:18320": mine}
+        await manager.remove("127.0.0.1:18320")  # the last owner: stopped and purged
+        assert manager.subscribers == {} and manager.index.num_blocks("127.0.0.1:18320") == 0
+    finally:
+        await manager.close()

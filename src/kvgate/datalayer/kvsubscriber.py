@@ -211,11 +211,21 @@ class KVEventSubscriber:
 
 
 class KVEventsManager:
-    """One subscriber per endpoint over a shared index; endpoints that vanish are purged."""
+    """One subscriber per endpoint over a shared index; endpoints that vanish are purged.
+
+    Subscriptions are counted: several owners (two pools, a gateway and the Director that replaces it on
+    a reload, a test fixture and the gateways it builds) may share one index, and each ``add``/``ensure``
+    must be matched by one ``remove``/``drop``. The subscriber stops, and its endpoint's entries are
+    purged, when the last owner lets go; ``sync`` and ``close`` end subscriptions whoever holds them.
+    """
 
     def __init__(self, index: BlockIndex) -> None:
         self.index = index
         self.subscribers: dict[str, KVEventSubscriber] = {}
+        self._owners: dict[str, int] = {}  # endpoint -> how many adds are not yet removed
+
+    def owners(self, endpoint: str) -> int:
+        return self._owners.get(endpoint, 0)
 
     async def add(
         self,
@@ -226,14 +236,7 @@ class KVEventsManager:
         replay_endpoint: str | None = None,
         topic: bytes = b"",
     ) -> KVEventSubscriber:
-        old = self.subscribers.get(endpoint)
-        if old is not None:
-            return old
-        sub = KVEventSubscriber(
-            self.index, endpoint, zmq_endpoint, bind=bind, replay_endpoint=replay_endpoint, topic=topic
-        )
-        self.subscribers[endpoint] = sub
-        sub.start()
+        sub = self._acquire(endpoint, zmq_endpoint, bind, replay_endpoint, topic)
         async with asyncio.timeout(5.0):
             await sub.wait_ready()
         return sub
@@ -242,37 +245,60 @@ class KVEventsManager:
         self, endpoint: str, zmq_endpoint: str, *, bind: bool = False, replay_endpoint: str | None = None
     ) -> KVEventSubscriber:
         """Like ``add`` but from sync code inside a running loop: starts the task, does not wait."""
+        return self._acquire(endpoint, zmq_endpoint, bind, replay_endpoint, b"")
+
+    def _acquire(
+        self, endpoint: str, zmq_endpoint: str, bind: bool, replay_endpoint: str | None, topic: bytes
+    ) -> KVEventSubscriber:
+        self._owners[endpoint] = self._owners.get(endpoint, 0) + 1
         sub = self.subscribers.get(endpoint)
         if sub is None:
             sub = KVEventSubscriber(
-                self.index, endpoint, zmq_endpoint, bind=bind, replay_endpoint=replay_endpoint
+                self.index, endpoint, zmq_endpoint, bind=bind, replay_endpoint=replay_endpoint, topic=topic
             )
             self.subscribers[endpoint] = sub
             sub.start()
         return sub
 
+    def _release(self, endpoint: str) -> KVEventSubscriber | None:
+        """One owner lets go; the subscriber (to stop) once none is left, else None."""
+        n = self._owners.get(endpoint, 0) - 1
+        if n > 0:
+            self._owners[endpoint] = n
+            return None
+        self._owners.pop(endpoint, None)
+        return self.subscribers.pop(endpoint, None)
+
     def drop(self, endpoint: str) -> None:
-        """Sync removal: purge the index now, cancel the subscriber's task (its socket closes as it ends)."""
-        sub = self.subscribers.pop(endpoint, None)
-        if sub is not None and sub._task is not None:
-            sub._task.cancel()
-            sub._task = None
+        """Sync ``remove``: at the last owner, purge the index now and cancel the subscriber's task (its
+        socket closes as it ends)."""
+        if endpoint in self.subscribers:
+            sub = self._release(endpoint)
+            if sub is None:
+                return
+            if sub._task is not None:
+                sub._task.cancel()
+                sub._task = None
         self.index.remove_endpoint(endpoint)
 
     async def remove(self, endpoint: str) -> None:
-        sub = self.subscribers.pop(endpoint, None)
-        if sub is not None:
+        if endpoint in self.subscribers:
+            sub = self._release(endpoint)
+            if sub is None:
+                return
             await sub.stop()
         self.index.remove_endpoint(endpoint)
 
     async def sync(self, endpoints: Iterable[str]) -> None:
-        """Drop subscribers and index entries of endpoints no longer in the pool."""
+        """Drop subscribers and index entries of endpoints no longer in the pool (whoever holds them)."""
         keep = set(endpoints)
         for name in [e for e in self.subscribers if e not in keep]:
+            self._owners.pop(name, None)
             await self.remove(name)
         self.index.retain(keep)
 
     async def close(self) -> None:
+        self._owners.clear()
         for name in list(self.subscribers):
             sub = self.subscribers.pop(name)
             await sub.stop()
@@ -287,7 +313,8 @@ class KVEventSources:
 
     Subscribes ``manager`` to every endpoint of ``store`` that ``resolve`` gives an event source, then
     follows the store: an added endpoint is subscribed, a removed one dropped (its blocks purged). The
-    scheduler only reads the index; nothing is subscribed on a pick.
+    scheduler only reads the index; nothing is subscribed on a pick. It releases only the subscriptions it
+    took: the manager (and its index) may be shared by other sources or owners, which keep theirs.
     """
 
     def __init__(
@@ -303,6 +330,8 @@ class KVEventSources:
         self.resolve = resolve
         self.bind = bind
         self._running = False
+        # The subscriptions this source holds: it releases only those (the manager may be shared).
+        self._held: set[str] = set()
 
     async def start(self) -> None:
         if self._running:
@@ -311,7 +340,8 @@ class KVEventSources:
         self.store.add_listener(self._on_change)
         for ep in self.store.all():
             src = self.resolve(ep)
-            if src is not None:
+            if src is not None and ep.address not in self._held:
+                self._held.add(ep.address)
                 await self.manager.add(ep.address, src[0], bind=self.bind, replay_endpoint=src[1])
 
     async def stop(self) -> None:
@@ -319,15 +349,18 @@ class KVEventSources:
             return
         self._running = False
         self.store.remove_listener(self._on_change)
-        for ep in self.store.all():
-            if ep.address in self.manager.subscribers:
-                await self.manager.remove(ep.address)
+        held, self._held = self._held, set()
+        for address in held:
+            await self.manager.remove(address)
 
     def _on_change(self, change: StoreChange) -> None:
         ep = change.endpoint
         if change.kind == "removed":
-            self.manager.drop(ep.address)
-        elif change.kind == "added" and self._running:
+            if ep.address in self._held:
+                self._held.discard(ep.address)
+                self.manager.drop(ep.address)
+        elif change.kind == "added" and self._running and ep.address not in self._held:
             src = self.resolve(ep)
             if src is not None:
+                self._held.add(ep.address)
                 self.manager.ensure(ep.address, src[0], bind=self.bind, replay_endpoint=src[1])

@@ -188,8 +188,32 @@ def _counters(servers: Sequence[VLLMServer]) -> list[tuple[float, float]]:
 
 
 def reset_caches(servers: Sequence[VLLMServer]) -> None:
+    """Empty every server's prefix cache, and give each engine one step: vLLM publishes the reset's
+    ``AllBlocksCleared`` KV event only with its next step, and until then an event-fed index still
+    holds the previous run's blocks. (20 tokens fill no block: the step caches nothing.)"""
     for s in servers:
         s.post("/reset_prefix_cache")
+        completion(s.url, [7] * 20, max_tokens=1)
+
+
+def wait_quiet(count: Callable[[], int], quiet: float = 0.1, timeout: float = 30.0) -> None:
+    """Wait until ``count()`` (e.g. KV-event batches received) has not changed for ``quiet`` seconds.
+
+    Requests here are sequential, so between two of them the engines are idle: once their event streams
+    fall quiet, an event-fed index reflects everything they did. A fixed sleep does not, on a loaded
+    machine. Raises ``TimeoutError`` if the count keeps changing for ``timeout`` seconds.
+    """
+    end = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while True:
+        time.sleep(0.02)
+        now, n = time.monotonic(), count()
+        if n != last:
+            last, since = n, now
+        elif now - since >= quiet:
+            return
+        if now > end:
+            raise TimeoutError(f"KV events still arriving after {timeout}s")
 
 
 def run_workload(
@@ -205,9 +229,12 @@ def run_workload(
     """Send the sequence (in order, ``concurrency`` at a time) and measure the fleet's prefix-cache hits.
 
     Side-traffic requests are sent directly and their own counters are subtracted, so the hit rate is over
-    the gateway's requests. ``settle`` runs after each request (e.g. wait for KV events to land).
+    the gateway's requests. ``settle`` runs after the caches are reset and after each request (e.g. wait
+    for KV events to land).
     """
     reset_caches(servers)
+    if settle is not None:
+        settle()
     side_at: dict[int, list[tuple[int, list[int]]]] = {}
     for i, sidx, prompt in w.side_traffic:
         side_at.setdefault(i, []).append((sidx, prompt))

@@ -302,5 +302,8 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         return [KVEventSources(store, self.manager, self.event_source, bind=self.events_bind)]
 
     def _on_store_change(self, change: Any) -> None:
-        if change.kind == "removed":
-            self.manager.drop(change.endpoint.address)
+        # A subscribed endpoint is purged when its last subscription ends (``KVEventSources`` releases
+        # its own); dropping it here would end subscriptions other owners of the shared index hold.
+        address = change.endpoint.address
+        if change.kind == "removed" and self.manager.owners(address) == 0:
+            self.index.remove_endpoint(address)
