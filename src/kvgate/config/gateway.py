@@ -35,6 +35,14 @@ class GatewayConfigError(ConfigError):
         super().__init__(key, message)
 
 
+@dataclass(frozen=True, slots=True)
+class InferencePoolRef:
+    """``pools[].inferencePool``: discover the pool's endpoints from this Kubernetes InferencePool."""
+
+    name: str
+    namespace: str = "default"
+
+
 @dataclass(slots=True)
 class PoolConfig:
     name: str
@@ -45,6 +53,8 @@ class PoolConfig:
     policy: str = "kvgate"
     # Raw EndpointPickerConfig mapping (inline or from file); None = use ``policy``.
     picker_config: dict[str, Any] | None = None
+    # Endpoints come from Kubernetes (an InferencePool) instead of ``endpoints``.
+    inference_pool: InferencePoolRef | None = None
 
 
 @dataclass(slots=True)
@@ -200,6 +210,7 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
         "policy",
         "endpointPickerConfig",
         "endpointPickerConfigFile",
+        "inferencePool",
     )
     _check_keys(raw, allowed, path + ".")
     name = _get(raw, "name", path + ".", str)
@@ -208,8 +219,22 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
     engine = _get(raw, "engine", path + ".", str, "vllm")
     if engine not in ENGINES:
         raise GatewayConfigError(path + ".engine", f"{engine!r} is not one of {', '.join(ENGINES)}")
+    ip_raw = raw.get("inferencePool")
+    inference_pool: InferencePoolRef | None = None
+    if ip_raw is not None:
+        if not isinstance(ip_raw, dict):
+            raise GatewayConfigError(path + ".inferencePool", "expected {name, namespace}")
+        _check_keys(ip_raw, ("name", "namespace"), path + ".inferencePool.")
+        ip_name = _get(ip_raw, "name", path + ".inferencePool.", str)
+        if not ip_name:
+            raise GatewayConfigError(path + ".inferencePool.name", "required")
+        inference_pool = InferencePoolRef(
+            ip_name, _get(ip_raw, "namespace", path + ".inferencePool.", str, "default")
+        )
     eps_raw = raw.get("endpoints")
-    if not isinstance(eps_raw, list) or not eps_raw:
+    if inference_pool is not None and eps_raw is None:
+        eps_raw = []
+    elif not isinstance(eps_raw, list) or not eps_raw:
         raise GatewayConfigError(path + ".endpoints", "expected a non-empty list of host:port")
     endpoints = [normalise_endpoint(e, f"{path}.endpoints[{i}]") for i, e in enumerate(eps_raw)]
     if len(set(endpoints)) != len(endpoints):
@@ -234,7 +259,7 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
         if not isinstance(file_, str):
             raise GatewayConfigError(path + ".endpointPickerConfigFile", "expected a file path")
         picker = _load_yaml(os.path.join(base_dir, file_), path + ".endpointPickerConfigFile")
-    return PoolConfig(name, endpoints, models, adapters, engine, policy, picker)
+    return PoolConfig(name, endpoints, models, adapters, engine, policy, picker, inference_pool)
 
 
 def _parse_rewrite(raw: Any, path: str) -> RewriteRule:
@@ -437,6 +462,12 @@ def _load_yaml(path: str, key: str) -> Any:
 def load_gateway_config(path: str) -> GatewayConfig:
     raw = _load_yaml(path, "--config")
     return parse_gateway_config(raw, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def parse_rewrite_rule(raw: Any, path: str) -> RewriteRule:
+    """One InferenceModelRewrite rule (``matches``, ``targets``): the config file's format, also read from
+    Kubernetes objects (``path`` names where it came from in errors)."""
+    return _parse_rewrite(raw, path)
 
 
 def config_from_flags(

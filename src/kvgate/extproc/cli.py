@@ -3,7 +3,8 @@
 Flag names follow the reference EPP where they exist (``--grpc-port``, ``--grpc-health-port``,
 ``--metrics-port``, ``--secure-serving``, ``--cert-path``, ``--config-file``, ``--config-text``,
 ``--pool-name``, ``--pool-namespace``) so a Deployment written for it runs kvgate unchanged, apart from
-the endpoint list: Kubernetes pod discovery is not implemented yet, endpoints come from flags/config.
+the Kubernetes client flags. With ``--pool-name`` and no ``--endpoints``/``--config``, the endpoints come
+from the InferencePool (``kvgate.k8s``); ``--ha-enable-leader-election`` makes one replica ready at a time.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
 
 if TYPE_CHECKING:
     from kvgate.datalayer.store import EndpointStore
+    from kvgate.extproc.config import EppConfig
     from kvgate.extproc.metrics import EppMetrics
     from kvgate.extproc.server import EppServer
     from kvgate.extproc.session import SessionContext
     from kvgate.extproc.tls import KeyPair
+    from kvgate.k8s.runtime import KubePool
 
 log = logging.getLogger("kvgate.epp")
 
@@ -48,8 +51,10 @@ def parser() -> argparse.ArgumentParser:
     )
     src = p.add_argument_group("pool")
     src.add_argument("--config", help="gateway config YAML (pools, objectives, rewrites); serves one pool")
-    src.add_argument("--pool-name", help="which pool of --config to serve (InferencePool name)")
-    src.add_argument("--pool-namespace", default="default", help="accepted for compatibility; informational")
+    src.add_argument(
+        "--pool-name", help="InferencePool to discover from Kubernetes (or: which pool of --config to serve)"
+    )
+    src.add_argument("--pool-namespace", default="default", help="the InferencePool's namespace")
     src.add_argument("--endpoints", help="comma-separated ip:port list of the pool's model servers")
     src.add_argument("--model", action="append", default=[], help="model the pool serves (repeatable)")
     src.add_argument("--engine", default="vllm", help=" | ".join(ENGINES))
@@ -95,6 +100,23 @@ def parser() -> argparse.ArgumentParser:
         default="localhost,127.0.0.1",
         help="names/IPs for the generated self-signed certificate",
     )
+    kube = p.add_argument_group("kubernetes")
+    kube.add_argument("--kube-server", help="API server URL (default: in-cluster, else the kubeconfig's)")
+    kube.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG, ~/.kube/config)"
+    )
+    kube.add_argument(
+        "--ha-enable-leader-election",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="only the holder of a coordination.k8s.io Lease is ready; the others keep their data warm",
+    )
+    kube.add_argument("--ha-lease-name", help="the Lease's name (default kvgate-epp-<pool-name>)")
+    kube.add_argument("--ha-lease-duration", type=float, default=15.0, help="seconds (client-go's default)")
+    kube.add_argument("--ha-renew-deadline", type=float, default=10.0, help="seconds")
+    kube.add_argument("--ha-retry-period", type=float, default=2.0, help="seconds")
     hub = p.add_argument_group("hub (multi-cluster)")
     hub.add_argument("--clusters", help="clusters file: pick clusters, not pods (docs/multicluster.md)")
     hub.add_argument("--cluster-policy", default="kvgate", help="kvgate|llm-d-hub|round-robin|active-passive")
@@ -121,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             config=args.config, pool_name=args.pool_name, endpoints=args.endpoints, models=args.model,
             policy=args.policy, engine=args.engine, config_file=args.config_file,
             config_text=args.config_text, conformance=args.enable_conformance_hooks,
-            adapters=args.adapter, session_header=args.session_header,
+            adapters=args.adapter, session_header=args.session_header, pool_namespace=args.pool_namespace,
         )  # fmt: skip
         pair, client_ca = _tls(args)
         # Build the picker before serving, so a bad EndpointPickerConfig is a clear exit, not a traceback.
@@ -132,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kvgate epp: {e}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca))
+        asyncio.run(
+            _serve(args, store, ctx, metrics, pair, client_ca, kube=_kube_pool(args, cfg, store, ctx))
+        )
     return 0
 
 
@@ -159,6 +183,29 @@ def _hub_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kube_pool(args: argparse.Namespace, cfg: EppConfig, store: EndpointStore, ctx: SessionContext) -> Any:
+    """Kubernetes discovery (and leader election) when the pool comes from an InferencePool, else None."""
+    ref = cfg.pool.inference_pool
+    if ref is None:
+        return None
+    from kvgate.config.rewrite import ModelRewriter
+    from kvgate.k8s.runtime import KubeOptions, KubePool
+    from kvgate.openai.request import RequestPolicy
+
+    def on_policy(objectives: dict[str, int], rewrites: list[Any]) -> None:
+        # InferenceObjective / InferenceModelRewrite objects replace the config file's equivalents, live.
+        ctx.policy = RequestPolicy(ctx.policy.adapters, ctx.policy.session_header, objectives)
+        ctx.model_rewrite = ModelRewriter(rewrites, seed=cfg.gateway.rewrite_seed)
+
+    opts = KubeOptions(
+        pool_name=ref.name, pool_namespace=ref.namespace, server=args.kube_server, kubeconfig=args.kubeconfig,
+        leader_election=args.ha_enable_leader_election, lease_name=args.ha_lease_name,
+        lease_duration_s=args.ha_lease_duration, renew_deadline_s=args.ha_renew_deadline,
+        retry_period_s=args.ha_retry_period,
+    )  # fmt: skip
+    return KubePool(opts, store, store_pool=cfg.pool.name, on_policy=on_policy)
+
+
 def _tls(args: argparse.Namespace) -> tuple[KeyPair | None, bytes | None]:
     from kvgate.extproc import tls
 
@@ -179,6 +226,7 @@ async def _serve(
     pair: KeyPair | None,
     client_ca: bytes | None,
     feed: Any = None,
+    kube: KubePool | None = None,
 ) -> None:
     from kvgate.datalayer.scraper import MetricsScraper
     from kvgate.extproc.server import EppServer, ServerOptions
@@ -190,11 +238,21 @@ async def _serve(
     from kvgate.multicluster.export import aggregate_source
 
     # The pool aggregate for multi-cluster gateways, beside /metrics (kvgate.datalayer.aggregate).
-    agg = aggregate_source(next(iter(store.pools()), "default"), store.all, ctx.picker, tls=pair is not None,
+    pool_name = (
+        kube.store_pool if kube is not None and kube.store_pool else next(iter(store.pools()), "default")
+    )
+    agg = aggregate_source(pool_name, store.all, ctx.picker, tls=pair is not None,
                            mtls=client_ca is not None)  # fmt: skip
-    # Ready while some endpoint can be picked (the health tracking may eject them all).
+
+    def problem() -> str | None:
+        # Ready while some endpoint can be picked (the health tracking may eject them all), discovery
+        # is synced with no RBAC error and, with leader election, this replica holds the Lease.
+        if kube is not None and (p := kube.problem()) is not None:
+            return p
+        return None if any(e.healthy for e in store.all()) else "no healthy endpoint"
+
     server = EppServer(
-        ctx, opts, metrics=metrics, ready=lambda: any(e.healthy for e in store.all()), aggregate=agg.body
+        ctx, opts, metrics=metrics, ready=lambda: problem() is None, aggregate=agg.body, readyz=problem
     )
     # A hub EPP's endpoints are cluster gateways: its feed is their aggregates, not a pod scraper.
     scraper: Any = feed or MetricsScraper(store, interval=args.scrape_interval, clock=time.monotonic)
@@ -205,6 +263,8 @@ async def _serve(
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await scraper.start()
+    if kube is not None:
+        await kube.start()
     # The data layer's other feeds (KV events) start beside the scraper, never on a first pick.
     sources: list[Any] = getattr(ctx.picker, "data_sources", list)()
     for source in sources:
@@ -214,22 +274,31 @@ async def _serve(
     print(f"kvgate epp ready grpc={server.port} health={server.health_port} metrics={server.metrics_port} "
           f"tls={'on' if pair else 'off'} endpoints={len(store)}", flush=True)  # fmt: skip
 
-    pool_gauges = asyncio.create_task(_every_second(ctx.picker, server, stop))
+    pool_gauges = asyncio.create_task(_every_second(ctx.picker, server, stop, kube))
     await stop.wait()
     log.info("shutting down: draining streams")
     await server.stop()
+    if kube is not None:
+        await kube.stop()
     await scraper.stop()
     for source in sources:
         await source.stop()
     await pool_gauges
 
 
-async def _every_second(picker: object, server: EppServer, stop: asyncio.Event) -> None:
+async def _every_second(
+    picker: object, server: EppServer, stop: asyncio.Event, kube: KubePool | None = None
+) -> None:
     """Refresh the inference_pool_* gauges and the readiness status (per scrape round would be too often)."""
     update = getattr(picker, "update_pool_metrics", None)
     while not stop.is_set():
         if update is not None:
             update()
+        if kube is not None and kube.store_pool:
+            from kvgate.scheduling.metrics import POOL_READY
+
+            # Pods, as the reference counts them (a pool with no endpoint left must read 0, not stay stale).
+            POOL_READY.labels(name=kube.store_pool).set(kube.ready_pods())
         await server.refresh_health()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)

@@ -18,6 +18,7 @@ import yaml
 from kvgate.config.gateway import (
     GatewayConfig,
     GatewayConfigError,
+    InferencePoolRef,
     PoolConfig,
     config_from_flags,
     load_gateway_config,
@@ -87,16 +88,24 @@ def load(
     conformance: bool,
     adapters: list[str] | None = None,
     session_header: str | None = None,
+    pool_namespace: str = "default",
 ) -> EppConfig:
     try:
-        if config:
+        if pool_name and not config and not endpoints:
+            # The reference EPP's way: the pool's endpoints come from its InferencePool in Kubernetes.
+            ref = InferencePoolRef(pool_name, pool_namespace)
+            pool0 = PoolConfig(
+                pool_name, [], models or ["*"], list(adapters or ()), engine, policy, None, ref
+            )
+            gw = GatewayConfig(pools=[pool0])
+        elif config:
             gw = load_gateway_config(config)
         elif endpoints:
             gw = config_from_flags(
                 endpoints, models or ["*"], policy=policy, engine=engine, adapters=adapters or ()
             )
         else:
-            raise EppConfigError("give --endpoints (and --model) or --config")
+            raise EppConfigError("give --pool-name (Kubernetes), --endpoints (and --model) or --config")
     except GatewayConfigError as e:
         raise EppConfigError(str(e)) from e
     if session_header:

@@ -69,7 +69,11 @@ class EppMetrics:
         return generate_latest(REGISTRY) + generate_latest(self.registry)
 
     async def serve(
-        self, host: str, port: int, aggregate: Callable[[], bytes] | None = None
+        self,
+        host: str,
+        port: int,
+        aggregate: Callable[[], bytes] | None = None,
+        readyz: Callable[[], str | None] | None = None,
     ) -> tuple[web.AppRunner, int]:
         """Start ``/metrics`` (and the pool aggregate, ``/v1/pool/aggregate``, when given) on ``host:port``
         (0 = ephemeral); returns the runner and the port."""
@@ -79,6 +83,14 @@ class EppMetrics:
 
         app = web.Application()
         app.router.add_get("/metrics", handler)
+        if readyz is not None:
+
+            async def ready(_request: web.Request) -> web.Response:
+                # 200 "ok", or 503 with the reason (RBAC error, not synced, not the leader, no endpoint).
+                problem = readyz()
+                return web.Response(text=problem or "ok", status=503 if problem else 200)
+
+            app.router.add_get("/readyz", ready)
         if aggregate is not None:
 
             async def pool_aggregate(_request: web.Request) -> web.Response:

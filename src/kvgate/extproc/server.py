@@ -76,12 +76,14 @@ class EppServer:
         metrics: EppMetrics | None = None,
         ready: Callable[[], bool] = lambda: True,
         aggregate: Callable[[], bytes] | None = None,
+        readyz: Callable[[], str | None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.options = options
         self.metrics = metrics or EppMetrics()
         self.ready = ready
         self.aggregate = aggregate  # the pool aggregate body, served beside /metrics
+        self.readyz = readyz  # None = ready, else why not (served as /readyz beside /metrics)
         self.port = 0
         self.health_port: int | None = None
         self.metrics_port: int | None = None
@@ -113,7 +115,7 @@ class EppServer:
 
         if o.metrics_port is not None:
             self._metrics_runner, self.metrics_port = await self.metrics.serve(
-                o.host, o.metrics_port, self.aggregate
+                o.host, o.metrics_port, self.aggregate, readyz=self.readyz
             )
         log.info(
             "kvgate epp: ext_proc on %s:%d (%s), health %s, metrics %s",

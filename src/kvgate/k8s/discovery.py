@@ -1,0 +1,280 @@
+"""InferencePool discovery: the pool, its pods, and the objectives and rewrites that name it, kept current
+from the API server and fed into the ``EndpointStore``.
+
+- ``InferencePool`` (``inference.networking.k8s.io/v1``): ``spec.selector.matchLabels`` picks pods in the
+  pool's namespace; every ``podIP`` x ``spec.targetPorts[].number`` is an endpoint (data-parallel ranks);
+  ``appProtocol`` and ``endpointPickerRef`` (with ``failureMode``) are read and reported. Pool changes
+  (selector, ports) apply at once.
+- Pods: an endpoint exists while the pod matches the selector, has a ``podIP``, its ``Ready`` condition
+  is ``True`` and it has no ``deletionTimestamp``. A terminating pod leaves the store (no new picks);
+  requests already sent to it finish, since the gateway holds their connections. The label
+  ``inference.networking.k8s.io/engine-type`` picks the metric mapping; the annotation
+  ``inference.networking.k8s.io/active-ports`` (comma-separated) restricts a pod's ports.
+- ``InferenceObjective`` and ``InferenceModelRewrite`` in ``llm-d.ai/v1alpha2`` and the legacy
+  ``inference.networking.x-k8s.io/v1alpha2``: the current group wins on a name clash; a legacy object
+  logs a deprecation once. Their union for this pool replaces the config file's objectives and rewrites.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvgate.config.gateway import GatewayConfigError, RewriteRule, parse_rewrite_rule
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.store import EndpointStore, make_endpoint
+from kvgate.k8s import resources as R
+from kvgate.k8s.client import KubeClient
+from kvgate.k8s.reflector import Key, Obj, Reflector, key_of
+
+log = logging.getLogger(__name__)
+
+ACTIVE_PORTS = "inference.networking.k8s.io/active-ports"
+MAX_TARGET_PORTS = 8
+PolicyListener = Callable[[dict[str, int], list[RewriteRule]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    name: str
+    namespace: str
+    match_labels: Mapping[str, str]
+    target_ports: tuple[int, ...]
+    app_protocol: str = "http"
+    endpoint_picker: Mapping[str, Any] | None = None
+
+    @property
+    def failure_mode(self) -> str:
+        return str((self.endpoint_picker or {}).get("failureMode") or "FailClose")
+
+    @classmethod
+    def from_object(cls, obj: Obj) -> PoolSpec:
+        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        labels = dict(((spec.get("selector") or {}).get("matchLabels")) or {})
+        ports: list[int] = []
+        for p in spec.get("targetPorts") or []:
+            n = p.get("number") if isinstance(p, Mapping) else None
+            if isinstance(n, int) and 0 < n < 65536 and n not in ports:
+                ports.append(n)
+        if len(ports) > MAX_TARGET_PORTS:
+            log.warning("InferencePool %s lists %d target ports; using the first %d", meta.get("name"),
+                        len(ports), MAX_TARGET_PORTS)  # fmt: skip
+            ports = ports[:MAX_TARGET_PORTS]
+        return cls(
+            name=str(meta.get("name", "")), namespace=str(meta.get("namespace", "")),
+            match_labels=labels, target_ports=tuple(ports),
+            app_protocol=str(spec.get("appProtocol") or "http"),
+            endpoint_picker=spec.get("endpointPickerRef"),
+        )  # fmt: skip
+
+
+def pod_ready(pod: Obj) -> bool:
+    status = pod.get("status") or {}
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def pod_endpoints(pod: Obj, pool: PoolSpec) -> list[Endpoint]:
+    """The endpoints a pod contributes to ``pool`` now (none unless Ready, addressed and not terminating)."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    labels: dict[str, str] = dict(meta.get("labels") or {})
+    if not pool.match_labels or any(labels.get(k) != v for k, v in pool.match_labels.items()):
+        return []  # an empty selector selects nothing (the CRD requires one)
+    ip = status.get("podIP")
+    if not ip or meta.get("deletionTimestamp") or not pod_ready(pod):
+        return []
+    ports = pool.target_ports
+    active = (meta.get("annotations") or {}).get(ACTIVE_PORTS)
+    if active:
+        allowed = {int(p) for p in active.replace(" ", "").split(",") if p.isdigit()}
+        ports = tuple(p for p in ports if p in allowed)
+    host = f"[{ip}]" if ":" in ip else ip
+    return [make_endpoint(f"{host}:{port}", pool=pool.name, labels=labels) for port in ports]
+
+
+@dataclass
+class _PolicySource:
+    """One group's objectives or rewrites, keyed by object name."""
+
+    objects: dict[str, Obj] = field(default_factory=dict)
+
+
+class PoolDiscovery:
+    """Watches one InferencePool and everything it needs; ``start`` / ``stop``; ``ready`` and ``problem``
+    drive ``/readyz``."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        store: EndpointStore,
+        *,
+        pool_name: str,
+        namespace: str = "default",
+        store_pool: str | None = None,
+        on_policy: PolicyListener | None = None,
+        watch_objectives: bool = True,
+    ) -> None:
+        self.client, self.store = client, store
+        self.pool_name, self.namespace = pool_name, namespace
+        # The pool name endpoints carry in the store (the config's pool name; the InferencePool's by default).
+        self.store_pool = store_pool or pool_name
+        self.on_policy = on_policy
+        self.pool: PoolSpec | None = None
+        self._pods: dict[Key, Obj] = {}
+        self._pod_addrs: dict[Key, set[str]] = {}
+        self.pool_reflector = Reflector(
+            client, R.INFERENCE_POOL, namespace=namespace, field_selector=f"metadata.name={pool_name}"
+        )
+        self.pod_reflector = Reflector(client, R.POD, namespace=namespace)
+        self.pool_reflector.add_listener(self._on_pool)
+        self.pod_reflector.add_listener(self._on_pod)
+        self.policy_reflectors: dict[ResourceKey, Reflector] = {}
+        self._policy: dict[ResourceKey, dict[str, Obj]] = {}
+        self._deprecation_logged: set[tuple[str, str]] = set()
+        if watch_objectives:
+            for rt in (R.INFERENCE_OBJECTIVE, R.LEGACY_INFERENCE_OBJECTIVE,
+                       R.INFERENCE_MODEL_REWRITE, R.LEGACY_INFERENCE_MODEL_REWRITE):  # fmt: skip
+                rk = (rt.group, rt.kind)
+                refl = Reflector(client, rt, namespace=namespace)
+                refl.add_listener(self._policy_listener(rk))
+                self.policy_reflectors[rk] = refl
+                self._policy[rk] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def reflectors(self) -> list[Reflector]:
+        return [self.pool_reflector, self.pod_reflector, *self.policy_reflectors.values()]
+
+    def start(self) -> None:
+        for r in self.reflectors:
+            r.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(r.stop() for r in self.reflectors))
+
+    async def wait_synced(self, within_s: float = 10.0) -> None:
+        await asyncio.gather(
+            self.pool_reflector.wait_synced(within_s), self.pod_reflector.wait_synced(within_s)
+        )
+
+    def problem(self) -> str | None:
+        """Why discovery is not ready (RBAC errors first), or None."""
+        for r in self.reflectors:
+            if r.error and r.error.startswith("403"):
+                return f"{r.name}: {r.error}"
+        for r in (self.pool_reflector, self.pod_reflector):
+            if not r.synced.is_set():
+                return f"{r.name}: not synced yet" + (f" ({r.error})" if r.error else "")
+        if self.pool is None:
+            return f"InferencePool {self.namespace}/{self.pool_name} not found"
+        return None
+
+    @property
+    def ready(self) -> bool:
+        return self.problem() is None
+
+    # -- pool and pods -----------------------------------------------------------------------------
+
+    def _on_pool(self, etype: str, obj: Obj) -> None:
+        if etype == "DELETED":
+            log.warning("InferencePool %s/%s deleted: no endpoints", self.namespace, self.pool_name)
+            self.pool = None
+        else:
+            new = PoolSpec.from_object(obj)
+            if new != self.pool:
+                log.info("InferencePool %s/%s: selector %s, target ports %s, appProtocol %s, picker %s "
+                         "(failureMode %s)", self.namespace, self.pool_name, dict(new.match_labels),
+                         list(new.target_ports), new.app_protocol, (new.endpoint_picker or {}).get("name"),
+                         new.failure_mode)  # fmt: skip
+            self.pool = new
+        self._resync()
+
+    def _resync(self) -> None:
+        """Recompute every pod's endpoints (a pool change); the store keeps surviving endpoints' state."""
+        self._pod_addrs = {}
+        wanted: list[Endpoint] = []
+        if self.pool is not None:
+            for k, pod in self._pods.items():
+                eps = pod_endpoints(pod, self.pool)
+                if eps:
+                    self._pod_addrs[k] = {e.address for e in eps}
+                wanted += eps
+        self.store.sync(wanted, pool=self.store_pool)
+
+    def _on_pod(self, etype: str, pod: Obj) -> None:
+        k = key_of(pod)
+        if etype == "DELETED":
+            self._pods.pop(k, None)
+            eps: list[Endpoint] = []
+        else:
+            self._pods[k] = pod
+            eps = pod_endpoints(pod, self.pool) if self.pool is not None else []
+        new = {e.address for e in eps}
+        for addr in self._pod_addrs.get(k, set()) - new:
+            self.store.remove(addr)
+        for ep in eps:
+            self.store.add(ep)
+        if new:
+            self._pod_addrs[k] = new
+        else:
+            self._pod_addrs.pop(k, None)
+
+    def ready_pods(self) -> int:
+        return len(self._pod_addrs)
+
+    # -- objectives and rewrites -------------------------------------------------------------------
+
+    def _policy_listener(self, rk: ResourceKey) -> Callable[[str, Obj], None]:
+        def listener(etype: str, obj: Obj) -> None:
+            name = key_of(obj)[1]
+            if etype == "DELETED":
+                self._policy[rk].pop(name, None)
+            else:
+                self._policy[rk][name] = obj
+                if rk[0] == R.LEGACY_GROUP and (rk[1], name) not in self._deprecation_logged:
+                    self._deprecation_logged.add((rk[1], name))
+                    log.warning("%s %s uses the deprecated group %s; move it to %s/v1alpha2", rk[1], name,
+                                R.LEGACY_GROUP, R.OBJECTIVE_GROUP)  # fmt: skip
+            self._publish_policy()
+
+        return listener
+
+    def _mine(self, obj: Obj) -> bool:
+        ref = (obj.get("spec") or {}).get("poolRef") or {}
+        return not ref.get("name") or ref.get("name") == self.pool_name
+
+    def _merged(self, kind: str) -> dict[str, Obj]:
+        """Legacy first, then current: the current group wins a name clash."""
+        out: dict[str, Obj] = {}
+        for group in (R.LEGACY_GROUP, R.OBJECTIVE_GROUP):
+            for name, obj in self._policy.get((group, kind), {}).items():
+                if self._mine(obj):
+                    out[name] = obj
+        return out
+
+    def objectives(self) -> dict[str, int]:
+        out = {}
+        for name, obj in self._merged("InferenceObjective").items():
+            prio = (obj.get("spec") or {}).get("priority")
+            out[name] = prio if isinstance(prio, int) else 0
+        return out
+
+    def rewrites(self) -> list[RewriteRule]:
+        rules: list[RewriteRule] = []
+        for name, obj in sorted(self._merged("InferenceModelRewrite").items()):
+            for i, raw in enumerate((obj.get("spec") or {}).get("rules") or []):
+                try:
+                    rules.append(parse_rewrite_rule(raw, f"InferenceModelRewrite {name} spec.rules[{i}]"))
+                except GatewayConfigError as e:
+                    log.warning("ignoring %s", e)
+        return rules
+
+    def _publish_policy(self) -> None:
+        if self.on_policy is not None:
+            self.on_policy(self.objectives(), self.rewrites())
+
+
+ResourceKey = tuple[str, str]  # (group, kind)

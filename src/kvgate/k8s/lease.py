@@ -1,0 +1,168 @@
+"""Leader election on a ``coordination.k8s.io/v1`` Lease, as client-go's leaderelection does it.
+
+A candidate reads the Lease; it takes it when nobody holds it or when the holder's record has not
+changed for ``lease_duration_s`` *as this candidate observed it on its own clock* (no cross-node clock
+comparison); the holder renews every ``retry_period_s`` and steps down when it cannot renew within
+``renew_deadline_s``. Writes carry the read ``resourceVersion``, so two candidates racing for an expired
+Lease cannot both win (one gets 409). A clean stop releases the Lease (empty holder) so a standby takes
+over at its next try instead of after the full duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from kvgate.k8s import resources as R
+from kvgate.k8s.client import KubeClient, KubeError
+
+log = logging.getLogger(__name__)
+
+
+def _micro_time(now: dt.datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        name: str,
+        namespace: str,
+        identity: str,
+        lease_duration_s: float = 15.0,
+        renew_deadline_s: float = 10.0,
+        retry_period_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.client, self.name, self.namespace, self.identity = client, name, namespace, identity
+        self.lease_duration_s, self.renew_deadline_s = lease_duration_s, renew_deadline_s
+        self.retry_period_s = retry_period_s
+        self.clock, self.wall, self.on_change = clock, wall, on_change
+        self.is_leader = False
+        self.holder: str | None = None
+        self.error: str | None = None
+        self.transitions = 0  # times this candidate became leader
+        self._observed: tuple[Any, ...] | None = None
+        self._observed_at = 0.0
+        self._renewed_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def path(self) -> str:
+        return R.LEASE.item_path(self.namespace, self.name)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name=f"leader election {self.name}")
+
+    async def stop(self, release: bool = True) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if release and self.is_leader:
+            with contextlib.suppress(KubeError, aiohttp.ClientError, OSError, TimeoutError):
+                await self._release()
+        self._set_leader(False)
+
+    def _set_leader(self, leader: bool) -> None:
+        if leader != self.is_leader:
+            self.is_leader = leader
+            if leader:
+                self.transitions += 1
+            log.info("lease %s/%s: %s is %s", self.namespace, self.name, self.identity,
+                     "the leader" if leader else "not the leader")  # fmt: skip
+            if self.on_change is not None:
+                self.on_change(leader)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self._set_leader(await self.try_acquire_or_renew())
+                self.error = None
+            except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as e:
+                if str(e) != self.error:
+                    log.warning("lease %s/%s: %s", self.namespace, self.name, e)
+                self.error = str(e)
+                if self.is_leader and self.clock() - self._renewed_at > self.renew_deadline_s:
+                    log.warning("lease %s/%s: could not renew within %.1fs; stepping down", self.namespace,
+                                self.name, self.renew_deadline_s)  # fmt: skip
+                    self._set_leader(False)
+            await asyncio.sleep(self.retry_period_s)
+
+    def _spec(self, transitions: int, acquire: str | None = None) -> dict[str, Any]:
+        now = _micro_time(self.wall())
+        return {
+            "holderIdentity": self.identity, "leaseDurationSeconds": max(1, round(self.lease_duration_s)),
+            "acquireTime": acquire or now, "renewTime": now, "leaseTransitions": transitions,
+        }  # fmt: skip
+
+    async def try_acquire_or_renew(self) -> bool:
+        """One round: True when this candidate holds the Lease afterwards."""
+        try:
+            lease = await self.client.request("GET", self.path, timeout_s=self.renew_deadline_s)
+        except KubeError as e:
+            if e.status != 404:
+                raise
+            meta = {"name": self.name, "namespace": self.namespace}
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": meta,
+                "spec": self._spec(0),
+            }
+            try:
+                await self.client.request("POST", R.LEASE.collection_path(self.namespace), body=body)
+            except KubeError as e2:
+                if e2.status == 409:  # another candidate created it first
+                    return False
+                raise
+            self._renewed_at = self.clock()
+            self.holder = self.identity
+            return True
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or None
+        record = (holder, spec.get("renewTime"), spec.get("leaseTransitions"))
+        now = self.clock()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+        self.holder = holder
+        duration = float(spec.get("leaseDurationSeconds") or self.lease_duration_s)
+        if holder and holder != self.identity and now < self._observed_at + duration:
+            return False  # held by someone else and still fresh as we observed it
+        transitions = int(spec.get("leaseTransitions") or 0)
+        mine = holder == self.identity
+        lease["spec"] = self._spec(transitions if mine else transitions + 1,
+                                   spec.get("acquireTime") if mine else None)  # fmt: skip
+        try:
+            updated = await self.client.request("PUT", self.path, body=lease, timeout_s=self.renew_deadline_s)
+        except KubeError as e:
+            if e.status == 409:  # lost the race for it
+                return False
+            raise
+        s2 = updated.get("spec") or {}
+        self._observed = (s2.get("holderIdentity"), s2.get("renewTime"), s2.get("leaseTransitions"))
+        self._observed_at = self._renewed_at = self.clock()
+        self.holder = self.identity
+        return True
+
+    async def _release(self) -> None:
+        lease = await self.client.request("GET", self.path, timeout_s=2.0)
+        if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+            return
+        lease["spec"]["holderIdentity"] = ""
+        lease["spec"]["leaseDurationSeconds"] = 1
+        await self.client.request("PUT", self.path, body=lease, timeout_s=2.0)
+        log.info("lease %s/%s: released by %s", self.namespace, self.name, self.identity)

@@ -1,0 +1,93 @@
+"""What a front door starts for ``--pool-name`` (``pools[].inferencePool``): a client, the pool's
+discovery and, when asked, leader election; and one readiness answer for ``/readyz`` and gRPC health."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kvgate.config.gateway import RewriteRule
+from kvgate.datalayer.store import EndpointStore
+from kvgate.k8s.client import KubeClient
+from kvgate.k8s.discovery import PoolDiscovery
+from kvgate.k8s.lease import LeaderElector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class KubeOptions:
+    pool_name: str
+    pool_namespace: str = "default"
+    server: str | None = None
+    kubeconfig: str | None = None
+    leader_election: bool = False
+    lease_name: str | None = None
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+    identity: str | None = None
+
+
+def default_identity() -> str:
+    """``$POD_NAME`` (the Downward API) or the hostname, plus a random suffix: unique per process."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
+class KubePool:
+    def __init__(
+        self,
+        opts: KubeOptions,
+        store: EndpointStore,
+        *,
+        store_pool: str | None = None,
+        on_policy: Callable[[dict[str, int], list[RewriteRule]], None] | None = None,
+    ) -> None:
+        self.opts, self.store, self.store_pool, self.on_policy = opts, store, store_pool, on_policy
+        self.client: KubeClient | None = None
+        self.discovery: PoolDiscovery | None = None
+        self.elector: LeaderElector | None = None
+
+    async def start(self) -> None:
+        o = self.opts
+        self.client = await KubeClient.connect(o.server, o.kubeconfig)
+        log.info("discovering InferencePool %s/%s from %s", o.pool_namespace, o.pool_name, self.client.host)
+        self.discovery = PoolDiscovery(
+            self.client, self.store, pool_name=o.pool_name, namespace=o.pool_namespace,
+            store_pool=self.store_pool, on_policy=self.on_policy,
+        )  # fmt: skip
+        self.discovery.start()
+        if o.leader_election:
+            self.elector = LeaderElector(
+                self.client, name=o.lease_name or f"kvgate-epp-{o.pool_name}", namespace=o.pool_namespace,
+                identity=o.identity or default_identity(), lease_duration_s=o.lease_duration_s,
+                renew_deadline_s=o.renew_deadline_s, retry_period_s=o.retry_period_s,
+            )  # fmt: skip
+            self.elector.start()
+
+    async def stop(self) -> None:
+        if self.elector is not None:
+            await self.elector.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
+        if self.client is not None:
+            await self.client.close()
+
+    def problem(self) -> str | None:
+        """Why this replica must not receive traffic now, or None. Non-leaders keep discovering (their
+        data stays warm for a failover) but are not ready."""
+        if self.discovery is None:
+            return "not started"
+        p = self.discovery.problem()
+        if p is not None:
+            return p
+        if self.elector is not None and not self.elector.is_leader:
+            return f"not the leader (lease held by {self.elector.holder or 'nobody'})"
+        return None
+
+    def ready_pods(self) -> int:
+        return self.discovery.ready_pods() if self.discovery is not None else 0
