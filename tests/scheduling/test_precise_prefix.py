@@ -6,7 +6,8 @@ import pytest
 
 from kvgate.datalayer import kvevents
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.datalayer.kvevents import BlockIndex, decode_batch
+from kvgate.datalayer.kvevents import BlockIndex, decode_batch, encode_batch
+from kvgate.datalayer.kvwire import BlockStored
 from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.scheduling import registry
 from kvgate.scheduling.blockhash import ChainedVLLMHasher, VLLMBlockHasher, cbor_dumps
@@ -14,7 +15,6 @@ from kvgate.scheduling.framework import ConfigError, CycleState, Params, PluginH
 from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer, shared_index
 from kvgate.scheduling.types import InferenceRequest
 from kvgate.sim.engine import Engine, EngineConfig
-from kvgate.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored
 from kvgate.sim.types import SimRequest
 
 # Golden vector from a real vLLM 0.32 (CPU, block 128, default sha256, no PYTHONHASHSEED): prompt
@@ -61,29 +61,8 @@ def test_chained_hasher_reproduces_vllm_chain():
 
 
 def _wire(events) -> bytes:
-    """The simulator's events in vLLM 0.32's msgpack map form (what its HTTP front publishes)."""
-    import msgspec
-
-    out = []
-    for ev in events:
-        if isinstance(ev, BlockStored):
-            out.append(
-                {
-                    "type": "BlockStored",
-                    "block_hashes": ev.block_hashes,
-                    "parent_block_hash": ev.parent_block_hash,
-                    "token_ids": ev.token_ids,
-                    "block_size": ev.block_size,
-                    "lora_id": ev.lora_id,
-                    "medium": ev.medium,
-                    "lora_name": ev.lora_name,
-                }
-            )
-        elif isinstance(ev, BlockRemoved):
-            out.append({"type": "BlockRemoved", "block_hashes": ev.block_hashes, "medium": ev.medium})
-        elif isinstance(ev, AllBlocksCleared):
-            out.append({"type": "AllBlocksCleared"})
-    return msgspec.msgpack.encode([0.0, out, 0])
+    """Events in vLLM 0.32's msgpack map form (what the simulator's HTTP front publishes)."""
+    return encode_batch(events, 0.0)
 
 
 class SimServer:

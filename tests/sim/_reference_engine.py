@@ -102,7 +102,7 @@ class RefBlockPool:
         if removed:
             self.evictions += len(removed)
             if self.emit_events:
-                self.events.append(BlockRemoved(removed))
+                self.events.append(BlockRemoved(removed, "GPU"))
         return out
 
     def free_blocks(self, block_ids: Sequence[int]) -> None:
@@ -147,6 +147,7 @@ class RefBlockPool:
                         token_ids=tokens(run_start * bs, last * bs),
                         block_size=bs,
                         lora_id=lora_int_id(lora),
+                        medium="GPU",
                         lora_name=lora,
                     )
                 )

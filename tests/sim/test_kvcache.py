@@ -71,7 +71,7 @@ def test_lru_eviction_takes_the_oldest_free_cached_block_first() -> None:
     assert got == a
     assert pool.lookup([10], 1) == []
     assert pool.lookup([12], 1) == [c]
-    assert pool.drain_events() == [BlockRemoved([10])]
+    assert pool.drain_events() == [BlockRemoved([10], "GPU")]
     assert pool.evictions == 1
 
 

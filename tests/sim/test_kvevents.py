@@ -10,9 +10,9 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from kvgate.datalayer.kvwire import END_SEQ, BlockStored, EventBatch, decode_batch, encode_batch
 from kvgate.sim import kvcache
 from kvgate.sim.fleet import SimFleet
-from kvgate.sim.kvevents import END_SEQ, BlockStored, EventBatch, decode_batch, encode_batch
 
 FleetFactory = Callable[..., Awaitable[SimFleet]]
 PROMPT = " ".join(["abc", "def", "ghi", "jkl"] * 20)  # 80 tokens
@@ -20,8 +20,8 @@ PROMPT = " ".join(["abc", "def", "ghi", "jkl"] * 20)  # 80 tokens
 
 def test_wire_format_is_vllm_map_events() -> None:
     events: list[kvcache.KVEvent] = [
-        kvcache.BlockStored([1, 2], None, list(range(32)), 16, None, None),
-        kvcache.BlockRemoved([1]),
+        kvcache.BlockStored([1, 2], None, list(range(32)), 16, None, "GPU"),
+        kvcache.BlockRemoved([1], "GPU"),
         kvcache.AllBlocksCleared(),
     ]
     payload = encode_batch(events, ts=12.5, dp_rank=0)
@@ -40,8 +40,12 @@ def test_wire_format_is_vllm_map_events() -> None:
     }
     assert removed == {"type": "BlockRemoved", "block_hashes": [1], "medium": "GPU"}
     assert cleared == {"type": "AllBlocksCleared"}
-    batch = decode_batch(payload)
-    assert [type(e).__name__ for e in batch.events] == ["BlockStored", "BlockRemoved", "AllBlocksCleared"]
+    # The gateway's decoder reads back the very events the simulator emitted (one set of types).
+    assert decode_batch(payload).events == (
+        BlockStored((1, 2), None, tuple(range(32)), 16, None, "GPU"),
+        kvcache.BlockRemoved((1,), "GPU"),
+        kvcache.AllBlocksCleared(),
+    )
 
 
 async def _completion(url: str, prompt: str) -> None:
@@ -120,3 +124,32 @@ async def test_restart_publishes_all_blocks_cleared(sim_fleet: FleetFactory) -> 
         assert [type(e).__name__ for e in decode_batch(payload).events] == ["AllBlocksCleared"]
     finally:
         sub.close(0)
+
+
+def test_the_simulator_takes_only_the_wire_format_from_the_data_layer() -> None:
+    # One set of KV-event types (issue 11): the simulator emits the data layer's, and may import nothing
+    # else of it (docs/architecture.md), so it stays a stand-alone model server.
+    import ast
+    from pathlib import Path
+
+    import kvgate.sim
+
+    wire = "kvgate.datalayer.kvwire"
+    found: set[str] = set()
+    for path in Path(kvgate.sim.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            found |= {n for n in names if n.startswith("kvgate.datalayer")}
+    assert found == {wire}
+    import kvgate.datalayer.kvwire
+
+    leaf = ast.parse(Path(kvgate.datalayer.kvwire.__file__).read_text())
+    assert not any(  # and the wire format is a leaf: it imports no kvgate module
+        isinstance(n, ast.ImportFrom) and (n.module or "").startswith("kvgate") for n in ast.walk(leaf)
+    )

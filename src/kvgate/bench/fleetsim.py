@@ -104,23 +104,6 @@ def _precise_indexes(director: Any) -> list[Any]:
     return found
 
 
-def _index_events(events: list[Any]) -> list[Any]:
-    """The simulator's KV events as the data layer decodes them off vLLM's wire."""
-    from kvgate.datalayer import kvevents as kv
-    from kvgate.sim import kvcache
-
-    out: list[Any] = []
-    for ev in events:
-        if isinstance(ev, kvcache.BlockStored):
-            hashes, tokens, parent = tuple(ev.block_hashes), tuple(ev.token_ids), ev.parent_block_hash
-            out.append(kv.BlockStored(hashes, parent, tokens, ev.block_size, ev.lora_id, ev.medium))
-        elif isinstance(ev, kvcache.BlockRemoved):
-            out.append(kv.BlockRemoved(tuple(ev.block_hashes), ev.medium))
-        else:
-            out.append(kv.AllBlocksCleared())
-    return out
-
-
 def _make_director(policy: str, endpoints: list[Endpoint], clock: Callable[[], float], seed: int) -> Any:
     from kvgate.bench.precise import PRECISE_POLICIES, precise_policy_config
     from kvgate.config.director import build_director
@@ -216,7 +199,8 @@ class FleetSim:
                 index.apply(address, events)
 
         def sink(events: list[Any]) -> None:
-            self.clock.call_later(self.cfg.kv_event_delay, deliver, _index_events(events))
+            # The simulator's events are the data layer's own types (datalayer.kvwire): no conversion.
+            self.clock.call_later(self.cfg.kv_event_delay, deliver, events)
 
         return sink
 

@@ -1,6 +1,7 @@
 """vLLM KV-cache events in the data layer: one import for the three parts.
 
-- ``kvgate.datalayer.kvwire``: the wire format (frames, msgpack batches, the event dataclasses);
+- ``kvgate.datalayer.kvwire``: the wire format (frames, msgpack batches, kvgate's one set of KV-event
+  types, shared with the simulator), decoding and encoding;
 - ``kvgate.datalayer.kvindex``: the bounded global block index (and kvgate's token keys);
 - ``kvgate.datalayer.kvsubscriber``: ZMQ subscribers with replay, the manager, and ``KVEventSources``
   (started by the front door beside the metrics scraper).
@@ -27,4 +28,6 @@ from kvgate.datalayer.kvwire import EventBatch as EventBatch
 from kvgate.datalayer.kvwire import KeyMode as KeyMode
 from kvgate.datalayer.kvwire import KVEvent as KVEvent
 from kvgate.datalayer.kvwire import decode_batch as decode_batch
+from kvgate.datalayer.kvwire import encode_batch as encode_batch
+from kvgate.datalayer.kvwire import event_to_wire as event_to_wire
 from kvgate.datalayer.kvwire import external_hash as external_hash

@@ -2,8 +2,13 @@
 
 The payload is ``EventBatch = [ts, events, data_parallel_rank]``. Events come in two encodings: the map
 form ``{"type": "BlockStored", ...}`` (vLLM 0.32 here) and the older msgspec tagged-array form
-``["BlockStored", block_hashes, parent, token_ids, block_size, lora_id, medium, ...]``. Both decode to the
-same dataclasses below (the one ``BlockStored`` kvgate's index consumes).
+``["BlockStored", block_hashes, parent, token_ids, block_size, lora_id, medium, lora_name, ...]``. Both
+decode to the dataclasses below, and ``encode_batch`` writes the map form as vLLM 0.32 does.
+
+These are kvgate's only KV-event types: the data layer decodes them off an engine's wire into its block
+index, and the simulator (``kvgate.sim``, which may import this module and nothing else of the data layer)
+emits them from its block pool and publishes them with ``encode_batch``. One definition, so the simulator
+cannot drift from what the gateway reads.
 """
 
 from __future__ import annotations
@@ -28,20 +33,24 @@ _MASK64 = (1 << 64) - 1
 # --------------------------------------------------------------------------------------------------
 
 
+# Sequences: the decoder makes tuples, the simulator hands over the lists it built (no copy per step).
+
+
 @dataclass(frozen=True, slots=True)
 class BlockStored:
-    block_hashes: tuple[int, ...]
+    block_hashes: Sequence[int]
     parent_block_hash: int | None
-    token_ids: tuple[int, ...]
+    token_ids: Sequence[int]
     block_size: int
     lora_id: int | None = None
     medium: str | None = None
     group_idx: int | None = None  # KV-cache group (hybrid models have several; Llama has group 0)
+    lora_name: str | None = None  # vLLM >= 0.11 keys blocks by adapter name (lora_id is deprecated)
 
 
 @dataclass(frozen=True, slots=True)
 class BlockRemoved:
-    block_hashes: tuple[int, ...]
+    block_hashes: Sequence[int]
     medium: str | None = None
     group_idx: int | None = None
 
@@ -57,7 +66,7 @@ KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
 @dataclass(frozen=True, slots=True)
 class EventBatch:
     ts: float
-    events: tuple[KVEvent, ...]
+    events: Sequence[KVEvent]
     data_parallel_rank: int | None = None
 
 
@@ -114,6 +123,7 @@ def _event_from_map(m: dict[str, Any]) -> KVEvent | None:
             lora_id=m.get("lora_id"),
             medium=m.get("medium"),
             group_idx=m.get("group_idx"),
+            lora_name=m.get("lora_name"),
         )
     if kind == "BlockRemoved":
         return BlockRemoved(
@@ -138,6 +148,7 @@ def _event_from_array(a: list[Any]) -> KVEvent | None:
             block_size=int(a[4] or 0),
             lora_id=_opt(a, 5),
             medium=_opt(a, 6),
+            lora_name=_opt(a, 7),
         )
     if kind == "BlockRemoved":
         if len(a) < 2:
@@ -171,3 +182,38 @@ def decode_batch(payload: bytes) -> EventBatch:
     ts = raw[0]
     dp = raw[2] if len(raw) > 2 else None
     return EventBatch(ts=float(ts or 0.0), events=tuple(events), data_parallel_rank=dp)
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoding (what the simulator publishes)
+# --------------------------------------------------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def event_to_wire(ev: KVEvent) -> dict[str, Any]:
+    """One event in vLLM 0.32's map form: its required fields always, ``group_idx`` only when set (vLLM's
+    structs omit fields left at their defaults)."""
+    if isinstance(ev, BlockStored):
+        m: dict[str, Any] = {
+            "type": "BlockStored",
+            "block_hashes": ev.block_hashes,
+            "parent_block_hash": ev.parent_block_hash,
+            "token_ids": ev.token_ids,
+            "block_size": ev.block_size,
+            "lora_id": ev.lora_id,
+            "medium": ev.medium,
+            "lora_name": ev.lora_name,
+        }
+    elif isinstance(ev, BlockRemoved):
+        m = {"type": "BlockRemoved", "block_hashes": ev.block_hashes, "medium": ev.medium}
+    else:
+        return {"type": "AllBlocksCleared"}
+    if ev.group_idx is not None:
+        m["group_idx"] = ev.group_idx
+    return m
+
+
+def encode_batch(events: Sequence[KVEvent], ts: float, dp_rank: int | None = 0) -> bytes:
+    """One msgpack ``EventBatch`` payload ``[ts, events, data_parallel_rank]``, as vLLM publishes it."""
+    return _encoder.encode([ts, [event_to_wire(e) for e in events], dp_rank])

@@ -7,8 +7,9 @@ findable by hash until it is evicted. Free blocks sit in one LRU queue (O(1) rev
 block on a prefix hit, O(1) pop of the oldest, see :class:`BlockPool`); allocation evicts from its head,
 like vLLM's ``FreeKVCacheBlockQueue``.
 
-KV events (``BlockStored``, ``BlockRemoved``, ``AllBlocksCleared``) mirror vLLM's
-``vllm.distributed.kv_events``; the HTTP front serialises them to vLLM's msgpack wire format.
+KV events (``BlockStored``, ``BlockRemoved``, ``AllBlocksCleared``) are kvgate's one set of KV-event types,
+``kvgate.datalayer.kvwire`` (the only data-layer module the simulator imports): what the pool emits is what
+the gateway's block index consumes; ``sim.kvevents`` publishes them in vLLM's msgpack wire format.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import xxhash
+
+# The pool's events, re-exported for the engine and its tests.
+from kvgate.datalayer.kvwire import AllBlocksCleared as AllBlocksCleared
+from kvgate.datalayer.kvwire import BlockRemoved as BlockRemoved
+from kvgate.datalayer.kvwire import BlockStored as BlockStored
+from kvgate.datalayer.kvwire import KVEvent as KVEvent
+
+GPU = "GPU"  # every simulated block lives in the engine's own KV cache
 
 # hash(parent block hash or None, the block's token ids, lora name or None) -> 64-bit int
 BlockHasher = Callable[[int | None, Sequence[int], str | None], int]
@@ -60,31 +69,6 @@ def lora_int_id(lora: str | None) -> int | None:
     if not lora:
         return None
     return xxhash.xxh32_intdigest(lora.encode()) & 0x7FFFFFFF or 1
-
-
-@dataclass(slots=True)
-class BlockStored:
-    block_hashes: list[int]
-    parent_block_hash: int | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    lora_name: str | None = None
-    medium: str | None = "GPU"
-
-
-@dataclass(slots=True)
-class BlockRemoved:
-    block_hashes: list[int]
-    medium: str | None = "GPU"
-
-
-@dataclass(slots=True)
-class AllBlocksCleared:
-    pass
-
-
-KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
 
 
 @dataclass(slots=True)
@@ -203,7 +187,7 @@ class BlockPool:
         if removed:
             self.evictions += len(removed)
             if self.emit_events:
-                self.events.append(BlockRemoved(removed))
+                self.events.append(BlockRemoved(removed, GPU))
         return out
 
     def allocate_one(self) -> int:
@@ -285,6 +269,7 @@ class BlockPool:
                         token_ids=tokens(run_start * bs, last * bs),
                         block_size=bs,
                         lora_id=lora_int_id(lora),
+                        medium=GPU,
                         lora_name=lora,
                     )
                 )

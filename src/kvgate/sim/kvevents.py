@@ -10,6 +10,8 @@ Per replica:
   ``seq >= start_seq``, then ``[b"", END_SEQ, b""]`` with ``END_SEQ`` = -1 as a signed 8-byte integer. The
   buffer keeps the last ``buffer_steps`` batches (vLLM's default 10,000), so memory stays bounded.
 
+The events and their encoding are the data layer's (``kvgate.datalayer.kvwire``, kvgate's one set of KV-event
+types): the simulator publishes exactly what the gateway's subscriber decodes.
 The engine hands over events once per step (``Engine(kv_event_sink=...)``); one step = one batch, as in vLLM.
 PUB sends never block: ZMQ drops at the high-water mark and a subscriber heals the gap via replay.
 """
@@ -22,75 +24,15 @@ import logging
 import time
 from collections import deque
 
-import msgspec
 import zmq
 import zmq.asyncio
 
-from kvgate.sim import kvcache
+from kvgate.datalayer.kvwire import END_SEQ, KVEvent, encode_batch
 
 log = logging.getLogger(__name__)
 
-END_SEQ = (-1).to_bytes(8, "big", signed=True)
 DEFAULT_TOPIC = "kv"
 DEFAULT_BUFFER_STEPS = 10_000
-
-
-class BlockStored(msgspec.Struct, tag=True, tag_field="type", omit_defaults=False):
-    block_hashes: list[int]
-    parent_block_hash: int | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-    lora_name: str | None = None
-
-
-class BlockRemoved(msgspec.Struct, tag=True, tag_field="type"):
-    block_hashes: list[int]
-    medium: str | None
-
-
-class AllBlocksCleared(msgspec.Struct, tag=True, tag_field="type"):
-    pass
-
-
-WireEvent = BlockStored | BlockRemoved | AllBlocksCleared
-
-
-class EventBatch(msgspec.Struct, array_like=True):
-    ts: float
-    events: list[WireEvent]
-    data_parallel_rank: int | None = None
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(EventBatch)
-
-
-def to_wire(ev: kvcache.KVEvent) -> WireEvent:
-    if isinstance(ev, kvcache.BlockStored):
-        return BlockStored(
-            ev.block_hashes,
-            ev.parent_block_hash,
-            ev.token_ids,
-            ev.block_size,
-            ev.lora_id,
-            ev.medium,
-            ev.lora_name,
-        )
-    if isinstance(ev, kvcache.BlockRemoved):
-        return BlockRemoved(ev.block_hashes, ev.medium)
-    return AllBlocksCleared()
-
-
-def encode_batch(events: list[kvcache.KVEvent], ts: float | None = None, dp_rank: int | None = 0) -> bytes:
-    return _encoder.encode(
-        EventBatch(time.time() if ts is None else ts, [to_wire(e) for e in events], dp_rank)
-    )
-
-
-def decode_batch(payload: bytes) -> EventBatch:
-    return _decoder.decode(payload)
 
 
 class KVEventPublisher:
@@ -128,11 +70,11 @@ class KVEventPublisher:
         if self._router is not None and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._serve_replay())
 
-    def publish(self, events: list[kvcache.KVEvent]) -> None:
+    def publish(self, events: list[KVEvent]) -> None:
         """Send one batch (one engine step's events); never blocks."""
         if not events:
             return
-        payload = encode_batch(events)
+        payload = encode_batch(events, time.time())
         seq = self._seq
         self._seq += 1
         seq_b = seq.to_bytes(8, "big")
