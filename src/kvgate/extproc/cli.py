@@ -274,7 +274,7 @@ async def _serve(
     print(f"kvgate epp ready grpc={server.port} health={server.health_port} metrics={server.metrics_port} "
           f"tls={'on' if pair else 'off'} endpoints={len(store)}", flush=True)  # fmt: skip
 
-    pool_gauges = asyncio.create_task(_every_second(ctx.picker, server, stop, kube))
+    pool_gauges = asyncio.create_task(_every_second(ctx.picker, server, stop, kube, agg))
     await stop.wait()
     log.info("shutting down: draining streams")
     await server.stop()
@@ -287,7 +287,11 @@ async def _serve(
 
 
 async def _every_second(
-    picker: object, server: EppServer, stop: asyncio.Event, kube: KubePool | None = None
+    picker: object,
+    server: EppServer,
+    stop: asyncio.Event,
+    kube: KubePool | None = None,
+    agg: Any = None,
 ) -> None:
     """Refresh the inference_pool_* gauges and the readiness status (per scrape round would be too often)."""
     update = getattr(picker, "update_pool_metrics", None)
@@ -299,6 +303,8 @@ async def _every_second(
 
             # Pods, as the reference counts them (a pool with no endpoint left must read 0, not stay stale).
             POOL_READY.labels(name=kube.store_pool).set(kube.ready_pods())
+            if agg is not None:
+                agg.snapshot()  # llm-d's llm_d_epp_* pool gauges follow discovery too
         await server.refresh_health()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)

@@ -1,0 +1,290 @@
+"""The issue's "done when": `kvgate epp --pool-name` discovering simulated replicas as pods from the
+API-server double, with kubectl driving the churn and steady traffic through an Envoy stand-in.
+
+Pods are created, made Ready, scaled 2 -> 6 -> 2; one is deleted while a long stream runs on it (the
+stream finishes, no new picks); the watch connections are cut and a 410 forced (relist). Throughout:
+every request succeeds, an endpoint taken away gets no pick that started more than 1 s after, and one
+added gets a pick within 1 s. Each "pod" is a simulator on its own loopback address (127.0.0.N) and the
+pool's one target port, as pods share a port on different IPs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import yaml
+
+from kvgate.k8s import resources as R
+from kvgate.k8s.apiserver import ApiServerDouble
+
+from .conftest import Kubectl
+from .eppproc import EppProc, launch_epp
+
+sim = pytest.importorskip("kvgate.sim.server")
+testing = pytest.importorskip("kvgate.extproc.testing")
+pb_grpc = pytest.importorskip("envoy.service.ext_proc.v3.external_processor_pb2_grpc")
+
+WINDOW_S = 1.0  # the issue's bound: the pick set follows the Ready pods within 1 s
+FINALIZER = "kvgate.test/drain"  # holds a deleted pod (deletionTimestamp set) until its replica is drained
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Req:
+    start: float
+    end: float = 0.0
+    status: int = 0
+    dest: str = ""
+    ok: bool = False
+    error: str = ""
+
+
+@dataclass
+class Change:
+    t: float
+    address: str
+    added: bool
+
+
+@dataclass
+class Fleet:
+    double: ApiServerDouble
+    kubectl: Kubectl
+    port: int
+    replicas: dict[str, Any] = field(default_factory=dict)
+    changes: list[Change] = field(default_factory=list)
+
+    def address(self, i: int) -> str:
+        return f"127.0.0.{10 + i}:{self.port}"
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def add(self, i: int) -> None:
+        """kubectl creates the pod; the "kubelet" starts its replica, then reports podIP and Ready."""
+        name = f"sim-{i}"
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "labels": {"app": "sim"}, "finalizers": [FINALIZER]},
+               "spec": {"containers": [{"name": "vllm", "image": "kvgate-sim"}]}}  # fmt: skip
+        await self.kubectl.run("create", "-f", "-", stdin=yaml.safe_dump(pod))
+        cfg = sim.ReplicaConfig(
+            model="sim-model", time_scale=5.0, seed=i, host=f"127.0.0.{10 + i}", port=self.port
+        )
+        rep = sim.Replica(cfg, index=i)
+        await rep.start()
+        self.replicas[name] = rep
+        status = {"status": {"phase": "Running", "podIP": f"127.0.0.{10 + i}",
+                             "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
+        await self.kubectl.run("patch", "pod", name, "--subresource=status", "--type=merge", "-p",
+                               orjson.dumps(status).decode())  # fmt: skip
+        self.changes.append(Change(self.now(), self.address(i), True))
+
+    async def delete(self, i: int) -> None:
+        """kubectl deletes the pod: the finalizer keeps it, terminating, until its replica is drained."""
+        await self.kubectl.run("delete", "pod", f"sim-{i}", "--wait=false")
+        self.changes.append(Change(self.now(), self.address(i), False))
+
+    async def finish(self, i: int, load: Load) -> None:
+        """Once nothing sent to it can still be running, stop the replica and let the pod go."""
+        t_removed = max(c.t for c in self.changes if c.address == self.address(i) and not c.added)
+        await load.drained_before(t_removed + WINDOW_S)
+        await self.replicas.pop(f"sim-{i}").stop()
+        await self.kubectl.run(
+            "patch", "pod", f"sim-{i}", "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
+        )
+
+    def ready_now(self) -> set[str]:
+        out = set()
+        for pod in self.double.objects(R.POD, "default"):
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in pod.get("status", {}).get("conditions", []))  # fmt: skip
+            if ready and not pod["metadata"].get("deletionTimestamp"):
+                out.add(f"{pod['status']['podIP']}:{self.port}")
+        return out
+
+
+class Load:
+    """Steady short streaming requests through the Envoy stand-in; every one is recorded."""
+
+    def __init__(self, harness: Any, workers: int = 3) -> None:
+        self.harness = harness
+        self.requests: list[Req] = []
+        self.pending: set[int] = set()
+        self.stop = asyncio.Event()
+        self._seq = itertools.count()
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(workers)]
+
+    async def send(self, max_tokens: int, subset: list[str] | None = None) -> Req:
+        n = next(self._seq)
+        body = {"model": "sim-model", "max_tokens": max_tokens, "stream": True,
+                "stream_options": {"include_usage": True}, "ignore_eos": True,
+                "messages": [{"role": "user", "content": f"request {n} " * 8}]}  # fmt: skip
+        loop = asyncio.get_running_loop()
+        req = Req(loop.time())
+        self.requests.append(req)
+        self.pending.add(id(req))
+        try:
+            res = await self.harness.request(
+                "POST", "/v1/chat/completions", orjson.dumps(body), subset=subset
+            )
+            req.status, req.dest = res.status, res.destination
+            req.ok = res.status == 200 and res.body.rstrip().endswith(b"data: [DONE]")
+            if not req.ok:
+                req.error = res.body[-300:].decode(errors="replace")
+        except Exception as e:  # a lost request is a finding, recorded, not a crash of the load
+            req.error = f"{type(e).__name__}: {e}"
+        finally:
+            req.end = loop.time()
+            self.pending.discard(id(req))
+        return req
+
+    async def _worker(self) -> None:
+        while not self.stop.is_set():
+            await self.send(4)
+            await asyncio.sleep(0.005)
+
+    async def drained_before(self, t: float) -> None:
+        """Wait until ``t`` has passed and every request that started before it has ended."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < t or any(id(r) in self.pending for r in self.requests if r.start < t):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+def check_window(load: Load, fleet: Fleet) -> None:
+    """Removed endpoints get no pick started > 1 s after; added ones get one within 1 s."""
+    for c in fleet.changes:
+        if c.added:
+            first = min(
+                (r.start for r in load.requests if r.dest == c.address and r.start >= c.t - 5), default=None
+            )
+            assert first is not None and first <= c.t + WINDOW_S, (c, first)
+        else:
+            late = [r for r in load.requests if r.dest == c.address and r.start > c.t + WINDOW_S]
+            # A later re-add of the same address (the 410 phase) makes its picks legitimate again.
+            readd = min((c2.t for c2 in fleet.changes if c2.added and c2.address == c.address and c2.t > c.t),
+                        default=None)  # fmt: skip
+            late = [r for r in late if readd is None or r.start < readd]
+            assert not late, (c, [(r.start, r.dest) for r in late[:5]])
+
+
+async def wait_for(cond: Any, within_s: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within_s
+    while not await cond():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def epp(double: ApiServerDouble, tmp_path: Path) -> AsyncIterator[EppProc]:
+    proc = await launch_epp(
+        double.url, tmp_path / "epp.log", "--pool-name", "llm", "--pool-namespace", "default",
+        "--policy", "round-robin", "--scrape-interval", "0.1",
+    )  # fmt: skip
+    yield proc
+    await proc.stop()
+
+
+@pytest.mark.slow  # ~20 s: the 1 s windows are waited out for real (`make test-k8s` runs it)
+async def test_pool_churn_through_kvgate_epp(
+    double: ApiServerDouble, kubectl: Kubectl, epp: EppProc, tmp_path: Path
+) -> None:
+    fleet = Fleet(double, kubectl, free_port())
+    pool = {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+            "metadata": {"name": "llm"},
+            "spec": {"selector": {"matchLabels": {"app": "sim"}}, "targetPorts": [{"number": fleet.port}],
+                     "endpointPickerRef": {"name": "llm-epp", "port": {"number": 9002}}}}  # fmt: skip
+    await kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump(pool))
+    assert (await epp.readyz())[0] == 503  # no endpoint yet
+    for i in range(2):
+        await fleet.add(i)
+    await wait_for(lambda: _ready(epp))
+    ch = testing.channel(f"127.0.0.1:{epp.grpc}")
+    http = aiohttp.ClientSession()
+    load = Load(testing.EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http))
+    try:
+        await asyncio.sleep(0.5)
+        for i in range(2, 6):  # scale 2 -> 6
+            await fleet.add(i)
+        await asyncio.sleep(WINDOW_S + 0.5)
+
+        # A long stream pinned on sim-2; its pod is deleted mid-stream: it finishes, nothing new goes there.
+        long = asyncio.create_task(load.send(3000, subset=[fleet.address(2)]))
+        await asyncio.sleep(0.5)
+        assert not long.done(), "the long request ended before the pod was deleted"
+        await fleet.delete(2)
+        t_deleted = fleet.now()
+        long_req = await long
+        assert long_req.ok and long_req.dest == fleet.address(2) and long_req.end > t_deleted, long_req
+        await fleet.finish(2, load)
+
+        # Watch cut + forced 410: while no watch is open, sim-3 turns unready and the history is compacted.
+        lists_before = _pod_lists(double)
+        double.cut_watches()
+        double.set_pod_status("sim-3", ready=False)
+        double.compact()
+        fleet.changes.append(Change(fleet.now(), fleet.address(3), False))
+        await asyncio.sleep(WINDOW_S + 0.5)
+        assert _pod_lists(double) > lists_before, "the EPP did not relist after 410"
+        double.set_pod_status("sim-3", ready=True)
+        fleet.changes.append(Change(fleet.now(), fleet.address(3), True))
+        await asyncio.sleep(WINDOW_S + 0.5)
+
+        for i in (3, 4, 5):  # scale back to 2
+            await fleet.delete(i)
+        for i in (3, 4, 5):
+            await fleet.finish(i, load)
+        await asyncio.sleep(0.5)
+    finally:
+        await load.close()
+        await http.close()
+        await ch.close()
+        for rep in fleet.replicas.values():
+            await rep.stop()
+    lost = [r for r in load.requests if not r.ok]
+    assert not lost, [(r.status, r.dest, r.error) for r in lost[:5]]
+    assert len(load.requests) > 100
+    check_window(load, fleet)
+    assert fleet.ready_now() == {fleet.address(0), fleet.address(1)}
+    assert {r.dest for r in load.requests if r.start > fleet.changes[-1].t + WINDOW_S} <= fleet.ready_now()
+    # The pool gauges follow discovery (refreshed each second).
+    await wait_for(lambda: _gauge(epp, 'inference_pool_ready_pods{name="llm"}', 2.0))
+    await wait_for(lambda: _gauge(epp, 'llm_d_epp_ready_endpoints{name="llm"}', 2.0))
+    assert "relisting" in epp.logs()
+
+
+def _pod_lists(double: ApiServerDouble) -> int:
+    return sum(
+        1
+        for r in double.requests
+        if r.startswith("GET /api/v1/namespaces/default/pods?") and "watch" not in r
+    )
+
+
+async def _ready(epp: EppProc) -> bool:
+    return (await epp.readyz())[0] == 200
+
+
+async def _gauge(epp: EppProc, series: str, value: float) -> bool:
+    for line in (await epp.metric(series.split("{")[0])).splitlines():
+        if line.startswith(series):
+            return float(line.split()[-1]) == value
+    return False

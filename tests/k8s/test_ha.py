@@ -1,0 +1,108 @@
+"""Leader election on a Lease: one ready EPP at a time, the standby's data warm, failover on a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from kvgate.k8s import resources as R
+from kvgate.k8s.apiserver import ApiServerDouble
+from kvgate.k8s.client import KubeClient
+from kvgate.k8s.lease import LeaderElector
+
+from .eppproc import EppProc, launch_epp
+
+
+def _elector(kube: KubeClient, identity: str) -> LeaderElector:
+    return LeaderElector(kube, name="l", namespace="default", identity=identity, lease_duration_s=1.0,
+                         renew_deadline_s=0.8, retry_period_s=0.1)  # fmt: skip
+
+
+async def _until(cond, within_s: float = 15.0) -> float:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not await _value(cond()):
+        assert loop.time() - t0 < within_s, "condition not met in time"
+        await asyncio.sleep(0.05)
+    return loop.time() - t0
+
+
+async def test_one_leader_and_takeover_after_a_crash(double: ApiServerDouble, kube: KubeClient) -> None:
+    a, b = _elector(kube, "a"), _elector(kube, "b")
+    a.start()
+    await _until(lambda: a.is_leader)
+    b.start()
+    await asyncio.sleep(0.5)
+    assert a.is_leader and not b.is_leader and b.holder == "a"
+    await a.stop(release=False)  # a crash: the Lease is left to expire
+    waited = await _until(lambda: b.is_leader)
+    assert waited >= 0.5  # not before the holder's record went stale (1 s lease, observed by b)
+    lease = double.get(R.LEASE, "l")
+    assert lease["spec"]["holderIdentity"] == "b" and lease["spec"]["leaseTransitions"] == 1
+    await b.stop()  # a clean stop releases it
+    assert double.get(R.LEASE, "l")["spec"]["holderIdentity"] == ""
+
+
+async def test_racing_candidates_never_both_lead(double: ApiServerDouble, kube: KubeClient) -> None:
+    electors = [_elector(kube, f"c{i}") for i in range(4)]
+    results = await asyncio.gather(*(e.try_acquire_or_renew() for e in electors))
+    assert sum(results) == 1  # one create wins, the others get 409
+
+
+async def _value(x: object) -> object:
+    return await x if asyncio.iscoroutine(x) else x
+
+
+def _pool() -> dict:
+    spec = {"selector": {"matchLabels": {"app": "m"}}, "targetPorts": [{"number": 8000}]}
+    return {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+            "metadata": {"name": "llm"}, "spec": spec}  # fmt: skip
+
+
+async def test_two_epps_failover_on_a_lease(double: ApiServerDouble, tmp_path: Path) -> None:
+    double.create(_pool())
+    for i in range(2):
+        double.create(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"m{i}", "labels": {"app": "m"}}}
+        )
+        double.set_pod_status(f"m{i}", ip=f"10.0.0.{i + 1}", ready=True)
+    ha = ["--pool-name", "llm", "--ha-enable-leader-election", "--ha-lease-duration", "2",
+          "--ha-renew-deadline", "1.5", "--ha-retry-period", "0.2"]  # fmt: skip
+    epps = list(
+        await asyncio.gather(*(launch_epp(double.url, tmp_path / f"epp{i}.log", *ha) for i in range(2)))
+    )
+    try:
+        await _until(lambda: _one_ready(epps))
+        states = [await e.readyz() for e in epps]
+        leader = epps[[s[0] for s in states].index(200)]
+        standby = epps[1 - epps.index(leader)]
+        status, reason = await standby.readyz()
+        assert status == 503 and reason.startswith("not the leader (lease held by ")
+        # The standby's data is populated all the same: ready for a failover with no warm-up.
+        await _until(lambda: _has(standby, 'inference_pool_ready_pods{name="llm"} 2.0'))
+        await leader.stop(signal.SIGKILL)  # a crash: no release
+        waited = await _until(lambda: _ready(standby))
+        assert waited < 10
+        lease = double.get(R.LEASE, "kvgate-epp-llm")
+        assert lease["spec"]["leaseTransitions"] >= 1
+    finally:
+        for e in epps:
+            await e.stop()
+
+
+async def _one_ready(epps: list[EppProc]) -> bool:
+    return sorted([(await e.readyz())[0] for e in epps]) == [200, 503]
+
+
+async def _ready(e: EppProc) -> bool:
+    return (await e.readyz())[0] == 200
+
+
+async def _has(e: EppProc, line: str) -> bool:
+    return line in (await e.metric(line.split("{")[0])).splitlines()
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
