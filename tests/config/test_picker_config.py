@@ -62,9 +62,7 @@ saturationDetector:
   queueDepthThreshold: 8
   kvCacheUtilThreshold: 0.9
   metricsStalenessThreshold: 150ms
-dataLayer: {sources: []}
 flowControl: {}
-parser: {type: openai}
 """
     )
     cfg = load_config(text)

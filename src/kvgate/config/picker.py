@@ -32,6 +32,11 @@ TOP_KEYS = (
     "flowControl",
     "parser",
 )
+# Top-level keys the reference reads that kvgate does not interpret: refused rather than silently ignored.
+_NOT_INTERPRETED = {
+    "dataLayer": "metrics sources are the engine's built-in mapping (pool engine: vllm, sglang, ...)",
+    "parser": "request bodies are always parsed as the OpenAI API",
+}
 # Inline saturationDetector keys (the reference's utilization detector parameters).
 _DETECTOR_INLINE = ("queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold")
 
@@ -176,6 +181,9 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
         profiles.append(ProfileSpec(_str(pd.get("name"), f"{path}.name"), refs, path))
     if len({p.name for p in profiles}) != len(profiles):
         raise ConfigError("schedulingProfiles: duplicate profile names")
+    for key, why in _NOT_INTERPRETED.items():
+        if d.get(key):  # (empty or null: nothing asked, nothing ignored)
+            raise ConfigError(f"{key}: not supported by kvgate ({why}); remove it")
     gates = _list(d.get("featureGates"), "featureGates")
     for i, g in enumerate(gates):
         _str(g, f"featureGates[{i}]")

@@ -56,6 +56,8 @@ class Endpoint:
     inflight: InFlight = field(default_factory=InFlight)
     # False while ejected after repeated failures (set by the front doors' health tracking).
     healthy: bool = True
+    # Consecutive failed /metrics scrapes (the scraper's count; kvgate.datalayer.health reads it).
+    scrape_failures: int = 0
 
     def __hash__(self) -> int:
         return hash(self.address)

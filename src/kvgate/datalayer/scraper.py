@@ -24,7 +24,12 @@ from kvgate.datalayer.store import EndpointStore, StoreChange
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 0.05  # reference: every 50 ms per endpoint
-DEFAULT_TIMEOUT_S = 10.0  # reference HTTP scrape timeout
+# Whole-scrape time cap (the reference uses 10 s); kept under the 5 s metrics staleness of
+# datalayer.health so a server too slow to scrape is counted as failing, not waited on.
+DEFAULT_TIMEOUT_S = 2.0
+# A /metrics body larger than this is refused unread: parsing 100 MB on the event loop would stall
+# every request. vLLM's page is tens of KB.
+MAX_SCRAPE_BYTES = 4 << 20
 PICKER_STALENESS_S = 2.0  # reference: older metrics are stale for the picker
 SATURATION_STALENESS_S = 0.2  # reference: older metrics count as saturated
 
@@ -46,8 +51,10 @@ class MetricsScraper:
         path: str = "/metrics",
         clock: Callable[[], float] = time.monotonic,
         session: aiohttp.ClientSession | None = None,
+        max_bytes: int = MAX_SCRAPE_BYTES,
     ) -> None:
         self.store = store
+        self.max_bytes = max_bytes
         self.interval = interval
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.path = path
@@ -136,16 +143,27 @@ class MetricsScraper:
                     raise aiohttp.ClientResponseError(
                         resp.request_info, resp.history, status=resp.status, message="bad status"
                     )
-                body = await resp.read()
+                if (resp.content_length or 0) > self.max_bytes:
+                    raise ValueError(f"/metrics body of {resp.content_length} bytes over {self.max_bytes}")
+                parts: list[bytes] = []
+                size = 0
+                async for part in resp.content.iter_any():
+                    size += len(part)
+                    if size > self.max_bytes:
+                        raise ValueError(f"/metrics body over {self.max_bytes} bytes")
+                    parts.append(part)
+                body = b"".join(parts)
             ep.metrics = extract(body.decode("utf-8", "replace"), ep.engine, self.clock(), ep.metrics)
         except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as e:
             stats.failed += 1
+            ep.scrape_failures += 1
             if stats.last_error != repr(e):
                 log.warning("scrape of %s failed: %r", ep.address, e)
             stats.last_error = repr(e)
             return False
         stats.ok += 1
         stats.last_error = None
+        ep.scrape_failures = 0
         return True
 
     async def scrape_all(self) -> int:

@@ -96,6 +96,18 @@ def parser() -> argparse.ArgumentParser:
         help="ext_proc streams (requests) served at once; more are refused with RESOURCE_EXHAUSTED",
     )
     net.add_argument(
+        "--max-buffered-bytes",
+        type=int,
+        default=1 << 30,
+        help="bytes all streams together may hold (request bodies, JSON responses); over it: 503",
+    )
+    net.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a stream may stay silent before it is cancelled",
+    )
+    net.add_argument(
         "--tls-hosts",
         default="localhost,127.0.0.1",
         help="names/IPs for the generated self-signed certificate",
@@ -150,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         store = EndpointStore.from_addresses(cfg.pool.endpoints, pool=cfg.pool.name, engine=cfg.pool.engine)
         metrics = EppMetrics()
         ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
+        if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
+            raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
+        ctx.budget.limit = args.max_buffered_bytes
     except (EppConfigError, OSError, ValueError, KeyError) as e:
         print(f"kvgate epp: {e}", file=sys.stderr)
         return 2
@@ -234,6 +249,7 @@ async def _serve(
     opts = ServerOptions(
         host=args.host, port=args.port, health_port=args.grpc_health_port, metrics_port=args.metrics_port,
         tls=pair, client_ca=client_ca, max_concurrent_streams=args.max_concurrent_streams,
+        stream_idle_timeout_s=args.stream_idle_timeout,
     )  # fmt: skip
     from kvgate.multicluster.export import aggregate_source
 

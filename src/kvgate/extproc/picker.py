@@ -10,6 +10,7 @@ from typing import Any
 from kvgate.config.director import build_director
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.health import HealthPolicy
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.config import EppConfig
 from kvgate.extproc.session import Observer, SessionContext
@@ -51,6 +52,8 @@ def build_context(
     observer: Observer | None = None,
 ) -> SessionContext:
     director = build_picker(cfg.picker_config, store, policy=cfg.pool.policy, clock=clock)
+    health = cfg.gateway.health  # the same thresholds as kvgate serve (kvgate.datalayer.health)
+    director.health = HealthPolicy(health.scrape_failures, health.metrics_staleness_s)
     rewriter = ModelRewriter(cfg.gateway.rewrites, seed=cfg.gateway.rewrite_seed)
     policy = RequestPolicy(frozenset(cfg.pool.adapters), cfg.gateway.session_header, dict(cfg.objectives))
     return SessionContext(

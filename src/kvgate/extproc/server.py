@@ -1,7 +1,15 @@
-"""The gRPC side: an ``ExternalProcessor`` service over ``Session``, gRPC health and the metrics port."""
+"""The gRPC side: an ``ExternalProcessor`` service over ``Session``, gRPC health and the metrics port.
+
+Limits: at most ``max_concurrent_streams`` streams; all of them together hold at most
+``max_buffered_bytes`` of bodies (``session.BufferBudget``); a stream with no message for
+``stream_idle_timeout_s`` is cancelled (one sweeper task for all streams), which releases its buffers
+and its in-flight accounting.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,7 +23,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from kvgate.extproc import keys
 from kvgate.extproc.metrics import EppMetrics
-from kvgate.extproc.session import Session, SessionContext
+from kvgate.extproc.session import ProtocolViolation, Session, SessionContext
 from kvgate.extproc.tls import KeyPair, server_credentials
 
 log = logging.getLogger(__name__)
@@ -27,9 +35,16 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
     """One ``Process`` stream per HTTP request; the ``Session`` decides every answer."""
 
-    def __init__(self, ctx: SessionContext, metrics: EppMetrics | None = None) -> None:
+    def __init__(
+        self, ctx: SessionContext, metrics: EppMetrics | None = None, *, idle_timeout_s: float = 600.0
+    ) -> None:
         self.ctx = ctx
         self.metrics = metrics
+        self.idle_timeout_s = idle_timeout_s
+        # Each open stream's task -> loop time of its last message (read by the idle sweeper).
+        self.active: dict[asyncio.Task[object], float] = {}
+        self._idle: set[asyncio.Task[object]] = set()
+        self.idle_closed = 0
 
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
@@ -37,17 +52,52 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         session = Session(self.ctx)
         if self.metrics is not None:
             self.metrics.streams.inc()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        active = self.active
+        if task is not None:
+            active[task] = loop.time()
         try:
             async for msg in request_iterator:
-                for resp in session.handle(msg):
+                if task is not None:
+                    active[task] = loop.time()
+                try:
+                    out = session.handle(msg)
+                except ProtocolViolation as e:
+                    await context.abort(getattr(grpc.StatusCode, e.code), e.message)
+                for resp in out:
                     yield resp
                 if session.done:  # an ImmediateResponse ends the exchange
                     return
+        except asyncio.CancelledError:
+            if task is None or task not in self._idle:
+                raise
+            # Our own sweeper cancelled it: tell the gateway why (a bare cancel leaves it waiting).
+            self._idle.discard(task)
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no message for {self.idle_timeout_s:g}s on this stream"
+            )
         finally:
-            # Runs on normal end, on cancellation (client gone) and on errors alike.
+            # Runs on normal end, on cancellation (client gone, idle) and on errors alike.
+            if task is not None:
+                active.pop(task, None)
             session.close()
             if self.metrics is not None:
                 self.metrics.streams.dec()
+
+    async def sweep_idle(self) -> None:
+        """Cancel streams silent for ``idle_timeout_s`` (a gateway that stopped talking mid-request)."""
+        interval = min(1.0, self.idle_timeout_s / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            cut = loop.time() - self.idle_timeout_s
+            for task, seen in list(self.active.items()):
+                if seen <= cut:
+                    self.active.pop(task, None)
+                    self.idle_closed += 1
+                    self._idle.add(task)
+                    task.cancel()
 
 
 @dataclass(slots=True)
@@ -63,6 +113,8 @@ class ServerOptions:
     # Each open stream holds at most one request body (bounded) and response buffer: this bounds them all.
     # Beyond it gRPC answers RESOURCE_EXHAUSTED and the gateway applies its failure mode.
     max_concurrent_streams: int = 10_000
+    # A stream with no message for this long is cancelled (--stream-idle-timeout).
+    stream_idle_timeout_s: float = 600.0
 
 
 class EppServer:
@@ -91,13 +143,17 @@ class EppServer:
         self._health_server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._metrics_runner: web.AppRunner | None = None
+        self.servicer: ExtProcServicer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         o = self.options
         # Envoy's keepalive and message sizes: chunks are <= 62 KB, but allow a large single message.
         opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
         self._grpc = grpc.aio.server(options=opts, maximum_concurrent_rpcs=o.max_concurrent_streams)
-        pb_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(self.ctx, self.metrics), self._grpc)
+        self.servicer = ExtProcServicer(self.ctx, self.metrics, idle_timeout_s=o.stream_idle_timeout_s)
+        pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, self._grpc)
+        self._sweeper = asyncio.get_running_loop().create_task(self.servicer.sweep_idle())
         addr = f"{o.host}:{o.port}"
         if o.tls is not None:
             self.port = self._grpc.add_secure_port(addr, server_credentials(o.tls, o.client_ca))
@@ -134,6 +190,10 @@ class EppServer:
         await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(g)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._health_server is not None:
             await self._health_server.stop(0)
         if self._metrics_runner is not None:

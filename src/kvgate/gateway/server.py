@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.config.gateway import GatewayConfig
 from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
+from kvgate.datalayer.health import HealthPolicy
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.gateway.front import FrontServer, Handler, Request, Response
@@ -84,6 +85,11 @@ class GatewayServer:
         self.admin_on_data = admin_on_data
         self.clock = clock
         self.pools = pools if pools is not None else [build_pool(p, clock) for p in cfg.pools]
+        # One health model for both doors (kvgate.datalayer.health): the config's thresholds.
+        policy = HealthPolicy(cfg.health.scrape_failures, cfg.health.metrics_staleness_s)
+        for pool in self.pools:
+            if hasattr(pool.director, "health"):
+                pool.director.health = policy
         self.scrape = scrape
         self.metrics = GatewayMetrics()
         self.health = HealthTracker(cfg.health, clock)

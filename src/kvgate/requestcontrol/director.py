@@ -4,7 +4,8 @@ Request control sits above scheduling and flow control: it names no plugin modul
 publish their expected cache hits through ``scheduling.framework.CacheExpectation``); it is built from
 an ``EndpointPickerConfig`` by ``kvgate.config.director.build_director``.
 
-``pick`` is synchronous and does no I/O: candidates (healthy endpoints, intersected with the request's
+``pick`` is synchronous and does no I/O: candidates (healthy endpoints by ``datalayer.health``: not
+ejected, scrapes succeeding, metrics fresh; fail-open only when none is; intersected with the request's
 subset hint) -> saturation check for sheddable requests -> the configured profile(s) -> a
 ``PickResult``. The ``on_*`` calls keep each endpoint's ``InFlight`` accounting, the lag-free load
 signal kvgate's default policy relies on. Time comes only from the injected ``clock`` (virtual time in
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.health import HealthPolicy, gate
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import metrics
@@ -72,8 +74,10 @@ class Director:
         detector: SaturationDetector | None = None,
         timer: Callable[[], float] = time.perf_counter,
         name: str = "custom",
+        health: HealthPolicy | None = None,
     ) -> None:
         self.profiles = dict(profiles)
+        self.health = health or HealthPolicy()
         self._profile_names = list(self.profiles)
         self.handler = handler
         self.store = store
@@ -92,7 +96,7 @@ class Director:
 
     # -- picking -------------------------------------------------------------------------------------
 
-    def candidates(self, req: InferenceRequest) -> Sequence[Endpoint]:
+    def candidates(self, req: InferenceRequest, now: float | None = None) -> Sequence[Endpoint]:
         if self._candidates_version != self.store.version:
             self._candidates = self.store.all()
             self._candidates_version = self.store.version
@@ -102,7 +106,7 @@ class Director:
             eps = [ep for ep in eps if ep.address in subset]
             if not eps:
                 raise NoCapacityError("no endpoint in the request's subset hint is known to the picker")
-        healthy = [ep for ep in eps if ep.healthy]
+        healthy = gate(eps, self.clock() if now is None else now, self.health)
         if not healthy:
             raise NoCapacityError("no ready endpoint")
         return healthy
@@ -123,7 +127,7 @@ class Director:
         if self._pool_metrics_at is None or now - self._pool_metrics_at >= POOL_METRICS_EVERY_S:
             self._pool_metrics_at = now
             self.update_pool_metrics()
-        cands = self.candidates(req)
+        cands = self.candidates(req, now)
         if req.sheddable and self.detector is not None and self.detector.saturated(cands, now):
             metrics.SHED.inc()
             raise ShedError("pool saturated: sheddable request rejected")

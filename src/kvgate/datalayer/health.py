@@ -1,0 +1,45 @@
+"""One health model for both front doors: which endpoints may be picked at all.
+
+An endpoint is a candidate only while all of these hold:
+- it is not ejected (``Endpoint.healthy``: the gateway ejects after failed requests, see
+  ``kvgate.gateway.health``; the EPP sees no requests fail, Envoy does);
+- its last ``scrape_failures`` scrapes did not all fail (``Endpoint.scrape_failures``, counted by the
+  scraper: a dead server's port refuses scrapes long before anything else notices);
+- its metrics are known and younger than ``metrics_staleness_s``.
+
+"Unknown is not zero load": an endpoint whose metrics are missing or old looks idle to every load-aware
+scorer (queue 0, KV 0 %) and would draw all the traffic exactly when it is dead. So such endpoints are
+left out, and the gate fails open (every non-ejected endpoint) only when nothing at all is healthy, e.g.
+before the first scrape round or when the scraper itself is down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kvgate.datalayer.endpoint import Endpoint
+
+DEFAULT_SCRAPE_FAILURES = 3
+DEFAULT_METRICS_STALENESS_S = 5.0
+
+
+@dataclass(slots=True, frozen=True)
+class HealthPolicy:
+    scrape_failures: int = DEFAULT_SCRAPE_FAILURES
+    metrics_staleness_s: float = DEFAULT_METRICS_STALENESS_S
+
+
+def is_healthy(ep: Endpoint, now: float, policy: HealthPolicy) -> bool:
+    if not ep.healthy or ep.scrape_failures >= policy.scrape_failures:
+        return False
+    t = ep.metrics.updated_at
+    return t is not None and now - t <= policy.metrics_staleness_s
+
+
+def gate(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> Sequence[Endpoint]:
+    """The healthy endpoints; failing open to the non-ejected ones when none is healthy."""
+    healthy = [ep for ep in endpoints if is_healthy(ep, now, policy)]
+    if healthy:
+        return healthy
+    return [ep for ep in endpoints if ep.healthy]
