@@ -8,7 +8,7 @@ import yaml
 
 from kvgate.config.policies import policy_yaml
 from kvgate.datalayer.store import EndpointStore
-from kvgate.extproc.picker import build_picker as build
+from kvgate.extproc.context import build_epp_director as build
 from kvgate.extproc.session import RequestDirector
 
 

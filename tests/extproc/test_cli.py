@@ -152,7 +152,7 @@ async def test_default_is_tls(upstreams: list[str]) -> None:
 
 def test_config_rewrites_and_objectives_reach_the_session(tmp_path: Path) -> None:
     from kvgate.datalayer.store import EndpointStore
-    from kvgate.extproc.picker import build_context
+    from kvgate.extproc.context import build_context
 
     gw = tmp_path / "gw.yaml"
     gw.write_text(
@@ -179,7 +179,7 @@ async def test_reference_style_config_file_drives_the_pick(tmp_path: Path) -> No
     import time as _time
 
     from kvgate.datalayer.store import EndpointStore
-    from kvgate.extproc.picker import build_context
+    from kvgate.extproc.context import build_context
     from kvgate.extproc.server import EppServer, ServerOptions
 
     epc = tmp_path / "default-plugins.yaml"

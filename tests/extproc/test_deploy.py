@@ -10,7 +10,7 @@ import yaml
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc import keys
 from kvgate.extproc.cli import parser
-from kvgate.extproc.picker import build_picker
+from kvgate.extproc.context import build_epp_director
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -48,7 +48,7 @@ def test_kubernetes_manifest_is_consistent() -> None:
     assert ns.config_file == f"{mount}/{key}"
     picker_config = yaml.safe_load(docs["ConfigMap"]["data"][key])
     store = EndpointStore.from_addresses(ns.endpoints.split(","))
-    assert build_picker(picker_config, store) is not None
+    assert build_epp_director(picker_config, store) is not None
 
     svc = docs["Service"]
     assert {p["port"] for p in svc["spec"]["ports"]} == {9002, 9003, 9090}

@@ -24,7 +24,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.config import load
-from kvgate.extproc.picker import build_context
+from kvgate.extproc.context import build_context
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.testing import EnvoyHarness, channel
 from kvgate.sim import server as sim

@@ -13,8 +13,8 @@ import pytest
 
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.context import AddressIndex, build_epp_director
 from kvgate.extproc.metrics import EppMetrics
-from kvgate.extproc.picker import AddressIndex, build_picker
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import SessionContext
 from kvgate.extproc.testing import EnvoyHarness, channel
@@ -38,7 +38,7 @@ async def test_simulated_fleet_through_the_epp(replicas: list[str]) -> None:
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
     store = EndpointStore.from_addresses(replicas)
-    director = build_picker(None, store, policy="kvgate")
+    director = build_epp_director(None, store, policy="kvgate")
     ctx = SessionContext(
         director, AddressIndex(store), clock=time.monotonic,
         observer=(metrics := EppMetrics()),

@@ -98,13 +98,13 @@ async def test_served_by_kvgate_serve_admin_and_metrics_names() -> None:
 
 async def test_served_by_kvgate_epp_metrics_port() -> None:
     from kvgate.datalayer.store import EndpointStore
-    from kvgate.extproc.picker import AddressIndex, build_picker
+    from kvgate.extproc.context import AddressIndex, build_epp_director
     from kvgate.extproc.server import EppServer, ServerOptions
     from kvgate.extproc.session import SessionContext
     from kvgate.multicluster.export import aggregate_source
 
     store = EndpointStore.from_addresses(["127.0.0.1:1"], pool="east")
-    director = build_picker(None, store, policy="kvgate")
+    director = build_epp_director(None, store, policy="kvgate")
     ctx = SessionContext(director, AddressIndex(store), clock=time.monotonic)
     source = aggregate_source("east", store.all, director)
     opts = ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=0)

@@ -25,7 +25,7 @@ from gateway.conftest import make_config, make_pools
 from kvgate.config.gateway import GatewayConfig
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.config import EppConfig
-from kvgate.extproc.picker import build_context
+from kvgate.extproc.context import build_context
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.testing import EnvoyHarness, channel
 from kvgate.gateway.server import GatewayServer
@@ -129,8 +129,8 @@ async def doors() -> AsyncIterator[Doors]:
     await gw.start()
     store = EndpointStore.from_addresses([backend.address])
     ctx = build_context(EppConfig(pool=cfg.pools[0], gateway=cfg), store, clock=time.monotonic)
-    epp_picker = RecordingPicker(ctx.picker)  # type: ignore[arg-type]
-    ctx.picker = epp_picker
+    epp_picker = RecordingPicker(ctx.director)  # type: ignore[arg-type]
+    ctx.director = epp_picker
     epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=0, metrics_port=0))
     await epp.start()
     ch = channel(f"127.0.0.1:{epp.port}")

@@ -117,7 +117,7 @@ def test_openai_sdk_through_gateway_stream_and_usage(real_fleet: RealFleet):
         assert len(usage) == 1 and usage[0].completion_tokens == 6
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
-        # The picker's in-flight accounting is back to zero once every response (and its usage) is done.
+        # The Director's in-flight accounting is back to zero once every response (and its usage) is done.
         eps = real_fleet.lt.call(lambda: list(gw.server.pools[0].endpoints()))
         assert sum(1 for _ in eps) == len(real_fleet.servers)
         for ep in eps:
@@ -173,7 +173,7 @@ def test_precise_beats_approximate_when_servers_evict(real_fleet: RealFleet):
     # Server 0 also serves traffic that bypasses this gateway (another replica, a batch job): long unique
     # prompts that evict its cached prefixes. Only the engines' KV events reveal the evictions.
     # New prefixes land on either server by a random tie-break, and that luck decides how much the
-    # approximate scorer loses (docs/benchmarks/realvllm.md has unseeded runs). Seeded pickers make this
+    # approximate scorer loses (docs/benchmarks/realvllm.md has unseeded runs). Seeded Directors make this
     # check repeatable; the sum over two sequences is compared. Every pick waits for the KV events of the
     # requests before it (the servers are idle in between), so precise routing is judged on what the
     # engines reported, not on how fast this machine delivered it.

@@ -142,12 +142,14 @@ def _inprocess(policy: str, sizes: list[int], n: int) -> list[str]:
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
     from kvgate.datalayer.store import EndpointStore
-    from kvgate.extproc.picker import AddressIndex, build_picker
+    from kvgate.extproc.context import AddressIndex, build_epp_director
     from kvgate.extproc.session import Session, SessionContext
     from kvgate.extproc.testing import ENVOY_CHUNK, header_map
 
     store = EndpointStore.from_addresses([f"127.0.0.1:{18000 + i}" for i in range(8)])
-    ctx = SessionContext(build_picker(None, store, policy=policy), AddressIndex(store), clock=time.monotonic)
+    ctx = SessionContext(
+        build_epp_director(None, store, policy=policy), AddressIndex(store), clock=time.monotonic
+    )
     req_headers = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map(HEADERS)))
     resp_headers = pb.ProcessingRequest(
         response_headers=pb.HttpHeaders(

@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("ignoring unsupported arguments: %s", " ".join(unknown))
     from kvgate.datalayer.store import EndpointStore
     from kvgate.extproc.config import EppConfigError, load
+    from kvgate.extproc.context import build_context
     from kvgate.extproc.metrics import EppMetrics
-    from kvgate.extproc.picker import build_context
 
     if args.clusters:
         return _hub_main(args)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             adapters=args.adapter, session_header=args.session_header, pool_namespace=args.pool_namespace,
         )  # fmt: skip
         pair, client_ca = _tls(args)
-        # Build the picker before serving, so a bad EndpointPickerConfig is a clear exit, not a traceback.
+        # Build the Director before serving, so a bad EndpointPickerConfig is a clear exit, not a traceback.
         store = EndpointStore.from_addresses(cfg.pool.endpoints, pool=cfg.pool.name, engine=cfg.pool.engine)
         metrics = EppMetrics()
         ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _hub_main(args: argparse.Namespace) -> int:
     """``--clusters``: the hub EPP; its candidates are the clusters' gateways (kvgate.multicluster.hub)."""
+    from kvgate.extproc.context import AddressIndex
     from kvgate.extproc.metrics import EppMetrics
-    from kvgate.extproc.picker import AddressIndex
     from kvgate.extproc.session import SessionContext
     from kvgate.multicluster.clusters import ClustersError, ClustersFile
     from kvgate.multicluster.hub import ClusterDirector, HubFeed
@@ -257,7 +257,7 @@ async def _serve(
     pool_name = (
         kube.store_pool if kube is not None and kube.store_pool else next(iter(store.pools()), "default")
     )
-    agg = aggregate_source(pool_name, store.all, ctx.picker, tls=pair is not None,
+    agg = aggregate_source(pool_name, store.all, ctx.director, tls=pair is not None,
                            mtls=client_ca is not None)  # fmt: skip
 
     def problem() -> str | None:
@@ -282,7 +282,7 @@ async def _serve(
     if kube is not None:
         await kube.start()
     # The data layer's other feeds (KV events) start beside the scraper, never on a first pick.
-    sources: list[Any] = getattr(ctx.picker, "data_sources", list)()
+    sources: list[Any] = getattr(ctx.director, "data_sources", list)()
     for source in sources:
         await source.start()
     await server.start()
@@ -290,7 +290,7 @@ async def _serve(
     print(f"kvgate epp ready grpc={server.port} health={server.health_port} metrics={server.metrics_port} "
           f"tls={'on' if pair else 'off'} endpoints={len(store)}", flush=True)  # fmt: skip
 
-    pool_gauges = asyncio.create_task(_every_second(ctx.picker, server, stop, kube, agg))
+    pool_gauges = asyncio.create_task(_every_second(ctx.director, server, stop, kube, agg))
     await stop.wait()
     log.info("shutting down: draining streams")
     await server.stop()
@@ -303,14 +303,14 @@ async def _serve(
 
 
 async def _every_second(
-    picker: object,
+    director: object,
     server: EppServer,
     stop: asyncio.Event,
     kube: KubePool | None = None,
     agg: Any = None,
 ) -> None:
     """Refresh the inference_pool_* gauges and the readiness status (per scrape round would be too often)."""
-    update = getattr(picker, "update_pool_metrics", None)
+    update = getattr(director, "update_pool_metrics", None)
     while not stop.is_set():
         if update is not None:
             update()

@@ -103,11 +103,11 @@ class ProtocolViolation(Exception):
 
 
 class SessionContext:
-    """Everything a stream shares with the server: the picker, known endpoints, policy knobs."""
+    """Everything a stream shares with the server: the Director, known endpoints, policy knobs."""
 
     def __init__(
         self,
-        picker: RequestDirector,
+        director: RequestDirector,
         endpoints: Callable[[], Mapping[str, Endpoint]],
         *,
         clock: Callable[[], float],
@@ -119,7 +119,7 @@ class SessionContext:
         max_buffered_response: int = 16 << 20,
         max_buffered_bytes: int = 1 << 30,
     ) -> None:
-        self.picker = picker
+        self.director = director
         self.endpoints = endpoints
         self.clock = clock
         self.observer = observer
@@ -363,13 +363,13 @@ class Session:
             if not any(a in known for a in req.subset):
                 raise NoCapacityError("no endpoint in the subset hint is eligible")
         start = self.ctx.clock()
-        result = self.ctx.picker.pick(req)
+        result = self.ctx.director.pick(req)
         if not result.endpoints:
             raise NoCapacityError("the scheduler returned no endpoint")
         self.request, self.result = req, result
         self.destination = ",".join(e.address for e in result.endpoints)
         self.endpoint = result.endpoints[0]
-        self.ctx.picker.on_dispatched(req, self.endpoint)
+        self.ctx.director.on_dispatched(req, self.endpoint)
         if self.ctx.observer is not None:
             self.ctx.observer.picked(result, self.ctx.clock() - start, len(body or b""))
 
@@ -435,9 +435,9 @@ class Session:
             log.warning("gateway reports served endpoint %s that is not in the pool", served)
             return
         # The primary was skipped by the gateway (connect failure): close it as failed.
-        self.ctx.picker.on_finished(self.request, self.endpoint, None, False)
+        self.ctx.director.on_finished(self.request, self.endpoint, None, False)
         self.endpoint = target
-        self.ctx.picker.on_dispatched(self.request, target)
+        self.ctx.director.on_dispatched(self.request, target)
 
     def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         eos = body.end_of_stream or body.end_of_stream_without_message
@@ -501,13 +501,13 @@ class Session:
         if self._first_token or self.endpoint is None or self.request is None:
             return
         self._first_token = True
-        self.ctx.picker.on_first_token(self.request, self.endpoint)
+        self.ctx.director.on_first_token(self.request, self.endpoint)
 
     def _finish(self, *, ok: bool) -> None:
         if self._finished or self.endpoint is None or self.request is None:
             return
         self._finished = True
-        self.ctx.picker.on_finished(self.request, self.endpoint, self.usage, ok)
+        self.ctx.director.on_finished(self.request, self.endpoint, self.usage, ok)
         if self.ctx.observer is not None:
             self.ctx.observer.finished(self.usage, ok, self.streaming)
 

@@ -84,9 +84,9 @@ class Gateway:
         from kvgate.config.gateway import GatewayConfig, PoolConfig
         from kvgate.gateway.server import GatewayServer
 
-        picker = policy if isinstance(policy, dict) else None
+        picker_config = policy if isinstance(policy, dict) else None
         name = policy if isinstance(policy, str) else "kvgate"
-        pool = PoolConfig("realvllm", list(endpoints), [MODEL_NAME], policy=name, picker_config=picker)
+        pool = PoolConfig("realvllm", list(endpoints), [MODEL_NAME], policy=name, picker_config=picker_config)
         self.lt = lt
         cfg = GatewayConfig(pools=[pool], port=0)
 
@@ -95,13 +95,13 @@ class Gateway:
             if seed is None:
                 srv = GatewayServer(cfg)
             else:
-                # A seeded picker: tie-breaks (where new prefixes land) repeat from run to run.
+                # A seeded Director: tie-breaks (where new prefixes land) repeat from run to run.
                 from kvgate.config.director import build_director
                 from kvgate.config.policies import policy_config
                 from kvgate.gateway.pools import Pool, make_store
 
                 store = make_store(pool)
-                director = build_director(picker or policy_config(name), store, seed=seed)
+                director = build_director(picker_config or policy_config(name), store, seed=seed)
                 srv = GatewayServer(cfg, pools=[Pool(pool.name, pool, store, director)])
             await srv.start()
             return srv

@@ -1,5 +1,6 @@
-"""Wiring the EPP to kvgate's scheduler: the Director, the model rewriter (shared with the gateway:
-``kvgate.config.rewrite``), objectives."""
+"""The EPP's session context: its Director (request control over kvgate's scheduler), the model rewriter
+(shared with the gateway: ``kvgate.config.rewrite``), objectives. ("Picker" is a profile's picker plugin
+only; what a front door talks to is the Director.)"""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from kvgate.openai.request import RequestPolicy
 from kvgate.requestcontrol.director import Director
 
 
-def build_picker(
+def build_epp_director(
     config: Mapping[str, Any] | str | None,
     store: EndpointStore,
     *,
@@ -51,7 +52,7 @@ def build_context(
     clock: Callable[[], float] = time.monotonic,
     observer: Observer | None = None,
 ) -> SessionContext:
-    director = build_picker(cfg.picker_config, store, policy=cfg.pool.policy, clock=clock)
+    director = build_epp_director(cfg.picker_config, store, policy=cfg.pool.policy, clock=clock)
     health = cfg.gateway.health  # the same thresholds as kvgate serve (kvgate.datalayer.health)
     director.health = HealthPolicy(health.scrape_failures, health.metrics_staleness_s)
     rewriter = ModelRewriter(cfg.gateway.rewrites, seed=cfg.gateway.rewrite_seed)
