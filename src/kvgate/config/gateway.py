@@ -125,6 +125,9 @@ class GatewayConfig:
     # Fixed seed for the weighted model rewrite (tests, reproducible canaries); None = random.
     rewrite_seed: int | None = None
     session_header: str = DEFAULT_SESSION_HEADER
+    # Kubernetes API access for pools with ``inferencePool`` (flags; None = in-cluster or the kubeconfig).
+    kube_server: str | None = None
+    kubeconfig: str | None = None
 
 
 def normalise_endpoint(value: object, key: str) -> str:

@@ -18,6 +18,7 @@ from kvgate.config.gateway import (
     GatewayConfigError,
     config_from_flags,
     load_gateway_config,
+    parse_gateway_config,
 )
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
@@ -63,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=CLUSTER_POLICIES,
         help="with --clusters: how clusters are chosen",
     )
+    kube = p.add_argument_group("kubernetes (endpoints from an InferencePool)")
+    kube.add_argument("--pool-name", help="InferencePool to discover the endpoints from (with --model)")
+    kube.add_argument("--pool-namespace", default="default", help="the InferencePool's namespace")
+    kube.add_argument("--kube-server", help="API server URL (default: in-cluster, else the kubeconfig's)")
+    kube.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG, ~/.kube/config)"
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -72,14 +80,24 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         if args.endpoints or args.model:
             raise GatewayConfigError("--config", "give either --config or --endpoints/--model, not both")
         cfg = load_gateway_config(args.config)
+    elif args.pool_name:
+        if args.endpoints:
+            raise GatewayConfigError("--pool-name", "give either --pool-name or --endpoints, not both")
+        if not args.model:
+            raise GatewayConfigError("--model", "required with --pool-name")
+        pool = {"name": args.pool_name, "engine": args.engine, "policy": args.policy, "models": args.model,
+                "adapters": args.adapter,
+                "inferencePool": {"name": args.pool_name, "namespace": args.pool_namespace}}  # fmt: skip
+        cfg = parse_gateway_config({"pools": [pool]})
     else:
         if not args.endpoints:
-            raise GatewayConfigError("--endpoints", "required without --config")
+            raise GatewayConfigError("--endpoints", "required without --config or --pool-name")
         if not args.model:
             raise GatewayConfigError("--model", "required without --config")
         cfg = config_from_flags(args.endpoints, args.model, args.policy, args.engine, args.adapter)
     if args.session_header:
         cfg.session_header = args.session_header.lower()
+    cfg.kube_server, cfg.kubeconfig = args.kube_server, args.kubeconfig
     if args.host is not None:
         cfg.host = args.host
     if args.port is not None:

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.config.gateway import GatewayConfig
+from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
 from kvgate.datalayer.health import HealthPolicy
 from kvgate.datalayer.scraper import MetricsScraper
@@ -29,6 +30,8 @@ from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
 from kvgate.multicluster.export import aggregate_source
+from kvgate.openai.request import RequestPolicy
+from kvgate.scheduling.metrics import POOL_READY
 
 log = logging.getLogger("kvgate.gateway")
 
@@ -102,6 +105,8 @@ class GatewayServer:
         self.admin_port: int | None = None
         self.max_connections = connection_cap(cfg.limits.max_connections)
         self._aggregates: dict[str, AggregateSource] = {}
+        self.kube_pools: list[Any] = []  # kvgate.k8s.runtime.KubePool per pool with an inferencePool
+        self._kube_rules: dict[str, list[Any]] = {}
 
     # --- routes -------------------------------------------------------------------------------
     def _front(self, proxy: Proxy | None, admin: bool) -> FrontServer:
@@ -143,6 +148,8 @@ class GatewayServer:
             update = getattr(pool.director, "update_pool_metrics", None)
             if update is not None:
                 update(pool.name)
+        for kp in self.kube_pools:  # pods, as the reference counts them; 0 when the pool emptied
+            POOL_READY.labels(name=kp.store_pool).set(kp.ready_pods())
         body = generate_latest(self.metrics.registry) + generate_latest(REGISTRY)
         return Response(body=body, content_type=CONTENT_TYPE_LATEST)
 
@@ -165,6 +172,9 @@ class GatewayServer:
     async def _readyz(self, request: Request) -> Response:
         if self.proxy is None or self.proxy.draining:
             return Response(status=503, text="draining", content_type="text/plain")
+        for kp in self.kube_pools:
+            if (problem := kp.problem()) is not None:
+                return Response(status=503, text=problem, content_type="text/plain")
         if not any(ep.healthy for p in self.pools for ep in p.endpoints()):
             return Response(status=503, text="no healthy endpoint", content_type="text/plain")
         return Response(text="ready", content_type="text/plain")
@@ -207,6 +217,7 @@ class GatewayServer:
                 scraper = MetricsScraper(pool.store, interval=self.cfg.scrape_interval_s, clock=self.clock)
                 await scraper.start()
                 self._scrapers.append(scraper)
+        await self._start_kubernetes()
         # The data layer's other feeds (KV events) start here too, never on a first pick.
         for pool in self.pools:
             for source in getattr(pool.director, "data_sources", list)():
@@ -218,6 +229,37 @@ class GatewayServer:
             self.port,
             self.admin_port if self.admin_port is not None else "on the data port",
         )
+
+    async def _start_kubernetes(self) -> None:
+        """Pools with ``inferencePool``: their endpoints, objectives and rewrites come from Kubernetes."""
+        wanted = [p for p in self.pools if p.cfg.inference_pool is not None]
+        if not wanted:
+            return
+        from kvgate.k8s.runtime import KubeOptions, KubePool
+
+        for pool in wanted:
+            ref = pool.cfg.inference_pool
+            assert ref is not None
+            opts = KubeOptions(
+                ref.name, ref.namespace, server=self.cfg.kube_server, kubeconfig=self.cfg.kubeconfig
+            )
+            kp = KubePool(opts, pool.store, store_pool=pool.name, on_policy=self._policy_listener(pool))
+            await kp.start()
+            self.kube_pools.append(kp)
+
+    def _policy_listener(self, pool: Pool) -> Callable[[dict[str, int], list[Any]], None]:
+        def on_policy(objectives: dict[str, int], rules: list[Any]) -> None:
+            # InferenceObjective / InferenceModelRewrite replace the config file's equivalents, live.
+            proxy = self.proxy
+            if proxy is None:
+                return
+            proxy.policies[pool.name] = RequestPolicy(pool.adapters, self.cfg.session_header, objectives)
+            self._kube_rules[pool.name] = rules
+            proxy.rewriter = ModelRewriter(
+                [r for rs in self._kube_rules.values() for r in rs], self.cfg.rewrite_seed
+            )
+
+        return on_policy
 
     async def _serve(self, front: FrontServer, host: str, port: int, reuse_port: bool) -> int:
         loop = asyncio.get_running_loop()
@@ -249,6 +291,9 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        for kp in self.kube_pools:
+            await kp.stop()
+        self.kube_pools.clear()
         for s in self._scrapers:
             await s.stop()
         self._scrapers.clear()
