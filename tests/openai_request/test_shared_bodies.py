@@ -42,6 +42,9 @@ class Recorder(RecordingPicker):
         self.calls.requests.append(req)
         return self.inner.pick(req, explain) if explain else self.inner.pick(req)
 
+    async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+        return self.pick(req, explain)
+
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

@@ -16,6 +16,9 @@ from typing import Any
 from kvgate.config.picker import EndpointPickerConfig, instantiate, load_config, parse_config
 from kvgate.config.policies import POLICIES, policy_config
 from kvgate.datalayer.store import EndpointStore
+from kvgate.flowcontrol import config as flow_config
+from kvgate.flowcontrol.controller import FlowController
+from kvgate.flowcontrol.metrics import FlowMetrics
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.requestcontrol.director import Director
 from kvgate.scheduling import registry
@@ -51,6 +54,7 @@ def build_director(
     seed: int | None = None,
     timer: Callable[[], float] = time.perf_counter,
     staleness: float = 2.0,
+    flow_metrics: bool = True,
 ) -> Director:
     """A Director from a config object, a policy name, a YAML path or text, or a decoded mapping."""
     cfg = _as_config(config)
@@ -88,4 +92,9 @@ def build_director(
                 f"{cfg.saturation_detector.path}: {det.type_name!r} is not a saturation detector"
             )
         detector = det
-    return Director(profiles, handler, store, handle, detector=detector, timer=timer, name=cfg.name)
+    flow = None
+    if flow_config.enabled(cfg.feature_gates):
+        flow = FlowController(flow_config.parse_flow_control(cfg.flow_control), FlowMetrics(flow_metrics))
+    return Director(
+        profiles, handler, store, handle, detector=detector, flow=flow, timer=timer, name=cfg.name
+    )

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from kvgate.flowcontrol.config import parse_flow_control
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import registry
 from kvgate.scheduling.framework import ConfigError, Params, Picker, PluginHandle, ProfileHandler
@@ -216,6 +217,7 @@ def _is_special(p: PluginSpec) -> bool:
 
 def validate(cfg: EndpointPickerConfig) -> None:
     """Build every plugin once (checks parameters) and check profile composition."""
+    parse_flow_control(cfg.flow_control)  # checked even with the gate off: a typo must not wait
     handle = PluginHandle()
     for spec in cfg.plugins:
         instantiate(spec, handle)

@@ -66,4 +66,5 @@ def build_context(
         model_rewrite=rewriter,
         conformance_hooks=cfg.conformance_hooks,
         max_request_body=cfg.max_body_bytes,
+        admit=director.admit if director.flow is not None else None,
     )

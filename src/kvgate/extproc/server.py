@@ -9,6 +9,7 @@ and its in-flight accounting.
 from __future__ import annotations
 
 import asyncio
+import math
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -67,6 +68,14 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                     await context.abort(getattr(grpc.StatusCode, e.code), e.message)
                 for resp in out:
                     yield resp
+                if session.pending is not None:  # flow control: wait here for capacity
+                    if task is not None:
+                        active[task] = math.inf  # waiting in the queue is not an idle gateway
+                    admitted = await session.admit_pending()
+                    if task is not None:
+                        active[task] = loop.time()
+                    for resp in admitted:
+                        yield resp
                 if session.done:  # an ImmediateResponse ends the exchange
                     return
         except asyncio.CancelledError:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -118,8 +118,11 @@ class SessionContext:
         max_request_body: int = 64 << 20,
         max_buffered_response: int = 16 << 20,
         max_buffered_bytes: int = 1 << 30,
+        admit: Callable[[InferenceRequest], Awaitable[PickResult]] | None = None,
     ) -> None:
         self.director = director
+        # Flow control (``Director.admit``): the stream waits for capacity before the pick.
+        self.admit = admit
         self.endpoints = endpoints
         self.clock = clock
         self.observer = observer
@@ -204,6 +207,9 @@ class Session:
         self.usage: Usage | None = None
         self._held = 0  # bytes taken from the shared BufferBudget
         self._seen_headers = False
+        # Set when flow control must admit the request first (``admit_pending``, awaited by the server).
+        self.pending: tuple[InferenceRequest, bytes | bytearray | None, bool, bool] | None = None
+        self._after_admit: list[pb.ProcessingResponse] = []
 
     # ---- dispatch -------------------------------------------------------------------------------
     def handle(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -225,7 +231,11 @@ class Session:
                 return self._on_request_body(msg.request_body)
             if kind == "request_trailers":
                 out = [] if self._body_finished else self._finish_request(trailers=True)
-                return [*out, pb.ProcessingResponse(request_trailers=pb.TrailersResponse())]
+                trailers = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+                if self.pending is not None:  # answered in order once flow control admits it
+                    self._after_admit.append(trailers)
+                    return out
+                return [*out, trailers]
             if kind == "response_headers":
                 return self._on_response_headers(msg)
             if kind == "response_body":
@@ -244,6 +254,23 @@ class Session:
             raise
         except Exception:
             log.exception("ext_proc stream failed")
+            return [self._reject(500, "internal error in the endpoint picker", "internal_error")]
+
+    async def admit_pending(self) -> list[pb.ProcessingResponse]:
+        """Wait in flow control for the held request, then answer as ``handle`` would have.
+
+        Cancellation (Envoy closed the stream: the client left) propagates and leaves the queue."""
+        assert self.pending is not None and self.ctx.admit is not None
+        req, body, changed, eos = self.pending
+        self.pending = None
+        try:
+            result = await self.ctx.admit(req)
+            out = self._schedule(req, body=body, body_changed=changed, body_eos=eos, result=result)
+            return [*out, *self._after_admit]
+        except SchedulingError as err:
+            return [self._reject(err.status, err.message, err.code)]
+        except Exception:
+            log.exception("ext_proc admission failed")
             return [self._reject(500, "internal error in the endpoint picker", "internal_error")]
 
     def _reject(
@@ -357,13 +384,18 @@ class Session:
         body: bytes | bytearray | None,
         body_changed: bool,
         body_eos: bool = True,
+        result: PickResult | None = None,
     ) -> list[pb.ProcessingResponse]:
-        if req.subset is not None:
-            known = self.ctx.endpoints()
-            if not any(a in known for a in req.subset):
-                raise NoCapacityError("no endpoint in the subset hint is eligible")
         start = self.ctx.clock()
-        result = self.ctx.director.pick(req)
+        if result is None:
+            if req.subset is not None:
+                known = self.ctx.endpoints()
+                if not any(a in known for a in req.subset):
+                    raise NoCapacityError("no endpoint in the subset hint is eligible")
+            if self.ctx.admit is not None:
+                self.pending = (req, body, body_changed, body_eos)
+                return []  # the server awaits admit_pending()
+            result = self.ctx.director.pick(req)
         if not result.endpoints:
             raise NoCapacityError("the scheduler returned no endpoint")
         self.request, self.result = req, result

@@ -65,14 +65,27 @@ class UtilizationDetector(SaturationDetector):
 
 @register("concurrency-detector")
 class ConcurrencyDetector(SaturationDetector):
-    """This picker's own in-flight load: max(requests / maxConcurrency, tokens / maxTokens)."""
+    """This picker's own in-flight load: max(requests / maxConcurrency, tokens / maxTokens,
+    pending / maxPendingRequests), lag-free (no scrape).
+
+    ``maxPendingRequests`` (kvgate; 0 = off) bounds the requests sent to an endpoint that have not
+    produced their first token yet: those wait in the server's own FCFS queue, where no fairness or
+    priority applies. With flow control, keeping that number small holds the backlog in the EPP,
+    which dispatches by band and fair share each time a server takes a request in.
+    """
 
     def __init__(
-        self, name: str, handle: PluginHandle, max_requests: int = 100, max_tokens: int = 1_000_000
+        self,
+        name: str,
+        handle: PluginHandle,
+        max_requests: int = 100,
+        max_tokens: int = 1_000_000,
+        max_pending: int = 0,
     ) -> None:
         super().__init__(name, handle)
         self.max_requests = max_requests
         self.max_tokens = max_tokens
+        self.max_pending = max_pending
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> ConcurrencyDetector:
@@ -81,6 +94,7 @@ class ConcurrencyDetector(SaturationDetector):
             handle,
             max_requests=params.get_int("maxConcurrency", 100, min=1),
             max_tokens=params.get_int("maxTokens", 1_000_000, min=1),
+            max_pending=params.get_int("maxPendingRequests", 0, min=0),
         )
         params.finish()
         return d
@@ -88,4 +102,7 @@ class ConcurrencyDetector(SaturationDetector):
     def endpoint_saturation(self, ep: Endpoint, now: float) -> float:
         inf = ep.inflight
         tokens = inf.pending_prefill_tokens + inf.pending_decode_tokens
-        return max(inf.requests / self.max_requests, tokens / self.max_tokens)
+        s = max(inf.requests / self.max_requests, tokens / self.max_tokens)
+        if self.max_pending:
+            s = max(s, (inf.requests - inf.decoding) / self.max_pending)
+        return s

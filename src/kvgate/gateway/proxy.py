@@ -302,15 +302,17 @@ class Proxy:
             arrival_time=t0,
         )
 
-    def _pick(
+    async def _pick(
         self, pool: Pool, ireq: InferenceRequest, tried: set[str], explain: bool
     ) -> tuple[Endpoint, Any]:
         if tried:
-            # Retry: only endpoints not tried yet are eligible.
+            # Retry: only endpoints not tried yet are eligible (admitted already: no second wait).
             ireq.subset = frozenset(ep.address for ep in pool.endpoints() if ep.address not in tried)
             if not ireq.subset:
                 raise NoCapacityError("every endpoint failed for this request")
-        result = pool.director.pick(ireq, explain)
+            result = pool.director.pick(ireq, explain)
+        else:  # flow control may hold the request until capacity frees (cancelled if the client goes)
+            result = await pool.director.admit(ireq, explain)
         for ep in result.endpoints:
             if ep.address not in tried:
                 return ep, result
@@ -338,7 +340,7 @@ class Proxy:
         sent_model = ireq.model if ireq.model != client_model else None
         for attempt in range(self.cfg.limits.max_attempts):
             try:
-                ep, result = self._pick(pool, ireq, tried, explain)
+                ep, result = await self._pick(pool, ireq, tried, explain)
             except SchedulingError as e:
                 if attempt == 0:
                     raise GatewayError.from_scheduling(e) from None

@@ -25,6 +25,8 @@ from typing import Any
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy, gate
 from kvgate.datalayer.store import EndpointStore
+from kvgate.flowcontrol.controller import FlowController
+from kvgate.flowcontrol.dispatcher import FlowDispatcher
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
@@ -72,6 +74,7 @@ class Director:
         handle: PluginHandle,
         *,
         detector: SaturationDetector | None = None,
+        flow: FlowController | None = None,
         timer: Callable[[], float] = time.perf_counter,
         name: str = "custom",
         health: HealthPolicy | None = None,
@@ -93,6 +96,18 @@ class Director:
         self._tracks: OrderedDict[tuple[str, str], _Track] = OrderedDict()
         self.mean_decode = float(DEFAULT_DECODE_TOKENS)
         self._pool_metrics_at: float | None = None
+        # Flow control (feature gate): requests wait here at saturation; None = pick at once.
+        self.flow = (
+            FlowDispatcher(
+                flow,
+                pick=self._pick_late,
+                saturated=self.saturated,
+                clock=self.clock,
+                abandoned=self._abandoned,
+            )
+            if flow is not None
+            else None
+        )
 
     # -- picking -------------------------------------------------------------------------------------
 
@@ -111,10 +126,40 @@ class Director:
             raise NoCapacityError("no ready endpoint")
         return healthy
 
-    def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+    async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+        """What both front doors call: ``pick`` at once, or (flow control on) wait for capacity first."""
+        if self.flow is None:
+            return self.pick(req, explain)
+        self.candidates(req)  # an empty pool is a 503 now, not after a wait
+        return await self.flow.admit(req, explain)
+
+    def saturated(self, req: InferenceRequest) -> bool:
+        """Would dispatching ``req`` now overload its pool (the flow controller's dispatch gate)?"""
+        if self.detector is None:
+            return False
+        try:
+            cands = self.candidates(req)
+        except SchedulingError:
+            return False  # let the pick fail with its own error
+        return self.detector.saturated(cands, self.clock())
+
+    def _pick_late(self, req: InferenceRequest, explain: bool) -> PickResult:
+        # Charged at once, not when the front door resumes: the next dispatch decision in the same
+        # pass must see this request's load (the door's own on_dispatched is then a no-op).
+        result = self.pick(req, explain, roomy=True)
+        self.on_dispatched(req, result.primary)
+        return result
+
+    def _abandoned(self, req: InferenceRequest, result: PickResult) -> None:
+        """Dispatched by flow control, but the client left before the door sent it."""
+        self.on_finished(req, result.primary, None, False)
+
+    def pick(self, req: InferenceRequest, explain: bool = False, *, roomy: bool = False) -> PickResult:
+        """``roomy``: only endpoints the detector does not call saturated, when any (flow control's
+        late binding keeps each server's own queue short, so fairness decided here holds there)."""
         t0 = self.timer()
         try:
-            result = self._pick(req, explain)
+            result = self._pick(req, explain, roomy)
         except SchedulingError as e:
             metrics.SCHEDULER_ERRORS.labels(code=e.code).inc()
             raise
@@ -122,12 +167,15 @@ class Director:
         metrics.PICKS.inc(result.endpoints[0].address)
         return result
 
-    def _pick(self, req: InferenceRequest, explain: bool) -> PickResult:
+    def _pick(self, req: InferenceRequest, explain: bool, roomy: bool = False) -> PickResult:
         now = self.clock()
         if self._pool_metrics_at is None or now - self._pool_metrics_at >= POOL_METRICS_EVERY_S:
             self._pool_metrics_at = now
             self.update_pool_metrics()
         cands = self.candidates(req, now)
+        if roomy and self.detector is not None:
+            det = self.detector
+            cands = [ep for ep in cands if det.endpoint_saturation(ep, now) < 1.0] or cands
         if req.sheddable and self.detector is not None and self.detector.saturated(cands, now):
             metrics.SHED.inc()
             raise ShedError("pool saturated: sheddable request rejected")
@@ -199,6 +247,8 @@ class Director:
         inf = endpoint.inflight
         inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
         inf.decoding += 1
+        if self.flow is not None:
+            self.flow.notify()
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
         self._picked.pop(req.request_id, None)
@@ -206,6 +256,8 @@ class Director:
         if track is None:
             return
         self._release(endpoint, track)
+        if self.flow is not None:
+            self.flow.notify()
         if ok and usage is not None and usage.completion_tokens > 0 and not req.max_tokens:
             self.mean_decode += 0.05 * (usage.completion_tokens - self.mean_decode)
 

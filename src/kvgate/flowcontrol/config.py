@@ -1,0 +1,124 @@
+"""The EndpointPickerConfig ``flowControl`` section and its feature gate.
+
+Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference's gate). Then::
+
+    featureGates: [flowControl]
+    flowControl:
+      maxRequests: 5000           # global queued-request limit (0 = none)
+      maxBytes: 1073741824        # global queued-body-bytes limit (0 = none)
+      defaultRequestTTL: 30s      # a request queued longer fails (503, as the reference)
+      fairnessPolicy: round-robin # global-strict | round-robin | least-attained-service
+      orderingPolicy: fcfs        # fcfs | edf | slo-deadline
+      defaultTTFTSLO: 2s          # slo-deadline ordering for requests without an x-slo-ttft-ms header
+      preemption: false           # evict the newest sheddable request without a first token
+      priorityBands:              # per-band overrides; a priority not listed gets the defaults
+      - priority: 0
+        maxRequests: 1000
+        maxBytes: 0
+        fairnessPolicy: least-attained-service
+        orderingPolicy: slo-deadline
+
+Every error names the exact key (``flowControl.priorityBands[1].maxBytes: must be ...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvgate.scheduling.framework import ConfigError, Params
+
+FEATURE_GATE = "flowControl"
+# Accepted names: the short ones and the reference's plugin type names.
+FAIRNESS_POLICIES = {
+    "global-strict": "global-strict",
+    "global-strict-fairness-policy": "global-strict",
+    "round-robin": "round-robin",
+    "round-robin-fairness-policy": "round-robin",
+    "least-attained-service": "least-attained-service",
+    "least-attained-service-fairness-policy": "least-attained-service",
+}
+ORDERING_POLICIES = {
+    "fcfs": "fcfs",
+    "fcfs-ordering-policy": "fcfs",
+    "edf": "edf",
+    "edf-ordering-policy": "edf",
+    "slo-deadline": "slo-deadline",
+    "slo-deadline-ordering-policy": "slo-deadline",
+}
+_GLOBAL_KEYS = ("maxRequests", "maxBytes", "defaultRequestTTL", "fairnessPolicy", "orderingPolicy",
+                "defaultTTFTSLO", "preemption", "priorityBands")  # fmt: skip
+
+
+@dataclass(slots=True, frozen=True)
+class BandConfig:
+    priority: int
+    max_requests: int = 0  # 0 = no band limit
+    max_bytes: int = 0
+    fairness: str = "round-robin"
+    ordering: str = "fcfs"
+
+
+@dataclass(slots=True)
+class FlowControlConfig:
+    max_requests: int = 5000
+    max_bytes: int = 1 << 30
+    ttl: float = 30.0
+    fairness: str = "round-robin"
+    ordering: str = "fcfs"
+    default_ttft_slo: float = 2.0
+    preemption: bool = False
+    bands: dict[int, BandConfig] = field(default_factory=dict)
+
+    def band(self, priority: int) -> BandConfig:
+        b = self.bands.get(priority)
+        if b is None:
+            b = self.bands[priority] = BandConfig(priority, fairness=self.fairness, ordering=self.ordering)
+        return b
+
+
+def enabled(feature_gates: Sequence[str]) -> bool:
+    return FEATURE_GATE in feature_gates
+
+
+def _policy(p: Params, key: str, table: Mapping[str, str], default: str) -> str:
+    return table[p.get_str(key, default, choices=list(table))]
+
+
+def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl") -> FlowControlConfig:
+    p = Params(raw, path)
+    cfg = FlowControlConfig(
+        max_requests=p.get_int("maxRequests", 5000, min=0),
+        max_bytes=p.get_int("maxBytes", 1 << 30, min=0),
+        ttl=p.get_duration("defaultRequestTTL", 30.0),
+        fairness=_policy(p, "fairnessPolicy", FAIRNESS_POLICIES, "round-robin"),
+        ordering=_policy(p, "orderingPolicy", ORDERING_POLICIES, "fcfs"),
+        default_ttft_slo=p.get_duration("defaultTTFTSLO", 2.0),
+        preemption=p.get_bool("preemption", False),
+    )
+    if cfg.ttl <= 0:
+        raise ConfigError(f"{path}.defaultRequestTTL: must be > 0, got {p.raw['defaultRequestTTL']!r}")
+    bands = p._get("priorityBands")
+    p.finish()
+    if bands is None:
+        return cfg
+    if not isinstance(bands, list):
+        raise ConfigError(f"{path}.priorityBands: must be a list, got {type(bands).__name__}")
+    for i, raw_band in enumerate(bands):
+        bpath = f"{path}.priorityBands[{i}]"
+        bp = Params(raw_band, bpath)
+        if not isinstance(raw_band, Mapping) or "priority" not in raw_band:
+            raise ConfigError(f"{bpath}.priority: required")
+        prio = bp.get_int("priority", 0)
+        if prio in cfg.bands:
+            raise ConfigError(f"{bpath}.priority: band {prio} is listed twice")
+        cfg.bands[prio] = BandConfig(
+            prio,
+            max_requests=bp.get_int("maxRequests", 0, min=0),
+            max_bytes=bp.get_int("maxBytes", 0, min=0),
+            fairness=_policy(bp, "fairnessPolicy", FAIRNESS_POLICIES, cfg.fairness),
+            ordering=_policy(bp, "orderingPolicy", ORDERING_POLICIES, cfg.ordering),
+        )
+        bp.finish()
+    return cfg

@@ -1,0 +1,175 @@
+"""The flow controller: where requests wait in the EPP while the pool is saturated.
+
+Pure data structure on an injected ``now`` (no asyncio, no clock of its own), so the front doors'
+asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchmark drive the same code.
+
+- strict priority bands: a band dispatches only when every higher band is empty (or blocked);
+- inside a band, the fairness policy picks the flow (fairness id) and the ordering policy the request
+  (``policies``);
+- limits per band and global, in requests and bytes: over a limit, ``enqueue`` raises ``ShedError``
+  (429, as the reference's capacity rejection);
+- TTL: ``expire(now)`` removes the requests queued longer than the TTL; the caller fails them (503, as
+  the reference: "flow-control TTL expiry");
+- ``cancel`` removes a request whose client left; removal is O(1) (entries are dropped lazily from
+  the heaps), so a burst of cancellations costs nothing until those entries reach a head.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvgate.flowcontrol.config import FlowControlConfig
+from kvgate.flowcontrol.metrics import FlowMetrics
+from kvgate.flowcontrol.policies import SLO_TTFT_HEADERS, Band, header_ms
+from kvgate.scheduling.types import InferenceRequest, ShedError, prompt_tokens
+
+LLMD_FAIRNESS_HEADER = "x-llm-d-inference-fairness-id"
+DEFAULT_OUTPUT_TOKENS = 128  # expected output when a request sets no max_tokens (service accounting)
+
+# Outcomes, as the reference's QueueOutcome names them.
+DISPATCHED = "Dispatched"
+REJECTED_CAPACITY = "RejectedCapacity"
+EVICTED_TTL = "EvictedTTL"
+EVICTED_CANCELLED = "EvictedContextCancelled"
+EVICTED_PREEMPTED = "EvictedPreempted"
+REJECTED_OTHER = "RejectedOther"
+
+
+@dataclass(slots=True, eq=False)
+class QueuedRequest:
+    req: InferenceRequest
+    flow: str
+    priority: int
+    size: int  # bytes held (prompt characters): what maxBytes bounds
+    cost: float  # tokens the request will take (prompt + expected output): least-attained-service
+    seq: int
+    enqueued_at: float
+    deadline: float  # TTL expiry
+    slo_deadline: float  # arrival + TTFT SLO (slo-deadline ordering)
+    handle: Any = None  # the waiter (an asyncio future, a simulator record)
+    done: bool = False
+    outcome: str = ""
+    explain: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def flow_of(req: InferenceRequest) -> str:
+    """The fairness id: the GIE header (already in the request), else llm-d's header."""
+    if req.fairness_id and req.fairness_id != "default-flow":
+        return req.fairness_id
+    return req.headers.get(LLMD_FAIRNESS_HEADER) or req.fairness_id or "default-flow"
+
+
+class FlowController:
+    def __init__(self, cfg: FlowControlConfig, metrics: FlowMetrics | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or FlowMetrics(None)
+        self.bands: dict[int, Band] = {}
+        self._order: list[int] = []  # band priorities, highest first
+        self._expiry: list[tuple[float, int, QueuedRequest]] = []
+        self._seq = 0
+        self.count = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def band(self, priority: int) -> Band:
+        b = self.bands.get(priority)
+        if b is None:
+            bc = self.cfg.band(priority)
+            b = self.bands[priority] = Band(priority, bc.fairness, bc.ordering, bc.max_requests, bc.max_bytes)
+            self._order = sorted(self.bands, reverse=True)
+        return b
+
+    def enqueue(
+        self, req: InferenceRequest, now: float, *, handle: Any = None, explain: bool = False
+    ) -> QueuedRequest:
+        """Queue ``req`` or raise ``ShedError`` (a band or the global limit is full)."""
+        size = len(req.prompt_text) or 4 * prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        band = self.band(req.priority)
+        flow = flow_of(req)
+        cfg = self.cfg
+        why = ""
+        if band.max_requests and band.count + 1 > band.max_requests:
+            why = f"priority band {req.priority} is full ({band.max_requests} requests)"
+        elif band.max_bytes and band.bytes + size > band.max_bytes:
+            why = f"priority band {req.priority} is full ({band.max_bytes} bytes)"
+        elif cfg.max_requests and self.count + 1 > cfg.max_requests:
+            why = f"flow control queue is full ({cfg.max_requests} requests)"
+        elif cfg.max_bytes and self.bytes + size > cfg.max_bytes:
+            why = f"flow control queue is full ({cfg.max_bytes} bytes)"
+        if why:
+            self.metrics.outcome(req.priority, flow, REJECTED_CAPACITY, 0.0)
+            raise ShedError(why)
+        slo = header_ms(req.headers, SLO_TTFT_HEADERS) or cfg.default_ttft_slo
+        arrival = req.arrival_time or now
+        self._seq += 1
+        ptoks = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        item = QueuedRequest(
+            req, flow, req.priority, size, float(ptoks + (req.max_tokens or DEFAULT_OUTPUT_TOKENS)),
+            self._seq, now, now + cfg.ttl, arrival + slo, handle, explain=explain,
+        )  # fmt: skip
+        band.push(item)
+        heapq.heappush(self._expiry, (item.deadline, item.seq, item))
+        self.count += 1
+        self.bytes += size
+        self.metrics.queued(req.priority, flow, +1)
+        return item
+
+    def head(self) -> QueuedRequest | None:
+        """The next request to dispatch: the highest non-empty band's fairness choice."""
+        for prio in self._order:
+            item = self.bands[prio].select()
+            if item is not None:
+                return item
+        return None
+
+    def heads(self) -> Iterator[QueuedRequest]:
+        """Each non-empty band's choice, highest band first."""
+        for prio in self._order:
+            item = self.bands[prio].select()
+            if item is not None:
+                yield item
+
+    def _remove(self, item: QueuedRequest, outcome: str, now: float) -> bool:
+        if item.done:
+            return False
+        item.done = True
+        item.outcome = outcome
+        band = self.bands[item.priority]
+        if outcome == DISPATCHED:
+            band.dispatched(item, item.cost)
+        band.forget(item)
+        self.count -= 1
+        self.bytes -= item.size
+        self.metrics.queued(item.priority, item.flow, -1)
+        self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at)
+        return True
+
+    def take(self, item: QueuedRequest, now: float) -> None:
+        """``item`` leaves for an endpoint (the caller picks it now: late binding)."""
+        self._remove(item, DISPATCHED, now)
+
+    def cancel(self, item: QueuedRequest, now: float, outcome: str = EVICTED_CANCELLED) -> bool:
+        """Remove a waiting request (client gone, rejected at pick); False when it had already left."""
+        return self._remove(item, outcome, now)
+
+    def expire(self, now: float) -> list[QueuedRequest]:
+        """Remove and return the requests whose TTL has passed."""
+        out: list[QueuedRequest] = []
+        exp = self._expiry
+        while exp and (exp[0][2].done or exp[0][0] <= now):
+            _, _, item = heapq.heappop(exp)
+            if self._remove(item, EVICTED_TTL, now):
+                out.append(item)
+        return out
+
+    def next_deadline(self) -> float | None:
+        exp = self._expiry
+        while exp and exp[0][2].done:
+            heapq.heappop(exp)
+        return exp[0][0] if exp else None

@@ -1,0 +1,134 @@
+"""Dispatching from the flow controller when the saturation detector says capacity freed.
+
+``dispatch_ready`` is the one dispatch rule (used by the front doors' ``FlowDispatcher`` and by the
+virtual-clock benchmark): while the head request's pool is not saturated, take it out of the queue and
+hand it to the caller, who picks its endpoint then (late binding: the pick sees the load of that
+moment, not of its arrival).
+
+``FlowDispatcher`` is the asyncio side both front doors await through ``Director.admit``: a request
+that finds the queue empty and the pool unsaturated is picked at once; any other waits on a future
+resolved by one dispatch task. The task re-checks when ``notify()`` says a request finished or produced
+its first token, and every ``recheck_interval`` (scraped metrics change on their own). A waiter whose
+task is cancelled (the HTTP client or Envoy's stream went away) leaves the queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+
+from kvgate.flowcontrol.controller import EVICTED_PREEMPTED, FlowController, QueuedRequest
+from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult, SchedulingError, ShedError
+
+TTL_MESSAGE = "request timed out in the flow control queue (TTL expired)"
+
+
+def dispatch_ready(
+    ctl: FlowController, now: float, saturated: Callable[[InferenceRequest], bool]
+) -> Iterator[QueuedRequest]:
+    """Take and yield queued requests, in policy order, while their pool has capacity."""
+    while True:
+        blocked = True
+        for item in ctl.heads():
+            # Strict priority: a lower band goes only when the higher band's head cannot use the
+            # capacity because its own pool (another model, a subset hint) is the saturated one.
+            if not saturated(item.req):
+                ctl.take(item, now)
+                yield item
+                blocked = False
+                break
+            if item.req.subset is None:
+                break
+        if blocked:
+            return
+
+
+class FlowDispatcher:
+    def __init__(
+        self,
+        ctl: FlowController,
+        *,
+        pick: Callable[[InferenceRequest, bool], PickResult],
+        saturated: Callable[[InferenceRequest], bool],
+        clock: Callable[[], float],
+        abandoned: Callable[[InferenceRequest, PickResult], None] = lambda _r, _p: None,
+        recheck_interval: float = 0.02,
+    ) -> None:
+        """``pick`` runs when a request leaves the queue and must charge its load at once (the gate
+        of the next dispatch in the same pass reads it); ``abandoned`` undoes that when the waiter
+        was cancelled after its pick but before it resumed."""
+        self.ctl = ctl
+        self.pick = pick
+        self.saturated = saturated
+        self.clock = clock
+        self.abandoned = abandoned
+        self.recheck_interval = recheck_interval
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ctl)
+
+    async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+        now = self.clock()
+        if len(self.ctl) == 0 and not self.saturated(req):
+            return self.pick(req, explain)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[PickResult] = loop.create_future()
+        item = self.ctl.enqueue(req, now, handle=fut, explain=explain)  # ShedError when full
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name="kvgate-flow-dispatch")
+        self._wake.set()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # Client gone: leave the queue; if it had already been picked, release that pick.
+            left = not self.ctl.cancel(item, self.clock())
+            if left and fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.abandoned(req, fut.result())
+            raise
+
+    def notify(self) -> None:
+        """Capacity may have freed (a request finished or produced its first token)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def preempted(self, item: QueuedRequest) -> None:
+        """Fail a queued request evicted for a more important one (429: retry later)."""
+        if self.ctl.cancel(item, self.clock(), EVICTED_PREEMPTED):
+            _fail(item, ShedError("request preempted by higher-priority work"))
+
+    def step(self) -> None:
+        """One pass: expire, then dispatch while capacity allows."""
+        now = self.clock()
+        for item in self.ctl.expire(now):
+            _fail(item, NoCapacityError(TTL_MESSAGE))
+        for item in dispatch_ready(self.ctl, now, self.saturated):
+            fut = item.handle
+            if fut is None or fut.done():
+                continue
+            try:
+                result = self.pick(item.req, item.explain)
+            except SchedulingError as e:
+                fut.set_exception(e)
+                continue
+            fut.set_result(result)
+
+    async def _run(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while len(self.ctl) > 0:
+            wake.clear()
+            self.step()
+            if len(self.ctl) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.recheck_interval)
+
+
+def _fail(item: QueuedRequest, err: SchedulingError) -> None:
+    fut = item.handle
+    if isinstance(fut, asyncio.Future) and not fut.done():
+        fut.set_exception(err)

@@ -1,0 +1,139 @@
+"""Fairness between the flows of one priority band, and ordering inside a flow.
+
+Ordering (a flow's queue is a heap on the policy's key, ties broken by arrival order):
+- ``fcfs``: arrival order;
+- ``edf``: earliest TTL deadline first (a request may carry a shorter deadline than the band's TTL);
+- ``slo-deadline``: earliest ``arrival + TTFT SLO`` first (``x-slo-ttft-ms``, else the default SLO).
+
+Fairness (which flow's head leaves next):
+- ``global-strict``: the best head over all flows by the ordering key, as if the band were one queue
+  (the reference default with fcfs: a flooding tenant takes the band in proportion to its arrivals);
+- ``round-robin``: flows take turns, one request each;
+- ``least-attained-service``: the flow that has been served the fewest tokens (prompt + expected output)
+  goes next; a flow that (re)appears starts at the least service of the active flows, so it cannot
+  claim a backlog of credit by having been idle (virtual token counter fairness).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from typing import Any
+
+SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
+SLO_TPOT_HEADERS = ("x-slo-tpot-ms", "x-llm-d-slo-tpot-ms")
+
+
+def header_ms(headers: Any, names: tuple[str, ...]) -> float | None:
+    """The first of ``names`` present as a positive number of milliseconds, in seconds."""
+    for n in names:
+        v = headers.get(n)
+        if v is not None:
+            try:
+                ms = float(v)
+            except ValueError:
+                continue
+            if ms > 0:
+                return ms / 1000.0
+    return None
+
+
+def order_key(ordering: str, item: Any) -> float:
+    if ordering == "edf":
+        return float(item.deadline)
+    if ordering == "slo-deadline":
+        return float(item.slo_deadline)
+    return float(item.seq)
+
+
+class FlowQueue:
+    """One flow's waiting requests, best first by the band's ordering policy."""
+
+    __slots__ = ("heap", "live", "service")
+
+    def __init__(self, service: float) -> None:
+        self.heap: list[tuple[float, int, Any]] = []
+        self.live = 0  # entries not yet removed (cancelled/expired entries are dropped lazily)
+        self.service = service  # tokens attained (least-attained-service)
+
+    def push(self, key: float, item: Any) -> None:
+        heapq.heappush(self.heap, (key, item.seq, item))
+        self.live += 1
+
+    def head(self) -> Any | None:
+        h = self.heap
+        while h and h[0][2].done:
+            heapq.heappop(h)
+        return h[0][2] if h else None
+
+    def head_key(self) -> tuple[float, int] | None:
+        if self.head() is None:
+            return None
+        k, seq, _ = self.heap[0]
+        return (k, seq)
+
+
+class Band:
+    """A priority band: its flows, limits and policies."""
+
+    def __init__(
+        self, priority: int, fairness: str, ordering: str, max_requests: int, max_bytes: int
+    ) -> None:
+        self.priority = priority
+        self.fairness = fairness
+        self.ordering = ordering
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.flows: OrderedDict[str, FlowQueue] = OrderedDict()
+        self.count = 0
+        self.bytes = 0
+
+    def push(self, item: Any) -> None:
+        q = self.flows.get(item.flow)
+        if q is None:
+            # A (re)appearing flow starts at the least service among active flows.
+            base = min((f.service for f in self.flows.values()), default=0.0)
+            q = self.flows[item.flow] = FlowQueue(base)
+        q.push(order_key(self.ordering, item), item)
+        self.count += 1
+        self.bytes += item.size
+
+    def forget(self, item: Any) -> None:
+        """Account an item that left the band (dispatched, cancelled, expired)."""
+        self.count -= 1
+        self.bytes -= item.size
+        q = self.flows.get(item.flow)
+        if q is not None:
+            q.live -= 1
+            if q.live <= 0:
+                del self.flows[item.flow]
+
+    def select(self) -> Any | None:
+        """The item the fairness policy dispatches next (not removed)."""
+        if not self.flows:
+            return None
+        if self.fairness == "round-robin":
+            for q in self.flows.values():  # front of the OrderedDict = the flow whose turn it is
+                h = q.head()
+                if h is not None:
+                    return h
+            return None
+        if self.fairness == "least-attained-service":
+            best_q = min((q for q in self.flows.values() if q.head() is not None),
+                         key=lambda q: q.service, default=None)  # fmt: skip
+            return best_q.head() if best_q is not None else None
+        best: tuple[float, int] | None = None
+        best_q = None
+        for q in self.flows.values():
+            k = q.head_key()
+            if k is not None and (best is None or k < best):
+                best, best_q = k, q
+        return best_q.head() if best_q is not None else None
+
+    def dispatched(self, item: Any, cost: float) -> None:
+        """``item`` left for an endpoint: rotate round robin, charge its flow's service."""
+        q = self.flows.get(item.flow)
+        if q is not None:
+            q.service += cost
+            if self.fairness == "round-robin":
+                self.flows.move_to_end(item.flow)
