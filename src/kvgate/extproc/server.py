@@ -9,9 +9,9 @@ and its in-flight accounting.
 from __future__ import annotations
 
 import asyncio
-import math
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
