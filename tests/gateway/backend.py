@@ -48,10 +48,10 @@ class Backend:
         app.router.add_get("/metrics", self._metrics)
         return app
 
-    async def start(self, port: int = 0) -> Backend:
+    async def start(self, port: int = 0, ssl_context: Any = None) -> Backend:
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         server = site._server
         self.port = getattr(server, "sockets")[0].getsockname()[1]  # noqa: B009

@@ -76,9 +76,9 @@ def _pool(**kw):
         ([], "(top level)"),
         ({}, "pools"),
         ({"pools": [_pool()], "bogus": 1}, "bogus"),
-        ({"pools": [_pool(endpoints=["example.com:80"])]}, "pools[0].endpoints[0]"),
+        ({"pools": [_pool(endpoints=["exa_mple.com:80"])]}, "pools[0].endpoints[0]"),  # not a DNS name
         ({"pools": [_pool(endpoints=["127.0.0.1:99999"])]}, "pools[0].endpoints[0]"),
-        ({"pools": [_pool(endpoints=["https://127.0.0.1:1"])]}, "pools[0].endpoints[0]"),
+        ({"pools": [_pool(endpoints=["https://127.0.0.1:1", "http://127.0.0.1:2"])]}, "pools[0].endpoints"),
         ({"pools": [_pool(endpoints=["127.0.0.1:1", "http://127.0.0.1:1"])]}, "pools[0].endpoints"),
         ({"pools": [_pool(models=[])]}, "pools[0].models"),
         ({"pools": [_pool(models=[""])]}, "pools[0].models[0]"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,10 @@ class PoolConfig:
     picker_config: dict[str, Any] | None = None
     # Endpoints come from Kubernetes (an InferencePool) instead of ``endpoints``.
     inference_pool: InferencePoolRef | None = None
+    # "https" when the endpoints were given as https://host:port (verified against ``ca_file``, or the
+    # system's CAs without one).
+    scheme: str = "http"
+    ca_file: str | None = None
 
 
 @dataclass(slots=True)
@@ -128,16 +133,32 @@ class GatewayConfig:
     # Kubernetes API access for pools with ``inferencePool`` (flags; None = in-cluster or the kubeconfig).
     kube_server: str | None = None
     kubeconfig: str | None = None
+    # Data-port access (kvgate.gateway.tenants): API keys from a file and/or an env var; None = open.
+    api_keys_file: str | None = None
+    api_keys_env: str | None = None
+    # Per-tenant token buckets; 0 = no limit.
+    rate_requests_per_minute: float = 0.0
+    rate_tokens_per_minute: float = 0.0
+    # Error bodies and the explain header never name endpoint addresses.
+    hide_internal_addresses: bool = False
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
+
+
+def endpoint_scheme(value: object) -> str:
+    return "https" if isinstance(value, str) and value.strip().startswith("https://") else "http"
 
 
 def normalise_endpoint(value: object, key: str) -> str:
-    """``http://1.2.3.4:8000/`` or ``1.2.3.4:8000`` -> ``1.2.3.4:8000`` (what the picker calls an address)."""
+    """``http://1.2.3.4:8000/``, ``https://vllm-0.vllm:8000`` or ``1.2.3.4:8000`` -> ``host:port`` (what the
+    picker calls an address). DNS names are resolved on every new upstream connection (no caching here:
+    the system resolver honours the record's TTL), so a re-pointed name is followed."""
     if not isinstance(value, str) or not value.strip():
-        raise GatewayConfigError(key, "expected 'host:port' or 'http://host:port'")
+        raise GatewayConfigError(key, "expected 'host:port' or 'http(s)://host:port'")
     text = value.strip()
-    if text.startswith("https://"):
-        raise GatewayConfigError(key, "https upstreams are not supported; use http://host:port")
-    text = text.removeprefix("http://").rstrip("/")
+    text = text.removeprefix("https://").removeprefix("http://").rstrip("/")
     if "/" in text:
         raise GatewayConfigError(key, f"{value!r} has a path; give only host:port")
     host, sep, port_s = text.rpartition(":")
@@ -147,10 +168,8 @@ def normalise_endpoint(value: object, key: str) -> str:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if host != "localhost":
-            raise GatewayConfigError(
-                key, f"{host!r} is not an IP address (DNS names are not resolved)"
-            ) from None
+        if not _HOSTNAME.fullmatch(host):
+            raise GatewayConfigError(key, f"{host!r} is neither an IP address nor a DNS name") from None
     return text
 
 
@@ -213,6 +232,7 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
         "policy",
         "endpointPickerConfig",
         "endpointPickerConfigFile",
+        "caFile",
         "inferencePool",
     )
     _check_keys(raw, allowed, path + ".")
@@ -242,6 +262,17 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
     endpoints = [normalise_endpoint(e, f"{path}.endpoints[{i}]") for i, e in enumerate(eps_raw)]
     if len(set(endpoints)) != len(endpoints):
         raise GatewayConfigError(path + ".endpoints", "lists an endpoint twice")
+    schemes = {endpoint_scheme(e) for e in eps_raw}
+    if len(schemes) > 1:
+        raise GatewayConfigError(
+            path + ".endpoints", "mixes http:// and https:// endpoints; use one pool each"
+        )
+    scheme = schemes.pop() if schemes else "http"
+    ca_file = _get(raw, "caFile", path + ".", str)
+    if ca_file is not None:
+        ca_file = os.path.join(base_dir, ca_file)
+        if not os.path.isfile(ca_file):
+            raise GatewayConfigError(path + ".caFile", f"no such file {ca_file}")
     models = _string_list(raw.get("models"), path + ".models")
     if not models:
         raise GatewayConfigError(path + ".models", "list at least one model the pool serves")
@@ -262,7 +293,9 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
         if not isinstance(file_, str):
             raise GatewayConfigError(path + ".endpointPickerConfigFile", "expected a file path")
         picker = _load_yaml(os.path.join(base_dir, file_), path + ".endpointPickerConfigFile")
-    return PoolConfig(name, endpoints, models, adapters, engine, policy, picker, inference_pool)
+    return PoolConfig(
+        name, endpoints, models, adapters, engine, policy, picker, inference_pool, scheme, ca_file
+    )
 
 
 def _parse_rewrite(raw: Any, path: str) -> RewriteRule:
@@ -366,6 +399,9 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
         "scrapeIntervalSeconds",
         "rewriteSeed",
         "sessionHeader",
+        "auth",
+        "rateLimits",
+        "hideInternalAddresses",
     )
     _check_keys(raw, allowed, "")
     pools_raw = raw.get("pools")
@@ -434,7 +470,35 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
     header = _get(raw, "sessionHeader", "", str)
     if header:
         cfg.session_header = header.lower()
+    _parse_access(cfg, raw, base_dir)
     return cfg
+
+
+def _parse_access(cfg: GatewayConfig, raw: Mapping[str, Any], base_dir: str) -> None:
+    """``auth``, ``rateLimits`` and ``hideInternalAddresses`` (see kvgate.gateway.tenants)."""
+    auth = raw.get("auth")
+    if auth is not None:
+        if not isinstance(auth, dict):
+            raise GatewayConfigError("auth", "expected a mapping")
+        _check_keys(auth, ("apiKeysFile", "apiKeysEnv"), "auth.")
+        file_ = _get(auth, "apiKeysFile", "auth.", str)
+        cfg.api_keys_file = os.path.join(base_dir, file_) if file_ else None
+        cfg.api_keys_env = _get(auth, "apiKeysEnv", "auth.", str)
+        if not cfg.api_keys_file and not cfg.api_keys_env:
+            raise GatewayConfigError("auth", "give apiKeysFile and/or apiKeysEnv")
+    limits = raw.get("rateLimits")
+    if limits is not None:
+        if not isinstance(limits, dict):
+            raise GatewayConfigError("rateLimits", "expected a mapping")
+        _check_keys(limits, ("requestsPerMinute", "tokensPerMinute"), "rateLimits.")
+        for key, attr in (
+            ("requestsPerMinute", "rate_requests_per_minute"),
+            ("tokensPerMinute", "rate_tokens_per_minute"),
+        ):
+            value = _get(limits, key, "rateLimits.", (int, float))
+            if value is not None:
+                setattr(cfg, attr, float(_positive(value, f"rateLimits.{key}", allow_zero=True)))
+    cfg.hide_internal_addresses = bool(_get(raw, "hideInternalAddresses", "", bool, False))
 
 
 MAX_WORKERS = 64

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,8 +53,12 @@ class MetricsScraper:
         clock: Callable[[], float] = time.monotonic,
         session: aiohttp.ClientSession | None = None,
         max_bytes: int = MAX_SCRAPE_BYTES,
+        scheme: str = "http",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.store = store
+        self.scheme = scheme
+        self.tls = tls
         self.max_bytes = max_bytes
         self.interval = interval
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -76,7 +81,7 @@ class MetricsScraper:
         if self._session is None:
             # One pooled session for all endpoints; per-host limit keeps one connection each busy.
             # No cookie jar, no decompression, bytes in: each saves CPU on every scrape of every endpoint.
-            conn = aiohttp.TCPConnector(limit=0, limit_per_host=2, ttl_dns_cache=300)
+            conn = aiohttp.TCPConnector(limit=0, limit_per_host=2, ttl_dns_cache=10)
             self._session = aiohttp.ClientSession(
                 connector=conn,
                 timeout=self.timeout,
@@ -138,7 +143,9 @@ class MetricsScraper:
         stats = self.stats.setdefault(ep.address, ScrapeStats())
         try:
             mapping_for(ep.engine)
-            async with self._session_().get(f"http://{ep.address}{self.path}", timeout=self.timeout) as resp:
+            async with self._session_().get(
+                f"{self.scheme}://{ep.address}{self.path}", timeout=self.timeout, ssl=self.tls or True
+            ) as resp:
                 if resp.status != 200:
                     raise aiohttp.ClientResponseError(
                         resp.request_info, resp.history, status=resp.status, message="bad status"

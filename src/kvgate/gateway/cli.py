@@ -175,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args)
         pools = build_pools(cfg)
+        if cfg.api_keys_file or cfg.api_keys_env:  # a bad key file is a config error, not a traceback
+            from kvgate.gateway.tenants import ApiKeyError, load_keys
+
+            try:
+                load_keys(cfg.api_keys_file, cfg.api_keys_env)
+            except ApiKeyError as e:
+                raise GatewayConfigError("auth", str(e)) from e
     except GatewayConfigError as e:
         print(f"kvgate serve: config error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ class HealthTracker:
         self.clock = clock
         self._state: dict[str, _State] = {}
         self.ejections = 0
+        # Pool name -> TLS context for https pools (probes go to https:// there).
+        self.tls: dict[str, ssl.SSLContext] = {}
 
     def success(self, ep: Endpoint) -> None:
         st = self._state.get(ep.address)
@@ -79,10 +82,11 @@ class HealthTracker:
             st.retry_at = self.clock() + st.backoff_s
 
     async def probe(self, session: aiohttp.ClientSession, ep: Endpoint) -> bool:
-        url = f"http://{ep.address}{self.cfg.probe_path}"
+        tls = self.tls.get(ep.pool)
+        url = f"{'https' if tls is not None else 'http'}://{ep.address}{self.cfg.probe_path}"
         try:
             timeout = aiohttp.ClientTimeout(total=self.cfg.probe_timeout_s)
-            async with session.get(url, timeout=timeout) as resp:
+            async with session.get(url, timeout=timeout, ssl=tls or True) as resp:
                 await resp.read()
                 return resp.status < 500
         except (aiohttp.ClientError, TimeoutError, OSError):

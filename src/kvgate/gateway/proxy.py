@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from kvgate.config.gateway import GatewayConfig
+from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.gateway.errors import GatewayError, error_response, sse_error_event
@@ -27,6 +28,7 @@ from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
 from kvgate.gateway.stream import BodyRewriter, StreamRelay, StreamTooLarge, usage_from_body
+from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import UpstreamPool, UpstreamResponse
 from kvgate.openai import protocol as proto
 from kvgate.openai.request import (
@@ -40,7 +42,7 @@ from kvgate.openai.request import (
     inference_request,
     parse_body,
 )
-from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError
+from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage
 
 log = logging.getLogger("kvgate.gateway")
 
@@ -72,6 +74,11 @@ _DROP = frozenset(
 _DROP_PREFIXES = ("x-gateway-", "x-kvgate-")
 _UPSTREAM_ERRORS = (TimeoutError, OSError)  # UpstreamError is an OSError
 _EXPLAIN_HEADER_MAX = 4096
+
+
+def tls_context(cfg: PoolConfig) -> ssl.SSLContext:
+    """Certificate and host name verified, against ``caFile`` or the system's CAs."""
+    return ssl.create_default_context(cafile=cfg.ca_file)
 
 
 def _filter_headers(headers: Mapping[str, str]) -> tuple[dict[str, str], str | None, str | None, bool]:
@@ -143,6 +150,17 @@ class Proxy:
         }
         lim = cfg.limits
         self.upstream = UpstreamPool(lim.connect_timeout_s, lim.idle_timeout_s)
+        # Who may call and how much (kvgate.gateway.tenants); None = open / unlimited.
+        self.keys = (
+            ApiKeys(load_keys(cfg.api_keys_file, cfg.api_keys_env))
+            if cfg.api_keys_file or cfg.api_keys_env
+            else None
+        )
+        rpm, tpm = cfg.rate_requests_per_minute, cfg.rate_tokens_per_minute
+        self.limiter = RateLimiter(rpm, tpm, clock) if rpm or tpm else None
+        self.hide = cfg.hide_internal_addresses
+        # https pools: one verifying client context each (CA file or the system's CAs).
+        self.tls = {p.name: tls_context(p.cfg) for p in pools if p.cfg.scheme == "https"}
         self.request_timeout = lim.request_timeout_s or None
         self.inflight = 0
         metrics.track_inflight(lambda: self.inflight)
@@ -210,6 +228,26 @@ class Proxy:
             resp = error_response(GatewayError(503, "gateway is shutting down"), rid)
             resp.force_close()
             return resp
+        tenant: str | None = None
+        if self.keys is not None:
+            tenant = self.keys.tenant(request.headers)
+            if tenant is None:
+                self.metrics.error("", "", "401")
+                resp = error_response(
+                    GatewayError(401, "missing or invalid API key", code="invalid_api_key"), rid
+                )
+                resp.headers["WWW-Authenticate"] = "Bearer"
+                return resp
+        if self.limiter is not None:
+            who = tenant or request.headers.get(FAIRNESS_HEADER) or proto.DEFAULT_FAIRNESS_ID
+            wait = self.limiter.admit(who)
+            if wait is not None:
+                self.metrics.error("", "", "429")
+                resp = error_response(
+                    GatewayError(429, f"rate limit exceeded for {who!r}", code="rate_limit_exceeded"), rid
+                )
+                resp.headers["Retry-After"] = retry_after(wait)
+                return resp
         if self.inflight >= self.cfg.limits.max_concurrent_requests:
             self.metrics.error("", "", "429")
             return error_response(
@@ -218,7 +256,7 @@ class Proxy:
         self.inflight += 1
         self.idle.clear()
         try:
-            return await self._handle(request, kind, rid, self.clock())
+            return await self._handle(request, kind, rid, self.clock(), tenant)
         except GatewayError as e:
             return error_response(e, rid)
         finally:
@@ -234,7 +272,9 @@ class Proxy:
         return await request.read()
 
     # --- one request --------------------------------------------------------------------------
-    async def _handle(self, request: Request, kind: str, rid: str, t0: float) -> Response | StreamResponse:
+    async def _handle(
+        self, request: Request, kind: str, rid: str, t0: float, tenant: str | None = None
+    ) -> Response | StreamResponse:
         raw = await self._read_body(request)
         try:
             parsed = parse_body(kind, raw)
@@ -249,6 +289,11 @@ class Proxy:
                 404, f"The model '{client_model}' does not exist", param="model", code="model_not_found"
             )
         headers, objective, fairness, explain = _filter_headers(request.headers)
+        if self.keys is not None:
+            fairness = tenant  # the key decides the tenant, never a client header
+            headers.pop("authorization", None)  # the gateway's key is not the model server's
+            headers.pop("x-api-key", None)
+        explain = explain and not self.hide
         strip_usage = False
         changed = target != client_model
         if changed:
@@ -338,6 +383,7 @@ class Proxy:
         path = PATHS[kind].encode()
         deadline = self._loop.time() + self.request_timeout if self.request_timeout else None
         sent_model = ireq.model if ireq.model != client_model else None
+        tls = self.tls.get(pool.name)
         for attempt in range(self.cfg.limits.max_attempts):
             try:
                 ep, result = await self._pick(pool, ireq, tried, explain)
@@ -361,9 +407,13 @@ class Proxy:
             head = b"POST " + path + b" HTTP/1.1\r\nhost: " + ep.address.encode() + b"\r\n" + header_block
             try:
                 try:
-                    resp = await self.upstream.request(ep.address, head, out, deadline)
+                    resp = await self.upstream.request(ep.address, head, out, deadline, tls)
                 except _UPSTREAM_ERRORS as e:
-                    last_error = f"{ep.address}: {type(e).__name__}: {e}"
+                    last_error = (
+                        f"{self._name(ep)}: {type(e).__name__}"
+                        if self.hide
+                        else f"{ep.address}: {type(e).__name__}: {e}"
+                    )
                     finished = True
                     self._failed(director, ireq, ep)
                     continue
@@ -372,14 +422,14 @@ class Proxy:
                     e.healthy and e.address not in tried for e in pool.endpoints()
                 )
                 if resp.status >= 500 and not final:
-                    last_error = f"{ep.address}: HTTP {resp.status}"
+                    last_error = f"{self._name(ep)}: HTTP {resp.status}"
                     finished = True
                     self._failed(director, ireq, ep)
                     continue
                 if resp.content_type == "text/event-stream":
                     first = await self._first_chunk(resp)
                     if first is None:
-                        last_error = f"{ep.address}: stream ended before its first byte"
+                        last_error = f"{self._name(ep)}: stream ended before its first byte"
                         finished = True
                         self._failed(director, ireq, ep)
                         continue
@@ -400,7 +450,7 @@ class Proxy:
                 try:
                     body = await resp.read()
                 except _UPSTREAM_ERRORS as e:
-                    last_error = f"{ep.address}: body read failed: {type(e).__name__}"
+                    last_error = f"{self._name(ep)}: body read failed: {type(e).__name__}"
                     finished = True
                     self._failed(director, ireq, ep)
                     continue
@@ -422,6 +472,14 @@ class Proxy:
             f"all {self.cfg.limits.max_attempts} attempts failed; last: {last_error}",
             code="upstream_unavailable",
         )
+
+    def _name(self, ep: Endpoint) -> str:
+        """How client-visible messages name an endpoint (``hideInternalAddresses``: not by address)."""
+        return "an endpoint" if self.hide else ep.address
+
+    def _charge(self, ireq: InferenceRequest, usage: Usage | None) -> None:
+        if self.limiter is not None and usage is not None:
+            self.limiter.charge(ireq.fairness_id, usage.prompt_tokens + usage.completion_tokens)
 
     def _peers(self, ep: Endpoint) -> tuple[Endpoint, ...]:
         pool = self.pool_by_name.get(ep.pool)
@@ -468,6 +526,7 @@ class Proxy:
         director.on_first_token(ireq, ep)
         usage = usage_from_body(body) if resp.status < 300 else None
         director.on_finished(ireq, ep, usage, ok)
+        self._charge(ireq, usage)
         if ok:
             self.health.success(ep)
         elif self.health.failure(ep, self._peers(ep)):
@@ -531,7 +590,7 @@ class Proxy:
                     "%s: stream from %s cut: %s: %s", ireq.request_id, ep.address, type(cut).__name__, cut
                 )
                 await out.write(
-                    sse_error_event(f"upstream stream from {ep.address} was cut: {type(cut).__name__}")
+                    sse_error_event(f"upstream stream from {self._name(ep)} was cut: {type(cut).__name__}")
                 )
             await out.write_eof()
         except ConnectionResetError:
@@ -544,6 +603,7 @@ class Proxy:
             elif self.health.failure(ep, self._peers(ep)):
                 self.metrics.ejections.inc()
             director.on_finished(ireq, ep, relay.usage, ok)
+            self._charge(ireq, relay.usage)
             self.metrics.observe(client_model, ireq.model, self.clock() - t0, relay.usage)
             if not ok:
                 self.metrics.error(

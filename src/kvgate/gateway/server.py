@@ -197,6 +197,7 @@ class GatewayServer:
         # aiohttp's client only for the health probes (rare); the data path uses upstream.UpstreamPool.
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self.proxy = Proxy(self.cfg, self.pools, self.metrics, self.health, self.clock)
+        self.health.tls = self.proxy.tls
         self.port = await self._serve(
             self._front(self.proxy, admin=self.cfg.admin_port is None or self.admin_on_data),
             self.cfg.host,
@@ -214,7 +215,13 @@ class GatewayServer:
         )
         if self.scrape:
             for pool in self.pools:
-                scraper = MetricsScraper(pool.store, interval=self.cfg.scrape_interval_s, clock=self.clock)
+                scraper = MetricsScraper(
+                    pool.store,
+                    interval=self.cfg.scrape_interval_s,
+                    clock=self.clock,
+                    scheme=pool.cfg.scheme,
+                    tls=self.proxy.tls.get(pool.name),
+                )
                 await scraper.start()
                 self._scrapers.append(scraper)
         await self._start_kubernetes()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from dataclasses import dataclass, field
 
 _HIGH_WATER = 1 << 20
@@ -334,7 +335,7 @@ class UpstreamPool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def _acquire(self, address: str) -> tuple[_Conn, bool]:
+    async def _acquire(self, address: str, tls: ssl.SSLContext | None = None) -> tuple[_Conn, bool]:
         idle = self._idle.get(address)
         while idle:
             reuse = idle.pop()
@@ -344,7 +345,14 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         try:
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _Conn(self, address), host.strip("[]"), int(port)),
+                # A DNS name is resolved here, on every new connection (the system resolver's TTL).
+                loop.create_connection(
+                    lambda: _Conn(self, address),
+                    host.strip("[]"),
+                    int(port),
+                    ssl=tls,
+                    server_hostname=host.strip("[]") if tls is not None else None,
+                ),
                 self.connect_timeout,
             )
         except TimeoutError as e:
@@ -356,7 +364,12 @@ class UpstreamPool:
         return conn, False
 
     async def request(
-        self, address: str, head: bytes, body: bytes, deadline: float | None = None
+        self,
+        address: str,
+        head: bytes,
+        body: bytes,
+        deadline: float | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> UpstreamResponse:
         """Send ``head`` (request line + headers, ending in CRLF CRLF) and ``body``; wait for the head.
 
@@ -365,7 +378,7 @@ class UpstreamPool:
         ``deadline`` (event-loop time) bounds the whole exchange on top of the idle timeout.
         """
         for attempt in range(2):
-            conn, reused = await self._acquire(address)
+            conn, reused = await self._acquire(address, tls)
             assert conn.transport is not None
             conn.transport.write(head + body)
             try:

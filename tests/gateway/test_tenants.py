@@ -1,0 +1,110 @@
+"""Issue #12, expected by users: API keys (file or env, stored hashed, tenant -> fairness id),
+per-tenant request and token rate limits (429 + Retry-After), and hideInternalAddresses."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.backend import free_port
+from gateway.conftest import base_url, make_config, running_gateway
+from kvgate.gateway.tenants import ApiKeyError, ApiKeys, RateLimiter, load_keys
+
+BODY = b'{"model":"m","prompt":"x","max_tokens":1}'
+
+
+def test_keys_from_file_and_env_are_kept_only_as_digests(tmp_path):
+    f = tmp_path / "keys"
+    f.write_text("# key tenant\nsk-alpha team-a\n\nsk-beta team-b  # comment\n")
+    digests = load_keys(str(f), "KEYS", {"KEYS": "sk-gamma=team-c"})
+    assert set(digests.values()) == {"team-a", "team-b", "team-c"}
+    assert all(len(d) == 32 and b"sk-" not in d for d in digests)  # SHA-256, never the key itself
+    keys = ApiKeys(digests)
+    assert keys.tenant({"authorization": "Bearer sk-beta"}) == "team-b"
+    assert keys.tenant({"x-api-key": "sk-gamma"}) == "team-c"
+    assert keys.tenant({"authorization": "Bearer nope"}) is None and keys.tenant({}) is None
+    with pytest.raises(ApiKeyError):
+        load_keys(None, "UNSET", {})
+    f.write_text("just-a-key-without-tenant\n")
+    with pytest.raises(ApiKeyError):
+        load_keys(str(f), None)
+
+
+def test_rate_limiter_refills_over_injected_time():
+    now = [0.0]
+    rl = RateLimiter(requests_per_minute=2, tokens_per_minute=100, clock=lambda: now[0])
+    assert rl.admit("a") is None and rl.admit("a") is None
+    wait = rl.admit("a")
+    assert wait is not None and 0 < wait <= 30
+    assert rl.admit("b") is None  # tenants are separate
+    now[0] += 30
+    assert rl.admit("a") is None  # one request refilled in 30 s
+    rl.charge("b", 500)  # a big answer puts b in token debt
+    now[0] += 60
+    assert rl.admit("b") is not None  # 100 tokens/min: still in debt after a minute
+    now[0] += 300
+    assert rl.admit("b") is None
+
+
+async def test_api_keys_tenants_rate_limits_through_the_gateway(backends, tmp_path, monkeypatch):
+    (b,) = await backends(1)
+    (tmp_path / "keys").write_text("sk-a tenant-a\nsk-b tenant-b\n")
+    extra = {"auth": {"apiKeysFile": str(tmp_path / "keys")}, "rateLimits": {"requestsPerMinute": 3}}
+    async with running_gateway(make_config([b.address], extra=extra)) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/completions"
+        director = gw.pools[0].director
+        seen: list[str] = []
+        inner = director.pick
+
+        def pick(req, explain=False):
+            seen.append(req.fairness_id)
+            return inner(req, explain)
+
+        director.pick = pick  # type: ignore[method-assign]
+        async with s.post(url, data=BODY) as r:
+            assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_api_key"
+        async with s.post(url, data=BODY, headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 401
+        statuses = []
+        for _ in range(4):
+            headers = {"Authorization": "Bearer sk-a", "x-gateway-inference-fairness-id": "tenant-b"}
+            async with s.post(url, data=BODY, headers=headers) as r:
+                statuses.append(r.status)
+                if r.status == 429:
+                    assert int(r.headers["Retry-After"]) >= 1
+                    assert (await r.json())["error"]["code"] == "rate_limit_exceeded"
+        assert statuses == [200, 200, 200, 429]
+        async with s.post(url, data=BODY, headers={"Authorization": "Bearer sk-b"}) as r:
+            assert r.status == 200  # another tenant's bucket
+        # The key's tenant is the fairness id (a spoofed header is ignored); the key is not forwarded.
+        assert seen == ["tenant-a"] * 3 + ["tenant-b"]
+        _, fwd, _ = b.received[0]
+        assert "authorization" not in fwd
+
+
+async def test_hide_internal_addresses_keeps_them_out_of_errors_and_explain(backends):
+    (b,) = await backends(1)
+    dead = f"127.0.0.1:{free_port()}"
+    cfg = make_config([dead], extra={"hideInternalAddresses": True, "limits": {"maxAttempts": 1}})
+    async with (
+        running_gateway(cfg) as gw,
+        aiohttp.ClientSession() as s,
+        s.post(base_url(gw) + "/v1/completions", data=BODY) as r,
+    ):
+        body = await r.read()
+        assert r.status == 503 and dead.encode() not in body and b"127.0.0.1" not in body
+    cfg = make_config([b.address], extra={"hideInternalAddresses": True})
+    async with (
+        running_gateway(cfg) as gw,
+        aiohttp.ClientSession() as s,
+        s.post(base_url(gw) + "/v1/completions", data=BODY, headers={"x-kvgate-explain": "1"}) as r,
+    ):
+        assert r.status == 200 and "x-kvgate-pick" not in r.headers
+    cfg = make_config([dead], extra={"limits": {"maxAttempts": 1}})
+    async with (
+        running_gateway(cfg) as gw,
+        aiohttp.ClientSession() as s,
+        s.post(base_url(gw) + "/v1/completions", data=BODY) as r,
+    ):
+        assert dead in orjson.loads(await r.read())["error"]["message"]  # shown by default
