@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-k8s test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
+.PHONY: demo test check-install test-k8s test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,13 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+## The product install: `pip install .` without extras into a fresh venv runs `kvgate serve` and `kvgate epp`
+## (tests/test_product_install.py checks the same without the package index).
+check-install:
+	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && $(PY) -m venv "$$d" && "$$d/bin/pip" install --quiet . && \
+	  cd "$$d" && bin/kvgate serve --help >/dev/null && bin/kvgate epp --help >/dev/null && \
+	  ! bin/python -c 'import numpy' 2>/dev/null && echo "check-install: kvgate serve/epp run without extras"
 
 ## Kubernetes: the API-server double, kubectl churn, discovery, HA, the chart, and the slow end-to-end pool churn.
 test-k8s: $(STAMP)
