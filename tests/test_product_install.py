@@ -5,12 +5,13 @@ import: a fresh interpreter in which every installed distribution that is *not* 
 kvgate (``[project].dependencies`` in pyproject.toml, with their own dependencies, no extras) cannot be
 imported. There it runs ``kvgate serve --help`` and ``kvgate epp --help`` and imports every module of the
 packages those commands are built from; and every import statement in those packages (function-local ones
-too, which only run later) must name the standard library, a product dependency or kvgate itself. ``make check-install`` does the real thing: a fresh
-venv, ``pip install .``, both ``--help``s.
+too, which only run later) must name the standard library, a product dependency or kvgate itself.
+``make check-install`` does the real thing: a fresh venv, ``pip install .``, both ``--help``s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -49,10 +50,9 @@ def product_closure() -> set[str]:
         if name in seen or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
             continue
         seen.add(name)
-        try:
+        # A dependency not installed here: nothing of it can be imported anyway.
+        with contextlib.suppress(metadata.PackageNotFoundError):
             todo.extend(Requirement(r) for r in metadata.requires(req.name) or [])
-        except metadata.PackageNotFoundError:
-            pass  # not installed here: nothing of it can be imported anyway
     return seen
 
 
