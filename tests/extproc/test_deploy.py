@@ -32,10 +32,10 @@ def test_kubernetes_manifest_is_consistent() -> None:
     } <= set(docs)
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    args = [a.replace("$(KVGATE_ENDPOINTS)", env["KVGATE_ENDPOINTS"]) for a in container["args"]]
-    ns, unknown = parser().parse_known_args(args)
+    ns, unknown = parser().parse_known_args(container["args"])
     assert unknown == []
+    # Endpoints come from the InferencePool (Kubernetes discovery), not a static list.
+    assert ns.endpoints is None and ns.pool_name == docs["InferencePool"]["metadata"]["name"]
     assert (ns.port, ns.grpc_health_port, ns.metrics_port) == (9002, 9003, 9090)
     assert {p["containerPort"] for p in container["ports"]} == {9002, 9003, 9090}
     for probe in ("livenessProbe", "readinessProbe"):
@@ -47,7 +47,7 @@ def test_kubernetes_manifest_is_consistent() -> None:
     (key,) = docs["ConfigMap"]["data"]
     assert ns.config_file == f"{mount}/{key}"
     picker_config = yaml.safe_load(docs["ConfigMap"]["data"][key])
-    store = EndpointStore.from_addresses(ns.endpoints.split(","))
+    store = EndpointStore.from_addresses(["10.0.0.11:8000"])
     assert build_epp_director(picker_config, store) is not None
 
     svc = docs["Service"]

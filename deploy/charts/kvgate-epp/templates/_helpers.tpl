@@ -1,0 +1,22 @@
+{{- define "kvgate-epp.name" -}}
+{{- printf "%s-epp" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kvgate-epp.labels" -}}
+app.kubernetes.io/name: kvgate-epp
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "kvgate-epp.selectorLabels" -}}
+app: {{ include "kvgate-epp.name" . }}
+{{- end -}}
+
+{{- define "kvgate-epp.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kvgate-epp.name" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
