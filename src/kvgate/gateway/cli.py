@@ -143,11 +143,17 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def serve(cfg: GatewayConfig, pools: list[Pool]) -> None:
+async def serve(cfg: GatewayConfig, pools: list[Pool], config_path: str | None = None) -> None:
+    from kvgate.gateway.reload import ConfigReloader
     from kvgate.gateway.server import GatewayServer
 
     server = GatewayServer(cfg, pools)
     await server.start()
+    reloader: asyncio.Task[None] | None = None
+    if config_path:  # endpoints follow the file: on SIGHUP, and when it changes
+        cr = ConfigReloader(config_path, cfg, pools)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, cr.trigger)
+        reloader = asyncio.create_task(cr.run())
     tune_gc()
     print(
         f"kvgate serve: listening on http://{cfg.host}:{server.port}"
@@ -160,6 +166,8 @@ async def serve(cfg: GatewayConfig, pools: list[Pool]) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("kvgate serve: draining", flush=True)
+    if reloader is not None:
+        reloader.cancel()
     await server.stop()
 
 
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        uvloop.run(serve(cfg, pools))
+        uvloop.run(serve(cfg, pools, args.config))
     except KeyboardInterrupt:
         pass
     return 0

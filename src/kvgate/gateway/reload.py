@@ -1,0 +1,98 @@
+"""Dynamic endpoints without a restart: re-read ``--config`` on SIGHUP or when the file changes.
+
+Only each pool's ``endpoints`` are applied live (``EndpointStore.sync``: the scraper, KV-event sources
+and pickers follow through the store's change listeners; an endpoint kept keeps its metrics and
+in-flight accounting). Any other difference (new pools, models, limits, policies) is logged as needing a
+restart. A file that fails validation is logged and ignored: the running config stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+
+from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gateway_config
+from kvgate.datalayer.store import make_endpoint
+from kvgate.gateway.pools import Pool
+
+log = logging.getLogger("kvgate.gateway.reload")
+
+
+class ConfigReloader:
+    def __init__(self, path: str, current: GatewayConfig, pools: Sequence[Pool], poll_s: float = 2.0) -> None:
+        self.path = path
+        self.current = current
+        self.pools = {p.name: p for p in pools}
+        self.poll_s = poll_s
+        self.reloads = 0
+        self.failures = 0
+        self._mtime = self._stat()
+        self._wake = asyncio.Event()
+
+    def _stat(self) -> float | None:
+        try:
+            return os.stat(self.path).st_mtime
+        except OSError:
+            return None
+
+    def trigger(self) -> None:
+        """SIGHUP: reload now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+            forced = self._wake.is_set()
+            self._wake.clear()
+            mtime = self._stat()
+            if forced or (mtime is not None and mtime != self._mtime):
+                self._mtime = mtime
+                self.reload()
+
+    def reload(self) -> bool:
+        try:
+            new = load_gateway_config(self.path)
+        except GatewayConfigError as e:
+            self.failures += 1
+            log.error("config reload: %s is invalid, keeping the running config: %s", self.path, e)
+            return False
+        for pc in new.pools:
+            pool = self.pools.get(pc.name)
+            if pool is None:
+                log.warning("config reload: new pool %r needs a restart; ignored", pc.name)
+                continue
+            old = set(pool.cfg.endpoints)
+            if set(pc.endpoints) != old and pc.inference_pool is None:
+                pool.store.sync(
+                    [make_endpoint(a, pool=pc.name, engine=pool.cfg.engine) for a in pc.endpoints],
+                    pool=pc.name,
+                )
+                log.warning(
+                    "config reload: pool %r endpoints +%s -%s",
+                    pc.name,
+                    sorted(set(pc.endpoints) - old),
+                    sorted(old - set(pc.endpoints)),
+                )
+                pool.cfg.endpoints = list(pc.endpoints)
+            if (pc.models, pc.adapters, pc.policy, pc.picker_config, pc.engine) != (
+                pool.cfg.models,
+                pool.cfg.adapters,
+                pool.cfg.policy,
+                pool.cfg.picker_config,
+                pool.cfg.engine,
+            ):
+                log.warning("config reload: pool %r changed beyond its endpoints; restart to apply", pc.name)
+        for name in set(self.pools) - {pc.name for pc in new.pools}:
+            log.warning("config reload: pool %r was removed from the file; restart to apply", name)
+        if (new.limits, new.health, new.objectives) != (
+            self.current.limits,
+            self.current.health,
+            self.current.objectives,
+        ):
+            log.warning("config reload: limits/health/objectives changed; restart to apply")
+        self.reloads += 1
+        return True
