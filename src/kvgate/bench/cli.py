@@ -22,6 +22,7 @@ DELEGATED = {
     "calibrate": "kvgate.sim.calibrate",
     "precise": "kvgate.bench.precise",
     "multiturn": "kvgate.bench.multiturn",
+    "multicluster": "kvgate.bench.multicluster",
 }
 
 

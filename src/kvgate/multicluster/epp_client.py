@@ -19,6 +19,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from kvgate.multicluster.fetcher import RECONNECT
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
 
 _MODE = processing_mode_pb2.ProcessingMode
@@ -51,9 +52,9 @@ class EppClient:
         ch = self._channels.get((address, tls))
         if ch is None:
             ch = (
-                grpc.aio.secure_channel(address, grpc.ssl_channel_credentials())
+                grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(), options=RECONNECT)
                 if tls
-                else grpc.aio.insecure_channel(address)
+                else grpc.aio.insecure_channel(address, options=RECONNECT)
             )
             self._channels[(address, tls)] = ch
         return pb_grpc.ExternalProcessorStub(ch)

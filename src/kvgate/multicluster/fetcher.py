@@ -25,6 +25,8 @@ from kvgate.multicluster.state import ClusterState
 
 log = logging.getLogger("kvgate.multicluster.fetcher")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+# A cluster that comes back is seen within about a second (gRPC's default reconnect back-off grows to 120 s).
+RECONNECT = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 def client_ssl(tls: TlsOptions) -> ssl.SSLContext | None:
@@ -106,7 +108,7 @@ class Fetcher:
             return
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = grpc.aio.insecure_channel(addr)
+            ch = self._channels[addr] = grpc.aio.insecure_channel(addr, options=RECONNECT)
         try:
             reply = await health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=EXT_PROC_SERVICE), timeout=self.timeout_s

@@ -16,7 +16,7 @@ from typing import Any
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.multicluster.clusters import ClustersConfig
-from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy
+from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy, prompt_key
 from kvgate.multicluster.state import ClusterState
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult
 
@@ -69,7 +69,7 @@ class ClusterDirector:
         return self.states.get(ep.labels.get(CLUSTER_LABEL, ""))
 
     def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:
-        creq = ClusterRequest(req.model, req.prompt_text or None)
+        creq = ClusterRequest(req.model, prompt_key(req.prompt_text, req.token_ids))
         order = self.policy.order(self.state_list(), creq, self.clock())
         by_name = {ep.labels.get(CLUSTER_LABEL): ep for ep in self.store.all()}
         chosen = [by_name[c.name] for c in order if c.name in by_name]

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import random
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -45,6 +46,16 @@ class ClusterRequest:
                 block_hashes(self.model, self.prompt, chunk, max_blocks) if self.prompt else []
             )
         return got
+
+
+def prompt_key(text: str | None, token_ids: Sequence[int] | None) -> str | bytes | None:
+    """What the cluster's approximate prefix scorer hashes: the prompt text, else the token ids as uint32
+    bytes (a block of ``block_size`` tokens is then ``4 x block_size`` bytes, the same chunk length)."""
+    if text:
+        return text
+    if token_ids:
+        return array("I", token_ids).tobytes()
+    return None
 
 
 class Policy(Protocol):

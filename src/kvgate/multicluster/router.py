@@ -102,7 +102,10 @@ class GlobalRouter:
         return list(self.states.values())
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+        # A fresh connection per request: a pooled one into a partitioned cluster would take the request and
+        # hang, while a new one fails to connect within ``connect_timeout_s`` and the request moves on.
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def close(self) -> None:
         await self.epp.close()

@@ -24,7 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
-from kvgate.multicluster.policies import ClusterRequest
+from kvgate.multicluster.policies import ClusterRequest, prompt_key
 from kvgate.multicluster.router import GlobalRouter, NoRoute
 from kvgate.openai.protocol import error_body
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
@@ -86,7 +86,7 @@ class GlobalGateway:
             parsed = parse_body(kind_for_path(path), raw)
         except BodyError as e:
             return _error(400, e.message, e.param)
-        creq = ClusterRequest(parsed.model, parsed.prompt_text or None)
+        creq = ClusterRequest(parsed.model, prompt_key(parsed.prompt_text, parsed.token_ids))
         try:
             routed = await self.router.route(path, dict(request.headers), raw, creq)
         except NoRoute as e:

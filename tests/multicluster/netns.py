@@ -1,0 +1,202 @@
+"""Simulated clusters, each in its own network namespace, for the multi-cluster tests and the live run.
+
+Per cluster ``k`` a namespace joined to the root namespace (where the global gateways run) by a veth pair
+``10.<net>.k.1`` (root side) / ``10.<net>.k.2`` (cluster side). Inside it, the real CLIs:
+- ``kvgate sim``: the pods, on ``10.<net+1>.k.2`` (an address on the namespace's loopback): reachable from the root namespace only
+  when the test adds a route to that subnet through the veth (``pods_routed``), so Endpoint mode must fall
+  back to Parent mode where they are not;
+- ``kvgate epp``: the cluster's EPP (ext_proc, gRPC health, metrics and ``/v1/pool/aggregate``);
+- ``kvgate serve``: the cluster-local gateway (Parent mode).
+Fixed ports are safe here: every listener is inside a fresh namespace of its own, where nothing else binds.
+A link cut is ``ip link set <veth> down`` on the root side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+SIM_PORT, EPP_PORT, HEALTH_PORT, METRICS_PORT, GW_PORT = 8001, 9002, 9003, 9090, 8080
+MODEL = "sim-model"
+
+
+def netns_unavailable() -> str | None:
+    """Why namespaces cannot be used here (None = they can)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "no `ip` (iproute2) binary"
+    probe = f"kvmc-probe-{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"`ip netns add` failed: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _ip(*args: str, ns: str | None = None) -> None:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + ["ip", *args]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+@dataclass(slots=True)
+class Cluster:
+    name: str
+    index: int
+    net: int
+    replicas: int = 2
+    pods_routed: bool = True
+    ns: str = ""
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def addr(self) -> str:
+        return f"10.{self.net}.{self.index}.2"
+
+    @property
+    def pod_addr(self) -> str:
+        return f"10.{self.net + 1}.{self.index}.2"
+
+    @property
+    def veth(self) -> str:
+        return f"kvmc{os.getpid() % 10000}c{self.index}"
+
+    def spec(self, rtt_ms: float = 1.0) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "aggregate": f"http://{self.addr}:{METRICS_PORT}/v1/pool/aggregate",
+            "gateway": f"{self.addr}:{GW_PORT}",
+            "epp": f"{self.addr}:{EPP_PORT}",
+            "health": f"{self.addr}:{HEALTH_PORT}",
+            "rtt_ms": rtt_ms,
+            "priority": self.index,
+        }
+
+    # --- network ---------------------------------------------------------------------------------
+    def create(self) -> None:
+        self.ns = f"kvmc-{os.getpid()}-{self.index}"
+        _ip("netns", "add", self.ns)
+        peer = self.veth + "p"
+        _ip("link", "add", self.veth, "type", "veth", "peer", "name", peer)
+        _ip("link", "set", peer, "netns", self.ns)
+        _ip("addr", "add", f"10.{self.net}.{self.index}.1/24", "dev", self.veth)
+        _ip("link", "set", self.veth, "up")
+        _ip("addr", "add", f"{self.addr}/24", "dev", peer, ns=self.ns)
+        _ip("link", "set", peer, "up", ns=self.ns)
+        _ip("link", "set", "lo", "up", ns=self.ns)
+        _ip("addr", "add", f"{self.pod_addr}/32", "dev", "lo", ns=self.ns)  # the pods' own address
+        _ip("route", "add", "default", "via", f"10.{self.net}.{self.index}.1", ns=self.ns)
+        if self.pods_routed:
+            _ip("route", "add", f"10.{self.net + 1}.{self.index}.0/24", "via", self.addr)
+
+    def cut(self) -> None:
+        _ip("link", "set", self.veth, "down")
+
+    def heal(self) -> None:
+        _ip("link", "set", self.veth, "up")
+        if self.pods_routed:  # the route went with the link
+            subprocess.run(["ip", "route", "replace", f"10.{self.net + 1}.{self.index}.0/24", "via", self.addr],
+                           capture_output=True)  # fmt: skip
+
+    def destroy(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+        if self.ns:
+            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+    # --- processes -------------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> None:
+        env = dict(os.environ)
+        log = open(Path(os.environ.get("KVMC_LOG_DIR", "/tmp")) / f"{self.ns}-{name}.log", "wb")  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "kvgate.cli", *args],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+
+    def start_sim(self) -> None:
+        self._spawn("sim", ["sim", "--replicas", str(self.replicas), "--profile", "llama3-8b-h100",
+                            "--host", self.pod_addr, "--base-port", str(SIM_PORT), "--model", MODEL,
+                            "--time-scale", "20", "--log-level", "WARNING"])  # fmt: skip
+
+    def pods(self) -> str:
+        return ",".join(f"{self.pod_addr}:{SIM_PORT + i}" for i in range(self.replicas))
+
+    def start_epp(self) -> None:
+        self._spawn("epp", ["epp", "--endpoints", self.pods(), "--model", MODEL, "--pool-name", self.name,
+                            "--host", "0.0.0.0", "--port", str(EPP_PORT), "--grpc-health-port",
+                            str(HEALTH_PORT), "--metrics-port", str(METRICS_PORT), "--plaintext",
+                            "--log-level", "warning"])  # fmt: skip
+
+    def start_gateway(self) -> None:
+        eps = ",".join(f"http://{a}" for a in self.pods().split(","))
+        self._spawn("gateway", ["serve", "--endpoints", eps, "--model", MODEL, "--host", "0.0.0.0",
+                                "--port", str(GW_PORT), "--admin-port", "9091", "--log-level", "WARNING"])  # fmt: skip
+
+    def kill(self, name: str) -> None:
+        p = self.procs.pop(name, None)
+        if p is None:
+            return
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.wait(10)
+
+    def pause(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGCONT)
+
+
+async def wait_http(url: str, timeout: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(url, timeout=aiohttp.ClientTimeout(total=1.0)) as r:
+                    if r.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                pass
+            if loop.time() > deadline:
+                raise TimeoutError(f"{url} not up within {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+
+
+async def wait_ready(c: Cluster, timeout: float = 90.0) -> None:
+    # The gateway is reached from the root namespace; the pods are checked through their EPP's aggregate.
+    await wait_http(f"http://{c.addr}:{METRICS_PORT}/metrics", timeout)
+    await wait_http(f"http://{c.addr}:9091/healthz", timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    from kvgate.datalayer.aggregate import decode
+
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"http://{c.addr}:{METRICS_PORT}/v1/pool/aggregate") as r:
+                if decode(await r.read()).ready_endpoints == c.replicas:
+                    return
+            if loop.time() > deadline:
+                raise TimeoutError(f"{c.name}: pods not ready within {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+
+
+def free_net() -> int:
+    """A 10.x.0.0/16 pair (x, x + 1) with no route in the root namespace yet."""
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
+    rng = random.Random(os.getpid())
+    for _ in range(50):
+        x = rng.randrange(64, 250, 2)
+        if f"10.{x}." not in routes and f"10.{x + 1}." not in routes:
+            return x
+    raise RuntimeError("no free 10.x/16 subnet pair")
