@@ -2,9 +2,9 @@
 
 Per cluster ``k`` a namespace joined to the root namespace (where the global gateways run) by a veth pair
 ``10.<net>.k.1`` (root side) / ``10.<net>.k.2`` (cluster side). Inside it, the real CLIs:
-- ``kvgate sim``: the pods, on ``10.<net+1>.k.2`` (an address on the namespace's loopback): reachable from the root namespace only
-  when the test adds a route to that subnet through the veth (``pods_routed``), so Endpoint mode must fall
-  back to Parent mode where they are not;
+- ``kvgate sim``: the pods, on ``10.<net+1>.k.2`` (an address on the namespace's loopback): reachable
+  from the root namespace only when the test adds a route to that subnet through the veth
+  (``pods_routed``), so Endpoint mode must fall back to Parent mode where they are not;
 - ``kvgate epp``: the cluster's EPP (ext_proc, gRPC health, metrics and ``/v1/pool/aggregate``);
 - ``kvgate serve``: the cluster-local gateway (Parent mode).
 Fixed ports are safe here: every listener is inside a fresh namespace of its own, where nothing else binds.
@@ -104,8 +104,10 @@ class Cluster:
     def heal(self) -> None:
         _ip("link", "set", self.veth, "up")
         if self.pods_routed:  # the route went with the link
-            subprocess.run(["ip", "route", "replace", f"10.{self.net + 1}.{self.index}.0/24", "via", self.addr],
-                           capture_output=True)  # fmt: skip
+            subprocess.run(
+                ["ip", "route", "replace", f"10.{self.net + 1}.{self.index}.0/24", "via", self.addr],
+                capture_output=True,
+            )
 
     def destroy(self) -> None:
         for name in list(self.procs):
@@ -120,27 +122,81 @@ class Cluster:
         log = open(Path(os.environ.get("KVMC_LOG_DIR", "/tmp")) / f"{self.ns}-{name}.log", "wb")  # noqa: SIM115
         self.procs[name] = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, sys.executable, "-m", "kvgate.cli", *args],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
     def start_sim(self) -> None:
-        self._spawn("sim", ["sim", "--replicas", str(self.replicas), "--profile", "llama3-8b-h100",
-                            "--host", self.pod_addr, "--base-port", str(SIM_PORT), "--model", MODEL,
-                            "--time-scale", "20", "--log-level", "WARNING"])  # fmt: skip
+        self._spawn(
+            "sim",
+            [
+                "sim",
+                "--replicas",
+                str(self.replicas),
+                "--profile",
+                "llama3-8b-h100",
+                "--host",
+                self.pod_addr,
+                "--base-port",
+                str(SIM_PORT),
+                "--model",
+                MODEL,
+                "--time-scale",
+                "20",
+                "--log-level",
+                "WARNING",
+            ],
+        )
 
     def pods(self) -> str:
         return ",".join(f"{self.pod_addr}:{SIM_PORT + i}" for i in range(self.replicas))
 
     def start_epp(self) -> None:
-        self._spawn("epp", ["epp", "--endpoints", self.pods(), "--model", MODEL, "--pool-name", self.name,
-                            "--host", "0.0.0.0", "--port", str(EPP_PORT), "--grpc-health-port",
-                            str(HEALTH_PORT), "--metrics-port", str(METRICS_PORT), "--plaintext",
-                            "--log-level", "warning"])  # fmt: skip
+        self._spawn(
+            "epp",
+            [
+                "epp",
+                "--endpoints",
+                self.pods(),
+                "--model",
+                MODEL,
+                "--pool-name",
+                self.name,
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(EPP_PORT),
+                "--grpc-health-port",
+                str(HEALTH_PORT),
+                "--metrics-port",
+                str(METRICS_PORT),
+                "--plaintext",
+                "--log-level",
+                "warning",
+            ],
+        )
 
     def start_gateway(self) -> None:
         eps = ",".join(f"http://{a}" for a in self.pods().split(","))
-        self._spawn("gateway", ["serve", "--endpoints", eps, "--model", MODEL, "--host", "0.0.0.0",
-                                "--port", str(GW_PORT), "--admin-port", "9091", "--log-level", "WARNING"])  # fmt: skip
+        self._spawn(
+            "gateway",
+            [
+                "serve",
+                "--endpoints",
+                eps,
+                "--model",
+                MODEL,
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(GW_PORT),
+                "--admin-port",
+                "9091",
+                "--log-level",
+                "WARNING",
+            ],
+        )
 
     def kill(self, name: str) -> None:
         p = self.procs.pop(name, None)
@@ -157,9 +213,9 @@ class Cluster:
         self.procs[name].send_signal(signal.SIGCONT)
 
 
-async def wait_http(url: str, timeout: float = 60.0) -> None:
+async def wait_http(url: str, limit_s: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit_s
     async with aiohttp.ClientSession() as http:
         while True:
             try:
@@ -169,16 +225,16 @@ async def wait_http(url: str, timeout: float = 60.0) -> None:
             except (aiohttp.ClientError, TimeoutError, OSError):
                 pass
             if loop.time() > deadline:
-                raise TimeoutError(f"{url} not up within {timeout:.0f}s")
+                raise TimeoutError(f"{url} not up within {limit_s:.0f}s")
             await asyncio.sleep(0.2)
 
 
-async def wait_ready(c: Cluster, timeout: float = 90.0) -> None:
+async def wait_ready(c: Cluster, limit_s: float = 90.0) -> None:
     # The gateway is reached from the root namespace; the pods are checked through their EPP's aggregate.
-    await wait_http(f"http://{c.addr}:{METRICS_PORT}/metrics", timeout)
-    await wait_http(f"http://{c.addr}:9091/healthz", timeout)
+    await wait_http(f"http://{c.addr}:{METRICS_PORT}/metrics", limit_s)
+    await wait_http(f"http://{c.addr}:9091/healthz", limit_s)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit_s
     from kvgate.datalayer.aggregate import decode
 
     async with aiohttp.ClientSession() as http:
@@ -187,8 +243,20 @@ async def wait_ready(c: Cluster, timeout: float = 90.0) -> None:
                 if decode(await r.read()).ready_endpoints == c.replicas:
                     return
             if loop.time() > deadline:
-                raise TimeoutError(f"{c.name}: pods not ready within {timeout:.0f}s")
+                raise TimeoutError(f"{c.name}: pods not ready within {limit_s:.0f}s")
             await asyncio.sleep(0.2)
+
+
+def isolate(net: int) -> None:
+    """No path to the clusters' subnets except the veths: without these, traffic to an unrouted pod (or to a
+    cut cluster) would follow the root namespace's default route out of the machine."""
+    for x in (net, net + 1):
+        _ip("route", "add", "unreachable", f"10.{x}.0.0/16")
+
+
+def unisolate(net: int) -> None:
+    for x in (net, net + 1):
+        subprocess.run(["ip", "route", "del", "unreachable", f"10.{x}.0.0/16"], capture_output=True)
 
 
 def free_net() -> int:

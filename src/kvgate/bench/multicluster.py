@@ -73,9 +73,15 @@ class Workload:
     zipf: float = 0.5
 
     def stream(self, seed: int, count: int) -> Iterator[RequestSpec]:
-        return shared_prefix_stream(num_groups=self.tenants, system_prompt_len=self.system_prompt_len,
-                                    question_len=self.question_len, output_len=self.output_len,
-                                    count=count, seed=seed, zipf=self.zipf)  # fmt: skip
+        return shared_prefix_stream(
+            num_groups=self.tenants,
+            system_prompt_len=self.system_prompt_len,
+            question_len=self.question_len,
+            output_len=self.output_len,
+            count=count,
+            seed=seed,
+            zipf=self.zipf,
+        )
 
 
 @dataclass(slots=True)
@@ -108,16 +114,24 @@ class _Cluster:
         self.d = d
         self.alive = True
         self.endpoints = [
-            Endpoint(f"{d.name}-{i}:8000", pool=d.name, labels={"kvgate.io/gpu": d.gpu}) for i in range(d.replicas)
+            Endpoint(f"{d.name}-{i}:8000", pool=d.name, labels={"kvgate.io/gpu": d.gpu})
+            for i in range(d.replicas)
         ]
         self.store = EndpointStore(self.endpoints)
         self.director = build_director(policy_config("kvgate"), self.store, clock=clock.time, seed=seed)
         self.replicas = [
-            VirtualReplica(clock, Engine(EngineConfig(profile=d.profile)), name=ep.address,
-                           on_first_token=on_first, on_finished=on_done)
+            VirtualReplica(
+                clock,
+                Engine(EngineConfig(profile=d.profile)),
+                name=ep.address,
+                on_first_token=on_first,
+                on_finished=on_done,
+            )
             for ep in self.endpoints
-        ]  # fmt: skip
-        self.source = aggregate_source(d.name, self.store.all, self.director, clock=clock.time, wall=clock.time)
+        ]
+        self.source = aggregate_source(
+            d.name, self.store.all, self.director, clock=clock.time, wall=clock.time
+        )
 
     def scrape(self, now: float) -> None:
         from kvgate.bench.fleetsim import _copy_stats
@@ -149,19 +163,27 @@ class MultiClusterSim:
         self.cfg = cfg
         self.clock = VirtualClock()
         self.rng = random.Random(cfg.seed)
-        self.clusters = {d.name: _Cluster(d, self.clock, self._first, self._done, cfg.seed) for d in cfg.clusters}
+        self.clusters = {
+            d.name: _Cluster(d, self.clock, self._first, self._done, cfg.seed) for d in cfg.clusters
+        }
         self.gw_states: list[dict[str, ClusterState]] = []
         self.gw_policies: list[Policy] = []
         for g in range(cfg.gateways):
             states = {
-                d.name: ClusterState(ClusterSpec(d.name, gateway=f"{d.name}-gw:80", rtt_ms=d.rtt_ms,
-                                                 priority=i))  # fmt: skip
+                d.name: ClusterState(
+                    ClusterSpec(d.name, gateway=f"{d.name}-gw:80", rtt_ms=d.rtt_ms, priority=i)
+                )
                 for i, d in enumerate(cfg.clusters)
             }
             self.gw_states.append(states)
-            self.gw_policies.append(make_policy(cfg.policy, ttl_s=cfg.ttl, local=LOCAL, seed=cfg.seed * 31 + g))
+            self.gw_policies.append(
+                make_policy(cfg.policy, ttl_s=cfg.ttl, local=LOCAL, seed=cfg.seed * 31 + g)
+            )
         self.live: dict[str, _Req] = {}
-        self.collectors = {"steady": Collector(slo_ttft=cfg.slo_ttft), "loss": Collector(slo_ttft=cfg.slo_ttft)}
+        self.collectors = {
+            "steady": Collector(slo_ttft=cfg.slo_ttft),
+            "loss": Collector(slo_ttft=cfg.slo_ttft),
+        }
         self.served_by: dict[str, dict[str, int]] = {"steady": {}, "loss": {}}
         self.lost: dict[str, int] = {"steady": 0, "loss": 0}
         self.cut: dict[str, int] = {"steady": 0, "loss": 0}
@@ -188,8 +210,15 @@ class MultiClusterSim:
             self.live.pop(r.rid, None)
             if r.measured:
                 self.lost[r.phase] += 1
-                self.collectors[r.phase].add(start=r.start, ok=False, ttft=None, e2e=None, prompt_tokens=0,
-                                             completion_tokens=0, error="lost")  # fmt: skip
+                self.collectors[r.phase].add(
+                    start=r.start,
+                    ok=False,
+                    ttft=None,
+                    e2e=None,
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    error="lost",
+                )
             return
         name = r.order[r.attempt]
         st = self.gw_states[r.gateway][name]
@@ -217,11 +246,18 @@ class MultiClusterSim:
             return
         spec = r.spec
         # Token ids, no text: both the cluster's prefix scorer and the gateways hash the ids' bytes.
-        body = ParsedBody(COMPLETIONS, {}, spec.target_model, token_ids=spec.prompt_ids, max_tokens=spec.max_tokens,
-                          prompt_tokens=len(spec.prompt_ids))  # fmt: skip
+        body = ParsedBody(
+            COMPLETIONS,
+            {},
+            spec.target_model,
+            token_ids=spec.prompt_ids,
+            max_tokens=spec.max_tokens,
+            prompt_tokens=len(spec.prompt_ids),
+        )
         pol = self._policy_req.setdefault(spec.lora, RequestPolicy())
-        r.req = inference_request(body, request_id=r.rid, model=spec.target_model, policy=pol,
-                                  arrival_time=self.clock.now)  # fmt: skip
+        r.req = inference_request(
+            body, request_id=r.rid, model=spec.target_model, policy=pol, arrival_time=self.clock.now
+        )
         try:
             ep = c.director.pick(r.req).primary
         except SchedulingError:
@@ -232,8 +268,12 @@ class MultiClusterSim:
         c.director.on_dispatched(r.req, ep)
         r.replica = c.endpoints.index(ep)
         c.replicas[r.replica].submit(
-            SimRequest(request_id=r.rid, prompt_token_ids=spec.prompt_ids, max_tokens=spec.max_tokens,
-                       arrival_time=self.clock.now)  # fmt: skip
+            SimRequest(
+                request_id=r.rid,
+                prompt_token_ids=spec.prompt_ids,
+                max_tokens=spec.max_tokens,
+                arrival_time=self.clock.now,
+            )
         )
 
     def _first(self, sim: SimRequest, t: float) -> None:
@@ -250,17 +290,26 @@ class MultiClusterSim:
             return
         c = self.clusters[r.cluster]
         ok = r.first is not None
-        c.director.on_finished(r.req, c.endpoints[r.replica],
-                               Usage(sim.num_prompt_tokens, len(sim.output_token_ids), sim.num_cached_tokens), ok)
+        c.director.on_finished(
+            r.req,
+            c.endpoints[r.replica],
+            Usage(sim.num_prompt_tokens, len(sim.output_token_ids), sim.num_cached_tokens),
+            ok,
+        )
         self.gw_states[r.gateway][r.cluster].finished()
         if not r.measured or r.first is None:
             return
         half_rtt = c.d.rtt_ms / 2000.0
         ttft = r.first - r.start + half_rtt
-        self.collectors[r.phase].add(start=r.start, ok=True, ttft=ttft, e2e=t - r.start + half_rtt,
-                                     prompt_tokens=sim.num_prompt_tokens,
-                                     completion_tokens=len(sim.output_token_ids),
-                                     cached_tokens=sim.num_cached_tokens)  # fmt: skip
+        self.collectors[r.phase].add(
+            start=r.start,
+            ok=True,
+            ttft=ttft,
+            e2e=t - r.start + half_rtt,
+            prompt_tokens=sim.num_prompt_tokens,
+            completion_tokens=len(sim.output_token_ids),
+            cached_tokens=sim.num_cached_tokens,
+        )
         by = self.served_by[r.phase]
         by[r.cluster] = by.get(r.cluster, 0) + 1
         self.timeline.append((r.start, r.cluster, ttft))
@@ -277,8 +326,15 @@ class MultiClusterSim:
                 self.live.pop(r.rid, None)
                 if r.measured:
                     self.cut[r.phase] += 1
-                    self.collectors[r.phase].add(start=r.start, ok=False, ttft=None, e2e=None, prompt_tokens=0,
-                                                 completion_tokens=0, error="cut")  # fmt: skip
+                    self.collectors[r.phase].add(
+                        start=r.start,
+                        ok=False,
+                        ttft=None,
+                        e2e=None,
+                        prompt_tokens=0,
+                        completion_tokens=0,
+                        error="cut",
+                    )
                 continue
             # Not started: the connection resets, the gateway retries on the next cluster in its order.
             r.replica = -1
@@ -324,12 +380,10 @@ class MultiClusterSim:
         count = int(cfg.qps * self.end * 1.3) + 50
         specs = cfg.workload.stream(cfg.seed, count)
         offsets = poisson_offsets(random.Random(cfg.seed + 1), cfg.qps, count)
-        n = 0
-        for spec, at in zip(specs, offsets, strict=False):
+        for n, (spec, at) in enumerate(zip(specs, offsets, strict=False)):
             if at > self.end:
                 break
             self.clock.call_at(at, self._arrive, spec, n)
-            n += 1
         self.clock.call_at(0.0, self._scrape)
         for g in range(cfg.gateways):  # the gateways' refreshes are not in phase
             self.clock.call_at(cfg.refresh * g / cfg.gateways, self._fetch, g)
@@ -346,13 +400,19 @@ class MultiClusterSim:
         row = col.summary(duration=cfg.duration)
         served = self.served_by[phase]
         total = sum(served.values())
-        row.update({
-            "policy": cfg.policy, "phase": phase, "qps": cfg.qps,
-            "lost": self.lost[phase], "cut": self.cut[phase], "retries": self.retries[phase],
-            "served_by": served,
-            "cross_cluster_share": (1 - served.get(LOCAL, 0) / total) if total else None,
-            "wall_s": time.perf_counter() - t0,
-        })  # fmt: skip
+        row.update(
+            {
+                "policy": cfg.policy,
+                "phase": phase,
+                "qps": cfg.qps,
+                "lost": self.lost[phase],
+                "cut": self.cut[phase],
+                "retries": self.retries[phase],
+                "served_by": served,
+                "cross_cluster_share": (1 - served.get(LOCAL, 0) / total) if total else None,
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
         return row
 
 
@@ -363,8 +423,16 @@ def probe_capacity(d: ClusterDef, workload: Workload, seed: int, duration: float
 
     warm = 5.0
     qps = 400.0  # far more than one replica takes
-    cfg = FleetConfig(replicas=[ReplicaSpec(d.profile, 1)], policy="round-robin", qps=qps, duration=duration,
-                      warmup=warm, drain=0.0, seed=seed, max_requests=int(qps * (duration + warm) * 1.3) + 50)
+    cfg = FleetConfig(
+        replicas=[ReplicaSpec(d.profile, 1)],
+        policy="round-robin",
+        qps=qps,
+        duration=duration,
+        warmup=warm,
+        drain=0.0,
+        seed=seed,
+        max_requests=int(qps * (duration + warm) * 1.3) + 50,
+    )
     res = FleetSim(cfg, workload.stream(seed, cfg.max_requests)).run()
     t_from = warm + duration / 4
     return sum(1 for t in res.done_times if t >= t_from) / (warm + duration - t_from)
@@ -466,34 +534,42 @@ def main(argv: list[str] | None = None) -> int:
     policies = args.policies.split(",")
     for pol in policies:
         if pol not in POLICIES:
-            print(f"kvgate bench multicluster: unknown policy {pol!r} ({', '.join(POLICIES)})", file=sys.stderr)
+            print(
+                f"kvgate bench multicluster: unknown policy {pol!r} ({', '.join(POLICIES)})", file=sys.stderr
+            )
             return 2
     duration = 20.0 if args.quick else args.duration
     workload = Workload()
     caps = fleet_capacity(DEFAULT_CLUSTERS, workload, args.seed)
     total = sum(caps.values())
     qps = args.load * total
-    print(f"capacity (req/s): {', '.join(f'{k} {v:.1f}' for k, v in caps.items())}; total {total:.1f}; "
-          f"offered {qps:.1f} ({args.load:.0%})", flush=True)  # fmt: skip
+    print(
+        f"capacity (req/s): {', '.join(f'{k} {v:.1f}' for k, v in caps.items())}; total {total:.1f}; "
+        f"offered {qps:.1f} ({args.load:.0%})",
+        flush=True,
+    )
     rows: list[dict[str, Any]] = []
     loss_sims: dict[str, MultiClusterSim] = {}
     phases = [False] if args.no_loss else [False, True]
     for loss in phases:
         for pol in policies:
-            sim = MultiClusterSim(RunConfig(pol, qps, duration=duration, loss=loss, seed=args.seed,
-                                            workload=workload))  # fmt: skip
+            sim = MultiClusterSim(
+                RunConfig(pol, qps, duration=duration, loss=loss, seed=args.seed, workload=workload)
+            )
             row = sim.run()
             rows.append(row)
             if loss:
                 loss_sims[pol] = sim
-            print(f"{row['phase']:<6} {pol:<15} p50 {row['ttft_p50'] * 1000:7.0f} ms  p90 "
-                  f"{row['ttft_p90'] * 1000:7.0f} ms  goodput {row['goodput_req_per_s']:5.1f}/s  cross "
-                  f"{row['cross_cluster_share']:.2f}  lost {row['lost']}  cut {row['cut']}  "
-                  f"({row['wall_s']:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"{row['phase']:<6} {pol:<15} p50 {row['ttft_p50'] * 1000:7.0f} ms  p90 "
+                f"{row['ttft_p90'] * 1000:7.0f} ms  goodput {row['goodput_req_per_s']:5.1f}/s  cross "
+                f"{row['cross_cluster_share']:.2f}  lost {row['lost']}  cut {row['cut']}  "
+                f"({row['wall_s']:.0f} s)",
+                flush=True,
+            )
     meta = {
         "command": "kvgate bench multicluster" + (" --quick" if args.quick else ""),
-        "clusters": [d.__dict__ if hasattr(d, "__dict__") else {s: getattr(d, s) for s in d.__slots__}
-                     for d in DEFAULT_CLUSTERS],  # fmt: skip
+        "clusters": [{s: getattr(d, s) for s in d.__slots__} for d in DEFAULT_CLUSTERS],
         "capacity_req_per_s": caps,
         "load": args.load,
         "qps": qps,
@@ -505,7 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     for phase in ("steady", "loss"):
         rs = {r["policy"]: r for r in rows if r["phase"] == phase}
         if "kvgate" in rs and "llm-d-hub" in rs:
-            meta[f"{phase}_p90_ratio_vs_llm_d_hub"] = _ratio(rs["kvgate"]["ttft_p90"], rs["llm-d-hub"]["ttft_p90"])
+            meta[f"{phase}_p90_ratio_vs_llm_d_hub"] = _ratio(
+                rs["kvgate"]["ttft_p90"], rs["llm-d-hub"]["ttft_p90"]
+            )
     suffix = "-quick" if args.quick else ""
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"multicluster{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -520,7 +598,9 @@ def main(argv: list[str] | None = None) -> int:
         if loss_sims:
             any_sim = next(iter(loss_sims.values()))
             assert any_sim.loss_at is not None and any_sim.back_at is not None
-            plot_timeline(args.out / f"multicluster{suffix}-loss.png", loss_sims, any_sim.loss_at, any_sim.back_at)
+            plot_timeline(
+                args.out / f"multicluster{suffix}-loss.png", loss_sims, any_sim.loss_at, any_sim.back_at
+            )
     except ImportError as e:
         print(f"plots skipped: {e}", file=sys.stderr)
     return 0

@@ -40,7 +40,7 @@ BLOOM_EVERY_S = 1.0  # the Bloom summary is rebuilt at most this often (the hot 
 GPU_LABELS = ("kvgate.io/gpu", "nvidia.com/gpu.product", "cloud.google.com/gke-accelerator")
 SPEED_LABEL = "kvgate.io/speed"
 # Relative throughput per GPU (H100 = 1): the simulator's Llama-3-8B profiles saturated on a shared-prefix
-# workload (`kvgate bench multicluster` prints them: 68 / 97 / 33 req/s); a pod label kvgate.io/speed overrides.
+# workload (68 / 97 / 33 req/s per replica, docs/multicluster.md); a pod label kvgate.io/speed overrides it.
 GPU_SPEED = {"h100": 1.0, "h200": 1.4, "a100": 0.5, "l4": 0.15, "b200": 2.0}
 TYPICAL_PREFILL_S = 0.05  # one typical request's prefill on an H100 (~1k prompt tokens, 8B model)
 MAX_BATCH = 64  # running requests at which an endpoint counts as fully loaded by batch alone
