@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check-install test-k8s test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
+.PHONY: soak demo test check-install test-k8s test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,6 +56,8 @@ bench-picker: $(STAMP)
 	$(BIN)/kvgate bench picker
 bench-gateway: $(STAMP)
 	$(BIN)/kvgate bench gateway-overhead
+soak: $(STAMP)
+	$(BIN)/kvgate bench soak --minutes 30 --out docs/benchmarks/soak.json
 bench-extproc: $(STAMP)
 	$(BIN)/kvgate bench extproc
 bench-sim-capacity: $(STAMP)

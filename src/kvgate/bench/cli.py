@@ -23,6 +23,7 @@ DELEGATED = {
     "precise": "kvgate.bench.precise",
     "multiturn": "kvgate.bench.multiturn",
     "multicluster": "kvgate.bench.multicluster",
+    "soak": "kvgate.bench.soak",
 }
 
 

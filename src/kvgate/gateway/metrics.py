@@ -14,6 +14,7 @@ when ``/metrics`` is scraped, so they cost nothing per request.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -155,6 +156,34 @@ class GatewayMetrics:
         self.ejections = Counter(
             "kvgate_gateway_endpoint_ejections_total", "Endpoints ejected after repeated failures", registry=r
         )
+
+        # Client-side protections (kvgate.gateway.front), read from the fronts at scrape time.
+        self.client_timeouts = Gauge(
+            "kvgate_gateway_client_timeouts_total",
+            "Client connections ended by a deadline (kind: header, body, send)",
+            ["kind"],
+            registry=r,
+        )
+        self.refused = Gauge(
+            "kvgate_gateway_connections_refused_total",
+            "Client connections refused over limits.maxConnections",
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "kvgate_gateway_client_connections", "Open client connections", registry=r
+        )
+
+    def track_fronts(self, fronts: Callable[[], list[Any]]) -> None:
+        def total(attr: str, kind: str | None = None) -> Callable[[], float]:
+            def read() -> float:
+                return float(sum(getattr(f, attr)[kind] if kind else getattr(f, attr) for f in fronts()))
+
+            return read
+
+        for kind in ("header", "body", "send"):
+            self.client_timeouts.labels(kind=kind).set_function(total("timed_out", kind))
+        self.refused.set_function(total("refused"))
+        self.open_connections.set_function(lambda: float(sum(len(f.connections) for f in fronts())))
 
     def track_inflight(self, read: Callable[[], float]) -> None:
         """The in-flight gauge reads this at scrape time (no per-request update)."""

@@ -198,6 +198,7 @@ class GatewayServer:
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self.proxy = Proxy(self.cfg, self.pools, self.metrics, self.health, self.clock)
         self.health.tls = self.proxy.tls
+        self.metrics.track_fronts(lambda: [front for _, front in self._servers])
         self.port = await self._serve(
             self._front(self.proxy, admin=self.cfg.admin_port is None or self.admin_on_data),
             self.cfg.host,
