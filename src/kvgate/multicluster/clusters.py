@@ -64,12 +64,33 @@ class TlsOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class KubeMember:
+    name: str
+    server: str | None = None
+    kubeconfig: str | None = None
+    rtt_ms: float = 0.0
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KubeImports:
+    """Clusters from InferencePoolImport: the hub API server, the import to follow, the member clusters."""
+
+    namespace: str
+    name: str
+    members: tuple[KubeMember, ...]
+    server: str | None = None
+    kubeconfig: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ClustersConfig:
     clusters: tuple[ClusterSpec, ...]
     local: str | None = None
     ttl_s: float = 3.0
     refresh_s: float = 0.5
     tls: TlsOptions = field(default_factory=TlsOptions)
+    kubernetes: KubeImports | None = None
 
 
 _CLUSTER_KEYS = {f for f in ClusterSpec.__dataclass_fields__}
@@ -87,9 +108,10 @@ def _hostport(v: Any, key: str) -> str | None:
 def parse(doc: Any) -> ClustersConfig:
     if not isinstance(doc, Mapping):
         raise ClustersError("(root)", "expected a mapping with a clusters list")
-    raw = doc.get("clusters")
-    if not isinstance(raw, list) or not raw:
-        raise ClustersError("clusters", "expected a non-empty list")
+    kube = _kube(doc.get("kubernetes"))
+    raw = doc.get("clusters", [] if kube is not None else None)
+    if not isinstance(raw, list) or (not raw and kube is None):
+        raise ClustersError("clusters", "expected a non-empty list (or a kubernetes section)")
     out: list[ClusterSpec] = []
     for i, c in enumerate(raw):
         key = f"clusters[{i}]"
@@ -127,7 +149,39 @@ def parse(doc: Any) -> ClustersConfig:
         ttl_s=float(doc.get("ttl_s", 3.0)),
         refresh_s=float(doc.get("refresh_s", 0.5)),
         tls=TlsOptions(tls.get("ca"), tls.get("cert"), tls.get("key")),
+        kubernetes=kube,
     )
+
+
+def _kube(doc: Any) -> KubeImports | None:
+    """``kubernetes: {server|kubeconfig, import: ns/name, members: [{name, server|kubeconfig, rtt_ms}]}``."""
+    if doc is None:
+        return None
+    if not isinstance(doc, Mapping):
+        raise ClustersError("kubernetes", "expected a mapping")
+    ref = str(doc.get("import", ""))
+    ns, _, name = ref.rpartition("/")
+    if not name:
+        raise ClustersError("kubernetes.import", "expected namespace/name of the InferencePoolImport")
+    members = doc.get("members")
+    if not isinstance(members, list) or not members:
+        raise ClustersError("kubernetes.members", "expected a non-empty list")
+    out = []
+    for i, m in enumerate(members):
+        if not isinstance(m, Mapping) or not m.get("name") or not (m.get("server") or m.get("kubeconfig")):
+            raise ClustersError(
+                f"kubernetes.members[{i}]", "each member needs a name and a server or kubeconfig"
+            )
+        out.append(
+            KubeMember(
+                str(m["name"]),
+                m.get("server"),
+                m.get("kubeconfig"),
+                float(m.get("rtt_ms", 0.0)),
+                int(m.get("priority", 0)),
+            )
+        )
+    return KubeImports(ns or "default", name, tuple(out), doc.get("server"), doc.get("kubeconfig"))
 
 
 def load(path: str | Path) -> ClustersConfig:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -76,6 +78,8 @@ class GlobalGateway:
         self.metrics = _Metrics()
         self._runner: web.AppRunner | None = None
         self._reload_task: asyncio.Task[None] | None = None
+        self._imports: Any = None  # kvgate.multicluster.imports.ImportController, with kubernetes:
+        self._kube_clients: list[Any] = []
         self.port = 0
 
     # --- routes -------------------------------------------------------------------------------
@@ -146,7 +150,32 @@ class GlobalGateway:
         self.port = sock.getsockname()[1]
         if self.clusters_file is not None:
             self._reload_task = asyncio.create_task(self._reload_loop())
+        if self.router.cfg.kubernetes is not None:
+            await self._start_imports()
         return self.port
+
+    async def _start_imports(self) -> None:
+        """Clusters from InferencePoolImport (the hub controller writes the imports and feeds the router)."""
+        from kvgate.k8s.client import KubeClient
+        from kvgate.multicluster.imports import ImportController, Member
+
+        base = self.router.cfg
+        kube = base.kubernetes
+        assert kube is not None
+        hub = await KubeClient.connect(kube.server, kube.kubeconfig)
+        self._kube_clients.append(hub)
+        members = []
+        for m in kube.members:
+            client = await KubeClient.connect(m.server, m.kubeconfig)
+            self._kube_clients.append(client)
+            members.append(Member(m.name, client, m.rtt_ms, m.priority))
+
+        def feed(cfg: ClustersConfig) -> None:
+            self.router.apply(dataclasses.replace(base, clusters=cfg.clusters))
+
+        self._imports = ImportController(hub, members, follow=(kube.namespace, kube.name), on_clusters=feed,
+                                         ttl_s=base.ttl_s, refresh_s=base.refresh_s)  # fmt: skip
+        await self._imports.start()
 
     async def _reload_loop(self) -> None:
         assert self.clusters_file is not None
@@ -159,6 +188,10 @@ class GlobalGateway:
             self._reload_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reload_task
+        if self._imports is not None:
+            await self._imports.stop()
+        for client in self._kube_clients:
+            await client.close()
         if self.fetcher is not None:
             await self.fetcher.stop()
         if self._runner is not None:

@@ -1,0 +1,203 @@
+"""The hub controller: exported InferencePools in member clusters -> InferencePoolImport status in the hub.
+
+GIE proposal 1374: an InferencePool annotated ``inference.networking.x-k8s.io/export: "ClusterSet"`` in a
+member cluster is imported in the hub as a status-only, controller-managed ``InferencePoolImport``
+(``inference.networking.x-k8s.io/v1alpha1``, same namespace and name) whose
+``status.controllers[].exportingClusters[].name`` lists the clusters exporting it. This controller watches
+``InferencePool``s in every member (one reflector per member API server, ``kvgate.k8s``), creates the
+import when a pool is first exported, rewrites its status when the set of exporters changes, and deletes
+the imports it created once nothing exports them.
+
+It also feeds the global gateway: for the import it follows, each exporting cluster becomes a
+``ClusterSpec`` whose addresses come from annotations on that cluster's exported pool
+(``kvgate.io/gateway`` host:port for Parent mode, ``kvgate.io/epp`` for Endpoint mode, ``kvgate.io/aggregate``
+the pool aggregate URL, ``kvgate.io/health``), with the RTT and priority of the member from the hub's
+members list. Not done: the ``Exported`` condition on the member pools' status (it needs a parentRef).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvgate.k8s import resources as R
+from kvgate.k8s.client import KubeClient, KubeError
+from kvgate.k8s.reflector import Reflector
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+
+log = logging.getLogger("kvgate.multicluster.imports")
+
+EXPORT_ANNOTATION = "inference.networking.x-k8s.io/export"
+EXPORT_VALUE = "ClusterSet"
+CONTROLLER_NAME = "kvgate.io/multicluster-import-controller"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kvgate"}
+GATEWAY_ANN, EPP_ANN, AGGREGATE_ANN, HEALTH_ANN = (
+    "kvgate.io/gateway",
+    "kvgate.io/epp",
+    "kvgate.io/aggregate",
+    "kvgate.io/health",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    client: KubeClient
+    rtt_ms: float = 0.0
+    priority: int = 0
+
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(slots=True)
+class ImportController:
+    hub: KubeClient
+    members: Sequence[Member]
+    # The import the global gateway routes for (namespace, name) and where its cluster list goes.
+    follow: Key | None = None
+    on_clusters: Callable[[ClustersConfig], None] | None = None
+    ttl_s: float = 3.0
+    refresh_s: float = 0.5
+    # (namespace, name) -> {member: exported pool object}
+    exported: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    written: dict[Key, tuple[str, ...]] = field(default_factory=dict)  # what the hub's status says
+    reconciles: int = 0
+    _reflectors: list[Reflector] = field(default_factory=list)
+    _dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    _last_clusters: tuple[ClusterSpec, ...] | None = None
+
+    async def start(self) -> None:
+        for m in self.members:
+            r = Reflector(m.client, R.INFERENCE_POOL)
+            r.add_listener(functools.partial(self._on_pool, m.name))
+            r.start()
+            self._reflectors.append(r)
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for r in self._reflectors:
+            await r.stop()
+
+    def _on_pool(self, member: str, etype: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata", {})
+        key = (meta.get("namespace", "default"), meta.get("name", ""))
+        exported = (meta.get("annotations") or {}).get(EXPORT_ANNOTATION) == EXPORT_VALUE
+        by_member = self.exported.setdefault(key, {})
+        if etype != "DELETED" and exported:
+            by_member[member] = dict(obj)
+        else:
+            by_member.pop(member, None)
+        if not by_member:
+            self.exported.pop(key, None)
+        self._dirty.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except (KubeError, OSError, TimeoutError) as e:
+                log.warning("import reconcile failed (retrying): %s", e)
+                await asyncio.sleep(0.5)
+                self._dirty.set()
+
+    async def reconcile(self) -> None:
+        self.reconciles += 1
+        for key, by_member in list(self.exported.items()):
+            clusters = tuple(sorted(by_member))
+            if self.written.get(key) != clusters:
+                await self._write(key, clusters)
+                self.written[key] = clusters
+        for key in [k for k in self.written if k not in self.exported]:
+            await self._delete(key)
+            del self.written[key]
+        self._feed()
+
+    async def _write(self, key: Key, clusters: tuple[str, ...]) -> None:
+        ns, name = key
+        rt = R.INFERENCE_POOL_IMPORT
+        body = {
+            "apiVersion": rt.api_version,
+            "kind": rt.kind,
+            "metadata": {"name": name, "namespace": ns, "labels": dict(MANAGED_BY)},
+        }
+        try:
+            await self.hub.request("POST", rt.collection_path(ns), body=body)
+        except KubeError as e:
+            if e.status != 409:  # already there (created earlier, or by a previous run)
+                raise
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status = {
+            "controllers": [
+                {
+                    "name": CONTROLLER_NAME,
+                    "exportingClusters": [{"name": c} for c in clusters],
+                    "parents": [],
+                    "conditions": [
+                        {
+                            "type": "Accepted",
+                            "status": "True",
+                            "reason": "Accepted",
+                            "message": f"exported by {len(clusters)} cluster(s)",
+                            "lastTransitionTime": now,
+                        }
+                    ],
+                }
+            ]
+        }
+        await self.hub.request(
+            "PATCH",
+            rt.item_path(ns, name) + "/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+        log.info("InferencePoolImport %s/%s: exported by %s", ns, name, ", ".join(clusters))
+
+    async def _delete(self, key: Key) -> None:
+        ns, name = key
+        with contextlib.suppress(KubeError):
+            await self.hub.request("DELETE", R.INFERENCE_POOL_IMPORT.item_path(ns, name))
+        log.info("InferencePoolImport %s/%s: no longer exported, deleted", ns, name)
+
+    def clusters_for(self, key: Key) -> tuple[ClusterSpec, ...]:
+        members = {m.name: m for m in self.members}
+        out: list[ClusterSpec] = []
+        for cluster, pool in sorted(self.exported.get(key, {}).items()):
+            ann = pool.get("metadata", {}).get("annotations") or {}
+            m = members[cluster]
+            if not ann.get(GATEWAY_ANN) and not ann.get(EPP_ANN):
+                continue  # exported, but kvgate has no address to reach it by
+            out.append(
+                ClusterSpec(
+                    name=cluster,
+                    aggregate=ann.get(AGGREGATE_ANN),
+                    gateway=ann.get(GATEWAY_ANN),
+                    epp=ann.get(EPP_ANN),
+                    health=ann.get(HEALTH_ANN),
+                    rtt_ms=m.rtt_ms,
+                    priority=m.priority,
+                )
+            )
+        return tuple(out)
+
+    def _feed(self) -> None:
+        if self.follow is None or self.on_clusters is None:
+            return
+        clusters = self.clusters_for(self.follow)
+        if clusters == self._last_clusters or not clusters:
+            return  # an empty list keeps the last one: a gateway with no clusters can only answer 503
+        self._last_clusters = clusters
+        self.on_clusters(ClustersConfig(clusters=clusters, ttl_s=self.ttl_s, refresh_s=self.refresh_s))

@@ -1,0 +1,115 @@
+"""The hub controller against three API-server doubles (two member clusters, one hub), over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from kvgate.k8s import resources as R
+from kvgate.k8s.apiserver import ApiServerDouble
+from kvgate.k8s.client import KubeClient
+from kvgate.multicluster.clusters import ClustersConfig
+from kvgate.multicluster.imports import CONTROLLER_NAME, EXPORT_ANNOTATION, ImportController, Member
+
+
+def _pool(name: str, *, exported: bool, gateway: str | None = None) -> dict[str, Any]:
+    ann = {EXPORT_ANNOTATION: "ClusterSet"} if exported else {}
+    if gateway:
+        ann |= {"kvgate.io/gateway": gateway, "kvgate.io/aggregate": f"http://{gateway}/v1/pool/aggregate"}
+    return {
+        "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+        "metadata": {"name": name, "namespace": "default", "annotations": ann},
+        "spec": {"selector": {"matchLabels": {"app": name}}, "targetPorts": [{"number": 8000}]},
+    }  # fmt: skip
+
+
+async def _until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not cond():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def doubles() -> AsyncIterator[tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble]]:
+    async with (
+        ApiServerDouble(bookmark_interval=0.2) as hub,
+        ApiServerDouble(bookmark_interval=0.2) as east,
+        ApiServerDouble(bookmark_interval=0.2) as west,
+    ):
+        yield hub, east, west
+
+
+def _exporters(hub: ApiServerDouble, name: str) -> list[str] | None:
+    try:
+        obj = hub.get(R.INFERENCE_POOL_IMPORT, name, "default")
+    except Exception:
+        return None
+    ctrls = obj.get("status", {}).get("controllers", [])
+    return [c["name"] for ctrl in ctrls if ctrl["name"] == CONTROLLER_NAME for c in ctrl["exportingClusters"]]
+
+
+async def test_exported_pools_become_import_status_and_feed_the_cluster_list(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
+) -> None:
+    hub_d, east_d, west_d = doubles
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    east_d.create(_pool("private", exported=False))
+    west_d.create(_pool("llama", exported=True, gateway="10.2.0.2:8080"))
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    fed: list[ClustersConfig] = []
+    ctl = ImportController(clients[0], [Member("east", clients[1], rtt_ms=5), Member("west", clients[2], 40)],
+                           follow=("default", "llama"), on_clusters=fed.append)  # fmt: skip
+    await ctl.start()
+    try:
+        await _until(lambda: _exporters(hub_d, "llama") == ["east", "west"])
+        assert _exporters(hub_d, "private") is None  # not exported: not imported
+        imp = hub_d.get(R.INFERENCE_POOL_IMPORT, "llama", "default")
+        assert imp["apiVersion"] == "inference.networking.x-k8s.io/v1alpha1"
+        assert imp["status"]["controllers"][0]["conditions"][0]["type"] == "Accepted"
+        await _until(lambda: bool(fed) and len(fed[-1].clusters) == 2)
+        east = fed[-1].clusters[0]
+        assert (east.name, east.gateway, east.rtt_ms) == ("east", "10.1.0.2:8080", 5)
+        assert east.aggregate == "http://10.1.0.2:8080/v1/pool/aggregate"
+
+        # west stops exporting: the import's status and the cluster list follow
+        west_d.patch(R.INFERENCE_POOL, "llama", "default",
+                     {"metadata": {"annotations": {EXPORT_ANNOTATION: None}}})  # fmt: skip
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"])
+        await _until(lambda: [c.name for c in fed[-1].clusters] == ["east"])
+
+        # nothing exports it any more: the import is deleted
+        east_d.delete(R.INFERENCE_POOL, "llama", "default")
+        await _until(lambda: _exporters(hub_d, "llama") is None)
+    finally:
+        await ctl.stop()
+        for c in clients:
+            await c.close()
+
+
+async def test_global_gateway_follows_imports(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble], tmp_path: Any
+) -> None:
+    from kvgate.multicluster.clusters import load
+    from kvgate.multicluster.serve import GlobalGateway
+
+    hub_d, east_d, west_d = doubles
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    f = tmp_path / "clusters.yaml"
+    f.write_text(
+        f"kubernetes:\n  server: {hub_d.url}\n  import: default/llama\n  members:\n"
+        f"  - {{name: east, server: '{east_d.url}', rtt_ms: 5}}\n  - {{name: west, server: '{west_d.url}'}}\n"
+    )
+    gw = GlobalGateway(load(f), "kvgate")
+    await gw.start("127.0.0.1", 0)
+    try:
+        await _until(lambda: list(gw.router.states) == ["east"])
+        west_d.create(_pool("llama", exported=True, gateway="10.2.0.2:8080"))
+        await _until(lambda: list(gw.router.states) == ["east", "west"])
+        assert _exporters(hub_d, "llama") == ["east", "west"]
+    finally:
+        await gw.stop()
