@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
             raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
         ctx.budget.limit = args.max_buffered_bytes
+        # https endpoints (from --config): scraped over TLS, verified against the pool's caFile.
+        args.scrape_scheme, args.scrape_ca = cfg.pool.scheme, cfg.pool.ca_file
     except (EppConfigError, OSError, ValueError, KeyError) as e:
         print(f"kvgate epp: {e}", file=sys.stderr)
         return 2
@@ -271,7 +274,11 @@ async def _serve(
         ctx, opts, metrics=metrics, ready=lambda: problem() is None, aggregate=agg.body, readyz=problem
     )
     # A hub EPP's endpoints are cluster gateways: its feed is their aggregates, not a pod scraper.
-    scraper: Any = feed or MetricsScraper(store, interval=args.scrape_interval, clock=time.monotonic)
+    scheme = getattr(args, "scrape_scheme", "http")
+    tls = ssl.create_default_context(cafile=getattr(args, "scrape_ca", None)) if scheme == "https" else None
+    scraper: Any = feed or MetricsScraper(
+        store, interval=args.scrape_interval, clock=time.monotonic, scheme=scheme, tls=tls
+    )
     # Handlers first: a supervisor may signal as soon as it reads the ready line.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
