@@ -161,3 +161,21 @@ async def test_kubectl_get_watch_sees_changes(double: ApiServerDouble, kubectl: 
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_kvgate_k8s_double_command_serves_kubectl(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", "k8s-double", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line.startswith("kvgate k8s-double ready http://127.0.0.1:")
+        if KUBECTL is not None:
+            out = await Kubectl(line.split()[-1], tmp_path).run("get", "namespaces")
+            assert "default" in out and "kube-system" in out
+    finally:
+        proc.terminate()
+        await proc.wait()

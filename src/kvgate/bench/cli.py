@@ -24,6 +24,7 @@ DELEGATED = {
     "multiturn": "kvgate.bench.multiturn",
     "multicluster": "kvgate.bench.multicluster",
     "soak": "kvgate.bench.soak",
+    "epp-replicas": "kvgate.bench.epp_replicas",
 }
 
 

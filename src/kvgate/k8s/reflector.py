@@ -88,6 +88,7 @@ class Reflector:
         self.watches = 0
         self.gone = 0
         self.bookmarks = 0
+        self.events = 0  # watch events and bookmarks received
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -133,8 +134,13 @@ class Reflector:
                 if need_list:
                     await self._list()
                     need_list = False
+                loop = asyncio.get_running_loop()
+                started, events = loop.time(), self.events
                 await self._watch()
-                # A clean end (timeoutSeconds, server closed the stream): watch again at once.
+                # A clean end (timeoutSeconds, server closed the stream): watch again at once, unless
+                # the stream ended at once and empty (a proxy cutting it): then back off, never spin.
+                if self.events == events and loop.time() - started < 1.0:
+                    await asyncio.sleep(self.backoff.next(self._rng))
             except _Gone:
                 self.gone += 1
                 log.info("reflector %s: resourceVersion %s is gone (410); relisting", self.name,
@@ -231,6 +237,7 @@ class Reflector:
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         etype, obj = ev.get("type"), ev.get("object") or {}
+        self.events += 1
         if etype == "ERROR":
             code = obj.get("code")
             if code == 410:
