@@ -90,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
     net.add_argument("--cert", help="server certificate PEM")
     net.add_argument("--key", help="server private key PEM")
     net.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    net.add_argument("--metrics-tls", action="store_true",
+                     help="serve the metrics port (/metrics, /v1/pool/aggregate) with the same TLS / mTLS")
     net.add_argument(
         "--max-concurrent-streams",
         type=int,
@@ -252,7 +254,7 @@ async def _serve(
     opts = ServerOptions(
         host=args.host, port=args.port, health_port=args.grpc_health_port, metrics_port=args.metrics_port,
         tls=pair, client_ca=client_ca, max_concurrent_streams=args.max_concurrent_streams,
-        stream_idle_timeout_s=args.stream_idle_timeout,
+        stream_idle_timeout_s=args.stream_idle_timeout, metrics_tls=args.metrics_tls,
     )  # fmt: skip
     from kvgate.multicluster.export import aggregate_source
 
@@ -260,8 +262,9 @@ async def _serve(
     pool_name = (
         kube.store_pool if kube is not None and kube.store_pool else next(iter(store.pools()), "default")
     )
-    agg = aggregate_source(pool_name, store.all, ctx.director, tls=pair is not None,
-                           mtls=client_ca is not None)  # fmt: skip
+    https = bool(args.metrics_tls and pair is not None)
+    mtls = https and client_ca is not None
+    agg = aggregate_source(pool_name, store.all, ctx.director, tls=https, mtls=mtls)
 
     def problem() -> str | None:
         # Ready while some endpoint can be picked (the health tracking may eject them all), discovery

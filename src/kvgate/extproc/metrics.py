@@ -7,6 +7,7 @@ and scraper's metrics live, per-endpoint pick counts included), as one text expo
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -74,6 +75,7 @@ class EppMetrics:
         port: int,
         aggregate: Callable[[], bytes] | None = None,
         readyz: Callable[[], str | None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> tuple[web.AppRunner, int]:
         """Start ``/metrics`` (and the pool aggregate, ``/v1/pool/aggregate``, when given) on ``host:port``
         (0 = ephemeral); returns the runner and the port."""
@@ -103,5 +105,5 @@ class EppMetrics:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=ssl_context).start()
         return runner, sock.getsockname()[1]

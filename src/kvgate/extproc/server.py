@@ -118,6 +118,8 @@ class ServerOptions:
     # None = plaintext. The CLI fills a generated self-signed pair unless --plaintext.
     tls: KeyPair | None = None
     client_ca: bytes | None = None
+    # Serve the metrics port (/metrics, /v1/pool/aggregate) with ``tls`` too, mutual with ``client_ca``.
+    metrics_tls: bool = False
     grace_s: float = 5.0
     # Each open stream holds at most one request body (bounded) and response buffer: this bounds them all.
     # Beyond it gRPC answers RESOURCE_EXHAUSTED and the gateway applies its failure mode.
@@ -179,8 +181,13 @@ class EppServer:
         await self.refresh_health()
 
         if o.metrics_port is not None:
+            https = None
+            if o.metrics_tls and o.tls is not None:
+                from kvgate.extproc.tls import https_context
+
+                https = https_context(o.tls, o.client_ca)
             self._metrics_runner, self.metrics_port = await self.metrics.serve(
-                o.host, o.metrics_port, self.aggregate, readyz=self.readyz
+                o.host, o.metrics_port, self.aggregate, readyz=self.readyz, ssl_context=https
             )
         log.info(
             "kvgate epp: ext_proc on %s:%d (%s), health %s, metrics %s",

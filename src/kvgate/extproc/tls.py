@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -109,3 +110,19 @@ def server_credentials(pair: KeyPair, client_ca: bytes | None = None) -> grpc.Se
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def https_context(pair: KeyPair, client_ca: bytes | None = None) -> ssl.SSLContext:
+    """Server-side TLS for the metrics port (``--metrics-tls``): the ext_proc pair, client certificates
+    required when ``client_ca`` is given (mutual TLS)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory() as d:  # the ssl module loads keys from files only
+        cert, key = Path(d) / "tls.crt", Path(d) / "tls.key"
+        cert.write_bytes(pair.cert_pem)
+        key.touch(mode=0o600)
+        key.write_bytes(pair.key_pem)
+        ctx.load_cert_chain(str(cert), str(key))
+    if client_ca is not None:
+        ctx.load_verify_locations(cadata=client_ca.decode())
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
