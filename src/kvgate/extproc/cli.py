@@ -90,8 +90,11 @@ def parser() -> argparse.ArgumentParser:
     net.add_argument("--cert", help="server certificate PEM")
     net.add_argument("--key", help="server private key PEM")
     net.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
-    net.add_argument("--metrics-tls", action="store_true",
-                     help="serve the metrics port (/metrics, /v1/pool/aggregate) with the same TLS / mTLS")
+    net.add_argument(
+        "--metrics-tls",
+        action="store_true",
+        help="serve the metrics port (/metrics, /v1/pool/aggregate) with the same TLS / mTLS",
+    )
     net.add_argument(
         "--max-concurrent-streams",
         type=int,
