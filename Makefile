@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: soak demo test check-install test-k8s test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
+.PHONY: soak demo test check-install test-k8s test-k8s-e2e test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,9 @@ check-install:
 	  ! bin/python -c 'import numpy' 2>/dev/null && echo "check-install: kvgate serve/epp run without extras"
 
 ## Kubernetes: the API-server double, kubectl churn, discovery, HA, the chart, and the slow end-to-end pool churn.
+test-k8s-e2e: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/k8s/test_e2e.py
+
 test-k8s: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not realvllm' tests/k8s
 
