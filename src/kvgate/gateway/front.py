@@ -244,9 +244,9 @@ class FrontServer:
         body_cut = now - self.body_timeout_s
         send_cut = now - self.send_timeout_s
         for c in list(self.connections):
-            if c.blocked_since is not None and c.blocked_since <= send_cut:
-                # The client stopped reading what we write: give up on it. Abort, not close (close
-                # would wait for the buffer to flush); connection_lost cancels the handler.
+            if c.blocked_since is not None and c.blocked_since <= send_cut and not c.progressed(now):
+                # The client took nothing for the whole send deadline: give up on it. Abort, not close
+                # (close would wait for the buffer to flush); connection_lost cancels the handler.
                 self.timed_out["send"] += 1
                 c.abort()
             elif c.linger_until is not None and c.linger_until <= now:
@@ -303,6 +303,7 @@ class FrontProtocol(asyncio.Protocol):
         self.head_since: float | None = None  # first byte of an incomplete request head
         self.body_since: float | None = None  # head complete, body still arriving
         self.blocked_since: float | None = None  # output buffer above the bound, client not reading
+        self._blocked_size = 0  # buffered bytes when blocked_since was last set
         self.linger_until: float | None = None  # refused request: reading to discard until then
         self._read_paused = False
         self._reject_after = False  # stop parsing: an error response is queued and we close after it
@@ -352,6 +353,16 @@ class FrontProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         self.blocked_since = self._loop.time()
+        self._blocked_size = self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def progressed(self, now: float) -> bool:
+        """Did the client take any bytes since ``blocked_since``? Then restart the send deadline from
+        now (nginx's send_timeout: the time between two successive writes, not the whole send)."""
+        size = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        if size < self._blocked_size:
+            self.blocked_since, self._blocked_size = now, size
+            return True
+        return False
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -610,6 +621,7 @@ class FrontProtocol(asyncio.Protocol):
                 # close() flushes first; a client that never reads would hold the socket forever, so
                 # the send deadline covers the flush too.
                 self.blocked_since = self._loop.time()
+                self._blocked_size = self.transport.get_write_buffer_size()
             self.transport.close()
 
     def abort(self) -> None:
