@@ -106,3 +106,10 @@ async def _has(e: EppProc, line: str) -> bool:
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+def test_leader_election_needs_discovery(capsys: pytest.CaptureFixture[str]) -> None:
+    from kvgate.extproc.cli import main
+
+    assert main(["--endpoints", "127.0.0.1:1", "--ha-enable-leader-election"]) == 2
+    assert "needs Kubernetes discovery" in capsys.readouterr().err

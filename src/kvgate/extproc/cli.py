@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             config_text=args.config_text, conformance=args.enable_conformance_hooks,
             adapters=args.adapter, session_header=args.session_header, pool_namespace=args.pool_namespace,
         )  # fmt: skip
+        if args.ha_enable_leader_election and cfg.pool.inference_pool is None:
+            raise EppConfigError("--ha-enable-leader-election needs Kubernetes discovery (--pool-name)")
         pair, client_ca = _tls(args)
         # Build the Director before serving, so a bad EndpointPickerConfig is a clear exit, not a traceback.
         store = EndpointStore.from_addresses(cfg.pool.endpoints, pool=cfg.pool.name, engine=cfg.pool.engine)
