@@ -103,6 +103,7 @@ async def _until(cond: Any, limit_s: float = 20.0) -> None:
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.slow  # starting six processes in namespaces takes ~20 s on a loaded machine
 async def test_endpoint_mode_and_parent_fallback(clusters: list[Cluster], tmp_path: Path) -> None:
     gw = await _gateway(tmp_path, clusters, "round-robin")
     try:

@@ -1,0 +1,91 @@
+"""The global router on loopback (fast, default suite): Endpoint mode through a real in-process EPP, the
+Parent-mode fallback when the picked pod cannot be reached, failover to the next cluster, and a 503 naming
+the last failure when every cluster fails. The same paths across network namespaces: test_netns_e2e.py."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.backend import Backend
+from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.context import AddressIndex, build_epp_director
+from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.session import SessionContext
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.serve import GlobalGateway
+
+
+def _closed_port() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    addr = f"127.0.0.1:{s.getsockname()[1]}"
+    s.close()  # nothing listens there now: connections are refused
+    return addr
+
+
+async def _epp(pods: list[str]) -> EppServer:
+    store = EndpointStore.from_addresses(pods)
+    ctx = SessionContext(build_epp_director(None, store, policy="round-robin"), AddressIndex(store),
+                         clock=time.monotonic)  # fmt: skip
+    server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+    await server.start()
+    return server
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[dict[str, Any]]:
+    pod, gw1, gw2 = Backend("pod"), Backend("gw1"), Backend("gw2")
+    for b in (pod, gw1, gw2):
+        await b.start()
+    epp_ok, epp_dead_pod = await _epp([pod.address]), await _epp([_closed_port()])
+    yield {"pod": pod, "gw1": gw1, "gw2": gw2, "epp_ok": epp_ok, "epp_dead_pod": epp_dead_pod}
+    for e in (epp_ok, epp_dead_pod):
+        await e.stop(0)
+    for b in (pod, gw1, gw2):
+        await b.stop()
+
+
+async def _run(clusters: list[ClusterSpec], n: int = 4) -> tuple[list[tuple[int, str, str]], GlobalGateway]:
+    gw = GlobalGateway(ClustersConfig(tuple(clusters)), "round-robin", fetch=False)
+    await gw.start("127.0.0.1", 0)
+    out = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            for i in range(n):
+                body = orjson.dumps({"model": "m", "prompt": f"hello {i}", "max_tokens": 4})
+                async with http.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=body,
+                                     headers={"content-type": "application/json"}) as r:  # fmt: skip
+                    await r.read()
+                    out.append((r.status, r.headers.get("x-kvgate-cluster", ""),
+                                r.headers.get("x-kvgate-route-mode", "")))  # fmt: skip
+    finally:
+        await gw.stop()
+    return out, gw
+
+
+async def test_endpoint_mode_then_parent_fallback(world: dict[str, Any]) -> None:
+    ok = ClusterSpec("ok", gateway=world["gw1"].address, epp=f"127.0.0.1:{world['epp_ok'].port}")
+    far = ClusterSpec("far", gateway=world["gw2"].address, epp=f"127.0.0.1:{world['epp_dead_pod'].port}")
+    got, gw = await _run([ok, far])
+    assert {g for g in got} == {(200, "ok", "endpoint"), (200, "far", "parent")}
+    assert world["pod"].received and world["gw2"].received and not world["gw1"].received
+    assert gw.router.fallbacks == 2
+
+
+async def test_failover_to_next_cluster_and_503_when_all_fail(world: dict[str, Any]) -> None:
+    world["gw1"].mode = "error500"
+    bad = ClusterSpec("bad", gateway=world["gw1"].address)  # Parent mode only, answers 500
+    good = ClusterSpec("good", gateway=world["gw2"].address)
+    got, gw = await _run([bad, good])
+    assert all(g == (200, "good", "parent") for g in got)  # nothing reached the client from "bad"
+    assert gw.router.failovers >= 1
+    dead = ClusterSpec("dead", gateway=_closed_port())
+    got, _ = await _run([bad, dead], n=1)
+    assert got[0][0] == 503
