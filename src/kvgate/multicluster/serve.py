@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -218,7 +219,7 @@ def run(args: ServeArgs) -> int:
     try:
         cfile = ClustersFile(args.clusters)
     except ClustersError as e:
-        print(f"kvgate serve: clusters file error: {e}", flush=True)
+        print(f"kvgate serve: clusters file error: {e}", file=sys.stderr, flush=True)
         return 2
 
     async def main() -> None:

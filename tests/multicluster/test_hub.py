@@ -1,0 +1,86 @@
+"""The hub EPP (``kvgate epp --clusters``): an ext_proc picker whose endpoints are the clusters' gateways,
+driven over real gRPC by the Envoy-side test client; and both CLIs' --clusters entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from kvgate.datalayer.aggregate import PoolAggregate
+from kvgate.extproc.context import AddressIndex
+from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.session import SessionContext
+from kvgate.extproc.testing import Exchange, channel
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.hub import ClusterDirector
+
+HEADERS = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
+BODY = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 4})
+
+
+async def test_hub_epp_picks_cluster_gateways_by_aggregate() -> None:
+    specs = (ClusterSpec("east", gateway="10.1.0.2:8080"), ClusterSpec("west", gateway="10.2.0.2:8080"),
+             ClusterSpec("epp-only", epp="10.3.0.2:9002"))  # fmt: skip
+    cfg = ClustersConfig(specs)
+    director = ClusterDirector(cfg, "kvgate")
+    now = time.monotonic()
+    # west is fresh with room; east has a fresh snapshot with no ready endpoint: never picked.
+    director.states["west"].set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), now)
+    director.states["east"].set_aggregate(PoolAggregate("p", 1.0, 0, 2), now)
+    assert set(director.states) == {"east", "west"}  # Parent mode only: no gateway, no candidate
+    ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic)
+    server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+    await server.start()
+    ch = channel(f"127.0.0.1:{server.port}")
+    try:
+        for _ in range(3):
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+                out = await ex.send_request(HEADERS, BODY)
+            assert out.destination == "10.2.0.2:8080"
+        assert director.states["west"].sent_total == 3
+        director.states["west"].set_aggregate(PoolAggregate("p", 2.0, 0, 2), time.monotonic())
+        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+            out = await ex.send_request(HEADERS, BODY)
+        assert out.status == 503  # no cluster with a ready endpoint
+    finally:
+        await ch.close()
+        await server.stop(0)
+
+
+async def _cli(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_clis_refuse_a_bad_clusters_file(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("clusters: [{name: a}]\n")
+    for door in ("serve", "epp"):
+        rc, out = await _cli(door, "--clusters", str(bad), "--plaintext" if door == "epp" else "--port=0")
+        assert rc == 2, out
+        assert "gateway" in out, out  # names what is missing
+
+
+async def test_serve_clusters_starts_the_global_gateway(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("clusters: [{name: a, gateway: '127.0.0.1:9'}]\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", "serve", "--clusters", str(f), "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert "global gateway on http://127.0.0.1:" in line and "1 clusters" in line, line
+    finally:
+        proc.terminate()
+        await proc.wait()
