@@ -55,6 +55,8 @@ def test_run_once_drives_the_real_picker_on_the_tight_kv_fleet() -> None:
     row = run_once(FAMILIES["b"], "kvgate", 3.0, seed=7, duration=10.0, warmup=5.0)
     assert row["ok"] > 5 and row["errors"] == 0 and row["replicas"] == 4
     assert row["prefix_hit_rate"] is not None and row["prefix_hit_rate"] > 0.0
+    assert row["session_turns"] > 0 and 0 <= row["session_moves"] <= row["session_turns"]
+    assert row["session_hit"] is not None and row["oneoff_ttft_p90"] is not None
 
 
 def test_cli_writes_json_and_markdown(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -62,5 +64,5 @@ def test_cli_writes_json_and_markdown(tmp_path) -> None:  # type: ignore[no-unty
                "--policies", "kvgate,sglang-cache-aware", "--out", str(tmp_path)])  # fmt: skip
     assert rc == 0
     md = (tmp_path / "fleet-multiturn.md").read_text()
-    assert "tuning" in md and "sglang-cache-aware" in md
+    assert "tuning" in md and "sglang-cache-aware" in md and "session moves" in md
     assert (tmp_path / "fleet-multiturn.json").exists()

@@ -33,6 +33,9 @@ KVGATE_TARGETS = [
     Target("kvgate (default)", "kvgate", "kvgate"),
     Target("kvgate reference 2/2/3", "kvgate", "reference"),
     Target("kvgate reference + precise", "kvgate", "reference-precise"),
+    # The default policy on ``kvgate serve --workers 2`` (in-flight counts shared, prefix index per
+    # worker): hit rate and TTFT against one process in the same run (``--policies kvgate,kvgate@w2``).
+    Target("kvgate (default), 2 workers", "kvgate", "kvgate@w2"),
     Target("round robin (kvgate)", "kvgate", "round-robin"),
     Target("least request (kvgate)", "kvgate", "least-request"),
 ]
@@ -117,7 +120,11 @@ def gateway_config(policy: str, urls: Sequence[str], offset: int = KV_EVENTS_OFF
 async def start_kvgate(
     policy: str, urls: list[str], wait_s: float = 60.0, kv_offset: int = KV_EVENTS_OFFSET
 ) -> tuple[Proc, str]:
-    common = ("--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING")
+    # ``POLICY@wN``: the same policy on N worker processes.
+    policy, _, workers = policy.partition("@w")
+    common: tuple[str, ...] = ("--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING")
+    if workers:
+        common += ("--workers", workers)
     if policy in PICKER_CONFIGS:
         fd, path = tempfile.mkstemp(prefix=f"kvgate-live-{policy}-", suffix=".yaml")
         with os.fdopen(fd, "w") as f:

@@ -22,6 +22,7 @@ from typing import Any
 from kvgate.bench import report
 from kvgate.bench.fleetsim import FleetConfig, FleetSim
 from kvgate.bench.mixed import FAMILIES, TUNING_SET, VALIDATION_SET, Family, mixed_workload
+from kvgate.bench.workloads import RequestSpec
 
 DEFAULT_POLICIES = ["kvgate", "sglang-cache-aware", "round-robin"]
 KNEE_FACTOR = 2.0
@@ -42,6 +43,54 @@ def find_knee(
     return knee
 
 
+class MixedFleetSim(FleetSim):
+    """The fleet simulator plus per-class figures: TTFT and server-side hit rate for session turns,
+    burst requests and one-offs, and how often a session's turn went to another replica than its
+    previous turn (``session_moves``: each one recomputes the whole context there)."""
+
+    def __init__(self, cfg: FleetConfig, specs: Sequence[RequestSpec]) -> None:
+        super().__init__(cfg, specs)
+        self._cls: dict[str, str] = {}
+        self._holder: dict[str, int] = {}
+        self.session_turns = 0
+        self.session_moves = 0
+        self._ttft: dict[str, list[float]] = {}
+        self._hits: dict[str, list[int]] = {}
+
+    def _arrive(self, spec: RequestSpec) -> None:
+        rid = f"r{self._n}"
+        super()._arrive(spec)
+        live = self._live.get(rid)
+        if live is None or live.bypass:
+            return
+        session = spec.session
+        self._cls[rid] = "session" if session else ("burst" if spec.group.startswith("t") else "oneoff")
+        if session:
+            prev = self._holder.get(session)
+            if live.measured:
+                self.session_turns += 1
+                self.session_moves += prev is not None and prev != live.index
+            self._holder[session] = live.index
+
+    def _on_finished(self, sim: Any, t: float) -> None:
+        live = self._live.get(sim.request_id)
+        cls = self._cls.pop(sim.request_id, None)
+        if cls and live is not None and live.measured and live.first is not None:
+            self._ttft.setdefault(cls, []).append(live.first - live.start)
+            h = self._hits.setdefault(cls, [0, 0])
+            h[0] += sim.num_cached_tokens
+            h[1] += sim.num_prompt_tokens
+        super()._on_finished(sim, t)
+
+    def class_figures(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"session_turns": self.session_turns, "session_moves": self.session_moves}
+        for cls, v in self._ttft.items():
+            out[f"{cls}_ttft_p90"] = report.pct(v, 90)
+            cached, prompt = self._hits[cls]
+            out[f"{cls}_hit"] = cached / prompt if prompt else None
+        return out
+
+
 def run_once(
     fam: Family, policy: str, qps: float, seed: int, duration: float, warmup: float
 ) -> dict[str, Any]:
@@ -57,7 +106,9 @@ def run_once(
         drain=120.0,
         seed=seed,
     )
-    row = FleetSim(cfg, specs).run().row
+    sim = MixedFleetSim(cfg, specs)
+    row = sim.run().row
+    row.update(sim.class_figures())
     row["family"] = fam.name
     return row
 
@@ -114,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=30.0)
     p.add_argument("--probe-policies", default="kvgate,sglang-cache-aware")
     p.add_argument("--qps", type=float, help="skip the capacity search: measure at this req/s")
+    p.add_argument(
+        "--capacities",
+        help="skip the capacity search with known capacities per family, e.g. a=11.77,b=10.96,c=8.74",
+    )
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = p.parse_args(argv)
     policies = args.policies.split(",")
@@ -126,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     caps: dict[str, dict[str, Any]] = {}
+    for item in (args.capacities or "").split(","):
+        if item:
+            fam_name, _, val = item.partition("=")
+            caps[fam_name] = {"mode": "given", "capacity": float(val)}
     rows: list[dict[str, Any]] = []
     for set_name in chosen:
         for fam_name, seed in sets[set_name]:
@@ -147,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {set_name} {fam_name}/{seed} {pol:>18} @ {qps:.2f} req/s: "
                     f"p50 {report._fmt(r['ttft_p50'], digits=3)} s, "
                     f"p90 {report._fmt(r['ttft_p90'], digits=3)} s, "
-                    f"hit {report._fmt(r['prefix_hit_rate'], digits=3)}"
+                    f"hit {report._fmt(r['prefix_hit_rate'], digits=3)}, "
+                    f"session moves {r['session_moves']}/{r['session_turns']}"
                 )
     # Ratios to sglang-cache-aware, per run and geometric mean per set.
     summary: dict[str, dict[str, Any]] = {}
@@ -202,6 +262,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {set_name} | {pol} | {f(s['p90_vs_sglang_geomean'])} | {f(s['p50_vs_sglang_geomean'])} "
                 f"| {f(s['hit_rate_mean'], digits=3)} |"
             )
+    per_class = [
+        "| set | family | seed | policy | session TTFT p90 s | session hit | session moves / turns "
+        "| burst TTFT p90 s | burst hit | one-off TTFT p90 s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    f3 = report._fmt
+    for r in rows:
+        per_class.append(
+            f"| {r['set']} | {r['family']} | {r['seed']} | {r['policy']} "
+            f"| {f3(r.get('session_ttft_p90'), digits=3)} "
+            f"| {f3(r.get('session_hit'), digits=3)} | {r['session_moves']} / {r['session_turns']} "
+            f"| {f3(r.get('burst_ttft_p90'), digits=3)} | {f3(r.get('burst_hit'), digits=3)} "
+            f"| {f3(r.get('oneoff_ttft_p90'), digits=3)} |"
+        )
     cap_lines = [f"- family {k}: {v['mode']} capacity {v['capacity']:.2f} req/s" for k, v in caps.items()]
     base.with_suffix(".md").write_text(
         "# Mixed multi-turn / burst / decode-heavy family (fleet simulator)\n\n"
@@ -213,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         + "\n".join(lines)
         + "\n\n"
         + table
+        + "\n\nPer class:\n\n"
+        + "\n".join(per_class)
         + "\n"
     )
     print("\n".join(cap_lines))

@@ -4,11 +4,13 @@ Why: one Python process uses one core at most, so a single gateway process caps 
 1 / (CPU per request). With ``--workers N`` the kernel spreads incoming *connections* over N worker
 processes that all listen on the data port (``SO_REUSEPORT``); each is a complete ``GatewayServer``.
 
-What this trades: picker state is per worker. Each worker has its own in-flight counts, round-robin
-cursor and approximate prefix index; scraped metrics (queue, KV use) are the same truth for all, seen
-by each worker's own scraper. So with N workers a prefix group can be learned by up to N workers and
-placed on up to N replicas, and each worker balances only its own share of the traffic. Keep the
-default (1) unless the gateway's own CPU is the bottleneck.
+What this trades: in-flight counts are shared (``gateway.shared_inflight``: each worker publishes
+its own per-endpoint counts into a shared-memory table and folds the others' into its endpoints every
+``SHARED_INFLIGHT_SYNC_S``), so every worker balances on the fleet-wide load. The round-robin cursor and
+the approximate prefix index stay per worker; scraped metrics (queue, KV use) are the same truth for
+all, seen by each worker's own scraper. So with N workers a prefix group can be learned by up to N
+workers and placed on up to N replicas. Keep the default (1) unless the gateway's own CPU is the
+bottleneck.
 
 The supervisor (this module) holds no data path. It reserves the port (bound, not listening, so it
 takes no connections), starts the workers (``spawn``: fresh interpreters, nothing inherited from the
@@ -57,8 +59,16 @@ _START_TIMEOUT_S = 60.0
 # --- worker side -------------------------------------------------------------------------------
 
 
+SHARED_INFLIGHT_SYNC_S = 0.005  # how stale other workers' dispatches may be in a worker's picker
+
+
 def _worker_main(
-    cfg: GatewayConfig, index: int, report: Connection, lifeline: Connection, admin_on_data: bool
+    cfg: GatewayConfig,
+    index: int,
+    report: Connection,
+    lifeline: Connection,
+    admin_on_data: bool,
+    shared: tuple[str, Any, int] | None = None,
 ) -> None:
     """Entry point of one worker process: a full gateway on the shared port, admin on loopback.
 
@@ -72,7 +82,7 @@ def _worker_main(
     # The supervisor handles Ctrl-C for the whole group: a worker only drains on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pools = build_pools(cfg)
-    uvloop.run(_worker(cfg, pools, index, report, lifeline, admin_on_data))
+    uvloop.run(_worker(cfg, pools, index, report, lifeline, admin_on_data, shared))
 
 
 async def _worker(
@@ -82,6 +92,7 @@ async def _worker(
     report: Connection,
     lifeline: Connection,
     admin_on_data: bool,
+    shared: tuple[str, Any, int] | None = None,
 ) -> None:
     from kvgate.gateway.cli import tune_gc
     from kvgate.gateway.server import GatewayServer
@@ -101,8 +112,25 @@ async def _worker(
         stop.set()
 
     loop.add_reader(lifeline.fileno(), supervisor_gone)
+    sync = asyncio.create_task(_share_inflight(pools, index, shared)) if shared is not None else None
     await stop.wait()
+    if sync is not None:
+        sync.cancel()
     await server.stop()
+
+
+async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, int]) -> None:
+    from kvgate.gateway.shared_inflight import SharedInFlight
+
+    name, lock, workers = shared
+    view = SharedInFlight.attach(name, lock, workers, index)
+    try:
+        while True:
+            for pool in pools:
+                view.sync(pool.endpoints())
+            await asyncio.sleep(SHARED_INFLIGHT_SYNC_S)
+    finally:
+        view.close()
 
 
 # --- metrics merge -----------------------------------------------------------------------------
@@ -152,6 +180,7 @@ class Supervisor:
         self._reserve: socket.socket | None = None
         self._session: aiohttp.ClientSession | None = None
         self._admin: asyncio.Server | None = None
+        self.shared: Any = None  # SharedInFlight (owner view) when workers > 1
 
     # --- ports -------------------------------------------------------------------------------
     def reserve_port(self) -> int:
@@ -174,9 +203,13 @@ class Supervisor:
         wcfg = replace(self.cfg, port=self.port, admin_port=0)
         recv, send = self.ctx.Pipe(duplex=False)
         life_r, life_w = self.ctx.Pipe(duplex=False)
+        shared = None
+        if self.shared is not None:
+            self.shared.clear_row(i)  # a restarted worker starts with nothing in flight
+            shared = (self.shared.name, self.shared.lock, self.n)
         proc = self.ctx.Process(
             target=_worker_main,
-            args=(wcfg, i, send, life_r, self.cfg.admin_port is None),
+            args=(wcfg, i, send, life_r, self.cfg.admin_port is None, shared),
             name=f"kvgate-worker-{i}",
         )
         proc.start()
@@ -318,6 +351,10 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if self.n > 1:
+            from kvgate.gateway.shared_inflight import SharedInFlight
+
+            self.shared = SharedInFlight.create(self.n, self.ctx.Lock())
         try:
             await asyncio.gather(*(self.start_worker(i) for i in range(self.n)))
             if any(p is None for p in self.admin_ports):
@@ -342,6 +379,8 @@ class Supervisor:
                 self._admin.close()
             if self._reserve is not None:
                 self._reserve.close()
+            if self.shared is not None:
+                self.shared.close()
             await self._session.close()
 
 

@@ -63,6 +63,26 @@ class _Track:
     prefill: int  # uncached prompt tokens added to pending_prefill_tokens
     decode: int  # expected output tokens added to pending_decode_tokens
     first_token: bool = False
+    first_at: float = 0.0  # clock time of the first token
+
+
+# Pace learning (``InFlight.pace``): responses shorter than this say little about decode speed; a low
+# envelope (fast down, slow up) reads the replica's speed rather than how loaded it happened to be.
+PACE_MIN_TOKENS = 8
+PACE_DOWN, PACE_UP = 0.3, 0.02
+
+
+def learn_pace(endpoint: Endpoint, seconds: float, tokens: int) -> None:
+    """Fold one response's decode time (first token to last, ``tokens`` output tokens) into the
+    endpoint's learned pace."""
+    if tokens < PACE_MIN_TOKENS or seconds <= 0.0:
+        return
+    x = seconds / (tokens - 1)
+    inf = endpoint.inflight
+    if inf.pace <= 0.0:
+        inf.pace = x
+    else:
+        inf.pace += (PACE_DOWN if x < inf.pace else PACE_UP) * (x - inf.pace)
 
 
 class Director:
@@ -244,6 +264,7 @@ class Director:
         if track is None or track.first_token:
             return
         track.first_token = True
+        track.first_at = self.clock()
         inf = endpoint.inflight
         inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
         inf.decoding += 1
@@ -258,8 +279,11 @@ class Director:
         self._release(endpoint, track)
         if self.flow is not None:
             self.flow.notify()
-        if ok and usage is not None and usage.completion_tokens > 0 and not req.max_tokens:
-            self.mean_decode += 0.05 * (usage.completion_tokens - self.mean_decode)
+        if ok and usage is not None and usage.completion_tokens > 0:
+            if track.first_token:
+                learn_pace(endpoint, self.clock() - track.first_at, usage.completion_tokens)
+            if not req.max_tokens:
+                self.mean_decode += 0.05 * (usage.completion_tokens - self.mean_decode)
 
     @staticmethod
     def _release(endpoint: Endpoint, track: _Track) -> None:

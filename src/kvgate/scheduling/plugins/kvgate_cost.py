@@ -70,6 +70,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         max_inflight: int = 0,
         saturation_penalty: float = 1e6,
         miss_queue_scale: float = 1.0,
+        kv_scaled_miss: bool = True,
+        learn_pace: bool = True,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -84,6 +86,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         self.max_inflight = max_inflight
         self.saturation_penalty = saturation_penalty
         self.miss_queue_scale = miss_queue_scale
+        self.kv_scaled_miss = kv_scaled_miss
+        self.learn_pace = learn_pace
         # EWMA of the uncached prompt tokens per dispatched request: converts scraped queue lengths this
         # picker cannot explain (other gateways' traffic) into tokens.
         self.mean_uncached = 512.0
@@ -102,6 +106,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
             max_inflight=params.get_int("maxInFlight", 0, min=0),
             saturation_penalty=params.get_float("saturationPenalty", 1e6, min=0.0),
             miss_queue_scale=params.get_float("missQueueScale", 1.0, min=0.0),
+            kv_scaled_miss=params.get_bool("kvScaledMiss", True),
+            learn_pace=params.get_bool("learnPace", True),
         )
         params.finish()
         return s
@@ -141,7 +147,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
             # Hot loop (once per endpoint per pick): locals only, freshness and match ratio inlined.
             matched = m.matched if m is not None and m.hashes else {}
             per_block = p / len(m.hashes) if matched and m is not None else 0.0
-        miss = 1.0 + self.miss_penalty  # a miss computes the prefix now and displaces others' cache
+        miss_penalty = self.miss_penalty
+        kv_scaled = self.kv_scaled_miss
         now = cycle.now
         staleness = self.handle.staleness
         mean_uncached = self.mean_uncached
@@ -158,6 +165,13 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         # Fewest uncached tokens among these candidates (a filter may have removed the best holder):
         # what is lost by going elsewhere is the prefix beyond that.
         best_uncached = p - (max(get(ep.address, 0) for ep in endpoints) * per_block if matched else 0.0)
+        # Learned pace (seconds per token near each replica's fastest): the same tokens take longer on a
+        # slower replica, so its token costs are scaled by its pace over the fastest candidate's.
+        fastest = 0.0
+        if self.learn_pace:
+            paces = [ep.inflight.pace for ep in endpoints if ep.inflight.pace > 0.0]
+            if len(paces) == len(endpoints):  # only once every candidate's pace is known
+                fastest = min(paces)
         costs: list[float] = []
         sat_flags: list[bool] = []
         n_sat = 0
@@ -169,6 +183,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
             queued = load - inf.decoding
             sat = 0 < max_inf <= load
             cost = 0.0
+            # A miss computes the prefix now and, when the cache is full, displaces others' cached
+            # prefixes (recomputed later): the displacement share grows with the KV already in use.
+            fill = 1.0
             met = ep.metrics
             t = met.updated_at
             if t is not None and now - t <= staleness:
@@ -185,18 +202,24 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
                 if met.running_requests + q > load:
                     load = met.running_requests + q
                 kv = met.kv_cache_usage
+                if kv_scaled:
+                    fill = kv
                 if kv > kv_high:
                     cost = (kv - kv_high) * kv_scale
                 if kv >= kv_thr:
                     sat = True
+            miss = 1.0 + miss_penalty * fill
             uncached = p - get(ep.address, 0) * per_block if matched else p
+            work = ahead + miss * uncached + decode_weight * load
             if mqs and queued > 0 and uncached > best_uncached:
                 # Recomputing a prefix on a replica with a queue delays every request queued there,
                 # and the new copy evicts other groups' prefixes: under overload, spilling adds work
                 # to a fleet with none to spare. Grows with that replica's backlog (requests), not
                 # with its running batch.
-                cost += miss * (uncached - best_uncached) * queued / mqs
-            costs.append(cost + ahead + miss * uncached + decode_weight * load)
+                work += miss * (uncached - best_uncached) * queued / mqs
+            if fastest:
+                work *= ep.inflight.pace / fastest
+            costs.append(cost + work)
             sat_flags.append(sat)
             n_sat += sat
         if 0 < n_sat < len(costs):

@@ -1,0 +1,174 @@
+"""In-flight counts shared between ``--workers`` processes through one shared-memory segment.
+
+With N workers each worker's picker only sees what *it* dispatched; its lag-free load signal
+(``Endpoint.inflight``) would show 1/N of the truth. Here every worker publishes its own counts per
+endpoint into its own row of a shared table and, every ``interval`` seconds, folds the other workers'
+rows into its endpoints' ``InFlight``: the picker keeps reading the same fields, now fleet-wide (at
+most one interval stale for other workers' dispatches, exact for its own).
+
+Layout (one ``multiprocessing.shared_memory`` segment, created by the supervisor):
+- an address table: ``slots`` entries of ``ADDR_BYTES`` (NUL-padded UTF-8 ``ip:port``), claimed under
+  a lock the first time any worker sees an endpoint (rare; never on the data path);
+- counts: ``workers x slots x FIELDS`` signed 64-bit ints; row ``w`` is written by worker ``w`` only,
+  so the data path takes no lock (a reader may see one field a moment before its neighbour: counts
+  are a load estimate, never an invariant).
+
+Bounded: ``slots`` endpoints at most (1,024 by default); past that an endpoint just stays local.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from multiprocessing import shared_memory
+from typing import Any
+
+from kvgate.datalayer.endpoint import Endpoint, InFlight
+
+ADDR_BYTES = 64
+FIELDS = ("requests", "pending_prefill_tokens", "pending_decode_tokens", "decoding")
+_NF = len(FIELDS)
+_Q = struct.Struct("<q")
+DEFAULT_SLOTS = 1024
+
+
+def segment_size(workers: int, slots: int) -> int:
+    return slots * ADDR_BYTES + workers * slots * _NF * 8
+
+
+class SharedInFlight:
+    """One worker's view of the shared table (or the supervisor's, ``worker`` = -1, to own it)."""
+
+    def __init__(
+        self,
+        shm: shared_memory.SharedMemory,
+        lock: Any,
+        workers: int,
+        worker: int,
+        slots: int = DEFAULT_SLOTS,
+        owner: bool = False,
+    ) -> None:
+        self.shm = shm
+        self.lock = lock
+        self.workers = workers
+        self.worker = worker
+        self.slots = slots
+        self.owner = owner
+        buf = shm.buf
+        assert buf is not None
+        self._buf: memoryview = buf
+        self._counts = buf[slots * ADDR_BYTES : segment_size(workers, slots)].cast("q")
+        self._slot: dict[str, int] = {}
+        # address -> the other workers' counts last folded into that endpoint's InFlight
+        self._remote: dict[str, list[int]] = {}
+
+    @classmethod
+    def create(cls, workers: int, lock: Any, slots: int = DEFAULT_SLOTS) -> SharedInFlight:
+        shm = shared_memory.SharedMemory(create=True, size=segment_size(workers, slots))
+        buf = shm.buf
+        assert buf is not None
+        buf[: segment_size(workers, slots)] = bytes(segment_size(workers, slots))
+        return cls(shm, lock, workers, -1, slots, owner=True)
+
+    @classmethod
+    def attach(
+        cls, name: str, lock: Any, workers: int, worker: int, slots: int = DEFAULT_SLOTS
+    ) -> SharedInFlight:
+        # The supervisor owns (and unlinks) the segment. Spawned workers share its resource tracker, so
+        # attaching registers the same name again: harmless (Python 3.13 adds ``track=False`` for it).
+        shm = shared_memory.SharedMemory(name=name)
+        return cls(shm, lock, workers, worker, slots)
+
+    @property
+    def name(self) -> str:
+        return self.shm.name
+
+    def close(self) -> None:
+        self._counts.release()
+        del self._buf
+        self.shm.close()
+        if self.owner:
+            self.shm.unlink()
+
+    # -- address table --------------------------------------------------------------------------
+
+    def _read_addr(self, i: int) -> bytes:
+        raw = bytes(self._buf[i * ADDR_BYTES : (i + 1) * ADDR_BYTES])
+        return raw.rstrip(b"\0")
+
+    def slot(self, address: str) -> int | None:
+        """The table slot of ``address`` (claimed if new), None if the table is full or it is too long."""
+        got = self._slot.get(address)
+        if got is not None:
+            return got
+        key = address.encode()
+        if not key or len(key) > ADDR_BYTES:
+            return None
+        start = hash(key) % self.slots  # str/bytes hashes differ per process: probe from any start
+        with self.lock:
+            free = None
+            for k in range(self.slots):
+                i = (start + k) % self.slots
+                cur = self._read_addr(i)
+                if cur == key:
+                    self._slot[address] = i
+                    return i
+                if not cur and free is None:
+                    free = i
+            if free is None:
+                return None
+            self._buf[free * ADDR_BYTES : free * ADDR_BYTES + len(key)] = key
+        self._slot[address] = free
+        return free
+
+    # -- counts ---------------------------------------------------------------------------------
+
+    def _base(self, worker: int, slot: int) -> int:
+        return (worker * self.slots + slot) * _NF
+
+    def totals(self, address: str, exclude: int | None = None) -> list[int]:
+        """Sum of every worker's published counts for ``address`` (except worker ``exclude``)."""
+        out = [0] * _NF
+        i = self.slot(address)
+        if i is None:
+            return out
+        c = self._counts
+        for w in range(self.workers):
+            if w == exclude:
+                continue
+            b = self._base(w, i)
+            for f in range(_NF):
+                out[f] += c[b + f]
+        return out
+
+    def sync(self, endpoints: Iterable[Endpoint]) -> None:
+        """Publish this worker's own counts and fold the other workers' into each ``InFlight``."""
+        c = self._counts
+        me = self.worker
+        for ep in endpoints:
+            i = self.slot(ep.address)
+            if i is None:
+                continue
+            inf = ep.inflight
+            old = self._remote.get(ep.address) or [0] * _NF
+            cur = [getattr(inf, f) for f in FIELDS]
+            mine = [max(0, v - r) for v, r in zip(cur, old, strict=True)]
+            b = self._base(me, i)
+            for f in range(_NF):
+                c[b + f] = mine[f]
+            remote = self.totals(ep.address, exclude=me)
+            for f, name in enumerate(FIELDS):
+                setattr(inf, name, mine[f] + remote[f])
+            self._remote[ep.address] = remote
+
+    def clear_row(self, worker: int) -> None:
+        """Zero a worker's published counts (the supervisor, before it restarts that worker)."""
+        b = worker * self.slots * _NF
+        c = self._counts
+        for k in range(b, b + self.slots * _NF):
+            c[k] = 0
+
+    def local(self, inflight: InFlight, address: str) -> list[int]:
+        """This worker's own share of ``inflight`` (what it last published plus changes since)."""
+        old = self._remote.get(address) or [0] * _NF
+        return [max(0, getattr(inflight, f) - r) for f, r in zip(FIELDS, old, strict=True)]

@@ -1,0 +1,90 @@
+"""In-flight counts shared between worker processes (``gateway.shared_inflight``)."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.gateway.shared_inflight import SharedInFlight
+
+
+def _views(workers: int = 2, slots: int = 16) -> tuple[SharedInFlight, list[SharedInFlight]]:
+    lock = multiprocessing.get_context("spawn").Lock()
+    owner = SharedInFlight.create(workers, lock, slots)
+    views = [SharedInFlight.attach(owner.name, lock, workers, w, slots) for w in range(workers)]
+    return owner, views
+
+
+def test_each_worker_sees_the_fleet_wide_counts_and_keeps_its_own() -> None:
+    owner, (w0, w1) = _views()
+    try:
+        a0, a1 = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.1:8000")  # one endpoint, seen by two workers
+        a0.inflight.requests, a0.inflight.pending_prefill_tokens = 3, 300
+        a1.inflight.requests, a1.inflight.decoding = 2, 2
+        w0.sync([a0])
+        w1.sync([a1])
+        assert (a1.inflight.requests, a1.inflight.pending_prefill_tokens, a1.inflight.decoding) == (5, 300, 2)
+        w0.sync([a0])
+        assert (a0.inflight.requests, a0.inflight.decoding) == (5, 2)
+        # Worker 0's own request finishes (the director decrements the total it reads): it publishes 2.
+        a0.inflight.requests -= 1
+        a0.inflight.pending_prefill_tokens -= 100
+        w0.sync([a0])
+        assert w0.local(a0.inflight, a0.address)[:2] == [2, 200]
+        w1.sync([a1])
+        assert (a1.inflight.requests, a1.inflight.pending_prefill_tokens) == (4, 200)
+        # Syncing again without changes is idempotent (remote counts are not added twice).
+        for _ in range(3):
+            w0.sync([a0])
+            w1.sync([a1])
+        assert a0.inflight.requests == a1.inflight.requests == 4
+    finally:
+        for v in (w0, w1):
+            v.close()
+        owner.close()
+
+
+def test_slots_are_claimed_once_and_bounded() -> None:
+    owner, (w0, w1) = _views(slots=2)
+    try:
+        s = w0.slot("a:1")
+        assert s is not None and w1.slot("a:1") == s  # same slot from another worker's view
+        assert w1.slot("b:1") not in (None, s)
+        assert w0.slot("c:1") is None  # table full: that endpoint stays local
+        assert w0.slot("x" * 65) is None
+        e = Endpoint("c:1")
+        e.inflight.requests = 7
+        w0.sync([e])
+        assert e.inflight.requests == 7
+    finally:
+        for v in (w0, w1):
+            v.close()
+        owner.close()
+
+
+def _child(name: str, lock: object, done: object) -> None:
+    view = SharedInFlight.attach(name, lock, 2, 1, 16)
+    e = Endpoint("10.0.0.9:8000")
+    e.inflight.requests, e.inflight.pending_decode_tokens = 4, 512
+    view.sync([e])
+    done.set()  # type: ignore[attr-defined]
+    view.close()
+
+
+def test_counts_cross_a_real_process_boundary() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    lock = ctx.Lock()
+    owner = SharedInFlight.create(2, lock, 16)
+    me = SharedInFlight.attach(owner.name, lock, 2, 0, 16)
+    try:
+        done = ctx.Event()
+        p = ctx.Process(target=_child, args=(owner.name, lock, done))
+        p.start()
+        assert done.wait(30)
+        p.join(30)
+        e = Endpoint("10.0.0.9:8000")
+        me.sync([e])
+        assert (e.inflight.requests, e.inflight.pending_decode_tokens) == (4, 512)
+    finally:
+        me.close()
+        owner.close()
