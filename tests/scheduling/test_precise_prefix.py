@@ -9,6 +9,7 @@ from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.kvevents import BlockIndex, decode_batch, encode_batch
 from kvgate.datalayer.kvwire import BlockStored
 from kvgate.datalayer.store import EndpointStore, make_endpoint
+from kvgate.openai.request import render_chat
 from kvgate.scheduling import registry
 from kvgate.scheduling.blockhash import ChainedVLLMHasher, VLLMBlockHasher, cbor_dumps
 from kvgate.scheduling.framework import ConfigError, CycleState, Params, PluginHandle
@@ -162,7 +163,7 @@ def test_block_size_comes_from_endpoint_metrics_then_events():
     assert plugin.index.capacity(ep.address) == 3
 
 
-def test_text_prompts_use_the_tokenizer_and_chat_scores_zero(tmp_path):
+def test_text_and_chat_prompts_use_the_tokenizer(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
@@ -175,8 +176,10 @@ def test_text_prompts_use_the_tokenizer_and_chat_scores_zero(tmp_path):
     req = InferenceRequest("r", "m", prompt_text="a b a b")
     assert plugin.score(CycleState(req, 0.0), [ep]) == [1.0]
     assert req.token_ids == ids
-    chat = InferenceRequest("r", "m", prompt_text='[{"role":"user","content":"a b a b"}]')
-    assert plugin.score(CycleState(chat, 0.0), [ep]) == [0.0]
+    # Chat prompts arrive rendered (render_chat) and are tokenized like any other text.
+    chat = InferenceRequest("r", "m", prompt_text=render_chat([{"role": "user", "content": "a b a b"}]))
+    plugin.score(CycleState(chat, 0.0), [ep])
+    assert chat.token_ids is not None and chat.token_ids[-4:] == ids
 
 
 def test_config_errors_and_store_removal_purges():

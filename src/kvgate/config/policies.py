@@ -14,6 +14,8 @@ POLICIES: dict[str, str] = {
 plugins:
 - type: header-based-testing-filter
 - type: prefix-cache-scorer
+  parameters:
+    tokenizer: auto   # the served model's own tokenizer when it is available locally
 - type: kvgate-cost-scorer
 - type: lora-affinity-scorer
 - type: max-score-picker

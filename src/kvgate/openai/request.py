@@ -37,6 +37,39 @@ TOKEN_ID_LIMIT = 1 << 31
 MAX_TOKENS_KEYS = ("max_completion_tokens", "max_tokens")  # precedence order
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def render_chat(messages: list[dict[str, Any]], tools: Any = None) -> str:
+    """A chat request as the text the prefix scorers hash (and tokenize): a deterministic stand-in for
+    the model's chat template, so two chats sharing a system prompt (or earlier turns) share a prefix.
+
+    ``<|tools|>`` JSON first when present (templates put tools in the system prompt), then per message
+    ``<|role|>`` + newline + its text (content parts' texts joined; other parts and any other keys,
+    e.g. ``tool_calls``, as JSON) + newline. Earlier messages never depend on later ones.
+    """
+    out = []
+    if tools:
+        out.append(f"<|tools|>\n{_text(tools)}\n")
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            text = "".join(
+                p["text"] if isinstance(p, dict) and isinstance(p.get("text"), str) else _text(p)
+                for p in content
+            )
+        elif content is None:
+            text = ""
+        else:
+            text = _text(content)
+        extra = {k: v for k, v in m.items() if k not in ("role", "content")}
+        if extra:
+            text += _text(extra)
+        out.append(f"<|{_text(m.get('role', ''))}|>\n{text}\n")
+    return "".join(out)
+
+
 class BodyError(ValueError):
     """The body cannot be served as sent (400); ``param`` names the offending parameter."""
 
@@ -157,7 +190,7 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise BodyError("'messages' must be a non-empty list of message objects", "messages")
         try:
-            prompt_text = orjson.dumps(messages).decode()
+            prompt_text = render_chat(messages, body.get("tools"))
         except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
             raise BodyError(f"'messages' cannot be encoded: {e}", "messages") from None
         estimate = len(prompt_text) // 4

@@ -6,8 +6,11 @@ reads the engines' KV-cache events (``kvgate.datalayer.kvevents``) into a global
 ``matched leading blocks / prompt blocks`` against it.
 
 Request tokens come from ``InferenceRequest.token_ids`` (token-id prompts) or, for text prompts, from the
-servers' tokenizer (``tokenizer`` parameter: a ``tokenizer.json`` or a directory holding one). Chat requests
-without token ids score 0 (the chat template is not rendered here).
+servers' tokenizer (``tokenizer`` parameter: a ``tokenizer.json``, a directory holding one, or ``auto``: the
+served model's own, found locally; see ``kvgate.scheduling.tokenize``). Chat requests are scored on the
+front door's deterministic rendering (``kvgate.openai.request.render_chat``): its blocks keep chats that
+share a prefix together through the dispatch-time credit, but match engine-reported blocks only where the
+rendering equals the model's chat template.
 
 Event sources per endpoint ``host:port``: the label ``kvgate.io/kv-events`` (a ZMQ address) if set, else
 ``tcp://host:(port + eventsPortOffset)`` when ``eventsPortOffset`` > 0. ``eventsBind: true`` binds that
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, cast
 
 from kvgate.datalayer.endpoint import Endpoint
@@ -44,6 +46,7 @@ from kvgate.scheduling.framework import (
     publish_cache_expectation,
 )
 from kvgate.scheduling.registry import register
+from kvgate.scheduling.tokenize import TokenizerSource
 from kvgate.scheduling.types import InferenceRequest, prompt_tokens
 
 log = logging.getLogger(__name__)
@@ -73,19 +76,6 @@ def shared_index(
         got = (index, KVEventsManager(index))
         _INDEXES[name] = got
     return got
-
-
-def _load_tokenizer(path: str) -> Any:
-    from tokenizers import Tokenizer
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / "tokenizer.json"
-    return Tokenizer.from_file(str(p))
-
-
-def _looks_like_chat(text: str) -> bool:
-    return text.startswith("[{") and '"role"' in text[:200]
 
 
 class _CachedTokens:
@@ -152,7 +142,7 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         self.events_port_offset = events_port_offset
         self.events_bind = events_bind
         self.replay_port_offset = replay_port_offset
-        self._tokenizer = _load_tokenizer(tokenizer) if tokenizer else None
+        self._tokenizer = TokenizerSource(tokenizer)
         self._hashers: dict[int, VLLMBlockHasher] = {}
         if mode == "engine":
             VLLMBlockHasher(block_size, hash_algo, hash_seed)  # fail at config time on bad settings
@@ -198,9 +188,10 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         req = cycle.request
         if req.token_ids is not None:
             return req.token_ids
-        if self._tokenizer is None or not req.prompt_text or _looks_like_chat(req.prompt_text):
+        tok = self._tokenizer.get(req.model) if req.prompt_text else None
+        if tok is None:
             return None
-        ids: list[int] = self._tokenizer.encode(req.prompt_text).ids
+        ids = tok.encode(req.prompt_text)
         req.token_ids = ids  # later plugins (and the front door's accounting) can reuse the exact count
         return ids
 

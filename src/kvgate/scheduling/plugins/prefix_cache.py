@@ -16,6 +16,7 @@ from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import StoreChange
 from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
+    ConfigError,
     CycleState,
     Filter,
     Params,
@@ -36,6 +37,8 @@ from kvgate.scheduling.prefix import (
     block_hashes,
 )
 from kvgate.scheduling.registry import register
+from kvgate.scheduling.tokenize import TokenizerSource
+from kvgate.scheduling.types import InferenceRequest
 
 CYCLE_KEY = "prefix-cache"
 PURGE_INTERVAL_S = 120.0  # reference: inactive endpoints purged from the index every 2 minutes
@@ -78,8 +81,11 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
         max_blocks: int = MAX_PREFIX_BLOCKS,
         capacity: int = DEFAULT_LRU_CAPACITY,
         max_total_blocks: int = DEFAULT_MAX_TOTAL_BLOCKS,
+        tokenizer: str | None = None,
     ) -> None:
         super().__init__(name, handle)
+        # The served model's tokenizer, when set/found: blocks are then exactly the engine's blocks.
+        self.tokenizer = TokenizerSource(tokenizer)
         self.block_size = block_size
         self.auto_tune = auto_tune
         self.max_blocks = max_blocks
@@ -100,7 +106,12 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
             capacity=params.get_int("lruCapacityPerServer", DEFAULT_LRU_CAPACITY, min=1),
             max_total_blocks=params.get_int("maxTotalBlocks", DEFAULT_MAX_TOTAL_BLOCKS, min=1),
         )
+        tokenizer = params.get_str("tokenizer", "") or None
         params.finish()
+        try:
+            p.tokenizer = TokenizerSource(tokenizer)
+        except (ValueError, OSError) as e:  # an unreadable tokenizer
+            raise ConfigError(f"{params.path}.tokenizer: {e}") from e
         return p
 
     def _on_store_change(self, change: StoreChange) -> None:
@@ -114,6 +125,19 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
                     return ep.metrics.block_size
         return self.block_size
 
+    def _token_ids(self, req: InferenceRequest) -> list[int] | None:
+        """The body's token ids, else the prompt through this scorer's own tokenizer, else None (text).
+        Not ids another plugin derived with its tokenizer: keys must not depend on plugin order."""
+        if not req.prompt_text:
+            return req.token_ids
+        tok = self.tokenizer.get(req.model) if self.tokenizer else None
+        if tok is None:
+            return None
+        ids = tok.encode(req.prompt_text)
+        if req.token_ids is None:
+            req.token_ids = ids  # the exact count for the front door's accounting too
+        return ids
+
     def prepare(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> None:
         tokens = self._block_tokens(endpoints)
         if tokens != self._chunk_tokens:
@@ -121,12 +145,13 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
             self.index.clear()
             self._chunk_tokens = tokens
         req = cycle.request
-        if req.prompt_text:
+        ids = self._token_ids(req)
+        if ids:
+            chunk = tokens * 4  # uint32 per token: a block is exactly ``tokens`` tokens
+            hashes = block_hashes(req.model, array("I", ids).tobytes(), chunk, self.max_blocks)
+        elif req.prompt_text:
             chunk = tokens * CHARS_PER_TOKEN
             hashes = block_hashes(req.model, req.prompt_text, chunk, self.max_blocks)
-        elif req.token_ids:
-            chunk = tokens * 4  # uint32 per token: a block is exactly ``tokens`` tokens
-            hashes = block_hashes(req.model, array("I", req.token_ids).tobytes(), chunk, self.max_blocks)
         else:
             chunk, hashes = tokens * CHARS_PER_TOKEN, []
         matched: dict[str, int] = {}
