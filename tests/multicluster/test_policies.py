@@ -119,3 +119,15 @@ def test_clusters_file_errors_and_hot_reload(tmp_path: Path) -> None:
     f.write_text("clusters: {broken")
     os.utime(f, (2e9, 2e9))
     assert not cf.maybe_reload(2.0) and len(cf.config.clusters) == 2  # last good list kept
+
+
+def test_observed_ttft_steers_away_and_fades() -> None:
+    """A cluster whose GPU table overstates its speed shows up in the TTFT this gateway observes there."""
+    p = KvgatePolicy(rng=random.Random(0))
+    slow, fast = _state("slow", head=3.0), _state("fast", head=2.0)
+    assert p.order([slow, fast], ClusterRequest(), 0.0)[0].name == "slow"  # more headroom on paper
+    for _ in range(20):
+        slow.observe_ttft(1.5, 0.0)
+    assert all(p.order([slow, fast], ClusterRequest(), 0.0)[0].name == "fast" for _ in range(10))
+    # 30 s later, unobserved, the old verdict has faded: the slow cluster is tried again
+    assert p.order([slow, fast], ClusterRequest(), 30.0)[0].name == "slow"

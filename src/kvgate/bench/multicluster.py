@@ -282,6 +282,8 @@ class MultiClusterSim:
             return
         r.first = t
         c = self.clusters[r.cluster]
+        # The gateway sees the first byte half an RTT later: its observed TTFT for this cluster.
+        self.gw_states[r.gateway][r.cluster].observe_ttft(t - r.start + c.d.rtt_ms / 2000.0, t)
         c.director.on_first_token(r.req, c.endpoints[r.replica])
 
     def _done(self, sim: SimRequest, t: float) -> None:

@@ -120,6 +120,7 @@ class KvgateWeights:
     affinity_max_util: float = 0.9  # no affinity bonus past this utilisation (a hot prefix must not overload)
     overload: float = 4.0  # extra cost per unit of utilisation past 1 (queueing)
     slack: float = 0.08  # power of two among clusters within this much of the best cost
+    ttft_per_s: float = 2.0  # cost per second of the TTFT this gateway observed there (EWMA)
 
 
 class KvgatePolicy:
@@ -172,10 +173,11 @@ class KvgatePolicy:
             n += 1
         return n / len(hashes)
 
-    def cost(self, c: ClusterState, req: ClusterRequest) -> float:
+    def cost(self, c: ClusterState, req: ClusterRequest, now: float = 0.0) -> float:
         w = self.w
         u = self.utilisation(c)
         cost = u + max(0.0, u - 1.0) * w.overload + c.spec.rtt_ms / 1000.0 * w.rtt_per_s
+        cost += c.observed_ttft(now) * w.ttft_per_s
         if c.name == self.local and u < w.spill_at:
             cost -= w.local_bonus
         if u < w.affinity_max_util:
@@ -184,7 +186,7 @@ class KvgatePolicy:
 
     def order(self, clusters: Sequence[ClusterState], req: ClusterRequest, now: float) -> list[ClusterState]:
         good = [c for c in clusters if self.usable(c, now)]
-        costs = {c.name: self.cost(c, req) for c in good}
+        costs = {c.name: self.cost(c, req, now) for c in good}
         self.last_costs = costs
         good.sort(key=lambda c: costs[c.name])
         if len(good) >= 2:

@@ -92,6 +92,7 @@ class GlobalGateway:
         except BodyError as e:
             return _error(400, e.message, e.param)
         creq = ClusterRequest(parsed.model, prompt_key(parsed.prompt_text, parsed.token_ids))
+        t0 = self.clock()
         try:
             routed = await self.router.route(path, dict(request.headers), raw, creq)
         except NoRoute as e:
@@ -106,7 +107,14 @@ class GlobalGateway:
         resp.headers["x-kvgate-cluster"] = routed.cluster
         resp.headers["x-kvgate-route-mode"] = routed.mode
         await resp.prepare(request)
+        first = parsed.stream
         async for chunk in routed.body:
+            if first:  # a stream's first bytes: the TTFT this gateway sees from that cluster
+                first = False
+                st = self.router.states.get(routed.cluster)
+                if st is not None:
+                    now = self.clock()
+                    st.observe_ttft(now - t0, now)
             await resp.write(chunk)
         await resp.write_eof()
         return resp

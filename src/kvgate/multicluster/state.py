@@ -7,6 +7,7 @@ the anti-herding term) resets when the snapshot changes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kvgate.datalayer.aggregate import PoolAggregate
@@ -29,6 +30,10 @@ class ClusterState:
     failures: int = 0
     down_until: float = 0.0
     backoff_s: float = 0.0
+    # EWMA of the time to first byte this gateway observed from the cluster (streaming responses): what
+    # a request actually waits there, whatever the GPU table says the cluster's speed is.
+    ttft_s: float | None = None
+    ttft_at: float = 0.0
 
     @property
     def name(self) -> str:
@@ -52,6 +57,16 @@ class ClusterState:
         self.sent_since_snapshot += 1
         self.sent_total += 1
         self.inflight += 1
+
+    def observe_ttft(self, seconds: float, now: float, alpha: float = 0.1) -> None:
+        self.ttft_s = seconds if self.ttft_s is None else self.ttft_s + alpha * (seconds - self.ttft_s)
+        self.ttft_at = now
+
+    def observed_ttft(self, now: float, tau_s: float = 5.0) -> float:
+        """The EWMA, fading with its age: a cluster left alone because it was slow gets tried again."""
+        if self.ttft_s is None:
+            return 0.0
+        return self.ttft_s * math.exp(-max(0.0, now - self.ttft_at) / tau_s)
 
     def finished(self) -> None:
         self.inflight = max(0, self.inflight - 1)
