@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 from kvgate.bench import workloads
 from kvgate.bench.fleetsim import ReplicaSpec
@@ -57,3 +58,13 @@ def test_named_scenarios_are_well_formed() -> None:
         assert sc.key_fraction in sc.load_fractions or sc.name == "multi-lora"
         spec = next(iter(sc.workload(0, 3)))
         assert spec.max_tokens > 0 and spec.prompt_ids
+
+
+@pytest.mark.slow  # ~8 extra fleet runs (about 50 s on a loaded 2-core machine)
+def test_knee_capacity_is_at_most_the_ladder_top_and_recorded(tmp_path: Path) -> None:
+    payload = run_scenario(_toy(), quick=True, seed=0, out=tmp_path, capacity="knee")
+    assert payload["capacity_mode"] == "knee"
+    knee = payload["knee"]
+    assert knee["unloaded_p90_s"] > 0 and set(knee["knee_req_per_s"]) == {"kvgate"}
+    assert 0 < payload["capacity_req_per_s"] <= 1.1 * 400
+    assert (tmp_path / "fleet-toy-quick-knee.json").exists()

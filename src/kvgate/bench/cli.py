@@ -49,6 +49,13 @@ def _parser(fleet: list[str]) -> argparse.ArgumentParser:
         type=float,
         help="live: fixed offered QPS (simulated); default: --load-fraction x measured capacity",
     )
+    p.add_argument(
+        "--capacity",
+        choices=["served", "knee"],
+        default="served",
+        help="fleet scenarios: capacity = req/s served under overload (default, the published figures) or "
+        "the knee (highest load whose p90 TTFT stays within 2x the unloaded p90)",
+    )
     p.add_argument("--duration", type=float, help="live: simulated seconds measured per run")
     p.add_argument("--repeats", type=int, default=1, help="live: interleaved rounds")
     p.add_argument("--no-netns", action="store_true", help="live: don't re-exec inside `unshare -n`")
@@ -90,5 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         return inference_perf.run(out=args.out, quick=args.quick, seed=args.seed)
     from kvgate.bench.sweep import run_scenario
 
-    run_scenario(SCENARIOS[args.scenario], quick=args.quick, seed=args.seed, out=args.out, policies=policies)
+    run_scenario(
+        SCENARIOS[args.scenario],
+        quick=args.quick,
+        seed=args.seed,
+        out=args.out,
+        policies=policies,
+        capacity=args.capacity,
+    )
     return 0

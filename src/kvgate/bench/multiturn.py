@@ -22,25 +22,10 @@ from typing import Any
 from kvgate.bench import report
 from kvgate.bench.fleetsim import FleetConfig, FleetSim
 from kvgate.bench.mixed import FAMILIES, TUNING_SET, VALIDATION_SET, Family, mixed_workload
+from kvgate.bench.report import KNEE_FACTOR, find_knee
 from kvgate.bench.workloads import RequestSpec
 
 DEFAULT_POLICIES = ["kvgate", "sglang-cache-aware", "round-robin"]
-KNEE_FACTOR = 2.0
-
-
-def find_knee(
-    points: Sequence[tuple[float, float | None]], unloaded_p90: float, factor: float = KNEE_FACTOR
-) -> float:
-    """The highest load whose p90 TTFT is within ``factor`` x the unloaded p90, scanning upwards and
-    stopping at the first load past it (a later lucky point does not count); 0 if even the lowest fails.
-
-    ``points``: (load, p90 TTFT or None when nothing finished)."""
-    knee = 0.0
-    for load, p90 in sorted(points):
-        if p90 is None or p90 > factor * unloaded_p90:
-            break
-        knee = load
-    return knee
 
 
 class MixedFleetSim(FleetSim):

@@ -180,6 +180,26 @@ class Collector:
         return row
 
 
+# ---- capacity ---
+
+KNEE_FACTOR = 2.0  # knee: p90 TTFT within this factor of the unloaded p90
+
+
+def find_knee(
+    points: Sequence[tuple[float, float | None]], unloaded_p90: float, factor: float = KNEE_FACTOR
+) -> float:
+    """The highest load whose p90 TTFT is within ``factor`` x the unloaded p90, scanning upwards and
+    stopping at the first load past it (a later lucky point does not count); 0 if even the lowest fails.
+
+    ``points``: (load, p90 TTFT or None when nothing finished)."""
+    knee = 0.0
+    for load, p90 in sorted(points):
+        if p90 is None or p90 > factor * unloaded_p90:
+            break
+        knee = load
+    return knee
+
+
 # ---- files -------------------------------------------------------------------------------------
 
 

@@ -58,6 +58,29 @@ def probe_capacity(sc: Scenario, policy: str, seed: int, duration: float) -> flo
     return done / (sc.warmup + duration - t_from)
 
 
+KNEE_LADDER = (0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1)  # fractions of the served capacity tried for the knee
+
+
+def knee_capacity(
+    sc: Scenario, policies: list[str], seed: int, duration: float, served: float, console: Console
+) -> tuple[float, dict[str, Any]]:
+    """The highest offered load whose p90 TTFT stays within ``KNEE_FACTOR`` x the unloaded p90
+    (``report.find_knee``), best over ``policies``; loads are fractions of the served capacity."""
+    base = min(run_point(sc, pol, 0.1 * served, duration, seed).row["ttft_p90"] or 0.0 for pol in policies)
+    ladder = [round(served * f, 2) for f in KNEE_LADDER]
+    knees: dict[str, float] = {}
+    for pol in policies:
+        pts: list[tuple[float, float | None]] = []
+        for q in ladder:
+            p90 = run_point(sc, pol, q, duration, seed).row["ttft_p90"]
+            pts.append((q, p90))
+            if p90 is None or p90 > report.KNEE_FACTOR * base:
+                break  # past the knee: higher loads cannot count
+        knees[pol] = report.find_knee(pts, base)
+        console.print(f"  knee {pol:>18}: {knees[pol]:.1f} req/s (unloaded p90 {base * 1000:.0f} ms)")
+    return max(knees.values()) or ladder[0], {"unloaded_p90_s": base, "knee_req_per_s": knees}
+
+
 def run_scenario(
     sc: Scenario,
     *,
@@ -66,6 +89,7 @@ def run_scenario(
     out: Path,
     policies: list[str] | None = None,
     console: Console | None = None,
+    capacity: str = "served",
 ) -> dict[str, Any]:
     console = console or Console()
     pols = policies or sc.policies
@@ -78,7 +102,11 @@ def run_scenario(
         probes[pol] = probe_capacity(sc, pol, seed, min(duration, 20.0))
         console.print(f"  capacity probe {pol:>18} at {sc.probe_qps:g} QPS offered: {probes[pol]:.1f} req/s")
     cap = max(probes.values())
-    console.print(f"fleet capacity (best policy): {cap:.1f} req/s")
+    console.print(f"fleet capacity (best policy, served under overload): {cap:.1f} req/s")
+    knee: dict[str, Any] = {}
+    if capacity == "knee":
+        cap, knee = knee_capacity(sc, sc.probe_policies, seed, min(duration, 20.0), cap, console)
+        console.print(f"fleet capacity (knee, best policy): {cap:.1f} req/s")
     points = [round(cap * f, 2) for f in fractions]
     rows: list[dict[str, Any]] = []
     series: dict[str, report.LoadSeries] = {}
@@ -118,6 +146,8 @@ def run_scenario(
         "seed": seed,
         "quick": quick,
         "capacity_req_per_s": cap,
+        "capacity_mode": capacity,
+        "knee": knee,
         "probe": {"offered_qps": sc.probe_qps, "served_req_per_s": probes},
         "replicas": [{"profile": r.profile, "count": r.count, **r.overrides} for r in sc.replicas],
         "duration_virtual_s": duration,
@@ -125,12 +155,12 @@ def run_scenario(
         "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}",
         "rows": rows,
     }
-    suffix = "-quick" if quick else ""
+    suffix = ("-quick" if quick else "") + ("-knee" if capacity == "knee" else "")
     base = out / f"fleet-{sc.name}{suffix}"
     report.write_json(base.with_suffix(".json"), payload)
     table = report.markdown_table(rows, [("policy", "policy"), ("QPS", "qps"), ("load", "load_fraction")])
     base.with_suffix(".md").write_text(
-        f"# {sc.title}\n\n{sc.how_scaled}\n\nProbed capacity: {cap:.1f} req/s. "
+        f"# {sc.title}\n\n{sc.how_scaled}\n\nProbed capacity ({capacity}): {cap:.1f} req/s. "
         f"Virtual seconds per point: {duration:g}. Wall time: {wall:.0f} s.\n\n{table}\n"
     )
     report.plot_ttft_vs_qps(base.parent / f"{base.name}-ttft.png", rows, sc.title)
