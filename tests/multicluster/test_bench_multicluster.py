@@ -1,0 +1,29 @@
+"""``kvgate bench multicluster`` on a tiny scale: every policy runs, the loss phase retries instead of losing,
+and kvgate stops sending to the dead cluster while the llm-d-hub-like policy keeps paying its timeouts."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("numpy")
+
+from kvgate.bench.multicluster import MultiClusterSim, RunConfig, Workload
+
+TINY = Workload(tenants=4, system_prompt_len=256, question_len=32, output_len=16)
+
+
+@pytest.mark.parametrize("policy", ["kvgate", "llm-d-hub", "round-robin", "active-passive"])
+def test_steady_run(policy: str) -> None:
+    row = MultiClusterSim(RunConfig(policy, 20.0, duration=4.0, warmup=1.0, workload=TINY)).run()
+    assert row["ok"] > 40 and row["lost"] == 0 and row["ttft_p90"] is not None
+    assert sum(row["served_by"].values()) == row["ok"]
+
+
+def test_cluster_loss_retries_and_kvgate_avoids_the_dead_cluster() -> None:
+    rows = {
+        p: MultiClusterSim(RunConfig(p, 20.0, duration=9.0, warmup=1.0, loss=True, workload=TINY)).run()
+        for p in ("kvgate", "llm-d-hub")
+    }
+    for row in rows.values():
+        assert row["phase"] == "loss" and row["lost"] == 0
+    assert rows["kvgate"]["retries"] < rows["llm-d-hub"]["retries"]
