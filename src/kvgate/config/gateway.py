@@ -60,6 +60,8 @@ class PoolConfig:
     # system's CAs without one).
     scheme: str = "http"
     ca_file: str | None = None
+    # Labels per endpoint address (e.g. ``kvgate.io/kv-events`` from KV-events detection at start-up).
+    endpoint_labels: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

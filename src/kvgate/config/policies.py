@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import yaml
+
 from kvgate.config.picker import EndpointPickerConfig, load_config
 
 _HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
@@ -94,3 +98,30 @@ def policy_config(name: str) -> EndpointPickerConfig:
 
 def policy_yaml(name: str) -> str:
     return _HEAD + POLICIES[name].lstrip("\n")
+
+
+# The index the detected-KV-events profile shares between its plugins (and a gateway's pools).
+KV_EVENTS_INDEX = "kv-events"
+
+
+def precise_policy(tokenizer: str, *, bind: bool) -> dict[str, Any]:
+    """The ``kvgate`` policy as a picker-config mapping with its prefix signal from the engines' KV events
+    (``precise-prefix-cache-scorer``) instead of routing history: what ``kvgate serve --kv-events auto``
+    runs when every endpoint publishes events. ``tokens`` keys work with any engine hash algorithm and
+    seed (and the simulator's); ``tokenizer`` is the servers' own, so text and chat prompts are hashed as
+    the engines hash them. Event addresses come from each endpoint's ``kvgate.io/kv-events`` label.
+    """
+    doc: dict[str, Any] = yaml.safe_load(policy_yaml("kvgate"))
+    for plugin in doc["plugins"]:
+        if plugin["type"] == "prefix-cache-scorer":
+            plugin["type"] = "precise-prefix-cache-scorer"
+            plugin["parameters"] = {
+                "mode": "tokens",
+                "tokenizer": tokenizer,
+                "eventsBind": bind,
+                "indexName": KV_EVENTS_INDEX,
+            }
+        elif plugin["type"] == "kvgate-cost-scorer":
+            params = plugin.get("parameters") or {}
+            plugin["parameters"] = {**params, "prefixPluginRef": "precise-prefix-cache-scorer"}
+    return doc

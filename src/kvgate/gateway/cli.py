@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--policy", default="kvgate", choices=POLICIES)
     p.add_argument(
+        "--kv-events",
+        default="auto",
+        choices=("auto", "off"),
+        help="auto: pools on the kvgate policy route on the engines' KV events when every endpoint "
+        "publishes them (asked at start-up); off: the approximate prefix index",
+    )
+    p.add_argument(
         "--session-header", default=None, help=f"session-affinity header (default {DEFAULT_SESSION_HEADER})"
     )
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
@@ -182,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         return run(ServeArgs(args.clusters, args.cluster_policy, args.host or "127.0.0.1", args.port or 8080))
     try:
         cfg = build_config(args)
+        if args.kv_events == "auto":
+            from kvgate.gateway import kv_auto
+
+            for note in kv_auto.apply(cfg):
+                print(f"kvgate serve: {note}", flush=True)
         pools = build_pools(cfg)
         if cfg.api_keys_file or cfg.api_keys_env:  # a bad key file is a config error, not a traceback
             from kvgate.gateway.tenants import ApiKeyError, load_keys

@@ -42,7 +42,10 @@ class Pool:
 
 
 def make_store(cfg: PoolConfig) -> EndpointStore:
-    return EndpointStore(make_endpoint(a, pool=cfg.name, engine=cfg.engine) for a in cfg.endpoints)
+    return EndpointStore(
+        make_endpoint(a, pool=cfg.name, engine=cfg.engine, labels=cfg.endpoint_labels.get(a))
+        for a in cfg.endpoints
+    )
 
 
 def build_pool(cfg: PoolConfig, clock: Callable[[], float] = time.monotonic) -> Pool:

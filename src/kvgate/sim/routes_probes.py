@@ -94,6 +94,19 @@ class ProbeRoutes(ReplicaState):
         info.update(self._capacity())
         if self.kv is not None:
             info["kv_events_config"] = self.kv.sources()
+            # vLLM's own answer (GET /server_info?config_format=json, dev mode): its --kv-events-config
+            # and tokenizer. The simulator binds, which vLLM writes as a wildcard address.
+            kv = self.kv.sources()
+            info["vllm_config"] = {
+                "kv_events_config": {
+                    "enable_kv_cache_events": True,
+                    "publisher": "zmq",
+                    "endpoint": _wildcard(kv["endpoint"]),
+                    "replay_endpoint": _wildcard(kv["replay_endpoint"]),
+                    "topic": kv["topic"],
+                },
+                "model_config": {"tokenizer": tokdir},
+            }
         return json_response(info)
 
     async def _model_info(self, request: web.Request) -> web.StreamResponse:
@@ -180,3 +193,11 @@ class ProbeRoutes(ReplicaState):
             {"endpoint": src["endpoint"], "replay_endpoint": src["replay_endpoint"], "dp_rank": 0}
         ]
         return json_response(src)
+
+
+def _wildcard(addr: object) -> str | None:
+    """``tcp://127.0.0.1:P`` -> ``tcp://*:P``: how vLLM's config names a socket it binds."""
+    if not isinstance(addr, str):
+        return None
+    scheme, _, rest = addr.partition("://")
+    return f"{scheme}://*:{rest.rpartition(':')[2]}"

@@ -1,0 +1,63 @@
+"""``kvgate serve --kv-events auto``: precise prefix routing wherever the servers publish KV events.
+
+At start-up each pool that runs the default ``kvgate`` policy asks its endpoints for their KV-events
+configuration (``kvgate.datalayer.kvdetect``). When every endpoint publishes events, and a tokenizer
+for the served model is available locally (the servers' own, as they report it, else ``auto``'s look-up),
+the pool runs ``precise_policy``: the same profile with the prefix signal from the engines' events, each
+endpoint labelled with its event address. Otherwise (no events, some endpoints without, no tokenizer) the
+pool keeps the approximate index: mixing the two signals in one cost comparison would compare guesses
+with reports. Endpoints added later (config reload, Kubernetes) are not probed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kvgate.config.gateway import GatewayConfig, PoolConfig
+from kvgate.config.policies import precise_policy
+from kvgate.datalayer.kvdetect import KVEventsInfo, probe_all
+from kvgate.scheduling.plugins.precise_prefix import EVENTS_LABEL, REPLAY_LABEL
+from kvgate.scheduling.tokenize import find_for_model, tokenizer_file
+
+log = logging.getLogger(__name__)
+
+
+def _tokenizer(pc: PoolConfig, found: dict[str, KVEventsInfo]) -> str | None:
+    names = [i.tokenizer for i in found.values() if i.tokenizer] + list(pc.models)
+    for name in names:
+        if name and tokenizer_file(name).is_file():
+            return str(tokenizer_file(name))
+        f = find_for_model(name) if name else None
+        if f is not None:
+            return str(f)
+    return None
+
+
+def apply(cfg: GatewayConfig, timeout: float = 2.0) -> list[str]:
+    """Switch pools whose endpoints all publish KV events to the precise profile; one line per pool."""
+    notes = []
+    for pc in cfg.pools:
+        if pc.picker_config is not None or pc.policy != "kvgate" or not pc.endpoints:
+            continue
+        found = probe_all(pc.endpoints, timeout, pc.scheme)
+        if len(found) < len(pc.endpoints):
+            notes.append(f"pool {pc.name}: {len(found)}/{len(pc.endpoints)} endpoints publish KV events: "
+                         "approximate prefix index")  # fmt: skip
+            continue
+        binds = {i.bind for i in found.values()}
+        tok = _tokenizer(pc, found)
+        if tok is None or len(binds) != 1:
+            why = "no local tokenizer for the model" if tok is None else "mixed bind/connect addresses"
+            notes.append(f"pool {pc.name}: KV events found but {why}: approximate prefix index")
+            continue
+        for addr, info in found.items():
+            labels = pc.endpoint_labels.setdefault(addr, {})
+            labels[EVENTS_LABEL] = info.endpoint
+            if info.replay:
+                labels[REPLAY_LABEL] = info.replay
+        pc.picker_config = precise_policy(tok, bind=binds.pop())
+        notes.append(f"pool {pc.name}: every endpoint publishes KV events: precise prefix routing "
+                     f"(tokenizer {tok})")  # fmt: skip
+    for n in notes:
+        log.info("kv-events: %s", n)
+    return notes

@@ -1,0 +1,106 @@
+"""``kvgate serve --kv-events auto``: precise prefix routing where the servers publish KV events, found
+from their own configuration (simulated vLLM replicas with KV events on and off)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from gateway.conftest import base_url, make_config, running_gateway
+from kvgate.config.policies import KV_EVENTS_INDEX
+from kvgate.datalayer.kvdetect import parse_server_info
+from kvgate.datalayer.kvevents import token_keys
+from kvgate.gateway import kv_auto
+from kvgate.openai.request import render_chat
+from kvgate.scheduling.plugins.precise_prefix import EVENTS_LABEL, shared_index
+from kvgate.scheduling.tokenize import load
+from kvgate.sim.server import Replica, ReplicaConfig
+from kvgate.sim.tokenizer import tokenizer_dir
+
+
+def test_server_info_shapes() -> None:
+    binds = {"vllm_config": {"kv_events_config": {"enable_kv_cache_events": True, "publisher": "zmq",
+             "endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5558"},
+             "model_config": {"tokenizer": "/models/x"}}}  # fmt: skip
+    info = parse_server_info(binds, "10.0.0.7")
+    assert info is not None and (info.endpoint, info.replay, info.bind) == (
+        "tcp://10.0.0.7:5557", "tcp://10.0.0.7:5558", False)  # fmt: skip
+    assert info.tokenizer == "/models/x"
+    connects = {"vllm_config": {"kv_events_config": {"enable_kv_cache_events": True,
+                "endpoint": "tcp://10.0.0.1:6000"}}}  # fmt: skip
+    c = parse_server_info(connects, "10.0.0.7")
+    assert c is not None and (c.endpoint, c.bind) == ("tcp://10.0.0.1:6000", True)
+    off = {"vllm_config": {"kv_events_config": {"enable_kv_cache_events": False, "endpoint": "tcp://*:1"}}}
+    assert parse_server_info(off, "h") is None
+    assert parse_server_info({"vllm_config": {}}, "h") is None and parse_server_info([], "h") is None
+
+
+def _served(replicas: list[Replica]) -> list[int]:
+    return [sum(r.counters.finished.values()) for r in replicas]
+
+
+async def _replicas(n: int, kv: bool) -> list[Replica]:
+    cfg = dict(model="sim-model", time_scale=50.0, block_size=16)
+    rs = [
+        Replica(ReplicaConfig(**cfg, seed=i, kv_events_port=0 if kv else None), index=i)  # type: ignore[arg-type]
+        for i in range(n)
+    ]
+    for r in rs:
+        await r.start()
+    return rs
+
+
+async def test_replicas_without_kv_events_keep_the_approximate_index() -> None:
+    rs = await _replicas(2, kv=False)
+    try:
+        cfg = make_config([f"127.0.0.1:{r.port}" for r in rs], models=("sim-model",), policy="kvgate")
+        notes = await asyncio.to_thread(kv_auto.apply, cfg)
+        assert cfg.pools[0].picker_config is None and "0/2" in notes[0]
+    finally:
+        for r in rs:
+            await r.stop()
+
+
+async def test_replicas_with_kv_events_get_precise_routing_by_default() -> None:
+    rs = await _replicas(3, kv=True)
+    try:
+        cfg = make_config([f"127.0.0.1:{r.port}" for r in rs], models=("sim-model",), policy="kvgate")
+        notes = await asyncio.to_thread(kv_auto.apply, cfg)
+        pc = cfg.pools[0]
+        assert pc.picker_config is not None, notes
+        assert all(pc.endpoint_labels[a][EVENTS_LABEL].startswith("tcp://127.0.0.1:") for a in pc.endpoints)
+        index, _ = shared_index(KV_EVENTS_INDEX, "tokens")
+        async with running_gateway(cfg, scrape=True) as gw, aiohttp.ClientSession() as http:
+            url = base_url(gw) + "/v1/chat/completions"
+            homes: dict[int, set[int]] = {}
+            for turn in range(3):
+                for group in range(3):
+                    system = f"You are assistant number {group}. " + f"Rule {group}: be brief. " * 60
+                    messages = [{"role": "system", "content": system},
+                                {"role": "user", "content": f"q{turn}"}]
+                    body = {"model": "sim-model", "max_tokens": 2, "messages": messages}
+                    before = _served(rs)
+                    async with http.post(url, json=body) as resp:
+                        assert resp.status == 200, await resp.text()
+                        await resp.read()
+                    after = _served(rs)
+                    homes.setdefault(group, set()).update(
+                        i for i, (a, b) in enumerate(zip(before, after, strict=True)) if b > a
+                    )
+            # The engines' events reached the index (chat rendered = the simulator's template, same
+            # tokenizer: the engines' blocks), and each group stayed on one replica.
+            for _ in range(100):
+                if index.num_blocks() > 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert index.num_blocks() > 0
+            # Reported (not merely credited) blocks: the rendered chat hashes to the engines' blocks.
+            tok = load(str(tokenizer_dir()))
+            prompt = render_chat([{"role": "system", "content": system}])
+            held = index.longest_prefix(token_keys(tok.encode(prompt), 16), pc.endpoints)
+            assert max(held.values()) >= len(tok.encode(prompt)) // 16 - 1, held
+            assert all(len(h) == 1 for h in homes.values()), homes
+    finally:
+        for r in rs:
+            await r.stop()
