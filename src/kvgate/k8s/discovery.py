@@ -122,7 +122,6 @@ class PoolDiscovery:
         self.store_pool = store_pool or pool_name
         self.on_policy = on_policy
         self.pool: PoolSpec | None = None
-        self._pods: dict[Key, Obj] = {}
         self._pod_addrs: dict[Key, set[str]] = {}
         self.pool_reflector = Reflector(
             client, R.INFERENCE_POOL, namespace=namespace, field_selector=f"metadata.name={pool_name}"
@@ -197,7 +196,8 @@ class PoolDiscovery:
         self._pod_addrs = {}
         wanted: list[Endpoint] = []
         if self.pool is not None:
-            for k, pod in self._pods.items():
+            # The pod reflector's copy is the one copy of the pods (updated before listeners run).
+            for k, pod in self.pod_reflector.items.items():
                 eps = pod_endpoints(pod, self.pool)
                 if eps:
                     self._pod_addrs[k] = {e.address for e in eps}
@@ -207,10 +207,8 @@ class PoolDiscovery:
     def _on_pod(self, etype: str, pod: Obj) -> None:
         k = key_of(pod)
         if etype == "DELETED":
-            self._pods.pop(k, None)
             eps: list[Endpoint] = []
         else:
-            self._pods[k] = pod
             eps = pod_endpoints(pod, self.pool) if self.pool is not None else []
         new = {e.address for e in eps}
         for addr in self._pod_addrs.get(k, set()) - new:
