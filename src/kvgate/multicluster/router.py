@@ -149,9 +149,9 @@ class GlobalRouter:
                 if spec.gateway is not None:
                     self.fallbacks += 1
             elif pick is not None:
+                # The EPP refused (no capacity, model not served there, ...): the next cluster may serve it.
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp status {pick.status}"))
-                if pick.status is not None and pick.status < 500 and pick.status != 429:
-                    return None  # the cluster's answer stands (a 4xx body error): no point elsewhere either
+                return None
         if spec.gateway is not None:
             return await self._send(st, PARENT, spec.gateway, path, fwd, body, attempts)
         return None
