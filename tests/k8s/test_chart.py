@@ -137,3 +137,34 @@ def test_dockerfile_is_slim_non_root_and_product_only() -> None:
     # The chart runs the image as the same non-root user.
     pod = by_kind(render(BASE), "Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == int(user[-1].split(":")[0])
+
+
+async def test_the_charts_pool_is_what_discovery_reads(double, kubectl, kube) -> None:  # type: ignore[no-untyped-def]
+    """kubectl applies the CRDs and the chart's InferencePool to the double; discovery serves its pods."""
+    import asyncio
+
+    from kvgate.datalayer.store import EndpointStore
+    from kvgate.k8s.discovery import PoolDiscovery
+
+    for path in CRDS:
+        await kubectl.run("apply", "-f", str(path))
+    pool = by_kind(render(BASE), "InferencePool")
+    pool["metadata"]["namespace"] = "default"
+    await kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump(pool))
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "m0", "labels": {"app": "vllm-llama3-8b"}}}
+    await kubectl.run("create", "-f", "-", stdin=yaml.safe_dump(pod))
+    double.set_pod_status("m0", ip="10.0.0.7", ready=True)
+    store = EndpointStore()
+    disc = PoolDiscovery(kube, store, pool_name="llama", namespace="default")
+    disc.start()
+    try:
+        await disc.wait_synced()
+        for _ in range(200):
+            if {e.address for e in store.all()} == {"10.0.0.7:8000"}:
+                break
+            await asyncio.sleep(0.02)
+        assert {e.address for e in store.all()} == {"10.0.0.7:8000"}
+        assert disc.pool is not None and disc.pool.endpoint_picker is not None
+        assert disc.pool.endpoint_picker["name"] == "llama-epp" and disc.pool.failure_mode == "FailClose"
+    finally:
+        await disc.stop()
