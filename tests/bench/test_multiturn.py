@@ -66,3 +66,16 @@ def test_cli_writes_json_and_markdown(tmp_path) -> None:  # type: ignore[no-unty
     md = (tmp_path / "fleet-multiturn.md").read_text()
     assert "tuning" in md and "sglang-cache-aware" in md and "session moves" in md
     assert (tmp_path / "fleet-multiturn.json").exists()
+
+
+def test_workers_bench_runs_one_and_two_workers_on_the_same_workload(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kvgate.bench.workers_sim import main as workers_main
+    from kvgate.bench.workers_sim import run_workers
+
+    one = run_workers("b", 7, 3.0, 1, False, 8.0, 3.0)
+    two = run_workers("b", 7, 3.0, 2, True, 8.0, 3.0)
+    assert one["requests"] == two["requests"] > 5  # the same requests, whoever picks them
+    assert two["workers"] == 2 and two["shared_inflight"] and two["errors"] == 0
+    argv = ["--duration", "3", "--warmup", "1", "--capacities", "a=1,b=1,c=1", "--out", str(tmp_path)]
+    assert workers_main(argv) == 0
+    assert "per worker" in (tmp_path / "fleet-workers.md").read_text()

@@ -22,6 +22,7 @@ DELEGATED = {
     "calibrate": "kvgate.sim.calibrate",
     "precise": "kvgate.bench.precise",
     "multiturn": "kvgate.bench.multiturn",
+    "workers": "kvgate.bench.workers_sim",
     "multicluster": "kvgate.bench.multicluster",
     "soak": "kvgate.bench.soak",
     "epp-replicas": "kvgate.bench.epp_replicas",

@@ -1,0 +1,166 @@
+"""`kvgate bench workers`: ``--workers N`` in the fleet simulator, 1 vs N workers on the same run.
+
+Each worker is a complete picker (its own ``Director``, prefix index and ``InFlight`` counts) over its
+own ``Endpoint`` objects; all workers read the same scraped metrics. Every request goes to a worker
+drawn at random (the kernel spreads connections over ``SO_REUSEPORT`` listeners). With ``shared`` the
+workers' in-flight counts go through the real ``gateway.shared_inflight`` table (shared memory), synced
+every ``SHARED_INFLIGHT_SYNC_S`` of virtual time as the gateway does; without it each worker balances
+on its own share only. Reported: hit rate and TTFT for 1 worker, N shared and N unshared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+from kvgate.bench import report
+from kvgate.bench.fleetsim import FleetConfig
+from kvgate.bench.mixed import FAMILIES, TUNING_SET, VALIDATION_SET, mixed_workload
+from kvgate.bench.multiturn import MixedFleetSim
+from kvgate.config.director import build_director
+from kvgate.config.policies import policy_config
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.store import EndpointStore
+from kvgate.gateway.shared_inflight import SharedInFlight
+from kvgate.gateway.workers import SHARED_INFLIGHT_SYNC_S
+from kvgate.scheduling.types import InferenceRequest, PickResult
+
+
+class WorkerDirectors:
+    """Looks like one Director to the fleet simulator; each request is handled by one of ``inner``."""
+
+    def __init__(self, inner: list[Any], endpoints: list[list[Endpoint]], seed: int) -> None:
+        self.inner = inner
+        self.handle = inner[0].handle
+        self._eps = endpoints  # per worker, aligned with endpoints[0] (the simulator's own)
+        self._pos = {ep.address: i for i, ep in enumerate(endpoints[0])}
+        self._rng = random.Random(seed ^ 0x3A11)
+        self._owner: dict[str, int] = {}
+
+    def _mine(self, req: InferenceRequest, ep: Endpoint) -> tuple[Any, Endpoint]:
+        w = self._owner.get(req.request_id, 0)
+        return self.inner[w], self._eps[w][self._pos[ep.address]]
+
+    def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+        w = self._rng.randrange(len(self.inner))
+        self._owner[req.request_id] = w
+        res = self.inner[w].pick(req, explain)
+        # Back to the simulator's own endpoint objects (it indexes replicas by them).
+        res.endpoints = [self._eps[0][self._pos[ep.address]] for ep in res.endpoints]
+        return res
+
+    def on_dispatched(self, req: InferenceRequest, ep: Endpoint) -> None:
+        d, mine = self._mine(req, ep)
+        d.on_dispatched(req, mine)
+
+    def on_first_token(self, req: InferenceRequest, ep: Endpoint) -> None:
+        d, mine = self._mine(req, ep)
+        d.on_first_token(req, mine)
+
+    def on_finished(self, req: InferenceRequest, ep: Endpoint, usage: Any, ok: bool) -> None:
+        d, mine = self._mine(req, ep)
+        d.on_finished(req, mine, usage, ok)
+        self._owner.pop(req.request_id, None)
+
+
+def run_workers(
+    family: str, seed: int, qps: float, workers: int, shared: bool, duration: float, warmup: float
+) -> dict[str, Any]:
+    fam = FAMILIES[family]
+    specs = list(mixed_workload(fam, qps=qps, horizon=warmup + duration, seed=seed))
+    cfg = FleetConfig(replicas=fam.fleet(), policy="kvgate", qps=qps, duration=duration, warmup=warmup,
+                      max_requests=len(specs) + 1, drain=120.0, seed=seed)  # fmt: skip
+    sim = MixedFleetSim(cfg, specs)
+    views: list[SharedInFlight] = []
+    owner = None
+    if workers > 1:
+        main_eps = sim.endpoints
+        # Same scraped metrics object for every worker (one truth), own in-flight counts each.
+        eps = [main_eps] + [
+            [Endpoint(address=e.address, metrics=e.metrics) for e in main_eps] for _ in range(workers - 1)
+        ]
+
+        inner = [sim.director] + [
+            build_director(
+                policy_config("kvgate"), EndpointStore(eps[w]), clock=sim.clock.time, seed=seed + w
+            )
+            for w in range(1, workers)
+        ]
+        sim.director = WorkerDirectors(inner, eps, seed)
+        if shared:
+            owner = SharedInFlight.create(workers, multiprocessing.get_context("spawn").Lock(), slots=64)
+            views = [
+                SharedInFlight.attach(owner.name, owner.lock, workers, w, slots=64) for w in range(workers)
+            ]
+
+            def sync() -> None:
+                for view, mine in zip(views, eps, strict=True):
+                    view.sync(mine)
+                if sim._live or sim.clock.now < warmup + duration:
+                    sim.clock.call_later(SHARED_INFLIGHT_SYNC_S, sync)
+
+            sim.clock.call_at(0.0, sync)
+    try:
+        row = sim.run().row
+    finally:
+        for v in views:
+            v.close()
+        if owner is not None:
+            owner.close()
+    row.update(sim.class_figures())
+    row.update({"family": family, "workers": workers, "shared_inflight": shared})
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kvgate bench workers", description=__doc__.split("\n\n")[0])
+    p.add_argument("--set", choices=["tuning", "validation", "both"], default="tuning")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--capacities", default="a=11.77,b=10.96,c=8.74", help="knee capacity per family")
+    p.add_argument("--load", type=float, default=0.8)
+    p.add_argument("--duration", type=float, default=120.0)
+    p.add_argument("--warmup", type=float, default=30.0)
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    args = p.parse_args(argv)
+    caps = {k: float(v) for k, _, v in (item.partition("=") for item in args.capacities.split(","))}
+    runs = {"tuning": TUNING_SET, "validation": VALIDATION_SET}
+    chosen = [*runs] if args.set == "both" else [args.set]
+    modes = [(1, False), (args.workers, True), (args.workers, False)]
+    rows: list[dict[str, Any]] = []
+    for name in chosen:
+        for fam, seed in runs[name]:
+            qps = round(args.load * caps[fam], 3)
+            for n, shared in modes:
+                r = run_workers(fam, seed, qps, n, shared, args.duration, args.warmup)
+                r["set"] = name
+                rows.append(r)
+                print(
+                    f"{name} {fam}/{seed} workers {n} {'shared' if shared else 'own'} in-flight: "
+                    f"p90 {report._fmt(r['ttft_p90'], digits=3)} s, "
+                    f"hit {report._fmt(r['prefix_hit_rate'], digits=3)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    lines = [
+        "| set | family | seed | workers | in-flight | TTFT p50 ms | TTFT p90 ms | hit rate |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['set']} | {r['family']} | {r['seed']} | {r['workers']} | "
+            f"{'shared' if r['shared_inflight'] else ('-' if r['workers'] == 1 else 'per worker')} | "
+            f"{report._fmt(r['ttft_p50'], 1000, 0)} | {report._fmt(r['ttft_p90'], 1000, 0)} | "
+            f"{report._fmt(r['prefix_hit_rate'], digits=3)} |"
+        )
+    report.write_json(args.out / "fleet-workers.json", {"rows": rows, "load": args.load, "capacities": caps})
+    (args.out / "fleet-workers.md").write_text(
+        f"# 1 vs {args.workers} gateway workers (fleet simulator, mixed multi-turn family)\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+    print("\n".join(lines))
+    return 0
