@@ -27,6 +27,7 @@ from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.gateway.shared_inflight import SharedInFlight
 from kvgate.gateway.workers import SHARED_INFLIGHT_SYNC_S
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from kvgate.scheduling.types import InferenceRequest, PickResult
 
 
@@ -68,8 +69,17 @@ class WorkerDirectors:
 
 
 def run_workers(
-    family: str, seed: int, qps: float, workers: int, shared: bool, duration: float, warmup: float
+    family: str,
+    seed: int,
+    qps: float,
+    workers: int,
+    shared: bool,
+    duration: float,
+    warmup: float,
+    shared_index: bool = False,
 ) -> dict[str, Any]:
+    """One run. ``shared_index``: every worker uses worker 0's approximate prefix index (not something
+    the gateway does today: the upper bound of prefix state converging between workers)."""
     fam = FAMILIES[family]
     specs = list(mixed_workload(fam, qps=qps, horizon=warmup + duration, seed=seed))
     cfg = FleetConfig(replicas=fam.fleet(), policy="kvgate", qps=qps, duration=duration, warmup=warmup,
@@ -91,6 +101,10 @@ def run_workers(
             for w in range(1, workers)
         ]
         sim.director = WorkerDirectors(inner, eps, seed)
+        if shared_index:
+            index = inner[0].handle.find(PrefixCacheScorer).index
+            for d in inner[1:]:
+                d.handle.find(PrefixCacheScorer).index = index
         if shared:
             owner = SharedInFlight.create(workers, multiprocessing.get_context("spawn").Lock(), slots=64)
             views = [
@@ -112,7 +126,9 @@ def run_workers(
         if owner is not None:
             owner.close()
     row.update(sim.class_figures())
-    row.update({"family": family, "workers": workers, "shared_inflight": shared})
+    row.update(
+        {"family": family, "workers": workers, "shared_inflight": shared, "shared_index": shared_index}
+    )
     return row
 
 
@@ -122,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--capacities", default="a=11.77,b=10.96,c=8.74", help="knee capacity per family")
     p.add_argument("--load", type=float, default=0.8)
+    p.add_argument(
+        "--modes",
+        default="1,shared,own,shared-index",
+        help="1 worker; N with shared in-flight; N with per-worker in-flight; N sharing one prefix index too "
+        "(the upper bound of converging prefix state, not in the gateway yet)",
+    )
     p.add_argument("--duration", type=float, default=120.0)
     p.add_argument("--warmup", type=float, default=30.0)
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
@@ -129,30 +151,35 @@ def main(argv: list[str] | None = None) -> int:
     caps = {k: float(v) for k, _, v in (item.partition("=") for item in args.capacities.split(","))}
     runs = {"tuning": TUNING_SET, "validation": VALIDATION_SET}
     chosen = [*runs] if args.set == "both" else [args.set]
-    modes = [(1, False), (args.workers, True), (args.workers, False)]
+    n = args.workers
+    all_modes = {"1": (1, False, False), "shared": (n, True, False), "own": (n, False, False),
+                 "shared-index": (n, True, True)}  # fmt: skip
+    modes = [all_modes[m] for m in args.modes.split(",")]
     rows: list[dict[str, Any]] = []
     for name in chosen:
         for fam, seed in runs[name]:
             qps = round(args.load * caps[fam], 3)
-            for n, shared in modes:
-                r = run_workers(fam, seed, qps, n, shared, args.duration, args.warmup)
+            for w, shared, shared_index in modes:
+                r = run_workers(fam, seed, qps, w, shared, args.duration, args.warmup, shared_index)
                 r["set"] = name
                 rows.append(r)
                 print(
-                    f"{name} {fam}/{seed} workers {n} {'shared' if shared else 'own'} in-flight: "
+                    f"{name} {fam}/{seed} workers {w} {'shared' if shared else 'own'} in-flight"
+                    f"{', shared index' if shared_index else ''}: "
                     f"p90 {report._fmt(r['ttft_p90'], digits=3)} s, "
                     f"hit {report._fmt(r['prefix_hit_rate'], digits=3)}",
                     file=sys.stderr,
                     flush=True,
                 )
     lines = [
-        "| set | family | seed | workers | in-flight | TTFT p50 ms | TTFT p90 ms | hit rate |",
-        "|---|---|---|---|---|---|---|---|",
+        "| set | family | seed | workers | in-flight | prefix index | TTFT p50 ms | TTFT p90 ms | hit rate |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['set']} | {r['family']} | {r['seed']} | {r['workers']} | "
             f"{'shared' if r['shared_inflight'] else ('-' if r['workers'] == 1 else 'per worker')} | "
+            f"{'shared (bound)' if r['shared_index'] else '-' if r['workers'] == 1 else 'per worker'} | "
             f"{report._fmt(r['ttft_p50'], 1000, 0)} | {report._fmt(r['ttft_p90'], 1000, 0)} | "
             f"{report._fmt(r['prefix_hit_rate'], digits=3)} |"
         )
