@@ -13,6 +13,7 @@ or answers without enabled ZMQ events, publishes none.
 
 from __future__ import annotations
 
+import logging
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,10 @@ from typing import Any
 import orjson
 
 PROBE_PATH = "/server_info?config_format=json"
-MAX_BODY = 1 << 20
+# vLLM collects its system environment (pip, GPU tools) on the first /server_info: seconds, more when loaded.
+PROBE_TIMEOUT = 30.0
+MAX_BODY = 1 << 22
+log = logging.getLogger(__name__)
 _WILDCARDS = ("*", "0.0.0.0", "::", "[::]")
 
 
@@ -63,18 +67,21 @@ def parse_server_info(doc: Any, host: str) -> KVEventsInfo | None:
     return KVEventsInfo(addr, replay_addr, not server_binds, tok if isinstance(tok, str) and tok else None)
 
 
-def probe(address: str, timeout: float = 2.0, scheme: str = "http") -> KVEventsInfo | None:
+def probe(address: str, timeout: float = PROBE_TIMEOUT, scheme: str = "http") -> KVEventsInfo | None:
     """Ask the endpoint at ``host:port`` for its KV-events configuration (None: it publishes none)."""
     host = address.rpartition(":")[0].strip("[]")
     try:
         with urllib.request.urlopen(f"{scheme}://{address}{PROBE_PATH}", timeout=timeout) as resp:
             body = resp.read(MAX_BODY)
         return parse_server_info(orjson.loads(body), host)
-    except (OSError, ValueError, urllib.error.URLError):
+    except (OSError, ValueError, urllib.error.URLError) as e:
+        log.info("kv-events probe of %s: %s", address, e)
         return None
 
 
-def probe_all(addresses: list[str], timeout: float = 2.0, scheme: str = "http") -> dict[str, KVEventsInfo]:
+def probe_all(
+    addresses: list[str], timeout: float = PROBE_TIMEOUT, scheme: str = "http"
+) -> dict[str, KVEventsInfo]:
     """Endpoints that publish KV events, probed in parallel (start-up only: blocking is fine there)."""
     if not addresses:
         return {}

@@ -15,7 +15,7 @@ import logging
 
 from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.policies import precise_policy
-from kvgate.datalayer.kvdetect import KVEventsInfo, probe_all
+from kvgate.datalayer.kvdetect import PROBE_TIMEOUT, KVEventsInfo, probe_all
 from kvgate.scheduling.plugins.precise_prefix import EVENTS_LABEL, REPLAY_LABEL
 from kvgate.scheduling.tokenize import find_for_model, tokenizer_file
 
@@ -33,7 +33,7 @@ def _tokenizer(pc: PoolConfig, found: dict[str, KVEventsInfo]) -> str | None:
     return None
 
 
-def apply(cfg: GatewayConfig, timeout: float = 2.0) -> list[str]:
+def apply(cfg: GatewayConfig, timeout: float = PROBE_TIMEOUT) -> list[str]:
     """Switch pools whose endpoints all publish KV events to the precise profile; one line per pool."""
     notes = []
     for pc in cfg.pools:

@@ -1,0 +1,171 @@
+"""kvgate serve (default policy; --kv-events auto and off) vs sglang-router cache_aware on real vLLM.
+
+Two vLLM CPU servers (tiny Llama, block 128, 64 blocks each = 8,064 tokens; KV events on, dev mode),
+TEXT prompts: ``--tenants`` system prompts of ~``--prefix-words`` words (each ~1.9k tokens with the
+tiny Llama's tokenizer) x ``--per-tenant`` users, shuffled (seeded), sent one at a time, streaming. Every
+router gets the same sequence, every server's prefix cache reset before each router. Hit rate = delta
+``vllm:prefix_cache_hits_total`` / delta ``vllm:prefix_cache_queries_total`` over both servers; TTFT =
+client-side time to the first streamed chunk.
+
+    .venv/bin/python scripts/realvllm/vs_sglang.py [--seed 1] [--tenants 8] [--per-tenant 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from kvgate.bench import peers
+from kvgate.realvllm.bench import reset_caches
+from kvgate.realvllm.harness import MODEL_NAME, ServerSpec, fleet, free_ports, prefix_cache_counters
+
+WORDS = (
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
+    "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform",
+    "victor", "whiskey", "xray", "yankee", "zulu", "red", "green", "blue", "amber", "violet", "north",
+    "south", "east", "west", "river", "mountain", "valley", "forest", "desert", "ocean",
+)
+
+
+def workload(tenants: int, per: int, prefix_words: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    systems = [" ".join(rng.choice(WORDS) for _ in range(prefix_words)) for _ in range(tenants)]
+    order = [t for t in range(tenants) for _ in range(per)]
+    rng.shuffle(order)
+    return [systems[t] + f"\nUser {i}: " + " ".join(rng.choice(WORDS) for _ in range(30))
+            for i, t in enumerate(order)]  # fmt: skip
+
+
+def ttft(base: str, prompt: str) -> float:
+    body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 4, "ignore_eos": True, "temperature": 0,
+            "stream": True}  # fmt: skip
+    req = urllib.request.Request(base + "/v1/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})  # fmt: skip
+    t0 = time.perf_counter()
+    first = None
+    with urllib.request.urlopen(req, timeout=300) as r:
+        for line in r:
+            if first is None and line.startswith(b"data:"):
+                first = time.perf_counter() - t0
+    return first if first is not None else float("nan")
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: exited {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def server_ttft(text: str) -> tuple[float, float]:
+    """(sum, count) of vLLM's own ``vllm:time_to_first_token_seconds`` histogram."""
+    total = n = 0.0
+    for line in text.splitlines():
+        if line.startswith("vllm:time_to_first_token_seconds_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("vllm:time_to_first_token_seconds_count"):
+            n += float(line.rsplit(" ", 1)[1])
+    return total, n
+
+
+def run(name: str, base: str, servers: list, prompts: list[str]) -> dict[str, float]:
+    reset_caches(servers)
+    time.sleep(0.5)
+    texts = [s.metrics_text() for s in servers]
+    before, tb = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
+    times = [ttft(base, p) for p in prompts]
+    texts = [s.metrics_text() for s in servers]
+    after, ta = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
+    q = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+    h = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+    st = sum(a[0] - b[0] for a, b in zip(ta, tb, strict=True))
+    sn = sum(a[1] - b[1] for a, b in zip(ta, tb, strict=True))
+    res = {"hit_rate": h / q if q else 0.0, "mean_ttft_ms": 1000 * statistics.fmean(times),
+           "p90_ttft_ms": 1000 * sorted(times)[int(0.9 * (len(times) - 1))],
+           "server_ttft_ms": 1000 * st / sn if sn else float("nan")}  # fmt: skip
+    print(f"{name:34s} hit {res['hit_rate']:.3f}  mean TTFT {res['mean_ttft_ms']:.0f} ms  "
+          f"p90 {res['p90_ttft_ms']:.0f} ms  vLLM-side mean TTFT {res['server_ttft_ms']:.0f} ms",
+          flush=True)  # fmt: skip
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--tenants", type=int, default=8)
+    ap.add_argument("--per-tenant", type=int, default=8)
+    ap.add_argument("--prefix-words", type=int, default=950)
+    ap.add_argument("--routers", default="kvgate,kvgate-off,sglang")
+    ap.add_argument("--repeats", type=int, default=2, help="passes; every other one in reverse order")
+    args = ap.parse_args()
+    sg = peers.PEERS["sglang-router"]
+    peers.ensure_installed(sg)
+    ports = free_ports(6)
+    specs = [ServerSpec(ports[i], events_port=ports[2 + i], replay_port=ports[4 + i], num_gpu_blocks=64,
+                        max_model_len=4096) for i in range(2)]  # fmt: skip
+    log_dir = Path(tempfile.mkdtemp(prefix="kvgate-vs-sglang-"))
+    prompts = workload(args.tenants, args.per_tenant, args.prefix_words, args.seed)
+    results: dict[str, list[dict[str, float]]] = {}
+    with fleet(specs, log_dir) as servers:
+        urls = [s.url for s in servers]
+        from tokenizers import Tokenizer
+
+        from kvgate.realvllm.harness import model_dir
+
+        tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+        print(f"prompt tokens: mean {statistics.fmean(len(tok.encode(p).ids) for p in prompts):.0f}; "
+              f"{len(prompts)} requests; logs {log_dir}", flush=True)  # fmt: skip
+        order = args.routers.split(",")
+        passes = [order if i % 2 == 0 else order[::-1] for i in range(args.repeats)]
+        for r in [r for p in passes for r in p]:
+            port = free_ports(1)[0]
+            if r.startswith("kvgate"):
+                mode = "off" if r == "kvgate-off" else "auto"
+                cmd = [sys.executable, "-m", "kvgate.cli", "serve", "--endpoints", ",".join(urls),
+                       "--model", MODEL_NAME, "--port", str(port), "--kv-events", mode]  # fmt: skip
+                logf = (log_dir / f"{r}.log").open("wb")
+                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+                name = f"kvgate ({'--kv-events off' if r == 'kvgate-off' else 'default, --kv-events auto'})"
+            else:
+                log = log_dir / "sglang.log"
+                proc = peers.launch(sg, urls, policy="cache_aware", port=port, log_path=log)
+                name = "sglang-router cache_aware"
+            try:
+                wait_http(f"http://127.0.0.1:{port}" + ("/health" if r == "sglang" else "/healthz"), proc)
+                time.sleep(1.0)
+                results.setdefault(name, []).append(run(name, f"http://127.0.0.1:{port}", servers, prompts))
+            finally:
+                proc.terminate()
+                proc.wait(20)
+        for f in log_dir.glob("kvgate*.log"):
+            notes = [ln for ln in f.read_text().splitlines() if "kv-events" in ln or "KV events" in ln]
+            print(f.name, notes[:3])
+    mean = {n: {k: statistics.fmean(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
+    sg = mean.get("sglang-router cache_aware")
+    print(f"mean of {args.repeats} passes:")
+    for n, m in mean.items():
+        ratio = (f"  = {m['hit_rate'] / sg['hit_rate']:.2f}x / {m['mean_ttft_ms'] / sg['mean_ttft_ms']:.2f}x"
+                 f" / {m['server_ttft_ms'] / sg['server_ttft_ms']:.2f}x sglang") if sg else ""  # fmt: skip
+        print(f"{n:34s} hit {m['hit_rate']:.3f}  mean TTFT {m['mean_ttft_ms']:.0f} ms  "
+              f"vLLM-side {m['server_ttft_ms']:.0f} ms{ratio}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
