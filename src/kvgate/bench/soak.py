@@ -53,6 +53,7 @@ class Tally:
     slowloris_408: int = 0
     slowloris_other: int = 0
     restarts: int = 0
+    client_task_errors: int = 0  # a bad client's own failures (it starts again)
 
 
 def rss_kib(pid: int) -> int:
@@ -152,14 +153,20 @@ class Soak:
         while not self.stop.is_set():
             await self.stalled_reader(self.args.stall_hold)
 
-    async def disconnector(self, s: aiohttp.ClientSession) -> None:
-        url = f"http://127.0.0.1:{self.port}/v1/completions"
+    async def disconnector(self) -> None:
+        """Reads the first event of a stream, then resets the connection."""
         while not self.stop.is_set():
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with s.post(url, data=_request(True, 200, self.rnd)) as r:
-                    await r.content.readuntil(b"\n\n")
-                    r.connection.transport.abort()  # type: ignore[union-attr]
-                    self.tally.disconnects += 1
+            w = None
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", self.port)
+                w.write(_raw(self.port, _request(True, 200, self.rnd)))
+                await asyncio.wait_for(r.readuntil(b"data: "), 30)
+                self.tally.disconnects += 1
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                self.tally.client_task_errors += 1
+            finally:
+                if w is not None:
+                    w.transport.abort()
             await asyncio.sleep(0.1)
 
     async def slowloris(self) -> None:
@@ -171,22 +178,25 @@ class Soak:
             except OSError:
                 await asyncio.sleep(1)
                 continue
-            give_up = loop.time() + self.args.header_timeout + 1.5  # then read what the gateway said
+            give_up = loop.time() + self.args.header_timeout + 1.5
+            answer = asyncio.create_task(r.read(64))  # read while trickling: the 408 comes mid-way
             try:
                 for i in range(len(head)):
-                    if loop.time() > give_up or self.stop.is_set():
+                    if answer.done() or loop.time() > give_up or self.stop.is_set():
                         break
                     w.write(head[i : i + 1])
                     await w.drain()
                     await asyncio.sleep(0.2)
             except (ConnectionError, OSError):
                 pass
-            with contextlib.suppress(Exception):
-                out = await asyncio.wait_for(r.read(64), 2)
-                if out.startswith(b"HTTP/1.1 408"):
-                    self.tally.slowloris_408 += 1
-                else:
-                    self.tally.slowloris_other += 1
+            try:
+                out = await asyncio.wait_for(answer, 2)
+            except (OSError, TimeoutError):
+                out = b""
+            if out.startswith(b"HTTP/1.1 408"):
+                self.tally.slowloris_408 += 1
+            else:
+                self.tally.slowloris_other += 1
             w.transport.abort()
 
     async def restarter(self, s: aiohttp.ClientSession) -> None:
@@ -261,7 +271,7 @@ class Soak:
                 tasks = [asyncio.create_task(self.good_client(s)) for _ in range(a.clients)]
                 tasks += [asyncio.create_task(self.slow_reader(s)) for _ in range(a.bad)]
                 tasks += [asyncio.create_task(self.stalled_loop()) for _ in range(a.bad)]
-                tasks += [asyncio.create_task(self.disconnector(s)) for _ in range(a.bad)]
+                tasks += [asyncio.create_task(self.disconnector()) for _ in range(a.bad)]
                 tasks += [asyncio.create_task(self.slowloris()) for _ in range(a.bad)]
                 tasks.append(asyncio.create_task(self.restarter(s)))
                 rss_peak = rss_start
@@ -316,6 +326,7 @@ class Soak:
             "slowloris_408": t.slowloris_408,
             "slowloris_other": t.slowloris_other,
             "replica_restarts": t.restarts,
+            "bad_client_errors": t.client_task_errors,
             "gateway_counters": {k: v for k, v in g.items() if "timeouts" in k or "refused" in k},
         }
 
