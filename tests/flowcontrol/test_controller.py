@@ -136,3 +136,29 @@ def test_cancelled_head_is_skipped() -> None:
     items: list[QueuedRequest] = [ctl.enqueue(_req(f"r{i}"), 0.0) for i in range(3)]
     ctl.cancel(items[0], 0.1)
     assert _drain(ctl) == ["r1", "r2"]
+
+
+def test_metrics_count_queue_and_outcomes_with_capped_flow_labels() -> None:
+    from prometheus_client import REGISTRY
+
+    from kvgate.flowcontrol import metrics as fm
+
+    ctl = FlowController(FlowControlConfig(), fm.FlowMetrics(True))
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = sample(
+        "kvgate_flow_control_requests_total", priority="7", fairness_id="m-a", outcome="Dispatched"
+    )
+    item = ctl.enqueue(_req("a", "m-a", prio=7), 0.0)
+    assert sample("inference_extension_flow_control_queue_size", priority="7", fairness_id="m-a") == 1
+    ctl.take(item, 0.5)
+    assert sample("inference_extension_flow_control_queue_size", priority="7", fairness_id="m-a") == 0
+    after = sample(
+        "kvgate_flow_control_requests_total", priority="7", fairness_id="m-a", outcome="Dispatched"
+    )
+    assert after == before + 1
+    m = fm.FlowMetrics(True)
+    labels = {m._flow(f"f{i}") for i in range(fm.MAX_FLOW_LABELS + 10)}
+    assert len(labels) == fm.MAX_FLOW_LABELS + 1 and fm.OTHER_FLOW in labels

@@ -26,6 +26,7 @@ DELEGATED = {
     "multicluster": "kvgate.bench.multicluster",
     "soak": "kvgate.bench.soak",
     "epp-replicas": "kvgate.bench.epp_replicas",
+    "flowcontrol": "kvgate.bench.flowcontrol_bench",
 }
 
 

@@ -49,12 +49,13 @@ def order_key(ordering: str, item: Any) -> float:
 class FlowQueue:
     """One flow's waiting requests, best first by the band's ordering policy."""
 
-    __slots__ = ("heap", "live", "service")
+    __slots__ = ("heap", "live", "served_at", "service")
 
     def __init__(self, service: float) -> None:
         self.heap: list[tuple[float, int, Any]] = []
         self.live = 0  # entries not yet removed (cancelled/expired entries are dropped lazily)
         self.service = service  # tokens attained (least-attained-service)
+        self.served_at = -1  # dispatch counter of its last dispatch: ties go to the least recent
 
     def push(self, key: float, item: Any) -> None:
         heapq.heappush(self.heap, (key, item.seq, item))
@@ -87,6 +88,7 @@ class Band:
         self.flows: OrderedDict[str, FlowQueue] = OrderedDict()
         self.count = 0
         self.bytes = 0
+        self._dispatches = 0
 
     def push(self, item: Any) -> None:
         q = self.flows.get(item.flow)
@@ -119,8 +121,10 @@ class Band:
                     return h
             return None
         if self.fairness == "least-attained-service":
+            # Ties (a flow that just (re)appeared is lifted to the active minimum) go to the flow
+            # served least recently: the newcomer, not the backlogged flow that set the minimum.
             best_q = min((q for q in self.flows.values() if q.head() is not None),
-                         key=lambda q: q.service, default=None)  # fmt: skip
+                         key=lambda q: (q.service, q.served_at), default=None)  # fmt: skip
             return best_q.head() if best_q is not None else None
         best: tuple[float, int] | None = None
         best_q = None
@@ -135,5 +139,7 @@ class Band:
         q = self.flows.get(item.flow)
         if q is not None:
             q.service += cost
+            self._dispatches += 1
+            q.served_at = self._dispatches
             if self.fairness == "round-robin":
                 self.flows.move_to_end(item.flow)

@@ -166,7 +166,7 @@ class Director:
     def _pick_late(self, req: InferenceRequest, explain: bool) -> PickResult:
         # Charged at once, not when the front door resumes: the next dispatch decision in the same
         # pass must see this request's load (the door's own on_dispatched is then a no-op).
-        result = self.pick(req, explain, roomy=True)
+        result = self.pick(req, explain)
         self.on_dispatched(req, result.primary)
         return result
 
@@ -174,12 +174,10 @@ class Director:
         """Dispatched by flow control, but the client left before the door sent it."""
         self.on_finished(req, result.primary, None, False)
 
-    def pick(self, req: InferenceRequest, explain: bool = False, *, roomy: bool = False) -> PickResult:
-        """``roomy``: only endpoints the detector does not call saturated, when any (flow control's
-        late binding keeps each server's own queue short, so fairness decided here holds there)."""
+    def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:
         t0 = self.timer()
         try:
-            result = self._pick(req, explain, roomy)
+            result = self._pick(req, explain)
         except SchedulingError as e:
             metrics.SCHEDULER_ERRORS.labels(code=e.code).inc()
             raise
@@ -187,15 +185,12 @@ class Director:
         metrics.PICKS.inc(result.endpoints[0].address)
         return result
 
-    def _pick(self, req: InferenceRequest, explain: bool, roomy: bool = False) -> PickResult:
+    def _pick(self, req: InferenceRequest, explain: bool) -> PickResult:
         now = self.clock()
         if self._pool_metrics_at is None or now - self._pool_metrics_at >= POOL_METRICS_EVERY_S:
             self._pool_metrics_at = now
             self.update_pool_metrics()
         cands = self.candidates(req, now)
-        if roomy and self.detector is not None:
-            det = self.detector
-            cands = [ep for ep in cands if det.endpoint_saturation(ep, now) < 1.0] or cands
         if req.sheddable and self.detector is not None and self.detector.saturated(cands, now):
             metrics.SHED.inc()
             raise ShedError("pool saturated: sheddable request rejected")

@@ -1,0 +1,415 @@
+"""`kvgate bench flowcontrol`: flow control under a multi-tenant flood, on the virtual clock.
+
+The real ``Director`` (built from an EndpointPickerConfig, flow controller included) in front of the
+simulator's engine model (``kvgate.sim.engine`` on ``kvgate.sim.vclock``), with no sockets: arrivals
+are ``Director.admit``'s synchronous equivalent -- pick at once when nothing is queued and the pool has
+room, else ``FlowController.enqueue`` -- and queued requests leave through the same
+``flowcontrol.dispatcher.dispatch_ready`` rule the front doors use, re-run whenever a request produces
+its first token or finishes and after every scrape (50 ms).
+
+Workload (all Poisson except the flood): five interactive tenants (priority 0, TTFT SLO 1 s), one of
+which floods at 10x the others in bursts (on 5 s at 20x, off 5 s); a critical tenant (priority 10, TTFT
+SLO 1 s); a sheddable batch tenant (priority -1, TTFT SLO 10 s, long outputs). ``--load`` = the flooded
+mix's mean work / the fleet's capacity (measured closed loop with the interactive request shape). Two
+unflooded mixes for comparison: ``calm`` (the flooder sends like the others: 40 % of the flooded load)
+and ``even`` (the flooded mix's volume, spread evenly over the five interactive tenants: same load,
+no skew, so flood/even isolates unfairness from plain load).
+
+Arms (the same kvgate scheduling profile each time; only admission differs):
+- ``none``: no flow control; at saturation a sheddable request is rejected (429), everything else goes
+  to the servers' own FCFS queues (the reference without its feature gate);
+- ``reference``: flow control as the reference's defaults: ``global-strict`` fairness, ``fcfs``
+  ordering, the ``utilization-detector`` (queue 5, KV 80 %) gating dispatch;
+- ``kvgate``: ``least-attained-service`` fairness, ``slo-deadline`` ordering and a lag-free dispatch
+  gate (``concurrency-detector`` with ``maxPendingRequests``: a request leaves the EPP only when a server
+  can start it, so the fair order decided in the EPP is the order the servers run in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvgate.bench.fleetsim import _copy_stats
+from kvgate.bench.report import pct, write_json
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.scheduling.types import InferenceRequest, SchedulingError, Usage
+
+MODEL = "sim-model"
+QUIET = ("t1", "t2", "t3", "t4")
+FLOOD = "t0"
+CRITICAL = "critical"
+BATCH = "batch"
+SLO_TTFT = {CRITICAL: 1.0, BATCH: 10.0}
+INTERACTIVE_SLO = 1.0
+PRIORITY = {CRITICAL: 10, BATCH: -1}
+# maxConcurrency = the servers' running-batch limit (--max-num-seqs); the pending bound does the work.
+DETECTOR_KVGATE = {"type": "concurrency-detector",
+                   "parameters": {"maxConcurrency": 128, "maxPendingRequests": 2}}  # fmt: skip
+
+_SCHED = {
+    "plugins": [
+        {"type": "kvgate-cost-scorer"},
+        {"type": "prefix-cache-scorer"},
+        {"type": "max-score-picker"},
+    ],
+    "schedulingProfiles": [
+        {
+            "name": "default",
+            "plugins": [{"pluginRef": "kvgate-cost-scorer", "weight": 10}, {"pluginRef": "max-score-picker"}],
+        }
+    ],
+}
+
+
+def arm_config(arm: str, ttl: float) -> dict[str, Any]:
+    doc: dict[str, Any] = dict(_SCHED)
+    if arm == "none":
+        return doc
+    doc["featureGates"] = ["flowControl"]
+    if arm == "reference":
+        doc["flowControl"] = {"fairnessPolicy": "global-strict", "orderingPolicy": "fcfs",
+                              "defaultRequestTTL": ttl}  # fmt: skip
+        return doc  # the default utilization-detector gates dispatch
+    doc["flowControl"] = {"fairnessPolicy": "least-attained-service", "orderingPolicy": "slo-deadline",
+                          "defaultRequestTTL": ttl}  # fmt: skip
+    doc["saturationDetector"] = DETECTOR_KVGATE
+    return doc
+
+
+@dataclass(slots=True)
+class Arrival:
+    at: float
+    tenant: str
+    prompt: int
+    output: int
+
+
+@dataclass(slots=True)
+class Mix:
+    base_rate: float  # requests/s of one quiet tenant
+    mode: str  # "flood" | "calm" (the flooder sends like the others) | "even" (flood's volume, spread evenly)
+    duration: float
+    prompt: int = 1024
+    output: int = 128
+    batch_prompt: int = 2048
+    batch_output: int = 512
+
+    def arrivals(self, rng: random.Random) -> list[Arrival]:
+        out: list[Arrival] = []
+
+        def poisson(tenant: str, rate: float, prompt: int, output: int, on: Callable[[float], bool]) -> None:
+            t = 0.0
+            while True:
+                t += rng.expovariate(rate)
+                if t >= self.duration:
+                    return
+                if on(t):
+                    out.append(Arrival(t, tenant, prompt, output))
+
+        always = lambda _t: True  # noqa: E731
+        # "even": the flooded mix's interactive volume (4 + 10 base rates) shared by all five tenants.
+        rate = self.base_rate * (14 / 5 if self.mode == "even" else 1.0)
+        for tenant in QUIET:
+            poisson(tenant, rate, self.prompt, self.output, always)
+        poisson(CRITICAL, self.base_rate, self.prompt, self.output, always)
+        poisson(BATCH, self.base_rate, self.batch_prompt, self.batch_output, always)
+        if self.mode == "flood":  # 20x during the first half of every 10 s: 10x on average
+            poisson(FLOOD, 20 * self.base_rate, self.prompt, self.output, lambda t: (t % 10.0) < 5.0)
+        else:
+            poisson(FLOOD, rate, self.prompt, self.output, always)
+        out.sort(key=lambda a: a.at)
+        return out
+
+
+@dataclass(slots=True)
+class Outcome:
+    tenant: str
+    start: float
+    ttft: float | None = None
+    status: int = 0  # 0 = served; 429 / 503 = shed
+    output: int = 0
+
+
+@dataclass
+class Run:
+    arm: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    duration: float = 0.0
+
+
+class FlowSim:
+    def __init__(
+        self, arm: str, replicas: int, profile: str, seed: int, ttl: float, max_num_seqs: int = 128
+    ) -> None:
+        from kvgate.config.director import build_director
+        from kvgate.datalayer.store import EndpointStore
+        from kvgate.sim.engine import Engine, EngineConfig
+        from kvgate.sim.vclock import VirtualClock, VirtualReplica
+
+        self.arm = arm
+        self.clock = VirtualClock()
+        self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
+        self.director = build_director(
+            arm_config(arm, ttl), EndpointStore(self.endpoints), clock=self.clock.time, seed=seed,
+            flow_metrics=False,
+        )  # fmt: skip
+        self.replicas = [
+            VirtualReplica(
+                self.clock,
+                Engine(EngineConfig(profile=profile, max_num_seqs=max_num_seqs)),
+                name=ep.address,
+                on_first_token=self._first,
+                on_finished=self._finished,
+            )
+            for ep in self.endpoints
+        ]
+        self._index = {ep.address: i for i, ep in enumerate(self.endpoints)}
+        self._live: dict[str, tuple[InferenceRequest, int, Outcome]] = {}
+        self.run = Run(arm)
+        self._n = 0
+        self._n_sent = 0
+        self._end = 0.0
+        self.on_done: Callable[[float], None] | None = None  # closed-loop capacity probe
+
+    # ---- admission (Director.admit without asyncio) ---------------------------------------------
+    def _arrive(self, a: Arrival) -> None:
+        now = self.clock.now
+        self._n += 1
+        rid = f"r{self._n}"
+        slo = SLO_TTFT.get(a.tenant, INTERACTIVE_SLO)
+        req = InferenceRequest(
+            rid, MODEL, prompt_tokens=a.prompt, max_tokens=a.output, priority=PRIORITY.get(a.tenant, 0),
+            fairness_id=a.tenant, headers={"x-slo-ttft-ms": str(int(slo * 1000))}, arrival_time=now,
+        )  # fmt: skip
+        out = Outcome(a.tenant, now)
+        self.run.outcomes.append(out)
+        d = self.director
+        flow = d.flow
+        if flow is None or (len(flow.ctl) == 0 and not d.saturated(req)):
+            try:
+                res = d.pick(req) if flow is None else flow.pick(req, False)
+            except SchedulingError as e:
+                out.status = e.status
+                return
+            self._send(req, res.primary, out)
+            return
+        try:
+            flow.ctl.enqueue(req, now, handle=out)
+        except SchedulingError as e:
+            out.status = e.status
+            return
+        self._pump()
+
+    def _pump(self) -> None:
+        flow = self.director.flow
+        if flow is None or len(flow.ctl) == 0:
+            return
+        from kvgate.flowcontrol.dispatcher import dispatch_ready
+
+        now = self.clock.now
+        for item in flow.ctl.expire(now):
+            item.handle.status = 503
+        for item in dispatch_ready(flow.ctl, now, flow.saturated):
+            try:
+                res = flow.pick(item.req, False)
+            except SchedulingError as e:
+                item.handle.status = e.status
+                continue
+            self._send(item.req, res.primary, item.handle)
+
+    def _send(self, req: InferenceRequest, ep: Endpoint, out: Outcome) -> None:
+        from kvgate.sim.types import SimRequest
+
+        self.director.on_dispatched(req, ep)  # no-op when flow control already charged it
+        i = self._index[ep.address]
+        # A distinct first token per request: no prefix is shared, so caching plays no part here.
+        ids = [1 + self._n_sent % 30000, *([7] * (req.prompt_tokens - 1))]
+        self._n_sent += 1
+        sim = SimRequest(req.request_id, ids, req.max_tokens or 1, arrival_time=self.clock.now)
+        self._live[req.request_id] = (req, i, out)
+        # As its own event: a dispatch from inside a replica's step-end callback must not start a
+        # second step on that replica while the first one is still being delivered.
+        self.clock.call_soon(self.replicas[i].submit, sim)
+
+    # ---- engine callbacks ----------------------------------------------------------------------
+    def _first(self, sim: Any, t: float) -> None:
+        live = self._live.get(sim.request_id)
+        if live is None:
+            return
+        req, i, out = live
+        out.ttft = t - out.start
+        self.director.on_first_token(req, self.endpoints[i])
+        self._pump()
+
+    def _finished(self, sim: Any, t: float) -> None:
+        live = self._live.pop(sim.request_id, None)
+        if live is None:
+            return
+        req, i, out = live
+        out.output = len(sim.output_token_ids)
+        self._end = max(self._end, t)
+        usage = Usage(len(sim.prompt_token_ids), out.output, sim.num_cached_tokens)
+        self.director.on_finished(req, self.endpoints[i], usage, True)
+        self._pump()
+        if self.on_done is not None:
+            self.on_done(t)
+
+    def _scrape(self, until: float) -> None:
+        now = self.clock.now
+        for ep, rep in zip(self.endpoints, self.replicas, strict=True):
+            _copy_stats(ep, rep.engine.stats(), now)
+        self._pump()
+        if now < until:
+            self.clock.call_later(0.05, self._scrape, until)
+
+    def simulate(self, arrivals: list[Arrival], horizon: float) -> Run:
+        for a in arrivals:
+            self.clock.call_at(a.at, self._arrive, a)
+        self.clock.call_at(0.0, self._scrape, horizon)
+        self.clock.run_until(horizon)
+        self.run.duration = horizon
+        return self.run
+
+
+# ---- figures --------------------------------------------------------------------------------------
+def _slo(tenant: str) -> float:
+    return SLO_TTFT.get(tenant, INTERACTIVE_SLO)
+
+
+def _group(run: Run, tenants: tuple[str, ...]) -> dict[str, Any]:
+    outs = [o for o in run.outcomes if o.tenant in tenants]
+    ttft = [o.ttft for o in outs if o.ttft is not None]
+    met = sum(1 for o in outs if o.ttft is not None and o.ttft <= _slo(o.tenant))
+    shed = sum(1 for o in outs if o.status)
+    return {
+        "requests": len(outs),
+        "p50_ttft_s": pct(ttft, 50) if ttft else None,
+        "p90_ttft_s": pct(ttft, 90) if ttft else None,
+        "slo_attainment": met / len(outs) if outs else None,
+        "shed": shed,
+        "unfinished": sum(1 for o in outs if not o.status and o.ttft is None),
+    }
+
+
+def jain(values: list[float]) -> float:
+    s, sq = sum(values), sum(v * v for v in values)
+    return (s * s) / (len(values) * sq) if sq else 1.0
+
+
+def summarize(run: Run, measured_from: float) -> dict[str, Any]:
+    kept = Run(run.arm, [o for o in run.outcomes if o.start >= measured_from], run.duration)
+    tenants = {t: _group(kept, (t,)) for t in (*QUIET, FLOOD, CRITICAL, BATCH)}
+    interactive = (*QUIET, FLOOD)
+    attain = [tenants[t]["slo_attainment"] or 0.0 for t in interactive]
+    span = max(1e-9, run.duration - measured_from)
+    good = sum(1 for o in kept.outcomes if o.ttft is not None and o.ttft <= _slo(o.tenant))
+    all_outs = kept.outcomes
+    return {
+        "arm": run.arm,
+        "tenants": tenants,
+        "bands": {
+            "critical (10)": _group(kept, (CRITICAL,)),
+            "interactive (0)": _group(kept, interactive),
+            "batch (-1)": _group(kept, (BATCH,)),
+        },
+        "quiet": _group(kept, QUIET),
+        "jain_slo_attainment": jain(attain),
+        "goodput_rps": good / span,
+        "slo_attainment": good / len(all_outs) if all_outs else None,
+        "shed": sum(1 for o in all_outs if o.status),
+        "shed_rate": sum(1 for o in all_outs if o.status) / max(1, len(all_outs)),
+        "requests": len(all_outs),
+    }
+
+
+def capacity(replicas: int, profile: str, seed: int, prompt: int, output: int, max_num_seqs: int) -> float:
+    """Requests/s the fleet completes with the interactive request shape, closed loop (every server
+    kept at its batch limit, nothing queued in front of it): 20 virtual seconds after 10 of warm-up."""
+    sim = FlowSim("none", replicas, profile, seed, 30.0, max_num_seqs)
+    done: list[float] = []
+
+    def again(t: float) -> None:
+        done.append(t)
+        sim._arrive(Arrival(t, "t1", prompt, output))
+
+    sim.on_done = again
+    first = [Arrival(0.001 * i, "t1", prompt, output) for i in range(replicas * max_num_seqs)]
+    sim.simulate(first, 30.0)
+    return sum(1 for t in done if t >= 10.0) / 20.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kvgate bench flowcontrol", description=__doc__.splitlines()[0])
+    p.add_argument("--replicas", type=int, default=4)
+    p.add_argument("--profile", default="llama3-8b-h100")
+    p.add_argument("--max-num-seqs", type=int, default=128, help="each server's running-batch limit")
+    p.add_argument("--load", type=float, default=0.9, help="flooded mix's mean rate / fleet capacity")
+    p.add_argument("--duration", type=float, default=60.0, help="virtual seconds of arrivals")
+    p.add_argument("--warmup", type=float, default=10.0, help="arrivals before this are not measured")
+    p.add_argument("--ttl", type=float, default=30.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arms", default="none,reference,kvgate")
+    p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 30.0, 5.0
+    mix = Mix(1.0, "flood", args.duration)
+    cap = capacity(args.replicas, args.profile, args.seed, mix.prompt, mix.output, args.max_num_seqs)
+    # Rates in interactive-request units; a batch request costs ~ (2048 + 512) / (1024 + 128) of one.
+    weight = 4 + 1 + 10 + (mix.batch_prompt + mix.batch_output) / (mix.prompt + mix.output)
+    base = args.load * cap / weight
+    rows: dict[str, Any] = {"capacity_rps": cap, "base_rate_rps": base, "load": args.load, "runs": {}}
+    horizon = args.duration + 60.0
+    for mode in ("calm", "even", "flood"):
+        arrivals = Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
+        for arm in args.arms.split(","):
+            sim = FlowSim(arm, args.replicas, args.profile, args.seed, args.ttl, args.max_num_seqs)
+            run = sim.simulate(arrivals, horizon)
+            rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
+    for arm in args.arms.split(","):
+        f = rows["runs"][f"{arm}/flood"]["quiet"]["p90_ttft_s"]
+        for mode in ("calm", "even"):
+            c = rows["runs"][f"{arm}/{mode}"]["quiet"]["p90_ttft_s"]
+            rows["runs"][f"{arm}/flood"][f"quiet_p90_vs_{mode}"] = (f / c) if c and f else None
+    rows["command"] = "kvgate bench flowcontrol " + " ".join(argv or [])
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "flowcontrol.json", rows)
+    print(render(rows))
+    return 0
+
+
+def _f(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def render(rows: dict[str, Any]) -> str:
+    lines = [
+        f"capacity {rows['capacity_rps']:.1f} req/s; "
+        f"quiet tenant base rate {rows['base_rate_rps']:.2f} req/s; "
+        f"load {rows['load']:.0%} of capacity (flooded mix)",
+        "",
+        "| arm / mix | quiet p90 TTFT s | flood / calm | flood / even | flood tenant p90 | critical p90 "
+        "| critical SLO | batch SLO | all SLO | Jain (SLO) | goodput req/s | shed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows["runs"].items():
+        b = r["bands"]
+        lines.append(
+            f"| {name} | {_f(r['quiet']['p90_ttft_s'])} | {_f(r.get('quiet_p90_vs_calm'))} "
+            f"| {_f(r.get('quiet_p90_vs_even'))} "
+            f"| {_f(r['tenants'][FLOOD]['p90_ttft_s'])} | {_f(b['critical (10)']['p90_ttft_s'])} "
+            f"| {_f(b['critical (10)']['slo_attainment'], 3)} | {_f(b['batch (-1)']['slo_attainment'], 3)} "
+            f"| {_f(r['slo_attainment'], 3)} | {_f(r['jain_slo_attainment'], 3)} | {_f(r['goodput_rps'])} "
+            f"| {r['shed']} ({r['shed_rate']:.1%}) |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,21 @@
+"""`kvgate bench flowcontrol` runs end to end (one replica, a few virtual seconds); no figures asserted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from kvgate.bench.cli import main
+
+
+def test_bench_flowcontrol_writes_every_arm_and_mix(tmp_path: Path) -> None:
+    args = ["flowcontrol", "--replicas", "1", "--duration", "4", "--warmup", "1", "--out", str(tmp_path)]
+    assert main(args) == 0
+    doc = orjson.loads((tmp_path / "flowcontrol.json").read_bytes())
+    assert set(doc["runs"]) == {
+        f"{a}/{m}" for a in ("none", "reference", "kvgate") for m in ("calm", "even", "flood")
+    }
+    flood = doc["runs"]["kvgate/flood"]
+    assert flood["requests"] > 0 and set(flood["bands"]) == {"critical (10)", "interactive (0)", "batch (-1)"}
+    assert doc["command"].startswith("kvgate bench flowcontrol")
