@@ -27,6 +27,7 @@ from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.testing import EnvoyHarness, channel
 from kvgate.gateway.server import GatewayServer
 from kvgate.requestcontrol.director import Director
+from kvgate.scheduling.types import InferenceRequest
 
 WAIT = 10.0  # generous: the CI machine is loaded
 
@@ -110,7 +111,7 @@ class Door:
 async def door_factory(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Awaitable[Door]]]:
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
-    async def make(**flow: Any) -> Door:
+    async def make(idle_s: float = 600.0, **flow: Any) -> Door:
         backend = await HeldBackend().start()
         cleanups.append(backend.stop)
         http = aiohttp.ClientSession()
@@ -140,7 +141,12 @@ async def door_factory(request: pytest.FixtureRequest) -> AsyncIterator[Callable
         store = EndpointStore.from_addresses([backend.address])
         epp_cfg = EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=cfg.pools[0].picker_config)
         ctx = build_context(epp_cfg, store, clock=time.monotonic)
-        epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+        epp = EppServer(
+            ctx,
+            ServerOptions(
+                host="127.0.0.1", port=0, health_port=None, metrics_port=None, stream_idle_timeout_s=idle_s
+            ),
+        )
         await epp.start()
         ch = channel(f"127.0.0.1:{epp.port}")
         cleanups.append(lambda: epp.stop(0))
@@ -219,3 +225,19 @@ async def test_empty_pool_is_503_at_once(door_factory: Any) -> None:
     status, err = await asyncio.wait_for(d.send("nobody", "x"), WAIT)
     assert status == 503, err
     assert d.queued == 0 and d.backend.arrivals == []
+
+
+async def test_a_stream_waiting_in_the_queue_is_not_idle(door_factory: Any) -> None:
+    d: Door = await door_factory(idle_s=0.3)  # kvgate epp cancels streams silent this long
+    # Capacity taken by a request that is not an ext_proc stream (the sweeper would cut a held one).
+    other = InferenceRequest("elsewhere", "m")
+    ep = d.director.store.all()[0]
+    d.director.on_dispatched(other, ep)
+    waiting = d.start("waits")
+    await eventually(lambda: d.queued == 1, "one queued")
+    await asyncio.sleep(1.0)  # > 3 idle timeouts while queued
+    assert d.queued == 1 and not waiting.done()
+    d.director.on_finished(other, ep, None, True)
+    await eventually(lambda: d.backend.arrivals == ["waits"], "the queued request dispatched")
+    d.backend.release.release()
+    assert (await asyncio.wait_for(waiting, WAIT))[0] == 200
