@@ -174,6 +174,7 @@ def test_pace_is_a_low_envelope_of_observed_time_per_token() -> None:
 
     e = ep("a:1")
     learn_pace(e, 1.0, 4)  # too short to say anything
+    learn_pace(e, 0.0001, 500)  # non-streamed: first and last token reported together
     assert e.inflight.pace == 0.0
     learn_pace(e, 0.99, 100)  # 10 ms per token
     assert abs(e.inflight.pace - 0.01) < 1e-12

@@ -70,14 +70,19 @@ class _Track:
 # envelope (fast down, slow up) reads the replica's speed rather than how loaded it happened to be.
 PACE_MIN_TOKENS = 8
 PACE_DOWN, PACE_UP = 0.3, 0.02
+# A non-streamed response reports its first token together with its last: a span this short per token
+# (10,000 tokens/s for one sequence) is no decode at all, and would make the replica look infinitely fast.
+PACE_MIN_S_PER_TOKEN = 1e-4
 
 
 def learn_pace(endpoint: Endpoint, seconds: float, tokens: int) -> None:
     """Fold one response's decode time (first token to last, ``tokens`` output tokens) into the
     endpoint's learned pace."""
-    if tokens < PACE_MIN_TOKENS or seconds <= 0.0:
+    if tokens < PACE_MIN_TOKENS:
         return
     x = seconds / (tokens - 1)
+    if x < PACE_MIN_S_PER_TOKEN:
+        return
     inf = endpoint.inflight
     if inf.pace <= 0.0:
         inf.pace = x
