@@ -112,6 +112,7 @@ def main() -> int:
     ap.add_argument("--per-tenant", type=int, default=8)
     ap.add_argument("--prefix-words", type=int, default=950)
     ap.add_argument("--routers", default="kvgate,kvgate-off,sglang")
+    ap.add_argument("--probe", action="store_true", help="first: miss vs hit TTFT straight to one server")
     ap.add_argument("--repeats", type=int, default=2, help="passes; every other one in reverse order")
     args = ap.parse_args()
     sg = peers.PEERS["sglang-router"]
@@ -131,17 +132,31 @@ def main() -> int:
         tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
         print(f"prompt tokens: mean {statistics.fmean(len(tok.encode(p).ids) for p in prompts):.0f}; "
               f"{len(prompts)} requests; logs {log_dir}", flush=True)  # fmt: skip
-        order = args.routers.split(",")
+        if args.probe:  # TTFT of a cold prompt vs the same prompt again (prefix hit), straight to vLLM
+            for i, p in enumerate(prompts[:4]):
+                reset_caches(servers)
+                cold, warm = ttft(servers[0].url, p), ttft(servers[0].url, p + " again")
+                print(f"direct probe {i}: miss {1000 * cold:.0f} ms, hit {1000 * warm:.0f} ms", flush=True)
+        order = [r for r in args.routers.split(",") if r]
         passes = [order if i % 2 == 0 else order[::-1] for i in range(args.repeats)]
         for r in [r for p in passes for r in p]:
             port = free_ports(1)[0]
             if r.startswith("kvgate"):
-                mode = "off" if r == "kvgate-off" else "auto"
-                cmd = [sys.executable, "-m", "kvgate.cli", "serve", "--endpoints", ",".join(urls),
-                       "--model", MODEL_NAME, "--port", str(port), "--kv-events", mode]  # fmt: skip
+                mode = "off" if r.startswith("kvgate-off") else "auto"
+                if r.endswith("-scrape500"):  # metrics every 0.5 s, not 0.05 s (vLLM /metrics costs CPU)
+                    yml = log_dir / f"{r}.yaml"
+                    yml.write_text(json.dumps({"listen": {"host": "127.0.0.1", "port": port},
+                                               "scrapeIntervalSeconds": 0.5,
+                                               "pools": [{"name": "default", "endpoints": urls,
+                                                          "models": [MODEL_NAME]}]}))  # fmt: skip
+                    where = ["--config", str(yml)]
+                else:
+                    where = ["--endpoints", ",".join(urls), "--model", MODEL_NAME, "--port", str(port)]
+                cmd = [sys.executable, "-m", "kvgate.cli", "serve", *where, "--kv-events", mode]
                 logf = (log_dir / f"{r}.log").open("wb")
                 proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
-                name = f"kvgate ({'--kv-events off' if r == 'kvgate-off' else 'default, --kv-events auto'})"
+                name = f"kvgate ({'--kv-events off' if mode == 'off' else 'default, --kv-events auto'})"
+                name += ", scrape 0.5 s" if r.endswith("-scrape500") else ""
             else:
                 log = log_dir / "sglang.log"
                 proc = peers.launch(sg, urls, policy="cache_aware", port=port, log_path=log)
