@@ -77,8 +77,10 @@ async def test_replicas_with_kv_events_get_precise_routing_by_default() -> None:
             for turn in range(3):
                 for group in range(3):
                     system = f"You are assistant number {group}. " + f"Rule {group}: be brief. " * 60
-                    messages = [{"role": "system", "content": system},
-                                {"role": "user", "content": f"q{turn}"}]
+                    messages = [
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": f"q{turn}"},
+                    ]
                     body = {"model": "sim-model", "max_tokens": 2, "messages": messages}
                     before = _served(rs)
                     async with http.post(url, json=body) as resp:
