@@ -36,6 +36,7 @@ from kvgate.scheduling.framework import (
     DataSource,
     PluginHandle,
     ProfileHandler,
+    ResponseObserver,
     cache_expectation,
 )
 from kvgate.scheduling.profile import SchedulerProfile
@@ -121,6 +122,8 @@ class Director:
         self._tracks: OrderedDict[tuple[str, str], _Track] = OrderedDict()
         self.mean_decode = float(DEFAULT_DECODE_TOKENS)
         self._pool_metrics_at: float | None = None
+        # Plugins that learn from responses (latency prediction), told of first tokens and finishes.
+        self._observers = [p for p in handle.plugins.values() if isinstance(p, ResponseObserver)]
         # Flow control (feature gate): requests wait here at saturation; None = pick at once.
         self.flow = (
             FlowDispatcher(
@@ -265,6 +268,8 @@ class Director:
             return
         track.first_token = True
         track.first_at = self.clock()
+        for obs in self._observers:
+            obs.on_first_token(req, endpoint, track.first_at)
         inf = endpoint.inflight
         inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
         inf.decoding += 1
@@ -279,6 +284,10 @@ class Director:
         self._release(endpoint, track)
         if self.flow is not None:
             self.flow.notify()
+        if self._observers:
+            now, out = self.clock(), usage.completion_tokens if usage is not None else 0
+            for obs in self._observers:
+                obs.on_finished(req, endpoint, out, ok, now)
         if ok and usage is not None and usage.completion_tokens > 0:
             if track.first_token:
                 learn_pace(endpoint, self.clock() - track.first_at, usage.completion_tokens)

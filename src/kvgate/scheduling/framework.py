@@ -248,6 +248,19 @@ class PostPick(Plugin):
         raise NotImplementedError
 
 
+class ResponseObserver(Plugin):
+    """Learns from how a dispatched request went (the Director's response events), e.g. a latency
+    model learning TTFT and TPOT per endpoint. ``now`` is the Director's clock."""
+
+    def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        raise NotImplementedError
+
+    def on_finished(
+        self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
+    ) -> None:
+        raise NotImplementedError
+
+
 class Filter(Plugin):
     def filter(self, cycle: CycleState, endpoints: list[Endpoint]) -> list[Endpoint]:
         raise NotImplementedError

@@ -109,6 +109,7 @@ def features(
 
 
 DIM = 7
+MIN_TPOT_S = 1e-4  # faster than 10,000 tokens/s for one sequence = not a real decode span
 
 
 class _EndpointModels:
@@ -204,6 +205,9 @@ class LatencyPredictor:
         if rec is None or not ok:
             return
         t1 = rec.first_at
-        # TPOT needs a streamed response: first token strictly before the last, and >= 2 tokens.
-        if t1 is not None and output_tokens >= 2 and now > t1:
-            self.observe_tpot(address, rec.x, (now - t1) / (output_tokens - 1))
+        if t1 is None or output_tokens < 2:
+            return
+        tpot = (now - t1) / (output_tokens - 1)
+        # A non-streamed response reports its first token with its last: no decode time to learn from.
+        if tpot >= MIN_TPOT_S:
+            self.observe_tpot(address, rec.x, tpot)
