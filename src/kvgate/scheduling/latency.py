@@ -17,6 +17,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import mul
 
 from kvgate.datalayer.endpoint import Endpoint
 
@@ -43,23 +44,26 @@ class RLSModel:
         self.noise_var = noise_var
         self.n = 0
 
+    # Hot path (per endpoint per pick): sum(map(mul, ...)) keeps the d^2 loop in C.
     def _px(self, x: Sequence[float]) -> list[float]:
-        return [sum(row[j] * x[j] for j in range(len(x))) for row in self.p]
+        return [sum(map(mul, row, x)) for row in self.p]
 
     def predict(self, x: Sequence[float]) -> tuple[float, float]:
         """``(mean, variance)`` of a new observation at ``x`` (parameter + noise uncertainty)."""
-        mean = sum(t * v for t, v in zip(self.theta, x, strict=True))
-        return mean, self.noise_var * (1.0 + self.param_var(x))
+        return sum(map(mul, self.theta, x)), self.noise_var * (1.0 + self.param_var(x))
 
     def param_var(self, x: Sequence[float]) -> float:
         """``x' P x``: how unsure the model is at ``x``, in units of the noise variance."""
-        px = self._px(x)
-        return max(0.0, sum(a * b for a, b in zip(x, px, strict=True)))
+        s = 0.0
+        for row, xi in zip(self.p, x, strict=True):
+            if xi:
+                s += xi * sum(map(mul, row, x))
+        return s if s > 0.0 else 0.0
 
     def update(self, x: Sequence[float], y: float) -> None:
         px = self._px(x)
-        denom = self.lam + sum(a * b for a, b in zip(x, px, strict=True))
-        err = y - sum(t * v for t, v in zip(self.theta, x, strict=True))
+        denom = self.lam + sum(map(mul, x, px))
+        err = y - sum(map(mul, self.theta, x))
         # Noise estimate from the a-priori error, scaled back by its expected inflation (1 + x'Px).
         e2 = err * err * self.lam / denom
         self.noise_var = e2 if self.n == 0 else self.noise_var + 0.05 * (e2 - self.noise_var)
@@ -148,6 +152,7 @@ class LatencyPredictor:
         self.max_endpoints = max_endpoints
         self.max_pending = max_pending
         self._models: OrderedDict[str, _EndpointModels] = OrderedDict()
+        self._prior = _EndpointModels(forgetting, prior_var)
         self._pending: OrderedDict[tuple[str, str], _Pending] = OrderedDict()
 
     def __len__(self) -> int:
@@ -170,8 +175,8 @@ class LatencyPredictor:
 
     def predict(self, address: str, x: Sequence[float]) -> Prediction:
         m = self._get(address, create=False)
-        if m is None:  # never observed: the prior (zero mean, wide)
-            m = _EndpointModels(self.forgetting, self.prior_var)
+        if m is None:  # never observed: the prior (zero mean, wide), shared and never updated
+            m = self._prior
         ttft, v1 = m.ttft.predict(x)
         tpot, v2 = m.tpot.predict(x)
         return Prediction(max(0.0, ttft), math.sqrt(v1), max(0.0, tpot), math.sqrt(v2), m.ttft.n)
