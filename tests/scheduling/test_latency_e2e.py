@@ -22,8 +22,8 @@ def _served(replicas: list[Replica]) -> list[int]:
 
 
 async def test_the_scorer_learns_to_prefer_the_faster_replica() -> None:
-    # The slow replica runs the same engine profile 10x slower: TTFT and every decode step 10x longer.
-    speeds = (30.0, 3.0)
+    # The slow replica runs the same engine profile 50x slower: TTFT and every decode step 50x longer.
+    speeds = (50.0, 1.0)
     replicas = [
         Replica(ReplicaConfig(model="sim-model", time_scale=s, seed=i), index=i) for i, s in enumerate(speeds)
     ]
