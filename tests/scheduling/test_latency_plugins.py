@@ -93,6 +93,21 @@ def test_slo_headroom_filter_and_scores() -> None:
     scores = dict(zip([e.address for e in eps], s.score(c, eps), strict=True))
     assert scores[FAST] == 1.0 and scores[SLOW] == 0.0
     assert c.data["explain-extras"]["predicted_latency"][FAST]["headroom"] > 0.0
+    # Time already waited (e.g. in the flow-control queue) counts against the TTFT SLO.
+    waited = CycleState(
+        InferenceRequest(
+            "q", "m", prompt_text=text, headers={"x-slo-ttft-ms": "200"}, arrival_time=clock.t - 0.1
+        ),
+        clock.t,
+    )
+    assert [e.address for e in flt.filter(waited, eps)] == [FAST]
+    waited = CycleState(
+        InferenceRequest(
+            "q", "m", prompt_text=text, headers={"x-slo-ttft-ms": "200"}, arrival_time=clock.t - 0.19
+        ),
+        clock.t,
+    )
+    assert len(flt.filter(waited, eps)) == 2  # even the fast one would now miss: keep everyone
     # Nobody meets 1 ms: keep everyone (the scorer still ranks by headroom).
     assert len(flt.filter(cycle({"x-slo-ttft-ms": "1"}), eps)) == 2
     # Both meet 5 s TTFT, but only the fast one meets a 20 ms TPOT (slow decodes at ~30 ms).

@@ -108,19 +108,22 @@ class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver):
         return got
 
     def headroom(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float] | None:
-        """Relative SLO headroom per endpoint (1 - predicted / SLO, the tighter objective), or None
-        when the request sets no SLO."""
+        """Relative SLO headroom per endpoint (1 - predicted / SLO, the tighter objective; TTFT counted
+        from the request's arrival), or None when the request sets no SLO."""
         ttft_slo, tpot_slo = slo_targets(cycle.request)
         if ttft_slo is None and tpot_slo is None:
             return None
         preds = self.predictions(cycle, endpoints)
         z = self.confidence
+        # Time already spent since arrival (a flow-control queue, retries) is gone from the TTFT budget.
+        arrived = cycle.request.arrival_time
+        waited = cycle.now - arrived if 0.0 < arrived <= cycle.now else 0.0
         out: list[float] = []
         for ep in endpoints:
             pr = preds[ep.address][1]
             h = float("inf")
             if ttft_slo is not None:
-                h = min(h, 1.0 - (pr.ttft + z * pr.ttft_std) / ttft_slo)
+                h = min(h, 1.0 - (waited + pr.ttft + z * pr.ttft_std) / ttft_slo)
             if tpot_slo is not None:
                 h = min(h, 1.0 - (pr.tpot + z * pr.tpot_std) / tpot_slo)
             out.append(h)
