@@ -123,3 +123,21 @@ def test_features_use_fresh_scraped_signals_only() -> None:
     )
     assert features(ep, 1000, 0.25, now=10.5, staleness=2.0) == [1.0, 4.0, 9.0, 0.5, 0.75, 0.25, 2.0]
     assert features(ep, 1000, 0.0, now=20.0, staleness=2.0) == [1.0, 2.0, 1.0, 0.0, 1.0, 0.0, 2.0]
+
+
+def test_an_endpoint_not_picked_for_a_while_is_reprobed_once() -> None:
+    p = LatencyPredictor(reprobe_every=5)
+    x = [1.0] + [0.0] * (DIM - 1)
+    for i, (addr, ttft) in enumerate((("slow:1", 0.5), ("fast:1", 0.05))):
+        p.picked(f"w{i}", addr, x, 0.0)
+        p.first_token(f"w{i}", addr, ttft)
+    assert p.predict("slow:1", x).ttft == pytest.approx(0.5, rel=0.05)
+    for i in range(4):
+        p.picked(f"f{i}", "fast:1", x, 1.0)
+    assert p.predict("slow:1", x).ttft == 0.0  # 5 picks since slow's last: due a re-probe
+    assert p.predict("fast:1", x).ttft == pytest.approx(0.05, rel=0.05)
+    p.picked("probe", "slow:1", x, 2.0)
+    assert p.predict("slow:1", x).ttft == pytest.approx(
+        0.5, rel=0.05
+    )  # one probe at a time, then judged again
+    assert LatencyPredictor().reprobe_every == 0  # off unless asked

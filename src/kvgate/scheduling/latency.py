@@ -117,9 +117,10 @@ MIN_TPOT_S = 1e-4  # faster than 10,000 tokens/s for one sequence = not a real d
 
 
 class _EndpointModels:
-    __slots__ = ("tpot", "ttft")
+    __slots__ = ("last_pick", "tpot", "ttft")
 
     def __init__(self, lam: float, prior_var: float) -> None:
+        self.last_pick = 0  # the predictor's pick count when this endpoint was last picked
         # Priors: TTFT noise ~ (100 ms)^2, TPOT noise ~ (10 ms)^2 until the first residuals arrive.
         self.ttft = RLSModel(DIM, lam=lam, prior_var=prior_var, noise_var=0.01)
         self.tpot = RLSModel(DIM, lam=lam, prior_var=prior_var, noise_var=1e-4)
@@ -144,9 +145,14 @@ class LatencyPredictor:
         prior_var: float = 100.0,
         max_endpoints: int = 4096,
         max_pending: int = 1 << 16,
+        reprobe_every: int = 0,
     ) -> None:
         if not 0.0 < forgetting <= 1.0:
             raise ValueError(f"forgetting must be in (0, 1], got {forgetting}")
+        # An endpoint judged slow is never picked, so never re-measured: after this many picks
+        # elsewhere it predicts from the prior again (optimistic) and gets one request. 0 = never.
+        self.reprobe_every = reprobe_every
+        self._picks = 0
         self.forgetting = forgetting
         self.prior_var = prior_var
         self.max_endpoints = max_endpoints
@@ -175,8 +181,8 @@ class LatencyPredictor:
 
     def predict(self, address: str, x: Sequence[float]) -> Prediction:
         m = self._get(address, create=False)
-        if m is None:  # never observed: the prior (zero mean, wide), shared and never updated
-            m = self._prior
+        if m is None or (self.reprobe_every and self._picks - m.last_pick >= self.reprobe_every):
+            m = self._prior  # never observed, or due a re-probe: the prior (zero mean, wide), shared
         ttft, v1 = m.ttft.predict(x)
         tpot, v2 = m.tpot.predict(x)
         return Prediction(max(0.0, ttft), math.sqrt(v1), max(0.0, tpot), math.sqrt(v2), m.ttft.n)
@@ -194,6 +200,10 @@ class LatencyPredictor:
     # -- the request life cycle: pick -> first token -> finish ------------------------------------
 
     def picked(self, request_id: str, address: str, x: Sequence[float], now: float) -> None:
+        self._picks += 1
+        m = self._get(address, create=True)
+        assert m is not None
+        m.last_pick = self._picks
         self._pending[(request_id, address)] = _Pending(list(x), now)
         if len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)

@@ -9,7 +9,9 @@
   headroom), or all of them when none is; it passes everything through when the request has no SLO.
 
 ``confidence`` (z) judges an endpoint by ``prediction + z * std``; 0 (the default) uses the mean, so
-endpoints the model knows nothing about look fast and get tried, which is how they get learned.
+endpoints the model knows nothing about look fast and get tried, which is how they get learned; for
+the same reason an endpoint not picked in ``reprobeEvery`` picks (100) is predicted from the prior
+once more, so one judged slow is re-measured now and then instead of never.
 """
 
 from __future__ import annotations
@@ -71,10 +73,13 @@ class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver):
         confidence: float = 0.0,
         forgetting: float = 0.99,
         max_endpoints: int = 4096,
+        reprobe_every: int = 100,
     ) -> None:
         super().__init__(name, handle)
         self.confidence = confidence
-        self.predictor = LatencyPredictor(forgetting=forgetting, max_endpoints=max_endpoints)
+        self.predictor = LatencyPredictor(
+            forgetting=forgetting, max_endpoints=max_endpoints, reprobe_every=reprobe_every
+        )
         self._key = ("predicted-latency", name)
 
     @classmethod
@@ -85,6 +90,7 @@ class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver):
             confidence=params.get_float("confidence", 0.0, min=0.0, max=10.0),
             forgetting=params.get_float("forgetting", 0.99, min=0.5, max=1.0),
             max_endpoints=params.get_int("maxEndpoints", 4096, min=1),
+            reprobe_every=params.get_int("reprobeEvery", 100, min=0),
         )
         params.finish()
         return s
