@@ -18,7 +18,7 @@ from kvgate.scheduling.plugins.predicted_latency import (
     SLOHeadroomTierFilter,
     slo_targets,
 )
-from kvgate.scheduling.types import InferenceRequest, Usage
+from kvgate.scheduling.types import InferenceRequest, ShedError, Usage
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "predicted-latency.yaml"
 FAST, SLOW = "10.0.0.1:8000", "10.0.0.2:8000"
@@ -174,3 +174,22 @@ def test_config_errors_name_the_key(plugins: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         build_director(text, EndpointStore.from_addresses([FAST]))
     assert key in str(err.value)
+
+
+def test_sheddable_request_predicted_to_miss_everywhere_is_shed() -> None:
+    clock = Clock()
+    d = _director(clock)
+    for i in range(30):
+        _serve_one(d, clock, i)
+    for ep in d.store.all():  # fresh, idle metrics: the saturation detector sheds nothing by itself
+        ep.metrics.updated_at = clock.t
+    text = "request x " * 50
+    tight = {"x-slo-ttft-ms": "5"}  # nobody is predicted under 5 ms (fast ~50 ms)
+    with pytest.raises(ShedError, match="predicted to miss") as err:
+        d.pick(InferenceRequest("s1", "m", prompt_text=text, headers=tight, priority=-1))
+    assert err.value.status == 429
+    # Not sheddable: served anyway (every endpoint kept, best headroom wins).
+    assert d.pick(InferenceRequest("c1", "m", prompt_text=text, headers=tight)).primary.address == FAST
+    # Sheddable but some endpoint meets the SLO: served there.
+    ok = d.pick(InferenceRequest("s2", "m", prompt_text=text, headers={"x-slo-ttft-ms": "200"}, priority=-1))
+    assert ok.primary.address == FAST

@@ -7,6 +7,8 @@
   tighter of the two when both are set. Without an SLO header it prefers the lowest predicted TTFT.
 - ``slo-headroom-tier-filter`` keeps the endpoints predicted to meet the request's SLOs (positive
   headroom), or all of them when none is; it passes everything through when the request has no SLO.
+  With ``shedSheddable: true`` a sheddable request (priority < 0) that no endpoint is predicted to
+  serve within its SLO is rejected instead (429): better refused now than served late.
 
 ``confidence`` (z) judges an endpoint by ``prediction + z * std``; 0 (the default) uses the mean, so
 endpoints the model knows nothing about look fast and get tried, which is how they get learned; for
@@ -34,7 +36,7 @@ from kvgate.scheduling.framework import (
 )
 from kvgate.scheduling.latency import LatencyPredictor, Prediction, features
 from kvgate.scheduling.registry import register
-from kvgate.scheduling.types import InferenceRequest, prompt_tokens
+from kvgate.scheduling.types import InferenceRequest, ShedError, prompt_tokens
 
 SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
 SLO_TPOT_HEADERS = ("x-slo-tpot-ms", "x-llm-d-slo-tpot-ms")
@@ -181,15 +183,30 @@ class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver):
 
 @register("slo-headroom-tier-filter")
 class SLOHeadroomTierFilter(Filter):
-    def __init__(self, name: str, handle: PluginHandle, *, predictor_ref: str = "", path: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        handle: PluginHandle,
+        *,
+        predictor_ref: str = "",
+        path: str = "",
+        shed_sheddable: bool = False,
+    ) -> None:
         super().__init__(name, handle)
         self.predictor_ref = predictor_ref
+        self.shed_sheddable = shed_sheddable
         self.path = path
         self._scorer: PredictedLatencyScorer | None = None
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> SLOHeadroomTierFilter:
-        f = cls(name, handle, predictor_ref=params.get_str("predictorRef", ""), path=params.path)
+        f = cls(
+            name,
+            handle,
+            predictor_ref=params.get_str("predictorRef", ""),
+            path=params.path,
+            shed_sheddable=params.get_bool("shedSheddable", False),
+        )
         params.finish()
         return f
 
@@ -217,4 +234,6 @@ class SLOHeadroomTierFilter(Filter):
         if hr is None:
             return endpoints
         kept = [ep for ep, h in zip(endpoints, hr, strict=True) if h > 0.0]
+        if not kept and self.shed_sheddable and cycle.request.sheddable:
+            raise ShedError("sheddable request predicted to miss its SLO on every endpoint")
         return kept or endpoints
