@@ -179,6 +179,34 @@ async def test_partition_and_heal(clusters: list[Cluster], tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+async def test_requests_waiting_on_a_cut_cluster_move_on(clusters: list[Cluster], tmp_path: Path) -> None:
+    # Non-streamed answers come whole at the end (20,000 tokens: seconds, even at the sims' 20x pace), so
+    # these requests wait on c1 with nothing sent back when its link is cut. TCP keep-alive finds the dead
+    # link; the requests had not started for the client and complete in c2. Without it they would hang to
+    # the 300 s read timeout.
+    c1 = clusters[0]
+    gw = await _gateway(tmp_path, clusters, "active-passive")
+    gw.router.keepalive = (1, 1, 2)
+    try:
+        await _until(lambda: all(st.fresh(gw.clock(), TTL) for st in gw.router.state_list()))
+        async with aiohttp.ClientSession() as http:
+            sent = [asyncio.create_task(_send(http, gw, 900 + i, max_tokens=20000)) for i in range(4)]
+            await _until(lambda: gw.router.states["c1"].inflight >= 4, limit_s=10)
+            c1.cut()
+            try:
+                started = asyncio.get_running_loop().time()
+                done = await asyncio.wait_for(asyncio.gather(*sent), timeout=90)
+                waited = asyncio.get_running_loop().time() - started
+            finally:
+                c1.heal()
+        assert Counter(c for _, c, _ in done) == {"c2": 4}, done
+        assert gw.router.failovers >= 4
+        assert waited < 90
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.slow
 async def test_two_gateways_one_snapshot_no_herding(clusters: list[Cluster], tmp_path: Path) -> None:
     # A long refresh: both gateways route a whole burst on the single snapshot each fetched at start.
     g1 = await _gateway(tmp_path, clusters, "kvgate", refresh_s=30.0, ttl_s=60.0)

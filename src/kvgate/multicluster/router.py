@@ -12,9 +12,11 @@ is never retried: it is the client's.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import grpc
@@ -79,6 +81,10 @@ class GlobalRouter:
         self.apply(cfg)
         self.max_clusters = max_clusters
         self.connect_timeout_s = connect_timeout_s
+        # TCP keep-alive (idle s, probe interval s, probes): a request waiting on a cluster whose link is cut
+        # gets no ACKs and fails in ~idle + interval x probes (11 s), then moves on as not started, instead
+        # of hanging to the read timeout. A slow but live cluster ACKs the probes and is left alone.
+        self.keepalive: tuple[int, int, int] = (5, 2, 3)
         self.epp = EppClient(timeout_s=connect_timeout_s * 2)
         self._session: aiohttp.ClientSession | None = None
         self.counts: dict[tuple[str, str], int] = {}  # (cluster, mode) -> started requests
@@ -104,8 +110,21 @@ class GlobalRouter:
     async def start(self) -> None:
         # A fresh connection per request: a pooled one into a partitioned cluster would take the request and
         # hang, while a new one fails to connect within ``connect_timeout_s`` and the request moves on.
-        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        connector = aiohttp.TCPConnector(limit=0, force_close=True, socket_factory=self._socket)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+
+    def _socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        family, type_, proto, _, _ = addr_info
+        sock = socket.socket(family=family, type=type_, proto=proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle, interval, probes = self.keepalive
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the OS defaults (hours) apply
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # data sent but never ACKed (the body into a cut link)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle + interval * probes) * 1000)
+        return sock
 
     async def close(self) -> None:
         await self.epp.close()
