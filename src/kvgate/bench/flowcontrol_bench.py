@@ -356,9 +356,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default="none,reference,kvgate")
     p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    p.add_argument("--live", action="store_true", help="real kvgate serve + simulated fleet over HTTP")
+    from kvgate.bench import flowcontrol_live
+
+    flowcontrol_live.add_arguments(p)
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 30.0, 5.0
+    if args.live:
+        return flowcontrol_live.main_from_args(args, list(argv or []))
     mix = Mix(1.0, "flood", args.duration)
     cap = capacity(args.replicas, args.profile, args.seed, mix.prompt, mix.output, args.max_num_seqs)
     # Rates in interactive-request units; a batch request costs ~ (2048 + 512) / (1024 + 128) of one.

@@ -1,0 +1,199 @@
+"""`kvgate bench flowcontrol --live`: the flow-control benchmark over real processes.
+
+The same workload, arms and report as the virtual-clock run (``kvgate.bench.flowcontrol_bench``), but
+through a real ``kvgate serve`` (one per arm and mix, fresh) in front of a simulated fleet (``kvgate sim``
+replicas in a subprocess, ``kvgate.bench.simproc``), driven over HTTP by the load generator:
+
+- tenants are ``x-gateway-inference-fairness-id``; the critical (priority 10) and sheddable batch
+  (priority -1) bands are InferenceObjectives in the gateway config, chosen per request with
+  ``x-gateway-inference-objective``; each request carries its TTFT SLO as ``x-slo-ttft-ms``;
+- the simulated fleet runs at ``--time-scale`` (< 1: slower than real time, so a loaded machine keeps
+  up); every time the gateway sees (SLO header, request TTL) is converted to wall time, and every time
+  reported is converted back to simulated seconds;
+- the offered load is ``--load`` x the fleet's capacity measured on the virtual clock (the same probe as
+  the simulator run), unless ``--base-rate`` fixes it;
+- each run records how far the simulator fell behind its own step deadlines (``/sim/state``): on a
+  loaded machine that lag, not the gateway, can dominate TTFT, and the table flags such runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import tempfile
+import time
+from typing import Any
+
+import aiohttp
+import yaml
+
+from kvgate.bench import flowcontrol_bench as fc
+from kvgate.bench import loadgen, procs
+from kvgate.bench.live_fleet import FleetSpec, lag_summary, sim_states, start_fleet
+from kvgate.bench.report import write_json
+from kvgate.bench.workloads import RequestSpec
+
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
+# Mean simulator step lag (simulated ms) above which a run's TTFTs say more about this machine's CPU
+# than about the gateway (as ``kvgate bench live``'s LAG_WARN_MS).
+LAG_WARN_MS = 5.0
+MIXES = ("calm", "even", "flood")
+
+
+def gateway_config(arm: str, urls: list[str], ttl_wall: float, max_num_seqs: int) -> dict[str, Any]:
+    """A ``kvgate serve --config`` document: the simulator bench's picker config for ``arm`` (TTL in
+    wall seconds, the concurrency detector sized to the servers' batch), plus the two objectives."""
+    picker = fc.arm_config(arm, ttl_wall)
+    if "saturationDetector" in picker:
+        det = picker["saturationDetector"]
+        picker["saturationDetector"] = {
+            **det,
+            "parameters": {**det["parameters"], "maxConcurrency": max_num_seqs},
+        }
+    return {
+        "pools": [{"name": "default", "endpoints": list(urls), "models": [fc.MODEL],
+                   "endpointPickerConfig": picker}],
+        "objectives": [{"name": fc.CRITICAL, "priority": fc.PRIORITY[fc.CRITICAL]},
+                       {"name": fc.BATCH, "priority": fc.PRIORITY[fc.BATCH]}],
+    }  # fmt: skip
+
+
+def specs(arrivals: list[fc.Arrival], time_scale: float) -> list[RequestSpec]:
+    """The arrivals as requests at wall offsets; a distinct first token each (no shared prefix, as in
+    the simulator run), SLO headers in wall milliseconds."""
+    out = []
+    for n, a in enumerate(arrivals):
+        headers = {
+            FAIRNESS_HEADER: a.tenant,
+            "x-slo-ttft-ms": str(int(fc._slo(a.tenant) * 1000 / time_scale)),
+        }
+        if a.tenant in fc.PRIORITY:
+            headers[OBJECTIVE_HEADER] = a.tenant
+        ids = [1 + n % 17000, *([7] * (a.prompt - 1))]
+        out.append(
+            RequestSpec(ids, a.output, model=fc.MODEL, group=a.tenant, at=a.at / time_scale, headers=headers)
+        )
+    return out
+
+
+async def start_gateway(doc: dict[str, Any], wait_s: float = 60.0) -> tuple[procs.Proc, str]:
+    fd, path = tempfile.mkstemp(prefix="kvgate-flowlive-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(doc, f)
+    cmd = procs.kvgate_cmd(
+        "serve", "--config", path, "--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING"
+    )
+    try:
+        proc, m = await procs.start("kvgate serve", cmd, r"listening on (http://[\d.]+:\d+)", wait_s=wait_s)
+    finally:
+        os.unlink(path)  # read at start-up only
+    return proc, m[0].group(1)
+
+
+async def run_arm(
+    arm: str, arrivals: list[fc.Arrival], spec: FleetSpec, duration: float, ttl: float
+) -> tuple[fc.Run, dict[str, Any]]:
+    """A fresh fleet and gateway, the arrivals through it; outcomes in simulated seconds."""
+    ts = spec.time_scale
+    sims, urls = await start_fleet(spec)
+    gw: procs.Proc | None = None
+    try:
+        gw, base = await start_gateway(gateway_config(arm, urls, ttl / ts, spec.max_num_seqs))
+        reqs = specs(arrivals, ts)
+        cfg = loadgen.RunConfig(
+            base_url=base, qps=1.0, concurrency=4096, max_requests=len(reqs), duration=duration / ts + 1,
+            request_timeout=(ttl + 60.0) / ts,
+        )  # fmt: skip
+        async with aiohttp.ClientSession() as session:
+            before = await sim_states(session, urls)
+            t0 = time.perf_counter()
+            results = await loadgen.run(reqs, cfg)
+            wall = time.perf_counter() - t0
+            after = await sim_states(session, urls)
+    finally:
+        if gw is not None:
+            await gw.stop()
+        for s in sims:
+            await s.stop()
+    run = fc.Run(arm, duration=duration)
+    errors = 0
+    for r in results:
+        shed = r.status in (429, 503)
+        errors += not r.ok and not shed
+        run.outcomes.append(fc.Outcome(
+            r.group, r.start * ts, None if r.ttft is None else r.ttft * ts, r.status if shed else 0,
+            r.completion_tokens,
+        ))  # fmt: skip
+    return run, {"errors": errors, "wall_s": wall, **lag_summary(before, after, ts)}
+
+
+async def _main(args: argparse.Namespace) -> dict[str, Any]:
+    mix = fc.Mix(1.0, "flood", args.duration)
+    if args.base_rate:
+        cap, base = None, args.base_rate
+    else:
+        cap = fc.capacity(args.replicas, args.profile, args.seed, mix.prompt, mix.output, args.max_num_seqs)
+        weight = 4 + 1 + 10 + (mix.batch_prompt + mix.batch_output) / (mix.prompt + mix.output)
+        base = args.load * cap / weight
+    spec = FleetSpec(replicas=args.replicas, profile=args.profile, time_scale=args.time_scale,
+                     max_num_seqs=args.max_num_seqs)  # fmt: skip
+    rows: dict[str, Any] = {"capacity_rps": cap, "base_rate_rps": base, "load": args.load if cap else None,
+                            "time_scale": args.time_scale, "replicas": args.replicas, "profile": args.profile,
+                            "max_num_seqs": args.max_num_seqs, "runs": {}}  # fmt: skip
+    arms = args.arms.split(",")
+    for mode in args.mixes.split(","):
+        arrivals = fc.Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
+        for arm in arms:
+            run, extra = await run_arm(arm, arrivals, spec, args.duration, args.ttl)
+            rows["runs"][f"{arm}/{mode}"] = {**fc.summarize(run, args.warmup), **extra}
+    for arm in arms:
+        flood = rows["runs"].get(f"{arm}/flood")
+        if flood is None:
+            continue
+        for mode in ("calm", "even"):
+            other = rows["runs"].get(f"{arm}/{mode}")
+            f, c = flood["quiet"]["p90_ttft_s"], other and other["quiet"]["p90_ttft_s"]
+            flood[f"quiet_p90_vs_{mode}"] = (f / c) if c and f else None
+    return rows
+
+
+def render(rows: dict[str, Any]) -> str:
+    head = (
+        f"live: {rows['replicas']} x {rows['profile']} (max-num-seqs {rows['max_num_seqs']}) at time scale "
+        f"{rows['time_scale']}; quiet tenant base rate {rows['base_rate_rps']:.2f} req/s (simulated)"
+    )
+    if rows["capacity_rps"]:
+        head += f"; capacity {rows['capacity_rps']:.1f} req/s, load {rows['load']:.0%} (flooded mix)"
+    table = fc.render({**rows, "capacity_rps": rows["capacity_rps"] or 0.0, "load": rows["load"] or 0.0})
+    lag = [
+        f"- {name}: {r['errors']} errors, {_pct(r.get('sim_late_frac'))} of simulator steps late, mean lag "
+        f"{fc._f(r.get('sim_lag_mean_ms'))} simulated ms"
+        + (" (LAGGING: the machine, not the gateway, shapes this row)" if (r.get("sim_lag_mean_ms") or 0)
+           > LAG_WARN_MS else "")
+        for name, r in rows["runs"].items()
+    ]  # fmt: skip
+    return "\n".join([head, "", *table.splitlines()[2:], "", "Simulator lag per run:", *lag])
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--time-scale", type=float, default=0.5, help="live: simulated seconds per wall second")
+    p.add_argument("--mixes", default=",".join(MIXES), help="live: comma-separated mixes (calm, even, flood)")
+    p.add_argument(
+        "--base-rate", type=float, default=0.0, help="live: fixed quiet-tenant req/s (simulated), not --load"
+    )
+
+
+def main_from_args(args: argparse.Namespace, argv: list[str]) -> int:
+    rows = asyncio.run(_main(args))
+    rows["command"] = "kvgate bench flowcontrol " + " ".join(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "flowcontrol-live.json", rows)
+    print(render(rows))
+    return 0
