@@ -32,11 +32,13 @@ def _children(pid: int) -> list[int]:
 
 
 @contextlib.asynccontextmanager
-async def serve_workers(address: str, n: int) -> AsyncIterator[tuple[Any, int, int]]:
+async def serve_workers(
+    address: str, n: int, policy: str = "round-robin"
+) -> AsyncIterator[tuple[Any, int, int]]:
     port, admin = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kvgate.cli", "serve", "--endpoints", address, "--model", "m",
-        "--policy", "round-robin", "--port", str(port), "--admin-port", str(admin),
+        "--policy", policy, "--port", str(port), "--admin-port", str(admin),
         "--workers", str(n), "--log-level", "WARNING",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip

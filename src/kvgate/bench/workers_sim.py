@@ -5,7 +5,11 @@ own ``Endpoint`` objects; all workers read the same scraped metrics. Every reque
 drawn at random (the kernel spreads connections over ``SO_REUSEPORT`` listeners). With ``shared`` the
 workers' in-flight counts go through the real ``gateway.shared_inflight`` table (shared memory), synced
 every ``SHARED_INFLIGHT_SYNC_S`` of virtual time as the gateway does; without it each worker balances
-on its own share only. Reported: hit rate and TTFT for 1 worker, N shared and N unshared.
+on its own share only. With ``gossip`` the workers' prefix indexes converge through the gateway's
+own ``gateway.prefix_gossip.PrefixGossip`` (same recording, batching, encoding and applying): each
+worker flushes every ``PREFIX_GOSSIP_S`` of virtual time and the datagrams reach the other workers
+``GOSSIP_DELAY_S`` later (a modelled local-socket hop plus an event-loop turn). Reported: hit rate
+and TTFT for each mode.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from kvgate.config.director import build_director
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
+from kvgate.gateway.prefix_gossip import PREFIX_GOSSIP_S, PrefixGossip
 from kvgate.gateway.shared_inflight import SharedInFlight
 from kvgate.gateway.workers import SHARED_INFLIGHT_SYNC_S
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from kvgate.scheduling.types import InferenceRequest, PickResult
+
+GOSSIP_DELAY_S = 0.002  # modelled: datagram hop + the receiving worker's event loop getting to it
 
 
 class WorkerDirectors:
@@ -77,6 +84,7 @@ def run_workers(
     duration: float,
     warmup: float,
     shared_index: bool = False,
+    gossip: bool = False,
 ) -> dict[str, Any]:
     """One run. ``shared_index``: every worker uses worker 0's approximate prefix index (not something
     the gateway does today: the upper bound of prefix state converging between workers)."""
@@ -105,6 +113,29 @@ def run_workers(
             index = inner[0].handle.find(PrefixCacheScorer).index
             for d in inner[1:]:
                 d.handle.find(PrefixCacheScorer).index = index
+        if gossip:
+            gossips: list[PrefixGossip] = []
+
+            def sender(w: int) -> Any:
+                def send(data: bytes) -> None:
+                    for o, g in enumerate(gossips):
+                        if o != w:
+                            sim.clock.call_later(GOSSIP_DELAY_S, g.receive, data)
+
+                return send
+
+            gossips = [
+                PrefixGossip([d.handle.find(PrefixCacheScorer).index], w, sender(w))
+                for w, d in enumerate(inner)
+            ]
+
+            def flush() -> None:
+                for g in gossips:
+                    g.flush()
+                if sim._live or sim.clock.now < warmup + duration:
+                    sim.clock.call_later(PREFIX_GOSSIP_S, flush)
+
+            sim.clock.call_at(0.0, flush)
         if shared:
             owner = SharedInFlight.create(workers, multiprocessing.get_context("spawn").Lock(), slots=64)
             views = [
@@ -127,9 +158,23 @@ def run_workers(
             owner.close()
     row.update(sim.class_figures())
     row.update(
-        {"family": family, "workers": workers, "shared_inflight": shared, "shared_index": shared_index}
+        {
+            "family": family,
+            "workers": workers,
+            "shared_inflight": shared,
+            "shared_index": shared_index,
+            "gossip": gossip,
+        }
     )
     return row
+
+
+def _index_mode(r: dict[str, Any]) -> str:
+    if r["workers"] == 1:
+        return "-"
+    if r["shared_index"]:
+        return "shared (bound)"
+    return "per worker + gossip" if r.get("gossip") else "per worker"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load", type=float, default=0.8)
     p.add_argument(
         "--modes",
-        default="1,shared,own,shared-index",
-        help="1 worker; N with shared in-flight; N with per-worker in-flight; N sharing one prefix index too "
-        "(the upper bound of converging prefix state, not in the gateway yet)",
+        default="1,shared,gossip,own,shared-index",
+        help="1 worker; N with shared in-flight; N with shared in-flight and prefix gossip (what the gateway "
+        "does); N with per-worker in-flight; N sharing one prefix index (the upper bound of converging "
+        "prefix state)",
     )
     p.add_argument("--duration", type=float, default=120.0)
     p.add_argument("--warmup", type=float, default=30.0)
@@ -152,20 +198,21 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"tuning": TUNING_SET, "validation": VALIDATION_SET}
     chosen = [*runs] if args.set == "both" else [args.set]
     n = args.workers
-    all_modes = {"1": (1, False, False), "shared": (n, True, False), "own": (n, False, False),
-                 "shared-index": (n, True, True)}  # fmt: skip
+    all_modes = {"1": (1, False, False, False), "shared": (n, True, False, False),
+                 "gossip": (n, True, False, True), "own": (n, False, False, False),
+                 "shared-index": (n, True, True, False)}  # fmt: skip
     modes = [all_modes[m] for m in args.modes.split(",")]
     rows: list[dict[str, Any]] = []
     for name in chosen:
         for fam, seed in runs[name]:
             qps = round(args.load * caps[fam], 3)
-            for w, shared, shared_index in modes:
-                r = run_workers(fam, seed, qps, w, shared, args.duration, args.warmup, shared_index)
+            for w, shared, shared_index, gossip in modes:
+                r = run_workers(fam, seed, qps, w, shared, args.duration, args.warmup, shared_index, gossip)
                 r["set"] = name
                 rows.append(r)
                 print(
                     f"{name} {fam}/{seed} workers {w} {'shared' if shared else 'own'} in-flight"
-                    f"{', shared index' if shared_index else ''}: "
+                    f"{', shared index' if shared_index else ''}{', prefix gossip' if gossip else ''}: "
                     f"p90 {report._fmt(r['ttft_p90'], digits=3)} s, "
                     f"hit {report._fmt(r['prefix_hit_rate'], digits=3)}",
                     file=sys.stderr,
@@ -179,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r['set']} | {r['family']} | {r['seed']} | {r['workers']} | "
             f"{'shared' if r['shared_inflight'] else ('-' if r['workers'] == 1 else 'per worker')} | "
-            f"{'shared (bound)' if r['shared_index'] else '-' if r['workers'] == 1 else 'per worker'} | "
+            f"{_index_mode(r)} | "
             f"{report._fmt(r['ttft_p50'], 1000, 0)} | {report._fmt(r['ttft_p90'], 1000, 0)} | "
             f"{report._fmt(r['prefix_hit_rate'], digits=3)} |"
         )

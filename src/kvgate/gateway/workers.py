@@ -6,10 +6,11 @@ processes that all listen on the data port (``SO_REUSEPORT``); each is a complet
 
 What this trades: in-flight counts are shared (``gateway.shared_inflight``: each worker publishes
 its own per-endpoint counts into a shared-memory table and folds the others' into its endpoints every
-``SHARED_INFLIGHT_SYNC_S``), so every worker balances on the fleet-wide load. The round-robin cursor and
-the approximate prefix index stay per worker; scraped metrics (queue, KV use) are the same truth for
-all, seen by each worker's own scraper. So with N workers a prefix group can be learned by up to N
-workers and placed on up to N replicas. Keep the default (1) unless the gateway's own CPU is the
+``SHARED_INFLIGHT_SYNC_S``), so every worker balances on the fleet-wide load. Prefix state converges: each
+worker sends its prefix-index insertions to the others every few ms over unix datagram sockets
+(``gateway.prefix_gossip``, lossy, never blocking) and applies theirs. The round-robin cursor stays
+per worker; scraped metrics (queue, KV use) are the same truth for
+all, seen by each worker's own scraper. Keep the default (1) unless the gateway's own CPU is the
 bottleneck.
 
 The supervisor (this module) holds no data path. It reserves the port (bound, not listening, so it
@@ -28,8 +29,10 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -69,6 +72,7 @@ def _worker_main(
     lifeline: Connection,
     admin_on_data: bool,
     shared: tuple[str, Any, int] | None = None,
+    gossip_dir: str | None = None,
 ) -> None:
     """Entry point of one worker process: a full gateway on the shared port, admin on loopback.
 
@@ -82,7 +86,7 @@ def _worker_main(
     # The supervisor handles Ctrl-C for the whole group: a worker only drains on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pools = build_pools(cfg)
-    uvloop.run(_worker(cfg, pools, index, report, lifeline, admin_on_data, shared))
+    uvloop.run(_worker(cfg, pools, index, report, lifeline, admin_on_data, shared, gossip_dir))
 
 
 async def _worker(
@@ -93,6 +97,7 @@ async def _worker(
     lifeline: Connection,
     admin_on_data: bool,
     shared: tuple[str, Any, int] | None = None,
+    gossip_dir: str | None = None,
 ) -> None:
     from kvgate.gateway.cli import tune_gc
     from kvgate.gateway.server import GatewayServer
@@ -113,9 +118,13 @@ async def _worker(
 
     loop.add_reader(lifeline.fileno(), supervisor_gone)
     sync = asyncio.create_task(_share_inflight(pools, index, shared)) if shared is not None else None
+    gossip = None
+    if gossip_dir is not None and shared is not None:
+        gossip = asyncio.create_task(_share_prefixes(pools, index, gossip_dir, shared[2]))
     await stop.wait()
-    if sync is not None:
-        sync.cancel()
+    for task in (sync, gossip):
+        if task is not None:
+            task.cancel()
     await server.stop()
 
 
@@ -131,6 +140,29 @@ async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, 
             await asyncio.sleep(SHARED_INFLIGHT_SYNC_S)
     finally:
         view.close()
+
+
+async def _share_prefixes(pools: list[Any], index: int, directory: str, workers: int) -> None:
+    """Publish this worker's prefix-index insertions to the others and apply theirs (lossy, batched)."""
+    from kvgate.gateway.prefix_gossip import PREFIX_GOSSIP_S, DatagramChannel, PrefixGossip, pool_indexes
+
+    channel = DatagramChannel(directory, index, workers)
+    gossip = PrefixGossip(pool_indexes(pools), index, channel.send)
+    loop = asyncio.get_running_loop()
+
+    def on_readable() -> None:
+        for data in channel.drain():
+            gossip.receive(data)
+
+    loop.add_reader(channel.fileno(), on_readable)
+    try:
+        while True:
+            await asyncio.sleep(PREFIX_GOSSIP_S)
+            gossip.flush()
+    finally:
+        loop.remove_reader(channel.fileno())
+        gossip.close()
+        channel.close()
 
 
 # --- metrics merge -----------------------------------------------------------------------------
@@ -181,6 +213,7 @@ class Supervisor:
         self._session: aiohttp.ClientSession | None = None
         self._admin: asyncio.Server | None = None
         self.shared: Any = None  # SharedInFlight (owner view) when workers > 1
+        self.gossip_dir: str | None = None  # where the workers' prefix-gossip sockets live (workers > 1)
 
     # --- ports -------------------------------------------------------------------------------
     def reserve_port(self) -> int:
@@ -209,7 +242,7 @@ class Supervisor:
             shared = (self.shared.name, self.shared.lock, self.n)
         proc = self.ctx.Process(
             target=_worker_main,
-            args=(wcfg, i, send, life_r, self.cfg.admin_port is None, shared),
+            args=(wcfg, i, send, life_r, self.cfg.admin_port is None, shared, self.gossip_dir),
             name=f"kvgate-worker-{i}",
         )
         proc.start()
@@ -355,6 +388,7 @@ class Supervisor:
             from kvgate.gateway.shared_inflight import SharedInFlight
 
             self.shared = SharedInFlight.create(self.n, self.ctx.Lock())
+            self.gossip_dir = tempfile.mkdtemp(prefix="kvgate-gossip-")  # short: unix paths max 107 bytes
         try:
             await asyncio.gather(*(self.start_worker(i) for i in range(self.n)))
             if any(p is None for p in self.admin_ports):
@@ -381,6 +415,8 @@ class Supervisor:
                 self._reserve.close()
             if self.shared is not None:
                 self.shared.close()
+            if self.gossip_dir is not None:
+                shutil.rmtree(self.gossip_dir, ignore_errors=True)
             await self._session.close()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import xxhash
@@ -67,6 +67,9 @@ class PrefixIndex:
         self._cap: dict[str, int] = {}
         self._rev: dict[int, int] = {}  # block hash -> bitmask of endpoint slots holding it
         self.total = 0
+        # Told of every local insertion (``add``), never of ``apply_remote`` ones: how ``--workers``
+        # processes share what each learned (the transport lives in gateway/, not here).
+        self.listener: Callable[[str, Sequence[int]], None] | None = None
 
     def __len__(self) -> int:
         return self.total
@@ -128,6 +131,16 @@ class PrefixIndex:
                 added += 1
         self.total += added
         self._evict(address, self._limit(address))
+        if self.listener is not None:
+            self.listener(address, hashes)
+
+    def apply_remote(self, address: str, hashes: Sequence[int]) -> None:
+        """Record blocks another gateway worker routed to ``address`` (not told to ``listener``: no echo)."""
+        listener, self.listener = self.listener, None
+        try:
+            self.add(address, hashes)
+        finally:
+            self.listener = listener
 
     def match(self, hashes: Sequence[int], addresses: Sequence[str]) -> list[int]:
         """Leading blocks of ``hashes`` each address holds, aligned with ``addresses``."""

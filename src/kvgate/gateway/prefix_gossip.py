@@ -1,0 +1,203 @@
+"""Prefix-index insertions shared between ``--workers`` processes: lossy gossip over unix datagrams.
+
+With N workers each worker's approximate prefix index learns only the requests *it* routed, so a
+prefix group is learned N times and spread over up to N replicas. Here every worker records its own
+insertions (endpoint, block hashes) as they happen, and every ``PREFIX_GOSSIP_S`` sends them, batched
+and deduplicated, to the other workers, which apply them to their own index
+(``PrefixIndex.apply_remote``, which does not echo them back).
+
+Lossy on purpose: sends never block (a full peer socket, a peer restarting or not yet bound drops
+the datagram, counted in ``dropped``), and a worker that records more than ``max_pending`` hashes
+between two flushes drops the rest. A lost insertion only costs a cache hit the index would have
+predicted; the next request of the same prefix re-publishes it. Bounded: the pending batch, and one
+datagram of at most ``MAX_DATAGRAM`` bytes at a time.
+
+Wire format (little-endian), one datagram: ``u8 version, u8 sender`` then records until the end, each
+``u8 index id, u8 address length, u16 hash count, address bytes, hash count x u64``. An index id is the
+position of a prefix scorer in the worker's pools (the same config in every worker, so the same ids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+
+from kvgate.scheduling.prefix import PrefixIndex
+
+VERSION = 1
+PREFIX_GOSSIP_S = 0.005  # how long a worker's insertion may wait before the others hear of it
+MAX_DATAGRAM = 60_000  # well under the default unix datagram limit (SO_SNDBUF ~208 KiB)
+DEFAULT_MAX_PENDING = 200_000  # hashes between two flushes (~1.6 MB): past it, insertions are dropped
+_HEAD = struct.Struct("<BB")
+_REC = struct.Struct("<BBH")
+_MAX_HASHES = (MAX_DATAGRAM - _HEAD.size - _REC.size - 255) // 8
+
+Record = tuple[int, str, Sequence[int]]
+
+
+def encode(sender: int, records: Sequence[Record]) -> list[bytes]:
+    """Datagrams of at most ``MAX_DATAGRAM`` bytes carrying ``records`` (long ones are split)."""
+    out: list[bytes] = []
+    parts: list[bytes] = [_HEAD.pack(VERSION, sender)]
+    size = _HEAD.size
+    for idx, address, hashes in records:
+        addr = address.encode()
+        if len(addr) > 255 or idx > 255:
+            continue  # not representable: stays local
+        for start in range(0, len(hashes), _MAX_HASHES):
+            chunk = array("Q", hashes[start : start + _MAX_HASHES])
+            rec = _REC.pack(idx, len(addr), len(chunk)) + addr + chunk.tobytes()
+            if size + len(rec) > MAX_DATAGRAM:
+                out.append(b"".join(parts))
+                parts, size = [_HEAD.pack(VERSION, sender)], _HEAD.size
+            parts.append(rec)
+            size += len(rec)
+    if len(parts) > 1:
+        out.append(b"".join(parts))
+    return out
+
+
+def decode(data: bytes) -> tuple[int, list[Record]]:
+    """(sender, records); raises ValueError on a datagram this version cannot read."""
+    if len(data) < _HEAD.size:
+        raise ValueError("short datagram")
+    version, sender = _HEAD.unpack_from(data)
+    if version != VERSION:
+        raise ValueError(f"gossip version {version}")
+    pos = _HEAD.size
+    out: list[Record] = []
+    while pos < len(data):
+        if pos + _REC.size > len(data):
+            raise ValueError("truncated record")
+        idx, alen, n = _REC.unpack_from(data, pos)
+        pos += _REC.size
+        end = pos + alen + 8 * n
+        if end > len(data):
+            raise ValueError("truncated record")
+        address = data[pos : pos + alen].decode()
+        hashes = array("Q")
+        hashes.frombytes(data[pos + alen : end])
+        out.append((idx, address, hashes))
+        pos = end
+    return sender, out
+
+
+class PrefixGossip:
+    """One worker's side: records its indexes' insertions, flushes them through ``send``, applies others'."""
+
+    def __init__(
+        self,
+        indexes: Sequence[PrefixIndex],
+        worker: int,
+        send: Callable[[bytes], None],
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
+        self.indexes = list(indexes)
+        self.worker = worker
+        self.send = send
+        self.max_pending = max_pending
+        # (index id, address) -> hashes in insertion order, deduplicated (a dict as an ordered set)
+        self._pending: dict[tuple[int, str], dict[int, None]] = {}
+        self._count = 0
+        self.dropped = 0  # insertions dropped for the pending bound
+        self.applied = 0  # remote records applied
+        self.bad = 0  # datagrams that did not decode
+        for i, index in enumerate(self.indexes):
+            index.listener = self._recorder(i)
+
+    def _recorder(self, i: int) -> Callable[[str, Sequence[int]], None]:
+        def record(address: str, hashes: Sequence[int]) -> None:
+            if self._count + len(hashes) > self.max_pending:
+                self.dropped += 1
+                return
+            pending = self._pending.get((i, address))
+            if pending is None:
+                pending = self._pending[(i, address)] = {}
+            before = len(pending)
+            pending.update(dict.fromkeys(hashes))
+            self._count += len(pending) - before
+
+        return record
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        records = [(i, a, list(h)) for (i, a), h in self._pending.items()]
+        self._pending.clear()
+        self._count = 0
+        for datagram in encode(self.worker, records):
+            self.send(datagram)
+
+    def receive(self, data: bytes) -> None:
+        try:
+            sender, records = decode(data)
+        except (ValueError, UnicodeDecodeError):
+            self.bad += 1
+            return
+        if sender == self.worker:
+            return
+        for idx, address, hashes in records:
+            if idx < len(self.indexes):
+                self.indexes[idx].apply_remote(address, hashes)
+                self.applied += 1
+
+    def close(self) -> None:
+        for index in self.indexes:
+            index.listener = None
+
+
+def socket_path(directory: str, worker: int) -> str:
+    return os.path.join(directory, f"w{worker}.sock")
+
+
+class DatagramChannel:
+    """Worker ``worker``'s end of a unix-datagram mesh in ``directory``: one bound socket per worker;
+    ``send`` goes to every other worker's path, never blocking (a failed send is dropped and counted)."""
+
+    def __init__(self, directory: str, worker: int, workers: int) -> None:
+        self.path = socket_path(directory, worker)
+        self.peers = [socket_path(directory, w) for w in range(workers) if w != worker]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # a restarted worker's predecessor's socket
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.bind(self.path)
+        self.dropped = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, data: bytes) -> None:
+        for peer in self.peers:
+            try:
+                self.sock.sendto(data, peer)
+            except OSError:  # full (EAGAIN), peer not bound yet / restarting (ENOENT, ECONNREFUSED)
+                self.dropped += 1
+
+    def drain(self, limit: int = 256) -> Iterator[bytes]:
+        """Datagrams waiting, at most ``limit`` (the event loop calls again while more are queued)."""
+        for _ in range(limit):
+            try:
+                yield self.sock.recv(MAX_DATAGRAM + 1024)
+            except (BlockingIOError, InterruptedError):
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def pool_indexes(pools: Sequence[object]) -> list[PrefixIndex]:
+    """Every prefix scorer's index in ``pools`` (objects with ``director.handle``), in config order."""
+    from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
+
+    out: list[PrefixIndex] = []
+    for pool in pools:
+        handle = pool.director.handle  # type: ignore[attr-defined]
+        out.extend(p.index for p in handle.plugins.values() if isinstance(p, PrefixCacheScorer))
+    return out
