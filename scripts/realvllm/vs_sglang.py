@@ -84,12 +84,15 @@ def server_ttft(text: str) -> tuple[float, float]:
     return total, n
 
 
-def run(name: str, base: str, servers: list, prompts: list[str]) -> dict[str, float]:
+def run(name: str, base: str, servers: list, prompts: list[str], gap: float = 0.0) -> dict[str, float]:
     reset_caches(servers)
     time.sleep(0.5)
     texts = [s.metrics_text() for s in servers]
     before, tb = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
-    times = [ttft(base, p) for p in prompts]
+    times = []
+    for p in prompts:
+        time.sleep(gap)
+        times.append(ttft(base, p))
     texts = [s.metrics_text() for s in servers]
     after, ta = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
     q = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
@@ -113,13 +116,25 @@ def main() -> int:
     ap.add_argument("--prefix-words", type=int, default=950)
     ap.add_argument("--routers", default="kvgate,kvgate-off,sglang")
     ap.add_argument("--probe", action="store_true", help="first: miss vs hit TTFT straight to one server")
+    ap.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        help="seconds between requests (> 1: past vLLM's 1 s post-request busy-spin)",
+    )
+    ap.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="pin server i's worker to core i (vLLM's 'auto' pins both to core 0)",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="passes; every other one in reverse order")
     args = ap.parse_args()
     sg = peers.PEERS["sglang-router"]
     peers.ensure_installed(sg)
     ports = free_ports(6)
     specs = [ServerSpec(ports[i], events_port=ports[2 + i], replay_port=ports[4 + i], num_gpu_blocks=64,
-                        max_model_len=4096) for i in range(2)]  # fmt: skip
+                        max_model_len=4096, omp_bind=str(i) if args.split_cores else None)
+             for i in range(2)]  # fmt: skip
     log_dir = Path(tempfile.mkdtemp(prefix="kvgate-vs-sglang-"))
     prompts = workload(args.tenants, args.per_tenant, args.prefix_words, args.seed)
     results: dict[str, list[dict[str, float]]] = {}
@@ -164,7 +179,9 @@ def main() -> int:
             try:
                 wait_http(f"http://127.0.0.1:{port}" + ("/health" if r == "sglang" else "/healthz"), proc)
                 time.sleep(1.0)
-                results.setdefault(name, []).append(run(name, f"http://127.0.0.1:{port}", servers, prompts))
+                results.setdefault(name, []).append(
+                    run(name, f"http://127.0.0.1:{port}", servers, prompts, args.gap)
+                )
             finally:
                 proc.terminate()
                 proc.wait(20)

@@ -117,6 +117,10 @@ class ServerSpec:
     hash_seed: str | None = None  # PYTHONHASHSEED (None: vLLM's fixed default seed for sha256)
     # Skip torch.compile: its cache fails to reload on this CPU build, so every start recompiled (minutes).
     enforce_eager: bool = True
+    # VLLM_CPU_OMP_THREADS_BIND (None: vLLM's "auto"). On a 2-core machine "auto" pins EVERY server's
+    # worker to core 0; after each request a worker busy-spins for 1 s (vLLM's shm_broadcast
+    # SpinCondition), so a request to another server within that second waits ~1 s for the core.
+    omp_bind: str | None = None
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -185,6 +189,8 @@ class VLLMServer:
             DO_NOT_TRACK="1",
             OMP_NUM_THREADS="1",
         )
+        if self.spec.omp_bind is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.spec.omp_bind
         env.pop("PYTHONHASHSEED", None)
         if self.spec.hash_seed is not None:
             env["PYTHONHASHSEED"] = self.spec.hash_seed
