@@ -210,15 +210,7 @@ class MultiClusterSim:
             self.live.pop(r.rid, None)
             if r.measured:
                 self.lost[r.phase] += 1
-                self.collectors[r.phase].add(
-                    start=r.start,
-                    ok=False,
-                    ttft=None,
-                    e2e=None,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    error="lost",
-                )
+                self._record_failure(r, "lost")
             return
         name = r.order[r.attempt]
         st = self.gw_states[r.gateway][name]
@@ -316,6 +308,11 @@ class MultiClusterSim:
         by[r.cluster] = by.get(r.cluster, 0) + 1
         self.timeline.append((r.start, r.cluster, ttft))
 
+    def _record_failure(self, r: _Req, error: str) -> None:
+        self.collectors[r.phase].add(
+            start=r.start, ok=False, ttft=None, e2e=None, prompt_tokens=0, completion_tokens=0, error=error
+        )
+
     # --- the cluster loss -------------------------------------------------------------------------
     def _lose(self, name: str) -> None:
         c = self.clusters[name]
@@ -328,15 +325,7 @@ class MultiClusterSim:
                 self.live.pop(r.rid, None)
                 if r.measured:
                     self.cut[r.phase] += 1
-                    self.collectors[r.phase].add(
-                        start=r.start,
-                        ok=False,
-                        ttft=None,
-                        e2e=None,
-                        prompt_tokens=0,
-                        completion_tokens=0,
-                        error="cut",
-                    )
+                    self._record_failure(r, "cut")
                 continue
             # Not started: the connection resets, the gateway retries on the next cluster in its order.
             r.replica = -1
