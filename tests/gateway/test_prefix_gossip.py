@@ -12,9 +12,18 @@ from collections import Counter
 import aiohttp
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.test_workers import _requests_per_worker, serve_workers
-from kvgate.gateway.prefix_gossip import MAX_DATAGRAM, DatagramChannel, PrefixGossip, decode, encode
+from kvgate.gateway.prefix_gossip import (
+    MAX_DATAGRAM,
+    DatagramChannel,
+    GossipCollector,
+    PrefixGossip,
+    decode,
+    encode,
+)
 from kvgate.scheduling.prefix import PrefixIndex
 
 
@@ -68,6 +77,61 @@ def test_insertions_cross_real_sockets_and_do_not_echo() -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    out: dict[tuple[str, str], float] = {}
+    for fam in text_string_to_metric_families(generate_latest(registry).decode()):
+        for smp in fam.samples:
+            out[(smp.name, smp.labels.get("reason", ""))] = smp.value
+    return out
+
+
+def test_collector_exposes_drops_by_reason_and_applied_records() -> None:
+    d = tempfile.mkdtemp(prefix="kvg-")
+    chans = [DatagramChannel(d, w, 2) for w in range(2)]
+    idx = [PrefixIndex(), PrefixIndex()]
+    gossips = [PrefixGossip([idx[w]], w, chans[w].send, max_pending=4) for w in range(2)]
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    for w in range(2):
+        registries[w].register(GossipCollector(gossips[w], chans[w]))
+    try:
+        idx[0].add("a:1", [1, 2, 3])
+        idx[0].add("a:1", [4, 5, 6])  # past the pending bound of 4
+        gossips[0].flush()
+        deadline = time.monotonic() + 10
+        got: list[bytes] = []
+        while not got and time.monotonic() < deadline:
+            got = list(chans[1].drain())
+            time.sleep(0.01)
+        for data in got:
+            gossips[1].receive(data)
+        gossips[1].receive(b"\x09")  # too short to decode
+        chans[1].close()
+        idx[0].add("b:1", [7])
+        gossips[0].flush()  # the peer is gone: a failed send
+        m0, m1 = _samples(registries[0]), _samples(registries[1])
+        assert m0[("kvgate_prefix_gossip_dropped_total", "pending_bound")] == 1
+        assert m0[("kvgate_prefix_gossip_dropped_total", "send_failed")] == 1
+        assert m1[("kvgate_prefix_gossip_dropped_total", "undecodable")] == 1
+        assert m1[("kvgate_prefix_gossip_applied_total", "")] == 1
+        assert m0[("kvgate_prefix_gossip_applied_total", "")] == 0
+    finally:
+        for c in chans:
+            c.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+async def _gossip_applied_per_worker(admin: int) -> dict[str, float]:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+        text = await r.text()
+    return {
+        smp.labels["worker"]: smp.value
+        for fam in text_string_to_metric_families(text)
+        if fam.name == "kvgate_prefix_gossip_applied"
+        for smp in fam.samples
+        if smp.name.endswith("_total")
+    }
+
+
 def test_pending_batch_is_bounded() -> None:
     index = PrefixIndex()
     sent: list[bytes] = []
@@ -99,7 +163,10 @@ async def test_a_prefix_routed_by_one_worker_is_honoured_by_the_other(backends):
                     async with s.post(url, data=body) as r:
                         assert r.status == 200
         per = await _requests_per_worker(admin)
+        applied = await _gossip_applied_per_worker(admin)
     assert set(per) == {"0", "1"} and min(per.values()) > 0  # both workers routed some
+    # Both workers heard the other's insertions, and say so on the merged /metrics.
+    assert set(applied) == {"0", "1"} and min(applied.values()) > 0, applied
     placed: dict[int, Counter[str]] = {i: Counter() for i in range(len(prefixes))}
     for b in bs:
         for _, _, body in b.received:

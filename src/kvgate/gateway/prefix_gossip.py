@@ -26,6 +26,9 @@ import struct
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
 from kvgate.scheduling.prefix import PrefixIndex
 
 VERSION = 1
@@ -190,6 +193,31 @@ class DatagramChannel:
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+class GossipCollector(Collector):
+    """The gossip's counters on the worker's ``/metrics`` (merged with a ``worker`` label): a rising
+    drop count means workers' prefix indexes diverge and hit rates fall toward N separate pickers."""
+
+    def __init__(self, gossip: PrefixGossip, channel: DatagramChannel) -> None:
+        self.gossip = gossip
+        self.channel = channel
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        dropped = CounterMetricFamily(
+            "kvgate_prefix_gossip_dropped",
+            "Prefix-index insertions or datagrams this worker failed to share, by reason",
+            labels=["reason"],
+        )
+        dropped.add_metric(["pending_bound"], self.gossip.dropped)
+        dropped.add_metric(["send_failed"], self.channel.dropped)
+        dropped.add_metric(["undecodable"], self.gossip.bad)
+        yield dropped
+        yield CounterMetricFamily(
+            "kvgate_prefix_gossip_applied",
+            "Insertion records received from other workers and applied to this worker's prefix index",
+            value=self.gossip.applied,
+        )
 
 
 def pool_indexes(pools: Sequence[object]) -> list[PrefixIndex]:

@@ -144,10 +144,20 @@ async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, 
 
 async def _share_prefixes(pools: list[Any], index: int, directory: str, workers: int) -> None:
     """Publish this worker's prefix-index insertions to the others and apply theirs (lossy, batched)."""
-    from kvgate.gateway.prefix_gossip import PREFIX_GOSSIP_S, DatagramChannel, PrefixGossip, pool_indexes
+    from prometheus_client import REGISTRY
+
+    from kvgate.gateway.prefix_gossip import (
+        PREFIX_GOSSIP_S,
+        DatagramChannel,
+        GossipCollector,
+        PrefixGossip,
+        pool_indexes,
+    )
 
     channel = DatagramChannel(directory, index, workers)
     gossip = PrefixGossip(pool_indexes(pools), index, channel.send)
+    collector = GossipCollector(gossip, channel)
+    REGISTRY.register(collector)  # this worker process's default registry, served on its /metrics
     loop = asyncio.get_running_loop()
 
     def on_readable() -> None:
@@ -161,6 +171,7 @@ async def _share_prefixes(pools: list[Any], index: int, directory: str, workers:
             gossip.flush()
     finally:
         loop.remove_reader(channel.fileno())
+        REGISTRY.unregister(collector)
         gossip.close()
         channel.close()
 
