@@ -27,6 +27,10 @@ class EppMetrics:
         r = self.registry
         self.streams = Gauge("kvgate_epp_streams_active", "ext_proc streams open now", registry=r)
         self.picks = Counter("kvgate_epp_picks_total", "Requests given an endpoint", registry=r)
+        self.inflight = Gauge(
+            "kvgate_epp_inflight_requests", "Requests given an endpoint whose response has not ended",
+            registry=r,
+        )  # fmt: skip
         self.rejections = Counter(
             "kvgate_epp_rejections_total", "ImmediateResponse errors by HTTP status", ["status"], registry=r
         )
@@ -53,6 +57,7 @@ class EppMetrics:
     # Observer protocol used by kvgate.extproc.session
     def picked(self, result: PickResult, seconds: float, body_bytes: int) -> None:
         self.picks.inc()
+        self.inflight.inc()
         self.pick_seconds.observe(seconds)
         self.body_bytes.observe(body_bytes)
 
@@ -60,6 +65,7 @@ class EppMetrics:
         self.rejections.labels(str(status)).inc()
 
     def finished(self, usage: Usage | None, ok: bool, streaming: bool) -> None:
+        self.inflight.dec()
         self.responses.labels(str(ok).lower(), str(streaming).lower()).inc()
         if usage is not None:
             self.prompt_tokens.inc(usage.prompt_tokens)

@@ -1,38 +1,61 @@
-"""Endpoint mode: ask a cluster's EPP (Envoy ext_proc, FULL_DUPLEX_STREAMED) which pod should serve a request.
+"""Endpoint mode: a cluster's EPP (Envoy ext_proc, FULL_DUPLEX_STREAMED) picks the pod and follows the
+request to its end, as it would behind Envoy.
 
-The global gateway plays Envoy's part of the stream up to the pick: request headers, the body, then reads the
-EPP's header mutation (``x-gateway-destination-endpoint``) or its ImmediateResponse (an error status). The
-stream is then closed: the remote EPP counts the request as finished early, so its in-flight accounting for
-Endpoint-mode traffic is shorter than the request (its scraped metrics still see the load).
+The global gateway plays Envoy's part of one ``Process`` stream for the request's whole life:
+
+1. request headers and body; the EPP answers with its header mutation (``x-gateway-destination-endpoint``,
+   control headers stripped) and the body back (rewritten when it rewrote the model), or with an
+   ImmediateResponse (an error status). The pod gets the mutated headers and body, as through Envoy;
+2. the pod's response headers (``:status``, content type, the served pod in ``envoy.lb`` metadata); the
+   EPP's answer mutates the client's response headers;
+3. the response body, in the processing mode the stream runs in (the declared FULL_DUPLEX_STREAMED,
+   unless the EPP's ``mode_override`` asked for less). When the EPP changed the request body (a model
+   rewrite) every chunk goes through it and the client gets what it returns (the model name put back),
+   exactly as with Envoy. Otherwise the client's bytes go straight to it and the EPP gets only what its
+   session reads: the body up to the first generated token (first-token and prefill accounting), then
+   the stream's last bytes (``usage``) with end_of_stream, which ends its in-flight accounting; a JSON
+   reply goes whole at the end (``usage``) when it is at most ``JSON_BYTES``;
+4. the client leaving, the pod failing mid-way or a failover cancels the stream, which ends the
+   request on the EPP (``Session.close``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from google.protobuf import struct_pb2
 
 from kvgate.multicluster.fetcher import RECONNECT
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
+from kvgate.openai.sse import SSEScanner
+
+log = logging.getLogger("kvgate.multicluster.epp")
 
 _MODE = processing_mode_pb2.ProcessingMode
 _PROTOCOL = pb.ProtocolConfiguration(
     request_body_mode=_MODE.FULL_DUPLEX_STREAMED, response_body_mode=_MODE.FULL_DUPLEX_STREAMED
 )
 _CHUNK = 62_000
-
-
-@dataclass(slots=True)
-class EppPick:
-    address: str | None = None  # host:port of the chosen pod
-    status: int | None = None  # the EPP's ImmediateResponse status (429, 503, ...), when it refused
+# The end of a stream the EPP reads ``usage`` from (vLLM's usage event is the last before [DONE]).
+TAIL_BYTES = 64 << 10
+# A JSON reply up to this size goes to the EPP whole at the end (its ``usage``); a larger one, only the end.
+JSON_BYTES = 1 << 20
+# A stream silent towards the EPP this long gets an empty body message: the EPP cancels a stream with no
+# message for its --stream-idle-timeout (600 s), which would end the request's accounting early.
+KEEPALIVE_S = 60.0
+# Metadata Envoy sends with the response headers: the pod that actually served.
+_LB, _SERVED = "envoy.lb", "x-gateway-destination-endpoint-served"
 
 
 def _headers(headers: Mapping[str, str]) -> base_pb2.HeaderMap:
@@ -41,11 +64,306 @@ def _headers(headers: Mapping[str, str]) -> base_pb2.HeaderMap:
     )
 
 
-class EppClient:
-    """One gRPC channel per EPP address; ``pick`` raises ``grpc.aio.AioRpcError`` / ``TimeoutError``."""
+def _value(h: base_pb2.HeaderValue) -> str:
+    return h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
 
-    def __init__(self, *, timeout_s: float = 2.0) -> None:
+
+@dataclass(slots=True)
+class Mutation:
+    """One HeadersResponse's header mutation."""
+
+    sets: dict[str, str] = field(default_factory=dict)
+    removes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, common: pb.CommonResponse) -> Mutation:
+        hm = common.header_mutation
+        sets = {h.header.key.lower(): _value(h.header) for h in hm.set_headers}
+        return cls(sets, tuple(k.lower() for k in hm.remove_headers))
+
+    def apply(self, headers: Mapping[str, str], drop: frozenset[str] = frozenset()) -> dict[str, str]:
+        gone = set(self.removes) | drop
+        out = {k: v for k, v in headers.items() if k.lower() not in gone and k.lower() not in self.sets}
+        out.update((k, v) for k, v in self.sets.items() if k not in drop)
+        return out
+
+
+class EppStream:
+    """One request's open ext_proc stream, after the pick. ``address`` is None when the EPP refused
+    (``status``) or named no pod; the stream is already closed then."""
+
+    def __init__(
+        self,
+        call: grpc.aio.StreamStreamCall | None,
+        *,
+        timeout_s: float,
+        clock: Callable[[], float],
+        address: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        self._call = call
         self.timeout_s = timeout_s
+        self.clock = clock
+        self.address = address
+        self.status = status
+        self.request_mutation = Mutation()
+        self.body: bytes = b""  # the body to send the pod (the EPP's, when it streamed one back)
+        self.rewritten = False  # the EPP changed the request body: the response goes through it
+        self.send_response_headers = True  # the EPP's mode_override may say SKIP
+        self.send_response_body = True  # ... or response_body_mode NONE
+        self._reader: asyncio.Task[None] | None = None
+        self._out: asyncio.Queue[bytes | BaseException | None] | None = None
+        self._last_write = clock()
+        self.ended = False  # end_of_stream reached the EPP: it closed the request's accounting
+
+    # ---- the pick ---------------------------------------------------------------------------------
+    async def _read(self) -> pb.ProcessingResponse | None:
+        assert self._call is not None
+        msg = await asyncio.wait_for(self._call.read(), self.timeout_s)
+        return None if msg is grpc.aio.EOF else msg
+
+    async def _write(self, msg: pb.ProcessingRequest) -> None:
+        assert self._call is not None
+        await asyncio.wait_for(self._call.write(msg), self.timeout_s)
+        self._last_write = self.clock()
+
+    async def _pick(self, path: str, headers: Mapping[str, str], body: bytes) -> None:
+        first = pb.ProcessingRequest(
+            request_headers=pb.HttpHeaders(
+                headers=_headers({":method": "POST", ":path": path, **headers}), end_of_stream=False
+            )
+        )
+        first.protocol_config.CopyFrom(_PROTOCOL)
+        await self._write(first)
+        pieces = [body[i : i + _CHUNK] for i in range(0, len(body), _CHUNK)] or [b""]
+        for i, piece in enumerate(pieces):
+            chunk = pb.HttpBody(body=piece, end_of_stream=i == len(pieces) - 1)
+            await self._write(pb.ProcessingRequest(request_body=chunk))
+        self.body = body
+        parts: list[bytes] = []
+        picked = False
+        while True:
+            msg = await self._read()
+            if msg is None:  # the EPP ended the stream without a pick
+                break
+            kind = msg.WhichOneof("response")
+            if kind == "immediate_response":
+                self.status = int(msg.immediate_response.status.code)
+                break
+            if msg.HasField("mode_override"):
+                self._override(msg.mode_override)
+            if kind == "request_headers":
+                self.request_mutation = Mutation.of(msg.request_headers.response)
+                dest = self.request_mutation.sets.get(DESTINATION_ENDPOINT, "")
+                self.address = dest.split(",")[0].strip() or None
+                picked = True
+                if self.address is None:
+                    break
+            elif kind == "request_body":
+                streamed = msg.request_body.response.body_mutation.streamed_response
+                parts.append(streamed.body)
+                if streamed.end_of_stream:
+                    break
+            elif kind == "request_trailers" and picked:
+                break
+        if self.address is None:
+            self.cancel()
+            return
+        if parts:
+            sent = b"".join(parts)
+            if sent != body:
+                self.body, self.rewritten = sent, True
+
+    def _override(self, mode: processing_mode_pb2.ProcessingMode) -> None:
+        if mode.response_header_mode == _MODE.SKIP:
+            self.send_response_headers = False
+        if mode.response_body_mode == _MODE.NONE:
+            self.send_response_body = False
+
+    # ---- the response -----------------------------------------------------------------------------
+    async def response_headers(self, status: int, headers: Mapping[str, str], served: str) -> Mutation:
+        """Send the pod's response headers; the EPP's answer says how the client's headers change.
+        Best effort: an EPP that fails here leaves the response alone (and the stream cancelled)."""
+        if self._call is None or not self.send_response_headers:
+            return Mutation()
+        md = base_pb2.Metadata()
+        s = struct_pb2.Struct()
+        s.update({_SERVED: served})
+        md.filter_metadata[_LB].CopyFrom(s)
+        msg = pb.ProcessingRequest(
+            response_headers=pb.HttpHeaders(headers=_headers({":status": str(status), **headers})),
+            metadata_context=md,
+        )
+        try:
+            await self._write(msg)
+            while True:
+                answer = await self._read()
+                if answer is None or answer.WhichOneof("response") == "immediate_response":
+                    self.cancel()
+                    return Mutation()
+                if answer.HasField("mode_override") and answer.mode_override.response_body_mode == _MODE.NONE:
+                    self.send_response_body = False
+                if answer.WhichOneof("response") == "response_headers":
+                    return Mutation.of(answer.response_headers.response)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        except (grpc.aio.AioRpcError, TimeoutError) as e:
+            log.warning("EPP stream failed at the response headers: %s", type(e).__name__)
+            self.cancel()
+            return Mutation()
+
+    def body_through(self, upstream: AsyncIterator[bytes], *, streaming: bool) -> AsyncIterator[bytes]:
+        """The client's body: the EPP's (a rewrite), or the pod's with the EPP told what it reads."""
+        if self._call is None:
+            return upstream
+        if self.rewritten and self.send_response_body:
+            return self._relay(upstream)
+        return self._signals(upstream, streaming=streaming)
+
+    async def _body(self, data: bytes, eos: bool) -> None:
+        for i in range(0, max(len(data), 1), _CHUNK):
+            piece = data[i : i + _CHUNK]
+            last = i + _CHUNK >= len(data)
+            chunk = pb.HttpBody(body=piece, end_of_stream=eos and last)
+            await self._write(pb.ProcessingRequest(response_body=chunk))
+
+    async def _drain(self) -> None:
+        """Read (and drop) the EPP's answers, so its writes never stall the stream."""
+        assert self._call is not None
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            while (await self._call.read()) is not grpc.aio.EOF:
+                pass
+
+    async def _signals(self, upstream: AsyncIterator[bytes], *, streaming: bool) -> AsyncIterator[bytes]:
+        assert self._call is not None
+        self._reader = asyncio.get_running_loop().create_task(self._drain())
+        live = self.send_response_body
+        scanner = SSEScanner() if streaming else None  # reads only up to the first generated token
+        tail: collections.deque[bytes] = collections.deque()  # a stream's last bytes, or a JSON reply
+        held = 0
+        done = False
+        try:
+            async for chunk in upstream:
+                if live:
+                    try:
+                        if scanner is not None:
+                            scanner.feed(chunk)
+                            if scanner.saw_output:
+                                scanner = None
+                            await self._body(chunk, False)
+                        else:
+                            held += len(chunk)
+                            if streaming or held <= JSON_BYTES:
+                                tail.append(chunk)
+                            else:
+                                tail.clear()  # too large to hold for its usage
+                            while streaming and held - len(tail[0]) >= TAIL_BYTES:
+                                held -= len(tail.popleft())
+                            if self.clock() - self._last_write > KEEPALIVE_S:
+                                await self._body(b"", False)
+                    except (grpc.aio.AioRpcError, TimeoutError) as e:
+                        log.warning("EPP stream failed mid-response: %s", type(e).__name__)
+                        live = False
+                        self.cancel()
+                yield chunk
+            done = True
+        finally:
+            if not done:
+                self.cancel()  # the client left or the pod failed: the EPP releases the request
+            elif live:
+                if streaming:
+                    # A newline first ends any partial line the EPP's reader holds from the first chunks.
+                    last = b"".join(tail)[-TAIL_BYTES:]
+                    end = b"\n" + last if last else b""
+                else:
+                    # A JSON reply whole (its usage), or nothing: cut, it would not parse.
+                    end = b"".join(tail) if held <= JSON_BYTES else b""
+                await self._end(end)
+            else:
+                self.cancel()
+
+    async def _end(self, data: bytes) -> None:
+        assert self._call is not None
+        try:
+            await self._body(data, True)
+            self.ended = True
+            await asyncio.wait_for(self._call.done_writing(), self.timeout_s)
+        except (grpc.aio.AioRpcError, TimeoutError) as e:
+            log.warning("EPP stream failed at the end of the response: %s", type(e).__name__)
+            self.cancel()
+            return
+        # The EPP answers and closes; should it not, the stream goes anyway.
+        asyncio.get_running_loop().call_later(self.timeout_s * 5, self.cancel)
+
+    async def _relay(self, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Full duplex: every pod chunk to the EPP, every EPP chunk to the client, until end_of_stream."""
+        assert self._call is not None
+        call = self._call
+        out: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for chunk in upstream:
+                    await self._body(chunk, False)
+                await self._body(b"", True)
+                self.ended = True
+                await call.done_writing()
+            except BaseException as e:  # the pod or the EPP failed: the client's stream is cut
+                out.put_nowait(e)
+                raise
+
+        async def read() -> None:
+            try:
+                while True:
+                    msg = await call.read()
+                    if msg is grpc.aio.EOF:
+                        out.put_nowait(None)
+                        return
+                    if msg.WhichOneof("response") == "response_body":
+                        streamed = msg.response_body.response.body_mutation.streamed_response
+                        if streamed.body:
+                            out.put_nowait(streamed.body)
+                        if streamed.end_of_stream:
+                            out.put_nowait(None)
+                            return
+            except BaseException as e:
+                out.put_nowait(e)
+                raise
+
+        loop = asyncio.get_running_loop()
+        writer, self._reader = loop.create_task(pump()), loop.create_task(read())
+        done = False
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise ConnectionResetError(f"stream through the EPP failed: {type(item).__name__}")
+                yield item
+            done = True
+        finally:
+            if not done or not writer.done():
+                writer.cancel()
+                self.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
+
+    def cancel(self) -> None:
+        """End the stream now (the EPP's session closes and releases the request)."""
+        if self._call is not None:
+            self._call.cancel()
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+
+
+class EppClient:
+    """One gRPC channel per EPP address; ``open`` raises ``grpc.aio.AioRpcError`` / ``TimeoutError``."""
+
+    def __init__(self, *, timeout_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self.clock = clock
         self._channels: dict[tuple[str, bool], grpc.aio.Channel] = {}
 
     def _stub(self, address: str, tls: bool) -> pb_grpc.ExternalProcessorStub:
@@ -59,36 +377,19 @@ class EppClient:
             self._channels[(address, tls)] = ch
         return pb_grpc.ExternalProcessorStub(ch)
 
-    async def pick(self, address: str, path: str, headers: Mapping[str, str], body: bytes, *,
-                   tls: bool = False) -> EppPick:  # fmt: skip
-        call = self._stub(address, tls).Process(timeout=self.timeout_s)
+    async def open(self, address: str, path: str, headers: Mapping[str, str], body: bytes, *,
+                   tls: bool = False) -> EppStream:  # fmt: skip
+        """Ask for a pod; the returned stream stays open for the request's life (``address`` set), or
+        is closed already (the EPP refused: ``status``)."""
+        # No deadline on the call itself: it lives as long as the response. Each step has its own.
+        call = self._stub(address, tls).Process()
+        stream = EppStream(call, timeout_s=self.timeout_s, clock=self.clock)
         try:
-            first = pb.ProcessingRequest(
-                request_headers=pb.HttpHeaders(
-                    headers=_headers({":method": "POST", ":path": path, **headers}), end_of_stream=False
-                )
-            )
-            first.protocol_config.CopyFrom(_PROTOCOL)
-            await call.write(first)
-            pieces = [body[i : i + _CHUNK] for i in range(0, len(body), _CHUNK)] or [b""]
-            for i, piece in enumerate(pieces):
-                chunk = pb.HttpBody(body=piece, end_of_stream=i == len(pieces) - 1)
-                await call.write(pb.ProcessingRequest(request_body=chunk))
-            while True:
-                msg = await asyncio.wait_for(call.read(), self.timeout_s)
-                if msg is grpc.aio.EOF:
-                    return EppPick()
-                kind = msg.WhichOneof("response")
-                if kind == "immediate_response":
-                    return EppPick(status=int(msg.immediate_response.status.code))
-                if kind == "request_headers":
-                    for h in msg.request_headers.response.header_mutation.set_headers:
-                        if h.header.key == DESTINATION_ENDPOINT:
-                            v = h.header.raw_value.decode() if h.header.raw_value else h.header.value
-                            return EppPick(address=v.split(",")[0].strip())
-                    return EppPick()
-        finally:
-            call.cancel()
+            await stream._pick(path, headers, body)
+        except BaseException:
+            stream.cancel()
+            raise
+        return stream
 
     async def close(self) -> None:
         for ch in self._channels.values():

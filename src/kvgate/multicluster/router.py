@@ -11,10 +11,11 @@ is never retried: it is the client's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +23,18 @@ import aiohttp
 import grpc
 
 from kvgate.multicluster.clusters import ClustersConfig
-from kvgate.multicluster.epp_client import EppClient
+from kvgate.multicluster.epp_client import EppClient, EppStream
 from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy
 from kvgate.multicluster.state import ClusterState
+from kvgate.openai.protocol import DESTINATION_ENDPOINT
 
 log = logging.getLogger("kvgate.multicluster.router")
 
 ENDPOINT, PARENT = "endpoint", "parent"
 # Hop-by-hop and length headers are the proxy's own business.
-_DROP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+_DROP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive"})
+# The EPP's routing header is for the gateway, not the pod.
+_TO_POD_DROP = _DROP | {DESTINATION_ENDPOINT}
 
 
 @dataclass(slots=True)
@@ -47,10 +51,11 @@ class Routed:
 
     status: int
     headers: dict[str, str]
-    body: AsyncIterator[bytes]
+    body: AsyncGenerator[bytes, None]  # ``aclose()`` it when done: that settles the accounting
     cluster: str
     mode: str
     attempts: list[Attempt] = field(default_factory=list)
+    epp: EppStream | None = None  # Endpoint mode: the remote EPP's stream, open for the response's life
 
 
 class NoRoute(Exception):
@@ -85,7 +90,7 @@ class GlobalRouter:
         # gets no ACKs and fails in ~idle + interval x probes (11 s), then moves on as not started, instead
         # of hanging to the read timeout. A slow but live cluster ACKs the probes and is left alone.
         self.keepalive: tuple[int, int, int] = (5, 2, 3)
-        self.epp = EppClient(timeout_s=connect_timeout_s * 2)
+        self.epp = EppClient(timeout_s=connect_timeout_s * 2, clock=clock)
         self._session: aiohttp.ClientSession | None = None
         self.counts: dict[tuple[str, str], int] = {}  # (cluster, mode) -> started requests
         self.failovers = 0
@@ -157,12 +162,14 @@ class GlobalRouter:
         spec = st.spec
         if spec.epp is not None:
             try:
-                pick = await self.epp.pick(spec.epp, path, fwd, body, tls=spec.epp_tls)
+                pick: EppStream | None = await self.epp.open(spec.epp, path, fwd, body, tls=spec.epp_tls)
             except (grpc.aio.AioRpcError, TimeoutError, OSError) as e:
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp: {type(e).__name__}"))
                 pick = None
             if pick is not None and pick.address is not None:
-                routed = await self._send(st, ENDPOINT, pick.address, path, fwd, body, attempts)
+                # The pod gets what Envoy would send it: the EPP's header mutation and body.
+                to_pod = pick.request_mutation.apply(fwd, drop=_TO_POD_DROP)
+                routed = await self._send(st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick)
                 if routed is not None:
                     return routed
                 if spec.gateway is not None:
@@ -184,35 +191,64 @@ class GlobalRouter:
         fwd: dict[str, str],
         body: bytes,
         attempts: list[Attempt],
+        epp: EppStream | None = None,
     ) -> Routed | None:
         assert self._session is not None, "start() first"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=300)
         st.dispatched()
+
+        def given_up() -> None:
+            st.finished()
+            if epp is not None:
+                epp.cancel()  # the EPP's session closes the request as failed
+
         try:
             resp = await self._session.post(f"http://{target}{path}", data=body, headers=fwd, timeout=timeout)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            st.finished()
+            given_up()
             attempts.append(Attempt(st.name, mode, target, f"unreachable: {type(e).__name__}"))
             return None
+        except BaseException:
+            given_up()
+            raise
         if resp.status >= 500 or resp.status == 429:
             # Nothing reached the client yet: free to go elsewhere.
             resp.release()
-            st.finished()
+            given_up()
             attempts.append(Attempt(st.name, mode, target, f"status {resp.status}"))
             return None
+        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
+        upstream: AsyncIterator[bytes] = resp.content.iter_any()
+        if epp is not None:
+            # The remote EPP hears the response as from Envoy, so it keeps the request in flight.
+            try:
+                pod_headers = {k.lower(): v for k, v in resp.headers.items()}
+                mutation = await epp.response_headers(resp.status, pod_headers, target)
+            except BaseException:
+                resp.release()
+                given_up()
+                raise
+            headers = mutation.apply(headers, drop=_DROP)
+            streaming = resp.headers.get("content-type", "").startswith("text/event-stream")
+            upstream = epp.body_through(upstream, streaming=streaming)
         attempts.append(Attempt(st.name, mode, target, "ok"))
         self.counts[(st.name, mode)] = self.counts.get((st.name, mode), 0) + 1
-        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
+        response = resp
 
-        async def stream() -> AsyncIterator[bytes]:
+        async def stream() -> AsyncGenerator[bytes, None]:
             try:
-                async for chunk in resp.content.iter_any():
+                async for chunk in upstream:
                     yield chunk
             finally:
-                resp.release()
-                st.finished()
+                try:
+                    if isinstance(upstream, AsyncGenerator):
+                        with contextlib.suppress(Exception):
+                            await upstream.aclose()  # the EPP's end (or its cancel, when cut short)
+                finally:
+                    response.release()
+                    st.finished()
 
-        return Routed(resp.status, headers, stream(), st.name, mode, attempts)
+        return Routed(response.status, headers, stream(), st.name, mode, attempts, epp)
 
     def summary(self) -> list[dict[str, object]]:
         now = self.clock()

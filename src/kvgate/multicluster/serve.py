@@ -106,17 +106,21 @@ class GlobalGateway:
         resp = web.StreamResponse(status=routed.status, headers=routed.headers)
         resp.headers["x-kvgate-cluster"] = routed.cluster
         resp.headers["x-kvgate-route-mode"] = routed.mode
-        await resp.prepare(request)
-        first = parsed.stream
-        async for chunk in routed.body:
-            if first:  # a stream's first bytes: the TTFT this gateway sees from that cluster
-                first = False
-                st = self.router.states.get(routed.cluster)
-                if st is not None:
-                    now = self.clock()
-                    st.observe_ttft(now - t0, now)
-            await resp.write(chunk)
-        await resp.write_eof()
+        try:
+            await resp.prepare(request)
+            first = parsed.stream
+            async for chunk in routed.body:
+                if first:  # a stream's first bytes: the TTFT this gateway sees from that cluster
+                    first = False
+                    st = self.router.states.get(routed.cluster)
+                    if st is not None:
+                        now = self.clock()
+                        st.observe_ttft(now - t0, now)
+                await resp.write(chunk)
+            await resp.write_eof()
+        finally:
+            # Cut short (the client left, a write failed) or done: settle the upstream and the EPP now.
+            await routed.body.aclose()
         return resp
 
     async def _metrics(self, _request: web.Request) -> web.Response:

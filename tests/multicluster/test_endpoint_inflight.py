@@ -1,0 +1,174 @@
+"""Endpoint mode keeps the remote EPP's ext_proc stream open for the request's life (issue #14).
+
+Real gRPC and HTTP on loopback: a global gateway (``GlobalGateway``), one cluster's ``kvgate epp``
+(in process, its metrics port read over HTTP) and a model-server double. The EPP's in-flight gauge must
+stay up while a streamed response is in progress through the global gateway and fall to 0 after it,
+when the client disconnects, and when the pod cuts the stream; the EPP reads the first token and the
+usage; a model rewrite by the EPP reaches the pod and is put back in the client's response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.backend import Backend
+from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.context import AddressIndex, build_epp_director
+from kvgate.extproc.metrics import EppMetrics
+from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.session import SessionContext
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.serve import GlobalGateway
+
+
+class World:
+    def __init__(self, pod: Backend, epp: EppServer, store: EndpointStore, gw: GlobalGateway) -> None:
+        self.pod, self.epp, self.store, self.gw = pod, epp, store, gw
+        self.http = aiohttp.ClientSession()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gw.port}"
+
+    async def epp_metric(self, name: str) -> float:
+        """One sample from the EPP's /metrics, read over HTTP as a scraper would."""
+        async with self.http.get(f"http://127.0.0.1:{self.epp.metrics_port}/metrics") as r:
+            text = await r.text()
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    async def until(self, name: str, value: float, within_s: float = 10.0) -> None:
+        deadline = time.monotonic() + within_s
+        while (got := await self.epp_metric(name)) != value:
+            assert time.monotonic() < deadline, f"{name} stayed {got}, expected {value}"
+            await asyncio.sleep(0.05)
+
+    def pod_inflight(self) -> tuple[int, int]:
+        """(requests, decoding) the EPP's Director holds against the pod."""
+        ep = self.store.all()[0]
+        return ep.inflight.requests, ep.inflight.decoding
+
+
+async def _world(pod: Backend, rewrite: dict[str, str] | None = None) -> tuple[World, list[Any]]:
+    await pod.start()
+    store = EndpointStore.from_addresses([pod.address])
+    metrics = EppMetrics()
+    ctx = SessionContext(
+        build_epp_director(None, store, policy="round-robin"), AddressIndex(store), clock=time.monotonic,
+        observer=metrics, model_rewrite=(rewrite or {}).get,
+    )  # fmt: skip
+    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=0),
+                    metrics=metrics)  # fmt: skip
+    await epp.start()
+    cluster = ClusterSpec("c1", epp=f"127.0.0.1:{epp.port}")  # Endpoint mode only
+    gw = GlobalGateway(ClustersConfig((cluster,)), "round-robin", fetch=False)
+    await gw.start("127.0.0.1", 0)
+    return World(pod, epp, store, gw), [gw, epp, pod]
+
+
+@pytest.fixture
+async def slow() -> AsyncIterator[World]:
+    # 40 tokens, 50 ms apart: a 2 s stream.
+    w, parts = await _world(Backend("pod", tokens=40, chunk_delay=0.05))
+    yield w
+    await _stop(w, parts)
+
+
+async def _stop(w: World, parts: list[Any]) -> None:
+    await w.http.close()
+    gw, epp, pod = parts
+    await gw.stop()
+    await epp.stop(0)
+    await pod.stop()
+
+
+def _body(stream: bool, model: str = "m", max_tokens: int = 40) -> bytes:
+    b: dict[str, Any] = {"model": model, "prompt": "hello", "max_tokens": max_tokens, "stream": stream}
+    if stream:
+        b["stream_options"] = {"include_usage": True}
+    return orjson.dumps(b)
+
+
+async def test_the_remote_epp_counts_a_streamed_request_until_its_end(slow: World) -> None:
+    w = slow
+    assert await w.epp_metric("kvgate_epp_inflight_requests") == 0
+    async with w.http.post(f"{w.url}/v1/completions", data=_body(True)) as r:
+        assert r.status == 200 and r.headers["x-kvgate-route-mode"] == "endpoint"
+        await r.content.readuntil(b"\n\n")  # the first token reached the client
+        # Mid-stream: the EPP still holds the request, and knows its first token has come.
+        await w.until("kvgate_epp_inflight_requests", 1)
+        await asyncio.sleep(0.3)
+        assert await w.epp_metric("kvgate_epp_inflight_requests") == 1
+        assert w.pod_inflight() == (1, 1)
+        rest = await r.read()
+    assert rest.endswith(b"data: [DONE]\n\n")
+    await w.until("kvgate_epp_inflight_requests", 0)
+    assert w.pod_inflight() == (0, 0)
+    # The stream's end carried the usage event to the EPP (40 tokens), ended as a success.
+    assert await w.epp_metric("kvgate_epp_completion_tokens_total") == 40
+    assert await w.epp_metric('kvgate_epp_responses_total{ok="true",streaming="true"}') == 1
+
+
+async def test_a_client_that_leaves_mid_stream_ends_the_request_on_the_remote_epp(slow: World) -> None:
+    w = slow
+    r = await w.http.post(f"{w.url}/v1/completions", data=_body(True))
+    await r.content.readuntil(b"\n\n")
+    await w.until("kvgate_epp_inflight_requests", 1)
+    r.connection.transport.abort()  # type: ignore[union-attr]  # the client goes away
+    r.close()
+    await w.until("kvgate_epp_inflight_requests", 0)
+    assert w.pod_inflight() == (0, 0)
+    deadline = time.monotonic() + 10
+    while w.pod.disconnects == 0:  # the pod's stream was cut too (the upstream was released)
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    # The usage never came: nothing counted as generated.
+    assert await w.epp_metric("kvgate_epp_completion_tokens_total") == 0
+
+
+async def test_a_pod_that_cuts_its_stream_ends_the_request_on_the_remote_epp(slow: World) -> None:
+    w = slow
+    w.pod.mode = "cut"  # aborts the connection after two tokens
+    async with w.http.post(f"{w.url}/v1/completions", data=_body(True)) as r:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    await w.until("kvgate_epp_inflight_requests", 0)
+    assert w.pod_inflight() == (0, 0)
+
+
+async def test_a_json_reply_ends_the_request_with_its_usage() -> None:
+    w, parts = await _world(Backend("pod", tokens=5))
+    try:
+        async with w.http.post(f"{w.url}/v1/completions", data=_body(False, max_tokens=5)) as r:
+            assert r.status == 200
+            assert orjson.loads(await r.read())["usage"]["completion_tokens"] == 5
+        await w.until("kvgate_epp_inflight_requests", 0)
+        assert await w.epp_metric("kvgate_epp_completion_tokens_total") == 5
+        assert await w.epp_metric('kvgate_epp_responses_total{ok="true",streaming="false"}') == 1
+    finally:
+        await _stop(w, parts)
+
+
+async def test_a_model_rewrite_by_the_remote_epp_reaches_the_pod_and_comes_back() -> None:
+    w, parts = await _world(Backend("pod", tokens=3), rewrite={"m": "m-v2"})
+    try:
+        async with w.http.post(f"{w.url}/v1/completions", data=_body(True, max_tokens=3)) as r:
+            events = [e for e in (await r.read()).split(b"\n\n") if e.startswith(b"data: {")]
+        assert w.pod.received[-1][2]["model"] == "m-v2"  # the pod got the EPP's body
+        assert events and all(orjson.loads(e[6:])["model"] == "m" for e in events)  # and it was put back
+        async with w.http.post(f"{w.url}/v1/completions", data=_body(False, max_tokens=3)) as r:
+            assert orjson.loads(await r.read())["model"] == "m"
+        assert w.pod.received[-1][2]["model"] == "m-v2"
+        await w.until("kvgate_epp_inflight_requests", 0)
+        assert await w.epp_metric("kvgate_epp_completion_tokens_total") == 6
+    finally:
+        await _stop(w, parts)
