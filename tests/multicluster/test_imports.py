@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -113,3 +115,81 @@ async def test_global_gateway_follows_imports(
         assert _exporters(hub_d, "llama") == ["east", "west"]
     finally:
         await gw.stop()
+
+
+# -- the Exported condition on member pools, read back with the real kubectl ----------------------------
+
+KUBECTL = shutil.which("kubectl")
+_OURS = f'.status.parents[?(@.controllerName=="{CONTROLLER_NAME}")]'
+
+
+async def _kubectl(server: str, *args: str) -> str:
+    assert KUBECTL is not None
+    cmd = [KUBECTL, "--server", server, "--request-timeout=20s", *args]
+    res = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+async def _exported(server: str, name: str) -> str:
+    """status/reason of the Exported condition in kvgate's parent entry, as kubectl prints them."""
+    cond = f'{_OURS}.conditions[?(@.type=="Exported")]'
+    path = f"{{{cond}.status}}/{{{cond}.reason}}"
+    return await _kubectl(
+        server, "get", "inferencepools.inference.networking.k8s.io", name, "-o", f"jsonpath={path}"
+    )
+
+
+async def _until_kubectl(server: str, name: str, want: str, limit_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while (got := await _exported(server, name)) != want:
+        assert loop.time() < deadline, f"Exported condition on {name}: {got!r}, expected {want!r}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+async def test_member_pools_carry_the_exported_condition(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
+) -> None:
+    hub_d, east_d, west_d = doubles
+    gateway_parent = {
+        "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "inf-gw"},
+        "controllerName": "example.net/gateway-controller",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    }  # fmt: skip
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    east_d.patch(R.INFERENCE_POOL, "llama", "default", {"status": {"parents": [gateway_parent]}}, status=True)
+    west_d.create(_pool("llama", exported=False))
+    odd = _pool("odd", exported=False)
+    odd["metadata"]["annotations"][EXPORT_ANNOTATION] = "Region"  # not a value this controller serves
+    west_d.create(odd)
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    ctl = ImportController(clients[0], [Member("east", clients[1]), Member("west", clients[2])])
+    await ctl.start()
+    try:
+        await _until_kubectl(east_d.url, "llama", "True/Exported")
+        pool = east_d.get(R.INFERENCE_POOL, "llama", "default")
+        ours = next(p for p in pool["status"]["parents"] if p.get("controllerName") == CONTROLLER_NAME)
+        assert ours["parentRef"] == {"group": "inference.networking.x-k8s.io", "kind": "InferencePoolImport",
+                                     "namespace": "default", "name": "llama"}  # fmt: skip
+        # The gateway controller's own entry is still there, untouched.
+        assert gateway_parent in pool["status"]["parents"]
+        assert await _exported(west_d.url, "llama") == "/"  # not exported: no condition
+        await _until_kubectl(west_d.url, "odd", "False/NotSupported")
+        assert _exporters(hub_d, "odd") is None
+
+        # west starts exporting: True there too; east stops: its condition goes, the gateway's entry stays.
+        west_d.patch(R.INFERENCE_POOL, "llama", "default",
+                     {"metadata": {"annotations": {EXPORT_ANNOTATION: "ClusterSet"}}})  # fmt: skip
+        await _until_kubectl(west_d.url, "llama", "True/Exported")
+        east_d.patch(R.INFERENCE_POOL, "llama", "default",
+                     {"metadata": {"annotations": {EXPORT_ANNOTATION: None}}})  # fmt: skip
+        await _until_kubectl(east_d.url, "llama", "/")
+        assert east_d.get(R.INFERENCE_POOL, "llama", "default")["status"]["parents"] == [gateway_parent]
+        await _until(lambda: _exporters(hub_d, "llama") == ["west"])
+    finally:
+        await ctl.stop()
+        for c in clients:
+            await c.close()

@@ -12,7 +12,15 @@ It also feeds the global gateway: for the import it follows, each exporting clus
 ``ClusterSpec`` whose addresses come from annotations on that cluster's exported pool
 (``kvgate.io/gateway`` host:port for Parent mode, ``kvgate.io/epp`` for Endpoint mode, ``kvgate.io/aggregate``
 the pool aggregate URL, ``kvgate.io/health``), with the RTT and priority of the member from the hub's
-members list. Not done: the ``Exported`` condition on the member pools' status (it needs a parentRef).
+members list.
+
+On each member's exported pool it writes the ``Exported`` condition (GIE ``InferencePoolConditionExported``)
+in a ``status.parents[]`` entry of its own (``controllerName: kvgate.io/multicluster-import-controller``,
+``parentRef`` the hub's ``InferencePoolImport`` of the same namespace and name): ``True`` / ``Exported``
+once the hub's import lists that cluster, ``False`` / ``NotSupported`` for an export value other than
+``ClusterSet``; the entry is removed when the export annotation is (as the proposal requires). Other
+controllers' parent entries are kept (the list is atomic: read, change ours, write with the
+resourceVersion).
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ log = logging.getLogger("kvgate.multicluster.imports")
 EXPORT_ANNOTATION = "inference.networking.x-k8s.io/export"
 EXPORT_VALUE = "ClusterSet"
 CONTROLLER_NAME = "kvgate.io/multicluster-import-controller"
+EXPORTED = "Exported"  # condition type and its True reason (GIE api/v1 InferencePoolConditionExported)
+NOT_SUPPORTED = "NotSupported"  # False: an export was asked for in a way this controller does not serve
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kvgate"}
 GATEWAY_ANN, EPP_ANN, AGGREGATE_ANN, HEALTH_ANN = (
     "kvgate.io/gateway",
@@ -69,6 +79,10 @@ class ImportController:
     exported: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     written: dict[Key, tuple[str, ...]] = field(default_factory=dict)  # what the hub's status says
     reconciles: int = 0
+    # Every member pool seen, exported or not: (member, key) -> object (to add or remove our condition).
+    pools: dict[tuple[str, Key], dict[str, Any]] = field(default_factory=dict)
+    # The Exported condition last written per member pool, until that pool's next event arrives.
+    marked: dict[tuple[str, Key], tuple[str, str] | None] = field(default_factory=dict)
     _reflectors: list[Reflector] = field(default_factory=list)
     _dirty: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -95,6 +109,11 @@ class ImportController:
         key = (meta.get("namespace", "default"), meta.get("name", ""))
         exported = (meta.get("annotations") or {}).get(EXPORT_ANNOTATION) == EXPORT_VALUE
         by_member = self.exported.setdefault(key, {})
+        if etype == "DELETED":
+            self.pools.pop((member, key), None)
+        else:
+            self.pools[(member, key)] = dict(obj)
+        self.marked.pop((member, key), None)
         if etype != "DELETED" and exported:
             by_member[member] = dict(obj)
         else:
@@ -125,6 +144,84 @@ class ImportController:
             await self._delete(key)
             del self.written[key]
         self._feed()
+        await self._mark_members()
+
+    # ---- the Exported condition on member pools ------------------------------------------------
+    def _wanted(self, member: str, key: Key, obj: Mapping[str, Any]) -> tuple[str, str, str] | None:
+        """(status, reason, message) of the Exported condition this pool should carry; None = none."""
+        value = (obj.get("metadata", {}).get("annotations") or {}).get(EXPORT_ANNOTATION)
+        if value is None:
+            return None  # not (or no longer) exported: the condition goes
+        if value != EXPORT_VALUE:
+            return ("False", NOT_SUPPORTED, f'export value "{value}" is not supported; use "{EXPORT_VALUE}"')
+        if member in self.written.get(key, ()):
+            return ("True", EXPORTED, f"imported in the hub as InferencePoolImport {key[0]}/{key[1]}")
+        return None  # asked for, not imported yet: written once the hub's import lists it
+
+    @staticmethod
+    def _ours(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        for parent in (obj.get("status") or {}).get("parents") or ():
+            if isinstance(parent, dict) and parent.get("controllerName") == CONTROLLER_NAME:
+                return parent
+        return None
+
+    @staticmethod
+    def _condition(parent: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        for cond in (parent or {}).get("conditions") or ():
+            if isinstance(cond, dict) and cond.get("type") == EXPORTED:
+                return cond
+        return None
+
+    async def _mark_members(self) -> None:
+        clients = {m.name: m.client for m in self.members}
+        for (member, key), obj in list(self.pools.items()):
+            wanted = self._wanted(member, key, obj)
+            have = self._condition(self._ours(obj))
+            now_state = None if have is None else (have.get("status", ""), have.get("reason", ""))
+            want_state = None if wanted is None else wanted[:2]
+            if now_state == want_state or (member, key) in self.marked or member not in clients:
+                continue
+            try:
+                await self._write_condition(clients[member], key, obj, wanted, have)
+            except KubeError as e:  # a conflict or a refusal: the pool's next event brings it back
+                log.warning("Exported condition on %s %s/%s not written: %s", member, *key, e)
+                continue
+            self.marked[(member, key)] = want_state
+
+    async def _write_condition(
+        self,
+        client: KubeClient,
+        key: Key,
+        obj: Mapping[str, Any],
+        wanted: tuple[str, str, str] | None,
+        have: Mapping[str, Any] | None,
+    ) -> None:
+        ns, name = key
+        meta = obj.get("metadata", {})
+        ours = self._ours(obj)
+        parents = [p for p in (obj.get("status") or {}).get("parents") or () if p is not ours]
+        if wanted is not None:
+            status, reason, message = wanted
+            kept = have is not None and have.get("status") == status  # no transition: keep its time
+            since = have.get("lastTransitionTime") if kept and have is not None else None
+            cond: dict[str, Any] = {
+                "type": EXPORTED, "status": status, "reason": reason, "message": message,
+                "lastTransitionTime": since or dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }  # fmt: skip
+            if "generation" in meta:
+                cond["observedGeneration"] = meta["generation"]
+            rt = R.INFERENCE_POOL_IMPORT
+            parent_ref = {"group": rt.group, "kind": rt.kind, "namespace": ns, "name": name}
+            parents.append({"parentRef": parent_ref, "controllerName": CONTROLLER_NAME, "conditions": [cond]})
+        # status.parents is an atomic list: the whole list, guarded by the resourceVersion we read.
+        body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": {"parents": parents}}
+        await client.request(
+            "PATCH",
+            R.INFERENCE_POOL.item_path(ns, name) + "/status",
+            body=body,
+            content_type="application/merge-patch+json",
+        )
+        log.info("InferencePool %s/%s: Exported condition %s", ns, name, wanted[:2] if wanted else "removed")
 
     async def _write(self, key: Key, clusters: tuple[str, ...]) -> None:
         ns, name = key
