@@ -95,6 +95,7 @@ from kvgate.bench.live_fleet import WAITING as WAITING
 from kvgate.bench.live_fleet import Capacity as Capacity
 from kvgate.bench.live_fleet import FleetSpec as FleetSpec
 from kvgate.bench.live_fleet import LiveLoad as LiveLoad
+from kvgate.bench.live_fleet import LiveWorkload as LiveWorkload
 from kvgate.bench.live_fleet import _split as _split
 from kvgate.bench.live_fleet import lag_summary as lag_summary
 from kvgate.bench.live_fleet import live_scenario as live_scenario
@@ -133,7 +134,7 @@ async def start_router(t: Target, urls: list[str], spec: FleetSpec) -> tuple[Pro
 async def run_target(
     t: Target,
     spec: FleetSpec,
-    load: LiveLoad,
+    load: LiveWorkload,
     on_done: Callable[[loadgen.RequestResult], None] | None = None,
     round_no: int = 0,
 ) -> dict[str, Any]:
@@ -148,7 +149,8 @@ async def run_target(
     try:
         router, base = await start_router(t, urls, spec)
         total = load.warmup + load.duration
-        count = int(load.qps * total * 1.3) + 10
+        specs, count = load.send_plan(ts)
+        cut = load.cut_after()
         cfg = loadgen.RunConfig(
             base_url=base,
             qps=wall_qps(load, spec),
@@ -157,6 +159,7 @@ async def run_target(
             duration=total / ts,
             request_timeout=load.request_timeout / ts,
             seed=load.seed + round_no,
+            cut_after=None if cut is None else cut / ts,
         )
         col = report.Collector(slo_ttft=load.slo_ttft)
         async with aiohttp.ClientSession() as session:
@@ -181,7 +184,7 @@ async def run_target(
                         await asyncio.wait_for(stop.wait(), 0.5)
 
             samp = asyncio.create_task(sampler())
-            results = await loadgen.run(load.specs(count), cfg, on_done)
+            results = await loadgen.run(specs, cfg, on_done)
             stop.set()
             await samp
             after = await scrape(session, urls)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -169,6 +169,26 @@ def lag_summary(
 # ---- offered load: a fraction of the capacity measured on the virtual-clock fleet ----------------
 
 
+class LiveWorkload(Protocol):
+    """What ``live.run_target`` sends: a rate, windows and limits in simulated seconds, and the
+    requests (``LiveLoad``'s shared prefixes; ``live_multiturn.MixedLiveLoad``'s mixed family)."""
+
+    qps: float
+    duration: float
+    warmup: float
+    slo_ttft: float
+    request_timeout: float
+    seed: int
+
+    def send_plan(self, time_scale: float) -> tuple[Iterable[workloads.RequestSpec], int]:
+        """The requests (any fixed send offsets ``at`` in wall seconds) and how many at most."""
+        ...
+
+    def cut_after(self) -> float | None:
+        """Simulated seconds from the start after which requests still streaming are cut."""
+        ...
+
+
 @dataclass(slots=True)
 class LiveLoad:
     """A shared-prefix workload in simulated time (converted to wall time by the fleet's time scale)."""
@@ -188,6 +208,14 @@ class LiveLoad:
     load_fraction: float | None = None  # of ``capacity``; None when ``qps`` was given
     capacity: float | None = None  # req/s per simulated second, measured (``measure_capacity``)
 
+    def send_plan(self, time_scale: float) -> tuple[Iterator[workloads.RequestSpec], int]:
+        """Poisson arrivals drawn by the load generator at ``wall_qps``: no fixed send offsets."""
+        count = int(self.qps * (self.warmup + self.duration) * 1.3) + 10
+        return self.specs(count), count
+
+    def cut_after(self) -> float | None:
+        return None  # ``request_timeout`` bounds every request
+
     def specs(self, count: int, seed: int | None = None) -> Iterator[workloads.RequestSpec]:
         """The workload; the capacity probe draws from the same generator with the same parameters."""
         return workloads.shared_prefix_stream(
@@ -201,7 +229,7 @@ class LiveLoad:
         )
 
 
-def wall_qps(load: LiveLoad, spec: FleetSpec) -> float:
+def wall_qps(load: LiveWorkload, spec: FleetSpec) -> float:
     """Wall-clock arrivals per second: simulated QPS x time scale."""
     return load.qps * spec.time_scale
 

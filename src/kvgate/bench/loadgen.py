@@ -36,6 +36,9 @@ class RequestResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens when reported
+    # Stopped at the run's cut-off (``RunConfig.cut_after``) after its first token: e2e and
+    # completion_tokens (content chunks seen) are lower bounds, prompt and cached tokens unknown.
+    cut: bool = False
 
     @property
     def tpot(self) -> float | None:
@@ -67,18 +70,30 @@ async def send_one(
     spec: RequestSpec,
     t0: float,
     request_timeout: float = 120.0,
+    cut_at: float | None = None,
 ) -> RequestResult:
-    """Send one streaming request and time it; never raises (errors land in the result)."""
+    """Send one streaming request and time it; never raises (errors land in the result).
+
+    ``cut_at`` (a ``perf_counter`` time): stop reading there; a request that has streamed its first
+    token by then is recorded as ok and ``cut``, one that has not as an error."""
     path = "/v1/chat/completions" if spec.messages is not None else "/v1/completions"
     start = time.perf_counter()
     res = RequestResult(group=spec.group, start=start - t0)
     last: float | None = None
+    chunks = 0
+    timeout = request_timeout
+    by_cut = cut_at is not None and cut_at - start <= request_timeout
+    if cut_at is not None and by_cut:
+        timeout = cut_at - start
+        if timeout <= 0:
+            res.error = "cut: not sent before the run's end"
+            return res
     try:
         async with session.post(
             base_url + path,
             data=orjson.dumps(build_body(spec)),
             headers={"content-type": "application/json", **spec.headers},
-            timeout=aiohttp.ClientTimeout(total=request_timeout),
+            timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
             res.status = resp.status
             if resp.status != 200:
@@ -99,6 +114,7 @@ async def send_one(
                 if usage:
                     _read_usage(res, usage)
                 if _has_content(chunk):
+                    chunks += 1
                     now = time.perf_counter()
                     if last is None:
                         res.ttft = now - start
@@ -110,6 +126,14 @@ async def send_one(
         if not res.ok:
             res.error = "no tokens streamed"
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, ValueError) as e:
+        if by_cut and isinstance(e, TimeoutError):
+            if res.ttft is None:
+                res.error = "cut: no first token by the run's end"
+            else:
+                res.ok, res.cut = True, True
+                res.e2e = time.perf_counter() - start
+                res.completion_tokens = res.completion_tokens or chunks
+            return res
         res.error = f"{type(e).__name__}: {e}"[:200]
     return res
 
@@ -139,6 +163,9 @@ class RunConfig:
     duration: float = 60.0  # stop sending after this many seconds
     request_timeout: float = 120.0
     seed: int = 0
+    # Seconds from the start after which requests still streaming are cut (``send_one``'s ``cut_at``):
+    # bounds a run whose last requests decode for long; None = wait for every request.
+    cut_after: float | None = None
 
 
 async def run(
@@ -165,6 +192,10 @@ async def run(
     return results
 
 
+def _cut_at(cfg: RunConfig, t0: float) -> float | None:
+    return None if cfg.cut_after is None else t0 + cfg.cut_after
+
+
 async def _closed_loop(
     session: aiohttp.ClientSession,
     it: Iterator[RequestSpec],
@@ -181,7 +212,7 @@ async def _closed_loop(
             if spec is None:
                 return
             sent += 1
-            done(await send_one(session, cfg.base_url, spec, t0, cfg.request_timeout))
+            done(await send_one(session, cfg.base_url, spec, t0, cfg.request_timeout, _cut_at(cfg, t0)))
 
     await asyncio.gather(*(worker() for _ in range(max(1, cfg.concurrency))))
 
@@ -200,7 +231,7 @@ async def _open_loop(
 
     async def one(spec: RequestSpec) -> None:
         try:
-            done(await send_one(session, cfg.base_url, spec, t0, cfg.request_timeout))
+            done(await send_one(session, cfg.base_url, spec, t0, cfg.request_timeout, _cut_at(cfg, t0)))
         finally:
             gate.release()
 

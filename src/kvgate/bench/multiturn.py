@@ -1,6 +1,8 @@
 """`kvgate bench multiturn`: the mixed multi-turn / burst / decode-heavy family (``bench.mixed``) in the
 fleet simulator, kvgate against sglang-router's cache_aware (kvgate's reimplementation) and round robin,
-on the tuning set and the validation set, at a load fraction of a knee-based capacity.
+on the tuning set and the validation set, at a load fraction of a knee-based capacity. ``--live`` runs
+the same family over real HTTP against the real sglang-router and vllm-router instead
+(``kvgate.bench.live_multiturn``, its own options).
 
 Capacity (``--capacity knee``, the default): the highest offered load whose p90 TTFT stays within 2x the
 unloaded p90 (``find_knee``), over a ladder of loads, under the best of the probe policies. ``served``
@@ -141,7 +143,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--live" in argv:  # the same family over real HTTP with the real peer routers
+        from kvgate.bench import live_multiturn
+
+        return live_multiturn.main([a for a in argv if a != "--live"])
     p = argparse.ArgumentParser(prog="kvgate bench multiturn", description=__doc__.split("\n\n")[0])
+    p.add_argument("--live", action="store_true", help="run live (see kvgate.bench.live_multiturn)")
     p.add_argument("--set", choices=["tuning", "validation", "both"], default="both")
     p.add_argument("--policies", default=",".join(DEFAULT_POLICIES))
     p.add_argument("--capacity", choices=["knee", "served"], default="knee")

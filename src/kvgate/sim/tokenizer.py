@@ -24,6 +24,7 @@ import functools
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -37,6 +38,8 @@ _SPACE = "Ġ"  # byte-level BPE's spelling of b" "
 SPECIAL_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>")
 EOS_TOKEN = "<|endoftext|>"
 MAX_POSITION_EMBEDDINGS = 131072
+# Prompts whose token ids ``Tok.encode`` keeps (bounded: a few MB at the benchmarks' prompt lengths).
+ENCODE_CACHE_SIZE = 64
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
@@ -209,9 +212,21 @@ class Tok:
         # Output text per word, as str and as a JSON string: streaming writes one per token.
         self.output_texts: list[str] = [" " + w for w in _words()]
         self.output_json: list[bytes] = [orjson.dumps(t) for t in self.output_texts]
+        self._recent: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 
     def encode(self, text: str) -> list[int]:
+        # The same prompt is often tokenized several times in one process: vllm-router's cache_aware
+        # renders it on every replica before the request, and one process simulates every replica.
+        # A real fleet does that on each server's own CPU, off the GPU's step loop; here it would
+        # stall the shared step loop (~10 ms per 1k tokens), so repeats come from a small LRU cache.
+        hit = self._recent.get(text)
+        if hit is not None:
+            self._recent.move_to_end(text)
+            return list(hit)
         ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
+        self._recent[text] = tuple(ids)
+        if len(self._recent) > ENCODE_CACHE_SIZE:
+            self._recent.popitem(last=False)
         return ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:

@@ -1,0 +1,382 @@
+"""`kvgate bench multiturn --live`: the mixed multi-turn / burst / decode-heavy family (``bench.mixed``)
+over real HTTP, with the real peer routers, side by side in the same run.
+
+The fleet simulator's ``kvgate bench multiturn`` compares kvgate with a *model* of sglang-router's
+cache_aware policy. This runs the same workload generator against real processes: the simulator's
+HTTP replicas (``live_fleet``: one subprocess, the family's fleet: 4 x Qwen3-32B on H200 with the KV
+cache cut to the family's size), and in front of them, one at a time, ``kvgate serve`` (default
+profile, and round robin) and the Rust peers from PyPI (``sglang-router`` and ``vllm-router``, both
+``cache_aware``: sglang's default and vllm-router's prefix-aware policy; its ``consistent_hash`` and
+``sticky_least_loaded`` need a session key the clients here do not send). The client is the project's
+load generator (``loadgen``, streaming SSE over aiohttp), sending every request at the send offset the
+generator fixed (open loop: a session's next turn leaves a think time after its previous send,
+whatever the router did), so every router sees the same requests at the same times.
+
+Scaling to fit the 2-core machine (a run of 4 routers x 2 seeds in ~8 minutes):
+- **Think times compressed** (``--think-scale``, default 0.25): each session's think time and turn gap
+  are multiplied by it, so a session lives through its turns (and its context grows) within a window of
+  tens of seconds instead of minutes. Lengths, the mix, bursts and the KV cache are the family's.
+- **Short windows**: ``--warmup`` 10 + ``--duration`` 30 simulated seconds; sessions started in the
+  warm-up carry their context into the measured window.
+- **Cut at the end** (``--grace``, 8 simulated s after the last send): decode-heavy one-offs stream up
+  to 1,600 tokens (tens of seconds); requests still streaming then are cut (``loadgen``'s
+  ``cut_after``). One that streamed its first token counts as ok for TTFT (its E2E is a lower bound);
+  one that did not counts as an error.
+- **Time scale** 1.0 by default (simulated seconds = wall seconds): the arrival rate is low (~8-10
+  req/s) but prompts are long and one-offs decode for long; every row records how late the simulator
+  ran its engine steps, and rows whose mean lag exceeds ``live.LAG_WARN_MS`` are flagged.
+
+Offered load: ``--load`` (0.8) x a capacity per family. By default the capacity is the fleet
+simulator's **knee capacity of the uncompressed family** as published in docs/benchmarks.md
+(``FLEET_KNEE_CAPACITIES``, from ``kvgate bench multiturn --set both``), i.e. the fleet simulator's
+given capacity, not re-measured; ``--capacities a=..,b=..`` gives others, and ``--capacity knee``
+searches the knee of the *compressed* workload on the fleet simulator first (``multiturn.capacity``;
+deterministic, ~1-2 minutes of CPU per family, so best run once and passed with ``--capacities``).
+
+Runs: ``--runs a:1,b:101`` (default): family ``a`` seed 1 is from the **tuning set**, ``b`` seed 101
+from the **validation set** (``bench.mixed``: families b and c, seeds 101-103, never used for tuning).
+Each (run, router) gets a fresh fleet and a fresh router; routers go in a shuffled order per run.
+Figures: TTFT p50/p90/p99 (simulated seconds), the replicas' own prefix-cache hit rate over the
+measured window, errors, cut requests, per-class TTFT p90 and hit rate (session turns, burst requests,
+one-offs; hit rates from ``usage.prompt_tokens_details.cached_tokens`` of the completed requests), and
+p50/p90 ratios to sglang-router cache_aware's in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from kvgate.bench import live, loadgen, report
+from kvgate.bench.live_fleet import KV_EVENTS_OFFSET, MODEL, FleetSpec
+from kvgate.bench.live_routers import KVGATE_TARGETS, PEER_TARGETS, Target
+from kvgate.bench.mixed import FAMILIES, TUNING_SEEDS, Family, mixed_workload
+from kvgate.bench.workloads import RequestSpec
+
+# kvgate default, round robin (kvgate serve), sglang-router and vllm-router cache_aware.
+DEFAULT_POLICIES = ("kvgate", "round-robin", "cache_aware")
+REFERENCE_ROUTER = "sglang-router cache_aware"  # ratios are to this row of the same run
+DEFAULT_RUNS = (("a", 1), ("b", 101))  # one tuning-set run, one validation-set run
+# The fleet simulator's knee capacities (req/s) of the uncompressed families, as published in
+# docs/benchmarks.md ("Knee capacities", `kvgate bench multiturn --set both --out /tmp/mt0`; the
+# capacities its before/after tables were measured at).
+FLEET_KNEE_CAPACITIES = {"a": 11.77, "b": 10.96, "c": 8.74}
+DEFAULT_THINK_SCALE = 0.25
+DEFAULT_TIME_SCALE = 1.0
+DEFAULT_WARMUP = 10.0
+DEFAULT_DURATION = 30.0
+DEFAULT_GRACE = 8.0
+# Knee search on the fleet simulator (--capacity knee): longer windows than the live runs, which are
+# too short for a stable knee.
+KNEE_DURATION, KNEE_WARMUP = 120.0, 30.0
+
+
+def compressed(fam: Family, think_scale: float) -> Family:
+    """``fam`` with every session's think time and turn gap multiplied by ``think_scale``."""
+    return dataclasses.replace(fam, think_s=fam.think_s * think_scale, turn_gap=fam.turn_gap * think_scale)
+
+
+def request_class(group: str) -> str:
+    """``mixed_workload``'s groups: ``s<n>`` session turns, ``t<n>`` burst tenants, ``oneoff``."""
+    if group == "oneoff":
+        return "oneoff"
+    return "session" if group.startswith("s") else "burst"
+
+
+def set_of(family: str, seed: int) -> str:
+    return "tuning" if family == "a" and seed in TUNING_SEEDS else "validation"
+
+
+@dataclass(slots=True)
+class MixedLiveLoad:
+    """One family and seed of the mixed workload, in simulated seconds (a ``live_fleet.LiveWorkload``)."""
+
+    family: str
+    seed: int
+    qps: float  # offered, per simulated second (every class's rate scales with it)
+    duration: float = DEFAULT_DURATION
+    warmup: float = DEFAULT_WARMUP
+    think_scale: float = DEFAULT_THINK_SCALE
+    grace: float = DEFAULT_GRACE  # after the last send, before requests still streaming are cut
+    slo_ttft: float = 2.0
+    # A whole request (decode-heavy ones stream for tens of seconds); the cut comes first in practice.
+    request_timeout: float = 300.0
+    load_fraction: float | None = None
+    capacity: float | None = None
+
+    def fam(self) -> Family:
+        return compressed(FAMILIES[self.family], self.think_scale)
+
+    def specs(self) -> list[RequestSpec]:
+        """Every request of the run, in send order, ``at`` in simulated seconds."""
+        return list(
+            mixed_workload(
+                self.fam(), qps=self.qps, horizon=self.warmup + self.duration, seed=self.seed, model=MODEL
+            )
+        )
+
+    def send_plan(self, time_scale: float) -> tuple[list[RequestSpec], int]:
+        wall = [dataclasses.replace(s, at=(s.at or 0.0) / time_scale) for s in self.specs()]
+        return wall, len(wall)
+
+    def cut_after(self) -> float | None:
+        return self.warmup + self.duration + self.grace
+
+
+def fleet_spec(family: str, time_scale: float) -> FleetSpec:
+    fam = FAMILIES[family]
+    return FleetSpec(
+        replicas=fam.replicas,
+        profile=fam.profile,
+        time_scale=time_scale,
+        num_gpu_blocks=fam.kv_blocks,
+        kv_events_offset=KV_EVENTS_OFFSET,  # as `kvgate bench live`: a fleet that publishes KV events
+    )
+
+
+def class_figures(results: Sequence[loadgen.RequestResult], warmup_wall: float, ts: float) -> dict[str, Any]:
+    """Per-class TTFT p90 (simulated s) and client-side hit rate over the measured requests, and
+    how many were cut at the end."""
+    ttft: dict[str, list[float]] = {}
+    hits: dict[str, list[int]] = {}
+    out: dict[str, Any] = {"cut": 0}
+    for r in results:
+        if r.start < warmup_wall:
+            continue
+        out["cut"] += r.cut
+        cls = request_class(r.group)
+        if r.ok and r.ttft is not None:
+            ttft.setdefault(cls, []).append(r.ttft * ts)
+        if r.ok and not r.cut and r.cached_tokens is not None and r.prompt_tokens:
+            h = hits.setdefault(cls, [0, 0])
+            h[0] += r.cached_tokens
+            h[1] += r.prompt_tokens
+    for cls in ("session", "burst", "oneoff"):
+        out[f"{cls}_ttft_p90"] = report.pct(ttft.get(cls, []), 90)
+        cached, prompt = hits.get(cls, (0, 0))
+        out[f"{cls}_hit"] = cached / prompt if prompt else None
+    return out
+
+
+async def run_one(t: Target, spec: FleetSpec, load: MixedLiveLoad) -> dict[str, Any]:
+    results: list[loadgen.RequestResult] = []
+    row = await live.run_target(t, spec, load, on_done=results.append)
+    row.update(class_figures(results, load.warmup / spec.time_scale, spec.time_scale))
+    row.update(family=load.family, seed=load.seed, set=set_of(load.family, load.seed))
+    return row
+
+
+async def compare(
+    targets: list[Target], runs: Sequence[tuple[MixedLiveLoad, FleetSpec]], console: Console
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for load, spec in runs:
+        order = [t for t in targets if t.skipped is None]
+        random.Random(load.seed).shuffle(order)
+        for t in order:
+            try:
+                row = await run_one(t, spec, load)
+            except Exception as e:  # a router that can't front the simulator is reported, not fatal
+                t.skipped = f"{type(e).__name__}: {e!r}"[:400]
+                console.print(f"[yellow]{t.name}: not run: {t.skipped}[/yellow]")
+                continue
+            rows.append(row)
+            console.print(_run_line(row))
+    add_ratios(rows)
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """``p50_vs_sglang`` / ``p90_vs_sglang``: TTFT over sglang-router cache_aware's in the same run."""
+    for r in rows:
+        ref = next(
+            (
+                x
+                for x in rows
+                if x["router"] == REFERENCE_ROUTER and (x["family"], x["seed"]) == (r["family"], r["seed"])
+            ),
+            None,
+        )
+        for q in (50, 90):
+            a, b = r.get(f"ttft_p{q}"), None if ref is None else ref.get(f"ttft_p{q}")
+            r[f"p{q}_vs_sglang"] = a / b if a is not None and b else None
+
+
+def _run_line(r: dict[str, Any]) -> str:
+    f = report._fmt
+    return (
+        f"  {r['set']} {r['family']}/{r['seed']}  {r['router']:<26} TTFT p50 {f(r['ttft_p50'], digits=3)} s "
+        f"p90 {f(r['ttft_p90'], digits=3)} s  hit {f(r['prefix_hit_rate'], digits=3)}  "
+        f"requests {r['requests']}  errors {r['errors']}  cut {r['cut']}  "
+        f"sim lag {f(r.get('sim_lag_mean_ms'))} ms"
+    )
+
+
+def plan_capacities(
+    args: argparse.Namespace, families: set[str], console: Console
+) -> dict[str, dict[str, Any]]:
+    caps: dict[str, dict[str, Any]] = {}
+    given = dict(FLEET_KNEE_CAPACITIES)
+    for item in (args.capacities or "").split(","):
+        if item:
+            name, _, val = item.partition("=")
+            given[name] = float(val)
+    for fam in sorted(families):
+        if args.capacity == "knee":
+            from kvgate.bench.multiturn import capacity
+
+            seed = next(s for f, s in args.run_list if f == fam)
+            t0 = time.process_time()
+            c = capacity(
+                compressed(FAMILIES[fam], args.think_scale), seed, ["kvgate", "sglang-cache-aware"], "knee",
+                KNEE_DURATION, KNEE_WARMUP, lambda m: console.print(m),
+            )  # fmt: skip
+            c["how"] = (
+                f"knee of the compressed workload (think x {args.think_scale:g}) on the fleet simulator, "
+                f"seed {seed}, {KNEE_DURATION:g}+{KNEE_WARMUP:g} virtual s per point "
+                f"({time.process_time() - t0:.0f} s CPU)"
+            )
+            caps[fam] = c
+        else:
+            how = (
+                "given with --capacities"
+                if args.capacities and f"{fam}=" in args.capacities
+                else ("the fleet simulator's knee capacity of the uncompressed family (docs/benchmarks.md)")
+            )
+            caps[fam] = {"mode": "given", "capacity": given[fam], "how": how}
+    return caps
+
+
+def parse_runs(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in text.split(","):
+        fam, _, seed = item.strip().partition(":")
+        if fam not in FAMILIES or not seed:
+            raise SystemExit(f"--runs: {item!r} is not FAMILY:SEED with FAMILY in {', '.join(FAMILIES)}")
+        out.append((fam, int(seed)))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvgate bench multiturn --live", description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default=",".join(f"{f}:{s}" for f, s in DEFAULT_RUNS), help="FAMILY:SEED,...")
+    p.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="kvgate policies or router kinds")
+    p.add_argument("--load", type=float, default=0.8, help="fraction of capacity to offer")
+    p.add_argument("--capacity", choices=["given", "knee"], default="given")
+    p.add_argument("--capacities", help="req/s per family, e.g. a=11.77,b=10.96 (default: the fleet knees)")
+    p.add_argument("--qps", type=float, help="fixed offered req/s (simulated) for every run")
+    p.add_argument("--think-scale", type=float, default=DEFAULT_THINK_SCALE)
+    p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE)
+    p.add_argument("--warmup", type=float, default=DEFAULT_WARMUP)
+    p.add_argument("--duration", type=float, default=DEFAULT_DURATION)
+    p.add_argument("--grace", type=float, default=DEFAULT_GRACE)
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    p.add_argument("--no-netns", action="store_true", help="don't re-exec inside `unshare -n`")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if not args.no_netns and not live.in_netns():
+        return live.reexec_in_netns(["multiturn", "--live", *argv])
+    args.run_list = parse_runs(args.runs)
+    console = Console()
+    caps = {} if args.qps else plan_capacities(args, {f for f, _ in args.run_list}, console)
+    runs: list[tuple[MixedLiveLoad, FleetSpec]] = []
+    for fam, seed in args.run_list:
+        qps = args.qps or round(args.load * caps[fam]["capacity"], 2)
+        load = MixedLiveLoad(
+            fam, seed, qps, duration=args.duration, warmup=args.warmup, think_scale=args.think_scale,
+            grace=args.grace, load_fraction=None if args.qps else args.load,
+            capacity=None if args.qps else caps[fam]["capacity"],
+        )  # fmt: skip
+        runs.append((load, fleet_spec(fam, args.time_scale)))
+    targets = live.select_targets([*KVGATE_TARGETS, *PEER_TARGETS], args.policies.split(","))
+    targets = [dataclasses.replace(t) for t in targets]  # `skipped` is per invocation
+    for load, spec in runs:
+        console.print(
+            f"[bold]multiturn --live[/bold] {set_of(load.family, load.seed)} {load.family}/{load.seed}: "
+            f"{spec.replicas} x {spec.profile}, {spec.num_gpu_blocks} KV blocks, {load.qps:g} req/s "
+            f"(think x {load.think_scale:g}), time scale {spec.time_scale:g}, "
+            f"{load.warmup:g}+{load.duration:g} s "
+            f"(+{load.grace:g} s grace), {len(load.specs())} requests; netns {live.in_netns()}"
+        )
+    t0 = time.perf_counter()
+    rows = asyncio.run(compare(targets, runs, console))
+    payload = {
+        "benchmark": "live-multiturn",
+        "runs": [{"load": asdict(load), "fleet": asdict(spec)} for load, spec in runs],
+        "capacity": caps,
+        "reference_router": REFERENCE_ROUTER,
+        "netns": live.in_netns(),
+        "wall_s": time.perf_counter() - t0,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "not_run": {t.name: t.skipped for t in targets if t.skipped},
+        "rows": rows,
+    }
+    base = args.out / "live-multiturn"
+    report.write_json(base.with_suffix(".json"), payload)
+    md = markdown(payload)
+    base.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    f = report._fmt
+    out = ["# Mixed multi-turn / burst / decode-heavy family, live side by side (simulated seconds)", ""]
+    for run in payload["runs"]:
+        load, fleet = run["load"], run["fleet"]
+        cap = payload["capacity"].get(load["family"])
+        offered = f"{load['qps']:g} req/s"
+        if cap is not None and load["load_fraction"] is not None:
+            offered += f" = {load['load_fraction']:g} x {cap['capacity']:g} req/s ({cap['how']})"
+        out += [
+            f"## {set_of(load['family'], load['seed'])} set: family {load['family']}, seed {load['seed']}",
+            "",
+            f"{fleet['replicas']} x {fleet['profile']} with {fleet['num_gpu_blocks']} KV blocks each, "
+            f"time scale {fleet['time_scale']:g}; think times x {load['think_scale']:g}; offered {offered}; "
+            f"{load['warmup']:g} s warm-up + {load['duration']:g} s measured, requests still streaming "
+            f"{load['grace']:g} s after the last send are cut.",
+            "",
+            "| router | requests | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | p50 vs sglang | p90 vs sglang "
+            "| hit rate | errors | cut | session p90 ms | session hit | burst p90 ms | burst hit "
+            "| one-off p90 ms | sim lag ms (late steps) |",
+            "|" + "---|" * 16,
+        ]
+        for r in payload["rows"]:
+            if (r["family"], r["seed"]) != (load["family"], load["seed"]):
+                continue
+            lag = r.get("sim_lag_mean_ms")
+            warn = " **lagging**" if lag is not None and lag > live.LAG_WARN_MS else ""
+            out.append(
+                f"| {r['router']} | {r['requests']} | {f(r['ttft_p50'], 1000, 0)} "
+                f"| {f(r['ttft_p90'], 1000, 0)} "
+                f"| {f(r['ttft_p99'], 1000, 0)} | {f(r['p50_vs_sglang'])} | {f(r['p90_vs_sglang'])} "
+                f"| {f(r['prefix_hit_rate'], digits=3)} | {r['errors']} | {r['cut']} "
+                f"| {f(r['session_ttft_p90'], 1000, 0)} | {f(r['session_hit'], digits=3)} "
+                f"| {f(r['burst_ttft_p90'], 1000, 0)} | {f(r['burst_hit'], digits=3)} "
+                f"| {f(r['oneoff_ttft_p90'], 1000, 0)} "
+                f"| {f(lag)} ({f(r.get('sim_late_frac'), 100, 0)}%){warn} |"
+            )
+        out.append("")
+    for name, why in payload["not_run"].items():
+        out.append(f"- {name}: not run: {why}")
+    out.append(
+        f"\nWall time: {payload['wall_s']:.0f} s; {payload['machine']}; "
+        f"loopback-only netns: {payload['netns']}."
+    )
+    return "\n".join(out) + "\n"
