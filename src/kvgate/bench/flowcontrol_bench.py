@@ -133,6 +133,8 @@ class Outcome:
     ttft: float | None = None
     status: int = 0  # 0 = served; 429 / 503 = shed
     output: int = 0
+    sent: float | None = None  # left the EPP for a server (the TTFT breakdown)
+    scheduled: float | None = None  # the server's first step with it (its own queue ends)
 
 
 @dataclass
@@ -232,6 +234,7 @@ class FlowSim:
         self._n_sent += 1
         sim = SimRequest(req.request_id, ids, req.max_tokens or 1, arrival_time=self.clock.now)
         self._live[req.request_id] = (req, i, out)
+        out.sent = self.clock.now
         # As its own event: a dispatch from inside a replica's step-end callback must not start a
         # second step on that replica while the first one is still being delivered.
         self.clock.call_soon(self.replicas[i].submit, sim)
@@ -243,6 +246,7 @@ class FlowSim:
             return
         req, i, out = live
         out.ttft = t - out.start
+        out.scheduled = sim.first_scheduled_time
         self.director.on_first_token(req, self.endpoints[i])
         self._pump()
 
@@ -296,6 +300,28 @@ def _group(run: Run, tenants: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+def breakdown(run: Run, tenants: tuple[str, ...]) -> dict[str, Any] | None:
+    """Where the tenants' TTFT went: waiting in the EPP (arrival to dispatch), in the server's own
+    queue (dispatch to its first step with the request), in prefill (that step to the first token).
+    Simulator runs only (the live run cannot see inside the servers)."""
+    parts: dict[str, list[float]] = {"epp_wait": [], "server_queue": [], "prefill": []}
+    for o in run.outcomes:
+        if o.tenant not in tenants or o.ttft is None:
+            continue
+        if o.sent is None or o.scheduled is None:
+            return None
+        parts["epp_wait"].append(o.sent - o.start)
+        parts["server_queue"].append(o.scheduled - o.sent)
+        parts["prefill"].append(o.start + o.ttft - o.scheduled)
+    if not parts["prefill"]:
+        return None
+    return {
+        f"{name}_{stat}_s": (pct(v, 90) if stat == "p90" else sum(v) / len(v))
+        for name, v in parts.items()
+        for stat in ("mean", "p90")
+    }
+
+
 def jain(values: list[float]) -> float:
     s, sq = sum(values), sum(v * v for v in values)
     return (s * s) / (len(values) * sq) if sq else 1.0
@@ -318,6 +344,7 @@ def summarize(run: Run, measured_from: float) -> dict[str, Any]:
             "batch (-1)": _group(kept, (BATCH,)),
         },
         "quiet": _group(kept, QUIET),
+        "quiet_breakdown": breakdown(kept, QUIET),
         "jain_slo_attainment": jain(attain),
         "goodput_rps": good / span,
         "slo_attainment": good / len(all_outs) if all_outs else None,
@@ -418,4 +445,21 @@ def render(rows: dict[str, Any]) -> str:
             f"| {_f(r['slo_attainment'], 3)} | {_f(r['jain_slo_attainment'], 3)} | {_f(r['goodput_rps'])} "
             f"| {r['shed']} ({r['shed_rate']:.1%}) |"
         )
+    parts = [(name, r["quiet_breakdown"]) for name, r in rows["runs"].items() if r.get("quiet_breakdown")]
+    if parts:
+        lines += [
+            "",
+            "Where the quiet tenants' TTFT goes (s): EPP queue (arrival to dispatch), server queue (dispatch "
+            "to the server's first step with it), prefill (that step to the first token)",
+            "",
+            "| arm / mix | EPP mean | EPP p90 | server queue mean | server queue p90 | prefill mean "
+            "| prefill p90 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, b in parts:
+            lines.append(
+                f"| {name} | {b['epp_wait_mean_s']:.3f} | {b['epp_wait_p90_s']:.3f} "
+                f"| {b['server_queue_mean_s']:.3f} | {b['server_queue_p90_s']:.3f} "
+                f"| {b['prefill_mean_s']:.3f} | {b['prefill_p90_s']:.3f} |"
+            )
     return "\n".join(lines)

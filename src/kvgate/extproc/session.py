@@ -42,6 +42,7 @@ from kvgate.openai.request import (
     parse_body,
 )
 from kvgate.openai.sse import SSEScanner, rewrite_model
+from kvgate.requestcontrol.director import preempted_error
 from kvgate.scheduling.types import (
     InferenceRequest,
     NoCapacityError,
@@ -210,6 +211,9 @@ class Session:
         # Set when flow control must admit the request first (``admit_pending``, awaited by the server).
         self.pending: tuple[InferenceRequest, bytes | bytearray | None, bool, bool] | None = None
         self._after_admit: list[pb.ProcessingResponse] = []
+        self._headers_answered = False  # response headers answered: too late to preempt
+        self._stream_requested = False
+        self._preempted = False
 
     # ---- dispatch -------------------------------------------------------------------------------
     def handle(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -338,6 +342,7 @@ class Session:
         except BodyError as exc:
             raise _Reject(exc.status, exc.message, "invalid_request_error", exc.param) from None
         model = parsed.model
+        self._stream_requested = parsed.stream
         target = self.request_headers.get(keys.MODEL_REWRITE) or self.ctx.model_rewrite(model)
         changed = False
         if target and target != model:
@@ -402,6 +407,11 @@ class Session:
         self.destination = ",".join(e.address for e in result.endpoints)
         self.endpoint = result.endpoints[0]
         self.ctx.director.on_dispatched(req, self.endpoint)
+        # Preemption: streamed requests only, whose response headers come before the first token (a
+        # non-streamed reply's headers come with its end: the server could not be stopped earlier).
+        register = getattr(self.ctx.director, "preemptible", None)  # (a multi-cluster director: none)
+        if register is not None and req.sheddable and self._stream_requested:
+            register(req, self.endpoint, self._stop)
         if self.ctx.observer is not None:
             self.ctx.observer.picked(result, self.ctx.clock() - start, len(body or b""))
 
@@ -425,7 +435,21 @@ class Session:
         return [headers_resp, *_streamed(body, request=True, end_of_stream=body_eos)]
 
     # ---- response path --------------------------------------------------------------------------
+    def _stop(self) -> bool:
+        """Preemption (flow control): Envoy can only be told at our next answer, so a request is
+        stoppable only until its response headers have been answered; then the answer to them is the
+        429 (Envoy sends it to the client and resets the upstream request)."""
+        if self._headers_answered or self._preempted or self.done or self._finished:
+            return False
+        self._preempted = True
+        self._finished = True  # its accounting is released by the director
+        return True
+
     def _on_response_headers(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if self._preempted:
+            err = preempted_error()
+            return [self._reject(err.status, err.message, err.code)]
+        self._headers_answered = True
         h = hdr.header_dict(msg.response_headers.headers)
         try:
             self.status = int(h.get(":status", "0"))

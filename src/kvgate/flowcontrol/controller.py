@@ -34,7 +34,6 @@ DISPATCHED = "Dispatched"
 REJECTED_CAPACITY = "RejectedCapacity"
 EVICTED_TTL = "EvictedTTL"
 EVICTED_CANCELLED = "EvictedContextCancelled"
-EVICTED_PREEMPTED = "EvictedPreempted"
 REJECTED_OTHER = "RejectedOther"
 
 

@@ -18,22 +18,32 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 
-from kvgate.flowcontrol.controller import EVICTED_PREEMPTED, FlowController, QueuedRequest
-from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult, SchedulingError, ShedError
+from kvgate.flowcontrol.controller import FlowController, QueuedRequest
+from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult, SchedulingError
 
 TTL_MESSAGE = "request timed out in the flow control queue (TTL expired)"
+# What a preempted request's client gets, as a 429 (ShedError): retry later.
+PREEMPTED_MESSAGE = "request preempted by higher-priority work"
 
 
 def dispatch_ready(
-    ctl: FlowController, now: float, saturated: Callable[[InferenceRequest], bool]
+    ctl: FlowController,
+    now: float,
+    saturated: Callable[[InferenceRequest], bool],
+    preempt: Callable[[InferenceRequest], bool] | None = None,
 ) -> Iterator[QueuedRequest]:
-    """Take and yield queued requests, in policy order, while their pool has capacity."""
+    """Take and yield queued requests, in policy order, while their pool has capacity.
+
+    With ``preempt`` (``flowControl.preemption``), a head that is not sheddable and finds its pool
+    saturated may stop one sheddable in-flight request (``preempt`` returns True) and take its place."""
     while True:
         blocked = True
         for item in ctl.heads():
             # Strict priority: a lower band goes only when the higher band's head cannot use the
             # capacity because its own pool (another model, a subset hint) is the saturated one.
-            if not saturated(item.req):
+            if not saturated(item.req) or (
+                preempt is not None and not item.req.sheddable and preempt(item.req)
+            ):
                 ctl.take(item, now)
                 yield item
                 blocked = False
@@ -53,6 +63,7 @@ class FlowDispatcher:
         saturated: Callable[[InferenceRequest], bool],
         clock: Callable[[], float],
         abandoned: Callable[[InferenceRequest, PickResult], None] = lambda _r, _p: None,
+        preempt: Callable[[InferenceRequest], bool] | None = None,
         recheck_interval: float = 0.02,
     ) -> None:
         """``pick`` runs when a request leaves the queue and must charge its load at once (the gate
@@ -63,6 +74,7 @@ class FlowDispatcher:
         self.saturated = saturated
         self.clock = clock
         self.abandoned = abandoned
+        self.preempt = preempt
         self.recheck_interval = recheck_interval
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -96,17 +108,12 @@ class FlowDispatcher:
         if self._wake is not None:
             self._wake.set()
 
-    def preempted(self, item: QueuedRequest) -> None:
-        """Fail a queued request evicted for a more important one (429: retry later)."""
-        if self.ctl.cancel(item, self.clock(), EVICTED_PREEMPTED):
-            _fail(item, ShedError("request preempted by higher-priority work"))
-
     def step(self) -> None:
         """One pass: expire, then dispatch while capacity allows."""
         now = self.clock()
         for item in self.ctl.expire(now):
             _fail(item, NoCapacityError(TTL_MESSAGE))
-        for item in dispatch_ready(self.ctl, now, self.saturated):
+        for item in dispatch_ready(self.ctl, now, self.saturated, self.preempt):
             fut = item.handle
             if fut is None or fut.done():
                 continue

@@ -28,6 +28,12 @@ OUTCOMES = Counter(
     "Requests that left the flow controller, by outcome (Dispatched, RejectedCapacity, EvictedTTL, ...).",
     ["priority", "fairness_id", "outcome"],
 )
+PREEMPTIONS = Counter(
+    "kvgate_flow_control_preemptions_total",
+    "Sheddable requests stopped before their first token to place a more important one (the victim's "
+    "priority and flow).",
+    ["priority", "fairness_id"],
+)
 
 
 class FlowMetrics:
@@ -54,3 +60,7 @@ class FlowMetrics:
             f = self._flow(flow)
             OUTCOMES.labels(str(priority), f, outcome).inc()
             QUEUE_DURATION.labels(str(priority), f, outcome).observe(waited)
+
+    def preempted(self, priority: int, flow: str) -> None:
+        if self.enabled:
+            PREEMPTIONS.labels(str(priority), self._flow(flow)).inc()

@@ -42,6 +42,7 @@ from kvgate.openai.request import (
     inference_request,
     parse_body,
 )
+from kvgate.requestcontrol.director import preempted_error
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage
 
 log = logging.getLogger("kvgate.gateway")
@@ -404,6 +405,7 @@ class Proxy:
             # owns it); the finally covers cancellation (client gone) and unexpected errors.
             finished = False
             resp: UpstreamResponse | None = None
+            preempted = self._preemptible(director, ireq, ep)
             head = b"POST " + path + b" HTTP/1.1\r\nhost: " + ep.address.encode() + b"\r\n" + header_block
             try:
                 try:
@@ -459,6 +461,14 @@ class Proxy:
                     resp, body, director, ireq, ep, client_model, sent_model, reply_headers, t0
                 )
             except asyncio.CancelledError:
+                if preempted[0] and not finished:
+                    # Stopped by flow control for a more important request (its slot is already
+                    # released): the upstream connection is aborted below; the client gets a 429.
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
+                    self.metrics.error(client_model, ireq.model, "preempted")
+                    raise GatewayError.from_scheduling(preempted_error()) from None
                 if not finished:  # (a stream's relay records its own end)
                     self.metrics.error(client_model, ireq.model, "client_gone")
                 raise
@@ -472,6 +482,26 @@ class Proxy:
             f"all {self.cfg.limits.max_attempts} attempts failed; last: {last_error}",
             code="upstream_unavailable",
         )
+
+    @staticmethod
+    def _preemptible(director: Any, ireq: InferenceRequest, ep: Endpoint) -> list[bool]:
+        """Let flow control stop this (sheddable) request until its first token: ``stop`` cancels
+        this task; the returned flag tells the cancellation apart from the client leaving."""
+        flag = [False]
+        task = asyncio.current_task()
+        register = getattr(director, "preemptible", None)  # (a multi-cluster pool's director: none)
+        if task is None or register is None or not ireq.sheddable:
+            return flag
+
+        def stop() -> bool:
+            if flag[0] or task.done():
+                return False
+            flag[0] = True
+            task.cancel()
+            return True
+
+        register(ireq, ep, stop)
+        return flag
 
     def _name(self, ep: Endpoint) -> str:
         """How client-visible messages name an endpoint (``hideInternalAddresses``: not by address)."""

@@ -25,8 +25,8 @@ from typing import Any
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy, gate
 from kvgate.datalayer.store import EndpointStore
-from kvgate.flowcontrol.controller import FlowController
-from kvgate.flowcontrol.dispatcher import FlowDispatcher
+from kvgate.flowcontrol.controller import FlowController, flow_of
+from kvgate.flowcontrol.dispatcher import PREEMPTED_MESSAGE, FlowDispatcher
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
@@ -57,6 +57,11 @@ POOL_METRICS_EVERY_S = 1.0  # inference_pool_* gauges are refreshed at most this
 MAX_TRACKED = 1 << 17  # bound on requests tracked between pick and finish (a front door may forget one)
 
 
+def preempted_error() -> ShedError:
+    """What a door answers a preempted request's client (429, as a capacity rejection)."""
+    return ShedError(PREEMPTED_MESSAGE)
+
+
 @dataclass(slots=True)
 class _Track:
     """Per (request, endpoint) accounting between dispatch and finish."""
@@ -65,6 +70,7 @@ class _Track:
     decode: int  # expected output tokens added to pending_decode_tokens
     first_token: bool = False
     first_at: float = 0.0  # clock time of the first token
+    stop: Callable[[], bool] | None = None  # the door's way to stop it (preemption); True = stopped
 
 
 # Pace learning (``InFlight.pace``): responses shorter than this say little about decode speed; a low
@@ -120,6 +126,8 @@ class Director:
         # request_id -> {address: uncached fraction}, from pick until dispatch.
         self._picked: OrderedDict[str, dict[str, float]] = OrderedDict()
         self._tracks: OrderedDict[tuple[str, str], _Track] = OrderedDict()
+        # Sheddable requests a door can stop before their first token, oldest first (preemption).
+        self._victims: OrderedDict[tuple[str, str], InferenceRequest] = OrderedDict()
         self.mean_decode = float(DEFAULT_DECODE_TOKENS)
         self._pool_metrics_at: float | None = None
         # Plugins that learn from responses (latency prediction), told of first tokens and finishes.
@@ -132,6 +140,7 @@ class Director:
                 saturated=self.saturated,
                 clock=self.clock,
                 abandoned=self._abandoned,
+                preempt=self._preempt if flow.cfg.preemption else None,
             )
             if flow is not None
             else None
@@ -181,6 +190,54 @@ class Director:
     def _abandoned(self, req: InferenceRequest, result: PickResult) -> None:
         """Dispatched by flow control, but the client left before the door sent it."""
         self.on_finished(req, result.primary, None, False)
+
+    # -- preemption (flowControl.preemption) ------------------------------------------------------
+
+    def preemptible(self, req: InferenceRequest, endpoint: Endpoint, stop: Callable[[], bool]) -> None:
+        """A door can stop ``req`` on ``endpoint`` until its first token: ``stop()`` aborts the upstream
+        request and answers the client 429, or returns False when it no longer can. Only sheddable
+        requests, and only with ``flowControl.preemption``; call after ``on_dispatched``."""
+        if self.flow is None or self.flow.preempt is None or not req.sheddable:
+            return
+        key = (req.request_id, endpoint.address)
+        track = self._tracks.get(key)
+        if track is None or track.first_token:
+            return
+        track.stop = stop
+        self._victims[key] = req
+        if len(self._victims) > MAX_TRACKED:
+            self._victims.popitem(last=False)
+
+    def _preempt(self, req: InferenceRequest) -> bool:
+        """``req`` (not sheddable) cannot be placed: stop the newest sheddable request that has no first
+        token yet on one of ``req``'s candidates and release its load, so ``req`` takes its place.
+        As llm-d's in-flight eviction: the newest has done the least work."""
+        try:
+            cands = {ep.address for ep in self.candidates(req)}
+        except SchedulingError:
+            return False
+        for key, victim in reversed(list(self._victims.items())):
+            track = self._tracks.get(key)
+            if track is None or track.first_token or track.stop is None:
+                del self._victims[key]
+                continue
+            if key[1] not in cands:
+                continue
+            del self._victims[key]
+            if not track.stop():
+                track.stop = None
+                continue
+            # Released now: the door's own on_finished for it finds no track and does nothing.
+            del self._tracks[key]
+            self._picked.pop(key[0], None)
+            ep = self.store.get(key[1])
+            if ep is not None:
+                self._release(ep, track)
+            if self.flow is not None:
+                self.flow.ctl.metrics.preempted(victim.priority, flow_of(victim))
+            log.info("preempted sheddable request %s on %s for %s", key[0], key[1], req.request_id)
+            return True
+        return False
 
     def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:
         t0 = self.timer()
@@ -268,6 +325,9 @@ class Director:
             return
         track.first_token = True
         track.first_at = self.clock()
+        if track.stop is not None:
+            track.stop = None
+            self._victims.pop((req.request_id, endpoint.address), None)
         for obs in self._observers:
             obs.on_first_token(req, endpoint, track.first_at)
         inf = endpoint.inflight
@@ -281,6 +341,8 @@ class Director:
         track = self._tracks.pop((req.request_id, endpoint.address), None)
         if track is None:
             return
+        if track.stop is not None:
+            self._victims.pop((req.request_id, endpoint.address), None)
         self._release(endpoint, track)
         if self.flow is not None:
             self.flow.notify()

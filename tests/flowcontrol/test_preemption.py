@@ -1,0 +1,118 @@
+"""Preemption (``flowControl.preemption``) on the Director: a request that is not sheddable and finds
+the pool saturated stops the newest sheddable request that has no first token yet and takes its
+place. The doors' side (abort upstream, 429 to the client) is in ``test_preemption_doors.py``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from kvgate.config.director import build_director
+from kvgate.datalayer.store import EndpointStore
+from kvgate.requestcontrol.director import Director
+from kvgate.scheduling.types import InferenceRequest
+
+WAIT = 10.0
+
+
+def director(preemption: bool = True, max_concurrency: int = 1, endpoints: int = 1) -> Director:
+    cfg: dict[str, Any] = {
+        "featureGates": ["flowControl"],
+        "flowControl": {"preemption": preemption},
+        "saturationDetector": {
+            "type": "concurrency-detector",
+            "parameters": {"maxConcurrency": max_concurrency},
+        },
+        "plugins": [{"type": "queue-scorer"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}],
+    }
+    addrs = [f"10.0.0.{i}:8000" for i in range(1, endpoints + 1)]
+    return build_director(cfg, EndpointStore.from_addresses(addrs), flow_metrics=False)
+
+
+def req(rid: str, priority: int = 0) -> InferenceRequest:
+    return InferenceRequest(rid, "m", prompt_tokens=10, max_tokens=4, priority=priority)
+
+
+class Victim:
+    """A sheddable request in flight, as a door registers it."""
+
+    def __init__(self, d: Director, rid: str, can_stop: bool = True, on: str | None = None) -> None:
+        self.req = req(rid, priority=-1)
+        if on is not None:
+            self.req.subset = frozenset({on})
+        self.ep = d.pick(self.req).primary
+        d.on_dispatched(self.req, self.ep)
+        self.stopped = 0
+        self.can_stop = can_stop
+        d.preemptible(self.req, self.ep, self.stop)
+
+    def stop(self) -> bool:
+        self.stopped += 1
+        return self.can_stop
+
+
+async def waits(task: asyncio.Task[Any]) -> bool:
+    """True when ``task`` is still waiting after the dispatcher has had several passes."""
+    await asyncio.sleep(0.1)
+    return not task.done()
+
+
+async def test_a_critical_request_stops_the_newest_sheddable_one_and_takes_its_place() -> None:
+    d = director(max_concurrency=2)
+    old, new = Victim(d, "old"), Victim(d, "new")
+    ep = old.ep
+    assert d.saturated(req("probe"))
+    result = await asyncio.wait_for(d.admit(req("critical", priority=10)), WAIT)
+    assert (new.stopped, old.stopped) == (1, 0)  # the newest has done the least work
+    assert result.primary is ep
+    assert ep.inflight.requests == 2  # the old sheddable one + the critical one; the stopped one released
+    d.on_finished(new.req, new.ep, None, False)  # the door's own close of the stopped request: a no-op
+    assert ep.inflight.requests == 2
+
+
+async def test_a_request_with_its_first_token_is_not_stopped() -> None:
+    d = director()
+    v = Victim(d, "v")
+    d.on_first_token(v.req, v.ep)
+    task = asyncio.ensure_future(d.admit(req("critical", priority=10)))
+    try:
+        assert await waits(task)
+        assert v.stopped == 0
+        d.on_finished(v.req, v.ep, None, True)  # capacity frees the ordinary way
+        await asyncio.wait_for(task, WAIT)
+    finally:
+        task.cancel()
+
+
+async def test_a_victim_that_can_no_longer_be_stopped_is_skipped() -> None:
+    d = director(max_concurrency=2)
+    old = Victim(d, "old")
+    new = Victim(d, "new", can_stop=False)  # e.g. the ext_proc door already answered its headers
+    await asyncio.wait_for(d.admit(req("critical", priority=10)), WAIT)
+    assert (new.stopped, old.stopped) == (1, 1)
+
+
+@pytest.mark.parametrize("preemption", [False, True])
+async def test_off_by_default_and_never_for_a_sheddable_head(preemption: bool) -> None:
+    d = director(preemption=preemption)
+    v = Victim(d, "v")
+    # Off: nothing is stopped. On: a sheddable head waits like any other (no preemption among equals).
+    task = asyncio.ensure_future(d.admit(req("x", priority=0 if not preemption else -1)))
+    try:
+        assert await waits(task)
+        assert v.stopped == 0
+    finally:
+        task.cancel()
+
+
+async def test_a_victim_on_an_endpoint_outside_the_subset_is_not_stopped() -> None:
+    d = director(endpoints=2)
+    a, b = Victim(d, "a", on="10.0.0.1:8000"), Victim(d, "b", on="10.0.0.2:8000")
+    critical = req("critical", priority=10)
+    critical.subset = frozenset({a.ep.address})
+    result = await asyncio.wait_for(d.admit(critical), WAIT)
+    assert result.primary is a.ep
+    assert (a.stopped, b.stopped) == (1, 0)

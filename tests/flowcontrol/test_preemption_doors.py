@@ -1,0 +1,97 @@
+"""Preemption end to end through ``kvgate serve``, against a simulated vLLM replica over HTTP.
+
+The replica runs 50x slower than real time, so a sheddable request's prefill (its first token) takes
+seconds of wall time; the concurrency detector admits one request. A critical request arriving then
+stops the sheddable one: its client gets a 429, the gateway drops the upstream connection (the replica
+aborts the request) and the critical request is served. Only outcomes are asserted, no timings.
+
+The ext_proc door's side (a 429 ``ImmediateResponse`` in answer to the response headers) is tested on
+the session in ``tests/extproc/test_preemption_session.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from kvgate.config.gateway import parse_gateway_config
+from kvgate.gateway.pools import build_pool
+from kvgate.gateway.server import GatewayServer
+from kvgate.sim.server import Replica, ReplicaConfig
+
+WAIT = 20.0  # generous: the CI machine is loaded
+
+
+def gateway_config(port: int) -> dict[str, Any]:
+    return {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "objectives": [{"name": "critical", "priority": 10}, {"name": "batch", "priority": -1}],
+        "pools": [
+            {
+                "name": "p",
+                "endpoints": [f"127.0.0.1:{port}"],
+                "models": ["sim-model"],
+                "endpointPickerConfig": {
+                    "featureGates": ["flowControl"],
+                    "flowControl": {"preemption": True},
+                    "saturationDetector": {
+                        "type": "concurrency-detector",
+                        "parameters": {"maxConcurrency": 1},
+                    },
+                    "plugins": [{"type": "queue-scorer"}],
+                    "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}],
+                },
+            }
+        ],
+    }
+
+
+async def test_a_critical_request_preempts_a_sheddable_one_without_a_first_token() -> None:
+    replica = Replica(ReplicaConfig(model="sim-model", time_scale=0.02, max_num_seqs=4, seed=0))
+    await replica.start()
+    gw: GatewayServer | None = None
+    try:
+        cfg = parse_gateway_config(gateway_config(replica.port))
+        pools = [build_pool(p) for p in cfg.pools]
+        gw = GatewayServer(cfg, pools, scrape=False)
+        await gw.start()
+        director = pools[0].director
+        url = f"http://127.0.0.1:{gw.port}/v1/completions"
+
+        async def send(objective: str, prompt: str, max_tokens: int) -> tuple[int, dict[str, Any]]:
+            body = {"model": "sim-model", "prompt": prompt, "max_tokens": max_tokens, "stream": True}
+            hdrs = {"x-gateway-inference-objective": objective}
+            async with http.post(url, json=body, headers=hdrs) as r:
+                raw = await r.read()
+                if r.status != 200:
+                    return r.status, orjson.loads(raw)
+                return r.status, {"sse": raw.decode()}
+
+        async with aiohttp.ClientSession() as http:
+            # A long prompt: its prefill step alone takes about a second of wall time at this time scale.
+            batch = asyncio.ensure_future(send("batch", "words " * 500, 64))
+            deadline = time.monotonic() + WAIT
+            while replica.engine.num_running + replica.engine.num_waiting == 0:
+                assert time.monotonic() < deadline, "the sheddable request never reached the replica"
+                await asyncio.sleep(0.01)
+            assert not batch.done()
+            status, _ = await asyncio.wait_for(send("critical", "hi", 1), WAIT)
+            assert status == 200
+            b_status, b_body = await asyncio.wait_for(batch, WAIT)
+        assert b_status == 429, b_body
+        assert "preempted" in b_body["error"]["message"]
+        # The replica stopped generating for the preempted request: nothing left running, and only
+        # the critical request finished (an aborted request is not counted as finished).
+        while replica.engine.num_running + replica.engine.num_waiting > 0:
+            assert time.monotonic() < deadline + WAIT, "the preempted request was not aborted upstream"
+            await asyncio.sleep(0.02)
+        assert sum(replica.counters.finished.values()) == 1
+        assert director.store.all()[0].inflight.requests == 0  # every charge released exactly once
+    finally:
+        if gw is not None:
+            await gw.stop(drain_timeout=1.0)
+        await replica.stop()
