@@ -92,3 +92,103 @@ def test_unreadable_tokenizer_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError):
         _scorer(tokenizer=str(tmp_path / "bad.json"))
+
+
+# --- piecewise tokenization (shared prefixes tokenized once) ------------------------------------------
+
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _texts(n: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    words = ["alpha", "béta", "Gamma", "x", "don't", "42", "3.14159", "hello,", "(paren)", "tab\tbed",
+             "日本語", "<|user|>", "<|system|>", "  ", "\n", "\n\n", " \n", "end.", "emoji🙂", "ä",
+             "it's"]  # fmt: skip
+    system = " ".join(rng.choice(words) for _ in range(600))
+    out = []
+    for i in range(n):
+        tail = " ".join(rng.choice(words) for _ in range(rng.randint(0, 80)))
+        out.append((system if i % 2 else system[: rng.randint(0, len(system))]) + f"\nUser {i}: " + tail)
+    return out
+
+
+def _llama3_style(d: Path) -> Path:
+    """A byte-level BPE with Llama 3's split regex and a BOS in front, trained on the test texts."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<bos>", "<|user|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_texts(20, 99), trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    d.mkdir(parents=True, exist_ok=True)
+    tok.save(str(d / "tokenizer.json"))
+    return d
+
+
+@pytest.mark.parametrize("kind", ["sim", "llama3"])
+def test_piecewise_encoding_equals_whole_for_byte_level_bpe(tmp_path: Path, kind: str) -> None:
+    from tokenizers import Tokenizer
+
+    from kvgate.sim.tokenizer import write_tokenizer_dir
+
+    if kind == "sim":
+        write_tokenizer_dir(tmp_path / "t")
+        d = tmp_path / "t"
+    else:
+        d = _llama3_style(tmp_path / "t")
+    tok = tokenize.PromptTokenizer(d / "tokenizer.json")
+    assert tok.piecewise
+    whole = Tokenizer.from_file(str(d / "tokenizer.json"))
+    texts = _texts(60, 1)
+    for text in texts:
+        assert tok.encode(text) == whole.encode(text).ids
+    assert tok.piecewise  # the self-check found no difference
+    assert len(tok._pieces) > 0
+    if kind == "llama3":
+        assert tok.encode(texts[0])[0] == 0  # the BOS once, in front
+
+
+def test_other_tokenizers_are_tokenized_whole(tmp_path: Path) -> None:
+    tok = tokenize.PromptTokenizer(
+        _save_tokenizer(tmp_path / "wl") / "tokenizer.json"
+    )  # WordLevel/Whitespace
+    assert not tok.piecewise
+    text = "a b c d " * 200
+    assert tok.encode(text)[:4] == [1, 2, 3, 4] and not tok._pieces
+
+
+def test_a_piecewise_difference_sends_the_tokenizer_back_to_whole_texts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    from tokenizers import Tokenizer
+
+    from kvgate.sim.tokenizer import write_tokenizer_dir
+
+    write_tokenizer_dir(tmp_path / "t")
+    path = tmp_path / "t" / "tokenizer.json"
+    tok = tokenize.PromptTokenizer(path)
+    assert tok.piecewise
+    # A cut inside words is not one the pre-tokenizer makes: the encodings differ.
+    monkeypatch.setattr(tokenize, "_CUT", re.compile(r"(?<=[a-z])(?=[a-z])"))
+    whole = Tokenizer.from_file(str(path))
+    text = "tokenization " * 100
+    assert tok.encode(text) == whole.encode(text).ids  # found on a live prompt
+    assert not tok.piecewise
+    assert not tokenize.PromptTokenizer(path).piecewise  # found by the probe at load

@@ -17,6 +17,7 @@ DELEGATED = {
     "picker": "kvgate.bench.picker_micro",
     "sim-capacity": "kvgate.bench.sim_capacity",
     "gateway-overhead": "kvgate.bench.gateway_overhead",
+    "gateway-ttft": "kvgate.bench.gateway_ttft",
     "extproc": "kvgate.bench.extproc_bench",
     "peers": "kvgate.bench.peers",
     "calibrate": "kvgate.sim.calibrate",
