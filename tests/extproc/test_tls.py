@@ -63,7 +63,9 @@ async def test_mutual_tls(start_epp) -> None:
 
 
 def test_openssl_fallback_makes_a_usable_certificate() -> None:
-    pair = tls._self_signed_openssl(("localhost", "127.0.0.1"), 1)
+    from kvgate.httpfront.tls import _self_signed_openssl
+
+    pair = _self_signed_openssl(("localhost", "127.0.0.1"), 1)
     assert pair.cert_pem.startswith(b"-----BEGIN CERTIFICATE-----")
     assert b"PRIVATE KEY" in pair.key_pem
     tls.server_credentials(pair)  # grpc accepts the pair

@@ -91,7 +91,7 @@ class Limits:
     drain_timeout_s: float = 30.0
     # Idle client connections (kept alive, nothing received) close after this.
     keepalive_s: float = 75.0
-    # Client-side deadlines (kvgate.gateway.front): whole request head, whole body (408 then close),
+    # Client-side deadlines (kvgate.httpfront.server): whole request head, whole body (408 then close),
     # and a write the client does not take (nginx send_timeout; aborts, releasing slot and upstream).
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0

@@ -6,7 +6,7 @@ OpenAI SDKs read ``error.message`` into the exception they raise, so every refus
 
 from __future__ import annotations
 
-from kvgate.gateway.front import Response
+from kvgate.httpfront.server import Response
 from kvgate.openai.protocol import CODES, error_body
 from kvgate.scheduling.types import SchedulingError
 

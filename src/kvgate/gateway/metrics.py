@@ -157,7 +157,7 @@ class GatewayMetrics:
             "kvgate_gateway_endpoint_ejections_total", "Endpoints ejected after repeated failures", registry=r
         )
 
-        # Client-side protections (kvgate.gateway.front), read from the fronts at scrape time.
+        # Client-side protections (kvgate.httpfront.server), read from the fronts at scrape time.
         self.client_timeouts = Gauge(
             "kvgate_gateway_client_timeouts_total",
             "Client connections ended by a deadline (kind: header, body, send)",

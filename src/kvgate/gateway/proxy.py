@@ -23,13 +23,13 @@ from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.gateway.errors import GatewayError, error_response, sse_error_event
-from kvgate.gateway.front import Request, Response, StreamResponse
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
 from kvgate.gateway.stream import BodyRewriter, StreamRelay, StreamTooLarge, usage_from_body
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import UpstreamPool, UpstreamResponse
+from kvgate.httpfront.server import Request, Response, StreamResponse
 from kvgate.openai import protocol as proto
 from kvgate.openai.request import (
     CHAT,

@@ -24,11 +24,11 @@ from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
 from kvgate.datalayer.health import HealthPolicy
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.gateway.errors import GatewayError, error_response
-from kvgate.gateway.front import FrontServer, Handler, Request, Response
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
+from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.request import RequestPolicy
 from kvgate.scheduling.metrics import POOL_READY

@@ -46,7 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kvgate.config.gateway import GatewayConfig
 from kvgate.gateway.errors import GatewayError, error_response
-from kvgate.gateway.front import FrontServer, Handler, Request, Response
+from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 
 log = logging.getLogger("kvgate.gateway.workers")
 

@@ -35,7 +35,7 @@ from typing import cast
 
 from kvgate.openai.protocol import error_body
 
-log = logging.getLogger("kvgate.gateway.front")
+log = logging.getLogger("kvgate.httpfront")
 
 _MAX_HEAD = 64 * 1024
 _MAX_PIPELINE = 16
