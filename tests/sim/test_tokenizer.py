@@ -95,3 +95,15 @@ def test_any_text_round_trips(text: str) -> None:
     ids = tok.encode(text)
     assert tok.decode(ids) == text
     assert all(0 <= i < tok.vocab_size for i in ids)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=26**3 - 1), min_size=1, max_size=300))
+def test_rendered_words_take_the_fast_path_with_the_bpe_s_ids(ids: list[int]) -> None:
+    tok = get_tokenizer()
+    text = render(ids)
+    bpe = tok._tok.encode(text, add_special_tokens=False).ids
+    assert tok.encode(text) == bpe and len(bpe) == len(ids)
+    # Near misses go through the BPE: a double space, a leading space, a capital, a newline.
+    for other in ("  ".join(text.split(" ")), " " + text, text.capitalize(), text.replace(" ", "\n")):
+        assert tok.encode(other) == tok._tok.encode(other, add_special_tokens=False).ids

@@ -22,16 +22,17 @@ Scaling to fit the 2-core machine (a run of 4 routers x 2 seeds in ~8 minutes):
   to 1,600 tokens (tens of seconds); requests still streaming then are cut (``loadgen``'s
   ``cut_after``). One that streamed its first token counts as ok for TTFT (its E2E is a lower bound);
   one that did not counts as an error.
-- **Time scale** 1.0 by default (simulated seconds = wall seconds): the arrival rate is low (~8-10
+- **Time scale** 1.0 by default (simulated seconds = wall seconds): the arrival rate is low (~12-14
   req/s) but prompts are long and one-offs decode for long; every row records how late the simulator
   ran its engine steps, and rows whose mean lag exceeds ``live.LAG_WARN_MS`` are flagged.
 
-Offered load: ``--load`` (0.8) x a capacity per family. By default the capacity is the fleet
-simulator's **knee capacity of the uncompressed family** as published in docs/benchmarks.md
-(``FLEET_KNEE_CAPACITIES``, from ``kvgate bench multiturn --set both``), i.e. the fleet simulator's
-given capacity, not re-measured; ``--capacities a=..,b=..`` gives others, and ``--capacity knee``
-searches the knee of the *compressed* workload on the fleet simulator first (``multiturn.capacity``;
-deterministic, ~1-2 minutes of CPU per family, so best run once and passed with ``--capacities``).
+Offered load: ``--load`` (0.8) x a capacity per family: the **knee** (the highest load whose p90 TTFT
+stays within 2x the unloaded p90, best of kvgate and the sglang-cache-aware model) of this very
+workload (compressed think times, same fleet) on the virtual-clock fleet simulator, as
+``kvgate bench multiturn`` defines it for the uncompressed family. The search takes minutes of CPU,
+so the default is its result (``COMPRESSED_KNEE_CAPACITIES``, deterministic, from ``--capacity knee
+--capacity-only``); ``--capacity knee`` searches it again first, ``--capacities a=..,b=..`` gives
+others, ``--qps`` fixes the rate. It is the fleet simulator's capacity, not one measured live.
 
 Runs: ``--runs a:1,b:101`` (default): family ``a`` seed 1 is from the **tuning set**, ``b`` seed 101
 from the **validation set** (``bench.mixed``: families b and c, seeds 101-103, never used for tuning).
@@ -57,6 +58,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 
 from kvgate.bench import live, loadgen, report
@@ -69,11 +71,15 @@ from kvgate.bench.workloads import RequestSpec
 DEFAULT_POLICIES = ("kvgate", "round-robin", "cache_aware")
 REFERENCE_ROUTER = "sglang-router cache_aware"  # ratios are to this row of the same run
 DEFAULT_RUNS = (("a", 1), ("b", 101))  # one tuning-set run, one validation-set run
-# The fleet simulator's knee capacities (req/s) of the uncompressed families, as published in
-# docs/benchmarks.md ("Knee capacities", `kvgate bench multiturn --set both --out /tmp/mt0`; the
-# capacities its before/after tables were measured at).
-FLEET_KNEE_CAPACITIES = {"a": 11.77, "b": 10.96, "c": 8.74}
 DEFAULT_THINK_SCALE = 0.25
+# Knee capacities (req/s) of the workload at the default think scale, on the fleet simulator (same
+# fleet, same generator, seeds a:1, b:101, c:101; best of kvgate and sglang-cache-aware; deterministic):
+# `kvgate bench multiturn --live --capacity knee --capacity-only --runs a:1,b:101,c:101`, 2026-12-03.
+COMPRESSED_KNEE_CAPACITIES = {"a": 14.68, "b": 17.30}
+COMPRESSED_KNEE_HOW = (
+    "the knee of this workload (think x 0.25) on the fleet simulator, measured with "
+    "`kvgate bench multiturn --live --capacity knee --capacity-only` (COMPRESSED_KNEE_CAPACITIES)"
+)
 DEFAULT_TIME_SCALE = 1.0
 DEFAULT_WARMUP = 10.0
 DEFAULT_DURATION = 30.0
@@ -227,12 +233,17 @@ def _run_line(r: dict[str, Any]) -> str:
 def plan_capacities(
     args: argparse.Namespace, families: set[str], console: Console
 ) -> dict[str, dict[str, Any]]:
-    caps: dict[str, dict[str, Any]] = {}
-    given = dict(FLEET_KNEE_CAPACITIES)
+    """Capacity per family (req/s): searched on the fleet simulator (``--capacity knee``), else given
+    (``--capacities``, else ``COMPRESSED_KNEE_CAPACITIES`` at the default think scale)."""
+    given: dict[str, float] = {}
+    how = "given with --capacities"
+    if args.think_scale == DEFAULT_THINK_SCALE:
+        given, how = dict(COMPRESSED_KNEE_CAPACITIES), COMPRESSED_KNEE_HOW
     for item in (args.capacities or "").split(","):
         if item:
             name, _, val = item.partition("=")
             given[name] = float(val)
+    caps: dict[str, dict[str, Any]] = {}
     for fam in sorted(families):
         if args.capacity == "knee":
             from kvgate.bench.multiturn import capacity
@@ -244,18 +255,17 @@ def plan_capacities(
                 KNEE_DURATION, KNEE_WARMUP, lambda m: console.print(m),
             )  # fmt: skip
             c["how"] = (
-                f"knee of the compressed workload (think x {args.think_scale:g}) on the fleet simulator, "
-                f"seed {seed}, {KNEE_DURATION:g}+{KNEE_WARMUP:g} virtual s per point "
+                f"knee of this workload (think x {args.think_scale:g}) on the fleet simulator, searched in "
+                f"this run with seed {seed}, {KNEE_DURATION:g}+{KNEE_WARMUP:g} virtual s per point "
                 f"({time.process_time() - t0:.0f} s CPU)"
             )
             caps[fam] = c
+        elif fam in given:
+            given_here = args.capacities and f"{fam}=" in args.capacities
+            caps[fam] = {"mode": "given", "capacity": given[fam], "how": how if not given_here else ""}
+            caps[fam]["how"] = caps[fam]["how"] or "given with --capacities"
         else:
-            how = (
-                "given with --capacities"
-                if args.capacities and f"{fam}=" in args.capacities
-                else ("the fleet simulator's knee capacity of the uncompressed family (docs/benchmarks.md)")
-            )
-            caps[fam] = {"mode": "given", "capacity": given[fam], "how": how}
+            raise SystemExit(f"no capacity for family {fam}: pass --capacities, --capacity knee or --qps")
     return caps
 
 
@@ -274,8 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=",".join(f"{f}:{s}" for f, s in DEFAULT_RUNS), help="FAMILY:SEED,...")
     p.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="kvgate policies or router kinds")
     p.add_argument("--load", type=float, default=0.8, help="fraction of capacity to offer")
-    p.add_argument("--capacity", choices=["given", "knee"], default="given")
-    p.add_argument("--capacities", help="req/s per family, e.g. a=11.77,b=10.96 (default: the fleet knees)")
+    p.add_argument(
+        "--capacity",
+        choices=["given", "knee"],
+        default="given",
+        help="given: --capacities or the table of fleet-simulator knees; knee: search it first (minutes)",
+    )
+    p.add_argument("--capacities", help="req/s per family, e.g. a=14.68,b=17.3")
+    p.add_argument("--capacity-only", action="store_true", help="print the capacities and stop")
     p.add_argument("--qps", type=float, help="fixed offered req/s (simulated) for every run")
     p.add_argument("--think-scale", type=float, default=DEFAULT_THINK_SCALE)
     p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE)
@@ -290,10 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if not args.no_netns and not live.in_netns():
-        return live.reexec_in_netns(["multiturn", "--live", *argv])
     args.run_list = parse_runs(args.runs)
     console = Console()
+    if args.capacity_only:  # the fleet simulator only: no processes, no network
+        caps = plan_capacities(args, {f for f, _ in args.run_list}, console)
+        print(orjson.dumps(caps, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not args.no_netns and not live.in_netns():
+        return live.reexec_in_netns(["multiturn", "--live", *argv])
     caps = {} if args.qps else plan_capacities(args, {f for f, _ in args.run_list}, console)
     runs: list[tuple[MixedLiveLoad, FleetSpec]] = []
     for fam, seed in args.run_list:
