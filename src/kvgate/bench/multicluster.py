@@ -513,7 +513,12 @@ def plot_timeline(path: Path, sims: dict[str, MultiClusterSim], loss_at: float, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--live" in (argv or []):  # the same comparison live, in network namespaces
+        from kvgate.bench import multicluster_live
+
+        return multicluster_live.main(argv)
     p = argparse.ArgumentParser(prog="kvgate bench multicluster", description=__doc__.split("\n\n")[0])
+    p.add_argument("--live", action="store_true", help="run live in network namespaces (root; see --live -h)")
     p.add_argument("--policies", default=",".join(["kvgate", *BASELINES]))
     p.add_argument("--load", type=float, default=0.8, help="offered load as a fraction of fleet capacity")
     p.add_argument("--duration", type=float, default=40.0, help="virtual seconds measured per run")

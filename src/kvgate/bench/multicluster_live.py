@@ -1,0 +1,641 @@
+"""``kvgate bench multicluster --live``: the cluster policies compared live, each cluster in its own network
+namespace, real processes throughout, round trips on the wire.
+
+Per cluster (``kvgate.bench.netns``): a network namespace holding ``kvgate sim`` replicas (the pods), its
+``kvgate epp`` (ext_proc, gRPC health, ``/v1/pool/aggregate``) and a cluster-local ``kvgate serve`` (Parent
+mode). In the root namespace: the global gateway (``kvgate serve --clusters``, one process per run, the
+policy under test), the load generator, and a delay relay (``kvgate.bench.delay_relay``) on every path from
+the global gateway into a cluster (aggregate, EPP, health, cluster gateway, pods), adding that cluster's
+round trip: this kernel has no ``netem`` qdisc, so the RTT is emulated in userspace.
+
+Default fleet: ``east`` 3 x H100 at 5 ms (the gateway's local cluster), ``west`` 2 x H200 at 40 ms, ``eu``
+1 x A100 at 80 ms; simulated replicas run at ``--time-scale`` (0.1: each simulated GPU 10x slower than its
+profile, so the machine's two cores keep up). Workload: shared-prefix tenants (Zipf-popular system prompts)
+with Poisson arrivals at ``--load`` x the live capacity measured at the start of the same run (each
+cluster's own gateway driven closed-loop past saturation, completions counted).
+
+Phases per policy: ``steady``, and ``loss``: every process of ``west`` killed (SIGKILL) a third of the way
+into the measured window and started again at two thirds (it comes back with empty caches). ``lost``:
+measured requests that never started anywhere; ``cut``: streams that had started and were cut by the loss.
+Caches are emptied (every replica restarted through ``/sim/stop``) before each run, so no policy inherits
+another's warm caches. Wall-clock figures: run it alone (``flock /work/team/live.lock ...`` here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import yaml
+
+from kvgate.bench import netns, procs
+from kvgate.bench.loadgen import build_body
+from kvgate.bench.procs import Proc
+from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
+
+MODEL = "sim-model"
+POLICIES = ["kvgate", "llm-d-hub", "round-robin", "active-passive"]
+LOCAL = "east"
+LOST_CLUSTER = "west"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveClusterDef:
+    name: str
+    profile: str
+    replicas: int
+    rtt_ms: float
+
+
+DEFAULT_CLUSTERS = (
+    LiveClusterDef("east", "llama3-8b-h100", 3, 5.0),
+    LiveClusterDef("west", "llama3-8b-h200", 2, 40.0),
+    LiveClusterDef("eu", "llama3-8b-a100", 1, 80.0),
+)
+
+
+@dataclass(slots=True)
+class LiveWorkload:
+    tenants: int = 32
+    system_prompt_len: int = 3072
+    question_len: int = 512
+    output_len: int = 32
+    zipf: float = 0.5
+
+    def stream(self, seed: int, count: int) -> Iterator[RequestSpec]:
+        return shared_prefix_stream(
+            num_groups=self.tenants,
+            system_prompt_len=self.system_prompt_len,
+            question_len=self.question_len,
+            output_len=self.output_len,
+            count=count,
+            seed=seed,
+            model=MODEL,
+            zipf=self.zipf,
+        )
+
+
+@dataclass(slots=True)
+class LiveConfig:
+    clusters: tuple[LiveClusterDef, ...] = DEFAULT_CLUSTERS
+    workload: LiveWorkload = field(default_factory=LiveWorkload)
+    time_scale: float = 0.1
+    max_num_seqs: int = 4  # per replica: a small batch keeps the fleet's req/s within the machine's CPUs
+    num_gpu_blocks: int = 2048  # per replica (16-token blocks): a few tenants' prefixes, not all of them
+    load: float = 0.8
+    duration: float = 24.0  # measured wall seconds per run
+    warmup: float = 6.0  # sent first, not measured
+    probe_s: float = 20.0  # capacity probe
+    probe_per_replica: int = 12  # closed-loop concurrency per replica in the probe
+    slo_ttft: float = 1.0
+    request_timeout: float = 30.0
+    ttl_s: float = 2.0
+    refresh_s: float = 0.5
+    seed: int = 0
+
+
+# --- the fleet -------------------------------------------------------------------------------------
+class LiveCluster:
+    def __init__(self, d: LiveClusterDef, index: int, net: int, cfg: LiveConfig, log_dir: Path) -> None:
+        self.d = d
+        self.ns = netns.NsCluster(d.name, index, net)
+        self.cfg = cfg
+        self.log_dir = log_dir
+        self.procs: dict[str, Proc] = {}
+        self.relay_ports: dict[str, int] = {}  # service -> 127.0.0.1 port of its relay
+
+    @property
+    def pods(self) -> list[str]:
+        return [f"{self.ns.pod_addr}:{netns.SIM_PORT + i}" for i in range(self.d.replicas)]
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [*self.ns.exec_prefix(), *procs.kvgate_cmd(*args)]
+
+    async def start(self) -> None:
+        d, ts = self.d, self.cfg.time_scale
+        specs = {
+            "sim": self._cmd(
+                "sim", "--replicas", str(d.replicas), "--profile", d.profile, "--host", "0.0.0.0",
+                "--base-port", str(netns.SIM_PORT), "--model", MODEL, "--time-scale", str(ts),
+                "--max-num-seqs", str(self.cfg.max_num_seqs),
+                "--num-gpu-blocks", str(self.cfg.num_gpu_blocks),
+                "--log-level", "WARNING",
+            ),
+            "epp": self._cmd(
+                "epp", "--endpoints", ",".join(self.pods), "--model", MODEL, "--pool-name", d.name,
+                "--host", "0.0.0.0", "--port", str(netns.EPP_PORT),
+                "--grpc-health-port", str(netns.HEALTH_PORT), "--metrics-port", str(netns.METRICS_PORT),
+                "--plaintext", "--log-level", "warning",
+            ),
+            "gateway": self._cmd(
+                "serve", "--endpoints", ",".join(f"http://{p}" for p in self.pods), "--model", MODEL,
+                "--host", "0.0.0.0", "--port", str(netns.GW_PORT), "--admin-port", str(netns.GW_ADMIN_PORT),
+                "--log-level", "WARNING",
+            ),
+        }  # fmt: skip
+        for name, cmd in specs.items():
+            self.procs[name], _ = await procs.start(f"{d.name} {name}", cmd, None)
+
+    async def wait_ready(self, limit_s: float = 120.0) -> None:
+        a = self.ns.addr
+        await procs.wait_http(f"http://{a}:{netns.METRICS_PORT}/metrics", limit_s)
+        await procs.wait_http(f"http://{a}:{netns.GW_ADMIN_PORT}/healthz", limit_s)
+        await self.wait_pods_ready(limit_s)
+
+    async def wait_pods_ready(self, limit_s: float = 60.0) -> None:
+        """Until the cluster's own EPP counts every pod ready (healthy, freshly scraped)."""
+        from kvgate.datalayer.aggregate import decode
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        url = f"http://{self.ns.addr}:{netns.METRICS_PORT}/v1/pool/aggregate"
+        async with aiohttp.ClientSession() as http:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                    async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                        if decode(await r.read()).ready_endpoints == self.d.replicas:
+                            return
+                if loop.time() > deadline:
+                    raise RuntimeError(f"{self.d.name}: pods not ready within {limit_s:.0f} s")
+                await asyncio.sleep(0.2)
+
+    async def reset_caches(self) -> None:
+        """Every replica restarted empty (``/sim/stop`` with an immediate restart), then ready again."""
+        async with aiohttp.ClientSession() as http:
+            for i in range(self.d.replicas):
+                url = f"http://{self.ns.addr}:{netns.SIM_PORT + i}/sim/stop"
+                async with http.post(url, json={"restart_after_s": 0}) as r:
+                    await r.read()
+        await asyncio.sleep(0.5)
+        await self.wait_pods_ready()
+
+    async def kill(self) -> None:
+        """The cluster dies: every process SIGKILLed at once (connections reset, nothing drained)."""
+        for p in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                p.proc.kill()
+        for p in self.procs.values():
+            await p.stop()
+        self.procs.clear()
+
+    async def stop(self) -> None:
+        for p in self.procs.values():
+            await p.stop()
+        self.procs.clear()
+
+    def routes(self) -> list[tuple[str, str]]:
+        """(service, relay route) for every path from the root namespace into this cluster."""
+        a, rtt = self.ns.addr, self.d.rtt_ms
+        out = [
+            (svc, f"127.0.0.1:0={a}:{port}@{rtt:g}")
+            for svc, port in (
+                ("aggregate", netns.METRICS_PORT),
+                ("epp", netns.EPP_PORT),
+                ("health", netns.HEALTH_PORT),
+                ("gateway", netns.GW_PORT),
+            )
+        ]
+        for i in range(self.d.replicas):
+            port = netns.SIM_PORT + i
+            out.append((f"pod{i}", f"{self.ns.pod_addr}:{port}={a}:{port}@{rtt:g}"))
+        return out
+
+    def spec(self, priority: int) -> dict[str, Any]:
+        p = self.relay_ports
+        return {
+            "name": self.d.name,
+            "aggregate": f"http://127.0.0.1:{p['aggregate']}/v1/pool/aggregate",
+            "gateway": f"127.0.0.1:{p['gateway']}",
+            "epp": f"127.0.0.1:{p['epp']}",
+            "health": f"127.0.0.1:{p['health']}",
+            "rtt_ms": self.d.rtt_ms,
+            "priority": priority,
+        }
+
+
+async def start_relay(clusters: list[LiveCluster]) -> Proc:
+    routes = [(c, svc, r) for c in clusters for svc, r in c.routes()]
+    cmd = [sys.executable, "-m", "kvgate.bench.delay_relay"]
+    for _, _, r in routes:
+        cmd += ["--route", r]
+    proc, matches = await procs.start(
+        "delay relay", cmd, r"relay (\S+):(\d+) -> (\S+):(\d+) rtt", count=len(routes), wait_s=60
+    )
+    for (c, svc, _), m in zip(routes, matches, strict=True):
+        c.relay_ports[svc] = int(m.group(2))
+    return proc
+
+
+# --- load ------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Result:
+    start: float  # offset from the run's start, s
+    cluster: str = ""
+    ttft: float | None = None
+    error: str | None = None
+    done: bool = False
+
+
+async def _send(
+    http: aiohttp.ClientSession, url: str, spec: RequestSpec, t0: float, limit_s: float
+) -> Result:
+    start = time.perf_counter()
+    res = Result(start - t0)
+    try:
+        async with http.post(
+            url + "/v1/completions",
+            data=orjson.dumps(build_body(spec)),
+            headers={"content-type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=limit_s),
+        ) as resp:
+            res.cluster = resp.headers.get("x-kvgate-cluster", "")
+            if resp.status != 200:
+                res.error = f"http {resp.status}: {(await resp.text())[:160]}"
+                return res
+            async for raw in resp.content:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    res.done = True
+                    break
+                if res.ttft is None and b'"text"' in data:
+                    chunk = orjson.loads(data)
+                    if "error" in chunk:
+                        res.error = str(chunk["error"])[:160]
+                        return res
+                    if any(c.get("text") for c in chunk.get("choices") or ()):
+                        res.ttft = time.perf_counter() - start
+            if not res.done:
+                res.error = "stream ended without [DONE]"
+    except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, ValueError) as e:
+        res.error = f"{type(e).__name__}: {e}"[:160]
+    return res
+
+
+async def open_loop(
+    url: str,
+    specs: Iterator[RequestSpec],
+    qps: float,
+    duration: float,
+    seed: int,
+    limit_s: float,
+    events: list[tuple[float, Any]] | None = None,
+) -> list[Result]:
+    """Poisson arrivals at ``qps`` for ``duration`` s; ``events`` (offset, coroutine factory) run on time."""
+    results: list[Result] = []
+    tasks: set[asyncio.Task[Any]] = set()
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        t0 = time.perf_counter()
+        for at, make in events or ():
+
+            async def fire(at: float = at, make: Any = make) -> None:
+                await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
+                await make()
+
+            t = asyncio.create_task(fire())
+            tasks.add(t)
+        offsets = poisson_offsets(random.Random(seed), qps, int(qps * duration * 2) + 100)
+        for spec, at in zip(specs, offsets, strict=False):
+            if at > duration:
+                break
+            delay = at - (time.perf_counter() - t0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+            async def one(spec: RequestSpec = spec) -> None:
+                results.append(await _send(http, url, spec, t0, limit_s))
+
+            t = asyncio.create_task(one())
+            tasks.add(t)
+        await asyncio.gather(*tasks)
+    return results
+
+
+async def closed_loop(url: str, specs: Iterator[RequestSpec], workers: int, duration: float,
+                      limit_s: float) -> list[tuple[float, bool]]:  # fmt: skip
+    """(completion offset, ok) for ``workers`` back-to-back senders over ``duration`` s."""
+    out: list[tuple[float, bool]] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        t0 = time.perf_counter()
+
+        async def worker() -> None:
+            while time.perf_counter() - t0 < duration:
+                spec = next(specs, None)
+                if spec is None:
+                    return
+                r = await _send(http, url, spec, t0, limit_s)
+                out.append((time.perf_counter() - t0, r.error is None))
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return out
+
+
+async def measure_capacity(clusters: list[LiveCluster], cfg: LiveConfig) -> dict[str, float]:
+    """Req/s each cluster completes when driven past saturation through its own gateway (no relay: the
+    cluster's capacity, not the link's), all clusters at once; counted over the probe's second half."""
+
+    async def one(c: LiveCluster, k: int) -> float:
+        url = f"http://{c.ns.addr}:{netns.GW_PORT}"
+        specs = cfg.workload.stream(cfg.seed + 1000 + k, 100_000)
+        got = await closed_loop(url, specs, cfg.probe_per_replica * c.d.replicas, cfg.probe_s, 60.0)
+        t_from = cfg.probe_s / 2
+        return sum(1 for t, ok in got if ok and t_from <= t <= cfg.probe_s) / (cfg.probe_s - t_from)
+
+    caps = await asyncio.gather(*(one(c, k) for k, c in enumerate(clusters)))
+    return {c.d.name: cap for c, cap in zip(clusters, caps, strict=True)}
+
+
+# --- one run ---------------------------------------------------------------------------------------
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def _gateway_metrics(url: str) -> dict[str, float]:
+    from kvgate.bench.live_fleet import parse_prom
+
+    names = ("kvgate_multicluster_attempts_failed_total", "kvgate_multicluster_failed_total")
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as r:
+        return parse_prom(await r.text(), names)
+
+
+async def _wait_clusters_fresh(url: str, names: set[str], limit_s: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    async with aiohttp.ClientSession() as http:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(url + "/v1/clusters", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    got = {c["name"] for c in await r.json() if c["fresh"] and c["ready_endpoints"]}
+                    if names <= got:
+                        return
+            if loop.time() > deadline:
+                raise RuntimeError(f"global gateway: clusters not fresh within {limit_s:.0f} s")
+            await asyncio.sleep(0.2)
+
+
+async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveCluster], cfg: LiveConfig,
+                     clusters_file: Path, log: Any) -> dict[str, Any]:  # fmt: skip
+    for c in clusters:
+        await c.reset_caches()
+    port = procs.free_port()
+    gw, _ = await procs.start(
+        f"global gateway ({policy})",
+        procs.kvgate_cmd("serve", "--clusters", str(clusters_file), "--cluster-policy", policy,
+                         "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"),
+        r"global gateway on",
+        wait_s=60,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    lost_c = next(c for c in clusters if c.d.name == LOST_CLUSTER)
+    total = cfg.warmup + cfg.duration
+    loss_at, back_at = cfg.warmup + cfg.duration / 3, cfg.warmup + 2 * cfg.duration / 3
+    events: list[tuple[float, Any]] = []
+    if loss:
+        events = [(loss_at, lost_c.kill), (back_at, lost_c.start)]
+    try:
+        await _wait_clusters_fresh(url, {c.d.name for c in clusters})
+        t_start = time.perf_counter()
+        res = await open_loop(url, cfg.workload.stream(cfg.seed, 100_000), qps, total, cfg.seed,
+                              cfg.request_timeout, events)  # fmt: skip
+        wall = time.perf_counter() - t_start
+        gm = await _gateway_metrics(url)
+    finally:
+        await gw.stop()
+    if loss:
+        await lost_c.wait_ready()
+    measured = [r for r in res if r.start >= cfg.warmup]
+    ok = [r for r in measured if r.error is None and r.ttft is not None]
+    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    started = [r for r in measured if r.ttft is not None]
+    cut = [r for r in started if r.error is not None]
+    lost = [r for r in measured if r.ttft is None]
+    served: dict[str, int] = {}
+    for r in started:
+        served[r.cluster] = served.get(r.cluster, 0) + 1
+    errors: dict[str, int] = {}
+    for r in lost + cut:
+        key = (r.error or "no token")[:60]
+        errors[key] = errors.get(key, 0) + 1
+    row: dict[str, Any] = {
+        "phase": "loss" if loss else "steady",
+        "policy": policy,
+        "sent": len(measured),
+        "ok": len(ok),
+        "ttft_p50": _pct(ttfts, 0.5),
+        "ttft_p90": _pct(ttfts, 0.9),
+        "ttft_p99": _pct(ttfts, 0.99),
+        "goodput_req_per_s": sum(1 for t in ttfts if t < cfg.slo_ttft) / cfg.duration,
+        "cross_cluster_share": (sum(v for k, v in served.items() if k != LOCAL) / len(started))
+        if started
+        else 0.0,
+        "served_by": served,
+        "lost": len(lost),
+        "cut": len(cut),
+        "retries": int(gm.get("kvgate_multicluster_attempts_failed_total", 0)),
+        "gateway_failed": int(gm.get("kvgate_multicluster_failed_total", 0)),
+        "errors": errors,
+        "wall_s": wall,
+        "timeline": [
+            (round(r.start, 3), r.cluster, None if r.ttft is None else round(r.ttft, 4)) for r in res
+        ],
+    }
+    if loss:
+        row["loss_at_s"], row["back_at_s"] = loss_at, back_at
+    print(
+        f"{row['phase']:<6} {policy:<15} p50 {_ms(row['ttft_p50'])} ms  p90 {_ms(row['ttft_p90'])} ms  "
+        f"goodput {row['goodput_req_per_s']:5.2f}/s  cross {row['cross_cluster_share']:.2f}  "
+        f"lost {row['lost']}  cut {row['cut']}  retries {row['retries']}  served {served}",
+        file=log,
+        flush=True,
+    )
+    return row
+
+
+def _ms(x: float | None) -> str:
+    return "   n/a" if x is None else f"{x * 1000:6.0f}"
+
+
+# --- report ----------------------------------------------------------------------------------------
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    names = [c["name"] for c in meta["clusters"]]
+    lines = [
+        "| phase | policy | TTFT p50 (ms) | TTFT p90 (ms) | p90 / llm-d-hub | goodput (req/s, TTFT < "
+        f"{meta['slo_ttft']:.1f} s) | cross-cluster share | lost | cut | retries | "
+        f"served {'/'.join(names)} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for phase in ("steady", "loss"):
+        rs = [r for r in rows if r["phase"] == phase]
+        hub = next((r for r in rs if r["policy"] == "llm-d-hub"), None)
+        for r in rs:
+            ratio = _ratio(r["ttft_p90"], hub["ttft_p90"] if hub else None)
+            by = r["served_by"]
+            lines.append(
+                f"| {phase} | {r['policy']} | {_ms(r['ttft_p50']).strip()} | {_ms(r['ttft_p90']).strip()} | "
+                f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['goodput_req_per_s']:.2f} | "
+                f"{r['cross_cluster_share']:.2f} | {r['lost']} | {r['cut']} | {r['retries']} | "
+                f"{'/'.join(str(by.get(n, 0)) for n in names)} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = [ph for ph in ("steady", "loss") if any(r["phase"] == ph for r in rows)]
+    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4), squeeze=False)
+    for ax, phase in zip(axes[0], phases, strict=True):
+        rs = [r for r in rows if r["phase"] == phase and r["ttft_p90"] is not None]
+        x = range(len(rs))
+        ax.bar([i - 0.2 for i in x], [r["ttft_p50"] * 1000 for r in rs], 0.4, label="p50")
+        ax.bar([i + 0.2 for i in x], [r["ttft_p90"] * 1000 for r in rs], 0.4, label="p90")
+        ax.set_xticks(list(x), [r["policy"] for r in rs], rotation=15)
+        ax.set_yscale("log")
+        ax.set_ylabel("TTFT (ms, wall clock)")
+        ax.set_title(f"live, {phase}: TTFT by cluster policy")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main ------------------------------------------------------------------------------------------
+async def run(cfg: LiveConfig, policies: list[str], phases: list[bool], out: Path, command: str,
+              log_dir: Path) -> int:  # fmt: skip
+    log = sys.stdout
+    net = netns.free_net()
+    clusters = [LiveCluster(d, k + 1, net, cfg, log_dir) for k, d in enumerate(cfg.clusters)]
+    relay: Proc | None = None
+    t_begin = time.perf_counter()
+    try:
+        netns.isolate(net)
+        for c in clusters:
+            c.ns.create()
+        for c in clusters:
+            await c.start()
+        await asyncio.gather(*(c.wait_ready() for c in clusters))
+        relay = await start_relay(clusters)
+        print(f"fleet up in {time.perf_counter() - t_begin:.0f} s (10.{net}.0.0/16, namespaces "
+              f"{', '.join(c.ns.ns for c in clusters)})", file=log, flush=True)  # fmt: skip
+        doc = {
+            "local": LOCAL,
+            "ttl_s": cfg.ttl_s,
+            "refresh_s": cfg.refresh_s,
+            "clusters": [c.spec(i) for i, c in enumerate(clusters)],
+        }
+        clusters_file = log_dir / "clusters.yaml"
+        clusters_file.write_text(yaml.safe_dump(doc))
+        caps = await measure_capacity(clusters, cfg)
+        total = sum(caps.values())
+        qps = cfg.load * total
+        print(f"live capacity (req/s): {', '.join(f'{k} {v:.2f}' for k, v in caps.items())}; total "
+              f"{total:.2f}; offered {qps:.2f} ({cfg.load:.0%})", file=log, flush=True)  # fmt: skip
+        rows = []
+        for loss in phases:
+            for pol in policies:
+                rows.append(await run_policy(pol, loss, qps, clusters, cfg, clusters_file, log))
+    finally:
+        if relay is not None:
+            await relay.stop()
+        for c in clusters:
+            await c.stop()
+        for c in clusters:
+            c.ns.destroy()
+        netns.unisolate(net)
+    meta: dict[str, Any] = {
+        "command": command,
+        "clusters": [asdict(d) for d in cfg.clusters],
+        "time_scale": cfg.time_scale,
+        "capacity_req_per_s": caps,
+        "load": cfg.load,
+        "qps": qps,
+        "duration_s": cfg.duration,
+        "warmup_s": cfg.warmup,
+        "slo_ttft": cfg.slo_ttft,
+        "ttl_s": cfg.ttl_s,
+        "refresh_s": cfg.refresh_s,
+        "workload": asdict(cfg.workload),
+        "seed": cfg.seed,
+        "rtt": "emulated by kvgate.bench.delay_relay (userspace; the kernel has no netem qdisc)",
+        "wall_s_total": time.perf_counter() - t_begin,
+    }
+    for phase in ("steady", "loss"):
+        rs = {r["policy"]: r for r in rows if r["phase"] == phase}
+        if "kvgate" in rs and "llm-d-hub" in rs:
+            meta[f"{phase}_p90_ratio_vs_llm_d_hub"] = _ratio(
+                rs["kvgate"]["ttft_p90"], rs["llm-d-hub"]["ttft_p90"]
+            )
+    (out / "multicluster-live.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    table = markdown(rows, meta)
+    (out / "multicluster-live-table.md").write_text(table + "\n")
+    print(table, file=log)
+    for k, v in meta.items():
+        if k.endswith("ratio_vs_llm_d_hub") and v is not None:
+            print(f"{k}: {v:.2f}", file=log)
+    print(f"total wall time {meta['wall_s_total']:.0f} s", file=log)
+    try:
+        plot(out / "multicluster-live.png", rows)
+    except ImportError as e:
+        print(f"plot skipped: {e}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kvgate bench multicluster --live", description=__doc__.split("\n\n")[0])
+    p.add_argument("--live", action="store_true", help="(selects this benchmark)")
+    p.add_argument("--policies", default=",".join(POLICIES))
+    p.add_argument("--load", type=float, default=0.8, help="offered load, fraction of the measured capacity")
+    p.add_argument("--duration", type=float, default=24.0, help="measured wall seconds per run")
+    p.add_argument("--warmup", type=float, default=6.0, help="wall seconds sent first, not measured")
+    p.add_argument("--time-scale", type=float, default=0.1, help="simulated replicas' speed vs real time")
+    p.add_argument("--probe", type=float, default=20.0, help="capacity probe, wall seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-loss", action="store_true", help="skip the cluster-loss phase")
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    args = p.parse_args(argv)
+    policies = args.policies.split(",")
+    from kvgate.multicluster.policies import POLICIES as KNOWN
+
+    bad = [x for x in policies if x not in KNOWN]
+    if bad:
+        print(
+            f"kvgate bench multicluster --live: unknown policy {bad[0]!r} ({', '.join(KNOWN)})",
+            file=sys.stderr,
+        )
+        return 2
+    why = netns.unavailable()
+    if why is not None:
+        print(f"kvgate bench multicluster --live: cannot create network namespaces: {why}", file=sys.stderr)
+        return 2
+    cfg = LiveConfig(load=args.load, duration=args.duration, warmup=args.warmup, time_scale=args.time_scale,
+                     probe_s=args.probe, seed=args.seed)  # fmt: skip
+    command = "kvgate bench multicluster " + " ".join(argv or ["--live"])
+    phases = [False] if args.no_loss else [False, True]
+    log_dir = Path(tempfile.mkdtemp(prefix="kvgate-mclive-"))  # the clusters file
+    args.out.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run(cfg, policies, phases, args.out, command, log_dir))
