@@ -116,6 +116,16 @@ class HealthConfig:
     metrics_staleness_s: float = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class ListenerTLS:
+    """TLS for a listener (``kvgate serve --admin-tls``): PEM certificate and key, and the CA client
+    certificates must be signed by (mutual TLS), None = no client certificate asked."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    client_ca_pem: bytes | None = None
+
+
 @dataclass(slots=True)
 class GatewayConfig:
     pools: list[PoolConfig]
@@ -126,6 +136,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     admin_port: int | None = None
+    # HTTPS (and mutual TLS) on the admin port; None = plaintext.
+    admin_tls: ListenerTLS | None = None
     # Gateway processes sharing the data port (SO_REUSEPORT); picker state is per process.
     workers: int = 1
     scrape_interval_s: float = 0.05

@@ -9,6 +9,7 @@ import logging
 import resource
 import signal
 import sys
+from pathlib import Path
 
 from kvgate.config.gateway import (
     ENGINES,
@@ -16,6 +17,7 @@ from kvgate.config.gateway import (
     POLICIES,
     GatewayConfig,
     GatewayConfigError,
+    ListenerTLS,
     config_from_flags,
     load_gateway_config,
     parse_gateway_config,
@@ -71,6 +73,22 @@ def _parser() -> argparse.ArgumentParser:
         choices=CLUSTER_POLICIES,
         help="with --clusters: how clusters are chosen",
     )
+    adm = p.add_argument_group("admin-port TLS (as kvgate epp --metrics-tls)")
+    adm.add_argument(
+        "--admin-tls",
+        action="store_true",
+        help="serve the admin port (/metrics, /healthz, /readyz, /v1/pool/aggregate, /debug) over HTTPS; "
+        "needs --admin-port",
+    )
+    adm.add_argument("--cert-path", help="directory with tls.crt and tls.key (a Kubernetes TLS Secret)")
+    adm.add_argument("--cert", help="server certificate PEM")
+    adm.add_argument("--key", help="server private key PEM")
+    adm.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    adm.add_argument(
+        "--tls-hosts",
+        default="localhost,127.0.0.1",
+        help="names/IPs for the generated self-signed certificate (without --cert-path / --cert)",
+    )
     kube = p.add_argument_group("kubernetes (endpoints from an InferencePool)")
     kube.add_argument("--pool-name", help="InferencePool to discover the endpoints from (with --model)")
     kube.add_argument("--pool-namespace", default="default", help="the InferencePool's namespace")
@@ -111,11 +129,42 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         cfg.port = args.port
     if args.admin_port is not None:
         cfg.admin_port = args.admin_port
+    cfg.admin_tls = admin_tls(args, cfg)
     if args.workers is not None:
         if not 1 <= args.workers <= MAX_WORKERS:
             raise GatewayConfigError("--workers", f"must be in 1..{MAX_WORKERS}, got {args.workers}")
         cfg.workers = args.workers
     return cfg
+
+
+def admin_tls(args: argparse.Namespace, cfg: GatewayConfig) -> ListenerTLS | None:
+    """``--admin-tls`` with ``--cert-path`` / ``--cert --key`` (else a generated self-signed pair) and
+    ``--client-ca`` for mutual TLS; the TLS flags without ``--admin-tls`` are an error, not ignored."""
+    from kvgate.httpfront import tls
+
+    given = [f for f, v in (("--cert-path", args.cert_path), ("--cert", args.cert), ("--key", args.key),
+                            ("--client-ca", args.client_ca)) if v]  # fmt: skip
+    if not args.admin_tls:
+        if given:
+            raise GatewayConfigError(given[0], "only with --admin-tls (TLS is for the admin port)")
+        return None
+    if cfg.admin_port is None:
+        raise GatewayConfigError(
+            "--admin-tls", "needs --admin-port (without it the admin routes share the plaintext data port)"
+        )
+    try:
+        if args.cert_path or args.cert or args.key:
+            pair = tls.load(args.cert_path, args.cert, args.key)
+        else:
+            hosts = tuple(h.strip() for h in args.tls_hosts.split(",") if h.strip())
+            pair = tls.self_signed(hosts or ("localhost",))
+            logging.getLogger("kvgate.gateway").info(
+                "admin TLS with a generated self-signed certificate (pass --cert-path for a real one)"
+            )
+        client_ca = Path(args.client_ca).read_bytes() if args.client_ca else None
+    except (OSError, ValueError) as e:
+        raise GatewayConfigError(given[0] if given else "--admin-tls", str(e)) from e
+    return ListenerTLS(pair.cert_pem, pair.key_pem, client_ca)
 
 
 def _raise_nofile() -> None:
@@ -164,7 +213,11 @@ async def serve(cfg: GatewayConfig, pools: list[Pool], config_path: str | None =
     tune_gc()
     print(
         f"kvgate serve: listening on http://{cfg.host}:{server.port}"
-        + (f", admin on http://{cfg.host}:{server.admin_port}" if server.admin_port is not None else ""),
+        + (
+            f", admin on {_admin_scheme(cfg)}://{cfg.host}:{server.admin_port}"
+            if server.admin_port is not None
+            else ""
+        ),
         flush=True,
     )
     stop = asyncio.Event()
@@ -176,6 +229,10 @@ async def serve(cfg: GatewayConfig, pools: list[Pool], config_path: str | None =
     if reloader is not None:
         reloader.cancel()
     await server.stop()
+
+
+def _admin_scheme(cfg: GatewayConfig) -> str:
+    return "http" if cfg.admin_tls is None else "https"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response
+from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.request import RequestPolicy
 from kvgate.scheduling.metrics import POOL_READY
@@ -64,6 +66,14 @@ def connection_cap(wanted: int, limits: tuple[int, int] | None = None) -> int:
     if cap < wanted:
         log.info("limits.maxConnections %d clamped to %d by the open-file limit %d", wanted, cap, soft)
     return min(wanted, cap)
+
+
+def admin_ssl(cfg: GatewayConfig) -> ssl.SSLContext | None:
+    """The admin port's HTTPS context (``--admin-tls``), client certificates required with a client CA."""
+    t = cfg.admin_tls
+    if t is None:
+        return None
+    return https_context(KeyPair(t.cert_pem, t.key_pem), t.client_ca_pem)
 
 
 class GatewayServer:
@@ -161,9 +171,11 @@ class GatewayServer:
             return error_response(GatewayError(404, f"no pool named {want!r}"))
         source = self._aggregates.get(pool.name)
         if source is None:
+            admin_tls = self.cfg.admin_tls if self.cfg.admin_port is not None else None
             source = self._aggregates[pool.name] = aggregate_source(
-                pool.name, pool.endpoints, pool.director, clock=self.clock
-            )
+                pool.name, pool.endpoints, pool.director, clock=self.clock,
+                tls=admin_tls is not None, mtls=admin_tls is not None and admin_tls.client_ca_pem is not None,
+            )  # fmt: skip
         return Response(body=source.body(), content_type="application/json")
 
     async def _healthz(self, request: Request) -> Response:
@@ -207,7 +219,11 @@ class GatewayServer:
         )
         if self.cfg.admin_port is not None:
             self.admin_port = await self._serve(
-                self._front(None, admin=True), self.admin_host, self.cfg.admin_port, False
+                self._front(None, admin=True),
+                self.admin_host,
+                self.cfg.admin_port,
+                False,
+                admin_ssl(self.cfg),
             )
         self._tasks.append(
             asyncio.create_task(
@@ -269,10 +285,18 @@ class GatewayServer:
 
         return on_policy
 
-    async def _serve(self, front: FrontServer, host: str, port: int, reuse_port: bool) -> int:
+    async def _serve(
+        self, front: FrontServer, host: str, port: int, reuse_port: bool, tls: ssl.SSLContext | None = None
+    ) -> int:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            front.protocol, host, port, backlog=4096, reuse_address=True, reuse_port=reuse_port or None
+            front.protocol,
+            host,
+            port,
+            backlog=4096,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            ssl=tls,
         )
         self._servers.append((server, front))
         bound: int = server.sockets[0].getsockname()[1]

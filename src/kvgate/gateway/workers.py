@@ -244,7 +244,7 @@ class Supervisor:
         from dataclasses import replace
 
         # Each worker: the shared data port, and a private admin port on loopback for the supervisor.
-        wcfg = replace(self.cfg, port=self.port, admin_port=0)
+        wcfg = replace(self.cfg, port=self.port, admin_port=0, admin_tls=None)  # private: plaintext
         recv, send = self.ctx.Pipe(duplex=False)
         life_r, life_w = self.ctx.Pipe(duplex=False)
         shared = None
@@ -367,6 +367,8 @@ class Supervisor:
     async def serve_admin(self) -> None:
         if self.cfg.admin_port is None:
             return
+        from kvgate.gateway.server import admin_ssl
+
         routes: dict[str, Handler] = {
             "/metrics": self._metrics,
             "/healthz": self._healthz,
@@ -381,7 +383,7 @@ class Supervisor:
         )
         loop = asyncio.get_running_loop()
         self._admin = await loop.create_server(
-            front.protocol, self.cfg.host, self.cfg.admin_port, reuse_address=True
+            front.protocol, self.cfg.host, self.cfg.admin_port, reuse_address=True, ssl=admin_ssl(self.cfg)
         )
         self.admin_port = self._admin.sockets[0].getsockname()[1]
 
@@ -408,7 +410,11 @@ class Supervisor:
             await self.serve_admin()
             print(
                 f"kvgate serve: listening on http://{self.cfg.host}:{self.port} ({self.n} workers)"
-                + (f", admin on http://{self.cfg.host}:{self.admin_port}" if self.admin_port else ""),
+                + (
+                    f", admin on {'https' if self.cfg.admin_tls else 'http'}://{self.cfg.host}:{self.admin_port}"
+                    if self.admin_port
+                    else ""
+                ),
                 flush=True,
             )
             watcher = asyncio.create_task(self.watch())
