@@ -199,3 +199,53 @@ def test_director_learns_pace_from_first_token_to_finish() -> None:
     now[0] = 0.5 + 99 * 0.03
     d.on_finished(r, target, Usage(50, 100, 0), True)
     assert abs(target.inflight.pace - 0.03) < 1e-9
+
+
+def _cold_burst(params: dict[str, object], n: int = 12) -> tuple[Counter[str], str]:
+    # Four replicas with caches 80% full and nothing queued; one prefix arrives as a burst of ``n``
+    # requests, none of which has started yet.
+    from kvgate.config.policies import policy_config
+
+    cfg = policy_config("kvgate")
+    for spec in cfg.plugins:
+        if spec.type == "kvgate-cost-scorer":
+            spec.parameters = {**(spec.parameters or {}), **params}
+    store = EndpointStore([ep(f"10.0.0.{i}:8000", kv_cache_usage=0.8) for i in range(4)])
+    d = build_director(cfg, store, clock=lambda: 0.0, seed=0)
+    picks: Counter[str] = Counter()
+    holder = ""
+    for i in range(n):
+        r = _req(i, PREFIX + f"q{i}")
+        res = d.pick(r)
+        holder = holder or res.primary.address
+        picks[res.primary.address] += 1
+        d.on_dispatched(r, res.primary)
+    return picks, holder
+
+
+def test_a_burst_shares_the_cost_of_a_second_copy() -> None:
+    # Without sharing, a second copy of the prefix is charged its full displacement (1 + 2 x 0.8 its
+    # prefill), so the holder keeps the whole burst queued behind the first prefill.
+    alone, holder = _cold_burst({"sharedCopy": False})
+    assert alone == Counter({holder: 12})
+    # With it, the requests already waiting for this prefix at the holder share the copy's
+    # displacement: the burst spills to a second replica.
+    shared, holder = _cold_burst({})
+    assert len(shared) >= 2 and shared[holder] < 12
+
+
+def test_requests_that_started_no_longer_share_a_copy() -> None:
+    # Sequential requests of one prefix (each at its first token before the next): nothing waits on
+    # the prefix, so affinity is as without sharing.
+    store = EndpointStore([ep(f"10.0.0.{i}:8000", kv_cache_usage=0.8) for i in range(4)])
+    d = build_director("kvgate", store, clock=lambda: 0.0, seed=0)
+    seen: Counter[str] = Counter()
+    for i in range(12):
+        r = _req(i, PREFIX + f"q{i}")
+        target = d.pick(r).primary
+        seen[target.address] += 1
+        d.on_dispatched(r, target)
+        d.on_first_token(r, target)
+    assert len(seen) == 1
+    scorer = next(p for p in d.handle.plugins.values() if type(p).__name__ == "KVGateCostScorer")
+    assert not scorer._waiting and not scorer._waiting_at  # forgotten at the first token

@@ -20,6 +20,13 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   prefixes. Idle endpoints pay nothing extra, so light-load spilling is unchanged; under overload
   groups stay partitioned and the fleet keeps its throughput.
 
+- ``sharedCopy``: the displacement part of recomputing a prefix another candidate holds (``missPenalty``
+  x KV fill x the lost prefix tokens) is divided by 1 + the requests already picked for the best holder,
+  not yet at their first token, that share this prompt's prefix as deep as the holder holds it. A burst
+  of one prefix that finds it cold queues behind one prefill of it plus every follower's question; a
+  second copy serves the burst's later requests too, so its displacement is shared by the requests
+  that want it at the same time. A lone request (a chat turn) pays the full displacement as before.
+
 A prefix holder therefore keeps its traffic until the queue in front of it costs more than
 recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tuned switch — and the
 load it is judged by includes everything this picker dispatched a microsecond ago.
@@ -33,6 +40,7 @@ The prefix signal comes from the approximate ``prefix-cache-scorer`` (its ``Pref
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from kvgate.datalayer.endpoint import Endpoint
@@ -42,6 +50,7 @@ from kvgate.scheduling.framework import (
     Plugin,
     PluginHandle,
     PostPick,
+    ResponseObserver,
     Scorer,
     add_explanation,
 )
@@ -49,11 +58,15 @@ from kvgate.scheduling.plugins.precise_prefix import CYCLE_KEY as PRECISE_KEY
 from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, UsesPrefixPlugin, prefix_match
 from kvgate.scheduling.registry import register
-from kvgate.scheduling.types import prompt_tokens
+from kvgate.scheduling.types import InferenceRequest, prompt_tokens
+
+# Requests remembered as waiting for their first token (for ``sharedCopy``); the oldest are dropped past
+# this, so a request whose response events never come cannot grow the map.
+MAX_WAITING_TRACKED = 4096
 
 
 @register("kvgate-cost-scorer")
-class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
+class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
     bounded = True
 
     def __init__(
@@ -72,6 +85,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         miss_queue_scale: float = 1.0,
         kv_scaled_miss: bool = True,
         learn_pace: bool = True,
+        shared_copy: bool = True,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -88,6 +102,11 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         self.miss_queue_scale = miss_queue_scale
         self.kv_scaled_miss = kv_scaled_miss
         self.learn_pace = learn_pace
+        self.shared_copy = shared_copy
+        # Requests picked and not yet at their first token, with their prompt's block hashes: request
+        # id -> endpoint, and per endpoint request id -> hashes (so a pick scans one endpoint's only).
+        self._waiting: OrderedDict[str, str] = OrderedDict()
+        self._waiting_at: dict[str, dict[str, list[int]]] = {}
         # EWMA of the uncached prompt tokens per dispatched request: converts scraped queue lengths this
         # picker cannot explain (other gateways' traffic) into tokens.
         self.mean_uncached = 512.0
@@ -108,6 +127,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
             miss_queue_scale=params.get_float("missQueueScale", 1.0, min=0.0),
             kv_scaled_miss=params.get_bool("kvScaledMiss", True),
             learn_pace=params.get_bool("learnPace", True),
+            shared_copy=params.get_bool("sharedCopy", True),
         )
         params.finish()
         return s
@@ -165,6 +185,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         # Fewest uncached tokens among these candidates (a filter may have removed the best holder):
         # what is lost by going elsewhere is the prefix beyond that.
         best_uncached = p - (max(get(ep.address, 0) for ep in endpoints) * per_block if matched else 0.0)
+        # A copy of a prefix that other requests are waiting on right now (a burst) is shared by them:
+        # its displacement of other groups' blocks is split over this request and those waiting.
+        share = 1.0 / (1 + self._waiting_on_prefix(cycle, endpoints, matched)) if self.shared_copy else 1.0
         # Learned pace (seconds per token near each replica's fastest): the same tokens take longer on a
         # slower replica, so its token costs are scaled by its pace over the fastest candidate's.
         fastest = 0.0
@@ -210,13 +233,16 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
                     sat = True
             miss = 1.0 + miss_penalty * fill
             uncached = p - get(ep.address, 0) * per_block if matched else p
-            work = ahead + miss * uncached + decode_weight * load
-            if mqs and queued > 0 and uncached > best_uncached:
+            # The prefix another candidate holds, computed again here (a second copy).
+            lost = uncached - best_uncached if uncached > best_uncached else 0.0
+            miss_lost = 1.0 + miss_penalty * fill * share
+            work = ahead + miss * (uncached - lost) + miss_lost * lost + decode_weight * load
+            if mqs and queued > 0 and lost:
                 # Recomputing a prefix on a replica with a queue delays every request queued there,
                 # and the new copy evicts other groups' prefixes: under overload, spilling adds work
                 # to a fleet with none to spare. Grows with that replica's backlog (requests), not
                 # with its running batch.
-                work += miss * (uncached - best_uncached) * queued / mqs
+                work += miss_lost * lost * queued / mqs
             if fastest:
                 work *= ep.inflight.pace / fastest
             costs.append(cost + work)
@@ -229,6 +255,32 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
             add_explanation(cycle, "costs", {ep.address: c for ep, c in zip(endpoints, costs, strict=True)})
         return costs
 
+    def _waiting_on_prefix(
+        self, cycle: CycleState, endpoints: Sequence[Endpoint], matched: dict[str, int]
+    ) -> int:
+        """Requests dispatched to the best prefix holder among ``endpoints``, not yet at their first
+        token, whose prompts share this request's prefix as deep as that holder holds it."""
+        m = prefix_match(cycle)
+        if not matched or not self._waiting or m is None or self.precise is not None:
+            return 0
+        best = max(endpoints, key=lambda ep: matched.get(ep.address, 0)).address
+        depth = matched.get(best, 0)
+        if not depth:
+            return 0
+        key = m.hashes[depth - 1]  # chained hashes: equal here means the whole prefix is equal
+        waiting = self._waiting_at.get(best)
+        if not waiting:
+            return 0
+        return sum(1 for h in waiting.values() if len(h) >= depth and h[depth - 1] == key)
+
+    def _forget(self, request_id: str) -> None:
+        addr = self._waiting.pop(request_id, None)
+        if addr is not None:
+            at = self._waiting_at[addr]
+            del at[request_id]
+            if not at:
+                del self._waiting_at[addr]
+
     def on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
         req = cycle.request
         p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
@@ -238,7 +290,21 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick):
         else:
             m = prefix_match(cycle)
             uncached = p * (1.0 - m.ratio(endpoint.address)) if m is not None else p
+            if self.shared_copy and m is not None and m.hashes:
+                self._forget(req.request_id)  # picked again (a retry): only the latest pick waits
+                self._waiting[req.request_id] = endpoint.address
+                self._waiting_at.setdefault(endpoint.address, {})[req.request_id] = m.hashes
+                if len(self._waiting) > MAX_WAITING_TRACKED:
+                    self._forget(next(iter(self._waiting)))
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
+
+    def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        self._forget(request.request_id)
+
+    def on_finished(
+        self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
+    ) -> None:
+        self._forget(request.request_id)
 
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         costs = self.costs(cycle, endpoints)
