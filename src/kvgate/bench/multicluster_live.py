@@ -9,14 +9,16 @@ the global gateway into a cluster (aggregate, EPP, health, cluster gateway, pods
 round trip: this kernel has no ``netem`` qdisc, so the RTT is emulated in userspace.
 
 Default fleet: ``east`` 3 x H100 at 5 ms (the gateway's local cluster), ``west`` 2 x H200 at 40 ms, ``eu``
-1 x A100 at 80 ms; simulated replicas run at ``--time-scale`` (0.1: each simulated GPU 10x slower than its
+1 x A100 at 80 ms; simulated replicas run at ``--time-scale`` (0.05: each simulated GPU 20x slower than its
 profile, so the machine's two cores keep up). Workload: shared-prefix tenants (Zipf-popular system prompts)
 with Poisson arrivals at ``--load`` x the live capacity measured at the start of the same run (each
 cluster's own gateway driven closed-loop past saturation, completions counted).
 
 Phases per policy: ``steady``, and ``loss``: every process of ``west`` killed (SIGKILL) a third of the way
-into the measured window and started again at two thirds (it comes back with empty caches). ``lost``:
-measured requests that never started anywhere; ``cut``: streams that had started and were cut by the loss.
+into the measured window and started again at two thirds (it comes back with empty caches). Per measured
+request: ``lost`` = failed before its first token (an error answer or a broken connection: what failover
+must prevent), ``timeouts`` = no first token within the request timeout (stuck in a queue; counted at the
+timeout in the TTFT percentiles), ``cut`` = a stream that had started and then broke.
 Caches are emptied (every replica restarted through ``/sim/stop``) before each run, so no policy inherits
 another's warm caches. Wall-clock figures: run it alone (``flock /work/team/live.lock ...`` here).
 """
@@ -69,9 +71,9 @@ DEFAULT_CLUSTERS = (
 @dataclass(slots=True)
 class LiveWorkload:
     tenants: int = 32
-    system_prompt_len: int = 3072
-    question_len: int = 512
-    output_len: int = 32
+    system_prompt_len: int = 2048
+    question_len: int = 256
+    output_len: int = 16
     zipf: float = 0.5
 
     def stream(self, seed: int, count: int) -> Iterator[RequestSpec]:
@@ -91,16 +93,19 @@ class LiveWorkload:
 class LiveConfig:
     clusters: tuple[LiveClusterDef, ...] = DEFAULT_CLUSTERS
     workload: LiveWorkload = field(default_factory=LiveWorkload)
-    time_scale: float = 0.1
-    max_num_seqs: int = 4  # per replica: a small batch keeps the fleet's req/s within the machine's CPUs
-    num_gpu_blocks: int = 2048  # per replica (16-token blocks): a few tenants' prefixes, not all of them
+    # Simulated GPUs 20x slower than their profiles: the fleet's req/s stays within the machine's two cores.
+    time_scale: float = 0.05
+    max_num_seqs: int = 0  # the profile's
+    # Per replica, 16-token blocks (16k tokens): a few tenants' prefixes, not all of them, so the KV cache
+    # fills under load (the aggregates' main load signal) and where a tenant's prefix is cached matters.
+    num_gpu_blocks: int = 1024
     load: float = 0.8
-    duration: float = 24.0  # measured wall seconds per run
-    warmup: float = 6.0  # sent first, not measured
+    duration: float = 20.0  # measured wall seconds per run
+    warmup: float = 5.0  # sent first, not measured
     probe_s: float = 20.0  # capacity probe
     probe_per_replica: int = 12  # closed-loop concurrency per replica in the probe
-    slo_ttft: float = 1.0
-    request_timeout: float = 30.0
+    slo_ttft: float = 2.0
+    request_timeout: float = 20.0  # a request with no first token by then counts at 20 s
     ttl_s: float = 2.0
     refresh_s: float = 0.5
     seed: int = 0
@@ -129,7 +134,7 @@ class LiveCluster:
             "sim": self._cmd(
                 "sim", "--replicas", str(d.replicas), "--profile", d.profile, "--host", "0.0.0.0",
                 "--base-port", str(netns.SIM_PORT), "--model", MODEL, "--time-scale", str(ts),
-                "--max-num-seqs", str(self.cfg.max_num_seqs),
+                "--max-num-seqs", str(self.cfg.max_num_seqs),  # 0: the profile's
                 "--num-gpu-blocks", str(self.cfg.num_gpu_blocks),
                 "--log-level", "WARNING",
             ),
@@ -246,6 +251,7 @@ class Result:
     ttft: float | None = None
     error: str | None = None
     done: bool = False
+    timed_out: bool = False
 
 
 async def _send(
@@ -283,6 +289,7 @@ async def _send(
                 res.error = "stream ended without [DONE]"
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, ValueError) as e:
         res.error = f"{type(e).__name__}: {e}"[:160]
+        res.timed_out = isinstance(e, TimeoutError)
     return res
 
 
@@ -423,16 +430,20 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
         await lost_c.wait_ready()
     measured = [r for r in res if r.start >= cfg.warmup]
     ok = [r for r in measured if r.error is None and r.ttft is not None]
-    ttfts = [r.ttft for r in ok if r.ttft is not None]
     started = [r for r in measured if r.ttft is not None]
     cut = [r for r in started if r.error is not None]
-    lost = [r for r in measured if r.ttft is None]
+    # Never started: stuck past the request timeout in some queue, or failed (the gateway gave up, the
+    # connection broke) before any token: the latter are the requests a cluster loss must not lose.
+    timeouts = [r for r in measured if r.ttft is None and r.timed_out]
+    lost = [r for r in measured if r.ttft is None and not r.timed_out]
+    # TTFT percentiles over every measured request: one that never started counts as the request timeout.
+    ttfts = [cfg.request_timeout if r.ttft is None else r.ttft for r in measured]
     served: dict[str, int] = {}
     for r in started:
         served[r.cluster] = served.get(r.cluster, 0) + 1
     errors: dict[str, int] = {}
     for r in lost + cut:
-        key = (r.error or "no token")[:60]
+        key = f"{r.cluster or '-'}: {(r.error or 'no token')[:60]}"
         errors[key] = errors.get(key, 0) + 1
     row: dict[str, Any] = {
         "phase": "loss" if loss else "steady",
@@ -442,12 +453,14 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
         "ttft_p50": _pct(ttfts, 0.5),
         "ttft_p90": _pct(ttfts, 0.9),
         "ttft_p99": _pct(ttfts, 0.99),
-        "goodput_req_per_s": sum(1 for t in ttfts if t < cfg.slo_ttft) / cfg.duration,
+        "goodput_req_per_s": sum(1 for r in ok if r.ttft is not None and r.ttft < cfg.slo_ttft)
+        / cfg.duration,
         "cross_cluster_share": (sum(v for k, v in served.items() if k != LOCAL) / len(started))
         if started
         else 0.0,
         "served_by": served,
         "lost": len(lost),
+        "timeouts": len(timeouts),
         "cut": len(cut),
         "retries": int(gm.get("kvgate_multicluster_attempts_failed_total", 0)),
         "gateway_failed": int(gm.get("kvgate_multicluster_failed_total", 0)),
@@ -462,7 +475,8 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
     print(
         f"{row['phase']:<6} {policy:<15} p50 {_ms(row['ttft_p50'])} ms  p90 {_ms(row['ttft_p90'])} ms  "
         f"goodput {row['goodput_req_per_s']:5.2f}/s  cross {row['cross_cluster_share']:.2f}  "
-        f"lost {row['lost']}  cut {row['cut']}  retries {row['retries']}  served {served}",
+        f"lost {row['lost']}  timeouts {row['timeouts']}  cut {row['cut']}  retries {row['retries']}  "
+        f"served {served}",
         file=log,
         flush=True,
     )
@@ -482,9 +496,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     names = [c["name"] for c in meta["clusters"]]
     lines = [
         "| phase | policy | TTFT p50 (ms) | TTFT p90 (ms) | p90 / llm-d-hub | goodput (req/s, TTFT < "
-        f"{meta['slo_ttft']:.1f} s) | cross-cluster share | lost | cut | retries | "
+        f"{meta['slo_ttft']:.1f} s) | cross-cluster share | lost | timeouts | cut | retries | "
         f"served {'/'.join(names)} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for phase in ("steady", "loss"):
         rs = [r for r in rows if r["phase"] == phase]
@@ -495,7 +509,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(
                 f"| {phase} | {r['policy']} | {_ms(r['ttft_p50']).strip()} | {_ms(r['ttft_p90']).strip()} | "
                 f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['goodput_req_per_s']:.2f} | "
-                f"{r['cross_cluster_share']:.2f} | {r['lost']} | {r['cut']} | {r['retries']} | "
+                f"{r['cross_cluster_share']:.2f} | {r['lost']} | {r.get('timeouts', 0)} | {r['cut']} | "
+                f"{r['retries']} | "
                 f"{'/'.join(str(by.get(n, 0)) for n in names)} |"
             )
     return "\n".join(lines)
@@ -519,6 +534,39 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> None:
         ax.set_ylabel("TTFT (ms, wall clock)")
         ax.set_title(f"live, {phase}: TTFT by cluster policy")
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_timeline(path: Path, rows: list[dict[str, Any]], names: list[str], timeout: float) -> None:
+    """Loss phase: each request's arrival vs TTFT, coloured by the cluster that served it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rs = [r for r in rows if r["phase"] == "loss"]
+    if not rs:
+        return
+    fig, axes = plt.subplots(len(rs), 1, figsize=(10, 2.3 * len(rs)), sharex=True, squeeze=False)
+    colours = dict(zip(names, ("tab:blue", "tab:orange", "tab:green", "tab:purple"), strict=False))
+    for ax, r in zip(axes[:, 0], rs, strict=True):
+        for cl, col in colours.items():
+            pts = [(t, v * 1000) for t, c, v in r["timeline"] if c == cl and v is not None]
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=3, c=col, label=cl)
+        never = [t for t, _, v in r["timeline"] if v is None]
+        if never:
+            ax.scatter(never, [timeout * 1000] * len(never), s=6, c="red", marker="x", label="no token")
+        ax.axvspan(r["loss_at_s"], r["back_at_s"], color="grey", alpha=0.15)
+        ax.set_yscale("log")
+        ax.set_ylabel("TTFT (ms)")
+        ax.set_title(
+            f"{r['policy']}: where requests went (grey: {LOST_CLUSTER} killed, then restarted)", fontsize=9
+        )
+    axes[0, 0].legend(loc="upper right", markerscale=3, fontsize=8)
+    axes[-1, 0].set_xlabel("arrival (wall s from the run's start)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -600,6 +648,8 @@ async def run(cfg: LiveConfig, policies: list[str], phases: list[bool], out: Pat
     print(f"total wall time {meta['wall_s_total']:.0f} s", file=log)
     try:
         plot(out / "multicluster-live.png", rows)
+        names = [d.name for d in cfg.clusters]
+        plot_timeline(out / "multicluster-live-loss.png", rows, names, cfg.request_timeout)
     except ImportError as e:
         print(f"plot skipped: {e}", file=sys.stderr)
     return 0
@@ -610,9 +660,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live", action="store_true", help="(selects this benchmark)")
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--load", type=float, default=0.8, help="offered load, fraction of the measured capacity")
-    p.add_argument("--duration", type=float, default=24.0, help="measured wall seconds per run")
-    p.add_argument("--warmup", type=float, default=6.0, help="wall seconds sent first, not measured")
-    p.add_argument("--time-scale", type=float, default=0.1, help="simulated replicas' speed vs real time")
+    p.add_argument("--duration", type=float, default=20.0, help="measured wall seconds per run")
+    p.add_argument("--warmup", type=float, default=5.0, help="wall seconds sent first, not measured")
+    p.add_argument("--time-scale", type=float, default=0.05, help="simulated replicas' speed vs real time")
     p.add_argument("--probe", type=float, default=20.0, help="capacity probe, wall seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-loss", action="store_true", help="skip the cluster-loss phase")
