@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -28,10 +29,47 @@ from kvgate.realvllm.bench import reset_caches
 from kvgate.realvllm.harness import MODEL_NAME, ServerSpec, fleet, free_ports, prefix_cache_counters
 
 WORDS = (
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
-    "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform",
-    "victor", "whiskey", "xray", "yankee", "zulu", "red", "green", "blue", "amber", "violet", "north",
-    "south", "east", "west", "river", "mountain", "valley", "forest", "desert", "ocean",
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
+    "red",
+    "green",
+    "blue",
+    "amber",
+    "violet",
+    "north",
+    "south",
+    "east",
+    "west",
+    "river",
+    "mountain",
+    "valley",
+    "forest",
+    "desert",
+    "ocean",
 )
 
 
@@ -128,6 +166,7 @@ def main() -> int:
         help="pin server i's worker to core i (vLLM's 'auto' pins both to core 0)",
     )
     ap.add_argument("--repeats", type=int, default=2, help="passes; every other one in reverse order")
+    ap.add_argument("--base-src", help="another kvgate source tree: routers ending in @base run it")
     args = ap.parse_args()
     sg = peers.PEERS["sglang-router"]
     peers.ensure_installed(sg)
@@ -157,8 +196,10 @@ def main() -> int:
         for r in [r for p in passes for r in p]:
             port = free_ports(1)[0]
             if r.startswith("kvgate"):
+                at_base = r.endswith("@base") and args.base_src
+                env = {**os.environ, "PYTHONPATH": str(Path(args.base_src).resolve())} if at_base else None
                 mode = "off" if r.startswith("kvgate-off") else "auto"
-                if r.endswith("-scrape500"):  # metrics every 0.5 s, not 0.05 s (vLLM /metrics costs CPU)
+                if "-scrape500" in r:  # metrics every 0.5 s, not 0.05 s (vLLM /metrics costs CPU)
                     yml = log_dir / f"{r}.yaml"
                     yml.write_text(json.dumps({"listen": {"host": "127.0.0.1", "port": port},
                                                "scrapeIntervalSeconds": 0.5,
@@ -169,9 +210,10 @@ def main() -> int:
                     where = ["--endpoints", ",".join(urls), "--model", MODEL_NAME, "--port", str(port)]
                 cmd = [sys.executable, "-m", "kvgate.cli", "serve", *where, "--kv-events", mode]
                 logf = (log_dir / f"{r}.log").open("wb")
-                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
                 name = f"kvgate ({'--kv-events off' if mode == 'off' else 'default, --kv-events auto'})"
-                name += ", scrape 0.5 s" if r.endswith("-scrape500") else ""
+                name += ", scrape 0.5 s" if "-scrape500" in r else ""
+                name += ", base tree" if at_base else ""
             else:
                 log = log_dir / "sglang.log"
                 proc = peers.launch(sg, urls, policy="cache_aware", port=port, log_path=log)

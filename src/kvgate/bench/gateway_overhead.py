@@ -398,6 +398,7 @@ def _run_loadgen(port: int, requests: int, concurrency: int) -> dict[str, Any]:
 
 
 ROUTER_PORT = 18080
+BASE_SRC: str | None = None  # --base-src: another kvgate source tree, run as the paths ending in @base
 BACKEND_PORTS = [18001, 18002]
 
 
@@ -408,7 +409,10 @@ def _start_router(path: str, log_dir: Path) -> subprocess.Popen[bytes] | None:
     if path == "direct":
         return None
     if path.startswith("kvgate"):
-        # kvgate-rr | kvgate, optionally -w<N>: that many worker processes (--workers N).
+        # kvgate-rr | kvgate, optionally -w<N>: that many worker processes (--workers N); a trailing
+        # @base runs the kvgate of --base-src instead (before/after in the same run).
+        path, _, at_base = path.partition("@")
+        env = {**os.environ, "PYTHONPATH": str(BASE_SRC)} if at_base and BASE_SRC else None
         base, _, w = path.partition("-w")
         policy = {"kvgate-rr": "round-robin", "kvgate": "kvgate"}[base]
         proc = _spawn(
@@ -429,7 +433,8 @@ def _start_router(path: str, log_dir: Path) -> subprocess.Popen[bytes] | None:
                 "WARNING",
                 "--workers",
                 w or "1",
-            ]
+            ],
+            env=env,
         )
         _wait_line(proc, b"listening")
         return proc
@@ -619,14 +624,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--paths",
         default=",".join(DEFAULT_PATHS),
-        help="comma-separated: direct, kvgate-rr, kvgate (either with -w<N>: N workers), "
-        "sglang-router:<policy>, vllm-router:<policy>",
+        help="comma-separated: direct, kvgate-rr, kvgate (either with -w<N>: N workers, and @base: the "
+        "kvgate of --base-src), sglang-router:<policy>, vllm-router:<policy>",
     )
     p.add_argument(
         "--streams", type=int, default=10_000, help="concurrent streams to hold through kvgate (0 = skip)"
     )
     p.add_argument("--no-netns", action="store_true", help="do not re-exec inside a loopback-only namespace")
+    p.add_argument(
+        "--base-src", help="source tree of another kvgate, run as the kvgate paths ending in @base"
+    )
     args = p.parse_args(argv)
+    global BASE_SRC
+    BASE_SRC = str(Path(args.base_src).resolve()) if args.base_src else None
     if not args.no_netns:
         rc = _reexec_isolated(argv)
         if rc is not None:

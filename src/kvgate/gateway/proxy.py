@@ -488,9 +488,11 @@ class Proxy:
         """Let flow control stop this (sheddable) request until its first token: ``stop`` cancels
         this task; the returned flag tells the cancellation apart from the client leaving."""
         flag = [False]
-        task = asyncio.current_task()
         register = getattr(director, "preemptible", None)  # (a multi-cluster pool's director: none)
-        if task is None or register is None or not ireq.sheddable:
+        if register is None or not ireq.sheddable:
+            return flag
+        task = asyncio.current_task()  # only now: a getpid() system call per call on Python 3.11
+        if task is None:
             return flag
 
         def stop() -> bool:

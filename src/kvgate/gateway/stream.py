@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
 import orjson
 
 from kvgate.openai.protocol import usage_from
@@ -59,10 +60,25 @@ class BodyRewriter:
         return body
 
 
+class _UsageOnly(msgspec.Struct):
+    usage: Any = None
+
+
+# Decodes a whole response body but builds only its ``usage`` (the choices' text is skipped, not copied).
+_USAGE_ONLY = msgspec.json.Decoder(_UsageOnly)
+
+
 def usage_from_body(body: bytes) -> Usage | None:
     if b'"usage"' not in body:
         return None
-    return _usage_of(body)
+    start = body.find(b"{")
+    if start < 0:
+        return None
+    try:
+        usage = _USAGE_ONLY.decode(body[start:] if start else body).usage
+    except msgspec.DecodeError:
+        return None
+    return usage_from({"usage": usage})
 
 
 class StreamRelay:

@@ -435,7 +435,8 @@ class FrontProtocol(asyncio.Protocol):
             return False
         if end > _MAX_HEAD:
             raise _BadRequest(431, "request header block too large")
-        lines = bytes(self.buf[:end]).split(b"\r\n")
+        head = bytes(self.buf[:end])
+        lines = head.split(b"\r\n")
         del self.buf[: end + 4]
         self.head_since = None
         method_b, target, version = lines[0].split(b" ")
@@ -443,8 +444,15 @@ class FrontProtocol(asyncio.Protocol):
             raise _BadRequest(400, "unsupported request line")
         headers: dict[str, str] = {}
         token = _TOKEN.fullmatch
+        # One pass over the whole head for the usual case: no CR or LF but the line ends, no NUL.
+        seps = len(lines) - 1
+        suspect = b"\x00" in head or head.count(b"\r") != seps or head.count(b"\n") != seps
         for line in lines[1:]:
-            if not line or line[:1] in (b" ", b"\t") or any(c in line for c in _BAD_HEADER_BYTES):
+            if (
+                not line
+                or line[:1] in (b" ", b"\t")
+                or (suspect and any(c in line for c in _BAD_HEADER_BYTES))
+            ):
                 raise _BadRequest(400, "malformed header line")
             name_b, sep, value_b = line.partition(b":")
             if not sep or token(name_b) is None:
