@@ -24,7 +24,7 @@ class Backend:
         self.chunk_delay = chunk_delay
         self.piece_bytes = piece_bytes  # padding per streamed token (large streams)
         self.disconnects = 0  # streams whose client (the gateway) went away mid-way
-        # ok | error500 | drop | cut | hang | unframed (a stream event that never ends)
+        # ok | error500 | error429 | drop | cut | hang | unframed (a stream event that never ends)
         self.mode = "ok"
         self.received: collections.deque[tuple[str, dict[str, str], dict[str, Any]]] = collections.deque(
             maxlen=2000
@@ -79,6 +79,8 @@ class Backend:
     async def _misbehave(self, request: web.Request) -> web.Response | None:
         if self.mode == "error500":
             return web.Response(status=500, text=f"{self.name} broken")
+        if self.mode == "error429":
+            return web.Response(status=429, text=f"{self.name} at capacity")
         if self.mode == "drop":
             assert request.transport is not None
             request.transport.abort()

@@ -79,7 +79,11 @@ async def test_serve_clusters_starts_the_global_gateway(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        lines: list[str] = []
+        while not lines or "global gateway on" not in lines[-1]:  # (log lines may come first)
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line, lines
+            lines.append(line)
         assert "global gateway on http://127.0.0.1:" in line and "1 clusters" in line, line
     finally:
         proc.terminate()

@@ -6,8 +6,8 @@ OpenAI SDKs read ``error.message`` into the exception they raise, so every refus
 
 from __future__ import annotations
 
-from kvgate.httpfront.server import Response
-from kvgate.openai.protocol import CODES, error_body
+from kvgate.httpfront.server import Response, json_error
+from kvgate.openai.protocol import CODES, sse_error_event
 from kvgate.scheduling.types import SchedulingError
 
 
@@ -30,14 +30,7 @@ class GatewayError(Exception):
 
 def error_response(err: GatewayError, request_id: str | None = None) -> Response:
     headers = {"x-request-id": request_id} if request_id else None
-    return Response(
-        status=err.status,
-        body=error_body(err.status, err.message, err.param, err.code),
-        content_type="application/json",
-        headers=headers,
-    )
+    return json_error(err.status, err.message, param=err.param, code=err.code, headers=headers)
 
 
-def sse_error_event(message: str, code: str = "upstream_error") -> bytes:
-    """The event that ends a stream the upstream cut: the openai SDK raises ``APIError`` on it."""
-    return b"data: " + error_body(502, message, None, code) + b"\n\n"
+__all__ = ["GatewayError", "error_response", "sse_error_event"]

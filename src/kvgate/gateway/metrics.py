@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
+from kvgate.httpfront.metrics import FrontGauges
 from kvgate.scheduling.fastmetrics import Hist
 from kvgate.scheduling.types import Usage
 
@@ -158,32 +159,13 @@ class GatewayMetrics:
         )
 
         # Client-side protections (kvgate.httpfront.server), read from the fronts at scrape time.
-        self.client_timeouts = Gauge(
-            "kvgate_gateway_client_timeouts_total",
-            "Client connections ended by a deadline (kind: header, body, send)",
-            ["kind"],
-            registry=r,
-        )
-        self.refused = Gauge(
-            "kvgate_gateway_connections_refused_total",
-            "Client connections refused over limits.maxConnections",
-            registry=r,
-        )
-        self.open_connections = Gauge(
-            "kvgate_gateway_client_connections", "Open client connections", registry=r
-        )
+        self.front = FrontGauges(r, "kvgate_gateway")
+        self.client_timeouts = self.front.client_timeouts
+        self.refused = self.front.refused
+        self.open_connections = self.front.open_connections
 
     def track_fronts(self, fronts: Callable[[], list[Any]]) -> None:
-        def total(attr: str, kind: str | None = None) -> Callable[[], float]:
-            def read() -> float:
-                return float(sum(getattr(f, attr)[kind] if kind else getattr(f, attr) for f in fronts()))
-
-            return read
-
-        for kind in ("header", "body", "send"):
-            self.client_timeouts.labels(kind=kind).set_function(total("timed_out", kind))
-        self.refused.set_function(total("refused"))
-        self.open_connections.set_function(lambda: float(sum(len(f.connections) for f in fronts())))
+        self.front.track(fronts)
 
     def track_inflight(self, read: Callable[[], float]) -> None:
         """The in-flight gauge reads this at scrape time (no per-request update)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import resource
 import ssl
 import time
 from collections.abc import Callable
@@ -29,43 +28,13 @@ from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
-from kvgate.httpfront.server import FrontServer, Handler, Request, Response
+from kvgate.httpfront.server import FrontServer, Handler, Request, Response, connection_cap
 from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.request import RequestPolicy
 from kvgate.scheduling.metrics import POOL_READY
 
 log = logging.getLogger("kvgate.gateway")
-
-# File descriptors kept out of the client-connection cap: listeners, scrapes, probes, logs.
-FD_RESERVE = 64
-
-
-def connection_cap(wanted: int, limits: tuple[int, int] | None = None) -> int:
-    """``limits.maxConnections`` clamped to what the fd limit allows (raised to the hard limit first).
-
-    Each proxied client connection may hold an upstream connection too, so half the fds go to each
-    side. Staying under the limit keeps accept() working: at EMFILE asyncio stops accepting for a
-    second at a time and every new client is reset; under the cap it gets a clear 503 instead.
-    """
-    if limits is None:
-        try:
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            want = 2 * wanted + FD_RESERVE
-            if soft != resource.RLIM_INFINITY and soft < want:
-                new = want if hard == resource.RLIM_INFINITY else min(hard, want)
-                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-                soft = new
-        except (ValueError, OSError):
-            return wanted
-        limits = (soft, hard)
-    soft = limits[0]
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    cap = max(1, (soft - FD_RESERVE) // 2)
-    if cap < wanted:
-        log.info("limits.maxConnections %d clamped to %d by the open-file limit %d", wanted, cap, soft)
-    return min(wanted, cap)
 
 
 def admin_ssl(cfg: GatewayConfig) -> ssl.SSLContext | None:

@@ -29,9 +29,11 @@ import asyncio
 import collections
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import resource
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 from kvgate.openai.protocol import error_body
 
@@ -144,6 +146,13 @@ class StreamResponse:
             if proto.write_paused:
                 await proto.drain()
 
+    def abort(self) -> None:
+        """End a started response as broken: no terminating chunk, the connection is aborted, so the
+        client sees it incomplete instead of a well-formed but truncated body."""
+        self.ended = True
+        if self._proto is not None:
+            self._proto.abort()
+
     async def write_eof(self) -> None:
         if self.ended or self._proto is None:
             return
@@ -172,12 +181,103 @@ def _head(
     return "".join(parts).encode("utf-8", "surrogateescape")
 
 
-def _error(status: int, message: str, code: str | None = None) -> Response:
-    resp = Response(
-        status=status, body=error_body(status, message, code=code), content_type="application/json"
+def json_error(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """An OpenAI-style error (``{"error": {"message", "type", "param", "code"}}``), JSON content type."""
+    return Response(
+        status=status,
+        body=error_body(status, message, param, code),
+        content_type="application/json",
+        headers=headers,
     )
+
+
+def _error(status: int, message: str, code: str | None = None) -> Response:
+    resp = json_error(status, message, code=code)
     resp.force_close()
     return resp
+
+
+@dataclass(slots=True)
+class FrontLimits:
+    """The front's knobs; the YAML names (``LIMIT_KEYS``) are the same in the gateway config's ``limits``
+    and the clusters file's ``limits``."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    keepalive_s: float = 75.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    send_timeout_s: float = 30.0
+    write_buffer_bytes: int = 256 * 1024
+    max_connections: int = 10_000
+
+
+LIMIT_KEYS = {
+    "maxBodyBytes": "max_body_bytes",
+    "keepAliveSeconds": "keepalive_s",
+    "headerTimeoutSeconds": "header_timeout_s",
+    "bodyTimeoutSeconds": "body_timeout_s",
+    "sendTimeoutSeconds": "send_timeout_s",
+    "writeBufferBytes": "write_buffer_bytes",
+    "maxConnections": "max_connections",
+}
+_INT_LIMITS = {"max_body_bytes", "write_buffer_bytes", "max_connections"}
+
+
+def parse_limits(raw: Mapping[str, Any] | None, where: str = "limits") -> FrontLimits:
+    """``LIMIT_KEYS`` from a YAML mapping, each a positive number; raises ``ValueError`` naming the key."""
+    out = FrontLimits()
+    if raw is None:
+        return out
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: expected a mapping")
+    for key, value in raw.items():
+        attr = LIMIT_KEYS.get(key)
+        if attr is None:
+            raise ValueError(f"{where}.{key}: unknown key (known: {', '.join(LIMIT_KEYS)})")
+        whole = attr in _INT_LIMITS
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value <= 0:
+            kind = "a positive integer" if whole else "a positive number"
+            raise ValueError(f"{where}.{key}: expected {kind}, got {value!r}")
+        setattr(out, attr, value)
+    return out
+
+
+# File descriptors kept out of the client-connection cap: listeners, scrapes, probes, logs.
+FD_RESERVE = 64
+
+
+def connection_cap(wanted: int, limits: tuple[int, int] | None = None) -> int:
+    """``limits.maxConnections`` clamped to what the fd limit allows (raised to the hard limit first).
+
+    Each proxied client connection may hold an upstream connection too, so half the fds go to each
+    side. Staying under the limit keeps accept() working: at EMFILE asyncio stops accepting for a
+    second at a time and every new client is reset; under the cap it gets a clear 503 instead.
+    """
+    if limits is None:
+        try:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            want = 2 * wanted + FD_RESERVE
+            if soft != resource.RLIM_INFINITY and soft < want:
+                new = want if hard == resource.RLIM_INFINITY else min(hard, want)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+                soft = new
+        except (ValueError, OSError):
+            return wanted
+        limits = (soft, hard)
+    soft = limits[0]
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    cap = max(1, (soft - FD_RESERVE) // 2)
+    if cap < wanted:
+        log.info("limits.maxConnections %d clamped to %d by the open-file limit %d", wanted, cap, soft)
+    return min(wanted, cap)
 
 
 class _BadRequest(Exception):
@@ -223,6 +323,25 @@ class FrontServer:
         self.timed_out = {"header": 0, "body": 0, "send": 0}
         # One sweeper enforces every deadline, instead of a timer armed and cancelled per request.
         self._sweeper: asyncio.Task[None] | None = None
+
+    @classmethod
+    def with_limits(
+        cls, routes: dict[str, Handler], fallback: Handler, limits: FrontLimits, *,
+        prefix_routes: dict[str, Handler] | None = None,
+    ) -> FrontServer:  # fmt: skip
+        """A front with ``limits`` (the connection cap clamped to the fd limit)."""
+        return cls(
+            routes,
+            fallback,
+            max_body=limits.max_body_bytes,
+            prefix_routes=prefix_routes,
+            keepalive_s=limits.keepalive_s,
+            header_timeout_s=limits.header_timeout_s,
+            body_timeout_s=limits.body_timeout_s,
+            send_timeout_s=limits.send_timeout_s,
+            write_buffer_bytes=limits.write_buffer_bytes,
+            max_connections=connection_cap(limits.max_connections),
+        )
 
     def watch_idle(self) -> None:
         if self._sweeper is None or self._sweeper.done():
@@ -637,4 +756,13 @@ class FrontProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-__all__ = ["FrontServer", "Request", "Response", "StreamResponse"]
+__all__ = [
+    "FrontLimits",
+    "FrontServer",
+    "Request",
+    "Response",
+    "StreamResponse",
+    "connection_cap",
+    "json_error",
+    "parse_limits",
+]

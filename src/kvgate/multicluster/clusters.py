@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from kvgate.httpfront.server import FrontLimits, parse_limits
+
 log = logging.getLogger("kvgate.multicluster")
 
 
@@ -91,6 +93,8 @@ class ClustersConfig:
     refresh_s: float = 0.5
     tls: TlsOptions = field(default_factory=TlsOptions)
     kubernetes: KubeImports | None = None
+    # The client-facing front's limits (``limits:``, the gateway config's key names); read at start-up.
+    limits: FrontLimits = field(default_factory=FrontLimits)
 
 
 _CLUSTER_KEYS = {f for f in ClusterSpec.__dataclass_fields__}
@@ -143,6 +147,11 @@ def parse(doc: Any) -> ClustersConfig:
     tls = doc.get("tls") or {}
     if not isinstance(tls, Mapping):
         raise ClustersError("tls", "expected a mapping")
+    try:
+        limits = parse_limits(doc.get("limits"))
+    except ValueError as e:
+        key, _, why = str(e).partition(": ")
+        raise ClustersError(key, why) from None
     return ClustersConfig(
         clusters=tuple(out),
         local=local,
@@ -150,6 +159,7 @@ def parse(doc: Any) -> ClustersConfig:
         refresh_s=float(doc.get("refresh_s", 0.5)),
         tls=TlsOptions(tls.get("ca"), tls.get("cert"), tls.get("key")),
         kubernetes=kube,
+        limits=limits,
     )
 
 

@@ -31,10 +31,12 @@ from kvgate.openai.protocol import DESTINATION_ENDPOINT
 log = logging.getLogger("kvgate.multicluster.router")
 
 ENDPOINT, PARENT = "endpoint", "parent"
-# Hop-by-hop and length headers are the proxy's own business.
-_DROP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive"})
-# The EPP's routing header is for the gateway, not the pod.
-_TO_POD_DROP = _DROP | {DESTINATION_ENDPOINT}
+# Hop-by-hop and length headers are the proxy's own business; a client never steers routing with the
+# EPP's destination header (stripped on ingress, and the EPP's own is for this gateway, not the pod).
+_DROP = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", DESTINATION_ENDPOINT}
+)
+_AT_CAPACITY = ("status 429", "epp status 429")
 
 
 @dataclass(slots=True)
@@ -153,6 +155,9 @@ class GlobalRouter:
                 st.succeeded()
                 return routed
             st.failed(self.clock())
+        if attempts and all(a.outcome in _AT_CAPACITY for a in attempts):
+            # Every cluster said it is at capacity: the client should slow down, not treat it as an outage.
+            raise NoRoute(429, "every cluster is at capacity; retry later", attempts)
         last = attempts[-1].outcome if attempts else "no route"
         raise NoRoute(503, f"every cluster failed (last: {last})", attempts)
 
@@ -168,7 +173,7 @@ class GlobalRouter:
                 pick = None
             if pick is not None and pick.address is not None:
                 # The pod gets what Envoy would send it: the EPP's header mutation and body.
-                to_pod = pick.request_mutation.apply(fwd, drop=_TO_POD_DROP)
+                to_pod = pick.request_mutation.apply(fwd, drop=_DROP)
                 routed = await self._send(st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick)
                 if routed is not None:
                     return routed

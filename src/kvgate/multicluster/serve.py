@@ -4,6 +4,12 @@ Clusters are the candidates: each request's body is parsed once (``kvgate.openai
 orders the clusters from their aggregates, and the router sends it (Endpoint mode, else Parent mode,
 else the next cluster). Admin routes on the same port: ``/metrics``, ``/healthz``, ``/readyz`` (some
 cluster usable), ``/v1/clusters`` (what this gateway knows of each cluster).
+
+It runs on the single-cluster gateway's client-facing front (``kvgate.httpfront``), so it has the same
+hardening: OpenAI-style JSON errors (400 bad body, 404 unknown path, 405 wrong method, 413 body over
+``limits.maxBodyBytes``, 408 header/body deadlines, 429 when every cluster is at capacity, 503 when none
+can take the request or over ``limits.maxConnections``), and the send deadline for clients that stop
+reading (the connection is aborted, which cancels the request upstream and on the remote EPP).
 """
 
 from __future__ import annotations
@@ -13,26 +19,39 @@ import contextlib
 import dataclasses
 import logging
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from kvgate.httpfront.metrics import FrontGauges
+from kvgate.httpfront.server import (
+    FrontLimits,
+    FrontServer,
+    Handler,
+    Request,
+    Response,
+    StreamResponse,
+    json_error,
+)
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.policies import ClusterRequest, prompt_key
 from kvgate.multicluster.router import GlobalRouter, NoRoute
-from kvgate.openai.protocol import error_body
+from kvgate.openai.protocol import sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
 
 log = logging.getLogger("kvgate.multicluster")
+
+# A response body the cluster stopped sending mid-way (the pod or its link failed, or the remote EPP
+# relaying a rewritten stream did).
+_CUT = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 class _Metrics:
@@ -49,10 +68,25 @@ class _Metrics:
             "kvgate_multicluster_attempts_failed_total", "Failed attempts, by cluster and mode",
             ["cluster", "mode"], registry=r,
         )  # fmt: skip
+        self.cut = Counter(
+            "kvgate_multicluster_responses_cut_total", "Started responses the cluster stopped mid-way",
+            ["cluster"], registry=r,
+        )  # fmt: skip
         self.usable = Gauge(
             "kvgate_multicluster_cluster_fresh", "1 while the cluster's aggregate is within the TTL",
             ["cluster"], registry=r,
         )  # fmt: skip
+        self.front = FrontGauges(r, "kvgate_multicluster")
+
+
+def _get_only(handler: Handler) -> Handler:
+    async def only_get(request: Request) -> Response | StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return json_error(405, f"{request.method} is not allowed on {request.path}; use GET",
+                              headers={"Allow": "GET, HEAD"})  # fmt: skip
+        return await handler(request)
+
+    return only_get
 
 
 class GlobalGateway:
@@ -65,6 +99,8 @@ class GlobalGateway:
         clock: Callable[[], float] = time.monotonic,
         fetch: bool = True,
         seed: int = 0,
+        limits: FrontLimits | None = None,
+        drain_s: float = 5.0,
     ) -> None:
         self.router = GlobalRouter(cfg, policy, clock=clock, seed=seed)
         self.clusters_file = clusters_file
@@ -76,91 +112,125 @@ class GlobalGateway:
             if fetch
             else None
         )
+        self.limits = limits or cfg.limits
+        self.drain_s = drain_s
         self.metrics = _Metrics()
-        self._runner: web.AppRunner | None = None
+        self.front: FrontServer | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self.inflight = 0
+        self._idle = asyncio.Event()  # set while no request is in flight (the drain waits on it)
+        self._idle.set()
         self._reload_task: asyncio.Task[None] | None = None
         self._imports: Any = None  # kvgate.multicluster.imports.ImportController, with kubernetes:
         self._kube_clients: list[Any] = []
         self.port = 0
 
     # --- routes -------------------------------------------------------------------------------
-    async def _proxy(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
+    async def _proxy(self, request: Request) -> Response | StreamResponse:
+        if request.method != "POST":
+            return json_error(405, f"{request.method} is not allowed on {request.path}; use POST",
+                              headers={"Allow": "POST"})  # fmt: skip
+        self.inflight += 1
+        self._idle.clear()
+        try:
+            return await self._route(request)
+        finally:
+            self.inflight -= 1
+            if not self.inflight:
+                self._idle.set()
+
+    async def _route(self, request: Request) -> Response | StreamResponse:
+        raw = request.body
         path = request.path
         try:
             parsed = parse_body(kind_for_path(path), raw)
         except BodyError as e:
-            return _error(400, e.message, e.param)
+            return json_error(e.status, e.message, param=e.param)
         creq = ClusterRequest(parsed.model, prompt_key(parsed.prompt_text, parsed.token_ids))
         t0 = self.clock()
         try:
-            routed = await self.router.route(path, dict(request.headers), raw, creq)
+            routed = await self.router.route(path, request.headers, raw, creq)
         except NoRoute as e:
             self.metrics.failed.inc()
             for a in e.attempts:
                 self.metrics.failovers.labels(a.cluster, a.mode).inc()
-            return _error(e.status, e.message, None)
+            retry = {"Retry-After": "1"} if e.status == 429 else None
+            return json_error(e.status, e.message, headers=retry)
         for a in routed.attempts[:-1]:
             self.metrics.failovers.labels(a.cluster, a.mode).inc()
         self.metrics.requests.labels(routed.cluster, routed.mode).inc()
-        resp = web.StreamResponse(status=routed.status, headers=routed.headers)
-        resp.headers["x-kvgate-cluster"] = routed.cluster
-        resp.headers["x-kvgate-route-mode"] = routed.mode
+        headers = dict(routed.headers)
+        headers["x-kvgate-cluster"] = routed.cluster
+        headers["x-kvgate-route-mode"] = routed.mode
+        sse = headers.get("content-type", headers.get("Content-Type", "")).startswith("text/event-stream")
+        resp = StreamResponse(status=routed.status, headers=headers)
+        body = routed.body
         try:
             await resp.prepare(request)
             first = parsed.stream
-            async for chunk in routed.body:
+            while True:
+                try:
+                    chunk = await body.__anext__()
+                except StopAsyncIteration:
+                    break
+                except _CUT as e:
+                    self.metrics.cut.labels(routed.cluster).inc()
+                    log.warning("response from cluster %s cut: %s: %s", routed.cluster, type(e).__name__, e)
+                    if not sse:
+                        resp.abort()  # the client must see an incomplete body, not a short one
+                        return resp
+                    await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
+                    break
                 if first:  # a stream's first bytes: the TTFT this gateway sees from that cluster
                     first = False
                     st = self.router.states.get(routed.cluster)
                     if st is not None:
                         now = self.clock()
                         st.observe_ttft(now - t0, now)
-                await resp.write(chunk)
+                await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
             await resp.write_eof()
         finally:
             # Cut short (the client left, a write failed) or done: settle the upstream and the EPP now.
-            await routed.body.aclose()
+            await body.aclose()
         return resp
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
+    async def _metrics(self, _request: Request) -> Response:
         now = self.clock()
         for st in self.router.state_list():
             self.metrics.usable.labels(st.name).set(1.0 if st.fresh(now, self.router.cfg.ttl_s) else 0.0)
-        return web.Response(
-            body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        return Response(body=generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
-    async def _clusters(self, _request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(self.router.summary()), content_type="application/json")
+    async def _clusters(self, _request: Request) -> Response:
+        return Response(body=orjson.dumps(self.router.summary()), content_type="application/json")
 
-    async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+    async def _healthz(self, _request: Request) -> Response:
+        return Response(text="ok", content_type="text/plain")
 
-    async def _readyz(self, _request: web.Request) -> web.Response:
+    async def _readyz(self, _request: Request) -> Response:
         if self.router.order(ClusterRequest()):
-            return web.Response(text="ready")
-        return web.Response(status=503, text="no cluster ready")
+            return Response(text="ready", content_type="text/plain")
+        return json_error(503, "no cluster ready")
+
+    async def _not_found(self, request: Request) -> Response:
+        return json_error(404, f"no route for {request.method} {request.path}")
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         await self.router.start()
         if self.fetcher is not None:
             await self.fetcher.start()
-        app = web.Application(client_max_size=64 << 20)
-        for p in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings"):
-            app.router.add_post(p, self._proxy)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/v1/clusters", self._clusters)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        await web.SockSite(self._runner, sock).start()
-        self.port = sock.getsockname()[1]
+        routes: dict[str, Handler] = {
+            p: self._proxy for p in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
+        }
+        for p, h in (("/metrics", self._metrics), ("/v1/clusters", self._clusters),
+                     ("/healthz", self._healthz), ("/readyz", self._readyz)):  # fmt: skip
+            routes[p] = _get_only(h)
+        self.front = FrontServer.with_limits(routes, self._not_found, self.limits)
+        front = self.front
+        self.metrics.front.track(lambda: [front])
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(front.protocol, host, port, backlog=4096, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
         if self.clusters_file is not None:
             self._reload_task = asyncio.create_task(self._reload_loop())
         if self.router.cfg.kubernetes is not None:
@@ -207,15 +277,14 @@ class GlobalGateway:
             await client.close()
         if self.fetcher is not None:
             await self.fetcher.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None and self.front is not None:
+            # Graceful: no new connections, idle ones closed, in-flight requests get ``drain_s``.
+            self._server.close()
+            self.front.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.drain_s)
+            self.front.close_all()
         await self.router.close()
-
-
-def _error(status: int, message: str, param: str | None) -> web.Response:
-    return web.Response(
-        status=status, body=error_body(status, message, param), content_type="application/json"
-    )
 
 
 @dataclass(slots=True)

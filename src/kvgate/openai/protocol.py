@@ -78,3 +78,8 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
             }
         }
     )
+
+
+def sse_error_event(message: str, code: str = "upstream_error") -> bytes:
+    """The event that ends a stream the upstream cut: the openai SDK raises ``APIError`` on it."""
+    return b"data: " + error_body(502, message, None, code) + b"\n\n"
