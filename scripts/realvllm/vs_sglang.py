@@ -186,6 +186,14 @@ def main() -> int:
         tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
         print(f"prompt tokens: mean {statistics.fmean(len(tok.encode(p).ids) for p in prompts):.0f}; "
               f"{len(prompts)} requests; logs {log_dir}", flush=True)  # fmt: skip
+        # What one /metrics scrape costs a server (kvgate scrapes each every 0.05 s by default).
+        took = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            size = len(servers[0].metrics_text())
+            took.append(time.perf_counter() - t0)
+        print(f"GET /metrics of server 0: {size:,} bytes, median {1000 * statistics.median(took):.1f} ms, "
+              f"max {1000 * max(took):.1f} ms (10 sequential)", flush=True)  # fmt: skip
         if args.probe:  # TTFT of a cold prompt vs the same prompt again (prefix hit), straight to vLLM
             for i, p in enumerate(prompts[:4]):
                 reset_caches(servers)
