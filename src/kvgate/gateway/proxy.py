@@ -420,10 +420,10 @@ class Proxy:
                     self._failed(director, ireq, ep)
                     continue
                 # A 5xx with nowhere else to go is passed through rather than masked.
-                final = attempt == self.cfg.limits.max_attempts - 1 or not any(
-                    e.healthy and e.address not in tried for e in pool.endpoints()
-                )
-                if resp.status >= 500 and not final:
+                if resp.status >= 500 and not (
+                    attempt == self.cfg.limits.max_attempts - 1
+                    or not any(e.healthy and e.address not in tried for e in pool.endpoints())
+                ):
                     last_error = f"{self._name(ep)}: HTTP {resp.status}"
                     finished = True
                     self._failed(director, ireq, ep)

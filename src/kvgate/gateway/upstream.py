@@ -283,11 +283,14 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         parts: list[bytes] = []
+        c = self._conn
         while True:
             data = await self.read_chunk()
             if not data:
                 return b"".join(parts)
             parts.append(data)
+            if c.done and not c.body and c.error is None:  # the end is here: no second read
+                return b"".join(parts) if len(parts) > 1 else data
 
     def release(self) -> None:
         """Back to the pool if the response was read to its end on a reusable connection, else close."""
