@@ -49,3 +49,44 @@ async def test_aggregate_over_mutual_tls(tmp_path: Path) -> None:
         assert plain.aggregate is None
     finally:
         await epp.stop(0)
+
+
+async def test_endpoint_mode_over_mutual_tls(tmp_path: Path) -> None:
+    """A cluster with ``epp_tls: true``: the EPP is verified against the clusters file's ``tls.ca`` and
+    given its client pair; without the client pair the EPP refuses the stream (and that cluster fails)."""
+    import aiohttp
+    import orjson
+
+    from gateway.backend import Backend
+    from kvgate.multicluster.clusters import ClustersConfig
+    from kvgate.multicluster.serve import GlobalGateway
+
+    server, client = tls.self_signed(("localhost", "127.0.0.1")), tls.self_signed(("gateway",))
+    for name, pem in (("ca.pem", server.cert_pem), ("c.pem", client.cert_pem), ("c.key", client.key_pem)):
+        (tmp_path / name).write_bytes(pem)
+    pod = await Backend("pod").start()
+    store = EndpointStore.from_addresses([pod.address])
+    ctx = SessionContext(build_epp_director(None, store, policy="round-robin"), AddressIndex(store),
+                         clock=time.monotonic)  # fmt: skip
+    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None,
+                                       tls=server, client_ca=client.cert_pem))  # fmt: skip
+    await epp.start()
+    cluster = ClusterSpec("c1", epp=f"127.0.0.1:{epp.port}", epp_tls=True)
+    full = TlsOptions(str(tmp_path / "ca.pem"), str(tmp_path / "c.pem"), str(tmp_path / "c.key"))
+    body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
+    try:
+        for opts, want in ((full, 200), (TlsOptions(str(tmp_path / "ca.pem")), 503)):
+            gw = GlobalGateway(ClustersConfig((cluster,), tls=opts), "round-robin", fetch=False)
+            await gw.start("127.0.0.1", 0)
+            try:
+                url = f"http://127.0.0.1:{gw.port}/v1/completions"
+                async with aiohttp.ClientSession() as s, s.post(url, data=body) as r:
+                    assert r.status == want, await r.text()
+                    if want == 200:
+                        assert r.headers["x-kvgate-route-mode"] == "endpoint"
+            finally:
+                await gw.stop()
+        assert len(pod.received) == 1  # only the mutual-TLS stream got a pod
+    finally:
+        await epp.stop(0)
+        await pod.stop()

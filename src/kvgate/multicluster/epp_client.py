@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -36,6 +37,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 
+from kvgate.multicluster.clusters import TlsOptions
 from kvgate.multicluster.fetcher import RECONNECT
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
 from kvgate.openai.sse import SSEScanner
@@ -358,29 +360,39 @@ class EppStream:
             self._reader.cancel()
 
 
+def _credentials(tls: TlsOptions) -> grpc.ChannelCredentials:
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(tls.ca), private_key=read(tls.key), certificate_chain=read(tls.cert)
+    )
+
+
 class EppClient:
     """One gRPC channel per EPP address; ``open`` raises ``grpc.aio.AioRpcError`` / ``TimeoutError``."""
 
     def __init__(self, *, timeout_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout_s = timeout_s
         self.clock = clock
-        self._channels: dict[tuple[str, bool], grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, TlsOptions | None], grpc.aio.Channel] = {}
 
-    def _stub(self, address: str, tls: bool) -> pb_grpc.ExternalProcessorStub:
+    def _stub(self, address: str, tls: TlsOptions | None) -> pb_grpc.ExternalProcessorStub:
         ch = self._channels.get((address, tls))
         if ch is None:
             ch = (
-                grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(), options=RECONNECT)
-                if tls
+                grpc.aio.secure_channel(address, _credentials(tls), options=RECONNECT)
+                if tls is not None
                 else grpc.aio.insecure_channel(address, options=RECONNECT)
             )
             self._channels[(address, tls)] = ch
         return pb_grpc.ExternalProcessorStub(ch)
 
     async def open(self, address: str, path: str, headers: Mapping[str, str], body: bytes, *,
-                   tls: bool = False) -> EppStream:  # fmt: skip
+                   tls: TlsOptions | None = None) -> EppStream:  # fmt: skip
         """Ask for a pod; the returned stream stays open for the request's life (``address`` set), or
-        is closed already (the EPP refused: ``status``)."""
+        is closed already (the EPP refused: ``status``). ``tls``: None = plaintext, else verify the EPP
+        against ``tls.ca`` (the system CAs without one) and present ``tls.cert`` / ``tls.key`` (mTLS)."""
         # No deadline on the call itself: it lives as long as the response. Each step has its own.
         call = self._stub(address, tls).Process()
         stream = EppStream(call, timeout_s=self.timeout_s, clock=self.clock)

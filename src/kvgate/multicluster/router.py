@@ -167,8 +167,9 @@ class GlobalRouter:
         spec = st.spec
         if spec.epp is not None:
             try:
-                pick: EppStream | None = await self.epp.open(spec.epp, path, fwd, body, tls=spec.epp_tls)
-            except (grpc.aio.AioRpcError, TimeoutError, OSError) as e:
+                tls = self.cfg.tls if spec.epp_tls else None  # the clusters file's CA and client pair
+                pick: EppStream | None = await self.epp.open(spec.epp, path, fwd, body, tls=tls)
+            except (grpc.aio.AioRpcError, TimeoutError, OSError) as e:  # (OSError: an unreadable cert file)
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp: {type(e).__name__}"))
                 pick = None
             if pick is not None and pick.address is not None:
