@@ -15,8 +15,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import grpc
 import orjson
 import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from gateway.backend import Backend
 from kvgate.datalayer.store import EndpointStore
@@ -173,3 +178,72 @@ async def test_a_model_rewrite_by_the_remote_epp_reaches_the_pod_and_comes_back(
         assert await w.epp_metric("kvgate_epp_completion_tokens_total") == 6
     finally:
         await _stop(w, parts)
+
+
+class _NoBodyEpp(pb_grpc.ExternalProcessorServicer):
+    """An EPP that picks ``pod`` and asks, with ``mode_override``, for no response body: the gateway must
+    send none, and end the stream (half-close) only when the response has ended."""
+
+    def __init__(self, pod: str) -> None:
+        self.pod = pod
+        self.kinds: list[str] = []
+        self.ended = asyncio.Event()
+        self.half_closed = False  # the gateway ended its side (not a cancel)
+
+    async def Process(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.ProcessingResponse]:
+        body = b""
+        try:
+            async for msg in request_iterator:
+                kind = msg.WhichOneof("request")
+                self.kinds.append(kind)
+                if kind == "request_body":
+                    body += msg.request_body.body
+                    if msg.request_body.end_of_stream:
+                        mutation = pb.HeaderMutation(set_headers=[base_pb2.HeaderValueOption(
+                            header=base_pb2.HeaderValue(key="x-gateway-destination-endpoint",
+                                                        raw_value=self.pod.encode()))])  # fmt: skip
+                        yield pb.ProcessingResponse(
+                            request_headers=pb.HeadersResponse(
+                                response=pb.CommonResponse(header_mutation=mutation)
+                            ),
+                            mode_override=processing_mode_pb2.ProcessingMode(
+                                response_body_mode=processing_mode_pb2.ProcessingMode.NONE
+                            ),
+                        )
+                        streamed = pb.StreamedBodyResponse(body=body, end_of_stream=True)
+                        common = pb.CommonResponse(body_mutation=pb.BodyMutation(streamed_response=streamed))
+                        yield pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+                elif kind == "response_headers":
+                    yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+            self.half_closed = True
+        finally:
+            self.ended.set()
+
+
+async def test_the_epps_mode_override_is_honoured() -> None:
+    pod = await Backend("pod", tokens=20, chunk_delay=0.05).start()
+    epp = _NoBodyEpp(pod.address)
+    server = grpc.aio.server()
+    pb_grpc.add_ExternalProcessorServicer_to_server(epp, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    gw = GlobalGateway(
+        ClustersConfig((ClusterSpec("c1", epp=f"127.0.0.1:{port}"),)), "round-robin", fetch=False
+    )
+    await gw.start("127.0.0.1", 0)
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=_body(True, max_tokens=20)) as r,
+        ):
+            await r.content.readuntil(b"\n\n")
+            await asyncio.sleep(0.3)
+            assert not epp.ended.is_set()  # the stream lives as long as the response
+            assert (await r.read()).endswith(b"data: [DONE]\n\n")
+        await asyncio.wait_for(epp.ended.wait(), 10)  # ... and ends with it
+        assert "response_headers" in epp.kinds and "response_body" not in epp.kinds
+        assert epp.half_closed
+    finally:
+        await gw.stop()
+        await server.stop(0)
+        await pod.stop()

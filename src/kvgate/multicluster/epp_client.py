@@ -244,7 +244,7 @@ class EppStream:
         scanner = SSEScanner() if streaming else None  # reads only up to the first generated token
         tail: collections.deque[bytes] = collections.deque()  # a stream's last bytes, or a JSON reply
         held = 0
-        done = False
+        done = failed = False
         try:
             async for chunk in upstream:
                 if live:
@@ -266,29 +266,30 @@ class EppStream:
                                 await self._body(b"", False)
                     except (grpc.aio.AioRpcError, TimeoutError) as e:
                         log.warning("EPP stream failed mid-response: %s", type(e).__name__)
-                        live = False
+                        live, failed = False, True
                         self.cancel()
                 yield chunk
             done = True
         finally:
             if not done:
                 self.cancel()  # the client left or the pod failed: the EPP releases the request
-            elif live:
-                if streaming:
-                    # A newline first ends any partial line the EPP's reader holds from the first chunks.
-                    last = b"".join(tail)[-TAIL_BYTES:]
-                    end = b"\n" + last if last else b""
-                else:
-                    # A JSON reply whole (its usage), or nothing: cut, it would not parse.
-                    end = b"".join(tail) if held <= JSON_BYTES else b""
-                await self._end(end)
+            elif failed:
+                pass  # (cancelled already)
+            elif not live:
+                await self._end(None)  # response_body_mode NONE: the half-close is the end
+            elif streaming:
+                # A newline first ends any partial line the EPP's reader holds from the first chunks.
+                last = b"".join(tail)[-TAIL_BYTES:]
+                await self._end(b"\n" + last if last else b"")
             else:
-                self.cancel()
+                # A JSON reply whole (its usage), or nothing: cut, it would not parse.
+                await self._end(b"".join(tail) if held <= JSON_BYTES else b"")
 
-    async def _end(self, data: bytes) -> None:
+    async def _end(self, data: bytes | None) -> None:
         assert self._call is not None
         try:
-            await self._body(data, True)
+            if data is not None:
+                await self._body(data, True)
             self.ended = True
             await asyncio.wait_for(self._call.done_writing(), self.timeout_s)
         except (grpc.aio.AioRpcError, TimeoutError) as e:
