@@ -48,8 +48,10 @@ SLO_TTFT = {CRITICAL: 1.0, BATCH: 10.0}
 INTERACTIVE_SLO = 1.0
 PRIORITY = {CRITICAL: 10, BATCH: -1}
 # maxConcurrency = the servers' running-batch limit (--max-num-seqs); the pending bound does the work.
-DETECTOR_KVGATE = {"type": "concurrency-detector",
-                   "parameters": {"maxConcurrency": 128, "maxPendingRequests": 2}}  # fmt: skip
+DETECTOR_KVGATE: dict[str, Any] = {
+    "type": "concurrency-detector",
+    "parameters": {"maxConcurrency": 128, "maxPendingRequests": 2},
+}
 
 _SCHED = {
     "plugins": [
@@ -66,7 +68,7 @@ _SCHED = {
 }
 
 
-def arm_config(arm: str, ttl: float) -> dict[str, Any]:
+def arm_config(arm: str, ttl: float, max_pending: int = 2) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
         return doc
@@ -77,7 +79,8 @@ def arm_config(arm: str, ttl: float) -> dict[str, Any]:
         return doc  # the default utilization-detector gates dispatch
     doc["flowControl"] = {"fairnessPolicy": "least-attained-service", "orderingPolicy": "slo-deadline",
                           "defaultRequestTTL": ttl}  # fmt: skip
-    doc["saturationDetector"] = DETECTOR_KVGATE
+    params = {**DETECTOR_KVGATE["parameters"], "maxPendingRequests": max_pending}
+    doc["saturationDetector"] = {**DETECTOR_KVGATE, "parameters": params}
     return doc
 
 
@@ -146,7 +149,14 @@ class Run:
 
 class FlowSim:
     def __init__(
-        self, arm: str, replicas: int, profile: str, seed: int, ttl: float, max_num_seqs: int = 128
+        self,
+        arm: str,
+        replicas: int,
+        profile: str,
+        seed: int,
+        ttl: float,
+        max_num_seqs: int = 128,
+        max_pending: int = 2,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -157,8 +167,8 @@ class FlowSim:
         self.clock = VirtualClock()
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
         self.director = build_director(
-            arm_config(arm, ttl), EndpointStore(self.endpoints), clock=self.clock.time, seed=seed,
-            flow_metrics=False,
+            arm_config(arm, ttl, max_pending), EndpointStore(self.endpoints), clock=self.clock.time,
+            seed=seed, flow_metrics=False,
         )  # fmt: skip
         self.replicas = [
             VirtualReplica(
@@ -381,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ttl", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", default="none,reference,kvgate")
+    p.add_argument("--max-pending", type=int, default=2,
+                   help="kvgate arm: the detector's maxPendingRequests")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     p.add_argument("--live", action="store_true", help="real kvgate serve + simulated fleet over HTTP")
@@ -402,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("calm", "even", "flood"):
         arrivals = Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
         for arm in args.arms.split(","):
-            sim = FlowSim(arm, args.replicas, args.profile, args.seed, args.ttl, args.max_num_seqs)
+            sim = FlowSim(
+                arm, args.replicas, args.profile, args.seed, args.ttl, args.max_num_seqs, args.max_pending
+            )
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
     for arm in args.arms.split(","):
