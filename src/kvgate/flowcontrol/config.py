@@ -11,6 +11,7 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
       orderingPolicy: fcfs        # fcfs | edf | slo-deadline
       defaultTTFTSLO: 2s          # slo-deadline ordering for requests without an x-slo-ttft-ms header
       preemption: false           # evict the newest sheddable request without a first token
+      holdPredictedMisses: false  # hold a sheddable request predicted to miss its SLO (not 429)
       priorityBands:              # per-band overrides; a priority not listed gets the defaults
       - priority: 0
         maxRequests: 1000
@@ -48,7 +49,7 @@ ORDERING_POLICIES = {
     "slo-deadline-ordering-policy": "slo-deadline",
 }
 _GLOBAL_KEYS = ("maxRequests", "maxBytes", "defaultRequestTTL", "fairnessPolicy", "orderingPolicy",
-                "defaultTTFTSLO", "preemption", "priorityBands")  # fmt: skip
+                "defaultTTFTSLO", "preemption", "holdPredictedMisses", "priorityBands")  # fmt: skip
 
 
 @dataclass(slots=True, frozen=True)
@@ -69,6 +70,7 @@ class FlowControlConfig:
     ordering: str = "fcfs"
     default_ttft_slo: float = 2.0
     preemption: bool = False
+    hold_predicted_misses: bool = False
     bands: dict[int, BandConfig] = field(default_factory=dict)
 
     def band(self, priority: int) -> BandConfig:
@@ -96,6 +98,7 @@ def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl")
         ordering=_policy(p, "orderingPolicy", ORDERING_POLICIES, "fcfs"),
         default_ttft_slo=p.get_duration("defaultTTFTSLO", 2.0),
         preemption=p.get_bool("preemption", False),
+        hold_predicted_misses=p.get_bool("holdPredictedMisses", False),
     )
     if cfg.ttl <= 0:
         raise ConfigError(f"{path}.defaultRequestTTL: must be > 0, got {p.raw['defaultRequestTTL']!r}")

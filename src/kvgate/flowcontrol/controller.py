@@ -11,7 +11,10 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
 - TTL: ``expire(now)`` removes the requests queued longer than the TTL; the caller fails them (503, as
   the reference: "flow-control TTL expiry");
 - ``cancel`` removes a request whose client left; removal is O(1) (entries are dropped lazily from
-  the heaps), so a burst of cancellations costs nothing until those entries reach a head.
+  the heaps), so a burst of cancellations costs nothing until those entries reach a head;
+- ``hold`` puts back a request taken for dispatch whose pick said "not now" (a sheddable request
+  predicted to miss its SLO): it stays queued (limits, TTL, cancel) but out of its band's selection
+  until ``until``, so it does not block the requests behind it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ DISPATCHED = "Dispatched"
 REJECTED_CAPACITY = "RejectedCapacity"
 EVICTED_TTL = "EvictedTTL"
 EVICTED_CANCELLED = "EvictedContextCancelled"
+HELD = "HeldPredictedMiss"  # an attempt to leave that its pick turned back (the request stays queued)
 REJECTED_OTHER = "RejectedOther"
 
 
@@ -50,6 +54,7 @@ class QueuedRequest:
     slo_deadline: float  # arrival + TTFT SLO (slo-deadline ordering)
     handle: Any = None  # the waiter (an asyncio future, a simulator record)
     done: bool = False
+    held_until: float | None = None  # held out of its band's selection until then (``hold``)
     outcome: str = ""
     explain: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +74,8 @@ class FlowController:
         self.bands: dict[int, Band] = {}
         self._order: list[int] = []  # band priorities, highest first
         self._expiry: list[tuple[float, int, QueuedRequest]] = []
+        self._held: list[QueuedRequest] = []
+        self._hold_seq = 0
         self._seq = 0
         self.count = 0
         self.bytes = 0
@@ -134,24 +141,80 @@ class FlowController:
             if item is not None:
                 yield item
 
-    def _remove(self, item: QueuedRequest, outcome: str, now: float) -> bool:
+    def _remove(self, item: QueuedRequest, outcome: str, now: float, record: bool = True) -> bool:
         if item.done:
             return False
         item.done = True
         item.outcome = outcome
         band = self.bands[item.priority]
-        if outcome == DISPATCHED:
-            band.dispatched(item, item.cost)
-        band.forget(item)
+        if item.held_until is not None:  # counted in its band, but in no flow queue
+            item.held_until = None
+            band.count -= 1
+            band.bytes -= item.size
+        else:
+            if outcome == DISPATCHED:
+                band.dispatched(item, item.cost)
+            band.forget(item)
         self.count -= 1
         self.bytes -= item.size
         self.metrics.queued(item.priority, item.flow, -1)
-        self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at)
+        if record:
+            self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at)
         return True
 
-    def take(self, item: QueuedRequest, now: float) -> None:
-        """``item`` leaves for an endpoint (the caller picks it now: late binding)."""
-        self._remove(item, DISPATCHED, now)
+    def take(self, item: QueuedRequest, now: float, record: bool = True) -> None:
+        """``item`` leaves for an endpoint (the caller picks it now: late binding). With
+        ``record=False`` the caller records the outcome once the pick is known (``record``)."""
+        self._remove(item, DISPATCHED, now, record)
+
+    def record(self, item: QueuedRequest, outcome: str, now: float) -> None:
+        """The outcome of a request taken with ``record=False``."""
+        self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at)
+
+    def hold(self, item: QueuedRequest, now: float, until: float) -> None:
+        """Put back ``item``, just taken, whose pick said "not now": queued again (limits, TTL, cancel
+        as before; its flow's least-attained-service charge undone) but out of its band's selection
+        until ``until``."""
+        if not item.done or item.outcome != DISPATCHED:
+            return
+        band = self.bands[item.priority]
+        q = band.flows.get(item.flow)
+        if q is not None:
+            q.service -= item.cost
+            if q.heap and q.heap[0][2] is item:  # its own entry (it was the head): no duplicate later
+                heapq.heappop(q.heap)
+        item.done = False
+        item.outcome = ""
+        item.held_until = until
+        band.count += 1
+        band.bytes += item.size
+        self.count += 1
+        self.bytes += item.size
+        self.metrics.queued(item.priority, item.flow, +1)
+        self.metrics.outcome(item.priority, item.flow, HELD, now - item.enqueued_at)
+        self._held.append(item)
+        # Its expiry entry may be gone (dropped while it was done): a fresh one, with a key that no
+        # other entry has (a tie would compare the requests themselves).
+        self._hold_seq -= 1
+        heapq.heappush(self._expiry, (item.deadline, self._hold_seq, item))
+
+    def unhold(self, now: float) -> None:
+        """Held requests due by ``now`` go back into their bands (finished ones are dropped)."""
+        if not self._held:
+            return
+        keep: list[QueuedRequest] = []
+        for item in self._held:
+            if item.done or item.held_until is None:
+                continue
+            if item.held_until <= now:
+                band = self.bands[item.priority]
+                item.held_until = None
+                band.count -= 1
+                band.bytes -= item.size
+                band.push(item)  # (counts it again, in its flow)
+            else:
+                keep.append(item)
+        self._held = keep
 
     def cancel(self, item: QueuedRequest, now: float, outcome: str = EVICTED_CANCELLED) -> bool:
         """Remove a waiting request (client gone, rejected at pick); False when it had already left."""

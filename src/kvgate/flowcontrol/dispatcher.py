@@ -18,8 +18,14 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 
-from kvgate.flowcontrol.controller import FlowController, QueuedRequest
-from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult, SchedulingError
+from kvgate.flowcontrol.controller import DISPATCHED, REJECTED_OTHER, FlowController, QueuedRequest
+from kvgate.scheduling.types import (
+    InferenceRequest,
+    NoCapacityError,
+    PickResult,
+    PredictedMissError,
+    SchedulingError,
+)
 
 TTL_MESSAGE = "request timed out in the flow control queue (TTL expired)"
 # What a preempted request's client gets, as a 429 (ShedError): retry later.
@@ -35,7 +41,9 @@ def dispatch_ready(
     """Take and yield queued requests, in policy order, while their pool has capacity.
 
     With ``preempt`` (``flowControl.preemption``), a head that is not sheddable and finds its pool
-    saturated may stop one sheddable in-flight request (``preempt`` returns True) and take its place."""
+    saturated may stop one sheddable in-flight request (``preempt`` returns True) and take its place.
+    Taken with ``record=False``: the caller records the outcome once it knows the pick's."""
+    ctl.unhold(now)
     while True:
         blocked = True
         for item in ctl.heads():
@@ -44,7 +52,7 @@ def dispatch_ready(
             if not saturated(item.req) or (
                 preempt is not None and not item.req.sheddable and preempt(item.req)
             ):
-                ctl.take(item, now)
+                ctl.take(item, now, record=False)
                 yield item
                 blocked = False
                 break
@@ -64,6 +72,7 @@ class FlowDispatcher:
         clock: Callable[[], float],
         abandoned: Callable[[InferenceRequest, PickResult], None] = lambda _r, _p: None,
         preempt: Callable[[InferenceRequest], bool] | None = None,
+        hold_misses: bool = False,
         recheck_interval: float = 0.02,
     ) -> None:
         """``pick`` runs when a request leaves the queue and must charge its load at once (the gate
@@ -75,6 +84,9 @@ class FlowDispatcher:
         self.clock = clock
         self.abandoned = abandoned
         self.preempt = preempt
+        # flowControl.holdPredictedMisses: a sheddable request predicted to miss its SLO waits
+        # (until predicted to make it, or its TTL) instead of failing with 429.
+        self.hold_misses = hold_misses
         self.recheck_interval = recheck_interval
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -84,11 +96,20 @@ class FlowDispatcher:
 
     async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
         now = self.clock()
+        held = False
         if len(self.ctl) == 0 and not self.saturated(req):
-            return self.pick(req, explain)
+            try:
+                return self.pick(req, explain)
+            except PredictedMissError:
+                if not self.hold_misses:
+                    raise
+                held = True
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[PickResult] = loop.create_future()
         item = self.ctl.enqueue(req, now, handle=fut, explain=explain)  # ShedError when full
+        if held:  # as if it had just left the queue and been turned back
+            self.ctl.take(item, now, record=False)
+            self.ctl.hold(item, now, now + self.recheck_interval)
         if self._wake is None:
             self._wake = asyncio.Event()
         if self._task is None or self._task.done():
@@ -119,9 +140,18 @@ class FlowDispatcher:
                 continue
             try:
                 result = self.pick(item.req, item.explain)
-            except SchedulingError as e:
+            except PredictedMissError as e:
+                if self.hold_misses:  # back in the queue; tried again after the recheck interval
+                    self.ctl.hold(item, now, now + self.recheck_interval)
+                    continue
+                self.ctl.record(item, REJECTED_OTHER, now)
                 fut.set_exception(e)
                 continue
+            except SchedulingError as e:
+                self.ctl.record(item, REJECTED_OTHER, now)
+                fut.set_exception(e)
+                continue
+            self.ctl.record(item, DISPATCHED, now)
             fut.set_result(result)
 
     async def _run(self) -> None:

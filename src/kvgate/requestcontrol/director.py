@@ -141,6 +141,7 @@ class Director:
                 clock=self.clock,
                 abandoned=self._abandoned,
                 preempt=self._preempt if flow.cfg.preemption else None,
+                hold_misses=flow.cfg.hold_predicted_misses,
             )
             if flow is not None
             else None

@@ -101,6 +101,11 @@ class ShedError(SchedulingError):
     code = "rate_limit_exceeded"
 
 
+class PredictedMissError(ShedError):
+    """A sheddable request no endpoint is predicted to serve within its SLO (429 when shed; flow
+    control with ``holdPredictedMisses`` holds it in the queue instead)."""
+
+
 class NoCapacityError(SchedulingError):
     """No endpoint is eligible (none ready, all filtered, subset empty, queue TTL expired)."""
 

@@ -36,7 +36,7 @@ from kvgate.scheduling.framework import (
 )
 from kvgate.scheduling.latency import LatencyPredictor, Prediction, features
 from kvgate.scheduling.registry import register
-from kvgate.scheduling.types import InferenceRequest, ShedError, prompt_tokens
+from kvgate.scheduling.types import InferenceRequest, PredictedMissError, prompt_tokens
 
 SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
 SLO_TPOT_HEADERS = ("x-slo-tpot-ms", "x-llm-d-slo-tpot-ms")
@@ -235,5 +235,5 @@ class SLOHeadroomTierFilter(Filter):
             return endpoints
         kept = [ep for ep, h in zip(endpoints, hr, strict=True) if h > 0.0]
         if not kept and self.shed_sheddable and cycle.request.sheddable:
-            raise ShedError("sheddable request predicted to miss its SLO on every endpoint")
+            raise PredictedMissError("sheddable request predicted to miss its SLO on every endpoint")
         return kept or endpoints
