@@ -147,6 +147,14 @@ async def test_the_workers_supervisor_serves_its_admin_port_over_tls(pems: Path,
         async with aiohttp.ClientSession() as s:
             async with s.get(f"https://127.0.0.1:{port}/healthz", ssl=_client_ctx(pems, cert=True)) as r:
                 assert r.status == 200
+            # The aggregate too (one worker's: they share in-flight counts), saying how it was served.
+            url = f"https://127.0.0.1:{port}/v1/pool/aggregate"
+            async with s.get(url, ssl=_client_ctx(pems, cert=True)) as r:
+                assert r.status == 200
+                agg = orjson.loads(await r.read())
+            assert agg["tls"] is True and agg["mtls"] is True and agg["total_endpoints"] == 1
+            async with s.get(url + "?pool=nope", ssl=_client_ctx(pems, cert=True)) as r:
+                assert r.status == 404
             with pytest.raises(aiohttp.ClientError):
                 async with s.get(f"https://127.0.0.1:{port}/healthz", ssl=_client_ctx(pems, cert=False)) as r:
                     await r.read()

@@ -39,12 +39,14 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 import aiohttp
+import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvgate.config.gateway import GatewayConfig
+from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 
@@ -361,6 +363,24 @@ class Supervisor:
                 return Response(body=g[1], content_type="application/json")
         return error_response(GatewayError(404, "no worker recorded a pick for that request id"))
 
+    async def _aggregate(self, request: Request) -> Response:
+        """The pool aggregate from the first worker that answers: workers share their in-flight counts
+        (``shared_inflight``) and prefix insertions (gossip), so one worker's snapshot is the fleet's.
+        ``tls`` / ``mtls`` say how this port serves it (the workers' private ports are plaintext)."""
+        path = request.path + (f"?{request.query}" if request.query else "")
+        for port in self.admin_ports:
+            got = await self._fetch(port, path)
+            if got is None:
+                continue
+            status, body = got
+            if status == 200:
+                doc = orjson.loads(body)
+                tls = self.cfg.admin_tls
+                doc["tls"], doc["mtls"] = tls is not None, tls is not None and tls.client_ca_pem is not None
+                body = orjson.dumps(doc)
+            return Response(status=status, body=body, content_type="application/json")
+        return error_response(GatewayError(503, "no live worker answered for the pool aggregate"))
+
     async def _not_found(self, request: Request) -> Response:
         return error_response(GatewayError(404, f"no route for {request.method} {request.path}"))
 
@@ -373,6 +393,7 @@ class Supervisor:
             "/metrics": self._metrics,
             "/healthz": self._healthz,
             "/readyz": self._readyz,
+            AGGREGATE_PATH: self._aggregate,
         }
         front = FrontServer(
             routes,
