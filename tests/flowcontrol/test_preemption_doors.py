@@ -5,8 +5,10 @@ seconds of wall time; the concurrency detector admits one request. A critical re
 stops the sheddable one: its client gets a 429, the gateway drops the upstream connection (the replica
 aborts the request) and the critical request is served. Only outcomes are asserted, no timings.
 
-The ext_proc door's side (a 429 ``ImmediateResponse`` in answer to the response headers) is tested on
-the session in ``tests/extproc/test_preemption_session.py``.
+``kvgate epp`` (through the Envoy-playing harness) can stop a streamed request only until it answers
+the response headers: here the backend holds the sheddable request's response (``HeldBackend``), so
+the critical request preempts it and the answer to its response headers is a 429 ``ImmediateResponse``.
+Its session-level cases are in ``tests/extproc/test_preemption_session.py``.
 """
 
 from __future__ import annotations
@@ -17,16 +19,24 @@ from typing import Any
 
 import aiohttp
 import orjson
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from flowcontrol.test_doors import HeldBackend, eventually
 from kvgate.config.gateway import parse_gateway_config
+from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.config import EppConfig
+from kvgate.extproc.context import build_context
+from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.testing import EnvoyHarness, channel
 from kvgate.gateway.pools import build_pool
 from kvgate.gateway.server import GatewayServer
+from kvgate.requestcontrol.director import Director
 from kvgate.sim.server import Replica, ReplicaConfig
 
 WAIT = 20.0  # generous: the CI machine is loaded
 
 
-def gateway_config(port: int) -> dict[str, Any]:
+def gateway_config(port: int, model: str = "sim-model") -> dict[str, Any]:
     return {
         "listen": {"host": "127.0.0.1", "port": 0},
         "objectives": [{"name": "critical", "priority": 10}, {"name": "batch", "priority": -1}],
@@ -34,7 +44,7 @@ def gateway_config(port: int) -> dict[str, Any]:
             {
                 "name": "p",
                 "endpoints": [f"127.0.0.1:{port}"],
-                "models": ["sim-model"],
+                "models": [model],
                 "endpointPickerConfig": {
                     "featureGates": ["flowControl"],
                     "flowControl": {"preemption": True},
@@ -95,3 +105,43 @@ async def test_a_critical_request_preempts_a_sheddable_one_without_a_first_token
         if gw is not None:
             await gw.stop(drain_timeout=1.0)
         await replica.stop()
+
+
+async def test_the_epp_door_answers_the_preempted_requests_response_headers_with_a_429() -> None:
+    backend = await HeldBackend().start()
+    cfg = parse_gateway_config(gateway_config(backend.port, model="m"))
+    store = EndpointStore.from_addresses([backend.address])
+    ctx = build_context(EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=cfg.pools[0].picker_config),
+                        store, clock=time.monotonic)  # fmt: skip
+    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+    await epp.start()
+    ch = channel(f"127.0.0.1:{epp.port}")
+    try:
+        async with aiohttp.ClientSession() as http:
+            harness = EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http)
+
+            async def send(objective: str, prompt: str) -> tuple[int, bytes]:
+                body = orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1, "stream": True})
+                res = await harness.request(
+                    "POST", "/v1/completions", body, {"x-gateway-inference-objective": objective}
+                )
+                return res.status, res.body
+
+            batch = asyncio.ensure_future(send("batch", "sheddable"))
+            await eventually(lambda: backend.arrivals == ["sheddable"], "the sheddable request upstream")
+            critical = asyncio.ensure_future(send("critical", "critical"))
+            # Placed at once although the one slot is taken: the sheddable request was preempted.
+            await eventually(lambda: backend.arrivals == ["sheddable", "critical"], "the critical request")
+            director = ctx.director
+            assert isinstance(director, Director)
+            assert director.store.all()[0].inflight.requests == 1
+            backend.release.release()
+            backend.release.release()
+            status, body = await asyncio.wait_for(batch, WAIT)
+            assert status == 429 and b"preempted" in body, body
+            assert (await asyncio.wait_for(critical, WAIT))[0] == 200
+            await eventually(lambda: director.store.all()[0].inflight.requests == 0, "all released")
+    finally:
+        await ch.close()
+        await epp.stop(0)
+        await backend.stop()

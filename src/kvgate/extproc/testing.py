@@ -112,6 +112,15 @@ class ExchangeError(AssertionError):
     """The EPP answered out of protocol (wrong message kind or order)."""
 
 
+class ImmediateAnswer(Exception):
+    """The EPP answered the response headers with an ``ImmediateResponse`` (as Envoy does, the
+    harness then sends that to the client instead of the upstream response, and resets the upstream)."""
+
+    def __init__(self, immediate: pb.ImmediateResponse) -> None:
+        super().__init__(f"immediate response {immediate.status.code}")
+        self.immediate = immediate
+
+
 class Exchange:
     """One ``Process`` stream. Use as ``async with Exchange(stub) as ex:``."""
 
@@ -250,6 +259,8 @@ class Exchange:
             msg.metadata_context.CopyFrom(served_metadata(served))
         await self.write(msg)
         reply = await self.read()
+        if reply.WhichOneof("response") == "immediate_response":
+            raise ImmediateAnswer(reply.immediate_response)
         if reply.WhichOneof("response") != "response_headers":
             raise ExchangeError(f"expected response_headers, got {reply.WhichOneof('response')}")
         return Mutation.of(reply.response_headers.response)
@@ -388,7 +399,14 @@ class EnvoyHarness:
         abort_after_chunks: int | None,
     ) -> HarnessResult:
         resp_headers = {k.lower(): v for k, v in resp.headers.items()}
-        mutation = await ex.send_response_headers(resp.status, resp_headers, served=served)
+        try:
+            mutation = await ex.send_response_headers(resp.status, resp_headers, served=served)
+        except ImmediateAnswer as answer:  # e.g. flow control preempted the request
+            resp.close()
+            imm = answer.immediate
+            return HarnessResult(
+                int(imm.status.code), {"content-type": "application/json"}, imm.body, destination, served
+            )
         body = bytearray()
         collector = asyncio.create_task(self._collect(ex, body))
         sent = 0
