@@ -296,8 +296,9 @@ class EppStream:
             log.warning("EPP stream failed at the end of the response: %s", type(e).__name__)
             self.cancel()
             return
-        # The EPP answers and closes; should it not, the stream goes anyway.
-        asyncio.get_running_loop().call_later(self.timeout_s * 5, self.cancel)
+        # The EPP answers and closes; should it not, the stream goes anyway (only the call is kept
+        # for that, not this object and the request body it holds).
+        asyncio.get_running_loop().call_later(self.timeout_s * 5, self._call.cancel)
 
     async def _relay(self, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Full duplex: every pod chunk to the EPP, every EPP chunk to the client, until end_of_stream."""

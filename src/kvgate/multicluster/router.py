@@ -235,6 +235,7 @@ class GlobalRouter:
                 given_up()
                 raise
             headers = mutation.apply(headers, drop=_DROP)
+            epp.body = b""  # sent: the stream lives as long as the response, the request body need not
             streaming = resp.headers.get("content-type", "").startswith("text/event-stream")
             upstream = epp.body_through(upstream, streaming=streaming)
         attempts.append(Attempt(st.name, mode, target, "ok"))
