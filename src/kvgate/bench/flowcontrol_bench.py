@@ -364,6 +364,27 @@ def summarize(run: Run, measured_from: float) -> dict[str, Any]:
     }
 
 
+def step_floor(profile: str, prompt: int, output: int, max_num_seqs: int) -> dict[str, float]:
+    """The engine's step times (the simulator's own step model) for one interactive prefill: alone,
+    next to a full running batch, and two prefills next to it; and the floor that admission order
+    cannot beat while every server runs a full batch: a request sent at once, arriving at a uniformly
+    random point of the step in progress and prefilled alone in the next, has p90 TTFT 0.9 x step +
+    step."""
+    from kvgate.sim.profiles import causal_pairs, get_profile
+
+    m = get_profile(profile).model
+    pairs, ctx, top = causal_pairs(0, prompt), prompt + output // 2, prompt + output
+    n = max_num_seqs - 1
+    full = m.step_s(prompt + n, prompt, pairs, n, n * ctx, top)
+    two = m.step_s(2 * prompt + n - 1, 2 * prompt, 2 * pairs, n - 1, (n - 1) * ctx, top)
+    return {
+        "prefill_alone_s": m.step_s(prompt, prompt, pairs, 0, 0, 0),
+        "prefill_full_batch_s": full,
+        "two_prefills_full_batch_s": two,
+        "admission_floor_p90_s": 1.9 * full,
+    }
+
+
 def capacity(replicas: int, profile: str, seed: int, prompt: int, output: int, max_num_seqs: int) -> float:
     """Requests/s the fleet completes with the interactive request shape, closed loop (every server
     kept at its batch limit, nothing queued in front of it): 20 virtual seconds after 10 of warm-up."""
@@ -410,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     weight = 4 + 1 + 10 + (mix.batch_prompt + mix.batch_output) / (mix.prompt + mix.output)
     base = args.load * cap / weight
     rows: dict[str, Any] = {"capacity_rps": cap, "base_rate_rps": base, "load": args.load, "runs": {}}
+    rows["step_model"] = step_floor(args.profile, mix.prompt, mix.output, args.max_num_seqs)
     horizon = args.duration + 60.0
     for mode in ("calm", "even", "flood"):
         arrivals = Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
@@ -476,4 +498,15 @@ def render(rows: dict[str, Any]) -> str:
                 f"| {b['server_queue_mean_s']:.3f} | {b['server_queue_p90_s']:.3f} "
                 f"| {b['prefill_mean_s']:.3f} | {b['prefill_p90_s']:.3f} |"
             )
+    st = rows.get("step_model")
+    calm = rows["runs"].get("kvgate/calm", {}).get("quiet", {}).get("p90_ttft_s")
+    if st:
+        lines += [
+            "",
+            f"Engine step (the simulator's step model): one prefill alone {st['prefill_alone_s']:.3f} s, "
+            f"next to a full running batch {st['prefill_full_batch_s']:.3f} s, two prefills next to it "
+            f"{st['two_prefills_full_batch_s']:.3f} s. Floor for a quiet p90 while every server runs a full "
+            f"batch (sent at once, prefilled alone in the next step): {st['admission_floor_p90_s']:.3f} s"
+            + (f" = {st['admission_floor_p90_s'] / calm:.2f}x the kvgate/calm p90" if calm else ""),
+        ]
     return "\n".join(lines)
