@@ -22,6 +22,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
 
 from gateway.backend import Backend
 from kvgate.datalayer.store import EndpointStore
@@ -184,8 +185,9 @@ class _NoBodyEpp(pb_grpc.ExternalProcessorServicer):
     """An EPP that picks ``pod`` and asks, with ``mode_override``, for no response body: the gateway must
     send none, and end the stream (half-close) only when the response has ended."""
 
-    def __init__(self, pod: str) -> None:
+    def __init__(self, pod: str, *, preempt: bool = False) -> None:
         self.pod = pod
+        self.preempt = preempt  # answer the response headers with a 429, as flow control's preemption
         self.kinds: list[str] = []
         self.ended = asyncio.Event()
         self.half_closed = False  # the gateway ended its side (not a cancel)
@@ -213,6 +215,10 @@ class _NoBodyEpp(pb_grpc.ExternalProcessorServicer):
                         streamed = pb.StreamedBodyResponse(body=body, end_of_stream=True)
                         common = pb.CommonResponse(body_mutation=pb.BodyMutation(streamed_response=streamed))
                         yield pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+                elif kind == "response_headers" and self.preempt:
+                    status = http_status_pb2.HttpStatus(code=429)
+                    yield pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(status=status))
+                    return
                 elif kind == "response_headers":
                     yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
             self.half_closed = True
@@ -247,3 +253,31 @@ async def test_the_epps_mode_override_is_honoured() -> None:
         await gw.stop()
         await server.stop(0)
         await pod.stop()
+
+
+async def test_a_request_the_remote_epp_preempts_goes_to_the_next_cluster() -> None:
+    pod, other = await Backend("pod", tokens=40, chunk_delay=0.05).start(), await Backend("gw2").start()
+    epp = _NoBodyEpp(pod.address, preempt=True)
+    server = grpc.aio.server()
+    pb_grpc.add_ExternalProcessorServicer_to_server(epp, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    clusters = (ClusterSpec("c1", epp=f"127.0.0.1:{port}"), ClusterSpec("c2", gateway=other.address))
+    gw = GlobalGateway(ClustersConfig(clusters), "round-robin", fetch=False)
+    await gw.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):  # (round robin: at least one of them tries c1 first)
+                async with http.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=_body(True)) as r:
+                    assert r.status == 200 and r.headers["x-kvgate-cluster"] == "c2"
+                    await r.read()
+        assert pod.received and "response_headers" in epp.kinds  # c1's pod answered, then was dropped
+        deadline = time.monotonic() + 10
+        while pod.disconnects == 0:  # the pod's stream was reset, as Envoy resets the upstream
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    finally:
+        await gw.stop()
+        await server.stop(0)
+        await pod.stop()
+        await other.stop()

@@ -90,6 +90,14 @@ class Mutation:
         return out
 
 
+class EppImmediate(Exception):
+    """The EPP answered the response headers with an ImmediateResponse (e.g. a preempted request)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the EPP answered {status}")
+        self.status = status
+
+
 class EppStream:
     """One request's open ext_proc stream, after the pick. ``address`` is None when the EPP refused
     (``status``) or named no pod; the stream is already closed then."""
@@ -200,7 +208,12 @@ class EppStream:
             await self._write(msg)
             while True:
                 answer = await self._read()
-                if answer is None or answer.WhichOneof("response") == "immediate_response":
+                if answer is not None and answer.WhichOneof("response") == "immediate_response":
+                    # The EPP took the request back (flow control preempted it): Envoy would answer the
+                    # client with this and reset the upstream; nothing reached the client yet here.
+                    self.cancel()
+                    raise EppImmediate(int(answer.immediate_response.status.code))
+                if answer is None:
                     self.cancel()
                     return Mutation()
                 if answer.HasField("mode_override") and answer.mode_override.response_body_mode == _MODE.NONE:

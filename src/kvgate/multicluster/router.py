@@ -23,7 +23,7 @@ import aiohttp
 import grpc
 
 from kvgate.multicluster.clusters import ClustersConfig
-from kvgate.multicluster.epp_client import EppClient, EppStream
+from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStream
 from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy
 from kvgate.multicluster.state import ClusterState
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
@@ -230,6 +230,11 @@ class GlobalRouter:
             try:
                 pod_headers = {k.lower(): v for k, v in resp.headers.items()}
                 mutation = await epp.response_headers(resp.status, pod_headers, target)
+            except EppImmediate as e:  # preempted before any byte reached the client: as a pod's 429
+                resp.close()
+                given_up()
+                attempts.append(Attempt(st.name, mode, target, f"epp status {e.status}"))
+                return None
             except BaseException:
                 resp.release()
                 given_up()
