@@ -144,3 +144,31 @@ async def test_with_the_real_tier_filter_a_predicted_miss_waits_for_its_ttl_inst
             await asyncio.wait_for(task, WAIT)
     finally:
         task.cancel()
+
+
+async def test_outcome_metrics_a_held_try_then_one_dispatch() -> None:
+    from prometheus_client import REGISTRY
+
+    from kvgate.flowcontrol.metrics import FlowMetrics
+
+    def sample(outcome: str) -> float:
+        labels = {"priority": "-1", "fairness_id": "hold-metrics", "outcome": outcome}
+        return REGISTRY.get_sample_value("kvgate_flow_control_requests_total", labels) or 0.0
+
+    before = {o: sample(o) for o in ("HeldPredictedMiss", "Dispatched", "RejectedOther")}
+    picker = Picker({"x"})
+    d = FlowDispatcher(
+        FlowController(FlowControlConfig(hold_predicted_misses=True), FlowMetrics(True)),
+        pick=picker, saturated=lambda _r: False, clock=time.monotonic, hold_misses=True,
+        recheck_interval=0.01,
+    )  # fmt: skip
+    held = asyncio.ensure_future(d.admit(req("x", flow="hold-metrics")))
+    try:
+        await asyncio.sleep(0.05)
+        picker.missing.clear()
+        await asyncio.wait_for(held, WAIT)
+    finally:
+        held.cancel()
+    assert sample("HeldPredictedMiss") >= before["HeldPredictedMiss"] + 1  # (at arrival; retries add more)
+    assert sample("Dispatched") == before["Dispatched"] + 1  # once, when it really left
+    assert sample("RejectedOther") == before["RejectedOther"]

@@ -17,7 +17,9 @@ from kvgate.scheduling.types import InferenceRequest
 WAIT = 10.0
 
 
-def director(preemption: bool = True, max_concurrency: int = 1, endpoints: int = 1) -> Director:
+def director(
+    preemption: bool = True, max_concurrency: int = 1, endpoints: int = 1, metrics: bool = False
+) -> Director:
     cfg: dict[str, Any] = {
         "featureGates": ["flowControl"],
         "flowControl": {"preemption": preemption},
@@ -29,7 +31,7 @@ def director(preemption: bool = True, max_concurrency: int = 1, endpoints: int =
         "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}],
     }
     addrs = [f"10.0.0.{i}:8000" for i in range(1, endpoints + 1)]
-    return build_director(cfg, EndpointStore.from_addresses(addrs), flow_metrics=False)
+    return build_director(cfg, EndpointStore.from_addresses(addrs), flow_metrics=metrics)
 
 
 def req(rid: str, priority: int = 0) -> InferenceRequest:
@@ -61,12 +63,20 @@ async def waits(task: asyncio.Task[Any]) -> bool:
 
 
 async def test_a_critical_request_stops_the_newest_sheddable_one_and_takes_its_place() -> None:
-    d = director(max_concurrency=2)
+    from prometheus_client import REGISTRY
+
+    def preemptions() -> float:
+        labels = {"priority": "-1", "fairness_id": "default-flow"}
+        return REGISTRY.get_sample_value("kvgate_flow_control_preemptions_total", labels) or 0.0
+
+    before = preemptions()
+    d = director(max_concurrency=2, metrics=True)
     old, new = Victim(d, "old"), Victim(d, "new")
     ep = old.ep
     assert d.saturated(req("probe"))
     result = await asyncio.wait_for(d.admit(req("critical", priority=10)), WAIT)
     assert (new.stopped, old.stopped) == (1, 0)  # the newest has done the least work
+    assert preemptions() == before + 1
     assert result.primary is ep
     assert ep.inflight.requests == 2  # the old sheddable one + the critical one; the stopped one released
     d.on_finished(new.req, new.ep, None, False)  # the door's own close of the stopped request: a no-op
