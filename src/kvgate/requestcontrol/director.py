@@ -234,6 +234,9 @@ class Director:
             ep = self.store.get(key[1])
             if ep is not None:
                 self._release(ep, track)
+                now = self.clock()
+                for obs in self._observers:  # (latency models close their open prediction)
+                    obs.on_finished(victim, ep, 0, False, now)
             if self.flow is not None:
                 self.flow.ctl.metrics.preempted(victim.priority, flow_of(victim))
             log.info("preempted sheddable request %s on %s for %s", key[0], key[1], req.request_id)
