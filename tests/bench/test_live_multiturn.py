@@ -154,3 +154,38 @@ def test_live_run_end_to_end(tmp_path: Path) -> None:
     (row,) = payload["rows"]
     assert row["router"] == "kvgate (default)" and row["set"] == "validation" and row["requests"] > 0
     assert "| kvgate (default) |" in (tmp_path / "live-multiturn.md").read_text()
+
+
+def test_session_moves_follow_each_session_s_replica_from_the_response_ids() -> None:
+    def turn(group: str, start: float, replica: int | None) -> loadgen.RequestResult:
+        rid = None if replica is None else f"cmpl-{replica}-4242-abcdef12-{int(start * 10)}"
+        return loadgen.RequestResult(group, start, ok=True, ttft=0.1, e2e=1.0, response_id=rid)
+
+    results = [
+        turn("s1", 0.5, 0),  # warm-up: sets the holder, not counted
+        turn("s1", 2.0, 0),
+        turn("s1", 3.0, 2),  # moved
+        turn("s2", 2.5, 1),  # first turn: no move
+        turn("s2", 4.0, None),  # no id (e.g. an error): skipped
+        turn("s2", 5.0, 1),
+        turn("t1", 2.0, 3),  # bursts are not sessions
+    ]
+    assert lm.session_moves(list(reversed(results)), warmup_wall=1.0) == {
+        "session_turns": 4,
+        "session_moves": 1,
+    }
+    assert lm.session_moves([], warmup_wall=1.0) == {"session_turns": 0, "session_moves": None}
+
+
+async def test_the_load_generator_records_the_response_id() -> None:
+    from kvgate.bench.workloads import RequestSpec
+    from kvgate.sim.server import Replica, ReplicaConfig
+
+    rep = Replica(ReplicaConfig(model="sim-model", time_scale=20.0), index=3)
+    await rep.start()
+    try:
+        (res,) = await loadgen.run([RequestSpec([1, 2, 3], 4)], loadgen.RunConfig(rep.url, concurrency=1))
+    finally:
+        await rep.close()
+    assert res.ok and res.response_id is not None and lm._SIM_ID.match(res.response_id)
+    assert lm._SIM_ID.match(res.response_id).group(1) == "3"  # type: ignore[union-attr]

@@ -51,6 +51,7 @@ import dataclasses
 import os
 import platform
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -176,10 +177,33 @@ def class_figures(results: Sequence[loadgen.RequestResult], warmup_wall: float, 
     return out
 
 
+# The simulator's completion ids: ``cmpl-<replica index>-<pid>-<hex>-<n>`` (``kvgate.sim.server``).
+_SIM_ID = re.compile(r"(?:chat)?cmpl-(\d+)-")
+
+
+def session_moves(results: Sequence[loadgen.RequestResult], warmup_wall: float) -> dict[str, Any]:
+    """Measured session turns whose replica (read from the simulator's response id, which the routers
+    pass through) differs from the session's previous turn: each such move recomputes the context."""
+    holder: dict[str, str] = {}
+    turns = moves = 0
+    for r in sorted(results, key=lambda r: r.start):
+        if request_class(r.group) != "session" or r.response_id is None:
+            continue
+        m = _SIM_ID.match(r.response_id)
+        if m is None:
+            continue
+        prev, holder[r.group] = holder.get(r.group), m.group(1)
+        if r.start >= warmup_wall:
+            turns += 1
+            moves += prev is not None and prev != m.group(1)
+    return {"session_turns": turns, "session_moves": moves if turns else None}
+
+
 async def run_one(t: Target, spec: FleetSpec, load: MixedLiveLoad) -> dict[str, Any]:
     results: list[loadgen.RequestResult] = []
     row = await live.run_target(t, spec, load, on_done=results.append)
     row.update(class_figures(results, load.warmup / spec.time_scale, spec.time_scale))
+    row.update(session_moves(results, load.warmup / spec.time_scale))
     row.update(family=load.family, seed=load.seed, set=set_of(load.family, load.seed))
     return row
 
@@ -373,9 +397,9 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{load['grace']:g} s after the last send are cut.",
             "",
             "| router | requests | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | p50 vs sglang | p90 vs sglang "
-            "| hit rate | errors | cut | session p90 ms | session hit | burst p90 ms | burst hit "
-            "| one-off p90 ms | sim lag ms (late steps) |",
-            "|" + "---|" * 16,
+            "| hit rate | errors | cut | session p90 ms | session hit | session moves "
+            "| burst p90 ms | burst hit | one-off p90 ms | sim lag ms (late steps) |",
+            "|" + "---|" * 17,
         ]
         for r in payload["rows"]:
             if (r["family"], r["seed"]) != (load["family"], load["seed"]):
@@ -388,6 +412,7 @@ def markdown(payload: dict[str, Any]) -> str:
                 f"| {f(r['ttft_p99'], 1000, 0)} | {f(r['p50_vs_sglang'])} | {f(r['p90_vs_sglang'])} "
                 f"| {f(r['prefix_hit_rate'], digits=3)} | {r['errors']} | {r['cut']} "
                 f"| {f(r['session_ttft_p90'], 1000, 0)} | {f(r['session_hit'], digits=3)} "
+                f"| {f(r.get('session_moves'))} / {r.get('session_turns', 0)} "
                 f"| {f(r['burst_ttft_p90'], 1000, 0)} | {f(r['burst_hit'], digits=3)} "
                 f"| {f(r['oneoff_ttft_p90'], 1000, 0)} "
                 f"| {f(lag)} ({f(r.get('sim_late_frac'), 100, 0)}%){warn} |"

@@ -39,6 +39,7 @@ class RequestResult:
     # Stopped at the run's cut-off (``RunConfig.cut_after``) after its first token: e2e and
     # completion_tokens (content chunks seen) are lower bounds, prompt and cached tokens unknown.
     cut: bool = False
+    response_id: str | None = None  # the first chunk's ``id`` (the simulator's names its replica)
 
     @property
     def tpot(self) -> float | None:
@@ -110,6 +111,8 @@ async def send_one(
                 if "error" in chunk:
                     res.error = str(chunk["error"])[:200]
                     return res
+                if res.response_id is None and isinstance(chunk.get("id"), str):
+                    res.response_id = chunk["id"]
                 usage = chunk.get("usage")
                 if usage:
                     _read_usage(res, usage)
