@@ -169,36 +169,25 @@ def test_learned_pace_scales_a_slow_replicas_costs() -> None:
     assert off.costs(cycle("x" * 400), [fast, slow]) == same
 
 
-def test_pace_is_a_low_envelope_of_observed_time_per_token() -> None:
-    from kvgate.requestcontrol.director import learn_pace
-
-    e = ep("a:1")
-    learn_pace(e, 1.0, 4)  # too short to say anything
-    learn_pace(e, 0.0001, 500)  # non-streamed: first and last token reported together
-    assert e.inflight.pace == 0.0
-    learn_pace(e, 0.99, 100)  # 10 ms per token
-    assert abs(e.inflight.pace - 0.01) < 1e-12
-    learn_pace(e, 9.9, 100)  # one slow response (a big batch) moves it a little
-    assert 0.01 < e.inflight.pace < 0.013
-    for _ in range(10):
-        learn_pace(e, 0.99, 100)  # fast ones pull it back quickly
-    assert abs(e.inflight.pace - 0.01) < 1e-4
-
-
-def test_director_learns_pace_from_first_token_to_finish() -> None:
+def test_director_learns_speed_from_first_token_to_finish_per_batch_slot() -> None:
+    from kvgate.scheduling.speed import BATCH_KNEE
     from kvgate.scheduling.types import Usage
 
     now = [0.0]
     store = fleet(2)
     d = build_director("kvgate", store, clock=lambda: now[0], seed=0)
-    r = _req(0, "hello " * 50)
-    target = d.pick(r).primary
-    d.on_dispatched(r, target)
-    now[0] = 0.5
-    d.on_first_token(r, target)
-    now[0] = 0.5 + 99 * 0.03
-    d.on_finished(r, target, Usage(50, 100, 0), True)
-    assert abs(target.inflight.pace - 0.03) < 1e-9
+    target = None
+    for i in range(d.speed.min_samples):
+        r = _req(i, "hello " * 50)
+        target = d.pick(r).primary if target is None else target
+        d.on_dispatched(r, target)
+        d.on_first_token(r, target)
+        assert target.inflight.pace == 0.0  # nothing published before min_samples responses
+        now[0] += 99 * 0.03
+        d.on_finished(r, target, Usage(50, 100, 0), True)
+    assert target is not None
+    # 30 ms per token, alone in its batch: 0.03 s over (1 sequence + the batch knee) token-slots.
+    assert abs(target.inflight.pace - 0.03 / (1 + BATCH_KNEE)) < 1e-12
 
 
 def _cold_burst(params: dict[str, object], n: int = 12) -> tuple[Counter[str], str]:

@@ -42,8 +42,9 @@ class InFlight:
     pending_decode_tokens: int = 0
     # Requests that have produced their first token and are decoding.
     decoding: int = 0
-    # Learned pace: seconds per output token this endpoint manages near its fastest (a low envelope of
-    # observed time per output token), 0 until learned. Compares replicas of unequal speed.
+    # Learned pace: seconds per token-slot (decode time per token over the batch it ran in, plus the
+    # weights' share; ``kvgate.scheduling.speed``), 0 until learned. Compares replicas of unequal speed
+    # whatever their load: lower is faster.
     pace: float = 0.0
 
 

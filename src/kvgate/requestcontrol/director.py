@@ -40,6 +40,7 @@ from kvgate.scheduling.framework import (
     cache_expectation,
 )
 from kvgate.scheduling.profile import SchedulerProfile
+from kvgate.scheduling.speed import SpeedEstimator
 from kvgate.scheduling.types import (
     InferenceRequest,
     NoCapacityError,
@@ -71,30 +72,7 @@ class _Track:
     first_token: bool = False
     first_at: float = 0.0  # clock time of the first token
     stop: Callable[[], bool] | None = None  # the door's way to stop it (preemption); True = stopped
-
-
-# Pace learning (``InFlight.pace``): responses shorter than this say little about decode speed; a low
-# envelope (fast down, slow up) reads the replica's speed rather than how loaded it happened to be.
-PACE_MIN_TOKENS = 8
-PACE_DOWN, PACE_UP = 0.3, 0.02
-# A non-streamed response reports its first token together with its last: a span this short per token
-# (10,000 tokens/s for one sequence) is no decode at all, and would make the replica look infinitely fast.
-PACE_MIN_S_PER_TOKEN = 1e-4
-
-
-def learn_pace(endpoint: Endpoint, seconds: float, tokens: int) -> None:
-    """Fold one response's decode time (first token to last, ``tokens`` output tokens) into the
-    endpoint's learned pace."""
-    if tokens < PACE_MIN_TOKENS:
-        return
-    x = seconds / (tokens - 1)
-    if x < PACE_MIN_S_PER_TOKEN:
-        return
-    inf = endpoint.inflight
-    if inf.pace <= 0.0:
-        inf.pace = x
-    else:
-        inf.pace += (PACE_DOWN if x < inf.pace else PACE_UP) * (x - inf.pace)
+    batch_at_first: float = 0.0  # sequences decoding on the endpoint then (speed learning)
 
 
 class Director:
@@ -129,6 +107,9 @@ class Director:
         # Sheddable requests a door can stop before their first token, oldest first (preemption).
         self._victims: OrderedDict[tuple[str, str], InferenceRequest] = OrderedDict()
         self.mean_decode = float(DEFAULT_DECODE_TOKENS)
+        # Per-endpoint speed from decode paces normalised by batch (``InFlight.pace``, read by the cost
+        # scorer): replicas of unequal speed are compared by what they can do, not how loaded they are.
+        self.speed = SpeedEstimator()
         self._pool_metrics_at: float | None = None
         # Plugins that learn from responses (latency prediction), told of first tokens and finishes.
         self._observers = [p for p in handle.plugins.values() if isinstance(p, ResponseObserver)]
@@ -332,6 +313,7 @@ class Director:
         if track.stop is not None:
             track.stop = None
             self._victims.pop((req.request_id, endpoint.address), None)
+        track.batch_at_first = self._batch(endpoint, track.first_at) + 1  # this one starts decoding now
         for obs in self._observers:
             obs.on_first_token(req, endpoint, track.first_at)
         inf = endpoint.inflight
@@ -345,6 +327,7 @@ class Director:
         track = self._tracks.pop((req.request_id, endpoint.address), None)
         if track is None:
             return
+        batch_at_last = self._batch(endpoint, self.clock()) if track.first_token else 0.0
         if track.stop is not None:
             self._victims.pop((req.request_id, endpoint.address), None)
         self._release(endpoint, track)
@@ -356,9 +339,23 @@ class Director:
                 obs.on_finished(req, endpoint, out, ok, now)
         if ok and usage is not None and usage.completion_tokens > 0:
             if track.first_token:
-                learn_pace(endpoint, self.clock() - track.first_at, usage.completion_tokens)
+                self.speed.observe(
+                    endpoint,
+                    self.clock() - track.first_at,
+                    usage.completion_tokens,
+                    (track.batch_at_first + batch_at_last) / 2,
+                )
             if not req.max_tokens:
                 self.mean_decode += 0.05 * (usage.completion_tokens - self.mean_decode)
+
+    def _batch(self, endpoint: Endpoint, now: float) -> float:
+        """Sequences decoding on ``endpoint``: this picker's own count, or the fresh scraped running count
+        when larger (traffic from other gateways)."""
+        n = endpoint.inflight.decoding
+        met = endpoint.metrics
+        if met.updated_at is not None and now - met.updated_at <= self.handle.staleness:
+            n = max(n, met.running_requests)
+        return float(n)
 
     @staticmethod
     def _release(endpoint: Endpoint, track: _Track) -> None:
