@@ -22,7 +22,10 @@ Arms (the same kvgate scheduling profile each time; only admission differs):
   ordering, the ``utilization-detector`` (queue 5, KV 80 %) gating dispatch;
 - ``kvgate``: ``least-attained-service`` fairness, ``slo-deadline`` ordering and a lag-free dispatch
   gate (``concurrency-detector`` with ``maxPendingRequests``: a request leaves the EPP only when a server
-  can start it, so the fair order decided in the EPP is the order the servers run in).
+  can start it, so the fair order decided in the EPP is the order the servers run in);
+- ``kvgate-preempt`` (only with ``--arms``): ``kvgate`` plus ``flowControl.preemption``: a queued request
+  that is not sheddable stops the newest batch request that has no first token yet (the simulated
+  server aborts it; it counts as shed, 429).
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ def arm_config(arm: str, ttl: float, max_pending: int = 2) -> dict[str, Any]:
         return doc  # the default utilization-detector gates dispatch
     doc["flowControl"] = {"fairnessPolicy": "least-attained-service", "orderingPolicy": "slo-deadline",
                           "defaultRequestTTL": ttl}  # fmt: skip
+    if arm == "kvgate-preempt":  # + preemption of sheddable work (not in the default arms)
+        doc["flowControl"]["preemption"] = True
     params = {**DETECTOR_KVGATE["parameters"], "maxPendingRequests": max_pending}
     doc["saturationDetector"] = {**DETECTOR_KVGATE, "parameters": params}
     return doc
@@ -185,6 +190,7 @@ class FlowSim:
         self.run = Run(arm)
         self._n = 0
         self._n_sent = 0
+        self.preempted = 0
         self._end = 0.0
         self.on_done: Callable[[float], None] | None = None  # closed-loop capacity probe
 
@@ -226,7 +232,7 @@ class FlowSim:
         now = self.clock.now
         for item in flow.ctl.expire(now):
             item.handle.status = 503
-        for item in dispatch_ready(flow.ctl, now, flow.saturated):
+        for item in dispatch_ready(flow.ctl, now, flow.saturated, flow.preempt):
             try:
                 res = flow.pick(item.req, False)
             except SchedulingError as e:
@@ -239,6 +245,8 @@ class FlowSim:
 
         self.director.on_dispatched(req, ep)  # no-op when flow control already charged it
         i = self._index[ep.address]
+        if req.sheddable:  # (a no-op without flowControl.preemption)
+            self.director.preemptible(req, ep, lambda: self._stop(req.request_id))
         # A distinct first token per request: no prefix is shared, so caching plays no part here.
         ids = [1 + self._n_sent % 30000, *([7] * (req.prompt_tokens - 1))]
         self._n_sent += 1
@@ -247,7 +255,22 @@ class FlowSim:
         out.sent = self.clock.now
         # As its own event: a dispatch from inside a replica's step-end callback must not start a
         # second step on that replica while the first one is still being delivered.
-        self.clock.call_soon(self.replicas[i].submit, sim)
+        self.clock.call_soon(self._submit, i, sim)
+
+    def _submit(self, i: int, sim: Any) -> None:
+        if sim.request_id in self._live:  # (not preempted before it got there)
+            self.replicas[i].submit(sim)
+
+    def _stop(self, request_id: str) -> bool:
+        """Preemption: the server aborts the request, its client gets a 429."""
+        live = self._live.pop(request_id, None)
+        if live is None:
+            return False
+        _req, i, out = live
+        self.replicas[i].abort(request_id)
+        out.status = 429
+        self.preempted += 1
+        return True
 
     # ---- engine callbacks ----------------------------------------------------------------------
     def _first(self, sim: Any, t: float) -> None:
