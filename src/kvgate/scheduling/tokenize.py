@@ -19,11 +19,11 @@ characters, counted from its start, so a shared prefix is cut into the same piec
 cached, and only the pieces after the first difference are tokenized (a 2k-token prompt with a shared
 system prompt: ~0.85 ms -> ~0.2 ms, docs/benchmarks/gateway.md). That equals tokenizing the whole text
 only for tokenizers whose pre-tokenizer never joins text across such a cut: byte-level BPE (GPT-2,
-Llama 3, Qwen), no normalizer beyond NFC, no added token that strips whitespace next to it, special
-tokens only in front. Other tokenizers are always tokenized whole. A tokenizer that qualifies is
-checked once at load on a mixed probe text (words, digits, punctuation, whitespace runs, non-Latin
-script, its own added tokens) and on its first ``SELF_CHECKS`` prompts: one difference from the whole
-encoding and it goes back to whole texts.
+Llama 3, Qwen), no normalizer beyond NFC, no added token that strips whitespace next to it or holds a
+space or newline, special tokens only in front. Other tokenizers are always tokenized whole. One that
+qualifies is checked once at load on a mixed probe text (words, digits, punctuation, whitespace runs,
+non-Latin script, its own added tokens) and on its first ``SELF_CHECKS`` prompts: one difference from
+the whole encoding and it goes back to whole texts.
 """
 
 from __future__ import annotations
@@ -137,15 +137,18 @@ def _piecewise_front(tok: Any, path: Path) -> list[int] | None:
         or any(p.get("type") not in ("ByteLevel", "Split") for p in parts)
     ):
         return None
-    if any(a.get("lstrip") or a.get("rstrip") for a in doc.get("added_tokens", [])):
+    added = doc.get("added_tokens", [])
+    if any(a.get("lstrip") or a.get("rstrip") for a in added):
         return None
+    if any(" " in a.get("content", "") or "\n" in a.get("content", "") for a in added):
+        return None  # a cut could fall inside one
     probe = "kvgate probe"
     bare = list(tok.encode(probe, add_special_tokens=False).ids)
     full = list(tok.encode(probe).ids)
     if full[len(full) - len(bare) :] != bare:  # something after the text (an EOS): not just a front
         return None
     front = full[: len(full) - len(bare)]
-    text = _probe_text([a.get("content", "") for a in doc.get("added_tokens", [])])
+    text = _probe_text([a.get("content", "") for a in added])
     if _pieces_of(tok, text, front) != list(tok.encode(text).ids):
         log.info("tokenizer %s: piecewise encoding differs on the probe text; tokenizing whole texts", path)
         return None
