@@ -16,9 +16,10 @@ cluster's own gateway driven closed-loop past saturation, completions counted).
 
 Phases per policy: ``steady``, and ``loss``: every process of ``west`` killed (SIGKILL) a third of the way
 into the measured window and started again at two thirds (it comes back with empty caches). Per measured
-request: ``lost`` = failed before its first token (an error answer or a broken connection: what failover
-must prevent), ``timeouts`` = no first token within the request timeout (stuck in a queue; counted at the
-timeout in the TTFT percentiles), ``cut`` = a stream that had started and then broke.
+request: ``lost`` = never answered 200 by the global gateway (no cluster took it, or the connection broke
+first: what failover must prevent), ``timeouts`` = no first token within the request timeout (stuck in a
+queue; counted at the timeout in the TTFT percentiles), ``cut`` = answered, then the stream broke (before
+its first token too: a stream's headers leave the pod before its first token, as vLLM's do).
 Caches are emptied (every replica restarted through ``/sim/stop``) before each run, so no policy inherits
 another's warm caches. Wall-clock figures: run it alone (``flock /work/team/live.lock ...`` here).
 """
@@ -252,6 +253,7 @@ class Result:
     error: str | None = None
     done: bool = False
     timed_out: bool = False
+    status: int = 0  # the global gateway's answer (0: none)
 
 
 async def _send(
@@ -267,6 +269,7 @@ async def _send(
             timeout=aiohttp.ClientTimeout(total=limit_s),
         ) as resp:
             res.cluster = resp.headers.get("x-kvgate-cluster", "")
+            res.status = resp.status
             if resp.status != 200:
                 res.error = f"http {resp.status}: {(await resp.text())[:160]}"
                 return res
@@ -431,11 +434,12 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
     measured = [r for r in res if r.start >= cfg.warmup]
     ok = [r for r in measured if r.error is None and r.ttft is not None]
     started = [r for r in measured if r.ttft is not None]
-    cut = [r for r in started if r.error is not None]
-    # Never started: stuck past the request timeout in some queue, or failed (the gateway gave up, the
-    # connection broke) before any token: the latter are the requests a cluster loss must not lose.
-    timeouts = [r for r in measured if r.ttft is None and r.timed_out]
-    lost = [r for r in measured if r.ttft is None and not r.timed_out]
+    timeouts = [r for r in measured if r.ttft is None and r.timed_out]  # stuck in some queue
+    # Lost: the gateway never answered 200 (no cluster could take it, or the connection broke first): what
+    # failover must prevent. Cut: answered 200, then broke; a stream's headers leave the pod before its
+    # first token (as vLLM's do), so a request still queued in a cluster that dies is cut, not retried.
+    lost = [r for r in measured if r.status != 200 and not r.timed_out]
+    cut = [r for r in measured if r.status == 200 and r.error is not None and not r.timed_out]
     # TTFT percentiles over every measured request: one that never started counts as the request timeout.
     ttfts = [cfg.request_timeout if r.ttft is None else r.ttft for r in measured]
     served: dict[str, int] = {}
@@ -462,6 +466,7 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
         "lost": len(lost),
         "timeouts": len(timeouts),
         "cut": len(cut),
+        "cut_before_token": sum(1 for r in cut if r.ttft is None),
         "retries": int(gm.get("kvgate_multicluster_attempts_failed_total", 0)),
         "gateway_failed": int(gm.get("kvgate_multicluster_failed_total", 0)),
         "errors": errors,
@@ -475,7 +480,8 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
     print(
         f"{row['phase']:<6} {policy:<15} p50 {_ms(row['ttft_p50'])} ms  p90 {_ms(row['ttft_p90'])} ms  "
         f"goodput {row['goodput_req_per_s']:5.2f}/s  cross {row['cross_cluster_share']:.2f}  "
-        f"lost {row['lost']}  timeouts {row['timeouts']}  cut {row['cut']}  retries {row['retries']}  "
+        f"lost {row['lost']}  timeouts {row['timeouts']}  cut {row['cut']} ({row['cut_before_token']} before "
+        f"a token)  retries {row['retries']}  "
         f"served {served}",
         file=log,
         flush=True,
@@ -496,8 +502,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     names = [c["name"] for c in meta["clusters"]]
     lines = [
         "| phase | policy | TTFT p50 (ms) | TTFT p90 (ms) | p90 / llm-d-hub | goodput (req/s, TTFT < "
-        f"{meta['slo_ttft']:.1f} s) | cross-cluster share | lost | timeouts | cut | retries | "
-        f"served {'/'.join(names)} |",
+        f"{meta['slo_ttft']:.1f} s) | cross-cluster share | lost | timeouts | cut (before a token) | "
+        f"retries | served {'/'.join(names)} |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for phase in ("steady", "loss"):
@@ -509,7 +515,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(
                 f"| {phase} | {r['policy']} | {_ms(r['ttft_p50']).strip()} | {_ms(r['ttft_p90']).strip()} | "
                 f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['goodput_req_per_s']:.2f} | "
-                f"{r['cross_cluster_share']:.2f} | {r['lost']} | {r.get('timeouts', 0)} | {r['cut']} | "
+                f"{r['cross_cluster_share']:.2f} | {r['lost']} | {r.get('timeouts', 0)} | "
+                f"{r['cut']} ({r.get('cut_before_token', 0)}) | "
                 f"{r['retries']} | "
                 f"{'/'.join(str(by.get(n, 0)) for n in names)} |"
             )
