@@ -218,3 +218,32 @@ async def test_reference_style_config_file_drives_the_pick(tmp_path: Path) -> No
         await server.stop(0)
     assert sorted(out.destination.split(",")) == addrs  # three picks: the whole fallback list
     assert out.metadata_destination == out.destination
+
+
+async def test_endpoint_label_reaches_the_pool_aggregate(upstreams: list[str]) -> None:
+    """``--endpoint-label`` labels every static endpoint as a pod label would: here the GPU type, which the
+    pool aggregate turns into ``ready_by_gpu`` and a speed-weighted ``capacity`` (A100 = 0.5)."""
+    from kvgate.datalayer import aggregate as agg
+
+    proc, ports = await _launch(
+        "--endpoints", ",".join(upstreams), "--model", "m", "--plaintext",
+        "--endpoint-label", "kvgate.io/gpu=A100", "--endpoint-label", "team=x",
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{ports['metrics']}{agg.AGGREGATE_PATH}"
+        async with aiohttp.ClientSession() as http:
+            for _ in range(150):  # until both endpoints are scraped fresh
+                async with http.get(url) as r:
+                    a = agg.decode(await r.read())
+                if a.ready_endpoints == 2:
+                    break
+                await asyncio.sleep(0.1)
+        assert a.ready_by_gpu == {"a100": 2}
+        assert a.capacity == pytest.approx(1.0)
+    finally:
+        assert await _stop(proc) == 0
+
+
+def test_endpoint_label_needs_key_and_value(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--endpoints", "127.0.0.1:1", "--model", "m", "--plaintext", "--endpoint-label", "gpu"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err

@@ -60,12 +60,13 @@ class LiveClusterDef:
     profile: str
     replicas: int
     rtt_ms: float
+    gpu: str  # the pods' GPU label (kvgate.io/gpu), as Kubernetes would give the cluster's EPP
 
 
 DEFAULT_CLUSTERS = (
-    LiveClusterDef("east", "llama3-8b-h100", 3, 5.0),
-    LiveClusterDef("west", "llama3-8b-h200", 2, 40.0),
-    LiveClusterDef("eu", "llama3-8b-a100", 1, 80.0),
+    LiveClusterDef("east", "llama3-8b-h100", 3, 5.0, "H100"),
+    LiveClusterDef("west", "llama3-8b-h200", 2, 40.0, "H200"),
+    LiveClusterDef("eu", "llama3-8b-a100", 1, 80.0, "A100"),
 )
 
 
@@ -103,8 +104,8 @@ class LiveConfig:
     load: float = 0.8
     duration: float = 20.0  # measured wall seconds per run
     warmup: float = 5.0  # sent first, not measured
-    probe_s: float = 20.0  # capacity probe
-    probe_per_replica: int = 12  # closed-loop concurrency per replica in the probe
+    probe_s: float = 30.0  # capacity probe; completions counted over its last two thirds
+    probe_per_replica: int = 8  # closed-loop concurrency per replica (about what its KV cache holds)
     slo_ttft: float = 2.0
     request_timeout: float = 20.0  # a request with no first token by then counts at 20 s
     ttl_s: float = 2.0
@@ -141,6 +142,7 @@ class LiveCluster:
             ),
             "epp": self._cmd(
                 "epp", "--endpoints", ",".join(self.pods), "--model", MODEL, "--pool-name", d.name,
+                "--endpoint-label", f"kvgate.io/gpu={d.gpu}",
                 "--host", "0.0.0.0", "--port", str(netns.EPP_PORT),
                 "--grpc-health-port", str(netns.HEALTH_PORT), "--metrics-port", str(netns.METRICS_PORT),
                 "--plaintext", "--log-level", "warning",
@@ -357,13 +359,13 @@ async def closed_loop(url: str, specs: Iterator[RequestSpec], workers: int, dura
 
 async def measure_capacity(clusters: list[LiveCluster], cfg: LiveConfig) -> dict[str, float]:
     """Req/s each cluster completes when driven past saturation through its own gateway (no relay: the
-    cluster's capacity, not the link's), all clusters at once; counted over the probe's second half."""
+    cluster's capacity, not the link's), all clusters at once; counted over the probe's last two thirds."""
 
     async def one(c: LiveCluster, k: int) -> float:
         url = f"http://{c.ns.addr}:{netns.GW_PORT}"
         specs = cfg.workload.stream(cfg.seed + 1000 + k, 100_000)
         got = await closed_loop(url, specs, cfg.probe_per_replica * c.d.replicas, cfg.probe_s, 60.0)
-        t_from = cfg.probe_s / 2
+        t_from = cfg.probe_s / 3
         return sum(1 for t, ok in got if ok and t_from <= t <= cfg.probe_s) / (cfg.probe_s - t_from)
 
     caps = await asyncio.gather(*(one(c, k) for k, c in enumerate(clusters)))
@@ -670,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20.0, help="measured wall seconds per run")
     p.add_argument("--warmup", type=float, default=5.0, help="wall seconds sent first, not measured")
     p.add_argument("--time-scale", type=float, default=0.05, help="simulated replicas' speed vs real time")
-    p.add_argument("--probe", type=float, default=20.0, help="capacity probe, wall seconds")
+    p.add_argument("--probe", type=float, default=30.0, help="capacity probe, wall seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-loss", action="store_true", help="skip the cluster-loss phase")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))

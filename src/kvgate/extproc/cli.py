@@ -57,6 +57,14 @@ def parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--pool-namespace", default="default", help="the InferencePool's namespace")
     src.add_argument("--endpoints", help="comma-separated ip:port list of the pool's model servers")
+    src.add_argument(
+        "--endpoint-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="label every --endpoints endpoint, as a pod label would (repeatable; e.g. kvgate.io/gpu=H100: "
+        "the GPU type and speed in the pool aggregate)",
+    )
     src.add_argument("--model", action="append", default=[], help="model the pool serves (repeatable)")
     src.add_argument("--engine", default="vllm", help=" | ".join(ENGINES))
     src.add_argument(
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         # Reference-only flags (--v, --zap-*, --enable-pprof, ...) must not stop a drop-in replacement.
         log.warning("ignoring unsupported arguments: %s", " ".join(unknown))
-    from kvgate.datalayer.store import EndpointStore
+    from kvgate.datalayer.store import EndpointStore, make_endpoint
     from kvgate.extproc.config import EppConfigError, load
     from kvgate.extproc.context import build_context
     from kvgate.extproc.metrics import EppMetrics
@@ -167,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             raise EppConfigError("--ha-enable-leader-election needs Kubernetes discovery (--pool-name)")
         pair, client_ca = _tls(args)
         # Build the Director before serving, so a bad EndpointPickerConfig is a clear exit, not a traceback.
-        store = EndpointStore.from_addresses(cfg.pool.endpoints, pool=cfg.pool.name, engine=cfg.pool.engine)
+        labels = _endpoint_labels(args.endpoint_label)
+        store = EndpointStore(
+            make_endpoint(a, pool=cfg.pool.name, engine=cfg.pool.engine, labels=labels)
+            for a in cfg.pool.endpoints
+        )
         metrics = EppMetrics()
         ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
         if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
@@ -183,6 +195,18 @@ def main(argv: list[str] | None = None) -> int:
             _serve(args, store, ctx, metrics, pair, client_ca, kube=_kube_pool(args, cfg, store, ctx))
         )
     return 0
+
+
+def _endpoint_labels(items: list[str]) -> dict[str, str]:
+    from kvgate.extproc.config import EppConfigError
+
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EppConfigError(f"--endpoint-label {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _hub_main(args: argparse.Namespace) -> int:
