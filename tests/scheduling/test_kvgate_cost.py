@@ -238,3 +238,18 @@ def test_requests_that_started_no_longer_share_a_copy() -> None:
     assert len(seen) == 1
     scorer = next(p for p in d.handle.plugins.values() if type(p).__name__ == "KVGateCostScorer")
     assert not scorer._waiting and not scorer._waiting_at  # forgotten at the first token
+
+
+def test_requests_waiting_on_a_prefix_are_bounded() -> None:
+    # Picked requests whose response events never come (a client gone before dispatch) cannot grow the
+    # map: past the bound the oldest are forgotten.
+    from kvgate.scheduling.plugins import kvgate_cost
+
+    store = fleet(2)
+    d = build_director("kvgate", store, clock=lambda: 0.0, seed=0)
+    scorer = next(p for p in d.handle.plugins.values() if isinstance(p, kvgate_cost.KVGateCostScorer))
+    for i in range(kvgate_cost.MAX_WAITING_TRACKED + 10):
+        d.pick(_req(i, f"prompt {i} " * 20))
+    assert len(scorer._waiting) == kvgate_cost.MAX_WAITING_TRACKED
+    assert sum(len(w) for w in scorer._waiting_at.values()) == kvgate_cost.MAX_WAITING_TRACKED
+    assert "r0" not in scorer._waiting

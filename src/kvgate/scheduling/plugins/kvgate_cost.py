@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import islice
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.scheduling.framework import (
@@ -63,6 +64,9 @@ from kvgate.scheduling.types import InferenceRequest, prompt_tokens
 # Requests remembered as waiting for their first token (for ``sharedCopy``); the oldest are dropped past
 # this, so a request whose response events never come cannot grow the map.
 MAX_WAITING_TRACKED = 4096
+# A pick compares this request's prefix with at most this many of the holder's most recently picked
+# waiting requests (a burst is recent; a longer queue is the backlog terms' business): O(1) per pick.
+WAITING_SCAN = 128
 
 
 @register("kvgate-cost-scorer")
@@ -271,7 +275,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         waiting = self._waiting_at.get(best)
         if not waiting:
             return 0
-        return sum(1 for h in waiting.values() if len(h) >= depth and h[depth - 1] == key)
+        recent = islice(reversed(waiting.values()), WAITING_SCAN)
+        return sum(1 for h in recent if len(h) >= depth and h[depth - 1] == key)
 
     def _forget(self, request_id: str) -> None:
         addr = self._waiting.pop(request_id, None)
