@@ -192,8 +192,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         # A copy of a prefix that other requests are waiting on right now (a burst) is shared by them:
         # its displacement of other groups' blocks is split over this request and those waiting.
         share = 1.0 / (1 + self._waiting_on_prefix(cycle, endpoints, matched)) if self.shared_copy else 1.0
-        # Learned pace (seconds per token near each replica's fastest): the same tokens take longer on a
-        # slower replica, so its token costs are scaled by its pace over the fastest candidate's.
+        # Learned pace (seconds per token-slot, load-independent: ``scheduling.speed``): the same tokens
+        # take longer on a slower replica, so its costs are scaled by its pace over the fastest one's
+        # (cost in time = work / speed).
         fastest = 0.0
         if self.learn_pace:
             paces = [ep.inflight.pace for ep in endpoints if ep.inflight.pace > 0.0]
