@@ -168,6 +168,7 @@ def _server_info(port: int, tokenizer: str) -> bytes:
 
 class _Backend(asyncio.Protocol):
     responses: dict[int, dict[bytes, bytes]] = {}
+    first_token_s = 0.0  # --first-token-ms: response head at once, the first token this much later
 
     def __init__(self) -> None:
         self.buf = b""
@@ -198,10 +199,15 @@ class _Backend(asyncio.Protocol):
             path = head.split(b" ", 2)[1].split(b"?")[0]
             assert self.transport is not None
             if path.startswith(b"/v1/") and path != b"/v1/models":
-                out = _STREAM_HEAD + _chunk(_EVENT)
+                rest = _chunk(_EVENT)
                 if b'"include_usage":true' in payload.replace(b" ", b""):
-                    out += _chunk(_USAGE)
-                self.transport.write(out + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                    rest += _chunk(_USAGE)
+                rest += _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+                if self.first_token_s > 0:  # as a model server: the head now, tokens after the prefill
+                    self.transport.write(_STREAM_HEAD)
+                    asyncio.get_running_loop().call_later(self.first_token_s, self.transport.write, rest)
+                else:
+                    self.transport.write(_STREAM_HEAD + rest)
             else:
                 self.transport.write(self.table.get(path, _http("404 Not Found", b"{}")))
 
@@ -389,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--_backend":
         import uvloop
 
-        uvloop.run(_backend([int(a) for a in argv[2:]], argv[1]))
+        _Backend.first_token_s = float(argv[2]) / 1000
+        uvloop.run(_backend([int(a) for a in argv[3:]], argv[1]))
         return 0
     p = argparse.ArgumentParser(prog="kvgate bench gateway-ttft", description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=64, help="measured requests per path, API and repeat")
@@ -407,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="busy processes competing for the CPUs meanwhile (vLLM's spinning CPU workers and engines "
         "share the cores with the router in the real-vLLM runs)",
+    )
+    p.add_argument(
+        "--first-token-ms",
+        type=float,
+        default=0.0,
+        help="the backend sends the response head at once and the first token this much later (a prefill)",
     )
     p.add_argument(
         "--base-src", type=Path, help="source tree of a kvgate to compare (paths kvgate@base, ...)"
@@ -437,7 +450,15 @@ def main(argv: list[str] | None = None) -> int:
           f"connection each, streaming; prompts {chars:.0f} characters", flush=True)  # fmt: skip
     results: dict[tuple[str, str], list[float]] = {}
     backend = _spawn(
-        [PY, "-m", "kvgate.bench.gateway_ttft", "--_backend", args.tokenizer, *map(str, BACKEND_PORTS)]
+        [
+            PY,
+            "-m",
+            "kvgate.bench.gateway_ttft",
+            "--_backend",
+            args.tokenizer,
+            str(args.first_token_ms),
+            *map(str, BACKEND_PORTS),
+        ]
     )
     hogs = [_spawn([PY, "-c", "while True: pass"]) for _ in range(args.hogs)]
     try:
