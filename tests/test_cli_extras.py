@@ -48,7 +48,14 @@ def test_every_benchmark_module_has_a_kvgate_bench_entry() -> None:
             isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body
         ):
             with_main.add(f"kvgate.bench.{f.stem}")
-    # live and inference_perf are `kvgate bench live|inference-perf`, demo is `kvgate demo`, and simproc is
-    # the replica process the live benchmark launches (not a benchmark).
-    others = {"kvgate.bench.live", "kvgate.bench.inference_perf", "kvgate.bench.demo", "kvgate.bench.simproc"}
+    # live and inference_perf are `kvgate bench live|inference-perf`, demo is `kvgate demo`; simproc (the
+    # replica process) and delay_relay (the cross-cluster RTT relay of `kvgate bench multicluster --live`)
+    # are processes the live benchmarks launch, not benchmarks.
+    others = {
+        "kvgate.bench.live",
+        "kvgate.bench.inference_perf",
+        "kvgate.bench.demo",
+        "kvgate.bench.simproc",
+        "kvgate.bench.delay_relay",
+    }
     assert with_main - set(DELEGATED.values()) <= others
