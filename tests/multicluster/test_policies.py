@@ -126,8 +126,70 @@ def test_observed_ttft_steers_away_and_fades() -> None:
     p = KvgatePolicy(rng=random.Random(0))
     slow, fast = _state("slow", head=3.0), _state("fast", head=2.0)
     assert p.order([slow, fast], ClusterRequest(), 0.0)[0].name == "slow"  # more headroom on paper
+    fast.observe_ttft(0.1, 0.0)
     for _ in range(20):
         slow.observe_ttft(1.5, 0.0)
     assert all(p.order([slow, fast], ClusterRequest(), 0.0)[0].name == "fast" for _ in range(10))
     # 30 s later, unobserved, the old verdict has faded: the slow cluster is tried again
     assert p.order([slow, fast], ClusterRequest(), 30.0)[0].name == "slow"
+
+
+def test_silent_cluster_becomes_expensive_as_its_outstanding_requests_age() -> None:
+    """Censored TTFT evidence: a cluster that has not answered yet is not free. Requests waiting there for
+    their first byte count at their age (a lower bound of their TTFT), so its cost rises while it
+    swallows them, and falls back once they are answered or finished."""
+    p = KvgatePolicy(rng=random.Random(0))
+    answers, silent = _state("answers", head=2.0), _state("silent", head=3.0)  # silent: more headroom
+    answers.observe_ttft(1.5, 0.0)  # a slow fleet: 1.5 s is the best TTFT seen
+    tokens = [silent.dispatched(0.0) for _ in range(3)]
+    silent.sent_since_snapshot = 0  # the snapshot already shows them: only the waiting matters here
+    costs = []
+    for now in (0.5, 3.0, 6.0, 12.0):
+        answers.fetched_at = silent.fetched_at = now  # fresh snapshots all along
+        p.order([answers, silent], ClusterRequest(), now)
+        costs.append(p.last_costs["silent"])
+    assert costs[0] < p.last_costs["answers"]  # a 0.5 s wait says nothing yet: it looks best on headroom
+    assert costs[1] - costs[0] == pytest.approx(p.w.ttft_rel * (3.0 / 1.5 - 1.0))  # waiting 2x the best
+    assert costs[1] < costs[2] < costs[3]  # rises with the oldest wait
+    assert all(p.order([answers, silent], ClusterRequest(), 12.0)[0].name == "answers" for _ in range(10))
+    assert silent.oldest_wait(12.0) == 12.0
+    for t in tokens:
+        silent.finished(t)
+    assert silent.waiting == {} and silent.oldest_wait(12.0) == 0.0
+    # untracked (non-streamed) dispatches never wait for a first byte
+    assert silent.dispatched() == 0 and silent.waiting == {}
+
+
+def test_answer_replaces_the_censored_wait() -> None:
+    st = _state("c")
+    tok = st.dispatched(0.0)
+    assert st.observed_ttft(4.0) == 4.0  # nothing answered: the wait is the evidence
+    st.observe_ttft(4.0, 4.0, tok)
+    assert st.waiting == {} and st.observed_ttft(4.0) == pytest.approx(4.0)
+
+
+def test_full_cluster_with_a_longer_queue_costs_more() -> None:
+    """Headroom stops at zero, so past full the queue length from the snapshot keeps the cost rising."""
+    p = KvgatePolicy()
+    short, long_ = _state("short", head=0.0, q=2.0), _state("long", head=0.0, q=20.0)
+    assert p.cost(long_, ClusterRequest()) > p.cost(short, ClusterRequest())
+    assert p.order([long_, short], ClusterRequest(), 0.0)[0].name == "short"
+    # below full the headroom already counts the queue: no double counting while there is room
+    roomy = _state("roomy", head=2.0, q=2.0)
+    assert p.utilisation(roomy) == pytest.approx((4.0 - 2.0 + 1 / 64) / 4.0)
+    # what this gateway sent since the snapshot adds on top of the queue
+    before = p.cost(long_, ClusterRequest())
+    long_.dispatched()
+    assert p.cost(long_, ClusterRequest()) > before
+
+
+def test_ttft_term_is_scale_free() -> None:
+    """The same TTFT ratios cost the same whether the fleet answers in tens of ms or in seconds, so the
+    term weighs against utilisation, RTT and locality the same way at either scale."""
+    for scale in (0.05, 2.0):
+        p = KvgatePolicy()
+        a, b = _state("a"), _state("b")
+        a.observe_ttft(1.0 * scale, 0.0)
+        b.observe_ttft(3.0 * scale, 0.0)
+        p.order([a, b], ClusterRequest(), 0.0)
+        assert p.last_costs["b"] - p.last_costs["a"] == pytest.approx(p.w.ttft_rel * 2.0)

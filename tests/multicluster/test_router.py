@@ -89,3 +89,45 @@ async def test_failover_to_next_cluster_and_503_when_all_fail(world: dict[str, A
     dead = ClusterSpec("dead", gateway=_closed_port())
     got, _ = await _run([bad, dead], n=1)
     assert got[0][0] == 503
+
+
+async def test_streamed_request_waits_for_its_first_byte_in_the_cluster_state(world: dict[str, Any]) -> None:
+    """The policy's censored TTFT evidence: while a streamed request has no first byte, the cluster's state
+    holds it with its dispatch time; the first byte turns it into an observed TTFT; a request given up
+    (the client left) stops waiting. Non-streamed requests are never counted as waiting."""
+    import asyncio
+
+    cfg = ClustersConfig((ClusterSpec("c", gateway=world["gw1"].address),))
+    gw = GlobalGateway(cfg, "kvgate", fetch=False)
+    await gw.start("127.0.0.1", 0)
+    st = gw.router.states["c"]
+    url = f"http://127.0.0.1:{gw.port}/v1/completions"
+    try:
+        async with aiohttp.ClientSession() as http:
+            streamed = orjson.dumps({"model": "m", "prompt": "hi", "max_tokens": 4, "stream": True})
+            async with http.post(url, data=streamed) as r:
+                assert r.status == 200
+                await r.read()
+            assert st.ttft_s is not None and st.ttft_s > 0 and st.waiting == {} and st.inflight == 0
+            plain = orjson.dumps({"model": "m", "prompt": "hi", "max_tokens": 4})
+            async with http.post(url, data=plain) as r:
+                await r.read()
+            assert st.waiting == {}
+            world["gw1"].mode = "hang"  # swallows requests: no first byte
+            task = asyncio.create_task(http.post(url, data=streamed))
+            for _ in range(200):
+                if st.waiting:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(st.waiting) == 1
+            await asyncio.sleep(0.3)
+            assert st.oldest_wait(time.monotonic()) >= 0.3
+            assert st.observed_ttft(time.monotonic()) >= 0.3
+            task.cancel()
+            for _ in range(250):
+                if not st.waiting:
+                    break
+                await asyncio.sleep(0.02)
+            assert st.waiting == {} and st.inflight == 0
+    finally:
+        await gw.stop()

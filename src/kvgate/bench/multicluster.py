@@ -152,6 +152,7 @@ class _Req:
     replica: int = -1
     req: Any = None
     first: float | None = None
+    token: int = 0  # the gateway's first-byte wait for this attempt (ClusterState.dispatched)
     measured: bool = True
     phase: str = "steady"
 
@@ -223,7 +224,7 @@ class MultiClusterSim:
             r.attempt += 1
             self.clock.call_later(self.cfg.connect_timeout, self._attempt, r)
             return
-        st.dispatched()
+        r.token = st.dispatched(self.clock.now)  # streamed: it waits for its first byte
         r.cluster = name
         self.clock.call_later(c.d.rtt_ms / 2000.0, self._at_cluster, r)
 
@@ -231,7 +232,7 @@ class MultiClusterSim:
         c = self.clusters[r.cluster]
         st = self.gw_states[r.gateway][r.cluster]
         if not c.alive:
-            st.finished()
+            st.finished(r.token)
             st.failed(self.clock.now)
             r.attempt += 1
             self.clock.call_later(c.d.rtt_ms / 2000.0, self._attempt, r)
@@ -253,7 +254,7 @@ class MultiClusterSim:
         try:
             ep = c.director.pick(r.req).primary
         except SchedulingError:
-            st.finished()
+            st.finished(r.token)
             r.attempt += 1
             self.clock.call_later(c.d.rtt_ms / 2000.0, self._attempt, r)
             return
@@ -275,7 +276,7 @@ class MultiClusterSim:
         r.first = t
         c = self.clusters[r.cluster]
         # The gateway sees the first byte half an RTT later: its observed TTFT for this cluster.
-        self.gw_states[r.gateway][r.cluster].observe_ttft(t - r.start + c.d.rtt_ms / 2000.0, t)
+        self.gw_states[r.gateway][r.cluster].observe_ttft(t - r.start + c.d.rtt_ms / 2000.0, t, r.token)
         c.director.on_first_token(r.req, c.endpoints[r.replica])
 
     def _done(self, sim: SimRequest, t: float) -> None:
@@ -290,7 +291,7 @@ class MultiClusterSim:
             Usage(sim.num_prompt_tokens, len(sim.output_token_ids), sim.num_cached_tokens),
             ok,
         )
-        self.gw_states[r.gateway][r.cluster].finished()
+        self.gw_states[r.gateway][r.cluster].finished(r.token)
         if not r.measured or r.first is None:
             return
         half_rtt = c.d.rtt_ms / 2000.0
@@ -320,7 +321,7 @@ class MultiClusterSim:
         for r in [r for r in self.live.values() if r.cluster == name and r.replica >= 0]:
             c.replicas[r.replica].abort(r.rid)
             c.director.on_finished(r.req, c.endpoints[r.replica], None, False)
-            self.gw_states[r.gateway][name].finished()
+            self.gw_states[r.gateway][name].finished(r.token)
             if r.first is not None:  # started: the client's stream is cut, nobody can retry it
                 self.live.pop(r.rid, None)
                 if r.measured:

@@ -6,13 +6,17 @@
   (lowest average queue = 1), highest first; whatever snapshot it last saw, however old (no staleness
   check, no health filter), and a cluster never heard from scores as idle.
 - ``kvgate``: health-gated (fresh snapshot within the TTL, EPP not NOT_SERVING, at least one ready endpoint:
-  unknown is never zero load, zero ready endpoints never chosen); cost = utilisation after this request,
-  with capacity = ready endpoints x speed (``headroom`` from the aggregate) minus what this gateway sent
-  since the snapshot, a queueing penalty past full, an RTT term, a local bonus while the local cluster has
-  room (spill-over), and a prefix-affinity bonus when the request's leading blocks are in the cluster's
-  Bloom summary; then power-of-two choices among the clusters within ``slack`` of the best (no herding
-  between refreshes, nor between gateways sharing a snapshot). Unknown clusters are tried only after every
-  known-good one (ordered by RTT), so a request is not lost when all snapshots are stale.
+  unknown is never zero load, zero ready endpoints never chosen); cost = load after this request, in units
+  of the cluster's capacity (ready endpoints x speed): what the snapshot shows in use (``capacity -
+  headroom``), plus the queue its headroom cannot show once full (queued requests past the headroom), plus
+  what this gateway sent since the snapshot, with a queueing penalty past full; an RTT term; the TTFT
+  evidence relative to the best cluster's (answered requests' EWMA, and requests still waiting for their
+  first byte counted at their age, a lower bound), so the term means the same at 50 ms and at 2 s TTFTs; a
+  local bonus while the local cluster has room (spill-over), and a prefix-affinity bonus when the
+  request's leading blocks are in the cluster's Bloom summary; then power-of-two choices among the clusters
+  within ``slack`` of the best (no herding between refreshes, nor between gateways sharing a snapshot).
+  Unknown clusters are tried only after every known-good one (ordered by RTT), so a request is not lost
+  when all snapshots are stale.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class ClusterRequest:
 
     model: str = ""
     prompt: str | bytes | None = None
+    stream: bool = False  # a streamed response: its first byte is the TTFT evidence the policy learns from
     _hashes: dict[int, list[int]] = field(default_factory=dict)
 
     def hashes(self, chunk: int, max_blocks: int = 16) -> list[int]:
@@ -120,7 +125,9 @@ class KvgateWeights:
     affinity_max_util: float = 0.9  # no affinity bonus past this utilisation (a hot prefix must not overload)
     overload: float = 4.0  # extra cost per unit of utilisation past 1 (queueing)
     slack: float = 0.08  # power of two among clusters within this much of the best cost
-    ttft_per_s: float = 2.0  # cost per second of the TTFT this gateway observed there (EWMA)
+    # Cost per multiple of the best cluster's TTFT: a cluster whose TTFT evidence is k x the best one's
+    # costs (k - 1) x this. Scale-free: 0.1 is the old 2 per second where the best TTFT was 50 ms.
+    ttft_rel: float = 0.1
 
 
 class KvgatePolicy:
@@ -154,10 +161,27 @@ class KvgatePolicy:
         )
 
     def utilisation(self, c: ClusterState) -> float:
+        """Load after this request / capacity. Headroom stops at zero when the cluster is full, so the
+        queue past that point is added from the snapshot's queue length (what the headroom could not
+        absorb): a full cluster with a longer queue costs more."""
         a = c.aggregate
         assert a is not None
-        used = a.capacity - a.headroom + (c.sent_since_snapshot + 1) * self.per_request
+        queued = a.average_queue_size * a.ready_endpoints * self.per_request
+        used = a.capacity - a.headroom + max(0.0, queued - a.headroom)
+        used += (c.sent_since_snapshot + 1) * self.per_request
         return used / a.capacity
+
+    @staticmethod
+    def reference_ttft(clusters: Sequence[ClusterState]) -> float | None:
+        """The best answered TTFT among the candidates (the EWMA, unfaded): the scale of the TTFT term.
+        Censored waits are lower bounds, so they never set the reference."""
+        seen = [c.ttft_s for c in clusters if c.ttft_s is not None and c.ttft_s > 0]
+        return min(seen) if seen else None
+
+    def ttft_cost(self, c: ClusterState, now: float, ref: float | None) -> float:
+        if ref is None:
+            return 0.0
+        return self.w.ttft_rel * max(0.0, c.observed_ttft(now) / ref - 1.0)
 
     def affinity(self, c: ClusterState, req: ClusterRequest) -> float:
         a = c.aggregate
@@ -173,11 +197,13 @@ class KvgatePolicy:
             n += 1
         return n / len(hashes)
 
-    def cost(self, c: ClusterState, req: ClusterRequest, now: float = 0.0) -> float:
+    def cost(
+        self, c: ClusterState, req: ClusterRequest, now: float = 0.0, ref_ttft: float | None = None
+    ) -> float:
         w = self.w
         u = self.utilisation(c)
         cost = u + max(0.0, u - 1.0) * w.overload + c.spec.rtt_ms / 1000.0 * w.rtt_per_s
-        cost += c.observed_ttft(now) * w.ttft_per_s
+        cost += self.ttft_cost(c, now, ref_ttft)
         if c.name == self.local and u < w.spill_at:
             cost -= w.local_bonus
         if u < w.affinity_max_util:
@@ -186,7 +212,8 @@ class KvgatePolicy:
 
     def order(self, clusters: Sequence[ClusterState], req: ClusterRequest, now: float) -> list[ClusterState]:
         good = [c for c in clusters if self.usable(c, now)]
-        costs = {c.name: self.cost(c, req, now) for c in good}
+        ref = self.reference_ttft(good)
+        costs = {c.name: self.cost(c, req, now, ref) for c in good}
         self.last_costs = costs
         good.sort(key=lambda c: costs[c.name])
         if len(good) >= 2:

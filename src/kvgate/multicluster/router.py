@@ -150,7 +150,7 @@ class GlobalRouter:
         for i, st in enumerate(order):
             if i:
                 self.failovers += 1
-            routed = await self._try_cluster(st, path, fwd, body, attempts)
+            routed = await self._try_cluster(st, path, fwd, body, attempts, req.stream)
             if routed is not None:
                 st.succeeded()
                 return routed
@@ -162,9 +162,17 @@ class GlobalRouter:
         raise NoRoute(503, f"every cluster failed (last: {last})", attempts)
 
     async def _try_cluster(
-        self, st: ClusterState, path: str, fwd: dict[str, str], body: bytes, attempts: list[Attempt]
+        self,
+        st: ClusterState,
+        path: str,
+        fwd: dict[str, str],
+        body: bytes,
+        attempts: list[Attempt],
+        stream: bool = False,
     ) -> Routed | None:
         spec = st.spec
+        # A streamed request's TTFT at this cluster runs from here (the EPP's pick included).
+        started = self.clock() if stream else None
         if spec.epp is not None:
             try:
                 tls = self.cfg.tls if spec.epp_tls else None  # the clusters file's CA and client pair
@@ -175,7 +183,9 @@ class GlobalRouter:
             if pick is not None and pick.address is not None:
                 # The pod gets what Envoy would send it: the EPP's header mutation and body.
                 to_pod = pick.request_mutation.apply(fwd, drop=_DROP)
-                routed = await self._send(st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick)
+                routed = await self._send(
+                    st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started
+                )
                 if routed is not None:
                     return routed
                 if spec.gateway is not None:
@@ -185,7 +195,7 @@ class GlobalRouter:
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp status {pick.status}"))
                 return None
         if spec.gateway is not None:
-            return await self._send(st, PARENT, spec.gateway, path, fwd, body, attempts)
+            return await self._send(st, PARENT, spec.gateway, path, fwd, body, attempts, None, started)
         return None
 
     async def _send(
@@ -198,13 +208,15 @@ class GlobalRouter:
         body: bytes,
         attempts: list[Attempt],
         epp: EppStream | None = None,
+        started: float | None = None,
     ) -> Routed | None:
         assert self._session is not None, "start() first"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=300)
-        st.dispatched()
+        # Streamed: the request waits for its first byte in the cluster's state (censored TTFT evidence).
+        token = st.dispatched(started)
 
         def given_up() -> None:
-            st.finished()
+            st.finished(token)
             if epp is not None:
                 epp.cancel()  # the EPP's session closes the request as failed
 
@@ -249,7 +261,12 @@ class GlobalRouter:
 
         async def stream() -> AsyncGenerator[bytes, None]:
             try:
+                first = started is not None
                 async for chunk in upstream:
+                    if first and started is not None:  # a stream's first bytes: the TTFT seen there
+                        first = False
+                        now = self.clock()
+                        st.observe_ttft(now - started, now, token)
                     yield chunk
             finally:
                 try:
@@ -258,7 +275,7 @@ class GlobalRouter:
                             await upstream.aclose()  # the EPP's end (or its cancel, when cut short)
                 finally:
                     response.release()
-                    st.finished()
+                    st.finished(token)
 
         return Routed(response.status, headers, stream(), st.name, mode, attempts, epp)
 

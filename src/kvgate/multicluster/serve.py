@@ -146,8 +146,9 @@ class GlobalGateway:
             parsed = parse_body(kind_for_path(path), raw)
         except BodyError as e:
             return json_error(e.status, e.message, param=e.param)
-        creq = ClusterRequest(parsed.model, prompt_key(parsed.prompt_text, parsed.token_ids))
-        t0 = self.clock()
+        creq = ClusterRequest(
+            parsed.model, prompt_key(parsed.prompt_text, parsed.token_ids), stream=bool(parsed.stream)
+        )
         try:
             routed = await self.router.route(path, request.headers, raw, creq)
         except NoRoute as e:
@@ -167,7 +168,6 @@ class GlobalGateway:
         body = routed.body
         try:
             await resp.prepare(request)
-            first = parsed.stream
             while True:
                 try:
                     chunk = await body.__anext__()
@@ -181,12 +181,6 @@ class GlobalGateway:
                         return resp
                     await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
                     break
-                if first:  # a stream's first bytes: the TTFT this gateway sees from that cluster
-                    first = False
-                    st = self.router.states.get(routed.cluster)
-                    if st is not None:
-                        now = self.clock()
-                        st.observe_ttft(now - t0, now)
                 await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
             await resp.write_eof()
         finally:

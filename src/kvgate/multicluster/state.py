@@ -3,12 +3,16 @@
 Times are the injected clock's (monotonic), never the aggregate's wall-clock ``snapshot_time``, except to
 notice a new snapshot: ``sent_since_snapshot`` (this gateway's own dispatches the snapshot cannot show yet,
 the anti-herding term) resets when the snapshot changes.
+
+TTFT evidence is censored data: answered requests give their TTFT (the EWMA), and requests still waiting for
+their first byte give a lower bound, their age. A cluster that swallows requests gets slower in this
+gateway's eyes while it does, instead of looking best because it has not answered yet.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvgate.datalayer.aggregate import PoolAggregate
 from kvgate.multicluster.clusters import ClusterSpec
@@ -34,6 +38,10 @@ class ClusterState:
     # a request actually waits there, whatever the GPU table says the cluster's speed is.
     ttft_s: float | None = None
     ttft_at: float = 0.0
+    # Streamed requests sent there still waiting for their first byte: token -> dispatch time (insertion
+    # order is dispatch order, so the first is the oldest). Bounded by what is in flight.
+    waiting: dict[int, float] = field(default_factory=dict)
+    _token: int = 0
 
     @property
     def name(self) -> str:
@@ -53,23 +61,40 @@ class ClusterState:
         self.fetched_at = now
         self.fetch_error = None
 
-    def dispatched(self) -> None:
+    def dispatched(self, now: float | None = None) -> int:
+        """Count a request sent there. With ``now`` (a streamed request), it also waits for its first byte
+        until ``observe_ttft`` or ``finished`` gets the returned token; 0 = not tracked."""
         self.sent_since_snapshot += 1
         self.sent_total += 1
         self.inflight += 1
+        if now is None:
+            return 0
+        self._token += 1
+        self.waiting[self._token] = now
+        return self._token
 
-    def observe_ttft(self, seconds: float, now: float, alpha: float = 0.1) -> None:
+    def observe_ttft(self, seconds: float, now: float, token: int = 0, alpha: float = 0.1) -> None:
+        self.waiting.pop(token, None)
         self.ttft_s = seconds if self.ttft_s is None else self.ttft_s + alpha * (seconds - self.ttft_s)
         self.ttft_at = now
 
-    def observed_ttft(self, now: float, tau_s: float = 5.0) -> float:
-        """The EWMA, fading with its age: a cluster left alone because it was slow gets tried again."""
-        if self.ttft_s is None:
-            return 0.0
-        return self.ttft_s * math.exp(-max(0.0, now - self.ttft_at) / tau_s)
+    def oldest_wait(self, now: float) -> float:
+        """Age of the oldest request still waiting for its first byte (0 when none): its TTFT is at least
+        this."""
+        for t in self.waiting.values():
+            return max(0.0, now - t)
+        return 0.0
 
-    def finished(self) -> None:
+    def observed_ttft(self, now: float, tau_s: float = 5.0) -> float:
+        """The TTFT evidence: the EWMA of answered requests, fading with its age (a cluster left alone
+        because it was slow gets tried again), but never below the oldest unanswered request's age (a
+        censored observation: a cluster that swallows requests looks slower the longer it does)."""
+        ewma = 0.0 if self.ttft_s is None else self.ttft_s * math.exp(-max(0.0, now - self.ttft_at) / tau_s)
+        return max(ewma, self.oldest_wait(now))
+
+    def finished(self, token: int = 0) -> None:
         self.inflight = max(0, self.inflight - 1)
+        self.waiting.pop(token, None)
 
     def failed(self, now: float) -> None:
         self.failures += 1
