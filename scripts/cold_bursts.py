@@ -15,9 +15,8 @@ import sys
 from collections import Counter, defaultdict
 from typing import Any
 
-from kvgate.bench.fleetsim import FleetConfig
-from kvgate.bench.mixed import BURST_SIZE, FAMILIES, mixed_workload
-from kvgate.bench.multiturn import MixedFleetSim
+from kvgate.bench.mixed import BURST_SIZE, FAMILIES
+from kvgate.bench.multiturn import mixed_sim
 from kvgate.bench.workloads import RequestSpec
 from kvgate.sim.kvcache import xxhash64_chain
 
@@ -27,10 +26,7 @@ def main() -> None:
     qps = float(sys.argv[2])
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     policy = sys.argv[4] if len(sys.argv) > 4 else "kvgate"
-    specs = list(mixed_workload(fam, qps=qps, horizon=150.0, seed=seed))
-    cfg = FleetConfig(replicas=fam.fleet(), policy=policy, qps=qps, duration=120.0, warmup=30.0,
-                      max_requests=len(specs) + 1, drain=120.0, seed=seed)  # fmt: skip
-    sim = MixedFleetSim(cfg, specs)
+    sim = mixed_sim(fam, policy, qps, seed)
     engines = [r.engine for r in sim.replicas]
     bs = engines[0].config.block_size
 

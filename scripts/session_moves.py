@@ -11,9 +11,8 @@ import sys
 from collections import Counter
 from typing import Any
 
-from kvgate.bench.fleetsim import FleetConfig
-from kvgate.bench.mixed import FAMILIES, mixed_workload
-from kvgate.bench.multiturn import MixedFleetSim
+from kvgate.bench.mixed import FAMILIES
+from kvgate.bench.multiturn import mixed_sim
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from kvgate.sim.kvcache import xxhash64_chain
 
@@ -23,10 +22,7 @@ def main() -> None:
     qps = float(sys.argv[2])
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     policy = sys.argv[4] if len(sys.argv) > 4 else "kvgate"
-    specs = list(mixed_workload(fam, qps=qps, horizon=150.0, seed=seed))
-    cfg = FleetConfig(replicas=fam.fleet(), policy=policy, qps=qps, duration=120.0, warmup=30.0,
-                      max_requests=len(specs) + 1, drain=120.0, seed=seed)  # fmt: skip
-    sim = MixedFleetSim(cfg, specs)
+    sim = mixed_sim(fam, policy, qps, seed)
     scorer = sim.director.handle.find(PrefixCacheScorer)
     known: dict[str, bool] = {}
     if scorer is not None:
@@ -50,7 +46,7 @@ def main() -> None:
         key = req.session_key
         if key:
             addr = res.primary.address
-            if key in holder and holder[key] != addr and sim.clock.now >= cfg.warmup:
+            if key in holder and holder[key] != addr and sim.clock.now >= sim.cfg.warmup:
                 moves["index knew the context" if known.get(key) else "index had forgotten it"] += 1
                 # What the previous holder's engine really still cached of this prompt.
                 old = sim.replicas[index[holder[key]]].engine

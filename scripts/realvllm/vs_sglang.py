@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -25,61 +24,13 @@ import urllib.request
 from pathlib import Path
 
 from kvgate.bench import peers
+from kvgate.bench.workloads import tenant_prompts
 from kvgate.realvllm.bench import reset_caches
 from kvgate.realvllm.harness import MODEL_NAME, ServerSpec, fleet, free_ports, prefix_cache_counters
 
-WORDS = (
-    "alpha",
-    "bravo",
-    "charlie",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-    "mike",
-    "november",
-    "oscar",
-    "papa",
-    "quebec",
-    "romeo",
-    "sierra",
-    "tango",
-    "uniform",
-    "victor",
-    "whiskey",
-    "xray",
-    "yankee",
-    "zulu",
-    "red",
-    "green",
-    "blue",
-    "amber",
-    "violet",
-    "north",
-    "south",
-    "east",
-    "west",
-    "river",
-    "mountain",
-    "valley",
-    "forest",
-    "desert",
-    "ocean",
-)
-
 
 def workload(tenants: int, per: int, prefix_words: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    systems = [" ".join(rng.choice(WORDS) for _ in range(prefix_words)) for _ in range(tenants)]
-    order = [t for t in range(tenants) for _ in range(per)]
-    rng.shuffle(order)
-    return [systems[t] + f"\nUser {i}: " + " ".join(rng.choice(WORDS) for _ in range(30))
-            for i, t in enumerate(order)]  # fmt: skip
+    return tenant_prompts([t for t in range(tenants) for _ in range(per)], tenants, prefix_words, seed)
 
 
 def ttft(base: str, prompt: str) -> float:

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
 import socket
 import statistics
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kvgate.bench.gateway_overhead import _spawn, _stop, _wait_line
+from kvgate.bench.workloads import tenant_prompts
 
 PY = sys.executable
 MODEL = "tiny"
@@ -45,67 +45,11 @@ BASE_SRC: Path | None = None  # --base-src: another kvgate source tree, run as t
 ROUTER_PORT = 18180
 WARMUP = 16  # requests per path and API before measuring (past the tokenizer's SELF_CHECKS)
 BACKEND_PORTS = [18101, 18102]
-WORDS = [
-    *[
-        "alpha",
-        "bravo",
-        "charlie",
-        "delta",
-        "echo",
-        "foxtrot",
-        "golf",
-        "hotel",
-        "india",
-        "juliet",
-        "kilo",
-        "lima",
-        "mike",
-        "november",
-    ],
-    *[
-        "oscar",
-        "papa",
-        "quebec",
-        "romeo",
-        "sierra",
-        "tango",
-        "uniform",
-        "victor",
-        "whiskey",
-        "xray",
-        "yankee",
-        "zulu",
-        "red",
-        "green",
-    ],
-    *[
-        "blue",
-        "amber",
-        "violet",
-        "north",
-        "south",
-        "east",
-        "west",
-        "river",
-        "mountain",
-        "valley",
-        "forest",
-        "desert",
-        "ocean",
-    ],
-]
 
 
 def workload(requests: int, tenants: int = 8, prefix_words: int = 400, seed: int = 1) -> list[str]:
     """``scripts/realvllm/vs_sglang.py``'s prompts: a tenant's system text + a unique user line."""
-    rng = random.Random(seed)
-    systems = [" ".join(rng.choice(WORDS) for _ in range(prefix_words)) for _ in range(tenants)]
-    order = [i % tenants for i in range(requests)]
-    rng.shuffle(order)
-    return [
-        systems[t] + f"\nUser {i}: " + " ".join(rng.choice(WORDS) for _ in range(30))
-        for i, t in enumerate(order)
-    ]
+    return tenant_prompts([i % tenants for i in range(requests)], tenants, prefix_words, seed)
 
 
 def body(api: str, prompt: str) -> bytes:

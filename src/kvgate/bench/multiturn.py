@@ -78,11 +78,12 @@ class MixedFleetSim(FleetSim):
         return out
 
 
-def run_once(
-    fam: Family, policy: str, qps: float, seed: int, duration: float, warmup: float
-) -> dict[str, Any]:
-    horizon = warmup + duration
-    specs = list(mixed_workload(fam, qps=qps, horizon=horizon, seed=seed))
+def mixed_sim(
+    fam: Family, policy: str, qps: float, seed: int, duration: float = 120.0, warmup: float = 30.0
+) -> MixedFleetSim:
+    """One family's mixed workload at ``qps`` on its fleet, ready to ``run()`` (the analysis scripts
+    under ``scripts/`` wrap its methods first)."""
+    specs = list(mixed_workload(fam, qps=qps, horizon=warmup + duration, seed=seed))
     cfg = FleetConfig(
         replicas=fam.fleet(),
         policy=policy,
@@ -93,7 +94,13 @@ def run_once(
         drain=120.0,
         seed=seed,
     )
-    sim = MixedFleetSim(cfg, specs)
+    return MixedFleetSim(cfg, specs)
+
+
+def run_once(
+    fam: Family, policy: str, qps: float, seed: int, duration: float, warmup: float
+) -> dict[str, Any]:
+    sim = mixed_sim(fam, policy, qps, seed, duration, warmup)
     row = sim.run().row
     row.update(sim.class_figures())
     row["family"] = fam.name

@@ -31,6 +31,33 @@ def random_ids(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(VOCAB) for _ in range(n)]
 
 
+# English-ish words for the real-tokenizer text workloads (a real tokenizer splits the three-letter ids
+# above into pieces; these are one or two tokens each with the tiny Llama's tokenizer).
+TENANT_WORDS = (
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
+    "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor",
+    "whiskey", "xray", "yankee", "zulu", "red", "green", "blue", "amber", "violet", "north", "south", "east",
+    "west", "river", "mountain", "valley", "forest", "desert", "ocean",
+)  # fmt: skip
+
+
+def tenant_prompts(order: list[int], tenants: int, prefix_words: int, seed: int) -> list[str]:
+    """Text prompts: tenant ``t``'s seeded system text (``prefix_words`` words) + a unique 30-word user
+    line, one per entry of ``order`` (tenant indices), in a seeded shuffle of ``order``.
+
+    The real-vLLM comparison (``scripts/realvllm/vs_sglang.py``) and ``kvgate bench gateway-ttft`` send
+    these, so both measure the same request shape.
+    """
+    rng = random.Random(seed)
+    systems = [" ".join(rng.choice(TENANT_WORDS) for _ in range(prefix_words)) for _ in range(tenants)]
+    order = list(order)
+    rng.shuffle(order)
+    return [
+        systems[t] + f"\nUser {i}: " + " ".join(rng.choice(TENANT_WORDS) for _ in range(30))
+        for i, t in enumerate(order)
+    ]
+
+
 @dataclass(slots=True)
 class RequestSpec:
     """One request to send: completions (``prompt``) unless ``messages`` is set (chat)."""
