@@ -28,7 +28,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -445,44 +445,57 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def rows_vs_hub(rows: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], float | None]]:
+    """``(phase, row, p90 / llm-d-hub's p90 in that phase)`` for the report tables, steady phase first
+    (shared by this simulator's report and ``kvgate bench multicluster-live``'s)."""
+    for phase in ("steady", "loss"):
+        rs = [r for r in rows if r["phase"] == phase]
+        hub = next((r for r in rs if r["policy"] == "llm-d-hub"), None)
+        for r in rs:
+            yield phase, r, _ratio(r["ttft_p90"], hub["ttft_p90"] if hub else None)
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "| phase | policy | TTFT p50 (ms) | TTFT p90 (ms) | p90 / llm-d-hub | goodput (req/s, TTFT < "
         f"{meta['slo_ttft']:.1f} s) | cross-cluster share | lost | cut | retries | served east/west/eu |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for phase in ("steady", "loss"):
-        rs = [r for r in rows if r["phase"] == phase]
-        hub = next((r for r in rs if r["policy"] == "llm-d-hub"), None)
-        for r in rs:
-            ratio = _ratio(r["ttft_p90"], hub["ttft_p90"] if hub else None)
-            by = r["served_by"]
-            lines.append(
-                f"| {phase} | {r['policy']} | {r['ttft_p50'] * 1000:.0f} | {r['ttft_p90'] * 1000:.0f} | "
-                f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['goodput_req_per_s']:.1f} | "
-                f"{r['cross_cluster_share']:.2f} | {r['lost']} | {r['cut']} | {r['retries']} | "
-                f"{by.get('east', 0)}/{by.get('west', 0)}/{by.get('eu', 0)} |"
-            )
+    for phase, r, ratio in rows_vs_hub(rows):
+        by = r["served_by"]
+        lines.append(
+            f"| {phase} | {r['policy']} | {r['ttft_p50'] * 1000:.0f} | {r['ttft_p90'] * 1000:.0f} | "
+            f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['goodput_req_per_s']:.1f} | "
+            f"{r['cross_cluster_share']:.2f} | {r['lost']} | {r['cut']} | {r['retries']} | "
+            f"{by.get('east', 0)}/{by.get('west', 0)}/{by.get('eu', 0)} |"
+        )
     return "\n".join(lines)
 
 
 def plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    plot_ttft_bars(path, rows, ("steady", "loss"), "TTFT (ms)", "{phase}: TTFT by cluster policy")
+
+
+def plot_ttft_bars(
+    path: Path, rows: list[dict[str, Any]], phases: Sequence[str], ylabel: str, title: str
+) -> None:
+    """One panel per phase: each policy's TTFT p50 and p90 bars (log scale); ``title`` is formatted
+    with ``phase``. Rows without a p90 (nothing served) are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, phase in zip(axes, ("steady", "loss"), strict=True):
-        rs = [r for r in rows if r["phase"] == phase]
-        names = [r["policy"] for r in rs]
+    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4), squeeze=False)
+    for ax, phase in zip(axes[0], phases, strict=True):
+        rs = [r for r in rows if r["phase"] == phase and r["ttft_p90"] is not None]
         x = range(len(rs))
         ax.bar([i - 0.2 for i in x], [r["ttft_p50"] * 1000 for r in rs], 0.4, label="p50")
         ax.bar([i + 0.2 for i in x], [r["ttft_p90"] * 1000 for r in rs], 0.4, label="p90")
-        ax.set_xticks(list(x), names, rotation=15)
+        ax.set_xticks(list(x), [r["policy"] for r in rs], rotation=15)
         ax.set_yscale("log")
-        ax.set_ylabel("TTFT (ms)")
-        ax.set_title(f"{phase}: TTFT by cluster policy")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title.format(phase=phase))
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -45,6 +45,7 @@ import yaml
 
 from kvgate.bench import netns, procs
 from kvgate.bench.loadgen import build_body
+from kvgate.bench.multicluster import _ratio, plot_ttft_bars, rows_vs_hub
 from kvgate.bench.procs import Proc
 from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
 
@@ -496,10 +497,6 @@ def _ms(x: float | None) -> str:
 
 
 # --- report ----------------------------------------------------------------------------------------
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
-
-
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     names = [c["name"] for c in meta["clusters"]]
     lines = [
@@ -508,44 +505,22 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"retries | served {'/'.join(names)} |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for phase in ("steady", "loss"):
-        rs = [r for r in rows if r["phase"] == phase]
-        hub = next((r for r in rs if r["policy"] == "llm-d-hub"), None)
-        for r in rs:
-            ratio = _ratio(r["ttft_p90"], hub["ttft_p90"] if hub else None)
-            by = r["served_by"]
-            lines.append(
-                f"| {phase} | {r['policy']} | {_ms(r['ttft_p50']).strip()} | {_ms(r['ttft_p90']).strip()} | "
-                f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['goodput_req_per_s']:.2f} | "
-                f"{r['cross_cluster_share']:.2f} | {r['lost']} | {r.get('timeouts', 0)} | "
-                f"{r['cut']} ({r.get('cut_before_token', 0)}) | "
-                f"{r['retries']} | "
-                f"{'/'.join(str(by.get(n, 0)) for n in names)} |"
-            )
+    for phase, r, ratio in rows_vs_hub(rows):
+        by = r["served_by"]
+        lines.append(
+            f"| {phase} | {r['policy']} | {_ms(r['ttft_p50']).strip()} | {_ms(r['ttft_p90']).strip()} | "
+            f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['goodput_req_per_s']:.2f} | "
+            f"{r['cross_cluster_share']:.2f} | {r['lost']} | {r.get('timeouts', 0)} | "
+            f"{r['cut']} ({r.get('cut_before_token', 0)}) | "
+            f"{r['retries']} | "
+            f"{'/'.join(str(by.get(n, 0)) for n in names)} |"
+        )
     return "\n".join(lines)
 
 
 def plot(path: Path, rows: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     phases = [ph for ph in ("steady", "loss") if any(r["phase"] == ph for r in rows)]
-    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4), squeeze=False)
-    for ax, phase in zip(axes[0], phases, strict=True):
-        rs = [r for r in rows if r["phase"] == phase and r["ttft_p90"] is not None]
-        x = range(len(rs))
-        ax.bar([i - 0.2 for i in x], [r["ttft_p50"] * 1000 for r in rs], 0.4, label="p50")
-        ax.bar([i + 0.2 for i in x], [r["ttft_p90"] * 1000 for r in rs], 0.4, label="p90")
-        ax.set_xticks(list(x), [r["policy"] for r in rs], rotation=15)
-        ax.set_yscale("log")
-        ax.set_ylabel("TTFT (ms, wall clock)")
-        ax.set_title(f"live, {phase}: TTFT by cluster policy")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_ttft_bars(path, rows, phases, "TTFT (ms, wall clock)", "live, {phase}: TTFT by cluster policy")
 
 
 def plot_timeline(path: Path, rows: list[dict[str, Any]], names: list[str], timeout: float) -> None:
