@@ -105,6 +105,26 @@ def _chunk(data: bytes) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
 
 
+def split_request(buf: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """``(path, body, rest of buf)`` of the first whole HTTP/1.1 request in ``buf`` (body framed by
+    Content-Length, query string dropped), or None until all of it has arrived."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buf[:end]
+    length = 0
+    low = head.lower()
+    i = low.find(b"content-length:")
+    if i >= 0:
+        j = low.find(b"\r\n", i)
+        length = int(low[i + 15 : j if j >= 0 else None])
+    total = end + 4 + length
+    if len(buf) < total:
+        return None
+    path = head[head.find(b" ") + 1 : head.find(b" ", head.find(b" ") + 1)].split(b"?")[0]
+    return path, buf[end + 4 : total], buf[total:]
+
+
 class _BackendProtocol(asyncio.Protocol):
     """Minimal HTTP/1.1 keep-alive server: enough parsing for the routers and the load generator."""
 
@@ -119,23 +139,8 @@ class _BackendProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buf[:end]
-            length = 0
-            low = head.lower()
-            i = low.find(b"content-length:")
-            if i >= 0:
-                j = low.find(b"\r\n", i)
-                length = int(low[i + 15 : j if j >= 0 else None])
-            total = end + 4 + length
-            if len(self.buf) < total:
-                return
-            body = self.buf[end + 4 : total]
-            self.buf = self.buf[total:]
-            path = head[head.find(b" ") + 1 : head.find(b" ", head.find(b" ") + 1)].split(b"?")[0]
+        while (req := split_request(self.buf)) is not None:
+            path, body, self.buf = req
             self._respond(path, body)
 
     def _respond(self, path: bytes, body: bytes) -> None:

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kvgate.bench.gateway_overhead import _spawn, _stop, _wait_line
+from kvgate.bench.gateway_overhead import _spawn, _stop, _wait_line, split_request
 from kvgate.bench.workloads import tenant_prompts
 
 PY = sys.executable
@@ -125,22 +125,8 @@ class _Backend(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            low = self.buf[:end].lower()
-            i = low.find(b"content-length:")
-            length = (
-                int(low[i + 15 : low.find(b"\r\n", i) if low.find(b"\r\n", i) >= 0 else None])
-                if i >= 0
-                else 0
-            )
-            total = end + 4 + length
-            if len(self.buf) < total:
-                return
-            head, payload, self.buf = self.buf[:end], self.buf[end + 4 : total], self.buf[total:]
-            path = head.split(b" ", 2)[1].split(b"?")[0]
+        while (req := split_request(self.buf)) is not None:
+            path, payload, self.buf = req
             assert self.transport is not None
             if path.startswith(b"/v1/") and path != b"/v1/models":
                 rest = _chunk(_EVENT)

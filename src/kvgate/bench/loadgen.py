@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,14 @@ def build_body(spec: RequestSpec, stream: bool = True) -> dict[str, Any]:
     return body
 
 
+async def sse_data(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The payload of each ``data:`` line of a server-sent-event stream (``b"[DONE]"`` included)."""
+    async for raw in content:
+        line = raw.strip()
+        if line.startswith(b"data:"):
+            yield line[5:].strip()
+
+
 async def send_one(
     session: aiohttp.ClientSession,
     base_url: str,
@@ -100,11 +108,7 @@ async def send_one(
             if resp.status != 200:
                 res.error = f"http {resp.status}: {(await resp.text())[:200]}"
                 return res
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
+            async for data in sse_data(resp.content):
                 if data == b"[DONE]":
                     break
                 chunk = orjson.loads(data)

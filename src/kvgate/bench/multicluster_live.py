@@ -44,7 +44,7 @@ import orjson
 import yaml
 
 from kvgate.bench import netns, procs
-from kvgate.bench.loadgen import build_body
+from kvgate.bench.loadgen import build_body, sse_data
 from kvgate.bench.multicluster import _ratio, plot_ttft_bars, rows_vs_hub
 from kvgate.bench.procs import Proc
 from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
@@ -276,11 +276,7 @@ async def _send(
             if resp.status != 200:
                 res.error = f"http {resp.status}: {(await resp.text())[:160]}"
                 return res
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
+            async for data in sse_data(resp.content):
                 if data == b"[DONE]":
                     res.done = True
                     break
