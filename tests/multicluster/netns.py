@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,27 +23,18 @@ from pathlib import Path
 
 import aiohttp
 
-SIM_PORT, EPP_PORT, HEALTH_PORT, METRICS_PORT, GW_PORT = 8001, 9002, 9003, 9090, 8080
+from kvgate.bench.netns import (
+    EPP_PORT,
+    GW_ADMIN_PORT,
+    GW_PORT,
+    HEALTH_PORT,
+    METRICS_PORT,
+    SIM_PORT,
+    add_namespace,
+    ip,
+)
+
 MODEL = "sim-model"
-
-
-def netns_unavailable() -> str | None:
-    """Why namespaces cannot be used here (None = they can)."""
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None:
-        return "no `ip` (iproute2) binary"
-    probe = f"kvmc-probe-{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"`ip netns add` failed: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-def _ip(*args: str, ns: str | None = None) -> None:
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + ["ip", *args]
-    subprocess.run(cmd, check=True, capture_output=True)
 
 
 @dataclass(slots=True)
@@ -84,25 +73,15 @@ class Cluster:
     # --- network ---------------------------------------------------------------------------------
     def create(self) -> None:
         self.ns = f"kvmc-{os.getpid()}-{self.index}"
-        _ip("netns", "add", self.ns)
-        peer = self.veth + "p"
-        _ip("link", "add", self.veth, "type", "veth", "peer", "name", peer)
-        _ip("link", "set", peer, "netns", self.ns)
-        _ip("addr", "add", f"10.{self.net}.{self.index}.1/24", "dev", self.veth)
-        _ip("link", "set", self.veth, "up")
-        _ip("addr", "add", f"{self.addr}/24", "dev", peer, ns=self.ns)
-        _ip("link", "set", peer, "up", ns=self.ns)
-        _ip("link", "set", "lo", "up", ns=self.ns)
-        _ip("addr", "add", f"{self.pod_addr}/32", "dev", "lo", ns=self.ns)  # the pods' own address
-        _ip("route", "add", "default", "via", f"10.{self.net}.{self.index}.1", ns=self.ns)
+        add_namespace(self.ns, self.veth, self.net, self.index)
         if self.pods_routed:
-            _ip("route", "add", f"10.{self.net + 1}.{self.index}.0/24", "via", self.addr)
+            ip("route", "add", f"10.{self.net + 1}.{self.index}.0/24", "via", self.addr)
 
     def cut(self) -> None:
-        _ip("link", "set", self.veth, "down")
+        ip("link", "set", self.veth, "down")
 
     def heal(self) -> None:
-        _ip("link", "set", self.veth, "up")
+        ip("link", "set", self.veth, "up")
         if self.pods_routed:  # the route went with the link
             subprocess.run(
                 ["ip", "route", "replace", f"10.{self.net + 1}.{self.index}.0/24", "via", self.addr],
@@ -192,7 +171,7 @@ class Cluster:
                 "--port",
                 str(GW_PORT),
                 "--admin-port",
-                "9091",
+                str(GW_ADMIN_PORT),
                 "--log-level",
                 "WARNING",
             ],
@@ -232,7 +211,7 @@ async def wait_http(url: str, limit_s: float = 60.0) -> None:
 async def wait_ready(c: Cluster, limit_s: float = 90.0) -> None:
     # The gateway is reached from the root namespace; the pods are checked through their EPP's aggregate.
     await wait_http(f"http://{c.addr}:{METRICS_PORT}/metrics", limit_s)
-    await wait_http(f"http://{c.addr}:9091/healthz", limit_s)
+    await wait_http(f"http://{c.addr}:{GW_ADMIN_PORT}/healthz", limit_s)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     from kvgate.datalayer.aggregate import decode
@@ -245,26 +224,3 @@ async def wait_ready(c: Cluster, limit_s: float = 90.0) -> None:
             if loop.time() > deadline:
                 raise TimeoutError(f"{c.name}: pods not ready within {limit_s:.0f}s")
             await asyncio.sleep(0.2)
-
-
-def isolate(net: int) -> None:
-    """No path to the clusters' subnets except the veths: without these, traffic to an unrouted pod (or to a
-    cut cluster) would follow the root namespace's default route out of the machine."""
-    for x in (net, net + 1):
-        _ip("route", "add", "unreachable", f"10.{x}.0.0/16")
-
-
-def unisolate(net: int) -> None:
-    for x in (net, net + 1):
-        subprocess.run(["ip", "route", "del", "unreachable", f"10.{x}.0.0/16"], capture_output=True)
-
-
-def free_net() -> int:
-    """A 10.x.0.0/16 pair (x, x + 1) with no route in the root namespace yet."""
-    routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
-    rng = random.Random(os.getpid())
-    for _ in range(50):
-        x = rng.randrange(64, 250, 2)
-        if f"10.{x}." not in routes and f"10.{x + 1}." not in routes:
-            return x
-    raise RuntimeError("no free 10.x/16 subnet pair")

@@ -19,7 +19,9 @@ import orjson
 import pytest
 import yaml
 
-from multicluster.netns import MODEL, Cluster, free_net, isolate, netns_unavailable, unisolate, wait_ready
+from kvgate.bench.netns import free_net, isolate, unisolate
+from kvgate.bench.netns import unavailable as netns_unavailable
+from multicluster.netns import MODEL, Cluster, wait_ready
 
 _why = netns_unavailable()
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"network namespaces unavailable: {_why}")

@@ -57,6 +57,23 @@ def free_net() -> int:
     raise RuntimeError("no free 10.x/16 subnet pair")
 
 
+def add_namespace(ns: str, veth: str, net: int, index: int) -> None:
+    """Namespace ``ns`` joined to the root namespace by veth ``veth`` (root side ``10.<net>.<index>.1``,
+    ``10.<net>.<index>.2`` inside, the default route), with the pods' address ``10.<net+1>.<index>.2`` on
+    its loopback. Where the root namespace reaches the pods' address is the caller's choice."""
+    peer = veth + "p"
+    ip("netns", "add", ns)
+    ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+    ip("link", "set", peer, "netns", ns)
+    ip("addr", "add", f"10.{net}.{index}.1/24", "dev", veth)
+    ip("link", "set", veth, "up")
+    ip("addr", "add", f"10.{net}.{index}.2/24", "dev", peer, ns=ns)
+    ip("link", "set", peer, "up", ns=ns)
+    ip("link", "set", "lo", "up", ns=ns)
+    ip("addr", "add", f"10.{net + 1}.{index}.2/32", "dev", "lo", ns=ns)  # the pods' own address
+    ip("route", "add", "default", "via", f"10.{net}.{index}.1", ns=ns)
+
+
 @dataclass(slots=True)
 class NsCluster:
     """One cluster's namespace and addresses (processes are the caller's: see ``exec_prefix``)."""
@@ -84,18 +101,8 @@ class NsCluster:
 
     def create(self) -> None:
         self.ns = f"kvmcl-{os.getpid()}-{self.index}"
-        ip("netns", "add", self.ns)
-        self._created = True
-        peer = self.veth + "p"
-        ip("link", "add", self.veth, "type", "veth", "peer", "name", peer)
-        ip("link", "set", peer, "netns", self.ns)
-        ip("addr", "add", f"10.{self.net}.{self.index}.1/24", "dev", self.veth)
-        ip("link", "set", self.veth, "up")
-        ip("addr", "add", f"{self.addr}/24", "dev", peer, ns=self.ns)
-        ip("link", "set", peer, "up", ns=self.ns)
-        ip("link", "set", "lo", "up", ns=self.ns)
-        ip("addr", "add", f"{self.pod_addr}/32", "dev", "lo", ns=self.ns)  # the pods' own address
-        ip("route", "add", "default", "via", f"10.{self.net}.{self.index}.1", ns=self.ns)
+        self._created = True  # destroy() is safe on a half-made namespace
+        add_namespace(self.ns, self.veth, self.net, self.index)
         # The same address in the root namespace, where the delay relay listens for the pods.
         ip("addr", "add", f"{self.pod_addr}/32", "dev", "lo")
 
@@ -109,6 +116,8 @@ class NsCluster:
 
 
 def isolate(net: int) -> None:
+    """No path to the clusters' subnets except the veths: without these, traffic to an unrouted pod (or to a
+    cut cluster) would follow the root namespace's default route out of the machine."""
     for x in (net, net + 1):
         ip("route", "add", "unreachable", f"10.{x}.0.0/16")
 
