@@ -12,7 +12,7 @@ import orjson
 
 from gateway.conftest import base_url, make_config, running_gateway
 from gateway.test_front import BODY, _exchange, _req
-from kvgate.gateway.server import connection_cap
+from kvgate.httpfront.server import connection_cap
 
 
 async def _wait_for(cond, within: float) -> bool:

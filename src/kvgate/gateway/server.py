@@ -28,7 +28,7 @@ from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
-from kvgate.httpfront.server import FrontServer, Handler, Request, Response, connection_cap
+from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.request import RequestPolicy
@@ -82,7 +82,6 @@ class GatewayServer:
         self._scrapers: list[Any] = []  # metrics scrapers and the other data sources (KV events)
         self.port = 0
         self.admin_port: int | None = None
-        self.max_connections = connection_cap(cfg.limits.max_connections)
         self._aggregates: dict[str, AggregateSource] = {}
         self.kube_pools: list[Any] = []  # kvgate.k8s.runtime.KubePool per pool with an inferencePool
         self._kube_rules: dict[str, list[Any]] = {}
@@ -105,19 +104,7 @@ class GatewayServer:
             routes.update({"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz})
             routes[AGGREGATE_PATH] = self._aggregate
             prefix["/debug/picks/"] = self._debug_pick
-        lim = self.cfg.limits
-        return FrontServer(
-            routes,
-            self._not_found,
-            prefix_routes=prefix,
-            max_body=lim.max_body_bytes,
-            keepalive_s=lim.keepalive_s,
-            header_timeout_s=lim.header_timeout_s,
-            body_timeout_s=lim.body_timeout_s,
-            send_timeout_s=lim.send_timeout_s,
-            write_buffer_bytes=lim.write_buffer_bytes,
-            max_connections=self.max_connections,
-        )
+        return FrontServer.with_limits(routes, self._not_found, self.cfg.limits, prefix_routes=prefix)
 
     async def _not_found(self, request: Request) -> Response:
         return error_response(GatewayError(404, f"no route for {request.method} {request.path}"))

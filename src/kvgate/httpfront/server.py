@@ -33,7 +33,7 @@ import resource
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from kvgate.openai.protocol import error_body
 
@@ -204,6 +204,19 @@ def _error(status: int, message: str, code: str | None = None) -> Response:
     return resp
 
 
+class LimitsLike(Protocol):
+    """What ``FrontServer.with_limits`` reads: ``FrontLimits``, or the gateway config's ``limits``
+    (``kvgate.config.gateway.Limits``, which carries the same knobs among its own)."""
+
+    max_body_bytes: int
+    keepalive_s: float
+    header_timeout_s: float
+    body_timeout_s: float
+    send_timeout_s: float
+    write_buffer_bytes: int
+    max_connections: int
+
+
 @dataclass(slots=True)
 class FrontLimits:
     """The front's knobs; the YAML names (``LIMIT_KEYS``) are the same in the gateway config's ``limits``
@@ -326,7 +339,7 @@ class FrontServer:
 
     @classmethod
     def with_limits(
-        cls, routes: dict[str, Handler], fallback: Handler, limits: FrontLimits, *,
+        cls, routes: dict[str, Handler], fallback: Handler, limits: LimitsLike, *,
         prefix_routes: dict[str, Handler] | None = None,
     ) -> FrontServer:  # fmt: skip
         """A front with ``limits`` (the connection cap clamped to the fd limit)."""
