@@ -30,6 +30,7 @@ from kvgate.bench.netns import (
     HEALTH_PORT,
     METRICS_PORT,
     SIM_PORT,
+    NsCluster,
     add_namespace,
     ip,
 )
@@ -38,26 +39,13 @@ MODEL = "sim-model"
 
 
 @dataclass(slots=True)
-class Cluster:
-    name: str
-    index: int
-    net: int
+class Cluster(NsCluster):
+    """``NsCluster``'s namespace, but the pods' subnet routed through the veth (``pods_routed``) rather than
+    answered in the root namespace, and the cluster's processes run here."""
+
     replicas: int = 2
     pods_routed: bool = True
-    ns: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    @property
-    def addr(self) -> str:
-        return f"10.{self.net}.{self.index}.2"
-
-    @property
-    def pod_addr(self) -> str:
-        return f"10.{self.net + 1}.{self.index}.2"
-
-    @property
-    def veth(self) -> str:
-        return f"kvmc{os.getpid() % 10000}c{self.index}"
 
     def spec(self, rtt_ms: float = 1.0) -> dict[str, object]:
         return {
@@ -73,6 +61,7 @@ class Cluster:
     # --- network ---------------------------------------------------------------------------------
     def create(self) -> None:
         self.ns = f"kvmc-{os.getpid()}-{self.index}"
+        self._created = True
         add_namespace(self.ns, self.veth, self.net, self.index)
         if self.pods_routed:
             ip("route", "add", f"10.{self.net + 1}.{self.index}.0/24", "via", self.addr)
@@ -91,16 +80,14 @@ class Cluster:
     def destroy(self) -> None:
         for name in list(self.procs):
             self.kill(name)
-        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
-        if self.ns:
-            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        NsCluster.destroy(self)  # (no zero-argument super() in a slots dataclass)
 
     # --- processes -------------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> None:
         env = dict(os.environ)
         log = open(Path(os.environ.get("KVMC_LOG_DIR", "/tmp")) / f"{self.ns}-{name}.log", "wb")  # noqa: SIM115
         self.procs[name] = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "kvgate.cli", *args],
+            [*self.exec_prefix(), sys.executable, "-m", "kvgate.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
