@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from flowcontrol.test_doors import HeldBackend, eventually
@@ -60,7 +61,11 @@ def gateway_config(port: int, model: str = "sim-model") -> dict[str, Any]:
     }
 
 
-async def test_a_critical_request_preempts_a_sheddable_one_without_a_first_token() -> None:
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_critical_request_preempts_a_sheddable_one_without_a_first_token(stream: bool) -> None:
+    """Streamed: the sheddable request is stopped. Not streamed: it shows no first token before its
+    end, so it is never preemptible (it could be deep into generation): it completes, and the critical
+    request waits for the capacity instead."""
     replica = Replica(ReplicaConfig(model="sim-model", time_scale=0.02, max_num_seqs=4, seed=0))
     await replica.start()
     gw: GatewayServer | None = None
@@ -73,17 +78,18 @@ async def test_a_critical_request_preempts_a_sheddable_one_without_a_first_token
         url = f"http://127.0.0.1:{gw.port}/v1/completions"
 
         async def send(objective: str, prompt: str, max_tokens: int) -> tuple[int, dict[str, Any]]:
-            body = {"model": "sim-model", "prompt": prompt, "max_tokens": max_tokens, "stream": True}
+            body = {"model": "sim-model", "prompt": prompt, "max_tokens": max_tokens, "stream": stream}
             hdrs = {"x-gateway-inference-objective": objective}
             async with http.post(url, json=body, headers=hdrs) as r:
                 raw = await r.read()
                 if r.status != 200:
                     return r.status, orjson.loads(raw)
-                return r.status, {"sse": raw.decode()}
+                return r.status, {"body": raw.decode()}
 
         async with aiohttp.ClientSession() as http:
             # A long prompt: its prefill step alone takes about a second of wall time at this time scale.
-            batch = asyncio.ensure_future(send("batch", "words " * 500, 64))
+            # Not streamed: a few tokens, so the critical request's wait for it stays well within WAIT.
+            batch = asyncio.ensure_future(send("batch", "words " * 500, 64 if stream else 4))
             deadline = time.monotonic() + WAIT
             while replica.engine.num_running + replica.engine.num_waiting == 0:
                 assert time.monotonic() < deadline, "the sheddable request never reached the replica"
@@ -92,6 +98,11 @@ async def test_a_critical_request_preempts_a_sheddable_one_without_a_first_token
             status, _ = await asyncio.wait_for(send("critical", "hi", 1), WAIT)
             assert status == 200
             b_status, b_body = await asyncio.wait_for(batch, WAIT)
+        if not stream:
+            assert b_status == 200, b_body
+            assert sum(replica.counters.finished.values()) == 2
+            assert director.store.all()[0].inflight.requests == 0
+            return
         assert b_status == 429, b_body
         assert "preempted" in b_body["error"]["message"]
         # The replica stopped generating for the preempted request: nothing left running, and only

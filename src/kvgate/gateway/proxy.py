@@ -318,7 +318,18 @@ class Proxy:
         header_block = "".join(lines).encode("utf-8", "surrogateescape")
         try:
             return await self._dispatch(
-                request, kind, pool, ireq, rid, out, header_block, client_model, strip_usage, explain, t0
+                request,
+                kind,
+                pool,
+                ireq,
+                rid,
+                out,
+                header_block,
+                client_model,
+                strip_usage,
+                explain,
+                t0,
+                parsed.stream,
             )
         except GatewayError as e:
             self.metrics.error(client_model, target, str(e.status))
@@ -377,6 +388,7 @@ class Proxy:
         strip_usage: bool,
         explain: bool,
         t0: float,
+        stream: bool,
     ) -> Response | StreamResponse:
         tried: set[str] = set()
         director = pool.director
@@ -405,7 +417,7 @@ class Proxy:
             # owns it); the finally covers cancellation (client gone) and unexpected errors.
             finished = False
             resp: UpstreamResponse | None = None
-            preempted = self._preemptible(director, ireq, ep)
+            preempted = self._preemptible(director, ireq, ep, stream)
             head = b"POST " + path + b" HTTP/1.1\r\nhost: " + ep.address.encode() + b"\r\n" + header_block
             try:
                 try:
@@ -484,12 +496,14 @@ class Proxy:
         )
 
     @staticmethod
-    def _preemptible(director: Any, ireq: InferenceRequest, ep: Endpoint) -> list[bool]:
-        """Let flow control stop this (sheddable) request until its first token: ``stop`` cancels
-        this task; the returned flag tells the cancellation apart from the client leaving."""
+    def _preemptible(director: Any, ireq: InferenceRequest, ep: Endpoint, stream: bool) -> list[bool]:
+        """Let flow control stop this (sheddable, streamed) request until its first token: ``stop``
+        cancels this task; the returned flag tells the cancellation apart from the client leaving.
+        A non-streamed reply shows no first token before its end, so it is never preemptible (it
+        could otherwise be stopped deep into its generation), as in the ext_proc door."""
         flag = [False]
         register = getattr(director, "preemptible", None)  # (a multi-cluster pool's director: none)
-        if register is None or not ireq.sheddable:
+        if register is None or not ireq.sheddable or not stream:
             return flag
         task = asyncio.current_task()  # only now: a getpid() system call per call on Python 3.11
         if task is None:
