@@ -172,3 +172,31 @@ async def test_outcome_metrics_a_held_try_then_one_dispatch() -> None:
     assert sample("HeldPredictedMiss") >= before["HeldPredictedMiss"] + 1  # (at arrival; retries add more)
     assert sample("Dispatched") == before["Dispatched"] + 1  # once, when it really left
     assert sample("RejectedOther") == before["RejectedOther"]
+
+
+def test_held_again_and_again_one_expiry_entry_and_backing_off() -> None:
+    """A request turned back by every pick until its TTL keeps one expiry-heap entry (not one per
+    try), and its re-picks back off: 1, 2, 4, ... up to 16 recheck intervals apart."""
+    from kvgate.flowcontrol.dispatcher import MAX_HOLD_BACKOFF
+
+    ctl = FlowController(FlowControlConfig(ttl=30.0, hold_predicted_misses=True))
+    d = FlowDispatcher(
+        ctl, pick=Picker({"x"}), saturated=lambda _r: False, clock=lambda: 0.0, hold_misses=True,
+        recheck_interval=0.01,
+    )  # fmt: skip
+    item = ctl.enqueue(req("x"), 0.0)
+    now, gaps = 0.0, []
+    for _ in range(40):
+        assert ctl.head() is item
+        ctl.take(item, now, record=False)
+        d._hold(item, now)
+        assert item.held_until is not None
+        gaps.append(round(item.held_until - now, 6))
+        now = item.held_until
+        ctl.unhold(now)
+    assert len(ctl._expiry) == 1
+    assert gaps[:6] == [0.01, 0.02, 0.04, 0.08, 0.16, 0.16]
+    assert max(gaps) == 0.01 * MAX_HOLD_BACKOFF
+    assert len(ctl) == 1
+    assert ctl.expire(31.0) == [item]  # its one entry still expires it
+    assert len(ctl) == 0 and not ctl._expiry

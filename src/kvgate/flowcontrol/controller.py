@@ -55,6 +55,8 @@ class QueuedRequest:
     handle: Any = None  # the waiter (an asyncio future, a simulator record)
     done: bool = False
     held_until: float | None = None  # held out of its band's selection until then (``hold``)
+    holds: int = 0  # times turned back by its pick (``hold``): the dispatcher backs off on it
+    in_expiry: bool = True  # has an entry in the expiry heap (so ``hold`` adds none twice)
     outcome: str = ""
     explain: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -192,11 +194,15 @@ class FlowController:
         self.bytes += item.size
         self.metrics.queued(item.priority, item.flow, +1)
         self.metrics.outcome(item.priority, item.flow, HELD, now - item.enqueued_at)
+        item.holds += 1
         self._held.append(item)
-        # Its expiry entry may be gone (dropped while it was done): a fresh one, with a key that no
-        # other entry has (a tie would compare the requests themselves).
-        self._hold_seq -= 1
-        heapq.heappush(self._expiry, (item.deadline, self._hold_seq, item))
+        # Its expiry entry may be gone (dropped while it was done): then a fresh one, with a key that
+        # no other entry has (a tie would compare the requests themselves). Never a second one: a
+        # request held every few ms until its TTL would otherwise add thousands.
+        if not item.in_expiry:
+            item.in_expiry = True
+            self._hold_seq -= 1
+            heapq.heappush(self._expiry, (item.deadline, self._hold_seq, item))
 
     def unhold(self, now: float) -> None:
         """Held requests due by ``now`` go back into their bands (finished ones are dropped)."""
@@ -226,6 +232,7 @@ class FlowController:
         exp = self._expiry
         while exp and (exp[0][2].done or exp[0][0] <= now):
             _, _, item = heapq.heappop(exp)
+            item.in_expiry = False
             if self._remove(item, EVICTED_TTL, now):
                 out.append(item)
         return out
@@ -233,5 +240,5 @@ class FlowController:
     def next_deadline(self) -> float | None:
         exp = self._expiry
         while exp and exp[0][2].done:
-            heapq.heappop(exp)
+            heapq.heappop(exp)[2].in_expiry = False
         return exp[0][0] if exp else None

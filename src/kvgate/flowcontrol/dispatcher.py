@@ -30,6 +30,7 @@ from kvgate.scheduling.types import (
 TTL_MESSAGE = "request timed out in the flow control queue (TTL expired)"
 # What a preempted request's client gets, as a 429 (ShedError): retry later.
 PREEMPTED_MESSAGE = "request preempted by higher-priority work"
+MAX_HOLD_BACKOFF = 16  # a held request is re-picked at most every 16 recheck intervals (320 ms by default)
 
 
 def dispatch_ready(
@@ -109,7 +110,7 @@ class FlowDispatcher:
         item = self.ctl.enqueue(req, now, handle=fut, explain=explain)  # ShedError when full
         if held:  # as if it had just left the queue and been turned back
             self.ctl.take(item, now, record=False)
-            self.ctl.hold(item, now, now + self.recheck_interval)
+            self._hold(item, now)
         if self._wake is None:
             self._wake = asyncio.Event()
         if self._task is None or self._task.done():
@@ -123,6 +124,13 @@ class FlowDispatcher:
             if left and fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.abandoned(req, fut.result())
             raise
+
+    def _hold(self, item: QueuedRequest, now: float) -> None:
+        """Turned back by its pick: tried again after the recheck interval, doubling with each turn
+        back up to ``MAX_HOLD_BACKOFF`` times it, so many held requests do not re-run a full pick each
+        every 20 ms while the pool is overloaded (at most 320 ms late once one would make it)."""
+        backoff = min(2 ** min(item.holds, 8), MAX_HOLD_BACKOFF)
+        self.ctl.hold(item, now, now + self.recheck_interval * backoff)
 
     def notify(self) -> None:
         """Capacity may have freed (a request finished or produced its first token)."""
@@ -142,7 +150,7 @@ class FlowDispatcher:
                 result = self.pick(item.req, item.explain)
             except PredictedMissError as e:
                 if self.hold_misses:  # back in the queue; tried again after the recheck interval
-                    self.ctl.hold(item, now, now + self.recheck_interval)
+                    self._hold(item, now)
                     continue
                 self.ctl.record(item, REJECTED_OTHER, now)
                 fut.set_exception(e)
