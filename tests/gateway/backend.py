@@ -79,6 +79,9 @@ class Backend:
     async def _misbehave(self, request: web.Request) -> web.Response | None:
         if self.mode == "error500":
             return web.Response(status=500, text=f"{self.name} broken")
+        if self.mode == "error400":
+            return web.json_response({"error": {"message": "prompt too long", "type": "BadRequestError"}},
+                                     status=400)  # fmt: skip
         if self.mode == "error429":
             return web.Response(status=429, text=f"{self.name} at capacity")
         if self.mode == "drop":

@@ -131,3 +131,22 @@ async def test_streamed_request_waits_for_its_first_byte_in_the_cluster_state(wo
             assert st.waiting == {} and st.inflight == 0
     finally:
         await gw.stop()
+
+
+async def test_an_error_reply_is_no_ttft_evidence(world: dict[str, Any]) -> None:
+    """A cluster that answers 400 at once (prompt too long there) must not become the best-TTFT reference:
+    its fast error is not a first token. The request stops waiting all the same."""
+    cfg = ClustersConfig((ClusterSpec("c", gateway=world["gw1"].address),))
+    gw = GlobalGateway(cfg, "kvgate", fetch=False)
+    await gw.start("127.0.0.1", 0)
+    st = gw.router.states["c"]
+    world["gw1"].mode = "error400"
+    try:
+        async with aiohttp.ClientSession() as http:
+            streamed = orjson.dumps({"model": "m", "prompt": "hi", "max_tokens": 4, "stream": True})
+            async with http.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=streamed) as r:
+                assert r.status == 400
+                await r.read()
+        assert st.ttft_s is None and st.waiting == {} and st.inflight == 0
+    finally:
+        await gw.stop()

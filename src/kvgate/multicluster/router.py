@@ -262,11 +262,17 @@ class GlobalRouter:
         async def stream() -> AsyncGenerator[bytes, None]:
             try:
                 first = started is not None
+                # Only a 2xx's first bytes are a TTFT: a fast 400/404 (prompt too long, model not
+                # served there) would otherwise set the best-TTFT reference and herd traffic to it.
+                evidence = 200 <= response.status < 300
                 async for chunk in upstream:
                     if first and started is not None:  # a stream's first bytes: the TTFT seen there
                         first = False
                         now = self.clock()
-                        st.observe_ttft(now - started, now, token)
+                        if evidence:
+                            st.observe_ttft(now - started, now, token)
+                        else:
+                            st.answered_without_ttft(token)
                     yield chunk
             finally:
                 try:

@@ -78,6 +78,11 @@ class ClusterState:
         self.ttft_s = seconds if self.ttft_s is None else self.ttft_s + alpha * (seconds - self.ttft_s)
         self.ttft_at = now
 
+    def answered_without_ttft(self, token: int) -> None:
+        """The request got an answer that says nothing of the cluster's TTFT (an error reply): no longer
+        waiting, and no evidence either way."""
+        self.waiting.pop(token, None)
+
     def oldest_wait(self, now: float) -> float:
         """Age of the oldest request still waiting for its first byte (0 when none): its TTFT is at least
         this."""
