@@ -126,3 +126,25 @@ async def test_a_victim_on_an_endpoint_outside_the_subset_is_not_stopped() -> No
     result = await asyncio.wait_for(d.admit(critical), WAIT)
     assert result.primary is a.ep
     assert (a.stopped, b.stopped) == (1, 0)
+
+
+def test_a_try_looks_at_the_newest_stoppable_requests_only() -> None:
+    """Bounded work per try (it runs for every blocked critical head on every dispatch pass): past the
+    newest ``PREEMPT_SCAN`` stoppable requests, none is looked at, so a victim only on an endpoint the
+    critical request can use, buried under that many on endpoints it cannot, is not found."""
+    from kvgate.requestcontrol.director import PREEMPT_SCAN
+
+    d = director(max_concurrency=10**6, endpoints=2)
+    buried = Victim(d, "buried", on="10.0.0.1:8000")
+    others = [Victim(d, f"o{i}", on="10.0.0.2:8000") for i in range(PREEMPT_SCAN)]
+    critical = req("critical", priority=10)
+    critical.subset = frozenset({"10.0.0.1:8000"})
+    assert not d._preempt(critical)
+    assert buried.stopped == 0 and all(o.stopped == 0 for o in others)
+    # One fewer above it: now within reach.
+    d2 = director(max_concurrency=10**6, endpoints=2)
+    buried2 = Victim(d2, "buried", on="10.0.0.1:8000")
+    for i in range(PREEMPT_SCAN - 1):
+        Victim(d2, f"o{i}", on="10.0.0.2:8000")
+    assert d2._preempt(critical)
+    assert buried2.stopped == 1

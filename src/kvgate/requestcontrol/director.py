@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from kvgate.datalayer.endpoint import Endpoint
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DECODE_TOKENS = 128  # expected output tokens when a request sets no max_tokens (refined by EWMA)
 POOL_METRICS_EVERY_S = 1.0  # inference_pool_* gauges are refreshed at most this often (clock seconds)
+PREEMPT_SCAN = 256  # preemption looks at most at the newest this many stoppable requests per try
 MAX_TRACKED = 1 << 17  # bound on requests tracked between pick and finish (a front door may forget one)
 
 
@@ -198,14 +200,16 @@ class Director:
             cands = {ep.address for ep in self.candidates(req)}
         except SchedulingError:
             return False
-        for key, victim in reversed(list(self._victims.items())):
+        # The newest PREEMPT_SCAN only: this runs for every blocked critical head on every dispatch pass,
+        # and a victim leaves the map at its first token or finish, so older ones are rarely useful.
+        for key in list(islice(reversed(self._victims), PREEMPT_SCAN)):
             track = self._tracks.get(key)
             if track is None or track.first_token or track.stop is None:
                 del self._victims[key]
                 continue
             if key[1] not in cands:
                 continue
-            del self._victims[key]
+            victim = self._victims.pop(key)
             if not track.stop():
                 track.stop = None
                 continue
