@@ -58,6 +58,7 @@ JSON_BYTES = 1 << 20
 KEEPALIVE_S = 60.0
 # Metadata Envoy sends with the response headers: the pod that actually served.
 _LB, _SERVED = "envoy.lb", "x-gateway-destination-endpoint-served"
+RELAY_CHUNKS = 64  # EPP-rewritten chunks buffered for a slow client (then back-pressure)
 
 
 def _headers(headers: Mapping[str, str]) -> base_pb2.HeaderMap:
@@ -318,6 +319,9 @@ class EppStream:
         assert self._call is not None
         call = self._call
         out: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        # At most RELAY_CHUNKS of the EPP's chunks wait for a slow client: past that the reader stops
+        # reading the EPP, and gRPC flow control holds back the EPP and, through it, the pod's pump.
+        room = asyncio.Semaphore(RELAY_CHUNKS)
 
         async def pump() -> None:
             try:
@@ -340,6 +344,7 @@ class EppStream:
                     if msg.WhichOneof("response") == "response_body":
                         streamed = msg.response_body.response.body_mutation.streamed_response
                         if streamed.body:
+                            await room.acquire()
                             out.put_nowait(streamed.body)
                         if streamed.end_of_stream:
                             out.put_nowait(None)
@@ -358,14 +363,17 @@ class EppStream:
                     break
                 if isinstance(item, BaseException):
                     raise ConnectionResetError(f"stream through the EPP failed: {type(item).__name__}")
+                room.release()
                 yield item
             done = True
         finally:
             if not done or not writer.done():
                 writer.cancel()
                 self.cancel()
-            with contextlib.suppress(BaseException):
-                await writer
+            # Both tasks awaited: a failure they re-raise is retrieved here, not logged as never retrieved.
+            for task in (writer, self._reader):
+                with contextlib.suppress(BaseException):
+                    await task
 
     def cancel(self) -> None:
         """End the stream now (the EPP's session closes and releases the request)."""

@@ -278,6 +278,10 @@ class GlobalGateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.drain_s)
             self.front.close_all()
+            # The cut handlers' cleanup (releasing upstream connections, cancelling EPP streams) runs
+            # before the router closes the session and channels it uses.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 1.0)
         await self.router.close()
 
 
