@@ -285,10 +285,10 @@ class EppStream:
                 yield chunk
             done = True
         finally:
-            if not done:
-                self.cancel()  # the client left or the pod failed: the EPP releases the request
-            elif failed:
-                pass  # (cancelled already)
+            if not done or failed:
+                # The client left or the pod failed (the EPP releases the request), or the EPP's
+                # stream failed mid-response (cancelled already; cancelling again is a no-op).
+                self.cancel()
             elif not live:
                 await self._end(None)  # response_body_mode NONE: the half-close is the end
             elif streaming:
