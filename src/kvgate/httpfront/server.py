@@ -356,17 +356,42 @@ class FrontServer:
             max_connections=connection_cap(limits.max_connections),
         )
 
+    def apply_limits(self, limits: LimitsLike) -> dict[str, tuple[float, float]]:
+        """Change the limits live (a config reload); returns {knob: (old, new)} for those that changed.
+
+        Every knob applies at once, nothing needs a restart: the deadlines at the sweeper's next tick (to
+        connections already waiting too, measured from when they started waiting), the body cap to the
+        next request head, the connection cap to the next accept (connections over a lowered cap stay
+        until they close), the write buffer bound to open connections as well as new ones."""
+        new = {
+            "max_body": limits.max_body_bytes,
+            "keepalive_s": limits.keepalive_s,
+            "header_timeout_s": limits.header_timeout_s,
+            "body_timeout_s": limits.body_timeout_s,
+            "send_timeout_s": limits.send_timeout_s,
+            "write_buffer_bytes": limits.write_buffer_bytes,
+            "max_connections": connection_cap(limits.max_connections),
+        }
+        changed = {k: (getattr(self, k), v) for k, v in new.items() if getattr(self, k) != v}
+        for k, (_, v) in changed.items():
+            setattr(self, k, v)
+        if "write_buffer_bytes" in changed:
+            for conn in self.connections:
+                if conn.transport is not None and not conn.closed:
+                    conn.transport.set_write_buffer_limits(high=self.write_buffer_bytes)
+        return changed
+
     def watch_idle(self) -> None:
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        # Granularity: a quarter of the shortest deadline, at most 1 s (75 s keep-alive: closes at 75-76 s).
-        shortest = min(self.keepalive_s, self.header_timeout_s, self.body_timeout_s, self.send_timeout_s)
-        interval = min(1.0, shortest / 4)
         while self.connections:
-            await asyncio.sleep(interval)
+            # Granularity: a quarter of the shortest deadline, at most 1 s (75 s keep-alive: closes at
+            # 75-76 s); recomputed each tick, as a reload may change the deadlines.
+            shortest = min(self.keepalive_s, self.header_timeout_s, self.body_timeout_s, self.send_timeout_s)
+            await asyncio.sleep(min(1.0, shortest / 4))
             self.sweep(loop.time())
 
     def sweep(self, now: float) -> None:

@@ -17,7 +17,8 @@ clusters:
 ```
 
 ``ClustersFile.maybe_reload(now)`` re-reads the file when its mtime changes (checked at most every
-``check_every_s``); a file that fails to parse keeps the last good list and logs why.
+``check_every_s``); a file that fails to parse keeps the last good list and logs why. Everything in it
+applies live (clusters, ``ttl_s``, ``refresh_s``, ``tls``, ``limits``) except the ``kubernetes`` section.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class ClustersConfig:
     refresh_s: float = 0.5
     tls: TlsOptions = field(default_factory=TlsOptions)
     kubernetes: KubeImports | None = None
-    # The client-facing front's limits (``limits:``, the gateway config's key names); read at start-up.
+    # The client-facing front's limits (``limits:``, the gateway config's key names); hot-reloaded too.
     limits: FrontLimits = field(default_factory=FrontLimits)
 
 

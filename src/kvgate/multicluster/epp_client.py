@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -383,41 +384,140 @@ class EppStream:
             self._reader.cancel()
 
 
-def _credentials(tls: TlsOptions) -> grpc.ChannelCredentials:
+# A TLS channel's files (CA, client pair) are re-read at most this often: a rotated certificate (a
+# Secret's new content) takes effect on the next request after that, without a restart.
+CERT_CHECK_S = 5.0
+# A retired channel (rotated files, a cluster gone from the clusters file) closes when its last stream
+# ends; a stream still open after this long is cut (beyond the EPP's own 600 s idle timeout).
+RETIRE_GRACE_S = 900.0
+
+Material = tuple[bytes | None, bytes | None, bytes | None]  # (CA, key, cert) as read from the files
+
+
+def _material(tls: TlsOptions) -> Material:
     def read(path: str | None) -> bytes | None:
         return Path(path).read_bytes() if path else None
 
-    return grpc.ssl_channel_credentials(
-        root_certificates=read(tls.ca), private_key=read(tls.key), certificate_chain=read(tls.cert)
-    )
+    return read(tls.ca), read(tls.key), read(tls.cert)
+
+
+@dataclass(eq=False, slots=True)
+class _Channel:
+    """One EPP channel, the TLS files it was built from, and its open streams (for a graceful close)."""
+
+    channel: grpc.aio.Channel
+    material: Material | None
+    checked_at: float
+    calls: set[grpc.aio.Call] = field(default_factory=set)
+    retired: bool = False
+    closing: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+
+ChannelKey = tuple[str, TlsOptions | None]
 
 
 class EppClient:
-    """One gRPC channel per EPP address; ``open`` raises ``grpc.aio.AioRpcError`` / ``TimeoutError``."""
+    """One gRPC channel per (EPP address, TLS options); ``open`` raises ``grpc.aio.AioRpcError`` /
+    ``TimeoutError`` (``OSError`` for an unreadable certificate file).
 
-    def __init__(self, *, timeout_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+    Channels follow their inputs: a TLS channel whose files' content changed (checked at most every
+    ``cert_check_s``, and on the next use after ``retain``) is replaced, and ``retain`` (a clusters-file
+    reload) retires the channels of EPPs no longer listed. A retired channel takes no new stream; it
+    closes once its open streams end (they finish normally), at the latest after ``retire_grace_s``."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        cert_check_s: float = CERT_CHECK_S,
+        retire_grace_s: float = RETIRE_GRACE_S,
+    ) -> None:
         self.timeout_s = timeout_s
         self.clock = clock
-        self._channels: dict[tuple[str, TlsOptions | None], grpc.aio.Channel] = {}
+        self.cert_check_s = cert_check_s
+        self.retire_grace_s = retire_grace_s
+        self._channels: dict[ChannelKey, _Channel] = {}
+        self._retired: set[_Channel] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        self.rotations = 0  # channels replaced because their TLS files changed
+        self.closed = 0  # retired channels closed
 
-    def _stub(self, address: str, tls: TlsOptions | None) -> pb_grpc.ExternalProcessorStub:
-        ch = self._channels.get((address, tls))
+    def _channel(self, address: str, tls: TlsOptions | None) -> _Channel:
+        key = (address, tls)
+        ch = self._channels.get(key)
+        now = self.clock()
+        if ch is not None and tls is not None and now - ch.checked_at >= self.cert_check_s:
+            ch.checked_at = now
+            try:
+                material = _material(tls)
+            except OSError as e:  # mid-rotation (a file missing for a moment): keep the working channel
+                log.warning("EPP %s: TLS files not readable, keeping the current channel: %s", address, e)
+            else:
+                if material != ch.material:
+                    log.info("EPP %s: TLS files changed; new streams use them, open ones finish", address)
+                    self.rotations += 1
+                    self._retire(key)
+                    ch = None
         if ch is None:
-            ch = (
-                grpc.aio.secure_channel(address, _credentials(tls), options=RECONNECT)
-                if tls is not None
-                else grpc.aio.insecure_channel(address, options=RECONNECT)
-            )
-            self._channels[(address, tls)] = ch
-        return pb_grpc.ExternalProcessorStub(ch)
+            fresh: Material | None = None
+            if tls is None:
+                channel = grpc.aio.insecure_channel(address, options=RECONNECT)
+            else:
+                fresh = _material(tls)
+                ca, key_pem, cert = fresh
+                creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key_pem,
+                                                     certificate_chain=cert)  # fmt: skip
+                channel = grpc.aio.secure_channel(address, creds, options=RECONNECT)
+            ch = self._channels[key] = _Channel(channel, fresh, now)
+        return ch
+
+    def retain(self, keep: set[ChannelKey]) -> None:
+        """After a clusters-file reload: retire the channels of EPPs not in ``keep``, and re-read the
+        TLS files of the others on their next use (a reload is a moment files are likely rotated)."""
+        for key in [k for k in self._channels if k not in keep]:
+            log.info("EPP %s: no longer in the clusters file; its channel closes after its streams", key[0])
+            self._retire(key)
+        for ch in self._channels.values():
+            ch.checked_at = float("-inf")
+
+    def _retire(self, key: ChannelKey) -> None:
+        ch = self._channels.pop(key)
+        ch.retired = True
+        if not ch.calls:
+            self._close(ch)
+            return
+        self._retired.add(ch)
+        ch.timer = asyncio.get_running_loop().call_later(self.retire_grace_s, self._close, ch)
+
+    def _call_done(self, ch: _Channel, call: grpc.aio.Call) -> None:
+        ch.calls.discard(call)
+        if ch.retired and not ch.calls:
+            self._close(ch)
+
+    def _close(self, ch: _Channel) -> None:
+        if ch.closing:
+            return
+        ch.closing = True
+        self._retired.discard(ch)
+        if ch.timer is not None:
+            ch.timer.cancel()
+        self.closed += 1
+        task = asyncio.get_running_loop().create_task(ch.channel.close())  # cuts what is still open
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def open(self, address: str, path: str, headers: Mapping[str, str], body: bytes, *,
                    tls: TlsOptions | None = None) -> EppStream:  # fmt: skip
         """Ask for a pod; the returned stream stays open for the request's life (``address`` set), or
         is closed already (the EPP refused: ``status``). ``tls``: None = plaintext, else verify the EPP
         against ``tls.ca`` (the system CAs without one) and present ``tls.cert`` / ``tls.key`` (mTLS)."""
+        ch = self._channel(address, tls)
         # No deadline on the call itself: it lives as long as the response. Each step has its own.
-        call = self._stub(address, tls).Process()
+        call = pb_grpc.ExternalProcessorStub(ch.channel).Process()
+        ch.calls.add(call)
+        call.add_done_callback(functools.partial(self._call_done, ch))
         stream = EppStream(call, timeout_s=self.timeout_s, clock=self.clock)
         try:
             await stream._pick(path, headers, body)
@@ -427,7 +527,9 @@ class EppClient:
         return stream
 
     async def close(self) -> None:
-        for ch in self._channels.values():
-            with contextlib.suppress(Exception):
-                await ch.close()
+        for ch in [*self._channels.values(), *self._retired]:
+            self._close(ch)
         self._channels.clear()
+        for task in list(self._closing):
+            with contextlib.suppress(Exception):
+                await task

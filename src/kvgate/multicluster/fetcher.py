@@ -13,6 +13,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -38,7 +39,24 @@ def client_ssl(tls: TlsOptions) -> ssl.SSLContext | None:
     return ctx
 
 
+def _tls_files(tls: TlsOptions | None) -> tuple[bytes | None, ...]:
+    """The content of the TLS files (a rotated certificate keeps its path, not its bytes)."""
+    if tls is None:
+        return ()
+    out: list[bytes | None] = []
+    for path in (tls.ca, tls.cert, tls.key):
+        try:
+            out.append(Path(path).read_bytes() if path else None)
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 class Fetcher:
+    """``apply`` (a clusters-file reload) takes new TLS options and interval; the TLS files are also
+    re-read every ``cert_check_s`` and the HTTPS client rebuilt when their content changed; the health
+    channels of clusters no longer listed are closed on the next round."""
+
     def __init__(
         self,
         states: Callable[[], Sequence[ClusterState]],
@@ -51,16 +69,53 @@ class Fetcher:
         self.states = states
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        self.tls = tls
         self.ssl = client_ssl(tls) if tls is not None else None
+        self._tls_seen = _tls_files(tls)
+        self.cert_check_s = 5.0
+        self._tls_checked = clock()
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.rounds = 0
 
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=self.ssl or True))
+
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=self.ssl or True))
+        self._session = self._new_session()
         await self.refresh()
+
+    def apply(self, tls: TlsOptions | None, interval_s: float) -> None:
+        """New options from a reload; the TLS files are re-read on the next round either way."""
+        self.interval_s = interval_s
+        self.tls = tls
+        self._tls_checked = float("-inf")
+
+    async def _check_tls(self) -> None:
+        now = self.clock()
+        if now - self._tls_checked < self.cert_check_s:
+            return
+        self._tls_checked = now
+        seen = _tls_files(self.tls)
+        if seen == self._tls_seen:
+            return
+        try:
+            ssl_ctx = client_ssl(self.tls) if self.tls is not None else None
+        except (OSError, ssl.SSLError) as e:  # mid-rotation: keep the working client, try again later
+            log.warning("aggregate TLS files not loaded, keeping the current ones: %s", e)
+            return
+        log.info("aggregate TLS files changed: new fetches use them")
+        self._tls_seen, self.ssl = seen, ssl_ctx
+        old, self._session = self._session, self._new_session()
+        if old is not None:
+            await old.close()  # between rounds: no fetch is using it
+
+    async def _close_gone(self) -> None:
+        wanted = {st.spec.health for st in self.states()}
+        for addr in [a for a in self._channels if a not in wanted]:
+            await self._channels.pop(addr).close()
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
@@ -80,6 +135,9 @@ class Fetcher:
             await self.refresh()
 
     async def refresh(self) -> None:
+        if self._session is not None:
+            await self._check_tls()
+        await self._close_gone()
         await asyncio.gather(*(self._one(s) for s in self.states()))
         self.rounds += 1
 

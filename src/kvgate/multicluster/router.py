@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import grpc
 
-from kvgate.multicluster.clusters import ClustersConfig
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, TlsOptions
 from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStream
 from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy
 from kvgate.multicluster.state import ClusterState
@@ -85,14 +85,14 @@ class GlobalRouter:
             else policy
         )
         self.states: dict[str, ClusterState] = {}
-        self.apply(cfg)
         self.max_clusters = max_clusters
         self.connect_timeout_s = connect_timeout_s
+        self.epp = EppClient(timeout_s=connect_timeout_s * 2, clock=clock)
+        self.apply(cfg)
         # TCP keep-alive (idle s, probe interval s, probes): a request waiting on a cluster whose link is cut
         # gets no ACKs and fails in ~idle + interval x probes (11 s), then moves on as not started, instead
         # of hanging to the read timeout. A slow but live cluster ACKs the probes and is left alone.
         self.keepalive: tuple[int, int, int] = (5, 2, 3)
-        self.epp = EppClient(timeout_s=connect_timeout_s * 2, clock=clock)
         self._session: aiohttp.ClientSession | None = None
         self.counts: dict[tuple[str, str], int] = {}  # (cluster, mode) -> started requests
         self.failovers = 0
@@ -110,6 +110,11 @@ class GlobalRouter:
         for attr, value in (("ttl_s", cfg.ttl_s), ("local", cfg.local)):
             if hasattr(self.policy, attr):
                 setattr(self.policy, attr, value)
+        # EPP channels of clusters gone (or whose TLS options changed) close once their streams end.
+        self.epp.retain({(s.epp, self._epp_tls(s)) for s in cfg.clusters if s.epp is not None})
+
+    def _epp_tls(self, spec: ClusterSpec) -> TlsOptions | None:
+        return self.cfg.tls if spec.epp_tls else None  # the clusters file's CA and client pair
 
     def state_list(self) -> list[ClusterState]:
         return list(self.states.values())
@@ -175,7 +180,7 @@ class GlobalRouter:
         started = self.clock() if stream else None
         if spec.epp is not None:
             try:
-                tls = self.cfg.tls if spec.epp_tls else None  # the clusters file's CA and client pair
+                tls = self._epp_tls(spec)
                 pick: EppStream | None = await self.epp.open(spec.epp, path, fwd, body, tls=tls)
             except (grpc.aio.AioRpcError, TimeoutError, OSError) as e:  # (OSError: an unreadable cert file)
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp: {type(e).__name__}"))

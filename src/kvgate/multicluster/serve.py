@@ -40,7 +40,7 @@ from kvgate.httpfront.server import (
     StreamResponse,
     json_error,
 )
-from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
+from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile, ClusterSpec
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.policies import ClusterRequest, prompt_key
 from kvgate.multicluster.router import GlobalRouter, NoRoute
@@ -105,7 +105,9 @@ class GlobalGateway:
         self.router = GlobalRouter(cfg, policy, clock=clock, seed=seed)
         self.clusters_file = clusters_file
         if clusters_file is not None:
-            clusters_file.on_change = self.router.apply
+            clusters_file.on_change = self.reload
+        self.file_cfg = cfg  # the clusters file as last read (the imports replace only its clusters)
+        self._imported: tuple[ClusterSpec, ...] | None = None  # the clusters an InferencePoolImport names
         self.clock = clock
         self.fetcher = (
             Fetcher(self.router.state_list, interval_s=cfg.refresh_s, tls=cfg.tls, clock=clock)
@@ -113,6 +115,7 @@ class GlobalGateway:
             else None
         )
         self.limits = limits or cfg.limits
+        self._fixed_limits = limits is not None  # given by the caller: a reload does not change them
         self.drain_s = drain_s
         self.metrics = _Metrics()
         self.front: FrontServer | None = None
@@ -124,6 +127,26 @@ class GlobalGateway:
         self._imports: Any = None  # kvgate.multicluster.imports.ImportController, with kubernetes:
         self._kube_clients: list[Any] = []
         self.port = 0
+
+    def reload(self, cfg: ClustersConfig) -> None:
+        """A clusters-file reload: the clusters, TTL / refresh / locality, the TLS options (and files) of
+        EPP channels and aggregate fetches, and the front's ``limits``, all live; nothing needs a restart.
+        (Only ``kubernetes:`` itself, the API servers and the import followed, is read at start-up.)"""
+        if cfg.kubernetes != self.file_cfg.kubernetes:
+            log.warning("clusters file: the kubernetes section changed; restart to apply it")
+        self.file_cfg = cfg
+        self._route_to(cfg.clusters if self._imported is None else self._imported)
+        if self.fetcher is not None:
+            self.fetcher.apply(cfg.tls, cfg.refresh_s)
+        if self.front is not None and not self._fixed_limits:
+            self.limits = cfg.limits
+            changed = self.front.apply_limits(cfg.limits)
+            if changed:
+                log.info("clusters file: limits applied: %s",
+                         ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(changed.items())))  # fmt: skip
+
+    def _route_to(self, clusters: tuple[ClusterSpec, ...]) -> None:
+        self.router.apply(dataclasses.replace(self.file_cfg, clusters=clusters))
 
     # --- routes -------------------------------------------------------------------------------
     async def _proxy(self, request: Request) -> Response | StreamResponse:
@@ -236,7 +259,7 @@ class GlobalGateway:
         from kvgate.k8s.client import KubeClient
         from kvgate.multicluster.imports import ImportController, Member
 
-        base = self.router.cfg
+        base = self.file_cfg
         kube = base.kubernetes
         assert kube is not None
         hub = await KubeClient.connect(kube.server, kube.kubeconfig)
@@ -248,7 +271,8 @@ class GlobalGateway:
             members.append(Member(m.name, client, m.rtt_ms, m.priority))
 
         def feed(cfg: ClustersConfig) -> None:
-            self.router.apply(dataclasses.replace(base, clusters=cfg.clusters))
+            self._imported = cfg.clusters
+            self._route_to(cfg.clusters)  # with the clusters file's latest other settings
 
         self._imports = ImportController(hub, members, follow=(kube.namespace, kube.name), on_clusters=feed,
                                          ttl_s=base.ttl_s, refresh_s=base.refresh_s)  # fmt: skip
