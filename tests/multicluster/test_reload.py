@@ -29,7 +29,7 @@ from kvgate.extproc import tls
 from kvgate.extproc.context import AddressIndex, build_epp_director
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import SessionContext
-from kvgate.multicluster.clusters import ClusterSpec, ClustersFile, TlsOptions
+from kvgate.multicluster.clusters import ClustersFile, ClusterSpec, TlsOptions
 from kvgate.multicluster.epp_client import EppClient
 from kvgate.multicluster.export import aggregate_source
 from kvgate.multicluster.fetcher import Fetcher
