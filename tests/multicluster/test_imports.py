@@ -6,14 +6,16 @@ import asyncio
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kvgate.k8s import resources as R
 from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.k8s.client import KubeClient
-from kvgate.multicluster.clusters import ClustersConfig
+from kvgate.multicluster.clusters import ClustersConfig, ParentRef
 from kvgate.multicluster.imports import CONTROLLER_NAME, EXPORT_ANNOTATION, ImportController, Member
 
 
@@ -191,5 +193,90 @@ async def test_member_pools_carry_the_exported_condition(
         await _until(lambda: _exporters(hub_d, "llama") == ["west"])
     finally:
         await ctl.stop()
+        for c in clients:
+            await c.close()
+
+
+# -- the followed import's own parents[], read back with the real kubectl ---------------------------------
+
+_IMPORT_CRD = (
+    Path(__file__).resolve().parents[2]
+    / "deploy/crds/inferencepoolimports.inference.networking.x-k8s.io.yaml"
+)
+
+
+def _import_schema() -> dict[str, Any]:
+    crd = yaml.safe_load(_IMPORT_CRD.read_text())
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+async def _parent_condition(server: str, ctype: str) -> str:
+    """status/reason of a condition in our parent entry of the llama import, as kubectl prints them."""
+    cond = f'.status.controllers[?(@.name=="{CONTROLLER_NAME}")].parents[0].conditions[?(@.type=="{ctype}")]'
+    path = f"{{{cond}.status}}/{{{cond}.reason}}"
+    return await _kubectl(server, "get", "inferencepoolimports.inference.networking.x-k8s.io", "llama",
+                          "-o", f"jsonpath={path}")  # fmt: skip
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+async def test_the_followed_import_carries_its_parent_status(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
+) -> None:
+    import jsonschema
+
+    hub_d, east_d, west_d = doubles
+    # Another import controller manages the same import: its controllers[] entry must survive our writes.
+    other = {"name": "example.net/import-controller", "exportingClusters": [{"name": "far"}],
+             "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}  # fmt: skip
+    hub_d.create({"apiVersion": "inference.networking.x-k8s.io/v1alpha1", "kind": "InferencePoolImport",
+                  "metadata": {"name": "llama", "namespace": "default"}})  # fmt: skip
+    hub_d.patch(
+        R.INFERENCE_POOL_IMPORT, "llama", "default", {"status": {"controllers": [other]}}, status=True
+    )
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    west_d.create(_pool("llama", exported=True))  # exported, but with no address kvgate can use
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    parent = ParentRef("gateways", "global")
+    ctl = ImportController(clients[0], [Member("east", clients[1]), Member("west", clients[2])],
+                           follow=("default", "llama"), parent=parent)  # fmt: skip
+    await ctl.start()
+    try:
+        await _until(lambda: _exporters(hub_d, "llama") == ["east", "west"])
+        assert await _parent_condition(hub_d.url, "Accepted") == "True/Accepted"
+        assert await _parent_condition(hub_d.url, "ResolvedRefs") == "False/InvalidExtensionRef"
+        imp = hub_d.get(R.INFERENCE_POOL_IMPORT, "llama", "default")
+        jsonschema.Draft7Validator(_import_schema()).validate(imp)  # the field names are GIE's
+        ours = next(c for c in imp["status"]["controllers"] if c["name"] == CONTROLLER_NAME)
+        [entry] = ours["parents"]
+        assert entry["parentRef"] == {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                      "namespace": "gateways", "name": "global"}  # fmt: skip
+        assert entry["controllerName"] == CONTROLLER_NAME
+        resolved = next(c for c in entry["conditions"] if c["type"] == "ResolvedRefs")
+        assert "west" in resolved["message"] and "east" not in resolved["message"]
+        assert other in imp["status"]["controllers"]  # the other controller's entry, untouched
+
+        # west's pool gets an address: ResolvedRefs turns True (the exporters did not change).
+        west_d.patch(R.INFERENCE_POOL, "llama", "default",
+                     {"metadata": {"annotations": {"kvgate.io/gateway": "10.2.0.2:8080"}}})  # fmt: skip
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while (got := await _parent_condition(hub_d.url, "ResolvedRefs")) != "True/ResolvedRefs":
+            assert loop.time() < deadline, got
+            await asyncio.sleep(0.1)
+        imp = hub_d.get(R.INFERENCE_POOL_IMPORT, "llama", "default")
+        jsonschema.Draft7Validator(_import_schema()).validate(imp)
+        assert other in imp["status"]["controllers"]
+    finally:
+        await ctl.stop()
+    # Stopped: this gateway no longer routes the import, so its parent entry is gone; the rest stays.
+    try:
+        assert await _parent_condition(hub_d.url, "Accepted") == "/"
+        imp = hub_d.get(R.INFERENCE_POOL_IMPORT, "llama", "default")
+        ours = next(c for c in imp["status"]["controllers"] if c["name"] == CONTROLLER_NAME)
+        assert "parents" not in ours and [c["name"] for c in ours["exportingClusters"]] == ["east", "west"]
+        assert other in imp["status"]["controllers"]
+    finally:
         for c in clients:
             await c.close()

@@ -76,14 +76,32 @@ class KubeMember:
 
 
 @dataclass(frozen=True, slots=True)
+class ParentRef:
+    """A GIE ``ParentReference``: the Gateway a global gateway stands for in the import's ``parents[]``."""
+
+    namespace: str
+    name: str
+    group: str = "gateway.networking.k8s.io"
+    kind: str = "Gateway"
+
+    def as_status(self) -> dict[str, str]:
+        return {"group": self.group, "kind": self.kind, "namespace": self.namespace, "name": self.name}
+
+
+DEFAULT_PARENT = "kvgate-global"  # the parent's name when the clusters file names none
+
+
+@dataclass(frozen=True, slots=True)
 class KubeImports:
-    """Clusters from InferencePoolImport: the hub API server, the import to follow, the member clusters."""
+    """Clusters from InferencePoolImport: the hub API server, the import to follow, the member clusters,
+    and the Gateway this global gateway is written as in the import's ``parents[]``."""
 
     namespace: str
     name: str
     members: tuple[KubeMember, ...]
     server: str | None = None
     kubeconfig: str | None = None
+    parent: ParentRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +210,31 @@ def _kube(doc: Any) -> KubeImports | None:
                 int(m.get("priority", 0)),
             )
         )
-    return KubeImports(ns or "default", name, tuple(out), doc.get("server"), doc.get("kubeconfig"))
+    ns = ns or "default"
+    return KubeImports(
+        ns, name, tuple(out), doc.get("server"), doc.get("kubeconfig"), _parent(doc.get("parent"), ns)
+    )
+
+
+def _parent(doc: Any, default_ns: str) -> ParentRef:
+    """``parent: namespace/name`` (a Gateway) or ``{group, kind, namespace, name}``; default
+    ``<the import's namespace>/kvgate-global``."""
+    if doc is None:
+        return ParentRef(default_ns, DEFAULT_PARENT)
+    if isinstance(doc, str):
+        ns, _, name = doc.rpartition("/")
+        if not name:
+            raise ClustersError("kubernetes.parent", "expected namespace/name of the Gateway")
+        return ParentRef(ns or default_ns, name)
+    if not isinstance(doc, Mapping) or not doc.get("name"):
+        raise ClustersError("kubernetes.parent", "expected namespace/name or a mapping with a name")
+    unknown = set(doc) - {"group", "kind", "namespace", "name"}
+    if unknown:
+        raise ClustersError("kubernetes.parent", f"unknown keys {sorted(unknown)}")
+    base = ParentRef(str(doc.get("namespace") or default_ns), str(doc["name"]))
+    return ParentRef(
+        base.namespace, base.name, str(doc.get("group", base.group)), str(doc.get("kind", base.kind))
+    )
 
 
 def load(path: str | Path) -> ClustersConfig:

@@ -21,6 +21,14 @@ once the hub's import lists that cluster, ``False`` / ``NotSupported`` for an ex
 ``ClusterSet``; the entry is removed when the export annotation is (as the proposal requires). Other
 controllers' parent entries are kept (the list is atomic: read, change ours, write with the
 resourceVersion).
+
+For the import it follows, the controller also writes that import's own ``parents[]`` in its
+``status.controllers[]`` entry (GIE ``ParentStatus``): the global gateway is the parent (``parent``, a
+Gateway reference from the clusters file), with ``Accepted`` (True / ``Accepted``: the gateway routes the
+import) and ``ResolvedRefs`` (True / ``ResolvedRefs`` when every exporting cluster's pool names an address
+kvgate can reach it by, else False / ``InvalidExtensionRef`` naming the clusters that do not). Other
+controllers' ``controllers[]`` entries and other parents' entries in ours are kept (read, change ours,
+write guarded by the resourceVersion); the gateway's parent entry is removed when it stops.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from typing import Any
 from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient, KubeError
 from kvgate.k8s.reflector import Reflector
-from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, ParentRef
 
 log = logging.getLogger("kvgate.multicluster.imports")
 
@@ -45,6 +53,8 @@ EXPORT_ANNOTATION = "inference.networking.x-k8s.io/export"
 EXPORT_VALUE = "ClusterSet"
 CONTROLLER_NAME = "kvgate.io/multicluster-import-controller"
 EXPORTED = "Exported"  # condition type and its True reason (GIE api/v1 InferencePoolConditionExported)
+ACCEPTED, RESOLVED_REFS = "Accepted", "ResolvedRefs"  # GIE ParentStatus conditions (True reason = type)
+INVALID_REF = "InvalidExtensionRef"  # ResolvedRefs False: an exporter kvgate has no address for
 NOT_SUPPORTED = "NotSupported"  # False: an export was asked for in a way this controller does not serve
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kvgate"}
 GATEWAY_ANN, EPP_ANN, AGGREGATE_ANN, HEALTH_ANN = (
@@ -75,9 +85,13 @@ class ImportController:
     on_clusters: Callable[[ClustersConfig], None] | None = None
     ttl_s: float = 3.0
     refresh_s: float = 0.5
+    # The Gateway the follower stands for: the followed import's ``parents[]`` entry (None: not written).
+    parent: ParentRef | None = None
     # (namespace, name) -> {member: exported pool object}
     exported: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     written: dict[Key, tuple[str, ...]] = field(default_factory=dict)  # what the hub's status says
+    # The followed import's parent conditions as last written: (ResolvedRefs status, its message).
+    parent_written: dict[Key, tuple[str, str] | None] = field(default_factory=dict)
     reconciles: int = 0
     # Every member pool seen, exported or not: (member, key) -> object (to add or remove our condition).
     pools: dict[tuple[str, Key], dict[str, Any]] = field(default_factory=dict)
@@ -103,6 +117,11 @@ class ImportController:
                 await self._task
         for r in self._reflectors:
             await r.stop()
+        # This gateway no longer routes the import: its parent entry goes (best effort, bounded).
+        key = self.follow
+        if key is not None and self.parent is not None and self.parent_written.get(key) is not None:
+            with contextlib.suppress(KubeError, OSError, TimeoutError):
+                await asyncio.wait_for(self._write(key, self.written.get(key, ()), None), 5.0)
 
     def _on_pool(self, member: str, etype: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata", {})
@@ -137,12 +156,15 @@ class ImportController:
         self.reconciles += 1
         for key, by_member in list(self.exported.items()):
             clusters = tuple(sorted(by_member))
-            if self.written.get(key) != clusters:
-                await self._write(key, clusters)
+            parent = self._parent_state(key)
+            if self.written.get(key) != clusters or self.parent_written.get(key) != parent:
+                await self._write(key, clusters, parent)
                 self.written[key] = clusters
+                self.parent_written[key] = parent
         for key in [k for k in self.written if k not in self.exported]:
             await self._delete(key)
             del self.written[key]
+            self.parent_written.pop(key, None)
         self._feed()
         await self._mark_members()
 
@@ -223,7 +245,17 @@ class ImportController:
         )
         log.info("InferencePool %s/%s: Exported condition %s", ns, name, wanted[:2] if wanted else "removed")
 
-    async def _write(self, key: Key, clusters: tuple[str, ...]) -> None:
+    def _parent_state(self, key: Key) -> tuple[str, str] | None:
+        """(ResolvedRefs status, message) of the followed import's parent entry; None for other imports."""
+        if key != self.follow or self.parent is None:
+            return None
+        missing = [c for c, pool in sorted(self.exported.get(key, {}).items()) if not _addressed(pool)]
+        if missing:
+            return ("False", f"no {GATEWAY_ANN} or {EPP_ANN} annotation on the pool exported by "
+                             + ", ".join(missing))  # fmt: skip
+        return ("True", "every exporting cluster's gateway or EPP address is known")
+
+    async def _write(self, key: Key, clusters: tuple[str, ...], parent: tuple[str, str] | None) -> None:
         ns, name = key
         rt = R.INFERENCE_POOL_IMPORT
         body = {
@@ -232,36 +264,60 @@ class ImportController:
             "metadata": {"name": name, "namespace": ns, "labels": dict(MANAGED_BY)},
         }
         try:
-            await self.hub.request("POST", rt.collection_path(ns), body=body)
+            obj = await self.hub.request("POST", rt.collection_path(ns), body=body)
         except KubeError as e:
             if e.status != 409:  # already there (created earlier, or by a previous run)
                 raise
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        status = {
-            "controllers": [
-                {
-                    "name": CONTROLLER_NAME,
-                    "exportingClusters": [{"name": c} for c in clusters],
-                    "parents": [],
-                    "conditions": [
-                        {
-                            "type": "Accepted",
-                            "status": "True",
-                            "reason": "Accepted",
-                            "message": f"exported by {len(clusters)} cluster(s)",
-                            "lastTransitionTime": now,
-                        }
-                    ],
-                }
-            ]
-        }
+            obj = await self.hub.request("GET", rt.item_path(ns, name))
+        meta = obj.get("metadata", {})
+        controllers = [c for c in (obj.get("status") or {}).get("controllers") or () if isinstance(c, dict)]
+        mine = next((c for c in controllers if c.get("name") == CONTROLLER_NAME), {})
+        entry: dict[str, Any] = {
+            "name": CONTROLLER_NAME,
+            "exportingClusters": [{"name": c} for c in clusters],
+            "conditions": [
+                _condition(ACCEPTED, "True", ACCEPTED, f"exported by {len(clusters)} cluster(s)",
+                           _find(mine.get("conditions"), ACCEPTED), meta.get("generation")),
+            ],
+        }  # fmt: skip
+        parents = self._parents(mine.get("parents"), parent, meta.get("generation"))
+        if parents:
+            entry["parents"] = parents
+        controllers = [entry if c is mine else c for c in controllers] if mine else [*controllers, entry]
+        # status.controllers is replaced whole by a merge patch: other controllers' entries are carried
+        # over, and the resourceVersion read guards against a write in between (409: retried).
         await self.hub.request(
             "PATCH",
             rt.item_path(ns, name) + "/status",
-            body={"status": status},
+            body={"metadata": {"resourceVersion": meta.get("resourceVersion")},
+                  "status": {"controllers": controllers}},
             content_type="application/merge-patch+json",
-        )
-        log.info("InferencePoolImport %s/%s: exported by %s", ns, name, ", ".join(clusters))
+        )  # fmt: skip
+        log.info("InferencePoolImport %s/%s: exported by %s%s", ns, name, ", ".join(clusters),
+                 "" if parent is None else f"; parent ResolvedRefs {parent[0]}")  # fmt: skip
+
+    def _parents(
+        self, have: Any, parent: tuple[str, str] | None, generation: int | None
+    ) -> list[dict[str, Any]]:
+        """Our controller entry's parents: other gateways' entries kept, this gateway's set or removed."""
+        ref = None if self.parent is None else self.parent.as_status()
+        out = [p for p in have or () if isinstance(p, dict) and p.get("parentRef") != ref]
+        if parent is None or ref is None:
+            return out
+        old = next((p for p in have or () if isinstance(p, dict) and p.get("parentRef") == ref), {})
+        resolved, message = parent
+        conds = old.get("conditions")
+        out.append({
+            "parentRef": ref,
+            "controllerName": CONTROLLER_NAME,
+            "conditions": [
+                _condition(ACCEPTED, "True", ACCEPTED, "routed by the kvgate global gateway",
+                           _find(conds, ACCEPTED), generation),
+                _condition(RESOLVED_REFS, resolved, RESOLVED_REFS if resolved == "True" else INVALID_REF,
+                           message, _find(conds, RESOLVED_REFS), generation),
+            ],
+        })  # fmt: skip
+        return out
 
     async def _delete(self, key: Key) -> None:
         ns, name = key
@@ -275,7 +331,7 @@ class ImportController:
         for cluster, pool in sorted(self.exported.get(key, {}).items()):
             ann = pool.get("metadata", {}).get("annotations") or {}
             m = members[cluster]
-            if not ann.get(GATEWAY_ANN) and not ann.get(EPP_ANN):
+            if not _addressed(pool):
                 continue  # exported, but kvgate has no address to reach it by
             out.append(
                 ClusterSpec(
@@ -298,3 +354,26 @@ class ImportController:
             return  # an empty list keeps the last one: a gateway with no clusters can only answer 503
         self._last_clusters = clusters
         self.on_clusters(ClustersConfig(clusters=clusters, ttl_s=self.ttl_s, refresh_s=self.refresh_s))
+
+
+def _addressed(pool: Mapping[str, Any]) -> bool:
+    ann = pool.get("metadata", {}).get("annotations") or {}
+    return bool(ann.get(GATEWAY_ANN) or ann.get(EPP_ANN))
+
+
+def _find(conditions: Any, ctype: str) -> Mapping[str, Any] | None:
+    return next((c for c in conditions or () if isinstance(c, dict) and c.get("type") == ctype), None)
+
+
+def _condition(
+    ctype: str, status: str, reason: str, message: str, have: Mapping[str, Any] | None, generation: int | None
+) -> dict[str, Any]:
+    """A metav1.Condition; its lastTransitionTime kept while the status does not change."""
+    kept = have.get("lastTransitionTime") if have is not None and have.get("status") == status else None
+    cond: dict[str, Any] = {
+        "type": ctype, "status": status, "reason": reason, "message": message,
+        "lastTransitionTime": kept or dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }  # fmt: skip
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond

@@ -275,7 +275,8 @@ class GlobalGateway:
             self._route_to(cfg.clusters)  # with the clusters file's latest other settings
 
         self._imports = ImportController(hub, members, follow=(kube.namespace, kube.name), on_clusters=feed,
-                                         ttl_s=base.ttl_s, refresh_s=base.refresh_s)  # fmt: skip
+                                         ttl_s=base.ttl_s, refresh_s=base.refresh_s,
+                                         parent=kube.parent)  # fmt: skip
         await self._imports.start()
 
     async def _reload_loop(self) -> None:
