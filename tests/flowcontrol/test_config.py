@@ -58,6 +58,9 @@ def test_gate_on_builds_the_controller_with_bands() -> None:
         ({"defaultRequestTTL": "soon"}, "flowControl.defaultRequestTTL"),
         ({"defaultRequestTTL": 0}, "flowControl.defaultRequestTTL"),
         ({"maxRequets": 1}, "flowControl.maxRequets"),
+        ({"fairShareHeadroom": 1.0}, "flowControl.fairShareHeadroom"),
+        ({"fairShareHeadroom": -0.1}, "flowControl.fairShareHeadroom"),
+        ({"fairShareHeadroom": "half"}, "flowControl.fairShareHeadroom"),
         ({"priorityBands": {"priority": 1}}, "flowControl.priorityBands"),
         ({"priorityBands": [{"maxRequests": 1}]}, "flowControl.priorityBands[0].priority"),
         (

@@ -26,6 +26,9 @@ Arms (the same kvgate scheduling profile each time; only admission differs):
 - ``kvgate-preempt`` (only with ``--arms``): ``kvgate`` plus ``flowControl.preemption``: a queued request
   that is not sheddable stops the newest batch request that has no first token yet (the simulated
   server aborts it; it counts as shed, 429).
+- ``kvgate-reserve`` (only with ``--arms``): ``kvgate`` plus ``flowControl.fairShareHeadroom``
+  (``--headroom``): a flow over its fair share of in-flight requests dispatches only while the gate's
+  saturation is below ``1 - headroom``, and the flows under their share are chosen first.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ _SCHED = {
 }
 
 
-def arm_config(arm: str, ttl: float, max_pending: int = 2) -> dict[str, Any]:
+def arm_config(arm: str, ttl: float, max_pending: int = 2, headroom: float = 0.25) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
         return doc
@@ -84,6 +87,8 @@ def arm_config(arm: str, ttl: float, max_pending: int = 2) -> dict[str, Any]:
                           "defaultRequestTTL": ttl}  # fmt: skip
     if arm == "kvgate-preempt":  # + preemption of sheddable work (not in the default arms)
         doc["flowControl"]["preemption"] = True
+    if arm == "kvgate-reserve":  # + a fair-share reservation (not in the default arms)
+        doc["flowControl"]["fairShareHeadroom"] = headroom
     params = {**DETECTOR_KVGATE["parameters"], "maxPendingRequests": max_pending}
     doc["saturationDetector"] = {**DETECTOR_KVGATE, "parameters": params}
     return doc
@@ -162,6 +167,7 @@ class FlowSim:
         ttl: float,
         max_num_seqs: int = 128,
         max_pending: int = 2,
+        headroom: float = 0.25,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -172,7 +178,7 @@ class FlowSim:
         self.clock = VirtualClock()
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
         self.director = build_director(
-            arm_config(arm, ttl, max_pending), EndpointStore(self.endpoints), clock=self.clock.time,
+            arm_config(arm, ttl, max_pending, headroom), EndpointStore(self.endpoints), clock=self.clock.time,
             seed=seed, flow_metrics=False,
         )  # fmt: skip
         self.replicas = [
@@ -437,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default="none,reference,kvgate")
     p.add_argument("--max-pending", type=int, default=2,
                    help="kvgate arm: the detector's maxPendingRequests")  # fmt: skip
+    p.add_argument("--headroom", type=float, default=0.25,
+                   help="kvgate-reserve arm: flowControl.fairShareHeadroom")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     p.add_argument("--live", action="store_true", help="real kvgate serve + simulated fleet over HTTP")
@@ -459,9 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("calm", "even", "flood"):
         arrivals = Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
         for arm in args.arms.split(","):
-            sim = FlowSim(
-                arm, args.replicas, args.profile, args.seed, args.ttl, args.max_num_seqs, args.max_pending
-            )
+            sim = FlowSim(arm, args.replicas, args.profile, args.seed, args.ttl, args.max_num_seqs,
+                          args.max_pending, args.headroom)  # fmt: skip
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
     for arm in args.arms.split(","):

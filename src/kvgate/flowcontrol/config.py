@@ -12,6 +12,8 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
       defaultTTFTSLO: 2s          # slo-deadline ordering for requests without an x-slo-ttft-ms header
       preemption: false           # evict the newest sheddable request without a first token
       holdPredictedMisses: false  # hold a sheddable request predicted to miss its SLO (not 429)
+      fairShareHeadroom: 0        # kvgate: a flow over its fair share of in-flight requests dispatches
+                                  # only while the pool's saturation stays below 1 - this (0 = off)
       priorityBands:              # per-band overrides; a priority not listed gets the defaults
       - priority: 0
         maxRequests: 1000
@@ -49,7 +51,8 @@ ORDERING_POLICIES = {
     "slo-deadline-ordering-policy": "slo-deadline",
 }
 _GLOBAL_KEYS = ("maxRequests", "maxBytes", "defaultRequestTTL", "fairnessPolicy", "orderingPolicy",
-                "defaultTTFTSLO", "preemption", "holdPredictedMisses", "priorityBands")  # fmt: skip
+                "defaultTTFTSLO", "preemption", "holdPredictedMisses", "fairShareHeadroom",
+                "priorityBands")  # fmt: skip
 
 
 @dataclass(slots=True, frozen=True)
@@ -71,6 +74,9 @@ class FlowControlConfig:
     default_ttft_slo: float = 2.0
     preemption: bool = False
     hold_predicted_misses: bool = False
+    # kvgate (the reference has no such key): the share of the dispatch gate's capacity kept free for
+    # flows at or under their fair share of in-flight requests; 0 = off.
+    fair_share_headroom: float = 0.0
     bands: dict[int, BandConfig] = field(default_factory=dict)
 
     def band(self, priority: int) -> BandConfig:
@@ -99,7 +105,13 @@ def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl")
         default_ttft_slo=p.get_duration("defaultTTFTSLO", 2.0),
         preemption=p.get_bool("preemption", False),
         hold_predicted_misses=p.get_bool("holdPredictedMisses", False),
+        fair_share_headroom=p.get_float("fairShareHeadroom", 0.0, min=0.0),
     )
+    if cfg.fair_share_headroom >= 1.0:
+        raise ConfigError(
+            f"{path}.fairShareHeadroom: must be < 1 (a share of the saturation gate), "
+            f"got {p.raw['fairShareHeadroom']!r}"
+        )
     if cfg.ttl <= 0:
         raise ConfigError(f"{path}.defaultRequestTTL: must be > 0, got {p.raw['defaultRequestTTL']!r}")
     bands = p._get("priorityBands")

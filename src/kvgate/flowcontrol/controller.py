@@ -15,12 +15,15 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
 - ``hold`` puts back a request taken for dispatch whose pick said "not now" (a sheddable request
   predicted to miss its SLO): it stays queued (limits, TTL, cancel) but out of its band's selection
   until ``until``, so it does not block the requests behind it.
+- in-flight requests per flow (``started`` / ``ended``, told by the Director from dispatch to finish,
+  whether or not the request waited): ``over_share`` says whether a flow holds more than its fair
+  share of them (``flowControl.fairShareHeadroom``).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +84,8 @@ class FlowController:
         self._seq = 0
         self.count = 0
         self.bytes = 0
+        self.inflight: dict[str, int] = {}  # flow -> requests dispatched and not finished (> 0 only)
+        self.inflight_total = 0
 
     def __len__(self) -> int:
         return self.count
@@ -137,9 +142,11 @@ class FlowController:
         return None
 
     def heads(self) -> Iterator[QueuedRequest]:
-        """Each non-empty band's choice, highest band first."""
+        """Each non-empty band's choice, highest band first. With ``fairShareHeadroom``, a band's
+        flows at or under their fair share of in-flight requests are chosen from first."""
+        under = self._under_share() if self.cfg.fair_share_headroom else None
         for prio in self._order:
-            item = self.bands[prio].select()
+            item = self.bands[prio].select(under)
             if item is not None:
                 yield item
 
@@ -236,6 +243,42 @@ class FlowController:
             if self._remove(item, EVICTED_TTL, now):
                 out.append(item)
         return out
+
+    # -- in-flight requests per flow (fairShareHeadroom) -----------------------------------------
+
+    def started(self, flow: str) -> None:
+        self.inflight[flow] = self.inflight.get(flow, 0) + 1
+        self.inflight_total += 1
+
+    def ended(self, flow: str) -> None:
+        n = self.inflight.get(flow, 0)
+        if n <= 0:
+            return
+        if n == 1:
+            del self.inflight[flow]
+        else:
+            self.inflight[flow] = n - 1
+        self.inflight_total -= 1
+
+    def _active_flows(self, flow: str | None = None) -> int:
+        """Flows with a request in flight or queued, in any band (and ``flow``). O(flows)."""
+        active = set(self.inflight)
+        for band in self.bands.values():
+            active.update(band.flows)
+        if flow is not None:
+            active.add(flow)
+        return len(active)
+
+    def over_share(self, flow: str) -> bool:
+        """Does ``flow`` hold more in-flight requests than the mean over the active flows? One flow
+        alone never does."""
+        mine = self.inflight.get(flow, 0)
+        return bool(mine) and mine * self._active_flows(flow) > self.inflight_total
+
+    def _under_share(self) -> Callable[[str], bool]:
+        """``over_share``'s complement for every flow, the active count taken once."""
+        n, total, inflight = self._active_flows(), self.inflight_total, self.inflight
+        return lambda flow: inflight.get(flow, 0) * n <= total
 
     def next_deadline(self) -> float | None:
         exp = self._expiry

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
@@ -110,12 +111,21 @@ class Band:
             if q.live <= 0:
                 del self.flows[item.flow]
 
-    def select(self) -> Any | None:
-        """The item the fairness policy dispatches next (not removed)."""
+    def select(self, first: Callable[[str], bool] | None = None) -> Any | None:
+        """The item the fairness policy dispatches next (not removed). With ``first``, the policy
+        chooses among the flows ``first`` accepts when any of them has a request queued, else among
+        all (``flowControl.fairShareHeadroom``: flows under their fair share go first)."""
         if not self.flows:
             return None
+        if first is not None:
+            chosen = self._select([(f, q) for f, q in self.flows.items() if first(f)])
+            if chosen is not None:
+                return chosen
+        return self._select(list(self.flows.items()))
+
+    def _select(self, flows: list[tuple[str, FlowQueue]]) -> Any | None:
         if self.fairness == "round-robin":
-            for q in self.flows.values():  # front of the OrderedDict = the flow whose turn it is
+            for _f, q in flows:  # in the OrderedDict's order: the front is the flow whose turn it is
                 h = q.head()
                 if h is not None:
                     return h
@@ -123,12 +133,12 @@ class Band:
         if self.fairness == "least-attained-service":
             # Ties (a flow that just (re)appeared is lifted to the active minimum) go to the flow
             # served least recently: the newcomer, not the backlogged flow that set the minimum.
-            best_q = min((q for q in self.flows.values() if q.head() is not None),
+            best_q = min((q for _f, q in flows if q.head() is not None),
                          key=lambda q: (q.service, q.served_at), default=None)  # fmt: skip
             return best_q.head() if best_q is not None else None
         best: tuple[float, int] | None = None
         best_q = None
-        for q in self.flows.values():
+        for _f, q in flows:
             k = q.head_key()
             if k is not None and (best is None or k < best):
                 best, best_q = k, q

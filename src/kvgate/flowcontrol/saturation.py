@@ -25,6 +25,11 @@ class SaturationDetector(Plugin):
     def saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
         return self.saturation(endpoints, now) >= 1.0
 
+    def saturated_reserving(self, endpoints: Sequence[Endpoint], now: float, headroom: float) -> bool:
+        """The gate for a flow over its fair share (``flowControl.fairShareHeadroom``): saturated
+        already at ``1 - headroom``, so the rest stays free for the flows under their share."""
+        return self.saturation(endpoints, now) >= 1.0 - headroom
+
 
 @register("utilization-detector")
 class UtilizationDetector(SaturationDetector):
@@ -99,10 +104,22 @@ class ConcurrencyDetector(SaturationDetector):
         params.finish()
         return d
 
-    def endpoint_saturation(self, ep: Endpoint, now: float) -> float:
+    def endpoint_saturation(self, ep: Endpoint, now: float, pending_scale: float = 1.0) -> float:
         inf = ep.inflight
         tokens = inf.pending_prefill_tokens + inf.pending_decode_tokens
         s = max(inf.requests / self.max_requests, tokens / self.max_tokens)
         if self.max_pending:
-            s = max(s, (inf.requests - inf.decoding) / self.max_pending)
+            s = max(s, (inf.requests - inf.decoding) / (self.max_pending * pending_scale))
         return s
+
+    def saturated_reserving(self, endpoints: Sequence[Endpoint], now: float, headroom: float) -> bool:
+        """With ``maxPendingRequests``, the headroom is taken from the pending bound only: the flows
+        under their fair share get the last ``headroom`` of the slots where a server starts a request
+        at its next step, while the running-batch and token bounds stay whole for everyone (reserving
+        running slots would leave part of every batch idle)."""
+        if not self.max_pending:
+            return super().saturated_reserving(endpoints, now, headroom)
+        if not endpoints:
+            return True
+        scale = 1.0 - headroom
+        return sum(self.endpoint_saturation(ep, now, scale) for ep in endpoints) / len(endpoints) >= 1.0

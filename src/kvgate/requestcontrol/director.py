@@ -75,6 +75,7 @@ class _Track:
     first_at: float = 0.0  # clock time of the first token
     stop: Callable[[], bool] | None = None  # the door's way to stop it (preemption); True = stopped
     batch_at_first: float = 0.0  # sequences decoding on the endpoint then (speed learning)
+    flow: str | None = None  # its fairness flow, counted in flow control's in-flight per flow
 
 
 class Director:
@@ -162,6 +163,11 @@ class Director:
             cands = self.candidates(req)
         except SchedulingError:
             return False  # let the pick fail with its own error
+        headroom = self.flow.ctl.cfg.fair_share_headroom if self.flow is not None else 0.0
+        if headroom and self.flow is not None and self.flow.ctl.over_share(flow_of(req)):
+            # flowControl.fairShareHeadroom: the last part of the capacity is kept for flows at or
+            # under their fair share, so one of theirs leaves at once instead of waiting for a slot.
+            return self.detector.saturated_reserving(cands, self.clock(), headroom)
         return self.detector.saturated(cands, self.clock())
 
     def _pick_late(self, req: InferenceRequest, explain: bool) -> PickResult:
@@ -215,6 +221,7 @@ class Director:
                 continue
             # Released now: the door's own on_finished for it finds no track and does nothing.
             del self._tracks[key]
+            self._flow_ended(track)
             self._picked.pop(key[0], None)
             ep = self.store.get(key[1])
             if ep is not None:
@@ -303,6 +310,10 @@ class Director:
             ep = self.store.get(addr)
             if ep is not None:
                 self._release(ep, old)
+            self._flow_ended(old)
+        if self.flow is not None:
+            track.flow = flow_of(req)
+            self.flow.ctl.started(track.flow)
         inf = endpoint.inflight
         inf.requests += 1
         inf.pending_prefill_tokens += track.prefill
@@ -335,6 +346,7 @@ class Director:
         if track.stop is not None:
             self._victims.pop((req.request_id, endpoint.address), None)
         self._release(endpoint, track)
+        self._flow_ended(track)
         if self.flow is not None:
             self.flow.notify()
         if self._observers:
@@ -360,6 +372,10 @@ class Director:
         if met.updated_at is not None and now - met.updated_at <= self.handle.staleness:
             n = max(n, met.running_requests)
         return float(n)
+
+    def _flow_ended(self, track: _Track) -> None:
+        if track.flow is not None and self.flow is not None:
+            self.flow.ctl.ended(track.flow)
 
     @staticmethod
     def _release(endpoint: Endpoint, track: _Track) -> None:

@@ -1,0 +1,165 @@
+"""``flowControl.fairShareHeadroom``: in-flight requests per flow, the under-share-first choice inside a
+band, and the stricter gate for a flow over its fair share (the pending bound only, with
+``maxPendingRequests``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kvgate.config.director import build_director
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.store import EndpointStore
+from kvgate.flowcontrol.config import FlowControlConfig
+from kvgate.flowcontrol.controller import FlowController
+from kvgate.flowcontrol.saturation import ConcurrencyDetector, UtilizationDetector
+from kvgate.requestcontrol.director import Director
+from kvgate.scheduling.framework import PluginHandle
+from kvgate.scheduling.types import InferenceRequest, Usage
+
+
+def req(rid: str, flow: str, priority: int = 0) -> InferenceRequest:
+    return InferenceRequest(rid, "m", prompt_tokens=10, max_tokens=4, priority=priority, fairness_id=flow)
+
+
+def director(headroom: float, max_pending: int = 2, fairness: str = "least-attained-service") -> Director:
+    cfg: dict[str, Any] = {
+        "featureGates": ["flowControl"],
+        "flowControl": {"fairShareHeadroom": headroom, "fairnessPolicy": fairness},
+        "saturationDetector": {
+            "type": "concurrency-detector",
+            "parameters": {"maxConcurrency": 100, "maxPendingRequests": max_pending},
+        },
+        "plugins": [{"type": "queue-scorer"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}],
+    }
+    return build_director(cfg, EndpointStore.from_addresses(["10.0.0.1:8000"]), flow_metrics=False)
+
+
+def send(d: Director, r: InferenceRequest) -> Endpoint:
+    ep = d.pick(r).primary
+    d.on_dispatched(r, ep)
+    return ep
+
+
+def test_in_flight_per_flow_and_the_fair_share() -> None:
+    ctl = FlowController(FlowControlConfig())
+    for _ in range(3):
+        ctl.started("a")
+    assert not ctl.over_share("a")  # one flow alone never is over its share
+    ctl.started("b")
+    assert ctl.over_share("a") and not ctl.over_share("b")  # 3 vs a mean of 2
+    assert not ctl.over_share("c")  # nothing in flight
+    ctl.enqueue(req("q1", "c"), 0.0)  # a queued flow is active too: a mean of 4/3
+    assert ctl.over_share("a") and not ctl.over_share("b")
+    ctl.ended("a")
+    ctl.ended("a")
+    assert (ctl.inflight, ctl.inflight_total) == ({"a": 1, "b": 1}, 2)
+    ctl.ended("zzz")  # unknown: ignored, the total stays right
+    ctl.ended("a")
+    assert (ctl.inflight, ctl.inflight_total) == ({"b": 1}, 1)
+
+
+@pytest.mark.parametrize("fairness", ["least-attained-service", "round-robin", "global-strict"])
+def test_flows_under_their_share_are_chosen_first_only_with_a_headroom(fairness: str) -> None:
+    for headroom, first in ((0.0, "a"), (0.25, "b")):
+        ctl = FlowController(FlowControlConfig(fairness=fairness, fair_share_headroom=headroom))
+        ctl.started("a")
+        ctl.started("a")
+        ctl.enqueue(req("a1", "a"), 0.0)  # older, and its flow's turn (round robin)
+        ctl.enqueue(req("b1", "b"), 1.0)
+        head = next(ctl.heads())
+        assert head.flow == first, (fairness, headroom)
+    # With only the over-share flow queued, it is still its band's choice (it waits on the gate).
+    ctl = FlowController(FlowControlConfig(fairness=fairness, fair_share_headroom=0.25))
+    ctl.started("a")
+    ctl.started("b")
+    ctl.started("a")
+    ctl.enqueue(req("a1", "a"), 0.0)
+    assert next(ctl.heads()).flow == "a"
+
+
+def test_concurrency_detector_reserves_from_the_pending_bound_only() -> None:
+    d = ConcurrencyDetector("c", PluginHandle(), max_requests=4, max_pending=2)
+    ep = Endpoint("a:1")
+    ep.inflight.requests = 1  # one request sent, no first token yet
+    assert not d.saturated([ep], 0.0)
+    assert d.saturated_reserving([ep], 0.0, 0.5)  # the last pending slot is kept
+    assert not d.saturated_reserving([ep], 0.0, 0.25)  # 1 of 1.5
+    ep.inflight.requests, ep.inflight.decoding = 3, 3  # running slots are not reserved
+    assert not d.saturated_reserving([ep], 0.0, 0.5)
+    ep.inflight.requests = 4
+    assert d.saturated([ep], 0.0) and d.saturated_reserving([ep], 0.0, 0.5)
+    # Without a pending bound, the headroom comes off the whole saturation.
+    d2 = ConcurrencyDetector("c2", PluginHandle(), max_requests=4)
+    ep.inflight.requests, ep.inflight.decoding = 3, 3
+    assert not d2.saturated([ep], 0.0)
+    assert d2.saturated_reserving([ep], 0.0, 0.25) and not d2.saturated_reserving([ep], 0.0, 0.2)
+
+
+def test_utilization_detector_reserves_from_the_whole_saturation() -> None:
+    from kvgate.datalayer.endpoint import EndpointMetrics
+
+    u = UtilizationDetector("u", PluginHandle())
+    ep = Endpoint("a:1", metrics=EndpointMetrics(waiting_queue_size=4, kv_cache_usage=0.1, updated_at=0.0))
+    assert not u.saturated([ep], 0.0)
+    assert u.saturated_reserving([ep], 0.0, 0.2) and not u.saturated_reserving([ep], 0.0, 0.1)
+
+
+def test_the_director_gates_a_flow_over_its_share_earlier() -> None:
+    d = director(headroom=0.5)
+    a1 = req("a1", "a")
+    send(d, a1)
+    ctl = d.flow.ctl  # type: ignore[union-attr]
+    assert ctl.inflight == {"a": 1}
+    assert not d.saturated(req("a2", "a"))  # alone: no share to exceed, 1 of 2 pending slots
+    ctl.enqueue(req("b1", "b"), 0.0)  # flow b waits: a now holds more than its share
+    assert d.saturated(req("a2", "a"))  # the last pending slot is b's
+    assert not d.saturated(req("b2", "b"))
+    # Once b has as many in flight as a, both are at their share: the whole bound again.
+    b0 = req("b0", "b")
+    ep = send(d, b0)
+    assert ctl.inflight == {"a": 1, "b": 1}
+    assert d.saturated(req("a3", "a"))  # 2 of 2 pending: saturated for everyone
+    d.on_first_token(a1, ep)
+    assert not d.saturated(req("a3", "a"))
+    d.on_finished(a1, ep, Usage(10, 4, 0), True)
+    d.on_finished(b0, ep, Usage(10, 4, 0), True)
+    assert (ctl.inflight, ctl.inflight_total) == ({}, 0)
+
+
+def test_without_a_headroom_the_gate_is_unchanged() -> None:
+    d = director(headroom=0.0)
+    send(d, req("a1", "a"))
+    d.flow.ctl.enqueue(req("b1", "b"), 0.0)  # type: ignore[union-attr]
+    assert not d.saturated(req("a2", "a"))
+    assert d.flow.ctl.inflight == {"a": 1}  # type: ignore[union-attr]  (counted all the same)
+
+
+async def test_through_the_dispatcher_the_last_slot_waits_for_a_flow_under_its_share() -> None:
+    import asyncio
+
+    d = director(headroom=0.5)
+    a0 = req("a0", "a")
+    ep = send(d, a0)  # first of the endpoint's two pending slots
+    flood = [asyncio.create_task(d.admit(req(f"a{i}", "a"))) for i in range(1, 4)]
+    await asyncio.sleep(0.05)
+    # a1 took the second slot (a alone is at its share); a2, a3 wait.
+    assert [t.done() for t in flood] == [True, False, False]
+    quiet = asyncio.create_task(d.admit(req("b1", "b")))
+    await asyncio.sleep(0.05)
+    assert not quiet.done()  # no slot free
+    d.on_first_token(a0, ep)  # a slot frees: b (under its share) goes before a's backlog
+    await asyncio.wait_for(quiet, 5.0)
+    assert [t.done() for t in flood] == [True, False, False]
+    d.on_first_token(req("a1", "a"), ep)  # 1 pending (b1), 1 slot free
+    await asyncio.sleep(0.05)
+    # a holds 2 in flight against b's 1: the last pending slot stays free for b (or another flow).
+    assert [t.done() for t in flood] == [True, False, False]
+    d.on_finished(a0, ep, Usage(10, 4, 0), True)  # 1 each in flight: a is at its share again
+    await asyncio.wait_for(flood[1], 5.0)
+    assert not flood[2].done()  # the two pending slots are full again (b1, a2)
+    for t in flood:
+        t.cancel()
+    await asyncio.gather(*flood, return_exceptions=True)
