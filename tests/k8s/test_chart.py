@@ -168,3 +168,165 @@ async def test_the_charts_pool_is_what_discovery_reads(double, kubectl, kube) ->
         assert disc.pool.endpoint_picker["name"] == "llama-epp" and disc.pool.failure_mode == "FailClose"
     finally:
         await disc.stop()
+
+
+# -- multi-cluster: the hub (global gateway + InferencePoolImport controller) and member access -------------
+
+HUB = {
+    "enabled": True, "import": "default/llama", "membersSecretName": "hub-members",
+    "members": [{"name": "east", "rtt_ms": 5}, {"name": "west", "rtt_ms": 40, "priority": 1}],
+    "settings": {"ttl_s": 3.0, "local": "east", "limits": {"maxBodyBytes": 1048576}},
+}  # fmt: skip
+
+
+def _named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [doc] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+@pytest.mark.parametrize("with_epp", [True, False], ids=["with-epp", "hub-only"])
+def test_hub_values_render_a_valid_global_gateway(with_epp: bool) -> None:
+    from kvgate.gateway.cli import _parser as serve_parser
+    from kvgate.multicluster.clusters import parse
+
+    values: dict[str, Any] = {**BASE, "hub": HUB, "hubMember": {"enabled": True}}
+    if not with_epp:
+        values = {"inferenceExtension": {"enabled": False}, "hub": HUB}
+    docs = render(values)
+    for doc in docs:
+        validate(doc)
+    kinds = {d["kind"] for d in docs}
+    assert ("InferencePool" in kinds) == with_epp and ("Role" in kinds) == with_epp
+    deploy = _named(docs, "Deployment", "llama-hub")
+    pod = deploy["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    args = serve_parser().parse_args(container["args"][1:])  # kvgate serve's own flags
+    assert container["args"][0] == "serve" and args.cluster_policy == "kvgate" and args.port == 8080
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert args.clusters == mounts["clusters"] + "/clusters.yaml"
+    assert volumes["members"]["secret"]["secretName"] == "hub-members"
+    # The rendered clusters file is one kvgate reads: the import, the parent, a kubeconfig per member.
+    cfg = parse(yaml.safe_load(_named(docs, "ConfigMap", "llama-hub")["data"]["clusters.yaml"]))
+    assert cfg.kubernetes is not None and (cfg.kubernetes.namespace, cfg.kubernetes.name) == (
+        "default",
+        "llama",
+    )
+    assert cfg.kubernetes.parent is not None
+    assert (cfg.kubernetes.parent.namespace, cfg.kubernetes.parent.name) == ("serving", "llama-hub")
+    members = mounts["members"]
+    assert [(m.name, m.kubeconfig, m.rtt_ms, m.priority) for m in cfg.kubernetes.members] == [
+        ("east", f"{members}/east", 5.0, 0), ("west", f"{members}/west", 40.0, 1)]  # fmt: skip
+    assert cfg.local == "east" and cfg.limits.max_body_bytes == 1048576
+    assert pod["serviceAccountName"] == "llama-hub"
+    binding = _named(docs, "ClusterRoleBinding", "llama-hub")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "llama-hub", "namespace": "serving"}]
+
+
+def test_hub_values_refuse_a_missing_import() -> None:
+    with pytest.raises(helm.HelmError, match=r"hub\.import"):
+        render({**BASE, "hub": {**HUB, "import": ""}})
+
+
+def test_an_exported_pool_carries_the_export_annotation_and_addresses() -> None:
+    export = {
+        "enabled": True,
+        "gateway": "10.1.0.2:8080",
+        "aggregate": "http://10.1.0.2:9090/v1/pool/aggregate",
+    }
+    pool = by_kind(render({"inferencePool": {**BASE["inferencePool"], "export": export}}), "InferencePool")
+    validate(pool)
+    assert pool["metadata"]["annotations"] == {
+        "inference.networking.x-k8s.io/export": "ClusterSet", "kvgate.io/gateway": "10.1.0.2:8080",
+        "kvgate.io/aggregate": "http://10.1.0.2:9090/v1/pool/aggregate"}  # fmt: skip
+    assert "annotations" not in by_kind(render(BASE), "InferencePool")["metadata"]
+
+
+def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]}  # fmt: skip
+
+
+def _rbac_verb(method: str, path: str, query: Any) -> tuple[str, str, str] | None:
+    """(apiGroup, resource[/subresource], verb) of one request, as the API server's RBAC sees it."""
+    parts = path.strip("/").split("/")
+    if parts[0] != "apis" or len(parts) < 4:
+        return None  # discovery (/apis, /apis/group/version): allowed to every authenticated user
+    group, rest = parts[1], parts[3:]
+    if rest[0] == "namespaces" and len(rest) > 2:
+        rest = rest[2:]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    if method == "GET":
+        verb = "get" if len(rest) > 1 else ("watch" if query.get("watch") in ("true", "1") else "list")
+    else:
+        verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
+    return group, resource, verb
+
+
+async def test_the_hub_rbac_is_exactly_what_the_controller_does() -> None:
+    """The hub controller against API-server doubles that record every request: the verbs it used in the
+    hub and in a member are exactly the chart's ClusterRoles (no more, no less)."""
+    import asyncio
+
+    from aiohttp import web
+
+    from kvgate.k8s import resources as R
+    from kvgate.k8s.apiserver import ApiServerDouble
+    from kvgate.k8s.client import KubeClient
+    from kvgate.multicluster.clusters import ParentRef
+    from kvgate.multicluster.imports import EXPORT_ANNOTATION, ImportController, Member
+
+    class Recording(ApiServerDouble):
+        def __init__(self) -> None:
+            super().__init__(bookmark_interval=0.2)
+            self.used: set[tuple[str, str, str]] = set()
+
+        async def _handle(self, request: web.Request) -> web.StreamResponse:
+            verb = _rbac_verb(request.method, request.path, request.query)
+            if verb is not None:
+                self.used.add(verb)
+            return await super()._handle(request)
+
+    def pool(name: str, exported: bool, **ann: str) -> dict[str, Any]:
+        annotations = {EXPORT_ANNOTATION: "ClusterSet", **ann} if exported else ann
+        spec = {"selector": {"matchLabels": {"app": name}}, "targetPorts": [{"number": 8000}]}
+        return {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+                "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+                "spec": spec}  # fmt: skip
+
+    async def until(cond: Any) -> None:
+        for _ in range(400):
+            if cond():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("condition not reached")
+
+    docs = render({**BASE, "hub": HUB, "hubMember": {"enabled": True}})
+    async with Recording() as hub_d, Recording() as member_d:
+        # Every path: an import that exists already (read back), one created and later deleted, the
+        # followed import's parent entry written and removed, the Exported condition on the member's pool.
+        hub_d.create({"apiVersion": "inference.networking.x-k8s.io/v1alpha1", "kind": "InferencePoolImport",
+                      "metadata": {"name": "llama", "namespace": "default"}})  # fmt: skip
+        member_d.create(pool("llama", True, **{"kvgate.io/gateway": "10.1.0.2:8080"}))
+        member_d.create(pool("gone", True))
+        hub = await KubeClient.connect(server=hub_d.url)
+        member = await KubeClient.connect(server=member_d.url)
+        ctl = ImportController(hub, [Member("east", member)], follow=("default", "llama"),
+                               parent=ParentRef("serving", "llama-hub"))  # fmt: skip
+        await ctl.start()
+        try:
+            await until(lambda: ctl.written.get(("default", "gone")) == ("east",))
+            member_d.patch(R.INFERENCE_POOL, "gone", "default",
+                           {"metadata": {"annotations": {EXPORT_ANNOTATION: None}}})  # fmt: skip
+
+            def exported() -> bool:
+                parents = member_d.get(R.INFERENCE_POOL, "llama", "default").get("status", {}).get("parents")
+                return bool(parents) and parents[0]["conditions"][0]["reason"] == "Exported"
+
+            await until(lambda: ("default", "gone") not in ctl.written and exported())
+        finally:
+            await ctl.stop()
+            await hub.close()
+            await member.close()
+    assert hub_d.used == _rules(_named(docs, "ClusterRole", "llama-hub"))
+    assert member_d.used == _rules(_named(docs, "ClusterRole", "llama-hub-member"))

@@ -161,8 +161,9 @@ def parse(doc: Any) -> ClustersConfig:
     if len(set(names)) != len(names):
         raise ClustersError("clusters", "cluster names must be unique")
     local = doc.get("local")
-    if local is not None and local not in names:
-        raise ClustersError("local", f"{local!r} is not one of the clusters")
+    members = [m.name for m in kube.members] if kube is not None else []
+    if local is not None and local not in names and local not in members:
+        raise ClustersError("local", f"{local!r} is not one of the clusters (or kubernetes members)")
     tls = doc.get("tls") or {}
     if not isinstance(tls, Mapping):
         raise ClustersError("tls", "expected a mapping")

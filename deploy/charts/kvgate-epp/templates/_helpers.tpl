@@ -20,3 +20,7 @@ app: {{ include "kvgate-epp.name" . }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "kvgate-epp.hubName" -}}
+{{- printf "%s-hub" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
