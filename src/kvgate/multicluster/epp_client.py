@@ -11,10 +11,12 @@ The global gateway plays Envoy's part of one ``Process`` stream for the request'
 3. the response body, in the processing mode the stream runs in (the declared FULL_DUPLEX_STREAMED,
    unless the EPP's ``mode_override`` asked for less). When the EPP changed the request body (a model
    rewrite) every chunk goes through it and the client gets what it returns (the model name put back),
-   exactly as with Envoy. Otherwise the client's bytes go straight to it and the EPP gets only what its
-   session reads: the body up to the first generated token (first-token and prefill accounting), then
-   the stream's last bytes (``usage``) with end_of_stream, which ends its in-flight accounting; a JSON
-   reply goes whole at the end (``usage``) when it is at most ``JSON_BYTES``;
+   exactly as with Envoy; should that EPP fail mid-response, the pod's stream goes on to the client with
+   the model name put back here (``_relay``). Otherwise the client's bytes go straight to it and the
+   EPP gets only what its session reads: the body up to the first generated token (first-token and
+   prefill accounting), then the stream's last bytes (``usage``) with end_of_stream, which ends its
+   in-flight accounting; a JSON reply goes whole at the end (``usage``) when it is at most
+   ``JSON_BYTES``;
 4. the client leaving, the pod failing mid-way or a failover cancels the stream, which ends the
    request on the EPP (``Session.close``).
 """
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import orjson
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -41,7 +44,7 @@ from google.protobuf import struct_pb2
 from kvgate.multicluster.clusters import TlsOptions
 from kvgate.multicluster.fetcher import RECONNECT
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
-from kvgate.openai.sse import SSEScanner
+from kvgate.openai.sse import SSEScanner, rewrite_model
 
 log = logging.getLogger("kvgate.multicluster.epp")
 
@@ -60,6 +63,9 @@ KEEPALIVE_S = 60.0
 # Metadata Envoy sends with the response headers: the pod that actually served.
 _LB, _SERVED = "envoy.lb", "x-gateway-destination-endpoint-served"
 RELAY_CHUNKS = 64  # EPP-rewritten chunks buffered for a slow client (then back-pressure)
+# The pod's bytes an EPP rewriting the response has not answered for yet, kept so the response can go on
+# without that EPP should it fail (a streamed reply holds a line or two; a JSON reply, all of it).
+LEDGER_BYTES = 4 << 20
 
 
 def _headers(headers: Mapping[str, str]) -> base_pb2.HeaderMap:
@@ -127,6 +133,8 @@ class EppStream:
         self._out: asyncio.Queue[bytes | BaseException | None] | None = None
         self._last_write = clock()
         self.ended = False  # end_of_stream reached the EPP: it closed the request's accounting
+        self.client_model: str | None = None  # the model the client asked for (put back without the EPP)
+        self.fell_back = False  # the EPP failed mid-response and the pod's stream went on without it
 
     # ---- the pick ---------------------------------------------------------------------------------
     async def _read(self) -> pb.ProcessingResponse | None:
@@ -235,7 +243,7 @@ class EppStream:
         if self._call is None:
             return upstream
         if self.rewritten and self.send_response_body:
-            return self._relay(upstream)
+            return self._relay(upstream, streaming=streaming)
         return self._signals(upstream, streaming=streaming)
 
     async def _body(self, data: bytes, eos: bool) -> None:
@@ -315,41 +323,85 @@ class EppStream:
         # for that, not this object and the request body it holds).
         asyncio.get_running_loop().call_later(self.timeout_s * 5, self._call.cancel)
 
-    async def _relay(self, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Full duplex: every pod chunk to the EPP, every EPP chunk to the client, until end_of_stream."""
+    async def _relay(self, upstream: AsyncIterator[bytes], *, streaming: bool) -> AsyncIterator[bytes]:
+        """Full duplex: every pod chunk to the EPP, every EPP chunk to the client, until end_of_stream.
+
+        Should the EPP fail mid-response, the pod's stream is intact: only the EPP's response processing
+        is lost (Envoy with ``failure_mode_allow`` would pass the pod's bytes on as they are). The client's
+        stream goes on from the pod, with the model name put back here instead of by the EPP, and nothing
+        lost or repeated: the EPP's output reaches the client in whole lines only (its rewrite maps each
+        pod line to one line), and the pod's bytes the EPP has not answered for are kept (``ledger``) to
+        be sent on. A JSON reply is finished here when none of it had reached the client. Otherwise (a
+        ledger over ``LEDGER_BYTES``, an EPP whose line count does not match), the stream is cut."""
         assert self._call is not None
         call = self._call
         out: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         # At most RELAY_CHUNKS of the EPP's chunks wait for a slow client: past that the reader stops
         # reading the EPP, and gRPC flow control holds back the EPP and, through it, the pod's pump.
         room = asyncio.Semaphore(RELAY_CHUNKS)
+        ledger = bytearray()  # the pod's bytes sent to the EPP, from the first line it has not answered
+        keep = self.client_model is not None  # False: no fallback (too much held, or lines do not match)
+        sent_lines = 0  # pod lines sent to the EPP (newlines), and the EPP's lines delivered
+        answered = 0
+        given = False  # any of the EPP's bytes went to the client
 
         async def pump() -> None:
+            nonlocal keep, sent_lines
             try:
                 async for chunk in upstream:
+                    if keep:
+                        ledger.extend(chunk)
+                        sent_lines += chunk.count(b"\n")
+                        if len(ledger) > LEDGER_BYTES:
+                            keep = False
+                            ledger.clear()
                     await self._body(chunk, False)
                 await self._body(b"", True)
                 self.ended = True
                 await call.done_writing()
-            except BaseException as e:  # the pod or the EPP failed: the client's stream is cut
+            except BaseException as e:  # the pod or the EPP failed
                 out.put_nowait(e)
                 raise
 
+        def answer(data: bytes) -> None:
+            """The EPP's complete lines: the pod lines they stand for leave the ledger."""
+            nonlocal keep, answered
+            if not keep:
+                return
+            lines = data.count(b"\n")
+            answered += lines
+            if answered > sent_lines:  # more lines than it was sent: not a line-for-line rewrite
+                keep = False
+                ledger.clear()
+                return
+            cut = 0
+            for _ in range(lines):
+                cut = ledger.index(b"\n", cut) + 1
+            del ledger[:cut]
+
         async def read() -> None:
+            held = bytearray()  # the EPP's output after its last newline, until the line completes
             try:
                 while True:
                     msg = await call.read()
                     if msg is grpc.aio.EOF:
-                        out.put_nowait(None)
-                        return
-                    if msg.WhichOneof("response") == "response_body":
-                        streamed = msg.response_body.response.body_mutation.streamed_response
-                        if streamed.body:
-                            await room.acquire()
-                            out.put_nowait(streamed.body)
-                        if streamed.end_of_stream:
-                            out.put_nowait(None)
-                            return
+                        break
+                    if msg.WhichOneof("response") != "response_body":
+                        continue
+                    streamed = msg.response_body.response.body_mutation.streamed_response
+                    held.extend(streamed.body)
+                    whole = len(held) if streamed.end_of_stream else held.rfind(b"\n") + 1
+                    if whole:
+                        data = bytes(held[:whole])
+                        del held[:whole]
+                        await room.acquire()
+                        answer(data)  # (no await between: a cancel cannot fall between the two)
+                        out.put_nowait(data)
+                    if streamed.end_of_stream:
+                        break
+                if held:
+                    out.put_nowait(bytes(held))
+                out.put_nowait(None)
             except BaseException as e:
                 out.put_nowait(e)
                 raise
@@ -357,24 +409,73 @@ class EppStream:
         loop = asyncio.get_running_loop()
         writer, self._reader = loop.create_task(pump()), loop.create_task(read())
         done = False
+        failure: BaseException | None = None
         try:
             while True:
                 item = await out.get()
                 if item is None:
+                    done = True
                     break
                 if isinstance(item, BaseException):
-                    raise ConnectionResetError(f"stream through the EPP failed: {type(item).__name__}")
+                    failure = item
+                    break
                 room.release()
+                given = True
                 yield item
-            done = True
         finally:
-            if not done or not writer.done():
+            if not done:
                 writer.cancel()
                 self.cancel()
             # Both tasks awaited: a failure they re-raise is retrieved here, not logged as never retrieved.
             for task in (writer, self._reader):
                 with contextlib.suppress(BaseException):
                     await task
+        if done:
+            return
+        # Lines the EPP answered before the failure was seen, queued after it: they are the client's next.
+        while not out.empty():
+            item = out.get_nowait()
+            if item is None:
+                return  # the EPP had finished the response after all
+            if isinstance(item, bytes):
+                given = True
+                yield item
+        if not isinstance(failure, (grpc.aio.AioRpcError, TimeoutError)) or not keep:
+            raise ConnectionResetError(f"stream through the EPP failed: {type(failure).__name__}")
+        # The EPP failed, the pod did not: go on from the pod, putting the model name back here.
+        assert self.client_model is not None
+        log.warning("EPP stream failed mid-response (%s): the response goes on from the pod without it",
+                    type(failure).__name__)  # fmt: skip
+        self.fell_back = True
+        rest = bytes(ledger)
+        ledger.clear()
+        if streaming:
+            scanner = SSEScanner(rewrite_to=self.client_model)
+            if rest:
+                yield scanner.feed(rest)
+            async for chunk in upstream:
+                data = scanner.feed(chunk)
+                if data:
+                    yield data
+            tail = scanner.finish()
+            if tail:
+                yield tail
+            return
+        if given:
+            raise ConnectionResetError("stream through the EPP failed after part of a JSON reply")
+        parts, size = [rest], len(rest)
+        async for chunk in upstream:
+            size += len(chunk)
+            if size > LEDGER_BYTES:
+                raise ConnectionResetError("stream through the EPP failed; the JSON reply is too large")
+            parts.append(chunk)
+        raw = b"".join(parts)
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            yield raw  # not JSON (an error page): as the pod sent it
+            return
+        yield orjson.dumps(obj) if rewrite_model(obj, self.client_model) else raw
 
     def cancel(self) -> None:
         """End the stream now (the EPP's session closes and releases the request)."""

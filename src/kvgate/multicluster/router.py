@@ -155,7 +155,7 @@ class GlobalRouter:
         for i, st in enumerate(order):
             if i:
                 self.failovers += 1
-            routed = await self._try_cluster(st, path, fwd, body, attempts, req.stream)
+            routed = await self._try_cluster(st, path, fwd, body, attempts, req.stream, req.model)
             if routed is not None:
                 st.succeeded()
                 return routed
@@ -174,6 +174,7 @@ class GlobalRouter:
         body: bytes,
         attempts: list[Attempt],
         stream: bool = False,
+        model: str | None = None,
     ) -> Routed | None:
         spec = st.spec
         # A streamed request's TTFT at this cluster runs from here (the EPP's pick included).
@@ -186,6 +187,7 @@ class GlobalRouter:
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp: {type(e).__name__}"))
                 pick = None
             if pick is not None and pick.address is not None:
+                pick.client_model = model or None  # put back by the gateway should the EPP fail mid-way
                 # The pod gets what Envoy would send it: the EPP's header mutation and body.
                 to_pod = pick.request_mutation.apply(fwd, drop=_DROP)
                 routed = await self._send(
