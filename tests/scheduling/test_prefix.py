@@ -61,28 +61,55 @@ def test_remove_endpoint_frees_slot_and_hashes() -> None:
     assert idx.stats().unique_hashes == 3
 
 
+def test_engine_lru_mode_ages_the_head_last_and_counts_unnamed_blocks() -> None:
+    idx = PrefixIndex(default_capacity=6)
+    idx.add("a", [1, 2, 3], tail_first=True)
+    idx.add("a", [9], filler=3)  # 3 blocks nobody names, then 9: 7 blocks > 6, the oldest (3) goes
+    assert idx.match([1, 2, 3], ["a"]) == [2]  # the head survives (vLLM evicts a request's tail first)
+    assert idx.total == 4  # entries (memory): 1, 2, one placeholder for 3 blocks, 9
+    idx.add("a", [], filler=2)  # the head ages out too
+    assert idx.match([1, 2], ["a"]) == [0] and idx.match([9], ["a"]) == [1]
+    assert all(h >= 0 for h in idx.hot(10))  # placeholders are never reported as prefixes
+    idx.remove_endpoint("a")
+    assert idx.total == 0 and idx.stats().unique_hashes == 0
+
+
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.tuples(st.integers(0, 4), st.lists(st.integers(0, 12), max_size=8)), max_size=25),
+    st.lists(
+        st.tuples(
+            st.integers(0, 4), st.lists(st.integers(0, 12), max_size=8), st.integers(0, 3), st.booleans()
+        ),
+        max_size=25,
+    ),
     st.lists(st.integers(0, 12), max_size=8),
     st.integers(1, 10),
 )
-def test_index_matches_brute_force(ops: list[tuple[int, list[int]]], query: list[int], cap: int) -> None:
+def test_index_matches_brute_force(
+    ops: list[tuple[int, list[int], int, bool]], query: list[int], cap: int
+) -> None:
     idx = PrefixIndex(default_capacity=cap)
-    model: dict[str, list[int]] = {}  # address -> LRU order, oldest first
-    for e, hashes in ops:
+    # address -> LRU order, oldest first: [hash, 1] per block, [-1, n] for a placeholder of n blocks
+    model: dict[str, list[list[int]]] = {}
+    for e, hashes, filler, tail_first in ops:
         a = f"e{e}"
         lru = model.setdefault(a, [])
-        for h in hashes:
-            if h in lru:
-                lru.remove(h)
-            lru.append(h)
-        del lru[: max(0, len(lru) - cap)]
-        idx.add(a, hashes)
+        if filler:
+            lru.append([-1, filler])
+        for h in reversed(hashes) if tail_first else hashes:
+            lru[:] = [x for x in lru if x[0] != h] + [[h, 1]]
+        size = sum(w for _, w in lru)
+        while size > cap:  # the oldest ages out; a placeholder may age out in part
+            cut = min(lru[0][1], size - cap)
+            lru[0][1] -= cut
+            size -= cut
+            if not lru[0][1]:
+                lru.pop(0)
+        idx.add(a, hashes, filler=filler, tail_first=tail_first)
     addrs = [f"e{i}" for i in range(6)]
     want = []
     for a in addrs:
-        held = set(model.get(a, []))
+        held = {h for h, _ in model.get(a, [])}
         n = 0
         while n < len(query) and query[n] in held:
             n += 1
@@ -107,6 +134,24 @@ def test_scorer_learns_from_picks_and_purges_removed_endpoints() -> None:
     assert s.score(c2, eps) == [0.0, 0.5]
     store.remove("b:1")
     assert s.index.total == 0
+
+
+def test_engine_lru_scorer_counts_generated_blocks() -> None:
+    """With ``engineLru`` a pick's generated tokens take index capacity (the server caches them too):
+    a decode-heavy request pushes an older prefix's tail out, as it does on the server."""
+    for engine_lru, still_held in ((False, 4), (True, 1)):
+        a = ep("a:1", block_size=16, num_gpu_blocks=8)
+        s = PrefixCacheScorer("p", handle(), engine_lru=engine_lru)
+        c = cycle("p" * 64 * 4)
+        s.prepare(c, [a])
+        s.on_picked(c, a)
+        big = cycle("x" * 64, max_tokens=16 * 6)  # + 1 prompt block + 6 generated: 11 > 8, 3 go
+        s.prepare(big, [a])
+        s.on_picked(big, a)
+        again = cycle("p" * 64 * 4)
+        s.prepare(again, [a])
+        m = prefix_match(again)
+        assert m is not None and m.matched.get("a:1", 0) == still_held
 
 
 def test_block_size_auto_tuned_from_server() -> None:

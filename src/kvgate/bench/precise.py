@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +39,8 @@ def _with_precise(policy: str, ttl: str) -> str:
         f"    indexName: fleetsim\n    speculativeTTL: {ttl}\n"
     )
     assert "- type: prefix-cache-scorer\n" in text, policy
-    text = text.replace("- type: prefix-cache-scorer\n", plugin)
+    # The whole approximate entry, its parameters too (a second ``parameters`` key would replace these).
+    text = re.sub(r"- type: prefix-cache-scorer\n(  parameters:\n(    .*\n)+)?", plugin, text)
     ref = "pluginRef: prefix-cache-scorer\n"
     return _HEAD + text.replace(ref, "pluginRef: precise-prefix-cache-scorer\n")
 

@@ -20,6 +20,7 @@ plugins:
 - type: prefix-cache-scorer
   parameters:
     tokenizer: auto   # the served model's own tokenizer when it is available locally
+    engineLru: true   # the index ages prefixes as the server's cache does (generated blocks count)
 - type: kvgate-cost-scorer
 - type: lora-affinity-scorer
 - type: max-score-picker

@@ -9,6 +9,15 @@ The index keeps, per endpoint, an LRU of block hashes (capacity = the server's `
 scraped, else 31,250) and a reverse map hash -> bitmask of endpoint slots, so matching a request is
 one dict lookup and one AND per block whatever the number of endpoints. A hard global cap bounds
 memory: each endpoint's share is ``max_total_blocks / endpoints``.
+
+``add(..., filler=n, tail_first=True)`` models the engine's own LRU more closely (the ``engineLru`` mode of
+``prefix-cache-scorer``): a server's cache also holds blocks the index never hashes (a prompt's blocks past
+the hashed first 256, and the generated tokens, which vLLM caches too), so ``filler`` placeholder entries
+take their share of the endpoint's capacity and push older prefixes out as those blocks do on the server;
+and the request's blocks are recorded last block first, so its head is the most recent entry and ages out
+last, as vLLM frees a request's blocks tail first (a partly evicted prefix still matches its head).
+A placeholder is one LRU entry standing for ``n`` blocks (a negative key: real hashes are unsigned; its
+weight in ``_weight``), never matched, so a pick costs one entry however many tokens it generates.
 """
 
 from __future__ import annotations
@@ -67,6 +76,9 @@ class PrefixIndex:
         self._cap: dict[str, int] = {}
         self._rev: dict[int, int] = {}  # block hash -> bitmask of endpoint slots holding it
         self.total = 0
+        self._filler_key = 0  # next placeholder key is one below this (negative: never a real hash)
+        self._weight: dict[int, int] = {}  # placeholder key -> blocks it stands for
+        self._size: dict[str, int] = {}  # address -> blocks its LRU stands for (entries + placeholder weights)
         # Told of every local insertion (``add``), never of ``apply_remote`` ones: how ``--workers``
         # processes share what each learned (the transport lives in gateway/, not here).
         self.listener: Callable[[str, Sequence[int]], None] | None = None
@@ -101,26 +113,56 @@ class PrefixIndex:
 
     def _evict(self, address: str, limit: int) -> None:
         lru = self._lru[address]
-        if len(lru) <= limit:
+        size = self._size.get(address, len(lru))
+        if size <= limit:
             return
         clear = ~(1 << self._slot[address])
         rev = self._rev
-        while len(lru) > limit:
+        while size > limit:
             h, _ = lru.popitem(last=False)
+            if h < 0:  # a placeholder (``filler``): in the LRU only
+                w = self._weight.pop(h)
+                if size - w < limit:  # only part of it ages out: the rest stays oldest
+                    lru[h] = None
+                    lru.move_to_end(h, last=False)
+                    self._weight[h] = w - (size - limit)
+                    size = limit
+                    break
+                size -= w
+                self.total -= 1
+                continue
+            size -= 1
+            self.total -= 1
             m = rev[h] & clear
             if m:
                 rev[h] = m
             else:
                 del rev[h]
-            self.total -= 1
+        self._size[address] = size
 
-    def add(self, address: str, hashes: Sequence[int], capacity: int | None = None) -> None:
-        """Record that ``address`` now holds these blocks (most recently used)."""
+    def add(
+        self,
+        address: str,
+        hashes: Sequence[int],
+        capacity: int | None = None,
+        *,
+        filler: int = 0,
+        tail_first: bool = False,
+    ) -> None:
+        """Record that ``address`` now holds these blocks (most recently used), after ``filler`` blocks
+        the index cannot name (older than them); ``tail_first``: the first block ends most recent."""
         lru = self._ensure(address, capacity)
         bit = self._bits[address]
         rev = self._rev
         added = 0
-        for h in hashes:
+        grown = 0
+        if filler > 0:
+            key = self._filler_key = self._filler_key - 1
+            lru[key] = None
+            self._weight[key] = filler
+            added = 1
+            grown = filler - 1
+        for h in reversed(hashes) if tail_first else hashes:
             if h in lru:
                 lru.move_to_end(h)
             else:
@@ -130,6 +172,7 @@ class PrefixIndex:
                 rev[h] = bit if cur is None else cur | bit
                 added += 1
         self.total += added
+        self._size[address] = self._size.get(address, 0) + added + grown
         self._evict(address, self._limit(address))
         if self.listener is not None:
             self.listener(address, hashes)
@@ -184,6 +227,8 @@ class PrefixIndex:
             alive = []
             for it in iters:
                 h = next(it, None)
+                while h is not None and h < 0:  # placeholders name no prefix
+                    h = next(it, None)
                 if h is not None:
                     out[h] = None
                     alive.append(it)
@@ -202,7 +247,12 @@ class PrefixIndex:
         self._cap.pop(address, None)
         clear = ~(1 << slot)
         rev = self._rev
+        weight = self._weight
+        self._size.pop(address, None)
         for h in lru:
+            if h < 0:
+                del weight[h]  # placeholder
+                continue
             m = rev[h] & clear
             if m:
                 rev[h] = m

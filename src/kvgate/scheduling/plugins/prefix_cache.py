@@ -82,8 +82,12 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
         capacity: int = DEFAULT_LRU_CAPACITY,
         max_total_blocks: int = DEFAULT_MAX_TOTAL_BLOCKS,
         tokenizer: str | None = None,
+        engine_lru: bool = False,
     ) -> None:
         super().__init__(name, handle)
+        # Model the server's LRU (``PrefixIndex.add``): blocks it holds beyond the hashed ones take index
+        # capacity, a request's head ages out last. Off as in the reference; the ``kvgate`` policy sets it.
+        self.engine_lru = engine_lru
         # The served model's tokenizer, when set/found: blocks are then exactly the engine's blocks.
         self.tokenizer = TokenizerSource(tokenizer)
         self.block_size = block_size
@@ -105,6 +109,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
             max_blocks=params.get_int("maxPrefixBlocksToMatch", MAX_PREFIX_BLOCKS, min=1),
             capacity=params.get_int("lruCapacityPerServer", DEFAULT_LRU_CAPACITY, min=1),
             max_total_blocks=params.get_int("maxTotalBlocks", DEFAULT_MAX_TOTAL_BLOCKS, min=1),
+            engine_lru=params.get_bool("engineLru", False),
         )
         tokenizer = params.get_str("tokenizer", "") or None
         params.finish()
@@ -179,7 +184,15 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
         ratio = m.ratio(endpoint.address)
         metrics.PREFIX_HIT_RATIO.observe(ratio)
         metrics.PREFIX_HIT_BYTES.observe(m.matched.get(endpoint.address, 0) * m.chunk)
-        self.index.add(endpoint.address, m.hashes, endpoint.metrics.num_gpu_blocks)
+        if self.engine_lru:
+            # Blocks the server will hold that no later prompt names: the generated tokens (vLLM caches
+            # them too), at most one capacity's worth. (A prompt's blocks past the hashed ones are not
+            # counted: they are mostly a shared context's tail, cached once, not new per request.)
+            cap = endpoint.metrics.num_gpu_blocks
+            filler = min((cycle.request.max_tokens or 0) // self._chunk_tokens, cap or DEFAULT_LRU_CAPACITY)
+            self.index.add(endpoint.address, m.hashes, cap, filler=filler, tail_first=True)
+        else:
+            self.index.add(endpoint.address, m.hashes, endpoint.metrics.num_gpu_blocks)
         metrics.PREFIX_INDEX_SIZE.set(self.index.total)
         if self._last_purge is None:
             self._last_purge = cycle.now
