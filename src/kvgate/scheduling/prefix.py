@@ -78,7 +78,7 @@ class PrefixIndex:
         self.total = 0
         self._filler_key = 0  # next placeholder key is one below this (negative: never a real hash)
         self._weight: dict[int, int] = {}  # placeholder key -> blocks it stands for
-        self._size: dict[str, int] = {}  # address -> blocks its LRU stands for (entries + placeholder weights)
+        self._size: dict[str, int] = {}  # address -> blocks its LRU stands for (placeholders by weight)
         # Told of every local insertion (``add``), never of ``apply_remote`` ones: how ``--workers``
         # processes share what each learned (the transport lives in gateway/, not here).
         self.listener: Callable[[str, Sequence[int]], None] | None = None
