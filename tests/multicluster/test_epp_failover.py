@@ -69,11 +69,18 @@ async def test_the_stream_goes_on_from_the_pod_when_the_rewriting_epp_dies() -> 
         assert [e["choices"][0]["text"] for e in events] == [f"pod-{i} " for i in range(40)]
         assert {e["model"] for e in events} == {"m"}
         assert gw.metrics.cut.labels("c1")._value.get() == 0
+        metrics = await _scrape(gw)
+        assert 'kvgate_multicluster_epp_failed_midstream_total{cluster="c1"} 1.0' in metrics
     finally:
         await gw.stop()
         if not stopped:
             await epp.stop(0)
         await pod.stop()
+
+
+async def _scrape(gw: GlobalGateway) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{gw.port}/metrics") as r:
+        return await r.text()
 
 
 class _FailingEpp(pb_grpc.ExternalProcessorServicer):

@@ -188,3 +188,20 @@ async def test_the_aggregate_fetcher_picks_up_a_rotated_client_certificate(tmp_p
     finally:
         await fetcher.stop()
         await epp.stop(0)
+
+
+async def test_the_fetchers_rounds_run_in_one_loop() -> None:
+    """However many rounds run, one refresh loop (a round once started a new one), none after stop."""
+    fetcher = Fetcher(lambda: [], interval_s=0.02)
+    await fetcher.start()
+    try:
+        await _until(lambda: fetcher.rounds >= 6)
+        assert len(_loops()) == 1
+    finally:
+        await fetcher.stop()
+    assert _loops() == []
+
+
+def _loops() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if not t.done()
+            and getattr(t.get_coro(), "__qualname__", "") == "Fetcher._loop"]  # fmt: skip

@@ -290,6 +290,7 @@ class EppStream:
                     except (grpc.aio.AioRpcError, TimeoutError) as e:
                         log.warning("EPP stream failed mid-response: %s", type(e).__name__)
                         live, failed = False, True
+                        self.fell_back = True  # the client's stream goes on; the EPP's accounting is lost
                         self.cancel()
                 yield chunk
             done = True

@@ -86,6 +86,7 @@ class Fetcher:
     async def start(self) -> None:
         self._session = self._new_session()
         await self.refresh()
+        self._task = asyncio.create_task(self._loop())
 
     def apply(self, tls: TlsOptions | None, interval_s: float) -> None:
         """New options from a reload; the TLS files are re-read on the next round either way."""
@@ -116,7 +117,6 @@ class Fetcher:
         wanted = {st.spec.health for st in self.states()}
         for addr in [a for a in self._channels if a not in wanted]:
             await self._channels.pop(addr).close()
-        self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -72,6 +72,11 @@ class _Metrics:
             "kvgate_multicluster_responses_cut_total", "Started responses the cluster stopped mid-way",
             ["cluster"], registry=r,
         )  # fmt: skip
+        self.epp_lost = Counter(
+            "kvgate_multicluster_epp_failed_midstream_total",
+            "Endpoint-mode responses whose remote EPP failed mid-way (the response went on from the pod)",
+            ["cluster"], registry=r,
+        )  # fmt: skip
         self.usable = Gauge(
             "kvgate_multicluster_cluster_fresh", "1 while the cluster's aggregate is within the TTL",
             ["cluster"], registry=r,
@@ -209,6 +214,8 @@ class GlobalGateway:
         finally:
             # Cut short (the client left, a write failed) or done: settle the upstream and the EPP now.
             await body.aclose()
+            if routed.epp is not None and routed.epp.fell_back:
+                self.metrics.epp_lost.labels(routed.cluster).inc()
         return resp
 
     async def _metrics(self, _request: Request) -> Response:
