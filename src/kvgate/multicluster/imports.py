@@ -121,7 +121,7 @@ class ImportController:
         key = self.follow
         if key is not None and self.parent is not None and self.parent_written.get(key) is not None:
             with contextlib.suppress(KubeError, OSError, TimeoutError):
-                await asyncio.wait_for(self._write(key, self.written.get(key, ()), None), 5.0)
+                await asyncio.wait_for(self._write(key, self.written.get(key, ()), None, create=False), 5.0)
 
     def _on_pool(self, member: str, etype: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata", {})
@@ -255,7 +255,11 @@ class ImportController:
                              + ", ".join(missing))  # fmt: skip
         return ("True", "every exporting cluster's gateway or EPP address is known")
 
-    async def _write(self, key: Key, clusters: tuple[str, ...], parent: tuple[str, str] | None) -> None:
+    async def _write(
+        self, key: Key, clusters: tuple[str, ...], parent: tuple[str, str] | None, *, create: bool = True
+    ) -> None:
+        """Our ``controllers[]`` entry of the import (created first unless ``create`` is False: a 404
+        then raises, as for an import deleted meanwhile)."""
         ns, name = key
         rt = R.INFERENCE_POOL_IMPORT
         body = {
@@ -263,11 +267,14 @@ class ImportController:
             "kind": rt.kind,
             "metadata": {"name": name, "namespace": ns, "labels": dict(MANAGED_BY)},
         }
-        try:
-            obj = await self.hub.request("POST", rt.collection_path(ns), body=body)
-        except KubeError as e:
-            if e.status != 409:  # already there (created earlier, or by a previous run)
-                raise
+        obj: dict[str, Any] | None = None
+        if create:
+            try:
+                obj = await self.hub.request("POST", rt.collection_path(ns), body=body)
+            except KubeError as e:
+                if e.status != 409:  # already there (created earlier, or by a previous run)
+                    raise
+        if obj is None:
             obj = await self.hub.request("GET", rt.item_path(ns, name))
         meta = obj.get("metadata", {})
         controllers = [c for c in (obj.get("status") or {}).get("controllers") or () if isinstance(c, dict)]
