@@ -53,6 +53,36 @@ def test_more_load_less_headroom() -> None:
     assert busy.predicted_ttft_s > idle.predicted_ttft_s
 
 
+def test_request_slots_come_from_what_the_kv_cache_holds() -> None:
+    """An endpoint is full when its KV cache is (running / kv use requests of the current mix), capped at
+    MAX_BATCH; one with nothing to measure yet counts the MAX_BATCH prior."""
+    small = _ep("a:1", run=4, kv=0.5, q=0)  # 4 requests fill half its KV: it holds 8
+    assert agg.measured_slots(small) == pytest.approx(8.0)
+    a = agg.aggregate("p", [small], now=10, wall=0)
+    assert a.request_slots == pytest.approx(8.0)
+    assert a.headroom == pytest.approx(0.5)
+    queued = agg.aggregate("p", [_ep("a:1", run=4, kv=0.5, q=4)], now=10, wall=0)
+    assert queued.headroom == pytest.approx(0.0)  # 4 running + 4 waiting fill its 8 slots
+    roomy = _ep("b:1", run=4, kv=0.01)  # too little KV in use to tell: the prior
+    assert agg.measured_slots(roomy) is None
+    assert agg.aggregate("p", [roomy], now=10, wall=0).request_slots == agg.MAX_BATCH
+    huge = _ep("c:1", run=100, kv=0.2)  # KV for 500, but the batch caps it
+    assert agg.measured_slots(huge) == agg.MAX_BATCH
+
+
+def test_slot_memory_keeps_an_idle_endpoints_estimate() -> None:
+    mem = agg.SlotMemory()
+    ep = _ep("a:1", run=4, kv=0.5)
+    assert mem.update([ep]) == {"a:1": pytest.approx(8.0)}
+    ep.metrics.running_requests, ep.metrics.kv_cache_usage = 0, 0.0  # idle now
+    slots = mem.update([ep])
+    assert slots == {"a:1": pytest.approx(8.0)}
+    assert agg.aggregate("p", [ep], now=10, wall=0, slots=slots).request_slots == pytest.approx(8.0)
+    ep.metrics.running_requests, ep.metrics.kv_cache_usage = 8, 0.5  # a lighter mix: it holds 16
+    assert 8.0 < mem.update([ep])["a:1"] < 16.0  # moves towards it
+    assert mem.update([]) == {}  # a removed endpoint is forgotten
+
+
 def test_bloom_members_and_false_positive_rate() -> None:
     held = [h for i in range(200) for h in block_hashes("m", f"tenant {i} " * 40, 64)]
     a = agg.aggregate("p", [_ep("a:1")], now=10, wall=0, hot_blocks=held, prefix_chunk_chars=64)

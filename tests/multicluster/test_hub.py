@@ -52,6 +52,44 @@ async def test_hub_epp_picks_cluster_gateways_by_aggregate() -> None:
         await server.stop(0)
 
 
+async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
+    """A streamed request waits in its cluster's state from dispatch to its first SSE token (censored
+    evidence), then its TTFT feeds the EWMA and the floor; a non-streamed one is counted, not timed."""
+    clock = [100.0]
+    cfg = ClustersConfig((ClusterSpec("west", gateway="10.2.0.2:8080"),))
+    director = ClusterDirector(cfg, "kvgate", clock=lambda: clock[0])
+    west = director.states["west"]
+    west.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), clock[0])
+    ctx = SessionContext(director, AddressIndex(director.store), clock=lambda: clock[0])
+    server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+    await server.start()
+    ch = channel(f"127.0.0.1:{server.port}")
+    sse = {"content-type": "text/event-stream"}
+    streamed = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 4, "stream": True})
+    try:
+        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+            out = await ex.send_request(HEADERS, streamed)
+            assert out.destination == "10.2.0.2:8080"
+            clock[0] += 2.5
+            assert len(west.waiting) == 1 and west.oldest_wait(clock[0]) == 2.5  # censored: no token yet
+            await ex.send_response_headers(200, sse)
+            await ex.send_response_chunk(b'data: {"choices":[{"text":"hi"}]}\n\n')
+            await ex.send_response_chunk(b"data: [DONE]\n\n", end_of_stream=True)
+            async for _chunk, _eos in ex.response_body():
+                pass
+        assert west.ttft_s == 2.5 and west.ttft_floor_s == 2.5
+        assert west.waiting == {} and west.inflight == 0
+        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+            await ex.send_request(HEADERS, BODY)  # not streamed: its first byte is its whole answer
+            assert west.waiting == {} and west.inflight == 1
+            clock[0] += 9.0
+            await ex.send_response(200, {"content-type": "application/json"}, [b'{"choices": []}'])
+        assert west.ttft_s == 2.5 and west.inflight == 0 and west.sent_total == 2
+    finally:
+        await ch.close()
+        await server.stop(0)
+
+
 async def _cli(*args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kvgate.cli", *args,

@@ -121,8 +121,9 @@ def test_clusters_file_errors_and_hot_reload(tmp_path: Path) -> None:
     assert not cf.maybe_reload(2.0) and len(cf.config.clusters) == 2  # last good list kept
 
 
-def test_observed_ttft_steers_away_and_fades() -> None:
-    """A cluster whose GPU table overstates its speed shows up in the TTFT this gateway observes there."""
+def test_observed_ttft_steers_away_and_the_floor_does_not_fade() -> None:
+    """A cluster whose GPU table overstates its speed shows up in the TTFT this gateway observes there;
+    its TTFT floor (its measured speed) does not fade when it is left alone."""
     p = KvgatePolicy(rng=random.Random(0))
     slow, fast = _state("slow", head=3.0), _state("fast", head=2.0)
     assert p.order([slow, fast], ClusterRequest(), 0.0)[0].name == "slow"  # more headroom on paper
@@ -130,8 +131,32 @@ def test_observed_ttft_steers_away_and_fades() -> None:
     for _ in range(20):
         slow.observe_ttft(1.5, 0.0)
     assert all(p.order([slow, fast], ClusterRequest(), 0.0)[0].name == "fast" for _ in range(10))
-    # 30 s later, unobserved, the old verdict has faded: the slow cluster is tried again
-    assert p.order([slow, fast], ClusterRequest(), 30.0)[0].name == "slow"
+    # 30 s later, unobserved: still as slow (its floor is 1.5 s), so still avoided
+    assert slow.observed_ttft(30.0) == pytest.approx(1.5)
+    slow.fetched_at = fast.fetched_at = 30.0  # fresh snapshots
+    assert all(p.order([slow, fast], ClusterRequest(), 30.0)[0].name == "fast" for _ in range(10))
+
+
+def test_recent_slowness_fades_to_the_floor() -> None:
+    """TTFTs above the floor (a queue there) fade with their age, down to the floor: a cluster left
+    alone because it was loaded gets tried again; one that is slow per se does not."""
+    st = _state("c")
+    for _ in range(30):
+        st.observe_ttft(0.1, 0.0)
+    for _ in range(10):
+        st.observe_ttft(2.0, 1.0)
+    assert st.observed_ttft(1.0) > 0.5
+    assert st.ttft_floor_s is not None and st.ttft_floor_s < 0.2  # a few slow answers barely move it
+    assert st.observed_ttft(60.0) == pytest.approx(st.ttft_floor_s)
+
+
+def test_ttft_floor_tracks_a_low_quantile() -> None:
+    rnd = random.Random(1)
+    st = _state("c")
+    xs = [rnd.uniform(1.0, 11.0) for _ in range(2000)]
+    for x in xs:
+        st.observe_ttft(x, 0.0)
+    assert st.ttft_floor_s is not None and 1.0 < st.ttft_floor_s < 3.5  # near the 10th percentile (2.0)
 
 
 def test_silent_cluster_becomes_expensive_as_its_outstanding_requests_age() -> None:
@@ -149,7 +174,9 @@ def test_silent_cluster_becomes_expensive_as_its_outstanding_requests_age() -> N
         p.order([answers, silent], ClusterRequest(), now)
         costs.append(p.last_costs["silent"])
     assert costs[0] < p.last_costs["answers"]  # a 0.5 s wait says nothing yet: it looks best on headroom
-    assert costs[1] - costs[0] == pytest.approx(p.w.ttft_rel * (3.0 / 1.5 - 1.0))  # waiting 2x the best
+    # waiting 3 s, 2x the best: it answers like the best one would at utilisation 1 - 1/2
+    assert p.ttft_load(silent, 3.0, 1.5) == pytest.approx(0.5)
+    assert costs[1] - costs[0] == pytest.approx(0.5 - p.utilisation(silent))
     assert costs[1] < costs[2] < costs[3]  # rises with the oldest wait
     assert all(p.order([answers, silent], ClusterRequest(), 12.0)[0].name == "answers" for _ in range(10))
     assert silent.oldest_wait(12.0) == 12.0
@@ -186,10 +213,29 @@ def test_full_cluster_with_a_longer_queue_costs_more() -> None:
 def test_ttft_term_is_scale_free() -> None:
     """The same TTFT ratios cost the same whether the fleet answers in tens of ms or in seconds, so the
     term weighs against utilisation, RTT and locality the same way at either scale."""
+    diffs = []
     for scale in (0.05, 2.0):
         p = KvgatePolicy()
         a, b = _state("a"), _state("b")
         a.observe_ttft(1.0 * scale, 0.0)
-        b.observe_ttft(3.0 * scale, 0.0)
+        b.observe_ttft(4.0 * scale, 0.0)
         p.order([a, b], ClusterRequest(), 0.0)
-        assert p.last_costs["b"] - p.last_costs["a"] == pytest.approx(p.w.ttft_rel * 2.0)
+        assert p.ttft_load(b, 0.0, 1.0 * scale) == pytest.approx(0.75)  # 4x the best: like u = 3/4
+        diffs.append(p.last_costs["b"] - p.last_costs["a"])
+    assert diffs[0] == pytest.approx(diffs[1]) and diffs[0] > 0
+
+
+def test_occupancy_counts_requests_against_the_slots_the_cluster_reports() -> None:
+    """A cluster whose KV caches hold 8 requests is full after 8, however its capacity is weighted; a
+    snapshot without ``request_slots`` keeps the old per-request share (1/64 of a speed-1 endpoint)."""
+    p = KvgatePolicy()
+    small = _state("small", ready=1, cap=0.5, head=0.5, request_slots=8.0)
+    assert p.utilisation(small) == pytest.approx(1 / 8)
+    for _ in range(3):
+        small.dispatched()
+    assert p.utilisation(small) == pytest.approx(4 / 8)
+    big = _state("big", ready=1, cap=0.5, head=0.5)
+    assert p.utilisation(big) == pytest.approx((1 / 64) / 0.5)
+    # a snapshot's queue past full counts in the same units
+    full = _state("full", ready=1, cap=1.0, head=0.0, q=4.0, request_slots=8.0)
+    assert p.utilisation(full) == pytest.approx(1.0 + 4 / 8 + 1 / 8)

@@ -10,7 +10,13 @@ kvgate's own fields, because averages alone cannot rank clusters of different si
 - ``ready_endpoints``: healthy endpoints with metrics fresher than ``staleness_s`` (never-scraped ones are
   not ready: unknown is not idle), and ``ready_by_gpu``;
 - ``capacity`` = sum of ready endpoints' speed (GPU type -> relative throughput, H100 = 1), and
-  ``headroom`` = sum of speed x (1 - load), load from KV use, queue and running batch;
+  ``headroom`` = sum of speed x (1 - load), load = requests there over the requests it holds when full;
+- ``request_slots``: how many requests the ready endpoints hold when full, from what each reports: its
+  KV cache holds ``running / kv_cache_usage`` requests of the current mix (``vllm:num_requests_running``
+  over ``vllm:kv_cache_usage_perc``; the KV cache of ``vllm:cache_config_info``'s ``num_gpu_blocks``), at
+  most ``MAX_BATCH`` (the decode batch at which compute, not memory, is the limit; vLLM does not export
+  ``max_num_seqs``). An endpoint with no estimate yet (idle since start) counts ``MAX_BATCH``; a
+  ``SlotMemory`` keeps each endpoint's last estimate while it idles;
 - ``predicted_ttft_s``: a typical request's TTFT here now (queue ahead of it over the pool's speed);
 - ``snapshot_time`` (wall clock, for other machines) and ``metrics_age_s`` (the oldest ready endpoint's
   scrape age, so a frozen scraper is visible);
@@ -44,6 +50,10 @@ SPEED_LABEL = "kvgate.io/speed"
 GPU_SPEED = {"h100": 1.0, "h200": 1.4, "a100": 0.5, "l4": 0.15, "b200": 2.0}
 TYPICAL_PREFILL_S = 0.05  # one typical request's prefill on an H100 (~1k prompt tokens, 8B model)
 MAX_BATCH = 64  # running requests at which an endpoint counts as fully loaded by batch alone
+# Below this KV use, running / kv is too coarse to say how many requests the cache holds (one short
+# request in an empty cache would claim hundreds of slots; MAX_BATCH caps it anyway).
+SLOTS_MIN_KV = 0.05
+SLOTS_ALPHA = 0.2  # a remembered estimate moves this far towards each new reading
 
 
 class Bloom(msgspec.Struct, frozen=True):
@@ -108,6 +118,7 @@ class PoolAggregate(msgspec.Struct, frozen=True, omit_defaults=True):
     capacity: float = 0.0
     headroom: float = 0.0
     inflight_requests: int = 0
+    request_slots: float = 0.0
     predicted_ttft_s: float | None = None
     metrics_age_s: float | None = None
     prefix_chunk_chars: int | None = None
@@ -153,11 +164,49 @@ def speed_of(ep: Endpoint) -> float:
     return GPU_SPEED.get(gpu_of(ep), 1.0)
 
 
-def endpoint_load(ep: Endpoint) -> float:
-    """0 (idle) .. 1 (full): the tightest of KV use, running batch and queue, plus what we sent unseen."""
+def measured_slots(ep: Endpoint) -> float | None:
+    """Requests the endpoint's KV cache holds at its current mix (``running / kv_cache_usage``), capped at
+    ``MAX_BATCH``; None when it reports too little to tell (idle, or nearly)."""
     m = ep.metrics
+    if m.running_requests <= 0 or m.kv_cache_usage < SLOTS_MIN_KV:
+        return None
+    return max(1.0, min(float(MAX_BATCH), m.running_requests / m.kv_cache_usage))
+
+
+class SlotMemory:
+    """Each endpoint's last slot estimate (moving average), so an endpoint that idles keeps what its KV
+    cache was seen to hold instead of falling back to the ``MAX_BATCH`` prior. Bounded: only the addresses
+    of the latest ``update`` are kept."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, float] = {}
+
+    def update(self, endpoints: Sequence[Endpoint]) -> dict[str, float]:
+        old, self._slots = self._slots, {}
+        for ep in endpoints:
+            got, prev = measured_slots(ep), old.get(ep.address)
+            if got is not None:
+                self._slots[ep.address] = got if prev is None else prev + SLOTS_ALPHA * (got - prev)
+            elif prev is not None:
+                self._slots[ep.address] = prev
+        return self._slots
+
+
+def endpoint_slots(ep: Endpoint, memory: dict[str, float] | None = None) -> float:
+    """Requests the endpoint holds when full: remembered, else measured now, else the ``MAX_BATCH`` prior."""
+    got = memory.get(ep.address) if memory else None
+    if got is None:
+        got = measured_slots(ep)
+    return float(MAX_BATCH) if got is None else got
+
+
+def endpoint_load(ep: Endpoint, slots: float | None = None) -> float:
+    """0 (idle) .. 1 (full): the tightest of KV use and running batch, plus the queue and what we sent
+    unseen, each request counted as one of the ``slots`` the endpoint holds when full."""
+    m = ep.metrics
+    n = float(MAX_BATCH) if slots is None else slots
     queued = m.waiting_queue_size + max(0, ep.inflight.requests - m.running_requests - m.waiting_queue_size)
-    return min(1.0, max(m.kv_cache_usage, m.running_requests / MAX_BATCH) + queued / MAX_BATCH)
+    return min(1.0, max(m.kv_cache_usage, m.running_requests / n) + queued / n)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -179,8 +228,10 @@ def aggregate(
     tls: bool = False,
     mtls: bool = False,
     bloom: Bloom | None = None,
+    slots: dict[str, float] | None = None,
 ) -> PoolAggregate:
-    """The snapshot of ``endpoints`` at clock time ``now`` (``wall`` is the same instant, epoch seconds)."""
+    """The snapshot of ``endpoints`` at clock time ``now`` (``wall`` is the same instant, epoch seconds);
+    ``slots``: remembered per-endpoint slot estimates (``SlotMemory``)."""
     eps = list(endpoints)
     ready = [
         e
@@ -196,7 +247,8 @@ def aggregate(
         g = gpu_of(e)
         by_gpu[g] = by_gpu.get(g, 0) + 1
     capacity = sum(speed_of(e) for e in ready)
-    headroom = sum(speed_of(e) * (1.0 - endpoint_load(e)) for e in ready)
+    n_slots = {e.address: endpoint_slots(e, slots) for e in ready}
+    headroom = sum(speed_of(e) * (1.0 - endpoint_load(e, n_slots[e.address])) for e in ready)
     ttft: float | None = None
     if capacity > 0:
         # The queue ahead of a new request, served by the pool's combined speed, plus its own prefill.
@@ -222,6 +274,7 @@ def aggregate(
         capacity=capacity,
         headroom=headroom,
         inflight_requests=sum(e.inflight.requests for e in eps),
+        request_slots=sum(n_slots.values()),
         predicted_ttft_s=ttft,
         metrics_age_s=max(ages) if ages else None,
         prefix_chunk_chars=prefix_chunk_chars if bloom is not None else None,
@@ -273,6 +326,10 @@ _GAUGES: dict[str, tuple[Gauge, Callable[[PoolAggregate], float]]] = {
         _g("kvgate_pool_capacity", "Ready endpoints weighted by GPU speed (H100 = 1)."),
         lambda a: a.capacity,
     ),
+    "kvgate_pool_request_slots": (
+        _g("kvgate_pool_request_slots", "Requests the ready endpoints hold when full (KV-cache estimate)."),
+        lambda a: a.request_slots,
+    ),
     "kvgate_pool_headroom": (
         _g("kvgate_pool_headroom", "Free capacity: ready endpoints x speed x (1 - load)."),
         lambda a: a.headroom,
@@ -315,6 +372,7 @@ class AggregateSource:
         self.mtls = mtls
         self._bloom: Bloom | None = None
         self._bloom_at: float | None = None
+        self._slots = SlotMemory()
 
     def _summary(self, now: float) -> Bloom | None:
         if self._bloom_at is None or now - self._bloom_at >= BLOOM_EVERY_S:
@@ -325,15 +383,17 @@ class AggregateSource:
 
     def snapshot(self) -> PoolAggregate:
         now = self.clock()
+        eps = list(self.endpoints())
         agg = aggregate(
             self.name,
-            self.endpoints(),
+            eps,
             now=now,
             wall=self.wall(),
             prefix_chunk_chars=self.prefix_chunk_chars,
             tls=self.tls,
             mtls=self.mtls,
             bloom=self._summary(now),
+            slots=self._slots.update(eps),
         )
         export_gauges(agg)
         return agg

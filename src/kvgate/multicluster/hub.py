@@ -5,6 +5,11 @@ Each cluster's Parent-mode gateway (``gateway: host:port``) is one ``Endpoint`` 
 puts first (the rest as fallbacks, which Envoy may try). Parent mode only: ext_proc's answer is one
 destination header decided inside a synchronous pick, so the hub cannot ask a remote EPP for a pod in the
 middle of it (Endpoint mode is the global ``kvgate serve --clusters``'s job).
+
+TTFT evidence takes the global gateway's path (``ClusterState.dispatched(now)`` / ``observe_ttft`` /
+``finished``): a streamed request waits in its cluster's state from dispatch to its first token (the
+ext_proc session's first SSE output), so the ``kvgate`` policy sees the same censored and answered TTFTs
+in the hub as in ``kvgate serve --clusters``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from kvgate.multicluster.state import ClusterState
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult
 
 CLUSTER_LABEL = "kvgate.io/cluster"
+MAX_WAITS = 65536  # streamed requests tracked to their first token (bounded: a lost finish cannot grow it)
 
 
 class ClusterDirector:
@@ -43,6 +49,9 @@ class ClusterDirector:
         )
         self.store = EndpointStore()
         self.states: dict[str, ClusterState] = {}
+        # id(request) -> (cluster, the first-byte wait's token, dispatch time): streamed requests in
+        # flight (the session holds the request object from dispatch to finish, so its id is unique then)
+        self._waits: dict[int, tuple[str, int, float]] = {}
         self.apply(cfg)
 
     def apply(self, cfg: ClustersConfig) -> None:
@@ -82,16 +91,31 @@ class ClusterDirector:
 
     def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None:
         st = self._state(endpoint)
-        if st is not None:
+        if st is None:
+            return
+        if not req.stream:
             st.dispatched()
+            return
+        now = self.clock()
+        if len(self._waits) >= MAX_WAITS:  # the oldest stops waiting (as if finished unseen)
+            name, token, _ = self._waits.pop(next(iter(self._waits)))
+            if name in self.states:
+                self.states[name].answered_without_ttft(token)
+        self._waits[id(req)] = (st.name, st.dispatched(now), now)
 
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None:
-        return None
+        wait = self._waits.get(id(req))
+        st = self._state(endpoint)
+        if wait is None or st is None or st.name != wait[0]:
+            return
+        now = self.clock()
+        st.observe_ttft(now - wait[2], now, wait[1])
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None:
+        wait = self._waits.pop(id(req), None)
         st = self._state(endpoint)
         if st is not None:
-            st.finished()
+            st.finished(wait[1] if wait is not None and wait[0] == st.name else 0)
             if not ok:
                 st.failed(self.clock())
             else:

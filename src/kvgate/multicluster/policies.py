@@ -6,17 +6,22 @@
   (lowest average queue = 1), highest first; whatever snapshot it last saw, however old (no staleness
   check, no health filter), and a cluster never heard from scores as idle.
 - ``kvgate``: health-gated (fresh snapshot within the TTL, EPP not NOT_SERVING, at least one ready endpoint:
-  unknown is never zero load, zero ready endpoints never chosen); cost = load after this request, in units
-  of the cluster's capacity (ready endpoints x speed): what the snapshot shows in use (``capacity -
-  headroom``), plus the queue its headroom cannot show once full (queued requests past the headroom), plus
-  what this gateway sent since the snapshot, with a queueing penalty past full; an RTT term; the TTFT
-  evidence relative to the best cluster's (answered requests' EWMA, and requests still waiting for their
-  first byte counted at their age, a lower bound), so the term means the same at 50 ms and at 2 s TTFTs; a
-  local bonus while the local cluster has room (spill-over), and a prefix-affinity bonus when the
-  request's leading blocks are in the cluster's Bloom summary; then power-of-two choices among the clusters
-  within ``slack`` of the best (no herding between refreshes, nor between gateways sharing a snapshot).
-  Unknown clusters are tried only after every known-good one (ordered by RTT), so a request is not lost
-  when all snapshots are stale.
+  unknown is never zero load, zero ready endpoints never chosen); cost = the cluster's load after this
+  request, the larger of two measures of it:
+  - occupancy: requests there over the requests it holds when full (the snapshot's ``request_slots``, from
+    what its engines report of their KV caches): what the snapshot shows in use (``capacity -
+    headroom``), plus the queue its headroom cannot show once full, plus what this gateway sent since the
+    snapshot, with a queueing penalty past full;
+  - the TTFT evidence: a cluster whose TTFT is k x the best cluster's answers like the best one would at
+    utilisation 1 - 1/k (a queue's wait grows as 1 / (1 - u)). The evidence is the recent EWMA of answered
+    requests, fading to the cluster's TTFT floor (its measured speed, whatever its GPU labels say), and
+    requests still waiting for their first byte counted at their age (a lower bound); scale-free, so it
+    means the same at 50 ms and at 2 s TTFTs;
+  plus an RTT term; a local bonus while the local cluster has room (spill-over), and a prefix-affinity
+  bonus when the request's leading blocks are in the cluster's Bloom summary; then power-of-two choices
+  among the clusters within ``slack`` of the best (no herding between refreshes, nor between gateways
+  sharing a snapshot). Unknown clusters are tried only after every known-good one (ordered by RTT), so a
+  request is not lost when all snapshots are stale.
 """
 
 from __future__ import annotations
@@ -125,9 +130,6 @@ class KvgateWeights:
     affinity_max_util: float = 0.9  # no affinity bonus past this utilisation (a hot prefix must not overload)
     overload: float = 4.0  # extra cost per unit of utilisation past 1 (queueing)
     slack: float = 0.08  # power of two among clusters within this much of the best cost
-    # Cost per multiple of the best cluster's TTFT: a cluster whose TTFT evidence is k x the best one's
-    # costs (k - 1) x this. Scale-free: 0.1 is the old 2 per second where the best TTFT was 50 ms.
-    ttft_rel: float = 0.1
 
 
 class KvgatePolicy:
@@ -146,7 +148,8 @@ class KvgatePolicy:
         self.local = local
         self.w = weights or KvgateWeights()
         self.rng = rng or random.Random(0)
-        self.per_request = per_request  # capacity one request takes on a speed-1 endpoint
+        # Capacity one request takes on a speed-1 endpoint, for a snapshot without ``request_slots``.
+        self.per_request = per_request
         self.last_costs: dict[str, float] = {}
 
     def usable(self, c: ClusterState, now: float) -> bool:
@@ -160,15 +163,24 @@ class KvgatePolicy:
             and a.capacity > 0
         )
 
+    def request_share(self, c: ClusterState) -> float:
+        """The capacity one request takes there: capacity over the requests the cluster holds when full."""
+        a = c.aggregate
+        assert a is not None
+        if a.request_slots > 0:
+            return a.capacity / a.request_slots
+        return self.per_request
+
     def utilisation(self, c: ClusterState) -> float:
         """Load after this request / capacity. Headroom stops at zero when the cluster is full, so the
         queue past that point is added from the snapshot's queue length (what the headroom could not
         absorb): a full cluster with a longer queue costs more."""
         a = c.aggregate
         assert a is not None
-        queued = a.average_queue_size * a.ready_endpoints * self.per_request
+        share = self.request_share(c)
+        queued = a.average_queue_size * a.ready_endpoints * share
         used = a.capacity - a.headroom + max(0.0, queued - a.headroom)
-        used += (c.sent_since_snapshot + 1) * self.per_request
+        used += (c.sent_since_snapshot + 1) * share
         return used / a.capacity
 
     @staticmethod
@@ -178,10 +190,14 @@ class KvgatePolicy:
         seen = [c.ttft_s for c in clusters if c.ttft_s is not None and c.ttft_s > 0]
         return min(seen) if seen else None
 
-    def ttft_cost(self, c: ClusterState, now: float, ref: float | None) -> float:
+    @staticmethod
+    def ttft_load(c: ClusterState, now: float, ref: float | None) -> float:
+        """The utilisation at which the best cluster would answer as slowly as this one: 1 - 1/k for TTFT
+        evidence k x the best's (0 when as fast, or nothing to compare)."""
         if ref is None:
             return 0.0
-        return self.w.ttft_rel * max(0.0, c.observed_ttft(now) / ref - 1.0)
+        k = c.observed_ttft(now) / ref
+        return 1.0 - 1.0 / k if k > 1.0 else 0.0
 
     def affinity(self, c: ClusterState, req: ClusterRequest) -> float:
         a = c.aggregate
@@ -201,9 +217,9 @@ class KvgatePolicy:
         self, c: ClusterState, req: ClusterRequest, now: float = 0.0, ref_ttft: float | None = None
     ) -> float:
         w = self.w
-        u = self.utilisation(c)
-        cost = u + max(0.0, u - 1.0) * w.overload + c.spec.rtt_ms / 1000.0 * w.rtt_per_s
-        cost += self.ttft_cost(c, now, ref_ttft)
+        occupancy = self.utilisation(c)
+        u = max(occupancy, self.ttft_load(c, now, ref_ttft))
+        cost = u + max(0.0, occupancy - 1.0) * w.overload + c.spec.rtt_ms / 1000.0 * w.rtt_per_s
         if c.name == self.local and u < w.spill_at:
             cost -= w.local_bonus
         if u < w.affinity_max_util:

@@ -7,6 +7,12 @@ the anti-herding term) resets when the snapshot changes.
 TTFT evidence is censored data: answered requests give their TTFT (the EWMA), and requests still waiting for
 their first byte give a lower bound, their age. A cluster that swallows requests gets slower in this
 gateway's eyes while it does, instead of looking best because it has not answered yet.
+
+The cluster's speed as measured, whatever its GPU labels say, is its TTFT floor: the 10th percentile of the
+TTFTs observed there, tracked by a multiplicative stochastic-quantile step (each answer above the floor
+raises it by a small factor, each one below lowers it by a 9 x larger one: scale-free, and one outlier
+moves it by a bounded step). Unlike the recent EWMA it does not fade: left alone, a cluster's load
+changes (its snapshot shows that) but its speed does not.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from kvgate.multicluster.clusters import ClusterSpec
 
 FAILURE_BACKOFF_S = 1.0  # a cluster that failed a request (connect error, 5xx) sits out this long, doubling
 FAILURE_BACKOFF_MAX_S = 8.0
+# The floor tracker: log(floor) moves up FLOOR_STEP x FLOOR_QUANTILE for an answer above it, down
+# FLOOR_STEP x (1 - FLOOR_QUANTILE) for one below, so it settles where FLOOR_QUANTILE of answers are below.
+FLOOR_QUANTILE = 0.1
+FLOOR_STEP = 0.2
 
 
 @dataclass(slots=True)
@@ -38,6 +48,7 @@ class ClusterState:
     # a request actually waits there, whatever the GPU table says the cluster's speed is.
     ttft_s: float | None = None
     ttft_at: float = 0.0
+    ttft_floor_s: float | None = None  # ~10th percentile of the observed TTFTs: the cluster's speed
     # Streamed requests sent there still waiting for their first byte: token -> dispatch time (insertion
     # order is dispatch order, so the first is the oldest). Bounded by what is in flight.
     waiting: dict[int, float] = field(default_factory=dict)
@@ -77,6 +88,13 @@ class ClusterState:
         self.waiting.pop(token, None)
         self.ttft_s = seconds if self.ttft_s is None else self.ttft_s + alpha * (seconds - self.ttft_s)
         self.ttft_at = now
+        f = self.ttft_floor_s
+        if f is None or f <= 0.0:
+            self.ttft_floor_s = seconds
+        elif seconds > f:
+            self.ttft_floor_s = f * math.exp(FLOOR_STEP * FLOOR_QUANTILE)
+        elif seconds < f:
+            self.ttft_floor_s = max(seconds, f * math.exp(-FLOOR_STEP * (1.0 - FLOOR_QUANTILE)))
 
     def answered_without_ttft(self, token: int) -> None:
         """The request got an answer that says nothing of the cluster's TTFT (an error reply): no longer
@@ -92,10 +110,11 @@ class ClusterState:
 
     def observed_ttft(self, now: float, tau_s: float = 5.0) -> float:
         """The TTFT evidence: the EWMA of answered requests, fading with its age (a cluster left alone
-        because it was slow gets tried again), but never below the oldest unanswered request's age (a
-        censored observation: a cluster that swallows requests looks slower the longer it does)."""
+        because it was loaded gets tried again) down to its floor (its speed: a slow cluster stays slow),
+        never below the oldest unanswered request's age (a censored observation: a cluster that swallows
+        requests looks slower the longer it does)."""
         ewma = 0.0 if self.ttft_s is None else self.ttft_s * math.exp(-max(0.0, now - self.ttft_at) / tau_s)
-        return max(ewma, self.oldest_wait(now))
+        return max(ewma, self.ttft_floor_s or 0.0, self.oldest_wait(now))
 
     def finished(self, token: int = 0) -> None:
         self.inflight = max(0, self.inflight - 1)

@@ -253,6 +253,7 @@ def inference_request(
         prompt_tokens=parsed.prompt_tokens,
         token_ids=parsed.token_ids,
         max_tokens=parsed.max_tokens,
+        stream=parsed.stream,
         lora_adapter=model if model in policy.adapters else None,
         session_key=session or parsed.user or None,
         priority=policy.objectives.get(objective, 0) if objective else 0,

@@ -23,6 +23,8 @@ class InferenceRequest:
     # Exact token ids when known (precise prefix matching needs them); None otherwise.
     token_ids: list[int] | None = None
     max_tokens: int | None = None
+    # The client asked for a streamed response (its first byte is then its first token, a TTFT).
+    stream: bool = False
     # Set when ``model`` names a LoRA adapter rather than a base model.
     lora_adapter: str | None = None
     session_key: str | None = None
