@@ -205,3 +205,22 @@ async def test_the_fetchers_rounds_run_in_one_loop() -> None:
 def _loops() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if not t.done()
             and getattr(t.get_coro(), "__qualname__", "") == "Fetcher._loop"]  # fmt: skip
+
+
+async def test_the_fetcher_closes_the_health_channel_of_a_removed_cluster() -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    health = f"127.0.0.1:{probe.getsockname()[1]}"  # nothing listens: the check fails, the channel exists
+    probe.close()
+    states = [ClusterState(ClusterSpec("c", gateway="h:1", health=health))]
+    fetcher = Fetcher(lambda: states, interval_s=60, timeout_s=0.5)
+    await fetcher.start()
+    try:
+        assert states[0].healthy is False and list(fetcher._channels) == [health]
+        channel = fetcher._channels[health]
+        states.clear()  # the clusters file lost it
+        await fetcher.refresh()
+        assert fetcher._channels == {}
+        assert channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN
+    finally:
+        await fetcher.stop()
