@@ -61,6 +61,7 @@ def test_gate_on_builds_the_controller_with_bands() -> None:
         ({"fairShareHeadroom": 1.0}, "flowControl.fairShareHeadroom"),
         ({"fairShareHeadroom": -0.1}, "flowControl.fairShareHeadroom"),
         ({"fairShareHeadroom": "half"}, "flowControl.fairShareHeadroom"),
+        ({"fairShareHeadroomOn": "running"}, "flowControl.fairShareHeadroomOn"),
         ({"priorityBands": {"priority": 1}}, "flowControl.priorityBands"),
         ({"priorityBands": [{"maxRequests": 1}]}, "flowControl.priorityBands[0].priority"),
         (

@@ -1,6 +1,6 @@
 """``flowControl.fairShareHeadroom``: in-flight requests per flow, the under-share-first choice inside a
-band, and the stricter gate for a flow over its fair share (the pending bound only, with
-``maxPendingRequests``)."""
+band, and the stricter gate for a flow over its fair share (off the whole saturation, or with
+``fairShareHeadroomOn: pending`` off ``maxPendingRequests`` only)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,19 @@ def req(rid: str, flow: str, priority: int = 0) -> InferenceRequest:
     return InferenceRequest(rid, "m", prompt_tokens=10, max_tokens=4, priority=priority, fairness_id=flow)
 
 
-def director(headroom: float, max_pending: int = 2, fairness: str = "least-attained-service") -> Director:
+def director(
+    headroom: float, on: str = "pending", max_pending: int = 2, max_concurrency: int = 100
+) -> Director:
     cfg: dict[str, Any] = {
         "featureGates": ["flowControl"],
-        "flowControl": {"fairShareHeadroom": headroom, "fairnessPolicy": fairness},
+        "flowControl": {
+            "fairShareHeadroom": headroom,
+            "fairShareHeadroomOn": on,
+            "fairnessPolicy": "least-attained-service",
+        },
         "saturationDetector": {
             "type": "concurrency-detector",
-            "parameters": {"maxConcurrency": 100, "maxPendingRequests": max_pending},
+            "parameters": {"maxConcurrency": max_concurrency, "maxPendingRequests": max_pending},
         },
         "plugins": [{"type": "queue-scorer"}],
         "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}],
@@ -80,22 +86,26 @@ def test_flows_under_their_share_are_chosen_first_only_with_a_headroom(fairness:
     assert next(ctl.heads()).flow == "a"
 
 
-def test_concurrency_detector_reserves_from_the_pending_bound_only() -> None:
+def test_concurrency_detector_reserves_from_the_pending_bound_only_when_asked() -> None:
     d = ConcurrencyDetector("c", PluginHandle(), max_requests=4, max_pending=2)
     ep = Endpoint("a:1")
     ep.inflight.requests = 1  # one request sent, no first token yet
     assert not d.saturated([ep], 0.0)
-    assert d.saturated_reserving([ep], 0.0, 0.5)  # the last pending slot is kept
-    assert not d.saturated_reserving([ep], 0.0, 0.25)  # 1 of 1.5
-    ep.inflight.requests, ep.inflight.decoding = 3, 3  # running slots are not reserved
-    assert not d.saturated_reserving([ep], 0.0, 0.5)
+    for pending_only in (False, True):
+        assert d.saturated_reserving([ep], 0.0, 0.5, pending_only)  # the last pending slot is kept
+        assert not d.saturated_reserving([ep], 0.0, 0.25, pending_only)  # 1 of 1.5
+    ep.inflight.requests, ep.inflight.decoding = 3, 3  # 3 of 4 running slots, none pending
+    assert not d.saturated([ep], 0.0)
+    assert d.saturated_reserving([ep], 0.0, 0.25)  # the whole score: running slots are kept too
+    assert not d.saturated_reserving([ep], 0.0, 0.5, pending_only=True)  # only pending ones
     ep.inflight.requests = 4
-    assert d.saturated([ep], 0.0) and d.saturated_reserving([ep], 0.0, 0.5)
-    # Without a pending bound, the headroom comes off the whole saturation.
+    assert d.saturated([ep], 0.0) and d.saturated_reserving([ep], 0.0, 0.5, pending_only=True)
+    # Without a pending bound, pending_only falls back to the whole score.
     d2 = ConcurrencyDetector("c2", PluginHandle(), max_requests=4)
     ep.inflight.requests, ep.inflight.decoding = 3, 3
     assert not d2.saturated([ep], 0.0)
-    assert d2.saturated_reserving([ep], 0.0, 0.25) and not d2.saturated_reserving([ep], 0.0, 0.2)
+    assert d2.saturated_reserving([ep], 0.0, 0.25, pending_only=True)
+    assert not d2.saturated_reserving([ep], 0.0, 0.2, pending_only=True)
 
 
 def test_utilization_detector_reserves_from_the_whole_saturation() -> None:
@@ -127,6 +137,20 @@ def test_the_director_gates_a_flow_over_its_share_earlier() -> None:
     d.on_finished(a1, ep, Usage(10, 4, 0), True)
     d.on_finished(b0, ep, Usage(10, 4, 0), True)
     assert (ctl.inflight, ctl.inflight_total) == ({}, 0)
+
+
+def test_the_director_keeps_running_slots_with_the_default_bound() -> None:
+    d = director(headroom=0.5, on="saturation", max_pending=0, max_concurrency=2)
+    ctl = d.flow.ctl  # type: ignore[union-attr]
+    ep = send(d, req("a1", "a"))
+    d.on_first_token(req("a1", "a"), ep)  # running, not pending
+    assert not d.saturated(req("a2", "a"))  # a alone: 1 of 2 running slots
+    ctl.enqueue(req("b1", "b"), 0.0)
+    assert d.saturated(req("a2", "a")) and not d.saturated(req("b1", "b"))
+    d2 = director(headroom=0.5, on="pending", max_pending=0, max_concurrency=2)  # no pending bound
+    ep = send(d2, req("a1", "a"))
+    d2.flow.ctl.enqueue(req("b1", "b"), 0.0)  # type: ignore[union-attr]
+    assert d2.saturated(req("a2", "a"))  # falls back to the whole score
 
 
 def test_without_a_headroom_the_gate_is_unchanged() -> None:
@@ -163,3 +187,12 @@ async def test_through_the_dispatcher_the_last_slot_waits_for_a_flow_under_its_s
     for t in flood:
         t.cancel()
     await asyncio.gather(*flood, return_exceptions=True)
+
+
+def test_config_defaults_and_values() -> None:
+    from kvgate.flowcontrol.config import parse_flow_control
+
+    off = parse_flow_control({})
+    assert (off.fair_share_headroom, off.fair_share_headroom_on) == (0.0, "saturation")
+    on = parse_flow_control({"fairShareHeadroom": 0.25, "fairShareHeadroomOn": "pending"})
+    assert (on.fair_share_headroom, on.fair_share_headroom_on) == (0.25, "pending")

@@ -27,8 +27,9 @@ Arms (the same kvgate scheduling profile each time; only admission differs):
   that is not sheddable stops the newest batch request that has no first token yet (the simulated
   server aborts it; it counts as shed, 429).
 - ``kvgate-reserve`` (only with ``--arms``): ``kvgate`` plus ``flowControl.fairShareHeadroom``
-  (``--headroom``): a flow over its fair share of in-flight requests dispatches only while the gate's
-  saturation is below ``1 - headroom``, and the flows under their share are chosen first.
+  (``--headroom``, taken from the bound ``--headroom-on`` names): a flow over its fair share of
+  in-flight requests dispatches only while the gate is below ``1 - headroom``, and the flows under
+  their share are chosen first.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ BATCH = "batch"
 SLO_TTFT = {CRITICAL: 1.0, BATCH: 10.0}
 INTERACTIVE_SLO = 1.0
 PRIORITY = {CRITICAL: 10, BATCH: -1}
-# maxConcurrency = the servers' running-batch limit (--max-num-seqs); the pending bound does the work.
+# maxConcurrency = the servers' running-batch limit (--max-num-seqs, as the live run sets it); the
+# pending bound does the work.
 DETECTOR_KVGATE: dict[str, Any] = {
     "type": "concurrency-detector",
     "parameters": {"maxConcurrency": 128, "maxPendingRequests": 2},
@@ -74,7 +76,14 @@ _SCHED = {
 }
 
 
-def arm_config(arm: str, ttl: float, max_pending: int = 2, headroom: float = 0.25) -> dict[str, Any]:
+def arm_config(
+    arm: str,
+    ttl: float,
+    max_pending: int = 2,
+    headroom: float = 0.25,
+    max_concurrency: int = 128,
+    headroom_on: str = "saturation",
+) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
         return doc
@@ -89,7 +98,9 @@ def arm_config(arm: str, ttl: float, max_pending: int = 2, headroom: float = 0.2
         doc["flowControl"]["preemption"] = True
     if arm == "kvgate-reserve":  # + a fair-share reservation (not in the default arms)
         doc["flowControl"]["fairShareHeadroom"] = headroom
-    params = {**DETECTOR_KVGATE["parameters"], "maxPendingRequests": max_pending}
+        doc["flowControl"]["fairShareHeadroomOn"] = headroom_on
+    params = {**DETECTOR_KVGATE["parameters"], "maxPendingRequests": max_pending,
+              "maxConcurrency": max_concurrency}  # fmt: skip
     doc["saturationDetector"] = {**DETECTOR_KVGATE, "parameters": params}
     return doc
 
@@ -168,6 +179,7 @@ class FlowSim:
         max_num_seqs: int = 128,
         max_pending: int = 2,
         headroom: float = 0.25,
+        headroom_on: str = "saturation",
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -177,10 +189,10 @@ class FlowSim:
         self.arm = arm
         self.clock = VirtualClock()
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
+        config = arm_config(arm, ttl, max_pending, headroom, max_num_seqs, headroom_on)
         self.director = build_director(
-            arm_config(arm, ttl, max_pending, headroom), EndpointStore(self.endpoints), clock=self.clock.time,
-            seed=seed, flow_metrics=False,
-        )  # fmt: skip
+            config, EndpointStore(self.endpoints), clock=self.clock.time, seed=seed, flow_metrics=False
+        )
         self.replicas = [
             VirtualReplica(
                 self.clock,
@@ -445,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="kvgate arm: the detector's maxPendingRequests")  # fmt: skip
     p.add_argument("--headroom", type=float, default=0.25,
                    help="kvgate-reserve arm: flowControl.fairShareHeadroom")  # fmt: skip
+    p.add_argument("--headroom-on", choices=("saturation", "pending"), default="saturation",
+                   help="kvgate-reserve arm: flowControl.fairShareHeadroomOn")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     p.add_argument("--live", action="store_true", help="real kvgate serve + simulated fleet over HTTP")
@@ -468,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         arrivals = Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
         for arm in args.arms.split(","):
             sim = FlowSim(arm, args.replicas, args.profile, args.seed, args.ttl, args.max_num_seqs,
-                          args.max_pending, args.headroom)  # fmt: skip
+                          args.max_pending, args.headroom, args.headroom_on)  # fmt: skip
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
     for arm in args.arms.split(","):

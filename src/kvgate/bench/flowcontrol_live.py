@@ -44,11 +44,16 @@ MIXES = ("calm", "even", "flood")
 
 
 def gateway_config(
-    arm: str, urls: list[str], ttl_wall: float, max_num_seqs: int, headroom: float = 0.25
+    arm: str,
+    urls: list[str],
+    ttl_wall: float,
+    max_num_seqs: int,
+    headroom: float = 0.25,
+    headroom_on: str = "saturation",
 ) -> dict[str, Any]:
     """A ``kvgate serve --config`` document: the simulator bench's picker config for ``arm`` (TTL in
     wall seconds, the concurrency detector sized to the servers' batch), plus the two objectives."""
-    picker = fc.arm_config(arm, ttl_wall, headroom=headroom)
+    picker = fc.arm_config(arm, ttl_wall, headroom=headroom, headroom_on=headroom_on)
     if "saturationDetector" in picker:
         det = picker["saturationDetector"]
         picker["saturationDetector"] = {
@@ -96,14 +101,22 @@ async def start_gateway(doc: dict[str, Any], wait_s: float = 60.0) -> tuple[proc
 
 
 async def run_arm(
-    arm: str, arrivals: list[fc.Arrival], spec: FleetSpec, duration: float, ttl: float, headroom: float = 0.25
+    arm: str,
+    arrivals: list[fc.Arrival],
+    spec: FleetSpec,
+    duration: float,
+    ttl: float,
+    headroom: float = 0.25,
+    headroom_on: str = "saturation",
 ) -> tuple[fc.Run, dict[str, Any]]:
     """A fresh fleet and gateway, the arrivals through it; outcomes in simulated seconds."""
     ts = spec.time_scale
     sims, urls = await start_fleet(spec)
     gw: procs.Proc | None = None
     try:
-        gw, base = await start_gateway(gateway_config(arm, urls, ttl / ts, spec.max_num_seqs, headroom))
+        gw, base = await start_gateway(
+            gateway_config(arm, urls, ttl / ts, spec.max_num_seqs, headroom, headroom_on)
+        )
         reqs = specs(arrivals, ts)
         cfg = loadgen.RunConfig(
             base_url=base, qps=1.0, concurrency=4096, max_requests=len(reqs), duration=duration / ts + 1,
@@ -149,7 +162,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     for mode in args.mixes.split(","):
         arrivals = fc.Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
         for arm in arms:
-            run, extra = await run_arm(arm, arrivals, spec, args.duration, args.ttl, args.headroom)
+            run, extra = await run_arm(
+                arm, arrivals, spec, args.duration, args.ttl, args.headroom, args.headroom_on
+            )
             rows["runs"][f"{arm}/{mode}"] = {**fc.summarize(run, args.warmup), **extra}
     for arm in arms:
         flood = rows["runs"].get(f"{arm}/flood")

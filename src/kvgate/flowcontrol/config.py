@@ -14,6 +14,8 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
       holdPredictedMisses: false  # hold a sheddable request predicted to miss its SLO (not 429)
       fairShareHeadroom: 0        # kvgate: a flow over its fair share of in-flight requests dispatches
                                   # only while the pool's saturation stays below 1 - this (0 = off)
+      fairShareHeadroomOn: saturation  # kvgate: saturation (every bound of the gate) | pending
+                                  # (concurrency-detector's maxPendingRequests bound only)
       priorityBands:              # per-band overrides; a priority not listed gets the defaults
       - priority: 0
         maxRequests: 1000
@@ -50,9 +52,10 @@ ORDERING_POLICIES = {
     "slo-deadline": "slo-deadline",
     "slo-deadline-ordering-policy": "slo-deadline",
 }
+HEADROOM_ON = ("saturation", "pending")
 _GLOBAL_KEYS = ("maxRequests", "maxBytes", "defaultRequestTTL", "fairnessPolicy", "orderingPolicy",
                 "defaultTTFTSLO", "preemption", "holdPredictedMisses", "fairShareHeadroom",
-                "priorityBands")  # fmt: skip
+                "fairShareHeadroomOn", "priorityBands")  # fmt: skip
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,6 +80,9 @@ class FlowControlConfig:
     # kvgate (the reference has no such key): the share of the dispatch gate's capacity kept free for
     # flows at or under their fair share of in-flight requests; 0 = off.
     fair_share_headroom: float = 0.0
+    # Which bounds the headroom comes off: "saturation" (the detector's whole score) or "pending"
+    # (concurrency-detector's maxPendingRequests only; running slots stay whole).
+    fair_share_headroom_on: str = "saturation"
     bands: dict[int, BandConfig] = field(default_factory=dict)
 
     def band(self, priority: int) -> BandConfig:
@@ -106,6 +112,7 @@ def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl")
         preemption=p.get_bool("preemption", False),
         hold_predicted_misses=p.get_bool("holdPredictedMisses", False),
         fair_share_headroom=p.get_float("fairShareHeadroom", 0.0, min=0.0),
+        fair_share_headroom_on=p.get_str("fairShareHeadroomOn", "saturation", choices=list(HEADROOM_ON)),
     )
     if cfg.fair_share_headroom >= 1.0:
         raise ConfigError(

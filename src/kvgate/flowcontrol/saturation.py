@@ -25,9 +25,12 @@ class SaturationDetector(Plugin):
     def saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
         return self.saturation(endpoints, now) >= 1.0
 
-    def saturated_reserving(self, endpoints: Sequence[Endpoint], now: float, headroom: float) -> bool:
+    def saturated_reserving(
+        self, endpoints: Sequence[Endpoint], now: float, headroom: float, pending_only: bool = False
+    ) -> bool:
         """The gate for a flow over its fair share (``flowControl.fairShareHeadroom``): saturated
-        already at ``1 - headroom``, so the rest stays free for the flows under their share."""
+        already at ``1 - headroom``, so the rest stays free for the flows under their share.
+        ``pending_only`` (``fairShareHeadroomOn: pending``) is for detectors with a pending bound."""
         return self.saturation(endpoints, now) >= 1.0 - headroom
 
 
@@ -112,12 +115,16 @@ class ConcurrencyDetector(SaturationDetector):
             s = max(s, (inf.requests - inf.decoding) / (self.max_pending * pending_scale))
         return s
 
-    def saturated_reserving(self, endpoints: Sequence[Endpoint], now: float, headroom: float) -> bool:
-        """With ``maxPendingRequests``, the headroom is taken from the pending bound only: the flows
-        under their fair share get the last ``headroom`` of the slots where a server starts a request
-        at its next step, while the running-batch and token bounds stay whole for everyone (reserving
-        running slots would leave part of every batch idle)."""
-        if not self.max_pending:
+    def saturated_reserving(
+        self, endpoints: Sequence[Endpoint], now: float, headroom: float, pending_only: bool = False
+    ) -> bool:
+        """With ``pending_only`` and ``maxPendingRequests``, the headroom is taken from the pending
+        bound only: the flows under their fair share get the last ``headroom`` of the slots where a
+        server starts a request at its next step, while the running-batch and token bounds stay whole
+        for everyone (which pays when the pending bound is what binds: big batches, long prompts).
+        Otherwise from the whole score (every bound: also the running slots, which is what binds with
+        small batches)."""
+        if not (pending_only and self.max_pending):
             return super().saturated_reserving(endpoints, now, headroom)
         if not endpoints:
             return True

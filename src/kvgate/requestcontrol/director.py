@@ -163,11 +163,15 @@ class Director:
             cands = self.candidates(req)
         except SchedulingError:
             return False  # let the pick fail with its own error
-        headroom = self.flow.ctl.cfg.fair_share_headroom if self.flow is not None else 0.0
-        if headroom and self.flow is not None and self.flow.ctl.over_share(flow_of(req)):
+        flow = self.flow
+        if flow is not None and flow.ctl.cfg.fair_share_headroom and flow.ctl.over_share(flow_of(req)):
             # flowControl.fairShareHeadroom: the last part of the capacity is kept for flows at or
             # under their fair share, so one of theirs leaves at once instead of waiting for a slot.
-            return self.detector.saturated_reserving(cands, self.clock(), headroom)
+            cfg = flow.ctl.cfg
+            pending_only = cfg.fair_share_headroom_on == "pending"
+            return self.detector.saturated_reserving(
+                cands, self.clock(), cfg.fair_share_headroom, pending_only
+            )
         return self.detector.saturated(cands, self.clock())
 
     def _pick_late(self, req: InferenceRequest, explain: bool) -> PickResult:
