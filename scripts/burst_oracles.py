@@ -1,0 +1,78 @@
+"""Upper bounds for two routing ideas on the multi-turn family, as oracles (engine truth, forced picks),
+not policies: if an oracle does not pay, a cost-model version of it will not either.
+
+- ``segregate``: every decode-heavy one-off (no session, short prompt, long output) goes to one replica,
+  so the others' caches churn less and keep tenants' prefixes between bursts;
+- ``split2`` / ``split3``: a burst whose prefix no engine caches when its first request arrives has its
+  followers dealt in turn over the first request's replica and the 1 / 2 least-loaded others.
+
+Prints the p90, p99 and hit rate, and the measured bursts that found their prefix cold.
+
+    PYTHONPATH=src python scripts/burst_oracles.py MODE FAMILY QPS SEED    (base|segregate|split2|split3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+from tail_breakdown import instrument, mixed_class
+
+from kvgate.bench.mixed import FAMILIES
+from kvgate.bench.multiturn import mixed_sim
+from kvgate.sim.kvcache import xxhash64_chain
+
+
+def main() -> None:
+    mode, fam, qps, seed = sys.argv[1], FAMILIES[sys.argv[2]], float(sys.argv[3]), int(sys.argv[4])
+    sim = mixed_sim(fam, "kvgate", qps, seed)
+    engines = [r.engine for r in sim.replicas]
+    bs = engines[0].config.block_size
+    pick = sim.director.pick
+    ways = int(mode[-1]) if mode.startswith("split") else 1
+    bursts: dict[tuple[int, ...], list[Any]] = {}  # prefix -> [first arrival, cold, replicas, followers]
+
+    def forced(req: Any, explain: bool = False) -> Any:
+        res = pick(req, explain)
+        ids = req.token_ids or []
+        if mode == "segregate":
+            if not req.session_key and len(ids) < 700 and (req.max_tokens or 0) >= 300:
+                return dataclasses.replace(res, endpoints=[sim.endpoints[-1]])
+            return res
+        if not ways or req.session_key or len(ids) < fam.tenant_prefix:
+            return res
+        key, now = tuple(ids[:32]), sim.clock.now
+        b = bursts.get(key)
+        if b is None or now - b[0] > 1.0:
+            n = fam.tenant_prefix // bs
+            hashes = xxhash64_chain(None, ids[: n * bs], bs, None)
+            cold = max(len(e.pool.lookup(hashes, n)) for e in engines) < n // 2
+            others = sorted(
+                (e for e in sim.endpoints if e is not res.primary), key=lambda e: e.inflight.requests
+            )
+            bursts[key] = [now, cold, [res.primary, *others[: ways - 1]], 0]
+            return res
+        b[3] += 1
+        return dataclasses.replace(res, endpoints=[b[2][b[3] % ways]]) if b[1] and ways > 1 else res
+
+    sim.director.pick = forced  # type: ignore[method-assign]
+    recs = instrument(sim, mixed_class)
+    row = sim.run().row
+    first: dict[str, Any] = {}
+    cold = total = 0
+    for r in sorted((r for r in recs.values() if r.cls == "burst"), key=lambda r: r.at):
+        f = first.get(r.group)
+        if f is None or r.at - f.at > 1.0:
+            first[r.group] = r
+            total += 1
+            cold += r.best_cached < 0.5 * r.prompt
+    print(
+        f"{mode} {fam.name}/{seed} @ {qps:g} req/s: p90 {row['ttft_p90']:.3f} s, "
+        f"p99 {row['ttft_p99']:.3f} s, "
+        f"hit {row['prefix_hit_rate']:.3f}, cold bursts {cold} of {total}, per replica {sim.per_replica}"
+    )
+
+
+if __name__ == "__main__":
+    main()
