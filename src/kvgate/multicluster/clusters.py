@@ -4,6 +4,7 @@
 local: east                 # this gateway's own cluster (preferred while it has room); optional
 ttl_s: 3.0                  # aggregates older than this are unknown (never "idle")
 refresh_s: 0.5              # how often aggregates and EPP health are fetched
+epp_timeout_s: 2.0          # Endpoint mode: the EPP's deadline to answer each message (pick, response)
 tls: {ca: ca.pem, cert: client.pem, key: client.key}   # client TLS for https aggregates (mTLS with cert)
 clusters:
 - name: east
@@ -14,11 +15,13 @@ clusters:
   health: 10.1.0.2:9003     # the EPP's gRPC health port (active-passive)
   rtt_ms: 5
   priority: 0               # active-passive order (lowest first)
+  epp_timeout_s: 4.0        # this cluster's EPP deadline (default: the top-level one)
 ```
 
 ``ClustersFile.maybe_reload(now)`` re-reads the file when its mtime changes (checked at most every
 ``check_every_s``); a file that fails to parse keeps the last good list and logs why. Everything in it
-applies live (clusters, ``ttl_s``, ``refresh_s``, ``tls``, ``limits``) except the ``kubernetes`` section.
+applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``, ``tls``, ``limits``) except the
+``kubernetes`` section.
 """
 
 from __future__ import annotations
@@ -43,6 +46,19 @@ class ClustersError(ValueError):
         self.key = key
 
 
+EPP_TIMEOUT_S = 2.0
+
+
+def _seconds(v: Any, key: str) -> float:
+    try:
+        out = float(v)
+    except (TypeError, ValueError):
+        raise ClustersError(key, f"expected a number of seconds, got {v!r}") from None
+    if not out > 0:
+        raise ClustersError(key, f"expected a positive number of seconds, got {v!r}")
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
     name: str
@@ -53,6 +69,7 @@ class ClusterSpec:
     health: str | None = None
     rtt_ms: float = 0.0
     priority: int = 0
+    epp_timeout_s: float | None = None  # None: the clusters file's ``epp_timeout_s``
 
     @property
     def endpoint_mode(self) -> bool:
@@ -110,6 +127,9 @@ class ClustersConfig:
     local: str | None = None
     ttl_s: float = 3.0
     refresh_s: float = 0.5
+    # Endpoint mode: how long the EPP has to answer each message (the pick; the response headers; a
+    # response line it owes the client). Past it the EPP counts as stalled, and is treated as failed.
+    epp_timeout_s: float = EPP_TIMEOUT_S
     tls: TlsOptions = field(default_factory=TlsOptions)
     kubernetes: KubeImports | None = None
     # The client-facing front's limits (``limits:``, the gateway config's key names); hot-reloaded too.
@@ -155,6 +175,9 @@ def parse(doc: Any) -> ClustersConfig:
                 health=_hostport(c.get("health"), f"{key}.health"),
                 rtt_ms=float(c.get("rtt_ms", 0.0)),
                 priority=int(c.get("priority", 0)),
+                epp_timeout_s=_seconds(c["epp_timeout_s"], f"{key}.epp_timeout_s")
+                if c.get("epp_timeout_s") is not None
+                else None,
             )
         )
     names = [c.name for c in out]
@@ -177,6 +200,7 @@ def parse(doc: Any) -> ClustersConfig:
         local=local,
         ttl_s=float(doc.get("ttl_s", 3.0)),
         refresh_s=float(doc.get("refresh_s", 0.5)),
+        epp_timeout_s=_seconds(doc.get("epp_timeout_s", EPP_TIMEOUT_S), "epp_timeout_s"),
         tls=TlsOptions(tls.get("ca"), tls.get("cert"), tls.get("key")),
         kubernetes=kube,
         limits=limits,

@@ -19,6 +19,12 @@ The global gateway plays Envoy's part of one ``Process`` stream for the request'
    ``JSON_BYTES``;
 4. the client leaving, the pod failing mid-way or a failover cancels the stream, which ends the
    request on the EPP (``Session.close``).
+
+An EPP that stops answering without failing (a stalled process, a hung event loop) is failed by its
+deadline (``timeout_s``, the clusters file's ``epp_timeout_s``): each message it must answer (the pick,
+the response headers, a response line it owes the client, the end of a JSON reply) gets that long, and
+one it does not answer (or a write it stops reading) raises ``EppStalled``, handled as a failure: the
+pick moves on (Parent mode, the next cluster), a response goes on from the pod.
 """
 
 from __future__ import annotations
@@ -98,6 +104,15 @@ class Mutation:
         return out
 
 
+class EppStalled(TimeoutError):
+    """The EPP did not answer (or stopped reading) within its deadline; ``phase``: ``pick``,
+    ``response_headers`` or ``response_body``. A TimeoutError, so it fails like one."""
+
+    def __init__(self, phase: str, timeout_s: float) -> None:
+        super().__init__(f"the EPP stopped answering ({phase}, {timeout_s:g} s)")
+        self.phase = phase
+
+
 class EppImmediate(Exception):
     """The EPP answered the response headers with an ImmediateResponse (e.g. a preempted request)."""
 
@@ -135,16 +150,28 @@ class EppStream:
         self.ended = False  # end_of_stream reached the EPP: it closed the request's accounting
         self.client_model: str | None = None  # the model the client asked for (put back without the EPP)
         self.fell_back = False  # the EPP failed mid-response and the pod's stream went on without it
+        self.broken = False  # the EPP failed at the response headers: the body goes on without it
+        self.stalled: str | None = None  # the phase in which the EPP stopped answering (``EppStalled``)
 
     # ---- the pick ---------------------------------------------------------------------------------
-    async def _read(self) -> pb.ProcessingResponse | None:
+    def _stall(self, phase: str) -> EppStalled:
+        self.stalled = phase
+        return EppStalled(phase, self.timeout_s)
+
+    async def _read(self, phase: str) -> pb.ProcessingResponse | None:
         assert self._call is not None
-        msg = await asyncio.wait_for(self._call.read(), self.timeout_s)
+        try:
+            msg = await asyncio.wait_for(self._call.read(), self.timeout_s)
+        except TimeoutError:
+            raise self._stall(phase) from None
         return None if msg is grpc.aio.EOF else msg
 
-    async def _write(self, msg: pb.ProcessingRequest) -> None:
+    async def _write(self, msg: pb.ProcessingRequest, phase: str) -> None:
         assert self._call is not None
-        await asyncio.wait_for(self._call.write(msg), self.timeout_s)
+        try:
+            await asyncio.wait_for(self._call.write(msg), self.timeout_s)
+        except TimeoutError:  # gRPC flow control: the EPP stopped reading
+            raise self._stall(phase) from None
         self._last_write = self.clock()
 
     async def _pick(self, path: str, headers: Mapping[str, str], body: bytes) -> None:
@@ -154,16 +181,16 @@ class EppStream:
             )
         )
         first.protocol_config.CopyFrom(_PROTOCOL)
-        await self._write(first)
+        await self._write(first, "pick")
         pieces = [body[i : i + _CHUNK] for i in range(0, len(body), _CHUNK)] or [b""]
         for i, piece in enumerate(pieces):
             chunk = pb.HttpBody(body=piece, end_of_stream=i == len(pieces) - 1)
-            await self._write(pb.ProcessingRequest(request_body=chunk))
+            await self._write(pb.ProcessingRequest(request_body=chunk), "pick")
         self.body = body
         parts: list[bytes] = []
         picked = False
         while True:
-            msg = await self._read()
+            msg = await self._read("pick")
             if msg is None:  # the EPP ended the stream without a pick
                 break
             kind = msg.WhichOneof("response")
@@ -203,7 +230,8 @@ class EppStream:
     # ---- the response -----------------------------------------------------------------------------
     async def response_headers(self, status: int, headers: Mapping[str, str], served: str) -> Mutation:
         """Send the pod's response headers; the EPP's answer says how the client's headers change.
-        Best effort: an EPP that fails here leaves the response alone (and the stream cancelled)."""
+        Best effort: an EPP that fails (or stalls) here leaves the response alone, the stream cancelled
+        and ``broken`` set: the body goes on from the pod (the model name put back here)."""
         if self._call is None or not self.send_response_headers:
             return Mutation()
         md = base_pb2.Metadata()
@@ -215,9 +243,9 @@ class EppStream:
             metadata_context=md,
         )
         try:
-            await self._write(msg)
+            await self._write(msg, "response_headers")
             while True:
-                answer = await self._read()
+                answer = await self._read("response_headers")
                 if answer is not None and answer.WhichOneof("response") == "immediate_response":
                     # The EPP took the request back (flow control preempted it): Envoy would answer the
                     # client with this and reset the upstream; nothing reached the client yet here.
@@ -233,14 +261,21 @@ class EppStream:
         except asyncio.CancelledError:
             self.cancel()
             raise
-        except (grpc.aio.AioRpcError, TimeoutError) as e:
-            log.warning("EPP stream failed at the response headers: %s", type(e).__name__)
+        except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as e:
+            log.warning("EPP stream failed at the response headers: %s", e or type(e).__name__)
+            self.broken = True
             self.cancel()
             return Mutation()
 
     def body_through(self, upstream: AsyncIterator[bytes], *, streaming: bool) -> AsyncIterator[bytes]:
         """The client's body: the EPP's (a rewrite), or the pod's with the EPP told what it reads."""
         if self._call is None:
+            return upstream
+        if self.broken:
+            # The EPP failed at the headers: nothing of the body goes through it (a cancelled call).
+            self.fell_back = True
+            if self.rewritten and self.send_response_body and self.client_model is not None:
+                return self._from_pod(upstream, b"", streaming=streaming, given=False)
             return upstream
         if self.rewritten and self.send_response_body:
             return self._relay(upstream, streaming=streaming)
@@ -251,7 +286,7 @@ class EppStream:
             piece = data[i : i + _CHUNK]
             last = i + _CHUNK >= len(data)
             chunk = pb.HttpBody(body=piece, end_of_stream=eos and last)
-            await self._write(pb.ProcessingRequest(response_body=chunk))
+            await self._write(pb.ProcessingRequest(response_body=chunk), "response_body")
 
     async def _drain(self) -> None:
         """Read (and drop) the EPP's answers, so its writes never stall the stream."""
@@ -287,8 +322,8 @@ class EppStream:
                                 held -= len(tail.popleft())
                             if self.clock() - self._last_write > KEEPALIVE_S:
                                 await self._body(b"", False)
-                    except (grpc.aio.AioRpcError, TimeoutError) as e:
-                        log.warning("EPP stream failed mid-response: %s", type(e).__name__)
+                    except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as e:
+                        log.warning("EPP stream failed mid-response: %s", e or type(e).__name__)
                         live, failed = False, True
                         self.fell_back = True  # the client's stream goes on; the EPP's accounting is lost
                         self.cancel()
@@ -316,7 +351,7 @@ class EppStream:
                 await self._body(data, True)
             self.ended = True
             await asyncio.wait_for(self._call.done_writing(), self.timeout_s)
-        except (grpc.aio.AioRpcError, TimeoutError) as e:
+        except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as e:
             log.warning("EPP stream failed at the end of the response: %s", type(e).__name__)
             self.cancel()
             return
@@ -333,7 +368,11 @@ class EppStream:
         lost or repeated: the EPP's output reaches the client in whole lines only (its rewrite maps each
         pod line to one line), and the pod's bytes the EPP has not answered for are kept (``ledger``) to
         be sent on. A JSON reply is finished here when none of it had reached the client. Otherwise (a
-        ledger over ``LEDGER_BYTES``, an EPP whose line count does not match), the stream is cut."""
+        ledger over ``LEDGER_BYTES``, an EPP whose line count does not match), the stream is cut.
+
+        An EPP that stops answering is failed the same way: from the moment it owes the client something
+        (a complete pod line it has not answered; a JSON reply's end of stream), it has ``timeout_s``
+        to answer (``watch``); any answer restarts the clock while more is owed."""
         assert self._call is not None
         call = self._call
         out: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
@@ -345,9 +384,17 @@ class EppStream:
         sent_lines = 0  # pod lines sent to the EPP (newlines), and the EPP's lines delivered
         answered = 0
         given = False  # any of the EPP's bytes went to the client
+        loop = asyncio.get_running_loop()
+        # The deadline: lines sent and lines the EPP answered (whatever ``keep``), and since when it owes.
+        lines_out = lines_in = 0
+        owed_since: float | None = None
+        owing = asyncio.Event()
+
+        def owes() -> bool:
+            return self.ended or (streaming and lines_out > lines_in)
 
         async def pump() -> None:
-            nonlocal keep, sent_lines
+            nonlocal keep, sent_lines, lines_out, owed_since
             try:
                 async for chunk in upstream:
                     if keep:
@@ -357,12 +404,39 @@ class EppStream:
                             keep = False
                             ledger.clear()
                     await self._body(chunk, False)
+                    if streaming:
+                        lines_out += chunk.count(b"\n")
+                        if owed_since is None and owes():
+                            owed_since = loop.time()
+                            owing.set()
                 await self._body(b"", True)
                 self.ended = True
-                await call.done_writing()
+                if owed_since is None:
+                    owed_since = loop.time()
+                    owing.set()
+                try:
+                    await asyncio.wait_for(call.done_writing(), self.timeout_s)
+                except TimeoutError:
+                    raise self._stall("response_body") from None
             except BaseException as e:  # the pod or the EPP failed
                 out.put_nowait(e)
                 raise
+
+        async def watch() -> None:
+            """Fail the stream with ``EppStalled`` when the EPP owes an answer past its deadline."""
+            nonlocal owed_since
+            while True:
+                if owed_since is None:
+                    owing.clear()
+                    await owing.wait()
+                    continue
+                if room.locked():  # the reader waits for the client, not for the EPP
+                    owed_since = loop.time()
+                left = owed_since + self.timeout_s - loop.time()
+                if left <= 0:
+                    out.put_nowait(self._stall("response_body"))
+                    return
+                await asyncio.sleep(left)
 
         def answer(data: bytes) -> None:
             """The EPP's complete lines: the pod lines they stand for leave the ledger."""
@@ -381,6 +455,7 @@ class EppStream:
             del ledger[:cut]
 
         async def read() -> None:
+            nonlocal lines_in, owed_since
             held = bytearray()  # the EPP's output after its last newline, until the line completes
             try:
                 while True:
@@ -390,6 +465,9 @@ class EppStream:
                     if msg.WhichOneof("response") != "response_body":
                         continue
                     streamed = msg.response_body.response.body_mutation.streamed_response
+                    lines_in += streamed.body.count(b"\n")
+                    # It answered: what it still owes has a deadline from now.
+                    owed_since = loop.time() if owes() else None
                     held.extend(streamed.body)
                     whole = len(held) if streamed.end_of_stream else held.rfind(b"\n") + 1
                     if whole:
@@ -407,8 +485,8 @@ class EppStream:
                 out.put_nowait(e)
                 raise
 
-        loop = asyncio.get_running_loop()
         writer, self._reader = loop.create_task(pump()), loop.create_task(read())
+        watcher = loop.create_task(watch())
         done = False
         failure: BaseException | None = None
         try:
@@ -424,11 +502,12 @@ class EppStream:
                 given = True
                 yield item
         finally:
+            watcher.cancel()
             if not done:
                 writer.cancel()
                 self.cancel()
-            # Both tasks awaited: a failure they re-raise is retrieved here, not logged as never retrieved.
-            for task in (writer, self._reader):
+            # The tasks awaited: a failure they re-raise is retrieved here, not logged as never retrieved.
+            for task in (writer, self._reader, watcher):
                 with contextlib.suppress(BaseException):
                     await task
         if done:
@@ -444,12 +523,20 @@ class EppStream:
         if not isinstance(failure, (grpc.aio.AioRpcError, TimeoutError)) or not keep:
             raise ConnectionResetError(f"stream through the EPP failed: {type(failure).__name__}")
         # The EPP failed, the pod did not: go on from the pod, putting the model name back here.
-        assert self.client_model is not None
         log.warning("EPP stream failed mid-response (%s): the response goes on from the pod without it",
-                    type(failure).__name__)  # fmt: skip
+                    failure or type(failure).__name__)  # fmt: skip
         self.fell_back = True
         rest = bytes(ledger)
         ledger.clear()
+        async for data in self._from_pod(upstream, rest, streaming=streaming, given=given):
+            yield data
+
+    async def _from_pod(
+        self, upstream: AsyncIterator[bytes], rest: bytes, *, streaming: bool, given: bool
+    ) -> AsyncIterator[bytes]:
+        """The response without the EPP: ``rest`` (the pod's bytes it had not answered), then the pod's
+        stream, the model name the client sent put back here. ``given``: part of it reached the client."""
+        assert self.client_model is not None
         if streaming:
             scanner = SSEScanner(rewrite_to=self.client_model)
             if rest:
@@ -611,16 +698,18 @@ class EppClient:
         task.add_done_callback(self._closing.discard)
 
     async def open(self, address: str, path: str, headers: Mapping[str, str], body: bytes, *,
-                   tls: TlsOptions | None = None) -> EppStream:  # fmt: skip
+                   tls: TlsOptions | None = None, timeout_s: float | None = None) -> EppStream:  # fmt: skip
         """Ask for a pod; the returned stream stays open for the request's life (``address`` set), or
         is closed already (the EPP refused: ``status``). ``tls``: None = plaintext, else verify the EPP
-        against ``tls.ca`` (the system CAs without one) and present ``tls.cert`` / ``tls.key`` (mTLS)."""
+        against ``tls.ca`` (the system CAs without one) and present ``tls.cert`` / ``tls.key`` (mTLS).
+        ``timeout_s``: the EPP's deadline for each answer (default: the client's); raises ``EppStalled``
+        when the pick misses it."""
         ch = self._channel(address, tls)
         # No deadline on the call itself: it lives as long as the response. Each step has its own.
         call = pb_grpc.ExternalProcessorStub(ch.channel).Process()
         ch.calls.add(call)
         call.add_done_callback(functools.partial(self._call_done, ch))
-        stream = EppStream(call, timeout_s=self.timeout_s, clock=self.clock)
+        stream = EppStream(call, timeout_s=timeout_s or self.timeout_s, clock=self.clock)
         try:
             await stream._pick(path, headers, body)
         except BaseException:

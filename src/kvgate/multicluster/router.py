@@ -3,8 +3,9 @@
 Per cluster, the route is chosen by what is reachable:
 1. Endpoint mode (the cluster has an ``epp``): ask its EPP over ext_proc for a pod, send straight to it;
 2. Parent mode (the cluster has a ``gateway``): send to the cluster-local gateway, whose EPP picks.
-A pod that cannot be reached (no route across clusters, refused, connect timeout) falls back to Parent
-mode in the same cluster; a cluster whose every route fails, or that answers 5xx / 429 before any byte,
+A pod that cannot be reached (no route across clusters, refused, connect timeout), or an EPP that fails
+or stalls (no answer within ``epp_timeout_s``) before the pick, falls back to Parent mode in the same
+cluster; a cluster whose every route fails, or that answers 5xx / 429 before any byte,
 is left for the next cluster in the policy's order (and backs off). A request whose response has started
 is never retried: it is the client's.
 """
@@ -23,7 +24,7 @@ import aiohttp
 import grpc
 
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, TlsOptions
-from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStream
+from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, EppStream
 from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy
 from kvgate.multicluster.state import ClusterState
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
@@ -37,6 +38,7 @@ _DROP = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", DESTINATION_ENDPOINT}
 )
 _AT_CAPACITY = ("status 429", "epp status 429")
+STALLED = "epp stalled"  # an attempt's outcome when the EPP did not answer the pick in time
 
 
 @dataclass(slots=True)
@@ -44,7 +46,7 @@ class Attempt:
     cluster: str
     mode: str
     target: str
-    outcome: str  # "ok", "unreachable", "status NNN", "epp: ..."
+    outcome: str  # "ok", "unreachable", "status NNN", "epp: ...", "epp stalled (pick)"
 
 
 @dataclass(slots=True)
@@ -87,7 +89,7 @@ class GlobalRouter:
         self.states: dict[str, ClusterState] = {}
         self.max_clusters = max_clusters
         self.connect_timeout_s = connect_timeout_s
-        self.epp = EppClient(timeout_s=connect_timeout_s * 2, clock=clock)
+        self.epp = EppClient(timeout_s=cfg.epp_timeout_s, clock=clock)
         self.apply(cfg)
         # TCP keep-alive (idle s, probe interval s, probes): a request waiting on a cluster whose link is cut
         # gets no ACKs and fails in ~idle + interval x probes (11 s), then moves on as not started, instead
@@ -101,6 +103,7 @@ class GlobalRouter:
     def apply(self, cfg: ClustersConfig) -> None:
         """A new clusters list (hot reload): keep what is known about clusters that stay."""
         self.cfg = cfg
+        self.epp.timeout_s = cfg.epp_timeout_s  # new streams (and each cluster's own, where it sets one)
         old = self.states
         self.states = {}
         for spec in cfg.clusters:
@@ -182,7 +185,12 @@ class GlobalRouter:
         if spec.epp is not None:
             try:
                 tls = self._epp_tls(spec)
-                pick: EppStream | None = await self.epp.open(spec.epp, path, fwd, body, tls=tls)
+                pick: EppStream | None = await self.epp.open(
+                    spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s
+                )
+            except EppStalled as e:  # no answer in time: as a failed pick (serve counts it by phase)
+                attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"{STALLED} ({e.phase})"))
+                pick = None
             except (grpc.aio.AioRpcError, TimeoutError, OSError) as e:  # (OSError: an unreadable cert file)
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp: {type(e).__name__}"))
                 pick = None

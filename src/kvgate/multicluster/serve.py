@@ -43,7 +43,7 @@ from kvgate.httpfront.server import (
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile, ClusterSpec
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.policies import ClusterRequest, prompt_key
-from kvgate.multicluster.router import GlobalRouter, NoRoute
+from kvgate.multicluster.router import STALLED, Attempt, GlobalRouter, NoRoute
 from kvgate.openai.protocol import sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
 
@@ -76,6 +76,12 @@ class _Metrics:
             "kvgate_multicluster_epp_failed_midstream_total",
             "Endpoint-mode responses whose remote EPP failed mid-way (the response went on from the pod)",
             ["cluster"], registry=r,
+        )  # fmt: skip
+        self.stalled = Counter(
+            "kvgate_multicluster_epp_stalled_total",
+            "Endpoint-mode EPPs that stopped answering within epp_timeout_s, by phase (pick: the request "
+            "went on elsewhere; response_headers / response_body: the response went on from the pod)",
+            ["cluster", "phase"], registry=r,
         )  # fmt: skip
         self.usable = Gauge(
             "kvgate_multicluster_cluster_fresh", "1 while the cluster's aggregate is within the TTL",
@@ -181,12 +187,10 @@ class GlobalGateway:
             routed = await self.router.route(path, request.headers, raw, creq)
         except NoRoute as e:
             self.metrics.failed.inc()
-            for a in e.attempts:
-                self.metrics.failovers.labels(a.cluster, a.mode).inc()
+            self._count_failed(e.attempts)
             retry = {"Retry-After": "1"} if e.status == 429 else None
             return json_error(e.status, e.message, headers=retry)
-        for a in routed.attempts[:-1]:
-            self.metrics.failovers.labels(a.cluster, a.mode).inc()
+        self._count_failed(routed.attempts[:-1])
         self.metrics.requests.labels(routed.cluster, routed.mode).inc()
         headers = dict(routed.headers)
         headers["x-kvgate-cluster"] = routed.cluster
@@ -216,7 +220,15 @@ class GlobalGateway:
             await body.aclose()
             if routed.epp is not None and routed.epp.fell_back:
                 self.metrics.epp_lost.labels(routed.cluster).inc()
+            if routed.epp is not None and routed.epp.stalled is not None:
+                self.metrics.stalled.labels(routed.cluster, routed.epp.stalled).inc()
         return resp
+
+    def _count_failed(self, attempts: list[Attempt]) -> None:
+        for a in attempts:
+            self.metrics.failovers.labels(a.cluster, a.mode).inc()
+            if a.outcome.startswith(STALLED):
+                self.metrics.stalled.labels(a.cluster, "pick").inc()
 
     async def _metrics(self, _request: Request) -> Response:
         now = self.clock()
