@@ -7,6 +7,16 @@ router gets the same sequence, every server's prefix cache reset before each rou
 ``vllm:prefix_cache_hits_total`` / delta ``vllm:prefix_cache_queries_total`` over both servers; TTFT =
 client-side time to the first streamed chunk.
 
+Routers: ``kvgate`` (``kvgate-off``, ``kvgate-scrape500``, ``...@base``), ``sglang``, and the no-router
+baselines ``direct`` (every request straight to server 0) and ``direct-tenant`` (tenant t straight to
+server t mod 2: a prefix-aware placement without a router in between); ``--direct`` adds ``direct``.
+
+Every request asks for kvgate's ``x-kvgate-timing`` (other routers forward or ignore it), and each
+router's line is followed by a breakdown of its mean TTFT on one monotonic clock: client send ->
+response head (all) -> first chunk at the client, and for kvgate the gateway's own marks between:
+whole request in (recv), parsed, picked, written upstream (sent), vLLM's response head, vLLM's first
+chunk.
+
     .venv/bin/python scripts/realvllm/vs_sglang.py [--seed 1] [--tenants 8] [--per-tenant 8]
 """
 
@@ -33,18 +43,58 @@ def workload(tenants: int, per: int, prefix_words: int, seed: int) -> list[str]:
     return tenant_prompts([t for t in range(tenants) for _ in range(per)], tenants, prefix_words, seed)
 
 
-def ttft(base: str, prompt: str) -> float:
+def tenant_of(prompt: str, prompts: list[str]) -> int:
+    """Which tenant a prompt belongs to: its system text, numbered in order of first appearance."""
+    systems: dict[str, int] = {}
+    for p in prompts:
+        systems.setdefault(p.split("\nUser ", 1)[0], len(systems))
+    return systems[prompt.split("\nUser ", 1)[0]]
+
+
+def timed(base: str, prompt: str) -> dict[str, float]:
+    """One streamed completion; times on time.monotonic() (CLOCK_MONOTONIC, as kvgate's marks):
+    ``send``, ``c_head`` (response head at the client), ``c_first`` (first ``data:`` line), plus the
+    gateway's ``x-kvgate-timing`` marks when the router is kvgate."""
     body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 4, "ignore_eos": True, "temperature": 0,
             "stream": True}  # fmt: skip
     req = urllib.request.Request(base + "/v1/completions", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})  # fmt: skip
-    t0 = time.perf_counter()
-    first = None
+                                 {"Content-Type": "application/json", "x-kvgate-timing": "1"})  # fmt: skip
+    out = {"send": time.monotonic()}
     with urllib.request.urlopen(req, timeout=300) as r:
+        out["c_head"] = time.monotonic()
+        marks = r.headers.get("x-kvgate-timing")
         for line in r:
-            if first is None and line.startswith(b"data:"):
-                first = time.perf_counter() - t0
-    return first if first is not None else float("nan")
+            if "c_first" not in out and line.startswith(b"data:"):
+                out["c_first"] = time.monotonic()
+    if marks:
+        out.update({k: float(v) for k, v in (kv.split("=", 1) for kv in marks.split(","))})
+    return out
+
+
+# (label, from mark, to mark): consecutive steps, so a router's rows add up to its mean TTFT.
+KVGATE_STEPS = (
+    ("client -> gateway has the request", "send", "recv"),
+    ("gateway: parse, headers", "recv", "parsed"),
+    ("gateway: pick (tokenize, score, admit)", "parsed", "picked"),
+    ("gateway: write upstream", "picked", "sent"),
+    ("vLLM: request -> response head", "sent", "head"),
+    ("vLLM: response head -> first chunk", "head", "first"),
+    ("gateway relay -> client first chunk", "first", "c_first"),
+)
+PLAIN_STEPS = (
+    ("client send -> response head", "send", "c_head"),
+    ("response head -> first chunk", "c_head", "c_first"),
+)
+
+
+def breakdown(records: list[dict[str, float]]) -> list[tuple[str, float, float]]:
+    """(step, mean ms, p90 ms) over the requests, steps in order."""
+    steps = KVGATE_STEPS if all("first" in r for r in records) else PLAIN_STEPS
+    out = []
+    for label, a, b in steps:
+        ms = sorted(1000 * (r[b] - r[a]) for r in records)
+        out.append((label, statistics.fmean(ms), ms[int(0.9 * (len(ms) - 1))]))
+    return out
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -73,15 +123,23 @@ def server_ttft(text: str) -> tuple[float, float]:
     return total, n
 
 
-def run(name: str, base: str, servers: list, prompts: list[str], gap: float = 0.0) -> dict[str, float]:
+def run(name: str, base: str | None, servers: list, prompts: list[str], gap: float = 0.0) -> dict[str, float]:
+    """One pass. ``base`` None: no router, each request straight to a server (``name`` says which)."""
     reset_caches(servers)
     time.sleep(0.5)
     texts = [s.metrics_text() for s in servers]
     before, tb = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
-    times = []
+    records = []
     for p in prompts:
         time.sleep(gap)
-        times.append(ttft(base, p))
+        if base is not None:
+            url = base
+        elif name.startswith("direct, tenant"):
+            url = servers[tenant_of(p, prompts) % len(servers)].url
+        else:
+            url = servers[0].url
+        records.append(timed(url, p))
+    times = [r["c_first"] - r["send"] for r in records]
     texts = [s.metrics_text() for s in servers]
     after, ta = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
     q = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
@@ -90,10 +148,14 @@ def run(name: str, base: str, servers: list, prompts: list[str], gap: float = 0.
     sn = sum(a[1] - b[1] for a, b in zip(ta, tb, strict=True))
     res = {"hit_rate": h / q if q else 0.0, "mean_ttft_ms": 1000 * statistics.fmean(times),
            "p90_ttft_ms": 1000 * sorted(times)[int(0.9 * (len(times) - 1))],
-           "server_ttft_ms": 1000 * st / sn if sn else float("nan")}  # fmt: skip
+           "server_ttft_ms": 1000 * st / sn if sn else float("nan"),
+           "stalls_1s": sum(t >= 1.0 for t in times)}  # fmt: skip
+    per_server = [int(a[0] - b[0]) for a, b in zip(after, before, strict=True)]
     print(f"{name:34s} hit {res['hit_rate']:.3f}  mean TTFT {res['mean_ttft_ms']:.0f} ms  "
-          f"p90 {res['p90_ttft_ms']:.0f} ms  vLLM-side mean TTFT {res['server_ttft_ms']:.0f} ms",
-          flush=True)  # fmt: skip
+          f"p90 {res['p90_ttft_ms']:.0f} ms  vLLM-side mean TTFT {res['server_ttft_ms']:.0f} ms  "
+          f">=1 s: {res['stalls_1s']}  prompt tokens per server {per_server}", flush=True)  # fmt: skip
+    for label, mean_ms, p90_ms in breakdown(records):
+        print(f"    {label:40s} mean {mean_ms:7.1f} ms  p90 {p90_ms:7.1f} ms", flush=True)
     return res
 
 
@@ -104,6 +166,7 @@ def main() -> int:
     ap.add_argument("--per-tenant", type=int, default=8)
     ap.add_argument("--prefix-words", type=int, default=950)
     ap.add_argument("--routers", default="kvgate,kvgate-off,sglang")
+    ap.add_argument("--direct", action="store_true", help="add the no-router baseline 'direct' (server 0)")
     ap.add_argument("--probe", action="store_true", help="first: miss vs hit TTFT straight to one server")
     ap.add_argument(
         "--gap",
@@ -148,11 +211,19 @@ def main() -> int:
         if args.probe:  # TTFT of a cold prompt vs the same prompt again (prefix hit), straight to vLLM
             for i, p in enumerate(prompts[:4]):
                 reset_caches(servers)
-                cold, warm = ttft(servers[0].url, p), ttft(servers[0].url, p + " again")
+                cold, warm = (
+                    (lambda r: r["c_first"] - r["send"])(timed(servers[0].url, q)) for q in (p, p + " again")
+                )
                 print(f"direct probe {i}: miss {1000 * cold:.0f} ms, hit {1000 * warm:.0f} ms", flush=True)
         order = [r for r in args.routers.split(",") if r]
+        if args.direct and "direct" not in order:
+            order.insert(0, "direct")
         passes = [order if i % 2 == 0 else order[::-1] for i in range(args.repeats)]
         for r in [r for p in passes for r in p]:
+            if r.startswith("direct"):
+                name = "direct, tenant t -> server t mod 2" if r == "direct-tenant" else "direct, to server 0"
+                results.setdefault(name, []).append(run(name, None, servers, prompts, args.gap))
+                continue
             port = free_ports(1)[0]
             if r.startswith("kvgate"):
                 at_base = r.endswith("@base") and args.base_src
@@ -196,7 +267,7 @@ def main() -> int:
         ratio = (f"  = {m['hit_rate'] / sg['hit_rate']:.2f}x / {m['mean_ttft_ms'] / sg['mean_ttft_ms']:.2f}x"
                  f" / {m['server_ttft_ms'] / sg['server_ttft_ms']:.2f}x sglang") if sg else ""  # fmt: skip
         print(f"{n:34s} hit {m['hit_rate']:.3f}  mean TTFT {m['mean_ttft_ms']:.0f} ms  "
-              f"vLLM-side {m['server_ttft_ms']:.0f} ms{ratio}")  # fmt: skip
+              f"p90 {m['p90_ttft_ms']:.0f} ms  vLLM-side {m['server_ttft_ms']:.0f} ms{ratio}")  # fmt: skip
     return 0
 
 

@@ -102,3 +102,108 @@ async def test_unreachable_endpoint_goes_stale() -> None:
         await scraper.stop()
     ep = store.get("127.0.0.1:1")
     assert ep is not None and ep.metrics.updated_at is None
+
+
+class RoutedServer:
+    """``/metrics`` serves the whole page; ``/metrics/`` answers as ``filtered`` says (vLLM 0.32: the
+    bare path is prometheus-fastapi-instrumentator's handler, ``/metrics/`` prometheus_client's app)."""
+
+    def __init__(self, filtered: str) -> None:
+        self.filtered = filtered  # "honour" | "html" | "500"
+        self.plain_hits = 0
+        self.filtered_queries: list[list[str]] = []
+        self.runner: web.AppRunner | None = None
+        self.address = ""
+
+    async def _plain(self, request: web.Request) -> web.Response:
+        self.plain_hits += 1
+        return web.Response(text='vllm:num_requests_waiting{model_name="m"} 3\n# 40 KB of histograms\n')
+
+    async def _filtered(self, request: web.Request) -> web.Response:
+        self.filtered_queries.append(sorted(request.query.getall("name[]", [])))
+        if self.filtered == "html":
+            return web.Response(text="<html>index</html>", content_type="text/html")
+        if self.filtered == "500":
+            return web.Response(status=500)
+        return web.Response(text='vllm:num_requests_waiting{model_name="m"} 5\n')
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._plain)
+        app.router.add_get("/metrics/", self._filtered)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.address = f"127.0.0.1:{self.runner.addresses[0][1]}"
+
+
+async def test_asks_only_for_the_series_it_reads_and_falls_back_once() -> None:
+    honour, html, failing = RoutedServer("honour"), RoutedServer("html"), RoutedServer("500")
+    plain = FakeServer()  # only /metrics: the filtered request is a 404
+    plain.page = 'vllm:num_requests_waiting{model_name="m"} 2\n'
+    servers = (honour, html, failing, plain)
+    for s in servers:
+        await s.start()
+    store = EndpointStore([make_endpoint(s.address) for s in servers])
+    scraper = MetricsScraper(store)
+    try:
+        for _ in range(3):
+            assert await scraper.scrape_all() == 3  # all but the one failing
+    finally:
+        await scraper.stop()
+        for s in servers:
+            assert s.runner is not None
+            await s.runner.cleanup()
+    eps = [store.get(s.address) for s in servers]
+    assert [ep.metrics.waiting_queue_size for ep in eps if ep is not None] == [5, 3, 0, 2]
+    # Filtered every time, with exactly the series extract() reads; the whole page never asked for.
+    assert honour.plain_hits == 0 and len(honour.filtered_queries) == 3
+    assert "vllm:num_requests_waiting" in honour.filtered_queries[0]
+    assert "vllm:kv_cache_usage_perc" in honour.filtered_queries[0]
+    assert "vllm:cache_config_info" in honour.filtered_queries[0]
+    # A page without the series, or a 404: one filtered try, then the whole page, no round lost.
+    assert len(html.filtered_queries) == 1 and html.plain_hits == 3
+    assert plain.hits == 3
+    # A 5xx is a failing server, not a missing filter: no fallback, it stays stale.
+    assert len(failing.filtered_queries) == 3 and failing.plain_hits == 0
+    assert eps[2] is not None and eps[2].metrics.updated_at is None
+
+
+async def test_filtered_scrape_of_a_real_prometheus_client_exposition() -> None:
+    """prometheus_client's own exposition (what vLLM and SGLang mount): a collector whose series the
+    picker does not read is never even collected."""
+    from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+
+    reg = CollectorRegistry()
+    Gauge("vllm:num_requests_waiting", "w", ["model_name"], registry=reg).labels("m").set(4)
+    Gauge("vllm:kv_cache_usage_perc", "kv", ["model_name"], registry=reg).labels("m").set(0.25)
+    Gauge("vllm:cache_config_info", "c", ["block_size", "num_gpu_blocks"], registry=reg).labels(
+        "128", "64"
+    ).set(1)
+    hist = Histogram("vllm:time_to_first_token_seconds", "t", ["model_name"], registry=reg)
+    collected = [0]
+    orig = hist.collect
+
+    def counting_collect():  # type: ignore[no-untyped-def]
+        collected[0] += 1
+        return orig()
+
+    hist.collect = counting_collect  # type: ignore[method-assign]
+    hist.labels("m").observe(0.1)
+    httpd, thread = start_http_server(0, addr="127.0.0.1", registry=reg)
+    try:
+        ep = make_endpoint(f"127.0.0.1:{httpd.server_port}")
+        scraper = MetricsScraper(EndpointStore([ep]))
+        try:
+            assert await scraper.scrape_all() == 1
+            assert await scraper.scrape_all() == 1
+        finally:
+            await scraper.stop()
+    finally:
+        httpd.shutdown()
+        thread.join(5)
+    m = ep.metrics
+    assert (m.waiting_queue_size, m.kv_cache_usage, m.block_size, m.num_gpu_blocks) == (4, 0.25, 128, 64)
+    assert collected[0] == 0
+    assert not scraper._unfiltered

@@ -93,6 +93,30 @@ async def test_explain_header_and_debug_endpoint(backends):
             assert "x-kvgate-pick" not in r.headers  # only on request
 
 
+async def test_timing_header_splits_a_request_on_the_clients_clock(backends):
+    import time
+
+    (b,) = await backends(1)
+    async with running_gateway(make_config([b.address])) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/completions"
+        for stream in (True, False):
+            body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2, "stream": stream})
+            before = time.monotonic()
+            async with s.post(url, data=body, headers={"x-kvgate-timing": "1"}) as r:
+                assert r.status == 200
+                raw = r.headers["x-kvgate-timing"]
+                await r.read()
+            after = time.monotonic()
+            marks = {k: float(v) for k, v in (kv.split("=") for kv in raw.split(","))}
+            assert list(marks) == ["recv", "parsed", "picked", "sent", "head", "first"]
+            # Same monotonic clock as the client's, steps in order, all inside the client's span.
+            assert before <= marks["recv"] and marks["first"] <= after
+            assert list(marks.values()) == sorted(marks.values())
+            assert "x-kvgate-timing" not in {k.lower() for k in b.received[-1][1]}
+        async with s.post(url, data=b'{"model":"m","prompt":"x"}') as r:
+            assert "x-kvgate-timing" not in r.headers  # only on request
+
+
 async def test_admin_metrics_health_ready(backends):
     (b,) = await backends(1)
     cfg = make_config([b.address], extra={"listen": {"adminPort": 0}})

@@ -4,6 +4,13 @@ One task per endpoint (started and stopped from store change events), each on it
 slow server delays only its own signals; a failed scrape leaves the old metrics in place and they go
 stale by their ``updated_at``, which the picker and the saturation detector check. Scrape timestamps
 come from the injected clock; only the pacing sleeps use real time.
+
+Each scrape asks only for the series the picker reads where the engine's server can filter its page
+(``mappings.filter_query``: prometheus_client's ``?name[]=``), at ``<path>/`` because vLLM answers a
+bare ``GET /metrics`` from prometheus-fastapi-instrumentator's handler, which ignores the query, while
+``/metrics/...`` reaches prometheus_client's own app mounted there. An endpoint that answers that request
+with a 4xx, or with a page lacking every wanted series, is scraped unfiltered from then on (the same
+scrape falls back at once, so no round is lost).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.datalayer.mappings import extract, mapping_for
+from kvgate.datalayer.mappings import extract, filter_query, mapping_for, page_has_signals
 from kvgate.datalayer.store import EndpointStore, StoreChange
 
 log = logging.getLogger(__name__)
@@ -55,8 +62,12 @@ class MetricsScraper:
         max_bytes: int = MAX_SCRAPE_BYTES,
         scheme: str = "http",
         tls: ssl.SSLContext | None = None,
+        filtered: bool = True,
     ) -> None:
         self.store = store
+        self.filtered = filtered
+        # Endpoints that did not honour the filtered request: scraped whole.
+        self._unfiltered: set[str] = set()
         self.scheme = scheme
         self.tls = tls
         self.max_bytes = max_bytes
@@ -121,6 +132,7 @@ class MetricsScraper:
             if task is not None:
                 task.cancel()
             self.stats.pop(addr, None)
+            self._unfiltered.discard(addr)
         elif change.kind == "added" and self._running:
             self._spawn(change.endpoint)
 
@@ -143,24 +155,19 @@ class MetricsScraper:
         stats = self.stats.setdefault(ep.address, ScrapeStats())
         try:
             mapping_for(ep.engine)
-            async with self._session_().get(
-                f"{self.scheme}://{ep.address}{self.path}", timeout=self.timeout, ssl=self.tls or True
-            ) as resp:
-                if resp.status != 200:
-                    raise aiohttp.ClientResponseError(
-                        resp.request_info, resp.history, status=resp.status, message="bad status"
-                    )
-                if (resp.content_length or 0) > self.max_bytes:
-                    raise ValueError(f"/metrics body of {resp.content_length} bytes over {self.max_bytes}")
-                parts: list[bytes] = []
-                size = 0
-                async for part in resp.content.iter_any():
-                    size += len(part)
-                    if size > self.max_bytes:
-                        raise ValueError(f"/metrics body over {self.max_bytes} bytes")
-                    parts.append(part)
-                body = b"".join(parts)
-            ep.metrics = extract(body.decode("utf-8", "replace"), ep.engine, self.clock(), ep.metrics)
+            query = filter_query(ep.engine) if self.filtered else None
+            text = None
+            if query is not None and ep.address not in self._unfiltered:
+                text = await self._get(ep, f"{self.path.rstrip('/')}/?{query}", tolerate_4xx=True)
+                if text is None or not page_has_signals(text, ep.engine):
+                    text = await self._get(ep, self.path)
+                    # Only an answer to the plain request proves the filter was the problem.
+                    self._unfiltered.add(ep.address)
+                    log.info("%s does not filter its metrics page: scraping it whole", ep.address)
+            if text is None:
+                text = await self._get(ep, self.path)
+            assert text is not None
+            ep.metrics = extract(text, ep.engine, self.clock(), ep.metrics)
         except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as e:
             stats.failed += 1
             ep.scrape_failures += 1
@@ -172,6 +179,28 @@ class MetricsScraper:
         stats.last_error = None
         ep.scrape_failures = 0
         return True
+
+    async def _get(self, ep: Endpoint, path: str, tolerate_4xx: bool = False) -> str | None:
+        """One GET of a metrics page, size-capped; None for a 4xx when ``tolerate_4xx``."""
+        async with self._session_().get(
+            f"{self.scheme}://{ep.address}{path}", timeout=self.timeout, ssl=self.tls or True
+        ) as resp:
+            if resp.status != 200:
+                if tolerate_4xx and 400 <= resp.status < 500:
+                    return None
+                raise aiohttp.ClientResponseError(
+                    resp.request_info, resp.history, status=resp.status, message="bad status"
+                )
+            if (resp.content_length or 0) > self.max_bytes:
+                raise ValueError(f"/metrics body of {resp.content_length} bytes over {self.max_bytes}")
+            parts: list[bytes] = []
+            size = 0
+            async for part in resp.content.iter_any():
+                size += len(part)
+                if size > self.max_bytes:
+                    raise ValueError(f"/metrics body over {self.max_bytes} bytes")
+                parts.append(part)
+            return b"".join(parts).decode("utf-8", "replace")
 
     async def scrape_all(self) -> int:
         """One round over every endpoint, concurrently; returns how many succeeded."""

@@ -50,6 +50,10 @@ log = logging.getLogger("kvgate.gateway")
 OBJECTIVE_HEADER = proto.OBJECTIVE
 FAIRNESS_HEADER = proto.FAIRNESS_ID
 EXPLAIN_HEADER = "x-kvgate-explain"
+# Asked for with "1": the reply carries when each step of this request happened, on the gateway's
+# monotonic clock (CLOCK_MONOTONIC, the same a client on the host reads with time.monotonic()), so a
+# benchmark can split its TTFT (scripts/realvllm/vs_sglang.py --breakdown). Never forwarded.
+TIMING_HEADER = "x-kvgate-timing"
 PICK_HEADER = "x-kvgate-pick"
 # Never forwarded upstream nor shown to plugins: hop-by-hop headers, ones the gateway sets itself, and
 # routing controls a client must not be able to use to choose its backend.
@@ -82,11 +86,13 @@ def tls_context(cfg: PoolConfig) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cfg.ca_file)
 
 
-def _filter_headers(headers: Mapping[str, str]) -> tuple[dict[str, str], str | None, str | None, bool]:
-    """One pass: (forwardable headers, objective, fairness id, explain?)."""
+def _filter_headers(
+    headers: Mapping[str, str],
+) -> tuple[dict[str, str], str | None, str | None, bool, bool]:
+    """One pass: (forwardable headers, objective, fairness id, explain?, timing?)."""
     out: dict[str, str] = {}
     objective = fairness = None
-    explain = False
+    explain = timing = False
     conn = headers.get("connection")
     # Headers the client names in Connection are hop-by-hop too (RFC 9110 7.6.1).
     hop: frozenset[str] = frozenset(t.strip().lower() for t in conn.split(",")) if conn else frozenset()
@@ -101,9 +107,15 @@ def _filter_headers(headers: Mapping[str, str]) -> tuple[dict[str, str], str | N
                 fairness = v
             elif lk == EXPLAIN_HEADER:
                 explain = v.strip().lower() in ("1", "true", "yes")
+            elif lk == TIMING_HEADER:
+                timing = v.strip() == "1"
             continue
         out[lk] = v
-    return out, objective, fairness, explain
+    return out, objective, fairness, explain, timing
+
+
+def _timing_value(marks: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:.6f}" for k, v in marks.items())
 
 
 class PickLog:
@@ -289,7 +301,7 @@ class Proxy:
             raise GatewayError(
                 404, f"The model '{client_model}' does not exist", param="model", code="model_not_found"
             )
-        headers, objective, fairness, explain = _filter_headers(request.headers)
+        headers, objective, fairness, explain, timing = _filter_headers(request.headers)
         if self.keys is not None:
             fairness = tenant  # the key decides the tenant, never a client header
             headers.pop("authorization", None)  # the gateway's key is not the model server's
@@ -316,6 +328,8 @@ class Proxy:
         lines = [f"{k}: {v}\r\n" for k, v in headers.items()]
         lines.append(f"content-length: {len(out)}\r\n\r\n")
         header_block = "".join(lines).encode("utf-8", "surrogateescape")
+        # recv: the whole request is in (the front reads the body before the handler runs).
+        marks = {"recv": t0, "parsed": self.clock()} if timing and not self.hide else None
         try:
             return await self._dispatch(
                 request,
@@ -330,6 +344,7 @@ class Proxy:
                 explain,
                 t0,
                 parsed.stream,
+                marks,
             )
         except GatewayError as e:
             self.metrics.error(client_model, target, str(e.status))
@@ -389,6 +404,7 @@ class Proxy:
         explain: bool,
         t0: float,
         stream: bool,
+        marks: dict[str, float] | None = None,
     ) -> Response | StreamResponse:
         tried: set[str] = set()
         director = pool.director
@@ -407,6 +423,12 @@ class Proxy:
                     503, f"all attempts failed; last: {last_error}", code="upstream_unavailable"
                 ) from None
             tried.add(ep.address)
+            on_sent = None
+            if marks is not None:  # this attempt's steps replace an earlier attempt's
+                marks["picked"] = self.clock()
+                for k in ("sent", "head", "first"):
+                    marks.pop(k, None)
+                on_sent = self._marker(marks, "sent")
             if attempt:
                 self.metrics.retries.inc()
             reply_headers = {"x-request-id": rid}
@@ -421,7 +443,7 @@ class Proxy:
             head = b"POST " + path + b" HTTP/1.1\r\nhost: " + ep.address.encode() + b"\r\n" + header_block
             try:
                 try:
-                    resp = await self.upstream.request(ep.address, head, out, deadline, tls)
+                    resp = await self.upstream.request(ep.address, head, out, deadline, tls, on_sent)
                 except _UPSTREAM_ERRORS as e:
                     last_error = (
                         f"{self._name(ep)}: {type(e).__name__}"
@@ -440,8 +462,13 @@ class Proxy:
                     finished = True
                     self._failed(director, ireq, ep)
                     continue
+                if marks is not None:
+                    marks["head"] = self.clock()
                 if resp.content_type == "text/event-stream":
                     first = await self._first_chunk(resp)
+                    if marks is not None:
+                        marks["first"] = self.clock()
+                        reply_headers[TIMING_HEADER] = _timing_value(marks)
                     if first is None:
                         last_error = f"{self._name(ep)}: stream ended before its first byte"
                         finished = True
@@ -469,6 +496,9 @@ class Proxy:
                     self._failed(director, ireq, ep)
                     continue
                 finished = True
+                if marks is not None:
+                    marks["first"] = self.clock()  # (the whole body: no earlier byte reaches the client)
+                    reply_headers[TIMING_HEADER] = _timing_value(marks)
                 return self._whole(
                     resp, body, director, ireq, ep, client_model, sent_model, reply_headers, t0
                 )
@@ -518,6 +548,12 @@ class Proxy:
 
         register(ireq, ep, stop)
         return flag
+
+    def _marker(self, marks: dict[str, float], key: str) -> Callable[[], None]:
+        def mark() -> None:
+            marks[key] = self.clock()
+
+        return mark
 
     def _name(self, ep: Endpoint) -> str:
         """How client-visible messages name an endpoint (``hideInternalAddresses``: not by address)."""

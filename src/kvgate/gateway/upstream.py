@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _HIGH_WATER = 1 << 20
@@ -373,17 +374,21 @@ class UpstreamPool:
         body: bytes,
         deadline: float | None = None,
         tls: ssl.SSLContext | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
         """Send ``head`` (request line + headers, ending in CRLF CRLF) and ``body``; wait for the head.
 
         A kept-alive connection the server closed while idle fails before any response byte; that
         case is retried once on a fresh connection, since the request cannot have been processed.
         ``deadline`` (event-loop time) bounds the whole exchange on top of the idle timeout.
+        ``on_sent`` runs once the request is written (timing breakdowns).
         """
         for attempt in range(2):
             conn, reused = await self._acquire(address, tls)
             assert conn.transport is not None
             conn.transport.write(head + body)
+            if on_sent is not None:
+                on_sent()
             try:
                 while conn.head is None:
                     if conn.error is not None:
