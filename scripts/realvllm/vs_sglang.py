@@ -32,9 +32,11 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from kvgate.bench import peers
 from kvgate.bench.workloads import tenant_prompts
+from kvgate.datalayer.mappings import filter_query
 from kvgate.realvllm.bench import reset_caches
 from kvgate.realvllm.harness import MODEL_NAME, ServerSpec, fleet, free_ports, prefix_cache_counters
 
@@ -112,6 +114,39 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> 
     raise TimeoutError(url)
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int | None, group: bool = False) -> float:
+    """CPU seconds (user + system) of a process, or of every live process in its process group."""
+    if pid is None:
+        return 0.0
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat") if group else [Path(f"/proc/{pid}/stat")]:
+        try:
+            f = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if not group or int(f[2]) == pid:  # fields after the name: state ppid pgrp ... utime stime
+            total += int(f[11]) + int(f[12])
+    return total / _TICK
+
+
+def scrape_cost(server: Any, n: int = 100) -> None:
+    """The API server's CPU per GET: the whole /metrics page, kvgate's filtered scrape, /health."""
+    pid = server.proc.pid if server.proc is not None else None
+    for label, path in (("GET /metrics", "/metrics"), ("kvgate's filtered scrape", "/metrics/?" +
+                        (filter_query("vllm") or "")), ("GET /health", "/health")):  # fmt: skip
+        c0, t0 = cpu_s(pid), time.perf_counter()
+        for _ in range(n):
+            with urllib.request.urlopen(server.url + path, timeout=10) as r:
+                size = len(r.read())
+        used = 1000 * (cpu_s(pid) - c0) / n
+        print(f"{label:26s} of server 0: {size:6,} bytes, API-server CPU {used:.2f} ms, "
+              f"wall {1000 * (time.perf_counter() - t0) / n:.2f} ms per request ({n} sequential)",
+              flush=True)  # fmt: skip
+
+
 def server_ttft(text: str) -> tuple[float, float]:
     """(sum, count) of vLLM's own ``vllm:time_to_first_token_seconds`` histogram."""
     total = n = 0.0
@@ -123,10 +158,20 @@ def server_ttft(text: str) -> tuple[float, float]:
     return total, n
 
 
-def run(name: str, base: str | None, servers: list, prompts: list[str], gap: float = 0.0) -> dict[str, float]:
+def run(
+    name: str,
+    base: str | None,
+    servers: list,
+    prompts: list[str],
+    gap: float = 0.0,
+    router_pid: int | None = None,
+    router_group: bool = False,
+) -> dict[str, float]:
     """One pass. ``base`` None: no router, each request straight to a server (``name`` says which)."""
     reset_caches(servers)
     time.sleep(0.5)
+    pids = [s.proc.pid if s.proc is not None else None for s in servers]
+    cpu0 = [cpu_s(router_pid, router_group), *(cpu_s(p) for p in pids), *(cpu_s(p, True) for p in pids)]
     texts = [s.metrics_text() for s in servers]
     before, tb = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
     records = []
@@ -140,6 +185,8 @@ def run(name: str, base: str | None, servers: list, prompts: list[str], gap: flo
             url = servers[0].url
         records.append(timed(url, p))
     times = [r["c_first"] - r["send"] for r in records]
+    cpu1 = [cpu_s(router_pid, router_group), *(cpu_s(p) for p in pids), *(cpu_s(p, True) for p in pids)]
+    cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
     texts = [s.metrics_text() for s in servers]
     after, ta = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
     q = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
@@ -156,6 +203,12 @@ def run(name: str, base: str | None, servers: list, prompts: list[str], gap: flo
           f">=1 s: {res['stalls_1s']}  prompt tokens per server {per_server}", flush=True)  # fmt: skip
     for label, mean_ms, p90_ms in breakdown(records):
         print(f"    {label:40s} mean {mean_ms:7.1f} ms  p90 {p90_ms:7.1f} ms", flush=True)
+    n = len(servers)
+    api, whole = [round(c, 2) for c in cpu[1 : 1 + n]], [round(c, 2) for c in cpu[1 + n :]]
+    print(f"    CPU during the pass: router {cpu[0]:.2f} s, vLLM API servers {api} s, servers {whole} s",
+          flush=True)  # fmt: skip
+    res["router_cpu_s"] = cpu[0]
+    res["api_cpu_s"] = sum(cpu[1 : 1 + n])
     return res
 
 
@@ -200,14 +253,8 @@ def main() -> int:
         tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
         print(f"prompt tokens: mean {statistics.fmean(len(tok.encode(p).ids) for p in prompts):.0f}; "
               f"{len(prompts)} requests; logs {log_dir}", flush=True)  # fmt: skip
-        # What one /metrics scrape costs a server (kvgate scrapes each every 0.05 s by default).
-        took = []
-        for _ in range(10):
-            t0 = time.perf_counter()
-            size = len(servers[0].metrics_text())
-            took.append(time.perf_counter() - t0)
-        print(f"GET /metrics of server 0: {size:,} bytes, median {1000 * statistics.median(took):.1f} ms, "
-              f"max {1000 * max(took):.1f} ms (10 sequential)", flush=True)  # fmt: skip
+        # What one scrape costs a server (kvgate scrapes each every 0.05 s by default).
+        scrape_cost(servers[0])
         if args.probe:  # TTFT of a cold prompt vs the same prompt again (prefix hit), straight to vLLM
             for i, p in enumerate(prompts[:4]):
                 reset_caches(servers)
@@ -252,7 +299,7 @@ def main() -> int:
                 wait_http(f"http://127.0.0.1:{port}" + ("/health" if r == "sglang" else "/healthz"), proc)
                 time.sleep(1.0)
                 results.setdefault(name, []).append(
-                    run(name, f"http://127.0.0.1:{port}", servers, prompts, args.gap)
+                    run(name, f"http://127.0.0.1:{port}", servers, prompts, args.gap, proc.pid, r == "sglang")
                 )
             finally:
                 proc.terminate()
@@ -267,7 +314,8 @@ def main() -> int:
         ratio = (f"  = {m['hit_rate'] / sg['hit_rate']:.2f}x / {m['mean_ttft_ms'] / sg['mean_ttft_ms']:.2f}x"
                  f" / {m['server_ttft_ms'] / sg['server_ttft_ms']:.2f}x sglang") if sg else ""  # fmt: skip
         print(f"{n:34s} hit {m['hit_rate']:.3f}  mean TTFT {m['mean_ttft_ms']:.0f} ms  "
-              f"p90 {m['p90_ttft_ms']:.0f} ms  vLLM-side {m['server_ttft_ms']:.0f} ms{ratio}")  # fmt: skip
+              f"p90 {m['p90_ttft_ms']:.0f} ms  vLLM-side {m['server_ttft_ms']:.0f} ms{ratio}  CPU per pass: "
+              f"router {m['router_cpu_s']:.2f} s, vLLM API servers {m['api_cpu_s']:.2f} s")  # fmt: skip
     return 0
 
 
