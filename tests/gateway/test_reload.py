@@ -8,10 +8,12 @@ import signal
 import sys
 
 import aiohttp
+import orjson
 import yaml
 
 from gateway.backend import free_port
-from gateway.conftest import make_config, make_pools
+from gateway.conftest import make_config, make_pools, running_gateway
+from kvgate.config.gateway import load_gateway_config
 from kvgate.gateway.reload import ConfigReloader
 
 BODY = b'{"model":"m","prompt":"x","max_tokens":1}'
@@ -80,3 +82,94 @@ async def test_sighup_adds_an_endpoint_to_a_running_kvgate_serve(backends, tmp_p
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 20)
+
+
+def _with_limits(path, addresses, port, limits):
+    doc = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "limits": limits,
+        "pools": [{"name": "p", "endpoints": addresses, "models": ["m"], "policy": "round-robin"}],
+    }
+    path.write_text(yaml.safe_dump(doc))
+
+
+BIG = orjson.dumps({"model": "m", "prompt": "x" * 2000, "max_tokens": 1})  # over a 1 KiB cap, under 8 MiB
+
+
+async def test_reload_applies_every_limit_to_the_running_server(backends, tmp_path, caplog):
+    (a,) = await backends(1)
+    f = tmp_path / "gw.yaml"
+    _with_limits(f, [a.address], 0, {})
+    cfg = load_gateway_config(str(f))
+    async with running_gateway(cfg) as gw:
+        rl = ConfigReloader(str(f), cfg, gw.pools, apply_limits=gw.apply_limits)
+        url = f"http://127.0.0.1:{gw.port}/v1/completions"
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url, data=BIG) as r:
+                assert r.status == 200
+            new = {
+                "maxBodyBytes": 1024,
+                "maxConcurrentRequests": 7,
+                "requestTimeoutSeconds": 30,
+                "connectTimeoutSeconds": 2,
+                "idleTimeoutSeconds": 9,
+                "headerTimeoutSeconds": 3,
+            }
+            _with_limits(f, [a.address], 0, new)
+            with caplog.at_level("WARNING", logger="kvgate.gateway.reload"):
+                assert rl.reload()
+            assert "config reload: limits applied: maxBodyBytes 8388608 -> 1024" in caplog.text
+            assert "restart" not in caplog.text
+            async with s.post(url, data=BIG) as r:  # the same request, refused live
+                assert r.status == 413
+                assert (await r.json())["error"]["type"] == "invalid_request_error"
+            async with s.post(url, data=BODY) as r:  # a small one still goes
+                assert r.status == 200
+            assert gw.cfg.limits.max_concurrent_requests == 7 and gw.proxy is not None
+            assert gw.proxy.request_timeout == 30
+            assert (gw.proxy.upstream.connect_timeout, gw.proxy.upstream.idle_timeout) == (2, 9)
+            assert {front.header_timeout_s for _, front in gw._servers} == {3}
+            _with_limits(f, [a.address], 0, {})  # back to the defaults
+            assert rl.reload()
+            async with s.post(url, data=BIG) as r:
+                assert r.status == 200
+
+
+async def test_sighup_changes_the_body_cap_of_a_running_kvgate_serve(backends, tmp_path):
+    (a,) = await backends(1)
+    port = free_port()
+    f = tmp_path / "gw.yaml"
+    _with_limits(f, [a.address], port, {"maxBodyBytes": 1 << 20})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", "serve", "--config", str(f), "--log-level", "WARNING",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{port}/v1/completions"
+            for _ in range(200):
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            async with s.post(url, data=BIG) as r:
+                assert r.status == 200
+            _with_limits(f, [a.address], port, {"maxBodyBytes": 1024})
+            proc.send_signal(signal.SIGHUP)
+            status = 200
+            for _ in range(100):
+                async with s.post(url, data=BIG) as r:
+                    status = r.status
+                if status == 413:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 413, "the lowered body cap never applied"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
+    assert proc.stderr is not None
+    err = (await proc.stderr.read()).decode()
+    assert "config reload: limits applied: maxBodyBytes 1048576 -> 1024" in err
+    assert "restart to apply" not in err

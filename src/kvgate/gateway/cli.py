@@ -206,8 +206,8 @@ async def serve(cfg: GatewayConfig, pools: list[Pool], config_path: str | None =
     server = GatewayServer(cfg, pools)
     await server.start()
     reloader: asyncio.Task[None] | None = None
-    if config_path:  # endpoints follow the file: on SIGHUP, and when it changes
-        cr = ConfigReloader(config_path, cfg, pools)
+    if config_path:  # endpoints and limits follow the file: on SIGHUP, and when it changes
+        cr = ConfigReloader(config_path, cfg, pools, apply_limits=server.apply_limits)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, cr.trigger)
         reloader = asyncio.create_task(cr.run())
     tune_gc()

@@ -1,9 +1,11 @@
 """Dynamic endpoints without a restart: re-read ``--config`` on SIGHUP or when the file changes.
 
-Only each pool's ``endpoints`` are applied live (``EndpointStore.sync``: the scraper, KV-event sources
-and pickers follow through the store's change listeners; an endpoint kept keeps its metrics and
-in-flight accounting). Any other difference (new pools, models, limits, policies) is logged as needing a
-restart. A file that fails validation is logged and ignored: the running config stays.
+Applied live: each pool's ``endpoints`` (``EndpointStore.sync``: the scraper, KV-event sources and
+pickers follow through the store's change listeners; an endpoint kept keeps its metrics and in-flight
+accounting), and ``limits``, every knob (``GatewayServer.apply_limits``: the client-facing fronts' body
+cap, deadlines and connection cap, the proxy's timeouts and caps), logged as ``config reload: limits
+applied: ...``. Any other difference (new pools, models, policies, health, objectives) is logged as
+needing a restart. A file that fails validation is logged and ignored: the running config stays.
 """
 
 from __future__ import annotations
@@ -12,19 +14,44 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gateway_config
+from kvgate.config.gateway import (
+    _LIMIT_KEYS,
+    GatewayConfig,
+    GatewayConfigError,
+    Limits,
+    load_gateway_config,
+)
 from kvgate.datalayer.store import make_endpoint
 from kvgate.gateway.pools import Pool
 
 log = logging.getLogger("kvgate.gateway.reload")
 
+# The YAML names of ``limits`` (for the log): attribute -> key.
+_LIMIT_NAMES = {attr: key for key, (attr, _, _) in _LIMIT_KEYS.items()}
+
+
+def _describe(changed: dict[str, tuple[float, float]]) -> str:
+    """``maxBodyBytes 8388608 -> 1024, ...``: the YAML names, as in the file."""
+    return ", ".join(f"{_LIMIT_NAMES.get(k, k)} {a} -> {b}" for k, (a, b) in changed.items())
+
 
 class ConfigReloader:
-    def __init__(self, path: str, current: GatewayConfig, pools: Sequence[Pool], poll_s: float = 2.0) -> None:
+    """``apply_limits``: the running server's (``GatewayServer.apply_limits``); without one (a reloader
+    for endpoints only), a change of ``limits`` is logged as needing a restart."""
+
+    def __init__(
+        self,
+        path: str,
+        current: GatewayConfig,
+        pools: Sequence[Pool],
+        poll_s: float = 2.0,
+        apply_limits: Callable[[Limits], dict[str, tuple[float, float]]] | None = None,
+    ) -> None:
         self.path = path
         self.current = current
+        self.apply_limits = apply_limits
         self.pools = {p.name: p for p in pools}
         self.poll_s = poll_s
         self.reloads = 0
@@ -88,11 +115,15 @@ class ConfigReloader:
                 log.warning("config reload: pool %r changed beyond its endpoints; restart to apply", pc.name)
         for name in set(self.pools) - {pc.name for pc in new.pools}:
             log.warning("config reload: pool %r was removed from the file; restart to apply", name)
-        if (new.limits, new.health, new.objectives) != (
-            self.current.limits,
-            self.current.health,
-            self.current.objectives,
-        ):
-            log.warning("config reload: limits/health/objectives changed; restart to apply")
+        if new.limits != self.current.limits:
+            if self.apply_limits is None:
+                log.warning("config reload: limits changed; restart to apply")
+            else:
+                changed = self.apply_limits(new.limits)
+                self.current.limits = new.limits
+                if changed:
+                    log.warning("config reload: limits applied: %s", _describe(changed))
+        if (new.health, new.objectives) != (self.current.health, self.current.objectives):
+            log.warning("config reload: health/objectives changed; restart to apply")
         self.reloads += 1
         return True

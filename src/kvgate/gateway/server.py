@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import time
@@ -18,7 +19,7 @@ import aiohttp
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from kvgate.config.gateway import GatewayConfig
+from kvgate.config.gateway import GatewayConfig, Limits
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
 from kvgate.datalayer.health import HealthPolicy
@@ -257,6 +258,29 @@ class GatewayServer:
         self._servers.append((server, front))
         bound: int = server.sockets[0].getsockname()[1]
         return bound
+
+    def apply_limits(self, new: Limits) -> dict[str, tuple[float, float]]:
+        """A config reload's ``limits``, live; returns {attribute: (old, new)} for those that changed.
+
+        Every knob applies without a restart: the fronts' (body cap, deadlines, write buffer, connection
+        cap: ``FrontServer.apply_limits``, data and admin ports), the proxy's (request, idle and connect
+        timeouts, to requests that start after it), and those read from ``cfg.limits`` per request
+        (concurrency cap, attempts, the proxy's own body check) or at the drain."""
+        cur = self.cfg.limits
+        changed = {
+            f.name: (getattr(cur, f.name), getattr(new, f.name))
+            for f in dataclasses.fields(Limits)
+            if getattr(cur, f.name) != getattr(new, f.name)
+        }
+        for name, (_, value) in changed.items():
+            setattr(cur, name, value)  # the running config: the proxy reads it per request
+        for _, front in self._servers:
+            front.apply_limits(cur)
+        if self.proxy is not None:
+            self.proxy.request_timeout = cur.request_timeout_s or None
+            self.proxy.upstream.connect_timeout = cur.connect_timeout_s
+            self.proxy.upstream.idle_timeout = cur.idle_timeout_s
+        return changed
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Graceful: stop accepting, drain in-flight requests (bounded), then close."""
