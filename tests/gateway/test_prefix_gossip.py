@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import struct
 import tempfile
 import time
 from collections import Counter
@@ -29,20 +30,75 @@ from kvgate.scheduling.prefix import PrefixIndex
 
 def test_encode_decode_round_trip_and_split() -> None:
     big = list(range(1, 20_001))  # 160 KB of hashes: several datagrams
-    records = [(0, "10.0.0.1:8000", [2**64 - 1, 5]), (1, "10.0.0.2:8000", big)]
+    records = [(0, "10.0.0.1:8000", [2**64 - 1, 5], 0), (1, "10.0.0.2:8000", big, 70_000), (0, "c:1", [], 9)]
     datagrams = encode(3, records)
     assert len(datagrams) > 2 and all(len(d) <= MAX_DATAGRAM for d in datagrams)
     got: dict[tuple[int, str], list[int]] = {}
+    fillers: list[tuple[str, int]] = []
     for d in datagrams:
         sender, recs = decode(d)
         assert sender == 3
-        for idx, addr, hashes in recs:
+        for idx, addr, hashes, filler in recs:
             got.setdefault((idx, addr), []).extend(hashes)
-    assert got == {(0, "10.0.0.1:8000"): [2**64 - 1, 5], (1, "10.0.0.2:8000"): big}
+            fillers.append((addr, filler))
+    assert got == {(0, "10.0.0.1:8000"): [2**64 - 1, 5], (1, "10.0.0.2:8000"): big, (0, "c:1"): []}
+    # The placeholder rides once, on the first chunk of its record; a placeholder alone is still sent.
+    assert [f for f in fillers if f[1]] == [("10.0.0.2:8000", 70_000), ("c:1", 9)]
     with pytest.raises(ValueError):
         decode(datagrams[0][:-3])
     with pytest.raises(ValueError):
         decode(b"\x09\x00")
+
+
+def test_version_1_datagrams_still_decode_with_no_placeholder() -> None:
+    v1 = struct.pack("<BB", 1, 2) + struct.pack("<BBH", 0, 3, 2) + b"a:1" + struct.pack("<QQ", 7, 8)
+    sender, recs = decode(v1)
+    assert sender == 2 and [(i, a, list(h), f) for i, a, h, f in recs] == [(0, "a:1", [7, 8], 0)]
+    with pytest.raises(ValueError):
+        decode(v1[:-1])
+
+
+def _lru_dump(index: PrefixIndex, address: str) -> list[int | tuple[str, int]]:
+    """The endpoint's LRU, oldest first: hashes, and placeholders by weight (their keys are local)."""
+    return [h if h >= 0 else ("filler", index._weight[h]) for h in index._lru[address]]
+
+
+def _pass(gossip: PrefixGossip, other: PrefixGossip) -> None:
+    sent: list[bytes] = []
+    gossip.send = sent.append
+    gossip.flush()
+    for d in sent:
+        other.receive(d)
+
+
+def test_engine_lru_placeholders_and_order_reach_the_other_worker() -> None:
+    # engineLru picks: placeholders for generated blocks, the head recorded last. The other worker's index
+    # must age them the same: same entries, same order, same weights, same evictions.
+    idx = [PrefixIndex(default_capacity=10), PrefixIndex(default_capacity=10)]
+    g = [PrefixGossip([idx[w]], w, lambda _d: None) for w in range(2)]
+    steps = [([1, 2, 3], 0), ([4, 5], 6), ([7], 2), ([4, 5, 8], 3)]
+    for hashes, filler in steps:
+        idx[0].add("a:1", hashes, filler=filler, tail_first=True)
+        _pass(g[0], g[1])
+        assert _lru_dump(idx[1], "a:1") == _lru_dump(idx[0], "a:1")
+        assert idx[1]._size == idx[0]._size
+    # The first prefix was pushed out by generated blocks on both (without the placeholders worker 1
+    # would still hold it: 9 hashes fit its capacity of 10).
+    assert idx[0].match([1, 2, 3], ["a:1"]) == idx[1].match([1, 2, 3], ["a:1"]) == [0]
+    assert g[1].applied == len(steps)
+
+
+def test_a_batch_sums_placeholders_and_keeps_the_touch_order() -> None:
+    idx = [PrefixIndex(default_capacity=100), PrefixIndex(default_capacity=100)]
+    g = [PrefixGossip([idx[w]], w, lambda _d: None) for w in range(2)]
+    idx[0].add("a:1", [1, 2, 3], filler=5, tail_first=True)
+    idx[0].add("a:1", [1, 2, 9], filler=4, tail_first=True)  # same head again: most recent
+    idx[0].add("b:1", [], filler=7, tail_first=True)  # a placeholder alone
+    _pass(g[0], g[1])
+    assert [h for h in _lru_dump(idx[1], "a:1")] == [("filler", 9), 3, 9, 2, 1]
+    assert _lru_dump(idx[1], "b:1") == [("filler", 7)]
+    assert idx[1]._size == {"a:1": 13, "b:1": 7} and idx[0]._size == idx[1]._size
+    assert g[1].applied == 2
 
 
 def test_insertions_cross_real_sockets_and_do_not_echo() -> None:
@@ -137,11 +193,11 @@ def test_pending_batch_is_bounded() -> None:
     sent: list[bytes] = []
     g = PrefixGossip([index], 0, sent.append, max_pending=10)
     index.add("a:1", list(range(1, 9)))
-    index.add("b:1", list(range(100, 108)))  # would pass the bound: dropped
+    index.add("b:1", list(range(100, 108)), filler=3)  # would pass the bound: dropped, placeholder too
     g.flush()
     assert g.dropped == 1
     (d,) = sent
-    assert [(a, list(h)) for _, a, h in decode(d)[1]] == [("a:1", list(range(1, 9)))]
+    assert [(a, list(h), f) for _, a, h, f in decode(d)[1]] == [("a:1", list(range(1, 9)), 0)]
 
 
 async def test_a_prefix_routed_by_one_worker_is_honoured_by_the_other(backends):

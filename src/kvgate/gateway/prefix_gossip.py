@@ -2,9 +2,12 @@
 
 With N workers each worker's approximate prefix index learns only the requests *it* routed, so a
 prefix group is learned N times and spread over up to N replicas. Here every worker records its own
-insertions (endpoint, block hashes) as they happen, and every ``PREFIX_GOSSIP_S`` sends them, batched
-and deduplicated, to the other workers, which apply them to their own index
-(``PrefixIndex.apply_remote``, which does not echo them back).
+insertions (endpoint, block hashes in the order its LRU touched them, and the weight of the placeholder
+the ``engineLru`` mode adds for the blocks a pick will generate) as they happen, and every
+``PREFIX_GOSSIP_S`` sends them, batched and deduplicated, to the other workers, which apply them to their
+own index (``PrefixIndex.apply_remote``, which does not echo them back). Carrying the placeholder weight
+matters: without it each worker aged the others' picks more slowly than its own (their generated blocks
+took no room in its index), so it kept believing in prefixes the server had already evicted.
 
 Lossy on purpose: sends never block (a full peer socket, a peer restarting or not yet bound drops
 the datagram, counted in ``dropped``), and a worker that records more than ``max_pending`` hashes
@@ -12,9 +15,13 @@ between two flushes drops the rest. A lost insertion only costs a cache hit the 
 predicted; the next request of the same prefix re-publishes it. Bounded: the pending batch, and one
 datagram of at most ``MAX_DATAGRAM`` bytes at a time.
 
-Wire format (little-endian), one datagram: ``u8 version, u8 sender`` then records until the end, each
-``u8 index id, u8 address length, u16 hash count, address bytes, hash count x u64``. An index id is the
-position of a prefix scorer in the worker's pools (the same config in every worker, so the same ids).
+Wire format (little-endian), one datagram: ``u8 version, u8 sender`` then records until the end. Version
+2 (sent): each record ``u8 index id, u8 address length, u16 hash count, u32 placeholder blocks, address
+bytes, hash count x u64``, hashes oldest first; the placeholder blocks are older than them. Version 1
+(still read, placeholder 0): the same without the u32. An index id is the position of a prefix scorer in
+the worker's pools (the same config in every worker, so the same ids). A batch's placeholders for one
+endpoint are summed into one (the index's capacity is what they are for) and ride on the record's first
+datagram.
 """
 
 from __future__ import annotations
@@ -31,15 +38,19 @@ from prometheus_client.registry import Collector
 
 from kvgate.scheduling.prefix import PrefixIndex
 
-VERSION = 1
+VERSION = 2
+_READS = (1, 2)  # versions ``decode`` accepts
 PREFIX_GOSSIP_S = 0.005  # how long a worker's insertion may wait before the others hear of it
 MAX_DATAGRAM = 60_000  # well under the default unix datagram limit (SO_SNDBUF ~208 KiB)
 DEFAULT_MAX_PENDING = 200_000  # hashes between two flushes (~1.6 MB): past it, insertions are dropped
 _HEAD = struct.Struct("<BB")
-_REC = struct.Struct("<BBH")
+_REC = struct.Struct("<BBHI")  # version 2
+_REC_V1 = struct.Struct("<BBH")
 _MAX_HASHES = (MAX_DATAGRAM - _HEAD.size - _REC.size - 255) // 8
+_MAX_FILLER = 2**32 - 1
 
-Record = tuple[int, str, Sequence[int]]
+# (index id, address, block hashes oldest first, placeholder blocks older than them)
+Record = tuple[int, str, Sequence[int], int]
 
 
 def encode(sender: int, records: Sequence[Record]) -> list[bytes]:
@@ -47,13 +58,15 @@ def encode(sender: int, records: Sequence[Record]) -> list[bytes]:
     out: list[bytes] = []
     parts: list[bytes] = [_HEAD.pack(VERSION, sender)]
     size = _HEAD.size
-    for idx, address, hashes in records:
+    for idx, address, hashes, filler in records:
         addr = address.encode()
         if len(addr) > 255 or idx > 255:
             continue  # not representable: stays local
-        for start in range(0, len(hashes), _MAX_HASHES):
+        filler = min(max(filler, 0), _MAX_FILLER)
+        # Chunks in order (the receiver applies them in order); the placeholder on the first.
+        for start in range(0, max(len(hashes), 1 if filler else 0), _MAX_HASHES):
             chunk = array("Q", hashes[start : start + _MAX_HASHES])
-            rec = _REC.pack(idx, len(addr), len(chunk)) + addr + chunk.tobytes()
+            rec = _REC.pack(idx, len(addr), len(chunk), filler if start == 0 else 0) + addr + chunk.tobytes()
             if size + len(rec) > MAX_DATAGRAM:
                 out.append(b"".join(parts))
                 parts, size = [_HEAD.pack(VERSION, sender)], _HEAD.size
@@ -69,22 +82,26 @@ def decode(data: bytes) -> tuple[int, list[Record]]:
     if len(data) < _HEAD.size:
         raise ValueError("short datagram")
     version, sender = _HEAD.unpack_from(data)
-    if version != VERSION:
+    if version not in _READS:
         raise ValueError(f"gossip version {version}")
+    rec = _REC if version == 2 else _REC_V1
     pos = _HEAD.size
     out: list[Record] = []
     while pos < len(data):
-        if pos + _REC.size > len(data):
+        if pos + rec.size > len(data):
             raise ValueError("truncated record")
-        idx, alen, n = _REC.unpack_from(data, pos)
-        pos += _REC.size
+        if version == 2:
+            idx, alen, n, filler = _REC.unpack_from(data, pos)
+        else:
+            (idx, alen, n), filler = _REC_V1.unpack_from(data, pos), 0
+        pos += rec.size
         end = pos + alen + 8 * n
         if end > len(data):
             raise ValueError("truncated record")
         address = data[pos : pos + alen].decode()
         hashes = array("Q")
         hashes.frombytes(data[pos + alen : end])
-        out.append((idx, address, hashes))
+        out.append((idx, address, hashes, filler))
         pos = end
     return sender, out
 
@@ -103,8 +120,10 @@ class PrefixGossip:
         self.worker = worker
         self.send = send
         self.max_pending = max_pending
-        # (index id, address) -> hashes in insertion order, deduplicated (a dict as an ordered set)
+        # (index id, address) -> hashes in the order the index last touched them, deduplicated (a dict as
+        # an ordered set), and the placeholder blocks recorded with them
         self._pending: dict[tuple[int, str], dict[int, None]] = {}
+        self._filler: dict[tuple[int, str], int] = {}
         self._count = 0
         self.dropped = 0  # insertions dropped for the pending bound
         self.applied = 0  # remote records applied
@@ -112,25 +131,33 @@ class PrefixGossip:
         for i, index in enumerate(self.indexes):
             index.listener = self._recorder(i)
 
-    def _recorder(self, i: int) -> Callable[[str, Sequence[int]], None]:
-        def record(address: str, hashes: Sequence[int]) -> None:
+    def _recorder(self, i: int) -> Callable[[str, Sequence[int], int], None]:
+        def record(address: str, hashes: Sequence[int], filler: int) -> None:
             if self._count + len(hashes) > self.max_pending:
-                self.dropped += 1
+                self.dropped += 1  # the whole insertion, its placeholder too
                 return
-            pending = self._pending.get((i, address))
+            key = (i, address)
+            pending = self._pending.get(key)
             if pending is None:
-                pending = self._pending[(i, address)] = {}
+                pending = self._pending[key] = {}
             before = len(pending)
-            pending.update(dict.fromkeys(hashes))
+            for h in hashes:  # a block touched again moves to the end, as in the index's LRU
+                if h in pending:
+                    del pending[h]
+                pending[h] = None
             self._count += len(pending) - before
+            if filler:
+                self._filler[key] = self._filler.get(key, 0) + filler
 
         return record
 
     def flush(self) -> None:
         if not self._pending:
             return
-        records = [(i, a, list(h)) for (i, a), h in self._pending.items()]
+        fill = self._filler
+        records = [(i, a, list(h), fill.get((i, a), 0)) for (i, a), h in self._pending.items()]
         self._pending.clear()
+        fill.clear()
         self._count = 0
         for datagram in encode(self.worker, records):
             self.send(datagram)
@@ -143,9 +170,9 @@ class PrefixGossip:
             return
         if sender == self.worker:
             return
-        for idx, address, hashes in records:
+        for idx, address, hashes, filler in records:
             if idx < len(self.indexes):
-                self.indexes[idx].apply_remote(address, hashes)
+                self.indexes[idx].apply_remote(address, hashes, filler)
                 self.applied += 1
 
     def close(self) -> None:

@@ -79,9 +79,10 @@ class PrefixIndex:
         self._filler_key = 0  # next placeholder key is one below this (negative: never a real hash)
         self._weight: dict[int, int] = {}  # placeholder key -> blocks it stands for
         self._size: dict[str, int] = {}  # address -> blocks its LRU stands for (placeholders by weight)
-        # Told of every local insertion (``add``), never of ``apply_remote`` ones: how ``--workers``
-        # processes share what each learned (the transport lives in gateway/, not here).
-        self.listener: Callable[[str, Sequence[int]], None] | None = None
+        # Told of every local insertion (``add``: address, hashes in the order the LRU touched them, oldest
+        # first, and the placeholder weight), never of ``apply_remote`` ones: how ``--workers`` processes
+        # share what each learned (the transport lives in gateway/, not here).
+        self.listener: Callable[[str, Sequence[int], int], None] | None = None
 
     def __len__(self) -> int:
         return self.total
@@ -162,7 +163,8 @@ class PrefixIndex:
             self._weight[key] = filler
             added = 1
             grown = filler - 1
-        for h in reversed(hashes) if tail_first else hashes:
+        touched = hashes[::-1] if tail_first else hashes
+        for h in touched:
             if h in lru:
                 lru.move_to_end(h)
             else:
@@ -175,13 +177,14 @@ class PrefixIndex:
         self._size[address] = self._size.get(address, 0) + added + grown
         self._evict(address, self._limit(address))
         if self.listener is not None:
-            self.listener(address, hashes)
+            self.listener(address, touched, max(filler, 0))
 
-    def apply_remote(self, address: str, hashes: Sequence[int]) -> None:
-        """Record blocks another gateway worker routed to ``address`` (not told to ``listener``: no echo)."""
+    def apply_remote(self, address: str, hashes: Sequence[int], filler: int = 0) -> None:
+        """Record blocks another gateway worker routed to ``address``, in the order its LRU touched them
+        (oldest first), after ``filler`` placeholder blocks (not told to ``listener``: no echo)."""
         listener, self.listener = self.listener, None
         try:
-            self.add(address, hashes)
+            self.add(address, hashes, filler=filler)
         finally:
             self.listener = listener
 
