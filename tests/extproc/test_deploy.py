@@ -7,12 +7,14 @@ from typing import Any
 
 import yaml
 
+from kvgate.config.policies import POLICIES
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc import keys
 from kvgate.extproc.cli import parser
 from kvgate.extproc.context import build_epp_director
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+_KIND = {"apiVersion": "inference.networking.x-k8s.io/v1alpha1", "kind": "EndpointPickerConfig"}
 
 
 def _docs(name: str) -> dict[str, Any]:
@@ -49,6 +51,8 @@ def test_kubernetes_manifest_is_consistent() -> None:
     picker_config = yaml.safe_load(docs["ConfigMap"]["data"][key])
     store = EndpointStore.from_addresses(["10.0.0.11:8000"])
     assert build_epp_director(picker_config, store) is not None
+    # It is the kvgate policy's profile as the code has it today (it drifted once: no engineLru, no tokenizer).
+    assert picker_config == {**yaml.safe_load(POLICIES["kvgate"]), **_KIND}
 
     svc = docs["Service"]
     assert {p["port"] for p in svc["spec"]["ports"]} == {9002, 9003, 9090}

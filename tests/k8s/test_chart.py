@@ -108,6 +108,15 @@ def test_ha_values_turn_on_leader_election() -> None:
     assert "--ha-enable-leader-election=true" not in epp_args(render(active_active))
 
 
+def test_the_default_profile_is_the_named_kvgate_policy() -> None:
+    # No profile copied into the chart (a copy drifted once in deploy/kvgate-epp.yaml): the picker builds
+    # the code's own ``kvgate`` policy.
+    docs = render(BASE)
+    args = epp_args(docs)
+    assert "--policy=kvgate" in args and not any(a.startswith("--config-file") for a in args)
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and "epp" in str(d.get("data", {}))]
+
+
 def test_custom_config_is_mounted() -> None:
     docs = render({**VALUES["custom-config"], "inferencePool": {**BASE["inferencePool"]}})
     assert "--config-file=/etc/kvgate/config/epp.yaml" in epp_args(docs)
