@@ -51,7 +51,7 @@ def test_kubernetes_manifest_is_consistent() -> None:
     picker_config = yaml.safe_load(docs["ConfigMap"]["data"][key])
     store = EndpointStore.from_addresses(["10.0.0.11:8000"])
     assert build_epp_director(picker_config, store) is not None
-    # It is the kvgate policy's profile as the code has it today (it drifted once: no engineLru, no tokenizer).
+    # The kvgate policy's profile as the code has it today (it drifted once: no engineLru, no tokenizer).
     assert picker_config == {**yaml.safe_load(POLICIES["kvgate"]), **_KIND}
 
     svc = docs["Service"]
