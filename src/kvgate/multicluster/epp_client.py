@@ -393,8 +393,17 @@ class EppStream:
         def owes() -> bool:
             return self.ended or (streaming and lines_out > lines_in)
 
+        def mark() -> None:
+            """The EPP owes from now (after a message sent, or an answer), or owes nothing."""
+            nonlocal owed_since
+            if owes():
+                owed_since = loop.time()
+                owing.set()
+            else:
+                owed_since = None
+
         async def pump() -> None:
-            nonlocal keep, sent_lines, lines_out, owed_since
+            nonlocal keep, sent_lines, lines_out
             try:
                 async for chunk in upstream:
                     if keep:
@@ -406,14 +415,12 @@ class EppStream:
                     await self._body(chunk, False)
                     if streaming:
                         lines_out += chunk.count(b"\n")
-                        if owed_since is None and owes():
-                            owed_since = loop.time()
-                            owing.set()
+                        if owed_since is None:  # (already owed: the older line's deadline stands)
+                            mark()
                 await self._body(b"", True)
                 self.ended = True
                 if owed_since is None:
-                    owed_since = loop.time()
-                    owing.set()
+                    mark()
                 try:
                     await asyncio.wait_for(call.done_writing(), self.timeout_s)
                 except TimeoutError:
@@ -455,7 +462,7 @@ class EppStream:
             del ledger[:cut]
 
         async def read() -> None:
-            nonlocal lines_in, owed_since
+            nonlocal lines_in
             held = bytearray()  # the EPP's output after its last newline, until the line completes
             try:
                 while True:
@@ -466,8 +473,7 @@ class EppStream:
                         continue
                     streamed = msg.response_body.response.body_mutation.streamed_response
                     lines_in += streamed.body.count(b"\n")
-                    # It answered: what it still owes has a deadline from now.
-                    owed_since = loop.time() if owes() else None
+                    mark()  # it answered: what it still owes has a deadline from now
                     held.extend(streamed.body)
                     whole = len(held) if streamed.end_of_stream else held.rfind(b"\n") + 1
                     if whole:
