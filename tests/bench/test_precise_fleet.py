@@ -120,3 +120,17 @@ def test_evictions_reach_the_index_under_kv_pressure() -> None:
     assert sum(rep.engine.pool.evictions for rep in sim.replicas) > 0, "the case must evict"
     for ep, rep in zip(sim.endpoints, sim.replicas, strict=True):
         assert index.engine_hashes(ep.address) == set(rep.engine.pool.cached)
+
+
+def test_precise_variants_keep_their_own_parameters_whatever_the_approximate_entry_had() -> None:
+    # The kvgate policy's approximate entry has parameters (tokenizer, engineLru): a plain line swap once
+    # left them as a second ``parameters`` key that replaced mode / indexName / speculativeTTL.
+    from kvgate.bench.precise import precise_policy_config
+
+    ttl = {"reference-precise": "2s", "reference-precise-events": 0, "kvgate-precise": "2s"}
+    assert set(PRECISE_POLICIES) == set(ttl)
+    for name, want in ttl.items():
+        plugins = precise_policy_config(name).plugins
+        assert not [p for p in plugins if p.type == "prefix-cache-scorer"], name
+        (precise,) = [p for p in plugins if p.type == "precise-prefix-cache-scorer"]
+        assert precise.parameters == {"mode": "tokens", "indexName": "fleetsim", "speculativeTTL": want}, name

@@ -1,6 +1,6 @@
 """Precise (KV-event) vs approximate prefix scoring on the virtual-clock fleet simulator.
 
-`python -m kvgate.bench.precise [--quick] [--seed N] [--out docs/benchmarks]` runs the same seeded
+`kvgate bench precise [--quick] [--seed N] [--out docs/benchmarks]` runs the same seeded
 workloads behind round robin, the reference profile with its approximate ``prefix-cache-scorer``, the
 reference profile with ``precise-prefix-cache-scorer`` in its place (fed by the simulated engines' own
 KV-cache events, delivered with a small virtual delay), and kvgate's default profile.
@@ -173,7 +173,7 @@ HEADER = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kvgate.bench.precise", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="kvgate bench precise", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="half-length measured windows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--qps", default="20,40", help="comma-separated offered loads")
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "precise-fleet.json").write_text(json.dumps(rows, indent=1, default=str))
         titles = "\n".join(f"- `{sc.name}`: {sc.title}" for sc in _scenarios())
-        cmd = "python -m kvgate.bench.precise" + (" --quick" if args.quick else "")
+        cmd = "kvgate bench precise" + (" --quick" if args.quick else "")
         cmd += f" --seed {args.seed} --qps {args.qps}"
         body = "\n".join(_line(r) for r in rows)
         (out / "precise-fleet.md").write_text(
