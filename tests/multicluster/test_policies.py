@@ -150,6 +150,26 @@ def test_recent_slowness_fades_to_the_floor() -> None:
     assert st.observed_ttft(60.0) == pytest.approx(st.ttft_floor_s)
 
 
+def test_requests_waiting_there_raise_a_slow_clusters_evidence() -> None:
+    """A new request queues behind this gateway's requests still waiting for their first byte there
+    (prefills one after the other on each ready endpoint): the evidence is at least the floor times that
+    queue, so a burst into a slow cluster gets dearer with each request before any of them answers."""
+    p = KvgatePolicy(rng=random.Random(0))
+    slow = _state("slow", ready=1, cap=0.5, head=0.5, request_slots=8.0, rtt=80.0)
+    fast = _state("fast", ready=3, cap=3.0, head=0.0, request_slots=24.0, q=1.0)  # full, a short queue
+    for _ in range(20):
+        slow.observe_ttft(4.0, 0.0)
+        fast.observe_ttft(1.0, 0.0)
+    assert slow.observed_ttft(0.0) == pytest.approx(4.0)
+    costs = []
+    for _ in range(3):
+        p.order([slow, fast], ClusterRequest(), 0.0)
+        costs.append(p.last_costs["slow"])
+        slow.dispatched(0.0)
+    assert slow.observed_ttft(0.0) == pytest.approx(4.0 * (1 + 3 / 1))
+    assert costs[0] < costs[1] < costs[2]
+
+
 def test_ttft_floor_tracks_a_low_quantile() -> None:
     rnd = random.Random(1)
     st = _state("c")

@@ -112,9 +112,16 @@ class ClusterState:
         """The TTFT evidence: the EWMA of answered requests, fading with its age (a cluster left alone
         because it was loaded gets tried again) down to its floor (its speed: a slow cluster stays slow),
         never below the oldest unanswered request's age (a censored observation: a cluster that swallows
-        requests looks slower the longer it does)."""
+        requests looks slower the longer it does), nor below the floor times the prefill queue a new
+        request would join: this gateway's requests there still waiting for their first byte, spread over
+        the snapshot's ready endpoints (each prefills one after the other, about a floor each)."""
         ewma = 0.0 if self.ttft_s is None else self.ttft_s * math.exp(-max(0.0, now - self.ttft_at) / tau_s)
-        return max(ewma, self.ttft_floor_s or 0.0, self.oldest_wait(now))
+        floor = self.ttft_floor_s or 0.0
+        if floor and self.waiting:
+            a = self.aggregate
+            ready = a.ready_endpoints if a is not None and a.ready_endpoints > 0 else 1
+            floor *= 1.0 + len(self.waiting) / ready
+        return max(ewma, floor, self.oldest_wait(now))
 
     def finished(self, token: int = 0) -> None:
         self.inflight = max(0, self.inflight - 1)
