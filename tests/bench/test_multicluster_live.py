@@ -47,3 +47,46 @@ def test_markdown_ratios_against_llm_d_hub() -> None:
     table = multicluster_live.markdown([row("kvgate", 0.2), row("llm-d-hub", 0.4)], meta)
     assert "| steady | kvgate | 100 | 200 | 0.50x |" in table
     assert "3/1/0 |" in table
+
+
+def test_ttft_floors_per_cluster_from_every_run() -> None:
+    rows = [
+        {"timeline": [(0.0, "east", 0.3), (0.1, "east", 1.0), (0.2, "eu", 4.0), (0.3, "", None)]},
+        {"timeline": [(0.0, "east", 0.2), (0.1, "eu", None)]},
+    ]
+    assert multicluster_live.ttft_floors(rows, q=0.0) == {"east": 0.2, "eu": 4.0}
+
+
+async def test_open_loop_splits_arrivals_over_several_gateways() -> None:
+    """``--gateways N``: each request goes to one of the global gateways, at random (real HTTP)."""
+    from aiohttp import web
+
+    hits = [0, 0]
+
+    def app(i: int) -> web.Application:
+        async def completions(request: web.Request) -> web.StreamResponse:
+            hits[i] += 1
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(b'data: {"choices":[{"text":"a"}]}\n\ndata: [DONE]\n\n')
+            return resp
+
+        a = web.Application()
+        a.router.add_post("/v1/completions", completions)
+        return a
+
+    runners = [web.AppRunner(app(i)) for i in range(2)]
+    urls = []
+    for r in runners:
+        await r.setup()
+        site = web.TCPSite(r, "127.0.0.1", 0)
+        await site.start()
+        urls.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")  # type: ignore[union-attr]
+    try:
+        specs = multicluster_live.LiveWorkload(tenants=2, system_prompt_len=8, question_len=4).stream(0, 1000)
+        res = await multicluster_live.open_loop(urls, specs, 100.0, 0.5, 0, 10.0)
+    finally:
+        for r in runners:
+            await r.cleanup()
+    assert len(res) > 20 and all(r.error is None and r.ttft is not None for r in res)
+    assert min(hits) > 0 and sum(hits) == len(res)

@@ -114,6 +114,9 @@ class LiveConfig:
     ttl_s: float = 2.0
     refresh_s: float = 0.5
     seed: int = 0
+    # Global gateways (separate processes, same clusters file and policy), arrivals split at random: two
+    # see the same snapshots, so a policy that herds sends both gateways' bursts to the same cluster.
+    gateways: int = 1
 
 
 # --- the fleet -------------------------------------------------------------------------------------
@@ -298,7 +301,7 @@ async def _send(
 
 
 async def open_loop(
-    url: str,
+    url: str | list[str],
     specs: Iterator[RequestSpec],
     qps: float,
     duration: float,
@@ -306,7 +309,10 @@ async def open_loop(
     limit_s: float,
     events: list[tuple[float, Any]] | None = None,
 ) -> list[Result]:
-    """Poisson arrivals at ``qps`` for ``duration`` s; ``events`` (offset, coroutine factory) run on time."""
+    """Poisson arrivals at ``qps`` for ``duration`` s; ``events`` (offset, coroutine factory) run on time.
+    Several ``url``s (global gateways): each request goes to one of them at random."""
+    urls = [url] if isinstance(url, str) else url
+    pick = random.Random(seed + 1)
     results: list[Result] = []
     tasks: set[asyncio.Task[Any]] = set()
     conn = aiohttp.TCPConnector(limit=0)
@@ -328,7 +334,7 @@ async def open_loop(
             if delay > 0:
                 await asyncio.sleep(delay)
 
-            async def one(spec: RequestSpec = spec) -> None:
+            async def one(spec: RequestSpec = spec, url: str = pick.choice(urls)) -> None:
                 results.append(await _send(http, url, spec, t0, limit_s))
 
             t = asyncio.create_task(one())
@@ -406,15 +412,8 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
                      clusters_file: Path, log: Any) -> dict[str, Any]:  # fmt: skip
     for c in clusters:
         await c.reset_caches()
-    port = procs.free_port()
-    gw, _ = await procs.start(
-        f"global gateway ({policy})",
-        procs.kvgate_cmd("serve", "--clusters", str(clusters_file), "--cluster-policy", policy,
-                         "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"),
-        r"global gateway on",
-        wait_s=60,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    gws: list[Proc] = []
+    urls: list[str] = []
     lost_c = next(c for c in clusters if c.d.name == LOST_CLUSTER)
     total = cfg.warmup + cfg.duration
     loss_at, back_at = cfg.warmup + cfg.duration / 3, cfg.warmup + 2 * cfg.duration / 3
@@ -422,14 +421,30 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
     if loss:
         events = [(loss_at, lost_c.kill), (back_at, lost_c.start)]
     try:
-        await _wait_clusters_fresh(url, {c.d.name for c in clusters})
+        for g in range(cfg.gateways):  # each its own process, as two gateway replicas would be
+            port = procs.free_port()
+            gw, _ = await procs.start(
+                f"global gateway {g} ({policy})",
+                procs.kvgate_cmd("serve", "--clusters", str(clusters_file), "--cluster-policy", policy,
+                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"),
+                r"global gateway on",
+                wait_s=60,
+            )  # fmt: skip
+            gws.append(gw)
+            urls.append(f"http://127.0.0.1:{port}")
+        for url in urls:
+            await _wait_clusters_fresh(url, {c.d.name for c in clusters})
         t_start = time.perf_counter()
-        res = await open_loop(url, cfg.workload.stream(cfg.seed, 100_000), qps, total, cfg.seed,
+        res = await open_loop(urls, cfg.workload.stream(cfg.seed, 100_000), qps, total, cfg.seed,
                               cfg.request_timeout, events)  # fmt: skip
         wall = time.perf_counter() - t_start
-        gm = await _gateway_metrics(url)
+        gm: dict[str, float] = {}
+        for url in urls:
+            for k, v in (await _gateway_metrics(url)).items():
+                gm[k] = gm.get(k, 0.0) + v
     finally:
-        await gw.stop()
+        for gw in gws:
+            await gw.stop()
     if loss:
         await lost_c.wait_ready()
     measured = [r for r in res if r.start >= cfg.warmup]
@@ -623,6 +638,7 @@ async def run(cfg: LiveConfig, policies: list[str], phases: list[bool], out: Pat
         "refresh_s": cfg.refresh_s,
         "workload": asdict(cfg.workload),
         "seed": cfg.seed,
+        "gateways": cfg.gateways,
         "rtt": "emulated by kvgate.bench.delay_relay (userspace; the kernel has no netem qdisc)",
         "wall_s_total": time.perf_counter() - t_begin,
     }
@@ -663,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", type=float, default=30.0, help="capacity probe, wall seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-loss", action="store_true", help="skip the cluster-loss phase")
+    p.add_argument("--gateways", type=int, default=1, help="global gateways (processes), arrivals split")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = p.parse_args(argv)
     policies = args.policies.split(",")
@@ -680,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kvgate bench multicluster --live: cannot create network namespaces: {why}", file=sys.stderr)
         return 2
     cfg = LiveConfig(load=args.load, duration=args.duration, warmup=args.warmup, time_scale=args.time_scale,
-                     probe_s=args.probe, seed=args.seed)  # fmt: skip
+                     probe_s=args.probe, seed=args.seed, gateways=max(1, args.gateways))  # fmt: skip
     command = "kvgate bench multicluster " + " ".join(argv or ["--live"])
     phases = [False] if args.no_loss else [False, True]
     log_dir = Path(tempfile.mkdtemp(prefix="kvgate-mclive-"))  # the clusters file
