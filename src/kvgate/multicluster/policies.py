@@ -11,7 +11,7 @@
   - occupancy: requests there over the requests it holds when full (the snapshot's ``request_slots``, from
     what its engines report of their KV caches): what the snapshot shows in use (``capacity -
     headroom``), plus the queue its headroom cannot show once full, plus what this gateway sent since the
-    snapshot, with a queueing penalty past full;
+    snapshot (past full each queued request counts one slot, no extra penalty: its wait is measured);
   - the TTFT evidence: a cluster whose TTFT is k x the best cluster's answers like the best one would at
     utilisation 1 - 1/k (a queue's wait grows as 1 / (1 - u)). The evidence is the recent EWMA of answered
     requests, fading to the cluster's TTFT floor (its measured speed, whatever its GPU labels say), and
@@ -128,7 +128,6 @@ class KvgateWeights:
     spill_at: float = 0.85  # ... while its utilisation after this request stays below this
     affinity: float = 0.25  # bonus for a cluster whose Bloom summary holds all the request's leading blocks
     affinity_max_util: float = 0.9  # no affinity bonus past this utilisation (a hot prefix must not overload)
-    overload: float = 4.0  # extra cost per unit of utilisation past 1 (queueing)
     slack: float = 0.08  # power of two among clusters within this much of the best cost
 
 
@@ -219,7 +218,10 @@ class KvgatePolicy:
         w = self.w
         occupancy = self.utilisation(c)
         u = max(occupancy, self.ttft_load(c, now, ref_ttft))
-        cost = u + max(0.0, occupancy - 1.0) * w.overload + c.spec.rtt_ms / 1000.0 * w.rtt_per_s
+        # Past full, each queued request adds one slot's share (occupancy) and its wait shows in the TTFT
+        # evidence (censored waits, the floor times the prefill queue): no extra multiplier on top, which
+        # would make a full cluster that still answers fastest cost more than one ten times slower.
+        cost = u + c.spec.rtt_ms / 1000.0 * w.rtt_per_s
         if c.name == self.local and u < w.spill_at:
             cost -= w.local_bonus
         if u < w.affinity_max_util:
