@@ -207,3 +207,36 @@ async def test_filtered_scrape_of_a_real_prometheus_client_exposition() -> None:
     assert (m.waiting_queue_size, m.kv_cache_usage, m.block_size, m.num_gpu_blocks) == (4, 0.25, 128, 64)
     assert collected[0] == 0
     assert not scraper._unfiltered
+
+
+async def test_scrapes_slower_while_its_own_in_flight_requests_explain_the_load(
+    servers: list[FakeServer],
+) -> None:
+    srv = servers[0]
+    store = EndpointStore([make_endpoint(srv.address)])
+    ep = store.get(srv.address)
+    assert ep is not None
+    page = 'vllm:num_requests_waiting{model_name="m"} %d\nvllm:num_requests_running{model_name="m"} %d\n'
+
+    async def hits_in(seconds: float) -> int:
+        await asyncio.sleep(0.05)  # the loop picks up the new state with its next scrape
+        before = srv.hits
+        await asyncio.sleep(seconds)
+        return srv.hits - before
+
+    async with MetricsScraper(store, interval=0.01, quiet_interval=0.1) as scraper:
+        srv.page = page % (0, 0)  # idle: nothing to learn that the gateway does not know
+        idle = await hits_in(0.5)
+        srv.page = page % (1, 2)  # load the gateway did not send: the reference cadence
+        foreign = await hits_in(0.5)
+        ep.inflight.requests = 3  # ... unless it is the gateway's own three requests
+        own = await hits_in(0.5)
+        ep.inflight.requests = 2  # one of three is someone else's
+        mixed = await hits_in(0.5)
+        assert scraper.quiet_interval == 0.1
+    assert idle <= 7 and own <= 7, (idle, own)
+    assert foreign >= 15 and mixed >= 15, (foreign, mixed)
+    # The default: 2x the interval, never past half the saturation detector's 0.2 s staleness.
+    assert MetricsScraper(store).quiet_interval == 0.1
+    assert MetricsScraper(store, interval=0.02).quiet_interval == 0.04
+    assert MetricsScraper(store, interval=0.5).quiet_interval == 0.5

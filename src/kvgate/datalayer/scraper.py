@@ -11,6 +11,13 @@ bare ``GET /metrics`` from prometheus-fastapi-instrumentator's handler, which ig
 ``/metrics/...`` reaches prometheus_client's own app mounted there. An endpoint that answers that request
 with a 4xx, or with a page lacking every wanted series, is scraped unfiltered from then on (the same
 scrape falls back at once, so no round is lost).
+
+Cadence: every ``interval`` (the reference's 50 ms) while an endpoint's scraped load is more than this
+gateway has in flight to it (someone else's traffic, which only a scrape shows); every
+``quiet_interval`` (2x, at most ``QUIET_MAX_S``) while the last scrape showed nothing the gateway's own
+in-flight accounting does not already explain (waiting + running <= its own requests there), e.g. an
+endpoint only this gateway uses, or an idle one. Every scrape costs the server's API process CPU
+(docs/benchmarks/realvllm.md section 4.2); load from elsewhere is still seen within ``QUIET_MAX_S``.
 """
 
 from __future__ import annotations
@@ -40,6 +47,13 @@ DEFAULT_TIMEOUT_S = 2.0
 MAX_SCRAPE_BYTES = 4 << 20
 PICKER_STALENESS_S = 2.0  # reference: older metrics are stale for the picker
 SATURATION_STALENESS_S = 0.2  # reference: older metrics count as saturated
+# The longest pause for an endpoint whose scraped load the gateway's own in-flight requests explain:
+# half the saturation detector's staleness, so its metrics never look stale to it while scrapes work.
+QUIET_MAX_S = SATURATION_STALENESS_S / 2
+
+
+def quiet_interval_for(interval: float) -> float:
+    return max(interval, min(2 * interval, QUIET_MAX_S))
 
 
 @dataclass(slots=True)
@@ -63,6 +77,7 @@ class MetricsScraper:
         scheme: str = "http",
         tls: ssl.SSLContext | None = None,
         filtered: bool = True,
+        quiet_interval: float | None = None,
     ) -> None:
         self.store = store
         self.filtered = filtered
@@ -72,6 +87,7 @@ class MetricsScraper:
         self.tls = tls
         self.max_bytes = max_bytes
         self.interval = interval
+        self.quiet_interval = quiet_interval_for(interval) if quiet_interval is None else quiet_interval
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.path = path
         self.clock = clock
@@ -147,8 +163,19 @@ class MetricsScraper:
         while self._running:
             started = loop.time()
             await self.scrape(ep)
+            every = self.quiet_interval if self.explained(ep) else self.interval
             # Fixed cadence from the start of each scrape; never busy-loop on a slow server.
-            await asyncio.sleep(max(self.interval - (loop.time() - started), self.interval * 0.1))
+            await asyncio.sleep(max(every - (loop.time() - started), self.interval * 0.1))
+
+    @staticmethod
+    def explained(ep: Endpoint) -> bool:
+        """Did the last scrape show only load this gateway knows it sent (or none)?"""
+        m = ep.metrics
+        return (
+            m.updated_at is not None
+            and ep.scrape_failures == 0
+            and m.waiting_queue_size + m.running_requests <= ep.inflight.requests
+        )
 
     async def scrape(self, ep: Endpoint) -> bool:
         """Scrape one endpoint now; True when its metrics were updated."""
