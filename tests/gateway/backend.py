@@ -32,6 +32,9 @@ class Backend:
         self.health_ok = True
         # Set when any generation/embedding request arrives (tests wait on it instead of polling).
         self.arrived = asyncio.Event()
+        # A stream waits after its event ``pause_after`` (``paused`` set) until the test sets ``resume``.
+        self.pause_after: int | None = None
+        self.paused, self.resume = asyncio.Event(), asyncio.Event()
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -160,6 +163,9 @@ class Backend:
                 raise
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
+            if i == self.pause_after:
+                self.paused.set()
+                await self.resume.wait()
         if (body.get("stream_options") or {}).get("include_usage"):
             last = {"id": rid, "object": obj, "created": 0, "model": model, "choices": [], "usage": usage}
             await resp.write(b"data: " + orjson.dumps(last) + b"\n\n")

@@ -24,6 +24,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from gateway.backend import Backend
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClusterSpec, parse
+from kvgate.multicluster.epp_client import EppStream, LedgerBudget
 from kvgate.multicluster.router import GlobalRouter
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -252,26 +253,190 @@ async def test_a_stalled_pick_falls_back_to_parent_mode_then_to_the_next_cluster
             await b.stop()
 
 
-async def test_a_slow_pod_is_not_a_stalled_epp() -> None:
-    """The deadline runs only while the EPP owes an answer: a pod silent for longer (a slow token) is not
-    the EPP's fault, and the stream keeps going through it."""
-    deadline = 1.0  # (a healthy EPP's answer on a loaded machine stays well inside it)
-    pod = await Backend("pod", tokens=2, chunk_delay=2.5 * deadline).start()
-    epp = _StallingEpp(pod.address, None)
+class _FakeTime:
+    """The response deadline's clock (``EppClient.clock`` / ``sleep``), moved only by the test: a deadline
+    passes exactly when the test says so, however loaded the machine."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._moved = asyncio.Event()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        until = self.now + seconds
+        while self.now < until:
+            await self._moved.wait()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+
+
+def _on_fake_time(gw: GlobalGateway) -> _FakeTime:
+    fake = _FakeTime()
+    gw.router.epp.clock, gw.router.epp.sleep = fake.clock, fake.sleep
+    return fake
+
+
+async def _post_seen(gw: GlobalGateway, tokens: int, seen: asyncio.Event, events: int) -> bytes:
+    """A streamed request; ``seen`` is set once the client has ``events`` whole events."""
+    url = f"http://127.0.0.1:{gw.port}/v1/completions"
+    raw = b""
+    async with aiohttp.ClientSession() as http, http.post(url, data=_body(True, tokens)) as r:
+        assert r.status == 200
+        async for chunk in r.content.iter_any():
+            raw += chunk
+            if raw.count(b"\n\n") >= events:
+                seen.set()
+    return raw
+
+
+class _BufferingEpp(_StallingEpp):
+    """A healthy EPP that holds every response line it rewrites and answers them all at end_of_stream,
+    as ext_proc allows. ``lines_seen``: the response lines it was sent."""
+
+    lines_seen = 0
+
+    async def Process(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.ProcessingResponse]:
+        async def counted() -> AsyncIterator[pb.ProcessingRequest]:
+            async for msg in request_iterator:
+                self.lines_seen += msg.response_body.body.count(b"\n")
+                yield msg
+
+        held = b""
+        async for resp in super().Process(counted(), context):
+            if resp.WhichOneof("response") != "response_body":
+                yield resp
+                continue
+            streamed = resp.response_body.response.body_mutation.streamed_response
+            held += streamed.body
+            if streamed.end_of_stream:
+                yield _body_response(held, True)
+
+
+async def _until(cond: Any) -> None:
+    for _ in range(int(LIMIT / 0.02)):
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not reached")
+
+
+async def test_an_epp_that_answers_at_the_end_of_stream_is_not_stalled() -> None:
+    """ext_proc lets an EPP buffer its answers: before its first answered line, lines it holds have no
+    deadline (its write deadline and the end of stream's still apply)."""
+    pod = await Backend("pod", tokens=8).start()
+    pod.pause_after = 3  # 4 events to the EPP, then the pod is silent until the test says
+    epp = _BufferingEpp(pod.address, None)
     server, port = await _scripted(epp)
-    gw = await _gateway(ClusterSpec("c1", epp=f"127.0.0.1:{port}"), epp_timeout_s=deadline)
+    gw = await _gateway(ClusterSpec("c1", epp=f"127.0.0.1:{port}"), epp_timeout_s=2.0)
+    fake = _on_fake_time(gw)
     try:
-        r, raw = await _post(gw, True, 2)
-        assert r.status == 200 and raw.endswith(b"data: [DONE]\n\n")
-        assert [e["choices"][0]["text"] for e in _events(raw)] == [f"pod-{i} " for i in range(2)]
-        assert {e["model"] for e in _events(raw)} == {"m"}
+        post = asyncio.ensure_future(_post_seen(gw, 8, asyncio.Event(), 1))
+        await asyncio.wait_for(pod.paused.wait(), LIMIT)
+        await _until(lambda: epp.lines_seen >= 8)  # the EPP holds 4 events' lines, answering none
+        fake.advance(20.0)  # ten deadlines
+        await asyncio.sleep(0.2)  # (the deadline's watch runs)
+        pod.resume.set()
+        raw = await asyncio.wait_for(post, LIMIT)
+        events = _events(raw)
+        assert [e["choices"][0]["text"] for e in events] == [f"pod-{i} " for i in range(8)]
+        assert {e["model"] for e in events} == {"m"} and raw.endswith(b"data: [DONE]\n\n")
         metrics = await _scrape(gw)
         assert "kvgate_multicluster_epp_stalled_total{" not in metrics
         assert 'kvgate_multicluster_epp_failed_midstream_total{cluster="c1"}' not in metrics
+        assert gw.router.epp.ledgers.used == 0  # every ledger byte given back to the budget
     finally:
         await gw.stop()
         await server.stop(0)
         await pod.stop()
+
+
+@pytest.mark.parametrize("stalls", [False, True])
+async def test_a_slow_pod_is_not_a_stalled_epp(stalls: bool) -> None:
+    """The deadline runs only while the EPP owes an answer: a pod silent for longer (a slow token) is not
+    the EPP's fault, and the stream keeps going through it. The same silence with an EPP that stopped
+    answering (``stalls``): the deadline passes, the stream goes on from the pod. On the fake clock."""
+    pod = await Backend("pod", tokens=4).start()
+    pod.pause_after = 1  # silent after 2 events
+    # Stalling: it answers the first 2 events' lines (4), none after.
+    epp = _StallingEpp(pod.address, "response_body" if stalls else None, lines_ok=4)
+    server, port = await _scripted(epp)
+    gw = await _gateway(ClusterSpec("c1", epp=f"127.0.0.1:{port}"), epp_timeout_s=2.0)
+    fake = _on_fake_time(gw)
+    try:
+        seen = asyncio.Event()
+        post = asyncio.ensure_future(_post_seen(gw, 4, seen, 2))
+        await asyncio.wait_for(pod.paused.wait(), LIMIT)
+        await asyncio.wait_for(seen.wait(), LIMIT)  # the EPP's answers for 2 events reached the client
+        fake.advance(20.0)  # ten deadlines of the pod's silence, the EPP owing nothing
+        await asyncio.sleep(0.2)  # (the deadline's watch runs)
+        pod.resume.set()
+        for _ in range(int(LIMIT / 0.05) if stalls else 0):  # the EPP owes the next lines: past due
+            if post.done():
+                break
+            fake.advance(20.0)
+            await asyncio.sleep(0.05)
+        raw = await asyncio.wait_for(post, LIMIT)
+        assert raw.endswith(b"data: [DONE]\n\n")
+        assert [e["choices"][0]["text"] for e in _events(raw)] == [f"pod-{i} " for i in range(4)]
+        assert {e["model"] for e in _events(raw)} == {"m"}
+        metrics = await _scrape(gw)
+        assert _stalls(metrics, "response_body") == (1.0 if stalls else 0.0)
+        lost = 'kvgate_multicluster_epp_failed_midstream_total{cluster="c1"} 1.0' in metrics
+        assert lost == stalls
+    finally:
+        await gw.stop()
+        await server.stop(0)
+        await pod.stop()
+
+
+async def test_a_json_reply_past_the_shared_ledger_budget_is_cut_when_the_epp_stalls() -> None:
+    """The ledgers of all requests share one byte budget: a reply past it keeps none, and a failed EPP
+    then cuts the response (as a reply over ``LEDGER_BYTES`` does) instead of it being finished here."""
+    pod = await Backend("pod", tokens=5).start()
+    epp = _StallingEpp(pod.address, "response_body", lines_ok=-1)
+    server, port = await _scripted(epp)
+    gw = await _gateway(ClusterSpec("c1", epp=f"127.0.0.1:{port}"))
+    gw.router.epp.ledgers = LedgerBudget(100)  # less than the reply
+    try:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await _post(gw, False, 5)
+        metrics = await _scrape(gw)
+        assert _stalls(metrics, "response_body") == 1.0
+        assert 'kvgate_multicluster_responses_cut_total{cluster="c1"} 1.0' in metrics
+        assert gw.router.epp.ledgers.used == 0
+    finally:
+        await gw.stop()
+        await server.stop(0)
+        await pod.stop()
+
+
+class _UnreadCall:
+    """A call whose half-close never completes (the EPP stopped reading); writes go through."""
+
+    cancelled = False
+
+    async def write(self, msg: Any) -> None:
+        pass
+
+    async def done_writing(self) -> None:
+        await asyncio.Event().wait()
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+async def test_a_half_close_the_epp_never_takes_counts_as_a_stall() -> None:
+    """The response's end (not rewritten): an EPP that takes no half-close in its deadline is a stall."""
+    call = _UnreadCall()
+    stream = EppStream(call, timeout_s=0.05, clock=time.monotonic, address="pod")  # type: ignore[arg-type]
+    await stream._end(b"")
+    assert stream.stalled == "response_body" and call.cancelled
 
 
 def test_the_epp_deadline_is_read_from_the_clusters_file_and_applied_on_reload() -> None:

@@ -35,7 +35,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +72,29 @@ RELAY_CHUNKS = 64  # EPP-rewritten chunks buffered for a slow client (then back-
 # The pod's bytes an EPP rewriting the response has not answered for yet, kept so the response can go on
 # without that EPP should it fail (a streamed reply holds a line or two; a JSON reply, all of it).
 LEDGER_BYTES = 4 << 20
+# All requests' ledgers together hold at most this much (many large JSON replies at once): a request
+# whose ledger would go past it drops its ledger, as one over ``LEDGER_BYTES`` does (no fallback).
+LEDGER_BUDGET_BYTES = 64 << 20
+
+
+class LedgerBudget:
+    """The bytes all open relays' ledgers hold, against one process-wide limit."""
+
+    def __init__(self, limit: int = LEDGER_BUDGET_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+LEDGERS = LedgerBudget()
 
 
 def _headers(headers: Mapping[str, str]) -> base_pb2.HeaderMap:
@@ -131,12 +154,16 @@ class EppStream:
         *,
         timeout_s: float,
         clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        ledgers: LedgerBudget = LEDGERS,
         address: str | None = None,
         status: int | None = None,
     ) -> None:
         self._call = call
         self.timeout_s = timeout_s
-        self.clock = clock
+        self.clock = clock  # the response deadline's time (``_relay``), with ``sleep``
+        self.sleep = sleep
+        self.ledgers = ledgers
         self.address = address
         self.status = status
         self.request_mutation = Mutation()
@@ -350,7 +377,10 @@ class EppStream:
             if data is not None:
                 await self._body(data, True)
             self.ended = True
-            await asyncio.wait_for(self._call.done_writing(), self.timeout_s)
+            try:
+                await asyncio.wait_for(self._call.done_writing(), self.timeout_s)
+            except TimeoutError:  # it stopped reading: a stall, counted as one
+                raise self._stall("response_body") from None
         except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as e:
             log.warning("EPP stream failed at the end of the response: %s", type(e).__name__)
             self.cancel()
@@ -368,11 +398,13 @@ class EppStream:
         lost or repeated: the EPP's output reaches the client in whole lines only (its rewrite maps each
         pod line to one line), and the pod's bytes the EPP has not answered for are kept (``ledger``) to
         be sent on. A JSON reply is finished here when none of it had reached the client. Otherwise (a
-        ledger over ``LEDGER_BYTES``, an EPP whose line count does not match), the stream is cut.
+        ledger over ``LEDGER_BYTES`` or past the shared ``ledgers`` budget, an EPP whose line count does
+        not match), the stream is cut.
 
         An EPP that stops answering is failed the same way: from the moment it owes the client something
-        (a complete pod line it has not answered; a JSON reply's end of stream), it has ``timeout_s``
-        to answer (``watch``); any answer restarts the clock while more is owed."""
+        (a complete pod line it has not answered, once it has answered one: before that it may be holding
+        its answers for the end; a JSON reply's or a stream's end), it has ``timeout_s`` to answer
+        (``watch``, on ``clock`` / ``sleep``); any answer restarts the clock while more is owed."""
         assert self._call is not None
         call = self._call
         out: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
@@ -385,19 +417,23 @@ class EppStream:
         answered = 0
         given = False  # any of the EPP's bytes went to the client
         loop = asyncio.get_running_loop()
+        clock, ledgers = self.clock, self.ledgers
         # The deadline: lines sent and lines the EPP answered (whatever ``keep``), and since when it owes.
         lines_out = lines_in = 0
         owed_since: float | None = None
         owing = asyncio.Event()
 
         def owes() -> bool:
-            return self.ended or (streaming and lines_out > lines_in)
+            # ext_proc lets an EPP hold its answers (buffer, batch) up to the end of stream: a line's
+            # deadline runs only once this one has answered a line (it answers as the lines come);
+            # until then its write deadline (it stops reading) and the end of stream's hold.
+            return self.ended or (streaming and lines_in > 0 and lines_out > lines_in)
 
         def mark() -> None:
             """The EPP owes from now (after a message sent, or an answer), or owes nothing."""
             nonlocal owed_since
             if owes():
-                owed_since = loop.time()
+                owed_since = clock()
                 owing.set()
             else:
                 owed_since = None
@@ -407,11 +443,11 @@ class EppStream:
             try:
                 async for chunk in upstream:
                     if keep:
-                        ledger.extend(chunk)
-                        sent_lines += chunk.count(b"\n")
-                        if len(ledger) > LEDGER_BYTES:
-                            keep = False
-                            ledger.clear()
+                        if len(ledger) + len(chunk) > LEDGER_BYTES or not ledgers.take(len(chunk)):
+                            drop()
+                        else:
+                            ledger.extend(chunk)
+                            sent_lines += chunk.count(b"\n")
                     await self._body(chunk, False)
                     if streaming:
                         lines_out += chunk.count(b"\n")
@@ -438,12 +474,19 @@ class EppStream:
                     await owing.wait()
                     continue
                 if room.locked():  # the reader waits for the client, not for the EPP
-                    owed_since = loop.time()
-                left = owed_since + self.timeout_s - loop.time()
+                    owed_since = clock()
+                left = owed_since + self.timeout_s - clock()
                 if left <= 0:
                     out.put_nowait(self._stall("response_body"))
                     return
-                await asyncio.sleep(left)
+                await self.sleep(left)
+
+        def drop() -> None:
+            """No fallback for this response: its ledger goes (too large, or lines that do not match)."""
+            nonlocal keep
+            keep = False
+            ledgers.give(len(ledger))
+            ledger.clear()
 
         def answer(data: bytes) -> None:
             """The EPP's complete lines: the pod lines they stand for leave the ledger."""
@@ -453,13 +496,13 @@ class EppStream:
             lines = data.count(b"\n")
             answered += lines
             if answered > sent_lines:  # more lines than it was sent: not a line-for-line rewrite
-                keep = False
-                ledger.clear()
+                drop()
                 return
             cut = 0
             for _ in range(lines):
                 cut = ledger.index(b"\n", cut) + 1
             del ledger[:cut]
+            ledgers.give(cut)
 
         async def read() -> None:
             nonlocal lines_in
@@ -516,8 +559,13 @@ class EppStream:
             for task in (writer, self._reader, watcher):
                 with contextlib.suppress(BaseException):
                     await task
+            # The budget back (done, or the client left); a failure keeps the ledger for the fallback.
+            if failure is None:
+                drop()
         if done:
             return
+        rest, kept = bytes(ledger), keep
+        drop()
         # Lines the EPP answered before the failure was seen, queued after it: they are the client's next.
         while not out.empty():
             item = out.get_nowait()
@@ -526,14 +574,12 @@ class EppStream:
             if isinstance(item, bytes):
                 given = True
                 yield item
-        if not isinstance(failure, (grpc.aio.AioRpcError, TimeoutError)) or not keep:
+        if not isinstance(failure, (grpc.aio.AioRpcError, TimeoutError)) or not kept:
             raise ConnectionResetError(f"stream through the EPP failed: {type(failure).__name__}")
         # The EPP failed, the pod did not: go on from the pod, putting the model name back here.
         log.warning("EPP stream failed mid-response (%s): the response goes on from the pod without it",
                     failure or type(failure).__name__)  # fmt: skip
         self.fell_back = True
-        rest = bytes(ledger)
-        ledger.clear()
         async for data in self._from_pod(upstream, rest, streaming=streaming, given=given):
             yield data
 
@@ -626,11 +672,15 @@ class EppClient:
         *,
         timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        ledgers: LedgerBudget = LEDGERS,
         cert_check_s: float = CERT_CHECK_S,
         retire_grace_s: float = RETIRE_GRACE_S,
     ) -> None:
         self.timeout_s = timeout_s
         self.clock = clock
+        self.sleep = sleep  # with ``clock``: the response deadline's time (a test's fake clock)
+        self.ledgers = ledgers
         self.cert_check_s = cert_check_s
         self.retire_grace_s = retire_grace_s
         self._channels: dict[ChannelKey, _Channel] = {}
@@ -715,7 +765,8 @@ class EppClient:
         call = pb_grpc.ExternalProcessorStub(ch.channel).Process()
         ch.calls.add(call)
         call.add_done_callback(functools.partial(self._call_done, ch))
-        stream = EppStream(call, timeout_s=timeout_s or self.timeout_s, clock=self.clock)
+        stream = EppStream(call, timeout_s=timeout_s or self.timeout_s, clock=self.clock, sleep=self.sleep,
+                           ledgers=self.ledgers)  # fmt: skip
         try:
             await stream._pick(path, headers, body)
         except BaseException:
