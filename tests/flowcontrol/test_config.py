@@ -78,6 +78,23 @@ def test_errors_name_the_exact_key(section: dict[str, Any], key: str) -> None:
     assert str(e.value).startswith(key + ":"), str(e.value)
 
 
+@pytest.mark.parametrize("detector", ["utilization-detector", "concurrency-detector"])
+def test_a_pending_headroom_without_a_pending_bound_is_refused(detector: str) -> None:
+    """``fairShareHeadroomOn: pending`` takes the headroom off ``maxPendingRequests``: a detector without
+    one would silently use the whole score instead. The error names the key."""
+    fc = {"fairShareHeadroom": 0.25, "fairShareHeadroomOn": "pending"}
+    with pytest.raises(ConfigError) as e:
+        _director(featureGates=["flowControl"], flowControl=fc, saturationDetector={"type": detector})
+    assert str(e.value).startswith("flowControl.fairShareHeadroomOn:"), str(e.value)
+    assert f"saturationDetector ('{detector}') has none" in str(e.value)
+    # With the bound, or the default ``saturation``, it loads.
+    bound = {"type": "concurrency-detector", "parameters": {"maxPendingRequests": 2}}
+    assert _director(featureGates=["flowControl"], flowControl=fc, saturationDetector=bound).flow is not None
+    whole = {"fairShareHeadroom": 0.25}
+    d = _director(featureGates=["flowControl"], flowControl=whole, saturationDetector={"type": detector})
+    assert d.flow is not None
+
+
 def test_max_pending_requests_on_the_concurrency_detector() -> None:
     with pytest.raises(ConfigError, match=r"saturationDetector.parameters.maxPendingRequests"):
         parse_config(

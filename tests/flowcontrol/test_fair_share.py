@@ -15,7 +15,7 @@ from kvgate.flowcontrol.config import FlowControlConfig
 from kvgate.flowcontrol.controller import FlowController
 from kvgate.flowcontrol.saturation import ConcurrencyDetector, UtilizationDetector
 from kvgate.requestcontrol.director import Director
-from kvgate.scheduling.framework import PluginHandle
+from kvgate.scheduling.framework import ConfigError, PluginHandle
 from kvgate.scheduling.types import InferenceRequest, Usage
 
 
@@ -65,6 +65,53 @@ def test_in_flight_per_flow_and_the_fair_share() -> None:
     ctl.ended("zzz")  # unknown: ignored, the total stays right
     ctl.ended("a")
     assert (ctl.inflight, ctl.inflight_total) == ({"b": 1}, 1)
+
+
+def _recount(ctl: FlowController) -> int:
+    """The active flows counted from scratch: in flight, or queued in any band."""
+    active = set(ctl.inflight)
+    for band in ctl.bands.values():
+        active.update(band.flows)
+    return len(active)
+
+
+def test_the_active_flow_count_follows_enqueue_dispatch_hold_cancel_expire_and_finish() -> None:
+    """``over_share`` reads a running count of the active flows (O(1)): it must match a recount
+    through every way a request enters and leaves."""
+    ctl = FlowController(FlowControlConfig(ttl=10.0))
+    steps: list[int] = []
+
+    def check() -> None:
+        assert ctl.active_flows == _recount(ctl)
+        steps.append(ctl.active_flows)
+
+    a1 = ctl.enqueue(req("a1", "a"), 0.0)
+    a2 = ctl.enqueue(req("a2", "a", priority=1), 0.0)  # the same flow in a second band
+    b1 = ctl.enqueue(req("b1", "b"), 0.0)
+    check()  # a, b
+    ctl.take(a2, 0.0)
+    ctl.started("a")  # dispatched: in flight, still queued in band 0
+    check()
+    ctl.take(a1, 0.0)
+    ctl.started("a")
+    check()  # a only in flight now
+    ctl.hold(a1, 0.0, until=1.0)  # held: queued, in no flow queue; a still in flight
+    ctl.ended("a")
+    check()
+    ctl.unhold(1.0)  # back in its band
+    check()
+    ctl.cancel(a1, 1.0)
+    check()
+    ctl.ended("a")
+    check()  # b only
+    c1 = ctl.enqueue(req("c1", "c"), 2.0)
+    check()
+    assert ctl.expire(20.0) == [b1, c1]
+    check()
+    ctl.ended("a")  # finished twice: ignored
+    check()
+    assert steps == [2, 2, 2, 2, 2, 2, 1, 2, 0, 0]
+    assert not ctl.inflight and ctl.active_flows == 0
 
 
 @pytest.mark.parametrize("fairness", ["least-attained-service", "round-robin", "global-strict"])
@@ -147,10 +194,9 @@ def test_the_director_keeps_running_slots_with_the_default_bound() -> None:
     assert not d.saturated(req("a2", "a"))  # a alone: 1 of 2 running slots
     ctl.enqueue(req("b1", "b"), 0.0)
     assert d.saturated(req("a2", "a")) and not d.saturated(req("b1", "b"))
-    d2 = director(headroom=0.5, on="pending", max_pending=0, max_concurrency=2)  # no pending bound
-    ep = send(d2, req("a1", "a"))
-    d2.flow.ctl.enqueue(req("b1", "b"), 0.0)  # type: ignore[union-attr]
-    assert d2.saturated(req("a2", "a"))  # falls back to the whole score
+    # ``pending`` without a pending bound would silently be the whole score: refused at load.
+    with pytest.raises(ConfigError, match=r"^flowControl\.fairShareHeadroomOn: .*maxPendingRequests"):
+        director(headroom=0.5, on="pending", max_pending=0, max_concurrency=2)
 
 
 def test_without_a_headroom_the_gate_is_unchanged() -> None:

@@ -94,7 +94,16 @@ def build_director(
         detector = det
     flow = None
     if flow_config.enabled(cfg.feature_gates):
-        flow = FlowController(flow_config.parse_flow_control(cfg.flow_control), FlowMetrics(flow_metrics))
+        fc = flow_config.parse_flow_control(cfg.flow_control)
+        pending = fc.fair_share_headroom and fc.fair_share_headroom_on == "pending"
+        if pending and cfg.saturation_detector is not None and detector and not detector.pending_bound:
+            # It would take the headroom off the whole score, silently: refused instead.
+            raise ConfigError(
+                "flowControl.fairShareHeadroomOn: 'pending' needs a saturation detector with a pending "
+                "bound (concurrency-detector with maxPendingRequests > 0); "
+                f"{cfg.saturation_detector.path} ({detector.type_name!r}) has none"
+            )
+        flow = FlowController(fc, FlowMetrics(flow_metrics))
     return Director(
         profiles, handler, store, handle, detector=detector, flow=flow, timer=timer, name=cfg.name
     )

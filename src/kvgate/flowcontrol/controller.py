@@ -86,6 +86,9 @@ class FlowController:
         self.bytes = 0
         self.inflight: dict[str, int] = {}  # flow -> requests dispatched and not finished (> 0 only)
         self.inflight_total = 0
+        # flow -> the places it is active in: in flight (1), and each band it has a request queued in.
+        # Its length is the active flows' count, kept at the 0 <-> 1 transitions (O(1) ``over_share``).
+        self._places: dict[str, int] = {}
 
     def __len__(self) -> int:
         return self.count
@@ -126,7 +129,8 @@ class FlowController:
             req, flow, req.priority, size, float(ptoks + (req.max_tokens or DEFAULT_OUTPUT_TOKENS)),
             self._seq, now, now + cfg.ttl, arrival + slo, handle, explain=explain,
         )  # fmt: skip
-        band.push(item)
+        if band.push(item):
+            self._enter(flow)
         heapq.heappush(self._expiry, (item.deadline, item.seq, item))
         self.count += 1
         self.bytes += size
@@ -163,7 +167,8 @@ class FlowController:
         else:
             if outcome == DISPATCHED:
                 band.dispatched(item, item.cost)
-            band.forget(item)
+            if band.forget(item):
+                self._leave(item.flow)
         self.count -= 1
         self.bytes -= item.size
         self.metrics.queued(item.priority, item.flow, -1)
@@ -224,7 +229,8 @@ class FlowController:
                 item.held_until = None
                 band.count -= 1
                 band.bytes -= item.size
-                band.push(item)  # (counts it again, in its flow)
+                if band.push(item):  # (counts it again, in its flow)
+                    self._enter(item.flow)
             else:
                 keep.append(item)
         self._held = keep
@@ -246,9 +252,27 @@ class FlowController:
 
     # -- in-flight requests per flow (fairShareHeadroom) -----------------------------------------
 
+    def _enter(self, flow: str) -> None:
+        self._places[flow] = self._places.get(flow, 0) + 1
+
+    def _leave(self, flow: str) -> None:
+        n = self._places[flow]
+        if n == 1:
+            del self._places[flow]
+        else:
+            self._places[flow] = n - 1
+
+    @property
+    def active_flows(self) -> int:
+        """Flows with a request in flight or queued, in any band."""
+        return len(self._places)
+
     def started(self, flow: str) -> None:
-        self.inflight[flow] = self.inflight.get(flow, 0) + 1
+        n = self.inflight.get(flow, 0)
+        self.inflight[flow] = n + 1
         self.inflight_total += 1
+        if n == 0:
+            self._enter(flow)
 
     def ended(self, flow: str) -> None:
         n = self.inflight.get(flow, 0)
@@ -256,28 +280,21 @@ class FlowController:
             return
         if n == 1:
             del self.inflight[flow]
+            self._leave(flow)
         else:
             self.inflight[flow] = n - 1
         self.inflight_total -= 1
-
-    def _active_flows(self, flow: str | None = None) -> int:
-        """Flows with a request in flight or queued, in any band (and ``flow``). O(flows)."""
-        active = set(self.inflight)
-        for band in self.bands.values():
-            active.update(band.flows)
-        if flow is not None:
-            active.add(flow)
-        return len(active)
 
     def over_share(self, flow: str) -> bool:
         """Does ``flow`` hold more in-flight requests than the mean over the active flows? One flow
         alone never does."""
         mine = self.inflight.get(flow, 0)
-        return bool(mine) and mine * self._active_flows(flow) > self.inflight_total
+        # (a flow with a request in flight is active: counted already)
+        return bool(mine) and mine * len(self._places) > self.inflight_total
 
     def _under_share(self) -> Callable[[str], bool]:
         """``over_share``'s complement for every flow, the active count taken once."""
-        n, total, inflight = self._active_flows(), self.inflight_total, self.inflight
+        n, total, inflight = len(self._places), self.inflight_total, self.inflight
         return lambda flow: inflight.get(flow, 0) * n <= total
 
     def next_deadline(self) -> float | None:

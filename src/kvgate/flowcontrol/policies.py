@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
@@ -91,8 +91,10 @@ class Band:
         self.bytes = 0
         self._dispatches = 0
 
-    def push(self, item: Any) -> None:
+    def push(self, item: Any) -> bool:
+        """Queue ``item``; True when its flow is new in the band."""
         q = self.flows.get(item.flow)
+        new = q is None
         if q is None:
             # A (re)appearing flow starts at the least service among active flows.
             base = min((f.service for f in self.flows.values()), default=0.0)
@@ -100,9 +102,11 @@ class Band:
         q.push(order_key(self.ordering, item), item)
         self.count += 1
         self.bytes += item.size
+        return new
 
-    def forget(self, item: Any) -> None:
-        """Account an item that left the band (dispatched, cancelled, expired)."""
+    def forget(self, item: Any) -> bool:
+        """Account an item that left the band (dispatched, cancelled, expired); True when its flow
+        left the band (nothing of it queued)."""
         self.count -= 1
         self.bytes -= item.size
         q = self.flows.get(item.flow)
@@ -110,6 +114,8 @@ class Band:
             q.live -= 1
             if q.live <= 0:
                 del self.flows[item.flow]
+                return True
+        return False
 
     def select(self, first: Callable[[str], bool] | None = None) -> Any | None:
         """The item the fairness policy dispatches next (not removed). With ``first``, the policy
@@ -118,12 +124,12 @@ class Band:
         if not self.flows:
             return None
         if first is not None:
-            chosen = self._select([(f, q) for f, q in self.flows.items() if first(f)])
+            chosen = self._select((f, q) for f, q in self.flows.items() if first(f))
             if chosen is not None:
                 return chosen
-        return self._select(list(self.flows.items()))
+        return self._select(self.flows.items())
 
-    def _select(self, flows: list[tuple[str, FlowQueue]]) -> Any | None:
+    def _select(self, flows: Iterable[tuple[str, FlowQueue]]) -> Any | None:
         if self.fairness == "round-robin":
             for _f, q in flows:  # in the OrderedDict's order: the front is the flow whose turn it is
                 h = q.head()

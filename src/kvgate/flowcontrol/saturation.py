@@ -14,6 +14,9 @@ from kvgate.scheduling.registry import register
 
 
 class SaturationDetector(Plugin):
+    # A bound on the requests not yet started (``fairShareHeadroomOn: pending`` takes the headroom off it).
+    pending_bound = False
+
     def endpoint_saturation(self, ep: Endpoint, now: float) -> float:
         raise NotImplementedError
 
@@ -30,7 +33,8 @@ class SaturationDetector(Plugin):
     ) -> bool:
         """The gate for a flow over its fair share (``flowControl.fairShareHeadroom``): saturated
         already at ``1 - headroom``, so the rest stays free for the flows under their share.
-        ``pending_only`` (``fairShareHeadroomOn: pending``) is for detectors with a pending bound."""
+        ``pending_only`` (``fairShareHeadroomOn: pending``) is for detectors with a pending bound (the
+        config is refused for the others)."""
         return self.saturation(endpoints, now) >= 1.0 - headroom
 
 
@@ -94,6 +98,7 @@ class ConcurrencyDetector(SaturationDetector):
         self.max_requests = max_requests
         self.max_tokens = max_tokens
         self.max_pending = max_pending
+        self.pending_bound = max_pending > 0
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> ConcurrencyDetector:
