@@ -4,6 +4,7 @@ change of the file), through the real ``kvgate serve`` process."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 
@@ -11,7 +12,6 @@ import aiohttp
 import orjson
 import yaml
 
-from gateway.backend import free_port
 from gateway.conftest import make_config, make_pools, running_gateway
 from kvgate.config.gateway import load_gateway_config
 from kvgate.gateway.reload import ConfigReloader
@@ -43,28 +43,46 @@ def test_reload_syncs_endpoints_and_keeps_the_running_config_on_errors(tmp_path)
     assert [e.address for e in pools[0].endpoints()] == ["127.0.0.1:1002"]
 
 
+async def _serve(config, stderr=asyncio.subprocess.DEVNULL):
+    """``kvgate serve --config`` on port 0 (the file's ``listen.port``); returns it and the port it
+    printed (no port chosen here and bound there later: no race)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", "serve", "--config", str(config), "--log-level", "WARNING",
+        stdout=asyncio.subprocess.PIPE, stderr=stderr,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert line, "kvgate serve exited before listening"
+        if m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", line):
+            return proc, int(m.group(1))
+
+
+async def _ready(s, port):
+    """Wait for ``/readyz`` to answer 200 (sleeping between tries, whatever the answer); fail if never."""
+    for _ in range(200):
+        try:
+            async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("kvgate serve never became ready")
+
+
 async def test_sighup_adds_an_endpoint_to_a_running_kvgate_serve(backends, tmp_path):
     a, b = await backends(2)
-    port = free_port()
     f = tmp_path / "gw.yaml"
     _write(f, [a.address])
     doc = yaml.safe_load(f.read_text())
-    doc["listen"] = {"host": "127.0.0.1", "port": port}
+    doc["listen"] = {"host": "127.0.0.1", "port": 0}
     f.write_text(yaml.safe_dump(doc))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kvgate.cli", "serve", "--config", str(f), "--log-level", "WARNING",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    proc, port = await _serve(f)
     try:
         async with aiohttp.ClientSession() as s:
             url = f"http://127.0.0.1:{port}/v1/completions"
-            for _ in range(200):
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
+            await _ready(s, port)
             for _ in range(4):
                 async with s.post(url, data=BODY) as r:
                     assert r.status == 200
@@ -137,26 +155,16 @@ async def test_reload_applies_every_limit_to_the_running_server(backends, tmp_pa
 
 async def test_sighup_changes_the_body_cap_of_a_running_kvgate_serve(backends, tmp_path):
     (a,) = await backends(1)
-    port = free_port()
     f = tmp_path / "gw.yaml"
-    _with_limits(f, [a.address], port, {"maxBodyBytes": 1 << 20})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kvgate.cli", "serve", "--config", str(f), "--log-level", "WARNING",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    _with_limits(f, [a.address], 0, {"maxBodyBytes": 1 << 20})
+    proc, port = await _serve(f, stderr=asyncio.subprocess.PIPE)
     try:
         async with aiohttp.ClientSession() as s:
             url = f"http://127.0.0.1:{port}/v1/completions"
-            for _ in range(200):
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
+            await _ready(s, port)
             async with s.post(url, data=BIG) as r:
                 assert r.status == 200
-            _with_limits(f, [a.address], port, {"maxBodyBytes": 1024})
+            _with_limits(f, [a.address], 0, {"maxBodyBytes": 1024})
             proc.send_signal(signal.SIGHUP)
             status = 200
             for _ in range(100):

@@ -344,7 +344,8 @@ def _parse_rewrite(raw: Any, path: str) -> RewriteRule:
     return RewriteRule(matches, targets)
 
 
-_LIMIT_KEYS: dict[str, tuple[str, type | tuple[type, ...], bool]] = {
+# ``limits``: yaml key -> (attribute, type, zero allowed); public: a reload names the keys it changed.
+LIMIT_KEYS: dict[str, tuple[str, type | tuple[type, ...], bool]] = {
     # yaml key: (attribute, type, zero allowed)
     "maxBodyBytes": ("max_body_bytes", int, False),
     "maxConcurrentRequests": ("max_concurrent_requests", int, False),
@@ -473,7 +474,7 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
                     f"rewrites[{i}].targets[{j}].modelRewrite", f"no pool serves model {t.model!r}"
                 )
 
-    _fill(cfg.limits, raw.get("limits"), _LIMIT_KEYS, "limits")
+    _fill(cfg.limits, raw.get("limits"), LIMIT_KEYS, "limits")
     _fill(cfg.health, raw.get("health"), _HEALTH_KEYS, "health")
     if cfg.health.eject_max_s < cfg.health.eject_base_s:
         raise GatewayConfigError("health.ejectMaxSeconds", "must be >= ejectBaseSeconds")

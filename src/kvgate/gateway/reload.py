@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from kvgate.config.gateway import (
-    _LIMIT_KEYS,
+    LIMIT_KEYS,
     GatewayConfig,
     GatewayConfigError,
     Limits,
@@ -29,7 +29,7 @@ from kvgate.gateway.pools import Pool
 log = logging.getLogger("kvgate.gateway.reload")
 
 # The YAML names of ``limits`` (for the log): attribute -> key.
-_LIMIT_NAMES = {attr: key for key, (attr, _, _) in _LIMIT_KEYS.items()}
+_LIMIT_NAMES = {attr: key for key, (attr, _, _) in LIMIT_KEYS.items()}
 
 
 def _describe(changed: dict[str, tuple[float, float]]) -> str:
