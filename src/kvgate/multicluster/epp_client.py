@@ -22,7 +22,8 @@ The global gateway plays Envoy's part of one ``Process`` stream for the request'
 
 An EPP that stops answering without failing (a stalled process, a hung event loop) is failed by its
 deadline (``timeout_s``, the clusters file's ``epp_timeout_s``): each message it must answer (the pick,
-the response headers, a response line it owes the client, the end of a JSON reply) gets that long, and
+the response headers, a response line it owes the client once it has answered one (until then it may
+be holding its answers for the end, as ext_proc allows), the end of the response) gets that long, and
 one it does not answer (or a write it stops reading) raises ``EppStalled``, handled as a failure: the
 pick moves on (Parent mode, the next cluster), a response goes on from the pod.
 """
