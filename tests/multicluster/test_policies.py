@@ -259,3 +259,31 @@ def test_occupancy_counts_requests_against_the_slots_the_cluster_reports() -> No
     # a snapshot's queue past full counts in the same units
     full = _state("full", ready=1, cap=1.0, head=0.0, q=4.0, request_slots=8.0)
     assert p.utilisation(full) == pytest.approx(1.0 + 4 / 8 + 1 / 8)
+
+
+def test_full_fast_cluster_against_an_idle_one_ten_times_slower() -> None:
+    """Pins fa26613 (no 4x multiplier on occupancy past full). By the documented cost, max(occupancy,
+    TTFT load) + 2 x RTT s: an idle cluster ten times slower costs its TTFT load, 0.9, and a full one at
+    least 1, so at equal RTTs the idle slow one wins with or without the multiplier. The multiplier matters
+    against the additive terms: the live fleet's local east (3 replicas x 8 slots, 5 ms) just full, vs eu
+    (1 replica, 80 ms, 10x east's TTFT floor) idle: 1 + 1/24 + 0.01 < 0.9 + 0.16, so east; with the 4x
+    multiplier east would cost 1.22 and the overflow would go to eu."""
+    p = KvgatePolicy(local="east", rng=random.Random(0))
+    east = _state("east", ready=3, cap=3.0, head=0.0, request_slots=24.0, rtt=5.0)  # full, nothing queued
+    eu = _state("eu", ready=1, cap=0.5, head=0.5, request_slots=8.0, rtt=80.0)  # idle
+    east.observe_ttft(0.1, 0.0)
+    eu.observe_ttft(1.0, 0.0)
+    assert eu.observed_ttft(0.0) == pytest.approx(10 * east.observed_ttft(0.0))
+    assert p.utilisation(east) == pytest.approx(1 + 1 / 24)
+    assert all(p.order([eu, east], ClusterRequest(), 0.0)[0].name == "east" for _ in range(10))
+    assert p.last_costs["east"] == pytest.approx(1 + 1 / 24 + 0.01)
+    assert p.last_costs["eu"] == pytest.approx(0.9 + 0.16)
+    # one more request past full (each counts one slot, 1/24) outweighs the difference: eu
+    east.dispatched()
+    assert p.order([eu, east], ClusterRequest(), 0.0)[0].name == "eu"
+    # at equal RTTs the TTFT load (< 1) of an idle slow cluster is below any full one's occupancy (>= 1)
+    near_eu = _state("eu", ready=1, cap=0.5, head=0.5, request_slots=8.0, rtt=5.0)
+    near_eu.observe_ttft(1.0, 0.0)
+    full = _state("east", ready=3, cap=3.0, head=0.0, request_slots=24.0, rtt=5.0)
+    full.observe_ttft(0.1, 0.0)
+    assert KvgatePolicy().order([full, near_eu], ClusterRequest(), 0.0)[0].name == "eu"

@@ -220,7 +220,7 @@ class KvgatePolicy:
         u = max(occupancy, self.ttft_load(c, now, ref_ttft))
         # Past full, each queued request adds one slot's share (occupancy) and its wait shows in the TTFT
         # evidence (censored waits, the floor times the prefill queue): no extra multiplier on top, which
-        # would make a full cluster that still answers fastest cost more than one ten times slower.
+        # would outweigh the RTT term (a full local cluster vs an idle one 10x slower and 75 ms further).
         cost = u + c.spec.rtt_ms / 1000.0 * w.rtt_per_s
         if c.name == self.local and u < w.spill_at:
             cost -= w.local_bonus
