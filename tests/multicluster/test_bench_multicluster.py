@@ -27,3 +27,13 @@ def test_cluster_loss_retries_and_kvgate_avoids_the_dead_cluster() -> None:
     for row in rows.values():
         assert row["phase"] == "loss" and row["lost"] == 0
     assert rows["kvgate"]["retries"] < rows["llm-d-hub"]["retries"]
+
+
+def test_live_bench_gateways_get_distinct_policy_seeds() -> None:
+    """``--gateways N``: each global gateway its own cluster-policy seed (the same seed would make the
+    same random picks), reproducible from the run's --seed."""
+    from kvgate.bench.multicluster_live import gateway_seed
+
+    for seed in (0, 1):
+        assert len({gateway_seed(seed, g) for g in range(4)}) == 4
+    assert not {gateway_seed(0, g) for g in range(4)} & {gateway_seed(1, g) for g in range(4)}

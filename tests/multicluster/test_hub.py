@@ -4,6 +4,7 @@ driven over real gRPC by the Envoy-side test client; and both CLIs' --clusters e
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ async def test_hub_epp_picks_cluster_gateways_by_aggregate() -> None:
     specs = (ClusterSpec("east", gateway="10.1.0.2:8080"), ClusterSpec("west", gateway="10.2.0.2:8080"),
              ClusterSpec("epp-only", epp="10.3.0.2:9002"))  # fmt: skip
     cfg = ClustersConfig(specs)
-    director = ClusterDirector(cfg, "kvgate")
+    director = ClusterDirector(cfg, "kvgate", seed=0)
     now = time.monotonic()
     # west is fresh with room; east has a fresh snapshot with no ready endpoint: never picked.
     director.states["west"].set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), now)
@@ -57,7 +58,7 @@ async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
     evidence), then its TTFT feeds the EWMA and the floor; a non-streamed one is counted, not timed."""
     clock = [100.0]
     cfg = ClustersConfig((ClusterSpec("west", gateway="10.2.0.2:8080"),))
-    director = ClusterDirector(cfg, "kvgate", clock=lambda: clock[0])
+    director = ClusterDirector(cfg, "kvgate", clock=lambda: clock[0], seed=0)
     west = director.states["west"]
     west.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), clock[0])
     ctx = SessionContext(director, AddressIndex(director.store), clock=lambda: clock[0])
@@ -108,11 +109,10 @@ async def test_clis_refuse_a_bad_clusters_file(tmp_path: Path) -> None:
         assert "gateway" in out, out  # names what is missing
 
 
-async def test_serve_clusters_starts_the_global_gateway(tmp_path: Path) -> None:
-    f = tmp_path / "c.yaml"
-    f.write_text("clusters: [{name: a, gateway: '127.0.0.1:9'}]\n")
+async def _serve_banner(f: Path, *extra: str) -> str:
+    """Start ``kvgate serve --clusters`` on an ephemeral port; its start line."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kvgate.cli", "serve", "--clusters", str(f), "--port", "0",
+        sys.executable, "-m", "kvgate.cli", "serve", "--clusters", str(f), "--port", "0", *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -122,7 +122,34 @@ async def test_serve_clusters_starts_the_global_gateway(tmp_path: Path) -> None:
             line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
             assert line, lines
             lines.append(line)
-        assert "global gateway on http://127.0.0.1:" in line and "1 clusters" in line, line
+        return line
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_serve_clusters_starts_the_global_gateway(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("clusters: [{name: a, gateway: '127.0.0.1:9'}]\n")
+    line = await _serve_banner(f)
+    assert "global gateway on http://127.0.0.1:" in line and "1 clusters" in line, line
+    assert ":8080 " not in line  # --port 0 is an ephemeral port, not the default
+
+
+async def test_serve_clusters_policy_seed_is_given_or_drawn_per_process(tmp_path: Path) -> None:
+    """Two gateway processes started alike must not make the same random picks: without
+    --cluster-policy-seed each draws its own (printed, to rerun alike); with it, that seed."""
+    f = tmp_path / "c.yaml"
+    f.write_text("clusters: [{name: a, gateway: '127.0.0.1:9'}]\n")
+    assert (await _serve_banner(f, "--cluster-policy-seed", "7")).rstrip().endswith("seed 7)")
+    drawn = [re.search(r"seed (\d+)\)", await _serve_banner(f)) for _ in range(2)]
+    assert drawn[0] is not None and drawn[1] is not None
+    assert drawn[0].group(1) != drawn[1].group(1)
+
+
+def test_hub_epp_takes_a_policy_seed() -> None:
+    from kvgate.extproc.cli import parser
+
+    given = parser().parse_args(["--clusters", "c.yaml", "--cluster-policy-seed", "3"])
+    assert given.cluster_policy_seed == 3
+    assert parser().parse_args(["--clusters", "c.yaml"]).cluster_policy_seed is None

@@ -108,7 +108,7 @@ async def test_global_gateway_follows_imports(
         f"kubernetes:\n  server: {hub_d.url}\n  import: default/llama\n  members:\n"
         f"  - {{name: east, server: '{east_d.url}', rtt_ms: 5}}\n  - {{name: west, server: '{west_d.url}'}}\n"
     )
-    gw = GlobalGateway(load(f), "kvgate")
+    gw = GlobalGateway(load(f), "kvgate", seed=0)
     await gw.start("127.0.0.1", 0)
     try:
         await _until(lambda: list(gw.router.states) == ["east"])

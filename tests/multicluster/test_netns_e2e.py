@@ -67,7 +67,7 @@ async def _gateway(tmp: Path, cs: list[Cluster], policy: str, **top: Any) -> Any
     from kvgate.multicluster.clusters import load
     from kvgate.multicluster.serve import GlobalGateway
 
-    gw = GlobalGateway(load(_clusters_file(tmp, cs, **top)), policy)
+    gw = GlobalGateway(load(_clusters_file(tmp, cs, **top)), policy, seed=0)
     await gw.start("127.0.0.1", 0)
     return gw
 

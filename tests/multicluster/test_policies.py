@@ -287,3 +287,16 @@ def test_full_fast_cluster_against_an_idle_one_ten_times_slower() -> None:
     full = _state("east", ready=3, cap=3.0, head=0.0, request_slots=24.0, rtt=5.0)
     full.observe_ttft(0.1, 0.0)
     assert KvgatePolicy().order([full, near_eu], ClusterRequest(), 0.0)[0].name == "eu"
+
+
+def test_policy_seed_given_or_drawn() -> None:
+    """A given seed repeats the kvgate policy's random picks; none draws one from os.urandom, so two
+    gateways built alike do not pick alike (identical picks are the worst case for herding)."""
+
+    def picks(seed: int | None) -> list[str]:
+        p = make_policy("kvgate", seed=seed)
+        states = [_state(n) for n in "abcd"]  # all alike: every pick is power of two at random
+        return [p.order(states, ClusterRequest(), 0.0)[0].name for _ in range(40)]
+
+    assert picks(5) == picks(5)
+    assert picks(None) != picks(None)  # 40 picks among 4 alike: equal by chance with odds ~1e-14

@@ -98,7 +98,7 @@ async def test_streamed_request_waits_for_its_first_byte_in_the_cluster_state(wo
     import asyncio
 
     cfg = ClustersConfig((ClusterSpec("c", gateway=world["gw1"].address),))
-    gw = GlobalGateway(cfg, "kvgate", fetch=False)
+    gw = GlobalGateway(cfg, "kvgate", fetch=False, seed=0)
     await gw.start("127.0.0.1", 0)
     st = gw.router.states["c"]
     url = f"http://127.0.0.1:{gw.port}/v1/completions"
@@ -137,7 +137,7 @@ async def test_an_error_reply_is_no_ttft_evidence(world: dict[str, Any]) -> None
     """A cluster that answers 400 at once (prompt too long there) must not become the best-TTFT reference:
     its fast error is not a first token. The request stops waiting all the same."""
     cfg = ClustersConfig((ClusterSpec("c", gateway=world["gw1"].address),))
-    gw = GlobalGateway(cfg, "kvgate", fetch=False)
+    gw = GlobalGateway(cfg, "kvgate", fetch=False, seed=0)
     await gw.start("127.0.0.1", 0)
     st = gw.router.states["c"]
     world["gw1"].mode = "error400"

@@ -122,6 +122,12 @@ class LiveConfig:
     gateways: int = 1
 
 
+def gateway_seed(seed: int, g: int) -> int:
+    """Gateway ``g``'s cluster-policy seed: distinct per gateway (the same seed would make identical random
+    picks, the worst case for herding), reproducible from the run's ``--seed``."""
+    return seed * 1000 + g
+
+
 # --- the fleet -------------------------------------------------------------------------------------
 class LiveCluster:
     def __init__(self, d: LiveClusterDef, index: int, net: int, cfg: LiveConfig, log_dir: Path) -> None:
@@ -429,6 +435,7 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
             gw, _ = await procs.start(
                 f"global gateway {g} ({policy})",
                 procs.kvgate_cmd("serve", "--clusters", str(clusters_file), "--cluster-policy", policy,
+                                 "--cluster-policy-seed", str(gateway_seed(cfg.seed, g)),
                                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"),
                 r"global gateway on",
                 wait_s=60,
@@ -642,6 +649,7 @@ async def run(cfg: LiveConfig, policies: list[str], phases: list[bool], out: Pat
         "workload": asdict(cfg.workload),
         "seed": cfg.seed,
         "gateways": cfg.gateways,
+        "gateway_seeds": [gateway_seed(cfg.seed, g) for g in range(cfg.gateways)],
         "rtt": "emulated by kvgate.bench.delay_relay (userspace; the kernel has no netem qdisc)",
         "wall_s_total": time.perf_counter() - t_begin,
     }

@@ -146,6 +146,12 @@ def parser() -> argparse.ArgumentParser:
     hub = p.add_argument_group("hub (multi-cluster)")
     hub.add_argument("--clusters", help="clusters file: pick clusters, not pods (docs/multicluster.md)")
     hub.add_argument("--cluster-policy", default="kvgate", help="kvgate|llm-d-hub|round-robin|active-passive")
+    hub.add_argument(
+        "--cluster-policy-seed",
+        type=int,
+        default=None,
+        help="seed of the kvgate cluster policy's random picks; default: os.urandom (logged)",
+    )
     p.add_argument("--log-level", default="info")
     return p  # fmt: skip
 
@@ -216,10 +222,13 @@ def _hub_main(args: argparse.Namespace) -> int:
     from kvgate.extproc.session import SessionContext
     from kvgate.multicluster.clusters import ClustersError, ClustersFile
     from kvgate.multicluster.hub import ClusterDirector, HubFeed
+    from kvgate.multicluster.policies import fresh_seed
 
+    seed = fresh_seed() if args.cluster_policy_seed is None else args.cluster_policy_seed
+    log.info("hub EPP: cluster policy %s, seed %d", args.cluster_policy, seed)
     try:
         cfile = ClustersFile(args.clusters)
-        director = ClusterDirector(cfile.config, args.cluster_policy)
+        director = ClusterDirector(cfile.config, args.cluster_policy, seed=seed)
         pair, client_ca = _tls(args)
     except (ClustersError, ValueError, OSError) as e:
         print(f"kvgate epp: {e}", file=sys.stderr)

@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=CLUSTER_POLICIES,
         help="with --clusters: how clusters are chosen",
     )
+    p.add_argument(
+        "--cluster-policy-seed",
+        type=int,
+        default=None,
+        help="with --clusters: seed of the kvgate cluster policy's random picks (power of two among the "
+        "best); default: drawn from os.urandom at start (printed), so gateway replicas do not pick alike",
+    )
     adm = p.add_argument_group("admin-port TLS (as kvgate epp --metrics-tls)")
     adm.add_argument(
         "--admin-tls",
@@ -243,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.clusters:  # the global gateway: clusters are the candidates (kvgate.multicluster)
         from kvgate.multicluster.serve import ServeArgs, run
 
-        return run(ServeArgs(args.clusters, args.cluster_policy, args.host or "127.0.0.1", args.port or 8080))
+        port = 8080 if args.port is None else args.port  # --port 0: an ephemeral port (printed)
+        return run(ServeArgs(args.clusters, args.cluster_policy, args.host or "127.0.0.1", port,
+                             seed=args.cluster_policy_seed))  # fmt: skip
     try:
         cfg = build_config(args)
         if args.kv_events == "auto":

@@ -38,7 +38,7 @@ class ClusterDirector:
         policy: str | Policy = "kvgate",
         *,
         clock: Callable[[], float] = time.monotonic,
-        seed: int = 0,
+        seed: int | None = None,  # the policy's randomness; None: from os.urandom
     ) -> None:
         self.clock = clock
         self.cfg = cfg

@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from array import array
 from collections.abc import Callable, Sequence
@@ -253,19 +254,28 @@ class KvgatePolicy:
         return good + rest
 
 
+def fresh_seed() -> int:
+    """A seed from os.urandom: two gateway processes started alike must not make the same random picks
+    (power of two among the best would then send their requests to the same cluster)."""
+    return int.from_bytes(os.urandom(8), "big")
+
+
 def make_policy(
     name: str,
     *,
     ttl_s: float = 3.0,
     local: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     weights: KvgateWeights | None = None,
 ) -> Policy:
+    """``seed``: the kvgate policy's randomness (power of two among the best); None draws one from
+    os.urandom (:func:`fresh_seed`); tests and the fleet simulator pass one."""
+    rng = random.Random(fresh_seed() if seed is None else seed)
     factories: dict[str, Callable[[], Policy]] = {
         "round-robin": RoundRobin,
         "active-passive": ActivePassive,
         "llm-d-hub": LlmdHub,
-        "kvgate": lambda: KvgatePolicy(ttl_s=ttl_s, local=local, weights=weights, rng=random.Random(seed)),
+        "kvgate": lambda: KvgatePolicy(ttl_s=ttl_s, local=local, weights=weights, rng=rng),
     }
     if name not in factories:
         raise ValueError(f"unknown cluster policy {name!r}; known: {', '.join(POLICIES)}")

@@ -77,7 +77,7 @@ class GlobalRouter:
         clock: Callable[[], float] = time.monotonic,
         max_clusters: int = 3,
         connect_timeout_s: float = 1.0,
-        seed: int = 0,
+        seed: int | None = None,  # the policy's randomness; None: from os.urandom
     ) -> None:
         self.clock = clock
         self.cfg = cfg

@@ -42,7 +42,7 @@ from kvgate.httpfront.server import (
 )
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile, ClusterSpec
 from kvgate.multicluster.fetcher import Fetcher
-from kvgate.multicluster.policies import ClusterRequest, prompt_key
+from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
 from kvgate.multicluster.router import STALLED, Attempt, GlobalRouter, NoRoute
 from kvgate.openai.protocol import sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
@@ -109,7 +109,7 @@ class GlobalGateway:
         clusters_file: ClustersFile | None = None,
         clock: Callable[[], float] = time.monotonic,
         fetch: bool = True,
-        seed: int = 0,
+        seed: int | None = None,  # the policy's randomness; None: from os.urandom
         limits: FrontLimits | None = None,
         drain_s: float = 5.0,
     ) -> None:
@@ -335,6 +335,7 @@ class ServeArgs:
     policy: str = "kvgate"
     host: str = "127.0.0.1"
     port: int = 8080
+    seed: int | None = None  # --cluster-policy-seed; None: drawn from os.urandom at start
 
 
 def run(args: ServeArgs) -> int:
@@ -346,10 +347,12 @@ def run(args: ServeArgs) -> int:
         return 2
 
     async def main() -> None:
-        gw = GlobalGateway(cfile.config, args.policy, clusters_file=cfile)
+        seed = fresh_seed() if args.seed is None else args.seed
+        gw = GlobalGateway(cfile.config, args.policy, clusters_file=cfile, seed=seed)
         port = await gw.start(args.host, args.port)
         print(f"kvgate serve: global gateway on http://{args.host}:{port} "
-              f"({len(cfile.config.clusters)} clusters, policy {args.policy})", flush=True)  # fmt: skip
+              f"({len(cfile.config.clusters)} clusters, policy {args.policy}, seed {seed})",
+              flush=True)  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
