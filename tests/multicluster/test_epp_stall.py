@@ -23,8 +23,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from gateway.backend import Backend
+from kvgate.httpfront.budget import ByteBudget
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClusterSpec, parse
-from kvgate.multicluster.epp_client import EppStream, LedgerBudget
+from kvgate.multicluster.epp_client import EppStream
 from kvgate.multicluster.router import GlobalRouter
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -401,7 +402,7 @@ async def test_a_json_reply_past_the_shared_ledger_budget_is_cut_when_the_epp_st
     epp = _StallingEpp(pod.address, "response_body", lines_ok=-1)
     server, port = await _scripted(epp)
     gw = await _gateway(ClusterSpec("c1", epp=f"127.0.0.1:{port}"))
-    gw.router.epp.ledgers = LedgerBudget(100)  # less than the reply
+    gw.router.epp.ledgers = ByteBudget(100)  # less than the reply
     try:
         with pytest.raises(aiohttp.ClientPayloadError):
             await _post(gw, False, 5)

@@ -1,7 +1,7 @@
 """The gRPC side: an ``ExternalProcessor`` service over ``Session``, gRPC health and the metrics port.
 
 Limits: at most ``max_concurrent_streams`` streams; all of them together hold at most
-``max_buffered_bytes`` of bodies (``session.BufferBudget``); a stream with no message for
+``max_buffered_bytes`` of bodies (``httpfront.budget.ByteBudget``); a stream with no message for
 ``stream_idle_timeout_s`` is cancelled (one sweeper task for all streams), which releases its buffers
 and its in-flight accounting.
 """

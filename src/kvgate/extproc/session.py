@@ -31,6 +31,7 @@ from envoy.type.v3 import http_status_pb2
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc import headers as hdr
 from kvgate.extproc import keys
+from kvgate.httpfront.budget import ByteBudget
 from kvgate.openai.protocol import error_body, usage_from
 from kvgate.openai.request import (
     OTHER,
@@ -74,26 +75,6 @@ class Observer(Protocol):
     def finished(self, usage: Usage | None, ok: bool, streaming: bool) -> None: ...
 
 
-class BufferBudget:
-    """Bytes held by all streams together (request bodies waiting for their pick, JSON responses held to
-    read ``usage``): per-stream caps alone let 8 streams x 60 MB reach half a GB of RSS."""
-
-    __slots__ = ("limit", "used")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def take(self, n: int) -> bool:
-        if self.used + n > self.limit:
-            return False
-        self.used += n
-        return True
-
-    def give(self, n: int) -> None:
-        self.used = max(0, self.used - n)
-
-
 class ProtocolViolation(Exception):
     """The gateway broke the ext_proc protocol: the stream ends with this gRPC status (not an HTTP reply)."""
 
@@ -133,7 +114,7 @@ class SessionContext:
         self.conformance_hooks = conformance_hooks
         self.max_request_body = max_request_body
         self.max_buffered_response = max_buffered_response
-        self.budget = BufferBudget(max_buffered_bytes)
+        self.budget = ByteBudget(max_buffered_bytes)
 
 
 class _Reject(Exception):
@@ -206,7 +187,7 @@ class Session:
         self._scanner: SSEScanner | None = None
         self._resp_buf: bytearray | None = None
         self.usage: Usage | None = None
-        self._held = 0  # bytes taken from the shared BufferBudget
+        self._held = 0  # bytes taken from the shared ByteBudget
         self._seen_headers = False
         # Set when flow control must admit the request first (``admit_pending``, awaited by the server).
         self.pending: tuple[InferenceRequest, bytes | bytearray | None, bool, bool] | None = None

@@ -48,6 +48,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 
+from kvgate.httpfront.budget import ByteBudget
 from kvgate.multicluster.clusters import TlsOptions
 from kvgate.multicluster.fetcher import RECONNECT
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
@@ -78,24 +79,7 @@ LEDGER_BYTES = 4 << 20
 LEDGER_BUDGET_BYTES = 64 << 20
 
 
-class LedgerBudget:
-    """The bytes all open relays' ledgers hold, against one process-wide limit."""
-
-    def __init__(self, limit: int = LEDGER_BUDGET_BYTES) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def take(self, n: int) -> bool:
-        if self.used + n > self.limit:
-            return False
-        self.used += n
-        return True
-
-    def give(self, n: int) -> None:
-        self.used -= n
-
-
-LEDGERS = LedgerBudget()
+LEDGERS = ByteBudget(LEDGER_BUDGET_BYTES)  # the pod bytes all open relays' ledgers hold
 
 
 def _headers(headers: Mapping[str, str]) -> base_pb2.HeaderMap:
@@ -156,7 +140,7 @@ class EppStream:
         timeout_s: float,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        ledgers: LedgerBudget = LEDGERS,
+        ledgers: ByteBudget = LEDGERS,
         address: str | None = None,
         status: int | None = None,
     ) -> None:
@@ -674,7 +658,7 @@ class EppClient:
         timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        ledgers: LedgerBudget = LEDGERS,
+        ledgers: ByteBudget = LEDGERS,
         cert_check_s: float = CERT_CHECK_S,
         retire_grace_s: float = RETIRE_GRACE_S,
     ) -> None:
