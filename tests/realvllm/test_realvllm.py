@@ -62,11 +62,17 @@ def test_metrics_scraped_with_real_names(real_fleet: RealFleet):
 
     store = EndpointStore.from_addresses(real_fleet.addresses)
 
+    unfiltered: set[str] = set()
+
     async def scrape() -> list[bool]:
         async with MetricsScraper(store) as sc:
-            return [await sc.scrape(ep) for ep in store.all()]
+            ok = [await sc.scrape(ep) for ep in store.all()]
+            unfiltered.update(sc._unfiltered)
+            return ok
 
     assert all(real_fleet.lt.run(scrape()))
+    # vLLM honoured the filtered request (/metrics/?name[]=...): no endpoint fell back to the whole page.
+    assert not unfiltered
     for ep in store.all():
         m = ep.metrics
         assert m.block_size == BLOCK  # auto-tuned from vllm:cache_config_info (128 on the CPU backend)
