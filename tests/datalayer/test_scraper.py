@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from kvgate.datalayer.scraper import MetricsScraper, is_fresh
+from kvgate.datalayer.mappings import filter_query
+from kvgate.datalayer.scraper import UNFILTERED_RETRY_S, MetricsScraper, is_fresh
 from kvgate.datalayer.store import EndpointStore, make_endpoint
 
 
@@ -110,6 +114,7 @@ class RoutedServer:
 
     def __init__(self, filtered: str) -> None:
         self.filtered = filtered  # "honour" | "html" | "500"
+        self.statuses: list[int] = []  # answered first, one per filtered request, before ``filtered``
         self.plain_hits = 0
         self.filtered_queries: list[list[str]] = []
         self.runner: web.AppRunner | None = None
@@ -121,6 +126,8 @@ class RoutedServer:
 
     async def _filtered(self, request: web.Request) -> web.Response:
         self.filtered_queries.append(sorted(request.query.getall("name[]", [])))
+        if self.statuses:
+            return web.Response(status=self.statuses.pop(0), text="busy")
         if self.filtered == "html":
             return web.Response(text="<html>index</html>", content_type="text/html")
         if self.filtered == "500":
@@ -209,34 +216,150 @@ async def test_filtered_scrape_of_a_real_prometheus_client_exposition() -> None:
     assert not scraper._unfiltered
 
 
+async def test_a_busy_answer_to_the_filtered_request_is_a_failed_scrape_not_a_missing_filter() -> None:
+    """429 / 408 from a loaded API server say nothing about filtering: the scrape fails like a 5xx and
+    the next one asks filtered again; the whole page is never fetched."""
+    srv = RoutedServer("honour")
+    srv.statuses = [429, 408]
+    await srv.start()
+    store = EndpointStore([make_endpoint(srv.address)])
+    scraper = MetricsScraper(store)
+    try:
+        assert [await scraper.scrape_all() for _ in range(4)] == [0, 0, 1, 1]
+    finally:
+        await scraper.stop()
+        assert srv.runner is not None
+        await srv.runner.cleanup()
+    assert len(srv.filtered_queries) == 4 and srv.plain_hits == 0
+    assert not scraper._unfiltered
+    ep = store.get(srv.address)
+    assert ep is not None and ep.metrics.waiting_queue_size == 5
+
+
+@pytest.mark.parametrize("status", [400, 404, 405])
+async def test_a_server_that_cannot_filter_is_scraped_whole_then_asked_again(status: int) -> None:
+    """400/404/405 mean no filtering handler: the whole page for UNFILTERED_RETRY_S of the scraper's
+    clock, then the filter again (a server restarted into a version that filters is not missed)."""
+    srv = RoutedServer("honour")
+    srv.statuses = [status, status]
+    await srv.start()
+    now = [100.0]
+    store = EndpointStore([make_endpoint(srv.address)])
+    scraper = MetricsScraper(store, clock=lambda: now[0])
+    waiting = []
+    try:
+        for t in (100.0, 101.0, 100.0 + UNFILTERED_RETRY_S - 1, 100.0 + UNFILTERED_RETRY_S):
+            now[0] = t
+            assert await scraper.scrape_all() == 1
+            ep = store.get(srv.address)
+            assert ep is not None
+            waiting.append(ep.metrics.waiting_queue_size)
+        # It refused the retry too: another UNFILTERED_RETRY_S of whole pages; then it filters.
+        assert await scraper.scrape_all() == 1
+        assert len(srv.filtered_queries) == 2 and srv.plain_hits == 5
+        now[0] = 100.0 + 2 * UNFILTERED_RETRY_S
+        assert await scraper.scrape_all() == 1
+        assert await scraper.scrape_all() == 1
+    finally:
+        await scraper.stop()
+        assert srv.runner is not None
+        await srv.runner.cleanup()
+    # The plain page says 3, the filtered one 5: a filtered try + the whole page, whole, whole, a retry
+    # + the whole page; then filtered twice.
+    assert waiting == [3, 3, 3, 3]
+    assert len(srv.filtered_queries) == 4 and srv.plain_hits == 5
+    assert not scraper._unfiltered
+    assert ep.metrics.waiting_queue_size == 5
+
+
+async def test_sglang_is_scraped_whole_because_its_multiprocess_exposition_cannot_filter(
+    tmp_path: Path,
+) -> None:
+    """SGLang's /metrics: make_asgi_app over a fresh registry holding only a MultiProcessCollector.
+    That registry knows no series names, so ``?name[]=`` renders nothing (shown here on prometheus_client
+    itself, from a real multiprocess value file); the scraper therefore never asks SGLang filtered."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    values = MmapedDict(str(tmp_path / "gauge_mostrecent_1.db"))
+    for name, value in (("sglang:num_queue_reqs", 2.0), ("sglang:token_usage", 0.5)):
+        values.write_value(mmap_key(name, name, ["model_name"], ["m"], "h"), value, 1.0)
+    values.close()
+    reg = CollectorRegistry()
+    multiprocess.MultiProcessCollector(reg, path=str(tmp_path))
+    httpd, thread = start_http_server(0, addr="127.0.0.1", registry=reg)
+    try:
+        address = f"127.0.0.1:{httpd.server_port}"
+        query = f"http://{address}/metrics/?name[]=sglang:num_queue_reqs"
+        async with aiohttp.ClientSession() as session, session.get(query) as resp:
+            assert resp.status == 200 and (await resp.text()) == ""
+        assert filter_query("sglang") is None and filter_query("vllm") is not None
+        store = EndpointStore([make_endpoint(address, engine="sglang")])
+        scraper = MetricsScraper(store)
+        try:
+            assert await scraper.scrape_all() == 1
+        finally:
+            await scraper.stop()
+    finally:
+        httpd.shutdown()
+        thread.join(5)
+    ep = store.get(address)
+    assert ep is not None and (ep.metrics.waiting_queue_size, ep.metrics.kv_cache_usage) == (2, 0.5)
+
+
+def test_the_interval_is_quiet_only_while_its_own_in_flight_requests_explain_the_load() -> None:
+    ep = make_endpoint("127.0.0.1:1")
+    scraper = MetricsScraper(EndpointStore([ep]), interval=0.05, quiet_interval=0.1)
+    assert scraper.next_interval(ep) == 0.05  # never scraped: nothing is known yet
+    ep.metrics = replace(ep.metrics, updated_at=1.0)
+    assert scraper.next_interval(ep) == 0.1  # idle
+    ep.metrics = replace(ep.metrics, waiting_queue_size=1, running_requests=2)
+    assert scraper.next_interval(ep) == 0.05  # load the gateway did not send
+    ep.inflight.requests = 3
+    assert scraper.next_interval(ep) == 0.1  # ... unless it is its own three requests
+    ep.inflight.requests = 2
+    assert scraper.next_interval(ep) == 0.05  # one of three is someone else's
+    ep.inflight.requests = 3
+    ep.scrape_failures = 1
+    assert scraper.next_interval(ep) == 0.05  # the last scrape failed: what it showed is old
+    # The default: 2x the interval, never past half the saturation detector's 0.2 s staleness.
+    assert MetricsScraper(EndpointStore()).quiet_interval == 0.1
+    assert MetricsScraper(EndpointStore(), interval=0.02).quiet_interval == 0.04
+    assert MetricsScraper(EndpointStore(), interval=0.5).quiet_interval == 0.5
+
+
 async def test_scrapes_slower_while_its_own_in_flight_requests_explain_the_load(
     servers: list[FakeServer],
 ) -> None:
+    """The background loop against a real server, paced by an injected sleep that records each pause
+    and sets up the next state: no wall-clock rates. Intervals of seconds make the scrape's own
+    duration (subtracted from the pause) irrelevant."""
     srv = servers[0]
     store = EndpointStore([make_endpoint(srv.address)])
     ep = store.get(srv.address)
     assert ep is not None
     page = 'vllm:num_requests_waiting{model_name="m"} %d\nvllm:num_requests_running{model_name="m"} %d\n'
+    # (waiting, running, the gateway's own in flight) for each scrape in turn
+    states = [(0, 0, 0), (1, 2, 0), (1, 2, 3), (1, 2, 2), (0, 0, 0)]
+    pauses: list[float] = []
+    done = asyncio.Event()
 
-    async def hits_in(seconds: float) -> int:
-        await asyncio.sleep(0.05)  # the loop picks up the new state with its next scrape
-        before = srv.hits
-        await asyncio.sleep(seconds)
-        return srv.hits - before
+    def apply(waiting: int, running: int, own: int) -> None:
+        srv.page = page % (waiting, running)
+        ep.inflight.requests = own
 
-    async with MetricsScraper(store, interval=0.01, quiet_interval=0.1) as scraper:
-        srv.page = page % (0, 0)  # idle: nothing to learn that the gateway does not know
-        idle = await hits_in(0.5)
-        srv.page = page % (1, 2)  # load the gateway did not send: the reference cadence
-        foreign = await hits_in(0.5)
-        ep.inflight.requests = 3  # ... unless it is the gateway's own three requests
-        own = await hits_in(0.5)
-        ep.inflight.requests = 2  # one of three is someone else's
-        mixed = await hits_in(0.5)
-        assert scraper.quiet_interval == 0.1
-    assert idle <= 7 and own <= 7, (idle, own)
-    assert foreign >= 15 and mixed >= 15, (foreign, mixed)
-    # The default: 2x the interval, never past half the saturation detector's 0.2 s staleness.
-    assert MetricsScraper(store).quiet_interval == 0.1
-    assert MetricsScraper(store, interval=0.02).quiet_interval == 0.04
-    assert MetricsScraper(store, interval=0.5).quiet_interval == 0.5
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == len(states):
+            done.set()
+            await asyncio.Event().wait()  # parked until stop() cancels the loop
+        apply(*states[len(pauses)])
+
+    apply(*states[0])
+    async with MetricsScraper(store, interval=10.0, quiet_interval=40.0, sleep=sleep):
+        await asyncio.wait_for(done.wait(), 30)
+    assert srv.hits == len(states)
+    quiet, busy = [p > 30 for p in pauses], [p <= 10 for p in pauses]
+    # idle, foreign load, its own load, mixed, idle again
+    assert quiet == [True, False, True, False, True], pauses
+    assert busy == [False, True, False, True, False], pauses

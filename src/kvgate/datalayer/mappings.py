@@ -49,8 +49,9 @@ class EngineMapping:
     block_size: Signal | None = None
     num_blocks: Signal | None = None
     lora_info: str | None = None
-    # The server renders its page with Python's prometheus_client, whose exposition app honours
-    # ``?name[]=<series>`` (only those collectors are collected and rendered): see ``filter_query``.
+    # The server renders its page with Python's prometheus_client from a registry that knows its
+    # collectors' names, so its exposition app honours ``?name[]=<series>`` (only those collectors are
+    # collected and rendered): see ``filter_query``. A multiprocess registry does not (see "sglang").
     name_filter: bool = False
 
     def wanted(self) -> frozenset[str]:
@@ -84,7 +85,13 @@ MAPPINGS: dict[str, EngineMapping] = {
         cache_info="sglang:cache_config_info",
         block_size_label="page_size",
         num_blocks_label="num_pages",
-        name_filter=True,
+        # No filter: SGLang serves /metrics (and /metrics/...) from prometheus_client's make_asgi_app
+        # over a fresh CollectorRegistry holding only a multiprocess.MultiProcessCollector
+        # (sgl-project/sglang python/sglang/srt/utils/common.py, add_prometheus_middleware). That
+        # collector has no describe() and the registry no auto_describe, so the registry knows no
+        # names and ``?name[]=`` selects nothing: an empty 200 page (checked against prometheus_client
+        # 0.26's restricted_registry). Asking would cost a wasted request before every fallback.
+        name_filter=False,
     ),
     "trtllm-serve": EngineMapping(
         "trtllm-serve",

@@ -9,8 +9,10 @@ Each scrape asks only for the series the picker reads where the engine's server 
 (``mappings.filter_query``: prometheus_client's ``?name[]=``), at ``<path>/`` because vLLM answers a
 bare ``GET /metrics`` from prometheus-fastapi-instrumentator's handler, which ignores the query, while
 ``/metrics/...`` reaches prometheus_client's own app mounted there. An endpoint that answers that request
-with a 4xx, or with a page lacking every wanted series, is scraped unfiltered from then on (the same
-scrape falls back at once, so no round is lost).
+with 400/404/405 (no such handler, or one that refuses the query), or with a page lacking every wanted
+series, is scraped whole for ``UNFILTERED_RETRY_S`` and then asked filtered again (the same scrape falls
+back at once, so no round is lost). Any other 4xx (429, 408 from a loaded API server) or 5xx is a failed
+scrape, not a server that cannot filter: it fails like any other, and the next one asks filtered again.
 
 Cadence: every ``interval`` (the reference's 50 ms) while an endpoint's scraped load is more than this
 gateway has in flight to it (someone else's traffic, which only a scrape shows); every
@@ -27,7 +29,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -50,6 +52,12 @@ SATURATION_STALENESS_S = 0.2  # reference: older metrics count as saturated
 # The longest pause for an endpoint whose scraped load the gateway's own in-flight requests explain:
 # half the saturation detector's staleness, so its metrics never look stale to it while scrapes work.
 QUIET_MAX_S = SATURATION_STALENESS_S / 2
+# The answers that say "this server has no filtering handler at <path>/" (rather than "busy now").
+NO_FILTER_STATUSES = frozenset({400, 404, 405})
+# How long an endpoint that did not honour the filter is scraped whole before the filter is tried again
+# (one wrong answer, or a server restarted into another version, is not forever): one filtered request
+# per endpoint every 5 minutes is nothing next to 20 scrapes a second.
+UNFILTERED_RETRY_S = 300.0
 
 
 def quiet_interval_for(interval: float) -> float:
@@ -78,11 +86,14 @@ class MetricsScraper:
         tls: ssl.SSLContext | None = None,
         filtered: bool = True,
         quiet_interval: float | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self.filtered = filtered
-        # Endpoints that did not honour the filtered request: scraped whole.
-        self._unfiltered: set[str] = set()
+        # Endpoints that did not honour the filtered request -> the clock time until which they are
+        # scraped whole.
+        self._unfiltered: dict[str, float] = {}
+        self._sleep = sleep
         self.scheme = scheme
         self.tls = tls
         self.max_bytes = max_bytes
@@ -148,7 +159,7 @@ class MetricsScraper:
             if task is not None:
                 task.cancel()
             self.stats.pop(addr, None)
-            self._unfiltered.discard(addr)
+            self._unfiltered.pop(addr, None)
         elif change.kind == "added" and self._running:
             self._spawn(change.endpoint)
 
@@ -163,9 +174,12 @@ class MetricsScraper:
         while self._running:
             started = loop.time()
             await self.scrape(ep)
-            every = self.quiet_interval if self.explained(ep) else self.interval
             # Fixed cadence from the start of each scrape; never busy-loop on a slow server.
-            await asyncio.sleep(max(every - (loop.time() - started), self.interval * 0.1))
+            await self._sleep(max(self.next_interval(ep) - (loop.time() - started), self.interval * 0.1))
+
+    def next_interval(self, ep: Endpoint) -> float:
+        """How long after this scrape's start the next one starts (module docstring, "Cadence")."""
+        return self.quiet_interval if self.explained(ep) else self.interval
 
     @staticmethod
     def explained(ep: Endpoint) -> bool:
@@ -184,13 +198,17 @@ class MetricsScraper:
             mapping_for(ep.engine)
             query = filter_query(ep.engine) if self.filtered else None
             text = None
-            if query is not None and ep.address not in self._unfiltered:
-                text = await self._get(ep, f"{self.path.rstrip('/')}/?{query}", tolerate_4xx=True)
+            if query is not None and self._filter_now(ep.address):
+                text = await self._get(ep, f"{self.path.rstrip('/')}/?{query}", no_filter_is_none=True)
                 if text is None or not page_has_signals(text, ep.engine):
                     text = await self._get(ep, self.path)
                     # Only an answer to the plain request proves the filter was the problem.
-                    self._unfiltered.add(ep.address)
-                    log.info("%s does not filter its metrics page: scraping it whole", ep.address)
+                    self._unfiltered[ep.address] = self.clock() + UNFILTERED_RETRY_S
+                    log.info(
+                        "%s does not filter its metrics page: scraping it whole for %.0f s",
+                        ep.address,
+                        UNFILTERED_RETRY_S,
+                    )
             if text is None:
                 text = await self._get(ep, self.path)
             assert text is not None
@@ -207,13 +225,23 @@ class MetricsScraper:
         ep.scrape_failures = 0
         return True
 
-    async def _get(self, ep: Endpoint, path: str, tolerate_4xx: bool = False) -> str | None:
-        """One GET of a metrics page, size-capped; None for a 4xx when ``tolerate_4xx``."""
+    def _filter_now(self, address: str) -> bool:
+        until = self._unfiltered.get(address)
+        if until is None:
+            return True
+        if self.clock() < until:
+            return False
+        del self._unfiltered[address]  # time to ask filtered again
+        return True
+
+    async def _get(self, ep: Endpoint, path: str, no_filter_is_none: bool = False) -> str | None:
+        """One GET of a metrics page, size-capped; None for an answer in ``NO_FILTER_STATUSES`` when
+        ``no_filter_is_none``."""
         async with self._session_().get(
             f"{self.scheme}://{ep.address}{path}", timeout=self.timeout, ssl=self.tls or True
         ) as resp:
             if resp.status != 200:
-                if tolerate_4xx and 400 <= resp.status < 500:
+                if no_filter_is_none and resp.status in NO_FILTER_STATUSES:
                     return None
                 raise aiohttp.ClientResponseError(
                     resp.request_info, resp.history, status=resp.status, message="bad status"
