@@ -481,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("calm", "even", "flood"):
         arrivals = Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
         for arm in args.arms.split(","):
-            sim = FlowSim(arm, args.replicas, args.profile, args.seed, args.ttl, args.max_num_seqs,
-                          args.max_pending, args.headroom, args.headroom_on)  # fmt: skip
+            sim = FlowSim(arm, args.replicas, args.profile, args.seed, args.ttl,
+                          max_num_seqs=args.max_num_seqs, max_pending=args.max_pending,
+                          headroom=args.headroom, headroom_on=args.headroom_on)  # fmt: skip
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
     for arm in args.arms.split(","):

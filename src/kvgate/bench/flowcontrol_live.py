@@ -53,13 +53,9 @@ def gateway_config(
 ) -> dict[str, Any]:
     """A ``kvgate serve --config`` document: the simulator bench's picker config for ``arm`` (TTL in
     wall seconds, the concurrency detector sized to the servers' batch), plus the two objectives."""
-    picker = fc.arm_config(arm, ttl_wall, headroom=headroom, headroom_on=headroom_on)
-    if "saturationDetector" in picker:
-        det = picker["saturationDetector"]
-        picker["saturationDetector"] = {
-            **det,
-            "parameters": {**det["parameters"], "maxConcurrency": max_num_seqs},
-        }
+    picker = fc.arm_config(
+        arm, ttl_wall, headroom=headroom, headroom_on=headroom_on, max_concurrency=max_num_seqs
+    )
     return {
         "pools": [{"name": "default", "endpoints": list(urls), "models": [fc.MODEL],
                    "endpointPickerConfig": picker}],

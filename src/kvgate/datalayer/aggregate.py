@@ -200,13 +200,12 @@ def endpoint_slots(ep: Endpoint, memory: dict[str, float] | None = None) -> floa
     return float(MAX_BATCH) if got is None else got
 
 
-def endpoint_load(ep: Endpoint, slots: float | None = None) -> float:
+def endpoint_load(ep: Endpoint, slots: float) -> float:
     """0 (idle) .. 1 (full): the tightest of KV use and running batch, plus the queue and what we sent
     unseen, each request counted as one of the ``slots`` the endpoint holds when full."""
     m = ep.metrics
-    n = float(MAX_BATCH) if slots is None else slots
     queued = m.waiting_queue_size + max(0, ep.inflight.requests - m.running_requests - m.waiting_queue_size)
-    return min(1.0, max(m.kv_cache_usage, m.running_requests / n) + queued / n)
+    return min(1.0, max(m.kv_cache_usage, m.running_requests / slots) + queued / slots)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:

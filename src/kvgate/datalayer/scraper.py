@@ -84,12 +84,10 @@ class MetricsScraper:
         max_bytes: int = MAX_SCRAPE_BYTES,
         scheme: str = "http",
         tls: ssl.SSLContext | None = None,
-        filtered: bool = True,
         quiet_interval: float | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
-        self.filtered = filtered
         # Endpoints that did not honour the filtered request -> the clock time until which they are
         # scraped whole.
         self._unfiltered: dict[str, float] = {}
@@ -196,7 +194,7 @@ class MetricsScraper:
         stats = self.stats.setdefault(ep.address, ScrapeStats())
         try:
             mapping_for(ep.engine)
-            query = filter_query(ep.engine) if self.filtered else None
+            query = filter_query(ep.engine)
             text = None
             if query is not None and self._filter_now(ep.address):
                 text = await self._get(ep, f"{self.path.rstrip('/')}/?{query}", no_filter_is_none=True)

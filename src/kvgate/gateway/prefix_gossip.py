@@ -90,10 +90,9 @@ def decode(data: bytes) -> tuple[int, list[Record]]:
     while pos < len(data):
         if pos + rec.size > len(data):
             raise ValueError("truncated record")
-        if version == 2:
-            idx, alen, n, filler = _REC.unpack_from(data, pos)
-        else:
-            (idx, alen, n), filler = _REC_V1.unpack_from(data, pos), 0
+        fields = rec.unpack_from(data, pos)
+        idx, alen, n = fields[:3]
+        filler = fields[3] if len(fields) == 4 else 0  # version 1 records carry no placeholder
         pos += rec.size
         end = pos + alen + 8 * n
         if end > len(data):

@@ -343,7 +343,6 @@ class Proxy:
                 strip_usage,
                 explain,
                 t0,
-                parsed.stream,
                 marks,
             )
         except GatewayError as e:
@@ -403,7 +402,6 @@ class Proxy:
         strip_usage: bool,
         explain: bool,
         t0: float,
-        stream: bool,
         marks: dict[str, float] | None = None,
     ) -> Response | StreamResponse:
         tried: set[str] = set()
@@ -439,7 +437,7 @@ class Proxy:
             # owns it); the finally covers cancellation (client gone) and unexpected errors.
             finished = False
             resp: UpstreamResponse | None = None
-            preempted = self._preemptible(director, ireq, ep, stream)
+            preempted = self._preemptible(director, ireq, ep)
             head = b"POST " + path + b" HTTP/1.1\r\nhost: " + ep.address.encode() + b"\r\n" + header_block
             try:
                 try:
@@ -526,14 +524,14 @@ class Proxy:
         )
 
     @staticmethod
-    def _preemptible(director: Any, ireq: InferenceRequest, ep: Endpoint, stream: bool) -> list[bool]:
+    def _preemptible(director: Any, ireq: InferenceRequest, ep: Endpoint) -> list[bool]:
         """Let flow control stop this (sheddable, streamed) request until its first token: ``stop``
         cancels this task; the returned flag tells the cancellation apart from the client leaving.
         A non-streamed reply shows no first token before its end, so it is never preemptible (it
         could otherwise be stopped deep into its generation), as in the ext_proc door."""
         flag = [False]
         register = getattr(director, "preemptible", None)  # (a multi-cluster pool's director: none)
-        if register is None or not ireq.sheddable or not stream:
+        if register is None or not ireq.sheddable or not ireq.stream:
             return flag
         task = asyncio.current_task()  # only now: a getpid() system call per call on Python 3.11
         if task is None:

@@ -302,6 +302,19 @@ class _BadRequest(Exception):
 Handler = Callable[[Request], Awaitable["Response | StreamResponse"]]
 
 
+def _knobs(limits: LimitsLike) -> dict[str, Any]:
+    """The front's attributes (and constructor keywords) each limit sets: one map for start and reload."""
+    return {
+        "max_body": limits.max_body_bytes,
+        "keepalive_s": limits.keepalive_s,
+        "header_timeout_s": limits.header_timeout_s,
+        "body_timeout_s": limits.body_timeout_s,
+        "send_timeout_s": limits.send_timeout_s,
+        "write_buffer_bytes": limits.write_buffer_bytes,
+        "max_connections": connection_cap(limits.max_connections),
+    }
+
+
 class FrontServer:
     """Routes, limits, deadlines and the set of live connections (for draining)."""
 
@@ -343,18 +356,7 @@ class FrontServer:
         prefix_routes: dict[str, Handler] | None = None,
     ) -> FrontServer:  # fmt: skip
         """A front with ``limits`` (the connection cap clamped to the fd limit)."""
-        return cls(
-            routes,
-            fallback,
-            max_body=limits.max_body_bytes,
-            prefix_routes=prefix_routes,
-            keepalive_s=limits.keepalive_s,
-            header_timeout_s=limits.header_timeout_s,
-            body_timeout_s=limits.body_timeout_s,
-            send_timeout_s=limits.send_timeout_s,
-            write_buffer_bytes=limits.write_buffer_bytes,
-            max_connections=connection_cap(limits.max_connections),
-        )
+        return cls(routes, fallback, prefix_routes=prefix_routes, **_knobs(limits))
 
     def apply_limits(self, limits: LimitsLike) -> dict[str, tuple[float, float]]:
         """Change the limits live (a config reload); returns {knob: (old, new)} for those that changed.
@@ -363,15 +365,7 @@ class FrontServer:
         connections already waiting too, measured from when they started waiting), the body cap to the
         next request head, the connection cap to the next accept (connections over a lowered cap stay
         until they close), the write buffer bound to open connections as well as new ones."""
-        new = {
-            "max_body": limits.max_body_bytes,
-            "keepalive_s": limits.keepalive_s,
-            "header_timeout_s": limits.header_timeout_s,
-            "body_timeout_s": limits.body_timeout_s,
-            "send_timeout_s": limits.send_timeout_s,
-            "write_buffer_bytes": limits.write_buffer_bytes,
-            "max_connections": connection_cap(limits.max_connections),
-        }
+        new = _knobs(limits)
         changed = {k: (getattr(self, k), v) for k, v in new.items() if getattr(self, k) != v}
         for k, (_, v) in changed.items():
             setattr(self, k, v)

@@ -184,15 +184,14 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
         ratio = m.ratio(endpoint.address)
         metrics.PREFIX_HIT_RATIO.observe(ratio)
         metrics.PREFIX_HIT_BYTES.observe(m.matched.get(endpoint.address, 0) * m.chunk)
+        cap = endpoint.metrics.num_gpu_blocks
+        filler = 0
         if self.engine_lru:
             # Blocks the server will hold that no later prompt names: the generated tokens (vLLM caches
             # them too), at most one capacity's worth. (A prompt's blocks past the hashed ones are not
             # counted: they are mostly a shared context's tail, cached once, not new per request.)
-            cap = endpoint.metrics.num_gpu_blocks
             filler = min((cycle.request.max_tokens or 0) // self._chunk_tokens, cap or DEFAULT_LRU_CAPACITY)
-            self.index.add(endpoint.address, m.hashes, cap, filler=filler, tail_first=True)
-        else:
-            self.index.add(endpoint.address, m.hashes, endpoint.metrics.num_gpu_blocks)
+        self.index.add(endpoint.address, m.hashes, cap, filler=filler, tail_first=self.engine_lru)
         metrics.PREFIX_INDEX_SIZE.set(self.index.total)
         if self._last_purge is None:
             self._last_purge = cycle.now
