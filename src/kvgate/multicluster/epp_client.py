@@ -38,7 +38,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import orjson
@@ -50,7 +49,7 @@ from google.protobuf import struct_pb2
 
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.multicluster.clusters import TlsOptions
-from kvgate.multicluster.fetcher import RECONNECT
+from kvgate.multicluster.fetcher import CERT_CHECK_S, RECONNECT, Material, tls_material
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
 from kvgate.openai.sse import SSEScanner, rewrite_model
 
@@ -80,6 +79,9 @@ LEDGER_BUDGET_BYTES = 64 << 20
 
 
 LEDGERS = ByteBudget(LEDGER_BUDGET_BYTES)  # the pod bytes all open relays' ledgers hold
+
+# How an EPP stream fails under us: the RPC ended, a deadline passed, or the call was already done.
+STREAM_FAILED = (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError)
 
 
 def _headers(headers: Mapping[str, str]) -> base_pb2.HeaderMap:
@@ -273,7 +275,7 @@ class EppStream:
         except asyncio.CancelledError:
             self.cancel()
             raise
-        except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as e:
+        except STREAM_FAILED as e:
             log.warning("EPP stream failed at the response headers: %s", e or type(e).__name__)
             self.broken = True
             self.cancel()
@@ -334,7 +336,7 @@ class EppStream:
                                 held -= len(tail.popleft())
                             if self.clock() - self._last_write > KEEPALIVE_S:
                                 await self._body(b"", False)
-                    except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as e:
+                    except STREAM_FAILED as e:
                         log.warning("EPP stream failed mid-response: %s", e or type(e).__name__)
                         live, failed = False, True
                         self.fell_back = True  # the client's stream goes on; the EPP's accounting is lost
@@ -366,7 +368,7 @@ class EppStream:
                 await asyncio.wait_for(self._call.done_writing(), self.timeout_s)
             except TimeoutError:  # it stopped reading: a stall, counted as one
                 raise self._stall("response_body") from None
-        except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as e:
+        except STREAM_FAILED as e:
             log.warning("EPP stream failed at the end of the response: %s", type(e).__name__)
             self.cancel()
             return
@@ -610,21 +612,11 @@ class EppStream:
             self._reader.cancel()
 
 
-# A TLS channel's files (CA, client pair) are re-read at most this often: a rotated certificate (a
+# A TLS channel's files (CA, client pair) are re-read at most every CERT_CHECK_S: a rotated certificate (a
 # Secret's new content) takes effect on the next request after that, without a restart.
-CERT_CHECK_S = 5.0
 # A retired channel (rotated files, a cluster gone from the clusters file) closes when its last stream
 # ends; a stream still open after this long is cut (beyond the EPP's own 600 s idle timeout).
 RETIRE_GRACE_S = 900.0
-
-Material = tuple[bytes | None, bytes | None, bytes | None]  # (CA, key, cert) as read from the files
-
-
-def _material(tls: TlsOptions) -> Material:
-    def read(path: str | None) -> bytes | None:
-        return Path(path).read_bytes() if path else None
-
-    return read(tls.ca), read(tls.key), read(tls.cert)
 
 
 @dataclass(eq=False, slots=True)
@@ -681,7 +673,7 @@ class EppClient:
         if ch is not None and tls is not None and now - ch.checked_at >= self.cert_check_s:
             ch.checked_at = now
             try:
-                material = _material(tls)
+                material = tls_material(tls)
             except OSError as e:  # mid-rotation (a file missing for a moment): keep the working channel
                 log.warning("EPP %s: TLS files not readable, keeping the current channel: %s", address, e)
             else:
@@ -695,7 +687,7 @@ class EppClient:
             if tls is None:
                 channel = grpc.aio.insecure_channel(address, options=RECONNECT)
             else:
-                fresh = _material(tls)
+                fresh = tls_material(tls)
                 ca, key_pem, cert = fresh
                 creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key_pem,
                                                      certificate_chain=cert)  # fmt: skip

@@ -39,17 +39,19 @@ def client_ssl(tls: TlsOptions) -> ssl.SSLContext | None:
     return ctx
 
 
-def _tls_files(tls: TlsOptions | None) -> tuple[bytes | None, ...]:
-    """The content of the TLS files (a rotated certificate keeps its path, not its bytes)."""
-    if tls is None:
-        return ()
-    out: list[bytes | None] = []
-    for path in (tls.ca, tls.cert, tls.key):
-        try:
-            out.append(Path(path).read_bytes() if path else None)
-        except OSError:
-            out.append(None)
-    return tuple(out)
+CERT_CHECK_S = 5.0  # how often TLS files are re-read to catch a rotation (same paths, new bytes)
+
+Material = tuple[bytes | None, bytes | None, bytes | None]  # (CA, key, cert) as read from the files
+
+
+def tls_material(tls: TlsOptions) -> Material:
+    """The content of the TLS files (a rotated certificate keeps its path, not its bytes); OSError while a
+    file is missing (mid-rotation)."""
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return read(tls.ca), read(tls.key), read(tls.cert)
 
 
 class Fetcher:
@@ -71,8 +73,8 @@ class Fetcher:
         self.timeout_s = timeout_s
         self.tls = tls
         self.ssl = client_ssl(tls) if tls is not None else None
-        self._tls_seen = _tls_files(tls)
-        self.cert_check_s = 5.0
+        self._tls_seen = tls_material(tls) if tls is not None else None
+        self.cert_check_s = CERT_CHECK_S
         self._tls_checked = clock()
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
@@ -99,10 +101,10 @@ class Fetcher:
         if now - self._tls_checked < self.cert_check_s:
             return
         self._tls_checked = now
-        seen = _tls_files(self.tls)
-        if seen == self._tls_seen:
-            return
         try:
+            seen = tls_material(self.tls) if self.tls is not None else None
+            if seen == self._tls_seen:
+                return
             ssl_ctx = client_ssl(self.tls) if self.tls is not None else None
         except (OSError, ssl.SSLError) as e:  # mid-rotation: keep the working client, try again later
             log.warning("aggregate TLS files not loaded, keeping the current ones: %s", e)
