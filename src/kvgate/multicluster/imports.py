@@ -224,14 +224,7 @@ class ImportController:
         parents = [p for p in (obj.get("status") or {}).get("parents") or () if p is not ours]
         if wanted is not None:
             status, reason, message = wanted
-            kept = have is not None and have.get("status") == status  # no transition: keep its time
-            since = have.get("lastTransitionTime") if kept and have is not None else None
-            cond: dict[str, Any] = {
-                "type": EXPORTED, "status": status, "reason": reason, "message": message,
-                "lastTransitionTime": since or dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }  # fmt: skip
-            if "generation" in meta:
-                cond["observedGeneration"] = meta["generation"]
+            cond = _condition(EXPORTED, status, reason, message, have, meta.get("generation"))
             rt = R.INFERENCE_POOL_IMPORT
             parent_ref = {"group": rt.group, "kind": rt.kind, "namespace": ns, "name": name}
             parents.append({"parentRef": parent_ref, "controllerName": CONTROLLER_NAME, "conditions": [cond]})
