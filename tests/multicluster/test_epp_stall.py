@@ -456,3 +456,63 @@ def test_the_epp_deadline_is_read_from_the_clusters_file_and_applied_on_reload()
     assert router.epp.timeout_s == 1.5
     router.apply(parse({**doc, "epp_timeout_s": 7}))
     assert router.epp.timeout_s == 7.0
+
+
+@pytest.mark.parametrize("answers", [False, True])
+async def test_an_epp_that_never_answers_the_end_of_a_stream_not_rewritten_is_a_stall(answers: bool) -> None:
+    """Not rewritten, the client's bytes never wait for the EPP; but the request's accounting there ends
+    only with its answer to the end of stream. One that reads everything and never answers is failed by
+    ``epp_timeout_s`` (its stream cancelled, counted), not left open until a later cancel; a healthy one
+    (``answers``) is not. The deadline on the fake clock: it passes only when the test moves it."""
+    pod = await Backend("pod", tokens=6, chunk_delay=0.01).start()
+    epp = _StallingEpp(pod.address, None if answers else "response_body", lines_ok=-1, rewrite=False)
+    server, port = await _scripted(epp)
+    # 5 s: the real-time waits (pick, writes) never pass it here, and the old cancel (5 x) is past LIMIT.
+    gw = await _gateway(ClusterSpec("c1", epp=f"127.0.0.1:{port}"), epp_timeout_s=5.0)
+    fake = _on_fake_time(gw)
+    try:
+        r, raw = await _post(gw, True, 6)
+        assert r.status == 200 and raw.endswith(b"data: [DONE]\n\n")  # the client never waited for it
+        assert [e["choices"][0]["text"] for e in _events(raw)] == [f"pod-{i} " for i in range(6)]
+        assert epp.stalled.is_set() != answers
+        await asyncio.sleep(0.2)
+        assert epp.cancelled == 0 and _stalls(await _scrape(gw), "response_body") == 0.0  # not yet due
+        fake.advance(5.0)
+        if answers:
+            await asyncio.sleep(0.5)
+            assert epp.cancelled == 0 and _stalls(await _scrape(gw), "response_body") == 0.0
+        else:
+            await _until(lambda: epp.cancelled == 1)  # the EPP's session ends: the request is released
+            assert _stalls(await _scrape(gw), "response_body") == 1.0
+    finally:
+        await gw.stop()
+        await server.stop(0)
+        await pod.stop()
+
+
+async def test_a_json_reply_finished_without_the_epp_is_held_under_the_shared_budget(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An EPP that fails at the response headers of a rewritten JSON reply: the gateway holds the reply
+    whole to put the model back, and that buffer takes from the budget all relays share. Past it, the
+    reply is cut (never a short body) with a log line saying why, and nothing stays taken."""
+    pod = await Backend("pod", tokens=5).start()
+    epp = _StallingEpp(pod.address, "response_headers")
+    server, port = await _scripted(epp)
+    gw = await _gateway(ClusterSpec("c1", epp=f"127.0.0.1:{port}"))
+    try:
+        r, raw = await _post(gw, False, 5)  # within the budget: finished here, the model put back
+        assert r.status == 200 and orjson.loads(raw)["model"] == "m"
+        assert gw.router.epp.ledgers.used == 0
+        gw.router.epp.ledgers = ByteBudget(100)  # less than the reply
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await _post(gw, False, 5)
+        metrics = await _scrape(gw)
+        assert _stalls(metrics, "response_headers") == 2.0
+        assert 'kvgate_multicluster_responses_cut_total{cluster="c1"} 1.0' in metrics
+        assert gw.router.epp.ledgers.used == 0
+        assert "shared buffer budget (100 bytes) is spent" in caplog.text
+    finally:
+        await gw.stop()
+        await server.stop(0)
+        await pod.stop()

@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 import orjson
@@ -82,6 +83,9 @@ LEDGERS = ByteBudget(LEDGER_BUDGET_BYTES)  # the pod bytes all open relays' ledg
 
 # How an EPP stream fails under us: the RPC ended, a deadline passed, or the call was already done.
 STREAM_FAILED = (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError)
+_T = TypeVar("_T")
+# Streams waiting (in the background) for the EPP's answer to their end of stream: held, not collected.
+_SETTLING: set[asyncio.Task[None]] = set()
 
 
 def _headers(headers: Mapping[str, str]) -> base_pb2.HeaderMap:
@@ -145,6 +149,7 @@ class EppStream:
         ledgers: ByteBudget = LEDGERS,
         address: str | None = None,
         status: int | None = None,
+        on_stall: Callable[[str], None] | None = None,
     ) -> None:
         self._call = call
         self.timeout_s = timeout_s
@@ -166,26 +171,32 @@ class EppStream:
         self.fell_back = False  # the EPP failed mid-response and the pod's stream went on without it
         self.broken = False  # the EPP failed at the response headers: the body goes on without it
         self.stalled: str | None = None  # the phase in which the EPP stopped answering (``EppStalled``)
+        self.on_stall = on_stall  # told that phase once, when it happens (the gateway counts it)
 
     # ---- the pick ---------------------------------------------------------------------------------
     def _stall(self, phase: str) -> EppStalled:
-        self.stalled = phase
+        """Record the stall (the first one of this stream is the one counted) and make its exception."""
+        if self.stalled is None:
+            self.stalled = phase
+            if self.on_stall is not None:
+                self.on_stall(phase)
         return EppStalled(phase, self.timeout_s)
+
+    async def _within(self, step: Awaitable[_T], phase: str) -> _T:
+        """One step the EPP must complete within its deadline (answer, or take a write), else a stall."""
+        try:
+            return await asyncio.wait_for(step, self.timeout_s)
+        except TimeoutError:
+            raise self._stall(phase) from None
 
     async def _read(self, phase: str) -> pb.ProcessingResponse | None:
         assert self._call is not None
-        try:
-            msg = await asyncio.wait_for(self._call.read(), self.timeout_s)
-        except TimeoutError:
-            raise self._stall(phase) from None
+        msg = await self._within(self._call.read(), phase)
         return None if msg is grpc.aio.EOF else msg
 
     async def _write(self, msg: pb.ProcessingRequest, phase: str) -> None:
         assert self._call is not None
-        try:
-            await asyncio.wait_for(self._call.write(msg), self.timeout_s)
-        except TimeoutError:  # gRPC flow control: the EPP stopped reading
-            raise self._stall(phase) from None
+        await self._within(self._call.write(msg), phase)  # (gRPC flow control: it may stop reading)
         self._last_write = self.clock()
 
     async def _pick(self, path: str, headers: Mapping[str, str], body: bytes) -> None:
@@ -303,11 +314,13 @@ class EppStream:
             await self._write(pb.ProcessingRequest(response_body=chunk), "response_body")
 
     async def _drain(self) -> None:
-        """Read (and drop) the EPP's answers, so its writes never stall the stream."""
+        """Read (and drop) the EPP's answers, so its writes never stall the stream; done at its answer to
+        the end of stream (or when the stream ends)."""
         assert self._call is not None
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            while (await self._call.read()) is not grpc.aio.EOF:
-                pass
+            while (msg := await self._call.read()) is not grpc.aio.EOF:
+                if msg.response_body.response.body_mutation.streamed_response.end_of_stream:
+                    return
 
     async def _signals(self, upstream: AsyncIterator[bytes], *, streaming: bool) -> AsyncIterator[bytes]:
         assert self._call is not None
@@ -364,17 +377,36 @@ class EppStream:
             if data is not None:
                 await self._body(data, True)
             self.ended = True
-            try:
-                await asyncio.wait_for(self._call.done_writing(), self.timeout_s)
-            except TimeoutError:  # it stopped reading: a stall, counted as one
-                raise self._stall("response_body") from None
+            await self._within(self._call.done_writing(), "response_body")  # (it may stop reading)
         except STREAM_FAILED as e:
             log.warning("EPP stream failed at the end of the response: %s", type(e).__name__)
             self.cancel()
             return
-        # The EPP answers and closes; should it not, the stream goes anyway (only the call is kept
-        # for that, not this object and the request body it holds).
-        asyncio.get_running_loop().call_later(self.timeout_s * 5, self._call.cancel)
+        # The EPP owes its answer to the end of stream, which is where its session closes the request's
+        # accounting: it gets ``timeout_s`` for it, in the background (the client does not wait for it).
+        task = asyncio.get_running_loop().create_task(self._end_answered())
+        _SETTLING.add(task)
+        task.add_done_callback(_SETTLING.discard)
+
+    async def _end_answered(self) -> None:
+        """An EPP that reads the end of stream but never answers it is a stall: its stream is cancelled
+        (ending the request there) by the deadline instead of lingering."""
+        assert self._call is not None and self._reader is not None
+        call, reader = self._call, self._reader
+        deadline = asyncio.ensure_future(self.sleep(self.timeout_s))
+        try:
+            await asyncio.wait((reader, deadline), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            deadline.cancel()
+        if not reader.done():
+            self._stall("response_body")
+            log.warning("EPP did not answer the end of the response within %g s: stream cancelled",
+                        self.timeout_s)  # fmt: skip
+            self.cancel()
+            return
+        # It answered; should it not close the stream, the stream goes anyway (only the call is kept
+        # for that, not this object and what it holds).
+        asyncio.get_running_loop().call_later(self.timeout_s * 5, call.cancel)
 
     async def _relay(self, upstream: AsyncIterator[bytes], *, streaming: bool) -> AsyncIterator[bytes]:
         """Full duplex: every pod chunk to the EPP, every EPP chunk to the client, until end_of_stream.
@@ -400,12 +432,11 @@ class EppStream:
         room = asyncio.Semaphore(RELAY_CHUNKS)
         ledger = bytearray()  # the pod's bytes sent to the EPP, from the first line it has not answered
         keep = self.client_model is not None  # False: no fallback (too much held, or lines do not match)
-        sent_lines = 0  # pod lines sent to the EPP (newlines), and the EPP's lines delivered
-        answered = 0
         given = False  # any of the EPP's bytes went to the client
         loop = asyncio.get_running_loop()
         clock, ledgers = self.clock, self.ledgers
-        # The deadline: lines sent and lines the EPP answered (whatever ``keep``), and since when it owes.
+        # Pod lines sent to the EPP and lines it answered (newlines: its rewrite maps one to one), and
+        # since when it owes an answer (the deadline).
         lines_out = lines_in = 0
         owed_since: float | None = None
         owing = asyncio.Event()
@@ -426,7 +457,7 @@ class EppStream:
                 owed_since = None
 
         async def pump() -> None:
-            nonlocal keep, sent_lines, lines_out
+            nonlocal lines_out
             try:
                 async for chunk in upstream:
                     if keep:
@@ -434,20 +465,15 @@ class EppStream:
                             drop()
                         else:
                             ledger.extend(chunk)
-                            sent_lines += chunk.count(b"\n")
+                    lines_out += chunk.count(b"\n")  # (before the write: its answer may come first)
                     await self._body(chunk, False)
-                    if streaming:
-                        lines_out += chunk.count(b"\n")
-                        if owed_since is None:  # (already owed: the older line's deadline stands)
-                            mark()
+                    if streaming and owed_since is None:  # (already owed: the older line's deadline stands)
+                        mark()
                 await self._body(b"", True)
                 self.ended = True
                 if owed_since is None:
                     mark()
-                try:
-                    await asyncio.wait_for(call.done_writing(), self.timeout_s)
-                except TimeoutError:
-                    raise self._stall("response_body") from None
+                await self._within(call.done_writing(), "response_body")
             except BaseException as e:  # the pod or the EPP failed
                 out.put_nowait(e)
                 raise
@@ -477,16 +503,13 @@ class EppStream:
 
         def answer(data: bytes) -> None:
             """The EPP's complete lines: the pod lines they stand for leave the ledger."""
-            nonlocal keep, answered
             if not keep:
                 return
-            lines = data.count(b"\n")
-            answered += lines
-            if answered > sent_lines:  # more lines than it was sent: not a line-for-line rewrite
+            if lines_in > lines_out:  # more lines than it was sent: not a line-for-line rewrite
                 drop()
                 return
             cut = 0
-            for _ in range(lines):
+            for _ in range(data.count(b"\n")):
                 cut = ledger.index(b"\n", cut) + 1
             del ledger[:cut]
             ledgers.give(cut)
@@ -590,13 +613,27 @@ class EppStream:
             return
         if given:
             raise ConnectionResetError("stream through the EPP failed after part of a JSON reply")
-        parts, size = [rest], len(rest)
-        async for chunk in upstream:
-            size += len(chunk)
-            if size > LEDGER_BYTES:
-                raise ConnectionResetError("stream through the EPP failed; the JSON reply is too large")
-            parts.append(chunk)
-        raw = b"".join(parts)
+        # The reply is held whole to put the model back: at most LEDGER_BYTES, and taken from the budget
+        # all relays share (many large replies at once must not pass it).
+        parts: list[bytes] = []
+        held = 0
+        try:
+            async for chunk in _prepend(rest, upstream):
+                if held + len(chunk) > LEDGER_BYTES:
+                    raise ConnectionResetError(
+                        f"stream through the EPP failed; the JSON reply is over {LEDGER_BYTES >> 20} MiB, "
+                        "too large to finish without it"
+                    )
+                if not self.ledgers.take(len(chunk)):
+                    raise ConnectionResetError(
+                        "stream through the EPP failed; the JSON reply cannot be finished without it: the "
+                        f"relays' shared buffer budget ({self.ledgers.limit:,} bytes) is spent"
+                    )
+                held += len(chunk)
+                parts.append(chunk)
+            raw = b"".join(parts)
+        finally:
+            self.ledgers.give(held)
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -610,6 +647,13 @@ class EppStream:
             self._call.cancel()
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 # A TLS channel's files (CA, client pair) are re-read at most every CERT_CHECK_S: a rotated certificate (a
@@ -731,19 +775,21 @@ class EppClient:
         task.add_done_callback(self._closing.discard)
 
     async def open(self, address: str, path: str, headers: Mapping[str, str], body: bytes, *,
-                   tls: TlsOptions | None = None, timeout_s: float | None = None) -> EppStream:  # fmt: skip
+                   tls: TlsOptions | None = None, timeout_s: float | None = None,
+                   on_stall: Callable[[str], None] | None = None) -> EppStream:  # fmt: skip
         """Ask for a pod; the returned stream stays open for the request's life (``address`` set), or
         is closed already (the EPP refused: ``status``). ``tls``: None = plaintext, else verify the EPP
         against ``tls.ca`` (the system CAs without one) and present ``tls.cert`` / ``tls.key`` (mTLS).
         ``timeout_s``: the EPP's deadline for each answer (default: the client's); raises ``EppStalled``
-        when the pick misses it."""
+        when the pick misses it. ``on_stall(phase)``: called once if this stream's EPP stalls, whenever
+        that is (the end of a response is awaited after the client has it)."""
         ch = self._channel(address, tls)
         # No deadline on the call itself: it lives as long as the response. Each step has its own.
         call = pb_grpc.ExternalProcessorStub(ch.channel).Process()
         ch.calls.add(call)
         call.add_done_callback(functools.partial(self._call_done, ch))
         stream = EppStream(call, timeout_s=timeout_s or self.timeout_s, clock=self.clock, sleep=self.sleep,
-                           ledgers=self.ledgers)  # fmt: skip
+                           ledgers=self.ledgers, on_stall=on_stall)  # fmt: skip
         try:
             await stream._pick(path, headers, body)
         except BaseException:

@@ -49,9 +49,10 @@ class ClusterDirector:
         )
         self.store = EndpointStore()
         self.states: dict[str, ClusterState] = {}
-        # id(request) -> (cluster, the first-byte wait's token, dispatch time): streamed requests in
-        # flight (the session holds the request object from dispatch to finish, so its id is unique then)
-        self._waits: dict[int, tuple[str, int, float]] = {}
+        # id(request) -> (cluster, the first-byte wait's token): streamed requests in flight (the session
+        # holds the request object from dispatch to finish, so its id is unique then). The dispatch time
+        # is the cluster state's, under that token.
+        self._waits: dict[int, tuple[str, int]] = {}
         self.apply(cfg)
 
     def apply(self, cfg: ClustersConfig) -> None:
@@ -96,20 +97,21 @@ class ClusterDirector:
         if not req.stream:
             st.dispatched()
             return
-        now = self.clock()
         if len(self._waits) >= MAX_WAITS:  # the oldest stops waiting (as if finished unseen)
-            name, token, _ = self._waits.pop(next(iter(self._waits)))
+            name, token = self._waits.pop(next(iter(self._waits)))
             if name in self.states:
                 self.states[name].answered_without_ttft(token)
-        self._waits[id(req)] = (st.name, st.dispatched(now), now)
+        self._waits[id(req)] = (st.name, st.dispatched(self.clock()))
 
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None:
         wait = self._waits.get(id(req))
         st = self._state(endpoint)
         if wait is None or st is None or st.name != wait[0]:
             return
-        now = self.clock()
-        st.observe_ttft(now - wait[2], now, wait[1])
+        since = st.waiting.get(wait[1])
+        if since is not None:  # (None: its first token was seen already)
+            now = self.clock()
+            st.observe_ttft(now - since, now, wait[1])
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None:
         wait = self._waits.pop(id(req), None)

@@ -13,6 +13,7 @@ is never retried: it is the client's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -99,6 +100,9 @@ class GlobalRouter:
         self.counts: dict[tuple[str, str], int] = {}  # (cluster, mode) -> started requests
         self.failovers = 0
         self.fallbacks = 0  # Endpoint -> Parent within a cluster
+        # (cluster, phase) of each remote EPP that stalled: the pick, or later in the response (some
+        # after the client has its response: the EPP's answer to the end of stream).
+        self.on_stall: Callable[[str, str], None] | None = None
 
     def apply(self, cfg: ClustersConfig) -> None:
         """A new clusters list (hot reload): keep what is known about clusters that stay."""
@@ -185,10 +189,11 @@ class GlobalRouter:
         if spec.epp is not None:
             try:
                 tls = self._epp_tls(spec)
+                on_stall = None if self.on_stall is None else functools.partial(self.on_stall, st.name)
                 pick: EppStream | None = await self.epp.open(
-                    spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s
+                    spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s, on_stall=on_stall
                 )
-            except EppStalled as e:  # no answer in time: as a failed pick (serve counts it by phase)
+            except EppStalled as e:  # no answer in time: as a failed pick (counted by ``on_stall``)
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"{STALLED} ({e.phase})"))
                 pick = None
             except (grpc.aio.AioRpcError, TimeoutError, OSError) as e:  # (OSError: an unreadable cert file)

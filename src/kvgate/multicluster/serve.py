@@ -43,7 +43,7 @@ from kvgate.httpfront.server import (
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile, ClusterSpec
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
-from kvgate.multicluster.router import STALLED, Attempt, GlobalRouter, NoRoute
+from kvgate.multicluster.router import Attempt, GlobalRouter, NoRoute
 from kvgate.openai.protocol import sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
 
@@ -114,6 +114,8 @@ class GlobalGateway:
         drain_s: float = 5.0,
     ) -> None:
         self.router = GlobalRouter(cfg, policy, clock=clock, seed=seed)
+        self.metrics = _Metrics()
+        self.router.on_stall = lambda cluster, phase: self.metrics.stalled.labels(cluster, phase).inc()
         self.clusters_file = clusters_file
         if clusters_file is not None:
             clusters_file.on_change = self.reload
@@ -128,7 +130,6 @@ class GlobalGateway:
         self.limits = limits or cfg.limits
         self._fixed_limits = limits is not None  # given by the caller: a reload does not change them
         self.drain_s = drain_s
-        self.metrics = _Metrics()
         self.front: FrontServer | None = None
         self._server: asyncio.AbstractServer | None = None
         self.inflight = 0
@@ -220,15 +221,11 @@ class GlobalGateway:
             await body.aclose()
             if routed.epp is not None and routed.epp.fell_back:
                 self.metrics.epp_lost.labels(routed.cluster).inc()
-            if routed.epp is not None and routed.epp.stalled is not None:
-                self.metrics.stalled.labels(routed.cluster, routed.epp.stalled).inc()
         return resp
 
     def _count_failed(self, attempts: list[Attempt]) -> None:
         for a in attempts:
             self.metrics.failovers.labels(a.cluster, a.mode).inc()
-            if a.outcome.startswith(STALLED):
-                self.metrics.stalled.labels(a.cluster, "pick").inc()
 
     async def _metrics(self, _request: Request) -> Response:
         now = self.clock()
