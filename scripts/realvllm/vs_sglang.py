@@ -17,7 +17,15 @@ response head (all) -> first chunk at the client, and for kvgate the gateway's o
 whole request in (recv), parsed, picked, written upstream (sent), vLLM's response head, vLLM's first
 chunk.
 
-    .venv/bin/python scripts/realvllm/vs_sglang.py [--seed 1] [--tenants 8] [--per-tenant 8]
+After each request the script reads both servers' prefix-cache counters (a filtered ``/metrics/`` GET of
+two series, in the idle time before the next request, the same for every router), so every request
+records which server served it, its prompt tokens and how many of them hit. From these it splits each
+router's mean TTFT into placement (tokens that missed the cache) and a per-request cost at equal missed
+tokens, and pairs each kvgate pass with the sglang-router pass run next to it (paired ratio per pass,
+geomean / min / max: ``kvgate.realvllm.paired``). ``--json`` writes every pass and request;
+``scripts/realvllm/aggregate.py`` combines runs (seeds).
+
+    .venv/bin/python scripts/realvllm/vs_sglang.py [--seed 1] [--tenants 8] [--per-tenant 8] [--json F]
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -39,6 +49,12 @@ from kvgate.bench.workloads import tenant_prompts
 from kvgate.datalayer.mappings import filter_query
 from kvgate.realvllm.bench import reset_caches
 from kvgate.realvllm.harness import MODEL_NAME, ServerSpec, fleet, free_ports, prefix_cache_counters
+from kvgate.realvllm.paired import fit_miss_cost, paired_ratios, spread
+
+# Only the two prefix-cache counters (prometheus_client's name[] filter, as kvgate's own scrapes use).
+COUNTERS_PATH = "/metrics/?" + urllib.parse.urlencode(
+    [("name[]", "vllm:prefix_cache_queries_total"), ("name[]", "vllm:prefix_cache_hits_total")]
+)
 
 
 def workload(tenants: int, per: int, prefix_words: int, seed: int) -> list[str]:
@@ -147,6 +163,29 @@ def scrape_cost(server: Any, n: int = 100) -> None:
               flush=True)  # fmt: skip
 
 
+def counters(servers: list) -> list[tuple[float, float]]:
+    """Each server's (queries, hits) prefix-cache token counters, from a 2-series filtered GET."""
+    out = []
+    for s in servers:
+        with urllib.request.urlopen(s.url + COUNTERS_PATH, timeout=10) as r:
+            out.append(prefix_cache_counters(r.read().decode()))
+    return out
+
+
+def placed(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> dict[str, float]:
+    """Which server one (sequential) request went to, its prompt tokens and its prefix-hit tokens;
+    server -1 if no server's counters moved (not seen yet) or more than one did."""
+    moved = [i for i, (a, b) in enumerate(zip(after, before, strict=True)) if a[0] > b[0]]
+    if len(moved) != 1:
+        return {"server": -1, "prompt_tokens": 0.0, "hit_tokens": 0.0}
+    i = moved[0]
+    return {
+        "server": i,
+        "prompt_tokens": after[i][0] - before[i][0],
+        "hit_tokens": after[i][1] - before[i][1],
+    }
+
+
 def server_ttft(text: str) -> tuple[float, float]:
     """(sum, count) of vLLM's own ``vllm:time_to_first_token_seconds`` histogram."""
     total = n = 0.0
@@ -166,7 +205,7 @@ def run(
     gap: float = 0.0,
     router_pid: int | None = None,
     router_group: bool = False,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """One pass. ``base`` None: no router, each request straight to a server (``name`` says which)."""
     reset_caches(servers)
     time.sleep(0.5)
@@ -175,6 +214,8 @@ def run(
     texts = [s.metrics_text() for s in servers]
     before, tb = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
     records = []
+    load0 = os.getloadavg()[0]
+    seen = counters(servers)
     for p in prompts:
         time.sleep(gap)
         if base is not None:
@@ -183,7 +224,11 @@ def run(
             url = servers[tenant_of(p, prompts) % len(servers)].url
         else:
             url = servers[0].url
-        records.append(timed(url, p))
+        rec = timed(url, p)
+        now = counters(servers)
+        rec.update(placed(seen, now))
+        seen = now
+        records.append(rec)
     times = [r["c_first"] - r["send"] for r in records]
     cpu1 = [cpu_s(router_pid, router_group), *(cpu_s(p) for p in pids), *(cpu_s(p, True) for p in pids)]
     cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
@@ -193,10 +238,11 @@ def run(
     h = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
     st = sum(a[0] - b[0] for a, b in zip(ta, tb, strict=True))
     sn = sum(a[1] - b[1] for a, b in zip(ta, tb, strict=True))
-    res = {"hit_rate": h / q if q else 0.0, "mean_ttft_ms": 1000 * statistics.fmean(times),
+    res: dict[str, Any] = {"hit_rate": h / q if q else 0.0, "mean_ttft_ms": 1000 * statistics.fmean(times),
            "p90_ttft_ms": 1000 * sorted(times)[int(0.9 * (len(times) - 1))],
            "server_ttft_ms": 1000 * st / sn if sn else float("nan"),
-           "stalls_1s": sum(t >= 1.0 for t in times)}  # fmt: skip
+           "stalls_1s": sum(t >= 1.0 for t in times), "load_start": load0,
+           "load_end": os.getloadavg()[0]}  # fmt: skip
     per_server = [int(a[0] - b[0]) for a, b in zip(after, before, strict=True)]
     print(f"{name:34s} hit {res['hit_rate']:.3f}  mean TTFT {res['mean_ttft_ms']:.0f} ms  "
           f"p90 {res['p90_ttft_ms']:.0f} ms  vLLM-side mean TTFT {res['server_ttft_ms']:.0f} ms  "
@@ -209,7 +255,61 @@ def run(
           flush=True)  # fmt: skip
     res["router_cpu_s"] = cpu[0]
     res["api_cpu_s"] = sum(cpu[1 : 1 + n])
+    res["records"] = records
     return res
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def missed(rec: dict[str, float]) -> float:
+    return rec["prompt_tokens"] - rec["hit_tokens"]
+
+
+def ttft_ms(rec: dict[str, float]) -> float:
+    return 1000 * (rec["c_first"] - rec["send"])
+
+
+def report(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Paired kvgate / sglang-router ratios per pass, and each router's TTFT at equal missed tokens."""
+    out: dict[str, Any] = {}
+    recs = [r for rs in results.values() for p in rs for r in p["records"] if r["server"] >= 0]
+    if len(recs) >= 2:
+        slope = fit_miss_cost([missed(r) for r in recs], [ttft_ms(r) for r in recs]).per_token_ms
+        out["per_missed_token_ms"] = slope
+        print(f"TTFT per missed prompt token (all routers' requests): {slope * 1000:.1f} ms per 1k tokens")
+        for name, rs in results.items():
+            bases = []
+            for p in rs:
+                ok = [r for r in p["records"] if r["server"] >= 0]
+                bases.append(statistics.fmean(ttft_ms(r) - slope * missed(r) for r in ok) if ok else 0.0)
+                p["base_ms"] = bases[-1]
+            miss_k = [
+                statistics.fmean(missed(r) for r in p["records"] if r["server"] >= 0) / 1000 for p in rs
+            ]
+            print(f"  {name:34s} TTFT at 0 missed tokens per pass {[round(b, 1) for b in bases]} ms; "
+                  f"missed tokens per request {[round(m, 2) for m in miss_k]}k")  # fmt: skip
+    sg = results.get("sglang-router cache_aware")
+    for name, rs in results.items():
+        if sg is None or not name.startswith("kvgate") or len(rs) != len(sg):
+            continue
+        row: dict[str, Any] = {}
+        for key in ("mean_ttft_ms", "p90_ttft_ms", "server_ttft_ms", "base_ms"):
+            if all(key in p for p in rs + sg):
+                ratios = paired_ratios([p[key] for p in rs], [p[key] for p in sg])
+                row[key] = {"ratios": ratios, "geomean": spread(ratios).geomean}
+                print(f"paired {name} / sglang-router, {key}: per pass {[round(r, 2) for r in ratios]}; "
+                      f"{spread(ratios)}")  # fmt: skip
+        row["hit_rate"] = paired_ratios([p["hit_rate"] for p in rs], [p["hit_rate"] for p in sg])
+        out[name] = row
+    return out
 
 
 def main() -> int:
@@ -234,7 +334,9 @@ def main() -> int:
     )
     ap.add_argument("--repeats", type=int, default=2, help="passes; every other one in reverse order")
     ap.add_argument("--base-src", help="another kvgate source tree: routers ending in @base run it")
+    ap.add_argument("--json", help="write the arguments, commit, every pass and every request here")
     args = ap.parse_args()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     sg = peers.PEERS["sglang-router"]
     peers.ensure_installed(sg)
     ports = free_ports(6)
@@ -243,7 +345,7 @@ def main() -> int:
              for i in range(2)]  # fmt: skip
     log_dir = Path(tempfile.mkdtemp(prefix="kvgate-vs-sglang-"))
     prompts = workload(args.tenants, args.per_tenant, args.prefix_words, args.seed)
-    results: dict[str, list[dict[str, float]]] = {}
+    results: dict[str, list[dict[str, Any]]] = {}
     with fleet(specs, log_dir) as servers:
         urls = [s.url for s in servers]
         from tokenizers import Tokenizer
@@ -307,7 +409,8 @@ def main() -> int:
         for f in log_dir.glob("kvgate*.log"):
             notes = [ln for ln in f.read_text().splitlines() if "kv-events" in ln or "KV events" in ln]
             print(f.name, notes[:3])
-    mean = {n: {k: statistics.fmean(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
+    mean = {n: {k: statistics.fmean(r[k] for r in rs) for k in rs[0] if k != "records"}
+            for n, rs in results.items()}  # fmt: skip
     sg = mean.get("sglang-router cache_aware")
     print(f"mean of {args.repeats} passes:")
     for n, m in mean.items():
@@ -316,6 +419,13 @@ def main() -> int:
         print(f"{n:34s} hit {m['hit_rate']:.3f}  mean TTFT {m['mean_ttft_ms']:.0f} ms  "
               f"p90 {m['p90_ttft_ms']:.0f} ms  vLLM-side {m['server_ttft_ms']:.0f} ms{ratio}  CPU per pass: "
               f"router {m['router_cpu_s']:.2f} s, vLLM API servers {m['api_cpu_s']:.2f} s")  # fmt: skip
+    paired = report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "args": vars(args), "commit": commit(), "started": started, "host": platform.node(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "order": passes,
+            "passes": results, "paired": paired}, indent=1))  # fmt: skip
+        print(f"wrote {args.json}")
     return 0
 
 

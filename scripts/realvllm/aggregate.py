@@ -1,0 +1,44 @@
+"""Combine ``vs_sglang.py`` runs (one per seed): kvgate over sglang-router cache_aware, pass by pass.
+
+Each argument is a run's ``--json`` file or its printed log (runs made before ``--json``). For every run:
+the hit-rate ratio (mean of passes) and the paired mean-TTFT ratios (each kvgate pass over the
+sglang-router pass next to it); then over all runs: the geomean, min and max of the per-run geomeans
+and of every pass pair, and how many are <= 1.0x (the goal: mean TTFT <= sglang-router's).
+
+    PYTHONPATH=src .venv/bin/python scripts/realvllm/aggregate.py runs/s1.json runs/s2.log ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from kvgate.realvllm.paired import compare, passes_from_json, passes_from_log, spread
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+", help="vs_sglang.py --json files or printed logs")
+    ap.add_argument("--a", default="kvgate", help="router name prefix over ...")
+    ap.add_argument("--b", default="sglang", help="... this one")
+    args = ap.parse_args()
+    per_run, pairs, p90s = [], [], []
+    print(f"{'run':40s} {'hit ratio':>9s}  mean TTFT ratio per pass pair   run geomean   p90 per pass")
+    for f in args.runs:
+        text = Path(f).read_text()
+        passes = passes_from_json(json.loads(text)) if f.endswith(".json") else passes_from_log(text)
+        c = compare(passes, args.a, args.b)
+        per_run.append(c.ttft.geomean)
+        pairs += c.ttft_ratios
+        p90s += c.p90_ratios
+        print(f"{Path(f).name:40s} {c.hit_ratio:8.2f}x  {', '.join(f'{r:.2f}x' for r in c.ttft_ratios):30s}"
+              f"  {c.ttft.geomean:9.2f}x   {', '.join(f'{r:.2f}x' for r in c.p90_ratios)}")  # fmt: skip
+    print(f"mean TTFT, per-run geomeans ({len(per_run)} runs): {spread(per_run)}")
+    print(f"mean TTFT, every pass pair ({len(pairs)} pairs):   {spread(pairs)}")
+    print(f"p90 TTFT, every pass pair ({len(p90s)} pairs):    {spread(p90s)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""The paired-comparison arithmetic of the real-vLLM benchmark (no vLLM needed: default suite)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kvgate.realvllm.paired import (
+    compare,
+    fit_miss_cost,
+    paired_ratios,
+    passes_from_json,
+    passes_from_log,
+    spread,
+)
+
+# Lines as vs_sglang.py prints them (a pass line, its breakdown, the final means that must be skipped).
+LOG = """\
+prompt tokens: mean 1970; 40 requests; logs /tmp/x
+direct, to server 0                hit 0.236  mean TTFT 76 ms  p90 122 ms  vLLM-side mean TTFT 69 ms  >=1 s: 0
+    client send -> response head             mean     6.1 ms  p90     7.1 ms
+kvgate (default, --kv-events auto) hit 0.656  mean TTFT 48 ms  p90 93 ms  vLLM-side mean TTFT 40 ms  >=1 s: 0
+sglang-router cache_aware          hit 0.236  mean TTFT 60 ms  p90 100 ms  vLLM-side mean TTFT 55 ms  >=1 s: 0
+sglang-router cache_aware          hit 0.236  mean TTFT 50 ms  p90 80 ms  vLLM-side mean TTFT 45 ms  >=1 s: 0
+kvgate (default, --kv-events auto) hit 0.600  mean TTFT 55 ms  p90 90 ms  vLLM-side mean TTFT 41 ms  >=1 s: 0
+mean of 2 passes:
+kvgate (default, --kv-events auto) hit 0.628  mean TTFT 52 ms  p90 92 ms  vLLM-side 41 ms  = 2.66x
+"""
+
+
+def test_spread_is_geometric_and_counts_wins() -> None:
+    s = spread([0.5, 2.0, 1.0])
+    assert s.geomean == pytest.approx(1.0)
+    assert (s.low, s.high, s.n, s.at_most_one) == (0.5, 2.0, 3, 2)
+    with pytest.raises(ValueError):
+        spread([])
+    with pytest.raises(ValueError):
+        spread([1.0, math.nan])
+
+
+def test_paired_ratios_need_equal_passes() -> None:
+    assert paired_ratios([10, 30], [20, 30]) == [0.5, 1.0]
+    with pytest.raises(ValueError):
+        paired_ratios([1.0], [1.0, 2.0])
+
+
+def test_fit_recovers_a_line_and_handles_no_spread() -> None:
+    f = fit_miss_cost([0, 1000, 2000, 3000], [20, 45, 70, 95])
+    assert f.base_ms == pytest.approx(20)
+    assert f.per_token_ms == pytest.approx(0.025)
+    assert f.at(500) == pytest.approx(32.5)
+    flat = fit_miss_cost([100, 100], [10, 20])
+    assert (flat.base_ms, flat.per_token_ms) == (15, 0)
+    with pytest.raises(ValueError):
+        fit_miss_cost([1], [1])
+
+
+def test_log_pairs_each_kvgate_pass_with_the_sglang_pass_beside_it() -> None:
+    passes = passes_from_log(LOG)
+    assert [p.router.split()[0] for p in passes] == [
+        "direct,",
+        "kvgate",
+        "sglang-router",
+        "sglang-router",
+        "kvgate",
+    ]
+    c = compare(passes)
+    assert c.ttft_ratios == pytest.approx([48 / 60, 55 / 50])
+    assert c.p90_ratios == pytest.approx([93 / 100, 90 / 80])
+    assert c.hit_ratio == pytest.approx((0.656 + 0.600) / 2 / 0.236)
+    assert c.ttft.at_most_one == 1
+
+
+def test_json_and_log_give_the_same_figures() -> None:
+    doc = {
+        "passes": {
+            "kvgate (default, --kv-events auto)": [
+                {
+                    "hit_rate": 0.656,
+                    "mean_ttft_ms": 48,
+                    "p90_ttft_ms": 93,
+                    "server_ttft_ms": 40,
+                    "records": [],
+                },
+                {
+                    "hit_rate": 0.600,
+                    "mean_ttft_ms": 55,
+                    "p90_ttft_ms": 90,
+                    "server_ttft_ms": 41,
+                    "records": [],
+                },
+            ],
+            "sglang-router cache_aware": [
+                {"hit_rate": 0.236, "mean_ttft_ms": 60, "p90_ttft_ms": 100, "server_ttft_ms": 55},
+                {"hit_rate": 0.236, "mean_ttft_ms": 50, "p90_ttft_ms": 80, "server_ttft_ms": 45},
+            ],
+        }
+    }
+    assert compare(passes_from_json(doc)) == compare(passes_from_log(LOG))
+
+
+def test_ambiguous_router_prefix_is_an_error() -> None:
+    passes = passes_from_log(
+        LOG.replace("kvgate (default, --kv-events auto) hit 0.600", "kvgate-x hit 0.600")
+    )
+    with pytest.raises(ValueError, match="2 routers"):
+        compare(passes)
