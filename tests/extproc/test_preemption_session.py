@@ -25,6 +25,7 @@ class Registering:
 
     def __init__(self) -> None:
         self.stops: list[Callable[[], bool]] = []
+        self.offered: list[InferenceRequest] = []
         self.finished = 0
 
     def pick(self, req: InferenceRequest) -> PickResult:
@@ -38,6 +39,7 @@ class Registering:
         self.finished += 1
 
     def preemptible(self, req: InferenceRequest, endpoint: Endpoint, stop: Callable[[], bool]) -> None:
+        self.offered.append(req)
         self.stops.append(stop)
 
 
@@ -81,8 +83,10 @@ def test_after_the_response_headers_it_can_no_longer_be_stopped() -> None:
     assert d.finished == 1
 
 
-def test_only_streamed_sheddable_requests_are_offered() -> None:
+def test_the_door_offers_what_it_dispatched_and_the_director_chooses() -> None:
+    """Which requests may be stopped (streamed sheddable ones) is ``Director.offers_preemption``'s rule
+    (``tests/flowcontrol/test_preemption.py``): the door passes each request on, ``stream`` as parsed."""
     d = Registering()
-    dispatched(d, stream=False).close()  # its headers come with its end: never stoppable early
+    dispatched(d, stream=False).close()
     dispatched(d, stream=True, objective="critical").close()
-    assert d.stops == []
+    assert [(r.stream, r.sheddable) for r in d.offered] == [(False, True), (True, False)]

@@ -34,15 +34,17 @@ def director(
     return build_director(cfg, EndpointStore.from_addresses(addrs), flow_metrics=metrics)
 
 
-def req(rid: str, priority: int = 0) -> InferenceRequest:
-    return InferenceRequest(rid, "m", prompt_tokens=10, max_tokens=4, priority=priority)
+def req(rid: str, priority: int = 0, stream: bool = False) -> InferenceRequest:
+    return InferenceRequest(rid, "m", prompt_tokens=10, max_tokens=4, priority=priority, stream=stream)
 
 
 class Victim:
-    """A sheddable request in flight, as a door registers it."""
+    """A sheddable request in flight, as a door registers it (streamed unless said otherwise)."""
 
-    def __init__(self, d: Director, rid: str, can_stop: bool = True, on: str | None = None) -> None:
-        self.req = req(rid, priority=-1)
+    def __init__(
+        self, d: Director, rid: str, can_stop: bool = True, on: str | None = None, stream: bool = True
+    ) -> None:
+        self.req = req(rid, priority=-1, stream=stream)
         if on is not None:
             self.req.subset = frozenset({on})
         self.ep = d.pick(self.req).primary
@@ -81,6 +83,27 @@ async def test_a_critical_request_stops_the_newest_sheddable_one_and_takes_its_p
     assert ep.inflight.requests == 2  # the old sheddable one + the critical one; the stopped one released
     d.on_finished(new.req, new.ep, None, False)  # the door's own close of the stopped request: a no-op
     assert ep.inflight.requests == 2
+
+
+def test_only_streamed_sheddable_requests_are_offered() -> None:
+    """The one rule for both doors: a non-streamed reply shows no first token before its end, so it
+    could be stopped deep into its generation; a request that is not sheddable is never a victim."""
+    d = director()
+    assert d.offers_preemption(req("s", priority=-1, stream=True))
+    assert not d.offers_preemption(req("whole", priority=-1))
+    assert not d.offers_preemption(req("critical", priority=10, stream=True))
+    assert not director(preemption=False).offers_preemption(req("s", priority=-1, stream=True))
+
+
+async def test_a_non_streamed_sheddable_request_is_not_stopped() -> None:
+    d = director()
+    v = Victim(d, "whole", stream=False)  # offered by the door all the same: the Director declines it
+    task = asyncio.ensure_future(d.admit(req("critical", priority=10)))
+    try:
+        assert await waits(task)
+        assert v.stopped == 0
+    finally:
+        task.cancel()
 
 
 async def test_a_request_with_its_first_token_is_not_stopped() -> None:

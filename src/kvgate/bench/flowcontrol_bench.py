@@ -221,6 +221,7 @@ class FlowSim:
         req = InferenceRequest(
             rid, MODEL, prompt_tokens=a.prompt, max_tokens=a.output, priority=PRIORITY.get(a.tenant, 0),
             fairness_id=a.tenant, headers={"x-slo-ttft-ms": str(int(slo * 1000))}, arrival_time=now,
+            stream=True,  # (replicas stream: a first token before the end, so preemptible)
         )  # fmt: skip
         out = Outcome(a.tenant, now)
         self.run.outcomes.append(out)

@@ -193,7 +193,6 @@ class Session:
         self.pending: tuple[InferenceRequest, bytes | bytearray | None, bool, bool] | None = None
         self._after_admit: list[pb.ProcessingResponse] = []
         self._headers_answered = False  # response headers answered: too late to preempt
-        self._stream_requested = False
         self._preempted = False
 
     # ---- dispatch -------------------------------------------------------------------------------
@@ -323,7 +322,6 @@ class Session:
         except BodyError as exc:
             raise _Reject(exc.status, exc.message, "invalid_request_error", exc.param) from None
         model = parsed.model
-        self._stream_requested = parsed.stream
         target = self.request_headers.get(keys.MODEL_REWRITE) or self.ctx.model_rewrite(model)
         changed = False
         if target and target != model:
@@ -388,10 +386,9 @@ class Session:
         self.destination = ",".join(e.address for e in result.endpoints)
         self.endpoint = result.endpoints[0]
         self.ctx.director.on_dispatched(req, self.endpoint)
-        # Preemption: streamed requests only, whose response headers come before the first token (a
-        # non-streamed reply's headers come with its end: the server could not be stopped earlier).
+        # Preemption: the director keeps only the requests it may stop (Director.offers_preemption).
         register = getattr(self.ctx.director, "preemptible", None)  # (a multi-cluster director: none)
-        if register is not None and req.sheddable and self._stream_requested:
+        if register is not None:
             register(req, self.endpoint, self._stop)
         if self.ctx.observer is not None:
             self.ctx.observer.picked(result, self.ctx.clock() - start, len(body or b""))

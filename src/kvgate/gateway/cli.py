@@ -207,16 +207,14 @@ def tune_gc() -> None:
 
 
 async def serve(cfg: GatewayConfig, pools: list[Pool], config_path: str | None = None) -> None:
-    from kvgate.gateway.reload import ConfigReloader
+    from kvgate.gateway.reload import start_reloader
     from kvgate.gateway.server import GatewayServer
 
     server = GatewayServer(cfg, pools)
     await server.start()
     reloader: asyncio.Task[None] | None = None
     if config_path:  # endpoints and limits follow the file: on SIGHUP, and when it changes
-        cr = ConfigReloader(config_path, cfg, pools, apply_limits=server.apply_limits)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, cr.trigger)
-        reloader = asyncio.create_task(cr.run())
+        reloader = start_reloader(config_path, cfg, pools, server.apply_limits)
     tune_gc()
     print(
         f"kvgate serve: listening on http://{cfg.host}:{server.port}"
@@ -276,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         from kvgate.gateway.workers import run_workers
 
         try:
-            return run_workers(cfg, cfg.workers)
+            return run_workers(cfg, cfg.workers, args.config)
         except OSError as e:  # the port is taken, or SO_REUSEPORT is unavailable
             print(f"kvgate serve: cannot listen on {cfg.host}:{cfg.port}: {e}", file=sys.stderr)
             return 1

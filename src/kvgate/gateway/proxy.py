@@ -525,13 +525,12 @@ class Proxy:
 
     @staticmethod
     def _preemptible(director: Any, ireq: InferenceRequest, ep: Endpoint) -> list[bool]:
-        """Let flow control stop this (sheddable, streamed) request until its first token: ``stop``
-        cancels this task; the returned flag tells the cancellation apart from the client leaving.
-        A non-streamed reply shows no first token before its end, so it is never preemptible (it
-        could otherwise be stopped deep into its generation), as in the ext_proc door."""
+        """Let flow control stop this request until its first token (``Director.offers_preemption``
+        says which): ``stop`` cancels this task; the returned flag tells the cancellation apart from
+        the client leaving."""
         flag = [False]
-        register = getattr(director, "preemptible", None)  # (a multi-cluster pool's director: none)
-        if register is None or not ireq.sheddable or not ireq.stream:
+        offers = getattr(director, "offers_preemption", None)  # (a multi-cluster pool's director: none)
+        if offers is None or not offers(ireq):
             return flag
         task = asyncio.current_task()  # only now: a getpid() system call per call on Python 3.11
         if task is None:
@@ -544,7 +543,7 @@ class Proxy:
             task.cancel()
             return True
 
-        register(ireq, ep, stop)
+        director.preemptible(ireq, ep, stop)
         return flag
 
     def _marker(self, marks: dict[str, float], key: str) -> Callable[[], None]:

@@ -6,6 +6,10 @@ accounting), and ``limits``, every knob (``GatewayServer.apply_limits``: the cli
 cap, deadlines and connection cap, the proxy's timeouts and caps), logged as ``config reload: limits
 applied: ...``. Any other difference (new pools, models, policies, health, objectives) is logged as
 needing a restart. A file that fails validation is logged and ignored: the running config stays.
+
+``ConfigWatch`` is the trigger and the validation (SIGHUP, the file's modification time, the one
+error log); ``ConfigReloader`` applies a valid file to one gateway process. ``kvgate serve --workers``
+watches in the supervisor and has each worker's ``ConfigReloader`` apply it (``gateway.workers``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Callable, Sequence
 
 from kvgate.config.gateway import (
@@ -37,23 +42,13 @@ def _describe(changed: dict[str, tuple[float, float]]) -> str:
     return ", ".join(f"{_LIMIT_NAMES.get(k, k)} {a} -> {b}" for k, (a, b) in changed.items())
 
 
-class ConfigReloader:
-    """``apply_limits``: the running server's (``GatewayServer.apply_limits``); without one (a reloader
-    for endpoints only), a change of ``limits`` is logged as needing a restart."""
+class ConfigWatch:
+    """Re-read ``path`` on ``trigger()`` (SIGHUP) and, with ``poll_s``, when its modification time
+    changes; a file that fails validation is logged and ignored, a valid one goes to ``apply``."""
 
-    def __init__(
-        self,
-        path: str,
-        current: GatewayConfig,
-        pools: Sequence[Pool],
-        poll_s: float = 2.0,
-        apply_limits: Callable[[Limits], dict[str, tuple[float, float]]] | None = None,
-    ) -> None:
+    def __init__(self, path: str, poll_s: float | None = 2.0) -> None:
         self.path = path
-        self.current = current
-        self.apply_limits = apply_limits
-        self.pools = {p.name: p for p in pools}
-        self.poll_s = poll_s
+        self.poll_s = poll_s  # None: on trigger() only
         self.reloads = 0
         self.failures = 0
         self._mtime = self._stat()
@@ -87,6 +82,32 @@ class ConfigReloader:
             self.failures += 1
             log.error("config reload: %s is invalid, keeping the running config: %s", self.path, e)
             return False
+        self.apply(new)
+        self.reloads += 1
+        return True
+
+    def apply(self, new: GatewayConfig) -> None:
+        raise NotImplementedError
+
+
+class ConfigReloader(ConfigWatch):
+    """``apply_limits``: the running server's (``GatewayServer.apply_limits``); without one (a reloader
+    for endpoints only), a change of ``limits`` is logged as needing a restart."""
+
+    def __init__(
+        self,
+        path: str,
+        current: GatewayConfig,
+        pools: Sequence[Pool],
+        poll_s: float | None = 2.0,
+        apply_limits: Callable[[Limits], dict[str, tuple[float, float]]] | None = None,
+    ) -> None:
+        super().__init__(path, poll_s)
+        self.current = current
+        self.apply_limits = apply_limits
+        self.pools = {p.name: p for p in pools}
+
+    def apply(self, new: GatewayConfig) -> None:
         for pc in new.pools:
             pool = self.pools.get(pc.name)
             if pool is None:
@@ -119,11 +140,23 @@ class ConfigReloader:
             if self.apply_limits is None:
                 log.warning("config reload: limits changed; restart to apply")
             else:
+                # It writes them onto the running config (``current``, the server's): once.
                 changed = self.apply_limits(new.limits)
-                self.current.limits = new.limits
                 if changed:
                     log.warning("config reload: limits applied: %s", _describe(changed))
         if (new.health, new.objectives) != (self.current.health, self.current.objectives):
             log.warning("config reload: health/objectives changed; restart to apply")
-        self.reloads += 1
-        return True
+
+
+def start_reloader(
+    path: str,
+    cfg: GatewayConfig,
+    pools: Sequence[Pool],
+    apply_limits: Callable[[Limits], dict[str, tuple[float, float]]],
+    poll_s: float | None = 2.0,
+) -> asyncio.Task[None]:
+    """One gateway process's reloader, on SIGHUP (and, with ``poll_s``, when the file changes): the
+    same for ``kvgate serve`` and for each ``--workers`` worker."""
+    cr = ConfigReloader(path, cfg, pools, poll_s=poll_s, apply_limits=apply_limits)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, cr.trigger)
+    return asyncio.create_task(cr.run())

@@ -19,7 +19,9 @@ supervisor's event loop), serves
 the admin port itself — ``/metrics`` merges every worker's metrics with a ``worker`` label,
 ``/readyz`` is ready while any worker is, ``/debug/picks/<id>`` asks each worker — restarts a worker
 that dies (giving up if they keep dying at start), and on SIGTERM/SIGINT has every worker drain
-(the same graceful drain as one process) before it exits.
+(the same graceful drain as one process) before it exits. With ``--config`` it watches the file as one
+process does (SIGHUP, modification time): a file that fails validation is logged here and reaches no
+worker; a valid one is applied by every worker's own ``ConfigReloader`` (the supervisor sends SIGHUP).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kvgate.config.gateway import GatewayConfig
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway.errors import GatewayError, error_response
+from kvgate.gateway.reload import ConfigWatch
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 
 log = logging.getLogger("kvgate.gateway.workers")
@@ -75,6 +78,8 @@ def _worker_main(
     admin_on_data: bool,
     shared: tuple[str, Any, int] | None = None,
     gossip_dir: str | None = None,
+    config_path: str | None = None,
+    log_level: int = logging.WARNING,
 ) -> None:
     """Entry point of one worker process: a full gateway on the shared port, admin on loopback.
 
@@ -85,10 +90,17 @@ def _worker_main(
 
     from kvgate.gateway.cli import build_pools
 
+    # A fresh interpreter: the supervisor's --log-level, and each line says which worker wrote it.
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+    )
     # The supervisor handles Ctrl-C for the whole group: a worker only drains on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A reload's SIGHUP must never kill a worker still starting (its handler comes with the reloader);
+    # the supervisor sends it again once the worker is up (``Supervisor.start_worker``).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     pools = build_pools(cfg)
-    uvloop.run(_worker(cfg, pools, index, report, lifeline, admin_on_data, shared, gossip_dir))
+    uvloop.run(_worker(cfg, pools, index, report, lifeline, admin_on_data, shared, gossip_dir, config_path))
 
 
 async def _worker(
@@ -100,12 +112,17 @@ async def _worker(
     admin_on_data: bool,
     shared: tuple[str, Any, int] | None = None,
     gossip_dir: str | None = None,
+    config_path: str | None = None,
 ) -> None:
     from kvgate.gateway.cli import tune_gc
+    from kvgate.gateway.reload import start_reloader
     from kvgate.gateway.server import GatewayServer
 
     server = GatewayServer(cfg, pools, reuse_port=True, admin_host="127.0.0.1", admin_on_data=admin_on_data)
     await server.start()
+    reloader = None
+    if config_path is not None:  # on the supervisor's SIGHUP only: it watches the file for all workers
+        reloader = start_reloader(config_path, cfg, pools, server.apply_limits, poll_s=None)
     tune_gc()
     report.send(server.admin_port)
     report.close()
@@ -124,7 +141,7 @@ async def _worker(
     if gossip_dir is not None and shared is not None:
         gossip = asyncio.create_task(_share_prefixes(pools, index, gossip_dir, shared[2]))
     await stop.wait()
-    for task in (sync, gossip):
+    for task in (sync, gossip, reloader):
         if task is not None:
             task.cancel()
     await server.stop()
@@ -207,9 +224,22 @@ def merge_metrics(texts: list[str | None]) -> bytes:
 # --- supervisor --------------------------------------------------------------------------------
 
 
+class _WorkersReload(ConfigWatch):
+    """The supervisor's watch on ``--config``: the one validation and error log, then ``reloaded``."""
+
+    def __init__(self, sup: Supervisor, path: str) -> None:
+        super().__init__(path)
+        self.sup = sup
+
+    def apply(self, new: GatewayConfig) -> None:
+        self.sup.reloaded(new)
+
+
 class Supervisor:
-    def __init__(self, cfg: GatewayConfig, workers: int) -> None:
+    def __init__(self, cfg: GatewayConfig, workers: int, config_path: str | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
+        self.reloads = 0  # valid config reloads sent to the workers
         self.n = workers
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[BaseProcess | None] = [None] * workers
@@ -225,6 +255,7 @@ class Supervisor:
         self._reserve: socket.socket | None = None
         self._session: aiohttp.ClientSession | None = None
         self._admin: asyncio.Server | None = None
+        self._admin_front: FrontServer | None = None
         self.shared: Any = None  # SharedInFlight (owner view) when workers > 1
         self.gossip_dir: str | None = None  # where the workers' prefix-gossip sockets live (workers > 1)
 
@@ -255,9 +286,11 @@ class Supervisor:
             shared = (self.shared.name, self.shared.lock, self.n)
         proc = self.ctx.Process(
             target=_worker_main,
-            args=(wcfg, i, send, life_r, self.cfg.admin_port is None, shared, self.gossip_dir),
+            args=(wcfg, i, send, life_r, self.cfg.admin_port is None, shared, self.gossip_dir,
+                  self.config_path, logging.getLogger().getEffectiveLevel()),
             name=f"kvgate-worker-{i}",
-        )
+        )  # fmt: skip
+        reloads = self.reloads
         proc.start()
         send.close()
         life_r.close()
@@ -289,6 +322,31 @@ class Supervisor:
             recv.close()
         if self.admin_ports[i] is None:
             log.error("worker %d exited before it started listening", i)
+        elif self.reloads != reloads:  # a reload while it started: its SIGHUP may have been ignored
+            self._signal_reload(proc)
+
+    def reloaded(self, new: GatewayConfig) -> None:
+        """A valid ``--config``: every started worker reloads it (SIGHUP; a worker still starting gets it
+        once up). What the workers apply live (each pool's endpoints, ``limits``) is kept here too, so a
+        worker restarted later starts from it; the supervisor's admin port takes the limits."""
+        self.reloads += 1
+        new_pools = {pc.name: pc for pc in new.pools}
+        for pc in self.cfg.pools:
+            got = new_pools.get(pc.name)
+            if got is not None and got.inference_pool is None:  # (as ConfigReloader.apply)
+                pc.endpoints = list(got.endpoints)
+        self.cfg.limits = new.limits
+        if self._admin_front is not None:
+            self._admin_front.apply_limits(new.limits)
+        for i, proc in enumerate(self.procs):
+            if proc is not None and self.admin_ports[i] is not None:
+                self._signal_reload(proc)
+
+    @staticmethod
+    def _signal_reload(proc: BaseProcess) -> None:
+        if proc.pid is not None and proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGHUP)
 
     async def watch(self) -> None:
         """Restart workers that die; give up when they die right after starting, again and again."""
@@ -395,13 +453,10 @@ class Supervisor:
             "/readyz": self._readyz,
             AGGREGATE_PATH: self._aggregate,
         }
-        front = FrontServer(
-            routes,
-            self._not_found,
-            prefix_routes={"/debug/picks/": self._debug_pick},
-            max_body=self.cfg.limits.max_body_bytes,
-            keepalive_s=self.cfg.limits.keepalive_s,
-        )
+        front = FrontServer.with_limits(
+            routes, self._not_found, self.cfg.limits, prefix_routes={"/debug/picks/": self._debug_pick}
+        )  # (as a single process's admin port: every front limit, the same knobs on reload)
+        self._admin_front = front
         loop = asyncio.get_running_loop()
         self._admin = await loop.create_server(
             front.protocol, self.cfg.host, self.cfg.admin_port, reuse_address=True, ssl=admin_ssl(self.cfg)
@@ -418,6 +473,11 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reload_task = None
+        if self.config_path is not None:
+            watch = _WorkersReload(self, self.config_path)
+            loop.add_signal_handler(signal.SIGHUP, watch.trigger)
+            reload_task = asyncio.create_task(watch.run())
         if self.n > 1:
             from kvgate.gateway.shared_inflight import SharedInFlight
 
@@ -446,6 +506,8 @@ class Supervisor:
             print("kvgate serve: draining", flush=True)
             return 1 if self.failed else 0
         finally:
+            if reload_task is not None:
+                reload_task.cancel()
             await self.stop_workers()
             if self._admin is not None:
                 self._admin.close()
@@ -458,10 +520,10 @@ class Supervisor:
             await self._session.close()
 
 
-def run_workers(cfg: GatewayConfig, workers: int) -> int:
+def run_workers(cfg: GatewayConfig, workers: int, config_path: str | None = None) -> int:
     """Run the supervisor until SIGTERM/SIGINT (or workers that keep dying); its exit status."""
     import uvloop
 
-    sup = Supervisor(cfg, workers)
+    sup = Supervisor(cfg, workers, config_path)
     sup.reserve_port()
     return uvloop.run(sup.run())

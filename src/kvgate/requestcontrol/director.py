@@ -189,9 +189,9 @@ class Director:
 
     def preemptible(self, req: InferenceRequest, endpoint: Endpoint, stop: Callable[[], bool]) -> None:
         """A door can stop ``req`` on ``endpoint`` until its first token: ``stop()`` aborts the upstream
-        request and answers the client 429, or returns False when it no longer can. Only sheddable
-        requests, and only with ``flowControl.preemption``; call after ``on_dispatched``."""
-        if self.flow is None or self.flow.preempt is None or not req.sheddable:
+        request and answers the client 429, or returns False when it no longer can. Only the requests
+        ``offers_preemption`` names; call after ``on_dispatched``."""
+        if not self.offers_preemption(req):
             return
         key = (req.request_id, endpoint.address)
         track = self._tracks.get(key)
@@ -201,6 +201,12 @@ class Director:
         self._victims[key] = req
         if len(self._victims) > MAX_TRACKED:
             self._victims.popitem(last=False)
+
+    def offers_preemption(self, req: InferenceRequest) -> bool:
+        """With ``flowControl.preemption``, sheddable streamed requests: a non-streamed reply shows no
+        first token before its end (its response headers come with it), so it could be stopped deep into
+        its generation. The one rule for both doors; a door may ask before it builds its ``stop``."""
+        return self.flow is not None and self.flow.preempt is not None and req.sheddable and req.stream
 
     def _preempt(self, req: InferenceRequest) -> bool:
         """``req`` (not sheddable) cannot be placed: stop the newest sheddable request that has no first

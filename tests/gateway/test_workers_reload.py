@@ -1,0 +1,151 @@
+"""``kvgate serve --config --workers 2`` reloads the file in every worker, as one process does: on SIGHUP
+and when the file changes; a file that fails validation reaches no worker. Real processes, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import yaml
+
+from gateway.test_workers import _children, _is_python
+
+SMALL = b'{"model":"m","prompt":"x","max_tokens":1}'
+BIG = orjson.dumps({"model": "m", "prompt": "x" * 2000, "max_tokens": 1})  # over a 1 KiB cap
+LISTENING = re.compile(
+    r"listening on http://127\.0\.0\.1:(\d+) \(2 workers\), admin on http://127\.0\.0\.1:(\d+)"
+)
+APPLIED = "config reload: limits applied: maxBodyBytes 1048576 -> 1024"
+
+
+def _write(path: Path, addresses: list[str], limits: dict[str, Any]) -> None:
+    doc = {
+        "listen": {"host": "127.0.0.1", "port": 0, "adminPort": 0, "workers": 2},
+        "limits": limits,
+        "pools": [{"name": "p", "endpoints": addresses, "models": ["m"], "policy": "round-robin"}],
+    }
+    path.write_text(yaml.safe_dump(doc))
+
+
+@contextlib.asynccontextmanager
+async def serve(config: Path, log: Path) -> AsyncIterator[tuple[Any, int, int]]:
+    """The supervisor on the file's port 0: (process, data port, admin port) as it printed them."""
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kvgate.cli", "serve", "--config", str(config), "--log-level", "WARNING",
+            stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line, "kvgate serve exited before listening"
+            if m := LISTENING.search(line):
+                port, admin = int(m.group(1)), int(m.group(2))
+                break
+        await _ready(admin)
+        yield proc, port, admin
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 60)
+
+
+async def _ready(admin: int) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(600):
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+                    if r.status == 200 and "(2/2 workers)" in await r.text():
+                        return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the workers never became ready")
+
+
+async def _statuses(port: int, body: bytes, n: int = 20) -> list[int]:
+    """``n`` requests, each on a new connection: the kernel spreads connections over the workers, so
+    20 of them all reach one worker with probability 2**-19."""
+    out = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        for _ in range(n):
+            async with s.post(f"http://127.0.0.1:{port}/v1/completions", data=body) as r:
+                await r.read()
+                out.append(r.status)
+    return out
+
+
+async def _until(cond: Callable[[], Any], what: str) -> None:
+    for _ in range(200):  # 20 s
+        if cond():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(what)
+
+
+def _lines(log: Path, text: str) -> list[str]:
+    return [ln for ln in log.read_text().splitlines() if text in ln]
+
+
+def _workers_that_logged(log: Path, text: str) -> set[str]:
+    return {m.group(1) for ln in _lines(log, text) if (m := re.search(r"(kvgate-worker-\d+)", ln))}
+
+
+async def test_sighup_reloads_limits_in_every_worker_and_a_bad_file_in_none(backends, tmp_path):
+    (a,) = await backends(1)
+    f, log = tmp_path / "gw.yaml", tmp_path / "stderr"
+    _write(f, [a.address], {"maxBodyBytes": 1 << 20})
+    async with serve(f, log) as (proc, port, admin):
+        assert set(await _statuses(port, BIG)) == {200}
+
+        _write(f, [a.address], {"maxBodyBytes": 1024})
+        proc.send_signal(signal.SIGHUP)
+        await _until(lambda: len(_workers_that_logged(log, APPLIED)) == 2, "not every worker reloaded")
+        assert set(await _statuses(port, BIG)) == {413}  # the same request, refused by both workers
+        assert set(await _statuses(port, SMALL)) == {200}
+
+        # A file that fails validation: logged by the supervisor, never handed to a worker.
+        f.write_text("pools: [{name: p, endpoints: ['bad host'], models: [m]}]")
+        proc.send_signal(signal.SIGHUP)
+        await _until(lambda: _lines(log, "is invalid, keeping the running config"), "the bad file not logged")
+        await asyncio.sleep(0.5)
+        assert not _workers_that_logged(log, "is invalid"), "a worker read the bad file"
+        assert proc.returncode is None
+        assert set(await _statuses(port, BIG)) == {413} and set(await _statuses(port, SMALL)) == {200}
+
+        # A worker restarted after the reload starts from the reloaded limits, not the first file's.
+        victim = next(p for p in _children(proc.pid) if _is_python(p))
+        os.kill(victim, signal.SIGKILL)
+        await _until(lambda: victim not in _children(proc.pid), "the killed worker was not reaped")
+        await _ready(admin)
+        assert set(await _statuses(port, BIG)) == {413}
+
+        # And it reloads with the others.
+        _write(f, [a.address], {"maxBodyBytes": 1 << 20})
+        proc.send_signal(signal.SIGHUP)
+        back = "maxBodyBytes 1024 -> 1048576"
+        await _until(lambda: len(_workers_that_logged(log, back)) == 2, "not every worker reloaded")
+        assert set(await _statuses(port, BIG)) == {200}
+    assert proc.returncode == 0
+
+
+async def test_a_changed_file_adds_an_endpoint_in_every_worker_without_a_signal(backends, tmp_path):
+    a, b = await backends(2)
+    f, log = tmp_path / "gw.yaml", tmp_path / "stderr"
+    _write(f, [a.address], {})
+    async with serve(f, log) as (_, port, _):
+        assert set(await _statuses(port, SMALL)) == {200}
+        assert not b.received
+        _write(f, [a.address, b.address], {})  # no SIGHUP: the supervisor sees the modification time
+        added = f"endpoints +['{b.address}']"
+        await _until(lambda: len(_workers_that_logged(log, added)) == 2, "not every worker took the endpoint")
+        assert set(await _statuses(port, SMALL)) == {200}
+        assert b.received, "the endpoint added to the file never got traffic"
