@@ -10,7 +10,7 @@ import pytest
 
 from kvgate.datalayer.aggregate import PoolAggregate, build_bloom
 from kvgate.multicluster.clusters import ClustersError, ClustersFile, ClusterSpec, parse
-from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, LlmdHub, make_policy
+from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, KvgateWeights, LlmdHub, make_policy
 from kvgate.multicluster.state import ClusterState
 from kvgate.scheduling.prefix import block_hashes
 
@@ -48,9 +48,10 @@ def test_llmd_hub_treats_unknown_as_idle_and_has_no_ttl() -> None:
 
 def test_capacity_weighted_spread_and_no_herding_between_two_gateways() -> None:
     """Two gateways on one snapshot: each counts what it sent, so together they fill the clusters in
-    proportion to headroom instead of both sending everything to the best-looking one."""
-    big = [_state("big", cap=8.0, head=6.0), _state("small", cap=2.0, head=1.5)]
-    twin = [_state("big", cap=8.0, head=6.0), _state("small", cap=2.0, head=1.5)]
+    proportion to headroom instead of both sending everything to the best-looking one. (Endpoints of one
+    speed in both: a cluster of faster endpoints would rightly predict shorter TTFTs at equal load.)"""
+    big = [_state("big", ready=8, cap=8.0, head=6.0), _state("small", ready=2, cap=2.0, head=1.5)]
+    twin = [_state("big", ready=8, cap=8.0, head=6.0), _state("small", ready=2, cap=2.0, head=1.5)]
     g1, g2 = KvgatePolicy(rng=random.Random(1)), KvgatePolicy(rng=random.Random(2))
     sent: Counter[str] = Counter()
     for _ in range(200):
@@ -78,7 +79,7 @@ def test_prefix_affinity_from_bloom_summary() -> None:
     bloom = build_bloom(block_hashes("m", prompt, 64))
     holder = _state("holder", head=1.6, prefix_bloom=bloom, prefix_chunk_chars=64)
     other = _state("other", head=2.0)
-    p = KvgatePolicy(rng=random.Random(0))
+    p = KvgatePolicy(rng=random.Random(0), weights=KvgateWeights(home_bonus=0.0))  # Bloom alone
     req = ClusterRequest("m", prompt + "question")
     assert all(p.order([holder, other], req, 0.0)[0].name == "holder" for _ in range(10))
     # a different prompt goes by load
@@ -194,9 +195,9 @@ def test_silent_cluster_becomes_expensive_as_its_outstanding_requests_age() -> N
         p.order([answers, silent], ClusterRequest(), now)
         costs.append(p.last_costs["silent"])
     assert costs[0] < p.last_costs["answers"]  # a 0.5 s wait says nothing yet: it looks best on headroom
-    # waiting 3 s, 2x the best: it answers like the best one would at utilisation 1 - 1/2
-    assert p.ttft_load(silent, 3.0, 1.5) == pytest.approx(0.5)
-    assert costs[1] - costs[0] == pytest.approx(0.5 - p.utilisation(silent))
+    # waiting 3 s, 2x the best answer seen: its predicted TTFT is at least that wait
+    assert p.predicted_ttft(silent, 3.0) == pytest.approx(3.0)
+    assert costs[1] == pytest.approx(3.0)
     assert costs[1] < costs[2] < costs[3]  # rises with the oldest wait
     assert all(p.order([answers, silent], ClusterRequest(), 12.0)[0].name == "answers" for _ in range(10))
     assert silent.oldest_wait(12.0) == 12.0
@@ -231,18 +232,19 @@ def test_full_cluster_with_a_longer_queue_costs_more() -> None:
 
 
 def test_ttft_term_is_scale_free() -> None:
-    """The same TTFT ratios cost the same whether the fleet answers in tens of ms or in seconds, so the
-    term weighs against utilisation, RTT and locality the same way at either scale."""
-    diffs = []
+    """Every cluster is costed in seconds of predicted TTFT, so the same TTFT ratios give the same cost
+    ratios whether the fleet answers in tens of ms or in seconds: the relative discounts (local, prefix
+    affinity, home) weigh the same at either scale."""
+    ratios = []
     for scale in (0.05, 2.0):
-        p = KvgatePolicy()
+        p = KvgatePolicy(weights=KvgateWeights(home_bonus=0.0))
         a, b = _state("a"), _state("b")
         a.observe_ttft(1.0 * scale, 0.0)
         b.observe_ttft(4.0 * scale, 0.0)
         p.order([a, b], ClusterRequest(), 0.0)
-        assert p.ttft_load(b, 0.0, 1.0 * scale) == pytest.approx(0.75)  # 4x the best: like u = 3/4
-        diffs.append(p.last_costs["b"] - p.last_costs["a"])
-    assert diffs[0] == pytest.approx(diffs[1]) and diffs[0] > 0
+        assert p.base_ttft(b) == pytest.approx(4.0 * scale)  # the floor: its measured speed
+        ratios.append(p.last_costs["b"] / p.last_costs["a"])
+    assert ratios[0] == pytest.approx(ratios[1]) and ratios[0] == pytest.approx(4.0)
 
 
 def test_occupancy_counts_requests_against_the_slots_the_cluster_reports() -> None:
@@ -261,32 +263,83 @@ def test_occupancy_counts_requests_against_the_slots_the_cluster_reports() -> No
     assert p.utilisation(full) == pytest.approx(1.0 + 4 / 8 + 1 / 8)
 
 
-def test_full_fast_cluster_against_an_idle_one_ten_times_slower() -> None:
-    """Pins fa26613 (no 4x multiplier on occupancy past full). By the documented cost, max(occupancy,
-    TTFT load) + 2 x RTT s: an idle cluster ten times slower costs its TTFT load, 0.9, and a full one at
-    least 1, so at equal RTTs the idle slow one wins with or without the multiplier. The multiplier matters
-    against the additive terms: the live fleet's local east (3 replicas x 8 slots, 5 ms) just full, vs eu
-    (1 replica, 80 ms, 10x east's TTFT floor) idle: 1 + 1/24 + 0.01 < 0.9 + 0.16, so east; with the 4x
-    multiplier east would cost 1.22 and the overflow would go to eu."""
+def test_full_fast_cluster_against_an_idle_one_26_times_slower() -> None:
+    """Pins the one-unit cost (every cluster's predicted TTFT in seconds). The live fleet's loss phase:
+    the local east (3 replicas x 8 slots, 5 ms) full with requests queued past full, eu (1 replica, 80 ms)
+    idle with a TTFT floor 26x east's. The cost before (max(occupancy, TTFT load 1 - 1/k) + 2 x RTT s)
+    put eu at 1 - 1/26 + 0.16 = 1.12 and east at 1 + n/24 + 0.01: eu from the third request past full
+    on (each one then took 7-20 s live). In seconds, east there waits its floor x (2 + n / 3): it stays
+    the choice until that reaches eu's 26 floors (n ~ 80), and eu only then."""
     p = KvgatePolicy(local="east", rng=random.Random(0))
     east = _state("east", ready=3, cap=3.0, head=0.0, request_slots=24.0, rtt=5.0)  # full, nothing queued
     eu = _state("eu", ready=1, cap=0.5, head=0.5, request_slots=8.0, rtt=80.0)  # idle
-    east.observe_ttft(0.1, 0.0)
-    eu.observe_ttft(1.0, 0.0)
-    assert eu.observed_ttft(0.0) == pytest.approx(10 * east.observed_ttft(0.0))
-    assert p.utilisation(east) == pytest.approx(1 + 1 / 24)
+    east.observe_ttft(0.265, 0.0)
+    eu.observe_ttft(26 * 0.265, 0.0)
+    for _ in range(3):  # the old cost's switch point
+        east.dispatched()
+    assert p.utilisation(east) == pytest.approx(1 + 4 / 24)
     assert all(p.order([eu, east], ClusterRequest(), 0.0)[0].name == "east" for _ in range(10))
-    assert p.last_costs["east"] == pytest.approx(1 + 1 / 24 + 0.01)
-    assert p.last_costs["eu"] == pytest.approx(0.9 + 0.16)
-    # one more request past full (each counts one slot, 1/24) outweighs the difference: eu
-    east.dispatched()
+    # the predicted TTFTs, in seconds: east its floor x (1 + 1 + 4 requests past full / 3 endpoints)
+    assert p.predicted_ttft(east) == pytest.approx(0.265 * (2 + 4 / 3))
+    assert p.predicted_ttft(eu) == pytest.approx(26 * 0.265 * (1 + 1 / 8))
+    # the old cost, for the record: it preferred eu here
+    old_east, old_eu = 1 + 4 / 24 + 2 * 0.005, (1 - 1 / 26) + 2 * 0.08
+    assert old_eu < old_east
+    # deep past full (east's predicted TTFT beyond eu's, local bonus included): eu
+    for _ in range(90):
+        east.dispatched()
+    assert p.predicted_ttft(east) > p.predicted_ttft(eu) / (1 - p.w.local_bonus)
     assert p.order([eu, east], ClusterRequest(), 0.0)[0].name == "eu"
-    # at equal RTTs the TTFT load (< 1) of an idle slow cluster is below any full one's occupancy (>= 1)
-    near_eu = _state("eu", ready=1, cap=0.5, head=0.5, request_slots=8.0, rtt=5.0)
-    near_eu.observe_ttft(1.0, 0.0)
-    full = _state("east", ready=3, cap=3.0, head=0.0, request_slots=24.0, rtt=5.0)
-    full.observe_ttft(0.1, 0.0)
-    assert KvgatePolicy().order([full, near_eu], ClusterRequest(), 0.0)[0].name == "eu"
+
+
+def test_past_full_each_queued_request_costs_a_prefill_per_endpoint() -> None:
+    """Below full a cluster's predicted TTFT grows mildly with its occupancy (floor x (1 + u)); past full
+    each request ahead adds one floor over the ready endpoints (they admit the queue one prefill after
+    another), so a full cluster with a queue is dearer than one just full, and an idle slow cluster
+    wins once the queue is long enough."""
+    p = KvgatePolicy()
+    c = _state("c", ready=2, cap=2.0, head=2.0, request_slots=16.0)
+    c.observe_ttft(0.5, 0.0)
+    assert p.predicted_ttft(c) == pytest.approx(0.5 * (1 + 1 / 16))
+    full = _state("full", ready=2, cap=2.0, head=0.0, q=3.0, request_slots=16.0)  # 6 queued past full
+    full.observe_ttft(0.5, 0.0)
+    assert p.utilisation(full) == pytest.approx(1 + 7 / 16)
+    assert p.predicted_ttft(full) == pytest.approx(0.5 * (2 + 7 / 2))
+    slow = _state("slow", ready=1, cap=1.0, head=1.0, request_slots=8.0)
+    slow.observe_ttft(2.0, 0.0)  # 4x the floor, idle: 2 x (1 + 1/8) = 2.25 s < 2.75 s
+    assert p.order([full, slow], ClusterRequest(), 0.0)[0].name == "slow"
+
+
+def test_prefix_home_partitions_tenants_and_moves_only_a_lost_clusters() -> None:
+    """Weighted rendezvous hashing of the request's leading blocks: every gateway computes the same home,
+    tenants are spread in proportion to what each cluster serves (its slots over its TTFT floor), a
+    tenant stays at home while it is not much dearer there (the home discount), and a cluster's loss
+    moves only its own tenants."""
+
+    def fleet() -> list[ClusterState]:
+        east = _state("east", ready=3, cap=3.0, head=3.0, request_slots=24.0, rtt=5.0)
+        west = _state("west", ready=2, cap=2.8, head=2.8, request_slots=16.0, rtt=40.0)
+        eu = _state("eu", ready=1, cap=0.5, head=0.5, request_slots=8.0, rtt=80.0)
+        for st, floor in ((east, 0.265), (west, 0.343), (eu, 6.9)):
+            st.observe_ttft(floor, 0.0)
+        return [east, west, eu]
+
+    tenants = [ClusterRequest("m", f"tenant {t:03d} system prompt. " * 40 + "question?") for t in range(300)]
+    g1 = KvgatePolicy(local="east", rng=random.Random(1))
+    g2 = KvgatePolicy(local="east", rng=random.Random(2))
+    f1, f2 = fleet(), fleet()
+    homes = [g1.home(f1, r) for r in tenants]
+    assert homes == [g2.home(f2, r) for r in tenants]  # two gateways agree without talking
+    share = Counter(homes)
+    # weights 24 / 0.265 : 16 / 0.343 : 8 / 6.9 = 0.65 : 0.34 : 0.01
+    assert 0.55 < share["east"] / 300 < 0.75 and 0.25 < share["west"] / 300 < 0.45 and share["eu"] < 10
+    # idle fleet: every tenant is served at its home (eu's homes, a handful, go by cost)
+    picks = [g1.order(f1, r, 0.0)[0].name for r in tenants]
+    assert all(p == h for p, h in zip(picks, homes, strict=True) if h != "eu")
+    # west lost: only west's tenants move
+    survivors = [c for c in f1 if c.name != "west"]
+    moved = [h for h, r in zip(homes, tenants, strict=True) if g1.home(survivors, r) != h]
+    assert set(moved) == {"west"} and len(moved) == share["west"]
 
 
 def test_policy_seed_given_or_drawn() -> None:

@@ -271,13 +271,16 @@ class Result:
     done: bool = False
     timed_out: bool = False
     status: int = 0  # the global gateway's answer (0: none)
+    group: str = ""  # the request's tenant (shared-prefix group)
+    prompt_tokens: int = 0  # from the stream's usage event
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache there
 
 
 async def _send(
     http: aiohttp.ClientSession, url: str, spec: RequestSpec, t0: float, limit_s: float
 ) -> Result:
     start = time.perf_counter()
-    res = Result(start - t0)
+    res = Result(start - t0, group=spec.group)
     try:
         async with http.post(
             url + "/v1/completions",
@@ -294,6 +297,11 @@ async def _send(
                 if data == b"[DONE]":
                     res.done = True
                     break
+                if b'"prompt_tokens"' in data:  # the usage event: did the prefix hit the cache there
+                    usage = orjson.loads(data).get("usage") or {}
+                    res.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    details = usage.get("prompt_tokens_details") or {}
+                    res.cached_tokens = int(details.get("cached_tokens") or 0)
                 if res.ttft is None and b'"text"' in data:
                     chunk = orjson.loads(data)
                     if "error" in chunk:
@@ -471,6 +479,11 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
     served: dict[str, int] = {}
     for r in started:
         served[r.cluster] = served.get(r.cluster, 0) + 1
+    # Where each tenant was served: a tenant on one cluster needs its prefix cached there only.
+    tenant_clusters: dict[str, set[str]] = {}
+    for r in started:
+        tenant_clusters.setdefault(r.group, set()).add(r.cluster)
+    prompt_tok = sum(r.prompt_tokens for r in ok)
     errors: dict[str, int] = {}
     for r in lost + cut:
         key = f"{r.cluster or '-'}: {(r.error or 'no token')[:60]}"
@@ -489,6 +502,10 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
         if started
         else 0.0,
         "served_by": served,
+        "prefix_hit_rate": sum(r.cached_tokens for r in ok) / prompt_tok if prompt_tok else None,
+        "clusters_per_tenant": (
+            sum(len(v) for v in tenant_clusters.values()) / len(tenant_clusters) if tenant_clusters else None
+        ),
         "lost": len(lost),
         "timeouts": len(timeouts),
         "cut": len(cut),
@@ -506,6 +523,7 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
     print(
         f"{row['phase']:<6} {policy:<15} p50 {_ms(row['ttft_p50'])} ms  p90 {_ms(row['ttft_p90'])} ms  "
         f"goodput {row['goodput_req_per_s']:5.2f}/s  cross {row['cross_cluster_share']:.2f}  "
+        f"hit {_share(row['prefix_hit_rate'])}  clusters/tenant {_num(row['clusters_per_tenant'])}  "
         f"lost {row['lost']}  timeouts {row['timeouts']}  cut {row['cut']} ({row['cut_before_token']} before "
         f"a token)  retries {row['retries']}  "
         f"served {served}",
@@ -517,6 +535,14 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
 
 def _ms(x: float | None) -> str:
     return "   n/a" if x is None else f"{x * 1000:6.0f}"
+
+
+def _share(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -536,16 +562,17 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     names = [c["name"] for c in meta["clusters"]]
     lines = [
         "| phase | policy | TTFT p50 (ms) | TTFT p90 (ms) | p90 / llm-d-hub | goodput (req/s, TTFT < "
-        f"{meta['slo_ttft']:.1f} s) | cross-cluster share | lost | timeouts | cut (before a token) | "
-        f"retries | served {'/'.join(names)} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"{meta['slo_ttft']:.1f} s) | cross-cluster share | prefix hit rate | clusters per tenant | lost | "
+        f"timeouts | cut (before a token) | retries | served {'/'.join(names)} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for phase, r, ratio in rows_vs_hub(rows):
         by = r["served_by"]
         lines.append(
             f"| {phase} | {r['policy']} | {_ms(r['ttft_p50']).strip()} | {_ms(r['ttft_p90']).strip()} | "
             f"{'' if ratio is None else f'{ratio:.2f}x'} | {r['goodput_req_per_s']:.2f} | "
-            f"{r['cross_cluster_share']:.2f} | {r['lost']} | {r.get('timeouts', 0)} | "
+            f"{r['cross_cluster_share']:.2f} | {_share(r.get('prefix_hit_rate'))} | "
+            f"{_num(r.get('clusters_per_tenant'))} | {r['lost']} | {r.get('timeouts', 0)} | "
             f"{r['cut']} ({r.get('cut_before_token', 0)}) | "
             f"{r['retries']} | "
             f"{'/'.join(str(by.get(n, 0)) for n in names)} |"

@@ -6,32 +6,40 @@
   (lowest average queue = 1), highest first; whatever snapshot it last saw, however old (no staleness
   check, no health filter), and a cluster never heard from scores as idle.
 - ``kvgate``: health-gated (fresh snapshot within the TTL, EPP not NOT_SERVING, at least one ready endpoint:
-  unknown is never zero load, zero ready endpoints never chosen); cost = the cluster's load after this
-  request, the larger of two measures of it:
-  - occupancy: requests there over the requests it holds when full (the snapshot's ``request_slots``, from
-    what its engines report of their KV caches): what the snapshot shows in use (``capacity -
-    headroom``), plus the queue its headroom cannot show once full, plus what this gateway sent since the
-    snapshot (past full each queued request counts one slot, no extra penalty: its wait is measured);
-  - the TTFT evidence: a cluster whose TTFT is k x the best cluster's answers like the best one would at
-    utilisation 1 - 1/k (a queue's wait grows as 1 / (1 - u)). The evidence is the recent EWMA of answered
-    requests, fading to the cluster's TTFT floor (its measured speed, whatever its GPU labels say), and
-    requests still waiting for their first byte counted at their age (a lower bound); scale-free, so it
-    means the same at 50 ms and at 2 s TTFTs;
-  plus an RTT term; a local bonus while the local cluster has room (spill-over), and a prefix-affinity
-  bonus when the request's leading blocks are in the cluster's Bloom summary; then power-of-two choices
-  among the clusters within ``slack`` of the best (no herding between refreshes, nor between gateways
-  sharing a snapshot). Unknown clusters are tried only after every known-good one (ordered by RTT), so a
-  request is not lost when all snapshots are stale.
+  unknown is never zero load, zero ready endpoints never chosen); every cluster costed in one unit, the
+  request's predicted TTFT there in seconds:
+  - the cluster's idle TTFT as this gateway sees it (RTT included): its measured TTFT floor (a 10th
+    percentile tracker, whatever its GPU labels say), or before any answer a prior over its mean speed
+    plus its RTT;
+  - x (1 + u) while it has room, u its occupancy after this request: requests there over the requests it
+    holds when full (the snapshot's ``request_slots``, from what its engines report of their KV caches),
+    counting the queue its headroom cannot show once full and what this gateway sent since the snapshot;
+  - past full, + one idle TTFT per request ahead per ready endpoint (they admit the queue one prefill
+    after another);
+  - never below the evidence: the recent TTFT EWMA fading to the floor, the floor x this gateway's
+    requests still waiting there for a first byte, the oldest one's age (a censored observation).
+  A slow cluster and a full one are then compared as what they are, waits: a full local cluster keeps the
+  overflow until its queue is as long as an idle slow cluster's TTFT. Then relative discounts: the local
+  cluster, a prefix hit (the request's leading blocks in the cluster's Bloom summary), and the request's
+  prefix home (weighted rendezvous hashing of its leading blocks, weights = each cluster's slots over its
+  idle TTFT: every gateway computes the same home, so each tenant's prefix lives in one cluster, not in
+  all of them; spill-over is the home's predicted TTFT rising). Then power-of-two choices among the
+  clusters within ``slack`` of the best (no herding between refreshes, nor between gateways sharing a
+  snapshot). Unknown clusters are tried only after every known-good one (ordered by RTT), so a request is
+  not lost when all snapshots are stale.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from xxhash import xxh64_intdigest
 
 from kvgate.datalayer.aggregate import MAX_BATCH
 from kvgate.multicluster.state import ClusterState
@@ -124,12 +132,27 @@ class LlmdHub:
 
 @dataclass(slots=True)
 class KvgateWeights:
-    rtt_per_s: float = 2.0  # cost per second of round trip (80 ms -> 0.16 of utilisation)
-    local_bonus: float = 0.15  # preference for the local cluster ...
-    spill_at: float = 0.85  # ... while its utilisation after this request stays below this
-    affinity: float = 0.25  # bonus for a cluster whose Bloom summary holds all the request's leading blocks
-    affinity_max_util: float = 0.9  # no affinity bonus past this utilisation (a hot prefix must not overload)
-    slack: float = 0.08  # power of two among clusters within this much of the best cost
+    """Relative discounts on a cluster's predicted TTFT (scale-free: they weigh the same at 50 ms and 5 s)."""
+
+    local_bonus: float = 0.1  # the local cluster (no egress, no WAN): 10 % off its predicted TTFT
+    affinity: float = 0.25  # a request whose leading blocks are all in the cluster's Bloom summary: a hit
+    # The request's prefix home (weighted rendezvous): where its tenant's prefix is kept, so a hit there
+    # and a likely miss elsewhere (a miss of a long shared prefix costs well over 1 / (1 - 0.4) = 1.7x a
+    # hit). Larger than the local bonus: a tenant homed away from the local cluster stays there.
+    home_bonus: float = 0.4
+    slack: float = 0.08  # power of two among clusters within this fraction of the best cost
+    prior_ttft_s: float = 0.05  # a cluster with no TTFT observed yet: this / its mean speed, + its RTT
+
+
+# Leading blocks that name a request's prefix home: the tenant's context (system prompt, conversation
+# start), not the question; the same depth the Bloom affinity looks at.
+HOME_BLOCKS = 16
+DEFAULT_CHUNK = 64
+
+
+def _unit(h: int) -> float:
+    """A 64-bit hash as a uniform number in (0, 1)."""
+    return (h + 0.5) / 18446744073709551616.0
 
 
 class KvgatePolicy:
@@ -151,6 +174,7 @@ class KvgatePolicy:
         # Capacity one request takes on a speed-1 endpoint, for a snapshot without ``request_slots``.
         self.per_request = per_request
         self.last_costs: dict[str, float] = {}
+        self.last_home: str | None = None
 
     def usable(self, c: ClusterState, now: float) -> bool:
         a = c.aggregate
@@ -171,10 +195,16 @@ class KvgatePolicy:
             return a.capacity / a.request_slots
         return self.per_request
 
+    def slots(self, c: ClusterState) -> float:
+        """Requests the cluster holds when full."""
+        a = c.aggregate
+        assert a is not None
+        return a.capacity / self.request_share(c)
+
     def utilisation(self, c: ClusterState) -> float:
-        """Load after this request / capacity. Headroom stops at zero when the cluster is full, so the
-        queue past that point is added from the snapshot's queue length (what the headroom could not
-        absorb): a full cluster with a longer queue costs more."""
+        """Requests there after this one / the requests it holds when full. Headroom stops at zero when the
+        cluster is full, so the queue past that point is added from the snapshot's queue length (what the
+        headroom could not absorb): a full cluster with a longer queue is fuller."""
         a = c.aggregate
         assert a is not None
         share = self.request_share(c)
@@ -183,21 +213,32 @@ class KvgatePolicy:
         used += (c.sent_since_snapshot + 1) * share
         return used / a.capacity
 
-    @staticmethod
-    def reference_ttft(clusters: Sequence[ClusterState]) -> float | None:
-        """The best answered TTFT among the candidates (the EWMA, unfaded): the scale of the TTFT term.
-        Censored waits are lower bounds, so they never set the reference."""
-        seen = [c.ttft_s for c in clusters if c.ttft_s is not None and c.ttft_s > 0]
-        return min(seen) if seen else None
+    def base_ttft(self, c: ClusterState) -> float:
+        """The cluster's TTFT for a request at idle, as this gateway sees it (RTT included): its measured
+        TTFT floor; before any answer, the prior over the snapshot's mean speed plus the round trip."""
+        if c.ttft_floor_s:
+            return c.ttft_floor_s
+        a = c.aggregate
+        assert a is not None
+        speed = a.capacity / a.ready_endpoints if a.ready_endpoints else 1.0
+        return self.w.prior_ttft_s / max(speed, 1e-3) + c.spec.rtt_ms / 1000.0
 
-    @staticmethod
-    def ttft_load(c: ClusterState, now: float, ref: float | None) -> float:
-        """The utilisation at which the best cluster would answer as slowly as this one: 1 - 1/k for TTFT
-        evidence k x the best's (0 when as fast, or nothing to compare)."""
-        if ref is None:
-            return 0.0
-        k = c.observed_ttft(now) / ref
-        return 1.0 - 1.0 / k if k > 1.0 else 0.0
+    def predicted_ttft(self, c: ClusterState, now: float = 0.0) -> float:
+        """This request's TTFT there, in seconds: the one unit every cluster is costed in.
+
+        Model: the idle TTFT (``base_ttft``) x (1 + u) while the cluster has room, u its occupancy after
+        this request (a prefill shares each engine step with the running decodes: about 2x the floor when
+        full, as measured live), plus, past full, one idle TTFT per request ahead on each ready endpoint
+        (the requests past full wait for slots, and each endpoint admits them one prefill after the other:
+        a lower bound of their wait). Evidence: never below what this gateway observed there lately (its
+        TTFT EWMA fading to the floor, the floor x its own requests still waiting for a first byte there,
+        the oldest one's age): a queue the model underestimates shows there."""
+        a = c.aggregate
+        assert a is not None
+        u = self.utilisation(c)
+        ahead = max(0.0, u - 1.0) * self.slots(c) / max(1, a.ready_endpoints)
+        model = self.base_ttft(c) * (1.0 + min(u, 1.0) + ahead)
+        return max(model, c.observed_ttft(now))
 
     def affinity(self, c: ClusterState, req: ClusterRequest) -> float:
         a = c.aggregate
@@ -213,30 +254,49 @@ class KvgatePolicy:
             n += 1
         return n / len(hashes)
 
-    def cost(
-        self, c: ClusterState, req: ClusterRequest, now: float = 0.0, ref_ttft: float | None = None
-    ) -> float:
+    def home(self, clusters: Sequence[ClusterState], req: ClusterRequest) -> str | None:
+        """The request's prefix home among ``clusters``: weighted rendezvous hashing of its leading blocks
+        (the tenant's context), each cluster weighted by the requests it serves per second at idle (its
+        slots over its base TTFT). Every gateway computes the same home without talking to the others, so
+        each tenant's prefix is cached in one cluster instead of all of them; a cluster's loss moves only
+        its own tenants (to their next home)."""
+        if not req.prompt or len(clusters) < 2:
+            return None
+        chunks = [c.aggregate.prefix_chunk_chars for c in clusters if c.aggregate is not None]
+        chunk = next((x for x in chunks if x), DEFAULT_CHUNK)
+        hashes = req.hashes(chunk, HOME_BLOCKS)
+        if not hashes:
+            return None
+        key = hashes[-1].to_bytes(8, "little")
+        best, best_score = None, -1.0
+        for c in clusters:
+            weight = self.slots(c) / self.base_ttft(c)
+            score = weight / -math.log(_unit(xxh64_intdigest(key + c.name.encode())))
+            if score > best_score:
+                best, best_score = c.name, score
+        return best
+
+    def cost(self, c: ClusterState, req: ClusterRequest, now: float = 0.0, home: str | None = None) -> float:
+        """The predicted TTFT there (seconds), discounted for what makes it cheaper than it looks: the
+        local cluster, a prefix cache hit (Bloom), the request's prefix home."""
         w = self.w
-        occupancy = self.utilisation(c)
-        u = max(occupancy, self.ttft_load(c, now, ref_ttft))
-        # Past full, each queued request adds one slot's share (occupancy) and its wait shows in the TTFT
-        # evidence (censored waits, the floor times the prefill queue): no extra multiplier on top, which
-        # would outweigh the RTT term (a full local cluster vs an idle one 10x slower and 75 ms further).
-        cost = u + c.spec.rtt_ms / 1000.0 * w.rtt_per_s
-        if c.name == self.local and u < w.spill_at:
-            cost -= w.local_bonus
-        if u < w.affinity_max_util:
-            cost -= w.affinity * self.affinity(c, req)
+        cost = self.predicted_ttft(c, now)
+        if c.name == self.local:
+            cost *= 1.0 - w.local_bonus
+        cost *= 1.0 - w.affinity * self.affinity(c, req)
+        if c.name == home:
+            cost *= 1.0 - w.home_bonus
         return cost
 
     def order(self, clusters: Sequence[ClusterState], req: ClusterRequest, now: float) -> list[ClusterState]:
         good = [c for c in clusters if self.usable(c, now)]
-        ref = self.reference_ttft(good)
-        costs = {c.name: self.cost(c, req, now, ref) for c in good}
+        home = self.home(good, req)
+        self.last_home = home
+        costs = {c.name: self.cost(c, req, now, home) for c in good}
         self.last_costs = costs
         good.sort(key=lambda c: costs[c.name])
         if len(good) >= 2:
-            near = [c for c in good if costs[c.name] <= costs[good[0].name] + self.w.slack]
+            near = [c for c in good if costs[c.name] <= costs[good[0].name] * (1.0 + self.w.slack)]
             if len(near) >= 2:
                 a, b = self.rng.sample(near, 2)
                 first = a if costs[a.name] <= costs[b.name] else b
