@@ -17,13 +17,14 @@ class SaturationDetector(Plugin):
     # A bound on the requests not yet started (``fairShareHeadroomOn: pending`` takes the headroom off it).
     pending_bound = False
 
-    def endpoint_saturation(self, ep: Endpoint, now: float) -> float:
+    def endpoint_saturation(self, ep: Endpoint, now: float, pending_scale: float = 1.0) -> float:
+        """``pending_scale`` < 1 tightens the detector's pending bound, if it has one (others ignore it)."""
         raise NotImplementedError
 
-    def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
+    def saturation(self, endpoints: Sequence[Endpoint], now: float, pending_scale: float = 1.0) -> float:
         if not endpoints:
             return float("inf")
-        return sum(self.endpoint_saturation(ep, now) for ep in endpoints) / len(endpoints)
+        return sum(self.endpoint_saturation(ep, now, pending_scale) for ep in endpoints) / len(endpoints)
 
     def saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
         return self.saturation(endpoints, now) >= 1.0
@@ -33,8 +34,16 @@ class SaturationDetector(Plugin):
     ) -> bool:
         """The gate for a flow over its fair share (``flowControl.fairShareHeadroom``): saturated
         already at ``1 - headroom``, so the rest stays free for the flows under their share.
-        ``pending_only`` (``fairShareHeadroomOn: pending``) is for detectors with a pending bound (the
-        config is refused for the others)."""
+
+        With ``pending_only`` (``fairShareHeadroomOn: pending``) the headroom comes off the detector's
+        pending bound only (``pending_scale``): the flows under their fair share get the last
+        ``headroom`` of the slots where a server starts a request at its next step, while the
+        running-batch and token bounds stay whole for everyone (which pays when the pending bound is
+        what binds: big batches, long prompts). Otherwise, or for a detector without a pending bound
+        (the config refuses that combination), it comes off the whole score (every bound: also the
+        running slots, which is what binds with small batches)."""
+        if pending_only and self.pending_bound:
+            return self.saturation(endpoints, now, 1.0 - headroom) >= 1.0
         return self.saturation(endpoints, now) >= 1.0 - headroom
 
 
@@ -68,7 +77,7 @@ class UtilizationDetector(SaturationDetector):
         params.finish()
         return d
 
-    def endpoint_saturation(self, ep: Endpoint, now: float) -> float:
+    def endpoint_saturation(self, ep: Endpoint, now: float, pending_scale: float = 1.0) -> float:
         m = ep.metrics
         if m.updated_at is None or now - m.updated_at > self.staleness:
             return 1.0
@@ -119,19 +128,3 @@ class ConcurrencyDetector(SaturationDetector):
         if self.max_pending:
             s = max(s, (inf.requests - inf.decoding) / (self.max_pending * pending_scale))
         return s
-
-    def saturated_reserving(
-        self, endpoints: Sequence[Endpoint], now: float, headroom: float, pending_only: bool = False
-    ) -> bool:
-        """With ``pending_only`` and ``maxPendingRequests``, the headroom is taken from the pending
-        bound only: the flows under their fair share get the last ``headroom`` of the slots where a
-        server starts a request at its next step, while the running-batch and token bounds stay whole
-        for everyone (which pays when the pending bound is what binds: big batches, long prompts).
-        Otherwise from the whole score (every bound: also the running slots, which is what binds with
-        small batches)."""
-        if not (pending_only and self.max_pending):
-            return super().saturated_reserving(endpoints, now, headroom)
-        if not endpoints:
-            return True
-        scale = 1.0 - headroom
-        return sum(self.endpoint_saturation(ep, now, scale) for ep in endpoints) / len(endpoints) >= 1.0
