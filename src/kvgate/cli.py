@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("kvgate.sim.cli", "run simulated vLLM/SGLang model servers"),
     "bench": ("kvgate.bench.cli", "run a benchmark scenario"),
     "demo": ("kvgate.bench.demo", "simulated fleet behind kvgate vs round robin, side by side"),
+    "hub-controller": ("kvgate.multicluster.hub_controller", "run the InferencePoolImport hub controller"),
     "k8s-double": ("kvgate.k8s.cli", "run the Kubernetes API-server double (a test fixture) for kubectl"),
 }
 
@@ -26,7 +27,7 @@ EXTRA_PACKAGES = frozenset({"numpy", "matplotlib", "rich"})
 
 def _usage() -> str:
     lines = ["usage: kvgate <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`kvgate <command> --help` shows each command's options."]
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ with kubernetes-validate (Kubernetes 1.37 schemas, strict), the pool with the CR
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,14 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from aiohttp import web
 
 from kvgate.extproc.cli import parser as epp_parser
+from kvgate.k8s import resources as R
+from kvgate.k8s.apiserver import ApiServerDouble
+from kvgate.k8s.client import KubeClient
+from kvgate.multicluster.clusters import ParentRef
+from kvgate.multicluster.imports import EXPORT_ANNOTATION, ImportController, Member
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "charts" / "kvgate-epp"
@@ -222,7 +229,15 @@ def test_hub_values_render_a_valid_global_gateway(with_epp: bool) -> None:
         "llama",
     )
     assert cfg.kubernetes.parent is not None
-    assert (cfg.kubernetes.parent.namespace, cfg.kubernetes.parent.name) == ("serving", "llama-hub")
+    # The default parent is the hub's own Service (an object that exists), not a Gateway name.
+    p = cfg.kubernetes.parent
+    assert (p.group, p.kind, p.namespace, p.name) == ("", "Service", "serving", "llama-hub")
+    assert _named(docs, "Service", "llama-hub")
+    named = render({**BASE, "hub": {**HUB, "parent": "gateways/global"}})
+    given = parse(yaml.safe_load(_named(named, "ConfigMap", "llama-hub")["data"]["clusters.yaml"]))
+    assert given.kubernetes is not None and given.kubernetes.parent is not None
+    assert given.kubernetes.parent.as_status() == {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                                   "namespace": "gateways", "name": "global"}  # fmt: skip
     members = mounts["members"]
     assert [(m.name, m.kubeconfig, m.rtt_ms, m.priority) for m in cfg.kubernetes.members] == [
         ("east", f"{members}/east", 5.0, 0), ("west", f"{members}/west", 40.0, 1)]  # fmt: skip
@@ -272,70 +287,147 @@ def _rbac_verb(method: str, path: str, query: Any) -> tuple[str, str, str] | Non
     return group, resource, verb
 
 
+class _Recording(ApiServerDouble):
+    """An API-server double that records the RBAC verb of every request it serves."""
+
+    def __init__(self) -> None:
+        super().__init__(bookmark_interval=0.2)
+        self.used: set[tuple[str, str, str]] = set()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        verb = _rbac_verb(request.method, request.path, request.query)
+        if verb is not None:
+            self.used.add(verb)
+        return await super()._handle(request)
+
+
+def _export_pool(name: str, exported: bool, **ann: str) -> dict[str, Any]:
+    annotations = {EXPORT_ANNOTATION: "ClusterSet", **ann} if exported else ann
+    spec = {"selector": {"matchLabels": {"app": name}}, "targetPorts": [{"number": 8000}]}
+    return {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+            "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+            "spec": spec}  # fmt: skip
+
+
+async def _until(cond: Any) -> None:
+    for _ in range(400):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+async def _every_controller_path(hub_d: ApiServerDouble, member_d: ApiServerDouble,
+                                 written: Any) -> None:  # fmt: skip
+    """Drive a running controller through every path: an import that exists already (read back), one
+    created and later deleted, the followed import's parent entry, the Exported condition on the member's
+    pool. ``written()``: the controller's ``written`` map."""
+    await _until(lambda: written().get(("default", "gone")) == ("east",))
+    member_d.patch(R.INFERENCE_POOL, "gone", "default",
+                   {"metadata": {"annotations": {EXPORT_ANNOTATION: None}}})  # fmt: skip
+
+    def exported() -> bool:
+        parents = member_d.get(R.INFERENCE_POOL, "llama", "default").get("status", {}).get("parents")
+        return bool(parents) and parents[0]["conditions"][0]["reason"] == "Exported"
+
+    await _until(lambda: ("default", "gone") not in written() and exported())
+
+
+def _seed(hub_d: ApiServerDouble, member_d: ApiServerDouble) -> None:
+    hub_d.create({"apiVersion": "inference.networking.x-k8s.io/v1alpha1", "kind": "InferencePoolImport",
+                  "metadata": {"name": "llama", "namespace": "default"}})  # fmt: skip
+    member_d.create(_export_pool("llama", True, **{"kvgate.io/gateway": "10.1.0.2:8080"}))
+    member_d.create(_export_pool("gone", True))
+
+
 async def test_the_hub_rbac_is_exactly_what_the_controller_does() -> None:
     """The hub controller against API-server doubles that record every request: the verbs it used in the
     hub and in a member are exactly the chart's ClusterRoles (no more, no less)."""
-    import asyncio
-
-    from aiohttp import web
-
-    from kvgate.k8s import resources as R
-    from kvgate.k8s.apiserver import ApiServerDouble
-    from kvgate.k8s.client import KubeClient
-    from kvgate.multicluster.clusters import ParentRef
-    from kvgate.multicluster.imports import EXPORT_ANNOTATION, ImportController, Member
-
-    class Recording(ApiServerDouble):
-        def __init__(self) -> None:
-            super().__init__(bookmark_interval=0.2)
-            self.used: set[tuple[str, str, str]] = set()
-
-        async def _handle(self, request: web.Request) -> web.StreamResponse:
-            verb = _rbac_verb(request.method, request.path, request.query)
-            if verb is not None:
-                self.used.add(verb)
-            return await super()._handle(request)
-
-    def pool(name: str, exported: bool, **ann: str) -> dict[str, Any]:
-        annotations = {EXPORT_ANNOTATION: "ClusterSet", **ann} if exported else ann
-        spec = {"selector": {"matchLabels": {"app": name}}, "targetPorts": [{"number": 8000}]}
-        return {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
-                "metadata": {"name": name, "namespace": "default", "annotations": annotations},
-                "spec": spec}  # fmt: skip
-
-    async def until(cond: Any) -> None:
-        for _ in range(400):
-            if cond():
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("condition not reached")
-
     docs = render({**BASE, "hub": HUB, "hubMember": {"enabled": True}})
-    async with Recording() as hub_d, Recording() as member_d:
-        # Every path: an import that exists already (read back), one created and later deleted, the
-        # followed import's parent entry written and removed, the Exported condition on the member's pool.
-        hub_d.create({"apiVersion": "inference.networking.x-k8s.io/v1alpha1", "kind": "InferencePoolImport",
-                      "metadata": {"name": "llama", "namespace": "default"}})  # fmt: skip
-        member_d.create(pool("llama", True, **{"kvgate.io/gateway": "10.1.0.2:8080"}))
-        member_d.create(pool("gone", True))
+    async with _Recording() as hub_d, _Recording() as member_d:
+        _seed(hub_d, member_d)
         hub = await KubeClient.connect(server=hub_d.url)
         member = await KubeClient.connect(server=member_d.url)
         ctl = ImportController(hub, [Member("east", member)], follow=("default", "llama"),
                                parent=ParentRef("serving", "llama-hub"))  # fmt: skip
         await ctl.start()
         try:
-            await until(lambda: ctl.written.get(("default", "gone")) == ("east",))
-            member_d.patch(R.INFERENCE_POOL, "gone", "default",
-                           {"metadata": {"annotations": {EXPORT_ANNOTATION: None}}})  # fmt: skip
-
-            def exported() -> bool:
-                parents = member_d.get(R.INFERENCE_POOL, "llama", "default").get("status", {}).get("parents")
-                return bool(parents) and parents[0]["conditions"][0]["reason"] == "Exported"
-
-            await until(lambda: ("default", "gone") not in ctl.written and exported())
+            await _every_controller_path(hub_d, member_d, lambda: ctl.written)
         finally:
             await ctl.stop()
             await hub.close()
             await member.close()
     assert hub_d.used == _rules(_named(docs, "ClusterRole", "llama-hub"))
     assert member_d.used == _rules(_named(docs, "ClusterRole", "llama-hub-member"))
+
+
+STANDALONE = {**HUB, "controller": {"standalone": True}}
+
+
+def test_a_standalone_hub_controller_renders_valid() -> None:
+    from kvgate.multicluster.clusters import parse
+    from kvgate.multicluster.hub_controller import build_parser
+
+    docs = render({"inferenceExtension": {"enabled": False}, "hub": STANDALONE})
+    for doc in docs:
+        validate(doc)
+    ctl = _named(docs, "Deployment", "llama-hub-controller")
+    pod = ctl["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"][0] == "hub-controller"
+    args = build_parser().parse_args(container["args"][1:])  # kvgate hub-controller's own flags
+    assert args.ha_enable_leader_election and args.ha_lease_namespace == "serving"
+    assert args.ha_lease_name == "llama-hub-controller" and args.port == 8081
+    assert ctl["spec"]["replicas"] == 2 and pod["serviceAccountName"] == "llama-hub-controller"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert args.clusters == mounts["clusters"] + "/clusters.yaml"
+    assert {v["name"]: v for v in pod["volumes"]}["clusters"]["configMap"]["name"] == "llama-hub"
+    # The gateway reads the same file, told not to write; it has no role in the hub.
+    cfg = parse(yaml.safe_load(_named(docs, "ConfigMap", "llama-hub")["data"]["clusters.yaml"]))
+    assert cfg.kubernetes is not None and cfg.kubernetes.controller is False
+    roles = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"].endswith("Role")}
+    assert roles == {("ClusterRole", "llama-hub-controller"), ("Role", "llama-hub-controller")}
+    # Inside the gateway (the default), the file says so.
+    inside = parse(yaml.safe_load(_named(render({**BASE, "hub": HUB}), "ConfigMap", "llama-hub")["data"]
+                                  ["clusters.yaml"]))  # fmt: skip
+    assert inside.kubernetes is not None and inside.kubernetes.controller is True
+
+
+async def test_the_standalone_rbac_is_exactly_what_the_controller_and_gateway_do() -> None:
+    """``kvgate hub-controller`` with leader election against recording doubles: its verbs in the hub are
+    exactly its ClusterRole and Lease Role; the read-only gateway's, in a member, only list and watch."""
+    from kvgate.multicluster.clusters import KubeImports, KubeMember
+    from kvgate.multicluster.hub_controller import Election, HubController
+
+    docs = render(
+        {"inferenceExtension": {"enabled": False}, "hub": STANDALONE, "hubMember": {"enabled": True}}
+    )
+    async with _Recording() as hub_d, _Recording() as member_d, _Recording() as gw_member_d:
+        _seed(hub_d, member_d)
+        kube = KubeImports("default", "llama", (KubeMember("east", member_d.url),), server=hub_d.url,
+                           parent=ParentRef("serving", "llama-hub"))  # fmt: skip
+        hc = HubController(kube, Election(namespace="serving", retry_period_s=0.1))
+        await hc.start()
+        try:
+            await _until(lambda: hc.controller is not None)
+            await _every_controller_path(hub_d, member_d, lambda: hc.controller.written)  # type: ignore[union-attr]
+            await asyncio.sleep(0.3)  # a renewal or two
+        finally:
+            await hc.stop()
+        gw_member_d.create(_export_pool("llama", True, **{"kvgate.io/gateway": "10.1.0.2:8080"}))
+        client = await KubeClient.connect(server=gw_member_d.url)
+        fed: list[Any] = []
+        reader = ImportController(None, [Member("east", client)], follow=("default", "llama"),
+                                  on_clusters=fed.append, writes=False)  # fmt: skip
+        await reader.start()
+        try:
+            await _until(lambda: bool(fed))
+        finally:
+            await reader.stop()
+            await client.close()
+    ctl_rules = _rules(_named(docs, "ClusterRole", "llama-hub-controller"))
+    assert hub_d.used == ctl_rules | _rules(_named(docs, "Role", "llama-hub-controller"))
+    assert member_d.used == _rules(_named(docs, "ClusterRole", "llama-hub-member"))
+    assert gw_member_d.used == {
+        ("inference.networking.k8s.io", "inferencepools", v) for v in ("list", "watch")
+    }

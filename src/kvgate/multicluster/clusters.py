@@ -119,6 +119,9 @@ class KubeImports:
     server: str | None = None
     kubeconfig: str | None = None
     parent: ParentRef | None = None
+    # True: the global gateway runs the hub controller itself (writes imports and conditions); False: it
+    # only reads the members, and a standalone ``kvgate hub-controller`` writes.
+    controller: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +211,8 @@ def parse(doc: Any) -> ClustersConfig:
 
 
 def _kube(doc: Any) -> KubeImports | None:
-    """``kubernetes: {server|kubeconfig, import: ns/name, members: [{name, server|kubeconfig, rtt_ms}]}``."""
+    """``kubernetes: {server|kubeconfig, import: ns/name, members: [{name, server|kubeconfig, rtt_ms}],
+    parent, controller}``."""
     if doc is None:
         return None
     if not isinstance(doc, Mapping):
@@ -236,9 +240,11 @@ def _kube(doc: Any) -> KubeImports | None:
             )
         )
     ns = ns or "default"
-    return KubeImports(
-        ns, name, tuple(out), doc.get("server"), doc.get("kubeconfig"), _parent(doc.get("parent"), ns)
-    )
+    controller = doc.get("controller", True)
+    if not isinstance(controller, bool):
+        raise ClustersError("kubernetes.controller", f"expected true or false, got {controller!r}")
+    parent = _parent(doc.get("parent"), ns)
+    return KubeImports(ns, name, tuple(out), doc.get("server"), doc.get("kubeconfig"), parent, controller)
 
 
 def _parent(doc: Any, default_ns: str) -> ParentRef:

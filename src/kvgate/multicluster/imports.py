@@ -78,7 +78,7 @@ Key = tuple[str, str]  # (namespace, name)
 
 @dataclass(slots=True)
 class ImportController:
-    hub: KubeClient
+    hub: KubeClient | None  # None: read-only (``writes`` False), the hub is not written
     members: Sequence[Member]
     # The import the global gateway routes for (namespace, name) and where its cluster list goes.
     follow: Key | None = None
@@ -87,6 +87,12 @@ class ImportController:
     refresh_s: float = 0.5
     # The Gateway the follower stands for: the followed import's ``parents[]`` entry (None: not written).
     parent: ParentRef | None = None
+    # False: only read the members and feed the cluster list; a standalone ``kvgate hub-controller``
+    # writes the imports, their status and the Exported conditions (one writer however many gateways).
+    writes: bool = True
+    # On stop, remove the parent entry (a gateway that stops no longer routes the import); a standalone
+    # controller losing its lease keeps it (the gateways still route; the next leader takes over).
+    release_parent: bool = True
     # (namespace, name) -> {member: exported pool object}
     exported: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     written: dict[Key, tuple[str, ...]] = field(default_factory=dict)  # what the hub's status says
@@ -119,6 +125,8 @@ class ImportController:
             await r.stop()
         # This gateway no longer routes the import: its parent entry goes (best effort, bounded).
         key = self.follow
+        if not self.release_parent or not self.writes:
+            return
         if key is not None and self.parent is not None and self.parent_written.get(key) is not None:
             with contextlib.suppress(KubeError, OSError, TimeoutError):
                 await asyncio.wait_for(self._write(key, self.written.get(key, ()), None, create=False), 5.0)
@@ -152,8 +160,24 @@ class ImportController:
                 await asyncio.sleep(0.5)
                 self._dirty.set()
 
+    def _hub(self) -> KubeClient:
+        assert self.hub is not None, "a read-only controller writes nothing to the hub"
+        return self.hub
+
+    def problem(self) -> str | None:
+        """Why this controller does not see every member now (an RBAC error, not synced yet), or None."""
+        for m, r in zip(self.members, self._reflectors, strict=False):
+            if r.error is not None:
+                return f"member {m.name}: {r.error}"
+            if not r.synced.is_set():
+                return f"member {m.name}: not synced yet"
+        return None if self._reflectors else "not started"
+
     async def reconcile(self) -> None:
         self.reconciles += 1
+        if not self.writes:
+            self._feed()
+            return
         for key, by_member in list(self.exported.items()):
             clusters = tuple(sorted(by_member))
             parent = self._parent_state(key)
@@ -263,12 +287,12 @@ class ImportController:
         obj: dict[str, Any] | None = None
         if create:
             try:
-                obj = await self.hub.request("POST", rt.collection_path(ns), body=body)
+                obj = await self._hub().request("POST", rt.collection_path(ns), body=body)
             except KubeError as e:
                 if e.status != 409:  # already there (created earlier, or by a previous run)
                     raise
         if obj is None:
-            obj = await self.hub.request("GET", rt.item_path(ns, name))
+            obj = await self._hub().request("GET", rt.item_path(ns, name))
         meta = obj.get("metadata", {})
         controllers = [c for c in (obj.get("status") or {}).get("controllers") or () if isinstance(c, dict)]
         mine = next((c for c in controllers if c.get("name") == CONTROLLER_NAME), {})
@@ -286,7 +310,7 @@ class ImportController:
         controllers = [entry if c is mine else c for c in controllers] if mine else [*controllers, entry]
         # status.controllers is replaced whole by a merge patch: other controllers' entries are carried
         # over, and the resourceVersion read guards against a write in between (409: retried).
-        await self.hub.request(
+        await self._hub().request(
             "PATCH",
             rt.item_path(ns, name) + "/status",
             body={"metadata": {"resourceVersion": meta.get("resourceVersion")},
@@ -322,7 +346,7 @@ class ImportController:
     async def _delete(self, key: Key) -> None:
         ns, name = key
         with contextlib.suppress(KubeError):
-            await self.hub.request("DELETE", R.INFERENCE_POOL_IMPORT.item_path(ns, name))
+            await self._hub().request("DELETE", R.INFERENCE_POOL_IMPORT.item_path(ns, name))
         log.info("InferencePoolImport %s/%s: no longer exported, deleted", ns, name)
 
     def clusters_for(self, key: Key) -> tuple[ClusterSpec, ...]:

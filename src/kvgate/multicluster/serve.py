@@ -278,8 +278,10 @@ class GlobalGateway:
         base = self.file_cfg
         kube = base.kubernetes
         assert kube is not None
-        hub = await KubeClient.connect(kube.server, kube.kubeconfig)
-        self._kube_clients.append(hub)
+        hub = None  # ``controller: false``: a standalone kvgate hub-controller writes the hub; only read
+        if kube.controller:
+            hub = await KubeClient.connect(kube.server, kube.kubeconfig)
+            self._kube_clients.append(hub)
         members = []
         for m in kube.members:
             client = await KubeClient.connect(m.server, m.kubeconfig)
@@ -292,7 +294,7 @@ class GlobalGateway:
 
         self._imports = ImportController(hub, members, follow=(kube.namespace, kube.name), on_clusters=feed,
                                          ttl_s=base.ttl_s, refresh_s=base.refresh_s,
-                                         parent=kube.parent)  # fmt: skip
+                                         parent=kube.parent, writes=kube.controller)  # fmt: skip
         await self._imports.start()
 
     async def _reload_loop(self) -> None:

@@ -24,3 +24,13 @@ app: {{ include "kvgate-epp.name" . }}
 {{- define "kvgate-epp.hubName" -}}
 {{- printf "%s-hub" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* What the hub controller does in the hub: InferencePoolImports created, read back, deleted, status written. */}}
+{{- define "kvgate-epp.hubImportRules" -}}
+- apiGroups: ["inference.networking.x-k8s.io"]
+  resources: ["inferencepoolimports"]
+  verbs: ["create", "get", "delete"]
+- apiGroups: ["inference.networking.x-k8s.io"]
+  resources: ["inferencepoolimports/status"]
+  verbs: ["patch"]
+{{- end -}}

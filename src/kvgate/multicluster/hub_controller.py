@@ -1,0 +1,231 @@
+"""``kvgate hub-controller``: the InferencePoolImport hub controller as a process of its own.
+
+``kvgate serve --clusters`` runs the controller inside the global gateway (``kubernetes.controller``, the
+default); with several gateway replicas that is several writers of the same status. This command runs it
+alone, from the same clusters file's ``kubernetes:`` section (the hub API server, the members, the import
+the gateways follow and their ``parent``), and with ``--ha-enable-leader-election`` only the holder of a
+``coordination.k8s.io/v1`` Lease in the hub runs it (``kvgate.k8s.lease``, client-go's algorithm). The
+gateways then set ``kubernetes.controller: false``: they read the members' pools to route, and write
+nothing.
+
+What it writes is ``kvgate.multicluster.imports.ImportController``'s: the imports and their status, the
+members' ``Exported`` conditions, and the followed import's ``parents[]`` entry for ``kubernetes.parent``.
+A leader that loses its Lease (or stops) leaves that parent entry in place: the gateways still route the
+import, and the next leader rewrites the same status from its own list and watch of the members.
+
+Health on ``--port``: ``/healthz`` (the process answers) and ``/readyz``: 503 with the reason while the
+controller this replica runs cannot see a member (an RBAC error, not synced yet); a standby is ready (it
+takes no traffic, and a Deployment's rollout must not wait for it to lead). ``/v1/status``: JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from kvgate.httpfront.server import FrontServer, Handler, Request, Response, StreamResponse, json_error
+from kvgate.k8s.client import KubeClient
+from kvgate.k8s.lease import LeaderElector
+from kvgate.k8s.runtime import default_identity
+from kvgate.multicluster.clusters import ClustersError, KubeImports, load
+from kvgate.multicluster.imports import ImportController, Member
+
+log = logging.getLogger("kvgate.multicluster.hub_controller")
+
+DEFAULT_LEASE = "kvgate-hub-controller"
+
+
+@dataclass(frozen=True, slots=True)
+class Election:
+    """Leader election among controller replicas (None: this one always runs the controller)."""
+
+    name: str = DEFAULT_LEASE
+    namespace: str | None = None  # None: the followed import's namespace
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+    identity: str | None = None
+
+
+class HubController:
+    """The controller, run while this replica leads (always, without an election)."""
+
+    def __init__(self, kube: KubeImports, election: Election | None = None) -> None:
+        self.kube = kube
+        self.election = election
+        self.controller: ImportController | None = None
+        self.elector: LeaderElector | None = None
+        self.terms = 0  # times this replica started the controller
+        self._hub: KubeClient | None = None
+        self._members: list[Member] = []
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        k = self.kube
+        self._hub = await KubeClient.connect(k.server, k.kubeconfig)
+        for m in k.members:
+            client = await KubeClient.connect(m.server, m.kubeconfig)
+            self._members.append(Member(m.name, client, m.rtt_ms, m.priority))
+        self._task = asyncio.create_task(self._follow_leadership())
+        e = self.election
+        if e is None:
+            self._changed.set()
+            return
+        self.elector = LeaderElector(
+            self._hub, name=e.name, namespace=e.namespace or k.namespace,
+            identity=e.identity or default_identity(), lease_duration_s=e.lease_duration_s,
+            renew_deadline_s=e.renew_deadline_s, retry_period_s=e.retry_period_s,
+            on_change=lambda _leader: self._changed.set(),
+        )  # fmt: skip
+        self.elector.start()
+
+    def _leads(self) -> bool:
+        return self.elector is None or self.elector.is_leader
+
+    async def _follow_leadership(self) -> None:
+        """Start the controller when this replica becomes the leader, stop it when it no longer is."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            if self._leads() and self.controller is None:
+                assert self._hub is not None
+                k = self.kube
+                self.controller = ImportController(
+                    self._hub, self._members, follow=(k.namespace, k.name), parent=k.parent,
+                    release_parent=False,
+                )  # fmt: skip
+                self.terms += 1
+                log.info("hub controller: running (import %s/%s, members %s)", k.namespace, k.name,
+                         ", ".join(m.name for m in self._members))  # fmt: skip
+                await self.controller.start()
+            elif not self._leads() and self.controller is not None:
+                ctl, self.controller = self.controller, None
+                log.info("hub controller: no longer the leader; stopped")
+                await ctl.stop()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.controller is not None:
+            await self.controller.stop()
+            self.controller = None
+        if self.elector is not None:
+            await self.elector.stop()  # releases the Lease: a standby takes over at its next try
+        for client in [self._hub, *(m.client for m in self._members)]:
+            if client is not None:
+                await client.close()
+
+    def problem(self) -> str | None:
+        """Why this replica is not ready: the controller it runs cannot see a member. A standby is ready."""
+        if self.controller is None:
+            return None if not self._leads() else "starting"
+        return self.controller.problem()
+
+    def status(self) -> dict[str, Any]:
+        ctl = self.controller
+        return {
+            "leader": self._leads() if self.elector is not None else None,
+            "holder": self.elector.holder if self.elector is not None else None,
+            "running": ctl is not None,
+            "terms": self.terms,
+            "reconciles": ctl.reconciles if ctl is not None else 0,
+            "imports": sorted(f"{ns}/{name}" for ns, name in ctl.written) if ctl is not None else [],
+            "problem": self.problem(),
+        }
+
+
+def _health(hc: HubController) -> FrontServer:
+    async def healthz(_r: Request) -> Response:
+        return Response(text="ok", content_type="text/plain")
+
+    async def readyz(_r: Request) -> Response:
+        problem = hc.problem()
+        if problem is None:
+            return Response(text="ready", content_type="text/plain")
+        return json_error(503, problem)
+
+    async def status(_r: Request) -> Response:
+        return Response(body=orjson.dumps(hc.status()), content_type="application/json")
+
+    async def not_found(request: Request) -> Response | StreamResponse:
+        return json_error(404, f"no route for {request.method} {request.path}")
+
+    routes: dict[str, Handler] = {"/healthz": healthz, "/readyz": readyz, "/v1/status": status}
+    return FrontServer(routes, not_found, max_body=0)  # (GET only: no request body is read)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvgate hub-controller", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--clusters", required=True, help="the clusters file: its kubernetes section (hub, members, import)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="health listen address")
+    p.add_argument(
+        "--port", type=int, default=8081, help="health port (/healthz, /readyz, /v1/status); 0: ephemeral"
+    )
+    ha = p.add_argument_group("leader election (several replicas: one runs the controller)")
+    ha.add_argument(
+        "--ha-enable-leader-election",
+        action="store_true",
+        help="only the holder of a coordination.k8s.io Lease in the hub runs the controller",
+    )
+    ha.add_argument("--ha-lease-name", default=DEFAULT_LEASE)
+    ha.add_argument("--ha-lease-namespace", help="the Lease's namespace (default: the followed import's)")
+    ha.add_argument("--ha-lease-duration", type=float, default=15.0, help="seconds (client-go's default)")
+    ha.add_argument("--ha-renew-deadline", type=float, default=10.0, help="seconds")
+    ha.add_argument("--ha-retry-period", type=float, default=2.0, help="seconds")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        kube = load(args.clusters).kubernetes
+    except ClustersError as e:
+        print(f"kvgate hub-controller: clusters file error: {e}", file=sys.stderr, flush=True)
+        return 2
+    if kube is None:
+        print("kvgate hub-controller: the clusters file has no kubernetes section (hub, members, import)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return 2
+    election = None
+    if args.ha_enable_leader_election:
+        election = Election(args.ha_lease_name, args.ha_lease_namespace, args.ha_lease_duration,
+                            args.ha_renew_deadline, args.ha_retry_period)  # fmt: skip
+
+    async def run() -> None:
+        hc = HubController(kube, election)
+        await hc.start()
+        front = _health(hc)
+        server = await asyncio.get_running_loop().create_server(front.protocol, args.host, args.port)
+        port = server.sockets[0].getsockname()[1]
+        print(f"kvgate hub-controller: health on http://{args.host}:{port} (import {kube.namespace}/"
+              f"{kube.name}, {len(kube.members)} members, leader election "
+              f"{'on' if election else 'off'})", flush=True)  # fmt: skip
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.close()
+        front.close_all()
+        await hc.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0

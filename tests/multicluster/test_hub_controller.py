@@ -1,0 +1,238 @@
+"""``kvgate hub-controller`` end to end: two real processes electing a leader on a Lease in the hub, three
+API-server doubles (hub, two members), the members' pools changed and every result read with the real
+kubectl; and the global gateway following the import read-only (``kubernetes.controller: false``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+import yaml
+from aiohttp import web
+
+from kvgate.k8s import resources as R
+from kvgate.k8s.apiserver import ApiServerDouble
+from kvgate.multicluster.clusters import load
+from kvgate.multicluster.imports import CONTROLLER_NAME, EXPORT_ANNOTATION
+from kvgate.multicluster.serve import GlobalGateway
+
+KUBECTL = shutil.which("kubectl")
+pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+IMPORT_CRD = (
+    Path(__file__).resolve().parents[2]
+    / "deploy/crds/inferencepoolimports.inference.networking.x-k8s.io.yaml"
+)
+LIMIT = 30.0  # seconds any one condition may take on a loaded machine
+
+
+class Recording(ApiServerDouble):
+    """A double that keeps the method and path of every request (to show who writes)."""
+
+    def __init__(self) -> None:
+        super().__init__(bookmark_interval=0.2)
+        self.calls: list[tuple[str, str]] = []
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.calls.append((request.method, request.path))
+        return await super()._handle(request)
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [c for c in self.calls if c[0] not in ("GET", "HEAD")]
+
+
+@pytest.fixture
+async def doubles() -> AsyncIterator[tuple[Recording, Recording, Recording]]:
+    async with Recording() as hub, Recording() as east, Recording() as west:
+        yield hub, east, west
+
+
+def _pool_yaml(name: str, gateway: str, *, exported: bool) -> str:
+    ann = {"kvgate.io/gateway": gateway} | ({EXPORT_ANNOTATION: "ClusterSet"} if exported else {})
+    return json.dumps({
+        "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+        "metadata": {"name": name, "namespace": "default", "annotations": ann},
+        "spec": {"selector": {"matchLabels": {"app": name}}, "targetPorts": [{"number": 8000}]},
+    })  # fmt: skip
+
+
+async def _kubectl(server: str, *args: str, stdin: str | None = None) -> str:
+    assert KUBECTL is not None
+    cmd = [KUBECTL, "--server", server, "--request-timeout=20s", *args]
+    res = await asyncio.to_thread(
+        subprocess.run, cmd, input=stdin, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+_IMPORT = "inferencepoolimports.inference.networking.x-k8s.io"
+_POOL = "inferencepools.inference.networking.k8s.io"
+_OURS = f'.status.controllers[?(@.name=="{CONTROLLER_NAME}")]'
+
+
+async def _exporters(hub: str) -> str:
+    """The import's exporting clusters as kubectl prints them ("" when there is no import)."""
+    assert KUBECTL is not None
+    cmd = [KUBECTL, "--server", hub, "get", _IMPORT, "llama", "--ignore-not-found",
+           "-o", f"jsonpath={{{_OURS}.exportingClusters[*].name}}"]  # fmt: skip
+    res = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+async def _parent(hub: str) -> str:
+    cond = f'{_OURS}.parents[0].conditions[?(@.type=="ResolvedRefs")]'
+    ref = f"{_OURS}.parents[0].parentRef"
+    path = "{" + f"{ref}.kind" + "}/{" + f"{ref}.name" + "}/{" + f"{cond}.status" + "}"
+    return await _kubectl(hub, "get", _IMPORT, "llama", "-o", f"jsonpath={path}")
+
+
+async def _exported(member: str) -> str:
+    cond = f'.status.parents[?(@.controllerName=="{CONTROLLER_NAME}")].conditions[?(@.type=="Exported")]'
+    return await _kubectl(member, "get", _POOL, "llama", "-o", f"jsonpath={{{cond}.reason}}")
+
+
+async def _until(probe: Callable[[], Any], want: Any, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LIMIT
+    while (got := await probe()) != want:
+        assert loop.time() < deadline, f"{what}: {got!r}, expected {want!r}"
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Proc:
+    proc: asyncio.subprocess.Process
+    port: int
+
+    async def status(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.port}/v1/status"
+        async with aiohttp.ClientSession() as http, http.get(url) as r:
+            out: dict[str, Any] = await r.json()
+            return out
+
+    async def readyz(self) -> int:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{self.port}/readyz") as r:
+            return r.status
+
+
+async def _launch(clusters: Path, log: Path) -> Proc:
+    with open(log, "wb") as err:  # noqa: ASYNC230 - the child keeps its own descriptor
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kvgate.cli", "hub-controller", "--clusters", str(clusters),
+            "--port", "0", "--ha-enable-leader-election", "--ha-lease-duration", "2",
+            "--ha-renew-deadline", "1.5", "--ha-retry-period", "0.2",
+            stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+    if "health on http://127.0.0.1:" not in line:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"not started: {line!r} {log.read_text()[-3000:]}")  # noqa: ASYNC240
+    port = int(line.split("health on http://127.0.0.1:")[1].split()[0])
+    return Proc(proc, port)
+
+
+def _clusters_file(tmp: Path, hub: str, east: str, west: str, *, controller: bool) -> Path:
+    f = tmp / f"clusters-{controller}.yaml"
+    f.write_text(
+        f"kubernetes:\n  server: {hub}\n  import: default/llama\n"
+        # The chart's default parent: the hub's Service (core group), an object that exists.
+        "  parent: {group: '', kind: Service, name: global-hub}\n"
+        f"  controller: {str(controller).lower()}\n  members:\n"
+        f"  - {{name: east, server: '{east}', rtt_ms: 5}}\n  - {{name: west, server: '{west}', rtt_ms: 40}}\n"
+    )
+    return f
+
+
+async def test_two_hub_controllers_one_leader_and_a_takeover(
+    doubles: tuple[Recording, Recording, Recording], tmp_path: Path
+) -> None:
+    hub_d, east_d, west_d = doubles
+    hub, east, west = hub_d.url, east_d.url, west_d.url
+    await _kubectl(east, "create", "-f", "-", stdin=_pool_yaml("llama", "10.1.0.2:8080", exported=True))
+    await _kubectl(west, "create", "-f", "-", stdin=_pool_yaml("llama", "10.2.0.2:8080", exported=False))
+    clusters = _clusters_file(tmp_path, hub, east, west, controller=True)
+    procs = list(await asyncio.gather(*(_launch(clusters, tmp_path / f"ctl{i}.log") for i in range(2))))
+    try:
+        await _until(lambda: _exporters(hub), "east", "the import's exporters")
+        await _until(lambda: _exported(east), "Exported", "east's Exported condition")
+        await _until(lambda: _parent(hub), "Service/global-hub/True", "the gateway's parent entry")
+        crd = yaml.safe_load(IMPORT_CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        jsonschema.Draft7Validator(crd).validate(hub_d.get(R.INFERENCE_POOL_IMPORT, "llama", "default"))
+        states = [await p.status() for p in procs]
+        assert sorted(s["running"] for s in states) == [False, True]  # one leader runs the controller
+        leader, standby = (procs[0], procs[1]) if states[0]["running"] else (procs[1], procs[0])
+        assert [await p.readyz() for p in procs] == [200, 200]  # a standby is ready too
+        holder = await _kubectl(hub, "get", "lease", "kvgate-hub-controller", "-o",
+                                "jsonpath={.spec.holderIdentity}")  # fmt: skip
+        assert holder == (await leader.status())["holder"]
+
+        # west starts exporting (kubectl annotate): the leader lists it.
+        await _kubectl(west, "annotate", _POOL, "llama", f"{EXPORT_ANNOTATION}=ClusterSet")
+        await _until(lambda: _exporters(hub), "east west", "the import's exporters")
+        await _until(lambda: _exported(west), "Exported", "west's Exported condition")
+
+        # The leader stops cleanly: it releases the Lease, and leaves the status as it is.
+        leader.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(leader.proc.wait(), LIMIT) == 0
+        assert (
+            await _parent(hub) == "Service/global-hub/True"
+        )  # its stop did not take the gateway's parent entry
+        await _until(lambda: _running(standby), True, "the standby running the controller")
+
+        # The new leader follows the members: east stops exporting, then nothing does.
+        await _kubectl(east, "annotate", _POOL, "llama", f"{EXPORT_ANNOTATION}-")
+        await _until(lambda: _exporters(hub), "west", "the import's exporters")
+        await _until(lambda: _exported(east), "", "east's Exported condition (removed)")
+        await _kubectl(west, "delete", _POOL, "llama")
+        await _until(lambda: _exporters(hub), "", "the import (deleted)")
+    finally:
+        for p in procs:
+            if p.proc.returncode is None:
+                p.proc.kill()
+                await p.proc.wait()
+
+
+async def _running(p: Proc) -> bool:
+    return bool((await p.status())["running"])
+
+
+async def test_a_gateway_with_a_standalone_controller_only_reads(
+    doubles: tuple[Recording, Recording, Recording], tmp_path: Path
+) -> None:
+    """``kubernetes.controller: false``: the gateway routes to what the members export and writes nothing,
+    to the hub or the members (the standalone controller is the one writer)."""
+    hub_d, east_d, west_d = doubles
+    await _kubectl(east_d.url, "create", "-f", "-", stdin=_pool_yaml("llama", "10.1.0.2:8080", exported=True))
+    clusters = _clusters_file(tmp_path, hub_d.url, east_d.url, west_d.url, controller=False)
+    gw = GlobalGateway(load(clusters), "kvgate", seed=0)
+    await gw.start("127.0.0.1", 0)
+    try:
+        await _until(lambda: _names(gw), ["east"], "the gateway's clusters")
+        await _kubectl(
+            west_d.url, "create", "-f", "-", stdin=_pool_yaml("llama", "10.2.0.2:8080", exported=True)
+        )
+        await _until(lambda: _names(gw), ["east", "west"], "the gateway's clusters")
+    finally:
+        await gw.stop()
+    create = ("POST", "/apis/inference.networking.k8s.io/v1/namespaces/default/inferencepools")
+    assert [d.writes() for d in doubles] == [[], [create], [create]]  # kubectl's creates only
+    assert hub_d.calls == []  # it never even connected to the hub
+    assert await _exporters(hub_d.url) == ""
+
+
+async def _names(gw: GlobalGateway) -> list[str]:
+    return list(gw.router.states)
