@@ -236,3 +236,31 @@ async def test_a_gateway_with_a_standalone_controller_only_reads(
 
 async def _names(gw: GlobalGateway) -> list[str]:
     return list(gw.router.states)
+
+
+async def test_a_refused_hub_write_makes_the_controller_unready_until_it_succeeds(
+    doubles: tuple[Recording, Recording, Recording], tmp_path: Path
+) -> None:
+    """RBAC missing in the hub (403 on imports): the controller keeps retrying and says why it is not
+    ready; once allowed, the import is written and it is ready."""
+    from kvgate.multicluster.hub_controller import HubController
+
+    hub_d, east_d, west_d = doubles
+    await _kubectl(east_d.url, "create", "-f", "-", stdin=_pool_yaml("llama", "10.1.0.2:8080", exported=True))
+    hub_d.forbid(R.INFERENCE_POOL_IMPORT)
+    kube = load(_clusters_file(tmp_path, hub_d.url, east_d.url, west_d.url, controller=True)).kubernetes
+    assert kube is not None
+    hc = HubController(kube)
+    await hc.start()
+    try:
+        await _until(lambda: _problem(hc), "403", "the controller's problem")
+        hub_d.forbid(R.INFERENCE_POOL_IMPORT, False)
+        await _until(lambda: _problem(hc), None, "the controller's problem")
+        assert await _exporters(hub_d.url) == "east"
+    finally:
+        await hc.stop()
+
+
+async def _problem(hc: Any) -> str | None:
+    p = hc.problem()
+    return "403" if p is not None and p.startswith("hub:") and "403" in p else p

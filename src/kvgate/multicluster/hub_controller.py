@@ -14,8 +14,9 @@ A leader that loses its Lease (or stops) leaves that parent entry in place: the 
 import, and the next leader rewrites the same status from its own list and watch of the members.
 
 Health on ``--port``: ``/healthz`` (the process answers) and ``/readyz``: 503 with the reason while the
-controller this replica runs cannot see a member (an RBAC error, not synced yet); a standby is ready (it
-takes no traffic, and a Deployment's rollout must not wait for it to lead). ``/v1/status``: JSON.
+controller this replica runs cannot see a member (an RBAC error, not synced yet) or its writes to the hub
+fail; a standby is ready (it takes no traffic, and a Deployment's rollout must not wait for it to lead).
+``/v1/status``: JSON.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class HubController:
                 await client.close()
 
     def problem(self) -> str | None:
-        """Why this replica is not ready: the controller it runs cannot see a member. A standby is ready."""
+        """Why this replica is not ready: the controller it runs cannot see a member or write the hub. A
+        standby is ready."""
         if self.controller is None:
             return None if not self._leads() else "starting"
         return self.controller.problem()

@@ -99,6 +99,7 @@ class ImportController:
     # The followed import's parent conditions as last written: (ResolvedRefs status, its message).
     parent_written: dict[Key, tuple[str, str] | None] = field(default_factory=dict)
     reconciles: int = 0
+    error: str | None = None  # why the last reconcile failed (a hub write refused, ...), until one succeeds
     # Every member pool seen, exported or not: (member, key) -> object (to add or remove our condition).
     pools: dict[tuple[str, Key], dict[str, Any]] = field(default_factory=dict)
     # The Exported condition last written per member pool, until that pool's next event arrives.
@@ -155,8 +156,10 @@ class ImportController:
             self._dirty.clear()
             try:
                 await self.reconcile()
+                self.error = None
             except (KubeError, OSError, TimeoutError) as e:
                 log.warning("import reconcile failed (retrying): %s", e)
+                self.error = str(e)
                 await asyncio.sleep(0.5)
                 self._dirty.set()
 
@@ -165,12 +168,15 @@ class ImportController:
         return self.hub
 
     def problem(self) -> str | None:
-        """Why this controller does not see every member now (an RBAC error, not synced yet), or None."""
+        """Why this controller is not doing its job now, or None: a member it cannot see (an RBAC error,
+        not synced yet), or a reconcile that failed (a hub write refused)."""
         for m, r in zip(self.members, self._reflectors, strict=False):
             if r.error is not None:
                 return f"member {m.name}: {r.error}"
             if not r.synced.is_set():
                 return f"member {m.name}: not synced yet"
+        if self.error is not None:
+            return f"hub: {self.error}"
         return None if self._reflectors else "not started"
 
     async def reconcile(self) -> None:
