@@ -122,6 +122,13 @@ async def test_the_remote_epp_counts_a_streamed_request_until_its_end(slow: Worl
     # The stream's end carried the usage event to the EPP (40 tokens), ended as a success.
     assert await w.epp_metric("kvgate_epp_completion_tokens_total") == 40
     assert await w.epp_metric('kvgate_epp_responses_total{ok="true",streaming="true"}') == 1
+    # The EPP answered the end of stream and closed it (no call left open), in time: no stall counted.
+    deadline = time.monotonic() + 20
+    while any(ch.calls for ch in w.gw.router.epp._channels.values()):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    async with w.http.get(f"{w.url}/metrics") as r:
+        assert "kvgate_multicluster_epp_stalled_total{" not in await r.text()
 
 
 async def test_a_client_that_leaves_mid_stream_ends_the_request_on_the_remote_epp(slow: World) -> None:
