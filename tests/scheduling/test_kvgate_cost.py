@@ -253,3 +253,40 @@ def test_requests_waiting_on_a_prefix_are_bounded() -> None:
     assert len(scorer._waiting) == kvgate_cost.MAX_WAITING_TRACKED
     assert sum(len(w) for w in scorer._waiting_at.values()) == kvgate_cost.MAX_WAITING_TRACKED
     assert "r0" not in scorer._waiting
+
+
+def test_replicate_loaded_copies_a_prefix_whose_holders_are_loaded_past_its_saving() -> None:
+    # The holder has the prefix's first request and another one queued: more prefill in front than a
+    # hit there saves. By default a second copy still pays its displacement (the cache is 80% full) and
+    # the request waits at the holder; with replicateLoaded the copy costs its prefill only and goes to
+    # the idle replica, which the index then counts as a holder too.
+    def second_pick(params: dict[str, object], busy_other: bool = False) -> tuple[str, str, str]:
+        from kvgate.config.policies import policy_config
+
+        cfg = policy_config("kvgate")
+        for spec in cfg.plugins:
+            if spec.type == "kvgate-cost-scorer":
+                spec.parameters = {**(spec.parameters or {}), "sharedCopy": False, **params}
+        store = EndpointStore([ep(f"10.0.0.{i}:8000", kv_cache_usage=0.8) for i in range(2)])
+        d = build_director(cfg, store, clock=lambda: 0.0, seed=0)
+        first = _req(0, PREFIX + "q0")
+        holder = d.pick(first).primary
+        d.on_dispatched(first, holder)
+        other = _req(9, "z" * 400)  # 100 tokens of another prompt, queued at the holder too
+        d.on_dispatched(other, holder)
+        if busy_other:  # the would-be copy's replica has a short prompt queued: the copy would delay it
+            rest = next(e for e in store.all() if e is not holder)
+            d.on_dispatched(_req(8, "y" * 40), rest)
+        second = _req(1, PREFIX + "q1")
+        got = d.pick(second).primary
+        d.on_dispatched(second, got)
+        third = d.pick(_req(2, PREFIX + "q2")).primary  # both hold it now: the less loaded one
+        return holder.address, got.address, third.address
+
+    holder, got, _ = second_pick({})
+    assert got == holder
+    holder, got, third = second_pick({"replicateLoaded": True})
+    assert got != holder
+    assert third == got  # the new copy is a holder with less queued than the first
+    holder, got, _ = second_pick({"replicateLoaded": True}, busy_other=True)
+    assert got == holder  # a copy is made only where it delays no one

@@ -27,6 +27,11 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   second copy serves the burst's later requests too, so its displacement is shared by the requests
   that want it at the same time. A lone request (a chat turn) pays the full displacement as before.
 
+- ``replicateLoaded`` (off): when every best holder of the prompt's prefix has more prefill queued in
+  front of it than a hit there saves, a second copy on a replica with nothing queued is charged its
+  prefill only (no displacement or backlog premium); the index then counts both as holders. Off by
+  default: in the fleet simulator it lowered hit rates and raised p90 TTFT (docs/scheduling.md).
+
 A prefix holder therefore keeps its traffic until the queue in front of it costs more than
 recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tuned switch — and the
 load it is judged by includes everything this picker dispatched a microsecond ago.
@@ -90,6 +95,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         kv_scaled_miss: bool = True,
         learn_pace: bool = True,
         shared_copy: bool = True,
+        replicate_loaded: bool = False,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -107,6 +113,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.kv_scaled_miss = kv_scaled_miss
         self.learn_pace = learn_pace
         self.shared_copy = shared_copy
+        self.replicate_loaded = replicate_loaded
         # Requests picked and not yet at their first token, with their prompt's block hashes: request
         # id -> endpoint, and per endpoint request id -> hashes (so a pick scans one endpoint's only).
         self._waiting: OrderedDict[str, str] = OrderedDict()
@@ -132,6 +139,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             kv_scaled_miss=params.get_bool("kvScaledMiss", True),
             learn_pace=params.get_bool("learnPace", True),
             shared_copy=params.get_bool("sharedCopy", True),
+            replicate_loaded=params.get_bool("replicateLoaded", False),
         )
         params.finish()
         return s
@@ -203,6 +211,11 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         costs: list[float] = []
         sat_flags: list[bool] = []
         n_sat = 0
+        # replicateLoaded: per endpoint, the pace-scaled premium its lost prefix pays over a plain
+        # prefill (displacement and backlog), and each best holder's pace-scaled tokens ahead.
+        replicate = self.replicate_loaded and matched and best_uncached < p
+        premiums: list[float] = []
+        holder_ahead: list[float] = []
         for ep in endpoints:
             inf = ep.inflight
             ahead: float = inf.pending_prefill_tokens
@@ -242,17 +255,30 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             lost = uncached - best_uncached if uncached > best_uncached else 0.0
             miss_lost = 1.0 + miss_penalty * fill * share
             work = ahead + miss * (uncached - lost) + miss_lost * lost + decode_weight * load
+            backlog = 0.0
             if mqs and queued > 0 and lost:
                 # Recomputing a prefix on a replica with a queue delays every request queued there,
                 # and the new copy evicts other groups' prefixes: under overload, spilling adds work
                 # to a fleet with none to spare. Grows with that replica's backlog (requests), not
                 # with its running batch.
-                work += miss_lost * lost * queued / mqs
-            if fastest:
-                work *= ep.inflight.pace / fastest
+                backlog = miss_lost * lost * queued / mqs
+                work += backlog
+            scale = ep.inflight.pace / fastest if fastest else 1.0
+            work *= scale
+            if replicate:
+                # Only onto a replica with nothing queued: the copy then delays no one.
+                idle = ahead == 0 and queued <= 0
+                premiums.append(((miss_lost - 1.0) * lost + backlog) * scale if idle else 0.0)
+                if not lost and uncached == best_uncached:
+                    holder_ahead.append(ahead * scale)
             costs.append(cost + work)
             sat_flags.append(sat)
             n_sat += sat
+        if replicate and holder_ahead and min(holder_ahead) > p - best_uncached:
+            # Every best holder has more prefill queued in front of it than a hit there saves: the
+            # prefix's demand exceeds what its holders serve in time, so a second copy is wanted and
+            # costs its prefill only (the index then counts the new replica as a holder too).
+            costs = [c - prem for c, prem in zip(costs, premiums, strict=True)]
         if 0 < n_sat < len(costs):
             pen = self.saturation_penalty
             costs = [c + pen if s else c for c, s in zip(costs, sat_flags, strict=True)]
