@@ -14,7 +14,15 @@ import argparse
 import json
 from pathlib import Path
 
-from kvgate.realvllm.paired import compare, passes_from_json, passes_from_log, spread
+from kvgate.realvllm.paired import (
+    by_router,
+    compare,
+    hit_miss_split,
+    paired_ratios,
+    passes_from_json,
+    passes_from_log,
+    spread,
+)
 
 
 def main() -> int:
@@ -23,11 +31,15 @@ def main() -> int:
     ap.add_argument("--a", default="kvgate", help="router name prefix over ...")
     ap.add_argument("--b", default="sglang", help="... this one")
     args = ap.parse_args()
-    per_run, pairs, p90s = [], [], []
+    per_run, pairs, p90s, splits = [], [], [], []
     print(f"{'run':40s} {'hit ratio':>9s}  mean TTFT ratio per pass pair   run geomean   p90 per pass")
     for f in args.runs:
         text = Path(f).read_text()
-        passes = passes_from_json(json.loads(text)) if f.endswith(".json") else passes_from_log(text)
+        doc = json.loads(text) if f.endswith(".json") else None
+        passes = passes_from_json(doc) if doc else passes_from_log(text)
+        if doc:
+            ra, rb = (by_router(passes, r)[0].router for r in (args.a, args.b))
+            splits.append((Path(f).name, doc, ra, rb))
         c = compare(passes, args.a, args.b)
         per_run.append(c.ttft.geomean)
         pairs += c.ttft_ratios
@@ -37,6 +49,21 @@ def main() -> int:
     print(f"mean TTFT, per-run geomeans ({len(per_run)} runs): {spread(per_run)}")
     print(f"mean TTFT, every pass pair ({len(pairs)} pairs):   {spread(pairs)}")
     print(f"p90 TTFT, every pass pair ({len(p90s)} pairs):    {spread(p90s)}")
+    if not splits:
+        return 0
+    # Placement vs per-request cost: hits (>= half the prompt cached) and misses, per pass.
+    print("\nper pass: hits x mean TTFT of a hit + misses x mean TTFT of a miss (ms)")
+    hit_r, miss_r = [], []
+    for name, doc, ra, rb in splits:
+        sa = [hit_miss_split(p["records"]) for p in doc["passes"][ra]]
+        sb = [hit_miss_split(p["records"]) for p in doc["passes"][rb]]
+        for label, ss in ((args.a, sa), (args.b, sb)):
+            terms = (f"{s.hits}x{s.hit_ms:.0f} + {s.misses}x{s.miss_ms:.0f}" for s in ss)
+            print(f"{name:30s} {label:8s} " + "  ".join(terms))
+        hit_r += paired_ratios([s.hit_ms for s in sa], [s.hit_ms for s in sb])
+        miss_r += paired_ratios([s.miss_ms for s in sa], [s.miss_ms for s in sb])
+    print(f"TTFT of a hit, {args.a} over {args.b}, every pass pair:  {spread(hit_r)}")
+    print(f"TTFT of a miss, {args.a} over {args.b}, every pass pair: {spread(miss_r)}")
     return 0
 
 

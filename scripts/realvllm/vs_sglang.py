@@ -49,7 +49,7 @@ from kvgate.bench.workloads import tenant_prompts
 from kvgate.datalayer.mappings import filter_query
 from kvgate.realvllm.bench import reset_caches
 from kvgate.realvllm.harness import MODEL_NAME, ServerSpec, fleet, free_ports, prefix_cache_counters
-from kvgate.realvllm.paired import fit_miss_cost, paired_ratios, spread
+from kvgate.realvllm.paired import fit_miss_cost, hit_miss_split, paired_ratios, spread
 
 # Only the two prefix-cache counters (prometheus_client's name[] filter, as kvgate's own scrapes use).
 COUNTERS_PATH = "/metrics/?" + urllib.parse.urlencode(
@@ -296,12 +296,19 @@ def report(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             ]
             print(f"  {name:34s} TTFT at 0 missed tokens per pass {[round(b, 1) for b in bases]} ms; "
                   f"missed tokens per request {[round(m, 2) for m in miss_k]}k")  # fmt: skip
+    print("mean TTFT = hit share x TTFT of a hit + the rest x TTFT of a miss (hit: >= half the prompt):")
+    for name, rs in results.items():
+        for i, p in enumerate(rs):
+            sp = hit_miss_split(p["records"])
+            p["hit_share"], p["hit_ms"], p["miss_ms"] = sp.hit_share, sp.hit_ms, sp.miss_ms
+            print(f"  {name:34s} pass {i}: {sp.hits} hits x {sp.hit_ms:.1f} ms + {sp.misses} misses x "
+                  f"{sp.miss_ms:.1f} ms")  # fmt: skip
     sg = results.get("sglang-router cache_aware")
     for name, rs in results.items():
         if sg is None or not name.startswith("kvgate") or len(rs) != len(sg):
             continue
         row: dict[str, Any] = {}
-        for key in ("mean_ttft_ms", "p90_ttft_ms", "server_ttft_ms", "base_ms"):
+        for key in ("mean_ttft_ms", "p90_ttft_ms", "server_ttft_ms", "base_ms", "hit_ms", "miss_ms"):
             if all(key in p for p in rs + sg):
                 ratios = paired_ratios([p[key] for p in rs], [p[key] for p in sg])
                 row[key] = {"ratios": ratios, "geomean": spread(ratios).geomean}

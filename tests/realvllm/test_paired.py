@@ -9,6 +9,7 @@ import pytest
 from kvgate.realvllm.paired import (
     compare,
     fit_miss_cost,
+    hit_miss_split,
     paired_ratios,
     passes_from_json,
     passes_from_log,
@@ -106,3 +107,22 @@ def test_ambiguous_router_prefix_is_an_error() -> None:
     )
     with pytest.raises(ValueError, match="2 routers"):
         compare(passes)
+
+
+def test_hit_miss_split_decomposes_the_mean() -> None:
+    def rec(server: int, prompt: float, hit: float, ms: float) -> dict[str, float]:
+        return {
+            "server": server,
+            "prompt_tokens": prompt,
+            "hit_tokens": hit,
+            "send": 1.0,
+            "c_first": 1 + ms / 1000,
+        }
+
+    recs = [rec(0, 2000, 1792, 30), rec(1, 2000, 1792, 40), rec(0, 2000, 0, 90), rec(-1, 0, 0, 500)]
+    s = hit_miss_split(recs)
+    assert (s.hits, s.misses) == (2, 1)
+    assert s.hit_ms == pytest.approx(35) and s.miss_ms == pytest.approx(90)
+    assert s.hit_share * s.hit_ms + (1 - s.hit_share) * s.miss_ms == pytest.approx((30 + 40 + 90) / 3)
+    empty = hit_miss_split([])
+    assert math.isnan(empty.hit_share) and math.isnan(empty.hit_ms)

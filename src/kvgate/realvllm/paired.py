@@ -160,3 +160,35 @@ def compare(passes: Sequence[PassFigures], a: str = "kvgate", b: str = "sglang")
         ttft_ratios=paired_ratios([p.mean_ttft_ms for p in pa], [p.mean_ttft_ms for p in pb]),
         p90_ratios=paired_ratios([p.p90_ttft_ms for p in pa], [p.p90_ttft_ms for p in pb]),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class HitMissSplit:
+    """A pass's mean TTFT as ``hit_share * hit_ms + (1 - hit_share) * miss_ms``: placement decides the
+    share, the per-request cost (router, server load) the two means."""
+
+    hits: int
+    misses: int
+    hit_ms: float  # mean TTFT of the requests whose prompt mostly hit the prefix cache (nan: none)
+    miss_ms: float
+
+    @property
+    def hit_share(self) -> float:
+        return self.hits / (self.hits + self.misses) if self.hits + self.misses else math.nan
+
+
+def hit_miss_split(records: Sequence[dict[str, float]]) -> HitMissSplit:
+    """Split placed records (``server`` >= 0) into mostly-hit (hit tokens >= half the prompt) and the
+    rest; TTFT from the client's ``send`` and ``c_first`` marks (seconds)."""
+    hit, miss = [], []
+    for r in records:
+        if r["server"] < 0:
+            continue
+        ms = 1000 * (r["c_first"] - r["send"])
+        (hit if r["hit_tokens"] >= 0.5 * r["prompt_tokens"] else miss).append(ms)
+    return HitMissSplit(
+        hits=len(hit),
+        misses=len(miss),
+        hit_ms=statistics.fmean(hit) if hit else math.nan,
+        miss_ms=statistics.fmean(miss) if miss else math.nan,
+    )
