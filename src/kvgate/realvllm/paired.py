@@ -180,7 +180,8 @@ class HitMissSplit:
 def hit_miss_split(records: Sequence[dict[str, float]]) -> HitMissSplit:
     """Split placed records (``server`` >= 0) into mostly-hit (hit tokens >= half the prompt) and the
     rest; TTFT from the client's ``send`` and ``c_first`` marks (seconds)."""
-    hit, miss = [], []
+    hit: list[float] = []
+    miss: list[float] = []
     for r in records:
         if r["server"] < 0:
             continue
