@@ -9,7 +9,9 @@ on its own share only. With ``gossip`` the workers' prefix indexes converge thro
 own ``gateway.prefix_gossip.PrefixGossip`` (same recording, batching, encoding and applying): each
 worker flushes every ``PREFIX_GOSSIP_S`` of virtual time and the datagrams reach the other workers
 ``GOSSIP_DELAY_S`` later (a modelled local-socket hop plus an event-loop turn). Reported: hit rate
-and TTFT for each mode.
+and TTFT for each mode. Two bounds the gateway does not reach: ``shared-index`` (one prefix index for
+every worker) and ``gossip-shared-wait`` (gossip, and the ``kvgate-cost-scorer``'s list of requests
+waiting on a prefix, its ``sharedCopy`` input, shared by the workers at once instead of per worker).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from kvgate.datalayer.store import EndpointStore
 from kvgate.gateway.prefix_gossip import PREFIX_GOSSIP_S, PrefixGossip
 from kvgate.gateway.shared_inflight import SharedInFlight
 from kvgate.gateway.workers import SHARED_INFLIGHT_SYNC_S
+from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from kvgate.scheduling.types import InferenceRequest, PickResult
 
@@ -85,9 +88,13 @@ def run_workers(
     warmup: float,
     shared_index: bool = False,
     gossip: bool = False,
+    shared_wait: bool = False,
+    gossip_s: float = PREFIX_GOSSIP_S,
 ) -> dict[str, Any]:
     """One run. ``shared_index``: every worker uses worker 0's approximate prefix index (not something
-    the gateway does today: the upper bound of prefix state converging between workers)."""
+    the gateway does today: the upper bound of prefix state converging between workers).
+    ``shared_wait``: every worker's cost scorer uses worker 0's waiting-on-prefix list (a bound too).
+    ``gossip_s``: how often each worker flushes its gossip (the gateway's ``PREFIX_GOSSIP_S``)."""
     fam = FAMILIES[family]
     specs = list(mixed_workload(fam, qps=qps, horizon=warmup + duration, seed=seed))
     cfg = FleetConfig(replicas=fam.fleet(), policy="kvgate", qps=qps, duration=duration, warmup=warmup,
@@ -113,6 +120,11 @@ def run_workers(
             index = inner[0].handle.find(PrefixCacheScorer).index
             for d in inner[1:]:
                 d.handle.find(PrefixCacheScorer).index = index
+        if shared_wait:  # (the scorer's own maps, shared: the bound, no gateway mechanism behind it)
+            first = inner[0].handle.find(KVGateCostScorer)
+            for d in inner[1:]:
+                other = d.handle.find(KVGateCostScorer)
+                other._waiting, other._waiting_at = first._waiting, first._waiting_at
         if gossip:
             gossips: list[PrefixGossip] = []
 
@@ -133,7 +145,7 @@ def run_workers(
                 for g in gossips:
                     g.flush()
                 if sim._live or sim.clock.now < warmup + duration:
-                    sim.clock.call_later(PREFIX_GOSSIP_S, flush)
+                    sim.clock.call_later(gossip_s, flush)
 
             sim.clock.call_at(0.0, flush)
         if shared:
@@ -164,6 +176,8 @@ def run_workers(
             "shared_inflight": shared,
             "shared_index": shared_index,
             "gossip": gossip,
+            "shared_wait": shared_wait,
+            "gossip_s": gossip_s if gossip else None,
         }
     )
     return row
@@ -174,7 +188,12 @@ def _index_mode(r: dict[str, Any]) -> str:
         return "-"
     if r["shared_index"]:
         return "shared (bound)"
-    return "per worker + gossip" if r.get("gossip") else "per worker"
+    if not r.get("gossip"):
+        return "per worker"
+    mode = "per worker + gossip"
+    if r.get("gossip_s") != PREFIX_GOSSIP_S:
+        mode += f" every {r['gossip_s'] * 1000:g} ms"
+    return mode + (", waiting list shared (bound)" if r.get("shared_wait") else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         default="1,shared,gossip,own,shared-index",
         help="1 worker; N with shared in-flight; N with shared in-flight and prefix gossip (what the gateway "
         "does); N with per-worker in-flight; N sharing one prefix index (the upper bound of converging "
-        "prefix state)",
+        "prefix state); gossip-shared-wait: gossip, and the cost scorer's waiting-on-prefix list shared at "
+        "once (the upper bound of sharing it)",
+    )
+    p.add_argument(
+        "--gossip-interval",
+        type=float,
+        default=PREFIX_GOSSIP_S,
+        help=f"seconds between a worker's gossip flushes (the gateway's: {PREFIX_GOSSIP_S})",
     )
     p.add_argument("--duration", type=float, default=120.0)
     p.add_argument("--warmup", type=float, default=30.0)
@@ -198,21 +224,25 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"tuning": TUNING_SET, "validation": VALIDATION_SET}
     chosen = [*runs] if args.set == "both" else [args.set]
     n = args.workers
-    all_modes = {"1": (1, False, False, False), "shared": (n, True, False, False),
-                 "gossip": (n, True, False, True), "own": (n, False, False, False),
-                 "shared-index": (n, True, True, False)}  # fmt: skip
+    # mode -> (workers, shared in-flight, shared index, gossip, shared waiting list)
+    all_modes = {"1": (1, False, False, False, False), "shared": (n, True, False, False, False),
+                 "gossip": (n, True, False, True, False), "own": (n, False, False, False, False),
+                 "shared-index": (n, True, True, False, False),
+                 "gossip-shared-wait": (n, True, False, True, True)}  # fmt: skip
     modes = [all_modes[m] for m in args.modes.split(",")]
     rows: list[dict[str, Any]] = []
     for name in chosen:
         for fam, seed in runs[name]:
             qps = round(args.load * caps[fam], 3)
-            for w, shared, shared_index, gossip in modes:
-                r = run_workers(fam, seed, qps, w, shared, args.duration, args.warmup, shared_index, gossip)
+            for w, shared, shared_index, gossip, shared_wait in modes:
+                r = run_workers(fam, seed, qps, w, shared, args.duration, args.warmup, shared_index, gossip,
+                                shared_wait, args.gossip_interval)  # fmt: skip
                 r["set"] = name
                 rows.append(r)
                 print(
                     f"{name} {fam}/{seed} workers {w} {'shared' if shared else 'own'} in-flight"
-                    f"{', shared index' if shared_index else ''}{', prefix gossip' if gossip else ''}: "
+                    f"{', shared index' if shared_index else ''}{', prefix gossip' if gossip else ''}"
+                    f"{', shared waiting list' if shared_wait else ''}: "
                     f"p90 {report._fmt(r['ttft_p90'], digits=3)} s, "
                     f"hit {report._fmt(r['prefix_hit_rate'], digits=3)}",
                     file=sys.stderr,
