@@ -79,3 +79,13 @@ def test_workers_bench_runs_one_and_two_workers_on_the_same_workload(tmp_path) -
     argv = ["--duration", "3", "--warmup", "1", "--capacities", "a=1,b=1,c=1", "--out", str(tmp_path)]
     assert workers_main(argv) == 0
     assert "per worker" in (tmp_path / "fleet-workers.md").read_text()
+
+
+def test_workers_bench_bound_with_a_shared_waiting_list_and_faster_gossip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kvgate.bench.workers_sim import main as workers_main
+
+    argv = ["--duration", "3", "--warmup", "1", "--capacities", "a=1,b=1,c=1", "--modes",
+            "gossip-shared-wait", "--gossip-interval", "0.001", "--out", str(tmp_path)]  # fmt: skip
+    assert workers_main(argv) == 0
+    md = (tmp_path / "fleet-workers.md").read_text()
+    assert "per worker + gossip every 1 ms, waiting list shared (bound)" in md
