@@ -28,3 +28,13 @@ def test_bench_flowcontrol_reserve_arm(tmp_path: Path) -> None:
     doc = orjson.loads((tmp_path / "flowcontrol.json").read_bytes())
     assert set(doc["runs"]) == {f"kvgate-reserve/{m}" for m in ("calm", "even", "flood")}
     assert doc["runs"]["kvgate-reserve/flood"]["requests"] > 0
+
+
+def test_bench_flowcontrol_ttft_target_arm(tmp_path: Path) -> None:
+    args = ["flowcontrol", "--replicas", "2", "--duration", "4", "--warmup", "1", "--arms", "kvgate-reserve",
+            "--headroom", "0.75", "--ttft-target", "0.05", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    doc = orjson.loads((tmp_path / "flowcontrol.json").read_bytes())
+    flood = doc["runs"]["kvgate-reserve/flood"]
+    assert flood["requests"] > 0
+    assert 0.0 <= flood["headroom_mean"] <= 0.75  # sampled at each scrape, within its range

@@ -83,6 +83,7 @@ def arm_config(
     headroom: float = 0.25,
     max_concurrency: int = 128,
     headroom_on: str = "saturation",
+    ttft_target: float = 0.0,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
@@ -99,6 +100,8 @@ def arm_config(
     if arm == "kvgate-reserve":  # + a fair-share reservation (not in the default arms)
         doc["flowControl"]["fairShareHeadroom"] = headroom
         doc["flowControl"]["fairShareHeadroomOn"] = headroom_on
+        if ttft_target:
+            doc["flowControl"]["fairShareTTFTTarget"] = ttft_target
     params = {**DETECTOR_KVGATE["parameters"], "maxPendingRequests": max_pending,
               "maxConcurrency": max_concurrency}  # fmt: skip
     doc["saturationDetector"] = {**DETECTOR_KVGATE, "parameters": params}
@@ -166,6 +169,8 @@ class Run:
     arm: str
     outcomes: list[Outcome] = field(default_factory=list)
     duration: float = 0.0
+    # (time, fair-share headroom in force) at each scrape: what fairShareTTFTTarget adapted it to
+    headroom: list[tuple[float, float]] = field(default_factory=list)
 
 
 class FlowSim:
@@ -180,6 +185,7 @@ class FlowSim:
         max_pending: int = 2,
         headroom: float = 0.25,
         headroom_on: str = "saturation",
+        ttft_target: float = 0.0,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -189,7 +195,7 @@ class FlowSim:
         self.arm = arm
         self.clock = VirtualClock()
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
-        config = arm_config(arm, ttl, max_pending, headroom, max_num_seqs, headroom_on)
+        config = arm_config(arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target)
         self.director = build_director(
             config, EndpointStore(self.endpoints), clock=self.clock.time, seed=seed, flow_metrics=False
         )
@@ -319,6 +325,8 @@ class FlowSim:
         now = self.clock.now
         for ep, rep in zip(self.endpoints, self.replicas, strict=True):
             _copy_stats(ep, rep.engine.stats(), now)
+        if self.director.flow is not None:
+            self.run.headroom.append((now, self.director.flow.ctl.headroom))
         self._pump()
         if now < until:
             self.clock.call_later(0.05, self._scrape, until)
@@ -374,6 +382,10 @@ def breakdown(run: Run, tenants: tuple[str, ...]) -> dict[str, Any] | None:
     }
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def jain(values: list[float]) -> float:
     s, sq = sum(values), sum(v * v for v in values)
     return (s * s) / (len(values) * sq) if sq else 1.0
@@ -403,6 +415,7 @@ def summarize(run: Run, measured_from: float) -> dict[str, Any]:
         "shed": sum(1 for o in all_outs if o.status),
         "shed_rate": sum(1 for o in all_outs if o.status) / max(1, len(all_outs)),
         "requests": len(all_outs),
+        "headroom_mean": _mean([h for t, h in run.headroom if t >= measured_from]),
     }
 
 
@@ -460,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="kvgate-reserve arm: flowControl.fairShareHeadroom")  # fmt: skip
     p.add_argument("--headroom-on", choices=("saturation", "pending"), default="saturation",
                    help="kvgate-reserve arm: flowControl.fairShareHeadroomOn")  # fmt: skip
+    p.add_argument("--ttft-target", type=float, default=0.0,
+                   help="kvgate-reserve arm: flowControl.fairShareTTFTTarget, s (0: fixed)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     p.add_argument("--live", action="store_true", help="real kvgate serve + simulated fleet over HTTP")
@@ -484,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         for arm in args.arms.split(","):
             sim = FlowSim(arm, args.replicas, args.profile, args.seed, args.ttl,
                           max_num_seqs=args.max_num_seqs, max_pending=args.max_pending,
-                          headroom=args.headroom, headroom_on=args.headroom_on)  # fmt: skip
+                          headroom=args.headroom, headroom_on=args.headroom_on,
+                          ttft_target=args.ttft_target)  # fmt: skip
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
     for arm in args.arms.split(","):

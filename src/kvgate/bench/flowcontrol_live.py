@@ -50,12 +50,15 @@ def gateway_config(
     max_num_seqs: int,
     headroom: float = 0.25,
     headroom_on: str = "saturation",
+    ttft_target_wall: float = 0.0,
 ) -> dict[str, Any]:
-    """A ``kvgate serve --config`` document: the simulator bench's picker config for ``arm`` (TTL in
-    wall seconds, the concurrency detector sized to the servers' batch), plus the two objectives."""
+    """A ``kvgate serve --config`` document: the simulator bench's picker config for ``arm`` (TTL and
+    TTFT target in wall seconds, the concurrency detector sized to the servers' batch), plus the two
+    objectives."""
     picker = fc.arm_config(
-        arm, ttl_wall, headroom=headroom, headroom_on=headroom_on, max_concurrency=max_num_seqs
-    )
+        arm, ttl_wall, headroom=headroom, headroom_on=headroom_on, max_concurrency=max_num_seqs,
+        ttft_target=ttft_target_wall,
+    )  # fmt: skip
     return {
         "pools": [{"name": "default", "endpoints": list(urls), "models": [fc.MODEL],
                    "endpointPickerConfig": picker}],
@@ -104,6 +107,7 @@ async def run_arm(
     ttl: float,
     headroom: float = 0.25,
     headroom_on: str = "saturation",
+    ttft_target: float = 0.0,
 ) -> tuple[fc.Run, dict[str, Any]]:
     """A fresh fleet and gateway, the arrivals through it; outcomes in simulated seconds."""
     ts = spec.time_scale
@@ -111,7 +115,7 @@ async def run_arm(
     gw: procs.Proc | None = None
     try:
         gw, base = await start_gateway(
-            gateway_config(arm, urls, ttl / ts, spec.max_num_seqs, headroom, headroom_on)
+            gateway_config(arm, urls, ttl / ts, spec.max_num_seqs, headroom, headroom_on, ttft_target / ts)
         )
         reqs = specs(arrivals, ts)
         cfg = loadgen.RunConfig(
@@ -159,8 +163,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         arrivals = fc.Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
         for arm in arms:
             run, extra = await run_arm(
-                arm, arrivals, spec, args.duration, args.ttl, args.headroom, args.headroom_on
-            )
+                arm, arrivals, spec, args.duration, args.ttl,
+                args.headroom, args.headroom_on, args.ttft_target,
+            )  # fmt: skip
             rows["runs"][f"{arm}/{mode}"] = {**fc.summarize(run, args.warmup), **extra}
     for arm in arms:
         flood = rows["runs"].get(f"{arm}/flood")

@@ -16,6 +16,8 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
                                   # only while the pool's saturation stays below 1 - this (0 = off)
       fairShareHeadroomOn: saturation  # kvgate: saturation (every bound of the gate) | pending
                                   # (concurrency-detector's maxPendingRequests bound only)
+      fairShareTTFTTarget: 0      # kvgate: p90 TTFT goal for the flows at or under their share; with
+                                  # it the headroom adapts in [0, fairShareHeadroom] (0 = fixed)
       priorityBands:              # per-band overrides; a priority not listed gets the defaults
       - priority: 0
         maxRequests: 1000
@@ -55,7 +57,7 @@ ORDERING_POLICIES = {
 HEADROOM_ON = ("saturation", "pending")
 _GLOBAL_KEYS = ("maxRequests", "maxBytes", "defaultRequestTTL", "fairnessPolicy", "orderingPolicy",
                 "defaultTTFTSLO", "preemption", "holdPredictedMisses", "fairShareHeadroom",
-                "fairShareHeadroomOn", "priorityBands")  # fmt: skip
+                "fairShareHeadroomOn", "fairShareTTFTTarget", "priorityBands")  # fmt: skip
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,6 +85,9 @@ class FlowControlConfig:
     # Which bounds the headroom comes off: "saturation" (the detector's whole score) or "pending"
     # (concurrency-detector's maxPendingRequests only; running slots stay whole).
     fair_share_headroom_on: str = "saturation"
+    # kvgate: a p90 TTFT goal (seconds) for the flows at or under their fair share; with it the headroom
+    # is not fixed but adapts between 0 and ``fair_share_headroom`` to keep their TTFT there (0 = off).
+    fair_share_ttft_target: float = 0.0
     bands: dict[int, BandConfig] = field(default_factory=dict)
 
     def band(self, priority: int) -> BandConfig:
@@ -113,7 +118,13 @@ def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl")
         hold_predicted_misses=p.get_bool("holdPredictedMisses", False),
         fair_share_headroom=p.get_float("fairShareHeadroom", 0.0, min=0.0),
         fair_share_headroom_on=p.get_str("fairShareHeadroomOn", "saturation", choices=list(HEADROOM_ON)),
+        fair_share_ttft_target=p.get_duration("fairShareTTFTTarget", 0.0),
     )
+    if cfg.fair_share_ttft_target and not cfg.fair_share_headroom:
+        raise ConfigError(
+            f"{path}.fairShareTTFTTarget: needs {path}.fairShareHeadroom > 0 (the most headroom it may "
+            f"take), got {p.raw['fairShareTTFTTarget']!r} with no headroom"
+        )
     if cfg.fair_share_headroom >= 1.0:
         raise ConfigError(
             f"{path}.fairShareHeadroom: must be < 1 (a share of the saturation gate), "

@@ -18,6 +18,9 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
 - in-flight requests per flow (``started`` / ``ended``, told by the Director from dispatch to finish,
   whether or not the request waited): ``over_share`` says whether a flow holds more than its fair
   share of them (``flowControl.fairShareHeadroom``).
+- with ``fairShareTTFTTarget``, ``observe_first_token`` adapts that headroom (``headroom``) to the
+  TTFTs of the flows at or under their share: up on a miss of the target, down on a hit, so that about
+  one in ten misses it (a p90 goal), within ``[0, fairShareHeadroom]``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from kvgate.scheduling.types import InferenceRequest, ShedError, prompt_tokens
 
 LLMD_FAIRNESS_HEADER = "x-llm-d-inference-fairness-id"
 DEFAULT_OUTPUT_TOKENS = 128  # expected output when a request sets no max_tokens (service accounting)
+# fairShareTTFTTarget: the headroom's step per observed first token, as a share of the most it may take
+# (a miss raises it by HEADROOM_GAIN x 0.9, a hit lowers it by HEADROOM_GAIN x 0.1: at equilibrium one
+# in ten misses); 0.05 crosses the whole range in about 22 misses in a row, or 200 hits.
+HEADROOM_GAIN = 0.05
+TARGET_QUANTILE = 0.9
+ADAPTIVE_OVER_SHARE = 2.0
 
 # Outcomes, as the reference's QueueOutcome names them.
 DISPATCHED = "Dispatched"
@@ -89,6 +98,12 @@ class FlowController:
         # flow -> the places it is active in: in flight (1), and each band it has a request queued in.
         # Its length is the active flows' count, kept at the 0 <-> 1 transitions (O(1) ``over_share``).
         self._places: dict[str, int] = {}
+        # The fair-share headroom in force: fixed, or adapted to fairShareTTFTTarget from 0.
+        self.headroom = 0.0 if cfg.fair_share_ttft_target else cfg.fair_share_headroom
+        # Over its share = more in flight than this many times the mean. Adapting to a TTFT target
+        # that plain load (not one flow's excess) makes unreachable would otherwise hold back whichever
+        # of several like flows is momentarily above the mean; at twice the mean only a real excess is.
+        self._over_factor = ADAPTIVE_OVER_SHARE if cfg.fair_share_ttft_target else 1.0
 
     def __len__(self) -> int:
         return self.count
@@ -290,7 +305,27 @@ class FlowController:
         alone never does."""
         mine = self.inflight.get(flow, 0)
         # (a flow with a request in flight is active: counted already)
-        return bool(mine) and mine * len(self._places) > self.inflight_total
+        return bool(mine) and mine * len(self._places) > self._over_factor * self.inflight_total
+
+    def held_back(self, req: InferenceRequest) -> bool:
+        """Does the fair-share headroom apply to ``req``: its flow is over its share, or (adapting to
+        ``fairShareTTFTTarget``) the request is sheddable? A batch band's long requests fill the
+        servers' batches as a flood does; being sheddable, they are the first to wait."""
+        if self.cfg.fair_share_ttft_target and req.sheddable:
+            return True
+        return self.over_share(flow_of(req))
+
+    def observe_first_token(self, req: InferenceRequest, ttft: float) -> None:
+        """``req`` produced its first token ``ttft`` seconds after it arrived. With
+        ``fairShareTTFTTarget``, and ``req`` not held back itself, the headroom moves toward the value
+        at which one in ten such requests misses the target (stochastic approximation of the p90)."""
+        cfg = self.cfg
+        target = cfg.fair_share_ttft_target
+        if not target or self.held_back(req):
+            return
+        top = cfg.fair_share_headroom
+        miss = TARGET_QUANTILE if ttft > target else TARGET_QUANTILE - 1.0
+        self.headroom = min(top, max(0.0, self.headroom + HEADROOM_GAIN * top * miss))
 
     def _under_share(self) -> Callable[[str], bool]:
         """``over_share``'s complement for every flow, the active count taken once."""

@@ -164,14 +164,11 @@ class Director:
         except SchedulingError:
             return False  # let the pick fail with its own error
         flow = self.flow
-        if flow is not None and flow.ctl.cfg.fair_share_headroom and flow.ctl.over_share(flow_of(req)):
+        if flow is not None and flow.ctl.headroom and flow.ctl.held_back(req):
             # flowControl.fairShareHeadroom: the last part of the capacity is kept for flows at or
             # under their fair share, so one of theirs leaves at once instead of waiting for a slot.
-            cfg = flow.ctl.cfg
-            pending_only = cfg.fair_share_headroom_on == "pending"
-            return self.detector.saturated_reserving(
-                cands, self.clock(), cfg.fair_share_headroom, pending_only
-            )
+            pending_only = flow.ctl.cfg.fair_share_headroom_on == "pending"
+            return self.detector.saturated_reserving(cands, self.clock(), flow.ctl.headroom, pending_only)
         return self.detector.saturated(cands, self.clock())
 
     def _pick_late(self, req: InferenceRequest, explain: bool) -> PickResult:
@@ -345,6 +342,8 @@ class Director:
         inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
         inf.decoding += 1
         if self.flow is not None:
+            if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
+                self.flow.ctl.observe_first_token(req, track.first_at - req.arrival_time)
             self.flow.notify()
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
