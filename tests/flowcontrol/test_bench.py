@@ -23,7 +23,8 @@ def test_bench_flowcontrol_writes_every_arm_and_mix(tmp_path: Path) -> None:
 
 def test_bench_flowcontrol_reserve_arm(tmp_path: Path) -> None:
     args = ["flowcontrol", "--replicas", "1", "--duration", "4", "--warmup", "1", "--arms", "kvgate-reserve",
-            "--headroom", "0.25", "--headroom-on", "pending", "--out", str(tmp_path)]  # fmt: skip
+            "--headroom", "0.25", "--headroom-on", "pending", "--engine-priority",
+            "--out", str(tmp_path)]  # fmt: skip
     assert main(args) == 0
     doc = orjson.loads((tmp_path / "flowcontrol.json").read_bytes())
     assert set(doc["runs"]) == {f"kvgate-reserve/{m}" for m in ("calm", "even", "flood")}

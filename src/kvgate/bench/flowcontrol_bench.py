@@ -186,6 +186,7 @@ class FlowSim:
         headroom: float = 0.25,
         headroom_on: str = "saturation",
         ttft_target: float = 0.0,
+        engine_priority: bool = False,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -193,6 +194,8 @@ class FlowSim:
         from kvgate.sim.vclock import VirtualClock, VirtualReplica
 
         self.arm = arm
+        self.engine_priority = engine_priority
+        policy = "priority" if engine_priority else "fcfs"  # the servers' --scheduling-policy
         self.clock = VirtualClock()
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
         config = arm_config(arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target)
@@ -202,7 +205,7 @@ class FlowSim:
         self.replicas = [
             VirtualReplica(
                 self.clock,
-                Engine(EngineConfig(profile=profile, max_num_seqs=max_num_seqs)),
+                Engine(EngineConfig(profile=profile, max_num_seqs=max_num_seqs, scheduling_policy=policy)),
                 name=ep.address,
                 on_first_token=self._first,
                 on_finished=self._finished,
@@ -275,12 +278,22 @@ class FlowSim:
         # A distinct first token per request: no prefix is shared, so caching plays no part here.
         ids = [1 + self._n_sent % 30000, *([7] * (req.prompt_tokens - 1))]
         self._n_sent += 1
-        sim = SimRequest(req.request_id, ids, req.max_tokens or 1, arrival_time=self.clock.now)
+        sim = SimRequest(req.request_id, ids, req.max_tokens or 1, arrival_time=self.clock.now,
+                         priority=self._engine_priority(req))  # fmt: skip
         self._live[req.request_id] = (req, i, out)
         out.sent = self.clock.now
         # As its own event: a dispatch from inside a replica's step-end callback must not start a
         # second step on that replica while the first one is still being delivered.
         self.clock.call_soon(self._submit, i, sim)
+
+    def _engine_priority(self, req: InferenceRequest) -> int:
+        """vLLM's request ``priority`` (lower first) with ``--engine-priority``: the band, and inside
+        it a flow over its fair share after the others."""
+        if not self.engine_priority:
+            return 0
+        flow = self.director.flow
+        over = flow is not None and flow.ctl.over_share(req.fairness_id or "")
+        return -10 * req.priority + (1 if over else 0)
 
     def _submit(self, i: int, sim: Any) -> None:
         if sim.request_id in self._live:  # (not preempted before it got there)
@@ -475,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="kvgate-reserve arm: flowControl.fairShareHeadroomOn")  # fmt: skip
     p.add_argument("--ttft-target", type=float, default=0.0,
                    help="kvgate-reserve arm: flowControl.fairShareTTFTTarget, s (0: fixed)")  # fmt: skip
+    p.add_argument("--engine-priority", action="store_true",
+                   help="servers schedule by vLLM request priority (band, then over-share last)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     p.add_argument("--live", action="store_true", help="real kvgate serve + simulated fleet over HTTP")
@@ -500,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             sim = FlowSim(arm, args.replicas, args.profile, args.seed, args.ttl,
                           max_num_seqs=args.max_num_seqs, max_pending=args.max_pending,
                           headroom=args.headroom, headroom_on=args.headroom_on,
-                          ttft_target=args.ttft_target)  # fmt: skip
+                          ttft_target=args.ttft_target, engine_priority=args.engine_priority)  # fmt: skip
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
     for arm in args.arms.split(","):

@@ -67,6 +67,10 @@ class EngineConfig:
     # from vLLM's CPU cache; 10 ms leaves room for the slower first load.
     lora_load_time_s: float = 0.010
     enable_prefix_caching: bool = True
+    # vLLM's --scheduling-policy: "fcfs" (default) or "priority": the waiting queue in (request priority,
+    # arrival) order, lower first. (vLLM also picks the lowest-priority running request as the victim
+    # when KV blocks run out; not modelled: the newest is still preempted.)
+    scheduling_policy: str = "fcfs"
     vocab_size: int = 0
     block_hasher: BlockHasher = xxhash64_block
 
@@ -86,6 +90,8 @@ class EngineConfig:
         if self.max_model_len > capacity:
             # vLLM refuses to start when one max-length sequence does not fit the KV cache.
             raise ValueError(f"max_model_len {self.max_model_len} exceeds the KV cache ({capacity} tokens)")
+        if self.scheduling_policy not in ("fcfs", "priority"):
+            raise ValueError(f"scheduling_policy must be fcfs or priority, got {self.scheduling_policy!r}")
         if min(self.max_num_seqs, self.max_num_batched_tokens, self.num_gpu_blocks, self.max_loras) < 1:
             raise ValueError("max_num_seqs, max_num_batched_tokens, num_gpu_blocks, max_loras must be >= 1")
 
@@ -207,8 +213,21 @@ class Engine:
             req.arrival_time = now
         s = _Seq(req, cfg.max_model_len)
         self._by_id[req.request_id] = s
-        self._waiting.append(s)
+        self._enqueue(s)
         _inc(self._waiting_loras, s.lora)
+
+    def _enqueue(self, s: _Seq) -> None:
+        """Into the waiting queue: at the back (fcfs), or after every request that goes before it by
+        (priority, arrival) (priority; O(waiting), and the waiting queue is short when a gateway gates)."""
+        waiting = self._waiting
+        if self.config.scheduling_policy != "priority" or not waiting:
+            waiting.append(s)
+            return
+        key = (s.req.priority, s.req.arrival_time)
+        i = len(waiting)
+        while i > 0 and (waiting[i - 1].req.priority, waiting[i - 1].req.arrival_time) > key:
+            i -= 1
+        waiting.insert(i, s)
 
     def abort(self, request_id: str) -> bool:
         s = self._by_id.pop(request_id, None)
@@ -494,7 +513,10 @@ class Engine:
         s.state = _WAITING
         s.req.num_preemptions += 1
         self.num_preemptions += 1
-        self._waiting.appendleft(s)
+        if self.config.scheduling_policy == "priority":
+            self._enqueue(s)  # (as vLLM's priority queue: by key, not at the front)
+        else:
+            self._waiting.appendleft(s)
         _dec(self._running_loras, s.lora)
         _inc(self._waiting_loras, s.lora)
 

@@ -22,6 +22,8 @@ class SimRequest:
     max_tokens: int
     lora: str | None = None  # adapter name; None = base model
     arrival_time: float = 0.0
+    # vLLM's request ``priority`` (lower = earlier); used only by an engine with scheduling_policy priority
+    priority: int = 0
     # Filled in by the engine:
     output_token_ids: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (first schedule)
