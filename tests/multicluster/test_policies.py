@@ -353,3 +353,28 @@ def test_policy_seed_given_or_drawn() -> None:
 
     assert picks(5) == picks(5)
     assert picks(None) != picks(None)  # 40 picks among 4 alike: equal by chance with odds ~1e-14
+
+
+def test_queue_past_full_waits_for_slots_at_the_measured_turnover() -> None:
+    """Past full, a request waits for a slot: the queue ahead, (u - 1) x slots, drains at slots / (idle
+    TTFT + decode time) per second. The decode time is measured by this gateway (first byte to end of a
+    streamed request), so a cluster whose requests hold their slots long spills over sooner."""
+    p = KvgatePolicy()
+    west = _state("west", ready=2, cap=2.0, head=0.0, q=1.0, request_slots=16.0)  # 2 queued past full
+    west.observe_ttft(0.35, 0.0)
+    assert p.slot_time(west) == pytest.approx(0.35 * 16 / 2)  # nothing decoded yet: a prefill per slot
+    tok = west.dispatched(0.0)
+    west.observe_ttft(0.35, 0.35, tok)
+    west.finished(tok, 9.35)  # 9 s from the first byte to the end
+    assert west.decode_s == pytest.approx(9.0) and west._first_at == {}
+    west.sent_since_snapshot = 0
+    u = p.utilisation(west)
+    assert u == pytest.approx(1 + 3 / 16)
+    assert p.predicted_ttft(west) == pytest.approx(0.35 * 2 + (3 / 16) * (0.35 + 9.0))
+    # against an idle cluster 4x slower per request: the long turnover sends the request there
+    east = _state("east", ready=3, cap=3.0, head=3.0, request_slots=24.0)
+    east.observe_ttft(1.4, 0.0)
+    assert p.order([west, east], ClusterRequest(), 0.0)[0].name == "east"
+    # a request finished without its time (or never answered) teaches nothing
+    west.finished(west.dispatched(0.0))
+    assert west.decode_s == pytest.approx(9.0)

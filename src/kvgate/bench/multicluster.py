@@ -291,7 +291,7 @@ class MultiClusterSim:
             Usage(sim.num_prompt_tokens, len(sim.output_token_ids), sim.num_cached_tokens),
             ok,
         )
-        self.gw_states[r.gateway][r.cluster].finished(r.token)
+        self.gw_states[r.gateway][r.cluster].finished(r.token, t)
         if not r.measured or r.first is None:
             return
         half_rtt = c.d.rtt_ms / 2000.0

@@ -517,6 +517,11 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
         "timeline": [
             (round(r.start, 3), r.cluster, None if r.ttft is None else round(r.ttft, 4)) for r in res
         ],
+        # Beside the timeline, per request: its tenant and the share of its prompt cached where it ran.
+        "timeline_tenant": [r.group for r in res],
+        "timeline_cached": [
+            round(r.cached_tokens / r.prompt_tokens, 3) if r.prompt_tokens else None for r in res
+        ],
     }
     if loss:
         row["loss_at_s"], row["back_at_s"] = loss_at, back_at

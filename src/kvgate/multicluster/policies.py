@@ -14,8 +14,9 @@
   - x (1 + u) while it has room, u its occupancy after this request: requests there over the requests it
     holds when full (the snapshot's ``request_slots``, from what its engines report of their KV caches),
     counting the queue its headroom cannot show once full and what this gateway sent since the snapshot;
-  - past full, + one idle TTFT per request ahead per ready endpoint (they admit the queue one prefill
-    after another);
+  - past full, + the wait for a slot: (u - 1) x the time a request holds one (its idle TTFT plus its
+    decode time as this gateway measured it, first byte to end; before any, one idle TTFT per request
+    ahead per ready endpoint);
   - never below the evidence: the recent TTFT EWMA fading to the floor, the floor x this gateway's
     requests still waiting there for a first byte, the oldest one's age (a censored observation).
   A slow cluster and a full one are then compared as what they are, waits: a full local cluster keeps the
@@ -226,19 +227,29 @@ class KvgatePolicy:
     def predicted_ttft(self, c: ClusterState, now: float = 0.0) -> float:
         """This request's TTFT there, in seconds: the one unit every cluster is costed in.
 
-        Model: the idle TTFT (``base_ttft``) x (1 + u) while the cluster has room, u its occupancy after
-        this request (a prefill shares each engine step with the running decodes: about 2x the floor when
-        full, as measured live), plus, past full, one idle TTFT per request ahead on each ready endpoint
-        (the requests past full wait for slots, and each endpoint admits them one prefill after the other:
-        a lower bound of their wait). Evidence: never below what this gateway observed there lately (its
+        Model: the idle TTFT (``base_ttft``) x (1 + u), u its occupancy after this request (a prefill
+        shares each engine step with the running decodes: about 2x the floor when full, as measured live),
+        plus, past full, the wait for a slot: (u - 1) x ``slot_time`` (the requests past full, (u - 1) x
+        slots, leave the queue at slots / slot_time per second). Evidence: never below what this gateway
+        observed there lately (its
         TTFT EWMA fading to the floor, the floor x its own requests still waiting for a first byte there,
         the oldest one's age): a queue the model underestimates shows there."""
+        u = self.utilisation(c)
+        base = self.base_ttft(c)
+        model = base * (1.0 + min(u, 1.0)) + max(0.0, u - 1.0) * self.slot_time(c)
+        return max(model, c.observed_ttft(now))
+
+    def slot_time(self, c: ClusterState) -> float:
+        """How long a request holds a slot there: its prefill (the idle TTFT) plus its decode as this
+        gateway measured it (first byte to end). The queue past full drains at slots / this requests per
+        second, so a request (u - 1) x slots deep waits (u - 1) x this. Before any measured decode: one
+        prefill per request ahead per ready endpoint, slots / ready x the idle TTFT (a lower bound)."""
         a = c.aggregate
         assert a is not None
-        u = self.utilisation(c)
-        ahead = max(0.0, u - 1.0) * self.slots(c) / max(1, a.ready_endpoints)
-        model = self.base_ttft(c) * (1.0 + min(u, 1.0) + ahead)
-        return max(model, c.observed_ttft(now))
+        base = self.base_ttft(c)
+        if c.decode_s is not None:
+            return base + c.decode_s
+        return base * self.slots(c) / max(1, a.ready_endpoints)
 
     def affinity(self, c: ClusterState, req: ClusterRequest) -> float:
         a = c.aggregate

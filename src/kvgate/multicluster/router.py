@@ -301,7 +301,7 @@ class GlobalRouter:
                             await upstream.aclose()  # the EPP's end (or its cancel, when cut short)
                 finally:
                     response.release()
-                    st.finished(token)
+                    st.finished(token, self.clock())  # with the time: the cluster's decode time
 
         return Routed(response.status, headers, stream(), st.name, mode, attempts, epp)
 

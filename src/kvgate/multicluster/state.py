@@ -52,6 +52,11 @@ class ClusterState:
     # Streamed requests sent there still waiting for their first byte: token -> dispatch time (insertion
     # order is dispatch order, so the first is the oldest). Bounded by what is in flight.
     waiting: dict[int, float] = field(default_factory=dict)
+    # EWMA of a streamed request's first byte to its end, as this gateway saw them (RTT cancels out): how
+    # long a request holds its slot there after its prefill, so the queue past full drains at slots / (this
+    # + the floor) requests per second. None until a streamed request has ended there.
+    decode_s: float | None = None
+    _first_at: dict[int, float] = field(default_factory=dict)  # token -> its first byte's time
     _token: int = 0
 
     @property
@@ -85,7 +90,8 @@ class ClusterState:
         return self._token
 
     def observe_ttft(self, seconds: float, now: float, token: int = 0, alpha: float = 0.1) -> None:
-        self.waiting.pop(token, None)
+        if self.waiting.pop(token, None) is not None:
+            self._first_at[token] = now
         self.ttft_s = seconds if self.ttft_s is None else self.ttft_s + alpha * (seconds - self.ttft_s)
         self.ttft_at = now
         f = self.ttft_floor_s
@@ -123,9 +129,15 @@ class ClusterState:
             floor *= 1.0 + len(self.waiting) / ready
         return max(ewma, floor, self.oldest_wait(now))
 
-    def finished(self, token: int = 0) -> None:
+    def finished(self, token: int = 0, now: float | None = None, alpha: float = 0.1) -> None:
+        """The request ended there. With ``now``, a streamed request that had its first byte gives its
+        decode time (first byte to end)."""
         self.inflight = max(0, self.inflight - 1)
         self.waiting.pop(token, None)
+        first = self._first_at.pop(token, None)
+        if first is not None and now is not None:
+            d = max(0.0, now - first)
+            self.decode_s = d if self.decode_s is None else self.decode_s + alpha * (d - self.decode_s)
 
     def failed(self, now: float) -> None:
         self.failures += 1
