@@ -218,6 +218,7 @@ def test_hub_values_render_a_valid_global_gateway(with_epp: bool) -> None:
     [container] = pod["containers"]
     args = serve_parser().parse_args(container["args"][1:])  # kvgate serve's own flags
     assert container["args"][0] == "serve" and args.cluster_policy == "kvgate" and args.port == 8080
+    _writable_tmp(pod, container)
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert args.clusters == mounts["clusters"] + "/clusters.yaml"
@@ -364,6 +365,15 @@ async def test_the_hub_rbac_is_exactly_what_the_controller_does() -> None:
 STANDALONE = {**HUB, "controller": {"standalone": True}}
 
 
+def _writable_tmp(pod: dict[str, Any], container: dict[str, Any]) -> None:
+    """A read-only root filesystem with a writable /tmp (an emptyDir): kubernetes_asyncio writes a
+    kubeconfig's inline ``*-data`` (the members' kubeconfigs) to ``tempfile.mkstemp()`` files."""
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    [tmp] = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert not tmp.get("readOnly")
+    assert {v["name"]: v for v in pod["volumes"]}[tmp["name"]] == {"name": tmp["name"], "emptyDir": {}}
+
+
 def test_a_standalone_hub_controller_renders_valid() -> None:
     from kvgate.multicluster.clusters import parse
     from kvgate.multicluster.hub_controller import build_parser
@@ -382,6 +392,7 @@ def test_a_standalone_hub_controller_renders_valid() -> None:
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert args.clusters == mounts["clusters"] + "/clusters.yaml"
     assert {v["name"]: v for v in pod["volumes"]}["clusters"]["configMap"]["name"] == "llama-hub"
+    _writable_tmp(pod, container)
     # The gateway reads the same file, told not to write; it has no role in the hub.
     cfg = parse(yaml.safe_load(_named(docs, "ConfigMap", "llama-hub")["data"]["clusters.yaml"]))
     assert cfg.kubernetes is not None and cfg.kubernetes.controller is False

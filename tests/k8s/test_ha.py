@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from kvgate.k8s import resources as R
 from kvgate.k8s.apiserver import ApiServerDouble
@@ -54,6 +56,42 @@ async def test_racing_candidates_never_both_lead(double: ApiServerDouble, kube: 
 
 async def _value(x: object) -> object:
     return await x if asyncio.iscoroutine(x) else x
+
+
+class _SlowLeases(ApiServerDouble):
+    """Answers Lease reads after ``get_delay`` seconds and Lease writes after ``put_delay``."""
+
+    get_delay = put_delay = 0.0
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if "/leases" in request.path:
+            delay = {"GET": self.get_delay, "PUT": self.put_delay}.get(request.method, 0.0)
+            if delay:
+                await asyncio.sleep(delay)
+        return await super()._handle(request)
+
+
+async def test_a_leader_steps_down_by_its_renew_deadline_however_slow_the_api_server() -> None:
+    """The renewal's read answers just inside the renew deadline and its write never does: the leader
+    steps down at its last renewal + renew_deadline (the whole attempt is bounded, as in client-go), not
+    after the read's and the write's deadlines added up (it used to act ~2 x the deadline past its last
+    renewal, while a standby takes over after the lease duration)."""
+    async with _SlowLeases(bookmark_interval=0.2) as d:
+        kube = await KubeClient.connect(server=d.url)
+        down: list[float] = []
+        e = LeaderElector(kube, name="l", namespace="default", identity="a", lease_duration_s=6.0,
+                          renew_deadline_s=3.0, retry_period_s=0.2,
+                          on_change=lambda lead: None if lead else down.append(time.monotonic()))  # fmt: skip
+        e.start()
+        try:
+            await _until(lambda: e.is_leader)
+            d.get_delay, d.put_delay = 2.7, 60.0
+            await _until(lambda: not e.is_leader, within_s=20.0)
+            acted = down[0] - e._renewed_at  # from its last renewal to its step-down
+            assert 2.9 <= acted <= 3.0 + 1.0, acted  # at the deadline (a second's margin for a loaded host)
+        finally:
+            await e.stop(release=False)
+            await kube.close()
 
 
 def _pool() -> dict:

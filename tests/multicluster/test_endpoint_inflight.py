@@ -33,6 +33,9 @@ from kvgate.extproc.session import SessionContext
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
+CLOSE_DEADLINE = 6.0  # the EPP deadline (epp_timeout_s) of the ``slow`` world
+CLOSE_WAIT = 15.0  # how long after a stream's end its EPP may take to close it (a loaded machine)
+
 
 class World:
     def __init__(self, pod: Backend, epp: EppServer, store: EndpointStore, gw: GlobalGateway) -> None:
@@ -64,7 +67,9 @@ class World:
         return ep.inflight.requests, ep.inflight.decoding
 
 
-async def _world(pod: Backend, rewrite: dict[str, str] | None = None) -> tuple[World, list[Any]]:
+async def _world(
+    pod: Backend, rewrite: dict[str, str] | None = None, epp_timeout_s: float = 2.0
+) -> tuple[World, list[Any]]:
     await pod.start()
     store = EndpointStore.from_addresses([pod.address])
     metrics = EppMetrics()
@@ -76,15 +81,16 @@ async def _world(pod: Backend, rewrite: dict[str, str] | None = None) -> tuple[W
                     metrics=metrics)  # fmt: skip
     await epp.start()
     cluster = ClusterSpec("c1", epp=f"127.0.0.1:{epp.port}")  # Endpoint mode only
-    gw = GlobalGateway(ClustersConfig((cluster,)), "round-robin", fetch=False)
+    gw = GlobalGateway(ClustersConfig((cluster,), epp_timeout_s=epp_timeout_s), "round-robin", fetch=False)
     await gw.start("127.0.0.1", 0)
     return World(pod, epp, store, gw), [gw, epp, pod]
 
 
 @pytest.fixture
 async def slow() -> AsyncIterator[World]:
-    # 40 tokens, 50 ms apart: a 2 s stream.
-    w, parts = await _world(Backend("pod", tokens=40, chunk_delay=0.05))
+    # 40 tokens, 50 ms apart: a 2 s stream. An EPP deadline of 6 s: the gateway's own cancel of a stream
+    # the EPP answered but left open comes 5 x that (30 s) after its end, past what a test here waits.
+    w, parts = await _world(Backend("pod", tokens=40, chunk_delay=0.05), epp_timeout_s=CLOSE_DEADLINE)
     yield w
     await _stop(w, parts)
 
@@ -116,6 +122,7 @@ async def test_the_remote_epp_counts_a_streamed_request_until_its_end(slow: Worl
         assert await w.epp_metric("kvgate_epp_inflight_requests") == 1
         assert w.pod_inflight() == (1, 1)
         rest = await r.read()
+    ended = time.monotonic()
     assert rest.endswith(b"data: [DONE]\n\n")
     await w.until("kvgate_epp_inflight_requests", 0)
     assert w.pod_inflight() == (0, 0)
@@ -123,9 +130,11 @@ async def test_the_remote_epp_counts_a_streamed_request_until_its_end(slow: Worl
     assert await w.epp_metric("kvgate_epp_completion_tokens_total") == 40
     assert await w.epp_metric('kvgate_epp_responses_total{ok="true",streaming="true"}') == 1
     # The EPP answered the end of stream and closed it (no call left open), in time: no stall counted.
-    deadline = time.monotonic() + 20
+    # Closed by the EPP itself: checked well before the gateway's cancel (5 x the deadline after the end)
+    # would empty the calls anyway.
+    assert CLOSE_WAIT < 5 * CLOSE_DEADLINE - 10
     while any(ch.calls for ch in w.gw.router.epp._channels.values()):
-        assert time.monotonic() < deadline
+        assert time.monotonic() < ended + CLOSE_WAIT, "the EPP left its stream open after the end"
         await asyncio.sleep(0.05)
     async with w.http.get(f"{w.url}/metrics") as r:
         assert "kvgate_multicluster_epp_stalled_total{" not in await r.text()

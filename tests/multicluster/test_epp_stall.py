@@ -516,3 +516,46 @@ async def test_a_json_reply_finished_without_the_epp_is_held_under_the_shared_bu
         await gw.stop()
         await server.stop(0)
         await pod.stop()
+
+
+async def test_the_end_of_stream_wait_does_not_keep_the_stream_and_its_body() -> None:
+    """While the gateway waits (in the background, up to ``epp_timeout_s``) for a stalled EPP's answer to
+    the end of a stream, it holds the call only: the ``EppStream`` and the request body it carries are
+    collected at once, not kept for the deadline (many large bodies would pile up behind one stalled EPP)."""
+    import gc
+    import weakref
+
+    pod = await Backend("pod", tokens=6, chunk_delay=0.01).start()
+    epp = _StallingEpp(pod.address, "response_body", lines_ok=-1, rewrite=False)
+    server, port = await _scripted(epp)
+    gw = await _gateway(ClusterSpec("c1", epp=f"127.0.0.1:{port}"), epp_timeout_s=5.0)
+    fake = _on_fake_time(gw)
+    client = gw.router.epp
+    opened: list[weakref.ref[EppStream]] = []
+    real_open = client.open
+
+    async def open_and_watch(*args: Any, **kwargs: Any) -> EppStream:
+        stream = await real_open(*args, **kwargs)
+        opened.append(weakref.ref(stream))
+        return stream
+
+    client.open = open_and_watch  # type: ignore[method-assign]
+    try:
+        r, raw = await _post(gw, True, 6)
+        assert r.status == 200 and raw.endswith(b"data: [DONE]\n\n")
+        assert len(opened) == 1 and epp.stalled.is_set()
+        await asyncio.sleep(0.2)
+        assert epp.cancelled == 0  # the end-of-stream wait is still pending (the fake clock has not moved)
+        for _ in range(20):  # (the request's own frames unwind within a few loop turns)
+            gc.collect()
+            if opened[0]() is None:
+                break
+            await asyncio.sleep(0.05)
+        assert opened[0]() is None, [type(x).__name__ for x in gc.get_referrers(opened[0]())]
+        fake.advance(5.0)  # the wait still ends the stalled stream, counted, without the object
+        await _until(lambda: epp.cancelled == 1)
+        assert _stalls(await _scrape(gw), "response_body") == 1.0
+    finally:
+        await gw.stop()
+        await server.stop(0)
+        await pod.stop()

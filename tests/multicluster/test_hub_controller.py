@@ -5,6 +5,7 @@ kubectl; and the global gateway following the import read-only (``kubernetes.con
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import shutil
 import signal
@@ -263,4 +264,147 @@ async def test_a_refused_hub_write_makes_the_controller_unready_until_it_succeed
 
 async def _problem(hc: Any) -> str | None:
     p = hc.problem()
+    if p is not None and p.startswith("hub:") and "ServerDisconnectedError" in p:
+        return "dropped"
     return "403" if p is not None and p.startswith("hub:") and "403" in p else p
+
+
+class Dropping(Recording):
+    """A hub whose connection drops (no answer at all) on every request for imports while ``drop`` is
+    set: the client sees aiohttp's ServerDisconnectedError, as from a restarting API server or a proxy."""
+
+    drop = False
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.drop and "inferencepoolimports" in request.path:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)  # (never sent: the connection is gone)
+        return await super()._handle(request)
+
+
+def _election() -> Any:
+    from kvgate.multicluster.hub_controller import Election
+
+    return Election(namespace="default", lease_duration_s=2.0, renew_deadline_s=1.5, retry_period_s=0.2,
+                    identity="ctl-a")  # fmt: skip
+
+
+async def _holder(hub: str) -> str:
+    path = "jsonpath={.spec.holderIdentity}"
+    return await _kubectl(hub, "get", "lease", "kvgate-hub-controller", "-o", path)
+
+
+async def test_a_hub_that_drops_the_connection_makes_the_controller_unready_until_it_answers(
+    tmp_path: Path,
+) -> None:
+    """The hub drops the connection on the controller's import writes: the reconcile loop keeps retrying
+    (it used to die, leaving /readyz at 200 while the Lease was still renewed) and says why it is not
+    ready; once the hub answers, the import is written and it is ready; its stop releases the Lease."""
+    from kvgate.multicluster.hub_controller import HubController
+
+    async with Dropping() as hub_d, Recording() as east_d, Recording() as west_d:
+        pool = _pool_yaml("llama", "10.1.0.2:8080", exported=True)
+        await _kubectl(east_d.url, "create", "-f", "-", stdin=pool)
+        hub_d.drop = True
+        kube = load(_clusters_file(tmp_path, hub_d.url, east_d.url, west_d.url, controller=True)).kubernetes
+        assert kube is not None
+        hc = HubController(kube, _election())
+        await hc.start()
+        try:
+            await _until(lambda: _problem(hc), "dropped", "the controller's problem")
+            await asyncio.sleep(1.0)  # it stays so: retried, not a loop that died
+            assert await _problem(hc) == "dropped" and hc.status()["running"]
+            hub_d.drop = False
+            await _until(lambda: _problem(hc), None, "the controller's problem")
+            assert await _exporters(hub_d.url) == "east"
+        finally:
+            await hc.stop()
+        assert await _holder(hub_d.url) == ""  # released
+
+
+async def test_a_controller_whose_loop_failed_still_releases_the_lease(
+    doubles: tuple[Recording, Recording, Recording], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconcile that fails in a way nobody foresaw (a bug) ends the loop: /readyz says so instead of
+    200, and stopping the process still releases the Lease and closes the clients (the failure used to
+    come back out of the controller's stop, skipping both)."""
+    from kvgate.multicluster.hub_controller import HubController
+    from kvgate.multicluster.imports import ImportController
+
+    async def broken(self: ImportController) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ImportController, "reconcile", broken)
+    hub_d, east_d, west_d = doubles
+    await _kubectl(east_d.url, "create", "-f", "-", stdin=_pool_yaml("llama", "10.1.0.2:8080", exported=True))
+    kube = load(_clusters_file(tmp_path, hub_d.url, east_d.url, west_d.url, controller=True)).kubernetes
+    assert kube is not None
+    hc = HubController(kube, _election())
+    await hc.start()
+    try:
+        await _until(lambda: _holder(hub_d.url), "ctl-a", "the Lease's holder")
+        await _until(lambda: _stopped_on(hc), True, "the controller's problem")
+    finally:
+        await hc.stop()
+    assert await _holder(hub_d.url) == ""  # released all the same
+    assert hc._hub is not None and hc._hub.api.rest_client.pool_manager.closed
+
+
+async def _stopped_on(hc: Any) -> bool:
+    p = hc.problem()
+    return p is not None and p.startswith("reconcile loop stopped:") and "a bug" in p
+
+
+class LeaseTrouble(Recording):
+    """A hub whose Lease requests get their connection dropped while ``unreachable`` is set (the imports
+    still answer: only a running controller would write them)."""
+
+    unreachable = False
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.unreachable and "/leases" in request.path:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)  # (never sent)
+        return await super()._handle(request)
+
+
+@pytest.mark.parametrize("how", ["taken", "unreachable"])
+async def test_a_leader_that_loses_its_lease_stops_its_controller(how: str, tmp_path: Path) -> None:
+    """The Lease is taken by another holder (kubectl writes it), or the hub stops answering the Lease's
+    renewals: the leader steps down (by its renew deadline) and its controller stops, so a change in the
+    members is no longer written by it."""
+    from kvgate.multicluster.hub_controller import HubController
+
+    async with LeaseTrouble() as hub_d, Recording() as east_d, Recording() as west_d:
+        hub, east, west = hub_d.url, east_d.url, west_d.url
+        await _kubectl(east, "create", "-f", "-", stdin=_pool_yaml("llama", "10.1.0.2:8080", exported=True))
+        await _kubectl(west, "create", "-f", "-", stdin=_pool_yaml("llama", "10.2.0.2:8080", exported=False))
+        kube = load(_clusters_file(tmp_path, hub, east, west, controller=True)).kubernetes
+        assert kube is not None
+        hc = HubController(kube, _election())
+        await hc.start()
+        try:
+            await _until(lambda: _exporters(hub), "east", "the import's exporters")
+            assert hc.status()["running"] and hc.status()["holder"] == "ctl-a"
+            if how == "taken":
+                renew = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                spec = {"holderIdentity": "intruder", "leaseDurationSeconds": 600, "renewTime": renew}
+                await _kubectl(hub, "patch", "lease", "kvgate-hub-controller", "--type", "merge",
+                               "-p", json.dumps({"spec": spec}))  # fmt: skip
+            else:
+                hub_d.unreachable = True
+            await _until(lambda: _running_in(hc), False, "the controller (stopped)")
+            assert hc.problem() is None  # not the leader: a ready standby
+            await _kubectl(west, "annotate", _POOL, "llama", f"{EXPORT_ANNOTATION}=ClusterSet")
+            await asyncio.sleep(1.5)  # a running controller lists west within a few hundred ms
+            assert await _exporters(hub) == "east"
+            if how == "taken":
+                assert hc.status()["holder"] == "intruder"
+        finally:
+            await hc.stop()
+
+
+async def _running_in(hc: Any) -> bool:
+    return bool(hc.status()["running"])

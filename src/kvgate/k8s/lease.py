@@ -3,8 +3,11 @@
 A candidate reads the Lease; it takes it when nobody holds it or when the holder's record has not
 changed for ``lease_duration_s`` *as this candidate observed it on its own clock* (no cross-node clock
 comparison); the holder renews every ``retry_period_s`` and steps down when it cannot renew within
-``renew_deadline_s``. Writes carry the read ``resourceVersion``, so two candidates racing for an expired
-Lease cannot both win (one gets 409). A clean stop releases the Lease (empty holder) so a standby takes
+``renew_deadline_s`` of its last renewal: the whole attempt (the read and the write, and any retries) is
+bounded by that instant, so a leader never acts past ``renew_deadline_s`` after its last renewal while a
+standby waits ``lease_duration_s`` (> ``renew_deadline_s``) from when it last saw the record change.
+Writes carry the read ``resourceVersion``, so two candidates racing for an expired Lease cannot both win
+(one gets 409). A clean stop releases the Lease (empty holder) so a standby takes
 over at its next try instead of after the full duration.
 """
 
@@ -87,20 +90,35 @@ class LeaderElector:
             if self.on_change is not None:
                 self.on_change(leader)
 
+    def _renew_left(self) -> float:
+        """Seconds a leader has left to renew (its last renewal + ``renew_deadline_s``)."""
+        return self._renewed_at + self.renew_deadline_s - self.clock()
+
     async def run(self) -> None:
         while True:
+            pause = self.retry_period_s
+            # A leader's attempt ends at its renew deadline (client-go bounds the renewal the same way);
+            # a candidate's after one renew deadline.
+            bound = asyncio.timeout(max(0.0, self._renew_left()) if self.is_leader else self.renew_deadline_s)
             try:
-                self._set_leader(await self.try_acquire_or_renew())
+                async with bound:
+                    leads = await self.try_acquire_or_renew()
+                self._set_leader(leads)
                 self.error = None
             except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as e:
-                if str(e) != self.error:
-                    log.warning("lease %s/%s: %s", self.namespace, self.name, e)
-                self.error = str(e)
-                if self.is_leader and self.clock() - self._renewed_at > self.renew_deadline_s:
-                    log.warning("lease %s/%s: could not renew within %.1fs; stepping down", self.namespace,
-                                self.name, self.renew_deadline_s)  # fmt: skip
-                    self._set_leader(False)
-            await asyncio.sleep(self.retry_period_s)
+                msg = "renew deadline passed" if bound.expired() else str(e) or type(e).__name__
+                if msg != self.error:
+                    log.warning("lease %s/%s: %s", self.namespace, self.name, msg)
+                self.error = msg
+                if self.is_leader:
+                    left = self._renew_left()
+                    if bound.expired() or left <= 0:
+                        log.warning("lease %s/%s: could not renew within %.1fs; stepping down",
+                                    self.namespace, self.name, self.renew_deadline_s)  # fmt: skip
+                        self._set_leader(False)
+                    else:
+                        pause = min(pause, left)  # retry, and step down on time, not a period late
+            await asyncio.sleep(pause)
 
     def _spec(self, transitions: int, acquire: str | None = None) -> dict[str, Any]:
         now = _micro_time(self.wall())

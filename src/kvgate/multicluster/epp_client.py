@@ -313,18 +313,9 @@ class EppStream:
             chunk = pb.HttpBody(body=piece, end_of_stream=eos and last)
             await self._write(pb.ProcessingRequest(response_body=chunk), "response_body")
 
-    async def _drain(self) -> None:
-        """Read (and drop) the EPP's answers, so its writes never stall the stream; done at its answer to
-        the end of stream (or when the stream ends)."""
-        assert self._call is not None
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            while (msg := await self._call.read()) is not grpc.aio.EOF:
-                if msg.response_body.response.body_mutation.streamed_response.end_of_stream:
-                    return
-
     async def _signals(self, upstream: AsyncIterator[bytes], *, streaming: bool) -> AsyncIterator[bytes]:
         assert self._call is not None
-        self._reader = asyncio.get_running_loop().create_task(self._drain())
+        self._reader = asyncio.get_running_loop().create_task(_drain(self._call))
         live = self.send_response_body
         scanner = SSEScanner() if streaming else None  # reads only up to the first generated token
         tail: collections.deque[bytes] = collections.deque()  # a stream's last bytes, or a JSON reply
@@ -384,29 +375,15 @@ class EppStream:
             return
         # The EPP owes its answer to the end of stream, which is where its session closes the request's
         # accounting: it gets ``timeout_s`` for it, in the background (the client does not wait for it).
-        task = asyncio.get_running_loop().create_task(self._end_answered())
+        # Only what the wait needs goes to it, not this object (the request body, the mutations): a
+        # stalled EPP would otherwise keep them for the whole deadline.
+        assert self._reader is not None
+        on_stall = self.on_stall if self.stalled is None else None  # (a stream's first stall is counted)
+        task = asyncio.get_running_loop().create_task(
+            _end_answered(self._call, self._reader, self.sleep, self.timeout_s, on_stall)
+        )
         _SETTLING.add(task)
         task.add_done_callback(_SETTLING.discard)
-
-    async def _end_answered(self) -> None:
-        """An EPP that reads the end of stream but never answers it is a stall: its stream is cancelled
-        (ending the request there) by the deadline instead of lingering."""
-        assert self._call is not None and self._reader is not None
-        call, reader = self._call, self._reader
-        deadline = asyncio.ensure_future(self.sleep(self.timeout_s))
-        try:
-            await asyncio.wait((reader, deadline), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            deadline.cancel()
-        if not reader.done():
-            self._stall("response_body")
-            log.warning("EPP did not answer the end of the response within %g s: stream cancelled",
-                        self.timeout_s)  # fmt: skip
-            self.cancel()
-            return
-        # It answered; should it not close the stream, the stream goes anyway (only the call is kept
-        # for that, not this object and what it holds).
-        asyncio.get_running_loop().call_later(self.timeout_s * 5, call.cancel)
 
     async def _relay(self, upstream: AsyncIterator[bytes], *, streaming: bool) -> AsyncIterator[bytes]:
         """Full duplex: every pod chunk to the EPP, every EPP chunk to the client, until end_of_stream.
@@ -647,6 +624,41 @@ class EppStream:
             self._call.cancel()
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
+
+
+async def _drain(call: grpc.aio.StreamStreamCall) -> None:
+    """Read (and drop) the EPP's answers, so its writes never stall the stream; done at its answer to the
+    end of stream (or when the stream ends). A free function: its task holds the call, not the stream."""
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+        while (msg := await call.read()) is not grpc.aio.EOF:
+            if msg.response_body.response.body_mutation.streamed_response.end_of_stream:
+                return
+
+
+async def _end_answered(
+    call: grpc.aio.StreamStreamCall,
+    reader: asyncio.Task[None],
+    sleep: Callable[[float], Awaitable[None]],
+    timeout_s: float,
+    on_stall: Callable[[str], None] | None,
+) -> None:
+    """The EPP's answer to a stream's end, awaited in the background. One that reads the end of stream but
+    never answers it is a stall: its stream is cancelled (ending the request there) by the deadline
+    instead of lingering. Given the call and its reader only (not the ``EppStream`` and its body)."""
+    deadline = asyncio.ensure_future(sleep(timeout_s))
+    try:
+        await asyncio.wait((reader, deadline), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        deadline.cancel()
+    if not reader.done():
+        if on_stall is not None:
+            on_stall("response_body")
+        log.warning("EPP did not answer the end of the response within %g s: stream cancelled", timeout_s)
+        call.cancel()
+        reader.cancel()
+        return
+    # It answered; should it not close the stream, the stream goes anyway.
+    asyncio.get_running_loop().call_later(timeout_s * 5, call.cancel)
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

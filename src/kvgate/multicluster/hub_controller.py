@@ -111,21 +111,32 @@ class HubController:
             elif not self._leads() and self.controller is not None:
                 ctl, self.controller = self.controller, None
                 log.info("hub controller: no longer the leader; stopped")
-                await ctl.stop()
+                await _stop_quietly(ctl)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self.controller is not None:
-            await self.controller.stop()
-            self.controller = None
-        if self.elector is not None:
-            await self.elector.stop()  # releases the Lease: a standby takes over at its next try
-        for client in [self._hub, *(m.client for m in self._members)]:
-            if client is not None:
-                await client.close()
+        """Stop the controller, release the Lease and close the clients: each step whatever the one
+        before it raised (a controller that failed must not keep the Lease held until it expires)."""
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:
+                    log.exception("hub controller: the leadership follower had stopped")
+            if self.controller is not None:
+                ctl, self.controller = self.controller, None
+                await _stop_quietly(ctl)
+        finally:
+            try:
+                if self.elector is not None:
+                    await self.elector.stop()  # releases the Lease: a standby takes over at its next try
+            finally:
+                for client in [self._hub, *(m.client for m in self._members)]:
+                    if client is not None:
+                        with contextlib.suppress(Exception):
+                            await client.close()
 
     def problem(self) -> str | None:
         """Why this replica is not ready: the controller it runs cannot see a member or write the hub. A
@@ -145,6 +156,13 @@ class HubController:
             "imports": sorted(f"{ns}/{name}" for ns, name in ctl.written) if ctl is not None else [],
             "problem": self.problem(),
         }
+
+
+async def _stop_quietly(ctl: ImportController) -> None:
+    try:
+        await ctl.stop()
+    except Exception:
+        log.exception("hub controller: the import controller's stop failed")
 
 
 def _health(hc: HubController) -> FrontServer:

@@ -42,6 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient, KubeError
 from kvgate.k8s.reflector import Reflector
@@ -74,6 +76,10 @@ class Member:
 
 
 Key = tuple[str, str]  # (namespace, name)
+# How a reconcile fails and is retried: a refusal or conflict (KubeError), the connection dropped or a
+# response cut (aiohttp.ClientError: ServerDisconnectedError, ClientPayloadError, ...), a timeout, an
+# answer that is not JSON (ValueError).
+HUB_FAILED = (KubeError, aiohttp.ClientError, OSError, TimeoutError, ValueError)
 
 
 @dataclass(slots=True)
@@ -120,8 +126,12 @@ class ImportController:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # it ended on its own (a bug): say so, and still stop the rest
+                log.exception("import controller: the reconcile loop had stopped")
         for r in self._reflectors:
             await r.stop()
         # This gateway no longer routes the import: its parent entry goes (best effort, bounded).
@@ -129,7 +139,7 @@ class ImportController:
         if not self.release_parent or not self.writes:
             return
         if key is not None and self.parent is not None and self.parent_written.get(key) is not None:
-            with contextlib.suppress(KubeError, OSError, TimeoutError):
+            with contextlib.suppress(*HUB_FAILED):
                 await asyncio.wait_for(self._write(key, self.written.get(key, ()), None, create=False), 5.0)
 
     def _on_pool(self, member: str, etype: str, obj: Mapping[str, Any]) -> None:
@@ -157,9 +167,9 @@ class ImportController:
             try:
                 await self.reconcile()
                 self.error = None
-            except (KubeError, OSError, TimeoutError) as e:
-                log.warning("import reconcile failed (retrying): %s", e)
-                self.error = str(e)
+            except HUB_FAILED as e:
+                log.warning("import reconcile failed (retrying): %s: %s", type(e).__name__, e)
+                self.error = f"{type(e).__name__}: {e}" if not isinstance(e, KubeError) else str(e)
                 await asyncio.sleep(0.5)
                 self._dirty.set()
 
@@ -177,6 +187,9 @@ class ImportController:
                 return f"member {m.name}: not synced yet"
         if self.error is not None:
             return f"hub: {self.error}"
+        task = self._task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            return f"reconcile loop stopped: {task.exception()!r}"  # (a bug: never a silent 200)
         return None if self._reflectors else "not started"
 
     async def reconcile(self) -> None:
