@@ -150,3 +150,38 @@ def test_route_parse() -> None:
     assert r.rtt_s == pytest.approx(0.04)
     with pytest.raises(ValueError):
         Route.parse("127.0.0.1:0->x:1")
+
+
+async def test_upstream_sockets_get_the_gateways_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partitioned target (link cut, nothing reset) must fail the relayed connection as it would fail
+    the global gateway's own direct one: the relay's upstream socket carries the router's keep-alive and
+    TCP_USER_TIMEOUT, and a failed upstream resets the client (test above)."""
+    from kvgate.bench import delay_relay
+
+    seen: list[socket.socket] = []
+    real = delay_relay._keepalive
+
+    def record(w: asyncio.StreamWriter) -> None:
+        real(w)
+        seen.append(w.get_extra_info("socket"))
+
+    monkeypatch.setattr(delay_relay, "_keepalive", record)
+    server, port = await _upstream(_echo)
+    rl = await _relay(port)
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", rl.port)
+        w.write(b"ping")
+        assert await asyncio.wait_for(r.readexactly(4), 10) == b"ping"
+        assert len(seen) == 1
+        sock = seen[0]
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            idle, interval, probes = delay_relay.KEEPALIVE
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == idle
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == interval
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == probes
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 11_000
+        w.close()
+    finally:
+        await rl.close()
+        server.close()

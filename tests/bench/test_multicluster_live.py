@@ -22,6 +22,11 @@ def test_unknown_policy_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown policy 'nope'" in capsys.readouterr().err
 
 
+def test_unknown_phase_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert multicluster.main(["--live", "--phases", "steady,split"]) == 2
+    assert "unknown phase 'split'" in capsys.readouterr().err
+
+
 def test_every_path_into_a_cluster_goes_through_the_relay(tmp_path: object) -> None:
     cfg = multicluster_live.LiveConfig()
     c = multicluster_live.LiveCluster(cfg.clusters[1], 2, 100, cfg, tmp_path)  # type: ignore[arg-type]

@@ -11,6 +11,10 @@ connection, connects to its target, and forwards bytes both ways, each chunk hel
 - each chunk: read at t, written on the other side at t + RTT / 2 (never before an earlier chunk);
 - close: an end-of-stream (FIN) travels like data, after what came before it; a reset or error on one side
   aborts the other side one-way delay later.
+A dead target (a partition: its link cut, nothing reset) is found as the global gateway finds one on a
+direct path: the upstream socket has the router's TCP keep-alive (``KEEPALIVE``: 5 s idle, 3 probes 2 s
+apart) and ``TCP_USER_TIMEOUT`` for unacknowledged data, and when it fails the client's connection is
+reset, so the gateway moves a request that has not started instead of waiting on a healthy loopback.
 Not emulated: bandwidth, loss, jitter; the relay's own TCP is loopback/veth fast. Memory is bounded: each
 direction holds at most ``MAX_QUEUED`` chunks of at most ``CHUNK`` bytes, and stops reading while full
 (back-pressure reaches the sender through TCP).
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 CHUNK = 64 * 1024
 MAX_QUEUED = 64  # chunks per direction: at most 4 MiB held per direction of a connection
 CONNECT_TIMEOUT_S = 3.0
+KEEPALIVE = (5, 2, 3)  # idle s, probe interval s, probes: kvgate.multicluster.router's upstream settings
 
 _EOF = b""  # queued marker: the reading side sent FIN
 _ABORT = None  # queued marker: the reading side failed (reset, error)
@@ -120,6 +125,7 @@ class DelayRelay:
             down_w.transport.abort()
             return
         _nodelay(up_w)
+        _keepalive(up_w)
         first_out = accepted + (rtt if self.handshake else 0.0)
         to_up = asyncio.create_task(self._pump(down_r, up_w, first_out))
         to_down = asyncio.create_task(self._pump(up_r, down_w, accepted))
@@ -194,6 +200,22 @@ def _nodelay(w: asyncio.StreamWriter) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _keepalive(w: asyncio.StreamWriter) -> None:
+    """The global gateway's keep-alive on the upstream socket: a cut path fails here in ~11 s."""
+    sock = w.get_extra_info("socket")
+    if sock is None:
+        return
+    idle, interval, probes = KEEPALIVE
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle + interval * probes) * 1000)
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, t: float) -> None:

@@ -448,7 +448,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def rows_vs_hub(rows: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], float | None]]:
     """``(phase, row, p90 / llm-d-hub's p90 in that phase)`` for the report tables, steady phase first
     (shared by this simulator's report and ``kvgate bench multicluster-live``'s)."""
-    for phase in ("steady", "loss"):
+    for phase in ("steady", "loss", "partition"):
         rs = [r for r in rows if r["phase"] == phase]
         hub = next((r for r in rs if r["policy"] == "llm-d-hub"), None)
         for r in rs:

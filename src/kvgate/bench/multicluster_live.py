@@ -14,8 +14,11 @@ profile, so the machine's two cores keep up). Workload: shared-prefix tenants (Z
 with Poisson arrivals at ``--load`` x the live capacity measured at the start of the same run (each
 cluster's own gateway driven closed-loop past saturation, completions counted).
 
-Phases per policy: ``steady``, and ``loss``: every process of ``west`` killed (SIGKILL) a third of the way
-into the measured window and started again at two thirds (it comes back with empty caches). Per measured
+Phases per policy (``--phases``, default ``steady,loss``): ``steady``; ``loss``: every process of ``west``
+killed (SIGKILL) a third of the way into the measured window and started again at two thirds (it comes
+back with empty caches); ``partition``: ``west``'s link cut at a third (its veth down: nothing reset, its
+processes keep running; the relay's upstream sockets have the gateway's keep-alive, so a dead path fails
+as it would on a direct one) and healed at two thirds (its caches as they were). Per measured
 request: ``lost`` = never answered 200 by the global gateway (no cluster took it, or the connection broke
 first: what failover must prevent), ``timeouts`` = no first token within the request timeout (stuck in a
 queue; counted at the timeout in the TTFT percentiles), ``cut`` = answered, then the stream broke (before
@@ -425,8 +428,14 @@ async def _wait_clusters_fresh(url: str, names: set[str], limit_s: float = 60.0)
             await asyncio.sleep(0.2)
 
 
-async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveCluster], cfg: LiveConfig,
+PHASES = ("steady", "loss", "partition")
+
+
+async def run_policy(policy: str, phase: str, qps: float, clusters: list[LiveCluster], cfg: LiveConfig,
                      clusters_file: Path, log: Any) -> dict[str, Any]:  # fmt: skip
+    """One measured run. ``loss``: every process of ``west`` killed a third of the way into the window,
+    started again (empty caches) at two thirds. ``partition``: ``west``'s link cut then (its processes
+    keep running, nothing is reset), healed at two thirds (its caches as they were)."""
     for c in clusters:
         await c.reset_caches()
     gws: list[Proc] = []
@@ -434,9 +443,19 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
     lost_c = next(c for c in clusters if c.d.name == LOST_CLUSTER)
     total = cfg.warmup + cfg.duration
     loss_at, back_at = cfg.warmup + cfg.duration / 3, cfg.warmup + 2 * cfg.duration / 3
+    loss = phase != "steady"
     events: list[tuple[float, Any]] = []
-    if loss:
+    if phase == "loss":
         events = [(loss_at, lost_c.kill), (back_at, lost_c.start)]
+    elif phase == "partition":
+
+        async def cut_link() -> None:
+            lost_c.ns.cut()
+
+        async def heal_link() -> None:
+            lost_c.ns.heal()
+
+        events = [(loss_at, cut_link), (back_at, heal_link)]
     try:
         for g in range(cfg.gateways):  # each its own process, as two gateway replicas would be
             port = procs.free_port()
@@ -463,8 +482,11 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
     finally:
         for gw in gws:
             await gw.stop()
-    if loss:
+    if phase == "loss":
         await lost_c.wait_ready()
+    elif phase == "partition":
+        lost_c.ns.heal()  # idempotent: healed even if the run ended before its heal event
+        await lost_c.wait_pods_ready()
     measured = [r for r in res if r.start >= cfg.warmup]
     ok = [r for r in measured if r.error is None and r.ttft is not None]
     started = [r for r in measured if r.ttft is not None]
@@ -489,7 +511,7 @@ async def run_policy(policy: str, loss: bool, qps: float, clusters: list[LiveClu
         key = f"{r.cluster or '-'}: {(r.error or 'no token')[:60]}"
         errors[key] = errors.get(key, 0) + 1
     row: dict[str, Any] = {
-        "phase": "loss" if loss else "steady",
+        "phase": phase,
         "policy": policy,
         "sent": len(measured),
         "ok": len(ok),
@@ -586,18 +608,18 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def plot(path: Path, rows: list[dict[str, Any]]) -> None:
-    phases = [ph for ph in ("steady", "loss") if any(r["phase"] == ph for r in rows)]
+    phases = [ph for ph in PHASES if any(r["phase"] == ph for r in rows)]
     plot_ttft_bars(path, rows, phases, "TTFT (ms, wall clock)", "live, {phase}: TTFT by cluster policy")
 
 
 def plot_timeline(path: Path, rows: list[dict[str, Any]], names: list[str], timeout: float) -> None:
-    """Loss phase: each request's arrival vs TTFT, coloured by the cluster that served it."""
+    """Loss and partition phases: each request's arrival vs TTFT, coloured by the cluster that served it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rs = [r for r in rows if r["phase"] == "loss"]
+    rs = [r for r in rows if r["phase"] in ("loss", "partition")]
     if not rs:
         return
     fig, axes = plt.subplots(len(rs), 1, figsize=(10, 2.3 * len(rs)), sharex=True, squeeze=False)
@@ -614,7 +636,9 @@ def plot_timeline(path: Path, rows: list[dict[str, Any]], names: list[str], time
         ax.set_yscale("log")
         ax.set_ylabel("TTFT (ms)")
         ax.set_title(
-            f"{r['policy']}: where requests went (grey: {LOST_CLUSTER} killed, then restarted)", fontsize=9
+            f"{r['policy']}, {r['phase']}: where requests went (grey: {LOST_CLUSTER} "
+            f"{'killed, then restarted' if r['phase'] == 'loss' else 'cut off, then healed'})",
+            fontsize=9,
         )
     axes[0, 0].legend(loc="upper right", markerscale=3, fontsize=8)
     axes[-1, 0].set_xlabel("arrival (wall s from the run's start)")
@@ -624,7 +648,7 @@ def plot_timeline(path: Path, rows: list[dict[str, Any]], names: list[str], time
 
 
 # --- main ------------------------------------------------------------------------------------------
-async def run(cfg: LiveConfig, policies: list[str], phases: list[bool], out: Path, command: str,
+async def run(cfg: LiveConfig, policies: list[str], phases: list[str], out: Path, command: str,
               log_dir: Path) -> int:  # fmt: skip
     log = sys.stdout
     net = netns.free_net()
@@ -655,9 +679,9 @@ async def run(cfg: LiveConfig, policies: list[str], phases: list[bool], out: Pat
         print(f"live capacity (req/s): {', '.join(f'{k} {v:.2f}' for k, v in caps.items())}; total "
               f"{total:.2f}; offered {qps:.2f} ({cfg.load:.0%})", file=log, flush=True)  # fmt: skip
         rows = []
-        for loss in phases:
+        for phase in phases:
             for pol in policies:
-                rows.append(await run_policy(pol, loss, qps, clusters, cfg, clusters_file, log))
+                rows.append(await run_policy(pol, phase, qps, clusters, cfg, clusters_file, log))
     finally:
         if relay is not None:
             await relay.stop()
@@ -686,7 +710,7 @@ async def run(cfg: LiveConfig, policies: list[str], phases: list[bool], out: Pat
         "wall_s_total": time.perf_counter() - t_begin,
     }
     meta["ttft_floor_s"] = ttft_floors(rows)
-    for phase in ("steady", "loss"):
+    for phase in PHASES:
         rs = {r["policy"]: r for r in rows if r["phase"] == phase}
         if "kvgate" in rs and "llm-d-hub" in rs:
             meta[f"{phase}_p90_ratio_vs_llm_d_hub"] = _ratio(
@@ -722,6 +746,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", type=float, default=30.0, help="capacity probe, wall seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-loss", action="store_true", help="skip the cluster-loss phase")
+    p.add_argument(
+        "--phases",
+        default="steady,loss",
+        help=f"comma-separated, of {', '.join(PHASES)} (partition: west's link cut, then healed)",
+    )
     p.add_argument("--gateways", type=int, default=1, help="global gateways (processes), arrivals split")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = p.parse_args(argv)
@@ -735,6 +764,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    phases = [x for x in args.phases.split(",") if x and not (args.no_loss and x == "loss")]
+    bad = [x for x in phases if x not in PHASES]
+    if bad or not phases:
+        print(f"kvgate bench multicluster --live: unknown phase {bad[0] if bad else '(none)'!r} "
+              f"({', '.join(PHASES)})", file=sys.stderr)  # fmt: skip
+        return 2
     why = netns.unavailable()
     if why is not None:
         print(f"kvgate bench multicluster --live: cannot create network namespaces: {why}", file=sys.stderr)
@@ -742,7 +777,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = LiveConfig(load=args.load, duration=args.duration, warmup=args.warmup, time_scale=args.time_scale,
                      probe_s=args.probe, seed=args.seed, gateways=max(1, args.gateways))  # fmt: skip
     command = "kvgate bench multicluster " + " ".join(argv or ["--live"])
-    phases = [False] if args.no_loss else [False, True]
     log_dir = Path(tempfile.mkdtemp(prefix="kvgate-mclive-"))  # the clusters file
     args.out.mkdir(parents=True, exist_ok=True)
     return asyncio.run(run(cfg, policies, phases, args.out, command, log_dir))

@@ -106,6 +106,15 @@ class NsCluster:
         # The same address in the root namespace, where the delay relay listens for the pods.
         ip("addr", "add", f"{self.pod_addr}/32", "dev", "lo")
 
+    def cut(self) -> None:
+        """A partition: the veth's root side down. Nothing is reset: packets into the cluster are dropped
+        (the root namespace's ``unreachable`` route, see ``isolate``), so an open connection learns it only
+        by its own timeouts, as across a real cut link; the cluster's processes keep running."""
+        ip("link", "set", self.veth, "down")
+
+    def heal(self) -> None:
+        ip("link", "set", self.veth, "up")  # its address's route comes back with the link
+
     def destroy(self) -> None:
         if not self._created:
             return
