@@ -4,8 +4,15 @@ from their own configuration (simulated vLLM replicas with KV events on and off)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import signal
+import sys
+from pathlib import Path
 
 import aiohttp
+import pytest
+import yaml
 
 from gateway.conftest import base_url, make_config, running_gateway
 from kvgate.config.policies import KV_EVENTS_INDEX
@@ -92,7 +99,7 @@ async def test_replicas_with_kv_events_get_precise_routing_by_default() -> None:
                     )
             # The engines' events reached the index (chat rendered = the simulator's template, same
             # tokenizer: the engines' blocks), and each group stayed on one replica.
-            for _ in range(100):
+            for _ in range(400):  # 20 s: the events cross ZMQ on a loaded machine
                 if index.num_blocks() > 0:
                     break
                 await asyncio.sleep(0.05)
@@ -106,3 +113,88 @@ async def test_replicas_with_kv_events_get_precise_routing_by_default() -> None:
     finally:
         for r in rs:
             await r.stop()
+
+
+def _auto_config(path: Path, addresses: list[str], workers: int, policy: str = "kvgate",
+                 limits: dict[str, int] | None = None) -> None:  # fmt: skip
+    doc = {
+        "listen": {"host": "127.0.0.1", "port": 0, "adminPort": 0, "workers": workers},
+        "limits": limits or {},
+        "pools": [{"name": "p", "endpoints": addresses, "models": ["sim-model"], "policy": policy}],
+    }
+    path.write_text(yaml.safe_dump(doc))
+
+
+def _text(log: Path) -> str:
+    return log.read_text()
+
+
+def _logged(log: Path, text: str) -> int:
+    """How many processes (the gateway, or each worker) logged ``text``."""
+    return sum(text in line for line in _text(log).splitlines())
+
+
+async def _until_logged(log: Path, text: str, n: int) -> None:
+    for _ in range(300):  # 30 s
+        if _logged(log, text) == n:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{text!r} not logged by {n} process(es): {_text(log)}")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_reload_after_kv_events_auto_applies_endpoints_without_a_restart_warning(tmp_path, workers):
+    """``--kv-events auto`` rewrote the pool's picker at start-up; a reload of the same file (new
+    endpoint, new limit) compares the file with the file, not with the rewrite, and applies silently;
+    a real picker change still asks for a restart. Real ``kvgate serve``, one process and 2 workers."""
+    rs = await _replicas(2, kv=True)
+    a, b = (f"127.0.0.1:{r.port}" for r in rs)
+    f, log = tmp_path / "gw.yaml", tmp_path / "stderr"
+    _auto_config(f, [a], workers)
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kvgate.cli", "serve", "--config", str(f), "--kv-events", "auto",
+            "--log-level", "WARNING", stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        out: list[str] = []
+        listening = re.compile(r"listening on http://127\.0\.0\.1:\d+.*admin on http://127\.0\.0\.1:(\d+)")
+        while not (m := listening.search(out[-1] if out else "")):
+            out.append((await asyncio.wait_for(proc.stdout.readline(), 60)).decode())
+            assert out[-1], f"kvgate serve exited before listening: {out} {log.read_text()}"
+        assert any("precise prefix routing" in line for line in out), out
+        ready = "(2/2 workers)" if workers == 2 else ""
+        async with aiohttp.ClientSession() as s:
+
+            async def is_ready() -> bool:
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with s.get(f"http://127.0.0.1:{m.group(1)}/readyz") as r:
+                        return r.status == 200 and ready in await r.text()
+                return False
+
+            for _ in range(600):
+                if await is_ready():
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("kvgate serve never became ready")
+        # The same pool, one more endpoint and a new limit: applied live, nothing to restart for.
+        _auto_config(f, [a, b], workers, limits={"maxBodyBytes": 1024})
+        proc.send_signal(signal.SIGHUP)
+        applied = "config reload: limits applied: maxBodyBytes"  # logged after the pool comparison
+        await _until_logged(log, applied, workers)
+        assert _logged(log, f"endpoints +['{b}']") == workers
+        assert "restart to apply" not in log.read_text()
+        # A real change of the picker still says so.
+        _auto_config(f, [a, b], workers, policy="round-robin", limits={"maxBodyBytes": 1024})
+        proc.send_signal(signal.SIGHUP)
+        changed = "pool 'p' changed beyond its endpoints; restart to apply"
+        await _until_logged(log, changed, workers)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 60)
+        for r in rs:
+            await r.stop()
+    assert proc.returncode == 0

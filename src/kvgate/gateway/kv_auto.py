@@ -6,7 +6,9 @@ for the served model is available locally (the servers' own, as they report it, 
 the pool runs ``precise_policy``: the same profile with the prefix signal from the engines' events, each
 endpoint labelled with its event address. Otherwise (no events, some endpoints without, no tokenizer) the
 pool keeps the approximate index: mixing the two signals in one cost comparison would compare guesses
-with reports. Endpoints added later (config reload, Kubernetes) are not probed.
+with reports. Endpoints added later (config reload, Kubernetes) are not probed. A config reload compares
+the file's picker with the file's own at start-up (none), not with this choice: a reload that changes only
+endpoints or limits applies without asking for a restart.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def apply(cfg: GatewayConfig, timeout: float = PROBE_TIMEOUT) -> list[str]:
             if info.replay:
                 labels[REPLAY_LABEL] = info.replay
         pc.picker_config = precise_policy(tok, bind=binds.pop())
+        pc.picker_from_kv_events = True  # a reload compares the file with the file (gateway.reload)
         notes.append(f"pool {pc.name}: every endpoint publishes KV events: precise prefix routing "
                      f"(tokenizer {tok})")  # fmt: skip
     for n in notes:

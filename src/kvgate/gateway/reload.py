@@ -126,11 +126,13 @@ class ConfigReloader(ConfigWatch):
                     sorted(old - set(pc.endpoints)),
                 )
                 pool.cfg.endpoints = list(pc.endpoints)
+            # The file's picker against the file's: ``--kv-events auto`` may have chosen one at start-up.
+            running_picker = None if pool.cfg.picker_from_kv_events else pool.cfg.picker_config
             if (pc.models, pc.adapters, pc.policy, pc.picker_config, pc.engine) != (
                 pool.cfg.models,
                 pool.cfg.adapters,
                 pool.cfg.policy,
-                pool.cfg.picker_config,
+                running_picker,
                 pool.cfg.engine,
             ):
                 log.warning("config reload: pool %r changed beyond its endpoints; restart to apply", pc.name)
