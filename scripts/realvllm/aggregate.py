@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from kvgate.realvllm.paired import (
@@ -23,6 +24,12 @@ from kvgate.realvllm.paired import (
     passes_from_log,
     spread,
 )
+
+SLOW_MS = 150  # ~2x a miss's median TTFT here: a stall, not a prefill
+
+
+def ttfts(p: dict) -> list[float]:
+    return [1000 * (r["c_first"] - r["send"]) for r in p["records"]]
 
 
 def main() -> int:
@@ -53,7 +60,7 @@ def main() -> int:
         return 0
     # Placement vs per-request cost: hits (>= half the prompt cached) and misses, per pass.
     print("\nper pass: hits x mean TTFT of a hit + misses x mean TTFT of a miss (ms)")
-    hit_r, miss_r = [], []
+    hit_r, miss_r, med_r, slow = [], [], [], {args.a: 0, args.b: 0}
     for name, doc, ra, rb in splits:
         sa = [hit_miss_split(p["records"]) for p in doc["passes"][ra]]
         sb = [hit_miss_split(p["records"]) for p in doc["passes"][rb]]
@@ -61,9 +68,15 @@ def main() -> int:
             terms = (f"{s.hits}x{s.hit_ms:.0f} + {s.misses}x{s.miss_ms:.0f}" for s in ss)
             print(f"{name:30s} {label:8s} " + "  ".join(terms))
         hit_r += paired_ratios([s.hit_ms for s in sa], [s.hit_ms for s in sb])
+        med = {r: [statistics.median(ttfts(p)) for p in doc["passes"][r]] for r in (ra, rb)}
+        med_r += paired_ratios(med[ra], med[rb])
+        for label, r in ((args.a, ra), (args.b, rb)):
+            slow[label] += sum(t > SLOW_MS for p in doc["passes"][r] for t in ttfts(p))
         miss_r += paired_ratios([s.miss_ms for s in sa], [s.miss_ms for s in sb])
     print(f"TTFT of a hit, {args.a} over {args.b}, every pass pair:  {spread(hit_r)}")
     print(f"TTFT of a miss, {args.a} over {args.b}, every pass pair: {spread(miss_r)}")
+    print(f"median TTFT, {args.a} over {args.b}, every pass pair:   {spread(med_r)}")
+    print(f"requests over {SLOW_MS} ms: {slow}")
     return 0
 
 

@@ -205,8 +205,16 @@ def run(
     gap: float = 0.0,
     router_pid: int | None = None,
     router_group: bool = False,
+    warmup: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One pass. ``base`` None: no router, each request straight to a server (``name`` says which)."""
+    """One pass. ``base`` None: no router, each request straight to a server (``name`` says which).
+
+    ``warmup``: prompts sent through the same path first (unmeasured), then the caches are reset: a
+    freshly started router's first requests pay one-time costs (first use of code paths, a tokenizer's
+    self-checks, the KV-event catch-up) that a long-running one paid long ago."""
+    for p in warmup or []:
+        timed(base or servers[0].url, p)
+        time.sleep(gap)
     reset_caches(servers)
     time.sleep(0.5)
     pids = [s.proc.pid if s.proc is not None else None for s in servers]
@@ -342,6 +350,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2, help="passes; every other one in reverse order")
     ap.add_argument("--base-src", help="another kvgate source tree: routers ending in @base run it")
     ap.add_argument("--json", help="write the arguments, commit, every pass and every request here")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="send N unmeasured requests (other tenants: seed + 1000) through each router before its pass",
+    )
     args = ap.parse_args()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     sg = peers.PEERS["sglang-router"]
@@ -352,6 +366,7 @@ def main() -> int:
              for i in range(2)]  # fmt: skip
     log_dir = Path(tempfile.mkdtemp(prefix="kvgate-vs-sglang-"))
     prompts = workload(args.tenants, args.per_tenant, args.prefix_words, args.seed)
+    warm_prompts = workload(args.tenants, args.per_tenant, args.prefix_words, args.seed + 1000)[: args.warmup]
     results: dict[str, list[dict[str, Any]]] = {}
     with fleet(specs, log_dir) as servers:
         urls = [s.url for s in servers]
@@ -378,7 +393,9 @@ def main() -> int:
         for r in [r for p in passes for r in p]:
             if r.startswith("direct"):
                 name = "direct, tenant t -> server t mod 2" if r == "direct-tenant" else "direct, to server 0"
-                results.setdefault(name, []).append(run(name, None, servers, prompts, args.gap))
+                results.setdefault(name, []).append(
+                    run(name, None, servers, prompts, args.gap, warmup=warm_prompts)
+                )
                 continue
             port = free_ports(1)[0]
             if r.startswith("kvgate"):
@@ -408,7 +425,16 @@ def main() -> int:
                 wait_http(f"http://127.0.0.1:{port}" + ("/health" if r == "sglang" else "/healthz"), proc)
                 time.sleep(1.0)
                 results.setdefault(name, []).append(
-                    run(name, f"http://127.0.0.1:{port}", servers, prompts, args.gap, proc.pid, r == "sglang")
+                    run(
+                        name,
+                        f"http://127.0.0.1:{port}",
+                        servers,
+                        prompts,
+                        args.gap,
+                        proc.pid,
+                        r == "sglang",
+                        warm_prompts,
+                    )
                 )
             finally:
                 proc.terminate()
