@@ -408,3 +408,86 @@ async def test_a_leader_that_loses_its_lease_stops_its_controller(how: str, tmp_
 
 async def _running_in(hc: Any) -> bool:
     return bool(hc.status()["running"])
+
+
+async def test_a_new_leader_deletes_the_import_its_predecessor_created(
+    doubles: tuple[Recording, Recording, Recording], tmp_path: Path
+) -> None:
+    """The leader crashes (SIGKILL: nothing released); east stops exporting while no controller runs; the
+    next leader, a new process that never wrote the import, reads it back from the hub and deletes it."""
+    hub_d, east_d, west_d = doubles
+    hub, east = hub_d.url, east_d.url
+    await _kubectl(east, "create", "-f", "-", stdin=_pool_yaml("llama", "10.1.0.2:8080", exported=True))
+    clusters = _clusters_file(tmp_path, hub, east, west_d.url, controller=True)
+    procs = [await _launch(clusters, tmp_path / "first.log")]
+    try:
+        await _until(lambda: _exporters(hub), "east", "the import's exporters")
+        await _until(lambda: _exported(east), "Exported", "east's Exported condition")
+        procs[0].proc.kill()
+        await procs[0].proc.wait()
+        await _kubectl(east, "annotate", _POOL, "llama", f"{EXPORT_ANNOTATION}-")
+        procs.append(await _launch(clusters, tmp_path / "second.log"))
+        await _until(lambda: _exporters(hub), "", "the import (deleted by the next leader)")
+        await _until(lambda: _exported(east), "", "east's Exported condition (removed)")
+        assert (await procs[1].status())["imports"] == []
+    finally:
+        for p in procs:
+            if p.proc.returncode is None:
+                p.proc.kill()
+                await p.proc.wait()
+
+
+async def _drop_parents(hub: str) -> None:
+    """What an older kvgate gateway's stop wrote: kvgate's controllers[] entry without its parents."""
+    imp = json.loads(await _kubectl(hub, "get", _IMPORT, "llama", "-o", "json"))
+    for c in imp["status"]["controllers"]:
+        if c["name"] == CONTROLLER_NAME:
+            c.pop("parents", None)
+    patch = {"metadata": {"resourceVersion": imp["metadata"]["resourceVersion"]},
+             "status": {"controllers": imp["status"]["controllers"]}}  # fmt: skip
+    await _kubectl(hub, "patch", _IMPORT, "llama", "--subresource=status", "--type=merge",
+                   "-p", json.dumps(patch))  # fmt: skip
+
+
+def _has_parent(hub_d: Recording) -> bool:
+    imp = hub_d.get(R.INFERENCE_POOL_IMPORT, "llama", "default")
+    ours = [c for c in imp["status"]["controllers"] if c["name"] == CONTROLLER_NAME]
+    return bool(ours and ours[0].get("parents"))
+
+
+async def test_an_upgrade_to_the_standalone_controller_keeps_the_parent_entry(
+    doubles: tuple[Recording, Recording, Recording], tmp_path: Path
+) -> None:
+    """The upgrade: a gateway that ran the controller (``controller: true``) and the new standalone
+    controller both run, then the old gateway stops. The parent entry (the global gateway's, the same
+    for both) stays; and when an older release's gateway removes it on its stop anyway, the standalone
+    controller writes it back at its next resync (it does not trust what it wrote earlier)."""
+    from kvgate.multicluster.hub_controller import HubController
+
+    hub_d, east_d, west_d = doubles
+    hub = hub_d.url
+    await _kubectl(east_d.url, "create", "-f", "-", stdin=_pool_yaml("llama", "10.1.0.2:8080", exported=True))
+    clusters = _clusters_file(tmp_path, hub, east_d.url, west_d.url, controller=True)
+    old = GlobalGateway(load(clusters), "kvgate", seed=0)
+    await old.start("127.0.0.1", 0)
+    kube = load(clusters).kubernetes
+    assert kube is not None
+    hc = HubController(kube, resync_s=0.5)
+    old_stopped = False
+    try:
+        await _until(lambda: _parent(hub), "Service/global-hub/True", "the gateway's parent entry")
+        await hc.start()
+        await _until(lambda: _running_in(hc), True, "the standalone controller")
+        await _until(lambda: _problem(hc), None, "the standalone controller's problem")
+        await old.stop()  # the old gateway pod terminates
+        old_stopped = True
+        await asyncio.sleep(1.5)  # three resyncs
+        assert await _parent(hub) == "Service/global-hub/True"
+        await _drop_parents(hub)  # as an older release's gateway did on its stop
+        assert not _has_parent(hub_d)
+        await _until(lambda: _parent(hub), "Service/global-hub/True", "the parent entry (written back)")
+        assert await _exporters(hub) == "east"
+    finally:
+        await hc.stop()
+        if not old_stopped:
+            await old.stop()

@@ -270,13 +270,69 @@ async def test_the_followed_import_carries_its_parent_status(
         assert other in imp["status"]["controllers"]
     finally:
         await ctl.stop()
-    # Stopped: this gateway no longer routes the import, so its parent entry is gone; the rest stays.
+    # Stopped: the parent entry stays (it stands for the global gateway, which other replicas or a
+    # standalone controller may still be; it goes with the import), and so does the rest.
     try:
-        assert await _parent_condition(hub_d.url, "Accepted") == "/"
+        assert await _parent_condition(hub_d.url, "Accepted") == "True/Accepted"
         imp = hub_d.get(R.INFERENCE_POOL_IMPORT, "llama", "default")
         ours = next(c for c in imp["status"]["controllers"] if c["name"] == CONTROLLER_NAME)
-        assert "parents" not in ours and [c["name"] for c in ours["exportingClusters"]] == ["east", "west"]
+        assert len(ours["parents"]) == 1 and [c["name"] for c in ours["exportingClusters"]] == [
+            "east",
+            "west",
+        ]
         assert other in imp["status"]["controllers"]
     finally:
+        for c in clients:
+            await c.close()
+
+
+# -- a new controller (a new leader, a restart) reconciles what the hub holds ------------------------------
+
+
+def _import_with(name: str, entries: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    obj = {"apiVersion": "inference.networking.x-k8s.io/v1alpha1", "kind": "InferencePoolImport",
+           "metadata": {"name": name, "namespace": "default"}}  # fmt: skip
+    return obj, {"status": {"controllers": entries}}
+
+
+def _entry(controller: str, *clusters: str) -> dict[str, Any]:
+    return {"name": controller, "exportingClusters": [{"name": c} for c in clusters],
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}  # fmt: skip
+
+
+async def test_a_new_controller_reconciles_the_imports_an_earlier_one_left(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
+) -> None:
+    """Imports written by an earlier controller (a previous leader, before a restart) are read back from
+    the hub: one nothing exports any more is deleted, though this process never wrote it; one a member
+    not seen yet (its pools refused: 403) still exports keeps that member until it is seen; another
+    controller's import is left alone."""
+    hub_d, east_d, west_d = doubles
+    for name, entries in [("old", [_entry(CONTROLLER_NAME, "east")]),
+                          ("kept", [_entry(CONTROLLER_NAME, "west")]),
+                          ("llama", [_entry(CONTROLLER_NAME, "east", "west")]),
+                          ("foreign", [_entry("example.net/import-controller", "far")])]:  # fmt: skip
+        obj, status = _import_with(name, entries)
+        hub_d.create(obj)
+        hub_d.patch(R.INFERENCE_POOL_IMPORT, name, "default", status, status=True)
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    east_d.create(_pool("old", exported=False))  # it stopped exporting while no controller ran
+    west_d.forbid(R.INFERENCE_POOL)  # west cannot be seen (yet)
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    ctl = ImportController(clients[0], [Member("east", clients[1]), Member("west", clients[2])])
+    await ctl.start()
+    try:
+        await _until(lambda: _exporters(hub_d, "old") is None, 20.0)  # deleted
+        assert _exporters(hub_d, "kept") == ["west"] and _exporters(hub_d, "llama") == ["east", "west"]
+        assert hub_d.get(R.INFERENCE_POOL_IMPORT, "foreign", "default")["status"]["controllers"] == [
+            _entry("example.net/import-controller", "far")]  # fmt: skip
+        # west is seen (exporting nothing): what the hub held for it goes.
+        west_d.forbid(R.INFERENCE_POOL, False)
+        await _until(lambda: _exporters(hub_d, "kept") is None, 20.0)
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"], 20.0)
+        assert _exporters(hub_d, "foreign") == []  # (ours: none) still there
+    finally:
+        await ctl.stop()
         for c in clients:
             await c.close()

@@ -11,7 +11,9 @@ nothing.
 What it writes is ``kvgate.multicluster.imports.ImportController``'s: the imports and their status, the
 members' ``Exported`` conditions, and the followed import's ``parents[]`` entry for ``kubernetes.parent``.
 A leader that loses its Lease (or stops) leaves that parent entry in place: the gateways still route the
-import, and the next leader rewrites the same status from its own list and watch of the members.
+import. Each term starts by reading back the imports that carry the controller's entry in the hub (and
+reads them again every ``--resync-period``), so the next leader deletes the ones nothing exports any more,
+those the previous leader created included, and rewrites what another writer changed.
 
 Health on ``--port``: ``/healthz`` (the process answers) and ``/readyz``: 503 with the reason while the
 controller this replica runs cannot see a member (an RBAC error, not synced yet) or its writes to the hub
@@ -42,6 +44,7 @@ from kvgate.multicluster.imports import ImportController, Member
 log = logging.getLogger("kvgate.multicluster.hub_controller")
 
 DEFAULT_LEASE = "kvgate-hub-controller"
+RESYNC_S = 30.0  # the hub's imports read back and reconciled this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +62,12 @@ class Election:
 class HubController:
     """The controller, run while this replica leads (always, without an election)."""
 
-    def __init__(self, kube: KubeImports, election: Election | None = None) -> None:
+    def __init__(
+        self, kube: KubeImports, election: Election | None = None, *, resync_s: float = RESYNC_S
+    ) -> None:
         self.kube = kube
         self.election = election
+        self.resync_s = resync_s
         self.controller: ImportController | None = None
         self.elector: LeaderElector | None = None
         self.terms = 0  # times this replica started the controller
@@ -102,7 +108,7 @@ class HubController:
                 k = self.kube
                 self.controller = ImportController(
                     self._hub, self._members, follow=(k.namespace, k.name), parent=k.parent,
-                    release_parent=False,
+                    resync_s=self.resync_s,
                 )  # fmt: skip
                 self.terms += 1
                 log.info("hub controller: running (import %s/%s, members %s)", k.namespace, k.name,
@@ -205,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     ha.add_argument("--ha-lease-duration", type=float, default=15.0, help="seconds (client-go's default)")
     ha.add_argument("--ha-renew-deadline", type=float, default=10.0, help="seconds")
     ha.add_argument("--ha-retry-period", type=float, default=2.0, help="seconds")
+    p.add_argument(
+        "--resync-period",
+        type=float,
+        default=RESYNC_S,
+        help="seconds between readings of the hub's imports (each one reconciled with the members)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -229,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.ha_renew_deadline, args.ha_retry_period)  # fmt: skip
 
     async def run() -> None:
-        hc = HubController(kube, election)
+        hc = HubController(kube, election, resync_s=args.resync_period)
         await hc.start()
         front = _health(hc)
         server = await asyncio.get_running_loop().create_server(front.protocol, args.host, args.port)

@@ -28,7 +28,19 @@ Gateway reference from the clusters file), with ``Accepted`` (True / ``Accepted`
 import) and ``ResolvedRefs`` (True / ``ResolvedRefs`` when every exporting cluster's pool names an address
 kvgate can reach it by, else False / ``InvalidExtensionRef`` naming the clusters that do not). Other
 controllers' ``controllers[]`` entries and other parents' entries in ours are kept (read, change ours,
-write guarded by the resourceVersion); the gateway's parent entry is removed when it stops.
+write guarded by the resourceVersion).
+
+The parent entry stands for the global gateway, not for one process: several gateway replicas, or a
+gateway and a standalone ``kvgate hub-controller`` during an upgrade, write the same entry, and none can
+know it is the last. So a controller that stops leaves it; it goes with the import (deleted once nothing
+exports it).
+
+The hub is the record of what was written, not this process's memory: at the start (a new leader, a
+restarted gateway) and every ``resync_s`` the controller lists the hub's imports that carry its
+``controllers[]`` entry and reconciles them with the members: it deletes those nothing exports any more
+(also the ones a previous leader created), and rewrites an entry another writer changed (an old gateway
+that removed the parent entry on its stop). A member it cannot see yet (not synced, an RBAC error, a
+lost link) keeps what the hub says it exports: nothing is dropped or deleted for a member not seen.
 """
 
 from __future__ import annotations
@@ -96,13 +108,13 @@ class ImportController:
     # False: only read the members and feed the cluster list; a standalone ``kvgate hub-controller``
     # writes the imports, their status and the Exported conditions (one writer however many gateways).
     writes: bool = True
-    # On stop, remove the parent entry (a gateway that stops no longer routes the import); a standalone
-    # controller losing its lease keeps it (the gateways still route; the next leader takes over).
-    release_parent: bool = True
+    # How often the hub's imports are read back and reconciled (whatever this process thinks it wrote).
+    resync_s: float = 30.0
     # (namespace, name) -> {member: exported pool object}
     exported: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    written: dict[Key, tuple[str, ...]] = field(default_factory=dict)  # what the hub's status says
-    # The followed import's parent conditions as last written: (ResolvedRefs status, its message).
+    # What the hub's status says (read back from the hub at the start and every ``resync_s``).
+    written: dict[Key, tuple[str, ...]] = field(default_factory=dict)
+    # The parent entry's state in each import (``_parent_state``), as written or read back.
     parent_written: dict[Key, tuple[str, str] | None] = field(default_factory=dict)
     reconciles: int = 0
     error: str | None = None  # why the last reconcile failed (a hub write refused, ...), until one succeeds
@@ -113,6 +125,8 @@ class ImportController:
     _reflectors: list[Reflector] = field(default_factory=list)
     _dirty: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    _read_back: bool = False  # ``written`` is the hub's (False: list the hub's imports first)
+    _watch_sync: list[asyncio.Task[None]] = field(default_factory=list)
     _last_clusters: tuple[ClusterSpec, ...] | None = None
 
     async def start(self) -> None:
@@ -121,7 +135,13 @@ class ImportController:
             r.add_listener(functools.partial(self._on_pool, m.name))
             r.start()
             self._reflectors.append(r)
+            if self.writes:  # a member seen for the first time may settle what its absence held back
+                self._watch_sync.append(asyncio.create_task(self._on_synced(r)))
         self._task = asyncio.create_task(self._loop())
+
+    async def _on_synced(self, r: Reflector) -> None:
+        await r.synced.wait()
+        self._dirty.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -132,15 +152,11 @@ class ImportController:
                 pass
             except Exception:  # it ended on its own (a bug): say so, and still stop the rest
                 log.exception("import controller: the reconcile loop had stopped")
+        for t in self._watch_sync:
+            t.cancel()
         for r in self._reflectors:
             await r.stop()
-        # This gateway no longer routes the import: its parent entry goes (best effort, bounded).
-        key = self.follow
-        if not self.release_parent or not self.writes:
-            return
-        if key is not None and self.parent is not None and self.parent_written.get(key) is not None:
-            with contextlib.suppress(*HUB_FAILED):
-                await asyncio.wait_for(self._write(key, self.written.get(key, ()), None, create=False), 5.0)
+        # The parent entry stays (see the module's docstring): other gateways may still route the import.
 
     def _on_pool(self, member: str, etype: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata", {})
@@ -162,7 +178,10 @@ class ImportController:
 
     async def _loop(self) -> None:
         while True:
-            await self._dirty.wait()
+            try:
+                await asyncio.wait_for(self._dirty.wait(), self.resync_s)
+            except TimeoutError:
+                self._read_back = False  # the periodic resync: the hub's imports read back
             self._dirty.clear()
             try:
                 await self.reconcile()
@@ -197,19 +216,65 @@ class ImportController:
         if not self.writes:
             self._feed()
             return
-        for key, by_member in list(self.exported.items()):
-            clusters = tuple(sorted(by_member))
+        if not self._read_back:
+            await self._read_hub()
+            self._read_back = True
+        unseen = self._unseen()
+        for key in sorted({*self.exported, *self.written}):
+            # The exporters: the members seen exporting it, and those not seen yet as the hub lists them.
+            clusters = tuple(sorted({*self.exported.get(key, {}), *(unseen & {*self.written.get(key, ())})}))
+            if not clusters:
+                await self._delete(key)
+                self.written.pop(key, None)
+                self.parent_written.pop(key, None)
+                continue
             parent = self._parent_state(key)
             if self.written.get(key) != clusters or self.parent_written.get(key) != parent:
                 await self._write(key, clusters, parent)
                 self.written[key] = clusters
                 self.parent_written[key] = parent
-        for key in [k for k in self.written if k not in self.exported]:
-            await self._delete(key)
-            del self.written[key]
-            self.parent_written.pop(key, None)
         self._feed()
         await self._mark_members()
+
+    def _unseen(self) -> set[str]:
+        """Members whose pools this controller has not listed yet (not synced: starting, refused, lost)."""
+        return {m.name for m, r in zip(self.members, self._reflectors, strict=False) if not r.synced.is_set()}
+
+    async def _read_hub(self) -> None:
+        """``written`` / ``parent_written`` from the hub: every import carrying this controller's entry
+        (whoever wrote it: a previous leader, an earlier run), in every namespace."""
+        rt = R.INFERENCE_POOL_IMPORT
+        written: dict[Key, tuple[str, ...]] = {}
+        parents: dict[Key, tuple[str, str] | None] = {}
+        cont: str | None = None
+        while True:
+            q: dict[str, Any] = {"limit": 500} | ({"continue": cont} if cont else {})
+            page = await self._hub().request("GET", rt.collection_path(None), query=q)
+            for obj in page.get("items") or ():
+                meta = obj.get("metadata") or {}
+                key = (meta.get("namespace", "default"), meta.get("name", ""))
+                ctrls = (obj.get("status") or {}).get("controllers") or ()
+                mine = next(
+                    (c for c in ctrls if isinstance(c, dict) and c.get("name") == CONTROLLER_NAME), None
+                )
+                if mine is None:
+                    continue  # not one of ours
+                names = (c.get("name") for c in mine.get("exportingClusters") or () if isinstance(c, dict))
+                written[key] = tuple(sorted(n for n in names if n))
+                parents[key] = self._parent_read(mine.get("parents"))
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                break
+        self.written, self.parent_written = written, parents
+
+    def _parent_read(self, have: Any) -> tuple[str, str] | None:
+        """This gateway's parent entry as the hub has it, in ``_parent_state``'s terms."""
+        ref = None if self.parent is None else self.parent.as_status()
+        entry = next((p for p in have or () if isinstance(p, dict) and p.get("parentRef") == ref), None)
+        if ref is None or entry is None:
+            return None
+        resolved = _find(entry.get("conditions"), RESOLVED_REFS) or {}
+        return (str(resolved.get("status", "")), str(resolved.get("message", "")))
 
     # ---- the Exported condition on member pools ------------------------------------------------
     def _wanted(self, member: str, key: Key, obj: Mapping[str, Any]) -> tuple[str, str, str] | None:

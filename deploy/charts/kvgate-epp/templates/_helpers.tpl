@@ -29,7 +29,7 @@ app: {{ include "kvgate-epp.name" . }}
 {{- define "kvgate-epp.hubImportRules" -}}
 - apiGroups: ["inference.networking.x-k8s.io"]
   resources: ["inferencepoolimports"]
-  verbs: ["create", "get", "delete"]
+  verbs: ["create", "get", "list", "delete"]
 - apiGroups: ["inference.networking.x-k8s.io"]
   resources: ["inferencepoolimports/status"]
   verbs: ["patch"]
