@@ -312,7 +312,9 @@ async def test_a_new_controller_reconciles_the_imports_an_earlier_one_left(
     for name, entries in [("old", [_entry(CONTROLLER_NAME, "east")]),
                           ("kept", [_entry(CONTROLLER_NAME, "west")]),
                           ("llama", [_entry(CONTROLLER_NAME, "east", "west")]),
-                          ("foreign", [_entry("example.net/import-controller", "far")])]:  # fmt: skip
+                          ("foreign", [_entry("example.net/import-controller", "far")]),
+                          ("shared", [_entry("example.net/import-controller", "far"),
+                                      _entry(CONTROLLER_NAME, "east")])]:  # fmt: skip
         obj, status = _import_with(name, entries)
         hub_d.create(obj)
         hub_d.patch(R.INFERENCE_POOL_IMPORT, name, "default", status, status=True)
@@ -324,6 +326,10 @@ async def test_a_new_controller_reconciles_the_imports_an_earlier_one_left(
     await ctl.start()
     try:
         await _until(lambda: _exporters(hub_d, "old") is None, 20.0)  # deleted
+        # Nothing exports "shared" here either, but another controller has an entry: only ours goes.
+        await _until(lambda: _exporters(hub_d, "shared") == [], 20.0)
+        assert hub_d.get(R.INFERENCE_POOL_IMPORT, "shared", "default")["status"]["controllers"] == [
+            _entry("example.net/import-controller", "far")]  # fmt: skip
         assert _exporters(hub_d, "kept") == ["west"] and _exporters(hub_d, "llama") == ["east", "west"]
         assert hub_d.get(R.INFERENCE_POOL_IMPORT, "foreign", "default")["status"]["controllers"] == [
             _entry("example.net/import-controller", "far")]  # fmt: skip

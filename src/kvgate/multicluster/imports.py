@@ -46,7 +46,6 @@ lost link) keeps what the hub says it exports: nothing is dropped or deleted for
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import logging
@@ -428,9 +427,34 @@ class ImportController:
         return out
 
     async def _delete(self, key: Key) -> None:
+        """Nothing exports it: the import goes, unless another controller has an entry in it (then only
+        ours goes, written back guarded by the resourceVersion read). A refusal raises (retried)."""
         ns, name = key
-        with contextlib.suppress(KubeError):
-            await self._hub().request("DELETE", R.INFERENCE_POOL_IMPORT.item_path(ns, name))
+        path = R.INFERENCE_POOL_IMPORT.item_path(ns, name)
+        try:
+            obj = await self._hub().request("GET", path)
+        except KubeError as e:
+            if e.status == 404:
+                return  # gone already
+            raise
+        controllers = [c for c in (obj.get("status") or {}).get("controllers") or () if isinstance(c, dict)]
+        others = [c for c in controllers if c.get("name") != CONTROLLER_NAME]
+        if others:
+            rv = obj.get("metadata", {}).get("resourceVersion")
+            if len(others) < len(controllers):
+                await self._hub().request(
+                    "PATCH", path + "/status",
+                    body={"metadata": {"resourceVersion": rv}, "status": {"controllers": others}},
+                    content_type="application/merge-patch+json",
+                )  # fmt: skip
+            log.info("InferencePoolImport %s/%s: no longer exported here; kvgate's entry removed (another "
+                     "controller's kept)", ns, name)  # fmt: skip
+            return
+        try:
+            await self._hub().request("DELETE", path)
+        except KubeError as e:
+            if e.status != 404:
+                raise
         log.info("InferencePoolImport %s/%s: no longer exported, deleted", ns, name)
 
     def clusters_for(self, key: Key) -> tuple[ClusterSpec, ...]:
