@@ -329,7 +329,7 @@ async def test_a_controller_whose_loop_failed_still_releases_the_lease(
     """A reconcile that fails in a way nobody foresaw (a bug) ends the loop: /readyz says so instead of
     200, and stopping the process still releases the Lease and closes the clients (the failure used to
     come back out of the controller's stop, skipping both)."""
-    from kvgate.multicluster.hub_controller import HubController
+    from kvgate.multicluster.hub_controller import HubController, _health
     from kvgate.multicluster.imports import ImportController
 
     async def broken(self: ImportController) -> None:
@@ -342,10 +342,17 @@ async def test_a_controller_whose_loop_failed_still_releases_the_lease(
     assert kube is not None
     hc = HubController(kube, _election())
     await hc.start()
+    server = await asyncio.get_running_loop().create_server(_health(hc).protocol, "127.0.0.1", 0)
+    health = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
         await _until(lambda: _holder(hub_d.url), "ctl-a", "the Lease's holder")
         await _until(lambda: _stopped_on(hc), True, "the controller's problem")
+        async with aiohttp.ClientSession() as http:  # unready, and not alive: its probe restarts it
+            for path in ("/readyz", "/healthz"):
+                async with http.get(health + path) as r:
+                    assert r.status == 503 and "a bug" in (await r.json())["error"]["message"], path
     finally:
+        server.close()
         await hc.stop()
     assert await _holder(hub_d.url) == ""  # released all the same
     assert hc._hub is not None and hc._hub.api.rest_client.pool_manager.closed

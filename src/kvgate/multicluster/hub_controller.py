@@ -15,9 +15,11 @@ import. Each term starts by reading back the imports that carry the controller's
 reads them again every ``--resync-period``), so the next leader deletes the ones nothing exports any more,
 those the previous leader created included, and rewrites what another writer changed.
 
-Health on ``--port``: ``/healthz`` (the process answers) and ``/readyz``: 503 with the reason while the
-controller this replica runs cannot see a member (an RBAC error, not synced yet) or its writes to the hub
-fail; a standby is ready (it takes no traffic, and a Deployment's rollout must not wait for it to lead).
+Health on ``--port``: ``/healthz`` (the process answers; 503 once the controller's loop ended on an
+error nobody foresaw, so the liveness probe restarts it and the Lease goes to a standby) and
+``/readyz``: 503 with the reason while the controller this replica runs cannot see a member (an RBAC
+error, not synced yet) or its writes to the hub fail; a standby is ready (it takes no traffic, and a
+Deployment's rollout must not wait for it to lead).
 ``/v1/status``: JSON.
 """
 
@@ -144,6 +146,11 @@ class HubController:
                         with contextlib.suppress(Exception):
                             await client.close()
 
+    def dead(self) -> str | None:
+        """Why this replica's controller loop ended on its own (a bug), or None: a liveness failure (the
+        loop never comes back by itself, and the Lease would stay held)."""
+        return None if self.controller is None else self.controller.dead()
+
     def problem(self) -> str | None:
         """Why this replica is not ready: the controller it runs cannot see a member or write the hub. A
         standby is ready."""
@@ -173,6 +180,9 @@ async def _stop_quietly(ctl: ImportController) -> None:
 
 def _health(hc: HubController) -> FrontServer:
     async def healthz(_r: Request) -> Response:
+        dead = hc.dead()
+        if dead is not None:  # restarted by its liveness probe: the stop releases the Lease to a standby
+            return json_error(503, dead)
         return Response(text="ok", content_type="text/plain")
 
     async def readyz(_r: Request) -> Response:

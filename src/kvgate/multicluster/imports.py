@@ -195,6 +195,13 @@ class ImportController:
         assert self.hub is not None, "a read-only controller writes nothing to the hub"
         return self.hub
 
+    def dead(self) -> str | None:
+        """Why the reconcile loop ended on its own (an error nobody foresaw), or None while it runs."""
+        task = self._task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            return f"reconcile loop stopped: {task.exception()!r}"
+        return None
+
     def problem(self) -> str | None:
         """Why this controller is not doing its job now, or None: a member it cannot see (an RBAC error,
         not synced yet), or a reconcile that failed (a hub write refused)."""
@@ -205,9 +212,7 @@ class ImportController:
                 return f"member {m.name}: not synced yet"
         if self.error is not None:
             return f"hub: {self.error}"
-        task = self._task
-        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
-            return f"reconcile loop stopped: {task.exception()!r}"  # (a bug: never a silent 200)
+        return self.dead()
         return None if self._reflectors else "not started"
 
     async def reconcile(self) -> None:
