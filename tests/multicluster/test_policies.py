@@ -312,7 +312,7 @@ def test_past_full_each_queued_request_costs_a_prefill_per_endpoint() -> None:
 
 def test_prefix_home_partitions_tenants_and_moves_only_a_lost_clusters() -> None:
     """Weighted rendezvous hashing of the request's leading blocks: every gateway computes the same home,
-    tenants are spread in proportion to what each cluster serves (its slots over its TTFT floor), a
+    tenants are spread in proportion to what each cluster serves (its slots over its slot time), a
     tenant stays at home while it is not much dearer there (the home discount), and a cluster's loss
     moves only its own tenants."""
 
@@ -331,11 +331,18 @@ def test_prefix_home_partitions_tenants_and_moves_only_a_lost_clusters() -> None
     homes = [g1.home(f1, r) for r in tenants]
     assert homes == [g2.home(f2, r) for r in tenants]  # two gateways agree without talking
     share = Counter(homes)
-    # weights 24 / 0.265 : 16 / 0.343 : 8 / 6.9 = 0.65 : 0.34 : 0.01
+    # weights = throughput, slots / slot time; before any decode is measured the slot time is slots /
+    # ready x the floor, so 3 / 0.265 : 2 / 0.343 : 1 / 6.9 = 0.65 : 0.34 : 0.01
     assert 0.55 < share["east"] / 300 < 0.75 and 0.25 < share["west"] / 300 < 0.45 and share["eu"] < 10
     # idle fleet: every tenant is served at its home (eu's homes, a handful, go by cost)
     picks = [g1.order(f1, r, 0.0)[0].name for r in tenants]
     assert all(p == h for p, h in zip(picks, homes, strict=True) if h != "eu")
+    # measured decode times set the weights: west's requests holding their slots 3x longer than
+    # east's halves its share (24 / 6 : 16 / 18 = 0.82 : 0.18)
+    f3 = fleet()
+    f3[0].decode_s, f3[1].decode_s = 6.0 - 0.265, 18.0 - 0.343
+    share3 = Counter(g1.home(f3, r) for r in tenants)
+    assert 0.1 < share3["west"] / 300 < 0.27 and share3["east"] / 300 > 0.7
     # west lost: only west's tenants move
     survivors = [c for c in f1 if c.name != "west"]
     moved = [h for h, r in zip(homes, tenants, strict=True) if g1.home(survivors, r) != h]

@@ -22,12 +22,12 @@
   A slow cluster and a full one are then compared as what they are, waits: a full local cluster keeps the
   overflow until its queue is as long as an idle slow cluster's TTFT. Then relative discounts: the local
   cluster, a prefix hit (the request's leading blocks in the cluster's Bloom summary), and the request's
-  prefix home (weighted rendezvous hashing of its leading blocks, weights = each cluster's slots over its
-  idle TTFT: every gateway computes the same home, so each tenant's prefix lives in one cluster, not in
-  all of them; spill-over is the home's predicted TTFT rising). Then power-of-two choices among the
-  clusters within ``slack`` of the best (no herding between refreshes, nor between gateways sharing a
-  snapshot). Unknown clusters are tried only after every known-good one (ordered by RTT), so a request is
-  not lost when all snapshots are stale.
+  prefix home (weighted rendezvous hashing of its leading blocks, weights = each cluster's throughput,
+  slots over slot time: every gateway computes the same home, so each tenant's prefix lives in one
+  cluster, not in all of them; spill-over is the home's predicted TTFT rising). Then power-of-two choices
+  among the clusters within ``slack`` of the best (no herding between refreshes, nor between gateways
+  sharing a snapshot). Unknown clusters are tried only after every known-good one (ordered by RTT), so a
+  request is not lost when all snapshots are stale.
 """
 
 from __future__ import annotations
@@ -267,8 +267,10 @@ class KvgatePolicy:
 
     def home(self, clusters: Sequence[ClusterState], req: ClusterRequest) -> str | None:
         """The request's prefix home among ``clusters``: weighted rendezvous hashing of its leading blocks
-        (the tenant's context), each cluster weighted by the requests it serves per second at idle (its
-        slots over its base TTFT). Every gateway computes the same home without talking to the others, so
+        (the tenant's context), each cluster weighted by the requests it serves per second when busy: its
+        slots over its slot time (a request's prefill plus its decode there, as measured), so each cluster
+        is home to the share of the traffic it can take. Every gateway computes the same home without
+        talking to the others, so
         each tenant's prefix is cached in one cluster instead of all of them; a cluster's loss moves only
         its own tenants (to their next home)."""
         if not req.prompt or len(clusters) < 2:
@@ -281,7 +283,7 @@ class KvgatePolicy:
         key = hashes[-1].to_bytes(8, "little")
         best, best_score = None, -1.0
         for c in clusters:
-            weight = self.slots(c) / self.base_ttft(c)
+            weight = self.slots(c) / self.slot_time(c)
             score = weight / -math.log(_unit(xxh64_intdigest(key + c.name.encode())))
             if score > best_score:
                 best, best_score = c.name, score
