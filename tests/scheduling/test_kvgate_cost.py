@@ -223,6 +223,38 @@ def test_a_burst_shares_the_cost_of_a_second_copy() -> None:
     assert len(shared) >= 2 and shared[holder] < 12
 
 
+def test_a_burst_shares_a_copy_with_the_precise_prefix_source_too() -> None:
+    # The profile ``--kv-events auto`` runs: the prefix signal comes from the engines' KV events plus
+    # the precise scorer's credit for each pick (nothing reported yet: the burst is cold). The followers
+    # wait on the prefix the first request is computing just the same, so they share a second copy.
+    from kvgate.config.policies import precise_policy
+
+    def burst(params: dict[str, object], index_name: str) -> tuple[Counter[str], str]:
+        doc = precise_policy("", bind=False)
+        for plugin in doc["plugins"]:
+            if plugin["type"] == "precise-prefix-cache-scorer":
+                plugin["parameters"]["indexName"] = index_name  # not shared with other tests
+            if plugin["type"] == "kvgate-cost-scorer":
+                plugin["parameters"] = {**plugin["parameters"], **params}
+        store = EndpointStore([ep(f"10.0.1.{i}:8000", kv_cache_usage=0.8) for i in range(4)])
+        d = build_director(doc, store, clock=lambda: 0.0, seed=0)
+        prefix = [7] * 1152  # 72 blocks of 16 tokens
+        picks: Counter[str] = Counter()
+        holder = ""
+        for i in range(12):
+            r = InferenceRequest(f"r{i}", "m", token_ids=prefix + [i] * 16, max_tokens=100)
+            res = d.pick(r)
+            holder = holder or res.primary.address
+            picks[res.primary.address] += 1
+            d.on_dispatched(r, res.primary)
+        return picks, holder
+
+    alone, holder = burst({"sharedCopy": False}, "shared-copy-off")
+    assert alone == Counter({holder: 12})
+    shared, holder = burst({}, "shared-copy-on")
+    assert len(shared) >= 2 and shared[holder] < 12
+
+
 def test_requests_that_started_no_longer_share_a_copy() -> None:
     # Sequential requests of one prefix (each at its first token before the next): nothing waits on
     # the prefix, so affinity is as without sharing.

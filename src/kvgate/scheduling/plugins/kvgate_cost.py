@@ -26,6 +26,8 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   of one prefix that finds it cold queues behind one prefill of it plus every follower's question; a
   second copy serves the burst's later requests too, so its displacement is shared by the requests
   that want it at the same time. A lone request (a chat turn) pays the full displacement as before.
+  Prompts are compared by the prefix source's chained block keys: the approximate scorer's hashes, or
+  the precise scorer's keys (its pick credit makes a burst's first replica the holder at once).
 
 - ``replicateLoaded`` (off): when every best holder of the prompt's prefix has more prefill queued in
   front of it than a hit there saves, a second copy on a replica with nothing queued is charged its
@@ -117,7 +119,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         # Requests picked and not yet at their first token, with their prompt's block hashes: request
         # id -> endpoint, and per endpoint request id -> hashes (so a pick scans one endpoint's only).
         self._waiting: OrderedDict[str, str] = OrderedDict()
-        self._waiting_at: dict[str, dict[str, list[int]]] = {}
+        self._waiting_at: dict[str, dict[str, Sequence[int]]] = {}
         # EWMA of the uncached prompt tokens per dispatched request: converts scraped queue lengths this
         # picker cannot explain (other gateways' traffic) into tokens.
         self.mean_uncached = 512.0
@@ -291,19 +293,32 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
     ) -> int:
         """Requests dispatched to the best prefix holder among ``endpoints``, not yet at their first
         token, whose prompts share this request's prefix as deep as that holder holds it."""
-        m = prefix_match(cycle)
-        if not matched or not self._waiting or m is None or self.precise is not None:
+        if not matched or not self._waiting:
             return 0
         best = max(endpoints, key=lambda ep: matched.get(ep.address, 0)).address
-        depth = matched.get(best, 0)
+        keys, block_tokens = self._prompt_keys(cycle, best)
+        # The precise match counts tokens, the approximate one blocks.
+        depth = min(matched.get(best, 0) // block_tokens, len(keys))
         if not depth:
             return 0
-        key = m.hashes[depth - 1]  # chained hashes: equal here means the whole prefix is equal
+        key = keys[depth - 1]  # chained hashes: equal here means the whole prefix is equal
         waiting = self._waiting_at.get(best)
         if not waiting:
             return 0
         recent = islice(reversed(waiting.values()), WAITING_SCAN)
         return sum(1 for h in recent if len(h) >= depth and h[depth - 1] == key)
+
+    def _prompt_keys(self, cycle: CycleState, address: str) -> tuple[Sequence[int], int]:
+        """This prompt's chained block keys as the prefix source matches them at ``address``, and the
+        unit of that source's ``matched`` counts per key (1 block approximate, block-size tokens
+        precise): the precise scorer's keys when it is the source (a burst's followers picked while the
+        prefix is computed wait on it just the same), else the approximate scorer's hashes."""
+        precise = self.precise
+        if precise is not None:
+            got = precise.prompt_keys(cycle, address)
+            return got if got is not None else ((), 1)
+        m = prefix_match(cycle)
+        return (m.hashes, 1) if m is not None and m.hashes else ((), 1)
 
     def _forget(self, request_id: str) -> None:
         addr = self._waiting.pop(request_id, None)
@@ -322,10 +337,12 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         else:
             m = prefix_match(cycle)
             uncached = p * (1.0 - m.ratio(endpoint.address)) if m is not None else p
-            if self.shared_copy and m is not None and m.hashes:
+        if self.shared_copy:
+            keys, _ = self._prompt_keys(cycle, endpoint.address)
+            if keys:
                 self._forget(req.request_id)  # picked again (a retry): only the latest pick waits
                 self._waiting[req.request_id] = endpoint.address
-                self._waiting_at.setdefault(endpoint.address, {})[req.request_id] = m.hashes
+                self._waiting_at.setdefault(endpoint.address, {})[req.request_id] = keys
                 if len(self._waiting) > MAX_WAITING_TRACKED:
                     self._forget(next(iter(self._waiting)))
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)

@@ -259,6 +259,16 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         ratios = self._found(cycle, endpoints).ratios
         return [ratios[ep.address] for ep in endpoints]
 
+    def prompt_keys(self, cycle: CycleState, address: str) -> tuple[list[int], int] | None:
+        """This pick's prompt block keys as matched at ``address`` and their block size (tokens per
+        key), or None if the prompt was not matched there (no tokens, or not prepared this cycle)."""
+        found = cycle.data.get((CYCLE_KEY, self.name))
+        if not isinstance(found, _Match):
+            return None
+        bs = found.sizes.get(address)
+        keys = found.keys.get(bs) if bs is not None else None
+        return (keys, bs) if keys and bs else None
+
     def on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
         """The chosen engine will hold the prompt's blocks once it has prefilled them: credit them now."""
         if self.speculative_ttl <= 0:
