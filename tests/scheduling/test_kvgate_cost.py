@@ -322,3 +322,24 @@ def test_replicate_loaded_copies_a_prefix_whose_holders_are_loaded_past_its_savi
     assert third == got  # the new copy is a holder with less queued than the first
     holder, got, _ = second_pick({"replicateLoaded": True}, busy_other=True)
     assert got == holder  # a copy is made only where it delays no one
+
+
+def test_inflight_accounting_reads_the_precise_match() -> None:
+    # With the precise profile, a request dispatched to the holder of its prefix (credited at the first
+    # pick) counts only its uncached tokens as pending prefill, not its whole prompt.
+    from kvgate.config.policies import precise_policy
+
+    doc = precise_policy("", bind=False)
+    for plugin in doc["plugins"]:
+        if plugin["type"] == "precise-prefix-cache-scorer":
+            plugin["parameters"]["indexName"] = "inflight-precise"
+    store = EndpointStore.from_addresses(["10.0.2.1:8000", "10.0.2.2:8000"])
+    d = build_director(doc, store, clock=lambda: 0.0, seed=0)
+    prefix = [7] * 1024  # 64 blocks of 16 tokens
+    targets = []
+    for i in range(2):
+        r = InferenceRequest(f"r{i}", "m", token_ids=prefix + [i] * 16, max_tokens=10)
+        targets.append(d.pick(r).primary)
+        d.on_dispatched(r, targets[-1])
+    assert targets[0] is targets[1]
+    assert 1040 + 15 <= targets[0].inflight.pending_prefill_tokens <= 1040 + 16  # 16 uncached, not 1,040
