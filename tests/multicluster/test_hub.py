@@ -75,10 +75,12 @@ async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
             assert len(west.waiting) == 1 and west.oldest_wait(clock[0]) == 2.5  # censored: no token yet
             await ex.send_response_headers(200, sse)
             await ex.send_response_chunk(b'data: {"choices":[{"text":"hi"}]}\n\n')
+            clock[0] += 4.0  # first token to end: the cluster's decode time
             await ex.send_response_chunk(b"data: [DONE]\n\n", end_of_stream=True)
             async for _chunk, _eos in ex.response_body():
                 pass
         assert west.ttft_s == 2.5 and west.ttft_floor_s == 2.5
+        assert west.decode_s == 4.0  # the hub's finish carries the time, as ``kvgate serve --clusters``'s does
         assert west.waiting == {} and west.inflight == 0
         async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
             await ex.send_request(HEADERS, BODY)  # not streamed: its first byte is its whole answer

@@ -117,7 +117,9 @@ class ClusterDirector:
         wait = self._waits.pop(id(req), None)
         st = self._state(endpoint)
         if st is not None:
-            st.finished(wait[1] if wait is not None and wait[0] == st.name else 0)
+            # With the time, as the global gateway does: a streamed request's first token to its end is
+            # the cluster's decode time (decode_s), which the kvgate policy's home weights read.
+            st.finished(wait[1] if wait is not None and wait[0] == st.name else 0, self.clock())
             if not ok:
                 st.failed(self.clock())
             else:
