@@ -80,7 +80,7 @@ async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
             async for _chunk, _eos in ex.response_body():
                 pass
         assert west.ttft_s == 2.5 and west.ttft_floor_s == 2.5
-        assert west.decode_s == 4.0  # the hub's finish carries the time, as ``kvgate serve --clusters``'s does
+        assert west.decode_s == 4.0  # the hub's finish carries the time, as kvgate serve --clusters' does
         assert west.waiting == {} and west.inflight == 0
         async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
             await ex.send_request(HEADERS, BODY)  # not streamed: its first byte is its whole answer

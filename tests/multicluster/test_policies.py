@@ -385,3 +385,32 @@ def test_queue_past_full_waits_for_slots_at_the_measured_turnover() -> None:
     # a request finished without its time (or never answered) teaches nothing
     west.finished(west.dispatched(0.0))
     assert west.decode_s == pytest.approx(9.0)
+
+
+def test_prefix_home_is_the_tenants_not_the_questions_and_no_summary_rekeys_it() -> None:
+    """The home key is the request's first 256 chars at a fixed chunk: one tenant with a 540-char system
+    prompt (shorter than the 16 blocks the key once spanned) and 200 different questions has one home;
+    and a cluster whose summary uses another chunk going stale moves only its own tenants."""
+
+    def fleet() -> list[ClusterState]:
+        out = []
+        for name, chunk in (("a", 32), ("b", 64), ("c", 64)):  # "a", listed first, hashes 32-char blocks
+            st = _state(name, request_slots=16.0, prefix_chunk_chars=chunk)
+            st.observe_ttft(0.3, 0.0)
+            out.append(st)
+        return out
+
+    p = KvgatePolicy(rng=random.Random(0))
+    system = "You are the support assistant of tenant 7. Answer briefly and politely. " * 8  # 584 chars
+    asks = [ClusterRequest("m", system[:540] + f"Question {i}: reset {i * 7919}? " * 8) for i in range(200)]
+    assert len({p.home(fleet()[1:], r) for r in asks}) == 1  # (b and c: 64-char blocks)
+    tenants = [ClusterRequest("m", f"tenant {t:03d} system prompt. " * 20 + "question?") for t in range(200)]
+    f = fleet()
+    homes = [p.home(f, r) for r in tenants]
+    survivors = f[1:]  # "a" went stale: the policy homes among the usable ones only
+    moved = [h for h, r in zip(homes, tenants, strict=True) if p.home(survivors, r) != h]
+    assert set(moved) == {"a"} and len(moved) == homes.count("a") > 0
+    # the same through order(): "a" stale by its snapshot's age, its tenants' homes are among b and c
+    f[0].fetched_at = -100.0
+    p.order(f, tenants[0], 0.0)
+    assert p.last_home == p.home(survivors, tenants[0])

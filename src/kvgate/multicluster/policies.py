@@ -22,7 +22,7 @@
   A slow cluster and a full one are then compared as what they are, waits: a full local cluster keeps the
   overflow until its queue is as long as an idle slow cluster's TTFT. Then relative discounts: the local
   cluster, a prefix hit (the request's leading blocks in the cluster's Bloom summary), and the request's
-  prefix home (weighted rendezvous hashing of its leading blocks, weights = each cluster's throughput,
+  prefix home (weighted rendezvous hashing of its first 256 chars, weights = each cluster's throughput,
   slots over slot time: every gateway computes the same home, so each tenant's prefix lives in one
   cluster, not in all of them; spill-over is the home's predicted TTFT rising). Then power-of-two choices
   among the clusters within ``slack`` of the best (no herding between refreshes, nor between gateways
@@ -145,15 +145,29 @@ class KvgateWeights:
     prior_ttft_s: float = 0.05  # a cluster with no TTFT observed yet: this / its mean speed, + its RTT
 
 
-# Leading blocks that name a request's prefix home: the tenant's context (system prompt, conversation
-# start), not the question; the same depth the Bloom affinity looks at.
-HOME_BLOCKS = 16
-DEFAULT_CHUNK = 64
+# What names a request's prefix home: its first HOME_BLOCKS blocks of HOME_CHUNK chars (bytes for token
+# ids), 256 chars: inside the tenant's shared context (a chat template's header, a system prompt), not its
+# question, for any tenant whose shared prefix is at least that long (a shorter one's requests are spread
+# by question). Fixed, whatever chunk the clusters' summaries use: a cluster going stale or a summary
+# with another chunk must not re-key every tenant (homes would then move wholesale).
+HOME_BLOCKS = 4
+HOME_CHUNK = 64
 
 
 def _unit(h: int) -> float:
     """A 64-bit hash as a uniform number in (0, 1)."""
     return (h + 0.5) / 18446744073709551616.0
+
+
+def home_key(req: ClusterRequest) -> bytes | None:
+    """The key of the request's prefix home: the chained hash of its first ``HOME_BLOCKS`` full blocks of
+    ``HOME_CHUNK`` (fewer for a shorter prompt); None without a full block. Depends on the request only."""
+    if not req.prompt:
+        return None
+    hashes = req.hashes(HOME_CHUNK)  # (the chunk's 16-block list, shared with the Bloom affinity's)
+    if not hashes:
+        return None
+    return hashes[min(len(hashes), HOME_BLOCKS) - 1].to_bytes(8, "little")
 
 
 class KvgatePolicy:
@@ -266,21 +280,16 @@ class KvgatePolicy:
         return n / len(hashes)
 
     def home(self, clusters: Sequence[ClusterState], req: ClusterRequest) -> str | None:
-        """The request's prefix home among ``clusters``: weighted rendezvous hashing of its leading blocks
-        (the tenant's context), each cluster weighted by the requests it serves per second when busy: its
-        slots over its slot time (a request's prefill plus its decode there, as measured), so each cluster
-        is home to the share of the traffic it can take. Every gateway computes the same home without
-        talking to the others, so
-        each tenant's prefix is cached in one cluster instead of all of them; a cluster's loss moves only
-        its own tenants (to their next home)."""
-        if not req.prompt or len(clusters) < 2:
+        """The request's prefix home among ``clusters``: weighted rendezvous hashing of ``home_key`` (its
+        first 256 chars: the tenant's context), each cluster weighted by the requests it serves per second
+        when busy: its slots over its slot time (a request's prefill plus its decode there, as measured),
+        so each cluster is home to the share of the traffic it can take. The key depends on the request
+        alone, so a cluster's loss moves only its own tenants (to their next home)."""
+        if len(clusters) < 2:
             return None
-        chunks = [c.aggregate.prefix_chunk_chars for c in clusters if c.aggregate is not None]
-        chunk = next((x for x in chunks if x), DEFAULT_CHUNK)
-        hashes = req.hashes(chunk, HOME_BLOCKS)
-        if not hashes:
+        key = home_key(req)
+        if key is None:
             return None
-        key = hashes[-1].to_bytes(8, "little")
         best, best_score = None, -1.0
         for c in clusters:
             weight = self.slots(c) / self.slot_time(c)
