@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 
 from kvgate.bench.cli import main
+from kvgate.bench.flowcontrol_bench import engine_priority
 
 
 def test_bench_flowcontrol_writes_every_arm_and_mix(tmp_path: Path) -> None:
@@ -29,6 +30,24 @@ def test_bench_flowcontrol_reserve_arm(tmp_path: Path) -> None:
     doc = orjson.loads((tmp_path / "flowcontrol.json").read_bytes())
     assert set(doc["runs"]) == {f"kvgate-reserve/{m}" for m in ("calm", "even", "flood")}
     assert doc["runs"]["kvgate-reserve/flood"]["requests"] > 0
+
+
+def test_engine_priority_orders_band_then_share_lower_first_as_vllm() -> None:
+    # vLLM's priority scheduler serves the LOWER value first: sort ascending = service order.
+    reqs = [
+        ("sheddable over", -1, True),
+        ("standard over", 0, True),
+        ("critical under", 10, False),
+        ("sheddable under", -1, False),
+        ("critical over", 10, True),
+        ("standard under", 0, False),
+    ]
+    order = [name for name, _band, _over in sorted(reqs, key=lambda r: engine_priority(r[1], r[2]))]
+    assert order == ["critical under", "critical over", "standard under", "standard over",
+                     "sheddable under", "sheddable over"]  # fmt: skip
+    # Over its share a flow never drops below the next band down, nor overtakes an under-share peer.
+    assert engine_priority(10, True) < engine_priority(0, False)
+    assert engine_priority(0, False) < engine_priority(0, True)
 
 
 def test_bench_flowcontrol_ttft_target_arm(tmp_path: Path) -> None:

@@ -108,6 +108,12 @@ def arm_config(
     return doc
 
 
+def engine_priority(band: int, over_share: bool) -> int:
+    """vLLM's ``priority`` (lower first) for a request of ``band`` (higher more important): the band
+    first (steps of 10), and inside a band a flow over its fair share after the others."""
+    return -10 * band + (1 if over_share else 0)
+
+
 @dataclass(slots=True)
 class Arrival:
     at: float
@@ -293,7 +299,7 @@ class FlowSim:
             return 0
         flow = self.director.flow
         over = flow is not None and flow.ctl.over_share(req.fairness_id or "")
-        return -10 * req.priority + (1 if over else 0)
+        return engine_priority(req.priority, over)
 
     def _submit(self, i: int, sim: Any) -> None:
         if sim.request_id in self._live:  # (not preempted before it got there)
