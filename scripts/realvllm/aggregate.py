@@ -18,11 +18,13 @@ from pathlib import Path
 from kvgate.realvllm.paired import (
     by_router,
     compare,
+    defined_ratios,
     hit_miss_split,
     paired_ratios,
     passes_from_json,
     passes_from_log,
     spread,
+    spread_line,
 )
 
 SLOW_MS = 150  # ~2x a miss's median TTFT here: a stall, not a prefill
@@ -61,20 +63,23 @@ def main() -> int:
     # Placement vs per-request cost: hits (>= half the prompt cached) and misses, per pass.
     print("\nper pass: hits x mean TTFT of a hit + misses x mean TTFT of a miss (ms)")
     hit_r, miss_r, med_r, slow = [], [], [], {args.a: 0, args.b: 0}
+    hit_out = miss_out = 0  # pass pairs where a side had no hits (or no misses): no mean to compare
     for name, doc, ra, rb in splits:
         sa = [hit_miss_split(p["records"]) for p in doc["passes"][ra]]
         sb = [hit_miss_split(p["records"]) for p in doc["passes"][rb]]
         for label, ss in ((args.a, sa), (args.b, sb)):
             terms = (f"{s.hits}x{s.hit_ms:.0f} + {s.misses}x{s.miss_ms:.0f}" for s in ss)
             print(f"{name:30s} {label:8s} " + "  ".join(terms))
-        hit_r += paired_ratios([s.hit_ms for s in sa], [s.hit_ms for s in sb])
+        kept, out = defined_ratios([s.hit_ms for s in sa], [s.hit_ms for s in sb])
+        hit_r, hit_out = hit_r + kept, hit_out + out
         med = {r: [statistics.median(ttfts(p)) for p in doc["passes"][r]] for r in (ra, rb)}
         med_r += paired_ratios(med[ra], med[rb])
         for label, r in ((args.a, ra), (args.b, rb)):
             slow[label] += sum(t > SLOW_MS for p in doc["passes"][r] for t in ttfts(p))
-        miss_r += paired_ratios([s.miss_ms for s in sa], [s.miss_ms for s in sb])
-    print(f"TTFT of a hit, {args.a} over {args.b}, every pass pair:  {spread(hit_r)}")
-    print(f"TTFT of a miss, {args.a} over {args.b}, every pass pair: {spread(miss_r)}")
+        kept, out = defined_ratios([s.miss_ms for s in sa], [s.miss_ms for s in sb])
+        miss_r, miss_out = miss_r + kept, miss_out + out
+    print(f"TTFT of a hit, {args.a} over {args.b}, every pass pair:  {spread_line(hit_r, hit_out)}")
+    print(f"TTFT of a miss, {args.a} over {args.b}, every pass pair: {spread_line(miss_r, miss_out)}")
     print(f"median TTFT, {args.a} over {args.b}, every pass pair:   {spread(med_r)}")
     print(f"requests over {SLOW_MS} ms: {slow}")
     return 0

@@ -8,12 +8,14 @@ import pytest
 
 from kvgate.realvllm.paired import (
     compare,
+    defined_ratios,
     fit_miss_cost,
     hit_miss_split,
     paired_ratios,
     passes_from_json,
     passes_from_log,
     spread,
+    spread_line,
 )
 
 # Lines as vs_sglang.py prints them (a pass line, its breakdown, the final means that must be skipped).
@@ -126,3 +128,13 @@ def test_hit_miss_split_decomposes_the_mean() -> None:
     assert s.hit_share * s.hit_ms + (1 - s.hit_share) * s.miss_ms == pytest.approx((30 + 40 + 90) / 3)
     empty = hit_miss_split([])
     assert math.isnan(empty.hit_share) and math.isnan(empty.hit_ms)
+
+
+def test_undefined_pairs_are_left_out_with_a_note() -> None:
+    # A pass with no misses (or no hits) has nan for that mean: spread() would raise on it.
+    kept, left_out = defined_ratios([30.0, math.nan, 40.0], [60.0, 50.0, math.nan])
+    assert (kept, left_out) == ([0.5], 2)
+    assert spread_line(kept, left_out).startswith("geomean 0.50x, min 0.50x, max 0.50x (1 of 1 <= 1.00x)")
+    assert "2 pair(s) left out" in spread_line(kept, left_out)
+    assert spread_line(*defined_ratios([math.nan], [10.0])).startswith("no defined pair; 1 pair(s) left out")
+    assert spread_line([2.0]) == str(spread([2.0]))

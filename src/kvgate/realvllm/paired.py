@@ -58,6 +58,22 @@ def paired_ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
     return [x / y for x, y in zip(a, b, strict=True)]
 
 
+def defined_ratios(a: Sequence[float], b: Sequence[float]) -> tuple[list[float], int]:
+    """``paired_ratios`` without the pairs where either side is undefined (nan: e.g. a pass with no hits
+    or no misses has no mean TTFT of a hit or a miss), and how many pairs were left out."""
+    rs = paired_ratios(a, b)
+    kept = [r for r in rs if not math.isnan(r)]
+    return kept, len(rs) - len(kept)
+
+
+def spread_line(ratios: Sequence[float], left_out: int = 0) -> str:
+    """``spread``'s summary, noting the pairs left out; a note instead when no pair is defined."""
+    note = f"; {left_out} pair(s) left out: a side undefined (no hits or no misses)" if left_out else ""
+    if not ratios:
+        return f"no defined pair{note}"
+    return f"{spread(ratios)}{note}"
+
+
 @dataclass(frozen=True, slots=True)
 class MissFit:
     """``TTFT_ms = base_ms + per_token_ms * missed tokens``, fitted over a set of requests."""
