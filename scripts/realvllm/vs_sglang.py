@@ -69,6 +69,17 @@ def tenant_of(prompt: str, prompts: list[str]) -> int:
     return systems[prompt.split("\nUser ", 1)[0]]
 
 
+def target(name: str, base: str | None, urls: list[str], prompt: str, prompts: list[str]) -> str:
+    """Where a request of a pass goes: the router, else (no router) server 0, or for the per-tenant
+    baseline tenant t's server (t mod servers, t numbered within ``prompts``). Warm-up and the measured
+    pass both go through here, so a warm-up warms the path its pass takes."""
+    if base is not None:
+        return base
+    if name.startswith("direct, tenant"):
+        return urls[tenant_of(prompt, prompts) % len(urls)]
+    return urls[0]
+
+
 def timed(base: str, prompt: str) -> dict[str, float]:
     """One streamed completion; times on time.monotonic() (CLOCK_MONOTONIC, as kvgate's marks):
     ``send``, ``c_head`` (response head at the client), ``c_first`` (first ``data:`` line), plus the
@@ -212,8 +223,9 @@ def run(
     ``warmup``: prompts sent through the same path first (unmeasured), then the caches are reset: a
     freshly started router's first requests pay one-time costs (first use of code paths, a tokenizer's
     self-checks, the KV-event catch-up) that a long-running one paid long ago."""
+    urls = [s.url for s in servers]
     for p in warmup or []:
-        timed(base or servers[0].url, p)
+        timed(target(name, base, urls, p, warmup or []), p)
         time.sleep(gap)
     reset_caches(servers)
     time.sleep(0.5)
@@ -226,13 +238,7 @@ def run(
     seen = counters(servers)
     for p in prompts:
         time.sleep(gap)
-        if base is not None:
-            url = base
-        elif name.startswith("direct, tenant"):
-            url = servers[tenant_of(p, prompts) % len(servers)].url
-        else:
-            url = servers[0].url
-        rec = timed(url, p)
+        rec = timed(target(name, base, urls, p, prompts), p)
         now = counters(servers)
         rec.update(placed(seen, now))
         seen = now
