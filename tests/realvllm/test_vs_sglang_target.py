@@ -1,0 +1,40 @@
+"""Where ``scripts/realvllm/vs_sglang.py`` sends a pass's requests (and its warm-up): no vLLM needed."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "realvllm" / "vs_sglang.py"
+URLS = ["http://s0", "http://s1"]
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("vs_sglang_under_test", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # (dataclasses and annotations look the module up)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_per_tenant_baseline_sends_each_tenant_to_its_server_warmup_too() -> None:
+    vs = _script()
+    name = "direct, tenant t -> server t mod 2"
+    prompts = vs.workload(4, 3, 50, seed=1)
+    warm = vs.workload(4, 3, 50, seed=1001)[:8]  # other tenants, as --warmup sends
+    for batch in (prompts, warm):
+        for p in batch:
+            assert vs.target(name, None, URLS, p, batch) == URLS[vs.tenant_of(p, batch) % 2]
+    # The warm-up reaches both servers (it used to go to server 0 only), as its pass does.
+    assert {vs.target(name, None, URLS, p, warm) for p in warm} == set(URLS)
+    assert {vs.target(name, None, URLS, p, prompts) for p in prompts} == set(URLS)
+
+
+def test_router_and_plain_direct_targets() -> None:
+    vs = _script()
+    p = vs.workload(2, 2, 50, seed=1)
+    assert {vs.target("kvgate (default)", "http://router", URLS, x, p) for x in p} == {"http://router"}
+    assert {vs.target("direct, to server 0", None, URLS, x, p) for x in p} == {URLS[0]}
