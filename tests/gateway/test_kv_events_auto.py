@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -115,12 +116,20 @@ async def test_replicas_with_kv_events_get_precise_routing_by_default() -> None:
             await r.stop()
 
 
-def _auto_config(path: Path, addresses: list[str], workers: int, policy: str = "kvgate",
-                 limits: dict[str, int] | None = None) -> None:  # fmt: skip
+def _auto_config(
+    path: Path,
+    addresses: list[str],
+    workers: int,
+    limits: dict[str, int] | None = None,
+    picker: dict[str, Any] | None = None,
+) -> None:
+    pool: dict[str, Any] = {"name": "p", "endpoints": addresses, "models": ["sim-model"]}
+    if picker is not None:
+        pool["endpointPickerConfig"] = picker
     doc = {
         "listen": {"host": "127.0.0.1", "port": 0, "adminPort": 0, "workers": workers},
         "limits": limits or {},
-        "pools": [{"name": "p", "endpoints": addresses, "models": ["sim-model"], "policy": policy}],
+        "pools": [pool],
     }
     path.write_text(yaml.safe_dump(doc))
 
@@ -186,10 +195,12 @@ async def test_reload_after_kv_events_auto_applies_endpoints_without_a_restart_w
         await _until_logged(log, applied, workers)
         assert _logged(log, f"endpoints +['{b}']") == workers
         assert "restart to apply" not in log.read_text()
-        # A real change of the picker still says so.
-        _auto_config(f, [a, b], workers, policy="round-robin", limits={"maxBodyBytes": 1024})
+        # A real change of the picker (the file's endpointPickerConfig, the policy unchanged) still says so.
+        profile = {"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}
+        picker = {"plugins": [{"type": "queue-scorer"}], "schedulingProfiles": [profile]}
+        _auto_config(f, [a, b], workers, limits={"maxBodyBytes": 1024}, picker=picker)
         proc.send_signal(signal.SIGHUP)
-        changed = "pool 'p' changed beyond its endpoints; restart to apply"
+        changed = "config reload: changed pools[p].endpointPickerConfig; restart to apply"
         await _until_logged(log, changed, workers)
     finally:
         if proc.returncode is None:

@@ -181,3 +181,72 @@ async def test_sighup_changes_the_body_cap_of_a_running_kvgate_serve(backends, t
     err = (await proc.stderr.read()).decode()
     assert "config reload: limits applied: maxBodyBytes 1048576 -> 1024" in err
     assert "restart to apply" not in err
+
+
+def _full(path, addresses, **top):
+    pool = {"name": "p", "endpoints": addresses, "models": ["m"], "policy": "round-robin"}
+    pool.update(top.pop("pool", {}))
+    path.write_text(yaml.safe_dump({"pools": [pool], **top}))
+
+
+def test_every_change_a_reload_does_not_apply_is_logged_as_needing_a_restart(tmp_path, caplog):
+    """The whole file less what a reload applies (endpoints, limits): each other key it changes is named
+    in one "restart to apply" line, and named again at the next reload until a restart."""
+    f, keys = tmp_path / "gw.yaml", tmp_path / "keys.txt"
+    keys.write_text("k1 tenant-a\n")
+    (tmp_path / "ca.pem").write_text("x")
+    _full(f, ["127.0.0.1:1001"])
+    cfg = load_gateway_config(str(f))
+    rl = ConfigReloader(str(f), cfg, make_pools(cfg))
+    _full(
+        f,
+        ["127.0.0.1:1001", "127.0.0.1:1002"],
+        listen={"workers": 2, "port": 9999},
+        hideInternalAddresses=True,
+        rateLimits={"requestsPerMinute": 60},
+        auth={"apiKeysFile": "keys.txt"},
+        rewrites=[{"matches": [{"model": {"type": "Exact", "value": "x"}}],
+                   "targets": [{"modelRewrite": "m", "weight": 1}]}],
+        pool={"caFile": "ca.pem"},
+    )  # fmt: skip
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="kvgate.gateway.reload"):
+            assert rl.reload()
+        (line,) = [r.getMessage() for r in caplog.records if "restart to apply" in r.getMessage()]
+        for key in ("listen.workers", "listen.port", "hideInternalAddresses", "rateLimits.requestsPerMinute",
+                    "auth.apiKeysFile", "rewrites", "pools[p].caFile"):  # fmt: skip
+            assert key in line, (key, line)
+        assert "endpoints" not in line  # applied
+    assert {e.address for e in rl.pools["p"].endpoints()} == {"127.0.0.1:1001", "127.0.0.1:1002"}
+
+
+def test_not_applied_names_a_change_of_every_config_field():
+    """A field added to the config later is reported by a reload unless it is applied live."""
+    import dataclasses
+
+    from kvgate.config.gateway import GatewayConfig, PoolConfig
+    from kvgate.gateway.reload import not_applied
+
+    base = make_config(["127.0.0.1:1001"])
+    for f in dataclasses.fields(GatewayConfig):
+        if f.name in ("pools", "limits"):
+            continue
+        new = make_config(["127.0.0.1:1001"])
+        setattr(new, f.name, object())
+        assert not_applied(base, new), f.name
+    for f in dataclasses.fields(PoolConfig):
+        if f.name in ("name", "endpoints", "picker_from_kv_events"):
+            continue
+        new = make_config(["127.0.0.1:1001"])
+        setattr(new.pools[0], f.name, object())
+        assert not_applied(base, new) == [f"pools[p].{_yaml_name(f.name)}"], f.name
+    new = make_config(["127.0.0.1:1001"])
+    new.limits.max_body_bytes = 1
+    assert not_applied(base, new) == [] and not_applied(base, new, limits_live=False) == ["limits"]
+
+
+def _yaml_name(attr):
+    from kvgate.gateway.reload import _POOL_NAMES
+
+    return _POOL_NAMES.get(attr, attr)

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 import yaml
 
 from gateway.test_workers import _children, _is_python
@@ -37,12 +38,13 @@ def _write(path: Path, addresses: list[str], limits: dict[str, Any]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serve(config: Path, log: Path) -> AsyncIterator[tuple[Any, int, int]]:
-    """The supervisor on the file's port 0: (process, data port, admin port) as it printed them."""
+async def serve(config: Path, log: Path, own_group: bool = False) -> AsyncIterator[tuple[Any, int, int]]:
+    """The supervisor on the file's port 0: (process, data port, admin port) as it printed them;
+    ``own_group``: in a process group of its own (the supervisor's pid is the group's)."""
     with log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kvgate.cli", "serve", "--config", str(config), "--log-level", "WARNING",
-            stdout=asyncio.subprocess.PIPE, stderr=err,
+            stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=own_group,
         )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -149,3 +151,85 @@ async def test_a_changed_file_adds_an_endpoint_in_every_worker_without_a_signal(
         await _until(lambda: len(_workers_that_logged(log, added)) == 2, "not every worker took the endpoint")
         assert set(await _statuses(port, SMALL)) == {200}
         assert b.received, "the endpoint added to the file never got traffic"
+
+
+async def test_workers_apply_only_the_config_the_supervisor_checked(backends, tmp_path):
+    """A SIGHUP to the whole process group (a terminal's hang-up, ``kill -HUP -PGID``) reaches the
+    workers too: they reload the supervisor's checked snapshot, never the user's file, so a bad file
+    (or one edited after the check) reaches no worker and the workers never split."""
+    (a,) = await backends(1)
+    f, log = tmp_path / "gw.yaml", tmp_path / "stderr"
+    _write(f, [a.address], {"maxBodyBytes": 1 << 20})
+    async with serve(f, log, own_group=True) as (proc, port, _):
+        f.write_text("pools: [{name: p, endpoints: ['bad host'], models: [m]}]")
+        os.killpg(proc.pid, signal.SIGHUP)
+        await _until(lambda: _lines(log, "is invalid, keeping the running config"), "the bad file not logged")
+        await asyncio.sleep(1.0)  # the workers' SIGHUP was handled long since
+        assert not _workers_that_logged(log, "is invalid"), "a worker read the user's file"
+        assert not _workers_that_logged(log, "config reload:"), "a worker applied something unchecked"
+        assert proc.returncode is None
+        assert set(await _statuses(port, BIG)) == {200}
+
+        # A valid edit, then the group's SIGHUP: every worker lands on the same, checked config.
+        _write(f, [a.address], {"maxBodyBytes": 1024})
+        os.killpg(proc.pid, signal.SIGHUP)
+        await _until(lambda: len(_workers_that_logged(log, APPLIED)) == 2, "not every worker reloaded")
+        assert set(await _statuses(port, BIG)) == {413}
+        assert not _workers_that_logged(log, "is invalid")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_an_edit_and_a_sighup_during_start_up_are_applied_not_fatal(tmp_path, workers):
+    """Start-up can take a while (``--kv-events auto`` probes each endpoint): a SIGHUP then must not kill
+    ``kvgate serve``, and an edit made then is applied once it runs (the file's modification time is
+    taken before the file is read). The endpoint answers its KV-events probe only after the edit."""
+    from aiohttp import web
+
+    from kvgate.datalayer.kvdetect import PROBE_PATH
+
+    probed, release = asyncio.Event(), asyncio.Event()
+
+    async def server_info(request: web.Request) -> web.Response:
+        probed.set()
+        await release.wait()
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get(PROBE_PATH.partition("?")[0], server_info)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    f, log = tmp_path / "gw.yaml", tmp_path / "stderr"
+    doc = {
+        "listen": {"host": "127.0.0.1", "port": 0, "workers": workers},
+        "limits": {"maxBodyBytes": 1 << 20},
+        "pools": [{"name": "p", "endpoints": [address], "models": ["m"]}],  # kvgate policy: probed
+    }
+    f.write_text(yaml.safe_dump(doc))
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kvgate.cli", "serve", "--config", str(f), "--log-level", "WARNING",
+            stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    try:
+        await asyncio.wait_for(probed.wait(), 60)  # start-up is under way, the file already read
+        doc["limits"] = {"maxBodyBytes": 1024}
+        f.write_text(yaml.safe_dump(doc))
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        release.set()
+        assert proc.stdout is not None
+        while "listening on" not in (line := (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()):
+            assert line, f"kvgate serve exited during start-up: {log.read_text()}"
+        await _until(
+            lambda: len(_lines(log, APPLIED)) == workers, f"the edit was not applied: {log.read_text()}"
+        )
+        assert proc.returncode is None
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 60)
+        await runner.cleanup()
+    assert proc.returncode == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import gc
 import logging
 import resource
@@ -107,11 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_config(args: argparse.Namespace) -> GatewayConfig:
+def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None) -> GatewayConfig:
+    """``file_cfg``: ``--config`` already loaded (a copy is used: the flags change the running config)."""
     if args.config:
         if args.endpoints or args.model:
             raise GatewayConfigError("--config", "give either --config or --endpoints/--model, not both")
-        cfg = load_gateway_config(args.config)
+        cfg = load_gateway_config(args.config) if file_cfg is None else copy.deepcopy(file_cfg)
     elif args.pool_name:
         if args.endpoints:
             raise GatewayConfigError("--pool-name", "give either --pool-name or --endpoints, not both")
@@ -206,7 +208,13 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def serve(cfg: GatewayConfig, pools: list[Pool], config_path: str | None = None) -> None:
+async def serve(
+    cfg: GatewayConfig,
+    pools: list[Pool],
+    config_path: str | None = None,
+    file_cfg: GatewayConfig | None = None,
+    mtime: float | None = None,
+) -> None:
     from kvgate.gateway.reload import start_reloader
     from kvgate.gateway.server import GatewayServer
 
@@ -214,7 +222,9 @@ async def serve(cfg: GatewayConfig, pools: list[Pool], config_path: str | None =
     await server.start()
     reloader: asyncio.Task[None] | None = None
     if config_path:  # endpoints and limits follow the file: on SIGHUP, and when it changes
-        reloader = start_reloader(config_path, cfg, pools, server.apply_limits)
+        reloader = start_reloader(
+            config_path, cfg, pools, server.apply_limits, file_cfg=file_cfg, mtime=mtime
+        )
     tune_gc()
     print(
         f"kvgate serve: listening on http://{cfg.host}:{server.port}"
@@ -251,8 +261,19 @@ def main(argv: list[str] | None = None) -> int:
         port = 8080 if args.port is None else args.port  # --port 0: an ephemeral port (printed)
         return run(ServeArgs(args.clusters, args.cluster_policy, args.host or "127.0.0.1", port,
                              seed=args.cluster_policy_seed))  # fmt: skip
+    file_cfg = mtime = None
+    if args.config:
+        from kvgate.gateway.reload import file_mtime
+
+        # A reload's SIGHUP before the reloader is up (start-up probes KV events, loads tokenizers) must
+        # not kill the process; an edit made meanwhile is seen at the first poll: the modification time
+        # is the one from before the file was read.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        mtime = file_mtime(args.config)
     try:
-        cfg = build_config(args)
+        if args.config and not (args.endpoints or args.model):
+            file_cfg = load_gateway_config(args.config)
+        cfg = build_config(args, file_cfg)
         if args.kv_events == "auto":
             from kvgate.gateway import kv_auto
 
@@ -274,14 +295,14 @@ def main(argv: list[str] | None = None) -> int:
         from kvgate.gateway.workers import run_workers
 
         try:
-            return run_workers(cfg, cfg.workers, args.config)
+            return run_workers(cfg, cfg.workers, args.config, file_cfg, mtime)
         except OSError as e:  # the port is taken, or SO_REUSEPORT is unavailable
             print(f"kvgate serve: cannot listen on {cfg.host}:{cfg.port}: {e}", file=sys.stderr)
             return 1
     try:
         import uvloop
 
-        uvloop.run(serve(cfg, pools, args.config))
+        uvloop.run(serve(cfg, pools, args.config, file_cfg, mtime))
     except KeyboardInterrupt:
         pass
     return 0

@@ -4,18 +4,23 @@ Applied live: each pool's ``endpoints`` (``EndpointStore.sync``: the scraper, KV
 pickers follow through the store's change listeners; an endpoint kept keeps its metrics and in-flight
 accounting), and ``limits``, every knob (``GatewayServer.apply_limits``: the client-facing fronts' body
 cap, deadlines and connection cap, the proxy's timeouts and caps), logged as ``config reload: limits
-applied: ...``. Any other difference (new pools, models, policies, health, objectives) is logged as
-needing a restart. A file that fails validation is logged and ignored: the running config stays.
+applied: ...``. Everything else that differs from the file the process runs (the whole config less
+those two: pools, models, policies, pickers, health, objectives, rewrites, auth, rate limits,
+``listen``, ...) is logged as ``config reload: changed ...; restart to apply``. A file that fails
+validation is logged and ignored: the running config stays.
 
 ``ConfigWatch`` is the trigger and the validation (SIGHUP, the file's modification time, the one
 error log); ``ConfigReloader`` applies a valid file to one gateway process. ``kvgate serve --workers``
-watches in the supervisor and has each worker's ``ConfigReloader`` apply it (``gateway.workers``).
+watches and validates in the supervisor, which writes the config it checked to a private snapshot; each
+worker's ``ConfigReloader`` reads that snapshot, never the user's file (``gateway.workers``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import dataclasses
 import logging
 import os
 import signal
@@ -26,6 +31,7 @@ from kvgate.config.gateway import (
     GatewayConfig,
     GatewayConfigError,
     Limits,
+    PoolConfig,
     load_gateway_config,
 )
 from kvgate.datalayer.store import make_endpoint
@@ -35,6 +41,23 @@ log = logging.getLogger("kvgate.gateway.reload")
 
 # The YAML names of ``limits`` (for the log): attribute -> key.
 _LIMIT_NAMES = {attr: key for key, (attr, _, _) in LIMIT_KEYS.items()}
+# The YAML names of the rest (for the "restart to apply" log); an attribute missing here logs as itself.
+_NAMES = {
+    "host": "listen.host", "port": "listen.port", "admin_port": "listen.adminPort",
+    "workers": "listen.workers", "scrape_interval_s": "scrapeIntervalSeconds",
+    "rewrite_seed": "rewriteSeed", "session_header": "sessionHeader",
+    "api_keys_file": "auth.apiKeysFile", "api_keys_env": "auth.apiKeysEnv",
+    "rate_requests_per_minute": "rateLimits.requestsPerMinute",
+    "rate_tokens_per_minute": "rateLimits.tokensPerMinute",
+    "hide_internal_addresses": "hideInternalAddresses",
+}  # fmt: skip
+_POOL_NAMES = {
+    "picker_config": "endpointPickerConfig", "inference_pool": "inferencePool", "ca_file": "caFile",
+    "endpoint_labels": "endpointLabels",
+}  # fmt: skip
+# What a reload applies (compared and applied on their own), and what is not from the file.
+_APPLIED = {"pools", "limits"}
+_POOL_APPLIED = {"name", "endpoints", "picker_from_kv_events"}
 
 
 def _describe(changed: dict[str, tuple[float, float]]) -> str:
@@ -42,23 +65,72 @@ def _describe(changed: dict[str, tuple[float, float]]) -> str:
     return ", ".join(f"{_LIMIT_NAMES.get(k, k)} {a} -> {b}" for k, (a, b) in changed.items())
 
 
+def _live_endpoints(old: PoolConfig, new: PoolConfig) -> bool:
+    """A pool's endpoints apply live when both files list them (not from an InferencePool)."""
+    return old.inference_pool is None and new.inference_pool is None
+
+
+def not_applied(old: GatewayConfig, new: GatewayConfig, limits_live: bool = True) -> list[str]:
+    """What differs between two files that a reload does not apply (YAML names): the whole config less
+    each pool's endpoints (when listed in both) and, with ``limits_live``, ``limits``."""
+    out = [
+        _NAMES.get(f.name, f.name)
+        for f in dataclasses.fields(GatewayConfig)
+        if f.name not in _APPLIED and getattr(old, f.name) != getattr(new, f.name)
+    ]
+    if not limits_live and old.limits != new.limits:
+        out.append("limits")
+    olds = {pc.name: pc for pc in old.pools}
+    news = {pc.name: pc for pc in new.pools}
+    out += [f"pools[{n}] (new)" for n in news if n not in olds]
+    out += [f"pools[{n}] (removed)" for n in olds if n not in news]
+    for name in olds.keys() & news.keys():
+        o, n = olds[name], news[name]
+        for f in dataclasses.fields(PoolConfig):
+            if f.name in _POOL_APPLIED and (f.name != "endpoints" or _live_endpoints(o, n)):
+                continue
+            if getattr(o, f.name) != getattr(n, f.name):
+                out.append(f"pools[{name}].{_POOL_NAMES.get(f.name, f.name)}")
+    return out
+
+
+def take_applied(cfg: GatewayConfig, new: GatewayConfig, limits: bool = True) -> None:
+    """Write onto ``cfg`` what a reload of ``new`` applies live: each pool's endpoints, ``limits``."""
+    news = {pc.name: pc for pc in new.pools}
+    for pc in cfg.pools:
+        got = news.get(pc.name)
+        if got is not None and _live_endpoints(pc, got):
+            pc.endpoints = list(got.endpoints)
+    if limits:
+        cfg.limits = copy.deepcopy(new.limits)
+
+
 class ConfigWatch:
     """Re-read ``path`` on ``trigger()`` (SIGHUP) and, with ``poll_s``, when its modification time
-    changes; a file that fails validation is logged and ignored, a valid one goes to ``apply``."""
+    changes; a file that fails validation is logged and ignored, a valid one goes to ``apply``.
 
-    def __init__(self, path: str, poll_s: float | None = 2.0) -> None:
+    ``mtime``: the file's modification time before the running config was read from it (``kvgate
+    serve`` stats it before start-up's probes and pickers), so an edit made meanwhile is applied at the
+    first poll; without it, the time now. ``load``: how to read ``path`` (default: validate it as a
+    gateway file)."""
+
+    def __init__(
+        self,
+        path: str,
+        poll_s: float | None = 2.0,
+        mtime: float | None = None,
+        load: Callable[[str], GatewayConfig] = load_gateway_config,
+    ) -> None:
         self.path = path
         self.poll_s = poll_s  # None: on trigger() only
         self.reloads = 0
         self.failures = 0
-        self._mtime = self._stat()
+        self._load = load
+        self._mtime = self._stat() if mtime is None else mtime
         self._wake = asyncio.Event()
 
     def _stat(self) -> float | None:
-        try:
-            return os.stat(self.path).st_mtime
-        except OSError:
-            return None
+        return file_mtime(self.path)
 
     def trigger(self) -> None:
         """SIGHUP: reload now."""
@@ -77,7 +149,7 @@ class ConfigWatch:
 
     def reload(self) -> bool:
         try:
-            new = load_gateway_config(self.path)
+            new = self._load(self.path)
         except GatewayConfigError as e:
             self.failures += 1
             log.error("config reload: %s is invalid, keeping the running config: %s", self.path, e)
@@ -90,9 +162,20 @@ class ConfigWatch:
         raise NotImplementedError
 
 
+def file_mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
 class ConfigReloader(ConfigWatch):
     """``apply_limits``: the running server's (``GatewayServer.apply_limits``); without one (a reloader
-    for endpoints only), a change of ``limits`` is logged as needing a restart."""
+    for endpoints only), a change of ``limits`` is logged as needing a restart.
+
+    ``file_cfg``: the config as the file gave it (before flags and ``--kv-events auto`` changed the
+    running one), what a reload is compared with; it takes what each reload applies. Default: a copy of
+    ``current``."""
 
     def __init__(
         self,
@@ -101,20 +184,24 @@ class ConfigReloader(ConfigWatch):
         pools: Sequence[Pool],
         poll_s: float | None = 2.0,
         apply_limits: Callable[[Limits], dict[str, tuple[float, float]]] | None = None,
+        file_cfg: GatewayConfig | None = None,
+        mtime: float | None = None,
+        load: Callable[[str], GatewayConfig] = load_gateway_config,
     ) -> None:
-        super().__init__(path, poll_s)
+        super().__init__(path, poll_s, mtime, load)
         self.current = current
+        self.file_cfg = copy.deepcopy(current if file_cfg is None else file_cfg)
         self.apply_limits = apply_limits
         self.pools = {p.name: p for p in pools}
 
     def apply(self, new: GatewayConfig) -> None:
+        olds = {pc.name: pc for pc in self.file_cfg.pools}
         for pc in new.pools:
-            pool = self.pools.get(pc.name)
-            if pool is None:
-                log.warning("config reload: new pool %r needs a restart; ignored", pc.name)
+            pool, old_pc = self.pools.get(pc.name), olds.get(pc.name)
+            if pool is None or old_pc is None or not _live_endpoints(old_pc, pc):
                 continue
             old = set(pool.cfg.endpoints)
-            if set(pc.endpoints) != old and pc.inference_pool is None:
+            if set(pc.endpoints) != old:
                 pool.store.sync(
                     [make_endpoint(a, pool=pc.name, engine=pool.cfg.engine) for a in pc.endpoints],
                     pool=pc.name,
@@ -126,28 +213,15 @@ class ConfigReloader(ConfigWatch):
                     sorted(old - set(pc.endpoints)),
                 )
                 pool.cfg.endpoints = list(pc.endpoints)
-            # The file's picker against the file's: ``--kv-events auto`` may have chosen one at start-up.
-            running_picker = None if pool.cfg.picker_from_kv_events else pool.cfg.picker_config
-            if (pc.models, pc.adapters, pc.policy, pc.picker_config, pc.engine) != (
-                pool.cfg.models,
-                pool.cfg.adapters,
-                pool.cfg.policy,
-                running_picker,
-                pool.cfg.engine,
-            ):
-                log.warning("config reload: pool %r changed beyond its endpoints; restart to apply", pc.name)
-        for name in set(self.pools) - {pc.name for pc in new.pools}:
-            log.warning("config reload: pool %r was removed from the file; restart to apply", name)
-        if new.limits != self.current.limits:
-            if self.apply_limits is None:
-                log.warning("config reload: limits changed; restart to apply")
-            else:
-                # It writes them onto the running config (``current``, the server's): once.
-                changed = self.apply_limits(new.limits)
-                if changed:
-                    log.warning("config reload: limits applied: %s", _describe(changed))
-        if (new.health, new.objectives) != (self.current.health, self.current.objectives):
-            log.warning("config reload: health/objectives changed; restart to apply")
+        if self.apply_limits is not None and new.limits != self.current.limits:
+            # It writes them onto the running config (``current``, the server's): once.
+            changed = self.apply_limits(new.limits)
+            if changed:
+                log.warning("config reload: limits applied: %s", _describe(changed))
+        unapplied = not_applied(self.file_cfg, new, limits_live=self.apply_limits is not None)
+        if unapplied:
+            log.warning("config reload: changed %s; restart to apply", ", ".join(unapplied))
+        take_applied(self.file_cfg, new, limits=self.apply_limits is not None)
 
 
 def start_reloader(
@@ -156,9 +230,12 @@ def start_reloader(
     pools: Sequence[Pool],
     apply_limits: Callable[[Limits], dict[str, tuple[float, float]]],
     poll_s: float | None = 2.0,
+    file_cfg: GatewayConfig | None = None,
+    mtime: float | None = None,
+    load: Callable[[str], GatewayConfig] = load_gateway_config,
 ) -> asyncio.Task[None]:
     """One gateway process's reloader, on SIGHUP (and, with ``poll_s``, when the file changes): the
-    same for ``kvgate serve`` and for each ``--workers`` worker."""
-    cr = ConfigReloader(path, cfg, pools, poll_s=poll_s, apply_limits=apply_limits)
+    same for ``kvgate serve`` and for each ``--workers`` worker (which reads the supervisor's snapshot)."""
+    cr = ConfigReloader(path, cfg, pools, poll_s, apply_limits, file_cfg, mtime, load)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, cr.trigger)
     return asyncio.create_task(cr.run())

@@ -21,7 +21,10 @@ the admin port itself — ``/metrics`` merges every worker's metrics with a ``wo
 that dies (giving up if they keep dying at start), and on SIGTERM/SIGINT has every worker drain
 (the same graceful drain as one process) before it exits. With ``--config`` it watches the file as one
 process does (SIGHUP, modification time): a file that fails validation is logged here and reaches no
-worker; a valid one is applied by every worker's own ``ConfigReloader`` (the supervisor sends SIGHUP).
+worker; a valid one is written, as the config it checked, to a private snapshot (``_Snapshot``) and
+applied by every worker's own ``ConfigReloader`` (the supervisor sends SIGHUP). Workers read only that
+snapshot, never the user's file: an edit made after the check, or a SIGHUP sent to the whole process
+group, cannot give workers a config the supervisor did not check, or different configs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -47,10 +51,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvgate.config.gateway import GatewayConfig
+from kvgate.config.gateway import GatewayConfig, GatewayConfigError
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway.errors import GatewayError, error_response
-from kvgate.gateway.reload import ConfigWatch
+from kvgate.gateway.reload import ConfigWatch, take_applied
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 
 log = logging.getLogger("kvgate.gateway.workers")
@@ -80,12 +84,20 @@ def _worker_main(
     gossip_dir: str | None = None,
     config_path: str | None = None,
     log_level: int = logging.WARNING,
+    file_cfg: GatewayConfig | None = None,
 ) -> None:
     """Entry point of one worker process: a full gateway on the shared port, admin on loopback.
 
     ``lifeline`` is the read end of a pipe whose write end only the supervisor holds: it turns
     readable (EOF) when the supervisor is gone, however it died (even SIGKILL), and the worker then
-    drains and exits instead of serving on as an orphan."""
+    drains and exits instead of serving on as an orphan.
+
+    ``config_path``: the supervisor's snapshot of the config it checked (``_Snapshot``), re-read on its
+    SIGHUP; ``file_cfg``: the file's config the running one came from, what a reload compares with."""
+    # First: a reload's SIGHUP (the supervisor's, or one sent to the whole process group) must never kill
+    # a worker still starting (its handler comes with the reloader); the supervisor sends it again once
+    # the worker is up (``Supervisor.start_worker``).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     import uvloop
 
     from kvgate.gateway.cli import build_pools
@@ -96,11 +108,9 @@ def _worker_main(
     )
     # The supervisor handles Ctrl-C for the whole group: a worker only drains on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A reload's SIGHUP must never kill a worker still starting (its handler comes with the reloader);
-    # the supervisor sends it again once the worker is up (``Supervisor.start_worker``).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     pools = build_pools(cfg)
-    uvloop.run(_worker(cfg, pools, index, report, lifeline, admin_on_data, shared, gossip_dir, config_path))
+    uvloop.run(_worker(cfg, pools, index, report, lifeline, admin_on_data, shared, gossip_dir, config_path,
+                       file_cfg))  # fmt: skip
 
 
 async def _worker(
@@ -113,6 +123,7 @@ async def _worker(
     shared: tuple[str, Any, int] | None = None,
     gossip_dir: str | None = None,
     config_path: str | None = None,
+    file_cfg: GatewayConfig | None = None,
 ) -> None:
     from kvgate.gateway.cli import tune_gc
     from kvgate.gateway.reload import start_reloader
@@ -122,7 +133,9 @@ async def _worker(
     await server.start()
     reloader = None
     if config_path is not None:  # on the supervisor's SIGHUP only: it watches the file for all workers
-        reloader = start_reloader(config_path, cfg, pools, server.apply_limits, poll_s=None)
+        reloader = start_reloader(
+            config_path, cfg, pools, server.apply_limits, poll_s=None, file_cfg=file_cfg, load=read_snapshot
+        )
     tune_gc()
     report.send(server.admin_port)
     report.close()
@@ -224,11 +237,23 @@ def merge_metrics(texts: list[str | None]) -> bytes:
 # --- supervisor --------------------------------------------------------------------------------
 
 
+def read_snapshot(path: str) -> GatewayConfig:
+    """A worker's reload: the config the supervisor checked, as it wrote it (``Supervisor.snapshot``)."""
+    try:
+        with open(path, "rb") as f:
+            cfg = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError) as e:
+        raise GatewayConfigError("--config", f"cannot read the supervisor's snapshot {path}: {e}") from e
+    if not isinstance(cfg, GatewayConfig):
+        raise GatewayConfigError("--config", f"the supervisor's snapshot {path} holds no gateway config")
+    return cfg
+
+
 class _WorkersReload(ConfigWatch):
     """The supervisor's watch on ``--config``: the one validation and error log, then ``reloaded``."""
 
-    def __init__(self, sup: Supervisor, path: str) -> None:
-        super().__init__(path)
+    def __init__(self, sup: Supervisor, path: str, mtime: float | None = None) -> None:
+        super().__init__(path, mtime=mtime)
         self.sup = sup
 
     def apply(self, new: GatewayConfig) -> None:
@@ -236,9 +261,21 @@ class _WorkersReload(ConfigWatch):
 
 
 class Supervisor:
-    def __init__(self, cfg: GatewayConfig, workers: int, config_path: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        workers: int,
+        config_path: str | None = None,
+        file_cfg: GatewayConfig | None = None,
+        mtime: float | None = None,
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        # The file's config (before flags and --kv-events auto), with what reloads applied: what each
+        # worker compares a reload with; and the modification time from before the file was read.
+        self.file_cfg = file_cfg if file_cfg is not None else cfg
+        self.mtime = mtime
+        self.snapshot: str | None = None  # the checked config the workers reload (private directory)
         self.reloads = 0  # valid config reloads sent to the workers
         self.n = workers
         self.ctx = multiprocessing.get_context("spawn")
@@ -287,7 +324,7 @@ class Supervisor:
         proc = self.ctx.Process(
             target=_worker_main,
             args=(wcfg, i, send, life_r, self.cfg.admin_port is None, shared, self.gossip_dir,
-                  self.config_path, logging.getLogger().getEffectiveLevel()),
+                  self.snapshot, logging.getLogger().getEffectiveLevel(), self.file_cfg),
             name=f"kvgate-worker-{i}",
         )  # fmt: skip
         reloads = self.reloads
@@ -325,17 +362,24 @@ class Supervisor:
         elif self.reloads != reloads:  # a reload while it started: its SIGHUP may have been ignored
             self._signal_reload(proc)
 
+    def write_snapshot(self, cfg: GatewayConfig) -> None:
+        """The config the workers reload, replaced whole (a worker never reads half of one)."""
+        assert self.snapshot is not None
+        tmp = self.snapshot + ".tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(cfg, f)
+        os.replace(tmp, self.snapshot)
+
     def reloaded(self, new: GatewayConfig) -> None:
-        """A valid ``--config``: every started worker reloads it (SIGHUP; a worker still starting gets it
-        once up). What the workers apply live (each pool's endpoints, ``limits``) is kept here too, so a
-        worker restarted later starts from it; the supervisor's admin port takes the limits."""
+        """A valid ``--config``: written to the snapshot, then every started worker reloads it (SIGHUP; a
+        worker still starting gets it once up). What the workers apply live (each pool's endpoints,
+        ``limits``) is kept here too, so a worker restarted later starts from it; the supervisor's admin
+        port takes the limits."""
+        self.write_snapshot(new)
         self.reloads += 1
-        new_pools = {pc.name: pc for pc in new.pools}
-        for pc in self.cfg.pools:
-            got = new_pools.get(pc.name)
-            if got is not None and got.inference_pool is None:  # (as ConfigReloader.apply)
-                pc.endpoints = list(got.endpoints)
-        self.cfg.limits = new.limits
+        take_applied(self.cfg, new)
+        if self.file_cfg is not self.cfg:
+            take_applied(self.file_cfg, new)
         if self._admin_front is not None:
             self._admin_front.apply_limits(new.limits)
         for i, proc in enumerate(self.procs):
@@ -474,8 +518,12 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         reload_task = None
+        snapshot_dir = None
         if self.config_path is not None:
-            watch = _WorkersReload(self, self.config_path)
+            snapshot_dir = tempfile.mkdtemp(prefix="kvgate-config-")  # private (0700): only we write it
+            self.snapshot = os.path.join(snapshot_dir, "config.pickle")
+            self.write_snapshot(self.file_cfg)
+            watch = _WorkersReload(self, self.config_path, self.mtime)
             loop.add_signal_handler(signal.SIGHUP, watch.trigger)
             reload_task = asyncio.create_task(watch.run())
         if self.n > 1:
@@ -517,13 +565,22 @@ class Supervisor:
                 self.shared.close()
             if self.gossip_dir is not None:
                 shutil.rmtree(self.gossip_dir, ignore_errors=True)
+            if snapshot_dir is not None:
+                shutil.rmtree(snapshot_dir, ignore_errors=True)
             await self._session.close()
 
 
-def run_workers(cfg: GatewayConfig, workers: int, config_path: str | None = None) -> int:
-    """Run the supervisor until SIGTERM/SIGINT (or workers that keep dying); its exit status."""
+def run_workers(
+    cfg: GatewayConfig,
+    workers: int,
+    config_path: str | None = None,
+    file_cfg: GatewayConfig | None = None,
+    mtime: float | None = None,
+) -> int:
+    """Run the supervisor until SIGTERM/SIGINT (or workers that keep dying); its exit status.
+    ``file_cfg``: ``config_path`` as loaded (before flags); ``mtime``: its time from before the load."""
     import uvloop
 
-    sup = Supervisor(cfg, workers, config_path)
+    sup = Supervisor(cfg, workers, config_path, file_cfg, mtime)
     sup.reserve_port()
     return uvloop.run(sup.run())
