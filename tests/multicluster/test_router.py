@@ -4,6 +4,7 @@ the last failure when every cluster fails. The same paths across network namespa
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -149,4 +150,79 @@ async def test_an_error_reply_is_no_ttft_evidence(world: dict[str, Any]) -> None
                 await r.read()
         assert st.ttft_s is None and st.waiting == {} and st.inflight == 0
     finally:
+        await gw.stop()
+
+
+async def _settled(check: Any, tries: int = 250) -> bool:
+    import asyncio
+
+    for _ in range(tries):
+        if check():
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_a_routed_response_never_read_is_settled_by_close(world: dict[str, Any]) -> None:
+    """Cancelled (or failed) between ``route()`` and the body's first chunk: the body generator never
+    started, so its ``finally`` never runs on ``aclose()``; ``Routed.close()`` still releases the upstream
+    connection, cancels the remote EPP's stream and ends the request in the cluster's state (no request
+    left waiting for a first byte forever), and is idempotent."""
+    from kvgate.multicluster.policies import ClusterRequest
+    from kvgate.multicluster.router import GlobalRouter
+
+    pod, gw1 = world["pod"], world["gw1"]
+    for b in (pod, gw1):
+        b.pause_after = 0  # the stream stops after its first event until resumed
+    body = orjson.dumps({"model": "m", "prompt": "hi", "max_tokens": 4, "stream": True})
+    epp = f"127.0.0.1:{world['epp_ok'].port}"
+    for spec, backend in ((ClusterSpec("p", gateway=gw1.address), gw1), (ClusterSpec("e", epp=epp), pod)):
+        router = GlobalRouter(ClustersConfig((spec,)), "round-robin")
+        await router.start()
+        try:
+            st = router.states[spec.name]
+            routed = await router.route("/v1/completions", {"content-type": "application/json"}, body,
+                                        ClusterRequest("m", "hi", stream=True))  # fmt: skip
+            assert routed.status == 200 and routed.mode == ("endpoint" if spec.epp else "parent")
+            assert st.inflight == 1 and len(st.waiting) == 1
+            await routed.close()  # never iterated
+            assert st.inflight == 0 and st.waiting == {}
+            await routed.close()
+            assert st.inflight == 0
+            if routed.epp is not None:
+                assert routed.epp._call is not None and routed.epp._call.done()  # the EPP's stream ended
+            before = backend.disconnects
+            backend.paused.clear()
+            backend.resume.set()  # the pod writes on into a connection the router has closed
+            assert await _settled(lambda b=backend, n=before: b.disconnects > n)
+            backend.resume.clear()
+        finally:
+            await router.close()
+
+
+async def test_gateway_settles_a_request_whose_client_left_before_its_first_chunk(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kvgate serve --clusters``: the client gone before the response's headers could be sent (the
+    body never read) leaves nothing in flight at the cluster."""
+    from kvgate.httpfront.server import Request, StreamResponse
+
+    async def gone(self: StreamResponse, request: Request) -> None:
+        raise ConnectionResetError("client gone")
+
+    cfg = ClustersConfig((ClusterSpec("c", gateway=world["gw1"].address),))
+    gw = GlobalGateway(cfg, "kvgate", fetch=False, seed=0)
+    await gw.start("127.0.0.1", 0)
+    st = gw.router.states["c"]
+    try:
+        monkeypatch.setattr(StreamResponse, "prepare", gone)
+        async with aiohttp.ClientSession() as http:
+            streamed = orjson.dumps({"model": "m", "prompt": "hi", "max_tokens": 4, "stream": True})
+            with contextlib.suppress(aiohttp.ClientError):  # (whatever the front answers the error)
+                async with http.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=streamed) as r:
+                    await r.read()
+        assert await _settled(lambda: st.inflight == 0 and not st.waiting)
+        assert st.sent_total == 1
+    finally:
+        monkeypatch.undo()
         await gw.stop()

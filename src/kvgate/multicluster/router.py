@@ -17,7 +17,7 @@ import functools
 import logging
 import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,11 +56,23 @@ class Routed:
 
     status: int
     headers: dict[str, str]
-    body: AsyncGenerator[bytes, None]  # ``aclose()`` it when done: that settles the accounting
+    body: AsyncGenerator[bytes, None]  # iterate it, then ``close()`` the Routed (not just the body)
     cluster: str
     mode: str
     attempts: list[Attempt] = field(default_factory=list)
     epp: EppStream | None = None  # Endpoint mode: the remote EPP's stream, open for the response's life
+    settle: Callable[[], Awaitable[None]] | None = None  # idempotent: the upstream, the EPP, the state
+
+    async def close(self) -> None:
+        """Settle everything the response holds: the upstream connection, the remote EPP's stream, the
+        cluster's in-flight count and first-byte wait. Idempotent, and whether or not the body was ever
+        iterated: an async generator never started skips its ``finally`` on ``aclose()``, so a request
+        cancelled (or failed) between ``route()`` and its first chunk would otherwise leak all three."""
+        try:
+            await self.body.aclose()  # a started body settles in its ``finally``
+        finally:
+            if self.settle is not None:
+                await self.settle()  # one never started: settled here (a no-op the second time)
 
 
 class NoRoute(Exception):
@@ -278,8 +290,26 @@ class GlobalRouter:
         attempts.append(Attempt(st.name, mode, target, "ok"))
         self.counts[(st.name, mode)] = self.counts.get((st.name, mode), 0) + 1
         response = resp
+        settled = begun = False
+
+        async def settle() -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            try:
+                if begun and isinstance(upstream, AsyncGenerator):
+                    with contextlib.suppress(Exception):
+                        await upstream.aclose()  # the EPP's end (or its cancel, when cut short)
+                elif epp is not None:
+                    epp.cancel()  # never read: its body generator never ran, so cancel the EPP's stream
+            finally:
+                response.release()
+                st.finished(token, self.clock())  # with the time: the cluster's decode time
 
         async def stream() -> AsyncGenerator[bytes, None]:
+            nonlocal begun
+            begun = True
             try:
                 first = started is not None
                 # Only a 2xx's first bytes are a TTFT: a fast 400/404 (prompt too long, model not
@@ -295,15 +325,9 @@ class GlobalRouter:
                             st.answered_without_ttft(token)
                     yield chunk
             finally:
-                try:
-                    if isinstance(upstream, AsyncGenerator):
-                        with contextlib.suppress(Exception):
-                            await upstream.aclose()  # the EPP's end (or its cancel, when cut short)
-                finally:
-                    response.release()
-                    st.finished(token, self.clock())  # with the time: the cluster's decode time
+                await settle()
 
-        return Routed(response.status, headers, stream(), st.name, mode, attempts, epp)
+        return Routed(response.status, headers, stream(), st.name, mode, attempts, epp, settle)
 
     def summary(self) -> list[dict[str, object]]:
         now = self.clock()

@@ -43,7 +43,7 @@ from kvgate.httpfront.server import (
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile, ClusterSpec
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
-from kvgate.multicluster.router import Attempt, GlobalRouter, NoRoute
+from kvgate.multicluster.router import Attempt, GlobalRouter, NoRoute, Routed
 from kvgate.openai.protocol import sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
 
@@ -191,6 +191,16 @@ class GlobalGateway:
             self._count_failed(e.attempts)
             retry = {"Retry-After": "1"} if e.status == 429 else None
             return json_error(e.status, e.message, headers=retry)
+        try:
+            return await self._relay(request, routed)
+        finally:
+            # Cut short (the client left, a write failed, cancelled before the first chunk) or done:
+            # settle the upstream, the EPP and the cluster's accounting now, the body read or not.
+            await routed.close()
+            if routed.epp is not None and routed.epp.fell_back:
+                self.metrics.epp_lost.labels(routed.cluster).inc()
+
+    async def _relay(self, request: Request, routed: Routed) -> StreamResponse:
         self._count_failed(routed.attempts[:-1])
         self.metrics.requests.labels(routed.cluster, routed.mode).inc()
         headers = dict(routed.headers)
@@ -199,28 +209,22 @@ class GlobalGateway:
         sse = headers.get("content-type", headers.get("Content-Type", "")).startswith("text/event-stream")
         resp = StreamResponse(status=routed.status, headers=headers)
         body = routed.body
-        try:
-            await resp.prepare(request)
-            while True:
-                try:
-                    chunk = await body.__anext__()
-                except StopAsyncIteration:
-                    break
-                except _CUT as e:
-                    self.metrics.cut.labels(routed.cluster).inc()
-                    log.warning("response from cluster %s cut: %s: %s", routed.cluster, type(e).__name__, e)
-                    if not sse:
-                        resp.abort()  # the client must see an incomplete body, not a short one
-                        return resp
-                    await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
-                    break
-                await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
-            await resp.write_eof()
-        finally:
-            # Cut short (the client left, a write failed) or done: settle the upstream and the EPP now.
-            await body.aclose()
-            if routed.epp is not None and routed.epp.fell_back:
-                self.metrics.epp_lost.labels(routed.cluster).inc()
+        await resp.prepare(request)
+        while True:
+            try:
+                chunk = await body.__anext__()
+            except StopAsyncIteration:
+                break
+            except _CUT as e:
+                self.metrics.cut.labels(routed.cluster).inc()
+                log.warning("response from cluster %s cut: %s: %s", routed.cluster, type(e).__name__, e)
+                if not sse:
+                    resp.abort()  # the client must see an incomplete body, not a short one
+                    return resp
+                await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
+                break
+            await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
+        await resp.write_eof()
         return resp
 
     def _count_failed(self, attempts: list[Attempt]) -> None:
