@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from kvgate.bench.mixed import BURST_SIZE, FAMILIES, TUNING_SET, VALIDATION_SET, mixed_workload
 from kvgate.bench.multiturn import find_knee, main, run_once
 
@@ -89,3 +91,19 @@ def test_workers_bench_bound_with_a_shared_waiting_list_and_faster_gossip(tmp_pa
     assert workers_main(argv) == 0
     md = (tmp_path / "fleet-workers.md").read_text()
     assert "per worker + gossip every 1 ms, waiting list shared (bound)" in md
+
+
+@pytest.mark.parametrize("interval", ["0", "-0.5", "nan"])
+def test_workers_bench_rejects_a_gossip_interval_that_is_not_positive(interval, capsys) -> None:  # type: ignore[no-untyped-def]
+    """0 or less rescheduled the gossip flush at the same virtual instant forever: the run hung."""
+    from kvgate.bench.workers_sim import main as workers_main
+    from kvgate.bench.workers_sim import run_workers
+
+    with pytest.raises(SystemExit) as e:
+        workers_main(
+            ["--modes", "gossip", "--duration", "1", "--warmup", "0", f"--gossip-interval={interval}"]
+        )
+    assert e.value.code == 2
+    assert "--gossip-interval: must be > 0 seconds" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="gossip_s must be > 0"):
+        run_workers("b", 7, 3.0, 2, True, 1.0, 0.0, gossip=True, gossip_s=float(interval))

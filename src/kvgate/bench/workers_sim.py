@@ -78,6 +78,17 @@ class WorkerDirectors:
         self._owner.pop(req.request_id, None)
 
 
+def _positive_seconds(text: str) -> float:
+    """``--gossip-interval``: 0 or less would hang virtual time (the flush rescheduled at one instant)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
 def run_workers(
     family: str,
     seed: int,
@@ -95,6 +106,8 @@ def run_workers(
     the gateway does today: the upper bound of prefix state converging between workers).
     ``shared_wait``: every worker's cost scorer uses worker 0's waiting-on-prefix list (a bound too).
     ``gossip_s``: how often each worker flushes its gossip (the gateway's ``PREFIX_GOSSIP_S``)."""
+    if not gossip_s > 0:  # 0 would reschedule the flush at the same virtual instant forever
+        raise ValueError(f"gossip_s must be > 0, got {gossip_s}")
     fam = FAMILIES[family]
     specs = list(mixed_workload(fam, qps=qps, horizon=warmup + duration, seed=seed))
     cfg = FleetConfig(replicas=fam.fleet(), policy="kvgate", qps=qps, duration=duration, warmup=warmup,
@@ -212,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--gossip-interval",
-        type=float,
+        type=_positive_seconds,
         default=PREFIX_GOSSIP_S,
         help=f"seconds between a worker's gossip flushes (the gateway's: {PREFIX_GOSSIP_S})",
     )
