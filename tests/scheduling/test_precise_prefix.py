@@ -339,3 +339,20 @@ async def test_scorer_over_zmq_from_the_simulators_publisher():
     finally:
         await mgr.close()
         await pub.close()
+
+
+def test_default_match_covers_a_long_prompt_at_vllms_default_block_size():
+    # vLLM's GPU default is 16-token blocks: a 6k-token shared context is 384 blocks. The match is exact,
+    # and kvgate-cost-scorer counts its tokens as they are (no extrapolation as with the approximate
+    # index), so a cap below the prompt's length would under-report a holder's hit: 256 blocks said
+    # 4,096 of 6,144 cached, and holders lost to idle replicas under load (fleet shared-prefix scenario).
+    plugin, _ = _scorer("long-prompt", mode="tokens", blockSize=16, speculativeTTL=0)
+    context = list(range(10_000, 10_000 + 6144))
+    keys = kvevents.token_keys(context, 16)
+    assert len(keys) == 384
+    holder, other = make_endpoint("10.4.0.1:8000"), make_endpoint("10.4.0.2:8000")
+    plugin.index.apply(holder.address, [BlockStored(tuple(range(1, 385)), None, tuple(context), 16)])
+    prompt = context + [3] * 1229
+    cycle = CycleState(InferenceRequest("r", "m", token_ids=prompt), now=0.0)
+    plugin.prepare(cycle, [holder, other])
+    assert cycle.data["precise-prefix"] == {holder.address: 6144, other.address: 0}

@@ -56,6 +56,11 @@ REPLAY_LABEL = "kvgate.io/kv-events-replay"
 CYCLE_KEY = "precise-prefix"
 DEFAULT_SPECULATIVE_TTL = 2.0  # seconds: covers a queued request's wait under load, then gives up
 DEFAULT_SPECULATIVE_CAPACITY = 16_384  # pending keys per endpoint
+# Blocks matched per prompt. The match is exact and its consumers (kvgate-cost-scorer, the director's
+# in-flight accounting) count its tokens as they are, so the cap must cover the prompts: 256 blocks
+# (the approximate scorer's cap, which extrapolates past it) is only 4,096 tokens at vLLM's default
+# 16-token blocks. 2,048 blocks: 32k tokens at 16, 256k at 128.
+DEFAULT_MAX_BLOCKS = 2048
 
 # Indexes by name, so a gateway, its tests and several profiles can share one set of subscribers.
 _INDEXES: dict[str, tuple[BlockIndex, KVEventsManager]] = {}
@@ -121,7 +126,7 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         hash_algo: HashAlgo = "sha256",
         hash_seed: str | None = None,
         block_size: int = 16,
-        max_blocks: int = 256,
+        max_blocks: int = DEFAULT_MAX_BLOCKS,
         tokenizer: str | None = None,
         index_name: str = "default",
         capacity: int = 65_536,
@@ -164,7 +169,7 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
             hash_algo=cast(HashAlgo, algo),
             hash_seed=seed,
             block_size=params.get_int("blockSize", 16, min=1),
-            max_blocks=params.get_int("maxPrefixBlocksToMatch", 256, min=1),
+            max_blocks=params.get_int("maxPrefixBlocksToMatch", DEFAULT_MAX_BLOCKS, min=1),
             tokenizer=params.get_str("tokenizer", "") or None,
             index_name=params.get_str("indexName", "default"),
             capacity=params.get_int("capacityPerEndpoint", 65_536, min=1),
