@@ -428,7 +428,7 @@ def main() -> int:
                 proc = peers.launch(sg, urls, policy="cache_aware", port=port, log_path=log)
                 name = "sglang-router cache_aware"
             try:
-                wait_http(f"http://127.0.0.1:{port}" + ("/health" if r == "sglang" else "/healthz"), proc)
+                wait_http(f"http://127.0.0.1:{port}" + ("/health" if r == "sglang" else "/readyz"), proc)
                 time.sleep(1.0)
                 results.setdefault(name, []).append(
                     run(

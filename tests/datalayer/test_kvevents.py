@@ -418,3 +418,30 @@ async def test_bind_mode_receives_from_a_connecting_publisher():
     finally:
         pub.close(0)
         await mgr.close()
+
+
+async def test_joining_catches_up_from_the_replay_buffer_before_any_live_batch_since_the_last_reset():
+    """The catch-up runs at join, not at the first live batch (which a first request's prefill publishes),
+    and applies only what the engine holds since its last ``AllBlocksCleared``."""
+    pub = FakeVLLMPublisher()
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx)
+    try:
+        for i in range(100):  # history before a reset: blocks the engine no longer holds
+            await pub.publish(batch(stored_map([1_000 + i], None, [0] * 4)), drop=True)
+        await pub.publish(batch({"type": "AllBlocksCleared", "medium": "GPU"}), drop=True)
+        await pub.publish(batch(stored_map([7], None, [0] * 4)), drop=True)
+        await pub.publish(batch(stored_map([8], 7, [0] * 4)), drop=True)
+        sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
+        async with asyncio.timeout(5):
+            await sub.wait_caught_up()
+        # Nothing was published live: the index learned it from the replay buffer, since the reset only.
+        assert idx.engine_hashes("a") == {7, 8}
+        assert sub.stats.last_seq == 102 and sub.stats.replayed == 3 and sub.stats.caught_up == 100
+        # Live batches go on from there (probes lost before the subscription landed come by replay).
+        await _connected(pub, sub)
+        await _until(lambda: idx.num_blocks("a") == 2 + pub.seq - 103)
+        assert sub.stats.resyncs == 0 and {7, 8} <= idx.engine_hashes("a")
+    finally:
+        await mgr.close()
+        await pub.close()

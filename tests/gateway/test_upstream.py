@@ -158,3 +158,44 @@ async def test_failures_raise_upstream_errors():
     resp.release()
     await garbage.stop()
     pool.close()
+
+
+async def test_warm_opens_a_connection_the_first_request_reuses():
+    srv = _Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    port = await srv.start()
+    pool = UpstreamPool(1.0, 5.0)
+    address, head, body = _req(port)
+    assert await pool.warm(address) and await pool.warm(address)  # the second finds it idle
+    await asyncio.sleep(0.05)
+    assert srv.connections == 1  # opened before any request
+    resp = await pool.request(address, head, body)
+    assert await resp.read() == b"ok"
+    resp.release()
+    assert srv.connections == 1  # the first request did not connect
+    assert not await pool.warm("127.0.0.1:1")  # nothing listens: no error, a later request connects
+    pool.close()
+    await srv.stop()
+
+
+async def test_kvgate_serve_is_ready_with_its_upstream_connections_open():
+    """The gateway warms one connection per endpoint before /readyz says ready (first requests do not
+    pay a connect)."""
+    import aiohttp
+
+    from gateway.conftest import base_url, make_config, running_gateway
+
+    srv = _Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    port = await srv.start()
+    async with running_gateway(make_config([f"127.0.0.1:{port}"])) as gw:
+        assert gw.started
+        assert gw.proxy is not None and len(gw.proxy.upstream._idle[f"127.0.0.1:{port}"]) == 1
+        await asyncio.sleep(0.05)
+        assert srv.connections >= 1
+        async with aiohttp.ClientSession() as s:
+            async with s.get(base_url(gw) + "/readyz") as r:
+                assert r.status == 200
+            gw.started = False  # as while start() still runs (feeds, KV-event catch-up, connects)
+            async with s.get(base_url(gw) + "/readyz") as r:
+                assert (r.status, await r.text()) == (503, "starting")
+            gw.started = True
+    await srv.stop()

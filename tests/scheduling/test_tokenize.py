@@ -189,6 +189,43 @@ def test_a_piecewise_difference_sends_the_tokenizer_back_to_whole_texts(
     monkeypatch.setattr(tokenize, "_CUT", re.compile(r"(?<=[a-z])(?=[a-z])"))
     whole = Tokenizer.from_file(str(path))
     text = "tokenization " * 100
-    assert tok.encode(text) == whole.encode(text).ids  # found on a live prompt
-    assert not tok.piecewise
+    tok.encode(text)  # checked on the worker thread, off the request path
+    tok.wait_self_checks(10)
+    assert not tok.piecewise  # found on a live prompt
+    assert tok.encode(text) == whole.encode(text).ids  # the cached piecewise encoding was dropped
     assert not tokenize.PromptTokenizer(path).piecewise  # found by the probe at load
+
+
+def test_self_checks_tokenize_whole_texts_off_the_calling_thread(tmp_path: Path) -> None:
+    """The whole-text encoding that checks a live prompt is not on the request path (it cost the
+    first prompts after a start a whole extra tokenization in the pick)."""
+    import threading
+
+    from kvgate.sim.tokenizer import write_tokenizer_dir
+
+    write_tokenizer_dir(tmp_path / "t")
+    tok = tokenize.PromptTokenizer(tmp_path / "t" / "tokenizer.json")
+    assert tok.piecewise
+    inner, caller, whole_on = tok._tok, threading.get_ident(), []
+
+    class Spy:
+        def __getattr__(self, name: str) -> object:
+            return getattr(inner, name)
+
+        def encode(self, text: str, add_special_tokens: bool = True) -> object:
+            if add_special_tokens:
+                whole_on.append(threading.get_ident())
+            return inner.encode(text, add_special_tokens=add_special_tokens)
+
+        def encode_batch(self, texts: list[str]) -> object:
+            whole_on.extend(threading.get_ident() for _ in texts)
+            return inner.encode_batch(texts)
+
+    tok._tok = Spy()
+    texts = _texts(tokenize.SELF_CHECKS + 2, 3)
+    for text in texts:
+        tok.encode(text)
+    tok.wait_self_checks(10)
+    assert len(whole_on) == tokenize.SELF_CHECKS  # every check ran, none on the calling thread
+    assert caller not in whole_on
+    assert tok.piecewise

@@ -14,7 +14,7 @@ from typing import Literal
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.kvindex import BlockIndex
 from kvgate.datalayer.kvwire import END_SEQ as _END_SEQ
-from kvgate.datalayer.kvwire import DecodeError, decode_batch
+from kvgate.datalayer.kvwire import AllBlocksCleared, DecodeError, EventBatch, decode_batch
 from kvgate.datalayer.store import EndpointStore, StoreChange
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class SubscriberStats:
     events: int = 0
     gaps: int = 0
     replayed: int = 0
+    caught_up: int = 0  # batches fetched on joining but skipped: older than the engine's last reset
     resyncs: int = 0
     restarts: int = 0
     decode_errors: int = 0
@@ -44,6 +45,10 @@ class KVEventSubscriber:
     On a sequence gap it asks the engine's replay socket (``replay_endpoint``) for the missing batches;
     without one, or if the replay cannot cover the gap, it clears that endpoint's entries (the index may
     then under-report, never over-report, what the engine holds).
+    On joining, it catches up from the replay socket at once (``wait_caught_up``), applying only what
+    the engine buffered since its last ``AllBlocksCleared``: the gateway starts serving after that, so
+    the catch-up does not land on the first requests (it used to run at the first live batch, which the
+    first request's prefill publishes).
     """
 
     def __init__(
@@ -67,6 +72,10 @@ class KVEventSubscriber:
         self.stats = SubscriberStats()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._caught_up = asyncio.Event()
+        # Newest sequence the join-time catch-up applied: live batches up to it (queued on the SUB socket
+        # while the catch-up ran) are already in the index.
+        self._caught_upto: int | None = None
 
     # -- message handling (socket-free, so tests can drive it directly) ----------------------------
 
@@ -93,13 +102,20 @@ class KVEventSubscriber:
         self.index.clear_endpoint(self.endpoint)
 
     def _apply(self, seq: int, payload: bytes) -> None:
-        self.stats.last_seq = seq
+        self._apply_decoded(seq, self._decode(seq, payload))
+
+    def _decode(self, seq: int, payload: bytes) -> EventBatch | None:
         try:
-            batch = decode_batch(payload)
+            return decode_batch(payload)
         except DecodeError as e:
+            log.warning("kv events from %s: undecodable batch %d: %s", self.endpoint, seq, e)
+            return None
+
+    def _apply_decoded(self, seq: int, batch: EventBatch | None) -> None:
+        self.stats.last_seq = seq
+        if batch is None:
             # Can't tell what we missed: same as a gap.
             self.stats.decode_errors += 1
-            log.warning("kv events from %s: undecodable batch %d: %s", self.endpoint, seq, e)
             self._resync()
             return
         self.stats.batches += 1
@@ -115,6 +131,10 @@ class KVEventSubscriber:
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
+
+    async def wait_caught_up(self) -> None:
+        """Until the join-time catch-up from the replay socket is done (or found nothing to fetch)."""
+        await self._caught_up.wait()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -138,6 +158,10 @@ class KVEventSubscriber:
             else:
                 sock.connect(self.zmq_endpoint)
             self._ready.set()
+            try:
+                await self._catch_up()
+            finally:
+                self._caught_up.set()
             while True:
                 frames = await sock.recv_multipart()
                 if len(frames) < 3 or len(frames[-2]) != 8:
@@ -145,6 +169,10 @@ class KVEventSubscriber:
                     continue
                 seq = int.from_bytes(frames[-2], "big", signed=True)
                 payload = frames[-1]
+                if self._caught_upto is not None:
+                    if seq <= self._caught_upto:
+                        continue  # applied by the catch-up
+                    self._caught_upto = None
                 if self.stats.last_seq is None and seq > 0 and self.replay_endpoint is not None:
                     # Joined late (vLLM's PUB connects to us with a backoff): fetch what we missed.
                     await self._replay(0, seq, partial_ok=True)
@@ -164,8 +192,53 @@ class KVEventSubscriber:
         ``partial_ok`` (joining late, nothing known yet): apply the longest run that ends at ``upto - 1``
         even if the engine's buffer no longer reaches back to ``want``.
         """
-        if self.replay_endpoint is None:
+        got = await self._fetch(want)
+        if got is None:
             return False
+        got = [(s, p) for s, p in got if s < upto]
+        if partial_ok:
+            got = _newest_run(got, upto)
+        elif [s for s, _ in got] != list(range(want, upto)):
+            return False  # the engine's buffer no longer reaches back to our gap
+        for seq, payload in got:
+            self._apply(seq, payload)
+        self.stats.replayed += len(got)
+        return True
+
+    async def _catch_up(self) -> None:
+        """On joining: what the engine holds now, from its replay buffer, since its last reset.
+
+        Batches before the newest ``AllBlocksCleared`` describe blocks that reset dropped, so they are
+        decoded (to find it) but not applied; the loop yields between slices so requests are served.
+        """
+        if self.replay_endpoint is None:
+            return
+        got = await self._fetch(0)
+        if not got:
+            return
+        got = _newest_run(got, got[-1][0] + 1)
+        decoded: list[tuple[int, EventBatch | None]] = []
+        start = 0
+        for i, (seq, payload) in enumerate(got):
+            batch = self._decode(seq, payload)
+            decoded.append((seq, batch))
+            if batch is None or any(isinstance(e, AllBlocksCleared) for e in batch.events):
+                start = i  # nothing before it survives (an undecodable batch resyncs anyway)
+            if i % _SLICE == _SLICE - 1:
+                await asyncio.sleep(0)
+        for i, (seq, batch) in enumerate(decoded[start:]):
+            self._apply_decoded(seq, batch)
+            if i % _SLICE == _SLICE - 1:
+                await asyncio.sleep(0)
+        self.stats.last_seq = decoded[-1][0]
+        self.stats.replayed += len(decoded) - start
+        self.stats.caught_up += start
+        self._caught_upto = decoded[-1][0]
+
+    async def _fetch(self, want: int) -> list[tuple[int, bytes]] | None:
+        """Batches from ``want`` on that the replay socket returns, in order; None if it did not answer."""
+        if self.replay_endpoint is None:
+            return None
         import zmq
         import zmq.asyncio
 
@@ -182,32 +255,33 @@ class KVEventSubscriber:
             while True:
                 left = deadline - loop.time()
                 if left <= 0 or not await sock.poll(int(left * 1000)):
-                    return False
+                    return None
                 frames = await sock.recv_multipart()
                 if len(frames) < 2:
-                    return False
+                    return None
                 seq_b, payload = frames[-2], frames[-1]
                 if seq_b == _END_SEQ:
                     break
                 seq = int.from_bytes(seq_b, "big", signed=True)
-                if want <= seq < upto:
+                if seq >= want:
                     got.append((seq, payload))
         finally:
             sock.close(0)
         got.sort()
-        if partial_ok:
-            start = upto
-            for s, _ in reversed(got):
-                if s != start - 1:
-                    break
-                start = s
-            got = [(s, p) for s, p in got if s >= start]
-        elif [s for s, _ in got] != list(range(want, upto)):
-            return False  # the engine's buffer no longer reaches back to our gap
-        for seq, payload in got:
-            self._apply(seq, payload)
-        self.stats.replayed += len(got)
-        return True
+        return got
+
+
+_SLICE = 64  # catch-up batches handled between yields to the event loop
+
+
+def _newest_run(got: list[tuple[int, bytes]], upto: int) -> list[tuple[int, bytes]]:
+    """The longest run of consecutive sequence numbers in ``got`` (sorted) that ends at ``upto - 1``."""
+    start = upto
+    for s, _ in reversed(got):
+        if s != start - 1:
+            break
+        start = s
+    return [(s, p) for s, p in got if s >= start]
 
 
 class KVEventsManager:
@@ -304,6 +378,8 @@ class KVEventsManager:
             await sub.stop()
 
 
+CATCH_UP_WAIT_S = 5.0  # longest a source's start waits for its subscribers' join-time catch-up
+
 # (events address, replay address or None) of an endpoint's KV events, or None when it publishes none.
 EventSourceResolver = Callable[[Endpoint], "tuple[str, str | None] | None"]
 
@@ -338,11 +414,19 @@ class KVEventSources:
             return
         self._running = True
         self.store.add_listener(self._on_change)
+        subs = []
         for ep in self.store.all():
             src = self.resolve(ep)
             if src is not None and ep.address not in self._held:
                 self._held.add(ep.address)
-                await self.manager.add(ep.address, src[0], bind=self.bind, replay_endpoint=src[1])
+                sub = await self.manager.add(ep.address, src[0], bind=self.bind, replay_endpoint=src[1])
+                subs.append(sub)
+        # Started (and so ready) only once each has caught up from its engine's replay buffer, all at once.
+        try:
+            async with asyncio.timeout(CATCH_UP_WAIT_S):
+                await asyncio.gather(*(s.wait_caught_up() for s in subs))
+        except TimeoutError:
+            log.warning("kv events: catch-up still running after %.0f s", CATCH_UP_WAIT_S)
 
     async def stop(self) -> None:
         if not self._running:

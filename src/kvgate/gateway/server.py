@@ -77,6 +77,9 @@ class GatewayServer:
         self.metrics = GatewayMetrics()
         self.health = HealthTracker(cfg.health, clock)
         self.session: aiohttp.ClientSession | None = None
+        # Set once start() has started every feed and warmed the upstream connections: /readyz waits
+        # for it, so the start-up's one-time work (KV-event catch-up, connects) is not on the first requests.
+        self.started = False
         self.proxy: Proxy | None = None
         self._servers: list[tuple[asyncio.Server, FrontServer]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -141,6 +144,8 @@ class GatewayServer:
     async def _readyz(self, request: Request) -> Response:
         if self.proxy is None or self.proxy.draining:
             return Response(status=503, text="draining", content_type="text/plain")
+        if not self.started:
+            return Response(status=503, text="starting", content_type="text/plain")
         for kp in self.kube_pools:
             if (problem := kp.problem()) is not None:
                 return Response(status=503, text=problem, content_type="text/plain")
@@ -204,6 +209,8 @@ class GatewayServer:
             for source in getattr(pool.director, "data_sources", list)():
                 await source.start()
                 self._scrapers.append(source)
+        await self.proxy.warm_upstreams()
+        self.started = True
         log.info(
             "kvgate gateway on http://%s:%d (admin %s)",
             self.cfg.host,

@@ -367,6 +367,18 @@ class UpstreamPool:
         self._open.add(conn)
         return conn, False
 
+    async def warm(self, address: str, tls: ssl.SSLContext | None = None) -> bool:
+        """Open one kept-alive connection to ``address`` ahead of the first request (start-up), unless one
+        is idle already; False if it could not connect (a later request connects as usual)."""
+        if any(not c.closed for c in self._idle.get(address, ())):
+            return True
+        try:
+            conn, _ = await self._acquire(address, tls)
+        except UpstreamError:
+            return False
+        self._put_idle(conn)
+        return True
+
     async def request(
         self,
         address: str,

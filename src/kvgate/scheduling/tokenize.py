@@ -23,7 +23,8 @@ Llama 3, Qwen), no normalizer beyond NFC, no added token that strips whitespace 
 space or newline, special tokens only in front. Other tokenizers are always tokenized whole. One that
 qualifies is checked once at load on a mixed probe text (words, digits, punctuation, whitespace runs,
 non-Latin script, its own added tokens) and on its first ``SELF_CHECKS`` prompts: one difference from
-the whole encoding and it goes back to whole texts.
+the whole encoding and it goes back to whole texts. The prompt checks run on a worker thread, off the
+request path (``encode_batch`` releases the GIL), and a difference takes effect at the next ``encode``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import re
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,14 @@ log = logging.getLogger(__name__)
 
 _BY_PATH: dict[str, PromptTokenizer] = {}
 _BY_MODEL: dict[str, PromptTokenizer | None] = {}
+_CHECKER: ThreadPoolExecutor | None = None  # one thread for every tokenizer's self-checks, made on first use
+
+
+def _checker() -> ThreadPoolExecutor:
+    global _CHECKER
+    if _CHECKER is None:
+        _CHECKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvgate-tokenizer-check")
+    return _CHECKER
 
 
 class PromptTokenizer:
@@ -72,12 +82,24 @@ class PromptTokenizer:
         # Ids the post-processor puts in front of every encoding (a BOS), when piecewise is exact.
         self._front: list[int] | None = _piecewise_front(self._tok, path)
         self._checks_left = SELF_CHECKS
+        self._checks: list[Future[None]] = []
+        self._differs = False  # set by a self-check (worker thread), acted on by the next encode
 
     @property
     def piecewise(self) -> bool:
-        return self._front is not None
+        return self._front is not None and not self._differs
+
+    def wait_self_checks(self, timeout: float | None = None) -> None:
+        """Until the self-checks started so far are done (tests, benchmarks)."""
+        for f in self._checks:
+            f.result(timeout)
 
     def encode(self, text: str) -> list[int]:
+        if self._differs and self._front is not None:
+            # Cached encodings may be piecewise ones that differ: start again from whole texts.
+            self._front = None
+            self._cache.clear()
+            self._pieces.clear()
         text = text[:MAX_CHARS]
         key = xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
         ids = self._cache.get(key)
@@ -88,11 +110,7 @@ class PromptTokenizer:
             ids = self._encode_pieces(text, self._front)
             if self._checks_left > 0:
                 self._checks_left -= 1
-                whole = list(self._tok.encode(text).ids)
-                if whole != ids:
-                    log.warning("tokenizer %s: piecewise encoding differs from whole; tokenizing whole texts",
-                                self.path)  # fmt: skip
-                    self._front, ids = None, whole
+                self._checks.append(_checker().submit(self._self_check, text, list(ids)))
         else:
             # Special tokens as vLLM adds them to a completion prompt (a BOS), so blocks equal the engine's.
             ids = list(self._tok.encode(text).ids)
@@ -100,6 +118,14 @@ class PromptTokenizer:
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
         return ids
+
+    def _self_check(self, text: str, ids: list[int]) -> None:
+        """On the worker thread: the whole encoding of a prompt against its piecewise one."""
+        whole = list(self._tok.encode_batch([text])[0].ids)  # encode_batch runs without the GIL
+        if whole != ids:
+            log.warning("tokenizer %s: piecewise encoding differs from whole; tokenizing whole texts",
+                        self.path)  # fmt: skip
+            self._differs = True
 
     def _encode_pieces(self, text: str, front: list[int]) -> list[int]:
         ids = list(front)
