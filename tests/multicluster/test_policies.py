@@ -414,3 +414,32 @@ def test_prefix_home_is_the_tenants_not_the_questions_and_no_summary_rekeys_it()
     f[0].fetched_at = -100.0
     p.order(f, tenants[0], 0.0)
     assert p.last_home == p.home(survivors, tenants[0])
+
+
+def test_two_gateways_with_different_rtts_and_measurements_agree_on_homes() -> None:
+    """Each gateway measures the clusters itself: another RTT to each (its TTFT floors include it) and
+    decode times a few % apart. Home weights leave the RTT out and go by half-octave classes, so the two
+    agree on every tenant's home, and a 5 % drift of one's measurements moves none. (Weights here sit
+    inside their classes: east ~12 of 11.3 [9.5, 13.5), west ~5.2-5.4 of 5.7 [4.8, 6.7); a measurement
+    crossing a class boundary still moves that cluster's marginal tenants.)"""
+
+    def fleet(
+        rtt: tuple[float, float], floor: tuple[float, float], decode: tuple[float, float]
+    ) -> list[ClusterState]:
+        east = _state("east", ready=3, cap=3.0, head=3.0, request_slots=24.0, rtt=rtt[0])
+        west = _state("west", ready=2, cap=2.8, head=2.8, request_slots=16.0, rtt=rtt[1])
+        for st, f, d in ((east, floor[0], decode[0]), (west, floor[1], decode[1])):
+            st.observe_ttft(f, 0.0)
+            st.decode_s = d
+        return [east, west]
+
+    tenants = [ClusterRequest("m", f"tenant {t:03d} system prompt. " * 20 + "question?") for t in range(300)]
+    p = KvgatePolicy()
+    # gateway 1 is 5 ms from east and 40 ms from west; gateway 2 the other way round (45 / 5 ms)
+    g1 = fleet((5.0, 40.0), (0.265, 0.343), (1.70, 2.80))
+    g2 = fleet((45.0, 5.0), (0.306, 0.300), (1.78, 2.65))
+    homes = [p.home(g1, r) for r in tenants]
+    assert 0.2 < homes.count("west") / 300 < 0.5  # both clusters are homes
+    assert homes == [p.home(g2, r) for r in tenants]
+    drift = fleet((5.0, 40.0), (0.265 * 1.05, 0.343 / 1.05), (1.70 * 1.05, 2.80 / 1.05))
+    assert homes == [p.home(drift, r) for r in tenants]

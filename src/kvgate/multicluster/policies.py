@@ -282,9 +282,10 @@ class KvgatePolicy:
     def home(self, clusters: Sequence[ClusterState], req: ClusterRequest) -> str | None:
         """The request's prefix home among ``clusters``: weighted rendezvous hashing of ``home_key`` (its
         first 256 chars: the tenant's context), each cluster weighted by the requests it serves per second
-        when busy: its slots over its slot time (a request's prefill plus its decode there, as measured),
-        so each cluster is home to the share of the traffic it can take. The key depends on the request
-        alone, so a cluster's loss moves only its own tenants (to their next home)."""
+        when busy (``home_weight``: its slots over its slot time, a request's prefill plus its decode
+        there as measured, less this gateway's RTT, in half-octave classes), so each cluster is home to
+        the share of the traffic it can take. The key depends on the request alone, so a cluster's loss
+        moves only its own tenants (to their next home)."""
         if len(clusters) < 2:
             return None
         key = home_key(req)
@@ -292,11 +293,27 @@ class KvgatePolicy:
             return None
         best, best_score = None, -1.0
         for c in clusters:
-            weight = self.slots(c) / self.slot_time(c)
+            weight = self.home_weight(c)
             score = weight / -math.log(_unit(xxh64_intdigest(key + c.name.encode())))
             if score > best_score:
                 best, best_score = c.name, score
         return best
+
+    def home_weight(self, c: ClusterState) -> float:
+        """A cluster's home weight: its throughput when busy, slots over slot time, as ``slot_time`` but
+        without this gateway's own round trip (``rtt_ms``, which another gateway does not share), then
+        rounded to a half-octave class (2^(k/2)). Two gateways measure a cluster a little differently
+        and a measurement drifts; within a class their homes agree and stay put. (A measurement that
+        crosses a class boundary still moves that cluster's marginal tenants.)"""
+        a = c.aggregate
+        assert a is not None
+        prefill = max(self.base_ttft(c) - c.spec.rtt_ms / 1000.0, 1e-3)
+        if c.decode_s is not None:
+            slot = prefill + c.decode_s
+        else:
+            slot = prefill * self.slots(c) / max(1, a.ready_endpoints)
+        w = self.slots(c) / slot
+        return float(2.0 ** (round(2.0 * math.log2(max(w, 1e-9))) / 2.0))
 
     def cost(self, c: ClusterState, req: ClusterRequest, now: float = 0.0, home: str | None = None) -> float:
         """The predicted TTFT there (seconds), discounted for what makes it cheaper than it looks: the
