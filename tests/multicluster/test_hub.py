@@ -75,6 +75,10 @@ async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
             assert len(west.waiting) == 1 and west.oldest_wait(clock[0]) == 2.5  # censored: no token yet
             await ex.send_response_headers(200, sse)
             await ex.send_response_chunk(b'data: {"choices":[{"text":"hi"}]}\n\n')
+            for _ in range(500):  # the EPP reads the chunk on its own time: its first token, seen
+                if not west.waiting:
+                    break
+                await asyncio.sleep(0.01)
             clock[0] += 4.0  # first token to end: the cluster's decode time
             await ex.send_response_chunk(b"data: [DONE]\n\n", end_of_stream=True)
             async for _chunk, _eos in ex.response_body():
