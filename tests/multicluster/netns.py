@@ -66,12 +66,9 @@ class Cluster(NsCluster):
         if self.pods_routed:
             ip("route", "add", f"10.{self.net + 1}.{self.index}.0/24", "via", self.addr)
 
-    def cut(self) -> None:
-        ip("link", "set", self.veth, "down")
-
-    def heal(self) -> None:
-        ip("link", "set", self.veth, "up")
-        if self.pods_routed:  # the route went with the link
+    def heal(self) -> None:  # (cut: NsCluster's, a silent drop)
+        NsCluster.heal(self)
+        if self.pods_routed:  # (kept by the root side, which stays up; replaced should it be gone)
             subprocess.run(
                 ["ip", "route", "replace", f"10.{self.net + 1}.{self.index}.0/24", "via", self.addr],
                 capture_output=True,

@@ -19,7 +19,7 @@ import orjson
 import pytest
 import yaml
 
-from kvgate.bench.netns import free_net, isolate, unisolate
+from kvgate.bench.netns import GW_PORT, free_net, isolate, unisolate
 from kvgate.bench.netns import unavailable as netns_unavailable
 from multicluster.netns import MODEL, Cluster, wait_ready
 
@@ -167,6 +167,9 @@ async def test_partition_and_heal(clusters: list[Cluster], tmp_path: Path) -> No
         await _until(lambda: all(st.fresh(gw.clock(), TTL) for st in gw.router.state_list()))
         c1.cut()
         try:
+            # As across a real cut link, a connect hangs (no instant EHOSTUNREACH): it meets its timeout.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(asyncio.open_connection(c1.addr, GW_PORT), 1.5)
             cut = await _wave(gw, 20, 600)  # the first ones time out connecting to c1, then go to c2
             assert Counter(c for _, c, _ in cut)["c2"] == 20
             await _until(lambda: not gw.router.states["c1"].fresh(gw.clock(), TTL))

@@ -107,13 +107,25 @@ class NsCluster:
         ip("addr", "add", f"{self.pod_addr}/32", "dev", "lo")
 
     def cut(self) -> None:
-        """A partition: the veth's root side down. Nothing is reset: packets into the cluster are dropped
-        (the root namespace's ``unreachable`` route, see ``isolate``), so an open connection learns it only
-        by its own timeouts, as across a real cut link; the cluster's processes keep running."""
-        ip("link", "set", self.veth, "down")
+        """A partition: the veth's namespace side down, the root side's neighbour entry for the cluster
+        pinned. Packets into the cluster then vanish (the root side sends them into a peer that is down,
+        with no ARP to fail), so a new connection hangs until its connect timeout and an open one learns
+        it only by its own timeouts, as across a real cut link; the cluster's processes keep running.
+        (Downing the root side instead removed the route: the ``unreachable`` one of ``isolate`` then
+        failed every new connect at once with EHOSTUNREACH, which a real cut link does not; leaving the
+        ARP entry to expire fails them with EHOSTUNREACH after ~3 s.)"""
+        peer = self.veth + "p"
+        mac = subprocess.run(
+            [*self.exec_prefix(), "cat", f"/sys/class/net/{peer}/address"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        ip("neigh", "replace", self.addr, "lladdr", mac, "dev", self.veth, "nud", "permanent")
+        ip("link", "set", peer, "down", ns=self.ns)
 
     def heal(self) -> None:
-        ip("link", "set", self.veth, "up")  # its address's route comes back with the link
+        ip("link", "set", self.veth + "p", "up", ns=self.ns)  # its address's route comes back with it
+        ip("route", "replace", "default", "via", f"10.{self.net}.{self.index}.1", ns=self.ns)  # not this one
+        ip("neigh", "del", self.addr, "dev", self.veth, check=False)  # learned by ARP again
 
     def destroy(self) -> None:
         if not self._created:
