@@ -8,6 +8,7 @@ from collections import deque
 
 import msgspec
 import pytest
+import xxhash
 import zmq
 import zmq.asyncio
 from hypothesis import given, settings
@@ -445,3 +446,40 @@ async def test_joining_catches_up_from_the_replay_buffer_before_any_live_batch_s
     finally:
         await mgr.close()
         await pub.close()
+
+
+async def test_an_engine_restart_after_the_catch_up_clears_the_index_rather_than_being_skipped():
+    """Caught up to seq 49, then the engine restarts (idle before it: nothing live in between) and counts
+    from 0 again: its batches are not the caught-up ones (other payloads), so the restart is detected and
+    the dead engine's blocks leave the index (it may under-report, never over-report)."""
+    pub = FakeVLLMPublisher()
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx)
+    try:
+        for i in range(50):
+            await pub.publish(batch(stored_map([1_000 + i], None, [0] * 4)), drop=True)
+        sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
+        async with asyncio.timeout(5):
+            await sub.wait_caught_up()
+        assert sub.stats.last_seq == 49 and idx.num_blocks("a") == 50
+        await asyncio.sleep(0.3)  # let the subscription reach the PUB
+        pub.seq, pub.buffer = 0, []  # the pod restarted: an empty cache, sequence numbers from 0
+        for i in range(20):
+            await pub.publish(batch(stored_map([5_000 + i], None, [0] * 4)))
+            await asyncio.sleep(0.01)
+        await _until(lambda: 5_019 in idx.engine_hashes("a"))
+        assert sub.stats.restarts == 1
+        assert not idx.engine_hashes("a") & set(range(1_000, 1_050))
+        assert idx.engine_hashes("a") <= set(range(5_000, 5_020))
+    finally:
+        await mgr.close()
+        await pub.close()
+
+
+def test_only_true_duplicates_of_the_catch_up_are_skipped():
+    sub = KVEventSubscriber(BlockIndex(), "a", "tcp://127.0.0.1:1")
+    sub._caught_upto = 5
+    sub._caught_digests = {4: xxhash.xxh3_64_intdigest(b"x"), 5: 0}
+    assert sub._already_caught_up(4, b"x")  # queued on the SUB while the catch-up fetched it
+    assert not sub._already_caught_up(5, b"other")  # same seq, another payload: the engine restarted
+    assert sub._caught_upto is None and not sub._already_caught_up(4, b"x")  # the window is over

@@ -233,3 +233,46 @@ async def test_an_edit_and_a_sighup_during_start_up_are_applied_not_fatal(tmp_pa
             await asyncio.wait_for(proc.wait(), 60)
         await runner.cleanup()
     assert proc.returncode == 0
+
+
+async def test_a_snapshot_that_cannot_be_written_is_logged_and_the_watch_goes_on(
+    tmp_path, monkeypatch, caplog
+):
+    """/tmp full, or a tmpfiles cleaner removing the private directory: the supervisor's watch logs the
+    failed reload, keeps watching and retries at the next poll (the directory made again)."""
+    import errno
+    import shutil
+
+    from kvgate.config.gateway import load_gateway_config
+    from kvgate.gateway.workers import Supervisor, _WorkersReload, read_snapshot
+
+    f = tmp_path / "gw.yaml"
+    _write(f, ["127.0.0.1:1"], {"maxBodyBytes": 1 << 20})
+    sup = Supervisor(load_gateway_config(str(f)), 2, config_path=str(f))
+    snap_dir = tmp_path / "kvgate-config-x"
+    snap_dir.mkdir(mode=0o700)
+    sup.snapshot = str(snap_dir / "config.pickle")
+    watch = _WorkersReload(sup, str(f))
+    watch.poll_s = 0.2
+    write = Supervisor.write_snapshot
+
+    def full(self: Supervisor, cfg: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Supervisor, "write_snapshot", full)
+    task = asyncio.create_task(watch.run())
+    try:
+        _write(f, ["127.0.0.1:1"], {"maxBodyBytes": 1024})
+        watch.trigger()
+        await _until(lambda: watch.failures >= 1, "the failed write was not seen")
+        assert not task.done() and watch.reloads == 0
+        assert "could not be applied" in caplog.text and "No space left" in caplog.text
+        monkeypatch.setattr(Supervisor, "write_snapshot", write)
+        shutil.rmtree(snap_dir)  # the cleaner took the directory meanwhile
+        await _until(lambda: watch.reloads == 1, "the reload was not retried")  # no new edit, no signal
+        assert read_snapshot(sup.snapshot).limits.max_body_bytes == 1024
+        assert (snap_dir.stat().st_mode & 0o777) == 0o700
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

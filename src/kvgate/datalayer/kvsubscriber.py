@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+import xxhash
+
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.kvindex import BlockIndex
 from kvgate.datalayer.kvwire import END_SEQ as _END_SEQ
@@ -73,9 +75,11 @@ class KVEventSubscriber:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._caught_up = asyncio.Event()
-        # Newest sequence the join-time catch-up applied: live batches up to it (queued on the SUB socket
-        # while the catch-up ran) are already in the index.
+        # Newest sequence the join-time catch-up applied, and a digest of each of its newest batches: live
+        # batches up to it (queued on the SUB socket while the catch-up ran) are already in the index if
+        # the same payload came by replay; a different one means the engine restarted (seq from 0 again).
         self._caught_upto: int | None = None
+        self._caught_digests: dict[int, int] = {}
 
     # -- message handling (socket-free, so tests can drive it directly) ----------------------------
 
@@ -169,10 +173,8 @@ class KVEventSubscriber:
                     continue
                 seq = int.from_bytes(frames[-2], "big", signed=True)
                 payload = frames[-1]
-                if self._caught_upto is not None:
-                    if seq <= self._caught_upto:
-                        continue  # applied by the catch-up
-                    self._caught_upto = None
+                if self._already_caught_up(seq, payload):
+                    continue
                 if self.stats.last_seq is None and seq > 0 and self.replay_endpoint is not None:
                     # Joined late (vLLM's PUB connects to us with a backoff): fetch what we missed.
                     await self._replay(0, seq, partial_ok=True)
@@ -182,6 +184,21 @@ class KVEventSubscriber:
                 self._apply(seq, payload)
         finally:
             sock.close(0)
+
+    def _already_caught_up(self, seq: int, payload: bytes) -> bool:
+        """Whether a live batch is one the join-time catch-up already applied (the same payload).
+
+        Anything else ends the catch-up window and goes on to the gap / restart checks: an engine that
+        restarted after the catch-up (idle engines publish nothing meanwhile) sends sequence numbers the
+        catch-up saw, with other payloads, and must clear the index rather than be skipped.
+        """
+        if self._caught_upto is None:
+            return False
+        if seq <= self._caught_upto and self._caught_digests.get(seq) == xxhash.xxh3_64_intdigest(payload):
+            return True
+        self._caught_upto = None
+        self._caught_digests = {}
+        return False
 
     def _next_seq(self) -> int:
         return 0 if self.stats.last_seq is None else self.stats.last_seq + 1
@@ -234,6 +251,7 @@ class KVEventSubscriber:
         self.stats.replayed += len(decoded) - start
         self.stats.caught_up += start
         self._caught_upto = decoded[-1][0]
+        self._caught_digests = {seq: xxhash.xxh3_64_intdigest(p) for seq, p in got[-_CAUGHT_DIGESTS:]}
 
     async def _fetch(self, want: int) -> list[tuple[int, bytes]] | None:
         """Batches from ``want`` on that the replay socket returns, in order; None if it did not answer."""
@@ -272,6 +290,9 @@ class KVEventSubscriber:
 
 
 _SLICE = 64  # catch-up batches handled between yields to the event loop
+# Digests kept of the catch-up's newest batches: live batches that overlap it were published between the
+# SUB's connect and the replay fetch, so they are among its newest (bounded memory).
+_CAUGHT_DIGESTS = 4096
 
 
 def _newest_run(got: list[tuple[int, bytes]], upto: int) -> list[tuple[int, bytes]]:

@@ -154,7 +154,15 @@ class ConfigWatch:
             self.failures += 1
             log.error("config reload: %s is invalid, keeping the running config: %s", self.path, e)
             return False
-        self.apply(new)
+        try:
+            self.apply(new)
+        except OSError as e:
+            # E.g. the supervisor's snapshot cannot be written (/tmp full): the watch must outlive it, and
+            # the next poll tries again (the file's change is not taken as seen).
+            self.failures += 1
+            self._mtime = None
+            log.error("config reload: %s could not be applied, keeping the running config: %s", self.path, e)
+            return False
         self.reloads += 1
         return True
 

@@ -21,10 +21,11 @@ the admin port itself — ``/metrics`` merges every worker's metrics with a ``wo
 that dies (giving up if they keep dying at start), and on SIGTERM/SIGINT has every worker drain
 (the same graceful drain as one process) before it exits. With ``--config`` it watches the file as one
 process does (SIGHUP, modification time): a file that fails validation is logged here and reaches no
-worker; a valid one is written, as the config it checked, to a private snapshot (``_Snapshot``) and
-applied by every worker's own ``ConfigReloader`` (the supervisor sends SIGHUP). Workers read only that
-snapshot, never the user's file: an edit made after the check, or a SIGHUP sent to the whole process
-group, cannot give workers a config the supervisor did not check, or different configs.
+worker; a valid one is written, as the config it checked, to a private snapshot
+(``Supervisor.write_snapshot``) and applied by every worker's own ``ConfigReloader`` (the supervisor
+sends SIGHUP). Workers read only that snapshot, never the user's file: an edit made after the check,
+or a SIGHUP sent to the whole process group, cannot give workers a config the supervisor did not check,
+or different configs.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import pickle
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 import time
 from multiprocessing.connection import Connection
@@ -92,8 +94,9 @@ def _worker_main(
     readable (EOF) when the supervisor is gone, however it died (even SIGKILL), and the worker then
     drains and exits instead of serving on as an orphan.
 
-    ``config_path``: the supervisor's snapshot of the config it checked (``_Snapshot``), re-read on its
-    SIGHUP; ``file_cfg``: the file's config the running one came from, what a reload compares with."""
+    ``config_path``: the supervisor's snapshot of the config it checked (``Supervisor.write_snapshot``),
+    re-read on its SIGHUP; ``file_cfg``: the file's config the running one came from, what a reload
+    compares with."""
     # First: a reload's SIGHUP (the supervisor's, or one sent to the whole process group) must never kill
     # a worker still starting (its handler comes with the reloader); the supervisor sends it again once
     # the worker is up (``Supervisor.start_worker``).
@@ -237,8 +240,21 @@ def merge_metrics(texts: list[str | None]) -> bytes:
 # --- supervisor --------------------------------------------------------------------------------
 
 
+def _private_dir(path: str) -> None:
+    """``path`` as ``mkdtemp`` made it (a directory of ours, 0700), made again if it vanished; OSError if
+    something else now sits there (a directory another user made in /tmp is not written into)."""
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OSError(f"{path} is not the supervisor's private directory")
+
+
 def read_snapshot(path: str) -> GatewayConfig:
-    """A worker's reload: the config the supervisor checked, as it wrote it (``Supervisor.snapshot``)."""
+    """A worker's reload: the config the supervisor checked, as ``Supervisor.write_snapshot`` wrote it."""
     try:
         with open(path, "rb") as f:
             cfg = pickle.load(f)
@@ -365,6 +381,7 @@ class Supervisor:
     def write_snapshot(self, cfg: GatewayConfig) -> None:
         """The config the workers reload, replaced whole (a worker never reads half of one)."""
         assert self.snapshot is not None
+        _private_dir(os.path.dirname(self.snapshot))  # a /tmp cleaner may have removed it
         tmp = self.snapshot + ".tmp"
         with open(tmp, "wb") as f:
             pickle.dump(cfg, f)
@@ -519,19 +536,19 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         reload_task = None
         snapshot_dir = None
-        if self.config_path is not None:
-            snapshot_dir = tempfile.mkdtemp(prefix="kvgate-config-")  # private (0700): only we write it
-            self.snapshot = os.path.join(snapshot_dir, "config.pickle")
-            self.write_snapshot(self.file_cfg)
-            watch = _WorkersReload(self, self.config_path, self.mtime)
-            loop.add_signal_handler(signal.SIGHUP, watch.trigger)
-            reload_task = asyncio.create_task(watch.run())
-        if self.n > 1:
-            from kvgate.gateway.shared_inflight import SharedInFlight
+        try:  # the directories inside: the cleanup below removes them if a later step fails
+            if self.config_path is not None:
+                snapshot_dir = tempfile.mkdtemp(prefix="kvgate-config-")  # private (0700): only we write it
+                self.snapshot = os.path.join(snapshot_dir, "config.pickle")
+                self.write_snapshot(self.file_cfg)
+                watch = _WorkersReload(self, self.config_path, self.mtime)
+                loop.add_signal_handler(signal.SIGHUP, watch.trigger)
+                reload_task = asyncio.create_task(watch.run())
+            if self.n > 1:
+                from kvgate.gateway.shared_inflight import SharedInFlight
 
-            self.shared = SharedInFlight.create(self.n, self.ctx.Lock())
-            self.gossip_dir = tempfile.mkdtemp(prefix="kvgate-gossip-")  # short: unix paths max 107 bytes
-        try:
+                self.gossip_dir = tempfile.mkdtemp(prefix="kvgate-gossip-")  # short: unix paths max 107 bytes
+                self.shared = SharedInFlight.create(self.n, self.ctx.Lock())
             await asyncio.gather(*(self.start_worker(i) for i in range(self.n)))
             if any(p is None for p in self.admin_ports):
                 print("kvgate serve: a worker failed to start", flush=True)
