@@ -483,3 +483,31 @@ def test_only_true_duplicates_of_the_catch_up_are_skipped():
     assert sub._already_caught_up(4, b"x")  # queued on the SUB while the catch-up fetched it
     assert not sub._already_caught_up(5, b"other")  # same seq, another payload: the engine restarted
     assert sub._caught_upto is None and not sub._already_caught_up(4, b"x")  # the window is over
+
+
+async def test_a_failed_catch_up_is_logged_and_live_events_go_on(monkeypatch, caplog):
+    """A catch-up that raises (here: the replay fetch) or a replay address ZMQ refuses must not end the
+    subscriber: live events are still applied, and the skipped catch-up is logged."""
+    pub = FakeVLLMPublisher()
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx)
+
+    async def broken(self: KVEventSubscriber, want: int) -> None:
+        raise zmq.ZMQError(zmq.EINVAL)
+
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(KVEventSubscriber, "_fetch", broken)
+            sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
+            async with asyncio.timeout(5):
+                await sub.wait_caught_up()
+        assert "catch-up from" in caplog.text
+        await _connected(pub, sub)  # live batches still reach the index
+        bad = await mgr.add("b", pub.endpoint, replay_endpoint="not-an-address")
+        async with asyncio.timeout(5):
+            await bad.wait_caught_up()
+        assert "catch-up skipped" in caplog.text
+        await _connected(pub, bad)
+    finally:
+        await mgr.close()
+        await pub.close()

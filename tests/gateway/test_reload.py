@@ -236,7 +236,7 @@ def test_not_applied_names_a_change_of_every_config_field():
         setattr(new, f.name, object())
         assert not_applied(base, new), f.name
     for f in dataclasses.fields(PoolConfig):
-        if f.name in ("name", "endpoints", "picker_from_kv_events"):
+        if f.name in ("name", "endpoints"):
             continue
         new = make_config(["127.0.0.1:1001"])
         setattr(new.pools[0], f.name, object())

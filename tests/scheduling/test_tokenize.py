@@ -229,3 +229,26 @@ def test_self_checks_tokenize_whole_texts_off_the_calling_thread(tmp_path: Path)
     assert len(whole_on) == tokenize.SELF_CHECKS  # every check ran, none on the calling thread
     assert caller not in whole_on
     assert tok.piecewise
+
+
+def test_a_self_check_that_raises_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A self-check runs on a worker thread and nobody reads its Future's result: an error must be logged
+    (it used to stay in the Future), and the piecewise encoding is kept."""
+    from kvgate.sim.tokenizer import write_tokenizer_dir
+
+    write_tokenizer_dir(tmp_path / "t")
+    tok = tokenize.PromptTokenizer(tmp_path / "t" / "tokenizer.json")
+    inner = tok._tok
+
+    class Broken:
+        def __getattr__(self, name: str) -> object:
+            return getattr(inner, name)
+
+        def encode_batch(self, texts: list[str]) -> object:
+            raise RuntimeError("tokenizer blew up")
+
+    tok._tok = Broken()
+    tok.encode(_texts(1, 3)[0])
+    tok.wait_self_checks(10)
+    assert "self-check failed" in caplog.text and "tokenizer blew up" in caplog.text
+    assert tok.piecewise

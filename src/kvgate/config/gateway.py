@@ -62,9 +62,6 @@ class PoolConfig:
     ca_file: str | None = None
     # Labels per endpoint address (e.g. ``kvgate.io/kv-events`` from KV-events detection at start-up).
     endpoint_labels: dict[str, dict[str, str]] = field(default_factory=dict)
-    # ``picker_config`` was chosen at start-up by ``kvgate serve --kv-events auto``, the file gave none: a
-    # config reload compares the file's picker with the file's (none), not with that choice.
-    picker_from_kv_events: bool = False
 
 
 @dataclass(slots=True)

@@ -164,6 +164,11 @@ class KVEventSubscriber:
             self._ready.set()
             try:
                 await self._catch_up()
+            except Exception:
+                # Live events go on without it (the index under-reports until the engine stores again).
+                log.exception(
+                    "kv events from %s: catch-up from %s failed", self.endpoint, self.replay_endpoint
+                )
             finally:
                 self._caught_up.set()
             while True:
@@ -231,6 +236,12 @@ class KVEventSubscriber:
         if self.replay_endpoint is None:
             return
         got = await self._fetch(0)
+        if got is None:
+            log.warning(
+                "kv events from %s: replay socket %s gave no answer in %.1fs; catch-up skipped",
+                self.endpoint, self.replay_endpoint, self.replay_timeout,
+            )  # fmt: skip
+            return
         if not got:
             return
         got = _newest_run(got, got[-1][0] + 1)
@@ -265,7 +276,11 @@ class KVEventSubscriber:
         sock.setsockopt(zmq.LINGER, 0)
         got: list[tuple[int, bytes]] = []
         try:
-            sock.connect(self.replay_endpoint)
+            try:
+                sock.connect(self.replay_endpoint)
+            except zmq.ZMQError as e:
+                log.warning("kv events from %s: replay socket %s: %s", self.endpoint, self.replay_endpoint, e)
+                return None
             # vLLM's ROUTER reads [identity, b"", start_seq]; DEALER supplies the identity.
             await sock.send_multipart([b"", want.to_bytes(8, "big")])
             loop = asyncio.get_running_loop()

@@ -58,7 +58,6 @@ def apply(cfg: GatewayConfig, timeout: float = PROBE_TIMEOUT) -> list[str]:
             if info.replay:
                 labels[REPLAY_LABEL] = info.replay
         pc.picker_config = precise_policy(tok, bind=binds.pop())
-        pc.picker_from_kv_events = True  # a reload compares the file with the file (gateway.reload)
         notes.append(f"pool {pc.name}: every endpoint publishes KV events: precise prefix routing "
                      f"(tokenizer {tok})")  # fmt: skip
     for n in notes:

@@ -57,7 +57,7 @@ _POOL_NAMES = {
 }  # fmt: skip
 # What a reload applies (compared and applied on their own), and what is not from the file.
 _APPLIED = {"pools", "limits"}
-_POOL_APPLIED = {"name", "endpoints", "picker_from_kv_events"}
+_POOL_APPLIED = {"name", "endpoints"}
 
 
 def _describe(changed: dict[str, tuple[float, float]]) -> str:

@@ -47,6 +47,7 @@ The prefix signal comes from the approximate ``prefix-cache-scorer`` (its ``Pref
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import islice
@@ -71,6 +72,7 @@ from kvgate.scheduling.types import InferenceRequest, prompt_tokens
 # Requests remembered as waiting for their first token (for ``sharedCopy``); the oldest are dropped past
 # this, so a request whose response events never come cannot grow the map.
 MAX_WAITING_TRACKED = 4096
+_U64 = (1 << 64) - 1  # waiting requests' hashes are kept as 64-bit words
 # A pick compares this request's prefix with at most this many of the holder's most recently picked
 # waiting requests (a burst is recent; a longer queue is the backlog terms' business): O(1) per pick.
 WAITING_SCAN = 128
@@ -119,7 +121,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         # Requests picked and not yet at their first token, with their prompt's block hashes: request
         # id -> endpoint, and per endpoint request id -> hashes (so a pick scans one endpoint's only).
         self._waiting: OrderedDict[str, str] = OrderedDict()
-        self._waiting_at: dict[str, dict[str, Sequence[int]]] = {}
+        # Hashes as 64-bit words (array 'Q': 8 bytes each, not a list of Python ints: up to 2,048 keys per
+        # request times MAX_WAITING_TRACKED requests).
+        self._waiting_at: dict[str, dict[str, array[int]]] = {}
         # EWMA of the uncached prompt tokens per dispatched request: converts scraped queue lengths this
         # picker cannot explain (other gateways' traffic) into tokens.
         self.mean_uncached = 512.0
@@ -301,7 +305,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         depth = min(matched.get(best, 0) // block_tokens, len(keys))
         if not depth:
             return 0
-        key = keys[depth - 1]  # chained hashes: equal here means the whole prefix is equal
+        key = keys[depth - 1] & _U64  # chained hashes: equal here means the whole prefix is equal
         waiting = self._waiting_at.get(best)
         if not waiting:
             return 0
@@ -342,7 +346,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             if keys:
                 self._forget(req.request_id)  # picked again (a retry): only the latest pick waits
                 self._waiting[req.request_id] = endpoint.address
-                self._waiting_at.setdefault(endpoint.address, {})[req.request_id] = keys
+                compact = array("Q", [k & _U64 for k in keys])
+                self._waiting_at.setdefault(endpoint.address, {})[req.request_id] = compact
                 if len(self._waiting) > MAX_WAITING_TRACKED:
                     self._forget(next(iter(self._waiting)))
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)

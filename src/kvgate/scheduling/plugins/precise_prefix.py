@@ -278,14 +278,10 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         """The chosen engine will hold the prompt's blocks once it has prefilled them: credit them now."""
         if self.speculative_ttl <= 0:
             return
-        found = cycle.data.get((CYCLE_KEY, self.name))
-        if not isinstance(found, _Match):
-            return
-        bs = found.sizes.get(endpoint.address)
-        keys = found.keys.get(bs) if bs is not None else None
-        if keys:
+        got = self.prompt_keys(cycle, endpoint.address)
+        if got is not None:
             now = cycle.now
-            self.index.add_pending(endpoint.address, keys, now + self.speculative_ttl, now)
+            self.index.add_pending(endpoint.address, got[0], now + self.speculative_ttl, now)
 
     # -- event sources -----------------------------------------------------------------------------
 
