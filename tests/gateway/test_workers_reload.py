@@ -276,3 +276,29 @@ async def test_a_snapshot_that_cannot_be_written_is_logged_and_the_watch_goes_on
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_failed_start_up_leaves_no_private_directory(tmp_path, monkeypatch):
+    """The snapshot's (and gossip's) temporary directories are made inside the cleanup: a start-up step
+    that fails after them (here: the shared in-flight table) removes them."""
+    import errno
+    import tempfile
+
+    from kvgate.config.gateway import load_gateway_config
+    from kvgate.gateway.shared_inflight import SharedInFlight
+    from kvgate.gateway.workers import Supervisor
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOMEM, "no shared memory")
+
+    monkeypatch.setattr(SharedInFlight, "create", fail)
+    f = tmp_path / "gw.yaml"
+    _write(f, ["127.0.0.1:1"], {"maxBodyBytes": 1 << 20})
+    sup = Supervisor(load_gateway_config(str(f)), 2, config_path=str(f))
+    with pytest.raises(OSError, match="no shared memory"):
+        await sup.run()
+    assert list(tmp.iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 
 from kvgate.config.director import build_director
@@ -285,6 +286,9 @@ def test_requests_waiting_on_a_prefix_are_bounded() -> None:
     assert len(scorer._waiting) == kvgate_cost.MAX_WAITING_TRACKED
     assert sum(len(w) for w in scorer._waiting_at.values()) == kvgate_cost.MAX_WAITING_TRACKED
     assert "r0" not in scorer._waiting
+    # Their hashes are kept compact: 8-byte words, not lists of Python ints (2,048 keys x 4,096 requests).
+    kept = [h for w in scorer._waiting_at.values() for h in w.values()]
+    assert all(isinstance(h, array) and h.typecode == "Q" for h in kept)
 
 
 def test_replicate_loaded_copies_a_prefix_whose_holders_are_loaded_past_its_saving() -> None:
