@@ -151,3 +151,55 @@ def test_leader_election_needs_discovery(capsys: pytest.CaptureFixture[str]) -> 
 
     assert main(["--endpoints", "127.0.0.1:1", "--ha-enable-leader-election"]) == 2
     assert "needs Kubernetes discovery" in capsys.readouterr().err
+
+
+class _GarbledLeases(ApiServerDouble):
+    """While ``garbled``, answers Lease requests 200 with a body that is not JSON (a broken proxy)."""
+
+    garbled = False
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.garbled and "/leases" in request.path:
+            return web.Response(text="<html>gateway says hi</html>", content_type="application/json")
+        return await super()._handle(request)
+
+
+async def test_a_leader_whose_renewal_answers_non_json_steps_down_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 2xx whose body is not JSON is a renewal not confirmed: the leader steps down by its renew
+    deadline and keeps trying (the election loop used to end on it with is_leader still True: two
+    writers once a standby took over); once the API answers again it leads again, and stop() releases."""
+    async with _GarbledLeases(bookmark_interval=0.2) as d:
+        kube = await KubeClient.connect(server=d.url)
+        e = _elector(kube, "a")
+        e.start()
+        try:
+            await _until(lambda: e.is_leader)
+            d.garbled = True
+            await _until(lambda: not e.is_leader, within_s=10.0)
+            assert e.dead() is None and e.error is not None
+            assert "JSONDecodeError" in caplog.text
+            d.garbled = False
+            await _until(lambda: e.is_leader, within_s=10.0)
+        finally:
+            await e.stop()
+            await kube.close()
+        assert d.get(R.LEASE, "l", "default")["spec"]["holderIdentity"] == ""  # released
+
+
+async def test_an_election_loop_that_dies_steps_down_says_so_and_still_releases(
+    double: ApiServerDouble, kube: KubeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = _elector(kube, "a")
+    e.start()
+    await _until(lambda: e.is_leader)
+
+    async def broken() -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(e, "try_acquire_or_renew", broken)
+    await _until(lambda: not e.is_leader, within_s=10.0)
+    assert "RuntimeError" in (e.dead() or "")
+    await e.stop()  # does not raise, and gives the Lease up
+    assert double.get(R.LEASE, "l", "default")["spec"]["holderIdentity"] == ""

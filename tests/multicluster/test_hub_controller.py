@@ -358,6 +358,38 @@ async def test_a_controller_whose_loop_failed_still_releases_the_lease(
     assert hc._hub is not None and hc._hub.api.rest_client.pool_manager.closed
 
 
+async def test_a_dead_election_loop_is_a_liveness_failure_and_the_lease_is_still_released(
+    doubles: tuple[Recording, Recording, Recording], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader election's loop ends on an error nobody foresaw: the replica no longer acts as the
+    leader (its controller stops), dead() says why (its liveness probe restarts it; it used to go
+    unnoticed), and its stop still releases the Lease."""
+    from kvgate.k8s.lease import LeaderElector
+    from kvgate.multicluster.hub_controller import HubController
+
+    hub_d, east_d, west_d = doubles
+    kube = load(_clusters_file(tmp_path, hub_d.url, east_d.url, west_d.url, controller=True)).kubernetes
+    assert kube is not None
+    hc = HubController(kube, _election())
+    await hc.start()
+    try:
+        await _until(lambda: _holder(hub_d.url), "ctl-a", "the Lease's holder")
+
+        async def broken(self: LeaderElector) -> bool:
+            raise RuntimeError("an election bug")
+
+        monkeypatch.setattr(LeaderElector, "try_acquire_or_renew", broken)
+        await _until(lambda: _value("an election bug" in (hc.dead() or "")), True, "dead()")
+        await _until(lambda: _value(hc.status()["running"]), False, "the controller stopped")
+    finally:
+        await hc.stop()
+    assert await _holder(hub_d.url) == ""  # released all the same
+
+
+async def _value(x: Any) -> Any:
+    return x
+
+
 async def _stopped_on(hc: Any) -> bool:
     p = hc.problem()
     return p is not None and p.startswith("reconcile loop stopped:") and "a bug" in p

@@ -342,3 +342,134 @@ async def test_a_new_controller_reconciles_the_imports_an_earlier_one_left(
         await ctl.stop()
         for c in clients:
             await c.close()
+
+
+# -- review fixes: a resync that events cannot put off, another install's imports, a refusing hub -------
+
+
+async def test_the_resync_happens_though_pool_events_come_more_often(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
+) -> None:
+    """The hub's imports are read back every ``resync_s`` even while a member's pools change more often
+    than that: an import removed behind the controller's back is written again."""
+    hub_d, east_d, west_d = doubles
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    east_d.create(_pool("busy", exported=False))
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    ctl = ImportController(clients[0], [Member("east", clients[1]), Member("west", clients[2])], resync_s=1.0)
+    await ctl.start()
+    stop = asyncio.Event()
+
+    async def churn() -> None:  # an event every 0.1 s, far more often than resync_s
+        i = 0
+        while not stop.is_set():
+            i += 1
+            east_d.patch(R.INFERENCE_POOL, "busy", "default", {"metadata": {"labels": {"n": str(i)}}})
+            await asyncio.sleep(0.1)
+
+    churner = asyncio.create_task(churn())
+    try:
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"])
+        hub_d.delete(R.INFERENCE_POOL_IMPORT, "llama", "default")  # another writer removed it
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"], 15.0)
+    finally:
+        stop.set()
+        await churner
+        await ctl.stop()
+        for c in clients:
+            await c.close()
+
+
+async def test_imports_of_another_install_on_the_same_hub_are_left_alone(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
+) -> None:
+    """Another kvgate install (members north, ...) writes the same hub under the same controller name:
+    its import, exported by a cluster that is not this controller's member, is neither deleted nor
+    rewritten; an import both export keeps the other install's exporter next to ours."""
+    hub_d, east_d, west_d = doubles
+    for name, ns, clusters in [("theirs", "team-b", ["north"]), ("both", "default", ["north"])]:
+        obj, status = _import_with(name, [_entry(CONTROLLER_NAME, *clusters)])
+        obj["metadata"]["namespace"] = ns
+        hub_d.create(obj)
+        hub_d.patch(R.INFERENCE_POOL_IMPORT, name, ns, status, status=True)
+    east_d.create(_pool("both", exported=True, gateway="10.1.0.2:8080"))
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    ctl = ImportController(clients[0], [Member("east", clients[1]), Member("west", clients[2])], resync_s=0.5)
+    await ctl.start()
+    try:
+        await _until(lambda: _exporters(hub_d, "both") == ["east", "north"])
+        await asyncio.sleep(1.5)  # a few resyncs
+        theirs = hub_d.get(R.INFERENCE_POOL_IMPORT, "theirs", "team-b")
+        assert theirs["status"]["controllers"] == [_entry(CONTROLLER_NAME, "north")]
+        # east stops exporting: only east goes; north's entry stays and so does the import.
+        east_d.delete(R.INFERENCE_POOL, "both", "default")
+        await _until(lambda: _exporters(hub_d, "both") == ["north"])
+        assert ctl.error is None
+    finally:
+        await ctl.stop()
+        for c in clients:
+            await c.close()
+
+
+async def test_a_refusing_hub_does_not_keep_the_clusters_from_the_gateway(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
+) -> None:
+    """The hub refuses everything on imports (RBAC without ``list``, say): the gateway still gets its
+    clusters from the members' pools, the problem says why, and the retries back off."""
+    hub_d, east_d, west_d = doubles
+    hub_d.forbid(R.INFERENCE_POOL_IMPORT)
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    west_d.create(_pool("llama", exported=True, gateway="10.2.0.2:8080"))
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    fed: list[ClustersConfig] = []
+    ctl = ImportController(clients[0], [Member("east", clients[1]), Member("west", clients[2])],
+                           follow=("default", "llama"), on_clusters=fed.append)  # fmt: skip
+    await ctl.start()
+    try:
+        await _until(lambda: bool(fed) and [c.name for c in fed[-1].clusters] == ["east", "west"])
+        await _until(lambda: (ctl.problem() or "").startswith("hub:"))
+        assert "forbidden" in (ctl.problem() or "")
+        first = ctl.reconciles
+        await asyncio.sleep(4.0)  # backing off 0.5, 1, 2, 4 s: a handful of tries, not one each 0.5 s
+        assert ctl.reconciles - first <= 4, ctl.reconciles - first
+        hub_d.forbid(R.INFERENCE_POOL_IMPORT, False)
+        await _until(lambda: _exporters(hub_d, "llama") == ["east", "west"], 40.0)
+    finally:
+        await ctl.stop()
+        for c in clients:
+            await c.close()
+
+
+async def test_the_gateway_gets_its_clusters_and_says_the_hub_problem_while_the_hub_refuses(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble], tmp_path: Any
+) -> None:
+    """``kvgate serve --clusters`` with ``controller: true`` and a hub refusing the imports: the router
+    still gets the members' clusters, and /readyz, ready as the router is, says the hub's refusal."""
+    import aiohttp
+
+    from kvgate.multicluster.clusters import load
+    from kvgate.multicluster.serve import GlobalGateway
+
+    hub_d, east_d, west_d = doubles
+    hub_d.forbid(R.INFERENCE_POOL_IMPORT)
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    f = tmp_path / "clusters.yaml"
+    f.write_text(
+        f"kubernetes:\n  server: {hub_d.url}\n  import: default/llama\n  members:\n"
+        f"  - {{name: east, server: '{east_d.url}'}}\n  - {{name: west, server: '{west_d.url}'}}\n"
+    )
+    gw = GlobalGateway(load(f), "kvgate", seed=0)
+    port = await gw.start("127.0.0.1", 0)
+    try:
+        await _until(lambda: list(gw.router.states) == ["east"])
+        async with aiohttp.ClientSession() as http:
+            body = ""
+            for _ in range(100):  # the hub's refusal shows once the first reconcile failed
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    body = await r.text()
+                if "forbidden" in body:
+                    break
+                await asyncio.sleep(0.1)
+            assert r.status == 200 and body.startswith("ready; import controller: hub: 403"), body
+    finally:
+        await gw.stop()

@@ -28,6 +28,11 @@ from kvgate.k8s.client import KubeClient, KubeError
 
 log = logging.getLogger(__name__)
 
+# How a round fails and is retried: a refusal or conflict, the connection dropped, a timeout, a 2xx whose
+# body is not JSON (ValueError: orjson.JSONDecodeError). A leader that cannot confirm its renewal within
+# the renew deadline steps down, whatever the reason.
+_FAILED = (KubeError, aiohttp.ClientError, OSError, TimeoutError, ValueError)
+
 
 def _micro_time(now: dt.datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -60,6 +65,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._renewed_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._died = False  # the election loop ended on an error nobody foresaw (the Lease may be ours)
 
     @property
     def path(self) -> str:
@@ -70,15 +76,25 @@ class LeaderElector:
             self._task = asyncio.create_task(self.run(), name=f"leader election {self.name}")
 
     async def stop(self, release: bool = True) -> None:
+        """Stop electing and (``release``) give the Lease up; whatever the election loop raised."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if release and self.is_leader:
-            with contextlib.suppress(KubeError, aiohttp.ClientError, OSError, TimeoutError):
+            task, self._task = self._task, None
+            task.cancel()
+            await asyncio.wait([task])  # not ``await task``: the caller's own cancellation still propagates
+            if not task.cancelled() and task.exception() is not None:
+                log.error("lease %s/%s: the election loop had stopped: %r", self.namespace, self.name,
+                          task.exception())  # fmt: skip
+        if release and (self.is_leader or self._died):
+            with contextlib.suppress(*_FAILED):
                 await self._release()
         self._set_leader(False)
+
+    def dead(self) -> str | None:
+        """Why the election loop ended on its own (a bug), or None while it runs (or was stopped)."""
+        task = self._task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            return f"leader election stopped: {task.exception()!r}"
+        return None
 
     def _set_leader(self, leader: bool) -> None:
         if leader != self.is_leader:
@@ -91,10 +107,22 @@ class LeaderElector:
                 self.on_change(leader)
 
     def _renew_left(self) -> float:
-        """Seconds a leader has left to renew (its last renewal + ``renew_deadline_s``)."""
+        """Seconds a leader has left to renew (its last renewal + ``renew_deadline_s``), on ``clock``.
+        Each attempt's bound is this many seconds from now, enforced on the event loop's clock: ``clock``
+        must advance at the loop clock's rate (time.monotonic, the default, is the loop's clock)."""
         return self._renewed_at + self.renew_deadline_s - self.clock()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except Exception:
+            # Ended on an error nobody foresaw: no renewal any more, so no acting as the leader either
+            # (a standby takes over after the lease duration); stop() still releases the Lease.
+            self._died = self._died or self.is_leader
+            self._set_leader(False)
+            raise
+
+    async def _run(self) -> None:
         while True:
             pause = self.retry_period_s
             # A leader's attempt ends at its renew deadline (client-go bounds the renewal the same way);
@@ -105,8 +133,8 @@ class LeaderElector:
                     leads = await self.try_acquire_or_renew()
                 self._set_leader(leads)
                 self.error = None
-            except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as e:
-                msg = "renew deadline passed" if bound.expired() else str(e) or type(e).__name__
+            except _FAILED as e:
+                msg = "renew deadline passed" if bound.expired() else f"{type(e).__name__}: {e}"
                 if msg != self.error:
                     log.warning("lease %s/%s: %s", self.namespace, self.name, msg)
                 self.error = msg

@@ -148,7 +148,10 @@ class HubController:
 
     def dead(self) -> str | None:
         """Why this replica's controller loop ended on its own (a bug), or None: a liveness failure (the
-        loop never comes back by itself, and the Lease would stay held)."""
+        loop never comes back by itself, and the Lease would stay held), or the leader election's (this
+        replica would never lead again, nor release the Lease)."""
+        if self.elector is not None and (why := self.elector.dead()) is not None:
+            return why
         return None if self.controller is None else self.controller.dead()
 
     def problem(self) -> str | None:

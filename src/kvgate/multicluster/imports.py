@@ -40,12 +40,15 @@ restarted gateway) and every ``resync_s`` the controller lists the hub's imports
 ``controllers[]`` entry and reconciles them with the members: it deletes those nothing exports any more
 (also the ones a previous leader created), and rewrites an entry another writer changed (an old gateway
 that removed the parent entry on its stop). A member it cannot see yet (not synced, an RBAC error, a
-lost link) keeps what the hub says it exports: nothing is dropped or deleted for a member not seen.
+lost link) keeps what the hub says it exports: nothing is dropped or deleted for a member not seen. An
+exporter that is not one of its members (another kvgate install writing the same hub under the same
+controller name) is kept too: the controller only adds or drops its own members.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -91,6 +94,7 @@ Key = tuple[str, str]  # (namespace, name)
 # response cut (aiohttp.ClientError: ServerDisconnectedError, ClientPayloadError, ...), a timeout, an
 # answer that is not JSON (ValueError).
 HUB_FAILED = (KubeError, aiohttp.ClientError, OSError, TimeoutError, ValueError)
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0  # a failed reconcile is retried after 0.5 s, 1 s, 2 s, ... 30 s
 
 
 @dataclass(slots=True)
@@ -176,19 +180,28 @@ class ImportController:
         self._dirty.set()
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        # The read-back is due every ``resync_s`` whatever the pool events: a member whose pools change
+        # more often than that must not put it off for good.
+        next_resync = loop.time() + self.resync_s
+        failures = 0
         while True:
-            try:
-                await asyncio.wait_for(self._dirty.wait(), self.resync_s)
-            except TimeoutError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), max(0.0, next_resync - loop.time()))
+            if loop.time() >= next_resync:
                 self._read_back = False  # the periodic resync: the hub's imports read back
+                next_resync = loop.time() + self.resync_s
             self._dirty.clear()
             try:
                 await self.reconcile()
                 self.error = None
+                failures = 0
             except HUB_FAILED as e:
-                log.warning("import reconcile failed (retrying): %s: %s", type(e).__name__, e)
+                failures += 1
+                pause = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (failures - 1))  # a lasting refusal: back off
+                log.warning("import reconcile failed (retrying in %.1fs): %s: %s", pause, type(e).__name__, e)
                 self.error = f"{type(e).__name__}: {e}" if not isinstance(e, KubeError) else str(e)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(pause)
                 self._dirty.set()
 
     def _hub(self) -> KubeClient:
@@ -212,33 +225,48 @@ class ImportController:
                 return f"member {m.name}: not synced yet"
         if self.error is not None:
             return f"hub: {self.error}"
+        if self._task is None:
+            return "not started"
         return self.dead()
-        return None if self._reflectors else "not started"
 
     async def reconcile(self) -> None:
+        """One pass. The gateway's clusters come first: they depend on the members' pools only, so a hub
+        that refuses (RBAC, down, a conflict) never leaves the gateway without them. Each import is
+        written on its own: one refused does not hold back the others; the first failure is raised once
+        every import was tried (the loop retries, backing off)."""
         self.reconciles += 1
+        self._feed()
         if not self.writes:
-            self._feed()
             return
         if not self._read_back:
             await self._read_hub()
             self._read_back = True
         unseen = self._unseen()
+        members = {m.name for m in self.members}
+        failed: BaseException | None = None
         for key in sorted({*self.exported, *self.written}):
-            # The exporters: the members seen exporting it, and those not seen yet as the hub lists them.
-            clusters = tuple(sorted({*self.exported.get(key, {}), *(unseen & {*self.written.get(key, ())})}))
-            if not clusters:
-                await self._delete(key)
-                self.written.pop(key, None)
-                self.parent_written.pop(key, None)
-                continue
-            parent = self._parent_state(key)
-            if self.written.get(key) != clusters or self.parent_written.get(key) != parent:
-                await self._write(key, clusters, parent)
-                self.written[key] = clusters
-                self.parent_written[key] = parent
-        self._feed()
+            # The exporters: the members seen exporting it, and as the hub lists them, those not seen yet
+            # and those that are not this controller's members (another kvgate install on the same hub,
+            # with the same controller name: its exporters are not ours to drop).
+            held = {c for c in self.written.get(key, ()) if c in unseen or c not in members}
+            clusters = tuple(sorted({*self.exported.get(key, {}), *held}))
+            try:
+                if not clusters:
+                    await self._delete(key)
+                    self.written.pop(key, None)
+                    self.parent_written.pop(key, None)
+                    continue
+                parent = self._parent_state(key)
+                if self.written.get(key) != clusters or self.parent_written.get(key) != parent:
+                    await self._write(key, clusters, parent)
+                    self.written[key] = clusters
+                    self.parent_written[key] = parent
+            except HUB_FAILED as e:
+                log.warning("InferencePoolImport %s/%s not reconciled: %s: %s", *key, type(e).__name__, e)
+                failed = failed or e
         await self._mark_members()
+        if failed is not None:
+            raise failed
 
     def _unseen(self) -> set[str]:
         """Members whose pools this controller has not listed yet (not synced: starting, refused, lost)."""

@@ -241,12 +241,19 @@ class GlobalGateway:
         return Response(body=orjson.dumps(self.router.summary()), content_type="application/json")
 
     async def _healthz(self, _request: Request) -> Response:
+        dead = None if self._imports is None else self._imports.dead()
+        if dead is not None:  # the import controller's loop never comes back by itself: restart
+            return json_error(503, f"import controller: {dead}")
         return Response(text="ok", content_type="text/plain")
 
     async def _readyz(self, _request: Request) -> Response:
+        # The import controller's problem (a member not seen, a hub write refused) is said, but readiness
+        # is the router's: with a cluster ready the gateway serves, whatever the hub answers.
+        problem = None if self._imports is None else self._imports.problem()
+        why = "" if problem is None else f"; import controller: {problem}"
         if self.router.order(ClusterRequest()):
-            return Response(text="ready", content_type="text/plain")
-        return json_error(503, "no cluster ready")
+            return Response(text="ready" + why, content_type="text/plain")
+        return json_error(503, "no cluster ready" + why)
 
     async def _not_found(self, request: Request) -> Response:
         return json_error(404, f"no route for {request.method} {request.path}")
