@@ -25,6 +25,7 @@ import aiohttp
 
 from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient, KubeError
+from kvgate.k8s.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,7 @@ class LeaderElector:
         """Stop electing and (``release``) give the Lease up; whatever the election loop raised."""
         if self._task is not None:
             task, self._task = self._task, None
-            task.cancel()
-            await asyncio.wait([task])  # not ``await task``: the caller's own cancellation still propagates
-            if not task.cancelled() and task.exception() is not None:
-                log.error("lease %s/%s: the election loop had stopped: %r", self.namespace, self.name,
-                          task.exception())  # fmt: skip
+            await cancel_and_wait(task, f"lease {self.namespace}/{self.name}: the election loop", log)
         if release and (self.is_leader or self._died):
             with contextlib.suppress(*_FAILED):
                 await self._release()

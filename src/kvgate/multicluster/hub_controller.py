@@ -40,6 +40,7 @@ from kvgate.httpfront.server import FrontServer, Handler, Request, Response, Str
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector
 from kvgate.k8s.runtime import default_identity
+from kvgate.k8s.tasks import cancel_and_wait
 from kvgate.multicluster.clusters import ClustersError, KubeImports, load
 from kvgate.multicluster.imports import ImportController, Member
 
@@ -126,13 +127,7 @@ class HubController:
         before it raised (a controller that failed must not keep the Lease held until it expires)."""
         try:
             if self._task is not None:
-                self._task.cancel()
-                try:
-                    await self._task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:
-                    log.exception("hub controller: the leadership follower had stopped")
+                await cancel_and_wait(self._task, "hub controller: the leadership follower", log)
             if self.controller is not None:
                 ctl, self.controller = self.controller, None
                 await _stop_quietly(ctl)

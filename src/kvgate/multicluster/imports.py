@@ -61,6 +61,7 @@ import aiohttp
 from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient, KubeError
 from kvgate.k8s.reflector import Reflector
+from kvgate.k8s.tasks import cancel_and_wait
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, ParentRef
 
 log = logging.getLogger("kvgate.multicluster.imports")
@@ -147,14 +148,8 @@ class ImportController:
         self._dirty.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # it ended on its own (a bug): say so, and still stop the rest
-                log.exception("import controller: the reconcile loop had stopped")
+        if self._task is not None:  # ended on its own (a bug): logged, and the rest still stops
+            await cancel_and_wait(self._task, "import controller: the reconcile loop", log)
         for t in self._watch_sync:
             t.cancel()
         for r in self._reflectors:
