@@ -15,8 +15,16 @@ import yaml
 from kvgate.k8s import resources as R
 from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.k8s.client import KubeClient
+from kvgate.multicluster import imports
 from kvgate.multicluster.clusters import ClustersConfig, ParentRef
-from kvgate.multicluster.imports import CONTROLLER_NAME, EXPORT_ANNOTATION, ImportController, Member
+from kvgate.multicluster.imports import (
+    CONTROLLER_NAME,
+    EXPORT_ANNOTATION,
+    RETRY_MAX_S,
+    ImportController,
+    Member,
+    retry_pause,
+)
 
 
 def _pool(name: str, *, exported: bool, gateway: str | None = None) -> dict[str, Any]:
@@ -434,6 +442,44 @@ async def test_a_refusing_hub_does_not_keep_the_clusters_from_the_gateway(
         assert ctl.reconciles - first <= 4, ctl.reconciles - first
         hub_d.forbid(R.INFERENCE_POOL_IMPORT, False)
         await _until(lambda: _exporters(hub_d, "llama") == ["east", "west"], 40.0)
+    finally:
+        await ctl.stop()
+        for c in clients:
+            await c.close()
+
+
+def test_the_retry_pause_is_capped_however_many_failures() -> None:
+    """Hours of a refusing hub (thousands of failures in a row) give the cap, not an OverflowError that
+    would end the reconcile loop."""
+    assert retry_pause(1) == 0.5 and retry_pause(2) == 1.0
+    for n in (7, 1024, 1025, 5000, 10**6):
+        assert retry_pause(n) == RETRY_MAX_S
+
+
+async def test_member_changes_reach_the_gateway_during_the_hub_backoff(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub refuses and the controller backs off for long (30 s): a member's pool deleted meanwhile
+    still reaches the gateway's clusters at once, not after the backoff."""
+    monkeypatch.setattr(imports, "RETRY_FIRST_S", 30.0)
+    hub_d, east_d, west_d = doubles
+    hub_d.forbid(R.INFERENCE_POOL_IMPORT)
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    west_d.create(_pool("llama", exported=True, gateway="10.2.0.2:8080"))
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    fed: list[ClustersConfig] = []
+    ctl = ImportController(clients[0], [Member("east", clients[1]), Member("west", clients[2])],
+                           follow=("default", "llama"), on_clusters=fed.append)  # fmt: skip
+    await ctl.start()
+    try:
+        await _until(lambda: bool(fed) and [c.name for c in fed[-1].clusters] == ["east", "west"])
+        await _until(lambda: (ctl.problem() or "").startswith("hub:"))
+        await asyncio.sleep(0.5)  # the loop is in its 30 s backoff now
+        west_d.delete(R.INFERENCE_POOL, "llama", "default")
+        await _until(lambda: [c.name for c in fed[-1].clusters] == ["east"], 5.0)
+        east_d.patch(R.INFERENCE_POOL, "llama", "default",
+                     {"metadata": {"annotations": {"kvgate.io/gateway": "10.1.0.9:8080"}}})  # fmt: skip
+        await _until(lambda: "10.1.0.9:8080" in repr(fed[-1].clusters), 5.0)
     finally:
         await ctl.stop()
         for c in clients:

@@ -98,6 +98,12 @@ HUB_FAILED = (KubeError, aiohttp.ClientError, OSError, TimeoutError, ValueError)
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0  # a failed reconcile is retried after 0.5 s, 1 s, 2 s, ... 30 s
 
 
+def retry_pause(failures: int) -> float:
+    """The pause after ``failures`` failed reconciles in a row. The exponent is bounded: a hub refusing
+    for hours (thousands of failures) must not overflow the float and end the loop."""
+    return min(RETRY_MAX_S, RETRY_FIRST_S * 2.0 ** min(max(failures - 1, 0), 16))
+
+
 @dataclass(slots=True)
 class ImportController:
     hub: KubeClient | None  # None: read-only (``writes`` False), the hub is not written
@@ -193,11 +199,23 @@ class ImportController:
                 failures = 0
             except HUB_FAILED as e:
                 failures += 1
-                pause = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (failures - 1))  # a lasting refusal: back off
+                pause = retry_pause(failures)  # a lasting refusal: back off
                 log.warning("import reconcile failed (retrying in %.1fs): %s: %s", pause, type(e).__name__, e)
                 self.error = f"{type(e).__name__}: {e}" if not isinstance(e, KubeError) else str(e)
-                await asyncio.sleep(pause)
+                await self._back_off(pause)
                 self._dirty.set()
+
+    async def _back_off(self, pause: float) -> None:
+        """Wait ``pause`` before the hub is tried again, feeding the gateway's clusters on each pool event
+        meanwhile: they depend on the members only, so a refusing hub must not delay them."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + pause
+        while (left := until - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), left)
+            if self._dirty.is_set():
+                self._dirty.clear()
+                self._feed()
 
     def _hub(self) -> KubeClient:
         assert self.hub is not None, "a read-only controller writes nothing to the hub"
