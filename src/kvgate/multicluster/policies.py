@@ -258,12 +258,16 @@ class KvgatePolicy:
         gateway measured it (first byte to end). The queue past full drains at slots / this requests per
         second, so a request (u - 1) x slots deep waits (u - 1) x this. Before any measured decode: one
         prefill per request ahead per ready endpoint, slots / ready x the idle TTFT (a lower bound)."""
+        return self._slot(c, self.base_ttft(c))
+
+    def _slot(self, c: ClusterState, prefill: float) -> float:
+        """The slot model for a given prefill: shared by ``slot_time`` and ``home_weight`` so the costs
+        and the homes cannot drift apart."""
         a = c.aggregate
         assert a is not None
-        base = self.base_ttft(c)
         if c.decode_s is not None:
-            return base + c.decode_s
-        return base * self.slots(c) / max(1, a.ready_endpoints)
+            return prefill + c.decode_s
+        return prefill * self.slots(c) / max(1, a.ready_endpoints)
 
     def affinity(self, c: ClusterState, req: ClusterRequest) -> float:
         a = c.aggregate
@@ -305,14 +309,8 @@ class KvgatePolicy:
         rounded to a half-octave class (2^(k/2)). Two gateways measure a cluster a little differently
         and a measurement drifts; within a class their homes agree and stay put. (A measurement that
         crosses a class boundary still moves that cluster's marginal tenants.)"""
-        a = c.aggregate
-        assert a is not None
         prefill = max(self.base_ttft(c) - c.spec.rtt_ms / 1000.0, 1e-3)
-        if c.decode_s is not None:
-            slot = prefill + c.decode_s
-        else:
-            slot = prefill * self.slots(c) / max(1, a.ready_endpoints)
-        w = self.slots(c) / slot
+        w = self.slots(c) / self._slot(c, prefill)
         return float(2.0 ** (round(2.0 * math.log2(max(w, 1e-9))) / 2.0))
 
     def cost(self, c: ClusterState, req: ClusterRequest, now: float = 0.0, home: str | None = None) -> float:
