@@ -30,6 +30,10 @@ Arms (the same kvgate scheduling profile each time; only admission differs):
   (``--headroom``, taken from the bound ``--headroom-on`` names): a flow over its fair share of
   in-flight requests dispatches only while the gate is below ``1 - headroom``, and the flows under
   their share are chosen first.
+- ``kvgate-slo``, ``kvgate-reserve-slo`` (only with ``--arms``): those arms plus
+  ``flowControl.sloAdmission`` (``--slo-confidence``): a batch request the latency model (a
+  ``predicted-latency-scorer`` in ``plugins``, not in the profile) predicts to miss its TTFT SLO waits
+  while it can still make it and is shed (429) once it cannot.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import Any
 from kvgate.bench.fleetsim import _copy_stats
 from kvgate.bench.report import pct, write_json
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.scheduling.types import InferenceRequest, SchedulingError, Usage
+from kvgate.scheduling.types import InferenceRequest, PickResult, SchedulingError, Usage
 
 MODEL = "sim-model"
 QUIET = ("t1", "t2", "t3", "t4")
@@ -84,6 +88,7 @@ def arm_config(
     max_concurrency: int = 128,
     headroom_on: str = "saturation",
     ttft_target: float = 0.0,
+    slo_confidence: float = 1.0,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
@@ -97,6 +102,12 @@ def arm_config(
                           "defaultRequestTTL": ttl}  # fmt: skip
     if arm == "kvgate-preempt":  # + preemption of sheddable work (not in the default arms)
         doc["flowControl"]["preemption"] = True
+    if arm.endswith("-slo"):  # + SLO admission on the latency model (not in the default arms)
+        arm = arm.removesuffix("-slo")
+        # The model is in plugins, not in the profile: routing stays kvgate's; it learns from every pick.
+        doc["plugins"] = [*doc["plugins"], {"type": "predicted-latency-scorer"}]
+        doc["flowControl"]["sloAdmission"] = True
+        doc["flowControl"]["sloAdmissionConfidence"] = slo_confidence
     if arm == "kvgate-reserve":  # + a fair-share reservation (not in the default arms)
         doc["flowControl"]["fairShareHeadroom"] = headroom
         doc["flowControl"]["fairShareHeadroomOn"] = headroom_on
@@ -168,6 +179,7 @@ class Outcome:
     output: int = 0
     sent: float | None = None  # left the EPP for a server (the TTFT breakdown)
     scheduled: float | None = None  # the server's first step with it (its own queue ends)
+    shed_by: str = ""  # why: the error's class (PredictedSLOMissError = sloAdmission), "preempted"
 
 
 @dataclass
@@ -193,6 +205,7 @@ class FlowSim:
         headroom_on: str = "saturation",
         ttft_target: float = 0.0,
         engine_priority: bool = False,
+        slo_confidence: float = 1.0,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -204,7 +217,9 @@ class FlowSim:
         policy = "priority" if engine_priority else "fcfs"  # the servers' --scheduling-policy
         self.clock = VirtualClock()
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
-        config = arm_config(arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target)
+        config = arm_config(
+            arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target, slo_confidence
+        )
         self.director = build_director(
             config, EndpointStore(self.endpoints), clock=self.clock.time, seed=seed, flow_metrics=False
         )
@@ -242,18 +257,13 @@ class FlowSim:
         self.run.outcomes.append(out)
         d = self.director
         flow = d.flow
-        if flow is None or (len(flow.ctl) == 0 and not d.saturated(req)):
-            try:
-                res = d.pick(req) if flow is None else flow.pick(req, False)
-            except SchedulingError as e:
-                out.status = e.status
-                return
-            self._send(req, res.primary, out)
-            return
         try:
-            flow.ctl.enqueue(req, now, handle=out)
+            got = d.pick(req) if flow is None else flow.arrive(req, now, out)
         except SchedulingError as e:
-            out.status = e.status
+            _shed(out, e)
+            return
+        if isinstance(got, PickResult):
+            self._send(req, got.primary, out)
             return
         self._pump()
 
@@ -264,15 +274,14 @@ class FlowSim:
         from kvgate.flowcontrol.dispatcher import dispatch_ready
 
         now = self.clock.now
-        for item in flow.ctl.expire(now):
-            item.handle.status = 503
+        for item, err in flow.expired(now):
+            _shed(item.handle, err)
         for item in dispatch_ready(flow.ctl, now, flow.saturated, flow.preempt):
-            try:
-                res = flow.pick(item.req, False)
-            except SchedulingError as e:
-                item.handle.status = e.status
-                continue
-            self._send(item.req, res.primary, item.handle)
+            got = flow.settle(item, now)
+            if isinstance(got, SchedulingError):
+                _shed(item.handle, got)
+            elif got is not None:
+                self._send(item.req, got.primary, item.handle)
 
     def _send(self, req: InferenceRequest, ep: Endpoint, out: Outcome) -> None:
         from kvgate.sim.types import SimRequest
@@ -313,6 +322,7 @@ class FlowSim:
         _req, i, out = live
         self.replicas[i].abort(request_id)
         out.status = 429
+        out.shed_by = "preempted"
         self.preempted += 1
         return True
 
@@ -357,6 +367,11 @@ class FlowSim:
         self.clock.run_until(horizon)
         self.run.duration = horizon
         return self.run
+
+
+def _shed(out: Outcome, err: SchedulingError) -> None:
+    out.status = err.status
+    out.shed_by = type(err).__name__
 
 
 # ---- figures --------------------------------------------------------------------------------------
@@ -433,6 +448,13 @@ def summarize(run: Run, measured_from: float) -> dict[str, Any]:
         "slo_attainment": good / len(all_outs) if all_outs else None,
         "shed": sum(1 for o in all_outs if o.status),
         "shed_rate": sum(1 for o in all_outs if o.status) / max(1, len(all_outs)),
+        # 429 (capacity, preemption, sloAdmission) / 503 (TTL); by_slo_gate: sloAdmission's 429s
+        "shed_429": sum(1 for o in all_outs if o.status == 429),
+        "shed_503": sum(1 for o in all_outs if o.status == 503),
+        "shed_by_slo_gate": sum(1 for o in all_outs if o.shed_by == "PredictedSLOMissError"),
+        # SLO attainment of the requests served (shed ones left out): with the all-request figure, what
+        # shedding bought
+        "served_slo_attainment": good / max(1, sum(1 for o in all_outs if not o.status)),
         "requests": len(all_outs),
         "headroom_mean": _mean([h for t, h in run.headroom if t >= measured_from]),
     }
@@ -494,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="kvgate-reserve arm: flowControl.fairShareHeadroomOn")  # fmt: skip
     p.add_argument("--ttft-target", type=float, default=0.0,
                    help="kvgate-reserve arm: flowControl.fairShareTTFTTarget, s (0: fixed)")  # fmt: skip
+    p.add_argument("--slo-confidence", type=float, default=1.0,
+                   help="*-slo arms: flowControl.sloAdmissionConfidence")  # fmt: skip
     p.add_argument("--engine-priority", action="store_true",
                    help="servers schedule by vLLM request priority (band, then over-share last)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
@@ -521,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
             sim = FlowSim(arm, args.replicas, args.profile, args.seed, args.ttl,
                           max_num_seqs=args.max_num_seqs, max_pending=args.max_pending,
                           headroom=args.headroom, headroom_on=args.headroom_on,
-                          ttft_target=args.ttft_target, engine_priority=args.engine_priority)  # fmt: skip
+                          ttft_target=args.ttft_target, engine_priority=args.engine_priority,
+                          slo_confidence=args.slo_confidence)  # fmt: skip
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
     for arm in args.arms.split(","):
@@ -564,6 +589,27 @@ def render(rows: dict[str, Any]) -> str:
             f"| {_f(r['slo_attainment'], 3)} | {_f(r['jain_slo_attainment'], 3)} | {_f(r['goodput_rps'])} "
             f"| {r['shed']} ({r['shed_rate']:.1%}) |"
         )
+    ref = rows["runs"].get("reference/flood")
+    floods = [(name, r) for name, r in rows["runs"].items() if name.endswith("/flood")]
+    if ref is not None and len(floods) > 1:
+        lines += [
+            "",
+            "Against the reference at its shed rate (flooded mix): all-request SLO attainment counts a shed "
+            "request as a miss, so an arm that sheds more is above the reference only if what it sheds buys "
+            "more requests within their SLO than it drops",
+            "",
+            "| arm | all SLO (shed = miss) | vs reference | shed | vs reference | 429 / 503 "
+            "| by sloAdmission | SLO of served | goodput req/s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in floods:
+            lines.append(
+                f"| {name.removesuffix('/flood')} | {_f(r['slo_attainment'], 3)} "
+                f"| {r['slo_attainment'] - ref['slo_attainment']:+.3f} | {r['shed']} "
+                f"| {r['shed'] - ref['shed']:+d} | {r.get('shed_429', '-')} / {r.get('shed_503', '-')} "
+                f"| {r.get('shed_by_slo_gate', '-')} | {_f(r.get('served_slo_attainment'), 3)} "
+                f"| {_f(r['goodput_rps'])} |"
+            )
     parts = [(name, r["quiet_breakdown"]) for name, r in rows["runs"].items() if r.get("quiet_breakdown")]
     if parts:
         lines += [

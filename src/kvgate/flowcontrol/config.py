@@ -12,6 +12,9 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
       defaultTTFTSLO: 2s          # slo-deadline ordering for requests without an x-slo-ttft-ms header
       preemption: false           # evict the newest sheddable request without a first token
       holdPredictedMisses: false  # hold a sheddable request predicted to miss its SLO (not 429)
+      sloAdmission: false         # kvgate: at dispatch, a sheddable request the latency model predicts
+                                  # to miss its TTFT SLO waits while it can make it, then 429
+      sloAdmissionConfidence: 1   # kvgate: standard deviations added to the model's prediction
       fairShareHeadroom: 0        # kvgate: a flow over its fair share of in-flight requests dispatches
                                   # only while the pool's saturation stays below 1 - this (0 = off)
       fairShareHeadroomOn: saturation  # kvgate: saturation (every bound of the gate) | pending
@@ -56,7 +59,8 @@ ORDERING_POLICIES = {
 }
 HEADROOM_ON = ("saturation", "pending")
 _GLOBAL_KEYS = ("maxRequests", "maxBytes", "defaultRequestTTL", "fairnessPolicy", "orderingPolicy",
-                "defaultTTFTSLO", "preemption", "holdPredictedMisses", "fairShareHeadroom",
+                "defaultTTFTSLO", "preemption", "holdPredictedMisses", "sloAdmission",
+                "sloAdmissionConfidence", "fairShareHeadroom",
                 "fairShareHeadroomOn", "fairShareTTFTTarget", "priorityBands")  # fmt: skip
 
 
@@ -79,6 +83,10 @@ class FlowControlConfig:
     default_ttft_slo: float = 2.0
     preemption: bool = False
     hold_predicted_misses: bool = False
+    # kvgate: judge sheddable requests at dispatch by the latency model (``sloadmission``): hold the
+    # ones predicted to miss their TTFT SLO while they can still make it, shed them (429) after.
+    slo_admission: bool = False
+    slo_admission_confidence: float = 1.0  # z: the prediction judged is mean + z x std
     # kvgate (the reference has no such key): the share of the dispatch gate's capacity kept free for
     # flows at or under their fair share of in-flight requests; 0 = off.
     fair_share_headroom: float = 0.0
@@ -116,6 +124,8 @@ def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl")
         default_ttft_slo=p.get_duration("defaultTTFTSLO", 2.0),
         preemption=p.get_bool("preemption", False),
         hold_predicted_misses=p.get_bool("holdPredictedMisses", False),
+        slo_admission=p.get_bool("sloAdmission", False),
+        slo_admission_confidence=p.get_float("sloAdmissionConfidence", 1.0, min=0.0, max=10.0),
         fair_share_headroom=p.get_float("fairShareHeadroom", 0.0, min=0.0),
         fair_share_headroom_on=p.get_str("fairShareHeadroomOn", "saturation", choices=list(HEADROOM_ON)),
         fair_share_ttft_target=p.get_duration("fairShareTTFTTarget", 0.0),

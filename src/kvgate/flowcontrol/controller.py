@@ -15,6 +15,9 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
 - ``hold`` puts back a request taken for dispatch whose pick said "not now" (a sheddable request
   predicted to miss its SLO): it stays queued (limits, TTL, cancel) but out of its band's selection
   until ``until``, so it does not block the requests behind it.
+- with ``sloAdmission``, a sheddable request has a give-up time (``give_up``): its SLO deadline from
+  the start, earlier once the latency model says how long it needs at best. ``give_ups(now)`` removes
+  the ones past it (the caller sheds them: 429, ``RejectedPredictedMiss``), before their TTL.
 - in-flight requests per flow (``started`` / ``ended``, told by the Director from dispatch to finish,
   whether or not the request waited): ``over_share`` says whether a flow holds more than its fair
   share of them (``flowControl.fairShareHeadroom``).
@@ -50,6 +53,7 @@ REJECTED_CAPACITY = "RejectedCapacity"
 EVICTED_TTL = "EvictedTTL"
 EVICTED_CANCELLED = "EvictedContextCancelled"
 HELD = "HeldPredictedMiss"  # an attempt to leave that its pick turned back (the request stays queued)
+REJECTED_PREDICTED_MISS = "RejectedPredictedMiss"  # sloAdmission: shed, its TTFT SLO out of reach
 REJECTED_OTHER = "RejectedOther"
 
 
@@ -69,6 +73,7 @@ class QueuedRequest:
     held_until: float | None = None  # held out of its band's selection until then (``hold``)
     holds: int = 0  # times turned back by its pick (``hold``): the dispatcher backs off on it
     in_expiry: bool = True  # has an entry in the expiry heap (so ``hold`` adds none twice)
+    give_up_at: float = float("inf")  # sloAdmission: shed when still queued then (``give_up``)
     outcome: str = ""
     explain: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +94,7 @@ class FlowController:
         self._order: list[int] = []  # band priorities, highest first
         self._expiry: list[tuple[float, int, QueuedRequest]] = []
         self._held: list[QueuedRequest] = []
+        self._give_ups: list[tuple[float, int, QueuedRequest]] = []  # sloAdmission (``give_up``)
         self._hold_seq = 0
         self._seq = 0
         self.count = 0
@@ -147,6 +153,8 @@ class FlowController:
         if band.push(item):
             self._enter(flow)
         heapq.heappush(self._expiry, (item.deadline, item.seq, item))
+        if cfg.slo_admission and req.sheddable:  # past its SLO deadline it cannot make it at all
+            self.give_up(item, item.slo_deadline)
         self.count += 1
         self.bytes += size
         self.metrics.queued(req.priority, flow, +1)
@@ -265,6 +273,24 @@ class FlowController:
                 out.append(item)
         return out
 
+    def give_up(self, item: QueuedRequest, at: float) -> None:
+        """``item`` (sloAdmission) cannot make its SLO after ``at``: ``give_ups`` removes it then.
+        Only an earlier time than it has adds an entry (a request held many times adds few)."""
+        if at < item.give_up_at:
+            item.give_up_at = at
+            self._hold_seq -= 1
+            heapq.heappush(self._give_ups, (at, self._hold_seq, item))
+
+    def give_ups(self, now: float) -> list[QueuedRequest]:
+        """Remove and return the queued requests past their give-up time (``give_up``)."""
+        out: list[QueuedRequest] = []
+        g = self._give_ups
+        while g and (g[0][2].done or g[0][0] <= now):
+            _, _, item = heapq.heappop(g)
+            if item.give_up_at <= now and self._remove(item, REJECTED_PREDICTED_MISS, now):
+                out.append(item)
+        return out
+
     # -- in-flight requests per flow (fairShareHeadroom) -----------------------------------------
 
     def _enter(self, flow: str) -> None:
@@ -333,7 +359,11 @@ class FlowController:
         return lambda flow: inflight.get(flow, 0) * n <= total
 
     def next_deadline(self) -> float | None:
-        exp = self._expiry
+        """The earliest TTL expiry or give-up time of a queued request."""
+        exp, g = self._expiry, self._give_ups
         while exp and exp[0][2].done:
             heapq.heappop(exp)[2].in_expiry = False
-        return exp[0][0] if exp else None
+        while g and g[0][2].done:
+            heapq.heappop(g)
+        times = [h[0][0] for h in (exp, g) if h]
+        return min(times) if times else None

@@ -17,8 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from kvgate.flowcontrol.controller import DISPATCHED, REJECTED_OTHER, FlowController, QueuedRequest
+from kvgate.flowcontrol.controller import (
+    DISPATCHED,
+    REJECTED_OTHER,
+    REJECTED_PREDICTED_MISS,
+    FlowController,
+    QueuedRequest,
+    flow_of,
+)
+from kvgate.flowcontrol.sloadmission import PredictedSLOMissError
 from kvgate.scheduling.types import (
     InferenceRequest,
     NoCapacityError,
@@ -28,6 +37,7 @@ from kvgate.scheduling.types import (
 )
 
 TTL_MESSAGE = "request timed out in the flow control queue (TTL expired)"
+GIVE_UP_MESSAGE = "sheddable request can no longer meet its TTFT SLO (flow control queue)"
 # What a preempted request's client gets, as a 429 (ShedError): retry later.
 PREEMPTED_MESSAGE = "request preempted by higher-priority work"
 MAX_HOLD_BACKOFF = 16  # a held request is re-picked at most every 16 recheck intervals (320 ms by default)
@@ -95,22 +105,37 @@ class FlowDispatcher:
     def __len__(self) -> int:
         return len(self.ctl)
 
-    async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
-        now = self.clock()
-        held = False
+    def arrive(
+        self, req: InferenceRequest, now: float, handle: Any, explain: bool = False
+    ) -> PickResult | QueuedRequest:
+        """A new request: picked at once when nothing is queued and its pool has room (its result),
+        else queued with ``handle`` (the queue entry; ``ShedError`` when full). A pick's error is
+        raised, except a predicted miss that may wait: queued and held then. Shared with the
+        virtual-clock benchmark."""
+        miss: PredictedMissError | None = None
         if len(self.ctl) == 0 and not self.saturated(req):
             try:
                 return self.pick(req, explain)
-            except PredictedMissError:
-                if not self.hold_misses:
+            except PredictedMissError as e:
+                if not self._may_wait(e, now):
+                    if isinstance(e, PredictedSLOMissError):
+                        self.ctl.metrics.outcome(req.priority, flow_of(req), REJECTED_PREDICTED_MISS, 0.0)
                     raise
-                held = True
+                miss = e
+        item = self.ctl.enqueue(req, now, handle=handle, explain=explain)  # ShedError when full
+        if miss is not None:  # as if it had just left the queue and been turned back
+            self.ctl.take(item, now, record=False)
+            self._hold(item, now, miss)
+        return item
+
+    async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+        now = self.clock()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[PickResult] = loop.create_future()
-        item = self.ctl.enqueue(req, now, handle=fut, explain=explain)  # ShedError when full
-        if held:  # as if it had just left the queue and been turned back
-            self.ctl.take(item, now, record=False)
-            self._hold(item, now)
+        got = self.arrive(req, now, fut, explain)
+        if isinstance(got, PickResult):
+            return got
+        item = got
         if self._wake is None:
             self._wake = asyncio.Event()
         if self._task is None or self._task.done():
@@ -125,12 +150,50 @@ class FlowDispatcher:
                 self.abandoned(req, fut.result())
             raise
 
-    def _hold(self, item: QueuedRequest, now: float) -> None:
+    def _may_wait(self, e: PredictedMissError, now: float) -> bool:
+        """Hold (True) or fail (False) a request its pick predicts to miss: ``sloAdmission``'s while it
+        can still make its SLO; the filter's (``holdPredictedMisses``) until its TTL."""
+        if isinstance(e, PredictedSLOMissError):
+            return e.give_up_at > now
+        return self.hold_misses
+
+    def _hold(self, item: QueuedRequest, now: float, e: PredictedMissError | None = None) -> None:
         """Turned back by its pick: tried again after the recheck interval, doubling with each turn
         back up to ``MAX_HOLD_BACKOFF`` times it, so many held requests do not re-run a full pick each
         every 20 ms while the pool is overloaded (at most 320 ms late once one would make it)."""
         backoff = min(2 ** min(item.holds, 8), MAX_HOLD_BACKOFF)
         self.ctl.hold(item, now, now + self.recheck_interval * backoff)
+        if isinstance(e, PredictedSLOMissError):
+            self.ctl.give_up(item, e.give_up_at)
+
+    def settle(self, item: QueuedRequest, now: float) -> PickResult | SchedulingError | None:
+        """Pick ``item``, just taken by ``dispatch_ready``, and record its outcome: the result, the
+        error to fail it with, or None when its pick turned it back into the queue (held)."""
+        try:
+            result = self.pick(item.req, item.explain)
+        except PredictedMissError as e:
+            if self._may_wait(e, now):  # back in the queue; tried again after the recheck interval
+                self._hold(item, now, e)
+                return None
+            slo = isinstance(e, PredictedSLOMissError)
+            self.ctl.record(item, REJECTED_PREDICTED_MISS if slo else REJECTED_OTHER, now)
+            return e
+        except SchedulingError as e:
+            self.ctl.record(item, REJECTED_OTHER, now)
+            return e
+        self.ctl.record(item, DISPATCHED, now)
+        return result
+
+    def expired(self, now: float) -> list[tuple[QueuedRequest, SchedulingError]]:
+        """Remove the queued requests whose TTL has passed (503) or, with ``sloAdmission``, that can
+        no longer make their SLO (429), each with the error to fail it with."""
+        out: list[tuple[QueuedRequest, SchedulingError]] = [
+            (item, NoCapacityError(TTL_MESSAGE)) for item in self.ctl.expire(now)
+        ]
+        out += [
+            (item, PredictedSLOMissError(GIVE_UP_MESSAGE, item.give_up_at)) for item in self.ctl.give_ups(now)
+        ]
+        return out
 
     def notify(self) -> None:
         """Capacity may have freed (a request finished or produced its first token)."""
@@ -140,27 +203,17 @@ class FlowDispatcher:
     def step(self) -> None:
         """One pass: expire, then dispatch while capacity allows."""
         now = self.clock()
-        for item in self.ctl.expire(now):
-            _fail(item, NoCapacityError(TTL_MESSAGE))
+        for item, err in self.expired(now):
+            _fail(item, err)
         for item in dispatch_ready(self.ctl, now, self.saturated, self.preempt):
             fut = item.handle
             if fut is None or fut.done():
                 continue
-            try:
-                result = self.pick(item.req, item.explain)
-            except PredictedMissError as e:
-                if self.hold_misses:  # back in the queue; tried again after the recheck interval
-                    self._hold(item, now)
-                    continue
-                self.ctl.record(item, REJECTED_OTHER, now)
-                fut.set_exception(e)
-                continue
-            except SchedulingError as e:
-                self.ctl.record(item, REJECTED_OTHER, now)
-                fut.set_exception(e)
-                continue
-            self.ctl.record(item, DISPATCHED, now)
-            fut.set_result(result)
+            got = self.settle(item, now)
+            if isinstance(got, SchedulingError):
+                fut.set_exception(got)
+            elif got is not None:
+                fut.set_result(got)
 
     async def _run(self) -> None:
         wake = self._wake

@@ -29,15 +29,19 @@ from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.controller import FlowController, flow_of
 from kvgate.flowcontrol.dispatcher import PREEMPTED_MESSAGE, FlowDispatcher
 from kvgate.flowcontrol.saturation import SaturationDetector
+from kvgate.flowcontrol.sloadmission import SLOAdmission
 from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
     EXPLAIN_EXTRAS,
+    ConfigError,
     CycleState,
     DataConsumer,
     DataSource,
     PluginHandle,
+    PostPick,
     ProfileHandler,
     ResponseObserver,
+    TTFTOracle,
     cache_expectation,
 )
 from kvgate.scheduling.profile import SchedulerProfile
@@ -130,6 +134,17 @@ class Director:
             if flow is not None
             else None
         )
+        self.slo_admission: SLOAdmission | None = None
+        if flow is not None and flow.cfg.slo_admission:
+            oracle = handle.find(TTFTOracle)
+            if not isinstance(oracle, TTFTOracle):
+                raise ConfigError(
+                    "flowControl.sloAdmission: needs a predicted-latency-scorer in plugins (the latency "
+                    "model it judges by; it need not be in a profile), and none is configured"
+                )
+            self.slo_admission = SLOAdmission(
+                oracle, confidence=flow.cfg.slo_admission_confidence, default_slo=flow.cfg.default_ttft_slo
+            )
 
     # -- picking -------------------------------------------------------------------------------------
 
@@ -265,10 +280,22 @@ class Director:
         cycle = CycleState(req, now, explain or log.isEnabledFor(logging.DEBUG))
         chosen: list[Endpoint] = []
         first = ""
-        for name in self.handler.select(cycle, self._profile_names):
+        names = list(self.handler.select(cycle, self._profile_names))
+        gate = self.slo_admission
+        if gate is not None and req.sheddable and names:
+            # Judged before any profile's choice has effects: its producers first (the expected cache
+            # hit is a feature of the prediction), which the profile's run then repeats on this cycle.
+            for producer in self.profiles[names[0]].producers:
+                producer.prepare(cycle, cands)
+            gate.check(cycle, cands)  # PredictedSLOMissError: held or shed by flow control
+        for name in names:
             picked = self.profiles[name].run(cycle, cands)
             if not chosen:
                 chosen, first = picked, name
+        if gate is not None and chosen:
+            oracle = gate.oracle
+            if isinstance(oracle, PostPick) and oracle not in self.profiles[first].post_pick:
+                oracle.on_picked(cycle, chosen[0])  # (the model learns from every pick)
         expected = cache_expectation(cycle)
         if expected is not None:
             # Remember the expected cache hit per chosen endpoint for in-flight accounting at dispatch;

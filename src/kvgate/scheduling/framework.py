@@ -12,7 +12,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.scheduling.types import InferenceRequest
@@ -258,6 +258,27 @@ class ResponseObserver(Plugin):
     def on_finished(
         self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
     ) -> None:
+        raise NotImplementedError
+
+
+class TTFTEstimate(NamedTuple):
+    """A predicted time to first token on one endpoint, in seconds from dispatch."""
+
+    mean: float
+    std: float  # one standard deviation of the prediction's uncertainty
+    samples: int  # first tokens the endpoint's model has learned from (0 = a prior, not a prediction)
+
+
+class TTFTOracle(Plugin):
+    """Predicts this request's TTFT on each endpoint (a latency model, e.g. ``predicted-latency-scorer``).
+    Flow control's SLO admission reads it without naming the plugin."""
+
+    def ttft_estimates(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[TTFTEstimate]:
+        raise NotImplementedError
+
+    def ttft_floor(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> float:
+        """The least TTFT the model predicts for this request on any endpoint it knows, were that
+        endpoint idle: what waiting for the load to fall could at best bring it to."""
         raise NotImplementedError
 
 

@@ -31,6 +31,8 @@ from kvgate.scheduling.framework import (
     PostPick,
     ResponseObserver,
     Scorer,
+    TTFTEstimate,
+    TTFTOracle,
     add_explanation,
     cache_expectation,
 )
@@ -64,7 +66,7 @@ def slo_targets(req: InferenceRequest) -> tuple[float | None, float | None]:
 
 
 @register("predicted-latency-scorer")
-class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver):
+class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver, TTFTOracle):
     bounded = True
 
     def __init__(
@@ -114,6 +116,24 @@ class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver):
             x = features(ep, p, cached, cycle.now, staleness)
             got[a] = (x, self.predictor.predict(a, x))
         return got
+
+    def ttft_estimates(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[TTFTEstimate]:
+        preds = self.predictions(cycle, endpoints)
+        return [
+            TTFTEstimate(pr.ttft, pr.ttft_std, pr.samples)
+            for pr in (preds[ep.address][1] for ep in endpoints)
+        ]
+
+    def ttft_floor(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> float:
+        preds = self.predictions(cycle, endpoints)
+        best = float("inf")
+        for ep in endpoints:
+            x, pr = preds[ep.address]
+            if pr.samples:
+                # The same prompt (uncached and cached parts, features 4 and 5) with no load at all.
+                idle = [x[0], 0.0, 0.0, 0.0, x[4], x[5], 0.0]
+                best = min(best, self.predictor.predict(ep.address, idle).ttft)
+        return 0.0 if best == float("inf") else best
 
     def headroom(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float] | None:
         """Relative SLO headroom per endpoint (1 - predicted / SLO, the tighter objective; TTFT counted
