@@ -273,14 +273,25 @@ def run(
     return res
 
 
-def commit() -> str:
+def commit(where: str | None = None) -> str:
+    """The short commit (``+dirty`` with uncommitted tracked changes) of the git tree at ``where`` (default:
+    the working directory)."""
+    git = ["git"] if where is None else ["git", "-C", where]
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        out = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True).stdout.strip()  # fmt: skip
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"
+
+
+def kvgate_tree() -> str:
+    """Where the kvgate package this run imports (and its ``kvgate serve`` subprocesses, which inherit
+    PYTHONPATH) comes from: a run of another commit's code sets PYTHONPATH to that tree's ``src``."""
+    import kvgate
+
+    return str(Path(kvgate.__file__).resolve().parent)
 
 
 def missed(rec: dict[str, float]) -> float:
@@ -461,7 +472,8 @@ def main() -> int:
     paired = report(results)
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "args": vars(args), "commit": commit(), "started": started, "host": platform.node(),
+            "args": vars(args), "commit": commit(kvgate_tree()), "script_commit": commit(),
+            "kvgate_src": kvgate_tree(), "started": started, "host": platform.node(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "order": passes,
             "passes": results, "paired": paired}, indent=1))  # fmt: skip
         print(f"wrote {args.json}")
