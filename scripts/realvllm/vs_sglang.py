@@ -159,6 +159,38 @@ def cpu_s(pid: int | None, group: bool = False) -> float:
     return total / _TICK
 
 
+def group_pids(pid: int | None) -> list[int]:
+    """The live processes of ``pid``'s process group (the router's, or one vLLM server's)."""
+    if pid is None:
+        return []
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            f = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(f[2]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def sched_ms(pids: list[int]) -> tuple[float, float]:
+    """(ms on a CPU, ms runnable but waiting for one) summed over every thread of ``pids``, from
+    /proc/<pid>/task/<tid>/schedstat (ns): the wait is the time the scheduler kept a ready thread off the
+    cores, so a per-request delta tells waiting for a core apart from work. Threads that ended between two
+    reads drop out of the sum, so a delta is clamped at 0."""
+    run = wait = 0
+    for pid in pids:
+        for st in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                a, b, _ = st.read_text().split()
+            except (OSError, ValueError):
+                continue
+            run += int(a)
+            wait += int(b)
+    return run / 1e6, wait / 1e6
+
+
 def scrape_cost(server: Any, n: int = 100) -> None:
     """The API server's CPU per GET: the whole /metrics page, kvgate's filtered scrape, /health."""
     pid = server.proc.pid if server.proc is not None else None
@@ -236,9 +268,18 @@ def run(
     records = []
     load0 = os.getloadavg()[0]
     seen = counters(servers)
+    # Per request, the CPU and run-queue wait (send to end of stream) of the router, the vLLM API servers
+    # and the rest of the vLLM processes (engine cores, workers).
+    apis = [p for p in pids if p is not None]
+    watch = {"router": group_pids(router_pid) if router_group else [router_pid] if router_pid else [],
+             "api": apis, "engine": [q for p in apis for q in group_pids(p) if q != p]}  # fmt: skip
     for p in prompts:
         time.sleep(gap)
+        s0 = {k: sched_ms(v) for k, v in watch.items()}
         rec = timed(target(name, base, urls, p, prompts), p)
+        for k, v in watch.items():
+            (r0, w0), (r1, w1) = s0[k], sched_ms(v)
+            rec[f"{k}_run_ms"], rec[f"{k}_wait_ms"] = max(0.0, r1 - r0), max(0.0, w1 - w0)
         now = counters(servers)
         rec.update(placed(seen, now))
         seen = now
