@@ -111,6 +111,21 @@ def test_ambiguous_router_prefix_is_an_error() -> None:
         compare(passes)
 
 
+def test_an_exact_router_name_wins_over_a_longer_name_it_prefixes() -> None:
+    # A run of --routers kvgate@base,kvgate,sglang: one kvgate name prefixes the other.
+    kv, base = "kvgate (default, --kv-events auto)", "kvgate (default, --kv-events auto), base tree"
+    sg = "sglang-router cache_aware"
+    order = ((base, 60), (kv, 45), (sg, 50), (sg, 40), (kv, 30), (base, 50))  # K@b K S | S K K@b
+    log = "".join(
+        f"{n} hit 0.600  mean TTFT {ms} ms  p90 90 ms  vLLM-side mean TTFT 40 ms\n" for n, ms in order
+    )
+    passes = passes_from_log(log)
+    with pytest.raises(ValueError, match="2 routers"):
+        compare(passes, "kvgate")
+    assert compare(passes, kv, base).ttft_ratios == [45 / 60, 30 / 50]
+    assert compare(passes, base).ttft_ratios == [60 / 50, 50 / 40]
+
+
 def test_hit_miss_split_decomposes_the_mean() -> None:
     def rec(server: int, prompt: float, hit: float, ms: float) -> dict[str, float]:
         return {

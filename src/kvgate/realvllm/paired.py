@@ -149,8 +149,12 @@ def passes_from_json(doc: dict[str, Any]) -> list[PassFigures]:
 
 
 def by_router(passes: Sequence[PassFigures], prefix: str) -> list[PassFigures]:
-    """The passes of the one router whose name starts with ``prefix``, in order."""
-    names = {p.router for p in passes if p.router.startswith(prefix)}
+    """The passes of the one router named ``prefix``, else of the one whose name starts with it, in order
+    (a run of ``kvgate@base,kvgate`` has "kvgate (...)" and "kvgate (...), base tree": the exact name
+    picks the first)."""
+    names = {p.router for p in passes if p.router == prefix} or {
+        p.router for p in passes if p.router.startswith(prefix)
+    }
     if len(names) != 1:
         raise ValueError(f"{len(names)} routers start with {prefix!r}: {sorted(names)}")
     return [p for p in passes if p.router in names]
