@@ -140,6 +140,8 @@ class GatewayConfig:
     admin_tls: ListenerTLS | None = None
     # Gateway processes sharing the data port (SO_REUSEPORT); picker state is per process.
     workers: int = 1
+    # ``--workers``: the supervisor's /readyz is 200 while at least this many workers are ready.
+    min_ready_workers: int = 1
     scrape_interval_s: float = 0.05
     # Fixed seed for the weighted model rewrite (tests, reproducible canaries); None = random.
     rewrite_seed: int | None = None
@@ -441,12 +443,14 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
     if listen is not None:
         if not isinstance(listen, dict):
             raise GatewayConfigError("listen", "expected a mapping")
-        _check_keys(listen, ("host", "port", "adminPort", "workers"), "listen.")
+        _check_keys(listen, ("host", "port", "adminPort", "workers", "minReadyWorkers"), "listen.")
         cfg.host = _get(listen, "host", "listen.", str, cfg.host)
         cfg.port = _port(_get(listen, "port", "listen.", int, cfg.port), "listen.port")
         admin = _get(listen, "adminPort", "listen.", int)
         cfg.admin_port = None if admin is None else _port(admin, "listen.adminPort")
         cfg.workers = _workers(_get(listen, "workers", "listen.", int, cfg.workers), "listen.workers")
+        least = _get(listen, "minReadyWorkers", "listen.", int, 1)
+        cfg.min_ready_workers = min_ready_workers(least, cfg.workers, "listen.minReadyWorkers")
 
     objectives = raw.get("objectives") or []
     if not isinstance(objectives, list):
@@ -522,6 +526,12 @@ MAX_WORKERS = 64
 def _workers(value: int, key: str) -> int:
     if not 1 <= value <= MAX_WORKERS:
         raise GatewayConfigError(key, f"workers must be in 1..{MAX_WORKERS}, got {value}")
+    return value
+
+
+def min_ready_workers(value: int, workers: int, key: str) -> int:
+    if not 1 <= value <= workers:
+        raise GatewayConfigError(key, f"must be in 1..workers ({workers}), got {value}")
     return value
 
 

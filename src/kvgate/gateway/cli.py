@@ -21,6 +21,7 @@ from kvgate.config.gateway import (
     ListenerTLS,
     config_from_flags,
     load_gateway_config,
+    min_ready_workers,
     parse_gateway_config,
 )
 from kvgate.gateway.pools import Pool, build_pool
@@ -64,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="gateway processes sharing the port (default 1); picker state is per worker",
+    )
+    p.add_argument(
+        "--min-ready-workers",
+        type=int,
+        default=None,
+        help="with --workers: the admin port's /readyz is 200 while at least this many workers are ready "
+        "(default 1: a restarting worker does not take the others out of rotation; N: only at full capacity)",
     )
     p.add_argument(
         "--clusters", help="clusters file: run as the global multi-cluster gateway (docs/multicluster.md)"
@@ -143,6 +151,10 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
         if not 1 <= args.workers <= MAX_WORKERS:
             raise GatewayConfigError("--workers", f"must be in 1..{MAX_WORKERS}, got {args.workers}")
         cfg.workers = args.workers
+    least, key = args.min_ready_workers, "--min-ready-workers"
+    if least is None:  # the file's, checked again: --workers may have lowered the count
+        least, key = cfg.min_ready_workers, "listen.minReadyWorkers"
+    cfg.min_ready_workers = min_ready_workers(least, cfg.workers, key)
     return cfg
 
 

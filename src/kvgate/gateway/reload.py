@@ -44,7 +44,8 @@ _LIMIT_NAMES = {attr: key for key, (attr, _, _) in LIMIT_KEYS.items()}
 # The YAML names of the rest (for the "restart to apply" log); an attribute missing here logs as itself.
 _NAMES = {
     "host": "listen.host", "port": "listen.port", "admin_port": "listen.adminPort",
-    "workers": "listen.workers", "scrape_interval_s": "scrapeIntervalSeconds",
+    "workers": "listen.workers", "min_ready_workers": "listen.minReadyWorkers",
+    "scrape_interval_s": "scrapeIntervalSeconds",
     "rewrite_seed": "rewriteSeed", "session_header": "sessionHeader",
     "api_keys_file": "auth.apiKeysFile", "api_keys_env": "auth.apiKeysEnv",
     "rate_requests_per_minute": "rateLimits.requestsPerMinute",

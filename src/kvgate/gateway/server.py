@@ -37,6 +37,10 @@ from kvgate.scheduling.metrics import POOL_READY
 
 log = logging.getLogger("kvgate.gateway")
 
+# Data sources started at once (each pool's KV-event feed: its subscribers connect and catch up from the
+# engines' replay buffers). Bounded: each start opens sockets per endpoint.
+SOURCE_STARTS = 8
+
 
 def admin_ssl(cfg: GatewayConfig) -> ssl.SSLContext | None:
     """The admin port's HTTPS context (``--admin-tls``), client certificates required with a client CA."""
@@ -57,6 +61,7 @@ class GatewayServer:
         reuse_port: bool = False,
         admin_host: str | None = None,
         admin_on_data: bool = False,
+        listen_when_ready: bool = False,
     ) -> None:
         self.cfg = cfg
         # Worker mode (``--workers``): the data port is shared with sibling processes, and the admin
@@ -66,6 +71,10 @@ class GatewayServer:
         # A worker whose user gave no admin port serves the admin routes on the data port too, as a
         # single process would (its private admin port is for the supervisor).
         self.admin_on_data = admin_on_data
+        # Open the data port only once start-up is done (``--workers``: the kernel hands a listening
+        # worker its share of new connections at once, so a worker still catching up on KV events or
+        # warming its upstream connections would serve them; a bound socket that does not listen gets none).
+        self.listen_when_ready = listen_when_ready
         self.clock = clock
         self.pools = pools if pools is not None else [build_pool(p, clock) for p in cfg.pools]
         # One health model for both doors (kvgate.datalayer.health): the config's thresholds.
@@ -82,6 +91,7 @@ class GatewayServer:
         self.started = False
         self.proxy: Proxy | None = None
         self._servers: list[tuple[asyncio.Server, FrontServer]] = []
+        self._data: tuple[asyncio.Server, FrontServer] | None = None  # the data listener, once open
         self._tasks: list[asyncio.Task[None]] = []
         self._scrapers: list[Any] = []  # metrics scrapers and the other data sources (KV events)
         self.port = 0
@@ -173,12 +183,8 @@ class GatewayServer:
         self.proxy = Proxy(self.cfg, self.pools, self.metrics, self.health, self.clock)
         self.health.tls = self.proxy.tls
         self.metrics.track_fronts(lambda: [front for _, front in self._servers])
-        self.port = await self._serve(
-            self._front(self.proxy, admin=self.cfg.admin_port is None or self.admin_on_data),
-            self.cfg.host,
-            self.cfg.port,
-            self.reuse_port,
-        )
+        if not self.listen_when_ready:
+            await self._serve_data()
         if self.cfg.admin_port is not None:
             self.admin_port = await self._serve(
                 self._front(None, admin=True),
@@ -204,12 +210,13 @@ class GatewayServer:
                 await scraper.start()
                 self._scrapers.append(scraper)
         await self._start_kubernetes()
-        # The data layer's other feeds (KV events) start here too, never on a first pick.
-        for pool in self.pools:
-            for source in getattr(pool.director, "data_sources", list)():
-                await source.start()
-                self._scrapers.append(source)
+        # The data layer's other feeds (KV events) start here too, never on a first pick: all at once (a
+        # KV-event source's start waits up to its catch-up bound, so one pool after another added them up).
+        sources = [s for p in self.pools for s in getattr(p.director, "data_sources", list)()]
+        await self._start_sources(sources)
         await self.proxy.warm_upstreams()
+        if self.listen_when_ready:
+            await self._serve_data()
         self.started = True
         log.info(
             "kvgate gateway on http://%s:%d (admin %s)",
@@ -217,6 +224,26 @@ class GatewayServer:
             self.port,
             self.admin_port if self.admin_port is not None else "on the data port",
         )
+
+    async def _start_sources(self, sources: list[Any]) -> None:
+        gate = asyncio.Semaphore(SOURCE_STARTS)
+
+        async def start(source: Any) -> None:
+            async with gate:
+                await source.start()
+            self._scrapers.append(source)
+
+        await asyncio.gather(*(start(s) for s in sources))
+
+    async def _serve_data(self) -> None:
+        assert self.proxy is not None
+        self.port = await self._serve(
+            self._front(self.proxy, admin=self.cfg.admin_port is None or self.admin_on_data),
+            self.cfg.host,
+            self.cfg.port,
+            self.reuse_port,
+        )
+        self._data = self._servers[-1]
 
     async def _start_kubernetes(self) -> None:
         """Pools with ``inferencePool``: their endpoints, objectives and rewrites come from Kubernetes."""
@@ -296,8 +323,8 @@ class GatewayServer:
             self.proxy.draining = True
         # Close the data listener first so no new connection is accepted during the drain, and
         # stop keeping client connections alive (idle ones close now, busy ones after their reply).
-        if self._servers:
-            data_server, data_front = self._servers[0]
+        if self._data is not None:
+            data_server, data_front = self._data
             data_server.close()
             data_front.drain()
         if self.proxy is not None and self.proxy.inflight:
@@ -320,6 +347,7 @@ class GatewayServer:
             server.close()
             front.close_all()
         self._servers.clear()
+        self._data = None
         if self.proxy is not None:
             self.proxy.upstream.close()
         if self.session is not None:

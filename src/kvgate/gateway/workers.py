@@ -15,17 +15,17 @@ bottleneck.
 
 The supervisor (this module) holds no data path. It reserves the port (bound, not listening, so it
 takes no connections), starts the workers (``spawn``: fresh interpreters, nothing inherited from the
-supervisor's event loop), serves
-the admin port itself — ``/metrics`` merges every worker's metrics with a ``worker`` label,
-``/readyz`` is ready while any worker is, ``/debug/picks/<id>`` asks each worker — restarts a worker
-that dies (giving up if they keep dying at start), and on SIGTERM/SIGINT has every worker drain
-(the same graceful drain as one process) before it exits. With ``--config`` it watches the file as one
-process does (SIGHUP, modification time): a file that fails validation is logged here and reaches no
-worker; a valid one is written, as the config it checked, to a private snapshot
-(``Supervisor.write_snapshot``) and applied by every worker's own ``ConfigReloader`` (the supervisor
-sends SIGHUP). Workers read only that snapshot, never the user's file: an edit made after the check,
-or a SIGHUP sent to the whole process group, cannot give workers a config the supervisor did not check,
-or different configs.
+supervisor's event loop), serves the admin port itself — ``/metrics`` merges every worker's metrics
+with a ``worker`` label, ``/readyz`` is ready while at least ``listen.minReadyWorkers`` workers are
+(default 1; a worker counts once it reports its start-up done, and only then opens its data port),
+``/debug/picks/<id>`` asks each worker — restarts a worker that dies (giving up if they keep dying at
+start), and on SIGTERM/SIGINT has every worker drain (the same graceful drain as one process) before it
+exits. With ``--config`` it watches the file as one process does (SIGHUP, modification time): a file
+that fails validation is logged here and reaches no worker; a valid one is written, as the config it
+checked, to a private snapshot (``Supervisor.write_snapshot``) and applied by every worker's own
+``ConfigReloader`` (the supervisor sends SIGHUP). Workers read only that snapshot, never the user's
+file: an edit made after the check, or a SIGHUP sent to the whole process group, cannot give workers a
+config the supervisor did not check, or different configs.
 """
 
 from __future__ import annotations
@@ -97,9 +97,11 @@ def _worker_main(
     ``config_path``: the supervisor's snapshot of the config it checked (``Supervisor.write_snapshot``),
     re-read on its SIGHUP; ``file_cfg``: the file's config the running one came from, what a reload
     compares with."""
-    # First: a reload's SIGHUP (the supervisor's, or one sent to the whole process group) must never kill
-    # a worker still starting (its handler comes with the reloader); the supervisor sends it again once
-    # the worker is up (``Supervisor.start_worker``).
+    # A reload's SIGHUP (the supervisor's, or one sent to the whole process group) must never kill a worker
+    # still starting: it is blocked from the spawn on (``Supervisor.start_worker``: the mask is inherited
+    # through fork and exec, so the interpreter's own start-up is covered too) until the reloader's handler
+    # is installed (``_worker``), and ignored meanwhile; the supervisor sends it again once the worker is
+    # up if a reload happened while it started.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     import uvloop
 
@@ -132,13 +134,19 @@ async def _worker(
     from kvgate.gateway.reload import start_reloader
     from kvgate.gateway.server import GatewayServer
 
-    server = GatewayServer(cfg, pools, reuse_port=True, admin_host="127.0.0.1", admin_on_data=admin_on_data)
+    # The data port opens only once start-up is done (KV-event catch-up, upstream warm-up): the kernel
+    # gives a listening worker its share of new connections, ready or not; the private admin port opens
+    # first, but the supervisor counts this worker only once it reports (below).
+    server = GatewayServer(cfg, pools, reuse_port=True, admin_host="127.0.0.1", admin_on_data=admin_on_data,
+                           listen_when_ready=True)  # fmt: skip
     await server.start()
     reloader = None
     if config_path is not None:  # on the supervisor's SIGHUP only: it watches the file for all workers
         reloader = start_reloader(
             config_path, cfg, pools, server.apply_limits, poll_s=None, file_cfg=file_cfg, load=read_snapshot
         )
+    # The handler (the reloader's, or SIG_IGN without --config) is in place: SIGHUP may come through now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     tune_gc()
     report.send(server.admin_port)
     report.close()
@@ -344,7 +352,14 @@ class Supervisor:
             name=f"kvgate-worker-{i}",
         )  # fmt: skip
         reloads = self.reloads
-        proc.start()
+        # SIGHUP blocked across the spawn: the child inherits the mask, so a process-group SIGHUP before
+        # the worker installs its handler stays pending instead of killing it (it unblocks it then).
+        # The supervisor's own SIGHUP meanwhile stays pending too, and is handled as this returns.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         send.close()
         life_r.close()
         old = self._lifelines[i]
@@ -470,10 +485,21 @@ class Supervisor:
         return Response(text=f"ok ({alive}/{self.n} workers)", content_type="text/plain")
 
     async def _readyz(self, request: Request) -> Response:
+        """200 while at least ``listen.minReadyWorkers`` workers (default 1) are ready.
+
+        Why not "all": as nginx's or HAProxy's master restarting a worker, one worker restarting must not
+        take the whole pod out of rotation (with one replica that is an outage); it takes no connections
+        until it is ready (its data port opens last), so the others serve meanwhile. Full capacity is
+        still required at start: this port opens only once every worker has started. Set it to N where
+        other replicas can absorb a pod at reduced capacity."""
+        if self.stopping:
+            return Response(status=503, text="draining", content_type="text/plain")
         got = await self._all("/readyz")
         ready = sum(1 for g in got if g is not None and g[0] == 200)
-        if self.stopping or ready == 0:
-            return Response(status=503, text="no ready worker", content_type="text/plain")
+        need = self.cfg.min_ready_workers
+        if ready < need:
+            text = f"{ready}/{self.n} workers ready, {need} needed"
+            return Response(status=503, text=text, content_type="text/plain")
         return Response(text=f"ready ({ready}/{self.n} workers)", content_type="text/plain")
 
     async def _debug_pick(self, request: Request) -> Response:

@@ -1,0 +1,129 @@
+"""``GatewayServer.start``: the pools' data sources (KV-event feeds, each waiting for its catch-up) start
+at once, bounded, not one pool after another; and with ``listen_when_ready`` the data port opens only
+after them (what a ``--workers`` worker does)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from gateway.conftest import make_config, make_pools
+from kvgate.config.gateway import parse_gateway_config
+from kvgate.gateway import server as server_mod
+from kvgate.gateway.server import GatewayServer
+
+
+class _Source:
+    """A data source whose start waits (as a KV-event catch-up does) until ``go`` is set."""
+
+    running = 0
+    most = 0
+
+    def __init__(self, go: asyncio.Event) -> None:
+        self.go = go
+        self.started = asyncio.Event()
+
+    async def start(self) -> None:
+        _Source.running += 1
+        _Source.most = max(_Source.most, _Source.running)
+        self.started.set()
+        try:
+            await self.go.wait()
+        finally:
+            _Source.running -= 1
+
+    async def stop(self) -> None:
+        pass
+
+
+def _pools_config(n: int) -> object:
+    pools = [{"name": f"p{i}", "endpoints": [f"127.0.0.1:{1000 + i}"], "models": [f"m{i}"],
+              "policy": "round-robin"} for i in range(n)]  # fmt: skip
+    return parse_gateway_config({"listen": {"host": "127.0.0.1", "port": 0}, "pools": pools})
+
+
+@pytest.fixture(autouse=True)
+def _counts() -> None:
+    _Source.running = _Source.most = 0
+
+
+async def test_every_pools_data_sources_start_at_once() -> None:
+    cfg = _pools_config(3)
+    pools = make_pools(cfg)  # type: ignore[arg-type]
+    go = asyncio.Event()
+    sources = [_Source(go) for _ in pools]
+    for pool, src in zip(pools, sources, strict=True):
+        pool.director.data_sources = lambda src=src: [src]  # type: ignore[attr-defined,misc]
+    gw = GatewayServer(cfg, pools, scrape=False)  # type: ignore[arg-type]
+    start = asyncio.create_task(gw.start())
+    try:
+        # One pool after another, the second would not start before the first's catch-up ended.
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(s.started.wait() for s in sources))
+        assert not gw.started
+        go.set()
+        await asyncio.wait_for(start, 10)
+        assert gw.started and _Source.most == 3
+    finally:
+        go.set()
+        await start
+        await gw.stop(drain_timeout=0.5)
+
+
+async def test_source_starts_are_bounded(monkeypatch) -> None:
+    monkeypatch.setattr(server_mod, "SOURCE_STARTS", 2)
+    cfg = _pools_config(4)
+    pools = make_pools(cfg)  # type: ignore[arg-type]
+    go = asyncio.Event()
+    sources = [_Source(go) for _ in pools]
+    for pool, src in zip(pools, sources, strict=True):
+        pool.director.data_sources = lambda src=src: [src]  # type: ignore[attr-defined,misc]
+    gw = GatewayServer(cfg, pools, scrape=False)  # type: ignore[arg-type]
+    start = asyncio.create_task(gw.start())
+    try:
+        async with asyncio.timeout(10):  # in order: the first two take the slots
+            await asyncio.gather(sources[0].started.wait(), sources[1].started.wait())
+        await asyncio.sleep(0.2)
+        assert _Source.running == 2  # the other two wait for a slot
+        go.set()
+        await asyncio.wait_for(start, 10)
+        assert _Source.most == 2 and all(s.started.is_set() for s in sources)
+    finally:
+        go.set()
+        await start
+        await gw.stop(drain_timeout=0.5)
+
+
+async def test_with_listen_when_ready_the_data_port_opens_after_start_up(backends) -> None:
+    (b,) = await backends(1)
+    # The port as the --workers supervisor holds it: bound with SO_REUSEPORT, not listening.
+    reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserve.bind(("127.0.0.1", 0))
+    port = reserve.getsockname()[1]
+    cfg = make_config([b.address], extra={"listen": {"port": port}})
+    pools = make_pools(cfg)
+    go = asyncio.Event()
+    src = _Source(go)
+    pools[0].director.data_sources = lambda: [src]  # type: ignore[attr-defined,method-assign]
+    gw = GatewayServer(cfg, pools, scrape=False, reuse_port=True, listen_when_ready=True)
+    start = asyncio.create_task(gw.start())
+    try:
+        async with asyncio.timeout(10):
+            await src.started.wait()
+        with pytest.raises(ConnectionRefusedError):  # starting: the kernel hands it no connection
+            await asyncio.open_connection("127.0.0.1", port)
+        go.set()
+        await asyncio.wait_for(start, 10)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    finally:
+        go.set()
+        await start
+        await gw.stop(drain_timeout=0.5)
+        reserve.close()
