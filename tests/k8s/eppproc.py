@@ -40,11 +40,13 @@ class EppProc:
         return self.log.read_text(errors="replace")
 
 
-async def launch_epp(server: str, log: Path, *args: str) -> EppProc:
+async def launch_epp(server: str | None, log: Path, *args: str) -> EppProc:
+    """``server``: the ``--kube-server`` (None: none, as for a hub EPP, whose clusters file names them)."""
+    kube = ["--kube-server", server] if server is not None else []
     with open(log, "wb") as err:  # noqa: ASYNC230 - the child keeps its own descriptor
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kvgate.cli", "epp", "--host", "127.0.0.1", "--port", "0",
-            "--grpc-health-port", "0", "--metrics-port", "0", "--plaintext", "--kube-server", server, *args,
+            "--grpc-health-port", "0", "--metrics-port", "0", "--plaintext", *kube, *args,
             stdout=asyncio.subprocess.PIPE, stderr=err,
         )  # fmt: skip
     assert proc.stdout is not None

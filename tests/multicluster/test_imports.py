@@ -519,3 +519,52 @@ async def test_the_gateway_gets_its_clusters_and_says_the_hub_problem_while_the_
             assert r.status == 200 and body.startswith("ready; import controller: hub: 403"), body
     finally:
         await gw.stop()
+
+
+async def test_the_gateway_is_not_ready_while_the_hub_refuses_and_no_member_answers(tmp_path: Any) -> None:
+    """``kvgate serve --clusters`` with a hub refusing the imports and every member's API server down: no
+    cluster, so /readyz is 503, naming the unreachable member (the loop still runs: /healthz 200); the
+    member's API server back (same address, its pool exported): ready again, the hub problem still said."""
+    import aiohttp
+
+    from kvgate.multicluster.clusters import load
+    from kvgate.multicluster.serve import GlobalGateway
+
+    async with (
+        ApiServerDouble(bookmark_interval=0.2) as hub_d,
+        ApiServerDouble(bookmark_interval=0.2) as gone,
+    ):
+        hub_d.forbid(R.INFERENCE_POOL_IMPORT)
+        east_url, east_port = gone.url, gone.port
+        await gone.stop()  # down: connections to it are refused
+        f = tmp_path / "clusters.yaml"
+        f.write_text(f"kubernetes:\n  server: {hub_d.url}\n  import: default/llama\n  members:\n"
+                     f"  - {{name: east, server: '{east_url}'}}\n")  # fmt: skip
+        gw = GlobalGateway(load(f), "kvgate", seed=0)
+        port = await gw.start("127.0.0.1", 0)
+        east_d = None
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def get(path: str) -> tuple[int, str]:
+                    async with http.get(f"http://127.0.0.1:{port}{path}") as r:
+                        return r.status, await r.text()
+
+                async def readyz_says(status: int, text: str) -> None:
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + 30.0
+                    while (got := await get("/readyz"))[0] != status or text not in got[1]:
+                        assert loop.time() < deadline, got
+                        await asyncio.sleep(0.1)
+
+                await readyz_says(503, "no cluster ready; import controller: member east: connection to")
+                assert (await get("/healthz"))[0] == 200
+                east_d = ApiServerDouble(bookmark_interval=0.2)
+                await east_d.start(port=east_port)
+                east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+                await _until(lambda: list(gw.router.states) == ["east"], 30.0)
+                await readyz_says(200, "ready; import controller: hub: 403")
+        finally:
+            await gw.stop()
+            if east_d is not None:
+                await east_d.stop()

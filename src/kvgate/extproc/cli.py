@@ -309,7 +309,16 @@ async def _serve(
         # is synced with no RBAC error and, with leader election, this replica holds the Lease.
         if kube is not None and (p := kube.problem()) is not None:
             return p
-        return None if any(e.healthy for e in store.all()) else "no healthy endpoint"
+        # The hub EPP's import controller (``kubernetes:`` in the clusters file): its problem is said,
+        # but, as for ``kvgate serve --clusters``, readiness is having a cluster to pick; a loop that
+        # ended on its own feeds nothing more, so that one is not ready.
+        hub = getattr(feed, "source", None)
+        if hub is not None and (dead := hub.dead()) is not None:
+            return f"import controller: {dead}"
+        if any(e.healthy for e in store.all()):
+            return None
+        why = None if hub is None else hub.problem()
+        return "no healthy endpoint" + ("" if why is None else f"; import controller: {why}")
 
     server = EppServer(
         ctx, opts, metrics=metrics, ready=lambda: problem() is None, aggregate=agg.body, readyz=problem

@@ -20,8 +20,8 @@ clusters:
 
 ``ClustersFile.maybe_reload(now)`` re-reads the file when its mtime changes (checked at most every
 ``check_every_s``); a file that fails to parse keeps the last good list and logs why. Everything in it
-applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``, ``tls``, ``limits``) except the
-``kubernetes`` section.
+applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``, ``tls``, ``limits``, and the
+``kubernetes`` section: ``kvgate.multicluster.source.ClusterSource`` restarts the import controller).
 """
 
 from __future__ import annotations
@@ -315,7 +315,9 @@ class ClustersFile:
             return False
         self.config = cfg
         self.reloads += 1
-        log.info("clusters file reloaded: %s", ", ".join(c.name for c in cfg.clusters))
+        kube = cfg.kubernetes
+        log.info("clusters file reloaded: %s%s", ", ".join(c.name for c in cfg.clusters) or "(no clusters)",
+                 "" if kube is None else f"; kubernetes: import {kube.namespace}/{kube.name}")  # fmt: skip
         if self.on_change is not None:
             self.on_change(cfg)
         return True

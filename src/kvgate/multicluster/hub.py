@@ -127,25 +127,36 @@ class ClusterDirector:
 
 
 class HubFeed:
-    """The hub EPP's data source: aggregates and EPP health of every cluster, and clusters-file reloads."""
+    """The hub EPP's data source: aggregates and EPP health of every cluster, clusters-file reloads, and
+    the clusters of the InferencePoolImport its ``kubernetes:`` section follows (``ClusterSource``, as
+    ``kvgate serve --clusters`` reads them)."""
 
     def __init__(self, director: ClusterDirector, clusters_file: Any = None) -> None:
         from kvgate.multicluster.fetcher import Fetcher
+        from kvgate.multicluster.source import ClusterSource
 
         cfg = director.cfg
         self.director = director
         self.clusters_file = clusters_file
+        self.source = ClusterSource(cfg, director.apply)
         if clusters_file is not None:
-            clusters_file.on_change = director.apply
+            clusters_file.on_change = self.reload
         self.fetcher = Fetcher(
             director.state_list, interval_s=cfg.refresh_s, tls=cfg.tls, clock=director.clock
         )
         self._task: Any = None
 
+    def reload(self, cfg: ClustersConfig) -> None:
+        """A clusters-file reload: the clusters (or the kubernetes section), TTL, locality, and the
+        aggregate fetcher's TLS options and interval, live."""
+        self.source.reload(cfg)
+        self.fetcher.apply(cfg.tls, cfg.refresh_s)
+
     async def start(self) -> None:
         import asyncio
 
         await self.fetcher.start()
+        await self.source.start()
         if self.clusters_file is not None:
             self._task = asyncio.create_task(self._reload())
 
@@ -164,4 +175,5 @@ class HubFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.source.stop()
         await self.fetcher.stop()

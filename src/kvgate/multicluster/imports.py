@@ -524,6 +524,11 @@ class ImportController:
             )
         return tuple(out)
 
+    def refeed(self) -> None:
+        """Feed the cluster list again, changed or not (its receiver dropped what it was given)."""
+        self._last_clusters = None
+        self._feed()
+
     def _feed(self) -> None:
         if self.follow is None or self.on_clusters is None:
             return

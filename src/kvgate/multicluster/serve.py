@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import orjson
@@ -40,10 +38,11 @@ from kvgate.httpfront.server import (
     StreamResponse,
     json_error,
 )
-from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile, ClusterSpec
+from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
 from kvgate.multicluster.router import Attempt, GlobalRouter, NoRoute, Routed
+from kvgate.multicluster.source import ClusterSource
 from kvgate.openai.protocol import sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
 
@@ -119,8 +118,9 @@ class GlobalGateway:
         self.clusters_file = clusters_file
         if clusters_file is not None:
             clusters_file.on_change = self.reload
-        self.file_cfg = cfg  # the clusters file as last read (the imports replace only its clusters)
-        self._imported: tuple[ClusterSpec, ...] | None = None  # the clusters an InferencePoolImport names
+        # The clusters file and the InferencePoolImport its kubernetes: section follows (imports replace
+        # only the file's clusters); shared with the hub EPP.
+        self.source = ClusterSource(cfg, self.router.apply)
         self.clock = clock
         self.fetcher = (
             Fetcher(self.router.state_list, interval_s=cfg.refresh_s, tls=cfg.tls, clock=clock)
@@ -136,18 +136,13 @@ class GlobalGateway:
         self._idle = asyncio.Event()  # set while no request is in flight (the drain waits on it)
         self._idle.set()
         self._reload_task: asyncio.Task[None] | None = None
-        self._imports: Any = None  # kvgate.multicluster.imports.ImportController, with kubernetes:
-        self._kube_clients: list[Any] = []
         self.port = 0
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters, TTL / refresh / locality, the TLS options (and files) of
-        EPP channels and aggregate fetches, and the front's ``limits``, all live; nothing needs a restart.
-        (Only ``kubernetes:`` itself, the API servers and the import followed, is read at start-up.)"""
-        if cfg.kubernetes != self.file_cfg.kubernetes:
-            log.warning("clusters file: the kubernetes section changed; restart to apply it")
-        self.file_cfg = cfg
-        self._route_to(cfg.clusters if self._imported is None else self._imported)
+        EPP channels and aggregate fetches, the front's ``limits`` and the ``kubernetes:`` section (the
+        import controller restarted with it, ``ClusterSource``), all live; nothing needs a restart."""
+        self.source.reload(cfg)
         if self.fetcher is not None:
             self.fetcher.apply(cfg.tls, cfg.refresh_s)
         if self.front is not None and not self._fixed_limits:
@@ -156,9 +151,6 @@ class GlobalGateway:
             if changed:
                 log.info("clusters file: limits applied: %s",
                          ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(changed.items())))  # fmt: skip
-
-    def _route_to(self, clusters: tuple[ClusterSpec, ...]) -> None:
-        self.router.apply(dataclasses.replace(self.file_cfg, clusters=clusters))
 
     # --- routes -------------------------------------------------------------------------------
     async def _proxy(self, request: Request) -> Response | StreamResponse:
@@ -241,7 +233,7 @@ class GlobalGateway:
         return Response(body=orjson.dumps(self.router.summary()), content_type="application/json")
 
     async def _healthz(self, _request: Request) -> Response:
-        dead = None if self._imports is None else self._imports.dead()
+        dead = self.source.dead()
         if dead is not None:  # the import controller's loop never comes back by itself: restart
             return json_error(503, f"import controller: {dead}")
         return Response(text="ok", content_type="text/plain")
@@ -249,7 +241,7 @@ class GlobalGateway:
     async def _readyz(self, _request: Request) -> Response:
         # The import controller's problem (a member not seen, a hub write refused) is said, but readiness
         # is the router's: with a cluster ready the gateway serves, whatever the hub answers.
-        problem = None if self._imports is None else self._imports.problem()
+        problem = self.source.problem()
         why = "" if problem is None else f"; import controller: {problem}"
         if self.router.order(ClusterRequest()):
             return Response(text="ready" + why, content_type="text/plain")
@@ -275,38 +267,10 @@ class GlobalGateway:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(front.protocol, host, port, backlog=4096, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
-        if self.clusters_file is not None:
+        await self.source.start()
+        if self.clusters_file is not None:  # (after the start: a reload's kubernetes change follows it)
             self._reload_task = asyncio.create_task(self._reload_loop())
-        if self.router.cfg.kubernetes is not None:
-            await self._start_imports()
         return self.port
-
-    async def _start_imports(self) -> None:
-        """Clusters from InferencePoolImport (the hub controller writes the imports and feeds the router)."""
-        from kvgate.k8s.client import KubeClient
-        from kvgate.multicluster.imports import ImportController, Member
-
-        base = self.file_cfg
-        kube = base.kubernetes
-        assert kube is not None
-        hub = None  # ``controller: false``: a standalone kvgate hub-controller writes the hub; only read
-        if kube.controller:
-            hub = await KubeClient.connect(kube.server, kube.kubeconfig)
-            self._kube_clients.append(hub)
-        members = []
-        for m in kube.members:
-            client = await KubeClient.connect(m.server, m.kubeconfig)
-            self._kube_clients.append(client)
-            members.append(Member(m.name, client, m.rtt_ms, m.priority))
-
-        def feed(cfg: ClustersConfig) -> None:
-            self._imported = cfg.clusters
-            self._route_to(cfg.clusters)  # with the clusters file's latest other settings
-
-        self._imports = ImportController(hub, members, follow=(kube.namespace, kube.name), on_clusters=feed,
-                                         ttl_s=base.ttl_s, refresh_s=base.refresh_s,
-                                         parent=kube.parent, writes=kube.controller)  # fmt: skip
-        await self._imports.start()
 
     async def _reload_loop(self) -> None:
         assert self.clusters_file is not None
@@ -319,10 +283,7 @@ class GlobalGateway:
             self._reload_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reload_task
-        if self._imports is not None:
-            await self._imports.stop()
-        for client in self._kube_clients:
-            await client.close()
+        await self.source.stop()
         if self.fetcher is not None:
             await self.fetcher.stop()
         if self._server is not None and self.front is not None:

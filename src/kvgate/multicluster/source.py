@@ -1,0 +1,204 @@
+"""Where a global gateway's clusters come from: the clusters file, and the InferencePoolImport its
+``kubernetes:`` section follows. ``kvgate serve --clusters`` (``serve.GlobalGateway``) and the hub EPP
+(``kvgate epp --clusters``, ``hub.HubFeed``) both use this one class, so the two doors read the same
+section the same way.
+
+The file's settings (``local``, ``ttl_s``, ``refresh_s``, ``tls``, ``limits``, ...) always apply; its
+``clusters`` list does until the import controller (``imports.ImportController``) feeds the clusters that
+export the followed import, which then replace it. ``apply`` gets the merged ``ClustersConfig`` each time
+either side changes.
+
+A reload that changes ``kubernetes:`` is applied live: the running controller is stopped and one built
+from the new section started (new API-server clients, members, import, parent, ``controller`` flag). The
+new clients are made before the old controller stops, so a section that cannot be loaded (a kubeconfig
+that does not read) keeps the running one and says so in ``problem()``. Until the new controller's first
+feed the gateway keeps the clusters it had from the old one that are still members of the same import
+(nothing, when the import followed changed or the section went: then the file's own ``clusters``), so a
+change of one member's RTT does not empty the gateway meanwhile. A controller that stops leaves the
+import's parent entry in the hub (``imports``' rule: it stands for the global gateway, not one process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from kvgate.k8s.client import KubeClient
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, KubeImports
+from kvgate.multicluster.imports import ImportController, Member
+
+log = logging.getLogger("kvgate.multicluster")
+
+
+class ClusterSource:
+    def __init__(self, cfg: ClustersConfig, apply: Callable[[ClustersConfig], None]) -> None:
+        self.file_cfg = cfg  # the clusters file as last read
+        self._apply = apply
+        self.imported: tuple[ClusterSpec, ...] | None = None  # the clusters the followed import names
+        self.imports: ImportController | None = None
+        self.running: KubeImports | None = None  # the section the running controller was built from
+        self.error: str | None = None  # why the file's kubernetes section is not the running one
+        # The section whose controller's feeds are taken: the running one, except between a reload that
+        # changed it and the swap (the old controller, stopping, must not bring its list back).
+        self._accepting: KubeImports | None = None
+        self.swaps = 0  # kubernetes sections applied by a reload
+        self._clients: list[KubeClient] = []
+        self._swap: asyncio.Task[None] | None = None
+
+    def config(self) -> ClustersConfig:
+        """The clusters file with the imported clusters in place of its own list (once fed)."""
+        clusters = self.file_cfg.clusters if self.imported is None else self.imported
+        return dataclasses.replace(self.file_cfg, clusters=clusters)
+
+    async def start(self) -> None:
+        """The import controller of the file's ``kubernetes:`` section, if any (a section that cannot be
+        loaded raises: the process does not start)."""
+        kube = self.file_cfg.kubernetes
+        if kube is not None:
+            clients, hub, members = await _connect(kube)
+            self._run(kube, clients, hub, members)
+            assert self.imports is not None
+            await self.imports.start()
+
+    def reload(self, cfg: ClustersConfig) -> None:
+        """A clusters-file reload (``ClustersFile.on_change``, synchronous): applied at once, a changed
+        ``kubernetes:`` section in a task (the controller's stop and start are I/O)."""
+        old = self.file_cfg.kubernetes
+        self.file_cfg = cfg
+        if cfg.kubernetes != old:
+            self.imported = _kept(self.imported, old, cfg.kubernetes)
+            self._accepting = None
+            prev = self._swap
+            self._swap = asyncio.create_task(self._follow(prev))
+        self._apply(self.config())
+
+    def problem(self) -> str | None:
+        """Why the clusters from Kubernetes are not what the file asks for (a section not applied, a
+        member not seen, a refused hub write), or None."""
+        if self.error is not None:
+            return self.error
+        return None if self.imports is None else self.imports.problem()
+
+    def dead(self) -> str | None:
+        """Why the import controller's loop ended on its own (a restart is the way out), or None."""
+        return None if self.imports is None else self.imports.dead()
+
+    async def settled(self) -> None:
+        """Wait until the last reload's ``kubernetes:`` change is applied (or refused)."""
+        while self._swap is not None and not self._swap.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._swap)
+
+    async def stop(self) -> None:
+        if self._swap is not None:
+            self._swap.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._swap
+        await self._stop_running()
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _run(self, kube: KubeImports, clients: list[KubeClient], hub: KubeClient | None,
+             members: list[Member]) -> None:  # fmt: skip
+        base = self.file_cfg
+
+        def feed(cfg: ClustersConfig) -> None:
+            if self._accepting != kube:
+                return  # a controller the file no longer asks for, stopping: its list is not wanted
+            self.imported = cfg.clusters
+            self._apply(self.config())  # with the clusters file's latest other settings
+
+        self._clients = clients
+        self.running = self._accepting = kube
+        self.imports = ImportController(hub, members, follow=(kube.namespace, kube.name), on_clusters=feed,
+                                        ttl_s=base.ttl_s, refresh_s=base.refresh_s, parent=kube.parent,
+                                        writes=kube.controller)  # fmt: skip
+
+    async def _follow(self, prev: asyncio.Task[None] | None) -> None:
+        """Make the running controller the file's section's (reloads one after another, in order)."""
+        if prev is not None:
+            with contextlib.suppress(Exception):
+                await prev
+        kube = self.file_cfg.kubernetes
+        if kube == self.running:  # changed back before this ran: the running one is the file's again
+            self.error = None
+            self._keep_running()
+            return
+        clients: list[KubeClient] = []
+        hub: KubeClient | None = None
+        members: list[Member] = []
+        if kube is not None:
+            try:
+                clients, hub, members = await _connect(kube)
+            except Exception as e:  # kubernetes_asyncio raises many kinds on a bad kubeconfig
+                why = f"{type(e).__name__}: {e}"
+                self.error = f"kubernetes section not applied (the running one is kept): {why}"
+                log.error("clusters file: %s", self.error)
+                self._keep_running()
+                return
+        await self._stop_running()
+        self.error = None
+        self.swaps += 1
+        if kube is None:
+            log.warning("clusters file: kubernetes section removed; the clusters file's own list applies")
+            return
+        self._run(kube, clients, hub, members)
+        assert self.imports is not None
+        await self.imports.start()
+        log.warning("clusters file: kubernetes section applied: import %s/%s, members %s, controller %s",
+                    kube.namespace, kube.name, ", ".join(m.name for m in kube.members),
+                    "on" if kube.controller else "off (read-only)")  # fmt: skip
+
+    def _keep_running(self) -> None:
+        """Go on with the running controller: its feeds taken again, its list fed again (the reload
+        dropped the clusters of the members it had removed)."""
+        self._accepting = self.running
+        if self.imports is not None:
+            self.imports.refeed()
+
+    async def _stop_running(self) -> None:
+        imports, clients = self.imports, self._clients
+        self.imports, self._clients, self.running, self._accepting = None, [], None, None
+        try:
+            if imports is not None:
+                await imports.stop()
+        finally:
+            for client in clients:
+                await client.close()
+
+
+async def _connect(kube: KubeImports) -> tuple[list[KubeClient], KubeClient | None, list[Member]]:
+    """The section's API-server clients: the hub's (only for ``controller: true``; a read-only gateway
+    never talks to the hub) and each member's. All closed again if one cannot be made."""
+    clients: list[KubeClient] = []
+    try:
+        hub = None
+        if kube.controller:
+            hub = await KubeClient.connect(kube.server, kube.kubeconfig)
+            clients.append(hub)
+        members = []
+        for m in kube.members:
+            client = await KubeClient.connect(m.server, m.kubeconfig)
+            clients.append(client)
+            members.append(Member(m.name, client, m.rtt_ms, m.priority))
+    except BaseException:
+        for c in clients:
+            await c.close()
+        raise
+    return clients, hub, members
+
+
+def _kept(
+    imported: tuple[ClusterSpec, ...] | None, old: KubeImports | None, new: KubeImports | None
+) -> tuple[ClusterSpec, ...] | None:
+    """The imported clusters kept until the new section's controller feeds its own: those still members
+    of the same import; None (the file's list) when the import followed changed or the section went."""
+    if imported is None or old is None or new is None:
+        return None
+    if (old.namespace, old.name) != (new.namespace, new.name):
+        return None
+    names = {m.name for m in new.members}
+    kept = tuple(c for c in imported if c.name in names)
+    return kept or None
