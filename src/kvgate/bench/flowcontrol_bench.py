@@ -34,6 +34,8 @@ Arms (the same kvgate scheduling profile each time; only admission differs):
   ``flowControl.sloAdmission`` (``--slo-confidence``): a batch request the latency model (a
   ``predicted-latency-scorer`` in ``plugins``, not in the profile) predicts to miss its TTFT SLO waits
   while it can still make it and is shed (429) once it cannot.
+- ``...-feasible`` (a suffix to any ``kvgate`` arm, last): ``orderingPolicy: slo-feasible``, the
+  requests past their TTFT deadline dispatched after those that can still meet it.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ def arm_config(
                           "defaultRequestTTL": ttl}  # fmt: skip
     if arm == "kvgate-preempt":  # + preemption of sheddable work (not in the default arms)
         doc["flowControl"]["preemption"] = True
+    if arm.endswith("-feasible"):  # + slo-feasible ordering (not in the default arms)
+        arm = arm.removesuffix("-feasible")
+        doc["flowControl"]["orderingPolicy"] = "slo-feasible"
     if arm.endswith("-slo"):  # + SLO admission on the latency model (not in the default arms)
         arm = arm.removesuffix("-slo")
         # The model is in plugins, not in the profile: routing stays kvgate's; it learns from every pick.

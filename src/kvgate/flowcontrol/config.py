@@ -8,7 +8,7 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
       maxBytes: 1073741824        # global queued-body-bytes limit (0 = none)
       defaultRequestTTL: 30s      # a request queued longer fails (503, as the reference)
       fairnessPolicy: round-robin # global-strict | round-robin | least-attained-service
-      orderingPolicy: fcfs        # fcfs | edf | slo-deadline
+      orderingPolicy: fcfs        # fcfs | edf | slo-deadline | slo-feasible (kvgate)
       defaultTTFTSLO: 2s          # slo-deadline ordering for requests without an x-slo-ttft-ms header
       preemption: false           # evict the newest sheddable request without a first token
       holdPredictedMisses: false  # hold a sheddable request predicted to miss its SLO (not 429)
@@ -56,6 +56,7 @@ ORDERING_POLICIES = {
     "edf-ordering-policy": "edf",
     "slo-deadline": "slo-deadline",
     "slo-deadline-ordering-policy": "slo-deadline",
+    "slo-feasible": "slo-feasible",
 }
 HEADROOM_ON = ("saturation", "pending")
 _GLOBAL_KEYS = ("maxRequests", "maxBytes", "defaultRequestTTL", "fairnessPolicy", "orderingPolicy",

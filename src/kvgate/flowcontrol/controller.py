@@ -168,12 +168,13 @@ class FlowController:
                 return item
         return None
 
-    def heads(self) -> Iterator[QueuedRequest]:
+    def heads(self, now: float | None = None) -> Iterator[QueuedRequest]:
         """Each non-empty band's choice, highest band first. With ``fairShareHeadroom``, a band's
-        flows at or under their fair share of in-flight requests are chosen from first."""
+        flows at or under their fair share of in-flight requests are chosen from first. ``now``: for
+        ``slo-feasible`` ordering (which requests are past their deadline)."""
         under = self._under_share() if self.cfg.fair_share_headroom else None
         for prio in self._order:
-            item = self.bands[prio].select(under)
+            item = self.bands[prio].select(under, now)
             if item is not None:
                 yield item
 
@@ -218,8 +219,7 @@ class FlowController:
         q = band.flows.get(item.flow)
         if q is not None:
             q.service -= item.cost
-            if q.heap and q.heap[0][2] is item:  # its own entry (it was the head): no duplicate later
-                heapq.heappop(q.heap)
+            q.drop_head(item)  # its own entry (it was the head): no duplicate later
         item.done = False
         item.outcome = ""
         item.held_until = until

@@ -57,7 +57,7 @@ def dispatch_ready(
     ctl.unhold(now)
     while True:
         blocked = True
-        for item in ctl.heads():
+        for item in ctl.heads(now):
             # Strict priority: a lower band goes only when the higher band's head cannot use the
             # capacity because its own pool (another model, a subset hint) is the saturated one.
             if not saturated(item.req) or (

@@ -4,6 +4,10 @@ Ordering (a flow's queue is a heap on the policy's key, ties broken by arrival o
 - ``fcfs``: arrival order;
 - ``edf``: earliest TTL deadline first (a request may carry a shorter deadline than the band's TTL);
 - ``slo-deadline``: earliest ``arrival + TTFT SLO`` first (``x-slo-ttft-ms``, else the default SLO).
+- ``slo-feasible`` (kvgate's): as ``slo-deadline`` among the requests whose deadline has not passed;
+  the ones past it (they miss their SLO wherever they go) only when none of those is left, oldest
+  first. Under overload ``slo-deadline`` serves the most overdue first, so every request behind them
+  misses too; this serves the ones that can still make it.
 
 Fairness (which flow's head leaves next):
 - ``global-strict``: the best head over all flows by the ordering key, as if the band were one queue
@@ -20,6 +24,8 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
+
+LATE_RANK = 1e12  # added to an overdue head's key under slo-feasible (after any deadline in the future)
 
 SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
 SLO_TPOT_HEADERS = ("x-slo-tpot-ms", "x-llm-d-slo-tpot-ms")
@@ -42,7 +48,7 @@ def header_ms(headers: Any, names: tuple[str, ...]) -> float | None:
 def order_key(ordering: str, item: Any) -> float:
     if ordering == "edf":
         return float(item.deadline)
-    if ordering == "slo-deadline":
+    if ordering in ("slo-deadline", "slo-feasible"):
         return float(item.slo_deadline)
     return float(item.seq)
 
@@ -50,10 +56,13 @@ def order_key(ordering: str, item: Any) -> float:
 class FlowQueue:
     """One flow's waiting requests, best first by the band's ordering policy."""
 
-    __slots__ = ("heap", "live", "served_at", "service")
+    __slots__ = ("feasible", "heap", "late", "live", "served_at", "service")
 
-    def __init__(self, service: float) -> None:
+    def __init__(self, service: float, feasible: bool = False) -> None:
         self.heap: list[tuple[float, int, Any]] = []
+        # slo-feasible: entries whose key (the SLO deadline) has passed move here, served after the rest
+        self.feasible = feasible
+        self.late: list[tuple[float, int, Any]] = []
         self.live = 0  # entries not yet removed (cancelled/expired entries are dropped lazily)
         self.service = service  # tokens attained (least-attained-service)
         self.served_at = -1  # dispatch counter of its last dispatch: ties go to the least recent
@@ -62,17 +71,42 @@ class FlowQueue:
         heapq.heappush(self.heap, (key, item.seq, item))
         self.live += 1
 
-    def head(self) -> Any | None:
+    def _top(self, now: float | None) -> list[tuple[float, int, Any]]:
+        """The heap the head comes from (dropping finished entries; with ``slo-feasible`` and a
+        ``now``, moving the overdue ones to ``late`` first)."""
         h = self.heap
         while h and h[0][2].done:
             heapq.heappop(h)
+        if not self.feasible or now is None:
+            return h
+        while h and (h[0][2].done or h[0][0] < now):
+            entry = heapq.heappop(h)
+            if not entry[2].done:
+                heapq.heappush(self.late, entry)
+        if h:
+            return h
+        late = self.late
+        while late and late[0][2].done:
+            heapq.heappop(late)
+        return late
+
+    def head(self, now: float | None = None) -> Any | None:
+        h = self._top(now)
         return h[0][2] if h else None
 
-    def head_key(self) -> tuple[float, int] | None:
-        if self.head() is None:
+    def head_key(self, now: float | None = None) -> tuple[float, int] | None:
+        h = self._top(now)
+        if not h:
             return None
-        k, seq, _ = self.heap[0]
-        return (k, seq)
+        k, seq, _ = h[0]
+        # (an overdue head ranks after every head that is not: global-strict across flows)
+        return (k + (LATE_RANK if h is self.late else 0.0), seq)
+
+    def drop_head(self, item: Any) -> None:
+        """Remove ``item``'s own entry if it is a head (``FlowController.hold``: no duplicate later)."""
+        for h in (self.heap, self.late):
+            if h and h[0][2] is item:
+                heapq.heappop(h)
 
 
 class Band:
@@ -98,7 +132,7 @@ class Band:
         if q is None:
             # A (re)appearing flow starts at the least service among active flows.
             base = min((f.service for f in self.flows.values()), default=0.0)
-            q = self.flows[item.flow] = FlowQueue(base)
+            q = self.flows[item.flow] = FlowQueue(base, self.ordering == "slo-feasible")
         q.push(order_key(self.ordering, item), item)
         self.count += 1
         self.bytes += item.size
@@ -117,38 +151,38 @@ class Band:
                 return True
         return False
 
-    def select(self, first: Callable[[str], bool] | None = None) -> Any | None:
+    def select(self, first: Callable[[str], bool] | None = None, now: float | None = None) -> Any | None:
         """The item the fairness policy dispatches next (not removed). With ``first``, the policy
         chooses among the flows ``first`` accepts when any of them has a request queued, else among
         all (``flowControl.fairShareHeadroom``: flows under their fair share go first)."""
         if not self.flows:
             return None
         if first is not None:
-            chosen = self._select((f, q) for f, q in self.flows.items() if first(f))
+            chosen = self._select(((f, q) for f, q in self.flows.items() if first(f)), now)
             if chosen is not None:
                 return chosen
-        return self._select(self.flows.items())
+        return self._select(self.flows.items(), now)
 
-    def _select(self, flows: Iterable[tuple[str, FlowQueue]]) -> Any | None:
+    def _select(self, flows: Iterable[tuple[str, FlowQueue]], now: float | None) -> Any | None:
         if self.fairness == "round-robin":
             for _f, q in flows:  # in the OrderedDict's order: the front is the flow whose turn it is
-                h = q.head()
+                h = q.head(now)
                 if h is not None:
                     return h
             return None
         if self.fairness == "least-attained-service":
             # Ties (a flow that just (re)appeared is lifted to the active minimum) go to the flow
             # served least recently: the newcomer, not the backlogged flow that set the minimum.
-            best_q = min((q for _f, q in flows if q.head() is not None),
+            best_q = min((q for _f, q in flows if q.head(now) is not None),
                          key=lambda q: (q.service, q.served_at), default=None)  # fmt: skip
-            return best_q.head() if best_q is not None else None
+            return best_q.head(now) if best_q is not None else None
         best: tuple[float, int] | None = None
         best_q = None
         for _f, q in flows:
-            k = q.head_key()
+            k = q.head_key(now)
             if k is not None and (best is None or k < best):
                 best, best_q = k, q
-        return best_q.head() if best_q is not None else None
+        return best_q.head(now) if best_q is not None else None
 
     def dispatched(self, item: Any, cost: float) -> None:
         """``item`` left for an endpoint: rotate round robin, charge its flow's service."""
