@@ -568,3 +568,69 @@ async def test_the_gateway_is_not_ready_while_the_hub_refuses_and_no_member_answ
             await gw.stop()
             if east_d is not None:
                 await east_d.stop()
+
+
+# -- leadership: no write sent once a replica stopped leading; a late write corrected at the read-back ---
+
+
+async def test_a_replica_that_no_longer_leads_sends_no_write(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
+) -> None:
+    """``leading`` is asked before every write: once it says no, a member's change reaches neither the hub
+    nor the member's Exported condition (the doubles see no write at all), and the problem says why;
+    leading again, the change is written."""
+    hub_d, east_d, west_d = doubles
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    lead = [True]
+    ctl = ImportController(clients[0], [Member("east", clients[1]), Member("west", clients[2])],
+                           leading=lambda: lead[0])  # fmt: skip
+    await ctl.start()
+
+    def writes() -> list[str]:
+        return [r for d in (hub_d, east_d, west_d) for r in d.requests if not r.startswith("GET ")]
+
+    try:
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"])
+        await _until(lambda: bool(ctl.pools) and not ctl._dirty.is_set() and ctl.error is None)
+        await asyncio.sleep(0.5)  # the Exported condition's write and its event settled
+        before = len(writes())
+        lead[0] = False
+        west_d.create(_pool("llama", exported=True, gateway="10.2.0.2:8080"))
+        await _until(lambda: "no longer leads" in (ctl.problem() or ""))
+        await asyncio.sleep(1.0)
+        # (creating west's pool through the double is no request; the controller's would be)
+        assert len(writes()) == before, writes()[before:]
+        assert _exporters(hub_d, "llama") == ["east"]
+        lead[0] = True
+        await _until(lambda: _exporters(hub_d, "llama") == ["east", "west"], 20.0)
+    finally:
+        await ctl.stop()
+        for c in clients:
+            await c.close()
+
+
+async def test_a_late_write_of_a_previous_leader_is_corrected_at_the_next_read_back(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
+) -> None:
+    """A write nothing fences (sent by a leader that has since stepped down, applied late by the API
+    server) lands after this controller read the hub back: its stale exporters stand until the next
+    read-back (``resync_s``), which rewrites them; an import deleted so is written again."""
+    hub_d, east_d, west_d = doubles
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    ctl = ImportController(clients[0], [Member("east", clients[1]), Member("west", clients[2])], resync_s=1.0)
+    await ctl.start()
+    try:
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"])
+        # The old leader's late write: west (a member, seen, exporting nothing) listed as an exporter.
+        stale = {"status": {"controllers": [_entry(CONTROLLER_NAME, "east", "west")]}}
+        hub_d.patch(R.INFERENCE_POOL_IMPORT, "llama", "default", stale, status=True)
+        assert _exporters(hub_d, "llama") == ["east", "west"]
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"], 15.0)
+        hub_d.delete(R.INFERENCE_POOL_IMPORT, "llama", "default")  # its late delete
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"], 15.0)
+    finally:
+        await ctl.stop()
+        for c in clients:
+            await c.close()

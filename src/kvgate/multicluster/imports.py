@@ -43,6 +43,15 @@ that removed the parent entry on its stop). A member it cannot see yet (not sync
 lost link) keeps what the hub says it exports: nothing is dropped or deleted for a member not seen. An
 exporter that is not one of its members (another kvgate install writing the same hub under the same
 controller name) is kept too: the controller only adds or drops its own members.
+
+Under leader election (``kvgate hub-controller``) nothing fences a write: the API server does not check
+the Lease. Every write asks ``leading`` before it is sent, so none leaves once this replica stepped down,
+and the step-down stops the controller, cancelling a write in flight, at the latest ``renew_deadline``
+after the last renewal, while a standby waits ``lease_duration`` (5 s more, by default). A write the API
+server received before that and applies later (a slow server) can still land after the next leader read
+the hub back: it carries the resourceVersion its writer read, so it is refused if the new leader wrote
+that import since; otherwise it stands until the new leader's next read-back (``resync_s``), which
+rewrites it (or writes again an import it deleted).
 """
 
 from __future__ import annotations
@@ -80,6 +89,13 @@ GATEWAY_ANN, EPP_ANN, AGGREGATE_ANN, HEALTH_ANN = (
     "kvgate.io/aggregate",
     "kvgate.io/health",
 )
+
+
+class NotLeading(KubeError):
+    """A write not sent: this replica no longer holds the Lease (its controller is being stopped)."""
+
+    def __init__(self) -> None:
+        super().__init__(0, "this replica no longer leads: the write was not sent", "NotLeading")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +136,9 @@ class ImportController:
     writes: bool = True
     # How often the hub's imports are read back and reconciled (whatever this process thinks it wrote).
     resync_s: float = 30.0
+    # Under leader election: whether this replica still leads, asked before every write is sent (None:
+    # always). A write refused so raises ``NotLeading`` (a failed reconcile, retried while it runs).
+    leading: Callable[[], bool] | None = None
     # (namespace, name) -> {member: exported pool object}
     exported: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # What the hub's status says (read back from the hub at the start and every ``resync_s``).
@@ -216,6 +235,13 @@ class ImportController:
             if self._dirty.is_set():
                 self._dirty.clear()
                 self._feed()
+
+    async def _send(self, client: KubeClient, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        """A write (to the hub or a member): not sent once this replica no longer leads. It cannot
+        fence a write already sent (see the module's docstring)."""
+        if self.leading is not None and not self.leading():
+            raise NotLeading()
+        return await client.request(method, path, **kw)
 
     def _hub(self) -> KubeClient:
         assert self.hub is not None, "a read-only controller writes nothing to the hub"
@@ -383,7 +409,8 @@ class ImportController:
             parents.append({"parentRef": parent_ref, "controllerName": CONTROLLER_NAME, "conditions": [cond]})
         # status.parents is an atomic list: the whole list, guarded by the resourceVersion we read.
         body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": {"parents": parents}}
-        await client.request(
+        await self._send(
+            client,
             "PATCH",
             R.INFERENCE_POOL.item_path(ns, name) + "/status",
             body=body,
@@ -416,7 +443,7 @@ class ImportController:
         obj: dict[str, Any] | None = None
         if create:
             try:
-                obj = await self._hub().request("POST", rt.collection_path(ns), body=body)
+                obj = await self._send(self._hub(), "POST", rt.collection_path(ns), body=body)
             except KubeError as e:
                 if e.status != 409:  # already there (created earlier, or by a previous run)
                     raise
@@ -439,7 +466,8 @@ class ImportController:
         controllers = [entry if c is mine else c for c in controllers] if mine else [*controllers, entry]
         # status.controllers is replaced whole by a merge patch: other controllers' entries are carried
         # over, and the resourceVersion read guards against a write in between (409: retried).
-        await self._hub().request(
+        await self._send(
+            self._hub(),
             "PATCH",
             rt.item_path(ns, name) + "/status",
             body={"metadata": {"resourceVersion": meta.get("resourceVersion")},
@@ -488,8 +516,8 @@ class ImportController:
         if others:
             rv = obj.get("metadata", {}).get("resourceVersion")
             if len(others) < len(controllers):
-                await self._hub().request(
-                    "PATCH", path + "/status",
+                await self._send(
+                    self._hub(), "PATCH", path + "/status",
                     body={"metadata": {"resourceVersion": rv}, "status": {"controllers": others}},
                     content_type="application/merge-patch+json",
                 )  # fmt: skip
@@ -497,7 +525,7 @@ class ImportController:
                      "controller's kept)", ns, name)  # fmt: skip
             return
         try:
-            await self._hub().request("DELETE", path)
+            await self._send(self._hub(), "DELETE", path)
         except KubeError as e:
             if e.status != 404:
                 raise
