@@ -511,3 +511,52 @@ async def test_a_failed_catch_up_is_logged_and_live_events_go_on(monkeypatch, ca
     finally:
         await mgr.close()
         await pub.close()
+
+
+@pytest.mark.parametrize("bound", ["batches", "bytes"])
+async def test_the_catch_up_keeps_a_bounded_newest_part_of_the_replay_buffer(monkeypatch, bound):
+    """The replay protocol takes only a start sequence: the engine sends its whole buffer. The fetch keeps
+    at most ``FETCH_MAX_BATCHES`` / ``FETCH_MAX_BYTES`` of it, the newest, dropping older batches as they
+    arrive (bounded memory); the index learns those only (it may under-report, never over-report)."""
+    from kvgate.datalayer import kvsubscriber
+
+    payloads = [batch(stored_map([1_000 + i], None, [0] * 4)) for i in range(300)]
+    size = len(payloads[-1])
+    assert all(len(p) == size for p in payloads)
+    if bound == "batches":
+        monkeypatch.setattr(kvsubscriber, "FETCH_MAX_BATCHES", 100)
+    else:
+        monkeypatch.setattr(kvsubscriber, "FETCH_MAX_BYTES", 100 * size)
+    pub = FakeVLLMPublisher()
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx)
+    try:
+        for p in payloads:
+            await pub.publish(p, drop=True)
+        sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
+        async with asyncio.timeout(5):
+            await sub.wait_caught_up()
+        assert idx.engine_hashes("a") == set(range(1_200, 1_300))
+        assert sub.stats.fetch_dropped == 200 and sub.stats.replayed == 100 and sub.stats.last_seq == 299
+    finally:
+        await mgr.close()
+        await pub.close()
+
+
+async def test_a_gap_replay_keeps_only_the_missing_range(monkeypatch):
+    """Healing a gap [want, upto) fetches from ``want``; what the engine sends past ``upto`` is dropped on
+    arrival, not held (here: 50 missing of 1,000 buffered, with a bound of 60 batches)."""
+    from kvgate.datalayer import kvsubscriber
+
+    monkeypatch.setattr(kvsubscriber, "FETCH_MAX_BATCHES", 60)
+    pub = FakeVLLMPublisher()
+    idx = BlockIndex()
+    sub = KVEventSubscriber(idx, "a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
+    try:
+        for i in range(1_000):
+            await pub.publish(batch(stored_map([1_000 + i], None, [0] * 4)), drop=True)
+        sub.stats.last_seq = 99
+        assert await sub._replay(100, 150)
+        assert idx.engine_hashes("a") == set(range(1_100, 1_150)) and sub.stats.fetch_dropped == 0
+    finally:
+        await pub.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -36,6 +37,7 @@ class SubscriberStats:
     resyncs: int = 0
     restarts: int = 0
     decode_errors: int = 0
+    fetch_dropped: int = 0  # replayed batches dropped on arrival past the fetch bound (the oldest)
     last_seq: int | None = None
 
 
@@ -214,10 +216,9 @@ class KVEventSubscriber:
         ``partial_ok`` (joining late, nothing known yet): apply the longest run that ends at ``upto - 1``
         even if the engine's buffer no longer reaches back to ``want``.
         """
-        got = await self._fetch(want)
+        got = await self._fetch(want, upto)
         if got is None:
             return False
-        got = [(s, p) for s, p in got if s < upto]
         if partial_ok:
             got = _newest_run(got, upto)
         elif [s for s, _ in got] != list(range(want, upto)):
@@ -264,8 +265,13 @@ class KVEventSubscriber:
         self._caught_upto = decoded[-1][0]
         self._caught_digests = {seq: xxhash.xxh3_64_intdigest(p) for seq, p in got[-_CAUGHT_DIGESTS:]}
 
-    async def _fetch(self, want: int) -> list[tuple[int, bytes]] | None:
-        """Batches from ``want`` on that the replay socket returns, in order; None if it did not answer."""
+    async def _fetch(self, want: int, upto: int | None = None) -> list[tuple[int, bytes]] | None:
+        """Batches in [``want``, ``upto``) that the replay socket returns, in order; None if it did not
+        answer. Bounded whatever the engine buffers: the replay protocol takes only a start sequence (the
+        engine sends all it holds from there), so batches outside the range are dropped as they arrive,
+        and past ``FETCH_MAX_BATCHES`` or ``FETCH_MAX_BYTES`` the oldest kept ones go (the newest are what
+        the engine still holds); one message over ``FETCH_MAX_MESSAGE_BYTES`` ends the fetch (ZMQ drops
+        the peer; the fetch then times out)."""
         if self.replay_endpoint is None:
             return None
         import zmq
@@ -274,7 +280,9 @@ class KVEventSubscriber:
         ctx = zmq.asyncio.Context.instance()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        got: list[tuple[int, bytes]] = []
+        sock.setsockopt(zmq.MAXMSGSIZE, FETCH_MAX_MESSAGE_BYTES)
+        got: deque[tuple[int, bytes]] = deque()
+        size = 0
         try:
             try:
                 sock.connect(self.replay_endpoint)
@@ -296,15 +304,24 @@ class KVEventSubscriber:
                 if seq_b == _END_SEQ:
                     break
                 seq = int.from_bytes(seq_b, "big", signed=True)
-                if seq >= want:
-                    got.append((seq, payload))
+                if seq < want or (upto is not None and seq >= upto):
+                    continue
+                got.append((seq, payload))
+                size += len(payload)
+                while len(got) > FETCH_MAX_BATCHES or size > FETCH_MAX_BYTES:
+                    size -= len(got.popleft()[1])
+                    self.stats.fetch_dropped += 1
         finally:
             sock.close(0)
-        got.sort()
-        return got
+        return sorted(got)
 
 
 _SLICE = 64  # catch-up batches handled between yields to the event loop
+# What one replay fetch keeps (the newest; bounded memory, however much the engine buffers): vLLM's
+# default replay buffer (``buffer_steps``) is 10,000 batches; bytes bound large prefills' token lists.
+FETCH_MAX_BATCHES = 10_000
+FETCH_MAX_BYTES = 64 * 1024 * 1024
+FETCH_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Digests kept of the catch-up's newest batches: live batches that overlap it were published between the
 # SUB's connect and the replay fetch, so they are among its newest (bounded memory).
 _CAUGHT_DIGESTS = 4096
