@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -258,3 +261,66 @@ async def test_a_sighup_right_after_a_spawn_does_not_kill_the_worker(backends, t
         await _until_ready(s, admin)
         assert pid in _children(proc.pid)
     assert log.read_text().count("exited with") == 1, log.read_text()  # the SIGKILLed one only
+
+
+def test_only_private_directories_of_gone_supervisors_are_cleaned(tmp_path) -> None:
+    from kvgate.gateway.workers import _start_ticks, clean_stale_dirs
+
+    done = subprocess.Popen(["true"])
+    done.wait()
+    dead, me = done.pid, os.getpid()
+    ticks = _start_ticks(me)
+    assert ticks is not None
+
+    def make(name: str, mode: int = 0o700) -> Path:
+        p = tmp_path / name
+        p.mkdir()
+        p.chmod(mode)
+        (p / "config.pickle").write_bytes(b"x")
+        return p
+
+    # Gone: a dead pid (with and without a start time), our pid with another start time (reused).
+    gone = [make(f"kvgate-config-{dead}-123-a"), make(f"kvgate-gossip-{dead}-0-b"),
+            make(f"kvgate-config-{me}-{int(ticks) + 1}-c")]  # fmt: skip
+    # Kept: ours, live; not private (0755); older names; other kinds; a live pid without a start time.
+    kept = [make(f"kvgate-gossip-{me}-{ticks}-d"), make(f"kvgate-config-{dead}-123-e", 0o755),
+            make("kvgate-config-f"), make(f"kvgate-other-{dead}-1-g"),
+            make(f"kvgate-config-{me}-0-h")]  # fmt: skip
+    target = make("elsewhere")
+    (tmp_path / f"kvgate-config-{dead}-1-link").symlink_to(target)
+    assert sorted(clean_stale_dirs(str(tmp_path))) == sorted(str(p) for p in gone)
+    assert not any(p.exists() for p in gone)
+    assert all(p.exists() for p in kept) and (target / "config.pickle").exists()
+
+
+async def test_a_sigkilled_supervisors_private_directories_are_removed_at_the_next_start(backends, tmp_path):
+    """SIGKILL leaves the supervisor no cleanup: its config snapshot and gossip directories stayed in the
+    temp dir for good. The next supervisor removes them (their owner is gone), keeps its own, and removes
+    its own on a clean stop."""
+    (b,) = await backends(1)
+    tmp = tempfile.mkdtemp(prefix="kvt-", dir="/tmp")  # short: the gossip sockets' paths are bounded
+    env = {"TMPDIR": tmp}
+    config, log = tmp_path / "gw.yaml", tmp_path / "stderr"
+    try:
+        port, admin = free_port(), free_port()
+        _config(tmp_path / "gw.yaml", b.address, port, admin, None)
+        async with _serve(config, log, env) as proc, aiohttp.ClientSession() as s:
+            await _until_ready(s, admin)
+            workers = _children(proc.pid)
+            proc.kill()
+            await proc.wait()
+        for _ in range(400):
+            if not any(_alive(p) for p in workers):
+                break
+            await asyncio.sleep(0.05)
+        left = set(os.listdir(tmp))
+        assert {n.split("-")[1] for n in left} == {"config", "gossip"} and len(left) == 2, left
+        port, admin = free_port(), free_port()
+        _config(tmp_path / "gw.yaml", b.address, port, admin, None)
+        async with _serve(config, log, env) as proc, aiohttp.ClientSession() as s:
+            await _until_ready(s, admin)
+            now = set(os.listdir(tmp))
+            assert len(now) == 2 and not now & left, (left, now)
+        assert os.listdir(tmp) == []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

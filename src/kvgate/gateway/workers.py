@@ -261,6 +261,72 @@ def _private_dir(path: str) -> None:
         raise OSError(f"{path} is not the supervisor's private directory")
 
 
+# The supervisor's private directories in the temp dir: ``kvgate-<kind>-<pid>-<start>-<random>``, the
+# owning process's pid and start time (clock ticks since boot, /proc/<pid>/stat), so a later supervisor
+# can tell those whose owner is gone (SIGKILL, out of memory: no cleanup ran) from live ones, even when
+# the pid was reused (a container's pid 1 restarted with /tmp on a volume).
+_PRIVATE_KINDS = ("config", "gossip")
+
+
+def _start_ticks(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def private_dir(kind: str) -> str:
+    """A new 0700 directory in the temp dir, named for this process (``clean_stale_dirs``)."""
+    pid = os.getpid()
+    return tempfile.mkdtemp(prefix=f"kvgate-{kind}-{pid}-{_start_ticks(pid) or 0}-")
+
+
+def clean_stale_dirs(root: str | None = None) -> list[str]:
+    """Remove the private directories supervisors left behind when they died without cleaning up; the
+    paths removed. Only those this user owns, real 0700 directories (no link, nothing another user made),
+    named for a process that is gone: no process with that pid, or one that started at another time (the
+    pid reused). Without /proc (start time 0), a live pid keeps its directory."""
+    root = tempfile.gettempdir() if root is None else root
+    removed: list[str] = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 5 or parts[0] != "kvgate" or parts[1] not in _PRIVATE_KINDS:
+            continue
+        pid_s, ticks = parts[2], parts[3]
+        if not (pid_s.isdigit() and ticks.isdigit()):
+            continue
+        pid = int(pid_s)
+        now = _start_ticks(pid)
+        gone = now != ticks if ticks != "0" and now is not None else not _running(pid)
+        if not gone:
+            continue
+        path = os.path.join(root, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def read_snapshot(path: str) -> GatewayConfig:
     """A worker's reload: the config the supervisor checked, as ``Supervisor.write_snapshot`` wrote it."""
     try:
@@ -563,8 +629,10 @@ class Supervisor:
         reload_task = None
         snapshot_dir = None
         try:  # the directories inside: the cleanup below removes them if a later step fails
+            for path in clean_stale_dirs():
+                log.warning("removed %s: left by a supervisor that is gone", path)
             if self.config_path is not None:
-                snapshot_dir = tempfile.mkdtemp(prefix="kvgate-config-")  # private (0700): only we write it
+                snapshot_dir = private_dir("config")  # private (0700): only we write it
                 self.snapshot = os.path.join(snapshot_dir, "config.pickle")
                 self.write_snapshot(self.file_cfg)
                 watch = _WorkersReload(self, self.config_path, self.mtime)
@@ -573,7 +641,7 @@ class Supervisor:
             if self.n > 1:
                 from kvgate.gateway.shared_inflight import SharedInFlight
 
-                self.gossip_dir = tempfile.mkdtemp(prefix="kvgate-gossip-")  # short: unix paths max 107 bytes
+                self.gossip_dir = private_dir("gossip")  # short: unix socket paths max 107 bytes
                 self.shared = SharedInFlight.create(self.n, self.ctx.Lock())
             await asyncio.gather(*(self.start_worker(i) for i in range(self.n)))
             if any(p is None for p in self.admin_ports):
