@@ -93,9 +93,10 @@ def test_workers_bench_bound_with_a_shared_waiting_list_and_faster_gossip(tmp_pa
     assert "per worker + gossip every 1 ms, waiting list shared (bound)" in md
 
 
-@pytest.mark.parametrize("interval", ["0", "-0.5", "nan"])
+@pytest.mark.parametrize("interval", ["0", "-0.5", "nan", "inf", "-inf", "1e309"])
 def test_workers_bench_rejects_a_gossip_interval_that_is_not_positive(interval, capsys) -> None:  # type: ignore[no-untyped-def]
-    """0 or less rescheduled the gossip flush at the same virtual instant forever: the run hung."""
+    """0 or less rescheduled the gossip flush at the same virtual instant forever: the run hung; infinity
+    never flushed: the run measured no gossip at all, under the gossip mode's name."""
     from kvgate.bench.workers_sim import main as workers_main
     from kvgate.bench.workers_sim import run_workers
 
@@ -104,6 +105,6 @@ def test_workers_bench_rejects_a_gossip_interval_that_is_not_positive(interval, 
             ["--modes", "gossip", "--duration", "1", "--warmup", "0", f"--gossip-interval={interval}"]
         )
     assert e.value.code == 2
-    assert "--gossip-interval: must be > 0 seconds" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="gossip_s must be > 0"):
+    assert "--gossip-interval: must be > 0 seconds and finite" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="gossip_s must be > 0 and finite"):
         run_workers("b", 7, 3.0, 2, True, 1.0, 0.0, gossip=True, gossip_s=float(interval))

@@ -302,3 +302,43 @@ async def test_a_failed_start_up_leaves_no_private_directory(tmp_path, monkeypat
     with pytest.raises(OSError, match="no shared memory"):
         await sup.run()
     assert list(tmp.iterdir()) == []
+
+
+async def test_a_snapshot_write_that_keeps_failing_is_logged_with_backoff(tmp_path, monkeypatch, caplog):
+    """Retried at every check (so it applies as soon as it can), but logged at the 1st, 2nd, 4th, ...
+    failure in a row, not at every check for as long as /tmp stays full; its recovery is logged."""
+    import errno
+
+    from kvgate.config.gateway import load_gateway_config
+    from kvgate.gateway.workers import Supervisor, _WorkersReload
+
+    f = tmp_path / "gw.yaml"
+    _write(f, ["127.0.0.1:1"], {"maxBodyBytes": 1 << 20})
+    sup = Supervisor(load_gateway_config(str(f)), 2, config_path=str(f))
+    snap_dir = tmp_path / "kvgate-config-x"
+    snap_dir.mkdir(mode=0o700)
+    sup.snapshot = str(snap_dir / "config.pickle")
+    watch = _WorkersReload(sup, str(f))
+    watch.poll_s = 0.01
+    write = Supervisor.write_snapshot
+
+    def full(self: Supervisor, cfg: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Supervisor, "write_snapshot", full)
+    task = asyncio.create_task(watch.run())
+    try:
+        _write(f, ["127.0.0.1:1"], {"maxBodyBytes": 1024})
+        watch.trigger()
+        await _until(lambda: watch.failures >= 40, "the failed write was not retried")
+        monkeypatch.setattr(Supervisor, "write_snapshot", write)
+        await _until(lambda: watch.reloads == 1, "the reload was not retried")
+        failed = [r.getMessage() for r in caplog.records if "could not be applied" in r.getMessage()]
+        n = watch.failures
+        assert len(failed) == len([k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]), (n, failed)
+        assert "(2 failures in a row;" in failed[1]
+        assert f"applied after {n} failures" in caplog.text
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -17,6 +17,7 @@ waiting on a prefix, its ``sharedCopy`` input, shared by the workers at once ins
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import random
 import sys
@@ -79,13 +80,14 @@ class WorkerDirectors:
 
 
 def _positive_seconds(text: str) -> float:
-    """``--gossip-interval``: 0 or less would hang virtual time (the flush rescheduled at one instant)."""
+    """``--gossip-interval``: 0 or less would hang virtual time (the flush rescheduled at one instant);
+    infinity would never flush (the run silently measures no gossip at all)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds and finite, got {text}")
     return value
 
 
@@ -106,8 +108,8 @@ def run_workers(
     the gateway does today: the upper bound of prefix state converging between workers).
     ``shared_wait``: every worker's cost scorer uses worker 0's waiting-on-prefix list (a bound too).
     ``gossip_s``: how often each worker flushes its gossip (the gateway's ``PREFIX_GOSSIP_S``)."""
-    if not gossip_s > 0:  # 0 would reschedule the flush at the same virtual instant forever
-        raise ValueError(f"gossip_s must be > 0, got {gossip_s}")
+    if not 0 < gossip_s < math.inf:  # 0: the flush rescheduled at one virtual instant forever; inf: never
+        raise ValueError(f"gossip_s must be > 0 and finite, got {gossip_s}")
     fam = FAMILIES[family]
     specs = list(mixed_workload(fam, qps=qps, horizon=warmup + duration, seed=seed))
     cfg = FleetConfig(replicas=fam.fleet(), policy="kvgate", qps=qps, duration=duration, warmup=warmup,

@@ -61,6 +61,11 @@ _APPLIED = {"pools", "limits"}
 _POOL_APPLIED = {"name", "endpoints"}
 
 
+# A reload that keeps failing to apply (OSError) is logged at its 1st, 2nd, 4th, ... failure, then every
+# this many (at the 2 s poll: about every 4 min).
+_LOG_EVERY = 128
+
+
 def _describe(changed: dict[str, tuple[float, float]]) -> str:
     """``maxBodyBytes 8388608 -> 1024, ...``: the YAML names, as in the file."""
     return ", ".join(f"{_LIMIT_NAMES.get(k, k)} {a} -> {b}" for k, (a, b) in changed.items())
@@ -126,6 +131,7 @@ class ConfigWatch:
         self.poll_s = poll_s  # None: on trigger() only
         self.reloads = 0
         self.failures = 0
+        self.apply_failures = 0  # in a row, that could not be applied (OSError): what the log backs off on
         self._load = load
         self._mtime = self._stat() if mtime is None else mtime
         self._wake = asyncio.Event()
@@ -159,11 +165,21 @@ class ConfigWatch:
             self.apply(new)
         except OSError as e:
             # E.g. the supervisor's snapshot cannot be written (/tmp full): the watch must outlive it, and
-            # the next poll tries again (the file's change is not taken as seen).
+            # the next poll tries again (the file's change is not taken as seen). Logged at the 1st, 2nd,
+            # 4th, ... failure in a row, then every ``_LOG_EVERY``th: not a line every poll for hours.
             self.failures += 1
+            self.apply_failures += 1
             self._mtime = None
-            log.error("config reload: %s could not be applied, keeping the running config: %s", self.path, e)
+            n = self.apply_failures
+            if n % _LOG_EVERY == 0 or (n < _LOG_EVERY and n & (n - 1) == 0):
+                log.error(
+                    "config reload: %s could not be applied, keeping the running config: %s%s", self.path, e,
+                    f" ({n} failures in a row; retried at every check, logged less often)" if n > 1 else "",
+                )  # fmt: skip
             return False
+        if self.apply_failures:
+            log.warning("config reload: %s applied after %d failures", self.path, self.apply_failures)
+            self.apply_failures = 0
         self.reloads += 1
         return True
 
