@@ -62,6 +62,10 @@ class PoolConfig:
     ca_file: str | None = None
     # Labels per endpoint address (e.g. ``kvgate.io/kv-events`` from KV-events detection at start-up).
     endpoint_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    # ``passPriority``: the request's InferenceObjective priority goes to the server as vLLM's ``priority``
+    # body field (negated: vLLM runs lower first). Off by default: vLLM refuses a nonzero ``priority``
+    # unless it runs ``--scheduling-policy priority``.
+    pass_priority: bool = False
 
 
 @dataclass(slots=True)
@@ -250,6 +254,7 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
         "endpointPickerConfigFile",
         "caFile",
         "inferencePool",
+        "passPriority",
     )
     _check_keys(raw, allowed, path + ".")
     name = _get(raw, "name", path + ".", str)
@@ -309,9 +314,11 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
         if not isinstance(file_, str):
             raise GatewayConfigError(path + ".endpointPickerConfigFile", "expected a file path")
         picker = _load_yaml(os.path.join(base_dir, file_), path + ".endpointPickerConfigFile")
+    pass_priority = _get(raw, "passPriority", path + ".", bool, False)
     return PoolConfig(
-        name, endpoints, models, adapters, engine, policy, picker, inference_pool, scheme, ca_file
-    )
+        name, endpoints, models, adapters, engine, policy, picker, inference_pool, scheme, ca_file,
+        pass_priority=pass_priority,
+    )  # fmt: skip
 
 
 def _parse_rewrite(raw: Any, path: str) -> RewriteRule:

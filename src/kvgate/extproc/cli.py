@@ -71,6 +71,12 @@ def parser() -> argparse.ArgumentParser:
         "--adapter", action="append", default=[], help="LoRA adapter name the pool serves (repeatable)"
     )
     src.add_argument(
+        "--pass-priority",
+        action="store_true",
+        help="send the InferenceObjective priority to the servers as vLLM's priority field (negated; "
+        "for servers run with --scheduling-policy priority; as pools[].passPriority)",
+    )
+    src.add_argument(
         "--session-header", default=None, help=f"session-affinity header (default {DEFAULT_SESSION_HEADER})"
     )
     pick = p.add_argument_group("picker")
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             policy=args.policy, engine=args.engine, config_file=args.config_file,
             config_text=args.config_text, conformance=args.enable_conformance_hooks,
             adapters=args.adapter, session_header=args.session_header, pool_namespace=args.pool_namespace,
+            pass_priority=args.pass_priority,
         )  # fmt: skip
         if args.ha_enable_leader_election and cfg.pool.inference_pool is None:
             raise EppConfigError("--ha-enable-leader-election needs Kubernetes discovery (--pool-name)")
@@ -252,7 +259,9 @@ def _kube_pool(args: argparse.Namespace, cfg: EppConfig, store: EndpointStore, c
 
     def on_policy(objectives: dict[str, int], rewrites: list[Any]) -> None:
         # InferenceObjective / InferenceModelRewrite objects replace the config file's equivalents, live.
-        ctx.policy = RequestPolicy(ctx.policy.adapters, ctx.policy.session_header, objectives)
+        ctx.policy = RequestPolicy(
+            ctx.policy.adapters, ctx.policy.session_header, objectives, ctx.policy.pass_priority
+        )
         ctx.model_rewrite = ModelRewriter(rewrites, seed=cfg.gateway.rewrite_seed)
 
     opts = KubeOptions(

@@ -89,6 +89,7 @@ def load(
     adapters: list[str] | None = None,
     session_header: str | None = None,
     pool_namespace: str = "default",
+    pass_priority: bool = False,
 ) -> EppConfig:
     try:
         if pool_name and not config and not endpoints:
@@ -120,6 +121,8 @@ def load(
     else:
         names = ", ".join(p.name for p in gw.pools)
         raise EppConfigError(f"the config has several pools ({names}); choose one with --pool-name")
+    if pass_priority:  # --pass-priority (as pools[].passPriority)
+        pool.pass_priority = True
     picker = _picker_config(config_file, config_text) or pool.picker_config
     return EppConfig(
         pool=pool,

@@ -56,7 +56,9 @@ def build_context(
     health = cfg.gateway.health  # the same thresholds as kvgate serve (kvgate.datalayer.health)
     director.health = HealthPolicy(health.scrape_failures, health.metrics_staleness_s)
     rewriter = ModelRewriter(cfg.gateway.rewrites, seed=cfg.gateway.rewrite_seed)
-    policy = RequestPolicy(frozenset(cfg.pool.adapters), cfg.gateway.session_header, dict(cfg.objectives))
+    policy = RequestPolicy(
+        frozenset(cfg.pool.adapters), cfg.gateway.session_header, dict(cfg.objectives), cfg.pool.pass_priority
+    )
     return SessionContext(
         director,
         AddressIndex(store),

@@ -41,6 +41,7 @@ from kvgate.openai.request import (
     inference_request,
     kind_for_path,
     parse_body,
+    server_priority,
 )
 from kvgate.openai.sse import SSEScanner, rewrite_model
 from kvgate.requestcontrol.director import preempted_error
@@ -327,8 +328,11 @@ class Session:
         if target and target != model:
             self._client_model = model
             parsed.body["model"] = target
-            raw = orjson.dumps(parsed.body)
             model, changed = target, True
+        if server_priority(parsed.body, self.ctx.policy, self.request_headers.get(keys.OBJECTIVE)):
+            changed = True  # (pools[].passPriority)
+        if changed:
+            raw = orjson.dumps(parsed.body)
         req = self._build_request(parsed, model)
         # With request trailers the body's end is signalled by the trailers answer, not end_of_stream.
         return self._schedule(req, body=raw, body_changed=changed, body_eos=not trailers)

@@ -42,6 +42,7 @@ from kvgate.openai.request import (
     RequestPolicy,
     inference_request,
     parse_body,
+    server_priority,
 )
 from kvgate.requestcontrol.director import preempted_error
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage
@@ -161,7 +162,10 @@ class Proxy:
                 self.routes[name] = pool
         # What configuration adds to a body, per pool (kvgate.openai.request, shared with kvgate epp).
         self.policies = {
-            pool.name: RequestPolicy(pool.adapters, cfg.session_header, cfg.objectives) for pool in pools
+            pool.name: RequestPolicy(
+                pool.adapters, cfg.session_header, cfg.objectives, pool.cfg.pass_priority
+            )
+            for pool in pools
         }
         lim = cfg.limits
         self.upstream = UpstreamPool(lim.connect_timeout_s, lim.idle_timeout_s)
@@ -323,6 +327,8 @@ class Proxy:
         changed = target != client_model
         if changed:
             parsed.body["model"] = target
+        if server_priority(parsed.body, self.policies[pool.name], objective):  # (pools[].passPriority)
+            changed = True
         if parsed.stream and not parsed.client_wants_usage:
             # Ask for the final usage chunk so the in-flight accounting sees real token counts, and
             # strip it from what the client sees since it did not ask for it.

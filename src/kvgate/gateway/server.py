@@ -268,7 +268,9 @@ class GatewayServer:
             proxy = self.proxy
             if proxy is None:
                 return
-            proxy.policies[pool.name] = RequestPolicy(pool.adapters, self.cfg.session_header, objectives)
+            proxy.policies[pool.name] = RequestPolicy(
+                pool.adapters, self.cfg.session_header, objectives, pool.cfg.pass_priority
+            )
             self._kube_rules[pool.name] = rules
             proxy.rewriter = ModelRewriter(
                 [r for rs in self._kube_rules.values() for r in rs], self.cfg.rewrite_seed

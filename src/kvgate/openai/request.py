@@ -105,6 +105,21 @@ class RequestPolicy:
     adapters: frozenset[str] = frozenset()
     session_header: str = DEFAULT_SESSION_HEADER
     objectives: Mapping[str, int] = field(default_factory=dict)
+    pass_priority: bool = False  # pools[].passPriority (``server_priority``)
+
+
+def server_priority(body: dict[str, Any], policy: RequestPolicy, objective: str | None) -> bool:
+    """With ``pools[].passPriority``: write the request's InferenceObjective priority into ``body`` as
+    vLLM's ``priority`` (lower runs first, so negated: an objective's higher is more important), in
+    place of any the client sent (the objective decides, not the client). True when ``body`` changed.
+    Priority 0 is written only over a client's own value (vLLM's default is 0)."""
+    if not policy.pass_priority:
+        return False
+    prio = policy.objectives.get(objective, 0) if objective else 0
+    if not prio and "priority" not in body:
+        return False
+    body["priority"] = -prio
+    return True
 
 
 def kind_for_path(path: str) -> str:
