@@ -138,16 +138,21 @@ def test_observed_ttft_steers_away_and_the_floor_does_not_fade() -> None:
     assert all(p.order([slow, fast], ClusterRequest(), 30.0)[0].name == "fast" for _ in range(10))
 
 
-def test_recent_slowness_fades_to_the_floor() -> None:
-    """TTFTs above the floor (a queue there) fade with their age, down to the floor: a cluster left
-    alone because it was loaded gets tried again; one that is slow per se does not."""
+def test_recent_slowness_fades_to_the_model() -> None:
+    """Answers slower than the model predicted (a queue it did not see) scale the cluster's predicted
+    TTFT up, fading with their age, down to the model: a cluster left alone because it was loaded gets
+    tried again; one that is slow per se keeps its floor (its measured speed), which does not fade."""
+    p = KvgatePolicy(rng=random.Random(0))
     st = _state("c")
     for _ in range(30):
         st.observe_ttft(0.1, 0.0)
+    p.order([st], ClusterRequest(), 1.0)
+    model = p.model_ttft(st)
     for _ in range(10):
-        st.observe_ttft(2.0, 1.0)
-    assert st.observed_ttft(1.0) > 0.5
+        st.observe_ttft(20 * model, 1.0, st.dispatched(1.0))
+    assert p.predicted_ttft(st, 1.0) > 5 * model
     assert st.ttft_floor_s is not None and st.ttft_floor_s < 0.2  # a few slow answers barely move it
+    assert p.predicted_ttft(st, 60.0) == pytest.approx(p.model_ttft(st), rel=1e-3)
     assert st.observed_ttft(60.0) == pytest.approx(st.ttft_floor_s)
 
 
@@ -443,3 +448,58 @@ def test_two_gateways_with_different_rtts_and_measurements_agree_on_homes() -> N
     assert homes == [p.home(g2, r) for r in tenants]
     drift = fleet((5.0, 40.0), (0.265 * 1.05, 0.343 / 1.05), (1.70 * 1.05, 2.80 / 1.05))
     assert homes == [p.home(drift, r) for r in tenants]
+
+
+def test_a_drained_cluster_is_not_judged_by_the_queue_its_last_answers_met() -> None:
+    """Live loss phase: east overloaded answers in ~4 s; then `west` is back, east drains (its fresh
+    snapshot shows room) and gets nothing more, so no new answer comes from it. A TTFT describes the queue
+    when its request was sent: judged by those answers east looked 4 s away for seconds after it had
+    drained, and every tenant went into the cold, restarted `west` (5-7 s there). The evidence is the
+    model's error instead (observed over predicted at dispatch), applied to the model at the current
+    snapshot: a model that was right about the old queue is trusted about the new one."""
+    p = KvgatePolicy(local="east", rng=random.Random(0))
+    east = _state("east", ready=3, cap=3.0, head=0.0, q=4.0, request_slots=24.0, rtt=5.0)
+    for _ in range(10):
+        east.observe_ttft(0.27, 0.0)  # its floor
+    req = ClusterRequest()
+    t = 1.0
+    last = 0.0
+    for _ in range(20):  # overloaded: each answer about what the model predicted when it was sent
+        east.fetched_at = t
+        p.order([east], req, t)
+        last = 1.1 * p.model_ttft(east)
+        tok = east.dispatched(t)
+        east.observe_ttft(last, t + last, tok)
+        t += 0.2
+    assert last > 2.0 and p.predicted_ttft(east, t) > 2.0  # still loaded: still dear
+    # drained: a fresh snapshot with room, and nothing sent since
+    drained_snapshot = PoolAggregate(
+        "east", 99.0, 3, 3, average_kv_cache_utilization=0.4, capacity=3.0, headroom=1.5, request_slots=24.0
+    )
+    east.set_aggregate(drained_snapshot, t + 0.5)
+    drained = p.predicted_ttft(east, t + 0.5)
+    # the model now (floor x (1 + u)) times at most the 10 % error seen: not the 2 s its last answers took
+    assert drained == pytest.approx(p.model_ttft(east) * east.model_bias(t + 0.5))
+    assert east.model_bias(t + 0.5) <= 1.1 and drained < 0.4 * last
+
+
+def test_a_model_that_underestimates_a_cluster_is_corrected_by_its_answers() -> None:
+    """The other side: a snapshot that says idle where requests wait long (a restarted cluster's slot
+    prior, cold caches) makes answers slower than predicted; the cluster's predicted TTFT is scaled up by
+    that error (fading with its age), so it is not flooded while its snapshot looks empty."""
+    p = KvgatePolicy(rng=random.Random(0))
+    west = _state("west", ready=2, cap=2.8, head=2.8, kv=0.0)  # no request_slots: the 64-per-endpoint prior
+    west.observe_ttft(0.35, 0.0)
+    model = p.model_ttft(west)
+    for _ in range(10):
+        p.order([west], ClusterRequest(), 1.0)
+        tok = west.dispatched(1.0)
+        west.observe_ttft(5 * model, 2.0, tok)
+    assert west.model_bias(2.0) > 2.5
+    assert p.predicted_ttft(west, 2.0) > 2.5 * model
+    assert p.predicted_ttft(west, 60.0) == pytest.approx(p.model_ttft(west), rel=1e-3)  # it fades
+    # answers with no prediction recorded (dispatched without an order) are no evidence of the model's
+    west2 = _state("west2")
+    west2.observe_ttft(0.3, 0.0)
+    west2.observe_ttft(9.0, 1.0, west2.dispatched(0.5))
+    assert west2.model_bias(1.0) == 1.0

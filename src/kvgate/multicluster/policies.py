@@ -17,8 +17,12 @@
   - past full, + the wait for a slot: (u - 1) x the time a request holds one (its idle TTFT plus its
     decode time as this gateway measured it, first byte to end; before any, one idle TTFT per request
     ahead per ready endpoint);
-  - never below the evidence: the recent TTFT EWMA fading to the floor, the floor x this gateway's
-    requests still waiting there for a first byte, the oldest one's age (a censored observation).
+  - x the model's error there (``ClusterState.model_bias``: observed over predicted at dispatch, an
+    EWMA of the answers, at least 1, fading with its age): an answer describes the queue its request met,
+    so it corrects the model, and the model follows the current snapshot (a drained cluster is not judged
+    by its last slow answers, nor an understated one by its empty-looking snapshot);
+  - never below the present evidence: the floor x this gateway's requests still waiting there for a
+    first byte, the oldest one's age (a censored observation).
   A slow cluster and a full one are then compared as what they are, waits: a full local cluster keeps the
   overflow until its queue is as long as an idle slow cluster's TTFT. Then relative discounts: the local
   cluster, a prefix hit (the request's leading blocks in the cluster's Bloom summary), and the request's
@@ -239,19 +243,20 @@ class KvgatePolicy:
         return self.w.prior_ttft_s / max(speed, 1e-3) + c.spec.rtt_ms / 1000.0
 
     def predicted_ttft(self, c: ClusterState, now: float = 0.0) -> float:
-        """This request's TTFT there, in seconds: the one unit every cluster is costed in.
+        """This request's TTFT there, in seconds: the one unit every cluster is costed in. The model
+        (``model_ttft``) times the error it made there (``ClusterState.model_bias``: answers slower than
+        predicted at their dispatch scale it up, fading with their age), never below the present
+        evidence (the floor x this gateway's requests still waiting for a first byte there, the oldest
+        one's age): a queue the model underestimates shows there."""
+        return max(self.model_ttft(c) * c.model_bias(now), c.observed_ttft(now))
 
-        Model: the idle TTFT (``base_ttft``) x (1 + u), u its occupancy after this request (a prefill
-        shares each engine step with the running decodes: about 2x the floor when full, as measured live),
-        plus, past full, the wait for a slot: (u - 1) x ``slot_time`` (the requests past full, (u - 1) x
-        slots, leave the queue at slots / slot_time per second). Evidence: never below what this gateway
-        observed there lately (its
-        TTFT EWMA fading to the floor, the floor x its own requests still waiting for a first byte there,
-        the oldest one's age): a queue the model underestimates shows there."""
+    def model_ttft(self, c: ClusterState) -> float:
+        """The model's TTFT there: the idle TTFT (``base_ttft``) x (1 + u), u its occupancy after this
+        request (a prefill shares each engine step with the running decodes: about 2x the floor when
+        full, as measured live), plus, past full, the wait for a slot: (u - 1) x ``slot_time`` (the
+        requests past full, (u - 1) x slots, leave the queue at slots / slot_time per second)."""
         u = self.utilisation(c)
-        base = self.base_ttft(c)
-        model = base * (1.0 + min(u, 1.0)) + max(0.0, u - 1.0) * self.slot_time(c)
-        return max(model, c.observed_ttft(now))
+        return self.base_ttft(c) * (1.0 + min(u, 1.0)) + max(0.0, u - 1.0) * self.slot_time(c)
 
     def slot_time(self, c: ClusterState) -> float:
         """How long a request holds a slot there: its prefill (the idle TTFT) plus its decode as this
@@ -327,6 +332,8 @@ class KvgatePolicy:
 
     def order(self, clusters: Sequence[ClusterState], req: ClusterRequest, now: float) -> list[ClusterState]:
         good = [c for c in clusters if self.usable(c, now)]
+        for c in clusters:  # what a dispatch there will hold its answer against (None: no model there)
+            c.model_ttft_s = self.model_ttft(c) if c in good else None
         home = self.home(good, req)
         self.last_home = home
         costs = {c.name: self.cost(c, req, now, home) for c in good}

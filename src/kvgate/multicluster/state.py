@@ -4,9 +4,17 @@ Times are the injected clock's (monotonic), never the aggregate's wall-clock ``s
 notice a new snapshot: ``sent_since_snapshot`` (this gateway's own dispatches the snapshot cannot show yet,
 the anti-herding term) resets when the snapshot changes.
 
-TTFT evidence is censored data: answered requests give their TTFT (the EWMA), and requests still waiting for
-their first byte give a lower bound, their age. A cluster that swallows requests gets slower in this
-gateway's eyes while it does, instead of looking best because it has not answered yet.
+TTFT evidence is censored data: answered requests give their TTFT, and requests still waiting for their
+first byte give a lower bound, their age. A cluster that swallows requests gets slower in this gateway's
+eyes while it does, instead of looking best because it has not answered yet.
+
+An answered request's TTFT describes the queue it met when it was sent, one TTFT ago. So what answers
+teach is the policy's error, not the cluster's TTFT now: each streamed dispatch records the policy's
+model prediction for it (``model_ttft_s``, set by the policy when it orders the clusters), and its answer
+updates an EWMA of observed / predicted (``model_bias``), applied to the model at the current snapshot. A
+cluster that drained since its last slow answers is then judged by its snapshot (times the error the model
+made there), not by a queue that is gone; one whose snapshot understates its queue (a restarted cluster's
+slot prior, cold caches) is scaled up by how wrong the model was there.
 
 The cluster's speed as measured, whatever its GPU labels say, is its TTFT floor: the 10th percentile of the
 TTFTs observed there, tracked by a multiplicative stochastic-quantile step (each answer above the floor
@@ -45,9 +53,15 @@ class ClusterState:
     down_until: float = 0.0
     backoff_s: float = 0.0
     # EWMA of the time to first byte this gateway observed from the cluster (streaming responses): what
-    # a request actually waits there, whatever the GPU table says the cluster's speed is.
+    # a request actually waits there, whatever the GPU table says the cluster's speed is (reported).
     ttft_s: float | None = None
     ttft_at: float = 0.0
+    # The policy's model prediction (seconds, no evidence applied) for the request being placed, set when
+    # it orders the clusters (None where it has none); a streamed dispatch keeps it with its token.
+    model_ttft_s: float | None = None
+    # EWMA of observed TTFT / the model's prediction at dispatch, over answers that had one; None before.
+    ttft_ratio: float | None = None
+    ratio_at: float = 0.0
     ttft_floor_s: float | None = None  # ~10th percentile of the observed TTFTs: the cluster's speed
     # Streamed requests sent there still waiting for their first byte: token -> dispatch time (insertion
     # order is dispatch order, so the first is the oldest). Bounded by what is in flight.
@@ -57,6 +71,7 @@ class ClusterState:
     # + the floor) requests per second. None until a streamed request has ended there.
     decode_s: float | None = None
     _first_at: dict[int, float] = field(default_factory=dict)  # token -> its first byte's time
+    _predicted: dict[int, float] = field(default_factory=dict)  # waiting token -> model_ttft_s at dispatch
     _token: int = 0
 
     @property
@@ -87,11 +102,18 @@ class ClusterState:
             return 0
         self._token += 1
         self.waiting[self._token] = now
+        if self.model_ttft_s is not None and self.model_ttft_s > 0.0:
+            self._predicted[self._token] = self.model_ttft_s
         return self._token
 
     def observe_ttft(self, seconds: float, now: float, token: int = 0, alpha: float = 0.1) -> None:
         if self.waiting.pop(token, None) is not None:
             self._first_at[token] = now
+        predicted = self._predicted.pop(token, None)
+        if predicted is not None:
+            r, old = seconds / predicted, self.ttft_ratio
+            self.ttft_ratio = r if old is None else old + alpha * (r - old)
+            self.ratio_at = now
         self.ttft_s = seconds if self.ttft_s is None else self.ttft_s + alpha * (seconds - self.ttft_s)
         self.ttft_at = now
         f = self.ttft_floor_s
@@ -106,6 +128,7 @@ class ClusterState:
         """The request got an answer that says nothing of the cluster's TTFT (an error reply): no longer
         waiting, and no evidence either way."""
         self.waiting.pop(token, None)
+        self._predicted.pop(token, None)
 
     def oldest_wait(self, now: float) -> float:
         """Age of the oldest request still waiting for its first byte (0 when none): its TTFT is at least
@@ -114,26 +137,34 @@ class ClusterState:
             return max(0.0, now - t)
         return 0.0
 
-    def observed_ttft(self, now: float, tau_s: float = 5.0) -> float:
-        """The TTFT evidence: the EWMA of answered requests, fading with its age (a cluster left alone
-        because it was loaded gets tried again) down to its floor (its speed: a slow cluster stays slow),
-        never below the oldest unanswered request's age (a censored observation: a cluster that swallows
-        requests looks slower the longer it does), nor below the floor times the prefill queue a new
-        request would join: this gateway's requests there still waiting for their first byte, spread over
-        the snapshot's ready endpoints (each prefills one after the other, about a floor each)."""
-        ewma = 0.0 if self.ttft_s is None else self.ttft_s * math.exp(-max(0.0, now - self.ttft_at) / tau_s)
+    def model_bias(self, now: float, tau_s: float = 5.0) -> float:
+        """How far the answers here exceeded the policy's model (observed / predicted at dispatch, an
+        EWMA), at least 1, its excess fading with its age (a cluster left alone is tried again at the
+        model's word). 1 before any answer with a prediction."""
+        if self.ttft_ratio is None or self.ttft_ratio <= 1.0:
+            return 1.0
+        return 1.0 + (self.ttft_ratio - 1.0) * math.exp(-max(0.0, now - self.ratio_at) / tau_s)
+
+    def observed_ttft(self, now: float) -> float:
+        """The TTFT evidence of the present, a lower bound: the cluster's floor (its speed: a slow cluster
+        stays slow), the oldest unanswered request's age (a censored observation: a cluster that swallows
+        requests looks slower the longer it does), and the floor times the prefill queue a new request
+        would join: this gateway's requests there still waiting for their first byte, spread over the
+        snapshot's ready endpoints (each prefills one after the other, about a floor each). Past answers
+        are not in it: they describe the queue they met (``model_bias``)."""
         floor = self.ttft_floor_s or 0.0
         if floor and self.waiting:
             a = self.aggregate
             ready = a.ready_endpoints if a is not None and a.ready_endpoints > 0 else 1
             floor *= 1.0 + len(self.waiting) / ready
-        return max(ewma, floor, self.oldest_wait(now))
+        return max(floor, self.oldest_wait(now))
 
     def finished(self, token: int = 0, now: float | None = None, alpha: float = 0.1) -> None:
         """The request ended there. With ``now``, a streamed request that had its first byte gives its
         decode time (first byte to end)."""
         self.inflight = max(0, self.inflight - 1)
         self.waiting.pop(token, None)
+        self._predicted.pop(token, None)
         first = self._first_at.pop(token, None)
         if first is not None and now is not None:
             d = max(0.0, now - first)
