@@ -166,24 +166,35 @@ async def test_a_restarted_worker_takes_no_connection_before_it_is_ready(backend
     feed = ReplayFeed(above=b.port)
     port, admin = free_port(), free_port()
     _config(tmp_path / "gw.yaml", b.address, port, admin, feed, minReadyWorkers=2)
+    log = tmp_path / "stderr"
     try:
-        async with _serve(tmp_path / "gw.yaml", tmp_path / "stderr") as proc, aiohttp.ClientSession() as s:
+        async with _serve(tmp_path / "gw.yaml", log) as proc, aiohttp.ClientSession() as s:
             await _until_ready(s, admin)
-            before = _children(proc.pid)
-            assert len(before) == 2 and all(_listens(p, port) for p in before)
-            while not feed.asked.empty():
-                feed.asked.get_nowait()
-            feed.hold = True
-            os.kill(min(before), signal.SIGKILL)
-            client = await asyncio.wait_for(feed.asked.get(), 60)  # the new worker is catching up
-            (new,) = _children(proc.pid) - before
-            # (Checked at once: the worker's own wait for the replay answer is 1 s.)
-            assert not _listens(new, port), "a worker still catching up listens on the data port"
-            status, body = await _readyz(s, admin)
-            assert (status, body) == (503, "1/2 workers ready, 2 needed")
-            await feed.release(client)
-            await _until_ready(s, admin)
-            assert _listens(new, port)
+            for _attempt in range(3):
+                before = _children(proc.pid)
+                assert len(before) == 2 and all(_listens(p, port) for p in before)
+                while not feed.asked.empty():
+                    feed.asked.get_nowait()
+                feed.hold = True
+                mark = len(log.read_text())
+                os.kill(min(before), signal.SIGKILL)
+                client = await asyncio.wait_for(feed.asked.get(), 60)  # the new worker is catching up
+                (new,) = _children(proc.pid) - before
+                listening = _listens(new, port)
+                status, body = await _readyz(s, admin)
+                feed.hold = False
+                await feed.release(client)
+                await _until_ready(s, admin)
+                assert _listens(new, port)
+                # The worker waits 1 s for the replay answer, then starts without it: a test process too
+                # slow to look within that second saw a worker already started; look again then.
+                if "gave no answer" in log.read_text()[mark:] and (listening or status != 503):
+                    continue
+                assert not listening, "a worker still catching up listens on the data port"
+                assert (status, body) == (503, "1/2 workers ready, 2 needed")
+                break
+            else:
+                raise AssertionError("the machine was too slow to look within the catch-up, 3 times")
             body = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 2})
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as c:
                 for _ in range(10):
