@@ -347,3 +347,65 @@ def test_inflight_accounting_reads_the_precise_match() -> None:
         d.on_dispatched(r, targets[-1])
     assert targets[0] is targets[1]
     assert 1040 + 15 <= targets[0].inflight.pending_prefill_tokens <= 1040 + 16  # 16 uncached, not 1,040
+
+
+def test_head_of_line_learns_seconds_per_prefill_token_from_first_tokens() -> None:
+    from kvgate.scheduling.plugins.kvgate_cost import SPT_MIN_TOKENS, KVGateCostScorer
+
+    from kvgate.config.policies import policy_config
+
+    cfg = policy_config("kvgate")
+    for spec in cfg.plugins:
+        if spec.type == "kvgate-cost-scorer":
+            spec.parameters = {**(spec.parameters or {}), "headOfLine": True}
+    now = [0.0]
+    d = build_director(cfg, fleet(2), clock=lambda: now[0], seed=0)
+    s = d.handle.find(KVGateCostScorer)
+    assert s is not None and s.head_of_line and s.spt == 0.0
+    text = "unique long prompt " * 400  # ~7,600 chars: ~1,900 tokens to compute
+    r = _req(0, text)
+    picked = d.pick(r).primary
+    d.on_dispatched(r, picked)
+    now[0] = 0.5
+    d.on_first_token(r, picked)
+    tokens = len(text) // 4
+    assert tokens >= SPT_MIN_TOKENS
+    assert abs(s.spt - 0.5 / tokens) < 0.1 * s.spt  # seconds per token computed before its first token
+    # A short prompt is mostly the step's fixed overhead: it teaches nothing.
+    short = _req(1, "short one")
+    d.on_dispatched(short, d.pick(short).primary)
+    now[0] = 5.0
+    learned = s.spt
+    d.on_first_token(short, picked)
+    assert s.spt == learned
+
+
+def test_a_long_cold_prefill_avoids_the_endpoint_with_more_arrivals() -> None:
+    # Two idle endpoints, equal in every scraped and in-flight figure; one has had four times the
+    # requests sent to it lately. A long uncached prefill blocks whatever arrives where it runs, so it
+    # goes where fewer requests are expected; a short one hardly blocks anyone, and without the
+    # head-of-line cost (headOfLine, off by default) both costs are equal.
+    from kvgate.scheduling.framework import Params
+    from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
+
+    from .helpers import cycle, handle
+
+    busy, quiet = ep("a:1"), ep("b:1")
+    s = KVGateCostScorer.create("k", Params({"headOfLine": True}, "p"), handle())
+    off = KVGateCostScorer.create("k", Params({}, "p"), handle())  # off by default
+    for sc in (s, off):
+        for i in range(8):
+            sc.on_picked(cycle(f"q{i}", now=float(i)), busy)
+        for i in range(2):
+            sc.on_picked(cycle(f"p{i}", now=float(i)), quiet)
+        sc.spt = 1e-4  # as learned: 0.1 s per 1,000 tokens
+    assert s.arrival_rate("a:1", 8.0) > 3 * s.arrival_rate("b:1", 8.0) > 0
+    long, short = "x" * 4 * 8000, "x" * 4 * 50  # 8,000 and 50 uncached tokens
+    cb, cq = s.costs(cycle(long, now=8.0), [busy, quiet])
+    assert cb > cq
+    # busy's extra: (rate difference) x spt x u x u/2, about 8,000 tokens x 0.1 arrivals expected more
+    extra = (s.arrival_rate("a:1", 8.0) - s.arrival_rate("b:1", 8.0)) * 1e-4 * 8000 * 4000
+    assert abs((cb - cq) - extra) < 1e-6 * cb
+    sb, sq = s.costs(cycle(short, now=8.0), [busy, quiet])
+    assert sb - sq < 0.01 * (cb - cq)
+    assert off.costs(cycle(long, now=8.0), [busy, quiet])[0] == off.costs(cycle(long, now=8.0), [busy, quiet])[1]

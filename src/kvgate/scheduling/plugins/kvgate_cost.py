@@ -29,6 +29,18 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   Prompts are compared by the prefix source's chained block keys: the approximate scorer's hashes, or
   the precise scorer's keys (its pick credit makes a burst's first replica the holder at once).
 
+- ``headOfLine`` (off): the requests that will arrive at an endpoint while it computes this request's
+  uncached tokens wait for them (they hold their contexts there: moving them recomputes those). So
+  placing ``u`` uncached tokens behind ``ahead`` tokens also costs, in token-times, the arrivals expected
+  there meanwhile times the delay each gets: ``rate x spt x u x (ahead + u / 2)``, with ``rate`` the
+  endpoint's arrival rate (requests this picker sent it per second, decayed over ``RATE_WINDOW_S``) and
+  ``spt`` the learned seconds per prefill token (first-token time over the tokens to compute ahead of
+  and in the request, for picks with at least ``SPT_MIN_TOKENS`` of them). A long cold prefill (a
+  context recomputed off its holder, a burst's second copy) is charged for the warm requests it will
+  block; a cached request's few tokens hardly move. Nothing is charged until ``spt`` is learned. Off by
+  default: in the fleet simulator it helped the precise profile on one shared-prefix seed and lost on
+  others and on the default profile (docs/benchmarks.md).
+
 - ``replicateLoaded`` (off): when every best holder of the prompt's prefix has more prefill queued in
   front of it than a hit there saves, a second copy on a replica with nothing queued is charged its
   prefill only (no displacement or backlog premium); the index then counts both as holders. Off by
@@ -47,6 +59,7 @@ The prefix signal comes from the approximate ``prefix-cache-scorer`` (its ``Pref
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -76,6 +89,11 @@ _U64 = (1 << 64) - 1  # waiting requests' hashes are kept as 64-bit words
 # A pick compares this request's prefix with at most this many of the holder's most recently picked
 # waiting requests (a burst is recent; a longer queue is the backlog terms' business): O(1) per pick.
 WAITING_SCAN = 128
+# headOfLine: arrival rates decay with this time constant (long against one prefill, short against a
+# workload's drift), and seconds per prefill token are learned from picks that compute at least this
+# many tokens before their first one (shorter ones are mostly the step's fixed overhead).
+RATE_WINDOW_S = 30.0
+SPT_MIN_TOKENS = 1024
 
 
 @register("kvgate-cost-scorer")
@@ -100,6 +118,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         learn_pace: bool = True,
         shared_copy: bool = True,
         replicate_loaded: bool = False,
+        head_of_line: bool = False,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -118,6 +137,13 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.learn_pace = learn_pace
         self.shared_copy = shared_copy
         self.replicate_loaded = replicate_loaded
+        self.head_of_line = head_of_line
+        # headOfLine: per endpoint (decayed arrival count, its time); learned seconds per prefill token
+        # (0 until learned); picks waiting for their first token: request id -> (pick time, tokens to
+        # compute there up to and including its own).
+        self._arrivals: dict[str, tuple[float, float]] = {}
+        self.spt = 0.0
+        self._timed: OrderedDict[str, tuple[float, float]] = OrderedDict()
         # Requests picked and not yet at their first token, with their prompt's block hashes: request
         # id -> endpoint, and per endpoint request id -> hashes (so a pick scans one endpoint's only).
         self._waiting: OrderedDict[str, str] = OrderedDict()
@@ -146,6 +172,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             learn_pace=params.get_bool("learnPace", True),
             shared_copy=params.get_bool("sharedCopy", True),
             replicate_loaded=params.get_bool("replicateLoaded", False),
+            head_of_line=params.get_bool("headOfLine", False),
         )
         params.finish()
         return s
@@ -214,6 +241,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             paces = [ep.inflight.pace for ep in endpoints if ep.inflight.pace > 0.0]
             if len(paces) == len(endpoints):  # only once every candidate's pace is known
                 fastest = min(paces)
+        spt = self.spt if self.head_of_line else 0.0
         costs: list[float] = []
         sat_flags: list[bool] = []
         n_sat = 0
@@ -261,6 +289,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             lost = uncached - best_uncached if uncached > best_uncached else 0.0
             miss_lost = 1.0 + miss_penalty * fill * share
             work = ahead + miss * (uncached - lost) + miss_lost * lost + decode_weight * load
+            if spt:
+                # The arrivals expected while these tokens are computed, each delayed by them.
+                work += self.arrival_rate(ep.address, now) * spt * uncached * (ahead + 0.5 * uncached)
             backlog = 0.0
             if mqs and queued > 0 and lost:
                 # Recomputing a prefix on a replica with a queue delays every request queued there,
@@ -351,14 +382,38 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 if len(self._waiting) > MAX_WAITING_TRACKED:
                     self._forget(next(iter(self._waiting)))
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
+        if self.head_of_line:
+            now = cycle.now
+            a = endpoint.address
+            n, t = self._arrivals.get(a, (0.0, now))
+            self._arrivals[a] = (n * math.exp(-(now - t) / RATE_WINDOW_S) + 1.0, now)
+            todo = endpoint.inflight.pending_prefill_tokens + uncached
+            if todo >= SPT_MIN_TOKENS:
+                self._timed.pop(req.request_id, None)
+                self._timed[req.request_id] = (now, todo)
+                if len(self._timed) > MAX_WAITING_TRACKED:
+                    self._timed.popitem(last=False)
+
+    def arrival_rate(self, address: str, now: float) -> float:
+        """Requests this picker sent ``address`` per second, decayed over ``RATE_WINDOW_S``."""
+        got = self._arrivals.get(address)
+        if got is None:
+            return 0.0
+        n, t = got
+        return n * math.exp(-(now - t) / RATE_WINDOW_S) / RATE_WINDOW_S
 
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
         self._forget(request.request_id)
+        timed = self._timed.pop(request.request_id, None)
+        if timed is not None and now > timed[0]:
+            sample = (now - timed[0]) / timed[1]
+            self.spt = sample if not self.spt else self.spt + 0.1 * (sample - self.spt)
 
     def on_finished(
         self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
     ) -> None:
         self._forget(request.request_id)
+        self._timed.pop(request.request_id, None)
 
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         costs = self.costs(cycle, endpoints)
