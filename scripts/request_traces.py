@@ -66,7 +66,9 @@ def trace(sim: FleetSim, classify: Any) -> tuple[dict[str, Rec], dict[str, Seen]
         rid = f"r{sim._n}"
         if sim.clock.now >= sim.cfg.warmup:
             seen[rid] = Seen(
-                [e.num_waiting for e in engines], [e.num_running for e in engines], [todo(i) for i in range(len(engines))]
+                [e.num_waiting for e in engines],
+                [e.num_running for e in engines],
+                [todo(i) for i in range(len(engines))],
             )
         arrive(spec)
 
@@ -113,11 +115,12 @@ def main() -> None:
         recs, seen = trace(sim, classify)
         row = sim.run().row
         runs[policy] = (recs, seen, row)
-        print(f"{policy}: p50 {row['ttft_p50'] * 1000:.0f} ms, p90 {row['ttft_p90'] * 1000:.0f} ms, "
-              f"hit {row['prefix_hit_rate']:.3f}")
+        print(
+            f"{policy}: p50 {row['ttft_p50'] * 1000:.0f} ms, p90 {row['ttft_p90'] * 1000:.0f} ms, "
+            f"hit {row['prefix_hit_rate']:.3f}"
+        )
     a, b = policies
-    ra, sa, _ = runs[a]
-    rb, sb, _ = runs[b]
+    sa = runs[a][1]
     nrep = len(next(iter(sa.values())).waiting)
     for policy in policies:
         recs, seen, _ = runs[policy]
@@ -128,23 +131,38 @@ def main() -> None:
         for r in done:
             prefill[r.replica] += r.prompt - r.served_cached
             cold[r.replica] += r.prompt - r.served_cached > 0.5 * r.prompt and r.prompt > 2000
-        print(f"{policy} per replica: requests {[reqs[i] for i in range(nrep)]}, prefill k-tokens "
-              f"{[round(prefill[i] / 1000) for i in range(nrep)]}, long cold prefills {[cold[i] for i in range(nrep)]}")
+        print(
+            f"{policy} per replica: requests {[reqs[i] for i in range(nrep)]}, prefill k-tokens "
+            f"{[round(prefill[i] / 1000) for i in range(nrep)]}, long cold prefills "
+            f"{[cold[i] for i in range(nrep)]}"
+        )
         # Collisions: a request that arrived at a replica running a step of > 2,000 prefill tokens.
-        hol = [r for rid, r in recs.items() if r.ttft > 0 and rid in seen and seen[rid].todo[r.replica] > 2000]
+        hol = [
+            r for rid, r in recs.items() if r.ttft > 0 and rid in seen and seen[rid].todo[r.replica] > 2000
+        ]
         if hol:
-            print(f"  arrived during a > 2k-token prefill step: {len(hol)}, their TTFT p50 "
-                  f"{statistics.median(x.ttft for x in hol) * 1000:.0f} ms; classes {dict(Counter(x.cls for x in hol))}")
+            print(
+                f"  arrived during a > 2k-token prefill step: {len(hol)}, their TTFT p50 "
+                f"{statistics.median(x.ttft for x in hol) * 1000:.0f} ms; "
+                f"classes {dict(Counter(x.cls for x in hol))}"
+            )
     for policy, other in ((a, b), (b, a)):
         recs, seen, _ = runs[policy]
-        orecs, oseen, _ = runs[other]
+        orecs = runs[other][0]
         done = sorted((r for r in recs.values() if r.ttft > 0), key=lambda r: -r.ttft)
         tail = done[: max(1, len(done) // 10)]
         print(f"\n{policy}'s slowest 10% ({len(tail)}), with {other}'s fate for the same request:")
-        worse = [rid for rid, r in recs.items() if r in tail and rid in orecs and orecs[rid].ttft < 0.7 * r.ttft]
+        slow = {id(r) for r in tail}
+        worse = [
+            rid
+            for rid, r in recs.items()
+            if id(r) in slow and rid in orecs and orecs[rid].ttft < 0.7 * r.ttft
+        ]
         print(f"  {len(worse)} of them were < 0.7x as slow under {other}")
-        print("  rid     cls     prompt  cached/engine@arrival      -> rep wait/run/todo@rep  ttft   queue  "
-              f"| {other}: rep ttft")
+        print(
+            "  rid     cls     prompt  cached/engine@arrival      -> rep wait/run/todo@rep  ttft   queue  "
+            f"| {other}: rep ttft"
+        )
         rids = {id(r): rid for rid, r in recs.items()}
         for r in tail[:n_show]:
             rid = rids[id(r)]
@@ -153,9 +171,12 @@ def main() -> None:
             per = "?"
             if s is not None:
                 per = f"{s.waiting[r.replica]}/{s.running[r.replica]}/{s.todo[r.replica]}"
-            print(f"  {rid:7} {r.cls:7} {r.prompt:6} best {r.best_cached:5} here {r.here_cached:5} -> {r.replica} "
-                  f"{per:16} {r.ttft * 1000:6.0f} {r.queue * 1000:6.0f} | "
-                  + (f"{o.replica} {o.ttft * 1000:6.0f} (here {o.here_cached})" if o else "-"))
+            print(
+                f"  {rid:7} {r.cls:7} {r.prompt:6} best {r.best_cached:5} here {r.here_cached:5} "
+                f"-> {r.replica} "
+                f"{per:16} {r.ttft * 1000:6.0f} {r.queue * 1000:6.0f} | "
+                + (f"{o.replica} {o.ttft * 1000:6.0f} (here {o.here_cached})" if o else "-")
+            )
 
 
 if __name__ == "__main__":

@@ -350,9 +350,8 @@ def test_inflight_accounting_reads_the_precise_match() -> None:
 
 
 def test_head_of_line_learns_seconds_per_prefill_token_from_first_tokens() -> None:
-    from kvgate.scheduling.plugins.kvgate_cost import SPT_MIN_TOKENS, KVGateCostScorer
-
     from kvgate.config.policies import policy_config
+    from kvgate.scheduling.plugins.kvgate_cost import SPT_MIN_TOKENS, KVGateCostScorer
 
     cfg = policy_config("kvgate")
     for spec in cfg.plugins:
@@ -408,4 +407,20 @@ def test_a_long_cold_prefill_avoids_the_endpoint_with_more_arrivals() -> None:
     assert abs((cb - cq) - extra) < 1e-6 * cb
     sb, sq = s.costs(cycle(short, now=8.0), [busy, quiet])
     assert sb - sq < 0.01 * (cb - cq)
-    assert off.costs(cycle(long, now=8.0), [busy, quiet])[0] == off.costs(cycle(long, now=8.0), [busy, quiet])[1]
+    ob, oq = off.costs(cycle(long, now=8.0), [busy, quiet])
+    assert ob == oq
+
+
+def test_head_of_line_state_is_bounded() -> None:
+    from kvgate.scheduling.framework import Params
+    from kvgate.scheduling.plugins import kvgate_cost
+    from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
+
+    from .helpers import cycle, handle
+
+    s = KVGateCostScorer.create("k", Params({"headOfLine": True}, "p"), handle())
+    for i in range(kvgate_cost.MAX_ENDPOINTS_TRACKED + 10):
+        s.on_picked(cycle("x" * 8000, now=float(i)), ep(f"10.{i // 250}.{i % 250}.1:80"))
+    assert len(s._arrivals) == kvgate_cost.MAX_ENDPOINTS_TRACKED
+    assert len(s._timed) <= kvgate_cost.MAX_WAITING_TRACKED
+    assert "10.0.0.1:80" not in s._arrivals  # the longest unpicked went first

@@ -94,6 +94,7 @@ WAITING_SCAN = 128
 # many tokens before their first one (shorter ones are mostly the step's fixed overhead).
 RATE_WINDOW_S = 30.0
 SPT_MIN_TOKENS = 1024
+MAX_ENDPOINTS_TRACKED = 4096  # arrival rates kept for at most this many endpoints
 
 
 @register("kvgate-cost-scorer")
@@ -387,6 +388,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             a = endpoint.address
             n, t = self._arrivals.get(a, (0.0, now))
             self._arrivals[a] = (n * math.exp(-(now - t) / RATE_WINDOW_S) + 1.0, now)
+            if len(self._arrivals) > MAX_ENDPOINTS_TRACKED:  # endpoints gone: forget the longest unpicked
+                del self._arrivals[min(self._arrivals, key=lambda k: self._arrivals[k][1])]
             todo = endpoint.inflight.pending_prefill_tokens + uncached
             if todo >= SPT_MIN_TOKENS:
                 self._timed.pop(req.request_id, None)
