@@ -9,7 +9,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -275,33 +274,41 @@ async def test_a_sighup_right_after_a_spawn_does_not_kill_the_worker(backends, t
 
 
 def test_only_private_directories_of_gone_supervisors_are_cleaned(tmp_path) -> None:
-    from kvgate.gateway.workers import _start_ticks, clean_stale_dirs
+    """Gone: the lock file can be taken (its holder died). Kept: a held lock (a live supervisor, whatever
+    its pid namespace), no lock file (being made), not 0700, a link, a lock file that is a link, other
+    names."""
+    from kvgate.gateway.workers import clean_stale_dirs, private_dir
 
-    done = subprocess.Popen(["true"])
-    done.wait()
-    dead, me = done.pid, os.getpid()
-    ticks = _start_ticks(me)
-    assert ticks is not None
-
-    def make(name: str, mode: int = 0o700) -> Path:
+    def make(name: str, mode: int = 0o700, lock: bool = True) -> Path:
         p = tmp_path / name
         p.mkdir()
         p.chmod(mode)
         (p / "config.pickle").write_bytes(b"x")
+        if lock:
+            (p / ".lock").write_bytes(b"")
         return p
 
-    # Gone: a dead pid (with and without a start time), our pid with another start time (reused).
-    gone = [make(f"kvgate-config-{dead}-123-a"), make(f"kvgate-gossip-{dead}-0-b"),
-            make(f"kvgate-config-{me}-{int(ticks) + 1}-c")]  # fmt: skip
-    # Kept: ours, live; not private (0755); older names; other kinds; a live pid without a start time.
-    kept = [make(f"kvgate-gossip-{me}-{ticks}-d"), make(f"kvgate-config-{dead}-123-e", 0o755),
-            make("kvgate-config-f"), make(f"kvgate-other-{dead}-1-g"),
-            make(f"kvgate-config-{me}-0-h")]  # fmt: skip
-    target = make("elsewhere")
-    (tmp_path / f"kvgate-config-{dead}-1-link").symlink_to(target)
-    assert sorted(clean_stale_dirs(str(tmp_path))) == sorted(str(p) for p in gone)
-    assert not any(p.exists() for p in gone)
-    assert all(p.exists() for p in kept) and (target / "config.pickle").exists()
+    tempfile_dir = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path)
+    try:
+        live, fd = private_dir("config")  # held, as a running supervisor holds it
+    finally:
+        tempfile.tempdir = tempfile_dir
+    try:
+        gone = [make("kvgate-config-a1"), make("kvgate-gossip-b2")]
+        kept = [Path(live), make("kvgate-config-c3", lock=False), make("kvgate-config-d4", 0o755),
+                make("kvgate-other-e5"), make("kvgate-config-x-f6"), make("elsewhere")]  # fmt: skip
+        (tmp_path / "kvgate-config-g7").symlink_to(tmp_path / "elsewhere")
+        linked = make("kvgate-gossip-h8", lock=False)
+        (linked / ".lock").symlink_to(tmp_path / "elsewhere" / "config.pickle")
+        kept.append(linked)
+        assert sorted(clean_stale_dirs(str(tmp_path))) == sorted(str(p) for p in gone)
+        assert not any(p.exists() for p in gone)
+        assert all(p.exists() for p in kept) and (tmp_path / "elsewhere" / "config.pickle").exists()
+    finally:
+        os.close(fd)
+    # Its supervisor gone (here: the lock released), the next start removes it.
+    assert clean_stale_dirs(str(tmp_path)) == [live]
 
 
 async def test_a_sigkilled_supervisors_private_directories_are_removed_at_the_next_start(backends, tmp_path):

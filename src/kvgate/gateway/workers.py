@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -261,42 +262,37 @@ def _private_dir(path: str) -> None:
         raise OSError(f"{path} is not the supervisor's private directory")
 
 
-# The supervisor's private directories in the temp dir: ``kvgate-<kind>-<pid>-<start>-<random>``, the
-# owning process's pid and start time (clock ticks since boot, /proc/<pid>/stat), so a later supervisor
-# can tell those whose owner is gone (SIGKILL, out of memory: no cleanup ran) from live ones, even when
-# the pid was reused (a container's pid 1 restarted with /tmp on a volume).
+# The supervisor's private directories in the temp dir (``kvgate-<kind>-<random>``) each hold a lock file
+# the supervisor keeps locked (``flock``) for its whole life: the kernel releases it however the process
+# ends (SIGKILL, out of memory: no cleanup ran), so a later supervisor that can take the lock knows the
+# owner is gone. Unlike a pid in the name, this holds across pid namespaces (two containers sharing /tmp,
+# both pid 1) and pid reuse.
 _PRIVATE_KINDS = ("config", "gossip")
+_LOCK = ".lock"
 
 
-def _start_ticks(pid: int) -> str | None:
+def private_dir(kind: str) -> tuple[str, int]:
+    """A new 0700 directory in the temp dir and the descriptor of its lock, held (keep it open until the
+    directory is removed). The lock file appears already locked (made and locked under another name, then
+    renamed): a cleaner never finds it unlocked while its owner lives."""
+    path = tempfile.mkdtemp(prefix=f"kvgate-{kind}-")
+    new = os.path.join(path, _LOCK + ".new")
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def private_dir(kind: str) -> str:
-    """A new 0700 directory in the temp dir, named for this process (``clean_stale_dirs``)."""
-    pid = os.getpid()
-    return tempfile.mkdtemp(prefix=f"kvgate-{kind}-{pid}-{_start_ticks(pid) or 0}-")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(new, os.path.join(path, _LOCK))
+    except OSError:
+        os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path, fd
 
 
 def clean_stale_dirs(root: str | None = None) -> list[str]:
     """Remove the private directories supervisors left behind when they died without cleaning up; the
     paths removed. Only those this user owns, real 0700 directories (no link, nothing another user made),
-    named for a process that is gone: no process with that pid, or one that started at another time (the
-    pid reused). Without /proc (start time 0), a live pid keeps its directory."""
+    whose lock file (no link either) can be locked: its owner is gone. One without a lock file (being
+    made, or not ours) is left."""
     root = tempfile.gettempdir() if root is None else root
     removed: list[str] = []
     try:
@@ -305,24 +301,25 @@ def clean_stale_dirs(root: str | None = None) -> list[str]:
         return removed
     for name in names:
         parts = name.split("-")
-        if len(parts) != 5 or parts[0] != "kvgate" or parts[1] not in _PRIVATE_KINDS:
-            continue
-        pid_s, ticks = parts[2], parts[3]
-        if not (pid_s.isdigit() and ticks.isdigit()):
-            continue
-        pid = int(pid_s)
-        now = _start_ticks(pid)
-        gone = now != ticks if ticks != "0" and now is not None else not _running(pid)
-        if not gone:
+        if len(parts) != 3 or parts[0] != "kvgate" or parts[1] not in _PRIVATE_KINDS:
             continue
         path = os.path.join(root, name)
         try:
             st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                continue
+            fd = os.open(os.path.join(path, _LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its supervisor runs
+            os.close(fd)
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
         removed.append(path)
     return removed
 
@@ -628,11 +625,13 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         reload_task = None
         snapshot_dir = None
+        locks: list[int] = []  # the private directories' locks, held until they are removed
         try:  # the directories inside: the cleanup below removes them if a later step fails
             for path in clean_stale_dirs():
                 log.warning("removed %s: left by a supervisor that is gone", path)
             if self.config_path is not None:
-                snapshot_dir = private_dir("config")  # private (0700): only we write it
+                snapshot_dir, lock = private_dir("config")  # private (0700): only we write it
+                locks.append(lock)
                 self.snapshot = os.path.join(snapshot_dir, "config.pickle")
                 self.write_snapshot(self.file_cfg)
                 watch = _WorkersReload(self, self.config_path, self.mtime)
@@ -641,7 +640,8 @@ class Supervisor:
             if self.n > 1:
                 from kvgate.gateway.shared_inflight import SharedInFlight
 
-                self.gossip_dir = private_dir("gossip")  # short: unix socket paths max 107 bytes
+                self.gossip_dir, lock = private_dir("gossip")  # short: unix socket paths max 107 bytes
+                locks.append(lock)
                 self.shared = SharedInFlight.create(self.n, self.ctx.Lock())
             await asyncio.gather(*(self.start_worker(i) for i in range(self.n)))
             if any(p is None for p in self.admin_ports):
@@ -678,6 +678,8 @@ class Supervisor:
                 shutil.rmtree(self.gossip_dir, ignore_errors=True)
             if snapshot_dir is not None:
                 shutil.rmtree(snapshot_dir, ignore_errors=True)
+            for lock in locks:
+                os.close(lock)
             await self._session.close()
 
 
