@@ -416,6 +416,8 @@ def main() -> int:
     )
     args = ap.parse_args()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # At the start: the trees may move (a rebase) while the run goes on.
+    code = {"commit": commit(kvgate_tree()), "script_commit": commit(), "kvgate_src": kvgate_tree()}
     sg = peers.PEERS["sglang-router"]
     peers.ensure_installed(sg)
     ports = free_ports(6)
@@ -513,8 +515,7 @@ def main() -> int:
     paired = report(results)
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "args": vars(args), "commit": commit(kvgate_tree()), "script_commit": commit(),
-            "kvgate_src": kvgate_tree(), "started": started, "host": platform.node(),
+            "args": vars(args), **code, "started": started, "host": platform.node(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "order": passes,
             "passes": results, "paired": paired}, indent=1))  # fmt: skip
         print(f"wrote {args.json}")
