@@ -1,6 +1,6 @@
-"""Where a request's time went by process, from ``vs_sglang.py --json`` files with per-request schedstat
-fields (``router_``, ``api_``, ``engine_`` ``run_ms`` / ``wait_ms``: CPU time and time runnable but
-waiting for a core, summed over each process's threads, send to end of stream; issue #16).
+"""Where a request's time went by process, from ``vs_sglang.py --json`` files with per-request
+schedstat fields (``router_``, ``api_``, ``engine_``, ``client_`` ``run_ms`` / ``wait_ms``: CPU time and
+time runnable but waiting for a core, summed over each process's threads, send to end of stream; #16).
 
 Per router over all passes given: the mean TTFT, the mean of each field, and the same over its slow
 requests (TTFT over ``--slow`` x the median of its pass's hits or misses, as the request was): whether a
@@ -16,7 +16,7 @@ import json
 import statistics
 from typing import Any
 
-PARTS = ("router", "api", "engine")
+PARTS = ("router", "api", "engine", "client")
 
 
 def ttft(r: dict[str, Any]) -> float:
@@ -43,6 +43,7 @@ def row(label: str, recs: list[dict[str, Any]]) -> str:
         f"{p} {statistics.fmean(r[f'{p}_run_ms'] for r in recs):5.1f}/"
         f"{statistics.fmean(r[f'{p}_wait_ms'] for r in recs):5.1f}"
         for p in PARTS
+        if f"{p}_run_ms" in recs[0]  # (no client fields in the first runs)
     )
     return f"  {label:34s} n {len(recs):3d}  TTFT {statistics.fmean(map(ttft, recs)):6.1f}  {cells}"
 

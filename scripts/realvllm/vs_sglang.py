@@ -268,11 +268,12 @@ def run(
     records = []
     load0 = os.getloadavg()[0]
     seen = counters(servers)
-    # Per request, the CPU and run-queue wait (send to end of stream) of the router, the vLLM API servers
-    # and the rest of the vLLM processes (engine cores, workers).
+    # Per request, the CPU and run-queue wait (send to end of stream) of the router, the vLLM API servers,
+    # the rest of the vLLM processes (engine cores, workers) and this client.
     apis = [p for p in pids if p is not None]
     watch = {"router": group_pids(router_pid) if router_group else [router_pid] if router_pid else [],
-             "api": apis, "engine": [q for p in apis for q in group_pids(p) if q != p]}  # fmt: skip
+             "api": apis, "engine": [q for p in apis for q in group_pids(p) if q != p],
+             "client": [os.getpid()]}  # fmt: skip
     for p in prompts:
         time.sleep(gap)
         s0 = {k: sched_ms(v) for k, v in watch.items()}
