@@ -115,6 +115,17 @@ async def test_clis_refuse_a_bad_clusters_file(tmp_path: Path) -> None:
         assert "gateway" in out, out  # names what is missing
 
 
+async def test_clis_refuse_a_kubernetes_section_that_cannot_load(tmp_path: Path) -> None:
+    """A member's kubeconfig that is not there: both doors exit 2 naming the section (no traceback)."""
+    f = tmp_path / "c.yaml"
+    f.write_text("kubernetes:\n  server: http://127.0.0.1:9\n  import: default/llama\n  members:\n"
+                 f"  - {{name: east, kubeconfig: '{tmp_path / 'none'}'}}\n")  # fmt: skip
+    for door in ("serve", "epp"):
+        rc, out = await _cli(door, "--clusters", str(f), "--plaintext" if door == "epp" else "--port=0")
+        assert rc == 2, out
+        assert "kubernetes: cannot load" in out and "Traceback" not in out, out
+
+
 async def _serve_banner(f: Path, *extra: str) -> str:
     """Start ``kvgate serve --clusters`` on an ephemeral port; its start line."""
     proc = await asyncio.create_subprocess_exec(

@@ -112,5 +112,10 @@ async def test_a_changed_kubernetes_section_applies_without_a_restart(tmp_path: 
             west_d.create(_pool("late", "10.2.0.4:8080"))
             await asyncio.sleep(0.5)
             assert routed() == {"static": "10.9.0.2:8080"}
+
+            # A section added to a file that had none: followed from then on.
+            _write(f, _kube(hub_d.url, "late", west))
+            await _until(lambda: routed() == {"west": "10.2.0.4:8080"}, "the late import")
+            assert gw.source.swaps == 4
         finally:
             await gw.stop()

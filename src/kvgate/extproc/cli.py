@@ -242,9 +242,13 @@ def _hub_main(args: argparse.Namespace) -> int:
         return 2
     metrics = EppMetrics()
     ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic, observer=metrics)
-    with contextlib.suppress(KeyboardInterrupt):
-        feed = HubFeed(director, cfile)
-        asyncio.run(_serve(args, director.store, ctx, metrics, pair, client_ca, feed=feed))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            feed = HubFeed(director, cfile)
+            asyncio.run(_serve(args, director.store, ctx, metrics, pair, client_ca, feed=feed))
+    except ClustersError as e:  # the kubernetes section cannot be loaded
+        print(f"kvgate epp: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -307,7 +311,9 @@ async def _serve(
 
     # The pool aggregate for multi-cluster gateways, beside /metrics (kvgate.datalayer.aggregate).
     pool_name = (
-        kube.store_pool if kube is not None and kube.store_pool else next(iter(store.pools()), "default")
+        kube.store_pool
+        if kube is not None and kube.store_pool
+        else next(iter(store.pools()), getattr(feed, "pool", "default"))
     )
     https = bool(args.metrics_tls and pair is not None)
     mtls = https and client_ca is not None

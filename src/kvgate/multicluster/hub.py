@@ -26,6 +26,7 @@ from kvgate.multicluster.state import ClusterState
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult
 
 CLUSTER_LABEL = "kvgate.io/cluster"
+POOL = "clusters"  # the store pool of the hub EPP's endpoints (the clusters' gateways)
 MAX_WAITS = 65536  # streamed requests tracked to their first token (bounded: a lost finish cannot grow it)
 
 
@@ -66,7 +67,7 @@ class ClusterDirector:
             st = old.get(spec.name) or ClusterState(spec)
             st.spec = spec
             self.states[spec.name] = st
-            eps.append(Endpoint(address=spec.gateway, pool="clusters", labels={CLUSTER_LABEL: spec.name}))
+            eps.append(Endpoint(address=spec.gateway, pool=POOL, labels={CLUSTER_LABEL: spec.name}))
         self.store.sync(eps)
         for attr, value in (("ttl_s", cfg.ttl_s), ("local", cfg.local)):
             if hasattr(self.policy, attr):
@@ -88,7 +89,7 @@ class ClusterDirector:
         explanation: dict[str, Any] = {}
         if explain:
             explanation = {"policy": self.policy.name, "order": [c.name for c in order]}
-        return PickResult(chosen, "clusters", explanation)
+        return PickResult(chosen, POOL, explanation)
 
     def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None:
         st = self._state(endpoint)
@@ -145,6 +146,7 @@ class HubFeed:
             director.state_list, interval_s=cfg.refresh_s, tls=cfg.tls, clock=director.clock
         )
         self._task: Any = None
+        self.pool = POOL  # (before the first cluster is known, the store has no pool to name)
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters (or the kubernetes section), TTL, locality, and the
@@ -156,7 +158,11 @@ class HubFeed:
         import asyncio
 
         await self.fetcher.start()
-        await self.source.start()
+        try:
+            await self.source.start()
+        except BaseException:  # the kubernetes section cannot be loaded: the EPP does not start
+            await self.fetcher.stop()
+            raise
         if self.clusters_file is not None:
             self._task = asyncio.create_task(self._reload())
 

@@ -320,7 +320,11 @@ def run(args: ServeArgs) -> int:
     async def main() -> None:
         seed = fresh_seed() if args.seed is None else args.seed
         gw = GlobalGateway(cfile.config, args.policy, clusters_file=cfile, seed=seed)
-        port = await gw.start(args.host, args.port)
+        try:
+            port = await gw.start(args.host, args.port)
+        except ClustersError:  # the kubernetes section cannot be loaded: say so, exit 2
+            await gw.stop()
+            raise
         print(f"kvgate serve: global gateway on http://{args.host}:{port} "
               f"({len(cfile.config.clusters)} clusters, policy {args.policy}, seed {seed})",
               flush=True)  # fmt: skip
@@ -331,6 +335,10 @@ def run(args: ServeArgs) -> int:
         await stop.wait()
         await gw.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+    except ClustersError as e:
+        print(f"kvgate serve: clusters file error: {e}", file=sys.stderr, flush=True)
+        return 2
     return 0

@@ -27,10 +27,11 @@ import logging
 from collections.abc import Callable
 
 from kvgate.k8s.client import KubeClient
-from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, KubeImports
+from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClusterSpec, KubeImports
 from kvgate.multicluster.imports import ImportController, Member
 
 log = logging.getLogger("kvgate.multicluster")
+STOP_WAIT_S = 10.0  # how long a stop waits for a reload's kubernetes change under way
 
 
 class ClusterSource:
@@ -55,10 +56,13 @@ class ClusterSource:
 
     async def start(self) -> None:
         """The import controller of the file's ``kubernetes:`` section, if any (a section that cannot be
-        loaded raises: the process does not start)."""
+        loaded raises ``ClustersError``: the process does not start)."""
         kube = self.file_cfg.kubernetes
         if kube is not None:
-            clients, hub, members = await _connect(kube)
+            try:
+                clients, hub, members = await _connect(kube)
+            except Exception as e:  # kubernetes_asyncio raises many kinds on a bad kubeconfig
+                raise ClustersError("kubernetes", f"cannot load: {type(e).__name__}: {e}") from e
             self._run(kube, clients, hub, members)
             assert self.imports is not None
             await self.imports.start()
@@ -93,9 +97,13 @@ class ClusterSource:
                 await asyncio.shield(self._swap)
 
     async def stop(self) -> None:
-        if self._swap is not None:
+        # A swap under way is let finish (cancelled half-way, it could leave a controller running); it
+        # is short (local files, then a stop and a start), bounded here all the same.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.settled(), STOP_WAIT_S)
+        if self._swap is not None and not self._swap.done():
             self._swap.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._swap
         await self._stop_running()
 
