@@ -590,10 +590,13 @@ async def test_a_replica_that_no_longer_leads_sends_no_write(
     def writes() -> list[str]:
         return [r for d in (hub_d, east_d, west_d) for r in d.requests if not r.startswith("GET ")]
 
+    def east_marked() -> bool:  # the last write of the first pass: east's Exported condition
+        parents = east_d.get(R.INFERENCE_POOL, "llama", "default").get("status", {}).get("parents", [])
+        return any(p.get("controllerName") == CONTROLLER_NAME for p in parents)
+
     try:
-        await _until(lambda: _exporters(hub_d, "llama") == ["east"])
-        await _until(lambda: bool(ctl.pools) and not ctl._dirty.is_set() and ctl.error is None)
-        await asyncio.sleep(0.5)  # the Exported condition's write and its event settled
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"] and east_marked(), 20.0)
+        await asyncio.sleep(1.0)  # that write's own event reconciled (nothing more to write)
         before = len(writes())
         lead[0] = False
         west_d.create(_pool("llama", exported=True, gateway="10.2.0.2:8080"))
