@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
 from kvgate.k8s import resources as R
 from kvgate.k8s.apiserver import ApiServerDouble
@@ -93,9 +94,11 @@ async def test_a_changed_kubernetes_section_applies_without_a_restart(tmp_path: 
             await _until(lambda: routed() == {"west": "10.2.0.3:8080"}, "mistral on west")
             await _until(lambda: _exporters(hub_d, "mistral") == ["west"], "hub: mistral")
 
-            # A section that cannot be loaded (a kubeconfig that is not there): refused, the running
+            # A section that cannot be loaded (a kubeconfig that is not there yet): refused, the running
             # controller kept (and still following its members), /readyz says why.
-            _write(f, _kube(hub_d.url, "mistral", f"{{name: west, kubeconfig: '{tmp_path / 'none'}'}}"))
+            gw.source.retry_s = 0.5
+            kubeconfig = tmp_path / "west.kubeconfig"
+            _write(f, _kube(hub_d.url, "mistral", f"{{name: west, kubeconfig: '{kubeconfig}'}}"))
             await _until(lambda: (gw.source.problem() or "").startswith("kubernetes section not applied"),
                          "refused")  # fmt: skip
             west_d.patch(R.INFERENCE_POOL, "mistral", "default",
@@ -104,6 +107,18 @@ async def test_a_changed_kubernetes_section_applies_without_a_restart(tmp_path: 
             async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as r:
                 text = await r.text()
             assert r.status == 200 and "kubernetes section not applied" in text, text
+            assert gw.source.swaps == 2
+
+            # The kubeconfig appears (a Secret updated after the ConfigMap): the section is tried again
+            # and applied, with no further change to the file.
+            kubeconfig.write_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "c",
+                "clusters": [{"name": "w", "cluster": {"server": west_d.url}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "c", "context": {"cluster": "w", "user": "u"}}],
+            }))  # fmt: skip
+            await _until(lambda: gw.source.swaps == 3 and gw.source.problem() is None, "retried")
+            await _until(lambda: routed() == {"west": "10.2.0.9:8080"}, "through the kubeconfig")
 
             # The section removed: the file's own clusters again; nothing follows the members any more.
             _write(f, "clusters: [{name: static, gateway: '10.9.0.2:8080'}]\n")
@@ -116,6 +131,6 @@ async def test_a_changed_kubernetes_section_applies_without_a_restart(tmp_path: 
             # A section added to a file that had none: followed from then on.
             _write(f, _kube(hub_d.url, "late", west))
             await _until(lambda: routed() == {"west": "10.2.0.4:8080"}, "the late import")
-            assert gw.source.swaps == 4
+            assert gw.source.swaps == 5
         finally:
             await gw.stop()

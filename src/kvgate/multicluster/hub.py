@@ -172,6 +172,7 @@ class HubFeed:
         while True:
             await asyncio.sleep(self.clusters_file.check_every_s)
             self.clusters_file.maybe_reload(self.director.clock())
+            self.source.poll()
 
     async def stop(self) -> None:
         import asyncio

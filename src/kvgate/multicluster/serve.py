@@ -277,6 +277,7 @@ class GlobalGateway:
         while True:
             await asyncio.sleep(self.clusters_file.check_every_s)
             self.clusters_file.maybe_reload(self.clock())
+            self.source.poll()
 
     async def stop(self) -> None:
         if self._reload_task is not None:

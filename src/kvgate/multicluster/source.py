@@ -32,6 +32,7 @@ from kvgate.multicluster.imports import ImportController, Member
 
 log = logging.getLogger("kvgate.multicluster")
 STOP_WAIT_S = 10.0  # how long a stop waits for a reload's kubernetes change under way
+RETRY_S = 10.0  # a refused kubernetes section is tried again this often (a Secret may come after the file)
 
 
 class ClusterSource:
@@ -46,6 +47,8 @@ class ClusterSource:
         # changed it and the swap (the old controller, stopping, must not bring its list back).
         self._accepting: KubeImports | None = None
         self.swaps = 0  # kubernetes sections applied by a reload
+        self.retry_s = RETRY_S
+        self._refused_at: float | None = None  # (loop time) when the file's section was last refused
         self._clients: list[KubeClient] = []
         self._swap: asyncio.Task[None] | None = None
 
@@ -78,6 +81,16 @@ class ClusterSource:
             prev = self._swap
             self._swap = asyncio.create_task(self._follow(prev))
         self._apply(self.config())
+
+    def poll(self) -> None:
+        """Called on each reload check: a refused section is tried again every ``retry_s`` (the
+        kubeconfig it names may appear after the file: a Secret and a ConfigMap update separately)."""
+        at = self._refused_at
+        if at is None or (self._swap is not None and not self._swap.done()):
+            return
+        if asyncio.get_running_loop().time() - at >= self.retry_s:
+            self._refused_at = None
+            self._swap = asyncio.create_task(self._follow(self._swap))
 
     def problem(self) -> str | None:
         """Why the clusters from Kubernetes are not what the file asks for (a section not applied, a
@@ -131,7 +144,7 @@ class ClusterSource:
                 await prev
         kube = self.file_cfg.kubernetes
         if kube == self.running:  # changed back before this ran: the running one is the file's again
-            self.error = None
+            self.error = self._refused_at = None
             self._keep_running()
             return
         clients: list[KubeClient] = []
@@ -142,12 +155,19 @@ class ClusterSource:
                 clients, hub, members = await _connect(kube)
             except Exception as e:  # kubernetes_asyncio raises many kinds on a bad kubeconfig
                 why = f"{type(e).__name__}: {e}"
-                self.error = f"kubernetes section not applied (the running one is kept): {why}"
-                log.error("clusters file: %s", self.error)
+                error = f"kubernetes section not applied (the running one is kept): {why}"
+                if error != self.error:  # (retried every retry_s: said once per cause)
+                    log.error("clusters file: %s; retrying every %.0fs", error, self.retry_s)
+                self.error = error
+                self._refused_at = asyncio.get_running_loop().time()
                 self._keep_running()
                 return
+        # (A retry that now loads: the kept clusters follow the section as at a reload.)
+        self.imported = _kept(self.imported, self.running, kube)
+        self._accepting = None
+        self._apply(self.config())
         await self._stop_running()
-        self.error = None
+        self.error = self._refused_at = None
         self.swaps += 1
         if kube is None:
             log.warning("clusters file: kubernetes section removed; the clusters file's own list applies")
