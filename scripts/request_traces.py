@@ -8,7 +8,7 @@ TTFT. Prints each policy's slowest 10% with the other policy's fate for the same
 per-replica balance table (requests routed there, prefill tokens computed there, cold prefills), and
 "collisions": requests that arrived at a replica while it was computing a long cold prefill.
 
-    PYTHONPATH=src python scripts/request_traces.py mixed FAMILY QPS SEED POLICY_A POLICY_B [N]
+    PYTHONPATH=src python scripts/request_traces.py mixed FAMILY[:FIELD=N,...] QPS SEED POLICY_A POLICY_B [N]
     PYTHONPATH=src python scripts/request_traces.py scenario NAME QPS SEED DURATION POLICY_A POLICY_B [N]
 
 N (default 25) is how many of each tail to print request by request.
@@ -16,6 +16,7 @@ N (default 25) is how many of each tail to print request by request.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 from collections import Counter
@@ -82,7 +83,15 @@ def build(argv: list[str]) -> tuple[list[str], Any]:
         from kvgate.bench.mixed import FAMILIES
         from kvgate.bench.multiturn import mixed_sim
 
-        fam, qps, seed = FAMILIES[argv[1]], float(argv[2]), int(argv[3])
+        # FAMILY or FAMILY:field=value,...: a family with some of its fields changed (a tuning-side
+        # variant that shares one trait of another family, e.g. a:tenant_prefix=4096).
+        name, _, changes = argv[1].partition(":")
+        fam = FAMILIES[name]
+        if changes:
+            fam = dataclasses.replace(
+                fam, **{k: int(v) for k, v in (c.split("=") for c in changes.split(","))}
+            )
+        qps, seed = float(argv[2]), int(argv[3])
         return argv[4:], lambda policy: (mixed_sim(fam, policy, qps, seed), mixed_class)
     from kvgate.bench.scenarios import SCENARIOS
     from kvgate.bench.sweep import _count
