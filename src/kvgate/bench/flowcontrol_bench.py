@@ -50,6 +50,7 @@ from typing import Any
 from kvgate.bench.fleetsim import _copy_stats
 from kvgate.bench.report import pct, write_json
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.flowcontrol.dispatcher import GIVE_UP_MESSAGE
 from kvgate.scheduling.types import InferenceRequest, PickResult, SchedulingError, Usage
 
 MODEL = "sim-model"
@@ -194,6 +195,7 @@ class Run:
     duration: float = 0.0
     # (time, fair-share headroom in force) at each scrape: what fairShareTTFTTarget adapted it to
     headroom: list[tuple[float, float]] = field(default_factory=list)
+    held: int = 0  # picks turned back into the queue (sloAdmission / holdPredictedMisses), whole run
 
 
 class FlowSim:
@@ -283,7 +285,9 @@ class FlowSim:
             _shed(item.handle, err)
         for item in dispatch_ready(flow.ctl, now, flow.saturated, flow.preempt):
             got = flow.settle(item, now)
-            if isinstance(got, SchedulingError):
+            if got is None:
+                self.run.held += 1
+            elif isinstance(got, SchedulingError):
                 _shed(item.handle, got)
             elif got is not None:
                 self._send(item.req, got.primary, item.handle)
@@ -377,6 +381,8 @@ class FlowSim:
 def _shed(out: Outcome, err: SchedulingError) -> None:
     out.status = err.status
     out.shed_by = type(err).__name__
+    if err.message == GIVE_UP_MESSAGE:  # sloAdmission: out of reach while still queued
+        out.shed_by += ":queued"
 
 
 # ---- figures --------------------------------------------------------------------------------------
@@ -431,7 +437,7 @@ def jain(values: list[float]) -> float:
 
 
 def summarize(run: Run, measured_from: float) -> dict[str, Any]:
-    kept = Run(run.arm, [o for o in run.outcomes if o.start >= measured_from], run.duration)
+    kept = Run(run.arm, [o for o in run.outcomes if o.start >= measured_from], run.duration, held=run.held)
     tenants = {t: _group(kept, (t,)) for t in (*QUIET, FLOOD, CRITICAL, BATCH)}
     interactive = (*QUIET, FLOOD)
     attain = [tenants[t]["slo_attainment"] or 0.0 for t in interactive]
@@ -456,7 +462,10 @@ def summarize(run: Run, measured_from: float) -> dict[str, Any]:
         # 429 (capacity, preemption, sloAdmission) / 503 (TTL); by_slo_gate: sloAdmission's 429s
         "shed_429": sum(1 for o in all_outs if o.status == 429),
         "shed_503": sum(1 for o in all_outs if o.status == 503),
-        "shed_by_slo_gate": sum(1 for o in all_outs if o.shed_by == "PredictedSLOMissError"),
+        "shed_by_slo_gate": sum(1 for o in all_outs if o.shed_by.startswith("PredictedSLOMissError")),
+        # of those, shed while still queued (at the SLO deadline, or the time a prediction gave)
+        "shed_by_slo_gate_queued": sum(1 for o in all_outs if o.shed_by == "PredictedSLOMissError:queued"),
+        "held": run.held,
         # SLO attainment of the requests served (shed ones left out): with the all-request figure, what
         # shedding bought
         "served_slo_attainment": good / max(1, sum(1 for o in all_outs if not o.status)),
@@ -604,7 +613,7 @@ def render(rows: dict[str, Any]) -> str:
             "more requests within their SLO than it drops",
             "",
             "| arm | all SLO (shed = miss) | vs reference | shed | vs reference | 429 / 503 "
-            "| by sloAdmission | SLO of served | goodput req/s |",
+            "| by sloAdmission (shed while queued; picks turned back) | SLO of served | goodput req/s |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in floods:
@@ -612,7 +621,8 @@ def render(rows: dict[str, Any]) -> str:
                 f"| {name.removesuffix('/flood')} | {_f(r['slo_attainment'], 3)} "
                 f"| {r['slo_attainment'] - ref['slo_attainment']:+.3f} | {r['shed']} "
                 f"| {r['shed'] - ref['shed']:+d} | {r.get('shed_429', '-')} / {r.get('shed_503', '-')} "
-                f"| {r.get('shed_by_slo_gate', '-')} | {_f(r.get('served_slo_attainment'), 3)} "
+                f"| {r.get('shed_by_slo_gate', '-')} ({r.get('shed_by_slo_gate_queued', '-')} queued; "
+                f"{r.get('held', '-')} turn-backs) | {_f(r.get('served_slo_attainment'), 3)} "
                 f"| {_f(r['goodput_rps'])} |"
             )
     parts = [(name, r["quiet_breakdown"]) for name, r in rows["runs"].items() if r.get("quiet_breakdown")]
