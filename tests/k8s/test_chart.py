@@ -404,21 +404,6 @@ def test_a_standalone_hub_controller_renders_valid() -> None:
     assert inside.kubernetes is not None and inside.kubernetes.controller is True
 
 
-def test_the_standalone_controller_rolls_when_the_clusters_file_changes() -> None:
-    """The gateways apply a changed kubernetes section live; ``kvgate hub-controller`` reads the file only
-    at start, so its pod template carries the file's checksum: a member added changes it (a rollout),
-    the same values do not."""
-
-    def checksum(hub: dict[str, Any]) -> str:
-        docs = render({"inferenceExtension": {"enabled": False}, "hub": hub})
-        ctl = _named(docs, "Deployment", "llama-hub-controller")
-        return str(ctl["spec"]["template"]["metadata"]["annotations"]["checksum/clusters"])
-
-    more = {**STANDALONE, "members": [*STANDALONE["members"], {"name": "north", "rtt_ms": 80}]}
-    assert len(checksum(STANDALONE)) == 64 and checksum(STANDALONE) == checksum(dict(STANDALONE))
-    assert checksum(more) != checksum(STANDALONE)
-
-
 async def test_the_standalone_rbac_is_exactly_what_the_controller_and_gateway_do() -> None:
     """``kvgate hub-controller`` with leader election against recording doubles: its verbs in the hub are
     exactly its ClusterRole and Lease Role; the read-only gateway's, in a member, only list and watch."""

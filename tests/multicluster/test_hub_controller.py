@@ -128,12 +128,16 @@ class Proc:
             return r.status
 
 
-async def _launch(clusters: Path, log: Path) -> Proc:
+ELECTION = ("--ha-enable-leader-election", "--ha-lease-duration", "2", "--ha-renew-deadline", "1.5",
+            "--ha-retry-period", "0.2")  # fmt: skip
+
+
+async def _launch(clusters: Path, log: Path, *flags: str) -> Proc:
+    """``kvgate hub-controller`` (``flags``: default leader election with short timings)."""
     with open(log, "wb") as err:  # noqa: ASYNC230 - the child keeps its own descriptor
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kvgate.cli", "hub-controller", "--clusters", str(clusters),
-            "--port", "0", "--ha-enable-leader-election", "--ha-lease-duration", "2",
-            "--ha-renew-deadline", "1.5", "--ha-retry-period", "0.2",
+            "--port", "0", *(flags or ELECTION),
             stdout=asyncio.subprocess.PIPE, stderr=err,
         )  # fmt: skip
     assert proc.stdout is not None
@@ -530,3 +534,45 @@ async def test_an_upgrade_to_the_standalone_controller_keeps_the_parent_entry(
         await hc.stop()
         if not old_stopped:
             await old.stop()
+
+
+async def test_a_changed_kubernetes_section_restarts_the_controller_in_place(
+    doubles: tuple[Recording, Recording, Recording], tmp_path: Path
+) -> None:
+    """``kvgate hub-controller`` watches its clusters file as the gateways do: a member added restarts
+    the controller with it (the import then lists both); a section that cannot be loaded is refused
+    (``/v1/status`` says why) and the running controller goes on; SIGTERM still exits 0."""
+    hub_d, east_d, west_d = doubles
+    hub, east, west = hub_d.url, east_d.url, west_d.url
+    await _kubectl(east, "create", "-f", "-", stdin=_pool_yaml("llama", "10.1.0.2:8080", exported=True))
+    await _kubectl(west, "create", "-f", "-", stdin=_pool_yaml("llama", "10.2.0.2:8080", exported=True))
+    f = tmp_path / "clusters.yaml"
+    head = f"kubernetes:\n  server: {hub}\n  import: default/llama\n  members:\n"
+    f.write_text(head + f"  - {{name: east, server: '{east}'}}\n")
+    p = await _launch(f, tmp_path / "hc.log", "--resync-period", "30")
+    try:
+        await _until(lambda: _exporters(hub), "east", "the import's exporters")
+        f.write_text(head + f"  - {{name: east, server: '{east}'}}\n  - {{name: west, server: '{west}'}}\n")
+        await _until(lambda: _exporters(hub), "east west", "the import's exporters after the reload")
+        assert (await p.status())["restarts"] == 1
+
+        bad = head + f"  - {{name: east, kubeconfig: '{tmp_path / 'none'}'}}\n"
+        f.write_text(bad)
+
+        async def reload_error() -> bool:
+            return "kubernetes section not applied" in str((await p.status())["reload_error"])
+
+        await _until(reload_error, True, "the refused section")
+        status = await p.status()
+        assert status["running"] and status["restarts"] == 1 and await p.readyz() == 200
+        # The running controller (east and west) still follows the members.
+        await _kubectl(west, "annotate", _POOL, "llama", f"{EXPORT_ANNOTATION}-")
+        await _until(lambda: _exporters(hub), "east", "the import's exporters (the running controller)")
+        p.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(p.proc.wait(), 30) == 0
+    finally:
+        if p.proc.returncode is None:
+            p.proc.kill()
+            await p.proc.wait()
+    log = (tmp_path / "hc.log").read_text()
+    assert "kubernetes section applied (controller restarted)" in log and "Traceback" not in log, log[-3000:]

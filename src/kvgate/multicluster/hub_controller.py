@@ -3,7 +3,8 @@
 ``kvgate serve --clusters`` runs the controller inside the global gateway (``kubernetes.controller``, the
 default); with several gateway replicas that is several writers of the same status. This command runs it
 alone, from the same clusters file's ``kubernetes:`` section (the hub API server, the members, the import
-the gateways follow and their ``parent``), and with ``--ha-enable-leader-election`` only the holder of a
+the gateways follow and their ``parent``; watched as the gateways watch it: a changed section restarts
+the controller in place, ``FileFollower``), and with ``--ha-enable-leader-election`` only the holder of a
 ``coordination.k8s.io/v1`` Lease in the hub runs it (``kvgate.k8s.lease``, client-go's algorithm). The
 gateways then set ``kubernetes.controller: false``: they read the members' pools to route, and write
 nothing.
@@ -31,6 +32,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +43,9 @@ from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector
 from kvgate.k8s.runtime import default_identity
 from kvgate.k8s.tasks import cancel_and_wait
-from kvgate.multicluster.clusters import ClustersError, KubeImports, load
+from kvgate.multicluster.clusters import ClustersError, ClustersFile, KubeImports
 from kvgate.multicluster.imports import ImportController, Member
+from kvgate.multicluster.source import RETRY_S
 
 log = logging.getLogger("kvgate.multicluster.hub_controller")
 
@@ -79,12 +82,28 @@ class HubController:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def connect(self) -> None:
+        """The API-server clients: a section that cannot be loaded raises here, before anything runs
+        (the clients made so far closed)."""
+        if self._hub is not None:
+            return
         k = self.kube
-        self._hub = await KubeClient.connect(k.server, k.kubeconfig)
-        for m in k.members:
-            client = await KubeClient.connect(m.server, m.kubeconfig)
-            self._members.append(Member(m.name, client, m.rtt_ms, m.priority))
+        try:
+            self._hub = await KubeClient.connect(k.server, k.kubeconfig)
+            for m in k.members:
+                client = await KubeClient.connect(m.server, m.kubeconfig)
+                self._members.append(Member(m.name, client, m.rtt_ms, m.priority))
+        except BaseException:
+            for c in [self._hub, *(m.client for m in self._members)]:
+                if c is not None:
+                    await c.close()
+            self._hub, self._members = None, []
+            raise
+
+    async def start(self) -> None:
+        await self.connect()
+        assert self._hub is not None
+        k = self.kube
         self._task = asyncio.create_task(self._follow_leadership())
         e = self.election
         if e is None:
@@ -169,6 +188,68 @@ class HubController:
         }
 
 
+class FileFollower:
+    """The clusters file under a running ``kvgate hub-controller``: a changed ``kubernetes:`` section
+    restarts the controller with it (the old one stopped first: under leader election its Lease is
+    released and competed for again, so a standby may lead the new term). The new section's clients are
+    made before the old controller stops: one that cannot be loaded is refused, the running controller
+    kept, and tried again every ``retry_s`` (a Secret may reach the pod after the ConfigMap). A section
+    removed is refused alike (a controller needs one). Other keys of the file are not used."""
+
+    def __init__(
+        self, cfile: ClustersFile, hc: HubController, make: Callable[[KubeImports], HubController]
+    ) -> None:
+        self.cfile, self.hc, self.make = cfile, hc, make
+        self.retry_s = RETRY_S
+        self.error: str | None = None  # why the file's section is not the running one
+        self.restarts = 0
+        self._refused: tuple[KubeImports | None, float] | None = None  # (section, loop time refused)
+
+    async def check(self) -> None:
+        """One check (the loop calls it every ``cfile.check_every_s``)."""
+        loop = asyncio.get_running_loop()
+        self.cfile.maybe_reload(loop.time())
+        kube = self.cfile.config.kubernetes
+        if kube == self.hc.kube:
+            self.error = self._refused = None
+            return
+        if (
+            self._refused is not None
+            and self._refused[0] == kube
+            and loop.time() < self._refused[1] + self.retry_s
+        ):
+            return
+        if kube is None:
+            self._refuse(kube, "the kubernetes section was removed (a controller needs one)")
+            return
+        new = self.make(kube)
+        try:
+            await new.connect()
+        except Exception as e:  # kubernetes_asyncio raises many kinds on a bad kubeconfig
+            self._refuse(kube, f"{type(e).__name__}: {e}")
+            return
+        old, self.hc = self.hc, new
+        await old.stop()
+        await new.start()
+        self.error = self._refused = None
+        self.restarts += 1
+        members = ", ".join(m.name for m in kube.members)
+        log.warning("clusters file: kubernetes section applied (controller restarted): import %s/%s, "
+                    "members %s", kube.namespace, kube.name, members)  # fmt: skip
+
+    def _refuse(self, kube: KubeImports | None, why: str) -> None:
+        error = f"kubernetes section not applied (the running one is kept): {why}"
+        if error != self.error:
+            log.error("clusters file: %s; retrying every %.0fs", error, self.retry_s)
+        self.error = error
+        self._refused = (kube, asyncio.get_running_loop().time())
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfile.check_every_s)
+            await self.check()
+
+
 async def _stop_quietly(ctl: ImportController) -> None:
     try:
         await ctl.stop()
@@ -176,21 +257,23 @@ async def _stop_quietly(ctl: ImportController) -> None:
         log.exception("hub controller: the import controller's stop failed")
 
 
-def _health(hc: HubController) -> FrontServer:
+def _health(follower: FileFollower) -> FrontServer:
     async def healthz(_r: Request) -> Response:
+        hc = follower.hc  # (the one running now: a reload may have replaced it)
         dead = hc.dead()
         if dead is not None:  # restarted by its liveness probe: the stop releases the Lease to a standby
             return json_error(503, dead)
         return Response(text="ok", content_type="text/plain")
 
     async def readyz(_r: Request) -> Response:
-        problem = hc.problem()
+        problem = follower.hc.problem()
         if problem is None:
             return Response(text="ready", content_type="text/plain")
         return json_error(503, problem)
 
     async def status(_r: Request) -> Response:
-        return Response(body=orjson.dumps(hc.status()), content_type="application/json")
+        out = follower.hc.status() | {"reload_error": follower.error, "restarts": follower.restarts}
+        return Response(body=orjson.dumps(out), content_type="application/json")
 
     async def not_found(request: Request) -> Response | StreamResponse:
         return json_error(404, f"no route for {request.method} {request.path}")
@@ -235,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        kube = load(args.clusters).kubernetes
+        cfile = ClustersFile(args.clusters)
+        kube = cfile.config.kubernetes
     except ClustersError as e:
         print(f"kvgate hub-controller: clusters file error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -248,10 +332,19 @@ def main(argv: list[str] | None = None) -> int:
         election = Election(args.ha_lease_name, args.ha_lease_namespace, args.ha_lease_duration,
                             args.ha_renew_deadline, args.ha_retry_period)  # fmt: skip
 
+    def make(k: KubeImports) -> HubController:
+        return HubController(k, election, resync_s=args.resync_period)
+
     async def run() -> None:
-        hc = HubController(kube, election, resync_s=args.resync_period)
-        await hc.start()
-        front = _health(hc)
+        assert kube is not None
+        hc = make(kube)
+        try:
+            await hc.start()
+        except Exception as e:  # a section that cannot be loaded: say so, exit 2
+            await hc.stop()
+            raise ClustersError("kubernetes", f"cannot load: {type(e).__name__}: {e}") from e
+        follower = FileFollower(cfile, hc, make)
+        front = _health(follower)
         server = await asyncio.get_running_loop().create_server(front.protocol, args.host, args.port)
         port = server.sockets[0].getsockname()[1]
         print(f"kvgate hub-controller: health on http://{args.host}:{port} (import {kube.namespace}/"
@@ -261,11 +354,17 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        watch = asyncio.create_task(follower.run())
         await stop.wait()
+        await cancel_and_wait(watch, "hub controller: the clusters file check", log)
         server.close()
         front.close_all()
-        await hc.stop()
+        await follower.hc.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run())
+    except ClustersError as e:
+        print(f"kvgate hub-controller: clusters file error: {e}", file=sys.stderr, flush=True)
+        return 2
     return 0
