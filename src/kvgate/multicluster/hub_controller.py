@@ -257,22 +257,26 @@ async def _stop_quietly(ctl: ImportController) -> None:
         log.exception("hub controller: the import controller's stop failed")
 
 
-def _health(follower: FileFollower) -> FrontServer:
+def _health(hc: HubController, follower: FileFollower | None = None) -> FrontServer:
+    def current() -> HubController:  # the one running now: a reload may have replaced it
+        return hc if follower is None else follower.hc
+
     async def healthz(_r: Request) -> Response:
-        hc = follower.hc  # (the one running now: a reload may have replaced it)
-        dead = hc.dead()
+        dead = current().dead()
         if dead is not None:  # restarted by its liveness probe: the stop releases the Lease to a standby
             return json_error(503, dead)
         return Response(text="ok", content_type="text/plain")
 
     async def readyz(_r: Request) -> Response:
-        problem = follower.hc.problem()
+        problem = current().problem()
         if problem is None:
             return Response(text="ready", content_type="text/plain")
         return json_error(503, problem)
 
     async def status(_r: Request) -> Response:
-        out = follower.hc.status() | {"reload_error": follower.error, "restarts": follower.restarts}
+        out = current().status()
+        if follower is not None:
+            out |= {"reload_error": follower.error, "restarts": follower.restarts}
         return Response(body=orjson.dumps(out), content_type="application/json")
 
     async def not_found(request: Request) -> Response | StreamResponse:
@@ -344,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             await hc.stop()
             raise ClustersError("kubernetes", f"cannot load: {type(e).__name__}: {e}") from e
         follower = FileFollower(cfile, hc, make)
-        front = _health(follower)
+        front = _health(hc, follower)
         server = await asyncio.get_running_loop().create_server(front.protocol, args.host, args.port)
         port = server.sockets[0].getsockname()[1]
         print(f"kvgate hub-controller: health on http://{args.host}:{port} (import {kube.namespace}/"
