@@ -294,7 +294,8 @@ class Director:
                 chosen, first = picked, name
         if gate is not None and chosen:
             oracle = gate.oracle
-            if isinstance(oracle, PostPick) and oracle not in self.profiles[first].post_pick:
+            ran = (self.profiles[n].post_pick for n in names)
+            if isinstance(oracle, PostPick) and all(oracle not in hooks for hooks in ran):
                 oracle.on_picked(cycle, chosen[0])  # (the model learns from every pick)
         expected = cache_expectation(cycle)
         if expected is not None:
