@@ -4,7 +4,9 @@ Under overload ``slo-deadline`` serves the most overdue first and so makes every
 
 from __future__ import annotations
 
-from kvgate.flowcontrol.config import FlowControlConfig, parse_flow_control
+import pytest
+
+from kvgate.flowcontrol.config import BandConfig, FlowControlConfig, parse_flow_control
 from kvgate.flowcontrol.controller import FlowController
 from kvgate.flowcontrol.dispatcher import dispatch_ready
 from kvgate.scheduling.types import InferenceRequest
@@ -56,3 +58,45 @@ def test_a_held_overdue_request_is_not_duplicated() -> None:
 
 def test_the_policy_name() -> None:
     assert parse_flow_control({"orderingPolicy": "slo-feasible"}).ordering == "slo-feasible"
+
+
+def test_a_deadline_nearer_than_the_learned_dispatch_to_first_token_time_counts_as_overdue() -> None:
+    ctl = FlowController(FlowControlConfig(ordering="slo-feasible"))
+    for i in range(128):  # dispatch -> first token: 10..137 ms, p90 124 ms
+        ctl.observe_service_ttft(0.010 + 0.001 * i)
+    assert ctl.service_ttft == pytest.approx(0.124)
+    ctl.enqueue(_req("tight", 0.0, slo_ms=1000), 0.0)  # deadline 1.0
+    ctl.enqueue(_req("loose", 0.5, slo_ms=1000), 0.5)  # deadline 1.5
+    # At 0.95 "tight" has 50 ms left, under the 124 ms a dispatch takes: it goes after "loose".
+    assert [i.req.request_id for i in dispatch_ready(ctl, 0.95, lambda _r: False)] == ["loose", "tight"]
+
+
+def test_only_slo_feasible_learns_the_margin() -> None:
+    ctl = FlowController(FlowControlConfig(ordering="slo-deadline"))
+    ctl.observe_service_ttft(5.0)
+    assert ctl.service_ttft == 0.0
+    banded = FlowController(FlowControlConfig(bands={-1: BandConfig(-1, ordering="slo-feasible")}))
+    banded.observe_service_ttft(0.2)
+    assert banded.service_ttft == pytest.approx(0.2)
+
+
+def test_the_director_feeds_dispatch_to_first_token_times() -> None:
+    from kvgate.config.director import build_director
+    from kvgate.datalayer.endpoint import Endpoint
+    from kvgate.datalayer.store import EndpointStore
+
+    now = [0.0]
+    doc = {
+        "featureGates": ["flowControl"],
+        "flowControl": {"orderingPolicy": "slo-feasible"},
+        "saturationDetector": {"type": "concurrency-detector", "parameters": {"maxConcurrency": 100}},
+        "plugins": [{"type": "queue-scorer"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}],
+    }
+    ep = Endpoint("10.0.0.1:8000")
+    d = build_director(doc, EndpointStore([ep]), lambda: now[0], seed=0, flow_metrics=False)
+    req = InferenceRequest("a", "m", prompt_tokens=10, arrival_time=0.0)
+    d.on_dispatched(req, ep)
+    now[0] = 0.25
+    d.on_first_token(req, ep)
+    assert d.flow is not None and d.flow.ctl.service_ttft == pytest.approx(0.25)

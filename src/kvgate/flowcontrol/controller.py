@@ -29,6 +29,7 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,10 @@ DEFAULT_OUTPUT_TOKENS = 128  # expected output when a request sets no max_tokens
 HEADROOM_GAIN = 0.05
 TARGET_QUANTILE = 0.9
 ADAPTIVE_OVER_SHARE = 2.0
+# slo-feasible: a request is overdue once its deadline is nearer than the p90 of the last this many
+# dispatch -> first token times (recomputed every SERVICE_REFRESH samples).
+SERVICE_WINDOW = 512
+SERVICE_REFRESH = 32
 
 # Outcomes, as the reference's QueueOutcome names them.
 DISPATCHED = "Dispatched"
@@ -110,6 +115,14 @@ class FlowController:
         # that plain load (not one flow's excess) makes unreachable would otherwise hold back whichever
         # of several like flows is momentarily above the mean; at twice the mean only a real excess is.
         self._over_factor = ADAPTIVE_OVER_SHARE if cfg.fair_share_ttft_target else 1.0
+        # slo-feasible: how long a request takes from dispatch to its first token (p90, learned from
+        # what the Director observes); one whose deadline is nearer than that would miss it if sent now.
+        self._feasible = cfg.ordering == "slo-feasible" or any(
+            b.ordering == "slo-feasible" for b in cfg.bands.values()
+        )
+        self.service_ttft = 0.0
+        self._service: deque[float] = deque(maxlen=SERVICE_WINDOW)
+        self._service_n = 0
 
     def __len__(self) -> int:
         return self.count
@@ -173,8 +186,10 @@ class FlowController:
         flows at or under their fair share of in-flight requests are chosen from first. ``now``: for
         ``slo-feasible`` ordering (which requests are past their deadline)."""
         under = self._under_share() if self.cfg.fair_share_headroom else None
+        # (slo-feasible: a deadline before this cannot be met by a request sent now)
+        reach = None if now is None else now + self.service_ttft
         for prio in self._order:
-            item = self.bands[prio].select(under, now)
+            item = self.bands[prio].select(under, reach)
             if item is not None:
                 yield item
 
@@ -352,6 +367,16 @@ class FlowController:
         top = cfg.fair_share_headroom
         miss = TARGET_QUANTILE if ttft > target else TARGET_QUANTILE - 1.0
         self.headroom = min(top, max(0.0, self.headroom + HEADROOM_GAIN * top * miss))
+
+    def observe_service_ttft(self, seconds: float) -> None:
+        """A request's first token came ``seconds`` after its dispatch (slo-feasible's margin)."""
+        if not self._feasible:
+            return
+        self._service.append(seconds)
+        self._service_n += 1
+        if self._service_n % SERVICE_REFRESH == 0 or self._service_n < SERVICE_REFRESH:
+            ordered = sorted(self._service)
+            self.service_ttft = max(0.0, ordered[int(TARGET_QUANTILE * (len(ordered) - 1))])
 
     def _under_share(self) -> Callable[[str], bool]:
         """``over_share``'s complement for every flow, the active count taken once."""

@@ -4,10 +4,11 @@ Ordering (a flow's queue is a heap on the policy's key, ties broken by arrival o
 - ``fcfs``: arrival order;
 - ``edf``: earliest TTL deadline first (a request may carry a shorter deadline than the band's TTL);
 - ``slo-deadline``: earliest ``arrival + TTFT SLO`` first (``x-slo-ttft-ms``, else the default SLO).
-- ``slo-feasible`` (kvgate's): as ``slo-deadline`` among the requests whose deadline has not passed;
-  the ones past it (they miss their SLO wherever they go) only when none of those is left, oldest
-  first. Under overload ``slo-deadline`` serves the most overdue first, so every request behind them
-  misses too; this serves the ones that can still make it.
+- ``slo-feasible`` (kvgate's): as ``slo-deadline`` among the requests that can still meet their
+  deadline if sent now (it is further away than the p90 of the dispatch -> first token times the
+  controller has seen); the overdue ones (they miss their SLO wherever they go) only when none of those
+  is left, oldest first. Under overload ``slo-deadline`` serves the most overdue first, so every
+  request behind them misses too; this serves the ones that can still make it.
 
 Fairness (which flow's head leaves next):
 - ``global-strict``: the best head over all flows by the ordering key, as if the band were one queue

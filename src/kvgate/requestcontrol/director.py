@@ -77,6 +77,7 @@ class _Track:
     decode: int  # expected output tokens added to pending_decode_tokens
     first_token: bool = False
     first_at: float = 0.0  # clock time of the first token
+    sent_at: float = 0.0  # clock time of the dispatch (slo-feasible learns dispatch -> first token)
     stop: Callable[[], bool] | None = None  # the door's way to stop it (preemption); True = stopped
     batch_at_first: float = 0.0  # sequences decoding on the endpoint then (speed learning)
     flow: str | None = None  # its fairness flow, counted in flow control's in-flight per flow
@@ -339,6 +340,7 @@ class Director:
         p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
         frac = self._picked.get(req.request_id, {}).get(endpoint.address, 1.0)
         track = _Track(int(p * frac), req.max_tokens if req.max_tokens else int(self.mean_decode))
+        track.sent_at = self.clock()
         self._tracks[key] = track
         if len(self._tracks) > MAX_TRACKED:  # a leaked request: forget the oldest, undo its counts
             (_rid, addr), old = self._tracks.popitem(last=False)
@@ -372,6 +374,7 @@ class Director:
         if self.flow is not None:
             if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
                 self.flow.ctl.observe_first_token(req, track.first_at - req.arrival_time)
+            self.flow.ctl.observe_service_ttft(track.first_at - track.sent_at)  # (slo-feasible)
             self.flow.notify()
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
