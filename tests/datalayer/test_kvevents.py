@@ -560,3 +560,114 @@ async def test_a_gap_replay_keeps_only_the_missing_range(monkeypatch):
         assert idx.engine_hashes("a") == set(range(1_100, 1_150)) and sub.stats.fetch_dropped == 0
     finally:
         await pub.close()
+
+
+def _big_batches(n: int, tokens: int) -> list[bytes]:
+    """``n`` batches of one block each with ``tokens`` token ids: decoded, a token id takes several times
+    its wire size (an int object and a tuple slot against 3-5 msgpack bytes)."""
+    rng = __import__("random").Random(0)
+    return [batch(stored_map([1_000 + i], None, [rng.randrange(1_000, 150_000) for _ in range(tokens)]))
+            for i in range(n)]  # fmt: skip
+
+
+async def test_the_catch_up_holds_one_decoded_batch_at_a_time():
+    """The fetch keeps a bounded part of the replay buffer as bytes; the catch-up used to decode every kept
+    batch before applying any (decoded, several times the bytes: ~0.5 GiB for the 64 MiB bound). Now it
+    finds the newest reset first and decodes and applies one batch at a time: its peak (Python
+    allocations, measured) stays near the fetched bytes, and the outcome is the same."""
+    import tracemalloc
+
+    payloads = _big_batches(60, 8_192)
+    raw = sum(len(p) for p in payloads)
+    pub = FakeVLLMPublisher()
+    idx = BlockIndex()
+    sub = KVEventSubscriber(idx, "a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
+    try:
+        for p in payloads[:20]:
+            await pub.publish(p, drop=True)
+        await pub.publish(batch({"type": "AllBlocksCleared", "medium": "GPU"}), drop=True)
+        for p in payloads[20:]:
+            await pub.publish(p, drop=True)
+        tracemalloc.start()
+        try:
+            await asyncio.wait_for(sub._catch_up(), 30)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert idx.engine_hashes("a") == set(range(1_020, 1_060))
+        assert sub.stats.caught_up == 20 and sub.stats.replayed == 41 and sub.stats.last_seq == 60
+        # The fetched bytes (held) plus one decoded batch and the index; all decoded at once was ~9x.
+        assert peak < 2.5 * raw, (peak, raw)
+    finally:
+        await pub.close()
+
+
+async def test_a_replay_fetch_logs_what_its_bound_dropped_once(monkeypatch, caplog):
+    from kvgate.datalayer import kvsubscriber
+
+    monkeypatch.setattr(kvsubscriber, "FETCH_MAX_BATCHES", 10)
+    pub = FakeVLLMPublisher()
+    sub = KVEventSubscriber(BlockIndex(), "a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
+    try:
+        for i in range(50):
+            await pub.publish(batch(stored_map([1_000 + i], None, [0] * 4)), drop=True)
+        with caplog.at_level("WARNING", logger=kvsubscriber.__name__):
+            got = await sub._fetch(0)
+        assert got is not None and [s for s, _ in got] == list(range(40, 50))
+        logged = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+        assert len(logged) == 1 and "40 older batches dropped, the newest 10 kept" in logged[0], logged
+        assert sub.stats.fetch_dropped == 40
+    finally:
+        await pub.close()
+
+
+async def test_the_replay_timeout_comes_from_the_environment(monkeypatch, caplog):
+    from kvgate.datalayer.kvsubscriber import REPLAY_TIMEOUT_ENV, REPLAY_TIMEOUT_S, replay_timeout_from_env
+
+    assert replay_timeout_from_env({}) == REPLAY_TIMEOUT_S == 1.0
+    assert replay_timeout_from_env({REPLAY_TIMEOUT_ENV: "30"}) == 30.0
+    for bad in ("0", "-1", "inf", "nan", "soon"):
+        assert replay_timeout_from_env({REPLAY_TIMEOUT_ENV: bad}) == REPLAY_TIMEOUT_S
+    assert REPLAY_TIMEOUT_ENV in caplog.text
+    monkeypatch.setenv(REPLAY_TIMEOUT_ENV, "12.5")
+    mgr = KVEventsManager(BlockIndex())
+    sub = mgr.ensure("a", "tcp://127.0.0.1:1", replay_endpoint="tcp://127.0.0.1:2")
+    try:
+        assert mgr.replay_timeout == sub.replay_timeout == 12.5
+    finally:
+        await mgr.close()
+
+
+async def test_a_source_waits_for_a_catch_up_as_long_as_the_replay_timeout_allows(monkeypatch):
+    """A replay socket that answers after 2 s, with the timeout raised to 4 s: the source's start waits for
+    that catch-up (its wait is the fetch's timeout plus the time to apply, not a fixed bound)."""
+    from kvgate.datalayer import kvsubscriber
+    from kvgate.datalayer.endpoint import Endpoint
+    from kvgate.datalayer.kvsubscriber import KVEventSources
+    from kvgate.datalayer.store import EndpointStore
+
+    monkeypatch.setattr(kvsubscriber, "CATCH_UP_APPLY_S", 0.5)
+
+    pub = FakeVLLMPublisher()
+    await pub.publish(batch(stored_map([7], None, [0] * 4)), drop=True)
+    serve = pub._serve_replay
+
+    async def late() -> None:
+        await asyncio.sleep(2.0)
+        await serve()
+
+    pub._task.cancel()
+    pub._task = asyncio.get_running_loop().create_task(late())
+    store = EndpointStore()
+    store.add(Endpoint(address="a"))
+    mgr = KVEventsManager(BlockIndex(), replay_timeout=4.0)
+    src = KVEventSources(store, mgr, lambda ep: (pub.endpoint, pub.replay_endpoint))
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await src.start()
+        assert mgr.index.engine_hashes("a") == {7}, loop.time() - t0
+    finally:
+        await src.stop()
+        await mgr.close()
+        await pub.close()

@@ -127,3 +127,36 @@ async def test_with_listen_when_ready_the_data_port_opens_after_start_up(backend
         await start
         await gw.stop(drain_timeout=0.5)
         reserve.close()
+
+
+class _Failing:
+    async def start(self) -> None:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("no such engine")
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_a_failing_source_start_ends_the_others_before_start_raises() -> None:
+    """One source's start fails: ``start`` raises that error, and the other starts are over by then
+    (cancelled): a gather left them running, to add themselves to the gateway after its stop."""
+    cfg = _pools_config(2)
+    pools = make_pools(cfg)  # type: ignore[arg-type]
+    go = asyncio.Event()
+    slow = _Source(go)
+    stopped: list[object] = []
+    slow.stop = lambda: stopped.append(slow) or asyncio.sleep(0)  # type: ignore[method-assign]
+    pools[0].director.data_sources = lambda: [_Failing()]  # type: ignore[attr-defined]
+    pools[1].director.data_sources = lambda: [slow]  # type: ignore[attr-defined]
+    gw = GatewayServer(cfg, pools, scrape=False)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(RuntimeError, match="no such engine"):
+            await asyncio.wait_for(gw.start(), 10)
+        assert slow.started.is_set() and _Source.running == 0  # its start was cancelled, not left running
+    finally:
+        await gw.stop(drain_timeout=0.5)
+    assert stopped == [slow]  # stopped with the gateway, though its start never finished
+    go.set()
+    await asyncio.sleep(0.1)
+    assert gw._scrapers == []

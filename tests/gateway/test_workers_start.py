@@ -25,6 +25,8 @@ import zmq.asyncio
 from gateway.backend import free_port
 from kvgate.config.gateway import GatewayConfigError, parse_gateway_config
 from kvgate.config.policies import precise_policy
+from kvgate.datalayer.kvsubscriber import REPLAY_TIMEOUT_ENV
+from kvgate.gateway.cli import _parser, build_config
 from kvgate.gateway.cli import main as serve_main
 from kvgate.sim.tokenizer import tokenizer_dir
 
@@ -125,12 +127,15 @@ def _config(path: Path, address: str, port: int, admin: int, feed: ReplayFeed | 
 
 
 @contextlib.asynccontextmanager
-async def _serve(config: Path, log: Path, env: dict[str, str] | None = None) -> AsyncIterator[Any]:
+async def _serve(
+    config: Path, log: Path, env: dict[str, str] | None = None, group: bool = False
+) -> AsyncIterator[Any]:
+    """``group``: in a process group of its own (the test may signal the whole group)."""
     with log.open("ab") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kvgate.cli", "serve", "--config", str(config), "--kv-events", "off",
             "--log-level", "WARNING", stdout=asyncio.subprocess.DEVNULL, stderr=err,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {})}, start_new_session=group,
         )  # fmt: skip
     try:
         yield proc
@@ -159,41 +164,33 @@ async def _until_ready(s: aiohttp.ClientSession, admin: int, text: str = "(2/2 w
 
 async def test_a_restarted_worker_takes_no_connection_before_it_is_ready(backends, tmp_path):
     """Worker 0 is killed; its replacement's KV-event catch-up is held (the engine's replay socket does
-    not answer yet). Meanwhile it must not listen on the data port (the kernel would hand it new
-    connections), and with ``minReadyWorkers: 2`` the supervisor's ``/readyz`` is 503, naming why."""
+    not answer yet; the replay timeout raised to 120 s, so the hold lasts until the test releases it,
+    however loaded the machine). Meanwhile it must not listen on the data port (the kernel would hand it
+    new connections), and with ``minReadyWorkers: 2`` the supervisor's ``/readyz`` is 503, naming why."""
     (b,) = await backends(1)
     feed = ReplayFeed(above=b.port)
     port, admin = free_port(), free_port()
     _config(tmp_path / "gw.yaml", b.address, port, admin, feed, minReadyWorkers=2)
-    log = tmp_path / "stderr"
+    env, log = {REPLAY_TIMEOUT_ENV: "120"}, tmp_path / "stderr"
     try:
-        async with _serve(tmp_path / "gw.yaml", log) as proc, aiohttp.ClientSession() as s:
+        async with _serve(tmp_path / "gw.yaml", log, env) as proc, aiohttp.ClientSession() as s:
             await _until_ready(s, admin)
-            for _attempt in range(3):
-                before = _children(proc.pid)
-                assert len(before) == 2 and all(_listens(p, port) for p in before)
-                while not feed.asked.empty():
-                    feed.asked.get_nowait()
-                feed.hold = True
-                mark = len(log.read_text())
-                os.kill(min(before), signal.SIGKILL)
-                client = await asyncio.wait_for(feed.asked.get(), 60)  # the new worker is catching up
-                (new,) = _children(proc.pid) - before
-                listening = _listens(new, port)
-                status, body = await _readyz(s, admin)
-                feed.hold = False
-                await feed.release(client)
-                await _until_ready(s, admin)
-                assert _listens(new, port)
-                # The worker waits 1 s for the replay answer, then starts without it: a test process too
-                # slow to look within that second saw a worker already started; look again then.
-                if "gave no answer" in log.read_text()[mark:] and (listening or status != 503):
-                    continue
-                assert not listening, "a worker still catching up listens on the data port"
-                assert (status, body) == (503, "1/2 workers ready, 2 needed")
-                break
-            else:
-                raise AssertionError("the machine was too slow to look within the catch-up, 3 times")
+            before = _children(proc.pid)
+            assert len(before) == 2 and all(_listens(p, port) for p in before)
+            while not feed.asked.empty():
+                feed.asked.get_nowait()
+            feed.hold = True
+            os.kill(min(before), signal.SIGKILL)
+            client = await asyncio.wait_for(feed.asked.get(), 60)  # the new worker is catching up
+            (new,) = _children(proc.pid) - before
+            await asyncio.sleep(2.5)  # past the default 1 s replay timeout: it would have gone on
+            assert not _listens(new, port), "a worker still catching up listens on the data port"
+            assert await _readyz(s, admin) == (503, "1/2 workers ready, 2 needed")
+            feed.hold = False
+            await feed.release(client)
+            await _until_ready(s, admin)
+            assert _listens(new, port)
+            assert "gave no answer" not in log.read_text()
             body = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 2})
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as c:
                 for _ in range(10):
@@ -224,19 +221,50 @@ async def test_one_worker_restarting_keeps_the_default_supervisor_ready(backends
         assert (200, "ready (1/2 workers)") in seen and {st for st, _ in seen} == {200}
 
 
-def test_min_ready_workers_is_checked_against_workers(tmp_path) -> None:
+def _build(tmp_path: Path, listen: dict[str, Any], *flags: str) -> Any:
+    """The config ``kvgate serve --config f.yaml *flags`` would run (file and flags, checked)."""
     pool = {"name": "p", "endpoints": ["127.0.0.1:1"], "models": ["m"]}
-    cfg = parse_gateway_config({"pools": [pool], "listen": {"workers": 3, "minReadyWorkers": 3}})
-    assert cfg.min_ready_workers == 3
-    for bad in (0, 4):
-        with pytest.raises(GatewayConfigError, match=r"listen\.minReadyWorkers"):
-            parse_gateway_config({"pools": [pool], "listen": {"workers": 3, "minReadyWorkers": bad}})
     f = tmp_path / "gw.yaml"
-    f.write_text(yaml.safe_dump({"pools": [pool], "listen": {"workers": 3, "minReadyWorkers": 3}}))
+    f.write_text(yaml.safe_dump({"pools": [pool], "listen": listen}))
+    return build_config(_parser().parse_args(["--config", str(f), *flags]))
+
+
+def test_min_ready_workers_is_checked_against_the_final_workers(tmp_path) -> None:
+    """The file's ``minReadyWorkers`` is checked against the worker count once ``--workers`` is applied:
+    ``minReadyWorkers: 2`` with ``--workers 2`` was refused against the file's default of 1 worker."""
+    cfg = _build(tmp_path, {"adminPort": 0, "minReadyWorkers": 2}, "--workers", "2")
+    assert (cfg.workers, cfg.min_ready_workers) == (2, 2)
+    cfg = _build(tmp_path, {"adminPort": 0, "workers": 3, "minReadyWorkers": 3})
+    assert (cfg.workers, cfg.min_ready_workers) == (3, 3)
+    assert _build(tmp_path, {"adminPort": 0, "workers": 3}, "--min-ready-workers", "3").min_ready_workers == 3
+    bad = [
+        ({"adminPort": 0, "workers": 3, "minReadyWorkers": 3}, ("--workers", "2"), r"listen\.minReady"),
+        ({"adminPort": 0, "minReadyWorkers": 2}, (), r"listen\.minReadyWorkers.*workers \(1\)"),
+        ({"adminPort": 0, "workers": 3}, ("--min-ready-workers", "4"), "--min-ready-workers"),
+        ({"adminPort": 0, "workers": 3}, ("--min-ready-workers", "0"), "--min-ready-workers"),
+    ]
+    for listen, flags, match in bad:
+        with pytest.raises(GatewayConfigError, match=match):
+            _build(tmp_path, listen, *flags)
+    pool = {"name": "p", "endpoints": ["127.0.0.1:1"], "models": ["m"]}
+    for wrong in (0, 65):  # the file alone: its range only
+        with pytest.raises(GatewayConfigError, match=r"listen\.minReadyWorkers"):
+            parse_gateway_config({"pools": [pool], "listen": {"minReadyWorkers": wrong}})
+
+
+def test_min_ready_workers_needs_the_admin_port(tmp_path) -> None:
+    """Without an admin port there is no supervisor ``/readyz`` (each worker answers its own on the data
+    port): a minimum above 1 would be silently ignored, so it is refused."""
+    with pytest.raises(GatewayConfigError, match=r"listen\.minReadyWorkers.*admin port"):
+        _build(tmp_path, {"workers": 2, "minReadyWorkers": 2})
+    with pytest.raises(GatewayConfigError, match=r"--min-ready-workers.*admin port"):
+        _build(tmp_path, {"workers": 2}, "--min-ready-workers", "2")
+    cfg = _build(tmp_path, {"workers": 2}, "--min-ready-workers", "2", "--admin-port", "0")
+    assert cfg.min_ready_workers == 2
     hup = signal.getsignal(signal.SIGHUP)  # serve ignores it while it starts
     try:
-        assert serve_main(["--config", str(f), "--workers", "2", "--kv-events", "off"]) == 2  # 3 > 2
-        assert serve_main(["--config", str(f), "--min-ready-workers", "4", "--kv-events", "off"]) == 2
+        f = tmp_path / "gw.yaml"
+        assert serve_main(["--config", str(f), "--min-ready-workers", "2", "--kv-events", "off"]) == 2
     finally:
         signal.signal(signal.SIGHUP, hup)
 
@@ -342,3 +370,200 @@ async def test_a_sigkilled_supervisors_private_directories_are_removed_at_the_ne
         assert os.listdir(tmp) == []
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tracker(pid: int) -> int | None:
+    """The supervisor's multiprocessing resource tracker (a child running ``resource_tracker.main``)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) != pid:
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"resource_tracker" in f.read():
+                    return int(entry)
+    return None
+
+
+async def test_a_process_group_sighup_leaves_the_resource_tracker_alive(backends, tmp_path):
+    """``kill -HUP -PGID`` on a 2-worker supervisor (a reload for it and its workers) reached its
+    multiprocessing resource tracker too, which it killed: the shared memory went untracked (a later
+    SIGKILL leaked it in /dev/shm) and the stop logged 'resource_tracker: process died unexpectedly'."""
+    (b,) = await backends(1)
+    port, admin = free_port(), free_port()
+    _config(tmp_path / "gw.yaml", b.address, port, admin, None)
+    log = tmp_path / "stderr"
+    async with _serve(tmp_path / "gw.yaml", log, group=True) as proc, aiohttp.ClientSession() as s:
+        await _until_ready(s, admin)
+        tracker = _tracker(proc.pid)
+        assert tracker is not None and _alive(tracker)
+        workers = _children(proc.pid)
+        os.killpg(proc.pid, signal.SIGHUP)
+        await asyncio.sleep(1.0)
+        assert _alive(tracker), "the process-group SIGHUP killed the resource tracker"
+        assert all(_alive(w) for w in workers) and _children(proc.pid) == workers
+        await _until_ready(s, admin)
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert "resource_tracker" not in log.read_text(), log.read_text()
+
+
+def _read(log: Path) -> str:
+    return log.read_text()
+
+
+async def _log_says(log: Path, text: str, limit_s: float = 60.0) -> None:
+    for _ in range(int(limit_s / 0.02)):
+        if text in _read(log):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never logged {text!r}: {_read(log)}")
+
+
+def _limit_fds(pid: int, soft: int | None) -> int:
+    """Limit process ``pid``'s descriptors (new ones fail with EMFILE; open ones still work); the old
+    soft limit. ``None``: the hard limit."""
+    import resource
+
+    old, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard if soft is None else soft, hard))
+    return old
+
+
+async def test_a_worker_whose_spawn_fails_for_a_while_is_restarted(backends, tmp_path):
+    """A restart whose spawn fails (here: EMFILE, the supervisor's descriptors limited for a while) ended
+    the watch silently: the supervisor served on one worker short and never restarted another. The spawn
+    is tried again (after a pause) and succeeds once descriptors are back."""
+    (b,) = await backends(1)
+    port, admin = free_port(), free_port()
+    _config(tmp_path / "gw.yaml", b.address, port, admin, None)
+    log = tmp_path / "stderr"
+    loop = asyncio.get_running_loop()
+    launched = loop.time()
+    async with _serve(tmp_path / "gw.yaml", log) as proc, aiohttp.ClientSession() as s:
+        await _until_ready(s, admin)
+        # Past the supervisor's "died at start" age: the kill is no fast death; the spawns alone count.
+        await asyncio.sleep(max(0.0, launched + 6.0 - loop.time()))
+        before = _children(proc.pid)
+        soft = _limit_fds(proc.pid, 3)
+        os.kill(min(before), signal.SIGKILL)
+        await _log_says(log, "could not be started")
+        _limit_fds(proc.pid, soft)
+        await _until_ready(s, admin)
+        assert len(_children(proc.pid) - before) == 1 and proc.returncode is None
+        assert "Too many open files" in log.read_text()
+
+
+async def test_a_worker_that_cannot_be_spawned_stops_the_supervisor_with_an_error(backends, tmp_path):
+    """Spawns that keep failing: the supervisor gives up with exit status 1 (it used to run on unwatched,
+    and exit 0 on stop), so a service manager's Restart=on-failure starts it again."""
+    (b,) = await backends(1)
+    tmp = tempfile.mkdtemp(prefix="kvt-", dir="/tmp")  # should the supervisor fail to remove its directories
+    port, admin = free_port(), free_port()
+    _config(tmp_path / "gw.yaml", b.address, port, admin, None)
+    log = tmp_path / "stderr"
+    try:
+        async with _serve(tmp_path / "gw.yaml", log, {"TMPDIR": tmp}) as proc, aiohttp.ClientSession() as s:
+            await _until_ready(s, admin)
+            soft = _limit_fds(proc.pid, 3)
+            os.kill(min(_children(proc.pid)), signal.SIGKILL)
+            await _log_says(log, "workers cannot be started; shutting down")
+            _limit_fds(proc.pid, soft)  # for its shutdown (its event loop's close opens a socket pair)
+            assert await asyncio.wait_for(proc.wait(), 60) == 1
+        # 3 failures in a row: the spawns', after the kill's if the worker was that young.
+        assert log.read_text().count("could not be started") in (2, 3), log.read_text()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_the_cleaner_skips_a_lock_that_is_not_a_regular_file(tmp_path) -> None:
+    """A FIFO named .lock: opening it for reading waited for a writer, so a supervisor's start hung."""
+    import threading
+
+    from kvgate.gateway.workers import clean_stale_dirs
+
+    d = tmp_path / "kvgate-config-fifo1"
+    d.mkdir(mode=0o700)
+    os.mkfifo(d / ".lock")
+    done: list[list[str]] = []
+    t = threading.Thread(target=lambda: done.append(clean_stale_dirs(str(tmp_path))), daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():  # unblock it (a writer arrives), then fail
+        os.close(os.open(d / ".lock", os.O_WRONLY | os.O_NONBLOCK))
+        t.join(10)
+        raise AssertionError("the cleaner waited on a FIFO named .lock")
+    assert done == [[]] and d.exists()
+
+
+def test_a_private_directory_a_tmp_cleaner_removed_is_made_again_with_a_held_lock(tmp_path, monkeypatch):
+    """The config snapshot's directory removed under a running supervisor (a /tmp cleaner) was made again
+    without a lock file: a later SIGKILL left it for good (the cleaner keeps lockless directories)."""
+    import fcntl
+
+    from kvgate.gateway.workers import Supervisor, clean_stale_dirs, private_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    pool = {"name": "p", "endpoints": ["127.0.0.1:1"], "models": ["m"]}
+    cfg = parse_gateway_config({"pools": [pool]})
+    sup = Supervisor(cfg, 2, "unused.yaml")
+    path, sup._locks[path] = private_dir("config")  # as Supervisor.run makes it
+    sup.snapshot = os.path.join(path, "config.pickle")
+    try:
+        sup.write_snapshot(cfg)
+        shutil.rmtree(path)
+        sup.write_snapshot(cfg)
+        assert os.path.exists(sup.snapshot)
+        fd = os.open(os.path.join(path, ".lock"), os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):  # held: by the supervisor
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        assert clean_stale_dirs(str(tmp_path)) == []
+        os.close(sup._locks.pop(path))  # the supervisor gone: now the cleaner removes it
+        assert clean_stale_dirs(str(tmp_path)) == [path]
+    finally:
+        for fd in sup._locks.values():
+            os.close(fd)
+
+
+def test_private_directories_without_flock_or_descriptors(tmp_path, monkeypatch, caplog) -> None:
+    """A temp dir without ``flock`` (some network and FUSE file systems): the supervisor starts (it used
+    to fail), logs that its directory will stay if it is killed, and no cleaner removes it. No descriptor
+    left for the lock file: no directory is left behind either."""
+    import errno
+    import fcntl
+
+    from kvgate.gateway import workers
+    from kvgate.gateway.workers import clean_stale_dirs, private_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    real_flock, real_open = fcntl.flock, os.open
+
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    with monkeypatch.context() as m:
+        m.setattr(workers.fcntl, "flock", no_flock)
+        path, fd = private_dir("gossip")
+        try:
+            assert os.path.exists(os.path.join(path, ".lock")) and "stays" in caplog.text
+            assert clean_stale_dirs(str(tmp_path)) == []
+        finally:
+            os.close(fd)
+    assert fcntl.flock is real_flock
+    shutil.rmtree(path)
+
+    def no_fds(p: Any, *args: Any, **kw: Any) -> int:
+        if str(p).endswith(".lock.new"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(p, *args, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(workers.os, "open", no_fds)
+        with pytest.raises(OSError, match="Too many open files"):
+            private_dir("config")
+    assert os.listdir(tmp_path) == []

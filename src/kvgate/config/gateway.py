@@ -456,8 +456,10 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
         admin = _get(listen, "adminPort", "listen.", int)
         cfg.admin_port = None if admin is None else _port(admin, "listen.adminPort")
         cfg.workers = _workers(_get(listen, "workers", "listen.", int, cfg.workers), "listen.workers")
+        # Only its range here: ``--workers`` may still raise the count (``kvgate serve``'s build_config
+        # checks it against the final one).
         least = _get(listen, "minReadyWorkers", "listen.", int, 1)
-        cfg.min_ready_workers = min_ready_workers(least, cfg.workers, "listen.minReadyWorkers")
+        cfg.min_ready_workers = min_ready_workers(least, MAX_WORKERS, "listen.minReadyWorkers")
 
     objectives = raw.get("objectives") or []
     if not isinstance(objectives, list):
@@ -537,8 +539,10 @@ def _workers(value: int, key: str) -> int:
 
 
 def min_ready_workers(value: int, workers: int, key: str) -> int:
+    """``value`` in 1..``workers`` (the final count, flags applied; ``MAX_WORKERS`` for a file alone)."""
     if not 1 <= value <= workers:
-        raise GatewayConfigError(key, f"must be in 1..workers ({workers}), got {value}")
+        what = f"workers ({workers})" if workers < MAX_WORKERS else str(MAX_WORKERS)
+        raise GatewayConfigError(key, f"must be in 1..{what}, got {value}")
     return value
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,6 +23,29 @@ from kvgate.datalayer.kvwire import AllBlocksCleared, DecodeError, EventBatch, d
 from kvgate.datalayer.store import EndpointStore, StoreChange
 
 log = logging.getLogger(__name__)
+
+# How long a replay fetch (a join's catch-up, a gap's healing) waits for the engine's whole answer.
+REPLAY_TIMEOUT_S = 1.0
+# Sets it for every subscriber of the process (seconds, > 0): a slow or distant engine, or a test that
+# holds the replay answer longer than a loaded machine needs to look.
+REPLAY_TIMEOUT_ENV = "KVGATE_KV_REPLAY_TIMEOUT_S"
+
+
+def replay_timeout_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """``REPLAY_TIMEOUT_ENV`` when set to a positive number of seconds (else logged), or the default."""
+    raw = environ.get(REPLAY_TIMEOUT_ENV)
+    if raw is None:
+        return REPLAY_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < math.inf:
+        log.warning("%s=%r is not a positive number of seconds; using %.1f", REPLAY_TIMEOUT_ENV, raw,
+                    REPLAY_TIMEOUT_S)  # fmt: skip
+        return REPLAY_TIMEOUT_S
+    return value
+
 
 # --------------------------------------------------------------------------------------------------
 # ZMQ subscribers
@@ -64,7 +89,7 @@ class KVEventSubscriber:
         bind: bool = False,
         topic: bytes = b"",
         replay_endpoint: str | None = None,
-        replay_timeout: float = 1.0,
+        replay_timeout: float = REPLAY_TIMEOUT_S,
     ) -> None:
         self.index = index
         self.endpoint = endpoint
@@ -231,8 +256,11 @@ class KVEventSubscriber:
     async def _catch_up(self) -> None:
         """On joining: what the engine holds now, from its replay buffer, since its last reset.
 
-        Batches before the newest ``AllBlocksCleared`` describe blocks that reset dropped, so they are
-        decoded (to find it) but not applied; the loop yields between slices so requests are served.
+        Batches before the newest ``AllBlocksCleared`` describe blocks that reset dropped: they are not
+        applied. Two passes over the fetched payloads, so no more than one batch is held decoded at a time
+        (decoded, a batch takes several times its wire size): the first finds that reset from the newest
+        batch back (decoding only the payloads that name the event), the second decodes and applies each
+        batch from there. The loop yields between slices so requests are served.
         """
         if self.replay_endpoint is None:
             return
@@ -246,23 +274,23 @@ class KVEventSubscriber:
         if not got:
             return
         got = _newest_run(got, got[-1][0] + 1)
-        decoded: list[tuple[int, EventBatch | None]] = []
         start = 0
-        for i, (seq, payload) in enumerate(got):
-            batch = self._decode(seq, payload)
-            decoded.append((seq, batch))
-            if batch is None or any(isinstance(e, AllBlocksCleared) for e in batch.events):
-                start = i  # nothing before it survives (an undecodable batch resyncs anyway)
-            if i % _SLICE == _SLICE - 1:
+        for i in range(len(got) - 1, -1, -1):
+            seq, payload = got[i]
+            if _CLEARED in payload and _clears(self._decode(seq, payload)):
+                start = i
+                break
+            if i % _SLICE == 0:
                 await asyncio.sleep(0)
-        for i, (seq, batch) in enumerate(decoded[start:]):
-            self._apply_decoded(seq, batch)
-            if i % _SLICE == _SLICE - 1:
+        for i in range(start, len(got)):
+            seq, payload = got[i]
+            self._apply(seq, payload)  # an undecodable batch resyncs (clears) here
+            if (i - start) % _SLICE == _SLICE - 1:
                 await asyncio.sleep(0)
-        self.stats.last_seq = decoded[-1][0]
-        self.stats.replayed += len(decoded) - start
+        self.stats.last_seq = got[-1][0]
+        self.stats.replayed += len(got) - start
         self.stats.caught_up += start
-        self._caught_upto = decoded[-1][0]
+        self._caught_upto = got[-1][0]
         self._caught_digests = {seq: xxhash.xxh3_64_intdigest(p) for seq, p in got[-_CAUGHT_DIGESTS:]}
 
     async def _fetch(self, want: int, upto: int | None = None) -> list[tuple[int, bytes]] | None:
@@ -281,8 +309,12 @@ class KVEventSubscriber:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, FETCH_MAX_MESSAGE_BYTES)
+        # libzmq queues at most this many received messages (default 1,000); past it, it stops reading
+        # the connection (TCP pushes back on the engine) until this loop takes them.
+        sock.setsockopt(zmq.RCVHWM, FETCH_RCVHWM)
         got: deque[tuple[int, bytes]] = deque()
         size = 0
+        dropped = 0
         try:
             try:
                 sock.connect(self.replay_endpoint)
@@ -310,9 +342,16 @@ class KVEventSubscriber:
                 size += len(payload)
                 while len(got) > FETCH_MAX_BATCHES or size > FETCH_MAX_BYTES:
                     size -= len(got.popleft()[1])
-                    self.stats.fetch_dropped += 1
+                    dropped += 1
         finally:
             sock.close(0)
+            if dropped:
+                self.stats.fetch_dropped += dropped
+                log.warning(
+                    "kv events from %s: the replay from seq %d held more than the fetch keeps (%d batches, "
+                    "%d MiB): %d older batches dropped, the newest %d kept",
+                    self.endpoint, want, FETCH_MAX_BATCHES, FETCH_MAX_BYTES >> 20, dropped, len(got),
+                )  # fmt: skip
         return sorted(got)
 
 
@@ -322,6 +361,17 @@ _SLICE = 64  # catch-up batches handled between yields to the event loop
 FETCH_MAX_BATCHES = 10_000
 FETCH_MAX_BYTES = 64 * 1024 * 1024
 FETCH_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+FETCH_RCVHWM = 64  # messages libzmq queues for a fetch before it stops reading the replay connection
+# A fetched payload that holds an ``AllBlocksCleared`` names it (the event type is a msgpack string in both
+# wire forms); only those are decoded to find the catch-up's newest reset.
+_CLEARED = b"AllBlocksCleared"
+
+
+def _clears(batch: EventBatch | None) -> bool:
+    """Whether nothing before this batch survives: it clears every block, or it is undecodable."""
+    return batch is None or any(isinstance(e, AllBlocksCleared) for e in batch.events)
+
+
 # Digests kept of the catch-up's newest batches: live batches that overlap it were published between the
 # SUB's connect and the replay fetch, so they are among its newest (bounded memory).
 _CAUGHT_DIGESTS = 4096
@@ -346,8 +396,10 @@ class KVEventsManager:
     purged, when the last owner lets go; ``sync`` and ``close`` end subscriptions whoever holds them.
     """
 
-    def __init__(self, index: BlockIndex) -> None:
+    def __init__(self, index: BlockIndex, replay_timeout: float | None = None) -> None:
         self.index = index
+        # Each subscriber's replay fetch timeout (default: ``replay_timeout_from_env()``).
+        self.replay_timeout = replay_timeout_from_env() if replay_timeout is None else replay_timeout
         self.subscribers: dict[str, KVEventSubscriber] = {}
         self._owners: dict[str, int] = {}  # endpoint -> how many adds are not yet removed
 
@@ -381,8 +433,9 @@ class KVEventsManager:
         sub = self.subscribers.get(endpoint)
         if sub is None:
             sub = KVEventSubscriber(
-                self.index, endpoint, zmq_endpoint, bind=bind, replay_endpoint=replay_endpoint, topic=topic
-            )
+                self.index, endpoint, zmq_endpoint, bind=bind, replay_endpoint=replay_endpoint, topic=topic,
+                replay_timeout=self.replay_timeout,
+            )  # fmt: skip
             self.subscribers[endpoint] = sub
             sub.start()
         return sub
@@ -431,7 +484,9 @@ class KVEventsManager:
             await sub.stop()
 
 
-CATCH_UP_WAIT_S = 5.0  # longest a source's start waits for its subscribers' join-time catch-up
+# Longest a source's start waits for its subscribers' join-time catch-up, past their replay fetch's timeout
+# (the default: 5 s in all): decoding and applying up to ``FETCH_MAX_BATCHES`` batches.
+CATCH_UP_APPLY_S = 4.0
 
 # (events address, replay address or None) of an endpoint's KV events, or None when it publishes none.
 EventSourceResolver = Callable[[Endpoint], "tuple[str, str | None] | None"]
@@ -475,11 +530,12 @@ class KVEventSources:
                 sub = await self.manager.add(ep.address, src[0], bind=self.bind, replay_endpoint=src[1])
                 subs.append(sub)
         # Started (and so ready) only once each has caught up from its engine's replay buffer, all at once.
+        wait = self.manager.replay_timeout + CATCH_UP_APPLY_S
         try:
-            async with asyncio.timeout(CATCH_UP_WAIT_S):
+            async with asyncio.timeout(wait):
                 await asyncio.gather(*(s.wait_caught_up() for s in subs))
         except TimeoutError:
-            log.warning("kv events: catch-up still running after %.0f s", CATCH_UP_WAIT_S)
+            log.warning("kv events: catch-up still running after %.0f s", wait)
 
     async def stop(self) -> None:
         if not self._running:

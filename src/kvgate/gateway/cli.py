@@ -155,6 +155,10 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     if least is None:  # the file's, checked again: --workers may have lowered the count
         least, key = cfg.min_ready_workers, "listen.minReadyWorkers"
     cfg.min_ready_workers = min_ready_workers(least, cfg.workers, key)
+    if cfg.min_ready_workers > 1 and cfg.admin_port is None:
+        # Without an admin port the supervisor serves none: /readyz on the data port is each worker's own,
+        # which no minimum of ready workers can govern (it would be silently ignored).
+        raise GatewayConfigError(key, "needs an admin port (listen.adminPort / --admin-port)")
     return cfg
 
 

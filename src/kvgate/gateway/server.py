@@ -226,14 +226,21 @@ class GatewayServer:
         )
 
     async def _start_sources(self, sources: list[Any]) -> None:
+        """All at once (at most ``SOURCE_STARTS``); the first that fails cancels the others' starts, which
+        have all ended when it is raised (a gather left them running: they added themselves after stop)."""
         gate = asyncio.Semaphore(SOURCE_STARTS)
 
         async def start(source: Any) -> None:
             async with gate:
+                self._scrapers.append(source)  # stopped by stop() even if its start fails half-way
                 await source.start()
-            self._scrapers.append(source)
 
-        await asyncio.gather(*(start(s) for s in sources))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for s in sources:
+                    group.create_task(start(s))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # what start() raised, as a gather raised it
 
     async def _serve_data(self) -> None:
         assert self.proxy is not None

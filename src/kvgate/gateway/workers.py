@@ -17,7 +17,7 @@ The supervisor (this module) holds no data path. It reserves the port (bound, no
 takes no connections), starts the workers (``spawn``: fresh interpreters, nothing inherited from the
 supervisor's event loop), serves the admin port itself — ``/metrics`` merges every worker's metrics
 with a ``worker`` label, ``/readyz`` is ready while at least ``listen.minReadyWorkers`` workers are
-(default 1; a worker counts once it reports its start-up done, and only then opens its data port),
+(default 1; a worker opens its data port once its start-up is done, then reports, and counts from then),
 ``/debug/picks/<id>`` asks each worker — restarts a worker that dies (giving up if they keep dying at
 start), and on SIGTERM/SIGINT has every worker drain (the same graceful drain as one process) before it
 exits. With ``--config`` it watches the file as one process does (SIGHUP, modification time): a file
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import multiprocessing
@@ -41,6 +42,7 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import tempfile
 import time
 from multiprocessing.connection import Connection
@@ -69,6 +71,7 @@ _MAX_FAST_DEATHS = 3
 _ADMIN_FETCH_TIMEOUT_S = 5.0
 # A worker builds its pickers and binds its ports in well under this; past it, it is stuck.
 _START_TIMEOUT_S = 60.0
+_SPAWN_RETRY_S = 1.0  # pause before spawning again a worker whose spawn failed (OSError)
 
 
 # --- worker side -------------------------------------------------------------------------------
@@ -249,19 +252,6 @@ def merge_metrics(texts: list[str | None]) -> bytes:
 # --- supervisor --------------------------------------------------------------------------------
 
 
-def _private_dir(path: str) -> None:
-    """``path`` as ``mkdtemp`` made it (a directory of ours, 0700), made again if it vanished; OSError if
-    something else now sits there (a directory another user made in /tmp is not written into)."""
-    try:
-        os.mkdir(path, 0o700)
-        return
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise OSError(f"{path} is not the supervisor's private directory")
-
-
 # The supervisor's private directories in the temp dir (``kvgate-<kind>-<random>``) each hold a lock file
 # the supervisor keeps locked (``flock``) for its whole life: the kernel releases it however the process
 # ends (SIGKILL, out of memory: no cleanup ran), so a later supervisor that can take the lock knows the
@@ -271,28 +261,66 @@ _PRIVATE_KINDS = ("config", "gossip")
 _LOCK = ".lock"
 
 
-def private_dir(kind: str) -> tuple[str, int]:
-    """A new 0700 directory in the temp dir and the descriptor of its lock, held (keep it open until the
-    directory is removed). The lock file appears already locked (made and locked under another name, then
-    renamed): a cleaner never finds it unlocked while its owner lives."""
-    path = tempfile.mkdtemp(prefix=f"kvgate-{kind}-")
+def _lock_into(path: str) -> int:
+    """A lock file in ``path``, made locked under another name then renamed in (a cleaner never finds it
+    unlocked while its owner lives); its descriptor, to hold. Where the file system has no ``flock`` the
+    file is left unlocked (logged): a cleaner cannot lock it either, so it leaves the directory."""
     new = os.path.join(path, _LOCK + ".new")
     fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in _NO_FLOCK:
+                raise
+            log.warning("cannot lock %s (%s): if this supervisor is killed, %s stays", new, e, path)
         os.rename(new, os.path.join(path, _LOCK))
     except OSError:
         os.close(fd)
+        raise
+    return fd
+
+
+# flock unsupported by the file system (some network and FUSE ones).
+_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+
+
+def private_dir(kind: str) -> tuple[str, int]:
+    """A new 0700 directory in the temp dir and the descriptor of its lock, held (keep it open until the
+    directory is removed)."""
+    path = tempfile.mkdtemp(prefix=f"kvgate-{kind}-")
+    try:
+        return path, _lock_into(path)
+    except OSError:
         shutil.rmtree(path, ignore_errors=True)
         raise
-    return path, fd
+
+
+def ensure_private_dir(path: str, lock: int) -> int:
+    """``path`` as ``private_dir`` made it, made again (with a new lock file) if it vanished (a temp-dir
+    cleaner); the lock to hold from now on (``lock``, or the new one: ``lock`` is then closed). OSError
+    if something else now sits there (a directory another user made in /tmp is not written into)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise OSError(f"{path} is not the supervisor's private directory") from None
+        return lock
+    try:
+        new = _lock_into(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    os.close(lock)
+    return new
 
 
 def clean_stale_dirs(root: str | None = None) -> list[str]:
     """Remove the private directories supervisors left behind when they died without cleaning up; the
     paths removed. Only those this user owns, real 0700 directories (no link, nothing another user made),
-    whose lock file (no link either) can be locked: its owner is gone. One without a lock file (being
-    made, or not ours) is left."""
+    whose lock file (a regular file, no link) can be locked: its owner is gone. One without a lock file
+    (being made, or not ours) is left."""
     root = tempfile.gettempdir() if root is None else root
     removed: list[str] = []
     try:
@@ -308,12 +336,18 @@ def clean_stale_dirs(root: str | None = None) -> list[str]:
             st = os.lstat(path)
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
                 continue
-            fd = os.open(os.path.join(path, _LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: opening a FIFO named .lock would wait for a writer (start-up stuck for good).
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            fd = os.open(os.path.join(path, _LOCK), flags)
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its supervisor runs
+            gone = stat.S_ISREG(os.fstat(fd).st_mode)
+            if gone:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held (its supervisor runs), or no flock here
+            gone = False
+        if not gone:
             os.close(fd)
             continue
         try:
@@ -382,6 +416,8 @@ class Supervisor:
         self._admin_front: FrontServer | None = None
         self.shared: Any = None  # SharedInFlight (owner view) when workers > 1
         self.gossip_dir: str | None = None  # where the workers' prefix-gossip sockets live (workers > 1)
+        # Each private directory's lock (``private_dir``), held until the directory is removed.
+        self._locks: dict[str, int] = {}
 
     # --- ports -------------------------------------------------------------------------------
     def reserve_port(self) -> int:
@@ -403,7 +439,12 @@ class Supervisor:
         # Each worker: the shared data port, and a private admin port on loopback for the supervisor.
         wcfg = replace(self.cfg, port=self.port, admin_port=0, admin_tls=None)  # private: plaintext
         recv, send = self.ctx.Pipe(duplex=False)
-        life_r, life_w = self.ctx.Pipe(duplex=False)
+        try:
+            life_r, life_w = self.ctx.Pipe(duplex=False)
+        except OSError:
+            recv.close()
+            send.close()
+            raise
         shared = None
         if self.shared is not None:
             self.shared.clear_row(i)  # a restarted worker starts with nothing in flight
@@ -421,6 +462,10 @@ class Supervisor:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             proc.start()
+        except OSError:  # EAGAIN, EMFILE, ENOMEM: no worker, and nothing of its left open
+            for end in (recv, send, life_r, life_w):
+                end.close()
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         send.close()
@@ -459,7 +504,8 @@ class Supervisor:
     def write_snapshot(self, cfg: GatewayConfig) -> None:
         """The config the workers reload, replaced whole (a worker never reads half of one)."""
         assert self.snapshot is not None
-        _private_dir(os.path.dirname(self.snapshot))  # a /tmp cleaner may have removed it
+        directory = os.path.dirname(self.snapshot)  # a /tmp cleaner may have removed it: made again
+        self._locks[directory] = ensure_private_dir(directory, self._locks[directory])
         tmp = self.snapshot + ".tmp"
         with open(tmp, "wb") as f:
             pickle.dump(cfg, f)
@@ -503,9 +549,30 @@ class Supervisor:
                     self.failed = True
                     return
                 self.admin_ports[i] = None
-                await self.start_worker(i)
+                if not await self._restart(i):
+                    return
                 new = self.procs[i]
                 log.info("worker %d restarted (pid %s)", i, new.pid if new is not None else "?")
+
+    async def _restart(self, i: int) -> bool:
+        """Start worker ``i`` again; False (``failed`` set) when it cannot be started: a spawn that fails
+        (out of processes, descriptors or memory: OSError) counts as a death at start, tried again after a
+        pause until those add up to ``_MAX_FAST_DEATHS`` in a row; then the supervisor stops with an
+        error status, so a service manager restarts it (a watcher ended silently served on short-handed)."""
+        while True:
+            try:
+                await self.start_worker(i)
+                return True
+            except OSError as e:
+                self.fast_deaths += 1
+                log.error("worker %d could not be started: %s", i, e)
+                if self.fast_deaths >= _MAX_FAST_DEATHS:
+                    log.error("workers cannot be started; shutting down")
+                    self.failed = True
+                    return False
+            await asyncio.sleep(_SPAWN_RETRY_S)
+            if self.stopping:
+                return False
 
     async def stop_workers(self) -> None:
         self.stopping = True
@@ -625,13 +692,12 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         reload_task = None
         snapshot_dir = None
-        locks: list[int] = []  # the private directories' locks, held until they are removed
         try:  # the directories inside: the cleanup below removes them if a later step fails
+            _start_resource_tracker()
             for path in clean_stale_dirs():
                 log.warning("removed %s: left by a supervisor that is gone", path)
             if self.config_path is not None:
-                snapshot_dir, lock = private_dir("config")  # private (0700): only we write it
-                locks.append(lock)
+                snapshot_dir, self._locks[snapshot_dir] = private_dir("config")  # 0700: only we write it
                 self.snapshot = os.path.join(snapshot_dir, "config.pickle")
                 self.write_snapshot(self.file_cfg)
                 watch = _WorkersReload(self, self.config_path, self.mtime)
@@ -641,9 +707,13 @@ class Supervisor:
                 from kvgate.gateway.shared_inflight import SharedInFlight
 
                 self.gossip_dir, lock = private_dir("gossip")  # short: unix socket paths max 107 bytes
-                locks.append(lock)
+                self._locks[self.gossip_dir] = lock
                 self.shared = SharedInFlight.create(self.n, self.ctx.Lock())
-            await asyncio.gather(*(self.start_worker(i) for i in range(self.n)))
+            try:
+                await asyncio.gather(*(self.start_worker(i) for i in range(self.n)))
+            except OSError as e:  # the spawn failed (out of processes, descriptors, memory)
+                print(f"kvgate serve: a worker could not be started: {e}", file=sys.stderr, flush=True)
+                return 1
             if any(p is None for p in self.admin_ports):
                 print("kvgate serve: a worker failed to start", flush=True)
                 return 1
@@ -662,6 +732,11 @@ class Supervisor:
             await asyncio.wait({watcher, stopped}, return_when=asyncio.FIRST_COMPLETED)
             watcher.cancel()
             stopped.cancel()
+            if watcher.done() and not watcher.cancelled() and (exc := watcher.exception()) is not None:
+                # Not a stop: the workers would go unwatched (none restarted); an error status, so a
+                # service manager (systemd Restart=on-failure) starts the gateway again.
+                log.error("the worker watch failed; shutting down", exc_info=exc)
+                self.failed = True
             print("kvgate serve: draining", flush=True)
             return 1 if self.failed else 0
         finally:
@@ -678,9 +753,25 @@ class Supervisor:
                 shutil.rmtree(self.gossip_dir, ignore_errors=True)
             if snapshot_dir is not None:
                 shutil.rmtree(snapshot_dir, ignore_errors=True)
-            for lock in locks:
+            for lock in self._locks.values():
                 os.close(lock)
+            self._locks.clear()
             await self._session.close()
+
+
+def _start_resource_tracker() -> None:
+    """multiprocessing's resource tracker (it unlinks the shared memory and semaphores should the supervisor
+    die) started now with SIGHUP blocked, before anything registers with it. The tracker is a child in the
+    supervisor's process group that ignores SIGINT and SIGTERM only: a process-group SIGHUP (``kill -HUP
+    -PGID``, a terminal's hang-up), meant as a reload, killed it, and the shared memory went untracked. It
+    keeps the blocked mask it inherits (it unblocks only those two), so the SIGHUP stays pending there."""
+    from multiprocessing import resource_tracker
+
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def run_workers(
