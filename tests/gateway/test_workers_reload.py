@@ -272,10 +272,13 @@ async def test_a_snapshot_that_cannot_be_written_is_logged_and_the_watch_goes_on
         await _until(lambda: watch.reloads == 1, "the reload was not retried")  # no new edit, no signal
         assert read_snapshot(sup.snapshot).limits.max_body_bytes == 1024
         assert (snap_dir.stat().st_mode & 0o777) == 0o700
+        assert (snap_dir / ".lock").exists()  # made again with its lock (held: sup._locks)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        for lock in sup._locks.values():
+            os.close(lock)
 
 
 async def test_a_failed_start_up_leaves_no_private_directory(tmp_path, monkeypatch):

@@ -296,7 +296,7 @@ def private_dir(kind: str) -> tuple[str, int]:
         raise
 
 
-def ensure_private_dir(path: str, lock: int) -> int:
+def ensure_private_dir(path: str, lock: int | None) -> int | None:
     """``path`` as ``private_dir`` made it, made again (with a new lock file) if it vanished (a temp-dir
     cleaner); the lock to hold from now on (``lock``, or the new one: ``lock`` is then closed). OSError
     if something else now sits there (a directory another user made in /tmp is not written into)."""
@@ -312,7 +312,8 @@ def ensure_private_dir(path: str, lock: int) -> int:
     except OSError:
         shutil.rmtree(path, ignore_errors=True)
         raise
-    os.close(lock)
+    if lock is not None:
+        os.close(lock)
     return new
 
 
@@ -505,7 +506,9 @@ class Supervisor:
         """The config the workers reload, replaced whole (a worker never reads half of one)."""
         assert self.snapshot is not None
         directory = os.path.dirname(self.snapshot)  # a /tmp cleaner may have removed it: made again
-        self._locks[directory] = ensure_private_dir(directory, self._locks[directory])
+        lock = ensure_private_dir(directory, self._locks.get(directory))
+        if lock is not None:
+            self._locks[directory] = lock
         tmp = self.snapshot + ".tmp"
         with open(tmp, "wb") as f:
             pickle.dump(cfg, f)
