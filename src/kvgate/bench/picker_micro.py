@@ -22,6 +22,7 @@ import random
 import time
 import timeit
 import tracemalloc
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -239,12 +240,128 @@ def section_scrape(n_eps: int, rounds: int) -> None:
             proc.kill()
 
 
+# --------------------------------------------------------------------------------------------------
+# Long prompts: the precise (KV-event) prefix scorer at match caps 256 and 2,048 vs the approximate one
+# --------------------------------------------------------------------------------------------------
+
+LONG_TOKENS = (8192, 16_384, 32_768)
+LONG_ENDPOINTS = (4, 8, 16)
+LONG_VARIANTS = ("precise-256", "precise-2048", "approximate")
+_LONG_BLOCK = 16  # tokens per block (vLLM's default)
+_LONG_DOCS = 8  # shared long documents the warm prompts start with (90% of each prompt)
+
+
+def _long_policy(variant: str, index_name: str) -> Any:
+    """The ``kvgate`` policy as ``serve --kv-events auto`` runs it (precise, ``tokens`` keys) with the
+    match cap of ``variant``, or the plain ``kvgate`` policy (approximate prefix scorer)."""
+    from kvgate.config.policies import precise_policy
+
+    if variant == "approximate":
+        return "kvgate"
+    doc = precise_policy("", bind=False)  # no tokenizer: the prompts carry token ids
+    for plugin in doc["plugins"]:
+        if plugin["type"] == "precise-prefix-cache-scorer":
+            params = plugin["parameters"]
+            params["indexName"] = index_name
+            params["maxPrefixBlocksToMatch"] = int(variant.rsplit("-", 1)[1])
+    return doc
+
+
+def _long_prompts(n_tokens: int, n: int, warm: bool, rng: random.Random) -> list[list[int]]:
+    """Warm: one of ``_LONG_DOCS`` shared documents (90% of the prompt) + a unique tail; cold: all unique."""
+
+    def ids(k: int) -> list[int]:  # token ids below 2**17 (a 150k-word vocabulary's range)
+        return [t & 0x1FFFF for t in array("I", rng.randbytes(4 * k))]
+
+    head = int(n_tokens * 0.9)
+    docs = [ids(head) for _ in range(_LONG_DOCS)]
+    if not warm:
+        return [ids(n_tokens) for _ in range(n)]
+    return [docs[i % _LONG_DOCS] + ids(n_tokens - head) for i in range(n)]
+
+
+def bench_long(
+    variant: str, n_eps: int, n_tokens: int, warm: bool, picks: int, repeats: int = 3, seed: int = 0
+) -> tuple[float, float]:
+    """(median over ``repeats`` of the per-pick CPU p50, the same of p99) in microseconds for
+    ``Director.pick`` (post-pick credit included) on ``n_tokens``-token prompts given as token ids.
+
+    Warm: each shared document was picked once, then confirmed by a ``BlockStored`` event from the
+    endpoint that got it (the approximate scorer learns from the same picks), so a prompt matches its
+    document's blocks on one endpoint. Cold: empty index and every prompt unique (the miss path).
+    """
+    from kvgate.datalayer.kvwire import BlockStored
+    from kvgate.scheduling.plugins import precise_prefix
+
+    p50s: list[float] = []
+    p99s: list[float] = []
+    for rep in range(repeats):
+        rng = random.Random(seed * 1000 + rep)
+        store = _fleet(n_eps, rng)
+        index_name = f"bench-long-{variant}-{n_eps}-{n_tokens}-{warm}-{rep}"
+        d = build_director(_long_policy(variant, index_name), store, clock=lambda: 0.0, seed=seed)
+        prompts = _long_prompts(n_tokens, _LONG_DOCS + picks, warm, rng)
+        try:
+            if warm:
+                got = precise_prefix._INDEXES.get(index_name)
+                for i in range(_LONG_DOCS):
+                    ids = prompts[i]
+                    r = InferenceRequest(f"w{i}", "llama", token_ids=ids, max_tokens=128)
+                    ep = d.pick(r).primary
+                    d.on_dispatched(r, ep)
+                    d.on_finished(r, ep, None, True)
+                    if got is not None:
+                        n = len(ids) // _LONG_BLOCK
+                        hashes = [rng.getrandbits(63) for _ in range(n)]
+                        ev = BlockStored(hashes, None, ids[: n * _LONG_BLOCK], _LONG_BLOCK)
+                        got[0].apply(ep.address, [ev])
+            reqs = [
+                InferenceRequest(f"b{i}", "llama", token_ids=ids, max_tokens=128)
+                for i, ids in enumerate(prompts[_LONG_DOCS:])
+            ]
+            cpu: list[float] = []
+            gc.collect()
+            gc.disable()
+            cpu_clock = time.thread_time_ns
+            try:
+                for r in reqs:
+                    c0 = cpu_clock()
+                    d.pick(r)
+                    cpu.append((cpu_clock() - c0) / 1000.0)
+            finally:
+                gc.enable()
+        finally:
+            precise_prefix._INDEXES.pop(index_name, None)  # the shared registry would keep it alive
+        p50s.append(_percentile(cpu, 0.5))
+        p99s.append(_percentile(cpu, 0.99))
+    return _percentile(p50s, 0.5), _percentile(p99s, 0.5)
+
+
+def section_long(quick: bool, repeats: int) -> None:
+    print("## Long prompts: precise prefix scorer at match caps 256 / 2,048 vs the approximate scorer")
+    print("Director.pick on the kvgate policy, prompts as token ids (16-token blocks), CPU microseconds")
+    print(f"per pick (the thread's own time), median of {repeats} repeats of each p50 / p99")
+    picks = 40 if quick else 150
+    print(
+        f"{'tokens':>6} {'endpoints':>9} {'index':>5} "
+        + " ".join(f"{v + ' p50/p99':>22}" for v in LONG_VARIANTS)
+    )
+    for n_tokens in LONG_TOKENS:
+        for n_eps in LONG_ENDPOINTS:
+            for warm in (False, True):
+                cells = [bench_long(v, n_eps, n_tokens, warm, picks, repeats) for v in LONG_VARIANTS]
+                row = " ".join(f"{f'{c50:,.0f} / {c99:,.0f}':>22}" for c50, c99 in cells)
+                state = "warm" if warm else "cold"
+                print(f"{n_tokens:>6} {n_eps:>9} {state:>5} {row}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m kvgate.bench.picker_micro", description=__doc__.split("\n")[0]
     )
-    ap.add_argument("--section", choices=["all", "pick", "memory", "scrape"], default="all")
+    ap.add_argument("--section", choices=["all", "pick", "memory", "scrape", "long"], default="all")
     ap.add_argument("--quick", action="store_true", help="fewer picks (smoke run)")
+    ap.add_argument("--repeats", type=int, default=3, help="long section: repeats per cell (median)")
     ap.add_argument("--scrape-endpoints", type=int, default=128)
     ap.add_argument("--scrape-rounds", type=int, default=20)
     ap.add_argument("--index-cap", type=int, default=DEFAULT_MAX_TOTAL_BLOCKS)
@@ -260,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         section_memory(args.index_cap)
     if args.section in ("all", "scrape"):
         section_scrape(args.scrape_endpoints, args.scrape_rounds)
+    if args.section in ("all", "long"):
+        section_long(args.quick, args.repeats)
     return 0
 
 
