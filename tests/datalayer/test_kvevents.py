@@ -255,6 +255,83 @@ def test_tokens_mode_pending_keys_are_confirmed_by_the_token_chain():
     assert idx.longest_prefix(keys, ["a"], now=0.0) == {"a": 1}
 
 
+def _streamed_key(parent: int, tokens) -> int:
+    """The tokens-mode key as first defined: xxh3-64 streamed over parent (LE u64), then tokens (LE u32)."""
+    from array import array
+
+    h = xxhash.xxh3_64(parent.to_bytes(8, "little"))
+    h.update(array("I", tokens).tobytes())
+    return h.intdigest()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**32 - 1), max_size=70),
+    st.integers(1, 9),
+    st.one_of(st.none(), st.integers(0, 12)),
+)
+def test_token_keys_are_the_streamed_chain_hash(tokens, bs, max_blocks):
+    # token_keys packs the prompt once (a per-pick cost); the keys must not change, or a gateway would
+    # stop matching the blocks its index already holds.
+    want, parent = [], TOKENS_SEED
+    for i in range(len(tokens) // bs):
+        if max_blocks is not None and i >= max_blocks:
+            break
+        parent = _streamed_key(parent, tokens[i * bs : (i + 1) * bs])
+        want.append(parent)
+    assert token_keys(tokens, bs, max_blocks) == want
+    if len(tokens) >= bs:
+        assert token_block_key(TOKENS_SEED, tokens[:bs]) == _streamed_key(TOKENS_SEED, tokens[:bs])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("abcd"),
+            st.sampled_from(["store", "remove", "pend", "clear"]),
+            st.integers(0, 11),  # first block
+            st.integers(1, 6),  # run length
+            st.integers(0, 4),  # pending expiry (the lookup runs at now=2)
+        ),
+        max_size=60,
+    ),
+    st.lists(st.integers(0, 13), max_size=14),
+    st.booleans(),
+)
+def test_longest_prefix_is_each_endpoints_unbroken_run_of_held_or_pending_keys(ops, keys, clock):
+    # The spec, endpoint by endpoint: leading keys held by its engine's report or, with a clock, by
+    # unexpired pending credit. The index answers it in one walk for all endpoints.
+    idx = BlockIndex(default_capacity=10, pending_capacity=7)
+    t = 0.0
+    for ep, op, first, n, exp in ops:
+        run = list(range(first, first + n))
+        if op == "store":
+            idx.apply(ep, [BlockStored(tuple(run), None, (0,) * 4 * n, 4)])
+        elif op == "remove":
+            idx.apply(ep, [BlockRemoved(tuple(run))])
+        elif op == "pend":
+            idx.add_pending(ep, run, expires=t + exp, now=t)
+            t += 0.25  # expiries stay in order per endpoint, as one scorer's TTL keeps them
+        else:
+            idx.apply(ep, [AllBlocksCleared()])
+    now = 2.0 if clock else None
+
+    def held(ep: str, key: int) -> bool:
+        if ep in idx.holders(key):
+            return True
+        e = idx._eps.get(ep)
+        return now is not None and e is not None and e.pending.get(key, now) > now
+
+    want = {}
+    for ep in "abcde":
+        n = 0
+        while n < len(keys) and held(ep, keys[n]):
+            n += 1
+        want[ep] = n
+    assert idx.longest_prefix(keys, "abcde", now) == want
+
+
 # --- sequence numbers -------------------------------------------------------------------------------
 
 

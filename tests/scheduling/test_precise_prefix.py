@@ -356,3 +356,39 @@ def test_default_match_covers_a_long_prompt_at_vllms_default_block_size():
     cycle = CycleState(InferenceRequest("r", "m", token_ids=prompt), now=0.0)
     plugin.prepare(cycle, [holder, other])
     assert cycle.data["precise-prefix"] == {holder.address: 6144, other.address: 0}
+
+
+def _credit(plugin: PrecisePrefixCacheScorer, ep: Endpoint, prompts: list[list[int]]) -> None:
+    for i, tokens in enumerate(prompts):
+        cycle = CycleState(InferenceRequest(f"c{i}", "m", token_ids=tokens), now=0.0)
+        plugin.prepare(cycle, [ep])
+        plugin.on_picked(cycle, ep)
+
+
+def test_speculative_credit_holds_sixteen_cap_length_prompts_per_endpoint():
+    # At the default 2,048-block cap (32k tokens at 16-token blocks), 16,384 pending keys per endpoint
+    # held only 8 such prompts before any event confirmed them (64 at the old 256-block cap): the
+    # oldest one's credit went, and its followers scattered while it was still queued.
+    plugin, _ = _scorer("spec-capacity", mode="tokens", blockSize=16, speculativeTTL="10s")
+    assert plugin.max_blocks == 2048
+    a = make_endpoint("10.5.0.1:8000")
+    prompts = [list(range(p * 40_000, p * 40_000 + 2048 * 16)) for p in range(16)]
+    _credit(plugin, a, prompts)
+    assert [_score(plugin, p, [a])[0] for p in prompts] == [1.0] * 16
+    assert plugin.index.num_pending(a.address) == 16 * 2048
+
+
+def test_speculative_capacity_follows_a_raised_match_cap_and_stays_bounded():
+    # A cap above the fixed 16,384 pending keys made one long prompt evict its own leading blocks: no
+    # credit at all. The capacity is derived from the cap (bounded by it), unless set explicitly.
+    plugin, _ = _scorer("spec-raised", mode="tokens", blockSize=4, speculativeTTL="10s",
+                        maxPrefixBlocksToMatch=20_000)  # fmt: skip
+    a = make_endpoint("10.5.0.2:8000")
+    prompts = [list(range(p * 100_000, p * 100_000 + 20_000 * 4)) for p in range(17)]
+    _credit(plugin, a, prompts[:1])
+    assert _score(plugin, prompts[0], [a]) == [1.0]
+    _credit(plugin, a, prompts[1:])
+    assert plugin.index.num_pending(a.address) == 16 * 20_000  # the oldest prompt's credit went first
+    assert _score(plugin, prompts[0], [a]) == [0.0] and _score(plugin, prompts[1], [a]) == [1.0]
+    fixed, _ = _scorer("spec-fixed", mode="tokens", speculativeCapacityPerEndpoint=100)
+    assert fixed.index.pending_capacity == 100

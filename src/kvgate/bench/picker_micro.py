@@ -29,6 +29,7 @@ from typing import Any
 from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
+from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.prefix import DEFAULT_MAX_TOTAL_BLOCKS
 from kvgate.scheduling.types import InferenceRequest
 
@@ -280,45 +281,54 @@ def _long_prompts(n_tokens: int, n: int, warm: bool, rng: random.Random) -> list
     return [docs[i % _LONG_DOCS] + ids(n_tokens - head) for i in range(n)]
 
 
+def long_setup(
+    variant: str, n_eps: int, n_tokens: int, warm: bool, picks: int, rng: random.Random, index_name: str
+) -> tuple[Director, list[InferenceRequest]]:
+    """A director for ``variant`` and ``picks`` requests of ``n_tokens`` tokens to time on it.
+
+    Warm: each shared document was picked once, then confirmed by a ``BlockStored`` event from the
+    endpoint that got it (the approximate scorer learns from the same picks), so a prompt matches its
+    document's blocks (90% of it) on one endpoint. Cold: empty index and every prompt unique (the miss
+    path). The caller drops ``index_name`` from the shared registry when done.
+    """
+    from kvgate.datalayer.kvwire import BlockStored
+    from kvgate.scheduling.plugins import precise_prefix
+
+    d = build_director(_long_policy(variant, index_name), _fleet(n_eps, rng), clock=lambda: 0.0, seed=0)
+    prompts = _long_prompts(n_tokens, _LONG_DOCS + picks, warm, rng)
+    got = precise_prefix._INDEXES.get(index_name)
+    for i in range(_LONG_DOCS if warm else 0):
+        ids = prompts[i]
+        r = InferenceRequest(f"w{i}", "llama", token_ids=ids, max_tokens=128)
+        ep = d.pick(r).primary
+        d.on_dispatched(r, ep)
+        d.on_finished(r, ep, None, True)
+        if got is not None:
+            n = len(ids) // _LONG_BLOCK
+            hashes = [rng.getrandbits(63) for _ in range(n)]
+            got[0].apply(ep.address, [BlockStored(hashes, None, ids[: n * _LONG_BLOCK], _LONG_BLOCK)])
+    reqs = [
+        InferenceRequest(f"b{i}", "llama", token_ids=ids, max_tokens=128)
+        for i, ids in enumerate(prompts[_LONG_DOCS:])
+    ]
+    return d, reqs
+
+
 def bench_long(
     variant: str, n_eps: int, n_tokens: int, warm: bool, picks: int, repeats: int = 3, seed: int = 0
 ) -> tuple[float, float]:
     """(median over ``repeats`` of the per-pick CPU p50, the same of p99) in microseconds for
-    ``Director.pick`` (post-pick credit included) on ``n_tokens``-token prompts given as token ids.
-
-    Warm: each shared document was picked once, then confirmed by a ``BlockStored`` event from the
-    endpoint that got it (the approximate scorer learns from the same picks), so a prompt matches its
-    document's blocks on one endpoint. Cold: empty index and every prompt unique (the miss path).
-    """
-    from kvgate.datalayer.kvwire import BlockStored
+    ``Director.pick`` (post-pick credit included) on ``n_tokens``-token prompts given as token ids
+    (``long_setup``)."""
     from kvgate.scheduling.plugins import precise_prefix
 
     p50s: list[float] = []
     p99s: list[float] = []
     for rep in range(repeats):
         rng = random.Random(seed * 1000 + rep)
-        store = _fleet(n_eps, rng)
         index_name = f"bench-long-{variant}-{n_eps}-{n_tokens}-{warm}-{rep}"
-        d = build_director(_long_policy(variant, index_name), store, clock=lambda: 0.0, seed=seed)
-        prompts = _long_prompts(n_tokens, _LONG_DOCS + picks, warm, rng)
         try:
-            if warm:
-                got = precise_prefix._INDEXES.get(index_name)
-                for i in range(_LONG_DOCS):
-                    ids = prompts[i]
-                    r = InferenceRequest(f"w{i}", "llama", token_ids=ids, max_tokens=128)
-                    ep = d.pick(r).primary
-                    d.on_dispatched(r, ep)
-                    d.on_finished(r, ep, None, True)
-                    if got is not None:
-                        n = len(ids) // _LONG_BLOCK
-                        hashes = [rng.getrandbits(63) for _ in range(n)]
-                        ev = BlockStored(hashes, None, ids[: n * _LONG_BLOCK], _LONG_BLOCK)
-                        got[0].apply(ep.address, [ev])
-            reqs = [
-                InferenceRequest(f"b{i}", "llama", token_ids=ids, max_tokens=128)
-                for i, ids in enumerate(prompts[_LONG_DOCS:])
-            ]
+            d, reqs = long_setup(variant, n_eps, n_tokens, warm, picks, rng, index_name)
             cpu: list[float] = []
             gc.collect()
             gc.disable()
@@ -337,6 +347,28 @@ def bench_long(
     return _percentile(p50s, 0.5), _percentile(p99s, 0.5)
 
 
+def pending_memory(n_eps: int = 4, prompt_blocks: int = 2048) -> tuple[int, int, float]:
+    """(pending keys held, per-endpoint bound, bytes per key) after crediting ``n_eps`` endpoints with far
+    more distinct ``prompt_blocks``-block prompts than they keep (tracemalloc; keys allocated inside)."""
+    from kvgate.datalayer.kvindex import BlockIndex
+    from kvgate.scheduling.plugins import precise_prefix
+
+    derive = getattr(precise_prefix, "default_speculative_capacity", None)
+    cap = derive(prompt_blocks) if derive is not None else 16_384  # (before the bound was derived)
+    rng = random.Random(3)
+    idx = BlockIndex(mode="tokens", pending_capacity=cap)
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for e in range(n_eps):
+        for _ in range(cap // prompt_blocks + 4):
+            idx.add_pending(f"e{e}", [rng.getrandbits(64) for _ in range(prompt_blocks)], 100.0, 0.0)
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    n = idx.num_pending()
+    return n, cap, used / max(1, n)
+
+
 def section_long(quick: bool, repeats: int) -> None:
     print("## Long prompts: precise prefix scorer at match caps 256 / 2,048 vs the approximate scorer")
     print("Director.pick on the kvgate policy, prompts as token ids (16-token blocks), CPU microseconds")
@@ -353,6 +385,12 @@ def section_long(quick: bool, repeats: int) -> None:
                 row = " ".join(f"{f'{c50:,.0f} / {c99:,.0f}':>22}" for c50, c99 in cells)
                 state = "warm" if warm else "cold"
                 print(f"{n_tokens:>6} {n_eps:>9} {state:>5} {row}", flush=True)
+    n, cap, per_key = pending_memory()
+    print(f"speculative credit at the 2,048-block cap: {cap:,} pending keys per endpoint bound")
+    print(
+        f"({cap // 2048} prompts of 2,048 blocks), {per_key:.0f} B per pending key (tracemalloc, {n:,} keys):"
+    )
+    print(f"{cap * per_key / 2**20:.1f} MiB per endpoint when full")
 
 
 def main(argv: list[str] | None = None) -> int:

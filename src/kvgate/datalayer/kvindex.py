@@ -36,20 +36,23 @@ TOKENS_SEED = 0x6B76676174650001  # "kvgate" + version: the parent key of a firs
 
 def token_block_key(parent: int, tokens: Sequence[int]) -> int:
     """Key of one full block given its parent's key: xxh3-64 over parent (LE u64) + tokens (LE u32)."""
-    h = xxhash.xxh3_64(parent.to_bytes(8, "little"))
-    h.update(array("I", tokens).tobytes())
-    return h.intdigest()
+    return xxhash.xxh3_64_intdigest(parent.to_bytes(8, "little") + array("I", tokens).tobytes())
 
 
 def token_keys(token_ids: Sequence[int], block_size: int, max_blocks: int | None = None) -> list[int]:
-    """Chain keys of the full blocks of a prompt (what ``tokens`` mode indexes)."""
+    """Chain keys of the full blocks of a prompt (what ``tokens`` mode indexes): ``token_block_key``
+    chained from ``TOKENS_SEED``, with the tokens packed once and hashed in one call per block (this runs
+    on every pick, up to the scorer's match cap)."""
     n = len(token_ids) // block_size
     if max_blocks is not None:
         n = min(n, max_blocks)
+    width = 4 * block_size
+    packed = array("I", token_ids[: n * block_size]).tobytes()
+    digest = xxhash.xxh3_64_intdigest
     keys: list[int] = []
     parent = TOKENS_SEED
-    for i in range(n):
-        parent = token_block_key(parent, token_ids[i * block_size : (i + 1) * block_size])
+    for off in range(0, n * width, width):
+        parent = digest(parent.to_bytes(8, "little") + packed[off : off + width])
         keys.append(parent)
     return keys
 
@@ -88,7 +91,8 @@ class BlockIndex:
 
     Memory is bounded: each endpoint keeps at most ``capacity`` blocks (its ``num_gpu_blocks`` once known,
     else ``default_capacity``), evicting its oldest entries first, and at most ``pending_capacity``
-    pending keys. Lookups cost O(blocks x endpoints).
+    pending keys. A lookup is one walk over the prompt's keys, each step a set intersection with the
+    key's holders (plus a pending check for the endpoints still matching that do not hold it).
     """
 
     def __init__(
@@ -106,8 +110,8 @@ class BlockIndex:
         self.default_capacity = default_capacity
         self._eps: dict[str, _EndpointBlocks] = {}
         self._owners: dict[int, set[str]] = {}
-        # key -> {endpoint: expiry}: the pending entries of every endpoint, for lookups
-        self._pending: dict[int, dict[str, float]] = {}
+        # Pending entries live only in their endpoint's ``_EndpointBlocks.pending`` (no index by key): a
+        # pick credits up to a whole prompt's keys, a lookup reads them for the few endpoints still matching.
         self.pending_capacity = pending_capacity
         self.stats = IndexStats()
 
@@ -258,8 +262,6 @@ class BlockIndex:
         ep.blocks.clear()
         ep.refs.clear()
         self.stats.pending_dropped += len(ep.pending)
-        for key in ep.pending:
-            self._unpend(endpoint, key)
         ep.pending.clear()
         self.stats.cleared += 1
 
@@ -288,34 +290,26 @@ class BlockIndex:
             if exp > now:
                 break
             pending.popitem(last=False)
-            self._unpend(endpoint, key)
+        refs = ep.refs
+        move = pending.move_to_end
         added = 0
         for key in keys:
-            if key in ep.refs:
+            if key in refs:
                 continue
             pending[key] = expires
-            pending.move_to_end(key)
-            self._pending.setdefault(key, {})[endpoint] = expires
+            move(key)
             added += 1
         self.stats.pending_added += added
-        while len(pending) > self.pending_capacity:
-            key, _ = pending.popitem(last=False)
-            self._unpend(endpoint, key)
-            self.stats.pending_dropped += 1
+        over = len(pending) - self.pending_capacity
+        if over > 0:
+            pop = pending.popitem
+            for _ in range(over):
+                pop(last=False)
+            self.stats.pending_dropped += over
         return added
 
     def _drop_pending(self, endpoint: str, ep: _EndpointBlocks, key: int) -> bool:
-        if ep.pending.pop(key, None) is None:
-            return False
-        self._unpend(endpoint, key)
-        return True
-
-    def _unpend(self, endpoint: str, key: int) -> None:
-        holders = self._pending.get(key)
-        if holders is not None:
-            holders.pop(endpoint, None)
-            if not holders:
-                del self._pending[key]
+        return ep.pending.pop(key, None) is not None
 
     # -- lookups -----------------------------------------------------------------------------------
 
@@ -329,22 +323,34 @@ class BlockIndex:
 
         With ``now``, pending entries that expire after ``now`` count as held too.
         """
-        alive = {e for e in endpoints}
+        alive = set(endpoints)
         result = dict.fromkeys(alive, 0)
-        pending = self._pending if now is not None else None
-        t = 0.0 if now is None else now
-        for i, key in enumerate(keys):
-            if not alive:
-                break
-            owners = self._owners.get(key)
-            pend = pending.get(key) if pending else None
-            if pend:
-                mine = owners or ()
-                alive = {e for e in alive if e in mine or (e in pend and pend[e] > t)}
-            elif not owners:
-                break
-            else:
-                alive &= owners
+        # The pending entries of the endpoints that have any: checked only for those still matching
+        # that do not hold the key by their own report.
+        pending: dict[str, OrderedDict[int, float]] = {}
+        if now is not None:
             for e in alive:
-                result[e] = i + 1
+                ep = self._eps.get(e)
+                if ep is not None and ep.pending:
+                    pending[e] = ep.pending
+        t = 0.0 if now is None else now
+        all_owners = self._owners
+        for i, key in enumerate(keys):
+            owners = all_owners.get(key)
+            if owners is not None and alive <= owners:
+                continue  # everyone still matching holds it
+            kept = alive & owners if owners else set()
+            if pending:
+                for e in alive:
+                    if e not in kept:
+                        p = pending.get(e)
+                        if p is not None and p.get(key, t) > t:
+                            kept.add(e)
+            for e in alive - kept:  # their match ends here: i leading keys
+                result[e] = i
+            alive = kept
+            if not alive:
+                return result
+        for e in alive:
+            result[e] = len(keys)
         return result

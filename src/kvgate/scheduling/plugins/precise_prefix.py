@@ -55,12 +55,24 @@ EVENTS_LABEL = "kvgate.io/kv-events"
 REPLAY_LABEL = "kvgate.io/kv-events-replay"
 CYCLE_KEY = "precise-prefix"
 DEFAULT_SPECULATIVE_TTL = 2.0  # seconds: covers a queued request's wait under load, then gives up
-DEFAULT_SPECULATIVE_CAPACITY = 16_384  # pending keys per endpoint
 # Blocks matched per prompt. The match is exact and its consumers (kvgate-cost-scorer, the director's
 # in-flight accounting) count its tokens as they are, so the cap must cover the prompts: 256 blocks
 # (the approximate scorer's cap, which extrapolates past it) is only 4,096 tokens at vLLM's default
 # 16-token blocks. 2,048 blocks: 32k tokens at 16, 256k at 128.
 DEFAULT_MAX_BLOCKS = 2048
+# Pending keys per endpoint, derived from the match cap: the credit of this many cap-length prompts not
+# yet confirmed by events (a pick credits up to the cap; eviction drops the oldest prompt's keys first).
+# A fixed 16,384 held 64 prompts at a 256-block cap, 8 at 2,048 and none above 16,384 (a prompt evicted
+# its own leading blocks). At the default cap: 32,768 keys, about 5.6 MiB per endpoint (docs/benchmarks/
+# picker.md).
+SPECULATIVE_PROMPTS = 16
+MIN_SPECULATIVE_CAPACITY = 16_384
+
+
+def default_speculative_capacity(max_blocks: int) -> int:
+    """Default pending keys per endpoint for a match cap of ``max_blocks`` blocks."""
+    return max(MIN_SPECULATIVE_CAPACITY, SPECULATIVE_PROMPTS * max_blocks)
+
 
 # Indexes by name, so a gateway, its tests and several profiles can share one set of subscribers.
 _INDEXES: dict[str, tuple[BlockIndex, KVEventsManager]] = {}
@@ -70,7 +82,7 @@ def shared_index(
     name: str,
     mode: KeyMode = "engine",
     capacity: int = 65_536,
-    pending_capacity: int = DEFAULT_SPECULATIVE_CAPACITY,
+    pending_capacity: int = MIN_SPECULATIVE_CAPACITY,
 ) -> tuple[BlockIndex, KVEventsManager]:
     got = _INDEXES.get(name)
     if got is not None and got[0].mode != mode:
@@ -80,6 +92,9 @@ def shared_index(
         index = BlockIndex(mode=mode, default_capacity=capacity, pending_capacity=pending_capacity)
         got = (index, KVEventsManager(index))
         _INDEXES[name] = got
+    elif pending_capacity > got[0].pending_capacity:
+        # Sharers with a longer match cap: the largest bound, so none loses its own prompts' credit.
+        got[0].pending_capacity = pending_capacity
     return got
 
 
@@ -134,7 +149,7 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         events_bind: bool = False,
         replay_port_offset: int = 0,
         speculative_ttl: float = DEFAULT_SPECULATIVE_TTL,
-        speculative_capacity: int = DEFAULT_SPECULATIVE_CAPACITY,
+        speculative_capacity: int | None = None,
     ) -> None:
         super().__init__(name, handle)
         self.mode: KeyMode = mode
@@ -142,6 +157,8 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         self.hash_seed = hash_seed
         self.default_block_size = block_size
         self.max_blocks = max_blocks
+        if speculative_capacity is None:
+            speculative_capacity = default_speculative_capacity(max_blocks)
         self.index, self.manager = shared_index(index_name, mode, capacity, speculative_capacity)
         self.speculative_ttl = speculative_ttl
         self.events_port_offset = events_port_offset
@@ -164,12 +181,13 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         algos = ("sha256", "sha256_cbor", "xxhash", "xxhash_cbor")
         algo = params.get_str("hashAlgo", "sha256", choices=algos)
         seed = params.get_str("hashSeed", "") or None
+        max_blocks = params.get_int("maxPrefixBlocksToMatch", DEFAULT_MAX_BLOCKS, min=1)
         kwargs: dict[str, Any] = dict(
             mode=mode,
             hash_algo=cast(HashAlgo, algo),
             hash_seed=seed,
             block_size=params.get_int("blockSize", 16, min=1),
-            max_blocks=params.get_int("maxPrefixBlocksToMatch", DEFAULT_MAX_BLOCKS, min=1),
+            max_blocks=max_blocks,
             tokenizer=params.get_str("tokenizer", "") or None,
             index_name=params.get_str("indexName", "default"),
             capacity=params.get_int("capacityPerEndpoint", 65_536, min=1),
@@ -178,7 +196,7 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
             replay_port_offset=params.get_int("replayPortOffset", 0, min=0, max=65535),
             speculative_ttl=params.get_duration("speculativeTTL", DEFAULT_SPECULATIVE_TTL),
             speculative_capacity=params.get_int(
-                "speculativeCapacityPerEndpoint", DEFAULT_SPECULATIVE_CAPACITY, min=1
+                "speculativeCapacityPerEndpoint", default_speculative_capacity(max_blocks), min=1
             ),
         )
         params.finish()
