@@ -24,7 +24,7 @@ def test_warm_prompts_match_their_document_on_one_endpoint_up_to_the_cap(variant
             keys = token_keys(r.token_ids, 16, cap)
             best = max(index.longest_prefix(keys, eps).values())  # engine reports alone, no credit
             assert best == min(cap, int(8192 * 0.9) // 16)
-        _, cold = long_setup(variant, 4, 8192, False, 2, random.Random(0), name + "-cold")
+        long_setup(variant, 4, 8192, False, 2, random.Random(0), name + "-cold")
         cold_index = precise_prefix._INDEXES[name + "-cold"][0]
         assert cold_index.num_blocks() == 0 and cold_index.num_pending() == 0
     finally:
