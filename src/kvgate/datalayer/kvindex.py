@@ -346,11 +346,12 @@ class BlockIndex:
                         p = pending.get(e)
                         if p is not None and p.get(key, t) > t:
                             kept.add(e)
-            for e in alive - kept:  # their match ends here: i leading keys
-                result[e] = i
+            if len(kept) < len(alive):  # (kept is a subset of alive)
+                for e in alive - kept:  # their match ends here: i leading keys
+                    result[e] = i
+                if not kept:
+                    return result
             alive = kept
-            if not alive:
-                return result
         for e in alive:
             result[e] = len(keys)
         return result
