@@ -61,6 +61,28 @@ async def test_conflict_on_stale_resource_version(double: ApiServerDouble, kube:
     assert e.value.status == 409 and e.value.reason == "Conflict"
 
 
+async def test_a_delete_with_a_stale_precondition_is_a_conflict(
+    double: ApiServerDouble, kube: KubeClient
+) -> None:
+    """DeleteOptions ``preconditions`` (resourceVersion, uid): a mismatch is 409 Conflict and the object
+    stays, as the real API server; the current ones delete it."""
+    path = "/api/v1/namespaces/default/pods/p"
+    created = await kube.request("POST", "/api/v1/namespaces/default/pods", body=_pod("p"))
+    rv, uid = created["metadata"]["resourceVersion"], created["metadata"]["uid"]
+    double.patch(R.POD, "p", "default", {"metadata": {"labels": {"app": "b"}}})  # a write in between
+    for pre in ({"resourceVersion": rv}, {"uid": "not-its-uid"}):
+        with pytest.raises(KubeError) as e:
+            await kube.request("DELETE", path, body={"kind": "DeleteOptions", "apiVersion": "v1",
+                                                     "preconditions": pre})  # fmt: skip
+        assert e.value.status == 409 and e.value.reason == "Conflict"
+        assert "Precondition failed" in e.value.message
+    current = double.get(R.POD, "p", "default")["metadata"]["resourceVersion"]
+    await kube.request("DELETE", path, body={"preconditions": {"resourceVersion": current, "uid": uid}})
+    with pytest.raises(KubeError) as e:
+        await kube.request("GET", path)
+    assert e.value.status == 404
+
+
 async def test_watch_streams_events_and_bookmarks_then_410_after_compaction(double: ApiServerDouble) -> None:
     rv = double.create(_pod("a"))["metadata"]["resourceVersion"]
     url = f"{double.url}/api/v1/namespaces/default/pods"

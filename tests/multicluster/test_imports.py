@@ -14,7 +14,7 @@ import yaml
 
 from kvgate.k8s import resources as R
 from kvgate.k8s.apiserver import ApiServerDouble
-from kvgate.k8s.client import KubeClient
+from kvgate.k8s.client import KubeClient, load_configuration
 from kvgate.multicluster import imports
 from kvgate.multicluster.clusters import ClustersConfig, ParentRef
 from kvgate.multicluster.imports import (
@@ -613,7 +613,67 @@ async def test_a_replica_that_no_longer_leads_sends_no_write(
             await c.close()
 
 
-async def test_a_late_write_of_a_previous_leader_is_corrected_at_the_next_read_back(
+def _export(member: ApiServerDouble, value: str | None) -> None:
+    patch = {"metadata": {"annotations": {EXPORT_ANNOTATION: value}}}
+    member.patch(R.INFERENCE_POOL, "llama", "default", patch)
+
+
+class _SlowHub(KubeClient):
+    """The hub as a slow API server applies a request: ``before`` (once, for the first request of that
+    method) runs just before it, i.e. what lands in the hub between the controller's read and its write."""
+
+    before: dict[str, Callable[[], None]]
+
+    async def request(self, method: str, path: str, *args: Any, **kw: Any) -> dict[str, Any]:
+        hook = self.before.pop(method, None)
+        if hook is not None:
+            hook()
+        return await super().request(method, path, *args, **kw)
+
+
+async def _slow_hub(d: ApiServerDouble) -> _SlowHub:
+    hub = _SlowHub(await load_configuration(server=d.url))
+    hub.before = {}
+    return hub
+
+
+async def test_a_late_delete_of_a_previous_leader_does_not_remove_what_the_new_leader_wrote(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
+) -> None:
+    """The old leader read the import (nothing exports it any more), then stepped down; its DELETE reaches
+    the API server after the new leader rewrote the import (east exports again). The DELETE carries the
+    resourceVersion read as its precondition: refused (409), and decided again on a fresh read, where this
+    replica no longer leads and sends nothing. The new leader's import stands."""
+    hub_d, east_d, west_d = doubles
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    hub = await _slow_hub(hub_d)
+    clients = [hub, *[await KubeClient.connect(server=d.url) for d in (east_d, west_d)]]
+    lead = [True]
+    ctl = ImportController(hub, [Member("east", clients[1]), Member("west", clients[2])],
+                           leading=lambda: lead[0])  # fmt: skip
+    await ctl.start()
+    new_leader = _entry(CONTROLLER_NAME, "east")
+
+    def stepped_down_and_the_new_leader_wrote() -> None:
+        lead[0] = False
+        hub_d.patch(R.INFERENCE_POOL_IMPORT, "llama", "default", {"status": {"controllers": [new_leader]}},
+                    status=True)  # fmt: skip
+
+    try:
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"], 20.0)
+        hub.before["DELETE"] = stepped_down_and_the_new_leader_wrote
+        _export(east_d, None)
+        await _until(lambda: "DELETE" not in hub.before and "no longer leads" in (ctl.problem() or ""), 20.0)
+        obj = hub_d.get(R.INFERENCE_POOL_IMPORT, "llama", "default")  # not deleted
+        assert obj["status"]["controllers"] == [new_leader]
+        assert any(r.startswith("DELETE ") for r in hub_d.requests)  # it was sent, and refused
+    finally:
+        await ctl.stop()
+        for c in clients:
+            await c.close()
+
+
+async def test_a_late_status_write_of_a_previous_leader_is_corrected_at_the_next_read_back(
     doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
 ) -> None:
     """A write nothing fences (sent by a leader that has since stepped down, applied late by the API
@@ -631,9 +691,56 @@ async def test_a_late_write_of_a_previous_leader_is_corrected_at_the_next_read_b
         hub_d.patch(R.INFERENCE_POOL_IMPORT, "llama", "default", stale, status=True)
         assert _exporters(hub_d, "llama") == ["east", "west"]
         await _until(lambda: _exporters(hub_d, "llama") == ["east"], 15.0)
-        hub_d.delete(R.INFERENCE_POOL_IMPORT, "llama", "default")  # its late delete
+        hub_d.delete(R.INFERENCE_POOL_IMPORT, "llama", "default")  # a late delete that matched
         await _until(lambda: _exporters(hub_d, "llama") == ["east"], 15.0)
     finally:
         await ctl.stop()
+        for c in clients:
+            await c.close()
+
+
+async def test_an_import_created_whose_entry_was_never_written_is_not_left_behind(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble],
+) -> None:
+    """The import is created (POST) but its status write is refused (here a 403: the hub's RBAC changed
+    in between); the pool stops being exported before a retry. The import has no kvgate entry, only
+    kvgate's managed-by label: a controller reading the hub back (the next leader, a restart) takes it as
+    its own and deletes it, as does the writer itself while it runs."""
+    hub_d, east_d, west_d = doubles
+    hub = await _slow_hub(hub_d)
+    clients = [hub, *[await KubeClient.connect(server=d.url) for d in (east_d, west_d)]]
+    members = [Member("east", clients[1]), Member("west", clients[2])]
+    old = ImportController(hub, members)
+    hub.before["PATCH"] = lambda: hub_d.forbid(R.INFERENCE_POOL_IMPORT)
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    await old.start()
+    try:
+        await _until(lambda: "403" in (old.problem() or ""), 20.0)
+        assert _exporters(hub_d, "llama") == []  # created, no entry
+        await old.stop()
+        hub_d.forbid(R.INFERENCE_POOL_IMPORT, False)
+        _export(east_d, None)
+        new = ImportController(hub, members)  # the next leader
+        await new.start()
+        try:
+            await _until(lambda: _exporters(hub_d, "llama") is None, 20.0)  # deleted
+        finally:
+            await new.stop()
+        # The writer itself, still running when its PATCH is refused and the export goes.
+        _export(east_d, "ClusterSet")
+        hub.before["PATCH"] = lambda: hub_d.forbid(R.INFERENCE_POOL_IMPORT)
+        same = ImportController(hub, members, resync_s=3600.0)  # (no read-back meanwhile)
+        await same.start()
+        try:
+            await _until(lambda: "403" in (same.problem() or ""), 20.0)
+            assert _exporters(hub_d, "llama") == []
+            _export(east_d, None)
+            await asyncio.sleep(0.5)  # the pool's event reached the controller
+            hub_d.forbid(R.INFERENCE_POOL_IMPORT, False)
+            await _until(lambda: _exporters(hub_d, "llama") is None, 20.0)
+        finally:
+            await same.stop()
+    finally:
+        await old.stop()
         for c in clients:
             await c.close()

@@ -5,9 +5,10 @@ A test fixture (no real API server can run on the development machines), faithfu
 ``/openapi/v3`` (so kubectl sends ``fieldValidation`` instead of validating locally), list with
 ``resourceVersion``, ``limit`` and ``continue``, watch as a chunked stream of JSON events with
 ``BOOKMARK``s, ``410 Gone`` for a compacted resourceVersion, create / update / patch (merge, strategic
-merge, JSON patch, server-side apply) / delete with optimistic concurrency (``409``), finalizers and
-``deletionTimestamp``, the ``status`` subresource, ``meta.k8s.io`` Tables (what ``kubectl get`` asks for),
-Leases and CustomResourceDefinitions (a created CRD serves its resource).
+merge, JSON patch, server-side apply) / delete with optimistic concurrency (``409``; a delete's
+``preconditions``), finalizers and ``deletionTimestamp``, the ``status`` subresource, ``meta.k8s.io``
+Tables (what ``kubectl get`` asks for), Leases and CustomResourceDefinitions (a created CRD serves its
+resource).
 
 What it does not do: authentication (everything is allowed unless a test calls ``forbid``), admission,
 defaulting beyond metadata, schema validation, garbage collection by owner, real scheduling. A pod gets
@@ -352,14 +353,31 @@ class ApiServerDouble:
         return self.replace(rt, name, namespace, new, status=status)
 
     def delete(
-        self, rt: ResourceType, name: str, namespace: str | None = "default", grace_seconds: int | None = None
+        self,
+        rt: ResourceType,
+        name: str,
+        namespace: str | None = "default",
+        grace_seconds: int | None = None,
+        preconditions: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Finalizers (or a pod's positive grace period) hold the object with a ``deletionTimestamp``."""
+        """Finalizers (or a pod's positive grace period) hold the object with a ``deletionTimestamp``.
+        ``preconditions`` (DeleteOptions ``uid`` / ``resourceVersion``): 409 Conflict unless the object
+        still has them, as the real API server (``storage.Preconditions.Check``)."""
         ns = (namespace or "default") if rt.namespaced else ""
         bucket = self._bucket(rt)
         cur = bucket.get((ns, name))
         if cur is None:
             raise _not_found(rt, name)
+        for field_name, key in (("UID", "uid"), ("ResourceVersion", "resourceVersion")):
+            want = (preconditions or {}).get(key)
+            if want is not None and want != cur["metadata"].get(key):
+                raise ApiError(
+                    409, "Conflict",
+                    f'Operation cannot be fulfilled on {rt.plural}{"." + rt.group if rt.group else ""} '
+                    f'"{name}": Precondition failed: {field_name} in precondition: {want}, {field_name} in '
+                    f'object meta: {cur["metadata"].get(key)}',
+                    {"name": name, "group": rt.group, "kind": rt.plural},
+                )  # fmt: skip
         if cur["metadata"].get("finalizers"):
             if not cur["metadata"].get("deletionTimestamp"):
                 cur["metadata"]["deletionTimestamp"] = self._timestamp()
@@ -568,9 +586,10 @@ class ApiServerDouble:
             raw = await request.read()
             opts = orjson.loads(raw) if raw.strip() else {}
             grace = opts.get("gracePeriodSeconds", q.get("gracePeriodSeconds"))
-            return self._out(
-                request, rt, self.delete(rt, name, namespace, None if grace is None else int(grace))
+            deleted = self.delete(
+                rt, name, namespace, None if grace is None else int(grace), opts.get("preconditions")
             )
+            return self._out(request, rt, deleted)
         raise ApiError(405, "MethodNotAllowed", f"{method} on an object")
 
     def _check_kind(self, rt: ResourceType, body: Mapping[str, Any]) -> None:

@@ -37,21 +37,27 @@ exports it).
 
 The hub is the record of what was written, not this process's memory: at the start (a new leader, a
 restarted gateway) and every ``resync_s`` the controller lists the hub's imports that carry its
-``controllers[]`` entry and reconciles them with the members: it deletes those nothing exports any more
-(also the ones a previous leader created), and rewrites an entry another writer changed (an old gateway
-that removed the parent entry on its stop). A member it cannot see yet (not synced, an RBAC error, a
-lost link) keeps what the hub says it exports: nothing is dropped or deleted for a member not seen. An
-exporter that is not one of its members (another kvgate install writing the same hub under the same
-controller name) is kept too: the controller only adds or drops its own members.
+``controllers[]`` entry or kvgate's ``app.kubernetes.io/managed-by`` label (an import created whose entry
+was never written: the status write refused, or its writer stepped down in between) and reconciles them
+with the members: it deletes those nothing exports any more (also the ones a previous leader created),
+and rewrites an entry another writer changed (an old gateway that removed the parent entry on its
+stop). A member it cannot see yet (not synced, an RBAC error, a lost link) keeps what the hub says it
+exports: nothing is dropped or deleted for a member not seen. An exporter that is not one of its members
+(another kvgate install writing the same hub under the same controller name) is kept too: the controller
+only adds or drops its own members (a delete reads the import first and keeps it if it lists such an
+exporter). Another install's import caught between its creation and its status write (milliseconds)
+has only the label, and can be deleted: its writer's status write then fails (404) and its retry
+creates it again.
 
 Under leader election (``kvgate hub-controller``) nothing fences a write: the API server does not check
 the Lease. Every write asks ``leading`` before it is sent, so none leaves once this replica stepped down,
 and the step-down stops the controller, cancelling a write in flight, at the latest ``renew_deadline``
 after the last renewal, while a standby waits ``lease_duration`` (5 s more, by default). A write the API
 server received before that and applies later (a slow server) can still land after the next leader read
-the hub back: it carries the resourceVersion its writer read, so it is refused if the new leader wrote
-that import since; otherwise it stands until the new leader's next read-back (``resync_s``), which
-rewrites it (or writes again an import it deleted).
+the hub back: it carries the resourceVersion its writer read (a status write in ``metadata``, a DELETE as
+its ``preconditions``), so it is refused (409) if the new leader wrote that import since; otherwise it
+stands until the new leader's next read-back (``resync_s``), which rewrites it (or writes again an import
+it deleted). A 409 on a DELETE is decided again on a fresh read (``DELETE_TRIES``); 404 is gone already.
 """
 
 from __future__ import annotations
@@ -111,6 +117,7 @@ Key = tuple[str, str]  # (namespace, name)
 # response cut (aiohttp.ClientError: ServerDisconnectedError, ClientPayloadError, ...), a timeout, an
 # answer that is not JSON (ValueError).
 HUB_FAILED = (KubeError, aiohttp.ClientError, OSError, TimeoutError, ValueError)
+DELETE_TRIES = 3  # a DELETE refused by its precondition (409: changed since read) is decided again
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0  # a failed reconcile is retried after 0.5 s, 1 s, 2 s, ... 30 s
 
 
@@ -291,9 +298,13 @@ class ImportController:
             clusters = tuple(sorted({*self.exported.get(key, {}), *held}))
             try:
                 if not clusters:
-                    await self._delete(key)
-                    self.written.pop(key, None)
+                    kept = await self._delete(key)
                     self.parent_written.pop(key, None)
+                    if kept:  # the hub lists exporters to keep: the next pass writes around them
+                        self.written[key] = kept
+                        self._dirty.set()
+                    else:
+                        self.written.pop(key, None)
                     continue
                 parent = self._parent_state(key)
                 if self.written.get(key) != clusters or self.parent_written.get(key) != parent:
@@ -313,7 +324,8 @@ class ImportController:
 
     async def _read_hub(self) -> None:
         """``written`` / ``parent_written`` from the hub: every import carrying this controller's entry
-        (whoever wrote it: a previous leader, an earlier run), in every namespace."""
+        or kvgate's managed-by label (whoever wrote it: a previous leader, an earlier run), in every
+        namespace."""
         rt = R.INFERENCE_POOL_IMPORT
         written: dict[Key, tuple[str, ...]] = {}
         parents: dict[Key, tuple[str, str] | None] = {}
@@ -329,7 +341,13 @@ class ImportController:
                     (c for c in ctrls if isinstance(c, dict) and c.get("name") == CONTROLLER_NAME), None
                 )
                 if mine is None:
-                    continue  # not one of ours
+                    labels = meta.get("labels") or {}
+                    if any(labels.get(k) != v for k, v in MANAGED_BY.items()):
+                        continue  # not one of ours
+                    # Created by kvgate (POST) whose entry was never written (the status PATCH refused,
+                    # or its writer stepped down in between): ours, exported by nobody yet, so deleted
+                    # unless something exports it, rather than left behind for good.
+                    mine = {}
                 names = (c.get("name") for c in mine.get("exportingClusters") or () if isinstance(c, dict))
                 written[key] = tuple(sorted(n for n in names if n))
                 parents[key] = self._parent_read(mine.get("parents"))
@@ -447,6 +465,8 @@ class ImportController:
             except KubeError as e:
                 if e.status != 409:  # already there (created earlier, or by a previous run)
                     raise
+            else:  # created, with no entry yet: if the PATCH below fails, the import is still ours
+                self.written.setdefault(key, ())
         if obj is None:
             obj = await self._hub().request("GET", rt.item_path(ns, name))
         meta = obj.get("metadata", {})
@@ -500,36 +520,57 @@ class ImportController:
         })  # fmt: skip
         return out
 
-    async def _delete(self, key: Key) -> None:
+    async def _delete(self, key: Key) -> tuple[str, ...]:
         """Nothing exports it: the import goes, unless another controller has an entry in it (then only
-        ours goes, written back guarded by the resourceVersion read). A refusal raises (retried)."""
+        ours goes) or the hub's copy, read now, lists an exporter this controller must keep (a member not
+        seen yet, or one of another install writing the same hub): those are returned, nothing written.
+        Every write carries the resourceVersion read (the DELETE as its ``preconditions``): a write in
+        between (a new leader's, another controller's) is a 409, and the decision is taken again on a
+        fresh read. A refusal raises (retried by the loop)."""
         ns, name = key
         path = R.INFERENCE_POOL_IMPORT.item_path(ns, name)
-        try:
-            obj = await self._hub().request("GET", path)
-        except KubeError as e:
-            if e.status == 404:
-                return  # gone already
-            raise
-        controllers = [c for c in (obj.get("status") or {}).get("controllers") or () if isinstance(c, dict)]
-        others = [c for c in controllers if c.get("name") != CONTROLLER_NAME]
-        if others:
-            rv = obj.get("metadata", {}).get("resourceVersion")
-            if len(others) < len(controllers):
-                await self._send(
-                    self._hub(), "PATCH", path + "/status",
-                    body={"metadata": {"resourceVersion": rv}, "status": {"controllers": others}},
-                    content_type="application/merge-patch+json",
-                )  # fmt: skip
-            log.info("InferencePoolImport %s/%s: no longer exported here; kvgate's entry removed (another "
-                     "controller's kept)", ns, name)  # fmt: skip
-            return
-        try:
-            await self._send(self._hub(), "DELETE", path)
-        except KubeError as e:
-            if e.status != 404:
+        for attempt in range(1, DELETE_TRIES + 1):
+            try:
+                obj = await self._hub().request("GET", path)
+            except KubeError as e:
+                if e.status == 404:
+                    return ()  # gone already
                 raise
-        log.info("InferencePoolImport %s/%s: no longer exported, deleted", ns, name)
+            meta = obj.get("metadata", {})
+            rv = meta.get("resourceVersion")
+            ctrls = [c for c in (obj.get("status") or {}).get("controllers") or () if isinstance(c, dict)]
+            others = [c for c in ctrls if c.get("name") != CONTROLLER_NAME]
+            mine = next((c for c in ctrls if c.get("name") == CONTROLLER_NAME), {})
+            listed = (c.get("name") for c in mine.get("exportingClusters") or () if isinstance(c, dict))
+            members, unseen = {m.name for m in self.members}, self._unseen()
+            kept = tuple(sorted(n for n in listed if n and (n not in members or n in unseen)))
+            if kept:
+                return kept
+            try:
+                if others:
+                    if len(others) < len(ctrls):
+                        await self._send(
+                            self._hub(), "PATCH", path + "/status",
+                            body={"metadata": {"resourceVersion": rv}, "status": {"controllers": others}},
+                            content_type="application/merge-patch+json",
+                        )  # fmt: skip
+                        log.info("InferencePoolImport %s/%s: no longer exported here; kvgate's entry "
+                                 "removed (another controller's kept)", ns, name)  # fmt: skip
+                    return ()
+                pre = {"uid": meta.get("uid"), "resourceVersion": rv}
+                await self._send(self._hub(), "DELETE", path, body={
+                    "kind": "DeleteOptions", "apiVersion": "v1",
+                    "preconditions": {k: v for k, v in pre.items() if v is not None}})  # fmt: skip
+            except KubeError as e:
+                if e.status == 404:
+                    return ()
+                if e.status != 409 or attempt == DELETE_TRIES:
+                    raise
+                log.info("InferencePoolImport %s/%s changed since read (%s): read again", ns, name, e)
+                continue
+            log.info("InferencePoolImport %s/%s: no longer exported, deleted", ns, name)
+            return ()
+        raise AssertionError("unreachable")
 
     def clusters_for(self, key: Key) -> tuple[ClusterSpec, ...]:
         members = {m.name: m for m in self.members}
