@@ -449,6 +449,47 @@ async def test_a_leader_that_loses_its_lease_stops_its_controller(how: str, tmp_
             await hc.stop()
 
 
+async def test_the_controller_asks_the_elector_before_each_write(tmp_path: Path) -> None:
+    """Between a step-down and the controller's stop (the follower has not run yet), or once the renew
+    deadline passed with the election loop held up, the running controller sends nothing: it is wired
+    to the elector (``leading``), not only stopped by it."""
+    from kvgate.multicluster.hub_controller import Election, HubController
+
+    async with Recording() as hub_d, Recording() as east_d, Recording() as west_d:
+        hub, east, west = hub_d.url, east_d.url, west_d.url
+        await _kubectl(east, "create", "-f", "-", stdin=_pool_yaml("llama", "10.1.0.2:8080", exported=True))
+        await _kubectl(west, "create", "-f", "-", stdin=_pool_yaml("llama", "10.2.0.2:8080", exported=False))
+        kube = load(_clusters_file(tmp_path, hub, east, west, controller=True)).kubernetes
+        assert kube is not None
+        # Renewals far apart: the election loop does not run again during the test.
+        election = Election(namespace="default", lease_duration_s=120.0, renew_deadline_s=90.0,
+                            retry_period_s=60.0, identity="ctl-a")  # fmt: skip
+        hc = HubController(kube, election)
+        await hc.start()
+        try:
+            await _until(lambda: _exporters(hub), "east", "the import's exporters")
+            await _until(lambda: _exported(east), "Exported", "east's Exported condition")
+            ctl, elector = hc.controller, hc.elector
+            assert ctl is not None and elector is not None
+            elector.is_leader = False  # stepped down; on_change not called: the controller still runs
+            await _kubectl(west, "annotate", _POOL, "llama", f"{EXPORT_ANNOTATION}=ClusterSet")
+            await _until(lambda: _problem_of(ctl), "no longer leads", "the controller's problem")
+            assert hc.controller is ctl and await _exporters(hub) == "east"
+            elector.is_leader = True  # leading, but the renew deadline passed (the loop held up)
+            elector._renewed_at -= 91.0
+            ctl.refeed()
+            await asyncio.sleep(1.0)  # a reconcile retry (0.5 s, 1 s, ...) is refused again
+            assert await _exporters(hub) == "east" and "no longer leads" in (ctl.problem() or "")
+            elector._renewed_at += 91.0
+            await _until(lambda: _exporters(hub), "east west", "the import's exporters")
+        finally:
+            await hc.stop()
+
+
+async def _problem_of(ctl: Any) -> str | None:
+    return "no longer leads" if "no longer leads" in (ctl.problem() or "") else ctl.problem()
+
+
 async def _running_in(hc: Any) -> bool:
     return bool(hc.status()["running"])
 

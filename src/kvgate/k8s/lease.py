@@ -103,6 +103,11 @@ class LeaderElector:
             if self.on_change is not None:
                 self.on_change(leader)
 
+    def leads(self) -> bool:
+        """Whether this candidate may act as the leader now: it holds the Lease and its renew deadline
+        has not passed (the election loop steps down by then, but a loop held up must not stretch it)."""
+        return self.is_leader and self._renew_left() > 0
+
     def _renew_left(self) -> float:
         """Seconds a leader has left to renew (its last renewal + ``renew_deadline_s``), on ``clock``.
         Each attempt's bound is this many seconds from now, enforced on the event loop's clock: ``clock``

@@ -118,7 +118,8 @@ class HubController:
         self.elector.start()
 
     def _leads(self) -> bool:
-        return self.elector is None or self.elector.is_leader
+        """Asked by the controller before each write (``leading``): the Lease held, renewed in time."""
+        return self.elector is None or self.elector.leads()
 
     async def _follow_leadership(self) -> None:
         """Start the controller when this replica becomes the leader, stop it when it no longer is."""

@@ -180,12 +180,19 @@ class ImportController:
         self._dirty.set()
 
     async def stop(self) -> None:
-        if self._task is not None:  # ended on its own (a bug): logged, and the rest still stops
-            await cancel_and_wait(self._task, "import controller: the reconcile loop", log)
-        for t in self._watch_sync:
-            t.cancel()
-        for r in self._reflectors:
-            await r.stop()
+        """Stop the reconcile loop and the members' watches. The watches stop even when this stop is
+        cancelled while it waits for the loop (a bounded stop giving up), or one of them fails."""
+        try:
+            if self._task is not None:  # ended on its own (a bug): logged, and the rest still stops
+                await cancel_and_wait(self._task, "import controller: the reconcile loop", log)
+        finally:
+            for t in self._watch_sync:
+                t.cancel()
+            for r in self._reflectors:
+                try:
+                    await r.stop()
+                except Exception:  # its watch had ended on an error of its own: the others still stop
+                    log.exception("import controller: stopping a member's watch failed")
         # The parent entry stays (see the module's docstring): other gateways may still route the import.
 
     def _on_pool(self, member: str, etype: str, obj: Mapping[str, Any]) -> None:

@@ -284,7 +284,7 @@ class GlobalGateway:
             self._reload_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reload_task
-        await self.source.stop()
+        await self.source.stop()  # (raises nothing but a cancellation: the rest below still stops)
         if self.fetcher is not None:
             await self.fetcher.stop()
         if self._server is not None and self.front is not None:

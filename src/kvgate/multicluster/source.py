@@ -104,21 +104,30 @@ class ClusterSource:
         return None if self.imports is None else self.imports.dead()
 
     async def settled(self) -> None:
-        """Wait until the last reload's ``kubernetes:`` change is applied (or refused)."""
+        """Wait until the last reload's ``kubernetes:`` change is applied (or refused). However the swap
+        ended (an error, cancelled) is not raised here; the caller's own cancellation is, and leaves the
+        swap running (``asyncio.wait`` does not cancel what it waits for)."""
         while self._swap is not None and not self._swap.done():
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._swap)
+            await asyncio.wait([self._swap])
 
     async def stop(self) -> None:
-        # A swap under way is let finish (cancelled half-way, it could leave a controller running); it
-        # is short (local files, then a stop and a start), bounded here all the same.
+        """Stop the controller and close the clients. Raises nothing but the caller's cancellation: the
+        gateway's stop goes on with the fetcher, the server and the router whatever failed here."""
+        # A swap under way is let finish; it is short (local files, then a stop and a start), bounded
+        # here all the same. Cancelled past the bound, it closes the clients it made and the controller
+        # it was stopping still stops its watches (``_follow``, ``ImportController.stop``).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.settled(), STOP_WAIT_S)
-        if self._swap is not None and not self._swap.done():
-            self._swap.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._swap
-        await self._stop_running()
+        swap = self._swap
+        if swap is not None and not swap.done():
+            swap.cancel()
+            await asyncio.wait([swap])
+        if swap is not None and not swap.cancelled() and (exc := swap.exception()) is not None:
+            log.error("clusters file: the kubernetes section's swap had failed: %r", exc, exc_info=exc)
+        try:
+            await self._stop_running()
+        except Exception:
+            log.exception("clusters file: stopping the import controller failed")
 
     # ---- internals ---------------------------------------------------------------------------
     def _run(self, kube: KubeImports, clients: list[KubeClient], hub: KubeClient | None,
@@ -140,8 +149,7 @@ class ClusterSource:
     async def _follow(self, prev: asyncio.Task[None] | None) -> None:
         """Make the running controller the file's section's (reloads one after another, in order)."""
         if prev is not None:
-            with contextlib.suppress(Exception):
-                await prev
+            await asyncio.wait([prev])  # however it ended
         kube = self.file_cfg.kubernetes
         if kube == self.running:  # changed back before this ran: the running one is the file's again
             self.error = self._refused_at = None
@@ -162,17 +170,23 @@ class ClusterSource:
                 self._refused_at = asyncio.get_running_loop().time()
                 self._keep_running()
                 return
-        # (A retry that now loads: the kept clusters follow the section as at a reload.)
-        self.imported = _kept(self.imported, self.running, kube)
-        self._accepting = None
-        self._apply(self.config())
-        await self._stop_running()
+        try:
+            # (A retry that now loads: the kept clusters follow the section as at a reload.)
+            self.imported = _kept(self.imported, self.running, kube)
+            self._accepting = None
+            self._apply(self.config())
+            await self._stop_running()
+        except BaseException:  # cancelled by a stop (or failed) before the new clients were handed over
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    await client.close()
+            raise
         self.error = self._refused_at = None
         self.swaps += 1
         if kube is None:
             log.warning("clusters file: kubernetes section removed; the clusters file's own list applies")
             return
-        self._run(kube, clients, hub, members)
+        self._run(kube, clients, hub, members)  # the clients are the running controller's from here
         assert self.imports is not None
         await self.imports.start()
         log.warning("clusters file: kubernetes section applied: import %s/%s, members %s, controller %s",
