@@ -392,3 +392,18 @@ def test_speculative_capacity_follows_a_raised_match_cap_and_stays_bounded():
     assert _score(plugin, prompts[0], [a]) == [0.0] and _score(plugin, prompts[1], [a]) == [1.0]
     fixed, _ = _scorer("spec-fixed", mode="tokens", speculativeCapacityPerEndpoint=100)
     assert fixed.index.pending_capacity == 100
+
+
+@pytest.mark.parametrize("algo", ["sha256_cbor", "xxhash_cbor"])
+def test_cbor_block_hashes_equal_the_generic_encoding_at_every_int_width(algo):
+    # The block encoder looks token ids up in a table (below 2**16) and writes the rest by hand; the
+    # digests must be those of cbor_dumps((parent, tuple(tokens), None)), which the RFC vectors pin.
+    edges = [0, 1, 23, 24, 255, 256, 65_535, 65_536, 151_935, 2**32 - 1, 2**32, 2**40]
+    tokens = edges + list(range(300, 320)) + [r * 7919 % 200_000 for r in range(200)]
+    h = VLLMBlockHasher(8, algo, seed="0")
+    want, parent = [], h.none_hash
+    for i in range(len(tokens) // 8):
+        parent = h._fn((parent, tuple(tokens[i * 8 : (i + 1) * 8]), None))
+        want.append(parent)
+    assert h.block_hashes(tokens) == want
+    assert h.block_hashes(tokens, max_blocks=3) == want[:3]

@@ -24,6 +24,7 @@ import timeit
 import tracemalloc
 from array import array
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from kvgate.config.director import build_director
@@ -369,6 +370,32 @@ def pending_memory(n_eps: int = 4, prompt_blocks: int = 2048) -> tuple[int, int,
     return n, cap, used / max(1, n)
 
 
+def section_keys(repeats: int) -> None:
+    """What hashing one prompt's blocks costs per key mode (every pick of the precise scorer does it)."""
+    from kvgate.datalayer.kvindex import token_keys
+    from kvgate.scheduling.blockhash import VLLMBlockHasher
+
+    rng = random.Random(5)
+    print("## Precise scorer: hashing one prompt's blocks up to the 2,048-block cap (16-token blocks)")
+    print(f"ms of CPU per prompt (process time), median of {max(3, repeats)} runs of 5; token ids < 2**17")
+    print(f"{'tokens':>6} {'tokens mode':>12} {'engine sha256':>14} {'engine sha256_cbor':>19}")
+    hashers = [VLLMBlockHasher(16, "sha256"), VLLMBlockHasher(16, "sha256_cbor")]
+    hashers[1].external_hashes(list(range(16)))  # (its one-time table, outside the timing)
+    for n_tokens in LONG_TOKENS:
+        ids = _long_prompts(n_tokens, 1, False, rng)[0]
+        fns = [partial(token_keys, ids, 16, 2048)] + [partial(h.external_hashes, ids, 2048) for h in hashers]
+        cells = []
+        for fn in fns:
+            runs = []
+            for _ in range(max(3, repeats)):
+                c0 = time.process_time()
+                for _ in range(5):
+                    fn()
+                runs.append((time.process_time() - c0) / 5 * 1e3)
+            cells.append(_percentile(runs, 0.5))
+        print(f"{n_tokens:>6} {cells[0]:>12.2f} {cells[1]:>14.2f} {cells[2]:>19.2f}", flush=True)
+
+
 def section_long(quick: bool, repeats: int) -> None:
     print("## Long prompts: precise prefix scorer at match caps 256 / 2,048 vs the approximate scorer")
     print("Director.pick on the kvgate policy, prompts as token ids (16-token blocks), CPU microseconds")
@@ -397,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m kvgate.bench.picker_micro", description=__doc__.split("\n")[0]
     )
-    ap.add_argument("--section", choices=["all", "pick", "memory", "scrape", "long"], default="all")
+    ap.add_argument("--section", choices=["all", "pick", "memory", "scrape", "long", "keys"], default="all")
     ap.add_argument("--quick", action="store_true", help="fewer picks (smoke run)")
     ap.add_argument("--repeats", type=int, default=3, help="long section: repeats per cell (median)")
     ap.add_argument("--scrape-endpoints", type=int, default=128)
@@ -417,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         section_scrape(args.scrape_endpoints, args.scrape_rounds)
     if args.section in ("all", "long"):
         section_long(args.quick, args.repeats)
+    if args.section in ("all", "keys"):
+        section_keys(args.repeats)
     return 0
 
 
