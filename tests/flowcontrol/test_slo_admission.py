@@ -255,13 +255,14 @@ def test_the_real_model_holds_under_load_and_its_floor_says_when_to_give_up() ->
     teach(d)
     x = features(EP, 100, 0.0, now[0], 2.0)
     assert x[1] == 0.0
-    d.pick(request(slo_ms="2000", arrival=now[0]))  # idle: 0.5 s predicted
+    d.pick(request(slo_ms="2000", arrival=now[0]), judge=True)  # idle: 0.5 s predicted
     EP.inflight.requests = 1  # one queued at the server: 3.5 s predicted
     try:
         with pytest.raises(PredictedSLOMissError) as e:
-            d.pick(request(slo_ms="2000", arrival=now[0]))
+            d.pick(request(slo_ms="2000", arrival=now[0]), judge=True)
         assert e.value.give_up_at == pytest.approx(now[0] + 2.0 - 0.5, abs=0.05)
         d.pick(request(priority=0, slo_ms="2000", arrival=now[0]))  # not sheddable: picked
+        d.pick(request(slo_ms="2000", arrival=now[0]))  # a door's own pick (a retry): not judged
     finally:
         EP.inflight.requests = 0
 
@@ -392,3 +393,56 @@ async def test_both_doors_shed_a_held_request_once_it_cannot_make_it(door: Any) 
     assert backend.arrivals == ["busy"] and outcome_count(REJECTED_PREDICTED_MISS) == shed_before + 1
     backend.release.release()
     assert (await asyncio.wait_for(critical, WAIT))[0] == 200
+
+
+# -- a retry is not judged again -------------------------------------------------------------------
+
+
+def teach_each(director: Director, ttft: dict[str, float]) -> None:
+    """Train each endpoint's model to a flat TTFT (seconds) whatever the load."""
+    gate = director.slo_admission
+    assert gate is not None
+    predictor = gate.oracle.predictor  # type: ignore[attr-defined]
+    for address, seconds in ttft.items():
+        for i in range(3 * MIN_SAMPLES):
+            x = [1.0, float(i % 4), 0.0, 0.0, 0.001 * (1 + i % 7), 0.0, 0.0]
+            predictor.observe_ttft(address, x, seconds)
+
+
+async def test_a_retry_after_a_refused_connection_is_sent_not_judged_again() -> None:
+    """Admitted by the gate at its first pick (a fast endpoint), the request's first endpoint refuses
+    the connection: the retry goes to the other one, not a 503 from the gate judging it again there."""
+    from gateway.backend import free_port
+
+    backend = await HeldBackend().start()
+    dead = f"127.0.0.1:{free_port()}"
+    picker = _picker_doc()
+    # Routing by the model too, so the first pick is the endpoint predicted fast (the dead one).
+    picker["schedulingProfiles"][0]["plugins"].append({"pluginRef": "predicted-latency-scorer",
+                                                        "weight": 100})  # fmt: skip
+    doc = _gateway_doc(backend.port)
+    doc["pools"][0]["endpoints"] = [dead, backend.address]
+    doc["pools"][0]["endpointPickerConfig"] = picker
+    pools = [build_pool(p) for p in parse_gateway_config(doc).pools]
+    gw = GatewayServer(parse_gateway_config(doc), pools, scrape=False)
+    await gw.start()
+    http = aiohttp.ClientSession()
+    try:
+        director = pools[0].director
+        assert isinstance(director, Director)
+        teach_each(director, {dead: 0.2, backend.address: 5.0})  # the live one: past a 2 s SLO
+        shed_before = outcome_count(REJECTED_PREDICTED_MISS)
+        backend.release.release()
+        hdrs = {"content-type": "application/json", "x-gateway-inference-objective": "batch",
+                "x-slo-ttft-ms": "2000"}  # fmt: skip
+        body = orjson.dumps({"model": "m", "prompt": "retried", "max_tokens": 1})
+        async with http.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=body, headers=hdrs) as r:
+            status, reply = r.status, orjson.loads(await r.read())
+        assert status == 200, reply
+        assert backend.arrivals == ["retried"]
+        assert gw.metrics.retries._value.get() >= 1  # (it did go to the dead endpoint first)
+        assert outcome_count(REJECTED_PREDICTED_MISS) == shed_before
+    finally:
+        await http.close()
+        await gw.stop(drain_timeout=0.5)
+        await backend.stop()

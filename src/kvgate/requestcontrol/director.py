@@ -190,7 +190,7 @@ class Director:
     def _pick_late(self, req: InferenceRequest, explain: bool) -> PickResult:
         # Charged at once, not when the front door resumes: the next dispatch decision in the same
         # pass must see this request's load (the door's own on_dispatched is then a no-op).
-        result = self.pick(req, explain)
+        result = self.pick(req, explain, judge=True)
         self.on_dispatched(req, result.primary)
         return result
 
@@ -258,10 +258,12 @@ class Director:
             return True
         return False
 
-    def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+    def pick(self, req: InferenceRequest, explain: bool = False, *, judge: bool = False) -> PickResult:
+        """``judge``: flow control's pick as the request leaves the queue, where ``sloAdmission`` judges
+        it; a front door's own pick (a retry after a failed attempt: admitted already) is never judged."""
         t0 = self.timer()
         try:
-            result = self._pick(req, explain)
+            result = self._pick(req, explain, judge)
         except SchedulingError as e:
             metrics.SCHEDULER_ERRORS.labels(code=e.code).inc()
             raise
@@ -269,7 +271,7 @@ class Director:
         metrics.PICKS.inc(result.endpoints[0].address)
         return result
 
-    def _pick(self, req: InferenceRequest, explain: bool) -> PickResult:
+    def _pick(self, req: InferenceRequest, explain: bool, judge: bool) -> PickResult:
         now = self.clock()
         if self._pool_metrics_at is None or now - self._pool_metrics_at >= POOL_METRICS_EVERY_S:
             self._pool_metrics_at = now
@@ -283,7 +285,7 @@ class Director:
         first = ""
         names = list(self.handler.select(cycle, self._profile_names))
         gate = self.slo_admission
-        if gate is not None and req.sheddable and names:
+        if judge and gate is not None and req.sheddable and names:
             # Judged before any profile's choice has effects: its producers first (the expected cache
             # hit is a feature of the prediction), which the profile's run then repeats on this cycle.
             for producer in self.profiles[names[0]].producers:
