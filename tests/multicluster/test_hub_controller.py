@@ -362,6 +362,35 @@ async def test_a_controller_whose_loop_failed_still_releases_the_lease(
     assert hc._hub is not None and hc._hub.api.rest_client.pool_manager.closed
 
 
+async def test_a_stop_cancelled_while_the_follower_ends_still_stops_the_controller(
+    doubles: tuple[Recording, Recording, Recording], tmp_path: Path
+) -> None:
+    """The process's stop cancels a reload under way while it stops the old controller: the controller's
+    member watches still stop, the Lease is released and the clients closed."""
+    from kvgate.multicluster.hub_controller import HubController
+
+    hub_d, east_d, west_d = doubles
+    await _kubectl(east_d.url, "create", "-f", "-", stdin=_pool_yaml("llama", "10.1.0.2:8080", exported=True))
+    kube = load(_clusters_file(tmp_path, hub_d.url, east_d.url, west_d.url, controller=True)).kubernetes
+    assert kube is not None
+    hc = HubController(kube, _election())
+    await hc.start()
+    try:
+        await _until(lambda: _exporters(hub_d.url), "east", "the import's exporters")
+        ctl = hc.controller
+        assert ctl is not None
+        stop = asyncio.create_task(hc.stop())
+        await asyncio.sleep(0)  # the stop waits for the leadership follower to end...
+        stop.cancel()  # ...and is cancelled there
+        await asyncio.wait([stop])
+        assert stop.cancelled()
+        assert [r._task is None for r in ctl._reflectors] == [True, True]  # the watches stopped
+        assert await _holder(hub_d.url) == ""  # released
+        assert hc._hub is not None and hc._hub.api.rest_client.pool_manager.closed
+    finally:
+        await hc.stop()
+
+
 async def test_a_dead_election_loop_is_a_liveness_failure_and_the_lease_is_still_released(
     doubles: tuple[Recording, Recording, Recording], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

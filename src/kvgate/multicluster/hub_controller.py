@@ -146,11 +146,13 @@ class HubController:
         """Stop the controller, release the Lease and close the clients: each step whatever the one
         before it raised (a controller that failed must not keep the Lease held until it expires)."""
         try:
-            if self._task is not None:
-                await cancel_and_wait(self._task, "hub controller: the leadership follower", log)
-            if self.controller is not None:
-                ctl, self.controller = self.controller, None
-                await _stop_quietly(ctl)
+            try:
+                if self._task is not None:
+                    await cancel_and_wait(self._task, "hub controller: the leadership follower", log)
+            finally:  # (also when this stop is cancelled while the follower ends: a reload giving up)
+                if self.controller is not None:
+                    ctl, self.controller = self.controller, None
+                    await _stop_quietly(ctl)
         finally:
             try:
                 if self.elector is not None:
