@@ -351,7 +351,7 @@ def test_inflight_accounting_reads_the_precise_match() -> None:
 
 def test_head_of_line_learns_seconds_per_prefill_token_from_first_tokens() -> None:
     from kvgate.config.policies import policy_config
-    from kvgate.scheduling.plugins.kvgate_cost import SPT_MIN_TOKENS, KVGateCostScorer
+    from kvgate.scheduling.plugins.kvgate_cost import SPT_CLAMP, SPT_MIN_TOKENS, SPT_WARMUP, KVGateCostScorer
 
     cfg = policy_config("kvgate")
     for spec in cfg.plugins:
@@ -361,20 +361,44 @@ def test_head_of_line_learns_seconds_per_prefill_token_from_first_tokens() -> No
     d = build_director(cfg, fleet(2), clock=lambda: now[0], seed=0)
     s = d.handle.find(KVGateCostScorer)
     assert s is not None and s.head_of_line and s.spt == 0.0
-    text = "unique long prompt " * 400  # ~7,600 chars: ~1,900 tokens to compute
-    r = _req(0, text)
-    picked = d.pick(r).primary
-    d.on_dispatched(r, picked)
-    now[0] = 0.5
-    d.on_first_token(r, picked)
-    tokens = len(text) // 4
+    tokens = 0
+    n = [0]
+
+    def first_token_after(seconds: float, learn: bool = True) -> None:
+        nonlocal tokens
+        n[0] += 1
+        text = f"unique long prompt {n[0]} " * 400  # ~9,000 chars: over 2,000 tokens to compute
+        tokens = len(text) // 4
+        r = _req(n[0], text)
+        picked = d.pick(r).primary
+        d.on_dispatched(r, picked)
+        now[0] += seconds
+        d.on_first_token(r, picked, learn=learn)
+        d.on_finished(r, picked, None, True)
+
+    # A non-streamed reply (its first token comes with its last) or an error teaches nothing.
+    first_token_after(30.0, learn=False)
+    assert s.spt == 0.0
+    # One sample does not set it: the median of the first SPT_WARMUP does (an odd one is outvoted).
+    first_token_after(20.0)
+    assert s.spt == 0.0
+    for _ in range(SPT_WARMUP - 1):
+        first_token_after(0.5)
     assert tokens >= SPT_MIN_TOKENS
     assert abs(s.spt - 0.5 / tokens) < 0.1 * s.spt  # seconds per token computed before its first token
-    # A short prompt is mostly the step's fixed overhead: it teaches nothing.
-    short = _req(1, "short one")
-    d.on_dispatched(short, d.pick(short).primary)
-    now[0] = 5.0
+    # After that an outlier moves it at most 10% of SPT_CLAMP times it, either way.
     learned = s.spt
+    first_token_after(1000.0)
+    assert learned < s.spt <= learned + 0.1 * (SPT_CLAMP - 1) * learned * 1.01
+    learned = s.spt
+    first_token_after(1e-6)
+    assert learned > s.spt >= learned - 0.1 * learned * 1.01
+    # A short prompt is mostly the step's fixed overhead: it teaches nothing.
+    learned = s.spt
+    short = _req(99, "short one")
+    picked = d.pick(short).primary
+    d.on_dispatched(short, picked)
+    now[0] += 5.0
     d.on_first_token(short, picked)
     assert s.spt == learned
 

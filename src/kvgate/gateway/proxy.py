@@ -620,7 +620,9 @@ class Proxy:
         t0: float,
     ) -> Response:
         ok = resp.status < 500
-        director.on_first_token(ireq, ep)
+        # The whole body at once: its time is the whole response's, not a first token's (nothing for
+        # the latency models to learn; an error reply even less).
+        director.on_first_token(ireq, ep, learn=False)
         usage = usage_from_body(body) if resp.status < 300 else None
         director.on_finished(ireq, ep, usage, ok)
         self._charge(ireq, usage)
@@ -658,7 +660,7 @@ class Proxy:
         out = StreamResponse(status=resp.status, headers=headers)
         ok = False
         upstream_ok = True
-        director.on_first_token(ireq, ep)
+        director.on_first_token(ireq, ep, learn=resp.status < 400)  # (an error event is no first token)
         try:
             await out.prepare(request)
             chunk = first

@@ -358,7 +358,10 @@ class Director:
         inf.pending_prefill_tokens += track.prefill
         inf.pending_decode_tokens += track.decode
 
-    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
+        """``learn=False``: a first token whose time says nothing about prefill (a non-streamed reply,
+        seen with its last token; an error reply): the accounting moves on, the latency models
+        (``ResponseObserver`` plugins) learn nothing from it."""
         track = self._tracks.get((req.request_id, endpoint.address))
         if track is None or track.first_token:
             return
@@ -368,8 +371,9 @@ class Director:
             track.stop = None
             self._victims.pop((req.request_id, endpoint.address), None)
         track.batch_at_first = self._batch(endpoint, track.first_at) + 1  # this one starts decoding now
-        for obs in self._observers:
-            obs.on_first_token(req, endpoint, track.first_at)
+        if learn:
+            for obs in self._observers:
+                obs.on_first_token(req, endpoint, track.first_at)
         inf = endpoint.inflight
         inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
         inf.decoding += 1

@@ -37,7 +37,9 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   ``spt`` the learned seconds per prefill token (first-token time over the tokens to compute ahead of
   and in the request, for picks with at least ``SPT_MIN_TOKENS`` of them). A long cold prefill (a
   context recomputed off its holder, a burst's second copy) is charged for the warm requests it will
-  block; a cached request's few tokens hardly move. Nothing is charged until ``spt`` is learned. Off by
+  block; a cached request's few tokens hardly move. Nothing is charged until ``spt`` is learned (the
+  median of its first ``SPT_WARMUP`` samples, then a moving mean with each sample clamped to within
+  ``SPT_CLAMP`` times it; only streamed, successful replies teach it: the Director's ``learn``). Off by
   default: in the fleet simulator it helped the precise profile on one shared-prefix seed and lost on
   others and on the default profile (docs/benchmarks.md).
 
@@ -94,6 +96,10 @@ WAITING_SCAN = 128
 # many tokens before their first one (shorter ones are mostly the step's fixed overhead).
 RATE_WINDOW_S = 30.0
 SPT_MIN_TOKENS = 1024
+# ``spt`` starts from the median of its first SPT_WARMUP samples (one odd first token does not set it),
+# then each sample moves it 10%, clamped to within SPT_CLAMP times the current value either way.
+SPT_WARMUP = 5
+SPT_CLAMP = 4.0
 MAX_ENDPOINTS_TRACKED = 4096  # arrival rates kept for at most this many endpoints
 
 
@@ -144,6 +150,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         # compute there up to and including its own).
         self._arrivals: dict[str, tuple[float, float]] = {}
         self.spt = 0.0
+        self._spt_first: list[float] = []  # the first samples, until SPT_WARMUP of them
         self._timed: OrderedDict[str, tuple[float, float]] = OrderedDict()
         # Requests picked and not yet at their first token, with their prompt's block hashes: request
         # id -> endpoint, and per endpoint request id -> hashes (so a pick scans one endpoint's only).
@@ -409,8 +416,18 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self._forget(request.request_id)
         timed = self._timed.pop(request.request_id, None)
         if timed is not None and now > timed[0]:
-            sample = (now - timed[0]) / timed[1]
-            self.spt = sample if not self.spt else self.spt + 0.1 * (sample - self.spt)
+            self._learn_spt((now - timed[0]) / timed[1])
+
+    def _learn_spt(self, sample: float) -> None:
+        if not self.spt:
+            first = self._spt_first
+            first.append(sample)
+            if len(first) >= SPT_WARMUP:
+                self.spt = sorted(first)[len(first) // 2]
+                first.clear()
+            return
+        sample = min(max(sample, self.spt / SPT_CLAMP), self.spt * SPT_CLAMP)
+        self.spt += 0.1 * (sample - self.spt)
 
     def on_finished(
         self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
