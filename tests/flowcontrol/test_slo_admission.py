@@ -446,3 +446,27 @@ async def test_a_retry_after_a_refused_connection_is_sent_not_judged_again() -> 
         await http.close()
         await gw.stop(drain_timeout=0.5)
         await backend.stop()
+
+
+def test_an_endpoint_due_a_re_probe_is_judged_by_its_own_model_not_the_prior() -> None:
+    """An endpoint not picked in ``reprobeEvery`` picks is scored from the prior (so it gets tried
+    again); the gate judges it by what its model knows, or any avoided endpoint would switch it off."""
+    a, b = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
+    now = [100.0]
+    d = build_director(_picker_doc(), EndpointStore([a, b]), lambda: now[0], seed=0, flow_metrics=False)
+    teach(d)  # 0.5 s idle, 3.5 s with one request waiting at the server
+    gate = d.slo_admission
+    assert gate is not None
+    predictor = gate.oracle.predictor  # type: ignore[attr-defined]
+    for i in range(predictor.reprobe_every):  # every pick goes to b: a is due a re-probe
+        req = InferenceRequest(f"c{i}", "m", prompt_tokens=100, arrival_time=now[0])
+        req.subset = frozenset({b.address})
+        d.pick(req)
+    assert predictor.due_reprobe(a.address) and not predictor.due_reprobe(b.address)
+    a.inflight.requests = b.inflight.requests = 1  # 3.5 s predicted on both against a 2 s SLO
+    try:
+        with pytest.raises(PredictedSLOMissError) as e:
+            d.pick(request(slo_ms="2000", arrival=now[0]), judge=True)
+        assert e.value.give_up_at == pytest.approx(now[0] + 2.0 - 0.5, abs=0.05)  # a's own idle floor
+    finally:
+        a.inflight.requests = b.inflight.requests = 0

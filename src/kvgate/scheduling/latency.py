@@ -179,9 +179,16 @@ class LatencyPredictor:
             self._models.move_to_end(address)
         return m
 
-    def predict(self, address: str, x: Sequence[float]) -> Prediction:
+    def due_reprobe(self, address: str) -> bool:
+        """Not picked in ``reprobe_every`` picks: ``predict`` answers from the prior for it."""
+        m = self._models.get(address)
+        return m is not None and bool(self.reprobe_every) and self._picks - m.last_pick >= self.reprobe_every
+
+    def predict(self, address: str, x: Sequence[float], reprobe: bool = True) -> Prediction:
+        """``reprobe=False``: an endpoint due a re-probe answers from its own model all the same (what
+        is known of it, for a judge rather than a router)."""
         m = self._get(address, create=False)
-        if m is None or (self.reprobe_every and self._picks - m.last_pick >= self.reprobe_every):
+        if m is None or (reprobe and self.reprobe_every and self._picks - m.last_pick >= self.reprobe_every):
             m = self._prior  # never observed, or due a re-probe: the prior (zero mean, wide), shared
         ttft, v1 = m.ttft.predict(x)
         tpot, v2 = m.tpot.predict(x)

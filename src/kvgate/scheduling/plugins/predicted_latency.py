@@ -118,21 +118,26 @@ class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver, TTFTOracle):
         return got
 
     def ttft_estimates(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[TTFTEstimate]:
+        # An endpoint due a re-probe is scored from the prior (so it gets tried) but judged by its own
+        # model: the prior's 0 samples would read as "unknown" and switch a judge off.
         preds = self.predictions(cycle, endpoints)
-        return [
-            TTFTEstimate(pr.ttft, pr.ttft_std, pr.samples)
-            for pr in (preds[ep.address][1] for ep in endpoints)
-        ]
+        out: list[TTFTEstimate] = []
+        for ep in endpoints:
+            x, pr = preds[ep.address]
+            if self.predictor.due_reprobe(ep.address):
+                pr = self.predictor.predict(ep.address, x, reprobe=False)
+            out.append(TTFTEstimate(pr.ttft, pr.ttft_std, pr.samples))
+        return out
 
     def ttft_floor(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> float:
         preds = self.predictions(cycle, endpoints)
         best = float("inf")
         for ep in endpoints:
             x, pr = preds[ep.address]
-            if pr.samples:
+            if pr.samples or self.predictor.due_reprobe(ep.address):
                 # The same prompt (uncached and cached parts, features 4 and 5) with no load at all.
                 idle = [x[0], 0.0, 0.0, 0.0, x[4], x[5], 0.0]
-                best = min(best, self.predictor.predict(ep.address, idle).ttft)
+                best = min(best, self.predictor.predict(ep.address, idle, reprobe=False).ttft)
         return 0.0 if best == float("inf") else best
 
     def headroom(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float] | None:
