@@ -58,3 +58,14 @@ def test_bench_flowcontrol_ttft_target_arm(tmp_path: Path) -> None:
     flood = doc["runs"]["kvgate-reserve/flood"]
     assert flood["requests"] > 0
     assert 0.0 <= flood["headroom_mean"] <= 0.75  # sampled at each scrape, within its range
+
+
+def test_a_suffixed_arm_keeps_its_base_arm() -> None:
+    from kvgate.bench.flowcontrol_bench import arm_config
+
+    for arm in ("kvgate-preempt", "kvgate-preempt-feasible", "kvgate-preempt-slo-feasible"):
+        assert arm_config(arm, 10.0)["flowControl"].get("preemption") is True, arm
+    feasible = arm_config("kvgate-preempt-feasible", 10.0)["flowControl"]
+    assert feasible["orderingPolicy"] == "slo-feasible"
+    assert arm_config("kvgate-reserve-feasible", 10.0)["flowControl"]["fairShareHeadroom"] == 0.25
+    assert "preemption" not in arm_config("kvgate-feasible", 10.0)["flowControl"]

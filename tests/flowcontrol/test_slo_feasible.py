@@ -1,6 +1,7 @@
 """``orderingPolicy: slo-feasible``: inside a flow, the requests that can still meet their TTFT deadline
-leave first (earliest deadline first), the overdue ones only when none of those is left (oldest first).
-Under overload ``slo-deadline`` serves the most overdue first and so makes everyone behind them late."""
+leave first (earliest deadline first), the overdue ones only when none of those is left (earliest
+deadline, the most overdue, first). Under overload ``slo-deadline`` serves the most overdue first and
+so makes everyone behind them late."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _order(ordering: str, now: float, fairness: str = "least-attained-service") 
 
 def test_overdue_requests_go_after_the_ones_that_can_still_make_it() -> None:
     # At t = 2.0, r0 and r1 are past their deadlines: r2, r3 first (earliest deadline first), then
-    # r0, r1 (oldest first).
+    # r0, r1 (earliest deadline first).
     assert _order("slo-feasible", 2.0) == ["r2", "r3", "r0", "r1"]
     assert _order("slo-deadline", 2.0) == ["r0", "r1", "r2", "r3"]
     # Nothing overdue yet: the same order as slo-deadline.
@@ -100,3 +101,30 @@ def test_the_director_feeds_dispatch_to_first_token_times() -> None:
     now[0] = 0.25
     d.on_first_token(req, ep)
     assert d.flow is not None and d.flow.ctl.service_ttft == pytest.approx(0.25)
+
+
+def test_overdue_ones_leave_by_deadline_the_most_overdue_first_not_by_arrival() -> None:
+    # "old" arrived first but has the later deadline (3.0 vs 1.5): once both are overdue, "tight" (the
+    # more overdue) leaves first. (Documents the order the docs name.)
+    ctl = FlowController(FlowControlConfig(ordering="slo-feasible"))
+    ctl.enqueue(_req("old", 0.0, slo_ms=3000), 0.0)
+    ctl.enqueue(_req("tight", 1.0, slo_ms=500), 1.0)
+    assert [i.req.request_id for i in dispatch_ready(ctl, 5.0, lambda _r: False)] == ["tight", "old"]
+
+
+def test_an_overdue_head_ranks_after_an_on_time_one_at_any_clock_value() -> None:
+    # Deadlines far from zero (a clock that is not process-relative): an overdue head must still rank
+    # after an on-time one, with no constant added to its key.
+    ctl = FlowController(FlowControlConfig(ordering="slo-feasible", fairness="global-strict"))
+    now = 2e12
+    ctl.enqueue(_req("old", 1.9e12 - 1.0, flow="a"), 1.9e12 - 1.0)  # deadline 1.9e12: overdue at now
+    ctl.enqueue(_req("fresh", 3.5e12 - 1.0, flow="b"), 3.5e12 - 1.0)  # deadline 3.5e12
+    assert [i.req.request_id for i in dispatch_ready(ctl, now, lambda _r: False)] == ["fresh", "old"]
+
+
+def test_head_sees_a_flow_that_has_only_overdue_requests() -> None:
+    ctl = FlowController(FlowControlConfig(ordering="slo-feasible"))
+    item = ctl.enqueue(_req("late", 0.0), 0.0)  # deadline 1.0
+    assert ctl.head(5.0) is item  # (moves it to the flow's overdue heap)
+    assert ctl.head() is item  # and without a now, it is still there
+    assert next(ctl.heads(), None) is item

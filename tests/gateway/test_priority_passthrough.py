@@ -134,3 +134,35 @@ def test_kvgate_epp_has_the_flag() -> None:
                                   conformance=False)  # fmt: skip
     assert load(**common, pass_priority=True).pool.pass_priority
     assert not load(**common).pool.pass_priority
+
+
+def test_refused_for_an_engine_other_than_vllm() -> None:
+    # The value is sent negated (vLLM runs lower first); SGLang's default runs higher first, so the same
+    # body would run critical work last there: the key is refused, naming it.
+    doc = _doc(1, True)
+    doc["pools"][0]["engine"] = "sglang"
+    with pytest.raises(GatewayConfigError, match=r"pools\[0\]\.passPriority.*vllm"):
+        parse_gateway_config(doc)
+    doc["pools"][0]["passPriority"] = False
+    assert not parse_gateway_config(doc).pools[0].pass_priority  # off: any engine
+    doc["pools"][0]["engine"] = "vllm"
+    doc["pools"][0]["passPriority"] = True
+    assert parse_gateway_config(doc).pools[0].pass_priority
+
+
+def test_kvgate_epp_refuses_the_flag_for_an_engine_other_than_vllm() -> None:
+    from kvgate.extproc.config import EppConfigError, load
+
+    common: dict[str, Any] = dict(config=None, pool_name=None, endpoints="127.0.0.1:1", models=["m"],
+                                  policy="kvgate", engine="sglang", config_file=None, config_text=None,
+                                  conformance=False)  # fmt: skip
+    with pytest.raises(EppConfigError, match=r"--pass-priority.*vllm"):
+        load(**common, pass_priority=True)
+    assert not load(**common).pool.pass_priority
+
+
+def test_a_reload_names_the_key_as_in_the_file() -> None:
+    from kvgate.gateway.reload import not_applied
+
+    base = parse_gateway_config(_doc(1, False))
+    assert not_applied(base, parse_gateway_config(_doc(1, True))) == ["pools[p].passPriority"]

@@ -103,8 +103,6 @@ def arm_config(
         return doc  # the default utilization-detector gates dispatch
     doc["flowControl"] = {"fairnessPolicy": "least-attained-service", "orderingPolicy": "slo-deadline",
                           "defaultRequestTTL": ttl}  # fmt: skip
-    if arm == "kvgate-preempt":  # + preemption of sheddable work (not in the default arms)
-        doc["flowControl"]["preemption"] = True
     if arm.endswith("-feasible"):  # + slo-feasible ordering (not in the default arms)
         arm = arm.removesuffix("-feasible")
         doc["flowControl"]["orderingPolicy"] = "slo-feasible"
@@ -114,6 +112,8 @@ def arm_config(
         doc["plugins"] = [*doc["plugins"], {"type": "predicted-latency-scorer"}]
         doc["flowControl"]["sloAdmission"] = True
         doc["flowControl"]["sloAdmissionConfidence"] = slo_confidence
+    if arm == "kvgate-preempt":  # + preemption of sheddable work (not in the default arms)
+        doc["flowControl"]["preemption"] = True
     if arm == "kvgate-reserve":  # + a fair-share reservation (not in the default arms)
         doc["flowControl"]["fairShareHeadroom"] = headroom
         doc["flowControl"]["fairShareHeadroomOn"] = headroom_on

@@ -315,10 +315,28 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
             raise GatewayConfigError(path + ".endpointPickerConfigFile", "expected a file path")
         picker = _load_yaml(os.path.join(base_dir, file_), path + ".endpointPickerConfigFile")
     pass_priority = _get(raw, "passPriority", path + ".", bool, False)
+    if pass_priority:
+        check_pass_priority(engine, path + ".passPriority")
     return PoolConfig(
         name, endpoints, models, adapters, engine, policy, picker, inference_pool, scheme, ca_file,
         pass_priority=pass_priority,
     )  # fmt: skip
+
+
+# ``passPriority`` sends the priority with vLLM's sign (lower runs first). SGLang's default is the
+# opposite (``schedule_low_priority_values_first`` is off: higher first), so the same body would run
+# critical work last there; the other engines' priority fields are not known. vLLM only, then.
+PASS_PRIORITY_ENGINES = ("vllm",)
+
+
+def check_pass_priority(engine: str, key: str) -> None:
+    """Refuse ``passPriority`` (``key``) for a pool whose engine is not one it knows the sign for."""
+    if engine not in PASS_PRIORITY_ENGINES:
+        raise GatewayConfigError(
+            key,
+            f"only for engine vllm (this pool's engine is {engine!r}): the priority is sent negated, as vLLM "
+            "runs a lower value first; other engines order it differently or not at all",
+        )
 
 
 def _parse_rewrite(raw: Any, path: str) -> RewriteRule:

@@ -20,6 +20,7 @@ from kvgate.config.gateway import (
     GatewayConfigError,
     InferencePoolRef,
     PoolConfig,
+    check_pass_priority,
     config_from_flags,
     load_gateway_config,
 )
@@ -122,6 +123,10 @@ def load(
         names = ", ".join(p.name for p in gw.pools)
         raise EppConfigError(f"the config has several pools ({names}); choose one with --pool-name")
     if pass_priority:  # --pass-priority (as pools[].passPriority)
+        try:
+            check_pass_priority(pool.engine, "--pass-priority")
+        except GatewayConfigError as e:
+            raise EppConfigError(str(e)) from e
         pool.pass_priority = True
     picker = _picker_config(config_file, config_text) or pool.picker_config
     return EppConfig(

@@ -173,13 +173,10 @@ class FlowController:
         self.metrics.queued(req.priority, flow, +1)
         return item
 
-    def head(self) -> QueuedRequest | None:
-        """The next request to dispatch: the highest non-empty band's fairness choice."""
-        for prio in self._order:
-            item = self.bands[prio].select()
-            if item is not None:
-                return item
-        return None
+    def head(self, now: float | None = None) -> QueuedRequest | None:
+        """The next request to dispatch: the highest non-empty band's fairness choice (``now``: as
+        for ``heads``)."""
+        return next(self.heads(now), None)
 
     def heads(self, now: float | None = None) -> Iterator[QueuedRequest]:
         """Each non-empty band's choice, highest band first. With ``fairShareHeadroom``, a band's

@@ -7,8 +7,9 @@ Ordering (a flow's queue is a heap on the policy's key, ties broken by arrival o
 - ``slo-feasible`` (kvgate's): as ``slo-deadline`` among the requests that can still meet their
   deadline if sent now (it is further away than the p90 of the dispatch -> first token times the
   controller has seen); the overdue ones (they miss their SLO wherever they go) only when none of those
-  is left, oldest first. Under overload ``slo-deadline`` serves the most overdue first, so every
-  request behind them misses too; this serves the ones that can still make it.
+  is left in their flow, earliest deadline (the most overdue) first. Under overload ``slo-deadline``
+  serves the most overdue first, so every request behind them misses too; this serves the ones that
+  can still make it. No aging: under sustained overload an overdue request can wait out the TTL.
 
 Fairness (which flow's head leaves next):
 - ``global-strict``: the best head over all flows by the ordering key, as if the band were one queue
@@ -25,8 +26,6 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
-
-LATE_RANK = 1e12  # added to an overdue head's key under slo-feasible (after any deadline in the future)
 
 SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
 SLO_TPOT_HEADERS = ("x-slo-tpot-ms", "x-llm-d-slo-tpot-ms")
@@ -78,15 +77,15 @@ class FlowQueue:
         h = self.heap
         while h and h[0][2].done:
             heapq.heappop(h)
-        if not self.feasible or now is None:
+        if not self.feasible:
             return h
-        while h and (h[0][2].done or h[0][0] < now):
+        while now is not None and h and (h[0][2].done or h[0][0] < now):
             entry = heapq.heappop(h)
             if not entry[2].done:
                 heapq.heappush(self.late, entry)
         if h:
             return h
-        late = self.late
+        late = self.late  # (without a ``now``: the ones moved here by an earlier call)
         while late and late[0][2].done:
             heapq.heappop(late)
         return late
@@ -95,13 +94,13 @@ class FlowQueue:
         h = self._top(now)
         return h[0][2] if h else None
 
-    def head_key(self, now: float | None = None) -> tuple[float, int] | None:
+    def head_key(self, now: float | None = None) -> tuple[bool, float, int] | None:
         h = self._top(now)
         if not h:
             return None
         k, seq, _ = h[0]
         # (an overdue head ranks after every head that is not: global-strict across flows)
-        return (k + (LATE_RANK if h is self.late else 0.0), seq)
+        return (h is self.late, k, seq)
 
     def drop_head(self, item: Any) -> None:
         """Remove ``item``'s own entry if it is a head (``FlowController.hold``: no duplicate later)."""
@@ -177,7 +176,7 @@ class Band:
             best_q = min((q for _f, q in flows if q.head(now) is not None),
                          key=lambda q: (q.service, q.served_at), default=None)  # fmt: skip
             return best_q.head(now) if best_q is not None else None
-        best: tuple[float, int] | None = None
+        best: tuple[bool, float, int] | None = None
         best_q = None
         for _f, q in flows:
             k = q.head_key(now)

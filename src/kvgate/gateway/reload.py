@@ -54,7 +54,7 @@ _NAMES = {
 }  # fmt: skip
 _POOL_NAMES = {
     "picker_config": "endpointPickerConfig", "inference_pool": "inferencePool", "ca_file": "caFile",
-    "endpoint_labels": "endpointLabels",
+    "endpoint_labels": "endpointLabels", "pass_priority": "passPriority",
 }  # fmt: skip
 # What a reload applies (compared and applied on their own), and what is not from the file.
 _APPLIED = {"pools", "limits"}
