@@ -31,7 +31,7 @@ from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.testing import EnvoyHarness, channel
 from kvgate.flowcontrol.config import FlowControlConfig, parse_flow_control
 from kvgate.flowcontrol.controller import REJECTED_PREDICTED_MISS, FlowController
-from kvgate.flowcontrol.dispatcher import FlowDispatcher
+from kvgate.flowcontrol.dispatcher import FlowDispatcher, dispatch_ready
 from kvgate.flowcontrol.sloadmission import MIN_SAMPLES, PredictedSLOMissError, SLOAdmission
 from kvgate.gateway.pools import build_pool
 from kvgate.gateway.server import GatewayServer
@@ -470,3 +470,34 @@ def test_an_endpoint_due_a_re_probe_is_judged_by_its_own_model_not_the_prior() -
         assert e.value.give_up_at == pytest.approx(now[0] + 2.0 - 0.5, abs=0.05)  # a's own idle floor
     finally:
         a.inflight.requests = b.inflight.requests = 0
+
+
+@pytest.mark.parametrize("error", ["shed", "no endpoint"])
+def test_a_request_shed_at_dispatch_is_not_charged_to_its_flow(error: str) -> None:
+    """least-attained-service charges a flow as its request leaves the queue; when the pick then fails
+    (shed by the gate, or no endpoint), the charge is undone, as a hold does."""
+    from kvgate.scheduling.types import NoCapacityError
+
+    cfg = parse_flow_control({"sloAdmission": True, "priorityBands": [
+        {"priority": -1, "fairnessPolicy": "least-attained-service"}]})  # fmt: skip
+
+    def pick(req: InferenceRequest, explain: bool) -> PickResult:
+        if req.request_id == "doomed":
+            if error == "shed":
+                raise PredictedSLOMissError("predicted to miss", 0.0)  # past reach: shed
+            raise NoCapacityError("no ready endpoint")
+        return PickResult([EP], "default")
+
+    ctl = FlowController(cfg)
+    d = FlowDispatcher(ctl, pick=pick, saturated=lambda _r: False, clock=lambda: 1.0)
+    doomed = ctl.enqueue(request(rid="doomed", arrival=1.0), 1.0)
+    ctl.enqueue(request(rid="next", arrival=1.0), 1.0)  # (its flow stays active)
+    band = ctl.bands[-1]
+    assert band.fairness == "least-attained-service"
+    before = band.flows[doomed.flow].service
+    item = next(dispatch_ready(ctl, 1.0, lambda _r: False))
+    assert item is doomed
+    assert band.flows[doomed.flow].service == before + doomed.cost  # charged as it left
+    got = d.settle(item, 1.0)
+    assert isinstance(got, PredictedSLOMissError if error == "shed" else NoCapacityError)
+    assert band.flows[doomed.flow].service == before

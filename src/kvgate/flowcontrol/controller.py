@@ -218,7 +218,14 @@ class FlowController:
         self._remove(item, DISPATCHED, now, record)
 
     def record(self, item: QueuedRequest, outcome: str, now: float) -> None:
-        """The outcome of a request taken with ``record=False``."""
+        """The outcome of a request taken with ``record=False``. Not dispatched after all (its pick
+        failed: shed, no endpoint): its flow's least-attained-service charge is undone, as ``hold``
+        does, so a flow is not charged for work it never got."""
+        if outcome != DISPATCHED and item.done and item.outcome == DISPATCHED:
+            item.outcome = outcome
+            q = self.bands[item.priority].flows.get(item.flow)
+            if q is not None:
+                q.service -= item.cost
         self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at)
 
     def hold(self, item: QueuedRequest, now: float, until: float) -> None:
