@@ -503,3 +503,18 @@ def test_a_model_that_underestimates_a_cluster_is_corrected_by_its_answers() -> 
     west2.observe_ttft(0.3, 0.0)
     west2.observe_ttft(9.0, 1.0, west2.dispatched(0.5))
     assert west2.model_bias(1.0) == 1.0
+
+
+def test_the_first_answer_replaces_the_speed_prior_and_is_no_model_error() -> None:
+    """Before any answer the model is the speed prior (50 ms over the snapshot's speed, plus the RTT):
+    the first answer sets the cluster's floor instead, so a prior far off (an A100 cluster 26x slower)
+    leaves no error to scale the model by once the floor is measured."""
+    p = KvgatePolicy(rng=random.Random(0))
+    eu = _state("eu", ready=1, cap=0.5, head=0.5, request_slots=8.0, rtt=80.0)
+    p.order([eu], ClusterRequest(), 0.0)
+    assert eu.model_ttft_s is None  # no floor yet: nothing to hold the answer against
+    eu.observe_ttft(6.9, 6.9, eu.dispatched(0.0))
+    assert eu.ttft_floor_s == 6.9 and eu.model_bias(6.9) == 1.0
+    eu.fetched_at = 7.0  # a fresh snapshot
+    p.order([eu], ClusterRequest(), 7.0)
+    assert eu.model_ttft_s == pytest.approx(p.model_ttft(eu))  # measured now: the next answer is evidence

@@ -332,8 +332,11 @@ class KvgatePolicy:
 
     def order(self, clusters: Sequence[ClusterState], req: ClusterRequest, now: float) -> list[ClusterState]:
         good = [c for c in clusters if self.usable(c, now)]
-        for c in clusters:  # what a dispatch there will hold its answer against (None: no model there)
-            c.model_ttft_s = self.model_ttft(c) if c in good else None
+        # What a dispatch there holds its answer against: the model's prediction, once the cluster's speed
+        # is measured (its floor). Before, the model is the speed prior, and the first answer replaces that
+        # with the floor: a prior's error is no evidence of the model's.
+        for c in clusters:
+            c.model_ttft_s = self.model_ttft(c) if c in good and c.ttft_floor_s else None
         home = self.home(good, req)
         self.last_home = home
         costs = {c.name: self.cost(c, req, now, home) for c in good}
