@@ -63,8 +63,8 @@ DEFAULT_MAX_BLOCKS = 2048
 # Pending keys per endpoint, derived from the match cap: the credit of this many cap-length prompts not
 # yet confirmed by events (a pick credits up to the cap; eviction drops the oldest prompt's keys first).
 # A fixed 16,384 held 64 prompts at a 256-block cap, 8 at 2,048 and none above 16,384 (a prompt evicted
-# its own leading blocks). At the default cap: 32,768 keys, about 5.6 MiB per endpoint (docs/benchmarks/
-# picker.md).
+# its own leading blocks). At the default cap: 32,768 keys, 3.9 MiB per endpoint when full (`kvgate bench
+# picker --section long`, docs/benchmarks/picker.md).
 SPECULATIVE_PROMPTS = 16
 MIN_SPECULATIVE_CAPACITY = 16_384
 
