@@ -8,6 +8,11 @@ Sections (``--section``, default all):
 - ``scrape``: CPU of one scrape round over N endpoints serving a realistic simulated vLLM ``/metrics``
   page on loopback (servers in a child process, so only the scraper's CPU is counted), and the parse
   cost alone vs ``prometheus_client``'s parser (the baseline, measured in the same run).
+- ``long``: ``Director.pick`` CPU on 8k / 16k / 32k-token prompts, 4 / 8 / 16 endpoints, cold and warm
+  index, for the precise (KV-event) prefix scorer at match caps 256 and 2,048 and the approximate scorer
+  (the baseline, same run); then the precise scorer's pending store memory per key.
+- ``keys``: hashing one prompt's blocks up to the 2,048-block cap per key mode (``tokens``, engine
+  ``sha256``, engine ``sha256_cbor``).
 """
 
 from __future__ import annotations
