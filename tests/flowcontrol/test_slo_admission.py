@@ -501,3 +501,29 @@ def test_a_request_shed_at_dispatch_is_not_charged_to_its_flow(error: str) -> No
     got = d.settle(item, 1.0)
     assert isinstance(got, PredictedSLOMissError if error == "shed" else NoCapacityError)
     assert band.flows[doomed.flow].service == before
+
+
+def test_the_deadline_give_up_is_armed_only_once_the_model_knows_the_endpoints() -> None:
+    """Fresh gateway, model knows nothing: a queued sheddable request is not given up at its SLO
+    deadline (it waits up to its TTL, as with the gate off): an unknown endpoint sheds nothing."""
+    a, b = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
+    now = [100.0]
+    d = build_director(_picker_doc(), EndpointStore([a, b]), lambda: now[0], seed=0, flow_metrics=False)
+    assert d.flow is not None
+    ctl = d.flow.ctl
+    fresh = ctl.enqueue(request(slo_ms="2000", arrival=now[0], rid="fresh"), now[0])
+    assert fresh.give_up_at == float("inf") and ctl.give_ups(now[0] + 5.0) == []
+    teach(d)
+    known = ctl.enqueue(request(slo_ms="2000", arrival=now[0], rid="known"), now[0])
+    assert known.give_up_at == pytest.approx(now[0] + 2.0)
+    assert ctl.give_ups(now[0] + 2.0) == [known] and not fresh.done
+    # One endpoint the model does not know among the candidates: not armed either.
+    d.store.add(Endpoint("10.0.0.3:8000"))
+    new = ctl.enqueue(request(slo_ms="2000", arrival=now[0], rid="new"), now[0])
+    assert new.give_up_at == float("inf")
+
+
+def test_no_give_up_entry_past_the_requests_ttl() -> None:
+    ctl = FlowController(FlowControlConfig(slo_admission=True, ttl=0.2))
+    item = ctl.enqueue(request(slo_ms="500", arrival=1.0), 1.0)  # TTL at 1.2, before its 1.5 deadline
+    assert item.give_up_at == float("inf") and ctl._give_ups == []

@@ -16,7 +16,8 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
   predicted to miss its SLO): it stays queued (limits, TTL, cancel) but out of its band's selection
   until ``until``, so it does not block the requests behind it.
 - with ``sloAdmission``, a sheddable request has a give-up time (``give_up``): its SLO deadline from
-  the start, earlier once the latency model says how long it needs at best. ``give_ups(now)`` removes
+  the start when the latency model knows its endpoints (``slo_known``; else none until a prediction
+  gives one), earlier once the model says how long it needs at best. ``give_ups(now)`` removes
   the ones past it (the caller sheds them: 429, ``RejectedPredictedMiss``), before their TTL.
 - in-flight requests per flow (``started`` / ``ended``, told by the Director from dispatch to finish,
   whether or not the request waited): ``over_share`` says whether a flow holds more than its fair
@@ -100,6 +101,9 @@ class FlowController:
         self._expiry: list[tuple[float, int, QueuedRequest]] = []
         self._held: list[QueuedRequest] = []
         self._give_ups: list[tuple[float, int, QueuedRequest]] = []  # sloAdmission (``give_up``)
+        # sloAdmission: does the latency model know the request's endpoints well enough to judge it
+        # (the Director's; None: taken as yes)? Only then is a queued one given up at its SLO deadline.
+        self.slo_known: Callable[[InferenceRequest], bool] | None = None
         self._hold_seq = 0
         self._seq = 0
         self.count = 0
@@ -166,8 +170,8 @@ class FlowController:
         if band.push(item):
             self._enter(flow)
         heapq.heappush(self._expiry, (item.deadline, item.seq, item))
-        if cfg.slo_admission and req.sheddable:  # past its SLO deadline it cannot make it at all
-            self.give_up(item, item.slo_deadline)
+        if cfg.slo_admission and req.sheddable and (self.slo_known is None or self.slo_known(req)):
+            self.give_up(item, item.slo_deadline)  # past its SLO deadline it cannot make it at all
         self.count += 1
         self.bytes += size
         self.metrics.queued(req.priority, flow, +1)
@@ -295,7 +299,7 @@ class FlowController:
     def give_up(self, item: QueuedRequest, at: float) -> None:
         """``item`` (sloAdmission) cannot make its SLO after ``at``: ``give_ups`` removes it then.
         Only an earlier time than it has adds an entry (a request held many times adds few)."""
-        if at < item.give_up_at:
+        if at < item.give_up_at and at < item.deadline:  # (its TTL removes it first otherwise)
             item.give_up_at = at
             self._hold_seq -= 1
             heapq.heappush(self._give_ups, (at, self._hold_seq, item))

@@ -15,7 +15,9 @@ its TTFT SLO (``x-slo-ttft-ms``, else ``x-llm-d-slo-ttft-ms``, else ``flowContro
   meet theirs.
 
 Requests that are not sheddable are never judged. An endpoint whose model has learned from fewer than
-``MIN_SAMPLES`` first tokens is taken as able to make it (an unknown endpoint does not shed anything).
+``MIN_SAMPLES`` first tokens is taken as able to make it (an unknown endpoint does not shed anything);
+so flow control arms a queued request's give-up at its SLO deadline only when the model knows every
+candidate endpoint (``knows``, the Director's ``slo_known``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ class SLOAdmission:
         self.oracle = oracle
         self.confidence = confidence
         self.default_slo = default_slo
+
+    def knows(self, endpoints: Sequence[Endpoint]) -> bool:
+        """Has the model learned every one of ``endpoints`` (``MIN_SAMPLES`` first tokens each)? Until
+        then it judges nothing, and flow control does not give up on a request at its SLO deadline."""
+        oracle = self.oracle
+        return bool(endpoints) and all(oracle.samples(ep.address) >= MIN_SAMPLES for ep in endpoints)
 
     def slo(self, cycle: CycleState) -> float:
         return header_ms(cycle.request.headers, SLO_TTFT_HEADERS) or self.default_slo

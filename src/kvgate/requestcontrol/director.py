@@ -146,6 +146,18 @@ class Director:
             self.slo_admission = SLOAdmission(
                 oracle, confidence=flow.cfg.slo_admission_confidence, default_slo=flow.cfg.default_ttft_slo
             )
+            flow.slo_known = self._slo_known
+
+    def _slo_known(self, req: InferenceRequest) -> bool:
+        """May flow control give up on queued ``req`` at its SLO deadline (sloAdmission)? Only once
+        the latency model knows its candidate endpoints: an unknown endpoint sheds nothing."""
+        gate = self.slo_admission
+        if gate is None:
+            return False
+        try:
+            return gate.knows(self.candidates(req))
+        except SchedulingError:
+            return False
 
     # -- picking -------------------------------------------------------------------------------------
 

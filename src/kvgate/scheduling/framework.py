@@ -281,6 +281,10 @@ class TTFTOracle(Plugin):
         endpoint idle: what waiting for the load to fall could at best bring it to."""
         raise NotImplementedError
 
+    def samples(self, address: str) -> int:
+        """First tokens the model of ``address`` has learned from (0: it knows nothing of it)."""
+        return 0
+
 
 class Filter(Plugin):
     def filter(self, cycle: CycleState, endpoints: list[Endpoint]) -> list[Endpoint]:

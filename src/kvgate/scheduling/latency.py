@@ -179,6 +179,11 @@ class LatencyPredictor:
             self._models.move_to_end(address)
         return m
 
+    def samples(self, address: str) -> int:
+        """TTFT observations behind the model of ``address`` (its own, due a re-probe or not)."""
+        m = self._models.get(address)
+        return m.ttft.n if m is not None else 0
+
     def due_reprobe(self, address: str) -> bool:
         """Not picked in ``reprobe_every`` picks: ``predict`` answers from the prior for it."""
         m = self._models.get(address)

@@ -129,6 +129,9 @@ class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver, TTFTOracle):
             out.append(TTFTEstimate(pr.ttft, pr.ttft_std, pr.samples))
         return out
 
+    def samples(self, address: str) -> int:
+        return self.predictor.samples(address)
+
     def ttft_floor(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> float:
         preds = self.predictions(cycle, endpoints)
         best = float("inf")
