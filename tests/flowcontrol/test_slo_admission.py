@@ -53,8 +53,8 @@ class StubOracle(TTFTOracle):
     def ttft_estimates(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[TTFTEstimate]:
         return [self.est for _ in endpoints]
 
-    def ttft_floor(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> float:
-        return self.floor
+    def ttft_floor(self, cycle: CycleState, endpoints: Sequence[Endpoint], z: float = 0.0) -> float:
+        return self.floor + z * self.est.std
 
 
 def request(priority: int = -1, slo_ms: str | None = "1000", arrival: float = 10.0, rid: str = "r",
@@ -78,8 +78,8 @@ def test_predicted_to_make_it_passes_and_a_miss_that_can_wait_says_until_when() 
     judge(StubOracle(0.5, std=0.2), request(), now=10.1)  # 0.1 waited + 0.5 + 0.2 <= 1 s
     with pytest.raises(PredictedSLOMissError) as e:
         judge(StubOracle(0.5, std=0.2, floor=0.3), request(), now=10.4)  # 0.4 + 0.7 > 1 s
-    # It could still make it on an idle endpoint (0.3 s) until 10 + 1 - 0.3.
-    assert e.value.give_up_at == pytest.approx(10.7)
+    # It could still pass on an idle endpoint (0.3 s + 1 x 0.2 s judged) until 10 + 1 - 0.5.
+    assert e.value.give_up_at == pytest.approx(10.5)
     assert e.value.status == 429
 
 
@@ -257,9 +257,13 @@ def test_the_real_model_holds_under_load_and_its_floor_says_when_to_give_up() ->
     assert x[1] == 0.0
     d.pick(request(slo_ms="2000", arrival=now[0]), judge=True)  # idle: 0.5 s predicted
     EP.inflight.requests = 1  # one queued at the server: 3.5 s predicted
+    errors = REGISTRY.get_sample_value("kvgate_scheduler_errors_total", {"code": "rate_limit_exceeded"})
     try:
         with pytest.raises(PredictedSLOMissError) as e:
             d.pick(request(slo_ms="2000", arrival=now[0]), judge=True)
+        # Held or shed, flow control counts it (its outcomes); a hold is no scheduler error.
+        after = REGISTRY.get_sample_value("kvgate_scheduler_errors_total", {"code": "rate_limit_exceeded"})
+        assert after == errors
         assert e.value.give_up_at == pytest.approx(now[0] + 2.0 - 0.5, abs=0.05)
         d.pick(request(priority=0, slo_ms="2000", arrival=now[0]))  # not sheddable: picked
         d.pick(request(slo_ms="2000", arrival=now[0]))  # a door's own pick (a retry): not judged

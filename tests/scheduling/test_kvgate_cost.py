@@ -448,3 +448,12 @@ def test_head_of_line_state_is_bounded() -> None:
     assert len(s._arrivals) == kvgate_cost.MAX_ENDPOINTS_TRACKED
     assert len(s._timed) <= kvgate_cost.MAX_WAITING_TRACKED
     assert "10.0.0.1:80" not in s._arrivals  # the longest unpicked went first
+
+
+def test_head_of_line_arrival_rate_never_grows_when_the_clock_steps_back() -> None:
+    from kvgate.scheduling.framework import PluginHandle
+    from kvgate.scheduling.plugins.kvgate_cost import RATE_WINDOW_S, KVGateCostScorer
+
+    s = KVGateCostScorer("c", PluginHandle(), head_of_line=True)
+    s._arrivals["a"] = (3.0, 10.0)
+    assert s.arrival_rate("a", 5.0) == 3.0 / RATE_WINDOW_S

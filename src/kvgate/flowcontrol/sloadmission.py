@@ -75,7 +75,8 @@ class SLOAdmission:
             best = min(best, est.mean + z * est.std)
         if best <= left:
             return
-        floor = self.oracle.ttft_floor(cycle, endpoints) if left > 0.0 else 0.0
+        # Judged by mean + z x std, it can pass only while that much is left even on an idle endpoint.
+        floor = self.oracle.ttft_floor(cycle, endpoints, z) if left > 0.0 else 0.0
         raise PredictedSLOMissError(
             f"sheddable request predicted to miss its TTFT SLO: {best * 1000:.0f} ms predicted on the "
             f"best endpoint, {max(0.0, left) * 1000:.0f} ms left",

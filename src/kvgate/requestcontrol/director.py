@@ -29,7 +29,7 @@ from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.controller import FlowController, flow_of
 from kvgate.flowcontrol.dispatcher import PREEMPTED_MESSAGE, FlowDispatcher
 from kvgate.flowcontrol.saturation import SaturationDetector
-from kvgate.flowcontrol.sloadmission import SLOAdmission
+from kvgate.flowcontrol.sloadmission import PredictedSLOMissError, SLOAdmission
 from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
     EXPLAIN_EXTRAS,
@@ -276,6 +276,8 @@ class Director:
         t0 = self.timer()
         try:
             result = self._pick(req, explain, judge)
+        except PredictedSLOMissError:
+            raise  # (sloAdmission: flow control counts it, held or shed; a hold is no scheduler error)
         except SchedulingError as e:
             metrics.SCHEDULER_ERRORS.labels(code=e.code).inc()
             raise

@@ -276,9 +276,10 @@ class TTFTOracle(Plugin):
     def ttft_estimates(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[TTFTEstimate]:
         raise NotImplementedError
 
-    def ttft_floor(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> float:
+    def ttft_floor(self, cycle: CycleState, endpoints: Sequence[Endpoint], z: float = 0.0) -> float:
         """The least TTFT the model predicts for this request on any endpoint it knows, were that
-        endpoint idle: what waiting for the load to fall could at best bring it to."""
+        endpoint idle (its mean plus ``z`` standard deviations): what waiting for the load to fall
+        could at best bring it to."""
         raise NotImplementedError
 
     def samples(self, address: str) -> int:

@@ -394,7 +394,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             now = cycle.now
             a = endpoint.address
             n, t = self._arrivals.get(a, (0.0, now))
-            self._arrivals[a] = (n * math.exp(-(now - t) / RATE_WINDOW_S) + 1.0, now)
+            # (max: a clock that steps back, or workers' clocks apart, must not grow the count)
+            self._arrivals[a] = (n * math.exp(-max(0.0, now - t) / RATE_WINDOW_S) + 1.0, max(now, t))
             if len(self._arrivals) > MAX_ENDPOINTS_TRACKED:  # endpoints gone: forget the longest unpicked
                 del self._arrivals[min(self._arrivals, key=lambda k: self._arrivals[k][1])]
             todo = endpoint.inflight.pending_prefill_tokens + uncached
@@ -410,7 +411,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         if got is None:
             return 0.0
         n, t = got
-        return n * math.exp(-(now - t) / RATE_WINDOW_S) / RATE_WINDOW_S
+        return n * math.exp(-max(0.0, now - t) / RATE_WINDOW_S) / RATE_WINDOW_S
 
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
         self._forget(request.request_id)

@@ -132,7 +132,7 @@ class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver, TTFTOracle):
     def samples(self, address: str) -> int:
         return self.predictor.samples(address)
 
-    def ttft_floor(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> float:
+    def ttft_floor(self, cycle: CycleState, endpoints: Sequence[Endpoint], z: float = 0.0) -> float:
         preds = self.predictions(cycle, endpoints)
         best = float("inf")
         for ep in endpoints:
@@ -140,7 +140,8 @@ class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver, TTFTOracle):
             if pr.samples or self.predictor.due_reprobe(ep.address):
                 # The same prompt (uncached and cached parts, features 4 and 5) with no load at all.
                 idle = [x[0], 0.0, 0.0, 0.0, x[4], x[5], 0.0]
-                best = min(best, self.predictor.predict(ep.address, idle, reprobe=False).ttft)
+                pr = self.predictor.predict(ep.address, idle, reprobe=False)
+                best = min(best, pr.ttft + z * pr.ttft_std)
         return 0.0 if best == float("inf") else best
 
     def headroom(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float] | None:
