@@ -37,3 +37,22 @@ def test_live_bench_gateways_get_distinct_policy_seeds() -> None:
     for seed in (0, 1):
         assert len({gateway_seed(seed, g) for g in range(4)}) == 4
     assert not {gateway_seed(0, g) for g in range(4)} & {gateway_seed(1, g) for g in range(4)}
+
+
+def test_a_retried_attempts_ttft_evidence_runs_from_its_own_dispatch() -> None:
+    """As the router measures it: the gateway's TTFT evidence for the cluster that answered runs from that
+    attempt's dispatch, not from the request's arrival (the dead cluster's connect timeout is not the
+    answering cluster's TTFT); the client's TTFT still counts it."""
+    from kvgate.bench.multicluster import _Req
+
+    sim = MultiClusterSim(RunConfig("kvgate", 1.0, duration=1.0, warmup=0.0, gateways=1, workload=TINY))
+    sim.clusters["west"].alive = False
+    spec = next(TINY.stream(0, 1))
+    r = _Req(spec, "r0", 0.0, 0, ["west", "east"])
+    sim.live[r.rid] = r
+    sim._attempt(r)
+    sim.clock.run_until(30.0)
+    east = sim.gw_states[0]["east"]
+    timeout = sim.cfg.connect_timeout
+    assert east.ttft_floor_s is not None and 0.0 < east.ttft_floor_s < timeout
+    assert sim.collectors["steady"].summary(duration=1.0)["ttft_p50"] > timeout

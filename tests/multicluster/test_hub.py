@@ -83,7 +83,7 @@ async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
             await ex.send_response_chunk(b"data: [DONE]\n\n", end_of_stream=True)
             async for _chunk, _eos in ex.response_body():
                 pass
-        assert west.ttft_s == 2.5 and west.ttft_floor_s == 2.5
+        assert west.ttft_floor_s == 2.5
         assert west.decode_s == 4.0  # the hub's finish carries the time, as kvgate serve --clusters' does
         assert west.waiting == {} and west.inflight == 0
         async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
@@ -91,7 +91,7 @@ async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
             assert west.waiting == {} and west.inflight == 1
             clock[0] += 9.0
             await ex.send_response(200, {"content-type": "application/json"}, [b'{"choices": []}'])
-        assert west.ttft_s == 2.5 and west.inflight == 0 and west.sent_total == 2
+        assert west.ttft_floor_s == 2.5 and west.inflight == 0 and west.sent_total == 2
     finally:
         await ch.close()
         await server.stop(0)
@@ -170,3 +170,26 @@ def test_hub_epp_takes_a_policy_seed() -> None:
     given = parser().parse_args(["--clusters", "c.yaml", "--cluster-policy-seed", "3"])
     assert given.cluster_policy_seed == 3
     assert parser().parse_args(["--clusters", "c.yaml"]).cluster_policy_seed is None
+
+
+def test_hub_keeps_each_requests_model_from_pick_to_dispatch() -> None:
+    """Another request's pick between a request's pick and its dispatch (the ext_proc sessions interleave)
+    does not change what the first one's answer is judged against: it is kept per request."""
+    from kvgate.scheduling.types import InferenceRequest
+
+    clock = [100.0]
+    cfg = ClustersConfig((ClusterSpec("west", gateway="10.2.0.2:8080"),))
+    director = ClusterDirector(cfg, "kvgate", seed=0, clock=lambda: clock[0])
+    west = director.states["west"]
+    west.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), clock[0])
+    west.observe_ttft(0.3, clock[0])  # its speed is measured: answers there are evidence of the model's error
+    first = InferenceRequest("r1", "m", stream=True)
+    second = InferenceRequest("r2", "m", stream=True)
+    ep = director.pick(first).endpoints[0]
+    full = PoolAggregate("p", 2.0, 2, 2, capacity=2.0, headroom=0.0, average_queue_size=8.0)
+    west.set_aggregate(full, 100.0)
+    director.pick(second)  # a full snapshot: a much higher load factor there for this one
+    director.on_dispatched(first, ep)
+    director.on_dispatched(second, ep)
+    loads = list(west._load.values())
+    assert len(loads) == 2 and loads[0] < loads[1]

@@ -146,11 +146,12 @@ def test_recent_slowness_fades_to_the_model() -> None:
     st = _state("c")
     for _ in range(30):
         st.observe_ttft(0.1, 0.0)
-    p.order([st], ClusterRequest(), 1.0)
+    req = ClusterRequest()
+    p.order([st], req, 1.0)
     model = p.model_ttft(st)
     for _ in range(10):
-        st.observe_ttft(20 * model, 1.0, st.dispatched(1.0))
-    assert p.predicted_ttft(st, 1.0) > 5 * model
+        st.observe_ttft(20 * model, 1.0, st.dispatched(1.0, req.model_load["c"]))
+    assert p.predicted_ttft(st, 1.0) > 3 * model  # (each answer's error clamped to 8x)
     assert st.ttft_floor_s is not None and st.ttft_floor_s < 0.2  # a few slow answers barely move it
     assert p.predicted_ttft(st, 60.0) == pytest.approx(p.model_ttft(st), rel=1e-3)
     assert st.observed_ttft(60.0) == pytest.approx(st.ttft_floor_s)
@@ -468,7 +469,7 @@ def test_a_drained_cluster_is_not_judged_by_the_queue_its_last_answers_met() -> 
         east.fetched_at = t
         p.order([east], req, t)
         last = 1.1 * p.model_ttft(east)
-        tok = east.dispatched(t)
+        tok = east.dispatched(t, req.model_load["east"])
         east.observe_ttft(last, t + last, tok)
         t += 0.2
     assert last > 2.0 and p.predicted_ttft(east, t) > 2.0  # still loaded: still dear
@@ -492,8 +493,9 @@ def test_a_model_that_underestimates_a_cluster_is_corrected_by_its_answers() -> 
     west.observe_ttft(0.35, 0.0)
     model = p.model_ttft(west)
     for _ in range(10):
-        p.order([west], ClusterRequest(), 1.0)
-        tok = west.dispatched(1.0)
+        req = ClusterRequest()
+        p.order([west], req, 1.0)
+        tok = west.dispatched(1.0, req.model_load["west"])
         west.observe_ttft(5 * model, 2.0, tok)
     assert west.model_bias(2.0) > 2.5
     assert p.predicted_ttft(west, 2.0) > 2.5 * model
@@ -511,10 +513,13 @@ def test_the_first_answer_replaces_the_speed_prior_and_is_no_model_error() -> No
     leaves no error to scale the model by once the floor is measured."""
     p = KvgatePolicy(rng=random.Random(0))
     eu = _state("eu", ready=1, cap=0.5, head=0.5, request_slots=8.0, rtt=80.0)
-    p.order([eu], ClusterRequest(), 0.0)
-    assert eu.model_ttft_s is None  # no floor yet: nothing to hold the answer against
-    eu.observe_ttft(6.9, 6.9, eu.dispatched(0.0))
+    req = ClusterRequest()
+    p.order([eu], req, 0.0)
+    assert "eu" not in req.model_load  # no floor yet: nothing to hold the answer against
+    eu.observe_ttft(6.9, 6.9, eu.dispatched(0.0, req.model_load.get("eu")))
     assert eu.ttft_floor_s == 6.9 and eu.model_bias(6.9) == 1.0
     eu.fetched_at = 7.0  # a fresh snapshot
-    p.order([eu], ClusterRequest(), 7.0)
-    assert eu.model_ttft_s == pytest.approx(p.model_ttft(eu))  # measured now: the next answer is evidence
+    req = ClusterRequest()
+    p.order([eu], req, 7.0)
+    # measured now: the next answer is evidence
+    assert req.model_load["eu"] * eu.ttft_floor_s == pytest.approx(p.model_ttft(eu))

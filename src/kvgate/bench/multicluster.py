@@ -153,6 +153,8 @@ class _Req:
     req: Any = None
     first: float | None = None
     token: int = 0  # the gateway's first-byte wait for this attempt (ClusterState.dispatched)
+    sent: float = 0.0  # this attempt's dispatch: the gateway's TTFT evidence runs from here, as the router's
+    model_load: dict[str, float] = field(default_factory=dict)  # the policy's, from its order (per request)
     measured: bool = True
     phase: str = "steady"
 
@@ -201,7 +203,7 @@ class MultiClusterSim:
         g = self.rng.randrange(self.cfg.gateways)
         creq = ClusterRequest(spec.target_model, prompt_key(None, spec.prompt_ids))
         order = [c.name for c in self.gw_policies[g].order(list(self.gw_states[g].values()), creq, t)]
-        r = _Req(spec, f"r{n}", t, g, order, measured=t >= self.cfg.warmup)
+        r = _Req(spec, f"r{n}", t, g, order, measured=t >= self.cfg.warmup, model_load=creq.model_load)
         r.phase = "loss" if self.loss_at is not None else "steady"
         self.live[r.rid] = r
         self._attempt(r)
@@ -224,7 +226,8 @@ class MultiClusterSim:
             r.attempt += 1
             self.clock.call_later(self.cfg.connect_timeout, self._attempt, r)
             return
-        r.token = st.dispatched(self.clock.now)  # streamed: it waits for its first byte
+        r.token = st.dispatched(self.clock.now, r.model_load.get(name))  # streamed: waits for its first byte
+        r.sent = self.clock.now
         r.cluster = name
         self.clock.call_later(c.d.rtt_ms / 2000.0, self._at_cluster, r)
 
@@ -275,8 +278,9 @@ class MultiClusterSim:
             return
         r.first = t
         c = self.clusters[r.cluster]
-        # The gateway sees the first byte half an RTT later: its observed TTFT for this cluster.
-        self.gw_states[r.gateway][r.cluster].observe_ttft(t - r.start + c.d.rtt_ms / 2000.0, t, r.token)
+        # The gateway sees the first byte half an RTT later: its observed TTFT for this cluster, from this
+        # attempt's dispatch (as the router measures it: not the connect timeouts of earlier attempts).
+        self.gw_states[r.gateway][r.cluster].observe_ttft(t - r.sent + c.d.rtt_ms / 2000.0, t, r.token)
         c.director.on_first_token(r.req, c.endpoints[r.replica])
 
     def _done(self, sim: SimRequest, t: float) -> None:

@@ -54,6 +54,8 @@ class ClusterDirector:
         # holds the request object from dispatch to finish, so its id is unique then). The dispatch time
         # is the cluster state's, under that token.
         self._waits: dict[int, tuple[str, int]] = {}
+        # id(request) -> the policy's model load per cluster from its pick, until its dispatch (bounded).
+        self._loads: dict[int, dict[str, float]] = {}
         self.apply(cfg)
 
     def apply(self, cfg: ClustersConfig) -> None:
@@ -82,6 +84,10 @@ class ClusterDirector:
     def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:
         creq = ClusterRequest(req.model, prompt_key(req.prompt_text, req.token_ids))
         order = self.policy.order(self.state_list(), creq, self.clock())
+        if creq.model_load:
+            if len(self._loads) >= MAX_WAITS:  # picked, never dispatched: the oldest is forgotten
+                self._loads.pop(next(iter(self._loads)))
+            self._loads[id(req)] = creq.model_load
         by_name = {ep.labels.get(CLUSTER_LABEL): ep for ep in self.store.all()}
         chosen = [by_name[c.name] for c in order if c.name in by_name]
         if not chosen:
@@ -92,6 +98,7 @@ class ClusterDirector:
         return PickResult(chosen, POOL, explanation)
 
     def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+        loads = self._loads.pop(id(req), None)
         st = self._state(endpoint)
         if st is None:
             return
@@ -102,7 +109,8 @@ class ClusterDirector:
             name, token = self._waits.pop(next(iter(self._waits)))
             if name in self.states:
                 self.states[name].answered_without_ttft(token)
-        self._waits[id(req)] = (st.name, st.dispatched(self.clock()))
+        load = loads.get(st.name) if loads is not None else None
+        self._waits[id(req)] = (st.name, st.dispatched(self.clock(), load))
 
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None:
         wait = self._waits.get(id(req))

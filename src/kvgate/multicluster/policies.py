@@ -17,10 +17,12 @@
   - past full, + the wait for a slot: (u - 1) x the time a request holds one (its idle TTFT plus its
     decode time as this gateway measured it, first byte to end; before any, one idle TTFT per request
     ahead per ready endpoint);
-  - x the model's error there (``ClusterState.model_bias``: observed over predicted at dispatch, an
-    EWMA of the answers, at least 1, fading with its age): an answer describes the queue its request met,
-    so it corrects the model, and the model follows the current snapshot (a drained cluster is not judged
-    by its last slow answers, nor an understated one by its empty-looking snapshot);
+  - x the model's error there (``ClusterState.model_bias``: observed over predicted at dispatch, the
+    prediction being the load factor this request's order computed there x the floor when it answers,
+    clamped to [1/4, 8], a geometric EWMA, at least 1, fading with its age): an answer describes the
+    queue its request met, so it corrects the model, and the model follows the current snapshot (a
+    drained cluster is not judged by its last slow answers, nor an understated one by its empty-looking
+    snapshot);
   - never below the present evidence: the floor x this gateway's requests still waiting there for a
     first byte, the oldest one's age (a censored observation).
   A slow cluster and a full one are then compared as what they are, waits: a full local cluster keeps the
@@ -60,6 +62,10 @@ class ClusterRequest:
     model: str = ""
     prompt: str | bytes | None = None
     stream: bool = False  # a streamed response: its first byte is the TTFT evidence the policy learns from
+    # Set by the kvgate policy's ``order``: cluster -> its model's load factor for this request there
+    # (model TTFT / idle TTFT), what a streamed dispatch there keeps (``ClusterState.dispatched``) to judge
+    # its answer by. Per request, so a concurrent ``order`` for another request cannot overwrite it.
+    model_load: dict[str, float] = field(default_factory=dict)
     _hashes: dict[int, list[int]] = field(default_factory=dict)
 
     def hashes(self, chunk: int, max_blocks: int = 16) -> list[int]:
@@ -332,11 +338,10 @@ class KvgatePolicy:
 
     def order(self, clusters: Sequence[ClusterState], req: ClusterRequest, now: float) -> list[ClusterState]:
         good = [c for c in clusters if self.usable(c, now)]
-        # What a dispatch there holds its answer against: the model's prediction, once the cluster's speed
-        # is measured (its floor). Before, the model is the speed prior, and the first answer replaces that
+        # What a dispatch there judges its answer by: the model's load factor, once the cluster's speed is
+        # measured (its floor). Before, the model is the speed prior, and the first answer replaces that
         # with the floor: a prior's error is no evidence of the model's.
-        for c in clusters:
-            c.model_ttft_s = self.model_ttft(c) if c in good and c.ttft_floor_s else None
+        req.model_load = {c.name: self.model_ttft(c) / self.base_ttft(c) for c in good if c.ttft_floor_s}
         home = self.home(good, req)
         self.last_home = home
         costs = {c.name: self.cost(c, req, now, home) for c in good}

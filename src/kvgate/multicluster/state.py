@@ -9,12 +9,19 @@ first byte give a lower bound, their age. A cluster that swallows requests gets 
 eyes while it does, instead of looking best because it has not answered yet.
 
 An answered request's TTFT describes the queue it met when it was sent, one TTFT ago. So what answers
-teach is the policy's error, not the cluster's TTFT now: each streamed dispatch records the policy's
-model prediction for it (``model_ttft_s``, set by the policy when it orders the clusters), and its answer
-updates an EWMA of observed / predicted (``model_bias``), applied to the model at the current snapshot. A
-cluster that drained since its last slow answers is then judged by its snapshot (times the error the model
-made there), not by a queue that is gone; one whose snapshot understates its queue (a restarted cluster's
-slot prior, cold caches) is scaled up by how wrong the model was there.
+teach is the policy's error, not the cluster's TTFT now. The policy's model is the cluster's idle TTFT
+(its floor, below) times a load factor from the snapshot; each streamed dispatch keeps the load factor
+the policy computed for that request (``ClusterRequest.model_load``, passed to ``dispatched``), and its
+answer is judged against that factor times the floor when it arrives: the load part is what the answer
+corrects, the speed part is the floor's job (judged against a start-up prior over GPU labels, the same
+error would be counted twice: in the floor and in the bias; before any floor, no error is learnt). The
+error, observed / predicted clamped to [1/4, 8], goes into an EWMA of its logarithm (a ratio is
+right-skewed: one stalled answer must not weigh like ten good ones) started from 0 (no error); the EWMA
+fades towards 0 with its age, in what it stores as well as in what it reads, so an answer after a quiet
+spell updates the faded value, not the old peak. ``model_bias`` (at least 1) scales the model at the
+current snapshot. A cluster that drained since its last slow answers is then judged by its snapshot
+(times the error the model made there), not by a queue that is gone; one whose snapshot understates its
+queue (a restarted cluster's slot prior, cold caches) is scaled up by how wrong the model was there.
 
 The cluster's speed as measured, whatever its GPU labels say, is its TTFT floor: the 10th percentile of the
 TTFTs observed there, tracked by a multiplicative stochastic-quantile step (each answer above the floor
@@ -37,6 +44,11 @@ FAILURE_BACKOFF_MAX_S = 8.0
 # FLOOR_STEP x (1 - FLOOR_QUANTILE) for one below, so it settles where FLOOR_QUANTILE of answers are below.
 FLOOR_QUANTILE = 0.1
 FLOOR_STEP = 0.2
+# The model's error: observed / predicted clamped to this range (a stalled answer, a lucky cache hit),
+# its log averaged with weight BIAS_ALPHA per answer, fading with time constant BIAS_TAU_S.
+BIAS_RANGE = (0.25, 8.0)
+BIAS_ALPHA = 0.1
+BIAS_TAU_S = 5.0
 
 
 @dataclass(slots=True)
@@ -52,16 +64,10 @@ class ClusterState:
     failures: int = 0
     down_until: float = 0.0
     backoff_s: float = 0.0
-    # EWMA of the time to first byte this gateway observed from the cluster (streaming responses): what
-    # a request actually waits there, whatever the GPU table says the cluster's speed is (reported).
-    ttft_s: float | None = None
-    ttft_at: float = 0.0
-    # The policy's model prediction (seconds, no evidence applied) for the request being placed, set when
-    # it orders the clusters (None where it has none); a streamed dispatch keeps it with its token.
-    model_ttft_s: float | None = None
-    # EWMA of observed TTFT / the model's prediction at dispatch, over answers that had one; None before.
-    ttft_ratio: float | None = None
-    ratio_at: float = 0.0
+    # The log of the model's error there (observed TTFT / predicted at dispatch), an EWMA fading towards
+    # 0 (no error) with its age since ``bias_at``; see ``model_bias``.
+    log_bias: float = 0.0
+    bias_at: float = 0.0
     ttft_floor_s: float | None = None  # ~10th percentile of the observed TTFTs: the cluster's speed
     # Streamed requests sent there still waiting for their first byte: token -> dispatch time (insertion
     # order is dispatch order, so the first is the oldest). Bounded by what is in flight.
@@ -71,7 +77,7 @@ class ClusterState:
     # + the floor) requests per second. None until a streamed request has ended there.
     decode_s: float | None = None
     _first_at: dict[int, float] = field(default_factory=dict)  # token -> its first byte's time
-    _predicted: dict[int, float] = field(default_factory=dict)  # waiting token -> model_ttft_s at dispatch
+    _load: dict[int, float] = field(default_factory=dict)  # waiting token -> the model's load at dispatch
     _token: int = 0
 
     @property
@@ -92,9 +98,11 @@ class ClusterState:
         self.fetched_at = now
         self.fetch_error = None
 
-    def dispatched(self, now: float | None = None) -> int:
+    def dispatched(self, now: float | None = None, load: float | None = None) -> int:
         """Count a request sent there. With ``now`` (a streamed request), it also waits for its first byte
-        until ``observe_ttft`` or ``finished`` gets the returned token; 0 = not tracked."""
+        until ``observe_ttft`` or ``finished`` gets the returned token; 0 = not tracked. ``load``: the
+        policy's model load factor for this request there (model TTFT / idle TTFT, at least 1), which its
+        answer is judged against; None: no model there, the answer is no evidence of its error."""
         self.sent_since_snapshot += 1
         self.sent_total += 1
         self.inflight += 1
@@ -102,21 +110,23 @@ class ClusterState:
             return 0
         self._token += 1
         self.waiting[self._token] = now
-        if self.model_ttft_s is not None and self.model_ttft_s > 0.0:
-            self._predicted[self._token] = self.model_ttft_s
+        if load is not None and load > 0.0:
+            self._load[self._token] = load
         return self._token
 
-    def observe_ttft(self, seconds: float, now: float, token: int = 0, alpha: float = 0.1) -> None:
+    def observe_ttft(self, seconds: float, now: float, token: int = 0) -> None:
         if self.waiting.pop(token, None) is not None:
             self._first_at[token] = now
-        predicted = self._predicted.pop(token, None)
-        if predicted is not None:
-            r, old = seconds / predicted, self.ttft_ratio
-            self.ttft_ratio = r if old is None else old + alpha * (r - old)
-            self.ratio_at = now
-        self.ttft_s = seconds if self.ttft_s is None else self.ttft_s + alpha * (seconds - self.ttft_s)
-        self.ttft_at = now
         f = self.ttft_floor_s
+        load = self._load.pop(token, None)
+        if load is not None and f is not None and f > 0.0 and seconds > 0.0:
+            # Judged against the load factor x the floor now: the speed error is the floor's, not the
+            # bias's (before any floor, the first answer sets it: no error to learn from yet).
+            lo, hi = BIAS_RANGE
+            r = min(hi, max(lo, seconds / (load * f)))
+            old = self.faded_log_bias(now)
+            self.log_bias = old + BIAS_ALPHA * (math.log(r) - old)
+            self.bias_at = now
         if f is None or f <= 0.0:
             self.ttft_floor_s = seconds
         elif seconds > f:
@@ -128,7 +138,7 @@ class ClusterState:
         """The request got an answer that says nothing of the cluster's TTFT (an error reply): no longer
         waiting, and no evidence either way."""
         self.waiting.pop(token, None)
-        self._predicted.pop(token, None)
+        self._load.pop(token, None)
 
     def oldest_wait(self, now: float) -> float:
         """Age of the oldest request still waiting for its first byte (0 when none): its TTFT is at least
@@ -137,13 +147,17 @@ class ClusterState:
             return max(0.0, now - t)
         return 0.0
 
-    def model_bias(self, now: float, tau_s: float = 5.0) -> float:
-        """How far the answers here exceeded the policy's model (observed / predicted at dispatch, an
-        EWMA), at least 1, its excess fading with its age (a cluster left alone is tried again at the
-        model's word). 1 before any answer with a prediction."""
-        if self.ttft_ratio is None or self.ttft_ratio <= 1.0:
-            return 1.0
-        return 1.0 + (self.ttft_ratio - 1.0) * math.exp(-max(0.0, now - self.ratio_at) / tau_s)
+    def faded_log_bias(self, now: float) -> float:
+        """``log_bias`` faded towards 0 with its age (time constant ``BIAS_TAU_S``)."""
+        if self.log_bias == 0.0:
+            return 0.0
+        return self.log_bias * math.exp(-max(0.0, now - self.bias_at) / BIAS_TAU_S)
+
+    def model_bias(self, now: float) -> float:
+        """How far the answers here exceeded the policy's model (observed / predicted at dispatch, a
+        clamped geometric EWMA), at least 1, fading with its age (a cluster left alone is tried again
+        at the model's word). 1 before any answer with a prediction."""
+        return math.exp(max(0.0, self.faded_log_bias(now)))
 
     def observed_ttft(self, now: float) -> float:
         """The TTFT evidence of the present, a lower bound: the cluster's floor (its speed: a slow cluster
@@ -164,7 +178,7 @@ class ClusterState:
         decode time (first byte to end)."""
         self.inflight = max(0, self.inflight - 1)
         self.waiting.pop(token, None)
-        self._predicted.pop(token, None)
+        self._load.pop(token, None)
         first = self._first_at.pop(token, None)
         if first is not None and now is not None:
             d = max(0.0, now - first)
