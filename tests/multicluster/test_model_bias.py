@@ -33,7 +33,7 @@ def _send(p: KvgatePolicy, st: ClusterState, now: float) -> tuple[int, float]:
     req = ClusterRequest()
     p.order([st], req, now)
     model = p.model_ttft(st)
-    return st.dispatched(now, req.model_load[st.name]), model
+    return st.dispatched(now, req.model_load.get(st.name)), model
 
 
 def test_an_answer_after_the_error_faded_does_not_bring_back_its_peak() -> None:
