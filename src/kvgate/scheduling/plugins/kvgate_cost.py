@@ -33,7 +33,8 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   uncached tokens wait for them (they hold their contexts there: moving them recomputes those). So
   placing ``u`` uncached tokens behind ``ahead`` tokens also costs, in token-times, the arrivals expected
   there meanwhile times the delay each gets: ``rate x spt x u x (ahead + u / 2)``, with ``rate`` the
-  endpoint's arrival rate (requests this picker sent it per second, decayed over ``RATE_WINDOW_S``) and
+  endpoint's arrival rate (requests this picker sent it per second, decayed over ``RATE_WINDOW_S``;
+  with ``--workers N`` each worker's picker sees about 1/N of it, so the term is that much weaker) and
   ``spt`` the learned seconds per prefill token (first-token time over the tokens to compute ahead of
   and in the request, for picks with at least ``SPT_MIN_TOKENS`` of them). A long cold prefill (a
   context recomputed off its holder, a burst's second copy) is charged for the warm requests it will
