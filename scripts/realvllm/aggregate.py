@@ -3,7 +3,8 @@
 Each argument is a run's ``--json`` file or its printed log (runs made before ``--json``). For every run:
 the hit-rate ratio (mean of passes) and the paired mean-TTFT ratios (each kvgate pass over the
 sglang-router pass next to it); then over all runs: the geomean, min and max of the per-run geomeans
-and of every pass pair, and how many are <= 1.0x (the goal: mean TTFT <= sglang-router's).
+and of every pass pair, and how many are <= 1.0x (the goal: mean TTFT <= sglang-router's); the pairs
+by the machine's load average during them (JSON runs), split at its median.
 
     PYTHONPATH=src .venv/bin/python scripts/realvllm/aggregate.py runs/s1.json runs/s2.log ...
 """
@@ -41,15 +42,19 @@ def main() -> int:
     ap.add_argument("--b", default="sglang", help="... this one")
     args = ap.parse_args()
     per_run, pairs, p90s, splits = [], [], [], []
+    loads: list[tuple[float, float]] = []
     print(f"{'run':40s} {'hit ratio':>9s}  mean TTFT ratio per pass pair   run geomean   p90 per pass")
     for f in args.runs:
         text = Path(f).read_text()
         doc = json.loads(text) if f.endswith(".json") else None
         passes = passes_from_json(doc) if doc else passes_from_log(text)
+        c = compare(passes, args.a, args.b)
         if doc:
             ra, rb = (by_router(passes, r)[0].router for r in (args.a, args.b))
             splits.append((Path(f).name, doc, ra, rb))
-        c = compare(passes, args.a, args.b)
+            for pa, pb, r in zip(doc["passes"][ra], doc["passes"][rb], c.ttft_ratios, strict=True):
+                ends = [p[k] for p in (pa, pb) for k in ("load_start", "load_end")]
+                loads.append((statistics.fmean(ends), r))
         per_run.append(c.ttft.geomean)
         pairs += c.ttft_ratios
         p90s += c.p90_ratios
@@ -58,6 +63,15 @@ def main() -> int:
     print(f"mean TTFT, per-run geomeans ({len(per_run)} runs): {spread(per_run)}")
     print(f"mean TTFT, every pass pair ({len(pairs)} pairs):   {spread(pairs)}")
     print(f"p90 TTFT, every pass pair ({len(p90s)} pairs):    {spread(p90s)}")
+    if loads:
+        # The machine's 1-minute load average (2 cores, shared; the run's own servers count) over each
+        # pair's two passes, start and end; split at its median.
+        cut = statistics.median(load for load, _ in loads)
+        print(f"mean TTFT by load average over the pair's passes (JSON runs; median {cut:.1f}):")
+        print("  " + ", ".join(f"{load:.1f}: {r:.2f}x" for load, r in sorted(loads)))
+        for label, part in (("<=", [r for load, r in loads if load <= cut]),
+                            (">", [r for load, r in loads if load > cut])):  # fmt: skip
+            print(f"  load {label} {cut:.1f} ({len(part)} pairs): {spread(part) if part else 'none'}")
     if not splits:
         return 0
     # Placement vs per-request cost: hits (>= half the prompt cached) and misses, per pass.
