@@ -1,6 +1,7 @@
 """Where a request's time went by process, from ``vs_sglang.py --json`` files with per-request
-schedstat fields (``router_``, ``api_``, ``engine_``, ``client_`` ``run_ms`` / ``wait_ms``: CPU time and
-time runnable but waiting for a core, summed over each process's threads, send to end of stream; #16).
+schedstat fields (``router_``, ``loop_``, ``api_``, ``engine_``, ``client_`` ``run_ms`` / ``wait_ms``: CPU
+time and time runnable but waiting for a core, summed over each process's threads (``loop``: kvgate's
+main thread, its event loop, alone), send to end of stream; #16).
 
 Per router over all passes given: the mean TTFT, the mean of each field, and the same over its slow
 requests (TTFT over ``--slow`` x the median of its pass's hits or misses, as the request was): whether a
@@ -16,7 +17,7 @@ import json
 import statistics
 from typing import Any
 
-PARTS = ("router", "api", "engine", "client")
+PARTS = ("router", "loop", "api", "engine", "client")
 
 
 def ttft(r: dict[str, Any]) -> float:

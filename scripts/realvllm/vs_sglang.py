@@ -174,14 +174,15 @@ def group_pids(pid: int | None) -> list[int]:
     return out
 
 
-def sched_ms(pids: list[int]) -> tuple[float, float]:
+def sched_ms(pids: list[int], main_only: bool = False) -> tuple[float, float]:
     """(ms on a CPU, ms runnable but waiting for one) summed over every thread of ``pids``, from
     /proc/<pid>/task/<tid>/schedstat (ns): the wait is the time the scheduler kept a ready thread off the
     cores, so a per-request delta tells waiting for a core apart from work. Threads that ended between two
-    reads drop out of the sum, so a delta is clamped at 0."""
+    reads drop out of the sum, so a delta is clamped at 0. ``main_only``: each process's main thread only
+    (kvgate's event loop)."""
     run = wait = 0
     for pid in pids:
-        for st in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        for st in Path(f"/proc/{pid}/task").glob(f"{pid if main_only else '*'}/schedstat"):
             try:
                 a, b, _ = st.read_text().split()
             except (OSError, ValueError):
@@ -271,15 +272,18 @@ def run(
     # Per request, the CPU and run-queue wait (send to end of stream) of the router, the vLLM API servers,
     # the rest of the vLLM processes (engine cores, workers) and this client.
     apis = [p for p in pids if p is not None]
-    watch = {"router": group_pids(router_pid) if router_group else [router_pid] if router_pid else [],
-             "api": apis, "engine": [q for p in apis for q in group_pids(p) if q != p],
-             "client": [os.getpid()]}  # fmt: skip
+    # "loop": the router's main thread alone (kvgate's event loop; the other sums are over all threads).
+    router = group_pids(router_pid) if router_group else [router_pid] if router_pid else []
+    watch = {"router": (router, False),
+             "loop": ([router_pid] if router_pid and not router_group else [], True),
+             "api": (apis, False), "engine": ([q for p in apis for q in group_pids(p) if q != p], False),
+             "client": ([os.getpid()], False)}  # fmt: skip
     for p in prompts:
         time.sleep(gap)
-        s0 = {k: sched_ms(v) for k, v in watch.items()}
+        s0 = {k: sched_ms(*v) for k, v in watch.items()}
         rec = timed(target(name, base, urls, p, prompts), p)
         for k, v in watch.items():
-            (r0, w0), (r1, w1) = s0[k], sched_ms(v)
+            (r0, w0), (r1, w1) = s0[k], sched_ms(*v)
             rec[f"{k}_run_ms"], rec[f"{k}_wait_ms"] = max(0.0, r1 - r0), max(0.0, w1 - w0)
         now = counters(servers)
         rec.update(placed(seen, now))
