@@ -47,9 +47,9 @@ class RecordingPicker:
         self.calls.dispatched.append((req.request_id, endpoint.address))
         self.inner.on_dispatched(req, endpoint)
 
-    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
         self.calls.first_token.append((req.request_id, endpoint.address))
-        self.inner.on_first_token(req, endpoint)
+        self.inner.on_first_token(req, endpoint, learn=learn)
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None:
         self.calls.finished.append((req.request_id, endpoint.address, usage, ok))

@@ -41,7 +41,7 @@ class Raising:
     def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None:
         self.dispatched += 1
 
-    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None: ...
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None: ...
 
@@ -150,3 +150,43 @@ def test_weighted_rewrite_follows_the_weights() -> None:
     assert set(draws) == {None, "canary"}
     assert 0.22 < draws.count("canary") / len(draws) < 0.28
     assert rw("anything-else") == "fallback"  # a rule without matches applies to every model
+
+
+class Learning:
+    """Records what each first token may teach (the Director's ``learn``)."""
+
+    def __init__(self) -> None:
+        self.learn: list[bool] = []
+
+    def pick(self, req: InferenceRequest) -> PickResult:
+        return PickResult([EP], "p", {})
+
+    def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
+
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
+        self.learn.append(learn)
+
+    def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None: ...
+
+
+def _reply(status: str, stream: bool) -> list[bool]:
+    d = Learning()
+    s = Session(SessionContext(d, lambda: {EP.address: EP}, clock=time.monotonic))
+    req_headers = header_map({":method": "POST", ":path": "/v1/completions"})
+    s.handle(pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=req_headers)))
+    body = orjson.dumps({"model": "m", "prompt": "p", "stream": stream})
+    s.handle(pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)))
+    ctype = "text/event-stream" if stream else "application/json"
+    resp_headers = header_map({":status": status, "content-type": ctype})
+    s.handle(pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=resp_headers)))
+    chunk = b'data: {"choices":[{"text":"a"}]}\n\ndata: [DONE]\n\n' if stream else b'{"choices":[]}'
+    s.handle(pb.ProcessingRequest(response_body=pb.HttpBody(body=chunk, end_of_stream=True)))
+    s.close()
+    return d.learn
+
+
+def test_only_streamed_successful_replies_teach_latency() -> None:
+    # As the HTTP door (tests/gateway/test_latency_learning.py): a non-streamed reply's first token
+    # comes with its last, so its time is the whole generation, not a TTFT.
+    assert _reply("200", stream=False) == [False]
+    assert _reply("200", stream=True) == [True]

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from kvgate.config.director import build_director
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.config import BandConfig, FlowControlConfig, parse_flow_control
 from kvgate.flowcontrol.controller import FlowController
 from kvgate.flowcontrol.dispatcher import dispatch_ready
@@ -128,3 +131,25 @@ def test_head_sees_a_flow_that_has_only_overdue_requests() -> None:
     assert ctl.head(5.0) is item  # (moves it to the flow's overdue heap)
     assert ctl.head() is item  # and without a now, it is still there
     assert next(ctl.heads(), None) is item
+
+
+def test_a_first_token_that_times_no_prefill_teaches_no_margin() -> None:
+    # A non-streamed reply's first token comes with its last (learn=False): its time is the whole
+    # generation, which would make the margin (and every deadline's reach) far too long.
+    doc = {
+        "featureGates": ["flowControl"],
+        "flowControl": {"orderingPolicy": "slo-feasible"},
+        "plugins": [{"type": "queue-scorer"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}],
+    }
+    now = [0.0]
+    ep = Endpoint("127.0.0.1:18301")
+    d = build_director(doc, EndpointStore([ep]), lambda: now[0], seed=0, flow_metrics=False)
+    assert d.flow is not None
+    for i, learn in enumerate((False, True)):
+        req = _req(f"r{i}", now[0])
+        d.on_dispatched(req, d.pick(req).primary)
+        now[0] += 5.0 if not learn else 0.1
+        d.on_first_token(req, ep, learn=learn)
+        d.on_finished(req, ep, None, True)
+        assert d.flow.ctl.service_ttft == pytest.approx(0.0 if not learn else 0.1)

@@ -64,7 +64,7 @@ class RequestDirector(Protocol):
 
     def pick(self, req: InferenceRequest) -> PickResult: ...
     def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
-    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None: ...
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None: ...
 
 
@@ -539,7 +539,10 @@ class Session:
         if self._first_token or self.endpoint is None or self.request is None:
             return
         self._first_token = True
-        self.ctx.director.on_first_token(self.request, self.endpoint)
+        # Only a streamed, successful reply's first token times prefill (as the HTTP door): a
+        # non-streamed one arrives with its last token, an error reply says nothing about prefill.
+        learn = self.streaming and 0 < self.status < 400
+        self.ctx.director.on_first_token(self.request, self.endpoint, learn=learn)
 
     def _finish(self, *, ok: bool) -> None:
         if self._finished or self.endpoint is None or self.request is None:

@@ -112,7 +112,8 @@ class ClusterDirector:
         load = loads.get(st.name) if loads is not None else None
         self._waits[id(req)] = (st.name, st.dispatched(self.clock(), load))
 
-    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
+        # (``learn`` is moot here: only streamed requests wait for a first token, see on_dispatched.)
         wait = self._waits.get(id(req))
         st = self._state(endpoint)
         if wait is None or st is None or st.name != wait[0]:

@@ -392,9 +392,10 @@ class Director:
         inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
         inf.decoding += 1
         if self.flow is not None:
-            if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
-                self.flow.ctl.observe_first_token(req, track.first_at - req.arrival_time)
-            self.flow.ctl.observe_service_ttft(track.first_at - track.sent_at)  # (slo-feasible)
+            if learn:  # (not a TTFT either for the flow's TTFT targets)
+                if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
+                    self.flow.ctl.observe_first_token(req, track.first_at - req.arrival_time)
+                self.flow.ctl.observe_service_ttft(track.first_at - track.sent_at)  # (slo-feasible)
             self.flow.notify()
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
