@@ -203,3 +203,38 @@ async def test_an_election_loop_that_dies_steps_down_says_so_and_still_releases(
     assert "RuntimeError" in (e.dead() or "")
     await e.stop()  # does not raise, and gives the Lease up
     assert double.get(R.LEASE, "l", "default")["spec"]["holderIdentity"] == ""
+
+
+class _SlowWrites(ApiServerDouble):
+    """Lease writes (POST and PUT) take ``write_s`` seconds on the injected ``clock`` (a test's time)."""
+
+    write_s = 0.0
+    clock = [100.0]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        response = await super()._handle(request)  # the server writes renewTime as it stores it...
+        if "/leases" in request.path and request.method in ("POST", "PUT"):
+            self.clock[0] += self.write_s  # ...and its answer arrives this much later
+        return response
+
+
+async def test_the_renew_deadline_runs_from_when_the_renewal_was_sent_not_answered() -> None:
+    """A standby may see the renewed record as soon as the server stores it; a leader that timed its
+    deadline from the (slow) answer led for up to that much past when a standby took over."""
+    clock = [100.0]
+    async with _SlowWrites(bookmark_interval=0.2) as d:
+        d.clock, d.write_s = clock, 9.0
+        kube = await KubeClient.connect(server=d.url)
+        e = LeaderElector(kube, name="l", namespace="default", identity="a", lease_duration_s=15.0,
+                          renew_deadline_s=10.0, clock=lambda: clock[0])  # fmt: skip
+        try:
+            assert await e.try_acquire_or_renew()  # created (POST) at 100, answered at 109
+            assert e._renew_left() == pytest.approx(1.0)  # 100 + 10 - 109, not 10
+            clock[0] = 120.0
+            assert await e.try_acquire_or_renew()  # renewed (PUT) at 120, answered at 129
+            assert e._renew_left() == pytest.approx(1.0)
+            e.is_leader = True
+            clock[0] = 130.5
+            assert not e.leads()  # 10.5 s after the renewal was sent
+        finally:
+            await kube.close()

@@ -171,13 +171,14 @@ class LeaderElector:
                 "metadata": meta,
                 "spec": self._spec(0),
             }
+            sent = self.clock()
             try:
                 await self.client.request("POST", R.LEASE.collection_path(self.namespace), body=body)
             except KubeError as e2:
                 if e2.status == 409:  # another candidate created it first
                     return False
                 raise
-            self._renewed_at = self.clock()
+            self._renewed_at = sent
             self.holder = self.identity
             return True
         spec = lease.get("spec") or {}
@@ -192,6 +193,9 @@ class LeaderElector:
             return False  # held by someone else and still fresh as we observed it
         transitions = int(spec.get("leaseTransitions") or 0)
         mine = holder == self.identity
+        # The deadline runs from the send: a standby may see the new record as soon as the server stores
+        # it and times its takeover from then; a slow answer must not stretch how long this one leads.
+        sent = self.clock()
         lease["spec"] = self._spec(transitions if mine else transitions + 1,
                                    spec.get("acquireTime") if mine else None)  # fmt: skip
         try:
@@ -202,7 +206,7 @@ class LeaderElector:
             raise
         s2 = updated.get("spec") or {}
         self._observed = (s2.get("holderIdentity"), s2.get("renewTime"), s2.get("leaseTransitions"))
-        self._observed_at = self._renewed_at = self.clock()
+        self._observed_at, self._renewed_at = self.clock(), sent
         self.holder = self.identity
         return True
 
