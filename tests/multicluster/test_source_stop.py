@@ -143,3 +143,24 @@ async def test_a_failing_controller_stop_does_not_keep_the_gateway_from_stopping
     assert clients and all(_closed(c) for c in clients)
     with pytest.raises(OSError):  # the server is closed
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_one_client_close_that_raises_does_not_leave_the_others_open(
+    doubles: tuple[ApiServerDouble, ApiServerDouble], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub client's close raises: the member's client is closed all the same, and the stop ends."""
+    hub_d, east_d = doubles
+    src = S.ClusterSource(parse(_section(hub_d.url, east_d.url, 5)), lambda _cfg: None)
+    await src.start()
+    clients = list(src._clients)
+    assert len(clients) == 2
+    close = KubeClient.close
+
+    async def close_raising_first(self: KubeClient) -> None:
+        await close(self)
+        if self is clients[0]:
+            raise RuntimeError("connector close failed")
+
+    monkeypatch.setattr(KubeClient, "close", close_raising_first)
+    await asyncio.wait_for(src.stop(), 10.0)
+    assert [_closed(c) for c in clients] == [True, True]

@@ -177,9 +177,7 @@ class ClusterSource:
             self._apply(self.config())
             await self._stop_running()
         except BaseException:  # cancelled by a stop (or failed) before the new clients were handed over
-            for client in clients:
-                with contextlib.suppress(Exception):
-                    await client.close()
+            await _close_all(clients)
             raise
         self.error = self._refused_at = None
         self.swaps += 1
@@ -207,8 +205,17 @@ class ClusterSource:
             if imports is not None:
                 await imports.stop()
         finally:
-            for client in clients:
-                await client.close()
+            await _close_all(clients)
+
+
+async def _close_all(clients: list[KubeClient]) -> None:
+    """Close every client, each whatever the others' closes raised (logged, not raised: a close that
+    fails must not leave the rest open nor fail a swap or a stop)."""
+    for client in clients:
+        try:
+            await client.close()
+        except Exception:
+            log.exception("clusters file: closing an API-server client failed")
 
 
 async def _connect(kube: KubeImports) -> tuple[list[KubeClient], KubeClient | None, list[Member]]:
@@ -226,8 +233,7 @@ async def _connect(kube: KubeImports) -> tuple[list[KubeClient], KubeClient | No
             clients.append(client)
             members.append(Member(m.name, client, m.rtt_ms, m.priority))
     except BaseException:
-        for c in clients:
-            await c.close()
+        await _close_all(clients)
         raise
     return clients, hub, members
 
