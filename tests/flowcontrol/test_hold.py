@@ -200,3 +200,22 @@ def test_held_again_and_again_one_expiry_entry_and_backing_off() -> None:
     assert len(ctl) == 1
     assert ctl.expire(31.0) == [item]  # its one entry still expires it
     assert len(ctl) == 0 and not ctl._expiry
+
+
+async def test_a_request_cancelled_before_its_handler_ran_is_not_charged_or_picked() -> None:
+    # The client went away: its future is cancelled at once, its own handler (ctl.cancel) runs on a
+    # later loop turn. A dispatch pass in between takes it: recorded as cancelled, its charge undone.
+    picker = Picker(set())
+    d = FlowDispatcher(
+        FlowController(FlowControlConfig()), pick=picker, clock=time.monotonic,
+        saturated=lambda r: r.request_id == "stays",  # (keeps flow "a" queued, its account kept)
+    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[PickResult] = loop.create_future()
+    gone = d.ctl.enqueue(req("gone"), time.monotonic(), handle=fut)
+    d.ctl.enqueue(req("stays"), time.monotonic(), handle=loop.create_future())
+    fut.cancel()
+    d.step()
+    assert picker.picked == []
+    assert gone.outcome == "EvictedContextCancelled"
+    assert gone.cost > 0 and d.ctl.bands[gone.priority].flows["a"].service == 0

@@ -21,6 +21,7 @@ from typing import Any
 
 from kvgate.flowcontrol.controller import (
     DISPATCHED,
+    EVICTED_CANCELLED,
     REJECTED_OTHER,
     REJECTED_PREDICTED_MISS,
     FlowController,
@@ -208,6 +209,9 @@ class FlowDispatcher:
         for item in dispatch_ready(self.ctl, now, self.saturated, self.preempt):
             fut = item.handle
             if fut is None or fut.done():
+                # Its waiter is gone (cancelled before its own handler ran): taken but never picked,
+                # so recorded as cancelled and its flow's charge undone.
+                self.ctl.record(item, EVICTED_CANCELLED, now)
                 continue
             got = self.settle(item, now)
             if isinstance(got, SchedulingError):
