@@ -193,3 +193,18 @@ def test_hub_keeps_each_requests_model_from_pick_to_dispatch() -> None:
     director.on_dispatched(second, ep)
     loads = list(west._load.values())
     assert len(loads) == 2 and loads[0] < loads[1]
+
+
+def test_hub_forgets_a_picked_requests_model_when_it_finishes_undispatched() -> None:
+    from kvgate.scheduling.types import InferenceRequest
+
+    cfg = ClustersConfig((ClusterSpec("west", gateway="10.2.0.2:8080"),))
+    director = ClusterDirector(cfg, "kvgate", seed=0, clock=lambda: 100.0)
+    west = director.states["west"]
+    west.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), 100.0)
+    west.observe_ttft(0.3, 100.0)
+    req = InferenceRequest("r1", "m", stream=True)
+    ep = director.pick(req).endpoints[0]
+    assert id(req) in director._loads
+    director.on_finished(req, ep, None, False)  # closed before its dispatch (the client left)
+    assert director._loads == {}

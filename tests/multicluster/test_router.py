@@ -227,3 +227,42 @@ async def test_gateway_settles_a_request_whose_client_left_before_its_first_chun
     finally:
         monkeypatch.undo()
         await gw.stop()
+
+
+class _SlowFailingPod(Backend):
+    """A pod that answers 500 only after ``delay`` seconds (a failed attempt that took time)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__("slow500")
+        self.delay = delay
+
+    async def _generate(self, request: Any) -> Any:
+        import asyncio
+
+        from aiohttp import web
+
+        await asyncio.sleep(self.delay)
+        return web.Response(status=500, text="no")
+
+
+async def test_a_parent_fallback_times_its_ttft_from_its_own_send(world: dict[str, Any]) -> None:
+    """Endpoint -> Parent within one cluster: the failed pod attempt's time is no part of the Parent
+    attempt's TTFT (it would raise the cluster's floor and model error)."""
+    pod = await _SlowFailingPod(delay=1.0).start()
+    epp = await _epp([pod.address])
+    cfg = ClustersConfig((ClusterSpec("c", gateway=world["gw1"].address, epp=f"127.0.0.1:{epp.port}"),))
+    gw = GlobalGateway(cfg, "kvgate", fetch=False, seed=0)
+    await gw.start("127.0.0.1", 0)
+    st = gw.router.states["c"]
+    try:
+        async with aiohttp.ClientSession() as http:
+            streamed = orjson.dumps({"model": "m", "prompt": "hi", "max_tokens": 4, "stream": True})
+            async with http.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=streamed) as r:
+                assert r.status == 200 and r.headers.get("x-kvgate-route-mode") == "parent"
+                await r.read()
+        assert gw.router.fallbacks == 1
+        assert st.ttft_floor_s is not None and st.ttft_floor_s < 1.0  # (the failed attempt took 1 s)
+    finally:
+        await gw.stop()
+        await epp.stop(0)
+        await pod.stop()

@@ -84,14 +84,15 @@ class ClusterDirector:
     def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:
         creq = ClusterRequest(req.model, prompt_key(req.prompt_text, req.token_ids))
         order = self.policy.order(self.state_list(), creq, self.clock())
+        by_name = {ep.labels.get(CLUSTER_LABEL): ep for ep in self.store.all()}
+        chosen = [by_name[c.name] for c in order if c.name in by_name]
+        self._loads.pop(id(req), None)  # (a reused id never finds an earlier request's loads)
+        if not chosen:
+            raise NoCapacityError("no cluster can take the request (none ready)")
         if creq.model_load:
             if len(self._loads) >= MAX_WAITS:  # picked, never dispatched: the oldest is forgotten
                 self._loads.pop(next(iter(self._loads)))
             self._loads[id(req)] = creq.model_load
-        by_name = {ep.labels.get(CLUSTER_LABEL): ep for ep in self.store.all()}
-        chosen = [by_name[c.name] for c in order if c.name in by_name]
-        if not chosen:
-            raise NoCapacityError("no cluster can take the request (none ready)")
         explanation: dict[str, Any] = {}
         if explain:
             explanation = {"policy": self.policy.name, "order": [c.name for c in order]}
@@ -124,6 +125,7 @@ class ClusterDirector:
             st.observe_ttft(now - since, now, wait[1])
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None:
+        self._loads.pop(id(req), None)  # (picked but closed before its dispatch)
         wait = self._waits.pop(id(req), None)
         st = self._state(endpoint)
         if st is not None:

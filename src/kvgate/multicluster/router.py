@@ -224,6 +224,9 @@ class GlobalRouter:
                     return routed
                 if spec.gateway is not None:
                     self.fallbacks += 1
+                    # The Parent attempt's TTFT runs from its own send: the failed pod attempt's
+                    # time (a connect timeout, a slow 5xx) is not the cluster's TTFT.
+                    started = self.clock() if stream else None
             elif pick is not None:
                 # The EPP refused (no capacity, model not served there, ...): the next cluster may serve it.
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp status {pick.status}"))
