@@ -252,6 +252,40 @@ def test_min_ready_workers_is_checked_against_the_final_workers(tmp_path) -> Non
             parse_gateway_config({"pools": [pool], "listen": {"minReadyWorkers": wrong}})
 
 
+def test_a_reload_the_next_restart_would_refuse_is_refused(tmp_path, caplog) -> None:
+    """``minReadyWorkers: 5`` with ``workers: 2`` reloaded: refused at the reload (the running config
+    kept, logged), as the next restart would refuse it; it was accepted as "restart to apply". The
+    flags count: with ``--workers 5`` the same file is taken."""
+    from kvgate.gateway.cli import reload_loader
+    from kvgate.gateway.workers import Supervisor, _WorkersReload
+
+    pool = {"name": "p", "endpoints": ["127.0.0.1:1"], "models": ["m"]}
+    f = tmp_path / "gw.yaml"
+
+    def write(**listen: Any) -> None:
+        f.write_text(yaml.safe_dump({"pools": [pool], "listen": {"adminPort": 0, **listen}}))
+
+    for flags, taken in (((), False), (("--workers", "5"), True)):
+        write(workers=2)
+        args = _parser().parse_args(["--config", str(f), *flags])
+        sup = Supervisor(build_config(args), 2, str(f), load=reload_loader(args))
+        sup.snapshot = str(tmp_path / "snap" / "config.pickle")
+        watch = _WorkersReload(sup, str(f), load=sup.load)
+        write(workers=2, minReadyWorkers=5)
+        assert watch.reload() is taken, flags
+        assert (sup.reloads, watch.failures) == ((1, 0) if taken else (0, 1))
+    assert "listen.minReadyWorkers" in caplog.text and "keeping the running config" in caplog.text
+    # The single-process reloader reads through the same check.
+    from kvgate.gateway.reload import ConfigReloader
+
+    write(workers=2)
+    args = _parser().parse_args(["--config", str(f)])
+    cfg = build_config(args)
+    cr = ConfigReloader(str(f), cfg, [], poll_s=None, load=reload_loader(args))
+    write(workers=2, minReadyWorkers=5)
+    assert not cr.reload() and cr.failures == 1
+
+
 def test_min_ready_workers_needs_the_admin_port(tmp_path) -> None:
     """Without an admin port there is no supervisor ``/readyz`` (each worker answers its own on the data
     port): a minimum above 1 would be silently ignored, so it is refused."""

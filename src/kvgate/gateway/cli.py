@@ -10,6 +10,7 @@ import logging
 import resource
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from kvgate.config.gateway import (
@@ -147,19 +148,41 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     if args.admin_port is not None:
         cfg.admin_port = args.admin_port
     cfg.admin_tls = admin_tls(args, cfg)
+    cfg.workers, cfg.min_ready_workers = final_workers(cfg, args)
+    return cfg
+
+
+def final_workers(cfg: GatewayConfig, args: argparse.Namespace) -> tuple[int, int]:
+    """The worker count and minimum of ready workers, flags applied to ``cfg`` (the file's), checked
+    together: ``GatewayConfigError`` where a start would refuse them."""
+    workers = cfg.workers
     if args.workers is not None:
         if not 1 <= args.workers <= MAX_WORKERS:
             raise GatewayConfigError("--workers", f"must be in 1..{MAX_WORKERS}, got {args.workers}")
-        cfg.workers = args.workers
+        workers = args.workers
     least, key = args.min_ready_workers, "--min-ready-workers"
     if least is None:  # the file's, checked again: --workers may have lowered the count
         least, key = cfg.min_ready_workers, "listen.minReadyWorkers"
-    cfg.min_ready_workers = min_ready_workers(least, cfg.workers, key)
-    if cfg.min_ready_workers > 1 and cfg.admin_port is None:
+    least = min_ready_workers(least, workers, key)
+    admin_port = cfg.admin_port if args.admin_port is None else args.admin_port
+    if least > 1 and admin_port is None:
         # Without an admin port the supervisor serves none: /readyz on the data port is each worker's own,
         # which no minimum of ready workers can govern (it would be silently ignored).
         raise GatewayConfigError(key, "needs an admin port (listen.adminPort / --admin-port)")
-    return cfg
+    return workers, least
+
+
+def reload_loader(args: argparse.Namespace) -> Callable[[str], GatewayConfig]:
+    """A reload's read of ``--config``: the file, refused (the running config kept) where the next
+    restart would refuse it with these flags (``listen.minReadyWorkers`` above the final worker count),
+    not accepted as "restart to apply" and found out at that restart."""
+
+    def load(path: str) -> GatewayConfig:
+        cfg = load_gateway_config(path)
+        final_workers(cfg, args)
+        return cfg
+
+    return load
 
 
 def admin_tls(args: argparse.Namespace, cfg: GatewayConfig) -> ListenerTLS | None:
@@ -230,6 +253,7 @@ async def serve(
     config_path: str | None = None,
     file_cfg: GatewayConfig | None = None,
     mtime: float | None = None,
+    load: Callable[[str], GatewayConfig] = load_gateway_config,
 ) -> None:
     from kvgate.gateway.reload import start_reloader
     from kvgate.gateway.server import GatewayServer
@@ -239,7 +263,7 @@ async def serve(
     reloader: asyncio.Task[None] | None = None
     if config_path:  # endpoints and limits follow the file: on SIGHUP, and when it changes
         reloader = start_reloader(
-            config_path, cfg, pools, server.apply_limits, file_cfg=file_cfg, mtime=mtime
+            config_path, cfg, pools, server.apply_limits, file_cfg=file_cfg, mtime=mtime, load=load
         )
     tune_gc()
     print(
@@ -311,14 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         from kvgate.gateway.workers import run_workers
 
         try:
-            return run_workers(cfg, cfg.workers, args.config, file_cfg, mtime)
+            return run_workers(cfg, cfg.workers, args.config, file_cfg, mtime, reload_loader(args))
         except OSError as e:  # the port is taken, or SO_REUSEPORT is unavailable
             print(f"kvgate serve: cannot listen on {cfg.host}:{cfg.port}: {e}", file=sys.stderr)
             return 1
     try:
         import uvloop
 
-        uvloop.run(serve(cfg, pools, args.config, file_cfg, mtime))
+        uvloop.run(serve(cfg, pools, args.config, file_cfg, mtime, reload_loader(args)))
     except KeyboardInterrupt:
         pass
     return 0

@@ -45,6 +45,7 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -56,7 +57,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvgate.config.gateway import GatewayConfig, GatewayConfigError
+from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gateway_config
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.gateway.reload import ConfigWatch, take_applied
@@ -374,8 +375,14 @@ def read_snapshot(path: str) -> GatewayConfig:
 class _WorkersReload(ConfigWatch):
     """The supervisor's watch on ``--config``: the one validation and error log, then ``reloaded``."""
 
-    def __init__(self, sup: Supervisor, path: str, mtime: float | None = None) -> None:
-        super().__init__(path, mtime=mtime)
+    def __init__(
+        self,
+        sup: Supervisor,
+        path: str,
+        mtime: float | None = None,
+        load: Callable[[str], GatewayConfig] = load_gateway_config,
+    ) -> None:
+        super().__init__(path, mtime=mtime, load=load)
         self.sup = sup
 
     def apply(self, new: GatewayConfig) -> None:
@@ -390,9 +397,11 @@ class Supervisor:
         config_path: str | None = None,
         file_cfg: GatewayConfig | None = None,
         mtime: float | None = None,
+        load: Callable[[str], GatewayConfig] = load_gateway_config,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self.load = load  # a reload's read and check of config_path (``cli.reload_loader``)
         # The file's config (before flags and --kv-events auto), with what reloads applied: what each
         # worker compares a reload with; and the modification time from before the file was read.
         self.file_cfg = file_cfg if file_cfg is not None else cfg
@@ -703,7 +712,7 @@ class Supervisor:
                 snapshot_dir, self._locks[snapshot_dir] = private_dir("config")  # 0700: only we write it
                 self.snapshot = os.path.join(snapshot_dir, "config.pickle")
                 self.write_snapshot(self.file_cfg)
-                watch = _WorkersReload(self, self.config_path, self.mtime)
+                watch = _WorkersReload(self, self.config_path, self.mtime, self.load)
                 loop.add_signal_handler(signal.SIGHUP, watch.trigger)
                 reload_task = asyncio.create_task(watch.run())
             if self.n > 1:
@@ -783,11 +792,13 @@ def run_workers(
     config_path: str | None = None,
     file_cfg: GatewayConfig | None = None,
     mtime: float | None = None,
+    load: Callable[[str], GatewayConfig] = load_gateway_config,
 ) -> int:
     """Run the supervisor until SIGTERM/SIGINT (or workers that keep dying); its exit status.
-    ``file_cfg``: ``config_path`` as loaded (before flags); ``mtime``: its time from before the load."""
+    ``file_cfg``: ``config_path`` as loaded (before flags); ``mtime``: its time from before the load;
+    ``load``: a reload's read and check of ``config_path``."""
     import uvloop
 
-    sup = Supervisor(cfg, workers, config_path, file_cfg, mtime)
+    sup = Supervisor(cfg, workers, config_path, file_cfg, mtime, load)
     sup.reserve_port()
     return uvloop.run(sup.run())
