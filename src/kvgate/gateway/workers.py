@@ -72,7 +72,13 @@ _MAX_FAST_DEATHS = 3
 _ADMIN_FETCH_TIMEOUT_S = 5.0
 # A worker builds its pickers and binds its ports in well under this; past it, it is stuck.
 _START_TIMEOUT_S = 60.0
-_SPAWN_RETRY_S = 1.0  # pause before spawning again a worker whose spawn failed (OSError)
+# A spawn that fails (OSError: out of processes, descriptors or memory) is tried again after a pause that
+# doubles from _SPAWN_RETRY_S to _SPAWN_RETRY_MAX_S; the supervisor gives up (exit 1) only once spawns have
+# failed in a row for _SPAWN_GIVE_UP_S: a transient EAGAIN must not drain the workers that still serve.
+_SPAWN_RETRY_S = 1.0
+_SPAWN_RETRY_MAX_S = 30.0
+_SPAWN_GIVE_UP_S = 300.0
+SPAWN_GIVE_UP_ENV = "KVGATE_SPAWN_GIVE_UP_S"  # (tests: a shorter window)
 
 
 # --- worker side -------------------------------------------------------------------------------
@@ -416,6 +422,9 @@ class Supervisor:
         self.admin_ports: list[int | None] = [None] * workers
         self.started_at: list[float] = [0.0] * workers
         self.fast_deaths = 0
+        self.spawn_failures = 0  # failed spawns in a row (not deaths: no worker ran)
+        self.spawn_give_up_s = float(os.environ.get(SPAWN_GIVE_UP_ENV) or _SPAWN_GIVE_UP_S)
+        self.clock, self.sleep = time.monotonic, asyncio.sleep  # the spawn retries' time (injected)
         self.stopping = False
         self.failed = False
         self.port = 0
@@ -472,9 +481,13 @@ class Supervisor:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             proc.start()
-        except OSError:  # EAGAIN, EMFILE, ENOMEM: no worker, and nothing of its left open
+        except BaseException as e:  # EAGAIN, EMFILE, ENOMEM, a pickling error: nothing of its left open
             for end in (recv, send, life_r, life_w):
                 end.close()
+            if isinstance(e, OSError):
+                # Failed after the fork (the child died before it read its data: BrokenPipeError): the
+                # child's pid is lost with the Process's Popen; reaped here, not left a zombie per retry.
+                self._reap_strays()
             raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -510,6 +523,18 @@ class Supervisor:
             log.error("worker %d exited before it started listening", i)
         elif self.reloads != reloads:  # a reload while it started: its SIGHUP may have been ignored
             self._signal_reload(proc)
+
+    def _reap_strays(self) -> None:
+        """Reap this process's dead children that no worker (nor the resource tracker) is: a spawn that
+        failed after its fork leaves one. Linux (/proc); elsewhere a no-op."""
+        from multiprocessing import resource_tracker
+
+        known = {p.pid for p in self.procs if p is not None and p.pid is not None}
+        known.add(getattr(resource_tracker._resource_tracker, "_pid", None) or 0)
+        for pid in _zombie_children(os.getpid()) - known:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+                log.warning("reaped pid %d, a worker whose spawn failed after its fork", pid)
 
     def write_snapshot(self, cfg: GatewayConfig) -> None:
         """The config the workers reload, replaced whole (a worker never reads half of one)."""
@@ -567,22 +592,26 @@ class Supervisor:
                 log.info("worker %d restarted (pid %s)", i, new.pid if new is not None else "?")
 
     async def _restart(self, i: int) -> bool:
-        """Start worker ``i`` again; False (``failed`` set) when it cannot be started: a spawn that fails
-        (out of processes, descriptors or memory: OSError) counts as a death at start, tried again after a
-        pause until those add up to ``_MAX_FAST_DEATHS`` in a row; then the supervisor stops with an
-        error status, so a service manager restarts it (a watcher ended silently served on short-handed)."""
+        """Start worker ``i`` again; False (``failed`` set) when it cannot be started. A spawn that fails
+        (out of processes, descriptors or memory: OSError) is no death (no worker ran): it is tried again
+        after a pause doubling from ``_SPAWN_RETRY_S`` to ``_SPAWN_RETRY_MAX_S`` while the other workers
+        serve; once spawns have failed in a row for ``spawn_give_up_s`` the supervisor stops with an error
+        status, so a service manager restarts it (a watcher ended silently served on short-handed)."""
+        first = self.clock()
         while True:
             try:
                 await self.start_worker(i)
+                self.spawn_failures = 0
                 return True
             except OSError as e:
-                self.fast_deaths += 1
+                self.spawn_failures += 1
                 log.error("worker %d could not be started: %s", i, e)
-                if self.fast_deaths >= _MAX_FAST_DEATHS:
+                if self.clock() - first >= self.spawn_give_up_s:
                     log.error("workers cannot be started; shutting down")
                     self.failed = True
                     return False
-            await asyncio.sleep(_SPAWN_RETRY_S)
+            pause = min(_SPAWN_RETRY_MAX_S, _SPAWN_RETRY_S * 2 ** min(self.spawn_failures - 1, 16))
+            await self.sleep(pause)
             if self.stopping:
                 return False
 
@@ -784,6 +813,21 @@ def _start_resource_tracker() -> None:
         resource_tracker.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _zombie_children(parent: int) -> set[int]:
+    """The pids of ``parent``'s children that exited and were not reaped (state Z in /proc)."""
+    out: set[int] = set()
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{entry}/stat") as f:
+                    state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+                if int(ppid) == parent and state == "Z":
+                    out.add(int(entry))
+    return out
 
 
 def run_workers(
