@@ -299,14 +299,16 @@ class Director:
         first = ""
         names = list(self.handler.select(cycle, self._profile_names))
         gate = self.slo_admission
+        prepared = ""  # the profile whose producers the gate already ran on this cycle
         if judge and gate is not None and req.sheddable and names:
             # Judged before any profile's choice has effects: its producers first (the expected cache
-            # hit is a feature of the prediction), which the profile's run then repeats on this cycle.
-            for producer in self.profiles[names[0]].producers:
+            # hit is a feature of the prediction); the profile's run does not repeat them.
+            prepared = names[0]
+            for producer in self.profiles[prepared].producers:
                 producer.prepare(cycle, cands)
             gate.check(cycle, cands)  # PredictedSLOMissError: held or shed by flow control
         for name in names:
-            picked = self.profiles[name].run(cycle, cands)
+            picked = self.profiles[name].run(cycle, cands, prepared=name == prepared)
             if not chosen:
                 chosen, first = picked, name
         if gate is not None and chosen:

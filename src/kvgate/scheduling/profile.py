@@ -47,15 +47,20 @@ class SchedulerProfile:
         if isinstance(plugin, PostPick) and plugin not in self.post_pick:
             self.post_pick.append(plugin)
 
-    def run(self, cycle: CycleState, candidates: Sequence[Endpoint]) -> list[Endpoint]:
+    def run(
+        self, cycle: CycleState, candidates: Sequence[Endpoint], *, prepared: bool = False
+    ) -> list[Endpoint]:
+        """``prepared``: this profile's producers already ran on ``cycle`` over ``candidates`` (the
+        Director's SLO gate needs their output first); they are not run again."""
         assert self.picker is not None, "profile built without a picker"
         explain = cycle.explain
         info: dict[str, Any] = {}
         if explain:
             info = {"profile": self.name, "candidates": [ep.address for ep in candidates], "filters": []}
             cycle.data.setdefault("explanation", {})[self.name] = info
-        for producer in self.producers:
-            producer.prepare(cycle, candidates)
+        if not prepared:
+            for producer in self.producers:
+                producer.prepare(cycle, candidates)
         eps = list(candidates)
         for flt in self.filters:
             eps = flt.filter(cycle, eps)
