@@ -18,6 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from kvgate.extproc.testing import Exchange, channel
 from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.multicluster.imports import CONTROLLER_NAME, EXPORT_ANNOTATION
+from multicluster.kube_objects import inference_pool
 
 from .conftest import KUBECTL, Kubectl
 from .eppproc import EppProc, launch_epp
@@ -42,12 +43,7 @@ async def three(tmp_path: Path) -> AsyncIterator[tuple[Kubectl, Kubectl, Kubectl
 
 
 def _pool(gateway: str, *, exported: bool, name: str = "llama") -> str:
-    ann = {"kvgate.io/gateway": gateway} | ({EXPORT_ANNOTATION: "ClusterSet"} if exported else {})
-    return json.dumps({
-        "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
-        "metadata": {"name": name, "namespace": "default", "annotations": ann},
-        "spec": {"selector": {"matchLabels": {"app": name}}, "targetPorts": [{"number": 8000}]},
-    })  # fmt: skip
+    return json.dumps(inference_pool(name, gateway, exported=exported))
 
 
 def _clusters_file(tmp: Path, hub: str, east: str, west: str) -> Path:

@@ -28,6 +28,8 @@ from kvgate.multicluster.clusters import load
 from kvgate.multicluster.imports import CONTROLLER_NAME, EXPORT_ANNOTATION
 from kvgate.multicluster.serve import GlobalGateway
 
+from .kube_objects import inference_pool
+
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 IMPORT_CRD = (
@@ -59,12 +61,7 @@ async def doubles() -> AsyncIterator[tuple[Recording, Recording, Recording]]:
 
 
 def _pool_yaml(name: str, gateway: str, *, exported: bool) -> str:
-    ann = {"kvgate.io/gateway": gateway} | ({EXPORT_ANNOTATION: "ClusterSet"} if exported else {})
-    return json.dumps({
-        "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
-        "metadata": {"name": name, "namespace": "default", "annotations": ann},
-        "spec": {"selector": {"matchLabels": {"app": name}}, "targetPorts": [{"number": 8000}]},
-    })  # fmt: skip
+    return json.dumps(inference_pool(name, gateway, exported=exported))
 
 
 async def _kubectl(server: str, *args: str, stdin: str | None = None) -> str:

@@ -26,16 +26,12 @@ from kvgate.multicluster.imports import (
     retry_pause,
 )
 
+from .kube_objects import exporters as _exporters
+from .kube_objects import inference_pool
+
 
 def _pool(name: str, *, exported: bool, gateway: str | None = None) -> dict[str, Any]:
-    ann = {EXPORT_ANNOTATION: "ClusterSet"} if exported else {}
-    if gateway:
-        ann |= {"kvgate.io/gateway": gateway, "kvgate.io/aggregate": f"http://{gateway}/v1/pool/aggregate"}
-    return {
-        "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
-        "metadata": {"name": name, "namespace": "default", "annotations": ann},
-        "spec": {"selector": {"matchLabels": {"app": name}}, "targetPorts": [{"number": 8000}]},
-    }  # fmt: skip
+    return inference_pool(name, gateway, exported=exported, aggregate=True)  # (its aggregate URL too)
 
 
 async def _until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
@@ -54,15 +50,6 @@ async def doubles() -> AsyncIterator[tuple[ApiServerDouble, ApiServerDouble, Api
         ApiServerDouble(bookmark_interval=0.2) as west,
     ):
         yield hub, east, west
-
-
-def _exporters(hub: ApiServerDouble, name: str) -> list[str] | None:
-    try:
-        obj = hub.get(R.INFERENCE_POOL_IMPORT, name, "default")
-    except Exception:
-        return None
-    ctrls = obj.get("status", {}).get("controllers", [])
-    return [c["name"] for ctrl in ctrls if ctrl["name"] == CONTROLLER_NAME for c in ctrl["exportingClusters"]]
 
 
 async def test_exported_pools_become_import_status_and_feed_the_cluster_list(

@@ -9,7 +9,6 @@ import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
@@ -17,19 +16,12 @@ import yaml
 from kvgate.k8s import resources as R
 from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.multicluster.clusters import ClustersFile
-from kvgate.multicluster.imports import CONTROLLER_NAME, EXPORT_ANNOTATION
 from kvgate.multicluster.serve import GlobalGateway
 
+from .kube_objects import exporters as _exporters
+from .kube_objects import inference_pool as _pool
+
 LIMIT = 30.0
-
-
-def _pool(name: str, gateway: str) -> dict[str, Any]:
-    ann = {EXPORT_ANNOTATION: "ClusterSet", "kvgate.io/gateway": gateway}
-    return {
-        "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
-        "metadata": {"name": name, "namespace": "default", "annotations": ann},
-        "spec": {"selector": {"matchLabels": {"app": name}}, "targetPorts": [{"number": 8000}]},
-    }  # fmt: skip
 
 
 async def _until(cond: Callable[[], bool], what: str) -> None:
@@ -50,15 +42,6 @@ def _kube(hub: str, name: str, *members: str) -> str:
     return f"kubernetes:\n  server: {hub}\n  import: default/{name}\n  members:\n" + "".join(
         f"  - {m}\n" for m in members
     )
-
-
-def _exporters(hub: ApiServerDouble, name: str) -> list[str] | None:
-    try:
-        obj = hub.get(R.INFERENCE_POOL_IMPORT, name, "default")
-    except Exception:
-        return None
-    ctrls = obj.get("status", {}).get("controllers", [])
-    return [c["name"] for ctrl in ctrls if ctrl["name"] == CONTROLLER_NAME for c in ctrl["exportingClusters"]]
 
 
 async def test_a_changed_kubernetes_section_applies_without_a_restart(tmp_path: Path) -> None:

@@ -16,17 +16,10 @@ from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.k8s.client import KubeClient
 from kvgate.multicluster import source as S
 from kvgate.multicluster.clusters import ClustersFile, parse
-from kvgate.multicluster.imports import EXPORT_ANNOTATION, ImportController, Member
+from kvgate.multicluster.imports import ImportController, Member
 from kvgate.multicluster.serve import GlobalGateway
 
-
-def _pool(name: str, gateway: str) -> dict[str, Any]:
-    ann = {EXPORT_ANNOTATION: "ClusterSet", "kvgate.io/gateway": gateway}
-    return {
-        "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
-        "metadata": {"name": name, "namespace": "default", "annotations": ann},
-        "spec": {"selector": {"matchLabels": {"app": name}}, "targetPorts": [{"number": 8000}]},
-    }  # fmt: skip
+from .kube_objects import inference_pool as _pool
 
 
 async def _until(cond: Callable[[], bool], limit_s: float = 20.0) -> None:
