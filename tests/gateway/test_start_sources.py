@@ -1,6 +1,6 @@
 """``GatewayServer.start``: the pools' data sources (KV-event feeds, each waiting for its catch-up) start
-at once, bounded, not one pool after another; and with ``listen_when_ready`` the data port opens only
-after them (what a ``--workers`` worker does)."""
+at once, bounded, not one pool after another; and the data port listens only after them (a single
+``kvgate serve`` process as a ``--workers`` worker), bound from the start."""
 
 from __future__ import annotations
 
@@ -127,6 +127,55 @@ async def test_with_listen_when_ready_the_data_port_opens_after_start_up(backend
         await start
         await gw.stop(drain_timeout=0.5)
         reserve.close()
+
+
+async def test_a_single_process_listens_only_once_caught_up(backends) -> None:
+    """One ``kvgate serve`` process (``GatewayServer`` as ``cli.serve`` builds it): while a KV-event
+    catch-up runs, the data port is bound but refuses connections (it served them on a partial index
+    before); once started, it answers."""
+    (b,) = await backends(1)
+    cfg = make_config([b.address])
+    pools = make_pools(cfg)
+    go = asyncio.Event()
+    src = _Source(go)
+    pools[0].director.data_sources = lambda: [src]  # type: ignore[attr-defined,method-assign]
+    gw = GatewayServer(cfg, pools, scrape=False)
+    start = asyncio.create_task(gw.start())
+    try:
+        async with asyncio.timeout(10):
+            await src.started.wait()
+        assert gw.port != 0  # bound (a taken port fails the start at once)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", gw.port)
+        go.set()
+        await asyncio.wait_for(start, 10)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    finally:
+        go.set()
+        await start
+        await gw.stop(drain_timeout=0.5)
+
+
+async def test_a_taken_data_port_fails_the_start_before_the_catch_up() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = _pools_config(1)
+        cfg.port = taken.getsockname()[1]  # type: ignore[attr-defined]
+        pools = make_pools(cfg)  # type: ignore[arg-type]
+        go = asyncio.Event()
+        src = _Source(go)
+        pools[0].director.data_sources = lambda: [src]  # type: ignore[attr-defined]
+        gw = GatewayServer(cfg, pools, scrape=False)  # type: ignore[arg-type]
+        try:
+            with pytest.raises(OSError):
+                await asyncio.wait_for(gw.start(), 10)
+            assert not src.started.is_set()
+        finally:
+            await gw.stop(drain_timeout=0.5)
 
 
 class _Failing:

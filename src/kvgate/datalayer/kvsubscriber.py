@@ -138,7 +138,9 @@ class KVEventSubscriber:
     def _decode(self, seq: int, payload: bytes) -> EventBatch | None:
         try:
             return decode_batch(payload)
-        except DecodeError as e:
+        except (DecodeError, ValueError, TypeError, OverflowError) as e:
+            # Not only DecodeError: a field of the wrong type (``"block_size": "x"``, a string ``ts``)
+            # fails its conversion; off the wire, any such batch is undecodable.
             log.warning("kv events from %s: undecodable batch %d: %s", self.endpoint, seq, e)
             return None
 
@@ -151,7 +153,12 @@ class KVEventSubscriber:
             return
         self.stats.batches += 1
         self.stats.events += len(batch.events)
-        self.index.apply(self.endpoint, batch)
+        try:
+            self.index.apply(self.endpoint, batch)
+        except Exception as e:  # e.g. an unhashable ``medium``: the batch may be half applied
+            log.warning("kv events from %s: batch %d could not be applied: %r", self.endpoint, seq, e)
+            self.stats.decode_errors += 1
+            self._resync()  # what the half-applied batch left is unknown: under-report, never over-report
 
     # -- socket loop -------------------------------------------------------------------------------
 
@@ -204,18 +211,28 @@ class KVEventSubscriber:
                     self.stats.decode_errors += 1
                     continue
                 seq = int.from_bytes(frames[-2], "big", signed=True)
-                payload = frames[-1]
-                if self._already_caught_up(seq, payload):
-                    continue
-                if self.stats.last_seq is None and seq > 0 and self.replay_endpoint is not None:
-                    # Joined late (vLLM's PUB connects to us with a backoff): fetch what we missed.
-                    await self._replay(0, seq, partial_ok=True)
-                verdict = self._check_gap(seq)
-                if verdict == "gap" and not await self._replay(self._next_seq(), seq):
+                try:
+                    await self._live(seq, frames[-1])
+                except Exception:
+                    # An unforeseen failure (a replay fetch's socket error, ...) must not end the subscriber:
+                    # its index would stay as it was, over-reporting blocks the engine drops from now on.
+                    log.exception("kv events from %s: batch %d failed; index resynced", self.endpoint, seq)
+                    self.stats.last_seq = seq
                     self._resync()
-                self._apply(seq, payload)
         finally:
             sock.close(0)
+
+    async def _live(self, seq: int, payload: bytes) -> None:
+        """One live batch: skipped if the catch-up applied it, after a replay of what was missed."""
+        if self._already_caught_up(seq, payload):
+            return
+        if self.stats.last_seq is None and seq > 0 and self.replay_endpoint is not None:
+            # Joined late (vLLM's PUB connects to us with a backoff): fetch what we missed.
+            await self._replay(0, seq, partial_ok=True)
+        verdict = self._check_gap(seq)
+        if verdict == "gap" and not await self._replay(self._next_seq(), seq):
+            self._resync()
+        self._apply(seq, payload)
 
     def _already_caught_up(self, seq: int, payload: bytes) -> bool:
         """Whether a live batch is one the join-time catch-up already applied (the same payload).
@@ -282,16 +299,26 @@ class KVEventSubscriber:
                 break
             if i % _SLICE == 0:
                 await asyncio.sleep(0)
-        for i in range(start, len(got)):
-            seq, payload = got[i]
-            self._apply(seq, payload)  # an undecodable batch resyncs (clears) here
-            if (i - start) % _SLICE == _SLICE - 1:
-                await asyncio.sleep(0)
-        self.stats.last_seq = got[-1][0]
-        self.stats.replayed += len(got) - start
-        self.stats.caught_up += start
-        self._caught_upto = got[-1][0]
-        self._caught_digests = {seq: xxhash.xxh3_64_intdigest(p) for seq, p in got[-_CAUGHT_DIGESTS:]}
+        done = start  # batches applied so far: got[start:done]
+        try:
+            for i in range(start, len(got)):
+                seq, payload = got[i]
+                self._apply(seq, payload)  # an undecodable batch resyncs (clears) here
+                done = i + 1
+                if (i - start) % _SLICE == _SLICE - 1:
+                    await asyncio.sleep(0)
+        finally:
+            # Even if it stops part-way (it raised): the window covers what was applied, so the live
+            # batches queued meanwhile that repeat it are skipped, not taken for an engine restart
+            # (sequence numbers at or below the last applied) that clears what the catch-up learnt.
+            # What it did not apply comes as a gap past ``last_seq``: healed by replay, else a resync.
+            self.stats.replayed += done - start
+            self.stats.caught_up += start
+            if done > start:
+                self.stats.last_seq = got[done - 1][0]
+                self._caught_upto = got[done - 1][0]
+                newest = got[max(0, done - _CAUGHT_DIGESTS) : done]  # those before a reset too (skipped)
+                self._caught_digests = {seq: xxhash.xxh3_64_intdigest(p) for seq, p in newest}
 
     async def _fetch(self, want: int, upto: int | None = None) -> list[tuple[int, bytes]] | None:
         """Batches in [``want``, ``upto``) that the replay socket returns, in order; None if it did not

@@ -258,7 +258,8 @@ async def serve(
     from kvgate.gateway.reload import start_reloader
     from kvgate.gateway.server import GatewayServer
 
-    server = GatewayServer(cfg, pools)
+    # The data port listens only once started (KV-event catch-up, warm-up), as a --workers worker's does.
+    server = GatewayServer(cfg, pools, listen_when_ready=True)
     await server.start()
     reloader: asyncio.Task[None] | None = None
     if config_path:  # endpoints and limits follow the file: on SIGHUP, and when it changes

@@ -61,7 +61,7 @@ class GatewayServer:
         reuse_port: bool = False,
         admin_host: str | None = None,
         admin_on_data: bool = False,
-        listen_when_ready: bool = False,
+        listen_when_ready: bool = True,
     ) -> None:
         self.cfg = cfg
         # Worker mode (``--workers``): the data port is shared with sibling processes, and the admin
@@ -71,9 +71,11 @@ class GatewayServer:
         # A worker whose user gave no admin port serves the admin routes on the data port too, as a
         # single process would (its private admin port is for the supervisor).
         self.admin_on_data = admin_on_data
-        # Open the data port only once start-up is done (``--workers``: the kernel hands a listening
-        # worker its share of new connections at once, so a worker still catching up on KV events or
-        # warming its upstream connections would serve them; a bound socket that does not listen gets none).
+        # Listen on the data port only once start-up is done (one process or ``--workers``): a request
+        # taken while the KV-event catch-up runs is picked on a partial index and unscraped metrics, and
+        # with ``--workers`` the kernel hands a listening worker its share of new connections at once. The
+        # port is bound at the start (a taken port fails at once); a bound socket that does not listen is
+        # refused connections (and, in a SO_REUSEPORT group, handed none). False: listen at once.
         self.listen_when_ready = listen_when_ready
         self.clock = clock
         self.pools = pools if pools is not None else [build_pool(p, clock) for p in cfg.pools]
@@ -183,8 +185,9 @@ class GatewayServer:
         self.proxy = Proxy(self.cfg, self.pools, self.metrics, self.health, self.clock)
         self.health.tls = self.proxy.tls
         self.metrics.track_fronts(lambda: [front for _, front in self._servers])
+        await self._bind_data()
         if not self.listen_when_ready:
-            await self._serve_data()
+            await self._listen_data()
         if self.cfg.admin_port is not None:
             self.admin_port = await self._serve(
                 self._front(None, admin=True),
@@ -215,8 +218,7 @@ class GatewayServer:
         sources = [s for p in self.pools for s in getattr(p.director, "data_sources", list)()]
         await self._start_sources(sources)
         await self.proxy.warm_upstreams()
-        if self.listen_when_ready:
-            await self._serve_data()
+        await self._listen_data()
         self.started = True
         log.info(
             "kvgate gateway on http://%s:%d (admin %s)",
@@ -242,15 +244,22 @@ class GatewayServer:
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None  # what start() raised, as a gather raised it
 
-    async def _serve_data(self) -> None:
+    async def _bind_data(self) -> None:
+        """The data port, bound but not listening yet (``_listen_data``)."""
         assert self.proxy is not None
         self.port = await self._serve(
             self._front(self.proxy, admin=self.cfg.admin_port is None or self.admin_on_data),
             self.cfg.host,
             self.cfg.port,
             self.reuse_port,
+            listen=False,
         )
         self._data = self._servers[-1]
+
+    async def _listen_data(self) -> None:
+        assert self._data is not None
+        if not self._data[0].is_serving():
+            await self._data[0].start_serving()
 
     async def _start_kubernetes(self) -> None:
         """Pools with ``inferencePool``: their endpoints, objectives and rewrites come from Kubernetes."""
@@ -286,7 +295,14 @@ class GatewayServer:
         return on_policy
 
     async def _serve(
-        self, front: FrontServer, host: str, port: int, reuse_port: bool, tls: ssl.SSLContext | None = None
+        self,
+        front: FrontServer,
+        host: str,
+        port: int,
+        reuse_port: bool,
+        tls: ssl.SSLContext | None = None,
+        *,
+        listen: bool = True,
     ) -> int:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
@@ -297,6 +313,7 @@ class GatewayServer:
             reuse_address=True,
             reuse_port=reuse_port or None,
             ssl=tls,
+            start_serving=listen,
         )
         self._servers.append((server, front))
         bound: int = server.sockets[0].getsockname()[1]
