@@ -575,6 +575,69 @@ def test_spawn_failures_back_off_and_give_up_only_after_a_window(tmp_path) -> No
     assert 300 <= sum(pauses) < 330 and pauses[-1] == 30
 
 
+class _FakeProc:
+    """A worker process as the watch sees it."""
+
+    def __init__(self, pid: int, alive: bool) -> None:
+        self.pid, self.alive, self.exitcode = pid, alive, None if alive else -9
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+async def test_one_slots_spawn_retries_do_not_hold_another_slots_restart(tmp_path) -> None:
+    """Worker 0 died and its spawn keeps failing (retried for up to 5 minutes, here a pause that never
+    ends); worker 1 dies meanwhile: it is restarted at once. The watch restarted one slot at a time, so
+    worker 1 stayed dead until worker 0's retries ended. A give-up still ends the watch (failed), and
+    ending it cancels the other slots' restarts."""
+    from kvgate.gateway.workers import Supervisor
+
+    cfg = _build(tmp_path, {"adminPort": 0, "workers": 2})
+    sup = Supervisor(cfg, 2)
+    sup.procs = [_FakeProc(100, alive=False), _FakeProc(101, alive=True)]  # type: ignore[list-item]
+    sup.started_at = [time.monotonic() - 60] * 2  # long-lived: no fast deaths
+    backoff = asyncio.Event()  # worker 0's retry pause: until the test ends it
+    started: list[int] = []
+
+    async def sleep(s: float) -> None:
+        await backoff.wait()
+
+    async def start_worker(i: int) -> None:
+        if i == 0:
+            raise OSError(11, "Resource temporarily unavailable")
+        started.append(i)
+        sup.procs[i] = _FakeProc(200 + i, alive=True)  # type: ignore[call-overload]
+
+    sup.sleep = sleep  # type: ignore[method-assign]
+    sup.start_worker = start_worker  # type: ignore[method-assign]
+    watch = asyncio.create_task(sup.watch())
+    try:
+        for _ in range(100):  # worker 0's restart is in its retry pause
+            if sup.spawn_failures:
+                break
+            await asyncio.sleep(0.05)
+        assert sup.spawn_failures == 1
+        sup.procs[1].alive = False  # type: ignore[union-attr]
+        for _ in range(200):  # 10 s: the watch polls every 0.2 s
+            if started:
+                break
+            await asyncio.sleep(0.05)
+        assert started == [1] and sup.procs[1].pid == 201  # type: ignore[union-attr]
+        assert not watch.done()
+        sup.spawn_give_up_s = 0.0  # worker 0's next failure gives up: the watch ends, failed
+        backoff.set()
+        await asyncio.wait_for(watch, 10)
+        assert sup.failed and sup.spawn_failures == 0
+    finally:
+        backoff.set()
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+
+
 def test_a_spawn_that_fails_leaves_no_pipe_open_nor_a_zombie(tmp_path) -> None:
     """``proc.start()`` failing after its fork (BrokenPipeError: the child died before it read its data)
     left the child unreaped, a zombie per retry; failing otherwise (a pickling error) left the worker's

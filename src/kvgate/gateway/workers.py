@@ -422,7 +422,7 @@ class Supervisor:
         self.admin_ports: list[int | None] = [None] * workers
         self.started_at: list[float] = [0.0] * workers
         self.fast_deaths = 0
-        self.spawn_failures = 0  # failed spawns in a row (not deaths: no worker ran)
+        self.spawn_failures = 0  # failed spawns of the slots now restarting (not deaths: no worker ran)
         self.spawn_give_up_s = float(os.environ.get(SPAWN_GIVE_UP_ENV) or _SPAWN_GIVE_UP_S)
         self.clock, self.sleep = time.monotonic, asyncio.sleep  # the spawn retries' time (injected)
         self.stopping = False
@@ -571,25 +571,43 @@ class Supervisor:
                 os.kill(proc.pid, signal.SIGHUP)
 
     async def watch(self) -> None:
-        """Restart workers that die; give up when they die right after starting, again and again."""
-        while not self.stopping:
-            await asyncio.sleep(0.2)
-            for i, proc in enumerate(self.procs):
-                if self.stopping or proc is None or proc.is_alive():
-                    continue
-                proc.join()
-                lived = time.monotonic() - self.started_at[i]
-                log.error("worker %d (pid %s) exited with %s after %.1fs", i, proc.pid, proc.exitcode, lived)
-                self.fast_deaths = self.fast_deaths + 1 if lived < _FAST_DEATH_S else 0
-                if self.fast_deaths >= _MAX_FAST_DEATHS:
-                    log.error("workers keep dying at start; shutting down")
-                    self.failed = True
-                    return
-                self.admin_ports[i] = None
-                if not await self._restart(i):
-                    return
-                new = self.procs[i]
-                log.info("worker %d restarted (pid %s)", i, new.pid if new is not None else "?")
+        """Restart workers that die; give up when they die right after starting, again and again, or
+        when one cannot be spawned for ``spawn_give_up_s``.
+
+        Each slot restarts in a task of its own: a restart waits for the new worker to start (its KV-event
+        catch-up) and a failed spawn is retried for up to 5 minutes, and meanwhile another worker that
+        dies is restarted at once (one restart at a time, in the watch itself, left it dead until then)."""
+        restarting: dict[int, asyncio.Task[bool]] = {}
+        try:
+            while not self.stopping:
+                await asyncio.sleep(0.2)
+                for i, task in list(restarting.items()):
+                    if not task.done():
+                        continue
+                    del restarting[i]
+                    if not task.result():  # gave up (``failed`` set); an exception ends the watch too
+                        return
+                    new = self.procs[i]
+                    log.info("worker %d restarted (pid %s)", i, new.pid if new is not None else "?")
+                for i, proc in enumerate(self.procs):
+                    if self.stopping or i in restarting or proc is None or proc.is_alive():
+                        continue
+                    proc.join()
+                    lived = time.monotonic() - self.started_at[i]
+                    log.error(
+                        "worker %d (pid %s) exited with %s after %.1fs", i, proc.pid, proc.exitcode, lived
+                    )
+                    self.fast_deaths = self.fast_deaths + 1 if lived < _FAST_DEATH_S else 0
+                    if self.fast_deaths >= _MAX_FAST_DEATHS:
+                        log.error("workers keep dying at start; shutting down")
+                        self.failed = True
+                        return
+                    self.admin_ports[i] = None
+                    restarting[i] = asyncio.create_task(self._restart(i), name=f"restart-worker-{i}")
+        finally:
+            for task in restarting.values():
+                task.cancel()
+            await asyncio.gather(*restarting.values(), return_exceptions=True)
 
     async def _restart(self, i: int) -> bool:
         """Start worker ``i`` again; False (``failed`` set) when it cannot be started. A spawn that fails
@@ -598,22 +616,26 @@ class Supervisor:
         serve; once spawns have failed in a row for ``spawn_give_up_s`` the supervisor stops with an error
         status, so a service manager restarts it (a watcher ended silently served on short-handed)."""
         first = self.clock()
-        while True:
-            try:
-                await self.start_worker(i)
-                self.spawn_failures = 0
-                return True
-            except OSError as e:
-                self.spawn_failures += 1
-                log.error("worker %d could not be started: %s", i, e)
-                if self.clock() - first >= self.spawn_give_up_s:
-                    log.error("workers cannot be started; shutting down")
-                    self.failed = True
+        failures = 0  # this slot's, in a row (slots restart independently: ``watch``)
+        try:
+            while True:
+                try:
+                    await self.start_worker(i)
+                    return True
+                except OSError as e:
+                    failures += 1
+                    self.spawn_failures += 1
+                    log.error("worker %d could not be started: %s", i, e)
+                    if self.clock() - first >= self.spawn_give_up_s:
+                        log.error("workers cannot be started; shutting down")
+                        self.failed = True
+                        return False
+                pause = min(_SPAWN_RETRY_MAX_S, _SPAWN_RETRY_S * 2 ** min(failures - 1, 16))
+                await self.sleep(pause)
+                if self.stopping:
                     return False
-            pause = min(_SPAWN_RETRY_MAX_S, _SPAWN_RETRY_S * 2 ** min(self.spawn_failures - 1, 16))
-            await self.sleep(pause)
-            if self.stopping:
-                return False
+        finally:
+            self.spawn_failures -= failures
 
     async def stop_workers(self) -> None:
         self.stopping = True
