@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvgate.datalayer import promparse
 from kvgate.datalayer.promparse import find_samples
 
 NAMES = ["vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc", "x_total"]
@@ -65,8 +66,10 @@ def _reference(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 def test_matches_prometheus_client(text: str) -> None:
     ref = _reference(text)
     mine = find_samples(text, NAMES)
+    again = find_samples(text, NAMES)  # every label set now from the cache
     for name in NAMES:
         assert sorted(map(repr, mine.get(name, []))) == sorted(map(repr, ref.get(name, [])))
+        assert sorted(map(repr, again.get(name, []))) == sorted(map(repr, ref.get(name, [])))
 
 
 @settings(max_examples=300, deadline=None)
@@ -91,3 +94,39 @@ def test_exact_name_not_prefix_and_timestamps() -> None:
 def test_escaped_label_values() -> None:
     text = 'x_total{a="q\\"uo\\\\te\\nnl",b=",}"} 1\n'
     assert find_samples(text, ["x_total"]) == {"x_total": [({"a": 'q"uo\\te\nnl', "b": ",}"}, 1.0)]}
+
+
+def test_a_label_set_seen_before_is_not_parsed_again(monkeypatch: Any) -> None:
+    """vLLM's cache_config_info carries ~40 labels, the same every scrape: parsed once, then looked up."""
+    calls = [0]
+    real = promparse._parse_labels
+
+    def counting(line: str, i: int) -> tuple[dict[str, str], int]:
+        calls[0] += 1
+        return real(line, i)
+
+    monkeypatch.setattr(promparse, "_parse_labels", counting)
+    monkeypatch.setattr(promparse, "_LABELS", {})
+    monkeypatch.setattr(promparse, "_label_chars", 0)
+    info = ",".join(f'k{i}="v{i}"' for i in range(40))
+    page = 'vllm:cache_config_info{%s} 1.0\nvllm:num_requests_waiting{model_name="m"} %d\n'
+    first = find_samples(page % (info, 1), ["vllm:cache_config_info", "vllm:num_requests_waiting"])
+    assert calls[0] == 2
+    second = find_samples(page % (info, 7), ["vllm:cache_config_info", "vllm:num_requests_waiting"])
+    assert calls[0] == 2  # both label sets from the cache; the values are read fresh
+    assert second["vllm:num_requests_waiting"] == [({"model_name": "m"}, 7.0)]
+    assert first["vllm:cache_config_info"] == second["vllm:cache_config_info"]
+    # A caller changing its labels does not change what the next parse returns.
+    second["vllm:cache_config_info"][0][0]["k0"] = "changed"
+    third = find_samples(page % (info, 7), ["vllm:cache_config_info"])
+    assert third["vllm:cache_config_info"][0][0]["k0"] == "v0"
+
+
+def test_the_label_cache_is_bounded(monkeypatch: Any) -> None:
+    monkeypatch.setattr(promparse, "_LABELS", {})
+    monkeypatch.setattr(promparse, "_label_chars", 0)
+    monkeypatch.setattr(promparse, "LABEL_CACHE_CHARS", 200)
+    for i in range(50):  # a label whose value changes every scrape
+        got = find_samples(f'x_total{{req="{i:04d}"}} {i}\n', ["x_total"])
+        assert got == {"x_total": [({"req": f"{i:04d}"}, float(i))]}
+        assert promparse._label_chars <= 200 and len(promparse._LABELS) <= 200 // len('{req="0000"}')

@@ -145,7 +145,8 @@ class RoutedServer:
         self.address = f"127.0.0.1:{self.runner.addresses[0][1]}"
 
 
-async def test_asks_only_for_the_series_it_reads_and_falls_back_once() -> None:
+@pytest.mark.parametrize("http", ["lean", "aiohttp"])
+async def test_asks_only_for_the_series_it_reads_and_falls_back_once(http: str) -> None:
     honour, html, failing = RoutedServer("honour"), RoutedServer("html"), RoutedServer("500")
     plain = FakeServer()  # only /metrics: the filtered request is a 404
     plain.page = 'vllm:num_requests_waiting{model_name="m"} 2\n'
@@ -153,7 +154,7 @@ async def test_asks_only_for_the_series_it_reads_and_falls_back_once() -> None:
     for s in servers:
         await s.start()
     store = EndpointStore([make_endpoint(s.address) for s in servers])
-    scraper = MetricsScraper(store)
+    scraper = MetricsScraper(store, http=http)
     try:
         for _ in range(3):
             assert await scraper.scrape_all() == 3  # all but the one failing
@@ -363,3 +364,67 @@ async def test_scrapes_slower_while_its_own_in_flight_requests_explain_the_load(
     # idle, foreign load, its own load, mixed, idle again
     assert quiet == [True, False, True, False, True], pauses
     assert busy == [False, True, False, True, False], pauses
+
+
+async def test_scrapes_go_over_one_kept_alive_connection_without_aiohttp(servers: list[FakeServer]) -> None:
+    """The lean client (``pageclient``) by default: one connection per endpoint for every scrape, and
+    no aiohttp session at all while every server answers plainly."""
+    store = EndpointStore([make_endpoint(s.address) for s in servers[:2]])
+    scraper = MetricsScraper(store)
+    try:
+        for _ in range(5):
+            assert await scraper.scrape_all() == 2
+        assert {a: c.connects for a, c in scraper._clients.items()} == {s.address: 1 for s in servers[:2]}
+        assert scraper._session is None
+    finally:
+        await scraper.stop()
+    assert not scraper._clients
+    assert servers[0].hits == servers[1].hits == 5
+
+
+async def test_a_server_that_redirects_is_scraped_with_aiohttp_which_follows() -> None:
+    app = web.Application()
+    hits = {"redirect": 0, "page": 0}
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits["redirect"] += 1
+        raise web.HTTPTemporaryRedirect("/real" + request.path_qs)
+
+    async def page(request: web.Request) -> web.Response:
+        hits["page"] += 1
+        return web.Response(text='vllm:num_requests_waiting{model_name="m"} 6\n')
+
+    app.router.add_get("/metrics", redirect)
+    app.router.add_get("/metrics/", redirect)
+    app.router.add_get("/real/metrics", page)
+    app.router.add_get("/real/metrics/", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    address = f"127.0.0.1:{runner.addresses[0][1]}"
+    store = EndpointStore([make_endpoint(address)])
+    scraper = MetricsScraper(store)
+    try:
+        assert await scraper.scrape_all() == 1  # the lean client's redirect answer, then aiohttp
+        assert await scraper.scrape_all() == 1
+    finally:
+        await scraper.stop()
+        await runner.cleanup()
+    ep = store.get(address)
+    assert ep is not None and ep.metrics.waiting_queue_size == 6
+    assert scraper._aiohttp_only == {address} and hits == {"redirect": 3, "page": 2}
+
+
+async def test_an_endpoint_removed_closes_its_connection(servers: list[FakeServer]) -> None:
+    store = EndpointStore([make_endpoint(servers[0].address)])
+    scraper = MetricsScraper(store)
+    await scraper.start()
+    try:
+        assert await scraper.scrape_all() == 1
+        client = scraper._clients[servers[0].address]
+        store.remove(servers[0].address)
+        assert servers[0].address not in scraper._clients
+        assert client._reader is None
+        assert not any(k[0] == servers[0].address for k in scraper._requests)
+    finally:
+        await scraper.stop()

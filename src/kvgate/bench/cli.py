@@ -28,6 +28,7 @@ DELEGATED = {
     "soak": "kvgate.bench.soak",
     "epp-replicas": "kvgate.bench.epp_replicas",
     "flowcontrol": "kvgate.bench.flowcontrol_bench",
+    "scrape-cpu": "kvgate.bench.scrape_cpu",
 }
 
 

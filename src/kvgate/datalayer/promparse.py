@@ -4,6 +4,11 @@ A vLLM ``/metrics`` page is tens of KB, almost all histogram buckets the picker 
 tokenising every line, ``find_samples`` jumps to lines that start with a wanted name using ``str.find``
 (C speed) and parses only those. Checked against ``prometheus_client``'s parser by hypothesis fuzzing
 (tests/datalayer/test_promparse.py).
+
+A server renders the same label sets scrape after scrape (only the values move), and one of them is
+long: vLLM's ``cache_config_info`` carries ~40 labels, most of a filtered page's parse time. So parsed
+label sets are kept by their text (``_LABELS``, bounded by ``LABEL_CACHE_CHARS``): a label set seen
+before costs one dict lookup and a copy instead of a character walk (``kvgate bench scrape-cpu``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,12 @@ Labels = dict[str, str]
 Sample = tuple[Labels, float]
 
 _ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
+# Parsed label sets by their text ``{...}``. Cleared whole when its keys pass this many characters: a
+# page whose label sets never repeat (a label that changes every scrape) re-parses, as without a cache,
+# and memory stays bounded (~1 MB of keys plus the dicts).
+LABEL_CACHE_CHARS = 1 << 20
+_LABELS: dict[str, Labels] = {}
+_label_chars = 0
 
 
 class ParseError(ValueError):
@@ -77,12 +88,32 @@ def _parse_value(text: str) -> float:
     return float(t)
 
 
+def _cached_labels(line: str, i: int) -> tuple[Labels, int]:
+    """``_parse_labels`` through the label-set cache. The key runs to the line's last ``}`` (values and
+    timestamps hold none, label values may); a label set whose parse does not end there is malformed
+    for the key and is not cached. Each caller gets its own dict."""
+    global _label_chars
+    end = line.rfind("}") + 1
+    key = line[i:end]
+    hit = _LABELS.get(key)
+    if hit is not None:
+        return dict(hit), end
+    labels, j = _parse_labels(line, i)
+    if j == end:
+        if _label_chars + len(key) > LABEL_CACHE_CHARS:
+            _LABELS.clear()
+            _label_chars = 0
+        _LABELS[key] = dict(labels)
+        _label_chars += len(key)
+    return labels, j
+
+
 def parse_line(line: str, name_len: int) -> Sample:
     """Parse one sample line whose metric name is ``line[:name_len]``."""
     i = name_len
     labels: Labels = {}
     if i < len(line) and line[i] == "{":
-        labels, i = _parse_labels(line, i)
+        labels, i = _cached_labels(line, i)
     rest = line[i:].split()
     if not rest:
         raise ParseError("sample without value")

@@ -1,0 +1,226 @@
+"""The scraper's lean HTTP/1.1 client: framing (fuzzed against random TCP segmentation), keep-alive,
+a server closing an idle connection, and a size cap; against real loopback sockets where it matters."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvgate.datalayer.pageclient import Page, PageClient, PageError, _Reader, split_address
+
+bodies = st.binary(max_size=3000)
+
+
+def _chunked(body: bytes, sizes: list[int], trailers: bool) -> bytes:
+    out, i = [], 0
+    for n in sizes:
+        if i >= len(body):
+            break
+        part = body[i : i + max(1, n)]
+        i += len(part)
+        out.append(b"%x;ext=1\r\n" % len(part) if n % 3 == 0 else b"%X\r\n" % len(part))
+        out.append(part + b"\r\n")
+    if i < len(body):
+        out.append(b"%x\r\n" % (len(body) - i) + body[i:] + b"\r\n")
+    out.append(b"0\r\nx-trailer: 1\r\n\r\n" if trailers else b"0\r\n\r\n")
+    return b"".join(out)
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> tuple[bytes, bytes, bool, bool]:
+    """(bytes on the wire, the body, whether the connection stays usable, whether it ends at EOF)."""
+    body = draw(bodies)
+    framing = draw(st.sampled_from(["length", "chunked", "eof"]))
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" if draw(st.booleans()) else b""
+    close = draw(st.booleans())
+    head = [b"HTTP/1.1 200 OK", b"Content-Type: text/plain"]
+    if close:
+        head.append(b"Connection: close")
+    if framing == "length":
+        head.append(b"content-length: %d" % len(body))
+        wire = body
+    elif framing == "chunked":
+        head.append(b"Transfer-Encoding: chunked")
+        wire = _chunked(body, draw(st.lists(st.integers(1, 700), max_size=8)), draw(st.booleans()))
+    else:
+        wire = body
+    raw = interim + b"\r\n".join(head) + b"\r\n\r\n" + wire
+    return raw, body, not close and framing != "eof", framing == "eof"
+
+
+def _segments(raw: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(raw) + 1) for c in cuts} | {0, len(raw)})
+    return [raw[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+
+@settings(max_examples=300, deadline=None)
+@given(answers(), st.lists(st.integers(0, 10_000), max_size=12))
+def test_any_framing_split_any_way_reads_the_same_body(
+    answer: tuple[bytes, bytes, bool, bool], cuts: list[int]
+) -> None:
+    raw, body, keep, at_eof = answer
+
+    async def go() -> tuple[Page, bool]:
+        reader = _Reader(max_bytes=1 << 20)
+        waiter = reader.expect()
+        for seg in _segments(raw, cuts):
+            reader.data_received(seg)
+        if at_eof:
+            assert not waiter.done()  # nothing says the body ended but the close
+            reader.connection_lost(None)
+        return await waiter
+
+    page, kept = asyncio.run(go())
+    assert (page.status, page.body, kept) == (200, body, keep)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.lists(st.integers(0, 1000), max_size=6))
+def test_garbage_fails_or_waits_never_raises_out_of_the_protocol(raw: bytes, cuts: list[int]) -> None:
+    async def go() -> None:
+        reader = _Reader(max_bytes=1 << 16)
+        waiter = reader.expect()
+        for seg in _segments(raw, cuts):
+            reader.data_received(seg)
+        reader.connection_lost(None)
+        assert waiter.done()
+        if waiter.exception() is None:
+            assert isinstance(waiter.result()[0], Page)
+
+    asyncio.run(go())
+
+
+def test_the_size_cap_holds_for_every_framing() -> None:
+    async def go(raw: bytes) -> BaseException | None:
+        reader = _Reader(max_bytes=100)
+        waiter = reader.expect()
+        reader.data_received(raw)
+        reader.connection_lost(None)
+        return waiter.exception()
+
+    big = b"x" * 101
+    for raw in (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 101\r\n\r\n",  # refused before the body arrives
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n65\r\n" + big + b"\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\n" + big,
+    ):
+        assert isinstance(asyncio.run(go(raw)), PageError), raw[:60]
+
+
+def test_split_address() -> None:
+    assert split_address("10.0.0.1:8000") == ("10.0.0.1", 8000)
+    assert split_address("[::1]:8000") == ("::1", 8000)
+    with pytest.raises(ValueError):
+        split_address("host-without-port")
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _server(handler: Handler) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"127.0.0.1:{port}"
+
+
+async def _read_request(r: asyncio.StreamReader) -> bytes:
+    return await r.readuntil(b"\r\n\r\n")
+
+
+async def test_keeps_one_connection_and_reconnects_once_when_the_server_closed_it_idle() -> None:
+    """Like uvicorn after its keep-alive timeout: the server closes a connection between requests.
+    The next GET finds it closed (no byte back) and is sent once more on a new connection."""
+    conns: list[int] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        conns.append(1)
+        served = 0
+        while True:
+            try:
+                req = await _read_request(r)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            assert req.startswith(b"GET /metrics/?a=1 HTTP/1.1\r\nHost: ")
+            served += 1
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await w.drain()
+            if served == 3:  # then close it, idle, without telling
+                break
+        w.close()
+
+    server, address = await _server(handler)
+    client = PageClient(address)
+    try:
+        req = client.request_bytes("/metrics/?a=1")
+        for _ in range(3):
+            assert (await client.get(req)).body == b"ok"
+        assert client.connects == 1
+        await asyncio.sleep(0.2)  # the server's close reaches us
+        assert (await client.get(req)).body == b"ok"
+        assert client.connects == 2 and len(conns) == 2
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_server_that_never_answers_is_not_retried_forever() -> None:
+    """A fresh connection closed without an answer is an error, not a retry loop."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await _read_request(r)
+        w.close()
+
+    server, address = await _server(handler)
+    client = PageClient(address)
+    try:
+        with pytest.raises(PageError):
+            await client.get(client.request_bytes("/metrics"))
+        assert client.connects == 1
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_cancelled_request_drops_its_connection() -> None:
+    """A late answer must never be read as the next request's: a timed-out GET closes the connection."""
+    release = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await _read_request(r)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            if not release.is_set():
+                release.set()
+                await asyncio.sleep(0.3)  # answers the first request late
+                with_body = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate"
+            else:
+                with_body = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh"
+            try:
+                w.write(with_body)
+                await w.drain()
+            except ConnectionError:
+                break
+        w.close()
+
+    server, address = await _server(handler)
+    client = PageClient(address)
+    try:
+        req = client.request_bytes("/metrics")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await client.get(req)
+        assert (await client.get(req)).body == b"fresh"
+        assert client.connects == 2
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
