@@ -375,6 +375,73 @@ def test_only_private_directories_of_gone_supervisors_are_cleaned(tmp_path) -> N
     assert clean_stale_dirs(str(tmp_path)) == [live]
 
 
+def test_lockless_directories_of_older_versions_are_cleaned_once_their_owner_is_gone(tmp_path) -> None:
+    """Older kvgate made the same directories without a lock file; they were never cleaned. Now removed
+    when they hold only what those versions wrote, unchanged for 10 minutes, with no socket a live worker
+    holds; a config directory (nothing in it tells of its owner) only while no older supervisor looks
+    alive (a lockless gossip directory with a live socket, or a new one). The ownership checks stay."""
+    import socket as _socket
+
+    from kvgate.gateway.workers import clean_stale_dirs
+
+    now = time.time()
+    old = now - 3600
+
+    def make(
+        name: str, files: tuple[str, ...] = ("config.pickle",), mode: int = 0o700, age: float = old
+    ) -> Path:
+        p = tmp_path / name
+        p.mkdir()
+        for f in files:
+            (p / f).write_bytes(b"x")
+        _age(p, mode, age)
+        return p
+
+    def _age(p: Path, mode: int, age: float) -> None:
+        for f in p.iterdir():
+            os.utime(f, (age, age), follow_symlinks=False)
+        p.chmod(mode)
+        os.utime(p, (age, age))
+
+    socks: list[_socket.socket] = []
+
+    def gossip(name: str, live: bool) -> Path:
+        p = tmp_path / name
+        p.mkdir()
+        for w in range(2):
+            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+            s.bind(str(p / f"w{w}.sock"))
+            if live:
+                socks.append(s)
+            else:
+                s.close()  # the worker died: its socket file stays, nobody holds it
+        _age(p, 0o700, old)
+        return p
+
+    try:
+        gone_now = [gossip("kvgate-gossip-dead1", live=False)]
+        live = gossip("kvgate-gossip-live2", live=True)  # an older supervisor still runs (its workers)
+        configs = [make("kvgate-config-old3"), make("kvgate-config-123-456-old4")]  # (the pid-named form too)
+        kept = [
+            make("kvgate-config-young5", age=now - 60),  # may be being made
+            make("kvgate-config-odd6", ("config.pickle", "notes")),  # not only what kvgate wrote
+            make("kvgate-gossip-new7", (".lock.new",)),  # this version's, being made
+            make("kvgate-config-mode8", mode=0o755),
+        ]
+        removed = clean_stale_dirs(str(tmp_path))  # (now: the wall clock)
+        assert sorted(removed) == sorted(str(p) for p in gone_now)
+        assert live.exists() and all(p.exists() for p in configs + kept)
+        for s in socks:  # that older supervisor is gone now
+            s.close()
+        socks.clear()
+        removed = clean_stale_dirs(str(tmp_path))  # (now: the wall clock)
+        assert sorted(removed) == sorted(str(p) for p in [live, *configs])
+        assert all(p.exists() for p in kept) and not any(p.exists() for p in [live, *configs, *gone_now])
+    finally:
+        for s in socks:
+            s.close()
+
+
 async def test_a_sigkilled_supervisors_private_directories_are_removed_at_the_next_start(backends, tmp_path):
     """SIGKILL leaves the supervisor no cleanup: its config snapshot and gossip directories stayed in the
     temp dir for good. The next supervisor removes them (their owner is gone), keeps its own, and removes

@@ -324,20 +324,23 @@ def ensure_private_dir(path: str, lock: int | None) -> int | None:
     return new
 
 
-def clean_stale_dirs(root: str | None = None) -> list[str]:
+def clean_stale_dirs(root: str | None = None, now: float | None = None) -> list[str]:
     """Remove the private directories supervisors left behind when they died without cleaning up; the
     paths removed. Only those this user owns, real 0700 directories (no link, nothing another user made),
     whose lock file (a regular file, no link) can be locked: its owner is gone. One without a lock file
-    (being made, or not ours) is left."""
+    is a directory being made, or one an older kvgate made (``_legacy_gone`` judges those); ``now``: the
+    wall clock (file times are), for their age."""
     root = tempfile.gettempdir() if root is None else root
     removed: list[str] = []
     try:
         names = os.listdir(root)
     except OSError:
         return removed
+    legacy: list[tuple[str, str]] = []  # (path, kind): ours by the checks above, without a lock file
     for name in names:
         parts = name.split("-")
-        if len(parts) != 3 or parts[0] != "kvgate" or parts[1] not in _PRIVATE_KINDS:
+        # kvgate-<kind>-<random>; older: kvgate-<kind>-<pid>-<start>-<random> (no lock file)
+        if len(parts) not in (3, 5) or parts[0] != "kvgate" or parts[1] not in _PRIVATE_KINDS:
             continue
         path = os.path.join(root, name)
         try:
@@ -347,6 +350,9 @@ def clean_stale_dirs(root: str | None = None) -> list[str]:
             # O_NONBLOCK: opening a FIFO named .lock would wait for a writer (start-up stuck for good).
             flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
             fd = os.open(os.path.join(path, _LOCK), flags)
+        except FileNotFoundError:
+            legacy.append((path, parts[1]))
+            continue
         except OSError:
             continue
         try:
@@ -363,7 +369,90 @@ def clean_stale_dirs(root: str | None = None) -> list[str]:
         finally:
             os.close(fd)
         removed.append(path)
+    removed += _clean_legacy(legacy, time.time() if now is None else now)
     return removed
+
+
+# Older kvgate versions made the same directories without a lock file: nothing in them says whether their
+# supervisor lives, but a gossip directory holds its workers' bound unix sockets. Such a directory is left
+# until it has been unchanged this long (longer than any start-up: a lockless directory may be one being
+# made right now, by this version or an older one).
+_LEGACY_MIN_AGE_S = 600.0
+_LEGACY_CONFIG_FILES = frozenset({"config.pickle", "config.pickle.tmp"})
+
+
+def _clean_legacy(dirs: list[tuple[str, str]], now: float) -> list[str]:
+    """Remove the lockless directories (``clean_stale_dirs``) whose supervisor is gone: holding only what
+    those versions wrote there, unchanged for ``_LEGACY_MIN_AGE_S``, and for a gossip directory, no
+    socket a live worker holds. A config directory tells nothing of its owner: it is removed only while no
+    older supervisor of this user in this temp dir looks alive (a lockless gossip directory that is new or
+    has a live socket: every such supervisor had one, ``--workers`` > 1)."""
+    removed: list[str] = []
+    configs: list[str] = []
+    legacy_alive = False
+    for path, kind in dirs:
+        entries = _legacy_entries(path, kind, now)
+        if entries is None:
+            if kind == "gossip" and _young(path, now):
+                legacy_alive = True
+            continue
+        if kind == "config":
+            configs.append(path)
+        elif any(_socket_alive(e) for e in entries):
+            legacy_alive = True
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if not legacy_alive:
+        for path in configs:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _young(path: str, now: float) -> bool:
+    try:
+        return os.lstat(path).st_mtime > now - _LEGACY_MIN_AGE_S
+    except OSError:
+        return False
+
+
+def _legacy_entries(path: str, kind: str, now: float) -> list[str] | None:
+    """The paths in a lockless directory if it holds only what an older supervisor wrote there (config:
+    its snapshot files; gossip: its workers' sockets) and nothing in it changed for ``_LEGACY_MIN_AGE_S``;
+    else None (kept)."""
+    try:
+        if _young(path, now):
+            return None
+        out = []
+        for name in os.listdir(path):
+            entry = os.path.join(path, name)
+            st = os.lstat(entry)
+            if kind == "config":
+                ours = name in _LEGACY_CONFIG_FILES and stat.S_ISREG(st.st_mode)
+            else:
+                ours = stat.S_ISSOCK(st.st_mode) and name.startswith("w") and name.endswith(".sock")
+            if not ours or st.st_uid != os.getuid() or st.st_mtime > now - _LEGACY_MIN_AGE_S:
+                return None
+            out.append(entry)
+        return out
+    except OSError:
+        return None
+
+
+def _socket_alive(path: str) -> bool:
+    """Whether a process holds the unix datagram socket bound at ``path`` (a connect is refused once its
+    holder is gone); True where it cannot tell."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.connect(path)
+        return True
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return True
+    finally:
+        s.close()
 
 
 def read_snapshot(path: str) -> GatewayConfig:
