@@ -144,8 +144,12 @@ def test_concurrency_detector_reserves_from_the_pending_bound_only_when_asked() 
     ep.inflight.requests, ep.inflight.decoding = 3, 3  # 3 of 4 running slots, none pending
     assert not d.saturated([ep], 0.0)
     assert d.saturated_reserving([ep], 0.0, 0.25)  # the whole score: running slots are kept too
-    assert not d.saturated_reserving([ep], 0.0, 0.5, pending_only=True)  # only pending ones
-    ep.inflight.requests = 4
+    # Off the pending bound, the slots it reserves (0.5 x 2 = 1) are kept in the running bound too:
+    # a request that finds a pending slot but no running one waits in the server's queue all the same.
+    assert d.saturated_reserving([ep], 0.0, 0.5, pending_only=True)
+    ep.inflight.requests, ep.inflight.decoding = 2, 2
+    assert not d.saturated_reserving([ep], 0.0, 0.5, pending_only=True)  # 2 of the 3 left
+    ep.inflight.requests, ep.inflight.decoding = 4, 4
     assert d.saturated([ep], 0.0) and d.saturated_reserving([ep], 0.0, 0.5, pending_only=True)
     # Without a pending bound, pending_only falls back to the whole score.
     d2 = ConcurrencyDetector("c2", PluginHandle(), max_requests=4)
@@ -197,6 +201,20 @@ def test_the_director_keeps_running_slots_with_the_default_bound() -> None:
     # ``pending`` without a pending bound would silently be the whole score: refused at load.
     with pytest.raises(ConfigError, match=r"^flowControl\.fairShareHeadroomOn: .*maxPendingRequests"):
         director(headroom=0.5, on="pending", max_pending=0, max_concurrency=2)
+
+
+def test_the_pending_headroom_keeps_running_slots_too() -> None:
+    """With small batches the running slots bind: a pending-only reservation would leave a flow under
+    its share a pending slot but no running one (it would wait in the server's queue)."""
+    d = director(headroom=0.5, on="pending", max_pending=2, max_concurrency=2)
+    ctl = d.flow.ctl  # type: ignore[union-attr]
+    a1 = req("a1", "a")
+    ep = send(d, a1)
+    d.on_first_token(a1, ep)  # running: 1 of 2 running slots, no pending one
+    assert not d.saturated(req("a2", "a"))  # a alone: the whole gate
+    ctl.enqueue(req("b1", "b"), 0.0)  # b waits: a is over its share
+    assert d.saturated(req("a2", "a"))  # the last running slot (0.5 x 2 pending slots = 1) is b's
+    assert not d.saturated(req("b1", "b"))
 
 
 def test_without_a_headroom_the_gate_is_unchanged() -> None:

@@ -124,7 +124,11 @@ class ConcurrencyDetector(SaturationDetector):
     def endpoint_saturation(self, ep: Endpoint, now: float, pending_scale: float = 1.0) -> float:
         inf = ep.inflight
         tokens = inf.pending_prefill_tokens + inf.pending_decode_tokens
-        s = max(inf.requests / self.max_requests, tokens / self.max_tokens)
-        if self.max_pending:
-            s = max(s, (inf.requests - inf.decoding) / (self.max_pending * pending_scale))
-        return s
+        if not self.max_pending:
+            return max(inf.requests / self.max_requests, tokens / self.max_tokens)
+        # A reservation on the pending bound (pending_scale < 1) keeps that many request slots free in
+        # the running bound too: a request that finds a pending slot but no running slot waits in the
+        # server's queue all the same (what binds with small batches).
+        reserved = (1.0 - pending_scale) * self.max_pending
+        running = inf.requests / max(1e-9, self.max_requests - reserved)
+        return max(running, tokens / self.max_tokens, (inf.requests - inf.decoding) / (self.max_pending * pending_scale))
