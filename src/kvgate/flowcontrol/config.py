@@ -18,7 +18,8 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
       fairShareHeadroom: 0        # kvgate: a flow over its fair share of in-flight requests dispatches
                                   # only while the pool's saturation stays below 1 - this (0 = off)
       fairShareHeadroomOn: saturation  # kvgate: saturation (every bound of the gate) | pending
-                                  # (concurrency-detector's maxPendingRequests bound only)
+                                  # (concurrency-detector's maxPendingRequests bound, and as many
+                                  # running slots kept free)
       fairShareTTFTTarget: 0      # kvgate: p90 TTFT goal for the flows at or under their share; with
                                   # it the headroom adapts in [0, fairShareHeadroom] (0 = fixed)
       priorityBands:              # per-band overrides; a priority not listed gets the defaults
@@ -92,7 +93,7 @@ class FlowControlConfig:
     # flows at or under their fair share of in-flight requests; 0 = off.
     fair_share_headroom: float = 0.0
     # Which bounds the headroom comes off: "saturation" (the detector's whole score) or "pending"
-    # (concurrency-detector's maxPendingRequests only; running slots stay whole).
+    # (concurrency-detector's maxPendingRequests, and the same number of slots off maxConcurrency).
     fair_share_headroom_on: str = "saturation"
     # kvgate: a p90 TTFT goal (seconds) for the flows at or under their fair share; with it the headroom
     # is not fixed but adapts between 0 and ``fair_share_headroom`` to keep their TTFT there (0 = off).

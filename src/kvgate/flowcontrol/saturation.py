@@ -36,12 +36,12 @@ class SaturationDetector(Plugin):
         already at ``1 - headroom``, so the rest stays free for the flows under their share.
 
         With ``pending_only`` (``fairShareHeadroomOn: pending``) the headroom comes off the detector's
-        pending bound only (``pending_scale``): the flows under their fair share get the last
-        ``headroom`` of the slots where a server starts a request at its next step, while the
-        running-batch and token bounds stay whole for everyone (which pays when the pending bound is
-        what binds: big batches, long prompts). Otherwise, or for a detector without a pending bound
-        (the config refuses that combination), it comes off the whole score (every bound: also the
-        running slots, which is what binds with small batches)."""
+        pending bound (``pending_scale``): the flows under their fair share get the last ``headroom``
+        of the slots where a server starts a request at its next step, and as many running slots are
+        kept free for them (a pending slot is no use without a running one: with small batches that is
+        what binds); the token bound stays whole, and with big batches those few running slots cost
+        next to nothing. Otherwise, or for a detector without a pending bound (the config refuses that
+        combination), it comes off the whole score (every bound, as a share of each)."""
         if pending_only and self.pending_bound:
             return self.saturation(endpoints, now, 1.0 - headroom) >= 1.0
         return self.saturation(endpoints, now) >= 1.0 - headroom
