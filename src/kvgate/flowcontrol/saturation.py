@@ -131,4 +131,5 @@ class ConcurrencyDetector(SaturationDetector):
         # server's queue all the same (what binds with small batches).
         reserved = (1.0 - pending_scale) * self.max_pending
         running = inf.requests / max(1e-9, self.max_requests - reserved)
-        return max(running, tokens / self.max_tokens, (inf.requests - inf.decoding) / (self.max_pending * pending_scale))
+        pending = (inf.requests - inf.decoding) / (self.max_pending * pending_scale)
+        return max(running, tokens / self.max_tokens, pending)
