@@ -71,6 +71,12 @@ async def test_replicas_without_kv_events_keep_the_approximate_index() -> None:
 
 
 async def test_replicas_with_kv_events_get_precise_routing_by_default() -> None:
+    """Each group's requests stay on one replica, routed on the blocks its engine reported.
+
+    The waits are on what is asserted, not on time: after each round, until the engines' events for
+    every group's prompt reached the index (the next round then routes on reported blocks, whatever the
+    machine's load; it relied on them, or on the picks' 2 s speculative credit, arriving in time), and
+    before the final check, on that group's blocks, not on any block of the process-wide index."""
     rs = await _replicas(3, kv=True)
     try:
         cfg = make_config([f"127.0.0.1:{r.port}" for r in rs], models=("sim-model",), policy="kvgate")
@@ -79,14 +85,27 @@ async def test_replicas_with_kv_events_get_precise_routing_by_default() -> None:
         assert pc.picker_config is not None, notes
         assert all(pc.endpoint_labels[a][EVENTS_LABEL].startswith("tcp://127.0.0.1:") for a in pc.endpoints)
         index, _ = shared_index(KV_EVENTS_INDEX, "tokens")
+        tok = load(str(tokenizer_dir()))
+
+        def system(group: int) -> str:
+            return f"You are assistant number {group}. " + f"Rule {group}: be brief. " * 60
+
+        def reported(group: int) -> tuple[dict[str, int], int]:
+            """Blocks of the group's rendered system prompt each endpoint reported (not merely credited:
+            no clock), and how many are expected (the rendered chat hashes to the engines' blocks)."""
+            ids = tok.encode(render_chat([{"role": "system", "content": system(group)}]))
+            return index.longest_prefix(token_keys(ids, 16), pc.endpoints), len(ids) // 16 - 1
+
+        def all_reported() -> bool:
+            return all(max(held.values()) >= want for held, want in map(reported, range(3)))
+
         async with running_gateway(cfg, scrape=True) as gw, aiohttp.ClientSession() as http:
             url = base_url(gw) + "/v1/chat/completions"
             homes: dict[int, set[int]] = {}
             for turn in range(3):
                 for group in range(3):
-                    system = f"You are assistant number {group}. " + f"Rule {group}: be brief. " * 60
                     messages = [
-                        {"role": "system", "content": system},
+                        {"role": "system", "content": system(group)},
                         {"role": "user", "content": f"q{turn}"},
                     ]
                     body = {"model": "sim-model", "max_tokens": 2, "messages": messages}
@@ -98,18 +117,14 @@ async def test_replicas_with_kv_events_get_precise_routing_by_default() -> None:
                     homes.setdefault(group, set()).update(
                         i for i, (a, b) in enumerate(zip(before, after, strict=True)) if b > a
                     )
-            # The engines' events reached the index (chat rendered = the simulator's template, same
-            # tokenizer: the engines' blocks), and each group stayed on one replica.
-            for _ in range(400):  # 20 s: the events cross ZMQ on a loaded machine
-                if index.num_blocks() > 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert index.num_blocks() > 0
-            # Reported (not merely credited) blocks: the rendered chat hashes to the engines' blocks.
-            tok = load(str(tokenizer_dir()))
-            prompt = render_chat([{"role": "system", "content": system}])
-            held = index.longest_prefix(token_keys(tok.encode(prompt), 16), pc.endpoints)
-            assert max(held.values()) >= len(tok.encode(prompt)) // 16 - 1, held
+                # The engines' events reached the index: 60 s, they cross ZMQ on a loaded machine.
+                for _ in range(1200):
+                    if all_reported():
+                        break
+                    await asyncio.sleep(0.05)
+            held, want = reported(2)
+            assert max(held.values()) >= want, held
+            assert all_reported()
             assert all(len(h) == 1 for h in homes.values()), homes
     finally:
         for r in rs:
