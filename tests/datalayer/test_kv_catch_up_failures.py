@@ -90,17 +90,17 @@ async def test_a_catch_up_that_stops_part_way_keeps_what_it_applied(monkeypatch,
         for i in range(5):
             await pub.publish(_stored(100 + i), live=False)
         sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             await pub.subscribed()
             await pub.asked.wait()  # the catch-up's fetch is held
         for i in range(5, 10):
             await pub.publish(_stored(100 + i), live=True)
         await asyncio.sleep(0.2)  # the live batches reach the SUB's queue (not read: it is catching up)
         pub.release.set()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             await sub.wait_caught_up()
         assert failed == [7] and "catch-up from" in caplog.text
-        await _until(lambda: sub.stats.last_seq == 9, limit=10)
+        await _until(lambda: sub.stats.last_seq == 9, limit=30)
         assert sub.stats.restarts == 0 and sub.stats.resyncs == 0
         assert idx.engine_hashes("a") == set(range(100, 110))
     finally:
@@ -119,7 +119,7 @@ async def test_a_batch_the_index_cannot_apply_resyncs_and_the_subscriber_goes_on
     mgr = KVEventsManager(idx, replay_timeout=30.0)
     try:
         sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             await pub.subscribed()
             await sub.wait_caught_up()
         await pub.publish(_stored(1), live=True)
@@ -127,7 +127,7 @@ async def test_a_batch_the_index_cannot_apply_resyncs_and_the_subscriber_goes_on
         await pub.publish(_stored(3), live=True)
         await pub.publish(batch({"type": "BlockRemoved", "block_hashes": [3], "medium": "GPU"}), live=True)
         await pub.publish(_stored(4), live=True)
-        await _until(lambda: sub.stats.last_seq == 4, limit=10)
+        await _until(lambda: sub.stats.last_seq == 4, limit=30)
         assert idx.engine_hashes("a") == {4}  # 1 cleared by the resync, 3 removed by the engine
         assert sub.stats.resyncs == 1 and "could not be applied" in caplog.text
     finally:

@@ -682,13 +682,13 @@ async def test_one_slots_spawn_retries_do_not_hold_another_slots_restart(tmp_pat
     sup.start_worker = start_worker  # type: ignore[method-assign]
     watch = asyncio.create_task(sup.watch())
     try:
-        for _ in range(100):  # worker 0's restart is in its retry pause
+        for _ in range(600):  # worker 0's restart is in its retry pause (30 s: a loaded machine)
             if sup.spawn_failures:
                 break
             await asyncio.sleep(0.05)
         assert sup.spawn_failures == 1
         sup.procs[1].alive = False  # type: ignore[union-attr]
-        for _ in range(200):  # 10 s: the watch polls every 0.2 s
+        for _ in range(600):  # 30 s: the watch polls every 0.2 s
             if started:
                 break
             await asyncio.sleep(0.05)
@@ -696,7 +696,7 @@ async def test_one_slots_spawn_retries_do_not_hold_another_slots_restart(tmp_pat
         assert not watch.done()
         sup.spawn_give_up_s = 0.0  # worker 0's next failure gives up: the watch ends, failed
         backoff.set()
-        await asyncio.wait_for(watch, 10)
+        await asyncio.wait_for(watch, 30)
         assert sup.failed and sup.spawn_failures == 0
     finally:
         backoff.set()
