@@ -154,7 +154,8 @@ class _Req:
     first: float | None = None
     token: int = 0  # the gateway's first-byte wait for this attempt (ClusterState.dispatched)
     sent: float = 0.0  # this attempt's dispatch: the gateway's TTFT evidence runs from here, as the router's
-    model_load: dict[str, float] = field(default_factory=dict)  # the policy's, from its order (per request)
+    # The policy's request from its order: its expectations per cluster (ClusterRequest.note).
+    creq: ClusterRequest = field(default_factory=ClusterRequest)
     measured: bool = True
     phase: str = "steady"
 
@@ -203,7 +204,7 @@ class MultiClusterSim:
         g = self.rng.randrange(self.cfg.gateways)
         creq = ClusterRequest(spec.target_model, prompt_key(None, spec.prompt_ids))
         order = [c.name for c in self.gw_policies[g].order(list(self.gw_states[g].values()), creq, t)]
-        r = _Req(spec, f"r{n}", t, g, order, measured=t >= self.cfg.warmup, model_load=creq.model_load)
+        r = _Req(spec, f"r{n}", t, g, order, measured=t >= self.cfg.warmup, creq=creq)
         r.phase = "loss" if self.loss_at is not None else "steady"
         self.live[r.rid] = r
         self._attempt(r)
@@ -226,7 +227,8 @@ class MultiClusterSim:
             r.attempt += 1
             self.clock.call_later(self.cfg.connect_timeout, self._attempt, r)
             return
-        r.token = st.dispatched(self.clock.now, r.model_load.get(name))  # streamed: waits for its first byte
+        # Streamed: waits for its first byte.
+        r.token = st.dispatched(self.clock.now, note=r.creq.note(name))
         r.sent = self.clock.now
         r.cluster = name
         self.clock.call_later(c.d.rtt_ms / 2000.0, self._at_cluster, r)

@@ -14,7 +14,7 @@ from kvgate.datalayer.aggregate import AggregateSource
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.scheduling.prefix import CHARS_PER_TOKEN, PrefixIndex
 
-HOT_BLOCKS = 4096  # ~4 KiB of Bloom filter: the recent working set of shared prefixes, not everything
+HOT_BLOCKS = 16384  # ~16 KiB of Bloom filter: the recent working set of shared prefixes, not everything
 
 
 def _prefix_plugin(director: Any) -> Any | None:

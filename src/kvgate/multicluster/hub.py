@@ -54,8 +54,9 @@ class ClusterDirector:
         # holds the request object from dispatch to finish, so its id is unique then). The dispatch time
         # is the cluster state's, under that token.
         self._waits: dict[int, tuple[str, int]] = {}
-        # id(request) -> the policy's model load per cluster from its pick, until its dispatch (bounded).
-        self._loads: dict[int, dict[str, float]] = {}
+        # id(request) -> the policy's request from its pick (model loads, cached shares, prefix key per
+        # cluster), until its dispatch (bounded).
+        self._loads: dict[int, ClusterRequest] = {}
         self.apply(cfg)
 
     def apply(self, cfg: ClustersConfig) -> None:
@@ -89,10 +90,9 @@ class ClusterDirector:
         self._loads.pop(id(req), None)  # (a reused id never finds an earlier request's loads)
         if not chosen:
             raise NoCapacityError("no cluster can take the request (none ready)")
-        if creq.model_load:
-            if len(self._loads) >= MAX_WAITS:  # picked, never dispatched: the oldest is forgotten
-                self._loads.pop(next(iter(self._loads)))
-            self._loads[id(req)] = creq.model_load
+        if len(self._loads) >= MAX_WAITS:  # picked, never dispatched: the oldest is forgotten
+            self._loads.pop(next(iter(self._loads)))
+        self._loads[id(req)] = creq
         explanation: dict[str, Any] = {}
         if explain:
             explanation = {"policy": self.policy.name, "order": [c.name for c in order]}
@@ -103,15 +103,15 @@ class ClusterDirector:
         st = self._state(endpoint)
         if st is None:
             return
+        note = loads.note(st.name) if loads is not None else None
         if not req.stream:
-            st.dispatched()
+            st.dispatched(note=note)
             return
         if len(self._waits) >= MAX_WAITS:  # the oldest stops waiting (as if finished unseen)
             name, token = self._waits.pop(next(iter(self._waits)))
             if name in self.states:
                 self.states[name].answered_without_ttft(token)
-        load = loads.get(st.name) if loads is not None else None
-        self._waits[id(req)] = (st.name, st.dispatched(self.clock(), load))
+        self._waits[id(req)] = (st.name, st.dispatched(self.clock(), note=note))
 
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
         # (``learn`` is moot here: only streamed requests wait for a first token, see on_dispatched.)

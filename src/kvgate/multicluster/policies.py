@@ -49,7 +49,7 @@ from typing import Protocol
 from xxhash import xxh64_intdigest
 
 from kvgate.datalayer.aggregate import MAX_BATCH
-from kvgate.multicluster.state import ClusterState
+from kvgate.multicluster.state import ClusterState, DispatchNote
 from kvgate.scheduling.prefix import block_hashes
 
 POLICIES = ("kvgate", "llm-d-hub", "round-robin", "active-passive")
@@ -66,7 +66,15 @@ class ClusterRequest:
     # (model TTFT / idle TTFT), what a streamed dispatch there keeps (``ClusterState.dispatched``) to judge
     # its answer by. Per request, so a concurrent ``order`` for another request cannot overwrite it.
     model_load: dict[str, float] = field(default_factory=dict)
+    # Also set by ``order``: cluster -> the share of the request's leading blocks its Bloom summary holds
+    # (where it has one and the request has blocks), kept with the dispatch (``ClusterState.dispatched``)
+    # so its answer teaches that cluster what a miss costs.
+    cached: dict[str, float] = field(default_factory=dict)
     _hashes: dict[int, list[int]] = field(default_factory=dict)
+
+    def note(self, cluster: str) -> DispatchNote:
+        """What the policy expected of this request at ``cluster``, for its dispatch there."""
+        return DispatchNote(self.model_load.get(cluster), self.cached.get(cluster), home_key(self))
 
     def hashes(self, chunk: int, max_blocks: int = 16) -> list[int]:
         # Leading blocks only: shared system prompts / tenant prefixes live there.
@@ -248,21 +256,45 @@ class KvgatePolicy:
         speed = a.capacity / a.ready_endpoints if a.ready_endpoints else 1.0
         return self.w.prior_ttft_s / max(speed, 1e-3) + c.spec.rtt_ms / 1000.0
 
-    def predicted_ttft(self, c: ClusterState, now: float = 0.0) -> float:
+    def predicted_ttft(self, c: ClusterState, now: float = 0.0, req: ClusterRequest | None = None) -> float:
         """This request's TTFT there, in seconds: the one unit every cluster is costed in. The model
         (``model_ttft``) times the error it made there (``ClusterState.model_bias``: answers slower than
         predicted at their dispatch scale it up, fading with their age), never below the present
         evidence (the floor x this gateway's requests still waiting for a first byte there, the oldest
         one's age): a queue the model underestimates shows there."""
-        return max(self.model_ttft(c) * c.model_bias(now), c.observed_ttft(now))
+        return max(self.model_ttft(c, req) * c.model_bias(now), c.observed_ttft(now))
 
-    def model_ttft(self, c: ClusterState) -> float:
-        """The model's TTFT there: the idle TTFT (``base_ttft``) x (1 + u), u its occupancy after this
-        request (a prefill shares each engine step with the running decodes: about 2x the floor when
-        full, as measured live), plus, past full, the wait for a slot: (u - 1) x ``slot_time`` (the
-        requests past full, (u - 1) x slots, leave the queue at slots / slot_time per second)."""
+    def model_ttft(self, c: ClusterState, req: ClusterRequest | None = None) -> float:
+        """The model's TTFT there: the request's idle TTFT (``base_ttft`` plus, for ``req``, the prefill
+        of what is not cached there: ``miss_ttft``) x (1 + u), u its occupancy after this request (a
+        prefill shares each engine step with the running decodes: about 2x the floor when full, as
+        measured live), plus, past full, the wait for a slot: (u - 1) x ``slot_time`` (the requests past
+        full, (u - 1) x slots, leave the queue at slots / slot_time per second)."""
         u = self.utilisation(c)
-        return self.base_ttft(c) * (1.0 + min(u, 1.0)) + max(0.0, u - 1.0) * self.slot_time(c)
+        idle = self.base_ttft(c) + (self.miss_ttft(c, req) if req is not None else 0.0)
+        return idle * (1.0 + min(u, 1.0)) + max(0.0, u - 1.0) * self.slot_time(c)
+
+    def miss_ttft(self, c: ClusterState, req: ClusterRequest) -> float:
+        """Seconds the request's uncached prefix adds there: the share of its leading blocks not in the
+        cluster's Bloom summary x what a miss costs there as measured (``ClusterState.miss_cost_s``).
+        0 before that is measured (the relative Bloom discount stands in, ``cost``) or without a summary
+        or blocks to look up: spilling a tenant away from the cluster that holds its prefix is charged
+        the prefill it will redo, in the unit the queues are costed in."""
+        m = c.miss_cost_s
+        cached = req.cached.get(c.name)
+        if m is None or cached is None:
+            return 0.0
+        return (1.0 - cached) * m
+
+    def cached_share(self, c: ClusterState, req: ClusterRequest) -> float | None:
+        """The share of the request's leading blocks in the cluster's Bloom summary; None without a summary
+        or without a block to look up (no estimate, and no evidence of a miss's cost)."""
+        a = c.aggregate
+        if a is None or a.prefix_bloom is None or not a.prefix_chunk_chars or not req.prompt:
+            return None
+        if not req.hashes(a.prefix_chunk_chars):
+            return None
+        return self.affinity(c, req)
 
     def slot_time(self, c: ClusterState) -> float:
         """How long a request holds a slot there: its prefill (the idle TTFT) plus its decode as this
@@ -328,25 +360,37 @@ class KvgatePolicy:
         """The predicted TTFT there (seconds), discounted for what makes it cheaper than it looks: the
         local cluster, a prefix cache hit (Bloom), the request's prefix home."""
         w = self.w
-        cost = self.predicted_ttft(c, now)
+        cost = self.predicted_ttft(c, now, req)
         if c.name == self.local:
             cost *= 1.0 - w.local_bonus
-        cost *= 1.0 - w.affinity * self.affinity(c, req)
+        if c.miss_cost_s is None:  # measured, a miss is in the predicted TTFT (``miss_ttft``)
+            cost *= 1.0 - w.affinity * self.affinity(c, req)
         if c.name == home:
             cost *= 1.0 - w.home_bonus
         return cost
 
     def order(self, clusters: Sequence[ClusterState], req: ClusterRequest, now: float) -> list[ClusterState]:
         good = [c for c in clusters if self.usable(c, now)]
-        # What a dispatch there judges its answer by: the model's load factor, once the cluster's speed is
-        # measured (its floor). Before, the model is the speed prior, and the first answer replaces that
-        # with the floor: a prior's error is no evidence of the model's.
-        req.model_load = {c.name: self.model_ttft(c) / self.base_ttft(c) for c in good if c.ttft_floor_s}
+        self._track_returns(clusters, good, now)
+        req.cached = {}
+        for c in good:
+            share = self.cached_share(c, req)
+            if share is not None:
+                req.cached[c.name] = share
+        # What a dispatch there judges its answer by: the model's prediction for this request over the
+        # floor, once the cluster's speed is measured (its floor). Before, the model is the speed prior,
+        # and the first answer replaces that with the floor: a prior's error is no evidence of the model's.
+        req.model_load = {c.name: self.model_ttft(c, req) / c.ttft_floor_s for c in good if c.ttft_floor_s}
         home = self.home(good, req)
         self.last_home = home
         costs = {c.name: self.cost(c, req, now, home) for c in good}
         self.last_costs = costs
+        # A cluster in slow start with its window in use goes after every other good one (still before
+        # the unknown ones: better there than refused).
+        capped = [c for c in good if c.ramped_full(now, self.slots(c))]
+        good = [c for c in good if c not in capped]
         good.sort(key=lambda c: costs[c.name])
+        capped.sort(key=lambda c: costs[c.name])
         if len(good) >= 2:
             near = [c for c in good if costs[c.name] <= costs[good[0].name] * (1.0 + self.w.slack)]
             if len(near) >= 2:
@@ -354,6 +398,7 @@ class KvgatePolicy:
                 first = a if costs[a.name] <= costs[b.name] else b
                 good.remove(first)
                 good.insert(0, first)
+        good += capped
 
         # Then the unknown ones (stale, never fetched, backing off, EPP not serving), nearest first: a
         # request is better tried there than refused. A fresh snapshot with no ready endpoint is never tried.
@@ -364,6 +409,25 @@ class KvgatePolicy:
         rest = [c for c in clusters if c not in good and not dead(c)]
         rest.sort(key=lambda c: (c.healthy is False or not c.available(now), c.spec.rtt_ms))
         return good + rest
+
+    def _track_returns(
+        self, clusters: Sequence[ClusterState], good: Sequence[ClusterState], now: float
+    ) -> None:
+        """Slow start: a cluster seen usable, then not (stale, no ready endpoint, NOT_SERVING; a failure
+        back-off alone does not count), starts a ramp when it is usable again (``ClusterState.start_ramp``):
+        it comes back with cold caches and a snapshot that cannot show the queue a flood would build."""
+        for c in clusters:
+            if c in good:
+                if c.gone:
+                    c.start_ramp(now)
+                c.gone = False
+                c.seen_usable = True
+            elif c.seen_usable and not self._snapshot_usable(c, now):
+                c.gone = True
+
+    def _snapshot_usable(self, c: ClusterState, now: float) -> bool:
+        a = c.aggregate
+        return c.healthy is not False and c.fresh(now, self.ttl_s) and a is not None and a.ready_endpoints > 0
 
 
 def fresh_seed() -> int:

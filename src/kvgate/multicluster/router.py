@@ -27,7 +27,7 @@ import grpc
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, TlsOptions
 from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, EppStream
 from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy
-from kvgate.multicluster.state import ClusterState
+from kvgate.multicluster.state import ClusterState, DispatchNote
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
 
 log = logging.getLogger("kvgate.multicluster.router")
@@ -174,8 +174,8 @@ class GlobalRouter:
         for i, st in enumerate(order):
             if i:
                 self.failovers += 1
-            load = req.model_load.get(st.name)  # its model there, kept per request (ClusterState.dispatched)
-            routed = await self._try_cluster(st, path, fwd, body, attempts, req.stream, req.model, load)
+            note = req.note(st.name)  # what the policy expected there (ClusterState.dispatched)
+            routed = await self._try_cluster(st, path, fwd, body, attempts, req.stream, req.model, note)
             if routed is not None:
                 st.succeeded()
                 return routed
@@ -195,7 +195,7 @@ class GlobalRouter:
         attempts: list[Attempt],
         stream: bool = False,
         model: str | None = None,
-        load: float | None = None,
+        note: DispatchNote | None = None,
     ) -> Routed | None:
         spec = st.spec
         # A streamed request's TTFT at this cluster runs from here (the EPP's pick included).
@@ -218,7 +218,7 @@ class GlobalRouter:
                 # The pod gets what Envoy would send it: the EPP's header mutation and body.
                 to_pod = pick.request_mutation.apply(fwd, drop=_DROP)
                 routed = await self._send(
-                    st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started, load
+                    st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started, note
                 )
                 if routed is not None:
                     return routed
@@ -232,7 +232,7 @@ class GlobalRouter:
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp status {pick.status}"))
                 return None
         if spec.gateway is not None:
-            return await self._send(st, PARENT, spec.gateway, path, fwd, body, attempts, None, started, load)
+            return await self._send(st, PARENT, spec.gateway, path, fwd, body, attempts, None, started, note)
         return None
 
     async def _send(
@@ -246,12 +246,12 @@ class GlobalRouter:
         attempts: list[Attempt],
         epp: EppStream | None = None,
         started: float | None = None,
-        load: float | None = None,
+        note: DispatchNote | None = None,
     ) -> Routed | None:
         assert self._session is not None, "start() first"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=300)
         # Streamed: the request waits for its first byte in the cluster's state (censored TTFT evidence).
-        token = st.dispatched(started, load)
+        token = st.dispatched(started, note=note)
 
         def given_up() -> None:
             st.finished(token)

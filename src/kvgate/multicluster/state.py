@@ -49,6 +49,34 @@ FLOOR_STEP = 0.2
 BIAS_RANGE = (0.25, 8.0)
 BIAS_ALPHA = 0.1
 BIAS_TAU_S = 5.0
+# The cost of a prefix cache miss there: the median TTFT of the answers that missed less that of those
+# that hit (both carry the same queueing, so the difference is the prefill of the uncached part). A hit:
+# at least HIT_SHARE of its leading blocks in the cluster's Bloom summary at dispatch (a summary lists
+# only the hot blocks, so it misses many hits but seldom names a miss one). A miss: the first request
+# this gateway sends there with that prefix (its home key), and not in the summary either. Other answers
+# teach nothing of it. Tracked as the floor is, at the median.
+HIT_SHARE = 0.5
+CLASS_START = 8  # the first answers of a class set its median as their geometric mean (few sure misses)
+SENT_KEYS_MAX = 16384  # the prefixes remembered as sent there (LRU): 8-byte keys, bounded memory
+# Slow start for a cluster that comes back (its snapshot stale or empty, then fresh again): at most
+# ``ramp_window`` requests in flight there, starting at one per ready endpoint (or what is still in flight
+# there); each answer at most
+# RAMP_OK x the model's prediction for it opens one more (doubling per round trip, as TCP's slow start),
+# a slower one halves it. It ends once the window reaches the cluster's slots, or after RAMP_MAX_S.
+RAMP_OK = 1.5
+RAMP_MAX_S = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchNote:
+    """What the policy expected of a request at one cluster, kept with its dispatch there: ``load``, its
+    predicted TTFT over the cluster's floor (None: no model yet); ``cached``, the share of its leading
+    blocks in the cluster's Bloom summary (None: no summary or no blocks); ``key``, its prefix's home key
+    (None: no full block)."""
+
+    load: float | None = None
+    cached: float | None = None
+    key: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -78,6 +106,19 @@ class ClusterState:
     decode_s: float | None = None
     _first_at: dict[int, float] = field(default_factory=dict)  # token -> its first byte's time
     _load: dict[int, float] = field(default_factory=dict)  # waiting token -> the model's load at dispatch
+    # Median TTFT of the answers expected to hit / to miss the prefix cache there (``miss_cost_s``).
+    hit_ttft_s: float | None = None
+    miss_ttft_s: float | None = None
+    hit_n: int = 0  # answers counted in each
+    miss_n: int = 0
+    _hit: dict[int, bool] = field(default_factory=dict)  # waiting token -> a hit (True) or a miss (False)
+    # Prefix home keys this gateway has sent there, oldest first (bounded): a first send is a sure miss.
+    sent_keys: dict[bytes, None] = field(default_factory=dict)
+    # Slow start (``start_ramp``): requests in flight allowed there; None = no ramp.
+    ramp_window: float | None = None
+    ramp_until: float = 0.0
+    gone: bool = False  # seen usable, then not (stale, empty, NOT_SERVING): its return is ramped
+    seen_usable: bool = False
     _token: int = 0
 
     @property
@@ -98,11 +139,18 @@ class ClusterState:
         self.fetched_at = now
         self.fetch_error = None
 
-    def dispatched(self, now: float | None = None, load: float | None = None) -> int:
+    def dispatched(
+        self, now: float | None = None, load: float | None = None, note: DispatchNote | None = None
+    ) -> int:
         """Count a request sent there. With ``now`` (a streamed request), it also waits for its first byte
         until ``observe_ttft`` or ``finished`` gets the returned token; 0 = not tracked. ``load``: the
-        policy's model load factor for this request there (model TTFT / idle TTFT, at least 1), which its
-        answer is judged against; None: no model there, the answer is no evidence of its error."""
+        policy's model for this request there, its predicted TTFT over the cluster's floor, which its
+        answer is judged against; None: no model there, the answer is no evidence of its error. ``note``:
+        the policy's expectations (its ``load`` stands for the argument): a sure hit or miss there counts
+        its answer towards the hit or the miss median (``miss_cost_s``)."""
+        if note is not None:
+            load = note.load if load is None else load
+            hit = self._classify(note)
         self.sent_since_snapshot += 1
         self.sent_total += 1
         self.inflight += 1
@@ -112,13 +160,39 @@ class ClusterState:
         self.waiting[self._token] = now
         if load is not None and load > 0.0:
             self._load[self._token] = load
+        if note is not None and hit is not None:
+            self._hit[self._token] = hit
         return self._token
+
+    def _classify(self, note: DispatchNote) -> bool | None:
+        """A sure hit (in the summary), a sure miss (this prefix's first send here, not in the summary),
+        or None; remembers the prefix as sent here."""
+        key = note.key
+        first = key is not None and key not in self.sent_keys
+        if key is not None:
+            self.sent_keys.pop(key, None)
+            self.sent_keys[key] = None
+            if len(self.sent_keys) > SENT_KEYS_MAX:
+                self.sent_keys.pop(next(iter(self.sent_keys)))
+        if note.cached is None:
+            return None
+        if note.cached >= HIT_SHARE:
+            return True
+        return False if first else None
 
     def observe_ttft(self, seconds: float, now: float, token: int = 0) -> None:
         if self.waiting.pop(token, None) is not None:
             self._first_at[token] = now
         f = self.ttft_floor_s
         load = self._load.pop(token, None)
+        hit = self._hit.pop(token, None)
+        if hit is not None and seconds > 0.0:
+            if hit:
+                self.hit_n += 1
+                self.hit_ttft_s = _median_step(self.hit_ttft_s, seconds, self.hit_n)
+            else:
+                self.miss_n += 1
+                self.miss_ttft_s = _median_step(self.miss_ttft_s, seconds, self.miss_n)
         if load is not None and f is not None and f > 0.0 and seconds > 0.0:
             # Judged against the load factor x the floor now: the speed error is the floor's, not the
             # bias's (before any floor, the first answer sets it: no error to learn from yet).
@@ -127,18 +201,49 @@ class ClusterState:
             old = self.faded_log_bias(now)
             self.log_bias = old + BIAS_ALPHA * (math.log(r) - old)
             self.bias_at = now
-        if f is None or f <= 0.0:
-            self.ttft_floor_s = seconds
-        elif seconds > f:
-            self.ttft_floor_s = f * math.exp(FLOOR_STEP * FLOOR_QUANTILE)
-        elif seconds < f:
-            self.ttft_floor_s = max(seconds, f * math.exp(-FLOOR_STEP * (1.0 - FLOOR_QUANTILE)))
+            if self.ramp_window is not None:
+                self._ramp_step(r <= RAMP_OK, now)
+        self.ttft_floor_s = _quantile_step(f, seconds, FLOOR_QUANTILE)
+
+    @property
+    def miss_cost_s(self) -> float | None:
+        """What a prefix cache miss costs there, in seconds: the median TTFT of the answers expected to
+        miss less that of those expected to hit (at least 0); None until both are measured."""
+        if self.hit_ttft_s is None or self.miss_ttft_s is None:
+            return None
+        return max(0.0, self.miss_ttft_s - self.hit_ttft_s)
+
+    def start_ramp(self, now: float) -> None:
+        """The cluster is back: slow start, one request in flight per ready endpoint at first, or what
+        this gateway still has in flight there if more (a snapshot that only lapsed, its requests still
+        being answered, is not throttled below what it is serving)."""
+        a = self.aggregate
+        ready = a.ready_endpoints if a is not None else 1
+        self.ramp_window = float(max(1, ready, self.inflight))
+        self.ramp_until = now + RAMP_MAX_S
+
+    def ramped_full(self, now: float, slots: float) -> bool:
+        """In slow start with its window in use: not to be given more while another cluster can take it.
+        Ends the ramp once its window reaches ``slots`` (the requests it holds when full) or its time."""
+        w = self.ramp_window
+        if w is None:
+            return False
+        if w >= slots or now >= self.ramp_until:
+            self.ramp_window = None
+            return False
+        return self.inflight >= w
+
+    def _ramp_step(self, ok: bool, now: float) -> None:
+        w = self.ramp_window
+        assert w is not None
+        self.ramp_window = w + 1.0 if ok else max(1.0, float(int(w / 2.0)))
 
     def answered_without_ttft(self, token: int) -> None:
         """The request got an answer that says nothing of the cluster's TTFT (an error reply): no longer
         waiting, and no evidence either way."""
         self.waiting.pop(token, None)
         self._load.pop(token, None)
+        self._hit.pop(token, None)
 
     def oldest_wait(self, now: float) -> float:
         """Age of the oldest request still waiting for its first byte (0 when none): its TTFT is at least
@@ -179,6 +284,7 @@ class ClusterState:
         self.inflight = max(0, self.inflight - 1)
         self.waiting.pop(token, None)
         self._load.pop(token, None)
+        self._hit.pop(token, None)
         first = self._first_at.pop(token, None)
         if first is not None and now is not None:
             d = max(0.0, now - first)
@@ -196,3 +302,27 @@ class ClusterState:
 
     def available(self, now: float) -> bool:
         return now >= self.down_until
+
+
+def _median_step(m: float | None, x: float, n: int) -> float:
+    """A class median after its ``n``-th answer ``x``: the geometric mean of the first CLASS_START
+    answers (a tracker's small steps would take tens of answers to leave its first one, and sure misses
+    are few), then the median tracker's steps."""
+    if m is None or m <= 0.0 or x <= 0.0:
+        return x if x > 0.0 else (m or x)
+    if n <= CLASS_START:
+        return math.exp(math.log(m) + (math.log(x) - math.log(m)) / n)
+    return _quantile_step(m, x, 0.5)
+
+
+def _quantile_step(q: float | None, x: float, quantile: float) -> float:
+    """One step of a multiplicative stochastic-quantile tracker: ``q`` moves up by FLOOR_STEP x
+    ``quantile`` (in log) for an ``x`` above it, down by FLOOR_STEP x (1 - ``quantile``) for one below (not
+    past ``x``), so it settles where ``quantile`` of the values are below it; the first value sets it."""
+    if q is None or q <= 0.0:
+        return x
+    if x > q:
+        return q * math.exp(FLOOR_STEP * quantile)
+    if x < q:
+        return max(x, q * math.exp(-FLOOR_STEP * (1.0 - quantile)))
+    return q
