@@ -56,3 +56,23 @@ def test_a_retried_attempts_ttft_evidence_runs_from_its_own_dispatch() -> None:
     timeout = sim.cfg.connect_timeout
     assert east.ttft_floor_s is not None and 0.0 < east.ttft_floor_s < timeout
     assert sim.collectors["steady"].summary(duration=1.0)["ttft_p50"] > timeout
+
+
+def test_live_trace_names_what_makes_the_p90() -> None:
+    from kvgate.bench.multicluster_live import Result, after_return, trace_kinds
+
+    def r(start: float, cluster: str, ttft: float | None, group: str, cached: int) -> Result:
+        return Result(start, cluster, ttft, group=group, prompt_tokens=100, cached_tokens=cached)
+
+    res = [
+        r(0.0, "east", 1.3, "g0", 0),  # warm-up: g0's first touch, not measured
+        r(10.0, "east", 0.3, "g0", 90),  # hit
+        r(11.0, "west", 1.4, "g0", 0),  # g0 spilled to a second cluster
+        r(12.0, "east", 1.5, "g0", 10),  # repeat miss in east
+        r(13.0, "west", 1.2, "g1", 0),  # g1's first touch
+        r(14.0, "east", None, "g2", 0),  # no token
+    ]
+    t = trace_kinds(res, warmup=5.0, timeout=20.0)
+    assert t["counts"] == {"hit": 1, "second": 1, "repeat": 1, "first": 1, "none": 1}
+    assert t["p90_set"] == {"none@east": 1}
+    assert after_return(res, "west", 11.0) == {"sent": 2, "of": 3, "ttft_p50": 1.4, "others_p50": 1.5}

@@ -398,6 +398,48 @@ async def measure_capacity(clusters: list[LiveCluster], cfg: LiveConfig) -> dict
 
 
 # --- one run ---------------------------------------------------------------------------------------
+def trace_kinds(res: list[Result], warmup: float, timeout: float) -> dict[str, Any]:
+    """What makes the p90, per measured request: a hit (at least half its prompt cached where it ran) or
+    a miss, and which miss: ``first`` (its tenant's first request anywhere since the caches were
+    emptied, warm-up included), ``second`` (its tenant's first in this cluster, served elsewhere before:
+    a spill) or ``repeat`` (a cluster that had served the tenant: an eviction, or another replica);
+    ``none``: no token. ``counts`` over the measured requests, ``p90_set`` over those at or above the
+    p90 TTFT, by kind and cluster."""
+    seen: dict[str, set[str]] = {}
+    kinds: list[tuple[Result, str]] = []
+    for r in res:
+        kind = "none"
+        if r.ttft is not None and r.cluster:
+            where = seen.setdefault(r.group, set())
+            if r.prompt_tokens and r.cached_tokens / r.prompt_tokens >= 0.5:
+                kind = "hit"
+            else:
+                kind = "first" if not where else ("second" if r.cluster not in where else "repeat")
+            where.add(r.cluster)
+        if r.start >= warmup:
+            kinds.append((r, kind))
+    counts: dict[str, int] = {}
+    for _, k in kinds:
+        counts[k] = counts.get(k, 0) + 1
+    p90 = _pct([timeout if r.ttft is None else r.ttft for r, _ in kinds], 0.9)
+    top: dict[str, int] = {}
+    if p90 is not None:
+        for r, k in kinds:
+            if (timeout if r.ttft is None else r.ttft) >= p90:
+                key = f"{k}@{r.cluster or '-'}"
+                top[key] = top.get(key, 0) + 1
+    return {"counts": counts, "p90_set": top}
+
+
+def after_return(res: list[Result], cluster: str, since: float) -> dict[str, Any]:
+    """Requests started from ``since`` (2 s after the lost cluster's return): how many went to it, and
+    its TTFT p50 against the others'."""
+    later = [r for r in res if r.start >= since and r.ttft is not None]
+    there = [r.ttft for r in later if r.cluster == cluster and r.ttft is not None]
+    rest = [r.ttft for r in later if r.cluster != cluster and r.ttft is not None]
+    return {"sent": len(there), "of": len(later), "ttft_p50": _pct(there, 0.5), "others_p50": _pct(rest, 0.5)}
+
+
 def _pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -545,15 +587,18 @@ async def run_policy(policy: str, phase: str, qps: float, clusters: list[LiveClu
             round(r.cached_tokens / r.prompt_tokens, 3) if r.prompt_tokens else None for r in res
         ],
     }
+    row["trace"] = trace_kinds(res, cfg.warmup, cfg.request_timeout)
     if loss:
         row["loss_at_s"], row["back_at_s"] = loss_at, back_at
+        row["after_return"] = after_return(res, LOST_CLUSTER, back_at + 2.0)
     print(
         f"{row['phase']:<6} {policy:<15} p50 {_ms(row['ttft_p50'])} ms  p90 {_ms(row['ttft_p90'])} ms  "
         f"goodput {row['goodput_req_per_s']:5.2f}/s  cross {row['cross_cluster_share']:.2f}  "
         f"hit {_share(row['prefix_hit_rate'])}  clusters/tenant {_num(row['clusters_per_tenant'])}  "
         f"lost {row['lost']}  timeouts {row['timeouts']}  cut {row['cut']} ({row['cut_before_token']} before "
         f"a token)  retries {row['retries']}  "
-        f"served {served}",
+        f"served {served}  kinds {row['trace']['counts']}  p90 set {row['trace']['p90_set']}"
+        + (f"  after return {row['after_return']}" if loss else ""),
         file=log,
         flush=True,
     )
