@@ -457,3 +457,111 @@ def test_head_of_line_arrival_rate_never_grows_when_the_clock_steps_back() -> No
     s = KVGateCostScorer("c", PluginHandle(), head_of_line=True)
     s._arrivals["a"] = (3.0, 10.0)
     assert s.arrival_rate("a", 5.0) == 3.0 / RATE_WINDOW_S
+
+
+# A tenant context longer than the approximate scorer's hashed window (256 blocks x 64 chars = 16,384).
+LONG = "".join(f"tenant context sentence {i}. " for i in range(700))
+
+
+def _long_burst(params: dict[str, object], n: int = 12) -> tuple[Counter[str], dict[str, int]]:
+    # A cold burst of one long context, each request with its own ~325-token question past the window.
+    from kvgate.config.policies import policy_config
+
+    cfg = policy_config("kvgate")
+    for spec in cfg.plugins:
+        if spec.type == "kvgate-cost-scorer":
+            spec.parameters = {**(spec.parameters or {}), **params}
+    store = EndpointStore([ep(f"10.0.0.{i}:8000", kv_cache_usage=0.8) for i in range(4)])
+    d = build_director(cfg, store, clock=lambda: 0.0, seed=0)
+    picks: Counter[str] = Counter()
+    for i in range(n):
+        r = _req(i, LONG + f"question {i} " * 100)
+        res = d.pick(r)
+        picks[res.primary.address] += 1
+        d.on_dispatched(r, res.primary)
+    return picks, {e.address: e.inflight.pending_prefill_tokens for e in store.all()}
+
+
+def test_burst_tail_counts_each_followers_own_question_past_the_hashed_window() -> None:
+    # Without it, a full match of the hashed window is extrapolated over the whole prompt: every follower
+    # looks fully cached at the holder, adds nothing to its pending prefill, and the burst piles there.
+    alone, pending = _long_burst({})
+    holder = next(iter(alone))
+    assert alone == Counter({holder: 12})
+    assert pending[holder] == len(LONG + "question 0 " * 100) // 4  # only the first request's prefill
+    # With it, each follower's question (past the part of the tail it shares with the requests waiting
+    # at the holder) is counted uncached there, so the holder looks as loaded as it is and the burst
+    # spreads as a burst of short-context requests does.
+    spread, pending = _long_burst({"burstTail": True})
+    assert len(spread) >= 2 and max(spread.values()) < 12
+
+
+def test_burst_tail_counts_only_the_part_of_the_tail_not_shared() -> None:
+    from kvgate.scheduling.framework import Params
+    from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
+    from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
+
+    from .helpers import cycle, handle
+
+    h = handle()
+    prefix = PrefixCacheScorer.create("prefix-cache-scorer", Params({}, "p"), h)
+    h.plugins = {"prefix-cache-scorer": prefix}
+    s = KVGateCostScorer.create("k", Params({"burstTail": True, "decodeWeight": 0}, "p"), h)
+    a = ep("a:1", kv_cache_usage=0.0)
+    first = cycle(LONG + "same question " * 60)
+    prefix.prepare(first, [a])
+    s.on_picked(first, a)
+    prefix.on_picked(first, a)
+    # The same prompt again while the first waits: its tail is the first one's; only what is past its
+    # last full 128-token stride (keys cover full strides) counts as its own.
+    again = cycle(LONG + "same question " * 60)
+    prefix.prepare(again, [a])
+    assert s.costs(again, [a])[0] < 128
+    # Another question: the tokens past the shared part are its own, to within one 128-token stride.
+    other = cycle(LONG + "other question " * 60)
+    prefix.prepare(other, [a])
+    (c,) = s.costs(other, [a])
+    own = len("other question " * 60) / 4
+    assert own <= c <= own + 128
+
+
+def test_tail_keys_agree_as_far_as_two_long_prompts_do() -> None:
+    from kvgate.scheduling.framework import Params
+    from kvgate.scheduling.plugins.prefix_cache import TAIL_STRIDE, PrefixCacheScorer, prefix_match
+
+    from .helpers import cycle, handle
+
+    p = PrefixCacheScorer.create("p", Params({}, "p"), handle())
+    a = ep("a:1")
+
+    def keys(text: str) -> list[int]:
+        c = cycle(text)
+        p.prepare(c, [a])
+        m = prefix_match(c)
+        assert m is not None
+        return list(m.tail_keys())
+
+    assert keys("short prompt " * 100) == []  # fits the window: no tail
+    stride = 64 * TAIL_STRIDE  # characters per tail key at 16-token blocks
+    x, y = keys(LONG + "a" * 3 * stride), keys(LONG + "a" * stride + "b" * 2 * stride)
+    window_part = (len(LONG) - 256 * 64) // stride  # LONG's own tail strides, then the questions'
+    assert len(x) == len(y) == window_part + 3
+    assert x[: window_part + 1] == y[: window_part + 1] and x[window_part + 1] != y[window_part + 1]
+
+
+def test_output_displacement_sends_a_long_output_where_the_cache_is_emptier() -> None:
+    from kvgate.scheduling.framework import Params
+    from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
+
+    from .helpers import cycle, handle
+
+    emptier, fuller = ep("a:1", kv_cache_usage=0.2), ep("b:1", kv_cache_usage=0.6)
+    params = {"decodeWeight": 0}
+    off = KVGateCostScorer.create("k", Params(dict(params), "p"), handle())
+    on = KVGateCostScorer.create("k", Params({**params, "outputDisplacement": True}, "p"), handle())
+    # 100 uncached prompt tokens, 1,000 output tokens: without it only the prompt's blocks displace.
+    ce, cf = off.costs(cycle("x" * 400, max_tokens=1000), [emptier, fuller])
+    assert abs((cf - ce) - 2 * 0.4 * 100) < 1e-9
+    # With it the output's blocks (cached as they are generated) displace too, 2 x fill each.
+    oe, of = on.costs(cycle("x" * 400, max_tokens=1000), [emptier, fuller])
+    assert abs(oe - ce - 2 * 0.2 * 1000) < 1e-9 and abs(of - cf - 2 * 0.6 * 1000) < 1e-9

@@ -78,10 +78,17 @@ from kvgate.scheduling.framework import (
     ResponseObserver,
     Scorer,
     add_explanation,
+    publish_cache_expectation,
 )
 from kvgate.scheduling.plugins.precise_prefix import CYCLE_KEY as PRECISE_KEY
 from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer
-from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, UsesPrefixPlugin, prefix_match
+from kvgate.scheduling.plugins.prefix_cache import (
+    TAIL_STRIDE,
+    PrefixCacheScorer,
+    PrefixMatch,
+    UsesPrefixPlugin,
+    prefix_match,
+)
 from kvgate.scheduling.registry import register
 from kvgate.scheduling.types import InferenceRequest, prompt_tokens
 
@@ -102,6 +109,18 @@ SPT_MIN_TOKENS = 1024
 SPT_WARMUP = 5
 SPT_CLAMP = 4.0
 MAX_ENDPOINTS_TRACKED = 4096  # arrival rates kept for at most this many endpoints
+
+
+class _TailExpectation:
+    """The approximate match, with at least ``floor`` of the prompt uncached anywhere (burstTail)."""
+
+    __slots__ = ("floor", "m")
+
+    def __init__(self, m: PrefixMatch, floor: float) -> None:
+        self.m, self.floor = m, floor
+
+    def uncached_fraction(self, address: str) -> float:
+        return max(self.floor, self.m.uncached_fraction(address))
 
 
 @register("kvgate-cost-scorer")
@@ -127,6 +146,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         shared_copy: bool = True,
         replicate_loaded: bool = False,
         head_of_line: bool = False,
+        burst_tail: bool = False,
+        output_displacement: bool = False,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -146,6 +167,11 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.shared_copy = shared_copy
         self.replicate_loaded = replicate_loaded
         self.head_of_line = head_of_line
+        self.burst_tail = burst_tail
+        self.output_displacement = output_displacement
+        # burstTail: waiting requests' tail keys past the prefix scorer's hashed window (request id ->
+        # keys), for prompts that overflow it.
+        self._tails: dict[str, array[int]] = {}
         # headOfLine: per endpoint (decayed arrival count, its time); learned seconds per prefill token
         # (0 until learned); picks waiting for their first token: request id -> (pick time, tokens to
         # compute there up to and including its own).
@@ -182,6 +208,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             shared_copy=params.get_bool("sharedCopy", True),
             replicate_loaded=params.get_bool("replicateLoaded", False),
             head_of_line=params.get_bool("headOfLine", False),
+            burst_tail=params.get_bool("burstTail", False),
+            output_displacement=params.get_bool("outputDisplacement", False),
         )
         params.finish()
         return s
@@ -241,7 +269,23 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         best_uncached = p - (max(get(ep.address, 0) for ep in endpoints) * per_block if matched else 0.0)
         # A copy of a prefix that other requests are waiting on right now (a burst) is shared by them:
         # its displacement of other groups' blocks is split over this request and those waiting.
-        share = 1.0 / (1 + self._waiting_on_prefix(cycle, endpoints, matched)) if self.shared_copy else 1.0
+        tail_shared: list[int] = []
+        waiting = self._waiting_on_prefix(cycle, endpoints, matched, tail_shared) if self.shared_copy else 0
+        share = 1.0 / (1 + waiting)
+        # burstTail: a match of the whole hashed window is extrapolated over the prompt's unhashed tail,
+        # as if the tail were cached too. When requests with this head are waiting at the holder (a
+        # burst), the tail is compared with theirs: past the part they share, it is this request's own
+        # (its question), uncached everywhere, and work the holder must do before it answers.
+        tail = 0.0
+        if tail_shared:
+            m = prefix_match(cycle)
+            if m is not None and m.data:
+                shared_units = m.chunk * (len(m.hashes) + tail_shared[0] * TAIL_STRIDE)
+                tail = p * max(0.0, 1.0 - shared_units / len(m.data))
+                if best_uncached < tail:
+                    best_uncached = tail
+                if tail:
+                    publish_cache_expectation(cycle, _TailExpectation(m, tail / p), override=True)
         # Learned pace (seconds per token-slot, load-independent: ``scheduling.speed``): the same tokens
         # take longer on a slower replica, so its costs are scaled by its pace over the fastest one's
         # (cost in time = work / speed).
@@ -251,6 +295,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             if len(paces) == len(endpoints):  # only once every candidate's pace is known
                 fastest = min(paces)
         spt = self.spt if self.head_of_line else 0.0
+        out_tokens = (req.max_tokens or 0) if self.output_displacement else 0
         costs: list[float] = []
         sat_flags: list[bool] = []
         n_sat = 0
@@ -294,10 +339,16 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                     sat = True
             miss = 1.0 + miss_penalty * fill
             uncached = p - get(ep.address, 0) * per_block if matched else p
+            if uncached < tail:
+                uncached = tail
             # The prefix another candidate holds, computed again here (a second copy).
             lost = uncached - best_uncached if uncached > best_uncached else 0.0
             miss_lost = 1.0 + miss_penalty * fill * share
             work = ahead + miss * (uncached - lost) + miss_lost * lost + decode_weight * load
+            if out_tokens:
+                # The output's blocks are cached too (vLLM keeps full blocks of generated tokens): they
+                # displace other prefixes as a miss's prompt blocks do, more where the cache is fuller.
+                work += (miss - 1.0) * out_tokens
             if spt:
                 # The arrivals expected while these tokens are computed, each delayed by them.
                 work += self.arrival_rate(ep.address, now) * spt * uncached * (ahead + 0.5 * uncached)
@@ -333,10 +384,16 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         return costs
 
     def _waiting_on_prefix(
-        self, cycle: CycleState, endpoints: Sequence[Endpoint], matched: dict[str, int]
+        self,
+        cycle: CycleState,
+        endpoints: Sequence[Endpoint],
+        matched: dict[str, int],
+        tail_shared: list[int] | None = None,
     ) -> int:
         """Requests dispatched to the best prefix holder among ``endpoints``, not yet at their first
-        token, whose prompts share this request's prefix as deep as that holder holds it."""
+        token, whose prompts share this request's prefix as deep as that holder holds it. With
+        ``burstTail``, when the holder holds the prompt's whole hashed window and the prompt overflows
+        it, ``tail_shared`` gets the most tail keys this prompt shares with one of those requests."""
         if not matched or not self._waiting:
             return 0
         best = max(endpoints, key=lambda ep: matched.get(ep.address, 0)).address
@@ -349,8 +406,24 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         waiting = self._waiting_at.get(best)
         if not waiting:
             return 0
-        recent = islice(reversed(waiting.values()), WAITING_SCAN)
-        return sum(1 for h in recent if len(h) >= depth and h[depth - 1] == key)
+        recent = islice(reversed(waiting.items()), WAITING_SCAN)
+        same = [rid for rid, h in recent if len(h) >= depth and h[depth - 1] == key]
+        if same and tail_shared is not None and self.burst_tail and self.precise is None:
+            m = prefix_match(cycle)
+            if m is not None and m.data and depth == len(m.hashes):
+                mine = m.tail_keys()
+                most = 0
+                for rid in same:
+                    theirs = self._tails.get(rid)
+                    if theirs is not None:
+                        n = 0
+                        for a, b in zip(mine, theirs, strict=False):
+                            if a != b:
+                                break
+                            n += 1
+                        most = max(most, n)
+                tail_shared.append(most)
+        return len(same)
 
     def _prompt_keys(self, cycle: CycleState, address: str) -> tuple[Sequence[int], int]:
         """This prompt's chained block keys as the prefix source matches them at ``address``, and the
@@ -365,6 +438,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         return (m.hashes, 1) if m is not None and m.hashes else ((), 1)
 
     def _forget(self, request_id: str) -> None:
+        self._tails.pop(request_id, None)
         addr = self._waiting.pop(request_id, None)
         if addr is not None:
             at = self._waiting_at[addr]
@@ -388,6 +462,10 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 self._waiting[req.request_id] = endpoint.address
                 compact = array("Q", [k & _U64 for k in keys])
                 self._waiting_at.setdefault(endpoint.address, {})[req.request_id] = compact
+                if self.burst_tail and self.precise is None:
+                    m = prefix_match(cycle)
+                    if m is not None and m.data:
+                        self._tails[req.request_id] = m.tail_keys()
                 if len(self._waiting) > MAX_WAITING_TRACKED:
                     self._forget(next(iter(self._waiting)))
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)

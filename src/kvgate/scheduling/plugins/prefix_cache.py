@@ -8,9 +8,12 @@ as holding the request's blocks).
 
 from __future__ import annotations
 
+import struct
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import xxhash
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import StoreChange
@@ -41,6 +44,14 @@ from kvgate.scheduling.tokenize import TokenizerSource
 from kvgate.scheduling.types import InferenceRequest
 
 CYCLE_KEY = "prefix-cache"
+# A prompt's tail past the hashed window is keyed coarsely (one key per TAIL_STRIDE blocks, 128 tokens at
+# the default block size) and only up to TAIL_MAX_BLOCKS blocks past it: enough to tell how far two long
+# prompts with the same head agree (a burst's shared context versus each request's own question) at a
+# few hashes per pick.
+TAIL_STRIDE = 8
+TAIL_MAX_BLOCKS = 1792
+_pack = struct.Struct("<Q").pack
+_h64 = xxhash.xxh64_intdigest
 PURGE_INTERVAL_S = 120.0  # reference: inactive endpoints purged from the index every 2 minutes
 
 
@@ -49,6 +60,29 @@ class PrefixMatch:
     hashes: list[int]
     matched: dict[str, int]  # address -> leading blocks held (absent = 0)
     chunk: int  # characters (or bytes) per block
+    # A prompt longer than the hashed window keeps what is needed to key its tail (``tail_keys``).
+    model: str = ""
+    data: str | bytes = ""  # the hashed prompt (text, or token ids' bytes), kept only when it overflows
+    _tail: array[int] | None = None
+
+    def tail_keys(self) -> array[int]:
+        """Chained keys of the prompt past the hashed window, one per ``TAIL_STRIDE`` blocks (its full
+        strides only, at most ``TAIL_MAX_BLOCKS`` blocks), continuing the window's chain: two prompts
+        whose window keys are equal have equal tail keys as far as their tails are equal, to a stride.
+        Empty when the prompt fits the window. Computed once, on first use."""
+        if self._tail is None:
+            out = array("Q")
+            if self.data and self.hashes:
+                size = self.chunk * TAIL_STRIDE
+                start = self.chunk * len(self.hashes)
+                raw = self.data[start : start + size * (TAIL_MAX_BLOCKS // TAIL_STRIDE)]
+                data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+                prev = self.hashes[-1]
+                for start in range(0, len(data) - size + 1, size):
+                    prev = _h64(data[start : start + size] + _pack(prev))
+                    out.append(prev)
+            self._tail = out
+        return self._tail
 
     @property
     def total(self) -> int:
@@ -151,21 +185,28 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
             self._chunk_tokens = tokens
         req = cycle.request
         ids = self._token_ids(req)
+        data: str | bytes = ""
         if ids:
             chunk = tokens * 4  # uint32 per token: a block is exactly ``tokens`` tokens
-            hashes = block_hashes(req.model, array("I", ids).tobytes(), chunk, self.max_blocks)
+            data = array("I", ids).tobytes()
+            hashes = block_hashes(req.model, data, chunk, self.max_blocks)
         elif req.prompt_text:
             chunk = tokens * CHARS_PER_TOKEN
-            hashes = block_hashes(req.model, req.prompt_text, chunk, self.max_blocks)
+            data = req.prompt_text
+            hashes = block_hashes(req.model, data, chunk, self.max_blocks)
         else:
             chunk, hashes = tokens * CHARS_PER_TOKEN, []
+        window = chunk * len(hashes)
         matched: dict[str, int] = {}
         if hashes and len(self.index):
             addrs = [ep.address for ep in endpoints]
             for a, n in zip(addrs, self.index.match(hashes, addrs), strict=True):
                 if n:
                     matched[a] = n
-        match = cycle.data[CYCLE_KEY] = PrefixMatch(hashes, matched, chunk)
+        overflow = len(hashes) == self.max_blocks and len(data) > window
+        match = cycle.data[CYCLE_KEY] = PrefixMatch(
+            hashes, matched, chunk, req.model, data if overflow else ""
+        )
         if hashes:
             # The approximate index's guess wins over a precise scorer's in the same cycle.
             publish_cache_expectation(cycle, match, override=True)
