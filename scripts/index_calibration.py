@@ -7,11 +7,14 @@ over-beliefs into those on a prefix the index was told about less than a second 
 followers picked while the first request is still computing the prefix: the engine cannot have it yet,
 which is expected, not an index error) and the rest (the engine evicted what the index still lists).
 
-    PYTHONPATH=src python scripts/index_calibration.py FAMILY QPS SEED POLICY
+    PYTHONPATH=src python scripts/index_calibration.py FAMILY[:FIELD=N,...] QPS SEED POLICY
+
+(``a:tenant_prefix=4096`` runs family a with that field changed, as ``scripts/family_variant.py``.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import Counter
 from typing import Any
@@ -25,7 +28,12 @@ RECENT_S = 1.0
 
 
 def main() -> None:
-    fam, qps, seed, policy = FAMILIES[sys.argv[1]], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    name, _, changes = sys.argv[1].partition(":")
+    fam = FAMILIES[name]
+    if changes:
+        pairs = (c.split("=") for c in changes.split(","))
+        fam = dataclasses.replace(fam, **{k: int(v) for k, v in pairs})
+    qps, seed, policy = float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     sim = mixed_sim(fam, policy, qps, seed)
     engines = {ep.address: r.engine for ep, r in zip(sim.endpoints, sim.replicas, strict=True)}
     bs = sim.replicas[0].engine.config.block_size
