@@ -74,6 +74,16 @@ def main() -> int:
             print(f"  load {label} {cut:.1f} ({len(part)} pairs): {spread(part) if part else 'none'}")
     if not splits:
         return 0
+    # Background CPU: the router's process tree and the two vLLM API servers, per 40-request pass.
+    print("\nCPU per pass, mean of a run's passes: router / vLLM API servers (s)")
+    for name, doc, _, _ in splits:
+        cells = [
+            f"{router}: {statistics.fmean(p['router_cpu_s'] for p in ps):.2f} / "
+            f"{statistics.fmean(p['api_cpu_s'] for p in ps):.2f}"
+            for router, ps in doc["passes"].items()
+            if ps and "router_cpu_s" in ps[0] and "api_cpu_s" in ps[0]
+        ]
+        print(f"{name:30s} " + "; ".join(cells))
     # Placement vs per-request cost: hits (>= half the prompt cached) and misses, per pass.
     print("\nper pass: hits x mean TTFT of a hit + misses x mean TTFT of a miss (ms)")
     hit_r, miss_r, med_r, slow = [], [], [], {args.a: 0, args.b: 0}

@@ -63,16 +63,21 @@ def test_metrics_scraped_with_real_names(real_fleet: RealFleet):
     store = EndpointStore.from_addresses(real_fleet.addresses)
 
     unfiltered: set[str] = set()
+    lean: dict[str, int] = {}
 
     async def scrape() -> list[bool]:
         async with MetricsScraper(store) as sc:
-            ok = [await sc.scrape(ep) for ep in store.all()]
+            ok = [await sc.scrape(ep) for _ in range(5) for ep in store.all()]
             unfiltered.update(sc._unfiltered)
+            # Read by the lean client (vLLM's uvicorn answers chunked), never aiohttp, one connection each.
+            assert sc._session is None and not sc._aiohttp_only
+            lean.update({a: c.connects for a, c in sc._clients.items()})
             return ok
 
     assert all(real_fleet.lt.run(scrape()))
     # vLLM honoured the filtered request (/metrics/?name[]=...): no endpoint fell back to the whole page.
     assert not unfiltered
+    assert lean == {a: 1 for a in real_fleet.addresses}
     for ep in store.all():
         m = ep.metrics
         assert m.block_size == BLOCK  # auto-tuned from vllm:cache_config_info (128 on the CPU backend)
