@@ -1,6 +1,6 @@
 """The tuning-side checks a default-profile change for issue #16 must pass, for one policy.
 
-    PYTHONPATH=src python scripts/knee_checks.py CHECK POLICY
+    PYTHONPATH=src python scripts/knee_checks.py CHECK POLICY [FIRST_SEED LAST_SEED]
 
 CHECK is one of:
 - ``tune``: the multi-turn tuning set (family a, seeds 1-3, 9.416 req/s = 0.8 x its knee; the same runs
@@ -8,7 +8,8 @@ CHECK is one of:
 - ``var``: family a with family c's 4,096-token tenant prefix at 7.5 req/s, seeds 1-3 (a tuning-side
   stand-in for c's long bursts; ``scripts/family_variant.py a:tenant_prefix=4096 7.5``);
 - ``sp``: the shared-prefix knee-80% point (14.14 req/s, 30 virtual s), seeds 0-3;
-- ``sp8``: the same point, seeds 4-11 (its p90 swings by up to 25% per seed with placement luck);
+- ``sp8``: the same point, seeds 4-11 (its p90 swings by up to 25% per seed with placement luck), or
+  seeds FIRST_SEED to LAST_SEED when given;
 - ``reg``: the hetero, multi-LoRA and sharegpt knee-80% points, seed 0 (276.22 req/s 15 s, 388.08 req/s
   20 s, 276.10 req/s 20 s).
 
@@ -50,6 +51,8 @@ def main() -> None:
         rows = [run_once(fam, policy, 7.5, s, 120.0, 30.0) for s in TUNING_SEEDS]
     elif check in ("sp", "sp8"):
         seeds = range(4) if check == "sp" else range(4, 12)
+        if check == "sp8" and len(sys.argv) > 4:
+            seeds = range(int(sys.argv[3]), int(sys.argv[4]) + 1)
         rows = [run_point(SCENARIOS["shared-prefix"], policy, 14.14, 30.0, s).row for s in seeds]
     elif check == "reg":
         rows = [run_point(SCENARIOS[n], policy, q, d, 0).row for n, q, d in REG]
@@ -57,7 +60,8 @@ def main() -> None:
         raise SystemExit(f"unknown check {check!r}")
     p90 = [r["ttft_p90"] * 1000 for r in rows]
     hit = [r.get("prefix_hit_rate") for r in rows]
-    gm = math.exp(sum(math.log(a / b) for a, b in zip(p90, BASE[check], strict=True)) / len(p90))
+    base = BASE[check] if check != "sp8" else [1.0] * len(p90)
+    gm = math.exp(sum(math.log(a / b) for a, b in zip(p90, base, strict=True)) / len(p90))
     print(
         f"{check} {policy}: p90 {' / '.join(f'{x:.2f}' for x in p90)} ms, gm {gm:.3f}, "
         f"hit {' / '.join(f'{h:.3f}' if h is not None else '-' for h in hit)} ({time.time() - t0:.0f} s)"
