@@ -118,7 +118,11 @@ def test_a_cluster_that_comes_back_is_ramped_in_until_its_answers_confirm_it() -
     assert p.order([east, west], ClusterRequest(), 1.5)[0].name == "west"
     west.observe_ttft(5.0, 1.6, tokens[1])  # far slower than predicted: halved
     assert west.ramp_window == 1.0
+    req = ClusterRequest()
+    assert p.order([east, west], req, 1.6)[0].name == "west"
+    tok = west.dispatched(1.6, note=req.note("west"))  # its one request in its prefill
     assert p.order([east, west], ClusterRequest(), 1.6)[0].name == "east"
+    west.finished(tok)
     # After RAMP_MAX_S the ramp ends (answers or not).
     later = 1.0 + RAMP_MAX_S + 0.1
     east.fetched_at = west.fetched_at = later
@@ -147,3 +151,30 @@ def test_a_snapshot_that_only_lapsed_is_not_throttled_below_what_it_serves() -> 
     east.fetched_at = 1.0
     p.order([east], ClusterRequest(), 1.0)
     assert east.ramp_window == 12.0
+
+
+def test_the_slow_start_window_counts_prefills_not_decodes() -> None:
+    """Live, a request decodes for seconds after its first byte: counted against the window, the
+    restarted `west` got 6 of 54 requests after its return (1.3 s each) while the overloaded `east`
+    answered in 5.7 s. The window guards the prefill queue: requests past their first byte do not
+    hold it."""
+    p = KvgatePolicy(rng=random.Random(0), weights=KvgateWeights(home_bonus=0.0, slack=0.0))
+    east, west = _state("east", head=0.0), _state("west", head=2.0)  # east full
+    for st in (east, west):
+        st.observe_ttft(0.3, 0.0)
+    p.order([east, west], ClusterRequest(), 0.0)
+    west.fetched_at = -10.0
+    p.order([east, west], ClusterRequest(), 0.0)
+    west.fetched_at = east.fetched_at = 1.0
+    for _ in range(2):
+        req = ClusterRequest()
+        assert p.order([east, west], req, 1.0)[0].name == "west"
+        tok = west.dispatched(1.0, note=req.note("west"))
+        west.observe_ttft(0.3, 1.3, tok)  # on time; still decoding
+    assert west.ramp_window == 4.0
+    for _ in range(2):
+        req = ClusterRequest()
+        assert p.order([east, west], req, 1.3)[0].name == "west"
+        west.dispatched(1.3, note=req.note("west"))  # waiting for its first byte
+    assert west.inflight == 4 and west.prefilling() == 2
+    assert p.order([east, west], ClusterRequest(), 1.3)[0].name == "west"

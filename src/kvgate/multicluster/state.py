@@ -59,8 +59,8 @@ HIT_SHARE = 0.5
 CLASS_START = 8  # the first answers of a class set its median as their geometric mean (few sure misses)
 SENT_KEYS_MAX = 16384  # the prefixes remembered as sent there (LRU): 8-byte keys, bounded memory
 # Slow start for a cluster that comes back (its snapshot stale or empty, then fresh again): at most
-# ``ramp_window`` requests in flight there, starting at one per ready endpoint (or what is still in flight
-# there); each answer at most
+# ``ramp_window`` requests waiting for their first byte there, starting at one per ready endpoint (or
+# what is still waiting there); each answer at most
 # RAMP_OK x the model's prediction for it opens one more (doubling per round trip, as TCP's slow start),
 # a slower one halves it. It ends once the window reaches the cluster's slots, or after RAMP_MAX_S.
 RAMP_OK = 1.5
@@ -114,7 +114,7 @@ class ClusterState:
     _hit: dict[int, bool] = field(default_factory=dict)  # waiting token -> a hit (True) or a miss (False)
     # Prefix home keys this gateway has sent there, oldest first (bounded): a first send is a sure miss.
     sent_keys: dict[bytes, None] = field(default_factory=dict)
-    # Slow start (``start_ramp``): requests in flight allowed there; None = no ramp.
+    # Slow start (``start_ramp``): requests in their prefill allowed there; None = no ramp.
     ramp_window: float | None = None
     ramp_until: float = 0.0
     gone: bool = False  # seen usable, then not (stale, empty, NOT_SERVING): its return is ramped
@@ -214,12 +214,12 @@ class ClusterState:
         return max(0.0, self.miss_ttft_s - self.hit_ttft_s)
 
     def start_ramp(self, now: float) -> None:
-        """The cluster is back: slow start, one request in flight per ready endpoint at first, or what
-        this gateway still has in flight there if more (a snapshot that only lapsed, its requests still
-        being answered, is not throttled below what it is serving)."""
+        """The cluster is back: slow start, one request in its prefill per ready endpoint at first, or
+        what this gateway still has waiting there if more (a snapshot that only lapsed, its requests
+        still being answered, is not throttled below what it is serving)."""
         a = self.aggregate
         ready = a.ready_endpoints if a is not None else 1
-        self.ramp_window = float(max(1, ready, self.inflight))
+        self.ramp_window = float(max(1, ready, self.prefilling()))
         self.ramp_until = now + RAMP_MAX_S
 
     def ramped_full(self, now: float, slots: float) -> bool:
@@ -231,7 +231,14 @@ class ClusterState:
         if w >= slots or now >= self.ramp_until:
             self.ramp_window = None
             return False
-        return self.inflight >= w
+        return self.prefilling() >= w
+
+    def prefilling(self) -> int:
+        """This gateway's requests there not yet past their prefill: streamed ones waiting for their first
+        byte, and the untracked ones (not streamed) in flight. A slow start guards the prefill queue; a
+        request decoding holds a slot, not the queue (the live fleet decodes for seconds)."""
+        untracked = self.inflight - len(self.waiting) - len(self._first_at)
+        return len(self.waiting) + max(0, untracked)
 
     def _ramp_step(self, ok: bool, now: float) -> None:
         w = self.ramp_window
