@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import zmq
 import zmq.asyncio
@@ -143,3 +144,47 @@ def test_a_field_of_the_wrong_type_is_an_undecodable_batch():
     sub.handle(1, batch(stored_map([2], None, [0] * 4, block_size="x")))
     sub.handle(2, _stored(3))
     assert sub.stats.decode_errors == 1 and idx.engine_hashes("a") == {3}
+
+
+def _subscriber_logs(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "kvgate.datalayer.kvsubscriber"]
+
+
+def test_a_batch_that_always_fails_is_not_logged_once_per_engine_step(caplog):
+    """A systematic mismatch (every batch with a field of the wrong type, one per engine step) logged a
+    line per batch: hundreds a second per engine. Now one per ``FAILURE_LOG_INTERVAL_S`` per endpoint."""
+    caplog.set_level(logging.WARNING, "kvgate.datalayer.kvsubscriber")
+    sub = KVEventSubscriber(BlockIndex(), "a", "tcp://127.0.0.1:1")
+    bad = batch(stored_map([2], None, [0] * 4, block_size="x"))
+    for seq in range(1000):
+        sub.handle(seq, bad)
+    assert sub.stats.decode_errors == 1000 and sub.stats.resyncs == 1000
+    assert len(_subscriber_logs(caplog)) <= 2, len(_subscriber_logs(caplog))
+
+
+def test_failed_batches_logged_once_per_interval_per_endpoint_with_the_count_not_logged(caplog):
+    """Apply failures are counted apart from decode errors (both went into ``decode_errors``); the line
+    after a quiet interval says how many failures were not logged; each endpoint has its own limit."""
+    caplog.set_level(logging.WARNING, "kvgate.datalayer.kvsubscriber")
+    now = [0.0]
+    idx = BlockIndex()
+    a = KVEventSubscriber(idx, "a", "tcp://127.0.0.1:1", clock=lambda: now[0])
+    b = KVEventSubscriber(idx, "b", "tcp://127.0.0.1:1", clock=lambda: now[0])
+    undecodable = batch(stored_map([2], None, [0] * 4, block_size="x"))
+    unappliable = batch(stored_map([2], None, [0] * 4, medium=["GPU"]))
+    for seq in range(100):
+        a.handle(seq, undecodable if seq % 2 else unappliable)
+    b.handle(0, unappliable)
+    assert (a.stats.decode_errors, a.stats.apply_errors) == (50, 50)
+    assert [r.getMessage().split(":")[0] for r in _subscriber_logs(caplog)] == [
+        "kv events from a", "kv events from b",
+    ]  # fmt: skip
+    now[0] = 9.0
+    a.handle(100, unappliable)
+    assert len(_subscriber_logs(caplog)) == 2
+    now[0] = 10.5
+    a.handle(101, unappliable)
+    last = _subscriber_logs(caplog)[-1].getMessage()
+    assert "batch 101 could not be applied" in last and "100 more failed batches not logged" in last, last
+    a.handle(102, batch(stored_map([5], None, [0] * 4)))  # a good batch is applied as before
+    assert idx.engine_hashes("a") == {5} and a.stats.apply_errors == 52

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -47,6 +48,13 @@ def replay_timeout_from_env(environ: Mapping[str, str] = os.environ) -> float:
     return value
 
 
+# A failed batch (undecodable, unappliable, or its handling raised) is logged at most once per this many
+# seconds per endpoint, with how many were not: a systematic mismatch (a vLLM version whose field types
+# changed) fails every batch, one per engine step, and would flood the log with a line (or a traceback)
+# each. ``SubscriberStats`` counts them all.
+FAILURE_LOG_INTERVAL_S = 10.0
+
+
 # --------------------------------------------------------------------------------------------------
 # ZMQ subscribers
 # --------------------------------------------------------------------------------------------------
@@ -61,7 +69,8 @@ class SubscriberStats:
     caught_up: int = 0  # batches fetched on joining but skipped: older than the engine's last reset
     resyncs: int = 0
     restarts: int = 0
-    decode_errors: int = 0
+    decode_errors: int = 0  # batches that could not be decoded (or not framed as seq + payload)
+    apply_errors: int = 0  # decoded batches the index could not apply, or whose handling failed
     fetch_dropped: int = 0  # replayed batches dropped on arrival past the fetch bound (the oldest)
     last_seq: int | None = None
 
@@ -90,6 +99,7 @@ class KVEventSubscriber:
         topic: bytes = b"",
         replay_endpoint: str | None = None,
         replay_timeout: float = REPLAY_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.index = index
         self.endpoint = endpoint
@@ -99,6 +109,9 @@ class KVEventSubscriber:
         self.replay_endpoint = replay_endpoint
         self.replay_timeout = replay_timeout
         self.stats = SubscriberStats()
+        self.clock = clock  # for the failure log's rate limit only
+        self._failure_logged_at: float | None = None
+        self._failures_unlogged = 0  # failed batches since the last line logged
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._caught_up = asyncio.Event()
@@ -141,7 +154,7 @@ class KVEventSubscriber:
         except (DecodeError, ValueError, TypeError, OverflowError) as e:
             # Not only DecodeError: a field of the wrong type (``"block_size": "x"``, a string ``ts``)
             # fails its conversion; off the wire, any such batch is undecodable.
-            log.warning("kv events from %s: undecodable batch %d: %s", self.endpoint, seq, e)
+            self._log_failure(logging.WARNING, "undecodable batch %d: %s", seq, e)
             return None
 
     def _apply_decoded(self, seq: int, batch: EventBatch | None) -> None:
@@ -156,9 +169,24 @@ class KVEventSubscriber:
         try:
             self.index.apply(self.endpoint, batch)
         except Exception as e:  # e.g. an unhashable ``medium``: the batch may be half applied
-            log.warning("kv events from %s: batch %d could not be applied: %r", self.endpoint, seq, e)
-            self.stats.decode_errors += 1
+            self._log_failure(logging.WARNING, "batch %d could not be applied: %r", seq, e)
+            self.stats.apply_errors += 1
             self._resync()  # what the half-applied batch left is unknown: under-report, never over-report
+
+    def _log_failure(self, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
+        """A failed batch's line, at most one per ``FAILURE_LOG_INTERVAL_S`` for this endpoint; the next
+        one logged says how many were not."""
+        now = self.clock()
+        last = self._failure_logged_at
+        if last is not None and now - last < FAILURE_LOG_INTERVAL_S:
+            self._failures_unlogged += 1
+            return
+        if self._failures_unlogged and last is not None:
+            msg += " (and %d more failed batches not logged in the %.0f s before)"
+            args = (*args, self._failures_unlogged, now - last)
+        log.log(level, "kv events from %s: " + msg, self.endpoint, *args, exc_info=exc_info)
+        self._failure_logged_at = now
+        self._failures_unlogged = 0
 
     # -- socket loop -------------------------------------------------------------------------------
 
@@ -216,7 +244,8 @@ class KVEventSubscriber:
                 except Exception:
                     # An unforeseen failure (a replay fetch's socket error, ...) must not end the subscriber:
                     # its index would stay as it was, over-reporting blocks the engine drops from now on.
-                    log.exception("kv events from %s: batch %d failed; index resynced", self.endpoint, seq)
+                    self._log_failure(logging.ERROR, "batch %d failed; index resynced", seq, exc_info=True)
+                    self.stats.apply_errors += 1
                     self.stats.last_seq = seq
                     self._resync()
         finally:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -50,6 +52,38 @@ def admin_ssl(cfg: GatewayConfig) -> ssl.SSLContext | None:
     return https_context(KeyPair(t.cert_pem, t.key_pem), t.client_ca_pem)
 
 
+async def _bind_held(create: Callable[[bool], Any]) -> asyncio.Server:
+    """Bind without listening, held alone: Linux lets a SO_REUSEADDR socket bind an address that other
+    SO_REUSEADDR sockets hold as long as none listens, so two gateways starting on one port both bound
+    it and the second to listen failed only then (after its whole start-up; under uvloop silently). A
+    socket without the flag conflicts with every other bind, so a second start fails at once (SO_REUSEPORT
+    siblings excepted: they share the port by design).
+
+    ``create(reuse_address)`` makes the server. First without the flag (a port nothing else holds); if
+    taken, with it: what holds the port may be only TIME_WAIT connections of an earlier process, which the
+    flag binds past (never past a listening socket), then cleared until ``_listen_data``."""
+    try:
+        server: asyncio.Server = await create(False)
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise
+        server = await create(True)
+        _set_reuse_address(server, False)
+    return server
+
+
+def _set_reuse_address(server: asyncio.Server, on: bool) -> None:
+    for s in server.sockets:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(on))
+
+
+def _listens(sock: Any) -> bool:
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except (OSError, ValueError):  # closed (uvloop closes it when its listen fails)
+        return False
+
+
 class GatewayServer:
     def __init__(
         self,
@@ -74,8 +108,9 @@ class GatewayServer:
         # Listen on the data port only once start-up is done (one process or ``--workers``): a request
         # taken while the KV-event catch-up runs is picked on a partial index and unscraped metrics, and
         # with ``--workers`` the kernel hands a listening worker its share of new connections at once. The
-        # port is bound at the start (a taken port fails at once); a bound socket that does not listen is
-        # refused connections (and, in a SO_REUSEPORT group, handed none). False: listen at once.
+        # port is bound at the start and held alone until it listens (``_bind_held``: another process's bind
+        # fails at once); a bound socket that does not listen is refused connections (and, in a SO_REUSEPORT
+        # group, handed none). False: listen at once.
         self.listen_when_ready = listen_when_ready
         self.clock = clock
         self.pools = pools if pools is not None else [build_pool(p, clock) for p in cfg.pools]
@@ -91,6 +126,7 @@ class GatewayServer:
         # Set once start() has started every feed and warmed the upstream connections: /readyz waits
         # for it, so the start-up's one-time work (KV-event catch-up, connects) is not on the first requests.
         self.started = False
+        self._stopping = False  # stop() was called: a start() still running ends without listening
         self.proxy: Proxy | None = None
         self._servers: list[tuple[asyncio.Server, FrontServer]] = []
         self._data: tuple[asyncio.Server, FrontServer] | None = None  # the data listener, once open
@@ -217,7 +253,11 @@ class GatewayServer:
         # KV-event source's start waits up to its catch-up bound, so one pool after another added them up).
         sources = [s for p in self.pools for s in getattr(p.director, "data_sources", list)()]
         await self._start_sources(sources)
+        if self._stopping:  # stop() ran meanwhile (it closed the listeners): end here, not listening
+            return
         await self.proxy.warm_upstreams()
+        if self._stopping:
+            return
         await self._listen_data()
         self.started = True
         log.info(
@@ -258,8 +298,17 @@ class GatewayServer:
 
     async def _listen_data(self) -> None:
         assert self._data is not None
-        if not self._data[0].is_serving():
-            await self._data[0].start_serving()
+        server = self._data[0]
+        if server.is_serving():
+            return
+        # SO_REUSEADDR again before listening: the connections it accepts inherit the flag, and their
+        # TIME_WAIT leftovers then let the next start on this port bind past them (``_bind_held``).
+        _set_reuse_address(server, True)
+        await server.start_serving()
+        # uvloop's start_serving swallows a failed listen() (EADDRINUSE: another socket on the port
+        # listened first): no error, the socket closed, nothing accepted. Check that each one listens.
+        if not server.sockets or not all(_listens(s) for s in server.sockets):
+            raise OSError(errno.EADDRINUSE, f"data port {self.cfg.host}:{self.port} does not listen (taken)")
 
     async def _start_kubernetes(self) -> None:
         """Pools with ``inferencePool``: their endpoints, objectives and rewrites come from Kubernetes."""
@@ -305,16 +354,20 @@ class GatewayServer:
         listen: bool = True,
     ) -> int:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            front.protocol,
-            host,
-            port,
-            backlog=4096,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-            ssl=tls,
-            start_serving=listen,
-        )
+
+        async def create(reuse_address: bool) -> asyncio.Server:
+            return await loop.create_server(
+                front.protocol,
+                host,
+                port,
+                backlog=4096,
+                reuse_address=reuse_address,
+                reuse_port=reuse_port or None,
+                ssl=tls,
+                start_serving=listen,
+            )
+
+        server = await (create(True) if listen else _bind_held(create))
         self._servers.append((server, front))
         bound: int = server.sockets[0].getsockname()[1]
         return bound
@@ -345,6 +398,7 @@ class GatewayServer:
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Graceful: stop accepting, drain in-flight requests (bounded), then close."""
         timeout = self.cfg.limits.drain_timeout_s if drain_timeout is None else drain_timeout
+        self._stopping = True
         if self.proxy is not None:
             self.proxy.draining = True
         # Close the data listener first so no new connection is accepted during the drain, and

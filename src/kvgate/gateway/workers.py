@@ -328,7 +328,7 @@ def clean_stale_dirs(root: str | None = None, now: float | None = None) -> list[
     """Remove the private directories supervisors left behind when they died without cleaning up; the
     paths removed. Only those this user owns, real 0700 directories (no link, nothing another user made),
     whose lock file (a regular file, no link) can be locked: its owner is gone. One without a lock file
-    is a directory being made, or one an older kvgate made (``_legacy_gone`` judges those); ``now``: the
+    is a directory being made, or one an older kvgate made (``_clean_legacy`` judges those); ``now``: the
     wall clock (file times are), for their age."""
     root = tempfile.gettempdir() if root is None else root
     removed: list[str] = []
@@ -530,12 +530,31 @@ class Supervisor:
     # --- ports -------------------------------------------------------------------------------
     def reserve_port(self) -> int:
         """Bind (without listening) the data port with SO_REUSEPORT: picks the port when 0 was asked
-        for and holds it while workers come and go; a non-listening socket receives no connections."""
+        for and holds it while workers come and go; a non-listening socket receives no connections.
+
+        Held as ``GatewayServer`` holds a port while it starts (``server._bind_held``): without SO_REUSEADDR
+        (so another process's bind fails at once; this user's SO_REUSEPORT workers still share it), or
+        with it when only TIME_WAIT leftovers of an earlier process hold the port, then cleared."""
         family = socket.AF_INET6 if ":" in self.cfg.host else socket.AF_INET
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.bind((self.cfg.host, self.cfg.port))
+
+        def bind(reuse_address: bool) -> socket.socket:
+            s = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse_address))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                s.bind((self.cfg.host, self.cfg.port))
+            except BaseException:
+                s.close()
+                raise
+            return s
+
+        try:
+            s = bind(False)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            s = bind(True)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         self._reserve = s
         self.port = s.getsockname()[1]
         return self.port
