@@ -67,6 +67,25 @@ def test_in_flight_per_flow_and_the_fair_share() -> None:
     assert (ctl.inflight, ctl.inflight_total) == ({"b": 1}, 1)
 
 
+def test_a_backlog_counts_in_the_share() -> None:
+    """At the start of a burst the pool is full of the other flows' requests: the flood's excess is in
+    the queue, not in flight, and it is over its share all the same."""
+    ctl = FlowController(FlowControlConfig())
+    ctl.started("a")
+    for _ in range(2):
+        ctl.started("b")
+    for i in range(5):
+        ctl.enqueue(req(f"a{i}", "a"), 0.0)
+    assert ctl.queued == {"a": 5}
+    assert ctl.over_share("a") and not ctl.over_share("b")  # 6 wanted against 2 (a mean of 4)
+    assert not ctl._under_share()("a") and ctl._under_share()("b")
+    head = ctl.head()
+    assert head is not None
+    ctl.take(head, 0.0)
+    ctl.cancel(ctl.head(), 0.0)  # type: ignore[arg-type]
+    assert ctl.queued == {"a": 3}
+
+
 def _recount(ctl: FlowController) -> int:
     """The active flows counted from scratch: in flight, or queued in any band."""
     active = set(ctl.inflight)
@@ -175,8 +194,10 @@ def test_the_director_gates_a_flow_over_its_share_earlier() -> None:
     ctl = d.flow.ctl  # type: ignore[union-attr]
     assert ctl.inflight == {"a": 1}
     assert not d.saturated(req("a2", "a"))  # alone: no share to exceed, 1 of 2 pending slots
-    ctl.enqueue(req("b1", "b"), 0.0)  # flow b waits: a now holds more than its share
-    assert d.saturated(req("a2", "a"))  # the last pending slot is b's
+    a2 = req("a2", "a")
+    ctl.enqueue(a2, 0.0)  # (the request the gate is asked about is the queued head)
+    ctl.enqueue(req("b1", "b"), 0.0)  # flow b waits: a now wants more than its share (2 vs 1)
+    assert d.saturated(a2)  # the last pending slot is b's
     assert not d.saturated(req("b2", "b"))
     # Once b has as many in flight as a, both are at their share: the whole bound again.
     b0 = req("b0", "b")
@@ -196,8 +217,10 @@ def test_the_director_keeps_running_slots_with_the_default_bound() -> None:
     ep = send(d, req("a1", "a"))
     d.on_first_token(req("a1", "a"), ep)  # running, not pending
     assert not d.saturated(req("a2", "a"))  # a alone: 1 of 2 running slots
-    ctl.enqueue(req("b1", "b"), 0.0)
-    assert d.saturated(req("a2", "a")) and not d.saturated(req("b1", "b"))
+    a2, b1 = req("a2", "a"), req("b1", "b")
+    ctl.enqueue(a2, 0.0)
+    ctl.enqueue(b1, 0.0)
+    assert d.saturated(a2) and not d.saturated(b1)
     # ``pending`` without a pending bound would silently be the whole score: refused at load.
     with pytest.raises(ConfigError, match=r"^flowControl\.fairShareHeadroomOn: .*maxPendingRequests"):
         director(headroom=0.5, on="pending", max_pending=0, max_concurrency=2)
@@ -212,9 +235,11 @@ def test_the_pending_headroom_keeps_running_slots_too() -> None:
     ep = send(d, a1)
     d.on_first_token(a1, ep)  # running: 1 of 2 running slots, no pending one
     assert not d.saturated(req("a2", "a"))  # a alone: the whole gate
-    ctl.enqueue(req("b1", "b"), 0.0)  # b waits: a is over its share
-    assert d.saturated(req("a2", "a"))  # the last running slot (0.5 x 2 pending slots = 1) is b's
-    assert not d.saturated(req("b1", "b"))
+    a2, b1 = req("a2", "a"), req("b1", "b")
+    ctl.enqueue(a2, 0.0)
+    ctl.enqueue(b1, 0.0)  # b waits: a is over its share (2 vs 1)
+    assert d.saturated(a2)  # the last running slot (0.5 x 2 pending slots = 1) is b's
+    assert not d.saturated(b1)
 
 
 def test_without_a_headroom_the_gate_is_unchanged() -> None:
@@ -245,9 +270,13 @@ async def test_through_the_dispatcher_the_last_slot_waits_for_a_flow_under_its_s
     await asyncio.sleep(0.05)
     # a holds 2 in flight against b's 1: the last pending slot stays free for b (or another flow).
     assert [t.done() for t in flood] == [True, False, False]
-    d.on_finished(a0, ep, Usage(10, 4, 0), True)  # 1 each in flight: a is at its share again
+    d.on_finished(a0, ep, Usage(10, 4, 0), True)  # 1 each in flight, but a's backlog is its demand
+    await asyncio.sleep(0.05)
+    assert [t.done() for t in flood] == [True, False, False]  # a wants 3 against b's 1: still over
+    d.on_first_token(req("b1", "b"), ep)  # no request pending: a may fill the unreserved slot
     await asyncio.wait_for(flood[1], 5.0)
-    assert not flood[2].done()  # the two pending slots are full again (b1, a2)
+    await asyncio.sleep(0.05)
+    assert not flood[2].done()  # a2 pending: the last slot is kept again
     for t in flood:
         t.cancel()
     await asyncio.gather(*flood, return_exceptions=True)
@@ -260,3 +289,75 @@ def test_config_defaults_and_values() -> None:
     assert (off.fair_share_headroom, off.fair_share_headroom_on) == (0.0, "saturation")
     on = parse_flow_control({"fairShareHeadroom": 0.25, "fairShareHeadroomOn": "pending"})
     assert (on.fair_share_headroom, on.fair_share_headroom_on) == (0.25, "pending")
+
+
+def _slo_req(rid: str, flow: str, arrival: float, slo_ms: int = 1000) -> InferenceRequest:
+    return InferenceRequest(rid, "m", prompt_tokens=10, max_tokens=4, fairness_id=flow,
+                            headers={"x-slo-ttft-ms": str(slo_ms)}, arrival_time=arrival)  # fmt: skip
+
+
+def test_slo_first_lets_a_held_back_request_through_near_its_deadline() -> None:
+    from kvgate.flowcontrol.controller import SLO_FIRST_MARGIN
+
+    ctl = FlowController(FlowControlConfig(fair_share_headroom=0.5, fair_share_slo_first=True))
+    ctl.started("a")
+    ctl.started("a")
+    ctl.started("b")
+    r = _slo_req("a1", "a", arrival=10.0)  # deadline 11.0
+    assert ctl.held_back(r, 10.1)  # no dispatch -> first token time seen yet: nothing is due
+    for _ in range(40):
+        ctl.observe_service_ttft(0.1)
+    assert ctl.service_ttft == pytest.approx(0.1)
+    assert ctl.held_back(r, 10.2)  # 0.8 s left: more than 5 x 0.1 s, it can wait
+    assert ctl.held_back(r)  # (without a time: as before)
+    assert not ctl.held_back(r, 11.0 - SLO_FIRST_MARGIN * 0.1 + 0.01)  # due: the whole gate
+    assert not ctl.held_back(r, 10.85)
+    assert ctl.held_back(r, 10.95)  # nearer than one p90: it misses anyway, held back as before
+    assert not ctl.held_back(_slo_req("b1", "b", arrival=10.0), 10.2)  # under its share: never held
+    off = FlowController(FlowControlConfig(fair_share_headroom=0.5))
+    off.started("a")
+    off.started("a")
+    off.started("b")
+    for _ in range(40):
+        off.observe_service_ttft(0.1)
+    assert off.held_back(r, 10.85)  # off by default
+
+
+def test_slo_first_through_the_director_and_its_config() -> None:
+    from kvgate.flowcontrol.config import parse_flow_control
+
+    assert parse_flow_control({}).fair_share_slo_first is False
+    on = parse_flow_control({"fairShareHeadroom": 0.5, "fairShareSLOFirst": True})
+    assert on.fair_share_slo_first is True
+    with pytest.raises(
+        ConfigError, match=r"^flowControl\.fairShareSLOFirst: needs flowControl\.fairShareHeadroom"
+    ):
+        parse_flow_control({"fairShareSLOFirst": True})
+    now = [10.0]
+    cfg: dict[str, Any] = {
+        "featureGates": ["flowControl"],
+        "flowControl": {
+            "fairShareHeadroom": 0.5,
+            "fairShareHeadroomOn": "pending",
+            "fairShareSLOFirst": True,
+        },
+        "saturationDetector": {
+            "type": "concurrency-detector",
+            "parameters": {"maxConcurrency": 100, "maxPendingRequests": 2},
+        },
+        "plugins": [{"type": "queue-scorer"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}],
+    }
+    d = build_director(
+        cfg, EndpointStore.from_addresses(["10.0.0.1:8000"]), clock=lambda: now[0], flow_metrics=False
+    )
+    ctl = d.flow.ctl  # type: ignore[union-attr]
+    for _ in range(40):
+        ctl.observe_service_ttft(0.1)
+    send(d, _slo_req("a0", "a", arrival=10.0))  # 1 of 2 pending slots
+    a1 = _slo_req("a1", "a", arrival=10.0)
+    ctl.enqueue(a1, 10.0)
+    ctl.enqueue(_slo_req("b1", "b", arrival=10.0), 10.0)
+    assert d.saturated(a1)  # over its share: the last pending slot is b's
+    now[0] = 10.6  # 0.4 s to its deadline: due
+    assert not d.saturated(a1)

@@ -92,6 +92,7 @@ def arm_config(
     headroom_on: str = "saturation",
     ttft_target: float = 0.0,
     slo_confidence: float = 1.0,
+    slo_first: bool = False,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
@@ -119,6 +120,8 @@ def arm_config(
         doc["flowControl"]["fairShareHeadroomOn"] = headroom_on
         if ttft_target:
             doc["flowControl"]["fairShareTTFTTarget"] = ttft_target
+        if slo_first:
+            doc["flowControl"]["fairShareSLOFirst"] = True
     params = {**DETECTOR_KVGATE["parameters"], "maxPendingRequests": max_pending,
               "maxConcurrency": max_concurrency}  # fmt: skip
     doc["saturationDetector"] = {**DETECTOR_KVGATE, "parameters": params}
@@ -213,6 +216,7 @@ class FlowSim:
         ttft_target: float = 0.0,
         engine_priority: bool = False,
         slo_confidence: float = 1.0,
+        slo_first: bool = False,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -225,7 +229,7 @@ class FlowSim:
         self.clock = VirtualClock()
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
         config = arm_config(
-            arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target, slo_confidence
+            arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target, slo_confidence, slo_first
         )
         self.director = build_director(
             config, EndpointStore(self.endpoints), clock=self.clock.time, seed=seed, flow_metrics=False
@@ -530,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="kvgate-reserve arm: flowControl.fairShareHeadroomOn")  # fmt: skip
     p.add_argument("--ttft-target", type=float, default=0.0,
                    help="kvgate-reserve arm: flowControl.fairShareTTFTTarget, s (0: fixed)")  # fmt: skip
+    p.add_argument("--slo-first", action="store_true",
+                   help="kvgate-reserve arms: flowControl.fairShareSLOFirst")  # fmt: skip
     p.add_argument("--slo-confidence", type=float, default=1.0,
                    help="*-slo arms: flowControl.sloAdmissionConfidence")  # fmt: skip
     p.add_argument("--engine-priority", action="store_true",
@@ -560,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
                           max_num_seqs=args.max_num_seqs, max_pending=args.max_pending,
                           headroom=args.headroom, headroom_on=args.headroom_on,
                           ttft_target=args.ttft_target, engine_priority=args.engine_priority,
-                          slo_confidence=args.slo_confidence)  # fmt: skip
+                          slo_confidence=args.slo_confidence, slo_first=args.slo_first)  # fmt: skip
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
     for arm in args.arms.split(","):

@@ -51,13 +51,14 @@ def gateway_config(
     headroom: float = 0.25,
     headroom_on: str = "saturation",
     ttft_target_wall: float = 0.0,
+    slo_first: bool = False,
 ) -> dict[str, Any]:
     """A ``kvgate serve --config`` document: the simulator bench's picker config for ``arm`` (TTL and
     TTFT target in wall seconds, the concurrency detector sized to the servers' batch), plus the two
     objectives."""
     picker = fc.arm_config(
         arm, ttl_wall, headroom=headroom, headroom_on=headroom_on, max_concurrency=max_num_seqs,
-        ttft_target=ttft_target_wall,
+        ttft_target=ttft_target_wall, slo_first=slo_first,
     )  # fmt: skip
     return {
         "pools": [{"name": "default", "endpoints": list(urls), "models": [fc.MODEL],
@@ -108,6 +109,7 @@ async def run_arm(
     headroom: float = 0.25,
     headroom_on: str = "saturation",
     ttft_target: float = 0.0,
+    slo_first: bool = False,
 ) -> tuple[fc.Run, dict[str, Any]]:
     """A fresh fleet and gateway, the arrivals through it; outcomes in simulated seconds."""
     ts = spec.time_scale
@@ -115,7 +117,9 @@ async def run_arm(
     gw: procs.Proc | None = None
     try:
         gw, base = await start_gateway(
-            gateway_config(arm, urls, ttl / ts, spec.max_num_seqs, headroom, headroom_on, ttft_target / ts)
+            gateway_config(
+                arm, urls, ttl / ts, spec.max_num_seqs, headroom, headroom_on, ttft_target / ts, slo_first
+            )
         )
         reqs = specs(arrivals, ts)
         cfg = loadgen.RunConfig(
@@ -164,7 +168,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         for arm in arms:
             run, extra = await run_arm(
                 arm, arrivals, spec, args.duration, args.ttl,
-                args.headroom, args.headroom_on, args.ttft_target,
+                args.headroom, args.headroom_on, args.ttft_target, args.slo_first,
             )  # fmt: skip
             rows["runs"][f"{arm}/{mode}"] = {**fc.summarize(run, args.warmup), **extra}
     for arm in arms:

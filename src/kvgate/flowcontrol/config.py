@@ -22,6 +22,8 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
                                   # running slots kept free)
       fairShareTTFTTarget: 0      # kvgate: p90 TTFT goal for the flows at or under their share; with
                                   # it the headroom adapts in [0, fairShareHeadroom] (0 = fixed)
+      fairShareSLOFirst: false    # kvgate: a request the headroom holds back goes through the whole
+                                  # gate once its TTFT deadline is near (the headroom costs no SLO)
       priorityBands:              # per-band overrides; a priority not listed gets the defaults
       - priority: 0
         maxRequests: 1000
@@ -63,7 +65,8 @@ HEADROOM_ON = ("saturation", "pending")
 _GLOBAL_KEYS = ("maxRequests", "maxBytes", "defaultRequestTTL", "fairnessPolicy", "orderingPolicy",
                 "defaultTTFTSLO", "preemption", "holdPredictedMisses", "sloAdmission",
                 "sloAdmissionConfidence", "fairShareHeadroom",
-                "fairShareHeadroomOn", "fairShareTTFTTarget", "priorityBands")  # fmt: skip
+                "fairShareHeadroomOn", "fairShareTTFTTarget", "fairShareSLOFirst",
+                "priorityBands")  # fmt: skip
 
 
 @dataclass(slots=True, frozen=True)
@@ -98,6 +101,9 @@ class FlowControlConfig:
     # kvgate: a p90 TTFT goal (seconds) for the flows at or under their fair share; with it the headroom
     # is not fixed but adapts between 0 and ``fair_share_headroom`` to keep their TTFT there (0 = off).
     fair_share_ttft_target: float = 0.0
+    # kvgate: the headroom lets a request it holds back through once its TTFT deadline is near
+    # (``FlowController.slo_due``): holding back never costs a request its SLO.
+    fair_share_slo_first: bool = False
     bands: dict[int, BandConfig] = field(default_factory=dict)
 
     def band(self, priority: int) -> BandConfig:
@@ -131,11 +137,17 @@ def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl")
         fair_share_headroom=p.get_float("fairShareHeadroom", 0.0, min=0.0),
         fair_share_headroom_on=p.get_str("fairShareHeadroomOn", "saturation", choices=list(HEADROOM_ON)),
         fair_share_ttft_target=p.get_duration("fairShareTTFTTarget", 0.0),
+        fair_share_slo_first=p.get_bool("fairShareSLOFirst", False),
     )
     if cfg.fair_share_ttft_target and not cfg.fair_share_headroom:
         raise ConfigError(
             f"{path}.fairShareTTFTTarget: needs {path}.fairShareHeadroom > 0 (the most headroom it may "
             f"take), got {p.raw['fairShareTTFTTarget']!r} with no headroom"
+        )
+    if cfg.fair_share_slo_first and not cfg.fair_share_headroom:
+        raise ConfigError(
+            f"{path}.fairShareSLOFirst: needs {path}.fairShareHeadroom > 0 (it lets requests through the "
+            "headroom), and there is none"
         )
     if cfg.fair_share_headroom >= 1.0:
         raise ConfigError(

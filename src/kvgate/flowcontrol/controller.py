@@ -20,8 +20,13 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
   gives one), earlier once the model says how long it needs at best. ``give_ups(now)`` removes
   the ones past it (the caller sheds them: 429, ``RejectedPredictedMiss``), before their TTL.
 - in-flight requests per flow (``started`` / ``ended``, told by the Director from dispatch to finish,
-  whether or not the request waited): ``over_share`` says whether a flow holds more than its fair
-  share of them (``flowControl.fairShareHeadroom``).
+  whether or not the request waited) and queued ones: ``over_share`` says whether a flow's demand
+  (in flight + queued) is more than its fair share of all of it (``flowControl.fairShareHeadroom``).
+  The queued part matters at the start of a burst: the pool is already full of other flows' requests,
+  so a flood's excess is in the queue, not yet in flight.
+- with ``fairShareSLOFirst``, a request the headroom holds back is let through the whole gate once
+  its TTFT deadline is near (``SLO_FIRST_MARGIN`` dispatch-to-first-token p90s away) while it can still
+  make it: the headroom never costs a request its SLO.
 - with ``fairShareTTFTTarget``, ``observe_first_token`` adapts that headroom (``headroom``) to the
   TTFTs of the flows at or under their share: up on a miss of the target, down on a hit, so that about
   one in ten misses it (a p90 goal), within ``[0, fairShareHeadroom]``.
@@ -52,6 +57,9 @@ ADAPTIVE_OVER_SHARE = 2.0
 # dispatch -> first token times (recomputed every SERVICE_REFRESH samples).
 SERVICE_WINDOW = 512
 SERVICE_REFRESH = 32
+# fairShareSLOFirst: a held-back request goes through the whole gate once its TTFT deadline is within
+# this many dispatch -> first token p90s (``service_ttft``): time to pass the gate, then be served.
+SLO_FIRST_MARGIN = 5.0
 
 # Outcomes, as the reference's QueueOutcome names them.
 DISPATCHED = "Dispatched"
@@ -110,6 +118,7 @@ class FlowController:
         self.bytes = 0
         self.inflight: dict[str, int] = {}  # flow -> requests dispatched and not finished (> 0 only)
         self.inflight_total = 0
+        self.queued: dict[str, int] = {}  # flow -> requests queued (held ones included; > 0 only)
         # flow -> the places it is active in: in flight (1), and each band it has a request queued in.
         # Its length is the active flows' count, kept at the 0 <-> 1 transitions (O(1) ``over_share``).
         self._places: dict[str, int] = {}
@@ -124,6 +133,7 @@ class FlowController:
         self._feasible = cfg.ordering == "slo-feasible" or any(
             b.ordering == "slo-feasible" for b in cfg.bands.values()
         )
+        self._feasible = self._feasible or cfg.fair_share_slo_first  # (the same margin)
         self.service_ttft = 0.0
         self._service: deque[float] = deque(maxlen=SERVICE_WINDOW)
         self._service_n = 0
@@ -174,6 +184,7 @@ class FlowController:
             self.give_up(item, item.slo_deadline)  # past its SLO deadline it cannot make it at all
         self.count += 1
         self.bytes += size
+        self._queue_count(flow, +1)
         self.metrics.queued(req.priority, flow, +1)
         return item
 
@@ -211,6 +222,7 @@ class FlowController:
                 self._leave(item.flow)
         self.count -= 1
         self.bytes -= item.size
+        self._queue_count(item.flow, -1)
         self.metrics.queued(item.priority, item.flow, -1)
         if record:
             self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at)
@@ -250,6 +262,7 @@ class FlowController:
         band.bytes += item.size
         self.count += 1
         self.bytes += item.size
+        self._queue_count(item.flow, +1)
         self.metrics.queued(item.priority, item.flow, +1)
         self.metrics.outcome(item.priority, item.flow, HELD, now - item.enqueued_at)
         item.holds += 1
@@ -326,6 +339,13 @@ class FlowController:
         else:
             self._places[flow] = n - 1
 
+    def _queue_count(self, flow: str, delta: int) -> None:
+        n = self.queued.get(flow, 0) + delta
+        if n > 0:
+            self.queued[flow] = n
+        else:
+            self.queued.pop(flow, None)
+
     @property
     def active_flows(self) -> int:
         """Flows with a request in flight or queued, in any band."""
@@ -350,19 +370,38 @@ class FlowController:
         self.inflight_total -= 1
 
     def over_share(self, flow: str) -> bool:
-        """Does ``flow`` hold more in-flight requests than the mean over the active flows? One flow
-        alone never does."""
-        mine = self.inflight.get(flow, 0)
-        # (a flow with a request in flight is active: counted already)
-        return bool(mine) and mine * len(self._places) > self._over_factor * self.inflight_total
+        """Is ``flow``'s demand (requests in flight and queued) more than the mean over the active
+        flows? One flow alone never is. Queued requests count: when a burst starts the pool is full of
+        the other flows' requests, so the flood's excess is in the queue while few of its requests are
+        in flight yet (measured: counting only those in flight, a flood was under its share for the
+        first second of its bursts in a 2 x 16 fleet, and took the slots kept for the others)."""
+        mine = self.inflight.get(flow, 0) + self.queued.get(flow, 0)
+        # (a flow with a request in flight or queued is active: counted already)
+        total = self.inflight_total + self.count
+        return bool(mine) and mine * len(self._places) > self._over_factor * total
 
-    def held_back(self, req: InferenceRequest) -> bool:
+    def held_back(self, req: InferenceRequest, now: float | None = None) -> bool:
         """Does the fair-share headroom apply to ``req``: its flow is over its share, or (adapting to
         ``fairShareTTFTTarget``) the request is sheddable? A batch band's long requests fill the
-        servers' batches as a flood does; being sheddable, they are the first to wait."""
+        servers' batches as a flood does; being sheddable, they are the first to wait. With ``now``
+        and ``fairShareSLOFirst``: not once its TTFT deadline is near (``slo_due``)."""
         if self.cfg.fair_share_ttft_target and req.sheddable:
-            return True
-        return self.over_share(flow_of(req))
+            back = True
+        else:
+            back = self.over_share(flow_of(req))
+        if back and now is not None and self.cfg.fair_share_slo_first and self.slo_due(req, now):
+            return False
+        return back
+
+    def slo_due(self, req: InferenceRequest, now: float) -> bool:
+        """``fairShareSLOFirst``: must ``req`` leave now to meet its TTFT SLO? Its deadline is within
+        ``SLO_FIRST_MARGIN`` dispatch-to-first-token p90s, and not nearer than one (then it misses
+        wherever it goes, and holding it back costs nothing more). Before any first token is seen
+        (no p90 yet) nothing is due."""
+        service = self.service_ttft
+        slo = header_ms(req.headers, SLO_TTFT_HEADERS) or self.cfg.default_ttft_slo
+        deadline = (req.arrival_time or now) + slo
+        return now + service <= deadline <= now + SLO_FIRST_MARGIN * service
 
     def observe_first_token(self, req: InferenceRequest, ttft: float) -> None:
         """``req`` produced its first token ``ttft`` seconds after it arrived. With
@@ -388,8 +427,9 @@ class FlowController:
 
     def _under_share(self) -> Callable[[str], bool]:
         """``over_share``'s complement for every flow, the active count taken once."""
-        n, total, inflight = len(self._places), self.inflight_total, self.inflight
-        return lambda flow: inflight.get(flow, 0) * n <= total
+        n, inflight, queued = len(self._places), self.inflight, self.queued
+        total = self.inflight_total + self.count
+        return lambda flow: (inflight.get(flow, 0) + queued.get(flow, 0)) * n <= total
 
     def next_deadline(self) -> float | None:
         """The earliest TTL expiry or give-up time of a queued request."""

@@ -191,13 +191,13 @@ class Director:
             cands = self.candidates(req)
         except SchedulingError:
             return False  # let the pick fail with its own error
-        flow = self.flow
-        if flow is not None and flow.ctl.headroom and flow.ctl.held_back(req):
+        flow, now = self.flow, self.clock()
+        if flow is not None and flow.ctl.headroom and flow.ctl.held_back(req, now):
             # flowControl.fairShareHeadroom: the last part of the capacity is kept for flows at or
             # under their fair share, so one of theirs leaves at once instead of waiting for a slot.
             pending_only = flow.ctl.cfg.fair_share_headroom_on == "pending"
-            return self.detector.saturated_reserving(cands, self.clock(), flow.ctl.headroom, pending_only)
-        return self.detector.saturated(cands, self.clock())
+            return self.detector.saturated_reserving(cands, now, flow.ctl.headroom, pending_only)
+        return self.detector.saturated(cands, now)
 
     def _pick_late(self, req: InferenceRequest, explain: bool) -> PickResult:
         # Charged at once, not when the front door resumes: the next dispatch decision in the same
