@@ -28,8 +28,9 @@ Arms (the same kvgate scheduling profile each time; only admission differs):
   server aborts it; it counts as shed, 429).
 - ``kvgate-reserve`` (only with ``--arms``): ``kvgate`` plus ``flowControl.fairShareHeadroom``
   (``--headroom``, taken from the bound ``--headroom-on`` names): a flow over its fair share of
-  in-flight requests dispatches only while the gate is below ``1 - headroom``, and the flows under
-  their share are chosen first.
+  requests (in flight + queued) dispatches only while the gate is below ``1 - headroom``, and the
+  flows under their share are chosen first; ``--ttft-target`` adapts the headroom, ``--slo-first``
+  (``flowControl.fairShareSLOFirst``) lets a held-back request through once its deadline is near.
 - ``kvgate-slo``, ``kvgate-reserve-slo`` (only with ``--arms``): those arms plus
   ``flowControl.sloAdmission`` (``--slo-confidence``): a batch request the latency model (a
   ``predicted-latency-scorer`` in ``plugins``, not in the profile) predicts to miss its TTFT SLO waits

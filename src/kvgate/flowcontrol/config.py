@@ -15,7 +15,7 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
       sloAdmission: false         # kvgate: at dispatch, a sheddable request the latency model predicts
                                   # to miss its TTFT SLO waits while it can make it, then 429
       sloAdmissionConfidence: 1   # kvgate: standard deviations added to the model's prediction
-      fairShareHeadroom: 0        # kvgate: a flow over its fair share of in-flight requests dispatches
+      fairShareHeadroom: 0        # kvgate: a flow over its fair share (in flight + queued) dispatches
                                   # only while the pool's saturation stays below 1 - this (0 = off)
       fairShareHeadroomOn: saturation  # kvgate: saturation (every bound of the gate) | pending
                                   # (concurrency-detector's maxPendingRequests bound, and as many
@@ -93,7 +93,7 @@ class FlowControlConfig:
     slo_admission: bool = False
     slo_admission_confidence: float = 1.0  # z: the prediction judged is mean + z x std
     # kvgate (the reference has no such key): the share of the dispatch gate's capacity kept free for
-    # flows at or under their fair share of in-flight requests; 0 = off.
+    # flows at or under their fair share (requests in flight + queued); 0 = off.
     fair_share_headroom: float = 0.0
     # Which bounds the headroom comes off: "saturation" (the detector's whole score) or "pending"
     # (concurrency-detector's maxPendingRequests, and the same number of slots off maxConcurrency).

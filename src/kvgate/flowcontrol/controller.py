@@ -195,7 +195,7 @@ class FlowController:
 
     def heads(self, now: float | None = None) -> Iterator[QueuedRequest]:
         """Each non-empty band's choice, highest band first. With ``fairShareHeadroom``, a band's
-        flows at or under their fair share of in-flight requests are chosen from first. ``now``: for
+        flows at or under their fair share (in flight + queued) are chosen from first. ``now``: for
         ``slo-feasible`` ordering (which requests are past their deadline)."""
         under = self._under_share() if self.cfg.fair_share_headroom else None
         # (slo-feasible: a deadline before this cannot be met by a request sent now)
