@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -212,3 +213,38 @@ async def test_a_single_process_on_a_workers_supervisors_port_fails_at_once() ->
         await worker.stop(drain_timeout=0.1)
         assert sup._reserve is not None
         sup._reserve.close()
+
+
+async def test_kvgate_serve_on_a_port_a_starting_gateway_holds_exits_at_once(backends) -> None:
+    """The review's scenario with the real CLI (uvloop): a gateway holds the port in its catch-up, and
+    ``kvgate serve`` starts on it. Before, that one bound it too, listened first and printed "listening on"
+    (and the held one's late listen failed: silently under uvloop). Now it exits 1 with a message at its
+    bind, and the held one listens once started."""
+    (b,) = await backends(1)
+    a, src_a, go_a = _held()
+    start_a = asyncio.create_task(a.start())
+    proc = None
+    try:
+        async with asyncio.timeout(10):
+            await src_a.started.wait()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kvgate.cli", "serve", "--endpoints", b.address, "--model", "m",
+            "--policy", "round-robin", "--kv-events", "off", "--port", str(a.port), "--log-level", "WARNING",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), 60)  # b"": it exited without a line
+        assert not first.startswith(b"kvgate serve: listening"), first
+        err = await asyncio.wait_for(proc.stderr.read(), 60)
+        assert await asyncio.wait_for(proc.wait(), 60) == 1
+        assert b"kvgate serve: cannot start:" in err and b"Traceback" not in err, err
+        go_a.set()
+        await asyncio.wait_for(start_a, 10)
+        assert a.started and _listens(a)
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        go_a.set()
+        await asyncio.gather(start_a, return_exceptions=True)
+        await a.stop(drain_timeout=0.1)

@@ -260,7 +260,12 @@ async def serve(
 
     # The data port listens only once started (KV-event catch-up, warm-up), as a --workers worker's does.
     server = GatewayServer(cfg, pools, listen_when_ready=True)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as e:  # a port taken: at its bind, or (the data port) found not listening at the end
+        await server.stop(drain_timeout=0)
+        print(f"kvgate serve: cannot start: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     reloader: asyncio.Task[None] | None = None
     if config_path:  # endpoints and limits follow the file: on SIGHUP, and when it changes
         reloader = start_reloader(
