@@ -428,3 +428,42 @@ async def test_an_endpoint_removed_closes_its_connection(servers: list[FakeServe
         assert not any(k[0] == servers[0].address for k in scraper._requests)
     finally:
         await scraper.stop()
+
+
+async def test_https_scrapes_verify_the_server_over_the_lean_client(tmp_path: Path) -> None:
+    """``kvgate epp --scrape-scheme https --scrape-ca``: the lean client speaks TLS with the given
+    context (server name checked against the address); a server the context does not trust fails."""
+    import ssl
+
+    from kvgate.httpfront.tls import self_signed
+
+    pair = self_signed(("127.0.0.1",))
+    (tmp_path / "c.pem").write_bytes(pair.cert_pem)
+    (tmp_path / "k.pem").write_bytes(pair.key_pem)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    srv = FakeServer()
+    app = web.Application()
+    app.router.add_get("/metrics", srv._metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx).start()
+    address = f"127.0.0.1:{runner.addresses[0][1]}"
+    srv.page = 'vllm:num_requests_waiting{model_name="m"} 8\n'
+    trusted = MetricsScraper(
+        EndpointStore([make_endpoint(address)]),
+        scheme="https",
+        tls=ssl.create_default_context(cadata=pair.cert_pem.decode()),
+    )
+    untrusted = MetricsScraper(EndpointStore([make_endpoint(address)]), scheme="https")
+    try:
+        assert await trusted.scrape_all() == 1 and await trusted.scrape_all() == 1
+        assert trusted._session is None and trusted._clients[address].connects == 1
+        assert await untrusted.scrape_all() == 0
+        assert "CERTIFICATE_VERIFY_FAILED" in (untrusted.stats[address].last_error or "")
+    finally:
+        await trusted.stop()
+        await untrusted.stop()
+        await runner.cleanup()
+    ep = trusted.store.get(address)
+    assert ep is not None and ep.metrics.waiting_queue_size == 8
