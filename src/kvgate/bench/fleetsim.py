@@ -266,7 +266,12 @@ class FleetSim:
         live = self._live.get(sim.request_id)
         if live is not None and not live.bypass:
             live.first = t
-            self.director.on_first_token(live.req, self.endpoints[live.index])
+            ep = self.endpoints[live.index]
+            self.director.on_first_token(live.req, ep)
+            # The engine's cached prompt tokens are known at prefill: the picker hears them now, as
+            # from a stream's usage, rather than after the whole decode.
+            usage = Usage(sim.num_prompt_tokens, 0, sim.num_cached_tokens, cached_reported=True)
+            self.director.on_usage(live.req, ep, usage)
 
     def _on_token(self, sim: SimRequest, _tok: int, t: float) -> None:
         live = self._live.get(sim.request_id)
@@ -287,7 +292,7 @@ class FleetSim:
         self.director.on_finished(
             live.req,
             self.endpoints[live.index],
-            Usage(sim.num_prompt_tokens, n_out, sim.num_cached_tokens),
+            Usage(sim.num_prompt_tokens, n_out, sim.num_cached_tokens, cached_reported=True),
             ok,
         )
         if not live.measured:

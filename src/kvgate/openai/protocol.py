@@ -32,8 +32,13 @@ def usage_from(obj: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), _count(cached))
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        _count(usage.get("prompt_tokens")),
+        _count(usage.get("completion_tokens")),
+        _count(cached),
+        cached_reported=type(cached) is int and cached >= 0,
+    )
 
 
 def _count(v: Any) -> int:

@@ -414,6 +414,8 @@ class Director:
             self.flow.notify()
         if self._observers:
             now, out = self.clock(), usage.completion_tokens if usage is not None else 0
+            if ok and usage is not None:
+                self.on_usage(req, endpoint, usage)
             for obs in self._observers:
                 obs.on_finished(req, endpoint, out, ok, now)
         if ok and usage is not None and usage.completion_tokens > 0:
@@ -426,6 +428,14 @@ class Director:
                 )
             if not req.max_tokens:
                 self.mean_decode += 0.05 * (usage.completion_tokens - self.mean_decode)
+
+    def on_usage(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage) -> None:
+        """The engine's usage for a request as soon as it is known (the simulator knows the cached tokens
+        at prefill; a door passes its final usage through ``on_finished``). Observers take the first
+        they are given (e.g. the engine's cached tokens correct the prefix index) and ignore repeats."""
+        now = self.clock()
+        for obs in self._observers:
+            obs.on_usage(req, endpoint, usage, now)
 
     def _batch(self, endpoint: Endpoint, now: float) -> float:
         """Sequences decoding on ``endpoint``: this picker's own count, or the fresh scraped running count

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.scheduling.types import InferenceRequest
+from kvgate.scheduling.types import InferenceRequest, Usage
 
 if TYPE_CHECKING:
     from kvgate.datalayer.store import EndpointStore
@@ -259,6 +259,11 @@ class ResponseObserver(Plugin):
         self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
     ) -> None:
         raise NotImplementedError
+
+    def on_usage(self, request: InferenceRequest, endpoint: Endpoint, usage: Usage, now: float) -> None:
+        """The engine's own account of a request that completed (its OpenAI ``usage``, once, before
+        ``on_finished``), e.g. the prompt tokens it found cached (``usage.cached_reported``). Optional:
+        the default ignores it."""
 
 
 class TTFTEstimate(NamedTuple):

@@ -18,6 +18,11 @@ and the request's blocks are recorded last block first, so its head is the most 
 last, as vLLM frees a request's blocks tail first (a partly evicted prefix still matches its head).
 A placeholder is one LRU entry standing for ``n`` blocks (a negative key: real hashes are unsigned; its
 weight in ``_weight``), never matched, so a pick costs one entry however many tokens it generates.
+
+Each LRU entry's value is its touch number (``seq``, one counter per index, increasing with every touch),
+so an endpoint's LRU is in touch order. ``forget_through(address, seq)`` drops every entry touched at or
+before ``seq`` (the engine's feedback: a block it lacked proves, under LRU, that everything it last saw
+earlier is gone too), oldest first, in O(entries dropped).
 """
 
 from __future__ import annotations
@@ -72,7 +77,8 @@ class PrefixIndex:
         self._addr_of: dict[int, str] = {}
         self._bits: dict[str, int] = {}  # address -> 1 << slot (one shared int object per endpoint)
         self._free: list[int] = []
-        self._lru: dict[str, OrderedDict[int, None]] = {}
+        self._lru: dict[str, OrderedDict[int, int]] = {}  # address -> hash -> touch number, oldest first
+        self._seq = 0  # the last touch number given
         self._cap: dict[str, int] = {}
         self._rev: dict[int, int] = {}  # block hash -> bitmask of endpoint slots holding it
         self.total = 0
@@ -97,7 +103,7 @@ class PrefixIndex:
         share = self.max_total_blocks // max(1, len(self._lru))
         return min(self._cap.get(address, self.default_capacity), share)
 
-    def _ensure(self, address: str, capacity: int | None) -> OrderedDict[int, None]:
+    def _ensure(self, address: str, capacity: int | None) -> OrderedDict[int, int]:
         lru = self._lru.get(address)
         if lru is None:
             slot = self._free.pop() if self._free else len(self._slot)
@@ -120,11 +126,11 @@ class PrefixIndex:
         clear = ~(1 << self._slot[address])
         rev = self._rev
         while size > limit:
-            h, _ = lru.popitem(last=False)
+            h, seq = lru.popitem(last=False)
             if h < 0:  # a placeholder (``filler``): in the LRU only
                 w = self._weight.pop(h)
                 if size - w < limit:  # only part of it ages out: the rest stays oldest
-                    lru[h] = None
+                    lru[h] = seq
                     lru.move_to_end(h, last=False)
                     self._weight[h] = w - (size - limit)
                     size = limit
@@ -157,22 +163,27 @@ class PrefixIndex:
         rev = self._rev
         added = 0
         grown = 0
+        seq = self._seq
         if filler > 0:
             key = self._filler_key = self._filler_key - 1
-            lru[key] = None
+            seq += 1
+            lru[key] = seq
             self._weight[key] = filler
             added = 1
             grown = filler - 1
         touched = hashes[::-1] if tail_first else hashes
         for h in touched:
+            seq += 1
             if h in lru:
+                lru[h] = seq
                 lru.move_to_end(h)
             else:
-                lru[h] = None
+                lru[h] = seq
                 cur = rev.get(h)
                 # Sole holder: store the shared ``bit`` object itself rather than a fresh int per entry.
                 rev[h] = bit if cur is None else cur | bit
                 added += 1
+        self._seq = seq
         self.total += added
         self._size[address] = self._size.get(address, 0) + added + grown
         self._evict(address, self._limit(address))
@@ -187,6 +198,48 @@ class PrefixIndex:
             self.add(address, hashes, filler=filler)
         finally:
             self.listener = listener
+
+    @property
+    def seq(self) -> int:
+        """The last touch number given: entries touched later have larger ones."""
+        return self._seq
+
+    def touched(self, address: str, hashes: Sequence[int]) -> list[int]:
+        """The touch number of each of ``hashes`` on ``address`` (0 where it is not held)."""
+        lru = self._lru.get(address)
+        if lru is None:
+            return [0] * len(hashes)
+        get = lru.get
+        return [get(h, 0) for h in hashes]
+
+    def forget_through(self, address: str, seq: int) -> int:
+        """Drop ``address``'s entries touched at or before ``seq`` (placeholders too), oldest first; how
+        many entries were dropped. O(entries dropped): the LRU is in touch order."""
+        lru = self._lru.get(address)
+        if not lru:
+            return 0
+        clear = ~self._bits[address]
+        rev, weight = self._rev, self._weight
+        size = self._size.get(address, len(lru))
+        dropped = 0
+        while lru:
+            h = next(iter(lru))
+            if lru[h] > seq:
+                break
+            del lru[h]
+            dropped += 1
+            if h < 0:
+                size -= weight.pop(h)
+                continue
+            size -= 1
+            m = rev[h] & clear
+            if m:
+                rev[h] = m
+            else:
+                del rev[h]
+        self.total -= dropped
+        self._size[address] = size
+        return dropped
 
     def match(self, hashes: Sequence[int], addresses: Sequence[str]) -> list[int]:
         """Leading blocks of ``hashes`` each address holds, aligned with ``addresses``."""

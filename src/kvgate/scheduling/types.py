@@ -59,6 +59,9 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # True when the engine reported ``cached_tokens`` (``prompt_tokens_details``): 0 then means none
+    # cached, not unknown.
+    cached_reported: bool = False
 
 
 @dataclass(slots=True)

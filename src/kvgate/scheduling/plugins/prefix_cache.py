@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from kvgate.scheduling.framework import (
     PluginHandle,
     PostPick,
     Producer,
+    ResponseObserver,
     Scorer,
     publish_cache_expectation,
 )
@@ -41,7 +43,7 @@ from kvgate.scheduling.prefix import (
 )
 from kvgate.scheduling.registry import register
 from kvgate.scheduling.tokenize import TokenizerSource
-from kvgate.scheduling.types import InferenceRequest
+from kvgate.scheduling.types import InferenceRequest, Usage
 
 CYCLE_KEY = "prefix-cache"
 # A prompt's tail past the hashed window is keyed coarsely (one key per TAIL_STRIDE blocks, 128 tokens at
@@ -53,6 +55,25 @@ TAIL_MAX_BLOCKS = 1792
 _pack = struct.Struct("<Q").pack
 _h64 = xxhash.xxh64_intdigest
 PURGE_INTERVAL_S = 120.0  # reference: inactive endpoints purged from the index every 2 minutes
+# cachedTokensFeedback: at most this many picks are remembered between pick and usage (the oldest are
+# dropped: a door that never reports one costs nothing), each with at most ``maxPrefixBlocksToMatch``
+# touch numbers (8 bytes each).
+MAX_CLAIMS = 8192
+# A text prompt's blocks are characters, and the engine counts tokens: the block it lacked is estimated
+# from the prompt's average characters per token, so it acts only when the engine held less than this
+# share of what the index claimed (one block less, as for token ids, is left to the estimate's error).
+TEXT_SHARE = 0.5
+
+
+@dataclass(slots=True)
+class _Claim:
+    """What the index claimed for a pick on its endpoint, kept until the engine's usage says what it held."""
+
+    address: str
+    seqs: array[int]  # touch number, at pick time, of each block the index claimed the endpoint held
+    guard: int  # touch number of the oldest pick on the endpoint still before its first token (or the last)
+    block_tokens: int  # index block size (tokens) at pick time
+    text_chars: int  # characters hashed (text prompts), 0 for token ids: blocks are then exact
 
 
 @dataclass(slots=True)
@@ -63,6 +84,7 @@ class PrefixMatch:
     # A prompt longer than the hashed window keeps what is needed to key its tail (``tail_keys``).
     model: str = ""
     data: str | bytes = ""  # the hashed prompt (text, or token ids' bytes), kept only when it overflows
+    by_ids: bool = False  # blocks are token ids (exact), not characters
     _tail: array[int] | None = None
 
     def tail_keys(self) -> array[int]:
@@ -102,7 +124,7 @@ def prefix_match(cycle: CycleState) -> PrefixMatch | None:
 
 
 @register("prefix-cache-scorer")
-class PrefixCacheScorer(Producer, Scorer, PostPick):
+class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
     bounded = True
 
     def __init__(
@@ -117,8 +139,16 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
         max_total_blocks: int = DEFAULT_MAX_TOTAL_BLOCKS,
         tokenizer: str | None = None,
         engine_lru: bool = False,
+        cached_feedback: bool = False,
     ) -> None:
         super().__init__(name, handle)
+        # The engine's reported cached prompt tokens correct the index (``on_usage``). Off as in the
+        # reference; the ``kvgate`` policy sets it.
+        self.cached_feedback = cached_feedback
+        self._claims: OrderedDict[str, _Claim] = OrderedDict()
+        # Per endpoint, picks not yet at their first token: request id -> the index's touch number then.
+        self._prefilling: dict[str, OrderedDict[str, int]] = {}
+        self.forgotten = 0  # index entries dropped on the engines' word (tests, docs)
         # Model the server's LRU (``PrefixIndex.add``): blocks it holds beyond the hashed ones take index
         # capacity, a request's head ages out last. Off as in the reference; the ``kvgate`` policy sets it.
         self.engine_lru = engine_lru
@@ -144,6 +174,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
             capacity=params.get_int("lruCapacityPerServer", DEFAULT_LRU_CAPACITY, min=1),
             max_total_blocks=params.get_int("maxTotalBlocks", DEFAULT_MAX_TOTAL_BLOCKS, min=1),
             engine_lru=params.get_bool("engineLru", False),
+            cached_feedback=params.get_bool("cachedTokensFeedback", False),
         )
         tokenizer = params.get_str("tokenizer", "") or None
         params.finish()
@@ -156,6 +187,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
     def _on_store_change(self, change: StoreChange) -> None:
         if change.kind == "removed":
             self.index.remove_endpoint(change.endpoint.address)
+            self._prefilling.pop(change.endpoint.address, None)
 
     def _block_tokens(self, endpoints: Sequence[Endpoint]) -> int:
         if self.auto_tune:
@@ -205,7 +237,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
                     matched[a] = n
         overflow = len(hashes) == self.max_blocks and len(data) > window
         match = cycle.data[CYCLE_KEY] = PrefixMatch(
-            hashes, matched, chunk, req.model, data if overflow else ""
+            hashes, matched, chunk, req.model, data if overflow else "", by_ids=bool(ids)
         )
         if hashes:
             # The approximate index's guess wins over a precise scorer's in the same cycle.
@@ -232,6 +264,8 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
             # them too), at most one capacity's worth. (A prompt's blocks past the hashed ones are not
             # counted: they are mostly a shared context's tail, cached once, not new per request.)
             filler = min((cycle.request.max_tokens or 0) // self._chunk_tokens, cap or DEFAULT_LRU_CAPACITY)
+        if self.cached_feedback:
+            self._remember(cycle.request, endpoint.address, m)
         self.index.add(endpoint.address, m.hashes, cap, filler=filler, tail_first=self.engine_lru)
         metrics.PREFIX_INDEX_SIZE.set(self.index.total)
         if self._last_purge is None:
@@ -239,6 +273,70 @@ class PrefixCacheScorer(Producer, Scorer, PostPick):
         elif cycle.now - self._last_purge >= PURGE_INTERVAL_S and self.handle.store is not None:
             self._last_purge = cycle.now
             self.index.retain({ep.address for ep in self.handle.store.all()})
+
+    # -- cachedTokensFeedback: the engine's word on what it held corrects the index -----------------------
+
+    def _remember(self, req: InferenceRequest, address: str, m: PrefixMatch) -> None:
+        """Before this pick's own blocks are recorded: what the index claimed ``address`` held (the claimed
+        blocks' touch numbers) and which picks there are still prefilling."""
+        pending = self._prefilling.setdefault(address, OrderedDict())
+        guard = next(iter(pending.values()), self.index.seq)  # touch numbers grow: the first is the oldest
+        pending[req.request_id] = self.index.seq
+        claimed = m.matched.get(address, 0)
+        if claimed >= 2:  # (one block may be the engine's own rounding: nothing to learn)
+            seqs = array("Q", self.index.touched(address, m.hashes[:claimed]))
+            text = 0 if m.by_ids else len(req.prompt_text)
+            self._claims[req.request_id] = _Claim(address, seqs, guard, self._chunk_tokens, text)
+            if len(self._claims) > MAX_CLAIMS:
+                self._claims.popitem(last=False)
+        if len(pending) > MAX_CLAIMS:
+            pending.popitem(last=False)
+
+    def _prefilled(self, request: InferenceRequest, endpoint: Endpoint) -> None:
+        pending = self._prefilling.get(endpoint.address)
+        if pending is not None and pending.pop(request.request_id, None) is not None and not pending:
+            del self._prefilling[endpoint.address]
+
+    def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        self._prefilled(request, endpoint)
+
+    def on_finished(
+        self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
+    ) -> None:
+        self._prefilled(request, endpoint)
+        self._claims.pop(request.request_id, None)
+
+    def on_usage(self, request: InferenceRequest, endpoint: Endpoint, usage: Usage, now: float) -> None:
+        """The engine computed this prompt from its block ``j`` on, where the index claimed more. When
+        the index's record of block ``j`` there predates every pick still prefilling on the endpoint
+        (so it is not a burst in flight), the engine had evicted it, and, its cache being LRU,
+        everything it last saw earlier: the index forgets, for that endpoint, every entry touched at or
+        before block ``j`` was. Blocks touched since (this pick's own among them, computed now) stay."""
+        if not usage.cached_reported:
+            return  # (0 would mean unknown, not "nothing cached")
+        claim = self._claims.pop(request.request_id, None)
+        if claim is None or claim.address != endpoint.address:
+            return
+        if claim.block_tokens != self._chunk_tokens:
+            return  # the index was cleared and re-keyed since
+        n = len(claim.seqs)
+        if claim.text_chars:
+            # Text blocks are ``chunk`` characters: the engine's tokens map to them only on average, so
+            # act only when it held less than half of what the index claimed.
+            if not usage.prompt_tokens:
+                return
+            chunk = claim.block_tokens * CHARS_PER_TOKEN
+            j = usage.cached_tokens * claim.text_chars // (usage.prompt_tokens * chunk)
+            if j >= TEXT_SHARE * n - 1:
+                return
+        else:
+            j = usage.cached_tokens // claim.block_tokens
+            if j + 1 >= n:
+                return
+        seq = claim.seqs[j]
+        if 0 < seq <= claim.guard:
+            self.forgotten += self.index.forget_through(endpoint.address, seq)
+            metrics.PREFIX_INDEX_SIZE.set(self.index.total)
 
 
 def find_prefix_plugin(handle: PluginHandle, name: str | None) -> PrefixCacheScorer:
