@@ -36,6 +36,17 @@ def test_forget_through_drops_what_was_touched_at_or_before_in_touch_order() -> 
     assert idx.forget_through("nobody", 10) == 0
 
 
+def test_forget_through_keeps_the_blocks_of_picks_still_running() -> None:
+    idx = PrefixIndex(default_capacity=100)
+    idx.add("a", [1, 2])  # touches 1, 2
+    idx.add("a", [3, 4])  # 3, 4: a pick still running (blocks in use)
+    idx.add("a", [5])  # 5
+    assert idx.forget_through("a", idx.seq, keep=([3], [4])) == 3
+    assert idx.match([3, 4], ["a"]) == [2] and idx.match([1], ["a"]) == [0] and idx.match([5], ["a"]) == [0]
+    idx.add("a", [6], filler=200)  # the kept entries are still the oldest: they age out first
+    assert idx.match([3], ["a"]) == [0] and idx.match([6], ["a"]) == [1]
+
+
 def test_usage_reports_whether_cached_tokens_were_there() -> None:
     assert usage_from(
         {"usage": {"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": 0}}}

@@ -28,6 +28,7 @@ earlier is gone too), oldest first, in O(entries dropped).
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -212,21 +213,32 @@ class PrefixIndex:
         get = lru.get
         return [get(h, 0) for h in hashes]
 
-    def forget_through(self, address: str, seq: int) -> int:
-        """Drop ``address``'s entries touched at or before ``seq`` (placeholders too), oldest first; how
-        many entries were dropped. O(entries dropped): the LRU is in touch order."""
+    def forget_through(
+        self, address: str, seq: int, keep: tuple[Sequence[int], Sequence[int]] = ((), ())
+    ) -> int:
+        """Drop ``address``'s entries touched at or before ``seq`` (placeholders too), oldest first, but
+        those whose touch number lies in one of the ``keep`` ranges (sorted firsts, lasts; inclusive);
+        how many entries were dropped. O(entries looked at x log ranges): the LRU is in touch order."""
         lru = self._lru.get(address)
         if not lru:
             return 0
         clear = ~self._bits[address]
         rev, weight = self._rev, self._weight
         size = self._size.get(address, len(lru))
+        firsts, lasts = keep
+        kept: list[tuple[int, int]] = []
         dropped = 0
         while lru:
             h = next(iter(lru))
-            if lru[h] > seq:
+            t = lru[h]
+            if t > seq:
                 break
             del lru[h]
+            if firsts:
+                k = bisect_right(firsts, t) - 1
+                if k >= 0 and t <= lasts[k]:
+                    kept.append((h, t))
+                    continue
             dropped += 1
             if h < 0:
                 size -= weight.pop(h)
@@ -237,6 +249,9 @@ class PrefixIndex:
                 rev[h] = m
             else:
                 del rev[h]
+        for h, t in reversed(kept):  # back at the old end, in their order
+            lru[h] = t
+            lru.move_to_end(h, last=False)
         self.total -= dropped
         self._size[address] = size
         return dropped

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,8 +71,9 @@ class _Claim:
     """What the index claimed for a pick on its endpoint, kept until the engine's usage says what it held."""
 
     address: str
-    seqs: array[int]  # touch number, at pick time, of each block the index claimed the endpoint held
-    guard: int  # touch number of the oldest pick on the endpoint still before its first token (or the last)
+    # touch number, at pick time, of each block the index claimed the endpoint held (0: last touched by a
+    # pick still running there)
+    seqs: array[int]
     block_tokens: int  # index block size (tokens) at pick time
     text_chars: int  # characters hashed (text prompts), 0 for token ids: blocks are then exact
 
@@ -146,8 +148,8 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         # reference; the ``kvgate`` policy sets it.
         self.cached_feedback = cached_feedback
         self._claims: OrderedDict[str, _Claim] = OrderedDict()
-        # Per endpoint, picks not yet at their first token: request id -> the index's touch number then.
-        self._prefilling: dict[str, OrderedDict[str, int]] = {}
+        # Per endpoint, picks not yet finished: request id -> the touch numbers its blocks got (first, last).
+        self._running: dict[str, OrderedDict[str, tuple[int, int]]] = {}
         self.forgotten = 0  # index entries dropped on the engines' word (tests, docs)
         # Model the server's LRU (``PrefixIndex.add``): blocks it holds beyond the hashed ones take index
         # capacity, a request's head ages out last. Off as in the reference; the ``kvgate`` policy sets it.
@@ -187,7 +189,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
     def _on_store_change(self, change: StoreChange) -> None:
         if change.kind == "removed":
             self.index.remove_endpoint(change.endpoint.address)
-            self._prefilling.pop(change.endpoint.address, None)
+            self._running.pop(change.endpoint.address, None)
 
     def _block_tokens(self, endpoints: Sequence[Endpoint]) -> int:
         if self.auto_tune:
@@ -266,7 +268,10 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             filler = min((cycle.request.max_tokens or 0) // self._chunk_tokens, cap or DEFAULT_LRU_CAPACITY)
         if self.cached_feedback:
             self._remember(cycle.request, endpoint.address, m)
+        first = self.index.seq + 1
         self.index.add(endpoint.address, m.hashes, cap, filler=filler, tail_first=self.engine_lru)
+        if self.cached_feedback:
+            self._started(cycle.request, endpoint.address, first)
         metrics.PREFIX_INDEX_SIZE.set(self.index.total)
         if self._last_purge is None:
             self._last_purge = cycle.now
@@ -276,42 +281,60 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
 
     # -- cachedTokensFeedback: the engine's word on what it held corrects the index -----------------------
 
-    def _remember(self, req: InferenceRequest, address: str, m: PrefixMatch) -> None:
-        """Before this pick's own blocks are recorded: what the index claimed ``address`` held (the claimed
-        blocks' touch numbers) and which picks there are still prefilling."""
-        pending = self._prefilling.setdefault(address, OrderedDict())
-        guard = next(iter(pending.values()), self.index.seq)  # touch numbers grow: the first is the oldest
-        pending[req.request_id] = self.index.seq
-        claimed = m.matched.get(address, 0)
-        if claimed >= 2:  # (one block may be the engine's own rounding: nothing to learn)
-            seqs = array("Q", self.index.touched(address, m.hashes[:claimed]))
-            text = 0 if m.by_ids else len(req.prompt_text)
-            self._claims[req.request_id] = _Claim(address, seqs, guard, self._chunk_tokens, text)
-            if len(self._claims) > MAX_CLAIMS:
-                self._claims.popitem(last=False)
-        if len(pending) > MAX_CLAIMS:
-            pending.popitem(last=False)
+    def _in_use(self, address: str) -> tuple[list[int], list[int]]:
+        """The touch-number ranges (firsts, lasts; sorted) of the picks still running on ``address``: the
+        entries they last touched are blocks the engine holds in use (it evicts only free ones)."""
+        running = self._running.get(address)
+        if not running:
+            return [], []
+        ranges = sorted(running.values())
+        return [a for a, _ in ranges], [b for _, b in ranges]
 
-    def _prefilled(self, request: InferenceRequest, endpoint: Endpoint) -> None:
-        pending = self._prefilling.get(endpoint.address)
-        if pending is not None and pending.pop(request.request_id, None) is not None and not pending:
-            del self._prefilling[endpoint.address]
+    def _remember(self, req: InferenceRequest, address: str, m: PrefixMatch) -> None:
+        """Before this pick's own blocks are recorded: the touch numbers of the blocks the index claimed
+        ``address`` held, 0 for one last touched by a pick still running there (in use, or not computed
+        yet: the engine's lacking it proves no eviction)."""
+        claimed = m.matched.get(address, 0)
+        if claimed < 2:  # (one block may be the engine's own rounding: nothing to learn)
+            return
+        seqs = array("Q", self.index.touched(address, m.hashes[:claimed]))
+        firsts, lasts = self._in_use(address)
+        if firsts:
+            for i, seq in enumerate(seqs):
+                k = bisect_right(firsts, seq) - 1
+                if k >= 0 and seq <= lasts[k]:
+                    seqs[i] = 0
+        text = 0 if m.by_ids else len(req.prompt_text)
+        self._claims[req.request_id] = _Claim(address, seqs, self._chunk_tokens, text)
+        if len(self._claims) > MAX_CLAIMS:
+            self._claims.popitem(last=False)
+
+    def _started(self, req: InferenceRequest, address: str, first: int) -> None:
+        if self.index.seq < first:
+            return  # it touched nothing
+        running = self._running.setdefault(address, OrderedDict())
+        running[req.request_id] = (first, self.index.seq)
+        if len(running) > MAX_CLAIMS:
+            running.popitem(last=False)
 
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
-        self._prefilled(request, endpoint)
+        pass
 
     def on_finished(
         self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
     ) -> None:
-        self._prefilled(request, endpoint)
+        running = self._running.get(endpoint.address)
+        if running is not None and running.pop(request.request_id, None) is not None and not running:
+            del self._running[endpoint.address]
         self._claims.pop(request.request_id, None)
 
     def on_usage(self, request: InferenceRequest, endpoint: Endpoint, usage: Usage, now: float) -> None:
         """The engine computed this prompt from its block ``j`` on, where the index claimed more. When
-        the index's record of block ``j`` there predates every pick still prefilling on the endpoint
-        (so it is not a burst in flight), the engine had evicted it, and, its cache being LRU,
-        everything it last saw earlier: the index forgets, for that endpoint, every entry touched at or
-        before block ``j`` was. Blocks touched since (this pick's own among them, computed now) stay."""
+        the pick that last touched block ``j`` there had finished by this pick (so the block was free,
+        not a burst's prefix still being computed), the engine had evicted it, and, its cache being LRU,
+        every free block it last used earlier: the index forgets, for that endpoint, every entry touched
+        at or before block ``j`` was, but those of picks still running there (blocks in use). Entries
+        touched since (this pick's own blocks among them: the engine has just computed them) stay."""
         if not usage.cached_reported:
             return  # (0 would mean unknown, not "nothing cached")
         claim = self._claims.pop(request.request_id, None)
@@ -322,7 +345,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         n = len(claim.seqs)
         if claim.text_chars:
             # Text blocks are ``chunk`` characters: the engine's tokens map to them only on average, so
-            # act only when it held less than half of what the index claimed.
+            # act only when it held less than TEXT_SHARE of what the index claimed.
             if not usage.prompt_tokens:
                 return
             chunk = claim.block_tokens * CHARS_PER_TOKEN
@@ -334,8 +357,9 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             if j + 1 >= n:
                 return
         seq = claim.seqs[j]
-        if 0 < seq <= claim.guard:
-            self.forgotten += self.index.forget_through(endpoint.address, seq)
+        if seq:
+            firsts, lasts = self._in_use(endpoint.address)
+            self.forgotten += self.index.forget_through(endpoint.address, seq, keep=(firsts, lasts))
             metrics.PREFIX_INDEX_SIZE.set(self.index.total)
 
 
