@@ -224,3 +224,132 @@ async def test_a_cancelled_request_drops_its_connection() -> None:
         client.close()
         server.close()
         await server.wait_closed()
+
+
+# Review s7-scrape: framing the old hand-written parser got wrong (F1-F6), and the resend itself.
+
+
+def _feed(raw: list[bytes], max_bytes: int = 1000, lost: BaseException | str | None = "no") -> _Reader:
+    async def go() -> _Reader:
+        r = _Reader(max_bytes=max_bytes)
+        r.expect()
+        for seg in raw:
+            r.data_received(seg)
+        if lost != "no":
+            r.connection_lost(lost)  # type: ignore[arg-type]
+        return r
+
+    return asyncio.run(go())
+
+
+def _failed(r: _Reader) -> bool:
+    return r.waiter is not None and r.waiter.done() and isinstance(r.waiter.exception(), PageError)
+
+
+def test_chunked_trailers_count_against_the_cap() -> None:
+    """F1: the trailer section after the last chunk was buffered without bound (and rescanned)."""
+    segs = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-pad: "]
+    segs += [b"a" * 65536] * 64  # 4 MiB of trailer, max_bytes 1000
+    assert _failed(_feed(segs, max_bytes=1000))
+
+
+def test_a_head_without_end_counts_against_the_cap() -> None:
+    assert _failed(_feed([b"HTTP/1.1 200 OK\r\nx-pad: "] + [b"a" * 65536] * 4))
+
+
+def test_a_reset_mid_body_is_not_a_complete_page() -> None:
+    """F2: a body framed by the close, cut by a reset: ``waiting 12`` must not read as ``waiting 1``."""
+    raw = [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nvllm:num_requests_waiting 1"]
+    assert _failed(_feed(raw, lost=ConnectionResetError(104, "Connection reset by peer")))
+    ok = _feed(raw, lost=None)  # a clean close ends it
+    assert ok.waiter is not None and ok.waiter.result()[0].body == b"vllm:num_requests_waiting 1"
+
+
+def test_an_http10_answer_does_not_keep_the_connection() -> None:
+    """F3: HTTP/1.0 without ``Connection: keep-alive`` is not persistent (RFC 9112 9.3)."""
+    r = _feed([b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    assert r.waiter is not None
+    page, keep = r.waiter.result()
+    assert page.body == b"ok" and keep is False
+
+
+def test_conflicting_content_lengths_fail() -> None:
+    """F4 (RFC 9112 6.3: unrecoverable)."""
+    assert _failed(_feed([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 2\r\n\r\nhe", b"llo"]))
+    assert _failed(_feed([b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok"]))  # space before the colon
+    assert _failed(_feed([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"]))
+
+
+def test_a_transfer_coding_after_chunked_is_not_read_as_chunked() -> None:
+    """F5: ``chunked, gzip`` is not chunked framing; we never ask for a coding, so it fails."""
+    r = _feed([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n2\r\nok\r\n0\r\n\r\n"])
+    assert r.waiter is not None
+    assert not r.waiter.done() or isinstance(r.waiter.exception(), PageError)
+
+
+@pytest.mark.parametrize("size", [b"0x2", b"+2", b"0_2"])
+def test_chunk_sizes_are_plain_hex(size: bytes) -> None:
+    """F6: ``int(x, 16)`` took ``0x``, a sign and ``_``."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert _failed(_feed([head + size + b"\r\nok\r\n0\r\n\r\n"]))
+
+
+def test_bytes_past_the_answer_drop_the_connection() -> None:
+    for raw in (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/1.1",
+        b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200",
+    ):
+        r = _feed([raw])
+        assert r.waiter is not None
+        _page, keep = r.waiter.result()
+        assert keep is False, raw
+
+
+def test_two_answers_back_to_back_on_one_connection() -> None:
+    async def go() -> list[tuple[bytes, bool]]:
+        r = _Reader(max_bytes=100)
+        out = []
+        for raw in (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx: 1\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+        ):
+            w = r.expect()
+            r.data_received(raw)
+            page, keep = w.result()
+            out.append((page.body, keep))
+        return out
+
+    assert asyncio.run(go()) == [(b"ok", True), (b"", True), (b"abc", True)]
+
+
+async def test_the_resend_path_itself() -> None:
+    """The server takes the second request on the old connection and closes it unanswered (the
+    idle-close race): the request is sent once more on a fresh connection (review s7-scrape Q4)."""
+    conns: list[int] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        conns.append(1)
+        first = len(conns) == 1
+        try:
+            await r.readuntil(b"\r\n\r\n")
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await w.drain()
+            if first:
+                await r.readuntil(b"\r\n\r\n")  # taken, never answered
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        w.close()
+
+    server, address = await _server(handler)
+    client = PageClient(address)
+    try:
+        req = client.request_bytes("/metrics")
+        assert (await client.get(req)).body == b"ok"
+        assert (await asyncio.wait_for(client.get(req), 10)).body == b"ok"
+        assert client.connects == 2
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()

@@ -467,3 +467,52 @@ async def test_https_scrapes_verify_the_server_over_the_lean_client(tmp_path: Pa
         await runner.cleanup()
     ep = trusted.store.get(address)
     assert ep is not None and ep.metrics.waiting_queue_size == 8
+
+
+async def test_the_switch_to_aiohttp_closes_the_lean_connection() -> None:
+    """A redirect moves the endpoint to aiohttp: the lean client's kept-alive connection is closed
+    then, not left idle until the endpoint is removed (review s7-scrape, finding 7)."""
+    page = b'vllm:num_requests_waiting{model_name="m"} 6\n'
+    closed: list[asyncio.Event] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        done = asyncio.Event()
+        closed.append(done)
+        try:
+            while True:
+                head = await r.readuntil(b"\r\n\r\n")
+                target = head.split(b" ", 2)[1]
+                if target.startswith(b"/real"):
+                    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(page) + page)
+                else:
+                    w.write(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /real" + target)
+                    w.write(b"\r\nContent-Length: 0\r\n\r\n")
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            done.set()  # the client closed this connection
+        w.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    store = EndpointStore([make_endpoint(address)])
+    scraper = MetricsScraper(store)
+    try:
+        assert await scraper.scrape_all() == 1
+        assert scraper._aiohttp_only == {address} and address not in scraper._clients
+        await asyncio.wait_for(closed[0].wait(), 10)  # the first connection is the lean client's
+    finally:
+        await scraper.stop()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_304_is_a_failed_scrape_not_a_redirect(servers: list[FakeServer]) -> None:
+    servers[0].status = 304
+    store = EndpointStore([make_endpoint(servers[0].address)])
+    scraper = MetricsScraper(store)
+    try:
+        assert await scraper.scrape_all() == 0
+        assert not scraper._aiohttp_only  # still on the lean client
+        assert "304" in (scraper.stats[servers[0].address].last_error or "")
+    finally:
+        await scraper.stop()

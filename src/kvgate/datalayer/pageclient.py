@@ -8,13 +8,18 @@ a protocol that writes prebuilt request bytes and reads the answer (``kvgate ben
 loaded host every wake-up of the gateway's event loop waits for a core (docs/benchmarks/realvllm.md
 section 4.3), so background CPU is taken from requests.
 
-What it speaks: ``GET`` with ``Host``, answers framed by ``Content-Length``, ``Transfer-Encoding:
-chunked`` or the connection's close; 1xx interim heads skipped; ``Connection: close`` honoured. The
-body is capped (``max_bytes``) while it arrives. A kept-alive connection the server closed while idle
+What it speaks: ``GET`` with ``Host``; the answer is read by llhttp (``httptools``, the parser
+under uvicorn), which frames it by ``Content-Length``, ``Transfer-Encoding: chunked`` or the
+connection's close and refuses what RFC 9112 calls unrecoverable (two Content-Lengths, both CL and
+TE, a malformed chunk size or header line). 1xx interim heads are skipped; ``Connection: close`` and
+HTTP/1.0 end the connection after the answer. Memory is capped while bytes arrive: the body at
+``max_bytes``, and the rest of the answer (heads, chunk lines, trailers) at ``MAX_HEAD_BYTES`` plus
+the body so far. A body framed by the close ends only on a clean close (a reset mid-body fails the
+answer: a cut page would parse as a valid one). A kept-alive connection the server closed while idle
 (uvicorn does after 5 s) is found when the next request gets no byte back, and that request is sent
-once more on a new connection (a GET of a metrics page is safe to repeat). Anything else
-(a redirect, a ``Content-Encoding``) is returned to the caller as is: the scraper falls back to
-aiohttp for a server that redirects, and fails an encoded page (it never asks for one).
+once more on a new connection (a GET of a metrics page is safe to repeat). Anything else (a
+redirect, a ``Content-Encoding``) is returned to the caller as is: the scraper falls back to aiohttp
+for a server that redirects, and fails an encoded page (it never asks for one).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass
+
+import httptools
 
 MAX_HEAD_BYTES = 64 << 10
 
@@ -42,30 +49,74 @@ class Page:
 
 
 class _Reader(asyncio.Protocol):
-    """Reads one answer at a time; ``expect`` arms it for the next one."""
+    """Reads one answer at a time with llhttp (httptools); ``expect`` arms it for the next one.
+
+    One parser per connection: llhttp carries the framing from one answer to the next, and any
+    framing it refuses (two Content-Lengths, CL with TE, a bad chunk size, a bad header line) fails
+    the answer and the connection. It buffers nothing but a header (or trailer) being read, so the
+    bound on memory is ours: the answer's bytes that are not body (heads, chunk lines, trailers) may
+    not pass ``MAX_HEAD_BYTES`` plus the body read so far, and the body may not pass ``max_bytes``."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
         self.waiter: asyncio.Future[tuple[Page, bool]] | None = None
         self.closed = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._reset()
+
+    def _reset(self) -> None:
         self._got_any = False
-        self._head: tuple[int, dict[str, str]] | None = None
+        self._status = 0  # 0 until a final (non-1xx) head is complete
+        self._headers: dict[str, str] = {}
         self._chunks: list[bytes] = []
         self._body_len = 0
+        self._wire = 0  # every byte of this answer
+        self._complete = False
+        self._keep = False
+        self._extra = False  # bytes past the answer's end: the stream is out of step
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
 
     def expect(self) -> asyncio.Future[tuple[Page, bool]]:
-        self.buf.clear()
-        self._got_any = False
-        self._head = None
-        self._chunks = []
-        self._body_len = 0
+        self._reset()
         self.waiter = asyncio.get_running_loop().create_future()
         return self.waiter
+
+    # httptools callbacks (a raise fails feed_data with HttpParserCallbackError)
+    def on_message_begin(self) -> None:
+        if self._complete:
+            self._extra = True
+        self._headers = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp refuses a repeated Content-Length that differs; for other headers the last wins.
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            return  # an interim head: the real one follows
+        self._status = status
+        te = self._headers.get("transfer-encoding")
+        if te is not None and te.strip().lower() != "chunked":
+            raise PageError(f"Transfer-Encoding {te!r} (only chunked is read)")
+        n = self._headers.get("content-length")
+        if n is not None and int(n) > self.max_bytes:  # llhttp has checked it is digits
+            raise PageError(f"body of {n} bytes over {self.max_bytes}")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_len += len(body)
+        if self._body_len > self.max_bytes:
+            raise PageError(f"body over {self.max_bytes} bytes")
+        self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._status == 0 or self._complete:
+            return  # the end of an interim head, or of bytes past the answer
+        self._complete = True
+        self._keep = self._parser.should_keep_alive()  # Connection: close, HTTP/1.0 rules
 
     def data_received(self, data: bytes) -> None:
         self._got_any = True
@@ -73,11 +124,22 @@ class _Reader(asyncio.Protocol):
             # Bytes after the answer was complete (or before a request): the stream is out of step.
             self._fail(PageError("unexpected bytes from the server"))
             return
-        self.buf += data
+        self._wire += len(data)
         try:
-            self._advance(eof=False)
-        except PageError as e:
-            self._fail(e)
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            self._fail(cause if isinstance(cause, PageError) else PageError(f"bad answer: {cause!r}"))
+            return
+        except httptools.HttpParserError as e:  # incl. HttpParserUpgrade: never asked for
+            if not self._complete:
+                self._fail(PageError(f"malformed answer: {e}"))
+                return
+            self._extra = True  # garbage after a complete answer: deliver it, drop the connection
+        if self._complete:
+            self._done()
+        elif self._wire - self._body_len > MAX_HEAD_BYTES + self._body_len:
+            self._fail(PageError("answer's head, chunk lines or trailers too large"))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost finishes the answer
@@ -89,14 +151,17 @@ class _Reader(asyncio.Protocol):
             return
         if not self._got_any:
             w.set_exception(StaleConnectionError("connection closed before the answer"))
-            return
-        try:
-            self._advance(eof=True)
-        except PageError as e:
-            w.set_exception(e)
-            return
-        if not w.done():
-            w.set_exception(PageError("connection closed mid-answer"))
+        elif exc is None and self._status and self._runs_to_close():
+            # httptools 0.9 has no finish(): a body framed by the close ends here, on a clean close
+            # only (a reset mid-body is a truncated page, not a short one).
+            self._complete = True
+            self._keep = False
+            self._done()
+        else:
+            w.set_exception(PageError(f"connection closed mid-answer ({exc!r})"))
+
+    def _runs_to_close(self) -> bool:
+        return "transfer-encoding" not in self._headers and "content-length" not in self._headers
 
     def _fail(self, e: PageError) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -104,107 +169,12 @@ class _Reader(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _advance(self, eof: bool) -> None:
-        """Parse as far as the buffer allows; resolve the waiter when the answer is complete."""
-        while self._head is None:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > MAX_HEAD_BYTES:
-                    raise PageError("response head too large")
-                return
-            status, headers = _parse_head(bytes(self.buf[:end]))
-            del self.buf[: end + 4]
-            if 100 <= status < 200:
-                continue  # an interim head: the real one follows
-            self._head = (status, headers)
-        status, headers = self._head
-        keep = headers.get("connection", "").lower() != "close"
-        if status in (204, 304):
-            return self._done(b"", keep)
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            return self._chunked(keep)
-        length = headers.get("content-length")
-        if length is not None:
-            try:
-                n = int(length)
-            except ValueError:
-                raise PageError(f"bad Content-Length {length!r}") from None
-            if n < 0:
-                raise PageError(f"bad Content-Length {length!r}")
-            if n > self.max_bytes:
-                raise PageError(f"body of {n} bytes over {self.max_bytes}")
-            if len(self.buf) >= n:
-                body = bytes(self.buf[:n])
-                del self.buf[:n]
-                return self._done(body, keep and not self.buf)
-            return None
-        # Neither: the body runs to the connection's close.
-        if len(self.buf) > self.max_bytes:
-            raise PageError(f"body over {self.max_bytes} bytes")
-        if eof:
-            return self._done(bytes(self.buf), False)
-        return None
-
-    def _chunked(self, keep: bool) -> None:
-        buf = self.buf
-        while True:
-            line_end = buf.find(b"\r\n")
-            if line_end < 0:
-                if len(buf) > 1024:
-                    raise PageError("chunk size line too long")
-                return
-            size_text = bytes(buf[:line_end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise PageError(f"bad chunk size {size_text!r}") from None
-            if size < 0:
-                raise PageError(f"bad chunk size {size_text!r}")
-            if size == 0:
-                # Trailers, if any, then an empty line.
-                trailer_end = buf.find(b"\r\n\r\n", line_end)
-                if trailer_end == line_end:  # no trailers: "0\r\n\r\n"
-                    del buf[: line_end + 4]
-                elif trailer_end < 0:
-                    return
-                else:
-                    del buf[: trailer_end + 4]
-                return self._done(b"".join(self._chunks), keep and not buf)
-            if len(buf) < line_end + 2 + size + 2:
-                if self._body_len + size > self.max_bytes:
-                    raise PageError(f"body over {self.max_bytes} bytes")
-                return
-            start = line_end + 2
-            if buf[start + size : start + size + 2] != b"\r\n":
-                raise PageError("chunk not followed by CRLF")
-            self._body_len += size
-            if self._body_len > self.max_bytes:
-                raise PageError(f"body over {self.max_bytes} bytes")
-            self._chunks.append(bytes(buf[start : start + size]))
-            del buf[: start + size + 2]
-
-    def _done(self, body: bytes, keep: bool) -> None:
-        assert self._head is not None and self.waiter is not None
-        status, headers = self._head
-        self.waiter.set_result((Page(status, body, headers), keep))
-
-
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-        raise PageError(f"bad status line {lines[0][:80]!r}")
-    try:
-        status = int(parts[1])
-    except ValueError:
-        raise PageError(f"bad status line {lines[0][:80]!r}") from None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise PageError(f"bad header line {line[:80]!r}")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers
+    def _done(self) -> None:
+        assert self.waiter is not None
+        if self.waiter.done():
+            return
+        page = Page(self._status, b"".join(self._chunks), self._headers)
+        self.waiter.set_result((page, self._keep and not self._extra))
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -55,6 +55,8 @@ DEFAULT_TIMEOUT_S = 2.0
 # A /metrics body larger than this is refused unread: parsing 100 MB on the event loop would stall
 # every request. vLLM's page is tens of KB.
 MAX_SCRAPE_BYTES = 4 << 20
+# Answers the aiohttp path follows (304, 300 are no redirects to follow: a failed scrape).
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 PICKER_STALENESS_S = 2.0  # reference: older metrics are stale for the picker
 SATURATION_STALENESS_S = 0.2  # reference: older metrics count as saturated
 # The longest pause for an endpoint whose scraped load the gateway's own in-flight requests explain:
@@ -193,11 +195,7 @@ class MetricsScraper:
             self.stats.pop(addr, None)
             self._unfiltered.pop(addr, None)
             self._aiohttp_only.discard(addr)
-            client = self._clients.pop(addr, None)
-            if client is not None:
-                client.close()
-            for key in [k for k in self._requests if k[0] == addr]:
-                del self._requests[key]
+            self._forget_lean(addr)
         elif change.kind == "added" and self._running:
             self._spawn(change.endpoint)
 
@@ -271,6 +269,13 @@ class MetricsScraper:
         ep.scrape_failures = 0
         return True
 
+    def _forget_lean(self, addr: str) -> None:
+        client = self._clients.pop(addr, None)
+        if client is not None:
+            client.close()
+        for key in [k for k in self._requests if k[0] == addr]:
+            del self._requests[key]
+
     def _filter_now(self, address: str) -> bool:
         until = self._unfiltered.get(address)
         if until is None:
@@ -289,6 +294,7 @@ class MetricsScraper:
             except _NeedsAiohttp as e:
                 self._aiohttp_only.add(ep.address)
                 log.info("%s: %s; scraping it with aiohttp", ep.address, e)
+                self._forget_lean(ep.address)  # its kept-alive connection would idle until removal
         return await self._get_aiohttp(ep, path, no_filter_is_none)
 
     async def _get_lean(self, ep: Endpoint, path: str, no_filter_is_none: bool) -> str | None:
@@ -297,7 +303,9 @@ class MetricsScraper:
         if client is None:
             tls = None
             if self.scheme == "https":
-                tls = self.tls or ssl.create_default_context()
+                if self.tls is None:  # the system's CAs, as aiohttp's ssl=True; loaded once
+                    self.tls = ssl.create_default_context()
+                tls = self.tls
             try:
                 client = PageClient(addr, tls=tls, max_bytes=self.max_bytes)
             except ValueError as e:  # not host:port: aiohttp's URL handling decides
@@ -308,7 +316,7 @@ class MetricsScraper:
             request = self._requests[(addr, path)] = client.request_bytes(path)
         async with asyncio.timeout(self.timeout_s):
             page = await client.get(request)
-        if 300 <= page.status < 400:
+        if page.status in REDIRECT_STATUSES:
             raise _NeedsAiohttp(f"answered {page.status} (a redirect)")
         if page.headers.get("content-encoding", "identity").lower() != "identity":
             # Never asked for (no Accept-Encoding), and the aiohttp path does not decode either.
