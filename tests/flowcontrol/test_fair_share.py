@@ -84,6 +84,17 @@ def test_a_backlog_counts_in_the_share() -> None:
     ctl.take(head, 0.0)
     ctl.cancel(ctl.head(), 0.0)  # type: ignore[arg-type]
     assert ctl.queued == {"a": 3}
+    held = ctl.head()
+    assert held is not None
+    ctl.take(held, 0.0)
+    assert ctl.queued == {"a": 2}
+    ctl.hold(held, 0.0, until=1.0)  # turned back by its pick: queued again, out of the selection
+    assert ctl.queued == {"a": 3}
+    ctl.unhold(1.0)
+    assert ctl.queued == {"a": 3}
+    for item in ctl.expire(100.0):  # TTL: all gone, held one included
+        assert item.done
+    assert ctl.queued == {} and ctl.count == 0
 
 
 def _recount(ctl: FlowController) -> int:
