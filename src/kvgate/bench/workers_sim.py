@@ -73,6 +73,10 @@ class WorkerDirectors:
         d, mine = self._mine(req, ep)
         d.on_first_token(req, mine)
 
+    def on_usage(self, req: InferenceRequest, ep: Endpoint, usage: Any) -> None:
+        d, mine = self._mine(req, ep)
+        d.on_usage(req, mine, usage)
+
     def on_finished(self, req: InferenceRequest, ep: Endpoint, usage: Any, ok: bool) -> None:
         d, mine = self._mine(req, ep)
         d.on_finished(req, mine, usage, ok)
