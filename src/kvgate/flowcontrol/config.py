@@ -23,7 +23,7 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
       fairShareTTFTTarget: 0      # kvgate: p90 TTFT goal for the flows at or under their share; with
                                   # it the headroom adapts in [0, fairShareHeadroom] (0 = fixed)
       fairShareSLOFirst: false    # kvgate: a request the headroom holds back goes through the whole
-                                  # gate once its TTFT deadline is near (the headroom costs no SLO)
+                                  # gate once its TTFT deadline is near (streamed replies teach it)
       priorityBands:              # per-band overrides; a priority not listed gets the defaults
       - priority: 0
         maxRequests: 1000
@@ -102,7 +102,7 @@ class FlowControlConfig:
     # is not fixed but adapts between 0 and ``fair_share_headroom`` to keep their TTFT there (0 = off).
     fair_share_ttft_target: float = 0.0
     # kvgate: the headroom lets a request it holds back through once its TTFT deadline is near
-    # (``FlowController.slo_due``): holding back never costs a request its SLO.
+    # (``FlowController.slo_due``; any flow's head: ``due_head``); learned from streamed replies only.
     fair_share_slo_first: bool = False
     bands: dict[int, BandConfig] = field(default_factory=dict)
 

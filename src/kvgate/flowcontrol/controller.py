@@ -26,7 +26,8 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
   so a flood's excess is in the queue, not yet in flight.
 - with ``fairShareSLOFirst``, a request the headroom holds back is let through the whole gate once
   its TTFT deadline is near (``SLO_FIRST_MARGIN`` dispatch-to-first-token p90s away) while it can still
-  make it: the headroom never costs a request its SLO.
+  make it, whichever flow's turn it is (``due_head``): the headroom does not cost the head of a flow
+  its SLO.
 - with ``fairShareTTFTTarget``, ``observe_first_token`` adapts that headroom (``headroom``) to the
   TTFTs of the flows at or under their share: up on a miss of the target, down on a hit, so that about
   one in ten misses it (a p90 goal), within ``[0, fairShareHeadroom]``.
@@ -215,6 +216,7 @@ class FlowController:
             item.held_until = None
             band.count -= 1
             band.bytes -= item.size
+            self._leave(item.flow)  # (its place as a held request: ``hold``)
         else:
             if outcome == DISPATCHED:
                 band.dispatched(item, item.cost)
@@ -267,6 +269,9 @@ class FlowController:
         self.metrics.outcome(item.priority, item.flow, HELD, now - item.enqueued_at)
         item.holds += 1
         self._held.append(item)
+        # Still its flow's demand (``queued``, ``count``), so its flow stays active: a place of its own
+        # while it is out of the flow queues (else the total counts it, the flows do not).
+        self._enter(item.flow)
         # Its expiry entry may be gone (dropped while it was done): then a fresh one, with a key that
         # no other entry has (a tie would compare the requests themselves). Never a second one: a
         # request held every few ms until its TTL would otherwise add thousands.
@@ -288,6 +293,7 @@ class FlowController:
                 item.held_until = None
                 band.count -= 1
                 band.bytes -= item.size
+                self._leave(item.flow)  # its place as a held request, for its place in its band:
                 if band.push(item):  # (counts it again, in its flow)
                     self._enter(item.flow)
             else:
@@ -348,7 +354,7 @@ class FlowController:
 
     @property
     def active_flows(self) -> int:
-        """Flows with a request in flight or queued, in any band."""
+        """Flows with a request in flight or queued (held ones included), in any band."""
         return len(self._places)
 
     def started(self, flow: str) -> None:
@@ -376,7 +382,7 @@ class FlowController:
         in flight yet (measured: counting only those in flight, a flood was under its share for the
         first second of its bursts in a 2 x 16 fleet, and took the slots kept for the others)."""
         mine = self.inflight.get(flow, 0) + self.queued.get(flow, 0)
-        # (a flow with a request in flight or queued is active: counted already)
+        # (a flow with a request in flight or queued, held or not, is active: counted already)
         total = self.inflight_total + self.count
         return bool(mine) and mine * len(self._places) > self._over_factor * total
 
@@ -392,6 +398,23 @@ class FlowController:
         if back and now is not None and self.cfg.fair_share_slo_first and self.slo_due(req, now):
             return False
         return back
+
+    def due_head(self, priority: int, now: float, skip: QueuedRequest) -> QueuedRequest | None:
+        """``fairShareSLOFirst``: the head of band ``priority``'s flows (other than ``skip``'s, the
+        fairness policy's choice, held back) that is ``slo_due``, earliest SLO deadline first; None
+        when none is. The fairness policy looks at one flow only, so without this a due request
+        behind another flow's head that is not due would wait while the gate had room for it.
+        One head per flow: a due request behind its own flow's head (fcfs ordering with SLOs that
+        differ per request) is not seen."""
+        best: QueuedRequest | None = None
+        for flow, q in self.bands[priority].flows.items():
+            if flow == skip.flow:
+                continue
+            h = q.head(now)
+            earlier = h is not None and (best is None or h.slo_deadline < best.slo_deadline)
+            if earlier and h is not None and self.slo_due(h.req, now):
+                best = h
+        return best
 
     def slo_due(self, req: InferenceRequest, now: float) -> bool:
         """``fairShareSLOFirst``: must ``req`` leave now to meet its TTFT SLO? Its deadline is within

@@ -68,10 +68,26 @@ def dispatch_ready(
                 yield item
                 blocked = False
                 break
+            # fairShareSLOFirst: the head the fairness policy chose is held back by the headroom; a
+            # due head of another flow in the band goes through the whole gate if it has room.
+            due = _due_instead(ctl, item, now)
+            if due is not None and not saturated(due.req):
+                ctl.take(due, now, record=False)
+                yield due
+                blocked = False
+                break
             if item.req.subset is None:
                 break
         if blocked:
             return
+
+
+def _due_instead(ctl: FlowController, item: QueuedRequest, now: float) -> QueuedRequest | None:
+    """With ``fairShareSLOFirst``: when ``item`` waits only because the headroom holds it back, the
+    earliest-deadline due head among the band's other flows (one look per flow, one gate check)."""
+    if not (ctl.cfg.fair_share_slo_first and ctl.headroom and ctl.held_back(item.req, now)):
+        return None
+    return ctl.due_head(item.priority, now, item)
 
 
 class FlowDispatcher:

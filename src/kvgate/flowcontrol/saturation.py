@@ -128,8 +128,10 @@ class ConcurrencyDetector(SaturationDetector):
             return max(inf.requests / self.max_requests, tokens / self.max_tokens)
         # A reservation on the pending bound (pending_scale < 1) keeps that many request slots free in
         # the running bound too: a request that finds a pending slot but no running slot waits in the
-        # server's queue all the same (what binds with small batches).
-        reserved = (1.0 - pending_scale) * self.max_pending
+        # server's queue all the same (what binds with small batches). A pending bound above the
+        # running bound never binds (a pending request is a running one): the running bound is then
+        # the one reserved against, or the reservation would take every running slot.
+        reserved = (1.0 - pending_scale) * min(self.max_pending, self.max_requests)
         running = inf.requests / max(1e-9, self.max_requests - reserved)
         pending = (inf.requests - inf.decoding) / (self.max_pending * pending_scale)
         return max(running, tokens / self.max_tokens, pending)
