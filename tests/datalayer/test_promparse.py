@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
+from collections import OrderedDict
 from typing import Any
 
 from hypothesis import given, settings
@@ -106,8 +108,7 @@ def test_a_label_set_seen_before_is_not_parsed_again(monkeypatch: Any) -> None:
         return real(line, i)
 
     monkeypatch.setattr(promparse, "_parse_labels", counting)
-    monkeypatch.setattr(promparse, "_LABELS", {})
-    monkeypatch.setattr(promparse, "_label_chars", 0)
+    _empty_cache(monkeypatch)
     info = ",".join(f'k{i}="v{i}"' for i in range(40))
     page = 'vllm:cache_config_info{%s} 1.0\nvllm:num_requests_waiting{model_name="m"} %d\n'
     first = find_samples(page % (info, 1), ["vllm:cache_config_info", "vllm:num_requests_waiting"])
@@ -122,11 +123,63 @@ def test_a_label_set_seen_before_is_not_parsed_again(monkeypatch: Any) -> None:
     assert third["vllm:cache_config_info"][0][0]["k0"] == "v0"
 
 
-def test_the_label_cache_is_bounded(monkeypatch: Any) -> None:
-    monkeypatch.setattr(promparse, "_LABELS", {})
-    monkeypatch.setattr(promparse, "_label_chars", 0)
-    monkeypatch.setattr(promparse, "LABEL_CACHE_CHARS", 200)
-    for i in range(50):  # a label whose value changes every scrape
-        got = find_samples(f'x_total{{req="{i:04d}"}} {i}\n', ["x_total"])
-        assert got == {"x_total": [({"req": f"{i:04d}"}, float(i))]}
-        assert promparse._label_chars <= 200 and len(promparse._LABELS) <= 200 // len('{req="0000"}')
+def _empty_cache(monkeypatch: Any, bound: int | None = None) -> None:
+    monkeypatch.setattr(promparse, "_LABELS", OrderedDict())
+    monkeypatch.setattr(promparse, "_label_bytes", 0)
+    if bound is not None:
+        monkeypatch.setattr(promparse, "LABEL_CACHE_BYTES", bound)
+
+
+def test_the_label_cache_is_bounded_by_measured_size(monkeypatch: Any) -> None:
+    _empty_cache(monkeypatch, bound=20_000)
+    for i in range(500):  # a label whose value changes every scrape
+        got = find_samples(f'x_total{{model_name="m",req="{i:04d}"}} {i}\n', ["x_total"])
+        assert got == {"x_total": [({"model_name": "m", "req": f"{i:04d}"}, float(i))]}
+        assert promparse._label_bytes <= 20_000
+        assert promparse._label_bytes == sum(size for _, size in promparse._LABELS.values())
+    assert len(promparse._LABELS) > 10  # evicted one by one, not cleared
+
+
+def test_the_measured_size_is_what_the_cache_holds(monkeypatch: Any) -> None:
+    """The bound is real memory: tracemalloc's count of what the cache holds is within it."""
+    bound = 1 << 20
+    _empty_cache(monkeypatch, bound=bound)
+    lines = [f'x{{model_name="m",engine="0",lora="a{i:06d}"}} 1\n' for i in range(6000)]
+    tracemalloc.start()
+    try:
+        for line in lines:
+            find_samples(line, ["x"])
+        traced, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert promparse._label_bytes <= bound
+    assert 0.7 * promparse._label_bytes <= traced <= 1.1 * bound, (traced, promparse._label_bytes)
+
+
+def test_label_sets_seen_every_scrape_stay_while_others_churn(monkeypatch: Any) -> None:
+    """Least recently used first out: a label set every scrape renders is parsed once, however many
+    one-off label sets pass through a cache too small for them (a clear-all would re-parse it)."""
+    _empty_cache(monkeypatch, bound=40_000)  # room for ~60 of these label sets
+    calls: list[str] = []
+    real = promparse._parse_labels
+
+    def counting(line: str, i: int) -> tuple[dict[str, str], int]:
+        calls.append(line[i:])
+        return real(line, i)
+
+    monkeypatch.setattr(promparse, "_parse_labels", counting)
+    hot = 'vllm:num_requests_waiting{engine="0",model_name="m"} 1\n'
+    for scrape in range(300):
+        churn = f'vllm:lora_requests_info{{running_lora_adapters="a{scrape}"}} 1\n'
+        find_samples(hot + churn, ["vllm:num_requests_waiting", "vllm:lora_requests_info"])
+    assert len(promparse._LABELS) < 300  # the churn did pass the bound
+    assert sum(c.startswith('{engine="0"') for c in calls) == 1
+    assert len(calls) == 301
+
+
+def test_a_huge_label_set_is_not_cached(monkeypatch: Any) -> None:
+    _empty_cache(monkeypatch, bound=10_000)
+    find_samples('y{a="1"} 1\n', ["y"])
+    big = ",".join(f'k{i}="v{i}"' for i in range(200))
+    assert find_samples(f"x{{{big}}} 1\n", ["x"])["x"][0][0]["k199"] == "v199"
+    assert list(promparse._LABELS) == ['{a="1"}']

@@ -7,26 +7,33 @@ tokenising every line, ``find_samples`` jumps to lines that start with a wanted 
 
 A server renders the same label sets scrape after scrape (only the values move), and one of them is
 long: vLLM's ``cache_config_info`` carries ~40 labels, most of a filtered page's parse time. So parsed
-label sets are kept by their text (``_LABELS``, bounded by ``LABEL_CACHE_CHARS``): a label set seen
-before costs one dict lookup and a copy instead of a character walk (``kvgate bench scrape-cpu``).
+label sets are kept by their text (``_LABELS``, the least recently used evicted past
+``LABEL_CACHE_BYTES``): a label set seen before costs one dict lookup and a copy instead of a
+character walk (``kvgate bench scrape-cpu``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import sys
+from collections import OrderedDict
 from collections.abc import Iterable
 
 Labels = dict[str, str]
 Sample = tuple[Labels, float]
 
 _ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
-# Parsed label sets by their text ``{...}``. Cleared whole when its keys pass this many characters: a
-# page whose label sets never repeat (a label that changes every scrape) re-parses, as without a cache,
-# and memory stays bounded (~1 MB of keys plus the dicts).
-LABEL_CACHE_CHARS = 1 << 20
-_LABELS: dict[str, Labels] = {}
-_label_chars = 0
+# Parsed label sets by their text ``{...}``, least recently used first, bounded by their measured size
+# (``_entry_bytes``: the key, the dict and its strings, and the cache's own per-entry overhead, as
+# tracemalloc counts them; tests/datalayer/test_promparse.py checks the two agree). Past the bound the
+# least recently used go, one at a time, so the label sets every scrape renders stay while a label
+# that changes every scrape (a request id, vLLM's ``lora_requests_info`` with many adapters) churns
+# through the rest. One cache per process (each ``--workers`` process has its own).
+LABEL_CACHE_BYTES = 4 << 20
+_LABELS: OrderedDict[str, tuple[Labels, int]] = OrderedDict()  # key -> (labels, measured bytes)
+_label_bytes = 0
+_ENTRY_OVERHEAD = 160  # the (labels, size) tuple, its int and the OrderedDict's link and table slot
 
 
 class ParseError(ValueError):
@@ -88,23 +95,32 @@ def _parse_value(text: str) -> float:
     return float(t)
 
 
+def _entry_bytes(key: str, labels: Labels) -> int:
+    size = sys.getsizeof(key) + sys.getsizeof(labels) + _ENTRY_OVERHEAD
+    for name, value in labels.items():
+        size += sys.getsizeof(name) + sys.getsizeof(value)
+    return size
+
+
 def _cached_labels(line: str, i: int) -> tuple[Labels, int]:
     """``_parse_labels`` through the label-set cache. The key runs to the line's last ``}`` (values and
     timestamps hold none, label values may); a label set whose parse does not end there is malformed
     for the key and is not cached. Each caller gets its own dict."""
-    global _label_chars
+    global _label_bytes
     end = line.rfind("}") + 1
     key = line[i:end]
     hit = _LABELS.get(key)
     if hit is not None:
-        return dict(hit), end
+        _LABELS.move_to_end(key)
+        return dict(hit[0]), end
     labels, j = _parse_labels(line, i)
     if j == end:
-        if _label_chars + len(key) > LABEL_CACHE_CHARS:
-            _LABELS.clear()
-            _label_chars = 0
-        _LABELS[key] = dict(labels)
-        _label_chars += len(key)
+        size = _entry_bytes(key, labels)
+        if size <= LABEL_CACHE_BYTES // 16:  # one huge label set does not empty the cache
+            while _LABELS and _label_bytes + size > LABEL_CACHE_BYTES:
+                _label_bytes -= _LABELS.popitem(last=False)[1][1]
+            _LABELS[key] = (dict(labels), size)
+            _label_bytes += size
     return labels, j
 
 
