@@ -89,6 +89,11 @@ def test_a_miss_answered_at_the_miss_cost_is_no_model_error() -> None:
         c.observe_ttft(p.model_ttft(c, req), t + 0.1, tok)
         t += 0.1
     assert c.model_bias(t) < 1.1  # (old: each 1.3 s miss against a 0.3 s hit model, about 2.5)
+    # Each of those misses is learnt at its queue factor, not at its load factor (which includes the
+    # predicted miss: over it, every miss would read as a hit and the miss cost would decay to 0). (Not
+    # an equality: these answers are the model's own prediction, which follows the learnt cost.)
+    assert c.miss_n > 10  # (those of them while its snapshot is fresh)
+    assert c.miss_cost_s is not None and c.miss_cost_s >= 0.9
 
 
 def test_a_cluster_that_comes_back_is_ramped_in_until_its_answers_confirm_it() -> None:

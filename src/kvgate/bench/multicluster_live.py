@@ -407,7 +407,7 @@ def trace_kinds(res: list[Result], warmup: float, timeout: float) -> dict[str, A
     p90 TTFT, by kind and cluster."""
     seen: dict[str, set[str]] = {}
     kinds: list[tuple[Result, str]] = []
-    for r in res:
+    for r in sorted(res, key=lambda r: r.start):  # (results come in completion order: first = first sent)
         kind = "none"
         if r.ttft is not None and r.cluster:
             where = seen.setdefault(r.group, set())

@@ -50,7 +50,8 @@ class ClusterDirector:
         )
         self.store = EndpointStore()
         self.states: dict[str, ClusterState] = {}
-        # id(request) -> (cluster, the first-byte wait's token): streamed requests in flight (the session
+        # id(request) -> (cluster, the cluster state's token): requests in flight (streamed ones wait there
+        # for their first byte) (the session
         # holds the request object from dispatch to finish, so its id is unique then). The dispatch time
         # is the cluster state's, under that token.
         self._waits: dict[int, tuple[str, int]] = {}
@@ -104,14 +105,12 @@ class ClusterDirector:
         if st is None:
             return
         note = loads.note(st.name) if loads is not None else None
-        if not req.stream:
-            st.dispatched(note=note)
-            return
         if len(self._waits) >= MAX_WAITS:  # the oldest stops waiting (as if finished unseen)
             name, token = self._waits.pop(next(iter(self._waits)))
             if name in self.states:
                 self.states[name].answered_without_ttft(token)
-        self._waits[id(req)] = (st.name, st.dispatched(self.clock(), note=note))
+        # A non-streamed request's token too: its end (``finished``) says whether the cluster answered.
+        self._waits[id(req)] = (st.name, st.dispatched(self.clock() if req.stream else None, note=note))
 
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
         # (``learn`` is moot here: only streamed requests wait for a first token, see on_dispatched.)
@@ -131,7 +130,9 @@ class ClusterDirector:
         if st is not None:
             # With the time, as the global gateway does: a streamed request's first token to its end is
             # the cluster's decode time (decode_s), which the kvgate policy's home weights read.
-            st.finished(wait[1] if wait is not None and wait[0] == st.name else 0, self.clock())
+            # (A failed one without: it teaches no decode time, and its prefix is not sent there.)
+            token = wait[1] if wait is not None and wait[0] == st.name else 0
+            st.finished(token, self.clock() if ok else None)
             if not ok:
                 st.failed(self.clock())
             else:

@@ -26,11 +26,14 @@
   - never below the present evidence: the floor x this gateway's requests still waiting there for a
     first byte, the oldest one's age (a censored observation).
   A slow cluster and a full one are then compared as what they are, waits: a full local cluster keeps the
-  overflow until its queue is as long as an idle slow cluster's TTFT. Then relative discounts: the local
-  cluster, a prefix hit (the request's leading blocks in the cluster's Bloom summary), and the request's
-  prefix home (weighted rendezvous hashing of its first 256 chars, weights = each cluster's throughput,
-  slots over slot time: every gateway computes the same home, so each tenant's prefix lives in one
-  cluster, not in all of them; spill-over is the home's predicted TTFT rising). Then power-of-two choices
+  overflow until its queue is as long as an idle slow cluster's TTFT. A prefix miss is in the idle TTFT:
+  (1 - the share of the request's leading blocks in the cluster's Bloom summary) x the cluster's miss
+  cost (measured from its answers at the idle scale, never below ``affinity`` / (1 - ``affinity``) x its
+  idle TTFT, the relative discount it replaced; that floor is the estimate before a measurement). Then
+  relative discounts: the local cluster and the request's prefix home (weighted rendezvous hashing of its
+  first 256 chars, weights = each cluster's throughput, slots over slot time: every gateway computes the
+  same home, so each tenant's prefix lives in one cluster, not in all of them; spill-over is the home's
+  predicted TTFT rising). Then power-of-two choices
   among the clusters within ``slack`` of the best (no herding between refreshes, nor between gateways
   sharing a snapshot). Unknown clusters are tried only after every known-good one (ordered by RTT), so a
   request is not lost when all snapshots are stale.
@@ -70,11 +73,19 @@ class ClusterRequest:
     # (where it has one and the request has blocks), kept with the dispatch (``ClusterState.dispatched``)
     # so its answer teaches that cluster what a miss costs.
     cached: dict[str, float] = field(default_factory=dict)
+    # Also set by ``order``: cluster -> the load factor alone (``model_load`` without the predicted
+    # prefill of the uncached part), what its answer is divided by to learn the miss cost at idle.
+    queue_load: dict[str, float] = field(default_factory=dict)
     _hashes: dict[int, list[int]] = field(default_factory=dict)
 
     def note(self, cluster: str) -> DispatchNote:
         """What the policy expected of this request at ``cluster``, for its dispatch there."""
-        return DispatchNote(self.model_load.get(cluster), self.cached.get(cluster), home_key(self))
+        return DispatchNote(
+            self.model_load.get(cluster),
+            self.cached.get(cluster),
+            home_key(self),
+            self.queue_load.get(cluster),
+        )
 
     def hashes(self, chunk: int, max_blocks: int = 16) -> list[int]:
         # Leading blocks only: shared system prompts / tenant prefixes live there.
@@ -154,7 +165,9 @@ class KvgateWeights:
     """Relative discounts on a cluster's predicted TTFT (scale-free: they weigh the same at 50 ms and 5 s)."""
 
     local_bonus: float = 0.1  # the local cluster (no egress, no WAN): 10 % off its predicted TTFT
-    affinity: float = 0.25  # a request whose leading blocks are all in the cluster's Bloom summary: a hit
+    # A request whose leading blocks are all in the cluster's Bloom summary (a hit) costs at least this
+    # much less at idle than a miss there (the floor of the miss cost, ``KvgatePolicy.miss_cost``).
+    affinity: float = 0.25
     # The request's prefix home (weighted rendezvous): where its tenant's prefix is kept, so a hit there
     # and a likely miss elsewhere (a miss of a long shared prefix costs well over 1 / (1 - 0.4) = 1.7x a
     # hit). Larger than the local bonus: a tenant homed away from the local cluster stays there.
@@ -275,16 +288,29 @@ class KvgatePolicy:
         return idle * (1.0 + min(u, 1.0)) + max(0.0, u - 1.0) * self.slot_time(c)
 
     def miss_ttft(self, c: ClusterState, req: ClusterRequest) -> float:
-        """Seconds the request's uncached prefix adds there: the share of its leading blocks not in the
-        cluster's Bloom summary x what a miss costs there as measured (``ClusterState.miss_cost_s``).
-        0 before that is measured (the relative Bloom discount stands in, ``cost``) or without a summary
-        or blocks to look up: spilling a tenant away from the cluster that holds its prefix is charged
-        the prefill it will redo, in the unit the queues are costed in."""
-        m = c.miss_cost_s
+        """Seconds the request's uncached prefix adds there at idle: the share of its leading blocks not
+        in the cluster's Bloom summary x what a miss costs there (``miss_cost``); a cluster without a
+        summary is charged a whole miss (nothing known there is cached: as it had no discount before),
+        and a request without a full block none anywhere. Spilling a tenant away from the cluster that
+        holds its prefix is charged the prefill it will redo, in the unit the queues are costed in."""
         cached = req.cached.get(c.name)
-        if m is None or cached is None:
-            return 0.0
-        return (1.0 - cached) * m
+        if cached is None:
+            if not req.prompt or not req.hashes(HOME_CHUNK):
+                return 0.0
+            cached = 0.0
+        return (1.0 - cached) * self.miss_cost(c)
+
+    def miss_cost(self, c: ClusterState) -> float:
+        """What a prefix miss costs there at idle, in seconds: as measured (``ClusterState.miss_cost_s``),
+        but never below the relative affinity discount it replaced, in seconds: a full hit costing
+        (1 - affinity) x a miss at idle, a miss costs affinity / (1 - affinity) x the idle TTFT more (a
+        measured 0, e.g. misses answered quiet and hits busy, must not make a warm cluster cost what a
+        cold one does). Before a measurement that floor is the estimate, so clusters with and without a
+        measured cost are compared in one unit (seconds at idle, x (1 + u) with the rest)."""
+        a = min(max(self.w.affinity, 0.0), 0.9)
+        floor = self.base_ttft(c) * a / (1.0 - a)
+        m = c.miss_cost_s
+        return floor if m is None else max(m, floor)
 
     def cached_share(self, c: ClusterState, req: ClusterRequest) -> float | None:
         """The share of the request's leading blocks in the cluster's Bloom summary; None without a summary
@@ -358,13 +384,12 @@ class KvgatePolicy:
 
     def cost(self, c: ClusterState, req: ClusterRequest, now: float = 0.0, home: str | None = None) -> float:
         """The predicted TTFT there (seconds), discounted for what makes it cheaper than it looks: the
-        local cluster, a prefix cache hit (Bloom), the request's prefix home."""
+        local cluster, the request's prefix home. (A prefix cache hit is in the predicted TTFT: the miss
+        of its uncached part is charged there, ``miss_ttft``.)"""
         w = self.w
         cost = self.predicted_ttft(c, now, req)
         if c.name == self.local:
             cost *= 1.0 - w.local_bonus
-        if c.miss_cost_s is None:  # measured, a miss is in the predicted TTFT (``miss_ttft``)
-            cost *= 1.0 - w.affinity * self.affinity(c, req)
         if c.name == home:
             cost *= 1.0 - w.home_bonus
         return cost
@@ -381,6 +406,8 @@ class KvgatePolicy:
         # floor, once the cluster's speed is measured (its floor). Before, the model is the speed prior,
         # and the first answer replaces that with the floor: a prior's error is no evidence of the model's.
         req.model_load = {c.name: self.model_ttft(c, req) / c.ttft_floor_s for c in good if c.ttft_floor_s}
+        # The queue part alone: an answer over it is its TTFT at idle, what the miss cost is learnt from.
+        req.queue_load = {c.name: self.model_ttft(c) / c.ttft_floor_s for c in good if c.ttft_floor_s}
         home = self.home(good, req)
         self.last_home = home
         costs = {c.name: self.cost(c, req, now, home) for c in good}

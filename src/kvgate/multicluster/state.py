@@ -50,11 +50,15 @@ BIAS_RANGE = (0.25, 8.0)
 BIAS_ALPHA = 0.1
 BIAS_TAU_S = 5.0
 # The cost of a prefix cache miss there: the median TTFT of the answers that missed less that of those
-# that hit (both carry the same queueing, so the difference is the prefill of the uncached part). A hit:
-# at least HIT_SHARE of its leading blocks in the cluster's Bloom summary at dispatch (a summary lists
-# only the hot blocks, so it misses many hits but seldom names a miss one). A miss: the first request
-# this gateway sends there with that prefix (its home key), and not in the summary either. Other answers
-# teach nothing of it. Tracked as the floor is, at the median.
+# that hit, each answer first divided by the queue factor the policy predicted at its dispatch
+# (``DispatchNote.queue``): sure misses are mostly first sends, answered on a quiet cluster, sure hits
+# their repeats under load, so raw TTFTs would mix the queue into the difference (review s7-mc #1); at
+# the idle scale the difference is the prefill of the uncached part. A hit: at least HIT_SHARE of its
+# leading blocks in the cluster's Bloom summary at dispatch (a summary lists only the hot blocks, so it
+# misses many hits but seldom names a miss one). A miss: the first request this gateway sends there
+# with that prefix (its home key) that reached the cluster (a send that failed before any answer does
+# not count as sent), and not in the summary either. Other answers teach nothing of it. Tracked as the
+# floor is, at the median.
 HIT_SHARE = 0.5
 CLASS_START = 8  # the first answers of a class set its median as their geometric mean (few sure misses)
 SENT_KEYS_MAX = 16384  # the prefixes remembered as sent there (LRU): 8-byte keys, bounded memory
@@ -62,7 +66,8 @@ SENT_KEYS_MAX = 16384  # the prefixes remembered as sent there (LRU): 8-byte key
 # ``ramp_window`` requests waiting for their first byte there, starting at one per ready endpoint (or
 # what is still waiting there); each answer at most
 # RAMP_OK x the model's prediction for it opens one more (doubling per round trip, as TCP's slow start),
-# a slower one halves it. It ends once the window reaches the cluster's slots, or after RAMP_MAX_S.
+# a slower one halves it; a non-streamed answer that ends (no TTFT to judge it by) opens one more. It
+# ends once the window reaches the cluster's slots, or after RAMP_MAX_S.
 RAMP_OK = 1.5
 RAMP_MAX_S = 20.0
 
@@ -72,11 +77,13 @@ class DispatchNote:
     """What the policy expected of a request at one cluster, kept with its dispatch there: ``load``, its
     predicted TTFT over the cluster's floor (None: no model yet); ``cached``, the share of its leading
     blocks in the cluster's Bloom summary (None: no summary or no blocks); ``key``, its prefix's home key
-    (None: no full block)."""
+    (None: no full block); ``queue``, the load factor alone, without the predicted prefill of its
+    uncached part (None: ``load`` stands for it): what its answer is divided by for the miss cost."""
 
     load: float | None = None
     cached: float | None = None
     key: bytes | None = None
+    queue: float | None = None
 
 
 @dataclass(slots=True)
@@ -112,8 +119,15 @@ class ClusterState:
     hit_n: int = 0  # answers counted in each
     miss_n: int = 0
     _hit: dict[int, bool] = field(default_factory=dict)  # waiting token -> a hit (True) or a miss (False)
-    # Prefix home keys this gateway has sent there, oldest first (bounded): a first send is a sure miss.
+    _scale: dict[int, float] = field(default_factory=dict)  # waiting token -> its answer's divisor (queue)
+    # Prefix home keys this gateway has sent there and the cluster answered, oldest first (bounded): a
+    # first send is a sure miss.
     sent_keys: dict[bytes, None] = field(default_factory=dict)
+    # Keys of requests in flight there, not yet answered: token -> key, and key -> how many (a second
+    # concurrent send of a new prefix is no sure miss). Recorded as sent at the answer (``_answered``).
+    _keys: dict[int, bytes] = field(default_factory=dict)
+    _pending: dict[bytes, int] = field(default_factory=dict)
+    _plain: dict[int, None] = field(default_factory=dict)  # non-streamed tokens in flight
     # Slow start (``start_ramp``): requests in their prefill allowed there; None = no ramp.
     ramp_window: float | None = None
     ramp_until: float = 0.0
@@ -143,56 +157,89 @@ class ClusterState:
         self, now: float | None = None, load: float | None = None, note: DispatchNote | None = None
     ) -> int:
         """Count a request sent there. With ``now`` (a streamed request), it also waits for its first byte
-        until ``observe_ttft`` or ``finished`` gets the returned token; 0 = not tracked. ``load``: the
+        until ``observe_ttft`` or ``finished`` gets the returned token (a non-streamed one's token is for
+        ``finished`` alone). ``load``: the
         policy's model for this request there, its predicted TTFT over the cluster's floor, which its
         answer is judged against; None: no model there, the answer is no evidence of its error. ``note``:
         the policy's expectations (its ``load`` stands for the argument): a sure hit or miss there counts
         its answer towards the hit or the miss median (``miss_cost_s``)."""
+        hit: bool | None = None
         if note is not None:
             load = note.load if load is None else load
             hit = self._classify(note)
         self.sent_since_snapshot += 1
         self.sent_total += 1
         self.inflight += 1
-        if now is None:
-            return 0
         self._token += 1
-        self.waiting[self._token] = now
+        token = self._token
+        if note is not None and note.key is not None and len(self._keys) < SENT_KEYS_MAX:
+            self._keys[token] = note.key
+            self._pending[note.key] = self._pending.get(note.key, 0) + 1
+        if now is None:
+            if len(self._plain) < SENT_KEYS_MAX:
+                self._plain[token] = None
+            return token
+        self.waiting[token] = now
         if load is not None and load > 0.0:
-            self._load[self._token] = load
-        if note is not None and hit is not None:
-            self._hit[self._token] = hit
-        return self._token
+            self._load[token] = load
+        if hit is not None:
+            self._hit[token] = hit
+            scale = note.queue if note is not None and note.queue is not None else load
+            if scale is not None and scale > 0.0:
+                self._scale[token] = scale
+        return token
 
     def _classify(self, note: DispatchNote) -> bool | None:
-        """A sure hit (in the summary), a sure miss (this prefix's first send here, not in the summary),
-        or None; remembers the prefix as sent here."""
+        """A sure hit (in the summary), a sure miss (this prefix's first send here that the cluster
+        answers, none in flight there either, not in the summary), or None."""
         key = note.key
-        first = key is not None and key not in self.sent_keys
-        if key is not None:
-            self.sent_keys.pop(key, None)
-            self.sent_keys[key] = None
-            if len(self.sent_keys) > SENT_KEYS_MAX:
-                self.sent_keys.pop(next(iter(self.sent_keys)))
+        first = key is not None and key not in self.sent_keys and key not in self._pending
         if note.cached is None:
             return None
         if note.cached >= HIT_SHARE:
             return True
         return False if first else None
 
+    def _answered(self, token: int) -> None:
+        """The cluster answered the request: its prefix is now sent there (a later send is no first)."""
+        key = self._keys.pop(token, None)
+        if key is None:
+            return
+        self._unpend(key)
+        self.sent_keys.pop(key, None)
+        self.sent_keys[key] = None
+        if len(self.sent_keys) > SENT_KEYS_MAX:
+            self.sent_keys.pop(next(iter(self.sent_keys)))
+
+    def _unpend(self, key: bytes) -> None:
+        n = self._pending.get(key, 0) - 1
+        if n > 0:
+            self._pending[key] = n
+        else:
+            self._pending.pop(key, None)
+
+    def _dropped(self, token: int) -> None:
+        """The request ended without an answer from the cluster: its prefix is not sent there."""
+        key = self._keys.pop(token, None)
+        if key is not None:
+            self._unpend(key)
+
     def observe_ttft(self, seconds: float, now: float, token: int = 0) -> None:
         if self.waiting.pop(token, None) is not None:
             self._first_at[token] = now
+        self._answered(token)
         f = self.ttft_floor_s
         load = self._load.pop(token, None)
         hit = self._hit.pop(token, None)
-        if hit is not None and seconds > 0.0:
+        # At the idle scale (over the queue factor predicted at dispatch; none before any floor: as is).
+        idle = seconds / self._scale.pop(token, 1.0)
+        if hit is not None and idle > 0.0:
             if hit:
                 self.hit_n += 1
-                self.hit_ttft_s = _median_step(self.hit_ttft_s, seconds, self.hit_n)
+                self.hit_ttft_s = _median_step(self.hit_ttft_s, idle, self.hit_n)
             else:
                 self.miss_n += 1
-                self.miss_ttft_s = _median_step(self.miss_ttft_s, seconds, self.miss_n)
+                self.miss_ttft_s = _median_step(self.miss_ttft_s, idle, self.miss_n)
         if load is not None and f is not None and f > 0.0 and seconds > 0.0:
             # Judged against the load factor x the floor now: the speed error is the floor's, not the
             # bias's (before any floor, the first answer sets it: no error to learn from yet).
@@ -207,8 +254,9 @@ class ClusterState:
 
     @property
     def miss_cost_s(self) -> float | None:
-        """What a prefix cache miss costs there, in seconds: the median TTFT of the answers expected to
-        miss less that of those expected to hit (at least 0); None until both are measured."""
+        """What a prefix cache miss costs there, in seconds at idle: the median TTFT of the answers
+        expected to miss less that of those expected to hit, each over its dispatch's queue factor (at
+        least 0; the policy floors it, ``KvgatePolicy.miss_cost``); None until both are measured."""
         if self.hit_ttft_s is None or self.miss_ttft_s is None:
             return None
         return max(0.0, self.miss_ttft_s - self.hit_ttft_s)
@@ -251,6 +299,8 @@ class ClusterState:
         self.waiting.pop(token, None)
         self._load.pop(token, None)
         self._hit.pop(token, None)
+        self._scale.pop(token, None)
+        self._dropped(token)  # (an error reply prefilled nothing: not sent there)
 
     def oldest_wait(self, now: float) -> float:
         """Age of the oldest request still waiting for its first byte (0 when none): its TTFT is at least
@@ -286,12 +336,23 @@ class ClusterState:
         return max(floor, self.oldest_wait(now))
 
     def finished(self, token: int = 0, now: float | None = None, alpha: float = 0.1) -> None:
-        """The request ended there. With ``now``, a streamed request that had its first byte gives its
-        decode time (first byte to end)."""
+        """The request ended there. With ``now`` (it was answered; without: given up, never reached the
+        cluster, or failed), a streamed request that had its first byte gives its decode time (first byte
+        to end), and a non-streamed one (its token, or 0: untracked) opens a slow start's window by one:
+        its answer came, and it holds no prefill there any more."""
         self.inflight = max(0, self.inflight - 1)
-        self.waiting.pop(token, None)
+        streamed_unanswered = self.waiting.pop(token, None) is not None
         self._load.pop(token, None)
         self._hit.pop(token, None)
+        self._scale.pop(token, None)
+        plain = token == 0 or token in self._plain
+        self._plain.pop(token, None)
+        if now is not None and not streamed_unanswered:
+            self._answered(token)
+            if plain and self.ramp_window is not None:
+                self._ramp_step(True, now)
+        else:
+            self._dropped(token)
         first = self._first_at.pop(token, None)
         if first is not None and now is not None:
             d = max(0.0, now - first)
