@@ -227,3 +227,18 @@ def test_the_active_flows_are_the_flows_with_demand(seed: int) -> None:
         assert len(live) == ctl.count
         assert dict(inflight) == ctl.inflight
         assert set(inflight) | {i.flow for i in live} == set(ctl._places), (step, ctl._places)
+
+
+@pytest.mark.parametrize("weight", [".nan", ".inf", "-1"])
+def test_a_scorer_weight_must_be_finite(weight: str) -> None:
+    """The profile's scorer weight (read outside ``Params``) had the same gap: `.nan` passed `>= 0`."""
+    import yaml
+
+    cfg = yaml.safe_load(
+        "plugins: [{type: queue-scorer}]\n"
+        f"schedulingProfiles: [{{name: default, plugins: [{{pluginRef: queue-scorer, weight: {weight}}}]}}]"
+    )
+    store = EndpointStore.from_addresses(["10.0.0.1:8000"])
+    where = r"^schedulingProfiles\[0\]\.plugins\[0\]\.weight: "
+    with pytest.raises(ConfigError, match=where + "must be a finite"):
+        build_director(cfg, store, flow_metrics=False)

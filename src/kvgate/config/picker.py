@@ -176,8 +176,9 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
             if ref not in seen:
                 raise ConfigError(f"{rpath}.pluginRef: no plugin named {ref!r} in plugins")
             w = rd.get("weight")
-            if w is not None and (isinstance(w, bool) or not isinstance(w, int | float) or w < 0):
-                raise ConfigError(f"{rpath}.weight: must be a number >= 0, got {w!r}")
+            bad = isinstance(w, bool) or not isinstance(w, int | float)
+            if w is not None and (bad or not 0 <= w < float("inf")):  # (NaN fails it too)
+                raise ConfigError(f"{rpath}.weight: must be a finite number >= 0, got {w!r}")
             refs.append(ProfileRef(ref, None if w is None else float(w), rpath))
         profiles.append(ProfileSpec(_str(pd.get("name"), f"{path}.name"), refs, path))
     if len({p.name for p in profiles}) != len(profiles):
