@@ -35,8 +35,10 @@
   same home, so each tenant's prefix lives in one cluster, not in all of them; spill-over is the home's
   predicted TTFT rising). Then power-of-two choices
   among the clusters within ``slack`` of the best (no herding between refreshes, nor between gateways
-  sharing a snapshot). Unknown clusters are tried only after every known-good one (ordered by RTT), so a
-  request is not lost when all snapshots are stale.
+  sharing a snapshot). A cluster that comes back (stale, empty or NOT_SERVING, then usable) is in slow
+  start (``ClusterState.start_ramp``): with its window of requests in their prefill in use, it comes
+  after the other usable clusters. Unknown clusters are tried only after every known-good one (ordered
+  by RTT), so a request is not lost when all snapshots are stale.
 """
 
 from __future__ import annotations
