@@ -2,9 +2,10 @@
 
 Why not aiohttp here: a scrape is the same small GET to the same server 10-20 times a second, and
 aiohttp's general client (URL objects, header multidicts, request/response objects, tracing hooks,
-timers, the connector's pool) costs ~0.2 ms of CPU per request on this machine against ~0.12 ms for
-a protocol that writes prebuilt request bytes and reads the answer (``kvgate bench scrape-cpu``:
-232 against 148 us per scrape of vLLM's filtered page, parse included). On a
+timers, the connector's pool) costs ~0.25 ms of CPU per request on this machine against ~0.13 ms
+for a protocol that writes prebuilt request bytes and reads the answer (``kvgate bench scrape-cpu``:
+263 against 134 us per scrape of vLLM's filtered page, parse included, both with the label-set cache;
+docs/benchmarks/realvllm.md section 4.4). On a
 loaded host every wake-up of the gateway's event loop waits for a core (docs/benchmarks/realvllm.md
 section 4.3), so background CPU is taken from requests.
 

@@ -22,9 +22,10 @@ endpoint only this gateway uses, or an idle one. Every scrape costs the server's
 (docs/benchmarks/realvllm.md section 4.2); load from elsewhere is still seen within ``QUIET_MAX_S``.
 
 The GET itself goes over ``pageclient.PageClient`` (one kept-alive connection per endpoint, prebuilt
-request bytes): 0.64x aiohttp's CPU per scrape of vLLM's filtered page, 0.48x with the label-set
-cache of ``promparse`` against the code before both, measured by ``kvgate bench scrape-cpu``, which
-runs the aiohttp path (``http="aiohttp"``) as its baseline. An endpoint that answers with a
+request bytes): ~0.5x aiohttp's CPU per scrape of vLLM's filtered page, ~0.4x with the label-set
+cache of ``promparse`` against the code before both (134 / 263 / 327 us, docs/benchmarks/realvllm.md
+section 4.4), measured by ``kvgate bench scrape-cpu``, which runs the aiohttp path
+(``http="aiohttp"``) as its baseline. An endpoint that answers with a
 redirect is scraped with aiohttp from then on (it follows redirects); so is every endpoint when the
 caller hands in its own aiohttp ``session``.
 """
