@@ -30,6 +30,7 @@ class Backend:
             maxlen=2000
         )
         self.health_ok = True
+        self.cached_tokens: int | None = None  # reported as usage.prompt_tokens_details when set
         # Set when any generation/embedding request arrives (tests wait on it instead of polling).
         self.arrived = asyncio.Event()
         # A stream waits after its event ``pause_after`` (``paused`` set) until the test sets ``resume``.
@@ -120,7 +121,9 @@ class Backend:
         chat = request.path.endswith("chat/completions")
         model = body["model"]
         n = min(int(body.get("max_tokens") or self.tokens), self.tokens)
-        usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+        usage: dict[str, Any] = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         rid = f"cmpl-{self.name}"
         if not body.get("stream"):
             text = " ".join(f"{self.name}-{i}" + "x" * self.piece_bytes for i in range(n))

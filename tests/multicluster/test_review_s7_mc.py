@@ -161,3 +161,52 @@ def test_a_hub_request_that_failed_is_not_sent_there() -> None:
         assert st.sent_keys == {}
         d.on_finished(req, ep, None, ok)
     assert len(st.sent_keys) == 1 and st.inflight == 0
+
+
+def test_two_gateways_classify_by_the_answers_cached_tokens_not_their_own_first_send() -> None:
+    """Gateway 1 sends tenant T to cluster A; gateway 2's first send of T there, before the summary lists
+    it, is answered at hit speed. By its own "first send" rule gateway 2 counts it a sure miss (pulling
+    the miss median down); the answer's reported cached tokens say it was a hit."""
+    gw1, gw2 = _state("a"), _state("a")  # two gateways' views of one cluster
+    for st in (gw1, gw2):
+        st.observe_ttft(0.3, 0.0)
+    note = DispatchNote(load=1.0, cached=0.0, key=b"tenantT")
+    tok = gw1.dispatched(0.0, note=note, usage=True)
+    gw1.observe_ttft(1.3, 1.3, tok)
+    gw1.finished(tok, 2.0, cached=0.02)  # a miss: its template header only
+    assert (gw1.miss_n, gw1.hit_n) == (1, 0)
+    tok = gw2.dispatched(0.3, note=note, usage=True)
+    gw2.observe_ttft(0.3, 0.6, tok)
+    gw2.finished(tok, 1.5, cached=0.9)  # a hit: gateway 1's send prefilled it
+    assert (gw2.miss_n, gw2.hit_n) == (0, 1)
+    # An answer that reports no cached tokens falls back to the prediction (this gateway's first send).
+    note = DispatchNote(load=1.0, cached=0.0, key=b"tenantU")
+    tok = gw2.dispatched(2.0, note=note, usage=True)
+    gw2.observe_ttft(1.3, 3.3, tok)
+    gw2.finished(tok, 4.0)
+    assert (gw2.miss_n, gw2.hit_n) == (1, 1)
+
+
+def test_the_hub_classifies_a_streamed_answer_by_its_reported_cached_tokens() -> None:
+    from kvgate.multicluster.clusters import ClustersConfig
+    from kvgate.multicluster.hub import ClusterDirector
+    from kvgate.scheduling.types import InferenceRequest, Usage
+
+    now = [0.0]
+    cfg = ClustersConfig(clusters=(ClusterSpec("a", gateway="a:80"),))
+    d = ClusterDirector(cfg, "kvgate", clock=lambda: now[0], seed=0)
+    st = d.states["a"]
+    st.set_aggregate(
+        PoolAggregate("a", 1.0, 2, 2, capacity=2.0, headroom=2.0, request_slots=16.0,
+                      prefix_bloom=build_bloom([1, 2, 3]), prefix_chunk_chars=64),
+        0.0,
+    )  # fmt: skip
+    # This hub's first send of the tenant (a predicted sure miss), answered from the engine's cache.
+    req = InferenceRequest(request_id="r", model="m", prompt_text=TENANT + "q", stream=True)
+    ep = d.pick(req).endpoints[0]
+    d.on_dispatched(req, ep)
+    now[0] = 0.3
+    d.on_first_token(req, ep)
+    now[0] = 1.0
+    d.on_finished(req, ep, Usage(100, 5, 90, cached_reported=True), True)
+    assert (st.hit_n, st.miss_n) == (1, 0)

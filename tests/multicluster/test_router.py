@@ -266,3 +266,44 @@ async def test_a_parent_fallback_times_its_ttft_from_its_own_send(world: dict[st
         await gw.stop()
         await epp.stop(0)
         await pod.stop()
+
+
+async def test_a_streamed_answers_usage_event_classifies_it_as_a_prefix_hit(world: dict[str, Any]) -> None:
+    """A streamed answer's usage event (the client asked for it) reports its cached prompt tokens: the
+    router's first send of a prefix, a predicted sure miss, counts as a hit when the cluster says 6 of
+    its 7 prompt tokens were cached (another gateway sent the tenant there); without the event, the
+    prediction stands."""
+    from kvgate.datalayer.aggregate import PoolAggregate, build_bloom
+
+    cfg = ClustersConfig((ClusterSpec("c", gateway=world["gw1"].address),))
+    gw = GlobalGateway(cfg, "kvgate", fetch=False, seed=0)
+    await gw.start("127.0.0.1", 0)
+    st = gw.router.states["c"]
+    prompt = "system prompt of a tenant, long and shared by every request of it " * 8
+    url = f"http://127.0.0.1:{gw.port}/v1/completions"
+    world["gw1"].cached_tokens = 6
+    try:
+        async with aiohttp.ClientSession() as http:
+            for i, usage in enumerate((True, False)):
+                st.set_aggregate(
+                    PoolAggregate("c", float(i), 1, 1, capacity=1.0, headroom=1.0, request_slots=8.0,
+                                  prefix_bloom=build_bloom([1, 2, 3]), prefix_chunk_chars=64),
+                    time.monotonic(),
+                )  # fmt: skip
+                body: dict[str, Any] = {
+                    "model": "m",
+                    "prompt": f"{prompt} q{i}",
+                    "max_tokens": 4,
+                    "stream": True,
+                }
+                if usage:
+                    body["stream_options"] = {"include_usage": True}
+                async with http.post(url, data=orjson.dumps(body)) as r:
+                    assert r.status == 200
+                    await r.read()
+                if usage:
+                    assert (st.hit_n, st.miss_n) == (1, 0)
+            # Same tenant again without the event: a repeat send is no sure miss (and no hit): unchanged.
+            assert (st.hit_n, st.miss_n) == (1, 0)
+    finally:
+        await gw.stop()

@@ -228,7 +228,8 @@ class MultiClusterSim:
             self.clock.call_later(self.cfg.connect_timeout, self._attempt, r)
             return
         # Streamed: waits for its first byte.
-        r.token = st.dispatched(self.clock.now, note=r.creq.note(name))
+        # (usage: the answer's cached tokens come with its end, as a streamed usage event does.)
+        r.token = st.dispatched(self.clock.now, note=r.creq.note(name), usage=True)
         r.sent = self.clock.now
         r.cluster = name
         self.clock.call_later(c.d.rtt_ms / 2000.0, self._at_cluster, r)
@@ -297,7 +298,8 @@ class MultiClusterSim:
             Usage(sim.num_prompt_tokens, len(sim.output_token_ids), sim.num_cached_tokens),
             ok,
         )
-        self.gw_states[r.gateway][r.cluster].finished(r.token, t)
+        share = sim.num_cached_tokens / sim.num_prompt_tokens if sim.num_prompt_tokens else None
+        self.gw_states[r.gateway][r.cluster].finished(r.token, t, cached=share)
         if not r.measured or r.first is None:
             return
         half_rtt = c.d.rtt_ms / 2000.0

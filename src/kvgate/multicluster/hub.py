@@ -110,7 +110,9 @@ class ClusterDirector:
             if name in self.states:
                 self.states[name].answered_without_ttft(token)
         # A non-streamed request's token too: its end (``finished``) says whether the cluster answered.
-        self._waits[id(req)] = (st.name, st.dispatched(self.clock() if req.stream else None, note=note))
+        # (usage: the end's reported cached tokens classify a streamed answer as a hit or a miss.)
+        token = st.dispatched(self.clock() if req.stream else None, note=note, usage=req.stream)
+        self._waits[id(req)] = (st.name, token)
 
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
         # (``learn`` is moot here: only streamed requests wait for a first token, see on_dispatched.)
@@ -132,7 +134,10 @@ class ClusterDirector:
             # the cluster's decode time (decode_s), which the kvgate policy's home weights read.
             # (A failed one without: it teaches no decode time, and its prefix is not sent there.)
             token = wait[1] if wait is not None and wait[0] == st.name else 0
-            st.finished(token, self.clock() if ok else None)
+            cached = None
+            if ok and usage is not None and usage.cached_reported and usage.prompt_tokens > 0:
+                cached = usage.cached_tokens / usage.prompt_tokens
+            st.finished(token, self.clock() if ok else None, cached=cached)
             if not ok:
                 st.failed(self.clock())
             else:

@@ -29,6 +29,7 @@ from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, 
 from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy
 from kvgate.multicluster.state import ClusterState, DispatchNote
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
+from kvgate.openai.sse import SSEScanner
 
 log = logging.getLogger("kvgate.multicluster.router")
 
@@ -251,7 +252,8 @@ class GlobalRouter:
         assert self._session is not None, "start() first"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=300)
         # Streamed: the request waits for its first byte in the cluster's state (censored TTFT evidence).
-        token = st.dispatched(started, note=note)
+        # (usage: a streamed answer's usage event, if the client asked for one, says whether it hit.)
+        token = st.dispatched(started, note=note, usage=started is not None)
 
         def given_up() -> None:
             st.finished(token)
@@ -297,6 +299,15 @@ class GlobalRouter:
         self.counts[(st.name, mode)] = self.counts.get((st.name, mode), 0) + 1
         response = resp
         settled = begun = False
+        # A streamed 2xx's usage event (the last before [DONE]): its cached tokens classify the answer as
+        # a prefix hit or miss there (``ClusterState.finished``); the scanner parses only that event.
+        usage_scan = (
+            SSEScanner()
+            if started is not None
+            and 200 <= resp.status < 300
+            and resp.headers.get("content-type", "").startswith("text/event-stream")
+            else None
+        )
 
         async def settle() -> None:
             nonlocal settled
@@ -311,7 +322,14 @@ class GlobalRouter:
                     epp.cancel()  # never read: its body generator never ran, so cancel the EPP's stream
             finally:
                 response.release()
-                st.finished(token, self.clock())  # with the time: the cluster's decode time
+                cached = None
+                if usage_scan is not None:
+                    usage_scan.finish()
+                    u = usage_scan.usage
+                    if u is not None and u.cached_reported and u.prompt_tokens > 0:
+                        cached = u.cached_tokens / u.prompt_tokens
+                # With the time: the cluster's decode time.
+                st.finished(token, self.clock(), cached=cached)
 
         async def stream() -> AsyncGenerator[bytes, None]:
             nonlocal begun
@@ -329,6 +347,8 @@ class GlobalRouter:
                             st.observe_ttft(now - started, now, token)
                         else:
                             st.answered_without_ttft(token)
+                    if usage_scan is not None:
+                        usage_scan.feed(chunk)
                     yield chunk
             finally:
                 await settle()

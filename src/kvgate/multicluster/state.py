@@ -60,6 +60,11 @@ BIAS_TAU_S = 5.0
 # not count as sent), and not in the summary either. Other answers teach nothing of it. Tracked as the
 # floor is, at the median.
 HIT_SHARE = 0.5
+# With the answer's own reported cached tokens (``usage.prompt_tokens_details.cached_tokens``, given to
+# ``finished``): a hit at least HIT_SHARE of its prompt cached, a miss at most MISS_SHARE; the prediction
+# above is the fallback when an answer reports none (several gateways, a restart: this gateway's "first
+# send" is not the cluster's, and an approximate summary's hit can miss in the engine).
+MISS_SHARE = 0.2
 CLASS_START = 8  # the first answers of a class set its median as their geometric mean (few sure misses)
 SENT_KEYS_MAX = 16384  # the prefixes remembered as sent there (LRU): 8-byte keys, bounded memory
 # Slow start for a cluster that comes back (its snapshot stale or empty, then fresh again): at most
@@ -120,6 +125,10 @@ class ClusterState:
     miss_n: int = 0
     _hit: dict[int, bool] = field(default_factory=dict)  # waiting token -> a hit (True) or a miss (False)
     _scale: dict[int, float] = field(default_factory=dict)  # waiting token -> its answer's divisor (queue)
+    # Tokens whose caller reports the answer's cached tokens at ``finished`` (``dispatched(usage=True)``),
+    # and their TTFTs at idle scale with the predicted class, kept from the first byte to the end.
+    _usage: dict[int, None] = field(default_factory=dict)
+    _sample: dict[int, tuple[float, bool | None]] = field(default_factory=dict)
     # Prefix home keys this gateway has sent there and the cluster answered, oldest first (bounded): a
     # first send is a sure miss.
     sent_keys: dict[bytes, None] = field(default_factory=dict)
@@ -154,7 +163,11 @@ class ClusterState:
         self.fetch_error = None
 
     def dispatched(
-        self, now: float | None = None, load: float | None = None, note: DispatchNote | None = None
+        self,
+        now: float | None = None,
+        load: float | None = None,
+        note: DispatchNote | None = None,
+        usage: bool = False,
     ) -> int:
         """Count a request sent there. With ``now`` (a streamed request), it also waits for its first byte
         until ``observe_ttft`` or ``finished`` gets the returned token (a non-streamed one's token is for
@@ -162,7 +175,9 @@ class ClusterState:
         policy's model for this request there, its predicted TTFT over the cluster's floor, which its
         answer is judged against; None: no model there, the answer is no evidence of its error. ``note``:
         the policy's expectations (its ``load`` stands for the argument): a sure hit or miss there counts
-        its answer towards the hit or the miss median (``miss_cost_s``)."""
+        its answer towards the hit or the miss median (``miss_cost_s``). ``usage``: the caller may give the
+        answer's reported cached share to ``finished``, which then classifies the answer (the prediction
+        only where it reports none)."""
         hit: bool | None = None
         if note is not None:
             load = note.load if load is None else load
@@ -184,6 +199,9 @@ class ClusterState:
             self._load[token] = load
         if hit is not None:
             self._hit[token] = hit
+        if usage and note is not None and note.key is not None and len(self._usage) < SENT_KEYS_MAX:
+            self._usage[token] = None
+        if hit is not None or token in self._usage:
             scale = note.queue if note is not None and note.queue is not None else load
             if scale is not None and scale > 0.0:
                 self._scale[token] = scale
@@ -233,13 +251,11 @@ class ClusterState:
         hit = self._hit.pop(token, None)
         # At the idle scale (over the queue factor predicted at dispatch; none before any floor: as is).
         idle = seconds / self._scale.pop(token, 1.0)
-        if hit is not None and idle > 0.0:
-            if hit:
-                self.hit_n += 1
-                self.hit_ttft_s = _median_step(self.hit_ttft_s, idle, self.hit_n)
-            else:
-                self.miss_n += 1
-                self.miss_ttft_s = _median_step(self.miss_ttft_s, idle, self.miss_n)
+        if token in self._usage:
+            if idle > 0.0:  # classified at its end, by its reported cached tokens if any
+                self._sample[token] = (idle, hit)
+        elif hit is not None:
+            self._count_class(hit, idle)
         if load is not None and f is not None and f > 0.0 and seconds > 0.0:
             # Judged against the load factor x the floor now: the speed error is the floor's, not the
             # bias's (before any floor, the first answer sets it: no error to learn from yet).
@@ -251,6 +267,16 @@ class ClusterState:
             if self.ramp_window is not None:
                 self._ramp_step(r <= RAMP_OK, now)
         self.ttft_floor_s = _quantile_step(f, seconds, FLOOR_QUANTILE)
+
+    def _count_class(self, hit: bool, idle: float) -> None:
+        if idle <= 0.0:
+            return
+        if hit:
+            self.hit_n += 1
+            self.hit_ttft_s = _median_step(self.hit_ttft_s, idle, self.hit_n)
+        else:
+            self.miss_n += 1
+            self.miss_ttft_s = _median_step(self.miss_ttft_s, idle, self.miss_n)
 
     @property
     def miss_cost_s(self) -> float | None:
@@ -300,6 +326,7 @@ class ClusterState:
         self._load.pop(token, None)
         self._hit.pop(token, None)
         self._scale.pop(token, None)
+        self._sample.pop(token, None)
         self._dropped(token)  # (an error reply prefilled nothing: not sent there)
 
     def oldest_wait(self, now: float) -> float:
@@ -335,12 +362,24 @@ class ClusterState:
             floor *= 1.0 + len(self.waiting) / ready
         return max(floor, self.oldest_wait(now))
 
-    def finished(self, token: int = 0, now: float | None = None, alpha: float = 0.1) -> None:
+    def finished(
+        self, token: int = 0, now: float | None = None, alpha: float = 0.1, cached: float | None = None
+    ) -> None:
         """The request ended there. With ``now`` (it was answered; without: given up, never reached the
         cluster, or failed), a streamed request that had its first byte gives its decode time (first byte
         to end), and a non-streamed one (its token, or 0: untracked) opens a slow start's window by one:
-        its answer came, and it holds no prefill there any more."""
+        its answer came, and it holds no prefill there any more. ``cached``: the share of its prompt the
+        answer reports cached (``dispatched(usage=True)``): a hit or a miss by that, not the prediction."""
         self.inflight = max(0, self.inflight - 1)
+        self._usage.pop(token, None)
+        sample = self._sample.pop(token, None)
+        if sample is not None:
+            idle, predicted = sample
+            hit = predicted
+            if cached is not None:
+                hit = True if cached >= HIT_SHARE else (False if cached <= MISS_SHARE else None)
+            if hit is not None:
+                self._count_class(hit, idle)
         streamed_unanswered = self.waiting.pop(token, None) is not None
         self._load.pop(token, None)
         self._hit.pop(token, None)
