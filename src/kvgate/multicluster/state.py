@@ -327,6 +327,8 @@ class ClusterState:
         self._hit.pop(token, None)
         self._scale.pop(token, None)
         self._sample.pop(token, None)
+        self._usage.pop(token, None)
+        self._plain.pop(token, None)  # (the hub's eviction of a request whose end it will not see)
         self._dropped(token)  # (an error reply prefilled nothing: not sent there)
 
     def oldest_wait(self, now: float) -> float:
