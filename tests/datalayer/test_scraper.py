@@ -412,7 +412,7 @@ async def test_a_server_that_redirects_is_scraped_with_aiohttp_which_follows() -
         await runner.cleanup()
     ep = store.get(address)
     assert ep is not None and ep.metrics.waiting_queue_size == 6
-    assert scraper._aiohttp_only == {address} and hits == {"redirect": 3, "page": 2}
+    assert set(scraper._aiohttp_only) == {address} and hits == {"redirect": 3, "page": 2}
 
 
 async def test_an_endpoint_removed_closes_its_connection(servers: list[FakeServer]) -> None:
@@ -498,7 +498,7 @@ async def test_the_switch_to_aiohttp_closes_the_lean_connection() -> None:
     scraper = MetricsScraper(store)
     try:
         assert await scraper.scrape_all() == 1
-        assert scraper._aiohttp_only == {address} and address not in scraper._clients
+        assert set(scraper._aiohttp_only) == {address} and address not in scraper._clients
         await asyncio.wait_for(closed[0].wait(), 10)  # the first connection is the lean client's
     finally:
         await scraper.stop()
@@ -516,3 +516,37 @@ async def test_a_304_is_a_failed_scrape_not_a_redirect(servers: list[FakeServer]
         assert "304" in (scraper.stats[servers[0].address].last_error or "")
     finally:
         await scraper.stop()
+
+
+async def test_a_redirecting_endpoint_tries_the_lean_client_again_later() -> None:
+    """The switch to aiohttp lasts ``UNFILTERED_RETRY_S``: a server restarted without its redirect
+    goes back to the cheaper client."""
+    redirecting = [True]
+
+    async def metrics(request: web.Request) -> web.Response:
+        if redirecting[0] and not request.path.startswith("/real"):
+            raise web.HTTPTemporaryRedirect("/real" + request.path_qs)
+        return web.Response(text='vllm:num_requests_waiting{model_name="m"} 2\n')
+
+    app = web.Application()
+    for p in ("/metrics", "/metrics/", "/real/metrics", "/real/metrics/"):
+        app.router.add_get(p, metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    address = f"127.0.0.1:{runner.addresses[0][1]}"
+    now = [1000.0]
+    scraper = MetricsScraper(EndpointStore([make_endpoint(address)]), clock=lambda: now[0])
+    try:
+        assert await scraper.scrape_all() == 1
+        assert address in scraper._aiohttp_only and address not in scraper._clients
+        redirecting[0] = False
+        now[0] += UNFILTERED_RETRY_S - 1
+        assert await scraper.scrape_all() == 1
+        assert address not in scraper._clients  # still aiohttp
+        now[0] += 2
+        assert await scraper.scrape_all() == 1
+        assert address in scraper._clients and not scraper._aiohttp_only  # lean again
+    finally:
+        await scraper.stop()
+        await runner.cleanup()

@@ -26,7 +26,8 @@ request bytes): ~0.5x aiohttp's CPU per scrape of vLLM's filtered page, ~0.4x wi
 cache of ``promparse`` against the code before both (134 / 263 / 327 us, docs/benchmarks/realvllm.md
 section 4.4), measured by ``kvgate bench scrape-cpu``, which runs the aiohttp path
 (``http="aiohttp"``) as its baseline. An endpoint that answers with a
-redirect is scraped with aiohttp from then on (it follows redirects); so is every endpoint when the
+redirect is scraped with aiohttp (it follows redirects) for ``UNFILTERED_RETRY_S``, then the lean
+client tries again; every endpoint is scraped with aiohttp when the
 caller hands in its own aiohttp ``session``.
 """
 
@@ -117,7 +118,9 @@ class MetricsScraper:
         self.http = "aiohttp" if session is not None else http
         self._clients: dict[str, PageClient] = {}
         self._requests: dict[tuple[str, str], bytes] = {}  # (address, path) -> prebuilt GET
-        self._aiohttp_only: set[str] = set()  # endpoints the lean client could not read
+        # Endpoints the lean client could not read (a redirect) -> the clock time until which they are
+        # scraped with aiohttp; then the lean client tries again (a restarted server may not redirect).
+        self._aiohttp_only: dict[str, float] = {}
         self.store = store
         # Endpoints that did not honour the filtered request -> the clock time until which they are
         # scraped whole.
@@ -195,7 +198,7 @@ class MetricsScraper:
                 task.cancel()
             self.stats.pop(addr, None)
             self._unfiltered.pop(addr, None)
-            self._aiohttp_only.discard(addr)
+            self._aiohttp_only.pop(addr, None)
             self._forget_lean(addr)
         elif change.kind == "added" and self._running:
             self._spawn(change.endpoint)
@@ -277,6 +280,15 @@ class MetricsScraper:
         for key in [k for k in self._requests if k[0] == addr]:
             del self._requests[key]
 
+    def _lean_now(self, address: str) -> bool:
+        until = self._aiohttp_only.get(address)
+        if until is None:
+            return True
+        if self.clock() < until:
+            return False
+        del self._aiohttp_only[address]  # time to try the lean client again
+        return True
+
     def _filter_now(self, address: str) -> bool:
         until = self._unfiltered.get(address)
         if until is None:
@@ -289,11 +301,11 @@ class MetricsScraper:
     async def _get(self, ep: Endpoint, path: str, no_filter_is_none: bool = False) -> str | None:
         """One GET of a metrics page, size-capped; None for an answer in ``NO_FILTER_STATUSES`` when
         ``no_filter_is_none``."""
-        if self.http == "lean" and ep.address not in self._aiohttp_only:
+        if self.http == "lean" and self._lean_now(ep.address):
             try:
                 return await self._get_lean(ep, path, no_filter_is_none)
             except _NeedsAiohttp as e:
-                self._aiohttp_only.add(ep.address)
+                self._aiohttp_only[ep.address] = self.clock() + UNFILTERED_RETRY_S
                 log.info("%s: %s; scraping it with aiohttp", ep.address, e)
                 self._forget_lean(ep.address)  # its kept-alive connection would idle until removal
         return await self._get_aiohttp(ep, path, no_filter_is_none)
