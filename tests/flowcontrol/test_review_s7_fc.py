@@ -242,3 +242,38 @@ def test_a_scorer_weight_must_be_finite(weight: str) -> None:
     where = r"^schedulingProfiles\[0\]\.plugins\[0\]\.weight: "
     with pytest.raises(ConfigError, match=where + "must be a finite"):
         build_director(cfg, store, flow_metrics=False)
+
+
+# -- N2 (review s7-final-a): due_head parsed every flow head's SLO header on every blocked pass
+
+
+def test_slo_first_a_blocked_pass_does_not_parse_every_flows_slo_header(monkeypatch) -> None:
+    """The TTFT deadline is computed once, at enqueue; a dispatch pass blocked by a saturated pool
+    (the state a many-tenant flood keeps the dispatcher in) reads it instead of parsing each flow
+    head's SLO header again (2,400 flows: ~10x the pass's CPU)."""
+    import kvgate.flowcontrol.controller as controller
+
+    calls = [0]
+    parse = controller.header_ms
+
+    def counting(headers: Any, names: tuple[str, ...]) -> float | None:
+        calls[0] += 1
+        return parse(headers, names)
+
+    monkeypatch.setattr(controller, "header_ms", counting)
+    now = [10.0]
+    d = director({"fairShareHeadroom": 0.5, "fairShareSLOFirst": True}, {"maxConcurrency": 1}, now)
+    ctl = d.flow.ctl  # type: ignore[union-attr]
+    for _ in range(40):
+        ctl.observe_service_ttft(0.1)
+    send(d, req("b0", "b", 10.0), first_token=False)  # the pool is saturated for everyone
+    flows, passes = 200, 5
+    calls[0] = 0
+    for f in range(flows):
+        for i in range(2):
+            ctl.enqueue(req(f"f{f}-{i}", f"f{f}", 10.0, slo_ms=60000), 10.0)
+    assert calls[0] == 2 * flows  # once per request
+    calls[0] = 0
+    for _ in range(passes):
+        assert list(dispatch_ready(ctl, now[0], d.saturated)) == []
+    assert calls[0] <= 2 * passes, calls[0]  # the gate's own look at the chosen head, not one per flow

@@ -49,10 +49,11 @@ def replay_timeout_from_env(environ: Mapping[str, str] = os.environ) -> float:
 
 
 # A failed batch (undecodable, unappliable, or its handling raised) is logged at most once per this many
-# seconds per endpoint, with how many were not: a systematic mismatch (a vLLM version whose field types
-# changed) fails every batch, one per engine step, and would flood the log with a line (or a traceback)
-# each. ``SubscriberStats`` counts them all.
+# seconds per endpoint and kind of failure, with how many were not: a systematic mismatch (a vLLM version
+# whose field types changed) fails every batch, one per engine step, and would flood the log with a line
+# (or a traceback) each. ``SubscriberStats`` counts them all.
 FAILURE_LOG_INTERVAL_S = 10.0
+FailureKind = Literal["decode", "apply", "unforeseen"]  # each kind has its own slot in the failure log
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,8 +111,10 @@ class KVEventSubscriber:
         self.replay_timeout = replay_timeout
         self.stats = SubscriberStats()
         self.clock = clock  # for the failure log's rate limit only
-        self._failure_logged_at: float | None = None
-        self._failures_unlogged = 0  # failed batches since the last line logged
+        # One rate-limit slot per kind of failure, so a stream of one kind never hides the first of another
+        # (and an unforeseen exception's traceback): kind -> when last logged / failures not logged since.
+        self._failure_logged_at: dict[FailureKind, float] = {}
+        self._failures_unlogged: dict[FailureKind, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._caught_up = asyncio.Event()
@@ -154,7 +157,7 @@ class KVEventSubscriber:
         except (DecodeError, ValueError, TypeError, OverflowError) as e:
             # Not only DecodeError: a field of the wrong type (``"block_size": "x"``, a string ``ts``)
             # fails its conversion; off the wire, any such batch is undecodable.
-            self._log_failure(logging.WARNING, "undecodable batch %d: %s", seq, e)
+            self._log_failure("decode", logging.WARNING, "undecodable batch %d: %s", seq, e)
             return None
 
     def _apply_decoded(self, seq: int, batch: EventBatch | None) -> None:
@@ -169,24 +172,26 @@ class KVEventSubscriber:
         try:
             self.index.apply(self.endpoint, batch)
         except Exception as e:  # e.g. an unhashable ``medium``: the batch may be half applied
-            self._log_failure(logging.WARNING, "batch %d could not be applied: %r", seq, e)
+            self._log_failure("apply", logging.WARNING, "batch %d could not be applied: %r", seq, e)
             self.stats.apply_errors += 1
             self._resync()  # what the half-applied batch left is unknown: under-report, never over-report
 
-    def _log_failure(self, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
-        """A failed batch's line, at most one per ``FAILURE_LOG_INTERVAL_S`` for this endpoint; the next
-        one logged says how many were not."""
+    def _log_failure(
+        self, kind: FailureKind, level: int, msg: str, *args: object, exc_info: bool = False
+    ) -> None:
+        """A failed batch's line, at most one per ``FAILURE_LOG_INTERVAL_S`` for this endpoint and kind of
+        failure; the next one of that kind logged says how many of it were not."""
         now = self.clock()
-        last = self._failure_logged_at
+        last = self._failure_logged_at.get(kind)
         if last is not None and now - last < FAILURE_LOG_INTERVAL_S:
-            self._failures_unlogged += 1
+            self._failures_unlogged[kind] = self._failures_unlogged.get(kind, 0) + 1
             return
-        if self._failures_unlogged and last is not None:
-            msg += " (and %d more failed batches not logged in the %.0f s before)"
-            args = (*args, self._failures_unlogged, now - last)
+        unlogged = self._failures_unlogged.pop(kind, 0)
+        if unlogged and last is not None:
+            msg += " (and %d more failed batches of this kind not logged in the %.0f s before)"
+            args = (*args, unlogged, now - last)
         log.log(level, "kv events from %s: " + msg, self.endpoint, *args, exc_info=exc_info)
-        self._failure_logged_at = now
-        self._failures_unlogged = 0
+        self._failure_logged_at[kind] = now
 
     # -- socket loop -------------------------------------------------------------------------------
 
@@ -244,7 +249,9 @@ class KVEventSubscriber:
                 except Exception:
                     # An unforeseen failure (a replay fetch's socket error, ...) must not end the subscriber:
                     # its index would stay as it was, over-reporting blocks the engine drops from now on.
-                    self._log_failure(logging.ERROR, "batch %d failed; index resynced", seq, exc_info=True)
+                    self._log_failure(
+                        "unforeseen", logging.ERROR, "batch %d failed; index resynced", seq, exc_info=True
+                    )
                     self.stats.apply_errors += 1
                     self.stats.last_seq = seq
                     self._resync()

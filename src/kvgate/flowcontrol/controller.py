@@ -170,13 +170,12 @@ class FlowController:
         if why:
             self.metrics.outcome(req.priority, flow, REJECTED_CAPACITY, 0.0)
             raise ShedError(why)
-        slo = header_ms(req.headers, SLO_TTFT_HEADERS) or cfg.default_ttft_slo
-        arrival = req.arrival_time or now
+        slo_deadline = self.slo_deadline(req, now)  # once: ``due_head`` reads it on every blocked pass
         self._seq += 1
         ptoks = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
         item = QueuedRequest(
             req, flow, req.priority, size, float(ptoks + (req.max_tokens or DEFAULT_OUTPUT_TOKENS)),
-            self._seq, now, now + cfg.ttl, arrival + slo, handle, explain=explain,
+            self._seq, now, now + cfg.ttl, slo_deadline, handle, explain=explain,
         )  # fmt: skip
         if band.push(item):
             self._enter(flow)
@@ -386,17 +385,22 @@ class FlowController:
         total = self.inflight_total + self.count
         return bool(mine) and mine * len(self._places) > self._over_factor * total
 
-    def held_back(self, req: InferenceRequest, now: float | None = None) -> bool:
+    def held_back(
+        self, req: InferenceRequest, now: float | None = None, slo_deadline: float | None = None
+    ) -> bool:
         """Does the fair-share headroom apply to ``req``: its flow is over its share, or (adapting to
         ``fairShareTTFTTarget``) the request is sheddable? A batch band's long requests fill the
         servers' batches as a flood does; being sheddable, they are the first to wait. With ``now``
-        and ``fairShareSLOFirst``: not once its TTFT deadline is near (``slo_due``)."""
+        and ``fairShareSLOFirst``: not once its TTFT deadline is near (``slo_due``; ``slo_deadline``,
+        a queued request's deadline computed at enqueue, spares parsing its headers again)."""
         if self.cfg.fair_share_ttft_target and req.sheddable:
             back = True
         else:
             back = self.over_share(flow_of(req))
-        if back and now is not None and self.cfg.fair_share_slo_first and self.slo_due(req, now):
-            return False
+        if back and now is not None and self.cfg.fair_share_slo_first:
+            deadline = self.slo_deadline(req, now) if slo_deadline is None else slo_deadline
+            if self.deadline_due(deadline, now):
+                return False
         return back
 
     def due_head(self, priority: int, now: float, skip: QueuedRequest) -> QueuedRequest | None:
@@ -405,25 +409,33 @@ class FlowController:
         when none is. The fairness policy looks at one flow only, so without this a due request
         behind another flow's head that is not due would wait while the gate had room for it.
         One head per flow: a due request behind its own flow's head (fcfs ordering with SLOs that
-        differ per request) is not seen."""
+        differ per request) is not seen. Uses each head's deadline computed at enqueue: this runs on
+        every blocked dispatch pass, over every flow (parsing each head's headers again cost ~10x)."""
         best: QueuedRequest | None = None
         for flow, q in self.bands[priority].flows.items():
             if flow == skip.flow:
                 continue
             h = q.head(now)
             earlier = h is not None and (best is None or h.slo_deadline < best.slo_deadline)
-            if earlier and h is not None and self.slo_due(h.req, now):
+            if earlier and h is not None and self.deadline_due(h.slo_deadline, now):
                 best = h
         return best
 
-    def slo_due(self, req: InferenceRequest, now: float) -> bool:
-        """``fairShareSLOFirst``: must ``req`` leave now to meet its TTFT SLO? Its deadline is within
-        ``SLO_FIRST_MARGIN`` dispatch-to-first-token p90s, and not nearer than one (then it misses
-        wherever it goes, and holding it back costs nothing more). Before any first token is seen
-        (no p90 yet) nothing is due."""
-        service = self.service_ttft
+    def slo_deadline(self, req: InferenceRequest, now: float) -> float:
+        """``req``'s TTFT deadline: its arrival (``now`` when unknown) + its SLO header or the default."""
         slo = header_ms(req.headers, SLO_TTFT_HEADERS) or self.cfg.default_ttft_slo
-        deadline = (req.arrival_time or now) + slo
+        return (req.arrival_time or now) + slo
+
+    def slo_due(self, req: InferenceRequest, now: float) -> bool:
+        """``fairShareSLOFirst``: must ``req`` leave now to meet its TTFT SLO? (``deadline_due``)"""
+        return self.deadline_due(self.slo_deadline(req, now), now)
+
+    def deadline_due(self, deadline: float, now: float) -> bool:
+        """Must a request with TTFT ``deadline`` leave now? Its deadline is within ``SLO_FIRST_MARGIN``
+        dispatch-to-first-token p90s, and not nearer than one (then it misses wherever it goes, and
+        holding it back costs nothing more). Before any first token is seen (no p90 yet) nothing is
+        due."""
+        service = self.service_ttft
         return now + service <= deadline <= now + SLO_FIRST_MARGIN * service
 
     def observe_first_token(self, req: InferenceRequest, ttft: float) -> None:

@@ -85,7 +85,9 @@ def dispatch_ready(
 def _due_instead(ctl: FlowController, item: QueuedRequest, now: float) -> QueuedRequest | None:
     """With ``fairShareSLOFirst``: when ``item`` waits only because the headroom holds it back, the
     earliest-deadline due head among the band's other flows (one look per flow, one gate check)."""
-    if not (ctl.cfg.fair_share_slo_first and ctl.headroom and ctl.held_back(item.req, now)):
+    if not (ctl.cfg.fair_share_slo_first and ctl.headroom):
+        return None
+    if not ctl.held_back(item.req, now, item.slo_deadline):
         return None
     return ctl.due_head(item.priority, now, item)
 
