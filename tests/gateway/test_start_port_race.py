@@ -248,3 +248,43 @@ async def test_kvgate_serve_on_a_port_a_starting_gateway_holds_exits_at_once(bac
         go_a.set()
         await asyncio.gather(start_a, return_exceptions=True)
         await a.stop(drain_timeout=0.1)
+
+
+async def test_stop_during_a_scrapers_start_leaves_no_feed_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s7-final-a N3: stop() while start() awaits a metrics scraper's start. The scraper was then
+    added after stop() had stopped the others (never stopped), and the KV sources started anyway."""
+    import kvgate.gateway.server as server
+
+    go, starting = asyncio.Event(), asyncio.Event()
+    started: list[Any] = []
+    stopped: list[Any] = []
+
+    class HeldScraper:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        async def start(self) -> None:
+            started.append(self)
+            starting.set()
+            await go.wait()
+
+        async def stop(self) -> None:
+            stopped.append(self)
+
+    monkeypatch.setattr(server, "MetricsScraper", HeldScraper)
+    gw, src, go_src = _held()
+    go_src.set()
+    gw.scrape = True
+    start = asyncio.create_task(gw.start())
+    try:
+        async with asyncio.timeout(10):
+            await starting.wait()
+        await gw.stop(drain_timeout=0.1)
+        go.set()
+        await asyncio.wait_for(start, 10)
+        assert not gw.started
+        assert stopped == started, (started, stopped)  # the scraper that was starting is stopped too
+        assert not src.started.is_set()  # and the KV sources never start
+    finally:
+        go.set()
+        await asyncio.gather(start, return_exceptions=True)

@@ -247,8 +247,13 @@ class GatewayServer:
                     tls=self.proxy.tls.get(pool.name),
                 )
                 await scraper.start()
+                if self._stopping:  # stop() ran during its start (and stopped the others): end here
+                    await scraper.stop()
+                    return
                 self._scrapers.append(scraper)
         await self._start_kubernetes()
+        if self._stopping:
+            return
         # The data layer's other feeds (KV events) start here too, never on a first pick: all at once (a
         # KV-event source's start waits up to its catch-up bound, so one pool after another added them up).
         sources = [s for p in self.pools for s in getattr(p.director, "data_sources", list)()]
@@ -274,6 +279,8 @@ class GatewayServer:
 
         async def start(source: Any) -> None:
             async with gate:
+                if self._stopping:  # stop() ran while this one waited for the gate: never start it
+                    return
                 self._scrapers.append(source)  # stopped by stop() even if its start fails half-way
                 await source.start()
 
@@ -325,6 +332,9 @@ class GatewayServer:
             )
             kp = KubePool(opts, pool.store, store_pool=pool.name, on_policy=self._policy_listener(pool))
             await kp.start()
+            if self._stopping:  # stop() ran during its start: no watch left running after it
+                await kp.stop()
+                return
             self.kube_pools.append(kp)
 
     def _policy_listener(self, pool: Pool) -> Callable[[dict[str, int], list[Any]], None]:
