@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from kvgate.datalayer.aggregate import PoolAggregate, build_bloom
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, KvgateWeights
@@ -210,3 +212,90 @@ def test_the_hub_classifies_a_streamed_answer_by_its_reported_cached_tokens() ->
     now[0] = 1.0
     d.on_finished(req, ep, Usage(100, 5, 90, cached_reported=True), True)
     assert (st.hit_n, st.miss_n) == (1, 0)
+
+
+def _full_state(name: str, bloom: object) -> ClusterState:
+    """A cluster past full: no headroom, a queue in the snapshot (u ~ 2)."""
+    st = ClusterState(ClusterSpec(name, gateway=f"{name}:80"))
+    st.set_aggregate(
+        PoolAggregate(name, 1.0, 2, 2, capacity=2.0, headroom=0.0, request_slots=16.0,
+                      average_queue_size=8.0, prefix_bloom=bloom, prefix_chunk_chars=64),  # type: ignore[arg-type]
+        0.0,
+    )  # fmt: skip
+    return st
+
+
+def test_a_miss_cost_learnt_past_full_is_not_divided_away_by_the_queue_wait() -> None:
+    """The queue factor (``ClusterRequest.queue_load``) is model_ttft(c) / floor, and model_ttft past
+    full is idle x 2 + (u - 1) x slot_time: an ADDITIVE wait. Dividing a TTFT by it does not take the
+    wait out, it shrinks the miss part with it. Here the model is exact: a hit is answered at its
+    predicted TTFT, a miss at the predicted TTFT plus its true 1 s prefill x (1 + min(u, 1)). At the idle
+    scale the difference should be ~1 s; it comes out 0.22 s (then ``miss_cost`` floors it at
+    affinity/(1-affinity) x floor = 0.1 s): a full home cluster spills its tenants for ~0.1-0.2 s, not the
+    1 s each will redo elsewhere -- exactly when spill-over is decided. (Review s7-final-b A: the note
+    keeps the wait apart, ``DispatchNote.wait``, and the answer less it is divided by the factor.)"""
+    p = KvgatePolicy(rng=random.Random(0), weights=KvgateWeights(home_bonus=0.0, local_bonus=0.0))
+    st = _full_state("a", build_bloom(block_hashes("m", TENANT, 64)))
+    st.observe_ttft(0.3, 0.0)  # floor 0.3 s
+    st.decode_s = 2.7  # slot time 3 s
+    true_miss = 1.0
+    for i in range(12):
+        req = ClusterRequest("m", TENANT + f"q{i}")
+        p.order([st], req, 1.0)
+        q, wait = req.queue_load["a"], req.queue_wait["a"]
+        assert wait > 0.0  # past full: a wait for a slot, added to the TTFT (kept apart from the factor)
+        model = p.model_ttft(st)  # a hit's TTFT, as predicted (the model is right)
+        u = p.utilisation(st)
+        tok = st.dispatched(1.0, note=DispatchNote(load=q, cached=1.0, key=b"hot", queue=q, wait=wait))
+        st.observe_ttft(model, 2.0, tok)
+        st.finished(tok)
+        miss = model + true_miss * (1.0 + min(u, 1.0))
+        note = DispatchNote(load=q, cached=0.0, key=f"new{i}".encode(), queue=q, wait=wait)
+        tok = st.dispatched(1.0, note=note)
+        st.observe_ttft(miss, 2.0, tok)
+        st.finished(tok)
+        st.sent_since_snapshot = 0
+    assert st.miss_cost_s is not None
+    assert st.miss_cost_s == pytest.approx(true_miss, rel=0.3)  # was 0.217: the wait divided with the factor
+
+
+async def test_a_non_streamed_error_reply_neither_sends_the_prefix_nor_opens_the_slow_start() -> None:
+    """router.py settle() always calls ``st.finished(token, self.clock())``: for a non-streamed request
+    (now tracked by a token in ``_plain``/``_keys``) that is an answer whatever its status, so a 400
+    ("prompt too long") records the tenant's prefix as sent there (its one sure miss is gone, the
+    s7-mc #3 case the streamed path handles with ``answered_without_ttft``) and opens a returning
+    cluster's slow-start window by one, as a successful answer does. The hub passes ``ok`` (status 200)
+    and gets this right. (Review s7-final-b B.)"""
+    import time as _time
+
+    import aiohttp
+    import orjson
+
+    from gateway.backend import Backend
+    from kvgate.multicluster.clusters import ClustersConfig
+    from kvgate.multicluster.serve import GlobalGateway
+
+    b = Backend("gw1")
+    await b.start()
+    b.mode = "error400"
+    gw = GlobalGateway(ClustersConfig((ClusterSpec("c", gateway=b.address),)), "kvgate", fetch=False, seed=0)
+    await gw.start("127.0.0.1", 0)
+    st = gw.router.states["c"]
+    try:
+        st.set_aggregate(
+            PoolAggregate("c", 1.0, 1, 1, capacity=1.0, headroom=1.0, request_slots=8.0,
+                          prefix_bloom=build_bloom([1, 2, 3]), prefix_chunk_chars=64),
+            _time.monotonic(),
+        )  # fmt: skip
+        st.ramp_window, st.ramp_until = 1.0, _time.monotonic() + 60.0
+        body = {"model": "m", "prompt": TENANT + "q", "max_tokens": 4}
+        url = f"http://127.0.0.1:{gw.port}/v1/completions"
+        async with aiohttp.ClientSession() as http, http.post(url, data=orjson.dumps(body)) as r:
+            assert r.status == 400
+            await r.read()
+        assert st.inflight == 0
+        assert st.sent_keys == {}  # was: the 400's prefix recorded as sent
+        assert st.ramp_window == 1.0  # was: the error opened it to 2.0
+    finally:
+        await gw.stop()
+        await b.stop()

@@ -67,6 +67,7 @@ class ClusterRequest:
     model: str = ""
     prompt: str | bytes | None = None
     stream: bool = False  # a streamed response: its first byte is the TTFT evidence the policy learns from
+    usage: bool = False  # the client asked for the stream's usage event (only then is one scanned for)
     # Set by the kvgate policy's ``order``: cluster -> its model's load factor for this request there
     # (model TTFT / idle TTFT), what a streamed dispatch there keeps (``ClusterState.dispatched``) to judge
     # its answer by. Per request, so a concurrent ``order`` for another request cannot overwrite it.
@@ -76,8 +77,12 @@ class ClusterRequest:
     # so its answer teaches that cluster what a miss costs.
     cached: dict[str, float] = field(default_factory=dict)
     # Also set by ``order``: cluster -> the load factor alone (``model_load`` without the predicted
-    # prefill of the uncached part), what its answer is divided by to learn the miss cost at idle.
+    # prefill of the uncached part and without the wait past full), what its answer less that wait is
+    # divided by to learn the miss cost at idle.
     queue_load: dict[str, float] = field(default_factory=dict)
+    # Also set by ``order``: cluster -> the predicted wait for a slot past full (seconds, added to the
+    # TTFT, not multiplied: review s7-final-b A), taken off an answer before the division.
+    queue_wait: dict[str, float] = field(default_factory=dict)
     _hashes: dict[int, list[int]] = field(default_factory=dict)
 
     def note(self, cluster: str) -> DispatchNote:
@@ -87,6 +92,7 @@ class ClusterRequest:
             self.cached.get(cluster),
             home_key(self),
             self.queue_load.get(cluster),
+            self.queue_wait.get(cluster),
         )
 
     def hashes(self, chunk: int, max_blocks: int = 16) -> list[int]:
@@ -287,7 +293,11 @@ class KvgatePolicy:
         full, (u - 1) x slots, leave the queue at slots / slot_time per second)."""
         u = self.utilisation(c)
         idle = self.base_ttft(c) + (self.miss_ttft(c, req) if req is not None else 0.0)
-        return idle * (1.0 + min(u, 1.0)) + max(0.0, u - 1.0) * self.slot_time(c)
+        return idle * (1.0 + min(u, 1.0)) + self.queue_wait(c)
+
+    def queue_wait(self, c: ClusterState) -> float:
+        """The model's wait for a slot there past full, in seconds: (u - 1) x ``slot_time``; 0 below."""
+        return max(0.0, self.utilisation(c) - 1.0) * self.slot_time(c)
 
     def miss_ttft(self, c: ClusterState, req: ClusterRequest) -> float:
         """Seconds the request's uncached prefix adds there at idle: the share of its leading blocks not
@@ -408,8 +418,14 @@ class KvgatePolicy:
         # floor, once the cluster's speed is measured (its floor). Before, the model is the speed prior,
         # and the first answer replaces that with the floor: a prior's error is no evidence of the model's.
         req.model_load = {c.name: self.model_ttft(c, req) / c.ttft_floor_s for c in good if c.ttft_floor_s}
-        # The queue part alone: an answer over it is its TTFT at idle, what the miss cost is learnt from.
-        req.queue_load = {c.name: self.model_ttft(c) / c.ttft_floor_s for c in good if c.ttft_floor_s}
+        # The queue part alone: an answer less the wait past full, over the factor, is its TTFT at idle,
+        # what the miss cost is learnt from. The wait is added to the TTFT, so it is taken off, not
+        # divided (dividing by the whole shrank the miss part with it: review s7-final-b A).
+        req.queue_wait, req.queue_load = {}, {}
+        for c in good:
+            if c.ttft_floor_s:
+                wait = req.queue_wait[c.name] = self.queue_wait(c)
+                req.queue_load[c.name] = (self.model_ttft(c) - wait) / c.ttft_floor_s
         home = self.home(good, req)
         self.last_home = home
         costs = {c.name: self.cost(c, req, now, home) for c in good}

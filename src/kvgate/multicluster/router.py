@@ -176,7 +176,9 @@ class GlobalRouter:
             if i:
                 self.failovers += 1
             note = req.note(st.name)  # what the policy expected there (ClusterState.dispatched)
-            routed = await self._try_cluster(st, path, fwd, body, attempts, req.stream, req.model, note)
+            routed = await self._try_cluster(
+                st, path, fwd, body, attempts, req.stream, req.model, note, usage=req.usage
+            )
             if routed is not None:
                 st.succeeded()
                 return routed
@@ -197,6 +199,7 @@ class GlobalRouter:
         stream: bool = False,
         model: str | None = None,
         note: DispatchNote | None = None,
+        usage: bool = False,
     ) -> Routed | None:
         spec = st.spec
         # A streamed request's TTFT at this cluster runs from here (the EPP's pick included).
@@ -219,7 +222,7 @@ class GlobalRouter:
                 # The pod gets what Envoy would send it: the EPP's header mutation and body.
                 to_pod = pick.request_mutation.apply(fwd, drop=_DROP)
                 routed = await self._send(
-                    st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started, note
+                    st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started, note, usage
                 )
                 if routed is not None:
                     return routed
@@ -233,7 +236,9 @@ class GlobalRouter:
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp status {pick.status}"))
                 return None
         if spec.gateway is not None:
-            return await self._send(st, PARENT, spec.gateway, path, fwd, body, attempts, None, started, note)
+            return await self._send(
+                st, PARENT, spec.gateway, path, fwd, body, attempts, None, started, note, usage
+            )
         return None
 
     async def _send(
@@ -248,12 +253,14 @@ class GlobalRouter:
         epp: EppStream | None = None,
         started: float | None = None,
         note: DispatchNote | None = None,
+        usage: bool = False,
     ) -> Routed | None:
         assert self._session is not None, "start() first"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=300)
         # Streamed: the request waits for its first byte in the cluster's state (censored TTFT evidence).
-        # (usage: a streamed answer's usage event, if the client asked for one, says whether it hit.)
-        token = st.dispatched(started, note=note, usage=started is not None)
+        # (usage: a streamed answer's usage event, when the client asked for one, says whether it hit.)
+        usage = usage and started is not None
+        token = st.dispatched(started, note=note, usage=usage)
 
         def given_up() -> None:
             st.finished(token)
@@ -301,9 +308,10 @@ class GlobalRouter:
         settled = begun = False
         # A streamed 2xx's usage event (the last before [DONE]): its cached tokens classify the answer as
         # a prefix hit or miss there (``ClusterState.finished``); the scanner parses only that event.
+        # Built only when the client asked for usage (stream_options.include_usage): else none comes.
         usage_scan = (
             SSEScanner()
-            if started is not None
+            if usage
             and 200 <= resp.status < 300
             and resp.headers.get("content-type", "").startswith("text/event-stream")
             else None
@@ -328,8 +336,10 @@ class GlobalRouter:
                     u = usage_scan.usage
                     if u is not None and u.cached_reported and u.prompt_tokens > 0:
                         cached = u.cached_tokens / u.prompt_tokens
-                # With the time: the cluster's decode time.
-                st.finished(token, self.clock(), cached=cached)
+                # With the time (a 2xx only, as the hub: an error reply is no answer, so it neither
+                # sends the prefix there nor opens a slow start; review s7-final-b B): its decode time.
+                ok = 200 <= response.status < 300
+                st.finished(token, self.clock() if ok else None, cached=cached)
 
         async def stream() -> AsyncGenerator[bytes, None]:
             nonlocal begun

@@ -173,8 +173,12 @@ class GlobalGateway:
             parsed = parse_body(kind_for_path(path), raw)
         except BodyError as e:
             return json_error(e.status, e.message, param=e.param)
+        opts = parsed.body.get("stream_options")
         creq = ClusterRequest(
-            parsed.model, prompt_key(parsed.prompt_text, parsed.token_ids), stream=bool(parsed.stream)
+            parsed.model,
+            prompt_key(parsed.prompt_text, parsed.token_ids),
+            stream=bool(parsed.stream),
+            usage=bool(parsed.stream) and isinstance(opts, dict) and opts.get("include_usage") is True,
         )
         try:
             routed = await self.router.route(path, request.headers, raw, creq)

@@ -83,12 +83,15 @@ class DispatchNote:
     predicted TTFT over the cluster's floor (None: no model yet); ``cached``, the share of its leading
     blocks in the cluster's Bloom summary (None: no summary or no blocks); ``key``, its prefix's home key
     (None: no full block); ``queue``, the load factor alone, without the predicted prefill of its
-    uncached part (None: ``load`` stands for it): what its answer is divided by for the miss cost."""
+    uncached part and without ``wait`` (None: ``load`` stands for it); ``wait``, the predicted wait for
+    a slot past full, in seconds (added, not multiplied). Its answer less ``wait`` (at least 0), over
+    ``queue``, is its TTFT at idle, what the miss cost is learnt from."""
 
     load: float | None = None
     cached: float | None = None
     key: bytes | None = None
     queue: float | None = None
+    wait: float | None = None
 
 
 @dataclass(slots=True)
@@ -124,7 +127,7 @@ class ClusterState:
     hit_n: int = 0  # answers counted in each
     miss_n: int = 0
     _hit: dict[int, bool] = field(default_factory=dict)  # waiting token -> a hit (True) or a miss (False)
-    _scale: dict[int, float] = field(default_factory=dict)  # waiting token -> its answer's divisor (queue)
+    _scale: dict[int, tuple[float, float]] = field(default_factory=dict)  # token -> (queue factor, wait s)
     # Tokens whose caller reports the answer's cached tokens at ``finished`` (``dispatched(usage=True)``),
     # and their TTFTs at idle scale with the predicted class, kept from the first byte to the end.
     _usage: dict[int, None] = field(default_factory=dict)
@@ -204,7 +207,8 @@ class ClusterState:
         if hit is not None or token in self._usage:
             scale = note.queue if note is not None and note.queue is not None else load
             if scale is not None and scale > 0.0:
-                self._scale[token] = scale
+                wait = note.wait if note is not None and note.queue is not None and note.wait else 0.0
+                self._scale[token] = (scale, wait)
         return token
 
     def _classify(self, note: DispatchNote) -> bool | None:
@@ -250,7 +254,8 @@ class ClusterState:
         load = self._load.pop(token, None)
         hit = self._hit.pop(token, None)
         # At the idle scale (over the queue factor predicted at dispatch; none before any floor: as is).
-        idle = seconds / self._scale.pop(token, 1.0)
+        factor, wait = self._scale.pop(token, (1.0, 0.0))
+        idle = max(0.0, seconds - wait) / factor
         if token in self._usage:
             if idle > 0.0:  # classified at its end, by its reported cached tokens if any
                 self._sample[token] = (idle, hit)
