@@ -8,6 +8,7 @@ plugin's own ``create``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,7 +178,7 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
                 raise ConfigError(f"{rpath}.pluginRef: no plugin named {ref!r} in plugins")
             w = rd.get("weight")
             bad = isinstance(w, bool) or not isinstance(w, int | float)
-            if w is not None and (bad or not 0 <= w < float("inf")):  # (NaN fails it too)
+            if w is not None and (bad or not math.isfinite(w) or w < 0):
                 raise ConfigError(f"{rpath}.weight: must be a finite number >= 0, got {w!r}")
             refs.append(ProfileRef(ref, None if w is None else float(w), rpath))
         profiles.append(ProfileSpec(_str(pd.get("name"), f"{path}.name"), refs, path))

@@ -50,10 +50,9 @@ class ClusterDirector:
         )
         self.store = EndpointStore()
         self.states: dict[str, ClusterState] = {}
-        # id(request) -> (cluster, the cluster state's token): requests in flight (streamed ones wait there
-        # for their first byte) (the session
-        # holds the request object from dispatch to finish, so its id is unique then). The dispatch time
-        # is the cluster state's, under that token.
+        # id(request) -> (cluster, the cluster state's token): requests in flight, streamed ones waiting
+        # there for their first byte (the session holds the request object from dispatch to finish, so its
+        # id is unique then). The dispatch time is the cluster state's, under that token.
         self._waits: dict[int, tuple[str, int]] = {}
         # id(request) -> the policy's request from its pick (model loads, cached shares, prefix key per
         # cluster), until its dispatch (bounded).
@@ -134,9 +133,7 @@ class ClusterDirector:
             # the cluster's decode time (decode_s), which the kvgate policy's home weights read.
             # (A failed one without: it teaches no decode time, and its prefix is not sent there.)
             token = wait[1] if wait is not None and wait[0] == st.name else 0
-            cached = None
-            if ok and usage is not None and usage.cached_reported and usage.prompt_tokens > 0:
-                cached = usage.cached_tokens / usage.prompt_tokens
+            cached = usage.cached_share if ok and usage is not None else None
             st.finished(token, self.clock() if ok else None, cached=cached)
             if not ok:
                 st.failed(self.clock())

@@ -333,9 +333,8 @@ class GlobalRouter:
                 cached = None
                 if usage_scan is not None:
                     usage_scan.finish()
-                    u = usage_scan.usage
-                    if u is not None and u.cached_reported and u.prompt_tokens > 0:
-                        cached = u.cached_tokens / u.prompt_tokens
+                    if usage_scan.usage is not None:
+                        cached = usage_scan.usage.cached_share
                 # With the time (a 2xx only, as the hub: an error reply is no answer, so it neither
                 # sends the prefix there nor opens a slow start; review s7-final-b B): its decode time.
                 ok = 200 <= response.status < 300

@@ -8,6 +8,7 @@ the decision, e.g. the prefix index records the chosen endpoint). Nothing here k
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import time
@@ -166,7 +167,7 @@ class Params:
             return default
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise self._err(key, "must be a number", v)
-        if v != v or abs(v) == float("inf"):  # NaN passes every range check below; no key means inf
+        if not math.isfinite(v):  # NaN passes every range check below; no key means inf
             raise self._err(key, "must be a finite number", v)
         if (min is not None and v < min) or (max is not None and v > max):
             raise self._err(key, f"must be in [{min}, {max}]", v)

@@ -63,6 +63,13 @@ class Usage:
     # cached, not unknown.
     cached_reported: bool = False
 
+    @property
+    def cached_share(self) -> float | None:
+        """The share of the prompt the engine reported cached; None when it reported none."""
+        if not self.cached_reported or self.prompt_tokens <= 0:
+            return None
+        return self.cached_tokens / self.prompt_tokens
+
 
 @dataclass(slots=True)
 class PickResult:
