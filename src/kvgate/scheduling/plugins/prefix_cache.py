@@ -144,8 +144,8 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         cached_feedback: bool = False,
     ) -> None:
         super().__init__(name, handle)
-        # The engine's reported cached prompt tokens correct the index (``on_usage``). Off as in the
-        # reference; the ``kvgate`` policy sets it.
+        # The engine's reported cached prompt tokens correct the index (``on_usage``). Off by default,
+        # in the ``kvgate`` policy too: measured no better (docs/benchmarks/fleet-cached-feedback.md).
         self.cached_feedback = cached_feedback
         self._claims: OrderedDict[str, _Claim] = OrderedDict()
         # Per endpoint, picks not yet finished: request id -> the touch numbers its blocks got (first, last).
