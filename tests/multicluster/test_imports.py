@@ -736,3 +736,138 @@ async def test_an_import_created_whose_entry_was_never_written_is_not_left_behin
         await old.stop()
         for c in clients:
             await c.close()
+
+
+# -- what the read-back takes for its own: this install's imports, not hand copies nor another install's --
+
+
+def _lists(hub_d: ApiServerDouble) -> int:
+    """How many times the hub's imports were listed (each read-back lists them once)."""
+    return sum(1 for r in hub_d.requests if r.startswith("GET ") and r.split("?")[0].endswith(
+        "/apis/inference.networking.x-k8s.io/v1alpha1/inferencepoolimports"))  # fmt: skip
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+async def test_the_read_back_takes_only_the_imports_this_install_created(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble], tmp_path: Path
+) -> None:
+    """An import this controller created carries kvgate's managed-by label; one left without its entry
+    (its status write refused) is taken back and deleted once nothing exports it. A copy of such an
+    import made by hand with kubectl (another name, the label with it), another install's label-only
+    import (another parent), are not this controller's: they are not deleted at the read-back. An import
+    whose kvgate entry went while another controller's stays is not read again at every resync."""
+    hub_d, east_d, west_d = doubles
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    members = [Member("east", clients[1]), Member("west", clients[2])]
+    parent = ParentRef("gateways", "global")
+    ctl = ImportController(clients[0], members, follow=("default", "llama"), parent=parent, resync_s=0.3)
+    await ctl.start()
+    try:
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"])
+        # A user copies the import by hand to another name (a real API server drops the status a create
+        # sends for a resource with a status subresource; the double keeps it, so it goes here).
+        text = await _kubectl(hub_d.url, "get", "inferencepoolimports.inference.networking.x-k8s.io",
+                              "llama", "-o", "yaml")  # fmt: skip
+        copy = yaml.safe_load(text)
+        assert copy["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "kvgate"}
+        copy.pop("status", None)
+        kept = ("labels", "annotations", "namespace")
+        copy["metadata"] = {k: v for k, v in copy["metadata"].items() if k in kept} | {"name": "llama-copy"}
+        (tmp_path / "copy.yaml").write_text(yaml.safe_dump(copy))
+        await _kubectl(hub_d.url, "create", "-f", str(tmp_path / "copy.yaml"))
+        # Left by this install's controller between its create and its status write, by another
+        # install's (another parent) alike, and one whose kvgate entry went while another controller's
+        # stayed (it still has the label this controller created it with).
+        stale = _import_with("stale", [])[0]
+        theirs = _import_with("theirs", [])[0]
+        shared, shared_status = _import_with("shared", [_entry("example.net/import-controller", "far")])
+        installs = ((stale, "gateways/global"), (theirs, "team-b/global"), (shared, "gateways/global"))
+        for obj, install in installs:
+            name = obj["metadata"]["name"]
+            obj["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "kvgate"}
+            obj["metadata"]["annotations"] = {
+                imports.CREATED_FOR: f"default/{name} for gateway.networking.k8s.io/Gateway/{install}"
+            }
+            hub_d.create(obj)
+        hub_d.patch(R.INFERENCE_POOL_IMPORT, "shared", "default", shared_status, status=True)
+        await _until(lambda: _exporters(hub_d, "stale") is None)  # this install's: taken back, deleted
+        seen = _lists(hub_d)
+        await _until(lambda: _lists(hub_d) >= seen + 3)  # three more read-backs
+        names = {o["metadata"]["name"] for o in hub_d.objects(R.INFERENCE_POOL_IMPORT, "default")}
+        assert names == {"llama", "llama-copy", "theirs", "shared"}
+        assert not any(r.split("?")[0].endswith("/inferencepoolimports/shared") for r in hub_d.requests)
+        assert _exporters(hub_d, "llama") == ["east"] and ctl.error is None
+    finally:
+        await ctl.stop()
+        for c in clients:
+            await c.close()
+
+
+# -- ResolvedRefs for gateways that route in Parent mode only (the hub EPP) -------------------------------
+
+
+def _epp_only_pool() -> dict[str, Any]:
+    """west's pool: exported with its EPP's address only (``kvgate.io/epp``), no cluster gateway."""
+    pool = inference_pool("llama", None, exported=True)
+    pool["metadata"]["annotations"]["kvgate.io/epp"] = "10.2.0.3:9002"
+    return pool
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("door", ["hub-epp", "hub-controller"])
+async def test_resolved_refs_of_a_parent_mode_only_gateway_needs_each_exporters_gateway(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble], tmp_path: Path, door: str
+) -> None:
+    """The hub EPP (``kvgate epp --clusters``) can send a request only to a cluster's gateway: an exporter
+    whose pool names only its EPP (``kvgate.io/epp``) is one it cannot use, so the followed import's
+    ``ResolvedRefs`` is False / ``InvalidExtensionRef`` naming it (it said True: an EPP address resolved it
+    for ``kvgate serve``), True once that pool names a gateway. A standalone ``kvgate hub-controller``
+    writing for hub EPPs says the same with the file's ``kubernetes.parent_mode_only: true``."""
+    from kvgate.multicluster.clusters import load
+    from kvgate.multicluster.hub import ClusterDirector, HubFeed
+    from kvgate.multicluster.hub_controller import HubController
+
+    hub_d, east_d, west_d = doubles
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    west_d.create(_epp_only_pool())
+    f = tmp_path / "clusters.yaml"
+    f.write_text(
+        f"kubernetes:\n  server: {hub_d.url}\n  import: default/llama\n  parent: gateways/global\n"
+        + ("  parent_mode_only: true\n" if door == "hub-controller" else "")
+        + f"  members:\n  - {{name: east, server: '{east_d.url}'}}\n"
+        + f"  - {{name: west, server: '{west_d.url}'}}\n"
+    )
+    cfg = load(f)
+    running: Any
+    if door == "hub-epp":
+        director = ClusterDirector(cfg, "kvgate", seed=0)
+        running = HubFeed(director)
+    else:
+        assert cfg.kubernetes is not None
+        running = HubController(cfg.kubernetes)
+    await running.start()
+
+    async def resolved_refs(want: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while (got := await _parent_condition(hub_d.url, "ResolvedRefs")) != want:
+            assert loop.time() < deadline, got
+            await asyncio.sleep(0.1)
+
+    try:
+        await _until(lambda: _exporters(hub_d, "llama") == ["east", "west"])
+        await resolved_refs("False/InvalidExtensionRef")
+        imp = hub_d.get(R.INFERENCE_POOL_IMPORT, "llama", "default")
+        ours = next(c for c in imp["status"]["controllers"] if c["name"] == CONTROLLER_NAME)
+        resolved = next(c for c in ours["parents"][0]["conditions"] if c["type"] == "ResolvedRefs")
+        assert "west" in resolved["message"] and "east" not in resolved["message"], resolved
+        if door == "hub-epp":
+            assert list(director.states) == ["east"]  # (west cannot be sent to from the hub EPP)
+        west_d.patch(R.INFERENCE_POOL, "llama", "default",
+                     {"metadata": {"annotations": {"kvgate.io/gateway": "10.2.0.2:8080"}}})  # fmt: skip
+        await resolved_refs("True/ResolvedRefs")
+        if door == "hub-epp":
+            await _until(lambda: list(director.states) == ["east", "west"])
+    finally:
+        await running.stop()

@@ -122,6 +122,11 @@ class KubeImports:
     # True: the global gateway runs the hub controller itself (writes imports and conditions); False: it
     # only reads the members, and a standalone ``kvgate hub-controller`` writes.
     controller: bool = True
+    # True: the gateways following the import route in Parent mode only (hub EPPs, ``kvgate epp
+    # --clusters``), so an exporter with no ``kvgate.io/gateway`` address is not resolved (the import's
+    # ``ResolvedRefs``). The hub EPP sets it for itself; a standalone ``kvgate hub-controller`` writing for
+    # hub EPPs reads it from the file.
+    parent_mode_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +217,7 @@ def parse(doc: Any) -> ClustersConfig:
 
 def _kube(doc: Any) -> KubeImports | None:
     """``kubernetes: {server|kubeconfig, import: ns/name, members: [{name, server|kubeconfig, rtt_ms}],
-    parent, controller}``."""
+    parent, controller, parent_mode_only}``."""
     if doc is None:
         return None
     if not isinstance(doc, Mapping):
@@ -243,8 +248,12 @@ def _kube(doc: Any) -> KubeImports | None:
     controller = doc.get("controller", True)
     if not isinstance(controller, bool):
         raise ClustersError("kubernetes.controller", f"expected true or false, got {controller!r}")
+    parent_only = doc.get("parent_mode_only", False)
+    if not isinstance(parent_only, bool):
+        raise ClustersError("kubernetes.parent_mode_only", f"expected true or false, got {parent_only!r}")
     parent = _parent(doc.get("parent"), ns)
-    return KubeImports(ns, name, tuple(out), doc.get("server"), doc.get("kubeconfig"), parent, controller)
+    return KubeImports(ns, name, tuple(out), doc.get("server"), doc.get("kubeconfig"), parent, controller,
+                       parent_only)  # fmt: skip
 
 
 def _parent(doc: Any, default_ns: str) -> ParentRef:

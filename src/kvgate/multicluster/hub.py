@@ -153,7 +153,7 @@ class HubFeed:
         cfg = director.cfg
         self.director = director
         self.clusters_file = clusters_file
-        self.source = ClusterSource(cfg, director.apply)
+        self.source = ClusterSource(cfg, director.apply, parent_mode_only=True)  # (a cluster's gateway only)
         if clusters_file is not None:
             clusters_file.on_change = self.reload
         self.fetcher = Fetcher(

@@ -131,7 +131,7 @@ class HubController:
                 k = self.kube
                 self.controller = ImportController(
                     self._hub, self._members, follow=(k.namespace, k.name), parent=k.parent,
-                    resync_s=self.resync_s, leading=self._leads,
+                    resync_s=self.resync_s, leading=self._leads, parent_mode_only=k.parent_mode_only,
                 )  # fmt: skip
                 self.terms += 1
                 log.info("hub controller: running (import %s/%s, members %s)", k.namespace, k.name,

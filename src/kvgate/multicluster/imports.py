@@ -26,7 +26,8 @@ For the import it follows, the controller also writes that import's own ``parent
 ``status.controllers[]`` entry (GIE ``ParentStatus``): the global gateway is the parent (``parent``, a
 Gateway reference from the clusters file), with ``Accepted`` (True / ``Accepted``: the gateway routes the
 import) and ``ResolvedRefs`` (True / ``ResolvedRefs`` when every exporting cluster's pool names an address
-kvgate can reach it by, else False / ``InvalidExtensionRef`` naming the clusters that do not). Other
+kvgate can reach it by, else False / ``InvalidExtensionRef`` naming the clusters that do not; for a hub
+EPP, ``parent_mode_only``, only a gateway address counts: it routes in Parent mode only). Other
 controllers' ``controllers[]`` entries and other parents' entries in ours are kept (read, change ours,
 write guarded by the resourceVersion).
 
@@ -37,17 +38,19 @@ exports it).
 
 The hub is the record of what was written, not this process's memory: at the start (a new leader, a
 restarted gateway) and every ``resync_s`` the controller lists the hub's imports that carry its
-``controllers[]`` entry or kvgate's ``app.kubernetes.io/managed-by`` label (an import created whose entry
-was never written: the status write refused, or its writer stepped down in between) and reconciles them
+``controllers[]`` entry, or no entry at all but kvgate's ``app.kubernetes.io/managed-by`` label and
+``CREATED_FOR`` naming that import and this install (its parent): an import this install created whose
+entry was never written (the status write refused, or its writer stepped down in between). A copy made
+by hand (another name), another install's import, or one whose kvgate entry went while another
+controller's stayed, are not taken; and reconciles them
 with the members: it deletes those nothing exports any more (also the ones a previous leader created),
 and rewrites an entry another writer changed (an old gateway that removed the parent entry on its
 stop). A member it cannot see yet (not synced, an RBAC error, a lost link) keeps what the hub says it
 exports: nothing is dropped or deleted for a member not seen. An exporter that is not one of its members
 (another kvgate install writing the same hub under the same controller name) is kept too: the controller
 only adds or drops its own members (a delete reads the import first and keeps it if it lists such an
-exporter). Another install's import caught between its creation and its status write (milliseconds)
-has only the label, and can be deleted: its writer's status write then fails (404) and its retry
-creates it again.
+exporter). Installs are told apart by their parent (``kubernetes.parent``): two installs left at the
+default parent name in one namespace are one install to this rule.
 
 Under leader election (``kvgate hub-controller``) nothing fences a write: the API server does not check
 the Lease. Every write asks ``leading`` before it is sent, so none leaves once this replica stepped down,
@@ -89,6 +92,12 @@ ACCEPTED, RESOLVED_REFS = "Accepted", "ResolvedRefs"  # GIE ParentStatus conditi
 INVALID_REF = "InvalidExtensionRef"  # ResolvedRefs False: an exporter kvgate has no address for
 NOT_SUPPORTED = "NotSupported"  # False: an export was asked for in a way this controller does not serve
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kvgate"}
+# Set on an import this controller creates: "<namespace>/<name> for <install>", the install being the
+# parent the controller writes (the global gateway it stands for). An import carrying only the label
+# (its entry never written) is taken as one's own at the read-back only with this annotation naming that
+# very import and that install: a copy of it made by hand (another name), or one another install created,
+# is not.
+CREATED_FOR = "kvgate.io/created-for"
 GATEWAY_ANN, EPP_ANN, AGGREGATE_ANN, HEALTH_ANN = (
     "kvgate.io/gateway",
     "kvgate.io/epp",
@@ -138,6 +147,10 @@ class ImportController:
     refresh_s: float = 0.5
     # The Gateway the follower stands for: the followed import's ``parents[]`` entry (None: not written).
     parent: ParentRef | None = None
+    # The gateways that follow the import route in Parent mode only (the hub EPP, ``kvgate epp
+    # --clusters``): an exporter without a ``kvgate.io/gateway`` address is not resolved (``ResolvedRefs``
+    # False) even with a ``kvgate.io/epp`` one.
+    parent_mode_only: bool = False
     # False: only read the members and feed the cluster list; a standalone ``kvgate hub-controller``
     # writes the imports, their status and the Exported conditions (one writer however many gateways).
     writes: bool = True
@@ -348,12 +361,11 @@ class ImportController:
                     (c for c in ctrls if isinstance(c, dict) and c.get("name") == CONTROLLER_NAME), None
                 )
                 if mine is None:
-                    labels = meta.get("labels") or {}
-                    if any(labels.get(k) != v for k, v in MANAGED_BY.items()):
-                        continue  # not one of ours
-                    # Created by kvgate (POST) whose entry was never written (the status PATCH refused,
-                    # or its writer stepped down in between): ours, exported by nobody yet, so deleted
-                    # unless something exports it, rather than left behind for good.
+                    if ctrls or not self._created_here(key, meta):
+                        continue  # not one of ours (another controller's: nothing of ours to remove)
+                    # Created by this controller (POST) whose entry was never written (the status PATCH
+                    # refused, or its writer stepped down in between): ours, exported by nobody yet, so
+                    # deleted unless something exports it, rather than left behind for good.
                     mine = {}
                 names = (c.get("name") for c in mine.get("exportingClusters") or () if isinstance(c, dict))
                 written[key] = tuple(sorted(n for n in names if n))
@@ -362,6 +374,20 @@ class ImportController:
             if not cont:
                 break
         self.written, self.parent_written = written, parents
+
+    def _created_for(self, key: Key) -> str:
+        """``CREATED_FOR``'s value for the import ``key`` created by this install."""
+        p = self.parent
+        install = "-" if p is None else f"{p.group or 'core'}/{p.kind}/{p.namespace}/{p.name}"
+        return f"{key[0]}/{key[1]} for {install}"
+
+    def _created_here(self, key: Key, meta: Mapping[str, Any]) -> bool:
+        """Whether the import ``key`` (``meta``: its metadata) was created by this install's controller:
+        kvgate's managed-by label and ``CREATED_FOR`` naming this import and this install."""
+        labels, ann = meta.get("labels") or {}, meta.get("annotations") or {}
+        return all(labels.get(k) == v for k, v in MANAGED_BY.items()) and (
+            ann.get(CREATED_FOR) == self._created_for(key)
+        )
 
     def _parent_read(self, have: Any) -> tuple[str, str] | None:
         """This gateway's parent entry as the hub has it, in ``_parent_state``'s terms."""
@@ -447,6 +473,12 @@ class ImportController:
         """(ResolvedRefs status, message) of the followed import's parent entry; None for other imports."""
         if key != self.follow or self.parent is None:
             return None
+        if self.parent_mode_only:  # (the hub EPP: it can send only to a cluster's gateway)
+            missing = [c for c, pool in sorted(self.exported.get(key, {}).items()) if not _has_gateway(pool)]
+            if missing:
+                return ("False", f"no {GATEWAY_ANN} annotation on the pool exported by " + ", ".join(missing)
+                                 + " (the gateway routes in Parent mode only)")  # fmt: skip
+            return ("True", "every exporting cluster's gateway address is known")
         missing = [c for c, pool in sorted(self.exported.get(key, {}).items()) if not _addressed(pool)]
         if missing:
             return ("False", f"no {GATEWAY_ANN} or {EPP_ANN} annotation on the pool exported by "
@@ -463,8 +495,9 @@ class ImportController:
         body = {
             "apiVersion": rt.api_version,
             "kind": rt.kind,
-            "metadata": {"name": name, "namespace": ns, "labels": dict(MANAGED_BY)},
-        }
+            "metadata": {"name": name, "namespace": ns, "labels": dict(MANAGED_BY),
+                         "annotations": {CREATED_FOR: self._created_for(key)}},
+        }  # fmt: skip
         obj: dict[str, Any] | None = None
         if create:
             try:
@@ -613,6 +646,10 @@ class ImportController:
             return  # an empty list keeps the last one: a gateway with no clusters can only answer 503
         self._last_clusters = clusters
         self.on_clusters(ClustersConfig(clusters=clusters, ttl_s=self.ttl_s, refresh_s=self.refresh_s))
+
+
+def _has_gateway(pool: Mapping[str, Any]) -> bool:
+    return bool((pool.get("metadata", {}).get("annotations") or {}).get(GATEWAY_ANN))
 
 
 def _addressed(pool: Mapping[str, Any]) -> bool:

@@ -36,9 +36,14 @@ RETRY_S = 10.0  # a refused kubernetes section is tried again this often (a Secr
 
 
 class ClusterSource:
-    def __init__(self, cfg: ClustersConfig, apply: Callable[[ClustersConfig], None]) -> None:
+    def __init__(
+        self, cfg: ClustersConfig, apply: Callable[[ClustersConfig], None], *, parent_mode_only: bool = False
+    ) -> None:
         self.file_cfg = cfg  # the clusters file as last read
         self._apply = apply
+        # The door routes in Parent mode only (the hub EPP): its import's ResolvedRefs counts only an
+        # exporter's gateway address, whatever the file's ``kubernetes.parent_mode_only`` says.
+        self.parent_mode_only = parent_mode_only
         self.imported: tuple[ClusterSpec, ...] | None = None  # the clusters the followed import names
         self.imports: ImportController | None = None
         self.running: KubeImports | None = None  # the section the running controller was built from
@@ -142,9 +147,10 @@ class ClusterSource:
 
         self._clients = clients
         self.running = self._accepting = kube
+        parent_only = kube.parent_mode_only or self.parent_mode_only
         self.imports = ImportController(hub, members, follow=(kube.namespace, kube.name), on_clusters=feed,
                                         ttl_s=base.ttl_s, refresh_s=base.refresh_s, parent=kube.parent,
-                                        writes=kube.controller)  # fmt: skip
+                                        writes=kube.controller, parent_mode_only=parent_only)  # fmt: skip
 
     async def _follow(self, prev: asyncio.Task[None] | None) -> None:
         """Make the running controller the file's section's (reloads one after another, in order)."""
