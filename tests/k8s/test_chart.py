@@ -5,6 +5,7 @@ with kubernetes-validate (Kubernetes 1.37 schemas, strict), the pool with the CR
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,11 @@ def test_hub_values_render_a_valid_global_gateway(with_epp: bool) -> None:
     for doc in docs:
         validate(doc)
     kinds = {d["kind"] for d in docs}
-    assert ("InferencePool" in kinds) == with_epp and ("Role" in kinds) == with_epp
+    roles = {d["metadata"]["name"] for d in docs if d["kind"] == "Role"}
+    # (the EPP's Role with the EPP; the hub gateway's on the writers' Lease either way)
+    assert ("InferencePool" in kinds) == with_epp and roles == ({"llama-epp"} if with_epp else set()) | {
+        "llama-hub"
+    }
     deploy = _named(docs, "Deployment", "llama-hub")
     pod = deploy["spec"]["template"]["spec"]
     [container] = pod["containers"]
@@ -342,23 +347,27 @@ def _seed(hub_d: ApiServerDouble, member_d: ApiServerDouble) -> None:
 
 
 async def test_the_hub_rbac_is_exactly_what_the_controller_does() -> None:
-    """The hub controller against API-server doubles that record every request: the verbs it used in the
-    hub and in a member are exactly the chart's ClusterRoles (no more, no less)."""
+    """The gateway's hub controller (``ClusterSource``, as ``kvgate serve --clusters`` runs it, from the
+    chart's own clusters file) against API-server doubles that record every request: the verbs it used in
+    the hub (the writers' Lease included) and in a member are exactly the chart's roles (no more, no
+    less)."""
+    from kvgate.multicluster.clusters import ClustersConfig, KubeMember, parse
+    from kvgate.multicluster.source import ClusterSource
+
     docs = render({**BASE, "hub": HUB, "hubMember": {"enabled": True}})
+    chart = parse(yaml.safe_load(_named(docs, "ConfigMap", "llama-hub")["data"]["clusters.yaml"])).kubernetes
+    assert chart is not None and chart.lease_ref == ("serving", "llama-hub-controller")
     async with _Recording() as hub_d, _Recording() as member_d:
         _seed(hub_d, member_d)
-        hub = await KubeClient.connect(server=hub_d.url)
-        member = await KubeClient.connect(server=member_d.url)
-        ctl = ImportController(hub, [Member("east", member)], follow=("default", "llama"),
-                               parent=ParentRef("serving", "llama-hub"))  # fmt: skip
-        await ctl.start()
+        kube = dataclasses.replace(chart, server=hub_d.url, members=(KubeMember("east", member_d.url),))
+        source = ClusterSource(ClustersConfig(clusters=(), kubernetes=kube), lambda _cfg: None)
+        await source.start()
         try:
-            await _every_controller_path(hub_d, member_d, lambda: ctl.written)
+            await _every_controller_path(hub_d, member_d, lambda: source.imports.written)  # type: ignore[union-attr]
         finally:
-            await ctl.stop()
-            await hub.close()
-            await member.close()
-    assert hub_d.used == _rules(_named(docs, "ClusterRole", "llama-hub"))
+            await source.stop()  # (the Lease released: read and updated)
+    roles = _rules(_named(docs, "ClusterRole", "llama-hub")) | _rules(_named(docs, "Role", "llama-hub"))
+    assert hub_d.used == roles
     assert member_d.used == _rules(_named(docs, "ClusterRole", "llama-hub-member"))
 
 
@@ -396,6 +405,8 @@ def test_a_standalone_hub_controller_renders_valid() -> None:
     # The gateway reads the same file, told not to write; it has no role in the hub.
     cfg = parse(yaml.safe_load(_named(docs, "ConfigMap", "llama-hub")["data"]["clusters.yaml"]))
     assert cfg.kubernetes is not None and cfg.kubernetes.controller is False
+    # (one Lease for every writer: a gateway switched to controller: true competes for the controller's)
+    assert cfg.kubernetes.lease_ref == (args.ha_lease_namespace, args.ha_lease_name)
     roles = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"].endswith("Role")}
     assert roles == {("ClusterRole", "llama-hub-controller"), ("Role", "llama-hub-controller")}
     # Inside the gateway (the default), the file says so.

@@ -93,7 +93,7 @@ async def _parent(hub: str) -> str:
     cond = f'{_OURS}.parents[0].conditions[?(@.type=="ResolvedRefs")]'
     ref = f"{_OURS}.parents[0].parentRef"
     path = "{" + f"{ref}.kind" + "}/{" + f"{ref}.name" + "}/{" + f"{cond}.status" + "}"
-    return await _kubectl(hub, "get", _IMPORT, "llama", "-o", f"jsonpath={path}")
+    return await _kubectl(hub, "get", _IMPORT, "llama", "--ignore-not-found", "-o", f"jsonpath={path}")
 
 
 async def _exported(member: str) -> str:

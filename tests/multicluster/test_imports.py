@@ -871,3 +871,104 @@ async def test_resolved_refs_of_a_parent_mode_only_gateway_needs_each_exporters_
             await _until(lambda: list(director.states) == ["east", "west"])
     finally:
         await running.stop()
+
+
+# -- one writer: gateways with controller: true and kvgate hub-controller compete for one Lease -----------
+
+
+async def test_a_gateway_running_the_controller_beside_a_standalone_one_writes_only_once_it_leads(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble], tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A gateway left at ``controller: true`` beside a leading ``kvgate hub-controller`` (same clusters
+    file): both compete for the writers' Lease (``kubernetes.lease``), so the gateway is a standby that
+    routes to what the members export and sends no write at all (only its Lease's), and says no problem;
+    the standalone controller stopped (its Lease released), the gateway leads and writes the next change.
+    (Before, both wrote every change: two writers racing on resourceVersions.)"""
+    from kvgate.multicluster.clusters import load
+    from kvgate.multicluster.hub_controller import Election, HubController
+    from kvgate.multicluster.serve import GlobalGateway
+
+    hub_d, east_d, west_d = doubles
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    f = tmp_path / "clusters.yaml"
+    f.write_text(
+        f"kubernetes:\n  server: {hub_d.url}\n  import: default/llama\n  lease: ops/writers\n"
+        f"  members:\n  - {{name: east, server: '{east_d.url}'}}\n"
+        f"  - {{name: west, server: '{west_d.url}'}}\n"
+    )
+    cfg = load(f)
+    assert cfg.kubernetes is not None
+    sent: list[tuple[int, str, str]] = []
+    request = KubeClient.request
+
+    async def recording(self: KubeClient, method: str, path: str, *args: Any, **kw: Any) -> Any:
+        sent.append((id(self), method, path))
+        return await request(self, method, path, *args, **kw)
+
+    monkeypatch.setattr(KubeClient, "request", recording)
+    hc = HubController(cfg.kubernetes, Election(retry_period_s=0.1, lease_duration_s=2, renew_deadline_s=1))
+    await hc.start()
+    gw: GlobalGateway | None = None
+    try:
+        await _until(lambda: hc.controller is not None and _exporters(hub_d, "llama") == ["east"])
+        assert hub_d.get(R.LEASE, "writers", "ops")["spec"]["holderIdentity"] == hc.elector.identity  # type: ignore[union-attr]
+        gw = GlobalGateway(load(f), "kvgate", seed=0)
+        await gw.start("127.0.0.1", 0)
+        mine = {id(c) for c in gw.source._clients}
+
+        def gateway_writes() -> list[tuple[str, str]]:
+            return [(m, p) for c, m, p in sent if c in mine and m != "GET" and "/leases/" not in p]
+
+        await _until(lambda: list(gw.router.states) == ["east"])  # type: ignore[union-attr]
+        west_d.create(_pool("llama", exported=True, gateway="10.2.0.2:8080"))
+        await _until(lambda: _exporters(hub_d, "llama") == ["east", "west"])
+        await _until(lambda: list(gw.router.states) == ["east", "west"])  # type: ignore[union-attr]
+        assert await _exported(west_d.url, "llama") == "True/Exported"  # (written by the standalone one)
+        assert gateway_writes() == []
+        await _until(lambda: any(c in mine and "/leases/" in p for c, _m, p in sent))  # it competes
+        assert gateway_writes() == [] and gw.source.problem() is None
+        # The standalone controller goes (its Lease released): the gateway leads and writes.
+        await hc.stop()
+        east_d.patch(R.INFERENCE_POOL, "llama", "default",
+                     {"metadata": {"annotations": {EXPORT_ANNOTATION: None}}})  # fmt: skip
+        await _until(lambda: _exporters(hub_d, "llama") == ["west"], 20.0)
+        assert gateway_writes() and gw.source.elector is not None and gw.source.elector.leads()
+    finally:
+        await hc.stop()
+        if gw is not None:
+            await gw.stop()
+
+
+async def test_a_gateway_refused_the_lease_still_writes_and_says_so(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble], tmp_path: Path
+) -> None:
+    """A gateway at ``controller: true`` whose ServiceAccount may not use the writers' Lease (403: an
+    older chart's RBAC) writes the imports as it did before there was a Lease, rather than not at all, and
+    ``/readyz``'s text says so; the Lease allowed, it competes for it as the others do."""
+    import aiohttp
+
+    from kvgate.multicluster.clusters import load
+    from kvgate.multicluster.serve import GlobalGateway
+
+    hub_d, east_d, west_d = doubles
+    hub_d.forbid(R.LEASE)
+    east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+    f = tmp_path / "clusters.yaml"
+    f.write_text(
+        f"kubernetes:\n  server: {hub_d.url}\n  import: default/llama\n  members:\n"
+        f"  - {{name: east, server: '{east_d.url}'}}\n  - {{name: west, server: '{west_d.url}'}}\n"
+    )
+    gw = GlobalGateway(load(f), "kvgate", seed=0)
+    port = await gw.start("127.0.0.1", 0)
+    try:
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"], 20.0)
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as r:
+            assert r.status == 200, await r.text()
+            body = await r.text()
+        assert "lease default/kvgate-hub-controller (writing without it): KubeError: 403" in body, body
+        hub_d.forbid(R.LEASE, False)
+        await _until(lambda: gw.source.elector is not None and gw.source.elector.leads(), 20.0)
+        assert hub_d.get(R.LEASE, "kvgate-hub-controller", "default")["spec"]["holderIdentity"]
+        assert gw.source.problem() is None
+    finally:
+        await gw.stop()

@@ -53,11 +53,15 @@ class LeaderElector:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         on_change: Callable[[bool], None] | None = None,
+        on_refused: Callable[[bool], None] | None = None,
     ) -> None:
         self.client, self.name, self.namespace, self.identity = client, name, namespace, identity
         self.lease_duration_s, self.renew_deadline_s = lease_duration_s, renew_deadline_s
         self.retry_period_s = retry_period_s
         self.clock, self.wall, self.on_change = clock, wall, on_change
+        # Whether the last round was refused with 403 (RBAC without leases): ``on_refused`` when it flips.
+        self.refused = False
+        self.on_refused = on_refused
         self.is_leader = False
         self.holder: str | None = None
         self.error: str | None = None
@@ -103,6 +107,12 @@ class LeaderElector:
             if self.on_change is not None:
                 self.on_change(leader)
 
+    def _set_refused(self, refused: bool) -> None:
+        if refused != self.refused:
+            self.refused = refused
+            if self.on_refused is not None:
+                self.on_refused(refused)
+
     def leads(self) -> bool:
         """Whether this candidate may act as the leader now: it holds the Lease and its renew deadline
         has not passed (the election loop steps down by then, but a loop held up must not stretch it)."""
@@ -135,7 +145,9 @@ class LeaderElector:
                     leads = await self.try_acquire_or_renew()
                 self._set_leader(leads)
                 self.error = None
+                self._set_refused(False)
             except _FAILED as e:
+                self._set_refused(isinstance(e, KubeError) and e.status == 403)
                 msg = "renew deadline passed" if bound.expired() else f"{type(e).__name__}: {e}"
                 if msg != self.error:
                     log.warning("lease %s/%s: %s", self.namespace, self.name, msg)

@@ -106,6 +106,7 @@ class ParentRef:
 
 
 DEFAULT_PARENT = "kvgate-global"  # the parent's name when the clusters file names none
+DEFAULT_LEASE = "kvgate-hub-controller"  # the writers' Lease when the clusters file names none
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,14 @@ class KubeImports:
     # ``ResolvedRefs``). The hub EPP sets it for itself; a standalone ``kvgate hub-controller`` writing for
     # hub EPPs reads it from the file.
     parent_mode_only: bool = False
+    # The coordination.k8s.io Lease in the hub (namespace, name) every writer of this import competes for:
+    # gateways running the controller (``controller: true``) and ``kvgate hub-controller`` under leader
+    # election, so one writes however many run. None: ``<the import's namespace>/kvgate-hub-controller``.
+    lease: tuple[str, str] | None = None
+
+    @property
+    def lease_ref(self) -> tuple[str, str]:
+        return self.lease or (self.namespace, DEFAULT_LEASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +226,7 @@ def parse(doc: Any) -> ClustersConfig:
 
 def _kube(doc: Any) -> KubeImports | None:
     """``kubernetes: {server|kubeconfig, import: ns/name, members: [{name, server|kubeconfig, rtt_ms}],
-    parent, controller, parent_mode_only}``."""
+    parent, controller, parent_mode_only, lease}``."""
     if doc is None:
         return None
     if not isinstance(doc, Mapping):
@@ -252,8 +261,14 @@ def _kube(doc: Any) -> KubeImports | None:
     if not isinstance(parent_only, bool):
         raise ClustersError("kubernetes.parent_mode_only", f"expected true or false, got {parent_only!r}")
     parent = _parent(doc.get("parent"), ns)
+    lease = None
+    if doc.get("lease") is not None:
+        lease_ns, _, lease_name = str(doc["lease"]).rpartition("/")
+        if not lease_name:
+            raise ClustersError("kubernetes.lease", "expected namespace/name of the Lease")
+        lease = (lease_ns or ns, lease_name)
     return KubeImports(ns, name, tuple(out), doc.get("server"), doc.get("kubeconfig"), parent, controller,
-                       parent_only)  # fmt: skip
+                       parent_only, lease)  # fmt: skip
 
 
 def _parent(doc: Any, default_ns: str) -> ParentRef:

@@ -43,13 +43,12 @@ from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector
 from kvgate.k8s.runtime import default_identity
 from kvgate.k8s.tasks import cancel_and_wait
-from kvgate.multicluster.clusters import ClustersError, ClustersFile, KubeImports
+from kvgate.multicluster.clusters import DEFAULT_LEASE, ClustersError, ClustersFile, KubeImports
 from kvgate.multicluster.imports import ImportController, Member
 from kvgate.multicluster.source import RETRY_S
 
 log = logging.getLogger("kvgate.multicluster.hub_controller")
 
-DEFAULT_LEASE = "kvgate-hub-controller"
 RESYNC_S = 30.0  # the hub's imports read back and reconciled this often
 
 
@@ -57,8 +56,10 @@ RESYNC_S = 30.0  # the hub's imports read back and reconciled this often
 class Election:
     """Leader election among controller replicas (None: this one always runs the controller)."""
 
-    name: str = DEFAULT_LEASE
-    namespace: str | None = None  # None: the followed import's namespace
+    # None: the clusters file's ``kubernetes.lease`` (default: ``kvgate-hub-controller`` in the followed
+    # import's namespace), the Lease gateways running the controller compete for too.
+    name: str | None = None
+    namespace: str | None = None
     lease_duration_s: float = 15.0
     renew_deadline_s: float = 10.0
     retry_period_s: float = 2.0
@@ -109,8 +110,9 @@ class HubController:
         if e is None:
             self._changed.set()
             return
+        lease_ns, lease_name = k.lease_ref
         self.elector = LeaderElector(
-            self._hub, name=e.name, namespace=e.namespace or k.namespace,
+            self._hub, name=e.name or lease_name, namespace=e.namespace or lease_ns,
             identity=e.identity or default_identity(), lease_duration_s=e.lease_duration_s,
             renew_deadline_s=e.renew_deadline_s, retry_period_s=e.retry_period_s,
             on_change=lambda _leader: self._changed.set(),
@@ -304,8 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only the holder of a coordination.k8s.io Lease in the hub runs the controller",
     )
-    ha.add_argument("--ha-lease-name", default=DEFAULT_LEASE)
-    ha.add_argument("--ha-lease-namespace", help="the Lease's namespace (default: the followed import's)")
+    ha.add_argument(
+        "--ha-lease-name",
+        help=f"the Lease (default: the clusters file's kubernetes.lease, else {DEFAULT_LEASE}); gateways "
+        "with kubernetes.controller true compete for the file's",
+    )
+    ha.add_argument(
+        "--ha-lease-namespace",
+        help="the Lease's namespace (default: the clusters file's kubernetes.lease, else the import's)",
+    )
     ha.add_argument("--ha-lease-duration", type=float, default=15.0, help="seconds (client-go's default)")
     ha.add_argument("--ha-renew-deadline", type=float, default=10.0, help="seconds")
     ha.add_argument("--ha-retry-period", type=float, default=2.0, help="seconds")

@@ -159,6 +159,11 @@ class ImportController:
     # Under leader election: whether this replica still leads, asked before every write is sent (None:
     # always). A write refused so raises ``NotLeading`` (a failed reconcile, retried while it runs).
     leading: Callable[[], bool] | None = None
+    # Gateways running the controller compete for the writers' Lease (``kubernetes.lease``, with each
+    # other and with ``kvgate hub-controller``): while this says no the controller is a standby, reading
+    # the members and feeding the gateway's clusters, sending nothing to the hub nor to a member, and no
+    # problem for that; elected, it starts by reading the hub back (``wake``). None: always elected.
+    elected: Callable[[], bool] | None = None
     # (namespace, name) -> {member: exported pool object}
     exported: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # What the hub's status says (read back from the hub at the start and every ``resync_s``).
@@ -187,6 +192,12 @@ class ImportController:
             if self.writes:  # a member seen for the first time may settle what its absence held back
                 self._watch_sync.append(asyncio.create_task(self._on_synced(r)))
         self._task = asyncio.create_task(self._loop())
+
+    def wake(self) -> None:
+        """The election's outcome changed: reconcile now, reading the hub back first (another writer
+        wrote it meanwhile)."""
+        self._read_back = False
+        self._dirty.set()
 
     async def _on_synced(self, r: Reflector) -> None:
         await r.synced.wait()
@@ -303,6 +314,9 @@ class ImportController:
         self.reconciles += 1
         self._feed()
         if not self.writes:
+            return
+        if self.elected is not None and not self.elected():
+            self._read_back = False  # a standby: its term will start from the hub's record
             return
         if not self._read_back:
             await self._read_hub()

@@ -27,6 +27,8 @@ import logging
 from collections.abc import Callable
 
 from kvgate.k8s.client import KubeClient
+from kvgate.k8s.lease import LeaderElector
+from kvgate.k8s.runtime import default_identity
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClusterSpec, KubeImports
 from kvgate.multicluster.imports import ImportController, Member
 
@@ -56,6 +58,10 @@ class ClusterSource:
         self._refused_at: float | None = None  # (loop time) when the file's section was last refused
         self._clients: list[KubeClient] = []
         self._swap: asyncio.Task[None] | None = None
+        # ``controller: true``: the running controller writes only while this holds the writers' Lease
+        # (``kubernetes.lease``), so gateway replicas and a ``kvgate hub-controller`` make one writer.
+        self.elector: LeaderElector | None = None
+        self.identity = default_identity()
 
     def config(self) -> ClustersConfig:
         """The clusters file with the imported clusters in place of its own list (once fed)."""
@@ -72,8 +78,7 @@ class ClusterSource:
             except Exception as e:  # kubernetes_asyncio raises many kinds on a bad kubeconfig
                 raise ClustersError("kubernetes", f"cannot load: {type(e).__name__}: {e}") from e
             self._run(kube, clients, hub, members)
-            assert self.imports is not None
-            await self.imports.start()
+            await self._start_running()
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload (``ClustersFile.on_change``, synchronous): applied at once, a changed
@@ -102,10 +107,19 @@ class ClusterSource:
         member not seen, a refused hub write), or None."""
         if self.error is not None:
             return self.error
-        return None if self.imports is None else self.imports.problem()
+        problem = None if self.imports is None else self.imports.problem()
+        e = self.elector
+        if problem is None and e is not None and e.error is not None and not e.leads():
+            # (refused: written without the Lease, so maybe beside another writer; else written by none
+            # until the Lease is held)
+            how = "writing without it" if e.refused else "not writing"
+            problem = f"lease {e.namespace}/{e.name} ({how}): {e.error}"
+        return problem
 
     def dead(self) -> str | None:
         """Why the import controller's loop ended on its own (a restart is the way out), or None."""
+        if self.elector is not None and (why := self.elector.dead()) is not None:
+            return why
         return None if self.imports is None else self.imports.dead()
 
     async def settled(self) -> None:
@@ -151,6 +165,29 @@ class ClusterSource:
         self.imports = ImportController(hub, members, follow=(kube.namespace, kube.name), on_clusters=feed,
                                         ttl_s=base.ttl_s, refresh_s=base.refresh_s, parent=kube.parent,
                                         writes=kube.controller, parent_mode_only=parent_only)  # fmt: skip
+        if kube.controller and hub is not None:
+            imports = self.imports
+            lease_ns, lease_name = kube.lease_ref
+            elector = self.elector = LeaderElector(
+                hub, name=lease_name, namespace=lease_ns, identity=self.identity,
+                on_change=lambda _leads: imports.wake(), on_refused=lambda _refused: imports.wake(),
+            )  # fmt: skip
+
+            def may_write() -> bool:
+                # The Lease held; or refused outright (403: RBAC without leases, as an older chart's):
+                # then this gateway writes as before there was a Lease, rather than not at all, and says
+                # so (``problem``).
+                return elector.leads() or elector.refused
+
+            # Asked at each pass (a standby sends nothing) and before each write (one that stepped down
+            # since the pass began sends nothing more).
+            imports.elected = imports.leading = may_write
+
+    async def _start_running(self) -> None:
+        assert self.imports is not None
+        await self.imports.start()
+        if self.elector is not None:
+            self.elector.start()
 
     async def _follow(self, prev: asyncio.Task[None] | None) -> None:
         """Make the running controller the file's section's (reloads one after another, in order)."""
@@ -191,8 +228,7 @@ class ClusterSource:
             log.warning("clusters file: kubernetes section removed; the clusters file's own list applies")
             return
         self._run(kube, clients, hub, members)  # the clients are the running controller's from here
-        assert self.imports is not None
-        await self.imports.start()
+        await self._start_running()
         log.warning("clusters file: kubernetes section applied: import %s/%s, members %s, controller %s",
                     kube.namespace, kube.name, ", ".join(m.name for m in kube.members),
                     "on" if kube.controller else "off (read-only)")  # fmt: skip
@@ -205,11 +241,16 @@ class ClusterSource:
             self.imports.refeed()
 
     async def _stop_running(self) -> None:
-        imports, clients = self.imports, self._clients
+        imports, clients, elector = self.imports, self._clients, self.elector
         self.imports, self._clients, self.running, self._accepting = None, [], None, None
+        self.elector = None
         try:
-            if imports is not None:
-                await imports.stop()
+            try:
+                if imports is not None:
+                    await imports.stop()
+            finally:  # the Lease released (after the last write): another writer takes over at once
+                if elector is not None:
+                    await elector.stop()
         finally:
             await _close_all(clients)
 
