@@ -392,16 +392,18 @@ class Proxy:
         )
 
     async def _pick(
-        self, pool: Pool, ireq: InferenceRequest, tried: set[str], explain: bool
+        self, pool: Pool, director: Any, ireq: InferenceRequest, tried: set[str], explain: bool
     ) -> tuple[Endpoint, Any]:
+        """``director``: the one this request holds from its first pick to its finish (a config reload
+        may swap ``pool.director`` meanwhile: a retry is still this one's, never the new one's)."""
         if tried:
             # Retry: only endpoints not tried yet are eligible (admitted already: no second wait).
             ireq.subset = frozenset(ep.address for ep in pool.endpoints() if ep.address not in tried)
             if not ireq.subset:
                 raise NoCapacityError("every endpoint failed for this request")
-            result = pool.director.pick(ireq, explain)
+            result = director.pick(ireq, explain)
         else:  # flow control may hold the request until capacity frees (cancelled if the client goes)
-            result = await pool.director.admit(ireq, explain)
+            result = await director.admit(ireq, explain)
         for ep in result.endpoints:
             if ep.address not in tried:
                 return ep, result
@@ -423,6 +425,8 @@ class Proxy:
         marks: dict[str, float] | None = None,
     ) -> Response | StreamResponse:
         tried: set[str] = set()
+        # Read once: every pick, dispatch and finish of this request goes to this Director, even if a
+        # config reload swaps the pool's picker meanwhile (``gateway.reload``).
         director = pool.director
         last_error = "no endpoint tried"
         path = PATHS[kind].encode()
@@ -431,7 +435,7 @@ class Proxy:
         tls = self.tls.get(pool.name)
         for attempt in range(self.cfg.limits.max_attempts):
             try:
-                ep, result = await self._pick(pool, ireq, tried, explain)
+                ep, result = await self._pick(pool, director, ireq, tried, explain)
             except SchedulingError as e:
                 if attempt == 0:
                     raise GatewayError.from_scheduling(e) from None
