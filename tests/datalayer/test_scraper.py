@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from kvgate.datalayer.mappings import filter_query
-from kvgate.datalayer.scraper import UNFILTERED_RETRY_S, MetricsScraper, is_fresh
+from kvgate.datalayer.scraper import QUIET_S, UNFILTERED_RETRY_S, MetricsScraper, is_fresh
 from kvgate.datalayer.store import EndpointStore, make_endpoint
 
 
@@ -323,10 +324,38 @@ def test_the_interval_is_quiet_only_while_its_own_in_flight_requests_explain_the
     ep.inflight.requests = 3
     ep.scrape_failures = 1
     assert scraper.next_interval(ep) == 0.05  # the last scrape failed: what it showed is old
-    # The default: 2x the interval, never past half the saturation detector's 0.2 s staleness.
+    # The default: QUIET_S (0.5 s), at most half of what the pool's saturation detector can bridge
+    # (its scrape_bound), never faster than the interval; not told: 2x the interval, at most 0.1 s.
     assert MetricsScraper(EndpointStore()).quiet_interval == 0.1
     assert MetricsScraper(EndpointStore(), interval=0.02).quiet_interval == 0.04
     assert MetricsScraper(EndpointStore(), interval=0.5).quiet_interval == 0.5
+    assert MetricsScraper(EndpointStore(), quiet_bound=1.0).quiet_interval == QUIET_S == 0.5
+    assert MetricsScraper(EndpointStore(), quiet_bound=math.inf).quiet_interval == 0.5
+    assert MetricsScraper(EndpointStore(), quiet_bound=0.6).quiet_interval == 0.3
+    assert MetricsScraper(EndpointStore(), quiet_bound=0.2).quiet_interval == 0.1
+    assert MetricsScraper(EndpointStore(), interval=0.8, quiet_bound=1.0).quiet_interval == 0.8
+
+
+async def test_each_page_keeps_the_gateways_own_load_beside_it(servers: list[FakeServer]) -> None:
+    """What the utilization detector needs to carry a page forward (``ownLoadStalenessThreshold``):
+    was the page's load all this gateway's, its requests without a first token, and the running total
+    of tokens sent when the page was asked for."""
+    srv = servers[0]
+    srv.page = 'vllm:num_requests_waiting{model_name="m"} 1\nvllm:num_requests_running{model_name="m"} 2\n'
+    store = EndpointStore([make_endpoint(srv.address)])
+    ep = store.get(srv.address)
+    assert ep is not None
+    ep.inflight.requests, ep.inflight.decoding, ep.inflight.sent_tokens = 3, 2, 777
+    scraper = MetricsScraper(store)
+    try:
+        assert await scraper.scrape(ep)
+        m = ep.metrics
+        assert (m.own_explained, m.own_pending, m.own_sent_tokens) == (True, 1, 777)
+        ep.inflight.requests = 2  # one of the three on the page is someone else's
+        assert await scraper.scrape(ep)
+        assert (ep.metrics.own_explained, ep.metrics.own_pending) == (False, 0)
+    finally:
+        await scraper.stop()
 
 
 async def test_scrapes_slower_while_its_own_in_flight_requests_explain_the_load(

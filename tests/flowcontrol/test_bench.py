@@ -69,3 +69,15 @@ def test_a_suffixed_arm_keeps_its_base_arm() -> None:
     assert feasible["orderingPolicy"] == "slo-feasible"
     assert arm_config("kvgate-reserve-feasible", 10.0)["flowControl"]["fairShareHeadroom"] == 0.25
     assert "preemption" not in arm_config("kvgate-feasible", 10.0)["flowControl"]
+
+
+def test_the_reference_arm_gates_by_the_reference_rule_alone() -> None:
+    """Its utilization detector does not carry a quiet page forward (kvgate's ownLoadStalenessThreshold),
+    so live its pool keeps the 0.1 s quiet scrape cadence the reference's 0.2 s staleness needs."""
+    from kvgate.bench.flowcontrol_bench import arm_config
+    from kvgate.config.director import build_director
+    from kvgate.config.picker import parse_config
+    from kvgate.datalayer.store import EndpointStore
+
+    director = build_director(parse_config(arm_config("reference", 30.0)), EndpointStore())
+    assert director.scrape_bound() == 0.2

@@ -88,3 +88,24 @@ def test_counts_cross_a_real_process_boundary() -> None:
     finally:
         me.close()
         owner.close()
+
+
+def test_the_running_total_of_tokens_sent_is_the_fleets() -> None:
+    """``sent_tokens`` (the utilization detector's KV carry-forward) sums every worker's dispatches."""
+    owner, (w0, w1) = _views()
+    try:
+        a0, a1 = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.1:8000")
+        a0.inflight.sent_tokens, a1.inflight.sent_tokens = 500, 70
+        w0.sync([a0])
+        w1.sync([a1])
+        w0.sync([a0])
+        assert a0.inflight.sent_tokens == a1.inflight.sent_tokens == 570
+        a1.inflight.sent_tokens += 30  # worker 1 sends one more
+        w1.sync([a1])
+        w0.sync([a0])
+        w0.sync([a0])
+        assert a0.inflight.sent_tokens == a1.inflight.sent_tokens == 600
+    finally:
+        for v in (w0, w1):
+            v.close()
+        owner.close()

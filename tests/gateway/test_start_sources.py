@@ -209,3 +209,20 @@ async def test_a_failing_source_start_ends_the_others_before_start_raises() -> N
     go.set()
     await asyncio.sleep(0.1)
     assert gw._scrapers == []
+
+
+async def test_each_pools_scraper_pauses_as_long_as_its_saturation_detector_can_bridge() -> None:
+    """A quiet endpoint is scraped every 0.5 s under the default utilization detector (it carries an
+    explained page forward for 1 s), every 0.1 s under one set to the reference rule alone."""
+    pools = [
+        {"name": "p0", "endpoints": ["127.0.0.1:9"], "models": ["m0"], "policy": "round-robin"},
+        {"name": "p1", "endpoints": ["127.0.0.1:9"], "models": ["m1"],
+         "endpointPickerConfig": {"saturationDetector": {"ownLoadStalenessThreshold": 0}}},
+    ]  # fmt: skip
+    cfg = parse_gateway_config({"listen": {"host": "127.0.0.1", "port": 0}, "pools": pools})
+    gw = GatewayServer(cfg)
+    try:
+        await asyncio.wait_for(gw.start(), 10)
+        assert [s.quiet_interval for s in gw._scrapers] == [0.5, 0.1]
+    finally:
+        await gw.stop(drain_timeout=0.5)

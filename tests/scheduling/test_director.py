@@ -162,3 +162,17 @@ def test_inflight_accounting_uses_precise_matches() -> None:
     r2 = _req(2, "", token_ids=ids, max_tokens=8)
     d.on_dispatched(r2, d.pick(r2).primary)
     assert e.inflight.pending_prefill_tokens == 64  # r2 expected fully cached behind r1
+
+
+def test_sent_tokens_is_a_running_total_of_what_was_dispatched() -> None:
+    """``InFlight.sent_tokens`` (the utilization detector's KV carry-forward): every prompt token and
+    the expected output of each request dispatched, never taken back when it finishes."""
+    store = fleet(1)
+    d = build_director("round-robin", store, clock=lambda: 0.0, seed=0)
+    (e,) = store.all()
+    r = _req(0, prompt_tokens=300, max_tokens=20)
+    d.on_dispatched(r, d.pick(r).primary)
+    assert e.inflight.sent_tokens == 320
+    d.on_first_token(r, e)
+    d.on_finished(r, e, Usage(300, 20), True)
+    assert e.inflight.sent_tokens == 320 and e.inflight.requests == 0

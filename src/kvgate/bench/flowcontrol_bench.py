@@ -102,7 +102,10 @@ def arm_config(
     if arm == "reference":
         doc["flowControl"] = {"fairnessPolicy": "global-strict", "orderingPolicy": "fcfs",
                               "defaultRequestTTL": ttl}  # fmt: skip
-        return doc  # the default utilization-detector gates dispatch
+        # The default utilization-detector gates dispatch, by the reference's rule alone (no carry-forward
+        # of a quiet page by kvgate's own accounting, so live its pool is scraped every 0.1 s at most).
+        doc["saturationDetector"] = {"ownLoadStalenessThreshold": 0}
+        return doc
     doc["flowControl"] = {"fairnessPolicy": "least-attained-service", "orderingPolicy": "slo-deadline",
                           "defaultRequestTTL": ttl}  # fmt: skip
     if arm.endswith("-feasible"):  # + slo-feasible ordering (not in the default arms)

@@ -40,7 +40,12 @@ _NOT_INTERPRETED = {
     "parser": "request bodies are always parsed as the OpenAI API",
 }
 # Inline saturationDetector keys (the reference's utilization detector parameters).
-_DETECTOR_INLINE = ("queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold")
+_DETECTOR_INLINE = (
+    "queueDepthThreshold",
+    "kvCacheUtilThreshold",
+    "metricsStalenessThreshold",
+    "ownLoadStalenessThreshold",  # kvgate (flowcontrol/saturation.py)
+)
 
 __all__ = ["API_VERSION", "KIND", "ConfigError", "EndpointPickerConfig", "load_config", "parse_config"]
 

@@ -28,6 +28,16 @@ class EndpointMetrics:
     running_loras: frozenset[str] = frozenset()
     waiting_loras: frozenset[str] = frozenset()
     updated_at: float | None = None  # clock time of the last successful scrape; None = never
+    # This gateway's own load when the page was read (set by ``MetricsScraper``; other feeds leave
+    # ``own_pending`` None). ``own_explained``: the page showed no more requests (waiting + running)
+    # than this gateway had in flight there, i.e. no load from elsewhere. ``own_pending``: its requests
+    # there without a first token yet (``InFlight.requests - decoding``) when the page was read;
+    # ``own_sent_tokens``: ``InFlight.sent_tokens`` when the page was asked for. The utilization
+    # detector carries such a page forward by this gateway's accounting since
+    # (``ownLoadStalenessThreshold``, kvgate.flowcontrol.saturation).
+    own_explained: bool = False
+    own_pending: int | None = None
+    own_sent_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -46,6 +56,9 @@ class InFlight:
     # weights' share; ``kvgate.scheduling.speed``), 0 until learned. Compares replicas of unequal speed
     # whatever their load: lower is faster.
     pace: float = 0.0
+    # Tokens of every request ever dispatched there (prompt + expected decode), a running total that
+    # only grows: the KV cache those requests can have taken since a scrape is at most its increase.
+    sent_tokens: int = 0
 
 
 @dataclass(slots=True, eq=False)

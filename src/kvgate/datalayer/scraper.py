@@ -16,10 +16,14 @@ scrape, not a server that cannot filter: it fails like any other, and the next o
 
 Cadence: every ``interval`` (the reference's 50 ms) while an endpoint's scraped load is more than this
 gateway has in flight to it (someone else's traffic, which only a scrape shows); every
-``quiet_interval`` (2x, at most ``QUIET_MAX_S``) while the last scrape showed nothing the gateway's own
+``quiet_interval`` (``QUIET_S``, 0.5 s, and never more than half of what the pool's saturation
+detector can bridge: ``quiet_interval_for``) while the last scrape showed nothing the gateway's own
 in-flight accounting does not already explain (waiting + running <= its own requests there), e.g. an
 endpoint only this gateway uses, or an idle one. Every scrape costs the server's API process CPU
-(docs/benchmarks/realvllm.md section 4.2); load from elsewhere is still seen within ``QUIET_MAX_S``.
+(docs/benchmarks/realvllm.md sections 4.2 and 4.5); load from elsewhere is still seen within
+``quiet_interval``. Between such scrapes the utilization detector carries the page forward by the
+gateway's own accounting (``EndpointMetrics.own_*``, set here with each page), so a quiet endpoint's
+metrics do not go stale to it.
 
 The GET itself goes over ``pageclient.PageClient`` (one kept-alive connection per endpoint, prebuilt
 request bytes): ~0.5x aiohttp's CPU per scrape of vLLM's filtered page, ~0.4x with the label-set
@@ -61,9 +65,10 @@ MAX_SCRAPE_BYTES = 4 << 20
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 PICKER_STALENESS_S = 2.0  # reference: older metrics are stale for the picker
 SATURATION_STALENESS_S = 0.2  # reference: older metrics count as saturated
-# The longest pause for an endpoint whose scraped load the gateway's own in-flight requests explain:
-# half the saturation detector's staleness, so its metrics never look stale to it while scrapes work.
-QUIET_MAX_S = SATURATION_STALENESS_S / 2
+# The pause for an endpoint whose scraped load the gateway's own in-flight requests explain (measured:
+# docs/benchmarks/realvllm.md section 4.5). At most half of what the pool's saturation detector can
+# bridge (``SaturationDetector.scrape_bound``), so its metrics never look stale to it while scrapes work.
+QUIET_S = 0.5
 # The answers that say "this server has no filtering handler at <path>/" (rather than "busy now").
 NO_FILTER_STATUSES = frozenset({400, 404, 405})
 # How long an endpoint that did not honour the filter is scraped whole before the filter is tried again
@@ -72,8 +77,14 @@ NO_FILTER_STATUSES = frozenset({400, 404, 405})
 UNFILTERED_RETRY_S = 300.0
 
 
-def quiet_interval_for(interval: float) -> float:
-    return max(interval, min(2 * interval, QUIET_MAX_S))
+def quiet_interval_for(interval: float, bound: float | None = None) -> float:
+    """The quiet cadence: ``QUIET_S``, at most half of ``bound`` (how long the pool's saturation
+    detector keeps an explained endpoint's metrics usable), never faster than ``interval``. ``bound``
+    None (not told; a scraper without a gateway pool's detector): as before the detector could bridge,
+    2x the interval, at most half the reference's 0.2 s staleness."""
+    if bound is None:
+        return max(interval, min(2 * interval, SATURATION_STALENESS_S / 2))
+    return max(interval, min(QUIET_S, bound / 2))
 
 
 class ScrapeStatusError(Exception):
@@ -109,6 +120,7 @@ class MetricsScraper:
         scheme: str = "http",
         tls: ssl.SSLContext | None = None,
         quiet_interval: float | None = None,
+        quiet_bound: float | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         http: str = "lean",
     ) -> None:
@@ -130,7 +142,10 @@ class MetricsScraper:
         self.tls = tls
         self.max_bytes = max_bytes
         self.interval = interval
-        self.quiet_interval = quiet_interval_for(interval) if quiet_interval is None else quiet_interval
+        # ``quiet_bound``: the pool's ``SaturationDetector.scrape_bound()`` (None: no detector bridges).
+        self.quiet_interval = (
+            quiet_interval_for(interval, quiet_bound) if quiet_interval is None else quiet_interval
+        )
         self.timeout_s = timeout
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.path = path
@@ -234,6 +249,8 @@ class MetricsScraper:
     async def scrape(self, ep: Endpoint) -> bool:
         """Scrape one endpoint now; True when its metrics were updated."""
         stats = self.stats.setdefault(ep.address, ScrapeStats())
+        inf = ep.inflight
+        sent_tokens = inf.sent_tokens  # before the GET: what is sent during it counts as after the page
         try:
             mapping_for(ep.engine)
             query = filter_query(ep.engine)
@@ -252,7 +269,12 @@ class MetricsScraper:
             if text is None:
                 text = await self._get(ep, self.path)
             assert text is not None
-            ep.metrics = extract(text, ep.engine, self.clock(), ep.metrics)
+            m = extract(text, ep.engine, self.clock(), ep.metrics)
+            # This gateway's own load beside the page (the utilization detector's carry-forward).
+            m.own_explained = m.waiting_queue_size + m.running_requests <= inf.requests
+            m.own_pending = inf.requests - inf.decoding
+            m.own_sent_tokens = sent_tokens
+            ep.metrics = m
         except (
             aiohttp.ClientError,
             TimeoutError,

@@ -342,7 +342,12 @@ async def _serve(
     scheme = getattr(args, "scrape_scheme", "http")
     tls = ssl.create_default_context(cafile=getattr(args, "scrape_ca", None)) if scheme == "https" else None
     scraper: Any = feed or MetricsScraper(
-        store, interval=args.scrape_interval, clock=time.monotonic, scheme=scheme, tls=tls
+        store,
+        interval=args.scrape_interval,
+        quiet_bound=getattr(ctx.director, "scrape_bound", lambda: None)(),
+        clock=time.monotonic,
+        scheme=scheme,
+        tls=tls,
     )
     # Handlers first: a supervisor may signal as soon as it reads the ready line.
     stop = asyncio.Event()

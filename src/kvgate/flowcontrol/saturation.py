@@ -6,6 +6,7 @@ candidates; the director sheds a sheddable request when the pool score is >= 1.0
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from kvgate.datalayer.endpoint import Endpoint
@@ -29,6 +30,12 @@ class SaturationDetector(Plugin):
     def saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
         return self.saturation(endpoints, now) >= 1.0
 
+    def scrape_bound(self) -> float:
+        """How long this detector can go without a scrape of an endpoint whose last scraped load this
+        gateway's own in-flight requests explained, before it loses its signal there (the scraper's
+        quiet cadence stays under half of it). inf: it reads no scraped metrics."""
+        return math.inf
+
     def saturated_reserving(
         self, endpoints: Sequence[Endpoint], now: float, headroom: float, pending_only: bool = False
     ) -> bool:
@@ -47,10 +54,31 @@ class SaturationDetector(Plugin):
         return self.saturation(endpoints, now) >= 1.0 - headroom
 
 
+DEFAULT_OWN_LOAD_STALENESS_S = 1.0
+
+
 @register("utilization-detector")
 class UtilizationDetector(SaturationDetector):
     """max(queue / queueDepthThreshold, kv / kvCacheUtilThreshold); metrics older than
-    ``metricsStalenessThreshold`` (200 ms) count as saturated: no news is not good news."""
+    ``metricsStalenessThreshold`` (200 ms) count as saturated: no news is not good news.
+
+    kvgate, ``ownLoadStalenessThreshold`` (1 s; 0 = the reference rule alone): what this gateway sent
+    and has not seen finish is news too, and always fresh. A page older than the staleness threshold
+    but younger than this one still counts when it showed no load from elsewhere (waiting + running
+    <= this gateway's own requests there, ``EndpointMetrics.own_explained``) and no scrape has failed
+    since: the endpoint's state since is then what this gateway did to it, so the page is carried
+    forward by its own accounting, and only what the server alone knows comes from the page:
+
+    - queue: the page's waiting requests, plus the change since in this gateway's requests there
+      without a first token (each one sent since counts as waiting until its first token; each one
+      that has started since leaves), within [0, those requests now];
+    - KV: the page's usage, plus every token (prompt and expected output) of the requests sent there
+      since the page was asked for, over the server's cache (``block_size x num_gpu_blocks`` from the
+      page; unknown -> saturated if anything was sent since).
+
+    Load from elsewhere that arrives after the page shows at the next scrape (the scraper's quiet
+    cadence, ``datalayer.scraper.QUIET_S``, at most half of this threshold: ``scrape_bound``).
+    """
 
     def __init__(
         self,
@@ -59,11 +87,13 @@ class UtilizationDetector(SaturationDetector):
         queue_threshold: float = 5.0,
         kv_threshold: float = 0.8,
         staleness: float = 0.2,
+        own_load_staleness: float = DEFAULT_OWN_LOAD_STALENESS_S,
     ) -> None:
         super().__init__(name, handle)
         self.queue_threshold = queue_threshold
         self.kv_threshold = kv_threshold
         self.staleness = staleness
+        self.own_load_staleness = own_load_staleness
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> UtilizationDetector:
@@ -73,15 +103,39 @@ class UtilizationDetector(SaturationDetector):
             queue_threshold=params.get_float("queueDepthThreshold", 5.0, min=1e-9),
             kv_threshold=params.get_float("kvCacheUtilThreshold", 0.8, min=1e-9, max=1.0),
             staleness=params.get_duration("metricsStalenessThreshold", 0.2),
+            own_load_staleness=params.get_duration("ownLoadStalenessThreshold", DEFAULT_OWN_LOAD_STALENESS_S),
         )
         params.finish()
         return d
 
+    def scrape_bound(self) -> float:
+        return max(self.staleness, self.own_load_staleness)
+
     def endpoint_saturation(self, ep: Endpoint, now: float, pending_scale: float = 1.0) -> float:
         m = ep.metrics
-        if m.updated_at is None or now - m.updated_at > self.staleness:
+        if m.updated_at is None:
             return 1.0
-        return max(m.waiting_queue_size / self.queue_threshold, m.kv_cache_usage / self.kv_threshold)
+        age = now - m.updated_at
+        if age <= self.staleness:
+            return max(m.waiting_queue_size / self.queue_threshold, m.kv_cache_usage / self.kv_threshold)
+        if (
+            age > self.own_load_staleness
+            or m.own_pending is None
+            or not m.own_explained
+            or ep.scrape_failures
+        ):
+            return 1.0
+        inf = ep.inflight
+        pending = max(0, inf.requests - inf.decoding)
+        queue = min(pending, max(0, m.waiting_queue_size + pending - m.own_pending))
+        kv = m.kv_cache_usage
+        sent = inf.sent_tokens - m.own_sent_tokens
+        if sent > 0:
+            capacity = (m.block_size or 0) * (m.num_gpu_blocks or 0)
+            if not capacity:
+                return 1.0
+            kv += sent / capacity
+        return max(queue / self.queue_threshold, kv / self.kv_threshold)
 
 
 @register("concurrency-detector")

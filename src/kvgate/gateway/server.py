@@ -242,6 +242,7 @@ class GatewayServer:
                 scraper = MetricsScraper(
                     pool.store,
                     interval=self.cfg.scrape_interval_s,
+                    quiet_bound=_scrape_bound(pool.director),
                     clock=self.clock,
                     scheme=pool.cfg.scheme,
                     tls=self.proxy.tls.get(pool.name),
@@ -443,3 +444,9 @@ class GatewayServer:
         if self.session is not None:
             await self.session.close()
             self.session = None
+
+
+def _scrape_bound(director: object) -> float | None:
+    """The pool director's ``scrape_bound`` for its scraper's quiet cadence (None: not a ``Director``)."""
+    bound = getattr(director, "scrape_bound", None)
+    return bound() if callable(bound) else None

@@ -26,7 +26,8 @@ from typing import Any
 from kvgate.datalayer.endpoint import Endpoint, InFlight
 
 ADDR_BYTES = 64
-FIELDS = ("requests", "pending_prefill_tokens", "pending_decode_tokens", "decoding")
+# ``sent_tokens`` is a running total (each worker publishes its own; the sum is the fleet's).
+FIELDS = ("requests", "pending_prefill_tokens", "pending_decode_tokens", "decoding", "sent_tokens")
 _NF = len(FIELDS)
 _Q = struct.Struct("<q")
 DEFAULT_SLOTS = 1024

@@ -16,6 +16,7 @@ the fleet simulator); ``timer`` is used solely to measure the picker's own laten
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -182,6 +183,12 @@ class Director:
             return self.pick(req, explain)
         self.candidates(req)  # an empty pool is a 503 now, not after a wait
         return await self.flow.admit(req, explain)
+
+    def scrape_bound(self) -> float:
+        """How long an endpoint whose scraped load this picker's own requests explain may go unscraped
+        before the saturation detector loses its signal there (its ``scrape_bound``; inf without a
+        detector): the pool's scraper keeps its quiet cadence under half of it."""
+        return math.inf if self.detector is None else self.detector.scrape_bound()
 
     def saturated(self, req: InferenceRequest) -> bool:
         """Would dispatching ``req`` now overload its pool (the flow controller's dispatch gate)?"""
@@ -373,6 +380,7 @@ class Director:
         inf.requests += 1
         inf.pending_prefill_tokens += track.prefill
         inf.pending_decode_tokens += track.decode
+        inf.sent_tokens += p + track.decode  # every prompt token (a hit takes cached blocks in use too)
 
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
         """``learn=False``: a first token whose time says nothing about prefill (a non-streamed reply,
