@@ -142,7 +142,7 @@ class MetricsScraper:
         self.tls = tls
         self.max_bytes = max_bytes
         self.interval = interval
-        # ``quiet_bound``: the pool's ``SaturationDetector.scrape_bound()`` (None: no detector bridges).
+        # ``quiet_bound``: the pool's ``Director.scrape_bound()`` (None: not told, ``quiet_interval_for``).
         self.quiet_interval = (
             quiet_interval_for(interval, quiet_bound) if quiet_interval is None else quiet_interval
         )
