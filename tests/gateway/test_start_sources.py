@@ -224,5 +224,8 @@ async def test_each_pools_scraper_pauses_as_long_as_its_saturation_detector_can_
     try:
         await asyncio.wait_for(gw.start(), 10)
         assert [s.quiet_interval for s in gw._scrapers] == [0.5, 0.1]
+        # A picker swapped in (a config reload) paces its pool's scraper from then on.
+        gw.pools[0].director, gw.pools[1].director = gw.pools[1].director, gw.pools[0].director
+        assert [s.quiet_interval for s in gw._scrapers] == [0.1, 0.5]
     finally:
         await gw.stop(drain_timeout=0.5)

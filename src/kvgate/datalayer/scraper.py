@@ -120,7 +120,7 @@ class MetricsScraper:
         scheme: str = "http",
         tls: ssl.SSLContext | None = None,
         quiet_interval: float | None = None,
-        quiet_bound: float | None = None,
+        quiet_bound: float | Callable[[], float | None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         http: str = "lean",
     ) -> None:
@@ -142,10 +142,11 @@ class MetricsScraper:
         self.tls = tls
         self.max_bytes = max_bytes
         self.interval = interval
-        # ``quiet_bound``: the pool's ``Director.scrape_bound()`` (None: not told, ``quiet_interval_for``).
-        self.quiet_interval = (
-            quiet_interval_for(interval, quiet_bound) if quiet_interval is None else quiet_interval
-        )
+        # ``quiet_bound``: the pool's ``Director.scrape_bound()`` (None: not told, ``quiet_interval_for``),
+        # or a function returning it, asked at every pause: a pool whose picker is swapped (a config
+        # reload) is paced by the new one's detector from its next scrape.
+        self._quiet_fixed = quiet_interval
+        self._quiet_bound = quiet_bound
         self.timeout_s = timeout
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.path = path
@@ -231,6 +232,13 @@ class MetricsScraper:
             await self.scrape(ep)
             # Fixed cadence from the start of each scrape; never busy-loop on a slow server.
             await self._sleep(max(self.next_interval(ep) - (loop.time() - started), self.interval * 0.1))
+
+    @property
+    def quiet_interval(self) -> float:
+        if self._quiet_fixed is not None:
+            return self._quiet_fixed
+        bound = self._quiet_bound() if callable(self._quiet_bound) else self._quiet_bound
+        return quiet_interval_for(self.interval, bound)
 
     def next_interval(self, ep: Endpoint) -> float:
         """How long after this scrape's start the next one starts (module docstring, "Cadence")."""

@@ -344,7 +344,7 @@ async def _serve(
     scraper: Any = feed or MetricsScraper(
         store,
         interval=args.scrape_interval,
-        quiet_bound=getattr(ctx.director, "scrape_bound", lambda: None)(),
+        quiet_bound=getattr(ctx.director, "scrape_bound", None),
         clock=time.monotonic,
         scheme=scheme,
         tls=tls,

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -242,7 +243,7 @@ class GatewayServer:
                 scraper = MetricsScraper(
                     pool.store,
                     interval=self.cfg.scrape_interval_s,
-                    quiet_bound=_scrape_bound(pool.director),
+                    quiet_bound=functools.partial(_scrape_bound, pool),
                     clock=self.clock,
                     scheme=pool.cfg.scheme,
                     tls=self.proxy.tls.get(pool.name),
@@ -446,7 +447,8 @@ class GatewayServer:
             self.session = None
 
 
-def _scrape_bound(director: object) -> float | None:
-    """The pool director's ``scrape_bound`` for its scraper's quiet cadence (None: not a ``Director``)."""
-    bound = getattr(director, "scrape_bound", None)
+def _scrape_bound(pool: Pool) -> float | None:
+    """The pool's director's ``scrape_bound`` for its scraper's quiet cadence, read at each pause (a
+    config reload may swap the director); None: not a ``Director``."""
+    bound = getattr(pool.director, "scrape_bound", None)
     return bound() if callable(bound) else None
