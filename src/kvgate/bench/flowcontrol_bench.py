@@ -94,6 +94,7 @@ def arm_config(
     ttft_target: float = 0.0,
     slo_confidence: float = 1.0,
     slo_first: bool = False,
+    running_reserve: bool = False,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
@@ -126,6 +127,8 @@ def arm_config(
             doc["flowControl"]["fairShareTTFTTarget"] = ttft_target
         if slo_first:
             doc["flowControl"]["fairShareSLOFirst"] = True
+        if running_reserve:
+            doc["flowControl"]["fairShareRunningReserve"] = True
     params = {**DETECTOR_KVGATE["parameters"], "maxPendingRequests": max_pending,
               "maxConcurrency": max_concurrency}  # fmt: skip
     doc["saturationDetector"] = {**DETECTOR_KVGATE, "parameters": params}
@@ -221,6 +224,7 @@ class FlowSim:
         engine_priority: bool = False,
         slo_confidence: float = 1.0,
         slo_first: bool = False,
+        running_reserve: bool = False,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -233,8 +237,9 @@ class FlowSim:
         self.clock = VirtualClock()
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
         config = arm_config(
-            arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target, slo_confidence, slo_first
-        )
+            arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target, slo_confidence,
+            slo_first, running_reserve,
+        )  # fmt: skip
         self.director = build_director(
             config, EndpointStore(self.endpoints), clock=self.clock.time, seed=seed, flow_metrics=False
         )
@@ -540,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="kvgate-reserve arm: flowControl.fairShareTTFTTarget, s (0: fixed)")  # fmt: skip
     p.add_argument("--slo-first", action="store_true",
                    help="kvgate-reserve arms: flowControl.fairShareSLOFirst")  # fmt: skip
+    p.add_argument("--running-reserve", action="store_true",
+                   help="kvgate-reserve arms: flowControl.fairShareRunningReserve")  # fmt: skip
     p.add_argument("--slo-confidence", type=float, default=1.0,
                    help="*-slo arms: flowControl.sloAdmissionConfidence")  # fmt: skip
     p.add_argument("--engine-priority", action="store_true",
@@ -570,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
                           max_num_seqs=args.max_num_seqs, max_pending=args.max_pending,
                           headroom=args.headroom, headroom_on=args.headroom_on,
                           ttft_target=args.ttft_target, engine_priority=args.engine_priority,
-                          slo_confidence=args.slo_confidence, slo_first=args.slo_first)  # fmt: skip
+                          slo_confidence=args.slo_confidence, slo_first=args.slo_first,
+                          running_reserve=args.running_reserve)  # fmt: skip
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
     for arm in args.arms.split(","):

@@ -104,6 +104,9 @@ class FlowControlConfig:
     # kvgate: the headroom lets a request it holds back through once its TTFT deadline is near
     # (``FlowController.slo_due``; any flow's head: ``due_head``); learned from streamed replies only.
     fair_share_slo_first: bool = False
+    # kvgate: the requests the headroom holds back may hold at most (running slots - R) of the pool's
+    # running slots, R sized by Erlang B on the measured load of the others (``running_reserve``).
+    fair_share_running_reserve: bool = False
     bands: dict[int, BandConfig] = field(default_factory=dict)
 
     def band(self, priority: int) -> BandConfig:
@@ -138,6 +141,7 @@ def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl")
         fair_share_headroom_on=p.get_str("fairShareHeadroomOn", "saturation", choices=list(HEADROOM_ON)),
         fair_share_ttft_target=p.get_duration("fairShareTTFTTarget", 0.0),
         fair_share_slo_first=p.get_bool("fairShareSLOFirst", False),
+        fair_share_running_reserve=p.get_bool("fairShareRunningReserve", False),
     )
     if cfg.fair_share_ttft_target and not cfg.fair_share_headroom:
         raise ConfigError(
@@ -148,6 +152,12 @@ def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl")
         raise ConfigError(
             f"{path}.fairShareSLOFirst: needs {path}.fairShareHeadroom > 0 (it lets requests through the "
             "headroom), and there is none"
+        )
+    if cfg.fair_share_running_reserve and not cfg.fair_share_headroom:
+        raise ConfigError(
+            f"{path}.fairShareRunningReserve: needs {path}.fairShareHeadroom > 0 (it reserves for the "
+            "flows the headroom does not hold back, and at most that share of the running slots), and "
+            "there is none"
         )
     if cfg.fair_share_headroom >= 1.0:
         raise ConfigError(

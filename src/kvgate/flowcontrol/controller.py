@@ -31,11 +31,19 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
 - with ``fairShareTTFTTarget``, ``observe_first_token`` adapts that headroom (``headroom``) to the
   TTFTs of the flows at or under their share: up on a miss of the target, down on a hit, so that about
   one in ten misses it (a p90 goal), within ``[0, fairShareHeadroom]``.
+- with ``fairShareRunningReserve``, the requests the headroom holds back may hold at most
+  ``slots - running_reserve`` running slots (``reserve_full``): R, the smallest number of slots that
+  the other requests, offered as they are measured (dispatch rate x time from dispatch to finish),
+  find all busy at most ``RESERVE_MISS`` of the time (Erlang B, which holds whatever the distribution
+  of their service times). A request in flight counts as held back if it was at its dispatch or its
+  flow is over its share now (``held_inflight``): a flood's first requests, sent while it was under
+  its share, count once it is over it; a drained backlog counts until it finishes.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,6 +69,11 @@ SERVICE_REFRESH = 32
 # fairShareSLOFirst: a held-back request goes through the whole gate once its TTFT deadline is within
 # this many dispatch -> first token p90s (``service_ttft``): time to pass the gate, then be served.
 SLO_FIRST_MARGIN = 5.0
+# fairShareRunningReserve: the share of the requests not held back allowed to find every slot of
+# their reserve busy: half of what a p90 goal leaves (the rest is for the engine's own variations).
+RESERVE_MISS = (1.0 - TARGET_QUANTILE) / 2
+LOAD_WINDOW_S = 5.0  # their dispatch rate: an exponentially decayed count over this time constant
+RESIDENCE_GAIN = 0.05  # their dispatch -> finish time: an EWMA with this gain
 
 # Outcomes, as the reference's QueueOutcome names them.
 DISPATCHED = "Dispatched"
@@ -92,6 +105,17 @@ class QueuedRequest:
     outcome: str = ""
     explain: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def erlang_b_servers(load: float, miss: float, cap: int) -> int:
+    """The fewest servers that ``load`` (offered, in busy servers: arrival rate x mean holding time)
+    finds all busy at most ``miss`` of the time (Erlang B: a Poisson arrival that finds every
+    server busy; it holds for any holding-time distribution); at most ``cap``."""
+    b, n = 1.0, 0
+    while b > miss and n < cap:
+        n += 1
+        b = load * b / (n + load * b)  # B(n) from B(n - 1)
+    return n
 
 
 def flow_of(req: InferenceRequest) -> str:
@@ -138,6 +162,12 @@ class FlowController:
         self.service_ttft = 0.0
         self._service: deque[float] = deque(maxlen=SERVICE_WINDOW)
         self._service_n = 0
+        # fairShareRunningReserve: the offered load of the requests not held back (rate x residence)
+        self._rate = 0.0  # their dispatches, decayed over LOAD_WINDOW_S (per LOAD_WINDOW_S)
+        self._rate_at: float | None = None
+        self._residence = 0.0  # their dispatch -> finish time, EWMA (0 until one has finished)
+        # flow -> its requests in flight that the headroom held back at their dispatch (> 0 only)
+        self.held_dispatched: dict[str, int] = {}
 
     def __len__(self) -> int:
         return self.count
@@ -356,14 +386,37 @@ class FlowController:
         """Flows with a request in flight or queued (held ones included), in any band."""
         return len(self._places)
 
-    def started(self, flow: str) -> None:
+    def started(self, flow: str, req: InferenceRequest | None = None, now: float | None = None) -> bool:
+        """A request of ``flow`` was dispatched (``req`` at ``now``, when known). Returns whether the
+        headroom held it back then (``fairShareRunningReserve``: the others' dispatches are counted
+        toward their load; the caller passes it back to ``ended``)."""
+        held = False
+        if req is not None and now is not None and self.cfg.fair_share_running_reserve:
+            held = self.held_back(req)
+            if held:
+                self.held_dispatched[flow] = self.held_dispatched.get(flow, 0) + 1
+            else:
+                self._decay(now)
+                self._rate += 1.0
         n = self.inflight.get(flow, 0)
         self.inflight[flow] = n + 1
         self.inflight_total += 1
         if n == 0:
             self._enter(flow)
+        return held
 
-    def ended(self, flow: str) -> None:
+    def ended(self, flow: str, residence: float | None = None, held: bool = False) -> None:
+        """A request of ``flow`` finished ``residence`` seconds after its dispatch (when known);
+        ``held``: what ``started`` returned for it."""
+        if held:
+            k = self.held_dispatched.get(flow, 0)
+            if k > 1:
+                self.held_dispatched[flow] = k - 1
+            else:
+                self.held_dispatched.pop(flow, None)
+        elif residence is not None and self.cfg.fair_share_running_reserve:
+            r = self._residence
+            self._residence = residence if r == 0.0 else r + RESIDENCE_GAIN * (residence - r)
         n = self.inflight.get(flow, 0)
         if n <= 0:
             return
@@ -384,6 +437,50 @@ class FlowController:
         # (a flow with a request in flight or queued, held or not, is active: counted already)
         total = self.inflight_total + self.count
         return bool(mine) and mine * len(self._places) > self._over_factor * total
+
+    # -- fairShareRunningReserve -------------------------------------------------------------------
+
+    def _decay(self, now: float) -> None:
+        at = self._rate_at
+        if at is not None and now > at:
+            self._rate *= math.exp(-(now - at) / LOAD_WINDOW_S)
+        if at is None or now > at:
+            self._rate_at = now
+
+    def offered_load(self, now: float) -> float:
+        """The running slots the requests the headroom does not hold back occupy on average (Little:
+        their dispatch rate x their time from dispatch to finish)."""
+        self._decay(now)
+        return self._rate / LOAD_WINDOW_S * self._residence
+
+    def running_reserve(self, now: float, slots: int) -> int:
+        """The smallest R such that the requests not held back, at their measured load, find R slots
+        all busy at most ``RESERVE_MISS`` of the time (Erlang B(R, load) <= RESERVE_MISS); at most
+        ``fairShareHeadroom`` of ``slots``."""
+        return erlang_b_servers(
+            self.offered_load(now), RESERVE_MISS, int(slots * self.cfg.fair_share_headroom)
+        )
+
+    def held_inflight(self) -> int:
+        """Requests in flight that count as held back: those the headroom held back at their dispatch,
+        and every one of a flow over its share now (a flood's first requests, sent while it was still
+        under its share, count once it is over). O(flows in flight)."""
+        n, total, factor = len(self._places), self.inflight_total + self.count, self._over_factor
+        queued, dispatched = self.queued, self.held_dispatched
+        held = 0
+        for flow, k in self.inflight.items():
+            if (k + queued.get(flow, 0)) * n > factor * total:
+                held += k
+            else:
+                held += dispatched.get(flow, 0)
+        return held
+
+    def reserve_full(self, req: InferenceRequest, now: float, slots: int) -> bool:
+        """``fairShareRunningReserve``: may ``req`` not take one of the pool's ``slots`` running slots,
+        as the headroom holds it back and the requests held back already hold all but the reserve?"""
+        if not (self.cfg.fair_share_running_reserve and self.held_back(req, now)):
+            return False
+        return self.held_inflight() >= slots - self.running_reserve(now, slots)
 
     def held_back(
         self, req: InferenceRequest, now: float | None = None, slo_deadline: float | None = None

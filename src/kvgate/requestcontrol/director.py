@@ -29,7 +29,7 @@ from kvgate.datalayer.health import HealthPolicy, gate
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.controller import FlowController, flow_of
 from kvgate.flowcontrol.dispatcher import PREEMPTED_MESSAGE, FlowDispatcher
-from kvgate.flowcontrol.saturation import SaturationDetector
+from kvgate.flowcontrol.saturation import ConcurrencyDetector, SaturationDetector
 from kvgate.flowcontrol.sloadmission import PredictedSLOMissError, SLOAdmission
 from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
@@ -82,6 +82,7 @@ class _Track:
     stop: Callable[[], bool] | None = None  # the door's way to stop it (preemption); True = stopped
     batch_at_first: float = 0.0  # sequences decoding on the endpoint then (speed learning)
     flow: str | None = None  # its fairness flow, counted in flow control's in-flight per flow
+    held: bool = False  # the fair-share headroom held it back at dispatch (fairShareRunningReserve)
 
 
 class Director:
@@ -199,6 +200,9 @@ class Director:
         except SchedulingError:
             return False  # let the pick fail with its own error
         flow, now = self.flow, self.clock()
+        slots = self._running_slots()
+        if flow is not None and slots and flow.ctl.reserve_full(req, now, slots * len(cands)):
+            return True  # flowControl.fairShareRunningReserve: the rest is kept for the others
         if flow is not None and flow.ctl.headroom and flow.ctl.held_back(req, now):
             # flowControl.fairShareHeadroom: the last part of the capacity is kept for flows at or
             # under their fair share, so one of theirs leaves at once instead of waiting for a slot.
@@ -206,10 +210,33 @@ class Director:
             return self.detector.saturated_reserving(cands, now, flow.ctl.headroom, pending_only)
         return self.detector.saturated(cands, now)
 
+    def _running_slots(self) -> int:
+        """Each endpoint's running-batch limit, where the dispatch gate knows it (concurrency-detector
+        with a pending bound: its maxConcurrency); 0 otherwise."""
+        det = self.detector
+        if isinstance(det, ConcurrencyDetector) and det.pending_bound:
+            return det.max_requests
+        return 0
+
+    def _free_slot(self, req: InferenceRequest) -> Sequence[Endpoint] | None:
+        """Flow control's late pick goes to an endpoint with a free running slot when one has: the gate
+        is the pool's mean, and sent to a full server a request waits in its queue for a whole
+        request to finish while another server could start it now. None: no restriction (no running
+        bound known, or every candidate is full: the profile chooses among all as before)."""
+        slots = self._running_slots()
+        if not slots:
+            return None
+        try:
+            cands = self.candidates(req)
+        except SchedulingError:
+            return None  # (the pick fails with its own error)
+        free = [ep for ep in cands if ep.inflight.requests < slots]
+        return free if free and len(free) < len(cands) else None
+
     def _pick_late(self, req: InferenceRequest, explain: bool) -> PickResult:
         # Charged at once, not when the front door resumes: the next dispatch decision in the same
         # pass must see this request's load (the door's own on_dispatched is then a no-op).
-        result = self.pick(req, explain, judge=True)
+        result = self.pick(req, explain, judge=True, only=self._free_slot(req))
         self.on_dispatched(req, result.primary)
         return result
 
@@ -277,12 +304,20 @@ class Director:
             return True
         return False
 
-    def pick(self, req: InferenceRequest, explain: bool = False, *, judge: bool = False) -> PickResult:
+    def pick(
+        self,
+        req: InferenceRequest,
+        explain: bool = False,
+        *,
+        judge: bool = False,
+        only: Sequence[Endpoint] | None = None,
+    ) -> PickResult:
         """``judge``: flow control's pick as the request leaves the queue, where ``sloAdmission`` judges
-        it; a front door's own pick (a retry after a failed attempt: admitted already) is never judged."""
+        it; a front door's own pick (a retry after a failed attempt: admitted already) is never judged.
+        ``only``: the candidates to choose from (a subset of ``candidates(req)``; None: all of them)."""
         t0 = self.timer()
         try:
-            result = self._pick(req, explain, judge)
+            result = self._pick(req, explain, judge, only)
         except PredictedSLOMissError:
             raise  # (sloAdmission: flow control counts it, held or shed; a hold is no scheduler error)
         except SchedulingError as e:
@@ -292,12 +327,14 @@ class Director:
         metrics.PICKS.inc(result.endpoints[0].address)
         return result
 
-    def _pick(self, req: InferenceRequest, explain: bool, judge: bool) -> PickResult:
+    def _pick(
+        self, req: InferenceRequest, explain: bool, judge: bool, only: Sequence[Endpoint] | None = None
+    ) -> PickResult:
         now = self.clock()
         if self._pool_metrics_at is None or now - self._pool_metrics_at >= POOL_METRICS_EVERY_S:
             self._pool_metrics_at = now
             self.update_pool_metrics()
-        cands = self.candidates(req, now)
+        cands = self.candidates(req, now) if only is None else only
         if req.sheddable and self.detector is not None and self.detector.saturated(cands, now):
             metrics.SHED.inc()
             raise ShedError("pool saturated: sheddable request rejected")
@@ -375,7 +412,7 @@ class Director:
             self._flow_ended(old)
         if self.flow is not None:
             track.flow = flow_of(req)
-            self.flow.ctl.started(track.flow)
+            track.held = self.flow.ctl.started(track.flow, req, track.sent_at)
         inf = endpoint.inflight
         inf.requests += 1
         inf.pending_prefill_tokens += track.prefill
@@ -417,7 +454,7 @@ class Director:
         if track.stop is not None:
             self._victims.pop((req.request_id, endpoint.address), None)
         self._release(endpoint, track)
-        self._flow_ended(track)
+        self._flow_ended(track, finished=ok)
         if self.flow is not None:
             self.flow.notify()
         if self._observers:
@@ -454,9 +491,12 @@ class Director:
             n = max(n, met.running_requests)
         return float(n)
 
-    def _flow_ended(self, track: _Track) -> None:
+    def _flow_ended(self, track: _Track, finished: bool = False) -> None:
+        """``finished``: it ran to its end (its time from dispatch is a residence to learn from; not
+        for a preempted victim or a forgotten track)."""
         if track.flow is not None and self.flow is not None:
-            self.flow.ctl.ended(track.flow)
+            residence = self.clock() - track.sent_at if finished else None
+            self.flow.ctl.ended(track.flow, residence, track.held)
 
     @staticmethod
     def _release(endpoint: Endpoint, track: _Track) -> None:
