@@ -81,3 +81,34 @@ def test_the_reference_arm_gates_by_the_reference_rule_alone() -> None:
 
     director = build_director(parse_config(arm_config("reference", 30.0)), EndpointStore())
     assert director.scrape_bound() == 0.2
+
+
+def test_running_reserve_reaches_both_benches_configs(tmp_path: Path) -> None:
+    from kvgate.bench.flowcontrol_bench import arm_config
+    from kvgate.bench.flowcontrol_live import gateway_config
+
+    fc = arm_config("kvgate-reserve-feasible", 10.0, headroom_on="pending", running_reserve=True)
+    assert fc["flowControl"]["fairShareRunningReserve"] is True
+    assert "fairShareRunningReserve" not in arm_config("kvgate-reserve", 10.0)["flowControl"]
+    live = gateway_config("kvgate-reserve", ["http://a"], 10.0, 16, 0.75, "pending", 0.0125, False, True)
+    assert live["pools"][0]["endpointPickerConfig"]["flowControl"]["fairShareRunningReserve"] is True
+    args = ["flowcontrol", "--replicas", "2", "--max-num-seqs", "4", "--duration", "4", "--warmup", "1",
+            "--arms", "kvgate-reserve", "--headroom", "0.75", "--headroom-on", "pending", "--ttft-target",
+            "0.05", "--running-reserve", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    doc = orjson.loads((tmp_path / "flowcontrol.json").read_bytes())
+    assert doc["runs"]["kvgate-reserve/flood"]["requests"] > 0
+
+
+def test_over_goal_splits_the_quiet_requests_over_the_line_by_where_they_waited() -> None:
+    from kvgate.bench.flowcontrol_bench import Outcome, Run, over_goal
+
+    def o(start: float, epp: float, srv: float, step: float) -> Outcome:
+        return Outcome("t1", start, ttft=epp + srv + step, sent=start + epp, scheduled=start + epp + srv)
+
+    run = Run("x", [o(10, 0.0, 0.005, 0.027), o(11, 0.1, 0.005, 0.027), o(12, 0.0, 0.05, 0.027),
+                    o(13, 0.0, 0.0, 0.053), o(1, 0.5, 0.0, 0.027), Outcome("t0", 14, ttft=9.0)])  # fmt: skip
+    got = over_goal(run, ("t1",), 0.034, 5.0)  # the line: 51 ms; the one at t=1 is before 5 s
+    assert got["over_share"] == 0.75
+    assert (got["kvgate_queue_share"], got["server_queue_share"], got["step_share"]) == (0.25, 0.25, 0.25)
+    assert abs(got["mean_kvgate_queue_s"] - 0.1 / 3) < 1e-9

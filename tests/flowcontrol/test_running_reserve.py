@@ -105,7 +105,7 @@ def test_every_server_full_or_none_full_the_profile_chooses_among_all() -> None:
 
 def test_without_a_pending_bound_the_pick_is_not_restricted() -> None:
     """Only the pending-bound mode says maxConcurrency is the servers' running-batch limit."""
-    d, full, free = _two_servers(max_pending=0)
+    d, full, _free = _two_servers(max_pending=0)
     assert d._pick_late(req("r", "a"), False).primary is full
 
 

@@ -440,6 +440,40 @@ def breakdown(run: Run, tenants: tuple[str, ...]) -> dict[str, Any] | None:
     }
 
 
+GOAL_RATIO = 1.5  # the issue's goal: the quiet tenants' p90 under the flood within 1.5x the calm p90
+
+
+def over_goal(run: Run, tenants: tuple[str, ...], calm_p90: float, measured_from: float) -> dict[str, Any]:
+    """The tenants' requests over ``GOAL_RATIO`` x ``calm_p90`` (what puts their p90 over the goal),
+    as shares of all their served requests, by where the excess was: kvgate's queue (> 10 ms from
+    arrival to dispatch), else the server's queue (> 15 ms from dispatch to its first step), else the
+    step itself (prefill: a second prefill in it); and the three parts' means over those requests."""
+    line = GOAL_RATIO * calm_p90
+    served = [
+        o for o in run.outcomes if o.tenant in tenants and o.start >= measured_from and o.ttft is not None
+    ]
+    over = [o for o in served if o.ttft is not None and o.ttft > line]
+    n = max(1, len(served))
+    parts = {"kvgate_queue": 0, "server_queue": 0, "step": 0}
+    sums = [0.0, 0.0, 0.0]
+    for o in over:
+        if o.sent is None or o.scheduled is None or o.ttft is None:
+            continue
+        epp, srv, step = o.sent - o.start, o.scheduled - o.sent, o.start + o.ttft - o.scheduled
+        where = "kvgate_queue" if epp > 0.010 else "server_queue" if srv > 0.015 else "step"
+        parts[where] += 1
+        sums[0], sums[1], sums[2] = sums[0] + epp, sums[1] + srv, sums[2] + step
+    k = max(1, len(over))
+    return {
+        "line_s": line,
+        "over_share": len(over) / n,
+        **{f"{name}_share": v / n for name, v in parts.items()},
+        "mean_kvgate_queue_s": sums[0] / k,
+        "mean_server_queue_s": sums[1] / k,
+        "mean_step_s": sums[2] / k,
+    }
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -570,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, Any] = {"capacity_rps": cap, "base_rate_rps": base, "load": args.load, "runs": {}}
     rows["step_model"] = step_floor(args.profile, mix.prompt, mix.output, args.max_num_seqs)
     horizon = args.duration + 60.0
+    flood_runs: dict[str, Run] = {}
     for mode in ("calm", "even", "flood"):
         arrivals = Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
         for arm in args.arms.split(","):
@@ -581,11 +616,18 @@ def main(argv: list[str] | None = None) -> int:
                           running_reserve=args.running_reserve)  # fmt: skip
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
+            if mode == "flood":
+                flood_runs[arm] = run
     for arm in args.arms.split(","):
         f = rows["runs"][f"{arm}/flood"]["quiet"]["p90_ttft_s"]
         for mode in ("calm", "even"):
             c = rows["runs"][f"{arm}/{mode}"]["quiet"]["p90_ttft_s"]
             rows["runs"][f"{arm}/flood"][f"quiet_p90_vs_{mode}"] = (f / c) if c and f else None
+        calm = rows["runs"][f"{arm}/calm"]["quiet"]["p90_ttft_s"]
+        if calm:
+            rows["runs"][f"{arm}/flood"]["quiet_over_goal"] = over_goal(
+                flood_runs[arm], QUIET, calm, args.warmup
+            )
     rows["command"] = "kvgate bench flowcontrol " + " ".join(argv or [])
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "flowcontrol.json", rows)
@@ -659,6 +701,25 @@ def render(rows: dict[str, Any]) -> str:
                 f"| {name} | {b['epp_wait_mean_s']:.3f} | {b['epp_wait_p90_s']:.3f} "
                 f"| {b['server_queue_mean_s']:.3f} | {b['server_queue_p90_s']:.3f} "
                 f"| {b['prefill_mean_s']:.3f} | {b['prefill_p90_s']:.3f} |"
+            )
+    over = [(name, r["quiet_over_goal"]) for name, r in rows["runs"].items() if r.get("quiet_over_goal")]
+    if over:
+        lines += [
+            "",
+            f"The quiet tenants' requests over {GOAL_RATIO}x their calm p90 under the flood (what puts the "
+            "p90 over the goal), as shares of their requests, by where the excess was: kvgate's queue (> 10 "
+            "ms), else the server's queue (> 15 ms), else the step (a second prefill in it); the parts' "
+            "means over those requests",
+            "",
+            "| arm | line s | over | kvgate queue | server queue | step | mean kvgate / server / step ms |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, o in over:
+            lines.append(
+                f"| {name.removesuffix('/flood')} | {o['line_s']:.3f} | {o['over_share']:.1%} "
+                f"| {o['kvgate_queue_share']:.1%} | {o['server_queue_share']:.1%} | {o['step_share']:.1%} "
+                f"| {1000 * o['mean_kvgate_queue_s']:.0f} / {1000 * o['mean_server_queue_s']:.0f} "
+                f"/ {1000 * o['mean_step_s']:.0f} |"
             )
     st = rows.get("step_model")
     calm = rows["runs"].get("kvgate/calm", {}).get("quiet", {}).get("p90_ttft_s")

@@ -52,13 +52,14 @@ def gateway_config(
     headroom_on: str = "saturation",
     ttft_target_wall: float = 0.0,
     slo_first: bool = False,
+    running_reserve: bool = False,
 ) -> dict[str, Any]:
     """A ``kvgate serve --config`` document: the simulator bench's picker config for ``arm`` (TTL and
     TTFT target in wall seconds, the concurrency detector sized to the servers' batch), plus the two
     objectives."""
     picker = fc.arm_config(
         arm, ttl_wall, headroom=headroom, headroom_on=headroom_on, max_concurrency=max_num_seqs,
-        ttft_target=ttft_target_wall, slo_first=slo_first,
+        ttft_target=ttft_target_wall, slo_first=slo_first, running_reserve=running_reserve,
     )  # fmt: skip
     return {
         "pools": [{"name": "default", "endpoints": list(urls), "models": [fc.MODEL],
@@ -110,17 +111,18 @@ async def run_arm(
     headroom_on: str = "saturation",
     ttft_target: float = 0.0,
     slo_first: bool = False,
+    running_reserve: bool = False,
 ) -> tuple[fc.Run, dict[str, Any]]:
     """A fresh fleet and gateway, the arrivals through it; outcomes in simulated seconds."""
     ts = spec.time_scale
     sims, urls = await start_fleet(spec)
     gw: procs.Proc | None = None
     try:
-        gw, base = await start_gateway(
-            gateway_config(
-                arm, urls, ttl / ts, spec.max_num_seqs, headroom, headroom_on, ttft_target / ts, slo_first
-            )
-        )
+        doc = gateway_config(
+            arm, urls, ttl / ts, spec.max_num_seqs, headroom, headroom_on, ttft_target / ts, slo_first,
+            running_reserve,
+        )  # fmt: skip
+        gw, base = await start_gateway(doc)
         reqs = specs(arrivals, ts)
         cfg = loadgen.RunConfig(
             base_url=base, qps=1.0, concurrency=4096, max_requests=len(reqs), duration=duration / ts + 1,
@@ -168,7 +170,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         for arm in arms:
             run, extra = await run_arm(
                 arm, arrivals, spec, args.duration, args.ttl,
-                args.headroom, args.headroom_on, args.ttft_target, args.slo_first,
+                args.headroom, args.headroom_on, args.ttft_target, args.slo_first, args.running_reserve,
             )  # fmt: skip
             rows["runs"][f"{arm}/{mode}"] = {**fc.summarize(run, args.warmup), **extra}
     for arm in arms:
