@@ -101,6 +101,7 @@ def test_chunked_decoding_survives_any_split(pieces, cuts):
     wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     wire += b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
     conn = _Conn(UpstreamPool(1.0, 1.0), "x:1")
+    conn.busy = True  # (as after a request was sent)
     i = 0
     for n in cuts:
         conn.data_received(wire[i : i + n])

@@ -3,9 +3,23 @@
 Why not aiohttp's client: per request it builds request/response objects, cookie and tracing state
 and several futures; on this path that was the larger part of the gateway's CPU per request. Here a
 request is one ``transport.write`` of pre-built bytes on a kept-alive connection, and the response is
-parsed incrementally in ``data_received`` (status line, a few headers, then Content-Length, chunked or
-read-until-close bodies). Memory is bounded: reading pauses when more than ``_HIGH_WATER`` bytes wait
-for the consumer, and idle connections per endpoint are capped.
+read by llhttp (``httptools``, the parser under uvicorn; the metrics scraper's ``pageclient`` uses it
+too) as it arrives in ``data_received``: status line and headers, then a Content-Length, chunked or
+read-until-close body, with RFC 9112's framing rules (two Content-Lengths, Content-Length with
+Transfer-Encoding, a bad chunk size or a missing CRLF after chunk data, a bare LF, obs-fold: a clear
+``malformed response`` error, never a wait for bytes that will not come).
+
+Limits: the head at ``_MAX_HEAD`` bytes (received before it is complete, interim 1xx heads
+included, and its header lines as llhttp hands them) and ``_MAX_HEADERS`` lines; everything that is
+not body (head, chunk-size lines and extensions, trailers: what httptools may buffer is a header or
+trailer line being read) at ``2 * _MAX_HEAD`` plus ``_CHUNK_LINE`` per chunk.
+Memory is bounded: reading pauses when more than ``_HIGH_WATER`` bytes wait for the consumer, and idle
+connections per endpoint are capped.
+
+When a connection is reused: the response was read to its end, it was HTTP/1.1 without
+``Connection: close`` (an HTTP/1.0 answer is never reused, with or without ``keep-alive``), nothing
+arrived past its end, and no error. Bytes that arrive on an idle pooled connection (nobody asked)
+drop it.
 """
 
 from __future__ import annotations
@@ -16,8 +30,12 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httptools
+
 _HIGH_WATER = 1 << 20
 _MAX_HEAD = 64 * 1024
+_MAX_HEADERS = 100
+_CHUNK_LINE = 1024  # allowance per chunk for its size line (extensions included) and CRLFs
 _MAX_IDLE_PER_ENDPOINT = 512
 
 
@@ -29,10 +47,8 @@ class UpstreamTimeout(UpstreamError, TimeoutError):
     pass
 
 
-# body modes
-_LENGTH, _CHUNKED, _UNTIL_CLOSE, _NONE = range(4)
-# chunked sub-states
-_SIZE, _DATA, _DATA_CRLF, _TRAILER = range(4)
+class _Refused(Exception):
+    """Raised inside an httptools callback: a response this client does not accept (the message)."""
 
 
 @dataclass(slots=True)
@@ -46,6 +62,8 @@ class ResponseHead:
 
 
 class _Conn(asyncio.Protocol):
+    """One upstream connection, one exchange at a time; llhttp keeps the framing across responses."""
+
     # Set on connect. Cached: asyncio.get_running_loop() costs a getpid() system call on Python 3.11.
     loop: asyncio.AbstractEventLoop
 
@@ -53,19 +71,31 @@ class _Conn(asyncio.Protocol):
         self.pool = pool
         self.address = address
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.head: ResponseHead | None = None
-        self.mode = _NONE
-        self.remaining = 0
-        self.chunk_state = _SIZE
         self.body: collections.deque[bytes] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.paused = False
+        self.closed = False
+        self._parser = httptools.HttpResponseParser(self)
+        self.reset()
+
+    def reset(self) -> None:
+        """Ready for the next exchange (the parser carries over: it is at a message boundary)."""
+        self.head: ResponseHead | None = None
+        self.body.clear()
         self.buffered = 0
         self.done = False  # whole response received
         self.keep_alive = True
         self.error: BaseException | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        self.paused = False
-        self.closed = False
+        self.busy = False  # a request was sent and its response is not complete: bytes are expected
+        self.got_any = False  # a byte of this exchange's response arrived (no transparent resend then)
+        self.extra = False  # bytes past the response's end: the stream is out of step
+        self._headers: dict[str, str] = {}
+        self._nheaders = 0
+        self._head_bytes = 0
+        self._until_close = False
+        self._wire = 0  # bytes of this response on the wire
+        self._body_len = 0
+        self._chunks = 0
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,125 +104,111 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.mode == _UNTIL_CLOSE and self.head is not None and not self.done:
-            self.done = True
-        elif not self.done and self.error is None:
-            self.error = UpstreamError(f"{self.address}: connection closed" + (f": {exc}" if exc else ""))
+        if not self.done and self.error is None:
+            if self._until_close and self.head is not None and exc is None:
+                # A body framed by the close ends on a clean close only (a reset cut it short).
+                self.done = True
+                self.keep_alive = False
+            else:
+                self.error = UpstreamError(f"{self.address}: connection closed" + (f": {exc}" if exc else ""))
         self.pool._forget(self)
         self._wake()
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
-        try:
-            if self.head is None:
-                self._parse_head()
-            if self.head is not None:
-                self._parse_body()
-        except (ValueError, IndexError) as e:
-            self.error = UpstreamError(f"{self.address}: malformed response: {e}")
+        if not self.busy or self.done or self.error is not None:
+            # Nobody asked (an idle pooled connection), or past a complete / failed response.
+            self.extra = True
             self.keep_alive = False
-            if self.transport is not None:
+            if not self.busy and self.transport is not None:
                 self.transport.abort()
+            return
+        self.got_any = True
+        self._wire += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            self._fail(
+                f"malformed response: {cause}" if isinstance(cause, _Refused) else f"bad response: {cause!r}"
+            )
+        except httptools.HttpParserUpgrade:
+            self._fail("malformed response: protocol upgrade (101) that was not asked for")
+        except httptools.HttpParserError as e:
+            if self.done:
+                self.extra = True  # garbage after a complete response: deliver it, never reuse
+                self.keep_alive = False
+            else:
+                self._fail(f"malformed response: {e}")
+        if self.error is None and not self.done:
+            if self.head is None:
+                if self._wire > _MAX_HEAD:
+                    self._fail("malformed response: response head too large")
+            elif self._wire - self._body_len > 2 * _MAX_HEAD + _CHUNK_LINE * self._chunks:
+                self._fail("malformed response: chunk lines or trailers too large")
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         self._wake()
 
-    # --- parsing ------------------------------------------------------------------------------
-    def _parse_head(self) -> None:
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > _MAX_HEAD:
-                    raise ValueError("response head too large")
-                return
-            lines = bytes(self.buf[:end]).split(b"\r\n")
-            del self.buf[: end + 4]
-            status = int(lines[0][9:12])
-            if 100 <= status < 200:
-                continue  # interim (100 Continue): the real head follows
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-            self.head = ResponseHead(status, headers)
-            if headers.get("connection", "").lower() == "close" or not lines[0].startswith(b"HTTP/1.1"):
-                self.keep_alive = False
-            if status in (204, 304):
-                self.mode = _NONE
-                self.done = True
-            elif "chunked" in headers.get("transfer-encoding", "").lower():
-                self.mode = _CHUNKED
-            elif "content-length" in headers:
-                self.mode = _LENGTH
-                self.remaining = int(headers["content-length"])
-                if self.remaining < 0:
-                    raise ValueError("negative content-length")
-                self.done = self.remaining == 0
-            else:
-                self.mode = _UNTIL_CLOSE
-                self.keep_alive = False
+    def _fail(self, why: str) -> None:
+        self.error = UpstreamError(f"{self.address}: {why}")
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --- httptools callbacks (a raise fails feed_data with HttpParserCallbackError) ------------
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True  # a second response to one request
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._nheaders += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._nheaders > _MAX_HEADERS:
+            raise _Refused(f"more than {_MAX_HEADERS} header lines")
+        if self._head_bytes > _MAX_HEAD:
+            raise _Refused("response head too large")
+        if self.head is None:  # (after it: trailers, read and dropped)
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1").strip()
+            if key in self._headers and key == "transfer-encoding":
+                text = self._headers[key] + ", " + text  # (all codings count; llhttp reads the last)
+            self._headers[key] = text  # otherwise the last of a repeated header wins
+
+    def on_headers_complete(self) -> None:
+        if self.done:
+            return  # a second response (``extra``)
+        p = self._parser
+        status = p.get_status_code()
+        if status < 200:
+            self._headers = {}  # an interim head (100 Continue): the real one follows
             return
+        headers = self._headers
+        te = headers.get("transfer-encoding")
+        if te is not None and te.lower() != "chunked":
+            raise _Refused(f"Transfer-Encoding {te!r} (only chunked is read)")
+        if not p.should_keep_alive() or ("connection" in headers and p.get_http_version() != "1.1"):
+            # Connection: close, HTTP/1.0 (with or without keep-alive: llhttp keeps an HTTP/1.0
+            # answer alive only if it says so), or a body framed by the close.
+            self.keep_alive = False
+        self._until_close = te is None and "content-length" not in headers and status not in (204, 304)
+        self.head = ResponseHead(status, headers)
 
-    def _emit(self, data: bytes) -> None:
-        if data:
-            self.body.append(data)
-            self.buffered += len(data)
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
-    def _parse_body(self) -> None:
-        buf = self.buf
-        if self.mode == _LENGTH:
-            if buf and self.remaining:
-                take = min(len(buf), self.remaining)
-                self._emit(bytes(buf[:take]))
-                del buf[:take]
-                self.remaining -= take
-            self.done = self.remaining == 0
-        elif self.mode == _UNTIL_CLOSE:
-            if buf:
-                self._emit(bytes(buf))
-                buf.clear()
-        elif self.mode == _CHUNKED:
-            while buf and not self.done:
-                if self.chunk_state == _DATA:
-                    take = min(len(buf), self.remaining)
-                    self._emit(bytes(buf[:take]))
-                    del buf[:take]
-                    self.remaining -= take
-                    if self.remaining == 0:
-                        self.chunk_state = _DATA_CRLF
-                elif self.chunk_state == _SIZE:
-                    nl = buf.find(b"\r\n")
-                    if nl < 0:
-                        if len(buf) > 1024:
-                            raise ValueError("chunk size line too long")
-                        return
-                    size = int(bytes(buf[:nl]).split(b";", 1)[0].strip(), 16)
-                    del buf[: nl + 2]
-                    if size < 0:
-                        raise ValueError("negative chunk size")
-                    if size == 0:
-                        self.chunk_state = _TRAILER
-                    else:
-                        self.remaining = size
-                        self.chunk_state = _DATA
-                elif self.chunk_state == _DATA_CRLF:
-                    if len(buf) < 2:
-                        return
-                    if buf[:2] != b"\r\n":
-                        raise ValueError("missing CRLF after chunk")
-                    del buf[:2]
-                    self.chunk_state = _SIZE
-                else:  # trailer section: ends at an empty line
-                    if buf[:2] == b"\r\n":
-                        del buf[:2]
-                        self.done = True
-                        return
-                    end = buf.find(b"\r\n\r\n")
-                    if end < 0:
-                        return
-                    del buf[: end + 4]
-                    self.done = True
+    def on_body(self, body: bytes) -> None:
+        if self.done:
+            return  # a second response (``extra``)
+        self.body.append(body)
+        n = len(body)
+        self.buffered += n
+        self._body_len += n
+
+    def on_message_complete(self) -> None:
+        if self.head is None or self.done:
+            return  # the end of an interim head, or of a second response (``extra``)
+        self.done = True
 
     # --- consumer side ------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -223,16 +239,6 @@ class _Conn(asyncio.Protocol):
             self.error = UpstreamTimeout(f"{self.address}: no data within the idle timeout")
             self.keep_alive = False
             self.waiter.set_result(None)
-
-    def reset(self) -> None:
-        self.head = None
-        self.mode = _NONE
-        self.remaining = 0
-        self.chunk_state = _SIZE
-        self.body.clear()
-        self.buffered = 0
-        self.done = False
-        self.error = None
 
 
 def _timeout(conn: _Conn, idle: float | None, deadline: float | None) -> float | None:
@@ -299,7 +305,7 @@ class UpstreamResponse:
             return
         self._released = True
         c = self._conn
-        if c.done and c.keep_alive and c.error is None and not c.closed and not c.buf:
+        if c.done and c.keep_alive and c.error is None and not c.closed and not c.extra:
             c.reset()
             self._conn.pool._put_idle(c)
         else:
@@ -398,6 +404,7 @@ class UpstreamPool:
         for attempt in range(2):
             conn, reused = await self._acquire(address, tls)
             assert conn.transport is not None
+            conn.busy = True
             conn.transport.write(head + body)
             if on_sent is not None:
                 on_sent()
@@ -411,7 +418,7 @@ class UpstreamPool:
                     conn.transport.abort()
                 raise
             except UpstreamError:
-                if reused and attempt == 0 and not conn.buf:
+                if reused and attempt == 0 and not conn.got_any:
                     continue
                 raise
             except BaseException:
