@@ -353,3 +353,59 @@ async def test_the_resend_path_itself() -> None:
         client.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/metrics\r\nX-Injected: 1",
+        "/metrics\nX-Injected: 1",
+        "/metrics\r",
+        "/metrics HTTP/1.1\r\nHost: other\r\n\r\nGET /",
+        "/metrics\x00",
+        "/met rics",
+        "/metrics\t",
+        "/m\u00e9trics",
+        "",
+    ],
+)
+def test_a_request_target_that_would_inject_is_refused(target: str) -> None:
+    client = PageClient("127.0.0.1:9")
+    with pytest.raises(ValueError, match=r"request target .* CR, LF"):
+        client.request_bytes(target)
+    assert client.request_bytes("/metrics/?name%5B%5D=vllm%3Anum_requests_waiting").startswith(
+        b"GET /metrics/?name%5B%5D=vllm%3Anum_requests_waiting HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"
+    )
+
+
+def test_an_address_that_would_inject_into_host_is_refused() -> None:
+    client = PageClient("127.0.0.1\r\nX-Injected: 1:80")  # host:port in shape
+    with pytest.raises(ValueError, match=r"address .* CR, LF"):
+        client.request_bytes("/metrics")
+
+
+async def test_a_scrape_path_with_crlf_fails_the_scrape_and_sends_nothing() -> None:
+    """The scraper's path reaches the wire through ``request_bytes``: a CR/LF in it is a failed scrape
+    with a clear error, and no byte of it reaches the server."""
+    from kvgate.datalayer.scraper import MetricsScraper
+    from kvgate.datalayer.store import EndpointStore, make_endpoint
+
+    received: list[bytes] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        received.append(await r.read(65536))
+        w.close()
+
+    server, address = await _server(handler)
+    store = EndpointStore([make_endpoint(address)])
+    scraper = MetricsScraper(store, path="/metrics\r\nX-Injected: 1", timeout=1.0)
+    try:
+        assert await scraper.scrape_all() == 0
+        error = scraper.stats[address].last_error
+        assert error is not None and "CR, LF" in error
+        await asyncio.sleep(0.05)
+        assert not any(b"X-Injected" in r for r in received)
+    finally:
+        await scraper.stop()
+        server.close()
+        await server.wait_closed()

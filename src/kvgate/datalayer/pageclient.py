@@ -26,12 +26,16 @@ for a server that redirects, and fails an encoded page (it never asks for one).
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from dataclasses import dataclass
 
 import httptools
 
 MAX_HEAD_BYTES = 64 << 10
+# A request target or Host value: visible ASCII only (no CR, LF, NUL, space, other controls or
+# non-ASCII, which would end the request line or a header early: header injection, request smuggling).
+_VISIBLE = re.compile(r"[\x21-\x7e]+")
 
 
 class PageError(Exception):
@@ -200,7 +204,16 @@ class PageClient:
         self.connects = 0  # connections opened (tests, bench)
 
     def request_bytes(self, target: str) -> bytes:
-        return f"GET {target} HTTP/1.1\r\nHost: {self.address}\r\nAccept: */*\r\n\r\n".encode("latin-1")
+        """The GET of ``target`` (origin-form, percent-encoded); ``ValueError`` for a target (or an
+        address) with a CR, LF, NUL, space, other control or non-ASCII character: such bytes would
+        split the request line or add headers of the caller's choosing."""
+        for what, text in (("request target", target), ("address", self.address)):
+            if _VISIBLE.fullmatch(text) is None:
+                raise ValueError(
+                    f"{what} {text!r} has a CR, LF, NUL, space, control or non-ASCII character "
+                    "(refused: it would inject into the request)"
+                )
+        return f"GET {target} HTTP/1.1\r\nHost: {self.address}\r\nAccept: */*\r\n\r\n".encode("ascii")
 
     async def _connect(self) -> _Reader:
         loop = asyncio.get_running_loop()
