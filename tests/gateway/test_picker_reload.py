@@ -3,13 +3,26 @@ stays on the Director that admitted it until it finishes; the new one takes only
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import aiohttp
+import orjson
+import yaml
 
+from flowcontrol.test_doors import HeldBackend
 from gateway.backend import free_port
 from gateway.conftest import base_url, make_config, make_pools, running_gateway
+from kvgate.config.director import build_director
+from kvgate.config.gateway import parse_gateway_config
+from kvgate.datalayer.store import EndpointStore
+from kvgate.gateway import reload as reload_mod
 from kvgate.gateway.pools import Pool
+from kvgate.gateway.prefix_gossip import director_indexes
+from kvgate.gateway.reload import ConfigReloader
+from kvgate.gateway.server import GatewayServer
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from kvgate.scheduling.types import InferenceRequest, PickResult
 
 BODY = b'{"model":"m","prompt":"x","max_tokens":1}'
@@ -86,3 +99,362 @@ async def test_a_retry_after_a_swap_stays_on_the_director_that_admitted_the_requ
         async with s.post(base_url(gw) + "/v1/completions", data=BODY) as r:
             assert r.status == 200
         assert [c[0] for c in new.calls][:2] == ["admit", "dispatched"]
+
+
+# --- the swap itself (gateway.reload.ConfigReloader on a running GatewayServer) ---------------------
+
+QUEUE = {"type": "queue-scorer"}
+
+
+def _picker(
+    *plugins: dict[str, Any], flow: bool = False, prefix: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    plugs = [dict(p) for p in plugins]
+    if prefix is not None:
+        plugs.append({"type": "prefix-cache-scorer", "parameters": prefix})
+    doc: dict[str, Any] = {
+        "plugins": plugs,
+        "schedulingProfiles": [
+            {"name": "default", "plugins": [{"pluginRef": p.get("name", p["type"])} for p in plugs]}
+        ],
+    }
+    if flow:
+        doc["featureGates"] = ["flowControl"]
+        doc["saturationDetector"] = {"type": "concurrency-detector", "parameters": {"maxConcurrency": 1}}
+    return doc
+
+
+def _doc(
+    addresses: list[str], picker: dict[str, Any] | None = None, policy: str = "round-robin"
+) -> dict[str, Any]:
+    pool: dict[str, Any] = {"name": "p", "endpoints": addresses, "models": ["m"], "policy": policy}
+    if picker is not None:
+        pool["endpointPickerConfig"] = picker
+    return {"listen": {"host": "127.0.0.1", "port": 0}, "pools": [pool]}
+
+
+def _write(path: Any, doc: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(doc))
+
+
+def _reloads(gw: GatewayServer, result: str) -> float:
+    return gw.metrics.reloads.labels(result=result)._value.get()  # type: ignore[no-any-return]
+
+
+def _reloader(path: Any, gw: GatewayServer, **kw: Any) -> ConfigReloader:
+    return ConfigReloader(str(path), gw.cfg, gw.pools, None, gw.apply_limits, server=gw, **kw)
+
+
+async def _post(s: aiohttp.ClientSession, gw: GatewayServer, prompt: str = "x") -> int:
+    body = orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1})
+    async with s.post(base_url(gw) + "/v1/completions", data=body) as r:
+        await r.read()
+        return r.status
+
+
+async def test_an_invalid_picker_refuses_the_whole_reload_and_names_its_key(backends, tmp_path, caplog):
+    a, b = await backends(2)
+    f = tmp_path / "gw.yaml"
+    doc = _doc([a.address], _picker(QUEUE))
+    _write(f, doc)
+    cfg = parse_gateway_config(doc)
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        pool = gw.pools[0]
+        old, listeners = pool.director, pool.store.listeners
+        rl = _reloader(f, gw)
+        # The picker is wrong in its 2nd plugin; the same file adds an endpoint and lowers the body cap:
+        # nothing of it applies.
+        bad = _doc([a.address, b.address], _picker(QUEUE, prefix={"blockSize": 0}))
+        bad["limits"] = {"maxBodyBytes": 10}
+        _write(f, bad)
+        with caplog.at_level(logging.ERROR, "kvgate.gateway.reload"):
+            assert not await rl.areload()
+        assert (
+            "is invalid, keeping the running config: pools[0].endpointPickerConfig: plugins[1]" in caplog.text
+        )
+        assert "blockSize" in caplog.text
+        assert pool.director is old and pool.store.listeners == listeners
+        assert [ep.address for ep in pool.endpoints()] == [a.address]
+        assert gw.cfg.limits.max_body_bytes != 10
+        assert _reloads(gw, "invalid") == 1 and _reloads(gw, "applied") == 0
+        assert await _post(s, gw) == 200
+        # Fixed: applied, every part of it.
+        good = _doc([a.address, b.address], _picker(QUEUE, prefix={"blockSize": 32}))
+        _write(f, good)
+        with caplog.at_level(logging.WARNING, "kvgate.gateway.reload"):
+            assert await rl.areload()
+        assert pool.director is not old and _reloads(gw, "applied") == 1
+        assert "restart to apply" not in caplog.text
+        assert len(pool.endpoints()) == 2
+        assert await _post(s, gw) == 200
+        # Same file again: nothing to swap.
+        new = pool.director
+        assert await rl.areload() and pool.director is new
+
+
+async def test_a_swap_keeps_the_prefix_index_only_when_the_scorer_is_unchanged(backends, tmp_path):
+    (a,) = await backends(1)
+    f = tmp_path / "gw.yaml"
+    doc = _doc([a.address], _picker(QUEUE, prefix={"blockSize": 16}))
+    _write(f, doc)
+    cfg = parse_gateway_config(doc)
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        pool = gw.pools[0]
+        assert await _post(s, gw, "hello " * 200) == 200
+        scorer = pool.director.handle.find(PrefixCacheScorer)
+        assert len(scorer.index)  # it learnt the prompt
+        ep = pool.endpoints()[0]
+        ep.metrics.running_requests = 3  # scrape state: the endpoint's, kept
+        rl = _reloader(f, gw)
+        # Another scorer beside it, the prefix scorer as it was: its index is kept.
+        _write(
+            f,
+            _doc(
+                [a.address], _picker(QUEUE, {"type": "kv-cache-utilization-scorer"}, prefix={"blockSize": 16})
+            ),
+        )
+        assert await rl.areload()
+        kept = pool.director.handle.find(PrefixCacheScorer)
+        assert kept is not scorer and kept.index is scorer.index
+        assert pool.endpoints()[0] is ep and ep.metrics.running_requests == 3
+        # Its parameters changed: a new index (its blocks would not mean the same).
+        _write(f, _doc([a.address], _picker(QUEUE, prefix={"blockSize": 32})))
+        assert await rl.areload()
+        assert pool.director.handle.find(PrefixCacheScorer).index is not scorer.index
+        # The discarded pickers left the store's listeners: one prefix scorer's, not three.
+        mine = [
+            f for f in pool.store.listeners if isinstance(getattr(f, "__self__", None), PrefixCacheScorer)
+        ]
+        assert len(mine) == 1
+
+
+async def _until(cond: Any) -> None:
+    """Run the loop until ``cond()`` holds (each turn lets the tasks under test take their next step)."""
+    for _ in range(10_000):
+        if cond():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+async def test_a_request_after_the_swap_waits_behind_the_old_pickers_queue():
+    """Flow control's queue on the old picker leaves first: a request the new one admits while the old
+    one still holds queued requests queues behind them, even at a moment the pool has room (the old
+    dispatcher not told yet). Without ``predecessor`` it was picked at once, overtaking them."""
+    store = EndpointStore.from_addresses(["127.0.0.1:1"], pool="p")
+    (ep,) = store.all()
+    picker = _picker(QUEUE, flow=True)
+    old, new = build_director(picker, store), build_director(picker, store)
+    ep.inflight.requests = 1  # full (maxConcurrency 1)
+    b_req = InferenceRequest("b", "m")
+    b = asyncio.create_task(old.admit(b_req))
+    await _until(lambda: old.queued() == 1)
+    new.predecessor = old  # the swap (``ConfigReloader._swap``)
+    ep.inflight.requests = 0  # room, and the old dispatcher not told yet
+    c_req = InferenceRequest("c", "m")
+    c = asyncio.create_task(new.admit(c_req))
+    await _until(lambda: new.queued() == 1 or c.done())
+    assert not c.done(), "the new picker's request overtook the old picker's queue"
+    assert (await b).primary is ep  # the old queue leaves (its dispatcher rechecks) ...
+    assert ep.inflight.requests == 1 and not c.done()  # ... and fills the pool: c still waits
+    old.on_finished(b_req, ep, None, True)
+    assert (await asyncio.wait_for(c, 10)).primary is ep
+    assert new.predecessor is None  # forgotten once empty
+    new.on_finished(c_req, ep, None, True)
+    assert ep.inflight.requests == 0 and not old._tracks and not new._tracks
+
+
+async def test_a_reload_loses_no_request_queued_in_the_old_pickers_flow_control(tmp_path):
+    """Through ``kvgate serve``'s proxy over HTTP: one request in flight and one queued on the old
+    picker (flow control, one slot) when a reload swaps the picker; a third arrives after the swap. All
+    three are answered, in arrival order, each accounted on the picker that admitted it."""
+    backend = await HeldBackend().start()
+    f = tmp_path / "gw.yaml"
+    doc = _doc([backend.address], _picker(QUEUE, flow=True))
+    _write(f, doc)
+    try:
+        async with running_gateway(parse_gateway_config(doc)) as gw, aiohttp.ClientSession() as s:
+            pool = gw.pools[0]
+            old = pool.director
+            a = asyncio.create_task(_post(s, gw, "a"))
+            await _until(lambda: backend.arrivals == ["a"])
+            b = asyncio.create_task(_post(s, gw, "b"))
+            await _until(lambda: old.queued() == 1)
+            _write(
+                f, _doc([backend.address], _picker(QUEUE, {"type": "kv-cache-utilization-scorer"}, flow=True))
+            )
+            assert await _reloader(f, gw).areload()
+            new = pool.director
+            assert new is not old and new.predecessor is old
+            c = asyncio.create_task(_post(s, gw, "c"))
+            await _until(lambda: new.queued() == 1)
+            for _ in range(3):
+                backend.release.release()
+            assert await asyncio.wait_for(asyncio.gather(a, b, c), 20) == [200, 200, 200]
+            assert backend.arrivals == ["a", "b", "c"]
+            assert not old._tracks and not new._tracks and old.queued() == 0
+            assert all(ep.inflight.requests == 0 for ep in pool.endpoints())
+            assert new.predecessor is None
+    finally:
+        await backend.stop()
+
+
+class _Source:
+    """A data source whose start waits (as a KV-event catch-up does) until ``go`` is set."""
+
+    def __init__(self, go: asyncio.Event | None = None, fail: bool = False) -> None:
+        self.go, self.fail = go, fail
+        self.started = asyncio.Event()
+        self.stopped = False
+
+    async def start(self) -> None:
+        self.started.set()
+        if self.fail:
+            raise OSError("no KV-event publisher")
+        if self.go is not None:
+            await self.go.wait()
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_the_new_pickers_data_sources_catch_up_before_the_swap(backends, tmp_path, monkeypatch):
+    """Its KV-event sources start (and catch up) while the old picker still serves; a source that fails
+    to start refuses the reload (``failed``), the old picker kept; once swapped, the old one's stop."""
+    (a,) = await backends(1)
+    f = tmp_path / "gw.yaml"
+    doc = _doc([a.address])
+    _write(f, doc)
+    cfg = parse_gateway_config(doc)
+    pools = make_pools(cfg)
+    first = _Source()
+    pools[0].director.data_sources = lambda: [first]  # type: ignore[attr-defined]
+    gw = GatewayServer(cfg, pools, scrape=False)
+    await gw.start()
+    made: list[_Source] = []
+    plan: list[_Source] = []
+    real = reload_mod.build_director_for
+
+    def build(*args: Any, **kw: Any) -> Any:
+        d = real(*args, **kw)
+        src = plan.pop(0)
+        made.append(src)
+        d.data_sources = lambda: [src]
+        return d
+
+    monkeypatch.setattr(reload_mod, "build_director_for", build)
+    try:
+        async with aiohttp.ClientSession() as s:
+            pool = gw.pools[0]
+            old = pool.director
+            rl = _reloader(f, gw)
+            _write(f, _doc([a.address], policy="least-request"))
+            plan.append(_Source(fail=True))
+            assert not await rl.areload()
+            assert pool.director is old and _reloads(gw, "failed") == 1 and made[0].stopped
+            go = asyncio.Event()
+            plan.append(_Source(go))
+            swap = asyncio.create_task(rl.areload())
+            await _until(lambda: len(made) == 2)
+            await made[1].started.wait()
+            assert pool.director is old  # catching up: the old picker serves meanwhile
+            assert await _post(s, gw) == 200
+            go.set()
+            assert await swap and pool.director is not old
+            assert first.stopped and not made[1].stopped
+            assert made[1] in gw._scrapers and first not in gw._scrapers
+    finally:
+        await gw.stop(drain_timeout=1.0)
+    assert made[1].stopped
+
+
+async def test_with_workers_a_change_of_the_prefix_layout_is_refused_and_the_rest_applied(
+    backends, tmp_path, caplog
+):
+    """``--workers`` (``fixed_prefix_layout``): the gossip's index ids are positions over the pools' prefix
+    scorers, so a picker change that changes them is refused (logged, ``partial``, restart to apply) while
+    the file's endpoints still apply; a change that keeps them (each prefix scorer as it was) applies,
+    its indexes kept: the same objects the gossip holds."""
+    a, b = await backends(2)
+    f = tmp_path / "gw.yaml"
+    doc = _doc([a.address], _picker(QUEUE, prefix={"blockSize": 16}))
+    _write(f, doc)
+    async with running_gateway(parse_gateway_config(doc)) as gw:
+        pool = gw.pools[0]
+        rl = _reloader(f, gw, fixed_prefix_layout=True)
+        gossiped = director_indexes([pool.director])
+        old = pool.director
+        _write(f, _doc([a.address, b.address], _picker(QUEUE, prefix={"blockSize": 32})))
+        for n in (1, 2):  # refused again at each reload until a restart
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, "kvgate.gateway.reload"):
+                assert await rl.areload()
+            assert pool.director is old and _reloads(gw, "partial") == n
+            assert "pools[p] picker changes the prefix scorers" in caplog.text
+            assert (
+                "--workers cannot re-map live" in caplog.text and "keeping the running picker" in caplog.text
+            )
+            assert len(pool.endpoints()) == 2  # the rest of the file applied
+        # A second prefix scorer: the layout changes too.
+        two = _picker(QUEUE, {"type": "prefix-cache-scorer", "name": "second"}, prefix={"blockSize": 16})
+        _write(f, _doc([a.address, b.address], two))
+        assert await rl.areload() and pool.director is old and _reloads(gw, "partial") == 3
+        # The same prefix scorer, another scorer beside it: applied, the gossip's indexes unchanged.
+        _write(f, _doc([a.address, b.address], _picker(QUEUE, {"type": "kv-cache-utilization-scorer"},
+                                                      prefix={"blockSize": 16})))  # fmt: skip
+        assert await rl.areload() and pool.director is not old and _reloads(gw, "applied") == 1
+        after = director_indexes([pool.director])
+        assert len(after) == 1 and after[0] is gossiped[0]
+
+
+def test_the_supervisor_refuses_a_file_whose_picker_no_worker_could_build(tmp_path, caplog):
+    """``--workers``: the supervisor builds each changed picker before it writes the snapshot, so a picker
+    a worker would refuse reaches none (nor a worker restarted later)."""
+    import os
+
+    from kvgate.config.gateway import load_gateway_config
+    from kvgate.gateway.workers import Supervisor, _WorkersReload, read_snapshot
+
+    f = tmp_path / "gw.yaml"
+    _write(f, _doc(["127.0.0.1:1"], _picker(QUEUE, prefix={"blockSize": 16})))
+    sup = Supervisor(load_gateway_config(str(f)), 2, config_path=str(f))
+    (tmp_path / "snap").mkdir(mode=0o700)
+    sup.snapshot = str(tmp_path / "snap" / "config.pickle")
+    watch = _WorkersReload(sup, str(f))
+    try:
+        _write(f, _doc(["127.0.0.1:1"], _picker(QUEUE, prefix={"blockSize": 0})))
+        assert not watch.reload()
+        assert "pools[0].endpointPickerConfig: plugins[1]" in caplog.text
+        assert not os.path.exists(sup.snapshot) and sup.reloads == 0
+        # The prefix layout changed: sent (the workers refuse it alike), but not kept for a restart.
+        _write(f, _doc(["127.0.0.1:1"], _picker(QUEUE, prefix={"blockSize": 32})))
+        assert watch.reload() and sup.reloads == 1
+        assert read_snapshot(sup.snapshot).pools[0].picker_config["plugins"][1]["parameters"] == {
+            "blockSize": 32
+        }
+        assert sup.cfg.pools[0].picker_config["plugins"][1]["parameters"] == {"blockSize": 16}
+        # One that keeps it is kept.
+        kept = _picker(QUEUE, {"type": "kv-cache-utilization-scorer"}, prefix={"blockSize": 16})
+        _write(f, _doc(["127.0.0.1:1"], kept))
+        assert watch.reload() and sup.cfg.pools[0].picker_config == kept
+    finally:
+        for lock in sup._locks.values():
+            os.close(lock)
+
+
+def test_a_synchronous_reload_swaps_a_picker_and_no_longer_asks_for_a_restart(tmp_path, caplog):
+    """``ConfigReloader.reload`` (no server): the policy changes live; not named as "restart to apply"."""
+    f = tmp_path / "gw.yaml"
+    doc = _doc(["127.0.0.1:1001"])
+    _write(f, doc)
+    cfg = parse_gateway_config(doc)
+    pools = make_pools(cfg)
+    old = pools[0].director
+    rl = ConfigReloader(str(f), cfg, pools)
+    _write(f, _doc(["127.0.0.1:1001"], policy="least-request"))
+    with caplog.at_level(logging.WARNING, "kvgate.gateway.reload"):
+        assert rl.reload()
+    assert pools[0].director is not old and pools[0].cfg.policy == "least-request"
+    assert "picker swapped (round-robin -> least-request)" in caplog.text
+    assert "restart to apply" not in caplog.text
+    assert rl.reload() and "restart to apply" not in caplog.text

@@ -345,3 +345,53 @@ async def test_a_snapshot_write_that_keeps_failing_is_logged_with_backoff(tmp_pa
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def _write_picker(path: Path, address: str, prefix: dict[str, Any], extra: list[dict[str, Any]]) -> None:
+    plugins = [{"type": "queue-scorer"}, *extra, {"type": "prefix-cache-scorer", "parameters": prefix}]
+    picker = {
+        "plugins": plugins,
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": p["type"]} for p in plugins]}],
+    }
+    doc = {
+        "listen": {"host": "127.0.0.1", "port": 0, "adminPort": 0, "workers": 2},
+        "pools": [{"name": "p", "endpoints": [address], "models": ["m"], "endpointPickerConfig": picker}],
+    }
+    path.write_text(yaml.safe_dump(doc))
+
+
+async def test_workers_swap_a_picker_that_keeps_the_prefix_layout_and_refuse_one_that_does_not(
+    backends, tmp_path
+):
+    """Every worker swaps a picker whose prefix scorers are unchanged (their indexes, which the gossip
+    holds, kept); a change of the prefix scorers is refused by every worker (restart to apply), and a
+    worker restarted later starts on the running picker, not the refused one: it refuses it again."""
+    (a,) = await backends(1)
+    f, log = tmp_path / "gw.yaml", tmp_path / "stderr"
+    _write_picker(f, a.address, {"blockSize": 16}, [])
+    async with serve(f, log) as (proc, port, admin):
+        assert set(await _statuses(port, SMALL)) == {200}
+        _write_picker(f, a.address, {"blockSize": 16}, [{"type": "kv-cache-utilization-scorer"}])
+        proc.send_signal(signal.SIGHUP)
+        swapped = "picker swapped (endpointPickerConfig -> endpointPickerConfig); prefix index kept"
+        await _until(lambda: len(_workers_that_logged(log, swapped)) == 2, "not every worker swapped")
+        assert set(await _statuses(port, SMALL)) == {200}
+
+        _write_picker(f, a.address, {"blockSize": 32}, [{"type": "kv-cache-utilization-scorer"}])
+        proc.send_signal(signal.SIGHUP)
+        refused = "--workers cannot re-map live"
+        await _until(lambda: len(_workers_that_logged(log, refused)) == 2, "not every worker refused")
+        assert set(await _statuses(port, SMALL)) == {200}
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+            text = await r.text()
+        assert re.search(r'kvgate_gateway_config_reloads_total\{result="partial",worker="\d"\} 1', text), text
+
+        victim = next(p for p in _children(proc.pid) if _is_python(p))
+        os.kill(victim, signal.SIGKILL)
+        await _until(lambda: victim not in _children(proc.pid), "the killed worker was not reaped")
+        await _ready(admin)
+        before = len(_lines(log, refused))
+        proc.send_signal(signal.SIGHUP)
+        await _until(lambda: len(_lines(log, refused)) == before + 2, "a worker took the refused picker")
+        assert set(await _statuses(port, SMALL)) == {200}
+    assert proc.returncode == 0

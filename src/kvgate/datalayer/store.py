@@ -71,6 +71,11 @@ class EndpointStore:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        """The listeners now registered (a config reload removes those of a picker it discards)."""
+        return tuple(self._listeners)
+
     def _emit(self, kind: ChangeKind, ep: Endpoint) -> None:
         self.version += 1
         change = StoreChange(kind, ep)

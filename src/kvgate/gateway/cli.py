@@ -224,14 +224,7 @@ def _raise_nofile() -> None:
 
 def build_pools(cfg: GatewayConfig) -> list[Pool]:
     """Each pool's picker, with picker-config errors reported against the pool that holds them."""
-    pools = []
-    for i, pc in enumerate(cfg.pools):
-        try:
-            pools.append(build_pool(pc))
-        except (ValueError, KeyError, TypeError) as e:
-            key = "endpointPickerConfig" if pc.picker_config is not None else "policy"
-            raise GatewayConfigError(f"pools[{i}].{key}", str(e)) from e
-    return pools
+    return [build_pool(pc, index=i) for i, pc in enumerate(cfg.pools)]
 
 
 def tune_gc() -> None:
@@ -267,10 +260,11 @@ async def serve(
         print(f"kvgate serve: cannot start: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     reloader: asyncio.Task[None] | None = None
-    if config_path:  # endpoints and limits follow the file: on SIGHUP, and when it changes
+    if config_path:  # endpoints, limits and pickers follow the file: on SIGHUP, and when it changes
         reloader = start_reloader(
-            config_path, cfg, pools, server.apply_limits, file_cfg=file_cfg, mtime=mtime, load=load
-        )
+            config_path, cfg, pools, server.apply_limits, file_cfg=file_cfg, mtime=mtime, load=load,
+            server=server,
+        )  # fmt: skip
     tune_gc()
     print(
         f"kvgate serve: listening on http://{cfg.host}:{server.port}"

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kvgate.config.director import build_director
-from kvgate.config.gateway import PoolConfig
+from kvgate.config.gateway import GatewayConfigError, PoolConfig
+from kvgate.config.picker import EndpointPickerConfig, parse_config
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore, make_endpoint
@@ -48,9 +49,36 @@ def make_store(cfg: PoolConfig) -> EndpointStore:
     )
 
 
-def build_pool(cfg: PoolConfig, clock: Callable[[], float] = time.monotonic) -> Pool:
+def picker_of(cfg: PoolConfig) -> dict[str, Any] | str:
+    """What a pool's picker is built from: its EndpointPickerConfig, else its named policy."""
+    return cfg.picker_config if cfg.picker_config is not None else cfg.policy
+
+
+def picker_spec(cfg: PoolConfig) -> EndpointPickerConfig:
+    """The pool's picker config, parsed (plugin names, types, parameters)."""
+    return parse_config(cfg.picker_config) if cfg.picker_config is not None else policy_config(cfg.policy)
+
+
+def picker_key(index: int, cfg: PoolConfig) -> str:
+    """The config key a pool's picker errors are reported against."""
+    return f"pools[{index}].{'endpointPickerConfig' if cfg.picker_config is not None else 'policy'}"
+
+
+def build_director_for(
+    cfg: PoolConfig, store: EndpointStore, clock: Callable[[], float] = time.monotonic, index: int = 0
+) -> RequestDirector:
+    """The pool's picker on ``store``; an error is a ``GatewayConfigError`` naming ``pools[index]``'s key
+    (then the plugin's: ``pools[0].endpointPickerConfig: plugins[1].parameters: ...``)."""
+    try:
+        picker: Any = picker_spec(cfg)
+        return build_director(picker, store, clock=clock)
+    except (ValueError, KeyError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise GatewayConfigError(picker_key(index, cfg), str(msg)) from e
+
+
+def build_pool(cfg: PoolConfig, clock: Callable[[], float] = time.monotonic, index: int = 0) -> Pool:
     """A pool with the real picker: the pool's EndpointPickerConfig, or its named policy."""
     store = make_store(cfg)
-    picker_cfg: Any = cfg.picker_config if cfg.picker_config is not None else policy_config(cfg.policy)
-    director = build_director(picker_cfg, store, clock=clock)
+    director = build_director_for(cfg, store, clock, index)
     return Pool(cfg.name, cfg, store, director, frozenset(cfg.adapters))

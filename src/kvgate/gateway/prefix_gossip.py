@@ -248,10 +248,17 @@ class GossipCollector(Collector):
 
 def pool_indexes(pools: Sequence[object]) -> list[PrefixIndex]:
     """Every prefix scorer's index in ``pools`` (objects with ``director.handle``), in config order."""
+    return director_indexes([pool.director for pool in pools])  # type: ignore[attr-defined]
+
+
+def director_indexes(directors: Sequence[object]) -> list[PrefixIndex]:
+    """Every prefix scorer's index of ``directors`` (objects with ``handle``), in order: index ids are
+    positions in this list (a config reload keeps it: ``gateway.reload``)."""
     from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 
     out: list[PrefixIndex] = []
-    for pool in pools:
-        handle = pool.director.handle  # type: ignore[attr-defined]
-        out.extend(p.index for p in handle.plugins.values() if isinstance(p, PrefixCacheScorer))
+    for director in directors:
+        handle = getattr(director, "handle", None)
+        if handle is not None:
+            out.extend(p.index for p in handle.plugins.values() if isinstance(p, PrefixCacheScorer))
     return out

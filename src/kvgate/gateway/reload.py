@@ -1,13 +1,24 @@
-"""Dynamic endpoints without a restart: re-read ``--config`` on SIGHUP or when the file changes.
+"""Reload without a restart: re-read ``--config`` on SIGHUP or when the file changes.
 
 Applied live: each pool's ``endpoints`` (``EndpointStore.sync``: the scraper, KV-event sources and
 pickers follow through the store's change listeners; an endpoint kept keeps its metrics and in-flight
-accounting), and ``limits``, every knob (``GatewayServer.apply_limits``: the client-facing fronts' body
+accounting); ``limits``, every knob (``GatewayServer.apply_limits``: the client-facing fronts' body
 cap, deadlines and connection cap, the proxy's timeouts and caps), logged as ``config reload: limits
-applied: ...``. Everything else that differs from the file the process runs (the whole config less
-those two: pools, models, policies, pickers, health, objectives, rewrites, auth, rate limits,
-``listen``, ...) is logged as ``config reload: changed ...; restart to apply``. A file that fails
-validation is logged and ignored: the running config stays.
+applied: ...``; and each pool's picker (``policy`` / ``endpointPickerConfig``: plugins, profiles, flow
+control, feature gates). A picker swap builds every changed pool's new Director first (on the pool's
+own endpoint store: metrics, scrape state and in-flight counts are the endpoints' and stay), so an
+invalid one refuses the whole reload with its key named; the new one takes the old one's health policy,
+decode-speed estimates and, per prefix scorer whose name, type and parameters are unchanged, its prefix
+index; its data sources (KV events) start and catch up before the swap; the old one keeps every request
+it admitted until it finishes (the proxy holds each request's Director), and its flow-control queue
+leaves by its own dispatcher first: the new one's gate counts as saturated until it is empty
+(``Director.predecessor``). With ``--workers`` (prefix gossip: index ids are positions over all pools'
+prefix scorers) a picker change that would change that layout is refused (``result="partial"``,
+restart to apply); one that keeps it applies in every worker alike.
+
+Everything else that differs from the file the process runs (pools added or removed, models, health,
+objectives, rewrites, auth, rate limits, ``listen``, ...) is logged as ``config reload: changed ...;
+restart to apply``. A file that fails validation is logged and ignored: the running config stays.
 
 ``ConfigWatch`` is the trigger and the validation (SIGHUP, the file's modification time, the one
 error log); ``ConfigReloader`` applies a valid file to one gateway process. ``kvgate serve --workers``
@@ -24,7 +35,10 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from kvgate.config.gateway import (
     LIMIT_KEYS,
@@ -35,7 +49,8 @@ from kvgate.config.gateway import (
     load_gateway_config,
 )
 from kvgate.datalayer.store import make_endpoint
-from kvgate.gateway.pools import Pool
+from kvgate.gateway.pools import Pool, build_director_for, picker_key, picker_of, picker_spec
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 
 log = logging.getLogger("kvgate.gateway.reload")
 
@@ -59,6 +74,7 @@ _POOL_NAMES = {
 # What a reload applies (compared and applied on their own), and what is not from the file.
 _APPLIED = {"pools", "limits"}
 _POOL_APPLIED = {"name", "endpoints"}
+_PICKER = {"policy", "picker_config"}  # a pool's picker: applied live by a picker swap
 
 
 # A reload that keeps failing to apply (OSError) is logged at its 1st, 2nd, 4th, ... failure, then every
@@ -76,9 +92,12 @@ def _live_endpoints(old: PoolConfig, new: PoolConfig) -> bool:
     return old.inference_pool is None and new.inference_pool is None
 
 
-def not_applied(old: GatewayConfig, new: GatewayConfig, limits_live: bool = True) -> list[str]:
+def not_applied(
+    old: GatewayConfig, new: GatewayConfig, limits_live: bool = True, pickers: Collection[str] = ()
+) -> list[str]:
     """What differs between two files that a reload does not apply (YAML names): the whole config less
-    each pool's endpoints (when listed in both) and, with ``limits_live``, ``limits``."""
+    each pool's endpoints (when listed in both), with ``limits_live`` ``limits``, and the picker
+    (``policy``, ``endpointPickerConfig``) of the pools named in ``pickers`` (swapped live)."""
     out = [
         _NAMES.get(f.name, f.name)
         for f in dataclasses.fields(GatewayConfig)
@@ -95,30 +114,122 @@ def not_applied(old: GatewayConfig, new: GatewayConfig, limits_live: bool = True
         for f in dataclasses.fields(PoolConfig):
             if f.name in _POOL_APPLIED and (f.name != "endpoints" or _live_endpoints(o, n)):
                 continue
+            if f.name in _PICKER and name in pickers:
+                continue
             if getattr(o, f.name) != getattr(n, f.name):
                 out.append(f"pools[{name}].{_POOL_NAMES.get(f.name, f.name)}")
     return out
 
 
-def take_applied(cfg: GatewayConfig, new: GatewayConfig, limits: bool = True) -> None:
-    """Write onto ``cfg`` what a reload of ``new`` applies live: each pool's endpoints, ``limits``."""
+def take_applied(
+    cfg: GatewayConfig, new: GatewayConfig, limits: bool = True, pickers: Collection[str] = ()
+) -> None:
+    """Write onto ``cfg`` what a reload of ``new`` applied live: each pool's endpoints, ``limits``, and
+    the picker of the pools named in ``pickers``."""
     news = {pc.name: pc for pc in new.pools}
     for pc in cfg.pools:
         got = news.get(pc.name)
         if got is not None and _live_endpoints(pc, got):
             pc.endpoints = list(got.endpoints)
+        if got is not None and pc.name in pickers:
+            pc.policy = got.policy
+            pc.picker_config = copy.deepcopy(got.picker_config)
     if limits:
         cfg.limits = copy.deepcopy(new.limits)
 
 
+def changed_pickers(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """The pools (in both files) whose picker ``new`` changes."""
+    olds = {pc.name: pc for pc in old.pools}
+    return [pc.name for pc in new.pools if pc.name in olds and picker_of(olds[pc.name]) != picker_of(pc)]
+
+
+def prefix_layout(pools: Sequence[PoolConfig]) -> list[tuple[str, str, Any]]:
+    """Every prefix scorer of ``pools``' pickers, in order: (pool, plugin name, parameters). With
+    ``--workers`` the prefix gossip's index ids are positions in this list, and each index is kept across
+    a swap only when its scorer's entry is unchanged: a reload that changes it cannot be applied while
+    workers reload a moment apart (each would apply the others' insertions to the wrong index)."""
+    kind = PrefixCacheScorer.type_name
+    return [
+        (pc.name, spec.name, spec.parameters)
+        for pc in pools
+        for spec in picker_spec(pc).plugins
+        if spec.type == kind
+    ]
+
+
+def layout_after(
+    running: Sequence[PoolConfig], new: GatewayConfig, pools: Collection[str]
+) -> list[PoolConfig]:
+    """The running pools' configs with the picker of those named in ``pools`` taken from ``new``."""
+    news = {pc.name: pc for pc in new.pools}
+    return [news[pc.name] if pc.name in pools and pc.name in news else pc for pc in running]
+
+
+def check_pickers(old: GatewayConfig, new: GatewayConfig) -> None:
+    """Build (on an empty store) every picker ``new`` changes: ``GatewayConfigError`` naming the key of
+    the first that fails. The ``--workers`` supervisor's check, so no worker is sent one it would refuse
+    (nor a worker restarted later started with it)."""
+    from kvgate.datalayer.store import EndpointStore
+
+    changed = set(changed_pickers(old, new))
+    for i, pc in enumerate(new.pools):
+        if pc.name in changed:
+            build_director_for(pc, EndpointStore(), index=i)
+
+
+def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[str]:
+    """What a pool's new Director takes over from the old one; returns the prefix scorers whose index
+    it kept. The health policy and decode-speed estimates always; a prefix scorer's index when the
+    scorer's name, type and parameters are unchanged (else its blocks may not mean the same)."""
+    for attr in ("health", "speed", "mean_decode"):
+        if hasattr(old, attr) and hasattr(new, attr):
+            setattr(new, attr, getattr(old, attr))
+    handle, old_handle = getattr(new, "handle", None), getattr(old, "handle", None)
+    if handle is None or old_handle is None:
+        return []
+    ospec, nspec = picker_spec(old_pc), picker_spec(new_pc)
+    kept = []
+    for name, plugin in handle.plugins.items():
+        prev = old_handle.plugins.get(name)
+        if not (isinstance(plugin, PrefixCacheScorer) and isinstance(prev, PrefixCacheScorer)):
+            continue
+        a, b = ospec.plugin(name), nspec.plugin(name)
+        if a is not None and b is not None and (a.type, a.parameters) == (b.type, b.parameters):
+            plugin.take_index(prev)
+            kept.append(name)
+    return kept
+
+
+@dataclass(slots=True)
+class _Swap:
+    """A pool's new picker, built and checked, not yet serving."""
+
+    pool: Pool
+    pc: PoolConfig  # the new file's pool
+    director: Any
+    listeners: list[Any]  # what its build added to the pool's store (removed if it is dropped)
+    sources: list[Any]  # its data sources (KV events): started before the swap
+    kept: list[str]  # prefix scorers whose index it took over
+    started: bool = False
+
+
+@dataclass(slots=True)
+class _Plan:
+    swaps: list[_Swap] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # pools whose picker change was refused (--workers)
+
+
 class ConfigWatch:
     """Re-read ``path`` on ``trigger()`` (SIGHUP) and, with ``poll_s``, when its modification time
-    changes; a file that fails validation is logged and ignored, a valid one goes to ``apply``.
+    changes; a file that fails validation is logged and ignored, a valid one goes to ``prepare`` (async:
+    what must be ready before anything changes) then ``apply``.
 
     ``mtime``: the file's modification time before the running config was read from it (``kvgate
     serve`` stats it before start-up's probes and pickers), so an edit made meanwhile is applied at the
     first poll; without it, the time now. ``load``: how to read ``path`` (default: validate it as a
-    gateway file)."""
+    gateway file). ``on_result``: told each reload's result (``applied``, ``partial``, ``invalid``,
+    ``failed``: the ``kvgate_gateway_config_reloads_total`` label)."""
 
     def __init__(
         self,
@@ -126,12 +237,14 @@ class ConfigWatch:
         poll_s: float | None = 2.0,
         mtime: float | None = None,
         load: Callable[[str], GatewayConfig] = load_gateway_config,
+        on_result: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
         self.poll_s = poll_s  # None: on trigger() only
         self.reloads = 0
         self.failures = 0
         self.apply_failures = 0  # in a row, that could not be applied (OSError): what the log backs off on
+        self.on_result = on_result
         self._load = load
         self._mtime = self._stat() if mtime is None else mtime
         self._wake = asyncio.Event()
@@ -152,17 +265,55 @@ class ConfigWatch:
             mtime = self._stat()
             if forced or (mtime is not None and mtime != self._mtime):
                 self._mtime = mtime
-                self.reload()
+                await self.areload()
+
+    def _result(self, result: str) -> None:
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def _read(self) -> GatewayConfig | None:
+        try:
+            return self._load(self.path)
+        except GatewayConfigError as e:
+            self._invalid(e)
+            return None
+
+    def _invalid(self, e: Exception) -> None:
+        self.failures += 1
+        log.error("config reload: %s is invalid, keeping the running config: %s", self.path, e)
+        self._result("invalid")
 
     def reload(self) -> bool:
-        try:
-            new = self._load(self.path)
-        except GatewayConfigError as e:
-            self.failures += 1
-            log.error("config reload: %s is invalid, keeping the running config: %s", self.path, e)
+        """Read and apply now, synchronously (nothing to start: see ``areload``)."""
+        new = self._read()
+        return new is not None and self._apply(new, None)
+
+    async def areload(self) -> bool:
+        """Read, ``prepare`` (a new picker's KV-event sources start and catch up), then apply."""
+        new = self._read()
+        if new is None:
             return False
         try:
-            self.apply(new)
+            prepared = await self.prepare(new)
+        except GatewayConfigError as e:
+            self._invalid(e)
+            return False
+        except Exception as e:  # a source that cannot start, a plugin's unexpected error: never the watch
+            self.failures += 1
+            log.error("config reload: %s could not be applied, keeping the running config: %s: %s",
+                      self.path, type(e).__name__, e)  # fmt: skip
+            self._result("failed")
+            return False
+        ok = self._apply(new, prepared)
+        await self.settle(prepared, ok)
+        return ok
+
+    def _apply(self, new: GatewayConfig, prepared: Any) -> bool:
+        try:
+            result = self.apply(new, prepared)
+        except GatewayConfigError as e:  # (a synchronous reload's picker check)
+            self._invalid(e)
+            return False
         except OSError as e:
             # E.g. the supervisor's snapshot cannot be written (/tmp full): the watch must outlive it, and
             # the next poll tries again (the file's change is not taken as seen). Logged at the 1st, 2nd,
@@ -170,6 +321,7 @@ class ConfigWatch:
             self.failures += 1
             self.apply_failures += 1
             self._mtime = None
+            self._result("failed")
             n = self.apply_failures
             if n % _LOG_EVERY == 0 or (n < _LOG_EVERY and n & (n - 1) == 0):
                 log.error(
@@ -181,9 +333,19 @@ class ConfigWatch:
             log.warning("config reload: %s applied after %d failures", self.path, self.apply_failures)
             self.apply_failures = 0
         self.reloads += 1
+        self._result(result or "applied")
         return True
 
-    def apply(self, new: GatewayConfig) -> None:
+    async def prepare(self, new: GatewayConfig) -> Any:
+        """What must be ready before ``apply`` changes anything (raise to refuse the reload)."""
+        return None
+
+    async def settle(self, prepared: Any, applied: bool) -> None:
+        """After ``apply`` (``applied``: it succeeded): release what the swap replaced, or what was
+        prepared for nothing."""
+
+    def apply(self, new: GatewayConfig, prepared: Any = None) -> str | None:
+        """Apply ``new``; returns the result when not plain ``applied`` (``partial``)."""
         raise NotImplementedError
 
 
@@ -200,7 +362,12 @@ class ConfigReloader(ConfigWatch):
 
     ``file_cfg``: the config as the file gave it (before flags and ``--kv-events auto`` changed the
     running one), what a reload is compared with; it takes what each reload applies. Default: a copy of
-    ``current``."""
+    ``current``.
+
+    ``server``: the running ``GatewayServer`` (a picker swap starts the new picker's data sources there,
+    stops the old one's, refreshes the aggregate; the reload counter is its metrics'). Without one, a
+    picker with data sources cannot be swapped (refused, named). ``fixed_prefix_layout``: ``--workers``
+    with prefix gossip: a picker change that changes ``prefix_layout`` is refused (``partial``)."""
 
     def __init__(
         self,
@@ -212,14 +379,127 @@ class ConfigReloader(ConfigWatch):
         file_cfg: GatewayConfig | None = None,
         mtime: float | None = None,
         load: Callable[[str], GatewayConfig] = load_gateway_config,
+        server: Any = None,
+        fixed_prefix_layout: bool = False,
     ) -> None:
-        super().__init__(path, poll_s, mtime, load)
+        counter = getattr(getattr(server, "metrics", None), "reloads", None)
+        on_result = None if counter is None else (lambda result: counter.labels(result=result).inc())
+        super().__init__(path, poll_s, mtime, load, on_result)
         self.current = current
         self.file_cfg = copy.deepcopy(current if file_cfg is None else file_cfg)
         self.apply_limits = apply_limits
         self.pools = {p.name: p for p in pools}
+        self.server = server
+        self.fixed_prefix_layout = fixed_prefix_layout
 
-    def apply(self, new: GatewayConfig) -> None:
+    # --- the picker swap ------------------------------------------------------------------------
+    def _plan(self, new: GatewayConfig, startable: bool) -> _Plan:
+        """Build every changed pool's new Director (``GatewayConfigError`` naming the key of the first that
+        fails; those built are dropped). ``startable``: their data sources can be started before the swap
+        (else a picker with any is refused)."""
+        changed = set(changed_pickers(self.file_cfg, new))
+        names = [pc.name for pc in new.pools if pc.name in changed and pc.name in self.pools]
+        plan = _Plan()
+        if not names:
+            return plan
+        try:
+            for i, pc in enumerate(new.pools):
+                if pc.name not in names:
+                    continue
+                pool = self.pools[pc.name]
+                before = pool.store.listeners
+                try:
+                    director = build_director_for(
+                        pc, pool.store, getattr(pool.director, "clock", time.monotonic), i
+                    )
+                finally:
+                    added = [f for f in pool.store.listeners if f not in before]
+                    swap = _Swap(pool, pc, None, added, [], [])
+                    plan.swaps.append(swap)  # (dropped below on an error: its listeners go)
+                swap.director = director
+                swap.sources = list(getattr(director, "data_sources", list)())
+                if swap.sources and not startable:
+                    raise GatewayConfigError(
+                        picker_key(i, pc), "its data sources (KV events) start only on a SIGHUP or a file "
+                        "change in a running kvgate serve; not swapped",
+                    )  # fmt: skip
+                swap.kept = _carry(pool.director, director, pool.cfg, pc)
+        except BaseException:
+            self._drop(plan)
+            raise
+        running = [p.cfg for p in self.pools.values()]
+        if self.fixed_prefix_layout and prefix_layout(running) != prefix_layout(
+            layout_after(running, new, names)
+        ):
+            self._drop(plan)  # (checked once all are built: an invalid picker is named as such first)
+            return _Plan(refused=names)
+        return plan
+
+    @staticmethod
+    def _drop(plan: _Plan) -> None:
+        """A plan not applied: its Directors' store listeners go (their data sources: ``settle``)."""
+        for s in plan.swaps:
+            for f in s.listeners:
+                s.pool.store.remove_listener(f)
+
+    async def prepare(self, new: GatewayConfig) -> _Plan:
+        plan = self._plan(new, startable=self.server is not None)
+        try:
+            for s in plan.swaps:
+                if s.sources:
+                    s.sources = await self.server.start_picker_sources(s.sources)
+                    s.started = True
+        except BaseException:
+            self._drop(plan)
+            for s in plan.swaps:
+                if s.started:
+                    await self.server.stop_sources(s.sources)
+            raise
+        return plan
+
+    async def settle(self, prepared: Any, applied: bool) -> None:
+        if not isinstance(prepared, _Plan):
+            return
+        if not applied:
+            self._drop(prepared)
+        if self.server is None:
+            return
+        for s in prepared.swaps:
+            # Applied: ``sources`` now holds the old picker's (``_swap``); else the new one's, if started.
+            if applied or s.started:
+                await self.server.stop_sources(s.sources)
+
+    def _swap(self, s: _Swap) -> None:
+        pool = s.pool
+        old = pool.director
+        listeners_old = [f for f in pool.store.listeners if f not in s.listeners]
+        if self.server is not None:
+            s.sources = self.server.swap_picker(pool, s.director, s.sources)
+        else:
+            s.director.health = getattr(old, "health", getattr(s.director, "health", None))
+            pool.director = s.director
+            s.sources = []
+        # The old Director's plugins leave the store's listeners (the scraper's and KV sources' stay).
+        handle = getattr(old, "handle", None)
+        if handle is not None:
+            for f in listeners_old:
+                if getattr(f, "__self__", None) in handle.plugins.values():
+                    pool.store.remove_listener(f)
+        queued = old.queued() if hasattr(old, "queued") else 0
+        if queued and hasattr(s.director, "predecessor"):
+            s.director.predecessor = old
+        old_desc = picker_of(pool.cfg) if isinstance(picker_of(pool.cfg), str) else "endpointPickerConfig"
+        new_desc = picker_of(s.pc) if isinstance(picker_of(s.pc), str) else "endpointPickerConfig"
+        pool.cfg.policy, pool.cfg.picker_config = s.pc.policy, copy.deepcopy(s.pc.picker_config)
+        log.warning(
+            "config reload: pool %r picker swapped (%s -> %s); prefix index %s; %d queued request(s) leave "
+            "the old picker first; requests in flight finish on it",
+            pool.name, old_desc, new_desc,
+            f"kept for {', '.join(s.kept)}" if s.kept else "new", queued,
+        )  # fmt: skip
+
+    def apply(self, new: GatewayConfig, prepared: Any = None) -> str | None:
+        plan = prepared if isinstance(prepared, _Plan) else self._plan(new, startable=False)
         olds = {pc.name: pc for pc in self.file_cfg.pools}
         for pc in new.pools:
             pool, old_pc = self.pools.get(pc.name), olds.get(pc.name)
@@ -238,15 +518,29 @@ class ConfigReloader(ConfigWatch):
                     sorted(old - set(pc.endpoints)),
                 )
                 pool.cfg.endpoints = list(pc.endpoints)
+        for s in plan.swaps:
+            self._swap(s)
+        swapped = {s.pool.name for s in plan.swaps}
+        if plan.refused:
+            log.error(
+                "config reload: %s changes the prefix scorers (their number, order, names or parameters), "
+                "which --workers cannot re-map live (the prefix gossip's index ids are their positions); "
+                "keeping the running picker; restart to apply",
+                ", ".join(f"pools[{n}] picker" for n in plan.refused),
+            )
         if self.apply_limits is not None and new.limits != self.current.limits:
             # It writes them onto the running config (``current``, the server's): once.
             changed = self.apply_limits(new.limits)
             if changed:
                 log.warning("config reload: limits applied: %s", _describe(changed))
-        unapplied = not_applied(self.file_cfg, new, limits_live=self.apply_limits is not None)
+        limits_live = self.apply_limits is not None
+        unapplied = not_applied(
+            self.file_cfg, new, limits_live=limits_live, pickers=swapped | set(plan.refused)
+        )
         if unapplied:
             log.warning("config reload: changed %s; restart to apply", ", ".join(unapplied))
-        take_applied(self.file_cfg, new, limits=self.apply_limits is not None)
+        take_applied(self.file_cfg, new, limits=limits_live, pickers=swapped)
+        return "partial" if plan.refused else None
 
 
 def start_reloader(
@@ -258,9 +552,13 @@ def start_reloader(
     file_cfg: GatewayConfig | None = None,
     mtime: float | None = None,
     load: Callable[[str], GatewayConfig] = load_gateway_config,
+    server: Any = None,
+    fixed_prefix_layout: bool = False,
 ) -> asyncio.Task[None]:
     """One gateway process's reloader, on SIGHUP (and, with ``poll_s``, when the file changes): the
     same for ``kvgate serve`` and for each ``--workers`` worker (which reads the supervisor's snapshot)."""
-    cr = ConfigReloader(path, cfg, pools, poll_s, apply_limits, file_cfg, mtime, load)
+    cr = ConfigReloader(
+        path, cfg, pools, poll_s, apply_limits, file_cfg, mtime, load, server, fixed_prefix_layout
+    )
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, cr.trigger)
     return asyncio.create_task(cr.run())

@@ -136,6 +136,8 @@ class GatewayServer:
         self.port = 0
         self.admin_port: int | None = None
         self._aggregates: dict[str, AggregateSource] = {}
+        # Each pool's picker's data sources (KV events), as started: a reload's picker swap stops them.
+        self._pool_sources: dict[str, list[Any]] = {}
         self.kube_pools: list[Any] = []  # kvgate.k8s.runtime.KubePool per pool with an inferencePool
         self._kube_rules: dict[str, list[Any]] = {}
 
@@ -258,7 +260,10 @@ class GatewayServer:
             return
         # The data layer's other feeds (KV events) start here too, never on a first pick: all at once (a
         # KV-event source's start waits up to its catch-up bound, so one pool after another added them up).
-        sources = [s for p in self.pools for s in getattr(p.director, "data_sources", list)()]
+        sources = []
+        for p in self.pools:
+            self._pool_sources[p.name] = mine = list(getattr(p.director, "data_sources", list)())
+            sources += mine
         await self._start_sources(sources)
         if self._stopping:  # stop() ran meanwhile (it closed the listeners): end here, not listening
             return
@@ -292,6 +297,38 @@ class GatewayServer:
                     group.create_task(start(s))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None  # what start() raised, as a gather raised it
+
+    # --- a config reload's picker swap (gateway.reload) ------------------------------------------
+    async def start_picker_sources(self, sources: list[Any]) -> list[Any]:
+        """A new picker's data sources (KV events), started (their catch-up done) before it takes a
+        request. If one fails, those started are stopped and the error raised."""
+        try:
+            await self._start_sources(sources)
+        except BaseException:
+            await self.stop_sources(sources)
+            raise
+        return sources
+
+    def swap_picker(self, pool: Pool, director: Any, sources: list[Any]) -> list[Any]:
+        """``pool`` picks with ``director`` from now on (requests already admitted keep theirs: the proxy
+        holds each request's Director). It takes the running health policy; the pool's aggregate is built
+        again on its next read. Returns the old picker's data sources, for ``stop_sources``."""
+        if hasattr(director, "health") and hasattr(pool.director, "health"):
+            director.health = pool.director.health
+        pool.director = director
+        self._aggregates.pop(pool.name, None)
+        old = self._pool_sources.get(pool.name, [])
+        self._pool_sources[pool.name] = sources
+        return old
+
+    async def stop_sources(self, sources: list[Any]) -> None:
+        for s in sources:
+            if s in self._scrapers:
+                self._scrapers.remove(s)
+            try:
+                await s.stop()
+            except Exception:  # one that fails to stop must not keep the others running
+                log.exception("stopping a data source failed")
 
     async def _bind_data(self) -> None:
         """The data port, bound but not listening yet (``_listen_data``)."""

@@ -60,7 +60,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gateway_config
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway.errors import GatewayError, error_response
-from kvgate.gateway.reload import ConfigWatch, take_applied
+from kvgate.gateway.reload import (
+    ConfigWatch,
+    changed_pickers,
+    check_pickers,
+    layout_after,
+    prefix_layout,
+    take_applied,
+)
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 
 log = logging.getLogger("kvgate.gateway.workers")
@@ -154,8 +161,9 @@ async def _worker(
     reloader = None
     if config_path is not None:  # on the supervisor's SIGHUP only: it watches the file for all workers
         reloader = start_reloader(
-            config_path, cfg, pools, server.apply_limits, poll_s=None, file_cfg=file_cfg, load=read_snapshot
-        )
+            config_path, cfg, pools, server.apply_limits, poll_s=None, file_cfg=file_cfg, load=read_snapshot,
+            server=server, fixed_prefix_layout=gossip_dir is not None and shared is not None,
+        )  # fmt: skip
     # The handler (the reloader's, or SIG_IGN without --config) is in place: SIGHUP may come through now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     tune_gc()
@@ -480,8 +488,8 @@ class _WorkersReload(ConfigWatch):
         super().__init__(path, mtime=mtime, load=load)
         self.sup = sup
 
-    def apply(self, new: GatewayConfig) -> None:
-        self.sup.reloaded(new)
+    def apply(self, new: GatewayConfig, prepared: Any = None) -> str | None:
+        return self.sup.reloaded(new)
 
 
 class Supervisor:
@@ -656,21 +664,32 @@ class Supervisor:
             pickle.dump(cfg, f)
         os.replace(tmp, self.snapshot)
 
-    def reloaded(self, new: GatewayConfig) -> None:
+    def reloaded(self, new: GatewayConfig) -> str | None:
         """A valid ``--config``: written to the snapshot, then every started worker reloads it (SIGHUP; a
-        worker still starting gets it once up). What the workers apply live (each pool's endpoints,
-        ``limits``) is kept here too, so a worker restarted later starts from it; the supervisor's admin
-        port takes the limits."""
+        worker still starting gets it once up). Each changed picker is built here first (on an empty
+        store): one that fails refuses the file (``GatewayConfigError``), so no worker is sent it. What
+        the workers apply live (each pool's endpoints, ``limits``, pickers) is kept here too, so a worker
+        restarted later starts from it; the supervisor's admin port takes the limits. With the prefix
+        gossip (more than one worker), a picker change that changes ``reload.prefix_layout`` is what each
+        worker refuses (the same rule, on the same configs): it is not kept either (``partial``)."""
+        check_pickers(self.file_cfg, new)
         self.write_snapshot(new)
         self.reloads += 1
-        take_applied(self.cfg, new)
+        pickers = changed_pickers(self.file_cfg, new)
+        refused = False
+        if pickers and self.n > 1:
+            running = self.cfg.pools
+            if prefix_layout(running) != prefix_layout(layout_after(running, new, pickers)):
+                pickers, refused = [], True
+        take_applied(self.cfg, new, pickers=pickers)
         if self.file_cfg is not self.cfg:
-            take_applied(self.file_cfg, new)
+            take_applied(self.file_cfg, new, pickers=pickers)
         if self._admin_front is not None:
             self._admin_front.apply_limits(new.limits)
         for i, proc in enumerate(self.procs):
             if proc is not None and self.admin_ports[i] is not None:
                 self._signal_reload(proc)
+        return "partial" if refused else None
 
     @staticmethod
     def _signal_reload(proc: BaseProcess) -> None:

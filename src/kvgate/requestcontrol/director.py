@@ -137,6 +137,11 @@ class Director:
             if flow is not None
             else None
         )
+        # A config reload's predecessor (``kvgate.gateway.reload``): the Director this one replaced in its
+        # pool, while its flow-control queue still holds requests. They leave it by its own dispatcher,
+        # on the same endpoints; until it is empty this one's gate counts as saturated, so a request that
+        # arrives after the swap queues behind them instead of overtaking them.
+        self.predecessor: Director | None = None
         self.slo_admission: SLOAdmission | None = None
         if flow is not None and flow.cfg.slo_admission:
             oracle = handle.find(TTFTOracle)
@@ -191,8 +196,33 @@ class Director:
         detector): the pool's scraper keeps its quiet cadence under half of it."""
         return math.inf if self.detector is None else self.detector.scrape_bound()
 
+    def queued(self) -> int:
+        """Requests waiting in this Director's flow-control queue."""
+        return len(self.flow) if self.flow is not None else 0
+
+    def _behind(self) -> bool:
+        """Do requests queued on a predecessor (a reload's old picker) still wait to leave first?"""
+        pred = self.predecessor
+        while pred is not None and not pred.queued():
+            pred = pred.predecessor  # (reloads a moment apart: the oldest queue leaves first)
+        self.predecessor = pred
+        return pred is not None
+
+    def _notify(self) -> None:
+        """Capacity may have freed: this Director's dispatcher, and its predecessors' while they drain."""
+        if self.flow is not None:
+            self.flow.notify()
+        self._behind()  # (forgets predecessors whose queues are empty)
+        pred = self.predecessor
+        while pred is not None:
+            if pred.flow is not None:
+                pred.flow.notify()
+            pred = pred.predecessor
+
     def saturated(self, req: InferenceRequest) -> bool:
         """Would dispatching ``req`` now overload its pool (the flow controller's dispatch gate)?"""
+        if self.predecessor is not None and self._behind():
+            return True
         if self.detector is None:
             return False
         try:
@@ -271,6 +301,8 @@ class Director:
         """``req`` (not sheddable) cannot be placed: stop the newest sheddable request that has no first
         token yet on one of ``req``'s candidates and release its load, so ``req`` takes its place.
         As llm-d's in-flight eviction: the newest has done the least work."""
+        if self.predecessor is not None and self._behind():
+            return False  # (not saturated: waiting for a predecessor's queue; nothing to stop for it)
         try:
             cands = {ep.address for ep in self.candidates(req)}
         except SchedulingError:
@@ -438,12 +470,12 @@ class Director:
         inf = endpoint.inflight
         inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
         inf.decoding += 1
-        if self.flow is not None:
-            if learn:  # (not a TTFT either for the flow's TTFT targets)
-                if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
-                    self.flow.ctl.observe_first_token(req, track.first_at - req.arrival_time)
-                self.flow.ctl.observe_service_ttft(track.first_at - track.sent_at)  # (slo-feasible)
-            self.flow.notify()
+        if self.flow is not None and learn:  # (not a TTFT either for the flow's TTFT targets)
+            if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
+                self.flow.ctl.observe_first_token(req, track.first_at - req.arrival_time)
+            self.flow.ctl.observe_service_ttft(track.first_at - track.sent_at)  # (slo-feasible)
+        if self.flow is not None or self.predecessor is not None:
+            self._notify()
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
         self._picked.pop(req.request_id, None)
@@ -455,8 +487,8 @@ class Director:
             self._victims.pop((req.request_id, endpoint.address), None)
         self._release(endpoint, track)
         self._flow_ended(track, finished=ok)
-        if self.flow is not None:
-            self.flow.notify()
+        if self.flow is not None or self.predecessor is not None:
+            self._notify()
         if self._observers:
             now, out = self.clock(), usage.completion_tokens if usage is not None else 0
             if ok and usage is not None:

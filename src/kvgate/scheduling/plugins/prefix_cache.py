@@ -186,6 +186,12 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             raise ConfigError(f"{params.path}.tokenizer: {e}") from e
         return p
 
+    def take_index(self, other: PrefixCacheScorer) -> None:
+        """Serve from ``other``'s index (a config reload's new picker, this scorer's parameters unchanged:
+        what the old one learnt keeps routing). Both then read and write the same index."""
+        self.index = other.index
+        self._chunk_tokens = other._chunk_tokens
+
     def _on_store_change(self, change: StoreChange) -> None:
         if change.kind == "removed":
             self.index.remove_endpoint(change.endpoint.address)
