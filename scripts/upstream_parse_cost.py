@@ -94,6 +94,44 @@ def _per_response_us(conn: Any, pieces: list[bytes], n: int) -> float:
     return (time.perf_counter() - t) / n * 1e6
 
 
+class _Answering:
+    """A transport whose every write is answered (``data_received``) on the next loop turn."""
+
+    def __init__(self, conn: Any, loop: Any) -> None:
+        self.conn, self.loop = conn, loop
+
+    def write(self, data: bytes) -> None:
+        self.loop.call_soon(self.conn.data_received, _WHOLE)
+
+    def abort(self) -> None:
+        raise AssertionError("aborted")
+
+    def close(self) -> None:
+        raise AssertionError("closed")
+
+
+async def _client_us(mod: ModuleType, n: int) -> float:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    pool = mod.UpstreamPool(1.0, 120.0)
+    conn = mod._Conn(pool, "x:1")
+    conn.connection_made(_Answering(conn, loop))
+    pool._put_idle(conn)
+    head = b"POST /v1/completions HTTP/1.1\r\nhost: x:1\r\ncontent-length: 2\r\n\r\n"
+    deadline = loop.time() + 600
+    t = time.perf_counter()
+    for _ in range(n):
+        resp = await pool.request("x:1", head, b"{}", deadline)
+        if resp.status >= 500 or resp.content_type == "text/event-stream":
+            raise AssertionError("unexpected")
+        body = await resp.read()
+        resp.release()
+        if resp.status != 200 or len(body) != len(_BODY):
+            raise AssertionError("not parsed")
+    return (time.perf_counter() - t) / n * 1e6
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base-src", required=True, type=Path, help="the other tree's src directory")
@@ -114,8 +152,15 @@ def main() -> int:
             for k, c in conns.items():
                 us = _per_response_us(c, pieces, args.n)
                 best[k, shape] = min(best.get((k, shape), us), us)
+    import uvloop
+
+    client = "client round trip, non-streamed"
+    for _ in range(args.rounds):
+        for k, m in mods.items():
+            us = uvloop.run(_client_us(m, args.n))
+            best[k, client] = min(best.get((k, client), us), us)
     print(f"{'shape':36} {'base us':>9} {'this us':>9} {'this/base':>10}")
-    for shape in SHAPES:
+    for shape in [*SHAPES, client]:
         b, t = best["base", shape], best["this", shape]
         print(f"{shape:36} {b:9.2f} {t:9.2f} {t / b:10.2f}")
     return 0

@@ -200,3 +200,32 @@ async def test_kvgate_serve_is_ready_with_its_upstream_connections_open():
                 assert (r.status, await r.text()) == (503, "starting")
             gw.started = True
     await srv.stop()
+
+
+async def test_a_body_past_the_read_ahead_pauses_reading_and_the_connection_is_reused():
+    """Over 1 MiB waiting for the reader pauses the socket; reading it all resumes, and the connection
+    (read to its end) serves the next request."""
+    big = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    srv = _Scripted(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(big)
+            + big
+            + b"\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ]
+    )
+    port = await srv.start()
+    pool = UpstreamPool(1.0, 5.0)
+    for _ in range(2):
+        resp = await pool.request(*_req(port))
+        await asyncio.sleep(0.2)  # the server's bytes pile up: reading pauses at the read-ahead cap
+        assert resp._conn.paused
+        assert await resp.read() == big
+        resp.release()
+    resp = await pool.request(*_req(port))
+    assert await resp.read() == b"ok"
+    resp.release()
+    assert srv.connections == 1
+    pool.close()
+    await srv.stop()

@@ -251,20 +251,17 @@ def _timeout(conn: _Conn, idle: float | None, deadline: float | None) -> float |
 class UpstreamResponse:
     """One response being read from a pooled connection; ``release()`` it exactly once."""
 
-    __slots__ = ("_conn", "_deadline", "_idle", "_released", "head")
+    __slots__ = ("_conn", "_deadline", "_idle", "_released", "head", "status")
 
     def __init__(
         self, conn: _Conn, head: ResponseHead, idle_timeout: float | None, deadline: float | None
     ) -> None:
         self._conn = conn
         self.head = head
+        self.status = head.status  # (an attribute: the proxy reads it several times per request)
         self._idle = idle_timeout
         self._deadline = deadline
         self._released = False
-
-    @property
-    def status(self) -> int:
-        return self.head.status
 
     @property
     def content_type(self) -> str:
@@ -289,8 +286,18 @@ class UpstreamResponse:
             await c._wait(_timeout(c, self._idle, self._deadline))
 
     async def read(self) -> bytes:
-        parts: list[bytes] = []
+        """The whole body; raises ``UpstreamError`` on loss."""
         c = self._conn
+        if c.done and c.error is None:  # all of it is here already (the usual case): no await
+            body = c.body
+            data = body[0] if len(body) == 1 else b"".join(body)
+            body.clear()
+            c.buffered = 0
+            if c.paused and c.transport is not None:
+                c.paused = False
+                c.transport.resume_reading()
+            return data
+        parts: list[bytes] = []
         while True:
             data = await self.read_chunk()
             if not data:
@@ -345,12 +352,21 @@ class UpstreamPool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def _acquire(self, address: str, tls: ssl.SSLContext | None = None) -> tuple[_Conn, bool]:
+    def _take_idle(self, address: str) -> _Conn | None:
         idle = self._idle.get(address)
         while idle:
-            reuse = idle.pop()
-            if not reuse.closed:
-                return reuse, True
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def _acquire(self, address: str, tls: ssl.SSLContext | None = None) -> tuple[_Conn, bool]:
+        conn = self._take_idle(address)
+        if conn is not None:
+            return conn, True
+        return await self._connect(address, tls), False
+
+    async def _connect(self, address: str, tls: ssl.SSLContext | None) -> _Conn:
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
         try:
@@ -371,7 +387,7 @@ class UpstreamPool:
             raise UpstreamError(f"{address}: connect failed: {e.strerror or e}") from e
         conn: _Conn = proto
         self._open.add(conn)
-        return conn, False
+        return conn
 
     async def warm(self, address: str, tls: ssl.SSLContext | None = None) -> bool:
         """Open one kept-alive connection to ``address`` ahead of the first request (start-up), unless one
@@ -402,7 +418,11 @@ class UpstreamPool:
         ``on_sent`` runs once the request is written (timing breakdowns).
         """
         for attempt in range(2):
-            conn, reused = await self._acquire(address, tls)
+            # (an idle connection without a coroutine's await: the usual case)
+            conn = self._take_idle(address)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(address, tls)
             assert conn.transport is not None
             conn.busy = True
             conn.transport.write(head + body)
