@@ -227,3 +227,56 @@ async def test_reload_after_kv_events_auto_applies_endpoints_without_a_restart_w
         for r in rs:
             await r.stop()
     assert proc.returncode == 0
+
+
+async def test_a_precise_picker_swapped_by_a_reload_keeps_receiving_kv_events(tmp_path):
+    """A reload swaps the precise picker ``--kv-events auto`` chose for another precise picker (same
+    index, another scorer beside it): the new picker's subscriptions start before the swap, the old
+    one's stop after it, and the engines' events still reach the index (a prompt sent after the swap is
+    reported). Simulated replicas with KV events, ``kvgate serve``'s server in process."""
+    from gateway.test_picker_reload import _write
+    from kvgate.config.policies import precise_policy
+    from kvgate.gateway.reload import ConfigReloader
+
+    rs = await _replicas(2, kv=True)
+    try:
+        cfg = make_config([f"127.0.0.1:{r.port}" for r in rs], models=("sim-model",), policy="kvgate")
+        file_cfg = make_config([f"127.0.0.1:{r.port}" for r in rs], models=("sim-model",), policy="kvgate")
+        await asyncio.to_thread(kv_auto.apply, cfg)
+        pc = cfg.pools[0]
+        assert pc.picker_config is not None
+        index, _ = shared_index(KV_EVENTS_INDEX, "tokens")
+        tok = load(str(tokenizer_dir()))
+        async with running_gateway(cfg, scrape=True) as gw, aiohttp.ClientSession() as http:
+            pool = gw.pools[0]
+            old, old_sources = pool.director, list(gw._pool_sources["p"])
+            assert old_sources
+            precise = precise_policy(str(tokenizer_dir() / "tokenizer.json"), bind=False)
+            scorer = next(p for p in precise["plugins"] if p["type"] == "precise-prefix-cache-scorer")
+            picker = {
+                "plugins": [scorer, {"type": "queue-scorer"}],
+                "schedulingProfiles": [{"name": "default", "plugins": [
+                    {"pluginRef": scorer.get("name", scorer["type"])}, {"pluginRef": "queue-scorer"}]}],
+            }  # fmt: skip
+            f = tmp_path / "gw.yaml"
+            _write(f, {"pools": [{"name": "p", "endpoints": pc.endpoints, "models": ["sim-model"],
+                                  "endpointPickerConfig": picker}]})  # fmt: skip
+            rl = ConfigReloader(str(f), gw.cfg, gw.pools, None, gw.apply_limits, file_cfg=file_cfg, server=gw)
+            assert await rl.areload()
+            assert pool.director is not old and gw._pool_sources["p"] and gw._pool_sources["p"] != old_sources
+            assert all(s not in gw._scrapers for s in old_sources)
+            system = "After the swap, a prompt no engine has seen. " * 40
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": "q"}]
+            body = {"model": "sim-model", "max_tokens": 2, "messages": messages}
+            async with http.post(base_url(gw) + "/v1/chat/completions", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+            ids = tok.encode(render_chat([{"role": "system", "content": system}]))
+            want = len(ids) // 16 - 1
+            for _ in range(1200):  # 60 s: events cross ZMQ on a loaded machine
+                if max(index.longest_prefix(token_keys(ids, 16), pc.endpoints).values()) >= want:
+                    break
+                await asyncio.sleep(0.05)
+            assert max(index.longest_prefix(token_keys(ids, 16), pc.endpoints).values()) >= want
+    finally:
+        for r in rs:
+            await r.stop()

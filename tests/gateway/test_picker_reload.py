@@ -413,7 +413,7 @@ def test_the_supervisor_refuses_a_file_whose_picker_no_worker_could_build(tmp_pa
     import os
 
     from kvgate.config.gateway import load_gateway_config
-    from kvgate.gateway.workers import Supervisor, _WorkersReload, read_snapshot
+    from kvgate.gateway.workers import Supervisor, _WorkersReload, merge_metrics, read_snapshot
 
     f = tmp_path / "gw.yaml"
     _write(f, _doc(["127.0.0.1:1"], _picker(QUEUE, prefix={"blockSize": 16})))
@@ -426,6 +426,9 @@ def test_the_supervisor_refuses_a_file_whose_picker_no_worker_could_build(tmp_pa
         assert not watch.reload()
         assert "pools[0].endpointPickerConfig: plugins[1]" in caplog.text
         assert not os.path.exists(sup.snapshot) and sup.reloads == 0
+        assert sup.reload_failures == {"invalid": 1}  # counted here: no worker ever sees it
+        merged = merge_metrics([None], {"supervisor": sup._own_metrics()}).decode()
+        assert 'kvgate_gateway_config_reloads_total{result="invalid",worker="supervisor"} 1.0' in merged
         # The prefix layout changed: sent (the workers refuse it alike), but not kept for a restart.
         _write(f, _doc(["127.0.0.1:1"], _picker(QUEUE, prefix={"blockSize": 32})))
         assert watch.reload() and sup.reloads == 1

@@ -241,10 +241,13 @@ async def _share_prefixes(pools: list[Any], index: int, directory: str, workers:
 # --- metrics merge -----------------------------------------------------------------------------
 
 
-def merge_metrics(texts: list[str | None]) -> bytes:
-    """One exposition from each worker's: every sample gets a ``worker`` label, families stay whole."""
+def merge_metrics(texts: list[str | None], named: dict[str, str] | None = None) -> bytes:
+    """One exposition from each worker's: every sample gets a ``worker`` label, families stay whole.
+    ``named``: more expositions, labelled by their key (the supervisor's own: ``worker="supervisor"``)."""
     families: dict[str, Metric] = {}
-    for i, text in enumerate(texts):
+    labelled: list[tuple[str, str | None]] = [(str(i), t) for i, t in enumerate(texts)]
+    labelled += list((named or {}).items())
+    for i, text in labelled:
         if text is None:
             continue
         for fam in text_string_to_metric_families(text):
@@ -253,7 +256,7 @@ def merge_metrics(texts: list[str | None]) -> bytes:
                 merged = Metric(fam.name, fam.documentation, fam.type, fam.unit)
                 families[fam.name] = merged
             for s in fam.samples:
-                merged.samples.append(s._replace(labels={"worker": str(i), **s.labels}))
+                merged.samples.append(s._replace(labels={"worker": i, **s.labels}))
 
     class _Merged:
         def collect(self) -> list[Metric]:
@@ -485,7 +488,7 @@ class _WorkersReload(ConfigWatch):
         mtime: float | None = None,
         load: Callable[[str], GatewayConfig] = load_gateway_config,
     ) -> None:
-        super().__init__(path, mtime=mtime, load=load)
+        super().__init__(path, mtime=mtime, load=load, on_result=sup.reload_result)
         self.sup = sup
 
     def apply(self, new: GatewayConfig, prepared: Any = None) -> str | None:
@@ -511,6 +514,9 @@ class Supervisor:
         self.mtime = mtime
         self.snapshot: str | None = None  # the checked config the workers reload (private directory)
         self.reloads = 0  # valid config reloads sent to the workers
+        # Reloads that never reach a worker (a file refused here, a snapshot not written), by result, on
+        # the admin /metrics as worker="supervisor" (the workers count what they apply).
+        self.reload_failures: dict[str, int] = {}
         self.n = workers
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[BaseProcess | None] = [None] * workers
@@ -793,10 +799,26 @@ class Supervisor:
     async def _all(self, path: str) -> list[tuple[int, bytes] | None]:
         return list(await asyncio.gather(*(self._fetch(p, path) for p in self.admin_ports)))
 
+    def reload_result(self, result: str) -> None:
+        if result in ("invalid", "failed"):
+            self.reload_failures[result] = self.reload_failures.get(result, 0) + 1
+
+    def _own_metrics(self) -> str:
+        if not self.reload_failures:
+            return ""
+        lines = ["# HELP kvgate_gateway_config_reloads_total Config file reloads by result",
+                 "# TYPE kvgate_gateway_config_reloads_total counter"]  # fmt: skip
+        lines += [
+            f'kvgate_gateway_config_reloads_total{{result="{r}"}} {n}'
+            for r, n in self.reload_failures.items()
+        ]
+        return "\n".join(lines) + "\n"
+
     async def _metrics(self, request: Request) -> Response:
         got = await self._all("/metrics")
         texts = [g[1].decode() if g is not None and g[0] == 200 else None for g in got]
-        return Response(body=merge_metrics(texts), content_type=CONTENT_TYPE_LATEST)
+        own = {"supervisor": self._own_metrics()} if self.reload_failures else None
+        return Response(body=merge_metrics(texts, own), content_type=CONTENT_TYPE_LATEST)
 
     async def _healthz(self, request: Request) -> Response:
         alive = sum(1 for p in self.procs if p is not None and p.is_alive())
