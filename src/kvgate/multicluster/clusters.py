@@ -26,8 +26,10 @@ applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``, ``tls``, ``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +108,31 @@ class ParentRef:
 
 
 DEFAULT_PARENT = "kvgate-global"  # the parent's name when the clusters file names none
-DEFAULT_LEASE = "kvgate-hub-controller"  # the writers' Lease when the clusters file names none
+# The writers' Lease when the clusters file names none: this name for the default parent, else this name
+# plus the parent (``default_lease``).
+DEFAULT_LEASE = "kvgate-hub-controller"
+
+
+def install_id(parent: ParentRef | None) -> str:
+    """An install's identity: the parent its controller writes (``group/kind/namespace/name``)."""
+    if parent is None:
+        return "-"
+    return f"{parent.group or 'core'}/{parent.kind}/{parent.namespace}/{parent.name}"
+
+
+def default_lease(namespace: str, parent: ParentRef | None) -> str:
+    """The writers' Lease name of an install following an import in ``namespace`` with ``parent``, when
+    its clusters file names no ``lease``: one per install (the Lease elects one writer among an
+    install's replicas and its ``kvgate hub-controller``; two installs on one hub each need their own, or
+    one of them never writes). The default parent (``<namespace>/kvgate-global``) keeps the plain
+    ``kvgate-hub-controller``; any other parent gives ``kvgate-hub-controller-<parent name>-<hash>``, the
+    hash (8 hex digits of SHA-256) over the whole parent reference, so parents that differ only in
+    namespace, group or kind get distinct Leases. At most 63 characters, a valid object name."""
+    if parent is None or parent == ParentRef(namespace, DEFAULT_PARENT):
+        return DEFAULT_LEASE
+    digest = hashlib.sha256(install_id(parent).encode()).hexdigest()[:8]
+    readable = re.sub(r"[^a-z0-9-]+", "-", parent.name.lower()).strip("-")[:32].strip("-")
+    return "-".join(p for p in (DEFAULT_LEASE, readable, digest) if p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +156,13 @@ class KubeImports:
     parent_mode_only: bool = False
     # The coordination.k8s.io Lease in the hub (namespace, name) every writer of this import competes for:
     # gateways running the controller (``controller: true``) and ``kvgate hub-controller`` under leader
-    # election, so one writes however many run. None: ``<the import's namespace>/kvgate-hub-controller``.
+    # election, so one writes however many run. None: in the import's namespace, named after the install
+    # (``default_lease``: ``kvgate-hub-controller`` for the default parent).
     lease: tuple[str, str] | None = None
 
     @property
     def lease_ref(self) -> tuple[str, str]:
-        return self.lease or (self.namespace, DEFAULT_LEASE)
+        return self.lease or (self.namespace, default_lease(self.namespace, self.parent))
 
 
 @dataclass(frozen=True, slots=True)

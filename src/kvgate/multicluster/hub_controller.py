@@ -56,8 +56,8 @@ RESYNC_S = 30.0  # the hub's imports read back and reconciled this often
 class Election:
     """Leader election among controller replicas (None: this one always runs the controller)."""
 
-    # None: the clusters file's ``kubernetes.lease`` (default: ``kvgate-hub-controller`` in the followed
-    # import's namespace), the Lease gateways running the controller compete for too.
+    # None: the clusters file's ``kubernetes.lease`` (default: the install's, ``clusters.default_lease``,
+    # in the followed import's namespace), the Lease gateways running the controller compete for too.
     name: str | None = None
     namespace: str | None = None
     lease_duration_s: float = 15.0
@@ -308,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ha.add_argument(
         "--ha-lease-name",
-        help=f"the Lease (default: the clusters file's kubernetes.lease, else {DEFAULT_LEASE}); gateways "
-        "with kubernetes.controller true compete for the file's",
+        help=f"the Lease (default: the clusters file's kubernetes.lease, else {DEFAULT_LEASE} for the "
+        f"default parent, {DEFAULT_LEASE}-<parent name>-<hash> for another); gateways with "
+        "kubernetes.controller true compete for the same",
     )
     ha.add_argument(
         "--ha-lease-namespace",

@@ -49,8 +49,13 @@ stop). A member it cannot see yet (not synced, an RBAC error, a lost link) keeps
 exports: nothing is dropped or deleted for a member not seen. An exporter that is not one of its members
 (another kvgate install writing the same hub under the same controller name) is kept too: the controller
 only adds or drops its own members (a delete reads the import first and keeps it if it lists such an
-exporter). Installs are told apart by their parent (``kubernetes.parent``): two installs left at the
-default parent name in one namespace are one install to this rule.
+exporter; a status write keeps those the import lists as read just before it, not as at the last
+read-back). Installs are told apart by their parent (``kubernetes.parent``): two installs left at the
+default parent name in one namespace are one install to this rule. Member names should be unique across
+installs; where they are not, an import another install created (``CREATED_FOR`` naming it) is never
+deleted here, and a name of one of this install's members is dropped from it only once this controller
+saw that member export it (``claimed``): when nothing of ours exports it, only kvgate's entry goes and
+the creating install takes the import back at its read-back.
 
 Under leader election (``kvgate hub-controller``) nothing fences a write: the API server does not check
 the Lease. Every write asks ``leading`` before it is sent, so none leaves once this replica stepped down,
@@ -80,7 +85,7 @@ from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient, KubeError
 from kvgate.k8s.reflector import Reflector
 from kvgate.k8s.tasks import cancel_and_wait
-from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, ParentRef
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, ParentRef, install_id
 
 log = logging.getLogger("kvgate.multicluster.imports")
 
@@ -157,7 +162,8 @@ class ImportController:
     # How often the hub's imports are read back and reconciled (whatever this process thinks it wrote).
     resync_s: float = 30.0
     # Under leader election: whether this replica still leads, asked before every write is sent (None:
-    # always). A write refused so raises ``NotLeading`` (a failed reconcile, retried while it runs).
+    # always). A write refused so raises ``NotLeading``, which ends the pass: no failure, no back-off,
+    # no warning (``stepped_down`` counts them); the next pass starts from a read-back.
     leading: Callable[[], bool] | None = None
     # Gateways running the controller compete for the writers' Lease (``kubernetes.lease``, with each
     # other and with ``kvgate hub-controller``): while this says no the controller is a standby, reading
@@ -170,7 +176,15 @@ class ImportController:
     written: dict[Key, tuple[str, ...]] = field(default_factory=dict)
     # The parent entry's state in each import (``_parent_state``), as written or read back.
     parent_written: dict[Key, tuple[str, str] | None] = field(default_factory=dict)
+    # Imports whose ``CREATED_FOR`` names another install (as last read): never deleted by this
+    # controller, and a member name they list is dropped only if ``claimed`` (member names are each
+    # install's own, so another install's ``east`` may be listed there).
+    foreign: set[Key] = field(default_factory=set)
+    # (import, member) pairs this controller saw its member export (this process): in another install's
+    # import, the names it may remove once they no longer export.
+    claimed: dict[Key, set[str]] = field(default_factory=dict)
     reconciles: int = 0
+    stepped_down: int = 0  # passes ended by a write ``leading`` refused (this replica stepped down)
     error: str | None = None  # why the last reconcile failed (a hub write refused, ...), until one succeeds
     # Every member pool seen, exported or not: (member, key) -> object (to add or remove our condition).
     pools: dict[tuple[str, Key], dict[str, Any]] = field(default_factory=dict)
@@ -182,6 +196,7 @@ class ImportController:
     _read_back: bool = False  # ``written`` is the hub's (False: list the hub's imports first)
     _watch_sync: list[asyncio.Task[None]] = field(default_factory=list)
     _last_clusters: tuple[ClusterSpec, ...] | None = None
+    _orphans_said: set[Key] = field(default_factory=set)  # label-only imports with no CREATED_FOR, logged
 
     async def start(self) -> None:
         for m in self.members:
@@ -231,6 +246,7 @@ class ImportController:
         self.marked.pop((member, key), None)
         if etype != "DELETED" and exported:
             by_member[member] = dict(obj)
+            self.claimed.setdefault(key, set()).add(member)
         else:
             by_member.pop(member, None)
         if not by_member:
@@ -242,7 +258,7 @@ class ImportController:
         # The read-back is due every ``resync_s`` whatever the pool events: a member whose pools change
         # more often than that must not put it off for good.
         next_resync = loop.time() + self.resync_s
-        failures = 0
+        failures = stepdowns = 0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), max(0.0, next_resync - loop.time()))
@@ -253,7 +269,22 @@ class ImportController:
             try:
                 await self.reconcile()
                 self.error = None
+                failures = stepdowns = 0
+            except NotLeading:
+                # Stepped down during the pass: the pass ends there, as a standby's would. Not a hub
+                # failure (no error, no warning). The pass is tried again, quietly, after a pause growing
+                # as a failure's would: a replica whose renewal came late leads again without an
+                # election event, and its writes must not wait for the next resync; a standby's pass
+                # ends at once. Each term starts from a read-back.
+                self.stepped_down += 1
+                stepdowns += 1
+                if stepdowns == 1:
+                    log.info("import reconcile: this replica no longer leads; the pass ended")
+                self._read_back = False
+                self.error = None
                 failures = 0
+                await self._back_off(retry_pause(stepdowns))
+                self._dirty.set()
             except HUB_FAILED as e:
                 failures += 1
                 pause = retry_pause(failures)  # a lasting refusal: back off
@@ -321,14 +352,11 @@ class ImportController:
         if not self._read_back:
             await self._read_hub()
             self._read_back = True
-        unseen = self._unseen()
-        members = {m.name for m in self.members}
         failed: BaseException | None = None
         for key in sorted({*self.exported, *self.written}):
-            # The exporters: the members seen exporting it, and as the hub lists them, those not seen yet
-            # and those that are not this controller's members (another kvgate install on the same hub,
-            # with the same controller name: its exporters are not ours to drop).
-            held = {c for c in self.written.get(key, ()) if c in unseen or c not in members}
+            # The exporters: the members seen exporting it, and as the hub lists them, those this
+            # controller must keep (``_held``: a member not seen yet, another install's exporter).
+            held = self._held(key, self.written.get(key, ()))
             clusters = tuple(sorted({*self.exported.get(key, {}), *held}))
             try:
                 if not clusters:
@@ -339,12 +367,17 @@ class ImportController:
                         self._dirty.set()
                     else:
                         self.written.pop(key, None)
+                        self.foreign.discard(key)
+                        if key not in self.exported:
+                            self.claimed.pop(key, None)
                     continue
                 parent = self._parent_state(key)
                 if self.written.get(key) != clusters or self.parent_written.get(key) != parent:
-                    await self._write(key, clusters, parent)
-                    self.written[key] = clusters
+                    ours = tuple(sorted(self.exported.get(key, {})))
+                    self.written[key] = await self._write(key, ours, parent)
                     self.parent_written[key] = parent
+            except NotLeading:
+                raise  # stepped down: the pass ends (``_loop``)
             except HUB_FAILED as e:
                 log.warning("InferencePoolImport %s/%s not reconciled: %s: %s", *key, type(e).__name__, e)
                 failed = failed or e
@@ -352,17 +385,49 @@ class ImportController:
         if failed is not None:
             raise failed
 
+    def _held(self, key: Key, listed: Sequence[str]) -> set[str]:
+        """Of the exporters the hub lists for ``key``, those this controller keeps though none of its
+        members is seen exporting it: a member not seen yet (not synced, refused, lost), a name that is
+        not one of its members (another kvgate install writing the same hub under the same controller
+        name), and, in an import another install created (``foreign``), a member name this controller
+        never saw its member export (member names are each install's own: another install's ``east``
+        is not ours to drop)."""
+        members, unseen = {m.name for m in self.members}, self._unseen()
+        claimed = self.claimed.get(key, set()) if key in self.foreign else None
+        return {
+            c for c in listed
+            if c and (c in unseen or c not in members or (claimed is not None and c not in claimed))
+        }  # fmt: skip
+
+    def _theirs(self, key: Key, meta: Mapping[str, Any]) -> bool:
+        """Whether the import ``key`` (``meta``: its metadata) was created for another install: a
+        ``CREATED_FOR`` that is not this install's for this import."""
+        created_for = (meta.get("annotations") or {}).get(CREATED_FOR)
+        return created_for is not None and created_for != self._created_for(key)
+
+    def _note_owner(self, key: Key, meta: Mapping[str, Any]) -> None:
+        """``foreign`` for the import ``key`` as just read (``meta``: its metadata)."""
+        if self._theirs(key, meta):
+            self.foreign.add(key)
+        else:
+            self.foreign.discard(key)
+
     def _unseen(self) -> set[str]:
         """Members whose pools this controller has not listed yet (not synced: starting, refused, lost)."""
         return {m.name for m, r in zip(self.members, self._reflectors, strict=False) if not r.synced.is_set()}
 
     async def _read_hub(self) -> None:
-        """``written`` / ``parent_written`` from the hub: every import carrying this controller's entry
-        or kvgate's managed-by label (whoever wrote it: a previous leader, an earlier run), in every
-        namespace."""
+        """``written`` / ``parent_written`` / ``foreign`` from the hub, in every namespace: every import
+        carrying this controller's ``controllers[]`` entry (whoever wrote it: a previous leader, an
+        earlier run, another install: ``foreign`` then, see ``_held``), and every import with no
+        ``controllers[]`` entry at all whose managed-by label and ``CREATED_FOR`` name that very import
+        and this install (created here, its entry never written). A label-only import with no
+        ``CREATED_FOR`` (created by a kvgate before that annotation) is not taken: logged once, to be
+        deleted by hand if stale."""
         rt = R.INFERENCE_POOL_IMPORT
         written: dict[Key, tuple[str, ...]] = {}
         parents: dict[Key, tuple[str, str] | None] = {}
+        foreign: set[Key] = set()
         cont: str | None = None
         while True:
             q: dict[str, Any] = {"limit": 500} | ({"continue": cont} if cont else {})
@@ -370,30 +435,43 @@ class ImportController:
             for obj in page.get("items") or ():
                 meta = obj.get("metadata") or {}
                 key = (meta.get("namespace", "default"), meta.get("name", ""))
-                ctrls = (obj.get("status") or {}).get("controllers") or ()
-                mine = next(
-                    (c for c in ctrls if isinstance(c, dict) and c.get("name") == CONTROLLER_NAME), None
-                )
+                ctrls = [c for c in (obj.get("status") or {}).get("controllers") or () if isinstance(c, dict)]
+                mine = next((c for c in ctrls if c.get("name") == CONTROLLER_NAME), None)
                 if mine is None:
+                    if not ctrls:
+                        self._say_orphan(key, meta)
                     if ctrls or not self._created_here(key, meta):
                         continue  # not one of ours (another controller's: nothing of ours to remove)
                     # Created by this controller (POST) whose entry was never written (the status PATCH
                     # refused, or its writer stepped down in between): ours, exported by nobody yet, so
                     # deleted unless something exports it, rather than left behind for good.
                     mine = {}
-                names = (c.get("name") for c in mine.get("exportingClusters") or () if isinstance(c, dict))
-                written[key] = tuple(sorted(n for n in names if n))
+                written[key] = tuple(sorted(_exporting(mine)))
                 parents[key] = self._parent_read(mine.get("parents"))
+                if self._theirs(key, meta):
+                    foreign.add(key)
             cont = (page.get("metadata") or {}).get("continue")
             if not cont:
                 break
-        self.written, self.parent_written = written, parents
+        self.written, self.parent_written, self.foreign = written, parents, foreign
+
+    def _say_orphan(self, key: Key, meta: Mapping[str, Any]) -> None:
+        """Log, once per import, a label-only import with no ``CREATED_FOR``: left by a kvgate from before
+        that annotation (killed between its create and its status write, as in a rolling upgrade). It
+        is not taken (it could be a hand copy), so nothing deletes it."""
+        labels = meta.get("labels") or {}
+        if key in self._orphans_said or (meta.get("annotations") or {}).get(CREATED_FOR) is not None:
+            return
+        if not all(labels.get(k) == v for k, v in MANAGED_BY.items()):
+            return
+        self._orphans_said.add(key)
+        log.warning("InferencePoolImport %s/%s: kvgate's managed-by label, no %s annotation and no "
+                    "controllers[] entry (left alone; delete it by hand if nothing should import it)",
+                    *key, CREATED_FOR)  # fmt: skip
 
     def _created_for(self, key: Key) -> str:
         """``CREATED_FOR``'s value for the import ``key`` created by this install."""
-        p = self.parent
-        install = "-" if p is None else f"{p.group or 'core'}/{p.kind}/{p.namespace}/{p.name}"
-        return f"{key[0]}/{key[1]} for {install}"
+        return f"{key[0]}/{key[1]} for {install_id(self.parent)}"
 
     def _created_here(self, key: Key, meta: Mapping[str, Any]) -> bool:
         """Whether the import ``key`` (``meta``: its metadata) was created by this install's controller:
@@ -449,6 +527,8 @@ class ImportController:
                 continue
             try:
                 await self._write_condition(clients[member], key, obj, wanted, have)
+            except NotLeading:
+                raise  # stepped down: the pass ends (``_loop``)
             except KubeError as e:  # a conflict or a refusal: the pool's next event brings it back
                 log.warning("Exported condition on %s %s/%s not written: %s", member, *key, e)
                 continue
@@ -501,9 +581,12 @@ class ImportController:
 
     async def _write(
         self, key: Key, clusters: tuple[str, ...], parent: tuple[str, str] | None, *, create: bool = True
-    ) -> None:
+    ) -> tuple[str, ...]:
         """Our ``controllers[]`` entry of the import (created first unless ``create`` is False: a 404
-        then raises, as for an import deleted meanwhile)."""
+        then raises, as for an import deleted meanwhile). The exporters written are ``clusters`` (the
+        members seen exporting it) plus those the import, as read just now, lists and this controller
+        must keep (``_held``): taken from that read, not from the last read-back, so another install's
+        exporter written since is not dropped, nor one it removed since written back. Returned."""
         ns, name = key
         rt = R.INFERENCE_POOL_IMPORT
         body = {
@@ -524,8 +607,10 @@ class ImportController:
         if obj is None:
             obj = await self._hub().request("GET", rt.item_path(ns, name))
         meta = obj.get("metadata", {})
+        self._note_owner(key, meta)
         controllers = [c for c in (obj.get("status") or {}).get("controllers") or () if isinstance(c, dict)]
         mine = next((c for c in controllers if c.get("name") == CONTROLLER_NAME), {})
+        clusters = tuple(sorted({*clusters, *self._held(key, _exporting(mine))}))
         entry: dict[str, Any] = {
             "name": CONTROLLER_NAME,
             "exportingClusters": [{"name": c} for c in clusters],
@@ -550,6 +635,7 @@ class ImportController:
         )  # fmt: skip
         log.info("InferencePoolImport %s/%s: exported by %s%s", ns, name, ", ".join(clusters),
                  "" if parent is None else f"; parent ResolvedRefs {parent[0]}")  # fmt: skip
+        return clusters
 
     def _parents(
         self, have: Any, parent: tuple[str, str] | None, generation: int | None
@@ -592,24 +678,26 @@ class ImportController:
                 raise
             meta = obj.get("metadata", {})
             rv = meta.get("resourceVersion")
+            self._note_owner(key, meta)
             ctrls = [c for c in (obj.get("status") or {}).get("controllers") or () if isinstance(c, dict)]
             others = [c for c in ctrls if c.get("name") != CONTROLLER_NAME]
             mine = next((c for c in ctrls if c.get("name") == CONTROLLER_NAME), {})
-            listed = (c.get("name") for c in mine.get("exportingClusters") or () if isinstance(c, dict))
-            members, unseen = {m.name for m in self.members}, self._unseen()
-            kept = tuple(sorted(n for n in listed if n and (n not in members or n in unseen)))
+            kept = tuple(sorted(self._held(key, _exporting(mine))))
             if kept:
                 return kept
             try:
-                if others:
+                # Another controller's entry, or the import another install created: only our entry
+                # goes (that install, its creator, takes the import back at its read-back and decides).
+                if others or key in self.foreign:
                     if len(others) < len(ctrls):
                         await self._send(
                             self._hub(), "PATCH", path + "/status",
                             body={"metadata": {"resourceVersion": rv}, "status": {"controllers": others}},
                             content_type="application/merge-patch+json",
                         )  # fmt: skip
+                        whose = "another controller's kept" if others else "left to the install that made it"
                         log.info("InferencePoolImport %s/%s: no longer exported here; kvgate's entry "
-                                 "removed (another controller's kept)", ns, name)  # fmt: skip
+                                 "removed (%s)", ns, name, whose)  # fmt: skip
                     return ()
                 pre = {"uid": meta.get("uid"), "resourceVersion": rv}
                 await self._send(self._hub(), "DELETE", path, body={
@@ -630,17 +718,16 @@ class ImportController:
         members = {m.name: m for m in self.members}
         out: list[ClusterSpec] = []
         for cluster, pool in sorted(self.exported.get(key, {}).items()):
-            ann = pool.get("metadata", {}).get("annotations") or {}
             m = members[cluster]
             if not _addressed(pool):
                 continue  # exported, but kvgate has no address to reach it by
             out.append(
                 ClusterSpec(
                     name=cluster,
-                    aggregate=ann.get(AGGREGATE_ANN),
-                    gateway=ann.get(GATEWAY_ANN),
-                    epp=ann.get(EPP_ANN),
-                    health=ann.get(HEALTH_ANN),
+                    aggregate=_ann(pool, AGGREGATE_ANN),
+                    gateway=_ann(pool, GATEWAY_ANN),
+                    epp=_ann(pool, EPP_ANN),
+                    health=_ann(pool, HEALTH_ANN),
                     rtt_ms=m.rtt_ms,
                     priority=m.priority,
                 )
@@ -662,13 +749,29 @@ class ImportController:
         self.on_clusters(ClustersConfig(clusters=clusters, ttl_s=self.ttl_s, refresh_s=self.refresh_s))
 
 
+def _exporting(entry: Mapping[str, Any]) -> list[str]:
+    """The exporter names a ``controllers[]`` entry lists (entries without a name string skipped)."""
+    out = []
+    for c in entry.get("exportingClusters") or ():
+        name = c.get("name") if isinstance(c, dict) else None
+        if isinstance(name, str) and name:
+            out.append(name)
+    return out
+
+
+def _ann(pool: Mapping[str, Any], key: str) -> str | None:
+    """A pool's address annotation: None when absent or empty (a Helm value left empty renders
+    ``kvgate.io/gateway: ""``, which is no address: not routed to, not resolved)."""
+    value = (pool.get("metadata", {}).get("annotations") or {}).get(key)
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
 def _has_gateway(pool: Mapping[str, Any]) -> bool:
-    return bool((pool.get("metadata", {}).get("annotations") or {}).get(GATEWAY_ANN))
+    return _ann(pool, GATEWAY_ANN) is not None
 
 
 def _addressed(pool: Mapping[str, Any]) -> bool:
-    ann = pool.get("metadata", {}).get("annotations") or {}
-    return bool(ann.get(GATEWAY_ANN) or ann.get(EPP_ANN))
+    return _ann(pool, GATEWAY_ANN) is not None or _ann(pool, EPP_ANN) is not None
 
 
 def _find(conditions: Any, ctype: str) -> Mapping[str, Any] | None:
