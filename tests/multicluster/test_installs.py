@@ -1,12 +1,15 @@
-"""Two kvgate installs on one hub (review s8-k8s B1-B4, R1; each failed on main e0e79c1): each install has
-its own writers' Lease, another install's import and exporters are not dropped, an empty address
-annotation is no address, a label-only import with no ``kvgate.io/created-for`` is named in the log. (R3,
-a step-down during a pass is no hub failure: test_imports.py, test_hub_controller.py.)"""
+"""Two kvgate installs on one hub (review s8-k8s B1-B4, R1, R2; each failed on main e0e79c1): each install
+has its own writers' Lease, another install's import and exporters are not dropped, an empty address
+annotation is no address, a label-only import with no ``kvgate.io/created-for`` is named in the log,
+``kvgate serve`` refuses ``parent_mode_only``. (R3, a step-down during a pass is no hub failure:
+test_imports.py, test_hub_controller.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ from kvgate.multicluster import imports
 from kvgate.multicluster.clusters import (
     DEFAULT_LEASE,
     ClustersConfig,
+    ClustersError,
+    ClustersFile,
     ClusterSpec,
     ParentRef,
     load,
@@ -299,3 +304,35 @@ def test_the_hub_epp_does_not_route_to_a_cluster_its_resolved_refs_calls_unresol
     assert [c.name for c in ctl.clusters_for(("default", "llama"))] == ["east"]
     state = ctl._parent_state(("default", "llama"))
     assert state is not None and state[0] == "False" and "west" in state[1]
+
+
+# -- R2: kvgate serve refuses parent_mode_only ---------------------------------------------------------
+
+
+async def test_serve_refuses_parent_mode_only_at_the_start_and_at_a_reload(tmp_path: Path) -> None:
+    """``parent_mode_only: true`` makes the import's ResolvedRefs count only gateway addresses (hub EPPs);
+    ``kvgate serve`` routes in Endpoint mode too, so it was accepted silently and its status was wrong.
+    Now refused: exit 2 naming the key at the start, the last good file kept at a reload."""
+    from kvgate.multicluster.serve import serve_check  # (new with this fix)
+
+    def section(parent_mode_only: bool) -> str:
+        return (f"kubernetes:\n  server: http://127.0.0.1:9\n  import: default/llama\n"
+                f"  parent_mode_only: {str(parent_mode_only).lower()}\n"
+                f"  members:\n  - {{name: east, server: 'http://127.0.0.1:9'}}\n")  # fmt: skip
+
+    f = tmp_path / "c.yaml"
+    f.write_text(section(True))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", "serve", "--clusters", str(f), "--port=0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    assert proc.returncode == 2 and "kubernetes.parent_mode_only" in out and "Traceback" not in out, out
+    with pytest.raises(ClustersError, match="parent_mode_only"):
+        ClustersFile(f, check=serve_check)
+    f.write_text(section(False))
+    cfile = ClustersFile(f, check=serve_check, check_every_s=0.0)
+    f.write_text(section(True) + "# changed\n")
+    os.utime(f, (1, 1))  # (a new mtime whatever the clock's resolution)
+    assert not cfile.maybe_reload(1.0)
+    assert cfile.config.kubernetes is not None and not cfile.config.kubernetes.parent_mode_only

@@ -328,7 +328,9 @@ def load(path: str | Path) -> ClustersConfig:
 
 
 class ClustersFile:
-    """A clusters file and its last good parse; ``on_change`` runs after each successful reload."""
+    """A clusters file and its last good parse; ``on_change`` runs after each successful reload. ``check``
+    (the door's own rules: ``kvgate serve`` refuses ``parent_mode_only``) raises ``ClustersError`` for a
+    file this door cannot run: refused at the start as a parse error is, kept out at a reload."""
 
     def __init__(
         self,
@@ -336,14 +338,22 @@ class ClustersFile:
         *,
         check_every_s: float = 1.0,
         on_change: Callable[[ClustersConfig], None] | None = None,
+        check: Callable[[ClustersConfig], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.check_every_s = check_every_s
         self.on_change = on_change
-        self.config = load(self.path)
+        self.check = check
+        self.config = self._load()
         self._mtime = self._stat()
         self._checked_at: float | None = None
         self.reloads = 0
+
+    def _load(self) -> ClustersConfig:
+        cfg = load(self.path)
+        if self.check is not None:
+            self.check(cfg)
+        return cfg
 
     def _stat(self) -> float | None:
         try:
@@ -360,7 +370,7 @@ class ClustersFile:
             return False
         self._mtime = mtime
         try:
-            cfg = load(self.path)
+            cfg = self._load()
         except ClustersError as e:
             log.warning("clusters file %s not reloaded (keeping the last good one): %s", self.path, e)
             return False

@@ -314,10 +314,25 @@ class ServeArgs:
     seed: int | None = None  # --cluster-policy-seed; None: drawn from os.urandom at start
 
 
+def serve_check(cfg: ClustersConfig) -> None:
+    """What ``kvgate serve`` refuses in a clusters file that parses: ``kubernetes.parent_mode_only: true``
+    says the gateways following the import route in Parent mode only (hub EPPs), and the import's
+    ``ResolvedRefs`` is written so; this gateway also routes in Endpoint mode, so for it that status
+    would be wrong (an exporter with only an EPP address called unresolved though it is routed to)."""
+    kube = cfg.kubernetes
+    if kube is not None and kube.parent_mode_only:
+        raise ClustersError(
+            "kubernetes.parent_mode_only",
+            "true is for hub EPPs (kvgate epp --clusters) and a kvgate hub-controller writing for them; "
+            "kvgate serve routes in Endpoint mode too: remove it, or give the hub EPPs a clusters file "
+            "(and parent) of their own",
+        )
+
+
 def run(args: ServeArgs) -> int:
     """Blocking entry for ``kvgate serve --clusters``; 2 on a bad clusters file."""
     try:
-        cfile = ClustersFile(args.clusters)
+        cfile = ClustersFile(args.clusters, check=serve_check)
     except ClustersError as e:
         print(f"kvgate serve: clusters file error: {e}", file=sys.stderr, flush=True)
         return 2
