@@ -470,6 +470,28 @@ async def _wait_clusters_fresh(url: str, names: set[str], limit_s: float = 60.0)
             await asyncio.sleep(0.2)
 
 
+# What the first global gateway's policy has learnt per cluster (``/v1/clusters``), sampled each
+# LEARNT_EVERY_S into the row's ``learnt``: [offset s, cluster, *these] (None where not learnt yet).
+LEARNT_FIELDS = ("ttft_floor_s", "miss_cost_s", "hit_ttft_s", "miss_ttft_s", "hit_n", "miss_n", "model_bias",
+                 "decode_s", "ramp_window", "home_weight", "first_to", "first_away")  # fmt: skip
+LEARNT_EVERY_S = 1.0
+
+
+async def _poll_learnt(url: str, t0: float, out: list[list[Any]]) -> None:
+    async with aiohttp.ClientSession() as http:
+        while True:
+            await asyncio.sleep(LEARNT_EVERY_S)
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                async with http.get(url + "/v1/clusters", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    at = round(time.perf_counter() - t0, 2)
+                    for c in await r.json():
+                        out.append([at, c["name"], *(_round(c.get(k)) for k in LEARNT_FIELDS)])
+
+
+def _round(x: Any) -> Any:
+    return round(x, 4) if isinstance(x, float) else x
+
+
 PHASES = ("steady", "loss", "partition")
 
 
@@ -514,8 +536,15 @@ async def run_policy(policy: str, phase: str, qps: float, clusters: list[LiveClu
         for url in urls:
             await _wait_clusters_fresh(url, {c.d.name for c in clusters})
         t_start = time.perf_counter()
-        res = await open_loop(urls, cfg.workload.stream(cfg.seed, 100_000), qps, total, cfg.seed,
-                              cfg.request_timeout, events)  # fmt: skip
+        learnt: list[list[Any]] = []
+        poll = asyncio.create_task(_poll_learnt(urls[0], t_start, learnt))
+        try:
+            res = await open_loop(urls, cfg.workload.stream(cfg.seed, 100_000), qps, total, cfg.seed,
+                                  cfg.request_timeout, events)  # fmt: skip
+        finally:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
         wall = time.perf_counter() - t_start
         gm: dict[str, float] = {}
         for url in urls:
@@ -588,6 +617,8 @@ async def run_policy(policy: str, phase: str, qps: float, clusters: list[LiveClu
         ],
     }
     row["trace"] = trace_kinds(res, cfg.warmup, cfg.request_timeout)
+    if learnt:
+        row["learnt"] = {"fields": list(LEARNT_FIELDS), "samples": learnt}
     if loss:
         row["loss_at_s"], row["back_at_s"] = loss_at, back_at
         row["after_return"] = after_return(res, LOST_CLUSTER, back_at + 2.0)

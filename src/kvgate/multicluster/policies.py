@@ -229,6 +229,10 @@ class KvgatePolicy:
         self.per_request = per_request
         self.last_costs: dict[str, float] = {}
         self.last_home: str | None = None
+        # Requests ordered first to each cluster, and of those how many had their prefix home elsewhere
+        # (a spill, or a home that moved): what a trace of the policy reads (``GlobalRouter.summary``).
+        self.first_to: dict[str, int] = {}
+        self.first_away: dict[str, int] = {}
 
     def usable(self, c: ClusterState, now: float) -> bool:
         a = c.aggregate
@@ -444,6 +448,11 @@ class KvgatePolicy:
                 good.remove(first)
                 good.insert(0, first)
         good += capped
+        if good:
+            name = good[0].name
+            self.first_to[name] = self.first_to.get(name, 0) + 1
+            if home is not None and name != home:
+                self.first_away[name] = self.first_away.get(name, 0) + 1
 
         # Then the unknown ones (stale, never fetched, backing off, EPP not serving), nearest first: a
         # request is better tried there than refused. A fresh snapshot with no ready endpoint is never tried.

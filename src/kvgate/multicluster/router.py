@@ -26,7 +26,7 @@ import grpc
 
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, TlsOptions
 from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, EppStream
-from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy
+from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy
 from kvgate.multicluster.state import ClusterState, DispatchNote
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
 from kvgate.openai.sse import SSEScanner
@@ -367,8 +367,10 @@ class GlobalRouter:
     def summary(self) -> list[dict[str, object]]:
         now = self.clock()
         out: list[dict[str, object]] = []
+        p = self.policy
         for st in self.state_list():
             a = st.aggregate
+            usable = isinstance(p, KvgatePolicy) and a is not None and p.usable(st, now)
             out.append(
                 {
                     "name": st.name,
@@ -383,6 +385,19 @@ class GlobalRouter:
                     "sent_total": st.sent_total,
                     "backing_off": not st.available(now),
                     "fetch_error": st.fetch_error,
+                    # What the policy has learnt there (seconds; None: not yet), for benchmarks' traces.
+                    "ttft_floor_s": st.ttft_floor_s,
+                    "miss_cost_s": st.miss_cost_s,
+                    "hit_ttft_s": st.hit_ttft_s,
+                    "miss_ttft_s": st.miss_ttft_s,
+                    "hit_n": st.hit_n,
+                    "miss_n": st.miss_n,
+                    "model_bias": round(st.model_bias(now), 4),
+                    "decode_s": st.decode_s,
+                    "ramp_window": st.ramp_window,
+                    "home_weight": p.home_weight(st) if isinstance(p, KvgatePolicy) and usable else None,
+                    "first_to": p.first_to.get(st.name, 0) if isinstance(p, KvgatePolicy) else None,
+                    "first_away": p.first_away.get(st.name, 0) if isinstance(p, KvgatePolicy) else None,
                 }
             )
         return out
