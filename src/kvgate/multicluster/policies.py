@@ -193,6 +193,9 @@ class KvgateWeights:
 # with another chunk must not re-key every tenant (homes would then move wholesale).
 HOME_BLOCKS = 4
 HOME_CHUNK = 64
+# A home weight's class (a half-octave) changes once the measurement is this many half-octaves from the
+# class's centre (a whole class; rounding alone changes it at half of one): ``KvgatePolicy.home_weight``.
+HOME_CLASS_HOLD = 1.0
 
 
 def _unit(h: int) -> float:
@@ -233,6 +236,7 @@ class KvgatePolicy:
         self.last_home: str | None = None
         # The prior's unit (``prior_scale``): measured floors over their own priors, set by ``order``.
         self.prior_scale = 1.0
+        self._home_class: dict[str, int] = {}  # cluster -> its held home weight class k (2^(k/2))
         # Requests ordered first to each cluster, and of those how many had their prefix home elsewhere
         # (a spill, or a home that moved): what a trace of the policy reads (``GlobalRouter.summary``).
         self.first_to: dict[str, int] = {}
@@ -416,13 +420,20 @@ class KvgatePolicy:
 
     def home_weight(self, c: ClusterState) -> float:
         """A cluster's home weight: its throughput when busy, slots over slot time, as ``slot_time`` but
-        without this gateway's own round trip (``rtt_ms``, which another gateway does not share), then
-        rounded to a half-octave class (2^(k/2)). Two gateways measure a cluster a little differently
-        and a measurement drifts; within a class their homes agree and stay put. (A measurement that
-        crosses a class boundary still moves that cluster's marginal tenants.)"""
+        without this gateway's own round trip (``rtt_ms``, which another gateway does not share), in
+        half-octave classes (2^(k/2)). Two gateways measure a cluster a little differently and a
+        measurement drifts; within a class their homes agree and stay put. The class is held while the
+        measurement stays within HOME_CLASS_HOLD half-octaves of its centre (hysteresis): live, a busy
+        cluster's decode time swings +-20 % with its load (east 2.7-3.9 s in one steady phase), and a
+        weight near a class boundary flipped east's class 5 times in 40 s, each flip moving its marginal
+        tenants' homes back and forth. A cluster in slow start keeps its class: its returning snapshot
+        (slot priors, empty caches) is what the slow start does not trust either."""
         prefill = max(self.base_ttft(c) - c.spec.rtt_ms / 1000.0, 1e-3)
-        w = self.slots(c) / self._slot(c, prefill)
-        return float(2.0 ** (round(2.0 * math.log2(max(w, 1e-9))) / 2.0))
+        x = 2.0 * math.log2(max(self.slots(c) / self._slot(c, prefill), 1e-9))
+        k = self._home_class.get(c.name)
+        if k is None or (c.ramp_window is None and abs(x - k) >= HOME_CLASS_HOLD):
+            k = self._home_class[c.name] = round(x)
+        return float(2.0 ** (k / 2.0))
 
     def cost(self, c: ClusterState, req: ClusterRequest, now: float = 0.0, home: str | None = None) -> float:
         """The predicted TTFT there (seconds), discounted for what makes it cheaper than it looks: the
