@@ -26,7 +26,9 @@ queue (a restarted cluster's slot prior, cold caches) is scaled up by how wrong 
 The cluster's speed as measured, whatever its GPU labels say, is its TTFT floor: the 10th percentile of the
 TTFTs observed there, tracked by a multiplicative stochastic-quantile step (each answer above the floor
 raises it by a small factor, each one below lowers it by a 9 x larger one: scale-free, and one outlier
-moves it by a bounded step). Unlike the recent EWMA it does not fade: left alone, a cluster's load
+moves it by a bounded step). It is the TTFT of a prefix hit (a miss's cost is added to it): once an answer
+has reported a hit there (its cached tokens, else the Bloom summary's sure hit), the hits' own tracker,
+else every answer's. Unlike the recent EWMA it does not fade: left alone, a cluster's load
 changes (its snapshot shows that) but its speed does not.
 """
 
@@ -111,7 +113,13 @@ class ClusterState:
     # 0 (no error) with its age since ``bias_at``; see ``model_bias``.
     log_bias: float = 0.0
     bias_at: float = 0.0
-    ttft_floor_s: float | None = None  # ~10th percentile of the observed TTFTs: the cluster's speed
+    # ~10th percentile of the observed TTFTs of prefix hits: the cluster's speed, what a miss's cost is
+    # added to. The hits' floor once an answer has reported a hit there (``hit_floor_s``), else every
+    # answer's (``any_floor_s``): a cold start's first answers are all misses (1.2 s live against 0.27 s
+    # for a hit), and a cluster with few answers took tens of seconds to walk its floor down from them.
+    ttft_floor_s: float | None = None
+    any_floor_s: float | None = None
+    hit_floor_s: float | None = None
     # Streamed requests sent there still waiting for their first byte: token -> dispatch time (insertion
     # order is dispatch order, so the first is the oldest). Bounded by what is in flight.
     waiting: dict[int, float] = field(default_factory=dict)
@@ -131,7 +139,7 @@ class ClusterState:
     # Tokens whose caller reports the answer's cached tokens at ``finished`` (``dispatched(usage=True)``),
     # and their TTFTs at idle scale with the predicted class, kept from the first byte to the end.
     _usage: dict[int, None] = field(default_factory=dict)
-    _sample: dict[int, tuple[float, bool | None]] = field(default_factory=dict)
+    _sample: dict[int, tuple[float, bool | None, float]] = field(default_factory=dict)  # + the TTFT
     # Prefix home keys this gateway has sent there and the cluster answered, oldest first (bounded): a
     # first send is a sure miss.
     sent_keys: dict[bytes, None] = field(default_factory=dict)
@@ -256,11 +264,12 @@ class ClusterState:
         # At the idle scale (over the queue factor predicted at dispatch; none before any floor: as is).
         factor, wait = self._scale.pop(token, (1.0, 0.0))
         idle = max(0.0, seconds - wait) / factor
-        if token in self._usage:
-            if idle > 0.0:  # classified at its end, by its reported cached tokens if any
-                self._sample[token] = (idle, hit)
+        if token in self._usage:  # classified at its end, by its reported cached tokens if any
+            self._sample[token] = (idle, hit, seconds)
         elif hit is not None:
             self._count_class(hit, idle)
+            if hit:
+                self._hit_floor_step(seconds)
         if load is not None and f is not None and f > 0.0 and seconds > 0.0:
             # Judged against the load factor x the floor now: the speed error is the floor's, not the
             # bias's (before any floor, the first answer sets it: no error to learn from yet).
@@ -271,7 +280,13 @@ class ClusterState:
             self.bias_at = now
             if self.ramp_window is not None:
                 self._ramp_step(r <= RAMP_OK, now)
-        self.ttft_floor_s = _quantile_step(f, seconds, FLOOR_QUANTILE)
+        self.any_floor_s = _quantile_step(self.any_floor_s, seconds, FLOOR_QUANTILE)
+        self.ttft_floor_s = self.any_floor_s if self.hit_floor_s is None else self.hit_floor_s
+
+    def _hit_floor_step(self, seconds: float) -> None:
+        """A prefix hit's TTFT: the floor's own evidence (its first one replaces every answer's floor)."""
+        if seconds > 0.0:
+            self.hit_floor_s = self.ttft_floor_s = _quantile_step(self.hit_floor_s, seconds, FLOOR_QUANTILE)
 
     def _count_class(self, hit: bool, idle: float) -> None:
         if idle <= 0.0:
@@ -381,12 +396,14 @@ class ClusterState:
         self._usage.pop(token, None)
         sample = self._sample.pop(token, None)
         if sample is not None:
-            idle, predicted = sample
+            idle, predicted, ttft = sample
             hit = predicted
             if cached is not None:
                 hit = True if cached >= HIT_SHARE else (False if cached <= MISS_SHARE else None)
             if hit is not None:
                 self._count_class(hit, idle)
+                if hit:
+                    self._hit_floor_step(ttft)
         streamed_unanswered = self.waiting.pop(token, None) is not None
         self._load.pop(token, None)
         self._hit.pop(token, None)
