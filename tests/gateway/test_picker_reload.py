@@ -19,8 +19,8 @@ from kvgate.config.gateway import parse_gateway_config
 from kvgate.datalayer.store import EndpointStore
 from kvgate.gateway import reload as reload_mod
 from kvgate.gateway.pools import Pool
-from kvgate.gateway.prefix_gossip import director_indexes
-from kvgate.gateway.reload import ConfigReloader
+from kvgate.gateway.prefix_gossip import PrefixGossip, pool_indexes
+from kvgate.gateway.reload import ConfigReloader, layout_id
 from kvgate.gateway.server import GatewayServer
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from kvgate.scheduling.types import InferenceRequest, PickResult
@@ -368,43 +368,69 @@ async def test_the_new_pickers_data_sources_catch_up_before_the_swap(backends, t
     assert made[1].stopped
 
 
-async def test_with_workers_a_change_of_the_prefix_layout_is_refused_and_the_rest_applied(
-    backends, tmp_path, caplog
-):
-    """``--workers`` (``fixed_prefix_layout``): the gossip's index ids are positions over the pools' prefix
-    scorers, so a picker change that changes them is refused (logged, ``partial``, restart to apply) while
-    the file's endpoints still apply; a change that keeps them (each prefix scorer as it was) applies,
-    its indexes kept: the same objects the gossip holds."""
-    a, b = await backends(2)
+def test_workers_gossip_only_between_the_same_prefix_layout_across_a_reload(tmp_path):
+    """``--workers``: the prefix gossip's index ids are positions over the pools' prefix scorers. Two
+    workers reloading a moment apart: while one runs the new layout (a re-parametrised prefix scorer: a
+    new index) and the other the old, neither applies the other's insertions (another layout id), and
+    once both have reloaded they gossip again, into the new indexes. Before, the late worker applied the
+    early one's insertions to its old index (the same id, another meaning)."""
     f = tmp_path / "gw.yaml"
-    doc = _doc([a.address], _picker(QUEUE, prefix={"blockSize": 16}))
+    doc = _doc(["127.0.0.1:1001"], _picker(QUEUE, prefix={"blockSize": 16}))
     _write(f, doc)
-    async with running_gateway(parse_gateway_config(doc)) as gw:
-        pool = gw.pools[0]
-        rl = _reloader(f, gw, fixed_prefix_layout=True)
-        gossiped = director_indexes([pool.director])
-        old = pool.director
-        _write(f, _doc([a.address, b.address], _picker(QUEUE, prefix={"blockSize": 32})))
-        for n in (1, 2):  # refused again at each reload until a restart
-            caplog.clear()
-            with caplog.at_level(logging.WARNING, "kvgate.gateway.reload"):
-                assert await rl.areload()
-            assert pool.director is old and _reloads(gw, "partial") == n
-            assert "pools[p] picker changes the prefix scorers" in caplog.text
-            assert (
-                "--workers cannot re-map live" in caplog.text and "keeping the running picker" in caplog.text
-            )
-            assert len(pool.endpoints()) == 2  # the rest of the file applied
-        # A second prefix scorer: the layout changes too.
-        two = _picker(QUEUE, {"type": "prefix-cache-scorer", "name": "second"}, prefix={"blockSize": 16})
-        _write(f, _doc([a.address, b.address], two))
-        assert await rl.areload() and pool.director is old and _reloads(gw, "partial") == 3
-        # The same prefix scorer, another scorer beside it: applied, the gossip's indexes unchanged.
-        _write(f, _doc([a.address, b.address], _picker(QUEUE, {"type": "kv-cache-utilization-scorer"},
-                                                      prefix={"blockSize": 16})))  # fmt: skip
-        assert await rl.areload() and pool.director is not old and _reloads(gw, "applied") == 1
-        after = director_indexes([pool.director])
-        assert len(after) == 1 and after[0] is gossiped[0]
+    workers = []
+    for w in range(2):
+        cfg = parse_gateway_config(doc)
+        pools = make_pools(cfg)
+        gossip = PrefixGossip(
+            pool_indexes(pools), w, lambda _d: None, layout=layout_id([p.cfg for p in pools])
+        )
+
+        def relayout(pools: list[Pool] = pools, gossip: PrefixGossip = gossip) -> None:
+            gossip.relayout(pool_indexes(pools), layout_id([p.cfg for p in pools]))
+
+        rl = ConfigReloader(str(f), cfg, pools, None, on_swap=relayout)
+        workers.append((pools, gossip, rl))
+
+    def index(w: int) -> Any:
+        return pool_indexes(workers[w][0])[0]
+
+    def insert(w: int, hashes: list[int]) -> None:
+        index(w).add("127.0.0.1:1001", hashes)
+        sent: list[bytes] = []
+        g, other = workers[w][1], workers[1 - w][1]
+        g.send = sent.append
+        g.flush()
+        for d in sent:
+            other.receive(d)
+
+    def holds(w: int, hashes: list[int]) -> int:
+        return int(index(w).match(hashes, ["127.0.0.1:1001"])[0])
+
+    insert(0, [1, 2, 3])
+    assert holds(1, [1, 2, 3]) == 3  # the same layout: applied
+    old1 = index(1)
+    # Worker 0 reloads first: blockSize 32, a new index.
+    _write(f, _doc(["127.0.0.1:1001"], _picker(QUEUE, prefix={"blockSize": 32})))
+    assert workers[0][2].reload()
+    assert workers[0][1].layout != workers[1][1].layout
+    insert(0, [7, 8, 9])  # in worker 0's new index: never applied to worker 1's old one
+    assert holds(1, [7, 8, 9]) == 0 and workers[1][1].other_layout == 1
+    insert(1, [4, 5])  # worker 1's old index: never applied to worker 0's new one
+    assert holds(0, [4, 5]) == 0 and workers[0][1].other_layout == 1
+    # Worker 1 reloads: both on the new layout, gossiping into the new indexes.
+    assert workers[1][2].reload()
+    assert workers[0][1].layout == workers[1][1].layout and index(1) is not old1
+    insert(0, [10, 11])
+    assert holds(1, [10, 11]) == 2 and not old1.match([10, 11], ["127.0.0.1:1001"])[0]
+    # A swap that keeps the prefix scorer: the same index, the same layout; the gossip is untouched.
+    kept = index(0)
+    _write(f, _doc(["127.0.0.1:1001"], _picker(QUEUE, {"type": "kv-cache-utilization-scorer"},
+                                              prefix={"blockSize": 32})))  # fmt: skip
+    before = workers[0][1].layout
+    assert workers[0][2].reload() and workers[1][2].reload()
+    assert index(0) is kept and workers[0][1].layout == before
+    insert(1, [20, 21])
+    assert holds(0, [20, 21]) == 2
 
 
 def test_the_supervisor_refuses_a_file_whose_picker_no_worker_could_build(tmp_path, caplog):
@@ -429,17 +455,11 @@ def test_the_supervisor_refuses_a_file_whose_picker_no_worker_could_build(tmp_pa
         assert sup.reload_failures == {"invalid": 1}  # counted here: no worker ever sees it
         merged = merge_metrics([None], {"supervisor": sup._own_metrics()}).decode()
         assert 'kvgate_gateway_config_reloads_total{result="invalid",worker="supervisor"} 1.0' in merged
-        # The prefix layout changed: sent (the workers refuse it alike), but not kept for a restart.
+        # A valid one is sent, and kept for a worker restarted later.
         _write(f, _doc(["127.0.0.1:1"], _picker(QUEUE, prefix={"blockSize": 32})))
         assert watch.reload() and sup.reloads == 1
-        assert read_snapshot(sup.snapshot).pools[0].picker_config["plugins"][1]["parameters"] == {
-            "blockSize": 32
-        }
-        assert sup.cfg.pools[0].picker_config["plugins"][1]["parameters"] == {"blockSize": 16}
-        # One that keeps it is kept.
-        kept = _picker(QUEUE, {"type": "kv-cache-utilization-scorer"}, prefix={"blockSize": 16})
-        _write(f, _doc(["127.0.0.1:1"], kept))
-        assert watch.reload() and sup.cfg.pools[0].picker_config == kept
+        for cfg in (read_snapshot(sup.snapshot), sup.cfg, sup.file_cfg):
+            assert cfg.pools[0].picker_config["plugins"][1]["parameters"] == {"blockSize": 32}
     finally:
         for lock in sup._locks.values():
             os.close(lock)

@@ -347,7 +347,13 @@ async def test_a_snapshot_write_that_keeps_failing_is_logged_with_backoff(tmp_pa
             await task
 
 
-def _write_picker(path: Path, address: str, prefix: dict[str, Any], extra: list[dict[str, Any]]) -> None:
+def _write_picker(
+    path: Path,
+    address: str,
+    prefix: dict[str, Any],
+    extra: list[dict[str, Any]],
+    limits: dict[str, Any] | None = None,
+) -> None:
     plugins = [{"type": "queue-scorer"}, *extra, {"type": "prefix-cache-scorer", "parameters": prefix}]
     picker = {
         "plugins": plugins,
@@ -355,17 +361,16 @@ def _write_picker(path: Path, address: str, prefix: dict[str, Any], extra: list[
     }
     doc = {
         "listen": {"host": "127.0.0.1", "port": 0, "adminPort": 0, "workers": 2},
+        "limits": limits or {},
         "pools": [{"name": "p", "endpoints": [address], "models": ["m"], "endpointPickerConfig": picker}],
     }
     path.write_text(yaml.safe_dump(doc))
 
 
-async def test_workers_swap_a_picker_that_keeps_the_prefix_layout_and_refuse_one_that_does_not(
-    backends, tmp_path
-):
-    """Every worker swaps a picker whose prefix scorers are unchanged (their indexes, which the gossip
-    holds, kept); a change of the prefix scorers is refused by every worker (restart to apply), and a
-    worker restarted later starts on the running picker, not the refused one: it refuses it again."""
+async def test_workers_swap_pickers_and_their_prefix_gossip_follows(backends, tmp_path):
+    """Every worker swaps the picker, whether its prefix scorers stay (their indexes kept) or change (a
+    new index: the gossip moves to the new layout in each worker); insertions still cross between the
+    workers afterwards, and a worker restarted later starts on the reloaded picker."""
     (a,) = await backends(1)
     f, log = tmp_path / "gw.yaml", tmp_path / "stderr"
     _write_picker(f, a.address, {"blockSize": 16}, [])
@@ -373,25 +378,49 @@ async def test_workers_swap_a_picker_that_keeps_the_prefix_layout_and_refuse_one
         assert set(await _statuses(port, SMALL)) == {200}
         _write_picker(f, a.address, {"blockSize": 16}, [{"type": "kv-cache-utilization-scorer"}])
         proc.send_signal(signal.SIGHUP)
-        swapped = "picker swapped (endpointPickerConfig -> endpointPickerConfig); prefix index kept"
-        await _until(lambda: len(_workers_that_logged(log, swapped)) == 2, "not every worker swapped")
+        kept = "picker swapped (endpointPickerConfig -> endpointPickerConfig); prefix index kept"
+        await _until(lambda: len(_workers_that_logged(log, kept)) == 2, "not every worker swapped")
         assert set(await _statuses(port, SMALL)) == {200}
 
         _write_picker(f, a.address, {"blockSize": 32}, [{"type": "kv-cache-utilization-scorer"}])
         proc.send_signal(signal.SIGHUP)
-        refused = "--workers cannot re-map live"
-        await _until(lambda: len(_workers_that_logged(log, refused)) == 2, "not every worker refused")
-        assert set(await _statuses(port, SMALL)) == {200}
+        new = "picker swapped (endpointPickerConfig -> endpointPickerConfig); prefix index new"
+        await _until(lambda: len(_workers_that_logged(log, new)) == 2, "not every worker swapped")
+        applied = await _gossip_applied(admin)
+        assert set(await _statuses(port, BIG)) == {200}  # 20 picks of 15 blocks, spread over both workers
+        await _until_async(lambda: _gossip_applied(admin), lambda n: n > applied, "no insertion crossed")
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
             text = await r.text()
-        assert re.search(r'kvgate_gateway_config_reloads_total\{result="partial",worker="\d"\} 1', text), text
+        assert re.search(r'kvgate_gateway_config_reloads_total\{result="applied",worker="\d"\} 2', text), text
 
         victim = next(p for p in _children(proc.pid) if _is_python(p))
         os.kill(victim, signal.SIGKILL)
         await _until(lambda: victim not in _children(proc.pid), "the killed worker was not reaped")
         await _ready(admin)
-        before = len(_lines(log, refused))
+        before = len(_lines(log, "picker swapped"))
+        # The same picker and a new limit: the restarted worker runs the reloaded picker already, so it
+        # swaps nothing either (it would, had it started from the first file's).
+        extra = [{"type": "kv-cache-utilization-scorer"}]
+        _write_picker(f, a.address, {"blockSize": 32}, extra, limits={"maxBodyBytes": 1024})
         proc.send_signal(signal.SIGHUP)
-        await _until(lambda: len(_lines(log, refused)) == before + 2, "a worker took the refused picker")
+        limited = "limits applied: maxBodyBytes"
+        await _until(lambda: len(_lines(log, limited)) == 2, "not every worker reloaded")
         assert set(await _statuses(port, SMALL)) == {200}
+        assert len(_lines(log, "picker swapped")) == before
     assert proc.returncode == 0
+
+
+async def _gossip_applied(admin: int) -> float:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+        text = await r.text()
+    return sum(
+        float(m.group(1)) for m in re.finditer(r"kvgate_prefix_gossip_applied_total\{[^}]*\} (\S+)", text)
+    )
+
+
+async def _until_async(get: Callable[[], Any], cond: Callable[[Any], bool], what: str) -> None:
+    for _ in range(200):  # 20 s
+        if cond(await get()):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(what)

@@ -157,9 +157,8 @@ class GatewayMetrics:
         self.ejections = Counter(
             "kvgate_gateway_endpoint_ejections_total", "Endpoints ejected after repeated failures", registry=r
         )
-        # ``--config`` reloads (gateway.reload): applied; partial (applied, but a picker change that
-        # --workers cannot take live was refused: restart to apply); invalid (refused whole: the running
-        # config kept); failed (valid, but could not be applied: the running config kept).
+        # ``--config`` reloads (gateway.reload): applied; invalid (refused whole: the running config
+        # kept); failed (valid, but could not be applied: the running config kept).
         self.reloads = Counter(
             "kvgate_gateway_config_reloads_total", "Config file reloads by result", ["result"], registry=r
         )

@@ -15,18 +15,24 @@ between two flushes drops the rest. A lost insertion only costs a cache hit the 
 predicted; the next request of the same prefix re-publishes it. Bounded: the pending batch, and one
 datagram of at most ``MAX_DATAGRAM`` bytes at a time.
 
-Wire format (little-endian), one datagram: ``u8 version, u8 sender`` then records until the end. Version
-2 (sent): each record ``u8 index id, u8 address length, u16 hash count, u32 placeholder blocks, address
-bytes, hash count x u64``, hashes oldest first; the placeholder blocks are older than them. Version 1
-(still read, placeholder 0): the same without the u32. An index id is the position of a prefix scorer in
-the worker's pools (the same config in every worker, so the same ids). A batch's placeholders for one
-endpoint are summed into one (the index's capacity is what they are for) and ride on the record's first
-datagram.
+Wire format (little-endian), one datagram: ``u8 version, u8 sender`` (version 3: then ``u32 layout``)
+then records until the end. Versions 2 and 3: each record ``u8 index id, u8 address length, u16 hash
+count, u32 placeholder blocks, address bytes, hash count x u64``, hashes oldest first; the placeholder
+blocks are older than them. Version 1 (still read, placeholder 0): the same without the u32. An index id
+is the position of a prefix scorer over the worker's pools; ``layout`` names that list of scorers (a hash
+of each one's pool, name and parameters: ``reload.layout_id``), so the same config gives the same ids in
+every worker. A config reload can change the list (a prefix scorer added, removed or re-parametrised):
+each worker then moves to the new layout as it reloads (``relayout``), and a datagram whose layout is not
+the receiver's is dropped (counted), never applied to whichever index has that id there: workers
+reloading a moment apart lose the few insertions of that moment, not their indexes' meaning. Versions 1
+and 2 carry no layout: read as layout 0. A batch's placeholders for one endpoint are summed into one (the
+index's capacity is what they are for) and ride on the record's first datagram.
 """
 
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import socket
 import struct
@@ -38,26 +44,28 @@ from prometheus_client.registry import Collector
 
 from kvgate.scheduling.prefix import PrefixIndex
 
-VERSION = 2
-_READS = (1, 2)  # versions ``decode`` accepts
+VERSION = 3
+_READS = (1, 2, 3)  # versions ``decode`` accepts
 PREFIX_GOSSIP_S = 0.005  # how long a worker's insertion may wait before the others hear of it
 MAX_DATAGRAM = 60_000  # well under the default unix datagram limit (SO_SNDBUF ~208 KiB)
 DEFAULT_MAX_PENDING = 200_000  # hashes between two flushes (~1.6 MB): past it, insertions are dropped
 _HEAD = struct.Struct("<BB")
-_REC = struct.Struct("<BBHI")  # version 2
+_LAYOUT = struct.Struct("<I")  # version 3, after the head
+_REC = struct.Struct("<BBHI")  # versions 2 and 3
 _REC_V1 = struct.Struct("<BBH")
-_MAX_HASHES = (MAX_DATAGRAM - _HEAD.size - _REC.size - 255) // 8
+_MAX_HASHES = (MAX_DATAGRAM - _HEAD.size - _LAYOUT.size - _REC.size - 255) // 8
 _MAX_FILLER = 2**32 - 1
 
 # (index id, address, block hashes oldest first, placeholder blocks older than them)
 Record = tuple[int, str, Sequence[int], int]
 
 
-def encode(sender: int, records: Sequence[Record]) -> list[bytes]:
+def encode(sender: int, records: Sequence[Record], layout: int = 0) -> list[bytes]:
     """Datagrams of at most ``MAX_DATAGRAM`` bytes carrying ``records`` (long ones are split)."""
     out: list[bytes] = []
-    parts: list[bytes] = [_HEAD.pack(VERSION, sender)]
-    size = _HEAD.size
+    head = _HEAD.pack(VERSION, sender) + _LAYOUT.pack(layout & 0xFFFFFFFF)
+    parts: list[bytes] = [head]
+    size = len(head)
     for idx, address, hashes, filler in records:
         addr = address.encode()
         if len(addr) > 255 or idx > 255:
@@ -69,7 +77,7 @@ def encode(sender: int, records: Sequence[Record]) -> list[bytes]:
             rec = _REC.pack(idx, len(addr), len(chunk), filler if start == 0 else 0) + addr + chunk.tobytes()
             if size + len(rec) > MAX_DATAGRAM:
                 out.append(b"".join(parts))
-                parts, size = [_HEAD.pack(VERSION, sender)], _HEAD.size
+                parts, size = [head], len(head)
             parts.append(rec)
             size += len(rec)
     if len(parts) > 1:
@@ -79,13 +87,25 @@ def encode(sender: int, records: Sequence[Record]) -> list[bytes]:
 
 def decode(data: bytes) -> tuple[int, list[Record]]:
     """(sender, records); raises ValueError on a datagram this version cannot read."""
+    sender, _, records = decode_layout(data)
+    return sender, records
+
+
+def decode_layout(data: bytes) -> tuple[int, int, list[Record]]:
+    """(sender, layout, records): ``decode`` with the sender's prefix layout (0 before version 3)."""
     if len(data) < _HEAD.size:
         raise ValueError("short datagram")
     version, sender = _HEAD.unpack_from(data)
     if version not in _READS:
         raise ValueError(f"gossip version {version}")
-    rec = _REC if version == 2 else _REC_V1
+    rec = _REC if version >= 2 else _REC_V1
     pos = _HEAD.size
+    layout = 0
+    if version >= 3:
+        if len(data) < pos + _LAYOUT.size:
+            raise ValueError("short datagram")
+        (layout,) = _LAYOUT.unpack_from(data, pos)
+        pos += _LAYOUT.size
     out: list[Record] = []
     while pos < len(data):
         if pos + rec.size > len(data):
@@ -102,7 +122,7 @@ def decode(data: bytes) -> tuple[int, list[Record]]:
         hashes.frombytes(data[pos + alen : end])
         out.append((idx, address, hashes, filler))
         pos = end
-    return sender, out
+    return sender, layout, out
 
 
 class PrefixGossip:
@@ -114,11 +134,13 @@ class PrefixGossip:
         worker: int,
         send: Callable[[bytes], None],
         max_pending: int = DEFAULT_MAX_PENDING,
+        layout: int = 0,
     ) -> None:
         self.indexes = list(indexes)
         self.worker = worker
         self.send = send
         self.max_pending = max_pending
+        self.layout = layout  # what ``indexes`` are (``reload.layout_id``): others' must match to apply
         # (index id, address) -> hashes in the order the index last touched them, deduplicated (a dict as
         # an ordered set), and the placeholder blocks recorded with them
         self._pending: dict[tuple[int, str], dict[int, None]] = {}
@@ -127,6 +149,22 @@ class PrefixGossip:
         self.dropped = 0  # insertions dropped for the pending bound
         self.applied = 0  # remote records applied
         self.bad = 0  # datagrams that did not decode
+        self.other_layout = 0  # datagrams from a worker on another prefix layout (a reload under way)
+        for i, index in enumerate(self.indexes):
+            index.listener = self._recorder(i)
+
+    def relayout(self, indexes: Sequence[PrefixIndex], layout: int) -> None:
+        """A config reload swapped pickers: gossip ``indexes`` (the new list of prefix indexes, kept ones
+        the same objects) as ``layout`` from now on. What was recorded goes first, as the old layout (the
+        workers still on it apply it; the others drop it)."""
+        same = len(indexes) == len(self.indexes) and all(map(operator.is_, indexes, self.indexes))
+        if layout == self.layout and same:
+            return
+        self.flush()
+        for index in self.indexes:
+            index.listener = None
+        self.indexes = list(indexes)
+        self.layout = layout
         for i, index in enumerate(self.indexes):
             index.listener = self._recorder(i)
 
@@ -158,16 +196,19 @@ class PrefixGossip:
         self._pending.clear()
         fill.clear()
         self._count = 0
-        for datagram in encode(self.worker, records):
+        for datagram in encode(self.worker, records, self.layout):
             self.send(datagram)
 
     def receive(self, data: bytes) -> None:
         try:
-            sender, records = decode(data)
+            sender, layout, records = decode_layout(data)
         except (ValueError, UnicodeDecodeError):
             self.bad += 1
             return
         if sender == self.worker:
+            return
+        if layout != self.layout:  # its index ids name other indexes than ours: never applied
+            self.other_layout += 1
             return
         for idx, address, hashes, filler in records:
             if idx < len(self.indexes):
@@ -238,6 +279,7 @@ class GossipCollector(Collector):
         dropped.add_metric(["pending_bound"], self.gossip.dropped)
         dropped.add_metric(["send_failed"], self.channel.dropped)
         dropped.add_metric(["undecodable"], self.gossip.bad)
+        dropped.add_metric(["other_layout"], self.gossip.other_layout)
         yield dropped
         yield CounterMetricFamily(
             "kvgate_prefix_gossip_applied",

@@ -12,9 +12,10 @@ decode-speed estimates and, per prefix scorer whose name, type and parameters ar
 index; its data sources (KV events) start and catch up before the swap; the old one keeps every request
 it admitted until it finishes (the proxy holds each request's Director), and its flow-control queue
 leaves by its own dispatcher first: the new one's gate counts as saturated until it is empty
-(``Director.predecessor``). With ``--workers`` (prefix gossip: index ids are positions over all pools'
-prefix scorers) a picker change that would change that layout is refused (``result="partial"``,
-restart to apply); one that keeps it applies in every worker alike.
+(``Director.predecessor``). With ``--workers`` each worker swaps alike (the supervisor built the pickers
+first), then moves its prefix gossip to the new list of prefix indexes (``on_swap``): index ids are
+positions in that list, and datagrams carry its ``layout_id``, so a worker never applies a peer's
+insertions made under another layout (workers reload a moment apart).
 
 Everything else that differs from the file the process runs (pools added or removed, models, health,
 objectives, rewrites, auth, rate limits, ``listen``, ...) is logged as ``config reload: changed ...;
@@ -32,10 +33,12 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import os
 import signal
 import time
+import zlib
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,9 +149,8 @@ def changed_pickers(old: GatewayConfig, new: GatewayConfig) -> list[str]:
 
 def prefix_layout(pools: Sequence[PoolConfig]) -> list[tuple[str, str, Any]]:
     """Every prefix scorer of ``pools``' pickers, in order: (pool, plugin name, parameters). With
-    ``--workers`` the prefix gossip's index ids are positions in this list, and each index is kept across
-    a swap only when its scorer's entry is unchanged: a reload that changes it cannot be applied while
-    workers reload a moment apart (each would apply the others' insertions to the wrong index)."""
+    ``--workers`` the prefix gossip's index ids are positions in this list (``prefix_gossip``), and each
+    index is kept across a swap exactly when its scorer's entry is unchanged."""
     kind = PrefixCacheScorer.type_name
     return [
         (pc.name, spec.name, spec.parameters)
@@ -158,12 +160,11 @@ def prefix_layout(pools: Sequence[PoolConfig]) -> list[tuple[str, str, Any]]:
     ]
 
 
-def layout_after(
-    running: Sequence[PoolConfig], new: GatewayConfig, pools: Collection[str]
-) -> list[PoolConfig]:
-    """The running pools' configs with the picker of those named in ``pools`` taken from ``new``."""
-    news = {pc.name: pc for pc in new.pools}
-    return [news[pc.name] if pc.name in pools and pc.name in news else pc for pc in running]
+def layout_id(pools: Sequence[PoolConfig]) -> int:
+    """A 32-bit name for ``prefix_layout(pools)``, the same in every worker for the same config: the
+    prefix gossip applies another worker's insertions only when its layout id is this one."""
+    doc = json.dumps(prefix_layout(pools), sort_keys=True, separators=(",", ":"), default=str)
+    return zlib.crc32(doc.encode())
 
 
 def check_pickers(old: GatewayConfig, new: GatewayConfig) -> None:
@@ -217,7 +218,6 @@ class _Swap:
 @dataclass(slots=True)
 class _Plan:
     swaps: list[_Swap] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)  # pools whose picker change was refused (--workers)
 
 
 class ConfigWatch:
@@ -228,8 +228,8 @@ class ConfigWatch:
     ``mtime``: the file's modification time before the running config was read from it (``kvgate
     serve`` stats it before start-up's probes and pickers), so an edit made meanwhile is applied at the
     first poll; without it, the time now. ``load``: how to read ``path`` (default: validate it as a
-    gateway file). ``on_result``: told each reload's result (``applied``, ``partial``, ``invalid``,
-    ``failed``: the ``kvgate_gateway_config_reloads_total`` label)."""
+    gateway file). ``on_result``: told each reload's result (``applied``, ``invalid``, ``failed``: the
+    ``kvgate_gateway_config_reloads_total`` label)."""
 
     def __init__(
         self,
@@ -345,7 +345,7 @@ class ConfigWatch:
         prepared for nothing."""
 
     def apply(self, new: GatewayConfig, prepared: Any = None) -> str | None:
-        """Apply ``new``; returns the result when not plain ``applied`` (``partial``)."""
+        """Apply ``new``; returns the result when not plain ``applied``."""
         raise NotImplementedError
 
 
@@ -366,8 +366,8 @@ class ConfigReloader(ConfigWatch):
 
     ``server``: the running ``GatewayServer`` (a picker swap starts the new picker's data sources there,
     stops the old one's, refreshes the aggregate; the reload counter is its metrics'). Without one, a
-    picker with data sources cannot be swapped (refused, named). ``fixed_prefix_layout``: ``--workers``
-    with prefix gossip: a picker change that changes ``prefix_layout`` is refused (``partial``)."""
+    picker with data sources cannot be swapped (refused, named). ``on_swap``: called once a reload has
+    swapped pickers (a ``--workers`` worker moves its prefix gossip to the new layout)."""
 
     def __init__(
         self,
@@ -380,7 +380,7 @@ class ConfigReloader(ConfigWatch):
         mtime: float | None = None,
         load: Callable[[str], GatewayConfig] = load_gateway_config,
         server: Any = None,
-        fixed_prefix_layout: bool = False,
+        on_swap: Callable[[], None] | None = None,
     ) -> None:
         counter = getattr(getattr(server, "metrics", None), "reloads", None)
         on_result = None if counter is None else (lambda result: counter.labels(result=result).inc())
@@ -390,7 +390,7 @@ class ConfigReloader(ConfigWatch):
         self.apply_limits = apply_limits
         self.pools = {p.name: p for p in pools}
         self.server = server
-        self.fixed_prefix_layout = fixed_prefix_layout
+        self.on_swap = on_swap
 
     # --- the picker swap ------------------------------------------------------------------------
     def _plan(self, new: GatewayConfig, startable: bool) -> _Plan:
@@ -427,12 +427,6 @@ class ConfigReloader(ConfigWatch):
         except BaseException:
             self._drop(plan)
             raise
-        running = [p.cfg for p in self.pools.values()]
-        if self.fixed_prefix_layout and prefix_layout(running) != prefix_layout(
-            layout_after(running, new, names)
-        ):
-            self._drop(plan)  # (checked once all are built: an invalid picker is named as such first)
-            return _Plan(refused=names)
         return plan
 
     @staticmethod
@@ -521,26 +515,19 @@ class ConfigReloader(ConfigWatch):
         for s in plan.swaps:
             self._swap(s)
         swapped = {s.pool.name for s in plan.swaps}
-        if plan.refused:
-            log.error(
-                "config reload: %s changes the prefix scorers (their number, order, names or parameters), "
-                "which --workers cannot re-map live (the prefix gossip's index ids are their positions); "
-                "keeping the running picker; restart to apply",
-                ", ".join(f"pools[{n}] picker" for n in plan.refused),
-            )
+        if swapped and self.on_swap is not None:
+            self.on_swap()
         if self.apply_limits is not None and new.limits != self.current.limits:
             # It writes them onto the running config (``current``, the server's): once.
             changed = self.apply_limits(new.limits)
             if changed:
                 log.warning("config reload: limits applied: %s", _describe(changed))
         limits_live = self.apply_limits is not None
-        unapplied = not_applied(
-            self.file_cfg, new, limits_live=limits_live, pickers=swapped | set(plan.refused)
-        )
+        unapplied = not_applied(self.file_cfg, new, limits_live=limits_live, pickers=swapped)
         if unapplied:
             log.warning("config reload: changed %s; restart to apply", ", ".join(unapplied))
         take_applied(self.file_cfg, new, limits=limits_live, pickers=swapped)
-        return "partial" if plan.refused else None
+        return None
 
 
 def start_reloader(
@@ -553,12 +540,10 @@ def start_reloader(
     mtime: float | None = None,
     load: Callable[[str], GatewayConfig] = load_gateway_config,
     server: Any = None,
-    fixed_prefix_layout: bool = False,
+    on_swap: Callable[[], None] | None = None,
 ) -> asyncio.Task[None]:
     """One gateway process's reloader, on SIGHUP (and, with ``poll_s``, when the file changes): the
     same for ``kvgate serve`` and for each ``--workers`` worker (which reads the supervisor's snapshot)."""
-    cr = ConfigReloader(
-        path, cfg, pools, poll_s, apply_limits, file_cfg, mtime, load, server, fixed_prefix_layout
-    )
+    cr = ConfigReloader(path, cfg, pools, poll_s, apply_limits, file_cfg, mtime, load, server, on_swap)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, cr.trigger)
     return asyncio.create_task(cr.run())

@@ -60,14 +60,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gateway_config
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway.errors import GatewayError, error_response
-from kvgate.gateway.reload import (
-    ConfigWatch,
-    changed_pickers,
-    check_pickers,
-    layout_after,
-    prefix_layout,
-    take_applied,
-)
+from kvgate.gateway.reload import ConfigWatch, changed_pickers, check_pickers, take_applied
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 
 log = logging.getLogger("kvgate.gateway.workers")
@@ -159,10 +152,20 @@ async def _worker(
                            listen_when_ready=True)  # fmt: skip
     await server.start()
     reloader = None
+    # The prefix gossip, once started: a reload that swaps pickers moves it to the new prefix indexes.
+    gossips: list[Any] = []
+
+    def relayout() -> None:
+        from kvgate.gateway.prefix_gossip import pool_indexes
+        from kvgate.gateway.reload import layout_id
+
+        for g in gossips:
+            g.relayout(pool_indexes(pools), layout_id([p.cfg for p in pools]))
+
     if config_path is not None:  # on the supervisor's SIGHUP only: it watches the file for all workers
         reloader = start_reloader(
             config_path, cfg, pools, server.apply_limits, poll_s=None, file_cfg=file_cfg, load=read_snapshot,
-            server=server, fixed_prefix_layout=gossip_dir is not None and shared is not None,
+            server=server, on_swap=relayout,
         )  # fmt: skip
     # The handler (the reloader's, or SIG_IGN without --config) is in place: SIGHUP may come through now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
@@ -182,7 +185,7 @@ async def _worker(
     sync = asyncio.create_task(_share_inflight(pools, index, shared)) if shared is not None else None
     gossip = None
     if gossip_dir is not None and shared is not None:
-        gossip = asyncio.create_task(_share_prefixes(pools, index, gossip_dir, shared[2]))
+        gossip = asyncio.create_task(_share_prefixes(pools, index, gossip_dir, shared[2], gossips))
     await stop.wait()
     for task in (sync, gossip, reloader):
         if task is not None:
@@ -204,8 +207,11 @@ async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, 
         view.close()
 
 
-async def _share_prefixes(pools: list[Any], index: int, directory: str, workers: int) -> None:
-    """Publish this worker's prefix-index insertions to the others and apply theirs (lossy, batched)."""
+async def _share_prefixes(
+    pools: list[Any], index: int, directory: str, workers: int, out: list[Any] | None = None
+) -> None:
+    """Publish this worker's prefix-index insertions to the others and apply theirs (lossy, batched).
+    ``out`` gets the ``PrefixGossip`` (a config reload's picker swap moves it: ``PrefixGossip.relayout``)."""
     from prometheus_client import REGISTRY
 
     from kvgate.gateway.prefix_gossip import (
@@ -215,9 +221,12 @@ async def _share_prefixes(pools: list[Any], index: int, directory: str, workers:
         PrefixGossip,
         pool_indexes,
     )
+    from kvgate.gateway.reload import layout_id
 
     channel = DatagramChannel(directory, index, workers)
-    gossip = PrefixGossip(pool_indexes(pools), index, channel.send)
+    gossip = PrefixGossip(pool_indexes(pools), index, channel.send, layout=layout_id([p.cfg for p in pools]))
+    if out is not None:
+        out.append(gossip)
     collector = GossipCollector(gossip, channel)
     REGISTRY.register(collector)  # this worker process's default registry, served on its /metrics
     loop = asyncio.get_running_loop()
@@ -675,18 +684,11 @@ class Supervisor:
         worker still starting gets it once up). Each changed picker is built here first (on an empty
         store): one that fails refuses the file (``GatewayConfigError``), so no worker is sent it. What
         the workers apply live (each pool's endpoints, ``limits``, pickers) is kept here too, so a worker
-        restarted later starts from it; the supervisor's admin port takes the limits. With the prefix
-        gossip (more than one worker), a picker change that changes ``reload.prefix_layout`` is what each
-        worker refuses (the same rule, on the same configs): it is not kept either (``partial``)."""
+        restarted later starts from it; the supervisor's admin port takes the limits."""
         check_pickers(self.file_cfg, new)
         self.write_snapshot(new)
         self.reloads += 1
         pickers = changed_pickers(self.file_cfg, new)
-        refused = False
-        if pickers and self.n > 1:
-            running = self.cfg.pools
-            if prefix_layout(running) != prefix_layout(layout_after(running, new, pickers)):
-                pickers, refused = [], True
         take_applied(self.cfg, new, pickers=pickers)
         if self.file_cfg is not self.cfg:
             take_applied(self.file_cfg, new, pickers=pickers)
@@ -695,7 +697,7 @@ class Supervisor:
         for i, proc in enumerate(self.procs):
             if proc is not None and self.admin_ports[i] is not None:
                 self._signal_reload(proc)
-        return "partial" if refused else None
+        return None
 
     @staticmethod
     def _signal_reload(proc: BaseProcess) -> None:
