@@ -453,18 +453,25 @@ class FlowController:
         self._decay(now)
         return self._rate / LOAD_WINDOW_S * self._residence
 
-    def running_reserve(self, now: float, slots: int) -> int:
-        """The smallest R such that the requests not held back, at their measured load, find R slots
-        all busy at most ``RESERVE_MISS`` of the time (Erlang B(R, load) <= RESERVE_MISS); at most
-        ``fairShareHeadroom`` of ``slots``."""
+    def running_reserve(self, now: float, slots: int, share: float = 1.0) -> int:
+        """The smallest R such that the requests not held back, at ``share`` of their measured load,
+        find R slots all busy at most ``RESERVE_MISS`` of the time (Erlang B(R, load) <= RESERVE_MISS);
+        at most ``fairShareHeadroom`` of ``slots``."""
         return erlang_b_servers(
-            self.offered_load(now), RESERVE_MISS, int(slots * self.cfg.fair_share_headroom)
+            self.offered_load(now) * share, RESERVE_MISS, int(slots * self.cfg.fair_share_headroom)
         )
 
+    def over_flows(self) -> list[str]:
+        """The flows with requests in flight that are over their share now. O(flows in flight)."""
+        n, total, factor = len(self._places), self.inflight_total + self.count, self._over_factor
+        queued = self.queued
+        return [f for f, k in self.inflight.items() if (k + queued.get(f, 0)) * n > factor * total]
+
     def held_inflight(self) -> int:
-        """Requests in flight that count as held back: those the headroom held back at their dispatch,
-        and every one of a flow over its share now (a flood's first requests, sent while it was still
-        under its share, count once it is over). O(flows in flight)."""
+        """Requests in flight that count as held back, over the whole pool: those the headroom held
+        back at their dispatch, and every one of a flow over its share now (a flood's first requests,
+        sent while it was still under its share, count once it is over). O(flows in flight). (The
+        Director's gate counts them per endpoint, on the request's candidates only.)"""
         n, total, factor = len(self._places), self.inflight_total + self.count, self._over_factor
         queued, dispatched = self.queued, self.held_dispatched
         held = 0
@@ -476,8 +483,9 @@ class FlowController:
         return held
 
     def reserve_full(self, req: InferenceRequest, now: float, slots: int) -> bool:
-        """``fairShareRunningReserve``: may ``req`` not take one of the pool's ``slots`` running slots,
-        as the headroom holds it back and the requests held back already hold all but the reserve?"""
+        """``fairShareRunningReserve`` on one pool of ``slots`` running slots that holds every request
+        in flight: may ``req`` not take one, as the headroom holds it back and the requests held back
+        already hold all but the reserve? (The Director's gate does the same per endpoint.)"""
         if not (self.cfg.fair_share_running_reserve and self.held_back(req, now)):
             return False
         return self.held_inflight() >= slots - self.running_reserve(now, slots)

@@ -84,8 +84,11 @@ def dispatch_ready(
 
 def _due_instead(ctl: FlowController, item: QueuedRequest, now: float) -> QueuedRequest | None:
     """With ``fairShareSLOFirst``: when ``item`` waits only because the headroom holds it back, the
-    earliest-deadline due head among the band's other flows (one look per flow, one gate check)."""
-    if not (ctl.cfg.fair_share_slo_first and ctl.headroom):
+    earliest-deadline due head among the band's other flows (one look per flow, one gate check).
+    With ``fairShareRunningReserve`` a held-back request waits on the reserve whatever the adapted
+    headroom's value, so the look is taken at a headroom of 0 too."""
+    cfg = ctl.cfg
+    if not (cfg.fair_share_slo_first and (ctl.headroom or cfg.fair_share_running_reserve)):
         return None
     if not ctl.held_back(item.req, now, item.slo_deadline):
         return None

@@ -51,6 +51,7 @@ from kvgate.scheduling.types import (
     InferenceRequest,
     NoCapacityError,
     PickResult,
+    PredictedMissError,
     SchedulingError,
     ShedError,
     Usage,
@@ -85,6 +86,34 @@ class _Track:
     held: bool = False  # the fair-share headroom held it back at dispatch (fairShareRunningReserve)
 
 
+class _FlowsOn:
+    """``fairShareRunningReserve``: one endpoint's requests in flight per flow, and those of them the
+    headroom held back at their dispatch."""
+
+    __slots__ = ("held", "held_total", "n")
+
+    def __init__(self) -> None:
+        self.n: dict[str, int] = {}
+        self.held: dict[str, int] = {}
+        self.held_total = 0
+
+    def add(self, flow: str, held: bool, delta: int) -> bool:
+        """Count one request of ``flow`` in (+1) or out (-1); True when the endpoint has none left."""
+        k = self.n.get(flow, 0) + delta
+        if k > 0:
+            self.n[flow] = k
+        else:
+            self.n.pop(flow, None)
+        if held:
+            h = self.held.get(flow, 0) + delta
+            if h > 0:
+                self.held[flow] = h
+            else:
+                self.held.pop(flow, None)
+            self.held_total += delta
+        return not self.n
+
+
 class Director:
     def __init__(
         self,
@@ -116,6 +145,7 @@ class Director:
         self._tracks: OrderedDict[tuple[str, str], _Track] = OrderedDict()
         # Sheddable requests a door can stop before their first token, oldest first (preemption).
         self._victims: OrderedDict[tuple[str, str], InferenceRequest] = OrderedDict()
+        self._flows_on: dict[str, _FlowsOn] = {}  # address -> its requests per flow (running reserve)
         self.mean_decode = float(DEFAULT_DECODE_TOKENS)
         # Per-endpoint speed from decode paces normalised by batch (``InFlight.pace``, read by the cost
         # scorer): replicas of unequal speed are compared by what they can do, not how loaded they are.
@@ -230,8 +260,11 @@ class Director:
         except SchedulingError:
             return False  # let the pick fail with its own error
         flow, now = self.flow, self.clock()
-        slots = self._running_slots()
-        if flow is not None and slots and flow.ctl.reserve_full(req, now, slots * len(cands)):
+        if (
+            flow is not None
+            and flow.ctl.cfg.fair_share_running_reserve
+            and self._reserve_full(req, cands, now)
+        ):
             return True  # flowControl.fairShareRunningReserve: the rest is kept for the others
         if flow is not None and flow.ctl.headroom and flow.ctl.held_back(req, now):
             # flowControl.fairShareHeadroom: the last part of the capacity is kept for flows at or
@@ -239,6 +272,28 @@ class Director:
             pending_only = flow.ctl.cfg.fair_share_headroom_on == "pending"
             return self.detector.saturated_reserving(cands, now, flow.ctl.headroom, pending_only)
         return self.detector.saturated(cands, now)
+
+    def _reserve_full(self, req: InferenceRequest, cands: Sequence[Endpoint], now: float) -> bool:
+        """``fairShareRunningReserve``: is ``req`` held back, and do the requests held back on its
+        candidates hold all of their running slots but the reserve? The reserve is sized for the share
+        of the others' load those candidates take: all of it for a request without a subset hint (the
+        others' requests go to the healthy endpoints), their share of the healthy endpoints for one
+        with a hint. Requests running on an endpoint out of the candidates take none of their slots."""
+        flow, slots = self.flow, self._running_slots()
+        if flow is None or not slots or not flow.ctl.held_back(req, now):
+            return False
+        share = 1.0
+        if req.subset is not None:
+            healthy = gate(self.store.all(), now, self.health)
+            share = len(cands) / max(1, len(healthy))
+        over = flow.ctl.over_flows()
+        held = 0
+        for ep in cands:
+            on = self._flows_on.get(ep.address)
+            if on is not None:
+                held += on.held_total + sum(on.n.get(f, 0) - on.held.get(f, 0) for f in over)
+        total = slots * len(cands)
+        return held >= total - flow.ctl.running_reserve(now, total, share)
 
     def _running_slots(self) -> int:
         """Each endpoint's running-batch limit, where the dispatch gate knows it (concurrency-detector
@@ -322,7 +377,7 @@ class Director:
                 continue
             # Released now: the door's own on_finished for it finds no track and does nothing.
             del self._tracks[key]
-            self._flow_ended(track)
+            self._flow_ended(track, key[1])
             self._picked.pop(key[0], None)
             ep = self.store.get(key[1])
             if ep is not None:
@@ -346,10 +401,19 @@ class Director:
     ) -> PickResult:
         """``judge``: flow control's pick as the request leaves the queue, where ``sloAdmission`` judges
         it; a front door's own pick (a retry after a failed attempt: admitted already) is never judged.
-        ``only``: the candidates to choose from (a subset of ``candidates(req)``; None: all of them)."""
+        ``only``: the candidates to choose from first (a subset of ``candidates(req)``; None: all of
+        them); when the profile keeps none of them (a filter: a subset, a header naming an endpoint), it
+        chooses among all, as without ``only``."""
         t0 = self.timer()
         try:
-            result = self._pick(req, explain, judge, only)
+            try:
+                result = self._pick(req, explain, judge, only)
+            except PredictedMissError:
+                raise  # (judged on what it may be sent to now: held or shed as such)
+            except SchedulingError:
+                if only is None:
+                    raise
+                result = self._pick(req, explain, judge, None)
         except PredictedSLOMissError:
             raise  # (sloAdmission: flow control counts it, held or shed; a hold is no scheduler error)
         except SchedulingError as e:
@@ -441,10 +505,12 @@ class Director:
             ep = self.store.get(addr)
             if ep is not None:
                 self._release(ep, old)
-            self._flow_ended(old)
+            self._flow_ended(old, addr)
         if self.flow is not None:
             track.flow = flow_of(req)
             track.held = self.flow.ctl.started(track.flow, req, track.sent_at)
+            if self.flow.ctl.cfg.fair_share_running_reserve:
+                self._flows_on.setdefault(endpoint.address, _FlowsOn()).add(track.flow, track.held, +1)
         inf = endpoint.inflight
         inf.requests += 1
         inf.pending_prefill_tokens += track.prefill
@@ -486,7 +552,7 @@ class Director:
         if track.stop is not None:
             self._victims.pop((req.request_id, endpoint.address), None)
         self._release(endpoint, track)
-        self._flow_ended(track, finished=ok)
+        self._flow_ended(track, endpoint.address, finished=ok)
         if self.flow is not None or self.predecessor is not None:
             self._notify()
         if self._observers:
@@ -523,12 +589,15 @@ class Director:
             n = max(n, met.running_requests)
         return float(n)
 
-    def _flow_ended(self, track: _Track, finished: bool = False) -> None:
+    def _flow_ended(self, track: _Track, address: str, finished: bool = False) -> None:
         """``finished``: it ran to its end (its time from dispatch is a residence to learn from; not
         for a preempted victim or a forgotten track)."""
         if track.flow is not None and self.flow is not None:
             residence = self.clock() - track.sent_at if finished else None
             self.flow.ctl.ended(track.flow, residence, track.held)
+            on = self._flows_on.get(address)
+            if on is not None and on.add(track.flow, track.held, -1):
+                del self._flows_on[address]
 
     @staticmethod
     def _release(endpoint: Endpoint, track: _Track) -> None:
