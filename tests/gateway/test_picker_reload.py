@@ -107,7 +107,7 @@ QUEUE = {"type": "queue-scorer"}
 
 
 def _picker(
-    *plugins: dict[str, Any], flow: bool = False, prefix: dict[str, Any] | None = None
+    *plugins: dict[str, Any], flow: bool = False, prefix: dict[str, Any] | None = None, slots: int = 1
 ) -> dict[str, Any]:
     plugs = [dict(p) for p in plugins]
     if prefix is not None:
@@ -120,7 +120,7 @@ def _picker(
     }
     if flow:
         doc["featureGates"] = ["flowControl"]
-        doc["saturationDetector"] = {"type": "concurrency-detector", "parameters": {"maxConcurrency": 1}}
+        doc["saturationDetector"] = {"type": "concurrency-detector", "parameters": {"maxConcurrency": slots}}
     return doc
 
 
@@ -481,3 +481,32 @@ def test_a_synchronous_reload_swaps_a_picker_and_no_longer_asks_for_a_restart(tm
     assert "picker swapped (round-robin -> least-request)" in caplog.text
     assert "restart to apply" not in caplog.text
     assert rl.reload() and "restart to apply" not in caplog.text
+
+
+async def test_two_reloads_a_moment_apart_keep_the_oldest_queue_first(tmp_path):
+    """A second swap while the first one's predecessor still holds queued requests (the picker in
+    between has none): the newest picker still waits behind that oldest queue. (The new pickers allow
+    two requests, the old one one: with one in flight the old queue stays put, the new gate has room.)"""
+    f = tmp_path / "gw.yaml"
+    doc = _doc(["127.0.0.1:1001"], _picker(QUEUE, flow=True))
+    _write(f, doc)
+    cfg = parse_gateway_config(doc)
+    pools = make_pools(cfg)
+    pool = pools[0]
+    (ep,) = pool.endpoints()
+    rl = ConfigReloader(str(f), cfg, pools, None)
+    old = pool.director
+    ep.inflight.requests = 1  # full for the old picker: the next request queues there
+    b = asyncio.create_task(old.admit(InferenceRequest("b", "m")))
+    await _until(lambda: old.queued() == 1)
+    for extra in ({"type": "kv-cache-utilization-scorer"}, {"type": "running-requests-size-scorer"}):
+        _write(f, _doc(["127.0.0.1:1001"], _picker(QUEUE, extra, flow=True, slots=2)))
+        assert rl.reload()
+    newest = pool.director
+    assert newest.queued() == 0 and old.queued() == 1
+    c = asyncio.create_task(newest.admit(InferenceRequest("c", "m")))
+    await _until(lambda: newest.queued() == 1 or c.done())
+    assert not c.done(), "the newest picker overtook the oldest queue"
+    ep.inflight.requests = 0  # the old queue leaves first, then the newest's
+    assert (await asyncio.wait_for(b, 10)).primary is ep
+    assert (await asyncio.wait_for(c, 10)).primary is ep

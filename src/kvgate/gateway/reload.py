@@ -480,7 +480,8 @@ class ConfigReloader(ConfigWatch):
                 if getattr(f, "__self__", None) in handle.plugins.values():
                     pool.store.remove_listener(f)
         queued = old.queued() if hasattr(old, "queued") else 0
-        if queued and hasattr(s.director, "predecessor"):
+        # Behind the old one while it, or a predecessor of its own (reloads a moment apart), holds a queue.
+        if hasattr(s.director, "predecessor") and (queued or getattr(old, "predecessor", None) is not None):
             s.director.predecessor = old
         old_desc = picker_of(pool.cfg) if isinstance(picker_of(pool.cfg), str) else "endpointPickerConfig"
         new_desc = picker_of(s.pc) if isinstance(picker_of(s.pc), str) else "endpointPickerConfig"
