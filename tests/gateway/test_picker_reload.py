@@ -184,6 +184,7 @@ async def test_an_invalid_picker_refuses_the_whole_reload_and_names_its_key(back
         with caplog.at_level(logging.WARNING, "kvgate.gateway.reload"):
             assert await rl.areload()
         assert pool.director is not old and _reloads(gw, "applied") == 1
+        assert pool.director.health is old.health  # the server's thresholds (health: restart to apply)
         assert "restart to apply" not in caplog.text
         assert len(pool.endpoints()) == 2
         assert await _post(s, gw) == 200
@@ -510,3 +511,27 @@ async def test_two_reloads_a_moment_apart_keep_the_oldest_queue_first(tmp_path):
     ep.inflight.requests = 0  # the old queue leaves first, then the newest's
     assert (await asyncio.wait_for(b, 10)).primary is ep
     assert (await asyncio.wait_for(c, 10)).primary is ep
+
+
+async def test_the_pool_aggregate_follows_the_swapped_picker(backends, tmp_path):
+    """``/v1/pool/aggregate`` (what a multi-cluster gateway reads) takes its prefix summary from the
+    pool's prefix scorer: built again after a swap, it summarises the new picker's index (it kept the
+    old picker's, here none: no summary ever)."""
+    (a,) = await backends(1)
+    f = tmp_path / "gw.yaml"
+    doc = _doc([a.address])
+    _write(f, doc)
+    async with running_gateway(parse_gateway_config(doc)) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/pool/aggregate?pool=p"
+
+        async def summary() -> Any:
+            async with s.get(url) as r:
+                assert r.status == 200
+                doc = orjson.loads(await r.read())
+            return {k: v for k, v in doc.items() if "prefix" in k.lower() and v}
+
+        assert not await summary()  # round-robin: no prefix scorer
+        _write(f, _doc([a.address], _picker(QUEUE, prefix={"blockSize": 16})))
+        assert await _reloader(f, gw).areload()
+        assert await _post(s, gw, "hello " * 200) == 200
+        assert await summary()
