@@ -218,6 +218,14 @@ async def test_a_swap_keeps_the_prefix_index_only_when_the_scorer_is_unchanged(b
         kept = pool.director.handle.find(PrefixCacheScorer)
         assert kept is not scorer and kept.index is scorer.index
         assert pool.endpoints()[0] is ep and ep.metrics.running_requests == 3
+        # Session affinity added, then carried across a swap that keeps it.
+        sessions = {"type": "session-affinity-scorer"}
+        _write(f, _doc([a.address], _picker(QUEUE, sessions, prefix={"blockSize": 16})))
+        assert await rl.areload()
+        pool.director.handle.plugins["session-affinity-scorer"].sessions["s1"] = ep.address
+        _write(f, _doc([a.address], _picker(sessions, prefix={"blockSize": 16})))
+        assert await rl.areload()
+        assert pool.director.handle.plugins["session-affinity-scorer"].sessions == {"s1": ep.address}
         # Its parameters changed: a new index (its blocks would not mean the same).
         _write(f, _doc([a.address], _picker(QUEUE, prefix={"blockSize": 32})))
         assert await rl.areload()

@@ -54,6 +54,7 @@ from kvgate.config.gateway import (
 from kvgate.datalayer.store import make_endpoint
 from kvgate.gateway.pools import Pool, build_director_for, picker_key, picker_of, picker_spec
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
+from kvgate.scheduling.plugins.session import SessionAffinityScorer
 
 log = logging.getLogger("kvgate.gateway.reload")
 
@@ -181,8 +182,9 @@ def check_pickers(old: GatewayConfig, new: GatewayConfig) -> None:
 
 def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[str]:
     """What a pool's new Director takes over from the old one; returns the prefix scorers whose index
-    it kept. The health policy and decode-speed estimates always; a prefix scorer's index when the
-    scorer's name, type and parameters are unchanged (else its blocks may not mean the same)."""
+    it kept. The health policy and decode-speed estimates always; a prefix scorer's index, and a session
+    affinity scorer's sessions, when the scorer's name, type and parameters are unchanged (else its
+    blocks may not mean the same)."""
     for attr in ("health", "speed", "mean_decode"):
         if hasattr(old, attr) and hasattr(new, attr):
             setattr(new, attr, getattr(old, attr))
@@ -193,12 +195,14 @@ def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[s
     kept = []
     for name, plugin in handle.plugins.items():
         prev = old_handle.plugins.get(name)
-        if not (isinstance(plugin, PrefixCacheScorer) and isinstance(prev, PrefixCacheScorer)):
-            continue
         a, b = ospec.plugin(name), nspec.plugin(name)
-        if a is not None and b is not None and (a.type, a.parameters) == (b.type, b.parameters):
+        if prev is None or a is None or b is None or (a.type, a.parameters) != (b.type, b.parameters):
+            continue
+        if isinstance(plugin, PrefixCacheScorer) and isinstance(prev, PrefixCacheScorer):
             plugin.take_index(prev)
             kept.append(name)
+        elif isinstance(plugin, SessionAffinityScorer) and isinstance(prev, SessionAffinityScorer):
+            plugin.sessions = prev.sessions  # (sessions stay on their endpoints across the swap)
     return kept
 
 
