@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,9 +12,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from kvgate.config.director import build_director
 from kvgate.datalayer.mappings import filter_query
 from kvgate.datalayer.scraper import QUIET_S, UNFILTERED_RETRY_S, MetricsScraper, is_fresh
 from kvgate.datalayer.store import EndpointStore, make_endpoint
+from kvgate.flowcontrol.saturation import UtilizationDetector
+from kvgate.scheduling.framework import PluginHandle
+from kvgate.scheduling.types import InferenceRequest
 
 
 class FakeServer:
@@ -22,12 +26,15 @@ class FakeServer:
         self.page = 'vllm:num_requests_waiting{model_name="m"} 0\n'
         self.status = 200
         self.hits = 0
+        self.during: Callable[[], None] = lambda: None  # runs while a request is being answered
         self.runner: web.AppRunner | None = None
         self.address = ""
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.hits += 1
-        return web.Response(text=self.page, status=self.status)
+        page = self.page  # the server's state when the request arrived
+        self.during()
+        return web.Response(text=page, status=self.status)
 
     async def start(self) -> None:
         app = web.Application()
@@ -579,3 +586,89 @@ async def test_a_redirecting_endpoint_tries_the_lean_client_again_later() -> Non
     finally:
         await scraper.stop()
         await runner.cleanup()
+
+
+# -- review s8-sat: the gateway's own load beside each page, and the carry-forward it feeds --------------
+
+_PAGE = (
+    'vllm:num_requests_waiting{model_name="m"} %d\n'
+    'vllm:num_requests_running{model_name="m"} %d\n'
+    'vllm:kv_cache_usage_perc{model_name="m"} 0.05\n'
+    'vllm:cache_config_info{block_size="128",num_gpu_blocks="64"} 1\n'
+)  # 8,192 tokens of KV cache
+
+
+def _carrying() -> UtilizationDetector:
+    return UtilizationDetector("u", PluginHandle(), own_load_staleness=1.0)
+
+
+async def _page_with_own(srv: FakeServer, waiting: int, n: int, prompt: int, decode: int):  # type: ignore[no-untyped-def]
+    """The page at t=0 with ``n`` requests of this gateway's own dispatched before it, none started."""
+    store = EndpointStore([make_endpoint(srv.address)])
+    ep = store.get(srv.address)
+    assert ep is not None
+    director = build_director("round-robin", store, clock=lambda: 0.0, seed=0)
+    reqs = [InferenceRequest(f"r{i}", "m", prompt_tokens=prompt, max_tokens=decode) for i in range(n)]
+    for r in reqs:
+        director.on_dispatched(r, ep)
+    srv.page = _PAGE % (waiting, 0)
+    scraper = MetricsScraper(store, clock=lambda: 0.0)
+    try:
+        assert await scraper.scrape(ep)
+    finally:
+        await scraper.stop()
+    assert ep.metrics.own_explained
+    return ep, director, reqs
+
+
+@pytest.mark.parametrize("waiting", [5, 0])
+async def test_the_kv_of_its_requests_not_started_at_the_page_counts_when_they_start(
+    servers: list[FakeServer], waiting: int
+) -> None:
+    """s8-sat B1: requests sent before the page that were waiting on it (``waiting`` 5), or not on it at
+    all (still in the server's API process, ``waiting`` 0), hold no KV on the page. Failed before: only
+    tokens sent after the page counted, so once they started the carried score was 0.0625 (the page's
+    5 % KV) for a full cache."""
+    ep, director, reqs = await _page_with_own(servers[0], waiting, 5, prompt=1_500, decode=100)
+    d = _carrying()
+    for r in reqs:  # t=0.3: the server has started all five: 5 x 1,600 of 8,192 tokens
+        director.on_first_token(r, ep)
+    score = d.endpoint_saturation(ep, 0.3)
+    assert score >= (0.05 + 5 * 1_600 / 8_192) / 0.8 - 1e-9, f"score {score:.4f}"
+    assert d.endpoint_saturation(ep, 0.1) == pytest.approx(score)  # the same at any age
+
+
+async def test_its_load_is_read_before_the_scrape_is_sent(servers: list[FakeServer]) -> None:
+    """s8-sat B4: requests dispatched while the GET is in flight are not on the page. Failed before:
+    the requests were read after the GET, so the six sent during it never counted in the carried queue
+    (0.154 for six of its own waiting), and three sent during it "explained" three running requests of
+    someone else's."""
+    srv = servers[0]
+    store = EndpointStore([make_endpoint(srv.address)])
+    ep = store.get(srv.address)
+    assert ep is not None
+    director = build_director("round-robin", store, clock=lambda: 0.0, seed=0)
+    n = 0
+
+    def dispatch(k: int) -> Callable[[], None]:
+        def go() -> None:
+            nonlocal n
+            for _ in range(k):
+                n += 1
+                director.on_dispatched(InferenceRequest(f"r{n}", "m", prompt_tokens=90, max_tokens=10), ep)
+
+        return go
+
+    srv.page, srv.during = _PAGE % (0, 0), dispatch(6)  # idle when the GET arrived
+    scraper = MetricsScraper(store, clock=lambda: 0.0)
+    try:
+        assert await scraper.scrape(ep)
+        score = _carrying().endpoint_saturation(ep, 0.3)
+        assert score >= 6 / 5, f"score {score:.4f} with 6 of its own requests not started"
+        for i in range(1, n + 1):  # they finish
+            director.on_finished(InferenceRequest(f"r{i}", "m"), ep, None, False)
+        srv.page, srv.during = _PAGE % (0, 3), dispatch(3)  # three running, none of them its own
+        assert await scraper.scrape(ep)
+        assert ep.metrics.own_explained is False
+    finally:
+        await scraper.stop()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 
 import pytest
 
@@ -9,6 +10,7 @@ from kvgate.config.picker import PluginSpec, instantiate, parse_config
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.saturation import ConcurrencyDetector, UtilizationDetector
+from kvgate.gateway.shared_inflight import SharedInFlight
 from kvgate.scheduling.framework import PluginHandle
 
 
@@ -94,8 +96,10 @@ def test_what_it_sent_since_the_page_counts_at_once() -> None:
     assert d.endpoint_saturation(ep, 0.5) == pytest.approx(max(2 / 5, 0.35 / 0.8))
     inf.decoding += 2  # every one of its requests there has started: nothing of its own can wait
     assert d.endpoint_saturation(ep, 0.5) == pytest.approx(0.35 / 0.8)
-    # A fresh page is read as the reference reads it (the estimate is only for older ones).
-    assert d.endpoint_saturation(ep, 0.2) == pytest.approx(max(1 / 5, 0.1 / 0.8))
+    # The same on a page younger than metricsStalenessThreshold (s8-sat N1: this line asserted the
+    # page verbatim, 1 / 5, and so pinned B2 down).
+    assert d.endpoint_saturation(ep, 0.2) == pytest.approx(0.35 / 0.8)
+    assert d.endpoint_saturation(ep, 0.05) == pytest.approx(0.35 / 0.8)
 
 
 def test_no_carry_forward_without_a_page_it_can_explain() -> None:
@@ -132,3 +136,84 @@ def test_inline_detector_config_takes_the_new_key() -> None:
     det = build_director(cfg, store).detector
     assert isinstance(det, UtilizationDetector) and det.own_load_staleness == 0.5
     assert build_director(cfg, store).scrape_bound() == 0.5
+
+
+# -- review s8-sat ---------------------------------------------------------------------------------------
+
+
+def test_a_burst_right_after_a_quiet_page_counts_before_the_page_is_stale() -> None:
+    """s8-sat B2. Failed before: a page younger than metricsStalenessThreshold (0.2 s) was read verbatim,
+    so for the first 0.2 s of each 0.5 s quiet pause what the gateway sent did not count (0.0625 with
+    20 of its own requests queued at the server)."""
+    d = UtilizationDetector("u", PluginHandle(), own_load_staleness=1.0)
+    ep = _scraped(waiting=0, running=0, kv=0.05, own_requests=0, own_decoding=0)  # idle page at t=0
+    ep.inflight.requests += 20  # sent right after it, 100 tokens each, none started
+    ep.inflight.sent_tokens += 2_000
+    assert d.endpoint_saturation(ep, 0.3) == pytest.approx(4.0)
+    assert d.endpoint_saturation(ep, 0.15) == pytest.approx(4.0)
+    assert d.endpoint_saturation(ep, 0.0) == pytest.approx(4.0)
+
+
+def test_an_unchanged_endpoint_keeps_its_score_when_the_page_ages() -> None:
+    """s8-sat B3: 10 of its own requests there, all past their first token; the page shows 6 waiting
+    (preempted, or someone else's behind its own finished but still relaying) and 4 running. Failed
+    before: the carried queue was clamped to its own requests without a first token (0), so the score
+    fell from 1.2 to 0.625 when the page turned 0.2 s old, with nothing changed."""
+    d = UtilizationDetector("u", PluginHandle(), own_load_staleness=1.0)
+    ep = _scraped(waiting=6, running=4, kv=0.5, own_requests=10, own_decoding=10)
+    for age in (0.0, 0.1, 0.2, 0.3, 0.9):
+        assert d.endpoint_saturation(ep, age) == pytest.approx(6 / 5)
+    assert d.endpoint_saturation(ep, 1.01) == 1.0
+
+
+def test_a_running_total_that_went_back_is_not_read_as_nothing_sent() -> None:
+    """s8-sat B5 (the detector's side): a total below the one beside the page is unknown: the
+    reference rule (the page while fresh, saturated after)."""
+    d = UtilizationDetector("u", PluginHandle(), own_load_staleness=1.0)
+    ep = _scraped(waiting=0, running=0, kv=0.05, own_requests=0, own_decoding=0)
+    ep.inflight.sent_tokens -= 1
+    assert d.endpoint_saturation(ep, 0.1) == pytest.approx(0.05 / 0.8)
+    assert d.endpoint_saturation(ep, 0.3) == 1.0
+
+
+def test_a_worker_restart_does_not_hide_the_tokens_sent_since_the_page() -> None:
+    """s8-sat B5, through the ``--workers`` shared table. Failed before: the supervisor zeroed a
+    restarted worker's row, its lifetime total of tokens sent left every other worker's
+    ``sent_tokens``, and the 6,000 tokens sent after it (73 % of the cache) added nothing (0.0625)."""
+    lock = multiprocessing.get_context("spawn").Lock()
+    owner = SharedInFlight.create(2, lock, 16)
+    w0 = SharedInFlight.attach(owner.name, lock, 2, 0, 16)
+    w1 = SharedInFlight.attach(owner.name, lock, 2, 1, 16)
+    w1b = None
+    try:
+        a0 = _scraped(waiting=0, running=0, kv=0.05, own_requests=0, own_decoding=0, sent_tokens=0)
+        a1 = Endpoint("a:1")  # worker 1's
+        a1.inflight.sent_tokens = 500_000
+        w1.sync([a1])
+        w0.sync([a0])
+        assert a0.inflight.sent_tokens == 500_000
+        a0.metrics.own_sent_tokens = a0.inflight.sent_tokens  # worker 0 scrapes: an idle page at t=0
+        owner.clear_row(1)  # worker 1 dies; the supervisor clears its row before starting it again
+        a0.inflight.sent_tokens += 6_000  # worker 0 dispatches 73 % of the 8,192-token cache
+        w0.sync([a0])
+        d = UtilizationDetector("u", PluginHandle(), own_load_staleness=1.0)
+        want = (0.05 + 6_000 / 8_192) / 0.8
+        assert d.endpoint_saturation(a0, 0.3) >= want - 1e-9
+        # The restarted worker 1 (a fresh process: a fresh view and InFlight) continues its total.
+        w1b = SharedInFlight.attach(owner.name, lock, 2, 1, 16)
+        fresh = Endpoint("a:1")
+        fresh.inflight.sent_tokens = 100
+        w1b.sync([fresh])
+        assert fresh.inflight.sent_tokens == 506_100
+        w0.sync([a0])
+        assert a0.inflight.sent_tokens == 506_100
+        # The endpoint removed from worker 0's store and added again: a fresh InFlight, same total.
+        again = Endpoint("a:1")
+        again.inflight.sent_tokens = 10
+        w0.sync([again])
+        assert again.inflight.sent_tokens == 506_110
+    finally:
+        for v in (w0, w1, w1b):
+            if v is not None:
+                v.close()
+        owner.close()

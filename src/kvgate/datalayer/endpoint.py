@@ -31,8 +31,9 @@ class EndpointMetrics:
     # This gateway's own load when the page was read (set by ``MetricsScraper``; other feeds leave
     # ``own_pending`` None). ``own_explained``: the page showed no more requests (waiting + running)
     # than this gateway had in flight there, i.e. no load from elsewhere. ``own_pending``: its requests
-    # there without a first token yet (``InFlight.requests - decoding``) when the page was read;
-    # ``own_sent_tokens``: ``InFlight.sent_tokens`` when the page was asked for. The utilization
+    # there without a first token yet (``InFlight.requests - decoding``) when the page was asked for;
+    # ``own_sent_tokens``: ``InFlight.sent_tokens - unstarted_tokens`` then (the tokens the page can
+    # already hold). All three are read before the request for the page is sent. The utilization
     # detector carries such a page forward by this gateway's accounting since
     # (``ownLoadStalenessThreshold``, kvgate.flowcontrol.saturation).
     own_explained: bool = False
@@ -57,8 +58,13 @@ class InFlight:
     # whatever their load: lower is faster.
     pace: float = 0.0
     # Tokens of every request ever dispatched there (prompt + expected decode), a running total that
-    # only grows: the KV cache those requests can have taken since a scrape is at most its increase.
+    # only grows (across ``--workers`` restarts too: ``gateway.shared_inflight``).
     sent_tokens: int = 0
+    # The part of ``sent_tokens`` that belongs to requests without a first token yet. A page read at
+    # some moment holds no KV for those (waiting at the server, or not there yet), so the KV that this
+    # gateway's requests can take after it is at most the increase of ``sent_tokens`` since, plus this
+    # when the page was asked for. (Requests running then can still grow by their decode: not counted.)
+    unstarted_tokens: int = 0
 
 
 @dataclass(slots=True, eq=False)

@@ -258,7 +258,12 @@ class MetricsScraper:
         """Scrape one endpoint now; True when its metrics were updated."""
         stats = self.stats.setdefault(ep.address, ScrapeStats())
         inf = ep.inflight
-        sent_tokens = inf.sent_tokens  # before the GET: what is sent during it counts as after the page
+        # This gateway's own load, all of it before the GET (the page is the server's state at some
+        # point during it): what is sent during it counts as not on the page. The tokens of its requests
+        # without a first token are not in the page's KV either (a waiting or still-tokenizing request
+        # holds no blocks): they count as sent after it.
+        own_requests, own_decoding = inf.requests, inf.decoding
+        own_sent_tokens = inf.sent_tokens - inf.unstarted_tokens
         try:
             mapping_for(ep.engine)
             query = filter_query(ep.engine)
@@ -279,9 +284,9 @@ class MetricsScraper:
             assert text is not None
             m = extract(text, ep.engine, self.clock(), ep.metrics)
             # This gateway's own load beside the page (the utilization detector's carry-forward).
-            m.own_explained = m.waiting_queue_size + m.running_requests <= inf.requests
-            m.own_pending = inf.requests - inf.decoding
-            m.own_sent_tokens = sent_tokens
+            m.own_explained = m.waiting_queue_size + m.running_requests <= own_requests
+            m.own_pending = max(0, own_requests - own_decoding)
+            m.own_sent_tokens = own_sent_tokens
             ep.metrics = m
         except (
             aiohttp.ClientError,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.scheduling.framework import Params, Plugin, PluginHandle
 from kvgate.scheduling.registry import register
 
@@ -63,21 +63,27 @@ class UtilizationDetector(SaturationDetector):
     ``metricsStalenessThreshold`` (200 ms) count as saturated: no news is not good news.
 
     kvgate, ``ownLoadStalenessThreshold`` (1 s; 0 = the reference rule alone): what this gateway sent
-    and has not seen finish is news too, and always fresh. A page older than the staleness threshold
-    but younger than this one still counts when it showed no load from elsewhere (waiting + running
-    <= this gateway's own requests there, ``EndpointMetrics.own_explained``) and no scrape has failed
-    since: the endpoint's state since is then what this gateway did to it, so the page is carried
-    forward by its own accounting, and only what the server alone knows comes from the page:
+    and has not seen finish is news too, and always fresh. A page that showed no load from elsewhere
+    (waiting + running <= this gateway's own requests there when the page was asked for,
+    ``EndpointMetrics.own_explained``), with no scrape failed since, is carried forward by its own
+    accounting at every age up to max(staleness, this threshold): the endpoint's state since is taken
+    to be what this gateway did to it (load from elsewhere shows at the next scrape), and only what the
+    server alone knows comes from the page:
 
     - queue: the page's waiting requests, plus the change since in this gateway's requests there
       without a first token (each one sent since counts as waiting until its first token; each one
-      that has started since leaves), within [0, those requests now];
-    - KV: the page's usage, plus every token (prompt and expected output) of the requests sent there
-      since the page was asked for, over the server's cache (``block_size x num_gpu_blocks`` from the
-      page; unknown -> saturated if anything was sent since).
+      that has started since leaves), at least 0;
+    - KV: the page's usage, plus the tokens (prompt and expected output) of the requests sent there
+      since the page was asked for and of those without a first token then (their KV is not on the
+      page), over the server's cache (``block_size x num_gpu_blocks`` from the page; unknown ->
+      saturated if any such tokens). A running total that went back (it must not) is unknown: the
+      reference rule.
 
-    Load from elsewhere that arrives after the page shows at the next scrape (the scraper's quiet
-    cadence, ``datalayer.scraper.QUIET_S``, at most half of this threshold: ``scrape_bound``).
+    While nothing of its own changes the score is the page's (ageing alone never lowers it); a page
+    younger than the staleness threshold is read the same way, so a burst counts at once. Not counted:
+    the KV that requests already running at the page take as they decode after it. Load from elsewhere
+    that arrives after the page shows at the next scrape (the scraper's quiet cadence,
+    ``datalayer.scraper.QUIET_S``, at most half of the bound: ``scrape_bound``, plus the GET).
     """
 
     def __init__(
@@ -116,20 +122,37 @@ class UtilizationDetector(SaturationDetector):
         if m.updated_at is None:
             return 1.0
         age = now - m.updated_at
+        carried = None
+        if (
+            self.own_load_staleness > 0
+            and age <= self.scrape_bound()
+            and m.own_pending is not None
+            and m.own_explained
+            and not ep.scrape_failures
+        ):
+            carried = self._carried(ep, m)
+        if carried is not None:
+            # At every age, the page moved by what this gateway did since (never less than the page
+            # alone while nothing of its own changed: ageing alone never lowers the score).
+            return carried
         if age <= self.staleness:
             return max(m.waiting_queue_size / self.queue_threshold, m.kv_cache_usage / self.kv_threshold)
-        if (
-            age > self.own_load_staleness
-            or m.own_pending is None
-            or not m.own_explained
-            or ep.scrape_failures
-        ):
-            return 1.0
+        return 1.0
+
+    def _carried(self, ep: Endpoint, m: EndpointMetrics) -> float | None:
+        """The page carried forward by this gateway's own accounting; None: not known (the reference
+        rule applies)."""
         inf = ep.inflight
         pending = max(0, inf.requests - inf.decoding)
-        queue = min(pending, max(0, m.waiting_queue_size + pending - m.own_pending))
+        # Not clamped to its own pending requests: waiting requests it cannot account for (preempted
+        # ones, someone else's behind its finished-but-relaying ones) stay until a page says otherwise.
+        queue = max(0, m.waiting_queue_size + pending - (m.own_pending or 0))
         kv = m.kv_cache_usage
+        # Tokens sent since the page, and those of its requests without a first token when the page
+        # was asked for (not in the page's KV: a waiting or still-tokenizing request holds no blocks).
         sent = inf.sent_tokens - m.own_sent_tokens
+        if sent < 0:
+            return None  # the running total went back (it must not): unknown, not "nothing sent"
         if sent > 0:
             capacity = (m.block_size or 0) * (m.num_gpu_blocks or 0)
             if not capacity:

@@ -26,9 +26,20 @@ from typing import Any
 from kvgate.datalayer.endpoint import Endpoint, InFlight
 
 ADDR_BYTES = 64
-# ``sent_tokens`` is a running total (each worker publishes its own; the sum is the fleet's).
-FIELDS = ("requests", "pending_prefill_tokens", "pending_decode_tokens", "decoding", "sent_tokens")
+# ``sent_tokens`` is a running total (each worker publishes its own; the sum is the fleet's) that never
+# goes down: the utilization detector takes its increase since a page as tokens sent since. A worker's
+# published total survives the worker's restart (``clear_row`` keeps it, the new process continues it)
+# and the endpoint's removal from and return to a worker's store (a fresh ``InFlight``).
+FIELDS = (
+    "requests",
+    "pending_prefill_tokens",
+    "pending_decode_tokens",
+    "decoding",
+    "sent_tokens",
+    "unstarted_tokens",
+)
 _NF = len(FIELDS)
+_SENT = FIELDS.index("sent_tokens")
 _Q = struct.Struct("<q")
 DEFAULT_SLOTS = 1024
 
@@ -62,6 +73,9 @@ class SharedInFlight:
         self._slot: dict[str, int] = {}
         # address -> the other workers' counts last folded into that endpoint's InFlight
         self._remote: dict[str, list[int]] = {}
+        # address -> (the InFlight, its sent_tokens) after the last fold: what was sent since is the
+        # increase, or all of a fresh InFlight's (see ``_SENT``)
+        self._sent: dict[str, tuple[InFlight, int]] = {}
 
     @classmethod
     def create(cls, workers: int, lock: Any, slots: int = DEFAULT_SLOTS) -> SharedInFlight:
@@ -155,19 +169,25 @@ class SharedInFlight:
             cur = [getattr(inf, f) for f in FIELDS]
             mine = [max(0, v - r) for v, r in zip(cur, old, strict=True)]
             b = self._base(me, i)
+            seen = self._sent.get(ep.address)
+            since = cur[_SENT] - seen[1] if seen is not None and seen[0] is inf else cur[_SENT]
+            mine[_SENT] = c[b + _SENT] + max(0, since)  # its row's total only grows
             for f in range(_NF):
                 c[b + f] = mine[f]
             remote = self.totals(ep.address, exclude=me)
             for f, name in enumerate(FIELDS):
                 setattr(inf, name, mine[f] + remote[f])
             self._remote[ep.address] = remote
+            self._sent[ep.address] = (inf, inf.sent_tokens)
 
     def clear_row(self, worker: int) -> None:
-        """Zero a worker's published counts (the supervisor, before it restarts that worker)."""
+        """Zero a worker's published counts (the supervisor, before it restarts that worker), except its
+        running total of tokens sent, which the restarted worker continues."""
         b = worker * self.slots * _NF
         c = self._counts
         for k in range(b, b + self.slots * _NF):
-            c[k] = 0
+            if (k - b) % _NF != _SENT:
+                c[k] = 0
 
     def local(self, inflight: InFlight, address: str) -> list[int]:
         """This worker's own share of ``inflight`` (what it last published plus changes since)."""

@@ -77,6 +77,7 @@ class _Track:
 
     prefill: int  # uncached prompt tokens added to pending_prefill_tokens
     decode: int  # expected output tokens added to pending_decode_tokens
+    sent: int = 0  # tokens added to sent_tokens (and to unstarted_tokens until its first token)
     first_token: bool = False
     first_at: float = 0.0  # clock time of the first token
     sent_at: float = 0.0  # clock time of the dispatch (slo-feasible learns dispatch -> first token)
@@ -499,6 +500,7 @@ class Director:
         frac = self._picked.get(req.request_id, {}).get(endpoint.address, 1.0)
         track = _Track(int(p * frac), req.max_tokens if req.max_tokens else int(self.mean_decode))
         track.sent_at = self.clock()
+        track.sent = p + track.decode
         self._tracks[key] = track
         if len(self._tracks) > MAX_TRACKED:  # a leaked request: forget the oldest, undo its counts
             (_rid, addr), old = self._tracks.popitem(last=False)
@@ -515,7 +517,8 @@ class Director:
         inf.requests += 1
         inf.pending_prefill_tokens += track.prefill
         inf.pending_decode_tokens += track.decode
-        inf.sent_tokens += p + track.decode  # every prompt token (a hit takes cached blocks in use too)
+        inf.sent_tokens += track.sent  # every prompt token (a hit takes cached blocks in use too)
+        inf.unstarted_tokens += track.sent
 
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
         """``learn=False``: a first token whose time says nothing about prefill (a non-streamed reply,
@@ -535,6 +538,7 @@ class Director:
                 obs.on_first_token(req, endpoint, track.first_at)
         inf = endpoint.inflight
         inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
+        inf.unstarted_tokens = max(0, inf.unstarted_tokens - track.sent)
         inf.decoding += 1
         if self.flow is not None and learn:  # (not a TTFT either for the flow's TTFT targets)
             if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
@@ -607,6 +611,7 @@ class Director:
             inf.decoding = max(0, inf.decoding - 1)
         else:
             inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
+            inf.unstarted_tokens = max(0, inf.unstarted_tokens - track.sent)
         inf.pending_decode_tokens = max(0, inf.pending_decode_tokens - track.decode)
 
     # -- pool gauges --------------------------------------------------------------------------------
