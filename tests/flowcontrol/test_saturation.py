@@ -8,6 +8,7 @@ import pytest
 from kvgate.config.director import build_director
 from kvgate.config.picker import PluginSpec, instantiate, parse_config
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
+from kvgate.datalayer.scraper import quiet_interval_for
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.saturation import ConcurrencyDetector, UtilizationDetector
 from kvgate.gateway.shared_inflight import SharedInFlight
@@ -73,7 +74,7 @@ def _scraped(
 def test_a_page_its_own_load_explains_stays_news_past_the_staleness_threshold() -> None:
     """Failed before: any page older than 0.2 s made the endpoint saturated, so the scraper could not
     pause longer than 0.1 s on a quiet endpoint without an idle pool shedding."""
-    d = UtilizationDetector("u", PluginHandle())
+    d = UtilizationDetector("u", PluginHandle(), own_load_staleness=1.0)
     ep = _scraped()
     assert d.endpoint_saturation(ep, 0.1) == pytest.approx(0.1 / 0.8)  # fresh: the page as it is
     assert d.endpoint_saturation(ep, 0.5) == pytest.approx(0.1 / 0.8)  # nothing happened since
@@ -82,7 +83,7 @@ def test_a_page_its_own_load_explains_stays_news_past_the_staleness_threshold() 
 
 
 def test_what_it_sent_since_the_page_counts_at_once() -> None:
-    d = UtilizationDetector("u", PluginHandle())
+    d = UtilizationDetector("u", PluginHandle(), own_load_staleness=1.0)
     ep = _scraped(waiting=1, running=1, own_requests=2, own_decoding=1)  # 1 waiting on the page
     inf = ep.inflight
     # Three sent since (no first token yet), 2,048 tokens between them: a quarter of the cache.
@@ -103,7 +104,7 @@ def test_what_it_sent_since_the_page_counts_at_once() -> None:
 
 
 def test_no_carry_forward_without_a_page_it_can_explain() -> None:
-    d = UtilizationDetector("u", PluginHandle())
+    d = UtilizationDetector("u", PluginHandle(), own_load_staleness=1.0)
     assert d.endpoint_saturation(_scraped(explained=False), 0.3) == 1.0  # load from elsewhere
     failing = _scraped()
     failing.scrape_failures = 1  # a scrape failed since: the server may be gone or stuck
@@ -126,7 +127,7 @@ def test_own_load_staleness_threshold_zero_is_the_reference_rule() -> None:
     spec = PluginSpec("u", "utilization-detector", {"ownLoadStalenessThreshold": "3s"}, "s")
     d3 = instantiate(spec, PluginHandle())
     assert isinstance(d3, UtilizationDetector) and d3.scrape_bound() == 3.0
-    assert UtilizationDetector("u", PluginHandle()).scrape_bound() == 1.0
+    assert UtilizationDetector("u", PluginHandle()).scrape_bound() == 0.2  # the default: reference
     assert ConcurrencyDetector("c", PluginHandle()).scrape_bound() == math.inf
 
 
@@ -139,6 +140,26 @@ def test_inline_detector_config_takes_the_new_key() -> None:
 
 
 # -- review s8-sat ---------------------------------------------------------------------------------------
+
+
+def test_a_reference_shaped_config_keeps_the_reference_rule() -> None:
+    """s8-sat R2. Failed before: every config got ``ownLoadStalenessThreshold`` 1 s, so a config that set
+    ``metricsStalenessThreshold: 100ms`` was scraped every 0.5 s when quiet and an idle page 0.5 s old
+    scored 0.125 (the reference: saturated). The carry-forward is the ``kvgate`` policy's now."""
+    idle = _scraped(running=0, own_requests=0, own_decoding=0)
+    store = EndpointStore()
+    strict = build_director(
+        parse_config({"saturationDetector": {"metricsStalenessThreshold": "100ms"}}), store
+    )
+    assert strict.scrape_bound() == 0.1 and quiet_interval_for(0.05, strict.scrape_bound()) == 0.05
+    assert strict.detector is not None and strict.detector.endpoint_saturation(idle, 0.5) == 1.0
+    for shape in (parse_config({}), "reference", "round-robin"):
+        plain = build_director(shape, store)
+        assert plain.scrape_bound() == 0.2 and quiet_interval_for(0.05, plain.scrape_bound()) == 0.1
+        assert plain.detector is not None and plain.detector.endpoint_saturation(idle, 0.3) == 1.0
+    kvgate = build_director("kvgate", store)
+    assert kvgate.scrape_bound() == 1.0 and quiet_interval_for(0.05, kvgate.scrape_bound()) == 0.5
+    assert kvgate.detector is not None and kvgate.detector.endpoint_saturation(idle, 0.5) < 1.0
 
 
 def test_a_burst_right_after_a_quiet_page_counts_before_the_page_is_stale() -> None:

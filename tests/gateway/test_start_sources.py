@@ -212,20 +212,22 @@ async def test_a_failing_source_start_ends_the_others_before_start_raises() -> N
 
 
 async def test_each_pools_scraper_pauses_as_long_as_its_saturation_detector_can_bridge() -> None:
-    """A quiet endpoint is scraped every 0.5 s under the default utilization detector (it carries an
-    explained page forward for 1 s), every 0.1 s under one set to the reference rule alone."""
+    """A quiet endpoint is scraped every 0.5 s under the kvgate policy's utilization detector (it
+    carries an explained page forward for 1 s), every 0.1 s under one set to the reference rule alone
+    (the default elsewhere), every 0.05 s under a stricter reference staleness (100 ms)."""
     pools = [
-        {"name": "p0", "endpoints": ["127.0.0.1:9"], "models": ["m0"], "policy": "round-robin"},
-        {"name": "p1", "endpoints": ["127.0.0.1:9"], "models": ["m1"],
-         "endpointPickerConfig": {"saturationDetector": {"ownLoadStalenessThreshold": 0}}},
+        {"name": "p0", "endpoints": ["127.0.0.1:9"], "models": ["m0"], "policy": "kvgate"},
+        {"name": "p1", "endpoints": ["127.0.0.1:9"], "models": ["m1"], "policy": "round-robin"},
+        {"name": "p2", "endpoints": ["127.0.0.1:9"], "models": ["m2"],
+         "endpointPickerConfig": {"saturationDetector": {"metricsStalenessThreshold": "100ms"}}},
     ]  # fmt: skip
     cfg = parse_gateway_config({"listen": {"host": "127.0.0.1", "port": 0}, "pools": pools})
     gw = GatewayServer(cfg)
     try:
         await asyncio.wait_for(gw.start(), 10)
-        assert [s.quiet_interval for s in gw._scrapers] == [0.5, 0.1]
+        assert [s.quiet_interval for s in gw._scrapers] == [0.5, 0.1, 0.05]
         # A picker swapped in (a config reload) paces its pool's scraper from then on.
         gw.pools[0].director, gw.pools[1].director = gw.pools[1].director, gw.pools[0].director
-        assert [s.quiet_interval for s in gw._scrapers] == [0.1, 0.5]
+        assert [s.quiet_interval for s in gw._scrapers] == [0.1, 0.5, 0.05]
     finally:
         await gw.stop(drain_timeout=0.5)

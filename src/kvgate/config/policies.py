@@ -33,6 +33,11 @@ schedulingProfiles:
   - pluginRef: lora-affinity-scorer
     weight: 5
   - pluginRef: max-score-picker
+saturationDetector:
+  # kvgate: a quiet page carried forward by the gateway's own in-flight accounting, so the scraper can
+  # pause an endpoint only this gateway loads 0.5 s (docs/flowcontrol.md; the default is the reference
+  # rule: metrics older than metricsStalenessThreshold, 200 ms, count as saturated)
+  ownLoadStalenessThreshold: 1s
 """,
     # The reference EPP default since v1.2 (queue 2, KV 2, prefix 3).
     "reference": """

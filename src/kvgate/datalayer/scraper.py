@@ -17,13 +17,14 @@ scrape, not a server that cannot filter: it fails like any other, and the next o
 Cadence: every ``interval`` (the reference's 50 ms) while an endpoint's scraped load is more than this
 gateway has in flight to it (someone else's traffic, which only a scrape shows); every
 ``quiet_interval`` (``QUIET_S``, 0.5 s, and never more than half of what the pool's saturation
-detector can bridge: ``quiet_interval_for``) while the last scrape showed nothing the gateway's own
-in-flight accounting does not already explain (waiting + running <= its own requests there), e.g. an
-endpoint only this gateway uses, or an idle one. Every scrape costs the server's API process CPU
-(docs/benchmarks/realvllm.md sections 4.2 and 4.5); load from elsewhere is still seen within
-``quiet_interval``. Between such scrapes the utilization detector carries the page forward by the
-gateway's own accounting (``EndpointMetrics.own_*``, set here with each page), so a quiet endpoint's
-metrics do not go stale to it.
+detector can bridge: ``quiet_interval_for``; 0.1 s under the reference rule) while the last scrape
+showed nothing the gateway's own in-flight accounting does not already explain (waiting + running <= its
+own requests there), e.g. an endpoint only this gateway uses, or an idle one. Every scrape costs the
+server's API process CPU (docs/benchmarks/realvllm.md sections 4.2 and 4.5); load from elsewhere that
+arrives after a page is seen at the next one: within ``quiet_interval`` plus the GET. Between such
+scrapes the utilization detector (with ``ownLoadStalenessThreshold`` set, as the kvgate policy does)
+carries the page forward by the gateway's own accounting (``EndpointMetrics.own_*``, read here before
+each GET), so a quiet endpoint's metrics do not go stale to it.
 
 The GET itself goes over ``pageclient.PageClient`` (one kept-alive connection per endpoint, prebuilt
 request bytes): ~0.5x aiohttp's CPU per scrape of vLLM's filtered page, ~0.4x with the label-set

@@ -54,7 +54,11 @@ class SaturationDetector(Plugin):
         return self.saturation(endpoints, now) >= 1.0 - headroom
 
 
-DEFAULT_OWN_LOAD_STALENESS_S = 1.0
+# The reference rule unless configured: a config that does not set ``ownLoadStalenessThreshold`` keeps
+# the reference meaning of ``metricsStalenessThreshold`` (and the scraper's 0.1 s quiet cadence). The
+# ``kvgate`` policy sets it (KVGATE_OWN_LOAD_STALENESS_S, config/policies.py).
+DEFAULT_OWN_LOAD_STALENESS_S = 0.0
+KVGATE_OWN_LOAD_STALENESS_S = 1.0
 
 
 @register("utilization-detector")
@@ -62,7 +66,8 @@ class UtilizationDetector(SaturationDetector):
     """max(queue / queueDepthThreshold, kv / kvCacheUtilThreshold); metrics older than
     ``metricsStalenessThreshold`` (200 ms) count as saturated: no news is not good news.
 
-    kvgate, ``ownLoadStalenessThreshold`` (1 s; 0 = the reference rule alone): what this gateway sent
+    kvgate, ``ownLoadStalenessThreshold`` (default 0 = the reference rule alone; the ``kvgate`` policy
+    sets 1 s): what this gateway sent
     and has not seen finish is news too, and always fresh. A page that showed no load from elsewhere
     (waiting + running <= this gateway's own requests there when the page was asked for,
     ``EndpointMetrics.own_explained``), with no scrape failed since, is carried forward by its own
