@@ -27,7 +27,7 @@ def fill(ep: Endpoint, running: int) -> None:
 def test_a_filter_that_keeps_only_a_full_endpoint_still_gets_it() -> None:
     cfg: dict[str, Any] = {
         "featureGates": ["flowControl"],
-        "flowControl": {},
+        "flowControl": {"freeSlotPick": True},  # (off by default since the review)
         "saturationDetector": {
             "type": "concurrency-detector",
             "parameters": {"maxConcurrency": 2, "maxPendingRequests": 2},

@@ -7,7 +7,8 @@ intact. It waits until the flood's pool-wide count falls (a subset request: whil
 i.e. until its TTL; behind a hung server: until those requests time out), and a blocked subset head
 lets lower bands through (dispatch_ready), so sheddable work passes it.
 
-Both tests fail on main c7391f1; with fairShareRunningReserve off the same state is not saturated.
+All three fail on main (c7391f1 and d861e63); with fairShareRunningReserve off the same state is not
+saturated (the third: both requests leave, the critical one first).
 """
 
 from __future__ import annotations
@@ -89,3 +90,28 @@ def test_requests_on_an_endpoint_out_of_the_health_gate_do_not_take_the_slots_of
         assert [ep.address for ep in d.candidates(req("x", "flood"))] == [e1.address]
         # e1 runs 1 of its 16 slots; the flood's requests there hold none of them.
         assert not d.saturated(req("f-next", "flood")), f"refused with fairShareRunningReserve={reserve}"
+
+
+def test_a_critical_subset_request_is_not_overtaken_by_sheddable_work() -> None:
+    """The consequence in the dispatcher: a blocked head with a subset hint lets lower bands through
+    (dispatch_ready: ``if item.req.subset is None: break``), so a sheddable request leaves first while
+    the critical request, whose only endpoint is empty, waits."""
+    from kvgate.flowcontrol.dispatcher import dispatch_ready
+
+    addrs = [f"10.0.0.{i}:8000" for i in range(1, 5)]
+    d = director(addrs, True, Clock())
+    ctl = d.flow.ctl  # type: ignore[union-attr]
+    e1, e2, e3, e4 = d.store.all()
+    for i in range(20):
+        run(d, req(f"f{i}", "flood"), (e2, e3, e4)[i % 3])
+    for q in ("q1", "q2", "q3"):
+        run(d, req(q, q), e2)
+    crit = InferenceRequest(
+        "crit", "m", prompt_tokens=10, max_tokens=4, priority=10, fairness_id="flood",
+        subset=frozenset({e1.address}),
+    )  # fmt: skip
+    shed = InferenceRequest("shed", "m", prompt_tokens=10, max_tokens=4, priority=-1, fairness_id="b")
+    ctl.enqueue(crit, 0.0)
+    ctl.enqueue(shed, 0.0)
+    got = [item.req.request_id for item in dispatch_ready(ctl, 0.0, d.saturated)]
+    assert got[:1] == ["crit"], f"dispatched {got}"

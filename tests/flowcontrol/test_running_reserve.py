@@ -1,6 +1,7 @@
 """Running slots in a small-batch fleet (2 x 16 in the flood benchmark):
 
-- flow control's late pick goes to an endpoint with a free running slot when one has (the gate is the
+- ``flowControl.freeSlotPick`` (off; on with the reserve): flow control's late pick goes to an
+  endpoint with a free running slot when one has (the gate is the
   pool's mean, so without this a request could leave the EPP for a full server and wait in its queue
   for a whole request to finish while another server could start it now);
 - ``flowControl.fairShareRunningReserve``: the requests the fair-share headroom holds back may hold at
@@ -71,10 +72,12 @@ def fill(ep: Endpoint, running: int, pending: int = 0) -> None:
 # -- the late pick ----------------------------------------------------------------------------------
 
 
-def _two_servers(max_pending: int = 2) -> tuple[Director, Endpoint, Endpoint]:
+def _two_servers(max_pending: int = 2, pick: bool = True) -> tuple[Director, Endpoint, Endpoint]:
+    fc = {"freeSlotPick": True} if pick else {}
     d = director(
-        ["10.0.0.1:8000", "10.0.0.2:8000"], max_concurrency=2, max_pending=max_pending, clock=Clock()
-    )
+        ["10.0.0.1:8000", "10.0.0.2:8000"], max_concurrency=2, max_pending=max_pending, clock=Clock(),
+        flow_control=fc,
+    )  # fmt: skip
     full, free = d.store.all()
     # The scorer prefers the full server (its scraped queue is empty, the other's is not) ...
     full.metrics = EndpointMetrics(waiting_queue_size=0, updated_at=0.0)
@@ -103,10 +106,17 @@ def test_every_server_full_or_none_full_the_profile_chooses_among_all() -> None:
     assert d._pick_late(req("r2", "a"), False).primary is full
 
 
-def test_without_a_pending_bound_the_pick_is_not_restricted() -> None:
-    """Only the pending-bound mode says maxConcurrency is the servers' running-batch limit."""
-    d, full, _free = _two_servers(max_pending=0)
-    assert d._pick_late(req("r", "a"), False).primary is full
+def test_the_free_slot_pick_is_off_by_default() -> None:
+    d, full, _free = _two_servers(pick=False)
+    assert d._pick_late(req("r", "a"), False).primary is full  # the profile's choice, as before
+
+
+def test_the_running_reserve_brings_the_free_slot_pick_and_a_pending_bound_is_needed() -> None:
+    fc = {"fairShareHeadroom": 0.5, "fairShareRunningReserve": True}
+    d = director(["10.0.0.1:8000"], flow_control=fc)
+    assert d.flow is not None and d.flow.ctl.cfg.picks_free_slot
+    with pytest.raises(ConfigError, match=r"^flowControl\.freeSlotPick: needs a saturation detector"):
+        director(["10.0.0.1:8000"], max_pending=0, flow_control={"freeSlotPick": True})
 
 
 # -- Erlang B ---------------------------------------------------------------------------------------

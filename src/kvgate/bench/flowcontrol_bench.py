@@ -95,6 +95,7 @@ def arm_config(
     slo_confidence: float = 1.0,
     slo_first: bool = False,
     running_reserve: bool = False,
+    free_slot_pick: bool = False,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
@@ -132,6 +133,8 @@ def arm_config(
     params = {**DETECTOR_KVGATE["parameters"], "maxPendingRequests": max_pending,
               "maxConcurrency": max_concurrency}  # fmt: skip
     doc["saturationDetector"] = {**DETECTOR_KVGATE, "parameters": params}
+    if free_slot_pick:  # (any kvgate arm; fairShareRunningReserve implies it)
+        doc["flowControl"]["freeSlotPick"] = True
     return doc
 
 
@@ -225,6 +228,7 @@ class FlowSim:
         slo_confidence: float = 1.0,
         slo_first: bool = False,
         running_reserve: bool = False,
+        free_slot_pick: bool = False,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -238,7 +242,7 @@ class FlowSim:
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
         config = arm_config(
             arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target, slo_confidence,
-            slo_first, running_reserve,
+            slo_first, running_reserve, free_slot_pick,
         )  # fmt: skip
         self.director = build_director(
             config, EndpointStore(self.endpoints), clock=self.clock.time, seed=seed, flow_metrics=False
@@ -450,8 +454,11 @@ def over_goal(run: Run, tenants: tuple[str, ...], calm_p90: float, measured_from
     step itself (prefill: a second prefill in it); and the three parts' means over those requests."""
     line = GOAL_RATIO * calm_p90
     served = [
-        o for o in run.outcomes if o.tenant in tenants and o.start >= measured_from and o.ttft is not None
-    ]
+        o
+        for o in run.outcomes
+        if o.tenant in tenants and o.start >= measured_from and o.ttft is not None
+        and o.sent is not None and o.scheduled is not None
+    ]  # fmt: skip
     over = [o for o in served if o.ttft is not None and o.ttft > line]
     n = max(1, len(served))
     parts = {"kvgate_queue": 0, "server_queue": 0, "step": 0}
@@ -581,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="kvgate-reserve arms: flowControl.fairShareSLOFirst")  # fmt: skip
     p.add_argument("--running-reserve", action="store_true",
                    help="kvgate-reserve arms: flowControl.fairShareRunningReserve")  # fmt: skip
+    p.add_argument("--free-slot-pick", action="store_true",
+                   help="kvgate arms: flowControl.freeSlotPick (--running-reserve implies it)")  # fmt: skip
     p.add_argument("--slo-confidence", type=float, default=1.0,
                    help="*-slo arms: flowControl.sloAdmissionConfidence")  # fmt: skip
     p.add_argument("--engine-priority", action="store_true",
@@ -613,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
                           headroom=args.headroom, headroom_on=args.headroom_on,
                           ttft_target=args.ttft_target, engine_priority=args.engine_priority,
                           slo_confidence=args.slo_confidence, slo_first=args.slo_first,
-                          running_reserve=args.running_reserve)  # fmt: skip
+                          running_reserve=args.running_reserve,
+                          free_slot_pick=args.free_slot_pick)  # fmt: skip
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
             if mode == "flood":

@@ -103,13 +103,15 @@ def build_director(
                 "bound (concurrency-detector with maxPendingRequests > 0); "
                 f"{cfg.saturation_detector.path} ({detector.type_name!r}) has none"
             )
-        if fc.fair_share_running_reserve and not (detector is not None and detector.pending_bound):
-            # The running slots are concurrency-detector's maxConcurrency in its pending-bound mode.
-            raise ConfigError(
-                "flowControl.fairShareRunningReserve: needs a saturation detector with a pending bound "
-                "(concurrency-detector with maxPendingRequests > 0; its maxConcurrency is the servers' "
-                "running-batch limit)"
-            )
+        for on, key in ((fc.fair_share_running_reserve, "fairShareRunningReserve"),
+                        (fc.free_slot_pick, "freeSlotPick")):  # fmt: skip
+            if on and not (detector is not None and detector.pending_bound):
+                # The running slots are concurrency-detector's maxConcurrency in its pending-bound mode.
+                raise ConfigError(
+                    f"flowControl.{key}: needs a saturation detector with a pending bound "
+                    "(concurrency-detector with maxPendingRequests > 0; its maxConcurrency is the "
+                    "servers' running-batch limit)"
+                )
         flow = FlowController(fc, FlowMetrics(flow_metrics))
     return Director(
         profiles, handler, store, handle, detector=detector, flow=flow, timer=timer, name=cfg.name

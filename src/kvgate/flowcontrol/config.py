@@ -107,7 +107,15 @@ class FlowControlConfig:
     # kvgate: the requests the headroom holds back may hold at most (running slots - R) of the pool's
     # running slots, R sized by Erlang B on the measured load of the others (``running_reserve``).
     fair_share_running_reserve: bool = False
+    # kvgate: flow control's late pick goes to an endpoint with a free running slot when some have one
+    # (concurrency-detector with maxPendingRequests: maxConcurrency is the servers' batch limit).
+    free_slot_pick: bool = False
     bands: dict[int, BandConfig] = field(default_factory=dict)
+
+    @property
+    def picks_free_slot(self) -> bool:
+        """The free-slot pick: its own key, or with the running reserve (measured together)."""
+        return self.free_slot_pick or self.fair_share_running_reserve
 
     def band(self, priority: int) -> BandConfig:
         b = self.bands.get(priority)
@@ -142,6 +150,7 @@ def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl")
         fair_share_ttft_target=p.get_duration("fairShareTTFTTarget", 0.0),
         fair_share_slo_first=p.get_bool("fairShareSLOFirst", False),
         fair_share_running_reserve=p.get_bool("fairShareRunningReserve", False),
+        free_slot_pick=p.get_bool("freeSlotPick", False),
     )
     if cfg.fair_share_ttft_target and not cfg.fair_share_headroom:
         raise ConfigError(

@@ -111,6 +111,8 @@ def erlang_b_servers(load: float, miss: float, cap: int) -> int:
     """The fewest servers that ``load`` (offered, in busy servers: arrival rate x mean holding time)
     finds all busy at most ``miss`` of the time (Erlang B: a Poisson arrival that finds every
     server busy; it holds for any holding-time distribution); at most ``cap``."""
+    if not math.isfinite(load) or load < 0:
+        return cap if load > 0 else 0  # (not a load: fail toward the reserve, not away from it)
     b, n = 1.0, 0
     while b > miss and n < cap:
         n += 1
@@ -166,6 +168,7 @@ class FlowController:
         self._rate = 0.0  # their dispatches, decayed over LOAD_WINDOW_S (per LOAD_WINDOW_S)
         self._rate_at: float | None = None
         self._residence = 0.0  # their dispatch -> finish time, EWMA (0 until one has finished)
+        self._reserve_cache: tuple[tuple[float, int, float] | None, int] = (None, 0)
         # flow -> its requests in flight that the headroom held back at their dispatch (> 0 only)
         self.held_dispatched: dict[str, int] = {}
 
@@ -398,6 +401,7 @@ class FlowController:
             else:
                 self._decay(now)
                 self._rate += 1.0
+                self._reserve_cache = (None, 0)
         n = self.inflight.get(flow, 0)
         self.inflight[flow] = n + 1
         self.inflight_total += 1
@@ -417,6 +421,7 @@ class FlowController:
         elif residence is not None and self.cfg.fair_share_running_reserve:
             r = self._residence
             self._residence = residence if r == 0.0 else r + RESIDENCE_GAIN * (residence - r)
+            self._reserve_cache = (None, 0)
         n = self.inflight.get(flow, 0)
         if n <= 0:
             return
@@ -457,9 +462,14 @@ class FlowController:
         """The smallest R such that the requests not held back, at ``share`` of their measured load,
         find R slots all busy at most ``RESERVE_MISS`` of the time (Erlang B(R, load) <= RESERVE_MISS);
         at most ``fairShareHeadroom`` of ``slots``."""
-        return erlang_b_servers(
+        key = (now, slots, share)
+        if self._reserve_cache[0] == key:  # (a dispatch pass asks again at the same instant)
+            return self._reserve_cache[1]
+        r = erlang_b_servers(
             self.offered_load(now) * share, RESERVE_MISS, int(slots * self.cfg.fair_share_headroom)
         )
+        self._reserve_cache = (key, r)
+        return r
 
     def over_flows(self) -> list[str]:
         """The flows with requests in flight that are over their share now. O(flows in flight)."""

@@ -261,27 +261,32 @@ class Director:
         except SchedulingError:
             return False  # let the pick fail with its own error
         flow, now = self.flow, self.clock()
-        if (
-            flow is not None
-            and flow.ctl.cfg.fair_share_running_reserve
-            and self._reserve_full(req, cands, now)
-        ):
-            return True  # flowControl.fairShareRunningReserve: the rest is kept for the others
-        if flow is not None and flow.ctl.headroom and flow.ctl.held_back(req, now):
+        held = flow is not None and flow.ctl.cfg.fair_share_headroom > 0 and flow.ctl.held_back(req, now)
+        if held and flow is not None and flow.ctl.headroom:
             # flowControl.fairShareHeadroom: the last part of the capacity is kept for flows at or
             # under their fair share, so one of theirs leaves at once instead of waiting for a slot.
             pending_only = flow.ctl.cfg.fair_share_headroom_on == "pending"
-            return self.detector.saturated_reserving(cands, now, flow.ctl.headroom, pending_only)
-        return self.detector.saturated(cands, now)
+            if self.detector.saturated_reserving(cands, now, flow.ctl.headroom, pending_only):
+                return True
+        elif self.detector.saturated(cands, now):
+            return True
+        # flowControl.fairShareRunningReserve: the rest is kept for the others (checked last: it walks
+        # the flows in flight, and a saturated pool needs no more)
+        return (
+            held
+            and flow is not None
+            and flow.ctl.cfg.fair_share_running_reserve
+            and self._reserve_full(req, cands, now)
+        )
 
     def _reserve_full(self, req: InferenceRequest, cands: Sequence[Endpoint], now: float) -> bool:
-        """``fairShareRunningReserve``: is ``req`` held back, and do the requests held back on its
+        """``fairShareRunningReserve``, for ``req`` held back: do the requests held back on its
         candidates hold all of their running slots but the reserve? The reserve is sized for the share
         of the others' load those candidates take: all of it for a request without a subset hint (the
         others' requests go to the healthy endpoints), their share of the healthy endpoints for one
         with a hint. Requests running on an endpoint out of the candidates take none of their slots."""
         flow, slots = self.flow, self._running_slots()
-        if flow is None or not slots or not flow.ctl.held_back(req, now):
+        if flow is None or not slots:
             return False
         share = 1.0
         if req.subset is not None:
@@ -305,12 +310,13 @@ class Director:
         return 0
 
     def _free_slot(self, req: InferenceRequest) -> Sequence[Endpoint] | None:
-        """Flow control's late pick goes to an endpoint with a free running slot when one has: the gate
+        """``flowControl.freeSlotPick`` (or ``fairShareRunningReserve``): flow control's late pick goes to
+        an endpoint with a free running slot when one has: the gate
         is the pool's mean, and sent to a full server a request waits in its queue for a whole
         request to finish while another server could start it now. None: no restriction (no running
         bound known, or every candidate is full: the profile chooses among all as before)."""
-        slots = self._running_slots()
-        if not slots:
+        flow, slots = self.flow, self._running_slots()
+        if not slots or flow is None or not flow.ctl.cfg.picks_free_slot:
             return None
         try:
             cands = self.candidates(req)
