@@ -672,3 +672,33 @@ async def test_its_load_is_read_before_the_scrape_is_sent(servers: list[FakeServ
         assert ep.metrics.own_explained is False
     finally:
         await scraper.stop()
+
+
+async def test_a_first_token_during_the_scrape_does_not_take_a_waiting_request_off_the_page(
+    servers: list[FakeServer],
+) -> None:
+    """Read before the GET (s8-sat B4), its requests without a first token include two the page
+    already shows running (started before the page was rendered, their first tokens arriving during
+    the GET). Failed before: those two left the page's waiting count again when the carried queue took
+    the change since, so three of its requests waiting read as one."""
+    srv = servers[0]
+    store = EndpointStore([make_endpoint(srv.address)])
+    ep = store.get(srv.address)
+    assert ep is not None
+    director = build_director("round-robin", store, clock=lambda: 0.0, seed=0)
+    five = [InferenceRequest(f"q{i}", "m", prompt_tokens=100, max_tokens=10) for i in range(5)]
+    for r in five:
+        director.on_dispatched(r, ep)
+
+    def first_tokens() -> None:
+        for r in five[:2]:
+            director.on_first_token(r, ep)
+
+    srv.page, srv.during = _PAGE % (3, 2), first_tokens  # 3 of its own waiting, 2 running
+    scraper = MetricsScraper(store, clock=lambda: 0.0)
+    try:
+        assert await scraper.scrape(ep)
+    finally:
+        await scraper.stop()
+    assert ep.metrics.own_explained
+    assert _carrying().endpoint_saturation(ep, 0.3) >= 3 / 5

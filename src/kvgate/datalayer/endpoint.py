@@ -31,7 +31,8 @@ class EndpointMetrics:
     # This gateway's own load when the page was read (set by ``MetricsScraper``; other feeds leave
     # ``own_pending`` None). ``own_explained``: the page showed no more requests (waiting + running)
     # than this gateway had in flight there, i.e. no load from elsewhere. ``own_pending``: its requests
-    # there without a first token yet (``InFlight.requests - decoding``) when the page was asked for;
+    # there without a first token yet (``InFlight.requests - decoding``) when the page was asked for,
+    # less those whose first token arrived while it was (the page can show them running);
     # ``own_sent_tokens``: ``InFlight.sent_tokens - unstarted_tokens`` then (the tokens the page can
     # already hold). All three are read before the request for the page is sent. The utilization
     # detector carries such a page forward by this gateway's accounting since

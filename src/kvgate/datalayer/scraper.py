@@ -286,7 +286,12 @@ class MetricsScraper:
             m = extract(text, ep.engine, self.clock(), ep.metrics)
             # This gateway's own load beside the page (the utilization detector's carry-forward).
             m.own_explained = m.waiting_queue_size + m.running_requests <= own_requests
-            m.own_pending = max(0, own_requests - own_decoding)
+            # A first token that arrived during the GET may be a request the page already shows running
+            # (started before the page was rendered): it leaves the requests the page can show waiting,
+            # or the carried queue would later take it out of the page's waiting count as well. (If it
+            # was waiting on the page after all, the queue is overstated until the next scrape.)
+            started = max(0, inf.decoding - own_decoding)
+            m.own_pending = max(0, own_requests - own_decoding - started)
             m.own_sent_tokens = own_sent_tokens
             ep.metrics = m
         except (
