@@ -75,7 +75,8 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.paused = False
         self.closed = False
-        self._parser = httptools.HttpResponseParser(self)
+        # (the parser holds this connection's bound callbacks: a cycle, broken in connection_lost)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.reset()
 
     def reset(self) -> None:
@@ -83,6 +84,11 @@ class _Conn(asyncio.Protocol):
         self.head: ResponseHead | None = None
         self.body.clear()
         self.buffered = 0
+        if self.paused and self.transport is not None:
+            # Paused with a complete response waiting (released unread): nothing waits now, and the
+            # next response, or a close while idle, must be seen.
+            self.paused = False
+            self.transport.resume_reading()
         self.done = False  # whole response received
         self.keep_alive = True
         self.error: BaseException | None = None
@@ -112,6 +118,9 @@ class _Conn(asyncio.Protocol):
             else:
                 self.error = UpstreamError(f"{self.address}: connection closed" + (f": {exc}" if exc else ""))
         self.pool._forget(self)
+        # Break the cycle so a closed connection (its unread body, head, error) is freed at once, not at
+        # the cyclic collector's next full pass. (connection_lost never runs inside feed_data.)
+        self._parser = None
         self._wake()
 
     def data_received(self, data: bytes) -> None:
@@ -122,21 +131,28 @@ class _Conn(asyncio.Protocol):
             if not self.busy and self.transport is not None:
                 self.transport.abort()
             return
+        parser = self._parser
+        if parser is None:  # (closed)
+            return
         self.got_any = True
         self._wire += len(data)
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as e:
-            cause = e.__context__
-            self._fail(
-                f"malformed response: {cause}" if isinstance(cause, _Refused) else f"bad response: {cause!r}"
-            )
-        except httptools.HttpParserUpgrade:
-            self._fail("malformed response: protocol upgrade (101) that was not asked for")
-        except httptools.HttpParserError as e:
+            parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
             if self.done:
-                self.extra = True  # garbage after a complete response: deliver it, never reuse
+                # Bytes past a complete response (refused by llhttp, by a callback, or a 101 head):
+                # the response is delivered, the connection never reused.
+                self.extra = True
                 self.keep_alive = False
+            elif isinstance(e, httptools.HttpParserUpgrade):
+                self._fail("malformed response: protocol upgrade (101) that was not asked for")
+            elif isinstance(e, httptools.HttpParserCallbackError):
+                cause = e.__context__
+                self._fail(
+                    f"malformed response: {cause}"
+                    if isinstance(cause, _Refused)
+                    else f"bad response: {cause!r}"
+                )
             else:
                 self._fail(f"malformed response: {e}")
         if self.error is None and not self.done:
@@ -162,6 +178,8 @@ class _Conn(asyncio.Protocol):
             self.extra = True  # a second response to one request
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.done:
+            return  # a second response (``extra``): not counted against this one's limits
         self._nheaders += 1
         self._head_bytes += len(name) + len(value) + 4
         if self._nheaders > _MAX_HEADERS:
@@ -179,7 +197,10 @@ class _Conn(asyncio.Protocol):
         if self.done:
             return  # a second response (``extra``)
         p = self._parser
+        assert p is not None  # (a callback runs inside feed_data)
         status = p.get_status_code()
+        if status < 100:  # (llhttp reads it as a final response: never taken for an interim head)
+            raise _Refused(f"status {status:03d}")
         if status < 200:
             self._headers = {}  # an interim head (100 Continue): the real one follows
             return
@@ -209,6 +230,10 @@ class _Conn(asyncio.Protocol):
         if self.head is None or self.done:
             return  # the end of an interim head, or of a second response (``extra``)
         self.done = True
+        p = self._parser
+        if p is not None and not p.should_keep_alive():
+            # (llhttp also reads ``Connection: close`` in trailers: it will refuse the next response)
+            self.keep_alive = False
 
     # --- consumer side ------------------------------------------------------------------------
     def _wake(self) -> None:

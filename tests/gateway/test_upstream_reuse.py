@@ -1,0 +1,174 @@
+"""The upstream client's connection life cycle over real sockets (review s8-gw): what goes back to the
+pool is ready for the next exchange, a response that was answered is never failed by what follows it,
+a closed connection is freed at once, and the bytes that are not body stay bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+import pytest
+
+from kvgate.gateway.upstream import _HIGH_WATER, UpstreamError, UpstreamPool
+
+_HEAD = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def _serve_replies(replies: list[bytes]) -> tuple[asyncio.Server, str, list[int]]:
+    """Each connection answers its n-th request with replies[n] (one write), then holds the connection
+    open. Returns (server, address, [connections opened])."""
+    opened = [0]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened[0] += 1
+        try:
+            for reply in replies:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                writer.write(reply)
+                await writer.drain()
+            await asyncio.sleep(30)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}", opened
+
+
+async def _exchange(pool: UpstreamPool, address: str) -> tuple[int, bytes]:
+    resp = await asyncio.wait_for(pool.request(address, _HEAD, b"{}"), 3)
+    try:
+        return resp.status, await asyncio.wait_for(resp.read(), 3)
+    finally:
+        resp.release()
+
+
+async def test_a_complete_response_released_unread_while_reading_is_paused_resumes_reading():
+    """B1: the read that completes a response crosses the read-ahead cap (reading pauses, the response is
+    done) and the response is released unread (the proxy's 5xx retry): the pooled connection reads again,
+    so the next request on it is answered, not left to the idle timeout."""
+    first_part = _HIGH_WATER - 100  # under the cap: reading goes on
+    last_part = 300  # the read that completes the response crosses it
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        n = 0
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                n += 1
+                if n == 1:
+                    writer.write(
+                        b"HTTP/1.1 503 Busy\r\nContent-Length: %d\r\n\r\n" % (first_part + last_part)
+                    )
+                    writer.write(b"e" * first_part)
+                    await writer.drain()
+                    await asyncio.sleep(0.2)
+                    writer.write(b"e" * last_part)
+                else:
+                    writer.write(OK)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    pool = UpstreamPool(1.0, 2.0)
+    try:
+        resp = await pool.request(address, _HEAD, b"{}")
+        assert resp.status == 503
+        await asyncio.sleep(0.6)  # the whole body arrives; nobody reads it
+        assert resp._conn.done and resp._conn.paused
+        resp.release()
+        assert (await _exchange(pool, address)) == (200, b"ok")
+        assert connections == 1  # on the same connection
+    finally:
+        pool.close()
+        server.close()
+
+
+async def test_a_status_below_100_is_refused_and_never_glued_to_the_next_response():
+    """B2: llhttp reads ``HTTP/1.1 099`` as a final response with a body; it was taken for an interim
+    1xx head and its body handed out as the start of the next response's (``hellook``)."""
+    server, address, _ = await _serve_replies([b"HTTP/1.1 099 X\r\nContent-Length: 5\r\n\r\nhello" + OK])
+    pool = UpstreamPool(1.0, 2.0)
+    try:
+        with pytest.raises(UpstreamError, match="malformed response: status 099"):
+            await _exchange(pool, address)
+        assert not pool._idle.get(address)
+    finally:
+        pool.close()
+        server.close()
+
+
+async def test_connection_close_in_trailers_is_not_reused_and_the_next_request_is_answered():
+    """B3: llhttp takes ``Connection: close`` from a chunked response's trailers (and refuses whatever
+    follows on that connection); keep-alive was decided at the head, so the connection was pooled and the
+    next request failed after bytes arrived (no resend: a failure against a healthy endpoint)."""
+    first = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n0\r\nConnection: close\r\n\r\n"
+    server, address, opened = await _serve_replies(
+        [first, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"]
+    )
+    pool = UpstreamPool(1.0, 2.0)
+    try:
+        assert (await _exchange(pool, address)) == (200, b"one")
+        assert (await _exchange(pool, address)) == (200, b"one")  # a fresh connection's first answer
+        assert opened[0] == 2
+    finally:
+        pool.close()
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"HTTP/1.1 101 Switching\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",  # llhttp's upgrade pause
+        b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(120)) + b"\r\n",  # > 100 lines
+        b"HTTP/1.1 099 X\r\nContent-Length: 0\r\n\r\n",  # refused by a callback
+        b"garbage",  # refused by llhttp
+    ],
+    ids=["101 head", "many headers", "status 099", "garbage"],
+)
+async def test_junk_after_a_complete_response_in_the_same_read_delivers_it_and_drops_the_connection(junk):
+    """B4: bytes past a complete response that trip one of the client's callbacks (or llhttp's upgrade
+    pause) failed the response already answered: the proxy would retry it (a duplicate generation)."""
+    server, address, opened = await _serve_replies([OK + junk, OK])
+    pool = UpstreamPool(1.0, 2.0)
+    try:
+        assert (await _exchange(pool, address)) == (200, b"ok")
+        assert (await _exchange(pool, address)) == (200, b"ok")
+        assert opened[0] == 2  # the connection with junk on it was not reused
+    finally:
+        pool.close()
+        server.close()
+
+
+async def test_a_closed_connection_is_freed_without_the_cyclic_collector():
+    """R1: the parser holds the connection's callbacks and the connection the parser; a closed
+    connection (and the unread body, head and error it holds) waited for a full gc pass, which the
+    gateway's frozen heap and raised thresholds make rare."""
+    server, address, _ = await _serve_replies(
+        [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"]
+    )
+    pool = UpstreamPool(1.0, 5.0)
+    gc.collect()
+    gc.disable()
+    try:
+        resp = await pool.request(address, _HEAD, b"{}")
+        assert await resp.read() == b"ok"
+        ref = weakref.ref(resp._conn)
+        resp.release()  # Connection: close: aborted, not pooled
+        del resp
+        await asyncio.sleep(0.1)  # connection_lost has run
+        assert ref() is None, "a closed connection kept alive by a reference cycle"
+    finally:
+        gc.enable()
+        pool.close()
+        server.close()
