@@ -172,3 +172,40 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_collector():
         gc.enable()
         pool.close()
         server.close()
+
+
+async def test_one_trailer_line_is_bounded_whatever_the_chunk_count():
+    """R2: the allowance for bytes that are not body grows with each chunk; one trailer line (which
+    httptools holds) could spend it all: 30 000 one-byte chunks let a 16 MiB line through. What arrives
+    after the last chunk-size line is bounded on its own."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"1\r\nx\r\n" * 30_000)
+            writer.write(b"0\r\nX-T: ")
+            for _ in range(256):  # 16 MiB of one trailer value, never ended
+                writer.write(b"t" * 65536)
+                await writer.drain()
+            await asyncio.sleep(30)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    pool = UpstreamPool(1.0, 1.0)
+    try:
+        resp = await pool.request(address, _HEAD, b"{}")
+        try:
+            with pytest.raises(UpstreamError, match="chunk lines or trailers too large"):
+                while await asyncio.wait_for(resp.read_chunk(), 5):
+                    pass
+            assert resp._conn._wire < 2 * 1024 * 1024  # refused within a few reads of the line
+        finally:
+            resp.release()
+    finally:
+        pool.close()
+        server.close()

@@ -12,13 +12,17 @@ Transfer-Encoding, a bad chunk size or a missing CRLF after chunk data, a bare L
 Limits: the head at ``_MAX_HEAD`` bytes (received before it is complete, interim 1xx heads
 included, and its header lines as llhttp hands them) and ``_MAX_HEADERS`` lines; everything that is
 not body (head, chunk-size lines and extensions, trailers: what httptools may buffer is a header or
-trailer line being read) at ``2 * _MAX_HEAD`` plus ``_CHUNK_LINE`` per chunk.
+trailer line being read) at ``2 * _MAX_HEAD`` plus ``_CHUNK_LINE`` per chunk, and at ``2 * _MAX_HEAD``
+received since the last chunk-size line (give or take one read; so one trailer line or chunk extension
+cannot spend what the chunks before it earned).
 Memory is bounded: reading pauses when more than ``_HIGH_WATER`` bytes wait for the consumer, and idle
 connections per endpoint are capped.
 
 When a connection is reused: the response was read to its end, it was HTTP/1.1 without
-``Connection: close`` (an HTTP/1.0 answer is never reused, with or without ``keep-alive``), nothing
-arrived past its end, and no error. Bytes that arrive on an idle pooled connection (nobody asked)
+``Connection: close`` (in its head or, as llhttp reads it, its trailers; an HTTP/1.0 answer is never
+reused, with or without ``keep-alive``), nothing arrived past its end, and no error; reading resumes
+if it was paused (a response released unread). Bytes past a complete response drop the connection but
+never fail that response. Bytes that arrive on an idle pooled connection (nobody asked)
 drop it.
 """
 
@@ -102,6 +106,9 @@ class _Conn(asyncio.Protocol):
         self._wire = 0  # bytes of this response on the wire
         self._body_len = 0
         self._chunks = 0
+        # Bytes not body when the last chunk's size line was read (as counted at the end of that read:
+        # the body after it in that read makes it larger, by one read at most).
+        self._nonbody_mark = 0
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -159,7 +166,12 @@ class _Conn(asyncio.Protocol):
             if self.head is None:
                 if self._wire > _MAX_HEAD:
                     self._fail("malformed response: response head too large")
-            elif self._wire - self._body_len > 2 * _MAX_HEAD + _CHUNK_LINE * self._chunks:
+            elif (nonbody := self._wire - self._body_len) > 2 * _MAX_HEAD and (
+                nonbody > 2 * _MAX_HEAD + _CHUNK_LINE * self._chunks
+                # Since the last chunk's size line: one chunk line or the trailers (what httptools
+                # holds) may not spend the allowance the chunks before them earned.
+                or nonbody - self._nonbody_mark > 2 * _MAX_HEAD
+            ):
                 self._fail("malformed response: chunk lines or trailers too large")
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
@@ -217,6 +229,7 @@ class _Conn(asyncio.Protocol):
 
     def on_chunk_header(self) -> None:
         self._chunks += 1
+        self._nonbody_mark = self._wire - self._body_len
 
     def on_body(self, body: bytes) -> None:
         if self.done:
