@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,7 +39,12 @@ from kvgate.scheduling.types import (
     SchedulingError,
 )
 
+log = logging.getLogger("kvgate.flowcontrol")
+
 TTL_MESSAGE = "request timed out in the flow control queue (TTL expired)"
+# A plugin's bug while dispatching: the clients concerned are answered (never left waiting).
+PICK_ERROR_MESSAGE = "the pick of a request leaving the flow control queue failed (internal error)"
+GATE_ERROR_MESSAGE = "flow control could not dispatch (its saturation gate failed); queued request dropped"
 GIVE_UP_MESSAGE = "sheddable request can no longer meet its TTFT SLO (flow control queue)"
 # What a preempted request's client gets, as a 429 (ShedError): retry later.
 PREEMPTED_MESSAGE = "request preempted by higher-priority work"
@@ -203,6 +210,10 @@ class FlowDispatcher:
         except SchedulingError as e:
             self.ctl.record(item, REJECTED_OTHER, now)
             return e
+        except Exception as e:  # (a plugin's bug) it has left the queue: its client gets a 500, not a hang
+            log.error("flow control: %s: %s: %s", PICK_ERROR_MESSAGE, type(e).__name__, e, exc_info=e)
+            self.ctl.record(item, REJECTED_OTHER, now)
+            return SchedulingError(PICK_ERROR_MESSAGE)
         self.ctl.record(item, DISPATCHED, now)
         return result
 
@@ -245,10 +256,36 @@ class FlowDispatcher:
         assert wake is not None
         while len(self.ctl) > 0:
             wake.clear()
-            self.step()
+            try:
+                self.step()
+            except Exception as e:
+                # The gate (saturation detector, preemption) raised: this task would end with the queue
+                # full and nothing left to dispatch or expire it (a config reload's old picker gets no
+                # arrival to start it again, and the new picker waits behind its queue): fail it, 503.
+                n = self.fail_all(NoCapacityError(GATE_ERROR_MESSAGE), self.clock())
+                log.error("flow control: dispatch failed, %d queued request(s) answered 503: %s: %s",
+                          n, type(e).__name__, e, exc_info=e)  # fmt: skip
+                return
             if len(self.ctl) > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self.recheck_interval)
+
+    def fail_all(self, err: SchedulingError, now: float) -> int:
+        """Remove every queued request (held ones too), each failed with ``err``; returns how many."""
+        ctl, n = self.ctl, 0
+        ctl.unhold(math.inf)
+        while len(ctl) > 0:
+            before = n
+            for item in list(ctl.heads()):
+                if ctl.cancel(item, now, REJECTED_OTHER):
+                    _fail(item, err)
+                    n += 1
+            if n == before:  # (not expected) the rest by the expiry heap, where every queued request is
+                for item in ctl.expire(math.inf):
+                    _fail(item, err)
+                    n += 1
+                break
+        return n
 
 
 def _fail(item: QueuedRequest, err: SchedulingError) -> None:

@@ -53,7 +53,7 @@ from kvgate.config.gateway import (
 )
 from kvgate.datalayer.store import make_endpoint
 from kvgate.gateway.pools import Pool, build_director_for, picker_key, picker_of, picker_spec
-from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, UsesPrefixPlugin
 from kvgate.scheduling.plugins.session import SessionAffinityScorer
 
 log = logging.getLogger("kvgate.gateway.reload")
@@ -182,12 +182,18 @@ def check_pickers(old: GatewayConfig, new: GatewayConfig) -> None:
 
 def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[str]:
     """What a pool's new Director takes over from the old one; returns the prefix scorers whose index
-    it kept. The health policy and decode-speed estimates always; a prefix scorer's index, and a session
-    affinity scorer's sessions, when the scorer's name, type and parameters are unchanged (else its
-    blocks may not mean the same)."""
+    it kept. The health policy, decode-speed estimates and flow-control metric labels always; a prefix
+    scorer's index, and a session affinity scorer's sessions, when the scorer's name, type and parameters
+    are unchanged (else its blocks may not mean the same); a consumer's implicit prefix scorer's index
+    when the consumer keeps its name and has an implicit one on both sides."""
     for attr in ("health", "speed", "mean_decode"):
         if hasattr(old, attr) and hasattr(new, attr):
             setattr(new, attr, getattr(old, attr))
+    old_flow, new_flow = getattr(old, "flow", None), getattr(new, "flow", None)
+    if old_flow is not None and new_flow is not None:
+        # The flow-control metrics' ``fairness_id`` labels (module-wide series, capped per FlowMetrics):
+        # the same set, so a reload neither opens another 64 labels nor relabels a flow that was ``other``.
+        new_flow.ctl.metrics._flows = old_flow.ctl.metrics._flows
     handle, old_handle = getattr(new, "handle", None), getattr(old, "handle", None)
     if handle is None or old_handle is None:
         return []
@@ -195,6 +201,14 @@ def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[s
     kept = []
     for name, plugin in handle.plugins.items():
         prev = old_handle.plugins.get(name)
+        if isinstance(plugin, UsesPrefixPlugin) and isinstance(prev, UsesPrefixPlugin):
+            # A consumer with no configured prefix scorer has a private one with default parameters
+            # (``find_prefix_plugin``): the same meaning on both sides when both are implicit and named
+            # alike, whatever else of the consumer changed.
+            mine, theirs = _implicit_prefix(plugin, handle), _implicit_prefix(prev, old_handle)
+            if mine is not None and theirs is not None and mine.name == theirs.name:
+                mine.take_index(theirs)
+                kept.append(f"{mine.name} (of {name})")
         a, b = ospec.plugin(name), nspec.plugin(name)
         if prev is None or a is None or b is None or (a.type, a.parameters) != (b.type, b.parameters):
             continue
@@ -204,6 +218,14 @@ def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[s
         elif isinstance(plugin, SessionAffinityScorer) and isinstance(prev, SessionAffinityScorer):
             plugin.sessions = prev.sessions  # (sessions stay on their endpoints across the swap)
     return kept
+
+
+def _implicit_prefix(consumer: UsesPrefixPlugin, handle: Any) -> PrefixCacheScorer | None:
+    """``consumer``'s private prefix scorer, built for it (none configured), else None."""
+    p = getattr(consumer, "_prefix", None)  # (resolved at the build: a dependency of its profile)
+    if not isinstance(p, PrefixCacheScorer) or any(p is q for q in handle.plugins.values()):
+        return None
+    return p
 
 
 @dataclass(slots=True)
@@ -216,7 +238,8 @@ class _Swap:
     listeners: list[Any]  # what its build added to the pool's store (removed if it is dropped)
     sources: list[Any]  # its data sources (KV events): started before the swap
     kept: list[str]  # prefix scorers whose index it took over
-    started: bool = False
+    started: bool = False  # its sources were started (``prepare``)
+    swapped: bool = False  # it serves the pool (``_swap``): ``sources`` are the old picker's since
 
 
 @dataclass(slots=True)
@@ -269,7 +292,20 @@ class ConfigWatch:
             mtime = self._stat()
             if forced or (mtime is not None and mtime != self._mtime):
                 self._mtime = mtime
-                await self.areload()
+                try:
+                    await self.areload()
+                except Exception as e:  # (the last resort: the watch outlives any reload)
+                    self._unexpected(e)
+
+    def _unexpected(self, e: Exception) -> None:
+        """A reload that raised what no step expects (a bug): logged with its traceback, counted
+        ``failed``; the watch goes on (the next SIGHUP or file change is taken)."""
+        self.failures += 1
+        log.error(
+            "config reload: %s could not be applied (unexpected error; what was swapped before it stays): "
+            "%s: %s", self.path, type(e).__name__, e, exc_info=e,
+        )  # fmt: skip
+        self._result("failed")
 
     def _result(self, result: str) -> None:
         if self.on_result is not None:
@@ -332,6 +368,9 @@ class ConfigWatch:
                     "config reload: %s could not be applied, keeping the running config: %s%s", self.path, e,
                     f" ({n} failures in a row; retried at every check, logged less often)" if n > 1 else "",
                 )  # fmt: skip
+            return False
+        except Exception as e:  # a bug in a swap, ``on_swap`` or the limits: never the end of the watch
+            self._unexpected(e)
             return False
         if self.apply_failures:
             log.warning("config reload: %s applied after %d failures", self.path, self.apply_failures)
@@ -456,15 +495,17 @@ class ConfigReloader(ConfigWatch):
         return plan
 
     async def settle(self, prepared: Any, applied: bool) -> None:
+        """Per pool, whether or not the whole apply succeeded (one that raised half-way has swapped
+        some): a swapped pool's old sources stop; a pool not swapped drops its new picker's listeners
+        and stops the sources started for it."""
         if not isinstance(prepared, _Plan):
             return
-        if not applied:
-            self._drop(prepared)
+        self._drop(_Plan([s for s in prepared.swaps if not s.swapped]))
         if self.server is None:
             return
         for s in prepared.swaps:
-            # Applied: ``sources`` now holds the old picker's (``_swap``); else the new one's, if started.
-            if applied or s.started:
+            # Swapped: ``sources`` now holds the old picker's (``_swap``); else the new one's, if started.
+            if s.swapped or s.started:
                 await self.server.stop_sources(s.sources)
 
     def _swap(self, s: _Swap) -> None:
@@ -477,11 +518,18 @@ class ConfigReloader(ConfigWatch):
             s.director.health = getattr(old, "health", getattr(s.director, "health", None))
             pool.director = s.director
             s.sources = []
-        # The old Director's plugins leave the store's listeners (the scraper's and KV sources' stay).
+        s.swapped = True
+        # The old Director's plugins leave the store's listeners (the scraper's and KV sources' stay):
+        # its configured ones and those it built for itself (a consumer's implicit prefix scorer, which
+        # is in no ``handle.plugins`` but holds the old handle).
         handle = getattr(old, "handle", None)
         if handle is not None:
+            owned = list(handle.plugins.values())
             for f in listeners_old:
-                if getattr(f, "__self__", None) in handle.plugins.values():
+                owner = getattr(f, "__self__", None)
+                if owner is not None and (
+                    any(owner is p for p in owned) or getattr(owner, "handle", None) is handle
+                ):
                     pool.store.remove_listener(f)
         queued = old.queued() if hasattr(old, "queued") else 0
         # Behind the old one while it, or a predecessor of its own (reloads a moment apart), holds a queue.
@@ -490,11 +538,15 @@ class ConfigReloader(ConfigWatch):
         old_desc = picker_of(pool.cfg) if isinstance(picker_of(pool.cfg), str) else "endpointPickerConfig"
         new_desc = picker_of(s.pc) if isinstance(picker_of(s.pc), str) else "endpointPickerConfig"
         pool.cfg.policy, pool.cfg.picker_config = s.pc.policy, copy.deepcopy(s.pc.picker_config)
+        # Only a new picker with flow control waits for them (its gate); without, new requests go at once.
+        first = "leave the old picker first" if getattr(s.director, "flow", None) is not None else (
+            "drain on the old picker (new requests do not wait for them: no flow control)"
+        )  # fmt: skip
         log.warning(
-            "config reload: pool %r picker swapped (%s -> %s); prefix index %s; %d queued request(s) leave "
-            "the old picker first; requests in flight finish on it",
+            "config reload: pool %r picker swapped (%s -> %s); prefix index %s; %d queued request(s) %s; "
+            "requests in flight finish on it",
             pool.name, old_desc, new_desc,
-            f"kept for {', '.join(s.kept)}" if s.kept else "new", queued,
+            f"kept for {', '.join(s.kept)}" if s.kept else "new", queued, first,
         )  # fmt: skip
 
     def apply(self, new: GatewayConfig, prepared: Any = None) -> str | None:
