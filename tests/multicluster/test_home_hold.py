@@ -1,7 +1,7 @@
 """Prefix homes hold through a measurement's swings (issue #14, session 8): a home weight's class changes
 once the measurement is a whole class from the class's centre, and not while its cluster is in slow start.
 Live, east's decode time swung 2.7-3.9 s with its load in one steady phase and its weight, near a class
-boundary, flipped class 5 times in 40 s; each flip moved its marginal tenants' homes back and forth."""
+boundary, changed class 6 times in 32 s; each change moved its marginal tenants' homes back and forth."""
 
 from __future__ import annotations
 

@@ -425,7 +425,7 @@ class KvgatePolicy:
         measurement drifts; within a class their homes agree and stay put. The class is held while the
         measurement stays within HOME_CLASS_HOLD half-octaves of its centre (hysteresis): live, a busy
         cluster's decode time swings +-20 % with its load (east 2.7-3.9 s in one steady phase), and a
-        weight near a class boundary flipped east's class 5 times in 40 s, each flip moving its marginal
+        weight near a class boundary changed east's class 6 times in 32 s, each change moving its marginal
         tenants' homes back and forth. A cluster in slow start keeps its class: its returning snapshot
         (slot priors, empty caches) is what the slow start does not trust either."""
         prefill = max(self.base_ttft(c) - c.spec.rtt_ms / 1000.0, 1e-3)
