@@ -234,6 +234,11 @@ def test_fuzz_a_valid_response_split_anywhere_parses_the_same(resp, cuts):
     assert {k: conn.head.headers[k] for k in headers} == headers
     assert _body(conn) == body
     assert conn.keep_alive == (framing != "close") and not conn.extra
+    if conn.keep_alive:  # the same parser reads the next exchange after reset()
+        conn.reset()
+        conn.busy = True
+        conn.data_received(OK + b"Content-Length: 4\r\n\r\nnext")
+        assert conn.error is None and conn.done and _body(conn) == b"next" and conn.keep_alive
 
 
 def _check_clean(conn: _Conn) -> None:

@@ -209,3 +209,116 @@ async def test_one_trailer_line_is_bounded_whatever_the_chunk_count():
     finally:
         pool.close()
         server.close()
+
+
+# --- review s8-gw R3, N1, N2 --------------------------------------------------------------------------------
+
+
+async def test_an_answer_before_the_request_was_all_written_keeps_the_connection_out_of_the_pool():
+    """R3: a server that answers (413, keep-alive) before reading a large body: the rest of that body is
+    still in the write buffer, so the connection is not reused (the next request would follow it)."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if first:  # answer at once, never read the body
+                writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(30)
+            else:
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                await asyncio.sleep(30)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    pool = UpstreamPool(1.0, 5.0)
+    big = b"x" * (32 << 20)
+    head = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(big)
+    try:
+        resp = await asyncio.wait_for(pool.request(address, head, big), 5)
+        assert resp.status == 413 and await resp.read() == b""
+        resp.release()
+        small = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n"
+        resp = await asyncio.wait_for(pool.request(address, small, b"{}"), 5)
+        assert await asyncio.wait_for(resp.read(), 5) == b"ok"
+        resp.release()
+        assert connections == 2
+    finally:
+        pool.close()
+        server.close()
+
+
+async def test_the_resend_after_a_stale_idle_connection_goes_on_a_new_connection():
+    """N1: the request found its kept-alive connection closed by the server (no byte back) is sent once
+    more on a new connection, not on another idle one that may be just as stale."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:  # each connection answers one request and closes silently on the next
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    head = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n"
+    pool = UpstreamPool(1.0, 5.0)
+    try:
+        first = await asyncio.gather(pool.request(address, head, b"{}"), pool.request(address, head, b"{}"))
+        for resp in first:  # two idle connections, both to be closed on their next request
+            assert await resp.read() == b"ok"
+            resp.release()
+        resp = await asyncio.wait_for(pool.request(address, head, b"{}"), 5)
+        assert await resp.read() == b"ok"
+        resp.release()
+        assert connections == 3
+    finally:
+        pool.close()
+        server.close()
+
+
+async def test_an_idle_connection_with_unasked_bytes_is_never_handed_out_again():
+    """N2: after unasked bytes the connection is out of the pool at once, not when connection_lost runs."""
+    server = await asyncio.start_server(_answer_ok_forever, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    head = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n"
+    pool = UpstreamPool(1.0, 5.0)
+    try:
+        resp = await pool.request(address, head, b"{}")
+        conn = resp._conn
+        assert await resp.read() == b"ok"
+        resp.release()
+        conn.data_received(b"HTTP/1.1 200 OK\r\n")  # unasked, while idle
+        assert pool._take_idle(address) is None  # (same loop turn: connection_lost has not run)
+    finally:
+        pool.close()
+        server.close()
+
+
+async def _answer_ok_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+        pass
+    writer.close()

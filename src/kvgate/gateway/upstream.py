@@ -135,8 +135,11 @@ class _Conn(asyncio.Protocol):
             # Nobody asked (an idle pooled connection), or past a complete / failed response.
             self.extra = True
             self.keep_alive = False
-            if not self.busy and self.transport is not None:
-                self.transport.abort()
+            if not self.busy:
+                self.closed = True  # at once: never handed out before connection_lost runs
+                self.pool._forget(self)
+                if self.transport is not None:
+                    self.transport.abort()
             return
         parser = self._parser
         if parser is None:  # (closed)
@@ -350,7 +353,16 @@ class UpstreamResponse:
             return
         self._released = True
         c = self._conn
-        if c.done and c.keep_alive and c.error is None and not c.closed and not c.extra:
+        if (
+            c.done
+            and c.keep_alive
+            and c.error is None
+            and not c.closed
+            and not c.extra
+            # An answer that came before the request was all written (an early 413): the rest of
+            # the request would go ahead of the next one.
+            and not (c.transport is not None and c.transport.get_write_buffer_size())
+        ):
             c.reset()
             self._conn.pool._put_idle(c)
         else:
@@ -456,8 +468,8 @@ class UpstreamPool:
         ``on_sent`` runs once the request is written (timing breakdowns).
         """
         for attempt in range(2):
-            # (an idle connection without a coroutine's await: the usual case)
-            conn = self._take_idle(address)
+            # (an idle connection without a coroutine's await: the usual case; the resend: a new one)
+            conn = self._take_idle(address) if attempt == 0 else None
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(address, tls)
