@@ -284,9 +284,14 @@ class ClusterState:
         self.ttft_floor_s = self.any_floor_s if self.hit_floor_s is None else self.hit_floor_s
 
     def _hit_floor_step(self, seconds: float) -> None:
-        """A prefix hit's TTFT: the floor's own evidence (its first one replaces every answer's floor)."""
+        """A prefix hit's TTFT: the floor's own evidence. A first hit faster than every answer's floor
+        replaces it; a slower one (live, queued behind the warm-up's misses: up to 3.4x the floor, review
+        s8-mc B1) starts the hits' tracker at that floor, never above it."""
         if seconds > 0.0:
-            self.hit_floor_s = self.ttft_floor_s = _quantile_step(self.hit_floor_s, seconds, FLOOR_QUANTILE)
+            q = self.hit_floor_s
+            if q is None and self.ttft_floor_s and self.ttft_floor_s <= seconds:
+                q = self.ttft_floor_s
+            self.hit_floor_s = self.ttft_floor_s = _quantile_step(q, seconds, FLOOR_QUANTILE)
 
     def _count_class(self, hit: bool, idle: float) -> None:
         if idle <= 0.0:
@@ -310,7 +315,12 @@ class ClusterState:
     def start_ramp(self, now: float) -> None:
         """The cluster is back: slow start, one request in its prefill per ready endpoint at first, or
         what this gateway still has waiting there if more (a snapshot that only lapsed, its requests
-        still being answered, is not throttled below what it is serving)."""
+        still being answered, is not throttled below what it is serving). Its hits' floor is learnt again
+        (every answer's floor until a hit, ``_hit_floor_step``): it may come back on other hardware, and
+        where no answer reports a hit the old one would hold for good (review s8-mc R2)."""
+        if self.hit_floor_s is not None and self.any_floor_s is not None:
+            self.hit_floor_s = None
+            self.ttft_floor_s = self.any_floor_s
         a = self.aggregate
         ready = a.ready_endpoints if a is not None else 1
         self.ramp_window = float(max(1, ready, self.prefilling()))
