@@ -31,13 +31,15 @@
   cost (measured from its answers at the idle scale, never below ``affinity`` / (1 - ``affinity``) x its
   idle TTFT, the relative discount it replaced; that floor is the estimate before a measurement). Then
   relative discounts: the local cluster and the request's prefix home (weighted rendezvous hashing of its
-  first 256 chars, weights = each cluster's throughput, slots over slot time: every gateway computes the
-  same home, so each tenant's prefix lives in one cluster, not in all of them; spill-over is the home's
-  predicted TTFT rising). Then power-of-two choices
-  among the clusters within ``slack`` of the best (no herding between refreshes, nor between gateways
-  sharing a snapshot). A cluster that comes back (stale, empty or NOT_SERVING, then usable) is in slow
-  start (``ClusterState.start_ramp``): with its window of requests in their prefill in use, it comes
-  after the other usable clusters. Unknown clusters are tried only after every known-good one (ordered
+  first 256 chars, weights = each cluster's throughput, slots over slot time, in half-octave classes:
+  gateways that hold the same classes compute the same home, so each tenant's prefix lives in one
+  cluster, not in all of them; spill-over is the home's predicted TTFT rising). The classes are held with
+  hysteresis, so two gateways with different histories can hold a class apart for the same measurement
+  (near a class boundary) and split that cluster's marginal tenants between two homes. Then power-of-two
+  choices among the clusters within ``slack`` of the best (no herding between refreshes, nor between
+  gateways sharing a snapshot). A cluster that comes back (stale, empty or NOT_SERVING, then usable) is
+  in slow start (``ClusterState.start_ramp``): with its window of requests in their prefill in use, it
+  comes after the other usable clusters. Unknown clusters are tried only after every known-good one (ordered
   by RTT), so a request is not lost when all snapshots are stale.
 """
 
@@ -185,6 +187,10 @@ class KvgateWeights:
     # (``KvgatePolicy.calibrate_prior``), + its RTT.
     prior_ttft_s: float = 0.05
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.prior_ttft_s) and self.prior_ttft_s > 0.0):
+            raise ValueError(f"prior_ttft_s must be a positive number of seconds, not {self.prior_ttft_s!r}")
+
 
 # What names a request's prefix home: its first HOME_BLOCKS blocks of HOME_CHUNK chars (bytes for token
 # ids), 256 chars: inside the tenant's shared context (a chat template's header, a system prompt), not its
@@ -196,6 +202,10 @@ HOME_CHUNK = 64
 # A home weight's class (a half-octave) changes once the measurement is this many half-octaves from the
 # class's centre (a whole class; rounding alone changes it at half of one): ``KvgatePolicy.home_weight``.
 HOME_CLASS_HOLD = 1.0
+# The least prefill (a floor less the configured RTT) a measured floor is taken to show, in seconds: a floor
+# at or under its cluster's ``rtt_ms`` (configured, not measured) shows an overstated RTT, not a free
+# prefill (``KvgatePolicy.calibrate_prior``, ``home_weight``).
+MIN_PREFILL_S = 1e-3
 
 
 def _unit(h: int) -> float:
@@ -304,7 +314,7 @@ class KvgatePolicy:
         a gateway's first 9 s (live run, seed 8), whose prefixes then moved. Only the speed ratio between
         clusters comes from the labels; the unit comes from the measurements."""
         logs = [
-            math.log(max(c.ttft_floor_s - c.spec.rtt_ms / 1000.0, 1e-6) / self.prior_prefill(c))
+            math.log(max(c.ttft_floor_s - c.spec.rtt_ms / 1000.0, MIN_PREFILL_S) / self.prior_prefill(c))
             for c in clusters
             if c.ttft_floor_s and c.aggregate is not None and c.aggregate.ready_endpoints > 0
         ]
@@ -418,7 +428,7 @@ class KvgatePolicy:
                 best, best_score = c.name, score
         return best
 
-    def home_weight(self, c: ClusterState) -> float:
+    def home_weight(self, c: ClusterState, hold: bool = True) -> float:
         """A cluster's home weight: its throughput when busy, slots over slot time, as ``slot_time`` but
         without this gateway's own round trip (``rtt_ms``, which another gateway does not share), in
         half-octave classes (2^(k/2)). Two gateways measure a cluster a little differently and a
@@ -427,12 +437,16 @@ class KvgatePolicy:
         cluster's decode time swings +-20 % with its load (east 2.7-3.9 s in one steady phase), and a
         weight near a class boundary changed east's class 6 times in 32 s, each change moving its marginal
         tenants' homes back and forth. A cluster in slow start keeps its class: its returning snapshot
-        (slot priors, empty caches) is what the slow start does not trust either."""
-        prefill = max(self.base_ttft(c) - c.spec.rtt_ms / 1000.0, 1e-3)
+        (slot priors, empty caches) is what the slow start does not trust either. ``hold=False``: the
+        weight ``home`` would use now, without holding its class (a read, ``GlobalRouter.summary``, must
+        not change where requests go: review s8-mc B2)."""
+        prefill = max(self.base_ttft(c) - c.spec.rtt_ms / 1000.0, MIN_PREFILL_S)
         x = 2.0 * math.log2(max(self.slots(c) / self._slot(c, prefill), 1e-9))
         k = self._home_class.get(c.name)
         if k is None or (c.ramp_window is None and abs(x - k) >= HOME_CLASS_HOLD):
-            k = self._home_class[c.name] = round(x)
+            k = round(x)
+            if hold:
+                self._home_class[c.name] = k
         return float(2.0 ** (k / 2.0))
 
     def cost(self, c: ClusterState, req: ClusterRequest, now: float = 0.0, home: str | None = None) -> float:
@@ -494,13 +508,14 @@ class KvgatePolicy:
 
         # Then the unknown ones (stale, never fetched, backing off, EPP not serving), nearest first: a
         # request is better tried there than refused. A fresh snapshot with no ready endpoint is never tried.
-        def dead(c: ClusterState) -> bool:
-            a = c.aggregate
-            return a is not None and c.fresh(now, self.ttl_s) and a.ready_endpoints == 0
-
-        rest = [c for c in clusters if c not in good and not dead(c)]
+        rest = [c for c in clusters if c not in good and not self.dead(c, now)]
         rest.sort(key=lambda c: (c.healthy is False or not c.available(now), c.spec.rtt_ms))
         return good + rest
+
+    def dead(self, c: ClusterState, now: float) -> bool:
+        """A fresh snapshot with no ready endpoint: never tried (``order`` names every other cluster)."""
+        a = c.aggregate
+        return a is not None and c.fresh(now, self.ttl_s) and a.ready_endpoints == 0
 
     def _track_returns(
         self, clusters: Sequence[ClusterState], good: Sequence[ClusterState], now: float

@@ -166,6 +166,17 @@ class GlobalRouter:
     def order(self, req: ClusterRequest) -> list[ClusterState]:
         return self.policy.order(self.state_list(), req, self.clock())
 
+    def ready(self) -> bool:
+        """Whether ``order`` would name a cluster, without ordering one: no request counted in the
+        policy's trace, no random draw, nothing learnt or held (``/readyz``; review s8-mc N1). The
+        kvgate policy names every cluster but those with a fresh snapshot and no ready endpoint; the
+        others name every cluster."""
+        p, states = self.policy, self.state_list()
+        if isinstance(p, KvgatePolicy):
+            now = self.clock()
+            return any(not p.dead(c, now) for c in states)
+        return bool(states)
+
     async def route(self, path: str, headers: Mapping[str, str], body: bytes, req: ClusterRequest) -> Routed:
         attempts: list[Attempt] = []
         fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP}
@@ -371,6 +382,8 @@ class GlobalRouter:
         for st in self.state_list():
             a = st.aggregate
             usable = isinstance(p, KvgatePolicy) and a is not None and p.usable(st, now)
+            # The weight a request would use now, its class not held (a read changes no routing).
+            weight = p.home_weight(st, hold=False) if isinstance(p, KvgatePolicy) and usable else None
             out.append(
                 {
                     "name": st.name,
@@ -395,7 +408,7 @@ class GlobalRouter:
                     "model_bias": round(st.model_bias(now), 4),
                     "decode_s": st.decode_s,
                     "ramp_window": st.ramp_window,
-                    "home_weight": p.home_weight(st) if isinstance(p, KvgatePolicy) and usable else None,
+                    "home_weight": weight,
                     "first_to": p.first_to.get(st.name, 0) if isinstance(p, KvgatePolicy) else None,
                     "first_away": p.first_away.get(st.name, 0) if isinstance(p, KvgatePolicy) else None,
                 }

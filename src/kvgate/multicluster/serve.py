@@ -247,7 +247,7 @@ class GlobalGateway:
         # is the router's: with a cluster ready the gateway serves, whatever the hub answers.
         problem = self.source.problem()
         why = "" if problem is None else f"; import controller: {problem}"
-        if self.router.order(ClusterRequest()):
+        if self.router.ready():
             return Response(text="ready" + why, content_type="text/plain")
         return json_error(503, "no cluster ready" + why)
 
