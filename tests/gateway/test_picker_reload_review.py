@@ -141,10 +141,9 @@ def test_a_dead_old_dispatcher_does_not_hold_the_new_gate_saturated_past_its_ttl
             if task is None or task.done():
                 break
             await asyncio.sleep(0)
-        assert task is not None and task.done(), "setup: the old dispatcher task did not end"
         now[0] += 31.0  # past the old queue's 30 s TTL
         d1.flow.notify()  # what the new Director's _notify does for its predecessors
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.1)  # a few 20 ms rechecks (the task retries its gate: review s8-final-b F1)
         c = InferenceRequest("c", "m")
         try:
             assert not d2.saturated(c), (
@@ -175,9 +174,15 @@ def _queued_one(tmp_path: Any) -> tuple[Any, Any, Any]:
     return f, pool, rl
 
 
-def test_a_gate_that_raises_answers_the_queued_requests_503_instead_of_leaving_them_waiting(tmp_path):
+def test_a_gate_that_keeps_raising_answers_the_queued_requests_503_at_their_ttl(tmp_path, caplog):
+    """Review s8-final-b F1: the gate is retried at every recheck (a one-off fault costs nothing:
+    tests/flowcontrol/test_review_s8_final_b.py); a lasting one answers each queued request 503 at its TTL
+    (expiry runs before the gate), never leaves it waiting; logged with the traceback once."""
+    now = [1000.0]
+
     async def main() -> None:
-        _f, pool, _rl = _queued_one(tmp_path)
+        cfg = parse_gateway_config(_fc_doc(1))
+        pool = build_pool(cfg.pools[0], clock=lambda: now[0])
         (ep,) = pool.store.all()
         d = pool.director
         ep.inflight.requests = 1
@@ -188,14 +193,26 @@ def test_a_gate_that_raises_answers_the_queued_requests_503_instead_of_leaving_t
             raise RuntimeError("a detector bug")
 
         d.detector.saturated = broken
+        ep.inflight.requests = 0
         d.flow.notify()
-        await _until(b.done)
-        assert b.done(), "the queued client still waits (no arrival would ever dispatch or expire it)"
-        with pytest.raises(NoCapacityError, match="saturation gate failed"):
+        await asyncio.sleep(0.1)  # a few 20 ms rechecks, each raising
+        assert not b.done() and d.queued() == 1, "a raising gate answered the queue before its TTL"
+        assert d.flow.gate_errors >= 2
+        now[0] += 31.0  # past the 30 s TTL
+        d.flow.notify()
+        await asyncio.sleep(0.1)
+        assert b.done(), "the queued client still waits past its TTL (nothing expires it)"
+        with pytest.raises(NoCapacityError, match="TTL expired"):
             b.result()
-        assert d.queued() == 0 and fc_dispatcher.GATE_ERROR_MESSAGE in str(b.exception())
+        assert d.queued() == 0
+        assert d.flow._task is not None and d.flow._task.done()
 
-    asyncio.run(main())
+    with caplog.at_level(logging.ERROR, logger="kvgate.flowcontrol"):
+        asyncio.run(main())
+    lines = [r for r in caplog.records if "saturation gate raised" in r.getMessage()]
+    assert lines and lines[0].exc_info is not None
+    assert all(r.exc_info is None for r in lines[1:])
+    assert len(lines) < 10, "logged at every 20 ms recheck"
 
 
 def test_a_pick_that_raises_after_the_request_left_the_queue_answers_its_client(tmp_path):

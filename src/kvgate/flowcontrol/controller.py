@@ -336,14 +336,14 @@ class FlowController:
         """Remove a waiting request (client gone, rejected at pick); False when it had already left."""
         return self._remove(item, outcome, now)
 
-    def expire(self, now: float) -> list[QueuedRequest]:
-        """Remove and return the requests whose TTL has passed."""
+    def expire(self, now: float, outcome: str = EVICTED_TTL) -> list[QueuedRequest]:
+        """Remove and return the requests whose TTL has passed (recorded as ``outcome``)."""
         out: list[QueuedRequest] = []
         exp = self._expiry
         while exp and (exp[0][2].done or exp[0][0] <= now):
             _, _, item = heapq.heappop(exp)
             item.in_expiry = False
-            if self._remove(item, EVICTED_TTL, now):
+            if self._remove(item, outcome, now):
                 out.append(item)
         return out
 

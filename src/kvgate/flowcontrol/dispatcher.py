@@ -44,10 +44,13 @@ log = logging.getLogger("kvgate.flowcontrol")
 TTL_MESSAGE = "request timed out in the flow control queue (TTL expired)"
 # A plugin's bug while dispatching: the clients concerned are answered (never left waiting).
 PICK_ERROR_MESSAGE = "the pick of a request leaving the flow control queue failed (internal error)"
-GATE_ERROR_MESSAGE = "flow control could not dispatch (its saturation gate failed); queued request dropped"
+EXPIRY_ERROR_MESSAGE = "the flow control queue failed to expire its requests (internal error); dropped"
 GIVE_UP_MESSAGE = "sheddable request can no longer meet its TTFT SLO (flow control queue)"
 # What a preempted request's client gets, as a 429 (ShedError): retry later.
 PREEMPTED_MESSAGE = "request preempted by higher-priority work"
+# A gate that keeps raising is logged at its 1st, 2nd, 4th, ... failed pass in a row, then every this many
+# (at the 20 ms recheck: about every 20 s).
+LOG_EVERY = 1024
 MAX_HOLD_BACKOFF = 16  # a held request is re-picked at most every 16 recheck intervals (320 ms by default)
 
 
@@ -130,6 +133,7 @@ class FlowDispatcher:
         self.recheck_interval = recheck_interval
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self.gate_errors = 0  # passes in a row whose gate raised: what the log backs off on
 
     def __len__(self) -> int:
         return len(self.ctl)
@@ -236,8 +240,16 @@ class FlowDispatcher:
     def step(self) -> None:
         """One pass: expire, then dispatch while capacity allows."""
         now = self.clock()
+        self.expire_due(now)
+        self.dispatch(now)
+
+    def expire_due(self, now: float) -> None:
+        """Answer the queued requests whose TTL (or SLO, ``sloAdmission``) has passed."""
         for item, err in self.expired(now):
             _fail(item, err)
+
+    def dispatch(self, now: float) -> None:
+        """Dispatch while capacity allows (the gate: the saturation detector, preemption)."""
         for item in dispatch_ready(self.ctl, now, self.saturated, self.preempt):
             fut = item.handle
             if fut is None or fut.done():
@@ -256,19 +268,43 @@ class FlowDispatcher:
         assert wake is not None
         while len(self.ctl) > 0:
             wake.clear()
+            now = self.clock()
             try:
-                self.step()
+                self.expire_due(now)
             except Exception as e:
-                # The gate (saturation detector, preemption) raised: this task would end with the queue
-                # full and nothing left to dispatch or expire it (a config reload's old picker gets no
-                # arrival to start it again, and the new picker waits behind its queue): fail it, 503.
-                n = self.fail_all(NoCapacityError(GATE_ERROR_MESSAGE), self.clock())
-                log.error("flow control: dispatch failed, %d queued request(s) answered 503: %s: %s",
+                # (not expected) Expiry itself raised: nothing would ever answer the queue: fail it, 503.
+                n = self.fail_all(NoCapacityError(EXPIRY_ERROR_MESSAGE), self.clock())
+                log.error("flow control: queue expiry failed, %d queued request(s) answered 503: %s: %s",
                           n, type(e).__name__, e, exc_info=e)  # fmt: skip
                 return
+            try:
+                self.dispatch(now)
+            except Exception as e:
+                # The gate (saturation detector, preemption) raised: tried again at the next recheck
+                # (a one-off fault costs one interval); a lasting one leaves each queued request to its
+                # TTL (expiry runs first), which also bounds how long an old picker's queue holds a new
+                # picker saturated after a reload.
+                self._gate_failed(e)
+            else:
+                if self.gate_errors:
+                    log.warning("flow control: dispatch works again after %d failed passes", self.gate_errors)
+                    self.gate_errors = 0
             if len(self.ctl) > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self.recheck_interval)
+
+    def _gate_failed(self, e: Exception) -> None:
+        """Logged at the 1st (with the traceback), 2nd, 4th, ... failure in a row, then every
+        ``LOG_EVERY``th: not a line every 20 ms while a fault lasts."""
+        self.gate_errors += 1
+        n = self.gate_errors
+        if n % LOG_EVERY == 0 or (n < LOG_EVERY and n & (n - 1) == 0):
+            log.error(
+                "flow control: dispatch failed (its saturation gate raised), retried at the next recheck; "
+                "queued requests wait (up to their TTL)%s: %s: %s",
+                f" ({n} failures in a row, logged less often)" if n > 1 else "", type(e).__name__, e,
+                exc_info=e if n == 1 else None,
+            )  # fmt: skip
 
     def fail_all(self, err: SchedulingError, now: float) -> int:
         """Remove every queued request (held ones too), each failed with ``err``; returns how many."""
@@ -277,15 +313,22 @@ class FlowDispatcher:
         while len(ctl) > 0:
             before = n
             for item in list(ctl.heads()):
-                if ctl.cancel(item, now, REJECTED_OTHER):
+                if ctl.cancel(item, now, _gone_or(item, REJECTED_OTHER)):
                     _fail(item, err)
                     n += 1
             if n == before:  # (not expected) the rest by the expiry heap, where every queued request is
-                for item in ctl.expire(math.inf):
+                for item in ctl.expire(math.inf, REJECTED_OTHER):
                     _fail(item, err)
                     n += 1
                 break
         return n
+
+
+def _gone_or(item: QueuedRequest, outcome: str) -> str:
+    """``evicted_cancelled`` for a request whose waiter has gone (cancelled, not resumed yet), else
+    ``outcome``."""
+    fut = item.handle
+    return EVICTED_CANCELLED if isinstance(fut, asyncio.Future) and fut.done() else outcome
 
 
 def _fail(item: QueuedRequest, err: SchedulingError) -> None:

@@ -426,6 +426,9 @@ class Director:
         except SchedulingError as e:
             metrics.SCHEDULER_ERRORS.labels(code=e.code).inc()
             raise
+        except Exception:  # a plugin's bug: its caller answers 500; counted as such, not only logged
+            metrics.SCHEDULER_ERRORS.labels(code="internal_error").inc()
+            raise
         metrics.SCHEDULER_E2E.observe(self.timer() - t0)
         metrics.PICKS.inc(result.endpoints[0].address)
         return result
