@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import math
 import multiprocessing
 
 import pytest
@@ -128,7 +127,7 @@ def test_own_load_staleness_threshold_zero_is_the_reference_rule() -> None:
     d3 = instantiate(spec, PluginHandle())
     assert isinstance(d3, UtilizationDetector) and d3.scrape_bound() == 3.0
     assert UtilizationDetector("u", PluginHandle()).scrape_bound() == 0.2  # the default: reference
-    assert ConcurrencyDetector("c", PluginHandle()).scrape_bound() == math.inf
+    assert ConcurrencyDetector("c", PluginHandle()).scrape_bound() == 0.2  # no page read: reference (F2)
 
 
 def test_inline_detector_config_takes_the_new_key() -> None:

@@ -33,8 +33,11 @@ class EndpointMetrics:
     # than this gateway had in flight there, i.e. no load from elsewhere. ``own_pending``: its requests
     # there without a first token yet (``InFlight.requests - decoding``) when the page was asked for,
     # less those whose first token arrived while it was (the page can show them running);
-    # ``own_sent_tokens``: ``InFlight.sent_tokens - unstarted_tokens`` then (the tokens the page can
-    # already hold). All three are read before the request for the page is sent. The utilization
+    # ``own_sent_tokens``: ``InFlight.sent_tokens - sent_base`` then, less the tokens of its requests
+    # without a first token that the page cannot hold (``unstarted_tokens`` x the share of those
+    # requests beyond the ones the page shows running besides its decoding ones: a request in prefill
+    # holds its blocks, a waiting one or one not at the server yet none). Its own load is read before
+    # the request for the page is sent. The utilization
     # detector carries such a page forward by this gateway's accounting since
     # (``ownLoadStalenessThreshold``, kvgate.flowcontrol.saturation).
     own_explained: bool = False
@@ -66,6 +69,13 @@ class InFlight:
     # gateway's requests can take after it is at most the increase of ``sent_tokens`` since, plus this
     # when the page was asked for. (Requests running then can still grow by their decode: not counted.)
     unstarted_tokens: int = 0
+    # First tokens ever seen there from this process's requests (a count that only grows, not shared
+    # between ``--workers``): the scraper takes its increase during a GET as requests started then,
+    # which finishes during the same GET cannot hide (the net change of ``decoding`` would).
+    started: int = 0
+    # The part of ``sent_tokens`` that ``--workers``' first fold of this ``InFlight`` brought in (the
+    # fleet's lifetime totals): sent before any page this process read, never "sent since" one.
+    sent_base: int = 0
 
 
 @dataclass(slots=True, eq=False)

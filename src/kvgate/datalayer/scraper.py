@@ -260,11 +260,9 @@ class MetricsScraper:
         stats = self.stats.setdefault(ep.address, ScrapeStats())
         inf = ep.inflight
         # This gateway's own load, all of it before the GET (the page is the server's state at some
-        # point during it): what is sent during it counts as not on the page. The tokens of its requests
-        # without a first token are not in the page's KV either (a waiting or still-tokenizing request
-        # holds no blocks): they count as sent after it.
-        own_requests, own_decoding = inf.requests, inf.decoding
-        own_sent_tokens = inf.sent_tokens - inf.unstarted_tokens
+        # point during it): what is sent during it counts as not on the page.
+        own_requests, own_decoding, own_started = inf.requests, inf.decoding, inf.started
+        own_sent_tokens, own_unstarted_tokens = inf.sent_tokens - inf.sent_base, inf.unstarted_tokens
         try:
             mapping_for(ep.engine)
             query = filter_query(ep.engine)
@@ -290,9 +288,19 @@ class MetricsScraper:
             # (started before the page was rendered): it leaves the requests the page can show waiting,
             # or the carried queue would later take it out of the page's waiting count as well. (If it
             # was waiting on the page after all, the queue is overstated until the next scrape.)
-            started = max(0, inf.decoding - own_decoding)
-            m.own_pending = max(0, own_requests - own_decoding - started)
-            m.own_sent_tokens = own_sent_tokens
+            # Counted by first tokens (a count that only grows: finishes during the GET do not hide
+            # starts), or by the net change of ``decoding`` where that is more (``--workers``: the other
+            # workers' starts folded in during the GET).
+            started = max(0, inf.started - own_started, inf.decoding - own_decoding)
+            unstarted = max(0, own_requests - own_decoding)
+            m.own_pending = max(0, unstarted - started)
+            # Its requests without a first token that the page shows running beyond its decoding ones
+            # are in prefill, their blocks allocated: their tokens are in the page's KV. The rest
+            # (waiting, or not at the server yet) hold no blocks: their share of the tokens of its
+            # requests without a first token counts as sent after the page.
+            prefill = min(unstarted, max(0, m.running_requests - own_decoding))
+            off_page = (unstarted - prefill) / unstarted if unstarted else 1.0
+            m.own_sent_tokens = own_sent_tokens - round(own_unstarted_tokens * off_page)
             ep.metrics = m
         except (
             aiohttp.ClientError,

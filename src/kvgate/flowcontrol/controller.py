@@ -112,7 +112,7 @@ def erlang_b_servers(load: float, miss: float, cap: int) -> int:
     finds all busy at most ``miss`` of the time (Erlang B: a Poisson arrival that finds every
     server busy; it holds for any holding-time distribution); at most ``cap``."""
     if not math.isfinite(load) or load < 0:
-        return cap if load > 0 else 0  # (not a load: fail toward the reserve, not away from it)
+        return 0 if load < 0 else cap  # (not a load, NaN too: fail toward the reserve, not away from it)
     b, n = 1.0, 0
     while b > miss and n < cap:
         n += 1

@@ -6,12 +6,13 @@ candidates; the director sheds a sheddable request when the pool score is >= 1.0
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.scheduling.framework import Params, Plugin, PluginHandle
 from kvgate.scheduling.registry import register
+
+REFERENCE_STALENESS_S = 0.2  # reference: older metrics count as saturated (metricsStalenessThreshold)
 
 
 class SaturationDetector(Plugin):
@@ -33,8 +34,10 @@ class SaturationDetector(Plugin):
     def scrape_bound(self) -> float:
         """How long this detector can go without a scrape of an endpoint whose last scraped load this
         gateway's own in-flight requests explained, before it loses its signal there (the scraper's
-        quiet cadence stays under half of it). inf: it reads no scraped metrics."""
-        return math.inf
+        quiet cadence stays under half of it). A detector that reads no scraped metrics has no bound of
+        its own; the pool's scorers still read the page verbatim, so it keeps the reference's 0.2 s
+        staleness (a 0.1 s quiet cadence, as before the carry-forward)."""
+        return REFERENCE_STALENESS_S
 
     def saturated_reserving(
         self, endpoints: Sequence[Endpoint], now: float, headroom: float, pending_only: bool = False
@@ -56,9 +59,8 @@ class SaturationDetector(Plugin):
 
 # The reference rule unless configured: a config that does not set ``ownLoadStalenessThreshold`` keeps
 # the reference meaning of ``metricsStalenessThreshold`` (and the scraper's 0.1 s quiet cadence). The
-# ``kvgate`` policy sets it (KVGATE_OWN_LOAD_STALENESS_S, config/policies.py).
+# ``kvgate`` policy sets it to 1 s (config/policies.py).
 DEFAULT_OWN_LOAD_STALENESS_S = 0.0
-KVGATE_OWN_LOAD_STALENESS_S = 1.0
 
 
 @register("utilization-detector")
@@ -79,10 +81,11 @@ class UtilizationDetector(SaturationDetector):
       without a first token (each one sent since counts as waiting until its first token; each one
       that has started since leaves), at least 0;
     - KV: the page's usage, plus the tokens (prompt and expected output) of the requests sent there
-      since the page was asked for and of those without a first token then (their KV is not on the
-      page), over the server's cache (``block_size x num_gpu_blocks`` from the page; unknown ->
-      saturated if any such tokens). A running total that went back (it must not) is unknown: the
-      reference rule.
+      since the page was asked for and of its requests without a first token then that the page did
+      not show running (waiting, or not at the server yet: no KV on the page; those it showed running
+      beyond its decoding ones are in prefill, their KV on the page), over the server's cache
+      (``block_size x num_gpu_blocks`` from the page; unknown -> saturated if any such tokens). A
+      running total that went back (it must not) is unknown: the reference rule.
 
     While nothing of its own changes the score is the page's (ageing alone never lowers it); a page
     younger than the staleness threshold is read the same way, so a burst counts at once. Not counted:
@@ -113,7 +116,7 @@ class UtilizationDetector(SaturationDetector):
             handle,
             queue_threshold=params.get_float("queueDepthThreshold", 5.0, min=1e-9),
             kv_threshold=params.get_float("kvCacheUtilThreshold", 0.8, min=1e-9, max=1.0),
-            staleness=params.get_duration("metricsStalenessThreshold", 0.2),
+            staleness=params.get_duration("metricsStalenessThreshold", REFERENCE_STALENESS_S),
             own_load_staleness=params.get_duration("ownLoadStalenessThreshold", DEFAULT_OWN_LOAD_STALENESS_S),
         )
         params.finish()
@@ -153,9 +156,9 @@ class UtilizationDetector(SaturationDetector):
         # ones, someone else's behind its finished-but-relaying ones) stay until a page says otherwise.
         queue = max(0, m.waiting_queue_size + pending - (m.own_pending or 0))
         kv = m.kv_cache_usage
-        # Tokens sent since the page, and those of its requests without a first token when the page
-        # was asked for (not in the page's KV: a waiting or still-tokenizing request holds no blocks).
-        sent = inf.sent_tokens - m.own_sent_tokens
+        # Tokens sent since the page, and those of its requests without a first token that the page
+        # did not show running (not in its KV: a waiting request holds no blocks; one in prefill does).
+        sent = inf.sent_tokens - inf.sent_base - m.own_sent_tokens
         if sent < 0:
             return None  # the running total went back (it must not): unknown, not "nothing sent"
         if sent > 0:

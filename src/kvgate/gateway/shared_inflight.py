@@ -177,6 +177,10 @@ class SharedInFlight:
             remote = self.totals(ep.address, exclude=me)
             for f, name in enumerate(FIELDS):
                 setattr(inf, name, mine[f] + remote[f])
+            if seen is None or seen[0] is not inf:
+                # A fresh InFlight's first fold brings in the fleet's lifetime totals: sent before any
+                # page this process read (its own sends since it was made stay "sent since").
+                inf.sent_base += inf.sent_tokens - cur[_SENT]
             self._remote[ep.address] = remote
             self._sent[ep.address] = (inf, inf.sent_tokens)
 

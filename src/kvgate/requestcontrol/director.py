@@ -549,6 +549,7 @@ class Director:
         inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
         inf.unstarted_tokens = max(0, inf.unstarted_tokens - track.sent)
         inf.decoding += 1
+        inf.started += 1
         if self.flow is not None and learn:  # (not a TTFT either for the flow's TTFT targets)
             if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
                 self.flow.ctl.observe_first_token(req, track.first_at - req.arrival_time)
