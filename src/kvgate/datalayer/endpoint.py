@@ -37,12 +37,16 @@ class EndpointMetrics:
     # without a first token that the page cannot hold (``unstarted_tokens`` x the share of those
     # requests beyond the ones the page shows running besides its decoding ones: a request in prefill
     # holds its blocks, a waiting one or one not at the server yet none). Its own load is read before
-    # the request for the page is sent. The utilization
+    # the request for the page is sent. ``own_prefill``: of ``own_pending``, those the page showed
+    # running (in prefill: not in its waiting count); ``own_started``: ``InFlight.started`` after the
+    # page (first tokens since then are counted from it). The utilization
     # detector carries such a page forward by this gateway's accounting since
     # (``ownLoadStalenessThreshold``, kvgate.flowcontrol.saturation).
     own_explained: bool = False
     own_pending: int | None = None
     own_sent_tokens: int = 0
+    own_prefill: int = 0
+    own_started: int = 0
 
 
 @dataclass(slots=True)

@@ -301,6 +301,11 @@ class MetricsScraper:
             prefill = min(unstarted, max(0, m.running_requests - own_decoding))
             off_page = (unstarted - prefill) / unstarted if unstarted else 1.0
             m.own_sent_tokens = own_sent_tokens - round(own_unstarted_tokens * off_page)
+            # Those in prefill are in ``own_pending`` but not in the page's waiting count (less the ones
+            # started during the GET, already out of ``own_pending``): the first starts after the page
+            # are taken as theirs, not as requests leaving the page's queue (review s8-final-c C1).
+            m.own_prefill = max(0, prefill - started)
+            m.own_started = inf.started
             ep.metrics = m
         except (
             aiohttp.ClientError,

@@ -79,7 +79,9 @@ class UtilizationDetector(SaturationDetector):
 
     - queue: the page's waiting requests, plus the change since in this gateway's requests there
       without a first token (each one sent since counts as waiting until its first token; each one
-      that has started since leaves), at least 0;
+      that has started since leaves, except that the first starts since, up to as many as the page
+      showed of them in prefill, are taken as those: running on the page, never in its waiting count),
+      at least 0;
     - KV: the page's usage, plus the tokens (prompt and expected output) of the requests sent there
       since the page was asked for and of its requests without a first token then that the page did
       not show running (waiting, or not at the server yet: no KV on the page; those it showed running
@@ -154,7 +156,11 @@ class UtilizationDetector(SaturationDetector):
         pending = max(0, inf.requests - inf.decoding)
         # Not clamped to its own pending requests: waiting requests it cannot account for (preempted
         # ones, someone else's behind its finished-but-relaying ones) stay until a page says otherwise.
-        queue = max(0, m.waiting_queue_size + pending - (m.own_pending or 0))
+        # The first starts since the page are taken as those the page showed in prefill (running, never
+        # in its waiting count): they do not take the page's waiting requests off (review s8-final-c C1;
+        # where a finished prefill did let a waiting one in, the queue is overstated until the next page).
+        prefill_started = min(m.own_prefill, max(0, inf.started - m.own_started))
+        queue = max(0, m.waiting_queue_size + pending - (m.own_pending or 0) + prefill_started)
         kv = m.kv_cache_usage
         # Tokens sent since the page, and those of its requests without a first token that the page
         # did not show running (not in its KV: a waiting request holds no blocks; one in prefill does).
