@@ -168,16 +168,23 @@ def layout_id(pools: Sequence[PoolConfig]) -> int:
     return zlib.crc32(doc.encode())
 
 
-def check_pickers(old: GatewayConfig, new: GatewayConfig) -> None:
+def check_pickers(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     """Build (on an empty store) every picker ``new`` changes: ``GatewayConfigError`` naming the key of
     the first that fails. The ``--workers`` supervisor's check, so no worker is sent one it would refuse
-    (nor a worker restarted later started with it)."""
+    (nor a worker restarted later started with it). Returns the changed pools (``changed_pickers``)."""
     from kvgate.datalayer.store import EndpointStore
 
-    changed = set(changed_pickers(old, new))
+    changed = changed_pickers(old, new)
     for i, pc in enumerate(new.pools):
         if pc.name in changed:
             build_director_for(pc, EndpointStore(), index=i)
+    return changed
+
+
+def _picker_desc(pc: PoolConfig) -> str:
+    """A pool's picker as the swap's log line names it: the policy, or ``endpointPickerConfig``."""
+    picker = picker_of(pc)
+    return picker if isinstance(picker, str) else "endpointPickerConfig"
 
 
 def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[str]:
@@ -514,8 +521,7 @@ class ConfigReloader(ConfigWatch):
         listeners_old = [f for f in pool.store.listeners if f not in s.listeners]
         if self.server is not None:
             s.sources = self.server.swap_picker(pool, s.director, s.sources)
-        else:
-            s.director.health = getattr(old, "health", getattr(s.director, "health", None))
+        else:  # (the plan's ``_carry`` gave it the health policy)
             pool.director = s.director
             s.sources = []
         s.swapped = True
@@ -535,8 +541,7 @@ class ConfigReloader(ConfigWatch):
         # Behind the old one while it, or a predecessor of its own (reloads a moment apart), holds a queue.
         if hasattr(s.director, "predecessor") and (queued or getattr(old, "predecessor", None) is not None):
             s.director.predecessor = old
-        old_desc = picker_of(pool.cfg) if isinstance(picker_of(pool.cfg), str) else "endpointPickerConfig"
-        new_desc = picker_of(s.pc) if isinstance(picker_of(s.pc), str) else "endpointPickerConfig"
+        old_desc, new_desc = _picker_desc(pool.cfg), _picker_desc(s.pc)
         pool.cfg.policy, pool.cfg.picker_config = s.pc.policy, copy.deepcopy(s.pc.picker_config)
         # Only a new picker with flow control waits for them (its gate); without, new requests go at once.
         first = "leave the old picker first" if getattr(s.director, "flow", None) is not None else (

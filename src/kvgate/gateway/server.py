@@ -311,10 +311,9 @@ class GatewayServer:
 
     def swap_picker(self, pool: Pool, director: Any, sources: list[Any]) -> list[Any]:
         """``pool`` picks with ``director`` from now on (requests already admitted keep theirs: the proxy
-        holds each request's Director). It takes the running health policy; the pool's aggregate is built
-        again on its next read. Returns the old picker's data sources, for ``stop_sources``."""
-        if hasattr(director, "health") and hasattr(pool.director, "health"):
-            director.health = pool.director.health
+        holds each request's Director; the reload's plan gave it the running health policy); the pool's
+        aggregate is built again on its next read. Returns the old picker's data sources, for
+        ``stop_sources``."""
         pool.director = director
         self._aggregates.pop(pool.name, None)
         old = self._pool_sources.get(pool.name, [])

@@ -60,7 +60,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gateway_config
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway.errors import GatewayError, error_response
-from kvgate.gateway.reload import ConfigWatch, changed_pickers, check_pickers, take_applied
+from kvgate.gateway.reload import ConfigWatch, check_pickers, take_applied
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 
 log = logging.getLogger("kvgate.gateway.workers")
@@ -501,7 +501,8 @@ class _WorkersReload(ConfigWatch):
         self.sup = sup
 
     def apply(self, new: GatewayConfig, prepared: Any = None) -> str | None:
-        return self.sup.reloaded(new)
+        self.sup.reloaded(new)
+        return None
 
 
 class Supervisor:
@@ -679,16 +680,15 @@ class Supervisor:
             pickle.dump(cfg, f)
         os.replace(tmp, self.snapshot)
 
-    def reloaded(self, new: GatewayConfig) -> str | None:
+    def reloaded(self, new: GatewayConfig) -> None:
         """A valid ``--config``: written to the snapshot, then every started worker reloads it (SIGHUP; a
         worker still starting gets it once up). Each changed picker is built here first (on an empty
         store): one that fails refuses the file (``GatewayConfigError``), so no worker is sent it. What
         the workers apply live (each pool's endpoints, ``limits``, pickers) is kept here too, so a worker
         restarted later starts from it; the supervisor's admin port takes the limits."""
-        check_pickers(self.file_cfg, new)
+        pickers = check_pickers(self.file_cfg, new)
         self.write_snapshot(new)
         self.reloads += 1
-        pickers = changed_pickers(self.file_cfg, new)
         take_applied(self.cfg, new, pickers=pickers)
         if self.file_cfg is not self.cfg:
             take_applied(self.file_cfg, new, pickers=pickers)
@@ -697,7 +697,6 @@ class Supervisor:
         for i, proc in enumerate(self.procs):
             if proc is not None and self.admin_ports[i] is not None:
                 self._signal_reload(proc)
-        return None
 
     @staticmethod
     def _signal_reload(proc: BaseProcess) -> None:

@@ -111,6 +111,12 @@ GATEWAY_ANN, EPP_ANN, AGGREGATE_ANN, HEALTH_ANN = (
 )
 
 
+def _managed(meta: Mapping[str, Any]) -> bool:
+    """Whether an object's metadata carries kvgate's managed-by label."""
+    labels = meta.get("labels") or {}
+    return all(labels.get(k) == v for k, v in MANAGED_BY.items())
+
+
 class NotLeading(KubeError):
     """A write not sent: this replica no longer holds the Lease (its controller is being stopped)."""
 
@@ -459,10 +465,9 @@ class ImportController:
         """Log, once per import, a label-only import with no ``CREATED_FOR``: left by a kvgate from before
         that annotation (killed between its create and its status write, as in a rolling upgrade). It
         is not taken (it could be a hand copy), so nothing deletes it."""
-        labels = meta.get("labels") or {}
         if key in self._orphans_said or (meta.get("annotations") or {}).get(CREATED_FOR) is not None:
             return
-        if not all(labels.get(k) == v for k, v in MANAGED_BY.items()):
+        if not _managed(meta):
             return
         self._orphans_said.add(key)
         log.warning("InferencePoolImport %s/%s: kvgate's managed-by label, no %s annotation and no "
@@ -476,10 +481,7 @@ class ImportController:
     def _created_here(self, key: Key, meta: Mapping[str, Any]) -> bool:
         """Whether the import ``key`` (``meta``: its metadata) was created by this install's controller:
         kvgate's managed-by label and ``CREATED_FOR`` naming this import and this install."""
-        labels, ann = meta.get("labels") or {}, meta.get("annotations") or {}
-        return all(labels.get(k) == v for k, v in MANAGED_BY.items()) and (
-            ann.get(CREATED_FOR) == self._created_for(key)
-        )
+        return _managed(meta) and (meta.get("annotations") or {}).get(CREATED_FOR) == self._created_for(key)
 
     def _parent_read(self, have: Any) -> tuple[str, str] | None:
         """This gateway's parent entry as the hub has it, in ``_parent_state``'s terms."""

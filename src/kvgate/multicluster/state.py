@@ -117,7 +117,6 @@ class ClusterState:
     # added to. The hits' floor once an answer has reported a hit there (``hit_floor_s``), else every
     # answer's (``any_floor_s``): a cold start's first answers are all misses (1.2 s live against 0.27 s
     # for a hit), and a cluster with few answers took tens of seconds to walk its floor down from them.
-    ttft_floor_s: float | None = None
     any_floor_s: float | None = None
     hit_floor_s: float | None = None
     # Streamed requests sent there still waiting for their first byte: token -> dispatch time (insertion
@@ -281,7 +280,11 @@ class ClusterState:
             if self.ramp_window is not None:
                 self._ramp_step(r <= RAMP_OK, now)
         self.any_floor_s = _quantile_step(self.any_floor_s, seconds, FLOOR_QUANTILE)
-        self.ttft_floor_s = self.any_floor_s if self.hit_floor_s is None else self.hit_floor_s
+
+    @property
+    def ttft_floor_s(self) -> float | None:
+        """The floor a miss's cost is added to: the hits' once one is reported there, else every answer's."""
+        return self.any_floor_s if self.hit_floor_s is None else self.hit_floor_s
 
     def _hit_floor_step(self, seconds: float) -> None:
         """A prefix hit's TTFT: the floor's own evidence. A first hit faster than every answer's floor
@@ -291,7 +294,7 @@ class ClusterState:
             q = self.hit_floor_s
             if q is None and self.ttft_floor_s and self.ttft_floor_s <= seconds:
                 q = self.ttft_floor_s
-            self.hit_floor_s = self.ttft_floor_s = _quantile_step(q, seconds, FLOOR_QUANTILE)
+            self.hit_floor_s = _quantile_step(q, seconds, FLOOR_QUANTILE)
 
     def _count_class(self, hit: bool, idle: float) -> None:
         if idle <= 0.0:
@@ -320,7 +323,6 @@ class ClusterState:
         where no answer reports a hit the old one would hold for good (review s8-mc R2)."""
         if self.hit_floor_s is not None and self.any_floor_s is not None:
             self.hit_floor_s = None
-            self.ttft_floor_s = self.any_floor_s
         a = self.aggregate
         ready = a.ready_endpoints if a is not None else 1
         self.ramp_window = float(max(1, ready, self.prefilling()))
