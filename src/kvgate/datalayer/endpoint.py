@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The reference EPP's metricsStalenessThreshold: metrics older than this count as saturated.
+METRICS_STALENESS_S = 0.2
+
 
 @dataclass(slots=True)
 class EndpointMetrics:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.endpoint import METRICS_STALENESS_S, Endpoint
 from kvgate.datalayer.mappings import extract, filter_query, mapping_for, page_has_signals
 from kvgate.datalayer.pageclient import PageClient, PageError
 from kvgate.datalayer.store import EndpointStore, StoreChange
@@ -65,7 +65,7 @@ MAX_SCRAPE_BYTES = 4 << 20
 # Answers the aiohttp path follows (304, 300 are no redirects to follow: a failed scrape).
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 PICKER_STALENESS_S = 2.0  # reference: older metrics are stale for the picker
-SATURATION_STALENESS_S = 0.2  # reference: older metrics count as saturated
+SATURATION_STALENESS_S = METRICS_STALENESS_S
 # The pause for an endpoint whose scraped load the gateway's own in-flight requests explain (measured:
 # docs/benchmarks/realvllm.md section 4.5). At most half of what the pool's saturation detector can
 # bridge (``SaturationDetector.scrape_bound``), so its metrics never look stale to it while scrapes work.

@@ -102,7 +102,7 @@ class FlowControlConfig:
     # is not fixed but adapts between 0 and ``fair_share_headroom`` to keep their TTFT there (0 = off).
     fair_share_ttft_target: float = 0.0
     # kvgate: the headroom lets a request it holds back through once its TTFT deadline is near
-    # (``FlowController.slo_due``; any flow's head: ``due_head``); learned from streamed replies only.
+    # (``FlowController.deadline_due``; any flow's head: ``due_head``); learned from streamed replies only.
     fair_share_slo_first: bool = False
     # kvgate: the requests the headroom holds back may hold at most (running slots - R) of the pool's
     # running slots, R sized by Erlang B on the measured load of the others (``running_reserve``).

@@ -506,7 +506,7 @@ class FlowController:
         """Does the fair-share headroom apply to ``req``: its flow is over its share, or (adapting to
         ``fairShareTTFTTarget``) the request is sheddable? A batch band's long requests fill the
         servers' batches as a flood does; being sheddable, they are the first to wait. With ``now``
-        and ``fairShareSLOFirst``: not once its TTFT deadline is near (``slo_due``; ``slo_deadline``,
+        and ``fairShareSLOFirst``: not once its TTFT deadline is near (``deadline_due``; ``slo_deadline``,
         a queued request's deadline computed at enqueue, spares parsing its headers again)."""
         if self.cfg.fair_share_ttft_target and req.sheddable:
             back = True
@@ -520,7 +520,7 @@ class FlowController:
 
     def due_head(self, priority: int, now: float, skip: QueuedRequest) -> QueuedRequest | None:
         """``fairShareSLOFirst``: the head of band ``priority``'s flows (other than ``skip``'s, the
-        fairness policy's choice, held back) that is ``slo_due``, earliest SLO deadline first; None
+        fairness policy's choice, held back) that is due (``deadline_due``), earliest SLO deadline first; None
         when none is. The fairness policy looks at one flow only, so without this a due request
         behind another flow's head that is not due would wait while the gate had room for it.
         One head per flow: a due request behind its own flow's head (fcfs ordering with SLOs that

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kvgate.datalayer.endpoint import METRICS_STALENESS_S as REFERENCE_STALENESS_S
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.scheduling.framework import Params, Plugin, PluginHandle
 from kvgate.scheduling.registry import register
-
-REFERENCE_STALENESS_S = 0.2  # reference: older metrics count as saturated (metricsStalenessThreshold)
 
 
 class SaturationDetector(Plugin):

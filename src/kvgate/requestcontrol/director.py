@@ -261,7 +261,12 @@ class Director:
         except SchedulingError:
             return False  # let the pick fail with its own error
         flow, now = self.flow, self.clock()
-        held = flow is not None and flow.ctl.cfg.fair_share_headroom > 0 and flow.ctl.held_back(req, now)
+        # (held back matters only with headroom to keep, or the running reserve: else not asked)
+        held = (
+            flow is not None
+            and bool(flow.ctl.headroom or flow.ctl.cfg.fair_share_running_reserve)
+            and flow.ctl.held_back(req, now)
+        )
         if held and flow is not None and flow.ctl.headroom:
             # flowControl.fairShareHeadroom: the last part of the capacity is kept for flows at or
             # under their fair share, so one of theirs leaves at once instead of waiting for a slot.
