@@ -1,13 +1,15 @@
-"""cancel_and_wait: a task's own failure is logged, not raised; the caller's cancellation is not swallowed."""
+"""cancel_and_wait: a task's own failure is logged, not raised; the caller's cancellation is not swallowed;
+a task that swallowed its cancellation is said and cancelled again. wait_event: a cancellation ends it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
 
-from kvgate.k8s.tasks import cancel_and_wait
+from kvgate.k8s.tasks import cancel_and_wait, wait_event
 
 log = logging.getLogger("test_tasks")
 
@@ -42,3 +44,38 @@ async def test_the_callers_own_cancellation_is_not_swallowed() -> None:
         await stopper
     await asyncio.wait([t])
     assert t.cancelled()
+
+
+async def test_a_task_that_swallowed_its_cancellation_is_named_and_cancelled_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """(Before, the stop waited for it forever: a hung CI run.)"""
+
+    async def deaf() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed (as Python 3.11's wait_for may)
+            await asyncio.sleep(60)
+        await asyncio.sleep(60)
+
+    t = asyncio.create_task(deaf())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await cancel_and_wait(t, "the deaf loop", log, stuck_s=0.1)
+    assert t.cancelled()
+    assert "the deaf loop did not end 0.1s after it was cancelled" in caplog.text
+
+
+async def test_wait_event_set_expired_and_cancelled_as_set() -> None:
+    ev = asyncio.Event()
+    assert await wait_event(ev, 0.01) is False
+    ev.set()
+    assert await wait_event(ev, 10.0) is True
+    assert await wait_event(asyncio.Event(), -1.0) is False  # (a deadline already past)
+    # Cancelled in the turn the event is set: the cancellation is raised, not the event returned
+    # (asyncio.wait_for on Python 3.11 returned it: gh-86296).
+    ev2 = asyncio.Event()
+    waiter = asyncio.create_task(wait_event(ev2, 10.0))
+    await asyncio.sleep(0)
+    ev2.set()
+    waiter.cancel()
+    await asyncio.wait([waiter])
+    assert waiter.cancelled()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,17 @@ async def _until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while not cond():
-        assert loop.time() < deadline, "condition not reached"
+        assert loop.time() < deadline, f"not reached within {limit_s}s: {inspect.getsource(cond).strip()}"
         await asyncio.sleep(0.05)
+
+
+async def _stopped(stop: Awaitable[None], what: str, limit_s: float = 20.0) -> None:
+    """A stop bounded well below the suite's timeout, and named when it does not end."""
+    try:
+        async with asyncio.timeout(limit_s):
+            await stop
+    except TimeoutError:
+        pytest.fail(f"{what} did not stop within {limit_s}s")
 
 
 @pytest.fixture
@@ -933,15 +943,15 @@ async def test_a_gateway_running_the_controller_beside_a_standalone_one_writes_o
         await _until(lambda: any(c in mine and "/leases/" in p for c, _m, p in sent))  # it competes
         assert gateway_writes() == [] and gw.source.problem() is None
         # The standalone controller goes (its Lease released): the gateway leads and writes.
-        await hc.stop()
+        await _stopped(hc.stop(), "the standalone hub controller")
         east_d.patch(R.INFERENCE_POOL, "llama", "default",
                      {"metadata": {"annotations": {EXPORT_ANNOTATION: None}}})  # fmt: skip
         await _until(lambda: _exporters(hub_d, "llama") == ["west"], 20.0)
         assert gateway_writes() and gw.source.elector is not None and gw.source.elector.leads()
     finally:
-        await hc.stop()
+        await _stopped(hc.stop(), "the standalone hub controller")
         if gw is not None:
-            await gw.stop()
+            await _stopped(gw.stop(), "the gateway")
 
 
 async def test_a_gateway_refused_the_lease_still_writes_and_says_so(

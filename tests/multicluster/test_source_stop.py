@@ -157,3 +157,38 @@ async def test_one_client_close_that_raises_does_not_leave_the_others_open(
     monkeypatch.setattr(KubeClient, "close", close_raising_first)
     await asyncio.wait_for(src.stop(), 10.0)
     assert [_closed(c) for c in clients] == [True, True]
+
+
+@pytest.mark.parametrize("backing_off", [False, True], ids=["waiting", "backing-off"])
+@pytest.mark.parametrize("steps", [0, 1, 2])
+async def test_the_reconcile_loop_woken_as_it_is_cancelled_ends(
+    backing_off: bool, steps: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's wake-up (a pool event, the election's ``wake``) lands in the same turn as the stop's
+    cancellation, or one or two turns before it: the loop ends. (Before, on Python 3.11, its
+    ``asyncio.wait_for(self._dirty.wait(), ...)`` returned the wake-up and dropped the cancellation:
+    the loop went on and the stop waited for it forever; CI hung in
+    test_a_gateway_running_the_controller_beside_a_standalone_one_writes_only_once_it_leads.)"""
+    from kvgate.k8s.client import KubeError
+
+    if backing_off:  # each pass fails: the loop waits in its back-off, fed by the same wake-ups
+
+        async def refused(self: ImportController) -> None:
+            raise KubeError(500, "refused")
+
+        monkeypatch.setattr(ImportController, "reconcile", refused)
+    ctl = ImportController(None, [], writes=False)
+    await ctl.start()
+    try:
+        await asyncio.sleep(0.05)  # the first pass done: the loop waits for the next wake-up
+        task = ctl._task
+        assert task is not None and not task.done()
+        ctl.wake()
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=1.0)
+        assert done, "the reconcile loop went on after it was cancelled as it was woken"
+        assert task.cancelled()
+    finally:
+        await ctl.stop()

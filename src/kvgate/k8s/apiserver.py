@@ -693,8 +693,9 @@ class ApiServerDouble:
                 left = deadline - loop.time()
                 if left <= 0:
                     break
-                try:
-                    ev2 = await asyncio.wait_for(watcher.queue.get(), min(left, self.bookmark_interval))
+                try:  # (not wait_for, which may swallow the handler's cancellation: kvgate.k8s.tasks)
+                    async with asyncio.timeout(min(left, self.bookmark_interval)):
+                        ev2 = await watcher.queue.get()
                 except TimeoutError:
                     if bookmarks and not table:
                         mark = {"kind": rt.kind, "apiVersion": rt.api_version,

@@ -112,7 +112,8 @@ class Reflector:
             self._task = None
 
     async def wait_synced(self, within_s: float = 10.0) -> None:
-        await asyncio.wait_for(self.synced.wait(), within_s)
+        async with asyncio.timeout(within_s):  # (not wait_for: see kvgate.k8s.tasks.wait_event)
+            await self.synced.wait()
 
     def _emit(self, etype: str, obj: Obj) -> None:
         for listener in list(self._listeners):

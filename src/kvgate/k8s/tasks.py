@@ -1,17 +1,44 @@
-"""Stopping a background task: cancel it, wait for it, and say if it had ended on an error of its own."""
+"""Background tasks: stopping one (cancel it, wait for it, and say if it had ended on an error of its own
+or did not end when cancelled), and a loop's bounded wait for its wake-up event that a cancellation
+always ends."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
+# A task still running this long after it was cancelled swallowed the cancellation (every loop stopped
+# so ends at its next await): said, and cancelled again, rather than waited for forever.
+STUCK_S = 5.0
 
-async def cancel_and_wait(task: asyncio.Task[Any], what: str, log: logging.Logger) -> None:
+
+async def cancel_and_wait(
+    task: asyncio.Task[Any], what: str, log: logging.Logger, stuck_s: float = STUCK_S
+) -> None:
     """Cancel ``task`` and wait until it ended. An exception it ended with on its own (a bug) is logged,
     not raised: the caller's stop goes on with the rest. The caller's own cancellation is not swallowed
-    (``asyncio.wait`` raises it; ``await task`` inside ``suppress(CancelledError)`` would not)."""
+    (``asyncio.wait`` raises it; ``await task`` inside ``suppress(CancelledError)`` would not). A task
+    still running ``stuck_s`` after the cancel (it swallowed it: Python 3.11's ``asyncio.wait_for`` does,
+    see ``wait_event``) is logged by ``what`` and cancelled again, each ``stuck_s``: the stop never
+    hangs on it."""
     task.cancel()
-    await asyncio.wait([task])
+    while not (await asyncio.wait([task], timeout=stuck_s))[0]:
+        log.error("%s did not end %.1fs after it was cancelled (the cancellation was swallowed); "
+                  "cancelling it again", what, stuck_s)  # fmt: skip
+        task.cancel()
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("%s had stopped: %r", what, exc, exc_info=exc)
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until ``event`` is set or ``timeout_s`` passed; whether it is set. A loop's wake-up wait:
+    not ``asyncio.wait_for(event.wait(), ...)``, which on Python 3.11 returns the result instead of
+    raising when the task is cancelled just as the event is set (CPython gh-86296, fixed in 3.12): the
+    loop then goes on, and a stop waiting for it hangs forever. ``asyncio.timeout`` tells its own expiry
+    from a cancellation."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await event.wait()
+    return event.is_set()

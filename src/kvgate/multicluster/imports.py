@@ -71,7 +71,6 @@ it deleted). A 409 on a DELETE is decided again on a fresh read (``DELETE_TRIES`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import logging
@@ -84,7 +83,7 @@ import aiohttp
 from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient, KubeError
 from kvgate.k8s.reflector import Reflector
-from kvgate.k8s.tasks import cancel_and_wait
+from kvgate.k8s.tasks import cancel_and_wait, wait_event
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, ParentRef, install_id
 
 log = logging.getLogger("kvgate.multicluster.imports")
@@ -266,8 +265,7 @@ class ImportController:
         next_resync = loop.time() + self.resync_s
         failures = stepdowns = 0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), max(0.0, next_resync - loop.time()))
+            await wait_event(self._dirty, next_resync - loop.time())  # (not wait_for: see wait_event)
             if loop.time() >= next_resync:
                 self._read_back = False  # the periodic resync: the hub's imports read back
                 next_resync = loop.time() + self.resync_s
@@ -305,9 +303,7 @@ class ImportController:
         loop = asyncio.get_running_loop()
         until = loop.time() + pause
         while (left := until - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), left)
-            if self._dirty.is_set():
+            if await wait_event(self._dirty, left):
                 self._dirty.clear()
                 self._feed()
 

@@ -135,8 +135,9 @@ class ClusterSource:
         # A swap under way is let finish; it is short (local files, then a stop and a start), bounded
         # here all the same. Cancelled past the bound, it closes the clients it made and the controller
         # it was stopping still stops its watches (``_follow``, ``ImportController.stop``).
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.settled(), STOP_WAIT_S)
+        with contextlib.suppress(TimeoutError):  # (not wait_for: see kvgate.k8s.tasks.wait_event)
+            async with asyncio.timeout(STOP_WAIT_S):
+                await self.settled()
         swap = self._swap
         if swap is not None and not swap.done():
             swap.cancel()
