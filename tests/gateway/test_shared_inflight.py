@@ -109,3 +109,35 @@ def test_the_running_total_of_tokens_sent_is_the_fleets() -> None:
         for v in (w0, w1):
             v.close()
         owner.close()
+
+
+def test_first_tokens_are_the_fleets_running_total_and_survive_a_restart() -> None:
+    """``started`` (the detector's count of first tokens, review s8-final-c C2) sums every worker's, never
+    goes back when a worker restarts, and a fresh ``InFlight``'s first fold is kept as its base."""
+    owner, (w0, w1) = _views()
+    try:
+        a0, a1 = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.1:8000")
+        a0.inflight.started, a1.inflight.started = 4, 3
+        w0.sync([a0])
+        w1.sync([a1])
+        w0.sync([a0])
+        assert a0.inflight.started == a1.inflight.started == 7
+        a1.inflight.started += 2  # worker 1 sees two more first tokens
+        w1.sync([a1])
+        w0.sync([a0])
+        assert a0.inflight.started == 9 and a0.inflight.started_base == 0
+        # Worker 1 dies and is restarted: its row is cleared but its total kept, which the new process
+        # (a fresh InFlight) continues; its first fold's intake is its base, not "started since".
+        owner.clear_row(1)
+        w0.sync([a0])
+        assert a0.inflight.started == 9  # never back
+        b1 = Endpoint("10.0.0.1:8000")
+        b1.inflight.started = 1  # a first token before its first fold
+        w1.sync([b1])
+        assert b1.inflight.started == 10 and b1.inflight.started - b1.inflight.started_base == 1
+        w0.sync([a0])
+        assert a0.inflight.started == 10
+    finally:
+        for v in (w0, w1):
+            v.close()
+        owner.close()

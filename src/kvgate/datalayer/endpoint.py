@@ -41,8 +41,8 @@ class EndpointMetrics:
     # requests beyond the ones the page shows running besides its decoding ones: a request in prefill
     # holds its blocks, a waiting one or one not at the server yet none). Its own load is read before
     # the request for the page is sent. ``own_prefill``: of ``own_pending``, those the page showed
-    # running (in prefill: not in its waiting count); ``own_started``: ``InFlight.started`` after the
-    # page (first tokens since then are counted from it). The utilization
+    # running (in prefill: not in its waiting count); ``own_started``: ``InFlight.started -
+    # started_base`` after the page (first tokens since then are counted from it). The utilization
     # detector carries such a page forward by this gateway's accounting since
     # (``ownLoadStalenessThreshold``, kvgate.flowcontrol.saturation).
     own_explained: bool = False
@@ -76,13 +76,14 @@ class InFlight:
     # gateway's requests can take after it is at most the increase of ``sent_tokens`` since, plus this
     # when the page was asked for. (Requests running then can still grow by their decode: not counted.)
     unstarted_tokens: int = 0
-    # First tokens ever seen there from this process's requests (a count that only grows, not shared
-    # between ``--workers``): the scraper takes its increase during a GET as requests started then,
+    # First tokens ever seen there (a count that only grows; with ``--workers`` every worker's, shared
+    # like ``sent_tokens``): the scraper takes its increase during a GET as requests started then,
     # which finishes during the same GET cannot hide (the net change of ``decoding`` would).
     started: int = 0
-    # The part of ``sent_tokens`` that ``--workers``' first fold of this ``InFlight`` brought in (the
-    # fleet's lifetime totals): sent before any page this process read, never "sent since" one.
+    # The part of ``sent_tokens`` / ``started`` that ``--workers``' first fold of this ``InFlight``
+    # brought in (the fleet's lifetime totals): before any page this process read, never "since" one.
     sent_base: int = 0
+    started_base: int = 0
 
 
 @dataclass(slots=True, eq=False)

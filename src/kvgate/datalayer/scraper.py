@@ -261,7 +261,7 @@ class MetricsScraper:
         inf = ep.inflight
         # This gateway's own load, all of it before the GET (the page is the server's state at some
         # point during it): what is sent during it counts as not on the page.
-        own_requests, own_decoding, own_started = inf.requests, inf.decoding, inf.started
+        own_requests, own_decoding, own_started = inf.requests, inf.decoding, inf.started - inf.started_base
         own_sent_tokens, own_unstarted_tokens = inf.sent_tokens - inf.sent_base, inf.unstarted_tokens
         try:
             mapping_for(ep.engine)
@@ -288,10 +288,10 @@ class MetricsScraper:
             # (started before the page was rendered): it leaves the requests the page can show waiting,
             # or the carried queue would later take it out of the page's waiting count as well. (If it
             # was waiting on the page after all, the queue is overstated until the next scrape.)
-            # Counted by first tokens (a count that only grows: finishes during the GET do not hide
-            # starts), or by the net change of ``decoding`` where that is more (``--workers``: the other
-            # workers' starts folded in during the GET).
-            started = max(0, inf.started - own_started, inf.decoding - own_decoding)
+            # Counted by first tokens (a count that only grows, every ``--workers`` worker's: finishes
+            # during the GET do not hide starts), or by the net change of ``decoding`` where that is more
+            # (a fold that read another worker's row half written).
+            started = max(0, inf.started - inf.started_base - own_started, inf.decoding - own_decoding)
             unstarted = max(0, own_requests - own_decoding)
             m.own_pending = max(0, unstarted - started)
             # Its requests without a first token that the page shows running beyond its decoding ones
@@ -305,7 +305,7 @@ class MetricsScraper:
             # started during the GET, already out of ``own_pending``): the first starts after the page
             # are taken as theirs, not as requests leaving the page's queue (review s8-final-c C1).
             m.own_prefill = max(0, prefill - started)
-            m.own_started = inf.started
+            m.own_started = inf.started - inf.started_base
             ep.metrics = m
         except (
             aiohttp.ClientError,

@@ -158,7 +158,7 @@ class UtilizationDetector(SaturationDetector):
         # The first starts since the page are taken as those the page showed in prefill (running, never
         # in its waiting count): they do not take the page's waiting requests off (review s8-final-c C1;
         # where a finished prefill did let a waiting one in, the queue is overstated until the next page).
-        prefill_started = min(m.own_prefill, max(0, inf.started - m.own_started))
+        prefill_started = min(m.own_prefill, max(0, inf.started - inf.started_base - m.own_started))
         queue = max(0, m.waiting_queue_size + pending - (m.own_pending or 0) + prefill_started)
         kv = m.kv_cache_usage
         # Tokens sent since the page, and those of its requests without a first token that the page

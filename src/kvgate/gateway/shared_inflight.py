@@ -26,10 +26,11 @@ from typing import Any
 from kvgate.datalayer.endpoint import Endpoint, InFlight
 
 ADDR_BYTES = 64
-# ``sent_tokens`` is a running total (each worker publishes its own; the sum is the fleet's) that never
-# goes down: the utilization detector takes its increase since a page as tokens sent since. A worker's
-# published total survives the worker's restart (``clear_row`` keeps it, the new process continues it)
-# and the endpoint's removal from and return to a worker's store (a fresh ``InFlight``).
+# ``sent_tokens`` and ``started`` are running totals (each worker publishes its own; the sum is the
+# fleet's) that never go down: the utilization detector takes their increase since a page as tokens
+# sent and first tokens seen since. A worker's published totals survive the worker's restart
+# (``clear_row`` keeps them, the new process continues them) and the endpoint's removal from and return
+# to a worker's store (a fresh ``InFlight``, whose first fold's intake is kept as its ``*_base``).
 FIELDS = (
     "requests",
     "pending_prefill_tokens",
@@ -37,9 +38,11 @@ FIELDS = (
     "decoding",
     "sent_tokens",
     "unstarted_tokens",
+    "started",
 )
 _NF = len(FIELDS)
-_SENT = FIELDS.index("sent_tokens")
+# field index -> the ``InFlight`` attribute that keeps what a fresh ``InFlight``'s first fold brought in
+_TOTALS = {FIELDS.index("sent_tokens"): "sent_base", FIELDS.index("started"): "started_base"}
 _Q = struct.Struct("<q")
 DEFAULT_SLOTS = 1024
 
@@ -73,9 +76,9 @@ class SharedInFlight:
         self._slot: dict[str, int] = {}
         # address -> the other workers' counts last folded into that endpoint's InFlight
         self._remote: dict[str, list[int]] = {}
-        # address -> (the InFlight, its sent_tokens) after the last fold: what was sent since is the
-        # increase, or all of a fresh InFlight's (see ``_SENT``)
-        self._sent: dict[str, tuple[InFlight, int]] = {}
+        # address -> (the InFlight, its running totals, ``_TOTALS`` order) after the last fold: what it
+        # added since is the increase, or all of a fresh InFlight's
+        self._sent: dict[str, tuple[InFlight, list[int]]] = {}
 
     @classmethod
     def create(cls, workers: int, lock: Any, slots: int = DEFAULT_SLOTS) -> SharedInFlight:
@@ -170,27 +173,30 @@ class SharedInFlight:
             mine = [max(0, v - r) for v, r in zip(cur, old, strict=True)]
             b = self._base(me, i)
             seen = self._sent.get(ep.address)
-            since = cur[_SENT] - seen[1] if seen is not None and seen[0] is inf else cur[_SENT]
-            mine[_SENT] = c[b + _SENT] + max(0, since)  # its row's total only grows
+            prev = seen[1] if seen is not None and seen[0] is inf else None  # None: a fresh InFlight
+            for k, f in enumerate(_TOTALS):
+                since = cur[f] if prev is None else cur[f] - prev[k]
+                mine[f] = c[b + f] + max(0, since)  # its row's total only grows
             for f in range(_NF):
                 c[b + f] = mine[f]
             remote = self.totals(ep.address, exclude=me)
             for f, name in enumerate(FIELDS):
                 setattr(inf, name, mine[f] + remote[f])
-            if seen is None or seen[0] is not inf:
-                # A fresh InFlight's first fold brings in the fleet's lifetime totals: sent before any
-                # page this process read (its own sends since it was made stay "sent since").
-                inf.sent_base += inf.sent_tokens - cur[_SENT]
+            if prev is None:
+                # A fresh InFlight's first fold brings in the fleet's lifetime totals: before any page
+                # this process read (its own sends and starts since it was made stay "since").
+                for f, base in _TOTALS.items():
+                    setattr(inf, base, getattr(inf, base) + mine[f] + remote[f] - cur[f])
             self._remote[ep.address] = remote
-            self._sent[ep.address] = (inf, inf.sent_tokens)
+            self._sent[ep.address] = (inf, [mine[f] + remote[f] for f in _TOTALS])
 
     def clear_row(self, worker: int) -> None:
         """Zero a worker's published counts (the supervisor, before it restarts that worker), except its
-        running total of tokens sent, which the restarted worker continues."""
+        running totals (tokens sent, first tokens), which the restarted worker continues."""
         b = worker * self.slots * _NF
         c = self._counts
         for k in range(b, b + self.slots * _NF):
-            if (k - b) % _NF != _SENT:
+            if (k - b) % _NF not in _TOTALS:
                 c[k] = 0
 
     def local(self, inflight: InFlight, address: str) -> list[int]:

@@ -598,7 +598,7 @@ class Supervisor:
             raise
         shared = None
         if self.shared is not None:
-            self.shared.clear_row(i)  # a restarted worker starts with nothing in flight (sent total kept)
+            self.shared.clear_row(i)  # a restarted worker starts with nothing in flight (running totals kept)
             shared = (self.shared.name, self.shared.lock, self.n)
         proc = self.ctx.Process(
             target=_worker_main,
