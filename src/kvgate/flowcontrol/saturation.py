@@ -81,7 +81,8 @@ class UtilizationDetector(SaturationDetector):
       that has started since leaves, except that the first starts since, up to as many as the page
       showed of them in prefill, are taken as those: running on the page, never in its waiting count),
       at least 0;
-    - KV: the page's usage, plus the tokens (prompt and expected output) of the requests sent there
+    - KV: the page's usage, plus the tokens (prompt, less a prefix one of its requests in flight there
+      already holds, and expected output: ``InFlight.sent_tokens``) of the requests sent there
       since the page was asked for and of its requests without a first token then that the page did
       not show running (waiting, or not at the server yet: no KV on the page; those it showed running
       beyond its decoding ones are in prefill, their KV on the page), over the server's cache

@@ -26,10 +26,11 @@ from typing import Any
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy, gate
+from kvgate.datalayer.prefixrefs import HeldPrefixes, chain_keys
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.controller import FlowController, flow_of
 from kvgate.flowcontrol.dispatcher import PREEMPTED_MESSAGE, FlowDispatcher
-from kvgate.flowcontrol.saturation import ConcurrencyDetector, SaturationDetector
+from kvgate.flowcontrol.saturation import ConcurrencyDetector, SaturationDetector, UtilizationDetector
 from kvgate.flowcontrol.sloadmission import PredictedSLOMissError, SLOAdmission
 from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
@@ -45,6 +46,8 @@ from kvgate.scheduling.framework import (
     TTFTOracle,
     cache_expectation,
 )
+from kvgate.scheduling.plugins.prefix_cache import prefix_match
+from kvgate.scheduling.prefix import CHARS_PER_TOKEN
 from kvgate.scheduling.profile import SchedulerProfile
 from kvgate.scheduling.speed import SpeedEstimator
 from kvgate.scheduling.types import (
@@ -78,6 +81,7 @@ class _Track:
     prefill: int  # uncached prompt tokens added to pending_prefill_tokens
     decode: int  # expected output tokens added to pending_decode_tokens
     sent: int = 0  # tokens added to sent_tokens (and to unstarted_tokens until its first token)
+    keys: tuple[int, ...] = ()  # its prompt's prefix keys held at the endpoint (``HeldPrefixes``)
     first_token: bool = False
     first_at: float = 0.0  # clock time of the first token
     sent_at: float = 0.0  # clock time of the dispatch (slo-feasible learns dispatch -> first token)
@@ -141,8 +145,13 @@ class Director:
         self.name = name
         self._candidates: tuple[Endpoint, ...] = ()
         self._candidates_version = -1
-        # request_id -> {address: uncached fraction}, from pick until dispatch.
-        self._picked: OrderedDict[str, dict[str, float]] = OrderedDict()
+        # request_id -> ({address: uncached fraction}, its prompt's prefix keys, tokens per key), from
+        # pick until dispatch.
+        self._picked: OrderedDict[str, tuple[dict[str, float], tuple[int, ...], int]] = OrderedDict()
+        # The prompt prefixes its requests in flight hold per endpoint, where the detector's KV estimate
+        # reads what they send (``ownLoadStalenessThreshold``): a block they share is counted once.
+        self._held = HeldPrefixes()
+        self._count_held = isinstance(detector, UtilizationDetector) and detector.own_load_staleness > 0
         self._tracks: OrderedDict[tuple[str, str], _Track] = OrderedDict()
         # Sheddable requests a door can stop before their first token, oldest first (preemption).
         self._victims: OrderedDict[tuple[str, str], InferenceRequest] = OrderedDict()
@@ -392,8 +401,8 @@ class Director:
             self._flow_ended(track, key[1])
             self._picked.pop(key[0], None)
             ep = self.store.get(key[1])
+            self._release(key[1], ep, track)
             if ep is not None:
-                self._release(ep, track)
                 now = self.clock()
                 for obs in self._observers:  # (latency models close their open prediction)
                     obs.on_finished(victim, ep, 0, False, now)
@@ -475,8 +484,16 @@ class Director:
         if expected is not None:
             # Remember the expected cache hit per chosen endpoint for in-flight accounting at dispatch;
             # without it every dispatch would count its whole prompt as pending prefill on the holder.
+            keys: tuple[int, ...] = ()
+            key_tokens = 0
+            m = prefix_match(cycle) if self._count_held else None
+            if m is not None and m.hashes:
+                keys, key_tokens = chain_keys(m.hashes, m.chunk // (4 if m.by_ids else CHARS_PER_TOKEN))
             self._remember(
-                req.request_id, {ep.address: expected.uncached_fraction(ep.address) for ep in chosen}
+                req.request_id,
+                {ep.address: expected.uncached_fraction(ep.address) for ep in chosen},
+                keys,
+                key_tokens,
             )
         explanation: dict[str, Any] = {}
         if cycle.explain:
@@ -490,8 +507,10 @@ class Director:
             log.debug("pick %s", explanation)
         return PickResult(chosen, first, explanation)
 
-    def _remember(self, request_id: str, uncached: dict[str, float]) -> None:
-        self._picked[request_id] = uncached
+    def _remember(
+        self, request_id: str, uncached: dict[str, float], keys: tuple[int, ...] = (), key_tokens: int = 0
+    ) -> None:
+        self._picked[request_id] = (uncached, keys, key_tokens)
         if len(self._picked) > MAX_TRACKED:
             self._picked.popitem(last=False)
 
@@ -511,16 +530,25 @@ class Director:
         if key in self._tracks:
             return
         p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
-        frac = self._picked.get(req.request_id, {}).get(endpoint.address, 1.0)
+        picked = self._picked.get(req.request_id)
+        frac = picked[0].get(endpoint.address, 1.0) if picked is not None else 1.0
         track = _Track(int(p * frac), req.max_tokens if req.max_tokens else int(self.mean_decode))
         track.sent_at = self.clock()
-        track.sent = p + track.decode
+        # The KV it takes there (the utilization detector's estimate): every prompt token (a hit on an
+        # idle cached prefix takes those blocks back into use) except the prefix a request of its own in
+        # flight there already holds (one copy of a block however many requests share it), and its
+        # expected output.
+        shared = 0
+        if picked is not None and picked[1]:
+            track.keys = picked[1]
+            shared = min(p, self._held.shared(endpoint.address, track.keys) * picked[2])
+            self._held.hold(endpoint.address, track.keys)
+        track.sent = p - shared + track.decode
         self._tracks[key] = track
         if len(self._tracks) > MAX_TRACKED:  # a leaked request: forget the oldest, undo its counts
             (_rid, addr), old = self._tracks.popitem(last=False)
             ep = self.store.get(addr)
-            if ep is not None:
-                self._release(ep, old)
+            self._release(addr, ep, old)
             self._flow_ended(old, addr)
         if self.flow is not None:
             track.flow = flow_of(req)
@@ -531,7 +559,7 @@ class Director:
         inf.requests += 1
         inf.pending_prefill_tokens += track.prefill
         inf.pending_decode_tokens += track.decode
-        inf.sent_tokens += track.sent  # every prompt token (a hit takes cached blocks in use too)
+        inf.sent_tokens += track.sent
         inf.unstarted_tokens += track.sent
 
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
@@ -570,7 +598,7 @@ class Director:
         batch_at_last = self._batch(endpoint, self.clock()) if track.first_token else 0.0
         if track.stop is not None:
             self._victims.pop((req.request_id, endpoint.address), None)
-        self._release(endpoint, track)
+        self._release(endpoint.address, endpoint, track)
         self._flow_ended(track, endpoint.address, finished=ok)
         if self.flow is not None or self.predecessor is not None:
             self._notify()
@@ -618,8 +646,11 @@ class Director:
             if on is not None and on.add(track.flow, track.held, -1):
                 del self._flows_on[address]
 
-    @staticmethod
-    def _release(endpoint: Endpoint, track: _Track) -> None:
+    def _release(self, address: str, endpoint: Endpoint | None, track: _Track) -> None:
+        if track.keys:
+            self._held.release(address, track.keys)
+        if endpoint is None:
+            return
         inf = endpoint.inflight
         inf.requests = max(0, inf.requests - 1)
         if track.first_token:

@@ -1,0 +1,108 @@
+"""The KV the utilization detector's carry-forward charges a request sent after a page (review s8-sat
+R3): every prompt token, except the prefix that a request of this gateway in flight at that endpoint
+already holds (a server counts a block once however many running requests reference it; a hit on an
+idle cached prefix takes its blocks back into use, so that is charged)."""
+
+from __future__ import annotations
+
+from kvgate.config.director import build_director
+from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
+from kvgate.datalayer.prefixrefs import KEY_TOKENS, HeldPrefixes, chain_keys
+from kvgate.datalayer.store import EndpointStore, make_endpoint
+from kvgate.requestcontrol.director import Director
+from kvgate.scheduling.types import InferenceRequest
+
+ADDR = "10.0.0.1:8000"
+PREFIX = "".join(f"tenant-7 system prompt sentence {i:04d}. " for i in range(200))  # ~8k chars, ~2k tokens
+MAX_TOKENS = 16
+
+
+def _store() -> tuple[EndpointStore, Endpoint]:
+    store = EndpointStore([make_endpoint(ADDR)])
+    ep = store.get(ADDR)
+    assert ep is not None
+    # vLLM's page (the prefix index's block size follows it): 64 blocks of 128 tokens = 8,192 tokens.
+    ep.metrics = EndpointMetrics(block_size=128, num_gpu_blocks=64, kv_cache_usage=0.0, updated_at=0.0)
+    return store, ep
+
+
+def _send(d: Director, ep: Endpoint, rid: str, suffix: str) -> tuple[InferenceRequest, int]:
+    """Pick and dispatch one request; what it added to ``sent_tokens``."""
+    r = InferenceRequest(rid, "m", prompt_text=PREFIX + suffix, max_tokens=MAX_TOKENS)
+    assert d.pick(r).primary is ep
+    before = ep.inflight.sent_tokens
+    d.on_dispatched(r, ep)
+    return r, ep.inflight.sent_tokens - before
+
+
+def _prompt(r: InferenceRequest) -> int:
+    return len(r.prompt_text) // 4
+
+
+def test_keys_are_prefix_closed_and_counted_per_request() -> None:
+    held = HeldPrefixes()
+    keys, per_key = chain_keys(list(range(100, 120)), 128)  # 20 blocks of 128 tokens: a key every 2
+    assert keys == tuple(range(101, 120, 2)) and per_key == KEY_TOKENS
+    held.hold("a", keys)
+    held.hold("a", keys[:3])
+    assert held.shared("a", keys) == len(keys) and held.shared("b", keys) == 0
+    assert held.shared("a", (101, 103, 999, 107)) == 2  # only the leading run counts
+    held.release("a", keys)
+    assert held.shared("a", keys) == 3
+    held.release("a", keys[:3])
+    assert len(held) == 0
+
+
+def test_a_prefix_its_own_request_in_flight_holds_is_charged_once() -> None:
+    store, ep = _store()
+    d = build_director("kvgate", store, clock=lambda: 0.0)
+    a, sent_a = _send(d, ep, "a", "question one: what is the first thing?")
+    assert sent_a == _prompt(a) + MAX_TOKENS  # nothing held there: the whole prompt
+    b, sent_b = _send(d, ep, "b", "question two: and the second one?")
+    # The shared ~2k-token prefix is A's, in flight there: B is charged its own part (at most a key's
+    # worth of the prefix more) and its output. Before: its whole prompt (~2k tokens more).
+    assert sent_b <= _prompt(b) - len(PREFIX) // 4 + KEY_TOKENS + 128 + MAX_TOKENS
+    for r in (a, b):
+        d.on_first_token(r, ep)
+        d.on_finished(r, ep, None, True)
+    # Nothing of its own holds the prefix now: a hit takes the idle cached blocks back into use.
+    c, sent_c = _send(d, ep, "c", "question three: the last?")
+    assert sent_c == _prompt(c) + MAX_TOKENS
+    assert len(d._held) == len(d._tracks[("c", ADDR)].keys)
+
+
+def test_requests_sharing_a_running_prefix_do_not_saturate_a_small_cache() -> None:
+    """R3's case (the real-vLLM setup: 8,192-token cache, ~1.9k-token prompts sharing all but a few
+    tokens): a page at KV 0.25 showing A running (its prefix in the page's KV), then three requests of
+    the same tenant sent. Real use: about 0.25 + 3 x (their own few tokens + output) / 8,192. Now the
+    KV term is (0.25 + 3 x 126 / 8,192) / 0.8 = 0.37 (the score is the queue's, 3 / 5); before, each
+    was charged its whole prompt, (0.25 + 3 x 1,918 / 8,192) / 0.8 = 1.19: saturated until the next
+    scrape."""
+    store, ep = _store()
+    d = build_director("kvgate", store, clock=lambda: 0.0)
+    a, _ = _send(d, ep, "a", "question one")
+    d.on_first_token(a, ep)
+    inf = ep.inflight
+    # The page, as the scraper leaves it: A running, explained by this gateway's own load.
+    ep.metrics = EndpointMetrics(
+        waiting_queue_size=0,
+        running_requests=1,
+        kv_cache_usage=0.25,
+        block_size=128,
+        num_gpu_blocks=64,
+        updated_at=0.0,
+        own_explained=True,
+        own_pending=0,
+        own_sent_tokens=inf.sent_tokens - inf.sent_base,
+        own_started=inf.started - inf.started_base,
+    )
+    for i in range(3):
+        _send(d, ep, f"b{i}", f"question {i + 2}")
+    assert d.detector is not None
+    score = d.detector.endpoint_saturation(ep, 0.3)
+    assert score < 0.8, f"three requests sharing a running prefix read {score:.2f}"
+    # Their own parts still count: three more distinct ~2k-token prompts would saturate it.
+    for i in range(3):
+        r = InferenceRequest(f"x{i}", "m", prompt_text=f"another tenant {i} " * 500, max_tokens=MAX_TOKENS)
+        d.on_dispatched(r, ep)
+    assert d.detector.endpoint_saturation(ep, 0.3) >= 1.0
