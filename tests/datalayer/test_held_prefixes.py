@@ -1,7 +1,9 @@
 """The KV the utilization detector's carry-forward charges a request sent after a page (review s8-sat
 R3): every prompt token, except the prefix that a request of this gateway in flight at that endpoint
 already holds (a server counts a block once however many running requests reference it; a hit on an
-idle cached prefix takes its blocks back into use, so that is charged)."""
+idle cached prefix takes its blocks back into use, so that is charged), and the output it can decode
+while the estimate is read (its expected output, at most what the endpoint's learned pace decodes in
+the detector's horizon)."""
 
 from __future__ import annotations
 
@@ -106,3 +108,29 @@ def test_requests_sharing_a_running_prefix_do_not_saturate_a_small_cache() -> No
         r = InferenceRequest(f"x{i}", "m", prompt_text=f"another tenant {i} " * 500, max_tokens=MAX_TOKENS)
         d.on_dispatched(r, ep)
     assert d.detector.endpoint_saturation(ep, 0.3) >= 1.0
+
+
+def test_the_output_charged_is_what_it_can_decode_before_the_next_page() -> None:
+    """R3's second case: one request with ``max_tokens: 8192`` on an 8,192-token cache was charged 8,192
+    tokens of output at once and saturated the endpoint on its own until the next scrape. It decodes one
+    token per engine step: with a learned pace (seconds per token-slot), in the detector's 1 s horizon
+    at most 1 / (pace x (batch + 1 + 64)) tokens. Without a learned pace, the whole expected output."""
+    prompt = "one-off question " * 40  # 170 tokens, no prefix held
+    store, ep = _store()
+    d = build_director("kvgate", store, clock=lambda: 0.0)
+    r = InferenceRequest("long", "m", prompt_text=prompt, max_tokens=8192)
+    d.on_dispatched(r, ep)
+    assert ep.inflight.sent_tokens == _prompt(r) + 8192  # pace not learned: the upper bound
+
+    store, ep = _store()
+    d = build_director("kvgate", store, clock=lambda: 0.0)
+    ep.inflight.pace = 0.0005  # 32.5 ms a step with one sequence: 31 tokens in 1 s
+    m = ep.metrics  # an idle page, explained, before the request is sent
+    m.own_explained, m.own_pending, m.own_sent_tokens = True, 0, 0
+    r = InferenceRequest("long", "m", prompt_text=prompt, max_tokens=8192)
+    d.on_dispatched(r, ep)
+    assert ep.inflight.sent_tokens == _prompt(r) + 31
+    assert ep.inflight.pending_decode_tokens == 8192  # the scorers' expected work is unchanged
+    assert d.detector is not None
+    # The queue's 1 / 5; KV (170 + 31) / 8,192 / 0.8 = 0.03. Before: (170 + 8,192) / 8,192 / 0.8 = 1.28.
+    assert d.detector.endpoint_saturation(ep, 0.3) == 0.2

@@ -69,9 +69,9 @@ class InFlight:
     # whatever their load: lower is faster.
     pace: float = 0.0
     # Tokens of every request ever dispatched there (the KV it takes: its prompt, less the prefix a
-    # request of this process in flight there already holds (``datalayer.prefixrefs``), + expected
-    # decode), a running total that only grows (across ``--workers`` restarts too:
-    # ``gateway.shared_inflight``).
+    # request of this process in flight there already holds (``datalayer.prefixrefs``), + the output it
+    # can decode within the detector's horizon), a running total that only grows (across ``--workers``
+    # restarts too: ``gateway.shared_inflight``).
     sent_tokens: int = 0
     # The part of ``sent_tokens`` that belongs to requests without a first token yet. A page read at
     # some moment holds no KV for those (waiting at the server, or not there yet), so the KV that this

@@ -82,10 +82,11 @@ class UtilizationDetector(SaturationDetector):
       showed of them in prefill, are taken as those: running on the page, never in its waiting count),
       at least 0;
     - KV: the page's usage, plus the tokens (prompt, less a prefix one of its requests in flight there
-      already holds, and expected output: ``InFlight.sent_tokens``) of the requests sent there
-      since the page was asked for and of its requests without a first token then that the page did
-      not show running (waiting, or not at the server yet: no KV on the page; those it showed running
-      beyond its decoding ones are in prefill, their KV on the page), over the server's cache
+      already holds, and the output it can decode within ``scrape_bound`` at the endpoint's learned
+      pace: ``InFlight.sent_tokens``) of the requests sent there since the page was asked for and of
+      its requests without a first token then that the page did not show running (waiting, or not at
+      the server yet: no KV on the page; those it showed running beyond its decoding ones are in
+      prefill, their KV on the page), over the server's cache
       (``block_size x num_gpu_blocks`` from the page; unknown -> saturated if any such tokens). A
       running total that went back (it must not) is unknown: the reference rule.
 

@@ -49,7 +49,7 @@ from kvgate.scheduling.framework import (
 from kvgate.scheduling.plugins.prefix_cache import prefix_match
 from kvgate.scheduling.prefix import CHARS_PER_TOKEN
 from kvgate.scheduling.profile import SchedulerProfile
-from kvgate.scheduling.speed import SpeedEstimator
+from kvgate.scheduling.speed import BATCH_KNEE, SpeedEstimator
 from kvgate.scheduling.types import (
     InferenceRequest,
     NoCapacityError,
@@ -148,10 +148,12 @@ class Director:
         # request_id -> ({address: uncached fraction}, its prompt's prefix keys, tokens per key), from
         # pick until dispatch.
         self._picked: OrderedDict[str, tuple[dict[str, float], tuple[int, ...], int]] = OrderedDict()
-        # The prompt prefixes its requests in flight hold per endpoint, where the detector's KV estimate
-        # reads what they send (``ownLoadStalenessThreshold``): a block they share is counted once.
+        # Where the detector's KV estimate reads what its requests send (``ownLoadStalenessThreshold``):
+        # the prompt prefixes they hold per endpoint (a block they share is counted once), and how long
+        # after a page that estimate is read (the output a request can decode by then).
         self._held = HeldPrefixes()
         self._count_held = isinstance(detector, UtilizationDetector) and detector.own_load_staleness > 0
+        self._kv_horizon = detector.scrape_bound() if detector is not None and self._count_held else 0.0
         self._tracks: OrderedDict[tuple[str, str], _Track] = OrderedDict()
         # Sheddable requests a door can stop before their first token, oldest first (preemption).
         self._victims: OrderedDict[tuple[str, str], InferenceRequest] = OrderedDict()
@@ -536,14 +538,16 @@ class Director:
         track.sent_at = self.clock()
         # The KV it takes there (the utilization detector's estimate): every prompt token (a hit on an
         # idle cached prefix takes those blocks back into use) except the prefix a request of its own in
-        # flight there already holds (one copy of a block however many requests share it), and its
-        # expected output.
-        shared = 0
+        # flight there already holds (one copy of a block however many requests share it), and the
+        # output it can have decoded while that estimate is read (``_kv_horizon`` after a page).
+        shared, out = 0, track.decode
         if picked is not None and picked[1]:
             track.keys = picked[1]
             shared = min(p, self._held.shared(endpoint.address, track.keys) * picked[2])
             self._held.hold(endpoint.address, track.keys)
-        track.sent = p - shared + track.decode
+        if self._kv_horizon:
+            out = min(out, self._decodable(endpoint, track.sent_at))
+        track.sent = p - shared + out
         self._tracks[key] = track
         if len(self._tracks) > MAX_TRACKED:  # a leaked request: forget the oldest, undo its counts
             (_rid, addr), old = self._tracks.popitem(last=False)
@@ -561,6 +565,15 @@ class Director:
         inf.pending_decode_tokens += track.decode
         inf.sent_tokens += track.sent
         inf.unstarted_tokens += track.sent
+
+    def _decodable(self, endpoint: Endpoint, now: float) -> int:
+        """Tokens one more sequence can decode at ``endpoint`` in ``_kv_horizon`` seconds: the horizon
+        over a step's time at its learned pace (seconds per token-slot, ``scheduling.speed``) with the
+        batch it joins; no limit until the pace is learned."""
+        pace = endpoint.inflight.pace
+        if pace <= 0:
+            return 1 << 62
+        return math.ceil(self._kv_horizon / (pace * (self._batch(endpoint, now) + 1 + BATCH_KNEE)))
 
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
         """``learn=False``: a first token whose time says nothing about prefill (a non-streamed reply,
