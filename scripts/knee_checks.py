@@ -9,14 +9,19 @@ CHECK is one of:
   stand-in for c's long bursts; ``scripts/family_variant.py a:tenant_prefix=4096 7.5``);
 - ``sp``: the shared-prefix knee-80% point (14.14 req/s, 30 virtual s), seeds 0-3;
 - ``sp8``: the same point, seeds 4-11 (its p90 swings by up to 25% per seed with placement luck), or
-  seeds FIRST_SEED to LAST_SEED when given;
+  seeds FIRST_SEED to LAST_SEED when given (``sp8 POLICY 4 39``: the 36 seeds that are the point's
+  validation set, ~5 min; one seed's kvgate / sglang ratio has a log standard deviation of ~0.13, so
+  four seeds tell a 10% change from luck poorly);
+- ``spw``: the shared-prefix point with a 120 s warm-up instead of 30 s (every customer seen before the
+  measured window, so no first-request cold prefills in it: the steady state), seeds 0-11 or
+  FIRST_SEED to LAST_SEED;
 - ``reg``: the hetero, multi-LoRA and sharegpt knee-80% points, seed 0 (276.22 req/s 15 s, 388.08 req/s
   20 s, 276.10 req/s 20 s).
 
 Prints the p90 TTFT per run (ms) and the hit rate; ``gm`` is the geometric mean of the p90s over the
-sglang-cache-aware model's on the same runs (``tune``, ``var``, ``sp``; measured once on main: the
-workloads are fixed by the seeds), over the default profile's (``reg``), or the plain geometric mean
-in ms (``sp8``).
+sglang-cache-aware model's on the same runs (``tune``, ``var``, ``sp``, and ``sp8`` for seeds 0-39;
+measured once on main: the workloads are fixed by the seeds), over the default profile's (``reg``), or
+the plain geometric mean in ms (``sp8`` past seed 39, ``spw``).
 """
 
 from __future__ import annotations
@@ -35,32 +40,46 @@ BASE = {
     "tune": [662.0, 574.0, 594.0],  # sglang-cache-aware
     "var": [675.0, 674.0, 670.0],  # sglang-cache-aware
     "sp": [556.0, 461.0, 338.0, 435.0],  # sglang-cache-aware
-    "sp8": [1.0] * 8,
     "reg": [32.07, 28.77, 29.65],  # kvgate default
 }
+# sglang-cache-aware's p90 (ms) at the shared-prefix knee-80% point, seeds 0-39
+# (``sp8 sglang-cache-aware 0 39``).
+SP_SGLANG = [
+    556.10, 460.50, 338.45, 435.19, 478.89, 403.34, 510.17, 343.88, 472.77, 415.67,
+    395.98, 466.72, 340.37, 431.31, 396.80, 431.06, 420.44, 472.63, 364.85, 376.84,
+    443.05, 419.57, 348.69, 429.79, 545.45, 364.04, 332.46, 359.23, 337.67, 487.40,
+    492.73, 402.98, 446.99, 336.17, 379.15, 565.62, 472.89, 347.70, 606.22, 459.54,
+]  # fmt: skip
 REG = (("hetero", 276.22, 15.0), ("multi-lora", 388.08, 20.0), ("sharegpt", 276.10, 20.0))
 
 
 def main() -> None:
     check, policy = sys.argv[1], sys.argv[2]
     t0 = time.time()
+    seeds = range(4) if check == "sp" else range(0, 12) if check == "spw" else range(4, 12)
+    if check in ("sp8", "spw") and len(sys.argv) > 4:
+        seeds = range(int(sys.argv[3]), int(sys.argv[4]) + 1)
     if check == "tune":
         rows = [run_once(FAMILIES["a"], policy, 9.416, s, 120.0, 30.0) for s in TUNING_SEEDS]
     elif check == "var":
         fam = dataclasses.replace(FAMILIES["a"], tenant_prefix=4096)
         rows = [run_once(fam, policy, 7.5, s, 120.0, 30.0) for s in TUNING_SEEDS]
     elif check in ("sp", "sp8"):
-        seeds = range(4) if check == "sp" else range(4, 12)
-        if check == "sp8" and len(sys.argv) > 4:
-            seeds = range(int(sys.argv[3]), int(sys.argv[4]) + 1)
         rows = [run_point(SCENARIOS["shared-prefix"], policy, 14.14, 30.0, s).row for s in seeds]
+    elif check == "spw":
+        sp = SCENARIOS["shared-prefix"]
+        rows = [run_point(sp, policy, 14.14, 30.0, s, warmup=120.0).row for s in seeds]
     elif check == "reg":
         rows = [run_point(SCENARIOS[n], policy, q, d, 0).row for n, q, d in REG]
     else:
         raise SystemExit(f"unknown check {check!r}")
     p90 = [r["ttft_p90"] * 1000 for r in rows]
     hit = [r.get("prefix_hit_rate") for r in rows]
-    base = BASE[check] if check != "sp8" else [1.0] * len(p90)
+    if check == "sp8":
+        known = all(s < len(SP_SGLANG) for s in seeds)
+        base = [SP_SGLANG[s] for s in seeds] if known else [1.0] * len(p90)
+    else:
+        base = BASE[check] if check != "spw" else [1.0] * len(p90)
     gm = math.exp(sum(math.log(a / b) for a, b in zip(p90, base, strict=True)) / len(p90))
     print(
         f"{check} {policy}: p90 {' / '.join(f'{x:.2f}' for x in p90)} ms, gm {gm:.3f}, "

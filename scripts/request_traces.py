@@ -5,8 +5,12 @@ order), so each request can be followed under both policies: which replicas' eng
 at its arrival (engine truth, not a picker's index), where each policy sent it, the queue (waiting
 requests, running requests, prompt tokens still to prefill) at that replica at that moment, and its
 TTFT. Prints each policy's slowest 10% with the other policy's fate for the same request, a
-per-replica balance table (requests routed there, prefill tokens computed there, cold prefills), and
-"collisions": requests that arrived at a replica while it was computing a long cold prefill.
+per-replica balance table (requests routed there, prefill tokens computed there, cold prefills),
+"collisions": requests that arrived at a replica while it was computing a long cold prefill, and what
+the requests at or over the p90 are: cold everywhere (and how many of those are their group's first
+request of the run, incl. warm-up: no routing can have cached them), warm ones that arrived during a
+step computing more than 4,096 prefill tokens at their replica, routing misses (sent to a replica
+holding less than the best engine did), and the rest (queued behind warm requests).
 
     PYTHONPATH=src python scripts/request_traces.py mixed FAMILY[:FIELD=N,...] QPS SEED POLICY_A POLICY_B [N]
     PYTHONPATH=src python scripts/request_traces.py scenario NAME QPS SEED DURATION POLICY_A POLICY_B [N]
@@ -35,11 +39,13 @@ class Seen:
     waiting: list[int]
     running: list[int]
     todo: list[int]  # prefill tokens in the step each replica is running at the arrival
+    first: bool = False  # the first request of its group in the run (warm-up included)
 
 
 def trace(sim: FleetSim, classify: Any) -> tuple[dict[str, Rec], dict[str, Seen]]:
     recs = instrument(sim, classify)
     seen: dict[str, Seen] = {}
+    groups: set[str] = set()
     engines = [r.engine for r in sim.replicas]
     arrive = sim._arrive
 
@@ -70,11 +76,31 @@ def trace(sim: FleetSim, classify: Any) -> tuple[dict[str, Rec], dict[str, Seen]
                 [e.num_waiting for e in engines],
                 [e.num_running for e in engines],
                 [todo(i) for i in range(len(engines))],
+                bool(spec.group) and spec.group not in groups,
             )
+        if spec.group:
+            groups.add(spec.group)
         arrive(spec)
 
     sim._arrive = watch  # type: ignore[method-assign]
     return recs, seen
+
+
+def composition(recs: dict[str, Rec], seen: dict[str, Seen], p90: float) -> str:
+    """What the requests at or over the p90 are (see the module docstring)."""
+    over = [(rid, r) for rid, r in recs.items() if r.ttft > 0 and r.ttft >= p90]
+    cold = [(rid, r) for rid, r in over if r.best_cached < 0.2 * r.prompt]
+    first = sum(1 for rid, _ in cold if rid in seen and seen[rid].first)
+    warm = [(rid, r) for rid, r in over if r.best_cached >= 0.2 * r.prompt]
+    long_step = [(rid, r) for rid, r in warm if rid in seen and seen[rid].todo[r.replica] > 4096]
+    miss = [(rid, r) for rid, r in warm if (rid, r) not in long_step and r.here_cached + 16 < r.best_cached]
+    rest = [r for rid, r in warm if (rid, r) not in long_step and (rid, r) not in miss]
+    queue = statistics.median(r.queue for r in rest) * 1000 if rest else 0.0
+    return (
+        f"at or over the p90 ({len(over)}): cold everywhere {len(cold)} ({first} their group's first "
+        f"request), arrived during a > 4k-token prefill step {len(long_step)}, routing misses {len(miss)}, "
+        f"other {len(rest)} (median queue {queue:.0f} ms)"
+    )
 
 
 def build(argv: list[str]) -> tuple[list[str], Any]:
@@ -155,6 +181,7 @@ def main() -> None:
                 f"{statistics.median(x.ttft for x in hol) * 1000:.0f} ms; "
                 f"classes {dict(Counter(x.cls for x in hol))}"
             )
+        print("  " + composition(recs, seen, runs[policy][2]["ttft_p90"]))
     for policy, other in ((a, b), (b, a)):
         recs, seen, _ = runs[policy]
         orecs = runs[other][0]
