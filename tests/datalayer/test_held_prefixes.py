@@ -45,14 +45,15 @@ def test_keys_are_prefix_closed_and_counted_per_request() -> None:
     held = HeldPrefixes()
     keys, per_key = chain_keys(list(range(100, 120)), 128)  # 20 blocks of 128 tokens: a key every 2
     assert keys == tuple(range(101, 120, 2)) and per_key == KEY_TOKENS
-    held.hold("a", keys)
-    held.hold("a", keys[:3])
-    assert held.shared("a", keys) == len(keys) and held.shared("b", keys) == 0
-    assert held.shared("a", (101, 103, 999, 107)) == 2  # only the leading run counts
-    held.release("a", keys)
-    assert held.shared("a", keys) == 3
-    held.release("a", keys[:3])
+    assert held.take("a", keys) == 0  # nothing held there yet; now held once
+    assert held.take("a", keys[:3]) == 3
+    assert held.take("b", keys) == 0
+    assert held.take("a", (101, 103, 999, 107)) == 2  # only the leading run counts
+    for ks in (keys, (101, 103, 999, 107), keys[:3]):
+        held.release("a", ks)
+    held.release("b", keys)
     assert len(held) == 0
+    assert held.take("a", keys) == 0
 
 
 def test_a_prefix_its_own_request_in_flight_holds_is_charged_once() -> None:

@@ -39,22 +39,23 @@ class HeldPrefixes:
     def __init__(self) -> None:
         self._at: dict[str, dict[int, int]] = {}
 
-    def shared(self, address: str, keys: Sequence[int]) -> int:
-        """How many leading ``keys`` a request in flight at ``address`` holds."""
+    def take(self, address: str, keys: Sequence[int]) -> int:
+        """Hold ``keys`` at ``address`` for one more request; how many leading ``keys`` a request in
+        flight there held already (one pass: this runs for every dispatch)."""
         held = self._at.get(address)
-        if not held:
-            return 0
-        n = 0
+        if held is None:
+            held = self._at[address] = {}
+        shared, run = 0, True
+        get = held.get
         for k in keys:
-            if k not in held:
-                break
-            n += 1
-        return n
-
-    def hold(self, address: str, keys: Sequence[int]) -> None:
-        held = self._at.setdefault(address, {})
-        for k in keys:
-            held[k] = held.get(k, 0) + 1
+            n = get(k, 0)
+            if run:
+                if n:
+                    shared += 1
+                else:
+                    run = False
+            held[k] = n + 1
+        return shared
 
     def release(self, address: str, keys: Sequence[int]) -> None:
         held = self._at.get(address)

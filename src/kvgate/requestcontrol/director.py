@@ -543,8 +543,7 @@ class Director:
         shared, out = 0, track.decode
         if picked is not None and picked[1]:
             track.keys = picked[1]
-            shared = min(p, self._held.shared(endpoint.address, track.keys) * picked[2])
-            self._held.hold(endpoint.address, track.keys)
+            shared = min(p, self._held.take(endpoint.address, track.keys) * picked[2])
         if self._kv_horizon:
             out = min(out, self._decodable(endpoint, track.sent_at))
         track.sent = p - shared + out
