@@ -399,5 +399,6 @@ async def _every_second(
             if agg is not None:
                 agg.snapshot()  # llm-d's llm_d_epp_* pool gauges follow discovery too
         await server.refresh_health()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+        with contextlib.suppress(TimeoutError):  # (not wait_for, which on 3.11 may drop a cancel)
+            async with asyncio.timeout(1.0):
+                await stop.wait()

@@ -290,8 +290,9 @@ class FlowDispatcher:
                     log.warning("flow control: dispatch works again after %d failed passes", self.gate_errors)
                     self.gate_errors = 0
             if len(self.ctl) > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.recheck_interval)
+                with contextlib.suppress(TimeoutError):  # (not wait_for: 3.11 may drop a cancel, gh-86296)
+                    async with asyncio.timeout(self.recheck_interval):
+                        await wake.wait()
 
     def _gate_failed(self, e: Exception) -> None:
         """Logged at the 1st (with the traceback), 2nd, 4th, ... failure in a row, then every

@@ -292,8 +292,11 @@ class ConfigWatch:
 
     async def run(self) -> None:
         while True:
+            # (not asyncio.wait_for, which on Python 3.11 returns the wake-up and drops a cancellation
+            # landing as trigger() sets it, CPython gh-86296: a graceful stop then waited for the watch)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                async with asyncio.timeout(self.poll_s):
+                    await self._wake.wait()
             forced = self._wake.is_set()
             self._wake.clear()
             mtime = self._stat()

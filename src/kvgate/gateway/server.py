@@ -457,8 +457,9 @@ class GatewayServer:
             data_front.drain()
         if self.proxy is not None and self.proxy.inflight:
             log.info("draining %d in-flight requests (up to %.0fs)", self.proxy.inflight, timeout)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.proxy.idle.wait(), timeout)
+            with contextlib.suppress(TimeoutError):  # (not wait_for, which on 3.11 may drop a cancel)
+                async with asyncio.timeout(timeout):
+                    await self.proxy.idle.wait()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

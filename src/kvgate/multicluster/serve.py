@@ -295,13 +295,15 @@ class GlobalGateway:
             # Graceful: no new connections, idle ones closed, in-flight requests get ``drain_s``.
             self._server.close()
             self.front.drain()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self.drain_s)
+            with contextlib.suppress(TimeoutError):  # (not wait_for: see kvgate.k8s.tasks.wait_event)
+                async with asyncio.timeout(self.drain_s):
+                    await self._idle.wait()
             self.front.close_all()
             # The cut handlers' cleanup (releasing upstream connections, cancelling EPP streams) runs
             # before the router closes the session and channels it uses.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._idle.wait()
         await self.router.close()
 
 
