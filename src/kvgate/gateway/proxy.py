@@ -81,6 +81,7 @@ _DROP = frozenset(
 _DROP_PREFIXES = ("x-gateway-", "x-kvgate-")
 _UPSTREAM_ERRORS = (TimeoutError, OSError)  # UpstreamError is an OSError
 _EXPLAIN_HEADER_MAX = 4096
+_REQUEST_LINES_MAX = 4096  # cached upstream request lines (API x endpoint address)
 WARM_WAIT_S = 1.0  # longest the start-up waits for its upstream connections (best effort)
 
 
@@ -189,6 +190,7 @@ class Proxy:
         self.idle = asyncio.Event()
         self.idle.set()
         self._rid_prefix = os.urandom(4).hex()
+        self._request_lines: dict[tuple[str, str], bytes] = {}
         self._rid_seq = 0
 
     def _request_id(self) -> str:
@@ -293,18 +295,19 @@ class Proxy:
             if self.inflight == 0:
                 self.idle.set()
 
-    async def _read_body(self, request: Request) -> bytes:
-        # The front already refused bodies over the limit (413) while reading them.
+    def _read_body(self, request: Request) -> bytes:
+        # The front already refused bodies over the limit (413) while reading them, and has the whole
+        # body before the handler runs (``request.body``: no coroutine to await for it).
         limit = self.cfg.limits.max_body_bytes
         if request.content_length > limit:
             raise GatewayError(413, f"request body of {request.content_length} bytes exceeds {limit} bytes")
-        return await request.read()
+        return request.body
 
     # --- one request --------------------------------------------------------------------------
     async def _handle(
         self, request: Request, kind: str, rid: str, t0: float, tenant: str | None = None
     ) -> Response | StreamResponse:
-        raw = await self._read_body(request)
+        raw = self._read_body(request)
         try:
             parsed = parse_body(kind, raw)
         except BodyError as e:
@@ -429,7 +432,6 @@ class Proxy:
         # config reload swaps the pool's picker meanwhile (``gateway.reload``).
         director = pool.director
         last_error = "no endpoint tried"
-        path = PATHS[kind].encode()
         deadline = self._loop.time() + self.request_timeout if self.request_timeout else None
         sent_model = ireq.model if ireq.model != client_model else None
         tls = self.tls.get(pool.name)
@@ -460,7 +462,7 @@ class Proxy:
             finished = False
             resp: UpstreamResponse | None = None
             preempted = self._preemptible(director, ireq, ep)
-            head = b"POST " + path + b" HTTP/1.1\r\nhost: " + ep.address.encode() + b"\r\n" + header_block
+            head = self._request_line(kind, ep.address) + header_block
             try:
                 try:
                     resp = await self.upstream.request(ep.address, head, out, deadline, tls, on_sent)
@@ -544,6 +546,16 @@ class Proxy:
             f"all {self.cfg.limits.max_attempts} attempts failed; last: {last_error}",
             code="upstream_unavailable",
         )
+
+    def _request_line(self, kind: str, address: str) -> bytes:
+        """``POST <path> HTTP/1.1``, CRLF, ``host: <address>``, CRLF: built once per API and endpoint."""
+        key = (kind, address)
+        line = self._request_lines.get(key)
+        if line is None:
+            if len(self._request_lines) >= _REQUEST_LINES_MAX:  # (endpoints come and go: bounded)
+                self._request_lines.clear()
+            line = self._request_lines[key] = f"POST {PATHS[kind]} HTTP/1.1\r\nhost: {address}\r\n".encode()
+        return line
 
     @staticmethod
     def _preemptible(director: Any, ireq: InferenceRequest, ep: Endpoint) -> list[bool]:

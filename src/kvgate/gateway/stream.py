@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from kvgate.openai.protocol import usage_from
+from kvgate.openai.protocol import usage_from, usage_of
 from kvgate.scheduling.types import Usage
 
 _TAIL_BYTES = 16 * 1024
@@ -60,15 +60,26 @@ class BodyRewriter:
         return body
 
 
+class _UsageFields(msgspec.Struct):
+    """The ``usage`` fields the gateway reads, each of any JSON type (``usage_from``'s checks apply)."""
+
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
+    prompt_tokens_details: Any = None
+
+
 class _UsageOnly(msgspec.Struct):
-    usage: Any = None
+    usage: _UsageFields | None = None
 
 
-# Decodes a whole response body but builds only its ``usage`` (the choices' text is skipped, not copied).
+# Decodes a whole response body but builds only its ``usage``, and of that only the fields read: the
+# choices' text and usage's other keys are skipped, not copied (a ``usage`` that is not an object fails
+# the decode: None, as ``usage_from`` answers for it).
 _USAGE_ONLY = msgspec.json.Decoder(_UsageOnly)
 
 
 def usage_from_body(body: bytes) -> Usage | None:
+    """``usage_from`` of a whole JSON response body (None when it has no usage object or is not JSON)."""
     if b'"usage"' not in body:
         return None
     start = body.find(b"{")
@@ -78,7 +89,9 @@ def usage_from_body(body: bytes) -> Usage | None:
         usage = _USAGE_ONLY.decode(body[start:] if start else body).usage
     except msgspec.DecodeError:
         return None
-    return usage_from({"usage": usage})
+    if usage is None:
+        return None
+    return usage_of(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details)
 
 
 class StreamRelay:

@@ -79,6 +79,11 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.paused = False
         self.closed = False
+        # The read deadline (event-loop time) while a read waits, and the one timer that enforces it:
+        # armed once and moved on lazily (see ``_wait``), not a timer per read.
+        self._due: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         # (the parser holds this connection's bound callbacks: a cycle, broken in connection_lost)
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.reset()
@@ -125,6 +130,9 @@ class _Conn(asyncio.Protocol):
             else:
                 self.error = UpstreamError(f"{self.address}: connection closed" + (f": {exc}" if exc else ""))
         self.pool._forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         # Break the cycle so a closed connection (its unread body, head, error) is freed at once, not at
         # the cyclic collector's next full pass. (connection_lost never runs inside feed_data.)
         self._parser = None
@@ -257,23 +265,39 @@ class _Conn(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def _wait(self, limit_s: float | None) -> None:
+    async def _wait(self, due: float | None) -> None:
+        """Until data, an error or the close; ``UpstreamTimeout`` at ``due`` (event-loop time; None:
+        no limit)."""
         loop = self.loop
-        self.waiter = loop.create_future()
+        self.waiter = waiter = loop.create_future()
+        if due is not None:
+            self._due = due
+            # One timer per connection: left armed when a read ends, it fires at the earlier read's
+            # deadline and moves itself on to the current one (``_on_timer``). A timer armed and
+            # cancelled per read (a libuv timer and its close each time) cost more than the read.
+            if self._timer is None or self._timer_at > due:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer_at = due
+                self._timer = loop.call_at(due, self._on_timer)
         try:
-            if limit_s is None:
-                await self.waiter
-            else:
-                # call_later + one future is cheaper than asyncio.timeout's context per read.
-                handle = loop.call_later(limit_s, self._timeout)
-                try:
-                    await self.waiter
-                finally:
-                    handle.cancel()
+            await waiter
         finally:
             self.waiter = None
+            self._due = None
         if isinstance(self.error, UpstreamTimeout):
             raise self.error
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        due = self._due
+        if due is None or self.closed:
+            return  # no read waits (the connection is idle or closed): nothing to time
+        if self.loop.time() < due:  # a later read's deadline: on to it
+            self._timer_at = due
+            self._timer = self.loop.call_at(due, self._on_timer)
+            return
+        self._timeout()
 
     def _timeout(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -282,11 +306,13 @@ class _Conn(asyncio.Protocol):
             self.waiter.set_result(None)
 
 
-def _timeout(conn: _Conn, idle: float | None, deadline: float | None) -> float | None:
-    if deadline is None:
-        return idle
-    left = max(0.0, deadline - conn.loop.time())
-    return left if idle is None else min(idle, left)
+def _due(conn: _Conn, idle: float | None, deadline: float | None) -> float | None:
+    """When a read that starts now times out (event-loop time): after ``idle`` seconds without data, and
+    at ``deadline`` at the latest; None: never."""
+    if idle is None:
+        return deadline
+    due = conn.loop.time() + idle
+    return due if deadline is None or due < deadline else deadline
 
 
 class UpstreamResponse:
@@ -324,7 +350,7 @@ class UpstreamResponse:
                 raise c.error
             if c.done:
                 return b""
-            await c._wait(_timeout(c, self._idle, self._deadline))
+            await c._wait(_due(c, self._idle, self._deadline))
 
     async def read(self) -> bytes:
         """The whole body; raises ``UpstreamError`` on loss."""
@@ -482,7 +508,7 @@ class UpstreamPool:
                 while conn.head is None:
                     if conn.error is not None:
                         raise conn.error
-                    await conn._wait(_timeout(conn, self.idle_timeout, deadline))
+                    await conn._wait(_due(conn, self.idle_timeout, deadline))
             except UpstreamTimeout:
                 if conn.transport is not None:
                     conn.transport.abort()

@@ -42,6 +42,7 @@ log = logging.getLogger("kvgate.httpfront")
 _MAX_HEAD = 64 * 1024
 _MAX_PIPELINE = 16
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+_STATUS_LINES = {code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _REASONS.items()}
 _BAD_HEADER_BYTES = (b"\r", b"\n", b"\x00")
 # RFC 9110 token: the only characters a header name may have.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -166,19 +167,19 @@ class StreamResponse:
 def _head(
     status: int, headers: dict[str, str], content_type: str | None, length: int | None, close: bool
 ) -> bytes:
-    parts = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
+    # (one string grown in place: a handful of short pieces, cheaper than a list and a join)
+    head = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
     if content_type:
-        parts.append(f"Content-Type: {content_type}\r\n")
+        head += f"Content-Type: {content_type}\r\n"
     for k, v in headers.items():
-        parts.append(f"{k}: {v}\r\n")
+        head += f"{k}: {v}\r\n"
     if length is None:
-        parts.append("Transfer-Encoding: chunked\r\n")
+        head += "Transfer-Encoding: chunked\r\n"
     elif length >= 0:  # -1: neither (an HTTP/1.0 stream, delimited by closing the connection)
-        parts.append(f"Content-Length: {length}\r\n")
+        head += f"Content-Length: {length}\r\n"
     if close:
-        parts.append("Connection: close\r\n")
-    parts.append("\r\n")
-    return "".join(parts).encode("utf-8", "surrogateescape")
+        head += "Connection: close\r\n"
+    return (head + "\r\n").encode("utf-8", "surrogateescape")
 
 
 def json_error(
@@ -291,6 +292,31 @@ def connection_cap(wanted: int, limits: tuple[int, int] | None = None) -> int:
     if cap < wanted:
         log.info("limits.maxConnections %d clamped to %d by the open-file limit %d", wanted, cap, soft)
     return min(wanted, cap)
+
+
+# The header section of the usual request, checked whole: every line a token name, a colon and a value
+# without CR, LF or NUL (so no obs-fold, no empty name, no stray line breaks: what the line-by-line
+# parse would refuse or handle otherwise), then read in one pass. A section this does not match goes
+# line by line (``FrontProtocol._fields_slow``), which refuses it with the reason or reads it the same.
+_FIELD_NAME = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELD_LINES = re.compile(rb"(?:" + _FIELD_NAME + rb":[^\r\n\x00]*\r\n)*")
+_FIELD_LINE = re.compile(r"(" + _FIELD_NAME.decode() + r"):([^\r\n\x00]*)\r\n")
+
+
+_WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips \x1c-\x1f too)
+
+
+def _fields(section: bytes) -> dict[str, str] | None:
+    """Header lines (each ending in CRLF) as {lower-case name: stripped value, repeats joined with
+    ","}; None unless every line is plain (see ``_FIELD_LINES``) and all of it ASCII."""
+    if not section.isascii() or _FIELD_LINES.fullmatch(section) is None:
+        return None
+    headers: dict[str, str] = {}
+    for name, value in _FIELD_LINE.findall(section.decode("ascii")):
+        name = name.lower()
+        value = value.strip(_WHITESPACE)
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return headers
 
 
 class _BadRequest(Exception):
@@ -532,8 +558,14 @@ class FrontProtocol(asyncio.Protocol):
         if self._reject_after:
             return  # (also: a refused request's lingering body, read and dropped)
         self.idle_since = None
-        self.buf += data
         try:
+            if not self.buf and self._pending is None:
+                # The usual case, a whole request (or its start) at the front of a read: its head and
+                # body are sliced out of ``data`` once, not copied through the buffer (the rest goes
+                # there, as every byte does otherwise).
+                self._parse_first(data)
+            else:
+                self.buf += data
             self._parse()
         except _BadRequest as e:
             self._reject(e.status, str(e))
@@ -556,11 +588,46 @@ class FrontProtocol(asyncio.Protocol):
             self._reject(408, message)
 
     # --- parsing --------------------------------------------------------------------------------
+    def _parse_first(self, data: bytes) -> None:
+        """``data`` arrived with nothing buffered: take its first request's head (and its body, when
+        Content-Length framed and all here) straight from it; whatever is left goes to the buffer."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end > _MAX_HEAD:
+            self.buf += data  # (incomplete, or too large: ``_parse`` says which)
+            return
+        self.head_since = None
+        self._pending = pending = self._parse_head(data[:end])
+        start = end + 4
+        length = pending[5]
+        if length < 0 or len(data) - start < length:
+            self.buf += data[start:] if start else data  # (chunked, or the body still arriving)
+            return
+        method, path, query, headers, keep_alive, _, http11 = pending
+        self._pending = None
+        self.body_since = None
+        body = data[start : start + length] if length else b""
+        req = Request(self, method, path, query, headers, body, keep_alive)
+        req.http11 = http11
+        if start + length < len(data):
+            self.buf += data[start + length :]  # pipelined requests after it
+        self._enqueue(req)
+
     def _parse(self) -> None:
         while not self._reject_after:
-            if self._pending is None and (not self.buf or not self._parse_head()):
-                return
-            assert self._pending is not None
+            if self._pending is None:
+                if not self.buf:
+                    return
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self.buf) > _MAX_HEAD:
+                        raise _BadRequest(431, "request header block too large")
+                    return
+                if end > _MAX_HEAD:
+                    raise _BadRequest(431, "request header block too large")
+                head = bytes(self.buf[:end])
+                del self.buf[: end + 4]
+                self.head_since = None
+                self._pending = self._parse_head(head)
             method, path, query, headers, keep_alive, length, http11 = self._pending
             if length < 0:  # chunked
                 body = self._chunked()
@@ -577,40 +644,15 @@ class FrontProtocol(asyncio.Protocol):
             req.http11 = http11
             self._enqueue(req)
 
-    def _parse_head(self) -> bool:
-        """Parse one request head off the buffer into ``_pending``; False if it is incomplete."""
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buf) > _MAX_HEAD:
-                raise _BadRequest(431, "request header block too large")
-            return False
-        if end > _MAX_HEAD:
-            raise _BadRequest(431, "request header block too large")
-        head = bytes(self.buf[:end])
-        lines = head.split(b"\r\n")
-        del self.buf[: end + 4]
-        self.head_since = None
-        method_b, target, version = lines[0].split(b" ")
+    def _parse_head(self, head: bytes) -> tuple[str, str, str, dict[str, str], bool, int, bool]:
+        """One request head (without its final CRLF CRLF), parsed: the ``_pending`` tuple."""
+        nl = head.find(b"\r\n")
+        method_b, target, version = (head if nl < 0 else head[:nl]).split(b" ")
         if version not in (b"HTTP/1.1", b"HTTP/1.0") or not method_b.isalpha():
             raise _BadRequest(400, "unsupported request line")
-        headers: dict[str, str] = {}
-        token = _TOKEN.fullmatch
-        # One pass over the whole head for the usual case: no CR or LF but the line ends, no NUL.
-        seps = len(lines) - 1
-        suspect = b"\x00" in head or head.count(b"\r") != seps or head.count(b"\n") != seps
-        for line in lines[1:]:
-            if (
-                not line
-                or line[:1] in (b" ", b"\t")
-                or (suspect and any(c in line for c in _BAD_HEADER_BYTES))
-            ):
-                raise _BadRequest(400, "malformed header line")
-            name_b, sep, value_b = line.partition(b":")
-            if not sep or token(name_b) is None:
-                raise _BadRequest(400, "malformed header line: the name is not an RFC 9110 token")
-            name = name_b.decode("latin-1").lower()
-            value = value_b.strip().decode("utf-8", "surrogateescape")
-            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        headers = _fields(head[nl + 2 :] + b"\r\n") if nl >= 0 else {}
+        if headers is None:  # not the plain case: line by line, which says what is wrong
+            headers = self._fields_slow(head)
         if version == b"HTTP/1.1" and "host" not in headers:
             raise _BadRequest(400, "HTTP/1.1 request without a Host header")
         te = headers.get("transfer-encoding")
@@ -639,8 +681,32 @@ class FrontProtocol(asyncio.Protocol):
         conn = headers.get("connection", "").lower()
         keep_alive = ("close" not in conn) if version == b"HTTP/1.1" else ("keep-alive" in conn)
         path, _, query = target.decode("latin-1").partition("?")
-        self._pending = (method_b.decode(), path, query, headers, keep_alive, length, version == b"HTTP/1.1")
-        return True
+        return method_b.decode(), path, query, headers, keep_alive, length, version == b"HTTP/1.1"
+
+    @staticmethod
+    def _fields_slow(head: bytes) -> dict[str, str]:
+        """The header lines of ``head`` one by one (what ``_fields`` leaves: anything unusual, which
+        this refuses with the reason, and non-ASCII values, kept as UTF-8 with surrogate escapes)."""
+        lines = head.split(b"\r\n")
+        headers: dict[str, str] = {}
+        token = _TOKEN.fullmatch
+        # One pass over the whole head for the usual case: no CR or LF but the line ends, no NUL.
+        seps = len(lines) - 1
+        suspect = b"\x00" in head or head.count(b"\r") != seps or head.count(b"\n") != seps
+        for line in lines[1:]:
+            if (
+                not line
+                or line[:1] in (b" ", b"\t")
+                or (suspect and any(c in line for c in _BAD_HEADER_BYTES))
+            ):
+                raise _BadRequest(400, "malformed header line")
+            name_b, sep, value_b = line.partition(b":")
+            if not sep or token(name_b) is None:
+                raise _BadRequest(400, "malformed header line: the name is not an RFC 9110 token")
+            name = name_b.decode("latin-1").lower()
+            value = value_b.strip().decode("utf-8", "surrogateescape")
+            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        return headers
 
     def _chunked(self) -> bytes | None:
         """Continue decoding a chunked body (state kept across reads); the body once complete."""

@@ -31,13 +31,17 @@ def usage_from(obj: Any) -> Usage | None:
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if not isinstance(usage, dict):
         return None
-    details = usage.get("prompt_tokens_details")
+    return usage_of(
+        usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("prompt_tokens_details")
+    )
+
+
+def usage_of(prompt_tokens: Any, completion_tokens: Any, details: Any) -> Usage:
+    """A ``Usage`` from a usage object's fields as sent (a count that is not a non-negative integer reads
+    as 0; ``cached_tokens`` from ``prompt_tokens_details`` when that is an object)."""
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Usage(
-        _count(usage.get("prompt_tokens")),
-        _count(usage.get("completion_tokens")),
-        _count(cached),
-        cached_reported=type(cached) is int and cached >= 0,
+        _count(prompt_tokens), _count(completion_tokens), _count(cached), type(cached) is int and cached >= 0
     )
 
 
