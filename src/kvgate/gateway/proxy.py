@@ -15,7 +15,7 @@ import os
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import orjson
@@ -208,14 +208,15 @@ class Proxy:
             async with asyncio.timeout(WARM_WAIT_S):
                 await asyncio.gather(*warm)
 
-    async def completions(self, request: Request) -> Response | StreamResponse:
-        return await self._entry(request, COMPLETIONS)
+    # The routes' handlers hand the front ``_entry``'s coroutine to await (no coroutine of their own).
+    def completions(self, request: Request) -> Coroutine[Any, Any, Response | StreamResponse]:
+        return self._entry(request, COMPLETIONS)
 
-    async def chat(self, request: Request) -> Response | StreamResponse:
-        return await self._entry(request, CHAT)
+    def chat(self, request: Request) -> Coroutine[Any, Any, Response | StreamResponse]:
+        return self._entry(request, CHAT)
 
-    async def embeddings(self, request: Request) -> Response | StreamResponse:
-        return await self._entry(request, EMBEDDINGS)
+    def embeddings(self, request: Request) -> Coroutine[Any, Any, Response | StreamResponse]:
+        return self._entry(request, EMBEDDINGS)
 
     async def models(self, request: Request) -> Response | StreamResponse:
         if request.method != "GET":

@@ -43,6 +43,11 @@ _CHUNK_LINE = 1024  # allowance per chunk for its size line (extensions included
 _MAX_IDLE_PER_ENDPOINT = 512
 
 
+# Content-Type values as sent -> their media types: servers send the same few values on every response.
+_MEDIA_TYPES: dict[str, str] = {}
+_MEDIA_TYPES_MAX = 256
+
+
 class UpstreamError(OSError):
     """Connection lost, malformed response, or timeout on the upstream leg."""
 
@@ -62,7 +67,14 @@ class ResponseHead:
 
     @property
     def content_type(self) -> str:
-        return self.headers.get("content-type", "application/octet-stream").split(";", 1)[0].strip().lower()
+        """The media type, lower-case, without parameters."""
+        raw = self.headers.get("content-type", "application/octet-stream")
+        media = _MEDIA_TYPES.get(raw)
+        if media is None:
+            media = raw.split(";", 1)[0].strip().lower()
+            if len(_MEDIA_TYPES) < _MEDIA_TYPES_MAX:
+                _MEDIA_TYPES[raw] = media
+        return media
 
 
 class _Conn(asyncio.Protocol):

@@ -294,29 +294,28 @@ def connection_cap(wanted: int, limits: tuple[int, int] | None = None) -> int:
     return min(wanted, cap)
 
 
-# The header section of the usual request, checked whole: every line a token name, a colon and a value
-# without CR, LF or NUL (so no obs-fold, no empty name, no stray line breaks: what the line-by-line
-# parse would refuse or handle otherwise), then read in one pass. A section this does not match goes
-# line by line (``FrontProtocol._fields_slow``), which refuses it with the reason or reads it the same.
-_FIELD_NAME = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_FIELD_LINES = re.compile(rb"(?:" + _FIELD_NAME + rb":[^\r\n\x00]*\r\n)*")
-_FIELD_LINE = re.compile(r"(" + _FIELD_NAME.decode() + r"):([^\r\n\x00]*)\r\n")
-
-
+# The header section of the usual request read in one pass: one regex finds each line that is a token
+# name, a colon and a value without CR, LF or NUL; when those lines make up the whole section, every
+# line is such a line (so no obs-fold, no empty name, no stray line break: what the line-by-line read
+# would refuse or read otherwise). A section they do not cover goes line by line
+# (``FrontProtocol._fields_slow``), which refuses it with the reason or reads it the same.
+_FIELD_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n\x00]*)\r\n")
 _WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips \x1c-\x1f too)
 
 
 def _fields(section: bytes) -> dict[str, str] | None:
     """Header lines (each ending in CRLF) as {lower-case name: stripped value, repeats joined with
-    ","}; None unless every line is plain (see ``_FIELD_LINES``) and all of it ASCII."""
-    if not section.isascii() or _FIELD_LINES.fullmatch(section) is None:
+    ","}; None unless every line is plain (see ``_FIELD_LINE``) and all of it ASCII."""
+    if not section.isascii():
         return None
     headers: dict[str, str] = {}
+    covered = 0
     for name, value in _FIELD_LINE.findall(section.decode("ascii")):
+        covered += len(name) + len(value) + 3  # (the matches never overlap: all of it when this is)
         name = name.lower()
         value = value.strip(_WHITESPACE)
         headers[name] = f"{headers[name]},{value}" if name in headers else value
-    return headers
+    return headers if covered == len(section) else None
 
 
 class _BadRequest(Exception):
