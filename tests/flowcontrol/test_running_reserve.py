@@ -24,6 +24,7 @@ from kvgate.flowcontrol.controller import (
     RESERVE_MISS,
     FlowController,
     erlang_b_servers,
+    erlang_c_servers,
 )
 from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.framework import ConfigError
@@ -164,7 +165,9 @@ def test_the_offered_load_is_rate_times_residence_of_the_requests_not_held_back(
     assert ctl.offered_load(t) == pytest.approx(20.0, rel=0.05)
     # The rate decays with no dispatch: over LOAD_WINDOW_S, by e.
     assert ctl.offered_load(t + LOAD_WINDOW_S) == pytest.approx(20.0 / math.e, rel=0.05)
-    assert ctl.running_reserve(t, 32) == erlang_b_servers(ctl.offered_load(t), RESERVE_MISS, 24)
+    # (session 9: sized by Erlang C, the probability of waiting, on what the engine's misses leave)
+    assert ctl.running_reserve(t, 32) == erlang_c_servers(ctl.offered_load(t), ctl.reserve_miss, 24)
+    assert ctl.reserve_miss == pytest.approx(0.1 - RESERVE_MISS)
 
 
 def test_a_flood_counts_as_held_back_once_over_its_share_and_a_held_dispatch_until_it_ends() -> None:

@@ -32,12 +32,14 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
   TTFTs of the flows at or under their share: up on a miss of the target, down on a hit, so that about
   one in ten misses it (a p90 goal), within ``[0, fairShareHeadroom]``.
 - with ``fairShareRunningReserve``, the requests the headroom holds back may hold at most
-  ``slots - running_reserve`` running slots (``reserve_full``): R, the smallest number of slots that
-  the other requests, offered as they are measured (dispatch rate x time from dispatch to finish),
-  find all busy at most ``RESERVE_MISS`` of the time (Erlang B, which holds whatever the distribution
-  of their service times). A request in flight counts as held back if it was at its dispatch or its
-  flow is over its share now (``held_inflight``): a flood's first requests, sent while it was under
-  its share, count once it is over it; a drained backlog counts until it finishes.
+  ``slots - running_reserve`` running slots (``reserve_full``): R, the smallest number of slots with
+  which the other requests, offered as they are measured (dispatch rate x time from dispatch to
+  finish), have to wait for one at most ``reserve_miss`` of the time (Erlang C: they wait in the queue,
+  they are not lost); with ``fairShareTTFTTarget`` that share is what the engine's own measured misses
+  (``engine_miss``) leave of the p90's tail. A request in flight counts as held back if it was at its
+  dispatch or its flow is over its share now (``held_inflight``); with the reserve a flow is also over
+  its share when its arrivals over the last ``LOAD_WINDOW_S`` are (``rate_over``), so a flood's next
+  burst is held back from its first request, not once its demand has piled up.
 """
 
 from __future__ import annotations
@@ -72,7 +74,20 @@ SLO_FIRST_MARGIN = 5.0
 # fairShareRunningReserve: the share of the requests not held back allowed to find every slot of
 # their reserve busy: half of what a p90 goal leaves (the rest is for the engine's own variations).
 RESERVE_MISS = (1.0 - TARGET_QUANTILE) / 2
+# With fairShareTTFTTarget the split is measured: the waits get what the engine's own misses leave of
+# the p90's tail (``reserve_miss``), at least RESERVE_MISS_FLOOR; the engine's share is an EWMA with
+# this gain over the requests not held back (about the last 50).
+RESERVE_MISS_FLOOR = 0.01
+ENGINE_MISS_GAIN = 0.02
 LOAD_WINDOW_S = 5.0  # their dispatch rate: an exponentially decayed count over this time constant
+# fairShareRunningReserve: each flow's arrivals, decayed over LOAD_WINDOW_S; the decayed sums are kept
+# scaled to a base time (so flows compare without decaying each), re-based after this many windows or
+# when more than RATE_FLOWS flows are kept (those with less than RATE_PRUNE arrivals left are dropped).
+RATE_REBASE_WINDOWS = 50.0
+RATE_FLOWS = 4096
+RATE_PRUNE = 0.01
+RATE_ACTIVE = 0.5
+RATE_FLOWS_EVERY_S = 0.1
 RESIDENCE_GAIN = 0.05  # their dispatch -> finish time: an EWMA with this gain
 
 # Outcomes, as the reference's QueueOutcome names them.
@@ -117,6 +132,22 @@ def erlang_b_servers(load: float, miss: float, cap: int) -> int:
     while b > miss and n < cap:
         n += 1
         b = load * b / (n + load * b)  # B(n) from B(n - 1)
+    return n
+
+
+def erlang_c_servers(load: float, miss: float, cap: int) -> int:
+    """The fewest servers with which an arrival of ``load`` (offered, in busy servers) has to wait at
+    most ``miss`` of the time when the arrivals that find every server busy wait for one (Erlang C,
+    from Erlang B: C = n B / (n - load (1 - B)); exact for exponential holding times, and more than
+    Erlang B's blocking for any); at most ``cap``."""
+    if not math.isfinite(load) or load < 0:
+        return 0 if load < 0 else cap  # (not a load, NaN too: fail toward the reserve, not away from it)
+    b, n = 1.0, 0
+    while n < cap:
+        n += 1
+        b = load * b / (n + load * b)  # B(n) from B(n - 1)
+        if n > load and n * b / (n - load * (1.0 - b)) <= miss:
+            break
     return n
 
 
@@ -171,6 +202,15 @@ class FlowController:
         self._reserve_cache: tuple[tuple[float, int, float] | None, int] = (None, 0)
         # flow -> its requests in flight that the headroom held back at their dispatch (> 0 only)
         self.held_dispatched: dict[str, int] = {}
+        # flow -> its arrivals decayed over LOAD_WINDOW_S, scaled by exp((t - _arrived_base) / window)
+        self._arrived: dict[str, float] = {}
+        self._arrived_total = 0.0
+        self._arrived_base: float | None = None
+        self._rate_flows = 0  # flows with at least RATE_ACTIVE decayed arrivals (recounted periodically)
+        self._rate_flows_at = -math.inf
+        # fairShareTTFTTarget with the reserve: the share of the requests not held back whose time from
+        # dispatch to first token alone misses the target (EWMA; starts at RESERVE_MISS)
+        self.engine_miss = RESERVE_MISS
 
     def __len__(self) -> int:
         return self.count
@@ -389,6 +429,49 @@ class FlowController:
         """Flows with a request in flight or queued (held ones included), in any band."""
         return len(self._places)
 
+    def arrived(self, req: InferenceRequest, now: float) -> None:
+        """A request arrived (before the gate is asked for it): ``fairShareRunningReserve`` counts each
+        flow's arrivals (``rate_over``)."""
+        if not self.cfg.fair_share_running_reserve:
+            return
+        base = self._arrived_base
+        if (
+            base is None
+            or now - base > RATE_REBASE_WINDOWS * LOAD_WINDOW_S
+            or len(self._arrived) > RATE_FLOWS
+        ):
+            self._rebase(now)
+            base = now
+        w = math.exp((now - base) / LOAD_WINDOW_S) if now > base else 1.0
+        flow = flow_of(req)
+        self._arrived[flow] = self._arrived.get(flow, 0.0) + w
+        self._arrived_total += w
+        if now >= self._rate_flows_at + RATE_FLOWS_EVERY_S:
+            # the flows sending now: at least RATE_ACTIVE arrivals left after decay (a scan, so at most
+            # once per RATE_FLOWS_EVERY_S)
+            self._rate_flows_at = now
+            floor = RATE_ACTIVE * w
+            self._rate_flows = sum(1 for c in self._arrived.values() if c >= floor)
+
+    def _rebase(self, now: float) -> None:
+        base = self._arrived_base
+        k = 1.0 if base is None else math.exp(-(now - base) / LOAD_WINDOW_S)
+        self._arrived = {f: c * k for f, c in self._arrived.items() if c * k >= RATE_PRUNE}
+        self._arrived_total = sum(self._arrived.values())
+        self._arrived_base = now
+
+    def rate_over(self, flow: str) -> bool:
+        """``fairShareRunningReserve``: do ``flow``'s arrivals over the last ``LOAD_WINDOW_S`` (decayed)
+        come to more than its share (the same factor as ``over_share``) of all flows' arrivals, shared
+        by the active flows? Its demand in flight and queued says so only once its excess has piled
+        up: at a burst's start the requests of a flood go out at once, into the running slots kept for
+        the others, while its demand is still under its share. Its rate says so from the first
+        requests of the burst (and, decayed, through the pause between bursts)."""
+        mine = self._arrived.get(flow, 0.0)
+        if not mine:
+            return False
+        return mine * max(1, self._rate_flows) > self._over_factor * self._arrived_total
+
     def started(self, flow: str, req: InferenceRequest | None = None, now: float | None = None) -> bool:
         """A request of ``flow`` was dispatched (``req`` at ``now``, when known). Returns whether the
         headroom held it back then (``fairShareRunningReserve``: the others' dispatches are counted
@@ -458,15 +541,28 @@ class FlowController:
         self._decay(now)
         return self._rate / LOAD_WINDOW_S * self._residence
 
+    @property
+    def reserve_miss(self) -> float:
+        """The share of the requests not held back that may find the reserve full and wait for a
+        slot: half of a p90's tail (``RESERVE_MISS``), or, with ``fairShareTTFTTarget``, what the
+        measured share of them whose dispatch-to-first-token alone misses the target
+        (``engine_miss``: a second prefill in their step, another request's prefill ahead of theirs)
+        leaves of it, at least ``RESERVE_MISS_FLOOR``. A wait for a slot costs a whole request's
+        finish (tens to hundreds of ms), so nearly every wait is a miss."""
+        if not self.cfg.fair_share_ttft_target:
+            return RESERVE_MISS
+        return max(RESERVE_MISS_FLOOR, (1.0 - TARGET_QUANTILE) - self.engine_miss)
+
     def running_reserve(self, now: float, slots: int, share: float = 1.0) -> int:
         """The smallest R such that the requests not held back, at ``share`` of their measured load,
-        find R slots all busy at most ``RESERVE_MISS`` of the time (Erlang B(R, load) <= RESERVE_MISS);
-        at most ``fairShareHeadroom`` of ``slots``."""
+        wait for one of R slots at most ``reserve_miss`` of the time (Erlang C: a request that finds
+        them busy waits in the queue, it is not lost, so the queue it forms keeps the slots busy
+        longer than Erlang B's blocking counts); at most ``fairShareHeadroom`` of ``slots``."""
         key = (now, slots, share)
         if self._reserve_cache[0] == key:  # (a dispatch pass asks again at the same instant)
             return self._reserve_cache[1]
-        r = erlang_b_servers(
-            self.offered_load(now) * share, RESERVE_MISS, int(slots * self.cfg.fair_share_headroom)
+        r = erlang_c_servers(
+            self.offered_load(now) * share, self.reserve_miss, int(slots * self.cfg.fair_share_headroom)
         )
         self._reserve_cache = (key, r)
         return r
@@ -474,8 +570,12 @@ class FlowController:
     def over_flows(self) -> list[str]:
         """The flows with requests in flight that are over their share now. O(flows in flight)."""
         n, total, factor = len(self._places), self.inflight_total + self.count, self._over_factor
-        queued = self.queued
-        return [f for f, k in self.inflight.items() if (k + queued.get(f, 0)) * n > factor * total]
+        queued, rate = self.queued, self.cfg.fair_share_running_reserve
+        return [
+            f
+            for f, k in self.inflight.items()
+            if (k + queued.get(f, 0)) * n > factor * total or (rate and self.rate_over(f))
+        ]
 
     def held_inflight(self) -> int:
         """Requests in flight that count as held back, over the whole pool: those the headroom held
@@ -483,10 +583,10 @@ class FlowController:
         sent while it was still under its share, count once it is over). O(flows in flight). (The
         Director's gate counts them per endpoint, on the request's candidates only.)"""
         n, total, factor = len(self._places), self.inflight_total + self.count, self._over_factor
-        queued, dispatched = self.queued, self.held_dispatched
+        queued, dispatched, rate = self.queued, self.held_dispatched, self.cfg.fair_share_running_reserve
         held = 0
         for flow, k in self.inflight.items():
-            if (k + queued.get(flow, 0)) * n > factor * total:
+            if (k + queued.get(flow, 0)) * n > factor * total or (rate and self.rate_over(flow)):
                 held += k
             else:
                 held += dispatched.get(flow, 0)
@@ -511,7 +611,8 @@ class FlowController:
         if self.cfg.fair_share_ttft_target and req.sheddable:
             back = True
         else:
-            back = self.over_share(flow_of(req))
+            flow = flow_of(req)
+            back = self.over_share(flow) or (self.cfg.fair_share_running_reserve and self.rate_over(flow))
         if back and now is not None and self.cfg.fair_share_slo_first:
             deadline = self.slo_deadline(req, now) if slo_deadline is None else slo_deadline
             if self.deadline_due(deadline, now):
@@ -553,7 +654,7 @@ class FlowController:
         service = self.service_ttft
         return now + service <= deadline <= now + SLO_FIRST_MARGIN * service
 
-    def observe_first_token(self, req: InferenceRequest, ttft: float) -> None:
+    def observe_first_token(self, req: InferenceRequest, ttft: float, service: float | None = None) -> None:
         """``req`` produced its first token ``ttft`` seconds after it arrived. With
         ``fairShareTTFTTarget``, and ``req`` not held back itself, the headroom moves toward the value
         at which one in ten such requests misses the target (stochastic approximation of the p90)."""
@@ -562,6 +663,10 @@ class FlowController:
         if not target or self.held_back(req):
             return
         top = cfg.fair_share_headroom
+        if service is not None and cfg.fair_share_running_reserve:
+            # (its time from dispatch alone: a miss the reserve could not have prevented)
+            self.engine_miss += ENGINE_MISS_GAIN * ((1.0 if service > target else 0.0) - self.engine_miss)
+            self._reserve_cache = (None, 0)
         miss = TARGET_QUANTILE if ttft > target else TARGET_QUANTILE - 1.0
         self.headroom = min(top, max(0.0, self.headroom + HEADROOM_GAIN * top * miss))
 
@@ -579,6 +684,9 @@ class FlowController:
         """``over_share``'s complement for every flow, the active count taken once."""
         n, inflight, queued = len(self._places), self.inflight, self.queued
         total = self.inflight_total + self.count
+        if self.cfg.fair_share_running_reserve:  # (a flow over its share by its arrivals too)
+            rate_over = self.rate_over
+            return lambda f: (inflight.get(f, 0) + queued.get(f, 0)) * n <= total and not rate_over(f)
         return lambda flow: (inflight.get(flow, 0) + queued.get(flow, 0)) * n <= total
 
     def next_deadline(self) -> float | None:

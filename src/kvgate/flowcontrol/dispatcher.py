@@ -146,6 +146,7 @@ class FlowDispatcher:
         raised, except a predicted miss that may wait: queued and held then. Shared with the
         virtual-clock benchmark."""
         miss: PredictedMissError | None = None
+        self.ctl.arrived(req, now)
         if len(self.ctl) == 0 and not self.saturated(req):
             try:
                 return self.pick(req, explain)

@@ -597,7 +597,9 @@ class Director:
         inf.started += 1
         if self.flow is not None and learn:  # (not a TTFT either for the flow's TTFT targets)
             if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
-                self.flow.ctl.observe_first_token(req, track.first_at - req.arrival_time)
+                self.flow.ctl.observe_first_token(
+                    req, track.first_at - req.arrival_time, track.first_at - track.sent_at
+                )
             self.flow.ctl.observe_service_ttft(track.first_at - track.sent_at)  # (slo-feasible)
         if self.flow is not None or self.predecessor is not None:
             self._notify()
