@@ -231,3 +231,26 @@ def test_the_gateway_histograms_count_as_hist_observe_does() -> None:
     got = [child.duration, child.input_tokens, child.output_tokens]
     assert [(h.counts, h.sum) for h in got] == [(h.counts, h.sum) for h in want]
     assert child.count == 4
+
+
+def test_error_counts_through_the_cached_children_are_the_labelled_counts() -> None:
+    m = GatewayMetrics()
+    for labels in (("m", "t", "429"), ("m", "t", "429"), ("", "", "404"), ("m", "t", "502")):
+        m.error(*labels)
+    samples = {
+        (s.labels["model_name"], s.labels["target_model_name"], s.labels["error_code"]): s.value
+        for fam in m.registry.collect()
+        if fam.name == "inference_objective_request_error"
+        for s in fam.samples
+        if s.name.endswith("_total")
+    }
+    assert samples == {("m", "t", "429"): 2.0, ("", "", "404"): 1.0, ("m", "t", "502"): 1.0}
+
+
+def test_scheduler_errors_through_the_cached_child_are_the_labelled_counts() -> None:
+    from kvgate.scheduling import metrics
+
+    before = metrics.SCHEDULER_ERRORS.labels(code="hot_path_test")._value.get()
+    metrics.scheduler_error("hot_path_test")
+    metrics.scheduler_error("hot_path_test")
+    assert metrics.SCHEDULER_ERRORS.labels(code="hot_path_test")._value.get() == before + 2

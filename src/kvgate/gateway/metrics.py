@@ -151,6 +151,7 @@ class GatewayMetrics:
             [*labels, "error_code"],
             registry=r,
         )
+        self._error_children: dict[tuple[str, str, str], Any] = {}
         self.inflight = Gauge("kvgate_gateway_inflight_requests", "Requests being handled", registry=r)
         self.retries = Counter(
             "kvgate_gateway_retries_total", "Attempts retried on another endpoint", registry=r
@@ -200,4 +201,11 @@ class GatewayMetrics:
                 h.sum += n
 
     def error(self, model: str, target: str, code: str) -> None:
-        self.errors.labels(model, target, code).inc()
+        # The labelled child cached: ``labels()`` costs a lock and its checks on every call (3x the
+        # increment; a 429 or shed storm counts one per request). Bounded: models come from the config,
+        # codes are the gateway's own.
+        key = (model, target, code)
+        child = self._error_children.get(key)
+        if child is None:
+            child = self._error_children[key] = self.errors.labels(model, target, code)
+        child.inc()

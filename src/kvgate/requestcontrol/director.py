@@ -440,10 +440,10 @@ class Director:
         except PredictedSLOMissError:
             raise  # (sloAdmission: flow control counts it, held or shed; a hold is no scheduler error)
         except SchedulingError as e:
-            metrics.SCHEDULER_ERRORS.labels(code=e.code).inc()
+            metrics.scheduler_error(e.code)
             raise
         except Exception:  # a plugin's bug: its caller answers 500; counted as such, not only logged
-            metrics.SCHEDULER_ERRORS.labels(code="internal_error").inc()
+            metrics.scheduler_error("internal_error")
             raise
         metrics.SCHEDULER_E2E.observe(self.timer() - t0)
         metrics.PICKS.inc(result.endpoints[0].address)

@@ -6,6 +6,8 @@ are lock-free collectors (``fastmetrics``) with the same names and buckets.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge
 
 from kvgate.scheduling.fastmetrics import FastCounter, FastHistogram
@@ -43,3 +45,15 @@ POOL_QUEUE = Gauge(
 )
 POOL_READY = Gauge("inference_pool_ready_pods", "Endpoints eligible for scheduling in the pool.", ["name"])
 SHED = Counter("kvgate_requests_shed_total", "Sheddable requests rejected at saturation.")
+
+_SCHEDULER_ERROR_CHILDREN: dict[str, Any] = {}
+
+
+def scheduler_error(code: str) -> None:
+    """Count one scheduling failure under ``code``. The labelled child is cached: ``labels()`` takes a
+    lock and runs its checks on every call (3x the increment), and a shed storm counts one per request.
+    Bounded: the codes are the scheduler's own."""
+    child = _SCHEDULER_ERROR_CHILDREN.get(code)
+    if child is None:
+        child = _SCHEDULER_ERROR_CHILDREN[code] = SCHEDULER_ERRORS.labels(code=code)
+    child.inc()
