@@ -301,3 +301,25 @@ def test_the_director_passes_the_time_from_dispatch() -> None:
         d.on_first_token(r, ep)
         d.on_finished(r, ep, Usage(10, 4, 0), True)
     assert ctl.engine_miss > 0.9
+
+
+def test_many_ids_at_once_do_not_rescan_the_table_on_every_arrival(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fairness ids are client-supplied: 20,000 ids within a second (none decayed enough to drop) must
+    not re-base the rate table on each arrival past its bound (an O(ids) scan per request)."""
+    ctl = controller()
+    calls = 0
+    rebase = ctl._rebase
+
+    def counted(now: float) -> None:
+        nonlocal calls
+        calls += 1
+        rebase(now)
+
+    monkeypatch.setattr(ctl, "_rebase", counted)
+    for i in range(20_000):
+        ctl.arrived(req(f"r{i}", f"user{i}"), i * 5e-5)
+    assert calls <= 5
+    assert len(ctl._arrived) == 20_000  # (each still sending: kept, and counted)
+    for i in range(20_000, 20_100):  # ten minutes on, the old ids are gone at the next re-base
+        ctl.arrived(req(f"r{i}", "late"), 600.0 + i * 1e-3)
+    assert len(ctl._arrived) <= 2

@@ -82,7 +82,8 @@ ENGINE_MISS_GAIN = 0.02
 LOAD_WINDOW_S = 5.0  # their dispatch rate: an exponentially decayed count over this time constant
 # fairShareRunningReserve: each flow's arrivals, decayed over LOAD_WINDOW_S; the decayed sums are kept
 # scaled to a base time (so flows compare without decaying each), re-based after this many windows or
-# when more than RATE_FLOWS flows are kept (those with less than RATE_PRUNE arrivals left are dropped).
+# when more than RATE_FLOWS flows are kept, or twice as many as the last re-base kept (those with less
+# than RATE_PRUNE arrivals left are dropped).
 RATE_REBASE_WINDOWS = 50.0
 RATE_FLOWS = 4096
 RATE_PRUNE = 0.01
@@ -206,6 +207,7 @@ class FlowController:
         self._arrived: dict[str, float] = {}
         self._arrived_total = 0.0
         self._arrived_base: float | None = None
+        self._arrived_cap = RATE_FLOWS  # re-based when more flows than this are kept
         self._rate_flows = 0  # flows with at least RATE_ACTIVE decayed arrivals (recounted periodically)
         self._rate_flows_at = -math.inf
         # fairShareTTFTTarget with the reserve: the share of the requests not held back whose time from
@@ -438,7 +440,7 @@ class FlowController:
         if (
             base is None
             or now - base > RATE_REBASE_WINDOWS * LOAD_WINDOW_S
-            or len(self._arrived) > RATE_FLOWS
+            or len(self._arrived) > self._arrived_cap
         ):
             self._rebase(now)
             base = now
@@ -459,6 +461,9 @@ class FlowController:
         self._arrived = {f: c * k for f, c in self._arrived.items() if c * k >= RATE_PRUNE}
         self._arrived_total = sum(self._arrived.values())
         self._arrived_base = now
+        # Many ids sending at once (none decayed enough to drop): the next re-base only once the table
+        # has doubled, so the scans cost O(1) per arrival however many ids there are.
+        self._arrived_cap = max(RATE_FLOWS, 2 * len(self._arrived))
 
     def rate_over(self, flow: str) -> bool:
         """``fairShareRunningReserve``: do ``flow``'s arrivals over the last ``LOAD_WINDOW_S`` (decayed)
