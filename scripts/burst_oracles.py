@@ -3,12 +3,14 @@ not policies: if an oracle does not pay, a cost-model version of it will not eit
 
 - ``segregate``: every decode-heavy one-off (no session, short prompt, long output) goes to one replica,
   so the others' caches churn less and keep tenants' prefixes between bursts;
+- ``pin``: every request of a tenant's bursts goes to the replica its first burst went to (as sglang's
+  cache_aware keeps a prefix on one replica: its tree never forgets), the rest as kvgate picks;
 - ``split2`` / ``split3``: a burst whose prefix no engine caches when its first request arrives has its
   followers dealt in turn over the first request's replica and the 1 / 2 least-loaded others.
 
 Prints the p90, p99 and hit rate, and the measured bursts that found their prefix cold.
 
-    PYTHONPATH=src python scripts/burst_oracles.py MODE FAMILY QPS SEED    (base|segregate|split2|split3)
+    PYTHONPATH=src python scripts/burst_oracles.py MODE FAMILY QPS SEED    (base|segregate|pin|split2|split3)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main() -> None:
     pick = sim.director.pick
     ways = int(mode[-1]) if mode.startswith("split") else 1
     bursts: dict[tuple[int, ...], list[Any]] = {}  # prefix -> [first arrival, cold, replicas, followers]
+    homes: dict[tuple[int, ...], Any] = {}  # pin: tenant prefix -> its replica
 
     def forced(req: Any, explain: bool = False) -> Any:
         res = pick(req, explain)
@@ -40,6 +43,11 @@ def main() -> None:
             if not req.session_key and len(ids) < 700 and (req.max_tokens or 0) >= 300:
                 return dataclasses.replace(res, endpoints=[sim.endpoints[-1]])
             return res
+        if mode == "pin":
+            if req.session_key or len(ids) < fam.tenant_prefix:
+                return res
+            home = homes.setdefault(tuple(ids[:32]), res.primary)
+            return dataclasses.replace(res, endpoints=[home])
         if not ways or req.session_key or len(ids) < fam.tenant_prefix:
             return res
         key, now = tuple(ids[:32]), sim.clock.now

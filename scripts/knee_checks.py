@@ -1,6 +1,6 @@
 """The tuning-side checks a default-profile change for issue #16 must pass, for one policy.
 
-    PYTHONPATH=src python scripts/knee_checks.py CHECK POLICY [FIRST_SEED LAST_SEED]
+    PYTHONPATH=src python scripts/knee_checks.py CHECK POLICY [FIRST_SEED LAST_SEED [QPS]]
 
 CHECK is one of:
 - ``tune``: the multi-turn tuning set (family a, seeds 1-3, 9.416 req/s = 0.8 x its knee; the same runs
@@ -9,19 +9,23 @@ CHECK is one of:
   stand-in for c's long bursts; ``scripts/family_variant.py a:tenant_prefix=4096 7.5``);
 - ``sp``: the shared-prefix knee-80% point (14.14 req/s, 30 virtual s), seeds 0-3;
 - ``sp8``: the same point, seeds 4-11 (its p90 swings by up to 25% per seed with placement luck), or
-  seeds FIRST_SEED to LAST_SEED when given (``sp8 POLICY 4 39``: the 36 seeds that are the point's
-  validation set, ~5 min; one seed's kvgate / sglang ratio has a log standard deviation of ~0.13, so
-  four seeds tell a 10% change from luck poorly);
+  seeds FIRST_SEED to LAST_SEED when given, at QPS req/s when given (``sp8 POLICY 4 39``: the 36
+  seeds that are the point's validation set, ~5 min; one seed's kvgate / sglang ratio has a log
+  standard deviation of ~0.13, so four seeds tell a 10% change from luck poorly);
 - ``spw``: the shared-prefix point with a 120 s warm-up instead of 30 s (every customer seen before the
   measured window, so no first-request cold prefills in it: the steady state), seeds 0-11 or
   FIRST_SEED to LAST_SEED;
+- ``mt``: the validation families b and c at their 0.8 x knee points (8.768 and 6.992 req/s, as
+  ``kvgate bench multiturn --set validation --capacities a=11.77,b=10.96,c=8.74``) on seeds FIRST_SEED to
+  LAST_SEED (default 104-113: seeds no one tuned on), POLICY and sglang-cache-aware side by side;
+  ``gm`` is POLICY's p90 over sglang's per run, and the figures per family follow;
 - ``reg``: the hetero, multi-LoRA and sharegpt knee-80% points, seed 0 (276.22 req/s 15 s, 388.08 req/s
   20 s, 276.10 req/s 20 s).
 
 Prints the p90 TTFT per run (ms) and the hit rate; ``gm`` is the geometric mean of the p90s over the
 sglang-cache-aware model's on the same runs (``tune``, ``var``, ``sp``, and ``sp8`` for seeds 0-39;
 measured once on main: the workloads are fixed by the seeds), over the default profile's (``reg``), or
-the plain geometric mean in ms (``sp8`` past seed 39, ``spw``).
+the plain geometric mean in ms (``sp8`` past seed 39 or at another QPS, ``spw``).
 """
 
 from __future__ import annotations
@@ -56,19 +60,30 @@ REG = (("hetero", 276.22, 15.0), ("multi-lora", 388.08, 20.0), ("sharegpt", 276.
 def main() -> None:
     check, policy = sys.argv[1], sys.argv[2]
     t0 = time.time()
-    seeds = range(4) if check == "sp" else range(0, 12) if check == "spw" else range(4, 12)
-    if check in ("sp8", "spw") and len(sys.argv) > 4:
+    seeds = {"sp": range(4), "spw": range(12), "mt": range(104, 114)}.get(check, range(4, 12))
+    if check in ("sp8", "spw", "mt") and len(sys.argv) > 4:
         seeds = range(int(sys.argv[3]), int(sys.argv[4]) + 1)
+    base: list[float] = []
     if check == "tune":
         rows = [run_once(FAMILIES["a"], policy, 9.416, s, 120.0, 30.0) for s in TUNING_SEEDS]
     elif check == "var":
         fam = dataclasses.replace(FAMILIES["a"], tenant_prefix=4096)
         rows = [run_once(fam, policy, 7.5, s, 120.0, 30.0) for s in TUNING_SEEDS]
     elif check in ("sp", "sp8"):
-        rows = [run_point(SCENARIOS["shared-prefix"], policy, 14.14, 30.0, s).row for s in seeds]
+        qps = float(sys.argv[5]) if check == "sp8" and len(sys.argv) > 5 else 14.14
+        rows = [run_point(SCENARIOS["shared-prefix"], policy, qps, 30.0, s).row for s in seeds]
     elif check == "spw":
         sp = SCENARIOS["shared-prefix"]
         rows = [run_point(sp, policy, 14.14, 30.0, s, warmup=120.0).row for s in seeds]
+    elif check == "mt":
+        runs = [(f, q, s) for f, q in (("b", 8.768), ("c", 6.992)) for s in seeds]
+        rows = [run_once(FAMILIES[f], policy, q, s, 120.0, 30.0) for f, q, s in runs]
+        ref = [run_once(FAMILIES[f], "sglang-cache-aware", q, s, 120.0, 30.0) for f, q, s in runs]
+        base = [r["ttft_p90"] * 1000 for r in ref]
+        for fam in ("b", "c"):
+            idx = [i for i, (f, _, _) in enumerate(runs) if f == fam]
+            g = math.exp(sum(math.log(rows[i]["ttft_p90"] * 1000 / base[i]) for i in idx) / len(idx))
+            print(f"mt {fam}: gm {g:.3f}; sglang p90 {' / '.join(f'{base[i]:.0f}' for i in idx)} ms")
     elif check == "reg":
         rows = [run_point(SCENARIOS[n], policy, q, d, 0).row for n, q, d in REG]
     else:
@@ -76,9 +91,9 @@ def main() -> None:
     p90 = [r["ttft_p90"] * 1000 for r in rows]
     hit = [r.get("prefix_hit_rate") for r in rows]
     if check == "sp8":
-        known = all(s < len(SP_SGLANG) for s in seeds)
+        known = all(s < len(SP_SGLANG) for s in seeds) and len(sys.argv) <= 5
         base = [SP_SGLANG[s] for s in seeds] if known else [1.0] * len(p90)
-    else:
+    elif check != "mt":
         base = BASE[check] if check != "spw" else [1.0] * len(p90)
     gm = math.exp(sum(math.log(a / b) for a, b in zip(p90, base, strict=True)) / len(p90))
     print(
