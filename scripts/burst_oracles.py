@@ -5,12 +5,16 @@ not policies: if an oracle does not pay, a cost-model version of it will not eit
   so the others' caches churn less and keep tenants' prefixes between bursts;
 - ``pin``: every request of a tenant's bursts goes to the replica its first burst went to (as sglang's
   cache_aware keeps a prefix on one replica: its tree never forgets), the rest as kvgate picks;
+- ``smallest``: a request cached nowhere that is not a burst's (a session's first turn, a one-off)
+  goes to the replica with the fewest prompt tokens computed there so far (sglang cache_aware's
+  "smallest tree" rule, its tree never evicting), the rest as kvgate picks;
 - ``split2`` / ``split3``: a burst whose prefix no engine caches when its first request arrives has its
   followers dealt in turn over the first request's replica and the 1 / 2 least-loaded others.
 
 Prints the p90, p99 and hit rate, and the measured bursts that found their prefix cold.
 
-    PYTHONPATH=src python scripts/burst_oracles.py MODE FAMILY QPS SEED    (base|segregate|pin|split2|split3)
+    PYTHONPATH=src python scripts/burst_oracles.py MODE FAMILY QPS SEED
+    (MODE: base|segregate|pin|smallest|split2|split3)
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def main() -> None:
     ways = int(mode[-1]) if mode.startswith("split") else 1
     bursts: dict[tuple[int, ...], list[Any]] = {}  # prefix -> [first arrival, cold, replicas, followers]
     homes: dict[tuple[int, ...], Any] = {}  # pin: tenant prefix -> its replica
+    tree = {id(e): 0 for e in sim.endpoints}  # smallest: prompt tokens computed per replica so far
 
     def forced(req: Any, explain: bool = False) -> Any:
         res = pick(req, explain)
@@ -43,6 +48,18 @@ def main() -> None:
             if not req.session_key and len(ids) < 700 and (req.max_tokens or 0) >= 300:
                 return dataclasses.replace(res, endpoints=[sim.endpoints[-1]])
             return res
+        if mode == "smallest":
+            n = len(ids) // bs
+            hashes = xxhash64_chain(None, ids[: n * bs], bs, None)
+            cached = {
+                id(ep): len(e.pool.lookup(hashes, n)) * bs
+                for ep, e in zip(sim.endpoints, engines, strict=True)
+            }
+            to = res.primary
+            if max(cached.values()) < 0.2 * len(ids) and (req.session_key or len(ids) < fam.tenant_prefix):
+                to = min(sim.endpoints, key=lambda ep: tree[id(ep)])
+            tree[id(to)] += len(ids) - cached[id(to)]
+            return dataclasses.replace(res, endpoints=[to])
         if mode == "pin":
             if req.session_key or len(ids) < fam.tenant_prefix:
                 return res
