@@ -44,8 +44,10 @@ _MAX_IDLE_PER_ENDPOINT = 512
 
 
 # Content-Type values as sent -> their media types: servers send the same few values on every response.
+# Only short values are kept (an upstream value may be nearly 64 KiB): at most 256 x 128 characters.
 _MEDIA_TYPES: dict[str, str] = {}
 _MEDIA_TYPES_MAX = 256
+_MEDIA_TYPE_KEY_MAX = 128
 
 
 class UpstreamError(OSError):
@@ -72,7 +74,7 @@ class ResponseHead:
         media = _MEDIA_TYPES.get(raw)
         if media is None:
             media = raw.split(";", 1)[0].strip().lower()
-            if len(_MEDIA_TYPES) < _MEDIA_TYPES_MAX:
+            if len(raw) <= _MEDIA_TYPE_KEY_MAX and len(_MEDIA_TYPES) < _MEDIA_TYPES_MAX:
                 _MEDIA_TYPES[raw] = media
         return media
 
@@ -305,9 +307,12 @@ class _Conn(asyncio.Protocol):
         due = self._due
         if due is None or self.closed:
             return  # no read waits (the connection is idle or closed): nothing to time
-        if self.loop.time() < due:  # a later read's deadline: on to it
+        now = self.loop.time()
+        if now < due:  # a later read's deadline (or an early fire): on to it
+            # At least 1 ms: uvloop rounds a delay to whole ms and fires up to 0.5 ms early; a 0 ms
+            # re-arm would spin until its clock ticks over. So at most 1 ms late, never early.
             self._timer_at = due
-            self._timer = self.loop.call_at(due, self._on_timer)
+            self._timer = self.loop.call_later(max(due - now, 0.001), self._on_timer)
             return
         self._timeout()
 
