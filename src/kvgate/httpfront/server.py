@@ -599,7 +599,7 @@ class FrontProtocol(asyncio.Protocol):
         start = end + 4
         length = pending[5]
         if length < 0 or len(data) - start < length:
-            self.buf += data[start:] if start else data  # (chunked, or the body still arriving)
+            self.buf += data[start:]  # (chunked, or the body still arriving)
             return
         method, path, query, headers, keep_alive, _, http11 = pending
         self._pending = None
@@ -659,6 +659,8 @@ class FrontProtocol(asyncio.Protocol):
         if te is not None and cl is not None:
             raise _BadRequest(400, "both Content-Length and Transfer-Encoding")
         if te is not None:
+            if version == b"HTTP/1.0":  # RFC 9112 §6.1: faulty framing (400, then close)
+                raise _BadRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
             if te.strip().lower() != "chunked":
                 raise _BadRequest(501, f"unsupported transfer-encoding {te!r}")
             length = -1
