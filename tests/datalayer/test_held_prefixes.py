@@ -7,9 +7,11 @@ the detector's horizon)."""
 
 from __future__ import annotations
 
+from array import array
+
 from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
-from kvgate.datalayer.prefixrefs import KEY_TOKENS, HeldPrefixes, chain_keys
+from kvgate.datalayer.prefixrefs import KEY_TOKENS, MAX_KEYS, HeldPrefixes, chain_keys
 from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.types import InferenceRequest
@@ -43,8 +45,9 @@ def _prompt(r: InferenceRequest) -> int:
 
 def test_keys_are_prefix_closed_and_counted_per_request() -> None:
     held = HeldPrefixes()
-    keys, per_key = chain_keys(list(range(100, 120)), 128)  # 20 blocks of 128 tokens: a key every 2
-    assert keys == tuple(range(101, 120, 2)) and per_key == KEY_TOKENS
+    pk = chain_keys(list(range(100, 120)), 128)  # 20 blocks of 128 tokens: a key every 2
+    keys = tuple(pk.keys)
+    assert keys == tuple(range(101, 120, 2)) and pk.tokens(1) == KEY_TOKENS and pk.tokens(10) == 2560
     assert held.take("a", keys) == 0  # nothing held there yet; now held once
     assert held.take("a", keys[:3]) == 3
     assert held.take("b", keys) == 0
@@ -71,7 +74,8 @@ def test_a_prefix_its_own_request_in_flight_holds_is_charged_once() -> None:
     # Nothing of its own holds the prefix now: a hit takes the idle cached blocks back into use.
     c, sent_c = _send(d, ep, "c", "question three: the last?")
     assert sent_c == _prompt(c) + MAX_TOKENS
-    assert len(d._held) == len(d._tracks[("c", ADDR)].keys)
+    track = d._tracks[("c", ADDR)].keys
+    assert track is not None and len(d._held) == len(track.keys)
 
 
 def test_requests_sharing_a_running_prefix_do_not_saturate_a_small_cache() -> None:
@@ -135,3 +139,63 @@ def test_the_output_charged_is_what_it_can_decode_before_the_next_page() -> None
     assert d.detector is not None
     # The queue's 1 / 5; KV (170 + 31) / 8,192 / 0.8 = 0.03. Before: (170 + 8,192) / 8,192 / 0.8 = 1.28.
     assert d.detector.endpoint_saturation(ep, 0.3) == 0.2
+
+
+def _long_prompt_director(block: int) -> tuple[Director, Endpoint]:
+    store = EndpointStore([make_endpoint(ADDR)])
+    ep = store.get(ADDR)
+    assert ep is not None
+    ep.metrics = EndpointMetrics(block_size=block, num_gpu_blocks=4096, kv_cache_usage=0.0, updated_at=0.0)
+    return build_director("kvgate", store, clock=lambda: 0.0), ep
+
+
+def test_a_prefix_past_the_hashed_window_held_in_flight_is_not_charged_again() -> None:
+    """Review s9-dl D1: at vLLM's default 16-token blocks the approximate index hashes a prompt's first
+    256 blocks (4,096 tokens); the keys were only the window's, so of a ~11k-token prefix that a request
+    in flight there holds, a second request was charged ~6.9k tokens again (6,924). The tail's keys
+    (``PrefixMatch.tail_keys``, chained on from the window) count the rest."""
+    d, ep = _long_prompt_director(16)
+    prefix = "".join(f"conversation history sentence number {i:05d}. " for i in range(1000))  # ~11k tokens
+    sent = []
+    for rid, q in (("a", "first question?"), ("b", "second question?")):
+        r = InferenceRequest(rid, "m", prompt_text=prefix + q, max_tokens=MAX_TOKENS)
+        assert d.pick(r).primary is ep
+        before = ep.inflight.sent_tokens
+        d.on_dispatched(r, ep)
+        sent.append(ep.inflight.sent_tokens - before)
+    assert sent[0] == (len(prefix) + len("first question?")) // 4 + MAX_TOKENS
+    own = len("second question?") // 4
+    assert sent[1] <= own + KEY_TOKENS + 16 + MAX_TOKENS, sent
+
+
+def test_the_keys_kept_per_pick_are_compact_and_bounded() -> None:
+    """Review s9-dl D4: a pick keeps its keys until its request finishes (or ``MAX_TRACKED`` evicts it,
+    for one a door never finishes): 8-byte unsigned ints in an array, at most ``MAX_KEYS`` of them
+    however long the prompt (before: a tuple of int objects, up to 256 window keys)."""
+    d, ep = _long_prompt_director(256)  # 256 blocks of 256 tokens: a 64k-token window, a key per block
+    r = InferenceRequest("long", "m", prompt_text="long document paragraph. " * 40000, max_tokens=MAX_TOKENS)
+    assert d.pick(r).primary is ep
+    d.on_dispatched(r, ep)
+    keys = d._tracks[("long", ADDR)].keys
+    assert keys is not None
+    assert isinstance(keys.keys, array) and keys.keys.typecode == "Q"
+    assert keys.head == MAX_KEYS // 2 and MAX_KEYS // 2 < len(keys.keys) <= MAX_KEYS
+    # The same prompt again: all of its keys held, so charged at most one key (two blocks) of it.
+    r2 = InferenceRequest("again", "m", prompt_text=r.prompt_text, max_tokens=MAX_TOKENS)
+    assert d.pick(r2).primary is ep
+    before = ep.inflight.sent_tokens
+    d.on_dispatched(r2, ep)
+    covered = keys.tokens(len(keys.keys))
+    assert ep.inflight.sent_tokens - before <= _prompt(r2) - covered + MAX_TOKENS
+    assert covered > 64 * 1024  # (the tail counted too, not only the window)
+
+
+def test_the_tail_keys_chain_on_from_the_window() -> None:
+    pk = chain_keys(list(range(1, 33)), 16, list(range(100, 110)), 8)  # 32 blocks of 16, tail by 8 blocks
+    # window: a key every 16 blocks (256 tokens); tail: a key every 2 (8-block, 128-token) tail keys
+    assert list(pk.keys) == [16, 32, 101, 103, 105, 107, 109] and pk.head == 2
+    assert [pk.tokens(n) for n in range(len(pk.keys) + 1)] == [0, 256, 512, 768, 1024, 1280, 1536, 1792]
+    held = HeldPrefixes()
+    assert held.take("a", pk.keys) == 0
+    other = chain_keys(list(range(1, 33)), 16, [100, 101, 102, 999], 8)  # differs in the tail's 2nd key
+    assert other.tokens(held.take("a", other.keys)) == 768

@@ -10,25 +10,68 @@ estimate of the KV this gateway's requests take after a page (``InFlight.sent_to
 count a prompt block that several of its requests in flight share once (review s8-sat R3).
 
 Keys: the prompt's chained block hashes (the approximate prefix index's, ``PrefixMatch.hashes``), one
-every ``stride`` blocks, about ``KEY_TOKENS`` tokens apart. A key stands for the whole prefix up to its
-block (a chained hash), so the keys a request in flight holds are closed under prefixes, and the leading
-keys of a new request found here are the prefix it shares with one. The share is counted down to a
-whole key: a request is charged at most ``KEY_TOKENS`` tokens (plus a partial block) more than it
-shares. Bounded by its callers: one entry per key of each request they track.
+every ``stride`` blocks, about ``KEY_TOKENS`` tokens apart, then, for a prompt longer than the index's
+window, its tail's chained keys (``PrefixMatch.tail_keys``, continuing the window's chain), one about
+every ``KEY_TOKENS`` tokens too. A key stands for the whole prefix up to its block (a chained hash), so
+the keys a request in flight holds are closed under prefixes, and the leading keys of a new request
+found here are the prefix it shares with one. The share is counted down to a whole key: a request is
+charged at most one key's tokens (``KEY_TOKENS``, or a block's when larger; coarser where the window or
+the tail has more blocks than ``MAX_KEYS / 2`` such keys cover) plus a partial block more than it
+shares, and all of its prompt past the tail's end (where ``PrefixMatch.tail_keys`` stops). Kept compact
+(an unsigned 64-bit ``array``, at most ``MAX_KEYS`` keys per request) and bounded by its callers: one
+entry per key of each request they track.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 
 KEY_TOKENS = 256
+MAX_KEYS = 256  # keys per request: at most half of them the window's, half the tail's
 
 
-def chain_keys(hashes: Sequence[int], block_tokens: int) -> tuple[tuple[int, ...], int]:
-    """The keys of a prompt whose blocks (``block_tokens`` tokens each) hash to ``hashes``, and the tokens
-    each key stands for."""
-    stride = max(1, KEY_TOKENS // max(1, block_tokens))
-    return tuple(hashes[stride - 1 :: stride]), stride * block_tokens
+class PrefixKeys:
+    """A prompt's prefix keys (unsigned 64-bit, the window's then the tail's) and the tokens they stand
+    for: ``tokens(n)`` for its first ``n`` keys."""
+
+    __slots__ = ("head", "head_tokens", "keys", "tail_tokens", "window_tokens")
+
+    def __init__(
+        self, keys: array[int], head: int, head_tokens: int, window_tokens: int, tail_tokens: int
+    ) -> None:
+        self.keys = keys
+        self.head = head  # how many of ``keys`` are the window's
+        self.head_tokens = head_tokens  # tokens per window key
+        self.window_tokens = window_tokens  # the whole window's tokens (where the tail's chain starts)
+        self.tail_tokens = tail_tokens  # tokens per tail key
+
+    def tokens(self, n: int) -> int:
+        """The prompt tokens its first ``n`` keys stand for."""
+        if n <= self.head:
+            return n * self.head_tokens
+        return self.window_tokens + (n - self.head) * self.tail_tokens
+
+
+def chain_keys(
+    hashes: Sequence[int], block_tokens: int, tail: Sequence[int] = (), tail_blocks: int = 1
+) -> PrefixKeys:
+    """The keys of a prompt whose window blocks (``block_tokens`` tokens each) hash to ``hashes`` and
+    whose tail past the window is keyed by ``tail`` (chained from ``hashes[-1]``, one per
+    ``tail_blocks`` blocks): one about every ``KEY_TOKENS`` tokens, at most ``MAX_KEYS / 2`` of each."""
+    bt = max(1, block_tokens)
+    half = MAX_KEYS // 2
+    n = len(hashes)
+    stride = max(1, KEY_TOKENS // bt, -(-n // half))
+    keys = array("Q", hashes[stride - 1 :: stride])
+    head = len(keys)
+    tail_tokens = 0
+    if tail and n:
+        per = max(1, tail_blocks) * bt
+        step = max(1, KEY_TOKENS // per, -(-len(tail) // half))
+        keys.extend(tail[step - 1 :: step])
+        tail_tokens = step * per
+    return PrefixKeys(keys, head, stride * bt, n * bt, tail_tokens)
 
 
 class HeldPrefixes:

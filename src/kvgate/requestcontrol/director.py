@@ -26,7 +26,7 @@ from typing import Any
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy, gate
-from kvgate.datalayer.prefixrefs import HeldPrefixes, chain_keys
+from kvgate.datalayer.prefixrefs import HeldPrefixes, PrefixKeys, chain_keys
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.controller import FlowController, flow_of
 from kvgate.flowcontrol.dispatcher import PREEMPTED_MESSAGE, FlowDispatcher
@@ -46,7 +46,7 @@ from kvgate.scheduling.framework import (
     TTFTOracle,
     cache_expectation,
 )
-from kvgate.scheduling.plugins.prefix_cache import prefix_match
+from kvgate.scheduling.plugins.prefix_cache import TAIL_STRIDE, prefix_match
 from kvgate.scheduling.prefix import CHARS_PER_TOKEN
 from kvgate.scheduling.profile import SchedulerProfile
 from kvgate.scheduling.speed import BATCH_KNEE, SpeedEstimator
@@ -81,7 +81,7 @@ class _Track:
     prefill: int  # uncached prompt tokens added to pending_prefill_tokens
     decode: int  # expected output tokens added to pending_decode_tokens
     sent: int = 0  # tokens added to sent_tokens (and to unstarted_tokens until its first token)
-    keys: tuple[int, ...] = ()  # its prompt's prefix keys held at the endpoint (``HeldPrefixes``)
+    keys: PrefixKeys | None = None  # its prompt's prefix keys held at the endpoint (``HeldPrefixes``)
     first_token: bool = False
     first_at: float = 0.0  # clock time of the first token
     sent_at: float = 0.0  # clock time of the dispatch (slo-feasible learns dispatch -> first token)
@@ -145,9 +145,8 @@ class Director:
         self.name = name
         self._candidates: tuple[Endpoint, ...] = ()
         self._candidates_version = -1
-        # request_id -> ({address: uncached fraction}, its prompt's prefix keys, tokens per key), from
-        # pick until dispatch.
-        self._picked: OrderedDict[str, tuple[dict[str, float], tuple[int, ...], int]] = OrderedDict()
+        # request_id -> ({address: uncached fraction}, its prompt's prefix keys), from pick until dispatch.
+        self._picked: OrderedDict[str, tuple[dict[str, float], PrefixKeys | None]] = OrderedDict()
         # Where the detector's KV estimate reads what its requests send (``ownLoadStalenessThreshold``):
         # the prompt prefixes they hold per endpoint (a block they share is counted once), and how long
         # after a page that estimate is read (the output a request can decode by then).
@@ -486,16 +485,15 @@ class Director:
         if expected is not None:
             # Remember the expected cache hit per chosen endpoint for in-flight accounting at dispatch;
             # without it every dispatch would count its whole prompt as pending prefill on the holder.
-            keys: tuple[int, ...] = ()
-            key_tokens = 0
+            keys = None
             m = prefix_match(cycle) if self._count_held else None
             if m is not None and m.hashes:
-                keys, key_tokens = chain_keys(m.hashes, m.chunk // (4 if m.by_ids else CHARS_PER_TOKEN))
+                # (the tail's keys: a prefix held in flight that is longer than the index's window)
+                tail = m.tail_keys() if m.data else ()
+                block = m.chunk // (4 if m.by_ids else CHARS_PER_TOKEN)
+                keys = chain_keys(m.hashes, block, tail, TAIL_STRIDE)
             self._remember(
-                req.request_id,
-                {ep.address: expected.uncached_fraction(ep.address) for ep in chosen},
-                keys,
-                key_tokens,
+                req.request_id, {ep.address: expected.uncached_fraction(ep.address) for ep in chosen}, keys
             )
         explanation: dict[str, Any] = {}
         if cycle.explain:
@@ -509,10 +507,8 @@ class Director:
             log.debug("pick %s", explanation)
         return PickResult(chosen, first, explanation)
 
-    def _remember(
-        self, request_id: str, uncached: dict[str, float], keys: tuple[int, ...] = (), key_tokens: int = 0
-    ) -> None:
-        self._picked[request_id] = (uncached, keys, key_tokens)
+    def _remember(self, request_id: str, uncached: dict[str, float], keys: PrefixKeys | None = None) -> None:
+        self._picked[request_id] = (uncached, keys)
         if len(self._picked) > MAX_TRACKED:
             self._picked.popitem(last=False)
 
@@ -541,9 +537,9 @@ class Director:
         # flight there already holds (one copy of a block however many requests share it), and the
         # output it can have decoded while that estimate is read (``_kv_horizon`` after a page).
         shared, out = 0, track.decode
-        if picked is not None and picked[1]:
-            track.keys = picked[1]
-            shared = min(p, self._held.take(endpoint.address, track.keys) * picked[2])
+        if picked is not None and picked[1] is not None:
+            keys = track.keys = picked[1]
+            shared = min(p, keys.tokens(self._held.take(endpoint.address, keys.keys)))
         if self._kv_horizon:
             out = min(out, self._decodable(endpoint, track.sent_at))
         track.sent = p - shared + out
@@ -661,8 +657,8 @@ class Director:
                 del self._flows_on[address]
 
     def _release(self, address: str, endpoint: Endpoint | None, track: _Track) -> None:
-        if track.keys:
-            self._held.release(address, track.keys)
+        if track.keys is not None:
+            self._held.release(address, track.keys.keys)
         if endpoint is None:
             return
         inf = endpoint.inflight
