@@ -141,3 +141,30 @@ def test_first_tokens_are_the_fleets_running_total_and_survive_a_restart() -> No
         for v in (w0, w1):
             v.close()
         owner.close()
+
+
+def test_a_fresh_inflights_first_fold_keeps_all_of_its_own_counts() -> None:
+    """Review s9-dl D2: an endpoint that leaves a worker's store and comes back gets a fresh ``InFlight``;
+    its first fold subtracted the old ``InFlight``'s remote counts (those were not reset with the running
+    totals), so the requests this worker sent there before that fold vanished from its published row and
+    from the fleet's totals (7 in flight read as 5)."""
+    owner, (w0, w1) = _views()
+    try:
+        addr = "10.0.0.1:8000"
+        old0, a1 = Endpoint(addr), Endpoint(addr)
+        a1.inflight.requests, a1.inflight.pending_prefill_tokens = 5, 500
+        w1.sync([a1])
+        w0.sync([old0])
+        assert old0.inflight.requests == 5
+        fresh0 = Endpoint(addr)  # removed from worker 0's store and back: a fresh InFlight
+        fresh0.inflight.requests, fresh0.inflight.pending_prefill_tokens = 2, 200  # sent before the fold
+        assert w0.local(fresh0.inflight, addr)[:2] == [2, 200]
+        w0.sync([fresh0])
+        assert (fresh0.inflight.requests, fresh0.inflight.pending_prefill_tokens) == (7, 700)
+        assert w0.local(fresh0.inflight, addr)[:2] == [2, 200]
+        w1.sync([a1])
+        assert (a1.inflight.requests, a1.inflight.pending_prefill_tokens) == (7, 700)
+    finally:
+        for v in (w0, w1):
+            v.close()
+        owner.close()

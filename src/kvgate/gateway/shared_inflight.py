@@ -19,7 +19,7 @@ Bounded: ``slots`` endpoints at most (1,024 by default); past that an endpoint j
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -41,6 +41,7 @@ FIELDS = (
     "started",
 )
 _NF = len(FIELDS)
+_ZEROS: Sequence[int] = (0,) * _NF
 # field index -> the ``InFlight`` attribute that keeps what a fresh ``InFlight``'s first fold brought in
 _TOTALS = {FIELDS.index("sent_tokens"): "sent_base", FIELDS.index("started"): "started_base"}
 _Q = struct.Struct("<q")
@@ -168,12 +169,14 @@ class SharedInFlight:
             if i is None:
                 continue
             inf = ep.inflight
-            old = self._remote.get(ep.address) or [0] * _NF
+            seen = self._sent.get(ep.address)
+            prev = seen[1] if seen is not None and seen[0] is inf else None  # None: a fresh InFlight
+            # (a fresh InFlight, e.g. an endpoint removed and back, holds no other worker's counts yet:
+            # all of it is this worker's own)
+            old = self._remote.get(ep.address, _ZEROS) if prev is not None else _ZEROS
             cur = [getattr(inf, f) for f in FIELDS]
             mine = [max(0, v - r) for v, r in zip(cur, old, strict=True)]
             b = self._base(me, i)
-            seen = self._sent.get(ep.address)
-            prev = seen[1] if seen is not None and seen[0] is inf else None  # None: a fresh InFlight
             for k, f in enumerate(_TOTALS):
                 since = cur[f] if prev is None else cur[f] - prev[k]
                 mine[f] = c[b + f] + max(0, since)  # its row's total only grows
@@ -201,5 +204,6 @@ class SharedInFlight:
 
     def local(self, inflight: InFlight, address: str) -> list[int]:
         """This worker's own share of ``inflight`` (what it last published plus changes since)."""
-        old = self._remote.get(address) or [0] * _NF
+        seen = self._sent.get(address)
+        old = self._remote.get(address, _ZEROS) if seen is not None and seen[0] is inflight else _ZEROS
         return [max(0, getattr(inflight, f) - r) for f, r in zip(FIELDS, old, strict=True)]
