@@ -1,5 +1,6 @@
 """cancel_and_wait: a task's own failure is logged, not raised; the caller's cancellation is not swallowed;
-a task that swallowed its cancellation is said and cancelled again. wait_event: a cancellation ends it."""
+a task that swallowed its cancellation is said and cancelled again, one that swallows every cancellation
+said and abandoned. wait_event: a cancellation ends it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 
 import pytest
 
-from kvgate.k8s.tasks import cancel_and_wait, wait_event
+from kvgate.k8s.tasks import RECANCELS, cancel_and_wait, wait_event
 
 log = logging.getLogger("test_tasks")
 
@@ -79,3 +80,29 @@ async def test_wait_event_set_expired_and_cancelled_as_set() -> None:
     waiter.cancel()
     await asyncio.wait([waiter])
     assert waiter.cancelled()
+
+
+async def test_a_task_that_swallows_every_cancellation_is_abandoned_not_waited_for_forever(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review s9-dl D3: the re-cancel loop was unbounded: a task that swallows every cancellation (not
+    only the first) made the stop loop forever, re-cancelling and logging each ``stuck_s``."""
+    stop = [False]
+
+    async def deaf_forever() -> None:
+        while not stop[0]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(60)
+
+    t = asyncio.create_task(deaf_forever())
+    await asyncio.sleep(0)
+    try:
+        async with asyncio.timeout(2.0):
+            await cancel_and_wait(t, "the deaf loop", log, stuck_s=0.1)
+        assert not t.done()  # left running, said
+        assert f"the deaf loop did not end 0.1s after it was cancelled {RECANCELS + 1} times" in caplog.text
+        assert caplog.text.count("cancelling it again") == RECANCELS
+    finally:
+        stop[0] = True  # (the test's own cleanup)
+        t.cancel()
+        await asyncio.wait([t])

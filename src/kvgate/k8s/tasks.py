@@ -10,8 +10,11 @@ import logging
 from typing import Any
 
 # A task still running this long after it was cancelled swallowed the cancellation (every loop stopped
-# so ends at its next await): said, and cancelled again, rather than waited for forever.
+# so ends at its next await): said, and cancelled again, rather than waited for forever; after
+# ``RECANCELS`` more cancels it is abandoned (left running, said), so a stop takes at most
+# ``(RECANCELS + 1) x STUCK_S`` on it.
 STUCK_S = 5.0
+RECANCELS = 2
 
 
 async def cancel_and_wait(
@@ -21,10 +24,19 @@ async def cancel_and_wait(
     not raised: the caller's stop goes on with the rest. The caller's own cancellation is not swallowed
     (``asyncio.wait`` raises it; ``await task`` inside ``suppress(CancelledError)`` would not). A task
     still running ``stuck_s`` after the cancel (it swallowed it: Python 3.11's ``asyncio.wait_for`` does,
-    see ``wait_event``) is logged by ``what`` and cancelled again, each ``stuck_s``: the stop never
-    hangs on it."""
+    see ``wait_event``) is logged by ``what`` and cancelled again, each ``stuck_s``, at most ``RECANCELS``
+    times; one still running then (it swallows every cancel) is logged as abandoned and left running:
+    the stop never waits more than ``(RECANCELS + 1) x stuck_s`` on it. (A re-cancel can cut a cleanup
+    the task was running under the first cancel, at its next await: the tasks stopped so have none
+    that takes seconds.)"""
     task.cancel()
-    while not (await asyncio.wait([task], timeout=stuck_s))[0]:
+    for n in range(RECANCELS + 1):
+        if (await asyncio.wait([task], timeout=stuck_s))[0]:
+            break
+        if n == RECANCELS:
+            log.error("%s did not end %.1fs after it was cancelled %d times (it swallows every "
+                      "cancellation); abandoned, left running", what, stuck_s, n + 1)  # fmt: skip
+            return
         log.error("%s did not end %.1fs after it was cancelled (the cancellation was swallowed); "
                   "cancelling it again", what, stuck_s)  # fmt: skip
         task.cancel()
