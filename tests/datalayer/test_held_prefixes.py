@@ -191,11 +191,22 @@ def test_the_keys_kept_per_pick_are_compact_and_bounded() -> None:
 
 
 def test_the_tail_keys_chain_on_from_the_window() -> None:
-    pk = chain_keys(list(range(1, 33)), 16, list(range(100, 110)), 8)  # 32 blocks of 16, tail by 8 blocks
-    # window: a key every 16 blocks (256 tokens); tail: a key every 2 (8-block, 128-token) tail keys
-    assert list(pk.keys) == [16, 32, 101, 103, 105, 107, 109] and pk.head == 2
-    assert [pk.tokens(n) for n in range(len(pk.keys) + 1)] == [0, 256, 512, 768, 1024, 1280, 1536, 1792]
+    window = list(range(1, 33))  # 32 blocks of 16 tokens, 64 characters each: a key every 16 blocks
+    tail = "".join(f"{i:07d}|" * 128 for i in range(5)) + "part"  # 5 x 16 blocks (and a part) past it
+    data = "w" * 64 * 32 + tail
+    pk = chain_keys(window, 16, data, 64)
+    # the window's 2 keys (256 tokens each), then the tail's full 1,024-character pieces (256 tokens)
+    assert list(pk.keys[:2]) == [16, 32] and pk.head == 2 and len(pk.keys) == 7
+    assert [pk.tokens(n) for n in range(8)] == [0, 256, 512, 768, 1024, 1280, 1536, 1792]
     held = HeldPrefixes()
     assert held.take("a", pk.keys) == 0
-    other = chain_keys(list(range(1, 33)), 16, [100, 101, 102, 999], 8)  # differs in the tail's 2nd key
+    other = chain_keys(window, 16, data[:3100] + "x" + data[3101:], 64)  # differs in the tail's 2nd piece
     assert other.tokens(held.take("a", other.keys)) == 768
+    moved = chain_keys([*window[:-1], 99], 16, data, 64)  # the window ends otherwise: so does every tail key
+    assert not set(moved.keys[2:]) & set(pk.keys[2:]) and held.take("a", moved.keys) == 1
+    # Token ids (bytes) and non-ASCII text key their tails the same way: equal prefixes, equal keys.
+    ids = bytes(range(256)) * 40
+    assert list(chain_keys(window, 16, ids, 64).keys) == list(chain_keys(window, 16, ids + b"more", 64).keys)
+    text = "w" * 64 * 32 + "é" * 1024 * 3
+    u1, u2 = chain_keys(window, 16, text, 64), chain_keys(window, 16, text[:-5] + "abcde", 64)
+    assert len(u1.keys) == 5 and list(u1.keys[:4]) == list(u2.keys[:4]) and u1.keys[4] != u2.keys[4]

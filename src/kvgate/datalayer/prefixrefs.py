@@ -11,13 +11,12 @@ count a prompt block that several of its requests in flight share once (review s
 
 Keys: the prompt's chained block hashes (the approximate prefix index's, ``PrefixMatch.hashes``), one
 every ``stride`` blocks, about ``KEY_TOKENS`` tokens apart, then, for a prompt longer than the index's
-window, its tail's chained keys (``PrefixMatch.tail_keys``, continuing the window's chain), one about
-every ``KEY_TOKENS`` tokens too. A key stands for the whole prefix up to its block (a chained hash), so
-the keys a request in flight holds are closed under prefixes, and the leading keys of a new request
-found here are the prefix it shares with one. The share is counted down to a whole key: a request is
-charged at most one key's tokens (``KEY_TOKENS``, or a block's when larger; coarser where the window or
-the tail has more blocks than ``MAX_KEYS / 2`` such keys cover) plus a partial block more than it
-shares, and all of its prompt past the tail's end (where ``PrefixMatch.tail_keys`` stops). Kept compact
+window, keys of its tail chained on from the window's last hash, one about every ``KEY_TOKENS`` tokens
+too. A key stands for the whole prefix up to its block (a chained hash), so the keys a request in
+flight holds are closed under prefixes, and the leading keys of a new request found here are the
+prefix it shares with one. The share is counted down to a whole key: a request is charged at most one
+key's tokens (``KEY_TOKENS``, or a block's when larger; coarser where the window or the tail has more
+blocks than ``MAX_KEYS / 2`` such keys cover) plus a partial block more than it shares. Kept compact
 (an unsigned 64-bit ``array``, at most ``MAX_KEYS`` keys per request) and bounded by its callers: one
 entry per key of each request they track.
 """
@@ -27,8 +26,11 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 
+import xxhash
+
 KEY_TOKENS = 256
 MAX_KEYS = 256  # keys per request: at most half of them the window's, half the tail's
+_h64 = xxhash.xxh64_intdigest
 
 
 class PrefixKeys:
@@ -54,11 +56,11 @@ class PrefixKeys:
 
 
 def chain_keys(
-    hashes: Sequence[int], block_tokens: int, tail: Sequence[int] = (), tail_blocks: int = 1
+    hashes: Sequence[int], block_tokens: int, data: str | bytes = "", chunk: int = 0
 ) -> PrefixKeys:
-    """The keys of a prompt whose window blocks (``block_tokens`` tokens each) hash to ``hashes`` and
-    whose tail past the window is keyed by ``tail`` (chained from ``hashes[-1]``, one per
-    ``tail_blocks`` blocks): one about every ``KEY_TOKENS`` tokens, at most ``MAX_KEYS / 2`` of each."""
+    """The keys of a prompt whose window blocks (``block_tokens`` tokens, ``chunk`` characters or bytes
+    each) hash to ``hashes``, and, when the hashed prompt ``data`` goes on past them, of its tail: one
+    about every ``KEY_TOKENS`` tokens, at most ``MAX_KEYS / 2`` of each (coarser past that)."""
     bt = max(1, block_tokens)
     half = MAX_KEYS // 2
     n = len(hashes)
@@ -66,12 +68,29 @@ def chain_keys(
     keys = array("Q", hashes[stride - 1 :: stride])
     head = len(keys)
     tail_tokens = 0
-    if tail and n:
-        per = max(1, tail_blocks) * bt
-        step = max(1, KEY_TOKENS // per, -(-len(tail) // half))
-        keys.extend(tail[step - 1 :: step])
-        tail_tokens = step * per
+    start = n * chunk
+    if n and chunk > 0 and len(data) - start >= chunk:
+        per = max(1, KEY_TOKENS // bt, -(-(len(data) - start) // (chunk * half)))  # blocks per tail key
+        size = per * chunk
+        tail_tokens = per * bt
+        _tail_keys(keys, data, start, size, hashes[-1])
     return PrefixKeys(keys, head, stride * bt, n * bt, tail_tokens)
+
+
+def _tail_keys(out: array[int], data: str | bytes, start: int, size: int, prev: int) -> None:
+    """Append to ``out`` the chained keys of ``data`` past ``start``, one per full ``size`` characters (or
+    bytes), each the hash of its piece seeded by the key before (``prev`` first: the window's last)."""
+    end = start + (len(data) - start) // size * size
+    if isinstance(data, str) and not data.isascii():  # (a piece is characters: each encoded on its own)
+        for i in range(start, end, size):
+            prev = _h64(data[i : i + size].encode("utf-8", "surrogatepass"), prev)
+            out.append(prev)
+        return
+    raw = memoryview(data[start:end].encode("ascii") if isinstance(data, str) else data)
+    base = 0 if isinstance(data, str) else start
+    for i in range(base, base + end - start, size):
+        prev = _h64(raw[i : i + size], prev)
+        out.append(prev)
 
 
 class HeldPrefixes:

@@ -46,7 +46,7 @@ from kvgate.scheduling.framework import (
     TTFTOracle,
     cache_expectation,
 )
-from kvgate.scheduling.plugins.prefix_cache import TAIL_STRIDE, prefix_match
+from kvgate.scheduling.plugins.prefix_cache import prefix_match
 from kvgate.scheduling.prefix import CHARS_PER_TOKEN
 from kvgate.scheduling.profile import SchedulerProfile
 from kvgate.scheduling.speed import BATCH_KNEE, SpeedEstimator
@@ -488,10 +488,9 @@ class Director:
             keys = None
             m = prefix_match(cycle) if self._count_held else None
             if m is not None and m.hashes:
-                # (the tail's keys: a prefix held in flight that is longer than the index's window)
-                tail = m.tail_keys() if m.data else ()
+                # (``m.data``: a prompt longer than the index's window, keyed on past it)
                 block = m.chunk // (4 if m.by_ids else CHARS_PER_TOKEN)
-                keys = chain_keys(m.hashes, block, tail, TAIL_STRIDE)
+                keys = chain_keys(m.hashes, block, m.data, m.chunk)
             self._remember(
                 req.request_id, {ep.address: expected.uncached_fraction(ep.address) for ep in chosen}, keys
             )
