@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
 import random
@@ -70,7 +69,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -119,8 +118,18 @@ from kvgate.bench.live_routers import precise_scorer_params as precise_scorer_pa
 from kvgate.bench.live_routers import start_kvgate as start_kvgate
 from kvgate.bench.live_routers import start_peer as start_peer
 from kvgate.bench.procs import Proc
+from kvgate.k8s.tasks import wait_event
 
 # ---- one run -------------------------------------------------------------------------------------
+
+
+async def every(period_s: float, step: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """``step()`` every ``period_s`` until ``stop`` is set. Waits with ``wait_event``, not
+    ``asyncio.wait_for(stop.wait(), ...)``: on Python 3.11 that returned, dropping a Ctrl-C's cancel
+    landing as ``stop`` was set (CPython gh-86296)."""
+    while not stop.is_set():
+        await step()
+        await wait_event(stop, period_s)
 
 
 async def start_router(t: Target, urls: list[str], spec: FleetSpec) -> tuple[Proc, str]:
@@ -173,15 +182,16 @@ async def run_target(
                 await asyncio.sleep(load.warmup / ts)
                 before.extend(await scrape(session, urls))
                 lag_before.extend(await sim_states(session, urls))
-                while not stop.is_set():
+
+                async def sample() -> None:
                     try:
                         st = await scrape(session, urls)
                         now = (time.perf_counter() - t0) * ts
                         col.load.add(now, [x[WAITING] for x in st], [x[KV] for x in st])
                     except (aiohttp.ClientError, TimeoutError):
                         pass
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.5)
+
+                await every(0.5, sample, stop)
 
             samp = asyncio.create_task(sampler())
             results = await loadgen.run(specs, cfg, on_done)

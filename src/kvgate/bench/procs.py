@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from kvgate.k8s.tasks import wait_event
+
 
 def free_port() -> int:
     """An ephemeral 127.0.0.1 port for servers that need one given (peer routers)."""
@@ -107,10 +109,15 @@ async def start(
     if ready is None:
         return p, []
     try:
-        await asyncio.wait_for(found.wait(), wait_s)
-    except TimeoutError:
+        # (not wait_for, which on Python 3.11 may return as the line arrives and drop a Ctrl-C that
+        # lands in the same turn: the bench would go on; kvgate.k8s.tasks.wait_event)
+        ready_in_time = await wait_event(found, wait_s)
+    except BaseException:  # cancelled (Ctrl-C) while it starts: not left running
         await p.stop()
-        raise RuntimeError(f"{name}: not ready after {wait_s:.0f} s; last output:\n{p.tail()}") from None
+        raise
+    if not ready_in_time:
+        await p.stop()
+        raise RuntimeError(f"{name}: not ready after {wait_s:.0f} s; last output:\n{p.tail()}")
     if len(matches) < count:
         await p.stop()
         raise RuntimeError(f"{name}: exited (rc {proc.returncode}) before ready; last output:\n{p.tail()}")

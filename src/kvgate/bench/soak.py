@@ -36,6 +36,7 @@ import orjson
 import yaml
 
 from kvgate.bench import procs
+from kvgate.k8s.tasks import wait_event
 
 MODEL = "sim-model"
 
@@ -202,9 +203,8 @@ class Soak:
     async def restarter(self, s: aiohttp.ClientSession) -> None:
         i = 0
         while not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), self.args.restart_every)
-            if self.stop.is_set():
+            # (not wait_for, which on Python 3.11 may return and drop a cancel landing as stop is set)
+            if await wait_event(self.stop, self.args.restart_every):
                 return
             base = f"http://127.0.0.1:{self.ctl}/sim/replicas/{i % self.args.replicas}"
             async with s.post(base + "/stop") as r:

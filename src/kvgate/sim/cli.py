@@ -89,9 +89,17 @@ async def _serve(args: argparse.Namespace) -> int:
             f"time-scale {args.time_scale}); Ctrl-C stops",
             flush=True,
         )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.duration or None)
+        await _wait_stop(stop, args.duration or None)
     return 0
+
+
+async def _wait_stop(stop: asyncio.Event, duration_s: float | None) -> None:
+    """Until ``stop`` (SIGINT / SIGTERM) or ``duration_s``. Not ``asyncio.wait_for(stop.wait(), ...)``,
+    which on Python 3.11 returns instead of raising when this task is cancelled as ``stop`` is set
+    (CPython gh-86296; ``kvgate.k8s.tasks.wait_event``, inlined: sim imports no k8s)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(duration_s):
+            await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

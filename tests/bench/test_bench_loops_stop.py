@@ -1,0 +1,49 @@
+"""The benches' loops that wait for a stop event (the live run's load sampler, the soak's replica
+restarter) end cancelled when cancelled as they are woken: the event set in the same event-loop turn as the
+cancellation (Ctrl-C), or one or two turns before it. (Before, on Python 3.11, their
+``asyncio.wait_for(stop.wait(), ...)`` returned and dropped the cancellation, CPython gh-86296.)"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any, cast
+
+import aiohttp
+import pytest
+
+from kvgate.bench import live, soak
+
+
+async def _woken_then_cancelled(task: asyncio.Task[Any], stop: asyncio.Event, steps: int) -> None:
+    await asyncio.sleep(0.05)  # waiting for its next turn
+    assert not task.done()
+    stop.set()
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    ended_before = task.done()  # (it may have returned on its own by then: the cancel comes too late)
+    task.cancel()
+    await asyncio.wait([task], timeout=1.0)
+    assert task.done(), "it went on after it was cancelled"
+    assert ended_before or task.cancelled(), "the cancellation was swallowed"
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2])
+async def test_the_live_sampler_woken_as_it_is_cancelled_ends_cancelled(steps: int) -> None:
+    stop = asyncio.Event()
+    samples = []
+
+    async def sample() -> None:
+        samples.append(1)
+
+    task = asyncio.create_task(live.every(60.0, sample, stop))
+    await _woken_then_cancelled(task, stop, steps)
+    assert samples == [1]
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2])
+async def test_the_soak_restarter_woken_as_it_is_cancelled_ends_cancelled(steps: int) -> None:
+    s = soak.Soak(argparse.Namespace(seed=0, restart_every=60.0, replicas=1))
+    task = asyncio.create_task(s.restarter(cast(aiohttp.ClientSession, None)))
+    await _woken_then_cancelled(task, s.stop, steps)
+    assert s.tally.restarts == 0
