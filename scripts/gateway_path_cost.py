@@ -16,6 +16,18 @@ Each repeat runs the base tree then this tree, each in a fresh process: warmed, 
 rounds of ``--requests`` sequential requests, CPU time (``process_time``) per request for each round;
 a process's figure is its fastest round (the least disturbed by other work on the machine). Prints
 every process's figure, the medians over repeats and the ratio (this / base).
+
+``--picks``: the picker alone, in the same alternating processes. Two figures per process, each its
+fastest of ``--rounds`` rounds (CPU time): ``bench``, one request's picker work on the bench's path
+(``Director.pick``, ``on_dispatched``, ``on_first_token``, ``on_finished`` for its short prompt on two
+never-scraped endpoints, ``--policy``), per request; ``trace``, the seeded generated workload of
+``kvgate.bench.picktrace`` (8 scraped endpoints, shared prefixes up to overflowing the hashed window,
+LoRA, subset hints, sheddable requests, first tokens, finishes, scrapes, ejections; ``--trace-steps``
+events): the CPU time of the Director's calls (picks, dispatches, first tokens, finishes; not the
+generator's), per pick. Every process also returns a digest of the trace's picks (endpoints chosen, errors,
+and the explanation of every 50th pick): the script fails unless both trees' digests are equal, i.e.
+the two pickers decide alike on it. The trace generator is this tree's file, loaded by path, so both
+trees run the same workload.
 """
 
 from __future__ import annotations
@@ -122,10 +134,75 @@ def _measure(requests: int, rounds: int, policy: str) -> dict[str, Any]:
     return result
 
 
+def _load_picktrace() -> Any:
+    """This tree's ``kvgate.bench.picktrace``, loaded by path (the process may run another tree's kvgate)."""
+    import importlib.util
+
+    path = HERE_SRC / "kvgate" / "bench" / "picktrace.py"
+    spec = importlib.util.spec_from_file_location("_picktrace", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _measure_picks(requests: int, rounds: int, policy: str, steps: int) -> dict[str, Any]:
+    import gc
+    import hashlib
+    import time
+
+    from kvgate.bench.gateway_overhead import BODY
+    from kvgate.gateway.cli import tune_gc
+    from kvgate.scheduling.types import InferenceRequest, Usage
+
+    picktrace = _load_picktrace()
+    prompt = json.loads(BODY)
+    d, _store, _clock = picktrace.build(policy, 2, 0, scraped=False)
+
+    def one(i: int) -> None:
+        r = InferenceRequest(
+            f"b{i}", "m", prompt_text=prompt["prompt"], prompt_tokens=6, max_tokens=prompt["max_tokens"]
+        )
+        ep = d.pick(r).endpoints[0]
+        d.on_dispatched(r, ep)
+        d.on_first_token(r, ep, learn=False)
+        d.on_finished(r, ep, Usage(6, 8), True)
+
+    for i in range(2000):
+        one(i)
+    tune_gc()
+    bench = []
+    for k in range(rounds):
+        t0 = time.process_time()
+        for i in range(requests):
+            one(k * requests + i)
+        bench.append((time.process_time() - t0) / requests * 1e6)
+    trace = []
+    digest = ""
+    for _ in range(rounds):
+        td, store, clock = picktrace.build("kvgate", 8, 1)
+        gc.collect()
+        spent = [0.0]
+        out = picktrace.run(td, store, clock, 1, steps, explain_every=50, spent=spent)
+        trace.append(spent[0] / len(out) * 1e6)
+        got = hashlib.sha256(repr(out).encode()).hexdigest()[:16]
+        if digest and got != digest:
+            raise RuntimeError("the trace's picks differ between rounds of one process")
+        digest = got
+    return {
+        "bench": min(bench),
+        "trace": min(trace),
+        "digest": digest,
+        "rounds": bench,
+        "trace_rounds": trace,
+    }
+
+
 def _run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
+    mode = ["--_picks", str(args.trace_steps)] if args.picks else ["--_measure"]
     out = subprocess.run(
-        [sys.executable, __file__, "--_measure", str(args.requests), str(args.rounds), args.policy],
-        env={**os.environ, "PYTHONPATH": str(src)},
+        [sys.executable, __file__, *mode, str(args.requests), str(args.rounds), args.policy],
+        env={**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"},
         capture_output=True,
         check=True,
         timeout=600,
@@ -138,13 +215,21 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--_measure":
         print(json.dumps(_measure(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])))
         return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--_picks":
+        steps = int(sys.argv[2])
+        print(json.dumps(_measure_picks(int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], steps)))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base-src", required=True, type=Path, help="the other tree's src/ (the baseline)")
     p.add_argument("--requests", type=int, default=5000, help="requests per round")
     p.add_argument("--rounds", type=int, default=7, help="rounds per process (its fastest counts)")
     p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
     p.add_argument("--policy", default="kvgate", help="the pool's policy (kvgate, round-robin, ...)")
+    p.add_argument("--picks", action="store_true", help="the picker alone (bench path and seeded trace)")
+    p.add_argument("--trace-steps", type=int, default=20_000, help="--picks: events in the seeded trace")
     args = p.parse_args()
+    if args.picks:
+        return _main_picks(args)
     trees = {"base": args.base_src.resolve(), "this": HERE_SRC}
     figures: dict[str, list[float]] = {name: [] for name in trees}
     for rep in range(args.repeats):
@@ -157,6 +242,34 @@ def main() -> int:
     base, this = (statistics.median(figures[n]) for n in trees)
     print(f"\nmedian base {base:.2f} us/request, this {this:.2f} us/request: ratio {this / base:.3f}")
     print(f"(policy {args.policy}; base {trees['base']}; this {trees['this']})")
+    return 0
+
+
+def _main_picks(args: argparse.Namespace) -> int:
+    trees = {"base": args.base_src.resolve(), "this": HERE_SRC}
+    figures: dict[str, dict[str, list[float]]] = {n: {"bench": [], "trace": []} for n in trees}
+    digests: dict[str, set[str]] = {n: set() for n in trees}
+    for rep in range(args.repeats):
+        for name, src in trees.items():
+            r = _run(src, args)
+            digests[name].add(r["digest"])
+            for k in ("bench", "trace"):
+                figures[name][k].append(r[k])
+            rounds = " ".join(f"{x:.1f}" for x in r["rounds"])
+            print(
+                f"repeat {rep + 1} {name:<4} bench {r['bench']:6.2f} us/request (rounds: {rounds}); "
+                f"trace {r['trace']:6.2f} us/pick; picks digest {r['digest']}",
+                flush=True,
+            )
+    print()
+    for k, unit in (("bench", "request"), ("trace", "pick")):
+        base, this = (statistics.median(figures[n][k]) for n in trees)
+        print(f"{k}: median base {base:.2f} us/{unit}, this {this:.2f} us/{unit}: ratio {this / base:.3f}")
+    print(f"(policy {args.policy} for bench, kvgate for trace; base {trees['base']}; this {trees['this']})")
+    if digests["base"] != digests["this"]:
+        print(f"PICKS DIFFER: base {sorted(digests['base'])}, this {sorted(digests['this'])}")
+        return 1
+    print(f"same picks on the trace in both trees (digest {next(iter(digests['this']))})")
     return 0
 
 

@@ -39,7 +39,16 @@ def is_healthy(ep: Endpoint, now: float, policy: HealthPolicy) -> bool:
 
 def gate(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> Sequence[Endpoint]:
     """The healthy endpoints; failing open to the non-ejected ones when none is healthy."""
-    healthy = [ep for ep in endpoints if is_healthy(ep, now, policy)]
+    # (``is_healthy`` inlined: once per endpoint per pick)
+    failures, staleness = policy.scrape_failures, policy.metrics_staleness_s
+    healthy = [
+        ep
+        for ep in endpoints
+        if ep.healthy
+        and ep.scrape_failures < failures
+        and (t := ep.metrics.updated_at) is not None
+        and now - t <= staleness
+    ]
     if healthy:
         return healthy
     return [ep for ep in endpoints if ep.healthy]

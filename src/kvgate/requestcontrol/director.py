@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from kvgate.flowcontrol.saturation import ConcurrencyDetector, SaturationDetecto
 from kvgate.flowcontrol.sloadmission import PredictedSLOMissError, SLOAdmission
 from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
+    EXPECTED_CACHE,
     EXPLAIN_EXTRAS,
     ConfigError,
     CycleState,
@@ -44,8 +46,8 @@ from kvgate.scheduling.framework import (
     ProfileHandler,
     ResponseObserver,
     TTFTOracle,
-    cache_expectation,
 )
+from kvgate.scheduling.plugins.handlers import SingleProfileHandler
 from kvgate.scheduling.plugins.prefix_cache import prefix_match
 from kvgate.scheduling.prefix import CHARS_PER_TOKEN
 from kvgate.scheduling.profile import SchedulerProfile
@@ -164,6 +166,11 @@ class Director:
         self._pool_metrics_at: float | None = None
         # Plugins that learn from responses (latency prediction), told of first tokens and finishes.
         self._observers = [p for p in handle.plugins.values() if isinstance(p, ResponseObserver)]
+        # Those of them that read usage (``ResponseObserver.on_usage`` is a no-op unless overridden).
+        noop = ResponseObserver.on_usage
+        self._usage_observers = [
+            p for p in self._observers if getattr(p.on_usage, "__func__", None) is not noop
+        ]
         # Flow control (feature gate): requests wait here at saturation; None = pick at once.
         self.flow = (
             FlowDispatcher(
@@ -444,44 +451,35 @@ class Director:
         except Exception:  # a plugin's bug: its caller answers 500; counted as such, not only logged
             metrics.scheduler_error("internal_error")
             raise
-        metrics.SCHEDULER_E2E.observe(self.timer() - t0)
-        metrics.PICKS.inc(result.endpoints[0].address)
+        # (``FastHistogram.observe`` and ``FastCounter.inc`` inlined: twice per request)
+        took, hist, picks = self.timer() - t0, metrics.SCHEDULER_E2E, metrics.PICKS.counts
+        hist.counts[bisect_left(hist.bounds, took)] += 1
+        hist.sum += took
+        addr = result.endpoints[0].address
+        picks[addr] = picks.get(addr, 0.0) + 1.0
         return result
 
     def _pick(
         self, req: InferenceRequest, explain: bool, judge: bool, only: Sequence[Endpoint] | None = None
     ) -> PickResult:
         now = self.clock()
-        if self._pool_metrics_at is None or now - self._pool_metrics_at >= POOL_METRICS_EVERY_S:
+        at = self._pool_metrics_at
+        if at is None or now - at >= POOL_METRICS_EVERY_S:
             self._pool_metrics_at = now
             self.update_pool_metrics()
         cands = self.candidates(req, now) if only is None else only
-        if req.sheddable and self.detector is not None and self.detector.saturated(cands, now):
-            metrics.SHED.inc()
+        if req.priority < 0 and self.detector is not None and self.detector.saturated(cands, now):
+            metrics.SHED.inc()  # (a sheddable request: ``req.sheddable`` inlined)
             raise ShedError("pool saturated: sheddable request rejected")
         cycle = CycleState(req, now, explain or log.isEnabledFor(logging.DEBUG))
-        chosen: list[Endpoint] = []
-        first = ""
-        names = list(self.handler.select(cycle, self._profile_names))
         gate = self.slo_admission
-        prepared = ""  # the profile whose producers the gate already ran on this cycle
-        if judge and gate is not None and req.sheddable and names:
-            # Judged before any profile's choice has effects: its producers first (the expected cache
-            # hit is a feature of the prediction); the profile's run does not repeat them.
-            prepared = names[0]
-            for producer in self.profiles[prepared].producers:
-                producer.prepare(cycle, cands)
-            gate.check(cycle, cands)  # PredictedSLOMissError: held or shed by flow control
-        for name in names:
-            picked = self.profiles[name].run(cycle, cands, prepared=name == prepared)
-            if not chosen:
-                chosen, first = picked, name
-        if gate is not None and chosen:
-            oracle = gate.oracle
-            ran = (self.profiles[n].post_pick for n in names)
-            if isinstance(oracle, PostPick) and all(oracle not in hooks for hooks in ran):
-                oracle.on_picked(cycle, chosen[0])  # (the model learns from every pick)
-        expected = cache_expectation(cycle)
+        if gate is None and type(self.handler) is SingleProfileHandler:
+            # The usual case, what the general path below does for it: the one profile, nothing judged.
+            first = self._profile_names[0]
+            chosen = self.profiles[first].run(cycle, cands)
+        else:
+            chosen, first = self._run_profiles(req, cycle, cands, judge)
+        expected = cycle.data.get(EXPECTED_CACHE)  # (``cache_expectation`` inlined)
         if expected is not None:
             # Remember the expected cache hit per chosen endpoint for in-flight accounting at dispatch;
             # without it every dispatch would count its whole prompt as pending prefill on the holder.
@@ -505,6 +503,34 @@ class Director:
             explanation.update(cycle.data.get(EXPLAIN_EXTRAS, {}))
             log.debug("pick %s", explanation)
         return PickResult(chosen, first, explanation)
+
+    def _run_profiles(
+        self, req: InferenceRequest, cycle: CycleState, cands: Sequence[Endpoint], judge: bool
+    ) -> tuple[list[Endpoint], str]:
+        """The profiles the handler selects, SLO admission's judgement first: the first one's choice and
+        its name."""
+        chosen: list[Endpoint] = []
+        first = ""
+        names = list(self.handler.select(cycle, self._profile_names))
+        gate = self.slo_admission
+        prepared = ""  # the profile whose producers the gate already ran on this cycle
+        if judge and gate is not None and req.sheddable and names:
+            # Judged before any profile's choice has effects: its producers first (the expected cache
+            # hit is a feature of the prediction); the profile's run does not repeat them.
+            prepared = names[0]
+            for producer in self.profiles[prepared].producers:
+                producer.prepare(cycle, cands)
+            gate.check(cycle, cands)  # PredictedSLOMissError: held or shed by flow control
+        for name in names:
+            picked = self.profiles[name].run(cycle, cands, prepared=name == prepared)
+            if not chosen:
+                chosen, first = picked, name
+        if gate is not None and chosen:
+            oracle = gate.oracle
+            ran = (self.profiles[n].post_pick for n in names)
+            if isinstance(oracle, PostPick) and all(oracle not in hooks for hooks in ran):
+                oracle.on_picked(cycle, chosen[0])  # (the model learns from every pick)
+        return chosen, first
 
     def _remember(self, request_id: str, uncached: dict[str, float], keys: PrefixKeys | None = None) -> None:
         self._picked[request_id] = (uncached, keys)
@@ -600,28 +626,32 @@ class Director:
             self._notify()
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
-        self._picked.pop(req.request_id, None)
-        track = self._tracks.pop((req.request_id, endpoint.address), None)
+        rid, addr = req.request_id, endpoint.address
+        self._picked.pop(rid, None)
+        track = self._tracks.pop((rid, addr), None)
         if track is None:
             return
-        batch_at_last = self._batch(endpoint, self.clock()) if track.first_token else 0.0
+        now = self.clock()  # (one reading for the whole finish)
+        batch_at_last = self._batch(endpoint, now) if track.first_token else 0.0
         if track.stop is not None:
-            self._victims.pop((req.request_id, endpoint.address), None)
-        self._release(endpoint.address, endpoint, track)
-        self._flow_ended(track, endpoint.address, finished=ok)
+            self._victims.pop((rid, addr), None)
+        self._release(addr, endpoint, track)
+        if track.flow is not None:
+            self._flow_ended(track, addr, finished=ok)
         if self.flow is not None or self.predecessor is not None:
             self._notify()
         if self._observers:
-            now, out = self.clock(), usage.completion_tokens if usage is not None else 0
+            out = usage.completion_tokens if usage is not None else 0
             if ok and usage is not None:
-                self.on_usage(req, endpoint, usage)
+                for obs in self._usage_observers:  # (``on_usage``)
+                    obs.on_usage(req, endpoint, usage, now)
             for obs in self._observers:
                 obs.on_finished(req, endpoint, out, ok, now)
         if ok and usage is not None and usage.completion_tokens > 0:
             if track.first_token:
                 self.speed.observe(
                     endpoint,
-                    self.clock() - track.first_at,
+                    now - track.first_at,
                     usage.completion_tokens,
                     (track.batch_at_first + batch_at_last) / 2,
                 )
@@ -633,7 +663,7 @@ class Director:
         at prefill; a door passes its final usage through ``on_finished``). Observers take the first
         they are given (e.g. the engine's cached tokens correct the prefix index) and ignore repeats."""
         now = self.clock()
-        for obs in self._observers:
+        for obs in self._usage_observers:
             obs.on_usage(req, endpoint, usage, now)
 
     def _batch(self, endpoint: Endpoint, now: float) -> float:

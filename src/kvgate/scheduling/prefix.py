@@ -52,6 +52,8 @@ def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MA
     else:
         raw = data[: chunk * max_blocks]
     n = min(len(raw) // chunk, max_blocks)
+    if not n:
+        return []
     prev = _h64(model.encode("utf-8", "surrogatepass"))
     out = [0] * n
     for i in range(n):

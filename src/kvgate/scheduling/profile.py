@@ -52,6 +52,40 @@ class SchedulerProfile:
     ) -> list[Endpoint]:
         """``prepared``: this profile's producers already ran on ``cycle`` over ``candidates`` (the
         Director's SLO gate needs their output first); they are not run again."""
+        picker = self.picker
+        assert picker is not None, "profile built without a picker"
+        if not cycle.explain:
+            # What the explained run below does, without building its explanation (every pick).
+            if not prepared:
+                for producer in self.producers:
+                    producer.prepare(cycle, candidates)
+            eps = list(candidates)
+            for flt in self.filters:
+                eps = flt.filter(cycle, eps)
+                if not eps:
+                    raise NoCapacityError(
+                        f"no endpoint left after filter {flt.name!r} in profile {self.name!r}"
+                    )
+            totals: list[float] = []
+            for scorer, weight in self.scorers:
+                raw = scorer.score(cycle, eps)
+                if not scorer.bounded:
+                    raw = [0.0 if s < 0.0 else 1.0 if s > 1.0 else s for s in raw]
+                if not totals:
+                    totals = list(raw) if weight == 1.0 else [weight * s for s in raw]
+                else:
+                    totals = [t + weight * s for t, s in zip(totals, raw, strict=True)]
+            picked = picker.pick(cycle, eps, totals or [0.0] * len(eps))
+            if not picked:
+                raise NoCapacityError(f"picker {picker.name!r} returned no endpoint in profile {self.name!r}")
+            for hook in self.post_pick:
+                hook.on_picked(cycle, picked[0])
+            return picked
+        return self._run_explained(cycle, candidates, prepared)
+
+    def _run_explained(
+        self, cycle: CycleState, candidates: Sequence[Endpoint], prepared: bool
+    ) -> list[Endpoint]:
         assert self.picker is not None, "profile built without a picker"
         explain = cycle.explain
         info: dict[str, Any] = {}

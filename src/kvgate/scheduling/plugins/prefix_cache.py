@@ -224,21 +224,25 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             self.index.clear()
             self._chunk_tokens = tokens
         req = cycle.request
+        text = req.prompt_text
         ids = self._token_ids(req)
         data: str | bytes = ""
+        hashes: list[int]
         if ids:
             chunk = tokens * 4  # uint32 per token: a block is exactly ``tokens`` tokens
             data = array("I", ids).tobytes()
             hashes = block_hashes(req.model, data, chunk, self.max_blocks)
-        elif req.prompt_text:
+        elif text:
             chunk = tokens * CHARS_PER_TOKEN
-            data = req.prompt_text
-            hashes = block_hashes(req.model, data, chunk, self.max_blocks)
+            data = text
+            # An ASCII text shorter than one block has none (its UTF-8 bytes are its characters).
+            short = len(text) < chunk and text.isascii()
+            hashes = [] if short else block_hashes(req.model, text, chunk, self.max_blocks)
         else:
             chunk, hashes = tokens * CHARS_PER_TOKEN, []
         window = chunk * len(hashes)
         matched: dict[str, int] = {}
-        if hashes and len(self.index):
+        if hashes and self.index.total:
             addrs = [ep.address for ep in endpoints]
             for a, n in zip(addrs, self.index.match(hashes, addrs), strict=True):
                 if n:

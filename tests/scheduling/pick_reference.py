@@ -1,0 +1,336 @@
+"""A reference copy of the picker's code as it was before session 10's CPU cuts (main at 6a5bcb1), for
+``test_pick_equivalence.py``: a Director patched with these decides as the old code did, so the test can
+run the old and the new code side by side on the same generated trace and require the same picks.
+
+Copied verbatim (dedented to module functions taking ``self``; names they use imported below), only
+the parts the cuts changed: ``Director.candidates`` / ``pick`` / ``_pick`` / ``on_finished`` /
+``on_usage``, ``SchedulerProfile.run``, ``PrefixCacheScorer.prepare``, ``datalayer.health.gate`` and
+``scheduling.prefix.block_hashes``. Do not "fix" or speed up anything here: it is the yardstick.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.health import HealthPolicy
+from kvgate.datalayer.prefixrefs import chain_keys
+from kvgate.flowcontrol.sloadmission import PredictedSLOMissError
+from kvgate.requestcontrol import director as _director
+from kvgate.requestcontrol.director import POOL_METRICS_EVERY_S, Director
+from kvgate.scheduling import metrics
+from kvgate.scheduling.framework import (
+    EXPLAIN_EXTRAS,
+    CycleState,
+    PostPick,
+    cache_expectation,
+    publish_cache_expectation,
+)
+from kvgate.scheduling.plugins.prefix_cache import CYCLE_KEY, PrefixCacheScorer, PrefixMatch, prefix_match
+from kvgate.scheduling.prefix import CHARS_PER_TOKEN, MAX_PREFIX_BLOCKS, _h64, _pack
+from kvgate.scheduling.profile import SchedulerProfile
+from kvgate.scheduling.types import (
+    InferenceRequest,
+    NoCapacityError,
+    PickResult,
+    PredictedMissError,
+    SchedulingError,
+    ShedError,
+    Usage,
+)
+
+log = _director.log
+
+
+def candidates(self, req: InferenceRequest, now: float | None = None) -> Sequence[Endpoint]:
+    if self._candidates_version != self.store.version:
+        self._candidates = self.store.all()
+        self._candidates_version = self.store.version
+    eps: Sequence[Endpoint] = self._candidates
+    if req.subset is not None:
+        subset = req.subset
+        eps = [ep for ep in eps if ep.address in subset]
+        if not eps:
+            raise NoCapacityError("no endpoint in the request's subset hint is known to the picker")
+    healthy = gate(eps, self.clock() if now is None else now, self.health)
+    if not healthy:
+        raise NoCapacityError("no ready endpoint")
+    return healthy
+
+
+def pick(
+    self,
+    req: InferenceRequest,
+    explain: bool = False,
+    *,
+    judge: bool = False,
+    only: Sequence[Endpoint] | None = None,
+) -> PickResult:
+    """``judge``: flow control's pick as the request leaves the queue, where ``sloAdmission`` judges
+    it; a front door's own pick (a retry after a failed attempt: admitted already) is never judged.
+    ``only``: the candidates to choose from first (a subset of ``candidates(req)``; None: all of
+    them); when the profile keeps none of them (a filter: a subset, a header naming an endpoint), it
+    chooses among all, as without ``only``."""
+    t0 = self.timer()
+    try:
+        try:
+            result = self._pick(req, explain, judge, only)
+        except PredictedMissError:
+            raise  # (judged on what it may be sent to now: held or shed as such)
+        except SchedulingError:
+            if only is None:
+                raise
+            result = self._pick(req, explain, judge, None)
+    except PredictedSLOMissError:
+        raise  # (sloAdmission: flow control counts it, held or shed; a hold is no scheduler error)
+    except SchedulingError as e:
+        metrics.scheduler_error(e.code)
+        raise
+    except Exception:  # a plugin's bug: its caller answers 500; counted as such, not only logged
+        metrics.scheduler_error("internal_error")
+        raise
+    metrics.SCHEDULER_E2E.observe(self.timer() - t0)
+    metrics.PICKS.inc(result.endpoints[0].address)
+    return result
+
+
+def _pick(
+    self, req: InferenceRequest, explain: bool, judge: bool, only: Sequence[Endpoint] | None = None
+) -> PickResult:
+    now = self.clock()
+    if self._pool_metrics_at is None or now - self._pool_metrics_at >= POOL_METRICS_EVERY_S:
+        self._pool_metrics_at = now
+        self.update_pool_metrics()
+    cands = self.candidates(req, now) if only is None else only
+    if req.sheddable and self.detector is not None and self.detector.saturated(cands, now):
+        metrics.SHED.inc()
+        raise ShedError("pool saturated: sheddable request rejected")
+    cycle = CycleState(req, now, explain or log.isEnabledFor(logging.DEBUG))
+    chosen: list[Endpoint] = []
+    first = ""
+    names = list(self.handler.select(cycle, self._profile_names))
+    gate = self.slo_admission
+    prepared = ""  # the profile whose producers the gate already ran on this cycle
+    if judge and gate is not None and req.sheddable and names:
+        # Judged before any profile's choice has effects: its producers first (the expected cache
+        # hit is a feature of the prediction); the profile's run does not repeat them.
+        prepared = names[0]
+        for producer in self.profiles[prepared].producers:
+            producer.prepare(cycle, cands)
+        gate.check(cycle, cands)  # PredictedSLOMissError: held or shed by flow control
+    for name in names:
+        picked = self.profiles[name].run(cycle, cands, prepared=name == prepared)
+        if not chosen:
+            chosen, first = picked, name
+    if gate is not None and chosen:
+        oracle = gate.oracle
+        ran = (self.profiles[n].post_pick for n in names)
+        if isinstance(oracle, PostPick) and all(oracle not in hooks for hooks in ran):
+            oracle.on_picked(cycle, chosen[0])  # (the model learns from every pick)
+    expected = cache_expectation(cycle)
+    if expected is not None:
+        # Remember the expected cache hit per chosen endpoint for in-flight accounting at dispatch;
+        # without it every dispatch would count its whole prompt as pending prefill on the holder.
+        keys = None
+        m = prefix_match(cycle) if self._count_held else None
+        if m is not None and m.hashes:
+            # (``m.data``: a prompt longer than the index's window, keyed on past it)
+            block = m.chunk // (4 if m.by_ids else CHARS_PER_TOKEN)
+            keys = chain_keys(m.hashes, block, m.data, m.chunk)
+        self._remember(
+            req.request_id, {ep.address: expected.uncached_fraction(ep.address) for ep in chosen}, keys
+        )
+    explanation: dict[str, Any] = {}
+    if cycle.explain:
+        explanation = {
+            "request_id": req.request_id,
+            "policy": self.name,
+            "profiles": cycle.data.get("explanation", {}),
+            "winner": chosen[0].address,
+        }
+        explanation.update(cycle.data.get(EXPLAIN_EXTRAS, {}))
+        log.debug("pick %s", explanation)
+    return PickResult(chosen, first, explanation)
+
+
+def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
+    self._picked.pop(req.request_id, None)
+    track = self._tracks.pop((req.request_id, endpoint.address), None)
+    if track is None:
+        return
+    batch_at_last = self._batch(endpoint, self.clock()) if track.first_token else 0.0
+    if track.stop is not None:
+        self._victims.pop((req.request_id, endpoint.address), None)
+    self._release(endpoint.address, endpoint, track)
+    self._flow_ended(track, endpoint.address, finished=ok)
+    if self.flow is not None or self.predecessor is not None:
+        self._notify()
+    if self._observers:
+        now, out = self.clock(), usage.completion_tokens if usage is not None else 0
+        if ok and usage is not None:
+            self.on_usage(req, endpoint, usage)
+        for obs in self._observers:
+            obs.on_finished(req, endpoint, out, ok, now)
+    if ok and usage is not None and usage.completion_tokens > 0:
+        if track.first_token:
+            self.speed.observe(
+                endpoint,
+                self.clock() - track.first_at,
+                usage.completion_tokens,
+                (track.batch_at_first + batch_at_last) / 2,
+            )
+        if not req.max_tokens:
+            self.mean_decode += 0.05 * (usage.completion_tokens - self.mean_decode)
+
+
+def on_usage(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage) -> None:
+    """The engine's usage for a request as soon as it is known (the simulator knows the cached tokens
+    at prefill; a door passes its final usage through ``on_finished``). Observers take the first
+    they are given (e.g. the engine's cached tokens correct the prefix index) and ignore repeats."""
+    now = self.clock()
+    for obs in self._observers:
+        obs.on_usage(req, endpoint, usage, now)
+
+
+def run(self, cycle: CycleState, candidates: Sequence[Endpoint], *, prepared: bool = False) -> list[Endpoint]:
+    """``prepared``: this profile's producers already ran on ``cycle`` over ``candidates`` (the
+    Director's SLO gate needs their output first); they are not run again."""
+    assert self.picker is not None, "profile built without a picker"
+    explain = cycle.explain
+    info: dict[str, Any] = {}
+    if explain:
+        info = {"profile": self.name, "candidates": [ep.address for ep in candidates], "filters": []}
+        cycle.data.setdefault("explanation", {})[self.name] = info
+    if not prepared:
+        for producer in self.producers:
+            producer.prepare(cycle, candidates)
+    eps = list(candidates)
+    for flt in self.filters:
+        eps = flt.filter(cycle, eps)
+        if explain:
+            info["filters"].append(
+                {"plugin": flt.name, "type": flt.type_name, "kept": [e.address for e in eps]}
+            )
+        if not eps:
+            raise NoCapacityError(f"no endpoint left after filter {flt.name!r} in profile {self.name!r}")
+    totals: list[float] = []
+    scorers_info: list[dict[str, Any]] = []
+    for scorer, weight in self.scorers:
+        raw = scorer.score(cycle, eps)
+        # Weigh (and clamp to [0, 1] unless the scorer guarantees it): comprehensions, since this
+        # runs per endpoint per scorer on every pick.
+        if not scorer.bounded:
+            raw = [0.0 if s < 0.0 else 1.0 if s > 1.0 else s for s in raw]
+        if not totals:
+            totals = list(raw) if weight == 1.0 else [weight * s for s in raw]
+        else:
+            totals = [t + weight * s for t, s in zip(totals, raw, strict=True)]
+        if explain:
+            scorers_info.append(
+                {
+                    "plugin": scorer.name,
+                    "type": scorer.type_name,
+                    "weight": weight,
+                    "scores": {e.address: raw[i] for i, e in enumerate(eps)},
+                }
+            )
+    if not totals:
+        totals = [0.0] * len(eps)
+    picked = self.picker.pick(cycle, eps, totals)
+    if not picked:
+        raise NoCapacityError(f"picker {self.picker.name!r} returned no endpoint in profile {self.name!r}")
+    if explain:
+        info["scorers"] = scorers_info
+        info["totals"] = {e.address: totals[i] for i, e in enumerate(eps)}
+        info["picker"] = self.picker.name
+        info["picked"] = [e.address for e in picked]
+        info["winner"] = picked[0].address
+    for hook in self.post_pick:
+        hook.on_picked(cycle, picked[0])
+    return picked
+
+
+def prepare(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> None:
+    tokens = self._block_tokens(endpoints)
+    if tokens != self._chunk_tokens:
+        # The servers' block size changed what a block is: old hashes can never match again.
+        self.index.clear()
+        self._chunk_tokens = tokens
+    req = cycle.request
+    ids = self._token_ids(req)
+    data: str | bytes = ""
+    if ids:
+        chunk = tokens * 4  # uint32 per token: a block is exactly ``tokens`` tokens
+        data = array("I", ids).tobytes()
+        hashes = block_hashes(req.model, data, chunk, self.max_blocks)
+    elif req.prompt_text:
+        chunk = tokens * CHARS_PER_TOKEN
+        data = req.prompt_text
+        hashes = block_hashes(req.model, data, chunk, self.max_blocks)
+    else:
+        chunk, hashes = tokens * CHARS_PER_TOKEN, []
+    window = chunk * len(hashes)
+    matched: dict[str, int] = {}
+    if hashes and len(self.index):
+        addrs = [ep.address for ep in endpoints]
+        for a, n in zip(addrs, self.index.match(hashes, addrs), strict=True):
+            if n:
+                matched[a] = n
+    overflow = len(hashes) == self.max_blocks and len(data) > window
+    match = cycle.data[CYCLE_KEY] = PrefixMatch(
+        hashes, matched, chunk, req.model, data if overflow else "", by_ids=bool(ids)
+    )
+    if hashes:
+        # The approximate index's guess wins over a precise scorer's in the same cycle.
+        publish_cache_expectation(cycle, match, override=True)
+
+
+def is_healthy(ep: Endpoint, now: float, policy: HealthPolicy) -> bool:
+    if not ep.healthy or ep.scrape_failures >= policy.scrape_failures:
+        return False
+    t = ep.metrics.updated_at
+    return t is not None and now - t <= policy.metrics_staleness_s
+
+
+def gate(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> Sequence[Endpoint]:
+    """The healthy endpoints; failing open to the non-ejected ones when none is healthy."""
+    healthy = [ep for ep in endpoints if is_healthy(ep, now, policy)]
+    if healthy:
+        return healthy
+    return [ep for ep in endpoints if ep.healthy]
+
+
+def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MAX_PREFIX_BLOCKS) -> list[int]:
+    """Chained hashes of the full ``chunk``-sized blocks of ``data`` (chars for text, bytes otherwise)."""
+    if isinstance(data, str):
+        raw = data[: chunk * max_blocks].encode("utf-8", "surrogatepass")
+    else:
+        raw = data[: chunk * max_blocks]
+    n = min(len(raw) // chunk, max_blocks)
+    prev = _h64(model.encode("utf-8", "surrogatepass"))
+    out = [0] * n
+    for i in range(n):
+        start = i * chunk
+        prev = _h64(raw[start : start + chunk] + _pack(prev))
+        out[i] = prev
+    return out
+
+
+class RefProfile(SchedulerProfile):
+    run = run  # the old SchedulerProfile.run
+
+
+def use_reference(director: Director) -> Director:
+    """Make ``director`` (freshly built) run the reference code; returns it."""
+    for name in ("candidates", "pick", "_pick", "on_finished", "on_usage"):
+        setattr(director, name, types.MethodType(globals()[name], director))
+    for name, p in list(director.profiles.items()):
+        director.profiles[name] = RefProfile(p.name, p.filters, p.scorers, p.picker, p.producers, p.post_pick)
+    for plugin in director.handle.plugins.values():
+        if isinstance(plugin, PrefixCacheScorer):
+            plugin.prepare = types.MethodType(prepare, plugin)  # type: ignore[method-assign]
+    return director
