@@ -320,6 +320,84 @@ def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MA
     return out
 
 
+def index_add(
+    self,
+    address: str,
+    hashes: Sequence[int],
+    capacity: int | None = None,
+    *,
+    filler: int = 0,
+    tail_first: bool = False,
+) -> None:
+    """Record that ``address`` now holds these blocks (most recently used), after ``filler`` blocks
+    the index cannot name (older than them); ``tail_first``: the first block ends most recent."""
+    lru = self._ensure(address, capacity)
+    bit = self._bits[address]
+    rev = self._rev
+    added = 0
+    grown = 0
+    seq = self._seq
+    if filler > 0:
+        key = self._filler_key = self._filler_key - 1
+        seq += 1
+        lru[key] = seq
+        self._weight[key] = filler
+        added = 1
+        grown = filler - 1
+    touched = hashes[::-1] if tail_first else hashes
+    for h in touched:
+        seq += 1
+        if h in lru:
+            lru[h] = seq
+            lru.move_to_end(h)
+        else:
+            lru[h] = seq
+            cur = rev.get(h)
+            # Sole holder: store the shared ``bit`` object itself rather than a fresh int per entry.
+            rev[h] = bit if cur is None else cur | bit
+            added += 1
+    self._seq = seq
+    self.total += added
+    self._size[address] = self._size.get(address, 0) + added + grown
+    self._evict(address, self._limit(address))
+    if self.listener is not None:
+        self.listener(address, touched, max(filler, 0))
+
+
+def index_match(self, hashes: Sequence[int], addresses: Sequence[str]) -> list[int]:
+    """Leading blocks of ``hashes`` each address holds, aligned with ``addresses``."""
+    out = [0] * len(addresses)
+    slot = self._slot
+    pos: dict[int, int] = {}
+    alive = 0
+    for i, a in enumerate(addresses):
+        s = slot.get(a)
+        if s is not None:
+            alive |= 1 << s
+            pos[s] = i
+    if not alive:
+        return out
+    rev = self._rev
+    n = 0
+    for h in hashes:
+        m = rev.get(h, 0) & alive
+        if m != alive:
+            dropped = alive & ~m
+            while dropped:
+                low = dropped & -dropped
+                out[pos[low.bit_length() - 1]] = n
+                dropped ^= low
+            alive = m
+            if not alive:
+                return out
+        n += 1
+    while alive:
+        low = alive & -alive
+        out[pos[low.bit_length() - 1]] = n
+        alive ^= low
+    return out
+
+
 class RefProfile(SchedulerProfile):
     run = run  # the old SchedulerProfile.run
 
@@ -333,4 +411,7 @@ def use_reference(director: Director) -> Director:
     for plugin in director.handle.plugins.values():
         if isinstance(plugin, PrefixCacheScorer):
             plugin.prepare = types.MethodType(prepare, plugin)  # type: ignore[method-assign]
+            index = plugin.index
+            index.add = types.MethodType(index_add, index)  # type: ignore[method-assign]
+            index.match = types.MethodType(index_match, index)  # type: ignore[method-assign]
     return director

@@ -66,3 +66,7 @@ def test_the_reference_is_a_different_code_path() -> None:
     use_reference(ref)
     assert ref._pick.__func__ is pick_reference._pick
     assert type(ref.profiles["default"]) is pick_reference.RefProfile
+    prefix = ref.handle.find(PrefixCacheScorer)
+    assert isinstance(prefix, PrefixCacheScorer)
+    assert prefix.prepare.__func__ is pick_reference.prepare  # type: ignore[attr-defined]
+    assert prefix.index.add.__func__ is pick_reference.index_add  # type: ignore[attr-defined]

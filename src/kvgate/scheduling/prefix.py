@@ -175,11 +175,12 @@ class PrefixIndex:
             added = 1
             grown = filler - 1
         touched = hashes[::-1] if tail_first else hashes
+        to_end = lru.move_to_end  # (bound once: up to 256 blocks per pick)
         for h in touched:
             seq += 1
             if h in lru:
                 lru[h] = seq
-                lru.move_to_end(h)
+                to_end(h)
             else:
                 lru[h] = seq
                 cur = rev.get(h)
@@ -271,10 +272,10 @@ class PrefixIndex:
                 pos[s] = i
         if not alive:
             return out
-        rev = self._rev
+        get = self._rev.get
         n = 0
         for h in hashes:
-            m = rev.get(h, 0) & alive
+            m = get(h, 0) & alive
             if m != alive:
                 dropped = alive & ~m
                 while dropped:
