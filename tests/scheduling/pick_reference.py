@@ -4,16 +4,24 @@ run the old and the new code side by side on the same generated trace and requir
 
 Copied verbatim (dedented to module functions taking ``self``; names they use imported below), only
 the parts the cuts changed: ``Director.candidates`` / ``pick`` / ``_pick`` / ``on_finished`` /
-``on_usage``, ``SchedulerProfile.run``, ``PrefixCacheScorer.prepare``, ``datalayer.health.gate`` and
-``scheduling.prefix.block_hashes``. Do not "fix" or speed up anything here: it is the yardstick.
+``on_usage``, ``SchedulerProfile.run``, ``PrefixCacheScorer.prepare``, ``PrefixIndex.add`` / ``match``,
+``datalayer.health.gate``, ``scheduling.prefix.block_hashes``, and the cost scorer's ``on_picked`` and
+``_waiting_on_prefix``. Do not "fix" or speed up anything here: it is the yardstick.
+
+The cost scorer's ``costs`` is not copied: its one cut skips ``_waiting_on_prefix`` where that returns
+0, a premise the test checks directly, so this copy does not hold the scorer's pricing still. When the
+cost scorer's semantics change on purpose, change its two functions here alike: the copy is there to
+check the CPU cuts, not to stop pricing changes.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import types
 from array import array
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 from kvgate.datalayer.endpoint import Endpoint
@@ -30,6 +38,15 @@ from kvgate.scheduling.framework import (
     cache_expectation,
     publish_cache_expectation,
 )
+from kvgate.scheduling.plugins.kvgate_cost import (
+    _U64,
+    MAX_ENDPOINTS_TRACKED,
+    MAX_WAITING_TRACKED,
+    RATE_WINDOW_S,
+    SPT_MIN_TOKENS,
+    WAITING_SCAN,
+    KVGateCostScorer,
+)
 from kvgate.scheduling.plugins.prefix_cache import CYCLE_KEY, PrefixCacheScorer, PrefixMatch, prefix_match
 from kvgate.scheduling.prefix import CHARS_PER_TOKEN, MAX_PREFIX_BLOCKS, _h64, _pack
 from kvgate.scheduling.profile import SchedulerProfile
@@ -41,6 +58,7 @@ from kvgate.scheduling.types import (
     SchedulingError,
     ShedError,
     Usage,
+    prompt_tokens,
 )
 
 log = _director.log
@@ -398,6 +416,88 @@ def index_match(self, hashes: Sequence[int], addresses: Sequence[str]) -> list[i
     return out
 
 
+def cost_waiting_on_prefix(
+    self,
+    cycle: CycleState,
+    endpoints: Sequence[Endpoint],
+    matched: dict[str, int],
+    tail_shared: list[int] | None = None,
+) -> int:
+    """Requests dispatched to the best prefix holder among ``endpoints``, not yet at their first
+    token, whose prompts share this request's prefix as deep as that holder holds it. With
+    ``burstTail``, when the holder holds the prompt's whole hashed window and the prompt overflows
+    it, ``tail_shared`` gets the most tail keys this prompt shares with one of those requests."""
+    if not matched or not self._waiting:
+        return 0
+    best = max(endpoints, key=lambda ep: matched.get(ep.address, 0)).address
+    keys, block_tokens = self._prompt_keys(cycle, best)
+    # The precise match counts tokens, the approximate one blocks.
+    depth = min(matched.get(best, 0) // block_tokens, len(keys))
+    if not depth:
+        return 0
+    key = keys[depth - 1] & _U64  # chained hashes: equal here means the whole prefix is equal
+    waiting = self._waiting_at.get(best)
+    if not waiting:
+        return 0
+    recent = islice(reversed(waiting.items()), WAITING_SCAN)
+    same = [rid for rid, h in recent if len(h) >= depth and h[depth - 1] == key]
+    if same and tail_shared is not None and self.burst_tail and self.precise is None:
+        m = prefix_match(cycle)
+        if m is not None and m.data and depth == len(m.hashes):
+            mine = m.tail_keys()
+            most = 0
+            for rid in same:
+                theirs = self._tails.get(rid)
+                if theirs is not None:
+                    n = 0
+                    for a, b in zip(mine, theirs, strict=False):
+                        if a != b:
+                            break
+                        n += 1
+                    most = max(most, n)
+            tail_shared.append(most)
+    return len(same)
+
+
+def cost_on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
+    req = cycle.request
+    p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+    uncached: float
+    if self.precise is not None:
+        uncached = p - self._precise_cached(cycle, p).get(endpoint.address, 0)
+    else:
+        m = prefix_match(cycle)
+        uncached = p * (1.0 - m.ratio(endpoint.address)) if m is not None else p
+    if self.shared_copy:
+        keys, _ = self._prompt_keys(cycle, endpoint.address)
+        if keys:
+            self._forget(req.request_id)  # picked again (a retry): only the latest pick waits
+            self._waiting[req.request_id] = endpoint.address
+            compact = array("Q", [k & _U64 for k in keys])
+            self._waiting_at.setdefault(endpoint.address, {})[req.request_id] = compact
+            if self.burst_tail and self.precise is None:
+                m = prefix_match(cycle)
+                if m is not None and m.data:
+                    self._tails[req.request_id] = m.tail_keys()
+            if len(self._waiting) > MAX_WAITING_TRACKED:
+                self._forget(next(iter(self._waiting)))
+    self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
+    if self.head_of_line:
+        now = cycle.now
+        a = endpoint.address
+        n, t = self._arrivals.get(a, (0.0, now))
+        # (max: a clock that steps back, or workers' clocks apart, must not grow the count)
+        self._arrivals[a] = (n * math.exp(-max(0.0, now - t) / RATE_WINDOW_S) + 1.0, max(now, t))
+        if len(self._arrivals) > MAX_ENDPOINTS_TRACKED:  # endpoints gone: forget the longest unpicked
+            del self._arrivals[min(self._arrivals, key=lambda k: self._arrivals[k][1])]
+        todo = endpoint.inflight.pending_prefill_tokens + uncached
+        if todo >= SPT_MIN_TOKENS:
+            self._timed.pop(req.request_id, None)
+            self._timed[req.request_id] = (now, todo)
+            if len(self._timed) > MAX_WAITING_TRACKED:
+                self._timed.popitem(last=False)
+
+
 class RefProfile(SchedulerProfile):
     run = run  # the old SchedulerProfile.run
 
@@ -414,4 +514,9 @@ def use_reference(director: Director) -> Director:
             index = plugin.index
             index.add = types.MethodType(index_add, index)  # type: ignore[method-assign]
             index.match = types.MethodType(index_match, index)  # type: ignore[method-assign]
+        if isinstance(plugin, KVGateCostScorer):
+            plugin.on_picked = types.MethodType(cost_on_picked, plugin)  # type: ignore[method-assign]
+            plugin._waiting_on_prefix = types.MethodType(  # type: ignore[method-assign]
+                cost_waiting_on_prefix, plugin
+            )
     return director

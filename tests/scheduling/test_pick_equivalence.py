@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from kvgate.bench import picktrace
+from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 
 from .pick_reference import use_reference
@@ -70,3 +71,28 @@ def test_the_reference_is_a_different_code_path() -> None:
     assert isinstance(prefix, PrefixCacheScorer)
     assert prefix.prepare.__func__ is pick_reference.prepare  # type: ignore[attr-defined]
     assert prefix.index.add.__func__ is pick_reference.index_add  # type: ignore[attr-defined]
+    cost = ref.handle.find(KVGateCostScorer)
+    assert isinstance(cost, KVGateCostScorer)
+    assert cost.on_picked.__func__ is pick_reference.cost_on_picked  # type: ignore[attr-defined]
+
+
+def test_waiting_on_prefix_is_zero_where_costs_skips_it() -> None:
+    """``costs`` calls ``_waiting_on_prefix`` only with a match and a waiting request: without either it
+    returns 0 (what ``costs`` then uses), whatever else holds."""
+    from kvgate.scheduling.framework import CycleState
+    from kvgate.scheduling.types import InferenceRequest
+
+    d, store, clock = picktrace.build("kvgate", 3, 2)
+    picktrace.run(d, store, clock, 2, 400)  # a learned index, requests waiting for their first token
+    cost = d.handle.find(KVGateCostScorer)
+    assert isinstance(cost, KVGateCostScorer) and cost._waiting
+    eps = list(store.all())
+    cycle = CycleState(InferenceRequest("z", "m", prompt_text="System 3: " * 400), clock.now)
+    d.profiles["default"].producers[0].prepare(cycle, eps)
+    held = {ep.address: 5 for ep in eps}
+    assert cost._waiting_on_prefix(cycle, eps, {}, []) == 0  # no match
+    waiting, cost._waiting = cost._waiting, type(cost._waiting)()
+    try:
+        assert cost._waiting_on_prefix(cycle, eps, held, []) == 0  # no request waiting
+    finally:
+        cost._waiting = waiting

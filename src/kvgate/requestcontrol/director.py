@@ -552,7 +552,9 @@ class Director:
         key = (req.request_id, endpoint.address)
         if key in self._tracks:
             return
-        p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        p = req.prompt_tokens  # (``prompt_tokens`` inlined for a request with its estimate)
+        if p <= 0:
+            p = prompt_tokens(p, req.prompt_text, req.token_ids)
         picked = self._picked.get(req.request_id)
         frac = picked[0].get(endpoint.address, 1.0) if picked is not None else 1.0
         track = _Track(int(p * frac), req.max_tokens if req.max_tokens else int(self.mean_decode))

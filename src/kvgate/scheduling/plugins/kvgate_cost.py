@@ -270,7 +270,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         # A copy of a prefix that other requests are waiting on right now (a burst) is shared by them:
         # its displacement of other groups' blocks is split over this request and those waiting.
         tail_shared: list[int] = []
-        waiting = self._waiting_on_prefix(cycle, endpoints, matched, tail_shared) if self.shared_copy else 0
+        # (``_waiting_on_prefix`` is 0 without a match or a waiting request: not called then)
+        shared_copy = self.shared_copy and matched and self._waiting
+        waiting = self._waiting_on_prefix(cycle, endpoints, matched, tail_shared) if shared_copy else 0
         share = 1.0 / (1 + waiting)
         # burstTail: a match of the whole hashed window is extrapolated over the prompt's unhashed tail,
         # as if the tail were cached too. When requests with this head are waiting at the holder (a
@@ -396,7 +398,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         it, ``tail_shared`` gets the most tail keys this prompt shares with one of those requests."""
         if not matched or not self._waiting:
             return 0
-        best = max(endpoints, key=lambda ep: matched.get(ep.address, 0)).address
+        get = matched.get
+        held = [get(ep.address, 0) for ep in endpoints]
+        best = endpoints[held.index(max(held))].address  # (the first of the most held, as max(key=))
         keys, block_tokens = self._prompt_keys(cycle, best)
         # The precise match counts tokens, the approximate one blocks.
         depth = min(matched.get(best, 0) // block_tokens, len(keys))
@@ -450,13 +454,19 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         req = cycle.request
         p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
         uncached: float
-        if self.precise is not None:
+        keys: Sequence[int]
+        precise = self.precise
+        if precise is not None:
             uncached = p - self._precise_cached(cycle, p).get(endpoint.address, 0)
         else:
             m = prefix_match(cycle)
             uncached = p * (1.0 - m.ratio(endpoint.address)) if m is not None else p
         if self.shared_copy:
-            keys, _ = self._prompt_keys(cycle, endpoint.address)
+            # (``_prompt_keys`` inlined for the approximate source: its hashes)
+            if precise is not None:
+                keys, _ = self._prompt_keys(cycle, endpoint.address)
+            else:
+                keys = m.hashes if m is not None else ()
             if keys:
                 self._forget(req.request_id)  # picked again (a retry): only the latest pick waits
                 self._waiting[req.request_id] = endpoint.address
