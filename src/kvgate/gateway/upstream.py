@@ -462,18 +462,16 @@ class UpstreamPool:
     async def _connect(self, address: str, tls: ssl.SSLContext | None) -> _Conn:
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
-        try:
-            _, proto = await asyncio.wait_for(
+        try:  # (asyncio.timeout: Python 3.11's wait_for dropped a cancel landing as it connected, gh-86296)
+            async with asyncio.timeout(self.connect_timeout):
                 # A DNS name is resolved here, on every new connection (the system resolver's TTL).
-                loop.create_connection(
+                _, proto = await loop.create_connection(
                     lambda: _Conn(self, address),
                     host.strip("[]"),
                     int(port),
                     ssl=tls,
                     server_hostname=host.strip("[]") if tls is not None else None,
-                ),
-                self.connect_timeout,
-            )
+                )
         except TimeoutError as e:
             raise UpstreamTimeout(f"{address}: connect timed out") from e
         except OSError as e:

@@ -642,8 +642,9 @@ class Supervisor:
                 ready.set_result(None)
 
         loop.add_reader(recv.fileno(), on_readable)
-        try:
-            self.admin_ports[i] = await asyncio.wait_for(ready, _START_TIMEOUT_S)
+        try:  # (asyncio.timeout: Python 3.11's wait_for dropped a cancel landing as the report came)
+            async with asyncio.timeout(_START_TIMEOUT_S):
+                self.admin_ports[i] = await ready
         except TimeoutError:
             log.error("worker %d did not start within %.0fs; killing it", i, _START_TIMEOUT_S)
             proc.kill()

@@ -184,8 +184,10 @@ class EppStream:
 
     async def _within(self, step: Awaitable[_T], phase: str) -> _T:
         """One step the EPP must complete within its deadline (answer, or take a write), else a stall."""
-        try:
-            return await asyncio.wait_for(step, self.timeout_s)
+        try:  # (not wait_for, which on Python 3.11 returns the step's result and drops a cancel landing
+            # as it completes, CPython gh-86296: a request whose client left went on; asyncio.timeout)
+            async with asyncio.timeout(self.timeout_s):
+                return await step
         except TimeoutError:
             raise self._stall(phase) from None
 
