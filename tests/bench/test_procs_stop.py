@@ -4,6 +4,7 @@ a process being started or stopped when it comes is not left running."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 import types
@@ -40,6 +41,15 @@ async def _pid(path: Path) -> int:
             return pid
         await asyncio.sleep(0.02)
     raise AssertionError("the child never wrote its pid")
+
+
+async def _exited(p: procs.Proc) -> None:
+    """(Not ``proc.wait()``: on Python 3.11 it also waits for the output pipe, which a child may hold.)"""
+    for _ in range(500):
+        if p.proc.returncode is not None:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the process did not exit")
 
 
 async def test_a_process_cancelled_while_it_starts_is_stopped(tmp_path: Path) -> None:
@@ -82,4 +92,85 @@ async def test_a_cancel_landing_as_the_ready_line_arrives_is_not_swallowed(
         p, _ = starter.result()
         await p.stop()
         pytest.fail("start() returned the process: the cancellation was swallowed")
+    assert gone(await _pid(pidfile))
+
+
+_LEAVES_A_CHILD = (
+    "import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    "open(sys.argv[1], 'w').write(str(c.pid)); print('ready', flush=True)"
+)
+_IGNORES_SIGTERM = (
+    "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "open(sys.argv[1], 'w').write(str(os.getpid())); print('ready', flush=True); time.sleep(60)"
+)
+
+
+async def test_stop_ends_the_children_a_process_left_in_its_group(tmp_path: Path) -> None:
+    """The process exits at once, leaving a child (same process group, holding its output open). stop()
+    saw it ended and left the child running (and then swallowed the caller's cancellation as it waited
+    for the output reader, which the child's open pipe kept alive)."""
+    pidfile = tmp_path / "pid"
+    p, _ = await procs.start("leaver", [sys.executable, "-c", _LEAVES_A_CHILD, str(pidfile)], "ready")
+    child = await _pid(pidfile)
+    await _exited(p)
+    assert not gone(child)
+    await asyncio.wait_for(p.stop(grace=5.0), 10)
+    assert gone(child), "the child the process left in its group still runs"
+
+
+async def test_stop_cancelled_while_it_waits_still_kills_and_raises(tmp_path: Path) -> None:
+    """A process that ignores SIGTERM; the stop is cancelled (Ctrl-C) during its grace. Before: the
+    cancel left it running (the SIGKILL after the grace never came)."""
+    pidfile = tmp_path / "pid"
+    p, _ = await procs.start("deaf", [sys.executable, "-c", _IGNORES_SIGTERM, str(pidfile)], "ready")
+    pid = await _pid(pidfile)
+    stopper = asyncio.create_task(p.stop(grace=30.0))
+    await asyncio.sleep(0.3)
+    stopper.cancel()
+    await asyncio.wait([stopper], timeout=10)
+    assert stopper.cancelled()
+    for _ in range(100):
+        if gone(pid):
+            break
+        await asyncio.sleep(0.05)
+    assert gone(pid), "the process was left running"
+    await p.stop()  # (its transport closed in this loop)
+
+
+async def test_stop_never_swallows_the_callers_cancellation(tmp_path: Path) -> None:
+    """The process ended, its output reader not yet (a child in a session of its own holds the pipe):
+    the stop cancelled as it waits for the reader raises the cancellation. (Before,
+    ``suppress(CancelledError): await reader`` returned: the caller went on after its Ctrl-C.)"""
+    pidfile = tmp_path / "pid"
+    cmd = [sys.executable, "-c", _LEAVES_A_CHILD.replace("])", "], start_new_session=True)"), str(pidfile)]
+    p, _ = await procs.start("leaver", cmd, "ready")
+    child = await _pid(pidfile)
+    try:
+        await _exited(p)
+        stopper = asyncio.create_task(p.stop())
+        await asyncio.sleep(0)  # the stop waits for the reader now
+        stopper.cancel()
+        await asyncio.wait([stopper], timeout=10)
+        assert stopper.cancelled(), "the stop's cancellation was swallowed"
+    finally:
+        os.kill(child, 9)
+        await p.stop()  # (its transport closed in this loop)
+
+
+async def test_exit_code_returns_the_status_or_raises_a_runtime_error_past_its_limit(tmp_path: Path) -> None:
+    """inference-perf's wait: ``asyncio.wait_for(proc.wait(), limit)`` raised ``TimeoutError`` past the
+    bench's ``except RuntimeError`` (a traceback, no error report), and on Python 3.11 it also waited for
+    the output pipe (a child may hold it) and could drop a cancel (gh-86296)."""
+    p, _ = await procs.start("exits", [sys.executable, "-c", "raise SystemExit(3)"], None)
+    try:
+        assert await asyncio.wait_for(procs.exit_code(p, 30.0), 30) == 3
+    finally:
+        await p.stop()
+    pidfile = tmp_path / "pid"
+    p, _ = await procs.start("sleeper", [sys.executable, "-c", _SLEEPER, str(pidfile)], "ready")
+    try:
+        with pytest.raises(RuntimeError, match="sleeper: still running after 0 s"):
+            await procs.exit_code(p, 0.2)
+    finally:
+        await p.stop()
     assert gone(await _pid(pidfile))

@@ -120,7 +120,7 @@ async def _run(out: Path, quick: bool, seed: int) -> dict[str, Any]:
             cmd = [str(exe), "-c", str(work / "config.yml")]
             p, _ = await procs.start("inference-perf", cmd, None, env=env)
             try:
-                rc = await asyncio.wait_for(p.proc.wait(), 300.0 if quick else 900.0)
+                rc = await procs.exit_code(p, 300.0 if quick else 900.0)
             finally:
                 await p.stop()
             log_tail = p.tail(40)

@@ -3,7 +3,8 @@
 Every server here binds 127.0.0.1 on a port it picks (or we pick) and prints where it listens; we
 wait for that line with a deadline, keep draining its output into a bounded ring (so a chatty
 process can never block on a full pipe), and stop it with SIGTERM then SIGKILL of its own process
-group — never anything we did not start.
+group — never anything we did not start. (What a bench leaves running when it is itself terminated is
+``kvgate.bench.reaper``'s.)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from kvgate.bench import reaper
 from kvgate.k8s.tasks import wait_event
 
 
@@ -49,20 +51,42 @@ class Proc:
     def alive(self) -> bool:
         return self.proc.returncode is None
 
+    def _kill(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def _running(self) -> bool:
+        """It, or a process of its group (a child it left behind), still runs."""
+        return self.proc.returncode is None or reaper.group_alive(self.proc.pid)
+
     async def stop(self, grace: float = 5.0) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                await self.proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        """SIGTERM to its process group; SIGKILL to the group once ``grace`` passed with any of it
+        still running (its leader may have ended and left children); its output reader ended.
+        Cancelled meanwhile (a Ctrl-C), it sends SIGKILL before it raises: nothing of it is left
+        running. It never swallows the caller's cancellation (no ``asyncio.wait_for``, which on Python
+        3.11 may drop one, CPython gh-86296; no ``suppress(CancelledError)`` around an await)."""
+        try:
+            if self._running():
+                self._kill(signal.SIGTERM)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + grace
+                while self._running() and loop.time() < deadline:  # noqa: ASYNC110 (a group: no event)
+                    await asyncio.sleep(0.05)
+                if self._running():
+                    self._kill(signal.SIGKILL)
+                    # (not proc.wait(): on Python 3.11 it waits for the output pipe too, which a child
+                    # in a session of its own may hold)
+                    deadline = loop.time() + grace
+                    while self.proc.returncode is None and loop.time() < deadline:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+        except BaseException:
+            if self._running():
+                self._kill(signal.SIGKILL)
+            raise
+        finally:
+            if self._reader is not None:
+                self._reader.cancel()
+                await asyncio.wait([self._reader])
 
 
 async def start(
@@ -122,6 +146,20 @@ async def start(
         await p.stop()
         raise RuntimeError(f"{name}: exited (rc {proc.returncode}) before ready; last output:\n{p.tail()}")
     return p, matches
+
+
+async def exit_code(p: Proc, limit_s: float) -> int:
+    """``p``'s exit status once it ended; ``RuntimeError`` with its last output lines if it still runs
+    after ``limit_s`` (it is left to the caller's ``stop``). Polled: not ``asyncio.wait_for(proc.wait(),
+    ...)``, which on Python 3.11 may drop the caller's cancellation (gh-86296), raised ``TimeoutError``
+    past the bench's ``RuntimeError`` handling, and waits for the output pipe too (a child may hold it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while (rc := p.proc.returncode) is None:
+        if loop.time() >= deadline:
+            raise RuntimeError(f"{p.name}: still running after {limit_s:.0f} s; last output:\n{p.tail()}")
+        await asyncio.sleep(0.1)
+    return rc
 
 
 async def wait_http(url: str, wait_s: float = 30.0, ok: Sequence[int] = (200,)) -> None:

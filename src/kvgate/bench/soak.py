@@ -161,7 +161,8 @@ class Soak:
             try:
                 r, w = await asyncio.open_connection("127.0.0.1", self.port)
                 w.write(_raw(self.port, _request(True, 200, self.rnd)))
-                await asyncio.wait_for(r.readuntil(b"data: "), 30)
+                async with asyncio.timeout(30):  # (not wait_for: it may drop a Ctrl-C, gh-86296)
+                    await r.readuntil(b"data: ")
                 self.tally.disconnects += 1
             except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 self.tally.client_task_errors += 1
@@ -191,7 +192,8 @@ class Soak:
             except (ConnectionError, OSError):
                 pass
             try:
-                out = await asyncio.wait_for(answer, 2)
+                async with asyncio.timeout(2):  # (not wait_for: it may drop a Ctrl-C, gh-86296)
+                    out = await answer
             except (OSError, TimeoutError):
                 out = b""
             if out.startswith(b"HTTP/1.1 408"):
