@@ -70,6 +70,9 @@ def _parser(fleet: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kvgate.bench import reaper
+
+    reaper.install()  # whatever a bench starts ends with it: SIGTERM, SIGHUP, Ctrl-C, any exit
     args_in = list(argv or [])
     if args_in and args_in[0] in DELEGATED:
         try:

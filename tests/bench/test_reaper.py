@@ -1,0 +1,92 @@
+"""A bench's child processes end with it (``kvgate.bench.reaper``, installed by ``kvgate bench``): a tiny
+bench run through the real ``kvgate bench`` entry (``kvgate.bench.cli.main``, the bench delegated to as
+its own module) starts two servers with ``kvgate.bench.procs.start``, each with a child of its own (as
+vLLM or ``kvgate serve --workers`` have), one more in a session of its own, and a plain ``Popen``. Then
+the bench is sent SIGTERM, SIGHUP or SIGINT, or fails with an exception or returns without stopping
+them: every one of its processes must be gone. (Before, SIGTERM and SIGHUP killed the bench alone and
+left all of them running; an exception or a return left them running too.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kvgate.bench import reaper
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_BENCH = r"""
+import asyncio, subprocess, sys
+from kvgate.bench import cli, procs
+
+SERVER = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
+          "time.sleep(120)']); print('ready', c.pid, flush=True); time.sleep(120)")
+LONER = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
+         "time.sleep(120)'], start_new_session=True); print('ready', c.pid, flush=True); time.sleep(120)")
+
+async def run(how):
+    a, ma = await procs.start("a", [sys.executable, "-c", SERVER], r"ready (\d+)")
+    b, mb = await procs.start("b", [sys.executable, "-c", LONER], r"ready (\d+)")
+    c = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    pids = [a.proc.pid, ma[0].group(1), b.proc.pid, mb[0].group(1), c.pid]
+    print("pids", *pids, flush=True)
+    if how == "raise":
+        raise RuntimeError("the bench failed")
+    if how == "return":
+        return
+    await asyncio.sleep(120)
+
+def main(argv):
+    asyncio.run(run(argv[0]))
+    return 0
+
+if __name__ == "__main__":
+    cli.DELEGATED["tiny"] = "__main__"
+    sys.exit(cli.main(["tiny", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "SIGINT", "raise", "return"])
+def test_a_benchs_processes_end_with_it(how: str, tmp_path: Path) -> None:
+    script = tmp_path / "tiny_bench.py"
+    script.write_text(_BENCH)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    bench = subprocess.Popen(
+        [sys.executable, str(script), how.lower() if how in ("raise", "return") else "wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+        start_new_session=True,  # (a group of its own: the test's cleanup can reach everything)
+    )
+    pids: list[int] = []
+    try:
+        assert bench.stdout is not None
+        line = bench.stdout.readline()
+        assert line.startswith("pids "), line
+        pids = [int(x) for x in line.split()[1:]]
+        procs = {p: s for p, s in reaper.descendants(bench.pid).items() if p in pids}
+        assert len(procs) == 5  # all running, the bench's descendants or in their groups
+        if how.startswith("SIG"):
+            bench.send_signal(getattr(signal, how))
+        rc = bench.wait(30)
+        if how in ("SIGTERM", "SIGHUP"):
+            assert rc == -getattr(signal, how)  # it still dies of the signal
+        deadline = time.monotonic() + 10
+        while reaper.alive(procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not reaper.alive(procs), f"left running: {sorted(reaper.alive(procs))}"
+    finally:
+        for pid in pids:  # (the test's own cleanup, before the fix)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
