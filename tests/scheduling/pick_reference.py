@@ -3,10 +3,11 @@
 run the old and the new code side by side on the same generated trace and require the same picks.
 
 Copied verbatim (dedented to module functions taking ``self``; names they use imported below), only
-the parts the cuts changed: ``Director.candidates`` / ``pick`` / ``_pick`` / ``on_finished`` /
-``on_usage``, ``SchedulerProfile.run``, ``PrefixCacheScorer.prepare``, ``PrefixIndex.add`` / ``match``,
-``datalayer.health.gate``, ``scheduling.prefix.block_hashes``, and the cost scorer's ``on_picked`` and
-``_waiting_on_prefix``. Do not "fix" or speed up anything here: it is the yardstick.
+the parts the cuts changed: ``Director.candidates`` / ``pick`` / ``_pick`` / ``on_dispatched`` /
+``on_first_token`` / ``on_finished`` / ``on_usage`` / ``_release``, ``SchedulerProfile.run``,
+``PrefixCacheScorer.prepare``, ``PrefixIndex.add`` / ``match``, ``datalayer.health.gate``,
+``scheduling.prefix.block_hashes``, and the cost scorer's ``on_picked`` and ``_waiting_on_prefix``. Do
+not "fix" or speed up anything here: it is the yardstick.
 
 The cost scorer's ``costs`` is not copied: its one cut skips ``_waiting_on_prefix`` where that returns
 0, a premise the test checks directly, so this copy does not hold the scorer's pricing still. When the
@@ -27,9 +28,10 @@ from typing import Any
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy
 from kvgate.datalayer.prefixrefs import chain_keys
+from kvgate.flowcontrol.controller import flow_of
 from kvgate.flowcontrol.sloadmission import PredictedSLOMissError
 from kvgate.requestcontrol import director as _director
-from kvgate.requestcontrol.director import POOL_METRICS_EVERY_S, Director
+from kvgate.requestcontrol.director import MAX_TRACKED, POOL_METRICS_EVERY_S, Director, _FlowsOn, _Track
 from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
     EXPLAIN_EXTRAS,
@@ -173,6 +175,91 @@ def _pick(
         explanation.update(cycle.data.get(EXPLAIN_EXTRAS, {}))
         log.debug("pick %s", explanation)
     return PickResult(chosen, first, explanation)
+
+
+def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+    key = (req.request_id, endpoint.address)
+    if key in self._tracks:
+        return
+    p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+    picked = self._picked.get(req.request_id)
+    frac = picked[0].get(endpoint.address, 1.0) if picked is not None else 1.0
+    track = _Track(int(p * frac), req.max_tokens if req.max_tokens else int(self.mean_decode))
+    track.sent_at = self.clock()
+    # The KV it takes there (the utilization detector's estimate): every prompt token (a hit on an
+    # idle cached prefix takes those blocks back into use) except the prefix a request of its own in
+    # flight there already holds (one copy of a block however many requests share it), and the
+    # output it can have decoded while that estimate is read (``_kv_horizon`` after a page).
+    shared, out = 0, track.decode
+    if picked is not None and picked[1] is not None:
+        keys = track.keys = picked[1]
+        shared = min(p, keys.tokens(self._held.take(endpoint.address, keys.keys)))
+    if self._kv_horizon:
+        out = min(out, self._decodable(endpoint, track.sent_at))
+    track.sent = p - shared + out
+    self._tracks[key] = track
+    if len(self._tracks) > MAX_TRACKED:  # a leaked request: forget the oldest, undo its counts
+        (_rid, addr), old = self._tracks.popitem(last=False)
+        ep = self.store.get(addr)
+        self._release(addr, ep, old)
+        self._flow_ended(old, addr)
+    if self.flow is not None:
+        track.flow = flow_of(req)
+        track.held = self.flow.ctl.started(track.flow, req, track.sent_at)
+        if self.flow.ctl.cfg.fair_share_running_reserve:
+            self._flows_on.setdefault(endpoint.address, _FlowsOn()).add(track.flow, track.held, +1)
+    inf = endpoint.inflight
+    inf.requests += 1
+    inf.pending_prefill_tokens += track.prefill
+    inf.pending_decode_tokens += track.decode
+    inf.sent_tokens += track.sent
+    inf.unstarted_tokens += track.sent
+
+
+def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
+    """``learn=False``: a first token whose time says nothing about prefill (a non-streamed reply,
+    seen with its last token; an error reply): the accounting moves on, the latency models
+    (``ResponseObserver`` plugins) learn nothing from it."""
+    track = self._tracks.get((req.request_id, endpoint.address))
+    if track is None or track.first_token:
+        return
+    track.first_token = True
+    track.first_at = self.clock()
+    if track.stop is not None:
+        track.stop = None
+        self._victims.pop((req.request_id, endpoint.address), None)
+    track.batch_at_first = self._batch(endpoint, track.first_at) + 1  # this one starts decoding now
+    if learn:
+        for obs in self._observers:
+            obs.on_first_token(req, endpoint, track.first_at)
+    inf = endpoint.inflight
+    inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
+    inf.unstarted_tokens = max(0, inf.unstarted_tokens - track.sent)
+    inf.decoding += 1
+    inf.started += 1
+    if self.flow is not None and learn:  # (not a TTFT either for the flow's TTFT targets)
+        if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
+            self.flow.ctl.observe_first_token(
+                req, track.first_at - req.arrival_time, track.first_at - track.sent_at
+            )
+        self.flow.ctl.observe_service_ttft(track.first_at - track.sent_at)  # (slo-feasible)
+    if self.flow is not None or self.predecessor is not None:
+        self._notify()
+
+
+def _release(self, address: str, endpoint: Endpoint | None, track: _Track) -> None:
+    if track.keys is not None:
+        self._held.release(address, track.keys.keys)
+    if endpoint is None:
+        return
+    inf = endpoint.inflight
+    inf.requests = max(0, inf.requests - 1)
+    if track.first_token:
+        inf.decoding = max(0, inf.decoding - 1)
+    else:
+        inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
+        inf.unstarted_tokens = max(0, inf.unstarted_tokens - track.sent)
+    inf.pending_decode_tokens = max(0, inf.pending_decode_tokens - track.decode)
 
 
 def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
@@ -504,7 +591,8 @@ class RefProfile(SchedulerProfile):
 
 def use_reference(director: Director) -> Director:
     """Make ``director`` (freshly built) run the reference code; returns it."""
-    for name in ("candidates", "pick", "_pick", "on_finished", "on_usage"):
+    patched = ("candidates", "pick", "_pick", "on_dispatched", "on_first_token", "on_finished", "on_usage")
+    for name in (*patched, "_release"):
         setattr(director, name, types.MethodType(globals()[name], director))
     for name, p in list(director.profiles.items()):
         director.profiles[name] = RefProfile(p.name, p.filters, p.scorers, p.picker, p.producers, p.post_pick)

@@ -614,8 +614,11 @@ class Director:
             for obs in self._observers:
                 obs.on_first_token(req, endpoint, track.first_at)
         inf = endpoint.inflight
-        inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
-        inf.unstarted_tokens = max(0, inf.unstarted_tokens - track.sent)
+        # (``max(0, ...)`` as comparisons: these run on every request)
+        left = inf.pending_prefill_tokens - track.prefill
+        inf.pending_prefill_tokens = left if left > 0 else 0
+        left = inf.unstarted_tokens - track.sent
+        inf.unstarted_tokens = left if left > 0 else 0
         inf.decoding += 1
         inf.started += 1
         if self.flow is not None and learn:  # (not a TTFT either for the flow's TTFT targets)
@@ -693,13 +696,19 @@ class Director:
         if endpoint is None:
             return
         inf = endpoint.inflight
-        inf.requests = max(0, inf.requests - 1)
+        # (``max(0, ...)`` as comparisons: these run on every request)
+        left = inf.requests - 1
+        inf.requests = left if left > 0 else 0
         if track.first_token:
-            inf.decoding = max(0, inf.decoding - 1)
+            left = inf.decoding - 1
+            inf.decoding = left if left > 0 else 0
         else:
-            inf.pending_prefill_tokens = max(0, inf.pending_prefill_tokens - track.prefill)
-            inf.unstarted_tokens = max(0, inf.unstarted_tokens - track.sent)
-        inf.pending_decode_tokens = max(0, inf.pending_decode_tokens - track.decode)
+            left = inf.pending_prefill_tokens - track.prefill
+            inf.pending_prefill_tokens = left if left > 0 else 0
+            left = inf.unstarted_tokens - track.sent
+            inf.unstarted_tokens = left if left > 0 else 0
+        left = inf.pending_decode_tokens - track.decode
+        inf.pending_decode_tokens = left if left > 0 else 0
 
     # -- pool gauges --------------------------------------------------------------------------------
 
