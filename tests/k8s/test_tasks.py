@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from kvgate.k8s.tasks import RECANCELS, cancel_and_wait, wait_event
+from kvgate.k8s.tasks import RECANCELS, cancel_and_wait, finish_shielded, wait_event
 
 log = logging.getLogger("test_tasks")
 
@@ -106,3 +106,32 @@ async def test_a_task_that_swallows_every_cancellation_is_abandoned_not_waited_f
         stop[0] = True  # (the test's own cleanup)
         t.cancel()
         await asyncio.wait([t])
+
+
+async def test_finish_shielded_lets_a_cleanup_end_through_cancels_then_raises() -> None:
+    """The waiter is cancelled twice while the cleanup runs: the cleanup is not cut, the waiter raises the
+    cancellation once it ended."""
+    ended: list[bool] = []
+
+    async def cleanup() -> None:
+        await asyncio.sleep(0.3)
+        ended.append(True)
+
+    task = asyncio.create_task(cleanup())
+    waiter = asyncio.create_task(finish_shielded(task, "the cleanup", log, 5.0))
+    for _ in range(2):
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+    await asyncio.wait([waiter], timeout=5)
+    assert waiter.cancelled() and ended == [True]
+
+
+async def test_finish_shielded_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    task = asyncio.create_task(asyncio.sleep(60))
+    try:
+        async with asyncio.timeout(2):
+            await finish_shielded(task, "the cleanup", log, 0.1)
+        assert not task.done()  # left to finish on its own, said
+        assert "the cleanup still running 0.1s after it started" in caplog.text
+    finally:
+        task.cancel()

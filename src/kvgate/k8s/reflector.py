@@ -14,7 +14,6 @@ Generic over any group/version/plural (``ResourceType``), CRDs included.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import orjson
 
 from kvgate.k8s.client import KubeClient, KubeError, error_from
 from kvgate.k8s.resources import ResourceType
+from kvgate.k8s.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,10 @@ class Reflector:
             self._task = asyncio.create_task(self.run(), name=f"reflector {self.name}")
 
     async def stop(self) -> None:
+        """Stop the watch (an error it had ended on is logged). The caller's own cancellation is raised:
+        ``suppress(CancelledError)`` around ``await task`` swallowed one landing while the watch ended."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, f"reflector {self.name}: the watch", log)
             self._task = None
 
     async def wait_synced(self, within_s: float = 10.0) -> None:

@@ -1,6 +1,6 @@
 """Background tasks: stopping one (cancel it, wait for it, and say if it had ended on an error of its own
-or did not end when cancelled), and a loop's bounded wait for its wake-up event that a cancellation
-always ends."""
+or did not end when cancelled), waiting for a cleanup that a cancellation does not cut (bounded), and a
+loop's bounded wait for its wake-up event that a cancellation always ends."""
 
 from __future__ import annotations
 
@@ -42,6 +42,34 @@ async def cancel_and_wait(
         task.cancel()
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("%s had stopped: %r", what, exc, exc_info=exc)
+
+
+# Cleanups run by ``finish_shielded`` that their waiter gave up on: kept referenced until they end.
+_LEFT_RUNNING: set[asyncio.Task[Any]] = set()
+
+
+async def finish_shielded(task: asyncio.Task[Any], what: str, log: logging.Logger, limit_s: float) -> None:
+    """Wait until ``task`` (a cleanup: a ``finally``'s work, run as a task of its own) ended, at most
+    ``limit_s``, even when this waiter is cancelled meanwhile: a cleanup running under one cancellation
+    is not cut by the next (``cancel_and_wait`` re-cancels a task that is slow to end). A cancellation
+    received while waiting is raised once the task ended or ``limit_s`` passed; a task still running then
+    is logged by ``what`` and left to finish on its own. An error it ended on is logged, not raised."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, limit_s)
+    cancelled = False
+    while not task.done() and (left := deadline - loop.time()) > 0:
+        try:
+            await asyncio.wait([task], timeout=left)  # (asyncio.wait never cancels the task it waits for)
+        except asyncio.CancelledError:
+            cancelled = True
+    if not task.done():
+        log.error("%s still running %.1fs after it started; left to finish on its own", what, limit_s)
+        _LEFT_RUNNING.add(task)
+        task.add_done_callback(_LEFT_RUNNING.discard)
+    elif not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed: %r", what, exc, exc_info=exc)
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:

@@ -83,7 +83,7 @@ import aiohttp
 from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient, KubeError
 from kvgate.k8s.reflector import Reflector
-from kvgate.k8s.tasks import cancel_and_wait, wait_event
+from kvgate.k8s.tasks import RECANCELS, STUCK_S, cancel_and_wait, finish_shielded, wait_event
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, ParentRef, install_id
 
 log = logging.getLogger("kvgate.multicluster.imports")
@@ -136,6 +136,10 @@ Key = tuple[str, str]  # (namespace, name)
 # response cut (aiohttp.ClientError: ServerDisconnectedError, ClientPayloadError, ...), a timeout, an
 # answer that is not JSON (ValueError).
 HUB_FAILED = (KubeError, aiohttp.ClientError, OSError, TimeoutError, ValueError)
+# How long ImportController.stop waits for the members' watches to stop, through further cancellations:
+# the reflectors stop together, each at most (RECANCELS + 1) x STUCK_S; past this they go on stopping
+# in the background (logged).
+WATCHES_STOP_S = (RECANCELS + 1) * STUCK_S + 5.0
 DELETE_TRIES = 3  # a DELETE refused by its precondition (409: changed since read) is decided again
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0  # a failed reconcile is retried after 0.5 s, 1 s, 2 s, ... 30 s
 
@@ -225,19 +229,29 @@ class ImportController:
 
     async def stop(self) -> None:
         """Stop the reconcile loop and the members' watches. The watches stop even when this stop is
-        cancelled while it waits for the loop (a bounded stop giving up), or one of them fails."""
+        cancelled while it waits for the loop (a bounded stop giving up), cancelled again while they
+        stop (waited for up to ``WATCHES_STOP_S``, then the cancellation raised), or one of them fails."""
         try:
             if self._task is not None:  # ended on its own (a bug): logged, and the rest still stops
                 await cancel_and_wait(self._task, "import controller: the reconcile loop", log)
         finally:
             for t in self._watch_sync:
                 t.cancel()
-            for r in self._reflectors:
-                try:
-                    await r.stop()
-                except Exception:  # its watch had ended on an error of its own: the others still stop
-                    log.exception("import controller: stopping a member's watch failed")
+            # The watches stop in a task of their own, waited for through a further cancellation: this
+            # finally may run under a first cancel (the hub controller's follower stopped as it stepped
+            # down), and ``cancel_and_wait``'s re-cancel 5 s later cut it at its next await, leaving the
+            # remaining watches running with nothing left to stop them. Bounded: the reflectors stop
+            # together, each with cancel_and_wait (at most 3 x STUCK_S), and so is the wait here.
+            watches = asyncio.create_task(self._stop_watches(), name="import controller: stopping watches")
+            await finish_shielded(watches, "import controller: stopping the members' watches", log,
+                                  WATCHES_STOP_S)  # fmt: skip
         # The parent entry stays (see the module's docstring): other gateways may still route the import.
+
+    async def _stop_watches(self) -> None:
+        stops = await asyncio.gather(*(r.stop() for r in self._reflectors), return_exceptions=True)
+        for r, res in zip(self._reflectors, stops, strict=True):
+            if isinstance(res, Exception):  # (one failing: the others still stop)
+                log.error("import controller: stopping the watch %s failed: %r", r.name, res, exc_info=res)
 
     def _on_pool(self, member: str, etype: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata", {})
