@@ -174,3 +174,21 @@ async def test_exit_code_returns_the_status_or_raises_a_runtime_error_past_its_l
     finally:
         await p.stop()
     assert gone(await _pid(pidfile))
+
+
+async def test_stop_closes_the_process_transport(tmp_path: Path) -> None:
+    """asyncio closes a subprocess transport only once its output reached its end; stop() cancels the
+    reader before that when a child in a session of its own holds the pipe, so the transport was left
+    open and closed when collected: after its loop had closed, an error ('Event loop is closed',
+    reported by pytest in whichever test ran then)."""
+    pidfile = tmp_path / "pid"
+    cmd = [sys.executable, "-c", _LEAVES_A_CHILD.replace("])", "], start_new_session=True)"), str(pidfile)]
+    p, _ = await procs.start("leaver", cmd, "ready")
+    child = await _pid(pidfile)
+    try:
+        await _exited(p)
+        await p.stop()
+        transport: Any = p.proc._transport  # type: ignore[attr-defined]
+        assert transport.is_closing()
+    finally:
+        os.kill(child, 9)

@@ -87,6 +87,12 @@ class Proc:
             if self._reader is not None:
                 self._reader.cancel()
                 await asyncio.wait([self._reader])
+            if self.proc.returncode is not None:
+                # Its pipe closed too (asyncio closes the transport only once the output reached its
+                # end; one left open is closed when collected, an error once the loop closed).
+                transport = getattr(self.proc, "_transport", None)
+                if transport is not None:
+                    transport.close()
 
 
 async def start(

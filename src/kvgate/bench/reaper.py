@@ -83,6 +83,12 @@ def alive(procs: dict[int, int]) -> dict[int, int]:
 
 def group_alive(pgid: int) -> bool:
     """Whether a process of group ``pgid`` still runs (zombies do not count)."""
+    try:
+        os.killpg(pgid, 0)  # (no process at all, zombies included: no /proc scan)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
     return any(st[1] == pgid and st[2] != "Z" for st in _scan().values())
 
 
