@@ -115,10 +115,9 @@ class DelayRelay:
         accepted = loop.time()
         rtt = self.route.rtt_s
         _nodelay(down_w)
-        try:
-            up_r, up_w = await asyncio.wait_for(
-                asyncio.open_connection(self.route.target_host, self.route.target_port), CONNECT_TIMEOUT_S
-            )
+        try:  # (asyncio.timeout: Python 3.11's wait_for dropped a cancel landing as it connected, gh-86296)
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                up_r, up_w = await asyncio.open_connection(self.route.target_host, self.route.target_port)
         except (OSError, TimeoutError):
             # The client learns of a refused / unreachable target when the RST would have come back.
             await _sleep_until(loop, accepted + rtt)
