@@ -52,6 +52,37 @@ def test_other_policies_pick_as_before(policy: str) -> None:
     assert got == want
 
 
+def _precise(index_name: str) -> dict[str, Any]:
+    """The kvgate policy with its prefix signal from KV events (``serve --kv-events auto``), no tokenizer
+    (text prompts are then keyed as text), on its own named index (the registry is process-wide)."""
+    from kvgate.config.policies import precise_policy
+
+    doc = precise_policy("", bind=False)
+    for plugin in doc["plugins"]:
+        if plugin["type"] == "precise-prefix-cache-scorer":
+            plugin["parameters"]["indexName"] = index_name
+    return doc
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_precise_policy_picks_as_before(seed: int) -> None:
+    """The cost scorer's other prefix source: its keys come from ``_prompt_keys`` (the precise scorer's)."""
+    from kvgate.scheduling.plugins import precise_prefix
+
+    names = (f"equiv-new-{seed}", f"equiv-ref-{seed}")
+    try:
+        new, store, clock = picktrace.build(_precise(names[0]), 4, seed)
+        got = picktrace.run(new, store, clock, seed, STEPS, explain_every=7)
+        ref, store, clock = picktrace.build(_precise(names[1]), 4, seed)
+        want = picktrace.run(use_reference(ref), store, clock, seed, STEPS, explain_every=7)
+    finally:
+        for name in names:
+            precise_prefix._INDEXES.pop(name, None)
+    assert got == want
+    cost = new.handle.find(KVGateCostScorer)
+    assert isinstance(cost, KVGateCostScorer) and cost.precise is not None
+
+
 def test_never_scraped_endpoints_pick_as_before() -> None:
     """The health gate's fail-open path (what ``gateway_path_cost.py`` runs): nothing is ever scraped."""
     got, want, _ = _both("kvgate", 3, 5, scraped=False)
