@@ -1,0 +1,52 @@
+"""``scripts/gateway_path_cost.py --picks``: its measurement runs, and it fails when the trees pick apart."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gateway_path_cost.py"
+
+
+def _script() -> Any:
+    spec = importlib.util.spec_from_file_location("gateway_path_cost", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_measure_picks_reports_both_figures_and_a_stable_digest() -> None:
+    mod = _script()
+    threshold = gc.get_threshold()
+    try:
+        a = mod._measure_picks(50, 2, "kvgate", 300)
+        b = mod._measure_picks(50, 2, "kvgate", 300)
+    finally:  # (it tunes the collector as kvgate serve does: not for the rest of the test session)
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    assert a["bench"] > 0 and a["trace"] > 0 and len(a["rounds"]) == 2
+    assert a["digest"] == b["digest"]  # the trace decides alike in every run of the same code
+
+
+@pytest.mark.parametrize(("digests", "rc"), [(("d1", "d1"), 0), (("d1", "d2"), 1)])
+def test_picks_mode_fails_when_the_trees_pick_apart(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], digests: tuple[str, str], rc: int
+) -> None:
+    mod = _script()
+    this = mod.HERE_SRC
+
+    def run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
+        digest = digests[1] if src == this else digests[0]
+        return {"bench": 1.0, "trace": 2.0, "digest": digest, "rounds": [1.0]}
+
+    monkeypatch.setattr(mod, "_run", run)
+    args = argparse.Namespace(base_src=Path("/nonexistent/src"), repeats=2, policy="kvgate")
+    assert mod._main_picks(args) == rc
+    out = capsys.readouterr().out
+    assert ("PICKS DIFFER" in out) == (rc == 1)
