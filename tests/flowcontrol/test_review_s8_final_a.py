@@ -11,7 +11,7 @@ from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.scraper import quiet_interval_for
 from kvgate.datalayer.store import EndpointStore, make_endpoint
-from kvgate.flowcontrol.controller import erlang_b_servers
+from kvgate.flowcontrol.controller import free_slots
 from kvgate.flowcontrol.saturation import UtilizationDetector
 from kvgate.gateway.shared_inflight import SharedInFlight
 from kvgate.scheduling.framework import PluginHandle
@@ -118,6 +118,8 @@ def test_a_restarted_worker_does_not_read_an_idle_endpoint_as_saturated() -> Non
 # F6 (nit): c7e7b07's guard in ``erlang_b_servers`` says "not a load: fail toward the reserve, not away
 # from it", but a NaN load returns 0 (``nan > 0`` is False): no reserve at all, less than the 1 it
 # returned before the guard. inf and negative loads are handled as the comment says.
+# (Session 10: the reserve is sized by ``free_slots`` now, the Erlang functions are gone; the same rule
+# holds for its rates: a rate that is not one fails toward the reserve.)
 def test_a_nan_load_fails_toward_the_reserve() -> None:
-    assert erlang_b_servers(math.inf, 0.05, 12) == 12
-    assert erlang_b_servers(math.nan, 0.05, 12) == 12
+    assert free_slots(math.inf, 10.0, 0.05, 12) == 12
+    assert free_slots(1.0, math.nan, 0.05, 12) == 12

@@ -4,8 +4,10 @@
   endpoint with a free running slot when one has (the gate is the
   pool's mean, so without this a request could leave the EPP for a full server and wait in its queue
   for a whole request to finish while another server could start it now);
-- ``flowControl.fairShareRunningReserve``: the requests the fair-share headroom holds back may hold at
-  most ``slots - R`` running slots, R sized by Erlang B on the measured load of the others.
+- ``flowControl.fairShareRunningReserve``: the requests the fair-share headroom holds back leave only
+  while more than F running slots are free, F sized on the measured rates at which the others take
+  free slots and every request's finish gives one back (session 10; until then at most ``slots - R``
+  slots, R sized by Erlang B, later C, on the others' load).
 """
 
 from __future__ import annotations
@@ -19,13 +21,7 @@ from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.config import FlowControlConfig, parse_flow_control
-from kvgate.flowcontrol.controller import (
-    LOAD_WINDOW_S,
-    RESERVE_MISS,
-    FlowController,
-    erlang_b_servers,
-    erlang_c_servers,
-)
+from kvgate.flowcontrol.controller import LOAD_WINDOW_S, RESERVE_MISS, FlowController, free_slots
 from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.framework import ConfigError
 from kvgate.scheduling.types import InferenceRequest, PickResult, Usage
@@ -120,23 +116,6 @@ def test_the_running_reserve_brings_the_free_slot_pick_and_a_pending_bound_is_ne
         director(["10.0.0.1:8000"], max_pending=0, flow_control={"freeSlotPick": True})
 
 
-# -- Erlang B ---------------------------------------------------------------------------------------
-
-
-def _erlang_b(n: int, a: float) -> float:
-    """The closed form: (a^n / n!) / sum_k (a^k / k!)."""
-    terms = [a**k / math.factorial(k) for k in range(n + 1)]
-    return terms[-1] / sum(terms)
-
-
-@pytest.mark.parametrize("load", [0.5, 3.0, 7.0, 7.5, 30.0])
-def test_erlang_b_servers_is_the_fewest_with_blocking_at_most_the_miss(load: float) -> None:
-    n = erlang_b_servers(load, 0.05, 10_000)
-    assert _erlang_b(n, load) <= 0.05 < _erlang_b(n - 1, load)
-    assert erlang_b_servers(load, 0.05, 3) == min(n, 3)
-    assert erlang_b_servers(0.0, 0.05, 10) == 1  # (one slot: an arrival finds it free)
-
-
 # -- the controller -----------------------------------------------------------------------------------
 
 
@@ -149,74 +128,65 @@ def controller(**kw: Any) -> FlowController:
     return FlowController(FlowControlConfig(**{**base, **kw}))
 
 
-def test_the_offered_load_is_rate_times_residence_of_the_requests_not_held_back() -> None:
+def test_the_rates_are_the_others_dispatches_and_every_finish() -> None:
     ctl = controller()
     t = 0.0
-    for i in range(400):  # 10 a second for 40 s, each finishing 2 s after dispatch
+    for i in range(400):  # 10 a second for 40 s, each finishing at once
         t = i * 0.1
         r = req(f"q{i}", f"q{i % 4}")
-        assert ctl.started(r.fairness_id, r, t) is False  # (not held back: counted)
-        ctl.ended(r.fairness_id, 2.0, False)
-    assert ctl.offered_load(t) == pytest.approx(20.0, rel=0.05)
-    # Requests held back at dispatch count neither in the rate nor in the residence.
+        assert ctl.started(r.fairness_id, r, t) is False  # (not held back: it takes a free slot)
+        ctl.ended(r.fairness_id, t)
+    take, give = ctl.rates(t)
+    assert take == pytest.approx(10.0, rel=0.05) and give == pytest.approx(10.0, rel=0.05)
+    # A request held back at dispatch does not count as taking one; its finish gives one back.
     b = req("b", "batch", priority=-1)  # sheddable: held back by the target's headroom
     assert ctl.started("batch", b, t) is True
-    ctl.ended("batch", 60.0, True)
-    assert ctl.offered_load(t) == pytest.approx(20.0, rel=0.05)
-    # The rate decays with no dispatch: over LOAD_WINDOW_S, by e.
-    assert ctl.offered_load(t + LOAD_WINDOW_S) == pytest.approx(20.0 / math.e, rel=0.05)
-    # (session 9: sized by Erlang C, the probability of waiting, on what the engine's misses leave)
-    assert ctl.running_reserve(t, 32) == erlang_c_servers(ctl.offered_load(t), ctl.reserve_miss, 24)
+    ctl.ended("batch", t)
+    take2, give2 = ctl.rates(t)
+    assert take2 == pytest.approx(take) and give2 == pytest.approx(give + 1 / LOAD_WINDOW_S)
+    # Both decay with no event: over LOAD_WINDOW_S, by e. A finish of an unknown flow is not counted.
+    ctl.ended("nobody", t)
+    assert ctl.rates(t + LOAD_WINDOW_S)[0] == pytest.approx(take / math.e)
+    assert ctl.rates(t + LOAD_WINDOW_S)[1] == pytest.approx(give2 / math.e)
+    assert ctl.free_reserve(t, 24) == free_slots(take, give2, ctl.reserve_miss, 24)
     assert ctl.reserve_miss == pytest.approx(0.1 - RESERVE_MISS)
 
 
-def test_a_flood_counts_as_held_back_once_over_its_share_and_a_held_dispatch_until_it_ends() -> None:
+def test_reserve_full_holds_back_only_the_held_back_requests_at_the_free_slots_kept() -> None:
     ctl = controller()
-    for f in ("q1", "q2", "q3", "q4"):
-        ctl.started(f, req(f, f), 0.0)
-    for i in range(2):  # its first requests: not over twice the mean when each is sent
-        assert ctl.started("flood", req(f"f{i}", "flood"), 0.0) is False
-    assert ctl.held_inflight() == 0  # 2 of 6 over 5 flows: not over twice the mean (2.4)
-    backlog = [ctl.enqueue(req(f"f{i}", "flood"), 0.0) for i in range(2, 6)]
-    assert ctl.held_inflight() == 2  # 6 of 10: over; all of its requests in flight count now
-    assert ctl.started("flood", req("f9", "flood"), 0.0) is True
-    assert ctl.held_inflight() == 3
-    for item in backlog:  # its backlog gone (cancelled, say) ...
-        ctl.cancel(item, 0.0)
-    ctl.ended("flood", 1.0, False)  # ... and one of its first requests done: under its share again
-    assert not ctl.over_share("flood")
-    assert ctl.held_inflight() == 1  # the one held back at its dispatch still counts
-    ctl.ended("flood", 1.0, True)
-    assert ctl.held_inflight() == 0
-
-
-def test_reserve_full_holds_back_only_the_held_back_requests_at_slots_minus_the_reserve() -> None:
-    ctl = controller()
-    quiet = req("q", "q")
-    ctl.started("q", quiet, 0.0)
-    ctl.ended("q", 1.0, False)  # residence 1 s
-    for f in ("q1", "q2"):
-        ctl.started(f, req(f, f), 0.0)
-    reserve = ctl.running_reserve(0.0, 8)
-    assert 1 <= reserve <= 6
+    t = 0.0
+    for i in range(100):  # the others take 2 free slots a second, every request finishes at 10 a second
+        t = i * 0.1
+        r = req(f"q{i}", f"q{i % 2}") if i % 5 == 0 else req(f"b{i}", "batch", priority=-1)
+        ctl.started(r.fairness_id, r, t)
+        ctl.ended(r.fairness_id, t)
+    for f in ("q1", "q2"):  # two of theirs in flight
+        ctl.started(f, req(f, f), t)
+    keep = ctl.free_reserve(t, 6)
+    assert keep == free_slots(*ctl.rates(t), ctl.reserve_miss, 6) and 1 <= keep < 6
     batch = [req(f"b{i}", "batch", priority=-1) for i in range(8)]
     n = 0
-    while not ctl.reserve_full(batch[n], 0.0, 8):
-        assert ctl.started("batch", batch[n], 0.0) is True
+    while not ctl.reserve_full(batch[n], t, 8):
+        assert ctl.started("batch", batch[n], t) is True
         n += 1
-    assert n == 8 - ctl.running_reserve(0.0, 8)
-    assert not ctl.reserve_full(req("q9", "q9"), 0.0, 8)  # not held back: never by the reserve
+    # Held-back work fills all but the free slots kept (before session 10: all but R, the others'
+    # two in flight counted inside R).
+    assert n == 8 - 2 - keep
+    assert not ctl.reserve_full(req("q9", "q9"), t, 8)  # not held back: never by the reserve
     off = FlowController(FlowControlConfig(fair_share_headroom=0.75, fair_share_ttft_target=0.05))
-    assert not off.reserve_full(batch[0], 0.0, 0)  # the key off: never
+    assert not off.reserve_full(batch[0], t, 0)  # the key off: never
 
 
 def test_the_reserve_is_at_most_the_headroom_share_of_the_slots() -> None:
     ctl = controller(fair_share_headroom=0.25)
     for i in range(100):
         r = req(f"q{i}", "q")
-        ctl.started("q", r, 0.0)
-        ctl.ended("q", 10.0, False)  # a load far above the slots
-    assert ctl.running_reserve(0.0, 16) == 4
+        ctl.started("q", r, 0.0)  # they take slots, none comes back: the model asks for every one
+    assert ctl.free_reserve(0.0, 4) == 4
+    assert ctl.reserve_full(req("b", "batch", priority=-1), 0.0, 16)  # 16 - 4 = 12 of 16 in flight
+    ctl2 = controller(fair_share_headroom=0.25)
+    ctl2.started("q", req("q", "q"), 0.0)
+    assert not ctl2.reserve_full(req("b", "batch", priority=-1), 0.0, 16)  # 1 of 16: 12 may go
 
 
 # -- the director and the config ----------------------------------------------------------------------
@@ -233,21 +203,27 @@ def test_the_director_gates_held_back_work_on_the_reserve() -> None:
     d = director(["10.0.0.1:8000"], max_concurrency=16, max_pending=16, flow_control=fc, clock=clock)
     ctl = d.flow.ctl  # type: ignore[union-attr]
     ep = d.store.all()[0]
-    q = req("q", "q")
-    d.on_dispatched(q, ep)
-    clock.now = 1.0
-    d.on_first_token(q, ep)
-    d.on_finished(q, ep, Usage(10, 4, 0), True)  # one quiet request a second, 1 s each: load ~ 0.2
-    reserve = ctl.running_reserve(clock.now, 16)
-    assert reserve >= 1
+    for i in range(10):  # a quiet request a second, and 10 batch requests a second finishing
+        q = req(f"q{i}", "q")
+        d.on_dispatched(q, ep)
+        for k in range(10):
+            b = req(f"old{i}-{k}", "batch", priority=-1)
+            d.on_dispatched(b, ep)
+            d.on_finished(b, ep, Usage(10, 4, 0), True)
+        clock.now += 1.0
+        d.on_first_token(q, ep)
+        d.on_finished(q, ep, Usage(10, 4, 0), True)
+    d.on_dispatched(req("q-live", "q"), ep)  # one quiet request running
+    keep = ctl.free_reserve(clock.now, 12)
+    assert 1 <= keep <= 3  # (11 finishes a second for 1 taken: a few free slots do)
     sent = 0
     while not d.saturated(b := req(f"b{sent}", "batch", priority=-1)):
         d.on_dispatched(b, ep)
         d.on_first_token(b, ep)  # running: neither the pending nor the adapted headroom binds
         sent += 1
         assert sent <= 16
-    assert sent == 16 - reserve
-    assert not d.saturated(req("q2", "q"))  # the quiet flow has the reserve
+    assert sent == 16 - 1 - keep  # (before session 10: 16 - R, R from the quiet flow's load)
+    assert not d.saturated(req("q2", "q"))  # the quiet flow has the free slots
 
 
 def test_config_key_and_its_errors() -> None:

@@ -104,8 +104,9 @@ class FlowControlConfig:
     # kvgate: the headroom lets a request it holds back through once its TTFT deadline is near
     # (``FlowController.deadline_due``; any flow's head: ``due_head``); learned from streamed replies only.
     fair_share_slo_first: bool = False
-    # kvgate: the requests the headroom holds back may hold at most (running slots - R) of the pool's
-    # running slots, R sized by Erlang B on the measured load of the others (``running_reserve``).
+    # kvgate: a request the headroom holds back leaves only while more than F running slots are free,
+    # F sized on the measured rates at which the others take free slots and finishes give them back
+    # (``FlowController.free_reserve``).
     fair_share_running_reserve: bool = False
     # kvgate: flow control's late pick goes to an endpoint with a free running slot when some have one
     # (concurrency-detector with maxPendingRequests: maxConcurrency is the servers' batch limit).

@@ -31,15 +31,17 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
 - with ``fairShareTTFTTarget``, ``observe_first_token`` adapts that headroom (``headroom``) to the
   TTFTs of the flows at or under their share: up on a miss of the target, down on a hit, so that about
   one in ten misses it (a p90 goal), within ``[0, fairShareHeadroom]``.
-- with ``fairShareRunningReserve``, the requests the headroom holds back may hold at most
-  ``slots - running_reserve`` running slots (``reserve_full``): R, the smallest number of slots with
-  which the other requests, offered as they are measured (dispatch rate x time from dispatch to
-  finish), have to wait for one at most ``reserve_miss`` of the time (Erlang C: they wait in the queue,
-  they are not lost); with ``fairShareTTFTTarget`` that share is what the engine's own measured misses
-  (``engine_miss``) leave of the p90's tail. A request in flight counts as held back if it was at its
-  dispatch or its flow is over its share now (``held_inflight``); with the reserve a flow is also over
-  its share when its arrivals over the last ``LOAD_WINDOW_S`` are (``rate_over``), so a flood's next
-  burst is held back from its first request, not once its demand has piled up.
+- with ``fairShareRunningReserve``, a request the headroom holds back is dispatched only while more
+  than ``free_reserve`` running slots are free (``reserve_full``): F, the fewest free slots with which
+  a request not held back finds none free at most ``reserve_miss`` of the time, its kind taking free
+  slots at their measured dispatch rate and every request's finish giving one back at the pool's
+  measured finish rate (``free_slots``), plus what the measured misses by waiting add
+  (``free_extra``, with ``fairShareTTFTTarget``); with that target the share is what the engine's own
+  measured misses (``engine_miss``) leave of the p90's tail. A flow is also over its share when its
+  arrivals over the last ``LOAD_WINDOW_S`` are (``rate_over``), so a flood's next burst is held back
+  from its first request, not once its demand has piled up. (Until session 10 the reserve was R
+  running slots for the others, in use or not, sized by Erlang C on their load: while they used fewer
+  than R, the rest stayed idle under a held-back backlog, at every load.)
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ RESERVE_MISS = (1.0 - TARGET_QUANTILE) / 2
 # this gain over the requests not held back (about the last 50).
 RESERVE_MISS_FLOOR = 0.01
 ENGINE_MISS_GAIN = 0.02
-LOAD_WINDOW_S = 5.0  # their dispatch rate: an exponentially decayed count over this time constant
+LOAD_WINDOW_S = 5.0  # their dispatch rate, the finish rate: exponentially decayed counts over this
 # fairShareRunningReserve: each flow's arrivals, decayed over LOAD_WINDOW_S; the decayed sums are kept
 # scaled to a base time (so flows compare without decaying each), re-based after this many windows or
 # when more than RATE_FLOWS flows are kept, or twice as many as the last re-base kept (those with less
@@ -89,7 +91,11 @@ RATE_FLOWS = 4096
 RATE_PRUNE = 0.01
 RATE_ACTIVE = 0.5
 RATE_FLOWS_EVERY_S = 0.1
-RESIDENCE_GAIN = 0.05  # their dispatch -> finish time: an EWMA with this gain
+# fairShareRunningReserve with fairShareTTFTTarget: the free slots added to the model's (``free_extra``)
+# move by this much per first token of a request not held back: up by FREE_GAIN x (1 - m) when it missed
+# the target by waiting (its time from dispatch within the target), down by FREE_GAIN x m otherwise, so
+# that such misses settle at the share m (``reserve_miss``) the model was sized for.
+FREE_GAIN = 0.5
 
 # Outcomes, as the reference's QueueOutcome names them.
 DISPATCHED = "Dispatched"
@@ -123,33 +129,23 @@ class QueuedRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def erlang_b_servers(load: float, miss: float, cap: int) -> int:
-    """The fewest servers that ``load`` (offered, in busy servers: arrival rate x mean holding time)
-    finds all busy at most ``miss`` of the time (Erlang B: a Poisson arrival that finds every
-    server busy; it holds for any holding-time distribution); at most ``cap``."""
-    if not math.isfinite(load) or load < 0:
-        return 0 if load < 0 else cap  # (not a load, NaN too: fail toward the reserve, not away from it)
-    b, n = 1.0, 0
-    while b > miss and n < cap:
-        n += 1
-        b = load * b / (n + load * b)  # B(n) from B(n - 1)
-    return n
-
-
-def erlang_c_servers(load: float, miss: float, cap: int) -> int:
-    """The fewest servers with which an arrival of ``load`` (offered, in busy servers) has to wait at
-    most ``miss`` of the time when the arrivals that find every server busy wait for one (Erlang C,
-    from Erlang B: C = n B / (n - load (1 - B)); exact for exponential holding times, and more than
-    Erlang B's blocking for any); at most ``cap``."""
-    if not math.isfinite(load) or load < 0:
-        return 0 if load < 0 else cap  # (not a load, NaN too: fail toward the reserve, not away from it)
-    b, n = 1.0, 0
-    while n < cap:
-        n += 1
-        b = load * b / (n + load * b)  # B(n) from B(n - 1)
-        if n > load and n * b / (n - load * (1.0 - b)) <= miss:
-            break
-    return n
+def free_slots(take: float, give: float, miss: float, cap: int) -> int:
+    """The fewest free slots F with which a request that takes one (arriving at ``take`` per second)
+    finds none free at most ``miss`` of the time, while a backlog that may take any slot beyond F
+    waits: the free slots go down by one at each such arrival and up by one at each finish (``give``
+    per second) below F, so P(none free) = 1 / sum_{k <= F} (give / take)^k (a birth-death chain; the
+    finishes need not be Poisson for the count to hold on average, bunched ones make it optimistic);
+    at most ``cap``. No arrivals: 0; arrivals but no finish measured yet: ``cap``."""
+    if not (take > 0):  # (NaN too)
+        return 0
+    if not (give > 0) or not math.isfinite(take):
+        return cap
+    q, f, total, term = give / take, 0, 1.0, 1.0
+    while f < cap and total * miss < 1.0:
+        f += 1
+        term *= q
+        total += term
+    return f
 
 
 def flow_of(req: InferenceRequest) -> str:
@@ -196,13 +192,15 @@ class FlowController:
         self.service_ttft = 0.0
         self._service: deque[float] = deque(maxlen=SERVICE_WINDOW)
         self._service_n = 0
-        # fairShareRunningReserve: the offered load of the requests not held back (rate x residence)
-        self._rate = 0.0  # their dispatches, decayed over LOAD_WINDOW_S (per LOAD_WINDOW_S)
+        # fairShareRunningReserve: the dispatches of the requests not held back (they take free slots)
+        # and every request's finishes (each gives one back), decayed over LOAD_WINDOW_S
+        self._rate = 0.0
         self._rate_at: float | None = None
-        self._residence = 0.0  # their dispatch -> finish time, EWMA (0 until one has finished)
-        self._reserve_cache: tuple[tuple[float, int, float] | None, int] = (None, 0)
-        # flow -> its requests in flight that the headroom held back at their dispatch (> 0 only)
-        self.held_dispatched: dict[str, int] = {}
+        self._finished = 0.0
+        self._finished_at: float | None = None
+        self._reserve_cache: tuple[tuple[float, int] | None, int] = (None, 0)
+        # free slots added to the model's, learned from the misses by waiting (fairShareTTFTTarget)
+        self.free_extra = 0.0
         # flow -> its arrivals decayed over LOAD_WINDOW_S, scaled by exp((t - _arrived_base) / window)
         self._arrived: dict[str, float] = {}
         self._arrived_total = 0.0
@@ -479,16 +477,14 @@ class FlowController:
 
     def started(self, flow: str, req: InferenceRequest | None = None, now: float | None = None) -> bool:
         """A request of ``flow`` was dispatched (``req`` at ``now``, when known). Returns whether the
-        headroom held it back then (``fairShareRunningReserve``: the others' dispatches are counted
-        toward their load; the caller passes it back to ``ended``)."""
+        headroom held it back then (``fairShareRunningReserve``: the others' dispatches are counted,
+        the rate at which they take free slots)."""
         held = False
         if req is not None and now is not None and self.cfg.fair_share_running_reserve:
             held = self.held_back(req)
-            if held:
-                self.held_dispatched[flow] = self.held_dispatched.get(flow, 0) + 1
-            else:
-                self._decay(now)
-                self._rate += 1.0
+            if not held:
+                self._rate = self._decayed(self._rate, self._rate_at, now) + 1.0
+                self._rate_at = now if self._rate_at is None else max(now, self._rate_at)
                 self._reserve_cache = (None, 0)
         n = self.inflight.get(flow, 0)
         self.inflight[flow] = n + 1
@@ -497,18 +493,12 @@ class FlowController:
             self._enter(flow)
         return held
 
-    def ended(self, flow: str, residence: float | None = None, held: bool = False) -> None:
-        """A request of ``flow`` finished ``residence`` seconds after its dispatch (when known);
-        ``held``: what ``started`` returned for it."""
-        if held:
-            k = self.held_dispatched.get(flow, 0)
-            if k > 1:
-                self.held_dispatched[flow] = k - 1
-            else:
-                self.held_dispatched.pop(flow, None)
-        elif residence is not None and self.cfg.fair_share_running_reserve:
-            r = self._residence
-            self._residence = residence if r == 0.0 else r + RESIDENCE_GAIN * (residence - r)
+    def ended(self, flow: str, now: float | None = None) -> None:
+        """A request of ``flow`` finished (at ``now``, when known: ``fairShareRunningReserve`` counts
+        the finishes, the rate at which slots come free)."""
+        if now is not None and self.cfg.fair_share_running_reserve and self.inflight.get(flow, 0) > 0:
+            self._finished = self._decayed(self._finished, self._finished_at, now) + 1.0
+            self._finished_at = now if self._finished_at is None else max(now, self._finished_at)
             self._reserve_cache = (None, 0)
         n = self.inflight.get(flow, 0)
         if n <= 0:
@@ -533,77 +523,53 @@ class FlowController:
 
     # -- fairShareRunningReserve -------------------------------------------------------------------
 
-    def _decay(self, now: float) -> None:
-        at = self._rate_at
-        if at is not None and now > at:
-            self._rate *= math.exp(-(now - at) / LOAD_WINDOW_S)
-        if at is None or now > at:
-            self._rate_at = now
+    @staticmethod
+    def _decayed(count: float, at: float | None, now: float) -> float:
+        """``count`` (decayed over ``LOAD_WINDOW_S``, as of ``at``) as of ``now``."""
+        if at is None or now <= at:
+            return count
+        return count * math.exp(-(now - at) / LOAD_WINDOW_S)
 
-    def offered_load(self, now: float) -> float:
-        """The running slots the requests the headroom does not hold back occupy on average (Little:
-        their dispatch rate x their time from dispatch to finish)."""
-        self._decay(now)
-        return self._rate / LOAD_WINDOW_S * self._residence
+    def rates(self, now: float) -> tuple[float, float]:
+        """Per second, over the last ``LOAD_WINDOW_S`` (decayed): the dispatches of the requests the
+        headroom does not hold back, and every request's finishes."""
+        return (
+            self._decayed(self._rate, self._rate_at, now) / LOAD_WINDOW_S,
+            self._decayed(self._finished, self._finished_at, now) / LOAD_WINDOW_S,
+        )
 
     @property
     def reserve_miss(self) -> float:
-        """The share of the requests not held back that may find the reserve full and wait for a
-        slot: half of a p90's tail (``RESERVE_MISS``), or, with ``fairShareTTFTTarget``, what the
-        measured share of them whose dispatch-to-first-token alone misses the target
-        (``engine_miss``: a second prefill in their step, another request's prefill ahead of theirs)
-        leaves of it, at least ``RESERVE_MISS_FLOOR``. A wait for a slot costs a whole request's
-        finish (tens to hundreds of ms), so nearly every wait is a miss."""
+        """The share of the requests not held back that may find no free slot and wait for one: half
+        of a p90's tail (``RESERVE_MISS``), or, with ``fairShareTTFTTarget``, what the measured share
+        of them whose dispatch-to-first-token alone misses the target (``engine_miss``: a second
+        prefill in their step, another request's prefill ahead of theirs) leaves of it, at least
+        ``RESERVE_MISS_FLOOR``. A wait for a slot costs a request's finish somewhere in the pool (tens
+        of ms), so nearly every wait is a miss."""
         if not self.cfg.fair_share_ttft_target:
             return RESERVE_MISS
         return max(RESERVE_MISS_FLOOR, (1.0 - TARGET_QUANTILE) - self.engine_miss)
 
-    def running_reserve(self, now: float, slots: int, share: float = 1.0) -> int:
-        """The smallest R such that the requests not held back, at ``share`` of their measured load,
-        wait for one of R slots at most ``reserve_miss`` of the time (Erlang C: a request that finds
-        them busy waits in the queue, it is not lost, so the queue it forms keeps the slots busy
-        longer than Erlang B's blocking counts); at most ``fairShareHeadroom`` of ``slots``."""
-        key = (now, slots, share)
+    def free_reserve(self, now: float, cap: int) -> int:
+        """The running slots to keep free for the requests not held back: ``free_slots`` on the
+        measured rates, plus ``free_extra`` (rounded), at most ``cap``."""
+        key = (now, cap)
         if self._reserve_cache[0] == key:  # (a dispatch pass asks again at the same instant)
             return self._reserve_cache[1]
-        r = erlang_c_servers(
-            self.offered_load(now) * share, self.reserve_miss, int(slots * self.cfg.fair_share_headroom)
-        )
-        self._reserve_cache = (key, r)
-        return r
-
-    def over_flows(self) -> list[str]:
-        """The flows with requests in flight that are over their share now. O(flows in flight)."""
-        n, total, factor = len(self._places), self.inflight_total + self.count, self._over_factor
-        queued, rate = self.queued, self.cfg.fair_share_running_reserve
-        return [
-            f
-            for f, k in self.inflight.items()
-            if (k + queued.get(f, 0)) * n > factor * total or (rate and self.rate_over(f))
-        ]
-
-    def held_inflight(self) -> int:
-        """Requests in flight that count as held back, over the whole pool: those the headroom held
-        back at their dispatch, and every one of a flow over its share now (a flood's first requests,
-        sent while it was still under its share, count once it is over). O(flows in flight). (The
-        Director's gate counts them per endpoint, on the request's candidates only.)"""
-        n, total, factor = len(self._places), self.inflight_total + self.count, self._over_factor
-        queued, dispatched, rate = self.queued, self.held_dispatched, self.cfg.fair_share_running_reserve
-        held = 0
-        for flow, k in self.inflight.items():
-            if (k + queued.get(flow, 0)) * n > factor * total or (rate and self.rate_over(flow)):
-                held += k
-            else:
-                held += dispatched.get(flow, 0)
-        return held
+        take, give = self.rates(now)
+        f = min(cap, free_slots(take, give, self.reserve_miss, cap) + int(self.free_extra + 0.5))
+        self._reserve_cache = (key, f)
+        return f
 
     def reserve_full(self, req: InferenceRequest, now: float, slots: int) -> bool:
         """``fairShareRunningReserve`` on one pool of ``slots`` running slots that holds every request
-        in flight: may ``req`` not take one, as the headroom holds it back and the requests held back
-        already hold all but the reserve? (The Director's gate does the same per endpoint.)"""
+        in flight: may ``req`` not take one, as the headroom holds it back and no more than the
+        reserve's free slots are left? (The Director's gate does the same on the request's
+        candidates.)"""
         if not (self.cfg.fair_share_running_reserve and self.held_back(req, now)):
             return False
-        return self.held_inflight() >= slots - self.running_reserve(now, slots)
+        cap = int(slots * self.cfg.fair_share_headroom)
+        return self.inflight_total >= slots - self.free_reserve(now, cap)
 
     def held_back(
         self, req: InferenceRequest, now: float | None = None, slo_deadline: float | None = None
@@ -671,6 +637,10 @@ class FlowController:
         if service is not None and cfg.fair_share_running_reserve:
             # (its time from dispatch alone: a miss the reserve could not have prevented)
             self.engine_miss += ENGINE_MISS_GAIN * ((1.0 if service > target else 0.0) - self.engine_miss)
+            # A miss by waiting (over the target, within it from dispatch): the free slots the model
+            # keeps were too few; the others: too many. Settles where such misses are reserve_miss.
+            waited = 1.0 if ttft > target >= service else 0.0
+            self.free_extra = max(0.0, self.free_extra + FREE_GAIN * (waited - self.reserve_miss))
             self._reserve_cache = (None, 0)
         miss = TARGET_QUANTILE if ttft > target else TARGET_QUANTILE - 1.0
         self.headroom = min(top, max(0.0, self.headroom + HEADROOM_GAIN * top * miss))

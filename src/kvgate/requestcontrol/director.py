@@ -90,35 +90,6 @@ class _Track:
     stop: Callable[[], bool] | None = None  # the door's way to stop it (preemption); True = stopped
     batch_at_first: float = 0.0  # sequences decoding on the endpoint then (speed learning)
     flow: str | None = None  # its fairness flow, counted in flow control's in-flight per flow
-    held: bool = False  # the fair-share headroom held it back at dispatch (fairShareRunningReserve)
-
-
-class _FlowsOn:
-    """``fairShareRunningReserve``: one endpoint's requests in flight per flow, and those of them the
-    headroom held back at their dispatch."""
-
-    __slots__ = ("held", "held_total", "n")
-
-    def __init__(self) -> None:
-        self.n: dict[str, int] = {}
-        self.held: dict[str, int] = {}
-        self.held_total = 0
-
-    def add(self, flow: str, held: bool, delta: int) -> bool:
-        """Count one request of ``flow`` in (+1) or out (-1); True when the endpoint has none left."""
-        k = self.n.get(flow, 0) + delta
-        if k > 0:
-            self.n[flow] = k
-        else:
-            self.n.pop(flow, None)
-        if held:
-            h = self.held.get(flow, 0) + delta
-            if h > 0:
-                self.held[flow] = h
-            else:
-                self.held.pop(flow, None)
-            self.held_total += delta
-        return not self.n
 
 
 class Director:
@@ -158,7 +129,6 @@ class Director:
         self._tracks: OrderedDict[tuple[str, str], _Track] = OrderedDict()
         # Sheddable requests a door can stop before their first token, oldest first (preemption).
         self._victims: OrderedDict[tuple[str, str], InferenceRequest] = OrderedDict()
-        self._flows_on: dict[str, _FlowsOn] = {}  # address -> its requests per flow (running reserve)
         self.mean_decode = float(DEFAULT_DECODE_TOKENS)
         # Per-endpoint speed from decode paces normalised by batch (``InFlight.pace``, read by the cost
         # scorer): replicas of unequal speed are compared by what they can do, not how loaded they are.
@@ -302,26 +272,17 @@ class Director:
         )
 
     def _reserve_full(self, req: InferenceRequest, cands: Sequence[Endpoint], now: float) -> bool:
-        """``fairShareRunningReserve``, for ``req`` held back: do the requests held back on its
-        candidates hold all of their running slots but the reserve? The reserve is sized for the share
-        of the others' load those candidates take: all of it for a request without a subset hint (the
-        others' requests go to the healthy endpoints), their share of the healthy endpoints for one
-        with a hint. Requests running on an endpoint out of the candidates take none of their slots."""
+        """``fairShareRunningReserve``, for ``req`` held back: are no more than the reserve's free
+        running slots left on its candidates (``FlowController.free_reserve``; every request in flight
+        there counts, held back or not)? The rates the reserve is sized on are the pool's: on a subset
+        of it both scale alike, so the same number of free slots is kept. Requests running on an
+        endpoint out of the candidates take none of their slots."""
         flow, slots = self.flow, self._running_slots()
         if flow is None or not slots:
             return False
-        share = 1.0
-        if req.subset is not None:
-            healthy = gate(self.store.all(), now, self.health)
-            share = len(cands) / max(1, len(healthy))
-        over = flow.ctl.over_flows()
-        held = 0
-        for ep in cands:
-            on = self._flows_on.get(ep.address)
-            if on is not None:
-                held += on.held_total + sum(on.n.get(f, 0) - on.held.get(f, 0) for f in over)
         total = slots * len(cands)
-        return held >= total - flow.ctl.running_reserve(now, total, share)
+        busy = sum(ep.inflight.requests for ep in cands)
+        return busy >= total - flow.ctl.free_reserve(now, int(total * flow.ctl.cfg.fair_share_headroom))
 
     def _running_slots(self) -> int:
         """Each endpoint's running-batch limit, where the dispatch gate knows it (concurrency-detector
@@ -578,9 +539,7 @@ class Director:
             self._flow_ended(old, addr)
         if self.flow is not None:
             track.flow = flow_of(req)
-            track.held = self.flow.ctl.started(track.flow, req, track.sent_at)
-            if self.flow.ctl.cfg.fair_share_running_reserve:
-                self._flows_on.setdefault(endpoint.address, _FlowsOn()).add(track.flow, track.held, +1)
+            self.flow.ctl.started(track.flow, req, track.sent_at)
         inf = endpoint.inflight
         inf.requests += 1
         inf.pending_prefill_tokens += track.prefill
@@ -681,14 +640,10 @@ class Director:
         return float(n)
 
     def _flow_ended(self, track: _Track, address: str, finished: bool = False) -> None:
-        """``finished``: it ran to its end (its time from dispatch is a residence to learn from; not
-        for a preempted victim or a forgotten track)."""
+        """``finished``: it ran to its end (else a preempted victim or a forgotten track). Each end
+        gives its slot back (``fairShareRunningReserve`` counts them all)."""
         if track.flow is not None and self.flow is not None:
-            residence = self.clock() - track.sent_at if finished else None
-            self.flow.ctl.ended(track.flow, residence, track.held)
-            on = self._flows_on.get(address)
-            if on is not None and on.add(track.flow, track.held, -1):
-                del self._flows_on[address]
+            self.flow.ctl.ended(track.flow, self.clock())
 
     def _release(self, address: str, endpoint: Endpoint | None, track: _Track) -> None:
         if track.keys is not None:
