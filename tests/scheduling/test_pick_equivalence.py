@@ -127,3 +127,22 @@ def test_waiting_on_prefix_is_zero_where_costs_skips_it() -> None:
         assert cost._waiting_on_prefix(cycle, eps, held, []) == 0  # no request waiting
     finally:
         cost._waiting = waiting
+
+
+def test_pick_metrics_count_as_before() -> None:
+    """The inlined histogram and counter updates: one observation and one count per successful pick, on
+    the same series, as ``FastHistogram.observe`` and ``FastCounter.inc`` did."""
+    from kvgate.scheduling import metrics
+
+    def run(reference: bool) -> tuple[int, dict[str, float]]:
+        d, store, clock = picktrace.build("kvgate", 3, 7)
+        if reference:
+            use_reference(d)
+        hist, picks = metrics.SCHEDULER_E2E, metrics.PICKS.counts
+        n0, p0, s0 = sum(hist.counts), dict(picks), hist.sum
+        out = picktrace.run(d, store, clock, 7, 600)
+        ok = sum(1 for o in out if isinstance(o[1], list))
+        assert sum(hist.counts) - n0 == ok and hist.sum > s0
+        return ok, {a: n - p0.get(a, 0.0) for a, n in picks.items() if n != p0.get(a, 0.0)}
+
+    assert run(False) == run(True)
