@@ -9,6 +9,9 @@ the parts the cuts changed: ``Director.candidates`` / ``pick`` / ``_pick`` / ``o
 ``scheduling.prefix.block_hashes``, and the cost scorer's ``on_picked`` and ``_waiting_on_prefix``. Do
 not "fix" or speed up anything here: it is the yardstick.
 
+Flow control's change to ``on_dispatched`` (5169afe, after 6a5bcb1) is taken over here: this copy
+holds the code the CPU cuts replaced, other changes to the same functions follow main.
+
 The cost scorer's ``costs`` is not copied: its one cut skips ``_waiting_on_prefix`` where that returns
 0, a premise the test checks directly, so this copy does not hold the scorer's pricing still. When the
 cost scorer's semantics change on purpose, change its two functions here alike: the copy is there to
@@ -31,7 +34,7 @@ from kvgate.datalayer.prefixrefs import chain_keys
 from kvgate.flowcontrol.controller import flow_of
 from kvgate.flowcontrol.sloadmission import PredictedSLOMissError
 from kvgate.requestcontrol import director as _director
-from kvgate.requestcontrol.director import MAX_TRACKED, POOL_METRICS_EVERY_S, Director, _FlowsOn, _Track
+from kvgate.requestcontrol.director import MAX_TRACKED, POOL_METRICS_EVERY_S, Director, _Track
 from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
     EXPLAIN_EXTRAS,
@@ -205,9 +208,8 @@ def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None:
         self._flow_ended(old, addr)
     if self.flow is not None:
         track.flow = flow_of(req)
-        track.held = self.flow.ctl.started(track.flow, req, track.sent_at)
-        if self.flow.ctl.cfg.fair_share_running_reserve:
-            self._flows_on.setdefault(endpoint.address, _FlowsOn()).add(track.flow, track.held, +1)
+        # (flow control's own change at 5169afe, fc10: not one of the CPU cuts)
+        self.flow.ctl.started(track.flow, req, track.sent_at)
     inf = endpoint.inflight
     inf.requests += 1
     inf.pending_prefill_tokens += track.prefill
