@@ -28,6 +28,12 @@ generator's), per pick. Every process also returns a digest of the trace's picks
 and the explanation of every 50th pick): the script fails unless both trees' digests are equal, i.e.
 the two pickers decide alike on it. The trace generator is this tree's file, loaded by path, so both
 trees run the same workload.
+
+``--parts`` (this tree only, one process, no ``--base-src``): where the ``bench`` figure's CPU goes: the
+same request with one part of the picker stubbed out at a time (the cost scorer's score and post-pick
+hook; the prefix scorer's producer; the observers' calls; the three accounting calls), and the
+``round-robin`` policy, each the fastest of ``--rounds`` rounds of ``--requests``, rounds interleaved
+across the variants. A diagnostic: a stubbed picker decides differently.
 """
 
 from __future__ import annotations
@@ -198,6 +204,67 @@ def _measure_picks(requests: int, rounds: int, policy: str, steps: int) -> dict[
     }
 
 
+def _parts(requests: int, rounds: int) -> dict[str, float]:
+    import time
+
+    from kvgate.bench.gateway_overhead import BODY
+    from kvgate.config.gateway import config_from_flags
+    from kvgate.gateway.cli import build_pools, tune_gc
+    from kvgate.scheduling.plugins.prefix_cache import CYCLE_KEY, PrefixMatch
+    from kvgate.scheduling.types import InferenceRequest, Usage
+
+    prompt = json.loads(BODY)
+
+    def build(variant: str) -> Any:
+        policy = "round-robin" if variant == "round-robin policy" else "kvgate"
+        cfg = config_from_flags("http://127.0.0.1:18001,http://127.0.0.1:18002", ["m"], policy)
+        d = build_pools(cfg)[0].director
+        if policy == "kvgate":
+            prof = d.profiles["default"]
+            cost, prefix = prof.scorers[0][0], prof.producers[0]
+            if variant == "no cost scorer":
+                cost.score = lambda c, eps: [1.0] * len(eps)
+                cost.on_picked = lambda c, ep: None
+            elif variant == "no prefix producer":
+                prefix.prepare = lambda c, eps: c.data.__setitem__(CYCLE_KEY, PrefixMatch([], {}, 64))
+            elif variant == "no observers":
+                d._observers = []
+                d._usage_observers = []
+            elif variant == "no accounting":
+                d.on_dispatched = d.on_first_token = d.on_finished = lambda *a, **k: None
+        return d
+
+    def cycle(d: Any, start: int) -> float:
+        t0 = time.process_time()
+        for i in range(start, start + requests):
+            r = InferenceRequest(
+                f"b{i}", "m", prompt_text=prompt["prompt"], prompt_tokens=6, max_tokens=prompt["max_tokens"]
+            )
+            ep = d.pick(r).endpoints[0]
+            d.on_dispatched(r, ep)
+            d.on_first_token(r, ep, learn=False)
+            d.on_finished(r, ep, Usage(6, 8), True)
+        return (time.process_time() - t0) / requests * 1e6
+
+    names = [
+        "all",
+        "no cost scorer",
+        "no prefix producer",
+        "no observers",
+        "no accounting",
+        "round-robin policy",
+    ]
+    ds = {n: build(n) for n in names}
+    for d in ds.values():
+        cycle(d, 0)
+    tune_gc()
+    best = {n: float("inf") for n in names}
+    for k in range(rounds):
+        for n in names:
+            best[n] = min(best[n], cycle(ds[n], (k + 1) * requests))
+    return best
+
+
 def _run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
     mode = ["--_picks", str(args.trace_steps)] if args.picks else ["--_measure"]
     out = subprocess.run(
@@ -220,14 +287,22 @@ def main() -> int:
         print(json.dumps(_measure_picks(int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], steps)))
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--base-src", required=True, type=Path, help="the other tree's src/ (the baseline)")
+    p.add_argument("--base-src", type=Path, help="the other tree's src/ (the baseline)")
     p.add_argument("--requests", type=int, default=5000, help="requests per round")
     p.add_argument("--rounds", type=int, default=7, help="rounds per process (its fastest counts)")
     p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
     p.add_argument("--policy", default="kvgate", help="the pool's policy (kvgate, round-robin, ...)")
     p.add_argument("--picks", action="store_true", help="the picker alone (bench path and seeded trace)")
     p.add_argument("--trace-steps", type=int, default=20_000, help="--picks: events in the seeded trace")
+    p.add_argument("--parts", action="store_true", help="this tree's picker on the bench path, part by part")
     args = p.parse_args()
+    if args.parts:
+        best = _parts(args.requests, args.rounds)
+        for name, us in best.items():
+            print(f"{name:<20} {us:6.2f} us/request")
+        return 0
+    if args.base_src is None:
+        p.error("--base-src is required (but with --parts)")
     if args.picks:
         return _main_picks(args)
     trees = {"base": args.base_src.resolve(), "this": HERE_SRC}

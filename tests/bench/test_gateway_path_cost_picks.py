@@ -50,3 +50,22 @@ def test_picks_mode_fails_when_the_trees_pick_apart(
     assert mod._main_picks(args) == rc
     out = capsys.readouterr().out
     assert ("PICKS DIFFER" in out) == (rc == 1)
+
+
+def test_parts_reports_every_variant() -> None:
+    mod = _script()
+    threshold = gc.get_threshold()
+    try:
+        best = mod._parts(30, 1)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    assert list(best) == [
+        "all",
+        "no cost scorer",
+        "no prefix producer",
+        "no observers",
+        "no accounting",
+        "round-robin policy",
+    ]
+    assert all(0 < us < float("inf") for us in best.values())
