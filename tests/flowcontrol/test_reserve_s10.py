@@ -176,3 +176,25 @@ def test_without_a_target_nothing_is_learned() -> None:
     ctl = FlowController(FlowControlConfig(fair_share_headroom=0.75, fair_share_running_reserve=True))
     ctl.observe_first_token(req("q", "q1"), 0.3, 0.02)
     assert ctl.free_extra == 0.0
+
+
+def test_the_learned_free_slots_do_not_wind_up_past_the_cap() -> None:
+    """Misses by waiting that the reserve cannot prevent (it keeps its cap free already: the others
+    overload the pool themselves) must not pile up free slots beyond the cap, or the held-back work
+    stays starved long after they stop: at 0.5 x m off per first token, 10,000 such misses would take
+    ~190,000 first tokens to forget."""
+    ctl = FlowController(FlowControlConfig(
+        fair_share_headroom=0.75, fair_share_ttft_target=0.05, fair_share_running_reserve=True,
+    ))  # fmt: skip
+    q = req("q", "q1")
+    ctl.started("q1", req("x", "q1"), 0.0)
+    ctl.ended("q1", 0.0)
+    assert ctl.free_reserve(0.0, 12) <= 12  # (the cap in force: 0.75 of 16 slots)
+    for _ in range(10_000):
+        ctl.observe_first_token(q, 0.3, 0.02)
+    assert ctl.free_extra <= 12
+    hits = 0
+    while ctl.free_reserve(0.0 + hits * 1e-6, 12) >= 12:  # the misses stop: back under the cap
+        ctl.observe_first_token(q, 0.02, 0.02)
+        hits += 1
+        assert hits < 5_000

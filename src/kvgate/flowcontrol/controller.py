@@ -199,8 +199,10 @@ class FlowController:
         self._finished = 0.0
         self._finished_at: float | None = None
         self._reserve_cache: tuple[tuple[float, int] | None, int] = (None, 0)
-        # free slots added to the model's, learned from the misses by waiting (fairShareTTFTTarget)
+        # free slots added to the model's, learned from the misses by waiting (fairShareTTFTTarget), at
+        # most the largest cap the gate has asked with (no wind-up past what can be kept free)
         self.free_extra = 0.0
+        self._extra_cap = 0
         # flow -> its arrivals decayed over LOAD_WINDOW_S, scaled by exp((t - _arrived_base) / window)
         self._arrived: dict[str, float] = {}
         self._arrived_total = 0.0
@@ -552,10 +554,15 @@ class FlowController:
 
     def free_reserve(self, now: float, cap: int) -> int:
         """The running slots to keep free for the requests not held back: ``free_slots`` on the
-        measured rates, plus ``free_extra`` (rounded), at most ``cap``."""
+        measured rates, plus ``free_extra`` (rounded; it is kept at most the largest ``cap`` asked
+        with), at most ``cap``."""
         key = (now, cap)
         if self._reserve_cache[0] == key:  # (a dispatch pass asks again at the same instant)
             return self._reserve_cache[1]
+        if cap > self._extra_cap:
+            self._extra_cap = cap
+        if self.free_extra > self._extra_cap:
+            self.free_extra = float(self._extra_cap)
         take, give = self.rates(now)
         f = min(cap, free_slots(take, give, self.reserve_miss, cap) + int(self.free_extra + 0.5))
         self._reserve_cache = (key, f)
@@ -640,7 +647,9 @@ class FlowController:
             # A miss by waiting (over the target, within it from dispatch): the free slots the model
             # keeps were too few; the others: too many. Settles where such misses are reserve_miss.
             waited = 1.0 if ttft > target >= service else 0.0
-            self.free_extra = max(0.0, self.free_extra + FREE_GAIN * (waited - self.reserve_miss))
+            extra = max(0.0, self.free_extra + FREE_GAIN * (waited - self.reserve_miss))
+            # (no wind-up: misses while the cap is kept free already are not the reserve's to prevent)
+            self.free_extra = min(extra, self._extra_cap) if self._extra_cap else extra
             self._reserve_cache = (None, 0)
         miss = TARGET_QUANTILE if ttft > target else TARGET_QUANTILE - 1.0
         self.headroom = min(top, max(0.0, self.headroom + HEADROOM_GAIN * top * miss))
