@@ -43,6 +43,7 @@ class Proc:
     proc: asyncio.subprocess.Process
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=200))
     _reader: asyncio.Task[None] | None = None
+    start_time: int | None = None  # its leader's, from /proc at start (None: unknown)
 
     def tail(self, n: int = 20) -> str:
         return "\n".join(list(self.lines)[-n:])
@@ -51,12 +52,28 @@ class Proc:
     def alive(self) -> bool:
         return self.proc.returncode is None
 
+    def _ours(self) -> bool:
+        """Whether group ``pid`` is still the one it led: not when a process now at its pid is not it
+        (its exit was collected, so the pid was free: any group of that id is someone else's; or the
+        start time differs). Checked just before each signal. (Left: the pid reused by a process that
+        led a group of its own and exited meanwhile, its children still running.)"""
+        st = reaper._stat(self.proc.pid)
+        if st is None:  # its leader gone: the group's members (if any) are its own (the id stays taken)
+            return True
+        if self.proc.returncode is not None:
+            return False
+        return self.start_time is None or st[3] == self.start_time
+
     def _kill(self, sig: int) -> None:
+        if not self._ours():
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
     def _running(self) -> bool:
         """It, or a process of its group (a child it left behind), still runs."""
+        if not self._ours():
+            return False
         return self.proc.returncode is None or reaper.group_alive(self.proc.pid)
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -117,7 +134,8 @@ async def start(
         env={**os.environ, **(env or {})},
         start_new_session=True,  # its own process group, so stop() reaches its children too
     )
-    p = Proc(name, proc)
+    st = reaper._stat(proc.pid)  # (not collected yet: its pid cannot have been reused)
+    p = Proc(name, proc, start_time=None if st is None else st[3])
     pattern = re.compile(ready or r"\A(?!x)x")  # never matches when ready is None
     matches: list[re.Match[str]] = []
     found = asyncio.Event()
