@@ -24,6 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EXTRAS = {"sim": "sim", "bench": "bench", "demo": "bench"}
 EXTRA_PACKAGES = frozenset({"numpy", "matplotlib", "rich"})
 
+# Commands whose child processes end with them (``kvgate.bench.reaper``), installed only when run from
+# the command line (``main()`` reading ``sys.argv``): an in-process ``main([...])`` caller keeps its own
+# signal handlers and exit.
+REAPED = frozenset({"bench", "demo"})
+
 
 def _usage() -> str:
     lines = ["usage: kvgate <command> [options]", "", "commands:"]
@@ -46,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     if entry is None:
         print(f"kvgate: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if argv is None and args[0] in REAPED:
+        from kvgate.bench import reaper
+
+        reaper.install()  # whatever it starts ends with it: SIGTERM, SIGHUP, Ctrl-C, any exit
     try:
         module = importlib.import_module(entry[0])
         result = module.main(args[1:])

@@ -1,10 +1,11 @@
-"""A bench's child processes end with it (``kvgate.bench.reaper``, installed by ``kvgate bench``): a tiny
-bench run through the real ``kvgate bench`` entry (``kvgate.bench.cli.main``, the bench delegated to as
-its own module) starts two servers with ``kvgate.bench.procs.start``, each with a child of its own (as
-vLLM or ``kvgate serve --workers`` have), one more in a session of its own, and a plain ``Popen``. Then
-the bench is sent SIGTERM, SIGHUP or SIGINT, or fails with an exception or returns without stopping
-them: every one of its processes must be gone. (Before, SIGTERM and SIGHUP killed the bench alone and
-left all of them running; an exception or a return left them running too.)"""
+"""A bench's child processes end with it (``kvgate.bench.reaper``, installed by the ``kvgate bench``
+command line): a tiny bench run as that command line runs it (``reaper.install()``, then
+``kvgate.bench.cli.main``, the bench delegated to as its own module) starts two servers with
+``kvgate.bench.procs.start``, each with a child of its own (as vLLM or ``kvgate serve --workers`` have),
+one more in a session of its own, and a plain ``Popen``. Then the bench is sent SIGTERM, SIGHUP or
+SIGINT, or fails with an exception or returns without stopping them: every one of its processes must be
+gone. (Before, SIGTERM and SIGHUP killed the bench alone and left all of them running; an exception or a
+return left them running too.)"""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 _BENCH = r"""
 import asyncio, subprocess, sys
-from kvgate.bench import cli, procs
+from kvgate.bench import cli, procs, reaper
 
 SERVER = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
           "time.sleep(120)']); print('ready', c.pid, flush=True); time.sleep(120)")
@@ -49,6 +50,7 @@ def main(argv):
 
 if __name__ == "__main__":
     cli.DELEGATED["tiny"] = "__main__"
+    reaper.install()  # (as the `kvgate bench` command line does)
     sys.exit(cli.main(["tiny", *sys.argv[1:]]))
 """
 

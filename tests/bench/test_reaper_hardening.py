@@ -1,5 +1,6 @@
 """Review s10-hard's findings on ``kvgate.bench.reaper`` / ``kvgate.bench.procs`` (each test failed before
-its fix): a stopped process group whose leader's pid was reused is not signalled (M2)."""
+its fix): a stopped process group whose leader's pid was reused is not signalled (M2); an in-process
+``kvgate.bench.cli.main`` installs no process-wide handlers, the command line still does (L1)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import types
+from pathlib import Path
 
 from kvgate.bench import procs
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
 def _kill(pid: int) -> None:
@@ -43,3 +49,38 @@ def test_proc_stop_does_not_signal_a_reused_pid_whose_start_time_differs() -> No
     finally:
         _kill(other.pid)
         other.wait()
+
+
+def test_bench_cli_main_in_process_leaves_no_process_wide_handlers() -> None:
+    """L1: ``kvgate.bench.cli.main`` is called in-process (tests, ``DELEGATED`` users): it must not
+    install the reaper into its caller (SIGTERM / SIGHUP handlers, an atexit reap of all the caller's
+    descendants). A fresh interpreter, so this test's process is not touched."""
+    code = (
+        "import signal, sys\n"
+        "from kvgate.bench import cli\n"
+        "cli.main(['list'])\n"
+        "sys.exit(0 if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else 1)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=ENV, timeout=60)
+    assert r.returncode == 0, "cli.main left the reaper's SIGTERM handler installed in its caller"
+
+
+def test_the_kvgate_command_line_still_installs_the_reaper_for_bench_and_demo() -> None:
+    """L1: the console script (``kvgate.cli.main()`` with ``sys.argv``) installs it for ``bench`` and
+    ``demo``, not for the other commands or an in-process ``kvgate.cli.main([...])``."""
+    code = (
+        "import signal, sys\n"
+        "from kvgate import cli\n"
+        "import kvgate.bench.cli as bc, kvgate.bench.demo as demo\n"
+        "seen = []\n"
+        "def main(argv):\n"
+        "    seen.append(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)\n"
+        "    return 0\n"
+        "bc.main = demo.main = main\n"
+        "cli.main(['bench', 'list'])\n"
+        "sys.argv = ['kvgate', 'bench', 'list']\n"
+        "cli.main()\n"
+        "print(seen)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=ENV, text=True, timeout=60)
+    assert r.stdout.strip() == "[False, True]", r.stdout + r.stderr

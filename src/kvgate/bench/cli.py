@@ -70,9 +70,8 @@ def _parser(fleet: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kvgate.bench import reaper
-
-    reaper.install()  # whatever a bench starts ends with it: SIGTERM, SIGHUP, Ctrl-C, any exit
+    # (The reaper is installed by the command line, ``kvgate.cli``, not here: an in-process caller
+    # keeps its own signal handlers and exit.)
     args_in = list(argv or [])
     if args_in and args_in[0] in DELEGATED:
         try:

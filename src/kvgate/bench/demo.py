@@ -153,9 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    from kvgate.bench import reaper
-
-    reaper.install()  # the fleet and the gateway end with the demo: SIGTERM, SIGHUP, Ctrl-C, any exit
     console = Console()
     try:
         return asyncio.run(demo(args, console))
@@ -167,4 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from kvgate.bench import reaper
+
+    reaper.install()  # the fleet and the gateway end with the demo: SIGTERM, SIGHUP, Ctrl-C, any exit
     sys.exit(main())

@@ -2,16 +2,18 @@
 process (normal or by an exception), every process it started (simulated servers, gateways, peer
 routers, vLLM, load generators; and theirs) is sent SIGTERM, then SIGKILL after a grace.
 
-``install()`` (``kvgate bench`` and ``kvgate demo`` call it first) registers ``reap`` with ``atexit``
-and as the SIGTERM / SIGHUP handler (which then dies of that signal, as it would have). SIGINT keeps
-Python's handler: a Ctrl-C cancels ``asyncio.run``'s task or raises ``KeyboardInterrupt``, the benches'
-``finally`` blocks stop their processes, and ``atexit`` takes whatever is left.
+``install()`` (the ``kvgate bench`` and ``kvgate demo`` command lines call it first, ``kvgate.cli``;
+not an in-process ``kvgate.bench.cli.main``, whose caller keeps its own handlers and exit) registers
+``reap`` with ``atexit`` and as the SIGTERM / SIGHUP handler (which then dies of that signal, as it
+would have). SIGINT keeps Python's handler: a Ctrl-C cancels ``asyncio.run``'s task or raises
+``KeyboardInterrupt``, the benches' ``finally`` blocks stop their processes, and ``atexit`` takes
+whatever is left.
 
 What is reaped is found, not registered: this process's descendants (``/proc``, parent by parent) at
 the moment of the reap, and every process in a process group one of them leads (the helpers start
 their children in a session of their own, ``start_new_session``, so a process's own children share its
-group even once it died and they were re-parented). Each is identified by pid and start time, so a pid
-reused meanwhile is never signalled. Linux only (``/proc``); elsewhere ``reap`` does nothing.
+group). Each is identified by pid and start time, checked just before it is signalled. Linux only
+(``/proc``); elsewhere ``reap`` does nothing.
 """
 
 from __future__ import annotations
