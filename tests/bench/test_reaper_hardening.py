@@ -1,6 +1,7 @@
 """Review s10-hard's findings on ``kvgate.bench.reaper`` / ``kvgate.bench.procs`` (each test failed before
 its fix): a stopped process group whose leader's pid was reused is not signalled (M2); an in-process
-``kvgate.bench.cli.main`` installs no process-wide handlers, the command line still does (L1)."""
+``kvgate.bench.cli.main`` installs no process-wide handlers, the command line still does (L1); the
+orphaned children of a group leader that already exited are still found and reaped (M1)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,32 @@ def test_the_kvgate_command_line_still_installs_the_reaper_for_bench_and_demo() 
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=ENV, text=True, timeout=60)
     assert r.stdout.strip() == "[False, True]", r.stdout + r.stderr
+
+
+_ORPHAN = """
+import os, subprocess, sys
+from kvgate.bench import reaper
+reaper.install()
+sh = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!"], stdout=subprocess.PIPE, text=True,
+                      stderr=subprocess.DEVNULL, start_new_session=True)
+orphan = int(sh.stdout.readline())
+sh.wait()  # (asyncio's child watcher collects a bench's exited child at once, as here)
+found = orphan in reaper.descendants()
+st = reaper._stat(orphan)
+reaper.reap(grace_s=0.5)
+print(orphan, found, bool(st and reaper.alive({orphan: st[3]})))
+"""
+
+
+def test_reaper_finds_the_children_of_a_group_leader_that_already_exited() -> None:
+    """M1: a ``procs.start``-style child (a session of its own) that crashed and was collected, leaving
+    its own child (vLLM's engine workers, a server's worker) running in its group: the installed reaper
+    still finds it (the bench is their subreaper) and reaps it. A fresh interpreter (it installs)."""
+    r = subprocess.run([sys.executable, "-c", _ORPHAN], capture_output=True, env=ENV, text=True, timeout=60)
+    out = r.stdout.split()
+    assert len(out) == 3, r.stdout + r.stderr
+    orphan = int(out[0])
+    try:
+        assert out[1:] == ["True", "False"], f"found, alive after reap: {out[1:]}"
+    finally:
+        _kill(orphan)

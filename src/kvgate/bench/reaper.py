@@ -12,8 +12,11 @@ whatever is left.
 What is reaped is found, not registered: this process's descendants (``/proc``, parent by parent) at
 the moment of the reap, and every process in a process group one of them leads (the helpers start
 their children in a session of their own, ``start_new_session``, so a process's own children share its
-group). Each is identified by pid and start time, checked just before it is signalled. Linux only
-(``/proc``); elsewhere ``reap`` does nothing.
+group). ``install()`` also makes this process a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``):
+an orphan among them (a server crashed and was collected, its workers left; a process that daemonized)
+is re-parented to it, not to init, and stays a descendant. (Those of them that end meanwhile stay
+zombies of the bench until it exits.) Each is identified by pid and start time, checked just before it
+is signalled. Linux only (``/proc``); elsewhere ``reap`` does nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import atexit
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -128,6 +132,20 @@ def _resource_tracker_pid() -> int:
 
 
 _installed = False
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> bool:
+    """Orphaned descendants re-parent to this process, not to init (Linux >= 3.4)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):  # pragma: no cover (no libc prctl)
+        return False
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -137,12 +155,14 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    """Reap this process's children at exit and on SIGTERM / SIGHUP (once; from the main thread, the
-    only one that may set signal handlers; a signal ignored, as under ``nohup``, stays ignored)."""
+    """Reap this process's children at exit and on SIGTERM / SIGHUP, and keep orphaned descendants its
+    own (a child subreaper) (once; from the main thread, the only one that may set signal handlers; a
+    signal ignored, as under ``nohup``, stays ignored)."""
     global _installed
     if _installed or threading.current_thread() is not threading.main_thread():
         return
     _installed = True
+    _become_subreaper()
     atexit.register(reap)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) is signal.SIG_DFL:  # (one ignored stays so: ``nohup``)
