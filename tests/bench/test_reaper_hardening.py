@@ -1,7 +1,9 @@
 """Review s10-hard's findings on ``kvgate.bench.reaper`` / ``kvgate.bench.procs`` (each test failed before
 its fix): a stopped process group whose leader's pid was reused is not signalled (M2); an in-process
 ``kvgate.bench.cli.main`` installs no process-wide handlers, the command line still does (L1); the
-orphaned children of a group leader that already exited are still found and reaped (M1)."""
+orphaned children of a group leader that already exited are still found and reaped (M1); an unreadable
+``/proc`` does not make a running group "gone" (L3); a Ctrl-C during the grace does not skip the
+SIGKILL (L4); a process started during the grace is killed too (L2)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import sys
 import types
 from pathlib import Path
 
-from kvgate.bench import procs
+import pytest
+
+from kvgate.bench import procs, reaper
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -114,3 +118,109 @@ def test_reaper_finds_the_children_of_a_group_leader_that_already_exited() -> No
         assert out[1:] == ["True", "False"], f"found, alive after reap: {out[1:]}"
     finally:
         _kill(orphan)
+
+
+def _sleeper(*args: str) -> subprocess.Popen[str]:
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time\n" + "".join(args) + "print('r', flush=True)\ntime.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert p.stdout is not None and p.stdout.readline() == "r\n"
+    return p
+
+
+def test_group_alive_when_proc_cannot_be_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """L3: ``killpg(pgid, 0)`` says the group exists but ``/proc`` cannot be listed: it is running (before:
+    an empty scan answered "gone", and ``Proc.stop`` skipped the SIGKILL)."""
+    p = _sleeper()
+    try:
+
+        def no_proc(path: str) -> list[str]:
+            raise PermissionError(path)
+
+        monkeypatch.setattr(reaper.os, "listdir", no_proc)
+        assert reaper.group_alive(p.pid)
+    finally:
+        _kill(p.pid)
+        p.wait()
+
+
+def test_a_ctrl_c_during_the_grace_still_sigkills(monkeypatch: pytest.MonkeyPatch) -> None:
+    """L4: a ``KeyboardInterrupt`` out of the grace's sleep: what ignores SIGTERM is still SIGKILLed."""
+    p = _sleeper("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n")
+    try:
+        st = reaper._stat(p.pid)
+        assert st is not None
+
+        calls = []
+        real_alive = reaper.alive
+
+        def ctrl_c_in_the_grace(procs: dict[int, int]) -> dict[int, int]:
+            calls.append(1)
+            if len(calls) == 2:  # (the grace's first check)
+                raise KeyboardInterrupt
+            return real_alive(procs)
+
+        monkeypatch.setattr(reaper, "alive", ctrl_c_in_the_grace)
+        with pytest.raises(KeyboardInterrupt):
+            reaper.terminate({p.pid: st[3]}, grace_s=30)
+        assert p.wait(10) == -signal.SIGKILL
+    finally:
+        _kill(p.pid)
+        p.wait()
+
+
+def test_sigint_is_ignored_while_reaping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """L4: a second Ctrl-C while the reap waits its grace does not interrupt it (restored after)."""
+    seen = []
+    monkeypatch.setattr(reaper, "descendants", lambda root=None: {2**22 + 1: 1})
+    monkeypatch.setattr(
+        reaper, "terminate", lambda *a, **k: seen.append(signal.getsignal(signal.SIGINT)) or {}
+    )
+    before = signal.getsignal(signal.SIGINT)
+    reaper.reap()
+    assert seen == [signal.SIG_IGN]
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+_LATE = r"""
+import subprocess, sys, time
+from pathlib import Path
+from kvgate.bench import reaper
+out = Path(sys.argv[1])
+sh = subprocess.Popen(["sh", "-c", 'trap "sleep 60 & echo \\$! > %s" TERM; echo ready; '
+                       'while :; do sleep 0.1; done' % out], stdout=subprocess.PIPE, text=True,
+                      stderr=subprocess.DEVNULL, start_new_session=True)
+assert sh.stdout.readline() == "ready\n"
+reaper.reap(grace_s=1.0)
+late = int(out.read_text())
+st = reaper._stat(late)
+deadline = time.monotonic() + 5
+while st and reaper.alive({late: st[3]}) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(late, bool(st and reaper.alive({late: st[3]})))
+"""
+
+
+def test_a_process_started_during_the_grace_is_killed(tmp_path: Path) -> None:
+    """L2: a supervisor that starts a new process when it gets SIGTERM (one that the reap's first scan
+    could not see): it is SIGKILLed at the end of the grace too (before: left running)."""
+    r = subprocess.run(
+        [sys.executable, "-c", _LATE, str(tmp_path / "late")],
+        capture_output=True,
+        env=ENV,
+        text=True,
+        timeout=60,
+    )
+    out = r.stdout.split()
+    assert len(out) == 2, r.stdout + r.stderr
+    try:
+        assert out[1] == "False", "the process started during the grace was left running"
+    finally:
+        _kill(int(out[0]))

@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 
 GRACE_S = 5.0  # from SIGTERM to SIGKILL
@@ -47,20 +47,25 @@ def _stat(pid: int) -> _Stat | None:
     return int(fields[1]), int(fields[2]), fields[0].decode(), int(fields[19])
 
 
-def _scan() -> dict[int, _Stat]:
+def _scan_or_none() -> dict[int, _Stat] | None:
+    """Every process's ``_Stat``; None when ``/proc`` cannot be listed."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
     out: dict[int, _Stat] = {}
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc"):
-            if name.isdigit() and (st := _stat(int(name))) is not None:
-                out[int(name)] = st
+    for name in names:
+        if name.isdigit() and (st := _stat(int(name))) is not None:
+            out[int(name)] = st
     return out
 
 
-def descendants(root: int | None = None) -> dict[int, int]:
-    """``pid -> start time`` of ``root``'s living descendants (default: this process) and of every
-    process in a process group one of them leads; ``root`` itself excluded."""
-    root = os.getpid() if root is None else root
-    table = _scan()
+def _scan() -> dict[int, _Stat]:
+    return _scan_or_none() or {}
+
+
+def _tree(table: dict[int, _Stat], root: int) -> set[int]:
+    """``root``'s descendants in ``table`` and every process of a group one of them leads (any state)."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _pgrp, _state, _start) in table.items():
         children.setdefault(ppid, []).append(pid)
@@ -74,6 +79,14 @@ def descendants(root: int | None = None) -> dict[int, int]:
     leaders = {pid for pid in found if table[pid][1] == pid}
     found |= {pid for pid, st in table.items() if st[1] in leaders}
     found.discard(root)
+    return found
+
+
+def descendants(root: int | None = None) -> dict[int, int]:
+    """``pid -> start time`` of ``root``'s living descendants (default: this process) and of every
+    process in a process group one of them leads; ``root`` itself excluded."""
+    table = _scan()
+    found = _tree(table, os.getpid() if root is None else root)
     return {pid: table[pid][3] for pid in found if table[pid][2] != "Z"}
 
 
@@ -88,14 +101,18 @@ def alive(procs: dict[int, int]) -> dict[int, int]:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (zombies do not count)."""
+    """Whether a process of group ``pgid`` still runs (zombies do not count; when ``/proc`` cannot be
+    listed, whether any process of it exists, zombies included)."""
     try:
         os.killpg(pgid, 0)  # (no process at all, zombies included: no /proc scan)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    return any(st[1] == pgid and st[2] != "Z" for st in _scan().values())
+    table = _scan_or_none()
+    if table is None:  # (it exists; only /proc could tell a zombie: not "gone" on a guess)
+        return True
+    return any(st[1] == pgid and st[2] != "Z" for st in table.values())
 
 
 def _signal_all(procs: Iterable[int], sig: int) -> None:
@@ -104,23 +121,77 @@ def _signal_all(procs: Iterable[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def terminate(procs: dict[int, int], grace_s: float = GRACE_S) -> dict[int, int]:
+def terminate(
+    procs: dict[int, int], grace_s: float = GRACE_S, late: Callable[[], dict[int, int]] | None = None
+) -> dict[int, int]:
     """SIGTERM to each of ``procs`` (pid -> start time), SIGKILL to those still running ``grace_s``
-    later; those that had to be killed."""
+    later, or at once when the wait is interrupted (a ``KeyboardInterrupt``); then SIGKILL to what
+    ``late()`` finds running (processes started meanwhile). Those that had to be killed."""
     procs = alive(procs)
-    _signal_all(procs, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while (procs := alive(procs)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    _signal_all(procs, signal.SIGKILL)
-    return procs
+    killed: dict[int, int] = {}
+    try:
+        _signal_all(procs, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while (procs := alive(procs)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        killed = alive(procs)
+        _signal_all(killed, signal.SIGKILL)
+        if late is not None:
+            new = alive(late())
+            _signal_all(new, signal.SIGKILL)
+            killed |= new
+    return killed
+
+
+_warned_no_proc = False
 
 
 def reap(grace_s: float = GRACE_S) -> dict[int, int]:
-    """Terminate every descendant of this process (see the module's docstring); those killed."""
+    """Terminate every descendant of this process (see the module's docstring); those killed. What
+    started during the grace (a supervisor restarting a worker) is found by a second scan (the
+    descendants, and the members of the groups led by those found first) and SIGKILLed. SIGINT is
+    ignored meanwhile (from the main thread): a second Ctrl-C does not cut the reap short."""
+    global _warned_no_proc
+    me = os.getpid()
+    table = _scan_or_none()
+    if table is None:
+        if not _warned_no_proc and sys.platform.startswith("linux"):
+            _warned_no_proc = True
+            print("kvgate: /proc cannot be listed; child processes not reaped", file=sys.stderr)
+        return {}
     found = descendants()
-    found.pop(_resource_tracker_pid(), None)  # multiprocessing's: ends by itself with us
-    return terminate(found, grace_s) if found else {}
+    tracker = _resource_tracker_pid()
+    found.pop(tracker, None)  # multiprocessing's: ends by itself with us
+    if not found:
+        return {}
+    groups = {pid: start for pid, start in found.items() if table.get(pid, (0, 0))[1] == pid}
+
+    def late() -> dict[int, int]:
+        now = _scan()
+        pids = _tree(now, me)
+        for pgid, start in groups.items():
+            leader = now.get(pgid)
+            if leader is None or leader[3] == start:  # (not a group whose id was reused meanwhile)
+                pids |= {pid for pid, st in now.items() if st[1] == pgid}
+        pids.discard(tracker)
+        return {pid: now[pid][3] for pid in pids if now[pid][2] != "Z"}
+
+    with _sigint_ignored():
+        return terminate(found, grace_s, late)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or threading.current_thread() is not threading.main_thread():
+        yield  # (a handler not set from Python could not be restored)
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _resource_tracker_pid() -> int:
