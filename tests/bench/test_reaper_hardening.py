@@ -224,3 +224,32 @@ def test_a_process_started_during_the_grace_is_killed(tmp_path: Path) -> None:
         assert out[1] == "False", "the process started during the grace was left running"
     finally:
         _kill(int(out[0]))
+
+
+_ZOMBIES = r"""
+import asyncio, sys
+from kvgate.bench import procs, reaper
+reaper.install()
+
+async def main():
+    p, m = await procs.start("crashes", ["sh", "-c", "sleep 60 & echo ready $!"], r"ready (\d+)")
+    orphan = int(m[0].group(1))
+    while p.proc.returncode is None:  # (it exits at once: its worker is left, ours now)
+        await asyncio.sleep(0.02)
+    await p.stop(grace=2)
+    print(orphan, reaper._stat(orphan))
+
+asyncio.run(main())
+"""
+
+
+def test_proc_stop_collects_the_orphans_it_killed() -> None:
+    """M1's subreaper: the workers of a server that exited are re-parented to the bench; once
+    ``Proc.stop`` killed them they are collected, not left as zombies of the bench until it exits."""
+    r = subprocess.run([sys.executable, "-c", _ZOMBIES], capture_output=True, env=ENV, text=True, timeout=60)
+    out = r.stdout.split(maxsplit=1)
+    assert len(out) == 2, r.stdout + r.stderr
+    try:
+        assert out[1].strip() == "None", f"left: {out[1]}"
+    finally:
+        _kill(int(out[0]))

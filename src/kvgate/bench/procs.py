@@ -105,6 +105,7 @@ class Proc:
                 self._reader.cancel()
                 await asyncio.wait([self._reader])
             if self.proc.returncode is not None:
+                reaper.collect_orphans(self.proc.pid)  # (its children it left, ours as a subreaper)
                 # Its pipe closed too (asyncio closes the transport only once the output reached its
                 # end; one left open is closed when collected, an error once the loop closed).
                 transport = getattr(self.proc, "_transport", None)

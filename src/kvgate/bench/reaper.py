@@ -14,9 +14,10 @@ the moment of the reap, and every process in a process group one of them leads (
 their children in a session of their own, ``start_new_session``, so a process's own children share its
 group). ``install()`` also makes this process a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``):
 an orphan among them (a server crashed and was collected, its workers left; a process that daemonized)
-is re-parented to it, not to init, and stays a descendant. (Those of them that end meanwhile stay
-zombies of the bench until it exits.) Each is identified by pid and start time, checked just before it
-is signalled. Linux only (``/proc``); elsewhere ``reap`` does nothing.
+is re-parented to it, not to init, and stays a descendant. (``Proc.stop`` collects those of its group
+once ended, ``collect_orphans``; other orphans that end stay zombies of the bench until it exits.) Each
+is identified by pid and start time, checked just before it is signalled. Linux only (``/proc``);
+elsewhere ``reap`` does nothing.
 """
 
 from __future__ import annotations
@@ -113,6 +114,17 @@ def group_alive(pgid: int) -> bool:
     if table is None:  # (it exists; only /proc could tell a zombie: not "gone" on a guess)
         return True
     return any(st[1] == pgid and st[2] != "Z" for st in table.values())
+
+
+def collect_orphans(pgid: int) -> None:
+    """Collect the zombies of group ``pgid`` that are this process's children but not ones it started
+    (orphans re-parented to it, a subreaper; its own child, the group's leader, is left to whoever
+    started it): without this they stay zombies of the bench until it exits."""
+    me = os.getpid()
+    for pid, (ppid, pgrp, state, _start) in _scan().items():
+        if state == "Z" and ppid == me and pgrp == pgid and pid != pgid:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
 
 def _signal_all(procs: Iterable[int], sig: int) -> None:
