@@ -22,6 +22,8 @@ from kvgate.config.director import build_director
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.config import FlowControlConfig
 from kvgate.flowcontrol.controller import (
+    RATE_FLOWS_MAX,
+    RATE_OVERFLOW,
     RESERVE_MISS,
     RESERVE_MISS_FLOOR,
     FlowController,
@@ -287,7 +289,11 @@ def test_many_ids_at_once_do_not_rescan_the_table_on_every_arrival(monkeypatch: 
     for i in range(20_000):
         ctl.arrived(req(f"r{i}", f"user{i}"), i * 5e-5)
     assert calls <= 5
-    assert len(ctl._arrived) == 20_000  # (each still sending: kept, and counted)
+    # Each still sending: kept, and counted, up to RATE_FLOWS_MAX ids (review s10-fc-a); the rest in
+    # one shared entry, their arrivals still in the total.
+    assert len(ctl._arrived) == RATE_FLOWS_MAX
+    assert ctl._arrived[RATE_OVERFLOW] > 0
+    assert ctl._arrived_total == pytest.approx(sum(ctl._arrived.values()))
     for i in range(20_000, 20_100):  # ten minutes on, the old ids are gone at the next re-base
         ctl.arrived(req(f"r{i}", "late"), 600.0 + i * 1e-3)
     assert len(ctl._arrived) <= 2

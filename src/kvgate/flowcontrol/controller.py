@@ -46,6 +46,7 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 from collections import deque
@@ -83,14 +84,24 @@ RESERVE_MISS_FLOOR = 0.01
 ENGINE_MISS_GAIN = 0.02
 LOAD_WINDOW_S = 5.0  # their dispatch rate, the finish rate: exponentially decayed counts over this
 # fairShareRunningReserve: each flow's arrivals, decayed over LOAD_WINDOW_S; the decayed sums are kept
-# scaled to a base time (so flows compare without decaying each), re-based after this many windows or
-# when more than RATE_FLOWS flows are kept, or twice as many as the last re-base kept (those with less
-# than RATE_PRUNE arrivals left are dropped).
-RATE_REBASE_WINDOWS = 50.0
-RATE_FLOWS = 4096
+# scaled to a base time (so flows compare without decaying each), re-based once an id's single arrival
+# has decayed below RATE_PRUNE (ln(1 / RATE_PRUNE) windows, ~23 s) or when more than RATE_FLOWS flows are
+# kept, or twice as many as the last re-base kept (those with less than RATE_PRUNE arrivals left are
+# dropped). At most RATE_FLOWS_MAX ids are kept: the arrivals of ids beyond it go to one shared entry
+# (RATE_OVERFLOW; an HTTP header value holds no NUL), by which those ids are judged (as a group).
 RATE_PRUNE = 0.01
+RATE_REBASE_WINDOWS = math.log(1.0 / RATE_PRUNE)
+RATE_FLOWS = 4096
+RATE_FLOWS_MAX = 4 * RATE_FLOWS
+RATE_OVERFLOW = "\x00overflow"
+RATE_KEY_MAX = 256  # a longer id is kept as its first 200 characters and a hash of the whole
 RATE_ACTIVE = 0.5
+# The flows sending now (at least RATE_ACTIVE arrivals left after decay) are recounted by a scan of the
+# table at most once per RATE_FLOWS_EVERY_S, and only after 1 / RATE_RECOUNT_SHARE of the table's size
+# in arrivals, or RATE_RECOUNT_MAX_S after the last count (and at each re-base).
 RATE_FLOWS_EVERY_S = 0.1
+RATE_RECOUNT_SHARE = 64
+RATE_RECOUNT_MAX_S = 1.0
 # fairShareRunningReserve with fairShareTTFTTarget: the free slots added to the model's (``free_extra``)
 # move by this much per first token of a request not held back: up by FREE_GAIN x (1 - m) when it missed
 # the target by waiting (its time from dispatch within the target), down by FREE_GAIN x m otherwise, so
@@ -146,6 +157,15 @@ def free_slots(take: float, give: float, miss: float, cap: int) -> int:
         term *= q
         total += term
     return f
+
+
+def rate_key(flow: str) -> str:
+    """``flow``'s key in the arrival table: itself, or, past RATE_KEY_MAX characters, its first 200
+    and a hash of the whole (client-supplied ids of any length; review s10-fc-a F3)."""
+    if len(flow) <= RATE_KEY_MAX:
+        return flow
+    digest = hashlib.blake2b(flow.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return f"{flow[:200]}\x00{digest}"
 
 
 def flow_of(req: InferenceRequest) -> str:
@@ -210,6 +230,7 @@ class FlowController:
         self._arrived_cap = RATE_FLOWS  # re-based when more flows than this are kept
         self._rate_flows = 0  # flows with at least RATE_ACTIVE decayed arrivals (recounted periodically)
         self._rate_flows_at = -math.inf
+        self._since_count = 0  # arrivals since the last count of the flows sending
         # fairShareTTFTTarget with the reserve: the share of the requests not held back whose time from
         # dispatch to first token alone misses the target (EWMA; starts at RESERVE_MISS)
         self.engine_miss = RESERVE_MISS
@@ -437,23 +458,40 @@ class FlowController:
         if not self.cfg.fair_share_running_reserve:
             return
         base = self._arrived_base
-        if (
+        rebase = (
             base is None
             or now - base > RATE_REBASE_WINDOWS * LOAD_WINDOW_S
             or len(self._arrived) > self._arrived_cap
-        ):
+        )
+        if rebase or base is None:
             self._rebase(now)
             base = now
-        w = math.exp((now - base) / LOAD_WINDOW_S) if now > base else 1.0
-        flow = flow_of(req)
-        self._arrived[flow] = self._arrived.get(flow, 0.0) + w
+        # (an arrival before the base time, a clock stepping back, counts as decayed: exp of a negative)
+        w = math.exp((now - base) / LOAD_WINDOW_S)
+        key = rate_key(flow_of(req))
+        arrived = self._arrived
+        if key not in arrived and len(arrived) >= RATE_FLOWS_MAX - 1:
+            key = RATE_OVERFLOW  # (a bounded table: client-supplied ids, one per request in a spray)
+        arrived[key] = arrived.get(key, 0.0) + w
         self._arrived_total += w
-        if now >= self._rate_flows_at + RATE_FLOWS_EVERY_S:
-            # the flows sending now: at least RATE_ACTIVE arrivals left after decay (a scan, so at most
-            # once per RATE_FLOWS_EVERY_S)
-            self._rate_flows_at = now
-            floor = RATE_ACTIVE * w
-            self._rate_flows = sum(1 for c in self._arrived.values() if c >= floor)
+        self._since_count += 1
+        at = self._rate_flows_at
+        due = now >= at + RATE_FLOWS_EVERY_S and (
+            self._since_count * RATE_RECOUNT_SHARE >= len(arrived) or now >= at + RATE_RECOUNT_MAX_S
+        )
+        if rebase or now < at or due:
+            self._count_flows(now, w)
+
+    def _count_flows(self, now: float, w: float) -> None:
+        """The flows sending now: at least RATE_ACTIVE arrivals left after decay (``w``: the weight of
+        an arrival at ``now``). A scan of the table: at each re-base, else at most once per
+        RATE_FLOWS_EVERY_S and only after 1 / RATE_RECOUNT_SHARE of the table's size in arrivals
+        (amortised O(1) per arrival), or once per RATE_RECOUNT_MAX_S (at most one scan of
+        RATE_FLOWS_MAX ids a second)."""
+        self._rate_flows_at = now
+        self._since_count = 0
+        floor = RATE_ACTIVE * w
+        self._rate_flows = sum(1 for c in self._arrived.values() if c >= floor)
 
     def _rebase(self, now: float) -> None:
         base = self._arrived_base
@@ -461,8 +499,8 @@ class FlowController:
         self._arrived = {f: c * k for f, c in self._arrived.items() if c * k >= RATE_PRUNE}
         self._arrived_total = sum(self._arrived.values())
         self._arrived_base = now
-        # Many ids sending at once (none decayed enough to drop): the next re-base only once the table
-        # has doubled, so the scans cost O(1) per arrival however many ids there are.
+        # Many ids sending at once (none decayed enough to drop): the next re-base on size only once the
+        # table has doubled (else every ~23 s), so the scans cost O(1) per arrival however many ids.
         self._arrived_cap = max(RATE_FLOWS, 2 * len(self._arrived))
 
     def rate_over(self, flow: str) -> bool:
@@ -472,7 +510,11 @@ class FlowController:
         up: at a burst's start the requests of a flood go out at once, into the running slots kept for
         the others, while its demand is still under its share. Its rate says so from the first
         requests of the burst (and, decayed, through the pause between bursts)."""
-        mine = self._arrived.get(flow, 0.0)
+        arrived = self._arrived
+        key = rate_key(flow)
+        mine = arrived.get(key, 0.0)
+        if not mine and key not in arrived:  # (an id past the table's bound: judged by the shared entry)
+            mine = arrived.get(RATE_OVERFLOW, 0.0)
         if not mine:
             return False
         return mine * max(1, self._rate_flows) > self._over_factor * self._arrived_total
