@@ -17,7 +17,8 @@ CHECK is one of:
   FIRST_SEED to LAST_SEED;
 - ``mt``: the validation families b and c at their 0.8 x knee points (8.768 and 6.992 req/s, as
   ``kvgate bench multiturn --set validation --capacities a=11.77,b=10.96,c=8.74``) on seeds FIRST_SEED to
-  LAST_SEED (default 104-113: seeds no one tuned on), POLICY and sglang-cache-aware side by side;
+  LAST_SEED (default 104-113, a tuning set since session 10; its validation seeds are 114-133:
+  ``mt POLICY 114 133``), POLICY and sglang-cache-aware side by side;
   ``gm`` is POLICY's p90 over sglang's per run, and the figures per family follow;
 - ``reg``: the hetero, multi-LoRA and sharegpt knee-80% points, seed 0 (276.22 req/s 15 s, 388.08 req/s
   20 s, 276.10 req/s 20 s).
