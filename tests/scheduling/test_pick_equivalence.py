@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+import yaml
 
 from kvgate.bench import picktrace
 from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
@@ -24,12 +25,58 @@ from .pick_reference import use_reference
 STEPS = 2500
 
 
-def _both(policy: Any, n: int, seed: int, *, scraped: bool = True) -> tuple[list[Any], list[Any], Any]:
+def _both(
+    policy: Any, n: int, seed: int, *, scraped: bool = True, judge: bool = False, teach: bool = False
+) -> tuple[list[Any], list[Any], Any]:
     new, store, clock = picktrace.build(policy, n, seed, scraped=scraped)
-    got = picktrace.run(new, store, clock, seed, STEPS, explain_every=7)
+    if teach:
+        _teach(new)
+    got = picktrace.run(new, store, clock, seed, STEPS, explain_every=7, judge=judge)
     ref, store, clock = picktrace.build(policy, n, seed, scraped=scraped)
-    want = picktrace.run(use_reference(ref), store, clock, seed, STEPS, explain_every=7)
+    if teach:
+        _teach(ref)
+    want = picktrace.run(use_reference(ref), store, clock, seed, STEPS, explain_every=7, judge=judge)
     return got, want, new
+
+
+def _teach(director: Any) -> None:
+    """Train the SLO gate's latency model on every endpoint (TTFT = 0.5 s + 3 s per queued request, as
+    ``tests/flowcontrol/test_slo_admission.teach``), so judged picks are held where a queue is."""
+    from kvgate.flowcontrol.sloadmission import MIN_SAMPLES
+
+    predictor = director.slo_admission.oracle.predictor
+    for ep in director.store.all():
+        for i in range(3 * MIN_SAMPLES):
+            queued = i % 4
+            x = [1.0, float(queued), 0.0, 0.0, 0.001 * (1 + i % 7), 0.0, 0.0]
+            predictor.observe_ttft(ep.address, x, 0.5 + 3.0 * queued)
+
+
+def _kvgate_doc() -> dict[str, Any]:
+    from kvgate.config.policies import policy_yaml
+
+    doc: dict[str, Any] = yaml.safe_load(policy_yaml("kvgate"))
+    return doc
+
+
+def _feedback_policy() -> dict[str, Any]:
+    """The kvgate policy with ``cachedTokensFeedback`` on: usage reaches the prefix scorer's ``on_usage``."""
+    doc = _kvgate_doc()
+    for plugin in doc["plugins"]:
+        if plugin["type"] == "prefix-cache-scorer":
+            plugin["parameters"]["cachedTokensFeedback"] = True
+    return doc
+
+
+def _slo_policy() -> dict[str, Any]:
+    """The kvgate policy behind flow control's ``sloAdmission`` (the Director's gate is set: picks run
+    ``_run_profiles``, judged ones with the producers prepared), with the session-affinity scorer."""
+    doc = _kvgate_doc()
+    doc["featureGates"] = ["flowControl"]
+    doc["flowControl"] = {"sloAdmission": True, "defaultRequestTTL": "30s"}
+    doc["plugins"] += [{"type": "predicted-latency-scorer"}, {"type": "session-affinity-scorer"}]
+    doc["schedulingProfiles"][0]["plugins"].insert(-1, {"pluginRef": "session-affinity-scorer", "weight": 3})
+    return doc
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -50,6 +97,103 @@ def test_kvgate_policy_picks_as_before(seed: int, n: int) -> None:
 def test_other_policies_pick_as_before(policy: str) -> None:
     got, want, _ = _both(policy, 5, 11)
     assert got == want
+
+
+@pytest.mark.parametrize("seed", [1, 6])
+def test_cached_tokens_feedback_picks_as_before(seed: int) -> None:
+    """Usage reaches the prefix scorer (the only ``on_usage`` observer) and acts: the index forgets what
+    the engine said it no longer held, and later picks see the index without it."""
+    got, want, d = _both(_feedback_policy(), 4, seed)
+    assert got == want
+    prefix = d.handle.find(PrefixCacheScorer)
+    assert isinstance(prefix, PrefixCacheScorer) and prefix.cached_feedback
+    assert prefix in d._usage_observers
+    assert prefix.forgotten > 0  # the feedback acted (with no observer told of usage it stays 0)
+
+
+def _overrides_on_usage(cls: type) -> bool:
+    from kvgate.scheduling.framework import ResponseObserver
+
+    return any("on_usage" in vars(c) for c in cls.__mro__[: cls.__mro__.index(ResponseObserver)])
+
+
+def test_usage_observers_are_every_plugin_that_overrides_on_usage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Director tells usage only to the observers that read it (``_usage_observers``): every plugin
+    whose class overrides ``ResponseObserver.on_usage`` (itself, through a mixin, or decorated) is one,
+    so a filter that drops one fails here; those that do not override it are left out."""
+    import functools
+
+    from kvgate.scheduling import registry
+    from kvgate.scheduling.framework import ResponseObserver
+
+    class Plain(ResponseObserver):
+        def on_first_token(self, request: Any, endpoint: Any, now: float) -> None:
+            pass
+
+        def on_finished(self, request: Any, endpoint: Any, output_tokens: int, ok: bool, now: float) -> None:
+            pass
+
+    class Own(Plain):
+        def on_usage(self, request: Any, endpoint: Any, usage: Any, now: float) -> None:
+            pass
+
+    def logged(f: Any) -> Any:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return f(*args, **kwargs)
+
+        return wrapper
+
+    class Decorated(Plain):
+        @logged
+        def on_usage(self, request: Any, endpoint: Any, usage: Any, now: float) -> None:
+            pass
+
+    class UsageMixin:
+        def on_usage(self, request: Any, endpoint: Any, usage: Any, now: float) -> None:
+            pass
+
+    class Mixed(UsageMixin, Plain):
+        pass
+
+    class Inherited(Own):
+        pass
+
+    made = {"plain": Plain, "own": Own, "decorated": Decorated, "mixed": Mixed, "inherited": Inherited}
+    for name, cls in made.items():
+        monkeypatch.setitem(registry._REGISTRY, f"test-usage-{name}", cls)
+    doc = _feedback_policy()
+    doc["plugins"] += [{"type": f"test-usage-{name}"} for name in made]
+    # every registered plugin type that observes responses, besides (those that build with defaults)
+    for type_name in registry.types():
+        cls = registry.get(type_name)
+        if (
+            cls is not None
+            and issubclass(cls, ResponseObserver)
+            and type_name not in {p["type"] for p in doc["plugins"]}
+        ):
+            doc["plugins"].append({"type": type_name})
+    d, _store, _clock = picktrace.build(doc, 2, 0)
+    observers = d._observers
+    assert {type(o) for o in observers} >= set(made.values()) | {PrefixCacheScorer}
+    want = [o for o in observers if _overrides_on_usage(type(o))]
+    assert d._usage_observers == want
+    assert {type(o) for o in want} >= {Own, Decorated, Mixed, Inherited, PrefixCacheScorer}
+    assert Plain not in {type(o) for o in want}
+
+
+def test_slo_admission_and_sessions_pick_as_before() -> None:
+    """A Director with an SLO gate (no single-profile fast path), judged picks (the producers prepared
+    before the profile's run), and requests with session keys."""
+    from kvgate.scheduling.plugins.session import SessionAffinityScorer
+
+    got, want, d = _both(_slo_policy(), 4, 9, judge=True, teach=True)
+    assert got == want
+    assert d.slo_admission is not None
+    assert Counter(o[1] for o in got if isinstance(o[1], str))["PredictedSLOMissError"] > 5
+    session = d.handle.find(SessionAffinityScorer)
+    assert isinstance(session, SessionAffinityScorer) and len(session.sessions) > 5
+    assert sum(1 for o in got if isinstance(o[1], list)) > 500
 
 
 def _precise(index_name: str) -> dict[str, Any]:

@@ -12,11 +12,12 @@ path into a process that runs another tree's ``kvgate``.
 flight gets its first token or finishes (with its usage, sometimes failed), an endpoint's scraped
 metrics change (queue, running, KV use, LoRA adapters, block size, a scrape that goes stale), an
 endpoint is ejected or comes back, the clock moves. Requests draw from shared prefixes (a few of them
-long enough to overflow the hashed window) with unique tails, short prompts under one block, token-id
-prompts, LoRA adapters, subset hints, the conformance filter's header, sheddable priorities, and now and
-then ``explain``. It returns one line per pick: the request, the endpoints chosen (or the error's class),
-and the explanation when asked for, so two pickers that decide alike return equal lists. Nothing in it
-depends on what was picked but through the picks themselves.
+long enough to overflow the hashed window) with unique tails, short prompts under one block (in
+characters; some non-ASCII ones a block in bytes), token-id prompts, LoRA adapters, subset hints, the
+conformance filter's header, sheddable priorities, session keys, and now and then ``explain``. It
+returns one line per pick: the request, the endpoints chosen (or the error's class), and the explanation
+when asked for, so two pickers that decide alike return equal lists. Nothing in it depends on what was
+picked but through the picks themselves.
 """
 
 from __future__ import annotations
@@ -80,11 +81,17 @@ def _prompts(rng: random.Random) -> list[str]:
     return heads
 
 
-def _request(i: int, rng: random.Random, heads: list[str], addresses: list[str]) -> InferenceRequest:
+def _request(
+    i: int, rng: random.Random, heads: list[str], addresses: list[str], extra: random.Random
+) -> InferenceRequest:
+    """``extra``: the draws added in session 10 (review s10-pick), from their own stream, so ``rng``'s
+    sequence, and so the rest of the trace, is what it was before them."""
     kind = rng.random()
     req = InferenceRequest(f"r{i}", "m", max_tokens=rng.choice((None, 8, 128, 1024)))
     if kind < 0.15:
         req.prompt_text = rng.choice(("hi", "Say hello to the benchmark", "é" * 20))
+        if req.prompt_text[0] == "é":  # under one block in characters; the last two are one in bytes
+            req.prompt_text = extra.choice(("é" * 20, "é" * 40, "é" * 32 + "x"))
     elif kind < 0.25:
         ids = [rng.randrange(1000) for _ in range(rng.choice((16, 100, 300)))]
         req.token_ids = ids + [rng.randrange(1000) for _ in range(rng.randrange(40))]
@@ -104,6 +111,8 @@ def _request(i: int, rng: random.Random, heads: list[str], addresses: list[str])
         req.priority = -1
     if rng.random() < 0.1:
         req.stream = True
+    if extra.random() < 0.1:
+        req.session_key = f"session-{extra.randrange(12)}"
     return req
 
 
@@ -116,14 +125,18 @@ def run(
     *,
     explain_every: int = 0,
     spent: list[float] | None = None,
+    judge: bool = False,
 ) -> list[tuple[Any, ...]]:
     """Drive ``director`` (over ``store``, on ``clock``) through ``steps`` seeded events; the picks.
+    ``judge``: pick as flow control does when a request leaves its queue (``pick(..., judge=True)``:
+    ``sloAdmission`` judges sheddable requests first).
     ``spent``: its first item is increased by the CPU time (``process_time``) of the Director's own calls
     (picks, dispatches, first tokens, finishes), the generator's work left out."""
     cpu = time.process_time if spent is not None else _zero
     used = 0.0
     rng = random.Random(seed)
     heads = _prompts(rng)
+    extra = random.Random(seed + 7_000_003)
     eps = list(store.all())
     addresses = [ep.address for ep in eps]
     open_: list[tuple[InferenceRequest, Endpoint, bool]] = []  # (request, endpoint, first token seen)
@@ -132,12 +145,12 @@ def run(
     for step in range(steps):
         ev = rng.random()
         if ev < 0.45 or not open_:
-            req = _request(step, rng, heads, addresses)
+            req = _request(step, rng, heads, addresses, extra)
             explain = bool(explain_every) and picks % explain_every == 0
             picks += 1
             t0 = cpu()
             try:
-                res = director.pick(req, explain)
+                res = director.pick(req, explain, judge=True) if judge else director.pick(req, explain)
             except Exception as e:  # the typed errors (no capacity, shed) are decisions too
                 used += cpu() - t0
                 out.append((req.request_id, type(e).__name__))
