@@ -12,6 +12,13 @@ not "fix" or speed up anything here: it is the yardstick.
 Flow control's change to ``on_dispatched`` (5169afe, after 6a5bcb1) is taken over here: this copy
 holds the code the CPU cuts replaced, other changes to the same functions follow main.
 
+This copy is mirrored by hand: edits here follow main (as 304e2c9 took over 5169afe's), and then this
+test proves only that the copy and the new code decide alike, not that the code decides as it did
+before the cuts. The authority for equivalence with the pre-session code is ``scripts/gateway_path_cost.py
+--picks --base-src <src of a 6a5bcb1 worktree> [--policy NAME]``: it runs the same trace
+(``kvgate.bench.picktrace``) on both trees' unmodified code and fails (PICKS DIFFER) unless their picks
+are equal. It covers the named policies only, not the feedback and SLO-admission configs of the test.
+
 The cost scorer's ``costs`` is not copied: its one cut skips ``_waiting_on_prefix`` where that returns
 0, a premise the test checks directly, so this copy does not hold the scorer's pricing still. When the
 cost scorer's semantics change on purpose, change its two functions here alike: the copy is there to
