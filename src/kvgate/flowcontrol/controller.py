@@ -525,7 +525,7 @@ class FlowController:
         the rate at which they take free slots)."""
         held = False
         if req is not None and now is not None and self.cfg.fair_share_running_reserve:
-            held = self.held_back(req)
+            held = self.held_back(req, now)  # (the gate's question: a due request is not held back)
             if not held:
                 self._rate = self._decayed(self._rate, self._rate_at, now) + 1.0
                 self._rate_at = now if self._rate_at is None else max(now, self._rate_at)
@@ -674,25 +674,36 @@ class FlowController:
         service = self.service_ttft
         return now + service <= deadline <= now + SLO_FIRST_MARGIN * service
 
-    def observe_first_token(self, req: InferenceRequest, ttft: float, service: float | None = None) -> None:
+    def observe_first_token(
+        self, req: InferenceRequest, ttft: float, service: float | None = None, held: bool | None = None
+    ) -> None:
         """``req`` produced its first token ``ttft`` seconds after it arrived. With
         ``fairShareTTFTTarget``, and ``req`` not held back itself, the headroom moves toward the value
-        at which one in ten such requests misses the target (stochastic approximation of the p90)."""
+        at which one in ten such requests misses the target (stochastic approximation of the p90).
+        ``held``: whether the gate held it back at its dispatch (what ``started`` returned): the
+        running reserve learns from the requests it did not hold back then (review s10-fc M1: asked
+        again now, the shares have moved, and a request that waited by design read as a reserve
+        miss); None: asked now."""
         cfg = self.cfg
         target = cfg.fair_share_ttft_target
-        if not target or self.held_back(req):
+        if not target:
             return
-        top = cfg.fair_share_headroom
-        if service is not None and cfg.fair_share_running_reserve:
+        held_now = self.held_back(req)
+        held_then = held_now if held is None else held
+        if service is not None and cfg.fair_share_running_reserve and not held_then:
             # (its time from dispatch alone: a miss the reserve could not have prevented)
             self.engine_miss += ENGINE_MISS_GAIN * ((1.0 if service > target else 0.0) - self.engine_miss)
             # A miss by waiting (over the target, within it from dispatch): the free slots the model
             # keeps were too few; the others: too many. Settles where such misses are reserve_miss.
             waited = 1.0 if ttft > target >= service else 0.0
             extra = max(0.0, self.free_extra + FREE_GAIN * (waited - self.reserve_miss))
-            # (no wind-up: misses while the cap is kept free already are not the reserve's to prevent)
+            # (no wind-up: misses while the cap is kept free already are not the reserve's to prevent;
+            # before the gate has asked, no cap is known: clamped at its first ask, before any use)
             self.free_extra = min(extra, self._extra_cap) if self._extra_cap else extra
             self._reserve_cache = (None, 0)
+        if held_now:  # (the headroom steers on the requests not held back as the shares are now)
+            return
+        top = cfg.fair_share_headroom
         miss = TARGET_QUANTILE if ttft > target else TARGET_QUANTILE - 1.0
         self.headroom = min(top, max(0.0, self.headroom + HEADROOM_GAIN * top * miss))
 

@@ -90,6 +90,7 @@ class _Track:
     stop: Callable[[], bool] | None = None  # the door's way to stop it (preemption); True = stopped
     batch_at_first: float = 0.0  # sequences decoding on the endpoint then (speed learning)
     flow: str | None = None  # its fairness flow, counted in flow control's in-flight per flow
+    held: bool = False  # the fair-share headroom held it back at dispatch (fairShareRunningReserve)
 
 
 class Director:
@@ -539,7 +540,7 @@ class Director:
             self._flow_ended(old, addr)
         if self.flow is not None:
             track.flow = flow_of(req)
-            self.flow.ctl.started(track.flow, req, track.sent_at)
+            track.held = self.flow.ctl.started(track.flow, req, track.sent_at)
         inf = endpoint.inflight
         inf.requests += 1
         inf.pending_prefill_tokens += track.prefill
@@ -583,7 +584,7 @@ class Director:
         if self.flow is not None and learn:  # (not a TTFT either for the flow's TTFT targets)
             if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
                 self.flow.ctl.observe_first_token(
-                    req, track.first_at - req.arrival_time, track.first_at - track.sent_at
+                    req, track.first_at - req.arrival_time, track.first_at - track.sent_at, track.held
                 )
             self.flow.ctl.observe_service_ttft(track.first_at - track.sent_at)  # (slo-feasible)
         if self.flow is not None or self.predecessor is not None:
