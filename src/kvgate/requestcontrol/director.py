@@ -263,8 +263,8 @@ class Director:
                 return True
         elif self.detector.saturated(cands, now):
             return True
-        # flowControl.fairShareRunningReserve: the rest is kept for the others (checked last: it walks
-        # the flows in flight, and a saturated pool needs no more)
+        # flowControl.fairShareRunningReserve: free slots are kept for the others (checked last: it sums
+        # the candidates' requests in flight, and a saturated pool needs no more)
         return (
             held
             and flow is not None
