@@ -22,6 +22,9 @@ async def _woken_then_cancelled(task: asyncio.Task[Any], stop: asyncio.Event, st
     for _ in range(steps):
         await asyncio.sleep(0)
     ended_before = task.done()  # (it may have returned on its own by then: the cancel comes too late)
+    if steps == 0:
+        # No turn since the wake: the cancel must land on a live task, or this case tests nothing.
+        assert not ended_before, "the loop ended before it was cancelled"
     task.cancel()
     await asyncio.wait([task], timeout=1.0)
     assert task.done(), "it went on after it was cancelled"
