@@ -212,7 +212,7 @@ def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None:
         (_rid, addr), old = self._tracks.popitem(last=False)
         ep = self.store.get(addr)
         self._release(addr, ep, old)
-        self._flow_ended(old, addr)
+        self._flow_ended(old)  # (its unused arguments dropped on main after 5169afe)
     if self.flow is not None:
         track.flow = flow_of(req)
         # (flow control's own change at 5169afe, fc10: not one of the CPU cuts)
@@ -280,7 +280,7 @@ def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | 
     if track.stop is not None:
         self._victims.pop((req.request_id, endpoint.address), None)
     self._release(endpoint.address, endpoint, track)
-    self._flow_ended(track, endpoint.address, finished=ok)
+    self._flow_ended(track)  # (as above)
     if self.flow is not None or self.predecessor is not None:
         self._notify()
     if self._observers:

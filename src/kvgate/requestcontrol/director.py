@@ -368,7 +368,7 @@ class Director:
                 continue
             # Released now: the door's own on_finished for it finds no track and does nothing.
             del self._tracks[key]
-            self._flow_ended(track, key[1])
+            self._flow_ended(track)
             self._picked.pop(key[0], None)
             ep = self.store.get(key[1])
             self._release(key[1], ep, track)
@@ -537,7 +537,7 @@ class Director:
             (_rid, addr), old = self._tracks.popitem(last=False)
             ep = self.store.get(addr)
             self._release(addr, ep, old)
-            self._flow_ended(old, addr)
+            self._flow_ended(old)
         if self.flow is not None:
             track.flow = flow_of(req)
             track.held = self.flow.ctl.started(track.flow, req, track.sent_at)
@@ -602,7 +602,7 @@ class Director:
             self._victims.pop((rid, addr), None)
         self._release(addr, endpoint, track)
         if track.flow is not None:
-            self._flow_ended(track, addr, finished=ok)
+            self._flow_ended(track)
         if self.flow is not None or self.predecessor is not None:
             self._notify()
         if self._observers:
@@ -640,9 +640,9 @@ class Director:
             n = max(n, met.running_requests)
         return float(n)
 
-    def _flow_ended(self, track: _Track, address: str, finished: bool = False) -> None:
-        """``finished``: it ran to its end (else a preempted victim or a forgotten track). Each end
-        gives its slot back (``fairShareRunningReserve`` counts them all)."""
+    def _flow_ended(self, track: _Track) -> None:
+        """A tracked request ended: finished, a preempted victim or a forgotten track. Each end gives
+        its slot back (``fairShareRunningReserve`` counts them all)."""
         if track.flow is not None and self.flow is not None:
             self.flow.ctl.ended(track.flow, self.clock())
 

@@ -86,45 +86,44 @@ class SchedulerProfile:
     def _run_explained(
         self, cycle: CycleState, candidates: Sequence[Endpoint], prepared: bool
     ) -> list[Endpoint]:
+        """``run`` for a cycle that asks for an explanation: the same steps, each recorded."""
         assert self.picker is not None, "profile built without a picker"
-        explain = cycle.explain
-        info: dict[str, Any] = {}
-        if explain:
-            info = {"profile": self.name, "candidates": [ep.address for ep in candidates], "filters": []}
-            cycle.data.setdefault("explanation", {})[self.name] = info
+        info: dict[str, Any] = {
+            "profile": self.name,
+            "candidates": [ep.address for ep in candidates],
+            "filters": [],
+        }
+        cycle.data.setdefault("explanation", {})[self.name] = info
         if not prepared:
             for producer in self.producers:
                 producer.prepare(cycle, candidates)
         eps = list(candidates)
         for flt in self.filters:
             eps = flt.filter(cycle, eps)
-            if explain:
-                info["filters"].append(
-                    {"plugin": flt.name, "type": flt.type_name, "kept": [e.address for e in eps]}
-                )
+            info["filters"].append(
+                {"plugin": flt.name, "type": flt.type_name, "kept": [e.address for e in eps]}
+            )
             if not eps:
                 raise NoCapacityError(f"no endpoint left after filter {flt.name!r} in profile {self.name!r}")
         totals: list[float] = []
         scorers_info: list[dict[str, Any]] = []
         for scorer, weight in self.scorers:
             raw = scorer.score(cycle, eps)
-            # Weigh (and clamp to [0, 1] unless the scorer guarantees it): comprehensions, since this
-            # runs per endpoint per scorer on every pick.
+            # Weigh (and clamp to [0, 1] unless the scorer guarantees it), as ``run`` does.
             if not scorer.bounded:
                 raw = [0.0 if s < 0.0 else 1.0 if s > 1.0 else s for s in raw]
             if not totals:
                 totals = list(raw) if weight == 1.0 else [weight * s for s in raw]
             else:
                 totals = [t + weight * s for t, s in zip(totals, raw, strict=True)]
-            if explain:
-                scorers_info.append(
-                    {
-                        "plugin": scorer.name,
-                        "type": scorer.type_name,
-                        "weight": weight,
-                        "scores": {e.address: raw[i] for i, e in enumerate(eps)},
-                    }
-                )
+            scorers_info.append(
+                {
+                    "plugin": scorer.name,
+                    "type": scorer.type_name,
+                    "weight": weight,
+                    "scores": {e.address: raw[i] for i, e in enumerate(eps)},
+                }
+            )
         if not totals:
             totals = [0.0] * len(eps)
         picked = self.picker.pick(cycle, eps, totals)
@@ -132,12 +131,11 @@ class SchedulerProfile:
             raise NoCapacityError(
                 f"picker {self.picker.name!r} returned no endpoint in profile {self.name!r}"
             )
-        if explain:
-            info["scorers"] = scorers_info
-            info["totals"] = {e.address: totals[i] for i, e in enumerate(eps)}
-            info["picker"] = self.picker.name
-            info["picked"] = [e.address for e in picked]
-            info["winner"] = picked[0].address
+        info["scorers"] = scorers_info
+        info["totals"] = {e.address: totals[i] for i, e in enumerate(eps)}
+        info["picker"] = self.picker.name
+        info["picked"] = [e.address for e in picked]
+        info["winner"] = picked[0].address
         for hook in self.post_pick:
             hook.on_picked(cycle, picked[0])
         return picked
