@@ -1,1 +1,71 @@
 """Shared test configuration."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+# --- A stop cancelled while it waits for a background task to end must raise the cancellation ----------
+# (``with suppress(CancelledError): await task`` after ``task.cancel()`` swallowed it: a cancel of the
+# stopping coroutine, landing while it waited or in the turn the task ended, was caught as the task's own.)
+
+
+class SlowToEnd:
+    """A background task that, once cancelled, winds down until ``release()`` (a further cancel cuts it)."""
+
+    def __init__(self) -> None:
+        self.winding = asyncio.Event()
+        self._released = asyncio.Event()
+        self.task: asyncio.Task[None] = asyncio.create_task(self._run(), name="slow-to-end")
+
+    async def _run(self) -> None:
+        try:
+            await asyncio.Event().wait()  # (until cancelled)
+        except asyncio.CancelledError:
+            self.winding.set()
+            await self._released.wait()
+            raise
+
+    def release(self) -> None:
+        self._released.set()
+
+
+Plant = Callable[[asyncio.Task[Any]], None]
+StopCheck = Callable[[Plant, Callable[[], Awaitable[Any]], str], Awaitable[None]]
+
+
+@pytest.fixture
+def stop_raises_a_cancel() -> StopCheck:
+    """``await check(plant, stop, when)``: a ``SlowToEnd`` task is handed to ``plant`` (which puts it where
+    the object keeps its background task), ``stop()`` runs as a task until it cancelled that task, then
+    the stopping task is cancelled ``when`` = ``"waiting"`` (while the task winds down) or ``"as it
+    ends"`` (in the turn the task ended, before the stop resumed): the stop must end cancelled."""
+
+    async def check(plant: Plant, stop: Callable[[], Awaitable[Any]], when: str) -> None:
+        slow = SlowToEnd()
+        plant(slow.task)
+        await asyncio.sleep(0)
+        stopper = asyncio.create_task(stop())
+        async with asyncio.timeout(10):
+            await slow.winding.wait()
+        if when == "waiting":
+            assert not stopper.done()
+            stopper.cancel()
+            await asyncio.wait([stopper], timeout=10)
+            slow.release()
+        else:
+            assert when == "as it ends"
+            slow.release()
+            while not slow.task.done():  # noqa: ASYNC110 (turn by turn: the stop must not resume first)
+                await asyncio.sleep(0)
+            assert not stopper.done()  # (the stop has not resumed yet: the cancel lands in that turn)
+            stopper.cancel()
+            await asyncio.wait([stopper], timeout=10)
+        await asyncio.wait([slow.task], timeout=10)
+        assert stopper.done(), "the stop did not end"
+        assert stopper.cancelled(), f"the stop swallowed its caller's cancel: {stopper!r}"
+
+    return check

@@ -49,6 +49,9 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return out
 
 
+TOP_DISPATCH = ("__init__.py", "cli.py")
+
+
 def violations(src: Path, table: dict[str, set[str]]) -> list[str]:
     """Every import of a kvgate package its importer's row does not allow (and every unlisted package)."""
     found: list[str] = []
@@ -57,9 +60,10 @@ def violations(src: Path, table: dict[str, set[str]]) -> list[str]:
         found.append(f"{pkg}/: not in the dependency table")
     for path in sorted(src.rglob("*.py")):
         rel = path.relative_to(src)
-        if len(rel.parts) < 2:
+        if len(rel.parts) < 2 and rel.name in TOP_DISPATCH:
             continue  # kvgate/__init__.py and the top-level cli dispatch over everything
-        pkg = rel.parts[0]
+        # Any other top-level module (kvgate/aio.py) is below every package: it imports none.
+        pkg = rel.parts[0] if len(rel.parts) > 1 else rel.stem
         allowed = table.get(pkg, set())
         if EVERYTHING in allowed:
             continue
@@ -139,6 +143,13 @@ def test_checker_fails_when_a_forbidden_import_is_added(tmp_path: Path, code: st
     src = _tree(tmp_path, {"low/a.py": code, "high/b.py": "from kvgate.low.a import x\n"})
     found = violations(src, dependency_table(TABLE))
     assert len(found) == 1 and "low -> high" in found[0] and found[0].startswith("low/a.py:")
+
+
+def test_a_top_level_module_imports_no_package(tmp_path: Path) -> None:
+    """``kvgate/aio.py`` (task helpers every package uses) sits below every package."""
+    files = {"low/a.py": "", "aio.py": "from kvgate.low import a\n", "cli.py": "import kvgate.low\n"}
+    src = _tree(tmp_path, files)
+    assert violations(src, dependency_table(TABLE)) == ["aio.py:1: aio -> low (kvgate.low)"]
 
 
 def test_checker_fails_on_a_package_missing_from_the_table(tmp_path: Path) -> None:

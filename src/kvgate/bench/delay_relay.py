@@ -29,10 +29,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import sys
 from dataclasses import dataclass, field
+
+from kvgate.aio import cancel_all_and_wait, cancel_and_wait
+
+log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 MAX_QUEUED = 64  # chunks per direction: at most 4 MiB held per direction of a connection
@@ -90,11 +95,9 @@ class DelayRelay:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all_and_wait(
+            list(self._tasks), "relayed connection", log
+        )  # (raises a cancel of this close)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -136,16 +139,16 @@ class DelayRelay:
                 done |= (await asyncio.wait(pending))[0]
             aborted = not all(_clean(t) for t in done)
         finally:
-            for t in (to_up, to_down):
-                t.cancel()
-            for t in (to_up, to_down):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            for w in (up_w, down_w):
-                if aborted:
-                    w.transport.abort()
-                else:
-                    w.close()
+            try:
+                await cancel_all_and_wait(
+                    (to_up, to_down), "relay pump", log
+                )  # (raises a cancel of the relay)
+            finally:
+                for w in (up_w, down_w):
+                    if aborted:
+                        w.transport.abort()
+                    else:
+                        w.close()
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, not_before: float) -> bool:
         """Copy ``src`` to ``dst``, each chunk delayed by the one-way delay, in order. True on a clean
@@ -185,9 +188,7 @@ class DelayRelay:
                 except (OSError, ConnectionError):
                     return False
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader, "relay reader", log)  # (raises a cancel of the pump)
 
 
 def _clean(t: asyncio.Task[bool]) -> bool:

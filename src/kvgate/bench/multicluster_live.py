@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import sys
 import tempfile
@@ -46,12 +47,14 @@ import aiohttp
 import orjson
 import yaml
 
+from kvgate.aio import cancel_and_wait
 from kvgate.bench import netns, procs
 from kvgate.bench.loadgen import build_body, sse_data
 from kvgate.bench.multicluster import _ratio, plot_ttft_bars, rows_vs_hub
 from kvgate.bench.procs import Proc
 from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
 
+log = logging.getLogger(__name__)
 MODEL = "sim-model"
 POLICIES = ["kvgate", "llm-d-hub", "round-robin", "active-passive"]
 LOCAL = "east"
@@ -542,9 +545,7 @@ async def run_policy(policy: str, phase: str, qps: float, clusters: list[LiveClu
             res = await open_loop(urls, cfg.workload.stream(cfg.seed, 100_000), qps, total, cfg.seed,
                                   cfg.request_timeout, events)  # fmt: skip
         finally:
-            poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poll
+            await cancel_and_wait(poll, "the learnt-clusters poller", log)  # (raises a cancel of the run)
         wall = time.perf_counter() - t_start
         gm: dict[str, float] = {}
         for url in urls:

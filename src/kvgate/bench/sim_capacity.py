@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import logging
 import random
 import re
 import subprocess
@@ -35,7 +35,10 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
+from kvgate.aio import cancel_all_and_wait
 from kvgate.bench.workloads import random_ids, render
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -135,11 +138,7 @@ class Clients:
             self._tasks.append(asyncio.create_task(self._worker(s, len(self._tasks))))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all_and_wait(self._tasks, "load client", log)  # (raises a cancel of this stop)
         self._tasks.clear()
 
 

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -17,6 +16,7 @@ from typing import Literal
 
 import xxhash
 
+from kvgate.aio import cancel_and_wait
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.kvindex import BlockIndex
 from kvgate.datalayer.kvwire import END_SEQ as _END_SEQ
@@ -209,9 +209,7 @@ class KVEventSubscriber:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, f"KV-event subscriber {self.endpoint}", log)
             self._task = None
 
     async def _run(self) -> None:

@@ -39,7 +39,6 @@ caller hands in its own aiohttp ``session``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -48,6 +47,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from kvgate.aio import cancel_all_and_wait
 from kvgate.datalayer.endpoint import METRICS_STALENESS_S, Endpoint
 from kvgate.datalayer.mappings import extract, filter_query, mapping_for, page_has_signals
 from kvgate.datalayer.pageclient import PageClient, PageError
@@ -194,11 +194,7 @@ class MetricsScraper:
         self.store.remove_listener(self._on_change)
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all_and_wait(tasks, "metrics scraper", log)  # (raises a cancel of this stop)
         for client in self._clients.values():
             client.close()
         self._clients.clear()

@@ -9,7 +9,6 @@ and its in-flight accounting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +21,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from kvgate.aio import cancel_and_wait
 from kvgate.extproc import keys
 from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.session import ProtocolViolation, Session, SessionContext
@@ -207,9 +207,7 @@ class EppServer:
         if self._grpc is not None:
             await self._grpc.stop(g)
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await cancel_and_wait(self._sweeper, "the EPP's idle-stream sweeper", log)
         if self._health_server is not None:
             await self._health_server.stop(0)
         if self._metrics_runner is not None:

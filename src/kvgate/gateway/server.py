@@ -22,6 +22,7 @@ import aiohttp
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from kvgate.aio import cancel_all_and_wait
 from kvgate.config.gateway import GatewayConfig, Limits
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
@@ -460,11 +461,7 @@ class GatewayServer:
             with contextlib.suppress(TimeoutError):  # (not wait_for, which on 3.11 may drop a cancel)
                 async with asyncio.timeout(timeout):
                     await self.proxy.idle.wait()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all_and_wait(self._tasks, "the gateway's task", log)  # (raises a cancel of this stop)
         self._tasks.clear()
         for kp in self.kube_pools:
             await kp.stop()

@@ -8,7 +8,6 @@ fetch, decides when it stops counting (so a cut link turns into "unknown" after 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -20,6 +19,7 @@ import grpc
 import msgspec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kvgate.aio import cancel_and_wait
 from kvgate.datalayer.aggregate import MAX_RESPONSE_BYTES, decode
 from kvgate.multicluster.clusters import TlsOptions
 from kvgate.multicluster.state import ClusterState
@@ -122,9 +122,7 @@ class Fetcher:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, "the aggregate fetcher", log)
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()

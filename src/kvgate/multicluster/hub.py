@@ -14,16 +14,20 @@ in the hub as in ``kvgate serve --clusters``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from kvgate.aio import cancel_and_wait
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.multicluster.clusters import ClustersConfig
 from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy, prompt_key
 from kvgate.multicluster.state import ClusterState
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult
+
+log = logging.getLogger(__name__)
 
 CLUSTER_LABEL = "kvgate.io/cluster"
 POOL = "clusters"  # the store pool of the hub EPP's endpoints (the clusters' gateways)
@@ -189,12 +193,7 @@ class HubFeed:
             self.source.poll()
 
     async def stop(self) -> None:
-        import asyncio
-        import contextlib
-
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, "the hub's clusters-file reload loop", log)
         await self.source.stop()
         await self.fetcher.stop()

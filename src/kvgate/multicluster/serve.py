@@ -28,6 +28,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from kvgate.aio import cancel_and_wait
 from kvgate.httpfront.metrics import FrontGauges
 from kvgate.httpfront.server import (
     FrontLimits,
@@ -285,9 +286,7 @@ class GlobalGateway:
 
     async def stop(self) -> None:
         if self._reload_task is not None:
-            self._reload_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reload_task
+            await cancel_and_wait(self._reload_task, "the clusters-file reload loop", log)
         await self.source.stop()  # (raises nothing but a cancellation: the rest below still stops)
         if self.fetcher is not None:
             await self.fetcher.stop()

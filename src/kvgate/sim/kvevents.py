@@ -19,7 +19,6 @@ PUB sends never block: ZMQ drops at the high-water mark and a subscriber heals t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -27,6 +26,7 @@ from collections import deque
 import zmq
 import zmq.asyncio
 
+from kvgate.aio import cancel_and_wait
 from kvgate.datalayer.kvwire import END_SEQ, KVEvent, encode_batch
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,14 @@ class KVEventPublisher:
         }
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self._pub.close(0)
-        if self._router is not None:
-            self._router.close(0)
+        try:
+            if self._task is not None:
+                await cancel_and_wait(self._task, "KV-event publisher's replay server", log)
+                self._task = None
+        finally:  # (the sockets closed even when this close is cancelled)
+            self._pub.close(0)
+            if self._router is not None:
+                self._router.close(0)
 
 
 def _bind(sock: zmq.Socket[bytes] | zmq.asyncio.Socket, host: str, port: int) -> str:

@@ -20,7 +20,6 @@ live in ``routes_openai``, ``routes_probes`` and ``routes_admin``, their shared 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -29,6 +28,7 @@ import uuid
 
 from aiohttp import web
 
+from kvgate.aio import cancel_and_wait
 from kvgate.sim.engine import Engine, EngineConfig
 from kvgate.sim.faults import Faults
 from kvgate.sim.kvcache import AllBlocksCleared
@@ -136,9 +136,7 @@ class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
             await self._site.stop()
             self._site = None
         if self._driver is not None:
-            self._driver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._driver
+            await cancel_and_wait(self._driver, "the simulated engine's driver", log)
             self._driver = None
         for p in self._pending.values():
             p.crashed = True

@@ -1,0 +1,108 @@
+"""Background tasks (``kvgate.k8s.tasks`` re-exports these; this module imports no kvgate package, so every
+package may use it): stopping one (cancel it, wait for it, and say if it had ended on an error of its own
+or did not end when cancelled), waiting for a cleanup that a cancellation does not cut (bounded), and a
+loop's bounded wait for its wake-up event that a cancellation always ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+# A task still running this long after it was cancelled swallowed the cancellation (every loop stopped
+# so ends at its next await): said, and cancelled again, rather than waited for forever; after
+# ``RECANCELS`` more cancels it is abandoned (left running, said), so a stop takes at most
+# ``(RECANCELS + 1) x STUCK_S`` on it.
+STUCK_S = 5.0
+RECANCELS = 2
+
+
+async def cancel_and_wait(
+    task: asyncio.Task[Any], what: str, log: logging.Logger, stuck_s: float = STUCK_S
+) -> None:
+    """Cancel ``task`` and wait until it ended. An exception it ended with on its own (a bug) is logged,
+    not raised: the caller's stop goes on with the rest. The caller's own cancellation is not swallowed
+    (``asyncio.wait`` raises it, the task left to end on its own; ``await task`` inside
+    ``suppress(CancelledError)`` would not: a cancel of the caller landing while it waits, or in the turn
+    the task ends, is caught there as if it were the task's). A task still running ``stuck_s`` after the
+    cancel (it swallowed it: Python 3.11's ``asyncio.wait_for`` does, see ``wait_event``) is logged by
+    ``what`` and cancelled again, each ``stuck_s``, at most ``RECANCELS`` times; one still running then
+    (it swallows every cancel) is logged as abandoned and left running: the stop never waits more than
+    ``(RECANCELS + 1) x stuck_s`` on it. (A re-cancel can cut a cleanup the task was running under the
+    first cancel, at its next await: the tasks stopped so have none that takes seconds.)"""
+    await _cancel_and_wait([(task, what)], log, stuck_s)
+
+
+async def cancel_all_and_wait(
+    tasks: Iterable[asyncio.Task[Any]], what: str, log: logging.Logger, stuck_s: float = STUCK_S
+) -> None:
+    """``cancel_and_wait`` for several tasks at once: all cancelled first, then waited for together (the
+    bound is not multiplied by their number); each logged as ``what`` and its task name."""
+    await _cancel_and_wait([(t, f"{what} {t.get_name()!r}") for t in tasks], log, stuck_s)
+
+
+async def _cancel_and_wait(
+    named: list[tuple[asyncio.Task[Any], str]], log: logging.Logger, stuck_s: float
+) -> None:
+    for task, _ in named:
+        task.cancel()
+    running = named
+    for n in range(RECANCELS + 1):
+        if not (running := [(t, w) for t, w in running if not t.done()]):
+            break
+        await asyncio.wait([t for t, _ in running], timeout=stuck_s)  # raises the caller's cancel
+        if not (running := [(t, w) for t, w in running if not t.done()]):
+            break
+        for task, what in running:
+            if n == RECANCELS:
+                log.error("%s did not end %.1fs after it was cancelled %d times (it swallows every "
+                          "cancellation); abandoned, left running", what, stuck_s, n + 1)  # fmt: skip
+            else:
+                log.error("%s did not end %.1fs after it was cancelled (the cancellation was swallowed); "
+                          "cancelling it again", what, stuck_s)  # fmt: skip
+                task.cancel()
+    for task, what in named:
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s had stopped: %r", what, exc, exc_info=exc)
+
+
+# Cleanups run by ``finish_shielded`` that their waiter gave up on: kept referenced until they end.
+_LEFT_RUNNING: set[asyncio.Task[Any]] = set()
+
+
+async def finish_shielded(task: asyncio.Task[Any], what: str, log: logging.Logger, limit_s: float) -> None:
+    """Wait until ``task`` (a cleanup: a ``finally``'s work, run as a task of its own) ended, at most
+    ``limit_s``, even when this waiter is cancelled meanwhile: a cleanup running under one cancellation
+    is not cut by the next (``cancel_and_wait`` re-cancels a task that is slow to end). A cancellation
+    received while waiting is raised once the task ended or ``limit_s`` passed; a task still running then
+    is logged by ``what`` and left to finish on its own. An error it ended on is logged, not raised."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, limit_s)
+    cancelled = False
+    while not task.done() and (left := deadline - loop.time()) > 0:
+        try:
+            await asyncio.wait([task], timeout=left)  # (asyncio.wait never cancels the task it waits for)
+        except asyncio.CancelledError:
+            cancelled = True
+    if not task.done():
+        log.error("%s still running %.1fs after it started; left to finish on its own", what, limit_s)
+        _LEFT_RUNNING.add(task)
+        task.add_done_callback(_LEFT_RUNNING.discard)
+    elif not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed: %r", what, exc, exc_info=exc)
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until ``event`` is set or ``timeout_s`` passed; whether it is set. A loop's wake-up wait:
+    not ``asyncio.wait_for(event.wait(), ...)``, which on Python 3.11 returns the result instead of
+    raising when the task is cancelled just as the event is set (CPython gh-86296, fixed in 3.12): the
+    loop then goes on, and a stop waiting for it hangs forever. ``asyncio.timeout`` tells its own expiry
+    from a cancellation."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await event.wait()
+    return event.is_set()
