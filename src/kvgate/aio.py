@@ -20,7 +20,12 @@ RECANCELS = 2
 
 
 async def cancel_and_wait(
-    task: asyncio.Task[Any], what: str, log: logging.Logger, stuck_s: float = STUCK_S
+    task: asyncio.Task[Any],
+    what: str,
+    log: logging.Logger,
+    stuck_s: float = STUCK_S,
+    *,
+    ends_within_s: float = 0.0,
 ) -> None:
     """Cancel ``task`` and wait until it ended. An exception it ended with on its own (a bug) is logged,
     not raised: the caller's stop goes on with the rest. The caller's own cancellation is not swallowed
@@ -31,8 +36,12 @@ async def cancel_and_wait(
     ``what`` and cancelled again, each ``stuck_s``, at most ``RECANCELS`` times; one still running then
     (it swallows every cancel) is logged as abandoned and left running: the stop never waits more than
     ``(RECANCELS + 1) x stuck_s`` on it. (A re-cancel can cut a cleanup the task was running under the
-    first cancel, at its next await: the tasks stopped so have none that takes seconds.)"""
-    await _cancel_and_wait([(task, what)], log, stuck_s)
+    first cancel, at its next await: the tasks stopped so have none that takes seconds.) A task whose
+    cleanup under the cancel does take a while, itself bounded and not cut by further cancels
+    (``finish_shielded``), passes that bound as ``ends_within_s``: it is judged stuck only once that
+    passed (the first wait is ``max(stuck_s, ends_within_s)``), so the stop waits at most
+    ``max(stuck_s, ends_within_s) + RECANCELS x stuck_s`` on it."""
+    await _cancel_and_wait([(task, what)], log, stuck_s, ends_within_s)
 
 
 async def cancel_all_and_wait(
@@ -44,7 +53,7 @@ async def cancel_all_and_wait(
 
 
 async def _cancel_and_wait(
-    named: list[tuple[asyncio.Task[Any], str]], log: logging.Logger, stuck_s: float
+    named: list[tuple[asyncio.Task[Any], str]], log: logging.Logger, stuck_s: float, ends_within_s: float = 0
 ) -> None:
     for task, _ in named:
         task.cancel()
@@ -52,16 +61,17 @@ async def _cancel_and_wait(
     for n in range(RECANCELS + 1):
         if not (running := [(t, w) for t, w in running if not t.done()]):
             break
-        await asyncio.wait([t for t, _ in running], timeout=stuck_s)  # raises the caller's cancel
+        waited = max(stuck_s, ends_within_s) if n == 0 else stuck_s
+        await asyncio.wait([t for t, _ in running], timeout=waited)  # raises the caller's cancel
         if not (running := [(t, w) for t, w in running if not t.done()]):
             break
         for task, what in running:
             if n == RECANCELS:
                 log.error("%s did not end %.1fs after it was cancelled %d times (it swallows every "
-                          "cancellation); abandoned, left running", what, stuck_s, n + 1)  # fmt: skip
+                          "cancellation); abandoned, left running", what, waited, n + 1)  # fmt: skip
             else:
                 log.error("%s did not end %.1fs after it was cancelled (the cancellation was swallowed); "
-                          "cancelling it again", what, stuck_s)  # fmt: skip
+                          "cancelling it again", what, waited)  # fmt: skip
                 task.cancel()
     for task, what in named:
         if task.done() and not task.cancelled() and (exc := task.exception()) is not None:

@@ -42,14 +42,20 @@ from kvgate.httpfront.server import FrontServer, Handler, Request, Response, Str
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector
 from kvgate.k8s.runtime import default_identity
-from kvgate.k8s.tasks import cancel_and_wait
+from kvgate.k8s.tasks import STUCK_S, cancel_and_wait
 from kvgate.multicluster.clusters import DEFAULT_LEASE, ClustersError, ClustersFile, KubeImports
-from kvgate.multicluster.imports import ImportController, Member
+from kvgate.multicluster.imports import WATCHES_STOP_S, ImportController, Member
 from kvgate.multicluster.source import RETRY_S
 
 log = logging.getLogger("kvgate.multicluster.hub_controller")
 
 RESYNC_S = 30.0  # the hub's imports read back and reconciled this often
+# How long the leadership follower may take to end once cancelled: while it steps down it is in
+# ``ImportController.stop``, which under a cancel still waits for the members' watches, through further
+# cancels, up to ``WATCHES_STOP_S`` (a cancel ends its wait for the reconcile loop at once), plus
+# ``STUCK_S`` of slack. ``HubController.stop`` judges it stuck (re-cancels, then abandons it, logged)
+# only after that: at most ``FOLLOWER_STOP_S + RECANCELS x STUCK_S`` (35 s), 20 s when it steps down.
+FOLLOWER_STOP_S = WATCHES_STOP_S + STUCK_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +156,8 @@ class HubController:
         try:
             try:
                 if self._task is not None:
-                    await cancel_and_wait(self._task, "hub controller: the leadership follower", log)
+                    await cancel_and_wait(self._task, "hub controller: the leadership follower", log,
+                                          ends_within_s=FOLLOWER_STOP_S)  # fmt: skip
             finally:  # (also when this stop is cancelled while the follower ends: a reload giving up)
                 if self.controller is not None:
                     ctl, self.controller = self.controller, None
