@@ -268,4 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from kvgate.bench import reaper
+
+    reaper.install()  # (python -m: its children end with it, as under kvgate bench)
     sys.exit(main())

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from kvgate.bench import reaper
+
 SMALL = 1_000  # bytes of prompt text
 LARGE = 220_000  # the reference's > 1 s case: 220 KB prompts at 150 concurrency
 METRICS_BODY = "vllm:num_requests_waiting 0\nvllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.2\n"
@@ -194,7 +196,8 @@ def _inprocess(policy: str, sizes: list[int], n: int) -> list[str]:
 
 @contextlib.contextmanager
 def _process(args: list[str]) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=reaper.die_with_parent())  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         assert proc.stdout is not None
@@ -454,4 +457,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from kvgate.bench import reaper
+
+    reaper.install()  # (python -m: its children end with it, as under kvgate bench)
     sys.exit(main())

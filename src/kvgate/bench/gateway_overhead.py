@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kvgate.bench import reaper
+
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = b'{"model":"m","prompt":"Say hello to the benchmark","max_tokens":8}'
@@ -365,8 +367,9 @@ def _rss_bytes(pid: int) -> int:
 
 def _spawn(args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kw
-    )
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=reaper.die_with_parent(), **kw,
+    )  # fmt: skip
 
 
 def _wait_line(proc: subprocess.Popen[bytes], needle: bytes, timeout: float = 30.0) -> None:
@@ -666,4 +669,7 @@ def _internal(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from kvgate.bench import reaper
+
+    reaper.install()  # (python -m: its children end with it, as under kvgate bench)
     sys.exit(main())

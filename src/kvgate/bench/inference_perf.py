@@ -186,4 +186,7 @@ def summarise(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
+    from kvgate.bench import reaper
+
+    reaper.install()  # (python -m: its children end with it, as under kvgate bench)
     sys.exit(run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/benchmarks"), "--quick" in sys.argv))

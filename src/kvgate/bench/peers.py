@@ -24,6 +24,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvgate.bench import reaper
+
 
 @dataclass(frozen=True, slots=True)
 class Peer:
@@ -128,11 +130,11 @@ def launch(
     }
     cmd = peer.command(venv_python(peer), workers, policy, host, port)
     if log_path is None:
-        return subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=reaper.die_with_parent())  # fmt: skip
     with open(log_path, "wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=reaper.die_with_parent())  # fmt: skip
 
 
 def wait_ready(
@@ -176,4 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from kvgate.bench import reaper
+
+    reaper.install()  # (python -m: its children end with it, as under kvgate bench)
     sys.exit(main())

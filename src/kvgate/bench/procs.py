@@ -134,6 +134,7 @@ async def start(
         stdin=asyncio.subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
         start_new_session=True,  # its own process group, so stop() reaches its children too
+        preexec_fn=reaper.die_with_parent(),  # (SIGTERM when the bench dies, even by SIGKILL)
     )
     st = reaper._stat(proc.pid)  # (not collected yet: its pid cannot have been reused)
     p = Proc(name, proc, start_time=None if st is None else st[3])

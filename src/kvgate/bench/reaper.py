@@ -18,6 +18,11 @@ is re-parented to it, not to init, and stays a descendant. (``Proc.stop`` collec
 once ended, ``collect_orphans``; other orphans that end stay zombies of the bench until it exits.) Each
 is identified by pid and start time, checked just before it is signalled. Linux only (``/proc``);
 elsewhere ``reap`` does nothing.
+
+A bench killed by SIGKILL runs none of this: the children it starts itself (``procs.start`` and the
+benches' own ``Popen``s) are started with ``die_with_parent()`` (``PR_SET_PDEATHSIG``), so the kernel
+sends them SIGTERM when it dies, and each stops its own children. Orphans re-parented to the bench and
+processes started outside its tree are not covered then.
 """
 
 from __future__ import annotations
@@ -215,20 +220,50 @@ def _resource_tracker_pid() -> int:
 
 
 _installed = False
+_PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+# What a child started with ``die_with_parent()`` gets when the bench dies without reaping it (SIGKILL,
+# the OOM killer): SIGTERM, so that it stops its own children as it does when a bench stops it (a
+# ``kvgate serve --workers`` supervisor its workers, vLLM its engine processes; SIGKILL would orphan them).
+DEATH_SIGNAL = signal.SIGTERM
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux), looked up in this process (never between a fork and its exec)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover (no libc prctl)
+        return None
 
 
 def _become_subreaper() -> bool:
     """Orphaned descendants re-parent to this process, not to init (Linux >= 3.4)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
+    prctl = _prctl()
+    return prctl is not None and int(prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):  # pragma: no cover (no libc prctl)
-        return False
+
+def die_with_parent(sig: int = DEATH_SIGNAL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for a child the bench starts: the child gets ``sig`` when the bench dies, even by
+    SIGKILL, which runs no handler and no ``atexit`` (Linux ``PR_SET_PDEATHSIG``; it survives the exec).
+    A child whose bench died between its fork and the ``prctl`` (it was re-parented already, no signal
+    will come) exits at once, before its exec. None (nothing to run) off Linux, and from a thread other
+    than the main one: the kernel signals the child when the *thread* that forked it ends, and a worker
+    thread ends long before the bench. Only the bench's own children are covered: theirs are stopped by
+    them (on ``sig``), or reaped by ``reap`` when the bench exits otherwise."""
+    if threading.current_thread() is not threading.main_thread() or (prctl := _prctl()) is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # (in the child, between fork and exec: no lookups, no locks, no handlers)
+        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:

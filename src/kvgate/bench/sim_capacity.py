@@ -36,6 +36,7 @@ import aiohttp
 import orjson
 
 from kvgate.aio import cancel_all_and_wait
+from kvgate.bench import reaper
 from kvgate.bench.workloads import random_ids, render
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def start_sim(args: argparse.Namespace) -> tuple[subprocess.Popen[str], list[str
         "--stream-interval",
         str(args.stream_interval),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=reaper.die_with_parent())
     urls: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -249,4 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from kvgate.bench import reaper
+
+    reaper.install()  # (python -m: its children end with it, as under kvgate bench)
     sys.exit(main())

@@ -1,0 +1,138 @@
+"""Two ways a bench's children outlived it (session 11):
+
+- ``python -m kvgate.bench.X`` (how the docs and the Makefile run several benches, and how benches start
+  their helpers) did not install the reaper: only ``kvgate bench`` / ``kvgate demo`` did. Every
+  ``__main__`` block under ``kvgate.bench`` now calls ``reaper.install()`` first.
+- A bench killed by SIGKILL runs no handler and no ``atexit``: its children ran on. The children it starts
+  (``procs.start`` and the benches' own ``Popen``s) now get ``PR_SET_PDEATHSIG`` (SIGTERM) through
+  ``reaper.die_with_parent()``."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kvgate.bench import reaper
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "src" / "kvgate" / "bench"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl: Linux")
+
+
+def _main_blocks() -> dict[str, ast.If]:
+    out = {}
+    for path in sorted(BENCH.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'":
+                out[path.name] = node
+    return out
+
+
+def test_every_bench_main_installs_the_reaper_first() -> None:
+    blocks = _main_blocks()
+    assert len(blocks) >= 15  # (the test reads the real modules)
+    missing = []
+    for name, block in blocks.items():
+        calls = [s for s in block.body if not isinstance(s, ast.Import | ast.ImportFrom)]
+        if not calls or ast.unparse(calls[0]) != "reaper.install()":
+            missing.append(name)
+    assert missing == []
+
+
+def _caught(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+@linux_only
+def test_python_m_a_bench_installs_the_reaper() -> None:
+    """``python -m kvgate.bench.delay_relay`` (a bench helper that runs until stopped) handles SIGHUP: the
+    reaper's handler (nothing else in it sets one). Before: SIGHUP at its default."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvgate.bench.delay_relay", "--route", "127.0.0.1:0=127.0.0.1:9@1"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        hup = 1 << (signal.SIGHUP - 1)
+        deadline = time.monotonic() + 30
+        while not _caught(proc.pid) & hup and time.monotonic() < deadline:
+            assert proc.poll() is None, f"exited early (rc {proc.returncode})"
+            time.sleep(0.05)
+        assert _caught(proc.pid) & hup, "python -m kvgate.bench.X left SIGHUP unhandled"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+BENCH_SCRIPT = """
+import asyncio
+from kvgate.bench import procs
+
+async def main():
+    p, _ = await procs.start("sleeper", ["sleep", "120"], None)
+    print(p.proc.pid, flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+@linux_only
+def test_a_bench_killed_by_sigkill_takes_its_children_with_it() -> None:
+    """A bench (``procs.start`` a ``sleep`` in a session of its own) is SIGKILLed: the sleep gets SIGTERM
+    from the kernel and ends. Before: it ran on (re-parented to init)."""
+    bench = subprocess.Popen([sys.executable, "-c", BENCH_SCRIPT], env=ENV, stdout=subprocess.PIPE, text=True)
+    child: dict[int, int] = {}
+    try:
+        assert bench.stdout is not None
+        pid = int(bench.stdout.readline())
+        st = reaper._stat(pid)
+        assert st is not None
+        child = {pid: st[3]}
+        assert reaper.alive(child)
+        bench.kill()
+        bench.wait()
+        deadline = time.monotonic() + 20
+        while reaper.alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not reaper.alive(child), "the bench's child outlived a SIGKILLed bench"
+    finally:
+        bench.kill()
+        bench.wait()
+        for pid in reaper.alive(child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@linux_only
+def test_die_with_parent_only_from_the_main_thread() -> None:
+    """The kernel signals the child when the *thread* that forked it ends: none from another thread."""
+    assert reaper.die_with_parent() is not None
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(reaper.die_with_parent()))
+    t.start()
+    t.join()
+    assert got == [None]
+
+
+@linux_only
+def test_a_child_started_with_die_with_parent_runs_while_its_parent_lives() -> None:
+    """(The signal comes at the parent's death only: a child of a live parent is untouched, and the exec
+    goes through.)"""
+    out = subprocess.run(["sh", "-c", "echo ok"], preexec_fn=reaper.die_with_parent(), capture_output=True,
+                         text=True, timeout=30)  # fmt: skip
+    assert out.returncode == 0 and out.stdout == "ok\n"
