@@ -146,17 +146,38 @@ def free_slots(take: float, give: float, miss: float, cap: int) -> int:
     waits: the free slots go down by one at each such arrival and up by one at each finish (``give``
     per second) below F, so P(none free) = 1 / sum_{k <= F} (give / take)^k (a birth-death chain; the
     finishes need not be Poisson for the count to hold on average, bunched ones make it optimistic);
-    at most ``cap``. No arrivals: 0; arrivals but no finish measured yet: ``cap``."""
+    at most ``cap``. No arrivals: 0; arrivals but no finish measured yet: ``cap``.
+
+    In closed form (O(1): it is asked on every gate check of a held-back request, and a loop over F ran
+    to ``cap`` in overload; review s10-fc L2): with q = give / take the sum is (q^(F+1) - 1) / (q - 1),
+    so F is the least integer with F + 1 >= log(1 + (q - 1) / miss) / log q (q > 1), or with
+    q^(F+1) <= 1 - (1 - q) / miss (q < 1: none when (1 - q) / miss >= 1, the whole sum short of
+    1 / miss: ``cap``), or F + 1 >= 1 / miss (q = 1)."""
     if not (take > 0):  # (NaN too)
         return 0
     if not (give > 0) or not math.isfinite(take):
         return cap
-    q, f, total, term = give / take, 0, 1.0, 1.0
-    while f < cap and total * miss < 1.0:
-        f += 1
-        term *= q
-        total += term
-    return f
+    if not (miss < 1.0) or cap <= 0:  # (a NaN miss: 0, failing away from the reserve)
+        return 0
+    if miss <= 0.0:
+        return cap
+    q, need = give / take, 1.0 / miss  # F: the least with sum_{k <= F} q^k >= need
+    if not math.isfinite(q):
+        return 1
+    lq = math.log(q) if q > 0.0 else -math.inf
+    if q < 1.0:
+        x = (1.0 - q) * need
+        if not (x < 1.0):
+            return cap
+        v = math.log1p(-x) / lq - 1.0 if lq else need - 1.0
+    elif lq:
+        t = (q - 1.0) * need
+        v = (math.log1p(t) if math.isfinite(t) else math.log(q - 1.0) + math.log(need)) / lq - 1.0
+    else:
+        v = need - 1.0
+    if not (v < cap):
+        return cap
+    return max(0, math.ceil(v))
 
 
 def rate_key(flow: str) -> str:
