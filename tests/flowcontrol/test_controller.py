@@ -143,7 +143,7 @@ def test_metrics_count_queue_and_outcomes_with_capped_flow_labels() -> None:
 
     from kvgate.flowcontrol import metrics as fm
 
-    ctl = FlowController(FlowControlConfig(), fm.FlowMetrics(True))
+    ctl = FlowController(FlowControlConfig(), fm.FlowMetrics(True, fm.FlowLabels()))
 
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -159,6 +159,8 @@ def test_metrics_count_queue_and_outcomes_with_capped_flow_labels() -> None:
         "kvgate_flow_control_requests_total", priority="7", fairness_id="m-a", outcome="Dispatched"
     )
     assert after == before + 1
-    m = fm.FlowMetrics(True)
-    labels = {m._flow(f"f{i}") for i in range(fm.MAX_FLOW_LABELS + 10)}
+    m = fm.FlowLabels()
+    for i in range(fm.MAX_FLOW_LABELS + 10):
+        m.count(f"f{i}")
+    labels = {m.label(f"f{i}") for i in range(fm.MAX_FLOW_LABELS + 10)}
     assert len(labels) == fm.MAX_FLOW_LABELS + 1 and fm.OTHER_FLOW in labels

@@ -274,7 +274,7 @@ def test_the_flow_metric_labels_are_one_set_across_reloads(tmp_path):
     f.write_text(yaml.safe_dump(_fc_doc(2)))
     assert rl.reload()
     assert pool.director is not d1
-    assert pool.director.flow.ctl.metrics._flows is d1.flow.ctl.metrics._flows
+    assert pool.director.flow.ctl.metrics.labels is d1.flow.ctl.metrics.labels
 
 
 # --- R5 ------------------------------------------------------------------------------------------

@@ -198,9 +198,9 @@ def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[s
             setattr(new, attr, getattr(old, attr))
     old_flow, new_flow = getattr(old, "flow", None), getattr(new, "flow", None)
     if old_flow is not None and new_flow is not None:
-        # The flow-control metrics' ``fairness_id`` labels (module-wide series, capped per FlowMetrics):
-        # the same set, so a reload neither opens another 64 labels nor relabels a flow that was ``other``.
-        new_flow.ctl.metrics._flows = old_flow.ctl.metrics._flows
+        # The flow-control metrics' ``fairness_id`` labels: one process-wide choice (``metrics.LABELS``)
+        # already; carried all the same, so a reload never relabels a flow (one a test gave its own).
+        new_flow.ctl.metrics.labels = old_flow.ctl.metrics.labels
     handle, old_handle = getattr(new, "handle", None), getattr(old, "handle", None)
     if handle is None or old_handle is None:
         return []
