@@ -24,7 +24,9 @@ never-scraped endpoints, ``--policy``), per request; ``trace``, the seeded gener
 ``kvgate.bench.picktrace`` (8 scraped endpoints, shared prefixes up to overflowing the hashed window,
 LoRA, subset hints, sheddable requests, first tokens, finishes, scrapes, ejections; ``--trace-steps``
 events): the CPU time of the Director's calls (picks, dispatches, first tokens, finishes; not the
-generator's), per pick. Every process also returns a digest of the trace's picks (endpoints chosen, errors,
+generator's), per pick; ``hash``, the trace's prompt hashing alone (the prefix scorer's ``block_hashes``
+calls of one run of the trace, recorded, then replayed ``--rounds`` times, each from an empty span memo),
+per pick of the trace. Every process also returns a digest of the trace's picks (endpoints chosen, errors,
 and the explanation of every 50th pick): the script fails unless both trees' digests are equal, i.e.
 the two pickers decide alike on it. The trace generator is this tree's file, loaded by path, so both
 trees run the same workload.
@@ -195,13 +197,48 @@ def _measure_picks(requests: int, rounds: int, policy: str, steps: int) -> dict[
         if digest and got != digest:
             raise RuntimeError("the trace's picks differ between rounds of one process")
         digest = got
+    hashing = _hashing(picktrace, steps, rounds)
     return {
         "bench": min(bench),
         "trace": min(trace),
+        "hash": min(hashing),
         "digest": digest,
         "rounds": bench,
         "trace_rounds": trace,
     }
+
+
+def _hashing(picktrace: Any, steps: int, rounds: int) -> list[float]:
+    """The approximate prefix scorer's prompt hashing on the trace's prompts: its ``block_hashes`` calls
+    in one run of the trace, recorded, then replayed (each round from an empty span memo, where the tree
+    has one), CPU time per pick of the trace."""
+    import time
+
+    from kvgate.scheduling import prefix
+    from kvgate.scheduling.plugins import prefix_cache
+
+    calls: list[tuple[Any, ...]] = []
+    hasher = prefix_cache.block_hashes
+
+    def record(*a: Any) -> list[int]:
+        calls.append(a)
+        return hasher(*a)
+
+    prefix_cache.block_hashes = record
+    try:
+        td, store, clock = picktrace.build("kvgate", 8, 1)
+        picks = len(picktrace.run(td, store, clock, 1, steps))
+    finally:
+        prefix_cache.block_hashes = hasher
+    out = []
+    clear = getattr(prefix, "clear_spans", lambda: None)
+    for _ in range(rounds):
+        clear()
+        t0 = time.process_time()
+        for a in calls:
+            hasher(*a)
+        out.append((time.process_time() - t0) / picks * 1e6)
+    return out
 
 
 def _parts(requests: int, rounds: int) -> dict[str, float]:
@@ -322,22 +359,22 @@ def main() -> int:
 
 def _main_picks(args: argparse.Namespace) -> int:
     trees = {"base": args.base_src.resolve(), "this": HERE_SRC}
-    figures: dict[str, dict[str, list[float]]] = {n: {"bench": [], "trace": []} for n in trees}
+    figures: dict[str, dict[str, list[float]]] = {n: {"bench": [], "trace": [], "hash": []} for n in trees}
     digests: dict[str, set[str]] = {n: set() for n in trees}
     for rep in range(args.repeats):
         for name, src in trees.items():
             r = _run(src, args)
             digests[name].add(r["digest"])
-            for k in ("bench", "trace"):
+            for k in ("bench", "trace", "hash"):
                 figures[name][k].append(r[k])
             rounds = " ".join(f"{x:.1f}" for x in r["rounds"])
             print(
                 f"repeat {rep + 1} {name:<4} bench {r['bench']:6.2f} us/request (rounds: {rounds}); "
-                f"trace {r['trace']:6.2f} us/pick; picks digest {r['digest']}",
+                f"trace {r['trace']:6.2f} us/pick (hashing {r['hash']:5.2f}); picks digest {r['digest']}",
                 flush=True,
             )
     print()
-    for k, unit in (("bench", "request"), ("trace", "pick")):
+    for k, unit in (("bench", "request"), ("trace", "pick"), ("hash", "pick")):
         base, this = (statistics.median(figures[n][k]) for n in trees)
         print(f"{k}: median base {base:.2f} us/{unit}, this {this:.2f} us/{unit}: ratio {this / base:.3f}")
     print(f"(policy {args.policy} for bench, kvgate for trace; base {trees['base']}; this {trees['this']})")

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvgate.datalayer.store import EndpointStore
+from kvgate.scheduling import prefix
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, prefix_match
 from kvgate.scheduling.prefix import PrefixIndex, block_hashes
 
@@ -30,6 +31,60 @@ def test_shared_prefix_diverging_suffix() -> None:
     a = block_hashes("m", "s" * 128 + "a" * 64, 64)
     b = block_hashes("m", "s" * 128 + "b" * 64, 64)
     assert a[:2] == b[:2] and a[2] != b[2]
+
+
+def _chain(model: str, data: str | bytes, chunk: int, max_blocks: int = 256) -> list[int]:
+    """The definition, block by block (no memoized spans)."""
+    raw = data[: chunk * max_blocks]
+    raw = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    prev = xxhash.xxh64_intdigest(model.encode())
+    out = []
+    for i in range(min(len(raw) // chunk, max_blocks)):
+        prev = xxhash.xxh64_intdigest(raw[i * chunk : (i + 1) * chunk] + struct.pack("<Q", prev))
+        out.append(prev)
+    return out
+
+
+def test_memoized_spans_give_the_definitions_hashes() -> None:
+    """A span's hashes come from the memo only for the same bytes after the same chain (model and every
+    block before it) at the same block size; the caller's list is its own."""
+    prefix.clear_spans()
+    span = prefix.SPAN_BLOCKS
+    shared = "".join(f"w{i} " for i in range(2000))
+    prompts: list[tuple[str, str | bytes, int]] = []
+    for model in ("m", "other"):
+        for chunk in (64, 32, 16):
+            for cut in (0, chunk * span, chunk * span * 3 + 5, chunk):
+                # the same span bytes after a different prefix, and after none
+                prompts.append((model, shared[cut:], chunk))
+                prompts.append((model, "x" * chunk + shared[cut:], chunk))
+    prompts.append(("m", "é" * 40 * 64 + shared, 64))  # non-ASCII: blocks are bytes
+    ids = bytes(range(256)) * 64
+    prompts += [("m", ids, 64), ("m", ids[64:], 64), ("m", ids, 32)]
+    for _ in range(2):  # the second time every full span is a hit
+        for model, data, chunk in prompts:
+            got = block_hashes(model, data, chunk)
+            assert got == _chain(model, data, chunk)
+            got.append(0)  # the caller owns its list: the memo is not changed by it
+    assert prefix._spans
+    prefix.clear_spans()
+
+
+def test_memoized_spans_are_bounded() -> None:
+    prefix.clear_spans()
+    chunk = 4
+    for i in range(prefix.SPAN_ENTRIES + 50):
+        block_hashes("m", f"{i:08d}" * (prefix.SPAN_BLOCKS // 2), chunk)
+    assert len(prefix._spans) == prefix.SPAN_ENTRIES
+    # least recently used goes first: a span looked up again stays
+    first = f"{prefix.SPAN_ENTRIES + 49:08d}" * (prefix.SPAN_BLOCKS // 2)
+    block_hashes("m", first, chunk)
+    for i in range(prefix.SPAN_ENTRIES - 1):
+        block_hashes("m", f"n{i:07d}" * (prefix.SPAN_BLOCKS // 2), chunk)
+    seed = xxhash.xxh64_intdigest(b"m")
+    key = (seed, xxhash.xxh3_128_intdigest(first.encode(), chunk))
+    assert key in prefix._spans
+    prefix.clear_spans()
 
 
 def test_index_match_and_lru_capacity() -> None:

@@ -3,7 +3,8 @@
 Hashing follows the reference: text is cut into blocks of ``block_size * 4`` characters (≈ tokens *
 4), only full blocks, at most 256; seed = xxhash64(model); block_i = xxhash64(block bytes || le
 uint64(block_{i-1})). Only the first ``chunk * max_blocks`` characters are ever encoded, so a 220 KB
-prompt costs the same as a 16 KB one.
+prompt costs the same as a 16 KB one. The chain is computed ``SPAN_BLOCKS`` blocks at a time through a
+bounded memo of spans (the same values, one look-up per span where a prefix repeats; see ``_spans``).
 
 The index keeps, per endpoint, an LRU of block hashes (capacity = the server's ``num_gpu_blocks`` when
 scraped, else 31,250) and a reverse map hash -> bitmask of endpoint slots, so matching a request is
@@ -43,6 +44,18 @@ DEFAULT_MAX_TOTAL_BLOCKS = 1_000_000  # ~250 B per entry measured: ~250 MiB wors
 
 _pack = struct.Struct("<Q").pack
 _h64 = xxhash.xxh64_intdigest
+_h128 = xxhash.xxh3_128_intdigest
+_blocks = struct.iter_unpack
+
+# Memoized spans: a prompt's blocks are hashed ``SPAN_BLOCKS`` at a time through a bounded memo keyed by
+# the chain's value before the span (the hash of everything in front of it, model included) and the span's
+# bytes' xxh3-128 (seeded with the block size). A span's hashes are a function of exactly those, so a hit
+# returns the values the loop would compute (a wrong one needs two spans' 128-bit digests to collide).
+# Prefix routing's traffic repeats its prefixes (a tenant's system prompt, a conversation's earlier
+# turns): a hit costs one 128-bit hash and one look-up for the span instead of one call per block.
+SPAN_BLOCKS = 16
+SPAN_ENTRIES = 4096  # ~1 KB each (16 hashes, key, dict slot): ~4 MiB at most per process
+_spans: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
 
 
 def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MAX_PREFIX_BLOCKS) -> list[int]:
@@ -55,12 +68,39 @@ def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MA
     if not n:
         return []
     prev = _h64(model.encode("utf-8", "surrogatepass"))
-    out = [0] * n
-    for i in range(n):
-        start = i * chunk
-        prev = _h64(raw[start : start + chunk] + _pack(prev))
-        out[i] = prev
+    out: list[int] = []
+    app = out.append
+    fmt = f"{chunk}s"
+    end = n * chunk
+    size = chunk * SPAN_BLOCKS
+    spans = _spans
+    done = end - end % size
+    for start in range(0, done, size):
+        piece = raw[start : start + size]
+        key = (prev, _h128(piece, chunk))
+        got = spans.get(key)
+        if got is None:
+            got = spans[key] = []
+            put = got.append
+            for (b,) in _blocks(fmt, piece):
+                prev = _h64(b + _pack(prev))
+                put(prev)
+            if len(spans) > SPAN_ENTRIES:
+                spans.popitem(last=False)  # the least recently used
+        else:
+            spans.move_to_end(key)
+            prev = got[-1]
+        out += got
+    if done < end:
+        for (b,) in _blocks(fmt, raw[done:end]):
+            prev = _h64(b + _pack(prev))
+            app(prev)
     return out
+
+
+def clear_spans() -> None:
+    """Forget the memoized spans (tests, benchmarks)."""
+    _spans.clear()
 
 
 @dataclass(slots=True)
