@@ -395,22 +395,21 @@ class Proxy:
             arrival_time=t0,
         )
 
-    async def _pick(
-        self, pool: Pool, director: Any, ireq: InferenceRequest, tried: set[str], explain: bool
-    ) -> tuple[Endpoint, Any]:
-        """``director``: the one this request holds from its first pick to its finish (a config reload
-        may swap ``pool.director`` meanwhile: a retry is still this one's, never the new one's)."""
-        if tried:
-            # Retry: only endpoints not tried yet are eligible (admitted already: no second wait).
-            ireq.subset = frozenset(ep.address for ep in pool.endpoints() if ep.address not in tried)
-            if not ireq.subset:
-                raise NoCapacityError("every endpoint failed for this request")
-            result = director.pick(ireq, explain)
-        else:  # flow control may hold the request until capacity frees (cancelled if the client goes)
-            result = await director.admit(ireq, explain)
+    @staticmethod
+    def _retry_pick(pool: Pool, director: Any, ireq: InferenceRequest, tried: set[str], explain: bool) -> Any:
+        """A retry's pick: only endpoints not tried yet are eligible (admitted already: no second wait).
+        ``director``: the one this request holds from its first pick to its finish (a config reload may
+        swap ``pool.director`` meanwhile: a retry is still this one's, never the new one's)."""
+        ireq.subset = frozenset(ep.address for ep in pool.endpoints() if ep.address not in tried)
+        if not ireq.subset:
+            raise NoCapacityError("every endpoint failed for this request")
+        return director.pick(ireq, explain)
+
+    @staticmethod
+    def _untried(result: Any, tried: set[str]) -> Endpoint:
         for ep in result.endpoints:
             if ep.address not in tried:
-                return ep, result
+                return ep
         raise NoCapacityError("no untried endpoint left for this request")
 
     async def _dispatch(
@@ -438,7 +437,11 @@ class Proxy:
         tls = self.tls.get(pool.name)
         for attempt in range(self.cfg.limits.max_attempts):
             try:
-                ep, result = await self._pick(pool, director, ireq, tried, explain)
+                if tried:
+                    result = self._retry_pick(pool, director, ireq, tried, explain)
+                else:  # flow control may hold the request until capacity frees (cancelled if the client goes)
+                    result = await director.admit(ireq, explain)
+                ep = self._untried(result, tried)
             except SchedulingError as e:
                 if attempt == 0:
                     raise GatewayError.from_scheduling(e) from None
