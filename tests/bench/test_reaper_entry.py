@@ -50,6 +50,21 @@ def test_every_bench_main_installs_the_reaper_first() -> None:
     assert missing == []
 
 
+def test_every_long_lived_child_a_bench_starts_dies_with_it() -> None:
+    """Every ``Popen`` / ``create_subprocess_exec`` under ``kvgate.bench`` (servers, gateways, peers, load
+    generators) passes ``preexec_fn=reaper.die_with_parent()``."""
+    missing = []
+    for path in sorted(BENCH.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(
+                ("Popen", "create_subprocess_exec")
+            ):
+                kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                if kw.get("preexec_fn") != "reaper.die_with_parent()":
+                    missing.append(f"{path.name}:{node.lineno}")
+    assert missing == []
+
+
 def _caught(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -397,6 +397,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _run_loadgen(port: int, requests: int, concurrency: int) -> dict[str, Any]:
     out = subprocess.run(
         [PY, "-m", "kvgate.bench.gateway_overhead", "--_loadgen", str(port), str(requests), str(concurrency)],
+        preexec_fn=reaper.die_with_parent(),
         capture_output=True,
         check=True,
         timeout=300,
@@ -476,7 +477,10 @@ def _reexec_isolated(argv: list[str]) -> int | None:
         return None
     inner = " ".join([PY, "-m", "kvgate.bench.gateway_overhead", *[f"'{a}'" for a in argv]])
     cmd = ["unshare", "-n", "--", "sh", "-c", f"ip link set lo up && exec {inner}"]
-    return subprocess.run(cmd, env={**os.environ, "KVGATE_NETNS": "1"}).returncode
+    # (the re-executed bench, with its children, ends with this one: SIGTERM reaches its reaper)
+    return subprocess.run(
+        cmd, env={**os.environ, "KVGATE_NETNS": "1"}, preexec_fn=reaper.die_with_parent()
+    ).returncode
 
 
 def _raise_nofile() -> None:
@@ -592,6 +596,7 @@ def _streams(n: int) -> dict[str, Any]:
         _wait_line(router, b"listening")
         out = subprocess.run(
             [PY, "-m", "kvgate.bench.gateway_overhead", "--_hold", str(ROUTER_PORT), str(n), str(router.pid)],
+            preexec_fn=reaper.die_with_parent(),
             capture_output=True,
             timeout=600,
         )
