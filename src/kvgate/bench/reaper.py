@@ -2,8 +2,9 @@
 process (normal or by an exception), every process it started (simulated servers, gateways, peer
 routers, vLLM, load generators; and theirs) is sent SIGTERM, then SIGKILL after a grace.
 
-``install()`` (the ``kvgate bench`` and ``kvgate demo`` command lines call it first, ``kvgate.cli``;
-not an in-process ``kvgate.bench.cli.main``, whose caller keeps its own handlers and exit) registers
+``install()`` (the ``kvgate bench`` and ``kvgate demo`` command lines call it first, ``kvgate.cli``, and
+every ``python -m kvgate.bench.X``; not an in-process ``kvgate.bench.cli.main``, whose caller keeps its
+own handlers and exit) registers
 ``reap`` with ``atexit`` and as the SIGTERM / SIGHUP handler (which then dies of that signal, as it
 would have). SIGINT keeps Python's handler: a Ctrl-C cancels ``asyncio.run``'s task or raises
 ``KeyboardInterrupt``, the benches' ``finally`` blocks stop their processes, and ``atexit`` takes

@@ -155,7 +155,8 @@ class Exchange:
         await self.call.write(msg)
 
     async def read(self) -> pb.ProcessingResponse:
-        item = await asyncio.wait_for(self._replies.get(), self.timeout)
+        async with asyncio.timeout(self.timeout):  # (not wait_for: on 3.11 it may drop a cancel, gh-86296)
+            item = await self._replies.get()
         if item is None:
             raise ExchangeError("the EPP closed the stream")
         if isinstance(item, BaseException):
