@@ -64,6 +64,19 @@ def test_the_source_check_finds_the_pattern(tmp_path: Path) -> None:
     assert suppressed_task_awaits(tmp_path) == ["m.py:5"]
 
 
+def test_no_asyncio_wait_for_in_src() -> None:
+    """``asyncio.wait_for`` on Python 3.11 returns the awaited result instead of raising a cancellation
+    that lands in the turn it completes (CPython gh-86296): ``asyncio.timeout`` /
+    ``kvgate.aio.wait_event`` instead (sessions 9-11 replaced every one)."""
+    found = [
+        f"{path.relative_to(SRC)}:{node.lineno}"
+        for path in sorted(SRC.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("asyncio.wait_for", "wait_for")
+    ]
+    assert found == []
+
+
 # --- the stops themselves -----------------------------------------------------------------------------
 
 
