@@ -318,3 +318,33 @@ async def test_reset_prefix_cache_drops_cached_blocks(sim_fleet: FleetFactory) -
     assert after.usage is not None and after.usage.prompt_tokens_details is not None
     assert after.usage.prompt_tokens_details.cached_tokens == 0
     await client.close()
+
+
+async def test_metrics_filtered_by_name_as_vllm(sim_fleet: FleetFactory) -> None:
+    """``GET /metrics/?name[]=...`` answers only the named families, as vLLM's prometheus_client app does
+    (kvgate scrapes it so; a sim that ignored it made every scrape fetch and parse the whole page)."""
+    from kvgate.datalayer.mappings import filter_query, page_has_signals
+
+    fleet = await sim_fleet(1)
+    url = fleet.urls[0]
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url + "/metrics") as resp:
+            whole = await resp.text()
+        async with s.get(url + "/metrics/?" + (filter_query("vllm") or "")) as resp:
+            assert resp.status == 200
+            filtered = await resp.text()
+        q = "name[]=vllm:num_requests_running&name[]=vllm:prefix_cache_queries_total"
+        async with s.get(url + "/metrics/?" + q) as resp:
+            two = await resp.text()
+        async with s.get(url + "/metrics/") as resp:
+            unfiltered = await resp.text()
+    names = {f.name for f in text_string_to_metric_families(filtered)}
+    assert "vllm:num_requests_running" in names and "vllm:cache_config_info" in names
+    assert not any("prefix_cache" in n or "time_to_first" in n for n in names)
+    assert page_has_signals(filtered, "vllm") and len(filtered) < len(whole) / 2
+    # A counter asked for by its sample name (``_total``), as vs_sglang.py asks.
+    assert {f.name for f in text_string_to_metric_families(two)} == {
+        "vllm:num_requests_running",
+        "vllm:prefix_cache_queries",
+    }
+    assert unfiltered == whole  # no name[]: the whole page

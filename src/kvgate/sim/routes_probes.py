@@ -16,6 +16,29 @@ from kvgate.sim.replica_base import ApiError, ReplicaState, json_response
 log = logging.getLogger(__name__)
 
 
+def only_families(text: str, names: set[str]) -> str:
+    """The metric families of a rendered page that ``names`` asks for by family or sample name, as
+    prometheus_client's ``name[]`` filter answers (vLLM serves it at ``/metrics/``; kvgate scrapes it so).
+    Every family on a simulator page starts with its ``# HELP`` line."""
+    out: list[str] = []
+    family: list[str] = []
+
+    def flush() -> None:
+        if not family:
+            return
+        samples = (ln.split("{", 1)[0].split(" ", 1)[0] for ln in family if not ln.startswith("#"))
+        if family[0].split(" ", 3)[2] in names or any(n in names for n in samples):
+            out.extend(family)
+
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            flush()
+            family = []
+        family.append(line)
+    flush()
+    return "\n".join(out) + "\n" if out else ""
+
+
 class ProbeRoutes(ReplicaState):
     async def _health(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=200)
@@ -35,6 +58,9 @@ class ProbeRoutes(ReplicaState):
             text = render_sglang(stats, self.counters, self.cfg.model)
         else:
             text = render_vllm(stats, self.counters, self.cfg.model)
+        names = request.query.getall("name[]", [])
+        if names:
+            text = only_families(text, set(names))
         return web.Response(
             text=text,
             content_type="text/plain",

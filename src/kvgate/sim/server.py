@@ -248,6 +248,7 @@ class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
         r.add_post("/v1/unload_lora_adapter", self._unload_lora)
         r.add_get("/health", self._health)
         r.add_get("/metrics", self._metrics)
+        r.add_get("/metrics/", self._metrics)  # vLLM's prometheus_client app, which honours ``name[]``
         for path in ("/server_info", "/get_server_info"):
             r.add_get(path, self._server_info)
         for path in ("/model_info", "/get_model_info"):
