@@ -61,7 +61,7 @@ def test_memoized_spans_give_the_definitions_hashes() -> None:
     prompts.append(("m", "é" * 40 * 64 + shared, 64))  # non-ASCII: blocks are bytes
     ids = bytes(range(256)) * 64
     prompts += [("m", ids, 64), ("m", ids[64:], 64), ("m", ids, 32)]
-    for _ in range(2):  # the second time every full span is a hit
+    for _ in range(3):  # later rounds hit the spans learnt (one more per prompt each round)
         for model, data, chunk in prompts:
             got = block_hashes(model, data, chunk)
             assert got == _chain(model, data, chunk)
@@ -84,6 +84,15 @@ def test_memoized_spans_are_bounded() -> None:
     seed = xxhash.xxh64_intdigest(b"m")
     key = (seed, xxhash.xxh3_128_intdigest(first.encode(), chunk))
     assert key in prefix._spans
+    prefix.clear_spans()
+
+
+def test_a_prefix_is_learnt_one_span_per_request() -> None:
+    prefix.clear_spans()
+    text = "".join(f"w{i} " for i in range(1000))[: 64 * prefix.SPAN_BLOCKS * 3 + 100]
+    for k in range(1, 5):
+        assert block_hashes("m", text, 64) == _chain("m", text, 64)
+        assert len(prefix._spans) == min(k, 3)
     prefix.clear_spans()
 
 

@@ -4,7 +4,9 @@ Hashing follows the reference: text is cut into blocks of ``block_size * 4`` cha
 4), only full blocks, at most 256; seed = xxhash64(model); block_i = xxhash64(block bytes || le
 uint64(block_{i-1})). Only the first ``chunk * max_blocks`` characters are ever encoded, so a 220 KB
 prompt costs the same as a 16 KB one. The chain is computed ``SPAN_BLOCKS`` blocks at a time through a
-bounded memo of spans (the same values, one look-up per span where a prefix repeats; see ``_spans``).
+bounded memo of spans (the same values, one look-up per span where a prefix repeats; see ``_spans``): a
+prompt's spans are looked up until the first one missing, which is hashed and remembered; the rest is
+hashed block by block (it follows a chain value never seen, so it cannot be in the memo).
 
 The index keeps, per endpoint, an LRU of block hashes (capacity = the server's ``num_gpu_blocks`` when
 scraped, else 31,250) and a reverse map hash -> bitmask of endpoint slots, so matching a request is
@@ -74,12 +76,16 @@ def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MA
     end = n * chunk
     size = chunk * SPAN_BLOCKS
     spans = _spans
-    done = end - end % size
-    for start in range(0, done, size):
+    done = 0
+    for start in range(0, end - end % size, size):
         piece = raw[start : start + size]
         key = (prev, _h128(piece, chunk))
         got = spans.get(key)
+        done = start + size
         if got is None:
+            # The first span this prompt misses is remembered; every span after it follows a new chain
+            # value, so it cannot be in the memo: the rest is hashed below, block by block, unremembered
+            # (a prefix is learnt one span per request that repeats it; unique prompts add one span each).
             got = spans[key] = []
             put = got.append
             for (b,) in _blocks(fmt, piece):
@@ -87,9 +93,10 @@ def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MA
                 put(prev)
             if len(spans) > SPAN_ENTRIES:
                 spans.popitem(last=False)  # the least recently used
-        else:
-            spans.move_to_end(key)
-            prev = got[-1]
+            out += got
+            break
+        spans.move_to_end(key)
+        prev = got[-1]
         out += got
     if done < end:
         for (b,) in _blocks(fmt, raw[done:end]):
