@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import pickle
 import struct
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -28,6 +30,13 @@ import xxhash
 HashAlgo = Literal["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"]
 DEFAULT_NONE_HASH_SEED = "vllm-none-hash"
 _MASK64 = (1 << 64) - 1
+# Prompts are hashed about ``SPAN_TOKENS`` tokens (whole blocks, at least one) at a time through a bounded
+# memo per hasher (``SPAN_ENTRIES`` spans, ~2 KB each at most: the span's digests and event hashes): a
+# repeated prefix (a tenant's system prompt, a conversation's earlier turns) costs one xxh3-128 and one
+# look-up per span instead of one SHA-256 (and pickle or CBOR) per block.
+SPAN_TOKENS = 256
+SPAN_ENTRIES = 2048
+_h128 = xxhash.xxh3_128_intdigest
 
 
 def _cbor_head(major: int, n: int) -> bytes:
@@ -126,30 +135,80 @@ class VLLMBlockHasher:
         self.algo = algo
         self._fn = _HASH_FNS[algo]
         self.none_hash = self._fn(seed)
+        # Memoized spans (as ``scheduling.prefix``'s): a span's blocks are a function of the parent digest
+        # before it and its tokens, keyed by that digest and the tokens' bytes' xxh3-128 (uint32 each,
+        # seeded with the block size); a hit is the loop's values unless two spans' digests collide.
+        self.span_blocks = max(1, SPAN_TOKENS // block_size)
+        self._spans: OrderedDict[tuple[bytes, int], tuple[list[bytes], list[int]]] = OrderedDict()
 
     def block_hashes(self, token_ids: Sequence[int], max_blocks: int | None = None) -> list[bytes]:
         """Digests of the prompt's full blocks, chained from NONE_HASH."""
-        n = len(token_ids) // self.block_size
-        if max_blocks is not None:
-            n = min(n, max_blocks)
-        out: list[bytes] = []
-        parent = self.none_hash
-        bs = self.block_size
-        raw = _RAW_CBOR_FNS.get(self.algo)
-        if raw is not None:
-            table = _cbor_uint_table()
-            for i in range(n):
-                parent = raw(_cbor_block(parent, token_ids[i * bs : (i + 1) * bs], table))
-                out.append(parent)
-            return out
-        for i in range(n):
-            parent = self._fn((parent, tuple(token_ids[i * bs : (i + 1) * bs]), None))
-            out.append(parent)
-        return out
+        return self._chain(token_ids, max_blocks)[0]
 
     def external_hashes(self, token_ids: Sequence[int], max_blocks: int | None = None) -> list[int]:
         """The 64-bit ints vLLM's KV events carry for these blocks."""
-        return [to_external(h) for h in self.block_hashes(token_ids, max_blocks)]
+        return self._chain(token_ids, max_blocks)[1]
+
+    def _chain(self, token_ids: Sequence[int], max_blocks: int | None) -> tuple[list[bytes], list[int]]:
+        """(digests, event hashes) of the prompt's full blocks: whole spans of ``span_blocks`` through the
+        memo where every hashed token id is in [0, 2**32), the rest block by block."""
+        bs = self.block_size
+        n = len(token_ids) // bs
+        if max_blocks is not None:
+            n = min(n, max_blocks)
+        digests: list[bytes] = []
+        ints: list[int] = []
+        parent = self.none_hash
+        i = 0
+        span = self.span_blocks
+        spans, step = self._spans, span * bs
+        for start in range(0, n // span * step, step):
+            try:  # Token ids are ints (the front doors admit nothing else; tokenizers give ints): a bool
+                # would share its int's key, though vLLM hashes it apart. Ids over 32 bits: not memoized.
+                packed = array("I", token_ids[start : start + step]).tobytes()
+            except OverflowError:
+                break
+            key = (parent, _h128(packed, bs))
+            got = spans.get(key)
+            i += span
+            if got is None:
+                # Remembered; the spans after it follow a digest never seen (not in the memo): block by
+                # block below, unremembered (as ``scheduling.prefix``: one span learnt per request).
+                got = spans[key] = self._blocks(token_ids, i - span, i, parent)
+                if len(spans) > SPAN_ENTRIES:
+                    spans.popitem(last=False)  # the least recently used
+                digests += got[0]
+                ints += got[1]
+                parent = got[0][-1]
+                break
+            spans.move_to_end(key)
+            digests += got[0]
+            ints += got[1]
+            parent = got[0][-1]
+        if i < n:
+            rest = self._blocks(token_ids, i, n, parent)
+            digests += rest[0]
+            ints += rest[1]
+        return digests, ints
+
+    def _blocks(
+        self, token_ids: Sequence[int], first: int, end: int, parent: bytes
+    ) -> tuple[list[bytes], list[int]]:
+        """(digests, event hashes) of blocks ``first`` .. ``end - 1``, chained from ``parent``."""
+        bs = self.block_size
+        out: list[bytes] = []
+        raw = _RAW_CBOR_FNS.get(self.algo)
+        if raw is not None:
+            table = _cbor_uint_table()
+            for i in range(first, end):
+                parent = raw(_cbor_block(parent, token_ids[i * bs : (i + 1) * bs], table))
+                out.append(parent)
+        else:
+            fn = self._fn
+            for i in range(first, end):
+                parent = fn((parent, tuple(token_ids[i * bs : (i + 1) * bs]), None))
+                out.append(parent)
+        return out, [int.from_bytes(h, "big") & _MASK64 for h in out]
 
 
 class ChainedVLLMHasher:
