@@ -132,22 +132,24 @@ class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
         if not self.running:
             return
         self.running = False
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
-        if self._driver is not None:
-            await cancel_and_wait(self._driver, "the simulated engine's driver", log)
-            self._driver = None
-        for p in self._pending.values():
-            p.crashed = True
-            p.wake()
-        # Open connections die with the process: reset them (keep-alive ones included).
-        server = self._runner.server if self._runner is not None else None
-        for transport in list(getattr(server, "_connections", {}).values()):
-            transport.abort()
-        self.engine = self._new_engine()
-        if self.kv is not None:
-            self.kv.publish([AllBlocksCleared()])  # a restarted engine starts with an empty cache
+        try:
+            if self._site is not None:
+                await self._site.stop()
+                self._site = None
+            if self._driver is not None:
+                await cancel_and_wait(self._driver, "the simulated engine's driver", log)
+                self._driver = None
+        finally:  # (also when this stop is cancelled meanwhile: no later stop gets past ``running``)
+            for p in self._pending.values():
+                p.crashed = True
+                p.wake()
+            # Open connections die with the process: reset them (keep-alive ones included).
+            server = self._runner.server if self._runner is not None else None
+            for transport in list(getattr(server, "_connections", {}).values()):
+                transport.abort()
+            self.engine = self._new_engine()
+            if self.kv is not None:
+                self.kv.publish([AllBlocksCleared()])  # a restarted engine starts with an empty cache
 
     async def close(self) -> None:
         for t in self._bg:
