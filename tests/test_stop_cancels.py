@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,14 @@ def _suppresses_cancel(item: ast.withitem) -> bool:
     if not isinstance(call, ast.Call):
         return False
     name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
-    return name == "suppress" and any("CancelledError" in ast.unparse(a) for a in call.args)
+    return name == "suppress" and any(
+        re.search(r"\b(CancelledError|BaseException)\b", ast.unparse(a)) for a in call.args
+    )
 
 
 def suppressed_task_awaits(src: Path) -> list[str]:
-    """``with suppress(..., CancelledError, ...):`` whose body awaits a task or future (``await t``, not a
-    call): the pattern that swallows a cancel of the awaiting coroutine."""
+    """``with suppress(..., CancelledError or BaseException, ...):`` whose body awaits a task or future
+    (``await t``, not a call): the pattern that swallows a cancel of the awaiting coroutine."""
     found = []
     for path in sorted(src.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -58,10 +61,12 @@ def test_the_source_check_finds_the_pattern(tmp_path: Path) -> None:
         "import asyncio, contextlib\n"
         "async def stop(t):\n    t.cancel()\n"
         "    with contextlib.suppress(asyncio.CancelledError):\n        await t\n"
+        "async def base(t):\n"
+        "    with contextlib.suppress(BaseException):\n        await t\n"
         "async def fine(t):\n"
         "    with contextlib.suppress(asyncio.CancelledError):\n        await asyncio.sleep(1)\n"
     )
-    assert suppressed_task_awaits(tmp_path) == ["m.py:5"]
+    assert suppressed_task_awaits(tmp_path) == ["m.py:5", "m.py:8"]
 
 
 def test_no_asyncio_wait_for_in_src() -> None:
@@ -171,6 +176,33 @@ CASES = {
 async def test_a_stop_raises_its_callers_cancel(stop_raises_a_cancel: Any, case: str, when: str) -> None:
     plant, stop = CASES[case]()
     await stop_raises_a_cancel(plant, stop, when)
+    async with asyncio.timeout(10):
+        await stop()  # (a stop cut so leaves the object one a second stop finishes)
+
+
+@pytest.mark.parametrize("when", WHEN)
+async def test_a_cancelled_replica_stop_still_crashes_its_requests(
+    stop_raises_a_cancel: Any, when: str
+) -> None:
+    """``Replica.stop`` sets ``running = False`` first, so no later stop gets past its guard: a cancel raised
+    while it waits for its driver must not skip the crash itself (the in-flight requests marked crashed and
+    woken, else their handlers wait forever). Review s11-hard M1."""
+    from kvgate.sim.replica_base import Pending
+    from kvgate.sim.server import Replica
+
+    replica = Replica()
+    pending = Pending(None, 0.0, 1)  # type: ignore[arg-type]
+    replica._pending["r1"] = pending
+    handler = asyncio.create_task(pending.wait())  # the request's handler, waiting for tokens
+
+    def plant(t: asyncio.Task[Any]) -> None:
+        replica.running = True
+        replica._driver = t
+
+    await stop_raises_a_cancel(plant, replica.stop, when)
+    await replica.close()
+    await asyncio.wait([handler], timeout=5)
+    assert pending.crashed and handler.done(), "a request of the stopped replica waits forever"
 
 
 @pytest.mark.parametrize("when", WHEN)

@@ -169,8 +169,7 @@ class Exchange:
                 await self.call.done_writing()
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader
+            await asyncio.wait([self._reader])  # (raises a cancel of this close; it ends on its own)
 
     def cancel(self) -> None:
         """Drop the stream mid-way, as Envoy does when the downstream client disconnects."""

@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import orjson
@@ -544,13 +544,23 @@ class EppStream:
             if not done:
                 writer.cancel()
                 self.cancel()
-            # The tasks awaited: a failure they re-raise is retrieved here, not logged as never retrieved.
-            for task in (writer, self._reader, watcher):
-                with contextlib.suppress(BaseException):
-                    await task
-            # The budget back (done, or the client left); a failure keeps the ledger for the fallback.
-            if failure is None:
-                drop()
+            # The tasks waited for (``asyncio.wait`` raises a cancel of this relay, where awaiting each inside
+            # ``suppress(BaseException)`` swallowed it: the fallback below then relayed for a client that had
+            # gone); a failure they end on is retrieved, not logged as never retrieved.
+            tasks = (writer, self._reader, watcher)
+            for task in tasks:
+                task.add_done_callback(_retrieve)
+            try:
+                await asyncio.wait(tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                self.cancel()
+                raise
+            finally:
+                # The budget back (done, or the client left); a failure keeps the ledger for the fallback.
+                if failure is None:
+                    drop()
         if done:
             return
         rest, kept = bytes(ledger), keep
@@ -626,6 +636,11 @@ class EppStream:
             self._call.cancel()
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _drain(call: grpc.aio.StreamStreamCall) -> None:
