@@ -56,6 +56,10 @@ def violations(src: Path, table: dict[str, set[str]]) -> list[str]:
     """Every import of a kvgate package its importer's row does not allow (and every unlisted package)."""
     found: list[str] = []
     packages = {p.name for p in src.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    # Top-level modules: the dispatch (``cli``) imports everything, so only a package whose row says
+    # "everything" may import it; any other (``aio``) sits below every package: all may import it.
+    dispatch = {Path(n).stem for n in TOP_DISPATCH} - {"__init__"}
+    modules = {p.stem for p in src.glob("*.py")} - {"__init__"}
     for pkg in sorted(packages - set(table)):
         found.append(f"{pkg}/: not in the dependency table")
     for path in sorted(src.rglob("*.py")):
@@ -69,8 +73,12 @@ def violations(src: Path, table: dict[str, set[str]]) -> list[str]:
             continue
         for line, module in _imports(path):
             parts = module.split(".")
-            if parts[0] != "kvgate" or len(parts) < 2 or parts[1] == pkg or parts[1] not in packages:
+            if parts[0] != "kvgate" or len(parts) < 2 or parts[1] == pkg:
                 continue
+            if parts[1] in modules and parts[1] not in dispatch and pkg not in modules:
+                continue  # (a package importing kvgate.aio)
+            if parts[1] not in packages and parts[1] not in modules:
+                continue  # (not a kvgate package or module: kvgate.__version__ and the like)
             if parts[1] not in allowed:
                 found.append(f"{rel}:{line}: {pkg} -> {parts[1]} ({module})")
     return found
@@ -150,6 +158,21 @@ def test_a_top_level_module_imports_no_package(tmp_path: Path) -> None:
     files = {"low/a.py": "", "aio.py": "from kvgate.low import a\n", "cli.py": "import kvgate.low\n"}
     src = _tree(tmp_path, files)
     assert violations(src, dependency_table(TABLE)) == ["aio.py:1: aio -> low (kvgate.low)"]
+    # Nor the dispatch (which imports every package), by either spelling (review s11-hard L3); a package
+    # may import aio, only one whose row says "everything" the dispatch.
+    files = {
+        "low/a.py": "import kvgate.aio\n",
+        "high/b.py": "from kvgate import cli\n",
+        "tools/c.py": "import kvgate.cli\n",
+        "aio.py": "import kvgate.cli\nfrom kvgate import cli\n",
+        "cli.py": "",
+    }
+    src = _tree(tmp_path / "2", files)
+    assert violations(src, dependency_table(TABLE)) == [
+        "aio.py:1: aio -> cli (kvgate.cli)",
+        "aio.py:2: aio -> cli (kvgate.cli)",
+        "high/b.py:1: high -> cli (kvgate.cli)",
+    ]
 
 
 def test_checker_fails_on_a_package_missing_from_the_table(tmp_path: Path) -> None:
