@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import selectors
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -69,3 +70,45 @@ def stop_raises_a_cancel() -> StopCheck:
         assert stopper.cancelled(), f"the stop swallowed its caller's cancel: {stopper!r}"
 
     return check
+
+
+# --- An event loop on a virtual clock --------------------------------------------------------------------
+
+
+class _VirtualSelector(selectors.SelectSelector):
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if not ready and timeout is not None and timeout > 0:
+            self._clock[0] += timeout  # (nothing to do until the next timer: jump to it)
+        return ready
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on a virtual clock: when nothing is ready, its clock jumps to the next timer."""
+
+    def __init__(self) -> None:
+        self._vclock = [1000.0]
+        super().__init__(_VirtualSelector(self._vclock))
+
+    def time(self) -> float:
+        return self._vclock[0]
+
+
+@pytest.fixture
+def run_virtual() -> Callable[[Callable[[], Awaitable[Any]]], Any]:
+    """``run_virtual(main)``: run ``main()`` to its end on a ``VirtualTimeLoop`` (a sync test's own loop):
+    timeouts, sleeps and ``asyncio.wait`` budgets of tens of seconds take no wall time, and no figure
+    depends on the machine's load."""
+
+    def run(main: Callable[[], Awaitable[Any]]) -> Any:
+        loop = VirtualTimeLoop()
+        try:
+            return loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    return run

@@ -57,14 +57,43 @@ async def _cancel_and_wait(
 ) -> None:
     for task, _ in named:
         task.cancel()
-    running = named
-    for n in range(RECANCELS + 1):
-        if not (running := [(t, w) for t, w in running if not t.done()]):
+    state = _Rounds(named)
+    try:
+        await _rounds(state, log, stuck_s, ends_within_s)
+    except asyncio.CancelledError:
+        # The caller's own cancel: raised. What is still running got one cancel, which it may swallow (the
+        # case the rounds are for): the rounds go on without the caller, in a task kept referenced (review
+        # s11-hard L2), so it is still cancelled again and said, or abandoned and said.
+        if [t for t, _ in state.running if not t.done()]:
+            rest = asyncio.get_running_loop().create_task(_rounds(state, log, stuck_s, ends_within_s))
+            _LEFT_RUNNING.add(rest)
+            rest.add_done_callback(_LEFT_RUNNING.discard)
+        raise
+
+
+class _Rounds:
+    """Where ``_rounds`` stands: the tasks, those still running, the round it is in."""
+
+    __slots__ = ("named", "round", "running")
+
+    def __init__(self, named: list[tuple[asyncio.Task[Any], str]]) -> None:
+        self.named = named
+        self.running = named
+        self.round = 0
+
+
+async def _rounds(state: _Rounds, log: logging.Logger, stuck_s: float, ends_within_s: float) -> None:
+    while state.round <= RECANCELS:
+        n = state.round
+        if not (running := [(t, w) for t, w in state.running if not t.done()]):
             break
+        state.running = running
         waited = max(stuck_s, ends_within_s) if n == 0 else stuck_s
         await asyncio.wait([t for t, _ in running], timeout=waited)  # raises the caller's cancel
         if not (running := [(t, w) for t, w in running if not t.done()]):
             break
+        state.running = running
+        state.round += 1
         for task, what in running:
             if n == RECANCELS:
                 log.error("%s did not end %.1fs after it was cancelled %d times (it swallows every "
@@ -73,7 +102,7 @@ async def _cancel_and_wait(
                 log.error("%s did not end %.1fs after it was cancelled (the cancellation was swallowed); "
                           "cancelling it again", what, waited)  # fmt: skip
                 task.cancel()
-    for task, what in named:
+    for task, what in state.named:
         if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
             log.error("%s had stopped: %r", what, exc, exc_info=exc)
 

@@ -7,17 +7,15 @@ stuck 5 s after its cancel and abandoned it after 15 s ("swallows every cancella
 running") while it was correctly waiting, and returned with the watches still stopping. It now waits
 ``FOLLOWER_STOP_S`` (the watches' bound plus ``STUCK_S``) before judging it stuck.
 
-Run on an event loop with a virtual clock (its selector advances the clock to the next timer instead of
-sleeping), so the real budgets (tens of seconds) take no wall time and no test depends on the machine's
-speed."""
+Run on an event loop with a virtual clock (the ``run_virtual`` fixture, tests/conftest.py: its selector
+advances the clock to the next timer instead of sleeping), so the real budgets (tens of seconds) take no
+wall time and no test depends on the machine's speed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import selectors
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
@@ -26,35 +24,6 @@ from kvgate.k8s.tasks import RECANCELS, STUCK_S
 from kvgate.multicluster import imports
 from kvgate.multicluster.hub_controller import HubController
 from kvgate.multicluster.imports import ImportController
-
-
-class _VirtualSelector(selectors.SelectSelector):
-    def __init__(self, clock: list[float]) -> None:
-        super().__init__()
-        self._clock = clock
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        ready = super().select(0)
-        if not ready and timeout is not None and timeout > 0:
-            self._clock[0] += timeout  # (nothing to do until the next timer: jump to it)
-        return ready
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        self._vclock = [1000.0]
-        super().__init__(_VirtualSelector(self._vclock))
-
-    def time(self) -> float:
-        return self._vclock[0]
-
-
-def run_virtual(main: Callable[[], Awaitable[Any]]) -> Any:
-    loop = VirtualTimeLoop()
-    try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.close()
 
 
 class _SlowWatch:
@@ -105,7 +74,9 @@ def test_the_budgets_agree() -> None:
     assert FOLLOWER_STOP_S > imports.WATCHES_STOP_S
 
 
-def test_a_follower_waiting_for_its_watches_is_not_abandoned(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_follower_waiting_for_its_watches_is_not_abandoned(
+    caplog: pytest.LogCaptureFixture, run_virtual: Any
+) -> None:
     """The watches take 18 s to stop (within the import controller's 20 s): the hub controller's stop waits
     for them, says nothing of a swallowed cancel, and returns once they stopped. Before: "cancelling it
     again" at 5 s and 10 s, "abandoned, left running" at 15 s, returned before the watches stopped."""
@@ -128,7 +99,7 @@ def test_a_follower_waiting_for_its_watches_is_not_abandoned(caplog: pytest.LogC
 
 
 def test_a_follower_that_swallows_every_cancel_is_still_abandoned_within_the_bound(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, run_virtual: Any
 ) -> None:
     from kvgate.multicluster.hub_controller import FOLLOWER_STOP_S
 
