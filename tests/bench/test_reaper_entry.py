@@ -52,12 +52,16 @@ def test_every_bench_main_installs_the_reaper_first() -> None:
 
 def test_every_long_lived_child_a_bench_starts_dies_with_it() -> None:
     """Every ``Popen`` / ``create_subprocess_exec`` under ``kvgate.bench`` (servers, gateways, peers, load
-    generators) passes ``preexec_fn=reaper.die_with_parent()``."""
+    generators), and every ``unshare`` re-exec of a bench, passes ``preexec_fn=reaper.die_with_parent()``."""
     missing = []
     for path in sorted(BENCH.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(
-                ("Popen", "create_subprocess_exec")
+            if not isinstance(node, ast.Call):
+                continue
+            func = ast.unparse(node.func)
+            # (and the netns re-execs, which run the whole bench again as a child: review s11-hard L4)
+            if func.endswith(("Popen", "create_subprocess_exec")) or (
+                func.startswith("subprocess.") and "unshare" in ast.unparse(node)
             ):
                 kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
                 if kw.get("preexec_fn") != "reaper.die_with_parent()":

@@ -415,6 +415,16 @@ def test_a_standalone_hub_controller_renders_valid() -> None:
     assert inside.kubernetes is not None and inside.kubernetes.controller is True
 
 
+def test_the_hub_controllers_grace_covers_its_stop() -> None:
+    """The pod's grace outlasts what the controller's stop may wait on stuck tasks before it releases the
+    Lease (review s11-hard L1: 30 s against 35 s on a stuck follower alone)."""
+    from kvgate.multicluster.hub_controller import STOP_BOUND_S
+
+    pod = _named(render({"inferenceExtension": {"enabled": False}, "hub": STANDALONE}), "Deployment",
+                 "llama-hub-controller")["spec"]["template"]["spec"]  # fmt: skip
+    assert pod["terminationGracePeriodSeconds"] >= STOP_BOUND_S + 5
+
+
 async def test_the_standalone_rbac_is_exactly_what_the_controller_and_gateway_do() -> None:
     """``kvgate hub-controller`` with leader election against recording doubles: its verbs in the hub are
     exactly its ClusterRole and Lease Role; the read-only gateway's, in a member, only list and watch."""

@@ -77,7 +77,7 @@ from typing import Any
 import aiohttp
 from rich.console import Console
 
-from kvgate.bench import loadgen, procs, report
+from kvgate.bench import loadgen, procs, reaper, report
 from kvgate.bench.live_fleet import CAPACITY_PROBE_DURATION as CAPACITY_PROBE_DURATION
 from kvgate.bench.live_fleet import CAPACITY_PROBE_POLICIES as CAPACITY_PROBE_POLICIES
 from kvgate.bench.live_fleet import CAPACITY_PROBE_QPS as CAPACITY_PROBE_QPS
@@ -240,7 +240,8 @@ def reexec_in_netns(argv: list[str], prefix: Sequence[str] | None = None) -> int
     cmd = " ".join(shlex.quote(a) for a in [*head, *argv])
     inner = f"ip link set lo up && exec {cmd}"
     env = {**os.environ, NETNS_ENV: "1"}
-    return subprocess.call(["unshare", "-n", "sh", "-c", inner], env=env)
+    # (the re-executed bench, with its children, ends with this one: SIGTERM reaches its reaper)
+    return subprocess.call(["unshare", "-n", "sh", "-c", inner], env=env, preexec_fn=reaper.die_with_parent())
 
 
 async def compare(

@@ -42,7 +42,7 @@ from kvgate.httpfront.server import FrontServer, Handler, Request, Response, Str
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector
 from kvgate.k8s.runtime import default_identity
-from kvgate.k8s.tasks import STUCK_S, cancel_and_wait
+from kvgate.k8s.tasks import RECANCELS, STUCK_S, cancel_and_wait
 from kvgate.multicluster.clusters import DEFAULT_LEASE, ClustersError, ClustersFile, KubeImports
 from kvgate.multicluster.imports import WATCHES_STOP_S, ImportController, Member
 from kvgate.multicluster.source import RETRY_S
@@ -56,6 +56,10 @@ RESYNC_S = 30.0  # the hub's imports read back and reconciled this often
 # ``STUCK_S`` of slack. ``HubController.stop`` judges it stuck (re-cancels, then abandons it, logged)
 # only after that: at most ``FOLLOWER_STOP_S + RECANCELS x STUCK_S`` (35 s), 20 s when it steps down.
 FOLLOWER_STOP_S = WATCHES_STOP_S + STUCK_S
+# What ``kvgate hub-controller``'s stop may wait on tasks that do not end when cancelled before it releases
+# the Lease: the clusters-file check (``cancel_and_wait``, 15 s) then the follower (35 s). The chart's
+# ``terminationGracePeriodSeconds`` covers it (60 s), else the kubelet's SIGKILL leaves the Lease held.
+STOP_BOUND_S = (RECANCELS + 1) * STUCK_S + FOLLOWER_STOP_S + RECANCELS * STUCK_S
 
 
 @dataclass(frozen=True, slots=True)
