@@ -29,7 +29,8 @@ async def cancel_and_wait(
 ) -> None:
     """Cancel ``task`` and wait until it ended. An exception it ended with on its own (a bug) is logged,
     not raised: the caller's stop goes on with the rest. The caller's own cancellation is not swallowed
-    (``asyncio.wait`` raises it, the task left to end on its own; ``await task`` inside
+    (``asyncio.wait`` raises it; the rounds below go on without the caller, in a task kept referenced,
+    so a task that swallowed its one cancel is still cancelled again and said; ``await task`` inside
     ``suppress(CancelledError)`` would not: a cancel of the caller landing while it waits, or in the turn
     the task ends, is caught there as if it were the task's). A task still running ``stuck_s`` after the
     cancel (it swallowed it: Python 3.11's ``asyncio.wait_for`` does, see ``wait_event``) is logged by
