@@ -129,7 +129,9 @@ def test_held_back_work_takes_the_slots_the_others_do_not_use() -> None:
     ctl = d.flow.ctl  # type: ignore[union-attr]
     keep = ctl.free_reserve(clock.now, 12)
     take, give = ctl.rates(clock.now)
-    assert keep == free_slots(take, give, ctl.reserve_miss, 12) == 2  # 4 taken for ~24 back a second
+    # 4 taken for ~24 back a second; 3 (2 before session 11: the waits' budget is now what the engine
+    # leaves of the aimed share of misses, ``aim``, not of 10 %)
+    assert keep == free_slots(take, give, ctl.reserve_miss, 12) == 3
     assert sent == 16 - 2 - keep  # everything but the two running and the free slots kept
     assert not d.saturated(req("q-late", "q3"))  # a quiet request finds one free
 

@@ -24,7 +24,6 @@ from kvgate.flowcontrol.config import FlowControlConfig
 from kvgate.flowcontrol.controller import (
     RATE_FLOWS_MAX,
     RATE_OVERFLOW,
-    RESERVE_MISS,
     RESERVE_MISS_FLOOR,
     FlowController,
     free_slots,
@@ -203,10 +202,10 @@ def test_the_director_holds_a_burst_to_the_slots_the_reserve_leaves() -> None:
 def test_the_waits_get_what_the_engines_own_misses_leave_of_the_tail() -> None:
     ctl = controller()
     q = req("q", "q1")
-    assert ctl.reserve_miss == pytest.approx(0.1 - RESERVE_MISS)  # before any is measured: half each
+    assert ctl.reserve_miss == pytest.approx(ctl.aim / 2)  # before any is measured: half each (of the aim)
     for _ in range(500):  # every first token 10 ms after its dispatch: the engine misses none
         ctl.observe_first_token(q, 0.01, 0.01)
-    assert ctl.reserve_miss == pytest.approx(0.1, abs=1e-3)
+    assert ctl.reserve_miss == pytest.approx(ctl.aim, abs=1e-3)  # (session 11: the aim, not 10 %)
     for _ in range(500):  # every one 80 ms after its dispatch: none can wait
         ctl.observe_first_token(q, 0.08, 0.08)
     assert ctl.reserve_miss == RESERVE_MISS_FLOOR
@@ -214,12 +213,12 @@ def test_the_waits_get_what_the_engines_own_misses_leave_of_the_tail() -> None:
     ctl2 = controller()
     for _ in range(500):
         ctl2.observe_first_token(q, 0.5, 0.01)
-    assert ctl2.reserve_miss == pytest.approx(0.1, abs=1e-3)
+    assert ctl2.reserve_miss == pytest.approx(ctl2.aim, abs=1e-3)
     # Requests held back (sheddable under the target) do not count.
     ctl3 = controller()
     for _ in range(500):
         ctl3.observe_first_token(req("b", "batch", priority=-1), 0.08, 0.08)
-    assert ctl3.reserve_miss == pytest.approx(0.1 - RESERVE_MISS)
+    assert ctl3.reserve_miss == pytest.approx(ctl3.aim / 2)
 
 
 def test_more_engine_misses_keep_more_slots() -> None:

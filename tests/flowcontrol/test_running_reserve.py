@@ -21,7 +21,7 @@ from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.config import FlowControlConfig, parse_flow_control
-from kvgate.flowcontrol.controller import LOAD_WINDOW_S, RESERVE_MISS, FlowController, free_slots
+from kvgate.flowcontrol.controller import LOAD_WINDOW_S, FlowController, free_slots
 from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.framework import ConfigError
 from kvgate.scheduling.types import InferenceRequest, PickResult, Usage
@@ -149,7 +149,7 @@ def test_the_rates_are_the_others_dispatches_and_every_finish() -> None:
     assert ctl.rates(t + LOAD_WINDOW_S)[0] == pytest.approx(take / math.e)
     assert ctl.rates(t + LOAD_WINDOW_S)[1] == pytest.approx(give2 / math.e)
     assert ctl.free_reserve(t, 24) == free_slots(take, give2, ctl.reserve_miss, 24)
-    assert ctl.reserve_miss == pytest.approx(0.1 - RESERVE_MISS)
+    assert ctl.reserve_miss == pytest.approx(ctl.aim / 2)
 
 
 def test_reserve_full_holds_back_only_the_held_back_requests_at_the_free_slots_kept() -> None:

@@ -56,15 +56,17 @@ def test_misses_raise_the_headroom_hits_lower_it_within_its_range() -> None:
     assert ctl.headroom == 0.0  # never below 0
 
 
-def test_it_settles_where_one_in_ten_misses() -> None:
-    """Nine hits and one miss per round leave the headroom where it was: the p90 is the target."""
+def test_one_in_ten_misses_raises_it_the_aim_is_under_that() -> None:
+    """Nine hits and one miss per round: until session 11 the headroom stayed where it was (the p90 at
+    the target); the target is now a bound, so the controller aims under one in ten
+    (``test_ttft_margin_s11``) and one in ten raises it."""
     ctl = controller(top=1.0 - 1e-9)
     ctl.started("quiet")
     ctl.headroom = 0.4
     for _ in range(50):
         for i in range(10):
             ctl.observe_first_token(req("q", "quiet"), 0.2 if i == 0 else 0.01)
-    assert ctl.headroom == pytest.approx(0.4, abs=1e-6)
+    assert ctl.aim < 0.1 and ctl.headroom > 0.4
 
 
 def test_only_flows_at_or_under_their_share_steer_it_and_only_twice_the_mean_is_over() -> None:
