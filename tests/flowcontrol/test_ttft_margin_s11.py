@@ -11,8 +11,9 @@ import math
 
 import pytest
 
-from kvgate.flowcontrol.config import FlowControlConfig
+from kvgate.flowcontrol.config import FlowControlConfig, parse_flow_control
 from kvgate.flowcontrol.controller import AIM_MIN_SAMPLE, AIM_WINDOW_S, AIM_Z, FlowController, aim_miss
+from kvgate.scheduling.framework import ConfigError
 from kvgate.scheduling.types import InferenceRequest
 
 
@@ -91,3 +92,19 @@ def test_the_reserve_budget_is_what_the_engine_leaves_of_the_aimed_share() -> No
         t += 0.2
     assert ctl.reserve_miss == pytest.approx(ctl.aim, abs=1e-3)
     assert ctl.reserve_miss < 0.08
+
+
+def test_the_confidence_is_a_key_and_0_aims_at_one_in_ten() -> None:
+    assert parse_flow_control({}).fair_share_ttft_confidence == AIM_Z
+    cfg = parse_flow_control(
+        {"fairShareHeadroom": 0.75, "fairShareTTFTTarget": "50ms", "fairShareTTFTConfidence": 0}
+    )
+    assert cfg.fair_share_ttft_confidence == 0.0
+    with pytest.raises(ConfigError, match=r"^flowControl\.fairShareTTFTConfidence: "):
+        parse_flow_control({"fairShareTTFTConfidence": -1})
+    ctl = FlowController(cfg)
+    ctl.started("quiet")
+    assert ctl.aim == pytest.approx(0.1)
+    ctl.headroom = 0.3
+    feed(ctl, 3000, 5.0, [i % 11 == 0 and i < 99 for i in range(100)])  # 9 %: under one in ten
+    assert ctl.aim == pytest.approx(0.1) and ctl.headroom == 0.0  # the old setpoint: it falls

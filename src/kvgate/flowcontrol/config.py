@@ -22,6 +22,8 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
                                   # running slots kept free)
       fairShareTTFTTarget: 0      # kvgate: p90 TTFT goal for the flows at or under their share; with
                                   # it the headroom adapts in [0, fairShareHeadroom] (0 = fixed)
+      fairShareTTFTConfidence: 1.645  # kvgate: the target is a bound: a minute's p90 under it with this
+                                  # one-sided normal quantile (0: aim at it, one miss in ten)
       fairShareSLOFirst: false    # kvgate: a request the headroom holds back goes through the whole
                                   # gate once its TTFT deadline is near (streamed replies teach it)
       priorityBands:              # per-band overrides; a priority not listed gets the defaults
@@ -65,7 +67,7 @@ HEADROOM_ON = ("saturation", "pending")
 _GLOBAL_KEYS = ("maxRequests", "maxBytes", "defaultRequestTTL", "fairnessPolicy", "orderingPolicy",
                 "defaultTTFTSLO", "preemption", "holdPredictedMisses", "sloAdmission",
                 "sloAdmissionConfidence", "fairShareHeadroom",
-                "fairShareHeadroomOn", "fairShareTTFTTarget", "fairShareSLOFirst",
+                "fairShareHeadroomOn", "fairShareTTFTTarget", "fairShareTTFTConfidence", "fairShareSLOFirst",
                 "priorityBands")  # fmt: skip
 
 
@@ -101,6 +103,10 @@ class FlowControlConfig:
     # kvgate: a p90 TTFT goal (seconds) for the flows at or under their fair share; with it the headroom
     # is not fixed but adapts between 0 and ``fair_share_headroom`` to keep their TTFT there (0 = off).
     fair_share_ttft_target: float = 0.0
+    # kvgate: z, the one-sided normal quantile with which a window's p90 stays under that target: the
+    # controllers aim at the share of misses p with p + z sqrt(p (1 - p) / n) = 0.1 (``aim_miss``);
+    # 0 aims at one miss in ten (the p90 at the target, as before session 11).
+    fair_share_ttft_confidence: float = 1.645
     # kvgate: the headroom lets a request it holds back through once its TTFT deadline is near
     # (``FlowController.deadline_due``; any flow's head: ``due_head``); learned from streamed replies only.
     fair_share_slo_first: bool = False
@@ -149,6 +155,7 @@ def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl")
         fair_share_headroom=p.get_float("fairShareHeadroom", 0.0, min=0.0),
         fair_share_headroom_on=p.get_str("fairShareHeadroomOn", "saturation", choices=list(HEADROOM_ON)),
         fair_share_ttft_target=p.get_duration("fairShareTTFTTarget", 0.0),
+        fair_share_ttft_confidence=p.get_float("fairShareTTFTConfidence", 1.645, min=0.0, max=10.0),
         fair_share_slo_first=p.get_bool("fairShareSLOFirst", False),
         fair_share_running_reserve=p.get_bool("fairShareRunningReserve", False),
         free_slot_pick=p.get_bool("freeSlotPick", False),

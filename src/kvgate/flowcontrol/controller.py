@@ -89,7 +89,7 @@ def aim_miss(bound: float, sample: float, z: float) -> float:
 # first tokens, decayed over AIM_WINDOW_S; at least AIM_MIN_SAMPLE): a few requests a second (a small
 # fleet) need a wide margin (300 a minute: 7.5 %), thousands little (3,000: 9.2 %).
 AIM_WINDOW_S = 60.0
-AIM_Z = 1.645
+AIM_Z = 1.645  # (the default of flowControl.fairShareTTFTConfidence)
 AIM_MIN_SAMPLE = 50.0
 ADAPTIVE_OVER_SHARE = 2.0
 # slo-feasible: a request is overdue once its deadline is nearer than the p90 of the last this many
@@ -279,7 +279,8 @@ class FlowController:
         self._since_count = 0  # arrivals since the last count of the flows sending
         # fairShareTTFTTarget with the reserve: the share of the requests not held back whose time from
         # dispatch to first token alone misses the target (EWMA; starts at half of ``aim``)
-        self.aim = aim_miss(1.0 - TARGET_QUANTILE, AIM_MIN_SAMPLE, AIM_Z)
+        self._aim_z = cfg.fair_share_ttft_confidence
+        self.aim = aim_miss(1.0 - TARGET_QUANTILE, AIM_MIN_SAMPLE, self._aim_z)
         self.engine_miss = self.aim / 2
         # fairShareTTFTTarget: the first tokens it steers on, decayed over AIM_WINDOW_S (``aim``'s sample)
         self._steer_n = 0.0
@@ -746,7 +747,7 @@ class FlowController:
         if not held_now:  # (its sample: the requests it steers on over the last AIM_WINDOW_S)
             self._steer_n = self._decayed(self._steer_n, self._steer_at, now, AIM_WINDOW_S) + 1.0
             self._steer_at = now if self._steer_at is None else max(now, self._steer_at)
-            self.aim = aim_miss(1.0 - TARGET_QUANTILE, max(AIM_MIN_SAMPLE, self._steer_n), AIM_Z)
+            self.aim = aim_miss(1.0 - TARGET_QUANTILE, max(AIM_MIN_SAMPLE, self._steer_n), self._aim_z)
         if service is not None and cfg.fair_share_running_reserve and not held_then:
             # (its time from dispatch alone: a miss the reserve could not have prevented)
             self.engine_miss += ENGINE_MISS_GAIN * ((1.0 if service > target else 0.0) - self.engine_miss)
