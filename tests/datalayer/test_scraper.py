@@ -702,3 +702,49 @@ async def test_a_first_token_during_the_scrape_does_not_take_a_waiting_request_o
         await scraper.stop()
     assert ep.metrics.own_explained
     assert _carrying().endpoint_saturation(ep, 0.3) >= 3 / 5
+
+
+async def test_an_unchanged_page_is_not_parsed_again(
+    servers: list[FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle server answers the same page scrape after scrape (issue #16: 4 scrapes a second were most
+    of an idle gateway's CPU): the same text gives the same signals, so it is read once; the page's time
+    and the gateway's own load beside it are still taken at every scrape."""
+    from kvgate.datalayer import scraper as scraper_mod
+
+    parsed: list[str] = []
+    real = scraper_mod.extract
+
+    def counting(text: str, *args: object, **kw: object) -> object:
+        parsed.append(text)
+        return real(text, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scraper_mod, "extract", counting)
+    srv = servers[0]
+    srv.page = 'vllm:num_requests_waiting{model_name="m"} 1\nvllm:num_requests_running{model_name="m"} 2\n'
+    store = EndpointStore([make_endpoint(srv.address)])
+    ep = store.get(srv.address)
+    assert ep is not None
+    now = [100.0]
+    scraper = MetricsScraper(store, clock=lambda: now[0])
+    try:
+        ep.inflight.requests, ep.inflight.decoding = 3, 2
+        assert await scraper.scrape(ep)
+        first = ep.metrics
+        now[0] = 100.5
+        ep.inflight.requests = 2  # one of the three on the page is someone else's now
+        assert await scraper.scrape(ep)
+        assert len(parsed) == 1, "the same page was parsed again"
+        m = ep.metrics
+        assert m is not first and first.updated_at == 100.0  # a new reading; the old one untouched
+        assert (m.waiting_queue_size, m.running_requests, m.updated_at) == (1, 2, 100.5)
+        assert (m.own_explained, m.own_pending) == (False, 0)
+        srv.page = srv.page.replace('waiting{model_name="m"} 1', 'waiting{model_name="m"} 0')
+        assert await scraper.scrape(ep)
+        assert len(parsed) == 2 and ep.metrics.waiting_queue_size == 0
+        # Metrics set by something else since (a test, another feed): the page is read against them.
+        ep.metrics = replace(ep.metrics, block_size=16)
+        assert await scraper.scrape(ep)
+        assert len(parsed) == 3 and ep.metrics.block_size == 16
+    finally:
+        await scraper.stop()

@@ -43,12 +43,12 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 
 from kvgate.aio import cancel_all_and_wait
-from kvgate.datalayer.endpoint import METRICS_STALENESS_S, Endpoint
+from kvgate.datalayer.endpoint import METRICS_STALENESS_S, Endpoint, EndpointMetrics
 from kvgate.datalayer.mappings import extract, filter_query, mapping_for, page_has_signals
 from kvgate.datalayer.pageclient import PageClient, PageError
 from kvgate.datalayer.store import EndpointStore, StoreChange
@@ -138,6 +138,9 @@ class MetricsScraper:
         # Endpoints that did not honour the filtered request -> the clock time until which they are
         # scraped whole.
         self._unfiltered: dict[str, float] = {}
+        # Endpoint -> (page text, engine, the metrics read from it): the same page again is not parsed
+        # again (an idle server answers the same page scrape after scrape; issue #16).
+        self._last_page: dict[str, tuple[str, str, EndpointMetrics]] = {}
         self._sleep = sleep
         self.scheme = scheme
         self.tls = tls
@@ -212,6 +215,7 @@ class MetricsScraper:
             self.stats.pop(addr, None)
             self._unfiltered.pop(addr, None)
             self._aiohttp_only.pop(addr, None)
+            self._last_page.pop(addr, None)
             self._forget_lean(addr)
         elif change.kind == "added" and self._running:
             self._spawn(change.endpoint)
@@ -277,7 +281,13 @@ class MetricsScraper:
             if text is None:
                 text = await self._get(ep, self.path)
             assert text is not None
-            m = extract(text, ep.engine, self.clock(), ep.metrics)
+            prev = ep.metrics
+            last = self._last_page.get(ep.address)
+            if last is not None and last[2] is prev and last[1] == ep.engine and last[0] == text:
+                # The page the current metrics were read from, again: the same signals, newly stamped.
+                m = replace(prev, updated_at=self.clock())
+            else:
+                m = extract(text, ep.engine, self.clock(), prev)
             # This gateway's own load beside the page (the utilization detector's carry-forward).
             m.own_explained = m.waiting_queue_size + m.running_requests <= own_requests
             # A first token that arrived during the GET may be a request the page already shows running
@@ -303,6 +313,7 @@ class MetricsScraper:
             m.own_prefill = max(0, prefill - started)
             m.own_started = inf.started - inf.started_base
             ep.metrics = m
+            self._last_page[ep.address] = (text, ep.engine, m)
         except (
             aiohttp.ClientError,
             TimeoutError,
