@@ -7,6 +7,7 @@ from collections import Counter
 
 from kvgate.config.director import build_director
 from kvgate.datalayer.store import EndpointStore
+from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.types import InferenceRequest
 
 from .helpers import ep, fleet
@@ -565,3 +566,91 @@ def test_output_displacement_sends_a_long_output_where_the_cache_is_emptier() ->
     # With it the output's blocks (cached as they are generated) displace too, 2 x fill each.
     oe, of = on.costs(cycle("x" * 400, max_tokens=1000), [emptier, fuller])
     assert abs(oe - ce - 2 * 0.2 * 1000) < 1e-9 and abs(of - cf - 2 * 0.6 * 1000) < 1e-9
+
+
+def _cold_spread_director(on: bool) -> tuple[Director, EndpointStore]:
+    from kvgate.config.policies import policy_config
+
+    cfg = policy_config("kvgate")
+    for spec in cfg.plugins:
+        if spec.type == "kvgate-cost-scorer" and on:
+            spec.parameters = {**(spec.parameters or {}), "coldSpread": True}
+    store = fleet(2)
+    return build_director(cfg, store, clock=lambda: 0.0, seed=0), store
+
+
+def test_cold_spread_sends_cold_prompts_away_from_the_cache_serving_hits() -> None:
+    # One endpoint has served a prefix's hits (a tenant between bursts); the other holds nothing anyone
+    # reuses. Every load figure is equal again when the cold prompts come (each request finishes), so
+    # without coldSpread their costs tie; with it, a prompt no endpoint holds goes where it evicts no
+    # reuse, while the warm requests keep going to their holder.
+    for on in (False, True):
+        d, store = _cold_spread_director(on)
+        holder = None
+        for i in range(6):
+            r = _req(i, PREFIX + f"q{i}")
+            got = d.pick(r).primary
+            holder = holder or got
+            assert got is holder
+            d.on_dispatched(r, got)
+            d.on_finished(r, got, None, True)
+        assert holder is not None
+        other = next(e for e in store.all() if e is not holder)
+        cold: Counter[str] = Counter()
+        for i in range(10):
+            r = _req(100 + i, f"a one-off nobody holds {i} " * 30)
+            res = d.pick(r, explain=True)
+            cold[res.primary.address] += 1
+            costs = res.explanation["costs"]
+            if on:
+                assert costs[holder.address] > costs[other.address]
+            else:
+                assert costs[holder.address] == costs[other.address]
+            d.on_dispatched(r, res.primary)
+            d.on_finished(r, res.primary, None, True)
+        if on:
+            assert cold == Counter({other.address: 10})
+        # A warm request still goes to its holder.
+        r = _req(200, PREFIX + "q200")
+        assert d.pick(r).primary is holder
+
+
+def test_cold_spread_prices_the_reuse_a_cold_prompt_evicts() -> None:
+    # The extra cost of a cold prompt at an endpoint is missPenalty x (its reuse rate - the lowest) /
+    # the mean reuse rate x the prompt's uncached tokens; a prompt a candidate holds pays none.
+    from kvgate.scheduling.framework import Params
+    from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
+
+    from .helpers import cycle, handle
+
+    a, b = ep("a:1"), ep("b:1")
+    s = KVGateCostScorer.create("k", Params({"coldSpread": True, "coldSpreadWindow": "60s"}, "p"), handle())
+    off = KVGateCostScorer.create("k", Params({}, "p"), handle())
+    assert s.cold_spread and s.cold_spread_window == 60.0 and not off.cold_spread
+    s._add_reused("a:1", 3000.0, 0.0)
+    s._add_reused("b:1", 1000.0, 0.0)
+    assert abs(s.reuse_rate("a:1", 0.0) - 50.0) < 1e-9
+    text = "x" * 4 * 800  # 800 tokens, cached nowhere
+    ca, cb = s.costs(cycle(text), [a, b])
+    oa, ob = off.costs(cycle(text), [a, b])
+    assert oa == ob
+    assert abs((ca - cb) - 2.0 * (50.0 - 1000.0 / 60) / ((50.0 + 1000.0 / 60) / 2) * 800) < 1e-6
+    assert cb == ob  # the least reused endpoint pays nothing extra
+    # The rates decay: after a window both are e^-1 of what they were, and their ratio holds.
+    assert abs(s.reuse_rate("a:1", 60.0) - 50.0 / 2.718281828459045) < 1e-6
+
+
+def test_cold_spread_state_is_bounded_and_never_grows_when_the_clock_steps_back() -> None:
+    from kvgate.scheduling.framework import PluginHandle
+    from kvgate.scheduling.plugins import kvgate_cost
+    from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
+
+    s = KVGateCostScorer("c", PluginHandle(), cold_spread=True)
+    for i in range(kvgate_cost.MAX_ENDPOINTS_TRACKED + 10):
+        s._add_reused(f"10.{i // 250}.{i % 250}.1:80", 100.0, float(i))
+    assert len(s._reused) == kvgate_cost.MAX_ENDPOINTS_TRACKED
+    assert "10.0.0.1:80" not in s._reused  # the longest unreused went first
+    s._reused["a"] = (3.0, 10.0)
+    assert s.reuse_rate("a", 5.0) == 3.0 / s.cold_spread_window
+    s._add_reused("a", 1.0, 5.0)
+    assert s._reused["a"] == (4.0, 10.0)

@@ -49,6 +49,20 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   prefill only (no displacement or backlog premium); the index then counts both as holders. Off by
   default: in the fleet simulator it lowered hit rates and raised p90 TTFT (docs/scheduling.md).
 
+- ``coldSpread`` (off): a request no candidate holds (its best match covers under ``COLD_MATCH`` of the
+  prompt: a new session, a one-off, a context or tenant prefix evicted everywhere) is placed where its
+  blocks evict the least reused cache. Its uncached tokens displace a replica's least recently used
+  blocks; what those are worth differs by replica: one whose cache keeps serving hits (a tenant's
+  prefix between its bursts, sessions' contexts) loses reuse, one that serves cold work (one-offs)
+  loses little. So the cold prompt's ``uncached`` tokens also cost ``missPenalty`` x (the replica's
+  reuse rate - the lowest) / the mean reuse rate, the reuse rate being the prompt tokens found cached
+  in the picks this picker sent there, decayed over ``coldSpreadWindow`` seconds (default 120: several
+  reuse intervals of a tenant's prefix). A load-balanced form of sglang cache_aware's "smallest tree"
+  rule (cold work onto the replica holding the least): the term is one more cost, weighed against the
+  load terms in the same tokens, not a rule that piles cold work onto one replica. Warm requests are
+  not affected, nor are replicas with equal reuse. With ``--workers N`` each worker counts its own
+  picks (about 1/N of each replica's, so the ratios hold).
+
 A prefix holder therefore keeps its traffic until the queue in front of it costs more than
 recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tuned switch — and the
 load it is judged by includes everything this picker dispatched a microsecond ago.
@@ -108,7 +122,10 @@ SPT_MIN_TOKENS = 1024
 # then each sample moves it 10%, clamped to within SPT_CLAMP times the current value either way.
 SPT_WARMUP = 5
 SPT_CLAMP = 4.0
-MAX_ENDPOINTS_TRACKED = 4096  # arrival rates kept for at most this many endpoints
+MAX_ENDPOINTS_TRACKED = 4096  # arrival rates (and coldSpread reuse rates) kept for this many endpoints
+# coldSpread: a request whose best match covers less than this share of its prompt has no holder (as
+# sglang cache_aware's cacheThreshold, 0.3).
+COLD_MATCH = 0.3
 
 
 class _TailExpectation:
@@ -148,6 +165,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         head_of_line: bool = False,
         burst_tail: bool = False,
         output_displacement: bool = False,
+        cold_spread: bool = False,
+        cold_spread_window: float = 120.0,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -169,6 +188,10 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.head_of_line = head_of_line
         self.burst_tail = burst_tail
         self.output_displacement = output_displacement
+        self.cold_spread = cold_spread
+        self.cold_spread_window = cold_spread_window
+        # coldSpread: per endpoint (decayed prompt tokens found cached there, its time).
+        self._reused: dict[str, tuple[float, float]] = {}
         # burstTail: waiting requests' tail keys past the prefix scorer's hashed window (request id ->
         # keys), for prompts that overflow it.
         self._tails: dict[str, array[int]] = {}
@@ -210,6 +233,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             head_of_line=params.get_bool("headOfLine", False),
             burst_tail=params.get_bool("burstTail", False),
             output_displacement=params.get_bool("outputDisplacement", False),
+            cold_spread=params.get_bool("coldSpread", False),
+            cold_spread_window=params.get_duration("coldSpreadWindow", 120.0),
         )
         params.finish()
         return s
@@ -297,6 +322,14 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             if len(paces) == len(endpoints):  # only once every candidate's pace is known
                 fastest = min(paces)
         spt = self.spt if self.head_of_line else 0.0
+        # coldSpread: a prompt no candidate holds costs more where the cache it evicts is reused more.
+        spread: list[float] | None = None
+        if self.cold_spread and best_uncached > (1.0 - COLD_MATCH) * p:
+            rates = [self.reuse_rate(ep.address, now) for ep in endpoints]
+            mean = sum(rates) / len(rates)
+            if mean > 0.0:
+                low = min(rates)
+                spread = [miss_penalty * (r - low) / mean for r in rates]
         out_tokens = (req.max_tokens or 0) if self.output_displacement else 0
         costs: list[float] = []
         sat_flags: list[bool] = []
@@ -306,7 +339,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         replicate = self.replicate_loaded and matched and best_uncached < p
         premiums: list[float] = []
         holder_ahead: list[float] = []
-        for ep in endpoints:
+        for i, ep in enumerate(endpoints):
             inf = ep.inflight
             ahead: float = inf.pending_prefill_tokens
             load = inf.requests
@@ -351,6 +384,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 # The output's blocks are cached too (vLLM keeps full blocks of generated tokens): they
                 # displace other prefixes as a miss's prompt blocks do, more where the cache is fuller.
                 work += (miss - 1.0) * out_tokens
+            if spread is not None:
+                work += spread[i] * uncached
             if spt:
                 # The arrivals expected while these tokens are computed, each delayed by them.
                 work += self.arrival_rate(ep.address, now) * spt * uncached * (ahead + 0.5 * uncached)
@@ -479,6 +514,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 if len(self._waiting) > MAX_WAITING_TRACKED:
                     self._forget(next(iter(self._waiting)))
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
+        if self.cold_spread and uncached < p:
+            self._add_reused(endpoint.address, p - uncached, cycle.now)
         if self.head_of_line:
             now = cycle.now
             a = endpoint.address
@@ -493,6 +530,25 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 self._timed[req.request_id] = (now, todo)
                 if len(self._timed) > MAX_WAITING_TRACKED:
                     self._timed.popitem(last=False)
+
+    def _add_reused(self, address: str, tokens: float, now: float) -> None:
+        reused = self._reused
+        n, t = reused.get(address, (0.0, now))
+        # (max: a clock that steps back must not grow the count)
+        decay = math.exp(-max(0.0, now - t) / self.cold_spread_window)
+        reused[address] = (n * decay + tokens, max(now, t))
+        if len(reused) > MAX_ENDPOINTS_TRACKED:  # endpoints gone: forget the longest unreused
+            del reused[min(reused, key=lambda k: reused[k][1])]
+
+    def reuse_rate(self, address: str, now: float) -> float:
+        """Prompt tokens per second found cached at ``address`` by this picker's picks there (the
+        prefix source's match), decayed over ``coldSpreadWindow`` (coldSpread)."""
+        got = self._reused.get(address)
+        if got is None:
+            return 0.0
+        n, t = got
+        w = self.cold_spread_window
+        return n * math.exp(-max(0.0, now - t) / w) / w
 
     def arrival_rate(self, address: str, now: float) -> float:
         """Requests this picker sent ``address`` per second, decayed over ``RATE_WINDOW_S``."""
