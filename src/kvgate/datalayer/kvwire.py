@@ -14,6 +14,7 @@ cannot drift from what the gateway reads.
 from __future__ import annotations
 
 import logging
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -103,8 +104,14 @@ def _hashes(v: Any) -> tuple[int, ...]:
 
 
 def _ints(v: Any) -> tuple[int, ...]:
-    if not isinstance(v, list | tuple) or not all(isinstance(t, int) for t in v):
+    """Token ids: a list of ints, each checked in C (``array`` refuses a non-int and one outside int64)
+    rather than by a generator per token: a miss's batch carries every token of its blocks (issue #16)."""
+    if not isinstance(v, list | tuple):
         raise DecodeError("token_ids must be a list of ints")
+    try:
+        array("q", v)
+    except (TypeError, OverflowError):
+        raise DecodeError("token_ids must be a list of 64-bit ints") from None
     return tuple(v)
 
 
