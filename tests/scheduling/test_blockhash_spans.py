@@ -44,12 +44,12 @@ def test_memoized_spans_equal_the_definition(algo: str) -> None:
     assert all(h._spans for h in hashers)
 
 
-def test_token_ids_a_uint32_cannot_hold_are_hashed_block_by_block() -> None:
+def test_token_ids_a_uint32_cannot_hold_are_hashed_block_by_block_as_before() -> None:
     h = VLLMBlockHasher(16)
     base = list(range(100, 100 + 256))
     assert h.block_hashes(base) == _definition(h, base)
-    for big in (2**32, -1):
-        tokens = [*base[:-1], big]
+    for odd in (2**32, -1, 1.5, "x"):
+        tokens: list = [*base[:-1], odd]
         assert h.block_hashes(tokens) == _definition(h, tokens)
 
 

@@ -164,9 +164,10 @@ class VLLMBlockHasher:
         spans, step = self._spans, span * bs
         for start in range(0, n // span * step, step):
             try:  # Token ids are ints (the front doors admit nothing else; tokenizers give ints): a bool
-                # would share its int's key, though vLLM hashes it apart. Ids over 32 bits: not memoized.
+                # would share its int's key, though vLLM hashes it apart. Ids over 32 bits, or not ints at
+                # all: not memoized (hashed block by block as before).
                 packed = array("I", token_ids[start : start + step]).tobytes()
-            except OverflowError:
+            except (OverflowError, TypeError):
                 break
             key = (parent, _h128(packed, bs))
             got = spans.get(key)
