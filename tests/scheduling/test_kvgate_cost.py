@@ -627,17 +627,34 @@ def test_cold_spread_prices_the_reuse_a_cold_prompt_evicts() -> None:
     s = KVGateCostScorer.create("k", Params({"coldSpread": True, "coldSpreadWindow": "60s"}, "p"), handle())
     off = KVGateCostScorer.create("k", Params({}, "p"), handle())
     assert s.cold_spread and s.cold_spread_window == 60.0 and not off.cold_spread
-    s._add_reused("a:1", 3000.0, 0.0)
-    s._add_reused("b:1", 1000.0, 0.0)
-    assert abs(s.reuse_rate("a:1", 0.0) - 50.0) < 1e-9
+    s._add_reused("a:1", 1800.0, 0.0)
+    s._add_reused("b:1", 1200.0, 0.0)
+    assert abs(s.reuse_rate("a:1", 0.0) - 30.0) < 1e-9
     text = "x" * 4 * 800  # 800 tokens, cached nowhere
     ca, cb = s.costs(cycle(text), [a, b])
     oa, ob = off.costs(cycle(text), [a, b])
     assert oa == ob
-    assert abs((ca - cb) - 2.0 * (50.0 - 1000.0 / 60) / ((50.0 + 1000.0 / 60) / 2) * 800) < 1e-6
+    assert abs((ca - cb) - 2.0 * (30.0 - 20.0) / 25.0 * 800) < 1e-6
     assert cb == ob  # the least reused endpoint pays nothing extra
     # The rates decay: after a window both are e^-1 of what they were, and their ratio holds.
-    assert abs(s.reuse_rate("a:1", 60.0) - 50.0 / 2.718281828459045) < 1e-6
+    assert abs(s.reuse_rate("a:1", 60.0) - 30.0 / 2.718281828459045) < 1e-6
+
+
+def test_cold_spread_premium_is_at_most_one_more_full_cache_displacement() -> None:
+    # Every hit on one replica of three: it is 3x the mean reuse rate, but an evicted token costs at most
+    # one more missPenalty, not three (uncapped, the other two looked so cheap that cold sessions piled
+    # onto them).
+    from kvgate.scheduling.framework import Params
+    from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
+
+    from .helpers import cycle, handle
+
+    a, b, c = ep("a:1"), ep("b:1"), ep("c:1")
+    s = KVGateCostScorer.create("k", Params({"coldSpread": True}, "p"), handle())
+    s._add_reused("a:1", 9000.0, 0.0)
+    ca, cb, cc = s.costs(cycle("x" * 4 * 800), [a, b, c])
+    assert cb == cc
+    assert abs((ca - cb) - 2.0 * 800) < 1e-6
 
 
 def test_cold_spread_state_is_bounded_and_never_grows_when_the_clock_steps_back() -> None:

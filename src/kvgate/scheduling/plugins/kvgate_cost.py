@@ -55,13 +55,15 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   blocks; what those are worth differs by replica: one whose cache keeps serving hits (a tenant's
   prefix between its bursts, sessions' contexts) loses reuse, one that serves cold work (one-offs)
   loses little. So the cold prompt's ``uncached`` tokens also cost ``missPenalty`` x (the replica's
-  reuse rate - the lowest) / the mean reuse rate, the reuse rate being the prompt tokens found cached
-  in the picks this picker sent there, decayed over ``coldSpreadWindow`` seconds (default 120: several
-  reuse intervals of a tenant's prefix). A load-balanced form of sglang cache_aware's "smallest tree"
-  rule (cold work onto the replica holding the least): the term is one more cost, weighed against the
-  load terms in the same tokens, not a rule that piles cold work onto one replica. Warm requests are
-  not affected, nor are replicas with equal reuse. With ``--workers N`` each worker counts its own
-  picks (about 1/N of each replica's, so the ratios hold).
+  reuse rate - the lowest) / the mean reuse rate, at most ``missPenalty`` (an evicted token costs at
+  most one more full-cache displacement: without the bound, a fleet whose hits sit on one replica
+  priced the others up to n times cheaper and cold sessions piled onto them), the reuse rate being the
+  prompt tokens found cached in the picks this picker sent there, decayed over ``coldSpreadWindow``
+  seconds (default 120: several reuse intervals of a tenant's prefix). A load-balanced form of sglang
+  cache_aware's "smallest tree" rule (cold work onto the replica holding the least): the term is one
+  more cost, weighed against the load terms in the same tokens, not a rule that piles cold work onto
+  one replica. Warm requests are not affected, nor are replicas with equal reuse. With ``--workers N``
+  each worker counts its own picks (about 1/N of each replica's, so the ratios hold).
 
 A prefix holder therefore keeps its traffic until the queue in front of it costs more than
 recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tuned switch — and the
@@ -322,14 +324,15 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             if len(paces) == len(endpoints):  # only once every candidate's pace is known
                 fastest = min(paces)
         spt = self.spt if self.head_of_line else 0.0
-        # coldSpread: a prompt no candidate holds costs more where the cache it evicts is reused more.
+        # coldSpread: a prompt no candidate holds costs more where the cache it evicts is reused more
+        # (at most one more full-cache displacement per token).
         spread: list[float] | None = None
         if self.cold_spread and best_uncached > (1.0 - COLD_MATCH) * p:
             rates = [self.reuse_rate(ep.address, now) for ep in endpoints]
             mean = sum(rates) / len(rates)
             if mean > 0.0:
                 low = min(rates)
-                spread = [miss_penalty * (r - low) / mean for r in rates]
+                spread = [miss_penalty * min(1.0, (r - low) / mean) for r in rates]
         out_tokens = (req.max_tokens or 0) if self.output_displacement else 0
         costs: list[float] = []
         sat_flags: list[bool] = []
