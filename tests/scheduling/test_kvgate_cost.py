@@ -642,8 +642,8 @@ def test_cold_spread_prices_the_reuse_a_cold_prompt_evicts() -> None:
 
 def test_cold_spread_premium_is_at_most_one_more_full_cache_displacement() -> None:
     # Every hit on one replica of three: it is 3x the mean reuse rate, but an evicted token costs at most
-    # one more missPenalty, not three (uncapped, the other two looked so cheap that cold sessions piled
-    # onto them).
+    # one more missPenalty, not three (uncapped, the other two would look so cheap that the term
+    # outweighed every load term).
     from kvgate.scheduling.framework import Params
     from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
 

@@ -57,7 +57,7 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   loses little. So the cold prompt's ``uncached`` tokens also cost ``missPenalty`` x (the replica's
   reuse rate - the lowest) / the mean reuse rate, at most ``missPenalty`` (an evicted token costs at
   most one more full-cache displacement: without the bound, a fleet whose hits sit on one replica
-  priced the others up to n times cheaper and cold sessions piled onto them), the reuse rate being the
+  prices the others up to n times cheaper, outweighing every load term), the reuse rate being the
   prompt tokens found cached in the picks this picker sent there, decayed over ``coldSpreadWindow``
   seconds (default 120: several reuse intervals of a tenant's prefix). A load-balanced form of sglang
   cache_aware's "smallest tree" rule (cold work onto the replica holding the least): the term is one
