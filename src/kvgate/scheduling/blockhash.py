@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import pickle
 import struct
-from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -31,12 +30,17 @@ HashAlgo = Literal["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"]
 DEFAULT_NONE_HASH_SEED = "vllm-none-hash"
 _MASK64 = (1 << 64) - 1
 # Prompts are hashed about ``SPAN_TOKENS`` tokens (whole blocks, at least one) at a time through a bounded
-# memo per hasher (``SPAN_ENTRIES`` spans, ~2 KB each at most: the span's digests and event hashes): a
-# repeated prefix (a tenant's system prompt, a conversation's earlier turns) costs one xxh3-128 and one
-# look-up per span instead of one SHA-256 (and pickle or CBOR) per block.
+# memo per hasher: a repeated prefix (a tenant's system prompt, a conversation's earlier turns) costs one
+# pickle of the span's token ids and one look-up per span instead of one SHA-256 (and pickle or CBOR) per
+# block. The memo is bounded by an estimate of the bytes it holds, ``SPAN_BYTES`` per hasher whatever the
+# block size: an entry counts its key's bytes, ``_SPAN_BLOCK_COST`` per block (a digest and its event
+# hash) and ``_SPAN_ENTRY_COST`` (measured with tracemalloc in tests/scheduling/test_blockhash_spans.py).
+# A span holds 256 / block size blocks, so that is ~2,300 spans at block size 16, ~270 at block size 1.
 SPAN_TOKENS = 256
-SPAN_ENTRIES = 2048
-_h128 = xxhash.xxh3_128_intdigest
+SPAN_BYTES = 8 << 20
+_SPAN_BLOCK_COST = 120
+_SPAN_ENTRY_COST = 384
+_PICKLE = pickle.HIGHEST_PROTOCOL
 
 
 def _cbor_head(major: int, n: int) -> bytes:
@@ -136,10 +140,11 @@ class VLLMBlockHasher:
         self._fn = _HASH_FNS[algo]
         self.none_hash = self._fn(seed)
         # Memoized spans (as ``scheduling.prefix``'s): a span's blocks are a function of the parent digest
-        # before it and its tokens, keyed by that digest and the tokens' bytes' xxh3-128 (uint32 each,
-        # seeded with the block size); a hit is the loop's values unless two spans' digests collide.
+        # before it and its token ids, keyed by that digest and the pickle of the ids (exact: a dict hit
+        # compares the bytes, and pickle tells a bool or an int subclass from an int, as vLLM's hashes do).
         self.span_blocks = max(1, SPAN_TOKENS // block_size)
-        self._spans: OrderedDict[tuple[bytes, int], tuple[list[bytes], list[int]]] = OrderedDict()
+        self._spans: OrderedDict[tuple[bytes, bytes], tuple[list[bytes], list[int]]] = OrderedDict()
+        self._span_bytes = 0  # the estimate for what ``_spans`` holds now
 
     def block_hashes(self, token_ids: Sequence[int], max_blocks: int | None = None) -> list[bytes]:
         """Digests of the prompt's full blocks, chained from NONE_HASH."""
@@ -151,7 +156,7 @@ class VLLMBlockHasher:
 
     def _chain(self, token_ids: Sequence[int], max_blocks: int | None) -> tuple[list[bytes], list[int]]:
         """(digests, event hashes) of the prompt's full blocks: whole spans of ``span_blocks`` through the
-        memo where every hashed token id is in [0, 2**32), the rest block by block."""
+        memo (where the span's ids pickle), the rest block by block."""
         bs = self.block_size
         n = len(token_ids) // bs
         if max_blocks is not None:
@@ -163,21 +168,19 @@ class VLLMBlockHasher:
         span = self.span_blocks
         spans, step = self._spans, span * bs
         for start in range(0, n // span * step, step):
-            try:  # Token ids are ints (the front doors admit nothing else; tokenizers give ints): a bool
-                # would share its int's key, though vLLM hashes it apart. Ids over 32 bits, or not ints at
-                # all: not memoized (hashed block by block as before).
-                packed = array("I", token_ids[start : start + step]).tobytes()
-            except (OverflowError, TypeError):
+            try:
+                packed = pickle.dumps(token_ids[start : start + step], _PICKLE)
+            except Exception:  # (not picklable: hashed block by block, as before, which raises as before)
                 break
-            key = (parent, _h128(packed, bs))
+            key = (parent, packed)
             got = spans.get(key)
             i += span
             if got is None:
-                # Remembered; the spans after it follow a digest never seen (not in the memo): block by
-                # block below, unremembered (as ``scheduling.prefix``: one span learnt per request).
-                got = spans[key] = self._blocks(token_ids, i - span, i, parent)
-                if len(spans) > SPAN_ENTRIES:
-                    spans.popitem(last=False)  # the least recently used
+                # Remembered once computed. The spans after it follow a digest the memo did not have (so
+                # they are rarely in it): block by block below, unremembered (as ``scheduling.prefix``:
+                # one span learnt per request).
+                got = self._blocks(token_ids, i - span, i, parent)
+                self._remember(key, got)
                 digests += got[0]
                 ints += got[1]
                 parent = got[0][-1]
@@ -191,6 +194,16 @@ class VLLMBlockHasher:
             digests += rest[0]
             ints += rest[1]
         return digests, ints
+
+    def _remember(self, key: tuple[bytes, bytes], got: tuple[list[bytes], list[int]]) -> None:
+        spans = self._spans
+        spans[key] = got
+        per_block = _SPAN_BLOCK_COST * len(got[0]) + _SPAN_ENTRY_COST
+        held = self._span_bytes + len(key[1]) + per_block
+        while held > SPAN_BYTES and spans:
+            (_, packed), _ = spans.popitem(last=False)  # the least recently used
+            held -= len(packed) + per_block  # (every entry of a hasher has the same number of blocks)
+        self._span_bytes = held
 
     def _blocks(
         self, token_ids: Sequence[int], first: int, end: int, parent: bytes
