@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import struct
+import tracemalloc
 
+import pytest
 import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +17,7 @@ from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, prefix_mat
 from kvgate.scheduling.prefix import PrefixIndex, block_hashes
 
 from .helpers import cycle, ep, handle
+from .test_blockhash_spans import colliding_token_spans
 
 
 def test_hash_chain_matches_reference_definition() -> None:
@@ -73,18 +77,87 @@ def test_memoized_spans_give_the_definitions_hashes() -> None:
 def test_memoized_spans_are_bounded() -> None:
     prefix.clear_spans()
     chunk = 4
-    for i in range(prefix.SPAN_ENTRIES + 50):
+    entries = prefix.SPAN_BYTES // (chunk * prefix.SPAN_BLOCKS + prefix._SPAN_ENTRY_COST)
+    for i in range(entries + 50):
         block_hashes("m", f"{i:08d}" * (prefix.SPAN_BLOCKS // 2), chunk)
-    assert len(prefix._spans) == prefix.SPAN_ENTRIES
+    assert len(prefix._spans) == entries
     # least recently used goes first: a span looked up again stays
-    first = f"{prefix.SPAN_ENTRIES + 49:08d}" * (prefix.SPAN_BLOCKS // 2)
+    first = f"{entries + 49:08d}" * (prefix.SPAN_BLOCKS // 2)
     block_hashes("m", first, chunk)
-    for i in range(prefix.SPAN_ENTRIES - 1):
+    for i in range(entries - 1):
         block_hashes("m", f"n{i:07d}" * (prefix.SPAN_BLOCKS // 2), chunk)
     seed = xxhash.xxh64_intdigest(b"m")
-    key = (seed, xxhash.xxh3_128_intdigest(first.encode(), chunk))
-    assert key in prefix._spans
+    assert (seed, first.encode()) in prefix._spans
+    assert len(prefix._spans) == entries
     prefix.clear_spans()
+
+
+@pytest.mark.parametrize("chunk", [4, 64, 512])
+def test_memoized_spans_memory_stays_under_span_bytes(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """The memo is bounded by its estimated bytes (the span's bytes, now its key, and a measured cost per
+    entry), whatever the block sizes it is used with: measured with tracemalloc, within SPAN_BYTES."""
+    cap = 256 * 1024
+    monkeypatch.setattr(prefix, "SPAN_BYTES", cap)
+    prefix.clear_spans()
+    rng = random.Random(chunk)
+    size = chunk * prefix.SPAN_BLOCKS
+    fill = 2 * cap // size + 4
+    data = [rng.randbytes(size + chunk) for _ in range(fill + 1)]  # a span, then a block: slices are new
+    block_hashes("m", data[-1], chunk)
+    prefix.clear_spans()
+    tracemalloc.start()
+    try:
+        for d in data[:fill]:
+            block_hashes("m", d, chunk)
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        n = len(prefix._spans)
+        prefix.clear_spans()
+    assert n < fill  # it evicted
+    assert cap // 2 < used <= cap, f"{used} B held at chunk {chunk}"
+
+
+def test_a_span_colliding_under_xxh3_gets_its_own_hashes() -> None:
+    """Review s11-hash L2: the key was (chain value, the span's xxh3-128 seeded with the chunk), which can
+    be made to collide; it is the span's bytes. The approximate scorer hashes a token-id prompt as its
+    uint32 bytes with chunk = block tokens * 4."""
+    prefix.clear_spans()
+    try:
+        chunk = 64
+        a, b = colliding_token_spans(chunk)
+        da, db = struct.pack("<256I", *a), struct.pack("<256I", *b)
+        assert xxhash.xxh3_128_intdigest(da, chunk) == xxhash.xxh3_128_intdigest(db, chunk)
+        for _ in range(2):
+            assert block_hashes("m", da, chunk) == _chain("m", da, chunk)
+            assert block_hashes("m", db, chunk) == _chain("m", db, chunk)
+    finally:
+        prefix.clear_spans()
+
+
+def test_a_span_enters_the_memo_only_once_complete(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s11-hash I2: the span's list went into the memo before it was filled, so an interrupted
+    fill left a truncated entry that later hits returned."""
+    prefix.clear_spans()
+    text = "x" * (64 * prefix.SPAN_BLOCKS)
+    real = prefix._h64
+    calls = {"n": 0}
+
+    def flaky(b: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("interrupted")
+        return real(b)
+
+    monkeypatch.setattr(prefix, "_h64", flaky)
+    with pytest.raises(RuntimeError):
+        block_hashes("m", text, 64)
+    assert not prefix._spans and prefix._span_bytes == 0
+    monkeypatch.setattr(prefix, "_h64", real)
+    try:
+        assert block_hashes("m", text, 64) == _chain("m", text, 64)
+    finally:
+        prefix.clear_spans()
 
 
 def test_a_prefix_is_learnt_one_span_per_request() -> None:

@@ -6,7 +6,8 @@ uint64(block_{i-1})). Only the first ``chunk * max_blocks`` characters are ever 
 prompt costs the same as a 16 KB one. The chain is computed ``SPAN_BLOCKS`` blocks at a time through a
 bounded memo of spans (the same values, one look-up per span where a prefix repeats; see ``_spans``): a
 prompt's spans are looked up until the first one missing, which is hashed and remembered; the rest is
-hashed block by block (it follows a chain value never seen, so it cannot be in the memo).
+hashed block by block, unremembered (it follows a chain value that was not in the memo, so its spans are
+rarely there: only if the LRU evicted that span before the ones after it, which costs speed, not values).
 
 The index keeps, per endpoint, an LRU of block hashes (capacity = the server's ``num_gpu_blocks`` when
 scraped, else 31,250) and a reverse map hash -> bitmask of endpoint slots, so matching a request is
@@ -46,18 +47,25 @@ DEFAULT_MAX_TOTAL_BLOCKS = 1_000_000  # ~250 B per entry measured: ~250 MiB wors
 
 _pack = struct.Struct("<Q").pack
 _h64 = xxhash.xxh64_intdigest
-_h128 = xxhash.xxh3_128_intdigest
 _blocks = struct.iter_unpack
 
 # Memoized spans: a prompt's blocks are hashed ``SPAN_BLOCKS`` at a time through a bounded memo keyed by
 # the chain's value before the span (the hash of everything in front of it, model included) and the span's
-# bytes' xxh3-128 (seeded with the block size). A span's hashes are a function of exactly those, so a hit
-# returns the values the loop would compute (a wrong one needs two spans' 128-bit digests to collide).
-# Prefix routing's traffic repeats its prefixes (a tenant's system prompt, a conversation's earlier
-# turns): a hit costs one 128-bit hash and one look-up for the span instead of one call per block.
+# bytes themselves (``chunk * SPAN_BLOCKS`` of them, so the block size is in the key too). A span's hashes
+# are a function of exactly those, and a dict hit compares the bytes, so a hit returns the values the loop
+# would compute for any input (a digest of the span as the key could be made to collide: xxh3 is not
+# collision resistant). Prefix routing's traffic repeats its prefixes (a tenant's system prompt, a
+# conversation's earlier turns): a hit costs one bytes hash and one look-up for the span instead of one
+# call per block.
+# The memo is bounded by an estimate of the bytes it holds, ``SPAN_BYTES`` per process: each entry counts
+# its span's bytes plus ``_SPAN_ENTRY_COST`` (16 hashes, their list, the key, the dict slot; measured with
+# tracemalloc in tests/scheduling/test_prefix.py), so ~4,000 spans at the default 64-byte blocks, fewer
+# at larger blocks (each covers more of a prompt), whatever the mix of block sizes.
 SPAN_BLOCKS = 16
-SPAN_ENTRIES = 4096  # ~1 KB each (16 hashes, key, dict slot): ~4 MiB at most per process
-_spans: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
+SPAN_BYTES = 8 << 20
+_SPAN_ENTRY_COST = 1024
+_spans: OrderedDict[tuple[int, bytes], list[int]] = OrderedDict()
+_span_bytes = 0  # the estimate for what ``_spans`` holds now
 
 
 def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MAX_PREFIX_BLOCKS) -> list[int]:
@@ -65,7 +73,7 @@ def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MA
     if isinstance(data, str):
         raw = data[: chunk * max_blocks].encode("utf-8", "surrogatepass")
     else:
-        raw = data[: chunk * max_blocks]
+        raw = bytes(data[: chunk * max_blocks])  # (exact bytes: the memo's keys compare them)
     n = min(len(raw) // chunk, max_blocks)
     if not n:
         return []
@@ -79,20 +87,21 @@ def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MA
     done = 0
     for start in range(0, end - end % size, size):
         piece = raw[start : start + size]
-        key = (prev, _h128(piece, chunk))
+        key = (prev, piece)
         got = spans.get(key)
         done = start + size
         if got is None:
-            # The first span this prompt misses is remembered; every span after it follows a new chain
-            # value, so it cannot be in the memo: the rest is hashed below, block by block, unremembered
-            # (a prefix is learnt one span per request that repeats it; unique prompts add one span each).
-            got = spans[key] = []
+            # The first span this prompt misses is remembered, once its hashes are all computed. The
+            # spans after it are hashed below, block by block, unremembered: they follow a chain value
+            # the memo did not have, so they are rarely in it (only where the LRU dropped this span
+            # before later ones of its prefix: a cost in speed, not in values). A prefix is learnt one
+            # span per request that repeats it; a unique prompt adds one span.
+            got = []
             put = got.append
             for (b,) in _blocks(fmt, piece):
                 prev = _h64(b + _pack(prev))
                 put(prev)
-            if len(spans) > SPAN_ENTRIES:
-                spans.popitem(last=False)  # the least recently used
+            _remember(key, got)
             out += got
             break
         spans.move_to_end(key)
@@ -105,9 +114,22 @@ def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MA
     return out
 
 
+def _remember(key: tuple[int, bytes], hashes: list[int]) -> None:
+    global _span_bytes
+    spans = _spans
+    spans[key] = hashes
+    held = _span_bytes + len(key[1]) + _SPAN_ENTRY_COST
+    while held > SPAN_BYTES and spans:
+        (_, piece), _ = spans.popitem(last=False)  # the least recently used
+        held -= len(piece) + _SPAN_ENTRY_COST
+    _span_bytes = held
+
+
 def clear_spans() -> None:
     """Forget the memoized spans (tests, benchmarks)."""
+    global _span_bytes
     _spans.clear()
+    _span_bytes = 0
 
 
 @dataclass(slots=True)
