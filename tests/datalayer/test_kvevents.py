@@ -127,15 +127,13 @@ def test_token_ids_are_checked_without_a_python_call_per_token():
         sys.setprofile(None)
     assert b.events[0].token_ids == tuple(tokens)
     assert calls < 100, f"{calls} Python calls to decode one batch of {len(tokens)} token ids"
-    for bad in ([1, "2"], [1, 2.0], [1, None], [1, [2]], "12", [1, (1 << 64) - 1]):
+    for bad in ([1, "2"], [1, 2.0], [1, None], [1, [2]], "12", [(1 << 64) - 1, "2"], ["2", (1 << 64) - 1]):
         with pytest.raises(DecodeError):
             decode_batch(batch(stored_map([1], None, bad)))
-    assert decode_batch(batch(stored_map([1], None, [0, True, -1, (1 << 63) - 1]))).events[0].token_ids == (
-        0,
-        True,
-        -1,
-        (1 << 63) - 1,
-    )
+    # Every int msgpack carries is accepted, uint64 included (a wire int of 2**63 or more is no reason to
+    # refuse the batch: review s11-rv L1).
+    good = [0, True, -1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1, -(1 << 63)]
+    assert decode_batch(batch(stored_map([1], None, good))).events[0].token_ids == tuple(good)
 
 
 # --- index ------------------------------------------------------------------------------------------
@@ -393,6 +391,18 @@ def test_undecodable_batch_resyncs():
     sub.handle(0, batch(stored_map([1], None, [0] * 4)))
     sub.handle(1, b"\xc1")
     assert sub.stats.decode_errors == 1 and idx.num_blocks("a") == 0
+
+
+def test_engine_mode_applies_a_batch_with_a_uint64_token_id():
+    """Review s11-rv L1: engine mode keys blocks by the engine's hashes and never reads token ids; a token
+    id in [2**63, 2**64) (a valid msgpack uint64) must not make the batch a decode error, which resyncs
+    and drops every block of the endpoint."""
+    idx = BlockIndex(mode="engine")
+    sub = KVEventSubscriber(idx, "a", "tcp://127.0.0.1:1")
+    sub.handle(0, batch(stored_map([7, 8, 9], None, list(range(12)))))
+    sub.handle(1, batch(stored_map([10], 9, [1, 2, 3, 1 << 63])))
+    assert sub.stats.decode_errors == 0 and sub.stats.resyncs == 0
+    assert idx.engine_hashes("a") == {7, 8, 9, 10}
 
 
 # --- real ZMQ ---------------------------------------------------------------------------------------

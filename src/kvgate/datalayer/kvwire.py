@@ -104,14 +104,22 @@ def _hashes(v: Any) -> tuple[int, ...]:
 
 
 def _ints(v: Any) -> tuple[int, ...]:
-    """Token ids: a list of ints, each checked in C (``array`` refuses a non-int and one outside int64)
-    rather than by a generator per token: a miss's batch carries every token of its blocks (issue #16)."""
+    """Token ids: a list of ints, each checked in C (``array`` refuses a non-int) rather than by a
+    generator per token: a miss's batch carries every token of its blocks (issue #16).
+
+    ``array("q")`` also refuses an int outside int64, which msgpack can carry (a uint64 in [2**63,
+    2**64)): that rare case falls back to the per-token check, so the verdicts are exactly those of the
+    plain ``isinstance`` check. Refusing it would make the subscriber resync and clear the endpoint's
+    whole index, even in engine mode, which never reads token ids (review s11-rv L1)."""
     if not isinstance(v, list | tuple):
         raise DecodeError("token_ids must be a list of ints")
     try:
         array("q", v)
-    except (TypeError, OverflowError):
-        raise DecodeError("token_ids must be a list of 64-bit ints") from None
+    except TypeError:
+        raise DecodeError("token_ids must be a list of ints") from None
+    except OverflowError:
+        if not all(isinstance(t, int) for t in v):
+            raise DecodeError("token_ids must be a list of ints") from None
     return tuple(v)
 
 
