@@ -148,6 +148,8 @@ def test_metrics_count_queue_and_outcomes_with_capped_flow_labels() -> None:
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
+    for i in range(fm.PROMOTE_AT):  # m-a earns its label (its requests so far count under "other")
+        ctl.take(ctl.enqueue(_req(f"warm{i}", "m-a", prio=7), 0.0), 0.0)
     before = sample(
         "kvgate_flow_control_requests_total", priority="7", fairness_id="m-a", outcome="Dispatched"
     )
@@ -161,6 +163,7 @@ def test_metrics_count_queue_and_outcomes_with_capped_flow_labels() -> None:
     assert after == before + 1
     m = fm.FlowLabels()
     for i in range(fm.MAX_FLOW_LABELS + 10):
-        m.count(f"f{i}")
+        for _ in range(fm.PROMOTE_AT):
+            m.count(f"f{i}")
     labels = {m.label(f"f{i}") for i in range(fm.MAX_FLOW_LABELS + 10)}
     assert len(labels) == fm.MAX_FLOW_LABELS + 1 and fm.OTHER_FLOW in labels

@@ -149,7 +149,7 @@ async def test_with_the_real_tier_filter_a_predicted_miss_waits_for_its_ttl_inst
 async def test_outcome_metrics_a_held_try_then_one_dispatch() -> None:
     from prometheus_client import REGISTRY
 
-    from kvgate.flowcontrol.metrics import FlowMetrics
+    from kvgate.flowcontrol.metrics import FlowLabels, FlowMetrics
 
     def sample(outcome: str) -> float:
         labels = {"priority": "-1", "fairness_id": "hold-metrics", "outcome": outcome}
@@ -158,7 +158,9 @@ async def test_outcome_metrics_a_held_try_then_one_dispatch() -> None:
     before = {o: sample(o) for o in ("HeldPredictedMiss", "Dispatched", "RejectedOther")}
     picker = Picker({"x"})
     d = FlowDispatcher(
-        FlowController(FlowControlConfig(hold_predicted_misses=True), FlowMetrics(True)),
+        FlowController(  # (a label at its first request: its own series from the start)
+            FlowControlConfig(hold_predicted_misses=True), FlowMetrics(True, FlowLabels(promote_at=1))
+        ),
         pick=picker, saturated=lambda _r: False, clock=time.monotonic, hold_misses=True,
         recheck_interval=0.01,
     )  # fmt: skip

@@ -67,7 +67,7 @@ async def waits(task: asyncio.Task[Any]) -> bool:
 async def test_a_critical_request_stops_the_newest_sheddable_one_and_takes_its_place() -> None:
     from prometheus_client import REGISTRY
 
-    def preemptions() -> float:  # (its own label, or "other" once the process's labels are taken)
+    def preemptions() -> float:  # (its own label once it has earned one, else "other"; both only grow)
         return sum(
             REGISTRY.get_sample_value(
                 "kvgate_flow_control_preemptions_total", {"priority": "-1", "fairness_id": f}

@@ -1,21 +1,27 @@
 """Flow-control metrics (default Prometheus registry), by priority band and flow.
 
 Names follow the reference's flow-control metrics. The flow label is the client-supplied fairness id,
-so its cardinality is bounded, process-wide (every pool and every config reload share one set):
-- at most ``MAX_FLOW_LABELS`` ids have a label of their own; every other id is reported as ``other``;
-- the labelled ids are the busiest: requests leaving the queue are counted per id in a Space-Saving
-  summary of ``FLOW_CANDIDATES`` ids (an id not in it replaces the least counted one, and inherits its
-  count: a heavy id enters within a few of its requests, a spray of one-shot ids keeps only
-  ``FLOW_CANDIDATES`` entries), and every ``RELABEL_EVERY`` of those requests the labels go to the
-  ``MAX_FLOW_LABELS`` most counted (ties: the ids labelled already), then the counts are halved, so the
-  choice follows the last few thousand requests; until the labels are all taken, a new id takes one
-  at its first request;
-- an id that loses its label has its series removed (its counters restart from 0 if it gets one
-  again: Prometheus' ``rate`` reads that as a counter reset) and its queued requests move to ``other``'s
-  gauge, so the queue-size gauges always add up to the requests queued.
-So the flow label takes at most ``MAX_FLOW_LABELS + 1`` values at any time, whatever ids clients send
-(review s10-fc: the old cap, 64 first-come ids per flow controller, grew by 64 at every pool and
-reload and kept a sprayer's ids for ever).
+so its values are bounded, process-wide (every pool and every config reload share one set), by a
+sticky rule that keeps Prometheus' counter semantics (review s11-fc H1, H2, M1):
+- an id earns a label of its own once it has been counted ``PROMOTE_AT`` times, at most
+  ``MAX_FLOW_LABELS`` ids per process; every other id is reported as ``other``, and so is an id that
+  is literally ``other`` (it never gets a label apart from the aggregate's);
+- a label once given is never taken away: no series is ever removed, every counter is monotonic;
+- the requests an id made before its promotion stay counted under ``other`` (nothing is counted
+  twice, and its own series starts at 0); its queued requests move from ``other``'s queue-size gauge
+  to its own, so the gauges always add up to the requests queued;
+- the count: each request that leaves the queue (or is refused at it) of an id without a label, in a
+  Space-Saving table of ``FLOW_CANDIDATES`` ids (an id not in it replaces the least counted one and
+  inherits that count as its error). An id is promoted on its *guaranteed* count (count minus error),
+  which only grows with the id's own requests since it entered the table: a spray of ids each sent
+  fewer than ``PROMOTE_AT`` times is never promoted, however long it lasts. Once the labels are all
+  given the table is dropped and nothing more is counted.
+So the flow label takes at most ``MAX_FLOW_LABELS + 1`` values over the process's whole life, whatever
+ids clients send. The cost: a tenant that first shows up after 16 others earned their labels stays in
+``other`` until the process restarts (aggregate by the id at the trusted edge that sets it).
+(Before: 8cf0a73's top-16 relabelling every 256 requests removed demoted ids' series, losing their
+increments and resetting counters, and handed labels to one-shot ids; before that, 64 first-come ids
+per flow controller.)
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 MAX_FLOW_LABELS = 16
 FLOW_CANDIDATES = 4 * MAX_FLOW_LABELS
-RELABEL_EVERY = 256
+PROMOTE_AT = 32
 OTHER_FLOW = "other"
 
 QUEUE_SIZE = Gauge(
@@ -55,50 +61,38 @@ class FlowLabels:
     """Which fairness ids have a label of their own (the module docstring); one per process."""
 
     def __init__(
-        self, size: int = MAX_FLOW_LABELS, candidates: int = FLOW_CANDIDATES, every: int = RELABEL_EVERY
+        self, size: int = MAX_FLOW_LABELS, candidates: int = FLOW_CANDIDATES, promote_at: int = PROMOTE_AT
     ) -> None:
-        self.size, self.candidates, self.every = size, max(size, candidates), every
-        self.counts: dict[str, float] = {}  # the Space-Saving summary: id -> requests (over-estimated)
+        self.size, self.candidates, self.promote_at = size, max(1, candidates), max(1, promote_at)
+        self.counts: dict[str, list[int]] = {}  # the Space-Saving table: id -> [count, error]
         self.labelled: set[str] = set()
         self.queued: dict[str, dict[str, int]] = {}  # id -> priority -> requests queued (> 0 only)
-        self.series: dict[str, set[tuple[str, ...]]] = {}  # labelled id -> its series' other labels
-        self._events = 0
 
     def label(self, flow: str) -> str:
-        """``flow``'s label: its own (taking a free one), else ``other``."""
-        if flow not in self.labelled and len(self.labelled) < self.size:
-            self._enter(flow)
+        """``flow``'s label: its own once promoted, else ``other``."""
         return flow if flow in self.labelled else OTHER_FLOW
 
     def count(self, flow: str) -> None:
         """A request of ``flow`` left the queue (or was refused at it)."""
+        if flow in self.labelled or flow == OTHER_FLOW or len(self.labelled) >= self.size:
+            return
         counts = self.counts
-        if flow in counts:
-            counts[flow] += 1.0
+        entry = counts.get(flow)
+        if entry is not None:
+            entry[0] += 1
         elif len(counts) < self.candidates:
-            counts[flow] = 1.0
-        else:  # (O(FLOW_CANDIDATES), bounded)
-            low = min(counts, key=counts.__getitem__)
-            counts[flow] = counts.pop(low) + 1.0
-        self._events += 1
-        if self._events >= self.every:
-            self.relabel()
-
-    def relabel(self) -> None:
-        self._events = 0
-        labelled, counts = self.labelled, self.counts
-        ranked = sorted(counts, key=lambda f: (counts[f], f in labelled), reverse=True)
-        top = set(ranked[: self.size])
-        for flow in [f for f in labelled if f not in top]:
-            self._leave(flow)
-        for flow in top:
-            if flow not in labelled:
-                self._enter(flow)
-        for flow in counts:
-            counts[flow] *= 0.5
+            counts[flow] = entry = [1, 0]
+        else:  # (O(FLOW_CANDIDATES), bounded, and only until the labels are all given)
+            low = min(counts, key=lambda f: counts[f][0])
+            n = counts.pop(low)[0]
+            counts[flow] = entry = [n + 1, n]
+        if entry[0] - entry[1] >= self.promote_at:
+            del counts[flow]
+            self._enter(flow)
+            if len(self.labelled) >= self.size:
+                counts.clear()
 
     def queue(self, priority: str, flow: str, delta: int) -> None:
-        label = self.label(flow)
         by = self.queued.setdefault(flow, {})
         n = by.get(priority, 0) + delta
         if n > 0:
@@ -107,41 +101,13 @@ class FlowLabels:
             by.pop(priority, None)
             if not by:
                 del self.queued[flow]
-        QUEUE_SIZE.labels(priority, label).inc(delta)
-        if flow in self.labelled:
-            self.series[flow].add(("q", priority))
-
-    def recorded(self, flow: str, key: tuple[str, ...]) -> None:
-        if flow in self.labelled:
-            self.series[flow].add(key)
-
-    def _move_queued(self, flow: str, src: str, dst: str) -> None:
-        for priority, n in self.queued.get(flow, {}).items():
-            QUEUE_SIZE.labels(priority, src).dec(n)
-            QUEUE_SIZE.labels(priority, dst).inc(n)
+        QUEUE_SIZE.labels(priority, self.label(flow)).inc(delta)
 
     def _enter(self, flow: str) -> None:
         self.labelled.add(flow)
-        self.series[flow] = set()
-        self._move_queued(flow, OTHER_FLOW, flow)
-        for priority in self.queued.get(flow, {}):
-            self.series[flow].add(("q", priority))
-
-    def _leave(self, flow: str) -> None:
-        self._move_queued(flow, flow, OTHER_FLOW)
-        self.labelled.discard(flow)
-        for key in self.series.pop(flow, ()):
-            kind, priority, *rest = key
-            try:
-                if kind == "q":
-                    QUEUE_SIZE.remove(priority, flow)
-                elif kind == "o":
-                    OUTCOMES.remove(priority, flow, rest[0])
-                    QUEUE_DURATION.remove(priority, flow, rest[0])
-                else:
-                    PREEMPTIONS.remove(priority, flow)
-            except KeyError:
-                pass
+        for priority, n in self.queued.get(flow, {}).items():
+            QUEUE_SIZE.labels(priority, OTHER_FLOW).dec(n)
+            QUEUE_SIZE.labels(priority, flow).inc(n)
 
 
 LABELS = FlowLabels()
@@ -166,10 +132,7 @@ class FlowMetrics:
             f = labels.label(flow)
             OUTCOMES.labels(p, f, outcome).inc()
             QUEUE_DURATION.labels(p, f, outcome).observe(waited)
-            labels.recorded(flow, ("o", p, outcome))
 
     def preempted(self, priority: int, flow: str) -> None:
         if self.enabled:
-            labels, p = self.labels, str(priority)
-            PREEMPTIONS.labels(p, labels.label(flow)).inc()
-            labels.recorded(flow, ("p", p))
+            PREEMPTIONS.labels(str(priority), self.labels.label(flow)).inc()
