@@ -1,6 +1,8 @@
 """Review s10-fc L2: ``free_slots`` is asked on every gate check of a held-back request; it looped up
 to ``cap`` in overload (finishes slower than the takes). Now in closed form: the same answers as the
-loop it replaced (kept here as the reference), in a bounded number of steps whatever ``cap``."""
+loop it replaced (kept here as the reference) except on float boundaries, in a bounded number of steps
+whatever ``cap`` (answers up to FREE_SLOTS_LOOP come from the loop itself, at most 65 steps: review
+s11-fc L1)."""
 
 from __future__ import annotations
 
@@ -51,8 +53,17 @@ def test_overload_costs_a_bounded_number_of_steps() -> None:
     # finishes at half the takes: no F is enough, the answer is cap (the loop ran cap times)
     assert free_slots(10.0, 5.0, 0.05, 100_000) == 100_000
     assert lines_run(free_slots, 10.0, 5.0, 0.05, 100_000) < 40
-    # finishes a hair faster than the takes: F large but finite
-    assert lines_run(free_slots, 10.0, 10.001, 0.05, 100_000) < 40
+    # finishes a hair faster than the takes: F about 20, checked by the loop (3 lines a step)
+    assert lines_run(free_slots, 10.0, 10.001, 0.05, 100_000) < 300
+    # q = 1: an answer of 65 is the closed form's alone, one of FREE_SLOTS_LOOP (64) the loop's
+    assert (
+        free_slots(1.0, 1.0, 1 / 65.5, 100_000) == 65
+        and lines_run(free_slots, 1.0, 1.0, 1 / 65.5, 100_000) < 40
+    )
+    assert (
+        free_slots(1.0, 1.0, 1 / 64.5, 100_000) == 64
+        and lines_run(free_slots, 1.0, 1.0, 1 / 64.5, 100_000) < 300
+    )
 
 
 def test_the_same_answers_as_the_loop() -> None:

@@ -165,6 +165,9 @@ class QueuedRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+FREE_SLOTS_LOOP = 64  # free_slots: answers up to this come from the loop itself (review s11-fc L1)
+
+
 def free_slots(take: float, give: float, miss: float, cap: int) -> int:
     """The fewest free slots F with which a request that takes one (arriving at ``take`` per second)
     finds none free at most ``miss`` of the time, while a backlog that may take any slot beyond F
@@ -177,7 +180,11 @@ def free_slots(take: float, give: float, miss: float, cap: int) -> int:
     to ``cap`` in overload; review s10-fc L2): with q = give / take the sum is (q^(F+1) - 1) / (q - 1),
     so F is the least integer with F + 1 >= log(1 + (q - 1) / miss) / log q (q > 1), or with
     q^(F+1) <= 1 - (1 - q) / miss (q < 1: none when (1 - q) / miss >= 1, the whole sum short of
-    1 / miss: ``cap``), or F + 1 >= 1 / miss (q = 1)."""
+    1 / miss: ``cap``), or F + 1 >= 1 / miss (q = 1). The same answers as the loop except on float
+    boundaries (the sum equal to 1 / miss to the last bit), where the log / ceil can be one off: so an
+    answer of at most ``FREE_SLOTS_LOOP`` is checked by running the loop itself, capped at
+    ``FREE_SLOTS_LOOP + 1`` steps (review s11-fc L1), and only larger ones can differ (by one, or where
+    the loop's float sum is the one that is wrong)."""
     if not (take > 0):  # (NaN too)
         return 0
     if not (give > 0) or not math.isfinite(take):
@@ -200,9 +207,17 @@ def free_slots(take: float, give: float, miss: float, cap: int) -> int:
         v = (math.log1p(t) if math.isfinite(t) else math.log(q - 1.0) + math.log(need)) / lq - 1.0
     else:
         v = need - 1.0
-    if not (v < cap):
-        return cap
-    return max(0, math.ceil(v))
+    f = cap if not (v < cap) else max(0, math.ceil(v))
+    if f > FREE_SLOTS_LOOP:
+        return f
+    # Small answers: the loop itself, at most FREE_SLOTS_LOOP + 1 steps (the log / ceil rounds the wrong
+    # way where the sum is 1 / miss to the last bit, one slot off; review s11-fc L1).
+    bound, g, total, term = min(cap, FREE_SLOTS_LOOP + 1), 0, 1.0, 1.0
+    while g < bound and total * miss < 1.0:
+        g += 1
+        term *= q
+        total += term
+    return g if g <= FREE_SLOTS_LOOP or g == cap else f
 
 
 def rate_key(flow: str) -> str:
