@@ -169,24 +169,34 @@ def _vllm_page() -> str:
 
 
 def _serve(n: int, page: str, ports: Any, stop: Any) -> None:
-    """Child process: ``n`` loopback ports serving ``page`` until ``stop`` (an mp.Event) is set."""
+    """Child process: ``n`` loopback ports serving a busy server's ``page`` (its KV-cache usage changed
+    at every answer, so the scraper's unchanged-page skip never applies), then ``n`` more serving
+    ``page`` itself every time (an idle server's), until ``stop`` (an mp.Event) is set."""
     from aiohttp import web
 
-    async def main() -> None:
-        async def metrics(request: web.Request) -> web.Response:
-            return web.Response(text=page, content_type="text/plain")
+    from kvgate.bench.scrape_cpu import busy_pages
 
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        for _ in range(n):
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-        for addr in runner.addresses:
-            ports.put(addr[1])
+    async def main() -> None:
+        runners = []
+        for busy in (True, False):
+            nxt = busy_pages(page) if busy else (lambda: page)
+
+            async def metrics(request: web.Request, nxt: Any = nxt) -> web.Response:
+                return web.Response(text=nxt(), content_type="text/plain")
+
+            app = web.Application()
+            app.router.add_get("/metrics", metrics)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            for _ in range(n):
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+            for addr in runner.addresses:
+                ports.put(addr[1])
+            runners.append(runner)
         await asyncio.get_running_loop().run_in_executor(None, stop.wait)
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
 
     asyncio.run(main())
 
@@ -221,10 +231,10 @@ def section_scrape(n_eps: int, rounds: int) -> None:
     proc = ctx.Process(target=_serve, args=(n_eps, page, ports, stop), daemon=True)
     proc.start()
     try:
-        got = [ports.get(timeout=60) for _ in range(n_eps)]
+        got = [ports.get(timeout=60) for _ in range(2 * n_eps)]
 
-        async def run() -> tuple[float, float]:
-            store = EndpointStore(make_endpoint(f"127.0.0.1:{p}") for p in got)
+        async def run(ports: list[int]) -> tuple[float, float]:
+            store = EndpointStore(make_endpoint(f"127.0.0.1:{p}") for p in ports)
             scraper = MetricsScraper(store, timeout=10.0)
             try:
                 assert await scraper.scrape_all() == n_eps  # warm connections
@@ -235,11 +245,17 @@ def section_scrape(n_eps: int, rounds: int) -> None:
             finally:
                 await scraper.stop()
 
-        cpu, wall = asyncio.run(run())
+        # A busy server's page changes every scrape (every one is parsed); an idle one's does not (the
+        # scraper skips parsing it again). Before review s11-rv M1 every port served one constant page.
+        cpu, wall = asyncio.run(run(got[:n_eps]))
         per_ep = cpu / n_eps * 1e6
-        print(f"one round over {n_eps} endpoints: {cpu * 1e3:.1f} ms CPU ({per_ep:.0f} us each)", end="")
-        print(f", {wall * 1e3:.1f} ms wall")
+        print(f"one round over {n_eps} endpoints, page changing every scrape (busy): {cpu * 1e3:.1f} ms CPU "
+              f"({per_ep:.0f} us each), {wall * 1e3:.1f} ms wall")  # fmt: skip
         print(f"at the 50 ms reference interval that is {cpu / 0.05 * 100:.0f}% of one core")
+        cpu_same, wall_same = asyncio.run(run(got[n_eps:]))
+        same_ep, ratio = cpu_same / n_eps * 1e6, cpu_same / cpu
+        print(f"one round over {n_eps} endpoints, unchanged page (idle; skipped): {cpu_same * 1e3:.1f} ms "
+              f"CPU ({same_ep:.0f} us each, {ratio:.2f}x busy), {wall_same * 1e3:.1f} ms wall")  # fmt: skip
     finally:
         stop.set()
         proc.join(timeout=10)

@@ -8,11 +8,19 @@ vLLM CPU server (``vllm_metrics_pages.json``): the filtered page kvgate asks for
 ``cache_config_info`` carries ~40 labels) and, for ``--page whole``, the 48 KB page. ``--target
 host:port`` scrapes a running server instead (e.g. ``python -m kvgate.realvllm up -n 1``).
 
+The loopback server answers as a busy server does: its KV-cache usage changes at every answer, so the
+page differs from the last one and every timed scrape parses it (the scraper skips parsing a page
+identical to the last one, an idle server's; until review s11-rv M1 this bench served one constant page
+and so, from b415675 on, timed that skip instead of the parse). With ``--target`` the parse variants
+forget the remembered page before each scrape instead (a running server's page may not change).
+
 Variants, interleaved round by round so machine load hits all alike:
 - ``aiohttp, labels parsed`` (the code before issue #16's scrape work: aiohttp client, every label set
   walked character by character) -- the baseline;
 - ``aiohttp, labels cached`` (the label-set cache of ``promparse`` alone);
-- ``lean client, labels cached`` (what runs now: ``pageclient.PageClient`` + the cache).
+- ``lean client, labels cached`` (what runs now on a busy server: ``pageclient.PageClient`` + the cache);
+- ``lean client, unchanged page (skipped)`` (what runs now on an idle server: the same page every
+  scrape, from a second loopback port, not parsed again).
 
 It prints each variant's median CPU and wall per scrape over the rounds, its ratio to the baseline,
 and the parse alone (``extract`` on the page) with and without the cache.
@@ -23,8 +31,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import multiprocessing as mp
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +42,9 @@ from importlib import resources
 from typing import Any
 
 PAGES = "vllm_metrics_pages.json"
-VARIANTS = ("aiohttp, labels parsed", "aiohttp, labels cached", "lean client, labels cached")
+SKIPPED = "lean client, unchanged page (skipped)"
+VARIANTS = ("aiohttp, labels parsed", "aiohttp, labels cached", "lean client, labels cached", SKIPPED)
+_USAGE = re.compile(r"^(vllm:kv_cache_usage_perc\{[^}\n]*\} )\S+$", re.M)
 
 
 def load_pages() -> dict[str, str]:
@@ -54,36 +66,73 @@ def label_cache(on: bool) -> Iterator[None]:
         promparse._cached_labels = cached
 
 
+def busy_pages(page: str) -> Callable[[], str]:
+    """A busy server's page, one per call: ``page`` with its ``vllm:kv_cache_usage_perc`` value changed
+    at every call (a serving vLLM's changes between scrapes), so no page equals the one before it and
+    the scraper's unchanged-page skip never applies."""
+    m = _USAGE.search(page)
+    if m is None:
+        raise ValueError("the page has no vllm:kv_cache_usage_perc sample to vary")
+    head, tail = page[: m.end(1)], page[m.end() :]
+    count = itertools.count(1)
+    return lambda: f"{head}{next(count) % 1_000_000 / 1e6:.6f}{tail}"
+
+
+def _app(pages: dict[str, str], busy: bool) -> Any:
+    """``/metrics/`` answers the filtered page and ``/metrics`` the whole one, chunked like vLLM's
+    uvicorn: changed at every answer (``busy``, ``busy_pages``) or the same page every time."""
+    from aiohttp import web
+
+    async def answer(request: web.Request, text: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(text.encode())
+        await resp.write_eof()
+        return resp
+
+    page = {k: busy_pages(pages[k]) if busy else (lambda t=pages[k]: t) for k in ("filtered", "whole")}
+    app = web.Application()
+
+    async def filtered(request: web.Request) -> web.StreamResponse:
+        return await answer(request, page["filtered"]())
+
+    async def whole(request: web.Request) -> web.StreamResponse:
+        return await answer(request, page["whole"]())
+
+    app.router.add_get("/metrics/", filtered)
+    app.router.add_get("/metrics", whole)
+    return app
+
+
 def _serve(pages: dict[str, str], ports: Any, stop: Any) -> None:
-    """Child process: one loopback port answering ``/metrics/`` with the filtered page and ``/metrics``
-    with the whole one, chunked like vLLM's uvicorn, until ``stop`` is set."""
+    """Child process: two loopback ports, the first answering a busy server's pages (changed at every
+    answer), the second the same page every time (an idle server's), until ``stop`` is set."""
     from aiohttp import web
 
     async def main() -> None:
-        async def answer(request: web.Request, text: str) -> web.StreamResponse:
-            resp = web.StreamResponse(headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})
-            resp.enable_chunked_encoding()
-            await resp.prepare(request)
-            await resp.write(text.encode())
-            await resp.write_eof()
-            return resp
-
-        app = web.Application()
-        app.router.add_get("/metrics/", lambda r: answer(r, pages["filtered"]))
-        app.router.add_get("/metrics", lambda r: answer(r, pages["whole"]))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        ports.put(runner.addresses[0][1])
+        runners = []
+        for busy in (True, False):
+            runner = web.AppRunner(_app(pages, busy), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            ports.put(runner.addresses[0][1])
+            runners.append(runner)
         await asyncio.get_running_loop().run_in_executor(None, stop.wait)
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
 
     asyncio.run(main())
 
 
-async def _round(address: str, variant: str, n: int, whole: bool) -> tuple[float, float]:
-    """CPU and wall seconds per scrape over ``n`` sequential scrapes (after one warm-up scrape)."""
+async def _round(
+    address: str, variant: str, n: int, whole: bool, forget: bool = False
+) -> tuple[float, float]:
+    """CPU and wall seconds per scrape over ``n`` sequential scrapes (after one warm-up scrape).
+
+    ``forget``: drop the page the scraper remembers before each timed scrape, so it parses even a page
+    equal to the last one (``--target``: a running server's page may not change)."""
     from kvgate.datalayer.scraper import MetricsScraper
     from kvgate.datalayer.store import EndpointStore, make_endpoint
 
@@ -98,6 +147,8 @@ async def _round(address: str, variant: str, n: int, whole: bool) -> tuple[float
                 raise RuntimeError(f"scrape of {address} failed: {scraper.stats[address].last_error}")
             c0, w0 = time.process_time(), time.perf_counter()
             for _ in range(n):
+                if forget:
+                    scraper._last_page.clear()
                 await scraper.scrape(ep)
             return (time.process_time() - c0) / n, (time.perf_counter() - w0) / n
     finally:
@@ -118,13 +169,25 @@ def _parse_cost(page: str, n: int = 2000) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def run(address: str, rounds: int, per_round: int, whole: bool, runner: Callable[[Any], Any]) -> None:
+def run(
+    address: str,
+    same_address: str,
+    rounds: int,
+    per_round: int,
+    whole: bool,
+    runner: Callable[[Any], Any],
+    forget: bool = False,
+) -> None:
+    """``address`` answers a busy server's pages, ``same_address`` an idle one's (the skipped variant);
+    ``forget``: the parse variants drop the remembered page before each scrape (``_round``)."""
     cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
     wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(rounds):
         order = VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))
         for v in order:
-            c, w = runner(_round(address, v, per_round, whole))
+            skipped = v == SKIPPED
+            addr = same_address if skipped else address
+            c, w = runner(_round(addr, v, per_round, whole, forget and not skipped))
             cpu[v].append(c)
             wall[v].append(w)
     base = statistics.median(cpu[VARIANTS[0]])
@@ -160,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"parse alone (extract): labels parsed {off * 1e6:.1f} us, labels cached {on * 1e6:.1f} us "
           f"({on / off:.2f}x)")  # fmt: skip
     if args.target:
-        print(f"scraping {args.target} (a running server)")
-        run(args.target, args.rounds, args.per_round, whole, runner)
+        print(f"scraping {args.target} (a running server; the parse variants forget the last page, the "
+              f"skipped one times the skip only if the server's page does not change)")  # fmt: skip
+        run(args.target, args.target, args.rounds, args.per_round, whole, runner, forget=True)
         return 0
     ctx = mp.get_context("spawn")
     ports: Any = ctx.Queue()
@@ -169,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     proc = ctx.Process(target=_serve, args=(pages, ports, stop), daemon=True)
     proc.start()
     try:
-        port = ports.get(timeout=60)
-        print("scraping a loopback server (child process) answering with the captured page, chunked")
-        run(f"127.0.0.1:{port}", args.rounds, args.per_round, whole, runner)
+        busy, same = ports.get(timeout=60), ports.get(timeout=60)
+        print("scraping a loopback server (child process) answering with the captured page, chunked, its "
+              "KV-cache usage changed at every answer (a busy server's); skipped: the same page")  # fmt: skip
+        run(f"127.0.0.1:{busy}", f"127.0.0.1:{same}", args.rounds, args.per_round, whole, runner)
     finally:
         stop.set()
         proc.join(timeout=10)
