@@ -189,16 +189,22 @@ class Params:
             raise self._err(key, f"must be one of {list(choices)}" if choices else "must be a string", v)
         return v
 
-    def get_duration(self, key: str, default: float) -> float:
-        """Seconds, from a number (seconds) or a Go-style string like ``200ms`` / ``2s``."""
+    def get_duration(self, key: str, default: float, *, positive: bool = False) -> float:
+        """Seconds, from a number (seconds) or a Go-style string like ``200ms`` / ``2s``; with
+        ``positive``, zero is refused too (for a duration something is divided by)."""
         v = self._get(key)
         if v is None:
             return default
+        got: float | None = None
         if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0:
-            return float(v)
-        if isinstance(v, str) and (m := _DURATION.match(v)):
-            return float(m.group(1)) * _UNITS[m.group(2)]
-        raise self._err(key, "must be a duration like 200ms or 2s", v)
+            got = float(v)
+        elif isinstance(v, str) and (m := _DURATION.match(v)):
+            got = float(m.group(1)) * _UNITS[m.group(2)]
+        if got is None:
+            raise self._err(key, "must be a duration like 200ms or 2s", v)
+        if positive and not got > 0.0:
+            raise self._err(key, "must be a duration above 0, like 200ms or 2s", v)
+        return got
 
     def finish(self) -> None:
         unknown = sorted(set(self.raw) - self._seen)

@@ -63,7 +63,7 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   cache_aware's "smallest tree" rule (cold work onto the replica holding the least): the term is one
   more cost, weighed against the load terms in the same tokens, not a rule that piles cold work onto
   one replica. Warm requests are not affected, nor are replicas with equal reuse. With ``--workers N``
-  each worker counts its own picks (about 1/N of each replica's, so the ratios hold).
+  each worker counts only its own picks (not measured; the workers split connections, not requests).
 
 A prefix holder therefore keeps its traffic until the queue in front of it costs more than
 recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tuned switch — and the
@@ -236,7 +236,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             burst_tail=params.get_bool("burstTail", False),
             output_displacement=params.get_bool("outputDisplacement", False),
             cold_spread=params.get_bool("coldSpread", False),
-            cold_spread_window=params.get_duration("coldSpreadWindow", 120.0),
+            cold_spread_window=params.get_duration("coldSpreadWindow", 120.0, positive=True),
         )
         params.finish()
         return s
