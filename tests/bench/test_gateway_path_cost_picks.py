@@ -43,7 +43,7 @@ def test_picks_mode_fails_when_the_trees_pick_apart(
 
     def run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
         digest = digests[1] if src == this else digests[0]
-        return {"bench": 1.0, "trace": 2.0, "digest": digest, "rounds": [1.0]}
+        return {"bench": 1.0, "trace": 2.0, "hash": 0.5, "digest": digest, "rounds": [1.0]}
 
     monkeypatch.setattr(mod, "_run", run)
     args = argparse.Namespace(base_src=Path("/nonexistent/src"), repeats=2, policy="kvgate")
