@@ -26,6 +26,9 @@ per flow controller.)
 
 from __future__ import annotations
 
+import heapq
+from itertools import count as _sequence
+
 from prometheus_client import Counter, Gauge, Histogram
 
 MAX_FLOW_LABELS = 16
@@ -65,6 +68,15 @@ class FlowLabels:
     ) -> None:
         self.size, self.candidates, self.promote_at = size, max(1, candidates), max(1, promote_at)
         self.counts: dict[str, list[int]] = {}  # the Space-Saving table: id -> [count, error]
+        # The least counted id, found in O(log n) amortised (review s11-fc L3; was a min() over the
+        # table per unknown id): a heap of (count when pushed, seq, id), seq the order ids entered the
+        # table, one item per id in it plus at most ``size`` of promoted ids. An increment does not
+        # touch the heap, so an item's count is a lower bound; a popped item whose count is stale is
+        # pushed back with the current one. The first up-to-date item is the least count, ties to the
+        # smallest seq, the id that entered the table first: the same choice as a min() over the
+        # table in its (insertion) order.
+        self.low: list[tuple[int, int, str]] = []
+        self.seq = _sequence()
         self.labelled: set[str] = set()
         self.queued: dict[str, dict[str, int]] = {}  # id -> priority -> requests queued (> 0 only)
 
@@ -80,17 +92,31 @@ class FlowLabels:
         entry = counts.get(flow)
         if entry is not None:
             entry[0] += 1
-        elif len(counts) < self.candidates:
-            counts[flow] = entry = [1, 0]
-        else:  # (O(FLOW_CANDIDATES), bounded, and only until the labels are all given)
-            low = min(counts, key=lambda f: counts[f][0])
-            n = counts.pop(low)[0]
+        else:
+            n = self._evict() if len(counts) >= self.candidates else 0
             counts[flow] = entry = [n + 1, n]
+            heapq.heappush(self.low, (n + 1, next(self.seq), flow))
         if entry[0] - entry[1] >= self.promote_at:
-            del counts[flow]
+            del counts[flow]  # (its heap item goes when popped: its id is no longer in the table)
             self._enter(flow)
             if len(self.labelled) >= self.size:
                 counts.clear()
+                self.low.clear()
+
+    def _evict(self) -> int:
+        """Drop the least counted id from the full table; its count."""
+        counts, low = self.counts, self.low
+        while True:
+            n, seq, flow = low[0]
+            entry = counts.get(flow)
+            if entry is None:  # promoted (an evicted id's item leaves with it; a labelled id stays out)
+                heapq.heappop(low)
+            elif entry[0] != n:  # counted since pushed
+                heapq.heapreplace(low, (entry[0], seq, flow))
+            else:
+                heapq.heappop(low)
+                del counts[flow]
+                return n
 
     def queue(self, priority: str, flow: str, delta: int) -> None:
         by = self.queued.setdefault(flow, {})
