@@ -31,3 +31,21 @@ async def test_the_stop_wait_ends_at_the_duration_or_the_signal() -> None:
     stop = asyncio.Event()
     stop.set()
     await asyncio.wait_for(_wait_stop(stop, None), 1.0)
+
+
+async def test_the_stop_wait_is_kvgate_aio_wait_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No copy of its own (left11): a fix to ``kvgate.aio.wait_event`` reaches ``kvgate sim``."""
+    import kvgate.aio
+    from kvgate.sim import cli
+
+    calls: list[float] = []
+    real = kvgate.aio.wait_event
+
+    async def spy(event: asyncio.Event, timeout_s: float) -> bool:
+        calls.append(timeout_s)
+        return await real(event, timeout_s)
+
+    monkeypatch.setattr(kvgate.aio, "wait_event", spy)
+    monkeypatch.setattr(cli, "wait_event", spy, raising=False)
+    await cli._wait_stop(asyncio.Event(), 0.01)
+    assert calls == [0.01]

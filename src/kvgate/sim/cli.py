@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
 
+from kvgate.aio import wait_event
 from kvgate.sim.profiles import profile_names
 
 
@@ -94,12 +94,13 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _wait_stop(stop: asyncio.Event, duration_s: float | None) -> None:
-    """Until ``stop`` (SIGINT / SIGTERM) or ``duration_s``. Not ``asyncio.wait_for(stop.wait(), ...)``,
-    which on Python 3.11 returns instead of raising when this task is cancelled as ``stop`` is set
-    (CPython gh-86296; ``kvgate.k8s.tasks.wait_event``, inlined: sim imports no k8s)."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(duration_s):
-            await stop.wait()
+    """Until ``stop`` (SIGINT / SIGTERM) or ``duration_s`` (``None``: no limit). With
+    ``kvgate.aio.wait_event``, not ``asyncio.wait_for(stop.wait(), ...)``, which on Python 3.11 returns
+    instead of raising when this task is cancelled as ``stop`` is set (CPython gh-86296)."""
+    if duration_s is None:
+        await stop.wait()
+    else:
+        await wait_event(stop, duration_s)
 
 
 def main(argv: list[str] | None = None) -> int:
