@@ -748,3 +748,22 @@ async def test_an_unchanged_page_is_not_parsed_again(
         assert len(parsed) == 3 and ep.metrics.block_size == 16
     finally:
         await scraper.stop()
+
+
+async def test_the_remembered_pages_go_with_their_endpoint_and_at_stop(servers: list[FakeServer]) -> None:
+    """The last page per endpoint (kept to skip parsing it again) is bounded (left11): an endpoint that
+    leaves the store takes its page along, and a stopped scraper keeps none (while stopped it hears of no
+    removals, so a page kept over a stop could outlive its endpoint)."""
+    store = EndpointStore([make_endpoint(s.address) for s in servers[:2]])
+    scraper = MetricsScraper(store)
+    await scraper.start()
+    try:
+        for s in servers[:2]:
+            ep = store.get(s.address)
+            assert ep is not None and await scraper.scrape(ep)
+        assert set(scraper._last_page) == {servers[0].address, servers[1].address}
+        store.remove(servers[0].address)
+        assert set(scraper._last_page) == {servers[1].address}
+    finally:
+        await scraper.stop()
+    assert not scraper._last_page

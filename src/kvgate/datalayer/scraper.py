@@ -202,6 +202,8 @@ class MetricsScraper:
             client.close()
         self._clients.clear()
         self._requests.clear()
+        # (Stopped, it hears of no removals: a page kept over a stop could outlive its endpoint.)
+        self._last_page.clear()
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
