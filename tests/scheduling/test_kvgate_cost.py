@@ -5,6 +5,8 @@ from __future__ import annotations
 from array import array
 from collections import Counter
 
+import pytest
+
 from kvgate.config.director import build_director
 from kvgate.datalayer.store import EndpointStore
 from kvgate.requestcontrol.director import Director
@@ -671,3 +673,26 @@ def test_cold_spread_state_is_bounded_and_never_grows_when_the_clock_steps_back(
     assert s.reuse_rate("a", 5.0) == 3.0 / s.cold_spread_window
     s._add_reused("a", 1.0, 5.0)
     assert s._reused["a"] == (4.0, 10.0)
+
+
+def test_burst_tail_hashes_each_requests_tail_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """burstTail's tail keys are computed once per request, on its match (``PrefixMatch.tail_keys``), and
+    used by both the cost of the pick and the request's entry among those waiting (left11: session 9's
+    closing note "burstTail hashes a tail twice"; the second hashing is the director's held-prefix keys,
+    ``datalayer.prefixrefs.chain_keys``, a separate chain)."""
+    from kvgate.scheduling.plugins import prefix_cache
+
+    hashed: list[int] = []
+    real = prefix_cache._h64
+
+    def counting(data: bytes) -> int:
+        hashed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(prefix_cache, "_h64", counting)
+    n = 12
+    _long_burst({"burstTail": True}, n)
+    stride = 64 * prefix_cache.TAIL_STRIDE  # characters: 64-character blocks (256 of them hashed)
+    assert hashed and all(size == stride + 8 for size in hashed)  # a stride and the key it chains on
+    strides = sum((len(LONG + f"question {i} " * 100) - 256 * 64) // stride for i in range(n))
+    assert len(hashed) == strides  # each request's once (twice: 2 x strides)
