@@ -29,7 +29,8 @@ Arms (the same kvgate scheduling profile each time; only admission differs):
 - ``kvgate-reserve`` (only with ``--arms``): ``kvgate`` plus ``flowControl.fairShareHeadroom``
   (``--headroom``, taken from the bound ``--headroom-on`` names): a flow over its fair share of
   requests (in flight + queued) dispatches only while the gate is below ``1 - headroom``, and the
-  flows under their share are chosen first; ``--ttft-target`` adapts the headroom, ``--slo-first``
+  flows under their share are chosen first; ``--ttft-target`` adapts the headroom (aiming, per
+  ``--ttft-confidence``, ``flowControl.fairShareTTFTConfidence``, at a share of misses), ``--slo-first``
   (``flowControl.fairShareSLOFirst``) lets a held-back request through once its deadline is near.
 - ``kvgate-slo``, ``kvgate-reserve-slo`` (only with ``--arms``): those arms plus
   ``flowControl.sloAdmission`` (``--slo-confidence``): a batch request the latency model (a
@@ -96,6 +97,7 @@ def arm_config(
     slo_first: bool = False,
     running_reserve: bool = False,
     free_slot_pick: bool = False,
+    ttft_confidence: float | None = None,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
@@ -135,6 +137,8 @@ def arm_config(
     doc["saturationDetector"] = {**DETECTOR_KVGATE, "parameters": params}
     if free_slot_pick:  # (any kvgate arm; fairShareRunningReserve implies it)
         doc["flowControl"]["freeSlotPick"] = True
+    if ttft_confidence is not None:  # (any kvgate arm; it acts only with fairShareTTFTTarget)
+        doc["flowControl"]["fairShareTTFTConfidence"] = ttft_confidence
     return doc
 
 
@@ -229,6 +233,7 @@ class FlowSim:
         slo_first: bool = False,
         running_reserve: bool = False,
         free_slot_pick: bool = False,
+        ttft_confidence: float | None = None,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -242,7 +247,7 @@ class FlowSim:
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
         config = arm_config(
             arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target, slo_confidence,
-            slo_first, running_reserve, free_slot_pick,
+            slo_first, running_reserve, free_slot_pick, ttft_confidence,
         )  # fmt: skip
         self.director = build_director(
             config, EndpointStore(self.endpoints), clock=self.clock.time, seed=seed, flow_metrics=False
@@ -592,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="kvgate arms: flowControl.freeSlotPick (--running-reserve implies it)")  # fmt: skip
     p.add_argument("--slo-confidence", type=float, default=1.0,
                    help="*-slo arms: flowControl.sloAdmissionConfidence")  # fmt: skip
+    p.add_argument("--ttft-confidence", type=float, default=None, metavar="Z",
+                   help="kvgate arms: flowControl.fairShareTTFTConfidence (unset: the default, 1.645; "
+                        "it acts only with --ttft-target)")  # fmt: skip
     p.add_argument("--engine-priority", action="store_true",
                    help="servers schedule by vLLM request priority (band, then over-share last)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
@@ -623,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
                           ttft_target=args.ttft_target, engine_priority=args.engine_priority,
                           slo_confidence=args.slo_confidence, slo_first=args.slo_first,
                           running_reserve=args.running_reserve,
-                          free_slot_pick=args.free_slot_pick)  # fmt: skip
+                          free_slot_pick=args.free_slot_pick,
+                          ttft_confidence=args.ttft_confidence)  # fmt: skip
             run = sim.simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
             if mode == "flood":

@@ -54,6 +54,7 @@ def gateway_config(
     slo_first: bool = False,
     running_reserve: bool = False,
     free_slot_pick: bool = False,
+    ttft_confidence: float | None = None,
 ) -> dict[str, Any]:
     """A ``kvgate serve --config`` document: the simulator bench's picker config for ``arm`` (TTL and
     TTFT target in wall seconds, the concurrency detector sized to the servers' batch), plus the two
@@ -61,7 +62,7 @@ def gateway_config(
     picker = fc.arm_config(
         arm, ttl_wall, headroom=headroom, headroom_on=headroom_on, max_concurrency=max_num_seqs,
         ttft_target=ttft_target_wall, slo_first=slo_first, running_reserve=running_reserve,
-        free_slot_pick=free_slot_pick,
+        free_slot_pick=free_slot_pick, ttft_confidence=ttft_confidence,
     )  # fmt: skip
     return {
         "pools": [{"name": "default", "endpoints": list(urls), "models": [fc.MODEL],
@@ -115,6 +116,7 @@ async def run_arm(
     slo_first: bool = False,
     running_reserve: bool = False,
     free_slot_pick: bool = False,
+    ttft_confidence: float | None = None,
 ) -> tuple[fc.Run, dict[str, Any]]:
     """A fresh fleet and gateway, the arrivals through it; outcomes in simulated seconds."""
     ts = spec.time_scale
@@ -123,7 +125,7 @@ async def run_arm(
     try:
         doc = gateway_config(
             arm, urls, ttl / ts, spec.max_num_seqs, headroom, headroom_on, ttft_target / ts, slo_first,
-            running_reserve, free_slot_pick,
+            running_reserve, free_slot_pick, ttft_confidence,
         )  # fmt: skip
         gw, base = await start_gateway(doc)
         reqs = specs(arrivals, ts)
@@ -174,7 +176,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             run, extra = await run_arm(
                 arm, arrivals, spec, args.duration, args.ttl,
                 args.headroom, args.headroom_on, args.ttft_target, args.slo_first, args.running_reserve,
-                args.free_slot_pick,
+                args.free_slot_pick, args.ttft_confidence,
             )  # fmt: skip
             rows["runs"][f"{arm}/{mode}"] = {**fc.summarize(run, args.warmup), **extra}
     for arm in arms:
