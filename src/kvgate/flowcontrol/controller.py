@@ -87,7 +87,7 @@ def aim_miss(bound: float, sample: float, z: float) -> float:
 # aim at the share of misses (``aim``) that keeps a window of AIM_WINDOW_S at or under 1 - TARGET_QUANTILE
 # 19 times in 20 (AIM_Z, one-sided), on the number of requests such a window holds, measured (their
 # first tokens, decayed over AIM_WINDOW_S; at least AIM_MIN_SAMPLE): a few requests a second (a small
-# fleet) need a wide margin (300 a minute: 7.5 %), thousands little (3,000: 9.2 %).
+# fleet) need a wide margin (300 a minute: 7.5 %), thousands little (3,000: 9.1 %).
 AIM_WINDOW_S = 60.0
 AIM_Z = 1.645  # (the default of flowControl.fairShareTTFTConfidence)
 AIM_MIN_SAMPLE = 50.0

@@ -10,7 +10,8 @@ sticky rule that keeps Prometheus' counter semantics (review s11-fc H1, H2, M1):
 - the requests an id made before its promotion stay counted under ``other`` (nothing is counted
   twice, and its own series starts at 0); its queued requests move from ``other``'s queue-size gauge
   to its own, so the gauges always add up to the requests queued;
-- the count: each request that leaves the queue (or is refused at it) of an id without a label, in a
+- the count: each outcome recorded for an id without a label (a request that leaves the queue or is
+  refused at it, and an attempt ``holdPredictedMisses`` turns back, which stays queued), in a
   Space-Saving table of ``FLOW_CANDIDATES`` ids (an id not in it replaces the least counted one and
   inherits that count as its error). An id is promoted on its *guaranteed* count (count minus error),
   which only grows with the id's own requests since it entered the table: a spray of ids each sent
