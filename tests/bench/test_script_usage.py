@@ -1,0 +1,42 @@
+"""``scripts/knee_checks.py``, ``cold_bursts.py`` and ``burst_oracles.py`` take positional arguments (as
+docs/benchmarks.md names them): ``-h`` / ``--help`` prints the usage (their docstring) and exits 0, too
+few arguments print it to stderr and exit 2, not a traceback (review s11-docs L11)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+USAGE = {
+    "knee_checks.py": "knee_checks.py CHECK POLICY [FIRST_SEED LAST_SEED [QPS]]",
+    "cold_bursts.py": "cold_bursts.py FAMILY QPS [SEED] [POLICY]",
+    "burst_oracles.py": "burst_oracles.py MODE FAMILY QPS SEED",
+}
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("script", sorted(USAGE))
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_prints_the_usage(script: str, flag: str) -> None:
+    r = _run(script, flag)
+    assert r.returncode == 0, r.stderr
+    assert USAGE[script] in r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("script", sorted(USAGE))
+def test_too_few_arguments_print_the_usage(script: str) -> None:
+    r = _run(script, "c")
+    assert r.returncode == 2, r.stderr
+    assert USAGE[script] in r.stderr and "Traceback" not in r.stderr
