@@ -35,7 +35,7 @@ _MASK64 = (1 << 64) - 1
 # block. The memo is bounded by an estimate of the bytes it holds, ``SPAN_BYTES`` per hasher whatever the
 # block size: an entry counts its key's bytes, ``_SPAN_BLOCK_COST`` per block (a digest and its event
 # hash) and ``_SPAN_ENTRY_COST`` (measured with tracemalloc in tests/scheduling/test_blockhash_spans.py).
-# A span holds 256 / block size blocks, so that is ~2,300 spans at block size 16, ~270 at block size 1.
+# A span holds 256 / block size blocks, so that is ~2,500-2,700 spans at block size 16, ~260 at block size 1.
 SPAN_TOKENS = 256
 SPAN_BYTES = 8 << 20
 _SPAN_BLOCK_COST = 120
