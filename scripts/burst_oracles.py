@@ -23,6 +23,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from script_usage import usage_or_exit
 from tail_breakdown import instrument, mixed_class
 
 from kvgate.bench.mixed import FAMILIES
@@ -30,17 +31,8 @@ from kvgate.bench.multiturn import mixed_sim
 from kvgate.sim.kvcache import xxhash64_chain
 
 
-def _usage_or_exit(least: int) -> None:
-    """``-h`` / ``--help``: the usage (this docstring) on stdout, exit 0; fewer than ``least`` arguments:
-    on stderr, exit 2."""
-    asked = len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help")
-    if asked or len(sys.argv) - 1 < least:
-        print(__doc__, file=sys.stdout if asked else sys.stderr)
-        sys.exit(0 if asked else 2)
-
-
 def main() -> None:
-    _usage_or_exit(4)
+    usage_or_exit(__doc__, 4)
     mode, fam, qps, seed = sys.argv[1], FAMILIES[sys.argv[2]], float(sys.argv[3]), int(sys.argv[4])
     sim = mixed_sim(fam, "kvgate", qps, seed)
     engines = [r.engine for r in sim.replicas]

@@ -15,23 +15,16 @@ import sys
 from collections import Counter, defaultdict
 from typing import Any
 
+from script_usage import usage_or_exit
+
 from kvgate.bench.mixed import BURST_SIZE, FAMILIES
 from kvgate.bench.multiturn import mixed_sim
 from kvgate.bench.workloads import RequestSpec
 from kvgate.sim.kvcache import xxhash64_chain
 
 
-def _usage_or_exit(least: int) -> None:
-    """``-h`` / ``--help``: the usage (this docstring) on stdout, exit 0; fewer than ``least`` arguments:
-    on stderr, exit 2."""
-    asked = len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help")
-    if asked or len(sys.argv) - 1 < least:
-        print(__doc__, file=sys.stdout if asked else sys.stderr)
-        sys.exit(0 if asked else 2)
-
-
 def main() -> None:
-    _usage_or_exit(2)
+    usage_or_exit(__doc__, 2)
     fam = FAMILIES[sys.argv[1]]
     qps = float(sys.argv[2])
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1

@@ -36,6 +36,8 @@ import math
 import sys
 import time
 
+from script_usage import usage_or_exit
+
 from kvgate.bench.mixed import FAMILIES, TUNING_SEEDS
 from kvgate.bench.multiturn import run_once
 from kvgate.bench.scenarios import SCENARIOS
@@ -58,17 +60,8 @@ SP_SGLANG = [
 REG = (("hetero", 276.22, 15.0), ("multi-lora", 388.08, 20.0), ("sharegpt", 276.10, 20.0))
 
 
-def _usage_or_exit(least: int) -> None:
-    """``-h`` / ``--help``: the usage (this docstring) on stdout, exit 0; fewer than ``least`` arguments:
-    on stderr, exit 2."""
-    asked = len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help")
-    if asked or len(sys.argv) - 1 < least:
-        print(__doc__, file=sys.stdout if asked else sys.stderr)
-        sys.exit(0 if asked else 2)
-
-
 def main() -> None:
-    _usage_or_exit(2)
+    usage_or_exit(__doc__, 2)
     check, policy = sys.argv[1], sys.argv[2]
     t0 = time.time()
     seeds = {"sp": range(4), "spw": range(12), "mt": range(104, 114)}.get(check, range(4, 12))

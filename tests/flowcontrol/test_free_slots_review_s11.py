@@ -19,19 +19,7 @@ from hypothesis import strategies as st
 
 from kvgate.flowcontrol.controller import free_slots
 
-
-def loop(take: float, give: float, miss: float, cap: int) -> int:
-    """The session 10 loop, verbatim (tests/flowcontrol/test_free_slots_s11.py has the same copy)."""
-    if not (take > 0):
-        return 0
-    if not (give > 0) or not math.isfinite(take):
-        return cap
-    q, f, total, term = give / take, 0, 1.0, 1.0
-    while f < cap and total * miss < 1.0:
-        f += 1
-        term *= q
-        total += term
-    return f
+from .test_free_slots_s11 import loop  # the session 10 loop, verbatim
 
 
 def exact(q: float, miss: float, cap: int) -> int:

@@ -9,6 +9,7 @@ from kvgate.config.director import build_director
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
+from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.framework import ConfigError, Params, PluginHandle
 from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
 from kvgate.scheduling.types import InferenceRequest
@@ -22,27 +23,25 @@ def test_a_zero_cold_spread_window_is_a_config_error_naming_the_key(window: obje
         )
 
 
-def test_the_loader_refuses_a_zero_window_before_any_pick() -> None:
+def _build(window: str) -> Director:
+    """The kvgate policy with coldSpread on and the given window, over two endpoints."""
     cfg = policy_config("kvgate")
     for spec in cfg.plugins:
         if spec.type == "kvgate-cost-scorer":
-            spec.parameters = {**(spec.parameters or {}), "coldSpread": True, "coldSpreadWindow": "0s"}
+            spec.parameters = {**(spec.parameters or {}), "coldSpread": True, "coldSpreadWindow": window}
     store = EndpointStore(
         Endpoint(address=f"10.0.0.{i}:8000", metrics=EndpointMetrics(updated_at=0.0)) for i in range(2)
     )
+    return build_director(cfg, store, clock=lambda: 0.0, seed=0)
+
+
+def test_the_loader_refuses_a_zero_window_before_any_pick() -> None:
     with pytest.raises(ConfigError, match="coldSpreadWindow"):
-        build_director(cfg, store, clock=lambda: 0.0, seed=0)
+        _build("0s")
 
 
 def test_a_positive_window_still_picks() -> None:
-    cfg = policy_config("kvgate")
-    for spec in cfg.plugins:
-        if spec.type == "kvgate-cost-scorer":
-            spec.parameters = {**(spec.parameters or {}), "coldSpread": True, "coldSpreadWindow": "1ms"}
-    store = EndpointStore(
-        Endpoint(address=f"10.0.0.{i}:8000", metrics=EndpointMetrics(updated_at=0.0)) for i in range(2)
-    )
-    d = build_director(cfg, store, clock=lambda: 0.0, seed=0)
+    d = _build("1ms")
     prefix = "a system prompt shared by every turn " * 40
     for i in range(3):
         r = InferenceRequest(f"r{i}", "m", prompt_text=prefix + f"q{i}")
