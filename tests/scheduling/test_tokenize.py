@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kvgate.datalayer.store import make_endpoint
 from kvgate.openai.request import CHAT, parse_body, render_chat
@@ -221,6 +223,11 @@ def test_self_checks_tokenize_whole_texts_off_the_calling_thread(tmp_path: Path)
             whole_on.extend(threading.get_ident() for _ in texts)
             return inner.encode_batch(texts)
 
+        def encode_batch_fast(self, texts: list[str], add_special_tokens: bool = True) -> object:
+            if add_special_tokens:
+                whole_on.extend(threading.get_ident() for _ in texts)
+            return inner.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+
     tok._tok = Spy()
     texts = _texts(tokenize.SELF_CHECKS + 2, 3)
     for text in texts:
@@ -252,3 +259,68 @@ def test_a_self_check_that_raises_is_logged(tmp_path: Path, caplog: pytest.LogCa
     tok.wait_self_checks(10)
     assert "self-check failed" in caplog.text and "tokenizer blew up" in caplog.text
     assert tok.piecewise
+
+
+# --- encode_batch_fast: the request path's call gives encode's ids --------------------------------------
+
+_SPECIALS = ["<bos>", "<|user|>", "<|system|>", "<|im_start|>", "<s>", "</s>", "[UNK]", "<|endoftext|>"]
+_piece_texts = st.one_of(
+    st.text(max_size=300),  # any unicode, the empty text included
+    st.lists(
+        st.one_of(
+            st.sampled_from(_SPECIALS),
+            st.text(alphabet=" \t\n\r\u00a0\u3000", min_size=1, max_size=12),  # whitespace runs
+            st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
+            st.sampled_from(["don't", "42", "3.14159", "日本語", "émigré", "🙂", "e\u0301"]),
+        ),
+        max_size=60,
+    ).map("".join),
+    st.text(min_size=2000, max_size=6000),  # long
+)
+
+
+@pytest.fixture(scope="module")
+def fast_tokenizers(tmp_path_factory: pytest.TempPathFactory) -> list[object]:
+    from tokenizers import Tokenizer
+
+    from kvgate.sim.tokenizer import write_tokenizer_dir
+
+    d = tmp_path_factory.mktemp("fast")
+    write_tokenizer_dir(d / "sim")
+    paths = [d / "sim", _llama3_style(d / "llama3"), _save_tokenizer(d / "wl")]
+    return [Tokenizer.from_file(str(p / "tokenizer.json")) for p in paths]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_piece_texts, special=st.booleans())
+def test_the_fast_call_gives_encodes_ids(fast_tokenizers: list[object], text: str, special: bool) -> None:
+    for tok in fast_tokenizers:
+        assert hasattr(tok, "encode_batch_fast")
+        want = tok.encode(text, add_special_tokens=special).ids  # type: ignore[attr-defined]
+        assert tokenize._ids(tok, text, special) == want
+        assert tokenize._pieces_of(tok, text, []) == [i for p in tokenize._cut_pieces(text)
+                                                       for i in tok.encode(p, add_special_tokens=False).ids]  # type: ignore[attr-defined]  # fmt: skip
+
+
+def test_a_tokenizer_without_the_fast_call_falls_back_to_encode(tmp_path: Path) -> None:
+    from kvgate.sim.tokenizer import write_tokenizer_dir
+
+    write_tokenizer_dir(tmp_path / "t")
+    tok = tokenize.PromptTokenizer(tmp_path / "t" / "tokenizer.json")
+    inner, calls = tok._tok, []
+
+    class Old:  # a tokenizers object from before encode_batch_fast
+        def __getattr__(self, name: str) -> object:
+            if name == "encode_batch_fast":
+                raise AttributeError(name)
+            return getattr(inner, name)
+
+        def encode(self, text: str, add_special_tokens: bool = True) -> object:
+            calls.append(add_special_tokens)
+            return inner.encode(text, add_special_tokens=add_special_tokens)
+
+    tok._tok = Old()
+    for text in ["short one", *_texts(4, 5)]:
+        assert tok.encode(text) == inner.encode(text).ids
+    tok.wait_self_checks(10)
+    assert True in calls and False in calls  # whole texts and pieces both went through encode
