@@ -27,8 +27,9 @@ the whole encoding and it goes back to whole texts. The prompt checks run on a w
 request path (``encode_batch`` releases the GIL), and a difference takes effect at the next ``encode``.
 
 The request path encodes with ``encode_batch_fast`` (a batch of one: the same ids without the character
-offsets, ~0.75x the CPU of ``encode`` per piece, ``scripts/tokenize_cost.py``; it releases the GIL as
-``encode_batch`` does) and falls back to ``encode`` on a tokenizer object without it. The references the
+offsets, ~0.71x the CPU of ``encode`` per piece, ``scripts/tokenize_cost.py``; it releases the GIL as
+``encode_batch`` does, and runs on the library's own thread pool unless ``TOKENIZERS_PARALLELISM=false``)
+and falls back to ``encode`` on a tokenizer object without it. The references the
 checks compare against stay the offset-computing calls: the load-time probe's whole text is ``encode``,
 a prompt's self-check ``encode_batch``.
 """
