@@ -85,32 +85,28 @@ def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MA
     size = chunk * SPAN_BLOCKS
     spans = _spans
     done = 0
+    missed: tuple[int, bytes] | None = None
     for start in range(0, end - end % size, size):
-        piece = raw[start : start + size]
-        key = (prev, piece)
+        key = (prev, raw[start : start + size])
         got = spans.get(key)
-        done = start + size
         if got is None:
-            # The first span this prompt misses is remembered, once its hashes are all computed. The
-            # spans after it are hashed below, block by block, unremembered: they follow a chain value
-            # the memo did not have, so they are rarely in it (only where the LRU dropped this span
-            # before later ones of its prefix: a cost in speed, not in values). A prefix is learnt one
-            # span per request that repeats it; a unique prompt adds one span.
-            got = []
-            put = got.append
-            for (b,) in _blocks(fmt, piece):
-                prev = _h64(b + _pack(prev))
-                put(prev)
-            _remember(key, got)
-            out += got
+            # The first span this prompt misses is remembered once hashed (below). The spans after it
+            # follow a chain value the memo did not have, so they are rarely in it (only where the LRU
+            # dropped this span before later ones of its prefix: a cost in speed, not in values): they
+            # are hashed block by block, unremembered. A prefix is learnt one span per request that
+            # repeats it; a unique prompt adds one span.
+            missed = key
             break
         spans.move_to_end(key)
         prev = got[-1]
         out += got
-    if done < end:
-        for (b,) in _blocks(fmt, raw[done:end]):
-            prev = _h64(b + _pack(prev))
-            app(prev)
+        done = start + size
+    for (b,) in _blocks(fmt, raw[done:end]):
+        prev = _h64(b + _pack(prev))
+        app(prev)
+    if missed is not None:
+        first = done // chunk
+        _remember(missed, out[first : first + SPAN_BLOCKS])
     return out
 
 
