@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kvgate import lifeline
 from kvgate.bench import procs, reaper
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +168,7 @@ def test_a_ctrl_c_during_the_grace_still_sigkills(monkeypatch: pytest.MonkeyPatc
                 raise KeyboardInterrupt
             return real_alive(procs)
 
-        monkeypatch.setattr(reaper, "alive", ctrl_c_in_the_grace)
+        monkeypatch.setattr(lifeline, "alive", ctrl_c_in_the_grace)  # (terminate's, kvgate.lifeline)
         with pytest.raises(KeyboardInterrupt):
             reaper.terminate({p.pid: st[3]}, grace_s=30)
         assert p.wait(10) == -signal.SIGKILL
@@ -228,6 +229,7 @@ def test_a_process_started_during_the_grace_is_killed(tmp_path: Path) -> None:
 
 _ZOMBIES = r"""
 import asyncio, sys
+from kvgate import lifeline
 from kvgate.bench import procs, reaper
 reaper.install()
 

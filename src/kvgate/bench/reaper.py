@@ -22,8 +22,11 @@ elsewhere ``reap`` does nothing.
 
 A bench killed by SIGKILL runs none of this: the children it starts itself (``procs.start`` and the
 benches' own ``Popen``s) are started with ``die_with_parent()`` (``PR_SET_PDEATHSIG``), so the kernel
-sends them SIGTERM when it dies, and each stops its own children. Orphans re-parented to the bench and
-processes started outside its tree are not covered then.
+sends them SIGTERM when it dies, and each stops its own children; and ``install()`` starts the bench's
+watchdog (``kvgate.lifeline.start_watchdog``), a process of its own that keeps a list of the bench's
+descendants and, once the bench ended, terminates those still running (SIGTERM, SIGKILL after the
+grace): orphans re-parented to the bench, grandchildren whose parent ignores SIGTERM. Processes started
+outside its tree (through a daemon) are not covered; see ``kvgate.lifeline`` for the rest.
 """
 
 from __future__ import annotations
@@ -34,59 +37,28 @@ import os
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from types import FrameType
 
-GRACE_S = 5.0  # from SIGTERM to SIGKILL
+from kvgate import lifeline
 
-# pid -> (parent pid, process group, state, start time): one /proc scan.
-_Stat = tuple[int, int, str, int]
+GRACE_S = lifeline.GRACE_S  # from SIGTERM to SIGKILL
 
-
-def _stat(pid: int) -> _Stat | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:  # gone (or not ours to read)
-        return None
-    fields = raw[raw.rfind(b")") + 2 :].split()  # (the command name may hold spaces and parentheses)
-    return int(fields[1]), int(fields[2]), fields[0].decode(), int(fields[19])
-
-
-def _scan_or_none() -> dict[int, _Stat] | None:
-    """Every process's ``_Stat``; None when ``/proc`` cannot be listed."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return None
-    out: dict[int, _Stat] = {}
-    for name in names:
-        if name.isdigit() and (st := _stat(int(name))) is not None:
-            out[int(name)] = st
-    return out
-
-
-def _scan() -> dict[int, _Stat]:
-    return _scan_or_none() or {}
+# The process primitives (``/proc`` scans, ``terminate``, ``PR_SET_PDEATHSIG``, the subreaper, the
+# watchdog) live in ``kvgate.lifeline``, which ``kvgate.realvllm`` shares (it may not import ``bench``).
+_Stat = lifeline.Stat
+_stat = lifeline.stat
+_scan_or_none = lifeline.scan_or_none
+_scan = lifeline.scan
+alive = lifeline.alive
+terminate = lifeline.terminate
+die_with_parent = lifeline.die_with_parent
+DEATH_SIGNAL = lifeline.DEATH_SIGNAL
 
 
 def _tree(table: dict[int, _Stat], root: int) -> set[int]:
     """``root``'s descendants in ``table`` and every process of a group one of them leads (any state)."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _pgrp, _state, _start) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    todo = list(children.get(root, ()))
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, ()))
-    leaders = {pid for pid in found if table[pid][1] == pid}
-    found |= {pid for pid, st in table.items() if st[1] in leaders}
-    found.discard(root)
-    return found
+    return lifeline.tree(table, [root])
 
 
 def descendants(root: int | None = None) -> dict[int, int]:
@@ -95,16 +67,6 @@ def descendants(root: int | None = None) -> dict[int, int]:
     table = _scan()
     found = _tree(table, os.getpid() if root is None else root)
     return {pid: table[pid][3] for pid in found if table[pid][2] != "Z"}
-
-
-def alive(procs: dict[int, int]) -> dict[int, int]:
-    """Those of ``procs`` (pid -> start time) still running (not gone, not a zombie, not a pid reused)."""
-    out = {}
-    for pid, start in procs.items():
-        st = _stat(pid)
-        if st is not None and st[3] == start and st[2] != "Z":
-            out[pid] = start
-    return out
 
 
 def group_alive(pgid: int) -> bool:
@@ -133,35 +95,6 @@ def collect_orphans(pgid: int) -> None:
                 os.waitpid(pid, os.WNOHANG)
 
 
-def _signal_all(procs: Iterable[int], sig: int) -> None:
-    for pid in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def terminate(
-    procs: dict[int, int], grace_s: float = GRACE_S, late: Callable[[], dict[int, int]] | None = None
-) -> dict[int, int]:
-    """SIGTERM to each of ``procs`` (pid -> start time), SIGKILL to those still running ``grace_s``
-    later, or at once when the wait is interrupted (a ``KeyboardInterrupt``); then SIGKILL to what
-    ``late()`` finds running (processes started meanwhile). Those that had to be killed."""
-    procs = alive(procs)
-    killed: dict[int, int] = {}
-    try:
-        _signal_all(procs, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while (procs := alive(procs)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        killed = alive(procs)
-        _signal_all(killed, signal.SIGKILL)
-        if late is not None:
-            new = alive(late())
-            _signal_all(new, signal.SIGKILL)
-            killed |= new
-    return killed
-
-
 _warned_no_proc = False
 
 
@@ -180,7 +113,9 @@ def reap(grace_s: float = GRACE_S) -> dict[int, int]:
         return {}
     found = descendants()
     tracker = _resource_tracker_pid()
-    found.pop(tracker, None)  # multiprocessing's: ends by itself with us
+    spared = {tracker, lifeline.watchdog_pid() or 0}  # multiprocessing's: ends by itself with us; the
+    for pid in spared:  # watchdog: after us, sweeps what this reap missed (it ends by itself)
+        found.pop(pid, None)
     if not found:
         return {}
     groups = {pid: start for pid, start in found.items() if table.get(pid, (0, 0))[1] == pid}
@@ -192,7 +127,7 @@ def reap(grace_s: float = GRACE_S) -> dict[int, int]:
             leader = now.get(pgid)
             if leader is None or leader[3] == start:  # (not a group whose id was reused meanwhile)
                 pids |= {pid for pid, st in now.items() if st[1] == pgid}
-        pids.discard(tracker)
+        pids -= spared
         return {pid: now[pid][3] for pid in pids if now[pid][2] != "Z"}
 
     with _sigint_ignored():
@@ -221,50 +156,6 @@ def _resource_tracker_pid() -> int:
 
 
 _installed = False
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-# What a child started with ``die_with_parent()`` gets when the bench dies without reaping it (SIGKILL,
-# the OOM killer): SIGTERM, so that it stops its own children as it does when a bench stops it (a
-# ``kvgate serve --workers`` supervisor its workers, vLLM its engine processes; SIGKILL would orphan them).
-DEATH_SIGNAL = signal.SIGTERM
-
-
-def _prctl() -> Callable[..., int] | None:
-    """libc's ``prctl`` (Linux), looked up in this process (never between a fork and its exec)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # pragma: no cover (no libc prctl)
-        return None
-
-
-def _become_subreaper() -> bool:
-    """Orphaned descendants re-parent to this process, not to init (Linux >= 3.4)."""
-    prctl = _prctl()
-    return prctl is not None and int(prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-
-
-def die_with_parent(sig: int = DEATH_SIGNAL) -> Callable[[], None] | None:
-    """A ``preexec_fn`` for a child the bench starts: the child gets ``sig`` when the bench dies, even by
-    SIGKILL, which runs no handler and no ``atexit`` (Linux ``PR_SET_PDEATHSIG``; it survives the exec).
-    A child whose bench died between its fork and the ``prctl`` (it was re-parented already, no signal
-    will come) exits at once, before its exec. None (nothing to run) off Linux, and from a thread other
-    than the main one: the kernel signals the child when the *thread* that forked it ends, and a worker
-    thread ends long before the bench. Only the bench's own children are covered: theirs are stopped by
-    them (on ``sig``), or reaped by ``reap`` when the bench exits otherwise."""
-    if threading.current_thread() is not threading.main_thread() or (prctl := _prctl()) is None:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:  # (in the child, between fork and exec: no lookups, no locks, no handlers)
-        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -273,15 +164,17 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     os.kill(os.getpid(), signum)  # die of it, as without the handler
 
 
-def install() -> None:
-    """Reap this process's children at exit and on SIGTERM / SIGHUP, and keep orphaned descendants its
-    own (a child subreaper) (once; from the main thread, the only one that may set signal handlers; a
-    signal ignored, as under ``nohup``, stays ignored)."""
+def install(grace_s: float = GRACE_S) -> None:
+    """Reap this process's children at exit and on SIGTERM / SIGHUP, keep orphaned descendants its
+    own (a child subreaper), and start its watchdog (``kvgate.lifeline``: what it leaves when killed by
+    SIGKILL is terminated; ``grace_s`` from SIGTERM to SIGKILL there) (once; from the main thread, the
+    only one that may set signal handlers; a signal ignored, as under ``nohup``, stays ignored)."""
     global _installed
     if _installed or threading.current_thread() is not threading.main_thread():
         return
     _installed = True
-    _become_subreaper()
+    lifeline.become_subreaper()
+    lifeline.start_watchdog(grace_s)
     atexit.register(reap)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) is signal.SIG_DFL:  # (one ignored stays so: ``nohup``)

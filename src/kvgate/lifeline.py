@@ -1,0 +1,315 @@
+"""Child processes that end with the process that started them, even when it is killed by SIGKILL
+(Linux; elsewhere every call here does nothing). Imports no ``kvgate`` package: ``kvgate.bench.reaper``
+(the benches) and ``kvgate.realvllm`` (the real-vLLM harness, which may not import ``bench``) share it.
+
+- ``die_with_parent()``: a ``preexec_fn`` that makes a child get a signal when its parent dies, even by
+  SIGKILL (``PR_SET_PDEATHSIG``). Only the process's own children, and only SIGTERM by default, which a
+  child may ignore (its own children then run on).
+- ``become_subreaper()``: orphaned descendants re-parent to this process, not to init
+  (``PR_SET_CHILD_SUBREAPER``), so they stay its descendants.
+- ``start_watchdog()``: a small process of its own (``python -I -c``, in a session of its own, so a kill
+  of this process's group does not reach it) that watches this process (a pidfd, else a poll) and keeps
+  a list of its descendants (pid and start time: a ``/proc`` scan each ``TICK_S`` and whenever
+  ``sync()`` asks). When this process has ended, however it ended, the watchdog terminates every
+  process on that list still running (the same pid and start time), their descendants and the members
+  of their process groups: SIGTERM, then SIGKILL to what still runs after the grace (what ignores
+  SIGTERM too) and to what started meanwhile. That covers the orphans earlier re-parented to this
+  process and grandchildren whose parent ignores SIGTERM, which ``PR_SET_PDEATHSIG`` does not reach.
+
+Not covered: a process started through a daemon (``docker run``, ``systemd-run``: not a descendant);
+one started and detached (a double fork into a session of its own, its parent gone) within the last
+``TICK_S`` before the death and not ``sync()``ed (the watchdog never listed it); anything when the
+watchdog is killed too (a SIGKILL of every process of the user, the OOM killer choosing it, a container
+stopped); a pid reused in the instant between the check and the signal (no pidfd per process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+GRACE_S = 5.0  # from SIGTERM to SIGKILL
+TICK_S = 0.5  # the watchdog's list of descendants is at most this old (and fresh after a ``sync()``)
+
+# pid -> (parent pid, process group, state, start time): one /proc scan.
+Stat = tuple[int, int, str, int]
+
+
+def stat(pid: int) -> Stat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:  # gone (or not ours to read)
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()  # (the command name may hold spaces and parentheses)
+    return int(fields[1]), int(fields[2]), fields[0].decode(), int(fields[19])
+
+
+def scan_or_none() -> dict[int, Stat] | None:
+    """Every process's ``Stat``; None when ``/proc`` cannot be listed."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    out: dict[int, Stat] = {}
+    for name in names:
+        if name.isdigit() and (st := stat(int(name))) is not None:
+            out[int(name)] = st
+    return out
+
+
+def scan() -> dict[int, Stat]:
+    return scan_or_none() or {}
+
+
+def tree(table: dict[int, Stat], roots: Iterable[int], groups: Iterable[int] = ()) -> set[int]:
+    """The descendants of ``roots`` in ``table`` and every process of a group one of them leads, or of
+    one of ``groups``, and theirs (any state); the roots themselves not included."""
+    children: dict[int, list[int]] = {}
+    members: dict[int, list[int]] = {}
+    for pid, (ppid, pgrp, _state, _start) in table.items():
+        children.setdefault(ppid, []).append(pid)
+        members.setdefault(pgrp, []).append(pid)
+    found: set[int] = set()
+    seen_groups: set[int] = set()
+    todo = [c for r in roots for c in children.get(r, ())]
+    for g in groups:
+        seen_groups.add(g)
+        todo.extend(members.get(g, ()))
+    while todo:
+        pid = todo.pop()
+        if pid in found:
+            continue
+        found.add(pid)
+        todo.extend(children.get(pid, ()))
+        if table[pid][1] == pid and pid not in seen_groups:
+            seen_groups.add(pid)
+            todo.extend(members.get(pid, ()))
+    return found - set(roots)
+
+
+def alive(procs: dict[int, int]) -> dict[int, int]:
+    """Those of ``procs`` (pid -> start time) still running (not gone, not a zombie, not a pid reused)."""
+    out = {}
+    for pid, start in procs.items():
+        st = stat(pid)
+        if st is not None and st[3] == start and st[2] != "Z":
+            out[pid] = start
+    return out
+
+
+def signal_all(procs: Iterable[int], sig: int) -> None:
+    for pid in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def terminate(
+    procs: dict[int, int], grace_s: float = GRACE_S, late: Callable[[], dict[int, int]] | None = None
+) -> dict[int, int]:
+    """SIGTERM to each of ``procs`` (pid -> start time), SIGKILL to those still running ``grace_s``
+    later, or at once when the wait is interrupted (a ``KeyboardInterrupt``); then SIGKILL to what
+    ``late()`` finds running (processes started meanwhile). Those that had to be killed."""
+    procs = alive(procs)
+    killed: dict[int, int] = {}
+    try:
+        signal_all(procs, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while (procs := alive(procs)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        killed = alive(procs)
+        signal_all(killed, signal.SIGKILL)
+        if late is not None:
+            new = alive(late())
+            signal_all(new, signal.SIGKILL)
+            killed |= new
+    return killed
+
+
+# --- the kernel's help: parent-death signal, child subreaper ---------------------------------------------
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+# What a child started with ``die_with_parent()`` gets when its parent dies without stopping it (SIGKILL,
+# the OOM killer): SIGTERM, so that it stops its own children as it does when it is stopped (a
+# ``kvgate serve --workers`` supervisor its workers, vLLM its engine processes; SIGKILL would orphan them).
+DEATH_SIGNAL = signal.SIGTERM
+
+
+def prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux), looked up in this process (never between a fork and its exec)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover (no libc prctl)
+        return None
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants re-parent to this process, not to init (Linux >= 3.4)."""
+    fn = prctl()
+    return fn is not None and int(fn(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+
+
+def die_with_parent(sig: int = DEATH_SIGNAL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for a child: it gets ``sig`` when this process dies, even by SIGKILL, which runs
+    no handler and no ``atexit`` (Linux ``PR_SET_PDEATHSIG``; it survives the exec). A child whose parent
+    died between its fork and the ``prctl`` (it was re-parented already, no signal will come) exits at
+    once, before its exec. None (nothing to run) off Linux, and from a thread other than the main one:
+    the kernel signals the child when the *thread* that forked it ends, and a worker thread ends long
+    before the process (the watchdog, ``start_watchdog``, watches the process, not a thread)."""
+    if threading.current_thread() is not threading.main_thread() or (fn := prctl()) is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # (in the child, between fork and exec: no lookups, no locks, no handlers)
+        fn(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+# --- the watchdog -----------------------------------------------------------------------------------------
+
+_watchdog: tuple[subprocess.Popen[bytes], socket.socket] | None = None  # it, this end of its socket
+_watchdog_lock = threading.Lock()
+
+
+def watchdog_pid() -> int | None:
+    """The pid of this process's watchdog (None: none started)."""
+    return None if _watchdog is None else _watchdog[0].pid
+
+
+def start_watchdog(grace_s: float = GRACE_S, tick_s: float = TICK_S) -> int | None:
+    """Start this process's watchdog (see the module's docstring) once; its pid (None off Linux or when
+    ``/proc`` cannot be read). It ends by itself after this process ended and what it left was
+    terminated (``grace_s`` from SIGTERM to SIGKILL)."""
+    global _watchdog
+    with _watchdog_lock:
+        if _watchdog is not None:
+            return _watchdog[0].pid
+        me = os.getpid()
+        st = stat(me) if sys.platform.startswith("linux") else None
+        if st is None:
+            return None
+        ours, theirs = socket.socketpair()  # (not inherited by our other children: close_fds)
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # (kvgate's parent folder)
+        code = f"import sys; sys.path.insert(0, {here!r}); import kvgate.lifeline as m; m._watch_main()"
+        args = [str(me), str(st[3]), str(theirs.fileno()), repr(grace_s), repr(tick_s)]
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", code, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,  # (a kill of our process group does not reach it)
+            )
+        except OSError:
+            ours.close()
+            return None
+        finally:
+            theirs.close()
+        _watchdog = (proc, ours)  # (kept: never waited for, it outlives us)
+        return proc.pid
+
+
+def sync(timeout_s: float = 5.0) -> bool:
+    """Have the watchdog list this process's descendants now, and wait until it did (a process started
+    and detached just before, which it could otherwise miss if this process died within ``TICK_S``).
+    False when there is no watchdog or it did not answer within ``timeout_s``."""
+    if _watchdog is None:
+        return False
+    sock = _watchdog[1]
+    with _watchdog_lock:
+        try:
+            sock.settimeout(timeout_s)
+            sock.sendall(b"s")
+            return sock.recv(1) == b"k"
+        except OSError:
+            return False
+
+
+def _watch_main() -> None:
+    parent, start, fd, grace_s, tick_s = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                                          float(sys.argv[4]), float(sys.argv[5]))  # fmt: skip
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a Ctrl-C is for the process it watches)
+    watch(parent, start, socket.socket(fileno=fd), grace_s, tick_s)
+
+
+def watch(parent: int, start: int, sock: socket.socket | None, grace_s: float, tick_s: float) -> None:
+    """The watchdog's loop: list ``parent``'s descendants each ``tick_s`` (and when asked on ``sock``)
+    until ``parent`` (started at ``start``) ended, then terminate what of them runs on."""
+    me = os.getpid()
+    known: dict[int, int] = {}  # pid -> start time: every descendant seen, while it lives
+    st = stat(parent)
+    parent_group = st[1] if st is not None else 0  # (a shell job's: ``| tee`` is in it; never swept)
+    pidfd = -1
+    with contextlib.suppress(OSError, AttributeError):
+        pidfd = os.pidfd_open(parent)
+    poller = select.poll()
+    if pidfd >= 0:
+        poller.register(pidfd, select.POLLIN)
+    if sock is not None:
+        poller.register(sock.fileno(), select.POLLIN)
+
+    def parent_alive() -> bool:
+        st = stat(parent)
+        return st is not None and st[3] == start and st[2] != "Z"
+
+    def list_descendants() -> None:
+        table = scan()
+        for pid in [p for p, s in known.items() if p not in table or table[p][3] != s]:
+            del known[pid]
+        for pid in tree(table, [parent]):
+            if pid != me and table[pid][2] != "Z":
+                known[pid] = table[pid][3]
+
+    while parent_alive():
+        list_descendants()
+        ended = False
+        for fd, _ev in poller.poll(int(tick_s * 1000)):
+            if fd == pidfd:
+                ended = True
+            elif sock is not None:
+                try:
+                    data = sock.recv(64)
+                except OSError:
+                    data = b""
+                if not data:  # (its end closed: it ended, or it is ending)
+                    poller.unregister(sock.fileno())
+                    sock = None
+                elif parent_alive():
+                    list_descendants()
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"k" * len(data))
+        if ended:
+            break
+    sweep(known, grace_s, exclude={me}, spare_group=parent_group)
+
+
+def sweep(known: dict[int, int], grace_s: float, exclude: set[int], spare_group: int = 0) -> dict[int, int]:
+    """Terminate those of ``known`` (pid -> start time) still running, their descendants and the members
+    of the groups they lead or belong to, but ``spare_group`` (SIGTERM; SIGKILL after ``grace_s`` to what
+    still runs and to what started meanwhile); those that had to be killed."""
+
+    def found() -> dict[int, int]:
+        table = scan()
+        roots = [p for p, s in known.items() if p in table and table[p][3] == s and table[p][2] != "Z"]
+        groups = {table[p][1] for p in roots} - {spare_group}
+        pids = (tree(table, roots, groups) | set(roots)) - exclude
+        return {p: table[p][3] for p in pids if table[p][2] != "Z"}
+
+    return terminate(found(), grace_s, found)
