@@ -42,14 +42,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-HERE_SRC = Path(__file__).resolve().parent.parent / "src"
+from tree_runs import HERE_SRC, alternate, run_in_tree, trees
 
 
 def _measure(requests: int, rounds: int, policy: str) -> dict[str, Any]:
@@ -304,15 +302,7 @@ def _parts(requests: int, rounds: int) -> dict[str, float]:
 
 def _run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
     mode = ["--_picks", str(args.trace_steps)] if args.picks else ["--_measure"]
-    out = subprocess.run(
-        [sys.executable, __file__, *mode, str(args.requests), str(args.rounds), args.policy],
-        env={**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"},
-        capture_output=True,
-        check=True,
-        timeout=600,
-    )
-    result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
-    return result
+    return run_in_tree(__file__, src, [*mode, str(args.requests), str(args.rounds), args.policy], 600)
 
 
 def main() -> int:
@@ -342,42 +332,38 @@ def main() -> int:
         p.error("--base-src is required (but with --parts)")
     if args.picks:
         return _main_picks(args)
-    trees = {"base": args.base_src.resolve(), "this": HERE_SRC}
-    figures: dict[str, list[float]] = {name: [] for name in trees}
-    for rep in range(args.repeats):
-        for name, src in trees.items():
-            r = _run(src, args)
-            figures[name].append(r["us_per_request"])
-            rounds = " ".join(f"{x:.1f}" for x in r["rounds"])
-            us = r["us_per_request"]
-            print(f"repeat {rep + 1} {name:<4} {us:7.2f} us/request  (rounds: {rounds})", flush=True)
-    base, this = (statistics.median(figures[n]) for n in trees)
+    srcs = trees(args.base_src)
+    figures: dict[str, list[float]] = {name: [] for name in srcs}
+    for rep, name, r in alternate(args.base_src, args.repeats, lambda src: _run(src, args)):
+        figures[name].append(r["us_per_request"])
+        rounds = " ".join(f"{x:.1f}" for x in r["rounds"])
+        us = r["us_per_request"]
+        print(f"repeat {rep} {name:<4} {us:7.2f} us/request  (rounds: {rounds})", flush=True)
+    base, this = (statistics.median(figures[n]) for n in srcs)
     print(f"\nmedian base {base:.2f} us/request, this {this:.2f} us/request: ratio {this / base:.3f}")
-    print(f"(policy {args.policy}; base {trees['base']}; this {trees['this']})")
+    print(f"(policy {args.policy}; base {srcs['base']}; this {srcs['this']})")
     return 0
 
 
 def _main_picks(args: argparse.Namespace) -> int:
-    trees = {"base": args.base_src.resolve(), "this": HERE_SRC}
-    figures: dict[str, dict[str, list[float]]] = {n: {"bench": [], "trace": [], "hash": []} for n in trees}
-    digests: dict[str, set[str]] = {n: set() for n in trees}
-    for rep in range(args.repeats):
-        for name, src in trees.items():
-            r = _run(src, args)
-            digests[name].add(r["digest"])
-            for k in ("bench", "trace", "hash"):
-                figures[name][k].append(r[k])
-            rounds = " ".join(f"{x:.1f}" for x in r["rounds"])
-            print(
-                f"repeat {rep + 1} {name:<4} bench {r['bench']:6.2f} us/request (rounds: {rounds}); "
-                f"trace {r['trace']:6.2f} us/pick (hashing {r['hash']:5.2f}); picks digest {r['digest']}",
-                flush=True,
-            )
+    srcs = trees(args.base_src)
+    figures: dict[str, dict[str, list[float]]] = {n: {"bench": [], "trace": [], "hash": []} for n in srcs}
+    digests: dict[str, set[str]] = {n: set() for n in srcs}
+    for rep, name, r in alternate(args.base_src, args.repeats, lambda src: _run(src, args)):
+        digests[name].add(r["digest"])
+        for k in ("bench", "trace", "hash"):
+            figures[name][k].append(r[k])
+        rounds = " ".join(f"{x:.1f}" for x in r["rounds"])
+        print(
+            f"repeat {rep} {name:<4} bench {r['bench']:6.2f} us/request (rounds: {rounds}); "
+            f"trace {r['trace']:6.2f} us/pick (hashing {r['hash']:5.2f}); picks digest {r['digest']}",
+            flush=True,
+        )
     print()
     for k, unit in (("bench", "request"), ("trace", "pick"), ("hash", "pick")):
-        base, this = (statistics.median(figures[n][k]) for n in trees)
+        base, this = (statistics.median(figures[n][k]) for n in srcs)
         print(f"{k}: median base {base:.2f} us/{unit}, this {this:.2f} us/{unit}: ratio {this / base:.3f}")
-    print(f"(policy {args.policy} for bench, kvgate for trace; base {trees['base']}; this {trees['this']})")
+    print(f"(policy {args.policy} for bench, kvgate for trace; base {srcs['base']}; this {srcs['this']})")
     if digests["base"] != digests["this"]:
         print(f"PICKS DIFFER: base {sorted(digests['base'])}, this {sorted(digests['this'])}")
         return 1

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-HERE_SRC = Path(__file__).resolve().parent.parent / "src"
+from tree_runs import alternate, run_in_tree, trees
+
 WORDS = ("the", "of", "prefix", "cache", "block", "token", "model", "route", "engine", "queue", "tenant")
 
 
@@ -84,15 +83,7 @@ def _measure(requests: int, rounds: int) -> dict[str, Any]:
 
 
 def _run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--_measure", str(args.requests), str(args.rounds)],
-        env={**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"},
-        capture_output=True,
-        check=True,
-        timeout=900,
-    )
-    result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
-    return result
+    return run_in_tree(__file__, src, ["--_measure", str(args.requests), str(args.rounds)], 900)
 
 
 def main() -> int:
@@ -105,17 +96,14 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5, help="rounds per process (its fastest counts)")
     p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
     args = p.parse_args()
-    trees = {"base": args.base_src.resolve(), "this": HERE_SRC}
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in trees}
-    for rep in range(args.repeats):
-        for name, src in trees.items():
-            r = _run(src, args)
-            runs[name].append(r)
-            cells = "; ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "digest")
-            print(f"repeat {rep + 1} {name:<4} us/request: {cells}; keys digest {r['digest']}", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in trees(args.base_src)}
+    for rep, name, r in alternate(args.base_src, args.repeats, lambda src: _run(src, args)):
+        runs[name].append(r)
+        cells = "; ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "digest")
+        print(f"repeat {rep} {name:<4} us/request: {cells}; keys digest {r['digest']}", flush=True)
     print()
     for cell in (k for k in runs["this"][0] if k != "digest"):
-        base, this = (statistics.median(r[cell] for r in runs[n]) for n in trees)
+        base, this = (statistics.median(r[cell] for r in runs[n]) for n in runs)
         print(f"{cell:<20} median base {base:8.2f} us/request, this {this:8.2f}: ratio {this / base:.3f}")
     digests = {r["digest"] for rs in runs.values() for r in rs}
     if len(digests) != 1:

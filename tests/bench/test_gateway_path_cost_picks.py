@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,11 @@ def _script() -> Any:
     spec = importlib.util.spec_from_file_location("gateway_path_cost", SCRIPT)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(SCRIPT.parent))  # (it imports its sibling tree_runs.py, as when run as a script)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     return mod
 
 
