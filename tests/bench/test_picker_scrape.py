@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from kvgate.bench import picker_micro
-from kvgate.datalayer import scraper as scraper_mod
 
 
 def test_scrape_section_parses_every_busy_scrape_and_shows_the_skip(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], parsed_pages: list[int]
 ) -> None:
     """Its servers answered one constant page, so since the scraper skips a page equal to the last one
     every timed round was the skip, reported as the busy cadence's cost. Now the busy endpoints' pages
     change every answer (warm-up + 3 rounds parse, 2 endpoints: 8) and an idle set shows the skip (its
     warm-up alone parses: 2)."""
-    calls: list[int] = []
-    real = scraper_mod.extract
-
-    def counting(*a: Any, **kw: Any) -> Any:
-        calls.append(1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(scraper_mod, "extract", counting)
+    calls = parsed_pages
     picker_micro.section_scrape(2, 3)
     out = capsys.readouterr().out
     assert len(calls) == 2 * (1 + 3) + 2, f"{len(calls)} pages parsed"

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Any
 
 import pytest
 from aiohttp import web
 
 from kvgate.bench import scrape_cpu
 from kvgate.datalayer import promparse
-from kvgate.datalayer import scraper as scraper_mod
 from kvgate.datalayer.mappings import extract
 
 
@@ -28,25 +26,13 @@ def test_the_baseline_variant_really_parses_every_label_set() -> None:
     assert promparse._cached_labels is not promparse._parse_labels
 
 
-def _count_parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = scraper_mod.extract
-
-    def counting(*a: Any, **kw: Any) -> Any:
-        calls.append(1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(scraper_mod, "extract", counting)
-    return calls
-
-
 def test_runs_every_variant_and_parses_every_timed_scrape(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], parsed_pages: list[int]
 ) -> None:
     """Review s11-rv M1: since the scraper skips a page equal to the last one, a server answering one
     constant page made every timed scrape the skip. The parse variants must parse each of their scrapes
     (warm-up + 5); only the skipped variant parses its warm-up alone."""
-    calls = _count_parses(monkeypatch)
+    calls = parsed_pages
     assert scrape_cpu.main(["--rounds", "1", "--per-round", "5", "--loop", "asyncio"]) == 0
     out = capsys.readouterr().out
     for variant in scrape_cpu.VARIANTS:
@@ -65,9 +51,9 @@ def test_busy_pages_differ_every_answer_in_the_kv_usage_only() -> None:
     assert replace(ma, kv_cache_usage=0.0) == replace(mb, kv_cache_usage=0.0) == m0
 
 
-def test_forget_parses_a_constant_page_every_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forget_parses_a_constant_page_every_scrape(parsed_pages: list[int]) -> None:
     """``--target``: a running server's page may not change; the parse variants forget the last page."""
-    calls = _count_parses(monkeypatch)
+    calls = parsed_pages
     page = scrape_cpu.load_pages()
 
     async def main() -> None:
