@@ -8,23 +8,18 @@ tenant's bursts on one holder, the precise one spreads them.)
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections import Counter, defaultdict
 from typing import Any
 
+from sim_setup import family
 from tail_breakdown import instrument, mixed_class
 
-from kvgate.bench.mixed import FAMILIES
 from kvgate.bench.multiturn import mixed_sim
 
 
 def main() -> None:
-    name, _, changes = sys.argv[1].partition(":")
-    fam = FAMILIES[name]
-    if changes:
-        pairs = (c.split("=") for c in changes.split(","))
-        fam = dataclasses.replace(fam, **{k: int(v) for k, v in pairs})
+    fam = family(sys.argv[1])
     qps, seed = float(sys.argv[2]), int(sys.argv[3])
     for pol in sys.argv[4:]:
         report(mixed_sim(fam, pol, qps, seed), pol)

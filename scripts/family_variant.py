@@ -10,22 +10,19 @@ warm-up), p90 per seed and the geometric mean of each policy's p90 over sglang-c
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 
-from kvgate.bench.mixed import FAMILIES, TUNING_SEEDS
+from sim_setup import family
+
+from kvgate.bench.mixed import TUNING_SEEDS
 from kvgate.bench.multiturn import run_once
 
 BASELINE = "sglang-cache-aware"
 
 
 def main() -> None:
-    name, _, changes = sys.argv[1].partition(":")
-    fam = FAMILIES[name]
-    if changes:
-        pairs = (c.split("=") for c in changes.split(","))
-        fam = dataclasses.replace(fam, **{k: int(v) for k, v in pairs})
+    fam = family(sys.argv[1])
     qps = float(sys.argv[2])
     policies = list(dict.fromkeys([*sys.argv[3:], BASELINE]))
     p90: dict[str, list[float]] = {}

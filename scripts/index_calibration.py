@@ -14,12 +14,12 @@ which is expected, not an index error) and the rest (the engine evicted what the
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections import Counter
 from typing import Any
 
-from kvgate.bench.mixed import FAMILIES
+from sim_setup import family
+
 from kvgate.bench.multiturn import mixed_sim
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, prefix_match
 from kvgate.sim.kvcache import xxhash64_chain
@@ -28,11 +28,7 @@ RECENT_S = 1.0
 
 
 def main() -> None:
-    name, _, changes = sys.argv[1].partition(":")
-    fam = FAMILIES[name]
-    if changes:
-        pairs = (c.split("=") for c in changes.split(","))
-        fam = dataclasses.replace(fam, **{k: int(v) for k, v in pairs})
+    fam = family(sys.argv[1])
     qps, seed, policy = float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     sim = mixed_sim(fam, policy, qps, seed)
     engines = {ep.address: r.engine for ep, r in zip(sim.endpoints, sim.replicas, strict=True)}

@@ -26,9 +26,10 @@ import random
 import sys
 from typing import Any
 
-from kvgate.bench.fleetsim import FleetConfig, FleetSim
+from sim_setup import scenario_sim
+
+from kvgate.bench.fleetsim import FleetSim
 from kvgate.bench.scenarios import SCENARIOS
-from kvgate.bench.sweep import _count
 from kvgate.bench.workloads import random_ids
 from kvgate.sim.kvcache import xxhash64_chain
 
@@ -37,18 +38,7 @@ GROUPS, CONTEXT, PROMPT = 150, 6144, 6144 + 1229  # the scenario's workload (sce
 
 
 def make(seed: int, qps: float) -> FleetSim:
-    sc = SCENARIOS["shared-prefix"]
-    cfg = FleetConfig(
-        replicas=sc.replicas,
-        policy="kvgate",
-        qps=qps,
-        duration=DURATION,
-        warmup=sc.warmup,
-        slo_ttft=sc.slo_ttft,
-        seed=seed,
-        max_requests=_count(qps, sc.warmup + DURATION),
-    )
-    return FleetSim(cfg, sc.workload(seed, cfg.max_requests))
+    return scenario_sim(SCENARIOS["shared-prefix"], "kvgate", qps, seed, DURATION)
 
 
 def arrivals(seed: int, qps: float) -> list[tuple[float, int]]:

@@ -20,16 +20,16 @@ N (default 25) is how many of each tail to print request by request.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from sim_setup import family, scenario_sim
 from tail_breakdown import Rec, instrument, mixed_class
 
-from kvgate.bench.fleetsim import FleetConfig, FleetSim
+from kvgate.bench.fleetsim import FleetSim
 
 
 @dataclass(slots=True)
@@ -106,36 +106,17 @@ def composition(recs: dict[str, Rec], seen: dict[str, Seen], p90: float) -> str:
 def build(argv: list[str]) -> tuple[list[str], Any]:
     kind = argv[0]
     if kind == "mixed":
-        from kvgate.bench.mixed import FAMILIES
         from kvgate.bench.multiturn import mixed_sim
 
-        # FAMILY or FAMILY:field=value,...: a family with some of its fields changed (a tuning-side
-        # variant that shares one trait of another family, e.g. a:tenant_prefix=4096).
-        name, _, changes = argv[1].partition(":")
-        fam = FAMILIES[name]
-        if changes:
-            fam = dataclasses.replace(
-                fam, **{k: int(v) for k, v in (c.split("=") for c in changes.split(","))}
-            )
+        fam = family(argv[1])  # FAMILY or FAMILY:field=value,...
         qps, seed = float(argv[2]), int(argv[3])
         return argv[4:], lambda policy: (mixed_sim(fam, policy, qps, seed), mixed_class)
     from kvgate.bench.scenarios import SCENARIOS
-    from kvgate.bench.sweep import _count
 
     sc, qps, seed, duration = SCENARIOS[argv[1]], float(argv[2]), int(argv[3]), float(argv[4])
 
     def make(policy: str) -> tuple[FleetSim, Any]:
-        cfg = FleetConfig(
-            replicas=sc.replicas,
-            policy=policy,
-            qps=qps,
-            duration=duration,
-            warmup=sc.warmup,
-            slo_ttft=sc.slo_ttft,
-            seed=seed,
-            max_requests=_count(qps, sc.warmup + duration),
-        )
-        return FleetSim(cfg, sc.workload(seed, cfg.max_requests)), lambda spec: spec.group[:1] or "r"
+        return scenario_sim(sc, policy, qps, seed, duration), lambda spec: spec.group[:1] or "r"
 
     return argv[5:], make
 

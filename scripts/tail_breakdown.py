@@ -22,7 +22,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from kvgate.bench.fleetsim import FleetConfig, FleetSim
+from sim_setup import scenario_sim
+
+from kvgate.bench.fleetsim import FleetSim
 from kvgate.bench.workloads import RequestSpec
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from kvgate.sim.kvcache import xxhash64_chain
@@ -193,7 +195,6 @@ def main() -> None:
             report(policy, sim.run().row, recs, sim.replicas[0].engine)
     else:
         from kvgate.bench.scenarios import SCENARIOS
-        from kvgate.bench.sweep import _count
 
         sc, qps, seed, duration = (
             SCENARIOS[sys.argv[2]],
@@ -202,17 +203,7 @@ def main() -> None:
             float(sys.argv[5]),
         )
         for policy in sys.argv[6:]:
-            cfg = FleetConfig(
-                replicas=sc.replicas,
-                policy=policy,
-                qps=qps,
-                duration=duration,
-                warmup=sc.warmup,
-                slo_ttft=sc.slo_ttft,
-                seed=seed,
-                max_requests=_count(qps, sc.warmup + duration),
-            )
-            sim = FleetSim(cfg, sc.workload(seed, cfg.max_requests))
+            sim = scenario_sim(sc, policy, qps, seed, duration)
             recs = instrument(sim, lambda spec: "lora" if spec.lora else "request")
             report(policy, sim.run().row, recs, sim.replicas[0].engine)
 
