@@ -7,20 +7,38 @@ from kvgate.bench.fleetsim import FleetConfig, FleetSim, ReplicaSpec
 from kvgate.bench.precise import PRECISE_POLICIES, main
 
 
-def _sim(policy: str, seed: int, kv_event_delay: float = 0.002) -> FleetSim:
+def _sim(policy: str, seed: int, kv_event_delay: float = 0.002, pressure: bool = False) -> FleetSim:
+    """Three replicas under ``policy`` sent a seeded shared-prefix stream (512-token system prompts,
+    32-token questions): 400 requests of 10 groups at 40 req/s, or under ``pressure`` long answers in a
+    small cache (decode blocks keep evicting the customers' contexts): 24 of 6 groups at 8 req/s."""
+    blocks, qps, duration, count, groups, output_len = (
+        (120, 8.0, 3.0, 24, 6, 256) if pressure else (300, 40.0, 4.0, 400, 10, 8)
+    )
     cfg = FleetConfig(
         kv_event_delay=kv_event_delay,
-        replicas=[ReplicaSpec("llama3-8b-h100", 3, {"num_gpu_blocks": 300})],
+        replicas=[ReplicaSpec("llama3-8b-h100", 3, {"num_gpu_blocks": blocks})],
         policy=policy,
-        qps=40.0,
-        duration=4.0,
+        qps=qps,
+        duration=duration,
         seed=seed,
-        max_requests=400,
+        max_requests=count,
     )
     specs = workloads.shared_prefix_stream(
-        num_groups=10, system_prompt_len=512, question_len=32, output_len=8, count=400, seed=seed
+        num_groups=groups,
+        system_prompt_len=512,
+        question_len=32,
+        output_len=output_len,
+        count=count,
+        seed=seed,
     )
     return FleetSim(cfg, specs)
+
+
+def _assert_index_mirrors_the_engines(sim: FleetSim) -> None:
+    """The precise scorer's block index holds exactly what each replica's engine has cached."""
+    index = sim._kv_indexes[0]
+    for ep, rep in zip(sim.endpoints, sim.replicas, strict=True):
+        assert index.engine_hashes(ep.address) == set(rep.engine.pool.cached)
 
 
 def test_precise_policy_is_deterministic_and_completes() -> None:
@@ -34,11 +52,8 @@ def test_index_mirrors_every_engines_cache_after_the_run() -> None:
     sim = _sim("reference-precise", 3)
     assert len(sim._kv_indexes) == 1
     sim.run()
-    index = sim._kv_indexes[0]
-    for ep, rep in zip(sim.endpoints, sim.replicas, strict=True):
-        cached = set(rep.engine.pool.cached)
-        assert cached, "the workload must leave blocks cached"
-        assert index.engine_hashes(ep.address) == cached
+    assert all(rep.engine.pool.cached for rep in sim.replicas), "the workload must leave blocks cached"
+    _assert_index_mirrors_the_engines(sim)
 
 
 def test_a_new_run_starts_from_an_empty_index() -> None:
@@ -82,10 +97,7 @@ def test_bypass_traffic_reaches_engines_and_events_but_not_the_picker() -> None:
     assert 0.35 < sim.bypassed / (sim.bypassed + sum(sim.per_replica)) < 0.65
     assert res.row["requests"] == sum(sim.per_replica) and res.row["bypassed"] == sim.bypassed
     assert res.row["unfinished"] == 0
-    # The engines' events still reach the index, bypass traffic included.
-    index = sim._kv_indexes[0]
-    for ep, rep in zip(sim.endpoints, sim.replicas, strict=True):
-        assert index.engine_hashes(ep.address) == set(rep.engine.pool.cached)
+    _assert_index_mirrors_the_engines(sim)  # the engines' events still reach it, bypass traffic included
     assert all(ep.inflight.requests == 0 for ep in sim.endpoints)  # no callbacks for bypass requests
 
 
@@ -97,29 +109,11 @@ def test_cli_writes_results(tmp_path) -> None:
     assert "kvgate-precise" in text and "reference-precise-events" in text
 
 
-def _pressure_sim(policy: str, seed: int) -> FleetSim:
-    # Long answers in a small cache: decode blocks keep evicting the customers' contexts.
-    cfg = FleetConfig(
-        replicas=[ReplicaSpec("llama3-8b-h100", 3, {"num_gpu_blocks": 120})],
-        policy=policy,
-        qps=8.0,
-        duration=3.0,
-        seed=seed,
-        max_requests=24,
-    )
-    specs = workloads.shared_prefix_stream(
-        num_groups=6, system_prompt_len=512, question_len=32, output_len=256, count=24, seed=seed
-    )
-    return FleetSim(cfg, specs)
-
-
 def test_evictions_reach_the_index_under_kv_pressure() -> None:
-    sim = _pressure_sim("reference-precise", 2)
+    sim = _sim("reference-precise", 2, pressure=True)
     sim.run()
-    index = sim._kv_indexes[0]
     assert sum(rep.engine.pool.evictions for rep in sim.replicas) > 0, "the case must evict"
-    for ep, rep in zip(sim.endpoints, sim.replicas, strict=True):
-        assert index.engine_hashes(ep.address) == set(rep.engine.pool.cached)
+    _assert_index_mirrors_the_engines(sim)
 
 
 def test_precise_variants_keep_their_own_parameters_whatever_the_approximate_entry_had() -> None:
