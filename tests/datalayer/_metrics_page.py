@@ -8,6 +8,13 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from kvgate.config.policies import policy_config
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.scraper import MetricsScraper
+from kvgate.datalayer.store import EndpointStore, make_endpoint
+from kvgate.flowcontrol.saturation import UtilizationDetector
+from kvgate.scheduling.framework import PluginHandle
+
 PAGE = (
     'vllm:num_requests_waiting{model_name="m"} %d\n'
     'vllm:num_requests_running{model_name="m"} %d\n'
@@ -39,3 +46,31 @@ class Server:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+def one_endpoint(address: str) -> tuple[EndpointStore, Endpoint]:
+    """A store of one endpoint, at ``address``, and that endpoint."""
+    store = EndpointStore([make_endpoint(address)])
+    ep = store.get(address)
+    assert ep is not None
+    return store, ep
+
+
+async def scrape_once(ep: Endpoint, store: EndpointStore) -> None:
+    """One scrape of ``ep`` at t=0 (the scraper stopped after it); its page explained the gateway's own
+    load."""
+    scraper = MetricsScraper(store, clock=lambda: 0.0)
+    try:
+        assert await scraper.scrape(ep)
+    finally:
+        await scraper.stop()
+    assert ep.metrics.own_explained
+
+
+def kvgate_detector() -> UtilizationDetector:
+    """The ``kvgate`` policy's saturation detector (it carries a page forward with its own load)."""
+    spec = policy_config("kvgate").saturation_detector
+    assert spec is not None and spec.type == "utilization-detector"
+    d = UtilizationDetector.create("u", spec.params(), PluginHandle())
+    assert d.own_load_staleness > 0
+    return d

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvgate.config.policies import policy_config
-from kvgate.datalayer.scraper import MetricsScraper
-from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.flowcontrol.saturation import UtilizationDetector
 from kvgate.scheduling.framework import PluginHandle
 
-from ._metrics_page import PAGE, Server
+from ._metrics_page import PAGE, Server, kvgate_detector, one_endpoint, scrape_once
 
 # test_final_a_prefill_counted_twice.py (review s8-final-a)
 # F1: 4a61b31 counts the tokens of every request of its own without a first token when the page was
@@ -25,26 +22,8 @@ from ._metrics_page import PAGE, Server
 PROMPT, MAX_TOKENS = 2_000, 100  # two requests; 8,192-token cache
 
 
-def _kvgate_policy_detector() -> UtilizationDetector:
-    spec = policy_config("kvgate").saturation_detector
-    assert spec is not None and spec.type == "utilization-detector"
-    d = UtilizationDetector.create("u", spec.params(), PluginHandle())
-    assert d.own_load_staleness == 1.0  # the default policy carries pages forward
-    return d
-
-
-@pytest.fixture
-async def server():
-    s = Server()
-    await s.start()
-    yield s
-    await s.stop()
-
-
 async def test_a_fresh_page_showing_its_requests_in_prefill_is_not_read_as_saturated(server: Server) -> None:
-    store = EndpointStore([make_endpoint(server.address)])
-    ep = store.get(server.address)
-    assert ep is not None
+    store, ep = one_endpoint(server.address)
     # Two requests of its own dispatched (as Director.on_dispatched charges them), both scheduled by
     # the server and prefilling: no first token yet. The page shows them running, their prompt blocks
     # in the KV usage (0.05 before + 4,000 / 8,192 tokens ~ 0.54).
@@ -53,16 +32,13 @@ async def test_a_fresh_page_showing_its_requests_in_prefill_is_not_read_as_satur
     inf.sent_tokens = 10_000 + 2 * (PROMPT + MAX_TOKENS)
     inf.unstarted_tokens = 2 * (PROMPT + MAX_TOKENS)
     server.page = lambda: PAGE % (0, 2, "0.55")
-    scraper = MetricsScraper(store, clock=lambda: 0.0)
-    try:
-        assert await scraper.scrape(ep)
-    finally:
-        await scraper.stop()
-    assert ep.metrics.own_explained
+    await scrape_once(ep, store)
     # Reference reading of the same 10 ms-old page: max(0/5, 0.55/0.8) = 0.69.
     ref = UtilizationDetector("r", PluginHandle(), own_load_staleness=0.0)
     assert ref.endpoint_saturation(ep, 0.01) == pytest.approx(0.55 / 0.8)
-    score = _kvgate_policy_detector().endpoint_saturation(ep, 0.01)
+    kvgate = kvgate_detector()
+    assert kvgate.own_load_staleness == 1.0  # the default policy carries pages forward
+    score = kvgate.endpoint_saturation(ep, 0.01)
     # main: (0.55 + 4,200 / 8,192) / 0.8 = 1.33: the prompts on the page counted a second time.
     assert score < 1.0, f"fresh unsaturated page scored {score:.3f} (saturated) under the kvgate policy"
     assert score == pytest.approx(0.55 / 0.8)  # nothing sent since the page: the reference reading
@@ -85,9 +61,7 @@ TOKENS = 100  # per request (prompt + expected output): KV stays small, the queu
 
 
 async def test_first_tokens_during_the_get_are_not_hidden_by_finishes(server: Server) -> None:
-    store = EndpointStore([make_endpoint(server.address)])
-    ep = store.get(server.address)
-    assert ep is not None
+    store, ep = one_endpoint(server.address)
     inf = ep.inflight
     inf.requests, inf.decoding = 10, 5
     inf.sent_tokens = 10_000
@@ -104,12 +78,7 @@ async def test_first_tokens_during_the_get_are_not_hidden_by_finishes(server: Se
 
     server.during = finish_three_start_three
     server.page = lambda: state["page"]
-    scraper = MetricsScraper(store, clock=lambda: 0.0)
-    try:
-        assert await scraper.scrape(ep)
-    finally:
-        await scraper.stop()
-    assert ep.metrics.own_explained
+    await scrape_once(ep, store)
     d = UtilizationDetector("u", PluginHandle(), own_load_staleness=1.0)
     for now in (0.01, 0.3):  # a fresh page, and one in the quiet pause; nothing changed since
         score = d.endpoint_saturation(ep, now)

@@ -16,43 +16,23 @@ from __future__ import annotations
 
 import pytest
 
-from kvgate.config.policies import policy_config
-from kvgate.datalayer.scraper import MetricsScraper
-from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.flowcontrol.saturation import UtilizationDetector
 from kvgate.scheduling.framework import PluginHandle
 
-from ._metrics_page import PAGE, Server
+from ._metrics_page import PAGE, Server, kvgate_detector, one_endpoint, scrape_once
 
 PER_REQ = 200  # prompt + max_tokens of each request
 
 
-@pytest.fixture
-async def server():
-    s = Server()
-    await s.start()
-    yield s
-    await s.stop()
-
-
 async def test_prefill_first_tokens_do_not_empty_the_pages_queue(server: Server) -> None:
-    store = EndpointStore([make_endpoint(server.address)])
-    ep = store.get(server.address)
-    assert ep is not None
+    store, ep = one_endpoint(server.address)
     inf = ep.inflight
     inf.requests, inf.decoding = 9, 2
     inf.sent_tokens = 9 * PER_REQ
     inf.unstarted_tokens = 7 * PER_REQ
     server.page = lambda: PAGE % (5, 4, "0.30")  # W=5, R=4 (2 decoding + 2 prefill), all its own
-    scraper = MetricsScraper(store, clock=lambda: 0.0)
-    try:
-        assert await scraper.scrape(ep)
-    finally:
-        await scraper.stop()
-    assert ep.metrics.own_explained
-    spec = policy_config("kvgate").saturation_detector
-    assert spec is not None
-    det = UtilizationDetector.create("u", spec.params(), PluginHandle())
+    await scrape_once(ep, store)
+    det = kvgate_detector()
     ref = UtilizationDetector("r", PluginHandle(), own_load_staleness=0.0)
     assert ref.endpoint_saturation(ep, 0.05) == pytest.approx(1.0)  # 5 waiting / 5: saturated
     assert det.endpoint_saturation(ep, 0.05) >= 1.0

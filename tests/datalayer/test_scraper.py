@@ -20,6 +20,8 @@ from kvgate.flowcontrol.saturation import UtilizationDetector
 from kvgate.scheduling.framework import PluginHandle
 from kvgate.scheduling.types import InferenceRequest
 
+from ._metrics_page import one_endpoint, scrape_once
+
 
 class FakeServer:
     def __init__(self) -> None:
@@ -349,9 +351,7 @@ async def test_each_page_keeps_the_gateways_own_load_beside_it(servers: list[Fak
     of tokens sent when the page was asked for."""
     srv = servers[0]
     srv.page = 'vllm:num_requests_waiting{model_name="m"} 1\nvllm:num_requests_running{model_name="m"} 2\n'
-    store = EndpointStore([make_endpoint(srv.address)])
-    ep = store.get(srv.address)
-    assert ep is not None
+    store, ep = one_endpoint(srv.address)
     ep.inflight.requests, ep.inflight.decoding, ep.inflight.sent_tokens = 3, 2, 777
     scraper = MetricsScraper(store)
     try:
@@ -372,9 +372,7 @@ async def test_scrapes_slower_while_its_own_in_flight_requests_explain_the_load(
     and sets up the next state: no wall-clock rates. Intervals of seconds make the scrape's own
     duration (subtracted from the pause) irrelevant."""
     srv = servers[0]
-    store = EndpointStore([make_endpoint(srv.address)])
-    ep = store.get(srv.address)
-    assert ep is not None
+    store, ep = one_endpoint(srv.address)
     page = 'vllm:num_requests_waiting{model_name="m"} %d\nvllm:num_requests_running{model_name="m"} %d\n'
     # (waiting, running, the gateway's own in flight) for each scrape in turn
     states = [(0, 0, 0), (1, 2, 0), (1, 2, 3), (1, 2, 2), (0, 0, 0)]
@@ -604,20 +602,13 @@ def _carrying() -> UtilizationDetector:
 
 async def _page_with_own(srv: FakeServer, waiting: int, n: int, prompt: int, decode: int):  # type: ignore[no-untyped-def]
     """The page at t=0 with ``n`` requests of this gateway's own dispatched before it, none started."""
-    store = EndpointStore([make_endpoint(srv.address)])
-    ep = store.get(srv.address)
-    assert ep is not None
+    store, ep = one_endpoint(srv.address)
     director = build_director("round-robin", store, clock=lambda: 0.0, seed=0)
     reqs = [InferenceRequest(f"r{i}", "m", prompt_tokens=prompt, max_tokens=decode) for i in range(n)]
     for r in reqs:
         director.on_dispatched(r, ep)
     srv.page = _PAGE % (waiting, 0)
-    scraper = MetricsScraper(store, clock=lambda: 0.0)
-    try:
-        assert await scraper.scrape(ep)
-    finally:
-        await scraper.stop()
-    assert ep.metrics.own_explained
+    await scrape_once(ep, store)
     return ep, director, reqs
 
 
@@ -644,9 +635,7 @@ async def test_its_load_is_read_before_the_scrape_is_sent(servers: list[FakeServ
     (0.154 for six of its own waiting), and three sent during it "explained" three running requests of
     someone else's."""
     srv = servers[0]
-    store = EndpointStore([make_endpoint(srv.address)])
-    ep = store.get(srv.address)
-    assert ep is not None
+    store, ep = one_endpoint(srv.address)
     director = build_director("round-robin", store, clock=lambda: 0.0, seed=0)
     n = 0
 
@@ -682,9 +671,7 @@ async def test_a_first_token_during_the_scrape_does_not_take_a_waiting_request_o
     the GET). Failed before: those two left the page's waiting count again when the carried queue took
     the change since, so three of its requests waiting read as one."""
     srv = servers[0]
-    store = EndpointStore([make_endpoint(srv.address)])
-    ep = store.get(srv.address)
-    assert ep is not None
+    store, ep = one_endpoint(srv.address)
     director = build_director("round-robin", store, clock=lambda: 0.0, seed=0)
     five = [InferenceRequest(f"q{i}", "m", prompt_tokens=100, max_tokens=10) for i in range(5)]
     for r in five:
@@ -695,12 +682,7 @@ async def test_a_first_token_during_the_scrape_does_not_take_a_waiting_request_o
             director.on_first_token(r, ep)
 
     srv.page, srv.during = _PAGE % (3, 2), first_tokens  # 3 of its own waiting, 2 running
-    scraper = MetricsScraper(store, clock=lambda: 0.0)
-    try:
-        assert await scraper.scrape(ep)
-    finally:
-        await scraper.stop()
-    assert ep.metrics.own_explained
+    await scrape_once(ep, store)
     assert _carrying().endpoint_saturation(ep, 0.3) >= 3 / 5
 
 
@@ -722,9 +704,7 @@ async def test_an_unchanged_page_is_not_parsed_again(
     monkeypatch.setattr(scraper_mod, "extract", counting)
     srv = servers[0]
     srv.page = 'vllm:num_requests_waiting{model_name="m"} 1\nvllm:num_requests_running{model_name="m"} 2\n'
-    store = EndpointStore([make_endpoint(srv.address)])
-    ep = store.get(srv.address)
-    assert ep is not None
+    store, ep = one_endpoint(srv.address)
     now = [100.0]
     scraper = MetricsScraper(store, clock=lambda: now[0])
     try:

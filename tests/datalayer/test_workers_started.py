@@ -9,14 +9,11 @@ the kvgate policy's detector (``ownLoadStalenessThreshold`` 1 s) in worker 0. Ev
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import AsyncIterator
 
 import pytest
 
 from kvgate.config.director import build_director
-from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.flowcontrol.saturation import UtilizationDetector
 from kvgate.gateway.shared_inflight import SharedInFlight
@@ -24,15 +21,7 @@ from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.framework import PluginHandle
 from kvgate.scheduling.types import InferenceRequest
 
-from ._metrics_page import PAGE, Server
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    s = Server()
-    await s.start()
-    yield s
-    await s.stop()
+from ._metrics_page import PAGE, Server, kvgate_detector, scrape_once
 
 
 class _Fleet:
@@ -77,20 +66,7 @@ class _Fleet:
 
 
 def _detectors() -> tuple[UtilizationDetector, UtilizationDetector]:
-    spec = policy_config("kvgate").saturation_detector
-    assert spec is not None
-    kvgate = UtilizationDetector.create("u", spec.params(), PluginHandle())
-    assert kvgate.own_load_staleness > 0
-    return kvgate, UtilizationDetector("r", PluginHandle(), own_load_staleness=0.0)
-
-
-async def _scrape(ep: Endpoint, store: EndpointStore) -> None:
-    scraper = MetricsScraper(store, clock=lambda: 0.0)
-    try:
-        assert await scraper.scrape(ep)
-    finally:
-        await scraper.stop()
-    assert ep.metrics.own_explained
+    return kvgate_detector(), UtilizationDetector("r", PluginHandle(), own_load_staleness=0.0)
 
 
 async def test_another_workers_starts_during_the_get_are_not_hidden_by_its_finishes(server: Server) -> None:
@@ -115,7 +91,7 @@ async def test_another_workers_starts_during_the_get_are_not_hidden_by_its_finis
 
         server.during = fold_during_get
         server.page = lambda: PAGE % (5, 5, "0.20")
-        await _scrape(ep, fleet.stores[0])
+        await scrape_once(ep, fleet.stores[0])
         kvgate, ref = _detectors()
         assert ref.endpoint_saturation(ep, 0.01) == pytest.approx(1.0)
         score = kvgate.endpoint_saturation(ep, 0.01)
@@ -135,7 +111,7 @@ async def test_another_workers_prefill_starts_after_the_page_do_not_empty_its_qu
         fleet.sync()
         ep = fleet.eps[0]
         server.page = lambda: PAGE % (5, 2, "0.10")
-        await _scrape(ep, fleet.stores[0])
+        await scrape_once(ep, fleet.stores[0])
         assert ep.metrics.own_prefill == 2
         fleet.start(fleet.reqs[:2])
         fleet.sync()
