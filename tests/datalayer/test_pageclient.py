@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 from hypothesis import given, settings
@@ -122,10 +123,26 @@ def test_split_address() -> None:
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def _server(handler: Handler) -> tuple[asyncio.Server, str]:
+@asynccontextmanager
+async def _serving(handler: Handler) -> AsyncIterator[str]:
+    """A loopback server running ``handler`` on each connection, closed after: its address."""
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, f"127.0.0.1:{port}"
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@asynccontextmanager
+async def _client_of(handler: Handler) -> AsyncIterator[PageClient]:
+    """A ``PageClient`` of a ``_serving(handler)`` server, closed before the server."""
+    async with _serving(handler) as address:
+        client = PageClient(address)
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 async def _read_request(r: asyncio.StreamReader) -> bytes:
@@ -153,9 +170,7 @@ async def test_keeps_one_connection_and_reconnects_once_when_the_server_closed_i
                 break
         w.close()
 
-    server, address = await _server(handler)
-    client = PageClient(address)
-    try:
+    async with _client_of(handler) as client:
         req = client.request_bytes("/metrics/?a=1")
         for _ in range(3):
             assert (await client.get(req)).body == b"ok"
@@ -163,10 +178,6 @@ async def test_keeps_one_connection_and_reconnects_once_when_the_server_closed_i
         await asyncio.sleep(0.2)  # the server's close reaches us
         assert (await client.get(req)).body == b"ok"
         assert client.connects == 2 and len(conns) == 2
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_server_that_never_answers_is_not_retried_forever() -> None:
@@ -176,16 +187,10 @@ async def test_a_server_that_never_answers_is_not_retried_forever() -> None:
         await _read_request(r)
         w.close()
 
-    server, address = await _server(handler)
-    client = PageClient(address)
-    try:
+    async with _client_of(handler) as client:
         with pytest.raises(PageError):
             await client.get(client.request_bytes("/metrics"))
         assert client.connects == 1
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_cancelled_request_drops_its_connection() -> None:
@@ -211,19 +216,13 @@ async def test_a_cancelled_request_drops_its_connection() -> None:
                 break
         w.close()
 
-    server, address = await _server(handler)
-    client = PageClient(address)
-    try:
+    async with _client_of(handler) as client:
         req = client.request_bytes("/metrics")
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
                 await client.get(req)
         assert (await client.get(req)).body == b"fresh"
         assert client.connects == 2
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
 
 
 # Review s7-scrape: framing the old hand-written parser got wrong (F1-F6), and the resend itself.
@@ -342,17 +341,11 @@ async def test_the_resend_path_itself() -> None:
             pass
         w.close()
 
-    server, address = await _server(handler)
-    client = PageClient(address)
-    try:
+    async with _client_of(handler) as client:
         req = client.request_bytes("/metrics")
         assert (await client.get(req)).body == b"ok"
         assert (await asyncio.wait_for(client.get(req), 10)).body == b"ok"
         assert client.connects == 2
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.parametrize(
@@ -396,16 +389,14 @@ async def test_a_scrape_path_with_crlf_fails_the_scrape_and_sends_nothing() -> N
         received.append(await r.read(65536))
         w.close()
 
-    server, address = await _server(handler)
-    store = EndpointStore([make_endpoint(address)])
-    scraper = MetricsScraper(store, path="/metrics\r\nX-Injected: 1", timeout=1.0)
-    try:
-        assert await scraper.scrape_all() == 0
-        error = scraper.stats[address].last_error
-        assert error is not None and "CR, LF" in error
-        await asyncio.sleep(0.05)
-        assert not any(b"X-Injected" in r for r in received)
-    finally:
-        await scraper.stop()
-        server.close()
-        await server.wait_closed()
+    async with _serving(handler) as address:
+        store = EndpointStore([make_endpoint(address)])
+        scraper = MetricsScraper(store, path="/metrics\r\nX-Injected: 1", timeout=1.0)
+        try:
+            assert await scraper.scrape_all() == 0
+            error = scraper.stats[address].last_error
+            assert error is not None and "CR, LF" in error
+            await asyncio.sleep(0.05)
+            assert not any(b"X-Injected" in r for r in received)
+        finally:
+            await scraper.stop()
