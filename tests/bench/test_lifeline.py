@@ -146,7 +146,8 @@ from kvgate.realvllm import harness
 pidfile = Path(sys.argv[1]) / "grandchild"
 server = harness.VLLMServer(harness.ServerSpec(port=1), Path("/no-model"), Path(sys.argv[1]))
 # (vLLM's stand-in: a process with a child of its own, as vLLM has its engine processes)
-server.command = lambda: ["sh", "-c", f"sleep 120 & echo $! > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; wait"]
+sh = f"sleep 120 & echo $! > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; wait"
+server.command = lambda: ["sh", "-c", sh]
 server.start()
 while not pidfile.exists():
     time.sleep(0.01)
