@@ -1,15 +1,18 @@
 """Background tasks (``kvgate.k8s.tasks`` re-exports these; this module imports no kvgate package, so every
 package may use it): stopping one (cancel it, wait for it, and say if it had ended on an error of its own
-or did not end when cancelled), waiting for a cleanup that a cancellation does not cut (bounded), and a
-loop's bounded wait for its wake-up event that a cancellation always ends."""
+or did not end when cancelled), waiting for a cleanup that a cancellation does not cut (bounded), a stop
+that runs to its end when its caller is cancelled, and a loop's bounded wait for its wake-up event that
+a cancellation always ends."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # A task still running this long after it was cancelled swallowed the cancellation (every loop stopped
 # so ends at its next await): said, and cancelled again, rather than waited for forever; after
@@ -134,6 +137,46 @@ async def finish_shielded(task: asyncio.Task[Any], what: str, log: logging.Logge
         log.error("%s failed: %r", what, exc, exc_info=exc)
     if cancelled:
         raise asyncio.CancelledError
+
+
+# How long a stop whose caller was cancelled goes on (``stop_to_the_end``): past every bound a stop has of
+# its own (a task stopped with ``cancel_and_wait``: 15 s; the hub controller's 50 s).
+STOP_LIMIT_S = 60.0
+
+
+async def stop_to_the_end(
+    cleanup: Coroutine[Any, Any, T], what: str, log: logging.Logger, limit_s: float = STOP_LIMIT_S
+) -> T:
+    """Run a stop (``cleanup``) to its end even when its caller is cancelled meanwhile, then raise that
+    cancellation: a cancelled stop does not skip the rest of its cleanup (the listeners, sockets,
+    sessions, a Lease), which no later stop might come to do. The stop runs as a task of its own that
+    the caller's cancellations do not reach; without one this is ``await cleanup``, its result or error
+    included. Once the caller was cancelled the stop gets ``limit_s`` more to end (further cancels
+    change nothing); one still running then is logged by ``what`` and left to finish on its own, and the
+    cancellation raised. An error the stop ended on after a cancel is logged, the cancellation raised."""
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(cleanup, name=what)
+    cancelled = False
+    deadline = 0.0
+    while not task.done():
+        timeout = None
+        if cancelled and (timeout := deadline - loop.time()) <= 0:
+            break
+        try:
+            await asyncio.wait([task], timeout=timeout)  # (asyncio.wait never cancels what it waits for)
+        except asyncio.CancelledError:
+            if not cancelled:
+                cancelled, deadline = True, loop.time() + max(0.0, limit_s)
+    if not cancelled:
+        return task.result()
+    if not task.done():
+        log.error("%s still running %.1fs after its caller was cancelled; left to finish on its own",
+                  what, limit_s)  # fmt: skip
+        _LEFT_RUNNING.add(task)
+        task.add_done_callback(_LEFT_RUNNING.discard)
+    elif not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed: %r", what, exc, exc_info=exc)
+    raise asyncio.CancelledError
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from kvgate.aio import cancel_all_and_wait
+from kvgate.aio import cancel_all_and_wait, stop_to_the_end
 from kvgate.bench import reaper
 from kvgate.bench.workloads import random_ids, render
 
@@ -139,7 +139,10 @@ class Clients:
             self._tasks.append(asyncio.create_task(self._worker(s, len(self._tasks))))
 
     async def stop(self) -> None:
-        await cancel_all_and_wait(self._tasks, "load client", log)  # (raises a cancel of this stop)
+        await stop_to_the_end(self._stop(), "load clients: stopping", log)
+
+    async def _stop(self) -> None:
+        await cancel_all_and_wait(self._tasks, "load client", log)
         self._tasks.clear()
 
 

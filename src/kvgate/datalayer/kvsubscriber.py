@@ -16,7 +16,7 @@ from typing import Literal
 
 import xxhash
 
-from kvgate.aio import cancel_and_wait
+from kvgate.aio import cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.kvindex import BlockIndex
 from kvgate.datalayer.kvwire import END_SEQ as _END_SEQ
@@ -208,6 +208,10 @@ class KVEventSubscriber:
         await self._caught_up.wait()
 
     async def stop(self) -> None:
+        """(To its end also when cancelled meanwhile, the cancellation raised after: ``stop_to_the_end``.)"""
+        await stop_to_the_end(self._stop(), f"KV-event subscriber {self.endpoint}: stopping", log)
+
+    async def _stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task, f"KV-event subscriber {self.endpoint}", log)
             self._task = None

@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 
 import aiohttp
 
-from kvgate.aio import cancel_all_and_wait
+from kvgate.aio import cancel_all_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import METRICS_STALENESS_S, Endpoint, EndpointMetrics
 from kvgate.datalayer.mappings import extract, filter_query, mapping_for, page_has_signals
 from kvgate.datalayer.pageclient import PageClient, PageError
@@ -193,11 +193,16 @@ class MetricsScraper:
             self._spawn(ep)
 
     async def stop(self) -> None:
+        """Stop scraping and close the clients and the session; also when cancelled meanwhile, the
+        cancellation raised after (``stop_to_the_end``)."""
+        await stop_to_the_end(self._stop(), "metrics scraper: stopping", log)
+
+    async def _stop(self) -> None:
         self._running = False
         self.store.remove_listener(self._on_change)
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        await cancel_all_and_wait(tasks, "metrics scraper", log)  # (raises a cancel of this stop)
+        await cancel_all_and_wait(tasks, "metrics scraper", log)
         for client in self._clients.values():
             client.close()
         self._clients.clear()

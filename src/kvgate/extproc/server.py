@@ -21,7 +21,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from kvgate.aio import cancel_and_wait
+from kvgate.aio import STOP_LIMIT_S, cancel_and_wait, stop_to_the_end
 from kvgate.extproc import keys
 from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.session import ProtocolViolation, Session, SessionContext
@@ -202,7 +202,12 @@ class EppServer:
             await self._health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
+        """Stop serving (``grace`` for the streams), the sweeper, the health and metrics servers; all of
+        it also when cancelled meanwhile, the cancellation raised after (``stop_to_the_end``)."""
         g = self.options.grace_s if grace is None else grace
+        await stop_to_the_end(self._stop(g), "the EPP's stop", log, g + STOP_LIMIT_S)
+
+    async def _stop(self, g: float) -> None:
         await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(g)

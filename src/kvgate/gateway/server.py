@@ -22,7 +22,7 @@ import aiohttp
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from kvgate.aio import cancel_all_and_wait
+from kvgate.aio import STOP_LIMIT_S, cancel_all_and_wait, stop_to_the_end
 from kvgate.config.gateway import GatewayConfig, Limits
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
@@ -445,8 +445,12 @@ class GatewayServer:
         return changed
 
     async def stop(self, drain_timeout: float | None = None) -> None:
-        """Graceful: stop accepting, drain in-flight requests (bounded), then close."""
+        """Graceful: stop accepting, drain in-flight requests (bounded), then close. Cancelled meanwhile,
+        it still closes everything, then raises the cancellation (``stop_to_the_end``)."""
         timeout = self.cfg.limits.drain_timeout_s if drain_timeout is None else drain_timeout
+        await stop_to_the_end(self._stop(timeout), "the gateway's stop", log, timeout + STOP_LIMIT_S)
+
+    async def _stop(self, drain_s: float) -> None:
         self._stopping = True
         if self.proxy is not None:
             self.proxy.draining = True
@@ -457,11 +461,11 @@ class GatewayServer:
             data_server.close()
             data_front.drain()
         if self.proxy is not None and self.proxy.inflight:
-            log.info("draining %d in-flight requests (up to %.0fs)", self.proxy.inflight, timeout)
+            log.info("draining %d in-flight requests (up to %.0fs)", self.proxy.inflight, drain_s)
             with contextlib.suppress(TimeoutError):  # (not wait_for, which on 3.11 may drop a cancel)
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(drain_s):
                     await self.proxy.idle.wait()
-        await cancel_all_and_wait(self._tasks, "the gateway's task", log)  # (raises a cancel of this stop)
+        await cancel_all_and_wait(self._tasks, "the gateway's task", log)
         self._tasks.clear()
         for kp in self.kube_pools:
             await kp.stop()

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from kvgate.aio import stop_to_the_end
 from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient, KubeError
 from kvgate.k8s.tasks import cancel_and_wait
@@ -81,7 +82,11 @@ class LeaderElector:
             self._task = asyncio.create_task(self.run(), name=f"leader election {self.name}")
 
     async def stop(self, release: bool = True) -> None:
-        """Stop electing and (``release``) give the Lease up; whatever the election loop raised."""
+        """Stop electing and (``release``) give the Lease up; whatever the election loop raised, and
+        also when this stop is cancelled (``stop_to_the_end``: the cancellation is raised after)."""
+        await stop_to_the_end(self._stop(release), f"lease {self.namespace}/{self.name}: stopping", log)
+
+    async def _stop(self, release: bool) -> None:
         if self._task is not None:
             task, self._task = self._task, None
             await cancel_and_wait(task, f"lease {self.namespace}/{self.name}: the election loop", log)

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from kvgate.aio import stop_to_the_end
 from kvgate.k8s.client import KubeClient, KubeError, error_from
 from kvgate.k8s.resources import ResourceType
 from kvgate.k8s.tasks import cancel_and_wait
@@ -106,7 +107,11 @@ class Reflector:
 
     async def stop(self) -> None:
         """Stop the watch (an error it had ended on is logged). The caller's own cancellation is raised:
-        ``suppress(CancelledError)`` around ``await task`` swallowed one landing while the watch ended."""
+        ``suppress(CancelledError)`` around ``await task`` swallowed one landing while the watch ended;
+        once the stop ended (``stop_to_the_end``)."""
+        await stop_to_the_end(self._stop(), f"reflector {self.name}: stopping", log)
+
+    async def _stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task, f"reflector {self.name}: the watch", log)
             self._task = None

@@ -19,7 +19,7 @@ import grpc
 import msgspec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kvgate.aio import cancel_and_wait
+from kvgate.aio import cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.aggregate import MAX_RESPONSE_BYTES, decode
 from kvgate.multicluster.clusters import TlsOptions
 from kvgate.multicluster.state import ClusterState
@@ -121,6 +121,10 @@ class Fetcher:
             await self._channels.pop(addr).close()
 
     async def stop(self) -> None:
+        """(To its end also when cancelled meanwhile, the cancellation raised after: ``stop_to_the_end``.)"""
+        await stop_to_the_end(self._stop(), "the aggregate fetcher's stop", log)
+
+    async def _stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task, "the aggregate fetcher", log)
         for ch in self._channels.values():

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kvgate.aio import cancel_and_wait
+from kvgate.aio import cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.multicluster.clusters import ClustersConfig
@@ -193,6 +193,10 @@ class HubFeed:
             self.source.poll()
 
     async def stop(self) -> None:
+        """(To its end also when cancelled meanwhile, the cancellation raised after: ``stop_to_the_end``.)"""
+        await stop_to_the_end(self._stop(), "the hub feed's stop", log)
+
+    async def _stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task, "the hub's clusters-file reload loop", log)
         await self.source.stop()

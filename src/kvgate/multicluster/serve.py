@@ -28,7 +28,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from kvgate.aio import cancel_and_wait
+from kvgate.aio import STOP_LIMIT_S, cancel_and_wait, stop_to_the_end
 from kvgate.httpfront.metrics import FrontGauges
 from kvgate.httpfront.server import (
     FrontLimits,
@@ -285,6 +285,10 @@ class GlobalGateway:
             self.source.poll()
 
     async def stop(self) -> None:
+        """(To its end also when cancelled meanwhile, the cancellation raised after: ``stop_to_the_end``.)"""
+        await stop_to_the_end(self._stop(), "the global gateway's stop", log, self.drain_s + STOP_LIMIT_S)
+
+    async def _stop(self) -> None:
         if self._reload_task is not None:
             await cancel_and_wait(self._reload_task, "the clusters-file reload loop", log)
         await self.source.stop()  # (raises nothing but a cancellation: the rest below still stops)
