@@ -256,3 +256,47 @@ async def test_an_error_after_a_cancel_is_logged_and_the_cancel_raised(
     await asyncio.wait([stopper], timeout=10)
     assert stopper.cancelled()
     assert "the failing stop failed" in caplog.text
+
+
+async def test_a_second_cancel_does_not_cut_the_hub_controllers_lease_release() -> None:
+    """``HubController.stop`` ran each step in a ``finally`` of the one before, which a first cancel does
+    not skip; a second one, landing while the Lease was being released, cut the release (a standby then
+    waited for the Lease to expire). Now the stop runs to its end through both, then raises."""
+    from kvgate.multicluster.hub_controller import HubController
+
+    follower_ends, release_ends = asyncio.Event(), asyncio.Event()
+    released: list[bool] = []
+
+    async def follower() -> None:  # (winds down until told, once cancelled)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await follower_ends.wait()
+            raise
+
+    class _Elector:
+        async def stop(self) -> None:
+            await release_ends.wait()
+            released.append(True)
+
+    hc = HubController.__new__(HubController)  # (only what its stop uses)
+    hc._task, hc.controller, hc.elector = asyncio.create_task(follower()), None, _Elector()  # type: ignore[assignment]
+    hub = _AsyncClosable()
+    hc._hub, hc._members = hub, []  # type: ignore[assignment]
+    stopper = asyncio.create_task(hc.stop())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    stopper.cancel()  # the first: while the follower winds down
+    for _ in range(5):
+        await asyncio.sleep(0)
+    follower_ends.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    stopper.cancel()  # the second: while the Lease is released
+    for _ in range(5):
+        await asyncio.sleep(0)
+    release_ends.set()
+    await asyncio.wait([stopper], timeout=10)
+    assert stopper.cancelled()
+    assert released == [True], "a second cancel cut the Lease's release"
+    assert hub.closed

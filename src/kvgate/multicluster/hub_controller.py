@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from kvgate.aio import stop_to_the_end
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, StreamResponse, json_error
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector
@@ -156,7 +157,12 @@ class HubController:
 
     async def stop(self) -> None:
         """Stop the controller, release the Lease and close the clients: each step whatever the one
-        before it raised (a controller that failed must not keep the Lease held until it expires)."""
+        before it raised (a controller that failed must not keep the Lease held until it expires), and
+        all of them also when this stop is cancelled, once or more (``stop_to_the_end``: a second cancel
+        cut the step it landed in, the Lease's release among them); the cancellation raised after."""
+        await stop_to_the_end(self._stop(), "hub controller: stopping", log, STOP_BOUND_S + STUCK_S)
+
+    async def _stop(self) -> None:
         try:
             try:
                 if self._task is not None:
