@@ -206,7 +206,7 @@ class VLLMServer:
         # If this process dies without stopping the server (even by SIGKILL): vLLM gets SIGTERM from the
         # kernel (it stops its engine processes), and the watchdog terminates what runs on after the
         # grace (SIGKILL), its engine processes included (``kvgate.lifeline``, shared with the benches).
-        lifeline.start_watchdog()
+        lifeline.start_watchdog(grace_s=STOP_GRACE_S)
         logf = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             self.command(),
@@ -251,7 +251,7 @@ class VLLMServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -270,6 +270,7 @@ class VLLMServer:
 
 
 _LIVE: set[VLLMServer] = set()
+STOP_GRACE_S = 20.0  # from SIGTERM to SIGKILL: vLLM's own shutdown (``stop``, and the watchdog's sweep)
 
 
 def _exit_on_sigterm() -> object:
