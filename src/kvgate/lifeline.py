@@ -7,20 +7,31 @@
   child may ignore (its own children then run on).
 - ``become_subreaper()``: orphaned descendants re-parent to this process, not to init
   (``PR_SET_CHILD_SUBREAPER``), so they stay its descendants.
-- ``start_watchdog()``: a small process of its own (``python -I -c``, in a session of its own, so a kill
-  of this process's group does not reach it) that watches this process (a pidfd, else a poll) and keeps
-  a list of its descendants (pid and start time: a ``/proc`` scan each ``TICK_S`` and whenever
-  ``sync()`` asks). When this process has ended, however it ended, the watchdog terminates every
-  process on that list still running (the same pid and start time), their descendants and the members
-  of their process groups: SIGTERM, then SIGKILL to what still runs after the grace (what ignores
-  SIGTERM too) and to what started meanwhile. That covers the orphans earlier re-parented to this
-  process and grandchildren whose parent ignores SIGTERM, which ``PR_SET_PDEATHSIG`` does not reach.
+- ``start_watchdog()``: a small process of its own (``python -I -c``, named ``kvgate-watchdog``, its
+  standard streams ``/dev/null``, in a session of its own, so a kill of this process's group does not
+  reach it) that watches this process (a pidfd, else a poll) and keeps a list of what it covers (pid and
+  start time: a ``/proc`` scan each ``TICK_S`` and whenever ``sync()`` asks): this process's
+  descendants (a bench: ``tree``), or only the process groups passed to ``watch_group()`` and their
+  descendants (``kvgate.realvllm``'s servers). When this process has ended, however it ended, the
+  watchdog terminates every process on that list still running (the same pid and start time), their
+  descendants and the members of their process groups: SIGTERM, then SIGKILL to what still runs after
+  the grace (what ignores SIGTERM too) and to what started meanwhile. That covers the orphans earlier
+  re-parented to this process and grandchildren whose parent ignores SIGTERM, which
+  ``PR_SET_PDEATHSIG`` does not reach. A ``tree`` watchdog of a child subreaper tells its descendants
+  (``KVGATE_WATCHDOG``): a nested bench starts none of its own (their descendants stay in its tree; what
+  a nested bench killed by SIGKILL leaves is then terminated when the outer bench ends, by its reap or
+  its watchdog, not at once).
 
-Not covered: a process started through a daemon (``docker run``, ``systemd-run``: not a descendant);
-one started and detached (a double fork into a session of its own, its parent gone) within the last
-``TICK_S`` before the death and not ``sync()``ed (the watchdog never listed it); anything when the
-watchdog is killed too (a SIGKILL of every process of the user, the OOM killer choosing it, a container
-stopped); a pid reused in the instant between the check and the signal (no pidfd per process).
+Not covered: a process started through a daemon (``docker run``, ``systemd-run``: not a descendant); any
+process the watchdog had not listed yet when this process died, because after the death it is no longer a
+descendant: one started within the last ``TICK_S`` and not ``sync()``ed (a direct child that ignores the
+kernel's parent-death SIGTERM, as well as one that detached), and everything started before the
+watchdog's first listing (``start_watchdog`` does not wait for it: its interpreter's start, 0.1-1 s on a
+loaded machine); anything when the watchdog ends too: a SIGKILL of every process of the user, the OOM
+killer choosing it, a container stopped, and a plain SIGTERM of the watchdog (its default action: it ends
+without a sweep); a pid reused in the instant between the check and the signal (no pidfd per process).
+Cost: one ``/proc/<pid>/stat`` read per process of the whole machine each ``TICK_S`` per watchdog (~5 ms
+with ~110 processes under load 8).
 """
 
 from __future__ import annotations
@@ -96,6 +107,9 @@ def tree(table: dict[int, Stat], roots: Iterable[int], groups: Iterable[int] = (
     return found - set(roots)
 
 
+descendants_of = tree  # (``watch``'s parameter ``tree`` hides the function there)
+
+
 def alive(procs: dict[int, int]) -> dict[int, int]:
     """Those of ``procs`` (pid -> start time) still running (not gone, not a zombie, not a pid reused)."""
     out = {}
@@ -157,10 +171,16 @@ def prctl() -> Callable[..., int] | None:
         return None
 
 
+_subreaper = False  # this process became a child subreaper
+
+
 def become_subreaper() -> bool:
     """Orphaned descendants re-parent to this process, not to init (Linux >= 3.4)."""
+    global _subreaper
     fn = prctl()
-    return fn is not None and int(fn(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    ok = fn is not None and int(fn(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    _subreaper = _subreaper or ok
+    return ok
 
 
 def die_with_parent(sig: int = DEATH_SIGNAL) -> Callable[[], None] | None:
@@ -184,8 +204,19 @@ def die_with_parent(sig: int = DEATH_SIGNAL) -> Callable[[], None] | None:
 
 # --- the watchdog -----------------------------------------------------------------------------------------
 
+# Set by a watchdog that covers its process's whole tree, in a child subreaper (a bench): inherited by its
+# descendants, whose own ``start_watchdog()`` then starts none (review s12-hard M1).
+# "<watchdog pid>:<its start time>:<watched pid>:<its start time>".
+ENV_VAR = "KVGATE_WATCHDOG"
+# The watchdog's name (``/proc/<pid>/comm``, kept by a zombie): a bench collects a nested bench's watchdog
+# re-parented to it (``kvgate.bench.reaper.collect_orphans``) by it.
+WATCHDOG_NAME = b"kvgate-watchdog"
+PR_SET_NAME = 15
+
 _watchdog: tuple[subprocess.Popen[bytes], socket.socket] | None = None  # it, this end of its socket
+_watchdog_tree = False  # it covers this process's whole tree (else only the groups given to watch_group)
 _watchdog_lock = threading.Lock()
+_seq = 0  # the last request's number (each answer names its request's: a late one is told apart)
 
 
 def watchdog_pid() -> int | None:
@@ -193,27 +224,68 @@ def watchdog_pid() -> int | None:
     return None if _watchdog is None else _watchdog[0].pid
 
 
-def start_watchdog(grace_s: float = GRACE_S, tick_s: float = TICK_S) -> int | None:
-    """Start this process's watchdog (see the module's docstring) once; its pid (None off Linux or when
-    ``/proc`` cannot be read). It ends by itself after this process ended and what it left was
-    terminated (``grace_s`` from SIGTERM to SIGKILL)."""
-    global _watchdog
+def is_watchdog(pid: int) -> bool:
+    """Whether ``pid`` (running or a zombie) is a watchdog (by its name)."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip() == WATCHDOG_NAME
+    except OSError:
+        return False
+
+
+def covering_watchdog() -> int | None:
+    """The pid of an ancestor's watchdog that covers this process already (``ENV_VAR``): still running
+    (the start time checked) and watching a process that is an ancestor of this one (pid and start
+    time). None when there is none."""
+    try:
+        wd, wd_start, watched, watched_start = (int(x) for x in os.environ.get(ENV_VAR, "").split(":"))
+    except ValueError:
+        return None
+    if not alive({wd: wd_start}):
+        return None
+    pid = os.getpid()
+    for _ in range(4096):  # (the chain of parents; bounded)
+        st = stat(pid)
+        if st is None or st[0] <= 1:
+            return None
+        pid = st[0]
+        if pid == watched:
+            return wd if alive({watched: watched_start}) else None
+    return None
+
+
+def start_watchdog(grace_s: float = GRACE_S, tick_s: float = TICK_S, *, tree: bool = True) -> int | None:
+    """Start this process's watchdog (see the module's docstring) once; its pid. ``tree``: it covers
+    this process's descendants (a bench); else only the process groups passed to ``watch_group`` and
+    their descendants (``kvgate.realvllm``'s servers: not what else the process using the harness
+    started, review s12-hard L1); a later call with ``tree`` widens a watchdog started without. None off
+    Linux, when ``/proc`` cannot be read, and (``tree``) when an ancestor's watchdog covers this process
+    already (``covering_watchdog``: a nested bench; its descendants are the ancestor's too). It ends by
+    itself after this process ended and what it left was terminated (``grace_s`` from SIGTERM to
+    SIGKILL). Its standard streams are ``/dev/null``: it holds none of this process's open (L2)."""
+    global _watchdog, _watchdog_tree
     with _watchdog_lock:
         if _watchdog is not None:
+            if tree and not _watchdog_tree:
+                _watchdog_tree = True
+                with contextlib.suppress(OSError):
+                    _watchdog[1].sendall(b"t\n")
+                _export_cover()
             return _watchdog[0].pid
         me = os.getpid()
         st = stat(me) if sys.platform.startswith("linux") else None
-        if st is None:
+        if st is None or (tree and covering_watchdog() is not None):
             return None
         ours, theirs = socket.socketpair()  # (not inherited by our other children: close_fds)
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # (kvgate's parent folder)
         code = f"import sys; sys.path.insert(0, {here!r}); import kvgate.lifeline as m; m._watch_main()"
-        args = [str(me), str(st[3]), str(theirs.fileno()), repr(grace_s), repr(tick_s)]
+        args = [str(me), str(st[3]), str(theirs.fileno()), repr(grace_s), repr(tick_s), str(int(tree))]
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-c", code, *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,  # (one holding this process's stderr delays its readers' EOF)
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,  # (a kill of our process group does not reach it)
             )
@@ -223,37 +295,84 @@ def start_watchdog(grace_s: float = GRACE_S, tick_s: float = TICK_S) -> int | No
         finally:
             theirs.close()
         _watchdog = (proc, ours)  # (kept: never waited for, it outlives us)
+        _watchdog_tree = tree
+        if tree:
+            _export_cover()
         return proc.pid
 
 
+def _export_cover() -> None:
+    """Tell this process's descendants (``ENV_VAR``) that its watchdog covers them, when it does: it
+    covers the whole tree, and this process is a child subreaper (their orphans stay in its tree)."""
+    if _watchdog is None or not _subreaper:
+        return
+    me, wd = stat(os.getpid()), stat(_watchdog[0].pid)
+    if me is not None and wd is not None:
+        os.environ[ENV_VAR] = f"{_watchdog[0].pid}:{wd[3]}:{os.getpid()}:{me[3]}"
+
+
 def sync(timeout_s: float = 5.0) -> bool:
-    """Have the watchdog list this process's descendants now, and wait until it did (a process started
-    and detached just before, which it could otherwise miss if this process died within ``TICK_S``).
-    False when there is no watchdog or it did not answer within ``timeout_s``."""
+    """Have the watchdog list what it covers now, and wait until it did (a process started and detached
+    just before, which it could otherwise miss if this process died within ``TICK_S``). False when
+    this process has no watchdog of its own (none started, or an ancestor's covers it) or it did not
+    answer within ``timeout_s``; an answer to an earlier request that timed out is not taken for this
+    one's (review s12-hard L4)."""
+    return _ask(b"", timeout_s)
+
+
+def watch_group(pgid: int, timeout_s: float = 5.0) -> bool:
+    """Have the watchdog cover process group ``pgid`` (its members and their descendants) from now on,
+    until no process of it is left; then ``sync()``. False when there is no watchdog or it did not
+    answer within ``timeout_s``."""
+    return _ask(b"g%d\n" % pgid, timeout_s)
+
+
+def _ask(first: bytes, timeout_s: float) -> bool:
+    global _seq
     if _watchdog is None:
         return False
     sock = _watchdog[1]
     with _watchdog_lock:
+        _seq += 1
+        want = b"k%d" % _seq
+        deadline = time.monotonic() + timeout_s
+        buf = b""
         try:
             sock.settimeout(timeout_s)
-            sock.sendall(b"s")
-            return sock.recv(1) == b"k"
-        except OSError:
+            sock.sendall(first + b"s%d\n" % _seq)
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not (data := sock.recv(4096)):
+                    return False
+                *lines, buf = (buf + data).split(b"\n")
+                if want in lines:  # (earlier ones' late answers: dropped)
+                    return True
+        except OSError:  # (a timeout too)
             return False
+        return False
 
 
 def _watch_main() -> None:
-    parent, start, fd, grace_s, tick_s = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
-                                          float(sys.argv[4]), float(sys.argv[5]))  # fmt: skip
+    parent, start, fd = (int(a) for a in sys.argv[1:4])
+    grace_s, tick_s, tree = float(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a Ctrl-C is for the process it watches)
-    watch(parent, start, socket.socket(fileno=fd), grace_s, tick_s)
+    if (fn := prctl()) is not None:
+        fn(PR_SET_NAME, WATCHDOG_NAME, 0, 0, 0)  # (its name: see WATCHDOG_NAME)
+    watch(parent, start, socket.socket(fileno=fd), grace_s, tick_s, tree)
 
 
-def watch(parent: int, start: int, sock: socket.socket | None, grace_s: float, tick_s: float) -> None:
-    """The watchdog's loop: list ``parent``'s descendants each ``tick_s`` (and when asked on ``sock``)
-    until ``parent`` (started at ``start``) ended, then terminate what of them runs on."""
+def watch(
+    parent: int, start: int, sock: socket.socket | None, grace_s: float, tick_s: float, tree: bool = True
+) -> None:
+    """The watchdog's loop: list what it covers (``tree``: ``parent``'s descendants; and the members of
+    the groups it was asked to watch and their descendants) each ``tick_s`` and when asked on ``sock``,
+    until ``parent`` (started at ``start``) ended, then terminate what of them runs on. ``sock`` carries
+    lines: ``s<n>`` (list now, then answer ``k<n>``), ``g<pgid>`` (watch that group until none of it is
+    left), ``t`` (cover the whole tree from now on)."""
     me = os.getpid()
-    known: dict[int, int] = {}  # pid -> start time: every descendant seen, while it lives
+    known: dict[int, int] = {}  # pid -> start time: every process covered seen, while it lives
+    groups: set[int] = set()  # the process groups it was asked to watch, while any process of them is left
+    buf = b""
     st = stat(parent)
     parent_group = st[1] if st is not None else 0  # (a shell job's: ``| tee`` is in it; never swept)
     pidfd = -1
@@ -273,7 +392,8 @@ def watch(parent: int, start: int, sock: socket.socket | None, grace_s: float, t
         table = scan()
         for pid in [p for p, s in known.items() if p not in table or table[p][3] != s]:
             del known[pid]
-        for pid in tree(table, [parent]):
+        groups.intersection_update({st[1] for st in table.values()})  # (an ended group's id may be reused)
+        for pid in descendants_of(table, [parent] if tree else [], groups):
             if pid != me and table[pid][2] != "Z":
                 known[pid] = table[pid][3]
 
@@ -285,16 +405,29 @@ def watch(parent: int, start: int, sock: socket.socket | None, grace_s: float, t
                 ended = True
             elif sock is not None:
                 try:
-                    data = sock.recv(64)
+                    data = sock.recv(4096)
                 except OSError:
                     data = b""
                 if not data:  # (its end closed: it ended, or it is ending)
                     poller.unregister(sock.fileno())
                     sock = None
-                elif parent_alive():
-                    list_descendants()
+                    continue
+                *lines, buf = (buf + data).split(b"\n")
+                answers, listed = [], False
+                for line in lines:
+                    if line == b"t":
+                        tree, listed = True, False
+                    elif line[:1] == b"g" and line[1:].isdigit():
+                        groups.add(int(line[1:]))
+                        listed = False
+                    elif line[:1] == b"s":
+                        if not listed and parent_alive():
+                            list_descendants()
+                            listed = True
+                        answers.append(b"k" + line[1:] + b"\n")
+                if answers:
                     with contextlib.suppress(OSError):
-                        sock.sendall(b"k" * len(data))
+                        sock.sendall(b"".join(answers))
         if ended:
             break
     sweep(known, grace_s, exclude={me}, spare_group=parent_group)

@@ -178,3 +178,177 @@ def test_a_realvllm_harness_killed_by_sigkill_leaves_no_process(tmp_path: Path) 
         parent.kill()
         parent.wait()
         _kill_all(procs)
+
+
+# --- review s12-hard ---------------------------------------------------------------------------------------
+
+
+def _wait_ended(pid: int, within_s: float) -> None:
+    """Wait (bounded) until ``pid`` is gone or a zombie."""
+    deadline = time.monotonic() + within_s
+    while (st := lifeline.stat(pid)) is not None and st[2] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+_NESTED = r"""
+import os, subprocess, sys, time
+from kvgate import lifeline
+from kvgate.bench import reaper
+
+reaper.install()  # the outer bench (kvgate bench live, ...): a child subreaper with its watchdog
+# Three nested benches as live_fleet / delay_relay start them (every python -m kvgate.bench.X installs).
+child = ("from kvgate import lifeline; from kvgate.bench import reaper; reaper.install(); "
+         "print(lifeline.watchdog_pid(), flush=True)")
+nested = [subprocess.run([sys.executable, "-c", child], check=True, capture_output=True, text=True).stdout
+          for _ in range(3)]
+me, mine = os.getpid(), lifeline.watchdog_pid()
+deadline = time.monotonic() + 20  # (a nested watchdog would end soon after its bench)
+while time.monotonic() < deadline:
+    table = lifeline.scan()
+    zombies = [p for p, st in table.items() if st[0] == me and st[2] == "Z"]
+    if not [p for p, st in table.items() if st[0] == me and st[2] != "Z" and p != mine]:
+        break
+    time.sleep(0.05)
+print(len(zombies), " ".join(s.strip() for s in nested), flush=True)
+"""
+
+
+def test_a_nested_bench_starts_no_watchdog_of_its_own_and_leaves_no_zombie(tmp_path: Path) -> None:
+    """Review s12-hard M1: a ``python -m kvgate.bench.X`` child of a bench (``simproc`` for each live
+    fleet, ``delay_relay``) started a watchdog of its own, which outlived it, was re-parented to the outer
+    bench (a subreaper) and stayed a zombie there until the bench exited (fails before: 3 zombies). The
+    outer bench's watchdog already covers the child (its descendants stay in the outer tree): the child
+    starts none."""
+    script = tmp_path / "bench.py"
+    script.write_text(_NESTED)
+    out = subprocess.run([sys.executable, str(script)], env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    zombies, *nested = out.stdout.split()
+    assert int(zombies) == 0, f"zombie children of the bench: {zombies}"
+    assert nested == ["None"] * 3, f"the nested benches started watchdogs: {nested}"
+
+
+_UNCOVERED = r"""
+import os, subprocess, sys
+from kvgate import lifeline
+from kvgate.bench import reaper
+
+reaper.install()
+# A nested bench whose environment does not say it is covered (a caller that builds its own env): it
+# starts its own watchdog, which is re-parented to this bench once the nested one ended.
+env = {k: v for k, v in os.environ.items() if k != "KVGATE_WATCHDOG"}
+child = ("from kvgate import lifeline; from kvgate.bench import reaper; reaper.install(); "
+         "assert lifeline.sync(); print(lifeline.watchdog_pid(), flush=True)")
+proc = subprocess.Popen([sys.executable, "-c", child], env=env, stdout=subprocess.PIPE, text=True,
+                        start_new_session=True)
+nested = int(proc.stdout.readline())
+proc.wait()
+print(nested, flush=True)
+sys.stdin.readline()  # (the test saw the nested watchdog a zombie of ours)
+reaper.collect_orphans(proc.pid)  # (what Proc.stop runs once a child it stopped ended)
+print(lifeline.stat(nested) is None, flush=True)
+"""
+
+
+def test_the_nested_watchdog_a_bench_inherits_is_collected(tmp_path: Path) -> None:
+    """Review s12-hard M1: a nested bench's watchdog that did start (its bench not covered) ends, a
+    zombie of the outer bench; ``collect_orphans``, which ``Proc.stop`` runs, collects it (by its name,
+    ``kvgate-watchdog``). Fails before: it stayed a zombie until the outer bench exited."""
+    script = tmp_path / "bench.py"
+    script.write_text(_UNCOVERED)
+    bench = subprocess.Popen([sys.executable, str(script)], env=ENV, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert bench.stdin is not None and bench.stdout is not None
+        nested = int(bench.stdout.readline())
+        _wait_ended(nested, within_s=20)
+        st = lifeline.stat(nested)
+        assert st is not None and st[0] == bench.pid and st[2] == "Z", st
+        bench.stdin.write("\n")
+        bench.stdin.flush()
+        assert bench.stdout.readline().strip() == "True", "the nested watchdog is still a zombie"
+    finally:
+        bench.kill()
+        bench.wait()
+
+
+_HARNESS = r"""
+import subprocess, sys
+from pathlib import Path
+from kvgate import lifeline
+from kvgate.realvllm import harness
+
+server = harness.VLLMServer(harness.ServerSpec(port=1), Path("/no-model"), Path(sys.argv[1]))
+server.command = lambda: ["true"]  # (vLLM's stand-in; started and stopped as a test does)
+server.start()
+server.proc.wait()
+server.stop()
+# A helper this run leaves on purpose (a cache server, an ssh ControlMaster): it detaches into a session
+# of its own; the watchdog lists it (sync) before its starter ends.
+sh = "setsid sleep 60 </dev/null >/dev/null 2>&1 & echo $!; read _"
+starter = subprocess.Popen(["sh", "-c", sh], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+helper = int(starter.stdout.readline())
+assert lifeline.sync()
+starter.communicate("\n")
+print(lifeline.watchdog_pid(), helper, lifeline.stat(helper)[3], flush=True)
+"""
+
+
+def test_the_harness_watchdog_leaves_what_the_harness_did_not_start(tmp_path: Path) -> None:
+    """Review s12-hard L1: ``VLLMServer.start``'s watchdog watched the whole process using the harness
+    (pytest, ``scripts/realvllm``) and, at its normal exit, terminated every process it had ever listed:
+    here a helper that detached on purpose (fails before: it was killed). Now it covers the servers'
+    process groups (and their descendants) only."""
+    script = tmp_path / "run.py"
+    script.write_text(_HARNESS)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], env=ENV, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    watchdog, helper, start = (int(x) for x in out.stdout.split())
+    try:
+        _wait_ended(watchdog, within_s=30)  # (its sweep done)
+        assert lifeline.alive({helper: start}), "the detached helper was killed at the normal exit"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper, signal.SIGKILL)
+
+
+def test_the_watchdog_holds_none_of_its_process_stdio(tmp_path: Path) -> None:
+    """Review s12-hard L2: the watchdog inherited its process's stderr and held it open until its sweep
+    ended, so whoever read that stderr to its end (``capture_output``, ``| tee``, a bench's reader)
+    waited for the watchdog too, up to the grace after a SIGKILL (fails before: fd 2 shared)."""
+    code = ("import os; from kvgate import lifeline; wd = lifeline.start_watchdog(); l = os.readlink; "
+            "print([l(f'/proc/{wd}/fd/{i}') == l(f'/proc/self/fd/{i}') for i in (0, 1, 2)])")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, stdin=subprocess.PIPE, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[False, False, False]", out.stdout
+
+
+_STALE = r"""
+import os, select, signal
+from kvgate import lifeline
+
+wd = lifeline.start_watchdog()
+assert lifeline.sync()
+os.kill(wd, signal.SIGSTOP)
+try:
+    assert not lifeline.sync(timeout_s=0.2)  # (no answer: it is stopped)
+    os.kill(wd, signal.SIGCONT)
+    select.select([lifeline._watchdog[1]], [], [], 30)  # (its late answer arrived)
+    os.kill(wd, signal.SIGSTOP)
+    stale = lifeline.sync(timeout_s=0.2)  # (it is stopped again: no fresh listing can answer)
+finally:
+    os.kill(wd, signal.SIGCONT)
+print(stale, lifeline.sync(), flush=True)
+"""
+
+
+def test_sync_does_not_take_a_late_answer_for_its_own(tmp_path: Path) -> None:
+    """Review s12-hard L4: after a ``sync()`` timed out, the watchdog's late answer stayed in the socket
+    and the next ``sync()`` returned True at once, without a fresh listing (fails before: True)."""
+    script = tmp_path / "stale.py"
+    script.write_text(_STALE)
+    out = subprocess.run([sys.executable, str(script)], env=ENV, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"], out.stdout

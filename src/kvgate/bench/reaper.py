@@ -25,8 +25,12 @@ benches' own ``Popen``s) are started with ``die_with_parent()`` (``PR_SET_PDEATH
 sends them SIGTERM when it dies, and each stops its own children; and ``install()`` starts the bench's
 watchdog (``kvgate.lifeline.start_watchdog``), a process of its own that keeps a list of the bench's
 descendants and, once the bench ended, terminates those still running (SIGTERM, SIGKILL after the
-grace): orphans re-parented to the bench, grandchildren whose parent ignores SIGTERM. Processes started
-outside its tree (through a daemon) are not covered; see ``kvgate.lifeline`` for the rest.
+grace): orphans re-parented to the bench, grandchildren whose parent ignores SIGTERM. A bench started
+by a bench (``python -m kvgate.bench.simproc`` for each live fleet, ``delay_relay``) starts none: the
+outer one's covers it (``KVGATE_WATCHDOG``); one that did start (its environment did not say) and ends
+after its bench, a zombie of this one, is collected by the next ``collect_orphans`` (``Proc.stop``) after
+it ended. Processes started outside its tree (through a daemon) are not covered; see ``kvgate.lifeline``
+for the rest.
 """
 
 from __future__ import annotations
@@ -87,10 +91,15 @@ def group_alive(pgid: int) -> bool:
 def collect_orphans(pgid: int) -> None:
     """Collect the zombies of group ``pgid`` that are this process's children but not ones it started
     (orphans re-parented to it, a subreaper; its own child, the group's leader, is left to whoever
-    started it): without this they stay zombies of the bench until it exits."""
+    started it), and those that are a nested bench's watchdog (told by its name; one that outlived its
+    bench, re-parented to this one, review s12-hard M1): without this they stay zombies of the bench
+    until it exits."""
     me = os.getpid()
+    mine = lifeline.watchdog_pid()
     for pid, (ppid, pgrp, state, _start) in _scan().items():
-        if state == "Z" and ppid == me and pgrp == pgid and pid != pgid:
+        if state != "Z" or ppid != me or pid == mine:
+            continue
+        if (pgrp == pgid and pid != pgid) or lifeline.is_watchdog(pid):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
 

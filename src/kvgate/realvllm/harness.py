@@ -206,7 +206,9 @@ class VLLMServer:
         # If this process dies without stopping the server (even by SIGKILL): vLLM gets SIGTERM from the
         # kernel (it stops its engine processes), and the watchdog terminates what runs on after the
         # grace (SIGKILL), its engine processes included (``kvgate.lifeline``, shared with the benches).
-        lifeline.start_watchdog(grace_s=STOP_GRACE_S)
+        # It covers the servers' process groups only, not what else this process started (review
+        # s12-hard L1; a bench's watchdog, if this is a bench, covers its whole tree).
+        lifeline.start_watchdog(grace_s=STOP_GRACE_S, tree=False)
         logf = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             self.command(),
@@ -217,6 +219,7 @@ class VLLMServer:
             preexec_fn=lifeline.die_with_parent(),
         )
         logf.close()
+        lifeline.watch_group(self.proc.pid)  # (its own session: its group is its pid)
         _LIVE.add(self)
 
     def healthy(self) -> bool:
