@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kvgate.aio import stop_to_the_end
+from kvgate.aio import cancel_and_wait, stop_to_the_end
 
 WHEN = ["waiting", "as it ends"]
 Case = tuple[Callable[[asyncio.Task[Any]], None], Callable[[], Awaitable[Any]], Callable[[], bool]]
@@ -256,6 +256,34 @@ async def test_an_error_after_a_cancel_is_logged_and_the_cancel_raised(
     await asyncio.wait([stopper], timeout=10)
     assert stopper.cancelled()
     assert "the failing stop failed" in caplog.text
+
+
+async def test_cancel_and_wait_waits_for_a_task_finishing_a_stop_without_calling_it_stuck(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review s12-hard L5: a task cancelled while it awaits a ``stop_to_the_end`` stop (the hub
+    controller's ``run`` while a reload restarts it) runs on until that stop ended, bounded by the stop's
+    limit. ``cancel_and_wait`` took that for a swallowed cancel: it logged ERRORs, re-cancelled it, and
+    abandoned it left running (fails before). Now it waits for it, up to that stop's limit, and says
+    nothing."""
+    gate = asyncio.Event()
+    stopped: list[bool] = []
+
+    async def cleanup() -> None:
+        await gate.wait()
+        stopped.append(True)
+
+    async def run() -> None:
+        await stop_to_the_end(cleanup(), "the old stop", log, limit_s=30)
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0)
+    asyncio.get_running_loop().call_later(0.5, gate.set)  # (the stop ends well after 3 x stuck_s)
+    with caplog.at_level(logging.ERROR):
+        await cancel_and_wait(task, "the controller", log, stuck_s=0.05)
+    assert task.done() and task.cancelled()
+    assert stopped == [True]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_a_second_cancel_does_not_cut_the_hub_controllers_lease_release() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -44,7 +45,9 @@ async def cancel_and_wait(
     cleanup under the cancel does take a while, itself bounded and not cut by further cancels
     (``finish_shielded``), passes that bound as ``ends_within_s``: it is judged stuck only once that
     passed (the first wait is ``max(stuck_s, ends_within_s)``), so the stop waits at most
-    ``max(stuck_s, ends_within_s) + RECANCELS x stuck_s`` on it."""
+    ``max(stuck_s, ends_within_s) + RECANCELS x stuck_s`` on it. A task cancelled while it awaits a
+    ``stop_to_the_end`` stop has not swallowed its cancel (it raises it once that stop ended): it is
+    waited for, up to that stop's limit, and not said or re-cancelled (review s12-hard L5)."""
     await _cancel_and_wait([(task, what)], log, stuck_s, ends_within_s)
 
 
@@ -87,18 +90,30 @@ class _Rounds:
 
 
 async def _rounds(state: _Rounds, log: logging.Logger, stuck_s: float, ends_within_s: float) -> None:
-    while state.round <= RECANCELS:
-        n = state.round
+    loop = asyncio.get_running_loop()
+    while True:
         if not (running := [(t, w) for t, w in state.running if not t.done()]):
             break
         state.running = running
+        # A task parked in a stop that runs to its end (``stop_to_the_end``, its cancel received) has not
+        # swallowed it: it raises it once that stop ended, within the stop's own limit. Waited for till
+        # then, not said, not re-cancelled (review s12-hard L5).
+        if all(t in _FINISHING for t, _ in running):
+            until = max(_FINISHING[t] for t, _ in running)
+            await asyncio.wait([t for t, _ in running], timeout=max(0.05, until - loop.time()))
+            continue
+        if state.round > RECANCELS:
+            break
+        n = state.round
         waited = max(stuck_s, ends_within_s) if n == 0 else stuck_s
         await asyncio.wait([t for t, _ in running], timeout=waited)  # raises the caller's cancel
         if not (running := [(t, w) for t, w in running if not t.done()]):
             break
         state.running = running
+        if not (stuck := [(t, w) for t, w in running if t not in _FINISHING]):
+            continue
         state.round += 1
-        for task, what in running:
+        for task, what in stuck:
             if n == RECANCELS:
                 log.error("%s did not end %.1fs after it was cancelled %d times (it swallows every "
                           "cancellation); abandoned, left running", what, waited, n + 1)  # fmt: skip
@@ -139,9 +154,14 @@ async def finish_shielded(task: asyncio.Task[Any], what: str, log: logging.Logge
         raise asyncio.CancelledError
 
 
-# How long a stop whose caller was cancelled goes on (``stop_to_the_end``): past every bound a stop has of
-# its own (a task stopped with ``cancel_and_wait``: 15 s; the hub controller's 50 s).
+# How long a stop whose caller was cancelled goes on (``stop_to_the_end``): past the bound of one step of a
+# stop (a task stopped with ``cancel_and_wait``: 15 s; the hub controller's 55 s), not of every stop: one
+# that stops several such tasks one after another (``GatewayServer._stop``: its pools, scrapers and
+# KV-event subscribers, 15 s each when each swallows its cancels) can pass it; it is then said and left
+# to finish on its own (review s12-hard L6).
 STOP_LIMIT_S = 60.0
+# The tasks cancelled while they await a ``stop_to_the_end`` stop: when that stop's limit ends.
+_FINISHING: weakref.WeakKeyDictionary[asyncio.Task[Any], float] = weakref.WeakKeyDictionary()
 
 
 async def stop_to_the_end(
@@ -156,17 +176,27 @@ async def stop_to_the_end(
     cancellation raised. An error the stop ended on after a cancel is logged, the cancellation raised."""
     loop = asyncio.get_running_loop()
     task = loop.create_task(cleanup, name=what)
+    me = asyncio.current_task()
+    outer = None if me is None else _FINISHING.get(me)  # (a stop within a stop: the outer one's limit)
     cancelled = False
     deadline = 0.0
-    while not task.done():
-        timeout = None
-        if cancelled and (timeout := deadline - loop.time()) <= 0:
-            break
-        try:
-            await asyncio.wait([task], timeout=timeout)  # (asyncio.wait never cancels what it waits for)
-        except asyncio.CancelledError:
-            if not cancelled:
-                cancelled, deadline = True, loop.time() + max(0.0, limit_s)
+    try:
+        while not task.done():
+            timeout = None
+            if cancelled and (timeout := deadline - loop.time()) <= 0:
+                break
+            try:
+                await asyncio.wait([task], timeout=timeout)  # (asyncio.wait never cancels what it waits for)
+            except asyncio.CancelledError:
+                if not cancelled:
+                    cancelled, deadline = True, loop.time() + max(0.0, limit_s)
+                    if me is not None:  # (``cancel_and_wait`` waits for it till then: not stuck)
+                        _FINISHING[me] = deadline
+    finally:
+        if me is not None and outer is not None:
+            _FINISHING[me] = outer
+        elif me is not None:
+            _FINISHING.pop(me, None)
     if not cancelled:
         return task.result()
     if not task.done():
