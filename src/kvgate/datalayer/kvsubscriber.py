@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -12,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import xxhash
 
@@ -123,6 +124,13 @@ class KVEventSubscriber:
         # the same payload came by replay; a different one means the engine restarted (seq from 0 again).
         self._caught_upto: int | None = None
         self._caught_digests: dict[int, int] = {}
+        # Intake (``_drain``): the live socket, the loop watching its descriptor (None: not watched), what
+        # a drain left to the task, and the task's wake-up.
+        self._sock: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._stash: deque[tuple[int, bytes]] = deque()
+        self._wake: asyncio.Future[None] | None = None
 
     # -- message handling (socket-free, so tests can drive it directly) ----------------------------
 
@@ -209,6 +217,7 @@ class KVEventSubscriber:
 
     async def stop(self) -> None:
         """(To its end also when cancelled meanwhile, the cancellation raised after: ``stop_to_the_end``.)"""
+        self.detach()
         await stop_to_the_end(self._stop(), f"KV-event subscriber {self.endpoint}: stopping", log)
 
     async def _stop(self) -> None:
@@ -216,11 +225,19 @@ class KVEventSubscriber:
             await cancel_and_wait(self._task, f"KV-event subscriber {self.endpoint}", log)
             self._task = None
 
+    def detach(self) -> None:
+        """From now on apply nothing more (what is queued is dropped): before its task is cancelled, so no
+        batch of an endpoint being removed is applied in between."""
+        self._disarm()
+        self._sock = None
+
     async def _run(self) -> None:
         import zmq
         import zmq.asyncio
 
-        ctx = zmq.asyncio.Context.instance()
+        # A plain (not asyncio) socket on the shared context: the subscriber watches its descriptor itself
+        # (``_drain``).
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(zmq.asyncio.Context.instance().underlying)
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 100_000)
@@ -240,25 +257,104 @@ class KVEventSubscriber:
                 )
             finally:
                 self._caught_up.set()
+            self._sock = sock
+            loop = asyncio.get_running_loop()
             while True:
-                frames = await sock.recv_multipart()
+                # What a drain left to this task (a batch that needs a replay fetch first), in order;
+                # meanwhile the socket is not watched, so nothing newer is applied before it.
+                while self._stash:
+                    seq, payload = self._stash.popleft()
+                    try:
+                        await self._live(seq, payload)
+                    except Exception:
+                        self._unforeseen(seq)
+                self._drain()
+                if not self._stash:
+                    self._wake = loop.create_future()
+                    await self._wake
+        finally:
+            self._disarm()
+            self._sock = None
+            sock.close(0)
+
+    def _unforeseen(self, seq: int) -> None:
+        # An unforeseen failure (a replay fetch's socket error, ...) must not end the subscriber: its index
+        # would stay as it was, over-reporting blocks the engine drops from now on.
+        self._log_failure("unforeseen", logging.ERROR, "batch %d failed; index resynced", seq, exc_info=True)
+        self.stats.apply_errors += 1
+        self.stats.last_seq = seq
+        self._resync()
+
+    # -- intake ------------------------------------------------------------------------------------
+    # The subscriber watches the socket's descriptor itself: when it signals, ``_drain`` applies every batch
+    # queued then, in that loop callback (a pyzmq asyncio receive took a future, a task step and ~5 polls
+    # per batch, and one wake-up of the loop each even when several had queued).
+
+    def _on_readable(self) -> None:
+        self._drain()
+
+    def _drain(self) -> None:
+        """Apply every batch queued on the socket, then watch it; a batch that needs a replay fetch (and
+        what follows it) is left to the task, and the socket is not watched until the task is done."""
+        import zmq
+
+        sock = self._sock
+        if sock is None or self._draining or self._stash:
+            return
+        self._draining = True
+        try:
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    if self._loop is None:
+                        self._loop = asyncio.get_running_loop()
+                        self._loop.add_reader(sock.FD, self._on_readable)
+                    # (edge-triggered: one that arrived since the recv signalled before the reader was on)
+                    if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        continue
+                    return
                 if len(frames) < 3 or len(frames[-2]) != 8:
                     self.stats.decode_errors += 1
                     continue
                 seq = int.from_bytes(frames[-2], "big", signed=True)
                 try:
-                    await self._live(seq, frames[-1])
+                    if self._live_now(seq, frames[-1]):
+                        continue
                 except Exception:
-                    # An unforeseen failure (a replay fetch's socket error, ...) must not end the subscriber:
-                    # its index would stay as it was, over-reporting blocks the engine drops from now on.
-                    self._log_failure(
-                        "unforeseen", logging.ERROR, "batch %d failed; index resynced", seq, exc_info=True
-                    )
-                    self.stats.apply_errors += 1
-                    self.stats.last_seq = seq
-                    self._resync()
+                    self._unforeseen(seq)
+                    continue
+                self._stash.append((seq, frames[-1]))
+                self._disarm_reader()
+                if self._wake is not None and not self._wake.done():
+                    self._wake.set_result(None)
+                return
         finally:
-            sock.close(0)
+            self._draining = False
+
+    def _disarm_reader(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and self._sock is not None:
+            with contextlib.suppress(Exception):  # (a closed loop at shutdown)
+                loop.remove_reader(self._sock.FD)
+
+    def _disarm(self) -> None:
+        self._disarm_reader()
+        self._stash.clear()
+
+    def _live_now(self, seq: int, payload: bytes) -> bool:
+        """``_live`` without waiting: False (nothing done) when the batch needs a replay fetch first."""
+        if self._already_caught_up(seq, payload):
+            return True
+        last = self.stats.last_seq
+        if self.replay_endpoint is not None and (
+            (last is None and seq > 0) or (last is not None and seq > last + 1)
+        ):
+            return False
+        if self._check_gap(seq) == "gap":
+            self._resync()  # (no replay socket to heal it)
+        self._apply(seq, payload)
+        return True
 
     async def _live(self, seq: int, payload: bytes) -> None:
         """One live batch: skipped if the catch-up applied it, after a replay of what was missed."""
@@ -521,6 +617,7 @@ class KVEventsManager:
             sub = self._release(endpoint)
             if sub is None:
                 return
+            sub.detach()
             if sub._task is not None:
                 sub._task.cancel()
                 sub._task = None
