@@ -14,11 +14,19 @@ calls interleaved round by round, CPU time (``process_time``), the median over r
   ``encode_batch_fast`` (the fallback: the code before) against as loaded.
 
 Both calls must give the same ids (checked on every prompt before timing).
+
+``--batch`` adds a third figure, per prompt: its pieces one ``encode_batch_fast([piece])`` call each (what
+``tokenize`` does) against one ``encode_batch_fast(pieces)`` call for all of them (batching a request's
+missed pieces), the latter both on the library's thread pool and with ``TOKENIZERS_PARALLELISM=false``
+(serial, in the calling thread; the library reads the variable at each call). ``process_time`` counts
+every thread of the process, so the thread pool's CPU is in it, not just the wall time it saves.
+``--last N`` times only each prompt's last N pieces there (a request whose shared prefix is cached).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -49,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer", default=None)
     ap.add_argument("--prompts", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--batch", action="store_true", help="also: one call per prompt's pieces (see above)")
+    ap.add_argument("--last", type=int, default=0, help="with --batch: only each prompt's last N pieces")
     args = ap.parse_args(argv)
 
     path = args.tokenizer
@@ -115,7 +125,57 @@ def main(argv: list[str] | None = None) -> int:
         mb, ma = statistics.median(b), statistics.median(a)
         print(f"{name:10s}: encode {mb:8.1f} us, encode_batch_fast {ma:8.1f} us, ratio {ma / mb:.3f} "
               f"(rounds: {' '.join(f'{x / y:.2f}' for x, y in zip(a, b, strict=True))})")  # fmt: skip
+    if args.batch:
+        batch_cost(tok, prompts, args.rounds, args.last)
     return 0
+
+
+def batch_cost(tok: Any, prompts: list[str], rounds: int, last: int) -> None:
+    """Per prompt: a call per piece against one call for all its pieces, pooled and serial."""
+    groups = [list(tokenize._cut_pieces(t)) for t in prompts]
+    if last > 0:
+        groups = [g[-last:] for g in groups]
+    for g in groups:
+        assert [e.ids for e in tok.encode_batch_fast(g, add_special_tokens=False)] == [
+            tokenize._ids(tok, p, False) for p in g
+        ]
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+
+    def run(kind: str) -> float:
+        if kind == "one call for all, serial":
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        elif saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+        t0 = time.process_time()
+        if kind == "a call per piece":
+            for g in groups:
+                for p in g:
+                    tokenize._ids(tok, p, False)
+        else:
+            for g in groups:
+                tok.encode_batch_fast(g, add_special_tokens=False)
+        return (time.process_time() - t0) / len(groups) * 1e6
+
+    kinds = ("a call per piece", "one call for all, pooled", "one call for all, serial")
+    got: dict[str, list[float]] = {k: [] for k in kinds}
+    try:
+        for r in range(rounds):
+            for k in kinds if r % 2 == 0 else kinds[::-1]:
+                got[k].append(run(k))
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+    base = statistics.median(got[kinds[0]])
+    print(f"per prompt, {sum(map(len, groups)) / len(groups):.1f} pieces each, TOKENIZERS_PARALLELISM="
+          f"{saved}:")  # fmt: skip
+    for k in kinds:
+        m = statistics.median(got[k])
+        print(f"  {k:26s} {m:8.1f} us CPU, ratio {m / base:.3f} (rounds: "
+              f"{' '.join(f'{x / y:.2f}' for x, y in zip(got[k], got[kinds[0]], strict=True))})")  # fmt: skip
 
 
 if __name__ == "__main__":
