@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,81 @@ async def test_backend_and_load_generator_round_trip():
         assert result["p99_ms"] >= result["p50_ms"] > 0
     finally:
         server.close()
+
+
+def test_split_pin_parses_the_cpu_suffix():
+    assert go.split_pin("kvgate") == ("kvgate", None)
+    assert go.split_pin("sglang-router:cache_aware") == ("sglang-router:cache_aware", None)
+    assert go.split_pin("kvgate@base/cpu0") == ("kvgate@base", {0})
+    assert go.split_pin("sglang-router:cache_aware/cpu0-0") == ("sglang-router:cache_aware", {0})
+    for bad in ("kvgate/cpu", "kvgate/cpux", "kvgate/cpu1-0", "kvgate/cpu0-x"):
+        with pytest.raises(ValueError, match="/cpuN"):
+            go.split_pin(bad)
+    with pytest.raises(ValueError, match="no router"):
+        go.split_pin("direct/cpu0")
+    with pytest.raises(ValueError, match="runs the bench on CPUs"):
+        go.split_pin("kvgate/cpu4096")
+
+
+def test_pinned_children_inherit_the_cpus_and_the_bench_is_unpinned_after():
+    import subprocess
+    import sys
+
+    before = os.sched_getaffinity(0)
+    one = min(before)
+    with go._pinned({one}):
+        child = subprocess.run(
+            [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+            capture_output=True,
+            check=True,
+        )
+    assert child.stdout.decode().strip() == str([one])
+    assert os.sched_getaffinity(0) == before
+    with go._pinned(None):
+        assert os.sched_getaffinity(0) == before
+
+
+def test_thread_spread_counts_cores_and_the_busiest_thread():
+    before = {(1, 1): 10.0, (1, 2): 5.0, (1, 3): 1.0}
+    after = {(1, 1): 10.9, (1, 2): 5.5, (1, 3): 1.01, (1, 4): 0.2}  # (1, 4) started in the window
+    s = go.thread_spread(before, after, wall_s=1.0)
+    assert s["cores"] == pytest.approx(0.9 + 0.5 + 0.01 + 0.2)
+    assert s["top_thread"] == pytest.approx(0.9)
+    assert s["busy_threads"] == 3  # 0.9, 0.5 and 0.2 of a core; 0.01 is not busy
+    assert go.thread_spread({}, {}, wall_s=1.0) == {"cores": 0.0, "top_thread": 0.0, "busy_threads": 0.0}
+
+
+def test_tree_thread_cpu_reads_every_thread_of_this_process():
+    import threading
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        threads = go._tree_thread_cpu_s(os.getpid())
+        assert {tid for (pid, tid) in threads if pid == os.getpid()} >= {os.getpid(), t.native_id}
+        assert sum(threads.values()) <= go._tree_cpu_s(os.getpid()) + 0.05
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_ratio_lines_pair_paths_pinned_alike():
+    def rows(*rps):
+        return [{"rps": r, "cpu_us_per_req": 100.0} for r in rps]
+
+    lines = go.ratio_lines(
+        {
+            "direct": rows(50.0, 50.0),
+            "kvgate": rows(12.0, 8.0, 11.0),
+            "sglang-router:cache_aware": rows(10.0, 10.0, 10.0),
+            "kvgate/cpu1": rows(9.0, 9.0, 9.0),
+            "sglang-router:cache_aware/cpu1": rows(6.0, 12.0, 6.0),
+        }
+    )
+    assert lines == [
+        "kvgate / sglang-router:cache_aware: throughput 1.100x (2 of 3 repeats ahead), "
+        "CPU per request 1.000x",
+        "kvgate/cpu1 / sglang-router:cache_aware/cpu1: throughput 1.500x (2 of 3 repeats ahead), "
+        "CPU per request 1.000x",
+    ]

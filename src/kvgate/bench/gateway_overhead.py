@@ -8,7 +8,11 @@ namespace (``unshare -n`` + ``ip link set lo up``) so nothing can reach outside.
 measurement: a fast backend (raw asyncio protocol on uvloop, answers at once), the router under test,
 and a lean load generator (keep-alive connections, one request in flight each). Paths are interleaved
 across repeats and medians reported. The router's CPU per request comes from ``/proc/<pid>/stat``
-(utime + stime, all threads) over the measured window only.
+(utime + stime, all threads) over the measured window only, and how it spread over the threads
+(``/proc/<pid>/task/*/stat``): cores used at once on average, and the busiest thread's share. A router
+path ending in ``/cpuN`` runs pinned to that CPU (e.g. ``kvgate/cpu1,sglang-router:cache_aware/cpu1``: one
+core each, beside the unpinned paths), and each kvgate path's throughput is printed over each peer's
+pinned alike.
 
 The second part measures how many concurrent streaming connections kvgate holds (the backend sends
 one SSE chunk and holds each stream open) and its resident memory per held connection.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import resource
@@ -27,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -328,14 +333,14 @@ async def _hold_streams(port: int, n: int, rss: Callable[[], int], settle_s: flo
 # --- orchestration ---------------------------------------------------------------------------------------
 
 
-def _cpu_s(pid: int) -> float:
+def _cpu_s(pid: int | str) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
-def _tree_cpu_s(pid: int) -> float:
-    """CPU of a process and all its descendants (``kvgate serve --workers N`` is a supervisor + N)."""
+def _tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants (``kvgate serve --workers N`` is a supervisor + N)."""
     children: dict[int, list[int]] = collections.defaultdict(list)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -346,15 +351,55 @@ def _tree_cpu_s(pid: int) -> float:
         except (OSError, ValueError, IndexError):
             continue  # exited while we looked
         children[ppid].append(int(entry))
-    total, todo = 0.0, [pid]
+    found, todo = [], [pid]
     while todo:
         p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, ()))
+    return found
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU of a process and all its descendants (all threads)."""
+    total = 0.0
+    for p in _tree_pids(pid):
         try:
             total += _cpu_s(p)
         except OSError:
-            continue
-        todo.extend(children.get(p, ()))
+            continue  # exited while we looked
     return total
+
+
+def _tree_thread_cpu_s(pid: int) -> dict[tuple[int, int], float]:
+    """CPU of each thread of a process and its descendants, by (pid, tid)."""
+    out: dict[tuple[int, int], float] = {}
+    for p in _tree_pids(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                out[(p, int(tid))] = _cpu_s(f"{p}/task/{tid}")
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def thread_spread(
+    before: dict[tuple[int, int], float], after: dict[tuple[int, int], float], wall_s: float
+) -> dict[str, float]:
+    """How a router's CPU over a window of ``wall_s`` spread over its threads: ``cores`` (all threads' CPU
+    / wall: above 1.0 means it ran on more than one core at once), ``top_thread`` (the busiest thread's
+    CPU / wall: one thread can give at most 1.0) and ``busy_threads`` (threads that used >= 10 % of a core).
+    A thread that started in the window counts from zero."""
+    deltas = [after[k] - before.get(k, 0.0) for k in after]
+    wall = max(wall_s, 1e-9)
+    return {
+        "cores": sum(deltas) / wall,
+        "top_thread": max(deltas, default=0.0) / wall,
+        "busy_threads": float(sum(d >= 0.1 * wall for d in deltas)),
+    }
 
 
 def _rss_bytes(pid: int) -> int:
@@ -468,6 +513,38 @@ DEFAULT_PATHS = (
 )
 
 
+def split_pin(path: str) -> tuple[str, set[int] | None]:
+    """``PATH/cpuLIST`` -> (PATH, the CPUs its router is pinned to); LIST is one CPU (``1``) or a range
+    (``0-1``). No suffix: (PATH, None), the router may run on every CPU."""
+    name, sep, pin = path.rpartition("/cpu")
+    if not sep:
+        return path, None
+    lo, _, hi = pin.partition("-")
+    if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+        raise ValueError(f"{path!r}: the pin is /cpuN or /cpuN-M")
+    if name == "direct":
+        raise ValueError("direct has no router to pin")
+    cpus = set(range(int(lo), int(hi or lo) + 1))
+    if not cpus <= os.sched_getaffinity(0):
+        raise ValueError(f"{path!r}: this machine runs the bench on CPUs {sorted(os.sched_getaffinity(0))}")
+    return name, cpus
+
+
+@contextlib.contextmanager
+def _pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Children started inside run on ``cpus`` only (they inherit the affinity, and so do their threads
+    and children); the bench itself is unpinned again afterwards."""
+    if cpus is None:
+        yield
+        return
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
 def _isolated() -> bool:
     return os.environ.get("KVGATE_NETNS") == "1" or set(os.listdir("/sys/class/net")) <= {"lo"}
 
@@ -501,9 +578,10 @@ def run(args: argparse.Namespace) -> int:
 
     _raise_nofile()
     paths = [p for p in args.paths.split(",") if p]
-    for p in paths:
-        if ":" in p:
-            peers.ensure_installed(peers.PEERS[p.split(":")[0]])
+    pins = {p: split_pin(p) for p in paths}
+    for name, _ in pins.values():
+        if ":" in name:
+            peers.ensure_installed(peers.PEERS[name.split(":")[0]])
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "kvgate-bench-logs"
     log_dir.mkdir(exist_ok=True)
     print(
@@ -519,22 +597,28 @@ def run(args: argparse.Namespace) -> int:
             _wait_line(backend, b"ready")
             for rep in range(args.repeats):
                 for path in paths:  # interleaved: each repeat visits every path once
-                    proc = _start_router(path, log_dir)
+                    name, cpus = pins[path]
+                    with _pinned(cpus):
+                        proc = _start_router(name, log_dir)
                     try:
                         port = BACKEND_PORTS[0] if proc is None else ROUTER_PORT
                         _run_loadgen(port, args.warmup, args.concurrency)
                         pid = proc.pid if proc is not None else backend.pid
-                        cpu0, bcpu0 = _tree_cpu_s(pid), _cpu_s(backend.pid)
+                        threads0, bcpu0 = _tree_thread_cpu_s(pid), _cpu_s(backend.pid)
+                        cpu0 = _tree_cpu_s(pid)  # (a process's own stat keeps its exited threads' CPU)
                         r = _run_loadgen(port, args.requests, args.concurrency)
                         r["cpu_us_per_req"] = (_tree_cpu_s(pid) - cpu0) / max(r["requests"], 1) * 1e6
+                        threads1 = _tree_thread_cpu_s(pid)
                         r["backend_cpu_us_per_req"] = (
                             (_cpu_s(backend.pid) - bcpu0) / max(r["requests"], 1) * 1e6
                         )
+                        r.update(thread_spread(threads0, threads1, r["wall_s"]))
                         results[path].append(r)
                         print(
                             f"  rep {rep + 1} {path:<28} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
                             f"p99 {r['p99_ms']:6.2f} ms  router CPU {r['cpu_us_per_req']:5.0f} us/req  "
-                            f"errors {r['errors']}",
+                            f"cores {r['cores']:.2f} (top thread {r['top_thread']:.2f}, "
+                            f"{r['busy_threads']:.0f} busy)  errors {r['errors']}",
                             flush=True,
                         )
                     finally:
@@ -552,8 +636,11 @@ def _print_table(results: dict[str, list[dict[str, Any]]]) -> None:
     direct = results.get("direct")
     d50 = _median(direct, "p50_ms") if direct else 0.0
     d99 = _median(direct, "p99_ms") if direct else 0.0
-    print("\n| path | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | router CPU us/req | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| path | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | router CPU us/req | cores "
+        "| top thread | errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for path, rows in results.items():
         if not rows:
             continue
@@ -562,10 +649,37 @@ def _print_table(results: dict[str, list[dict[str, Any]]]) -> None:
         added = ("-", "-") if path == "direct" else (f"{p50 - d50:.1f}", f"{p99 - d99:.1f}")
         print(
             f"| {path} | {_median(rows, 'rps'):,.0f} | {p50:.1f} | {p99:.1f} | {added[0]} | {added[1]} "
-            f"| {cpu} | "
+            f"| {cpu} | {_median(rows, 'cores'):.2f} | {_median(rows, 'top_thread'):.2f} | "
             f"{sum(r['errors'] for r in rows)} |"
         )
-    print("(medians over repeats; direct = load generator straight to the backend)", flush=True)
+    print(
+        "(medians over repeats; direct = load generator straight to the backend; cores = the router's "
+        "CPU seconds per second of the window, all threads; top thread = its busiest thread's)",
+        flush=True,
+    )
+    for line in ratio_lines(results):
+        print(line, flush=True)
+
+
+def ratio_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Throughput of each kvgate path over each peer path pinned alike (both unpinned, or both to the same
+    CPUs): the ratio of the medians, and in how many repeats (paired by index) kvgate was ahead."""
+    out = []
+    for k, krows in results.items():
+        kname, kcpus = split_pin(k)
+        if not kname.startswith("kvgate") or not krows:
+            continue
+        for peer, prows in results.items():
+            pname, pcpus = split_pin(peer)
+            if ":" not in pname or pcpus != kcpus or not prows:
+                continue
+            ahead = sum(a["rps"] > b["rps"] for a, b in zip(krows, prows, strict=False))
+            out.append(
+                f"{k} / {peer}: throughput {_median(krows, 'rps') / _median(prows, 'rps'):.3f}x "
+                f"({ahead} of {min(len(krows), len(prows))} repeats ahead), CPU per request "
+                f"{_median(krows, 'cpu_us_per_req') / _median(prows, 'cpu_us_per_req'):.3f}x"
+            )
+    return out
 
 
 def _streams(n: int) -> dict[str, Any]:
@@ -638,7 +752,8 @@ def main(argv: list[str] | None = None) -> int:
         "--paths",
         default=",".join(DEFAULT_PATHS),
         help="comma-separated: direct, kvgate-rr, kvgate (either with -w<N>: N workers, and @base: the "
-        "kvgate of --base-src), sglang-router:<policy>, vllm-router:<policy>",
+        "kvgate of --base-src), sglang-router:<policy>, vllm-router:<policy>; a router path may end in "
+        "/cpuN or /cpuN-M: that router (its threads and children) runs on those CPUs only",
     )
     p.add_argument(
         "--streams", type=int, default=10_000, help="concurrent streams to hold through kvgate (0 = skip)"
