@@ -255,3 +255,26 @@ async def test_client_disconnect_releases_inflight_and_upstream(backends, stream
         assert all(ep.inflight.requests == 0 for ep in gw.pools[0].endpoints())
         assert gw.metrics.registry.get_sample_value("kvgate_gateway_inflight_requests") == 0
         assert gw.metrics.errors.labels("m", "m", "client_gone")._value.get() == 1
+
+
+async def test_error_counts_for_a_refused_request_and_for_one_no_endpoint_could_serve():
+    # Refused before dispatch (unknown model): counted once, unlabelled; every endpoint refused the
+    # connection (the dispatch's 503): counted once under the client's model and the model sent.
+    refused = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    cfg = make_config(refused, extra={"health": {"ejectAfterFailures": 1000}})
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/completions"
+        async with s.post(url, data=b'{"model": "nope", "prompt": "x"}') as r:
+            assert r.status == 404
+        async with s.post(url, data=b'{"model": "m", "prompt": "x"}') as r:
+            assert r.status == 503
+            assert (await r.json())["error"]["code"] == "upstream_unavailable"
+            status = "503"
+        samples = {
+            (m.labels["model_name"], m.labels["target_model_name"], m.labels["error_code"]): m.value
+            for metric in gw.metrics.registry.collect()
+            if metric.name == "inference_objective_request_error"
+            for m in metric.samples
+            if m.name.endswith("_total")
+        }
+        assert samples == {("", "", "404"): 1.0, ("m", "m", status): 1.0}

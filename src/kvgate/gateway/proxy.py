@@ -288,7 +288,28 @@ class Proxy:
         self.inflight += 1
         self.idle.clear()
         try:
-            return await self._handle(request, kind, rid, self.clock(), tenant)
+            # (the request is prepared by a plain call and dispatched from here: no coroutine layer)
+            pool, ireq, out, header_block, client_model, strip_usage, explain, t0, marks = self._prepare(
+                request, kind, rid, self.clock(), tenant
+            )
+            try:
+                return await self._dispatch(
+                    request,
+                    kind,
+                    pool,
+                    ireq,
+                    rid,
+                    out,
+                    header_block,
+                    client_model,
+                    strip_usage,
+                    explain,
+                    t0,
+                    marks,
+                )
+            except GatewayError as e:
+                self.metrics.error(client_model, ireq.model, str(e.status))
+                raise
         except GatewayError as e:
             return error_response(e, rid)
         finally:
@@ -305,9 +326,12 @@ class Proxy:
         return request.body
 
     # --- one request --------------------------------------------------------------------------
-    async def _handle(
+    def _prepare(
         self, request: Request, kind: str, rid: str, t0: float, tenant: str | None = None
-    ) -> Response | StreamResponse:
+    ) -> tuple[Pool, InferenceRequest, bytes, bytes, str, bool, bool, float, dict[str, float] | None]:
+        """Parse, route and build what goes upstream: ``_dispatch``'s arguments after the request, kind
+        and id (pool, request, body, header block, client model, strip usage, explain, arrival, marks).
+        Raises ``GatewayError``."""
         raw = self._read_body(request)
         try:
             parsed = parse_body(kind, raw)
@@ -352,24 +376,7 @@ class Proxy:
         header_block = "".join(lines).encode("utf-8", "surrogateescape")
         # recv: the whole request is in (the front reads the body before the handler runs).
         marks = {"recv": t0, "parsed": self.clock()} if timing and not self.hide else None
-        try:
-            return await self._dispatch(
-                request,
-                kind,
-                pool,
-                ireq,
-                rid,
-                out,
-                header_block,
-                client_model,
-                strip_usage,
-                explain,
-                t0,
-                marks,
-            )
-        except GatewayError as e:
-            self.metrics.error(client_model, target, str(e.status))
-            raise
+        return pool, ireq, out, header_block, client_model, strip_usage, explain, t0, marks
 
     def _inference_request(
         self,
