@@ -181,6 +181,74 @@ async def test_a_deadline_before_the_armed_timer_still_ends_the_read() -> None:
     server.close()
 
 
+async def test_a_head_wait_that_times_out_leaves_no_waiter_and_drops_the_connection() -> None:
+    # (``UpstreamPool.request`` waits for the head inline, not through ``_Conn._wait``)
+    server, port = await _hanging_after_one_reply()
+    pool = UpstreamPool(1.0, 0.2)
+    resp = await pool.request(*_request(port))
+    conn = resp._conn
+    assert resp.read_now() == b"ok"
+    resp.release()
+    with pytest.raises(UpstreamTimeout):
+        await pool.request(*_request(port))  # the same connection: never answered
+    assert conn.waiter is None and conn._due is None
+    await asyncio.sleep(0.05)
+    assert conn.closed and not pool._idle.get(f"127.0.0.1:{port}")
+    pool.close()
+    server.close()
+
+
+async def test_a_cancelled_head_wait_leaves_no_waiter_and_drops_the_connection() -> None:
+    server, port = await _hanging_after_one_reply()
+    pool = UpstreamPool(1.0, 30.0)
+    resp = await pool.request(*_request(port))
+    conn = resp._conn
+    assert await resp.read() == b"ok"
+    resp.release()
+    task = asyncio.create_task(pool.request(*_request(port)))
+    await asyncio.sleep(0.1)
+    assert conn.waiter is not None  # waiting for the head
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert conn.waiter is None and conn._due is None
+    await asyncio.sleep(0.05)
+    assert conn.closed
+    pool.close()
+    server.close()
+
+
+async def test_read_now_gives_a_whole_body_only_once_all_of_it_is_here() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(b"cd")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(b"ef")
+            await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(1.0, 5.0)
+    resp = await pool.request(*_request(port))
+    assert resp.read_now() is None  # only the head and "ab" are here
+    assert await resp.read() == b"abcdef"
+    resp.release()
+    resp = await pool.request(*_request(port))  # the connection was reused
+    await asyncio.sleep(0.4)
+    assert resp.read_now() == b"abcdef"  # all here now: no await
+    assert resp.read_now() == b""  # (read: nothing more)
+    resp.release()
+    assert len(pool._idle[f"127.0.0.1:{port}"]) == 1
+    pool.close()
+    server.close()
+
+
 # --- the usage of a whole response body, and the gateway's histograms ---------------------------------
 
 _COUNT = st.one_of(st.none(), st.integers(-3, 10**6), st.booleans(), st.floats(0, 9), st.text(max_size=2))

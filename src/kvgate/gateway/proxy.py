@@ -522,7 +522,9 @@ class Proxy:
                         t0,
                     )
                 try:
-                    body = await resp.read()
+                    body = resp.read_now()  # (the usual case: all here, no coroutine)
+                    if body is None:
+                        body = await resp.read()
                 except _UPSTREAM_ERRORS as e:
                     last_error = f"{self._name(ep)}: body read failed: {type(e).__name__}"
                     finished = True

@@ -281,7 +281,19 @@ class _Conn(asyncio.Protocol):
 
     async def _wait(self, due: float | None) -> None:
         """Until data, an error or the close; ``UpstreamTimeout`` at ``due`` (event-loop time; None:
-        no limit)."""
+        no limit). (``UpstreamPool.request`` has the same steps inline: no coroutine per request.)"""
+        waiter = self._waiter(due)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            self._due = None
+        if isinstance(self.error, UpstreamTimeout):
+            raise self.error
+
+    def _waiter(self, due: float | None) -> asyncio.Future[None]:
+        """``_wait``'s future, with the read timer armed for ``due``; the caller awaits it, then clears
+        ``waiter`` and ``_due`` and raises an ``UpstreamTimeout`` left in ``error``."""
         loop = self.loop
         self.waiter = waiter = loop.create_future()
         if due is not None:
@@ -294,13 +306,7 @@ class _Conn(asyncio.Protocol):
                     self._timer.cancel()
                 self._timer_at = due
                 self._timer = loop.call_at(due, self._on_timer)
-        try:
-            await waiter
-        finally:
-            self.waiter = None
-            self._due = None
-        if isinstance(self.error, UpstreamTimeout):
-            raise self.error
+        return waiter
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -369,18 +375,27 @@ class UpstreamResponse:
                 return b""
             await c._wait(_due(c, self._idle, self._deadline))
 
+    def read_now(self) -> bytes | None:
+        """The whole body if all of it is here already (the usual case), without a coroutine; else
+        None (``read`` it)."""
+        c = self._conn
+        if not c.done or c.error is not None:
+            return None
+        body = c.body
+        data = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
+        c.buffered = 0
+        if c.paused and c.transport is not None:
+            c.paused = False
+            c.transport.resume_reading()
+        return data
+
     async def read(self) -> bytes:
         """The whole body; raises ``UpstreamError`` on loss."""
-        c = self._conn
-        if c.done and c.error is None:  # all of it is here already (the usual case): no await
-            body = c.body
-            data = body[0] if len(body) == 1 else b"".join(body)
-            body.clear()
-            c.buffered = 0
-            if c.paused and c.transport is not None:
-                c.paused = False
-                c.transport.resume_reading()
+        data = self.read_now()
+        if data is not None:  # (no await)
             return data
+        c = self._conn
         parts: list[bytes] = []
         while True:
             data = await self.read_chunk()
@@ -523,7 +538,14 @@ class UpstreamPool:
                 while conn.head is None:
                     if conn.error is not None:
                         raise conn.error
-                    await conn._wait(_due(conn, self.idle_timeout, deadline))
+                    waiter = conn._waiter(_due(conn, self.idle_timeout, deadline))  # (``_wait`` inline)
+                    try:
+                        await waiter
+                    finally:
+                        conn.waiter = None
+                        conn._due = None
+                    if isinstance(conn.error, UpstreamTimeout):
+                        raise conn.error
             except UpstreamTimeout:
                 if conn.transport is not None:
                     conn.transport.abort()
