@@ -1,6 +1,7 @@
-"""``scripts/knee_checks.py``, ``cold_bursts.py`` and ``burst_oracles.py`` take positional arguments (as
-docs/benchmarks.md names them): ``-h`` / ``--help`` prints the usage (their docstring) and exits 0, too
-few arguments print it to stderr and exit 2, not a traceback (review s11-docs L11)."""
+"""``scripts/knee_checks.py``, ``cold_bursts.py``, ``burst_oracles.py`` and ``cold_spread_trace.py`` take
+positional arguments (as docs/benchmarks.md names them): ``-h`` / ``--help`` prints the usage (their
+docstring) and exits 0, too few arguments print it to stderr and exit 2, not a traceback (review s11-docs
+L11)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ USAGE = {
     "knee_checks.py": "knee_checks.py CHECK POLICY [FIRST_SEED LAST_SEED [QPS]]",
     "cold_bursts.py": "cold_bursts.py FAMILY QPS [SEED] [POLICY]",
     "burst_oracles.py": "burst_oracles.py MODE FAMILY QPS SEED",
+    "cold_spread_trace.py": "cold_spread_trace.py FAMILY QPS SEED POLICY [BIN_S]",
 }
 
 
