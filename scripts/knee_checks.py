@@ -18,7 +18,8 @@ CHECK is one of:
 - ``mt``: the validation families b and c at their 0.8 x knee points (8.768 and 6.992 req/s, as
   ``kvgate bench multiturn --set validation --capacities a=11.77,b=10.96,c=8.74``) on seeds FIRST_SEED to
   LAST_SEED (default 104-113, a tuning set since session 10; its validation seeds are 114-133:
-  ``mt POLICY 114 133``), POLICY and sglang-cache-aware side by side;
+  ``mt POLICY 114 133``), POLICY and sglang-cache-aware side by side; a fifth argument runs family c
+  at that QPS instead (a load stress on the same seeds: ``mt POLICY 104 113 8.0``, 0.92 x c's knee);
   ``gm`` is POLICY's p90 over sglang's per run, and the figures per family follow;
 - ``reg``: the hetero, multi-LoRA and sharegpt knee-80% points, seed 0 (276.22 req/s 15 s, 388.08 req/s
   20 s, 276.10 req/s 20 s).
@@ -80,7 +81,8 @@ def main() -> None:
         sp = SCENARIOS["shared-prefix"]
         rows = [run_point(sp, policy, 14.14, 30.0, s, warmup=120.0).row for s in seeds]
     elif check == "mt":
-        runs = [(f, q, s) for f, q in (("b", 8.768), ("c", 6.992)) for s in seeds]
+        qc = float(sys.argv[5]) if len(sys.argv) > 5 else 6.992
+        runs = [(f, q, s) for f, q in (("b", 8.768), ("c", qc)) for s in seeds]
         rows = [run_once(FAMILIES[f], policy, q, s, 120.0, 30.0) for f, q, s in runs]
         ref = [run_once(FAMILIES[f], "sglang-cache-aware", q, s, 120.0, 30.0) for f, q, s in runs]
         base = [r["ttft_p90"] * 1000 for r in ref]
