@@ -122,3 +122,27 @@ def test_ratio_lines_pair_paths_pinned_alike():
         "kvgate/cpu1 / sglang-router:cache_aware/cpu1: throughput 1.500x (2 of 3 repeats ahead), "
         "CPU per request 1.000x",
     ]
+
+
+def test_cpu_split_is_user_and_system_of_the_process_and_its_tree():
+    sum(i * i for i in range(200_000))  # some user time
+    user, system = go._cpu_split_s(os.getpid())
+    assert user > 0 and system >= 0
+    assert go._cpu_s(os.getpid()) == pytest.approx(user + system, abs=0.05)
+    tree_user, tree_system = go._tree_cpu_split_s(os.getpid())
+    assert tree_user >= user - 0.05 and tree_system >= system - 0.05
+    assert go._tree_cpu_s(os.getpid()) == pytest.approx(tree_user + tree_system, abs=0.05)
+
+
+def test_the_table_shows_user_and_system_cpu_per_request(capsys):
+    def row(rps, user, system):
+        return {
+            "rps": rps, "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0, "cpu_us_per_req": user + system,
+            "user_us_per_req": user, "sys_us_per_req": system, "cores": 0.5, "top_thread": 0.5,
+        }  # fmt: skip
+
+    go._print_table({"direct": [row(9.0, 5.0, 5.0)], "kvgate": [row(5.0, 60.0, 40.0)]})
+    out = capsys.readouterr().out
+    assert "| user / sys us |" in out
+    assert "| kvgate | 5 | 1.0 | 2.0 | 0.0 | 0.0 | 100 | 60 / 40 | 0.50 | 0.50 | 0 |" in out
+    assert "| direct | 9 | 1.0 | 2.0 | - | - | - | - | 0.50 | 0.50 | 0 |" in out

@@ -334,9 +334,16 @@ async def _hold_streams(port: int, n: int, rss: Callable[[], int], settle_s: flo
 
 
 def _cpu_s(pid: int | str) -> float:
+    user, system = _cpu_split_s(pid)
+    return user + system
+
+
+def _cpu_split_s(pid: int | str) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (all its threads, exited ones too) or of one thread
+    (``"<pid>/task/<tid>"``)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
 def _tree_pids(pid: int) -> list[int]:
@@ -361,13 +368,21 @@ def _tree_pids(pid: int) -> list[int]:
 
 def _tree_cpu_s(pid: int) -> float:
     """CPU of a process and all its descendants (all threads)."""
-    total = 0.0
+    user, system = _tree_cpu_split_s(pid)
+    return user + system
+
+
+def _tree_cpu_split_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and all its descendants (all threads)."""
+    user = system = 0.0
     for p in _tree_pids(pid):
         try:
-            total += _cpu_s(p)
+            u, s = _cpu_split_s(p)
         except OSError:
             continue  # exited while we looked
-    return total
+        user += u
+        system += s
+    return user, system
 
 
 def _tree_thread_cpu_s(pid: int) -> dict[tuple[int, int], float]:
@@ -605,9 +620,14 @@ def run(args: argparse.Namespace) -> int:
                         _run_loadgen(port, args.warmup, args.concurrency)
                         pid = proc.pid if proc is not None else backend.pid
                         threads0, bcpu0 = _tree_thread_cpu_s(pid), _cpu_s(backend.pid)
-                        cpu0 = _tree_cpu_s(pid)  # (a process's own stat keeps its exited threads' CPU)
+                        # (a process's own stat keeps its exited threads' CPU)
+                        user0, sys0 = _tree_cpu_split_s(pid)
                         r = _run_loadgen(port, args.requests, args.concurrency)
-                        r["cpu_us_per_req"] = (_tree_cpu_s(pid) - cpu0) / max(r["requests"], 1) * 1e6
+                        user1, sys1 = _tree_cpu_split_s(pid)
+                        per = 1e6 / max(r["requests"], 1)
+                        r["user_us_per_req"] = (user1 - user0) * per
+                        r["sys_us_per_req"] = (sys1 - sys0) * per  # the kernel's: socket reads and writes
+                        r["cpu_us_per_req"] = r["user_us_per_req"] + r["sys_us_per_req"]
                         threads1 = _tree_thread_cpu_s(pid)
                         r["backend_cpu_us_per_req"] = (
                             (_cpu_s(backend.pid) - bcpu0) / max(r["requests"], 1) * 1e6
@@ -616,7 +636,8 @@ def run(args: argparse.Namespace) -> int:
                         results[path].append(r)
                         print(
                             f"  rep {rep + 1} {path:<28} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
-                            f"p99 {r['p99_ms']:6.2f} ms  router CPU {r['cpu_us_per_req']:5.0f} us/req  "
+                            f"p99 {r['p99_ms']:6.2f} ms  router CPU {r['cpu_us_per_req']:5.0f} us/req "
+                            f"(user {r['user_us_per_req']:.0f}, sys {r['sys_us_per_req']:.0f})  "
                             f"cores {r['cores']:.2f} (top thread {r['top_thread']:.2f}, "
                             f"{r['busy_threads']:.0f} busy)  errors {r['errors']}",
                             flush=True,
@@ -637,19 +658,24 @@ def _print_table(results: dict[str, list[dict[str, Any]]]) -> None:
     d50 = _median(direct, "p50_ms") if direct else 0.0
     d99 = _median(direct, "p99_ms") if direct else 0.0
     print(
-        "\n| path | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | router CPU us/req | cores "
-        "| top thread | errors |"
+        "\n| path | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | router CPU us/req "
+        "| user / sys us | cores | top thread | errors |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for path, rows in results.items():
         if not rows:
             continue
         p50, p99 = _median(rows, "p50_ms"), _median(rows, "p99_ms")
         cpu = "-" if path == "direct" else f"{_median(rows, 'cpu_us_per_req'):.0f}"
+        split = (
+            "-"
+            if path == "direct"
+            else f"{_median(rows, 'user_us_per_req'):.0f} / {_median(rows, 'sys_us_per_req'):.0f}"
+        )
         added = ("-", "-") if path == "direct" else (f"{p50 - d50:.1f}", f"{p99 - d99:.1f}")
         print(
             f"| {path} | {_median(rows, 'rps'):,.0f} | {p50:.1f} | {p99:.1f} | {added[0]} | {added[1]} "
-            f"| {cpu} | {_median(rows, 'cores'):.2f} | {_median(rows, 'top_thread'):.2f} | "
+            f"| {cpu} | {split} | {_median(rows, 'cores'):.2f} | {_median(rows, 'top_thread'):.2f} | "
             f"{sum(r['errors'] for r in rows)} |"
         )
     print(
