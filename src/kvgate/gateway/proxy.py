@@ -322,6 +322,7 @@ class Proxy:
         # body before the handler runs (``request.body``: no coroutine to await for it).
         limit = self.cfg.limits.max_body_bytes
         if request.content_length > limit:
+            self.metrics.error("", "", "413")  # (counted here, like the 404: never in ``_entry``)
             raise GatewayError(413, f"request body of {request.content_length} bytes exceeds {limit} bytes")
         return request.body
 
@@ -336,6 +337,9 @@ class Proxy:
         try:
             parsed = parse_body(kind, raw)
         except BodyError as e:
+            # Counted once, unlabelled (no model yet), like the 404 below: ``_entry`` counts only what
+            # ``_dispatch`` raises.
+            self.metrics.error("", "", str(e.status))
             raise GatewayError(e.status, e.message, param=e.param) from None
         client_model = parsed.model
         target = self.rewriter.rewrite(client_model) if self.rewriter else client_model
@@ -544,7 +548,8 @@ class Proxy:
                     task = asyncio.current_task()
                     if task is not None:
                         task.uncancel()
-                    self.metrics.error(client_model, ireq.model, "preempted")
+                    # Counted once, by ``_entry``, under the status the client gets (429, as the
+                    # reference's shed requests); kvgate_flow_control_preemptions_total counts the why.
                     raise GatewayError.from_scheduling(preempted_error()) from None
                 if not finished:  # (a stream's relay records its own end)
                     self.metrics.error(client_model, ireq.model, "client_gone")

@@ -160,7 +160,13 @@ class GatewayServer:
             routes.update({"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz})
             routes[AGGREGATE_PATH] = self._aggregate
             prefix["/debug/picks/"] = self._debug_pick
-        return FrontServer.with_limits(routes, self._not_found, self.cfg.limits, prefix_routes=prefix)
+        front = FrontServer.with_limits(routes, self._not_found, self.cfg.limits, prefix_routes=prefix)
+        if proxy is not None:
+            # A request the front refuses (413 over maxBodyBytes, malformed HTTP, 408) is counted once,
+            # unlabelled, like the proxy's own refusals before a model is known.
+            metrics = proxy.metrics
+            front.on_reject = lambda status: metrics.error("", "", str(status))
+        return front
 
     async def _not_found(self, request: Request) -> Response:
         return error_response(GatewayError(404, f"no route for {request.method} {request.path}"))

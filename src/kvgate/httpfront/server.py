@@ -372,6 +372,9 @@ class FrontServer:
         # Counters for the metrics page and the soak report.
         self.refused = 0  # connections over max_connections
         self.timed_out = {"header": 0, "body": 0, "send": 0}
+        # Called with the status of each request the front refuses itself (400, 408, 413, 431, 501):
+        # the gateway counts them on its request error metric, as it counts its own refusals.
+        self.on_reject: Callable[[int], None] | None = None
         # One sweeper enforces every deadline, instead of a timer armed and cancelled per request.
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -576,6 +579,8 @@ class FrontProtocol(asyncio.Protocol):
 
     def _reject(self, status: int, message: str) -> None:
         self._reject_after = True
+        if self.server.on_reject is not None:
+            self.server.on_reject(status)
         self.buf.clear()
         self._pending = None
         self.head_since = self.body_since = None
