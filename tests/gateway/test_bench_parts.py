@@ -42,8 +42,33 @@ async def test_backend_and_load_generator_round_trip():
         result = await go._loadgen(port, 300, 8)
         assert result["requests"] == 300 and result["errors"] == 0
         assert result["p99_ms"] >= result["p50_ms"] > 0
+        assert "cores" not in result  # no router to watch
+        # Watching this process (the "router" and the backend are this loop): the CPU window is the
+        # timed gather plus the /proc reads at its two ends, not the connects or the teardown.
+        watched = await go._loadgen(port, 300, 8, os.getpid(), os.getpid())
+        assert watched["requests"] == 300 and watched["cpu_window_s"] >= watched["wall_s"]
+        assert watched["cpu_us_per_req"] > 0 and watched["cores"] >= watched["top_thread"] >= 0
     finally:
         server.close()
+
+
+def test_window_figures_divide_by_the_cpu_window_not_the_wall_time():
+    """Review s12-tp L1: ``cores`` and ``top_thread`` were the CPU between reads taken before the load
+    generator was spawned and after it exited, divided by its gather time only (so a thread could read
+    above 1.00 of a core). Now both ends are read by the load generator around its gather, and the
+    figures are divided by that window, whose length and tick resolution come with them."""
+    threads0 = {(1, 1): 10.0, (1, 2): 2.0}
+    threads1 = {(1, 1): 10.25, (1, 2): 2.05}
+    f = go.window_figures((4.0, 1.0), (4.2, 1.1), threads0, threads1, 0.03, window_s=0.25, requests=1000)
+    assert f["user_us_per_req"] == pytest.approx(200.0)
+    assert f["sys_us_per_req"] == pytest.approx(100.0)
+    assert f["cpu_us_per_req"] == pytest.approx(300.0)
+    assert f["backend_cpu_us_per_req"] == pytest.approx(30.0)
+    assert f["cores"] == pytest.approx(0.30 / 0.25)
+    assert f["top_thread"] == pytest.approx(1.0)  # a thread busy the whole window: one core, not more
+    assert f["busy_threads"] == 2  # 0.05 s of 0.25 s is 0.2 of a core: busy (>= 0.1)
+    assert f["cpu_window_s"] == 0.25
+    assert f["tick_frac"] == pytest.approx(1.0 / go.CLK_TCK / 0.25)  # 0.04 at 100 ticks/s
 
 
 def test_split_pin_parses_the_cpu_suffix():

@@ -231,7 +231,12 @@ def _request_bytes(port: int, path: str, body: bytes) -> bytes:
     ).encode() + body
 
 
-async def _loadgen(port: int, requests: int, concurrency: int) -> dict[str, Any]:
+async def _loadgen(
+    port: int, requests: int, concurrency: int, router_pid: int = 0, backend_pid: int = 0
+) -> dict[str, Any]:
+    """Send ``requests`` over ``concurrency`` connections. With ``router_pid``, also read the router's
+    (and ``backend_pid``'s) CPU just before and just after the timed ``gather``, so that its CPU window
+    is ``wall_s`` plus the reads only (no spawn, connects or teardown: ``window_figures``)."""
     loop = asyncio.get_running_loop()
     raw = _request_bytes(port, "/v1/completions", BODY)
     conns = [
@@ -255,21 +260,61 @@ async def _loadgen(port: int, requests: int, concurrency: int) -> dict[str, Any]
             if status != 200:
                 errors += 1
 
+    watch = router_pid > 0
+    if watch:
+        ta = time.perf_counter()
+        split0, bcpu0 = _tree_cpu_split_s(router_pid), _cpu_s(backend_pid or router_pid)
+        threads0 = _tree_thread_cpu_s(router_pid)
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in conns))
     wall = time.perf_counter() - t0
+    if watch:
+        threads1 = _tree_thread_cpu_s(router_pid)
+        split1, bcpu1 = _tree_cpu_split_s(router_pid), _cpu_s(backend_pid or router_pid)
+        window = time.perf_counter() - ta
     for c in conns:
         assert c.transport is not None
         c.transport.close()
     latencies.sort()
     n = len(latencies)
-    return {
+    out = {
         "requests": n,
         "errors": errors,
         "wall_s": wall,
         "rps": n / wall,
         "p50_ms": latencies[n // 2] * 1e3 if n else 0.0,
         "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1e3 if n else 0.0,
+    }
+    if watch:
+        out.update(window_figures(split0, split1, threads0, threads1, bcpu1 - bcpu0, window, n))
+    return out
+
+
+def window_figures(
+    split0: tuple[float, float],
+    split1: tuple[float, float],
+    threads0: dict[tuple[int, int], float],
+    threads1: dict[tuple[int, int], float],
+    backend_cpu_s: float,
+    window_s: float,
+    requests: int,
+) -> dict[str, float]:
+    """A router's CPU figures over one window of ``window_s`` (the load's ``wall_s`` plus the reads of
+    ``/proc`` at its two ends): user, system and total CPU per request, the backend's CPU per request,
+    and how the router's CPU spread over its threads (``thread_spread``, divided by this same window).
+    ``tick_frac``: one clock tick (``/proc`` counts CPU in ticks, 10 ms) over the window, the
+    resolution of ``cores`` and ``top_thread`` (so a thread can read up to ``1 + tick_frac``)."""
+    per = 1e6 / max(requests, 1)
+    user = (split1[0] - split0[0]) * per
+    system = (split1[1] - split0[1]) * per  # the kernel's: socket reads and writes
+    return {
+        "user_us_per_req": user,
+        "sys_us_per_req": system,
+        "cpu_us_per_req": user + system,
+        "backend_cpu_us_per_req": backend_cpu_s * per,
+        "cpu_window_s": window_s,
+        "tick_frac": 1.0 / CLK_TCK / max(window_s, 1e-9),
+        **thread_spread(threads0, threads1, window_s),
     }
 
 
@@ -406,8 +451,10 @@ def thread_spread(
 ) -> dict[str, float]:
     """How a router's CPU over a window of ``wall_s`` spread over its threads: ``cores`` (all threads' CPU
     / wall: above 1.0 means it ran on more than one core at once), ``top_thread`` (the busiest thread's
-    CPU / wall: one thread can give at most 1.0) and ``busy_threads`` (threads that used >= 10 % of a core).
-    A thread that started in the window counts from zero."""
+    CPU / wall: one thread can give at most 1.0, plus one clock tick over the window, since ``/proc``
+    counts in ticks) and ``busy_threads`` (threads that used >= 10 % of a core). ``before`` and ``after``
+    must be read at the two ends of that same window. A thread that started in the window counts from
+    zero."""
     deltas = [after[k] - before.get(k, 0.0) for k in after]
     wall = max(wall_s, 1e-9)
     return {
@@ -454,9 +501,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _run_loadgen(port: int, requests: int, concurrency: int) -> dict[str, Any]:
+def _run_loadgen(
+    port: int, requests: int, concurrency: int, router_pid: int = 0, backend_pid: int = 0
+) -> dict[str, Any]:
+    args = [str(port), str(requests), str(concurrency), str(router_pid), str(backend_pid)]
     out = subprocess.run(
-        [PY, "-m", "kvgate.bench.gateway_overhead", "--_loadgen", str(port), str(requests), str(concurrency)],
+        [PY, "-m", "kvgate.bench.gateway_overhead", "--_loadgen", *args],
         preexec_fn=reaper.die_with_parent(),
         capture_output=True,
         check=True,
@@ -619,27 +669,18 @@ def run(args: argparse.Namespace) -> int:
                         port = BACKEND_PORTS[0] if proc is None else ROUTER_PORT
                         _run_loadgen(port, args.warmup, args.concurrency)
                         pid = proc.pid if proc is not None else backend.pid
-                        threads0, bcpu0 = _tree_thread_cpu_s(pid), _cpu_s(backend.pid)
-                        # (a process's own stat keeps its exited threads' CPU)
-                        user0, sys0 = _tree_cpu_split_s(pid)
-                        r = _run_loadgen(port, args.requests, args.concurrency)
-                        user1, sys1 = _tree_cpu_split_s(pid)
-                        per = 1e6 / max(r["requests"], 1)
-                        r["user_us_per_req"] = (user1 - user0) * per
-                        r["sys_us_per_req"] = (sys1 - sys0) * per  # the kernel's: socket reads and writes
-                        r["cpu_us_per_req"] = r["user_us_per_req"] + r["sys_us_per_req"]
-                        threads1 = _tree_thread_cpu_s(pid)
-                        r["backend_cpu_us_per_req"] = (
-                            (_cpu_s(backend.pid) - bcpu0) / max(r["requests"], 1) * 1e6
-                        )
-                        r.update(thread_spread(threads0, threads1, r["wall_s"]))
+                        # The load generator reads the router's CPU (a process's own stat keeps its
+                        # exited threads' CPU) at the two ends of its timed window: no spawn, connects
+                        # or teardown in it (window_figures).
+                        r = _run_loadgen(port, args.requests, args.concurrency, pid, backend.pid)
                         results[path].append(r)
                         print(
                             f"  rep {rep + 1} {path:<28} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
                             f"p99 {r['p99_ms']:6.2f} ms  router CPU {r['cpu_us_per_req']:5.0f} us/req "
                             f"(user {r['user_us_per_req']:.0f}, sys {r['sys_us_per_req']:.0f})  "
                             f"cores {r['cores']:.2f} (top thread {r['top_thread']:.2f}, "
-                            f"{r['busy_threads']:.0f} busy)  errors {r['errors']}",
+                            f"{r['busy_threads']:.0f} busy; +-{r['tick_frac']:.2f} over "
+                            f"{r['cpu_window_s']:.2f} s)  errors {r['errors']}",
                             flush=True,
                         )
                     finally:
@@ -680,7 +721,8 @@ def _print_table(results: dict[str, list[dict[str, Any]]]) -> None:
         )
     print(
         "(medians over repeats; direct = load generator straight to the backend; cores = the router's "
-        "CPU seconds per second of the window, all threads; top thread = its busiest thread's)",
+        "CPU seconds per second of the timed window, all threads; top thread = its busiest thread's; "
+        "both +- one clock tick over the window, printed per repeat)",
         flush=True,
     )
     for line in ratio_lines(results):
@@ -807,7 +849,7 @@ def _internal(argv: list[str]) -> int:
         ports = [int(a) for a in argv[1:] if a != "--hold"]
         uvloop.run(_backend(ports, hold))
     elif argv[0] == "--_loadgen":
-        print(json.dumps(uvloop.run(_loadgen(int(argv[1]), int(argv[2]), int(argv[3])))))
+        print(json.dumps(uvloop.run(_loadgen(*(int(a) for a in argv[1:6])))))
     elif argv[0] == "--_hold":
         port, n, pid = int(argv[1]), int(argv[2]), int(argv[3])
         print(json.dumps(uvloop.run(_hold_streams(port, n, lambda: _rss_bytes(pid), settle_s=120))))
