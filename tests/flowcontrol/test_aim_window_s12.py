@@ -35,8 +35,16 @@ def test_half_a_window_in_the_aim_is_sized_on_a_whole_windows_requests() -> None
 def test_window_sample() -> None:
     rate = 5.0
     for elapsed in (AIM_FILL_S, 20.0, 60.0, 600.0):
-        decayed = rate * AIM_WINDOW_S * -math.expm1(-elapsed / AIM_WINDOW_S)
+        # the first (its weight decayed since) and the rate after it
+        first = math.exp(-elapsed / AIM_WINDOW_S)
+        decayed = first + rate * AIM_WINDOW_S * -math.expm1(-elapsed / AIM_WINDOW_S)
         assert window_sample(decayed, elapsed) == pytest.approx(rate * AIM_WINDOW_S)
+        # capped by what the first minute can hold: those seen, the rest at the rate now
+        seen = 1 + rate * elapsed
+        assert window_sample(decayed, elapsed, seen, rate) == pytest.approx(
+            min(rate * AIM_WINDOW_S, seen + rate * max(0.0, AIM_WINDOW_S - elapsed))
+        )
+        assert window_sample(decayed, elapsed, seen, 0.0) == pytest.approx(min(seen, rate * AIM_WINDOW_S))
     # before AIM_FILL_S the count as it is (a rate from a few seconds is not extrapolated)
     assert window_sample(7.0, AIM_FILL_S / 2) == 7.0
     assert window_sample(7.0, 0.0) == 7.0

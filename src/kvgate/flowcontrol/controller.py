@@ -93,21 +93,32 @@ AIM_WINDOW_S = 60.0
 # first (63 % after one window): ``window_sample`` divides that out once AIM_FILL_S have passed (before,
 # the count as it is: a rate from a few seconds is too rough to extrapolate).
 AIM_FILL_S = 5.0
+# The extrapolation assumes the rate since the first is the rate: a burst at the start (a restart under
+# load: the backlog's first batch) would be multiplied with it (x12 at 5 s; review s12-fc F1). So it is
+# capped by what the count can become: the first tokens seen so far plus the rest of the window at the
+# rate now (first tokens decayed over AIM_RECENT_S: a burst has left it within seconds, and a rate
+# under-read only widens the margin).
+AIM_RECENT_S = 1.0
 AIM_Z = 1.645  # (the default of flowControl.fairShareTTFTConfidence)
 AIM_MIN_SAMPLE = 50.0
 
 
-def window_sample(decayed: float, elapsed: float) -> float:
+def window_sample(decayed: float, elapsed: float, seen: float = math.inf, recent: float = math.inf) -> float:
     """The requests a window of ``AIM_WINDOW_S`` holds at the rate a count decayed over it measured,
-    ``elapsed`` seconds after its first request: the count over the part of a full window's weight
-    that ``elapsed`` seconds give (1 - exp(-elapsed / window), the exponential average's start-up
-    bias), so a minute of five requests a second is 300 from the first seconds on, not the 118 the
-    count holds after 30 s (session 12: in the 60 s flood benchmark the count never filled, and the
-    2 x 16 fleet's ``aim`` came out near 6 % where 300 a minute gives 7.5 %). Before ``AIM_FILL_S``: the
-    count as it is (the widest margin)."""
+    ``elapsed`` seconds after its first request: the count, less the first's weight (it starts the
+    clock, so is no part of the rate: review s12-fc F2), over the part of a full window's weight that
+    ``elapsed`` seconds give (1 - exp(-elapsed / window), the exponential average's start-up bias), so a
+    minute of five requests a second is 300 from the first seconds on, not the 118 the count holds
+    after 30 s (session 12: in the 60 s flood benchmark the count never filled, and the 2 x 16 fleet's
+    ``aim`` came out near 6 % where 300 a minute gives 7.5 %). At most ``seen`` (the requests counted
+    since the first, it included) plus the rest of the window at ``recent`` a second (AIM_RECENT_S):
+    a burst at the start is counted once, not extrapolated. Before ``AIM_FILL_S``: the count as it is
+    (the widest margin)."""
     if not (elapsed >= AIM_FILL_S):
         return decayed
-    return decayed / -math.expm1(-elapsed / AIM_WINDOW_S)
+    first = math.exp(-elapsed / AIM_WINDOW_S)
+    whole = (decayed - first) / -math.expm1(-elapsed / AIM_WINDOW_S)
+    return min(whole, seen + recent * max(0.0, AIM_WINDOW_S - elapsed))
 
 
 ADAPTIVE_OVER_SHARE = 2.0
@@ -320,6 +331,8 @@ class FlowController:
         self._steer_n = 0.0
         self._steer_at: float | None = None
         self._steer_since: float | None = None  # the first of them (``window_sample``)
+        self._steer_seen = 0  # since _steer_since, undecayed
+        self._steer_recent = 0.0  # decayed over AIM_RECENT_S
 
     def __len__(self) -> int:
         return self.count
@@ -780,11 +793,19 @@ class FlowController:
         held_now = self.held_back(req)
         held_then = held_now if held is None else held
         if not held_now:  # (its sample: the requests it steers on over the last AIM_WINDOW_S)
-            self._steer_n = self._decayed(self._steer_n, self._steer_at, now, AIM_WINDOW_S) + 1.0
-            self._steer_at = now if self._steer_at is None else max(now, self._steer_at)
-            if self._steer_since is None:
-                self._steer_since = now
-            n = window_sample(self._steer_n, now - self._steer_since)
+            at = self._steer_at
+            if at is None or now - at > AIM_WINDOW_S:
+                # the first, or the first after a window without any (an idle spell): a new start, or the
+                # count, decayed to near nothing, would read as the start-up's under-count for the
+                # window's whole length (review s12-fc F3)
+                self._steer_n, self._steer_seen, self._steer_recent = 0.0, 0, 0.0
+                self._steer_since = at = now
+            self._steer_n = self._decayed(self._steer_n, at, now, AIM_WINDOW_S) + 1.0
+            self._steer_recent = self._decayed(self._steer_recent, at, now, AIM_RECENT_S) + 1.0
+            self._steer_seen += 1
+            self._steer_at = max(now, at)
+            since = self._steer_since if self._steer_since is not None else now
+            n = window_sample(self._steer_n, now - since, self._steer_seen, self._steer_recent / AIM_RECENT_S)
             self.aim = aim_miss(1.0 - TARGET_QUANTILE, max(AIM_MIN_SAMPLE, n), self._aim_z)
         if service is not None and cfg.fair_share_running_reserve and not held_then:
             # (its time from dispatch alone: a miss the reserve could not have prevented)
