@@ -425,6 +425,10 @@ class Session:
             return False
         self._preempted = True
         self._finished = True  # its accounting is released by the director
+        if self.ctx.observer is not None:
+            # Its pick ends here, not ok and before any response headers, as a request whose client
+            # left then (``close``): out of the in-flight gauge once; the 429 is counted by ``_reject``.
+            self.ctx.observer.finished(None, False, False)
         return True
 
     def _on_response_headers(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:

@@ -1,0 +1,87 @@
+"""The EPP door counts each request it picked or refused once, as ``kvgate serve`` does
+(``tests/gateway/test_error_counts.py``): a refused request once on ``kvgate_epp_rejections_total``
+under the status its client gets (the gateway door's ``error_code``), and every picked request leaves
+``kvgate_epp_inflight_requests`` once, however it ends. The real gRPC server on loopback, driven by the
+Envoy-playing harness, against a backend that holds each reply until the test releases it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import orjson
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from flowcontrol.test_doors import HeldBackend, eventually
+from flowcontrol.test_preemption_doors import gateway_config
+from kvgate.config.gateway import parse_gateway_config
+from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.config import EppConfig
+from kvgate.extproc.context import build_context
+from kvgate.extproc.metrics import EppMetrics
+from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.testing import EnvoyHarness, channel
+from kvgate.requestcontrol.director import Director
+
+WAIT = 20.0  # generous: the CI machine is loaded
+
+
+def _value(metrics: EppMetrics, name: str, labels: dict[str, str] | None = None) -> float:
+    return metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_a_preempted_request_is_rejected_once_and_leaves_the_in_flight_gauge() -> None:
+    """Preempted before its response headers: one 429 on ``kvgate_epp_rejections_total`` (as the
+    gateway door counts it once under ``429``), and its pick no longer in flight. Before the fix the
+    gauge stayed at 1 forever: ``Session._stop`` marked the request finished for the director, so the
+    observer never heard its end."""
+    backend = await HeldBackend().start()
+    cfg = parse_gateway_config(gateway_config(backend.port, model="m"))
+    store = EndpointStore.from_addresses([backend.address])
+    metrics = EppMetrics()  # (as ``kvgate epp``: the sessions' observer and the server's metrics)
+    ctx = build_context(EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=cfg.pools[0].picker_config),
+                        store, clock=time.monotonic, observer=metrics)  # fmt: skip
+    epp = EppServer(
+        ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None), metrics=metrics
+    )
+    await epp.start()
+    ch = channel(f"127.0.0.1:{epp.port}")
+    try:
+        async with aiohttp.ClientSession() as http:
+            harness = EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http)
+
+            async def send(objective: str, prompt: str) -> tuple[int, bytes]:
+                body = orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1, "stream": True})
+                res = await harness.request(
+                    "POST", "/v1/completions", body, {"x-gateway-inference-objective": objective}
+                )
+                return res.status, res.body
+
+            batch = asyncio.ensure_future(send("batch", "sheddable"))
+            await eventually(lambda: backend.arrivals == ["sheddable"], "the sheddable request upstream")
+            critical = asyncio.ensure_future(send("critical", "critical"))
+            await eventually(lambda: backend.arrivals == ["sheddable", "critical"], "the critical request")
+            backend.release.release()
+            backend.release.release()
+            status, body = await asyncio.wait_for(batch, WAIT)
+            assert status == 429 and b"preempted" in body, body
+            assert (await asyncio.wait_for(critical, WAIT))[0] == 200
+            director = ctx.director
+            assert isinstance(director, Director)
+            await eventually(lambda: director.store.all()[0].inflight.requests == 0, "all released")
+            await eventually(
+                lambda: (
+                    _value(metrics, "kvgate_epp_responses_total", {"ok": "true", "streaming": "false"}) == 1
+                ),
+                "the critical response counted",
+            )
+        assert _value(metrics, "kvgate_epp_picks_total") == 2
+        assert _value(metrics, "kvgate_epp_rejections_total", {"status": "429"}) == 1
+        assert _value(metrics, "kvgate_epp_inflight_requests") == 0
+        # The preempted pick ended not ok, before any response headers (as a request whose client left).
+        assert _value(metrics, "kvgate_epp_responses_total", {"ok": "false", "streaming": "false"}) == 1
+    finally:
+        await ch.close()
+        await epp.stop(0)
+        await backend.stop()
