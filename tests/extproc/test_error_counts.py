@@ -21,10 +21,16 @@ from kvgate.extproc.config import EppConfig
 from kvgate.extproc.context import build_context
 from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.server import EppServer, ServerOptions
-from kvgate.extproc.testing import EnvoyHarness, channel
+from kvgate.extproc.testing import EnvoyHarness, Exchange, channel
+from kvgate.gateway.pools import build_pool
+from kvgate.gateway.server import GatewayServer
 from kvgate.requestcontrol.director import Director
 
 WAIT = 20.0  # generous: the CI machine is loaded
+
+
+async def _close(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
 
 
 def _value(metrics: EppMetrics, name: str, labels: dict[str, str] | None = None) -> float:
@@ -85,3 +91,53 @@ async def test_a_preempted_request_is_rejected_once_and_leaves_the_in_flight_gau
         await ch.close()
         await epp.stop(0)
         await backend.stop()
+
+
+async def test_body_refusals_are_counted_as_the_gateway_door_counts_them(start_epp) -> None:
+    """The same three refused bodies through both doors: each counted once, under the same status
+    (``kvgate_epp_rejections_total{status}`` and ``inference_objective_request_error_total{error_code}``)."""
+    bodies = (
+        b"not json",
+        b'{"model": 3, "prompt": "x"}',
+        b'{"model": "m", "prompt": "' + b"x" * 2000 + b'"}',
+    )
+    server = await asyncio.start_server(_close, "127.0.0.1", 0)  # (never reached)
+    port = server.sockets[0].getsockname()[1]
+    cfg = parse_gateway_config(
+        {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "pools": [{"name": "p", "endpoints": [f"127.0.0.1:{port}"], "models": ["m"]}],
+            "limits": {"maxBodyBytes": 1000},
+        }
+    )
+    gw = GatewayServer(cfg, [build_pool(p) for p in cfg.pools], scrape=False)
+    await gw.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            for body in bodies:
+                async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=body) as r:
+                    await r.read()
+        gateway_door = {
+            m.labels["error_code"]: m.value
+            for metric in gw.metrics.registry.collect()
+            if metric.name == "inference_objective_request_error"
+            for m in metric.samples
+            if m.name.endswith("_total") and m.value
+        }
+    finally:
+        await gw.stop(drain_timeout=0.5)
+        server.close()
+    epp = await start_epp([f"127.0.0.1:{port}"], max_request_body=1000)
+    headers = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
+    for body in bodies:
+        async with Exchange(epp.stub) as ex:
+            out = await ex.send_request(headers, body, chunk_size=400)
+        assert out.immediate is not None
+    epp_door = {
+        s.labels["status"]: s.value
+        for metric in epp.metrics.registry.collect()
+        for s in metric.samples
+        if s.name == "kvgate_epp_rejections_total"
+    }
+    assert gateway_door == {"400": 2, "413": 1}
+    assert epp_door == gateway_door

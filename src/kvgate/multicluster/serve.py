@@ -64,6 +64,15 @@ class _Metrics:
         self.failed = Counter(
             "kvgate_multicluster_failed_total", "Requests no cluster could start", registry=r
         )
+        # Each refused or failed request once, with the gateway door's ``error_code``
+        # (``inference_objective_request_error_total``): the HTTP status its client gets, ``stream_cut``
+        # or ``client_gone``.
+        self.errors = Counter(
+            "kvgate_multicluster_request_errors_total",
+            "Requests refused or failed, once each, by the status the client got (or stream_cut, "
+            "client_gone)",
+            ["error_code"], registry=r,
+        )  # fmt: skip
         self.failovers = Counter(
             "kvgate_multicluster_attempts_failed_total", "Failed attempts, by cluster and mode",
             ["cluster", "mode"], registry=r,
@@ -173,6 +182,7 @@ class GlobalGateway:
         try:
             parsed = parse_body(kind_for_path(path), raw)
         except BodyError as e:
+            self.metrics.errors.labels(str(e.status)).inc()
             return json_error(e.status, e.message, param=e.param)
         opts = parsed.body.get("stream_options")
         creq = ClusterRequest(
@@ -183,8 +193,12 @@ class GlobalGateway:
         )
         try:
             routed = await self.router.route(path, request.headers, raw, creq)
+        except asyncio.CancelledError:  # the client went away while a cluster was being tried
+            self.metrics.errors.labels("client_gone").inc()
+            raise
         except NoRoute as e:
             self.metrics.failed.inc()
+            self.metrics.errors.labels(str(e.status)).inc()
             self._count_failed(e.attempts)
             retry = {"Retry-After": "1"} if e.status == 429 else None
             return json_error(e.status, e.message, headers=retry)
@@ -206,22 +220,35 @@ class GlobalGateway:
         sse = headers.get("content-type", headers.get("Content-Type", "")).startswith("text/event-stream")
         resp = StreamResponse(status=routed.status, headers=headers)
         body = routed.body
-        await resp.prepare(request)
-        while True:
-            try:
-                chunk = await body.__anext__()
-            except StopAsyncIteration:
-                break
-            except _CUT as e:
-                self.metrics.cut.labels(routed.cluster).inc()
-                log.warning("response from cluster %s cut: %s: %s", routed.cluster, type(e).__name__, e)
-                if not sse:
-                    resp.abort()  # the client must see an incomplete body, not a short one
-                    return resp
-                await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
-                break
-            await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
-        await resp.write_eof()
+        # Counted once: a cluster's error reply under its status (as the gateway door), else a cut
+        # under stream_cut, else a client that left before the end under client_gone.
+        counted = routed.status >= 400
+        if counted:
+            self.metrics.errors.labels(str(routed.status)).inc()
+        try:
+            await resp.prepare(request)
+            while True:
+                try:
+                    chunk = await body.__anext__()
+                except StopAsyncIteration:
+                    break
+                except _CUT as e:
+                    self.metrics.cut.labels(routed.cluster).inc()
+                    if not counted:
+                        counted = True
+                        self.metrics.errors.labels("stream_cut").inc()
+                    log.warning("response from cluster %s cut: %s: %s", routed.cluster, type(e).__name__, e)
+                    if not sse:
+                        resp.abort()  # the client must see an incomplete body, not a short one
+                        return resp
+                    await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
+                    break
+                await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            if not counted:
+                self.metrics.errors.labels("client_gone").inc()
+            raise
         return resp
 
     def _count_failed(self, attempts: list[Attempt]) -> None:
@@ -268,6 +295,10 @@ class GlobalGateway:
             routes[p] = _get_only(h)
         self.front = FrontServer.with_limits(routes, self._not_found, self.limits)
         front = self.front
+        # A request the front refuses (413 over maxBodyBytes, malformed HTTP, 408) is counted once, as the
+        # gateway door counts it.
+        errors = self.metrics.errors
+        front.on_reject = lambda status: errors.labels(str(status)).inc()
         self.metrics.front.track(lambda: [front])
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(front.protocol, host, port, backlog=4096, reuse_address=True)

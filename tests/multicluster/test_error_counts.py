@@ -1,0 +1,131 @@
+"""The global gateway (``kvgate serve --clusters``) counts each refused or failed request once on
+``kvgate_multicluster_request_errors_total{error_code}``, with the single-cluster gateway's
+``error_code`` for the same request (``inference_objective_request_error_total``,
+``tests/gateway/test_error_counts.py``): the HTTP status its client gets (the body's 400, the front's
+refusals, 429 / 503 when no cluster could start it, a cluster's error reply passed through),
+``stream_cut``, ``client_gone``. Real sockets, clusters in Parent mode on loopback backends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.backend import Backend, free_port
+from gateway.test_front import _exchange, _req
+from kvgate.httpfront.server import FrontLimits
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.serve import GlobalGateway
+
+BODY = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 1})
+
+
+@pytest.fixture
+async def pods() -> AsyncIterator[Callable[..., Any]]:
+    started: list[Backend] = []
+
+    async def make(**kw: Any) -> Backend:
+        b = await Backend(f"pod{len(started)}", **kw).start()
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        await b.stop()
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Callable[..., Any]]:
+    running: list[GlobalGateway] = []
+
+    async def make(gateways: list[str], **limits: Any) -> GlobalGateway:
+        clusters = tuple(ClusterSpec(f"c{i}", gateway=g) for i, g in enumerate(gateways))  # Parent mode
+        gw = GlobalGateway(ClustersConfig(clusters), "round-robin", fetch=False, limits=FrontLimits(**limits))
+        await gw.start("127.0.0.1", 0)
+        running.append(gw)
+        return gw
+
+    yield make
+    for gw in running:
+        await gw.stop()
+
+
+def errors(gw: GlobalGateway) -> dict[str, float]:
+    """``error_code`` -> count, the counts that are not 0."""
+    out: dict[str, float] = {}
+    for family in gw.metrics.registry.collect():
+        for s in family.samples:
+            if s.name == "kvgate_multicluster_request_errors_total" and s.value:
+                out[s.labels["error_code"]] = s.value
+    return out
+
+
+async def _post(port: int, body: bytes = BODY) -> tuple[int, bytes]:
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    hdrs = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=hdrs) as r:
+        return r.status, await r.read()
+
+
+async def test_a_bad_body_and_a_front_refusal_are_counted_once_under_their_status(pods, gateway) -> None:
+    pod = await pods()
+    gw = await gateway([pod.address], max_body_bytes=1000)
+    assert (await _post(gw.port, b"{not json"))[0] == 400
+    assert (await _post(gw.port, orjson.dumps({"prompt": "x"})))[0] == 400  # no model
+    raw = await _exchange(gw.port, _req(b"x" * 2000, extra="Connection: close\r\n"))
+    assert raw.startswith(b"HTTP/1.1 413"), raw[:80]
+    assert errors(gw) == {"400": 2, "413": 1}
+    assert not pod.received  # none reached a cluster
+
+
+async def test_no_cluster_started_is_counted_once_under_the_status_the_client_gets(pods, gateway) -> None:
+    gw = await gateway([f"127.0.0.1:{free_port()}"])  # unreachable: 503
+    assert (await _post(gw.port))[0] == 503
+    assert errors(gw) == {"503": 1}
+    busy = await pods()
+    busy.mode = "error429"
+    gw429 = await gateway([busy.address])  # every cluster at capacity: 429
+    assert (await _post(gw429.port))[0] == 429
+    assert errors(gw429) == {"429": 1}
+
+
+async def test_a_clusters_error_reply_is_counted_once_under_its_status(pods, gateway) -> None:
+    pod = await pods()
+    pod.mode = "error400"  # passed through (a 4xx is the request's, not the cluster's)
+    gw = await gateway([pod.address])
+    assert (await _post(gw.port))[0] == 400
+    assert errors(gw) == {"400": 1}
+
+
+async def test_a_cut_stream_is_stream_cut_once(pods, gateway) -> None:
+    pod = await pods(tokens=8)
+    pod.mode = "cut"
+    gw = await gateway([pod.address])
+    body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 8, "stream": True})
+    status, raw = await _post(gw.port, body)
+    assert status == 200 and b"cut" in raw
+    assert errors(gw) == {"stream_cut": 1}
+
+
+async def test_a_client_gone_mid_stream_is_client_gone_once(pods, gateway) -> None:
+    pod = await pods(tokens=8)
+    pod.pause_after = 1
+    gw = await gateway([pod.address])
+    body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 8, "stream": True})
+    async with aiohttp.ClientSession() as http:
+        r = await http.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=body)
+        assert r.status == 200
+        await r.content.readany()
+        await asyncio.wait_for(pod.paused.wait(), 10)
+        r.close()  # the client goes away mid-stream
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 10
+    while gw.inflight and loop.time() < end:
+        pod.resume.set()  # the next chunk's write finds the client gone
+        await asyncio.sleep(0.02)
+    assert gw.inflight == 0
+    assert errors(gw) == {"client_gone": 1}
