@@ -11,7 +11,7 @@ import pytest
 
 from kvgate.flowcontrol.controller import AIM_MIN_SAMPLE, AIM_WINDOW_S, AIM_Z, FlowController, aim_miss
 
-from .test_ttft_margin_s11 import controller, req
+from .test_ttft_margin_s11 import controller, feed, req
 
 
 def _first_token(ctl: FlowController, rid: str, arrival: float) -> None:
@@ -94,3 +94,14 @@ def test_a_busy_window_then_a_gap_starts_over() -> None:
         _first_token(ctl, f"b{i}", t)
         t += 0.2
     assert ctl.aim == pytest.approx(aim_miss(0.1, AIM_MIN_SAMPLE, AIM_Z))
+
+
+def test_a_pause_of_two_seconds_does_not_cap_a_steady_rate() -> None:
+    """The cap's rate now is the larger of the last second's and the rate since AIM_FILL_S: a steady five
+    a second with a 2 s pause after 30 s still reads ~300 (e32e367's 1 s rate alone read ~1.6 a second
+    after the pause: n ~200, the margin of a window two thirds as full, in the benchmark on a third of
+    the first tokens)."""
+    ctl = controller()
+    t = feed(ctl, 150, 5.0)
+    _first_token(ctl, "after-pause", t + 2.0)
+    assert ctl.aim > aim_miss(0.1, 250.0, AIM_Z)

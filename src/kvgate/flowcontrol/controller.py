@@ -96,8 +96,9 @@ AIM_FILL_S = 5.0
 # The extrapolation assumes the rate since the first is the rate: a burst at the start (a restart under
 # load: the backlog's first batch) would be multiplied with it (x12 at 5 s; review s12-fc F1). So it is
 # capped by what the count can become: the first tokens seen so far plus the rest of the window at the
-# rate now (first tokens decayed over AIM_RECENT_S: a burst has left it within seconds, and a rate
-# under-read only widens the margin).
+# rate now, the larger of the last AIM_RECENT_S's (first tokens decayed over it: a burst has left it
+# within seconds, but it is noisy) and, from 2 x AIM_FILL_S on, the rate since AIM_FILL_S (steady, and
+# without the start's first seconds). A rate under-read only widens the margin.
 AIM_RECENT_S = 1.0
 AIM_Z = 1.645  # (the default of flowControl.fairShareTTFTConfidence)
 AIM_MIN_SAMPLE = 50.0
@@ -333,6 +334,7 @@ class FlowController:
         self._steer_since: float | None = None  # the first of them (``window_sample``)
         self._steer_seen = 0  # since _steer_since, undecayed
         self._steer_recent = 0.0  # decayed over AIM_RECENT_S
+        self._steer_fill: tuple[float, int] | None = None  # (when, _steer_seen) at AIM_FILL_S
 
     def __len__(self) -> int:
         return self.count
@@ -799,13 +801,21 @@ class FlowController:
                 # count, decayed to near nothing, would read as the start-up's under-count for the
                 # window's whole length (review s12-fc F3)
                 self._steer_n, self._steer_seen, self._steer_recent = 0.0, 0, 0.0
-                self._steer_since = at = now
+                self._steer_since, self._steer_fill = now, None
+                at = now
             self._steer_n = self._decayed(self._steer_n, at, now, AIM_WINDOW_S) + 1.0
             self._steer_recent = self._decayed(self._steer_recent, at, now, AIM_RECENT_S) + 1.0
             self._steer_seen += 1
             self._steer_at = max(now, at)
             since = self._steer_since if self._steer_since is not None else now
-            n = window_sample(self._steer_n, now - since, self._steer_seen, self._steer_recent / AIM_RECENT_S)
+            rate = self._steer_recent / AIM_RECENT_S
+            fill = self._steer_fill
+            if fill is None:
+                if now - since >= AIM_FILL_S:
+                    self._steer_fill = (now, self._steer_seen)
+            elif now - since >= 2 * AIM_FILL_S and now > fill[0]:
+                rate = max(rate, (self._steer_seen - fill[1]) / (now - fill[0]))
+            n = window_sample(self._steer_n, now - since, self._steer_seen, rate)
             self.aim = aim_miss(1.0 - TARGET_QUANTILE, max(AIM_MIN_SAMPLE, n), self._aim_z)
         if service is not None and cfg.fair_share_running_reserve and not held_then:
             # (its time from dispatch alone: a miss the reserve could not have prevented)
