@@ -9,9 +9,12 @@ import random
 import time
 
 import pytest
+import zmq
 
 from datalayer.test_kvevents import FakeVLLMPublisher, _connected, _until, batch, stored_map
 from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager, KVEventSubscriber
+from kvgate.datalayer.kvsubscriber import DRAIN_MAX_BATCHES
+from kvgate.datalayer.kvwire import decode_batch
 
 
 def _state(idx: BlockIndex) -> tuple[object, ...]:
@@ -120,4 +123,122 @@ async def test_a_dropped_subscriber_applies_nothing_more():
         assert idx.endpoints() == [] and idx.holders(1) == frozenset()
     finally:
         await mgr.close()
+        await pub.close()
+
+
+async def _backlog(pub: FakeVLLMPublisher, n: int) -> None:
+    """``n`` batches as a miss publishes them (one BlockStored, 15 x 128 tokens), queued on the SUB while
+    the loop is blocked."""
+    payloads = [
+        batch(stored_map(list(range(10**6 + 15 * i, 10**6 + 15 * i + 15)), None, [i] * 1920, bs=128))
+        for i in range(64)
+    ]
+    for i in range(n):
+        await pub.publish(payloads[i % 64])  # (a send that succeeds at once does not yield)
+    time.sleep(1.0)  # noqa: ASYNC251 (ZMQ's I/O threads move them onto the SUB's queue)
+
+
+async def test_a_backlog_is_applied_at_most_drain_max_batches_per_loop_pass():
+    """Review s12-kv M1 (failed before: one reader callback applied the whole backlog, 10,000 batches
+    holding the loop ~1 s, while requests, timers and other subscribers waited). Also: the drain that meets
+    the cap goes on by itself (the edge-triggered descriptor does not signal again for what is queued)."""
+    pub = FakeVLLMPublisher()
+    pub.pub.setsockopt(zmq.SNDHWM, 0)  # (before the SUB connects: its pipe takes it) no drop at the PUB
+    idx = BlockIndex(default_capacity=1 << 20)
+    mgr = KVEventsManager(idx)
+    try:
+        sub = await mgr.add("a", pub.endpoint)  # no replay socket: nothing ends a drain early
+        await _connected(pub, sub)
+        await _until(lambda: sub.stats.last_seq == pub.seq - 1)
+        await _backlog(pub, 2_000)
+        # A callback that runs once in every loop pass (it schedules itself for the next) notes the most
+        # batches applied between two of its runs, i.e. in one pass.
+        loop = asyncio.get_running_loop()
+        most, before, on = 0, sub.stats.batches, True
+
+        def per_pass() -> None:
+            nonlocal most, before
+            most, before = max(most, sub.stats.batches - before), sub.stats.batches
+            if on:
+                loop.call_soon(per_pass)
+
+        loop.call_soon(per_pass)
+        try:
+            await _until(lambda: sub.stats.last_seq == pub.seq - 1, limit=60)
+        finally:
+            on = False
+        assert most <= DRAIN_MAX_BATCHES, f"one loop pass applied {most} batches"
+        assert sub._again is None
+    finally:
+        await mgr.close()
+        await pub.close()
+
+
+async def test_a_drain_scheduled_past_the_cap_applies_nothing_after_detach():
+    """The rest of a backlog goes on in a ``call_soon``; ``detach`` cancels it."""
+    pub = FakeVLLMPublisher()
+    pub.pub.setsockopt(zmq.SNDHWM, 0)
+    idx = BlockIndex(default_capacity=1 << 20)
+    mgr = KVEventsManager(idx)
+    try:
+        sub = await mgr.add("a", pub.endpoint)
+        await _connected(pub, sub)
+        await _until(lambda: sub.stats.last_seq == pub.seq - 1)
+        before = sub.stats.batches
+        await _backlog(pub, 1_000)
+        end = asyncio.get_running_loop().time() + 30
+        while sub.stats.batches == before and asyncio.get_running_loop().time() < end:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        assert sub._again is not None and sub.stats.last_seq != pub.seq - 1  # a drain is scheduled
+        sub.detach()
+        applied = sub.stats.batches
+        await asyncio.sleep(0.2)
+        assert sub.stats.batches == applied and sub._again is None
+    finally:
+        await mgr.close()
+        await pub.close()
+
+
+async def test_a_subscriber_detached_during_its_catch_up_stays_detached():
+    """Review s12-kv L1 (failed before: ``_run`` set ``self._sock`` once the catch-up ended, undoing a
+    ``detach`` made meanwhile: it watched the socket and applied live batches). ``stop()`` detaches and
+    cancels the task only a loop pass later, so this window is reachable through ``stop``/``remove``."""
+    pub = FakeVLLMPublisher()
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx)
+    try:
+        sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
+        assert not sub._caught_up.is_set()  # its replay fetch is in flight
+        sub.detach()
+        await sub.wait_caught_up()
+        for i in range(100):  # probes, as ``_connected`` sends them (the subscription takes a while)
+            await pub.publish(batch(stored_map([20_000 + i], None, [0] * 4)))
+            await asyncio.sleep(0.01)
+        assert idx.num_blocks("a") == 0, f"{idx.num_blocks('a')} blocks applied after detach()"
+        assert sub._sock is None and sub._loop is None, "re-attached after detach()"
+    finally:
+        await mgr.close()
+        await pub.close()
+
+
+async def test_a_socket_error_in_the_tasks_drain_is_logged_and_the_index_cleared(caplog):
+    """Review s12-kv L2 (before: the error ended the task silently, the index kept over-reporting)."""
+    pub = FakeVLLMPublisher()
+    idx = BlockIndex()
+    sub = KVEventSubscriber(idx, "a", pub.endpoint)
+    idx.apply("a", decode_batch(batch(stored_map([1], None, [1] * 4))))
+
+    def fail() -> None:
+        raise zmq.ZMQError(zmq.ETERM)
+
+    sub._drain = fail  # type: ignore[method-assign]
+    try:
+        with caplog.at_level("ERROR", logger="kvgate.datalayer.kvsubscriber"):
+            task = sub.start()
+            await asyncio.wait_for(asyncio.shield(task), 5.0)
+        assert task.exception() is None
+        assert "the socket failed" in caplog.text
+        assert idx.num_blocks("a") == 0 and sub.stats.resyncs == 1
+    finally:
+        await sub.stop()
         await pub.close()

@@ -131,6 +131,10 @@ class KVEventSubscriber:
         self._draining = False
         self._stash: deque[tuple[int, bytes]] = deque()
         self._wake: asyncio.Future[None] | None = None
+        # A drain that met ``DRAIN_MAX_BATCHES`` goes on in this loop callback (None: none pending).
+        self._again: asyncio.Handle | None = None
+        # ``detach`` was called: nothing more is applied, and the socket is not watched again.
+        self._detached = False
 
     # -- message handling (socket-free, so tests can drive it directly) ----------------------------
 
@@ -205,6 +209,7 @@ class KVEventSubscriber:
 
     def start(self) -> asyncio.Task[None]:
         if self._task is None:
+            self._detached = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"kvevents:{self.endpoint}")
         return self._task
 
@@ -227,7 +232,9 @@ class KVEventSubscriber:
 
     def detach(self) -> None:
         """From now on apply nothing more (what is queued is dropped): before its task is cancelled, so no
-        batch of an endpoint being removed is applied in between."""
+        batch of an endpoint being removed is applied in between. Sticky: a catch-up or replay fetch in
+        flight applies nothing when it ends, and the task does not watch the socket after it."""
+        self._detached = True
         self._disarm()
         self._sock = None
 
@@ -257,9 +264,11 @@ class KVEventSubscriber:
                 )
             finally:
                 self._caught_up.set()
+            if self._detached:
+                return
             self._sock = sock
             loop = asyncio.get_running_loop()
-            while True:
+            while not self._detached:
                 # What a drain left to this task (a batch that needs a replay fetch first), in order;
                 # meanwhile the socket is not watched, so nothing newer is applied before it.
                 while self._stash:
@@ -268,7 +277,16 @@ class KVEventSubscriber:
                         await self._live(seq, payload)
                     except Exception:
                         self._unforeseen(seq)
-                self._drain()
+                try:
+                    self._drain()
+                except Exception:
+                    # (a socket error other than ``Again``: e.g. its context terminated) Not silently: the
+                    # subscriber ends here, and what the index holds of the endpoint is cleared, as it
+                    # would over-report blocks the engine drops from now on.
+                    log.exception("kv events from %s: the socket failed; no longer followed, index "
+                                  "entries cleared", self.endpoint)  # fmt: skip
+                    self._resync()
+                    return
                 if not self._stash:
                     self._wake = loop.create_future()
                     await self._wake
@@ -286,24 +304,32 @@ class KVEventSubscriber:
         self._resync()
 
     # -- intake ------------------------------------------------------------------------------------
-    # The subscriber watches the socket's descriptor itself: when it signals, ``_drain`` applies every batch
-    # queued then, in that loop callback (a pyzmq asyncio receive took a future, a task step and ~5 polls
-    # per batch, and one wake-up of the loop each even when several had queued).
+    # The subscriber watches the socket's descriptor itself: when it signals, ``_drain`` applies what is
+    # queued, up to ``DRAIN_MAX_BATCHES`` per loop callback (a pyzmq asyncio receive took a future, a task
+    # step and ~5 polls per batch, and one wake-up of the loop each even when several had queued).
 
     def _on_readable(self) -> None:
-        self._drain()
+        if self._again is None:  # (else the drain already scheduled takes what is queued, in order)
+            self._drain()
 
     def _drain(self) -> None:
-        """Apply every batch queued on the socket, then watch it; a batch that needs a replay fetch (and
-        what follows it) is left to the task, and the socket is not watched until the task is done."""
+        """Apply what is queued on the socket, then watch it; a batch that needs a replay fetch (and what
+        follows it) is left to the task, and the socket is not watched until the task is done.
+
+        At most ``DRAIN_MAX_BATCHES`` per call, so a backlog does not hold the loop: past it, the drain goes
+        on in the loop's next pass (``call_soon``), not at the descriptor's next signal: it is
+        edge-triggered and does not signal again for messages already queued."""
         import zmq
 
+        if self._again is not None:  # (this is the scheduled one, or the task calls it: one drain at a time)
+            self._again.cancel()
+            self._again = None
         sock = self._sock
         if sock is None or self._draining or self._stash:
             return
         self._draining = True
         try:
-            while True:
+            for _ in range(DRAIN_MAX_BATCHES):
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
@@ -329,6 +355,7 @@ class KVEventSubscriber:
                 if self._wake is not None and not self._wake.done():
                     self._wake.set_result(None)
                 return
+            self._again = asyncio.get_running_loop().call_soon(self._drain)
         finally:
             self._draining = False
 
@@ -341,6 +368,9 @@ class KVEventSubscriber:
     def _disarm(self) -> None:
         self._disarm_reader()
         self._stash.clear()
+        if self._again is not None:
+            self._again.cancel()
+            self._again = None
 
     def _live_now(self, seq: int, payload: bytes) -> bool:
         """``_live`` without waiting: False (nothing done) when the batch needs a replay fetch first."""
@@ -363,8 +393,12 @@ class KVEventSubscriber:
         if self.stats.last_seq is None and seq > 0 and self.replay_endpoint is not None:
             # Joined late (vLLM's PUB connects to us with a backoff): fetch what we missed.
             await self._replay(0, seq, partial_ok=True)
+        if self._detached:
+            return
         verdict = self._check_gap(seq)
         if verdict == "gap" and not await self._replay(self._next_seq(), seq):
+            if self._detached:
+                return
             self._resync()
         self._apply(seq, payload)
 
@@ -393,7 +427,7 @@ class KVEventSubscriber:
         even if the engine's buffer no longer reaches back to ``want``.
         """
         got = await self._fetch(want, upto)
-        if got is None:
+        if got is None or self._detached:
             return False
         if partial_ok:
             got = _newest_run(got, upto)
@@ -416,6 +450,8 @@ class KVEventSubscriber:
         if self.replay_endpoint is None:
             return
         got = await self._fetch(0)
+        if self._detached:
+            return
         if got is None:
             log.warning(
                 "kv events from %s: replay socket %s gave no answer in %.1fs; catch-up skipped",
@@ -433,6 +469,8 @@ class KVEventSubscriber:
                 break
             if i % _SLICE == 0:
                 await asyncio.sleep(0)
+                if self._detached:
+                    return
         done = start  # batches applied so far: got[start:done]
         try:
             for i in range(start, len(got)):
@@ -441,6 +479,8 @@ class KVEventSubscriber:
                 done = i + 1
                 if (i - start) % _SLICE == _SLICE - 1:
                     await asyncio.sleep(0)
+                    if self._detached:
+                        return
         finally:
             # Even if it stops part-way (it raised): the window covers what was applied, so the live
             # batches queued meanwhile that repeat it are skipped, not taken for an engine restart
@@ -517,6 +557,7 @@ class KVEventSubscriber:
 
 
 _SLICE = 64  # catch-up batches handled between yields to the event loop
+DRAIN_MAX_BATCHES = 64  # live batches one loop callback takes off the socket before the loop runs others
 # What one replay fetch keeps (the newest; bounded memory, however much the engine buffers): vLLM's
 # default replay buffer (``buffer_steps``) is 10,000 batches; bytes bound large prefills' token lists.
 FETCH_MAX_BATCHES = 10_000
