@@ -96,9 +96,10 @@ AIM_FILL_S = 5.0
 # The extrapolation assumes the rate since the first is the rate: a burst at the start (a restart under
 # load: the backlog's first batch) would be multiplied with it (x12 at 5 s; review s12-fc F1). So it is
 # capped by what the count can become: the first tokens seen so far plus the rest of the window at the
-# rate now, the larger of the last AIM_RECENT_S's (first tokens decayed over it: a burst has left it
-# within seconds, but it is noisy) and, from 2 x AIM_FILL_S on, the rate since AIM_FILL_S (steady, and
-# without the start's first seconds). A rate under-read only widens the margin.
+# rate now, the last AIM_RECENT_S's (first tokens decayed over it, read before the one being counted:
+# review s12-late L1). A burst has left it within seconds; it is noisy, but a rate under-read only widens
+# the margin. (7f45f42 took the larger of it and the rate since AIM_FILL_S; that average lags, and a
+# drained backlog was extrapolated again: review s12-late M1. A longer AIM_RECENT_S keeps a burst in.)
 AIM_RECENT_S = 1.0
 AIM_Z = 1.645  # (the default of flowControl.fairShareTTFTConfidence)
 AIM_MIN_SAMPLE = 50.0
@@ -334,7 +335,6 @@ class FlowController:
         self._steer_since: float | None = None  # the first of them (``window_sample``)
         self._steer_seen = 0  # since _steer_since, undecayed
         self._steer_recent = 0.0  # decayed over AIM_RECENT_S
-        self._steer_fill: tuple[float, int] | None = None  # (when, _steer_seen) at AIM_FILL_S
 
     def __len__(self) -> int:
         return self.count
@@ -801,21 +801,16 @@ class FlowController:
                 # count, decayed to near nothing, would read as the start-up's under-count for the
                 # window's whole length (review s12-fc F3)
                 self._steer_n, self._steer_seen, self._steer_recent = 0.0, 0, 0.0
-                self._steer_since, self._steer_fill = now, None
+                self._steer_since = now
                 at = now
             self._steer_n = self._decayed(self._steer_n, at, now, AIM_WINDOW_S) + 1.0
-            self._steer_recent = self._decayed(self._steer_recent, at, now, AIM_RECENT_S) + 1.0
+            # the rate now, read before this token is added (counting it would read >= 1/s: s12-late L1)
+            recent = self._decayed(self._steer_recent, at, now, AIM_RECENT_S)
+            self._steer_recent = recent + 1.0
             self._steer_seen += 1
             self._steer_at = max(now, at)
             since = self._steer_since if self._steer_since is not None else now
-            rate = self._steer_recent / AIM_RECENT_S
-            fill = self._steer_fill
-            if fill is None:
-                if now - since >= AIM_FILL_S:
-                    self._steer_fill = (now, self._steer_seen)
-            elif now - since >= 2 * AIM_FILL_S and now > fill[0]:
-                rate = max(rate, (self._steer_seen - fill[1]) / (now - fill[0]))
-            n = window_sample(self._steer_n, now - since, self._steer_seen, rate)
+            n = window_sample(self._steer_n, now - since, self._steer_seen, recent / AIM_RECENT_S)
             self.aim = aim_miss(1.0 - TARGET_QUANTILE, max(AIM_MIN_SAMPLE, n), self._aim_z)
         if service is not None and cfg.fair_share_running_reserve and not held_then:
             # (its time from dispatch alone: a miss the reserve could not have prevented)
