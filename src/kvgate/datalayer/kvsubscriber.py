@@ -133,6 +133,8 @@ class KVEventSubscriber:
         self._wake: asyncio.Future[None] | None = None
         # A drain that met ``DRAIN_MAX_BATCHES`` goes on in this loop callback (None: none pending).
         self._again: asyncio.Handle | None = None
+        # A socket error a drain met in a loop callback (reader or continuation), for the task to end on.
+        self._failed: BaseException | None = None
         # ``detach`` was called: nothing more is applied, and the socket is not watched again.
         self._detached = False
 
@@ -278,6 +280,8 @@ class KVEventSubscriber:
                     except Exception:
                         self._unforeseen(seq)
                 try:
+                    if self._failed is not None:
+                        raise self._failed
                     self._drain()
                 except Exception:
                     # (a socket error other than ``Again``: e.g. its context terminated) Not silently: the
@@ -310,7 +314,19 @@ class KVEventSubscriber:
 
     def _on_readable(self) -> None:
         if self._again is None:  # (else the drain already scheduled takes what is queued, in order)
+            self._drain_in_callback()
+
+    def _drain_in_callback(self) -> None:
+        # In steady state every drain runs here, with the task parked on ``_wake``: a socket error must end
+        # the subscriber as one in the task's drain does (logged, index cleared), not reach the loop's
+        # exception handler while the endpoint looks followed.
+        try:
             self._drain()
+        except Exception as e:
+            self._failed = e
+            self._disarm_reader()
+            if self._wake is not None and not self._wake.done():
+                self._wake.set_result(None)
 
     def _drain(self) -> None:
         """Apply what is queued on the socket, then watch it; a batch that needs a replay fetch (and what
@@ -355,7 +371,7 @@ class KVEventSubscriber:
                 if self._wake is not None and not self._wake.done():
                     self._wake.set_result(None)
                 return
-            self._again = asyncio.get_running_loop().call_soon(self._drain)
+            self._again = asyncio.get_running_loop().call_soon(self._drain_in_callback)
         finally:
             self._draining = False
 
