@@ -8,50 +8,15 @@ refusals, 429 / 503 when no cluster could start it, a cluster's error reply pass
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 
-from gateway.backend import Backend, free_port
+from gateway.backend import free_port
 from gateway.test_front import _exchange, _req
-from kvgate.httpfront.server import FrontLimits
-from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
 BODY = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 1})
-
-
-@pytest.fixture
-async def pods() -> AsyncIterator[Callable[..., Any]]:
-    started: list[Backend] = []
-
-    async def make(**kw: Any) -> Backend:
-        b = await Backend(f"pod{len(started)}", **kw).start()
-        started.append(b)
-        return b
-
-    yield make
-    for b in started:
-        await b.stop()
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[Callable[..., Any]]:
-    running: list[GlobalGateway] = []
-
-    async def make(gateways: list[str], **limits: Any) -> GlobalGateway:
-        clusters = tuple(ClusterSpec(f"c{i}", gateway=g) for i, g in enumerate(gateways))  # Parent mode
-        gw = GlobalGateway(ClustersConfig(clusters), "round-robin", fetch=False, limits=FrontLimits(**limits))
-        await gw.start("127.0.0.1", 0)
-        running.append(gw)
-        return gw
-
-    yield make
-    for gw in running:
-        await gw.stop()
 
 
 def errors(gw: GlobalGateway) -> dict[str, float]:
