@@ -9,8 +9,7 @@ import asyncio
 
 import zmq
 
-from datalayer.test_kvevents import FakeVLLMPublisher, _connected, _until, batch, stored_map
-from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager
+from datalayer.test_kvevents import _followed, _until, batch, stored_map
 
 
 class _Broken:
@@ -26,12 +25,7 @@ class _Broken:
 
 
 async def test_a_socket_error_in_the_reader_callback_clears_the_index_as_in_the_task(caplog):
-    pub = FakeVLLMPublisher()
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx)
-    try:
-        sub = await mgr.add("a", pub.endpoint)
-        await _connected(pub, sub)
+    async with _followed(replay=False) as (pub, idx, _mgr, sub):
         await pub.publish(batch(stored_map([77], None, [1] * 4)))
         await _until(lambda: sub.stats.last_seq == pub.seq - 1)
         assert idx.num_blocks("a") > 0
@@ -43,6 +37,3 @@ async def test_a_socket_error_in_the_reader_callback_clears_the_index_as_in_the_
         sub._sock = real
         assert "the socket failed" in caplog.text, caplog.text[-400:]
         assert idx.num_blocks("a") == 0, "index still holds the endpoint after its socket failed"
-    finally:
-        await mgr.close()
-        await pub.close()

@@ -11,8 +11,8 @@ import time
 import pytest
 import zmq
 
-from datalayer.test_kvevents import FakeVLLMPublisher, _connected, _until, batch, stored_map
-from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager, KVEventSubscriber
+from datalayer.test_kvevents import FakeVLLMPublisher, _followed, _until, batch, stored_map
+from kvgate.datalayer.kvevents import BlockIndex, KVEventSubscriber
 from kvgate.datalayer.kvsubscriber import DRAIN_MAX_BATCHES
 from kvgate.datalayer.kvwire import decode_batch
 
@@ -37,12 +37,7 @@ def _reference(pub: FakeVLLMPublisher, upto: int) -> BlockIndex:
 
 
 async def test_batches_queued_together_are_applied_in_the_callback_that_finds_them():
-    pub = FakeVLLMPublisher()
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx)
-    try:
-        sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
-        await _connected(pub, sub)
+    async with _followed() as (pub, idx, _mgr, sub):
         await _until(lambda: idx.num_blocks("a") == pub.seq)
         for i in range(5):
             await pub.publish(batch(stored_map([100 + i], None, [i] * 4)))
@@ -56,9 +51,6 @@ async def test_batches_queued_together_are_applied_in_the_callback_that_finds_th
         # into the subscriber's task step, one loop pass later).
         assert loops <= 2, loops
         assert _state(idx) == _state(_reference(pub, pub.seq - 1))
-    finally:
-        await mgr.close()
-        await pub.close()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -66,12 +58,7 @@ async def test_the_index_is_every_received_batch_applied_in_order(seed):
     """Stores, removals, clears and lost batches (healed by replay): whenever the subscriber has taken the
     publisher's last delivered batch, the index equals one fed every batch in order."""
     rng = random.Random(seed)
-    pub = FakeVLLMPublisher()
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx)
-    try:
-        sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
-        await _connected(pub, sub)
+    async with _followed() as (pub, idx, _mgr, sub):
         held: list[int] = []
         sent = pub.seq - 1
         for step in range(60):
@@ -102,28 +89,17 @@ async def test_the_index_is_every_received_batch_applied_in_order(seed):
         await _until(lambda: sub.stats.last_seq == last)
         assert _state(idx) == _state(_reference(pub, last))
         assert sub.stats.resyncs == 0
-    finally:
-        await mgr.close()
-        await pub.close()
 
 
 async def test_a_dropped_subscriber_applies_nothing_more():
     """``drop`` is sync and the task ends later: no batch of the endpoint may be applied in between."""
-    pub = FakeVLLMPublisher()
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx)
-    try:
-        sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
-        await _connected(pub, sub)
+    async with _followed() as (pub, idx, mgr, sub):
         await _until(lambda: idx.num_blocks("a") == pub.seq)
         mgr.drop("a")
         assert sub._loop is None and sub._sock is None  # the socket is not watched any more
         await pub.publish(batch(stored_map([1], None, [1] * 4)))
         await asyncio.sleep(0.2)
         assert idx.endpoints() == [] and idx.holders(1) == frozenset()
-    finally:
-        await mgr.close()
-        await pub.close()
 
 
 async def _backlog(pub: FakeVLLMPublisher, n: int) -> None:
@@ -142,13 +118,8 @@ async def test_a_backlog_is_applied_at_most_drain_max_batches_per_loop_pass():
     """Review s12-kv M1 (failed before: one reader callback applied the whole backlog, 10,000 batches
     holding the loop ~1 s, while requests, timers and other subscribers waited). Also: the drain that meets
     the cap goes on by itself (the edge-triggered descriptor does not signal again for what is queued)."""
-    pub = FakeVLLMPublisher()
-    pub.pub.setsockopt(zmq.SNDHWM, 0)  # (before the SUB connects: its pipe takes it) no drop at the PUB
-    idx = BlockIndex(default_capacity=1 << 20)
-    mgr = KVEventsManager(idx)
-    try:
-        sub = await mgr.add("a", pub.endpoint)  # no replay socket: nothing ends a drain early
-        await _connected(pub, sub)
+    # No replay socket: nothing ends a drain early. No drop at the PUB.
+    async with _followed(replay=False, unbounded=True, default_capacity=1 << 20) as (pub, _idx, _mgr, sub):
         await _until(lambda: sub.stats.last_seq == pub.seq - 1)
         await _backlog(pub, 2_000)
         # A callback that runs once in every loop pass (it schedules itself for the next) notes the most
@@ -169,20 +140,11 @@ async def test_a_backlog_is_applied_at_most_drain_max_batches_per_loop_pass():
             on = False
         assert most <= DRAIN_MAX_BATCHES, f"one loop pass applied {most} batches"
         assert sub._again is None
-    finally:
-        await mgr.close()
-        await pub.close()
 
 
 async def test_a_drain_scheduled_past_the_cap_applies_nothing_after_detach():
     """The rest of a backlog goes on in a ``call_soon``; ``detach`` cancels it."""
-    pub = FakeVLLMPublisher()
-    pub.pub.setsockopt(zmq.SNDHWM, 0)
-    idx = BlockIndex(default_capacity=1 << 20)
-    mgr = KVEventsManager(idx)
-    try:
-        sub = await mgr.add("a", pub.endpoint)
-        await _connected(pub, sub)
+    async with _followed(replay=False, unbounded=True, default_capacity=1 << 20) as (pub, _idx, _mgr, sub):
         await _until(lambda: sub.stats.last_seq == pub.seq - 1)
         before = sub.stats.batches
         await _backlog(pub, 1_000)
@@ -194,20 +156,13 @@ async def test_a_drain_scheduled_past_the_cap_applies_nothing_after_detach():
         applied = sub.stats.batches
         await asyncio.sleep(0.2)
         assert sub.stats.batches == applied and sub._again is None
-    finally:
-        await mgr.close()
-        await pub.close()
 
 
 async def test_a_subscriber_detached_during_its_catch_up_stays_detached():
     """Review s12-kv L1 (failed before: ``_run`` set ``self._sock`` once the catch-up ended, undoing a
     ``detach`` made meanwhile: it watched the socket and applied live batches). ``stop()`` detaches and
     cancels the task only a loop pass later, so this window is reachable through ``stop``/``remove``."""
-    pub = FakeVLLMPublisher()
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx)
-    try:
-        sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
+    async with _followed(connect=False) as (pub, idx, _mgr, sub):
         assert not sub._caught_up.is_set()  # its replay fetch is in flight
         sub.detach()
         await sub.wait_caught_up()
@@ -216,9 +171,6 @@ async def test_a_subscriber_detached_during_its_catch_up_stays_detached():
             await asyncio.sleep(0.01)
         assert idx.num_blocks("a") == 0, f"{idx.num_blocks('a')} blocks applied after detach()"
         assert sub._sock is None and sub._loop is None, "re-attached after detach()"
-    finally:
-        await mgr.close()
-        await pub.close()
 
 
 async def test_a_socket_error_in_the_tasks_drain_is_logged_and_the_index_cleared(caplog):

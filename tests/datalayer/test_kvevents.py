@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -470,6 +473,28 @@ async def _connected(pub: FakeVLLMPublisher, sub: KVEventSubscriber) -> None:
         if idx.num_blocks(sub.endpoint):
             return
     raise AssertionError("subscriber never connected")
+
+
+@contextlib.asynccontextmanager
+async def _followed(
+    *, replay: bool = True, connect: bool = True, unbounded: bool = False, **index_kw: Any
+) -> AsyncIterator[tuple[FakeVLLMPublisher, BlockIndex, KVEventsManager, KVEventSubscriber]]:
+    """A publisher and a manager's subscriber (endpoint ``"a"``) to it, with its replay socket unless not
+    ``replay``, connected unless not ``connect``; the manager and the publisher closed after. ``unbounded``:
+    no send high-water mark at the PUB (set before the SUB connects: its pipe takes it), so no drop there."""
+    pub = FakeVLLMPublisher()
+    if unbounded:
+        pub.pub.setsockopt(zmq.SNDHWM, 0)
+    idx = BlockIndex(**index_kw)
+    mgr = KVEventsManager(idx)
+    try:
+        sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint if replay else None)
+        if connect:
+            await _connected(pub, sub)
+        yield pub, idx, mgr, sub
+    finally:
+        await mgr.close()
+        await pub.close()
 
 
 async def test_zmq_subscriber_follows_a_publisher_and_heals_gaps_by_replay():
