@@ -15,6 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from flowcontrol.test_doors import HeldBackend, eventually
 from flowcontrol.test_preemption_doors import gateway_config
+from gateway.conftest import closing_backend_gateway
 from kvgate.config.gateway import parse_gateway_config
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.config import EppConfig
@@ -22,15 +23,9 @@ from kvgate.extproc.context import build_context
 from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.testing import EnvoyHarness, Exchange, channel
-from kvgate.gateway.pools import build_pool
-from kvgate.gateway.server import GatewayServer
 from kvgate.requestcontrol.director import Director
 
 WAIT = 20.0  # generous: the CI machine is loaded
-
-
-async def _close(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.close()
 
 
 def _value(metrics: EppMetrics, name: str, labels: dict[str, str] | None = None) -> float:
@@ -101,18 +96,7 @@ async def test_body_refusals_are_counted_as_the_gateway_door_counts_them(start_e
         b'{"model": 3, "prompt": "x"}',
         b'{"model": "m", "prompt": "' + b"x" * 2000 + b'"}',
     )
-    server = await asyncio.start_server(_close, "127.0.0.1", 0)  # (never reached)
-    port = server.sockets[0].getsockname()[1]
-    cfg = parse_gateway_config(
-        {
-            "listen": {"host": "127.0.0.1", "port": 0},
-            "pools": [{"name": "p", "endpoints": [f"127.0.0.1:{port}"], "models": ["m"]}],
-            "limits": {"maxBodyBytes": 1000},
-        }
-    )
-    gw = GatewayServer(cfg, [build_pool(p) for p in cfg.pools], scrape=False)
-    await gw.start()
-    try:
+    async with closing_backend_gateway(drain_timeout=0.5) as (gw, port):  # (its endpoint is never reached)
         async with aiohttp.ClientSession() as s:
             for body in bodies:
                 async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=body) as r:
@@ -124,9 +108,6 @@ async def test_body_refusals_are_counted_as_the_gateway_door_counts_them(start_e
             for m in metric.samples
             if m.name.endswith("_total") and m.value
         }
-    finally:
-        await gw.stop(drain_timeout=0.5)
-        server.close()
     epp = await start_epp([f"127.0.0.1:{port}"], max_request_body=1000)
     headers = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
     for body in bodies:

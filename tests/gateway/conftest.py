@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -74,3 +75,40 @@ async def backends() -> AsyncIterator[Callable[..., Any]]:
 
 def base_url(gw: GatewayServer) -> str:
     return f"http://127.0.0.1:{gw.port}"
+
+
+def request_errors(gw: GatewayServer) -> dict[tuple[str, str, str], float]:
+    """``(model_name, target_model_name, error_code)`` -> ``inference_objective_request_error_total``."""
+    return {
+        (m.labels["model_name"], m.labels["target_model_name"], m.labels["error_code"]): m.value
+        for metric in gw.metrics.registry.collect()
+        if metric.name == "inference_objective_request_error"
+        for m in metric.samples
+        if m.name.endswith("_total")
+    }
+
+
+async def _close(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+@asynccontextmanager
+async def closing_backend_gateway(*, drain_timeout: float = 1.0) -> AsyncIterator[tuple[GatewayServer, int]]:
+    """A started gateway (model ``m``, maxBodyBytes 1000) and the port of its one endpoint, a server that
+    closes every connection; the gateway stopped and the server closed after."""
+    server = await asyncio.start_server(_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = parse_gateway_config(
+        {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "pools": [{"name": "p", "endpoints": [f"127.0.0.1:{port}"], "models": ["m"]}],
+            "limits": {"maxBodyBytes": 1000},
+        }
+    )
+    gw = GatewayServer(cfg, [build_pool(p) for p in cfg.pools], scrape=False)
+    await gw.start()
+    try:
+        yield gw, port
+    finally:
+        await gw.stop(drain_timeout=drain_timeout)
+        server.close()

@@ -11,7 +11,7 @@ import gc
 import aiohttp
 import orjson
 
-from gateway.conftest import base_url, make_config, running_gateway
+from gateway.conftest import base_url, make_config, request_errors, running_gateway
 
 OK_BODY = orjson.dumps(
     {
@@ -76,16 +76,6 @@ async def _post(gw, body=b'{"model": "m", "prompt": "x"}', headers=None):
         return r.status, await r.read()
 
 
-def _errors(gw):
-    return {
-        (m.labels["model_name"], m.labels["target_model_name"], m.labels["error_code"]): m.value
-        for metric in gw.metrics.registry.collect()
-        if metric.name == "inference_objective_request_error"
-        for m in metric.samples
-        if m.name.endswith("_total")
-    }
-
-
 async def test_client_gone_during_head_wait_drops_upstream_and_no_unretrieved():
     loop = asyncio.get_running_loop()
     seen = []
@@ -109,7 +99,7 @@ async def test_client_gone_during_head_wait_drops_upstream_and_no_unretrieved():
         await asyncio.sleep(0.2)
         assert up.eofs == 1  # upstream saw the connection dropped
         assert not any(c for cs in gw.proxy.upstream._idle.values() for c in cs)
-        assert _errors(gw) == {("m", "m", "client_gone"): 1.0}
+        assert request_errors(gw) == {("m", "m", "client_gone"): 1.0}
     gc.collect()
     await asyncio.sleep(0.05)
     assert not seen, seen
@@ -201,7 +191,7 @@ async def test_request_timeout_during_head_wait_counts_once():
         assert err["code"], err
         await asyncio.sleep(0.1)
         assert up.eofs >= 1
-        assert _errors(gw) == {("m", "m", str(status)): 1.0}, _errors(gw)
+        assert request_errors(gw) == {("m", "m", str(status)): 1.0}, request_errors(gw)
 
 
 async def test_head_then_body_stalls_past_idle_timeout_retried():
@@ -244,7 +234,7 @@ async def test_bad_requests_json_errors_and_counts():
             status, out = await _post(gw, body)
             assert status == want, (body[:40], status, out)
             assert "error" in orjson.loads(out), out
-        assert _errors(gw) == {("", "", "400"): 3.0, ("", "", "404"): 1.0, ("", "", "413"): 1.0}
+        assert request_errors(gw) == {("", "", "400"): 3.0, ("", "", "404"): 1.0, ("", "", "413"): 1.0}
 
 
 async def test_timer_and_head_in_the_same_loop_pass():

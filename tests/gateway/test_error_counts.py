@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway.conftest import closing_backend_gateway, request_errors
 from kvgate.config.gateway import parse_gateway_config
 from kvgate.gateway.pools import build_pool
 from kvgate.gateway.server import GatewayServer
@@ -25,37 +26,12 @@ WAIT = 20.0
 pytestmark = pytest.mark.asyncio
 
 
-def _errors(gw: GatewayServer) -> dict[tuple[str, str, str], float]:
-    return {
-        (m.labels["model_name"], m.labels["target_model_name"], m.labels["error_code"]): m.value
-        for metric in gw.metrics.registry.collect()
-        if metric.name == "inference_objective_request_error"
-        for m in metric.samples
-        if m.name.endswith("_total")
-    }
-
-
-async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.close()
-
-
 async def test_a_400_and_a_413_are_counted_like_the_404() -> None:
     """L3: docs/gateway.md says ``error_code`` is the HTTP status. ``_prepare`` counted its 404 (unknown
     model) once, unlabelled, but not its 400 (body not JSON, a field of the wrong type), nor did the
     front count its 413 (Content-Length over maxBodyBytes) or its 400 for malformed HTTP: a client
     sending malformed bodies never showed on the error metric."""
-    server = await asyncio.start_server(_answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    cfg = parse_gateway_config(
-        {
-            "listen": {"host": "127.0.0.1", "port": 0},
-            "pools": [{"name": "p", "endpoints": [f"127.0.0.1:{port}"], "models": ["m"]}],
-            "limits": {"maxBodyBytes": 1000},
-        }
-    )
-    gw = GatewayServer(cfg, [build_pool(p) for p in cfg.pools], scrape=False)
-    await gw.start()
-    try:
+    async with closing_backend_gateway() as (gw, _port):
         url = f"http://127.0.0.1:{gw.port}/v1/completions"
         async with aiohttp.ClientSession() as s:
             for body, want in (
@@ -72,37 +48,20 @@ async def test_a_400_and_a_413_are_counted_like_the_404() -> None:
         writer.write(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: zz\r\n\r\n")
         assert (await asyncio.wait_for(reader.readline(), WAIT)).startswith(b"HTTP/1.1 400")
         writer.close()
-        assert _errors(gw) == {("", "", "400"): 3.0, ("", "", "404"): 1.0, ("", "", "413"): 1.0}
-    finally:
-        await gw.stop(drain_timeout=1.0)
-        server.close()
+        assert request_errors(gw) == {("", "", "400"): 3.0, ("", "", "404"): 1.0, ("", "", "413"): 1.0}
 
 
 async def test_the_proxys_own_413_is_counted_once() -> None:
     """L3, the proxy's own check (``_read_body``): reached only when the front's cap is above the
     config's (the front refuses first otherwise); counted there, once."""
-    server = await asyncio.start_server(_answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    cfg = parse_gateway_config(
-        {
-            "listen": {"host": "127.0.0.1", "port": 0},
-            "pools": [{"name": "p", "endpoints": [f"127.0.0.1:{port}"], "models": ["m"]}],
-            "limits": {"maxBodyBytes": 1000},
-        }
-    )
-    gw = GatewayServer(cfg, [build_pool(p) for p in cfg.pools], scrape=False)
-    await gw.start()
-    try:
+    async with closing_backend_gateway() as (gw, _port):
         assert gw._data is not None
         gw._data[1].max_body = 10_000  # the front lets it through; the proxy's own check refuses it
         url = f"http://127.0.0.1:{gw.port}/v1/completions"
         body = b'{"model": "m", "prompt": "' + b"x" * 2000 + b'"}'
         async with aiohttp.ClientSession() as s, s.post(url, data=body) as r:
             assert r.status == 413
-        assert _errors(gw) == {("", "", "413"): 1.0}
-    finally:
-        await gw.stop(drain_timeout=1.0)
-        server.close()
+        assert request_errors(gw) == {("", "", "413"): 1.0}
 
 
 async def test_a_preempted_request_is_counted_once() -> None:
@@ -157,7 +116,7 @@ async def test_a_preempted_request_is_counted_once() -> None:
                 await asyncio.sleep(0.01)
             assert await asyncio.wait_for(send(http, "critical", "hi", 1), WAIT) == 200
             assert await asyncio.wait_for(batch, WAIT) == 429
-        errors = {k: v for k, v in _errors(gw).items() if v}
+        errors = {k: v for k, v in request_errors(gw).items() if v}
         assert errors == {("sim-model", "sim-model", "429"): 1.0}, errors
     finally:
         await gw.stop(drain_timeout=1.0)
