@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
+from flowcontrol.test_preemption_doors import gateway_config
 from gateway.conftest import closing_backend_gateway, request_errors
 from kvgate.config.gateway import parse_gateway_config
 from kvgate.gateway.pools import build_pool
@@ -68,35 +69,11 @@ async def test_a_preempted_request_is_counted_once() -> None:
     """L4 (since 36e48f2): ``_dispatch`` counted a preempted request under ``preempted`` and raised a
     GatewayError(429), which ``_entry`` counted again under ``429``: one request, two error counts (a
     client gone or a cut stream is counted once). Now only ``429``, the status the client gets (the
-    preemption itself is on kvgate_flow_control_preemptions_total). Setup as in
+    preemption itself is on kvgate_flow_control_preemptions_total). Setup (``gateway_config``) from
     tests/flowcontrol/test_preemption_doors.py, streamed case."""
     replica = Replica(ReplicaConfig(model="sim-model", time_scale=0.02, max_num_seqs=4, seed=0))
     await replica.start()
-    cfg = parse_gateway_config(
-        {
-            "listen": {"host": "127.0.0.1", "port": 0},
-            "objectives": [{"name": "critical", "priority": 10}, {"name": "batch", "priority": -1}],
-            "pools": [
-                {
-                    "name": "p",
-                    "endpoints": [f"127.0.0.1:{replica.port}"],
-                    "models": ["sim-model"],
-                    "endpointPickerConfig": {
-                        "featureGates": ["flowControl"],
-                        "flowControl": {"preemption": True},
-                        "saturationDetector": {
-                            "type": "concurrency-detector",
-                            "parameters": {"maxConcurrency": 1},
-                        },
-                        "plugins": [{"type": "queue-scorer"}],
-                        "schedulingProfiles": [
-                            {"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}
-                        ],
-                    },
-                }
-            ],
-        }
-    )
+    cfg = parse_gateway_config(gateway_config(replica.port))
     gw = GatewayServer(cfg, [build_pool(p) for p in cfg.pools], scrape=False)
     await gw.start()
     try:
