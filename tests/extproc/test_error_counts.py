@@ -7,22 +7,15 @@ Envoy-playing harness, against a backend that holds each reply until the test re
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
-import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from flowcontrol.test_doors import HeldBackend, eventually
-from flowcontrol.test_preemption_doors import gateway_config
+from flowcontrol.test_doors import eventually
+from flowcontrol.test_preemption_doors import epp_door, send_over
 from gateway.conftest import closing_backend_gateway
-from kvgate.config.gateway import parse_gateway_config
-from kvgate.datalayer.store import EndpointStore
-from kvgate.extproc.config import EppConfig
-from kvgate.extproc.context import build_context
 from kvgate.extproc.metrics import EppMetrics
-from kvgate.extproc.server import EppServer, ServerOptions
-from kvgate.extproc.testing import EnvoyHarness, Exchange, channel
+from kvgate.extproc.testing import EnvoyHarness, Exchange
 from kvgate.requestcontrol.director import Director
 
 WAIT = 20.0  # generous: the CI machine is loaded
@@ -37,31 +30,13 @@ async def test_a_preempted_request_is_rejected_once_and_leaves_the_in_flight_gau
     gateway door counts it once under ``429``), and its pick no longer in flight. Before the fix the
     gauge stayed at 1 forever: ``Session._stop`` marked the request finished for the director, so the
     observer never heard its end."""
-    backend = await HeldBackend().start()
-    cfg = parse_gateway_config(gateway_config(backend.port, model="m"))
-    store = EndpointStore.from_addresses([backend.address])
     metrics = EppMetrics()  # (as ``kvgate epp``: the sessions' observer and the server's metrics)
-    ctx = build_context(EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=cfg.pools[0].picker_config),
-                        store, clock=time.monotonic, observer=metrics)  # fmt: skip
-    epp = EppServer(
-        ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None), metrics=metrics
-    )
-    await epp.start()
-    ch = channel(f"127.0.0.1:{epp.port}")
-    try:
+    async with epp_door(metrics) as (backend, ctx, ch):
         async with aiohttp.ClientSession() as http:
             harness = EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http)
-
-            async def send(objective: str, prompt: str) -> tuple[int, bytes]:
-                body = orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1, "stream": True})
-                res = await harness.request(
-                    "POST", "/v1/completions", body, {"x-gateway-inference-objective": objective}
-                )
-                return res.status, res.body
-
-            batch = asyncio.ensure_future(send("batch", "sheddable"))
+            batch = asyncio.ensure_future(send_over(harness, "batch", "sheddable"))
             await eventually(lambda: backend.arrivals == ["sheddable"], "the sheddable request upstream")
-            critical = asyncio.ensure_future(send("critical", "critical"))
+            critical = asyncio.ensure_future(send_over(harness, "critical", "critical"))
             await eventually(lambda: backend.arrivals == ["sheddable", "critical"], "the critical request")
             backend.release.release()
             backend.release.release()
@@ -82,10 +57,6 @@ async def test_a_preempted_request_is_rejected_once_and_leaves_the_in_flight_gau
         assert _value(metrics, "kvgate_epp_inflight_requests") == 0
         # The preempted pick ended not ok, before any response headers (as a request whose client left).
         assert _value(metrics, "kvgate_epp_responses_total", {"ok": "false", "streaming": "false"}) == 1
-    finally:
-        await ch.close()
-        await epp.stop(0)
-        await backend.stop()
 
 
 async def test_body_refusals_are_counted_as_the_gateway_door_counts_them(start_epp) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -26,7 +28,8 @@ from flowcontrol.test_doors import HeldBackend, eventually
 from kvgate.config.gateway import parse_gateway_config
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.config import EppConfig
-from kvgate.extproc.context import build_context
+from kvgate.extproc.context import SessionContext, build_context
+from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.testing import EnvoyHarness, channel
 from kvgate.gateway.pools import build_pool
@@ -59,6 +62,37 @@ def gateway_config(port: int, model: str = "sim-model") -> dict[str, Any]:
             }
         ],
     }
+
+
+@asynccontextmanager
+async def epp_door(
+    metrics: EppMetrics | None = None,
+) -> AsyncIterator[tuple[HeldBackend, SessionContext, Any]]:
+    """A ``HeldBackend`` behind ``kvgate epp`` (``gateway_config``, model ``m``; ``metrics`` its observer and
+    server metrics) and a gRPC channel to it: the channel closed, the EPP and the backend stopped after."""
+    backend = await HeldBackend().start()
+    cfg = parse_gateway_config(gateway_config(backend.port, model="m"))
+    store = EndpointStore.from_addresses([backend.address])
+    ctx = build_context(EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=cfg.pools[0].picker_config),
+                        store, clock=time.monotonic, observer=metrics)  # fmt: skip
+    epp = EppServer(
+        ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None), metrics=metrics
+    )
+    await epp.start()
+    ch = channel(f"127.0.0.1:{epp.port}")
+    try:
+        yield backend, ctx, ch
+    finally:
+        await ch.close()
+        await epp.stop(0)
+        await backend.stop()
+
+
+async def send_over(harness: EnvoyHarness, objective: str, prompt: str) -> tuple[int, bytes]:
+    """A streamed completion of ``prompt`` for model ``m`` under ``objective``: its status and body."""
+    body = orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1, "stream": True})
+    res = await harness.request("POST", "/v1/completions", body, {"x-gateway-inference-objective": objective})
+    return res.status, res.body
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -119,40 +153,19 @@ async def test_a_critical_request_preempts_a_sheddable_one_without_a_first_token
 
 
 async def test_the_epp_door_answers_the_preempted_requests_response_headers_with_a_429() -> None:
-    backend = await HeldBackend().start()
-    cfg = parse_gateway_config(gateway_config(backend.port, model="m"))
-    store = EndpointStore.from_addresses([backend.address])
-    ctx = build_context(EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=cfg.pools[0].picker_config),
-                        store, clock=time.monotonic)  # fmt: skip
-    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
-    await epp.start()
-    ch = channel(f"127.0.0.1:{epp.port}")
-    try:
-        async with aiohttp.ClientSession() as http:
-            harness = EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http)
-
-            async def send(objective: str, prompt: str) -> tuple[int, bytes]:
-                body = orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1, "stream": True})
-                res = await harness.request(
-                    "POST", "/v1/completions", body, {"x-gateway-inference-objective": objective}
-                )
-                return res.status, res.body
-
-            batch = asyncio.ensure_future(send("batch", "sheddable"))
-            await eventually(lambda: backend.arrivals == ["sheddable"], "the sheddable request upstream")
-            critical = asyncio.ensure_future(send("critical", "critical"))
-            # Placed at once although the one slot is taken: the sheddable request was preempted.
-            await eventually(lambda: backend.arrivals == ["sheddable", "critical"], "the critical request")
-            director = ctx.director
-            assert isinstance(director, Director)
-            assert director.store.all()[0].inflight.requests == 1
-            backend.release.release()
-            backend.release.release()
-            status, body = await asyncio.wait_for(batch, WAIT)
-            assert status == 429 and b"preempted" in body, body
-            assert (await asyncio.wait_for(critical, WAIT))[0] == 200
-            await eventually(lambda: director.store.all()[0].inflight.requests == 0, "all released")
-    finally:
-        await ch.close()
-        await epp.stop(0)
-        await backend.stop()
+    async with epp_door() as (backend, ctx, ch), aiohttp.ClientSession() as http:
+        harness = EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http)
+        batch = asyncio.ensure_future(send_over(harness, "batch", "sheddable"))
+        await eventually(lambda: backend.arrivals == ["sheddable"], "the sheddable request upstream")
+        critical = asyncio.ensure_future(send_over(harness, "critical", "critical"))
+        # Placed at once although the one slot is taken: the sheddable request was preempted.
+        await eventually(lambda: backend.arrivals == ["sheddable", "critical"], "the critical request")
+        director = ctx.director
+        assert isinstance(director, Director)
+        assert director.store.all()[0].inflight.requests == 1
+        backend.release.release()
+        backend.release.release()
+        status, body = await asyncio.wait_for(batch, WAIT)
+        assert status == 429 and b"preempted" in body, body
+        assert (await asyncio.wait_for(critical, WAIT))[0] == 200
+        await eventually(lambda: director.store.all()[0].inflight.requests == 0, "all released")
