@@ -212,6 +212,7 @@ class KVEventSubscriber:
     def start(self) -> asyncio.Task[None]:
         if self._task is None:
             self._detached = False
+            self._failed = None  # (a stopped subscriber's old socket error is not the new socket's)
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"kvevents:{self.endpoint}")
         return self._task
 
