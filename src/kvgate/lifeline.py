@@ -28,8 +28,9 @@ descendant: one started within the last ``TICK_S`` and not ``sync()``ed (a direc
 kernel's parent-death SIGTERM, as well as one that detached), and everything started before the
 watchdog's first listing (``start_watchdog`` does not wait for it: its interpreter's start, 0.1-1 s on a
 loaded machine); anything when the watchdog ends too: a SIGKILL of every process of the user, the OOM
-killer choosing it, a container stopped, and a plain SIGTERM of the watchdog (its default action: it ends
-without a sweep); a pid reused in the instant between the check and the signal (no pidfd per process).
+killer choosing it, a container stopped (a plain SIGTERM of the watchdog is not one: it sweeps what it
+covers, the watched process still running or not, then dies of the signal); a pid reused in the instant
+between the check and the signal (no pidfd per process).
 Cost: one ``/proc/<pid>/stat`` read per process of the whole machine each ``TICK_S`` per watchdog (~5 ms
 with ~110 processes under load 8).
 """
@@ -356,19 +357,36 @@ def _watch_main() -> None:
     parent, start, fd = (int(a) for a in sys.argv[1:4])
     grace_s, tick_s, tree = float(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a Ctrl-C is for the process it watches)
+    # A SIGTERM (``kill``, a shutdown's SIGTERM to every process) ends it with a sweep, not without one:
+    # its handler only wakes the loop (the wake-up fd, watched with the rest), which then sweeps; one
+    # during the sweep changes nothing (the sweep ends within the grace, then it dies of the signal).
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
     if (fn := prctl()) is not None:
         fn(PR_SET_NAME, WATCHDOG_NAME, 0, 0, 0)  # (its name: see WATCHDOG_NAME)
-    watch(parent, start, socket.socket(fileno=fd), grace_s, tick_s, tree)
+    if watch(parent, start, socket.socket(fileno=fd), grace_s, tick_s, tree, wake_fd=wake_r):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # (dies of it, as without the handler)
 
 
 def watch(
-    parent: int, start: int, sock: socket.socket | None, grace_s: float, tick_s: float, tree: bool = True
-) -> None:
+    parent: int,
+    start: int,
+    sock: socket.socket | None,
+    grace_s: float,
+    tick_s: float,
+    tree: bool = True,
+    wake_fd: int = -1,
+) -> bool:
     """The watchdog's loop: list what it covers (``tree``: ``parent``'s descendants; and the members of
     the groups it was asked to watch and their descendants) each ``tick_s`` and when asked on ``sock``,
-    until ``parent`` (started at ``start``) ended, then terminate what of them runs on. ``sock`` carries
-    lines: ``s<n>`` (list now, then answer ``k<n>``), ``g<pgid>`` (watch that group until none of it is
-    left), ``t`` (cover the whole tree from now on)."""
+    until ``parent`` (started at ``start``) ended, or ``wake_fd`` (the watchdog's SIGTERM) became
+    readable, then terminate what of them runs on (after the SIGTERM: listed once more first, the parent
+    still running; the parent itself is not signalled). ``sock`` carries lines: ``s<n>`` (list now, then
+    answer ``k<n>``), ``g<pgid>`` (watch that group until none of it is left), ``t`` (cover the whole
+    tree from now on). Whether it ended on ``wake_fd``."""
     me = os.getpid()
     known: dict[int, int] = {}  # pid -> start time: every process covered seen, while it lives
     groups: set[int] = set()  # the process groups it was asked to watch, while any process of them is left
@@ -383,6 +401,9 @@ def watch(
         poller.register(pidfd, select.POLLIN)
     if sock is not None:
         poller.register(sock.fileno(), select.POLLIN)
+    if wake_fd >= 0:
+        poller.register(wake_fd, select.POLLIN)
+    woken = False
 
     def parent_alive() -> bool:
         st = stat(parent)
@@ -403,6 +424,8 @@ def watch(
         for fd, _ev in poller.poll(int(tick_s * 1000)):
             if fd == pidfd:
                 ended = True
+            elif fd == wake_fd:
+                woken = ended = True
             elif sock is not None:
                 try:
                     data = sock.recv(4096)
@@ -430,7 +453,10 @@ def watch(
                         sock.sendall(b"".join(answers))
         if ended:
             break
-    sweep(known, grace_s, exclude={me}, spare_group=parent_group)
+    if woken and parent_alive():
+        list_descendants()  # (what started since the last listing)
+    sweep(known, grace_s, exclude={me, parent}, spare_group=parent_group)
+    return woken
 
 
 def sweep(known: dict[int, int], grace_s: float, exclude: set[int], spare_group: int = 0) -> dict[int, int]:

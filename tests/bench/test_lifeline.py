@@ -352,3 +352,39 @@ def test_sync_does_not_take_a_late_answer_for_its_own(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(script)], env=ENV, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"], out.stdout
+
+
+# --- session 13 ---------------------------------------------------------------------------------------------
+
+
+def test_a_sigterm_to_the_watchdog_sweeps_what_it_covers_before_it_ends(tmp_path: Path) -> None:
+    """A plain SIGTERM to the watchdog (``kill``, a shutdown's SIGTERM to every process) ended it at once,
+    without a sweep: what it covered ran on, unwatched (fails before: the three ran on). Now it sweeps
+    first (SIGTERM, SIGKILL after the grace to the deaf ones), then ends; the process it watches, still
+    running, is not signalled, nor a process of its group that it did not start."""
+    script = tmp_path / "bench.py"
+    script.write_text(_BENCH)
+    bench = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
+                             process_group=0)  # fmt: skip
+    procs: dict[int, int] = {}
+    sibling = None
+    try:
+        sibling = subprocess.Popen(["sleep", "60"], process_group=bench.pid)
+        assert bench.stdout is not None
+        watchdog, *pids = (int(x) for x in bench.stdout.readline().split())
+        procs = _start_times(pids)
+        os.kill(watchdog, signal.SIGTERM)
+        left = _wait_gone(procs, within_s=20)
+        assert not left, f"left running after the watchdog's SIGTERM: {sorted(left)} of {pids}"
+        _wait_ended(watchdog, within_s=20)
+        st = lifeline.stat(watchdog)
+        assert st is None or st[2] == "Z", "the watchdog did not end"
+        assert bench.poll() is None, "the watchdog signalled the process it watches"
+        assert sibling.poll() is None, "the watchdog killed a process of the bench's group it had not started"
+    finally:
+        bench.kill()
+        bench.wait()
+        _kill_all(procs)
+        if sibling is not None:
+            sibling.kill()
+            sibling.wait()
