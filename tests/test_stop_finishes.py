@@ -328,3 +328,62 @@ async def test_a_second_cancel_does_not_cut_the_hub_controllers_lease_release() 
     assert stopper.cancelled()
     assert released == [True], "a second cancel cut the Lease's release"
     assert hub.closed
+
+
+# --- session 13: a KeyboardInterrupt or SystemExit inside a stop --------------------------------------------
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["after a cancel", "no cancel"])
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_inside_a_stop_is_raised_as_itself_and_not_logged(
+    interrupt: type[BaseException], cancelled: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second Ctrl-C under ``asyncio.run`` raises ``KeyboardInterrupt`` in the stop the first one's
+    cancel is running (a ``SystemExit`` alike). Before: the stop's task raised it out of the event loop,
+    the caller got a ``CancelledError`` and an ERROR "failed: KeyboardInterrupt()" was logged. Now the
+    caller gets the interrupt itself, nothing is logged, the stop's ``finally`` ran, and ``asyncio.run``'s
+    own end still cancels and finishes the other tasks (the interrupt leaves the loop once). Own event
+    loop: the interrupt leaves it."""
+    closed: list[str] = []
+    got: list[BaseException] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def cleanup() -> None:
+        try:
+            await asyncio.sleep(0.01)
+            raise interrupt
+        finally:
+            await asyncio.sleep(0)  # (a close that awaits)
+            closed.append("stop")
+
+    async def caller() -> None:
+        try:
+            await stop_to_the_end(cleanup(), "the interrupted stop", log)
+        except BaseException as exc:
+            got.append(exc)
+            raise
+
+    async def other() -> None:  # (another task, cancelled by asyncio.run's end)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0)
+            closed.append("other")
+
+    async def main() -> None:
+        tasks.append(asyncio.create_task(other()))
+        tasks.append(stopper := asyncio.create_task(caller()))
+        if cancelled:
+            await asyncio.sleep(0)
+            stopper.cancel()
+        await asyncio.wait([stopper])
+
+    with caplog.at_level(logging.ERROR), pytest.raises(interrupt):
+        asyncio.run(main())
+    assert type(tasks[1].exception()) is interrupt  # (retrieved: no "never retrieved" at its collection)
+    assert [type(e) for e in got] == [interrupt], got
+    assert closed == ["stop", "other"] or closed == ["other", "stop"], closed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    from kvgate import aio
+
+    assert tasks[1] not in aio._FINISHING

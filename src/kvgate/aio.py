@@ -11,7 +11,7 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Coroutine, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -173,9 +173,15 @@ async def stop_to_the_end(
     the caller's cancellations do not reach; without one this is ``await cleanup``, its result or error
     included. Once the caller was cancelled the stop gets ``limit_s`` more to end (further cancels
     change nothing); one still running then is logged by ``what`` and left to finish on its own, and the
-    cancellation raised. An error the stop ended on after a cancel is logged, the cancellation raised."""
+    cancellation raised. An error the stop ended on after a cancel is logged, the cancellation raised.
+    A ``KeyboardInterrupt`` or ``SystemExit`` (any ``BaseException`` but an ``Exception`` or a
+    cancellation: a second Ctrl-C under ``asyncio.run`` lands in the stop running after the first) ends
+    the stop where it was raised, as it would in ``await cleanup`` (its ``finally`` blocks run), and is
+    raised here as itself, cancelled or not, and not logged: the stop's task catches it and hands it over
+    (a task ending on one would raise it out of the event loop at once, and the caller a second time,
+    cutting ``asyncio.run``'s cancellation of the other tasks)."""
     loop = asyncio.get_running_loop()
-    task = loop.create_task(cleanup, name=what)
+    task = loop.create_task(_handed_over(cleanup), name=what)
     me = asyncio.current_task()
     outer = None if me is None else _FINISHING.get(me)  # (a stop within a stop: the outer one's limit)
     cancelled = False
@@ -198,7 +204,10 @@ async def stop_to_the_end(
         elif me is not None:
             _FINISHING.pop(me, None)
     if not cancelled:
-        return task.result()
+        result, interrupt = task.result()
+        if interrupt is not None:
+            raise interrupt
+        return cast(T, result)  # (None only with an interrupt)
     if not task.done():
         log.error("%s still running %.1fs after its caller was cancelled; left to finish on its own",
                   what, limit_s)  # fmt: skip
@@ -206,7 +215,21 @@ async def stop_to_the_end(
         task.add_done_callback(_LEFT_RUNNING.discard)
     elif not task.cancelled() and (exc := task.exception()) is not None:
         log.error("%s failed: %r", what, exc, exc_info=exc)
+    elif not task.cancelled() and (interrupt := task.result()[1]) is not None:
+        raise interrupt
     raise asyncio.CancelledError
+
+
+async def _handed_over(cleanup: Coroutine[Any, Any, T]) -> tuple[T | None, BaseException | None]:
+    """``cleanup``'s result, or the ``KeyboardInterrupt`` / ``SystemExit`` it ended on (any
+    ``BaseException`` but an ``Exception``, a cancellation or a ``GeneratorExit``), returned rather than
+    raised: a task raises such an exception out of its event loop as well (``stop_to_the_end``)."""
+    try:
+        return await cleanup, None
+    except BaseException as exc:
+        if isinstance(exc, (Exception, asyncio.CancelledError, GeneratorExit)):
+            raise
+        return None, exc
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
