@@ -7,15 +7,19 @@ Envoy-playing harness, against a backend that holds each reply until the test re
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
+import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from flowcontrol.test_doors import eventually
 from flowcontrol.test_preemption_doors import epp_door, send_over
-from gateway.conftest import closing_backend_gateway
+from gateway.backend import Backend
+from gateway.conftest import closing_backend_gateway, make_config, running_gateway
 from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.testing import EnvoyHarness, Exchange
+from kvgate.openai.labels import ModelLabels
 from kvgate.requestcontrol.director import Director
 
 WAIT = 20.0  # generous: the CI machine is loaded
@@ -93,3 +97,84 @@ async def test_body_refusals_are_counted_as_the_gateway_door_counts_them(start_e
     }
     assert gateway_door == {"400": 2, "413": 1}
     assert epp_door == gateway_door
+
+
+def _errors(registry: Any) -> dict[tuple[str, str, str], float]:
+    """``(model_name, target_model_name, error_code)`` -> ``inference_objective_request_error_total``."""
+    return {
+        (s.labels["model_name"], s.labels["target_model_name"], s.labels["error_code"]): s.value
+        for metric in registry.collect()
+        if metric.name == "inference_objective_request_error"
+        for s in metric.samples
+        if s.name.endswith("_total") and s.value
+    }
+
+
+STREAM = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 40, "stream": True})
+PLAIN = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
+
+
+async def test_model_server_errors_and_a_client_gone_are_counted_as_the_gateway_door_counts_them(
+    start_epp,
+) -> None:
+    """The same requests through both doors, against one model server: a 2xx, the server's 400 and 500
+    (each once, under its status), and a client that leaves mid-stream (``client_gone`` once), on
+    ``inference_objective_request_error_total`` with the same labels. Before, the EPP had no such
+    metric (only ``kvgate_epp_responses_total{ok}``): no status, no ``client_gone``."""
+    backend = await Backend("b0", tokens=40, chunk_delay=0.05).start()
+    try:
+        gateway_door, epp_door = await _both_doors(backend, start_epp)
+    finally:
+        await backend.stop()
+    assert gateway_door == {("m", "m", "400"): 1, ("m", "m", "500"): 1, ("m", "m", "client_gone"): 1}
+    assert epp_door == gateway_door
+
+
+async def _both_doors(backend: Backend, start_epp: Any) -> tuple[dict[Any, float], dict[Any, float]]:
+    url_path = "/v1/completions"
+    async with running_gateway(make_config([backend.address])) as gw:
+        async with aiohttp.ClientSession() as s:
+            for mode in ("ok", "error400", "error500"):
+                backend.mode = mode
+                async with s.post(f"http://127.0.0.1:{gw.port}{url_path}", data=PLAIN) as r:
+                    await r.read()
+            backend.mode = "ok"
+            r = await s.post(f"http://127.0.0.1:{gw.port}{url_path}", data=STREAM)
+            assert r.status == 200
+            await r.content.readany()
+            r.close()  # the client goes away mid-stream
+        proxy = gw.proxy
+        assert proxy is not None
+        await eventually(lambda: proxy.inflight == 0, "the gateway's stream ended")
+        gateway_door = _errors(gw.metrics.registry)
+
+    epp = await start_epp([backend.address])
+    assert epp.stub is not None
+    async with aiohttp.ClientSession() as http:
+        harness = EnvoyHarness(epp.stub, http)
+        for mode, status in (("ok", 200), ("error400", 400), ("error500", 500)):
+            backend.mode = mode
+            assert (await harness.request("POST", url_path, PLAIN)).status == status
+        backend.mode = "ok"
+        gone = await harness.request("POST", url_path, STREAM, abort_after_chunks=1)
+        assert gone.status == 499
+    inflight = "kvgate_epp_inflight_requests"
+    await eventually(lambda: _value(epp.metrics, inflight) == 0, "the EPP's stream ended")
+    return gateway_door, _errors(epp.metrics.registry)
+
+
+async def test_an_unserved_models_errors_are_other_in_the_epp() -> None:
+    """Bounded model labels (kvgate.openai.labels): a name no config lists and no model server has
+    answered with a 2xx is ``other``; a configured one, or one served once, is its own."""
+    metrics = EppMetrics(models=ModelLabels(["known"]))
+    metrics.error("made-up", "made-up", "404")
+    metrics.error("known", "known", "500")
+    metrics.served("m", "m")
+    metrics.error("m", "m", "400")
+    metrics.rejected(413)
+    assert _errors(metrics.registry) == {
+        ("other", "other", "404"): 1,
+        ("known", "known", "500"): 1,
+        ("m", "m", "400"): 1,
+        ("", "", "413"): 1,
+    }

@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvgate.extproc.config import EppConfigError, load
     from kvgate.extproc.context import build_context
     from kvgate.extproc.metrics import EppMetrics
+    from kvgate.openai.labels import ModelLabels
 
     if args.clusters:
         return _hub_main(args)
@@ -193,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             make_endpoint(a, pool=cfg.pool.name, engine=cfg.pool.engine, labels=labels)
             for a in cfg.pool.endpoints
         )
-        metrics = EppMetrics()
+        # Model labels: the pool's models and adapters at once, others once served (kvgate.openai.labels).
+        metrics = EppMetrics(models=ModelLabels([*cfg.pool.models, *cfg.pool.adapters]))
         ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
         if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
             raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")

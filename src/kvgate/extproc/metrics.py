@@ -9,12 +9,14 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
+from kvgate.openai.labels import ModelLabels
 from kvgate.scheduling.types import PickResult, Usage
 
 _PICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -22,9 +24,21 @@ _BYTES_BUCKETS = tuple(float(1 << s) for s in range(8, 27, 2))
 
 
 class EppMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, models: ModelLabels | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # ``model_name`` / ``target_model_name`` values, bounded (kvgate.openai.labels): the names the
+        # config lists (``--model``, adapters), and names a model server answered with a 2xx.
+        self.models = models or ModelLabels()
+        # As ``kvgate serve`` (the reference's name and labels): each request refused, answered with a
+        # model server's 4xx/5xx, or left before its response completed (``client_gone``), once.
+        self.errors = Counter(
+            "inference_objective_request_error_total",
+            "Requests that failed",
+            ["model_name", "target_model_name", "error_code"],
+            registry=r,
+        )
+        self._error_children: dict[tuple[str, str, str], Any] = {}
         self.streams = Gauge("kvgate_epp_streams_active", "ext_proc streams open now", registry=r)
         self.picks = Counter("kvgate_epp_picks_total", "Requests given an endpoint", registry=r)
         self.inflight = Gauge(
@@ -61,8 +75,21 @@ class EppMetrics:
         self.pick_seconds.observe(seconds)
         self.body_bytes.observe(body_bytes)
 
-    def rejected(self, status: int) -> None:
+    def rejected(self, status: int, model: str = "", target: str = "") -> None:
         self.rejections.labels(str(status)).inc()
+        self.error(model, target, str(status))
+
+    def error(self, model: str, target: str, code: str) -> None:
+        labels = self.models.label
+        key = (labels(model), labels(target), code)
+        child = self._error_children.get(key)
+        if child is None:  # (bounded: the labels above, codes are HTTP statuses and client_gone)
+            child = self._error_children[key] = self.errors.labels(*key)
+        child.inc()
+
+    def served(self, model: str, target: str) -> None:
+        self.models.served(model)
+        self.models.served(target)
 
     def finished(self, usage: Usage | None, ok: bool, streaming: bool) -> None:
         self.inflight.dec()

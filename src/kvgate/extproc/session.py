@@ -72,8 +72,12 @@ class Observer(Protocol):
     """Metrics hooks (``kvgate.extproc.metrics.EppMetrics``); all cheap and synchronous."""
 
     def picked(self, result: PickResult, seconds: float, body_bytes: int) -> None: ...
-    def rejected(self, status: int) -> None: ...
+    def rejected(self, status: int, model: str = "", target: str = "") -> None: ...
     def finished(self, usage: Usage | None, ok: bool, streaming: bool) -> None: ...
+    # ``kvgate serve``'s ``inference_objective_request_error_total`` events after the pick: a model
+    # server's 4xx/5xx (``code`` its status) or ``client_gone``; ``served``: a 2xx answered it.
+    def error(self, model: str, target: str, code: str) -> None: ...
+    def served(self, model: str, target: str) -> None: ...
 
 
 class ProtocolViolation(Exception):
@@ -181,6 +185,11 @@ class Session:
         self.destination = ""
         self.endpoint: Endpoint | None = None  # the one the in-flight accounting is charged to
         self._client_model: str | None = None  # set when the model was rewritten
+        # The request's labels once its body is parsed (the client's model, the one sent on): None
+        # before, so a stream that ends then is no request left unanswered (as ``kvgate serve``, whose
+        # front has the whole body before anything is counted under a model).
+        self._models: tuple[str, str] | None = None
+        self._counted = False  # its error or success counted (once, however the stream ends)
         self._finished = False
         self._first_token = False
         self.status = 0
@@ -262,8 +271,9 @@ class Session:
         self, status: int, message: str, code: str, param: str | None = None
     ) -> pb.ProcessingResponse:
         self.done = True
-        if self.ctx.observer is not None:
-            self.ctx.observer.rejected(status)
+        if self.ctx.observer is not None and not self._counted:
+            self._counted = True
+            self.ctx.observer.rejected(status, *(self._models or ("", "")))
         return immediate(status, message, code, param)
 
     # ---- request path ---------------------------------------------------------------------------
@@ -292,6 +302,7 @@ class Session:
             # Body-less (GET /v1/models, health probes): pick at once on headers.
             self._body_finished = True
             model = self.request_headers.get("x-gateway-model-name", "")
+            self._models = (model, model)
             req = self._build_request(ParsedBody(OTHER, {}, model), model)
             return self._schedule(req, body=None, body_changed=False)
         return []
@@ -325,10 +336,12 @@ class Session:
         model = parsed.model
         target = self.request_headers.get(keys.MODEL_REWRITE) or self.ctx.model_rewrite(model)
         changed = False
+        client_model = model
         if target and target != model:
             self._client_model = model
             parsed.body["model"] = target
             model, changed = target, True
+        self._models = (client_model, model)
         if server_priority(parsed.body, self.ctx.policy, self.request_headers.get(keys.OBJECTIVE)):
             changed = True  # (pools[].passPriority)
         if changed:
@@ -548,13 +561,31 @@ class Session:
         learn = self.streaming and 0 < self.status < 400
         self.ctx.director.on_first_token(self.request, self.endpoint, learn=learn)
 
-    def _finish(self, *, ok: bool) -> None:
+    def _finish(self, *, ok: bool, complete: bool = True) -> None:
         if self._finished or self.endpoint is None or self.request is None:
             return
         self._finished = True
         self.ctx.director.on_finished(self.request, self.endpoint, self.usage, ok)
         if self.ctx.observer is not None:
             self.ctx.observer.finished(self.usage, ok, self.streaming)
+            self._outcome(complete)
+
+    def _outcome(self, complete: bool) -> None:
+        """Count the request's end once, as ``kvgate serve`` does: a completed response under its
+        status when it is a 4xx/5xx, a stream ended before that as ``client_gone`` (Envoy ends the
+        ext_proc stream the same way whether the client left or the model server cut the response:
+        the EPP cannot tell a ``stream_cut``)."""
+        obs = self.ctx.observer
+        if obs is None or self._counted or self._models is None:
+            return
+        self._counted = True
+        model, target = self._models
+        if not complete:
+            obs.error(model, target, "client_gone")
+        elif self.status >= 400:
+            obs.error(model, target, str(self.status))
+        elif 200 <= self.status < 300:
+            obs.served(model, target)
 
     def _release(self) -> None:
         if self._held:
@@ -567,7 +598,10 @@ class Session:
         self._body = bytearray()
         self._resp_buf = None
         if self._finished or self.endpoint is None:
+            # Gone while waiting in flow control, or preempted and gone before the 429 could be sent.
+            if (not self._finished or self._preempted) and not self.done:
+                self._outcome(complete=False)
             return
         # Gone before response headers: the server may never have been reached -> not ok. Gone after
         # a 200: the client left, the server was fine.
-        self._finish(ok=self.status == 200)
+        self._finish(ok=self.status == 200, complete=False)

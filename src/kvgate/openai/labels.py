@@ -1,0 +1,39 @@
+"""Bounded ``model_name`` / ``target_model_name`` label values for the doors no model list bounds.
+
+``kvgate serve`` labels its per-request metrics by model freely: its models come from the config, and a
+request for any other is refused (404) before it is counted under a model. The ext_proc door (whose
+``--model`` may be ``*``) and the multi-cluster gateway (whose clusters file names no models) take any
+model name a client sends, so a label per name would let clients grow the metrics without bound. Here a
+name is its own label when the config names it, or once a model server has answered a request for it
+with a 2xx (``served``): a client spraying made-up names gets no labels (a model server refuses them),
+and at most ``MAX_MODEL_LABELS`` names per process are learnt that way. Every other name is reported as
+``other``; an empty name (the request was refused before its model was known) stays empty, as in
+``kvgate serve``. A label once given is never taken away (counters stay monotonic). The cost: a model's
+errors before its first 2xx in this process are counted under ``other``, and a model first served after
+``MAX_MODEL_LABELS`` others stays ``other`` until the process restarts (list it in the config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+MAX_MODEL_LABELS = 16
+OTHER_MODEL = "other"
+ANY_MODEL = "*"
+
+
+class ModelLabels:
+    def __init__(self, known: Iterable[str] = (), size: int = MAX_MODEL_LABELS) -> None:
+        self.known = frozenset(m for m in known if m and m != ANY_MODEL)
+        self.size = size
+        self.learnt: set[str] = set()
+
+    def served(self, model: str) -> None:
+        """A model server answered a request for ``model`` with a 2xx: it may earn its own label."""
+        if model and model not in self.known and model not in self.learnt and len(self.learnt) < self.size:
+            self.learnt.add(model)
+
+    def label(self, model: str) -> str:
+        if not model or model in self.known or model in self.learnt:
+            return model
+        return OTHER_MODEL
