@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 from kvgate.bench.cli import main
 from kvgate.bench.flowcontrol_bench import engine_priority
@@ -112,3 +113,16 @@ def test_over_goal_splits_the_quiet_requests_over_the_line_by_where_they_waited(
     assert got["over_share"] == 0.75
     assert (got["kvgate_queue_share"], got["server_queue_share"], got["step_share"]) == (0.25, 0.25, 0.25)
     assert abs(got["mean_kvgate_queue_s"] - 0.1 / 3) < 1e-9
+
+
+def test_bench_flowcontrol_default_out_is_not_the_tracked_docs_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without --out it wrote docs/benchmarks/flowcontrol.json, the tracked published figures (run from
+    # the repository root, any tuning run overwrote them). Now the git-ignored results/flowcontrol.
+    monkeypatch.chdir(tmp_path)
+    args = ["flowcontrol", "--replicas", "1", "--duration", "2", "--warmup", "1", "--arms", "kvgate"]
+    assert main(args) == 0
+    assert not (tmp_path / "docs").exists()
+    doc = orjson.loads((tmp_path / "results" / "flowcontrol" / "flowcontrol.json").read_bytes())
+    assert set(doc["runs"]) == {f"kvgate/{m}" for m in ("calm", "even", "flood")}

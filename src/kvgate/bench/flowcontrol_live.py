@@ -226,4 +226,5 @@ def main_from_args(args: argparse.Namespace, argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "flowcontrol-live.json", rows)
     print(render(rows))
+    print(f"\nwrote {args.out / 'flowcontrol-live.json'}")
     return 0
