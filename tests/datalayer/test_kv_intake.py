@@ -194,3 +194,33 @@ async def test_a_socket_error_in_the_tasks_drain_is_logged_and_the_index_cleared
     finally:
         await sub.stop()
         await pub.close()
+
+
+async def test_an_unbounded_publisher_keeps_what_a_slow_subscriber_has_not_taken():
+    """kvflake13: the backlog tests failed a few times at machine load 2-6 (the last batch never came).
+    ``_followed(unbounded=True)`` set the PUB's SNDHWM after its bind, which the connections its listener
+    accepts ignore: their pipes kept 1,000, and a burst that ZMQ's I/O threads had not yet moved was dropped
+    at the PUB. Failed before (here a subscriber that does not read makes it certain: 1,999 of 20,000)."""
+    async with _followed(replay=False, unbounded=True) as (pub, _idx, _mgr, _sub):
+        slow = zmq.Context.instance().socket(zmq.SUB)
+        slow.setsockopt(zmq.LINGER, 0)
+        slow.setsockopt(zmq.RCVHWM, 10)
+        slow.setsockopt(zmq.SUBSCRIBE, b"")
+        slow.connect(pub.endpoint)
+        try:
+            for _ in range(500):  # until its subscription reached the PUB
+                await pub.publish(batch(stored_map([1], None, [1] * 4)))
+                if slow.poll(10):
+                    break
+            while slow.poll(100):
+                slow.recv_multipart()
+            first = pub.seq
+            payload = batch(stored_map(list(range(15)), None, [7] * 1920, bs=128))
+            for _ in range(20_000):
+                await pub.publish(payload)  # (a send that succeeds at once does not yield)
+            got = []
+            while slow.poll(2_000):
+                got.append(int.from_bytes(slow.recv_multipart()[1], "big"))
+            assert got == list(range(first, pub.seq)), f"{len(got)} of {pub.seq - first} arrived"
+        finally:
+            slow.close(0)

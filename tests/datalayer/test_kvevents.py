@@ -416,10 +416,14 @@ class FakeVLLMPublisher:
 
     END_SEQ = (-1).to_bytes(8, "big", signed=True)
 
-    def __init__(self, topic: bytes = b"kv") -> None:
+    def __init__(self, topic: bytes = b"kv", *, sndhwm: int | None = None) -> None:
         self.ctx = zmq.asyncio.Context.instance()
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
+        if sndhwm is not None:
+            # Before the bind: a bound socket's listener copies its options then, and the connections it
+            # accepts take them from that copy (set after the bind, the SUB's pipe kept 1,000).
+            self.pub.setsockopt(zmq.SNDHWM, sndhwm)
         port = self.pub.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{port}"
         self.replay = self.ctx.socket(zmq.ROUTER)
@@ -481,10 +485,8 @@ async def _followed(
 ) -> AsyncIterator[tuple[FakeVLLMPublisher, BlockIndex, KVEventsManager, KVEventSubscriber]]:
     """A publisher and a manager's subscriber (endpoint ``"a"``) to it, with its replay socket unless not
     ``replay``, connected unless not ``connect``; the manager and the publisher closed after. ``unbounded``:
-    no send high-water mark at the PUB (set before the SUB connects: its pipe takes it), so no drop there."""
-    pub = FakeVLLMPublisher()
-    if unbounded:
-        pub.pub.setsockopt(zmq.SNDHWM, 0)
+    no send high-water mark at the PUB (set before its bind), so no drop there."""
+    pub = FakeVLLMPublisher(sndhwm=0 if unbounded else None)
     idx = BlockIndex(**index_kw)
     mgr = KVEventsManager(idx)
     try:
