@@ -13,12 +13,15 @@ import aiohttp
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from flowcontrol.test_doors import eventually
-from flowcontrol.test_preemption_doors import epp_door, send_over
+from flowcontrol.test_doors import HeldBackend, eventually
+from flowcontrol.test_preemption_doors import epp_door, gateway_config, send_over
 from gateway.backend import Backend
 from gateway.conftest import closing_backend_gateway, make_config, running_gateway
+from kvgate.config.gateway import parse_gateway_config
 from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.testing import EnvoyHarness, Exchange
+from kvgate.gateway.pools import build_pool
+from kvgate.gateway.server import GatewayServer
 from kvgate.openai.labels import ModelLabels
 from kvgate.requestcontrol.director import Director
 
@@ -178,3 +181,57 @@ async def test_an_unserved_models_errors_are_other_in_the_epp() -> None:
         ("m", "m", "400"): 1,
         ("", "", "413"): 1,
     }
+
+
+def _held(prompt: str) -> bytes:
+    return orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1})
+
+
+async def test_a_client_that_leaves_while_queued_is_client_gone_once_in_both_doors() -> None:
+    """Flow control holds a second request while the first is in flight (concurrency 1); its client
+    leaves: ``client_gone`` once, in both doors. Before, ``kvgate serve`` counted nothing for it (the
+    handler's cancel met ``admit`` outside the dispatch's own ``client_gone``)."""
+    hdrs = {"x-gateway-inference-objective": "critical"}
+    backend = await HeldBackend().start()
+    cfg = parse_gateway_config(gateway_config(backend.port, model="m"))
+    pools = [build_pool(p) for p in cfg.pools]
+    gw = GatewayServer(cfg, pools, scrape=False)
+    await gw.start()
+    try:
+        url = f"http://127.0.0.1:{gw.port}/v1/completions"
+        async with aiohttp.ClientSession() as http:
+            first = asyncio.ensure_future(http.post(url, data=_held("held"), headers=hdrs))
+            await eventually(lambda: backend.arrivals == ["held"], "the first request upstream")
+            async with aiohttp.ClientSession() as leaving:
+                second = asyncio.ensure_future(leaving.post(url, data=_held("queued"), headers=hdrs))
+                await eventually(lambda: pools[0].director.queued() == 1, "the second request queued")
+            second.cancel()  # (its session closed: the connection is gone)
+            await eventually(lambda: pools[0].director.queued() == 0, "the queue left")
+            backend.release.release()
+            (await first).release()
+        gateway_door = _errors(gw.metrics.registry)
+    finally:
+        await gw.stop(drain_timeout=1.0)
+        await backend.stop()
+    metrics = EppMetrics(models=ModelLabels(["m"]))  # (as ``kvgate epp``: the pool's models)
+    async with epp_door(metrics) as (backend, ctx, ch):
+        director = ctx.director
+        assert isinstance(director, Director)
+        async with aiohttp.ClientSession() as http:
+            harness = EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http)
+            first = asyncio.ensure_future(send_over(harness, "critical", "held"))
+            await eventually(lambda: backend.arrivals == ["held"], "the first request upstream")
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch)) as ex:
+                headers = {":method": "POST", ":path": "/v1/completions", **hdrs}
+                second = asyncio.ensure_future(ex.send_request(headers, _held("queued")))
+                await eventually(lambda: director.queued() == 1, "the second request queued")
+                ex.cancel()  # Envoy ends the stream: the client left
+                await asyncio.wait([second])
+            await eventually(lambda: director.queued() == 0, "the queue left")
+            backend.release.release()
+            assert (await asyncio.wait_for(first, WAIT))[0] == 200
+        await eventually(
+            lambda: _value(metrics, "kvgate_epp_inflight_requests") == 0, "the EPP's request done"
+        )
+    assert gateway_door == {("m", "m", "client_gone"): 1}
+    assert _errors(metrics.registry) == gateway_door

@@ -453,6 +453,11 @@ class Proxy:
                 else:  # flow control may hold the request until capacity frees (cancelled if the client goes)
                     result = await director.admit(ireq, explain)
                 ep = self._untried(result, tried)
+            except asyncio.CancelledError:
+                # The client left while flow control held the request (the front cancels the handler):
+                # counted once, as a client gone after the dispatch below.
+                self.metrics.error(client_model, ireq.model, "client_gone")
+                raise
             except SchedulingError as e:
                 if attempt == 0:
                     raise GatewayError.from_scheduling(e) from None
