@@ -39,7 +39,6 @@ ENDPOINT, PARENT = "endpoint", "parent"
 _DROP = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", DESTINATION_ENDPOINT}
 )
-_AT_CAPACITY = ("status 429", "epp status 429")
 STALLED = "epp stalled"  # an attempt's outcome when the EPP did not answer the pick in time
 
 
@@ -49,6 +48,7 @@ class Attempt:
     mode: str
     target: str
     outcome: str  # "ok", "unreachable", "status NNN", "epp: ...", "epp stalled (pick)"
+    status: int = 0  # the HTTP status the cluster refused with (its EPP's or its pod's / gateway's), or 0
 
 
 @dataclass(slots=True)
@@ -80,6 +80,32 @@ class NoRoute(Exception):
     def __init__(self, status: int, message: str, attempts: list[Attempt]) -> None:
         super().__init__(message)
         self.status, self.message, self.attempts = status, message, attempts
+
+
+def no_route(attempts: list[Attempt]) -> NoRoute:
+    """What the client gets when no cluster started the request. A cluster *refuses* when it (its EPP,
+    or its pod / gateway with a 429) answers a 4xx: the request was heard and turned down; any other end
+    (unreachable, a 5xx, an EPP that failed or stalled) is a *failure*.
+    - any refusal was 429 (shed, at capacity): 429 with ``Retry-After``: the fleet is there but busy, the
+      client should slow down (a cluster that failed had no capacity to offer either);
+    - else the first refusal's status (in the policy's order: the most preferred cluster that refused):
+      413 when the body is too large there, 400, 404, ... (every cluster refusing alike gives that one);
+    - 503 only when no cluster refused: none ready, none reachable, or every one failed."""
+    refusals = [a for a in attempts if 400 <= a.status < 500]
+    if not refusals:
+        last = attempts[-1].outcome if attempts else "no route"
+        return NoRoute(503, f"every cluster failed (last: {last})", attempts)
+    if any(a.status == 429 for a in refusals):
+        return NoRoute(429, "every cluster is at capacity; retry later", attempts)
+    first = refusals[0]
+    same = all(a.status == first.status for a in refusals)
+    return NoRoute(
+        first.status,
+        f"every cluster refused the request ({first.status})"
+        if same and len(refusals) == len(attempts)
+        else f"cluster {first.cluster} refused the request ({first.status}); no other could take it",
+        attempts,
+    )
 
 
 class GlobalRouter:
@@ -194,11 +220,7 @@ class GlobalRouter:
                 st.succeeded()
                 return routed
             st.failed(self.clock())
-        if attempts and all(a.outcome in _AT_CAPACITY for a in attempts):
-            # Every cluster said it is at capacity: the client should slow down, not treat it as an outage.
-            raise NoRoute(429, "every cluster is at capacity; retry later", attempts)
-        last = attempts[-1].outcome if attempts else "no route"
-        raise NoRoute(503, f"every cluster failed (last: {last})", attempts)
+        raise no_route(attempts)
 
     async def _try_cluster(
         self,
@@ -244,7 +266,8 @@ class GlobalRouter:
                     started = self.clock() if stream else None
             elif pick is not None:
                 # The EPP refused (no capacity, model not served there, ...): the next cluster may serve it.
-                attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp status {pick.status}"))
+                status = pick.status or 0
+                attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp status {pick.status}", status))
                 return None
         if spec.gateway is not None:
             return await self._send(
@@ -291,7 +314,7 @@ class GlobalRouter:
             # Nothing reached the client yet: free to go elsewhere.
             resp.release()
             given_up()
-            attempts.append(Attempt(st.name, mode, target, f"status {resp.status}"))
+            attempts.append(Attempt(st.name, mode, target, f"status {resp.status}", resp.status))
             return None
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
         upstream: AsyncIterator[bytes] = resp.content.iter_any()
@@ -303,7 +326,7 @@ class GlobalRouter:
             except EppImmediate as e:  # preempted before any byte reached the client: as a pod's 429
                 resp.close()
                 given_up()
-                attempts.append(Attempt(st.name, mode, target, f"epp status {e.status}"))
+                attempts.append(Attempt(st.name, mode, target, f"epp status {e.status}", e.status))
                 return None
             except BaseException:
                 resp.release()

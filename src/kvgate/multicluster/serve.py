@@ -7,8 +7,9 @@ cluster usable), ``/v1/clusters`` (what this gateway knows of each cluster).
 
 It runs on the single-cluster gateway's client-facing front (``kvgate.httpfront``), so it has the same
 hardening: OpenAI-style JSON errors (400 bad body, 404 unknown path, 405 wrong method, 413 body over
-``limits.maxBodyBytes``, 408 header/body deadlines, 429 when every cluster is at capacity, 503 when none
-can take the request or over ``limits.maxConnections``), and the send deadline for clients that stop
+``limits.maxBodyBytes``, 408 header/body deadlines; when no cluster started the request, 429 if one was
+at capacity, else the status a cluster refused it with (a remote EPP's 413, ...), else 503:
+``router.no_route``; 503 over ``limits.maxConnections``), and the send deadline for clients that stop
 reading (the connection is aborted, which cancels the request upstream and on the remote EPP).
 """
 

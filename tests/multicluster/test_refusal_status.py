@@ -1,0 +1,121 @@
+"""When no cluster starts a request, the client gets the status the clusters refused it with
+(``kvgate.multicluster.router.no_route``): every cluster's remote EPP refusing with 413 gives 413 (was
+503), any 429 among the refusals gives 429, a refusal beside failed clusters gives the refusal, and 503
+is left for no cluster refusing (none ready, none reachable, every one failed). Real gRPC and HTTP on
+loopback: real ``kvgate epp`` servers in Endpoint mode, loopback pods in Parent mode."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.backend import free_port
+from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.context import AddressIndex, build_epp_director
+from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.session import SessionContext
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.router import Attempt, no_route
+from kvgate.multicluster.serve import GlobalGateway
+
+BODY = orjson.dumps({"model": "m", "prompt": "x" * 200, "max_tokens": 1})
+
+
+@pytest.fixture
+async def epps() -> AsyncIterator[Callable[..., Any]]:
+    """``make(pod_address, max_request_body)``: a started ``kvgate epp`` over one pod; its port."""
+    started: list[EppServer] = []
+
+    async def make(pod: str, max_request_body: int = 64 << 20) -> int:
+        store = EndpointStore.from_addresses([pod])
+        ctx = SessionContext(build_epp_director(None, store, policy="round-robin"), AddressIndex(store),
+                             clock=time.monotonic, max_request_body=max_request_body)  # fmt: skip
+        epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+        await epp.start()
+        started.append(epp)
+        return epp.port
+
+    yield make
+    for epp in started:
+        await epp.stop(0)
+
+
+@pytest.fixture
+async def global_gateway() -> AsyncIterator[Callable[..., Any]]:
+    running: list[GlobalGateway] = []
+
+    async def make(*clusters: ClusterSpec) -> GlobalGateway:
+        gw = GlobalGateway(ClustersConfig(tuple(clusters)), "round-robin", fetch=False, seed=1)
+        await gw.start("127.0.0.1", 0)
+        running.append(gw)
+        return gw
+
+    yield make
+    for gw in running:
+        await gw.stop()
+
+
+async def _post(gw: GlobalGateway) -> tuple[int, dict[str, Any], dict[str, str]]:
+    url = f"http://127.0.0.1:{gw.port}/v1/completions"
+    async with aiohttp.ClientSession() as http, http.post(url, data=BODY) as r:
+        return r.status, orjson.loads(await r.read()), dict(r.headers)
+
+
+async def test_every_clusters_epp_refusing_413_gives_the_client_413(pods, epps, global_gateway) -> None:
+    pod = await pods()
+    a, b = await epps(pod.address, 100), await epps(pod.address, 100)
+    gw = await global_gateway(ClusterSpec("a", epp=f"127.0.0.1:{a}"), ClusterSpec("b", epp=f"127.0.0.1:{b}"))
+    status, body, _ = await _post(gw)
+    assert status == 413, body  # was 503: "every cluster failed (last: epp status 413)"
+    assert body["error"]["type"] == "invalid_request_error" and "refused" in body["error"]["message"]
+    assert not pod.received
+
+
+async def test_a_413_and_a_clusters_429_give_429(pods, epps, global_gateway) -> None:
+    pod, busy = await pods(), await pods()
+    busy.mode = "error429"
+    small = await epps(pod.address, 100)
+    gw = await global_gateway(
+        ClusterSpec("a", epp=f"127.0.0.1:{small}"), ClusterSpec("b", gateway=busy.address)
+    )
+    status, body, headers = await _post(gw)
+    assert status == 429, body  # was 503: not every cluster said "at capacity"
+    assert headers.get("Retry-After") == "1"
+
+
+async def test_a_413_beside_an_unreachable_cluster_gives_413(pods, epps, global_gateway) -> None:
+    pod = await pods()
+    small = await epps(pod.address, 100)
+    gone = f"127.0.0.1:{free_port()}"
+    gw = await global_gateway(ClusterSpec("a", gateway=gone), ClusterSpec("b", epp=f"127.0.0.1:{small}"))
+    status, body, _ = await _post(gw)
+    assert status == 413, body
+    assert "cluster b refused" in body["error"]["message"]
+
+
+async def test_503_only_when_no_cluster_refused(pods, global_gateway) -> None:
+    broken = await pods()
+    broken.mode = "error500"
+    gone = f"127.0.0.1:{free_port()}"
+    gw = await global_gateway(ClusterSpec("a", gateway=gone), ClusterSpec("b", gateway=broken.address))
+    status, body, _ = await _post(gw)
+    assert status == 503, body
+    assert body["error"]["type"] == "service_unavailable"
+
+
+def test_the_rule() -> None:
+    def at(cluster: str, status: int) -> Attempt:
+        return Attempt(cluster, "endpoint", "x", f"epp status {status}" if status else "unreachable", status)
+
+    assert no_route([]).status == 503
+    assert no_route([at("a", 0), at("b", 503)]).status == 503
+    assert no_route([at("a", 413), at("b", 413)]).status == 413
+    assert no_route([at("a", 429), at("b", 429)]).status == 429
+    assert no_route([at("a", 413), at("b", 429)]).status == 429
+    assert no_route([at("a", 503), at("b", 429)]).status == 429
+    assert no_route([at("a", 0), at("b", 404), at("c", 413)]).status == 404  # the first refusal
