@@ -1,8 +1,8 @@
 """The global gateway (``kvgate serve --clusters``) counts each refused or failed request once on
-``kvgate_multicluster_request_errors_total{error_code}``, with the single-cluster gateway's
-``error_code`` for the same request (``inference_objective_request_error_total``,
-``tests/gateway/test_error_counts.py``): the HTTP status its client gets (the body's 400, the front's
-refusals, 429 / 503 when no cluster could start it, a cluster's error reply passed through),
+``inference_objective_request_error_total{model_name,target_model_name,error_code}``, as the single-cluster
+gateway does for the same request (``tests/gateway/test_error_counts.py``): the HTTP status its client
+gets (the body's 400, the front's refusals, 429 / 503 when no cluster could start it, a cluster's error
+reply passed through),
 ``stream_cut``, ``client_gone``. Real sockets, clusters in Parent mode on loopback backends."""
 
 from __future__ import annotations
@@ -19,13 +19,21 @@ from kvgate.multicluster.serve import GlobalGateway
 BODY = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 1})
 
 
+def labelled_errors(gw: GlobalGateway) -> dict[tuple[str, str, str], float]:
+    """``(model_name, target_model_name, error_code)`` -> count, the counts that are not 0."""
+    return {
+        (s.labels["model_name"], s.labels["target_model_name"], s.labels["error_code"]): s.value
+        for family in gw.metrics.registry.collect()
+        for s in family.samples
+        if s.name == "inference_objective_request_error_total" and s.value
+    }
+
+
 def errors(gw: GlobalGateway) -> dict[str, float]:
-    """``error_code`` -> count, the counts that are not 0."""
+    """``error_code`` -> count (over the model labels), the counts that are not 0."""
     out: dict[str, float] = {}
-    for family in gw.metrics.registry.collect():
-        for s in family.samples:
-            if s.name == "kvgate_multicluster_request_errors_total" and s.value:
-                out[s.labels["error_code"]] = s.value
+    for (_, _, code), value in labelled_errors(gw).items():
+        out[code] = out.get(code, 0.0) + value
     return out
 
 
@@ -94,3 +102,30 @@ async def test_a_client_gone_mid_stream_is_client_gone_once(pods, gateway) -> No
         await asyncio.sleep(0.02)
     assert gw.inflight == 0
     assert errors(gw) == {"client_gone": 1}
+
+
+async def test_errors_carry_bounded_model_labels(pods, gateway) -> None:
+    """As ``kvgate serve`` and ``kvgate epp``: the client's model on ``model_name`` and
+    ``target_model_name`` (empty before the body parsed), bounded (kvgate.openai.labels): a model
+    a cluster answered with a 2xx is its own label, one never served is ``other``. Before, the
+    errors had only ``error_code`` (and ``kvgate_multicluster_requests_total`` no model)."""
+    pod = await pods()
+    gw = await gateway([pod.address])
+    assert (await _post(gw.port))[0] == 200  # model m served: it earns its label
+    pod.mode = "error400"
+    assert (await _post(gw.port))[0] == 400
+    made_up = orjson.dumps({"model": "made-up", "prompt": "x", "max_tokens": 1})
+    assert (await _post(gw.port, made_up))[0] == 400
+    assert (await _post(gw.port, b"{not json"))[0] == 400
+    assert labelled_errors(gw) == {
+        ("m", "m", "400"): 1,
+        ("other", "other", "400"): 1,
+        ("", "", "400"): 1,
+    }
+    started = {
+        s.labels["model_name"]: s.value
+        for family in gw.metrics.registry.collect()
+        for s in family.samples
+        if s.name == "kvgate_multicluster_requests_total"
+    }
+    assert started == {"m": 2, "other": 1}

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -45,6 +46,7 @@ from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
 from kvgate.multicluster.router import Attempt, GlobalRouter, NoRoute, Routed
 from kvgate.multicluster.source import ClusterSource
+from kvgate.openai.labels import ModelLabels
 from kvgate.openai.protocol import sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
 
@@ -58,22 +60,26 @@ _CUT = (aiohttp.ClientError, OSError, TimeoutError)
 class _Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # ``model_name`` values bounded (kvgate.openai.labels): the clusters file names no models, so a
+        # name is its own label once a cluster answered it with a 2xx (at most 16), else ``other``.
+        self.models = ModelLabels()
         self.requests = Counter(
-            "kvgate_multicluster_requests_total", "Requests started, by cluster and routing mode",
-            ["cluster", "mode"], registry=r,
+            "kvgate_multicluster_requests_total", "Requests started, by cluster, routing mode and model",
+            ["cluster", "mode", "model_name"], registry=r,
         )  # fmt: skip
         self.failed = Counter(
             "kvgate_multicluster_failed_total", "Requests no cluster could start", registry=r
         )
-        # Each refused or failed request once, with the gateway door's ``error_code``
-        # (``inference_objective_request_error_total``): the HTTP status its client gets, ``stream_cut``
-        # or ``client_gone``.
+        # Each refused or failed request once, as ``kvgate serve`` and ``kvgate epp`` count it (same name
+        # and labels): the HTTP status its client gets, ``stream_cut`` or ``client_gone``. The target
+        # model is the client's (this gateway rewrites none; a cluster's own gateway or EPP may).
         self.errors = Counter(
-            "kvgate_multicluster_request_errors_total",
+            "inference_objective_request_error_total",
             "Requests refused or failed, once each, by the status the client got (or stream_cut, "
             "client_gone)",
-            ["error_code"], registry=r,
+            ["model_name", "target_model_name", "error_code"], registry=r,
         )  # fmt: skip
+        self._error_children: dict[tuple[str, str], Any] = {}
         self.failovers = Counter(
             "kvgate_multicluster_attempts_failed_total", "Failed attempts, by cluster and mode",
             ["cluster", "mode"], registry=r,
@@ -98,6 +104,13 @@ class _Metrics:
             ["cluster"], registry=r,
         )  # fmt: skip
         self.front = FrontGauges(r, "kvgate_multicluster")
+
+    def error(self, model: str, code: str) -> None:
+        label = self.models.label(model)
+        child = self._error_children.get((label, code))
+        if child is None:  # (bounded: the model labels above; codes are statuses, stream_cut, client_gone)
+            child = self._error_children[(label, code)] = self.errors.labels(label, label, code)
+        child.inc()
 
 
 def _get_only(handler: Handler) -> Handler:
@@ -183,7 +196,7 @@ class GlobalGateway:
         try:
             parsed = parse_body(kind_for_path(path), raw)
         except BodyError as e:
-            self.metrics.errors.labels(str(e.status)).inc()
+            self.metrics.error("", str(e.status))  # (no model yet: empty labels, as kvgate serve)
             return json_error(e.status, e.message, param=e.param)
         opts = parsed.body.get("stream_options")
         creq = ClusterRequest(
@@ -195,16 +208,16 @@ class GlobalGateway:
         try:
             routed = await self.router.route(path, request.headers, raw, creq)
         except asyncio.CancelledError:  # the client went away while a cluster was being tried
-            self.metrics.errors.labels("client_gone").inc()
+            self.metrics.error(parsed.model, "client_gone")
             raise
         except NoRoute as e:
             self.metrics.failed.inc()
-            self.metrics.errors.labels(str(e.status)).inc()
+            self.metrics.error(parsed.model, str(e.status))
             self._count_failed(e.attempts)
             retry = {"Retry-After": "1"} if e.status == 429 else None
             return json_error(e.status, e.message, headers=retry)
         try:
-            return await self._relay(request, routed)
+            return await self._relay(request, routed, parsed.model)
         finally:
             # Cut short (the client left, a write failed, cancelled before the first chunk) or done:
             # settle the upstream, the EPP and the cluster's accounting now, the body read or not.
@@ -212,9 +225,12 @@ class GlobalGateway:
             if routed.epp is not None and routed.epp.fell_back:
                 self.metrics.epp_lost.labels(routed.cluster).inc()
 
-    async def _relay(self, request: Request, routed: Routed) -> StreamResponse:
+    async def _relay(self, request: Request, routed: Routed, model: str) -> StreamResponse:
         self._count_failed(routed.attempts[:-1])
-        self.metrics.requests.labels(routed.cluster, routed.mode).inc()
+        metrics = self.metrics
+        if 200 <= routed.status < 300:
+            metrics.models.served(model)
+        metrics.requests.labels(routed.cluster, routed.mode, metrics.models.label(model)).inc()
         headers = dict(routed.headers)
         headers["x-kvgate-cluster"] = routed.cluster
         headers["x-kvgate-route-mode"] = routed.mode
@@ -225,7 +241,7 @@ class GlobalGateway:
         # under stream_cut, else a client that left before the end under client_gone.
         counted = routed.status >= 400
         if counted:
-            self.metrics.errors.labels(str(routed.status)).inc()
+            self.metrics.error(model, str(routed.status))
         try:
             await resp.prepare(request)
             while True:
@@ -237,7 +253,7 @@ class GlobalGateway:
                     self.metrics.cut.labels(routed.cluster).inc()
                     if not counted:
                         counted = True
-                        self.metrics.errors.labels("stream_cut").inc()
+                        self.metrics.error(model, "stream_cut")
                     log.warning("response from cluster %s cut: %s: %s", routed.cluster, type(e).__name__, e)
                     if not sse:
                         resp.abort()  # the client must see an incomplete body, not a short one
@@ -248,7 +264,7 @@ class GlobalGateway:
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             if not counted:
-                self.metrics.errors.labels("client_gone").inc()
+                self.metrics.error(model, "client_gone")
             raise
         return resp
 
@@ -298,8 +314,8 @@ class GlobalGateway:
         front = self.front
         # A request the front refuses (413 over maxBodyBytes, malformed HTTP, 408) is counted once, as the
         # gateway door counts it.
-        errors = self.metrics.errors
-        front.on_reject = lambda status: errors.labels(str(status)).inc()
+        error = self.metrics.error
+        front.on_reject = lambda status: error("", str(status))
         self.metrics.front.track(lambda: [front])
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(front.protocol, host, port, backlog=4096, reuse_address=True)
