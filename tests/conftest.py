@@ -45,7 +45,8 @@ def stop_raises_a_cancel() -> StopCheck:
     the stopping task is cancelled ``when`` = ``"waiting"`` (while the task winds down) or ``"as it
     ends"`` (in the turn the task ended, before the stop resumed): the stop must end cancelled. With
     ``closed`` (a predicate on the object), every resource of it must be closed by then: a cancelled stop
-    does not skip the rest of its cleanup (session 12)."""
+    does not skip the rest of its cleanup (session 12). The task must have ended by the time the stop
+    ended: a cancelled stop does not raise while what it stops still winds down (session 13)."""
 
     async def check(
         plant: Plant,
@@ -57,6 +58,8 @@ def stop_raises_a_cancel() -> StopCheck:
         plant(slow.task)
         await asyncio.sleep(0)
         stopper = asyncio.create_task(stop())
+        task_ended_first: list[bool] = []
+        stopper.add_done_callback(lambda _: task_ended_first.append(slow.task.done()))
         async with asyncio.timeout(10):
             await slow.winding.wait()
         if when == "waiting":
@@ -79,6 +82,7 @@ def stop_raises_a_cancel() -> StopCheck:
         await asyncio.wait([slow.task], timeout=10)
         assert stopper.done(), "the stop did not end"
         assert stopper.cancelled(), f"the stop swallowed its caller's cancel: {stopper!r}"
+        assert task_ended_first == [True], "the stop raised its cancel while its task still ran"
         if closed is not None:
             assert closed(), "a cancelled stop left a resource open"
 

@@ -13,6 +13,7 @@ the resources it must have closed (stand-ins that record their close). Every cas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -387,3 +388,188 @@ def test_an_interrupt_inside_a_stop_is_raised_as_itself_and_not_logged(
     from kvgate import aio
 
     assert tasks[1] not in aio._FINISHING
+
+
+# --- session 13: the stops that ran their cleanup in a ``finally`` ----------------------------------------
+# The delay relay's close, the simulator's KV-event publisher's close, ``Replica.stop`` / ``close`` and
+# ``SimFleet.close`` raised a cancel where it landed: the rest ran in a ``finally`` (a second cancel cut
+# it where it awaited), or not at all (``Replica.close``'s runner and KV-event sockets, the fleet's
+# replicas), and what they stopped still wound down after they raised. Each is cancelled (twice) after
+# 1, 2, ... loop turns, on real objects (ports, sockets, tasks); what must be released is checked in
+# the turn the stop ended (a done callback), before anything else could finish it.
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def _cancelled_at_each_turn(
+    make: Callable[[], Awaitable[Any]],
+    stop: Callable[[Any], Awaitable[Any]],
+    left: Callable[[Any], list[str]],
+    cleanup: Callable[[Any], Awaitable[Any]] | None = None,
+) -> int:
+    """For n = 1, 2, ...: a fresh object (``make``), its ``stop`` cancelled after n loop turns (a task
+    cancelled before its first turn never runs: not a stop cancelled mid-way) and once more a turn
+    later; ``left(obj)`` (what is still held) must be empty in the turn the stop ended, and the stop
+    must raise the cancel. Ends at the first n at which the stop ended before its cancel; the
+    number of cancelled runs."""
+    for n in range(1, 200):
+        obj = await make()
+        try:
+            stopper = asyncio.create_task(stop(obj))
+            seen: list[list[str]] = []
+            stopper.add_done_callback(lambda _, o=obj, seen=seen: seen.append(left(o)))  # type: ignore[misc]
+            for _ in range(n):
+                await asyncio.sleep(0)
+            if stopper.done():
+                await asyncio.wait([stopper])  # (its done callbacks ran: ours first)
+                assert seen == [[]], f"not cancelled: {seen}"
+                return n - 1
+            stopper.cancel()
+            await asyncio.sleep(0)
+            stopper.cancel()
+            await asyncio.wait([stopper], timeout=20)
+            assert stopper.done() and stopper.cancelled(), f"cancelled after {n} turns: {stopper!r}"
+            assert seen == [[]], f"cancelled after {n} turns, the stop ended with {seen[0]} left"
+        finally:
+            if cleanup is not None:
+                await cleanup(obj)
+    raise AssertionError("the stop never ended on its own")
+
+
+async def test_a_cancelled_delay_relay_close_ends_its_connections_first() -> None:
+    """A relay with a live relayed connection (both sockets open): its close, cancelled at any turn,
+    leaves no port listening, no connection task running, the client's socket closed by the relay."""
+    from kvgate.bench.delay_relay import DelayRelay, Route
+
+    async def hold(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:  # (the target: echoes)
+        while data := await r.read(100):
+            w.write(data)
+        w.close()
+
+    target = await asyncio.start_server(hold, "127.0.0.1", 0)
+    tport = target.sockets[0].getsockname()[1]
+    clients: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter, list[asyncio.Task[None]]]] = {}
+
+    async def make() -> DelayRelay:
+        relay = DelayRelay(Route("127.0.0.1", 0, "127.0.0.1", tport, 0.0), handshake=False)
+        await relay.start()
+        r, w = await asyncio.open_connection("127.0.0.1", relay.port)
+        w.write(b"x")
+        async with asyncio.timeout(10):
+            assert await r.readexactly(1) == b"x"  # (relayed both ways: both sockets and pumps up)
+        clients[id(relay)] = (r, w, list(relay._tasks))
+        return relay
+
+    def left(relay: DelayRelay) -> list[str]:
+        out = []
+        if _listening(relay.port):
+            out.append("its port listening")
+        if [t for t in clients[id(relay)][2] if not t.done()] or relay._tasks:
+            out.append("a connection task running")
+        return out
+
+    async def cleanup(relay: DelayRelay) -> None:
+        r, w, _ = clients.pop(id(relay))
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionError):
+                assert await r.read() == b""  # (the relay closed its side)
+        w.close()
+        await relay.close()
+
+    try:
+        assert await _cancelled_at_each_turn(make, lambda relay: relay.close(), left, cleanup) > 1
+    finally:
+        target.close()
+
+
+async def test_a_cancelled_kv_publisher_close_ends_its_replay_task_and_closes_its_sockets() -> None:
+    from kvgate.sim.kvevents import KVEventPublisher
+
+    tasks: dict[int, asyncio.Task[None]] = {}
+
+    async def make() -> KVEventPublisher:
+        pub = KVEventPublisher()
+        pub.start()
+        await asyncio.sleep(0)
+        assert pub._task is not None
+        tasks[id(pub)] = pub._task
+        return pub
+
+    def left(pub: KVEventPublisher) -> list[str]:
+        out = [] if tasks[id(pub)].done() and pub._task is None else ["the replay task"]
+        assert pub._router is not None
+        return out + [name for name, s in (("PUB", pub._pub), ("ROUTER", pub._router)) if not s.closed]
+
+    assert await _cancelled_at_each_turn(make, lambda pub: pub.close(), left) >= 1
+
+
+def _replica_left(replica: Any, port: int, driver: asyncio.Task[Any] | None) -> list[str]:
+    out = []
+    if _listening(port):
+        out.append("its port listening")
+    if driver is not None and not driver.done():
+        out.append("its engine driver running")
+    return out
+
+
+async def test_a_cancelled_replica_stop_or_close_releases_everything() -> None:
+    """``Replica.stop``: its port closed, its driver ended. ``Replica.close``: also its runner cleaned up
+    and both KV-event sockets closed (a cancel had skipped both)."""
+    from kvgate.sim.server import Replica, ReplicaConfig
+
+    state: dict[int, tuple[int, asyncio.Task[Any] | None, Any]] = {}
+
+    async def make() -> Replica:
+        replica = Replica(ReplicaConfig(profile="tiny", kv_events_port=0))
+        await replica.start()
+        state[id(replica)] = (replica.port, replica._driver, replica.kv)
+        return replica
+
+    def stopped(replica: Replica) -> list[str]:
+        port, driver, _ = state[id(replica)]
+        return _replica_left(replica, port, driver)
+
+    def closed(replica: Replica) -> list[str]:
+        out = stopped(replica)
+        if replica._runner is not None:
+            out.append("its runner")
+        kv = state[id(replica)][2]
+        if replica.kv is not None or kv._pub.closed is False or kv._router.closed is False:
+            out.append("its KV-event sockets")
+        return out
+
+    async def close(replica: Replica) -> None:
+        async with asyncio.timeout(20):
+            await replica.close()
+
+    assert await _cancelled_at_each_turn(make, lambda r: r.stop(), stopped, close) >= 1
+    assert await _cancelled_at_each_turn(make, lambda r: r.close(), closed, close) >= 1
+
+
+async def test_a_cancelled_fleet_close_closes_every_replica() -> None:
+    from kvgate.sim.fleet import SimFleet
+
+    state: dict[int, list[tuple[int, asyncio.Task[Any] | None]]] = {}
+
+    async def make() -> SimFleet:
+        fleet = SimFleet(2, profile="tiny", kv_events_port=0, control_port=0)
+        await fleet.start()
+        state[id(fleet)] = [(r.port, r._driver) for r in fleet.replicas]
+        return fleet
+
+    def left(fleet: SimFleet) -> list[str]:
+        out = [f"replica {i}: {what}" for i, (r, (port, driver)) in enumerate(zip(fleet.replicas,
+               state[id(fleet)], strict=True)) for what in _replica_left(r, port, driver)]  # fmt: skip
+        out += [f"replica {i}: its runner or KV sockets" for i, r in enumerate(fleet.replicas)
+                if r._runner is not None or r.kv is not None]  # fmt: skip
+        if fleet._control is not None:
+            out.append("its control port")
+        return out
+
+    assert await _cancelled_at_each_turn(make, lambda f: f.close(), left) >= 1

@@ -35,7 +35,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
-from kvgate.aio import cancel_all_and_wait, cancel_and_wait
+from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +93,15 @@ class DelayRelay:
         return self.port
 
     async def close(self) -> None:
+        """Stop listening, end every relayed connection (both its sockets closed) and wait until their
+        tasks ended: to its end also when cancelled meanwhile, the cancellation raised after
+        (``stop_to_the_end``; a cancel had raised at once while the connections still wound down)."""
+        await stop_to_the_end(self._close(), f"delay relay {self.port}: closing", log)
+
+    async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
-        await cancel_all_and_wait(
-            list(self._tasks), "relayed connection", log
-        )  # (raises a cancel of this close)
+        await cancel_all_and_wait(list(self._tasks), "relayed connection", log)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from types import TracebackType
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from kvgate.aio import stop_to_the_end
 from kvgate.sim.faults import FaultError
 from kvgate.sim.server import ApiError, Replica, ReplicaConfig
+
+log = logging.getLogger(__name__)
 
 
 class SimFleet:
@@ -71,6 +75,11 @@ class SimFleet:
                 self.control_port = (getattr(server, "sockets", None) or [])[0].getsockname()[1]
 
     async def close(self) -> None:
+        """Close the control port and every replica (``Replica.close``): to its end also when cancelled
+        meanwhile, the cancellation raised after (``stop_to_the_end``: the replicas' closes were cut)."""
+        await stop_to_the_end(self._close(), "simulated fleet: closing", log)
+
+    async def _close(self) -> None:
         if self._control is not None:
             await self._control.cleanup()
             self._control = None

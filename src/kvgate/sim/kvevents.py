@@ -26,7 +26,7 @@ from collections import deque
 import zmq
 import zmq.asyncio
 
-from kvgate.aio import cancel_and_wait
+from kvgate.aio import cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.kvwire import END_SEQ, KVEvent, encode_batch
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,16 @@ class KVEventPublisher:
         }
 
     async def close(self) -> None:
+        """End the replay server's task and close both sockets: to its end also when cancelled meanwhile,
+        the cancellation raised after (``stop_to_the_end``: it had raised while the task still ran)."""
+        await stop_to_the_end(self._close(), f"KV-event publisher {self.endpoint}: closing", log)
+
+    async def _close(self) -> None:
         try:
             if self._task is not None:
                 await cancel_and_wait(self._task, "KV-event publisher's replay server", log)
                 self._task = None
-        finally:  # (the sockets closed even when this close is cancelled)
+        finally:  # (the sockets closed even when this close's task is cancelled: asyncio.run's end)
             self._pub.close(0)
             if self._router is not None:
                 self._router.close(0)

@@ -28,7 +28,7 @@ import uuid
 
 from aiohttp import web
 
-from kvgate.aio import cancel_and_wait
+from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
 from kvgate.sim.engine import Engine, EngineConfig
 from kvgate.sim.faults import Faults
 from kvgate.sim.kvcache import AllBlocksCleared
@@ -128,10 +128,15 @@ class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
             p.wake()
 
     async def stop(self) -> None:
-        """Crash: stop listening, cut every in-flight request, lose the engine's state."""
+        """Crash: stop listening, cut every in-flight request, lose the engine's state. To its end also
+        when cancelled meanwhile (the driver ended, the connections reset), the cancellation raised after
+        (``stop_to_the_end``)."""
         if not self.running:
             return
-        self.running = False
+        self.running = False  # (at once: a second stop meanwhile returns)
+        await stop_to_the_end(self._stop(), f"replica {self.index}: stopping", log)
+
+    async def _stop(self) -> None:
         try:
             if self._site is not None:
                 await self._site.stop()
@@ -139,7 +144,8 @@ class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
             if self._driver is not None:
                 await cancel_and_wait(self._driver, "the simulated engine's driver", log)
                 self._driver = None
-        finally:  # (also when this stop is cancelled meanwhile: no later stop gets past ``running``)
+        finally:  # (also when this stop's task is cancelled, by asyncio.run's end: no later stop gets past
+            # ``running``)
             for p in self._pending.values():
                 p.crashed = True
                 p.wake()
@@ -152,8 +158,15 @@ class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
                 self.kv.publish([AllBlocksCleared()])  # a restarted engine starts with an empty cache
 
     async def close(self) -> None:
-        for t in self._bg:
-            t.cancel()
+        """Stop (``stop``) and release everything: the app's runner (its port), the KV-event sockets, the
+        admin crashes under way (waited for: one may be stopping it). To its end also when cancelled
+        meanwhile, the cancellation raised after (``stop_to_the_end``: it had skipped the runner and the
+        KV-event sockets)."""
+        await stop_to_the_end(self._close(), f"replica {self.index}: closing", log)
+
+    async def _close(self) -> None:
+        await cancel_all_and_wait(self._bg, "replica background task", log)
+        self._bg.clear()
         await self.stop()
         if self._runner is not None:
             await self._runner.cleanup()
