@@ -74,6 +74,7 @@ class SubscriberStats:
     decode_errors: int = 0  # batches that could not be decoded (or not framed as seq + payload)
     apply_errors: int = 0  # decoded batches the index could not apply, or whose handling failed
     fetch_dropped: int = 0  # replayed batches dropped on arrival past the fetch bound (the oldest)
+    fetch_rerequests: int = 0  # replay requests made again: the engine's ROUTER lost part of an answer
     last_seq: int | None = None
 
 
@@ -517,60 +518,121 @@ class KVEventSubscriber:
         engine sends all it holds from there), so batches outside the range are dropped as they arrive,
         and past ``FETCH_MAX_BATCHES`` or ``FETCH_MAX_BYTES`` the oldest kept ones go (the newest are what
         the engine still holds); one message over ``FETCH_MAX_MESSAGE_BYTES`` ends the fetch (ZMQ drops
-        the peer; the fetch then times out)."""
+        the peer; the fetch then times out).
+
+        vLLM's replay socket is a ROUTER that sends its whole answer at once, and a ROUTER silently drops
+        what does not fit its peer's pipe (``SNDHWM``, 1,000 by default; vLLM does not raise it): an answer
+        of a few thousand batches loses some, its end marker included. The engine's buffer holds
+        consecutive sequence numbers, so a hole in the answer, or silence with no end marker after some of
+        it came, means that part was lost: the fetch asks again from the first missing batch, on a fresh
+        socket (the old answer's rest is not mixed in), at most ``FETCH_MAX_ROUNDS`` requests in all."""
         if self.replay_endpoint is None:
             return None
+        keep = _Kept()
+        start = want
+        answered = False
+        requests = 0
+        try:
+            while requests < FETCH_MAX_ROUNDS:
+                requests += 1
+                outcome, missing = await self._fetch_round(start, want, upto, keep)
+                if outcome == "silent":
+                    break  # (no answer to this request: what earlier ones gave, if any, is all there is)
+                answered = True
+                if outcome == "done" or missing <= start:
+                    break
+                start = missing
+                self.stats.fetch_rerequests += 1
+        finally:
+            if keep.dropped:
+                self.stats.fetch_dropped += keep.dropped
+                log.warning(
+                    "kv events from %s: the replay from seq %d held more than the fetch keeps (%d batches, "
+                    "%d MiB): %d older batches dropped, the newest %d kept",
+                    self.endpoint, want, FETCH_MAX_BATCHES, FETCH_MAX_BYTES >> 20, keep.dropped,
+                    len(keep.got),
+                )  # fmt: skip
+            if requests > 1:
+                log.warning(
+                    "kv events from %s: the replay socket %s lost part of its answer from seq %d (a ZMQ "
+                    "ROUTER drops what its high-water mark does not hold); asked %d times",
+                    self.endpoint, self.replay_endpoint, want, requests,
+                )  # fmt: skip
+        return sorted(keep.got) if answered else None
+
+    async def _fetch_round(
+        self, start: int, want: int, upto: int | None, keep: _Kept
+    ) -> tuple[Literal["done", "lost", "silent"], int]:
+        """One replay request from ``start``, its batches in [``want``, ``upto``) handed to ``keep``:
+        ("done", _) at the end marker (or once the batch before ``upto`` came), ("lost", first missing)
+        after a hole or silence with part of the answer come, ("silent", _) when none of it came."""
         import zmq
         import zmq.asyncio
 
+        endpoint = self.replay_endpoint
+        if endpoint is None:
+            return "silent", start
         ctx = zmq.asyncio.Context.instance()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, FETCH_MAX_MESSAGE_BYTES)
         # libzmq queues at most this many received messages (default 1,000); past it, it stops reading
-        # the connection (TCP pushes back on the engine) until this loop takes them.
+        # the connection until this loop takes them (the engine's ROUTER then drops: asked again above).
         sock.setsockopt(zmq.RCVHWM, FETCH_RCVHWM)
-        got: deque[tuple[int, bytes]] = deque()
-        size = 0
-        dropped = 0
         try:
             try:
-                sock.connect(self.replay_endpoint)
+                sock.connect(endpoint)
             except zmq.ZMQError as e:
-                log.warning("kv events from %s: replay socket %s: %s", self.endpoint, self.replay_endpoint, e)
-                return None
+                log.warning("kv events from %s: replay socket %s: %s", self.endpoint, endpoint, e)
+                return "silent", start
             # vLLM's ROUTER reads [identity, b"", start_seq]; DEALER supplies the identity.
-            await sock.send_multipart([b"", want.to_bytes(8, "big")])
+            await sock.send_multipart([b"", start.to_bytes(8, "big")])
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.replay_timeout
+            last: int | None = None  # the answer's last sequence number so far
             while True:
                 left = deadline - loop.time()
+                if last is not None:
+                    left = min(left, FETCH_SILENCE_S)  # (the engine sends its answer in one go)
                 if left <= 0 or not await sock.poll(int(left * 1000)):
-                    return None
+                    return ("silent", start) if last is None else ("lost", last + 1)
                 frames = await sock.recv_multipart()
                 if len(frames) < 2:
-                    return None
+                    return "silent", start
                 seq_b, payload = frames[-2], frames[-1]
                 if seq_b == _END_SEQ:
-                    break
+                    return "done", start
                 seq = int.from_bytes(seq_b, "big", signed=True)
-                if seq < want or (upto is not None and seq >= upto):
+                if last is not None and seq != last + 1:
+                    return "lost", last + 1  # (a hole: the ROUTER dropped what lies between)
+                last = seq
+                if seq < want:
                     continue
-                got.append((seq, payload))
-                size += len(payload)
-                while len(got) > FETCH_MAX_BATCHES or size > FETCH_MAX_BYTES:
-                    size -= len(got.popleft()[1])
-                    dropped += 1
+                if upto is not None and seq >= upto:
+                    return "done", start  # (the rest of the answer is past the range: not needed)
+                keep.add(seq, payload)
+                if upto is not None and seq == upto - 1:
+                    return "done", start
         finally:
             sock.close(0)
-            if dropped:
-                self.stats.fetch_dropped += dropped
-                log.warning(
-                    "kv events from %s: the replay from seq %d held more than the fetch keeps (%d batches, "
-                    "%d MiB): %d older batches dropped, the newest %d kept",
-                    self.endpoint, want, FETCH_MAX_BATCHES, FETCH_MAX_BYTES >> 20, dropped, len(got),
-                )  # fmt: skip
-        return sorted(got)
+
+
+class _Kept:
+    """What a replay fetch keeps: the newest batches, at most ``FETCH_MAX_BATCHES`` / ``FETCH_MAX_BYTES``."""
+
+    __slots__ = ("dropped", "got", "size")
+
+    def __init__(self) -> None:
+        self.got: deque[tuple[int, bytes]] = deque()
+        self.size = 0
+        self.dropped = 0
+
+    def add(self, seq: int, payload: bytes) -> None:
+        self.got.append((seq, payload))
+        self.size += len(payload)
+        while len(self.got) > FETCH_MAX_BATCHES or self.size > FETCH_MAX_BYTES:
+            self.size -= len(self.got.popleft()[1])
+            self.dropped += 1
 
 
 _SLICE = 64  # catch-up batches handled between yields to the event loop
@@ -581,6 +643,10 @@ FETCH_MAX_BATCHES = 10_000
 FETCH_MAX_BYTES = 64 * 1024 * 1024
 FETCH_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 FETCH_RCVHWM = 64  # messages libzmq queues for a fetch before it stops reading the replay connection
+# Requests one fetch makes at most (each from the first batch the answers before lost, see ``_fetch``), and
+# how long it waits for the next message of an answer it has begun before it asks again from there.
+FETCH_MAX_ROUNDS = 16
+FETCH_SILENCE_S = 0.25
 # A fetched payload that holds an ``AllBlocksCleared`` names it (the event type is a msgpack string in both
 # wire forms); only those are decoded to find the catch-up's newest reset.
 _CLEARED = b"AllBlocksCleared"

@@ -1,0 +1,144 @@
+"""A replay answer that the engine's ROUTER partly dropped (kvflake13).
+
+vLLM's replay server (``ZmqEventPublisher._service_replay``, vllm/distributed/kv_events.py) runs on its
+publisher thread: a plain ROUTER socket with ZMQ's default send high-water mark (1,000 messages per peer),
+which sends every buffered batch from the start sequence in one loop, then the end marker. A ROUTER drops
+a message silently when the peer's pipe is full, so an answer of a few thousand batches loses some, the
+end marker included: the fetch timed out and the catch-up was skipped. ``VLLMShapedReplay`` serves the same
+way, on a thread; ``lose`` makes chosen losses certain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from datalayer.test_kvevents import batch, stored_map
+from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager, KVEventSubscriber
+from kvgate.datalayer.kvwire import END_SEQ
+
+# (request number from 1, sequence number or None for the end marker) -> whether that message is lost
+Lose = Callable[[int, int | None], bool]
+
+
+class VLLMShapedReplay:
+    """vLLM's replay server: a thread, a plain ROUTER (default HWM), the whole answer sent in one loop."""
+
+    def __init__(self, payloads: list[bytes], lose: Lose | None = None) -> None:
+        self.buffer = list(enumerate(payloads))
+        self.lose = lose
+        self.requests: list[int] = []  # each request's start sequence
+        self._router = zmq.Context.instance().socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        port = self._router.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        router = self._router
+        while not self._stop.is_set():
+            if not router.poll(20):
+                continue
+            client, _, start_b = router.recv_multipart()
+            start = int.from_bytes(start_b, "big")
+            self.requests.append(start)
+            n = len(self.requests)
+            for seq, buf in self.buffer:
+                if seq >= start and not (self.lose and self.lose(n, seq)):
+                    router.send_multipart((client, b"", seq.to_bytes(8, "big"), buf))
+            if not (self.lose and self.lose(n, None)):
+                router.send_multipart((client, b"", END_SEQ, b""))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._router.close(0)
+
+
+def _payloads(n: int, tokens: int = 4) -> list[bytes]:
+    return [batch(stored_map([1_000 + i], None, [i % 50] * tokens)) for i in range(n)]
+
+
+def _subscriber(server: VLLMShapedReplay, timeout: float = 5.0) -> KVEventSubscriber:
+    return KVEventSubscriber(
+        BlockIndex(default_capacity=1 << 20), "a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint,
+        replay_timeout=timeout,
+    )  # fmt: skip
+
+
+async def test_a_lost_end_marker_is_asked_again_from_the_next_batch():
+    """Failed before: all 300 came, the end marker did not, and the fetch gave up (None) at its timeout."""
+    server = VLLMShapedReplay(_payloads(300), lose=lambda n, seq: n == 1 and seq is None)
+    try:
+        sub = _subscriber(server)
+        got = await sub._fetch(0)
+        assert got is not None and [s for s, _ in got] == list(range(300))
+        assert server.requests == [0, 300] and sub.stats.fetch_rerequests == 1
+    finally:
+        server.close()
+
+
+async def test_a_hole_in_the_answer_is_asked_again_from_the_first_missing_batch():
+    """Failed before: batches 100-149 were missing from the answer and the catch-up applied only what
+    followed the hole (its newest run); a gap's replay gave up and cleared the endpoint."""
+    server = VLLMShapedReplay(
+        _payloads(300), lose=lambda n, seq: n in (1, 3) and seq is not None and 100 <= seq < 150
+    )
+    try:
+        sub = _subscriber(server)
+        got = await sub._fetch(0)
+        assert got is not None and [s for s, _ in got] == list(range(300))
+        assert server.requests == [0, 100]
+        sub2 = _subscriber(server)
+        sub2.stats.last_seq = 49
+        assert await sub2._replay(50, 200)  # (a gap's replay, its range holed the same way: request 3)
+        assert sub2.index.engine_hashes("a") == set(range(1_050, 1_200)) and server.requests[2:] == [50, 100]
+    finally:
+        server.close()
+
+
+async def test_a_large_replay_arrives_whole_from_a_vllm_shaped_server():
+    """No scripted loss: 3,000 batches of ~2 KB from vLLM's replay loop on a thread, while this loop is
+    busy for 0.3 s (a loaded machine) so the ROUTER's pipe fills. Failed before: the fetch ended without
+    the answer (None: its end marker was dropped) or with holes in it."""
+    payloads = _payloads(3_000, tokens=1_920)
+    server = VLLMShapedReplay(payloads)
+    try:
+        sub = _subscriber(server, timeout=10.0)
+        asyncio.get_running_loop().call_later(0.01, time.sleep, 0.3)
+        got = await sub._fetch(0)
+        assert got is not None, "no answer"
+        seqs = [s for s, _ in got]
+        assert seqs == list(range(3_000)), f"{len(seqs)} of 3,000, requests from {server.requests}"
+    finally:
+        server.close()
+
+
+async def test_a_joining_subscriber_catches_up_on_a_replay_the_router_dropped_part_of():
+    """Through the manager: the index learns every buffered block although the engine's answer lost
+    a hole and its end marker to the first request, its tail to the second."""
+
+    def lose(n: int, seq: int | None) -> bool:
+        # (never an answer's first message: the ROUTER's pipe to a new peer starts empty)
+        if n == 1:
+            return seq in (100, 101, None)  # a hole
+        return n == 2 and (seq is None or seq > 400)  # the answer's tail, its end marker included
+
+    server = VLLMShapedReplay(_payloads(500), lose=lose)
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx, replay_timeout=5.0)
+    try:
+        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
+        async with asyncio.timeout(30):
+            await sub.wait_caught_up()
+        assert idx.engine_hashes("a") == set(range(1_000, 1_500))
+        assert server.requests == [0, 100, 401] and sub.stats.last_seq == 499
+    finally:
+        await mgr.close()
+        server.close()
