@@ -29,3 +29,17 @@ def test_backend_server_info_makes_kv_events_detected() -> None:
     info = parse_server_info(json.loads(g._server_info(18101, "/tok")), "127.0.0.1")
     assert info is not None and info.bind and info.endpoint == "tcp://127.0.0.1:19101"
     assert info.tokenizer == "/tok"
+
+
+def test_added_ttft_is_only_over_a_measured_direct_path(capsys):
+    """Without a ``direct`` path "added" says n/a (it printed each path's own TTFT as "added")."""
+    g.print_table({("kvgate", "completions"): [0.002, 0.003, 0.004]}, ["completions"], ["kvgate"])
+    out = capsys.readouterr().out
+    assert "| kvgate | completions | 3.00 | 3.00 | 3.00 | n/a |" in out
+    assert "no direct path measured" in out
+    results = {("direct", "completions"): [0.001], ("kvgate", "completions"): [0.003]}
+    g.print_table(results, ["completions"], ["direct", "kvgate"])
+    out = capsys.readouterr().out
+    assert "| kvgate | completions | 3.00 | 3.00 | 3.00 | 2.00 |" in out
+    assert "| direct | completions | 1.00 | 1.00 | 1.00 | - |" in out
+    assert "no direct path" not in out

@@ -171,3 +171,20 @@ def test_the_table_shows_user_and_system_cpu_per_request(capsys):
     assert "| user / sys us |" in out
     assert "| kvgate | 5 | 1.0 | 2.0 | 0.0 | 0.0 | 100 | 60 / 40 | 0.50 | 0.50 | 0 |" in out
     assert "| direct | 9 | 1.0 | 2.0 | - | - | - | - | 0.50 | 0.50 | 0 |" in out
+
+
+def test_added_latency_is_only_over_a_measured_direct_path(capsys):
+    """Without a ``direct`` path in the run the "added" columns say n/a; they printed each path's own
+    p50 / p99 as "added" (subtracted from 0)."""
+    row = {
+        "rps": 5.0, "p50_ms": 1.5, "p99_ms": 4.0, "errors": 0, "cpu_us_per_req": 100.0,
+        "user_us_per_req": 60.0, "sys_us_per_req": 40.0, "cores": 0.5, "top_thread": 0.5,
+    }  # fmt: skip
+    go._print_table({"kvgate": [row]})
+    out = capsys.readouterr().out
+    assert "| kvgate | 5 | 1.5 | 4.0 | n/a | n/a | 100 |" in out
+    assert "no direct path measured in this run" in out
+    go._print_table({"direct": [{**row, "p50_ms": 1.0, "p99_ms": 3.0}], "kvgate": [row]})
+    out = capsys.readouterr().out
+    assert "| kvgate | 5 | 1.5 | 4.0 | 0.5 | 1.0 | 100 |" in out
+    assert "no direct path" not in out

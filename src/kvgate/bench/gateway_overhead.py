@@ -695,9 +695,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(results: dict[str, list[dict[str, Any]]]) -> None:
+    # "added" is over the direct path measured in this run; without one there is nothing to subtract
+    # (it was printed against 0, i.e. the path's own latency under the name "added").
     direct = results.get("direct")
-    d50 = _median(direct, "p50_ms") if direct else 0.0
-    d99 = _median(direct, "p99_ms") if direct else 0.0
+    d50 = _median(direct, "p50_ms") if direct else None
+    d99 = _median(direct, "p99_ms") if direct else None
     print(
         "\n| path | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | router CPU us/req "
         "| user / sys us | cores | top thread | errors |"
@@ -713,7 +715,12 @@ def _print_table(results: dict[str, list[dict[str, Any]]]) -> None:
             if path == "direct"
             else f"{_median(rows, 'user_us_per_req'):.0f} / {_median(rows, 'sys_us_per_req'):.0f}"
         )
-        added = ("-", "-") if path == "direct" else (f"{p50 - d50:.1f}", f"{p99 - d99:.1f}")
+        if path == "direct":
+            added = ("-", "-")
+        elif d50 is None or d99 is None:
+            added = ("n/a", "n/a")
+        else:
+            added = (f"{p50 - d50:.1f}", f"{p99 - d99:.1f}")
         print(
             f"| {path} | {_median(rows, 'rps'):,.0f} | {p50:.1f} | {p99:.1f} | {added[0]} | {added[1]} "
             f"| {cpu} | {split} | {_median(rows, 'cores'):.2f} | {_median(rows, 'top_thread'):.2f} | "
@@ -725,6 +732,10 @@ def _print_table(results: dict[str, list[dict[str, Any]]]) -> None:
         "both +- one clock tick over the window, printed per repeat)",
         flush=True,
     )
+    if not direct:
+        print(
+            "(added p50 / p99: n/a, no direct path measured in this run; add direct to --paths)", flush=True
+        )
     for line in ratio_lines(results):
         print(line, flush=True)
 

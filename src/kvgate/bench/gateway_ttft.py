@@ -411,19 +411,34 @@ def main(argv: list[str] | None = None) -> int:
         for h in hogs:
             _stop(h)
         _stop(backend)
+    print_table(results, apis, paths)
+    return 0
+
+
+def print_table(results: dict[tuple[str, str], list[float]], apis: list[str], paths: list[str]) -> None:
+    """The TTFT table; "added" only over the direct path measured in this run for that API ("n/a"
+    without one: it was printed against 0, each path's own TTFT under the name "added")."""
     print("\n| path | API | TTFT median ms | mean ms | p90 ms | added median ms (vs direct) |")
     print("|---|---|---|---|---|---|")
+    missing = False
     for api in apis:
-        base = statistics.median(results[("direct", api)]) if ("direct", api) in results else 0.0
+        direct = results.get(("direct", api))
+        base = statistics.median(direct) if direct else None
         for name in paths:
             ts = sorted(results.get((name, api), []))
             if not ts:
                 continue
             med = statistics.median(ts)
-            added = "-" if name == "direct" else f"{1e3 * (med - base):.2f}"
+            if name == "direct":
+                added = "-"
+            elif base is None:
+                added, missing = "n/a", True
+            else:
+                added = f"{1e3 * (med - base):.2f}"
             print(f"| {name} | {api} | {1e3 * med:.2f} | {1e3 * statistics.fmean(ts):.2f} | "
                   f"{1e3 * ts[int(0.9 * (len(ts) - 1))]:.2f} | {added} |")  # fmt: skip
-    return 0
+    if missing:
+        print("(added: n/a, no direct path measured in this run; add direct to --paths)", flush=True)
 
 
 if __name__ == "__main__":
