@@ -129,7 +129,9 @@ async def test_model_server_errors_and_a_client_gone_are_counted_as_the_gateway_
         gateway_door, epp_door = await _both_doors(backend, start_epp)
     finally:
         await backend.stop()
-    assert gateway_door == {("m", "m", "400"): 1, ("m", "m", "500"): 1, ("m", "m", "client_gone"): 1}
+    # 400 twice: a JSON reply and an event stream with a 400 status (the gateway door counted only the
+    # JSON one before).
+    assert gateway_door == {("m", "m", "400"): 2, ("m", "m", "500"): 1, ("m", "m", "client_gone"): 1}
     assert epp_door == gateway_door
 
 
@@ -137,7 +139,7 @@ async def _both_doors(backend: Backend, start_epp: Any) -> tuple[dict[Any, float
     url_path = "/v1/completions"
     async with running_gateway(make_config([backend.address])) as gw:
         async with aiohttp.ClientSession() as s:
-            for mode in ("ok", "error400", "error500"):
+            for mode in ("ok", "error400", "error500", "sse_error400"):
                 backend.mode = mode
                 async with s.post(f"http://127.0.0.1:{gw.port}{url_path}", data=PLAIN) as r:
                     await r.read()
@@ -155,7 +157,7 @@ async def _both_doors(backend: Backend, start_epp: Any) -> tuple[dict[Any, float
     assert epp.stub is not None
     async with aiohttp.ClientSession() as http:
         harness = EnvoyHarness(epp.stub, http)
-        for mode, status in (("ok", 200), ("error400", 400), ("error500", 500)):
+        for mode, status in (("ok", 200), ("error400", 400), ("error500", 500), ("sse_error400", 400)):
             backend.mode = mode
             assert (await harness.request("POST", url_path, PLAIN)).status == status
         backend.mode = "ok"

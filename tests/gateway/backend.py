@@ -24,7 +24,8 @@ class Backend:
         self.chunk_delay = chunk_delay
         self.piece_bytes = piece_bytes  # padding per streamed token (large streams)
         self.disconnects = 0  # streams whose client (the gateway) went away mid-way
-        # ok | error500 | error429 | drop | cut | hang | unframed (a stream event that never ends)
+        # ok | error500 | error400 | error429 | sse_error400 | drop | cut | hang | unframed (a stream
+        # event that never ends)
         self.mode = "ok"
         self.received: collections.deque[tuple[str, dict[str, str], dict[str, Any]]] = collections.deque(
             maxlen=2000
@@ -80,7 +81,13 @@ class Backend:
         )
         return web.Response(text=text)
 
-    async def _misbehave(self, request: web.Request) -> web.Response | None:
+    async def _misbehave(self, request: web.Request) -> web.StreamResponse | None:
+        if self.mode == "sse_error400":  # an error status with an event-stream body (one error event)
+            resp = web.StreamResponse(status=400, headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(b'data: {"error": {"message": "bad request", "type": "BadRequestError"}}\n\n')
+            await resp.write_eof()
+            return resp
         if self.mode == "error500":
             return web.Response(status=500, text=f"{self.name} broken")
         if self.mode == "error400":

@@ -747,4 +747,6 @@ class Proxy:
                 self.metrics.error(
                     client_model, ireq.model, "stream_cut" if not upstream_ok else "client_gone"
                 )
+            elif resp.status >= 400:  # an error status with an event-stream body: as ``_whole`` counts it
+                self.metrics.error(client_model, ireq.model, str(resp.status))
         return out
