@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from kvgate import lifeline
 from kvgate.bench import reaper
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,9 +83,9 @@ def test_a_benchs_processes_end_with_it(how: str, tmp_path: Path) -> None:
         if how in ("SIGTERM", "SIGHUP"):
             assert rc == -getattr(signal, how)  # it still dies of the signal
         deadline = time.monotonic() + 10
-        while reaper.alive(procs) and time.monotonic() < deadline:
+        while lifeline.alive(procs) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not reaper.alive(procs), f"left running: {sorted(reaper.alive(procs))}"
+        assert not lifeline.alive(procs), f"left running: {sorted(lifeline.alive(procs))}"
     finally:
         for pid in pids:  # (the test's own cleanup, before the fix)
             with contextlib.suppress(ProcessLookupError):

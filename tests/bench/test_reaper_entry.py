@@ -5,7 +5,7 @@
   ``__main__`` block under ``kvgate.bench`` now calls ``reaper.install()`` first.
 - A bench killed by SIGKILL runs no handler and no ``atexit``: its children ran on. The children it starts
   (``procs.start`` and the benches' own ``Popen``s) now get ``PR_SET_PDEATHSIG`` (SIGTERM) through
-  ``reaper.die_with_parent()``."""
+  ``lifeline.die_with_parent()``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from kvgate import lifeline
 from kvgate.bench import reaper
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +53,8 @@ def test_every_bench_main_installs_the_reaper_first() -> None:
 
 def test_every_long_lived_child_a_bench_starts_dies_with_it() -> None:
     """Every ``Popen`` / ``create_subprocess_exec`` under ``kvgate.bench`` (servers, gateways, peers, load
-    generators), and every ``unshare`` re-exec of a bench, passes ``preexec_fn=reaper.die_with_parent()``."""
+    generators), and every ``unshare`` re-exec of a bench, passes
+    ``preexec_fn=lifeline.die_with_parent()``."""
     missing = []
     for path in sorted(BENCH.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -64,7 +66,7 @@ def test_every_long_lived_child_a_bench_starts_dies_with_it() -> None:
                 func.startswith("subprocess.") and "unshare" in ast.unparse(node)
             ):
                 kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
-                if kw.get("preexec_fn") != "reaper.die_with_parent()":
+                if kw.get("preexec_fn") != "lifeline.die_with_parent()":
                     missing.append(f"{path.name}:{node.lineno}")
     assert missing == []
 
@@ -119,20 +121,20 @@ def test_a_bench_killed_by_sigkill_takes_its_children_with_it() -> None:
     try:
         assert bench.stdout is not None
         pid = int(bench.stdout.readline())
-        st = reaper._stat(pid)
+        st = lifeline.stat(pid)
         assert st is not None
         child = {pid: st[3]}
-        assert reaper.alive(child)
+        assert lifeline.alive(child)
         bench.kill()
         bench.wait()
         deadline = time.monotonic() + 20
-        while reaper.alive(child) and time.monotonic() < deadline:
+        while lifeline.alive(child) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not reaper.alive(child), "the bench's child outlived a SIGKILLed bench"
+        assert not lifeline.alive(child), "the bench's child outlived a SIGKILLed bench"
     finally:
         bench.kill()
         bench.wait()
-        for pid in reaper.alive(child):
+        for pid in lifeline.alive(child):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -140,9 +142,9 @@ def test_a_bench_killed_by_sigkill_takes_its_children_with_it() -> None:
 @linux_only
 def test_die_with_parent_only_from_the_main_thread() -> None:
     """The kernel signals the child when the *thread* that forked it ends: none from another thread."""
-    assert reaper.die_with_parent() is not None
+    assert lifeline.die_with_parent() is not None
     got: list[object] = []
-    t = threading.Thread(target=lambda: got.append(reaper.die_with_parent()))
+    t = threading.Thread(target=lambda: got.append(lifeline.die_with_parent()))
     t.start()
     t.join()
     assert got == [None]
@@ -152,6 +154,16 @@ def test_die_with_parent_only_from_the_main_thread() -> None:
 def test_a_child_started_with_die_with_parent_runs_while_its_parent_lives() -> None:
     """(The signal comes at the parent's death only: a child of a live parent is untouched, and the exec
     goes through.)"""
-    out = subprocess.run(["sh", "-c", "echo ok"], preexec_fn=reaper.die_with_parent(), capture_output=True,
+    out = subprocess.run(["sh", "-c", "echo ok"], preexec_fn=lifeline.die_with_parent(), capture_output=True,
                          text=True, timeout=30)  # fmt: skip
     assert out.returncode == 0 and out.stdout == "ok\n"
+
+
+def test_the_reaper_keeps_no_aliases_of_lifelines_helpers() -> None:
+    """Session 13: ``kvgate.bench.reaper`` re-exported ``kvgate.lifeline``'s helpers under old names
+    (``_stat``, ``_scan``, ``alive``, ``terminate``, ``die_with_parent``, ...) for ``procs`` and the tests;
+    they call ``lifeline`` directly now (fails before: seven callable ones, and ``DEATH_SIGNAL``). Only
+    ``GRACE_S``, the reaper's own default (a number), may equal lifeline's."""
+    shared = {id(v) for k, v in vars(lifeline).items() if not k.startswith("__") and callable(v)}
+    aliases = sorted(k for k, v in vars(reaper).items() if not k.startswith("__") and id(v) in shared)
+    assert aliases == [], f"kvgate.bench.reaper re-exports kvgate.lifeline's {aliases}"

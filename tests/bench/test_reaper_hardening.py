@@ -94,6 +94,7 @@ def test_the_kvgate_command_line_still_installs_the_reaper_for_bench_and_demo() 
 
 _ORPHAN = """
 import os, subprocess, sys
+from kvgate import lifeline
 from kvgate.bench import reaper
 reaper.install()
 sh = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!"], stdout=subprocess.PIPE, text=True,
@@ -101,9 +102,9 @@ sh = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!"], stdout=subprocess.PIPE
 orphan = int(sh.stdout.readline())
 sh.wait()  # (asyncio's child watcher collects a bench's exited child at once, as here)
 found = orphan in reaper.descendants()
-st = reaper._stat(orphan)
+st = lifeline.stat(orphan)
 reaper.reap(grace_s=0.5)
-print(orphan, found, bool(st and reaper.alive({orphan: st[3]})))
+print(orphan, found, bool(st and lifeline.alive({orphan: st[3]})))
 """
 
 
@@ -156,11 +157,11 @@ def test_a_ctrl_c_during_the_grace_still_sigkills(monkeypatch: pytest.MonkeyPatc
     """L4: a ``KeyboardInterrupt`` out of the grace's sleep: what ignores SIGTERM is still SIGKILLed."""
     p = _sleeper("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n")
     try:
-        st = reaper._stat(p.pid)
+        st = lifeline.stat(p.pid)
         assert st is not None
 
         calls = []
-        real_alive = reaper.alive
+        real_alive = lifeline.alive
 
         def ctrl_c_in_the_grace(procs: dict[int, int]) -> dict[int, int]:
             calls.append(1)
@@ -170,7 +171,7 @@ def test_a_ctrl_c_during_the_grace_still_sigkills(monkeypatch: pytest.MonkeyPatc
 
         monkeypatch.setattr(lifeline, "alive", ctrl_c_in_the_grace)  # (terminate's, kvgate.lifeline)
         with pytest.raises(KeyboardInterrupt):
-            reaper.terminate({p.pid: st[3]}, grace_s=30)
+            lifeline.terminate({p.pid: st[3]}, grace_s=30)
         assert p.wait(10) == -signal.SIGKILL
     finally:
         _kill(p.pid)
@@ -182,7 +183,7 @@ def test_sigint_is_ignored_while_reaping(monkeypatch: pytest.MonkeyPatch) -> Non
     seen = []
     monkeypatch.setattr(reaper, "descendants", lambda root=None: {2**22 + 1: 1})
     monkeypatch.setattr(
-        reaper, "terminate", lambda *a, **k: seen.append(signal.getsignal(signal.SIGINT)) or {}
+        lifeline, "terminate", lambda *a, **k: seen.append(signal.getsignal(signal.SIGINT)) or {}
     )
     before = signal.getsignal(signal.SIGINT)
     reaper.reap()
@@ -193,6 +194,7 @@ def test_sigint_is_ignored_while_reaping(monkeypatch: pytest.MonkeyPatch) -> Non
 _LATE = r"""
 import subprocess, sys, time
 from pathlib import Path
+from kvgate import lifeline
 from kvgate.bench import reaper
 out = Path(sys.argv[1])
 sh = subprocess.Popen(["sh", "-c", 'trap "sleep 60 & echo \\$! > %s" TERM; echo ready; '
@@ -201,11 +203,11 @@ sh = subprocess.Popen(["sh", "-c", 'trap "sleep 60 & echo \\$! > %s" TERM; echo 
 assert sh.stdout.readline() == "ready\n"
 reaper.reap(grace_s=1.0)
 late = int(out.read_text())
-st = reaper._stat(late)
+st = lifeline.stat(late)
 deadline = time.monotonic() + 5
-while st and reaper.alive({late: st[3]}) and time.monotonic() < deadline:
+while st and lifeline.alive({late: st[3]}) and time.monotonic() < deadline:
     time.sleep(0.05)
-print(late, bool(st and reaper.alive({late: st[3]})))
+print(late, bool(st and lifeline.alive({late: st[3]})))
 """
 
 
@@ -239,7 +241,7 @@ async def main():
     while p.proc.returncode is None:  # (it exits at once: its worker is left, ours now)
         await asyncio.sleep(0.02)
     await p.stop(grace=2)
-    print(orphan, reaper._stat(orphan))
+    print(orphan, lifeline.stat(orphan))
 
 asyncio.run(main())
 """

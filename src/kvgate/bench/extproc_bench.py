@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kvgate.bench import reaper
+from kvgate import lifeline
 
 SMALL = 1_000  # bytes of prompt text
 LARGE = 220_000  # the reference's > 1 s case: 220 KB prompts at 150 concurrency
@@ -197,7 +197,7 @@ def _inprocess(policy: str, sizes: list[int], n: int) -> list[str]:
 @contextlib.contextmanager
 def _process(args: list[str]) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            preexec_fn=reaper.die_with_parent())  # fmt: skip
+                            preexec_fn=lifeline.die_with_parent())  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         assert proc.stdout is not None

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kvgate.bench import reaper
+from kvgate import lifeline
 
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -475,7 +475,7 @@ def _rss_bytes(pid: int) -> int:
 def _spawn(args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        preexec_fn=reaper.die_with_parent(), **kw,
+        preexec_fn=lifeline.die_with_parent(), **kw,
     )  # fmt: skip
 
 
@@ -507,7 +507,7 @@ def _run_loadgen(
     args = [str(port), str(requests), str(concurrency), str(router_pid), str(backend_pid)]
     out = subprocess.run(
         [PY, "-m", "kvgate.bench.gateway_overhead", "--_loadgen", *args],
-        preexec_fn=reaper.die_with_parent(),
+        preexec_fn=lifeline.die_with_parent(),
         capture_output=True,
         check=True,
         timeout=300,
@@ -621,7 +621,7 @@ def _reexec_isolated(argv: list[str]) -> int | None:
     cmd = ["unshare", "-n", "--", "sh", "-c", f"ip link set lo up && exec {inner}"]
     # (the re-executed bench, with its children, ends with this one: SIGTERM reaches its reaper)
     return subprocess.run(
-        cmd, env={**os.environ, "KVGATE_NETNS": "1"}, preexec_fn=reaper.die_with_parent()
+        cmd, env={**os.environ, "KVGATE_NETNS": "1"}, preexec_fn=lifeline.die_with_parent()
     ).returncode
 
 
@@ -789,7 +789,7 @@ def _streams(n: int) -> dict[str, Any]:
         _wait_line(router, b"listening")
         out = subprocess.run(
             [PY, "-m", "kvgate.bench.gateway_overhead", "--_hold", str(ROUTER_PORT), str(n), str(router.pid)],
-            preexec_fn=reaper.die_with_parent(),
+            preexec_fn=lifeline.die_with_parent(),
             capture_output=True,
             timeout=600,
         )

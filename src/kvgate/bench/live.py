@@ -77,7 +77,8 @@ from typing import Any
 import aiohttp
 from rich.console import Console
 
-from kvgate.bench import loadgen, procs, reaper, report
+from kvgate import lifeline
+from kvgate.bench import loadgen, procs, report
 from kvgate.bench.live_fleet import CAPACITY_PROBE_DURATION as CAPACITY_PROBE_DURATION
 from kvgate.bench.live_fleet import CAPACITY_PROBE_POLICIES as CAPACITY_PROBE_POLICIES
 from kvgate.bench.live_fleet import CAPACITY_PROBE_QPS as CAPACITY_PROBE_QPS
@@ -241,7 +242,9 @@ def reexec_in_netns(argv: list[str], prefix: Sequence[str] | None = None) -> int
     inner = f"ip link set lo up && exec {cmd}"
     env = {**os.environ, NETNS_ENV: "1"}
     # (the re-executed bench, with its children, ends with this one: SIGTERM reaches its reaper)
-    return subprocess.call(["unshare", "-n", "sh", "-c", inner], env=env, preexec_fn=reaper.die_with_parent())
+    return subprocess.call(
+        ["unshare", "-n", "sh", "-c", inner], env=env, preexec_fn=lifeline.die_with_parent()
+    )
 
 
 async def compare(

@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvgate.bench import reaper
+from kvgate import lifeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +131,10 @@ def launch(
     cmd = peer.command(venv_python(peer), workers, policy, host, port)
     if log_path is None:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=reaper.die_with_parent())  # fmt: skip
+                                start_new_session=True, preexec_fn=lifeline.die_with_parent())  # fmt: skip
     with open(log_path, "wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=reaper.die_with_parent())  # fmt: skip
+                                preexec_fn=lifeline.die_with_parent())  # fmt: skip
 
 
 def wait_ready(

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from kvgate import lifeline
 from kvgate.bench import reaper
 from kvgate.k8s.tasks import wait_event
 
@@ -57,7 +58,7 @@ class Proc:
         (its exit was collected, so the pid was free: any group of that id is someone else's; or the
         start time differs). Checked just before each signal. (Left: the pid reused by a process that
         led a group of its own and exited meanwhile, its children still running.)"""
-        st = reaper._stat(self.proc.pid)
+        st = lifeline.stat(self.proc.pid)
         if st is None:  # its leader gone: the group's members (if any) are its own (the id stays taken)
             return True
         if self.proc.returncode is not None:
@@ -134,9 +135,9 @@ async def start(
         stdin=asyncio.subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
         start_new_session=True,  # its own process group, so stop() reaches its children too
-        preexec_fn=reaper.die_with_parent(),  # (SIGTERM when the bench dies, even by SIGKILL)
+        preexec_fn=lifeline.die_with_parent(),  # (SIGTERM when the bench dies, even by SIGKILL)
     )
-    st = reaper._stat(proc.pid)  # (not collected yet: its pid cannot have been reused)
+    st = lifeline.stat(proc.pid)  # (not collected yet: its pid cannot have been reused)
     p = Proc(name, proc, start_time=None if st is None else st[3])
     pattern = re.compile(ready or r"\A(?!x)x")  # never matches when ready is None
     matches: list[re.Match[str]] = []

@@ -21,7 +21,7 @@ is identified by pid and start time, checked just before it is signalled. Linux 
 elsewhere ``reap`` does nothing.
 
 A bench killed by SIGKILL runs none of this: the children it starts itself (``procs.start`` and the
-benches' own ``Popen``s) are started with ``die_with_parent()`` (``PR_SET_PDEATHSIG``), so the kernel
+benches' own ``Popen``s) are started with ``lifeline.die_with_parent()`` (``PR_SET_PDEATHSIG``), so the kernel
 sends them SIGTERM when it dies, and each stops its own children; and ``install()`` starts the bench's
 watchdog (``kvgate.lifeline.start_watchdog``), a process of its own that keeps a list of the bench's
 descendants and, once the bench ended, terminates those still running (SIGTERM, SIGKILL after the
@@ -48,28 +48,16 @@ from kvgate import lifeline
 
 GRACE_S = lifeline.GRACE_S  # from SIGTERM to SIGKILL
 
-# The process primitives (``/proc`` scans, ``terminate``, ``PR_SET_PDEATHSIG``, the subreaper, the
-# watchdog) live in ``kvgate.lifeline``, which ``kvgate.realvllm`` shares (it may not import ``bench``).
-_Stat = lifeline.Stat
-_stat = lifeline.stat
-_scan_or_none = lifeline.scan_or_none
-_scan = lifeline.scan
-alive = lifeline.alive
-terminate = lifeline.terminate
-die_with_parent = lifeline.die_with_parent
-DEATH_SIGNAL = lifeline.DEATH_SIGNAL
-
-
-def _tree(table: dict[int, _Stat], root: int) -> set[int]:
-    """``root``'s descendants in ``table`` and every process of a group one of them leads (any state)."""
-    return lifeline.tree(table, [root])
+# The process primitives (``/proc`` scans, ``terminate``, ``die_with_parent``, the subreaper, the
+# watchdog) live in ``kvgate.lifeline``, which ``kvgate.realvllm`` shares (it may not import ``bench``);
+# the benches and their tests call them there.
 
 
 def descendants(root: int | None = None) -> dict[int, int]:
     """``pid -> start time`` of ``root``'s living descendants (default: this process) and of every
     process in a process group one of them leads; ``root`` itself excluded."""
-    table = _scan()
-    found = _tree(table, os.getpid() if root is None else root)
+    table = lifeline.scan()
+    found = lifeline.tree(table, [os.getpid() if root is None else root])
     return {pid: table[pid][3] for pid in found if table[pid][2] != "Z"}
 
 
@@ -82,7 +70,7 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         pass
-    table = _scan_or_none()
+    table = lifeline.scan_or_none()
     if table is None:  # (it exists; only /proc could tell a zombie: not "gone" on a guess)
         return True
     return any(st[1] == pgid and st[2] != "Z" for st in table.values())
@@ -96,7 +84,7 @@ def collect_orphans(pgid: int) -> None:
     until it exits."""
     me = os.getpid()
     mine = lifeline.watchdog_pid()
-    for pid, (ppid, pgrp, state, _start) in _scan().items():
+    for pid, (ppid, pgrp, state, _start) in lifeline.scan().items():
         if state != "Z" or ppid != me or pid == mine:
             continue
         if (pgrp == pgid and pid != pgid) or lifeline.is_watchdog(pid):
@@ -114,7 +102,7 @@ def reap(grace_s: float = GRACE_S) -> dict[int, int]:
     ignored meanwhile (from the main thread): a second Ctrl-C does not cut the reap short."""
     global _warned_no_proc
     me = os.getpid()
-    table = _scan_or_none()
+    table = lifeline.scan_or_none()
     if table is None:
         if not _warned_no_proc and sys.platform.startswith("linux"):
             _warned_no_proc = True
@@ -130,8 +118,8 @@ def reap(grace_s: float = GRACE_S) -> dict[int, int]:
     groups = {pid: start for pid, start in found.items() if table.get(pid, (0, 0))[1] == pid}
 
     def late() -> dict[int, int]:
-        now = _scan()
-        pids = _tree(now, me)
+        now = lifeline.scan()
+        pids = lifeline.tree(now, [me])
         for pgid, start in groups.items():
             leader = now.get(pgid)
             if leader is None or leader[3] == start:  # (not a group whose id was reused meanwhile)
@@ -140,7 +128,7 @@ def reap(grace_s: float = GRACE_S) -> dict[int, int]:
         return {pid: now[pid][3] for pid in pids if now[pid][2] != "Z"}
 
     with _sigint_ignored():
-        return terminate(found, grace_s, late)
+        return lifeline.terminate(found, grace_s, late)
 
 
 @contextlib.contextmanager

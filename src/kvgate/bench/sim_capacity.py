@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
+from kvgate import lifeline
 from kvgate.aio import cancel_all_and_wait, stop_to_the_end
-from kvgate.bench import reaper
 from kvgate.bench.workloads import random_ids, render
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def start_sim(args: argparse.Namespace) -> tuple[subprocess.Popen[str], list[str
         "--stream-interval",
         str(args.stream_interval),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=reaper.die_with_parent())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=lifeline.die_with_parent())
     urls: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
