@@ -22,6 +22,8 @@ from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.testing import EnvoyHarness, Exchange
 from kvgate.gateway.pools import build_pool
 from kvgate.gateway.server import GatewayServer
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.serve import GlobalGateway
 from kvgate.openai.labels import ModelLabels
 from kvgate.requestcontrol.director import Director
 
@@ -117,55 +119,81 @@ STREAM = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 40, "stream": 
 PLAIN = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
 
 
-async def test_model_server_errors_and_a_client_gone_are_counted_as_the_gateway_door_counts_them(
+async def test_model_server_errors_and_a_client_gone_are_counted_alike_in_the_three_doors(
     start_epp,
 ) -> None:
-    """The same requests through both doors, against one model server: a 2xx, the server's 400 and 500
-    (each once, under its status), and a client that leaves mid-stream (``client_gone`` once), on
-    ``inference_objective_request_error_total`` with the same labels. Before, the EPP had no such
-    metric (only ``kvgate_epp_responses_total{ok}``): no status, no ``client_gone``."""
+    """The same requests through the three doors, against one model server: a 2xx, the server's 400
+    (a JSON reply, then an event stream with a 400 status) and 500, and a client that leaves
+    mid-stream, on ``inference_objective_request_error_total`` with the same labels: each once, under
+    the status its client gets. Before, the EPP had no such metric (only
+    ``kvgate_epp_responses_total{ok}``: no status, no ``client_gone``), ``kvgate serve`` did not count
+    the event-stream 400, and the multi-cluster gateway's errors had no model labels. The one designed
+    difference: the multi-cluster gateway fails a cluster's 500 over, so its client gets 503."""
     backend = await Backend("b0", tokens=40, chunk_delay=0.05).start()
     try:
-        gateway_door, epp_door = await _both_doors(backend, start_epp)
+        async with running_gateway(make_config([backend.address])) as gw:
+            await _over_http(backend, gw.port)
+            proxy = gw.proxy
+            assert proxy is not None
+            await eventually(lambda: proxy.inflight == 0, "the gateway's stream ended")
+            gateway_door = _errors(gw.metrics.registry)
+        epp_door = await _over_ext_proc(backend, start_epp)
+        cluster = ClusterSpec("c", gateway=backend.address)  # Parent mode, straight to the model server
+        mc = GlobalGateway(ClustersConfig((cluster,)), "round-robin", fetch=False, seed=1)
+        await mc.start("127.0.0.1", 0)
+        try:
+            await _over_http(backend, mc.port)
+            await eventually(lambda: mc.inflight == 0, "the global gateway's stream ended")
+            global_door = _errors(mc.metrics.registry)
+        finally:
+            await mc.stop()
     finally:
         await backend.stop()
-    # 400 twice: a JSON reply and an event stream with a 400 status (the gateway door counted only the
-    # JSON one before).
     assert gateway_door == {("m", "m", "400"): 2, ("m", "m", "500"): 1, ("m", "m", "client_gone"): 1}
     assert epp_door == gateway_door
+    assert global_door == {("m", "m", "400"): 2, ("m", "m", "503"): 1, ("m", "m", "client_gone"): 1}
 
 
-async def _both_doors(backend: Backend, start_epp: Any) -> tuple[dict[Any, float], dict[Any, float]]:
-    url_path = "/v1/completions"
-    async with running_gateway(make_config([backend.address])) as gw:
-        async with aiohttp.ClientSession() as s:
-            for mode in ("ok", "error400", "error500", "sse_error400"):
-                backend.mode = mode
-                async with s.post(f"http://127.0.0.1:{gw.port}{url_path}", data=PLAIN) as r:
-                    await r.read()
-            backend.mode = "ok"
-            r = await s.post(f"http://127.0.0.1:{gw.port}{url_path}", data=STREAM)
-            assert r.status == 200
-            await r.content.readany()
-            r.close()  # the client goes away mid-stream
-        proxy = gw.proxy
-        assert proxy is not None
-        await eventually(lambda: proxy.inflight == 0, "the gateway's stream ended")
-        gateway_door = _errors(gw.metrics.registry)
+URL_PATH = "/v1/completions"
+# The client gone before the 500: the multi-cluster gateway backs a failed cluster off for a second.
+MODES = (("ok", 200), ("error400", 400), ("sse_error400", 400))
 
+
+async def _over_http(backend: Backend, port: int) -> None:
+    url = f"http://127.0.0.1:{port}{URL_PATH}"
+    async with aiohttp.ClientSession() as s:
+        for mode, status in MODES:
+            backend.mode = mode
+            async with s.post(url, data=PLAIN) as r:
+                await r.read()
+                assert r.status == status
+        backend.mode = "ok"
+        r = await s.post(url, data=STREAM)
+        assert r.status == 200
+        await r.content.readany()
+        r.close()  # the client goes away mid-stream
+        backend.mode = "error500"
+        async with s.post(url, data=PLAIN) as r:
+            await r.read()
+            assert r.status in (500, 503)
+
+
+async def _over_ext_proc(backend: Backend, start_epp: Any) -> dict[Any, float]:
     epp = await start_epp([backend.address])
     assert epp.stub is not None
     async with aiohttp.ClientSession() as http:
         harness = EnvoyHarness(epp.stub, http)
-        for mode, status in (("ok", 200), ("error400", 400), ("error500", 500), ("sse_error400", 400)):
+        for mode, status in MODES:
             backend.mode = mode
-            assert (await harness.request("POST", url_path, PLAIN)).status == status
+            assert (await harness.request("POST", URL_PATH, PLAIN)).status == status
         backend.mode = "ok"
-        gone = await harness.request("POST", url_path, STREAM, abort_after_chunks=1)
+        gone = await harness.request("POST", URL_PATH, STREAM, abort_after_chunks=1)
         assert gone.status == 499
+        backend.mode = "error500"
+        assert (await harness.request("POST", URL_PATH, PLAIN)).status == 500
     inflight = "kvgate_epp_inflight_requests"
     await eventually(lambda: _value(epp.metrics, inflight) == 0, "the EPP's stream ended")
-    return gateway_door, _errors(epp.metrics.registry)
+    return _errors(epp.metrics.registry)
 
 
 async def test_an_unserved_models_errors_are_other_in_the_epp() -> None:
