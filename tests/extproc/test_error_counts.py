@@ -63,6 +63,8 @@ async def test_a_preempted_request_is_rejected_once_and_leaves_the_in_flight_gau
             )
         assert _value(metrics, "kvgate_epp_picks_total") == 2
         assert _value(metrics, "kvgate_epp_rejections_total", {"status": "429"}) == 1
+        # Once on the error metric too, under 429 (its model's label: ``m`` once served, else ``other``).
+        assert {code: n for (_, _, code), n in _errors(metrics.registry).items()} == {"429": 1}
         assert _value(metrics, "kvgate_epp_inflight_requests") == 0
         # The preempted pick ended not ok, before any response headers (as a request whose client left).
         assert _value(metrics, "kvgate_epp_responses_total", {"ok": "false", "streaming": "false"}) == 1
