@@ -9,9 +9,10 @@ import contextlib
 import logging
 import math
 import os
+import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,6 +76,7 @@ class SubscriberStats:
     apply_errors: int = 0  # decoded batches the index could not apply, or whose handling failed
     fetch_dropped: int = 0  # replayed batches dropped on arrival past the fetch bound (the oldest)
     fetch_rerequests: int = 0  # replay requests made again: the engine's ROUTER lost part of an answer
+    resubscribes: int = 0  # times it was restarted (a new socket, caught up again) after its socket failed
     last_seq: int | None = None
 
 
@@ -138,6 +140,9 @@ class KVEventSubscriber:
         self._failed: BaseException | None = None
         # ``detach`` was called: nothing more is applied, and the socket is not watched again.
         self._detached = False
+        # Called (once per failure, from the task as it ends) when the socket failed and the subscriber
+        # stopped following the engine, not when it was detached: its manager restarts it after a back-off.
+        self.on_failure: Callable[[KVEventSubscriber], None] | None = None
 
     # -- message handling (socket-free, so tests can drive it directly) ----------------------------
 
@@ -217,6 +222,24 @@ class KVEventSubscriber:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"kvevents:{self.endpoint}")
         return self._task
 
+    def restart(self) -> asyncio.Task[None]:
+        """Follow the engine again after the socket failed (the task ended; the endpoint's entries were
+        cleared then): a new socket, and the join's catch-up from the replay socket, which asks for the
+        engine's whole buffer (the replay protocol takes a start sequence; what the index held is gone, so
+        from 0: only what followed the engine's last ``AllBlocksCleared`` is applied). Not after ``detach``:
+        a subscriber being removed stays stopped."""
+        if self._detached:
+            raise RuntimeError(f"KV-event subscriber {self.endpoint}: detached, not restarted")
+        if self._task is not None:
+            if not self._task.done():
+                return self._task
+            self._task = None
+        self.stats.resubscribes += 1
+        self.stats.last_seq = None  # (nothing applied since the clear: the first batch is not a gap)
+        self._caught_upto = None
+        self._caught_digests = {}
+        return self.start()
+
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
@@ -253,12 +276,24 @@ class KVEventSubscriber:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.SUBSCRIBE, self.topic)
+        failed = False
         try:
-            if self.bind:
-                sock.bind(self.zmq_endpoint)
-            else:
-                sock.connect(self.zmq_endpoint)
-            self._ready.set()
+            try:
+                if self.bind:
+                    sock.bind(self.zmq_endpoint)
+                else:
+                    sock.connect(self.zmq_endpoint)
+            except zmq.ZMQError as e:
+                # (e.g. a bind's address still held: ZMQ frees a closed socket's port later, on its I/O
+                # thread) Ends as a failed socket does: its manager tries again after a back-off.
+                log.warning("kv events from %s: cannot %s %s: %s", self.endpoint,
+                            "bind" if self.bind else "connect", self.zmq_endpoint, e)  # fmt: skip
+                failed = True
+                return
+            finally:
+                self._ready.set()
+                if failed:
+                    self._caught_up.set()
             try:
                 await self._catch_up()
             except Exception:
@@ -289,9 +324,10 @@ class KVEventSubscriber:
                     # (a socket error other than ``Again``: e.g. its context terminated) Not silently: the
                     # subscriber ends here, and what the index holds of the endpoint is cleared, as it
                     # would over-report blocks the engine drops from now on.
-                    log.exception("kv events from %s: the socket failed; no longer followed, index "
-                                  "entries cleared", self.endpoint)  # fmt: skip
+                    log.exception("kv events from %s: the socket failed; no longer followed (until its "
+                                  "manager restarts it), index entries cleared", self.endpoint)  # fmt: skip
                     self._resync()
+                    failed = True
                     return
                 if not self._stash:
                     self._wake = loop.create_future()
@@ -300,6 +336,8 @@ class KVEventSubscriber:
             self._disarm()
             self._sock = None
             sock.close(0)
+            if failed and not self._detached and self.on_failure is not None:
+                self.on_failure(self)
 
     def _unforeseen(self, seq: int) -> None:
         # An unforeseen failure (a replay fetch's socket error, ...) must not end the subscriber: its index
@@ -672,6 +710,24 @@ def _newest_run(got: list[tuple[int, bytes]], upto: int) -> list[tuple[int, byte
     return [(s, p) for s, p in got if s >= start]
 
 
+@dataclass(frozen=True, slots=True)
+class RestartBackoff:
+    """How long the manager waits before restarting a subscriber whose socket failed: the n-th restart in
+    a row waits ``min(maximum, initial x factor^(n-1))`` less up to ``jitter`` of it at random (never above
+    ``maximum``; spread, so the subscribers of a process that all failed at once do not restart in step).
+    A subscriber that then ran ``healthy_s`` without failing starts again from ``initial``."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.5
+    healthy_s: float = 60.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        base = min(self.maximum, self.initial * self.factor ** min(attempt - 1, 64))
+        return base * (1.0 - self.jitter * rng.random())
+
+
 class KVEventsManager:
     """One subscriber per endpoint over a shared index; endpoints that vanish are purged.
 
@@ -679,14 +735,37 @@ class KVEventsManager:
     a reload, a test fixture and the gateways it builds) may share one index, and each ``add``/``ensure``
     must be matched by one ``remove``/``drop``. The subscriber stops, and its endpoint's entries are
     purged, when the last owner lets go; ``sync`` and ``close`` end subscriptions whoever holds them.
+
+    A subscriber whose socket failed (its entries were cleared then) is restarted after ``backoff``
+    (``sleep``, ``clock`` and ``rng`` injected for tests): a new socket, caught up again from the engine's
+    replay socket. ``restarts`` counts them (and each subscriber's ``stats.resubscribes``); each failure and
+    restart is logged. Removing the endpoint (or ``close``) during the back-off cancels it.
     """
 
-    def __init__(self, index: BlockIndex, replay_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        index: BlockIndex,
+        replay_timeout: float | None = None,
+        *,
+        backoff: RestartBackoff | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self.index = index
         # Each subscriber's replay fetch timeout (default: ``replay_timeout_from_env()``).
         self.replay_timeout = replay_timeout_from_env() if replay_timeout is None else replay_timeout
         self.subscribers: dict[str, KVEventSubscriber] = {}
         self._owners: dict[str, int] = {}  # endpoint -> how many adds are not yet removed
+        self.backoff = backoff or RestartBackoff()
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.restarts = 0  # subscribers restarted after their socket failed
+        # endpoint -> its pending restart (waiting out the back-off), restarts in a row, when last started
+        self._restarting: dict[str, asyncio.Task[None]] = {}
+        self._attempts: dict[str, int] = {}
+        self._started_at: dict[str, float] = {}
 
     def owners(self, endpoint: str) -> int:
         return self._owners.get(endpoint, 0)
@@ -722,8 +801,53 @@ class KVEventsManager:
                 replay_timeout=self.replay_timeout,
             )  # fmt: skip
             self.subscribers[endpoint] = sub
+            sub.on_failure = self._on_failure
+            self._started_at[endpoint] = self._clock()
             sub.start()
         return sub
+
+    def _on_failure(self, sub: KVEventSubscriber) -> None:
+        """(From the subscriber's task as it ends.) Restart it after the back-off, unless it was let go."""
+        ep = sub.endpoint
+        if self.subscribers.get(ep) is not sub or ep in self._restarting:
+            return
+        now = self._clock()
+        if now - self._started_at.get(ep, now) >= self.backoff.healthy_s:
+            self._attempts.pop(ep, None)
+        attempt = self._attempts[ep] = self._attempts.get(ep, 0) + 1
+        delay = self.backoff.delay(attempt, self._rng)
+        log.warning("kv events from %s: restarting the subscriber in %.2f s (restart %d in a row)",
+                    ep, delay, attempt)  # fmt: skip
+        self._restarting[ep] = asyncio.get_running_loop().create_task(
+            self._restart(sub, delay), name=f"kvevents-restart:{ep}"
+        )
+
+    async def _restart(self, sub: KVEventSubscriber, delay: float) -> None:
+        ep = sub.endpoint
+        try:
+            await self._sleep(delay)
+            old = sub._task
+            if old is not None and not old.done():
+                await asyncio.wait([old])  # (the failed task's last step: it called ``_on_failure``)
+            if self.subscribers.get(ep) is not sub or sub._detached:
+                return
+            self._started_at[ep] = self._clock()
+            self.restarts += 1
+            sub.restart()
+            log.warning("kv events from %s: subscriber restarted (%d restarts of this endpoint's)",
+                        ep, sub.stats.resubscribes)  # fmt: skip
+        finally:
+            if self._restarting.get(ep) is asyncio.current_task():
+                del self._restarting[ep]
+
+    def _forget(self, endpoint: str) -> asyncio.Task[None] | None:
+        """The endpoint's restart state gone; its pending restart (cancelled), if any."""
+        self._attempts.pop(endpoint, None)
+        self._started_at.pop(endpoint, None)
+        task = self._restarting.pop(endpoint, None)
+        if task is not None:
+            task.cancel()
+        return task
 
     def _release(self, endpoint: str) -> KVEventSubscriber | None:
         """One owner lets go; the subscriber (to stop) once none is left, else None."""
@@ -732,7 +856,10 @@ class KVEventsManager:
             self._owners[endpoint] = n
             return None
         self._owners.pop(endpoint, None)
-        return self.subscribers.pop(endpoint, None)
+        sub = self.subscribers.pop(endpoint, None)
+        if sub is not None:
+            self._forget(endpoint)
+        return sub
 
     def drop(self, endpoint: str) -> None:
         """Sync ``remove``: at the last owner, purge the index now and cancel the subscriber's task (its
@@ -749,10 +876,15 @@ class KVEventsManager:
 
     async def remove(self, endpoint: str) -> None:
         if endpoint in self.subscribers:
+            restart = self._restarting.get(endpoint)
             sub = self._release(endpoint)
             if sub is None:
                 return
-            await sub.stop()
+            try:
+                await sub.stop()
+            finally:
+                if restart is not None:  # (cancelled by ``_release``)
+                    await cancel_and_wait(restart, f"KV-event subscriber {endpoint}: its restart", log)
         self.index.remove_endpoint(endpoint)
 
     async def sync(self, endpoints: Iterable[str]) -> None:
@@ -765,9 +897,13 @@ class KVEventsManager:
 
     async def close(self) -> None:
         self._owners.clear()
+        restarts = [t for t in (self._forget(name) for name in list(self._restarting)) if t is not None]
         for name in list(self.subscribers):
             sub = self.subscribers.pop(name)
+            self._forget(name)
             await sub.stop()
+        for task in restarts:
+            await cancel_and_wait(task, "KV-event subscriber: a restart", log)
 
 
 # Longest a source's start waits for its subscribers' join-time catch-up, past their replay fetch's timeout
