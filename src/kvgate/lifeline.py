@@ -18,21 +18,33 @@
   the grace (what ignores SIGTERM too) and to what started meanwhile. That covers the orphans earlier
   re-parented to this process and grandchildren whose parent ignores SIGTERM, which
   ``PR_SET_PDEATHSIG`` does not reach. A ``tree`` watchdog of a child subreaper tells its descendants
-  (``KVGATE_WATCHDOG``): a nested bench starts none of its own (their descendants stay in its tree; what
-  a nested bench killed by SIGKILL leaves is then terminated when the outer bench ends, by its reap or
-  its watchdog, not at once).
+  (``KVGATE_WATCHDOG``, naming the watchdog and this process by pid and start time): a nested bench
+  starts none of its own (their descendants stay in its tree; what a nested bench killed by SIGKILL
+  leaves is then terminated when the outer bench ends, by its reap or its watchdog, not at once); and its
+  sweep also takes every process whose environment (as at its ``exec``) holds that entry, wherever it is
+  now (``marked``): what it had not listed yet.
 
-Not covered: a process started through a daemon (``docker run``, ``systemd-run``: not a descendant); any
-process the watchdog had not listed yet when this process died, because after the death it is no longer a
-descendant: one started within the last ``TICK_S`` and not ``sync()``ed (a direct child that ignores the
-kernel's parent-death SIGTERM, as well as one that detached), and everything started before the
-watchdog's first listing (``start_watchdog`` does not wait for it: its interpreter's start, 0.1-1 s on a
-loaded machine); anything when the watchdog ends too: a SIGKILL of every process of the user, the OOM
-killer choosing it, a container stopped (a plain SIGTERM of the watchdog is not one: it sweeps what it
-covers, the watched process still running or not, then dies of the signal); a pid reused in the instant
-between the check and the signal (no pidfd per process).
+What a daemonizing descendant does: while this process lives, a descendant's double fork (``setsid``, the
+middle process exits) re-parents the daemon to this process, a subreaper, so it stays in the tree and is
+listed at the next tick. A subreaper does not help once this process died: its orphans go to the
+nearest subreaper among its *ancestors*, or init, and the watchdog is not one (it is this process's
+child). What the watchdog had not listed by then (started or detached within the last ``TICK_S`` and
+not ``sync()``ed, or started before its first listing: ``start_watchdog`` does not wait for it, its
+interpreter's start takes 0.1-1 s on a loaded machine) is found by the ``KVGATE_WATCHDOG`` entry it
+inherited, in a ``tree`` watchdog of a subreaper (a bench: ``reaper.install()``); so is what detaches
+during the sweep's grace (its second scan).
+
+Not covered: a process started through a daemon (``docker run``, ``systemd-run``, ``at``: neither a
+descendant nor an heir of the environment); one not listed yet that runs with an environment rebuilt
+without the entry (``env -i``, ``sudo``, a caller passing its own ``env``), or that was started before
+the entry was exported (before ``start_watchdog``) and left the tree before the first listing; for a
+watchdog without ``tree`` (``kvgate.realvllm``'s, no entry exported) any process not listed yet that left
+its watched groups' tree; anything when the watchdog ends too: a SIGKILL of every process of the user,
+the OOM killer choosing it, a container stopped (a plain SIGTERM of the watchdog is not one: it sweeps
+what it covers, the watched process still running or not, then dies of the signal); a pid reused in the
+instant between the check and the signal (no pidfd per process).
 Cost: one ``/proc/<pid>/stat`` read per process of the whole machine each ``TICK_S`` per watchdog (~5 ms
-with ~110 processes under load 8).
+with ~110 processes under load 8); at the sweep only, twice, one ``/proc/<pid>/environ`` read per process.
 """
 
 from __future__ import annotations
@@ -309,7 +321,8 @@ def _export_cover() -> None:
         return
     me, wd = stat(os.getpid()), stat(_watchdog[0].pid)
     if me is not None and wd is not None:
-        os.environ[ENV_VAR] = f"{_watchdog[0].pid}:{wd[3]}:{os.getpid()}:{me[3]}"
+        name, value = cover_marker(_watchdog[0].pid, wd[3], os.getpid(), me[3]).decode().split("=", 1)
+        os.environ[name] = value
 
 
 def sync(timeout_s: float = 5.0) -> bool:
@@ -455,18 +468,49 @@ def watch(
             break
     if woken and parent_alive():
         list_descendants()  # (what started since the last listing)
-    sweep(known, grace_s, exclude={me, parent}, spare_group=parent_group)
+    # What detached from the tree since the last listing (a daemon's double fork, a child started and
+    # the process killed within ``tick_s``): re-parented to init by now, but it still carries the
+    # variable this process exported to its descendants (``_export_cover``) naming this watchdog.
+    me_st = stat(me)
+    marker = b"" if not tree or me_st is None else cover_marker(me, me_st[3], parent, start)
+    sweep(known, grace_s, exclude={me, parent}, spare_group=parent_group, marker=marker)
     return woken
 
 
-def sweep(known: dict[int, int], grace_s: float, exclude: set[int], spare_group: int = 0) -> dict[int, int]:
-    """Terminate those of ``known`` (pid -> start time) still running, their descendants and the members
-    of the groups they lead or belong to, but ``spare_group`` (SIGTERM; SIGKILL after ``grace_s`` to what
-    still runs and to what started meanwhile); those that had to be killed."""
+def cover_marker(watchdog: int, watchdog_start: int, watched: int, watched_start: int) -> bytes:
+    """The environment entry (``ENV_VAR``) a covering watchdog's process exports to its descendants."""
+    return f"{ENV_VAR}={watchdog}:{watchdog_start}:{watched}:{watched_start}".encode()
+
+
+def marked(table: dict[int, Stat], entry: bytes) -> set[int]:
+    """Those of ``table`` whose environment (as it was at their ``exec``, ``/proc/<pid>/environ``) holds
+    the entry ``entry`` (``NAME=value``); those whose environment cannot be read are not."""
+    out = set()
+    needle = b"\0" + entry + b"\0"
+    for pid in table:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:  # (gone, or not ours to read)
+            continue
+        if needle in b"\0" + env + (b"" if env.endswith(b"\0") else b"\0"):
+            out.add(pid)
+    return out
+
+
+def sweep(
+    known: dict[int, int], grace_s: float, exclude: set[int], spare_group: int = 0, marker: bytes = b""
+) -> dict[int, int]:
+    """Terminate those of ``known`` (pid -> start time) still running, and those whose environment holds
+    the entry ``marker`` (``marked``; none when empty), their descendants and the members of the groups
+    they lead or belong to, but ``spare_group`` (SIGTERM; SIGKILL after ``grace_s`` to what still runs
+    and to what started meanwhile); those that had to be killed."""
 
     def found() -> dict[int, int]:
         table = scan()
         roots = [p for p, s in known.items() if p in table and table[p][3] == s and table[p][2] != "Z"]
+        if marker:
+            roots += [p for p in marked(table, marker) if table[p][2] != "Z"]
         groups = {table[p][1] for p in roots} - {spare_group}
         pids = (tree(table, roots, groups) | set(roots)) - exclude
         return {p: table[p][3] for p in pids if table[p][2] != "Z"}

@@ -388,3 +388,68 @@ def test_a_sigterm_to_the_watchdog_sweeps_what_it_covers_before_it_ends(tmp_path
         if sibling is not None:
             sibling.kill()
             sibling.wait()
+
+
+# A bench whose watchdog lists only at its start and when asked (a long tick: the window made wide), then,
+# after its last listing, a child that double-forks a daemon (setsid; the middle process exits: the
+# daemon is re-parented to the bench, a subreaper) and a direct child that ignores SIGTERM.
+_UNLISTED = r"""
+import subprocess, sys, time
+from kvgate import lifeline
+
+lifeline.become_subreaper()
+lifeline.start_watchdog(grace_s=0.5, tick_s=600)
+assert lifeline.sync(), "the watchdog did not answer"  # (its last listing)
+PIPE = subprocess.PIPE
+mid = subprocess.Popen(["sh", "-c", "setsid sleep 120 </dev/null >/dev/null 2>&1 & echo $!"], stdout=PIPE,
+                       text=True)
+daemon = int(mid.stdout.readline())
+mid.wait()
+while lifeline.stat(daemon)[0] != lifeline.os.getpid():
+    time.sleep(0.01)  # (re-parented to us: we are a subreaper)
+deaf = subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 120"], start_new_session=True)
+print(lifeline.watchdog_pid(), daemon, deaf.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_what_detached_after_the_last_listing_is_swept_too(tmp_path: Path) -> None:
+    """A process the watchdog had not listed when its process died (a daemon's double fork and a child
+    ignoring SIGTERM, both started after the last listing) was re-parented to init, out of the tree, and
+    ran on (fails before: both ran on). They carry the ``KVGATE_WATCHDOG`` entry the bench exported to
+    its descendants, naming this watchdog: the sweep finds them by it."""
+    script = tmp_path / "bench.py"
+    script.write_text(_UNLISTED)
+    bench = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)  # fmt: skip
+    procs: dict[int, int] = {}
+    try:
+        assert bench.stdout is not None
+        watchdog, *pids = (int(x) for x in bench.stdout.readline().split())
+        procs = _start_times(pids)
+        bench.kill()
+        bench.wait()
+        left = _wait_gone(procs, within_s=20)
+        assert not left, f"left running after the bench's SIGKILL: {sorted(left)} of {pids}"
+        _wait_ended(watchdog, within_s=20)
+    finally:
+        bench.kill()
+        bench.wait()
+        _kill_all(procs)
+
+
+def test_the_sweep_spares_what_does_not_carry_its_marker() -> None:
+    """``marked``: a process started with the entry is found, one with another watchdog's entry or none
+    is not."""
+    mine = lifeline.cover_marker(1, 2, 3, 4)
+    other = lifeline.cover_marker(1, 2, 3, 5)
+    env = {k: v for k, v in os.environ.items() if k != lifeline.ENV_VAR}
+    entries = [{lifeline.ENV_VAR: m.decode().split("=", 1)[1]} for m in (mine, other)] + [{}]
+    procs = [subprocess.Popen(["sleep", "60"], env={**env, **e}) for e in entries]
+    try:
+        table = lifeline.scan()
+        assert lifeline.marked(table, mine) == {procs[0].pid}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
