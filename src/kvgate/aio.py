@@ -179,9 +179,12 @@ async def stop_to_the_end(
     the stop where it was raised, as it would in ``await cleanup`` (its ``finally`` blocks run), and is
     raised here as itself, cancelled or not, and not logged: the stop's task catches it and hands it over
     (a task ending on one would raise it out of the event loop at once, and the caller a second time,
-    cutting ``asyncio.run``'s cancellation of the other tasks)."""
+    cutting ``asyncio.run``'s cancellation of the other tasks). A stop whose caller no longer waits (left
+    running past ``limit_s``, or the caller ended on an exception of its own) raises it itself: it is not
+    lost."""
     loop = asyncio.get_running_loop()
-    task = loop.create_task(_handed_over(cleanup), name=what)
+    waited = [True]  # (False once the caller left the stop running: no one to hand an interrupt to)
+    task = loop.create_task(_handed_over(cleanup, waited), name=what)
     me = asyncio.current_task()
     outer = None if me is None else _FINISHING.get(me)  # (a stop within a stop: the outer one's limit)
     cancelled = False
@@ -203,6 +206,8 @@ async def stop_to_the_end(
             _FINISHING[me] = outer
         elif me is not None:
             _FINISHING.pop(me, None)
+        if not task.done():
+            waited[0] = False
     if not cancelled:
         result, interrupt = task.result()
         if interrupt is not None:
@@ -220,14 +225,17 @@ async def stop_to_the_end(
     raise asyncio.CancelledError
 
 
-async def _handed_over(cleanup: Coroutine[Any, Any, T]) -> tuple[T | None, BaseException | None]:
+async def _handed_over(
+    cleanup: Coroutine[Any, Any, T], waited: list[bool]
+) -> tuple[T | None, BaseException | None]:
     """``cleanup``'s result, or the ``KeyboardInterrupt`` / ``SystemExit`` it ended on (any
     ``BaseException`` but an ``Exception``, a cancellation or a ``GeneratorExit``), returned rather than
-    raised: a task raises such an exception out of its event loop as well (``stop_to_the_end``)."""
+    raised while ``waited[0]`` (its caller waits for it): a task raises such an exception out of its
+    event loop as well (``stop_to_the_end``)."""
     try:
         return await cleanup, None
     except BaseException as exc:
-        if isinstance(exc, (Exception, asyncio.CancelledError, GeneratorExit)):
+        if isinstance(exc, (Exception, asyncio.CancelledError, GeneratorExit)) or not waited[0]:
             raise
         return None, exc
 
