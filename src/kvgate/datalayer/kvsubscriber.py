@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import xxhash
+from prometheus_client import Counter
 
 from kvgate.aio import cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import Endpoint
@@ -56,6 +57,12 @@ def replay_timeout_from_env(environ: Mapping[str, str] = os.environ) -> float:
 # (or a traceback) each. ``SubscriberStats`` counts them all.
 FAILURE_LOG_INTERVAL_S = 10.0
 FailureKind = Literal["decode", "apply", "unforeseen"]  # each kind has its own slot in the failure log
+
+# On the process-wide registry (served on ``/metrics`` by both doors, as the picker's metrics are).
+SUBSCRIBER_RESTARTS = Counter(
+    "kvgate_kv_events_subscriber_restarts_total",
+    "KV-event subscribers restarted after their socket failed (its endpoint's entries cleared until then)",
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -833,6 +840,7 @@ class KVEventsManager:
                 return
             self._started_at[ep] = self._clock()
             self.restarts += 1
+            SUBSCRIBER_RESTARTS.inc()
             sub.restart()
             log.warning("kv events from %s: subscriber restarted (%d restarts of this endpoint's)",
                         ep, sub.stats.resubscribes)  # fmt: skip
