@@ -28,7 +28,8 @@ from kvgate.datalayer.store import EndpointStore, StoreChange
 
 log = logging.getLogger(__name__)
 
-# How long a replay fetch (a join's catch-up, a gap's healing) waits for the engine's whole answer.
+# How long a replay fetch (a join's catch-up, a gap's healing) waits for the engine's whole answer to one
+# request (one asked again after a loss, ``_fetch``, has its own).
 REPLAY_TIMEOUT_S = 1.0
 # Sets it for every subscriber of the process (seconds, > 0): a slow or distant engine, or a test that
 # holds the replay answer longer than a loaded machine needs to look.
