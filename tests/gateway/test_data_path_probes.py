@@ -1,7 +1,7 @@
-"""The data path around the inline head wait (1210797) and ``_prepare`` (632bccb), over loopback:
-a client gone during the head wait, short / long / chunked bodies, a kept-alive connection closed while
-idle, the request and idle deadlines, bad requests, and the head timer racing the head (review s12-tp's
-probes, regression coverage)."""
+"""The data path around the head wait (inline in 1210797, back in ``_Conn._wait`` since session 13) and
+``_prepare`` (632bccb), over loopback: a client gone during the head wait, short / long / chunked bodies,
+a kept-alive connection closed while idle, the request and idle deadlines, bad requests, and the head
+timer racing the head (review s12-tp's probes, regression coverage)."""
 
 from __future__ import annotations
 

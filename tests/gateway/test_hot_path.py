@@ -182,7 +182,7 @@ async def test_a_deadline_before_the_armed_timer_still_ends_the_read() -> None:
 
 
 async def test_a_head_wait_that_times_out_leaves_no_waiter_and_drops_the_connection() -> None:
-    # (``UpstreamPool.request`` waits for the head inline, not through ``_Conn._wait``)
+    # (``UpstreamPool.request`` waits for the head through ``_Conn._wait``, as a body read does)
     server, port = await _hanging_after_one_reply()
     pool = UpstreamPool(1.0, 0.2)
     resp = await pool.request(*_request(port))

@@ -281,19 +281,7 @@ class _Conn(asyncio.Protocol):
 
     async def _wait(self, due: float | None) -> None:
         """Until data, an error or the close; ``UpstreamTimeout`` at ``due`` (event-loop time; None:
-        no limit). (``UpstreamPool.request`` has the same steps inline: no coroutine per request.)"""
-        waiter = self._waiter(due)
-        try:
-            await waiter
-        finally:
-            self.waiter = None
-            self._due = None
-        if isinstance(self.error, UpstreamTimeout):
-            raise self.error
-
-    def _waiter(self, due: float | None) -> asyncio.Future[None]:
-        """``_wait``'s future, with the read timer armed for ``due``; the caller awaits it, then clears
-        ``waiter`` and ``_due`` and raises an ``UpstreamTimeout`` left in ``error``."""
+        no limit). The one wait for a read: the head's (``UpstreamPool.request``) and the body's."""
         loop = self.loop
         self.waiter = waiter = loop.create_future()
         if due is not None:
@@ -306,7 +294,13 @@ class _Conn(asyncio.Protocol):
                     self._timer.cancel()
                 self._timer_at = due
                 self._timer = loop.call_at(due, self._on_timer)
-        return waiter
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            self._due = None
+        if isinstance(self.error, UpstreamTimeout):
+            raise self.error
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -538,14 +532,7 @@ class UpstreamPool:
                 while conn.head is None:
                     if conn.error is not None:
                         raise conn.error
-                    waiter = conn._waiter(_due(conn, self.idle_timeout, deadline))  # (``_wait`` inline)
-                    try:
-                        await waiter
-                    finally:
-                        conn.waiter = None
-                        conn._due = None
-                    if isinstance(conn.error, UpstreamTimeout):
-                        raise conn.error
+                    await conn._wait(_due(conn, self.idle_timeout, deadline))
             except UpstreamTimeout:
                 if conn.transport is not None:
                     conn.transport.abort()
