@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -133,6 +135,71 @@ async def test_server_closing_an_idle_connection_is_retried_transparently():
     assert await resp.read() == b"ok"
     resp.release()
     assert srv.connections == 2
+    pool.close()
+    await srv.stop()
+
+
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class _CutSecond(_Scripted):
+    """Answers every request with ``_OK`` but the second on the first connection: that one gets ``cut``,
+    then the connection ends (a clean close, or a reset)."""
+
+    def __init__(self, cut: bytes, reset: bool) -> None:
+        super().__init__([])
+        self.cut = cut
+        self.reset = reset
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        try:
+            for n in range(1, 10):
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                if first and n == 2:
+                    if self.cut:
+                        writer.write(self.cut)
+                        await writer.drain()
+                    if self.reset:
+                        sock = writer.get_extra_info("socket")
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    break
+                writer.write(_OK)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("cut", "reset", "resent"),
+    [
+        (b"", True, True),  # reset before any byte: the request was not processed, resent once
+        (b"HTTP/1.1 200 OK\r\nContent-Le", False, False),  # part of a head, then closed: never resent
+        (b"HTTP/1.1 200 OK\r\n", False, False),
+    ],
+)
+async def test_a_request_on_a_kept_alive_connection_is_resent_only_if_no_answer_byte_came(
+    cut: bytes, reset: bool, resent: bool
+) -> None:
+    # (the head wait in ``UpstreamPool.request``: the resend rule, whatever ended the wait)
+    srv = _CutSecond(cut, reset)
+    port = await srv.start()
+    pool = UpstreamPool(1.0, 5.0)
+    resp = await pool.request(*_req(port))
+    assert await resp.read() == b"ok"
+    resp.release()
+    if resent:
+        resp = await pool.request(*_req(port))  # the same kept-alive connection first
+        assert await resp.read() == b"ok"
+        resp.release()
+        assert srv.connections == 2
+    else:
+        with pytest.raises(UpstreamError, match="connection closed"):
+            await pool.request(*_req(port))
+        assert srv.connections == 1
     pool.close()
     await srv.stop()
 
