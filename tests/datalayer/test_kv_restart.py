@@ -8,6 +8,7 @@ again from the engine's replay socket."""
 from __future__ import annotations
 
 import asyncio
+import errno as errno_mod
 import random
 import socket
 
@@ -249,3 +250,47 @@ def _sent(pub: zmq.asyncio.Socket, seq: int) -> bool:
     """Publish one probe without waiting (a PUB send never blocks); always True, for use in a condition."""
     pub.send_multipart([b"", seq.to_bytes(8, "big"), batch(stored_map([seq + 1], None, [0] * 4))])
     return True
+
+
+@pytest.mark.parametrize("errno", [errno_mod.EMFILE, zmq.ETERM])
+async def test_a_restart_that_cannot_make_its_socket_is_tried_again_unless_the_context_ended(
+    monkeypatch, errno
+):
+    """Out of file descriptors when the restart makes its socket: tried again after the next back-off
+    (before, the task ended on the exception and was never retried). A terminated context (the process is
+    ending) is not tried again."""
+    sleeps = Sleeps()
+    pub = FakeVLLMPublisher()
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx, sleep=sleeps, rng=random.Random(0))
+    real_shadow = zmq.Context.shadow
+    fails = [1]
+
+    class Refusing:
+        def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+            self.ctx = ctx
+
+        def socket(self, kind: int) -> zmq.Socket[bytes]:
+            if fails[0]:
+                fails[0] -= 1
+                raise zmq.ZMQError(errno)
+            return self.ctx.socket(kind)
+
+    try:
+        sub = await mgr.add("a", pub.endpoint, replay_endpoint=pub.replay_endpoint)
+        await _connected(pub, sub)
+        monkeypatch.setattr(zmq.Context, "shadow", lambda address: Refusing(real_shadow(address)))
+        _fail_next_drain(sub)
+        await pub.publish(batch(stored_map([1], None, [1] * 4)))
+        if errno == zmq.ETERM:
+            await _until(lambda: fails[0] == 0 and sub._task is not None and sub._task.done())
+            await asyncio.sleep(0.1)
+            assert len(sleeps.delays) == 1 and sub.stats.resubscribes == 1
+            return
+        await _until(lambda: sub.stats.resubscribes == 2)
+        assert len(sleeps.delays) == 2
+        await _until(lambda: idx.num_blocks("a") == pub.seq)  # caught up again
+        await _followed_again(pub, idx)
+    finally:
+        await mgr.close()
+        await pub.close()

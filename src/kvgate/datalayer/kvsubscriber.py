@@ -280,7 +280,17 @@ class KVEventSubscriber:
         # A plain (not asyncio) socket on the shared context: the subscriber watches its descriptor itself
         # (``_drain``).
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(zmq.asyncio.Context.instance().underlying)
-        sock = ctx.socket(zmq.SUB)
+        try:
+            sock = ctx.socket(zmq.SUB)
+        except zmq.ZMQError as e:
+            # (e.g. out of file descriptors) Tried again after a back-off, as a failed socket is; not once
+            # the context is terminated (the process is ending: no socket can be made any more).
+            log.warning("kv events from %s: no socket: %s", self.endpoint, e)
+            self._ready.set()
+            self._caught_up.set()
+            if e.errno != zmq.ETERM and not self._detached and self.on_failure is not None:
+                self.on_failure(self)
+            return
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.SUBSCRIBE, self.topic)
