@@ -204,7 +204,7 @@ async def test_an_unserved_models_errors_are_other_in_the_epp() -> None:
     metrics = EppMetrics(models=ModelLabels(["known"]))
     metrics.error("made-up", "made-up", "404")
     metrics.error("known", "known", "500")
-    metrics.served("m", "m")
+    metrics.served("m")
     metrics.error("m", "m", "400")
     metrics.rejected(413)
     assert _errors(metrics.registry) == {

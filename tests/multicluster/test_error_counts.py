@@ -129,3 +129,17 @@ async def test_errors_carry_bounded_model_labels(pods, gateway) -> None:
         if s.name == "kvgate_multicluster_requests_total"
     }
     assert started == {"m": 2, "other": 1}
+
+
+async def test_a_rewrite_headers_2xx_teaches_the_name_sent_not_the_clients(pods, gateway) -> None:
+    """Review s13-doors M1: a made-up body model with ``x-gateway-model-name-rewrite`` naming a real one
+    is answered 2xx by the cluster (its EPP sends the real name on): the label learnt is the header's
+    name, the one the model server saw; before, the client's made-up name earned a label."""
+    pod = await pods()
+    gw = await gateway([pod.address])
+    made_up = orjson.dumps({"model": "junk", "prompt": "x", "max_tokens": 1})
+    url = f"http://127.0.0.1:{gw.port}/v1/completions"
+    hdrs = {"Content-Type": "application/json", "x-gateway-model-name-rewrite": "real"}
+    async with aiohttp.ClientSession() as http, http.post(url, data=made_up, headers=hdrs) as r:
+        assert r.status == 200, await r.read()
+    assert gw.metrics.models.learnt == {"real"}

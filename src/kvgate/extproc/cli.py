@@ -17,6 +17,7 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             make_endpoint(a, pool=cfg.pool.name, engine=cfg.pool.engine, labels=labels)
             for a in cfg.pool.endpoints
         )
-        # Model labels: the pool's models and adapters at once, others once served (kvgate.openai.labels).
-        metrics = EppMetrics(models=ModelLabels([*cfg.pool.models, *cfg.pool.adapters]))
+        # Model labels: the pool's models, adapters and rewrite rules' names at once, others once a model
+        # server answered them (kvgate.openai.labels).
+        known = [*cfg.pool.models, *cfg.pool.adapters, *rewrite_names(cfg.gateway.rewrites)]
+        metrics = EppMetrics(models=ModelLabels(known))
         ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
         if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
             raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
@@ -210,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             _serve(args, store, ctx, metrics, pair, client_ca, kube=_kube_pool(args, cfg, store, ctx))
         )
     return 0
+
+
+def rewrite_names(rules: Iterable[Any]) -> list[str]:
+    """The model names rewrite rules (``RewriteRule``) name, sources and targets: labels of their own."""
+    return [name for rule in rules for name in (*rule.matches, *(t.model for t in rule.targets))]
 
 
 def _endpoint_labels(items: list[str]) -> dict[str, str]:
@@ -269,6 +277,9 @@ def _kube_pool(args: argparse.Namespace, cfg: EppConfig, store: EndpointStore, c
             ctx.policy.adapters, ctx.policy.session_header, objectives, ctx.policy.pass_priority
         )
         ctx.model_rewrite = ModelRewriter(rewrites, seed=cfg.gateway.rewrite_seed)
+        models = getattr(ctx.observer, "models", None)  # (EppMetrics: the rules' names get their labels)
+        if models is not None:
+            models.know(rewrite_names(rewrites))
 
     opts = KubeOptions(
         pool_name=ref.name, pool_namespace=ref.namespace, server=args.kube_server, kubeconfig=args.kubeconfig,

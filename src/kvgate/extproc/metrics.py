@@ -28,7 +28,8 @@ class EppMetrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         # ``model_name`` / ``target_model_name`` values, bounded (kvgate.openai.labels): the names the
-        # config lists (``--model``, adapters), and names a model server answered with a 2xx.
+        # config lists (``--model``, adapters, rewrites), and names a model server was sent and answered
+        # with a 2xx (the rewrite's target, never the client's own name).
         self.models = models or ModelLabels()
         # As ``kvgate serve`` (the reference's name and labels): each request refused, answered with a
         # model server's 4xx/5xx, or left before its response completed (``client_gone``), once.
@@ -87,8 +88,7 @@ class EppMetrics:
             child = self._error_children[key] = self.errors.labels(*key)
         child.inc()
 
-    def served(self, model: str, target: str) -> None:
-        self.models.served(model)
+    def served(self, target: str) -> None:
         self.models.served(target)
 
     def finished(self, usage: Usage | None, ok: bool, streaming: bool) -> None:

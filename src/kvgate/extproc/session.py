@@ -75,9 +75,10 @@ class Observer(Protocol):
     def rejected(self, status: int, model: str = "", target: str = "") -> None: ...
     def finished(self, usage: Usage | None, ok: bool, streaming: bool) -> None: ...
     # ``kvgate serve``'s ``inference_objective_request_error_total`` events after the pick: a model
-    # server's 4xx/5xx (``code`` its status) or ``client_gone``; ``served``: a 2xx answered it.
+    # server's 4xx/5xx (``code`` its status) or ``client_gone``; ``served``: a 2xx answered a parsed
+    # body sent on as ``target`` (the model's name the server saw: the only one a 2xx says anything of).
     def error(self, model: str, target: str, code: str) -> None: ...
-    def served(self, model: str, target: str) -> None: ...
+    def served(self, target: str) -> None: ...
 
 
 class ProtocolViolation(Exception):
@@ -189,6 +190,7 @@ class Session:
         # before, so a stream that ends then is no request left unanswered (as ``kvgate serve``, whose
         # front has the whole body before anything is counted under a model).
         self._models: tuple[str, str] | None = None
+        self._parsed = False  # its body parsed: its target is a name the model server saw (labels)
         self._counted = False  # its error or success counted (once, however the stream ends)
         self._finished = False
         self._first_token = False
@@ -342,6 +344,7 @@ class Session:
             parsed.body["model"] = target
             model, changed = target, True
         self._models = (client_model, model)
+        self._parsed = True
         if server_priority(parsed.body, self.ctx.policy, self.request_headers.get(keys.OBJECTIVE)):
             changed = True  # (pools[].passPriority)
         if changed:
@@ -584,8 +587,8 @@ class Session:
             obs.error(model, target, "client_gone")
         elif self.status >= 400:
             obs.error(model, target, str(self.status))
-        elif 200 <= self.status < 300:
-            obs.served(model, target)
+        elif 200 <= self.status < 300 and self._parsed:
+            obs.served(target)
 
     def _release(self) -> None:
         if self._held:

@@ -47,7 +47,7 @@ from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
 from kvgate.multicluster.router import Attempt, GlobalRouter, NoRoute, Routed
 from kvgate.multicluster.source import ClusterSource
 from kvgate.openai.labels import ModelLabels
-from kvgate.openai.protocol import sse_error_event
+from kvgate.openai.protocol import MODEL_REWRITE, sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
 
 log = logging.getLogger("kvgate.multicluster")
@@ -61,7 +61,8 @@ class _Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         # ``model_name`` values bounded (kvgate.openai.labels): the clusters file names no models, so a
-        # name is its own label once a cluster answered it with a 2xx (at most 16), else ``other``.
+        # name is its own label once a cluster answered a request sent under it with a 2xx (at most 16;
+        # with a rewrite header, the header's name, not the body's), else ``other``.
         self.models = ModelLabels()
         self.requests = Counter(
             "kvgate_multicluster_requests_total", "Requests started, by cluster, routing mode and model",
@@ -217,7 +218,10 @@ class GlobalGateway:
             retry = {"Retry-After": "1"} if e.status == 429 else None
             return json_error(e.status, e.message, headers=retry)
         try:
-            return await self._relay(request, routed, parsed.model)
+            # The name the cluster was sent (a client's rewrite header names it; the EPP there obeys it):
+            # the only one its 2xx says anything of (kvgate.openai.labels).
+            sent = request.headers.get(MODEL_REWRITE) or parsed.model
+            return await self._relay(request, routed, parsed.model, sent)
         finally:
             # Cut short (the client left, a write failed, cancelled before the first chunk) or done:
             # settle the upstream, the EPP and the cluster's accounting now, the body read or not.
@@ -225,11 +229,11 @@ class GlobalGateway:
             if routed.epp is not None and routed.epp.fell_back:
                 self.metrics.epp_lost.labels(routed.cluster).inc()
 
-    async def _relay(self, request: Request, routed: Routed, model: str) -> StreamResponse:
+    async def _relay(self, request: Request, routed: Routed, model: str, sent: str) -> StreamResponse:
         self._count_failed(routed.attempts[:-1])
         metrics = self.metrics
         if 200 <= routed.status < 300:
-            metrics.models.served(model)
+            metrics.models.served(sent)
         metrics.requests.labels(routed.cluster, routed.mode, metrics.models.label(model)).inc()
         headers = dict(routed.headers)
         headers["x-kvgate-cluster"] = routed.cluster

@@ -4,13 +4,19 @@
 request for any other is refused (404) before it is counted under a model. The ext_proc door (whose
 ``--model`` may be ``*``) and the multi-cluster gateway (whose clusters file names no models) take any
 model name a client sends, so a label per name would let clients grow the metrics without bound. Here a
-name is its own label when the config names it, or once a model server has answered a request for it
-with a 2xx (``served``): a client spraying made-up names gets no labels (a model server refuses them),
-and at most ``MAX_MODEL_LABELS`` names per process are learnt that way. Every other name is reported as
-``other``; an empty name (the request was refused before its model was known) stays empty, as in
-``kvgate serve``. A label once given is never taken away (counters stay monotonic). The cost: a model's
-errors before its first 2xx in this process are counted under ``other``, and a model first served after
-``MAX_MODEL_LABELS`` others stays ``other`` until the process restarts (list it in the config).
+name is its own label when the config names it (``--model``, adapters, the rewrite rules' models), or
+once a model server has answered a request *sent to it under that name* with a 2xx (``served``): only
+the name the server was asked for (a rewrite's target, never the client's name before the rewrite), and
+only for a request whose body was parsed (a body-less request's model comes from a client header, which
+no server checks). At most ``MAX_MODEL_LABELS`` names per process are learnt that way. Every other name
+is reported as ``other``; an empty name (the request was refused before its model was known) stays
+empty, as in ``kvgate serve``. A label once given is never taken away (counters stay monotonic).
+
+The bound holds against made-up names only as far as the model servers refuse names they do not serve:
+a server that answers any ``model`` with a 2xx (kvgate's simulator does; so may other engines) lets a
+client teach it 16 junk names, after which a real model first served stays ``other`` until the process
+restarts (list it in the config). The cost otherwise: a model's errors before its first 2xx in this
+process are counted under ``other``.
 """
 
 from __future__ import annotations
@@ -28,8 +34,12 @@ class ModelLabels:
         self.size = size
         self.learnt: set[str] = set()
 
+    def know(self, names: Iterable[str]) -> None:
+        """Names the configuration gives (rewrite rules, live too): labels of their own, never learnt."""
+        self.known = self.known | {m for m in names if m and m != ANY_MODEL}
+
     def served(self, model: str) -> None:
-        """A model server answered a request for ``model`` with a 2xx: it may earn its own label."""
+        """A model server answered a request sent to it as ``model`` with a 2xx: it may earn its own label."""
         if model and model not in self.known and model not in self.learnt and len(self.learnt) < self.size:
             self.learnt.add(model)
 

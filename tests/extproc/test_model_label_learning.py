@@ -1,0 +1,116 @@
+"""Which names earn the EPP's bounded model labels (kvgate.openai.labels), from review s13-doors M1.
+
+A label is learnt only from a request whose body was parsed and that a model server answered with a 2xx,
+and only under the name the server was sent (a rewrite's target): a body-less request's model comes from
+a client header (``x-gateway-model-name``, which no server checks: GET /v1/models is 200 whatever it
+says), and a client's name rewritten to a real model (``x-gateway-model-name-rewrite``, or a configured
+rule) says nothing of the client's name. Before, 16 such requests filled every learnable slot with junk,
+and a real model served afterwards stayed ``other``. The configured rewrite rules' names are labels of
+their own from the start (``kvgate epp``'s CLI)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from kvgate.config.gateway import RewriteRule, RewriteTarget
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.extproc.cli import rewrite_names
+from kvgate.extproc.metrics import EppMetrics
+from kvgate.extproc.session import Session, SessionContext
+from kvgate.extproc.testing import header_map
+from kvgate.openai.labels import MAX_MODEL_LABELS, ModelLabels
+from kvgate.scheduling.types import InferenceRequest, PickResult
+
+EP = Endpoint("127.0.0.1:18201")
+
+
+class Picker:
+    def pick(self, req: InferenceRequest) -> PickResult:
+        return PickResult(endpoints=[EP])
+
+    def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
+    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None: ...
+    def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None: ...
+
+
+def _ctx(metrics: EppMetrics) -> SessionContext:
+    return SessionContext(Picker(), lambda: {EP.address: EP}, clock=time.monotonic, observer=metrics)
+
+
+def _respond(s: Session, status: int) -> None:
+    h = pb.HttpHeaders(headers=header_map({":status": str(status), "content-type": "application/json"}))
+    s.handle(pb.ProcessingRequest(response_headers=h))
+    s.handle(pb.ProcessingRequest(response_body=pb.HttpBody(body=b"{}", end_of_stream=True)))
+    s.close()
+
+
+def _get_models(ctx: SessionContext, header_model: str) -> None:
+    """GET /v1/models (body-less) with a client-set x-gateway-model-name; the server answers 200."""
+    s = Session(ctx)
+    hdrs = {":method": "GET", ":path": "/v1/models", "x-gateway-model-name": header_model}
+    first = pb.HttpHeaders(headers=header_map(hdrs), end_of_stream=True)
+    out = s.handle(pb.ProcessingRequest(request_headers=first))
+    assert out and out[0].WhichOneof("response") == "request_headers"
+    _respond(s, 200)
+
+
+def _post(ctx: SessionContext, model: str, status: int, rewrite: str | None = None) -> None:
+    s = Session(ctx)
+    hdrs = {":method": "POST", ":path": "/v1/completions"}
+    if rewrite:
+        hdrs["x-gateway-model-name-rewrite"] = rewrite
+    s.handle(pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map(hdrs))))
+    body = pb.HttpBody(body=orjson.dumps({"model": model, "prompt": "p"}), end_of_stream=True)
+    s.handle(pb.ProcessingRequest(request_body=body))
+    _respond(s, status)
+
+
+def _labels(metrics: EppMetrics) -> set[tuple[str, str]]:
+    return {
+        (s.labels["model_name"], s.labels["target_model_name"])
+        for metric in metrics.registry.collect()
+        if metric.name == "inference_objective_request_error"
+        for s in metric.samples
+        if s.name.endswith("_total") and s.value
+    }
+
+
+def test_a_client_set_model_header_on_a_get_earns_no_label() -> None:
+    metrics = EppMetrics(models=ModelLabels(["m"]))
+    ctx = _ctx(metrics)
+    for i in range(MAX_MODEL_LABELS):
+        _get_models(ctx, f"junk-{i}")  # GET /v1/models is 200 whatever the header says
+    _post(ctx, "junk-0", 404)  # no model server ever served "junk-0"
+    assert _labels(metrics) == {("other", "other")}
+    assert not metrics.models.learnt
+
+
+def test_a_made_up_client_model_rewritten_to_a_real_one_earns_no_label() -> None:
+    metrics = EppMetrics(models=ModelLabels(["m"]))
+    ctx = _ctx(metrics)
+    for i in range(MAX_MODEL_LABELS):
+        _post(ctx, f"junk-{i}", 200, rewrite="m")  # the server served "m", not "junk-i"
+    assert not metrics.models.learnt
+    _post(ctx, "m-lora", 200)  # a real (unlisted) model first served now earns its label
+    _post(ctx, "m-lora", 500)
+    _post(ctx, "junk-0", 500, rewrite="m")
+    assert _labels(metrics) == {("m-lora", "m-lora"), ("other", "m")}
+
+
+def test_the_rewrite_target_is_learnt_not_the_clients_name() -> None:
+    metrics = EppMetrics(models=ModelLabels())
+    ctx = _ctx(metrics)
+    _post(ctx, "alias", 200, rewrite="real")
+    assert metrics.models.learnt == {"real"}
+
+
+def test_configured_rewrite_names_are_known() -> None:
+    rules = [RewriteRule(["alias"], [RewriteTarget("real", 1), RewriteTarget("canary", 1)])]
+    labels = ModelLabels(["*", *rewrite_names(rules)])
+    assert labels.known == {"alias", "real", "canary"}
+    labels.know(rewrite_names([RewriteRule([], [RewriteTarget("live", 1)])]))  # a live rule (Kubernetes)
+    assert labels.label("live") == "live" and labels.label("junk") == "other"
