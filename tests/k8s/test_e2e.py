@@ -4,8 +4,9 @@ API-server double, with kubectl driving the churn and steady traffic through an 
 Pods are created, made Ready, scaled 2 -> 6 -> 2; one is deleted while a long stream runs on it (the
 stream finishes, no new picks); the watch connections are cut and a 410 forced (relist). Throughout:
 every request succeeds, an endpoint taken away gets no pick that started more than 1 s after, and one
-added gets a pick within 1 s. Each "pod" is a simulator on its own loopback address (127.0.0.N) and the
-pool's one target port, as pods share a port on different IPs.
+added gets a pick within 1 s (of when traffic starts, for the first two). Each "pod" is a simulator on
+its own loopback address (127.0.0.N) and the pool's one target port, as pods share a port on different
+IPs.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def free_port() -> int:
 class Req:
     start: float
     end: float = 0.0
+    picked: float = 0.0  # when the EPP's routing answer arrived (its pick lies between start and this)
     status: int = 0
     dest: str = ""
     ok: bool = False
@@ -125,6 +127,7 @@ class Load:
         self.requests: list[Req] = []
         self.pending: set[int] = set()
         self.stop = asyncio.Event()
+        self.t0 = asyncio.get_running_loop().time()  # traffic runs from here
         self._seq = itertools.count()
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(workers)]
 
@@ -141,7 +144,7 @@ class Load:
             res = await self.harness.request(
                 "POST", "/v1/chat/completions", orjson.dumps(body), subset=subset
             )
-            req.status, req.dest = res.status, res.destination
+            req.status, req.dest, req.picked = res.status, res.destination, res.picked
             req.ok = res.status == 200 and res.body.rstrip().endswith(b"data: [DONE]")
             if not req.ok:
                 req.error = res.body[-300:].decode(errors="replace")
@@ -168,21 +171,69 @@ class Load:
         await asyncio.gather(*self._tasks)
 
 
-def check_window(load: Load, fleet: Fleet) -> None:
-    """Removed endpoints get no pick started > 1 s after; added ones get one within 1 s."""
-    for c in fleet.changes:
+def check_window(requests: list[Req], changes: list[Change], traffic_from: float) -> None:
+    """Removed endpoints get no pick started > 1 s after; added ones get one within 1 s (of when traffic
+    runs from, ``traffic_from``: an endpoint added before there was any request cannot get one sooner).
+
+    A request's pick is made between its start and ``picked`` (the EPP's answer), so a late pick is one
+    started more than 1 s after the removal and answered before any later re-add of the address (the
+    410 phase): one sent before the re-add but answered after it may have been picked after the EPP saw
+    the re-add, and is no stale pick (the CI flake at 87544bb: sent 0.24 ms before the re-add)."""
+    for c in changes:
         if c.added:
             first = min(
-                (r.start for r in load.requests if r.dest == c.address and r.start >= c.t - 5), default=None
+                (r.start for r in requests if r.dest == c.address and r.start >= c.t - 5), default=None
             )
-            assert first is not None and first <= c.t + WINDOW_S, (c, first)
+            assert first is not None and first <= max(c.t, traffic_from) + WINDOW_S, (c, first)
         else:
-            late = [r for r in load.requests if r.dest == c.address and r.start > c.t + WINDOW_S]
-            # A later re-add of the same address (the 410 phase) makes its picks legitimate again.
-            readd = min((c2.t for c2 in fleet.changes if c2.added and c2.address == c.address and c2.t > c.t),
+            readd = min((c2.t for c2 in changes if c2.added and c2.address == c.address and c2.t > c.t),
                         default=None)  # fmt: skip
-            late = [r for r in late if readd is None or r.start < readd]
-            assert not late, (c, [(r.start, r.dest) for r in late[:5]])
+            late = [
+                r for r in requests
+                if r.dest == c.address and r.start > c.t + WINDOW_S and (readd is None or r.picked < readd)
+            ]  # fmt: skip
+            assert not late, (c, [(r.start, r.picked, r.dest) for r in late[:5]])
+
+
+# The check itself, on recorded timelines (no processes, no sleeps). The first is the CI flake at 87544bb:
+# sim-3 turned unready (watch cut + 410) at 70466.388275 and Ready again 1.5 s later; one request was sent
+# 0.24 ms before the re-add was recorded, and the EPP, which had the re-add ~0.6 ms after it (traced in 2
+# of 25 repeats of the phase), picked sim-3: a pick on current state, not a stale one.
+A, B = "127.0.0.13:8000", "127.0.0.14:8000"
+
+
+def test_check_window_a_request_sent_just_before_a_readd_and_picked_after_it_is_no_stale_pick() -> None:
+    gone, back = Change(70466.388275319, A, False), Change(70467.888530000, A, True)
+    reqs = [Req(70466.30, 70466.31, picked=70466.301, dest=A),
+            Req(70467.50, 70467.51, picked=70467.501, dest=B),
+            Req(70467.888516204, 70467.898381715, picked=70467.889200, dest=A),
+            Req(70467.95, 70467.96, picked=70467.951, dest=A)]  # fmt: skip
+    check_window(reqs, [gone, back], traffic_from=70400.0)
+
+
+def test_check_window_fails_on_a_pick_made_on_stale_state() -> None:
+    gone, back = Change(100.0, A, False), Change(101.5, A, True)
+    stale = Req(101.2, 101.21, picked=101.201, dest=A)  # more than 1 s after, answered before the re-add
+    with pytest.raises(AssertionError):
+        check_window([stale], [gone, back], traffic_from=0.0)
+    with pytest.raises(AssertionError):  # no re-add at all
+        check_window([Req(103.0, 103.01, picked=103.001, dest=A)], [gone], traffic_from=0.0)
+    # Answered just before the re-add is stale still (only a pick that may follow the re-add is forgiven).
+    with pytest.raises(AssertionError):
+        check_window([Req(101.49, 101.5001, picked=101.4999, dest=A)], [gone, back], traffic_from=0.0)
+    # Within the 1 s window: allowed.
+    check_window([Req(100.9, 100.91, picked=100.901, dest=A)], [gone, back], traffic_from=0.0)
+
+
+def test_check_window_measures_an_add_before_any_traffic_from_when_traffic_runs() -> None:
+    # sim-0 was Ready 1.3 s before the load started (kubectl and the readiness wait under load): its first
+    # pick cannot come sooner than the first request; it must come within 1 s of that.
+    added = Change(10.0, A, True)
+    check_window([Req(11.35, 11.36, picked=11.351, dest=A)], [added], traffic_from=11.3)
+    with pytest.raises(AssertionError):
+        check_window([Req(12.4, 12.41, picked=12.401, dest=A)], [added], traffic_from=11.3)
+    with pytest.raises(AssertionError):  # added while traffic runs: 1 s from the add
+        check_window([Req(11.2, 11.21, picked=11.201, dest=A)], [added], traffic_from=9.0)
 
 
 async def wait_for(cond: Any, within_s: float = 15.0) -> None:
@@ -262,7 +313,7 @@ async def test_pool_churn_through_kvgate_epp(
     lost = [r for r in load.requests if not r.ok]
     assert not lost, [(r.status, r.dest, r.error) for r in lost[:5]]
     assert len(load.requests) > 100
-    check_window(load, fleet)
+    check_window(load.requests, fleet.changes, load.t0)
     assert fleet.ready_now() == {fleet.address(0), fleet.address(1)}
     assert {r.dest for r in load.requests if r.start > fleet.changes[-1].t + WINDOW_S} <= fleet.ready_now()
     # The pool gauges follow discovery (refreshed each second).

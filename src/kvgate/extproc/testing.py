@@ -330,6 +330,8 @@ class HarnessResult:
     destination: str = ""
     served: str = ""
     upstream_request_headers: dict[str, str] = field(default_factory=dict)
+    # Loop time when the EPP's routing answer arrived: its pick was made between the call and then.
+    picked: float = 0.0
 
 
 class EnvoyHarness:
@@ -365,10 +367,12 @@ class EnvoyHarness:
             client_headers["content-length"] = str(len(body))
         async with Exchange(self.stub, timeout=self.timeout) as ex:
             req = await ex.send_request(client_headers, body, chunk_size=chunk_size, subset=subset)
+            picked = asyncio.get_running_loop().time()
             if req.immediate is not None:
                 return HarnessResult(
-                    int(req.immediate.status.code), {"content-type": "application/json"}, req.immediate.body
-                )
+                    int(req.immediate.status.code), {"content-type": "application/json"}, req.immediate.body,
+                    picked=picked,
+                )  # fmt: skip
             forwarded = req.mutation.apply(client_headers)
             upstream_headers = {k: v for k, v in forwarded.items() if not k.startswith(":")}
             last_error: Exception | None = None
@@ -382,9 +386,11 @@ class EnvoyHarness:
                     last_error = exc
                     continue
                 try:
-                    return await self._relay(
+                    res = await self._relay(
                         ex, resp, address, req.destination, upstream_headers, abort_after_chunks
                     )
+                    res.picked = picked
+                    return res
                 finally:
                     resp.release()
             raise ConnectionError(f"no endpoint of {req.destination!r} answered: {last_error}")
