@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 
 import pytest
@@ -114,5 +115,38 @@ async def test_a_custom_resource_with_a_field_selector(double: ApiServerDouble, 
         assert _names(r) == {"mine"}
         double.patch(R.INFERENCE_POOL, "mine", "default", {"spec": {"targetPorts": [{"number": 9000}]}})
         await _until(lambda: r.items[("default", "mine")]["spec"]["targetPorts"] == [{"number": 9000}])
+    finally:
+        await r.stop()
+
+
+async def test_a_cut_watch_waits_the_first_backoff_once_and_the_410_relists_at_once(
+    double: ApiServerDouble, kube: KubeClient
+) -> None:
+    """What docs/kubernetes.md "How soon a readiness change reaches the picks" counts on: a cut watch
+    waits the initial back-off (not one grown by earlier failures: a watch that opened resets it), and the
+    410 that follows relists with no further wait."""
+    grown: list[float] = []  # the back-off step of every wait, in order
+
+    class Recording(Backoff):
+        def next(self, rng: random.Random) -> float:
+            wait = super().next(rng)
+            grown.append(self._next)
+            return wait
+
+    r = Reflector(kube, R.POD, namespace="default", backoff=Recording(initial=0.05, maximum=5.0))
+    double.forbid(R.POD)
+    r.start()
+    try:
+        await _until(lambda: len(grown) >= 3)  # 403s: 0.05, 0.1, 0.2
+        double.forbid(R.POD, False)
+        double.create(_pod("a"))
+        await r.wait_synced()
+        await _until(lambda: double.watch_count == 1)
+        before = len(grown)
+        double.cut_watches()
+        double.set_pod_status("a", ready=False)
+        double.compact()
+        await _until(lambda: r.gone == 1 and r.lists == 2 and double.watch_count == 1)
+        assert grown[before:] == [0.05]
     finally:
         await r.stop()
