@@ -41,8 +41,10 @@ the entry was exported (before ``start_watchdog``) and left the tree before the 
 watchdog without ``tree`` (``kvgate.realvllm``'s, no entry exported) any process not listed yet that left
 its watched groups' tree; anything when the watchdog ends too: a SIGKILL of every process of the user,
 the OOM killer choosing it, a container stopped (a plain SIGTERM of the watchdog is not one: it sweeps
-what it covers, the watched process still running or not, then dies of the signal); a pid reused in the
-instant between the check and the signal (no pidfd per process).
+what it covers, the watched process still running or not, then dies of the signal; also while it is
+still starting, SIGTERM being blocked from its fork until its handler is set; but a process still
+running after such a sweep is unwatched from then on: no new watchdog is started for it); a pid reused
+in the instant between the check and the signal (no pidfd per process).
 Cost: one ``/proc/<pid>/stat`` read per process of the whole machine each ``TICK_S`` per watchdog (~5 ms
 with ~110 processes under load 8); at the sweep only, twice, one ``/proc/<pid>/environ`` read per process.
 """
@@ -293,6 +295,10 @@ def start_watchdog(grace_s: float = GRACE_S, tick_s: float = TICK_S, *, tree: bo
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # (kvgate's parent folder)
         code = f"import sys; sys.path.insert(0, {here!r}); import kvgate.lifeline as m; m._watch_main()"
         args = [str(me), str(st[3]), str(theirs.fileno()), repr(grace_s), repr(tick_s), str(int(tree))]
+        # SIGTERM blocked across the start (the mask survives fork and exec): one that arrives before the
+        # watchdog's handler is set (its interpreter's start, 0.1-1 s under load) stays pending until
+        # ``_watch_main`` has set it, and then sweeps, rather than ending it by the default action.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-c", code, *args],
@@ -306,6 +312,7 @@ def start_watchdog(grace_s: float = GRACE_S, tick_s: float = TICK_S, *, tree: bo
             ours.close()
             return None
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             theirs.close()
         _watchdog = (proc, ours)  # (kept: never waited for, it outlives us)
         _watchdog_tree = tree
@@ -371,12 +378,16 @@ def _watch_main() -> None:
     grace_s, tick_s, tree = float(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a Ctrl-C is for the process it watches)
     # A SIGTERM (``kill``, a shutdown's SIGTERM to every process) ends it with a sweep, not without one:
-    # its handler only wakes the loop (the wake-up fd, watched with the rest), which then sweeps; one
-    # during the sweep changes nothing (the sweep ends within the grace, then it dies of the signal).
+    # its handler only wakes the loop (the wake-up fd, watched with the rest), which then sweeps, and it
+    # then dies of the signal. One during a sweep does not cut the sweep short (it ends within the
+    # grace); during a sweep after its process's death, it changes nothing at all: the watchdog then
+    # exits 0 (review s13-hard nit). SIGTERM is blocked until the handler is set (since
+    # ``start_watchdog``'s fork: review s13-hard L1), so one sent while it starts stays pending.
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # (blocked since its start: start_watchdog)
     if (fn := prctl()) is not None:
         fn(PR_SET_NAME, WATCHDOG_NAME, 0, 0, 0)  # (its name: see WATCHDOG_NAME)
     if watch(parent, start, socket.socket(fileno=fd), grace_s, tick_s, tree, wake_fd=wake_r):

@@ -25,7 +25,7 @@ import pytest
 from kvgate import lifeline
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+ENV = {k: v for k, v in os.environ.items() if k != lifeline.ENV_VAR} | {"PYTHONPATH": str(ROOT / "src")}
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl: Linux")
 
@@ -453,3 +453,47 @@ def test_the_sweep_spares_what_does_not_carry_its_marker() -> None:
         for p in procs:
             p.kill()
             p.wait()
+
+
+# --- review s13-hard ----------------------------------------------------------------------------------------
+
+# L1: a bench starts a child that ignores SIGTERM (a direct child: listed by any listing), then its watchdog,
+# and SIGTERMs the watchdog at once, before its interpreter has started and set its handler.
+_EARLY_SIGTERM = r"""
+import os, signal, subprocess, sys, time
+from kvgate import lifeline
+
+lifeline.become_subreaper()
+deaf = subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 120"], start_new_session=True)
+start = lifeline.stat(deaf.pid)[3]
+wd = lifeline.start_watchdog(grace_s=0.5)
+os.kill(wd, signal.SIGTERM)  # (a shutdown's SIGTERM, right after the watchdog's start)
+code = lifeline._watchdog[0].wait(timeout=60)  # (its sweep, if any, is over)
+deadline = time.monotonic() + 5
+while lifeline.alive({deaf.pid: start}) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(deaf.pid, start, code, int(bool(lifeline.alive({deaf.pid: start}))), flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_sigterm_to_a_watchdog_still_starting_sweeps_too(tmp_path: Path) -> None:
+    """Review s13-hard L1: until the watchdog's interpreter had set its SIGTERM handler (0.1-1 s under
+    load; ``start_watchdog`` does not wait), a SIGTERM ended it by the default action, without a sweep
+    (fails before: the deaf child ran on). Now SIGTERM is blocked from before its fork until the handler
+    is set: it stays pending, then sweeps."""
+    script = tmp_path / "bench.py"
+    script.write_text(_EARLY_SIGTERM)
+    bench = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)  # fmt: skip
+    procs: dict[int, int] = {}
+    try:
+        assert bench.stdout is not None
+        deaf, start, code, alive = (int(x) for x in bench.stdout.readline().split())
+        procs = {deaf: start}
+        assert code == -signal.SIGTERM, code
+        assert not alive, "the watchdog, SIGTERMed while starting, ended with no sweep: the deaf child ran on"
+    finally:
+        bench.kill()
+        bench.wait()
+        _kill_all(procs)
