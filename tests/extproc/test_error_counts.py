@@ -7,10 +7,12 @@ Envoy-playing harness, against a backend that holds each reply until the test re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from flowcontrol.test_doors import HeldBackend, eventually
@@ -267,3 +269,77 @@ async def test_a_client_that_leaves_while_queued_is_client_gone_once_in_both_doo
         )
     assert gateway_door == {("m", "m", "client_gone"): 1}
     assert _errors(metrics.registry) == gateway_door
+
+
+class _HeldErrorStream:
+    """400 + text/event-stream: one error event, then the rest held until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=400, headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"error": {"message": "bad request", "type": "BadRequestError"}}\n\n')
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.release.wait(), 5)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+async def _leave_after_first_chunk(port: int) -> None:
+    async with aiohttp.ClientSession() as http:
+        r = await http.post(f"http://127.0.0.1:{port}{URL_PATH}", data=STREAM)
+        assert r.status == 400
+        await r.content.readany()
+        r.close()  # the client leaves before the error stream's end
+
+
+def _codes(registry: Any) -> dict[str, float]:
+    return {code: n for (_, _, code), n in _errors(registry).items()}
+
+
+async def test_an_event_stream_400_whose_client_leaves_is_a_400_in_the_three_doors(start_epp) -> None:
+    """Review s13-doors L4: one rule in the three doors, a status sent to the client is the count. A
+    model server's 400 with an event-stream body whose client leaves before its end: ``kvgate serve``
+    and ``kvgate epp`` counted ``client_gone``, the global gateway ``400`` (and ``kvgate serve`` a JSON
+    400 as ``400``). Now ``400`` in all three."""
+    backend = _HeldErrorStream()
+    app = web.Application()
+    app.router.add_post(URL_PATH, backend.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    addr = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        async with running_gateway(make_config([addr])) as gw:
+            await _leave_after_first_chunk(gw.port)
+            proxy = gw.proxy
+            assert proxy is not None
+            await eventually(lambda: proxy.inflight == 0, "the gateway's stream ended")
+            gateway_door = _codes(gw.metrics.registry)
+        epp = await start_epp([addr])
+        assert epp.stub is not None
+        async with aiohttp.ClientSession() as http:
+            gone = await EnvoyHarness(epp.stub, http).request("POST", URL_PATH, STREAM, abort_after_chunks=1)
+            assert gone.status == 499
+        inflight = "kvgate_epp_inflight_requests"
+        await eventually(lambda: _value(epp.metrics, inflight) == 0, "the EPP's stream ended")
+        epp_door = _codes(epp.metrics.registry)
+        mc = GlobalGateway(
+            ClustersConfig((ClusterSpec("c", gateway=addr),)), "round-robin", fetch=False, seed=1
+        )
+        await mc.start("127.0.0.1", 0)
+        try:
+            await _leave_after_first_chunk(mc.port)
+            await eventually(lambda: mc.inflight == 0, "the global gateway's stream ended")
+            global_door = _codes(mc.metrics.registry)
+        finally:
+            await mc.stop()
+    finally:
+        backend.release.set()
+        await runner.cleanup()
+    assert gateway_door == epp_door == global_door == {"400": 1}, (gateway_door, epp_door, global_door)

@@ -58,6 +58,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         active = self.active
         if task is not None:
             active[task] = loop.time()
+        idle = False  # ended by the idle sweeper (counted apart from a client that left)
         try:
             async for msg in request_iterator:
                 if task is not None:
@@ -83,6 +84,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 raise
             # Our own sweeper cancelled it: tell the gateway why (a bare cancel leaves it waiting).
             self._idle.discard(task)
+            idle = True
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"no message for {self.idle_timeout_s:g}s on this stream"
             )
@@ -90,7 +92,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
             # Runs on normal end, on cancellation (client gone, idle) and on errors alike.
             if task is not None:
                 active.pop(task, None)
-            session.close()
+            session.close(idle=idle)
             if self.metrics is not None:
                 self.metrics.streams.dec()
 

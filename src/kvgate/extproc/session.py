@@ -191,6 +191,9 @@ class Session:
         # front has the whole body before anything is counted under a model).
         self._models: tuple[str, str] | None = None
         self._parsed = False  # its body parsed: its target is a name the model server saw (labels)
+        # The gateway sends response bodies (protocol_config's response_body_mode is not NONE): else the
+        # response headers are the last the EPP hears of the response, and its outcome is counted there.
+        self._response_bodies = True
         self._counted = False  # its error or success counted (once, however the stream ends)
         self._finished = False
         self._first_token = False
@@ -297,6 +300,8 @@ class Session:
             _BODY_MODE.BUFFERED_PARTIAL,
         ):
             raise _Reject(500, "the gateway must send request bodies FULL_DUPLEX_STREAMED", "internal_error")
+        if msg.HasField("protocol_config") and pc.response_body_mode == _BODY_MODE.NONE:
+            self._response_bodies = False
         self.request_headers = hdr.header_dict(msg.request_headers.headers)
         if not self.request_headers.get(keys.REQUEST_ID):
             self._generated_request_id = uuid.uuid4().hex
@@ -458,6 +463,11 @@ class Session:
         except ValueError:
             self.status = 0
         self.streaming = h.get("content-type", "").startswith("text/event-stream")
+        if self.status >= 400 or (not self._response_bodies and 200 <= self.status < 300):
+            # Counted now, under the status the client is sent: an error reply whose client then
+            # leaves (or that is cut) stays under its status, as in the other doors; with no response
+            # bodies sent here, the stream's end says nothing more (it ends with the HTTP stream).
+            self._outcome(complete=True)
         served = hdr.served_endpoint(msg.metadata_context) if msg.HasField("metadata_context") else None
         if served is not None:
             self._move_to(served)
@@ -573,17 +583,22 @@ class Session:
             self.ctx.observer.finished(self.usage, ok, self.streaming)
             self._outcome(complete)
 
-    def _outcome(self, complete: bool) -> None:
-        """Count the request's end once, as ``kvgate serve`` does: a completed response under its
-        status when it is a 4xx/5xx, a stream ended before that as ``client_gone`` (Envoy ends the
+    def _outcome(self, complete: bool, idle: bool = False) -> None:
+        """Count the request's end once, as ``kvgate serve`` does: a model server's 4xx/5xx under its
+        status when its response headers arrive (``_on_response_headers``: a status sent to the client
+        is the count, whatever follows), a 2xx when its response completes (with no response bodies
+        sent to the EPP: at its headers), a stream ended before that as ``client_gone`` (Envoy ends the
         ext_proc stream the same way whether the client left or the model server cut the response:
-        the EPP cannot tell a ``stream_cut``)."""
+        the EPP cannot tell a ``stream_cut``), or ``epp_idle_timeout`` when the EPP's own idle sweeper
+        ended it (the client did not leave: Envoy answers it with its ext_proc error reply)."""
         obs = self.ctx.observer
         if obs is None or self._counted or self._models is None:
             return
         self._counted = True
         model, target = self._models
-        if not complete:
+        if idle:
+            obs.error(model, target, "epp_idle_timeout")
+        elif not complete:
             obs.error(model, target, "client_gone")
         elif self.status >= 400:
             obs.error(model, target, str(self.status))
@@ -595,8 +610,11 @@ class Session:
             self.ctx.budget.give(self._held)
             self._held = 0
 
-    def close(self) -> None:
-        """The stream ended (normally, cancelled, or the client went away)."""
+    def close(self, idle: bool = False) -> None:
+        """The stream ended (normally, cancelled, or the client went away; ``idle``: the server's idle
+        sweeper ended it)."""
+        if idle and not self.done:
+            self._outcome(complete=False, idle=True)
         self._release()
         self._body = bytearray()
         self._resp_buf = None

@@ -743,10 +743,13 @@ class Proxy:
             director.on_finished(ireq, ep, relay.usage, ok)
             self._charge(ireq, relay.usage)
             self.metrics.observe(client_model, ireq.model, self.clock() - t0, relay.usage)
-            if not ok:
+            if resp.status >= 400:
+                # An error status with an event-stream body: under its status, as ``_whole`` counts a
+                # JSON one, also when its client leaves or it is cut before its end (the status was
+                # sent: the one rule of the three doors).
+                self.metrics.error(client_model, ireq.model, str(resp.status))
+            elif not ok:
                 self.metrics.error(
                     client_model, ireq.model, "stream_cut" if not upstream_ok else "client_gone"
                 )
-            elif resp.status >= 400:  # an error status with an event-stream body: as ``_whole`` counts it
-                self.metrics.error(client_model, ireq.model, str(resp.status))
         return out
