@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -398,8 +399,15 @@ import subprocess, sys, time
 from kvgate import lifeline
 
 lifeline.become_subreaper()
-lifeline.start_watchdog(grace_s=0.5, tick_s=600)
+wd = lifeline.start_watchdog(grace_s=0.5, tick_s=600)
 assert lifeline.sync(), "the watchdog did not answer"  # (its last listing)
+# The watchdog lists once more right after its answer (its loop's top): held (SIGSTOP, as a loaded machine
+# may hold it; the test sends SIGCONT once the bench died) so that its last listing cannot see what follows
+# (review s13-hard L4: descheduled for a few ms, it could have listed both, and the test passed without
+# the marker sweep).
+lifeline.os.kill(wd, lifeline.signal.SIGSTOP)
+while lifeline.stat(wd)[2] != "T":
+    time.sleep(0.001)
 PIPE = subprocess.PIPE
 mid = subprocess.Popen(["sh", "-c", "setsid sleep 120 </dev/null >/dev/null 2>&1 & echo $!"], stdout=PIPE,
                        text=True)
@@ -423,26 +431,34 @@ def test_what_detached_after_the_last_listing_is_swept_too(tmp_path: Path) -> No
     bench = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
                              start_new_session=True)  # fmt: skip
     procs: dict[int, int] = {}
+    watchdog = 0
     try:
         assert bench.stdout is not None
         watchdog, *pids = (int(x) for x in bench.stdout.readline().split())
         procs = _start_times(pids)
         bench.kill()
         bench.wait()
+        os.kill(watchdog, signal.SIGCONT)
         left = _wait_gone(procs, within_s=20)
         assert not left, f"left running after the bench's SIGKILL: {sorted(left)} of {pids}"
         _wait_ended(watchdog, within_s=20)
     finally:
         bench.kill()
         bench.wait()
+        if watchdog:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(watchdog, signal.SIGCONT)
         _kill_all(procs)
 
 
 def test_the_sweep_spares_what_does_not_carry_its_marker() -> None:
     """``marked``: a process started with the entry is found, one with another watchdog's entry or none
     is not."""
-    mine = lifeline.cover_marker(1, 2, 3, 4)
-    other = lifeline.cover_marker(1, 2, 3, 5)
+    # Unique to this run (review s13-hard L4: a fixed entry was also held by a concurrent run's process,
+    # and ``marked`` looks at every process of the machine).
+    me, nonce = os.getpid(), random.randrange(1 << 30)
+    mine = lifeline.cover_marker(me, nonce, 3, 4)
+    other = lifeline.cover_marker(me, nonce, 3, 5)
     env = {k: v for k, v in os.environ.items() if k != lifeline.ENV_VAR}
     entries = [{lifeline.ENV_VAR: m.decode().split("=", 1)[1]} for m in (mine, other)] + [{}]
     procs = [subprocess.Popen(["sleep", "60"], env={**env, **e}) for e in entries]
@@ -497,3 +513,15 @@ def test_a_sigterm_to_a_watchdog_still_starting_sweeps_too(tmp_path: Path) -> No
         bench.kill()
         bench.wait()
         _kill_all(procs)
+
+
+def test_the_marker_test_survives_a_concurrent_run_of_itself() -> None:
+    """Review s13-hard L4: a concurrent run of the marker test (the lead's suite while an engineer runs this
+    file; all as one user) held a process with the same fixed entry, and ``marked`` found it too (fails
+    before: two pids). The entry is now unique to each run."""
+    other_run = subprocess.Popen(["sleep", "60"], env={**ENV, lifeline.ENV_VAR: "1:2:3:4"})  # (the old entry)
+    try:
+        test_the_sweep_spares_what_does_not_carry_its_marker()
+    finally:
+        other_run.kill()
+        other_run.wait()
