@@ -1,11 +1,15 @@
 """When no cluster starts a request, the client gets the status the clusters refused it with
 (``kvgate.multicluster.router.no_route``): every cluster's remote EPP refusing with 413 gives 413 (was
-503), any 429 among the refusals gives 429, a refusal beside failed clusters gives the refusal, and 503
-is left for no cluster refusing (none ready, none reachable, every one failed). Real gRPC and HTTP on
-loopback: real ``kvgate epp`` servers in Endpoint mode, loopback pods in Parent mode."""
+503) with that EPP's own error body, any 429 among the refusals gives 429 with the smallest
+``Retry-After`` the 429s gave (was always 1), and 503 (retryable) for the rest: a refusal beside a
+cluster that failed (unreachable, 5xx, stalled) is no answer, the failed cluster may be the one that
+would take it (review s13-doors M2). Real gRPC and HTTP on loopback: real ``kvgate epp`` servers in
+Endpoint mode, loopback pods in Parent mode."""
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from gateway.backend import free_port
 from kvgate.datalayer.store import EndpointStore
@@ -20,6 +25,7 @@ from kvgate.extproc.context import AddressIndex, build_epp_director
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import SessionContext
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.epp_client import retry_after_s
 from kvgate.multicluster.router import Attempt, no_route
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -72,7 +78,9 @@ async def test_every_clusters_epp_refusing_413_gives_the_client_413(pods, epps, 
     gw = await global_gateway(ClusterSpec("a", epp=f"127.0.0.1:{a}"), ClusterSpec("b", epp=f"127.0.0.1:{b}"))
     status, body, _ = await _post(gw)
     assert status == 413, body  # was 503: "every cluster failed (last: epp status 413)"
-    assert body["error"]["type"] == "invalid_request_error" and "refused" in body["error"]["message"]
+    # The EPP's own error, as through ``kvgate epp`` (was a generic message and ``request_too_large``).
+    assert body["error"]["code"] == "payload_too_large", body
+    assert body["error"]["message"] == "request body exceeds 100 bytes", body
     assert not pod.received
 
 
@@ -85,17 +93,47 @@ async def test_a_413_and_a_clusters_429_give_429(pods, epps, global_gateway) -> 
     )
     status, body, headers = await _post(gw)
     assert status == 429, body  # was 503: not every cluster said "at capacity"
-    assert headers.get("Retry-After") == "1"
+    assert headers.get("Retry-After") == "1"  # (the busy pod gave none)
+    assert body["error"]["message"].startswith("cluster b at capacity"), body  # not "every cluster"
 
 
-async def test_a_413_beside_an_unreachable_cluster_gives_413(pods, epps, global_gateway) -> None:
+async def test_a_413_beside_an_unreachable_cluster_is_a_retryable_503(pods, epps, global_gateway) -> None:
+    """Cluster a (down now) may be the one with the larger body cap: a retry may succeed (was 413)."""
     pod = await pods()
     small = await epps(pod.address, 100)
     gone = f"127.0.0.1:{free_port()}"
     gw = await global_gateway(ClusterSpec("a", gateway=gone), ClusterSpec("b", epp=f"127.0.0.1:{small}"))
     status, body, _ = await _post(gw)
-    assert status == 413, body
-    assert "cluster b refused" in body["error"]["message"]
+    assert status == 503, body
+    message = body["error"]["message"]
+    assert "cluster b refused (413)" in message and "cluster a: unreachable" in message, message
+
+
+async def test_a_clusters_retry_after_reaches_the_client(global_gateway) -> None:
+    """A Parent-mode cluster's 429 with ``Retry-After: 30`` beside an unreachable cluster: the client gets
+    30 (was always 1, so clients came back 30x too early)."""
+
+    async def busy(_r: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": {"message": "rate limit"}}, status=429, headers={"Retry-After": "30"}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", busy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        gone = f"127.0.0.1:{free_port()}"
+        gw = await global_gateway(
+            ClusterSpec("a", gateway=f"127.0.0.1:{port}"), ClusterSpec("b", gateway=gone)
+        )
+        status, body, headers = await _post(gw)
+        assert status == 429, body
+        assert headers.get("Retry-After") == "30", headers
+    finally:
+        await runner.cleanup()
 
 
 async def test_503_only_when_no_cluster_refused(pods, global_gateway) -> None:
@@ -109,8 +147,9 @@ async def test_503_only_when_no_cluster_refused(pods, global_gateway) -> None:
 
 
 def test_the_rule() -> None:
-    def at(cluster: str, status: int) -> Attempt:
-        return Attempt(cluster, "endpoint", "x", f"epp status {status}" if status else "unreachable", status)
+    def at(cluster: str, status: int, retry_after: int | None = None) -> Attempt:
+        outcome = f"epp status {status}" if status else "unreachable"
+        return Attempt(cluster, "endpoint", "x", outcome, status, retry_after)
 
     assert no_route([]).status == 503
     assert no_route([at("a", 0), at("b", 503)]).status == 503
@@ -118,4 +157,21 @@ def test_the_rule() -> None:
     assert no_route([at("a", 429), at("b", 429)]).status == 429
     assert no_route([at("a", 413), at("b", 429)]).status == 429
     assert no_route([at("a", 503), at("b", 429)]).status == 429
-    assert no_route([at("a", 0), at("b", 404), at("c", 413)]).status == 404  # the first refusal
+    assert no_route([at("a", 404), at("b", 413)]).status == 404  # every one refused: the first refusal
+    # A refusal beside a failure (unreachable, 5xx, stalled) is retryable (was the refusal's status).
+    assert no_route([at("a", 0), at("b", 404), at("c", 413)]).status == 503
+    assert no_route([at("a", 503), at("b", 404)]).status == 503
+    stalled = Attempt("a", "endpoint", "x", "epp stalled (pick)")
+    assert no_route([stalled, at("b", 413)]).status == 503
+    # Retry-After: the smallest the 429s gave, one that gave none counting as 1.
+    assert no_route([at("a", 429, 30), at("b", 0)]).retry_after == 30
+    assert no_route([at("a", 429, 30), at("b", 429, 10)]).retry_after == 10
+    assert no_route([at("a", 429, 30), at("b", 429)]).retry_after == 1
+    assert no_route([at("a", 429), at("b", 429)]).message == "every cluster is at capacity; retry later"
+
+
+def test_retry_after_values() -> None:
+    assert retry_after_s("30") == 30 and retry_after_s(" 0 ") == 0
+    assert retry_after_s(None) is None and retry_after_s("soon") is None and retry_after_s("-5") is None
+    later = email.utils.format_datetime(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=120))
+    assert 100 <= (retry_after_s(later) or 0) <= 121

@@ -33,8 +33,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import email.utils
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -127,6 +129,23 @@ class EppStalled(TimeoutError):
         self.phase = phase
 
 
+def retry_after_s(value: str | None) -> int | None:
+    """A Retry-After header's delay in whole seconds (delta-seconds or an HTTP date), None if absent or
+    unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0, math.ceil(when.timestamp() - time.time()))
+
+
 class EppImmediate(Exception):
     """The EPP answered the response headers with an ImmediateResponse (e.g. a preempted request)."""
 
@@ -158,6 +177,9 @@ class EppStream:
         self.ledgers = ledgers
         self.address = address
         self.status = status
+        # The EPP's refusal (``status``): its error body and Retry-After, passed on to the client.
+        self.error: bytes | None = None
+        self.retry_after: int | None = None
         self.request_mutation = Mutation()
         self.body: bytes = b""  # the body to send the pod (the EPP's, when it streamed one back)
         self.rewritten = False  # the EPP changed the request body: the response goes through it
@@ -222,7 +244,12 @@ class EppStream:
                 break
             kind = msg.WhichOneof("response")
             if kind == "immediate_response":
-                self.status = int(msg.immediate_response.status.code)
+                imm = msg.immediate_response
+                self.status = int(imm.status.code)
+                self.error = imm.body or None
+                for opt in imm.headers.set_headers:
+                    if opt.header.key.lower() == "retry-after":
+                        self.retry_after = retry_after_s(opt.header.value or opt.header.raw_value.decode())
                 break
             if msg.HasField("mode_override"):
                 self._override(msg.mode_override)

@@ -25,7 +25,7 @@ import aiohttp
 import grpc
 
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, TlsOptions
-from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, EppStream
+from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, EppStream, retry_after_s
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy
 from kvgate.multicluster.state import ClusterState, DispatchNote
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
@@ -49,6 +49,8 @@ class Attempt:
     target: str
     outcome: str  # "ok", "unreachable", "status NNN", "epp: ...", "epp stalled (pick)"
     status: int = 0  # the HTTP status the cluster refused with (its EPP's or its pod's / gateway's), or 0
+    retry_after: int | None = None  # a 429's Retry-After (seconds), when it gave one
+    error: bytes | None = None  # a remote EPP's refusal body (its OpenAI-style error), passed on
 
 
 @dataclass(slots=True)
@@ -77,35 +79,65 @@ class Routed:
 
 
 class NoRoute(Exception):
-    def __init__(self, status: int, message: str, attempts: list[Attempt]) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        attempts: list[Attempt],
+        *,
+        retry_after: int | None = None,
+        error: bytes | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.attempts = status, message, attempts
+        self.retry_after = retry_after  # seconds, for a 429's Retry-After
+        self.error = error  # the refusing EPP's own error body, to pass on as it is
+
+
+def _listed(names: list[str]) -> str:
+    unique = list(dict.fromkeys(names))
+    return ("cluster " if len(unique) == 1 else "clusters ") + ", ".join(unique)
 
 
 def no_route(attempts: list[Attempt]) -> NoRoute:
     """What the client gets when no cluster started the request. A cluster *refuses* when it (its EPP,
     or its pod / gateway with a 429) answers a 4xx: the request was heard and turned down; any other end
     (unreachable, a 5xx, an EPP that failed or stalled) is a *failure*.
-    - any refusal was 429 (shed, at capacity): 429 with ``Retry-After``: the fleet is there but busy, the
-      client should slow down (a cluster that failed had no capacity to offer either);
-    - else the first refusal's status (in the policy's order: the most preferred cluster that refused):
-      413 when the body is too large there, 400, 404, ... (every cluster refusing alike gives that one);
-    - 503 only when no cluster refused: none ready, none reachable, or every one failed."""
+    - any refusal was 429 (shed, at capacity): 429 with ``Retry-After``, the smallest the 429s gave (the
+      soonest a cluster expects room; one that gave none counts as 1 s): the fleet is there but busy,
+      the client should slow down (a cluster that failed had no capacity to offer either);
+    - else, when *every* attempt was a refusal (no failure among them), the first refusal's status (in
+      the policy's order: the most preferred cluster that refused), with that EPP's own error body when
+      it sent one: 413 when the body is too large everywhere, 400, 404, ...;
+    - else 503 (retryable), naming the refusals and failures: a cluster that failed may be the one that
+      would take the request (the only one serving the model, the one with the larger body cap), so a
+      refusal beside it is not the answer."""
+    if not attempts:
+        return NoRoute(503, "every cluster failed (no route)", attempts)
     refusals = [a for a in attempts if 400 <= a.status < 500]
+    busy = [a for a in refusals if a.status == 429]
+    if busy:
+        wait = min(1 if a.retry_after is None else a.retry_after for a in busy)
+        if len(busy) == len(attempts):
+            message = "every cluster is at capacity; retry later"
+        else:
+            message = f"{_listed([a.cluster for a in busy])} at capacity, no other could take it; retry later"
+        return NoRoute(429, message, attempts, retry_after=wait)
+    if len(refusals) == len(attempts):
+        first = refusals[0]
+        message = (
+            f"every cluster refused the request ({first.status})"
+            if all(a.status == first.status for a in refusals)
+            else f"cluster {first.cluster} refused the request ({first.status}); no other could take it"
+        )
+        return NoRoute(first.status, message, attempts, error=first.error)
     if not refusals:
-        last = attempts[-1].outcome if attempts else "no route"
-        return NoRoute(503, f"every cluster failed (last: {last})", attempts)
-    if any(a.status == 429 for a in refusals):
-        return NoRoute(429, "every cluster is at capacity; retry later", attempts)
-    first = refusals[0]
-    same = all(a.status == first.status for a in refusals)
-    return NoRoute(
-        first.status,
-        f"every cluster refused the request ({first.status})"
-        if same and len(refusals) == len(attempts)
-        else f"cluster {first.cluster} refused the request ({first.status}); no other could take it",
-        attempts,
+        return NoRoute(503, f"every cluster failed (last: {attempts[-1].outcome})", attempts)
+    said = "; ".join(
+        f"cluster {a.cluster} refused ({a.status})" if a in refusals else f"cluster {a.cluster}: {a.outcome}"
+        for a in attempts
     )
+    return NoRoute(503, f"no cluster could take the request ({said}); retry later", attempts)
 
 
 class GlobalRouter:
@@ -267,7 +299,8 @@ class GlobalRouter:
             elif pick is not None:
                 # The EPP refused (no capacity, model not served there, ...): the next cluster may serve it.
                 status = pick.status or 0
-                attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp status {pick.status}", status))
+                attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp status {pick.status}", status,
+                                        pick.retry_after, pick.error))  # fmt: skip
                 return None
         if spec.gateway is not None:
             return await self._send(
@@ -314,7 +347,8 @@ class GlobalRouter:
             # Nothing reached the client yet: free to go elsewhere.
             resp.release()
             given_up()
-            attempts.append(Attempt(st.name, mode, target, f"status {resp.status}", resp.status))
+            wait = retry_after_s(resp.headers.get("Retry-After")) if resp.status == 429 else None
+            attempts.append(Attempt(st.name, mode, target, f"status {resp.status}", resp.status, wait))
             return None
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
         upstream: AsyncIterator[bytes] = resp.content.iter_any()

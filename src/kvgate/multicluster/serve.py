@@ -8,7 +8,8 @@ cluster usable), ``/v1/clusters`` (what this gateway knows of each cluster).
 It runs on the single-cluster gateway's client-facing front (``kvgate.httpfront``), so it has the same
 hardening: OpenAI-style JSON errors (400 bad body, 404 unknown path, 405 wrong method, 413 body over
 ``limits.maxBodyBytes``, 408 header/body deadlines; when no cluster started the request, 429 if one was
-at capacity, else the status a cluster refused it with (a remote EPP's 413, ...), else 503:
+at capacity (``Retry-After``: the smallest the clusters gave), else the status the clusters refused it
+with when every one refused (a remote EPP's 413, ..., with its own error body), else 503:
 ``router.no_route``; 503 over ``limits.maxConnections``), and the send deadline for clients that stop
 reading (the connection is aborted, which cancels the request upstream and on the remote EPP).
 """
@@ -114,6 +115,15 @@ class _Metrics:
         child.inc()
 
 
+def _openai_error(body: bytes) -> bool:
+    """Whether a remote EPP's refusal body is an OpenAI-style error (passed on as it is), not text."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("error"), dict)
+
+
 def _get_only(handler: Handler) -> Handler:
     async def only_get(request: Request) -> Response | StreamResponse:
         if request.method not in ("GET", "HEAD"):
@@ -215,8 +225,12 @@ class GlobalGateway:
             self.metrics.failed.inc()
             self.metrics.error(parsed.model, str(e.status))
             self._count_failed(e.attempts)
-            retry = {"Retry-After": "1"} if e.status == 429 else None
-            return json_error(e.status, e.message, headers=retry)
+            if e.status == 429:
+                return json_error(429, e.message, headers={"Retry-After": str(e.retry_after or 1)})
+            if e.error is not None and _openai_error(e.error):
+                # The refusing EPP's own error (its message, ``code``, ``param``), as through ``kvgate epp``.
+                return Response(status=e.status, body=e.error, content_type="application/json")
+            return json_error(e.status, e.message)
         try:
             # The name the cluster was sent (a client's rewrite header names it; the EPP there obeys it):
             # the only one its 2xx says anything of (kvgate.openai.labels).
