@@ -81,6 +81,7 @@ class DelayRelay:
     connections: int = 0  # accepted so far
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _closing: bool = False  # (from the start of ``close``: a connection whose task starts now is reset)
 
     @property
     def owd(self) -> float:
@@ -88,6 +89,7 @@ class DelayRelay:
 
     async def start(self) -> int:
         r = self.route
+        self._closing = False
         self._server = await asyncio.start_server(self._handle, r.listen_host, r.listen_port, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
@@ -95,18 +97,28 @@ class DelayRelay:
     async def close(self) -> None:
         """Stop listening, end every relayed connection (both its sockets closed) and wait until their
         tasks ended: to its end also when cancelled meanwhile, the cancellation raised after
-        (``stop_to_the_end``; a cancel had raised at once while the connections still wound down)."""
+        (``stop_to_the_end``; a cancel had raised at once while the connections still wound down). A
+        connection accepted just before, whose task had not run yet (review s13-hard L3: it was relayed
+        after ``close`` returned), is reset when its task runs (its first step, maybe after ``close``
+        returned), without connecting to the target; the close waits until no task it knows is left."""
         await stop_to_the_end(self._close(), f"delay relay {self.port}: closing", log)
 
     async def _close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        await cancel_all_and_wait(list(self._tasks), "relayed connection", log)
+        seen: set[asyncio.Task[None]] = set()
+        while left := self._tasks - seen:  # (until none is left; one abandoned as stuck only once)
+            seen |= left
+            await cancel_all_and_wait(list(left), "relayed connection", log)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
     async def _handle(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        if self._closing:  # (accepted before the close, run after its start: not relayed)
+            down_w.transport.abort()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)

@@ -143,6 +143,7 @@ class ReplicaState:
     _wake: asyncio.Event
     _driver: asyncio.Task[None] | None
     _bg: list[asyncio.Task[None]]
+    _closing: bool
 
     def sim_now(self) -> float:
         raise NotImplementedError

@@ -82,6 +82,7 @@ class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
         self.port = cfg.port
         self.running = False
         self._bg: list[asyncio.Task[None]] = []
+        self._closing = False  # (while ``close`` runs: no admin crash accepted, no start)
         self.created = int(time.time())
 
     # ---------------------------------------------------------------------------------------------------
@@ -96,7 +97,8 @@ class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
         return f"http://{self.cfg.host}:{self.port}"
 
     async def start(self) -> None:
-        if self.running:
+        """Listen and run the engine (a no-op while running, or while ``close`` runs)."""
+        if self.running or self._closing:
             return
         loop = asyncio.get_running_loop()
         if self._runner is None:
@@ -159,21 +161,34 @@ class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
 
     async def close(self) -> None:
         """Stop (``stop``) and release everything: the app's runner (its port), the KV-event sockets, the
-        admin crashes under way (waited for: one may be stopping it). To its end also when cancelled
-        meanwhile, the cancellation raised after (``stop_to_the_end``: it had skipped the runner and the
-        KV-event sockets)."""
+        admin crashes under way (cancelled and waited for: one may be stopping or restarting it). While it
+        runs, ``POST /sim/stop`` answers 503 and ``start`` does nothing, and the crashes are drained until
+        none is left, so none started during the close runs after it (review s13-hard L3: one accepted in
+        the turns before the stop reset its connection restarted the replica after ``close`` returned).
+        To its end also when cancelled meanwhile, the cancellation raised after (``stop_to_the_end``: it
+        had skipped the runner and the KV-event sockets)."""
         await stop_to_the_end(self._close(), f"replica {self.index}: closing", log)
 
     async def _close(self) -> None:
-        await cancel_all_and_wait(self._bg, "replica background task", log)
-        self._bg.clear()
-        await self.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self.kv is not None:
-            await self.kv.close()
-            self.kv = None
+        self._closing = True
+        try:
+            await self._cancel_bg()
+            await self.stop()
+            await self._cancel_bg()
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+            if self.kv is not None:
+                await self.kv.close()
+                self.kv = None
+        finally:
+            self._closing = False  # (closed: a later ``start`` starts it afresh, as before)
+
+    async def _cancel_bg(self) -> None:
+        while self._bg:  # (until none is left: one may have been added while we waited)
+            tasks = list(self._bg)
+            self._bg.clear()
+            await cancel_all_and_wait(tasks, "replica background task", log)
 
     def sim_now(self) -> float:
         """Simulated seconds since start (wall time x time_scale)."""
