@@ -15,9 +15,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import grpc
 import orjson
 import pytest
 from aiohttp import web
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
 
 from gateway.backend import free_port
 from kvgate.datalayer.store import EndpointStore
@@ -175,3 +180,34 @@ def test_retry_after_values() -> None:
     assert retry_after_s(None) is None and retry_after_s("soon") is None and retry_after_s("-5") is None
     later = email.utils.format_datetime(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=120))
     assert 100 <= (retry_after_s(later) or 0) <= 121
+
+
+class _BusyEpp(pb_grpc.ExternalProcessorServicer):
+    """A remote EPP that sheds every request: ImmediateResponse 429 with ``retry-after: 7`` and its error."""
+
+    async def Process(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.ProcessingResponse]:
+        async for msg in request_iterator:
+            if msg.WhichOneof("request") == "request_body" and msg.request_body.end_of_stream:
+                header = base_pb2.HeaderValue(key="retry-after", raw_value=b"7")
+                yield pb.ProcessingResponse(
+                    immediate_response=pb.ImmediateResponse(
+                        status=http_status_pb2.HttpStatus(code=429),
+                        headers=pb.HeaderMutation(set_headers=[base_pb2.HeaderValueOption(header=header)]),
+                        body=b'{"error": {"message": "shed", "type": "rate_limit", "code": "shed"}}',
+                    )
+                )
+                return
+
+
+async def test_a_remote_epps_retry_after_reaches_the_client(global_gateway) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_ExternalProcessorServicer_to_server(_BusyEpp(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        gw = await global_gateway(ClusterSpec("a", epp=f"127.0.0.1:{port}"))
+        status, body, headers = await _post(gw)
+        assert status == 429, body
+        assert headers.get("Retry-After") == "7", headers
+    finally:
+        await server.stop(0)
