@@ -21,8 +21,11 @@
   (``KVGATE_WATCHDOG``, naming the watchdog and this process by pid and start time): a nested bench
   starts none of its own (their descendants stay in its tree; what a nested bench killed by SIGKILL
   leaves is then terminated when the outer bench ends, by its reap or its watchdog, not at once); and its
-  sweep also takes every process whose environment (as at its ``exec``) holds that entry, wherever it is
-  now (``marked``): what it had not listed yet.
+  sweep also takes, wherever they are now, what it had not listed yet: every process whose exec-time
+  environment block (``/proc/<pid>/environ``, as it is in that process's memory now) holds that entry
+  (``marked``: an exec'd descendant that inherited it), and every process that holds this process's end
+  of the watchdog's socket open (``holding``: a fork of this process without an exec, and its forks; it
+  shows this process's block, which lacks the entry: ``os.environ`` sets it on the heap).
 
 What a daemonizing descendant does: while this process lives, a descendant's double fork (``setsid``, the
 middle process exits) re-parents the daemon to this process, a subreaper, so it stays in the tree and is
@@ -30,14 +33,18 @@ listed at the next tick. A subreaper does not help once this process died: its o
 nearest subreaper among its *ancestors*, or init, and the watchdog is not one (it is this process's
 child). What the watchdog had not listed by then (started or detached within the last ``TICK_S`` and
 not ``sync()``ed, or started before its first listing: ``start_watchdog`` does not wait for it, its
-interpreter's start takes 0.1-1 s on a loaded machine) is found by the ``KVGATE_WATCHDOG`` entry it
-inherited, in a ``tree`` watchdog of a subreaper (a bench: ``reaper.install()``); so is what detaches
-during the sweep's grace (its second scan).
+interpreter's start takes 0.1-1 s on a loaded machine) is found, in a ``tree`` watchdog, by the
+``KVGATE_WATCHDOG`` entry in its exec-time environment (exported only by a subreaper: a bench,
+``reaper.install()``) or, for a fork without an exec of this process, by the socket it still holds; so
+is what detaches during the sweep's grace (its second scan).
 
 Not covered: a process started through a daemon (``docker run``, ``systemd-run``, ``at``: neither a
-descendant nor an heir of the environment); one not listed yet that runs with an environment rebuilt
-without the entry (``env -i``, ``sudo``, a caller passing its own ``env``), or that was started before
-the entry was exported (before ``start_watchdog``) and left the tree before the first listing; for a
+descendant nor an heir of the environment); one not listed yet that was exec'd with an environment
+rebuilt without the entry (``env -i``, ``sudo``, a caller passing its own ``env``), or that overwrote its
+environment block (``setproctitle`` does, on Linux, to make room for its title), or a fork without an
+exec of this process that closed its descriptors (``python-daemon``'s ``DaemonContext``, a
+``closerange``), or that was started before the entry was exported (before ``start_watchdog``) and left
+the tree before the first listing; for a
 watchdog without ``tree`` (``kvgate.realvllm``'s, no entry exported) any process not listed yet that left
 its watched groups' tree; anything when the watchdog ends too: a SIGKILL of every process of the user,
 the OOM killer choosing it, a container stopped (a plain SIGTERM of the watchdog is not one: it sweeps
@@ -46,7 +53,9 @@ still starting, SIGTERM being blocked from its fork until its handler is set; bu
 running after such a sweep is unwatched from then on: no new watchdog is started for it); a pid reused
 in the instant between the check and the signal (no pidfd per process).
 Cost: one ``/proc/<pid>/stat`` read per process of the whole machine each ``TICK_S`` per watchdog (~5 ms
-with ~110 processes under load 8); at the sweep only, twice, one ``/proc/<pid>/environ`` read per process.
+with ~110 processes under load 8); at the sweep only, twice, per process of the machine one
+``/proc/<pid>/environ`` read (~1 ms in all with ~100 processes) and, for this user's, a ``readlink`` per
+open descriptor (~8 ms in all).
 """
 
 from __future__ import annotations
@@ -294,7 +303,17 @@ def start_watchdog(grace_s: float = GRACE_S, tick_s: float = TICK_S, *, tree: bo
         ours, theirs = socket.socketpair()  # (not inherited by our other children: close_fds)
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # (kvgate's parent folder)
         code = f"import sys; sys.path.insert(0, {here!r}); import kvgate.lifeline as m; m._watch_main()"
-        args = [str(me), str(st[3]), str(theirs.fileno()), repr(grace_s), repr(tick_s), str(int(tree))]
+        # (and the inode of this end: held, as an open fd, by what this process forks without an exec)
+        ino = os.fstat(ours.fileno()).st_ino
+        args = [
+            str(me),
+            str(st[3]),
+            str(theirs.fileno()),
+            repr(grace_s),
+            repr(tick_s),
+            str(int(tree)),
+            str(ino),
+        ]
         # SIGTERM blocked across the start (the mask survives fork and exec): one that arrives before the
         # watchdog's handler is set (its interpreter's start, 0.1-1 s under load) stays pending until
         # ``_watch_main`` has set it, and then sweeps, rather than ending it by the default action.
@@ -376,6 +395,7 @@ def _ask(first: bytes, timeout_s: float) -> bool:
 def _watch_main() -> None:
     parent, start, fd = (int(a) for a in sys.argv[1:4])
     grace_s, tick_s, tree = float(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "1"
+    their_end = int(sys.argv[7]) if len(sys.argv) > 7 else 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a Ctrl-C is for the process it watches)
     # A SIGTERM (``kill``, a shutdown's SIGTERM to every process) ends it with a sweep, not without one:
     # its handler only wakes the loop (the wake-up fd, watched with the rest), which then sweeps, and it
@@ -390,7 +410,8 @@ def _watch_main() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # (blocked since its start: start_watchdog)
     if (fn := prctl()) is not None:
         fn(PR_SET_NAME, WATCHDOG_NAME, 0, 0, 0)  # (its name: see WATCHDOG_NAME)
-    if watch(parent, start, socket.socket(fileno=fd), grace_s, tick_s, tree, wake_fd=wake_r):
+    sock = socket.socket(fileno=fd)
+    if watch(parent, start, sock, grace_s, tick_s, tree, wake_fd=wake_r, their_end=their_end):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)  # (dies of it, as without the handler)
 
@@ -403,6 +424,7 @@ def watch(
     tick_s: float,
     tree: bool = True,
     wake_fd: int = -1,
+    their_end: int = 0,
 ) -> bool:
     """The watchdog's loop: list what it covers (``tree``: ``parent``'s descendants; and the members of
     the groups it was asked to watch and their descendants) each ``tick_s`` and when asked on ``sock``,
@@ -410,7 +432,9 @@ def watch(
     readable, then terminate what of them runs on (after the SIGTERM: listed once more first, the parent
     still running; the parent itself is not signalled). ``sock`` carries lines: ``s<n>`` (list now, then
     answer ``k<n>``), ``g<pgid>`` (watch that group until none of it is left), ``t`` (cover the whole
-    tree from now on). Whether it ended on ``wake_fd``."""
+    tree from now on). ``their_end``: the inode of ``parent``'s end of ``sock`` (a ``tree`` sweep also
+    takes what holds it open: ``parent``'s forks without an exec; 0: none). Whether it ended on
+    ``wake_fd``."""
     me = os.getpid()
     known: dict[int, int] = {}  # pid -> start time: every process covered seen, while it lives
     groups: set[int] = set()  # the process groups it was asked to watch, while any process of them is left
@@ -480,11 +504,14 @@ def watch(
     if woken and parent_alive():
         list_descendants()  # (what started since the last listing)
     # What detached from the tree since the last listing (a daemon's double fork, a child started and
-    # the process killed within ``tick_s``): re-parented to init by now, but it still carries the
-    # variable this process exported to its descendants (``_export_cover``) naming this watchdog.
+    # the process killed within ``tick_s``): re-parented to init by now, but an exec'd one carries the
+    # variable this process exported to its descendants (``_export_cover``) naming this watchdog in the
+    # environment block of its exec, and one ``parent`` forked without an exec (which shows ``parent``'s
+    # block, without the variable) still holds ``parent``'s end of the socket, unless it closed it.
     me_st = stat(me)
     marker = b"" if not tree or me_st is None else cover_marker(me, me_st[3], parent, start)
-    sweep(known, grace_s, exclude={me, parent}, spare_group=parent_group, marker=marker)
+    held = f"socket:[{their_end}]" if tree and their_end else ""
+    sweep(known, grace_s, exclude={me, parent}, spare_group=parent_group, marker=marker, held=held)
     return woken
 
 
@@ -509,19 +536,47 @@ def marked(table: dict[int, Stat], entry: bytes) -> set[int]:
     return out
 
 
+def holding(table: dict[int, Stat], link: str) -> set[int]:
+    """Those of ``table`` with an open file descriptor on ``link`` (what ``/proc/<pid>/fd/<n>`` links
+    to, e.g. ``socket:[123]``); those whose descriptors cannot be read (another user's) are not."""
+    out = set()
+    for pid in table:
+        base = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(base)
+        except OSError:  # (gone, or not ours to read)
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{base}/{fd}") == link:
+                    out.add(pid)
+                    break
+            except OSError:
+                continue
+    return out
+
+
 def sweep(
-    known: dict[int, int], grace_s: float, exclude: set[int], spare_group: int = 0, marker: bytes = b""
+    known: dict[int, int],
+    grace_s: float,
+    exclude: set[int],
+    spare_group: int = 0,
+    marker: bytes = b"",
+    held: str = "",
 ) -> dict[int, int]:
-    """Terminate those of ``known`` (pid -> start time) still running, and those whose environment holds
-    the entry ``marker`` (``marked``; none when empty), their descendants and the members of the groups
-    they lead or belong to, but ``spare_group`` (SIGTERM; SIGKILL after ``grace_s`` to what still runs
-    and to what started meanwhile); those that had to be killed."""
+    """Terminate those of ``known`` (pid -> start time) still running, those whose environment holds the
+    entry ``marker`` (``marked``; none when empty) and those with a descriptor open on ``held``
+    (``holding``; none when empty), their descendants and the members of the groups they lead or
+    belong to, but ``spare_group`` (SIGTERM; SIGKILL after ``grace_s`` to what still runs and to what
+    started meanwhile); those that had to be killed."""
 
     def found() -> dict[int, int]:
         table = scan()
         roots = [p for p, s in known.items() if p in table and table[p][3] == s and table[p][2] != "Z"]
         if marker:
             roots += [p for p in marked(table, marker) if table[p][2] != "Z"]
+        if held:
+            roots += [p for p in holding(table, held) if table[p][2] != "Z"]
         groups = {table[p][1] for p in roots} - {spare_group}
         pids = (tree(table, roots, groups) | set(roots)) - exclude
         return {p: table[p][3] for p in pids if table[p][2] != "Z"}

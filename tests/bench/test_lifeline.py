@@ -525,3 +525,91 @@ def test_the_marker_test_survives_a_concurrent_run_of_itself() -> None:
     finally:
         other_run.kill()
         other_run.wait()
+
+
+# L2: ``marked`` reads /proc/<pid>/environ, the environment block of the process's exec: a process the bench
+# forked without an exec shows the bench's block, without the entry (the bench set it with putenv, on the
+# heap), though its os.environ holds it. It still holds the bench's end of the watchdog's socket.
+_PY_DAEMON = r"""
+import os, signal, sys, time
+from kvgate import lifeline
+
+lifeline.become_subreaper()
+lifeline.start_watchdog(grace_s=0.5, tick_s=600)  # (lists at its start and when asked: the window wide)
+assert lifeline.sync(), "the watchdog did not answer"  # (its last listing)
+wd = lifeline.watchdog_pid()
+os.kill(wd, signal.SIGSTOP)  # (held until the bench died: its last listing cannot see the daemon)
+while lifeline.stat(wd)[2] != "T":
+    time.sleep(0.001)
+assert lifeline.ENV_VAR in os.environ
+r, w = os.pipe()
+mid = os.fork()
+if mid == 0:  # a daemon the Python way (a fork start method, a hand-made daemon): fork, setsid, fork
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        assert lifeline.ENV_VAR in os.environ
+        os.write(w, b"%d\n" % os.getpid())
+        time.sleep(120)
+    os._exit(0)
+os.waitpid(mid, 0)
+daemon = int(os.read(r, 64))
+while lifeline.stat(daemon)[0] != os.getpid():
+    time.sleep(0.01)  # (re-parented to us: we are a subreaper)
+with open(f"/proc/{daemon}/environ", "rb") as f:
+    seen = lifeline.ENV_VAR.encode() in f.read()
+print(wd, daemon, int(seen), flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_daemon_forked_by_the_bench_itself_is_swept_too(tmp_path: Path) -> None:
+    """Review s13-hard L2: a daemon the bench forked itself (os.fork, no exec) after the watchdog's last
+    listing was not found by the marker sweep (its /proc/<pid>/environ lacks the entry) and ran on
+    (fails before). The sweep now also takes what holds the bench's end of the watchdog's socket open."""
+    script = tmp_path / "bench.py"
+    script.write_text(_PY_DAEMON)
+    bench = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)  # fmt: skip
+    procs: dict[int, int] = {}
+    watchdog = 0
+    try:
+        assert bench.stdout is not None
+        watchdog, daemon, seen = (int(x) for x in bench.stdout.readline().split())
+        procs = _start_times([daemon])
+        assert not seen, "its /proc/<pid>/environ holds the entry: not the case this test is about"
+        bench.kill()
+        bench.wait()
+        os.kill(watchdog, signal.SIGCONT)
+        left = _wait_gone(procs, within_s=20)
+        assert not left, "the bench's forked daemon runs on after its watchdog's sweep"
+        _wait_ended(watchdog, within_s=20)
+    finally:
+        bench.kill()
+        bench.wait()
+        if watchdog:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(watchdog, signal.SIGCONT)
+        _kill_all(procs)
+
+
+def test_holding_finds_only_what_holds_the_descriptor() -> None:
+    """``holding``: a process with a descriptor open on the socket is found; one without is not."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    link = f"socket:[{os.fstat(ours.fileno()).st_ino}]"
+    procs = [
+        subprocess.Popen(["sleep", "60"], pass_fds=(ours.fileno(),)),
+        subprocess.Popen(["sleep", "60"], pass_fds=(theirs.fileno(),)),
+        subprocess.Popen(["sleep", "60"]),
+    ]
+    try:
+        table = lifeline.scan()
+        assert lifeline.holding(table, link) - {os.getpid()} == {procs[0].pid}
+    finally:
+        ours.close()
+        theirs.close()
+        for p in procs:
+            p.kill()
+            p.wait()
