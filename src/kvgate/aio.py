@@ -175,8 +175,10 @@ async def stop_to_the_end(
     change nothing); one still running then is logged by ``what`` and left to finish on its own, and the
     cancellation raised. An error the stop ended on after a cancel is logged, the cancellation raised.
     A ``KeyboardInterrupt`` or ``SystemExit`` (any ``BaseException`` but an ``Exception`` or a
-    cancellation: a second Ctrl-C under ``asyncio.run`` lands in the stop running after the first) ends
-    the stop where it was raised, as it would in ``await cleanup`` (its ``finally`` blocks run), and is
+    cancellation: a second Ctrl-C under ``asyncio.run`` may land in the stop running after the first,
+    when it comes while the stop's code runs; usually the loop waits in its selector then, the interrupt
+    leaves ``run_until_complete`` directly and ``asyncio.run``'s end cancels the stop's task) ends the
+    stop where it was raised, as it would in ``await cleanup`` (its ``finally`` blocks run), and is
     raised here as itself, cancelled or not, and not logged: the stop's task catches it and hands it over
     (a task ending on one would raise it out of the event loop at once, and the caller a second time,
     cutting ``asyncio.run``'s cancellation of the other tasks). A stop whose caller no longer waits (left
