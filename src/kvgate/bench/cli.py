@@ -12,6 +12,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from kvgate.bench.outdir import default_out
+
 # Other benchmark modules with their own CLI: name -> module.
 DELEGATED = {
     "picker": "kvgate.bench.picker_micro",
@@ -46,7 +48,11 @@ def _parser(fleet: list[str]) -> argparse.ArgumentParser:
     p.add_argument("scenario", choices=[*fleet, "live", "inference-perf", "list"])
     p.add_argument("--quick", action="store_true", help="fewer load points, shorter runs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default results/<scenario>, git-ignored; docs/benchmarks to publish)",
+    )
     p.add_argument("--policies", help="comma-separated policies (default: the scenario's list)")
     p.add_argument(
         "--qps",
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     from kvgate.bench.scenarios import SCENARIOS
 
     args = _parser(list(SCENARIOS)).parse_args(args_in)
+    if args.out is None:  # not the tracked docs/benchmarks (a run without --out overwrote its figures)
+        args.out = default_out(args.scenario)
     policies = args.policies.split(",") if args.policies else None
     if args.scenario == "list":
         for name, sc in SCENARIOS.items():

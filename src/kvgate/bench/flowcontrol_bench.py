@@ -46,10 +46,10 @@ import argparse
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kvgate.bench.fleetsim import _copy_stats
+from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.report import pct, write_json
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.flowcontrol.dispatcher import GIVE_UP_MESSAGE
@@ -62,7 +62,6 @@ CRITICAL = "critical"
 BATCH = "batch"
 SLO_TTFT = {CRITICAL: 1.0, BATCH: 10.0}
 INTERACTIVE_SLO = 1.0
-DEFAULT_OUT = Path("results/flowcontrol")  # (--out; git-ignored, unlike docs/benchmarks)
 PRIORITY = {CRITICAL: 10, BATCH: -1}
 # maxConcurrency = the servers' running-batch limit (--max-num-seqs, as the live run sets it); the
 # pending bound does the work.
@@ -604,11 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine-priority", action="store_true",
                    help="servers schedule by vLLM request priority (band, then over-share last)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
-    # Not docs/benchmarks by default: a run without --out overwrote the tracked flowcontrol.json there
-    # (the published figures); /results/ is git-ignored. Pass --out docs/benchmarks to publish.
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"folder for flowcontrol.json / flowcontrol-live.json (default {DEFAULT_OUT}; "
-                        "docs/benchmarks to publish)")  # fmt: skip
+    # Not docs/benchmarks by default (kvgate.bench.outdir): a run without --out overwrote the tracked
+    # flowcontrol.json there. Pass --out docs/benchmarks to publish.
+    add_out(p, "flowcontrol", "flowcontrol.json / flowcontrol-live.json")
     p.add_argument("--live", action="store_true", help="real kvgate serve + simulated fleet over HTTP")
     from kvgate.bench import flowcontrol_live
 
@@ -656,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "flowcontrol.json", rows)
     print(render(rows))
-    print(f"\nwrote {args.out / 'flowcontrol.json'}")
+    print()
+    wrote(args.out / "flowcontrol.json")
     return 0
 
 

@@ -32,6 +32,7 @@ import yaml
 from kvgate.bench import flowcontrol_bench as fc
 from kvgate.bench import loadgen, procs
 from kvgate.bench.live_fleet import FleetSpec, lag_summary, sim_states, start_fleet
+from kvgate.bench.outdir import wrote
 from kvgate.bench.report import write_json
 from kvgate.bench.workloads import RequestSpec
 
@@ -226,5 +227,6 @@ def main_from_args(args: argparse.Namespace, argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "flowcontrol-live.json", rows)
     print(render(rows))
-    print(f"\nwrote {args.out / 'flowcontrol-live.json'}")
+    print()
+    wrote(args.out / "flowcontrol-live.json")
     return 0

@@ -4,13 +4,15 @@ inference-perf needs Python >= 3.12 (kvgate supports 3.11), so it gets its own c
 a 3.12 interpreter found on this machine (``python3.12`` on PATH or a pyenv version). It loads the
 simulator's tokenizer directory (``HF_HUB_OFFLINE=1``: nothing is downloaded) and runs its own
 ``shared_prefix`` data generator with a Poisson ladder, as the reference's prefix-cache benchmarks do.
-Its ``summary_lifecycle_metrics.json`` is summarised into ``docs/benchmarks/inference-perf.{json,md}``.
+Its ``summary_lifecycle_metrics.json`` is summarised into ``inference-perf.{json,md}`` under ``--out``
+(by default the git-ignored ``results/inference-perf``; ``--out docs/benchmarks`` publishes).
 
 Usage: ``kvgate bench inference-perf [--quick]`` or ``python -m kvgate.bench.inference_perf``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import glob
 import os
@@ -25,6 +27,7 @@ import orjson
 import yaml
 
 from kvgate.bench import live, procs, report
+from kvgate.bench.outdir import default_out, out_help, wrote
 
 VERSION = "0.7.0"
 
@@ -147,6 +150,7 @@ def run(out: Path, quick: bool = False, seed: int = 0) -> int:
     report.write_json(out / "inference-perf.json", result)
     (out / "inference-perf.md").write_text(summarise(result))
     print(summarise(result))
+    wrote(out / "inference-perf.json", out / "inference-perf.md")
     return 0
 
 
@@ -185,8 +189,20 @@ def summarise(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kvgate.bench.inference_perf [OUT] [--quick] [--seed N]``, as ``kvgate bench`` runs it."""
+    doc = (__doc__ or "").splitlines()[0]
+    p = argparse.ArgumentParser(prog="python -m kvgate.bench.inference_perf", description=doc)
+    p.add_argument("out", nargs="?", type=Path, default=default_out("inference-perf"),
+                   help=out_help("inference-perf", "inference-perf.json/.md"))  # fmt: skip
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    return run(args.out, args.quick, args.seed)
+
+
 if __name__ == "__main__":
     from kvgate.bench import reaper
 
     reaper.install()  # (python -m: its children end with it, as under kvgate bench)
-    sys.exit(run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/benchmarks"), "--quick" in sys.argv))
+    sys.exit(main())

@@ -118,6 +118,7 @@ from kvgate.bench.live_routers import picker_config as picker_config
 from kvgate.bench.live_routers import precise_scorer_params as precise_scorer_params
 from kvgate.bench.live_routers import start_kvgate as start_kvgate
 from kvgate.bench.live_routers import start_peer as start_peer
+from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.procs import Proc
 from kvgate.k8s.tasks import wait_event
 
@@ -383,6 +384,7 @@ def main_from_args(
     md = markdown(payload)
     base.with_suffix(".md").write_text(md)
     print(md)
+    wrote(base.with_suffix(".json"), base.with_suffix(".md"))
     return 0
 
 
@@ -475,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kvgate.bench.live", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="shorter runs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    add_out(p, "live", "live-shared-prefix.json/.md")
     p.add_argument("--policies", help="comma-separated policies or router kinds")
     p.add_argument("--qps", type=float, help="fixed offered QPS (simulated), instead of --load-fraction")
     p.add_argument("--duration", type=float, help="simulated seconds measured per run")

@@ -56,7 +56,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -66,6 +65,7 @@ from kvgate.bench import live, loadgen, report
 from kvgate.bench.live_fleet import KV_EVENTS_OFFSET, MODEL, FleetSpec
 from kvgate.bench.live_routers import KVGATE_TARGETS, PEER_TARGETS, Target
 from kvgate.bench.mixed import FAMILIES, TUNING_SEEDS, Family, mixed_workload
+from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.workloads import RequestSpec
 
 # kvgate default, round robin (kvgate serve), sglang-router and vllm-router cache_aware.
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=DEFAULT_WARMUP)
     p.add_argument("--duration", type=float, default=DEFAULT_DURATION)
     p.add_argument("--grace", type=float, default=DEFAULT_GRACE)
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    add_out(p, "multiturn", "live-multiturn.json/.md")
     p.add_argument("--no-netns", action="store_true", help="don't re-exec inside `unshare -n`")
     return p
 
@@ -376,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(payload)
     base.with_suffix(".md").write_text(md)
     print(md)
+    wrote(base.with_suffix(".json"), base.with_suffix(".md"))
     return 0
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.report import Collector
 from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
 from kvgate.datalayer.endpoint import Endpoint
@@ -547,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="20 s runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-loss", action="store_true", help="skip the cluster-loss phase")
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    add_out(p, "multicluster", "multicluster.json, -table.md, .png, -loss.png")
     args = p.parse_args(argv)
     policies = args.policies.split(",")
     for pol in policies:
@@ -621,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     except ImportError as e:
         print(f"plots skipped: {e}", file=sys.stderr)
+    wrote(args.out / f"multicluster{suffix}.json", args.out / f"multicluster{suffix}-table.md")
     return 0
 
 

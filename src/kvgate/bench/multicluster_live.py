@@ -51,6 +51,7 @@ from kvgate.aio import cancel_and_wait
 from kvgate.bench import netns, procs
 from kvgate.bench.loadgen import build_body, sse_data
 from kvgate.bench.multicluster import _ratio, plot_ttft_bars, rows_vs_hub
+from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.procs import Proc
 from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
 
@@ -809,6 +810,7 @@ async def run(cfg: LiveConfig, policies: list[str], phases: list[str], out: Path
         plot_timeline(out / "multicluster-live-loss.png", rows, names, cfg.request_timeout)
     except ImportError as e:
         print(f"plot skipped: {e}", file=sys.stderr)
+    wrote(out / "multicluster-live.json", out / "multicluster-live-table.md", file=log)
     return 0
 
 
@@ -829,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated, of {', '.join(PHASES)} (partition: west's link cut, then healed)",
     )
     p.add_argument("--gateways", type=int, default=1, help="global gateways (processes), arrivals split")
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    add_out(p, "multicluster", "multicluster-live.json, -table.md, .png, -loss.png")
     args = p.parse_args(argv)
     policies = args.policies.split(",")
     from kvgate.multicluster.policies import POLICIES as KNOWN

@@ -18,12 +18,12 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from kvgate.bench import report
 from kvgate.bench.fleetsim import FleetConfig, FleetSim
 from kvgate.bench.mixed import FAMILIES, TUNING_SET, VALIDATION_SET, Family, mixed_workload
+from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.report import KNEE_FACTOR, find_knee
 from kvgate.bench.workloads import RequestSpec
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "--capacities",
         help="skip the capacity search with known capacities per family, e.g. a=11.77,b=10.96,c=8.74",
     )
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    add_out(p, "multiturn", "fleet-multiturn.json/.md")
     args = p.parse_args(argv)
     policies = args.policies.split(",")
     probe = args.probe_policies.split(",")
@@ -294,4 +294,5 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(cap_lines))
     print("\n".join(lines))
     print(table)
+    wrote(base.with_suffix(".json"), base.with_suffix(".md"))
     return 0

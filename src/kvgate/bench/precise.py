@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kvgate.bench.outdir import default_out, out_help, wrote
 from kvgate.config.picker import EndpointPickerConfig, load_config
 
 # Registered here, not in ``scheduling.policies``: the precise scorer needs an event feed, which only
@@ -177,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="half-length measured windows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--qps", default="20,40", help="comma-separated offered loads")
-    ap.add_argument("--out", default="docs/benchmarks", help="where precise-fleet.json/.md go ('' = none)")
+    ap.add_argument(
+        "--out",
+        default=str(default_out("precise")),
+        help=out_help("precise", "precise-fleet.json/.md") + "; '' = none",
+    )
     args = ap.parse_args(argv)
     qps_list = [float(q) for q in args.qps.split(",") if q]
     print(HEADER, flush=True)
@@ -188,12 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         (out / "precise-fleet.json").write_text(json.dumps(rows, indent=1, default=str))
         titles = "\n".join(f"- `{sc.name}`: {sc.title}" for sc in _scenarios())
         cmd = "kvgate bench precise" + (" --quick" if args.quick else "")
-        cmd += f" --seed {args.seed} --qps {args.qps}"
+        cmd += f" --seed {args.seed} --qps {args.qps} --out {args.out}"
         body = "\n".join(_line(r) for r in rows)
         (out / "precise-fleet.md").write_text(
             f"# Precise vs approximate prefix scoring (fleet simulator)\n\nCommand: `{cmd}`\n\n"
             f"{titles}\n\n{HEADER}\n{body}\n"
         )
+        wrote(out / "precise-fleet.json", out / "precise-fleet.md")
     return 0
 
 

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kvgate.bench import report
 from kvgate.bench.fleetsim import FleetConfig, FleetResult, FleetSim
+from kvgate.bench.outdir import wrote
 from kvgate.bench.scenarios import Scenario
 
 
@@ -167,5 +168,6 @@ def run_scenario(
     if series:
         report.plot_load(base.parent / f"{base.name}-load.png", series, f"{sc.title}: per-replica queue")
     print(table)
-    console.print(f"wrote {base}.json/.md/-ttft.png ({wall:.0f} s)")
+    console.print(f"wall time {wall:.0f} s")
+    wrote(base.with_suffix(".json"), base.with_suffix(".md"), base.parent / f"{base.name}-ttft.png")
     return payload

@@ -21,13 +21,13 @@ import math
 import multiprocessing
 import random
 import sys
-from pathlib import Path
 from typing import Any
 
 from kvgate.bench import report
 from kvgate.bench.fleetsim import FleetConfig
 from kvgate.bench.mixed import FAMILIES, TUNING_SET, VALIDATION_SET, mixed_workload
 from kvgate.bench.multiturn import MixedFleetSim
+from kvgate.bench.outdir import add_out, wrote
 from kvgate.config.director import build_director
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--duration", type=float, default=120.0)
     p.add_argument("--warmup", type=float, default=30.0)
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    add_out(p, "workers", "fleet-workers.json/.md")
     args = p.parse_args(argv)
     caps = {k: float(v) for k, _, v in (item.partition("=") for item in args.capacities.split(","))}
     runs = {"tuning": TUNING_SET, "validation": VALIDATION_SET}
@@ -286,4 +286,5 @@ def main(argv: list[str] | None = None) -> int:
         + "\n"
     )
     print("\n".join(lines))
+    wrote(args.out / "fleet-workers.json", args.out / "fleet-workers.md")
     return 0
