@@ -6,6 +6,10 @@ which sends every buffered batch from the start sequence in one loop, then the e
 a message silently when the peer's pipe is full, so an answer of a few thousand batches loses some, the
 end marker included: the fetch timed out and the catch-up was skipped. ``VLLMShapedReplay`` serves the same
 way, on a thread; ``lose`` makes chosen losses certain.
+
+The tests check what was fetched, not the exact list of requests: one more request (a silence of 0.25 s
+mid-answer on a loaded machine, ``FETCH_SILENCE_S``) changes that list but not the outcome. A re-request
+asks from the last batch got (one batch of overlap, to tell the same engine answers).
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ async def test_a_lost_end_marker_is_asked_again_from_the_next_batch():
         sub = _subscriber(server)
         got = await sub._fetch(0)
         assert got is not None and [s for s, _ in got] == list(range(300))
-        assert server.requests == [0, 300] and sub.stats.fetch_rerequests == 1
+        assert server.requests[0] == 0 and sub.stats.fetch_rerequests == len(server.requests) - 1 >= 1
     finally:
         server.close()
 
@@ -87,18 +91,21 @@ async def test_a_lost_end_marker_is_asked_again_from_the_next_batch():
 async def test_a_hole_in_the_answer_is_asked_again_from_the_first_missing_batch():
     """Failed before: batches 100-149 were missing from the answer and the catch-up applied only what
     followed the hole (its newest run); a gap's replay gave up and cleared the endpoint."""
-    server = VLLMShapedReplay(
-        _payloads(300), lose=lambda n, seq: n in (1, 3) and seq is not None and 100 <= seq < 150
-    )
+    server: VLLMShapedReplay
+
+    def lose(n: int, seq: int | None) -> bool:  # (each fetch's first request: the one from 0, from 50)
+        return server.requests[n - 1] in (0, 50) and seq is not None and 100 <= seq < 150
+
+    server = VLLMShapedReplay(_payloads(300), lose=lose)
     try:
         sub = _subscriber(server)
         got = await sub._fetch(0)
         assert got is not None and [s for s, _ in got] == list(range(300))
-        assert server.requests == [0, 100]
+        assert server.requests[0] == 0 and sub.stats.fetch_rerequests >= 1
         sub2 = _subscriber(server)
         sub2.stats.last_seq = 49
-        assert await sub2._replay(50, 200)  # (a gap's replay, its range holed the same way: request 3)
-        assert sub2.index.engine_hashes("a") == set(range(1_050, 1_200)) and server.requests[2:] == [50, 100]
+        assert await sub2._replay(50, 200)  # (a gap's replay, its range holed the same way)
+        assert sub2.index.engine_hashes("a") == set(range(1_050, 1_200)) and sub2.stats.fetch_rerequests >= 1
     finally:
         server.close()
 
@@ -138,7 +145,7 @@ async def test_a_joining_subscriber_catches_up_on_a_replay_the_router_dropped_pa
         async with asyncio.timeout(30):
             await sub.wait_caught_up()
         assert idx.engine_hashes("a") == set(range(1_000, 1_500))
-        assert server.requests == [0, 100, 401] and sub.stats.last_seq == 499
+        assert sub.stats.last_seq == 499 and sub.stats.fetch_rerequests >= 2
     finally:
         await mgr.close()
         server.close()

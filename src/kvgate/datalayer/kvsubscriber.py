@@ -62,7 +62,8 @@ FailureKind = Literal["decode", "apply", "unforeseen"]  # each kind has its own 
 # On the process-wide registry (served on ``/metrics`` by both doors, as the picker's metrics are).
 SUBSCRIBER_RESTARTS = Counter(
     "kvgate_kv_events_subscriber_restarts_total",
-    "KV-event subscribers restarted after their socket failed (its endpoint's entries cleared until then)",
+    "KV-event subscriber restarts after their socket failed (its endpoint's entries cleared until then); "
+    "attempts, one that fails at once included",
 )
 
 
@@ -129,6 +130,9 @@ class KVEventSubscriber:
         self._failures_unlogged: dict[FailureKind, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        # The first start's bind or connect failed for good (``PERMANENT_ADDRESS_ERRNOS``): ``wait_ready``
+        # raises it, and the subscriber is not restarted.
+        self.start_error: BaseException | None = None
         self._caught_up = asyncio.Event()
         # Newest sequence the join-time catch-up applied, and a digest of each of its newest batches: live
         # batches up to it (queued on the SUB socket while the catch-up ran) are already in the index if
@@ -246,10 +250,17 @@ class KVEventSubscriber:
         self.stats.last_seq = None  # (nothing applied since the clear: the first batch is not a gap)
         self._caught_upto = None
         self._caught_digests = {}
+        # (whoever waits for this subscriber now waits for the restarted socket and catch-up)
+        self._ready = asyncio.Event()
+        self._caught_up = asyncio.Event()
         return self.start()
 
     async def wait_ready(self) -> None:
+        """Until the socket is bound or connected (or failed); raises the first start's permanent address
+        error (``start_error``)."""
         await self._ready.wait()
+        if self.start_error is not None:
+            raise self.start_error
 
     async def wait_caught_up(self) -> None:
         """Until the join-time catch-up from the replay socket is done (or found nothing to fetch)."""
@@ -302,10 +313,19 @@ class KVEventSubscriber:
                 else:
                     sock.connect(self.zmq_endpoint)
             except zmq.ZMQError as e:
+                how = "bind" if self.bind else "connect"
+                if self.stats.resubscribes == 0 and e.errno in _permanent_address_errnos():
+                    # The first start, and an address that cannot work (malformed; not this host's):
+                    # ``add`` raises it, nothing is retried (a configuration error, not a passing state).
+                    log.error("kv events from %s: cannot %s %s: %s", self.endpoint, how,
+                              self.zmq_endpoint, e)  # fmt: skip
+                    self.start_error = e
+                    self._caught_up.set()
+                    return
                 # (e.g. a bind's address still held: ZMQ frees a closed socket's port later, on its I/O
                 # thread) Ends as a failed socket does: its manager tries again after a back-off.
-                log.warning("kv events from %s: cannot %s %s: %s", self.endpoint,
-                            "bind" if self.bind else "connect", self.zmq_endpoint, e)  # fmt: skip
+                log.warning("kv events from %s: cannot %s %s: %s", self.endpoint, how, self.zmq_endpoint,
+                            e)  # fmt: skip
                 failed = True
                 return
             finally:
@@ -527,9 +547,10 @@ class KVEventSubscriber:
         if self._detached:
             return
         if got is None:
+            # (no answer, or not the whole of it: a prefix of the engine's buffer is not its state)
             log.warning(
-                "kv events from %s: replay socket %s gave no answer in %.1fs; catch-up skipped",
-                self.endpoint, self.replay_endpoint, self.replay_timeout,
+                "kv events from %s: replay socket %s gave no whole answer (%.1f s per request); catch-up "
+                "skipped", self.endpoint, self.replay_endpoint, self.replay_timeout,
             )  # fmt: skip
             return
         if not got:
@@ -569,65 +590,86 @@ class KVEventSubscriber:
                 self._caught_digests = {seq: xxhash.xxh3_64_intdigest(p) for seq, p in newest}
 
     async def _fetch(self, want: int, upto: int | None = None) -> list[tuple[int, bytes]] | None:
-        """Batches in [``want``, ``upto``) that the replay socket returns, in order; None if it did not
-        answer. Bounded whatever the engine buffers: the replay protocol takes only a start sequence (the
-        engine sends all it holds from there), so batches outside the range are dropped as they arrive,
-        and past ``FETCH_MAX_BATCHES`` or ``FETCH_MAX_BYTES`` the oldest kept ones go (the newest are what
-        the engine still holds); one message over ``FETCH_MAX_MESSAGE_BYTES`` ends the fetch (ZMQ drops
-        the peer; the fetch then times out).
+        """Batches in [``want``, ``upto``) that the replay socket returns, in order, once its whole answer
+        came (its end marker, or the batch before ``upto``); None otherwise: no answer, or an answer that
+        stopped short (a prefix of the engine's buffer is not its state: applied, it would over-report
+        blocks the engine removed after it). Bounded whatever the engine buffers: the replay protocol
+        takes only a start sequence (the engine sends all it holds from there), so batches outside the
+        range are dropped as they arrive, and past ``FETCH_MAX_BATCHES`` or ``FETCH_MAX_BYTES`` the oldest
+        kept ones go (the newest are what the engine still holds); one message over
+        ``FETCH_MAX_MESSAGE_BYTES`` makes ZMQ drop the peer: that answer stops there (None).
 
         vLLM's replay socket is a ROUTER that sends its whole answer at once, and a ROUTER silently drops
         what does not fit its peer's pipe (``SNDHWM``, 1,000 by default; vLLM does not raise it): an answer
         of a few thousand batches loses some, its end marker included. The engine's buffer holds
-        consecutive sequence numbers, so a hole in the answer, or silence with no end marker after some of
-        it came, means that part was lost: the fetch asks again from the first missing batch, on a fresh
-        socket (the old answer's rest is not mixed in), at most ``FETCH_MAX_ROUNDS`` requests in all."""
+        consecutive sequence numbers, so a hole in the answer, or silence (``_silence_s``) with no end
+        marker after some of it came, means that part was lost: the fetch asks again on a fresh socket
+        (the old answer's rest is not mixed in) from the last batch it got, whose payload the new answer
+        must repeat (else the engine restarted in between, its sequence numbers from 0 again, and the two
+        answers are not one buffer: None), at most ``FETCH_MAX_ROUNDS`` requests in all."""
         if self.replay_endpoint is None:
             return None
         keep = _Kept()
         start = want
-        answered = False
+        overlap: tuple[int, int] | None = None  # (seq, payload digest) the next answer must begin with
+        outcome: Literal["done", "lost", "silent", "changed"] = "silent"
         requests = 0
         try:
             while requests < FETCH_MAX_ROUNDS:
                 requests += 1
-                outcome, missing = await self._fetch_round(start, want, upto, keep)
-                if outcome == "silent":
-                    break  # (no answer to this request: what earlier ones gave, if any, is all there is)
-                answered = True
-                if outcome == "done" or missing <= start:
+                outcome, missing, overlap = await self._fetch_round(start, want, upto, keep, overlap)
+                # From the last batch got (one of overlap, to tell that the same engine life answers);
+                # each re-request from further on than the one before.
+                again = missing - 1
+                if outcome != "lost" or again < start or (again == start and requests > 1):
                     break
-                start = missing
+                start = again
                 self.stats.fetch_rerequests += 1
         finally:
             if keep.dropped:
                 self.stats.fetch_dropped += keep.dropped
-                log.warning(
-                    "kv events from %s: the replay from seq %d held more than the fetch keeps (%d batches, "
-                    "%d MiB): %d older batches dropped, the newest %d kept",
-                    self.endpoint, want, FETCH_MAX_BATCHES, FETCH_MAX_BYTES >> 20, keep.dropped,
-                    len(keep.got),
-                )  # fmt: skip
-            if requests > 1:
+                if outcome == "done":
+                    log.warning(
+                        "kv events from %s: the replay from seq %d held more than the fetch keeps (%d "
+                        "batches, %d MiB): %d older batches dropped, the newest %d kept",
+                        self.endpoint, want, FETCH_MAX_BATCHES, FETCH_MAX_BYTES >> 20, keep.dropped,
+                        len(keep.got),
+                    )  # fmt: skip
+            if requests > 1 or outcome in ("lost", "changed"):
+                why = {
+                    "done": "its whole answer came",
+                    "silent": "no answer" if requests == 1 else "no answer to the last one",
+                    "lost": f"the answer still stopped short (a buffer longer than {FETCH_MAX_ROUNDS} "
+                    f"requests reach, or a message over {FETCH_MAX_MESSAGE_BYTES >> 20} MiB)",
+                    "changed": "the engine restarted between two requests (its answers disagree)",
+                }[outcome]
                 log.warning(
                     "kv events from %s: the replay socket %s lost part of its answer from seq %d (a ZMQ "
-                    "ROUTER drops what its high-water mark does not hold); asked %d times",
-                    self.endpoint, self.replay_endpoint, want, requests,
+                    "ROUTER drops what its high-water mark does not hold); asked %d times: %s%s",
+                    self.endpoint, self.replay_endpoint, want, requests, why,
+                    "" if outcome == "done" else "; the fetch is not used",
                 )  # fmt: skip
-        return sorted(keep.got) if answered else None
+        return sorted(keep.got) if outcome == "done" else None
+
+    def _silence_s(self) -> float:
+        """How long a fetch waits for the next message of an answer it has begun: ``FETCH_SILENCE_S``, or a
+        quarter of the replay timeout when that was raised for a slow or distant engine."""
+        return max(FETCH_SILENCE_S, self.replay_timeout / 4)
 
     async def _fetch_round(
-        self, start: int, want: int, upto: int | None, keep: _Kept
-    ) -> tuple[Literal["done", "lost", "silent"], int]:
+        self, start: int, want: int, upto: int | None, keep: _Kept, overlap: tuple[int, int] | None
+    ) -> tuple[Literal["done", "lost", "silent", "changed"], int, tuple[int, int] | None]:
         """One replay request from ``start``, its batches in [``want``, ``upto``) handed to ``keep``:
-        ("done", _) at the end marker (or once the batch before ``upto`` came), ("lost", first missing)
-        after a hole or silence with part of the answer come, ("silent", _) when none of it came."""
+        ("done", ..) at the end marker (or once the batch before ``upto`` came), ("lost", first missing,
+        (last seq, its payload's digest)) after a hole or silence with part of the answer come, ("silent",
+        ..) when none of it came, ("changed", ..) when the answer does not begin with ``overlap`` (the
+        batch and payload that the answer before ended with)."""
         import zmq
         import zmq.asyncio
 
         endpoint = self.replay_endpoint
         if endpoint is None:
-            return "silent", start
+            return "silent", start, None
         ctx = zmq.asyncio.Context.instance()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -640,35 +682,48 @@ class KVEventSubscriber:
                 sock.connect(endpoint)
             except zmq.ZMQError as e:
                 log.warning("kv events from %s: replay socket %s: %s", self.endpoint, endpoint, e)
-                return "silent", start
+                return "silent", start, None
             # vLLM's ROUTER reads [identity, b"", start_seq]; DEALER supplies the identity.
             await sock.send_multipart([b"", start.to_bytes(8, "big")])
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.replay_timeout
-            last: int | None = None  # the answer's last sequence number so far
+            silence = self._silence_s()
+            last: int | None = None  # the answer's last sequence number so far, and its payload
+            last_payload = b""
             while True:
                 left = deadline - loop.time()
                 if last is not None:
-                    left = min(left, FETCH_SILENCE_S)  # (the engine sends its answer in one go)
+                    left = min(left, silence)  # (the engine sends its answer in one go)
                 if left <= 0 or not await sock.poll(int(left * 1000)):
-                    return ("silent", start) if last is None else ("lost", last + 1)
+                    if last is None:
+                        return "silent", start, None
+                    return "lost", last + 1, (last, xxhash.xxh3_64_intdigest(last_payload))
                 frames = await sock.recv_multipart()
                 if len(frames) < 2:
-                    return "silent", start
+                    return "silent", start, None
                 seq_b, payload = frames[-2], frames[-1]
                 if seq_b == _END_SEQ:
-                    return "done", start
+                    # (a re-request answered by the end marker alone: its overlap batch is gone)
+                    return ("done" if overlap is None or last is not None else "changed"), start, None
                 seq = int.from_bytes(seq_b, "big", signed=True)
+                if last is None and overlap is not None:
+                    # A re-request's first message: the batch the answer before ended with, unchanged
+                    # (already kept).
+                    if (seq, xxhash.xxh3_64_intdigest(payload)) != overlap:
+                        return "changed", start, None
+                    last, last_payload = seq, payload
+                    continue
                 if last is not None and seq != last + 1:
-                    return "lost", last + 1  # (a hole: the ROUTER dropped what lies between)
-                last = seq
+                    # (a hole: the ROUTER dropped what lies between)
+                    return "lost", last + 1, (last, xxhash.xxh3_64_intdigest(last_payload))
+                last, last_payload = seq, payload
                 if seq < want:
                     continue
                 if upto is not None and seq >= upto:
-                    return "done", start  # (the rest of the answer is past the range: not needed)
+                    return "done", start, None  # (the rest of the answer is past the range: not needed)
                 keep.add(seq, payload)
                 if upto is not None and seq == upto - 1:
-                    return "done", start
+                    return "done", start, None
         finally:
             sock.close(0)
 
@@ -718,6 +773,23 @@ def _clears(batch: EventBatch | None) -> bool:
 _CAUGHT_DIGESTS = 4096
 
 
+def _permanent_address_errnos() -> frozenset[int]:
+    """``PERMANENT_ADDRESS_ERRNOS`` as numbers (zmq's own where the platform lacks one)."""
+    import errno
+
+    import zmq
+
+    found = (getattr(zmq, name, getattr(errno, name, None)) for name in PERMANENT_ADDRESS_ERRNOS)
+    return frozenset(int(n) for n in found if n is not None)
+
+
+# A bind or connect error that the same address can never get past: a malformed address (EINVAL), an
+# unsupported transport (EPROTONOSUPPORT), a bind address that is not this host's (EADDRNOTAVAIL) or names
+# no device (ENODEV). On a subscriber's first start it fails ``add`` (``wait_ready`` raises); every other
+# error (EADDRINUSE: a bind's address still held) and any error on a restart are retried after a back-off.
+PERMANENT_ADDRESS_ERRNOS = ("EINVAL", "EPROTONOSUPPORT", "EADDRNOTAVAIL", "ENODEV")
+
+
 def _newest_run(got: list[tuple[int, bytes]], upto: int) -> list[tuple[int, bytes]]:
     """The longest run of consecutive sequence numbers in ``got`` (sorted) that ends at ``upto - 1``."""
     start = upto
@@ -740,6 +812,14 @@ class RestartBackoff:
     factor: float = 2.0
     jitter: float = 0.5
     healthy_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.initial <= self.maximum < math.inf and self.factor >= 1 and 0 <= self.jitter < 1
+                and self.healthy_s >= 0):  # fmt: skip
+            raise ValueError(
+                f"RestartBackoff: needs 0 < initial <= maximum (finite), factor >= 1, 0 <= jitter < 1 and "
+                f"healthy_s >= 0: {self}"
+            )
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         base = min(self.maximum, self.initial * self.factor ** min(attempt - 1, 64))
@@ -779,7 +859,9 @@ class KVEventsManager:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
-        self.restarts = 0  # subscribers restarted after their socket failed
+        # Restarts of subscribers whose socket failed: attempts, each counted as it begins (one that fails
+        # at once, e.g. a bind whose address is still held, is counted and followed by the next).
+        self.restarts = 0
         # endpoint -> its pending restart (waiting out the back-off), restarts in a row, when last started
         self._restarting: dict[str, asyncio.Task[None]] = {}
         self._attempts: dict[str, int] = {}
