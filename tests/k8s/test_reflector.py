@@ -123,8 +123,9 @@ async def test_a_cut_watch_waits_the_first_backoff_once_and_the_410_relists_at_o
     double: ApiServerDouble, kube: KubeClient
 ) -> None:
     """What docs/kubernetes.md "How soon a readiness change reaches the picks" counts on: a cut watch
-    waits the initial back-off (not one grown by earlier failures: a watch that opened resets it), and the
-    410 that follows relists with no further wait."""
+    waits the initial back-off (not one grown by earlier 403s: here the list that succeeded resets it, and
+    so does the watch that opened: this test fails only if both resets go; the next one holds the watch's
+    own), and the 410 that follows relists with no further wait."""
     grown: list[float] = []  # the back-off step of every wait, in order
 
     class Recording(Backoff):
@@ -150,3 +151,154 @@ async def test_a_cut_watch_waits_the_first_backoff_once_and_the_410_relists_at_o
         assert grown[before:] == [0.05]
     finally:
         await r.stop()
+
+
+async def test_every_cut_of_a_resumed_watch_waits_the_initial_backoff(
+    double: ApiServerDouble, kube: KubeClient
+) -> None:
+    """Review s13-k8s L1: a cut watch that resumes without a 410 does not relist, so only the watch's own
+    reset keeps every cut at the initial back-off (the test above also passes with either reset alone).
+    Fails with the reset in ``_watch`` removed: steps [0.05, 0.1, 0.2]."""
+    steps: list[float] = []
+
+    class Recording(Backoff):
+        def next(self, rng: random.Random) -> float:
+            wait = super().next(rng)
+            steps.append(self._next)
+            return wait
+
+    r = Reflector(kube, R.POD, namespace="default", backoff=Recording(initial=0.05, maximum=5.0))
+    double.create(_pod("a"))
+    r.start()
+    try:
+        await r.wait_synced()
+        for n in range(1, 4):  # three cuts, no compaction: each resumes from its resourceVersion
+            await _until(lambda n=n: r.watches == n and double.watch_count == 1)
+            double.cut_watches()
+            double.set_pod_status("a", ready=n % 2 == 0)
+            await _until(lambda n=n: r.watches == n + 1)
+        assert r.lists == 1 and r.gone == 0  # no relist: only the watch could reset the back-off
+        assert steps == [0.05, 0.05, 0.05], steps
+    finally:
+        await r.stop()
+
+
+def _ready(obj: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])  # fmt: skip
+
+
+class FreezableProxy:
+    """TCP proxy to the double. ``freeze()`` makes every connection open now go silent (bytes are read and
+    dropped both ways, nothing is closed: the proxy's kernel still ACKs, so TCP keepalive sees a live peer);
+    connections made later pass. (From review s13-k8s's test_silent_watch.py.)"""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.frozen: set[int] = set()
+        self._conns = 0
+        self.server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def freeze(self) -> None:
+        self.frozen.update(range(self._conns))
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        cid, self._conns = self._conns, self._conns + 1
+        ur, uw = await asyncio.open_connection(self.host, self.port)
+        self._writers += [cw, uw]
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while data := await r.read(65536):
+                if cid not in self.frozen:
+                    w.write(data)
+                    await w.drain()
+
+        await asyncio.gather(pump(cr, uw), pump(ur, cw), return_exceptions=True)
+
+    async def close(self) -> None:
+        for w in self._writers:
+            w.close()
+        if self.server is not None:
+            self.server.close()
+
+
+def test_the_watch_silence_limit_follows_the_bookmark_period_not_the_watch_timeout() -> None:
+    """Review s13-k8s M1: the limit was max(90, watch_timeout_s + 30) = 330 s with the defaults though the
+    API server bookmarks each minute; now the bookmark period and a margin, whatever the watch timeout."""
+    from kvgate.k8s.reflector import BOOKMARK_PERIOD_S
+
+    r = Reflector(None, R.POD, watch_timeout_s=300)  # type: ignore[arg-type]
+    assert r.watch_silence_s == BOOKMARK_PERIOD_S + 30.0 == 90.0
+
+
+async def test_a_silent_watch_ends_at_the_silence_limit_while_the_api_server_answers(
+    double: ApiServerDouble,
+) -> None:
+    """Review s13-k8s M1: the open watch goes silent (a stuck proxy: no FIN/RST, TCP alive, so keepalive
+    cannot help), the pod turns unready, the API server answers new connections. The reflector notices at
+    the silence limit (here 1.5 s; 90 s by default) and re-watches through a fresh connection. The double
+    bookmarks every 0.2 s, so a live watch is never silent that long. Fails before: no limit but 330 s."""
+    host, port = double.url.removeprefix("http://").rsplit(":", 1)
+    proxy = FreezableProxy(host, int(port))
+    url = await proxy.start()
+    kube = await KubeClient.connect(server=url)
+    double.create(_pod("a"))
+    double.set_pod_status("a", ready=True)
+    r = Reflector(kube, R.POD, namespace="default", watch_silence_s=1.5)
+    r.start()
+    loop = asyncio.get_running_loop()
+    try:
+        await r.wait_synced()
+        await _until(lambda: r.bookmarks >= 2)
+        assert r.silences == 0 and _ready(r.items[("default", "a")])
+        proxy.freeze()  # the open watch (and any idle kept-alive connection) goes silent
+        frozen = loop.time()
+        double.set_pod_status("a", ready=False)
+        await _until(lambda: not _ready(r.items[("default", "a")]), within_s=10.0)
+        took = loop.time() - frozen
+        assert r.silences == 1, (r.silences, r.error)
+        assert 1.5 <= took < 1.5 + 2.0, took  # the limit, a back-off (0.1-0.12 s) and a re-watch
+        logging.getLogger(__name__).info("silent watch noticed after %.2f s (limit 1.5 s)", took)
+    finally:
+        await r.stop()
+        await kube.close()
+        await proxy.close()
+
+
+def _netns_ok() -> bool:
+    import shutil
+    import subprocess
+
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        return False
+    res = subprocess.run(["unshare", "-rn", "ip", "link", "set", "lo", "up"], capture_output=True, timeout=10)
+    return res.returncode == 0
+
+
+@pytest.mark.skipif(not _netns_ok(), reason="needs unshare -rn (user + network namespaces) and ip")
+def test_tcp_keepalive_ends_a_watch_whose_peer_vanished_without_fin_or_rst() -> None:
+    """Review s13-k8s M1 (b): in a private network namespace, loopback goes down under an open watch (the
+    peer's TCP is gone, nothing is sent: a dropped NAT entry, a vanished host). Keepalive 1 s idle, 1 s x 2
+    probes ends it after ~3 s, long before the silence limit (60 s here); after loopback comes back the
+    reflector has the change made meanwhile within the back-off. Fails before: no keepalive (the watch
+    would end only at the 330 s read limit). Figures: docs/kubernetes.md."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": f"{here.parent.parent / 'src'}:{here.parent}"}
+    res = subprocess.run(["unshare", "-rn", sys.executable, str(here / "netns_watch.py"), "1", "1", "2"],
+                         capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["silences"] == 0 and "timed out" in out["error"], out
+    assert 3.0 <= out["ended_after_s"] < 3.0 + 2.0, out  # idle + interval * count, then the error
+    assert out["seen_after_lo_up_s"] < 6.0 + 1.0, out  # at most one back-off (<= 5 s + 20 %) away

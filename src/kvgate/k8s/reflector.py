@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,43 @@ class Backoff:
         self._next = 0.0
 
 
+# kube-apiserver's watch cache sends a BOOKMARK to a watch that asked for them (``allowWatchBookmarks``)
+# about every minute (cacher ``defaultBookmarkFrequency = time.Minute``) and 2 s before the watch's
+# ``timeoutSeconds`` deadline. So a watch that read nothing for the period and a margin is silent: a stuck
+# proxy or API-server process holding the connection open. (Servers may send none: then a quiet watch
+# is ended at this limit and resumed from its resourceVersion, which costs one request.)
+BOOKMARK_PERIOD_S = 60.0
+WATCH_SILENCE_S = BOOKMARK_PERIOD_S + 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """TCP keepalive on the watch's socket: a peer whose TCP is gone without a FIN or RST (a dropped
+    NAT/conntrack entry, a vanished host or load balancer) is noticed after ``idle_s + interval_s * count``
+    (30 s by default; 15 s when the peer answers the first probe with a RST) instead of the silence limit.
+    client-go gets the same from HTTP/2 pings (read idle 30 s + ping timeout 15 s)."""
+
+    idle_s: int = 15
+    interval_s: int = 5
+    count: int = 3
+
+    @property
+    def detect_s(self) -> int:
+        return self.idle_s + self.interval_s * self.count
+
+    def apply(self, sock: Any) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux (and recent macOS); elsewhere the OS defaults hold
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.idle_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, self.interval_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, self.count)
+
+
 class _Gone(Exception):
+    pass
+
+
+class _Silent(Exception):
     pass
 
 
@@ -71,6 +108,8 @@ class Reflector:
         field_selector: str | None = None,
         page_size: int = 500,
         watch_timeout_s: int = 300,
+        watch_silence_s: float = WATCH_SILENCE_S,
+        keepalive: Keepalive | None = Keepalive(),  # frozen: one shared default is safe
         backoff: Backoff | None = None,
         seed: int | None = None,
     ) -> None:
@@ -78,6 +117,7 @@ class Reflector:
         self.namespace = namespace
         self.label_selector, self.field_selector = label_selector, field_selector
         self.page_size, self.watch_timeout_s = page_size, watch_timeout_s
+        self.watch_silence_s, self.keepalive = watch_silence_s, keepalive
         self.backoff = backoff or Backoff()
         self._rng = random.Random(seed)
         self.items: dict[Key, Obj] = {}
@@ -90,6 +130,7 @@ class Reflector:
         self.gone = 0
         self.bookmarks = 0
         self.events = 0  # watch events and bookmarks received
+        self.silences = 0  # watches ended for reading nothing for watch_silence_s
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -147,6 +188,11 @@ class Reflector:
                 # the stream ended at once and empty (a proxy cutting it): then back off, never spin.
                 if self.events == events and loop.time() - started < 1.0:
                     await asyncio.sleep(self.backoff.next(self._rng))
+            except _Silent:
+                self.silences += 1
+                self._fail(f"watch read nothing for {self.watch_silence_s:g} s (bookmarks are due every "
+                           f"{BOOKMARK_PERIOD_S:g} s): re-watching")  # fmt: skip
+                await asyncio.sleep(self.backoff.next(self._rng))
             except _Gone:
                 self.gone += 1
                 log.info("reflector %s: resourceVersion %s is gone (410); relisting", self.name,
@@ -222,10 +268,11 @@ class Reflector:
             **self._query(), "watch": "true", "allowWatchBookmarks": "true",
             "resourceVersion": self.resource_version or "", "timeoutSeconds": self.watch_timeout_s,
         }  # fmt: skip
-        # No total timeout (a watch is long), but a silent connection ends: bookmarks arrive each minute.
-        timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=max(90.0, self.watch_timeout_s + 30.0))
+        # No total timeout (a watch is long), but a silent one ends: bookmarks are due each minute.
+        timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=self.watch_silence_s)
         resp = await self.client.open("GET", self.rt.collection_path(self.namespace), q, timeout_s=timeout)
         async with resp:
+            self._keepalive(resp)
             if resp.status == 410:
                 raise _Gone
             if not 200 <= resp.status < 300:
@@ -234,12 +281,24 @@ class Reflector:
             self.error = None
             self.backoff.reset()
             buf = b""
-            async for chunk in resp.content.iter_any():
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        self._on_event(orjson.loads(line))
+            try:
+                async for chunk in resp.content.iter_any():
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        if line.strip():
+                            self._on_event(orjson.loads(line))
+            except aiohttp.ServerTimeoutError as e:  # sock_read: nothing for watch_silence_s
+                raise _Silent from e
+
+    def _keepalive(self, resp: aiohttp.ClientResponse) -> None:
+        conn = resp.connection
+        sock = conn.transport.get_extra_info("socket") if conn is not None and conn.transport else None
+        if self.keepalive is not None and sock is not None:
+            try:
+                self.keepalive.apply(sock)
+            except OSError as e:  # not TCP (a Unix socket proxy): the silence limit still holds
+                log.debug("reflector %s: no TCP keepalive on the watch: %s", self.name, e)
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         etype, obj = ev.get("type"), ev.get("object") or {}

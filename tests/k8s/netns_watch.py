@@ -1,0 +1,79 @@
+"""Run inside ``unshare -rn`` (a private network namespace, root in a user namespace): a reflector watches
+the double over loopback, then ``ip link set lo down`` makes every packet undeliverable: the watch's peer
+is gone without a FIN or RST (as a dropped NAT entry or a vanished host would do), and the API server is
+unreachable. Prints one JSON line: how long TCP keepalive took to end the watch, and how long after
+``lo up`` the reflector had the change made meanwhile. Used by test_reflector.py; runnable by hand:
+``unshare -rn python tests/k8s/netns_watch.py [idle interval count]``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+from kvgate.k8s import resources as R
+from kvgate.k8s.apiserver import ApiServerDouble
+from kvgate.k8s.client import KubeClient
+from kvgate.k8s.reflector import Backoff, Keepalive, Reflector
+
+
+def _pod(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "a"}},
+            "spec": {"containers": [{"name": "c", "image": "x"}]}}  # fmt: skip
+
+
+def _ready(obj: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])  # fmt: skip
+
+
+def _lo(state: str) -> None:
+    subprocess.run(["ip", "link", "set", "lo", state], check=True)
+
+
+async def _until(cond, within_s: float) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within_s
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def main(ka: Keepalive, silence_s: float) -> dict:
+    _lo("up")
+    loop = asyncio.get_running_loop()
+    async with ApiServerDouble(bookmark_interval=0.2) as double:
+        kube = await KubeClient.connect(server=double.url)
+        double.create(_pod("a"))
+        double.set_pod_status("a", ready=True)
+        r = Reflector(kube, R.POD, namespace="default", keepalive=ka, watch_silence_s=silence_s,
+                      backoff=Backoff())  # the EPP's back-off  # fmt: skip
+        r.start()
+        try:
+            await r.wait_synced()
+            await _until(lambda: r.bookmarks >= 2, 5.0)
+            watches = r.watches
+            _lo("down")
+            down = loop.time()
+            double.set_pod_status("a", ready=False)  # the API server's view changes meanwhile
+            await _until(lambda: r.error is not None, silence_s + 30.0)
+            ended = loop.time() - down
+            error = r.error
+            await asyncio.sleep(2.0)  # unreachable a while: the retries back off
+            _lo("up")
+            up = loop.time()
+            await _until(lambda: not _ready(r.items[("default", "a")]), 30.0)
+            return {"keepalive": [ka.idle_s, ka.interval_s, ka.count], "detect_s": ka.detect_s,
+                    "ended_after_s": round(ended, 3), "error": error, "silences": r.silences,
+                    "seen_after_lo_up_s": round(loop.time() - up, 3), "watches_before": watches,
+                    "lists": r.lists, "watches": r.watches}  # fmt: skip
+        finally:
+            await r.stop()
+            await kube.close()
+
+
+if __name__ == "__main__":
+    idle, interval, count = (int(a) for a in (sys.argv[1:4] or (1, 1, 2)))
+    print(json.dumps(asyncio.run(main(Keepalive(idle, interval, count), silence_s=60.0))))
