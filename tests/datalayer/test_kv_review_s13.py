@@ -33,10 +33,11 @@ def _engine(stores: int, removes_per_batch: int) -> list[bytes]:
     return out
 
 
-async def test_a_catch_up_that_used_up_its_requests_applies_no_stale_prefix():
+async def test_a_catch_up_that_used_up_its_requests_applies_no_stale_prefix(caplog):
     """M1: 20,000 batches (16,000 stores, then 4,000 batches removing them all: the engine holds none);
     each answer delivers only its first 1,000 messages, so 16 requests stop short of the end. Failed
-    before: the prefix they got was applied (10,000 blocks over-reported)."""
+    before: the prefix they got was applied (10,000 blocks over-reported), and logged as "the newest
+    10000 kept" although they were not the engine's newest (N3)."""
     payloads = _engine(16_000, 4)
     server: VLLMShapedReplay
 
@@ -47,12 +48,14 @@ async def test_a_catch_up_that_used_up_its_requests_applies_no_stale_prefix():
     idx = BlockIndex(default_capacity=1 << 20)
     mgr = KVEventsManager(idx, replay_timeout=1.0)
     try:
-        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)  # an idle engine
-        async with asyncio.timeout(60):
-            await sub.wait_caught_up()
+        with caplog.at_level("WARNING", logger="kvgate.datalayer.kvsubscriber"):
+            sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)  # an idle engine
+            async with asyncio.timeout(60):
+                await sub.wait_caught_up()
         held = idx.num_blocks("a")
         assert held == 0, f"the index holds {held} blocks of an engine that holds none ({server.requests})"
         assert len(server.requests) == 16 and sub.stats.last_seq is None
+        assert "kept" not in caplog.text and "stopped short" in caplog.text, caplog.text
     finally:
         await mgr.close()
         server.close()

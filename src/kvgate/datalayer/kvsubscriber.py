@@ -97,8 +97,9 @@ class KVEventSubscriber:
     On a sequence gap it asks the engine's replay socket (``replay_endpoint``) for the missing batches;
     without one, or if the replay cannot cover the gap, it clears that endpoint's entries (the index may
     then under-report, never over-report, what the engine holds).
-    On joining, it catches up from the replay socket at once (``wait_caught_up``), applying only what
-    the engine buffered since its last ``AllBlocksCleared``: the gateway starts serving after that, so
+    On joining, it catches up from the replay socket at once (``wait_caught_up``), applying only a whole
+    answer, and of it only what the engine buffered since its last ``AllBlocksCleared``: the gateway
+    starts serving after that (or after ``KVEventSources.start``'s wait, whichever comes first), so
     the catch-up does not land on the first requests (it used to run at the first live batch, which the
     first request's prefill publishes).
     """
@@ -1008,7 +1009,9 @@ class KVEventsManager:
 
 
 # Longest a source's start waits for its subscribers' join-time catch-up, past their replay fetch's timeout
-# (the default: 5 s in all): decoding and applying up to ``FETCH_MAX_BATCHES`` batches.
+# (the default: 5 s in all): decoding and applying up to ``FETCH_MAX_BATCHES`` batches. Not a fetch's whole
+# bound (its timeout is per request: up to ``FETCH_MAX_ROUNDS`` of them): past this wait the start logs
+# and returns (the gateway serves without those entries), and the catch-up goes on in the background.
 CATCH_UP_APPLY_S = 4.0
 
 # (events address, replay address or None) of an endpoint's KV events, or None when it publishes none.
