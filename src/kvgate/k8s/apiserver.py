@@ -115,6 +115,9 @@ class ApiServerDouble:
         self.port = 0
         self.host = "127.0.0.1"
         self.requests: deque[str] = deque(maxlen=2000)  # "VERB path?query", for tests to inspect
+        # Called with (event type, object) as each change is applied, before any watcher sees it: when a
+        # change made through HTTP (kubectl) happened, not when its client returned.
+        self.on_change: Callable[[str, dict[str, Any]], None] | None = None
         for ns in ("default", "kube-system"):
             self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
 
@@ -212,6 +215,8 @@ class ApiServerDouble:
 
     def _record(self, rt: ResourceType, etype: str, obj: dict[str, Any]) -> None:
         ev = _Event(self.rv, (rt.group, rt.plural), etype, copy.deepcopy(obj))
+        if self.on_change is not None:
+            self.on_change(etype, ev.obj)
         self._log.append(ev)
         while len(self._log) > self._history:
             self._compacted = self._log.popleft().rv
