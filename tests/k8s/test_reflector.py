@@ -302,3 +302,23 @@ def test_tcp_keepalive_ends_a_watch_whose_peer_vanished_without_fin_or_rst() -> 
     assert out["silences"] == 0 and "timed out" in out["error"], out
     assert 3.0 <= out["ended_after_s"] < 3.0 + 2.0, out  # idle + interval * count, then the error
     assert out["seen_after_lo_up_s"] < 6.0 + 1.0, out  # at most one back-off (<= 5 s + 20 %) away
+
+
+async def test_a_quiet_watch_on_a_server_without_bookmarks_is_resumed_without_an_error(
+    kube: KubeClient, double: ApiServerDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that sends no bookmark (none within the silence limit here): the silence limit ends a
+    quiet watch; that is routine there, so no warning and no ``error`` (``/readyz``), just a re-watch from
+    the resourceVersion (no relist)."""
+    double.bookmark_interval = 60.0
+    r = Reflector(kube, R.POD, namespace="default", watch_silence_s=0.5)
+    double.create(_pod("a"))
+    r.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="kvgate.k8s.reflector"):
+            await r.wait_synced()
+            await _until(lambda: r.silences >= 2)
+        assert r.bookmarks == 0 and r.error is None and r.lists == 1 and r.watches >= 2
+        assert not [x for x in caplog.records if x.levelno >= logging.WARNING], caplog.records
+    finally:
+        await r.stop()

@@ -190,8 +190,12 @@ class Reflector:
                     await asyncio.sleep(self.backoff.next(self._rng))
             except _Silent:
                 self.silences += 1
-                self._fail(f"watch read nothing for {self.watch_silence_s:g} s (bookmarks are due every "
-                           f"{BOOKMARK_PERIOD_S:g} s): re-watching")  # fmt: skip
+                if self.bookmarks:  # the server bookmarks: silence means a stuck connection
+                    self._fail(f"watch read nothing for {self.watch_silence_s:g} s (bookmarks are due "
+                               f"every {BOOKMARK_PERIOD_S:g} s): re-watching")  # fmt: skip
+                else:  # a server that sends none (no watch cache): a quiet watch, routinely resumed
+                    log.info("reflector %s: watch read nothing for %g s and the server sent no bookmark; "
+                             "re-watching", self.name, self.watch_silence_s)  # fmt: skip
                 await asyncio.sleep(self.backoff.next(self._rng))
             except _Gone:
                 self.gone += 1
