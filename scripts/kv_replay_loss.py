@@ -62,7 +62,7 @@ def main() -> None:
         seqs = [] if got is None else [s for s, _ in got]
         whole = seqs == list(range(args.batches))
         print(
-            f"run {run}: {'no answer' if got is None else f'{len(seqs)} of {args.batches} batches'}"
+            f"run {run}: {'no (whole) answer' if got is None else f'{len(seqs)} of {args.batches} batches'}"
             f"{' (whole)' if whole else ''}, {len(requests)} request(s), {time.perf_counter() - t:.2f} s"
         )
 

@@ -77,7 +77,8 @@ def _subscriber(server: VLLMShapedReplay, timeout: float = 5.0) -> KVEventSubscr
 
 
 async def test_a_lost_end_marker_is_asked_again_from_the_next_batch():
-    """Failed before: all 300 came, the end marker did not, and the fetch gave up (None) at its timeout."""
+    """Failed before: all 300 came, the end marker did not, and the fetch gave up (None) at its timeout.
+    (Asked again from the last batch got, 299: one batch of overlap, review s13-kv L2.)"""
     server = VLLMShapedReplay(_payloads(300), lose=lambda n, seq: n == 1 and seq is None)
     try:
         sub = _subscriber(server)
