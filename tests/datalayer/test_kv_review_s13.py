@@ -216,3 +216,23 @@ def test_the_silence_limit_follows_a_raised_replay_timeout():
     assert sub._silence_s() == 2.0
     sub.replay_timeout = 0.2
     assert sub._silence_s() == 0.25
+
+
+async def test_a_source_whose_address_can_never_work_fails_its_start_and_stops_cleanly():
+    """L1 through ``KVEventSources`` (what ``kvgate serve`` / ``kvgate epp`` and a reload's picker swap
+    start): its start raises the address error; its stop then lets the subscription go."""
+    from kvgate.datalayer.kvevents import KVEventSources
+    from kvgate.datalayer.store import EndpointStore
+
+    store = EndpointStore.from_addresses(["127.0.0.1:18400"])
+    mgr = KVEventsManager(BlockIndex(), rng=random.Random(0))
+    source = KVEventSources(store, mgr, lambda ep: ("tcp://no-port-here", None))
+    try:
+        with pytest.raises(zmq.ZMQError):
+            async with asyncio.timeout(2):
+                await source.start()
+        assert mgr.restarts == 0
+        await source.stop()
+        assert mgr.subscribers == {}
+    finally:
+        await mgr.close()
