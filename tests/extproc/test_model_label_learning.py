@@ -10,35 +10,17 @@ their own from the start (``kvgate epp``'s CLI)."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from kvgate.config.gateway import RewriteRule, RewriteTarget
-from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc.cli import rewrite_names
 from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.session import Session, SessionContext
 from kvgate.extproc.testing import header_map
 from kvgate.openai.labels import MAX_MODEL_LABELS, ModelLabels
-from kvgate.scheduling.types import InferenceRequest, PickResult
 
-EP = Endpoint("127.0.0.1:18201")
-
-
-class Picker:
-    def pick(self, req: InferenceRequest) -> PickResult:
-        return PickResult(endpoints=[EP])
-
-    def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
-    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None: ...
-    def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None: ...
-
-
-def _ctx(metrics: EppMetrics) -> SessionContext:
-    return SessionContext(Picker(), lambda: {EP.address: EP}, clock=time.monotonic, observer=metrics)
+from .pickers import one_endpoint_context
 
 
 def _respond(s: Session, status: int) -> None:
@@ -81,7 +63,7 @@ def _labels(metrics: EppMetrics) -> set[tuple[str, str]]:
 
 def test_a_client_set_model_header_on_a_get_earns_no_label() -> None:
     metrics = EppMetrics(models=ModelLabels(["m"]))
-    ctx = _ctx(metrics)
+    ctx = one_endpoint_context(metrics)
     for i in range(MAX_MODEL_LABELS):
         _get_models(ctx, f"junk-{i}")  # GET /v1/models is 200 whatever the header says
     _post(ctx, "junk-0", 404)  # no model server ever served "junk-0"
@@ -91,7 +73,7 @@ def test_a_client_set_model_header_on_a_get_earns_no_label() -> None:
 
 def test_a_made_up_client_model_rewritten_to_a_real_one_earns_no_label() -> None:
     metrics = EppMetrics(models=ModelLabels(["m"]))
-    ctx = _ctx(metrics)
+    ctx = one_endpoint_context(metrics)
     for i in range(MAX_MODEL_LABELS):
         _post(ctx, f"junk-{i}", 200, rewrite="m")  # the server served "m", not "junk-i"
     assert not metrics.models.learnt
@@ -103,7 +85,7 @@ def test_a_made_up_client_model_rewritten_to_a_real_one_earns_no_label() -> None
 
 def test_the_rewrite_target_is_learnt_not_the_clients_name() -> None:
     metrics = EppMetrics(models=ModelLabels())
-    ctx = _ctx(metrics)
+    ctx = one_endpoint_context(metrics)
     _post(ctx, "alias", 200, rewrite="real")
     assert metrics.models.learnt == {"real"}
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import grpc
 import orjson
@@ -23,7 +22,6 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.context import AddressIndex, build_epp_director
 from kvgate.extproc.metrics import EppMetrics
@@ -31,19 +29,10 @@ from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import Session, SessionContext
 from kvgate.extproc.testing import Exchange, channel, header_map
 from kvgate.openai.labels import ModelLabels
-from kvgate.scheduling.types import InferenceRequest, PickResult
 
-EP = Endpoint("127.0.0.1:18201")
+from .pickers import one_endpoint_context
+
 _MODE = processing_mode_pb2.ProcessingMode
-
-
-class Picker:
-    def pick(self, req: InferenceRequest) -> PickResult:
-        return PickResult(endpoints=[EP])
-
-    def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None: ...
-    def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None: ...
-    def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None: ...
 
 
 def _errors(metrics: EppMetrics) -> dict[tuple[str, str], float]:
@@ -57,7 +46,7 @@ def _errors(metrics: EppMetrics) -> dict[tuple[str, str], float]:
 
 
 def _picked(metrics: EppMetrics, response_bodies: bool = True) -> Session:
-    ctx = SessionContext(Picker(), lambda: {EP.address: EP}, clock=time.monotonic, observer=metrics)
+    ctx = one_endpoint_context(metrics)
     s = Session(ctx)
     first = pb.ProcessingRequest(
         request_headers=pb.HttpHeaders(headers=header_map({":method": "POST", ":path": "/v1/completions"}))
