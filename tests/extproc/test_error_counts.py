@@ -18,7 +18,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from flowcontrol.test_doors import HeldBackend, eventually
 from flowcontrol.test_preemption_doors import epp_door, gateway_config, send_over
 from gateway.backend import Backend
-from gateway.conftest import closing_backend_gateway, make_config, running_gateway
+from gateway.conftest import (
+    closing_backend_gateway,
+    error_codes,
+    error_counts,
+    labelled_counts,
+    make_config,
+    running_gateway,
+)
 from kvgate.config.gateway import parse_gateway_config
 from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.testing import EnvoyHarness, Exchange
@@ -66,7 +73,7 @@ async def test_a_preempted_request_is_rejected_once_and_leaves_the_in_flight_gau
         assert _value(metrics, "kvgate_epp_picks_total") == 2
         assert _value(metrics, "kvgate_epp_rejections_total", {"status": "429"}) == 1
         # Once on the error metric too, under 429 (its model's label: ``m`` once served, else ``other``).
-        assert {code: n for (_, _, code), n in _errors(metrics.registry).items()} == {"429": 1}
+        assert error_codes(metrics.registry) == {"429": 1}
         assert _value(metrics, "kvgate_epp_inflight_requests") == 0
         # The preempted pick ended not ok, before any response headers (as a request whose client left).
         assert _value(metrics, "kvgate_epp_responses_total", {"ok": "false", "streaming": "false"}) == 1
@@ -85,38 +92,16 @@ async def test_body_refusals_are_counted_as_the_gateway_door_counts_them(start_e
             for body in bodies:
                 async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=body) as r:
                     await r.read()
-        gateway_door = {
-            m.labels["error_code"]: m.value
-            for metric in gw.metrics.registry.collect()
-            if metric.name == "inference_objective_request_error"
-            for m in metric.samples
-            if m.name.endswith("_total") and m.value
-        }
+        gateway_door = error_codes(gw.metrics.registry)
     epp = await start_epp([f"127.0.0.1:{port}"], max_request_body=1000)
     headers = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
     for body in bodies:
         async with Exchange(epp.stub) as ex:
             out = await ex.send_request(headers, body, chunk_size=400)
         assert out.immediate is not None
-    epp_door = {
-        s.labels["status"]: s.value
-        for metric in epp.metrics.registry.collect()
-        for s in metric.samples
-        if s.name == "kvgate_epp_rejections_total"
-    }
+    epp_door = labelled_counts(epp.metrics.registry, "kvgate_epp_rejections_total", "status", zeros=True)
     assert gateway_door == {"400": 2, "413": 1}
     assert epp_door == gateway_door
-
-
-def _errors(registry: Any) -> dict[tuple[str, str, str], float]:
-    """``(model_name, target_model_name, error_code)`` -> ``inference_objective_request_error_total``."""
-    return {
-        (s.labels["model_name"], s.labels["target_model_name"], s.labels["error_code"]): s.value
-        for metric in registry.collect()
-        if metric.name == "inference_objective_request_error"
-        for s in metric.samples
-        if s.name.endswith("_total") and s.value
-    }
 
 
 STREAM = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 40, "stream": True})
@@ -140,7 +125,7 @@ async def test_model_server_errors_and_a_client_gone_are_counted_alike_in_the_th
             proxy = gw.proxy
             assert proxy is not None
             await eventually(lambda: proxy.inflight == 0, "the gateway's stream ended")
-            gateway_door = _errors(gw.metrics.registry)
+            gateway_door = error_counts(gw.metrics.registry)
         epp_door = await _over_ext_proc(backend, start_epp)
         cluster = ClusterSpec("c", gateway=backend.address)  # Parent mode, straight to the model server
         mc = GlobalGateway(ClustersConfig((cluster,)), "round-robin", fetch=False, seed=1)
@@ -148,7 +133,7 @@ async def test_model_server_errors_and_a_client_gone_are_counted_alike_in_the_th
         try:
             await _over_http(backend, mc.port)
             await eventually(lambda: mc.inflight == 0, "the global gateway's stream ended")
-            global_door = _errors(mc.metrics.registry)
+            global_door = error_counts(mc.metrics.registry)
         finally:
             await mc.stop()
     finally:
@@ -197,7 +182,7 @@ async def _over_ext_proc(backend: Backend, start_epp: Any) -> dict[Any, float]:
         assert (await harness.request("POST", URL_PATH, PLAIN)).status == 500
     inflight = "kvgate_epp_inflight_requests"
     await eventually(lambda: _value(epp.metrics, inflight) == 0, "the EPP's stream ended")
-    return _errors(epp.metrics.registry)
+    return error_counts(epp.metrics.registry)
 
 
 async def test_an_unserved_models_errors_are_other_in_the_epp() -> None:
@@ -209,7 +194,7 @@ async def test_an_unserved_models_errors_are_other_in_the_epp() -> None:
     metrics.served("m")
     metrics.error("m", "m", "400")
     metrics.rejected(413)
-    assert _errors(metrics.registry) == {
+    assert error_counts(metrics.registry) == {
         ("other", "other", "404"): 1,
         ("known", "known", "500"): 1,
         ("m", "m", "400"): 1,
@@ -243,7 +228,7 @@ async def test_a_client_that_leaves_while_queued_is_client_gone_once_in_both_doo
             await eventually(lambda: pools[0].director.queued() == 0, "the queue left")
             backend.release.release()
             (await first).release()
-        gateway_door = _errors(gw.metrics.registry)
+        gateway_door = error_counts(gw.metrics.registry)
     finally:
         await gw.stop(drain_timeout=1.0)
         await backend.stop()
@@ -268,7 +253,7 @@ async def test_a_client_that_leaves_while_queued_is_client_gone_once_in_both_doo
             lambda: _value(metrics, "kvgate_epp_inflight_requests") == 0, "the EPP's request done"
         )
     assert gateway_door == {("m", "m", "client_gone"): 1}
-    assert _errors(metrics.registry) == gateway_door
+    assert error_counts(metrics.registry) == gateway_door
 
 
 class _HeldErrorStream:
@@ -297,10 +282,6 @@ async def _leave_after_first_chunk(port: int) -> None:
         r.close()  # the client leaves before the error stream's end
 
 
-def _codes(registry: Any) -> dict[str, float]:
-    return {code: n for (_, _, code), n in _errors(registry).items()}
-
-
 async def test_an_event_stream_400_whose_client_leaves_is_a_400_in_the_three_doors(start_epp) -> None:
     """Review s13-doors L4: one rule in the three doors, a status sent to the client is the count. A
     model server's 400 with an event-stream body whose client leaves before its end: ``kvgate serve``
@@ -320,7 +301,7 @@ async def test_an_event_stream_400_whose_client_leaves_is_a_400_in_the_three_doo
             proxy = gw.proxy
             assert proxy is not None
             await eventually(lambda: proxy.inflight == 0, "the gateway's stream ended")
-            gateway_door = _codes(gw.metrics.registry)
+            gateway_door = error_codes(gw.metrics.registry)
         epp = await start_epp([addr])
         assert epp.stub is not None
         async with aiohttp.ClientSession() as http:
@@ -328,7 +309,7 @@ async def test_an_event_stream_400_whose_client_leaves_is_a_400_in_the_three_doo
             assert gone.status == 499
         inflight = "kvgate_epp_inflight_requests"
         await eventually(lambda: _value(epp.metrics, inflight) == 0, "the EPP's stream ended")
-        epp_door = _codes(epp.metrics.registry)
+        epp_door = error_codes(epp.metrics.registry)
         mc = GlobalGateway(
             ClustersConfig((ClusterSpec("c", gateway=addr),)), "round-robin", fetch=False, seed=1
         )
@@ -336,7 +317,7 @@ async def test_an_event_stream_400_whose_client_leaves_is_a_400_in_the_three_doo
         try:
             await _leave_after_first_chunk(mc.port)
             await eventually(lambda: mc.inflight == 0, "the global gateway's stream ended")
-            global_door = _codes(mc.metrics.registry)
+            global_door = error_codes(mc.metrics.registry)
         finally:
             await mc.stop()
     finally:

@@ -22,6 +22,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from gateway.conftest import ERRORS, labelled_counts
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.context import AddressIndex, build_epp_director
 from kvgate.extproc.metrics import EppMetrics
@@ -36,13 +37,7 @@ _MODE = processing_mode_pb2.ProcessingMode
 
 
 def _errors(metrics: EppMetrics) -> dict[tuple[str, str], float]:
-    return {
-        (s.labels["model_name"], s.labels["error_code"]): s.value
-        for metric in metrics.registry.collect()
-        if metric.name == "inference_objective_request_error"
-        for s in metric.samples
-        if s.name.endswith("_total") and s.value
-    }
+    return labelled_counts(metrics.registry, ERRORS, "model_name", "error_code")
 
 
 def _picked(metrics: EppMetrics, response_bodies: bool = True) -> Session:

@@ -77,15 +77,39 @@ def base_url(gw: GatewayServer) -> str:
     return f"http://127.0.0.1:{gw.port}"
 
 
-def request_errors(gw: GatewayServer) -> dict[tuple[str, str, str], float]:
-    """``(model_name, target_model_name, error_code)`` -> ``inference_objective_request_error_total``."""
+ERRORS = "inference_objective_request_error_total"
+ERROR_LABELS = ("model_name", "target_model_name", "error_code")
+
+
+def labelled_counts(registry: Any, sample: str, *labels: str, zeros: bool = False) -> dict[Any, float]:
+    """The values of the samples named ``sample`` (a counter's ``..._total``) in ``registry``, by the
+    values of ``labels`` (one label: its value; several: a tuple); the 0s only with ``zeros``."""
     return {
-        (m.labels["model_name"], m.labels["target_model_name"], m.labels["error_code"]): m.value
-        for metric in gw.metrics.registry.collect()
-        if metric.name == "inference_objective_request_error"
-        for m in metric.samples
-        if m.name.endswith("_total")
+        (s.labels[labels[0]] if len(labels) == 1 else tuple(s.labels[k] for k in labels)): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == sample and (zeros or s.value)
     }
+
+
+def error_counts(registry: Any) -> dict[tuple[str, str, str], float]:
+    """``(model_name, target_model_name, error_code)`` -> ``inference_objective_request_error_total``, the
+    counts that are not 0 (the same metric in the three doors)."""
+    return labelled_counts(registry, ERRORS, *ERROR_LABELS)
+
+
+def error_codes(registry: Any) -> dict[str, float]:
+    """``error_code`` -> ``inference_objective_request_error_total`` over the model labels, the counts
+    that are not 0."""
+    out: dict[str, float] = {}
+    for (_, _, code), value in error_counts(registry).items():
+        out[code] = out.get(code, 0.0) + value
+    return out
+
+
+def request_errors(gw: GatewayServer) -> dict[tuple[str, str, str], float]:
+    """``error_counts`` of a gateway, the 0s included."""
+    return labelled_counts(gw.metrics.registry, ERRORS, *ERROR_LABELS, zeros=True)
 
 
 async def _close(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 
 from gateway.backend import free_port
+from gateway.conftest import error_codes, error_counts, labelled_counts
 from gateway.test_front import _exchange, _req
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -20,21 +21,11 @@ BODY = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 1})
 
 
 def labelled_errors(gw: GlobalGateway) -> dict[tuple[str, str, str], float]:
-    """``(model_name, target_model_name, error_code)`` -> count, the counts that are not 0."""
-    return {
-        (s.labels["model_name"], s.labels["target_model_name"], s.labels["error_code"]): s.value
-        for family in gw.metrics.registry.collect()
-        for s in family.samples
-        if s.name == "inference_objective_request_error_total" and s.value
-    }
+    return error_counts(gw.metrics.registry)
 
 
 def errors(gw: GlobalGateway) -> dict[str, float]:
-    """``error_code`` -> count (over the model labels), the counts that are not 0."""
-    out: dict[str, float] = {}
-    for (_, _, code), value in labelled_errors(gw).items():
-        out[code] = out.get(code, 0.0) + value
-    return out
+    return error_codes(gw.metrics.registry)
 
 
 async def _post(port: int, body: bytes = BODY) -> tuple[int, bytes]:
@@ -122,12 +113,9 @@ async def test_errors_carry_bounded_model_labels(pods, gateway) -> None:
         ("other", "other", "400"): 1,
         ("", "", "400"): 1,
     }
-    started = {
-        s.labels["model_name"]: s.value
-        for family in gw.metrics.registry.collect()
-        for s in family.samples
-        if s.name == "kvgate_multicluster_requests_total"
-    }
+    started = labelled_counts(
+        gw.metrics.registry, "kvgate_multicluster_requests_total", "model_name", zeros=True
+    )
     assert started == {"m": 2, "other": 1}
 
 
