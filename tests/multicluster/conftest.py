@@ -1,5 +1,5 @@
-"""Fixtures shared by the global gateway's front tests (``test_error_counts.py``,
-``test_front_hardening.py``): loopback backends and global gateways in Parent mode, stopped after the test."""
+"""Fixtures shared by the global gateway's tests (``test_error_counts.py``, ``test_front_hardening.py``,
+``test_refusal_status.py``): loopback backends and global gateways, stopped after the test."""
 
 from __future__ import annotations
 
@@ -29,12 +29,13 @@ async def pods() -> AsyncIterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[Callable[..., Any]]:
+async def global_gateway() -> AsyncIterator[Callable[..., Any]]:
+    """``make(*clusters, **kw)``: a started global gateway over ``clusters`` (``ClusterSpec``s), round-robin,
+    no fetches, seed 1 (``kw``: ``GlobalGateway``'s other arguments); stopped after the test."""
     running: list[GlobalGateway] = []
 
-    async def make(gateways: list[str], **limits: Any) -> GlobalGateway:
-        clusters = tuple(ClusterSpec(f"c{i}", gateway=g) for i, g in enumerate(gateways))  # Parent mode
-        gw = GlobalGateway(ClustersConfig(clusters), "round-robin", fetch=False, limits=FrontLimits(**limits))
+    async def make(*clusters: ClusterSpec, **kw: Any) -> GlobalGateway:
+        gw = GlobalGateway(ClustersConfig(tuple(clusters)), "round-robin", fetch=False, **{"seed": 1, **kw})
         await gw.start("127.0.0.1", 0)
         running.append(gw)
         return gw
@@ -42,3 +43,16 @@ async def gateway() -> AsyncIterator[Callable[..., Any]]:
     yield make
     for gw in running:
         await gw.stop()
+
+
+@pytest.fixture
+def gateway(global_gateway: Callable[..., Any]) -> Callable[..., Any]:
+    """``make(gateways, **limits)``: ``global_gateway`` in Parent mode, a cluster per gateway address, with
+    these front limits."""
+
+    async def make(gateways: list[str], **limits: Any) -> GlobalGateway:
+        clusters = (ClusterSpec(f"c{i}", gateway=g) for i, g in enumerate(gateways))
+        gw: GlobalGateway = await global_gateway(*clusters, limits=FrontLimits(**limits))
+        return gw
+
+    return make

@@ -29,7 +29,7 @@ from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.context import AddressIndex, build_epp_director
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import SessionContext
-from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.epp_client import retry_after_s
 from kvgate.multicluster.router import Attempt, no_route
 from kvgate.multicluster.serve import GlobalGateway
@@ -54,21 +54,6 @@ async def epps() -> AsyncIterator[Callable[..., Any]]:
     yield make
     for epp in started:
         await epp.stop(0)
-
-
-@pytest.fixture
-async def global_gateway() -> AsyncIterator[Callable[..., Any]]:
-    running: list[GlobalGateway] = []
-
-    async def make(*clusters: ClusterSpec) -> GlobalGateway:
-        gw = GlobalGateway(ClustersConfig(tuple(clusters)), "round-robin", fetch=False, seed=1)
-        await gw.start("127.0.0.1", 0)
-        running.append(gw)
-        return gw
-
-    yield make
-    for gw in running:
-        await gw.stop()
 
 
 async def _post(gw: GlobalGateway) -> tuple[int, dict[str, Any], dict[str, str]]:
