@@ -19,7 +19,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,33 +80,59 @@ def _kill_all(procs: dict[int, int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+class _Bench:
+    """A script run as a bench (``_bench``), and what the test leaves for the way out to end."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.procs: dict[int, int] = {}  # pid -> start time: SIGKILLed if running
+        self.stopped: list[int] = []  # SIGSTOPped (a watchdog held): continued
+        self.others: list[subprocess.Popen[bytes]] = []  # started by the test: killed and waited for
+
+    def ready(self) -> list[int]:
+        """The numbers of its first line (printed once it is ready: pids, mostly)."""
+        assert self.proc.stdout is not None
+        return [int(x) for x in self.proc.stdout.readline().split()]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@contextlib.contextmanager
+def _bench(tmp_path: Path, source: str, *args: str, **popen: Any) -> Iterator[_Bench]:
+    """``source`` run as a bench, its stdout a pipe (``popen``: its process group or session); on the way
+    out it is SIGKILLed, and so is what the test put in its ``procs`` and ``others``."""
+    script = tmp_path / "bench.py"
+    script.write_text(source)
+    run = _Bench(subprocess.Popen([sys.executable, str(script), *args], env=ENV, stdout=subprocess.PIPE,
+                                  text=True, **popen))  # fmt: skip
+    try:
+        yield run
+    finally:
+        run.kill()
+        for pid in run.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        _kill_all(run.procs)
+        for other in run.others:
+            other.kill()
+            other.wait()
+
+
 def test_a_bench_killed_by_sigkill_leaves_no_process(tmp_path: Path) -> None:
     """The orphan and both deaf processes end once the bench is SIGKILLed, and so does the watchdog. A
     process of the bench's own process group that is not its descendant (``| tee`` in a shell job) is
     left alone. Before: the orphan, the deaf child and its child ran on."""
-    script = tmp_path / "bench.py"
-    script.write_text(_BENCH)
-    bench = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
-                             process_group=0)  # fmt: skip
-    procs: dict[int, int] = {}
-    sibling = None
-    try:
-        sibling = subprocess.Popen(["sleep", "60"], process_group=bench.pid)  # (its job's ``tee``)
-        assert bench.stdout is not None
-        watchdog, *pids = (int(x) for x in bench.stdout.readline().split())
-        procs = _start_times([watchdog, *pids])
-        bench.kill()
-        bench.wait()
-        left = _wait_gone(procs, within_s=20)
+    with _bench(tmp_path, _BENCH, process_group=0) as run:
+        sibling = subprocess.Popen(["sleep", "60"], process_group=run.proc.pid)  # (its job's ``tee``)
+        run.others.append(sibling)
+        watchdog, *pids = run.ready()
+        run.procs.update(_start_times([watchdog, *pids]))
+        run.kill()
+        left = _wait_gone(run.procs, within_s=20)
         assert not left, f"left running after the bench's SIGKILL: {sorted(left)} of {pids}"
         assert sibling.poll() is None, "the watchdog killed a process of the bench's group it had not started"
-    finally:
-        bench.kill()
-        bench.wait()
-        _kill_all(procs)
-        if sibling is not None:
-            sibling.kill()
-            sibling.wait()
 
 
 def test_the_watchdog_ends_after_its_process_exits_normally(tmp_path: Path) -> None:
@@ -162,23 +190,12 @@ def test_a_realvllm_harness_killed_by_sigkill_leaves_no_process(tmp_path: Path) 
     """``kvgate.realvllm``'s servers share the benches' lifeline: a process that started one (a stand-in
     with a child, as vLLM's engine processes) and is SIGKILLed leaves neither. Before: its own
     ``PR_SET_PDEATHSIG`` (SIGKILL) ended the server alone, and the server's child ran on."""
-    script = tmp_path / "parent.py"
-    script.write_text(_VLLM_PARENT)
-    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=ENV, stdout=subprocess.PIPE,
-                              text=True, start_new_session=True)  # fmt: skip
-    procs: dict[int, int] = {}
-    try:
-        assert parent.stdout is not None
-        pids = [int(x) for x in parent.stdout.readline().split()]
-        procs = _start_times(pids)
+    with _bench(tmp_path, _VLLM_PARENT, str(tmp_path), start_new_session=True) as parent:
+        pids = parent.ready()
+        parent.procs.update(_start_times(pids))
         parent.kill()
-        parent.wait()
-        left = _wait_gone(procs, within_s=20)
+        left = _wait_gone(parent.procs, within_s=20)
         assert not left, f"left running after the parent's SIGKILL: {sorted(left)} of {pids}"
-    finally:
-        parent.kill()
-        parent.wait()
-        _kill_all(procs)
 
 
 # --- review s12-hard ---------------------------------------------------------------------------------------
@@ -363,32 +380,19 @@ def test_a_sigterm_to_the_watchdog_sweeps_what_it_covers_before_it_ends(tmp_path
     without a sweep: what it covered ran on, unwatched (fails before: the three ran on). Now it sweeps
     first (SIGTERM, SIGKILL after the grace to the deaf ones), then ends; the process it watches, still
     running, is not signalled, nor a process of its group that it did not start."""
-    script = tmp_path / "bench.py"
-    script.write_text(_BENCH)
-    bench = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
-                             process_group=0)  # fmt: skip
-    procs: dict[int, int] = {}
-    sibling = None
-    try:
-        sibling = subprocess.Popen(["sleep", "60"], process_group=bench.pid)
-        assert bench.stdout is not None
-        watchdog, *pids = (int(x) for x in bench.stdout.readline().split())
-        procs = _start_times(pids)
+    with _bench(tmp_path, _BENCH, process_group=0) as run:
+        sibling = subprocess.Popen(["sleep", "60"], process_group=run.proc.pid)
+        run.others.append(sibling)
+        watchdog, *pids = run.ready()
+        run.procs.update(_start_times(pids))
         os.kill(watchdog, signal.SIGTERM)
-        left = _wait_gone(procs, within_s=20)
+        left = _wait_gone(run.procs, within_s=20)
         assert not left, f"left running after the watchdog's SIGTERM: {sorted(left)} of {pids}"
         _wait_ended(watchdog, within_s=20)
         st = lifeline.stat(watchdog)
         assert st is None or st[2] == "Z", "the watchdog did not end"
-        assert bench.poll() is None, "the watchdog signalled the process it watches"
+        assert run.proc.poll() is None, "the watchdog signalled the process it watches"
         assert sibling.poll() is None, "the watchdog killed a process of the bench's group it had not started"
-    finally:
-        bench.kill()
-        bench.wait()
-        _kill_all(procs)
-        if sibling is not None:
-            sibling.kill()
-            sibling.wait()
 
 
 # A bench whose watchdog lists only at its start and when asked (a long tick: the window made wide), then,
@@ -421,34 +425,26 @@ time.sleep(120)
 """
 
 
+def _kill_the_bench_of_a_held_watchdog(run: _Bench, watchdog: int, pids: list[int]) -> dict[int, int]:
+    """SIGKILL the bench whose watchdog it holds (SIGSTOP), then continue the watchdog; what of ``pids``
+    runs on after its sweep (bounded wait)."""
+    run.stopped.append(watchdog)
+    run.procs.update(_start_times(pids))
+    run.kill()
+    os.kill(watchdog, signal.SIGCONT)
+    return _wait_gone(run.procs, within_s=20)
+
+
 def test_what_detached_after_the_last_listing_is_swept_too(tmp_path: Path) -> None:
     """A process the watchdog had not listed when its process died (a daemon's double fork and a child
     ignoring SIGTERM, both started after the last listing) was re-parented to init, out of the tree, and
     ran on (fails before: both ran on). They carry the ``KVGATE_WATCHDOG`` entry the bench exported to
     its descendants, naming this watchdog: the sweep finds them by it."""
-    script = tmp_path / "bench.py"
-    script.write_text(_UNLISTED)
-    bench = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
-                             start_new_session=True)  # fmt: skip
-    procs: dict[int, int] = {}
-    watchdog = 0
-    try:
-        assert bench.stdout is not None
-        watchdog, *pids = (int(x) for x in bench.stdout.readline().split())
-        procs = _start_times(pids)
-        bench.kill()
-        bench.wait()
-        os.kill(watchdog, signal.SIGCONT)
-        left = _wait_gone(procs, within_s=20)
+    with _bench(tmp_path, _UNLISTED, start_new_session=True) as run:
+        watchdog, *pids = run.ready()
+        left = _kill_the_bench_of_a_held_watchdog(run, watchdog, pids)
         assert not left, f"left running after the bench's SIGKILL: {sorted(left)} of {pids}"
         _wait_ended(watchdog, within_s=20)
-    finally:
-        bench.kill()
-        bench.wait()
-        if watchdog:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(watchdog, signal.SIGCONT)
-        _kill_all(procs)
 
 
 def test_the_sweep_spares_what_does_not_carry_its_marker() -> None:
@@ -498,21 +494,11 @@ def test_a_sigterm_to_a_watchdog_still_starting_sweeps_too(tmp_path: Path) -> No
     load; ``start_watchdog`` does not wait), a SIGTERM ended it by the default action, without a sweep
     (fails before: the deaf child ran on). Now SIGTERM is blocked from before its fork until the handler
     is set: it stays pending, then sweeps."""
-    script = tmp_path / "bench.py"
-    script.write_text(_EARLY_SIGTERM)
-    bench = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
-                             start_new_session=True)  # fmt: skip
-    procs: dict[int, int] = {}
-    try:
-        assert bench.stdout is not None
-        deaf, start, code, alive = (int(x) for x in bench.stdout.readline().split())
-        procs = {deaf: start}
+    with _bench(tmp_path, _EARLY_SIGTERM, start_new_session=True) as run:
+        deaf, start, code, alive = run.ready()
+        run.procs[deaf] = start
         assert code == -signal.SIGTERM, code
         assert not alive, "the watchdog, SIGTERMed while starting, ended with no sweep: the deaf child ran on"
-    finally:
-        bench.kill()
-        bench.wait()
-        _kill_all(procs)
 
 
 def test_the_marker_test_survives_a_concurrent_run_of_itself() -> None:
@@ -567,30 +553,12 @@ def test_a_daemon_forked_by_the_bench_itself_is_swept_too(tmp_path: Path) -> Non
     """Review s13-hard L2: a daemon the bench forked itself (os.fork, no exec) after the watchdog's last
     listing was not found by the marker sweep (its /proc/<pid>/environ lacks the entry) and ran on
     (fails before). The sweep now also takes what holds the bench's end of the watchdog's socket open."""
-    script = tmp_path / "bench.py"
-    script.write_text(_PY_DAEMON)
-    bench = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
-                             start_new_session=True)  # fmt: skip
-    procs: dict[int, int] = {}
-    watchdog = 0
-    try:
-        assert bench.stdout is not None
-        watchdog, daemon, seen = (int(x) for x in bench.stdout.readline().split())
-        procs = _start_times([daemon])
+    with _bench(tmp_path, _PY_DAEMON, start_new_session=True) as run:
+        watchdog, daemon, seen = run.ready()
+        left = _kill_the_bench_of_a_held_watchdog(run, watchdog, [daemon])
         assert not seen, "its /proc/<pid>/environ holds the entry: not the case this test is about"
-        bench.kill()
-        bench.wait()
-        os.kill(watchdog, signal.SIGCONT)
-        left = _wait_gone(procs, within_s=20)
         assert not left, "the bench's forked daemon runs on after its watchdog's sweep"
         _wait_ended(watchdog, within_s=20)
-    finally:
-        bench.kill()
-        bench.wait()
-        if watchdog:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(watchdog, signal.SIGCONT)
-        _kill_all(procs)
 
 
 def test_holding_finds_only_what_holds_the_descriptor() -> None:
