@@ -30,7 +30,7 @@ from kvgate.extproc.context import AddressIndex, build_epp_director
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import SessionContext
 from kvgate.multicluster.clusters import ClusterSpec
-from kvgate.multicluster.epp_client import retry_after_s
+from kvgate.multicluster.epp_client import RETRY_AFTER_MAX_S, retry_after_s
 from kvgate.multicluster.router import Attempt, no_route
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -126,6 +126,53 @@ async def test_a_clusters_retry_after_reaches_the_client(global_gateway) -> None
         await runner.cleanup()
 
 
+async def _busy_cluster(retry_after: str) -> tuple[web.AppRunner, str]:
+    """A Parent-mode cluster that answers every request 429 with this ``Retry-After``: its runner, address."""
+
+    async def busy(_r: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": {"message": "rate limit"}}, status=429, headers={"Retry-After": retry_after}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", busy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"127.0.0.1:{port}"
+
+
+async def test_a_clusters_unreadable_retry_after_is_one_refusal_not_a_500(pods, global_gateway) -> None:
+    """Review s13-fixes D1: a cluster's 429 with a Retry-After ``int`` refuses (5,000 digits, past
+    CPython's int-string limit) is that cluster's refusal: the next cluster serves the request (was a
+    500 whenever the busy cluster was tried first: the ValueError left the router)."""
+    runner, busy = await _busy_cluster("9" * 5000)
+    try:
+        good = await pods()
+        gw = await global_gateway(
+            ClusterSpec("busy", gateway=busy), ClusterSpec("good", gateway=good.address)
+        )
+        statuses = [(await _post(gw))[0] for _ in range(4)]  # (round-robin: busy tried first twice)
+        assert statuses == [200] * 4, statuses
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("given", ["99999999999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_a_clusters_retry_after_is_capped(global_gateway, given: str) -> None:
+    """Review s13-fixes D3: a cluster's Retry-After of years (a huge delta, an HTTP date in 9999) reaches
+    the client as ``RETRY_AFTER_MAX_S`` (was passed on as is)."""
+    runner, busy = await _busy_cluster(given)
+    try:
+        gw = await global_gateway(ClusterSpec("a", gateway=busy))
+        status, body, headers = await _post(gw)
+        assert status == 429, body
+        assert headers.get("Retry-After") == str(RETRY_AFTER_MAX_S) == "3600", headers
+    finally:
+        await runner.cleanup()
+
+
 async def test_503_only_when_no_cluster_refused(pods, global_gateway) -> None:
     broken = await pods()
     broken.mode = "error500"
@@ -165,15 +212,32 @@ def test_retry_after_values() -> None:
     assert retry_after_s(None) is None and retry_after_s("soon") is None and retry_after_s("-5") is None
     later = email.utils.format_datetime(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=120))
     assert 100 <= (retry_after_s(later) or 0) <= 121
+    assert retry_after_s("3601") == RETRY_AFTER_MAX_S and retry_after_s("0" * 20 + "5") == 5
+    assert retry_after_s("9" * 11) == RETRY_AFTER_MAX_S
+
+
+@pytest.mark.parametrize(
+    "value", ["9" * 5000, "\xb2", "\u0663\u00b9", "x" * 5000, "Fri, 31 Dec 99999 23:59:59 GMT"]
+)
+def test_retry_after_s_never_raises(value: str) -> None:
+    """Review s13-fixes D1: documented "None if absent or unreadable"; was ValueError for the first three
+    (``str.isdigit`` takes Latin-1 superscripts and other scripts' digits, ``int`` refuses them, and
+    5,000 digits pass CPython's int-string limit)."""
+    got = retry_after_s(value)
+    assert got is None or 0 <= got <= RETRY_AFTER_MAX_S
 
 
 class _BusyEpp(pb_grpc.ExternalProcessorServicer):
-    """A remote EPP that sheds every request: ImmediateResponse 429 with ``retry-after: 7`` and its error."""
+    """A remote EPP that sheds every request: ImmediateResponse 429 with ``retry-after`` (``raw``, 7 by
+    default) and its error."""
+
+    def __init__(self, raw: bytes = b"7") -> None:
+        self.raw = raw
 
     async def Process(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.ProcessingResponse]:
         async for msg in request_iterator:
             if msg.WhichOneof("request") == "request_body" and msg.request_body.end_of_stream:
-                header = base_pb2.HeaderValue(key="retry-after", raw_value=b"7")
+                header = base_pb2.HeaderValue(key="retry-after", raw_value=self.raw)
                 yield pb.ProcessingResponse(
                     immediate_response=pb.ImmediateResponse(
                         status=http_status_pb2.HttpStatus(code=429),
@@ -194,5 +258,21 @@ async def test_a_remote_epps_retry_after_reaches_the_client(global_gateway) -> N
         status, body, headers = await _post(gw)
         assert status == 429, body
         assert headers.get("Retry-After") == "7", headers
+    finally:
+        await server.stop(0)
+
+
+async def test_a_remote_epps_non_utf8_retry_after_is_a_429(global_gateway) -> None:
+    """Review s13-fixes D1: a remote EPP's Retry-After that is not UTF-8 is unreadable (1 s), not a
+    UnicodeDecodeError ending the request with a 500."""
+    server = grpc.aio.server()
+    pb_grpc.add_ExternalProcessorServicer_to_server(_BusyEpp(b"\xff7"), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        gw = await global_gateway(ClusterSpec("a", epp=f"127.0.0.1:{port}"))
+        status, body, headers = await _post(gw)
+        assert status == 429, body
+        assert headers.get("Retry-After") == "1", headers
     finally:
         await server.stop(0)

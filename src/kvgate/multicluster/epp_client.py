@@ -129,21 +129,31 @@ class EppStalled(TimeoutError):
         self.phase = phase
 
 
+# The longest delay a Retry-After may ask for (seconds): a cluster's larger value (a misconfigured
+# delta-seconds, an HTTP date years away) is capped to this, so no cluster sends clients away for longer.
+RETRY_AFTER_MAX_S = 3600
+
+
 def retry_after_s(value: str | None) -> int | None:
-    """A Retry-After header's delay in whole seconds (delta-seconds or an HTTP date), None if absent or
-    unreadable."""
+    """A Retry-After header's delay in whole seconds (delta-seconds or an HTTP date), at most
+    ``RETRY_AFTER_MAX_S``; None if absent or unreadable. Never raises: only ASCII digits are read as
+    delta-seconds (``str.isdigit`` also takes digits ``int`` refuses), and a value longer than any HTTP
+    date is unreadable."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return int(value)
+    if value.isascii() and value.isdigit():
+        # (More than 10 digits is past the cap whatever they say: no int() of a 5,000-digit string.)
+        return RETRY_AFTER_MAX_S if len(value.lstrip("0")) > 10 else min(int(value), RETRY_AFTER_MAX_S)
+    if len(value) > 64:  # an HTTP date is 29 characters
+        return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            return None
+        return min(RETRY_AFTER_MAX_S, max(0, math.ceil(when.timestamp() - time.time())))
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0, math.ceil(when.timestamp() - time.time()))
 
 
 class EppImmediate(Exception):
@@ -249,7 +259,7 @@ class EppStream:
                 self.error = imm.body or None
                 for opt in imm.headers.set_headers:
                     if opt.header.key.lower() == "retry-after":
-                        self.retry_after = retry_after_s(opt.header.value or opt.header.raw_value.decode())
+                        self.retry_after = retry_after_s(_value(opt.header))
                 break
             if msg.HasField("mode_override"):
                 self._override(msg.mode_override)

@@ -8,10 +8,11 @@ cluster usable), ``/v1/clusters`` (what this gateway knows of each cluster).
 It runs on the single-cluster gateway's client-facing front (``kvgate.httpfront``), so it has the same
 hardening: OpenAI-style JSON errors (400 bad body, 404 unknown path, 405 wrong method, 413 body over
 ``limits.maxBodyBytes``, 408 header/body deadlines; when no cluster started the request, 429 if one was
-at capacity (``Retry-After``: the smallest the clusters gave), else the status the clusters refused it
-with when every one refused (a remote EPP's 413, ..., with its own error body), else 503:
-``router.no_route``; 503 over ``limits.maxConnections``), and the send deadline for clients that stop
-reading (the connection is aborted, which cancels the request upstream and on the remote EPP).
+at capacity (``Retry-After``: the smallest the clusters gave, 1 to ``RETRY_AFTER_MAX_S`` = 3600 s),
+else the status the clusters refused it with when every one refused (a remote EPP's 413, ..., with its
+own error body), else 503: ``router.no_route``; 503 over ``limits.maxConnections``), and the send
+deadline for clients that stop reading (the connection is aborted, which cancels the request upstream
+and on the remote EPP).
 """
 
 from __future__ import annotations
