@@ -3,11 +3,13 @@
 gateway does for the same request (``tests/gateway/test_error_counts.py``): the HTTP status its client
 gets (the body's 400, the front's refusals, 429 / 503 when no cluster could start it, a cluster's error
 reply passed through),
-``stream_cut``, ``client_gone``. Real sockets, clusters in Parent mode on loopback backends."""
+``stream_cut``, ``client_gone``. Real sockets, clusters in Parent mode on loopback backends (one test
+in Endpoint mode, with a real ``kvgate epp``)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import orjson
@@ -15,6 +17,11 @@ import orjson
 from gateway.backend import free_port
 from gateway.conftest import error_codes, error_counts, labelled_counts
 from gateway.test_front import _exchange, _req
+from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.context import AddressIndex, build_epp_director
+from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.session import SessionContext
+from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
 BODY = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 1})
@@ -119,10 +126,12 @@ async def test_errors_carry_bounded_model_labels(pods, gateway) -> None:
     assert started == {"m": 2, "other": 1}
 
 
-async def test_a_rewrite_headers_2xx_teaches_the_name_sent_not_the_clients(pods, gateway) -> None:
-    """Review s13-doors M1: a made-up body model with ``x-gateway-model-name-rewrite`` naming a real one
-    is answered 2xx by the cluster (its EPP sends the real name on): the label learnt is the header's
-    name, the one the model server saw; before, the client's made-up name earned a label."""
+async def test_a_rewrite_header_a_parent_mode_cluster_may_ignore_teaches_no_name(pods, gateway) -> None:
+    """Review s13-doors M1, then s13-fixes D2: a made-up body model with ``x-gateway-model-name-rewrite``
+    naming a real one, in Parent mode. The cluster's gateway may ignore the header (``kvgate serve`` does:
+    the pod got ``junk``), so its 2xx says nothing of either name: none is learnt. Before fixdoors the
+    client's body name was learnt; from fixdoors to fix2doors the header's (this test said ``{"real"}``,
+    a name no model server was asked for)."""
     pod = await pods()
     gw = await gateway([pod.address])
     made_up = orjson.dumps({"model": "junk", "prompt": "x", "max_tokens": 1})
@@ -130,4 +139,43 @@ async def test_a_rewrite_headers_2xx_teaches_the_name_sent_not_the_clients(pods,
     hdrs = {"Content-Type": "application/json", "x-gateway-model-name-rewrite": "real"}
     async with aiohttp.ClientSession() as http, http.post(url, data=made_up, headers=hdrs) as r:
         assert r.status == 200, await r.read()
-    assert gw.metrics.models.learnt == {"real"}
+    assert {b.get("model") for _path, _h, b in pod.received} == {"junk"}
+    assert gw.metrics.models.learnt == set()
+
+
+async def test_junk_rewrite_headers_fill_no_labels_in_parent_mode(pods, gateway) -> None:
+    """Review s13-fixes D2: 16 requests for a served model, each with a made-up rewrite header, took every
+    learnable label (the pod was only ever asked for ``m``)."""
+    pod = await pods()
+    gw = await gateway([pod.address])
+    url = f"http://127.0.0.1:{gw.port}/v1/completions"
+    async with aiohttp.ClientSession() as http:
+        for i in range(16):
+            hdrs = {"Content-Type": "application/json", "x-gateway-model-name-rewrite": f"junk-{i}"}
+            async with http.post(url, data=BODY, headers=hdrs) as r:
+                assert r.status == 200, await r.read()
+    assert {b.get("model") for _path, _h, b in pod.received} == {"m"}
+    assert gw.metrics.models.learnt == set()
+
+
+async def test_a_rewrite_header_an_endpoint_mode_epp_obeys_teaches_its_name(pods, global_gateway) -> None:
+    """Endpoint mode: the remote EPP (a real ``kvgate epp``) rewrites the body to the header's name, so
+    the pod was asked for ``real`` and its 2xx teaches ``real`` (never the client's body name)."""
+    pod = await pods()
+    store = EndpointStore.from_addresses([pod.address])
+    ctx = SessionContext(build_epp_director(None, store, policy="round-robin"), AddressIndex(store),
+                         clock=time.monotonic)  # fmt: skip
+    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+    await epp.start()
+    try:
+        gw = await global_gateway(ClusterSpec("a", epp=f"127.0.0.1:{epp.port}"))
+        made_up = orjson.dumps({"model": "junk", "prompt": "x", "max_tokens": 1})
+        url = f"http://127.0.0.1:{gw.port}/v1/completions"
+        hdrs = {"Content-Type": "application/json", "x-gateway-model-name-rewrite": "real"}
+        async with aiohttp.ClientSession() as http, http.post(url, data=made_up, headers=hdrs) as r:
+            assert r.status == 200, await r.read()
+            assert r.headers["x-kvgate-route-mode"] == "endpoint"
+        assert {b.get("model") for _path, _h, b in pod.received} == {"real"}
+        assert gw.metrics.models.learnt == {"real"}
+    finally:
+        await epp.stop(0)

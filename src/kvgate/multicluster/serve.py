@@ -46,7 +46,7 @@ from kvgate.httpfront.server import (
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
-from kvgate.multicluster.router import Attempt, GlobalRouter, NoRoute, Routed
+from kvgate.multicluster.router import ENDPOINT, Attempt, GlobalRouter, NoRoute, Routed
 from kvgate.multicluster.source import ClusterSource
 from kvgate.openai.labels import ModelLabels
 from kvgate.openai.protocol import MODEL_REWRITE, sse_error_event
@@ -64,7 +64,8 @@ class _Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         # ``model_name`` values bounded (kvgate.openai.labels): the clusters file names no models, so a
         # name is its own label once a cluster answered a request sent under it with a 2xx (at most 16;
-        # with a rewrite header, the header's name, not the body's), else ``other``.
+        # with a rewrite header, the header's name in Endpoint mode and none in Parent mode, never the
+        # body's), else ``other``.
         self.models = ModelLabels()
         self.requests = Counter(
             "kvgate_multicluster_requests_total", "Requests started, by cluster, routing mode and model",
@@ -233,9 +234,13 @@ class GlobalGateway:
                 return Response(status=e.status, body=e.error, content_type="application/json")
             return json_error(e.status, e.message)
         try:
-            # The name the cluster was sent (a client's rewrite header names it; the EPP there obeys it):
-            # the only one its 2xx says anything of (kvgate.openai.labels).
-            sent = request.headers.get(MODEL_REWRITE) or parsed.model
+            # The name the model server was sent: the only one its 2xx says anything of
+            # (kvgate.openai.labels). A client's rewrite header names it only where this gateway gave
+            # it to an EPP that obeys it (Endpoint mode: the pod got the EPP's body). A cluster's own
+            # gateway may ignore the header (``kvgate serve`` does), so in Parent mode (a fallback
+            # included) the pod may have got either name: learn none rather than one a client chose.
+            rewrite = request.headers.get(MODEL_REWRITE)
+            sent = parsed.model if not rewrite else rewrite if routed.mode == ENDPOINT else ""
             return await self._relay(request, routed, parsed.model, sent)
         finally:
             # Cut short (the client left, a write failed, cancelled before the first chunk) or done:
