@@ -126,6 +126,31 @@ async def test_a_re_request_from_the_same_engine_overlaps_by_one_batch_and_compl
         server.close()
 
 
+async def test_a_re_request_whose_overlap_batch_left_the_buffer_says_so(caplog):
+    """Review s13-fixes K1: the same engine's buffer wraps between the two requests (batches 0-249
+    evicted, 400-499 published): the re-request's answer begins at 250, after the last batch got (199).
+    Dropped as before, but the log no longer says only that the engine restarted."""
+    payloads = [batch(stored_map([1_000 + i], None, [i % 50] * 4)) for i in range(500)]
+    server: VLLMShapedReplay
+
+    def lose(n: int, seq: int | None) -> bool:
+        if n == 1 and seq is None:  # the first answer's tail lost; then the buffer moves on
+            server.buffer = list(enumerate(payloads))[250:]
+            return True
+        return n == 1 and seq is not None and seq >= 200
+
+    server = VLLMShapedReplay(payloads[:400], lose=lose)
+    try:
+        sub = KVEventSubscriber(BlockIndex(), "a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
+        with caplog.at_level("WARNING", logger="kvgate.datalayer.kvsubscriber"):
+            assert await sub._fetch(0) is None
+        assert server.requests[:2] == [0, 199]
+        assert "the last batch got has left the engine's buffer" in caplog.text, caplog.text
+        assert "a buffer that wrapped, or an engine that restarted" in caplog.text
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize(
     ("address", "bind"),
     [

@@ -613,7 +613,7 @@ class KVEventSubscriber:
         keep = _Kept()
         start = want
         overlap: tuple[int, int] | None = None  # (seq, payload digest) the next answer must begin with
-        outcome: Literal["done", "lost", "silent", "changed"] = "silent"
+        outcome: Literal["done", "lost", "silent", "changed", "moved"] = "silent"
         requests = 0
         try:
             while requests < FETCH_MAX_ROUNDS:
@@ -636,13 +636,15 @@ class KVEventSubscriber:
                         self.endpoint, want, FETCH_MAX_BATCHES, FETCH_MAX_BYTES >> 20, keep.dropped,
                         len(keep.got),
                     )  # fmt: skip
-            if requests > 1 or outcome in ("lost", "changed"):
+            if requests > 1 or outcome in ("lost", "changed", "moved"):
                 why = {
                     "done": "its whole answer came",
                     "silent": "no answer" if requests == 1 else "no answer to the last one",
                     "lost": f"the answer still stopped short (a buffer longer than {FETCH_MAX_ROUNDS} "
                     f"requests reach, or a message over {FETCH_MAX_MESSAGE_BYTES >> 20} MiB)",
                     "changed": "the engine restarted between two requests (its answers disagree)",
+                    "moved": "the last batch got has left the engine's buffer between two requests (the "
+                    "answer begins after it: a buffer that wrapped, or an engine that restarted)",
                 }[outcome]
                 log.warning(
                     "kv events from %s: the replay socket %s lost part of its answer from seq %d (a ZMQ "
@@ -659,12 +661,13 @@ class KVEventSubscriber:
 
     async def _fetch_round(
         self, start: int, want: int, upto: int | None, keep: _Kept, overlap: tuple[int, int] | None
-    ) -> tuple[Literal["done", "lost", "silent", "changed"], int, tuple[int, int] | None]:
+    ) -> tuple[Literal["done", "lost", "silent", "changed", "moved"], int, tuple[int, int] | None]:
         """One replay request from ``start``, its batches in [``want``, ``upto``) handed to ``keep``:
         ("done", ..) at the end marker (or once the batch before ``upto`` came), ("lost", first missing,
         (last seq, its payload's digest)) after a hole or silence with part of the answer come, ("silent",
         ..) when none of it came, ("changed", ..) when the answer does not begin with ``overlap`` (the
-        batch and payload that the answer before ended with)."""
+        batch and payload that the answer before ended with), ("moved", ..) when it begins after it (the
+        engine no longer holds that batch: its buffer wrapped, or it restarted; dropped as "changed")."""
         import zmq
         import zmq.asyncio
 
@@ -710,6 +713,8 @@ class KVEventSubscriber:
                 if last is None and overlap is not None:
                     # A re-request's first message: the batch the answer before ended with, unchanged
                     # (already kept).
+                    if seq > overlap[0]:
+                        return "moved", start, None
                     if (seq, xxhash.xxh3_64_intdigest(payload)) != overlap:
                         return "changed", start, None
                     last, last_payload = seq, payload
