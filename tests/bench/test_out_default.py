@@ -81,3 +81,39 @@ def test_results_is_git_ignored() -> None:
 def test_wrote_names_every_file(capsys: pytest.CaptureFixture[str]) -> None:
     outdir.wrote(Path("results/x/a.json"), "results/x/a.md")
     assert capsys.readouterr().out == "wrote results/x/a.json, results/x/a.md\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "want"),
+    [
+        (["--out", "docs/benchmarks", "--quick"], "docs/benchmarks"),  # documented (review s13-tidy L1)
+        (["docs/benchmarks", "--quick"], "docs/benchmarks"),  # the older bare folder still works
+        (["--quick"], "results/inference-perf"),
+    ],
+)
+def test_python_m_inference_perf_takes_out_like_every_other_bench(
+    argv: list[str],
+    want: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``python -m kvgate.bench.inference_perf --out DIR`` exited 2 (its parser took the folder only as a
+    positional), the one entry point where docs/benchmarks.md's ``--out docs/benchmarks`` failed."""
+    monkeypatch.chdir(tmp_path)
+    got: dict[str, Any] = {}
+
+    def fake_run(out: Path, quick: bool = False, seed: int = 0) -> int:
+        got.update(out=Path(out), quick=quick, seed=seed)
+        return 0
+
+    monkeypatch.setattr(inference_perf, "run", fake_run)
+    try:
+        rc = inference_perf.main(argv)
+    except SystemExit as e:
+        pytest.fail(f"python -m kvgate.bench.inference_perf {' '.join(argv)}: exit {e.code}")
+    assert rc == 0 and got == {"out": Path(want), "quick": True, "seed": 0}
+    with pytest.raises(SystemExit):
+        inference_perf.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert "--out" in help_text and "legacy" not in help_text

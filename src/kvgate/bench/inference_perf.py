@@ -27,7 +27,7 @@ import orjson
 import yaml
 
 from kvgate.bench import live, procs, report
-from kvgate.bench.outdir import default_out, out_help, wrote
+from kvgate.bench.outdir import add_out, wrote
 
 VERSION = "0.7.0"
 
@@ -190,15 +190,17 @@ def summarise(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kvgate.bench.inference_perf [OUT] [--quick] [--seed N]``, as ``kvgate bench`` runs it."""
+    """``python -m kvgate.bench.inference_perf [--out DIR] [--quick] [--seed N]``, as ``kvgate bench`` runs
+    it. ``--out`` like every other bench; a bare folder (``... inference_perf DIR``, the older form) still
+    works but is not advertised."""
     doc = (__doc__ or "").splitlines()[0]
     p = argparse.ArgumentParser(prog="python -m kvgate.bench.inference_perf", description=doc)
-    p.add_argument("out", nargs="?", type=Path, default=default_out("inference-perf"),
-                   help=out_help("inference-perf", "inference-perf.json/.md"))  # fmt: skip
+    add_out(p, "inference-perf", "inference-perf.json/.md")
+    p.add_argument("legacy_out", nargs="?", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    return run(args.out, args.quick, args.seed)
+    return run(args.legacy_out if args.legacy_out is not None else args.out, args.quick, args.seed)
 
 
 if __name__ == "__main__":

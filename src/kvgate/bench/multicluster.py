@@ -517,7 +517,8 @@ def plot_timeline(path: Path, sims: dict[str, MultiClusterSim], loss_at: float, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(sims), 1, figsize=(10, 2.3 * len(sims)), sharex=True)
+    fig, axes2 = plt.subplots(len(sims), 1, figsize=(10, 2.3 * len(sims)), sharex=True, squeeze=False)
+    axes = axes2[:, 0]  # (one policy: an array still, not a lone Axes)
     colours = {"east": "tab:blue", "west": "tab:orange", "eu": "tab:green"}
     for ax, (name, sim) in zip(axes, sims.items(), strict=True):
         for cl, col in colours.items():
@@ -612,17 +613,20 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in meta.items():
         if k.endswith("ratio_vs_llm_d_hub") and v is not None:
             print(f"{k}: {v:.2f}")
+    written = [args.out / f"multicluster{suffix}.json", args.out / f"multicluster{suffix}-table.md"]
     try:
         plot(args.out / f"multicluster{suffix}.png", rows)
+        written.append(args.out / f"multicluster{suffix}.png")
         if loss_sims:
             any_sim = next(iter(loss_sims.values()))
             assert any_sim.loss_at is not None and any_sim.back_at is not None
             plot_timeline(
                 args.out / f"multicluster{suffix}-loss.png", loss_sims, any_sim.loss_at, any_sim.back_at
             )
+            written.append(args.out / f"multicluster{suffix}-loss.png")
     except ImportError as e:
         print(f"plots skipped: {e}", file=sys.stderr)
-    wrote(args.out / f"multicluster{suffix}.json", args.out / f"multicluster{suffix}-table.md")
+    wrote(*written)
     return 0
 
 

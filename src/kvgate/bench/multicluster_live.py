@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import aiohttp
 import orjson
@@ -690,8 +690,9 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> None:
     plot_ttft_bars(path, rows, phases, "TTFT (ms, wall clock)", "live, {phase}: TTFT by cluster policy")
 
 
-def plot_timeline(path: Path, rows: list[dict[str, Any]], names: list[str], timeout: float) -> None:
-    """Loss and partition phases: each request's arrival vs TTFT, coloured by the cluster that served it."""
+def plot_timeline(path: Path, rows: list[dict[str, Any]], names: list[str], timeout: float) -> bool:
+    """Loss and partition phases: each request's arrival vs TTFT, coloured by the cluster that served it.
+    False (nothing written) when the runs had neither phase."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -699,7 +700,7 @@ def plot_timeline(path: Path, rows: list[dict[str, Any]], names: list[str], time
 
     rs = [r for r in rows if r["phase"] in ("loss", "partition")]
     if not rs:
-        return
+        return False
     fig, axes = plt.subplots(len(rs), 1, figsize=(10, 2.3 * len(rs)), sharex=True, squeeze=False)
     colours = dict(zip(names, ("tab:blue", "tab:orange", "tab:green", "tab:purple"), strict=False))
     for ax, r in zip(axes[:, 0], rs, strict=True):
@@ -723,6 +724,7 @@ def plot_timeline(path: Path, rows: list[dict[str, Any]], names: list[str], time
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -794,9 +796,17 @@ async def run(cfg: LiveConfig, policies: list[str], phases: list[str], out: Path
             meta[f"{phase}_p90_ratio_vs_llm_d_hub"] = _ratio(
                 rs["kvgate"]["ttft_p90"], rs["llm-d-hub"]["ttft_p90"]
             )
-    (out / "multicluster-live.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_report(out, rows, meta, cfg, log)
+    return 0
+
+
+def write_report(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], cfg: LiveConfig,
+                 log: TextIO) -> None:  # fmt: skip
+    """The JSON, the table and the plots, then a ``wrote ...`` line naming each file written."""
+    written = [out / "multicluster-live.json", out / "multicluster-live-table.md"]
+    written[0].write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     table = markdown(rows, meta)
-    (out / "multicluster-live-table.md").write_text(table + "\n")
+    written[1].write_text(table + "\n")
     print(table, file=log)
     for k, v in meta.items():
         if k.endswith("ratio_vs_llm_d_hub") and v is not None:
@@ -806,12 +816,13 @@ async def run(cfg: LiveConfig, policies: list[str], phases: list[str], out: Path
     print(f"total wall time {meta['wall_s_total']:.0f} s", file=log)
     try:
         plot(out / "multicluster-live.png", rows)
+        written.append(out / "multicluster-live.png")
         names = [d.name for d in cfg.clusters]
-        plot_timeline(out / "multicluster-live-loss.png", rows, names, cfg.request_timeout)
+        if plot_timeline(out / "multicluster-live-loss.png", rows, names, cfg.request_timeout):
+            written.append(out / "multicluster-live-loss.png")
     except ImportError as e:
         print(f"plot skipped: {e}", file=sys.stderr)
-    wrote(out / "multicluster-live.json", out / "multicluster-live-table.md", file=log)
-    return 0
+    wrote(*written, file=log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,10 +164,12 @@ def run_scenario(
         f"# {sc.title}\n\n{sc.how_scaled}\n\nProbed capacity ({capacity}): {cap:.1f} req/s. "
         f"Virtual seconds per point: {duration:g}. Wall time: {wall:.0f} s.\n\n{table}\n"
     )
-    report.plot_ttft_vs_qps(base.parent / f"{base.name}-ttft.png", rows, sc.title)
+    written = [base.with_suffix(".json"), base.with_suffix(".md"), base.parent / f"{base.name}-ttft.png"]
+    report.plot_ttft_vs_qps(written[-1], rows, sc.title)
     if series:
-        report.plot_load(base.parent / f"{base.name}-load.png", series, f"{sc.title}: per-replica queue")
+        written.append(base.parent / f"{base.name}-load.png")
+        report.plot_load(written[-1], series, f"{sc.title}: per-replica queue")
     print(table)
     console.print(f"wall time {wall:.0f} s")
-    wrote(base.with_suffix(".json"), base.with_suffix(".md"), base.parent / f"{base.name}-ttft.png")
+    wrote(*written)
     return payload
