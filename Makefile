@@ -46,15 +46,20 @@ test-realvllm: $(STAMP)
 sim: $(STAMP)
 	$(BIN)/kvgate sim --replicas 4 --profile llama3-8b-h100 --base-port 8001 --model meta-llama/Llama-3.1-8B-Instruct
 
-## Benchmarks (not tests). Each prints its figures; docs/benchmarks.md quotes them with these commands.
+## Benchmarks (not tests). Each prints its figures. bench, bench-hetero, bench-live and bench-inference-perf
+## also write files, under the git-ignored results/<scenario>/; OUT=docs/benchmarks publishes them there
+## (e.g. `make bench OUT=docs/benchmarks`). soak writes docs/benchmarks/soak.json. docs/benchmarks.md
+## names the command next to each figure.
+OUT ?=
+OUT_ARG = $(if $(OUT),--out $(OUT))
 calibrate: $(STAMP)
 	$(BIN)/kvgate bench calibrate
 bench: $(STAMP)
-	$(BIN)/kvgate bench shared-prefix --quick
+	$(BIN)/kvgate bench shared-prefix --quick $(OUT_ARG)
 bench-hetero: $(STAMP)
-	$(BIN)/kvgate bench hetero --quick
+	$(BIN)/kvgate bench hetero --quick $(OUT_ARG)
 bench-live: $(STAMP)
-	$(BIN)/kvgate bench live --quick
+	$(BIN)/kvgate bench live --quick $(OUT_ARG)
 bench-picker: $(STAMP)
 	$(BIN)/kvgate bench picker
 bench-gateway: $(STAMP)
@@ -66,7 +71,7 @@ bench-extproc: $(STAMP)
 bench-sim-capacity: $(STAMP)
 	$(BIN)/kvgate bench sim-capacity
 bench-inference-perf: $(STAMP)
-	$(BIN)/kvgate bench inference-perf --quick
+	$(BIN)/kvgate bench inference-perf --quick $(OUT_ARG)
 peers: $(STAMP)
 	$(BIN)/kvgate bench peers
 

@@ -9,6 +9,8 @@ bench with its own parser, or the folder ``kvgate bench`` hands to the scenario 
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,7 +77,8 @@ def test_default_out_is_the_git_ignored_results_folder(
 
 
 def test_results_is_git_ignored() -> None:
-    assert "/results/" in (REPO / ".gitignore").read_text().splitlines()
+    """Unanchored (review s13-tidy N2): a bench run from a subfolder writes ``<subfolder>/results/``."""
+    assert "results/" in (REPO / ".gitignore").read_text().splitlines()
 
 
 def test_wrote_names_every_file(capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,3 +120,24 @@ def test_python_m_inference_perf_takes_out_like_every_other_bench(
         inference_perf.main(["--help"])
     help_text = capsys.readouterr().out
     assert "--out" in help_text and "legacy" not in help_text
+
+
+def test_precise_records_a_runnable_command_for_a_folder_with_a_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """precise-fleet.md's ``Command:`` put ``--out {args.out}`` in unquoted (review s13-tidy N2): a folder
+    with a space split into two arguments when the command was run again."""
+    from kvgate.bench import precise
+
+    monkeypatch.setattr(precise, "run", lambda quick, seed, qps: [])
+    out = tmp_path / "my results"
+    assert precise.main(["--quick", "--qps", "20, 40", "--out", str(out)]) == 0
+    cmd = re.search(r"Command: `(.*)`", (out / "precise-fleet.md").read_text())
+    assert cmd is not None
+    argv = shlex.split(cmd.group(1))
+    assert argv[:3] == ["kvgate", "bench", "precise"]
+    ns = argparse.ArgumentParser(add_help=False)
+    ns.add_argument("--out")
+    ns.add_argument("--qps")
+    got, _ = ns.parse_known_args(argv[3:])
+    assert (got.out, got.qps) == (str(out), "20, 40")

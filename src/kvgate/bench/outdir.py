@@ -2,7 +2,8 @@
 
 The published figures live in the tracked ``docs/benchmarks/``. Every bench used to default to it, so a
 run without ``--out`` from the repository root (any tuning run) overwrote them. The default is now the
-git-ignored ``results/<bench>/`` (``/results/`` in .gitignore); ``--out docs/benchmarks`` publishes.
+git-ignored ``results/<bench>/`` (``results/`` in .gitignore, at any depth: a run from a subfolder writes
+``<subfolder>/results/``); ``--out docs/benchmarks`` publishes.
 Standard library only: ``kvgate bench``'s command line imports it before any benchmark.
 """
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -192,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "precise-fleet.json").write_text(json.dumps(rows, indent=1, default=str))
         titles = "\n".join(f"- `{sc.name}`: {sc.title}" for sc in _scenarios())
-        cmd = "kvgate bench precise" + (" --quick" if args.quick else "")
-        cmd += f" --seed {args.seed} --qps {args.qps} --out {args.out}"
+        quick = ["--quick"] if args.quick else []
+        cmd_argv = ["kvgate", "bench", "precise", *quick, "--seed", str(args.seed), "--qps", args.qps]
+        cmd = shlex.join([*cmd_argv, "--out", args.out])  # quoted: runnable as recorded (a space in a path)
         body = "\n".join(_line(r) for r in rows)
         (out / "precise-fleet.md").write_text(
             f"# Precise vs approximate prefix scoring (fleet simulator)\n\nCommand: `{cmd}`\n\n"
