@@ -176,7 +176,9 @@ class _CutSecond(_Scripted):
 @pytest.mark.parametrize(
     ("cut", "reset", "resent"),
     [
-        (b"", True, True),  # reset before any byte: the request was not processed, resent once
+        # reset before any answer byte: resent once. (_CutSecond has read the whole request: the server
+        # may have processed it; the gateway cannot tell this from the idle-close race. See request().)
+        (b"", True, True),
         (b"HTTP/1.1 200 OK\r\nContent-Le", False, False),  # part of a head, then closed: never resent
         (b"HTTP/1.1 200 OK\r\n", False, False),
     ],

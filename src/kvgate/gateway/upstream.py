@@ -512,8 +512,14 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send ``head`` (request line + headers, ending in CRLF CRLF) and ``body``; wait for the head.
 
-        A kept-alive connection the server closed while idle fails before any response byte; that
-        case is retried once on a fresh connection, since the request cannot have been processed.
+        A request on a kept-alive connection that fails (FIN or RST) before any response byte is
+        resent once on a fresh connection. The case this is for: the server closed the connection
+        while idle (its keep-alive timeout) as the request was written, so it never read it. But the
+        gateway cannot tell that from a server that read the whole request and then crashed before
+        answering (an OOM kill); the resend then runs it again wherever that address now answers (a
+        restarted pod behind it, a proxy): a duplicate generation. It is the trade-off a proxy makes
+        when it retries on a connection reset (docs/gateway.md "Retries, ejection, probing"). A request
+        on a fresh connection, or one that got any byte of an answer, is never resent.
         ``deadline`` (event-loop time) bounds the whole exchange on top of the idle timeout.
         ``on_sent`` runs once the request is written (timing breakdowns).
         """
