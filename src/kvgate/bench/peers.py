@@ -14,6 +14,7 @@ reach the network; benchmarks additionally run inside a loopback-only network na
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -168,7 +169,17 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m kvgate.bench.peers [name ...]``: install the peers (all by default)."""
-    names = (argv if argv is not None else sys.argv[1:]) or list(PEERS)
+    parser = argparse.ArgumentParser(
+        prog="python -m kvgate.bench.peers",
+        description="Install the peer routers, each into its own cached virtualenv.",
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"peers to install (default: all of {', '.join(PEERS)})"
+    )
+    names = parser.parse_args(argv).names or list(PEERS)
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        parser.error(f"unknown peer {', '.join(unknown)} (known: {', '.join(PEERS)})")
     for name in names:
         peer = PEERS[name]
         t = time.monotonic()
