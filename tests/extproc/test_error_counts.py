@@ -126,7 +126,8 @@ async def test_model_server_errors_and_a_client_gone_are_counted_alike_in_the_th
             assert proxy is not None
             await eventually(lambda: proxy.inflight == 0, "the gateway's stream ended")
             gateway_door = error_counts(gw.metrics.registry)
-        epp_door = await _over_ext_proc(backend, start_epp)
+        epp_door, epp_registry = await _over_ext_proc(backend, start_epp)
+        epp_stats = request_stats(epp_registry)
         cluster = ClusterSpec("c", gateway=backend.address)  # Parent mode, straight to the model server
         mc = GlobalGateway(ClustersConfig((cluster,)), "round-robin", fetch=False, seed=1)
         await mc.start("127.0.0.1", 0)
@@ -134,6 +135,7 @@ async def test_model_server_errors_and_a_client_gone_are_counted_alike_in_the_th
             await _over_http(backend, mc.port)
             await eventually(lambda: mc.inflight == 0, "the global gateway's stream ended")
             global_door = error_counts(mc.metrics.registry)
+            global_stats = request_stats(mc.metrics.registry)
         finally:
             await mc.stop()
     finally:
@@ -141,6 +143,57 @@ async def test_model_server_errors_and_a_client_gone_are_counted_alike_in_the_th
     assert gateway_door == {("m", "m", "400"): 2, ("m", "m", "500"): 1, ("m", "m", "client_gone"): 1}
     assert epp_door == gateway_door
     assert global_door == {("m", "m", "400"): 2, ("m", "m", "503"): 1, ("m", "m", "client_gone"): 1}
+    # The per-request families, the same in the three doors: every request a model server answered
+    # (the 2xx, both 400s, the 500 and the stream whose client left), once, when its response ended;
+    # tokens from the 2xx's usage (7 prompt, 2 completion; the stream left before its usage chunk).
+    # Before, only ``kvgate serve`` had them. The designed differences: the multi-cluster gateway's
+    # 500 became its own 503 (no cluster answered it: not counted, as ``kvgate serve``'s own 503s), and
+    # it reads no usage (its token histograms stay empty).
+    gateway_stats = request_stats(gw.metrics.registry)
+    assert gateway_stats == {
+        ("inference_objective_request_total", "m", "m"): 5,
+        ("inference_objective_request_duration_seconds_count", "m", "m"): 5,
+        ("inference_objective_input_tokens_count", "m", "m"): 1,
+        ("inference_objective_input_tokens_sum", "m", "m"): 7,
+        ("inference_objective_output_tokens_count", "m", "m"): 1,
+        ("inference_objective_output_tokens_sum", "m", "m"): 2,
+    }
+    assert epp_stats == gateway_stats
+    assert global_stats == {
+        ("inference_objective_request_total", "m", "m"): 4,
+        ("inference_objective_request_duration_seconds_count", "m", "m"): 4,
+    }
+    assert bucket_bounds(epp_registry) == bucket_bounds(gw.metrics.registry)
+    assert bucket_bounds(mc.metrics.registry) == bucket_bounds(gw.metrics.registry)
+
+
+_STATS = (
+    "inference_objective_request_total",
+    "inference_objective_request_duration_seconds_count",
+    "inference_objective_input_tokens_count",
+    "inference_objective_input_tokens_sum",
+    "inference_objective_output_tokens_count",
+    "inference_objective_output_tokens_sum",
+)
+
+
+def request_stats(registry: Any) -> dict[tuple[str, str, str], float]:
+    """``(sample, model_name, target_model_name)`` -> value of the per-request families, not 0."""
+    out: dict[tuple[str, str, str], float] = {}
+    for family in registry.collect():
+        for s in family.samples:
+            if s.name in _STATS and s.value:
+                out[(s.name, s.labels["model_name"], s.labels["target_model_name"])] = s.value
+    return out
+
+
+def bucket_bounds(registry: Any) -> dict[str, list[str]]:
+    """Each per-request histogram's bucket bounds (``le``)."""
+    out: dict[str, list[str]] = {}
+    for family in registry.collect():
+        if family.name.startswith("inference_objective_") and family.type == "histogram":
+            out[family.name] = [s.labels["le"] for s in family.samples if s.name.endswith("_bucket")]
+    return out
 
 
 URL_PATH = "/v1/completions"
@@ -167,7 +220,7 @@ async def _over_http(backend: Backend, port: int) -> None:
             assert r.status in (500, 503)
 
 
-async def _over_ext_proc(backend: Backend, start_epp: Any) -> dict[Any, float]:
+async def _over_ext_proc(backend: Backend, start_epp: Any) -> tuple[dict[Any, float], Any]:
     epp = await start_epp([backend.address])
     assert epp.stub is not None
     async with aiohttp.ClientSession() as http:
@@ -182,7 +235,7 @@ async def _over_ext_proc(backend: Backend, start_epp: Any) -> dict[Any, float]:
         assert (await harness.request("POST", URL_PATH, PLAIN)).status == 500
     inflight = "kvgate_epp_inflight_requests"
     await eventually(lambda: _value(epp.metrics, inflight) == 0, "the EPP's stream ended")
-    return error_counts(epp.metrics.registry)
+    return error_counts(epp.metrics.registry), epp.metrics.registry
 
 
 async def test_an_unserved_models_errors_are_other_in_the_epp() -> None:

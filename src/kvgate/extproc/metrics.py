@@ -17,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.openai.labels import ModelLabels
+from kvgate.openai.requeststats import RequestStats
 from kvgate.scheduling.types import PickResult, Usage
 
 _PICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -40,6 +41,11 @@ class EppMetrics:
             registry=r,
         )
         self._error_children: dict[tuple[str, str, str], Any] = {}
+        # As ``kvgate serve`` (same names, labels, buckets): ``inference_objective_request_total``, its
+        # duration and token histograms, once per request whose response headers came back, when its
+        # stream ends (``request_done``).
+        self.requests = RequestStats()
+        r.register(self.requests)
         self.streams = Gauge("kvgate_epp_streams_active", "ext_proc streams open now", registry=r)
         self.picks = Counter("kvgate_epp_picks_total", "Requests given an endpoint", registry=r)
         self.inflight = Gauge(
@@ -87,6 +93,10 @@ class EppMetrics:
         if child is None:  # (bounded: the labels above, codes are HTTP statuses and client_gone)
             child = self._error_children[key] = self.errors.labels(*key)
         child.inc()
+
+    def request_done(self, model: str, target: str, seconds: float, usage: Usage | None) -> None:
+        labels = self.models.label
+        self.requests.observe(labels(model), labels(target), seconds, usage)
 
     def served(self, target: str) -> None:
         self.models.served(target)

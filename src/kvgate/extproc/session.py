@@ -79,6 +79,9 @@ class Observer(Protocol):
     # body sent on as ``target`` (the model's name the server saw: the only one a 2xx says anything of).
     def error(self, model: str, target: str, code: str) -> None: ...
     def served(self, target: str) -> None: ...
+    # ``kvgate serve``'s ``inference_objective_request_total`` and its duration and token histograms:
+    # once per request a model server answered (its response headers seen), when its response ends.
+    def request_done(self, model: str, target: str, seconds: float, usage: Usage | None) -> None: ...
 
 
 class ProtocolViolation(Exception):
@@ -177,6 +180,7 @@ class Session:
         self.ctx = ctx
         self.done = False  # an ImmediateResponse ended the exchange
         self.request_headers: dict[str, str] = {}
+        self._t0 = 0.0  # when its request headers arrived (the request duration's start)
         self._subset: frozenset[str] | None = None
         self._body = bytearray()
         self._body_finished = False
@@ -302,6 +306,7 @@ class Session:
             raise _Reject(500, "the gateway must send request bodies FULL_DUPLEX_STREAMED", "internal_error")
         if msg.HasField("protocol_config") and pc.response_body_mode == _BODY_MODE.NONE:
             self._response_bodies = False
+        self._t0 = self.ctx.clock()
         self.request_headers = hdr.header_dict(msg.request_headers.headers)
         if not self.request_headers.get(keys.REQUEST_ID):
             self._generated_request_id = uuid.uuid4().hex
@@ -579,9 +584,14 @@ class Session:
             return
         self._finished = True
         self.ctx.director.on_finished(self.request, self.endpoint, self.usage, ok)
-        if self.ctx.observer is not None:
-            self.ctx.observer.finished(self.usage, ok, self.streaming)
-            self._outcome(complete)
+        obs = self.ctx.observer
+        if obs is not None:
+            obs.finished(self.usage, ok, self.streaming)
+            self._outcome(complete)  # (first: a 2xx may earn its model a label, ``served``)
+            if self.status and self._models is not None:
+                # A model server answered (as ``kvgate serve`` observes each upstream response, also
+                # an error reply or one whose client left): request headers to the response's end.
+                obs.request_done(*self._models, self.ctx.clock() - self._t0, self.usage)
 
     def _outcome(self, complete: bool, idle: bool = False) -> None:
         """Count the request's end once, as ``kvgate serve`` does: a model server's 4xx/5xx under its

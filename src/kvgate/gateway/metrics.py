@@ -1,7 +1,8 @@
 """Gateway metrics on the admin port, with the reference EPP's names where one exists.
 
-Per-request figures (request count, latency and token histograms) are kept in plain Python lists per
-(model, target model) and turned into metric families only when ``/metrics`` is scraped: the hot path
+Per-request figures (request count, latency and token histograms: ``kvgate.openai.requeststats``, shared
+with the other two doors) are kept in plain Python lists per (model, target model) and turned into
+metric families only when ``/metrics`` is scraped: the hot path
 does a dict lookup, a bisect and a few additions, with none of prometheus_client's per-observation
 locking and checks (about 5% of the gateway's CPU per request before). The in-flight gauge reads the
 proxy's own counter at scrape time. Rare events (errors, retries, ejections) stay prometheus_client
@@ -14,128 +15,14 @@ when ``/metrics`` is scraped, so they cost nothing per request.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from kvgate.httpfront.metrics import FrontGauges
-from kvgate.scheduling.fastmetrics import Hist
+from kvgate.openai.requeststats import RequestStats, StatsChild
 from kvgate.scheduling.types import Usage
-
-_LATENCY_BUCKETS = (
-    0.005,
-    0.025,
-    0.05,
-    0.1,
-    0.2,
-    0.4,
-    0.6,
-    0.8,
-    1.0,
-    1.25,
-    1.5,
-    2,
-    3,
-    4,
-    5,
-    6,
-    8,
-    10,
-    15,
-    20,
-    30,
-    45,
-    60,
-    120,
-    180,
-    240,
-    300,
-    360,
-    480,
-    600,
-    900,
-    1200,
-    1800,
-    2700,
-    3600,
-)
-_TOKEN_BUCKETS = (
-    1,
-    8,
-    16,
-    32,
-    64,
-    128,
-    256,
-    512,
-    1024,
-    2048,
-    4096,
-    8192,
-    16384,
-    32778,
-    65536,
-    131072,
-    262144,
-    524288,
-    1048576,
-)
-
-
-class _Child:
-    __slots__ = ("count", "duration", "input_tokens", "output_tokens")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.duration = Hist(_LATENCY_BUCKETS)
-        self.input_tokens = Hist(_TOKEN_BUCKETS)
-        self.output_tokens = Hist(_TOKEN_BUCKETS)
-
-
-class _RequestStats:
-    """Collector for the per-request families, same names, labels and buckets as before."""
-
-    def __init__(self) -> None:
-        self.children: dict[tuple[str, str], _Child] = {}
-
-    def describe(self) -> list[Metric]:
-        return []  # families are known only at collect time; no duplicate-name check needed
-
-    def collect(self) -> Iterator[Metric]:
-        labels = ["model_name", "target_model_name"]
-        total = CounterMetricFamily("inference_objective_request", "Requests received", labels=labels)
-        fams = [
-            (
-                HistogramMetricFamily(
-                    "inference_objective_request_duration_seconds",
-                    "Request latency, arrival to last byte",
-                    labels=labels,
-                ),
-                "duration",
-            ),
-            (
-                HistogramMetricFamily(
-                    "inference_objective_input_tokens", "Prompt tokens (from usage)", labels=labels
-                ),
-                "input_tokens",
-            ),
-            (
-                HistogramMetricFamily(
-                    "inference_objective_output_tokens", "Completion tokens (from usage)", labels=labels
-                ),
-                "output_tokens",
-            ),
-        ]
-        for key, child in list(self.children.items()):
-            total.add_metric(list(key), child.count)
-            for fam, attr in fams:
-                h: Hist = getattr(child, attr)
-                fam.add_metric(list(key), h.cumulative(), h.sum)
-        yield total
-        for fam, _ in fams:
-            yield fam
 
 
 class GatewayMetrics:
@@ -143,7 +30,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         labels = ["model_name", "target_model_name"]
-        self._stats = _RequestStats()
+        self._stats = RequestStats()
         r.register(self._stats)
         self.errors = Counter(
             "inference_objective_request_error_total",
@@ -183,7 +70,7 @@ class GatewayMetrics:
         c = self._stats.children.get(key)
         if c is None:
             # Bounded: models come from the config (unknown ones are refused before this point).
-            c = self._stats.children[key] = _Child()
+            c = self._stats.children[key] = StatsChild()
         c.count += 1
         # ``Hist.observe`` inlined (three per request).
         h = c.duration

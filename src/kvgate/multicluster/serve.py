@@ -51,6 +51,7 @@ from kvgate.multicluster.source import ClusterSource
 from kvgate.openai.labels import ModelLabels
 from kvgate.openai.protocol import MODEL_REWRITE, sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
+from kvgate.openai.requeststats import RequestStats
 
 log = logging.getLogger("kvgate.multicluster")
 
@@ -84,6 +85,12 @@ class _Metrics:
             ["model_name", "target_model_name", "error_code"], registry=r,
         )  # fmt: skip
         self._error_children: dict[tuple[str, str], Any] = {}
+        # As ``kvgate serve`` (same names, labels, buckets): ``inference_objective_request_total`` and the
+        # duration histogram, once per request a cluster answered (an error reply, a cut one and one
+        # whose client left included), when its response ends. The token histograms stay empty: this
+        # gateway relays the response bytes unparsed (no usage read).
+        self.stats = RequestStats()
+        r.register(self.stats)
         self.failovers = Counter(
             "kvgate_multicluster_attempts_failed_total", "Failed attempts, by cluster and mode",
             ["cluster", "mode"], registry=r,
@@ -108,6 +115,10 @@ class _Metrics:
             ["cluster"], registry=r,
         )  # fmt: skip
         self.front = FrontGauges(r, "kvgate_multicluster")
+
+    def request_done(self, model: str, seconds: float) -> None:
+        label = self.models.label(model)
+        self.stats.observe(label, label, seconds, None)
 
     def error(self, model: str, code: str) -> None:
         label = self.models.label(model)
@@ -204,6 +215,7 @@ class GlobalGateway:
                 self._idle.set()
 
     async def _route(self, request: Request) -> Response | StreamResponse:
+        t0 = self.clock()  # (the body read, as ``kvgate serve``'s duration starts)
         raw = request.body
         path = request.path
         try:
@@ -243,6 +255,7 @@ class GlobalGateway:
             sent = parsed.model if not rewrite else rewrite if routed.mode == ENDPOINT else ""
             return await self._relay(request, routed, parsed.model, sent)
         finally:
+            self.metrics.request_done(parsed.model, self.clock() - t0)
             # Cut short (the client left, a write failed, cancelled before the first chunk) or done:
             # settle the upstream, the EPP and the cluster's accounting now, the body read or not.
             await routed.close()
