@@ -98,6 +98,11 @@ class _Bench:
         self.proc.kill()
         self.proc.wait()
 
+    def hold(self, watchdog: int, pids: list[int]) -> None:
+        """Its watchdog is held (SIGSTOP, by the bench): continued on the way out; ``pids`` ended."""
+        self.stopped.append(watchdog)
+        self.procs.update(_start_times(pids))
+
 
 @contextlib.contextmanager
 def _bench(tmp_path: Path, source: str, *args: str, **popen: Any) -> Iterator[_Bench]:
@@ -425,11 +430,9 @@ time.sleep(120)
 """
 
 
-def _kill_the_bench_of_a_held_watchdog(run: _Bench, watchdog: int, pids: list[int]) -> dict[int, int]:
-    """SIGKILL the bench whose watchdog it holds (SIGSTOP), then continue the watchdog; what of ``pids``
-    runs on after its sweep (bounded wait)."""
-    run.stopped.append(watchdog)
-    run.procs.update(_start_times(pids))
+def _kill_the_bench_of_a_held_watchdog(run: _Bench, watchdog: int) -> dict[int, int]:
+    """SIGKILL the bench whose watchdog it holds (``hold``), then continue the watchdog; what of the held
+    pids runs on after its sweep (bounded wait)."""
     run.kill()
     os.kill(watchdog, signal.SIGCONT)
     return _wait_gone(run.procs, within_s=20)
@@ -442,7 +445,8 @@ def test_what_detached_after_the_last_listing_is_swept_too(tmp_path: Path) -> No
     its descendants, naming this watchdog: the sweep finds them by it."""
     with _bench(tmp_path, _UNLISTED, start_new_session=True) as run:
         watchdog, *pids = run.ready()
-        left = _kill_the_bench_of_a_held_watchdog(run, watchdog, pids)
+        run.hold(watchdog, pids)
+        left = _kill_the_bench_of_a_held_watchdog(run, watchdog)
         assert not left, f"left running after the bench's SIGKILL: {sorted(left)} of {pids}"
         _wait_ended(watchdog, within_s=20)
 
@@ -555,8 +559,9 @@ def test_a_daemon_forked_by_the_bench_itself_is_swept_too(tmp_path: Path) -> Non
     (fails before). The sweep now also takes what holds the bench's end of the watchdog's socket open."""
     with _bench(tmp_path, _PY_DAEMON, start_new_session=True) as run:
         watchdog, daemon, seen = run.ready()
-        left = _kill_the_bench_of_a_held_watchdog(run, watchdog, [daemon])
+        run.hold(watchdog, [daemon])
         assert not seen, "its /proc/<pid>/environ holds the entry: not the case this test is about"
+        left = _kill_the_bench_of_a_held_watchdog(run, watchdog)
         assert not left, "the bench's forked daemon runs on after its watchdog's sweep"
         _wait_ended(watchdog, within_s=20)
 
