@@ -125,3 +125,18 @@ def test_no_answer_no_count_and_an_unknown_models_error_reply_is_other() -> None
         ("inference_objective_request_total", "other", "other"): 1,
         ("inference_objective_request_duration_seconds_count", "other", "other"): 1,
     }
+
+
+def test_a_body_less_request_is_not_counted() -> None:
+    """``GET /v1/models`` or a probe routed through the EPP (picked on its headers): not an inference
+    request, as ``kvgate serve`` does not count its own ``GET``s."""
+    metrics = EppMetrics(models=ModelLabels(["m"]))
+    ctx = SessionContext(OnePicker(), lambda: {EP.address: EP}, clock=_Clock(), observer=metrics)
+    s = Session(ctx)
+    headers = header_map({":method": "GET", ":path": "/v1/models", "x-gateway-model-name": "m"})
+    first = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=headers, end_of_stream=True))
+    assert s.handle(first)[0].WhichOneof("response") == "request_headers"
+    _headers(s, 200, "application/json")
+    _body(s, b'{"object": "list", "data": []}', eos=True)
+    s.close()
+    assert request_stats(metrics.registry) == {}

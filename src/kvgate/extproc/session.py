@@ -588,9 +588,11 @@ class Session:
         if obs is not None:
             obs.finished(self.usage, ok, self.streaming)
             self._outcome(complete)  # (first: a 2xx may earn its model a label, ``served``)
-            if self.status and self._models is not None:
+            if self.status and self._parsed and self._models is not None:
                 # A model server answered (as ``kvgate serve`` observes each upstream response, also
                 # an error reply or one whose client left): request headers to the response's end.
+                # Only a request with a parsed body: ``kvgate serve`` counts its inference POSTs, not
+                # the body-less requests (``GET /v1/models``, probes) Envoy may route through the EPP.
                 obs.request_done(*self._models, self.ctx.clock() - self._t0, self.usage)
 
     def _outcome(self, complete: bool, idle: bool = False) -> None:
