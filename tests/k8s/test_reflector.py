@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -119,6 +120,18 @@ async def test_a_custom_resource_with_a_field_selector(double: ApiServerDouble, 
         await r.stop()
 
 
+@dataclass
+class _Recording(Backoff):
+    """A back-off that records the step of every wait it gives, in order."""
+
+    steps: list[float] = field(default_factory=list)
+
+    def next(self, rng: random.Random) -> float:
+        wait = super().next(rng)
+        self.steps.append(self._next)
+        return wait
+
+
 async def test_a_cut_watch_waits_the_first_backoff_once_and_the_410_relists_at_once(
     double: ApiServerDouble, kube: KubeClient
 ) -> None:
@@ -126,15 +139,9 @@ async def test_a_cut_watch_waits_the_first_backoff_once_and_the_410_relists_at_o
     waits the initial back-off (not one grown by earlier 403s: here the list that succeeded resets it, and
     so does the watch that opened: this test fails only if both resets go; the next one holds the watch's
     own), and the 410 that follows relists with no further wait."""
-    grown: list[float] = []  # the back-off step of every wait, in order
-
-    class Recording(Backoff):
-        def next(self, rng: random.Random) -> float:
-            wait = super().next(rng)
-            grown.append(self._next)
-            return wait
-
-    r = Reflector(kube, R.POD, namespace="default", backoff=Recording(initial=0.05, maximum=5.0))
+    backoff = _Recording(initial=0.05, maximum=5.0)
+    grown = backoff.steps
+    r = Reflector(kube, R.POD, namespace="default", backoff=backoff)
     double.forbid(R.POD)
     r.start()
     try:
@@ -159,15 +166,9 @@ async def test_every_cut_of_a_resumed_watch_waits_the_initial_backoff(
     """Review s13-k8s L1: a cut watch that resumes without a 410 does not relist, so only the watch's own
     reset keeps every cut at the initial back-off (the test above also passes with either reset alone).
     Fails with the reset in ``_watch`` removed: steps [0.05, 0.1, 0.2]."""
-    steps: list[float] = []
-
-    class Recording(Backoff):
-        def next(self, rng: random.Random) -> float:
-            wait = super().next(rng)
-            steps.append(self._next)
-            return wait
-
-    r = Reflector(kube, R.POD, namespace="default", backoff=Recording(initial=0.05, maximum=5.0))
+    backoff = _Recording(initial=0.05, maximum=5.0)
+    steps = backoff.steps
+    r = Reflector(kube, R.POD, namespace="default", backoff=backoff)
     double.create(_pod("a"))
     r.start()
     try:
