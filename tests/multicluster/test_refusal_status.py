@@ -99,33 +99,6 @@ async def test_a_413_beside_an_unreachable_cluster_is_a_retryable_503(pods, epps
     assert "cluster b refused (413)" in message and "cluster a: unreachable" in message, message
 
 
-async def test_a_clusters_retry_after_reaches_the_client(global_gateway) -> None:
-    """A Parent-mode cluster's 429 with ``Retry-After: 30`` beside an unreachable cluster: the client gets
-    30 (was always 1, so clients came back 30x too early)."""
-
-    async def busy(_r: web.Request) -> web.Response:
-        return web.json_response(
-            {"error": {"message": "rate limit"}}, status=429, headers={"Retry-After": "30"}
-        )
-
-    app = web.Application()
-    app.router.add_post("/v1/completions", busy)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        gone = f"127.0.0.1:{free_port()}"
-        gw = await global_gateway(
-            ClusterSpec("a", gateway=f"127.0.0.1:{port}"), ClusterSpec("b", gateway=gone)
-        )
-        status, body, headers = await _post(gw)
-        assert status == 429, body
-        assert headers.get("Retry-After") == "30", headers
-    finally:
-        await runner.cleanup()
-
-
 async def _busy_cluster(retry_after: str) -> tuple[web.AppRunner, str]:
     """A Parent-mode cluster that answers every request 429 with this ``Retry-After``: its runner, address."""
 
@@ -141,6 +114,20 @@ async def _busy_cluster(retry_after: str) -> tuple[web.AppRunner, str]:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"127.0.0.1:{port}"
+
+
+async def test_a_clusters_retry_after_reaches_the_client(global_gateway) -> None:
+    """A Parent-mode cluster's 429 with ``Retry-After: 30`` beside an unreachable cluster: the client gets
+    30 (was always 1, so clients came back 30x too early)."""
+    runner, busy = await _busy_cluster("30")
+    try:
+        gone = f"127.0.0.1:{free_port()}"
+        gw = await global_gateway(ClusterSpec("a", gateway=busy), ClusterSpec("b", gateway=gone))
+        status, body, headers = await _post(gw)
+        assert status == 429, body
+        assert headers.get("Retry-After") == "30", headers
+    finally:
+        await runner.cleanup()
 
 
 async def test_a_clusters_unreadable_retry_after_is_one_refusal_not_a_500(pods, global_gateway) -> None:
