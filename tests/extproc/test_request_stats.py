@@ -140,3 +140,20 @@ def test_a_body_less_request_is_not_counted() -> None:
     _body(s, b'{"object": "list", "data": []}', eos=True)
     s.close()
     assert request_stats(metrics.registry) == {}
+
+
+def test_a_usage_tail_reads_the_last_usage_event_of_a_relayed_stream() -> None:
+    """``kvgate serve --clusters`` reads a relayed stream's usage from a bounded tail (as ``kvgate
+    serve``'s pass-through relay), however the stream was chunked."""
+    from kvgate.openai.usage import UsageTail
+
+    stream = TOKEN_EVENT * 2000 + USAGE_EVENT + b"data: [DONE]\n\n"
+    for size in (7, 1000, 1 << 20):
+        tail = UsageTail()
+        for i in range(0, len(stream), size):
+            tail.feed(stream[i : i + size])
+        usage = tail.usage()
+        assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (7, 3)
+    tail = UsageTail()
+    tail.feed(TOKEN_EVENT + b"data: [DONE]\n\n")
+    assert tail.usage() is None

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvgate.gateway.metrics import GatewayMetrics
-from kvgate.gateway.stream import usage_from_body
 from kvgate.gateway.upstream import UpstreamPool, UpstreamTimeout
 from kvgate.httpfront.server import FrontProtocol, FrontServer, Request, Response, _BadRequest, _fields
 from kvgate.openai.protocol import usage_from
+from kvgate.openai.usage import usage_from_body
 from kvgate.scheduling.fastmetrics import Hist
 from kvgate.scheduling.types import Usage
 

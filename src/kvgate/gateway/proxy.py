@@ -27,7 +27,7 @@ from kvgate.gateway.errors import GatewayError, error_response, sse_error_event
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
-from kvgate.gateway.stream import BodyRewriter, StreamRelay, StreamTooLarge, usage_from_body
+from kvgate.gateway.stream import BodyRewriter, StreamRelay, StreamTooLarge
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import UpstreamPool, UpstreamResponse
 from kvgate.httpfront.server import Request, Response, StreamResponse
@@ -44,6 +44,7 @@ from kvgate.openai.request import (
     parse_body,
     server_priority,
 )
+from kvgate.openai.usage import usage_from_body
 from kvgate.requestcontrol.director import preempted_error
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage
 

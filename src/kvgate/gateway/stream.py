@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import msgspec
 import orjson
 
-from kvgate.openai.protocol import usage_from, usage_of
+from kvgate.openai.protocol import usage_from
 from kvgate.scheduling.types import Usage
 
 _TAIL_BYTES = 16 * 1024
@@ -58,40 +57,6 @@ class BodyRewriter:
         for old, new in self._patterns:
             body = body.replace(old, new, 1)
         return body
-
-
-class _UsageFields(msgspec.Struct):
-    """The ``usage`` fields the gateway reads, each of any JSON type (``usage_from``'s checks apply)."""
-
-    prompt_tokens: Any = None
-    completion_tokens: Any = None
-    prompt_tokens_details: Any = None
-
-
-class _UsageOnly(msgspec.Struct):
-    usage: _UsageFields | None = None
-
-
-# Decodes a whole response body but builds only its ``usage``, and of that only the fields read: the
-# choices' text and usage's other keys are skipped, not copied (a ``usage`` that is not an object fails
-# the decode: None, as ``usage_from`` answers for it).
-_USAGE_ONLY = msgspec.json.Decoder(_UsageOnly)
-
-
-def usage_from_body(body: bytes) -> Usage | None:
-    """``usage_from`` of a whole JSON response body (None when it has no usage object or is not JSON)."""
-    if b'"usage"' not in body:
-        return None
-    start = body.find(b"{")
-    if start < 0:
-        return None
-    try:
-        usage = _USAGE_ONLY.decode(body[start:] if start else body).usage
-    except msgspec.DecodeError:
-        return None
-    if usage is None:
-        return None
-    return usage_of(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details)
 
 
 class StreamRelay:

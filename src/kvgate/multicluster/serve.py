@@ -52,8 +52,13 @@ from kvgate.openai.labels import ModelLabels
 from kvgate.openai.protocol import MODEL_REWRITE, sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
 from kvgate.openai.requeststats import RequestStats
+from kvgate.openai.usage import UsageTail, usage_from_body
+from kvgate.scheduling.types import Usage
 
 log = logging.getLogger("kvgate.multicluster")
+
+# A whole (non-stream) 2xx body held past this is relayed on without its usage read (bounded memory).
+_USAGE_BODY_MAX = 16 << 20
 
 # A response body the cluster stopped sending mid-way (the pod or its link failed, or the remote EPP
 # relaying a rewritten stream did).
@@ -85,10 +90,11 @@ class _Metrics:
             ["model_name", "target_model_name", "error_code"], registry=r,
         )  # fmt: skip
         self._error_children: dict[tuple[str, str], Any] = {}
-        # As ``kvgate serve`` (same names, labels, buckets): ``inference_objective_request_total`` and the
-        # duration histogram, once per request a cluster answered (an error reply, a cut one and one
-        # whose client left included), when its response ends. The token histograms stay empty: this
-        # gateway relays the response bytes unparsed (no usage read).
+        # As ``kvgate serve`` (same names, labels, buckets): ``inference_objective_request_total``, the
+        # duration and token histograms, once per request a cluster answered (an error reply, a cut one
+        # and one whose client left included), when its response ends. Tokens: a 2xx's usage, as
+        # ``kvgate serve`` reads it (``kvgate.openai.usage``: a JSON body held up to ``_USAGE_BODY_MAX``
+        # and decoded for its usage only; an event stream's bounded tail).
         self.stats = RequestStats()
         r.register(self.stats)
         self.failovers = Counter(
@@ -116,9 +122,9 @@ class _Metrics:
         )  # fmt: skip
         self.front = FrontGauges(r, "kvgate_multicluster")
 
-    def request_done(self, model: str, seconds: float) -> None:
+    def request_done(self, model: str, seconds: float, usage: Usage | None) -> None:
         label = self.models.label(model)
-        self.stats.observe(label, label, seconds, None)
+        self.stats.observe(label, label, seconds, usage)
 
     def error(self, model: str, code: str) -> None:
         label = self.models.label(model)
@@ -126,6 +132,44 @@ class _Metrics:
         if child is None:  # (bounded: the model labels above; codes are statuses, stream_cut, client_gone)
             child = self._error_children[(label, code)] = self.errors.labels(label, label, code)
         child.inc()
+
+
+class _UsageSeen:
+    """A relayed 2xx's usage, read as ``kvgate serve`` reads it: an event stream's bounded tail, a JSON
+    body's chunks held (up to ``_USAGE_BODY_MAX``) and decoded for ``usage`` only once complete."""
+
+    __slots__ = ("_chunks", "_held", "_tail", "complete")
+
+    def __init__(self) -> None:
+        self._tail: UsageTail | None = None
+        self._chunks: list[bytes] | None = None
+        self._held = 0
+        self.complete = False
+
+    def start(self, sse: bool) -> None:
+        if sse:
+            self._tail = UsageTail()
+        else:
+            self._chunks = []
+
+    def feed(self, chunk: bytes) -> None:
+        if self._tail is not None:
+            self._tail.feed(chunk)
+        elif self._chunks is not None:
+            self._held += len(chunk)
+            if self._held > _USAGE_BODY_MAX:
+                self._chunks = None  # too large to hold: no usage read
+            else:
+                self._chunks.append(chunk)
+
+    def usage(self) -> Usage | None:
+        if not self.complete:  # cut, or its client left: no usage (as ``kvgate serve``'s relay)
+            return None
+        if self._tail is not None:
+            return self._tail.usage()
+        if self._chunks:
+            return usage_from_body(b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0])
+        return None
 
 
 def _openai_error(body: bytes) -> bool:
@@ -245,6 +289,7 @@ class GlobalGateway:
                 # The refusing EPP's own error (its message, ``code``, ``param``), as through ``kvgate epp``.
                 return Response(status=e.status, body=e.error, content_type="application/json")
             return json_error(e.status, e.message)
+        seen = _UsageSeen()
         try:
             # The name the model server was sent: the only one its 2xx says anything of
             # (kvgate.openai.labels). A client's rewrite header names it only where this gateway gave
@@ -253,16 +298,18 @@ class GlobalGateway:
             # included) the pod may have got either name: learn none rather than one a client chose.
             rewrite = request.headers.get(MODEL_REWRITE)
             sent = parsed.model if not rewrite else rewrite if routed.mode == ENDPOINT else ""
-            return await self._relay(request, routed, parsed.model, sent)
+            return await self._relay(request, routed, parsed.model, sent, seen)
         finally:
-            self.metrics.request_done(parsed.model, self.clock() - t0)
+            self.metrics.request_done(parsed.model, self.clock() - t0, seen.usage())
             # Cut short (the client left, a write failed, cancelled before the first chunk) or done:
             # settle the upstream, the EPP and the cluster's accounting now, the body read or not.
             await routed.close()
             if routed.epp is not None and routed.epp.fell_back:
                 self.metrics.epp_lost.labels(routed.cluster).inc()
 
-    async def _relay(self, request: Request, routed: Routed, model: str, sent: str) -> StreamResponse:
+    async def _relay(
+        self, request: Request, routed: Routed, model: str, sent: str, seen: _UsageSeen
+    ) -> StreamResponse:
         self._count_failed(routed.attempts[:-1])
         metrics = self.metrics
         if 200 <= routed.status < 300:
@@ -279,6 +326,8 @@ class GlobalGateway:
         counted = routed.status >= 400
         if counted:
             self.metrics.error(model, str(routed.status))
+        elif 200 <= routed.status < 300:  # (as ``kvgate serve``: usage of a 2xx only)
+            seen.start(sse)
         try:
             await resp.prepare(request)
             while True:
@@ -297,7 +346,9 @@ class GlobalGateway:
                         return resp
                     await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
                     break
+                seen.feed(chunk)
                 await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
+            seen.complete = True
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             if not counted:

@@ -1,0 +1,81 @@
+"""Reading ``usage`` from a response without parsing it whole: a JSON body's usage-only decode, and an
+event stream's last usage event from a bounded tail. ``kvgate serve`` (``kvgate.gateway.stream``) and
+``kvgate serve --clusters`` (``kvgate.multicluster.serve``) use them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+import orjson
+
+from kvgate.openai.protocol import usage_from, usage_of
+from kvgate.scheduling.types import Usage
+
+TAIL_BYTES = 16 * 1024
+_EVENT_SEP = re.compile(rb"\r?\n\r?\n")
+
+
+class _UsageFields(msgspec.Struct):
+    """The ``usage`` fields the gateway reads, each of any JSON type (``usage_from``'s checks apply)."""
+
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
+    prompt_tokens_details: Any = None
+
+
+class _UsageOnly(msgspec.Struct):
+    usage: _UsageFields | None = None
+
+
+# Decodes a whole response body but builds only its ``usage``, and of that only the fields read: the
+# choices' text and usage's other keys are skipped, not copied (a ``usage`` that is not an object fails
+# the decode: None, as ``usage_from`` answers for it).
+_USAGE_ONLY = msgspec.json.Decoder(_UsageOnly)
+
+
+def usage_from_body(body: bytes) -> Usage | None:
+    """``usage_from`` of a whole JSON response body (None when it has no usage object or is not JSON)."""
+    if b'"usage"' not in body:
+        return None
+    start = body.find(b"{")
+    if start < 0:
+        return None
+    try:
+        usage = _USAGE_ONLY.decode(body[start:] if start else body).usage
+    except msgspec.DecodeError:
+        return None
+    if usage is None:
+        return None
+    return usage_of(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details)
+
+
+class UsageTail:
+    """A relayed event stream's final usage event, from a bounded tail of it (the usage event is last,
+    before ``[DONE]``): ``feed`` each chunk, ``usage()`` at its end."""
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if len(chunk) >= TAIL_BYTES:
+            self._tail = chunk[-TAIL_BYTES:]
+        else:
+            self._tail = (self._tail + chunk)[-TAIL_BYTES:]
+
+    def usage(self) -> Usage | None:
+        for ev in reversed(_EVENT_SEP.split(self._tail)):
+            if b'"usage"' in ev:
+                start = ev.find(b"{")
+                if start < 0:
+                    continue
+                try:
+                    usage = usage_from(orjson.loads(ev[start:]))
+                except orjson.JSONDecodeError:
+                    continue
+                if usage is not None:
+                    return usage
+        return None

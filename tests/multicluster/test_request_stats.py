@@ -1,0 +1,42 @@
+"""``kvgate serve --clusters``' per-request families (``kvgate serve``'s names, labels, buckets): a relayed
+stream's usage read from its bounded tail, a JSON 2xx's from its body (the three-door comparison is
+``tests/extproc/test_error_counts.py``)."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+
+from extproc.test_error_counts import request_stats
+from flowcontrol.test_doors import eventually
+from gateway.backend import Backend
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.serve import GlobalGateway
+
+
+async def test_a_relayed_streams_usage_is_counted() -> None:
+    backend = await Backend("b0", tokens=5).start()
+    mc = GlobalGateway(ClustersConfig((ClusterSpec("c", gateway=backend.address),)), "round-robin",
+                       fetch=False, seed=1)  # fmt: skip
+    await mc.start("127.0.0.1", 0)
+    try:
+        body = {"model": "m", "prompt": "x", "max_tokens": 5, "stream": True}
+        async with aiohttp.ClientSession() as s:
+            for opts in ({"include_usage": True}, None):  # the second: no usage chunk, no tokens
+                doc = {**body, "stream_options": opts} if opts else body
+                url = f"http://127.0.0.1:{mc.port}/v1/completions"
+                async with s.post(url, data=orjson.dumps(doc)) as r:
+                    assert r.status == 200
+                    await r.read()
+        await eventually(lambda: mc.inflight == 0, "the global gateway's streams ended")
+        assert request_stats(mc.metrics.registry) == {
+            ("inference_objective_request_total", "m", "m"): 2,
+            ("inference_objective_request_duration_seconds_count", "m", "m"): 2,
+            ("inference_objective_input_tokens_count", "m", "m"): 1,
+            ("inference_objective_input_tokens_sum", "m", "m"): 7,
+            ("inference_objective_output_tokens_count", "m", "m"): 1,
+            ("inference_objective_output_tokens_sum", "m", "m"): 5,
+        }
+    finally:
+        await mc.stop()
+        await backend.stop()
