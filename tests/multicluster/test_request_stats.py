@@ -40,3 +40,31 @@ async def test_a_relayed_streams_usage_is_counted() -> None:
     finally:
         await mc.stop()
         await backend.stop()
+
+
+def test_a_held_bodys_bytes_come_back_and_the_budget_bounds_them() -> None:
+    from kvgate.httpfront.budget import ByteBudget
+    from kvgate.multicluster.serve import _UsageSeen
+
+    body = orjson.dumps({"choices": [{"text": "ab"}], "usage": {"prompt_tokens": 7, "completion_tokens": 2}})
+    budget = ByteBudget(len(body))
+    seen = _UsageSeen(budget)
+    seen.start(sse=False)
+    seen.feed(body[:10])
+    seen.feed(body[10:])
+    seen.complete = True
+    assert budget.used == len(body)
+    usage = seen.usage()
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (7, 2)
+    assert budget.used == 0
+    budget.take(1)  # one byte short: the body is not held, its usage not read, nothing kept taken
+    seen = _UsageSeen(budget)
+    seen.start(sse=False)
+    seen.feed(body[:10])
+    seen.feed(body[10:])
+    seen.complete = True
+    assert seen.usage() is None and budget.used == 1
+    seen = _UsageSeen(ByteBudget(1 << 20))  # its client left: the bytes back, no usage
+    seen.start(sse=False)
+    seen.feed(body)
+    assert seen.usage() is None

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.aio import STOP_LIMIT_S, cancel_and_wait, stop_to_the_end
+from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.metrics import FrontGauges
 from kvgate.httpfront.server import (
     FrontLimits,
@@ -57,8 +58,10 @@ from kvgate.scheduling.types import Usage
 
 log = logging.getLogger("kvgate.multicluster")
 
-# A whole (non-stream) 2xx body held past this is relayed on without its usage read (bounded memory).
+# A whole (non-stream) 2xx body held past this, or past the process-wide budget all held bodies share,
+# is relayed on without its usage read (bounded memory).
 _USAGE_BODY_MAX = 16 << 20
+_USAGE_HELD = ByteBudget(256 << 20)
 
 # A response body the cluster stopped sending mid-way (the pod or its link failed, or the remote EPP
 # relaying a rewritten stream did).
@@ -136,11 +139,13 @@ class _Metrics:
 
 class _UsageSeen:
     """A relayed 2xx's usage, read as ``kvgate serve`` reads it: an event stream's bounded tail, a JSON
-    body's chunks held (up to ``_USAGE_BODY_MAX``) and decoded for ``usage`` only once complete."""
+    body's chunks held (up to ``_USAGE_BODY_MAX``, taken from ``_USAGE_HELD``) and decoded for ``usage``
+    only once complete. ``usage()`` gives the bytes back (called once, whatever the end)."""
 
-    __slots__ = ("_chunks", "_held", "_tail", "complete")
+    __slots__ = ("_budget", "_chunks", "_held", "_tail", "complete")
 
-    def __init__(self) -> None:
+    def __init__(self, budget: ByteBudget = _USAGE_HELD) -> None:
+        self._budget = budget
         self._tail: UsageTail | None = None
         self._chunks: list[bytes] | None = None
         self._held = 0
@@ -156,19 +161,26 @@ class _UsageSeen:
         if self._tail is not None:
             self._tail.feed(chunk)
         elif self._chunks is not None:
-            self._held += len(chunk)
-            if self._held > _USAGE_BODY_MAX:
-                self._chunks = None  # too large to hold: no usage read
+            if self._held + len(chunk) > _USAGE_BODY_MAX or not self._budget.take(len(chunk)):
+                self._drop()  # too large to hold: no usage read
             else:
+                self._held += len(chunk)
                 self._chunks.append(chunk)
 
+    def _drop(self) -> None:
+        self._chunks = None
+        self._budget.give(self._held)
+        self._held = 0
+
     def usage(self) -> Usage | None:
+        chunks = self._chunks
+        self._drop()
         if not self.complete:  # cut, or its client left: no usage (as ``kvgate serve``'s relay)
             return None
         if self._tail is not None:
             return self._tail.usage()
-        if self._chunks:
-            return usage_from_body(b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0])
+        if chunks:
+            return usage_from_body(b"".join(chunks) if len(chunks) > 1 else chunks[0])
         return None
 
 
