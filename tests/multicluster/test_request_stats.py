@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import aiohttp
 import orjson
+from aiohttp import web
 
 from extproc.test_error_counts import request_stats
 from flowcontrol.test_doors import eventually
@@ -68,3 +69,72 @@ def test_a_held_bodys_bytes_come_back_and_the_budget_bounds_them() -> None:
     seen.start(sse=False)
     seen.feed(body)
     assert seen.usage() is None
+
+
+async def _serve(handler: object) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_post("/v1/completions", handler)  # type: ignore[arg-type]
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+_TOKEN = {"id": "x", "object": "text_completion", "model": "m", "choices": [{"index": 0, "text": "a"}]}
+_USAGE = {"id": "x", "object": "text_completion", "model": "m", "choices": [],
+          "usage": {"prompt_tokens": 7, "completion_tokens": 2}}  # fmt: skip
+
+
+async def _cut_after_usage(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(b"data: " + orjson.dumps(_TOKEN) + b"\n\n")
+    await resp.write(b"data: " + orjson.dumps(_USAGE) + b"\n\n")
+    assert request.transport is not None
+    request.transport.abort()  # cut before [DONE] and the chunked terminator
+    return resp
+
+
+async def _one_stream(handler: object) -> tuple[bytes, dict[tuple[str, str, str], float]]:
+    runner, port = await _serve(handler)
+    mc = GlobalGateway(ClustersConfig((ClusterSpec("c", gateway=f"127.0.0.1:{port}"),)), "round-robin",
+                       fetch=False, seed=1)  # fmt: skip
+    await mc.start("127.0.0.1", 0)
+    try:
+        body = {"model": "m", "prompt": "x", "stream": True, "stream_options": {"include_usage": True}}
+        url = f"http://127.0.0.1:{mc.port}/v1/completions"
+        async with aiohttp.ClientSession() as s, s.post(url, data=orjson.dumps(body)) as r:
+            assert r.status == 200
+            text = await r.read()
+        await eventually(lambda: mc.inflight == 0, "the global gateway's stream ended")
+        return text, request_stats(mc.metrics.registry)
+    finally:
+        await mc.stop()
+        await runner.cleanup()
+
+
+async def test_a_cut_streams_usage_is_not_observed() -> None:
+    """rev-metrics L1: a stream the cluster cut (after its usage event, before ``[DONE]``) gives no
+    tokens, as documented and as ``kvgate serve`` (before: 7/2 observed)."""
+    text, stats = await _one_stream(_cut_after_usage)
+    assert b"cut the stream" in text
+    assert stats == {
+        ("inference_objective_request_total", "m", "m"): 1,
+        ("inference_objective_request_duration_seconds_count", "m", "m"): 1,
+    }
+
+
+def test_an_event_stream_is_known_whatever_its_content_type_headers_case() -> None:
+    """rev-metrics N2: the relay's headers are a plain dict in the cluster's casing (aiohttp's pure-Python
+    parser keeps ``CONTENT-TYPE``; an EPP's header mutation names its own): a stream is still a stream
+    (its tail read for usage), not a JSON body held up to 16 MiB whose usage is lost."""
+    from kvgate.multicluster.serve import _event_stream
+
+    for name in ("Content-Type", "content-type", "CONTENT-TYPE", "Content-type"):
+        assert _event_stream({name: "text/event-stream; charset=utf-8", "X-A": "b"}), name
+        assert not _event_stream({name: "application/json"}), name
+    assert _event_stream({"content-type": "Text/Event-Stream"})
+    assert not _event_stream({"x-content-type": "text/event-stream"})
+    assert not _event_stream({})

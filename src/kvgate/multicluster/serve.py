@@ -184,6 +184,15 @@ class _UsageSeen:
         return None
 
 
+def _event_stream(headers: dict[str, str]) -> bool:
+    """Whether a response is an event stream; ``headers`` keep the cluster's casing (a plain dict), so
+    the header's name and the media type are compared case-insensitively."""
+    for k, v in headers.items():
+        if k.lower() == "content-type":
+            return v[:17].lower() == "text/event-stream"
+    return False
+
+
 def _openai_error(body: bytes) -> bool:
     """Whether a remote EPP's refusal body is an OpenAI-style error (passed on as it is), not text."""
     try:
@@ -330,7 +339,7 @@ class GlobalGateway:
         headers = dict(routed.headers)
         headers["x-kvgate-cluster"] = routed.cluster
         headers["x-kvgate-route-mode"] = routed.mode
-        sse = headers.get("content-type", headers.get("Content-Type", "")).startswith("text/event-stream")
+        sse = _event_stream(headers)
         resp = StreamResponse(status=routed.status, headers=headers)
         body = routed.body
         # Counted once: a cluster's error reply under its status (as the gateway door), else a cut
@@ -346,6 +355,7 @@ class GlobalGateway:
                 try:
                     chunk = await body.__anext__()
                 except StopAsyncIteration:
+                    seen.complete = True  # the normal end only: a cut stream gives no usage
                     break
                 except _CUT as e:
                     self.metrics.cut.labels(routed.cluster).inc()
@@ -360,7 +370,6 @@ class GlobalGateway:
                     break
                 seen.feed(chunk)
                 await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
-            seen.complete = True
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             if not counted:
