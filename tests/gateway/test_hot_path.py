@@ -301,6 +301,16 @@ def test_the_gateway_histograms_count_as_hist_observe_does() -> None:
     assert child.count == 4
 
 
+def test_kvgate_serve_observes_through_the_shared_collectors_own_method() -> None:
+    """rev-metrics L2: ``kvgate serve``'s per-request update is ``RequestStats.observe`` itself (bound,
+    one call), not a copy of it, so the three doors cannot drift apart (before: a line-for-line copy)."""
+    from kvgate.openai.requeststats import RequestStats
+
+    m = GatewayMetrics()
+    assert getattr(m.observe, "__func__", None) is RequestStats.observe
+    assert m.observe.__self__ is m._stats  # type: ignore[attr-defined]
+
+
 def test_error_counts_through_the_cached_children_are_the_labelled_counts() -> None:
     m = GatewayMetrics()
     for labels in (("m", "t", "429"), ("m", "t", "429"), ("", "", "404"), ("m", "t", "502")):
