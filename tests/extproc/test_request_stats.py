@@ -127,6 +127,24 @@ def test_no_answer_no_count_and_an_unknown_models_error_reply_is_other() -> None
     }
 
 
+def test_an_error_replys_usage_is_not_observed() -> None:
+    """rev-metrics N1: tokens only from a success's usage, as ``kvgate serve`` (``resp.status < 300``) and
+    the multi-cluster gateway (a 2xx's): an error body that carries ``usage`` counts no tokens (before:
+    7/3 observed)."""
+    metrics = EppMetrics(models=ModelLabels(["m"]))
+    s = _picked(metrics, _Clock())
+    _headers(s, 500, "application/json")
+    error = b'{"error": {"message": "boom"}, "usage": {"prompt_tokens": 7, "completion_tokens": 3}}'
+    _body(s, error, eos=True)
+    s = _picked(metrics, _Clock())
+    _headers(s, 503)
+    _body(s, USAGE_EVENT + b"data: [DONE]\n\n", eos=True)
+    assert request_stats(metrics.registry) == {
+        ("inference_objective_request_total", "m", "m"): 2,
+        ("inference_objective_request_duration_seconds_count", "m", "m"): 2,
+    }
+
+
 def test_a_body_less_request_is_not_counted() -> None:
     """``GET /v1/models`` or a probe routed through the EPP (picked on its headers): not an inference
     request, as ``kvgate serve`` does not count its own ``GET``s."""

@@ -593,7 +593,9 @@ class Session:
                 # an error reply or one whose client left): request headers to the response's end.
                 # Only a request with a parsed body: ``kvgate serve`` counts its inference POSTs, not
                 # the body-less requests (``GET /v1/models``, probes) Envoy may route through the EPP.
-                obs.request_done(*self._models, self.ctx.clock() - self._t0, self.usage)
+                # Tokens from a success's usage only (as ``kvgate serve`` reads a 2xx's).
+                usage = self.usage if 200 <= self.status < 300 else None
+                obs.request_done(*self._models, self.ctx.clock() - self._t0, usage)
 
     def _outcome(self, complete: bool, idle: bool = False) -> None:
         """Count the request's end once, as ``kvgate serve`` does: a model server's 4xx/5xx under its
