@@ -8,16 +8,13 @@ waits for its end (bounded by ``max_event_bytes``).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 
 from kvgate.openai.protocol import usage_from
+from kvgate.openai.usage import UsageTail
 from kvgate.scheduling.types import Usage
-
-_TAIL_BYTES = 16 * 1024
-_EVENT_SEP = re.compile(rb"\r?\n\r?\n")
 
 
 class StreamTooLarge(Exception):
@@ -69,15 +66,14 @@ class StreamRelay:
         self._buf = b""
         self._max = max_event_bytes
         self._sep = b"\n\n"
+        # Untransformed: only a bounded tail is kept (the usage event is last), shared with
+        # ``kvgate serve --clusters`` (``kvgate.openai.usage``).
+        self._tail = None if self._transform else UsageTail()
         self.usage: Usage | None = None
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self._transform:
-            # Keep only a bounded tail (the usage event is last); a big chunk alone fills it.
-            if len(chunk) >= _TAIL_BYTES:
-                self._buf = chunk[-_TAIL_BYTES:]
-            else:
-                self._buf = (self._buf + chunk)[-_TAIL_BYTES:]
+        if self._tail is not None:
+            self._tail.feed(chunk)
             return chunk
         buf = self._buf + chunk if self._buf else chunk
         if self._sep == b"\n\n" and b"\r\n\r\n" in buf:
@@ -119,15 +115,11 @@ class StreamRelay:
 
     def finish(self) -> bytes:
         """At end of stream: the leftover (an event without its blank line), and usage from the tail."""
-        if not self._transform:
-            tail = self._buf
-            self._buf = b""
-            for ev in reversed(_EVENT_SEP.split(tail)):
-                if b'"usage"' in ev:
-                    usage = _usage_of(ev)
-                    if usage is not None:
-                        self.usage = usage
-                        break
+        if self._tail is not None:
+            tail, self._tail = self._tail, UsageTail()
+            usage = tail.usage()
+            if usage is not None:
+                self.usage = usage
             return b""
         rest, self._buf = self._buf, b""
         return self._process(rest) if rest.strip() else rest

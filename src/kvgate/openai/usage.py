@@ -51,31 +51,46 @@ def usage_from_body(body: bytes) -> Usage | None:
     return usage_of(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details)
 
 
+def last_usage(tail: bytes | bytearray) -> Usage | None:
+    """The usage of the last event in a stream's ``tail`` that carries one (None if none does). An
+    event cut at the tail's start fails its decode and is skipped."""
+    for ev in reversed(_EVENT_SEP.split(tail)):
+        if b'"usage"' in ev:
+            start = ev.find(b"{")
+            if start < 0:
+                continue
+            try:
+                usage = usage_from(orjson.loads(ev[start:]))
+            except orjson.JSONDecodeError:
+                continue
+            if usage is not None:
+                return usage
+    return None
+
+
 class UsageTail:
     """A relayed event stream's final usage event, from a bounded tail of it (the usage event is last,
-    before ``[DONE]``): ``feed`` each chunk, ``usage()`` at its end."""
+    before ``[DONE]``): ``feed`` each chunk, ``usage()`` at its end, which reads the last ``TAIL_BYTES``.
+
+    The tail is one buffer appended to in place and trimmed back to ``TAIL_BYTES`` only when it passes
+    twice that (amortized: a small chunk costs its own bytes, not a copy of the whole tail), so it holds
+    at most ``2 * TAIL_BYTES`` plus one chunk. ``kvgate serve``'s relay and ``kvgate serve --clusters``
+    both keep theirs here."""
 
     __slots__ = ("_tail",)
 
     def __init__(self) -> None:
-        self._tail = b""
+        self._tail = bytearray()
 
     def feed(self, chunk: bytes) -> None:
-        if len(chunk) >= TAIL_BYTES:
-            self._tail = chunk[-TAIL_BYTES:]
+        t = self._tail
+        if len(chunk) >= TAIL_BYTES:  # a big chunk alone fills it
+            t[:] = memoryview(chunk)[-TAIL_BYTES:]
         else:
-            self._tail = (self._tail + chunk)[-TAIL_BYTES:]
+            t += chunk
+            if len(t) > 2 * TAIL_BYTES:
+                del t[:-TAIL_BYTES]
 
     def usage(self) -> Usage | None:
-        for ev in reversed(_EVENT_SEP.split(self._tail)):
-            if b'"usage"' in ev:
-                start = ev.find(b"{")
-                if start < 0:
-                    continue
-                try:
-                    usage = usage_from(orjson.loads(ev[start:]))
-                except orjson.JSONDecodeError:
-                    continue
-                if usage is not None:
-                    return usage
-        return None
+        t = self._tail
+        return last_usage(t[-TAIL_BYTES:] if len(t) > TAIL_BYTES else t)
