@@ -4,16 +4,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+import orjson
 import yaml
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from kvgate.config.policies import policy_yaml
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.context import build_epp_director as build
 from kvgate.extproc.metrics import EppMetrics
-from kvgate.extproc.session import RequestDirector, SessionContext
+from kvgate.extproc.session import RequestDirector, Session, SessionContext
+from kvgate.extproc.testing import header_map
 from kvgate.scheduling.types import InferenceRequest, PickResult
 
 EP = Endpoint("127.0.0.1:18201")
@@ -44,3 +49,32 @@ class OnePicker:
 def one_endpoint_context(metrics: EppMetrics) -> SessionContext:
     """A session context over ``OnePicker`` that counts into ``metrics``."""
     return SessionContext(OnePicker(), lambda: {EP.address: EP}, clock=time.monotonic, observer=metrics)
+
+
+def picked_session(
+    ctx: SessionContext,
+    body: dict[str, Any],
+    *,
+    response_bodies: bool = True,
+    before_body: Callable[[], None] | None = None,
+) -> Session:
+    """A session driven through a POST's headers and ``body`` to its pick (response bodies announced
+    streamed, or ``NONE``); ``before_body`` runs between the two (e.g. to move a test clock)."""
+    mode = processing_mode_pb2.ProcessingMode
+    s = Session(ctx)
+    first = pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(headers=header_map({":method": "POST", ":path": "/v1/completions"}))
+    )
+    first.protocol_config.CopyFrom(
+        pb.ProtocolConfiguration(
+            request_body_mode=mode.FULL_DUPLEX_STREAMED,
+            response_body_mode=mode.FULL_DUPLEX_STREAMED if response_bodies else mode.NONE,
+        )
+    )
+    assert s.handle(first) == []
+    if before_body is not None:
+        before_body()
+    request_body = pb.HttpBody(body=orjson.dumps(body), end_of_stream=True)
+    answer = s.handle(pb.ProcessingRequest(request_body=request_body))
+    assert answer[0].WhichOneof("response") == "request_headers"
+    return s

@@ -31,7 +31,7 @@ from kvgate.extproc.session import Session, SessionContext
 from kvgate.extproc.testing import Exchange, channel, header_map
 from kvgate.openai.labels import ModelLabels
 
-from .pickers import one_endpoint_context
+from .pickers import one_endpoint_context, picked_session
 
 _MODE = processing_mode_pb2.ProcessingMode
 
@@ -41,19 +41,8 @@ def _errors(metrics: EppMetrics) -> dict[tuple[str, str], float]:
 
 
 def _picked(metrics: EppMetrics, response_bodies: bool = True) -> Session:
-    ctx = one_endpoint_context(metrics)
-    s = Session(ctx)
-    first = pb.ProcessingRequest(
-        request_headers=pb.HttpHeaders(headers=header_map({":method": "POST", ":path": "/v1/completions"}))
-    )
-    mode = _MODE.FULL_DUPLEX_STREAMED if response_bodies else _MODE.NONE
-    first.protocol_config.CopyFrom(
-        pb.ProtocolConfiguration(request_body_mode=_MODE.FULL_DUPLEX_STREAMED, response_body_mode=mode)
-    )
-    assert s.handle(first) == []
-    body = pb.HttpBody(body=orjson.dumps({"model": "m", "prompt": "p"}), end_of_stream=True)
-    assert s.handle(pb.ProcessingRequest(request_body=body))[0].WhichOneof("response") == "request_headers"
-    return s
+    body = {"model": "m", "prompt": "p"}
+    return picked_session(one_endpoint_context(metrics), body, response_bodies=response_bodies)
 
 
 def _headers(s: Session, status: int, content_type: str = "application/json") -> None:

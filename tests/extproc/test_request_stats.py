@@ -7,7 +7,6 @@ NONE``, an unknown model). Before, the EPP had none of these families."""
 
 from __future__ import annotations
 
-import orjson
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -16,7 +15,7 @@ from kvgate.extproc.session import Session, SessionContext
 from kvgate.extproc.testing import header_map
 from kvgate.openai.labels import ModelLabels
 
-from .pickers import EP, OnePicker
+from .pickers import EP, OnePicker, picked_session
 from .test_error_counts import request_stats
 
 _MODE = processing_mode_pb2.ProcessingMode
@@ -32,19 +31,12 @@ class _Clock:
 
 def _picked(metrics: EppMetrics, clock: _Clock, model: str = "m", response_bodies: bool = True) -> Session:
     ctx = SessionContext(OnePicker(), lambda: {EP.address: EP}, clock=clock, observer=metrics)
-    s = Session(ctx)
-    first = pb.ProcessingRequest(
-        request_headers=pb.HttpHeaders(headers=header_map({":method": "POST", ":path": "/v1/completions"}))
-    )
-    mode = _MODE.FULL_DUPLEX_STREAMED if response_bodies else _MODE.NONE
-    first.protocol_config.CopyFrom(
-        pb.ProtocolConfiguration(request_body_mode=_MODE.FULL_DUPLEX_STREAMED, response_body_mode=mode)
-    )
-    assert s.handle(first) == []
-    clock.now += 0.5  # the body's arrival: inside the duration (it starts at the request headers)
-    body = pb.HttpBody(body=orjson.dumps({"model": model, "prompt": "p", "stream": True}), end_of_stream=True)
-    assert s.handle(pb.ProcessingRequest(request_body=body))[0].WhichOneof("response") == "request_headers"
-    return s
+
+    def body_arrives() -> None:  # inside the duration (it starts at the request headers)
+        clock.now += 0.5
+
+    body = {"model": model, "prompt": "p", "stream": True}
+    return picked_session(ctx, body, response_bodies=response_bodies, before_body=body_arrives)
 
 
 def _headers(s: Session, status: int, content_type: str = "text/event-stream") -> None:
