@@ -741,9 +741,11 @@ class Proxy:
                 self.health.success(ep)
             elif self.health.failure(ep, self._peers(ep)):
                 self.metrics.ejections.inc()
-            director.on_finished(ireq, ep, relay.usage, ok)
-            self._charge(ireq, relay.usage)
-            self.metrics.observe(client_model, ireq.model, self.clock() - t0, relay.usage)
+            # A 2xx's usage only, as ``_whole`` reads it (an error stream that carries one: none).
+            usage = relay.usage if resp.status < 300 else None
+            director.on_finished(ireq, ep, usage, ok)
+            self._charge(ireq, usage)
+            self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage)
             if resp.status >= 400:
                 # An error status with an event-stream body: under its status, as ``_whole`` counts a
                 # JSON one, also when its client leaves or it is cut before its end (the status was
