@@ -167,3 +167,19 @@ def test_a_usage_tail_reads_the_last_usage_event_of_a_relayed_stream() -> None:
     tail = UsageTail()
     tail.feed(TOKEN_EVENT + b"data: [DONE]\n\n")
     assert tail.usage() is None
+
+
+def test_a_cut_streams_usage_is_not_observed() -> None:
+    """rev-final F2: a stream that ends before its end (cut, or its client left: Envoy ends the ext_proc
+    stream) after its usage chunk passed counts no tokens, as ``kvgate serve`` and ``kvgate serve
+    --clusters`` (the EPP already did so; ``kvgate serve``'s transformed relay did not, fixed with this
+    pin)."""
+    metrics = EppMetrics(models=ModelLabels(["m"]))
+    s = _picked(metrics, _Clock())
+    _headers(s, 200)
+    _body(s, TOKEN_EVENT + USAGE_EVENT, eos=False)
+    s.close()
+    assert request_stats(metrics.registry) == {
+        ("inference_objective_request_total", "m", "m"): 1,
+        ("inference_objective_request_duration_seconds_count", "m", "m"): 1,
+    }

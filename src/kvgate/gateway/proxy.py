@@ -745,7 +745,10 @@ class Proxy:
             usage = relay.usage if resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok)
             self._charge(ireq, usage)
-            self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage)
+            # Tokens observed only at the stream's normal end: a cut one, or one whose client left,
+            # gives none, whether or not its usage event had passed (the transformed relay reads it as
+            # it goes by, the pass-through one only at ``finish``), as ``kvgate serve --clusters``.
+            self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage if ok else None)
             if resp.status >= 400:
                 # An error status with an event-stream body: under its status, as ``_whole`` counts a
                 # JSON one, also when its client leaves or it is cut before its end (the status was
