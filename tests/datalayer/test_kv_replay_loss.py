@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import zmq
+from prometheus_client import REGISTRY
 
 from datalayer.test_kvevents import batch, stored_map
 from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager, KVEventSubscriber
@@ -85,6 +86,22 @@ async def test_a_lost_end_marker_is_asked_again_from_the_next_batch():
         got = await sub._fetch(0)
         assert got is not None and [s for s, _ in got] == list(range(300))
         assert server.requests[0] == 0 and sub.stats.fetch_rerequests == len(server.requests) - 1 >= 1
+    finally:
+        server.close()
+
+
+async def test_replay_rerequests_are_exported_as_a_prometheus_counter():
+    """Failed before: re-requests were counted only in ``SubscriberStats`` and a log line; the counter is
+    on the process-wide registry (both doors' ``/metrics``), as the subscriber restarts' counter is."""
+    name = "kvgate_kv_events_replay_rerequests_total"
+    before = REGISTRY.get_sample_value(name)
+    assert before is not None
+    server = VLLMShapedReplay(_payloads(300), lose=lambda n, seq: n == 1 and seq is None)
+    try:
+        sub = _subscriber(server)
+        assert await sub._fetch(0) is not None
+        assert sub.stats.fetch_rerequests >= 1
+        assert REGISTRY.get_sample_value(name) == before + sub.stats.fetch_rerequests
     finally:
         server.close()
 

@@ -65,6 +65,11 @@ SUBSCRIBER_RESTARTS = Counter(
     "KV-event subscriber restarts after their socket failed (its endpoint's entries cleared until then); "
     "attempts, one that fails at once included",
 )
+REPLAY_REREQUESTS = Counter(
+    "kvgate_kv_events_replay_rerequests_total",
+    "KV-event replay requests made again because the engine's ROUTER lost part of an answer "
+    "(SubscriberStats.fetch_rerequests, all subscribers)",
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -626,6 +631,7 @@ class KVEventSubscriber:
                     break
                 start = again
                 self.stats.fetch_rerequests += 1
+                REPLAY_REREQUESTS.inc()
         finally:
             if keep.dropped:
                 self.stats.fetch_dropped += keep.dropped
