@@ -602,3 +602,86 @@ def test_an_interrupt_in_a_stop_its_caller_left_running_is_not_lost(caplog: pyte
     # (retrieved: a task collected with its error unretrieved logs its traceback, and Python 3.11's
     # traceback calls ast.parse, wherever the collection happens: inside another ast.parse it fails)
     assert [type(t.exception()) for t in inner] == [KeyboardInterrupt]
+
+
+# --- small13: an interrupt that a task waited for by ``cancel_and_wait`` / ``finish_shielded`` ended on ---
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_cancel_and_wait_does_not_log_an_interrupt_the_task_ended_on(
+    interrupt: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A background task ends on ``KeyboardInterrupt`` (it leaves the loop); ``asyncio.run``'s end
+    cancels the others, whose stop (a ``finally``) stops that task with ``cancel_and_wait``. Before: an
+    ERROR "had stopped: KeyboardInterrupt()" with its traceback. Now nothing is logged: the interrupt
+    already propagated as itself (out of the loop as the task ended; ``asyncio.run`` raises it), and the
+    stop ends on its cancel, not raising it again (that would leave the loop a second time, cutting
+    ``asyncio.run``'s cancellation of the other tasks). Own event loop: the interrupt leaves it."""
+    got: list[BaseException] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def background() -> None:
+        await asyncio.sleep(0.01)
+        raise interrupt
+
+    async def stopper() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            try:
+                await cancel_and_wait(tasks[0], "the interrupted task", log)
+            except BaseException as exc:  # (none: it returns)
+                got.append(exc)
+                raise
+
+    async def main() -> None:
+        tasks.append(asyncio.create_task(background()))
+        tasks.append(asyncio.create_task(stopper()))
+        await asyncio.wait([tasks[1]])
+
+    with caplog.at_level(logging.ERROR), pytest.raises(interrupt):
+        asyncio.run(main())
+    # (retrieved: a task collected with its error unretrieved logs its traceback, and Python 3.11's
+    # traceback calls ast.parse, wherever the collection happens: inside another ast.parse it fails)
+    assert type(tasks[0].exception()) is interrupt and tasks[1].cancelled()
+    assert got == []  # (it returned; the stop's own cancel went on)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["after a cancel", "no cancel"])
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_finish_shielded_does_not_log_an_interrupt_the_cleanup_ended_on(
+    interrupt: type[BaseException], cancelled: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cleanup waited for with ``finish_shielded`` ends on ``KeyboardInterrupt`` (it leaves the loop;
+    ``asyncio.run``'s end cancels the waiter). Before: an ERROR "failed: KeyboardInterrupt()" with its
+    traceback. Now nothing is logged (the interrupt already propagated as itself), the cancel raised."""
+    from kvgate.aio import finish_shielded
+
+    got: list[BaseException] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def cleanup() -> None:
+        await asyncio.sleep(0.01)
+        raise interrupt
+
+    async def waiter() -> None:
+        try:
+            await finish_shielded(tasks[0], "the interrupted cleanup", log, 5.0)
+        except BaseException as exc:
+            got.append(exc)
+            raise
+
+    async def main() -> None:
+        tasks.append(asyncio.create_task(cleanup()))
+        tasks.append(w := asyncio.create_task(waiter()))
+        if cancelled:
+            await asyncio.sleep(0)
+            w.cancel()
+        await asyncio.wait([w])
+
+    with caplog.at_level(logging.ERROR), pytest.raises(interrupt):
+        asyncio.run(main())
+    assert type(tasks[0].exception()) is interrupt and tasks[1].cancelled()  # (retrieved, as above)
+    assert [type(e) for e in got] == [asyncio.CancelledError], got
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

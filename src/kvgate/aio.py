@@ -47,7 +47,9 @@ async def cancel_and_wait(
     passed (the first wait is ``max(stuck_s, ends_within_s)``), so the stop waits at most
     ``max(stuck_s, ends_within_s) + RECANCELS x stuck_s`` on it. A task cancelled while it awaits a
     ``stop_to_the_end`` stop has not swallowed its cancel (it raises it once that stop ended): it is
-    waited for, up to that stop's limit, and not said or re-cancelled (review s12-hard L5)."""
+    waited for, up to that stop's limit, and not said or re-cancelled (review s12-hard L5). A task that
+    ended on a ``KeyboardInterrupt`` or ``SystemExit`` is not logged: that interrupt already propagated
+    as itself, out of the event loop as the task ended (``_failed``)."""
     await _cancel_and_wait([(task, what)], log, stuck_s, ends_within_s)
 
 
@@ -122,8 +124,19 @@ async def _rounds(state: _Rounds, log: logging.Logger, stuck_s: float, ends_with
                           "cancelling it again", what, waited)  # fmt: skip
                 task.cancel()
     for task, what in state.named:
-        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("%s had stopped: %r", what, exc, exc_info=exc)
+        # (an interrupt it ended on is retrieved, not logged: it already left the event loop, ``_failed``)
+        if task.done() and not task.cancelled() and _failed(task.exception()):
+            log.error("%s had stopped: %r", what, task.exception(), exc_info=task.exception())
+
+
+def _failed(exc: BaseException | None) -> bool:
+    """Whether a task's error is a failure to log: an ``Exception``. A ``KeyboardInterrupt`` or
+    ``SystemExit`` (any ``BaseException`` but an ``Exception`` or a cancellation) that a task ended on is
+    not: asyncio raised it out of the event loop as the task ended (``Task.__step``), so it already
+    propagated as itself (``asyncio.run`` raises it once its end cancelled the other tasks); raising it
+    again from the stop that waits for the task would leave the loop a second time, cutting that
+    cancellation of the other tasks (their stops)."""
+    return isinstance(exc, Exception)
 
 
 # Cleanups run by ``finish_shielded`` that their waiter gave up on: kept referenced until they end.
@@ -135,7 +148,8 @@ async def finish_shielded(task: asyncio.Task[Any], what: str, log: logging.Logge
     ``limit_s``, even when this waiter is cancelled meanwhile: a cleanup running under one cancellation
     is not cut by the next (``cancel_and_wait`` re-cancels a task that is slow to end). A cancellation
     received while waiting is raised once the task ended or ``limit_s`` passed; a task still running then
-    is logged by ``what`` and left to finish on its own. An error it ended on is logged, not raised."""
+    is logged by ``what`` and left to finish on its own. An error it ended on is logged, not raised; a
+    ``KeyboardInterrupt`` or ``SystemExit`` is not logged: it already propagated as itself (``_failed``)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(0.0, limit_s)
     cancelled = False
@@ -148,7 +162,7 @@ async def finish_shielded(task: asyncio.Task[Any], what: str, log: logging.Logge
         log.error("%s still running %.1fs after it started; left to finish on its own", what, limit_s)
         _LEFT_RUNNING.add(task)
         task.add_done_callback(_LEFT_RUNNING.discard)
-    elif not task.cancelled() and (exc := task.exception()) is not None:
+    elif not task.cancelled() and _failed(exc := task.exception()):
         log.error("%s failed: %r", what, exc, exc_info=exc)
     if cancelled:
         raise asyncio.CancelledError
