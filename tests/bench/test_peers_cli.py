@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from kvgate.bench import peers
@@ -30,3 +35,25 @@ def test_named_peers_are_installed_in_order(monkeypatch, capsys):
     names = list(peers.PEERS)
     assert peers.main(list(reversed(names))) == 0
     assert got == [peers.PEERS[n].package for n in reversed(names)]
+
+
+def test_the_usage_line_names_the_command_it_was_run_as(capsys, monkeypatch):
+    """Failed before: ``kvgate bench peers --help`` printed ``usage: python -m kvgate.bench.peers``."""
+    from kvgate.bench import cli
+
+    monkeypatch.setattr(peers, "ensure_installed", lambda *a, **k: pytest.fail("installed on --help"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["peers", "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: kvgate bench peers ")
+    src = str(Path(peers.__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-m", "kvgate.bench.peers", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: python -m kvgate.bench.peers "), run.stdout

@@ -167,10 +167,11 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             proc.wait(timeout)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m kvgate.bench.peers [name ...]``: install the peers (all by default)."""
+def main(argv: list[str] | None = None, prog: str = "kvgate bench peers") -> int:
+    """``kvgate bench peers [name ...]`` (``python -m kvgate.bench.peers``, which names itself as ``prog``):
+    install the peers (all by default)."""
     parser = argparse.ArgumentParser(
-        prog="python -m kvgate.bench.peers",
+        prog=prog,
         description="Install the peer routers, each into its own cached virtualenv.",
     )
     parser.add_argument(
@@ -192,4 +193,4 @@ if __name__ == "__main__":
     from kvgate.bench import reaper
 
     reaper.install()  # (python -m: its children end with it, as under kvgate bench)
-    sys.exit(main())
+    sys.exit(main(prog="python -m kvgate.bench.peers"))
