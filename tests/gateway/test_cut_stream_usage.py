@@ -9,36 +9,15 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 
 from extproc.test_error_counts import request_stats
 from gateway.conftest import make_config, running_gateway
-
-_TOKEN = {"id": "x", "object": "text_completion", "model": "m", "choices": [{"index": 0, "text": "a"}]}
-_USAGE = {"id": "x", "object": "text_completion", "model": "m", "choices": [],
-          "usage": {"prompt_tokens": 7, "completion_tokens": 2}}  # fmt: skip
-
-
-async def _cut_after_usage(request: web.Request) -> web.StreamResponse:
-    await request.read()
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    await resp.write(b"data: " + orjson.dumps(_TOKEN) + b"\n\n")
-    await resp.write(b"data: " + orjson.dumps(_USAGE) + b"\n\n")
-    assert request.transport is not None
-    request.transport.abort()  # cut before [DONE] and the chunked terminator
-    return resp
+from gateway.handler_server import cut_after_usage, serve_handler
 
 
 @pytest.mark.parametrize("include_usage", [False, True])  # False: transformed (strip); True: pass-through
 async def test_a_cut_streams_usage_is_not_observed_however_relayed(include_usage: bool) -> None:
-    app = web.Application()
-    app.router.add_post("/v1/completions", _cut_after_usage)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_handler(cut_after_usage)
     try:
         async with running_gateway(make_config([f"127.0.0.1:{port}"])) as gw:
             body: dict[str, object] = {"model": "m", "prompt": "x", "stream": True}

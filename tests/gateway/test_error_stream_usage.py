@@ -11,6 +11,7 @@ from aiohttp import web
 
 from extproc.test_error_counts import request_stats
 from gateway.conftest import make_config, running_gateway
+from gateway.handler_server import serve_handler
 
 _USAGE = {"id": "x", "object": "text_completion", "model": "m", "choices": [],
           "usage": {"prompt_tokens": 7, "completion_tokens": 3}}  # fmt: skip
@@ -27,13 +28,7 @@ async def _error_stream_with_usage(request: web.Request) -> web.StreamResponse:
 
 
 async def test_an_error_streams_usage_is_not_observed() -> None:
-    app = web.Application()
-    app.router.add_post("/v1/completions", _error_stream_with_usage)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_handler(_error_stream_with_usage)
     try:
         async with running_gateway(make_config([f"127.0.0.1:{port}"])) as gw:
             body = {"model": "m", "prompt": "x", "stream": True, "stream_options": {"include_usage": True}}

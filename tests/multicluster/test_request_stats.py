@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import aiohttp
 import orjson
-from aiohttp import web
 
 from extproc.test_error_counts import request_stats
 from flowcontrol.test_doors import eventually
 from gateway.backend import Backend
+from gateway.handler_server import cut_after_usage, serve_handler
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -71,34 +71,8 @@ def test_a_held_bodys_bytes_come_back_and_the_budget_bounds_them() -> None:
     assert seen.usage() is None
 
 
-async def _serve(handler: object) -> tuple[web.AppRunner, int]:
-    app = web.Application()
-    app.router.add_post("/v1/completions", handler)  # type: ignore[arg-type]
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-
-_TOKEN = {"id": "x", "object": "text_completion", "model": "m", "choices": [{"index": 0, "text": "a"}]}
-_USAGE = {"id": "x", "object": "text_completion", "model": "m", "choices": [],
-          "usage": {"prompt_tokens": 7, "completion_tokens": 2}}  # fmt: skip
-
-
-async def _cut_after_usage(request: web.Request) -> web.StreamResponse:
-    await request.read()
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    await resp.write(b"data: " + orjson.dumps(_TOKEN) + b"\n\n")
-    await resp.write(b"data: " + orjson.dumps(_USAGE) + b"\n\n")
-    assert request.transport is not None
-    request.transport.abort()  # cut before [DONE] and the chunked terminator
-    return resp
-
-
 async def _one_stream(handler: object) -> tuple[bytes, dict[tuple[str, str, str], float]]:
-    runner, port = await _serve(handler)
+    runner, port = await serve_handler(handler)
     mc = GlobalGateway(ClustersConfig((ClusterSpec("c", gateway=f"127.0.0.1:{port}"),)), "round-robin",
                        fetch=False, seed=1)  # fmt: skip
     await mc.start("127.0.0.1", 0)
@@ -118,7 +92,7 @@ async def _one_stream(handler: object) -> tuple[bytes, dict[tuple[str, str, str]
 async def test_a_cut_streams_usage_is_not_observed() -> None:
     """rev-metrics L1: a stream the cluster cut (after its usage event, before ``[DONE]``) gives no
     tokens, as documented and as ``kvgate serve`` (before: 7/2 observed)."""
-    text, stats = await _one_stream(_cut_after_usage)
+    text, stats = await _one_stream(cut_after_usage)
     assert b"cut the stream" in text
     assert stats == {
         ("inference_objective_request_total", "m", "m"): 1,
