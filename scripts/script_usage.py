@@ -1,5 +1,6 @@
 """The usage check the positional-argument scripts share (``knee_checks.py``, ``cold_bursts.py``,
-``burst_oracles.py``): they take bare arguments, so argparse would change their documented usage."""
+``burst_oracles.py``, ``cold_spread_trace.py``, ``rollout_oracle.py``, ``best_of_policies.py``,
+``luck_band.py``): they take bare arguments, so argparse would change their documented usage."""
 
 from __future__ import annotations
 

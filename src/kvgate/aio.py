@@ -125,8 +125,8 @@ async def _rounds(state: _Rounds, log: logging.Logger, stuck_s: float, ends_with
                 task.cancel()
     for task, what in state.named:
         # (an interrupt it ended on is retrieved, not logged: it already left the event loop, ``_failed``)
-        if task.done() and not task.cancelled() and _failed(task.exception()):
-            log.error("%s had stopped: %r", what, task.exception(), exc_info=task.exception())
+        if task.done() and not task.cancelled() and _failed(exc := task.exception()):
+            log.error("%s had stopped: %r", what, exc, exc_info=exc)
 
 
 def _failed(exc: BaseException | None) -> bool:

@@ -305,8 +305,8 @@ class KVEventSubscriber:
             log.warning("kv events from %s: no socket: %s", self.endpoint, e)
             self._ready.set()
             self._caught_up.set()
-            if e.errno != zmq.ETERM and not self._detached and self.on_failure is not None:
-                self.on_failure(self)
+            if e.errno != zmq.ETERM:
+                self._report_failure()
             return
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 100_000)
@@ -319,6 +319,7 @@ class KVEventSubscriber:
                 else:
                     sock.connect(self.zmq_endpoint)
             except zmq.ZMQError as e:
+                self._caught_up.set()  # nothing to catch up on: the socket never followed
                 how = "bind" if self.bind else "connect"
                 if self.stats.resubscribes == 0 and e.errno in _permanent_address_errnos():
                     # The first start, and an address that cannot work (malformed; not this host's):
@@ -326,7 +327,6 @@ class KVEventSubscriber:
                     log.error("kv events from %s: cannot %s %s: %s", self.endpoint, how,
                               self.zmq_endpoint, e)  # fmt: skip
                     self.start_error = e
-                    self._caught_up.set()
                     return
                 # (e.g. a bind's address still held: ZMQ frees a closed socket's port later, on its I/O
                 # thread) Ends as a failed socket does: its manager tries again after a back-off.
@@ -336,8 +336,6 @@ class KVEventSubscriber:
                 return
             finally:
                 self._ready.set()
-                if failed:
-                    self._caught_up.set()
             try:
                 await self._catch_up()
             except Exception:
@@ -380,8 +378,13 @@ class KVEventSubscriber:
             self._disarm()
             self._sock = None
             sock.close(0)
-            if failed and not self._detached and self.on_failure is not None:
-                self.on_failure(self)
+            if failed:
+                self._report_failure()
+
+    def _report_failure(self) -> None:
+        # Its manager restarts it after a back-off (not a subscriber detached meanwhile: it is being removed).
+        if not self._detached and self.on_failure is not None:
+            self.on_failure(self)
 
     def _unforeseen(self, seq: int) -> None:
         # An unforeseen failure (a replay fetch's socket error, ...) must not end the subscriber: its index

@@ -809,7 +809,8 @@ class FlowController:
             self._steer_recent = recent + 1.0
             self._steer_seen += 1
             self._steer_at = max(now, at)
-            since = self._steer_since if self._steer_since is not None else now
+            since = self._steer_since  # (set with _steer_at, just above when it was None)
+            assert since is not None
             n = window_sample(self._steer_n, now - since, self._steer_seen, recent / AIM_RECENT_S)
             self.aim = aim_miss(1.0 - TARGET_QUANTILE, max(AIM_MIN_SAMPLE, n), self._aim_z)
         if service is not None and cfg.fair_share_running_reserve and not held_then:

@@ -8,12 +8,10 @@ waits for its end (bounded by ``max_event_bytes``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 
 from kvgate.openai.protocol import usage_from
-from kvgate.openai.usage import UsageTail
+from kvgate.openai.usage import UsageTail, event_obj
 from kvgate.scheduling.types import Usage
 
 
@@ -27,19 +25,8 @@ def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:
     return [(b'"model":' + s, b'"model":' + c), (b'"model": ' + s, b'"model": ' + c)]
 
 
-def _event_obj(event: bytes) -> Any:
-    """The JSON object of one SSE event (or of a whole body); None when it has none."""
-    start = event.find(b"{")
-    if start < 0:
-        return None
-    try:
-        return orjson.loads(event[start:])
-    except orjson.JSONDecodeError:
-        return None
-
-
 def _usage_of(event: bytes) -> Usage | None:
-    return usage_from(_event_obj(event))
+    return usage_from(event_obj(event))
 
 
 class BodyRewriter:
@@ -95,7 +82,7 @@ class StreamRelay:
                 if not ev:
                     continue
                 if b'"usage"' in ev and b"[DONE]" not in ev:
-                    obj = _event_obj(ev)  # parsed once for both questions
+                    obj = event_obj(ev)  # parsed once for both questions
                     usage = usage_from(obj)
                     if usage is not None:
                         self.usage = usage

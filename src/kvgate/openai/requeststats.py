@@ -5,9 +5,9 @@
 ``target_model_name``), kept in plain Python lists per (model, target model) and turned into metric
 families only when ``/metrics`` is scraped: the hot path does a dict lookup, a bisect and a few
 additions, with none of prometheus_client's per-observation locking and checks. ``kvgate serve``
-(``kvgate.gateway.metrics``, which inlines ``observe``), ``kvgate epp`` (``kvgate.extproc.metrics``) and
-``kvgate serve --clusters`` (``kvgate.multicluster.serve``) register one each; the last two bound their
-model labels first (``kvgate.openai.labels``).
+(``kvgate.gateway.metrics``, which binds ``observe`` directly), ``kvgate epp``
+(``kvgate.extproc.metrics``) and ``kvgate serve --clusters`` (``kvgate.multicluster.serve``) register
+one each; the last two bound their model labels first (``kvgate.openai.labels``).
 """
 
 from __future__ import annotations

@@ -51,20 +51,23 @@ def usage_from_body(body: bytes) -> Usage | None:
     return usage_of(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details)
 
 
+def event_obj(event: bytes) -> Any:
+    """The JSON object of one SSE event (or of a whole body); None when it has none."""
+    start = event.find(b"{")
+    if start < 0:
+        return None
+    try:
+        return orjson.loads(event[start:])
+    except orjson.JSONDecodeError:
+        return None
+
+
 def last_usage(tail: bytes | bytearray) -> Usage | None:
     """The usage of the last event in a stream's ``tail`` that carries one (None if none does). An
     event cut at the tail's start fails its decode and is skipped."""
     for ev in reversed(_EVENT_SEP.split(tail)):
-        if b'"usage"' in ev:
-            start = ev.find(b"{")
-            if start < 0:
-                continue
-            try:
-                usage = usage_from(orjson.loads(ev[start:]))
-            except orjson.JSONDecodeError:
-                continue
-            if usage is not None:
-                return usage
+        if b'"usage"' in ev and (usage := usage_from(event_obj(ev))) is not None:
+            return usage
     return None
 
 
