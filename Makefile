@@ -33,7 +33,7 @@ check-install:
 
 ## Kubernetes: the API-server double, kubectl churn, discovery, HA, the chart, and the slow end-to-end pool churn.
 test-k8s-e2e: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow tests/k8s/test_e2e.py
+	$(BIN)/python -m pytest -q -m slow tests/k8s
 
 test-k8s: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not realvllm' tests/k8s

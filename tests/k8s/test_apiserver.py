@@ -124,6 +124,30 @@ async def test_forbidden_is_a_403_status(double: ApiServerDouble, kube: KubeClie
     assert e.value.status == 403 and "cannot get resource" in e.value.message
 
 
+async def test_go_away_refuses_and_resets_then_come_back_serves_the_same_store(
+    double: ApiServerDouble, kube: KubeClient
+) -> None:
+    """The double's outage (test_staleness.py): the open watch and the kept-alive connection are reset,
+    new connections are refused, and after ``come_back`` the same port serves the objects made meanwhile."""
+    double.create(_pod("a"))
+    await kube.request("GET", "/api/v1/namespaces/default/pods")  # leaves a kept-alive connection
+    resp = await kube.open("GET", "/api/v1/namespaces/default/pods", {"watch": "true"})
+    port = double.port
+    await double.go_away()
+    with pytest.raises(aiohttp.ClientError):
+        async with resp:
+            await resp.read()  # (a few events, then the reset)
+    with pytest.raises((aiohttp.ClientError, OSError)):
+        await kube.request("GET", "/api/v1/namespaces/default/pods")
+    with pytest.raises(OSError):  # refused: nothing listens
+        await asyncio.open_connection("127.0.0.1", port)
+    double.create(_pod("b"))
+    await double.come_back()
+    assert double.port == port
+    pods = await kube.request("GET", "/api/v1/namespaces/default/pods")
+    assert sorted(p["metadata"]["name"] for p in pods["items"]) == ["a", "b"]
+
+
 async def test_a_created_crd_serves_its_resource(double: ApiServerDouble, kube: KubeClient) -> None:
     crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
            "metadata": {"name": "widgets.example.com"},

@@ -153,6 +153,9 @@ class GatewayConfig:
     # Kubernetes API access for pools with ``inferencePool`` (flags; None = in-cluster or the kubeconfig).
     kube_server: str | None = None
     kubeconfig: str | None = None
+    # Staleness of the watched copy (kvgate.k8s.staleness): None = the default 120 s; 0 = stay ready.
+    kube_stale_after_s: float | None = None
+    kube_stale_not_ready_after_s: float = 0.0
     # Data-port access (kvgate.gateway.tenants): API keys from a file and/or an env var; None = open.
     api_keys_file: str | None = None
     api_keys_env: str | None = None

@@ -150,6 +150,21 @@ def parser() -> argparse.ArgumentParser:
     kube.add_argument("--ha-lease-duration", type=float, default=15.0, help="seconds (client-go's default)")
     kube.add_argument("--ha-renew-deadline", type=float, default=10.0, help="seconds")
     kube.add_argument("--ha-retry-period", type=float, default=2.0, help="seconds")
+    kube.add_argument(
+        "--kube-stale-after",
+        type=float,
+        default=None,
+        help="seconds without an answer from the API server after which a watched resource is logged as "
+        "stale (default 120; kvgate_reflector_last_sync_age_seconds has the age; the EPP keeps routing on "
+        "its last list)",
+    )
+    kube.add_argument(
+        "--kube-stale-not-ready-after",
+        type=float,
+        default=0.0,
+        help="report not-ready once the InferencePool's or the pods' copy is this many seconds old, so "
+        "traffic moves to a replica that still reaches its API server (0: never, the default)",
+    )
     hub = p.add_argument_group("hub (multi-cluster)")
     hub.add_argument("--clusters", help="clusters file: pick clusters, not pods (docs/multicluster.md)")
     hub.add_argument("--cluster-policy", default="kvgate", help="kvgate|llm-d-hub|round-robin|active-passive")
@@ -205,13 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         ctx.budget.limit = args.max_buffered_bytes
         # https endpoints (from --config): scraped over TLS, verified against the pool's caFile.
         args.scrape_scheme, args.scrape_ca = cfg.pool.scheme, cfg.pool.ca_file
+        kube = _kube_pool(args, cfg, store, ctx)
     except (EppConfigError, OSError, ValueError, KeyError) as e:
         print(f"kvgate epp: {e}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            _serve(args, store, ctx, metrics, pair, client_ca, kube=_kube_pool(args, cfg, store, ctx))
-        )
+        asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca, kube=kube))
     return 0
 
 
@@ -269,6 +283,7 @@ def _kube_pool(args: argparse.Namespace, cfg: EppConfig, store: EndpointStore, c
         return None
     from kvgate.config.rewrite import ModelRewriter
     from kvgate.k8s.runtime import KubeOptions, KubePool
+    from kvgate.k8s.staleness import staleness_policy
     from kvgate.openai.request import RequestPolicy
 
     def on_policy(objectives: dict[str, int], rewrites: list[Any]) -> None:
@@ -286,6 +301,7 @@ def _kube_pool(args: argparse.Namespace, cfg: EppConfig, store: EndpointStore, c
         leader_election=args.ha_enable_leader_election, lease_name=args.ha_lease_name,
         lease_duration_s=args.ha_lease_duration, renew_deadline_s=args.ha_renew_deadline,
         retry_period_s=args.ha_retry_period,
+        staleness=staleness_policy(args.kube_stale_after, args.kube_stale_not_ready_after),
     )  # fmt: skip
     return KubePool(opts, store, store_pool=cfg.pool.name, on_policy=on_policy)
 

@@ -113,6 +113,19 @@ def _parser() -> argparse.ArgumentParser:
     kube.add_argument(
         "--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG, ~/.kube/config)"
     )
+    kube.add_argument(
+        "--kube-stale-after",
+        type=float,
+        default=None,
+        help="seconds without an answer from the API server after which a watched resource is logged as "
+        "stale (default 120; the gateway keeps routing on its last list)",
+    )
+    kube.add_argument(
+        "--kube-stale-not-ready-after",
+        type=float,
+        default=0.0,
+        help="/readyz fails once an InferencePool's or its pods' copy is this many seconds old (0: never)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -141,6 +154,10 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     if args.session_header:
         cfg.session_header = args.session_header.lower()
     cfg.kube_server, cfg.kubeconfig = args.kube_server, args.kubeconfig
+    stale_after, not_ready_after = args.kube_stale_after, args.kube_stale_not_ready_after
+    if (stale_after is not None and stale_after <= 0) or not_ready_after < 0:
+        raise GatewayConfigError("--kube-stale-after", "must be > 0 (and --kube-stale-not-ready-after >= 0)")
+    cfg.kube_stale_after_s, cfg.kube_stale_not_ready_after_s = stale_after, not_ready_after
     if args.host is not None:
         cfg.host = args.host
     if args.port is not None:

@@ -368,13 +368,16 @@ class GatewayServer:
         if not wanted:
             return
         from kvgate.k8s.runtime import KubeOptions, KubePool
+        from kvgate.k8s.staleness import staleness_policy
 
+        stale = staleness_policy(self.cfg.kube_stale_after_s, self.cfg.kube_stale_not_ready_after_s)
         for pool in wanted:
             ref = pool.cfg.inference_pool
             assert ref is not None
             opts = KubeOptions(
-                ref.name, ref.namespace, server=self.cfg.kube_server, kubeconfig=self.cfg.kubeconfig
-            )
+                ref.name, ref.namespace, server=self.cfg.kube_server, kubeconfig=self.cfg.kubeconfig,
+                staleness=stale,
+            )  # fmt: skip
             kp = KubePool(opts, pool.store, store_pool=pool.name, on_policy=self._policy_listener(pool))
             await kp.start()
             if self._stopping:  # stop() ran during its start: no watch left running after it

@@ -88,7 +88,8 @@ class _Watcher:
 
 class ApiServerDouble:
     """``await start()``, then point any client at ``url``. Test controls: ``compact``, ``cut_watches``,
-    ``forbid``, ``set_pod_status`` and the Python-side ``create`` / ``get`` / ``patch`` / ``delete``."""
+    ``forbid``, ``go_away`` / ``come_back``, ``set_pod_status`` and the Python-side ``create`` / ``get`` /
+    ``patch`` / ``delete``."""
 
     def __init__(
         self,
@@ -112,6 +113,7 @@ class ApiServerDouble:
         self._watchers: set[_Watcher] = set()
         self._forbidden: set[tuple[str, str]] = set()
         self._runner: web.AppRunner | None = None
+        self._site: web.SockSite | None = None
         self.port = 0
         self.host = "127.0.0.1"
         self.requests: deque[str] = deque(maxlen=2000)  # "VERB path?query", for tests to inspect
@@ -132,12 +134,34 @@ class ApiServerDouble:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
+        await self._listen(host, port)
+        return self
+
+    async def _listen(self, host: str, port: int) -> None:
+        assert self._runner is not None
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         self.host, self.port = host, sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        return self
+        self._site = web.SockSite(self._runner, sock)
+        await self._site.start()
+
+    async def go_away(self) -> None:
+        """The API server becomes unreachable, as a dead process would: it stops listening (new connections
+        are refused) and every open connection, watches and idle kept-alive ones, is reset. The store is
+        kept; ``come_back`` listens again on the same port."""
+        self.cut_watches()
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        server = self._runner.server if self._runner is not None else None
+        for handler in server.connections if server is not None else []:
+            if handler.transport is not None:
+                handler.transport.abort()
+
+    async def come_back(self) -> None:
+        if self._site is None and self._runner is not None:
+            await self._listen(self.host, self.port)
 
     async def stop(self) -> None:
         self.cut_watches()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +116,7 @@ class PoolDiscovery:
         store_pool: str | None = None,
         on_policy: PolicyListener | None = None,
         watch_objectives: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client, self.store = client, store
         self.pool_name, self.namespace = pool_name, namespace
@@ -124,9 +126,10 @@ class PoolDiscovery:
         self.pool: PoolSpec | None = None
         self._pod_addrs: dict[Key, set[str]] = {}
         self.pool_reflector = Reflector(
-            client, R.INFERENCE_POOL, namespace=namespace, field_selector=f"metadata.name={pool_name}"
-        )
-        self.pod_reflector = Reflector(client, R.POD, namespace=namespace)
+            client, R.INFERENCE_POOL, namespace=namespace, field_selector=f"metadata.name={pool_name}",
+            clock=clock,
+        )  # fmt: skip
+        self.pod_reflector = Reflector(client, R.POD, namespace=namespace, clock=clock)
         self.pool_reflector.add_listener(self._on_pool)
         self.pod_reflector.add_listener(self._on_pod)
         self.policy_reflectors: dict[ResourceKey, Reflector] = {}
@@ -136,7 +139,7 @@ class PoolDiscovery:
             for rt in (R.INFERENCE_OBJECTIVE, R.LEGACY_INFERENCE_OBJECTIVE,
                        R.INFERENCE_MODEL_REWRITE, R.LEGACY_INFERENCE_MODEL_REWRITE):  # fmt: skip
                 rk = (rt.group, rt.kind)
-                refl = Reflector(client, rt, namespace=namespace)
+                refl = Reflector(client, rt, namespace=namespace, clock=clock)
                 refl.add_listener(self._policy_listener(rk))
                 self.policy_reflectors[rk] = refl
                 self._policy[rk] = {}

@@ -8,6 +8,10 @@ vanished meanwhile, ADDED/MODIFIED for the rest, so no stale object survives and
 errors (403) are logged once per change with the server's message and kept in ``error`` (``/readyz``
 reports them) while the reflector retries with back-off.
 
+``last_sync`` is when the API server last answered it (a list completed, a watch opened, a watch event
+or bookmark read), on the injected ``clock``; ``age()`` is how long ago. ``kvgate.k8s.staleness`` turns
+that into a gauge, log lines and, if asked, not-ready.
+
 Generic over any group/version/plural (``ResourceType``), CRDs included.
 """
 
@@ -17,6 +21,8 @@ import asyncio
 import logging
 import random
 import socket
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +40,9 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
 Listener = Callable[[str, Obj], None]  # (ADDED | MODIFIED | DELETED, object)
+
+# The reflectors running in this process (started, not stopped): the staleness gauge reads them.
+RUNNING: weakref.WeakSet[Reflector] = weakref.WeakSet()
 
 
 def key_of(obj: Obj) -> Key:
@@ -112,8 +121,10 @@ class Reflector:
         keepalive: Keepalive | None = Keepalive(),  # frozen: one shared default is safe
         backoff: Backoff | None = None,
         seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client, self.rt = client, rt
+        self.clock = clock
         self.namespace = namespace
         self.label_selector, self.field_selector = label_selector, field_selector
         self.page_size, self.watch_timeout_s = page_size, watch_timeout_s
@@ -131,6 +142,7 @@ class Reflector:
         self.bookmarks = 0
         self.events = 0  # watch events and bookmarks received
         self.silences = 0  # watches ended for reading nothing for watch_silence_s
+        self.last_sync: float | None = None  # clock() when the API server last answered (None: never)
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -142,9 +154,17 @@ class Reflector:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def age(self) -> float | None:
+        """Seconds since the API server last answered this reflector (None before its first list)."""
+        return None if self.last_sync is None else self.clock() - self.last_sync
+
+    def _synced_now(self) -> None:
+        self.last_sync = self.clock()
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name=f"reflector {self.name}")
+            RUNNING.add(self)
 
     async def stop(self) -> None:
         """Stop the watch (an error it had ended on is logged). The caller's own cancellation is raised:
@@ -153,6 +173,7 @@ class Reflector:
         await stop_to_the_end(self._stop(), f"reflector {self.name}: stopping", log)
 
     async def _stop(self) -> None:
+        RUNNING.discard(self)
         if self._task is not None:
             await cancel_and_wait(self._task, f"reflector {self.name}: the watch", log)
             self._task = None
@@ -249,6 +270,7 @@ class Reflector:
                 break
         self.lists += 1
         self._reconcile(fresh)
+        self._synced_now()
         self.error = None
         self.backoff.reset()
         self.synced.set()
@@ -282,6 +304,7 @@ class Reflector:
             if not 200 <= resp.status < 300:
                 raise error_from(resp.status, await resp.read())
             self.watches += 1
+            self._synced_now()
             self.error = None
             self.backoff.reset()
             buf = b""
@@ -312,6 +335,7 @@ class Reflector:
             if code == 410:
                 raise _Gone
             raise KubeError(int(code or 500), str(obj.get("message", "")), str(obj.get("reason", "")))
+        self._synced_now()
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if etype == "BOOKMARK":
             self.bookmarks += 1

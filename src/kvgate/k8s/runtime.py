@@ -6,15 +6,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvgate.config.gateway import RewriteRule
 from kvgate.datalayer.store import EndpointStore
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.discovery import PoolDiscovery
 from kvgate.k8s.lease import LeaderElector
+from kvgate.k8s.staleness import StalenessMonitor, StalenessPolicy
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ class KubeOptions:
     renew_deadline_s: float = 10.0
     retry_period_s: float = 2.0
     identity: str | None = None
+    staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
 
 
 def default_identity() -> str:
@@ -46,11 +49,14 @@ class KubePool:
         *,
         store_pool: str | None = None,
         on_policy: Callable[[dict[str, int], list[RewriteRule]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.opts, self.store, self.store_pool, self.on_policy = opts, store, store_pool, on_policy
+        self.clock = clock
         self.client: KubeClient | None = None
         self.discovery: PoolDiscovery | None = None
         self.elector: LeaderElector | None = None
+        self.staleness: StalenessMonitor | None = None
 
     async def start(self) -> None:
         o = self.opts
@@ -58,9 +64,12 @@ class KubePool:
         log.info("discovering InferencePool %s/%s from %s", o.pool_namespace, o.pool_name, self.client.host)
         self.discovery = PoolDiscovery(
             self.client, self.store, pool_name=o.pool_name, namespace=o.pool_namespace,
-            store_pool=self.store_pool, on_policy=self.on_policy,
+            store_pool=self.store_pool, on_policy=self.on_policy, clock=self.clock,
         )  # fmt: skip
         self.discovery.start()
+        d = self.discovery
+        self.staleness = StalenessMonitor(d.reflectors, [d.pool_reflector, d.pod_reflector], o.staleness)
+        self.staleness.start()
         if o.leader_election:
             self.elector = LeaderElector(
                 self.client, name=o.lease_name or f"kvgate-epp-{o.pool_name}", namespace=o.pool_namespace,
@@ -70,6 +79,8 @@ class KubePool:
             self.elector.start()
 
     async def stop(self) -> None:
+        if self.staleness is not None:
+            await self.staleness.stop()
         if self.elector is not None:
             await self.elector.stop()
         if self.discovery is not None:
@@ -84,6 +95,8 @@ class KubePool:
             return "not started"
         p = self.discovery.problem()
         if p is not None:
+            return p
+        if self.staleness is not None and (p := self.staleness.problem()) is not None:
             return p
         if self.elector is not None and not self.elector.is_leader:
             return f"not the leader (lease held by {self.elector.holder or 'nobody'})"
