@@ -3,7 +3,8 @@ the double over loopback, then ``ip link set lo down`` makes every packet undeli
 is gone without a FIN or RST (as a dropped NAT entry or a vanished host would do), and the API server is
 unreachable. Prints one JSON line: how long TCP keepalive took to end the watch, and how long after
 ``lo up`` the reflector had the change made meanwhile. Used by test_reflector.py; runnable by hand:
-``unshare -rn python tests/k8s/netns_watch.py [idle interval count]``."""
+``unshare -rn python tests/k8s/netns_watch.py [idle interval count [down_s]]`` (``down_s``: how long
+loopback stays down after the watch ended, 2 s by default)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ async def _until(cond, within_s: float) -> None:  # type: ignore[no-untyped-def]
         await asyncio.sleep(0.01)
 
 
-async def main(ka: Keepalive, silence_s: float) -> dict:
+async def main(ka: Keepalive, silence_s: float, down_s: float = 2.0) -> dict:
     _lo("up")
     loop = asyncio.get_running_loop()
     async with ApiServerDouble(bookmark_interval=0.2) as double:
@@ -61,7 +62,7 @@ async def main(ka: Keepalive, silence_s: float) -> dict:
             await _until(lambda: r.error is not None, silence_s + 30.0)
             ended = loop.time() - down
             error = r.error
-            await asyncio.sleep(2.0)  # unreachable a while: the retries back off
+            await asyncio.sleep(down_s)  # unreachable a while: the retries back off
             _lo("up")
             up = loop.time()
             await _until(lambda: not _ready(r.items[("default", "a")]), 30.0)
@@ -76,4 +77,5 @@ async def main(ka: Keepalive, silence_s: float) -> dict:
 
 if __name__ == "__main__":
     idle, interval, count = (int(a) for a in (sys.argv[1:4] or (1, 1, 2)))
-    print(json.dumps(asyncio.run(main(Keepalive(idle, interval, count), silence_s=60.0))))
+    down_s = float(sys.argv[4]) if len(sys.argv) > 4 else 2.0
+    print(json.dumps(asyncio.run(main(Keepalive(idle, interval, count), silence_s=60.0, down_s=down_s))))
