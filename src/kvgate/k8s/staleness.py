@@ -74,7 +74,7 @@ class StalenessMonitor:
                 assert age is not None
                 self._stale[id(r)] = age
                 log.warning("reflector %s: no answer from the API server for %.0f s (stale after %g s); "
-                            "routing on its last list (%d objects)%s", r.name, age, self.policy.stale_after_s,
+                            "keeping its last list (%d objects)%s", r.name, age, self.policy.stale_after_s,
                             len(r.items), f"; last error: {r.error}" if r.error else "")  # fmt: skip
             elif was and not stale:
                 del self._stale[id(r)]
