@@ -55,8 +55,10 @@ async def test_a_catch_up_that_used_up_its_requests_applies_no_stale_prefix(capl
                 await sub.wait_caught_up()
         held = idx.num_blocks("a")
         assert held == 0, f"the index holds {held} blocks of an engine that holds none ({server.requests})"
-        assert len(server.requests) == 16 and sub.stats.last_seq is None
-        assert "kept" not in caplog.text and "stopped short" in caplog.text, caplog.text
+        # (16 requests, or fewer when they took longer than the fetch's 8 s bound on a loaded machine, kv14)
+        assert len(server.requests) <= 16 and sub.stats.last_seq is None
+        text = caplog.text
+        assert "kept" not in text and ("stopped short" in text or "time ran out" in text), text
     finally:
         await mgr.close()
         server.close()
@@ -129,7 +131,8 @@ async def test_a_re_request_from_the_same_engine_overlaps_by_one_batch_and_compl
 async def test_a_re_request_whose_overlap_batch_left_the_buffer_says_so(caplog):
     """Review s13-fixes K1: the same engine's buffer wraps between the two requests (batches 0-249
     evicted, 400-499 published): the re-request's answer begins at 250, after the last batch got (199).
-    Dropped as before, but the log no longer says only that the engine restarted."""
+    Dropped as before, but the log no longer says only that the engine restarted. (A gap's bounded fetch:
+    since kv14 the open-ended catch-up starts again from 0 instead, test_kv_catch_up_restart.py.)"""
     payloads = [batch(stored_map([1_000 + i], None, [i % 50] * 4)) for i in range(500)]
     server: VLLMShapedReplay
 
@@ -143,7 +146,7 @@ async def test_a_re_request_whose_overlap_batch_left_the_buffer_says_so(caplog):
     try:
         sub = KVEventSubscriber(BlockIndex(), "a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
         with caplog.at_level("WARNING", logger="kvgate.datalayer.kvsubscriber"):
-            assert await sub._fetch(0) is None
+            assert await sub._fetch(0, 500) is None
         assert server.requests[:2] == [0, 199]
         assert "the last batch got has left the engine's buffer" in caplog.text, caplog.text
         assert "a buffer that wrapped, or an engine that restarted" in caplog.text

@@ -90,6 +90,9 @@ class SubscriberStats:
     apply_errors: int = 0  # decoded batches the index could not apply, or whose handling failed
     fetch_dropped: int = 0  # replayed batches dropped on arrival past the fetch bound (the oldest)
     fetch_rerequests: int = 0  # replay requests made again: the engine's ROUTER lost part of an answer
+    # catch-up fetches started again from the start: another engine life (or a buffer that wrapped past
+    # the last batch got) answered a re-request (each also counted in fetch_rerequests)
+    fetch_restarts: int = 0
     resubscribes: int = 0  # times it was restarted (a new socket, caught up again) after its socket failed
     last_seq: int | None = None
 
@@ -615,30 +618,60 @@ class KVEventSubscriber:
         marker after some of it came, means that part was lost: the fetch asks again on a fresh socket
         (the old answer's rest is not mixed in) from the last batch it got, whose payload the new answer
         must repeat (else the engine restarted in between, its sequence numbers from 0 again, and the two
-        answers are not one buffer: None), at most ``FETCH_MAX_ROUNDS`` requests in all."""
+        answers are not one buffer), at most ``FETCH_MAX_ROUNDS`` requests in all and within
+        ``fetch_deadline_s`` of the first. A re-request whose answer shows another engine life (or a buffer
+        that wrapped past the last batch got) ends a bounded fetch (a gap's range belongs to the old life:
+        None); the open-ended one (``upto`` None: the join's catch-up, the engine's whole state) drops what
+        it kept and starts again from ``want`` within the same bounds (``SubscriberStats.fetch_restarts``),
+        so nothing of the old answer is spliced onto the new one."""
         if self.replay_endpoint is None:
             return None
         keep = _Kept()
         start = want
         overlap: tuple[int, int] | None = None  # (seq, payload digest) the next answer must begin with
         outcome: Literal["done", "lost", "silent", "changed", "moved"] = "silent"
-        requests = 0
+        requests = restarts = 0
+        dropped = 0  # batches the bound dropped in answers given up by a restart
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + fetch_deadline_s(self.replay_timeout)
+        expired = False
         try:
             while requests < FETCH_MAX_ROUNDS:
                 requests += 1
-                outcome, missing, overlap = await self._fetch_round(start, want, upto, keep, overlap)
-                # From the last batch got (one of overlap, to tell that the same engine life answers);
-                # each re-request from further on than the one before.
-                again = missing - 1
-                if outcome != "lost" or again < start or (again == start and requests > 1):
+                rerequest = overlap is not None
+                outcome, missing, overlap = await self._fetch_round(
+                    start, want, upto, keep, overlap, deadline
+                )
+                if outcome in ("done", "silent"):
                     break
-                start = again
+                if requests >= FETCH_MAX_ROUNDS:
+                    break
+                if loop.time() >= deadline:
+                    expired = True
+                    break
+                if outcome in ("changed", "moved"):
+                    if upto is not None:
+                        break
+                    # Another engine life (or a wrapped buffer) answered: its whole buffer from the start,
+                    # nothing of the answers before kept.
+                    restarts += 1
+                    self.stats.fetch_restarts += 1
+                    dropped += keep.dropped
+                    keep = _Kept()
+                    start, overlap = want, None
+                else:
+                    # From the last batch got (one of overlap, to tell that the same engine life answers);
+                    # each re-request from further on than the one before.
+                    again = missing - 1
+                    if again < start or (again == start and rerequest):
+                        break
+                    start = again
                 self.stats.fetch_rerequests += 1
                 REPLAY_REREQUESTS.inc()
         finally:
-            if keep.dropped:
-                self.stats.fetch_dropped += keep.dropped
-                if outcome == "done":
+            if keep.dropped or dropped:
+                self.stats.fetch_dropped += keep.dropped + dropped
+                if outcome == "done" and keep.dropped:
                     log.warning(
                         "kv events from %s: the replay from seq %d held more than the fetch keeps (%d "
                         "batches, %d MiB): %d older batches dropped, the newest %d kept",
@@ -655,6 +688,12 @@ class KVEventSubscriber:
                     "moved": "the last batch got has left the engine's buffer between two requests (the "
                     "answer begins after it: a buffer that wrapped, or an engine that restarted)",
                 }[outcome]
+                if expired:
+                    why = (f"the fetch's time ran out ({fetch_deadline_s(self.replay_timeout):.1f} s: "
+                           f"{FETCH_DEADLINE_TIMEOUTS} replay timeouts)")  # fmt: skip
+                if restarts:
+                    why += (f"; started again from seq {want} {restarts} time(s): another engine life, or "
+                            "a buffer that wrapped, answered a re-request")  # fmt: skip
                 log.warning(
                     "kv events from %s: the replay socket %s lost part of its answer from seq %d (a ZMQ "
                     "ROUTER drops what its high-water mark does not hold); asked %d times: %s%s",
@@ -669,14 +708,21 @@ class KVEventSubscriber:
         return max(FETCH_SILENCE_S, self.replay_timeout / 4)
 
     async def _fetch_round(
-        self, start: int, want: int, upto: int | None, keep: _Kept, overlap: tuple[int, int] | None
+        self,
+        start: int,
+        want: int,
+        upto: int | None,
+        keep: _Kept,
+        overlap: tuple[int, int] | None,
+        fetch_deadline: float,
     ) -> tuple[Literal["done", "lost", "silent", "changed", "moved"], int, tuple[int, int] | None]:
         """One replay request from ``start``, its batches in [``want``, ``upto``) handed to ``keep``:
         ("done", ..) at the end marker (or once the batch before ``upto`` came), ("lost", first missing,
         (last seq, its payload's digest)) after a hole or silence with part of the answer come, ("silent",
         ..) when none of it came, ("changed", ..) when the answer does not begin with ``overlap`` (the
         batch and payload that the answer before ended with), ("moved", ..) when it begins after it (the
-        engine no longer holds that batch: its buffer wrapped, or it restarted; dropped as "changed")."""
+        engine no longer holds that batch: its buffer wrapped, or it restarted; treated as "changed").
+        It waits the replay timeout at most, and not past ``fetch_deadline`` (the loop's clock)."""
         import zmq
         import zmq.asyncio
 
@@ -699,7 +745,7 @@ class KVEventSubscriber:
             # vLLM's ROUTER reads [identity, b"", start_seq]; DEALER supplies the identity.
             await sock.send_multipart([b"", start.to_bytes(8, "big")])
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.replay_timeout
+            deadline = min(loop.time() + self.replay_timeout, fetch_deadline)
             silence = self._silence_s()
             last: int | None = None  # the answer's last sequence number so far, and its payload
             last_payload = b""
@@ -773,6 +819,18 @@ FETCH_RCVHWM = 64  # messages libzmq queues for a fetch before it stops reading 
 # how long it waits for the next message of an answer it has begun before it asks again from there.
 FETCH_MAX_ROUNDS = 16
 FETCH_SILENCE_S = 0.25
+# How long one fetch takes at most, in replay timeouts (each request waits one at most, and none past this):
+# 8 s at the default 1 s. A source's start waits this plus ``CATCH_UP_APPLY_S`` for its catch-ups, so a
+# fetch never outlives the start's wait. Measured (docs/precise-prefix.md): a 10,000-batch buffer (vLLM's
+# default) in 1.5-2.0 s with the gateway's loop stalled 0.5 s, 40,000 in 4.4 s.
+FETCH_DEADLINE_TIMEOUTS = 8
+
+
+def fetch_deadline_s(replay_timeout: float) -> float:
+    """The longest one replay fetch takes (``FETCH_DEADLINE_TIMEOUTS`` replay timeouts)."""
+    return FETCH_DEADLINE_TIMEOUTS * replay_timeout
+
+
 # A fetched payload that holds an ``AllBlocksCleared`` names it (the event type is a msgpack string in both
 # wire forms); only those are decoded to find the catch-up's newest reset.
 _CLEARED = b"AllBlocksCleared"
@@ -1022,11 +1080,19 @@ class KVEventsManager:
             await cancel_and_wait(task, "KV-event subscriber: a restart", log)
 
 
-# Longest a source's start waits for its subscribers' join-time catch-up, past their replay fetch's timeout
-# (the default: 5 s in all): decoding and applying up to ``FETCH_MAX_BATCHES`` batches. Not a fetch's whole
-# bound (its timeout is per request: up to ``FETCH_MAX_ROUNDS`` of them): past this wait the start logs
-# and returns (the gateway serves without those entries), and the catch-up goes on in the background.
+# Longest a source's start waits for its subscribers' join-time catch-up past their replay fetch's whole
+# bound (``fetch_deadline_s``; 12 s in all at the default 1 s timeout): decoding and applying up to
+# ``FETCH_MAX_BATCHES`` batches. A fetch never outlives the wait; only an apply slower than this does: the
+# start then logs and returns (the gateway serves without those entries), and the apply goes on in the
+# background. A catch-up usually ends far sooner (one request); an engine with no replay answer ends it
+# after one timeout.
 CATCH_UP_APPLY_S = 4.0
+
+
+def start_wait_s(replay_timeout: float) -> float:
+    """How long ``KVEventSources.start`` waits for its subscribers' catch-up."""
+    return fetch_deadline_s(replay_timeout) + CATCH_UP_APPLY_S
+
 
 # (events address, replay address or None) of an endpoint's KV events, or None when it publishes none.
 EventSourceResolver = Callable[[Endpoint], "tuple[str, str | None] | None"]
@@ -1070,7 +1136,7 @@ class KVEventSources:
                 sub = await self.manager.add(ep.address, src[0], bind=self.bind, replay_endpoint=src[1])
                 subs.append(sub)
         # Started (and so ready) only once each has caught up from its engine's replay buffer, all at once.
-        wait = self.manager.replay_timeout + CATCH_UP_APPLY_S
+        wait = start_wait_s(self.manager.replay_timeout)
         try:
             async with asyncio.timeout(wait):
                 await asyncio.gather(*(s.wait_caught_up() for s in subs))

@@ -1,0 +1,84 @@
+"""A source's start waits as long as one replay fetch may take, and a fetch is bounded in time (kv14):
+before, the start waited the replay timeout plus ``CATCH_UP_APPLY_S`` while one fetch could take up to
+``FETCH_MAX_ROUNDS`` timeouts (each request its own), so a catch-up that needed a few re-requests was
+still running when the gateway reported ready."""
+
+from __future__ import annotations
+
+import time
+
+from datalayer.test_kv_replay_loss import VLLMShapedReplay
+from datalayer.test_kvevents import batch, stored_map
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager, KVEventSources, KVEventSubscriber
+from kvgate.datalayer.kvsubscriber import (
+    CATCH_UP_APPLY_S,
+    FETCH_DEADLINE_TIMEOUTS,
+    FETCH_MAX_ROUNDS,
+    fetch_deadline_s,
+    start_wait_s,
+)
+from kvgate.datalayer.store import EndpointStore
+
+
+def _payloads(n: int) -> list[bytes]:
+    return [batch(stored_map([1_000 + i], None, [i % 50] * 4)) for i in range(n)]
+
+
+def test_the_start_wait_covers_a_whole_fetch_and_its_apply():
+    assert fetch_deadline_s(1.0) == FETCH_DEADLINE_TIMEOUTS * 1.0 < FETCH_MAX_ROUNDS * 1.0
+    assert start_wait_s(1.0) == fetch_deadline_s(1.0) + CATCH_UP_APPLY_S
+    assert start_wait_s(2.5) == FETCH_DEADLINE_TIMEOUTS * 2.5 + CATCH_UP_APPLY_S
+
+
+async def test_a_source_start_waits_for_a_catch_up_that_needed_re_requests(monkeypatch):
+    """Three answers each lose their tail (and end marker) past 100 batches: the fetch asks four times,
+    each loss found after the silence limit (0.25 s), about 1 s in all. Failed before: the start waited
+    0.4 s + 0.2 s (timeout + apply) and returned with the index empty; now it waits 8 x 0.4 s + 0.2 s."""
+    from kvgate.datalayer import kvsubscriber
+
+    monkeypatch.setattr(kvsubscriber, "CATCH_UP_APPLY_S", 0.2)
+    server: VLLMShapedReplay
+
+    def lose(n: int, seq: int | None) -> bool:
+        return n <= 3 and (seq is None or seq >= server.requests[n - 1] + 100)
+
+    server = VLLMShapedReplay(_payloads(400), lose=lose)
+    store = EndpointStore()
+    store.add(Endpoint(address="a"))
+    mgr = KVEventsManager(BlockIndex(), replay_timeout=0.4)
+    src = KVEventSources(store, mgr, lambda ep: ("tcp://127.0.0.1:1", server.endpoint))
+    try:
+        await src.start()
+        assert mgr.index.engine_hashes("a") == set(range(1_000, 1_400)), server.requests
+        assert len(server.requests) == 4
+    finally:
+        await src.stop()
+        await mgr.close()
+        server.close()
+
+
+async def test_a_fetch_that_keeps_progressing_slowly_ends_at_its_deadline(caplog):
+    """Each answer trickles (one batch per 60 ms) and loses all but its first four batches: every request
+    makes progress, so before only ``FETCH_MAX_ROUNDS`` (16) requests ended it, ~16 replay timeouts. Now
+    the fetch ends at ``FETCH_DEADLINE_TIMEOUTS`` replay timeouts (2.4 s), with fewer requests."""
+    server: VLLMShapedReplay
+
+    def lose(n: int, seq: int | None) -> bool:
+        if seq is None or seq >= server.requests[n - 1] + 4:
+            return True
+        time.sleep(0.06)  # (on the server's thread)
+        return False
+
+    server = VLLMShapedReplay(_payloads(1_000), lose=lose)
+    try:
+        sub = KVEventSubscriber(
+            BlockIndex(), "a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint, replay_timeout=0.3
+        )
+        with caplog.at_level("WARNING", logger="kvgate.datalayer.kvsubscriber"):
+            assert await sub._fetch(0) is None
+        # (each request takes at least 4 x 60 ms on the server: at most ~10 fit in 2.4 s)
+        assert len(server.requests) < FETCH_MAX_ROUNDS, server.requests
+        assert "the fetch's time ran out (2.4 s: 8 replay timeouts)" in caplog.text, caplog.text
+    finally:
+        server.close()
