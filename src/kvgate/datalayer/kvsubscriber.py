@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import logging
 import math
 import os
 import random
+import re
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -65,6 +69,11 @@ SUBSCRIBER_RESTARTS = Counter(
     "KV-event subscriber restarts after their socket failed (its endpoint's entries cleared until then); "
     "attempts, one that fails at once included",
 )
+RESOLVE_FAILURES = Counter(
+    "kvgate_kv_events_resolve_failures_total",
+    "KV-event bind addresses whose host name did not resolve for now (a DNS lookup that failed "
+    "temporarily or did not answer in time); the subscriber tries again after its restart back-off",
+)
 REPLAY_REREQUESTS = Counter(
     "kvgate_kv_events_replay_rerequests_total",
     "KV-event replay requests made again because the engine's ROUTER lost part of an answer "
@@ -94,6 +103,7 @@ class SubscriberStats:
     # the last batch got) answered a re-request (each also counted in fetch_rerequests)
     fetch_restarts: int = 0
     resubscribes: int = 0  # times it was restarted (a new socket, caught up again) after its socket failed
+    resolve_failures: int = 0  # bind host name lookups that failed for now (retried after the back-off)
     last_seq: int | None = None
 
 
@@ -318,9 +328,20 @@ class KVEventSubscriber:
         try:
             try:
                 if self.bind:
-                    sock.bind(self.zmq_endpoint)
+                    sock.bind(await self._bind_address())
                 else:
                     sock.connect(self.zmq_endpoint)
+            except _LookupFailedForNow as e:
+                # (a DNS server not answering yet, e.g. at pod start) Not the address's fault: retried
+                # after the back-off, on the first start too.
+                self._caught_up.set()
+                self.stats.resolve_failures += 1
+                RESOLVE_FAILURES.inc()
+                log.warning("kv events from %s: cannot bind %s: its host name %r did not resolve for now "
+                            "(%s); tried again after the back-off", self.endpoint, self.zmq_endpoint,
+                            e.host, e.why)  # fmt: skip
+                failed = True
+                return
             except zmq.ZMQError as e:
                 self._caught_up.set()  # nothing to catch up on: the socket never followed
                 how = "bind" if self.bind else "connect"
@@ -383,6 +404,32 @@ class KVEventSubscriber:
             sock.close(0)
             if failed:
                 self._report_failure()
+
+    async def _bind_address(self) -> str:
+        """The address to bind: ``zmq_endpoint`` with a host name looked up here, off the event loop and
+        within ``RESOLVE_TIMEOUT_S`` (libzmq looks it up inside ``bind``, blocking the loop for as long as
+        the DNS server takes, and answers any failure with ENODEV). An IP address, ``*`` or an interface
+        name, and other transports, are left to ZMQ (no DNS). Raises ``_LookupFailedForNow`` when the
+        lookup failed temporarily (EAI_AGAIN, ...) or did not answer in time, and ENODEV (as libzmq would)
+        when the name does not resolve (NXDOMAIN, no IPv4 address)."""
+        import zmq
+
+        m = _TCP_HOST_PORT.fullmatch(self.zmq_endpoint)
+        if m is None:
+            return self.zmq_endpoint
+        host, port = m.group(1), m.group(2)
+        if host == "*" or _is_ip(host) or host in _interface_names():
+            return self.zmq_endpoint
+        try:
+            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                ip = await lookup_ipv4(host)
+        except TimeoutError:
+            raise _LookupFailedForNow(host, f"no answer in {RESOLVE_TIMEOUT_S:.0f} s") from None
+        except socket.gaierror as e:
+            if e.errno in _TEMPORARY_EAI:
+                raise _LookupFailedForNow(host, str(e)) from None
+            raise zmq.ZMQError(errno.ENODEV, f"{host}: {e.strerror} (addr={self.zmq_endpoint!r})") from None
+        return f"tcp://{ip}:{port}"
 
     def _report_failure(self) -> None:
         # Its manager restarts it after a back-off (not a subscriber detached meanwhile: it is being removed).
@@ -861,6 +908,52 @@ def _permanent_address_errnos() -> frozenset[int]:
 # no device (ENODEV). On a subscriber's first start it fails ``add`` (``wait_ready`` raises); every other
 # error (EADDRINUSE: a bind's address still held) and any error on a restart are retried after a back-off.
 PERMANENT_ADDRESS_ERRNOS = ("EINVAL", "EPROTONOSUPPORT", "EADDRNOTAVAIL", "ENODEV")
+
+
+# How long a bind host name's lookup may take before the start goes on without it (tried again after the
+# restart back-off): well inside ``KVEventsManager.add``'s 5 s wait for the socket.
+RESOLVE_TIMEOUT_S = 2.0
+# tcp://HOST:PORT with a host that is not a bracketed IPv6 address (those are left to ZMQ)
+_TCP_HOST_PORT = re.compile(r"tcp://([^:/\[\];]+):(\d+|\*)")
+
+
+def _temporary_eai() -> frozenset[int]:
+    names = ("EAI_AGAIN", "EAI_MEMORY", "EAI_SYSTEM")  # a name server that failed for now, or this host
+    return frozenset(int(getattr(socket, n)) for n in names if hasattr(socket, n))
+
+
+_TEMPORARY_EAI = _temporary_eai()
+
+
+class _LookupFailedForNow(Exception):
+    def __init__(self, host: str, why: str) -> None:
+        super().__init__(f"{host}: {why}")
+        self.host = host
+        self.why = why
+
+
+async def lookup_ipv4(host: str) -> str:
+    """``host``'s first IPv4 address for a bind, as libzmq picks it (``getaddrinfo``, ``AI_PASSIVE``;
+    its sockets here are IPv4 only), looked up in the loop's executor. Tests replace it."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, None, family=socket.AF_INET, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    return str(infos[0][4][0])
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _interface_names() -> frozenset[str]:
+    try:
+        return frozenset(name for _, name in socket.if_nameindex())
+    except OSError:
+        return frozenset()
 
 
 def _newest_run(got: list[tuple[int, bytes]], upto: int) -> list[tuple[int, bytes]]:
