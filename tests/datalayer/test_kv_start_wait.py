@@ -61,7 +61,7 @@ async def test_a_source_start_waits_for_a_catch_up_that_needed_re_requests(monke
 async def test_a_fetch_that_keeps_progressing_slowly_ends_at_its_deadline(caplog):
     """Each answer trickles (one batch per 60 ms) and loses all but its first four batches: every request
     makes progress, so before only ``FETCH_MAX_ROUNDS`` (16) requests ended it, ~16 replay timeouts. Now
-    the fetch ends at ``FETCH_DEADLINE_TIMEOUTS`` replay timeouts (2.4 s), with fewer requests."""
+    the fetch ends at ``FETCH_DEADLINE_TIMEOUTS`` replay timeouts (4 s), with fewer requests."""
     server: VLLMShapedReplay
 
     def lose(n: int, seq: int | None) -> bool:
@@ -73,12 +73,12 @@ async def test_a_fetch_that_keeps_progressing_slowly_ends_at_its_deadline(caplog
     server = VLLMShapedReplay(_payloads(1_000), lose=lose)
     try:
         sub = KVEventSubscriber(
-            BlockIndex(), "a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint, replay_timeout=0.3
+            BlockIndex(), "a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint, replay_timeout=0.5
         )
         with caplog.at_level("WARNING", logger="kvgate.datalayer.kvsubscriber"):
             assert await sub._fetch(0) is None
-        # (each request takes at least 4 x 60 ms on the server: at most ~10 fit in 2.4 s)
+        # (each request takes at least 4 x 60 ms on the server and the 0.25 s silence: at most ~9 fit in 4 s)
         assert len(server.requests) < FETCH_MAX_ROUNDS, server.requests
-        assert "the fetch's time ran out (2.4 s: 8 replay timeouts)" in caplog.text, caplog.text
+        assert "the fetch's time ran out (4.0 s: 8 replay timeouts)" in caplog.text, caplog.text
     finally:
         server.close()

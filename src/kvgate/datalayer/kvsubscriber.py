@@ -689,12 +689,12 @@ class KVEventSubscriber:
                 outcome, missing, overlap = await self._fetch_round(
                     start, want, upto, keep, overlap, deadline
                 )
-                if outcome in ("done", "silent"):
+                if outcome == "done":
                     break
-                if requests >= FETCH_MAX_ROUNDS:
-                    break
-                if loop.time() >= deadline:
+                if loop.time() >= deadline:  # (a request cut by it may have got nothing: "silent")
                     expired = True
+                    break
+                if outcome == "silent" or requests >= FETCH_MAX_ROUNDS:
                     break
                 if outcome in ("changed", "moved"):
                     if upto is not None:
