@@ -685,3 +685,179 @@ def test_finish_shielded_does_not_log_an_interrupt_the_cleanup_ended_on(
     assert type(tasks[0].exception()) is interrupt and tasks[1].cancelled()  # (retrieved, as above)
     assert [type(e) for e in got] == [asyncio.CancelledError], got
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+# --- session 14: the k8s pool and its discovery, the global router, a live cluster's processes ----------
+
+
+async def _until(cond: Callable[[], object], within_s: float = 20.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not cond():  # noqa: ASYNC110 (polled: real watches and a real Lease)
+            await asyncio.sleep(0.01)
+
+
+async def test_a_cancelled_kube_pool_stop_releases_the_lease_and_stops_the_watches_and_the_client() -> None:
+    """``KubePool.stop`` (a front door's ``--pool-name``) against the API-server double, leader election
+    on: cancelled at any turn, it ends with the election loop and every watch ended, the Lease given up
+    and the client's HTTP session closed (fails before: a cancel landing in the elector's stop skipped
+    the discovery's and the client's)."""
+    from kvgate.datalayer.store import EndpointStore
+    from kvgate.k8s import resources as R
+    from kvgate.k8s.apiserver import ApiServerDouble
+    from kvgate.k8s.runtime import KubeOptions, KubePool
+
+    async with ApiServerDouble(bookmark_interval=0.2) as double:
+        held: dict[int, tuple[list[asyncio.Task[Any]], str]] = {}
+
+        async def make() -> KubePool:
+            opts = KubeOptions("llm", server=double.url, leader_election=True, lease_name="l")
+            kp = KubePool(opts, EndpointStore())
+            await kp.start()
+            assert kp.discovery is not None and kp.elector is not None
+            await kp.discovery.wait_synced()
+            elector = kp.elector
+            await _until(lambda: elector.is_leader)
+            tasks = [t for r in kp.discovery.reflectors if (t := r._task) is not None]
+            assert len(tasks) == len(kp.discovery.reflectors) and elector._task is not None
+            held[id(kp)] = ([*tasks, elector._task], elector.identity)
+            return kp
+
+        def left(kp: KubePool) -> list[str]:
+            tasks, identity = held[id(kp)]
+            out = [t.get_name() for t in tasks if not t.done()]
+            if double.get(R.LEASE, "l")["spec"].get("holderIdentity") == identity:
+                out.append("the Lease held")
+            assert kp.client is not None
+            if not kp.client.api.rest_client.pool_manager.closed:
+                out.append("the client's session open")
+            return out
+
+        async def cleanup(kp: KubePool) -> None:
+            async with asyncio.timeout(20):
+                await kp.stop()
+
+        assert await _cancelled_at_each_turn(make, lambda kp: kp.stop(), left, cleanup) >= 1
+
+
+async def test_a_cancelled_pool_discovery_stop_ends_every_watch_first() -> None:
+    """``PoolDiscovery.stop``: its reflectors' stops ran in a ``gather``, which, cancelled, raised as the
+    first of them ended while the others' watches still stopped (fails before). Now every watch has
+    ended when the cancel is raised."""
+    from kvgate.datalayer.store import EndpointStore
+    from kvgate.k8s.apiserver import ApiServerDouble
+    from kvgate.k8s.client import KubeClient
+    from kvgate.k8s.discovery import PoolDiscovery
+
+    async with ApiServerDouble(bookmark_interval=0.2) as double:
+        client = await KubeClient.connect(server=double.url)
+        tasks: dict[int, list[asyncio.Task[Any]]] = {}
+
+        async def make() -> PoolDiscovery:
+            d = PoolDiscovery(client, EndpointStore(), pool_name="llm")
+            d.start()
+            await d.wait_synced()
+            tasks[id(d)] = [t for r in d.reflectors if (t := r._task) is not None]
+            assert len(tasks[id(d)]) == len(d.reflectors)
+            return d
+
+        def left(d: PoolDiscovery) -> list[str]:
+            return [t.get_name() for t in tasks[id(d)] if not t.done()]
+
+        try:
+            assert await _cancelled_at_each_turn(make, lambda d: d.stop(), left, lambda d: d.stop()) >= 1
+        finally:
+            await client.close()
+
+
+async def test_a_cancelled_global_router_close_closes_its_epp_channels_and_its_session() -> None:
+    """``GlobalRouter.close`` with a connected EPP channel (a real gRPC server) and its HTTP session:
+    cancelled at any turn, the channel's close has ended and the session is closed (fails before: the
+    cancel cut the channel's close and skipped the session's)."""
+    import grpc
+
+    from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+    from kvgate.multicluster.router import GlobalRouter
+
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    address = f"127.0.0.1:{port}"
+    channels: dict[int, list[Any]] = {}
+
+    async def make() -> GlobalRouter:
+        router = GlobalRouter(ClustersConfig((ClusterSpec("c1", epp=address),)), "round-robin")
+        await router.start()
+        ch = router.epp._channel(address, None)
+        async with asyncio.timeout(10):
+            await ch.channel.channel_ready()
+        channels[id(router)] = [ch.channel]
+        return router
+
+    def left(router: GlobalRouter) -> list[str]:
+        out = []
+        if router.epp._closing or any(not c._channel.closed() for c in channels[id(router)]):
+            out.append("an EPP channel open")
+        if router._session is None or not router._session.closed:
+            out.append("the HTTP session open")
+        return out
+
+    try:
+        assert await _cancelled_at_each_turn(make, lambda r: r.close(), left, lambda r: r.close()) >= 1
+    finally:
+        await server.stop(None)
+
+
+async def test_a_cancelled_live_cluster_stop_stops_every_process() -> None:
+    """``LiveCluster.stop`` (``kvgate bench multicluster --live``: a cluster's simulator, EPP and
+    gateway): cancelled at any turn, none of its processes runs on (fails before: the cancel stopped
+    the process it landed in, SIGKILL, and left the others running) and their output readers ended."""
+    from kvgate.bench import procs
+    from kvgate.bench.multicluster_live import LiveCluster, LiveClusterDef
+
+    started: dict[int, list[procs.Proc]] = {}
+
+    async def make() -> LiveCluster:
+        cluster = LiveCluster.__new__(LiveCluster)  # (only what its stop uses: no network namespace)
+        cluster.d = LiveClusterDef("c1", "tiny", 1, 1.0, "H100")
+        cluster.procs = {}
+        for name in ("sim", "epp", "gateway"):
+            cluster.procs[name], _ = await procs.start(name, ["sleep", "60"], None)
+        started[id(cluster)] = list(cluster.procs.values())
+        return cluster
+
+    def left(cluster: LiveCluster) -> list[str]:
+        out = []
+        for p in started[id(cluster)]:
+            if p._running():
+                out.append(f"{p.name} running")
+            if p._reader is not None and not p._reader.done():
+                out.append(f"{p.name}'s output reader")
+        return out
+
+    # (its stop waits on timers, 50 ms polls: cancelled after a first turn, then at points in time, until
+    # it ended before its cancel)
+    cancelled = 0
+    for n, after_s in enumerate((0.0, 0.0, 0.03, 0.06, 0.1, 0.15, 0.25, 0.5, 1.0)):
+        cluster = await make()
+        try:
+            stopper = asyncio.create_task(cluster.stop())
+            seen: list[list[str]] = []
+            stopper.add_done_callback(lambda _, c=cluster, seen=seen: seen.append(left(c)))  # type: ignore[misc]
+            await asyncio.sleep(0)
+            if n:
+                await asyncio.sleep(after_s)
+            if stopper.done():
+                break
+            stopper.cancel()
+            await asyncio.sleep(0)
+            stopper.cancel()
+            await asyncio.wait([stopper], timeout=30)
+            assert stopper.done() and stopper.cancelled(), f"cancelled after {after_s} s: {stopper!r}"
+            assert seen == [[]], f"cancelled after {after_s} s, the stop ended with {seen[0]} left"
+            cancelled += 1
+        finally:
+            for p in started.pop(id(cluster)):
+                await p.stop()
+    else:
+        raise AssertionError("the stop never ended before its cancel")
+    assert cancelled >= 2

@@ -47,7 +47,7 @@ import aiohttp
 import orjson
 import yaml
 
-from kvgate.aio import cancel_and_wait
+from kvgate.aio import cancel_and_wait, stop_to_the_end
 from kvgate.bench import netns, procs
 from kvgate.bench.loadgen import build_body, sse_data
 from kvgate.bench.multicluster import _ratio, plot_ttft_bars, rows_vs_hub
@@ -216,13 +216,20 @@ class LiveCluster:
         for p in self.procs.values():
             with contextlib.suppress(ProcessLookupError):
                 p.proc.kill()
-        for p in self.procs.values():
-            await p.stop()
-        self.procs.clear()
+        await self.stop()
 
     async def stop(self) -> None:
-        for p in self.procs.values():
-            await p.stop()
+        """Every process stopped (``Proc.stop``: SIGTERM, SIGKILL after its grace, its output reader
+        ended), to the end also when cancelled meanwhile, the cancellation raised after
+        (``stop_to_the_end``: a cancel stopped the process it landed in and left the others running)."""
+        await stop_to_the_end(self._stop(), f"cluster {self.d.name}: stopping its processes", log)
+
+    async def _stop(self) -> None:
+        for name, p in list(self.procs.items()):  # (one that fails to stop does not keep the next running)
+            try:
+                await p.stop()
+            except Exception:
+                log.exception("cluster %s: stopping its %s failed", self.d.name, name)
         self.procs.clear()
 
     def routes(self) -> list[tuple[str, str]]:
@@ -500,7 +507,7 @@ PHASES = ("steady", "loss", "partition")
 
 
 async def run_policy(policy: str, phase: str, qps: float, clusters: list[LiveCluster], cfg: LiveConfig,
-                     clusters_file: Path, log: Any) -> dict[str, Any]:  # fmt: skip
+                     clusters_file: Path, out: TextIO) -> dict[str, Any]:  # fmt: skip
     """One measured run. ``loss``: every process of ``west`` killed a third of the way into the window,
     started again (empty caches) at two thirds. ``partition``: ``west``'s link cut then (its processes
     keep running, nothing is reset), healed at two thirds (its caches as they were)."""
@@ -546,6 +553,8 @@ async def run_policy(policy: str, phase: str, qps: float, clusters: list[LiveClu
             res = await open_loop(urls, cfg.workload.stream(cfg.seed, 100_000), qps, total, cfg.seed,
                                   cfg.request_timeout, events)  # fmt: skip
         finally:
+            # (the module's logger; the report is printed to ``out``: with ``run``'s stdout passed here as
+            # the logger, a stuck or failed poller's log.error was an AttributeError)
             await cancel_and_wait(poll, "the learnt-clusters poller", log)  # (raises a cancel of the run)
         wall = time.perf_counter() - t_start
         gm: dict[str, float] = {}
@@ -632,7 +641,7 @@ async def run_policy(policy: str, phase: str, qps: float, clusters: list[LiveClu
         f"a token)  retries {row['retries']}  "
         f"served {served}  kinds {row['trace']['counts']}  p90 set {row['trace']['p90_set']}"
         + (f"  after return {row['after_return']}" if loss else ""),
-        file=log,
+        file=out,
         flush=True,
     )
     return row

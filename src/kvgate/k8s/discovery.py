@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvgate.aio import stop_to_the_end
 from kvgate.config.gateway import GatewayConfigError, RewriteRule, parse_rewrite_rule
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore, make_endpoint
@@ -155,7 +156,17 @@ class PoolDiscovery:
             r.start()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(r.stop() for r in self.reflectors))
+        """Every watch stopped (together), to the end also when cancelled meanwhile, the cancellation
+        raised after (``stop_to_the_end``: a cancelled ``gather`` raised as the first reflector's stop
+        ended, the others' watches still stopping)."""
+        await stop_to_the_end(self._stop(), f"InferencePool {self.namespace}/{self.pool_name}: stopping", log)
+
+    async def _stop(self) -> None:
+        # (each to its end: a plain gather raises the first error while the other stops run on)
+        ended = await asyncio.gather(*(r.stop() for r in self.reflectors), return_exceptions=True)
+        for err in ended:
+            if isinstance(err, BaseException):
+                raise err
 
     async def wait_synced(self, within_s: float = 10.0) -> None:
         await asyncio.gather(

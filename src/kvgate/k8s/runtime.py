@@ -8,9 +8,10 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from kvgate.aio import stop_to_the_end
 from kvgate.config.gateway import RewriteRule
 from kvgate.datalayer.store import EndpointStore
 from kvgate.k8s.client import KubeClient
@@ -79,14 +80,29 @@ class KubePool:
             self.elector.start()
 
     async def stop(self) -> None:
+        """The staleness monitor and the election stopped (the Lease released), the discovery's watches
+        stopped, the client closed, each whatever the step before raised (logged); to the end also when
+        cancelled meanwhile, the cancellation raised after (``stop_to_the_end``: a cancel had skipped what
+        followed the step it landed in: the watches and the client's session)."""
+        o = self.opts
+        await stop_to_the_end(self._stop(), f"InferencePool {o.pool_namespace}/{o.pool_name}: stopping", log)
+
+    async def _stop(self) -> None:
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.staleness is not None:
-            await self.staleness.stop()
+            steps.append(("staleness monitor", self.staleness.stop))
         if self.elector is not None:
-            await self.elector.stop()
+            steps.append(("leader election", self.elector.stop))
         if self.discovery is not None:
-            await self.discovery.stop()
+            steps.append(("discovery", self.discovery.stop))
         if self.client is not None:
-            await self.client.close()
+            steps.append(("client", self.client.close))
+        for what, step in steps:
+            try:
+                await step()
+            except Exception:  # (one that fails must not leave the rest running)
+                log.exception("InferencePool %s/%s: stopping its %s failed", self.opts.pool_namespace,
+                              self.opts.pool_name, what)  # fmt: skip
 
     def problem(self) -> str | None:
         """Why this replica must not receive traffic now, or None. Non-leaders keep discovering (their

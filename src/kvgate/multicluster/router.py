@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import grpc
 
+from kvgate.aio import stop_to_the_end
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, TlsOptions
 from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, EppStream, retry_after_s
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy
@@ -217,9 +218,17 @@ class GlobalRouter:
         return sock
 
     async def close(self) -> None:
-        await self.epp.close()
-        if self._session is not None:
-            await self._session.close()
+        """The EPP channels and the HTTP session closed, to the end also when cancelled meanwhile, the
+        cancellation raised after (``stop_to_the_end``: a cancel landing in the channels' close cut it
+        and skipped the session's)."""
+        await stop_to_the_end(self._close(), "the global router: closing", log)
+
+    async def _close(self) -> None:
+        try:
+            await self.epp.close()
+        finally:
+            if self._session is not None:
+                await self._session.close()
 
     def order(self, req: ClusterRequest) -> list[ClusterState]:
         return self.policy.order(self.state_list(), req, self.clock())
