@@ -33,10 +33,12 @@ listed at the next tick. A subreaper does not help once this process died: its o
 nearest subreaper among its *ancestors*, or init, and the watchdog is not one (it is this process's
 child). What the watchdog had not listed by then (started or detached within the last ``TICK_S`` and
 not ``sync()``ed, or started before its first listing: ``start_watchdog`` does not wait for it, its
-interpreter's start takes 0.1-1 s on a loaded machine) is found, in a ``tree`` watchdog, by the
-``KVGATE_WATCHDOG`` entry in its exec-time environment (exported only by a subreaper: a bench,
-``reaper.install()``) or, for a fork without an exec of this process, by the socket it still holds; so
-is what detaches during the sweep's grace (its second scan).
+interpreter's start takes 0.1-1 s on a loaded machine) is found by the ``KVGATE_WATCHDOG`` entry in its
+exec-time environment (exported to every descendant only by a subreaper whose watchdog covers the whole
+tree: a bench, ``reaper.install()``; a watchdog of process groups only, ``kvgate.realvllm``'s, has it
+passed to the groups' leaders it started, ``cover_env``) or, in a ``tree`` watchdog, for a fork without
+an exec of this process, by the socket it still holds; so is what detaches during the sweep's grace
+(its second scan).
 
 Not covered: a process started through a daemon (``docker run``, ``systemd-run``, ``at``: neither a
 descendant nor an heir of the environment); one not listed yet that was exec'd with an environment
@@ -45,8 +47,9 @@ environment block (``setproctitle`` does, on Linux, to make room for its title),
 exec of this process that closed its descriptors (``python-daemon``'s ``DaemonContext``, a
 ``closerange``), or that was started before the entry was exported (before ``start_watchdog``) and left
 the tree before the first listing; for a
-watchdog without ``tree`` (``kvgate.realvllm``'s, no entry exported) any process not listed yet that left
-its watched groups' tree; anything when the watchdog ends too: a SIGKILL of every process of the user,
+watchdog without ``tree`` (``kvgate.realvllm``'s) any process not listed yet that left its watched
+groups' tree without the entry (a fork without an exec of a process it covers; before session 14,
+every one: no entry was passed); anything when the watchdog ends too: a SIGKILL of every process of the user,
 the OOM killer choosing it, a container stopped (a plain SIGTERM of the watchdog is not one: it sweeps
 what it covers, the watched process still running or not, then dies of the signal; also while it is
 still starting, SIGTERM being blocked from its fork until its handler is set; but a process still
@@ -343,12 +346,26 @@ def start_watchdog(grace_s: float = GRACE_S, tick_s: float = TICK_S, *, tree: bo
 def _export_cover() -> None:
     """Tell this process's descendants (``ENV_VAR``) that its watchdog covers them, when it does: it
     covers the whole tree, and this process is a child subreaper (their orphans stay in its tree)."""
-    if _watchdog is None or not _subreaper:
-        return
+    if _subreaper:
+        os.environ.update(cover_env())
+
+
+def cover_env() -> dict[str, str]:
+    """The ``ENV_VAR`` entry naming this process's own watchdog (``{}`` without one), for the environment
+    of a child that watchdog covers by its process group (``watch_group``: ``kvgate.realvllm``'s
+    servers, whose watchdog does not cover the whole tree and exports nothing itself): its sweep then
+    also takes the child's exec'd descendants that left the group's tree before its last listing (a
+    daemon's double fork, an engine process whose parent died), as a bench's sweep takes its own
+    (``marked``); and a bench nested in such a child starts no watchdog of its own (the group's
+    descendants are covered). A watchdog covering the whole tree exports it to every descendant
+    (``_export_cover``)."""
+    if _watchdog is None:
+        return {}
     me, wd = stat(os.getpid()), stat(_watchdog[0].pid)
-    if me is not None and wd is not None:
-        name, value = cover_marker(_watchdog[0].pid, wd[3], os.getpid(), me[3]).decode().split("=", 1)
-        os.environ[name] = value
+    if me is None or wd is None:
+        return {}
+    name, value = cover_marker(_watchdog[0].pid, wd[3], os.getpid(), me[3]).decode().split("=", 1)
+    return {name: value}
 
 
 def sync(timeout_s: float = 5.0) -> bool:
@@ -508,8 +525,10 @@ def watch(
     # variable this process exported to its descendants (``_export_cover``) naming this watchdog in the
     # environment block of its exec, and one ``parent`` forked without an exec (which shows ``parent``'s
     # block, without the variable) still holds ``parent``'s end of the socket, unless it closed it.
+    # (a watchdog of the groups only: its process exported the entry only to the groups' leaders it
+    # started, ``cover_env``; what else it started does not carry it and is spared, review s12-hard L1)
     me_st = stat(me)
-    marker = b"" if not tree or me_st is None else cover_marker(me, me_st[3], parent, start)
+    marker = b"" if me_st is None else cover_marker(me, me_st[3], parent, start)
     held = f"socket:[{their_end}]" if tree and their_end else ""
     sweep(known, grace_s, exclude={me, parent}, spare_group=parent_group, marker=marker, held=held)
     return woken

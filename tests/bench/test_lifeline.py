@@ -586,3 +586,59 @@ def test_holding_finds_only_what_holds_the_descriptor() -> None:
         for p in procs:
             p.kill()
             p.wait()
+
+
+# --- session 14 ---------------------------------------------------------------------------------------------
+
+# A process using the real-vLLM harness: a server started (vLLM's stand-in), its watchdog held (SIGSTOP)
+# after its last listing; then the server's child starts a process in a session of its own and exits (a
+# daemon's double fork): re-parented away, out of the watched group's tree before any listing saw it.
+_HARNESS_DETACHED = r"""
+import os, signal, sys, time
+from pathlib import Path
+from kvgate import lifeline
+from kvgate.realvllm import harness
+
+tmp = Path(sys.argv[1])
+go, pidfile = tmp / "go", tmp / "daemon"
+server = harness.VLLMServer(harness.ServerSpec(port=1), Path("/no-model"), tmp)
+inner = f"setsid sleep 120 </dev/null >/dev/null 2>&1 & echo $! > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}"
+sh = f"while [ ! -e {go} ]; do sleep 0.01; done; sh -c '{inner}'; exec sleep 120"
+server.command = lambda: ["sh", "-c", sh]
+server.start()
+wd = lifeline.watchdog_pid()
+assert lifeline.sync(), "the watchdog did not answer"
+os.kill(wd, signal.SIGSTOP)
+while lifeline.stat(wd)[2] != "T":
+    time.sleep(0.001)
+go.touch()
+while not pidfile.exists():
+    time.sleep(0.01)
+print(wd, server.proc.pid, int(pidfile.read_text()), flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_harness_watchdog_sweeps_what_its_server_detached_after_its_last_listing(tmp_path: Path) -> None:
+    """``kvgate.realvllm``'s watchdog (process groups only) exported no ``KVGATE_WATCHDOG`` entry, so its
+    sweep took only what it had listed: a daemon a server detached after the last listing ran on after
+    the harness's SIGKILL (fails before). Now the harness passes the entry to its servers
+    (``lifeline.cover_env``): the daemon carries it and is swept."""
+    with _bench(tmp_path, _HARNESS_DETACHED, str(tmp_path), start_new_session=True) as run:
+        watchdog, *pids = run.ready()
+        run.hold(watchdog, pids)
+        left = _kill_the_bench_of_a_held_watchdog(run, watchdog)
+        assert not left, f"left running after the harness's SIGKILL: {sorted(left)} of {pids}"
+        _wait_ended(watchdog, within_s=30)
+
+
+def test_cover_env_names_the_processes_own_watchdog_only(tmp_path: Path) -> None:
+    """``cover_env``: empty without a watchdog; the entry of this process's own watchdog once started
+    (groups only: nothing exported to ``os.environ``, review s12-hard L1)."""
+    code = ("import os; from kvgate import lifeline; a = lifeline.cover_env(); "
+            "wd = lifeline.start_watchdog(tree=False); b = lifeline.cover_env(); "
+            "print(a == {}, b[lifeline.ENV_VAR].split(':')[0] == str(wd), b[lifeline.ENV_VAR].split(':')[2] "
+            "== str(os.getpid()), lifeline.ENV_VAR in os.environ)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True", "False"], out.stdout

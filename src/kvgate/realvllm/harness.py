@@ -199,6 +199,9 @@ class VLLMServer:
             env["PYTHONHASHSEED"] = self.spec.hash_seed
         for k in ("VIRTUAL_ENV", "PYTHONPATH"):  # kvgate's venv must not leak into vLLM's
             env.pop(k, None)
+        # The watchdog's entry (``start``): its sweep also takes what of the server's tree (exec'd, so
+        # carrying it) detached from its group after the last listing (``kvgate.lifeline.cover_env``).
+        env.update(lifeline.cover_env())
         return env
 
     def start(self) -> None:
