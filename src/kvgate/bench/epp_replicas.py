@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
+from kvgate.entry import prog
+
 
 @dataclass
 class Result:
@@ -133,7 +135,9 @@ async def _run(
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kvgate bench epp-replicas", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog("kvgate.bench.epp_replicas", "bench epp-replicas"), description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--engines", type=int, default=8, help="simulated vLLM replicas")
     p.add_argument("--sessions", type=int, default=32, help="multi-turn conversations")
     p.add_argument("--turns", type=int, default=8, help="requests per conversation")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from kvgate import lifeline
+from kvgate.entry import prog
 
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -819,7 +820,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0].startswith("--_"):
         return _internal(argv)
     p = argparse.ArgumentParser(
-        prog="python -m kvgate.bench.gateway_overhead", description=__doc__.split("\n")[0]
+        prog=prog("kvgate.bench.gateway_overhead", "bench gateway-overhead"),
+        description=__doc__.split("\n")[0],
     )
     p.add_argument(
         "--requests", type=int, default=3000, help="measured requests per path and repeat (0 = skip)"

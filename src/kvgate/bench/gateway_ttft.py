@@ -37,6 +37,7 @@ from typing import Any
 
 from kvgate.bench.gateway_overhead import _spawn, _stop, _wait_line, split_request
 from kvgate.bench.workloads import tenant_prompts
+from kvgate.entry import prog
 
 PY = sys.executable
 MODEL = "tiny"
@@ -328,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         _Backend.first_token_s = float(argv[2]) / 1000
         uvloop.run(_backend([int(a) for a in argv[3:]], argv[1]))
         return 0
-    p = argparse.ArgumentParser(prog="kvgate bench gateway-ttft", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog("kvgate.bench.gateway_ttft", "bench gateway-ttft"), description=__doc__.split("\n")[0]
+    )
     p.add_argument("--requests", type=int, default=64, help="measured requests per path, API and repeat")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--api", default="completions,chat")

@@ -37,6 +37,7 @@ from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.report import Collector
 from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.entry import prog
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.policies import POLICIES, ClusterRequest, Policy, make_policy, prompt_key
 from kvgate.multicluster.state import ClusterState
@@ -537,11 +538,15 @@ def plot_timeline(path: Path, sims: dict[str, MultiClusterSim], loss_at: float, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    if "--live" in (argv or []):  # the same comparison live, in network namespaces
+    # (``python -m``: ``sys.argv``; ``--live`` was looked for in ``[]`` and the fleet simulator ran instead)
+    argv = sys.argv[1:] if argv is None else argv
+    if "--live" in argv:  # the same comparison live, in network namespaces
         from kvgate.bench import multicluster_live
 
         return multicluster_live.main(argv)
-    p = argparse.ArgumentParser(prog="kvgate bench multicluster", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog("kvgate.bench.multicluster", "bench multicluster"), description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--live", action="store_true", help="run live in network namespaces (root; see --live -h)")
     p.add_argument("--policies", default=",".join(["kvgate", *BASELINES]))
     p.add_argument("--load", type=float, default=0.8, help="offered load as a fraction of fleet capacity")

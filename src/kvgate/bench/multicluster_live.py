@@ -54,6 +54,7 @@ from kvgate.bench.multicluster import _ratio, plot_ttft_bars, rows_vs_hub
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.procs import Proc
 from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
+from kvgate.entry import prog
 
 log = logging.getLogger(__name__)
 MODEL = "sim-model"
@@ -835,7 +836,10 @@ def write_report(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], cf
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kvgate bench multicluster --live", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog("kvgate.bench.multicluster", "bench multicluster") + " --live",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--live", action="store_true", help="(selects this benchmark)")
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--load", type=float, default=0.8, help="offered load, fraction of the measured capacity")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvgate import lifeline
+from kvgate.entry import prog
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +168,11 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             proc.wait(timeout)
 
 
-def main(argv: list[str] | None = None, prog: str = "kvgate bench peers") -> int:
-    """``kvgate bench peers [name ...]`` (``python -m kvgate.bench.peers``, which names itself as ``prog``):
-    install the peers (all by default)."""
+def main(argv: list[str] | None = None) -> int:
+    """``kvgate bench peers [name ...]`` (or ``python -m kvgate.bench.peers``, the name its usage line
+    gives it then: ``kvgate.entry.prog``): install the peers (all by default)."""
     parser = argparse.ArgumentParser(
-        prog=prog,
+        prog=prog("kvgate.bench.peers", "bench peers"),
         description="Install the peer routers, each into its own cached virtualenv.",
     )
     parser.add_argument(
@@ -193,4 +194,4 @@ if __name__ == "__main__":
     from kvgate.bench import reaper
 
     reaper.install()  # (python -m: its children end with it, as under kvgate bench)
-    sys.exit(main(prog="python -m kvgate.bench.peers"))
+    sys.exit(main())

@@ -35,6 +35,7 @@ from typing import Any
 from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
+from kvgate.entry import prog
 from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.prefix import DEFAULT_MAX_TOTAL_BLOCKS
 from kvgate.scheduling.types import InferenceRequest
@@ -443,7 +444,7 @@ def section_long(quick: bool, repeats: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m kvgate.bench.picker_micro", description=__doc__.split("\n")[0]
+        prog=prog("kvgate.bench.picker_micro", "bench picker"), description=__doc__.split("\n")[0]
     )
     ap.add_argument("--section", choices=["all", "pick", "memory", "scrape", "long", "keys"], default="all")
     ap.add_argument("--quick", action="store_true", help="fewer picks (smoke run)")

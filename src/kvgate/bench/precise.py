@@ -24,6 +24,7 @@ from typing import Any
 
 from kvgate.bench.outdir import default_out, out_help, wrote
 from kvgate.config.picker import EndpointPickerConfig, load_config
+from kvgate.entry import prog
 
 # Registered here, not in ``scheduling.policies``: the precise scorer needs an event feed, which only
 # the fleet simulator (engine sinks) or a deployment with KV events configured provides. Each is a named
@@ -175,7 +176,9 @@ HEADER = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="kvgate bench precise", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog=prog("kvgate.bench.precise", "bench precise"), description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--quick", action="store_true", help="half-length measured windows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--qps", default="20,40", help="comma-separated offered loads")

@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
 
+from kvgate.entry import prog
+
 PAGES = "vllm_metrics_pages.json"
 SKIPPED = "lean client, unchanged page (skipped)"
 VARIANTS = ("aiohttp, labels parsed", "aiohttp, labels cached", "lean client, labels cached", SKIPPED)
@@ -201,7 +203,9 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="kvgate bench scrape-cpu", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog=prog("kvgate.bench.scrape_cpu", "bench scrape-cpu"), description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--rounds", type=int, default=6, help="rounds per variant (alternating order)")
     ap.add_argument("--per-round", type=int, default=400, help="sequential scrapes per round")
     ap.add_argument("--page", choices=["filtered", "whole"], default="filtered")

@@ -36,6 +36,7 @@ import orjson
 import yaml
 
 from kvgate.bench import procs
+from kvgate.entry import prog
 from kvgate.k8s.tasks import wait_event
 
 MODEL = "sim-model"
@@ -335,7 +336,8 @@ class Soak:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="kvgate bench soak", description=__doc__.split("\n\n")[0] if __doc__ else None
+        prog=prog("kvgate.bench.soak", "bench soak"),
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--replicas", type=int, default=3)

@@ -18,6 +18,7 @@ import sys
 import time
 import tracemalloc
 
+from kvgate.entry import prog
 from kvgate.sim.engine import Engine, EngineConfig
 from kvgate.sim.profiles import get_profile, load_measurements, profile_names
 from kvgate.sim.types import SimRequest
@@ -195,7 +196,9 @@ def engine_footprint(replicas: int = 300, profile: str = "llama3-8b-h100") -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kvgate.sim.calibrate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog=prog("kvgate.sim.calibrate", "bench calibrate"), description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--profiles", nargs="*", default=None, help="profiles (default: all)")
     ap.add_argument("--prompt", type=int, default=1024, help="prompt tokens per request in the bursts")
     ap.add_argument("--output", type=int, default=128, help="output tokens per request in the bursts")
