@@ -861,3 +861,46 @@ async def test_a_cancelled_live_cluster_stop_stops_every_process() -> None:
     else:
         raise AssertionError("the stop never ended before its cancel")
     assert cancelled >= 2
+
+
+async def test_a_cancelled_stop_of_a_pickers_data_sources_releases_every_kv_subscriber() -> None:
+    """``GatewayServer.stop_sources`` (a config reload's ``settle``: the old picker's KV-event sources;
+    cancelled by the gateway's stop) on a real ``KVEventSources`` holding three subscribers: cancelled
+    at any turn, none is held or running when the cancel is raised (fails before: the source's stop
+    ended in its first subscriber's stop, the other two held and running, and the source, out of
+    ``_scrapers`` by then, was stopped by nobody later)."""
+    from kvgate.config.gateway import parse_gateway_config
+    from kvgate.datalayer.endpoint import Endpoint
+    from kvgate.datalayer.kvindex import BlockIndex
+    from kvgate.datalayer.kvsubscriber import KVEventsManager, KVEventSources
+    from kvgate.datalayer.store import EndpointStore
+    from kvgate.gateway.server import GatewayServer
+
+    cfg = parse_gateway_config({"pools": [{"name": "p", "endpoints": ["127.0.0.1:1"], "models": ["m"]}]})
+    held: dict[int, tuple[KVEventsManager, list[asyncio.Task[Any]]]] = {}
+
+    async def make() -> tuple[GatewayServer, KVEventSources]:
+        store = EndpointStore()
+        for a in ("10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"):
+            store.add(Endpoint(address=a))
+        mgr = KVEventsManager(BlockIndex())
+        source = KVEventSources(store, mgr, lambda ep: ("tcp://127.0.0.1:1", None))
+        gw = GatewayServer(cfg, [], scrape=False)
+        gw._scrapers.append(source)
+        await source.start()
+        tasks = [t for sub in mgr.subscribers.values() if (t := sub._task) is not None]
+        assert len(mgr.subscribers) == 3 and len(tasks) == 3
+        held[id(gw)] = (mgr, tasks)
+        return gw, source
+
+    def left(obj: tuple[GatewayServer, KVEventSources]) -> list[str]:
+        mgr, tasks = held[id(obj[0])]
+        return [f"{name} held" for name in mgr.subscribers] + [t.get_name() for t in tasks if not t.done()]
+
+    async def cleanup(obj: tuple[GatewayServer, KVEventSources]) -> None:
+        await held.pop(id(obj[0]))[0].close()
+
+    def stop(obj: tuple[GatewayServer, KVEventSources]) -> Awaitable[None]:
+        return obj[0].stop_sources([obj[1]])
+
+    assert await _cancelled_at_each_turn(make, stop, left, cleanup) >= 1

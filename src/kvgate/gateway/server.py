@@ -328,6 +328,13 @@ class GatewayServer:
         return old
 
     async def stop_sources(self, sources: list[Any]) -> None:
+        """Every one of ``sources`` stopped (and no longer stopped by ``stop``), to the end also when
+        cancelled meanwhile, the cancellation raised after (``stop_to_the_end``: a cancel landing in a KV
+        source's stop, a config reload's ``settle`` cancelled by the gateway's stop, ended it with some of
+        its subscribers still held, and nothing stopped them later: the source had left ``_scrapers``)."""
+        await stop_to_the_end(self._stop_sources(sources), "stopping a picker's data sources", log)
+
+    async def _stop_sources(self, sources: list[Any]) -> None:
         for s in sources:
             if s in self._scrapers:
                 self._scrapers.remove(s)
