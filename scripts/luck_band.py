@@ -8,7 +8,16 @@ tells little about it. Prints per seed the plain p90 and the perturbed ones (ms)
 geometric mean over seeds of the plain p90 and of each seed's median over its N + 1 runs, both as ratios
 to sglang-cache-aware's model's same figures (sglang's model is run the same way).
 
+Where the pick is moved (``LUCK_MOVE``):
+- ``after`` (the default; session 13's figures): the request is sent elsewhere after the picker chose
+  and recorded its choice, so the picker's own state (sglang's tree, kvgate's prefix index) still says
+  it went to the first replica: the move is a physical change the picker never sees.
+- ``picker``: the picker's choice itself is moved, before its post-pick hooks (and, for sglang's
+  model, before its tree records it), as if a tie had broken the other way: the picker's state records
+  where the request went.
+
     PYTHONPATH=src:scripts python scripts/luck_band.py FAMILY QPS FIRST_SEED LAST_SEED N POLICY...
+    [LUCK_MOVE=after|picker]
 """
 
 from __future__ import annotations
@@ -18,17 +27,33 @@ import math
 import os
 import statistics
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from script_usage import usage_or_exit
 
 from kvgate.bench.mixed import FAMILIES, Family
-from kvgate.bench.multiturn import mixed_sim
+from kvgate.bench.multiturn import MixedFleetSim, mixed_sim
+
+MOVES = ("after", "picker")
 
 
-def moved_run(fam: Family, policy: str, qps: float, seed: int, k: int) -> float:
-    """The run's p90 (s) with the k-th session's first turn moved one replica over (k 0: as is)."""
-    sim = mixed_sim(fam, policy, qps, seed)
+def moved_sim(
+    fam: Family,
+    policy: str,
+    qps: float,
+    seed: int,
+    k: int,
+    move: str = "after",
+    duration: float = 120.0,
+    warmup: float = 30.0,
+) -> MixedFleetSim:
+    """The run, ready to ``run()``, with the k-th session's first turn moved one replica over (k 0: as
+    is); ``move`` says where (``MOVES``, the module's docstring). Wraps ``sim._arrive``, and either
+    ``sim.director.pick`` (``after``) or the profile's picker plugin (``picker``)."""
+    if move not in MOVES:
+        raise ValueError(f"move {move!r}: one of {', '.join(MOVES)}")
+    sim = mixed_sim(fam, policy, qps, seed, duration, warmup)
     eps = sim.endpoints
     seen: set[str] = set()
     cur: list[Any] = [None]
@@ -38,21 +63,53 @@ def moved_run(fam: Family, policy: str, qps: float, seed: int, k: int) -> float:
         cur[0] = spec
         arrive(spec)
 
-    pick = sim.director.pick
-
-    def forced(req: Any, explain: bool = False) -> Any:
-        res = pick(req, explain)
+    def this_one() -> bool:
         spec = cur[0]
         if k and spec.session and spec.session not in seen:
             seen.add(spec.session)
-            if len(seen) == k:
-                moved = eps[(eps.index(res.primary) + 1) % len(eps)]
-                return dataclasses.replace(res, endpoints=[moved])
-        return res
+            return len(seen) == k
+        return False
+
+    def over(ep: Any) -> Any:
+        return eps[(eps.index(ep) + 1) % len(eps)]
 
     sim._arrive = note  # type: ignore[method-assign]
-    sim.director.pick = forced  # type: ignore[method-assign]
-    return float(sim.run().row["ttft_p90"])
+    if move == "after":
+        pick = sim.director.pick
+
+        def forced(req: Any, explain: bool = False) -> Any:
+            res = pick(req, explain)
+            return dataclasses.replace(res, endpoints=[over(res.primary)]) if this_one() else res
+
+        sim.director.pick = forced  # type: ignore[method-assign]
+        return sim
+    profiles = list(sim.director.profiles.values())
+    if len(profiles) != 1 or profiles[0].picker is None:
+        raise ValueError(f"{policy}: LUCK_MOVE=picker needs one profile with a picker")
+    picker = profiles[0].picker
+    choose: Callable[..., list[Any]] = picker.pick
+    tree = getattr(picker, "tree", None)  # sglang-cache-aware-picker records its pick in its tree
+    by_addr = {ep.address: ep for ep in eps}
+
+    def forced_in(cycle: Any, endpoints: Sequence[Any], scores: Sequence[float]) -> list[Any]:
+        if not this_one():
+            return choose(cycle, endpoints, scores)
+        if tree is None:
+            return [over(choose(cycle, endpoints, scores)[0])]
+        insert = tree.insert
+        tree.insert = lambda text, tenant, now: insert(text, over(by_addr[tenant]).address, now)
+        try:
+            return [over(choose(cycle, endpoints, scores)[0])]
+        finally:
+            tree.insert = insert
+
+    picker.pick = forced_in  # type: ignore[method-assign]
+    return sim
+
+
+def moved_run(fam: Family, policy: str, qps: float, seed: int, k: int, move: str = "after") -> float:
+    """The run's p90 (s) with the k-th session's first turn moved one replica over (k 0: as is)."""
+    return float(moved_sim(fam, policy, qps, seed, k, move).run().row["ttft_p90"])
 
 
 def main() -> None:
@@ -60,20 +117,24 @@ def main() -> None:
     fam, qps = FAMILIES[sys.argv[1]], float(sys.argv[2])
     seeds = range(int(sys.argv[3]), int(sys.argv[4]) + 1)
     n = int(sys.argv[5])
+    move = os.environ.get("LUCK_MOVE", "after")
     policies = ["sglang-cache-aware", *(p for p in sys.argv[6:] if p != "sglang-cache-aware")]
     plain: dict[str, list[float]] = {p: [] for p in policies}
     median: dict[str, list[float]] = {p: [] for p in policies}
+    spread: dict[str, list[float]] = {p: [] for p in policies}
     for seed in seeds:
         for pol in policies:
-            runs = [moved_run(fam, pol, qps, seed, k) for k in range(n + 1)]
+            runs = [moved_run(fam, pol, qps, seed, k, move) for k in range(n + 1)]
             plain[pol].append(runs[0])
             median[pol].append(statistics.median(runs))
+            spread[pol].append(max(runs) / min(runs))
             print(
                 f"{fam.name}/{seed} @ {qps:g} {os.path.basename(pol)}: p90 {runs[0] * 1000:.0f} ms, moved "
                 f"{' / '.join(f'{x * 1000:.0f}' for x in runs[1:])}, median {median[pol][-1] * 1000:.0f}",
                 flush=True,
             )
     ref_plain, ref_med = plain["sglang-cache-aware"], median["sglang-cache-aware"]
+    print(f"moves: {move}")
     for pol in policies:
 
         def gm(xs: list[float], ref: list[float]) -> float:
@@ -82,7 +143,9 @@ def main() -> None:
         print(
             f"{os.path.basename(pol)}: plain gm {gm(plain[pol], ref_plain):.3f}, "
             f"median-of-{n + 1} gm {gm(median[pol], ref_med):.3f} vs sglang's model, "
-            f"runs over 1 s {sum(x > 1.0 for x in plain[pol])} plain"
+            f"runs over 1 s {sum(x > 1.0 for x in plain[pol])} plain, "
+            f"largest max/min over a seed's runs {max(spread[pol]):.2f} "
+            f"(geomean {math.exp(statistics.fmean(map(math.log, spread[pol]))):.2f})"
         )
 
 

@@ -1,5 +1,5 @@
 """``scripts/knee_checks.py``, ``cold_bursts.py``, ``burst_oracles.py``, ``cold_spread_trace.py``,
-``rollout_oracle.py``, ``best_of_policies.py`` and ``luck_band.py`` take
+``rollout_oracle.py``, ``best_of_policies.py``, ``luck_band.py`` and ``pick_divergence.py`` take
 positional arguments (as docs/benchmarks.md names them): ``-h`` / ``--help`` prints the usage (their
 docstring) and exits 0, too few arguments print it to stderr and exit 2, not a traceback (review s11-docs
 L11)."""
@@ -22,6 +22,7 @@ USAGE = {
     "rollout_oracle.py": "rollout_oracle.py FAMILY QPS SEED [DECIDE [HORIZON [BASE [TARGET]]]]",
     "best_of_policies.py": "best_of_policies.py FAMILY QPS FIRST_SEED LAST_SEED POLICY...",
     "luck_band.py": "luck_band.py FAMILY QPS FIRST_SEED LAST_SEED N POLICY...",
+    "pick_divergence.py": "pick_divergence.py FAMILY QPS SEED N POLICY...",
 }
 
 
