@@ -50,7 +50,7 @@ def test_a_held_bodys_bytes_come_back_and_the_budget_bounds_them() -> None:
     body = orjson.dumps({"choices": [{"text": "ab"}], "usage": {"prompt_tokens": 7, "completion_tokens": 2}})
     budget = ByteBudget(len(body))
     seen = _UsageSeen(budget)
-    seen.start(sse=False)
+    seen.start(None)
     seen.feed(body[:10])
     seen.feed(body[10:])
     seen.complete = True
@@ -60,13 +60,13 @@ def test_a_held_bodys_bytes_come_back_and_the_budget_bounds_them() -> None:
     assert budget.used == 0
     budget.take(1)  # one byte short: the body is not held, its usage not read, nothing kept taken
     seen = _UsageSeen(budget)
-    seen.start(sse=False)
+    seen.start(None)
     seen.feed(body[:10])
     seen.feed(body[10:])
     seen.complete = True
     assert seen.usage() is None and budget.used == 1
     seen = _UsageSeen(ByteBudget(1 << 20))  # its client left: the bytes back, no usage
-    seen.start(sse=False)
+    seen.start(None)
     seen.feed(body)
     assert seen.usage() is None
 
@@ -112,3 +112,48 @@ def test_an_event_stream_is_known_whatever_its_content_type_headers_case() -> No
     assert _event_stream({"content-type": "Text/Event-Stream"})
     assert not _event_stream({"x-content-type": "text/event-stream"})
     assert not _event_stream({})
+
+
+async def test_a_streams_usage_has_one_reader(monkeypatch) -> None:
+    """The router's tail is the stream's only usage reader: the gateway's token metrics and the
+    cluster's hit or miss classification both read it (``Routed.usage``). Before, the router scanned
+    the stream with an ``SSEScanner`` (for the classification) and the gateway kept a ``UsageTail`` of
+    the same bytes (for the metrics): two readers of each chunk."""
+    from kvgate.openai.sse import SSEScanner
+    from kvgate.openai.usage import UsageTail
+
+    fed: dict[str, int] = {"tail": 0, "scanner": 0}
+    tail_feed, scanner_feed = UsageTail.feed, SSEScanner.feed
+
+    def count_tail(self: UsageTail, chunk: bytes) -> None:
+        fed["tail"] += 1
+        tail_feed(self, chunk)
+
+    def count_scanner(self: SSEScanner, chunk: bytes) -> bytes:
+        fed["scanner"] += 1
+        return scanner_feed(self, chunk)
+
+    monkeypatch.setattr(UsageTail, "feed", count_tail)
+    monkeypatch.setattr(SSEScanner, "feed", count_scanner)
+    backend = await Backend("b0", tokens=5).start()
+    mc = GlobalGateway(ClustersConfig((ClusterSpec("c", gateway=backend.address),)), "round-robin",
+                       fetch=False, seed=1)  # fmt: skip
+    await mc.start("127.0.0.1", 0)
+    chunks = 0
+    try:
+        body = {"model": "m", "prompt": "x", "max_tokens": 5, "stream": True,
+                "stream_options": {"include_usage": True}}  # fmt: skip
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{mc.port}/v1/completions"
+            async with s.post(url, data=orjson.dumps(body)) as r:
+                assert r.status == 200
+                async for _ in r.content.iter_any():
+                    chunks += 1
+        await eventually(lambda: mc.inflight == 0, "the global gateway's stream ended")
+    finally:
+        await mc.stop()
+        await backend.stop()
+    assert chunks and fed["scanner"] == 0 and fed["tail"] >= 1, fed  # was: both, each chunk
+    stats = request_stats(mc.metrics.registry)
+    assert stats[("inference_objective_output_tokens_sum", "m", "m")] == 5
+    assert stats[("inference_objective_input_tokens_sum", "m", "m")] == 7

@@ -30,7 +30,8 @@ from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, 
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy
 from kvgate.multicluster.state import ClusterState, DispatchNote
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
-from kvgate.openai.sse import SSEScanner
+from kvgate.openai.usage import UsageTail
+from kvgate.scheduling.types import Usage
 
 log = logging.getLogger("kvgate.multicluster.router")
 
@@ -66,6 +67,22 @@ class Routed:
     attempts: list[Attempt] = field(default_factory=list)
     epp: EppStream | None = None  # Endpoint mode: the remote EPP's stream, open for the response's life
     settle: Callable[[], Awaitable[None]] | None = None  # idempotent: the upstream, the EPP, the state
+    # A 2xx event stream's bounded tail (``kvgate.openai.usage.UsageTail``), fed by the body as it is
+    # relayed; its usage event is read once at the end (``usage()``): the cluster's hit or miss
+    # classification (``settle``) and the gateway's token metrics both take it from here.
+    tail: UsageTail | None = None
+    _usage: Usage | None = field(default=None, init=False, repr=False)
+    _read: bool = field(default=False, init=False, repr=False)
+
+    def usage(self) -> Usage | None:
+        """The stream's last usage event (None: not an event stream, a non-2xx, or none in its tail).
+        Read from the tail once, however often asked."""
+        if not self._read:
+            self._read = True
+            if self.tail is not None:
+                self._usage = self.tail.usage()
+                self.tail = None
+        return self._usage
 
     async def close(self) -> None:
         """Settle everything the response holds: the upstream connection, the remote EPP's stream, the
@@ -383,16 +400,12 @@ class GlobalRouter:
         self.counts[(st.name, mode)] = self.counts.get((st.name, mode), 0) + 1
         response = resp
         settled = begun = False
-        # A streamed 2xx's usage event (the last before [DONE]): its cached tokens classify the answer as
-        # a prefix hit or miss there (``ClusterState.finished``); the scanner parses only that event.
-        # Built only when the client asked for usage (stream_options.include_usage): else none comes.
-        usage_scan = (
-            SSEScanner()
-            if usage
-            and 200 <= resp.status < 300
-            and resp.headers.get("content-type", "").startswith("text/event-stream")
-            else None
-        )
+        # A 2xx event stream's usage event (the last before [DONE]), read once from its bounded tail
+        # (``Routed.usage``): its cached tokens classify the answer as a prefix hit or miss there
+        # (``ClusterState.finished``, only when the client asked for usage: else none comes, and an
+        # engine that adds one unasked was never read for it), and the gateway's token metrics read it.
+        sse = resp.headers.get("content-type", "")[:17].lower() == "text/event-stream"
+        tail = UsageTail() if sse and 200 <= resp.status < 300 else None
 
         async def settle() -> None:
             nonlocal settled
@@ -408,10 +421,8 @@ class GlobalRouter:
             finally:
                 response.release()
                 cached = None
-                if usage_scan is not None:
-                    usage_scan.finish()
-                    if usage_scan.usage is not None:
-                        cached = usage_scan.usage.cached_share
+                if usage and (seen := routed.usage()) is not None:
+                    cached = seen.cached_share
                 # With the time (a 2xx only, as the hub: an error reply is no answer, so it neither
                 # sends the prefix there nor opens a slow start; review s7-final-b B): its decode time.
                 ok = 200 <= response.status < 300
@@ -433,13 +444,14 @@ class GlobalRouter:
                             st.observe_ttft(now - started, now, token)
                         else:
                             st.answered_without_ttft(token)
-                    if usage_scan is not None:
-                        usage_scan.feed(chunk)
+                    if tail is not None:
+                        tail.feed(chunk)
                     yield chunk
             finally:
                 await settle()
 
-        return Routed(response.status, headers, stream(), st.name, mode, attempts, epp, settle)
+        routed = Routed(response.status, headers, stream(), st.name, mode, attempts, epp, settle, tail)
+        return routed
 
     def summary(self) -> list[dict[str, object]]:
         now = self.clock()

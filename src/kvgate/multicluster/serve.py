@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import orjson
@@ -52,8 +51,8 @@ from kvgate.multicluster.source import ClusterSource
 from kvgate.openai.labels import ModelLabels
 from kvgate.openai.protocol import MODEL_REWRITE, sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
-from kvgate.openai.requeststats import RequestStats
-from kvgate.openai.usage import UsageTail, usage_from_body
+from kvgate.openai.requeststats import RequestErrors, RequestStats
+from kvgate.openai.usage import usage_from_body
 from kvgate.scheduling.types import Usage
 
 log = logging.getLogger("kvgate.multicluster")
@@ -83,16 +82,12 @@ class _Metrics:
         self.failed = Counter(
             "kvgate_multicluster_failed_total", "Requests no cluster could start", registry=r
         )
-        # Each refused or failed request once, as ``kvgate serve`` and ``kvgate epp`` count it (same name
-        # and labels): the HTTP status its client gets, ``stream_cut`` or ``client_gone``. The target
-        # model is the client's (this gateway rewrites none; a cluster's own gateway or EPP may).
-        self.errors = Counter(
-            "inference_objective_request_error_total",
-            "Requests refused or failed, once each, by the status the client got (or stream_cut, "
-            "client_gone)",
-            ["model_name", "target_model_name", "error_code"], registry=r,
-        )  # fmt: skip
-        self._error_children: dict[tuple[str, str], Any] = {}
+        # Each refused or failed request once, as ``kvgate serve`` and ``kvgate epp`` count it (the
+        # collector the three doors share): the HTTP status its client gets, ``stream_cut`` or
+        # ``client_gone``. The target model is the client's (this gateway rewrites none; a cluster's own
+        # gateway or EPP may).
+        self.errors = RequestErrors()
+        r.register(self.errors)
         # As ``kvgate serve`` (same names, labels, buckets): ``inference_objective_request_total``, the
         # duration and token histograms, once per request a cluster answered (an error reply, a cut one
         # and one whose client left included), when its response ends. Tokens: a 2xx's usage, as
@@ -130,37 +125,35 @@ class _Metrics:
         self.stats.observe(label, label, seconds, usage)
 
     def error(self, model: str, code: str) -> None:
-        label = self.models.label(model)
-        child = self._error_children.get((label, code))
-        if child is None:  # (bounded: the model labels above; codes are statuses, stream_cut, client_gone)
-            child = self._error_children[(label, code)] = self.errors.labels(label, label, code)
-        child.inc()
+        label = self.models.label(model)  # (bounded: the model labels above; codes: statuses, named ends)
+        self.errors.inc(label, label, code)
 
 
 class _UsageSeen:
-    """A relayed 2xx's usage, read as ``kvgate serve`` reads it: an event stream's bounded tail, a JSON
-    body's chunks held (up to ``_USAGE_BODY_MAX``, taken from ``_USAGE_HELD``) and decoded for ``usage``
-    only once complete. ``usage()`` gives the bytes back (called once, whatever the end)."""
+    """A relayed JSON 2xx's usage, read as ``kvgate serve`` reads it: the body's chunks held (up to
+    ``_USAGE_BODY_MAX``, taken from ``_USAGE_HELD``) and decoded for ``usage`` only once complete. An
+    event stream's usage is the router's (``Routed.usage``: one reader of the stream's tail, which the
+    cluster's hit or miss classification reads too). ``usage()`` gives the bytes back (called once,
+    whatever the end)."""
 
-    __slots__ = ("_budget", "_chunks", "_held", "_tail", "complete")
+    __slots__ = ("_budget", "_chunks", "_held", "_routed", "complete")
 
     def __init__(self, budget: ByteBudget = _USAGE_HELD) -> None:
         self._budget = budget
-        self._tail: UsageTail | None = None
+        self._routed: Routed | None = None
         self._chunks: list[bytes] | None = None
         self._held = 0
         self.complete = False
 
-    def start(self, sse: bool) -> None:
-        if sse:
-            self._tail = UsageTail()
+    def start(self, routed: Routed | None) -> None:
+        """A 2xx: an event stream's usage comes from ``routed``; a JSON body's is held here."""
+        if routed is not None and routed.tail is not None:
+            self._routed = routed
         else:
             self._chunks = []
 
     def feed(self, chunk: bytes) -> None:
-        if self._tail is not None:
-            self._tail.feed(chunk)
-        elif self._chunks is not None:
+        if self._chunks is not None:
             if self._held + len(chunk) > _USAGE_BODY_MAX or not self._budget.take(len(chunk)):
                 self._drop()  # too large to hold: no usage read
             else:
@@ -177,8 +170,8 @@ class _UsageSeen:
         self._drop()
         if not self.complete:  # cut, or its client left: no usage (as ``kvgate serve``'s relay)
             return None
-        if self._tail is not None:
-            return self._tail.usage()
+        if self._routed is not None:
+            return self._routed.usage()
         if chunks:
             return usage_from_body(b"".join(chunks) if len(chunks) > 1 else chunks[0])
         return None
@@ -348,7 +341,7 @@ class GlobalGateway:
         if counted:
             self.metrics.error(model, str(routed.status))
         elif 200 <= routed.status < 300:  # (as ``kvgate serve``: usage of a 2xx only)
-            seen.start(sse)
+            seen.start(routed)
         try:
             await resp.prepare(request)
             while True:
