@@ -254,7 +254,7 @@ async def test_client_disconnect_releases_inflight_and_upstream(backends, stream
         await asyncio.wait_for(proxy.idle.wait(), 5)
         assert all(ep.inflight.requests == 0 for ep in gw.pools[0].endpoints())
         assert gw.metrics.registry.get_sample_value("kvgate_gateway_inflight_requests") == 0
-        assert gw.metrics.errors.labels("m", "m", "client_gone")._value.get() == 1
+        assert gw.metrics.errors.counts[("m", "m", "client_gone")] == 1
 
 
 async def test_error_counts_for_a_refused_request_and_for_one_no_endpoint_could_serve():

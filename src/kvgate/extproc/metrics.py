@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -17,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.openai.labels import ModelLabels
-from kvgate.openai.requeststats import RequestStats
+from kvgate.openai.requeststats import RequestErrors, RequestStats
 from kvgate.scheduling.types import PickResult, Usage
 
 _PICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -32,15 +31,10 @@ class EppMetrics:
         # config lists (``--model``, adapters, rewrites), and names a model server was sent and answered
         # with a 2xx (the rewrite's target, never the client's own name).
         self.models = models or ModelLabels()
-        # As ``kvgate serve`` (the reference's name and labels): each request refused, answered with a
-        # model server's 4xx/5xx, or left before its response completed (``client_gone``), once.
-        self.errors = Counter(
-            "inference_objective_request_error_total",
-            "Requests that failed",
-            ["model_name", "target_model_name", "error_code"],
-            registry=r,
-        )
-        self._error_children: dict[tuple[str, str, str], Any] = {}
+        # As ``kvgate serve`` (the collector the three doors share): each request refused, answered with
+        # a model server's 4xx/5xx, or left before its response completed (``client_gone``), once.
+        self.errors = RequestErrors()
+        r.register(self.errors)
         # As ``kvgate serve`` (same names, labels, buckets): ``inference_objective_request_total``, its
         # duration and token histograms, once per request whose response headers came back, when its
         # stream ends (``request_done``).
@@ -87,12 +81,8 @@ class EppMetrics:
         self.error(model, target, str(status))
 
     def error(self, model: str, target: str, code: str) -> None:
-        labels = self.models.label
-        key = (labels(model), labels(target), code)
-        child = self._error_children.get(key)
-        if child is None:  # (bounded: the labels above, codes are HTTP statuses and client_gone)
-            child = self._error_children[key] = self.errors.labels(*key)
-        child.inc()
+        labels = self.models.label  # (bounded: the labels above; codes are HTTP statuses and named ends)
+        self.errors.inc(labels(model), labels(target), code)
 
     def request_done(self, model: str, target: str, seconds: float, usage: Usage | None) -> None:
         labels = self.models.label

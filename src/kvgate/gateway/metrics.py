@@ -20,25 +20,21 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kvgate.httpfront.metrics import FrontGauges
-from kvgate.openai.requeststats import RequestStats
+from kvgate.openai.requeststats import RequestErrors, RequestStats
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        labels = ["model_name", "target_model_name"]
         self._stats = RequestStats()
         r.register(self._stats)
         # One request's end: the shared collector's own method, bound (one call, no copy of it here).
         self.observe = self._stats.observe
-        self.errors = Counter(
-            "inference_objective_request_error_total",
-            "Requests that failed",
-            [*labels, "error_code"],
-            registry=r,
-        )
-        self._error_children: dict[tuple[str, str, str], Any] = {}
+        # ``inference_objective_request_error_total``: the collector the three doors share.
+        self.errors = RequestErrors()
+        r.register(self.errors)
+        self.error = self.errors.inc  # (bound: one call per error, labels from the config)
         self.inflight = Gauge("kvgate_gateway_inflight_requests", "Requests being handled", registry=r)
         self.retries = Counter(
             "kvgate_gateway_retries_total", "Attempts retried on another endpoint", registry=r
@@ -64,13 +60,3 @@ class GatewayMetrics:
     def track_inflight(self, read: Callable[[], float]) -> None:
         """The in-flight gauge reads this at scrape time (no per-request update)."""
         self.inflight.set_function(read)
-
-    def error(self, model: str, target: str, code: str) -> None:
-        # The labelled child cached: ``labels()`` costs a lock and its checks on every call (3x the
-        # increment; a 429 or shed storm counts one per request). Bounded: models come from the config,
-        # codes are the gateway's own.
-        key = (model, target, code)
-        child = self._error_children.get(key)
-        if child is None:
-            child = self._error_children[key] = self.errors.labels(model, target, code)
-        child.inc()

@@ -8,12 +8,18 @@ additions, with none of prometheus_client's per-observation locking and checks. 
 (``kvgate.gateway.metrics``, which binds ``observe`` directly), ``kvgate epp``
 (``kvgate.extproc.metrics``) and ``kvgate serve --clusters`` (``kvgate.multicluster.serve``) register
 one each; the last two bound their model labels first (``kvgate.openai.labels``).
+
+``inference_objective_request_error_total`` (labels ``model_name``, ``target_model_name``,
+``error_code``) is ``RequestErrors``, the same way: one collector the three doors register, each
+counting a request once under the status its client got (or ``client_gone``, ``stream_cut``,
+``epp_idle_timeout``), with the labels the door bounded.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
@@ -153,3 +159,37 @@ class RequestStats:
                 h = c.output_tokens
                 h.counts[bisect_left(h.bounds, n)] += 1
                 h.sum += n
+
+
+ERRORS_HELP: Final = (
+    "Requests refused or failed, once each, by the HTTP status the client got "
+    "(or client_gone, stream_cut, epp_idle_timeout)"
+)
+
+
+class RequestErrors:
+    """Collector for ``inference_objective_request_error_total``: a plain dict of counts per
+    (model, target model, error code), turned into a counter family when ``/metrics`` is scraped (no
+    per-increment lock; a shed or 429 storm counts one per request). The caller bounds the labels:
+    ``kvgate serve``'s models come from its config, the other doors' from ``kvgate.openai.labels``;
+    the codes are HTTP statuses and the few named ends above."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = {}
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily(
+            "inference_objective_request_error",
+            ERRORS_HELP,
+            labels=["model_name", "target_model_name", "error_code"],
+        )
+        for key, n in list(self.counts.items()):
+            fam.add_metric(list(key), n)
+        yield fam
+
+    def inc(self, model: str, target: str, code: str) -> None:
+        key = (model, target, code)
+        self.counts[key] = self.counts.get(key, 0) + 1
