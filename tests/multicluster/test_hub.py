@@ -208,3 +208,39 @@ def test_hub_forgets_a_picked_requests_model_when_it_finishes_undispatched() -> 
     assert id(req) in director._loads
     director.on_finished(req, ep, None, False)  # closed before its dispatch (the client left)
     assert director._loads == {}
+
+
+async def test_hub_epp_backs_a_cluster_off_only_as_the_global_router_does() -> None:
+    """A cluster's gateway answering the client's request with a 4xx refusal (400, 404, 413) took the
+    request, as ``kvgate serve --clusters``' router counts it (its answer is the client's): no
+    back-off. A 5xx or 429 is a failure there too: the cluster backs off. Before, the hub backed a
+    cluster off for every answer but a 200, so clients sending bad bodies sent the hub away from a
+    healthy cluster."""
+    clock = [100.0]
+    cfg = ClustersConfig((ClusterSpec("west", gateway="10.2.0.2:8080"),))
+    director = ClusterDirector(cfg, "kvgate", clock=lambda: clock[0], seed=0)
+    west = director.states["west"]
+    west.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), clock[0])
+    ctx = SessionContext(director, AddressIndex(director.store), clock=lambda: clock[0])
+    server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+    await server.start()
+    ch = channel(f"127.0.0.1:{server.port}")
+    error = [orjson.dumps({"error": {"message": "no", "type": "invalid_request_error"}})]
+    json = {"content-type": "application/json"}
+    try:
+        for status, fails in ((400, 0), (404, 0), (413, 0), (200, 0), (429, 1), (503, 2), (500, 3)):
+            clock[0] += 60.0  # past any back-off: the cluster is picked again
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+                out = await ex.send_request(HEADERS, BODY)
+                assert out.destination == "10.2.0.2:8080"
+                await ex.send_response(status, json, error if status != 200 else [b'{"choices": []}'])
+            for _ in range(500):  # the session's end runs on the EPP's own time
+                if west.inflight == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert west.inflight == 0
+            assert west.failures == fails, status
+            assert west.available(clock[0]) == (fails == 0 or status == 200), status
+    finally:
+        await ch.close()
+        await server.stop(0)

@@ -476,6 +476,11 @@ class Session:
         served = hdr.served_endpoint(msg.metadata_context) if msg.HasField("metadata_context") else None
         if served is not None:
             self._move_to(served)
+        # A director that classifies an endpoint's answer by its status (the hub EPP's: a cluster's 5xx
+        # or 429 backs it off, its 4xx refusal of the client's request does not); the pod director has none.
+        answered = getattr(self.ctx.director, "on_answered", None)
+        if answered is not None and self.request is not None and self.endpoint is not None:
+            answered(self.request, self.endpoint, self.status)
         sets: dict[str, str] = {}
         removes: list[str] = []
         if self.ctx.conformance_hooks:

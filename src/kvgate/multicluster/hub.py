@@ -58,6 +58,8 @@ class ClusterDirector:
         # there for their first byte (the session holds the request object from dispatch to finish, so its
         # id is unique then). The dispatch time is the cluster state's, under that token.
         self._waits: dict[int, tuple[str, int]] = {}
+        # id(request) -> the HTTP status its cluster's gateway answered (``on_answered``), until its end.
+        self._status: dict[int, int] = {}
         # id(request) -> the policy's request from its pick (model loads, cached shares, prefix key per
         # cluster), until its dispatch (bounded).
         self._loads: dict[int, ClusterRequest] = {}
@@ -128,8 +130,16 @@ class ClusterDirector:
             now = self.clock()
             st.observe_ttft(now - since, now, wait[1])
 
+    def on_answered(self, req: InferenceRequest, endpoint: Endpoint, status: int) -> None:
+        """The cluster's gateway answered ``status`` (the ext_proc session's response headers): its end
+        is classified by it (``on_finished``)."""
+        if len(self._status) >= MAX_WAITS:  # (a lost finish cannot grow it)
+            self._status.pop(next(iter(self._status)))
+        self._status[id(req)] = status
+
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None:
         self._loads.pop(id(req), None)  # (picked but closed before its dispatch)
+        status = self._status.pop(id(req), 0)
         wait = self._waits.pop(id(req), None)
         st = self._state(endpoint)
         if st is not None:
@@ -139,10 +149,14 @@ class ClusterDirector:
             token = wait[1] if wait is not None and wait[0] == st.name else 0
             cached = usage.cached_share if ok and usage is not None else None
             st.finished(token, self.clock() if ok else None, cached=cached)
-            if not ok:
-                st.failed(self.clock())
-            else:
+            # As the global gateway's router: a cluster fails (and backs off) when it did not answer
+            # (unreachable: Envoy went on to the next address, or no response headers came) or answered
+            # 5xx / 429; any other answer is the client's (a 400, 404, 413 refusing the request, a 2xx
+            # whose client then left or that was cut): the cluster took the request, no back-off.
+            if ok or (status and status < 500 and status != 429):
                 st.succeeded()
+            else:
+                st.failed(self.clock())
 
 
 class HubFeed:
