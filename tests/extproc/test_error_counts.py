@@ -377,3 +377,75 @@ async def test_an_event_stream_400_whose_client_leaves_is_a_400_in_the_three_doo
         backend.release.set()
         await runner.cleanup()
     assert gateway_door == epp_door == global_door == {"400": 1}, (gateway_door, epp_door, global_door)
+
+
+USAGE_STREAM = orjson.dumps(
+    {"model": "m", "prompt": "x", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+)
+BARE_STREAM = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 3, "stream": True})
+
+
+async def _streams_over_http(port: int) -> None:
+    async with aiohttp.ClientSession() as s:
+        for body in (USAGE_STREAM, BARE_STREAM):
+            async with s.post(f"http://127.0.0.1:{port}{URL_PATH}", data=body) as r:
+                assert r.status == 200
+                text = await r.read()
+            # What the client gets is what it asked for, in every door: a usage chunk only when asked.
+            assert (b'"usage"' in text) == (body is USAGE_STREAM), text
+
+
+async def test_streamed_tokens_are_observed_as_documented_in_the_three_doors(start_epp) -> None:
+    """Two streams, one whose client asked for ``stream_options.include_usage`` and one whose client
+    did not, through the three doors. Both are counted (``inference_objective_request_total``) in each.
+    Their tokens: ``kvgate serve`` observes both, since it adds ``include_usage`` upstream for its own
+    in-flight accounting and strips the chunk from a client that did not ask; ``kvgate epp`` and
+    ``kvgate serve --clusters`` observe only the first, as the reference EPP does (its metrics guide
+    asks clients to send ``include_usage`` for streamed usage metrics): neither changes the client's
+    request or response for a metric (an EPP with ``response_body_mode: NONE`` could not strip the
+    chunk). docs/epp.md, docs/multicluster.md and docs/gateway.md say so."""
+    backend = await Backend("b0", tokens=3).start()
+    try:
+        async with running_gateway(make_config([backend.address])) as gw:
+            await _streams_over_http(gw.port)
+            proxy = gw.proxy
+            assert proxy is not None
+            await eventually(lambda: proxy.inflight == 0, "the gateway's streams ended")
+            gateway_stats = request_stats(gw.metrics.registry)
+        epp = await start_epp([backend.address])
+        assert epp.stub is not None
+        async with aiohttp.ClientSession() as http:
+            harness = EnvoyHarness(epp.stub, http)
+            for body in (USAGE_STREAM, BARE_STREAM):
+                assert (await harness.request("POST", URL_PATH, body)).status == 200
+        inflight = "kvgate_epp_inflight_requests"
+        await eventually(lambda: _value(epp.metrics, inflight) == 0, "the EPP's streams ended")
+        epp_stats = request_stats(epp.metrics.registry)
+        mc = GlobalGateway(
+            ClustersConfig((ClusterSpec("c", gateway=backend.address),)), "round-robin", fetch=False, seed=1
+        )
+        await mc.start("127.0.0.1", 0)
+        try:
+            await _streams_over_http(mc.port)
+            await eventually(lambda: mc.inflight == 0, "the global gateway's streams ended")
+            global_stats = request_stats(mc.metrics.registry)
+        finally:
+            await mc.stop()
+    finally:
+        await backend.stop()
+    asked_only = {
+        ("inference_objective_request_total", "m", "m"): 2,
+        ("inference_objective_request_duration_seconds_count", "m", "m"): 2,
+        ("inference_objective_input_tokens_count", "m", "m"): 1,
+        ("inference_objective_input_tokens_sum", "m", "m"): 7,
+        ("inference_objective_output_tokens_count", "m", "m"): 1,
+        ("inference_objective_output_tokens_sum", "m", "m"): 3,
+    }
+    assert epp_stats == global_stats == asked_only, (epp_stats, global_stats)
+    assert gateway_stats == {
+        **asked_only,
+        ("inference_objective_input_tokens_count", "m", "m"): 2,
+        ("inference_objective_input_tokens_sum", "m", "m"): 14,
+        ("inference_objective_output_tokens_count", "m", "m"): 2,
+        ("inference_objective_output_tokens_sum", "m", "m"): 6,
+    }, gateway_stats
