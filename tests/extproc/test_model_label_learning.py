@@ -14,8 +14,10 @@ import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from kvgate.config.gateway import RewriteRule, RewriteTarget
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.mappings import extract
 from kvgate.extproc.cli import rewrite_names
-from kvgate.extproc.metrics import EppMetrics
+from kvgate.extproc.metrics import EppMetrics, models_reported
 from kvgate.extproc.session import Session, SessionContext
 from kvgate.extproc.testing import header_map
 from kvgate.openai.labels import MAX_MODEL_LABELS, ModelLabels
@@ -96,3 +98,45 @@ def test_configured_rewrite_names_are_known() -> None:
     assert labels.known == {"alias", "real", "canary"}
     labels.know(rewrite_names([RewriteRule([], [RewriteTarget("live", 1)])]))  # a live rule (Kubernetes)
     assert labels.label("live") == "live" and labels.label("junk") == "other"
+
+
+# A vLLM page (``--served-model-name m``, LoRA adapter ``m-lora`` loaded): what the EPP's scraper reads.
+_PAGE = (
+    'vllm:num_requests_waiting{engine="0",model_name="m"} 0\n'
+    'vllm:num_requests_running{engine="0",model_name="m"} 1\n'
+    'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.1\n'
+    'vllm:lora_requests_info{max_lora="4",running_lora_adapters="m-lora",waiting_lora_adapters=""} 1.7e9\n'
+)
+
+
+def _pod(page: str) -> Endpoint:
+    ep = Endpoint(address="10.0.0.9:8000")
+    ep.metrics = extract(page, "vllm", now=1.0)
+    return ep
+
+
+def test_a_server_answering_any_model_cannot_fill_the_labels() -> None:
+    """A model server that answers any ``model`` with a 2xx (kvgate's simulator, SGLang) let a client
+    teach the EPP 16 made-up names, after which a real model first served stayed ``other`` until a
+    restart. Now a name is learnt only if a pod's scraped metrics report serving it (``model_name``
+    label, a LoRA adapter): ``kvgate epp``'s labels (``models_reported``)."""
+    pod = _pod(_PAGE)
+    assert pod.metrics.models == {"m"} and pod.metrics.running_loras == {"m-lora"}
+    metrics = EppMetrics(models=ModelLabels(vouch=models_reported(lambda: [pod])))
+    ctx = one_endpoint_context(metrics)
+    for i in range(2 * MAX_MODEL_LABELS):
+        _post(ctx, f"junk-{i}", 200)  # answered 2xx: the server does not check ``model``
+    assert not metrics.models.learnt
+    _post(ctx, "m", 200)
+    _post(ctx, "m-lora", 200)
+    assert metrics.models.learnt == {"m", "m-lora"}
+
+
+def test_where_no_pod_reports_a_model_name_a_2xx_still_teaches_one() -> None:
+    """An engine whose metrics carry no ``model_name`` gives nothing to check a name against: a 2xx
+    teaches it, as before (the documented limit of the bound)."""
+    pod = _pod(_PAGE.replace('model_name="m"', 'model_name=""'))
+    assert not pod.metrics.models
+    metrics = EppMetrics(models=ModelLabels(vouch=models_reported(lambda: [pod])))
+    _post(one_endpoint_context(metrics), "anything", 200)
+    assert metrics.models.learnt == {"anything"}

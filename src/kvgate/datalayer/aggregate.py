@@ -125,7 +125,14 @@ class PoolAggregate(msgspec.Struct, frozen=True, omit_defaults=True):
     prefix_bloom: Bloom | None = None
     tls: bool = False
     mtls: bool = False
+    # The model names the pool's servers report serving (their metrics' ``model_name`` and LoRA
+    # adapters, ``EndpointMetrics.models``), sorted, at most ``MAX_MODELS``: a global gateway labels a
+    # model only if some cluster lists it (``kvgate.openai.labels``). Empty from a pool that reports none.
+    models: tuple[str, ...] = ()
 
+
+# The most model names an aggregate lists.
+MAX_MODELS = 64
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(PoolAggregate)
@@ -228,9 +235,11 @@ def aggregate(
     mtls: bool = False,
     bloom: Bloom | None = None,
     slots: dict[str, float] | None = None,
+    models: Iterable[str] = (),
 ) -> PoolAggregate:
     """The snapshot of ``endpoints`` at clock time ``now`` (``wall`` is the same instant, epoch seconds);
-    ``slots``: remembered per-endpoint slot estimates (``SlotMemory``)."""
+    ``slots``: remembered per-endpoint slot estimates (``SlotMemory``); ``models``: the names the front
+    door's config serves from this pool, listed with those its servers report."""
     eps = list(endpoints)
     ready = [
         e
@@ -256,6 +265,12 @@ def aggregate(
     ages = [now - e.metrics.updated_at for e in ready if e.metrics.updated_at is not None]
     if bloom is None and hot_blocks:
         bloom = build_bloom(hot_blocks)
+    served = {m for m in models if m and m != "*"}
+    for e in eps:
+        m = e.metrics
+        served |= m.models
+        served |= m.running_loras
+        served |= m.waiting_loras
     return PoolAggregate(
         name=name,
         snapshot_time=wall,
@@ -280,6 +295,7 @@ def aggregate(
         prefix_bloom=bloom,
         tls=tls,
         mtls=mtls,
+        models=tuple(sorted(served)[:MAX_MODELS]),
     )
 
 
@@ -360,9 +376,11 @@ class AggregateSource:
         prefix_chunk_chars: int | None = None,
         tls: bool = False,
         mtls: bool = False,
+        models: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.name = name
         self.endpoints = endpoints
+        self.models = models  # the config's model names for the pool (``PoolAggregate.models``)
         self.clock = clock
         self.wall = wall
         self.hot_blocks = hot_blocks
@@ -393,6 +411,7 @@ class AggregateSource:
             mtls=self.mtls,
             bloom=self._summary(now),
             slots=self._slots.update(eps),
+            models=self.models(),
         )
         export_gauges(agg)
         return agg

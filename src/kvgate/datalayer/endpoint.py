@@ -50,6 +50,10 @@ class EndpointMetrics:
     own_sent_tokens: int = 0
     own_prefill: int = 0
     own_started: int = 0
+    # The model names the server's own metrics carry (the ``model_name`` label of its waiting and
+    # running series: vLLM's ``--served-model-name``, SGLang's, kvgate's simulator's), kept from the
+    # last page that had any; with the LoRA adapters above, what the server says it serves.
+    models: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)

@@ -141,6 +141,10 @@ def page_has_signals(text: str, engine: str) -> bool:
     return any(name in text for name in _WANTED[engine])
 
 
+# The most model names one server's page is read for (``EndpointMetrics.models``).
+MAX_MODELS = 64
+
+
 def _int_label(labels: dict[str, str], key: str) -> int | None:
     try:
         return int(float(labels[key]))
@@ -193,6 +197,16 @@ def extract(text: str, engine: str, now: float, previous: EndpointMetrics | None
         max_lora = _int_label(labels, "max_lora")
         running_loras = _adapters(labels.get("running_lora_adapters"))
         waiting_loras = _adapters(labels.get("waiting_lora_adapters"))
+    models = prev.models
+    named = {
+        model
+        for sig in (m.waiting, m.running)
+        for n in sig.names
+        for labels, _ in samples.get(n, ())
+        if (model := labels.get("model_name"))
+    }
+    if named and named != models:
+        models = frozenset(sorted(named)[:MAX_MODELS])  # (a page naming thousands: bounded)
     return EndpointMetrics(
         waiting_queue_size=int(waiting) if waiting is not None else prev.waiting_queue_size,
         running_requests=int(running) if running is not None else prev.running_requests,
@@ -203,4 +217,5 @@ def extract(text: str, engine: str, now: float, previous: EndpointMetrics | None
         running_loras=running_loras,
         waiting_loras=waiting_loras,
         updated_at=now,
+        models=models,
     )

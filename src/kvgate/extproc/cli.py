@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvgate.datalayer.store import EndpointStore, make_endpoint
     from kvgate.extproc.config import EppConfigError, load
     from kvgate.extproc.context import build_context
-    from kvgate.extproc.metrics import EppMetrics
+    from kvgate.extproc.metrics import EppMetrics, models_reported
     from kvgate.openai.labels import ModelLabels
 
     if args.clusters:
@@ -211,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             for a in cfg.pool.endpoints
         )
         # Model labels: the pool's models, adapters and rewrite rules' names at once, others once a model
-        # server answered them (kvgate.openai.labels).
+        # server answered them and the pods' metrics report serving them (kvgate.openai.labels).
         known = [*cfg.pool.models, *cfg.pool.adapters, *rewrite_names(cfg.gateway.rewrites)]
-        metrics = EppMetrics(models=ModelLabels(known))
+        metrics = EppMetrics(models=ModelLabels(known, vouch=models_reported(store.all)))
         ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
         if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
             raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
@@ -254,6 +254,8 @@ def _hub_main(args: argparse.Namespace) -> int:
     from kvgate.multicluster.clusters import ClustersError, ClustersFile
     from kvgate.multicluster.hub import ClusterDirector, HubFeed
     from kvgate.multicluster.policies import fresh_seed
+    from kvgate.multicluster.state import models_listed
+    from kvgate.openai.labels import ModelLabels
 
     seed = fresh_seed() if args.cluster_policy_seed is None else args.cluster_policy_seed
     log.info("hub EPP: cluster policy %s, seed %d", args.cluster_policy, seed)
@@ -264,7 +266,8 @@ def _hub_main(args: argparse.Namespace) -> int:
     except (ClustersError, ValueError, OSError) as e:
         print(f"kvgate epp: {e}", file=sys.stderr)
         return 2
-    metrics = EppMetrics()
+    # Model labels learnt only for names a cluster's aggregate lists (kvgate.openai.labels).
+    metrics = EppMetrics(models=ModelLabels(vouch=models_listed(director.state_list)))
     ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic, observer=metrics)
     try:
         with contextlib.suppress(KeyboardInterrupt):
@@ -346,7 +349,10 @@ async def _serve(
     )
     https = bool(args.metrics_tls and pair is not None)
     mtls = https and client_ca is not None
-    agg = aggregate_source(pool_name, store.all, ctx.director, tls=https, mtls=mtls)
+    labels = metrics.models  # (its ``known``: the config's names, --model, adapters, rewrites, live)
+    agg = aggregate_source(
+        pool_name, store.all, ctx.director, tls=https, mtls=mtls, models=lambda: labels.known
+    )
 
     def problem() -> str | None:
         # Ready while some endpoint can be picked (the health tracking may eject them all), discovery

@@ -8,19 +8,36 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
-from kvgate.openai.labels import ModelLabels
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.openai.labels import ModelLabels, Vouch
 from kvgate.openai.requeststats import RequestErrors, RequestStats
 from kvgate.scheduling.types import PickResult, Usage
 
 _PICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _BYTES_BUCKETS = tuple(float(1 << s) for s in range(8, 27, 2))
+
+
+def models_reported(endpoints: Callable[[], Iterable[Endpoint]]) -> Vouch:
+    """``ModelLabels``' check of a name: whether a pod's scraped metrics report serving it (their
+    ``model_name`` label, a running or waiting LoRA adapter); None while no pod reports a model name."""
+
+    def vouch(name: str) -> bool | None:
+        named = False
+        for e in endpoints():
+            m = e.metrics
+            if name in m.models or name in m.running_loras or name in m.waiting_loras:
+                return True
+            named = named or bool(m.models)
+        return False if named else None
+
+    return vouch
 
 
 class EppMetrics:

@@ -193,8 +193,19 @@ class GatewayServer:
             source = self._aggregates[pool.name] = aggregate_source(
                 pool.name, pool.endpoints, pool.director, clock=self.clock,
                 tls=admin_tls is not None, mtls=admin_tls is not None and admin_tls.client_ca_pem is not None,
+                models=lambda: self._pool_models(pool),
             )  # fmt: skip
         return Response(body=source.body(), content_type="application/json")
+
+    def _pool_models(self, pool: Any) -> list[str]:
+        """The names this gateway serves from ``pool``: its models and adapters, and the rewrite rules'
+        names sent there (the aggregate lists them for a global gateway's model labels)."""
+        names = [*pool.cfg.models, *pool.cfg.adapters]
+        mine = set(names)
+        for rule in self.cfg.rewrites:
+            if any(t.model in mine for t in rule.targets):
+                names.extend(rule.matches)
+        return names
 
     async def _healthz(self, request: Request) -> Response:
         return Response(text="ok", content_type="text/plain")

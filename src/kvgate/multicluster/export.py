@@ -35,10 +35,11 @@ def aggregate_source(
     tls: bool = False,
     mtls: bool = False,
     hot_blocks: int = HOT_BLOCKS,
+    models: Callable[[], Iterable[str]] = tuple,
 ) -> AggregateSource:
     plugin = _prefix_plugin(director)
     if plugin is None:
-        return AggregateSource(name, endpoints, clock=clock, wall=wall, tls=tls, mtls=mtls)
+        return AggregateSource(name, endpoints, clock=clock, wall=wall, tls=tls, mtls=mtls, models=models)
     chunk = int(getattr(plugin, "_chunk_tokens", plugin.block_size)) * CHARS_PER_TOKEN
     return AggregateSource(
         name,
@@ -49,4 +50,5 @@ def aggregate_source(
         prefix_chunk_chars=chunk,
         tls=tls,
         mtls=mtls,
+        models=models,
     )

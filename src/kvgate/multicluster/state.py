@@ -35,10 +35,12 @@ changes (its snapshot shows that) but its speed does not.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from kvgate.datalayer.aggregate import PoolAggregate
 from kvgate.multicluster.clusters import ClusterSpec
+from kvgate.openai.labels import Vouch
 
 FAILURE_BACKOFF_S = 1.0  # a cluster that failed a request (connect error, 5xx) sits out this long, doubling
 FAILURE_BACKOFF_MAX_S = 8.0
@@ -469,3 +471,20 @@ def _quantile_step(q: float | None, x: float, quantile: float) -> float:
     if x < q:
         return max(x, q * math.exp(-FLOOR_STEP * (1.0 - quantile)))
     return q
+
+
+def models_listed(states: Callable[[], Iterable[ClusterState]]) -> Vouch:
+    """``ModelLabels``' check of a name: whether a cluster's aggregate lists it (``PoolAggregate.models``:
+    what its pool's servers report serving); None while no cluster's aggregate lists any model."""
+
+    def vouch(name: str) -> bool | None:
+        listed = False
+        for st in states():
+            a = st.aggregate
+            if a is not None and a.models:
+                if name in a.models:
+                    return True
+                listed = True
+        return False if listed else None
+
+    return vouch
