@@ -56,3 +56,24 @@ def test_a_pools_aggregate_lists_its_config_and_reported_models() -> None:
     ep.metrics = extract(page, "vllm", now=1.0)
     agg = aggregate("p", [ep], now=1.0, wall=1.0, models=["public", "*", ""])
     assert agg.models == ("ad", "public", "served", "wait")
+
+
+async def test_kvgate_serves_aggregate_lists_the_names_it_serves() -> None:
+    """``kvgate serve``'s ``/v1/pool/aggregate`` lists the pool's models and adapters and the rewrite
+    rules' names sent there, the names its clients send (its pods may report other ones)."""
+    from gateway.conftest import base_url, make_config, running_gateway
+
+    backend = await Backend("b0").start()
+    rules = [{"matches": [{"model": {"value": "alias"}}], "targets": [{"modelRewrite": "m", "weight": 1}]}]
+    cfg = make_config([backend.address], adapters=("m-lora",), extra={"rewrites": rules})
+    try:
+        async with (
+            running_gateway(cfg) as gw,
+            aiohttp.ClientSession() as s,
+            s.get(base_url(gw) + "/v1/pool/aggregate?pool=p") as r,
+        ):
+            assert r.status == 200
+            doc = orjson.loads(await r.read())
+    finally:
+        await backend.stop()
+    assert {"alias", "m", "m-lora"} <= set(doc["models"]), doc

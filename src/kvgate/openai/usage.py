@@ -1,6 +1,6 @@
 """Reading ``usage`` from a response without parsing it whole: a JSON body's usage-only decode, and an
 event stream's last usage event from a bounded tail. ``kvgate serve`` (``kvgate.gateway.stream``) and
-``kvgate serve --clusters`` (``kvgate.multicluster.serve``) use them."""
+``kvgate serve --clusters`` (the tail in ``kvgate.multicluster.router``, the body in ``.serve``) use them."""
 
 from __future__ import annotations
 
