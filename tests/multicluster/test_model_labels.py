@@ -54,8 +54,10 @@ def test_a_pools_aggregate_lists_its_config_and_reported_models() -> None:
         'vllm:lora_requests_info{max_lora="2",running_lora_adapters="ad",waiting_lora_adapters="wait"} 1\n'
     )
     ep.metrics = extract(page, "vllm", now=1.0)
-    agg = aggregate("p", [ep], now=1.0, wall=1.0, models=["public", "*", ""])
-    assert agg.models == ("ad", "public", "served", "wait")
+    agg = aggregate("p", [ep], now=1.0, wall=1.0, models=["public", "*", "", "x" * 257])
+    assert agg.models == ("ad", "public", "served", "wait")  # (no wildcard, no empty or over-long name)
+    many = aggregate("p", [ep], now=1.0, wall=1.0, models=[f"m{i:03}" for i in range(100)])
+    assert len(many.models) == 64
 
 
 async def test_kvgate_serves_aggregate_lists_the_names_it_serves() -> None:

@@ -131,8 +131,10 @@ class PoolAggregate(msgspec.Struct, frozen=True, omit_defaults=True):
     models: tuple[str, ...] = ()
 
 
-# The most model names an aggregate lists.
+# The most model names an aggregate lists, and the longest it lists (64 x 256 characters keep the
+# answer under MAX_RESPONSE_BYTES beside the largest Bloom filter).
 MAX_MODELS = 64
+MAX_MODEL_CHARS = 256
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(PoolAggregate)
@@ -295,7 +297,7 @@ def aggregate(
         prefix_bloom=bloom,
         tls=tls,
         mtls=mtls,
-        models=tuple(sorted(served)[:MAX_MODELS]),
+        models=tuple(sorted(m for m in served if len(m) <= MAX_MODEL_CHARS)[:MAX_MODELS]),
     )
 
 
