@@ -20,6 +20,7 @@ kind: client TTFT, vLLM-side TTFT, their difference (the path's overhead: the AP
 is in it for every path alike, so direct's difference is the floor), and kvgate's steps.
 
     PYTHONPATH=src python scripts/realvllm/proxy_split.py [--seed 17] [--prompts 16] [--json F]
+    PYTHONPATH=src python scripts/realvllm/proxy_split.py --report F1.json F2.json:kvgate@base  (pooled)
 """
 
 from __future__ import annotations
@@ -141,7 +142,27 @@ def main() -> int:
     ap.add_argument("--gap", type=float, default=1.2, help="seconds before each request (vLLM's 1 s spin)")
     ap.add_argument("--base-src", help="another kvgate source tree: the path kvgate@base runs it")
     ap.add_argument("--json", help="write every request here")
+    ap.add_argument(
+        "--report",
+        nargs="+",
+        metavar="JSON[:PATH]",
+        help="no run: pool these runs' requests and print the tables; ':PATH' reads that path as kvgate "
+        "(e.g. a run's kvgate@base); only paths in every file are pooled",
+    )
     args = ap.parse_args()
+    if args.report:
+        pooled: dict[str, dict[str, list[dict[str, float]]]] = {}
+        runs = []
+        for spec in args.report:
+            name, _, as_kvgate = spec.partition(":")
+            recs = json.loads(Path(name).read_text())["records"]
+            if as_kvgate:
+                recs = {("kvgate" if p == as_kvgate else p): r for p, r in recs.items() if p != "kvgate"}
+            runs.append(recs)
+        for p in [p for p in runs[0] if all(p in r for r in runs)]:
+            pooled[p] = {k: [x for r in runs for x in r[p][k]] for k in ("miss", "hit")}
+        report(pooled)
+        return 0
     code = {"commit": commit(kvgate_tree()), "script_commit": commit()}
     prompts = workload(8, max(1, (args.prompts + 7) // 8), args.prefix_words, args.seed)[: args.prompts]
     paths = [p for p in args.paths.split(",") if p]
