@@ -865,42 +865,79 @@ async def test_a_cancelled_live_cluster_stop_stops_every_process() -> None:
 
 async def test_a_cancelled_stop_of_a_pickers_data_sources_releases_every_kv_subscriber() -> None:
     """``GatewayServer.stop_sources`` (a config reload's ``settle``: the old picker's KV-event sources;
-    cancelled by the gateway's stop) on a real ``KVEventSources`` holding three subscribers: cancelled
-    at any turn, none is held or running when the cancel is raised (fails before: the source's stop
-    ended in its first subscriber's stop, the other two held and running, and the source, out of
-    ``_scrapers`` by then, was stopped by nobody later)."""
+    cancelled by the gateway's stop) on two real ``KVEventSources`` of three subscribers each: cancelled
+    at any turn, none is held or running when the cancel is raised (fails before: it ended in the source
+    whose stop the cancel landed in, the other's subscribers held and running; and, before the fix
+    below, the first source's own other two as well, for good: out of ``_scrapers`` by then)."""
     from kvgate.config.gateway import parse_gateway_config
+    from kvgate.gateway.server import GatewayServer
+
+    cfg = parse_gateway_config({"pools": [{"name": "p", "endpoints": ["127.0.0.1:1"], "models": ["m"]}]})
+    held: dict[int, list[tuple[Any, list[asyncio.Task[Any]]]]] = {}
+
+    async def make() -> tuple[GatewayServer, list[Any]]:
+        gw = GatewayServer(cfg, [], scrape=False)
+        sources, held[id(gw)] = [], []
+        for _ in range(2):
+            source, mgr, tasks = await _three_kv_subscribers()
+            gw._scrapers.append(source)
+            sources.append(source)
+            held[id(gw)].append((mgr, tasks))
+        return gw, sources
+
+    def left(obj: tuple[GatewayServer, list[Any]]) -> list[str]:
+        return [f"{name} held" for mgr, _ in held[id(obj[0])] for name in mgr.subscribers] + [
+            t.get_name() for _, tasks in held[id(obj[0])] for t in tasks if not t.done()
+        ]
+
+    async def cleanup(obj: tuple[GatewayServer, list[Any]]) -> None:
+        for mgr, _ in held.pop(id(obj[0])):
+            await mgr.close()
+
+    def stop(obj: tuple[GatewayServer, list[Any]]) -> Awaitable[None]:
+        return obj[0].stop_sources(obj[1])
+
+    assert await _cancelled_at_each_turn(make, stop, left, cleanup) >= 1
+
+
+async def _three_kv_subscribers() -> tuple[Any, Any, list[asyncio.Task[Any]]]:
+    """A ``KVEventSources`` holding three real subscribers (ZMQ sockets, tasks) on its manager."""
     from kvgate.datalayer.endpoint import Endpoint
     from kvgate.datalayer.kvindex import BlockIndex
     from kvgate.datalayer.kvsubscriber import KVEventsManager, KVEventSources
     from kvgate.datalayer.store import EndpointStore
-    from kvgate.gateway.server import GatewayServer
 
-    cfg = parse_gateway_config({"pools": [{"name": "p", "endpoints": ["127.0.0.1:1"], "models": ["m"]}]})
-    held: dict[int, tuple[KVEventsManager, list[asyncio.Task[Any]]]] = {}
+    store = EndpointStore()
+    for a in ("10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"):
+        store.add(Endpoint(address=a))
+    mgr = KVEventsManager(BlockIndex())
+    source = KVEventSources(store, mgr, lambda ep: ("tcp://127.0.0.1:1", None))
+    await source.start()
+    tasks = [t for sub in mgr.subscribers.values() if (t := sub._task) is not None]
+    assert len(mgr.subscribers) == 3 and len(tasks) == 3
+    return source, mgr, tasks
 
-    async def make() -> tuple[GatewayServer, KVEventSources]:
-        store = EndpointStore()
-        for a in ("10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"):
-            store.add(Endpoint(address=a))
-        mgr = KVEventsManager(BlockIndex())
-        source = KVEventSources(store, mgr, lambda ep: ("tcp://127.0.0.1:1", None))
-        gw = GatewayServer(cfg, [], scrape=False)
-        gw._scrapers.append(source)
-        await source.start()
-        tasks = [t for sub in mgr.subscribers.values() if (t := sub._task) is not None]
-        assert len(mgr.subscribers) == 3 and len(tasks) == 3
-        held[id(gw)] = (mgr, tasks)
-        return gw, source
 
-    def left(obj: tuple[GatewayServer, KVEventSources]) -> list[str]:
-        mgr, tasks = held[id(obj[0])]
+@pytest.mark.parametrize("what", ["KVEventSources.stop", "KVEventsManager.close"])
+async def test_a_cancelled_kv_sources_stop_or_manager_close_releases_every_subscriber(what: str) -> None:
+    """Each looped over its subscribers' stops (each run to its end) and, cancelled, ended in the one the
+    cancel landed in: the others stayed subscribed and running; the source had marked itself stopped
+    and dropped its list (a second stop returned at once). Both fail before."""
+    held: dict[int, tuple[Any, list[asyncio.Task[Any]]]] = {}
+
+    async def make() -> Any:
+        source, mgr, tasks = await _three_kv_subscribers()
+        held[id(source)] = (mgr, tasks)
+        return source
+
+    def left(source: Any) -> list[str]:
+        mgr, tasks = held[id(source)]
         return [f"{name} held" for name in mgr.subscribers] + [t.get_name() for t in tasks if not t.done()]
 
-    async def cleanup(obj: tuple[GatewayServer, KVEventSources]) -> None:
-        await held.pop(id(obj[0]))[0].close()
+    async def cleanup(source: Any) -> None:
+        await held.pop(id(source))[0].close()
 
-    def stop(obj: tuple[GatewayServer, KVEventSources]) -> Awaitable[None]:
-        return obj[0].stop_sources([obj[1]])
+    def stop(source: Any) -> Awaitable[None]:
+        return source.stop() if what == "KVEventSources.stop" else held[id(source)][0].close()
 
     assert await _cancelled_at_each_turn(make, stop, left, cleanup) >= 1

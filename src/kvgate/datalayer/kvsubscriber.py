@@ -1163,6 +1163,12 @@ class KVEventsManager:
         self.index.retain(keep)
 
     async def close(self) -> None:
+        """Every subscriber stopped and every restart under way ended, to the end also when cancelled
+        meanwhile, the cancellation raised after (``stop_to_the_end``: a cancel ended the close in the
+        subscriber's stop it landed in, the others still subscribed and running)."""
+        await stop_to_the_end(self._close(), "KV-event subscribers: closing", log)
+
+    async def _close(self) -> None:
         self._owners.clear()
         restarts = [t for t in (self._forget(name) for name in list(self._restarting)) if t is not None]
         for name in list(self.subscribers):
@@ -1242,6 +1248,12 @@ class KVEventSources:
         self._running = False
         self.store.remove_listener(self._on_change)
         held, self._held = self._held, set()
+        # To its end also when cancelled meanwhile, the cancellation raised after (``stop_to_the_end``): it
+        # ended in the subscriber's stop it landed in, and, marked stopped with its list dropped, left the
+        # others subscribed for good (a second stop returns at once).
+        await stop_to_the_end(self._release(held), "KV-event sources: stopping", log)
+
+    async def _release(self, held: set[str]) -> None:
         for address in held:
             await self.manager.remove(address)
 
