@@ -17,10 +17,14 @@ Per request it records on one monotonic clock the client's send / response head 
 kvgate's ``x-kvgate-timing`` marks (recv, parsed, picked, sent, head, first) and vLLM's own TTFT for it
 (the delta of ``vllm:time_to_first_token_seconds_sum``: requests are sequential), and prints per path and
 kind: client TTFT, vLLM-side TTFT, their difference (the path's overhead: the API server's HTTP handling
-is in it for every path alike, so direct's difference is the floor), and kvgate's steps.
+is in it for every path alike, so direct's difference is the reference, a noisy one on a loaded machine:
+the same prompt's vLLM-side TTFT can differ by tens of ms between paths), kvgate's steps, and kvgate over
+sglang-router paired per prompt (geomean) and as the ratio of the means (``vs_sglang.py``'s statistic).
 
     PYTHONPATH=src python scripts/realvllm/proxy_split.py [--seed 17] [--prompts 16] [--json F]
     PYTHONPATH=src python scripts/realvllm/proxy_split.py --report F1.json F2.json:kvgate@base  (pooled)
+
+``--report`` also prints, per kind, each run's ratio of the means (kvgate / sglang) and their geomean.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from kvgate.realvllm.harness import MODEL_NAME, ServerSpec, fleet, free_ports
 TTFT_PATH = "/metrics/?" + urllib.parse.urlencode(
     [("name[]", "vllm:time_to_first_token_seconds_sum"), ("name[]", "vllm:time_to_first_token_seconds_count")]
 )
+PATHS = ("direct", "kvgate", "kvgate@base", "sglang")
 KVGATE_STEPS = (
     ("client -> gateway has the request", "send", "recv"),
     ("parse, headers", "recv", "parsed"),
@@ -81,6 +86,43 @@ def one(url: str, prompt: str, server: Any, gap: float) -> dict[str, float]:
     after = ttft_sum(server)
     rec["vllm_ttft"] = (after[0] - before[0]) if after[1] == before[1] + 1 else float("nan")
     return rec
+
+
+def geomean(xs: list[float]) -> float:
+    return math.exp(statistics.fmean(math.log(x) for x in xs))
+
+
+def mean_ratio(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
+    """Mean client TTFT of ``a`` over ``b``'s (``vs_sglang.py``'s hit / miss statistic, per pass)."""
+    return statistics.fmean(r["c_first"] - r["send"] for r in a) / statistics.fmean(
+        r["c_first"] - r["send"] for r in b
+    )
+
+
+def run_mean_ratios(runs: list[dict[str, Any]], a: str, b: str, kind: str) -> list[float]:
+    """Per run, the ratio of ``a``'s mean client TTFT to ``b``'s (runs without both are skipped)."""
+    return [mean_ratio(r[a][kind], r[b][kind]) for r in runs if a in r and b in r]
+
+
+def pool(specs: list[str]) -> tuple[dict[str, dict[str, list[dict[str, float]]]], list[dict[str, Any]]]:
+    """Read ``JSON[:PATH]`` runs (``:PATH`` read as kvgate, the file's own kvgate dropped) and pool the paths
+    every run has, requests concatenated in run order (so the per-prompt pairing holds). ValueError if a
+    PATH is not in its file (it would drop kvgate from every run without a word)."""
+    runs = []
+    for spec in specs:
+        name, _, as_kvgate = spec.partition(":")
+        recs = json.loads(Path(name).read_text())["records"]
+        if as_kvgate:
+            if as_kvgate not in recs:
+                raise ValueError(f"{name} has no path {as_kvgate!r} (it has: {', '.join(recs)})")
+            recs = {("kvgate" if p == as_kvgate else p): r for p, r in recs.items() if p != "kvgate"}
+        runs.append(recs)
+    pooled = {
+        p: {k: [x for r in runs for x in r[p][k]] for k in ("miss", "hit")}
+        for p in runs[0]
+        if all(p in r for r in runs)
+    }
+    return pooled, runs
 
 
 def report(recs: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]:
@@ -117,11 +159,13 @@ def report(recs: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]
                 (ra["c_first"] - ra["send"]) / (rb["c_first"] - rb["send"])
                 for ra, rb in zip(recs[a][kind], recs[b][kind], strict=True)
             ]
-            gm = math.exp(statistics.fmean(math.log(x) for x in ratios))
+            gm = geomean(ratios)
             under = sum(x <= 1.0 for x in ratios)
-            out[kind][f"{a}/{b}"] = {"geomean": gm, "ratios": ratios}
+            mr = mean_ratio(recs[a][kind], recs[b][kind])
+            out[kind][f"{a}/{b}"] = {"geomean": gm, "ratios": ratios, "mean_ratio": mr}
             print(f"  client TTFT {a} / {b}, paired per prompt: geomean {gm:.3f}x, median "
-                  f"{statistics.median(ratios):.3f}x, {under} of {len(ratios)} <= 1.00x")  # fmt: skip
+                  f"{statistics.median(ratios):.3f}x, {under} of {len(ratios)} <= 1.00x; "
+                  f"ratio of the means {mr:.3f}x")  # fmt: skip
         base = out[kind].get("direct")
         if base:
             for path in names:
@@ -138,7 +182,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--prompts", type=int, default=16, help="prompts (each: a miss and a hit per path)")
     ap.add_argument("--prefix-words", type=int, default=400)
-    ap.add_argument("--paths", default="direct,kvgate,sglang")
+    ap.add_argument(
+        "--paths",
+        default="direct,kvgate,sglang",
+        help="comma-separated: direct, kvgate, kvgate@base (needs --base-src), sglang (sglang-router)",
+    )
     ap.add_argument("--gap", type=float, default=1.2, help="seconds before each request (vLLM's 1 s spin)")
     ap.add_argument("--base-src", help="another kvgate source tree: the path kvgate@base runs it")
     ap.add_argument("--json", help="write every request here")
@@ -151,21 +199,27 @@ def main() -> int:
     )
     args = ap.parse_args()
     if args.report:
-        pooled: dict[str, dict[str, list[dict[str, float]]]] = {}
-        runs = []
-        for spec in args.report:
-            name, _, as_kvgate = spec.partition(":")
-            recs = json.loads(Path(name).read_text())["records"]
-            if as_kvgate:
-                recs = {("kvgate" if p == as_kvgate else p): r for p, r in recs.items() if p != "kvgate"}
-            runs.append(recs)
-        for p in [p for p in runs[0] if all(p in r for r in runs)]:
-            pooled[p] = {k: [x for r in runs for x in r[p][k]] for k in ("miss", "hit")}
+        try:
+            pooled, runs = pool(args.report)
+        except (OSError, KeyError, ValueError) as e:
+            ap.error(f"--report: {e}")
+        left = sorted({p for r in runs for p in r} - set(pooled))
+        if left:
+            print(f"not in every file, not pooled: {', '.join(left)}")
         report(pooled)
+        if len(runs) > 1 and {"kvgate", "sglang"} <= set(pooled):
+            for kind in ("miss", "hit"):
+                ratios = run_mean_ratios(runs, "kvgate", "sglang", kind)
+                print(f"{kind}: client TTFT kvgate / sglang, ratio of the means per run "
+                      f"{' '.join(f'{x:.3f}x' for x in ratios)}, geomean {geomean(ratios):.3f}x")  # fmt: skip
         return 0
+    paths = [p for p in args.paths.split(",") if p]
+    if unknown := [p for p in paths if p not in PATHS]:
+        ap.error(f"--paths: unknown {', '.join(unknown)} (choose from {', '.join(PATHS)})")
+    if "kvgate@base" in paths and not args.base_src:
+        ap.error("--paths kvgate@base needs --base-src (the kvgate source tree it runs)")
     code = {"commit": commit(kvgate_tree()), "script_commit": commit()}
     prompts = workload(8, max(1, (args.prompts + 7) // 8), args.prefix_words, args.seed)[: args.prompts]
-    paths = [p for p in args.paths.split(",") if p]
     sg = peers.PEERS["sglang-router"]
     if "sglang" in paths:
         peers.ensure_installed(sg)
@@ -187,7 +241,7 @@ def main() -> int:
                 port = free_ports(1)[0]
                 if p.startswith("kvgate"):
                     env = {**os.environ}
-                    if p.endswith("@base"):
+                    if p == "kvgate@base":
                         env["PYTHONPATH"] = str(Path(args.base_src).resolve())
                     cmd = [sys.executable, "-m", "kvgate.cli", "serve", "--endpoints", server.url, "--model",
                            MODEL_NAME, "--port", str(port), "--kv-events", "auto"]  # fmt: skip
