@@ -122,7 +122,7 @@ async def test_a_hole_in_the_answer_is_asked_again_from_the_first_missing_batch(
         assert server.requests[0] == 0 and sub.stats.fetch_rerequests >= 1
         sub2 = _subscriber(server)
         sub2.stats.last_seq = 49
-        assert await sub2._replay(50, 200)  # (a gap's replay, its range holed the same way)
+        assert await sub2._replay(50, 200) == "applied"  # (a gap's replay, its range holed the same way)
         assert sub2.index.engine_hashes("a") == set(range(1_050, 1_200)) and sub2.stats.fetch_rerequests >= 1
     finally:
         server.close()

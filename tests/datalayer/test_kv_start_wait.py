@@ -5,6 +5,7 @@ still running when the gateway reported ready."""
 
 from __future__ import annotations
 
+import math
 import time
 
 from datalayer.test_kv_replay_loss import VLLMShapedReplay
@@ -28,7 +29,20 @@ def _payloads(n: int) -> list[bytes]:
 def test_the_start_wait_covers_a_whole_fetch_and_its_apply():
     assert fetch_deadline_s(1.0) == FETCH_DEADLINE_TIMEOUTS * 1.0 < FETCH_MAX_ROUNDS * 1.0
     assert start_wait_s(1.0) == fetch_deadline_s(1.0) + CATCH_UP_APPLY_S
-    assert start_wait_s(2.5) == FETCH_DEADLINE_TIMEOUTS * 2.5 + CATCH_UP_APPLY_S
+    assert start_wait_s(0.5) == FETCH_DEADLINE_TIMEOUTS * 0.5 + CATCH_UP_APPLY_S
+
+
+def test_the_start_wait_fits_the_worker_start_limit_whatever_the_replay_timeout():
+    """Review s14-kv L2: sources start inside the gateway worker's start, ``SOURCE_STARTS`` at a time, and
+    the supervisor kills a worker not started in ``_START_TIMEOUT_S`` (60 s). Failed before: the wait grew
+    with the replay timeout (8 x it + 4 s: 60 s at ``KVGATE_KV_REPLAY_TIMEOUT_S=7``), so one round of slow
+    catch-ups had the worker killed; now it is capped, and 32 pools (4 rounds) of them fit."""
+    from kvgate.gateway.server import SOURCE_STARTS
+    from kvgate.gateway.workers import _START_TIMEOUT_S
+
+    for timeout in (0.5, 1.0, 2.5, 7.0, 60.0):
+        rounds = math.ceil(32 / SOURCE_STARTS)
+        assert rounds * start_wait_s(timeout) < _START_TIMEOUT_S, f"replay timeout {timeout} s"
 
 
 async def test_a_source_start_waits_for_a_catch_up_that_needed_re_requests(monkeypatch):

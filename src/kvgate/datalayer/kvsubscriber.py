@@ -14,6 +14,7 @@ import os
 import random
 import re
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -61,7 +62,8 @@ def replay_timeout_from_env(environ: Mapping[str, str] = os.environ) -> float:
 # whose field types changed) fails every batch, one per engine step, and would flood the log with a line
 # (or a traceback) each. ``SubscriberStats`` counts them all.
 FAILURE_LOG_INTERVAL_S = 10.0
-FailureKind = Literal["decode", "apply", "unforeseen"]  # each kind has its own slot in the failure log
+# (each kind has its own slot in the failure log)
+FailureKind = Literal["decode", "apply", "unforeseen", "stale"]
 
 # On the process-wide registry (served on ``/metrics`` by both doors, as the picker's metrics are).
 SUBSCRIBER_RESTARTS = Counter(
@@ -104,6 +106,10 @@ class SubscriberStats:
     fetch_restarts: int = 0
     resubscribes: int = 0  # times it was restarted (a new socket, caught up again) after its socket failed
     resolve_failures: int = 0  # bind host name lookups that failed for now (retried after the back-off)
+    # live batches dropped as another (earlier) engine life's, queued on the socket before the engine
+    # restarted: its replay showed it does not hold them (its whole answer ended before one, or held another
+    # batch at its number; review s14-kv M3)
+    stale_dropped: int = 0
     last_seq: int | None = None
 
 
@@ -174,6 +180,10 @@ class KVEventSubscriber:
         # Called (once per failure, from the task as it ends) when the socket failed and the subscriber
         # stopped following the engine, not when it was detached: its manager restarts it after a back-off.
         self.on_failure: Callable[[KVEventSubscriber], None] | None = None
+        # The bind host name's lookup (``lookup_ipv4``) still under way or answered late: one at a time per
+        # subscriber; a start after a lookup given up waits on it, it does not start another (its thread
+        # cannot be stopped: retries would pile them up). Cancelled by ``detach``.
+        self._lookup: asyncio.Task[str] | None = None
 
     # -- message handling (socket-free, so tests can drive it directly) ----------------------------
 
@@ -302,6 +312,9 @@ class KVEventSubscriber:
         self._detached = True
         self._disarm()
         self._sock = None
+        lookup, self._lookup = self._lookup, None
+        if lookup is not None:
+            lookup.cancel()  # (its thread ends on its own: a daemon, not waited for)
 
     async def _run(self) -> None:
         import zmq
@@ -399,6 +412,9 @@ class KVEventSubscriber:
                     self._wake = loop.create_future()
                     await self._wake
         finally:
+            # (also when cancelled before the catch-up's own ``finally``, e.g. during a bind's lookup: a
+            # source's start waits for it)
+            self._caught_up.set()
             self._disarm()
             self._sock = None
             sock.close(0)
@@ -420,15 +436,24 @@ class KVEventSubscriber:
         host, port = m.group(1), m.group(2)
         if host == "*" or _is_ip(host) or host in _interface_names():
             return self.zmq_endpoint
+        task = self._lookup
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            # (a late answer that is an address is taken; a late failure is not: looked up again)
+            task = self._lookup = asyncio.get_running_loop().create_task(
+                lookup_ipv4(host), name=f"kvevents-lookup:{self.endpoint}"
+            )
+            task.add_done_callback(_retrieved)
         try:
             async with asyncio.timeout(RESOLVE_TIMEOUT_S):
-                ip = await lookup_ipv4(host)
+                ip = await asyncio.shield(task)  # (given up in time, it goes on: the next start waits on it)
         except TimeoutError:
-            raise _LookupFailedForNow(host, f"no answer in {RESOLVE_TIMEOUT_S:.0f} s") from None
+            raise _LookupFailedForNow(host, f"no answer in {RESOLVE_TIMEOUT_S:g} s") from None
         except socket.gaierror as e:
+            self._lookup = None
             if e.errno in _TEMPORARY_EAI:
                 raise _LookupFailedForNow(host, str(e)) from None
             raise zmq.ZMQError(errno.ENODEV, f"{host}: {e.strerror} (addr={self.zmq_endpoint!r})") from None
+        self._lookup = None
         return f"tcp://{ip}:{port}"
 
     def _report_failure(self) -> None:
@@ -531,7 +556,7 @@ class KVEventSubscriber:
             return True
         last = self.stats.last_seq
         if self.replay_endpoint is not None and (
-            (last is None and seq > 0) or (last is not None and seq > last + 1)
+            (last is None and seq > 0) or (last is not None and seq != last + 1)
         ):
             return False
         if self._check_gap(seq) == "gap":
@@ -543,17 +568,59 @@ class KVEventSubscriber:
         """One live batch: skipped if the catch-up applied it, after a replay of what was missed."""
         if self._already_caught_up(seq, payload):
             return
-        if self.stats.last_seq is None and seq > 0 and self.replay_endpoint is not None:
-            # Joined late (vLLM's PUB connects to us with a backoff): fetch what we missed.
-            await self._replay(0, seq, partial_ok=True)
+        if (  # Joined late (vLLM's PUB connects to us with a backoff): fetch what we missed.
+            self.stats.last_seq is None
+            and seq > 0
+            and self.replay_endpoint is not None
+            and await self._replay(0, seq, partial_ok=True) == "past"
+        ):
+            self._drop_stale(seq)
+            return
         if self._detached:
             return
-        verdict = self._check_gap(seq)
-        if verdict == "gap" and not await self._replay(self._next_seq(), seq):
+        last = self.stats.last_seq
+        if last is not None and seq <= last and self.replay_endpoint is not None:
+            # An engine restart (its sequence numbers from 0 again), or a dead life's batch queued on the
+            # socket: the engine that publishes now holds the batch it just published.
+            if await self._not_the_engine_s(seq, payload):
+                self._drop_stale(seq)
+                return
             if self._detached:
                 return
-            self._resync()
+        verdict = self._check_gap(seq)
+        if verdict == "gap":
+            healed = await self._replay(self._next_seq(), seq)
+            if self._detached:
+                return
+            if healed == "past":
+                self._drop_stale(seq)
+                return
+            if healed == "failed":
+                self._resync()
         self._apply(seq, payload)
+
+    async def _not_the_engine_s(self, seq: int, payload: bytes) -> bool:
+        """Whether the engine's replay answer shows that it does not hold this batch: it ends before
+        ``seq``, or its batch ``seq`` is another. (No answer, or one that no longer reaches ``seq``: not
+        known, False.)"""
+        ended: list[int] = []
+        got = await self._fetch(seq, seq + 1, ended)
+        if ended:
+            return True
+        if not got or got[0][0] != seq:
+            return False
+        return xxhash.xxh3_64_intdigest(got[0][1]) != xxhash.xxh3_64_intdigest(payload)
+
+    def _drop_stale(self, seq: int) -> None:
+        """A live batch the engine does not hold: its whole replay answer ends before it (the engine
+        published ``seq - 1`` before ``seq`` and answers a replay up to its newest batch), or holds another
+        batch ``seq``: an earlier engine life's, queued on the socket before it restarted (e.g. behind a
+        catch-up that met the new life: review s14-kv M3). Applied, it would splice a dead life's blocks
+        onto the new one's (and the resync or clear before it would drop what the catch-up learnt of the
+        new life): dropped, counted, logged."""
+        self.stats.stale_dropped += 1
+        self._log_failure("stale", logging.WARNING, "batch %d dropped: the engine's replay shows it does "
+                          "not hold it (an earlier engine life's, queued on the socket)", seq)  # fmt: skip
 
     def _already_caught_up(self, seq: int, payload: bytes) -> bool:
         """Whether a live batch is one the join-time catch-up already applied (the same payload).
@@ -573,23 +640,30 @@ class KVEventSubscriber:
     def _next_seq(self) -> int:
         return 0 if self.stats.last_seq is None else self.stats.last_seq + 1
 
-    async def _replay(self, want: int, upto: int, partial_ok: bool = False) -> bool:
-        """Fetch batches [want, upto) from the replay socket; True if they were all applied.
+    async def _replay(
+        self, want: int, upto: int, partial_ok: bool = False
+    ) -> Literal["applied", "failed", "past"]:
+        """Fetch batches [want, upto) from the replay socket: "applied" if they were all applied, "past" if
+        the engine's whole answer ended before ``upto - 1`` (nothing applied: batch ``upto`` is not this
+        engine life's, see ``_live``), else "failed".
 
         ``partial_ok`` (joining late, nothing known yet): apply the longest run that ends at ``upto - 1``
         even if the engine's buffer no longer reaches back to ``want``.
         """
-        got = await self._fetch(want, upto)
+        ended: list[int] = []
+        got = await self._fetch(want, upto, ended)
         if got is None or self._detached:
-            return False
+            return "failed"
+        if ended:
+            return "past"
         if partial_ok:
             got = _newest_run(got, upto)
         elif [s for s, _ in got] != list(range(want, upto)):
-            return False  # the engine's buffer no longer reaches back to our gap
+            return "failed"  # the engine's buffer no longer reaches back to our gap
         for seq, payload in got:
             self._apply(seq, payload)
         self.stats.replayed += len(got)
-        return True
+        return "applied"
 
     async def _catch_up(self) -> None:
         """On joining: what the engine holds now, from its replay buffer, since its last reset.
@@ -648,7 +722,9 @@ class KVEventSubscriber:
                 newest = got[max(0, done - _CAUGHT_DIGESTS) : done]  # those before a reset too (skipped)
                 self._caught_digests = {seq: xxhash.xxh3_64_intdigest(p) for seq, p in newest}
 
-    async def _fetch(self, want: int, upto: int | None = None) -> list[tuple[int, bytes]] | None:
+    async def _fetch(
+        self, want: int, upto: int | None = None, ended: list[int] | None = None
+    ) -> list[tuple[int, bytes]] | None:
         """Batches in [``want``, ``upto``) that the replay socket returns, in order, once its whole answer
         came (its end marker, or the batch before ``upto``); None otherwise: no answer, or an answer that
         stopped short (a prefix of the engine's buffer is not its state: applied, it would over-report
@@ -670,13 +746,16 @@ class KVEventSubscriber:
         that wrapped past the last batch got) ends a bounded fetch (a gap's range belongs to the old life:
         None); the open-ended one (``upto`` None: the join's catch-up, the engine's whole state) drops what
         it kept and starts again from ``want`` within the same bounds (``SubscriberStats.fetch_restarts``),
-        so nothing of the old answer is spliced onto the new one."""
+        so nothing of the old answer is spliced onto the new one.
+
+        ``ended`` (a bounded fetch) gets the sequence after the engine's newest batch when its whole answer
+        ended (end marker) before ``upto - 1``: the engine holds nothing from there on."""
         if self.replay_endpoint is None:
             return None
         keep = _Kept()
         start = want
         overlap: tuple[int, int] | None = None  # (seq, payload digest) the next answer must begin with
-        outcome: Literal["done", "lost", "silent", "changed", "moved"] = "silent"
+        outcome: Literal["done", "end", "lost", "silent", "changed", "moved"] = "silent"
         requests = restarts = 0
         dropped = 0  # batches the bound dropped in answers given up by a restart
         loop = asyncio.get_running_loop()
@@ -689,6 +768,10 @@ class KVEventSubscriber:
                 outcome, missing, overlap = await self._fetch_round(
                     start, want, upto, keep, overlap, deadline
                 )
+                if outcome == "end":
+                    outcome = "done"
+                    if upto is not None and ended is not None:
+                        ended.append(missing)
                 if outcome == "done":
                     break
                 if loop.time() >= deadline:  # (a request cut by it may have got nothing: "silent")
@@ -762,9 +845,10 @@ class KVEventSubscriber:
         keep: _Kept,
         overlap: tuple[int, int] | None,
         fetch_deadline: float,
-    ) -> tuple[Literal["done", "lost", "silent", "changed", "moved"], int, tuple[int, int] | None]:
+    ) -> tuple[Literal["done", "end", "lost", "silent", "changed", "moved"], int, tuple[int, int] | None]:
         """One replay request from ``start``, its batches in [``want``, ``upto``) handed to ``keep``:
-        ("done", ..) at the end marker (or once the batch before ``upto`` came), ("lost", first missing,
+        ("done", ..) once the batch before ``upto`` came, ("end", the sequence after the answer's last) at
+        the end marker (the engine holds nothing newer), ("lost", first missing,
         (last seq, its payload's digest)) after a hole or silence with part of the answer come, ("silent",
         ..) when none of it came, ("changed", ..) when the answer does not begin with ``overlap`` (the
         batch and payload that the answer before ended with), ("moved", ..) when it begins after it (the
@@ -810,7 +894,9 @@ class KVEventSubscriber:
                 seq_b, payload = frames[-2], frames[-1]
                 if seq_b == _END_SEQ:
                     # (a re-request answered by the end marker alone: its overlap batch is gone)
-                    return ("done" if overlap is None or last is not None else "changed"), start, None
+                    if overlap is not None and last is None:
+                        return "changed", start, None
+                    return "end", (start if last is None else last + 1), None
                 seq = int.from_bytes(seq_b, "big", signed=True)
                 if last is None and overlap is not None:
                     # A re-request's first message: the batch the answer before ended with, unchanged
@@ -934,11 +1020,43 @@ class _LookupFailedForNow(Exception):
 
 async def lookup_ipv4(host: str) -> str:
     """``host``'s first IPv4 address for a bind, as libzmq picks it (``getaddrinfo``, ``AI_PASSIVE``;
-    its sockets here are IPv4 only), looked up in the loop's executor. Tests replace it."""
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        host, None, family=socket.AF_INET, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    return str(infos[0][4][0])
+    its sockets here are IPv4 only), looked up on a daemon thread of its own. Not the loop's executor
+    (review s14-kv M1, M2): a lookup given up keeps its thread in ``getaddrinfo`` for the resolver's whole
+    time-out (tens of seconds against a DNS server that does not answer), and an executor's threads are
+    waited for by ``asyncio.run``'s and the interpreter's shutdown, and fill the pool every other lookup of
+    the process queues on. A daemon thread is waited for by neither; its answer is posted to the loop (and
+    dropped when the loop has closed or nobody waits any more). Tests replace it."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[tuple[str | None, BaseException | None]] = loop.create_future()
+
+    def settle(result: tuple[str | None, BaseException | None]) -> None:
+        if not answer.done():  # (not when the wait was cancelled)
+            answer.set_result(result)
+
+    def resolve() -> None:
+        result: tuple[str | None, BaseException | None]
+        try:
+            infos = socket.getaddrinfo(
+                host, None, family=socket.AF_INET, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            result = (str(infos[0][4][0]), None)
+        except Exception as e:  # (gaierror, or whatever the C library raised: the caller's to judge)
+            result = (None, e)
+        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result)
+
+    threading.Thread(target=resolve, name=f"kvgate-lookup:{host}", daemon=True).start()
+    ip, error = await answer
+    if error is not None:
+        raise error
+    assert ip is not None
+    return ip
+
+
+def _retrieved(task: asyncio.Task[str]) -> None:
+    """(A lookup nobody waited for to its end: its failure is not "never retrieved".)"""
+    if not task.cancelled():
+        task.exception()
 
 
 def _is_ip(host: str) -> bool:
@@ -1181,16 +1299,23 @@ class KVEventsManager:
 
 # Longest a source's start waits for its subscribers' join-time catch-up past their replay fetch's whole
 # bound (``fetch_deadline_s``; 12 s in all at the default 1 s timeout): decoding and applying up to
-# ``FETCH_MAX_BATCHES`` batches. A fetch never outlives the wait; only an apply slower than this does: the
-# start then logs and returns (the gateway serves without those entries), and the apply goes on in the
-# background. A catch-up usually ends far sooner (one request); an engine with no replay answer ends it
-# after one timeout.
+# ``FETCH_MAX_BATCHES`` batches. At the default timeout a fetch never outlives the wait; only an apply
+# slower than this does: the start then logs and returns (the gateway serves without those entries), and
+# the apply goes on in the background. A catch-up usually ends far sooner (one request); an engine with no
+# replay answer ends it after one timeout.
 CATCH_UP_APPLY_S = 4.0
+# ... and never longer than this (review s14-kv L2): a source starts inside its gateway worker's start,
+# which the supervisor kills after 60 s (``gateway.workers._START_TIMEOUT_S``), ``SOURCE_STARTS`` (8)
+# sources at a time. Uncapped, a replay timeout raised to 7 s (``KVGATE_KV_REPLAY_TIMEOUT_S``) made one
+# slow source's wait 60 s. Capped at the default's wait, up to 32 pools (4 rounds of 8) of slow catch-ups
+# fit; past the cap (a timeout over 1 s) a slow catch-up goes on in the background after the start.
+START_WAIT_MAX_S = 12.0
 
 
 def start_wait_s(replay_timeout: float) -> float:
-    """How long ``KVEventSources.start`` waits for its subscribers' catch-up."""
-    return fetch_deadline_s(replay_timeout) + CATCH_UP_APPLY_S
+    """How long ``KVEventSources.start`` waits for its subscribers' catch-up (``START_WAIT_MAX_S`` at
+    most)."""
+    return min(fetch_deadline_s(replay_timeout) + CATCH_UP_APPLY_S, START_WAIT_MAX_S)
 
 
 # (events address, replay address or None) of an endpoint's KV events, or None when it publishes none.

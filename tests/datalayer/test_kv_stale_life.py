@@ -1,0 +1,193 @@
+"""A join's catch-up that met another engine life (kv14: started again from seq 0) applies the new life's
+buffer; the SUB socket may still hold the old life's live batches, published after the SUB connected and
+before the engine died. Review s14-kv M3: the first of them (a sequence number past the catch-up) was
+taken for a gap, whose replay the *new* engine answered whole but ending far before it, so the subscriber
+resynced (clearing the new life's state the catch-up had just applied) and applied the dead engine's batch
+on top: blocks of an engine life that no longer exists (over-report), and not the new life's.
+
+A batch ``upto`` the engine published implies it published ``upto - 1`` before it, and its replay answer
+reaches its newest batch; an answer of that engine that ended (end marker) before ``upto - 1`` therefore
+says ``upto`` is another life's: dropped (``SubscriberStats.stale_dropped``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import zmq
+
+from datalayer.test_kv_replay_loss import VLLMShapedReplay
+from datalayer.test_kvevents import batch, stored_map
+from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager
+
+
+def _life(base: int, n: int) -> list[bytes]:
+    return [batch(stored_map([base + i], None, [(i + base) % 50] * 4)) for i in range(n)]
+
+
+OLD, NEW = 1_000_000, 2_000_000
+
+
+async def test_an_old_life_live_batch_queued_behind_a_restarted_catch_up_is_not_applied():
+    """(The review's test.) The old life's queued batches fed to ``_live`` in order after the catch-up.
+    Failed before: the index held 10 blocks of the dead life, and none of the new life's."""
+    old, new = _life(OLD, 410), _life(NEW, 200)
+    server: VLLMShapedReplay
+
+    def lose(n: int, seq: int | None) -> bool:
+        if n == 1 and seq is None:  # the first answer's tail lost; then the engine restarts
+            server.buffer = list(enumerate(new))
+            return True
+        return n == 1 and seq is not None and seq >= 200
+
+    server = VLLMShapedReplay(old[:400], lose=lose)
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx, replay_timeout=2.0)
+    try:
+        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
+        async with asyncio.timeout(30):
+            await sub.wait_caught_up()
+        assert sub.stats.fetch_restarts == 1, server.requests
+        assert idx.engine_hashes("a") == set(range(NEW, NEW + 200))
+        for seq in range(400, 410):
+            await sub._live(seq, old[seq])
+        held = idx.engine_hashes("a")
+        stale = {h for h in held if h < NEW}
+        assert not stale, f"the index holds {len(stale)} blocks of the dead engine life: {sorted(stale)[:5]}"
+        assert held == set(range(NEW, NEW + 200)), f"the new life's state lost: {len(held)} held"
+        assert sub.stats.stale_dropped == 10 and sub.stats.resyncs == 0
+    finally:
+        await mgr.close()
+        server.close()
+
+
+async def test_a_dead_life_s_batches_on_the_socket_are_dropped_and_the_new_life_is_followed():
+    """End to end over real ZMQ sockets: the engine's PUB (an XPUB, to see the subscription arrive) sends
+    the old life's batches 400-409 while the catch-up's first answer is being sent, that answer loses its
+    tail, the engine restarts (200 batches of a new life), the re-request meets it and the catch-up starts
+    again from 0. Then the new life publishes its batch 200. Failed before: 400-409 were applied after a
+    resync, then batch 200 (seq <= 409: a "restart") cleared the index, which ended holding the new life's
+    batch 200 alone. Now the index holds the new life's 0-200, nothing of the old one."""
+    old, new = _life(OLD, 410), _life(NEW, 201)
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    server: VLLMShapedReplay
+    published: list[int] = []
+
+    def lose(n: int, seq: int | None) -> bool:
+        # (on the server's thread, the PUB's only user until the end of the catch-up's first answer)
+        if n == 1 and seq == 0 and pub.poll(5000):  # the SUB has subscribed: the old life publishes live
+            pub.recv()
+            for s in range(400, 410):
+                pub.send_multipart([b"", s.to_bytes(8, "big"), old[s]])
+                published.append(s)
+        if n == 1 and seq is None:  # the first answer's tail lost; then the engine restarts
+            server.buffer = list(enumerate(new[:200]))
+            return True
+        return n == 1 and seq is not None and seq >= 200
+
+    server = VLLMShapedReplay(old[:400], lose=lose)
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx, replay_timeout=2.0)
+    try:
+        sub = await mgr.add("a", f"tcp://127.0.0.1:{port}", replay_endpoint=server.endpoint)
+        async with asyncio.timeout(30):
+            await sub.wait_caught_up()
+        assert published == list(range(400, 410)), "the SUB never subscribed"
+        assert sub.stats.fetch_restarts == 1, server.requests
+        server.buffer.append((200, new[200]))  # the new life stores and publishes its next batch
+        await asyncio.to_thread(pub.send_multipart, [b"", (200).to_bytes(8, "big"), new[200]])
+        for _ in range(1500):
+            if sub.stats.last_seq == 200 and NEW + 200 in idx.engine_hashes("a"):
+                break
+            await asyncio.sleep(0.02)
+        held = idx.engine_hashes("a")
+        stale = {h for h in held if h < NEW}
+        assert not stale, f"the index holds {len(stale)} blocks of the dead engine life: {sorted(stale)[:5]}"
+        assert held == set(range(NEW, NEW + 201)), f"the new life's state lost: {len(held)} held"
+        assert sub.stats.stale_dropped == 10
+    finally:
+        await mgr.close()
+        server.close()
+        pub.close(0)
+
+
+async def test_a_gap_the_same_engine_life_fills_is_still_healed_by_replay():
+    """The rule drops only a batch past the engine's whole answer: a live batch after a gap that the
+    engine's buffer holds is applied after the replayed batches, as before (no drop, no resync)."""
+    life = _life(NEW, 300)
+    server = VLLMShapedReplay(life[:200])
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx, replay_timeout=2.0)
+    try:
+        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
+        async with asyncio.timeout(30):
+            await sub.wait_caught_up()
+        server.buffer = list(enumerate(life[:251]))  # the engine went on; 200-249 missed, 250 arrives
+        await sub._live(250, life[250])
+        assert idx.engine_hashes("a") == set(range(NEW, NEW + 251))
+        assert sub.stats.stale_dropped == 0 and sub.stats.resyncs == 0 and sub.stats.gaps == 1
+    finally:
+        await mgr.close()
+        server.close()
+
+
+async def test_a_dead_life_s_batch_at_or_below_the_catch_up_is_not_taken_for_a_restart():
+    """The same with a dead life that was shorter than the new one at the restart: its queued batches
+    100-109 are at or below what the catch-up applied (0-199), so they looked like an engine restart: the
+    endpoint was cleared and the dead engine's batch applied, the new life's next batch 200 then healed as
+    a gap from it. Failed before (the new life's 0-99 lost, the dead life's blocks held). Now the engine's
+    replay shows it holds another batch at that number: dropped."""
+    old, new = _life(OLD, 110), _life(NEW, 201)
+    server: VLLMShapedReplay
+
+    def lose(n: int, seq: int | None) -> bool:
+        if n == 1 and seq is None:
+            server.buffer = list(enumerate(new[:200]))
+            return True
+        return n == 1 and seq is not None and seq >= 50
+
+    server = VLLMShapedReplay(old[:100], lose=lose)
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx, replay_timeout=2.0)
+    try:
+        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
+        async with asyncio.timeout(30):
+            await sub.wait_caught_up()
+        assert sub.stats.fetch_restarts == 1, server.requests
+        for seq in range(100, 110):
+            await sub._live(seq, old[seq])
+        server.buffer.append((200, new[200]))
+        await sub._live(200, new[200])
+        held = idx.engine_hashes("a")
+        stale = {h for h in held if h < NEW}
+        assert not stale, f"the index holds {len(stale)} blocks of the dead engine life: {sorted(stale)[:5]}"
+        assert held == set(range(NEW, NEW + 201)), f"the new life's state lost: {len(held)} held"
+        assert sub.stats.stale_dropped == 10 and sub.stats.restarts == 0
+    finally:
+        await mgr.close()
+        server.close()
+
+
+async def test_an_engine_restart_after_the_catch_up_still_clears_the_endpoint():
+    """A real restart (the engine's replay holds the batch just published, the same payload): cleared and
+    followed from there, as before."""
+    old, new = _life(OLD, 100), _life(NEW, 3)
+    server = VLLMShapedReplay(old)
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx, replay_timeout=2.0)
+    try:
+        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
+        async with asyncio.timeout(30):
+            await sub.wait_caught_up()
+        assert idx.engine_hashes("a") == set(range(OLD, OLD + 100))
+        server.buffer = list(enumerate(new))
+        for seq in range(3):
+            await sub._live(seq, new[seq])
+        assert idx.engine_hashes("a") == set(range(NEW, NEW + 3))
+        assert sub.stats.restarts == 1 and sub.stats.stale_dropped == 0
+    finally:
+        await mgr.close()
+        server.close()
