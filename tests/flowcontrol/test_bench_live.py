@@ -25,3 +25,31 @@ def test_bench_flowcontrol_live_smoke(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "sim_lag_mean_ms" in run and doc["command"].startswith("kvgate bench flowcontrol --live")
     out = capsys.readouterr().out
     assert "| kvgate/flood |" in out and "Simulator lag per run:" in out
+
+
+def test_bench_flowcontrol_live_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--workers 2``: the gateway under test is ``kvgate serve --workers 2`` (issue #15: what per-worker
+    flow-control state costs); the JSON and the table's head say so."""
+    from kvgate.bench import flowcontrol_live
+
+    started: list[list[str]] = []
+    real = flowcontrol_live.procs.start
+
+    async def start(name: str, cmd: list[str], *a: object, **kw: object) -> object:
+        started.append(list(cmd))
+        return await real(name, cmd, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(flowcontrol_live.procs, "start", start)
+    args = ["flowcontrol", "--live", "--replicas", "1", "--max-num-seqs", "16", "--duration", "2",
+            "--warmup", "0.5", "--base-rate", "0.5", "--arms", "kvgate", "--mixes", "flood",
+            "--time-scale", "1", "--workers", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    serve = [c for c in started if "serve" in c]
+    assert len(serve) == 1 and serve[0][serve[0].index("--workers") + 1] == "2"
+    doc = orjson.loads((tmp_path / "flowcontrol-live.json").read_bytes())
+    assert doc["workers"] == 2 and doc["runs"]["kvgate/flood"]["errors"] == 0
+    assert "gateway --workers 2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args[:-4], "--workers", "0", "--out", str(tmp_path)])

@@ -91,13 +91,18 @@ def specs(arrivals: list[fc.Arrival], time_scale: float) -> list[RequestSpec]:
     return out
 
 
-async def start_gateway(doc: dict[str, Any], wait_s: float = 60.0) -> tuple[procs.Proc, str]:
+async def start_gateway(
+    doc: dict[str, Any], wait_s: float = 60.0, workers: int = 1
+) -> tuple[procs.Proc, str]:
+    """``kvgate serve`` on ``doc``, with ``--workers`` when ``workers`` > 1 (each worker its own flow
+    controller, the in-flight counts per endpoint shared)."""
     fd, path = tempfile.mkstemp(prefix="kvgate-flowlive-", suffix=".yaml")
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(doc, f)
     cmd = procs.kvgate_cmd(
-        "serve", "--config", path, "--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING"
-    )
+        "serve", "--config", path, "--host", "127.0.0.1", "--port", "0", "--log-level", "WARNING",
+        *(("--workers", str(workers)) if workers > 1 else ()),
+    )  # fmt: skip
     try:
         proc, m = await procs.start("kvgate serve", cmd, r"listening on (http://[\d.]+:\d+)", wait_s=wait_s)
     finally:
@@ -118,6 +123,7 @@ async def run_arm(
     running_reserve: bool = False,
     free_slot_pick: bool = False,
     ttft_confidence: float | None = None,
+    workers: int = 1,
 ) -> tuple[fc.Run, dict[str, Any]]:
     """A fresh fleet and gateway, the arrivals through it; outcomes in simulated seconds."""
     ts = spec.time_scale
@@ -128,7 +134,7 @@ async def run_arm(
             arm, urls, ttl / ts, spec.max_num_seqs, headroom, headroom_on, ttft_target / ts, slo_first,
             running_reserve, free_slot_pick, ttft_confidence,
         )  # fmt: skip
-        gw, base = await start_gateway(doc)
+        gw, base = await start_gateway(doc, workers=workers)
         reqs = specs(arrivals, ts)
         cfg = loadgen.RunConfig(
             base_url=base, qps=1.0, concurrency=4096, max_requests=len(reqs), duration=duration / ts + 1,
@@ -169,7 +175,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                      max_num_seqs=args.max_num_seqs)  # fmt: skip
     rows: dict[str, Any] = {"capacity_rps": cap, "base_rate_rps": base, "load": args.load if cap else None,
                             "time_scale": args.time_scale, "replicas": args.replicas, "profile": args.profile,
-                            "max_num_seqs": args.max_num_seqs, "runs": {}}  # fmt: skip
+                            "max_num_seqs": args.max_num_seqs, "workers": args.workers,
+                            "runs": {}}  # fmt: skip
     arms = args.arms.split(",")
     for mode in args.mixes.split(","):
         arrivals = fc.Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
@@ -177,7 +184,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             run, extra = await run_arm(
                 arm, arrivals, spec, args.duration, args.ttl,
                 args.headroom, args.headroom_on, args.ttft_target, args.slo_first, args.running_reserve,
-                args.free_slot_pick, args.ttft_confidence,
+                args.free_slot_pick, args.ttft_confidence, args.workers,
             )  # fmt: skip
             rows["runs"][f"{arm}/{mode}"] = {**fc.summarize(run, args.warmup), **extra}
     for arm in arms:
@@ -194,7 +201,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 def render(rows: dict[str, Any]) -> str:
     head = (
         f"live: {rows['replicas']} x {rows['profile']} (max-num-seqs {rows['max_num_seqs']}) at time scale "
-        f"{rows['time_scale']}; quiet tenant base rate {rows['base_rate_rps']:.2f} req/s (simulated)"
+        f"{rows['time_scale']}, gateway --workers {rows.get('workers', 1)}; quiet tenant base rate "
+        f"{rows['base_rate_rps']:.2f} req/s (simulated)"
     )
     if rows["capacity_rps"]:
         head += f"; capacity {rows['capacity_rps']:.1f} req/s, load {rows['load']:.0%} (flooded mix)"
@@ -219,6 +227,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--base-rate", type=float, default=0.0, help="live: fixed quiet-tenant req/s (simulated), not --load"
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="live: kvgate serve --workers (gateway processes, default 1)",
+    )
+
+
+def _workers(v: str) -> int:
+    n = int(v)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
 
 
 def main_from_args(args: argparse.Namespace, argv: list[str]) -> int:
