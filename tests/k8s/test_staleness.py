@@ -14,7 +14,8 @@ from prometheus_client import REGISTRY
 from kvgate.datalayer.store import EndpointStore
 from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.k8s.runtime import KubeOptions, KubePool
-from kvgate.k8s.staleness import AGE_METRIC, DEFAULT_STALE_AFTER_S, StalenessPolicy, staleness_policy
+from kvgate.k8s.staleness import AGE_METRIC
+from kvgate.k8s.stalepolicy import DEFAULT_STALE_AFTER_S, StalenessPolicy, staleness_policy
 
 from .eppproc import EppProc, launch_epp
 
@@ -73,11 +74,11 @@ async def test_a_lost_api_server_is_measured_logged_and_made_not_ready_then_reco
         await _until(lambda: pods.error is not None and pool.error is not None)  # they noticed and retry
         now[0] += 119.0
         kp.staleness.check()
-        assert _gauge(pods.name) == 119.0 and not _lines(caplog, logging.WARNING, "no answer")
+        assert _gauge(pods.name) == 119.0 and not _lines(caplog, logging.WARNING, "not in sync")
         now[0] += 2.0
         kp.staleness.check()
         kp.staleness.check()  # once per going stale, not per check
-        warned = _lines(caplog, logging.WARNING, f"reflector {pods.name}: no answer from the API server")
+        warned = _lines(caplog, logging.WARNING, f"reflector {pods.name}: not in sync with the API server")
         assert len(warned) == 1 and "for 121 s" in warned[0] and "(1 objects)" in warned[0], warned
         assert "last error: connection to" in warned[0], warned
         assert pods in kp.staleness.stale() and pool in kp.staleness.stale()
@@ -86,13 +87,15 @@ async def test_a_lost_api_server_is_measured_logged_and_made_not_ready_then_reco
         now[0] += 180.0
         assert _gauge(pods.name) == 301.0
         problem = kp.problem()
-        assert problem is not None and "no answer from the API server for 301 s (> 300 s)" in problem
+        assert problem is not None and "not in sync with the API server for 301 s (> 300 s)" in problem
 
         await double.come_back()
         await _until(lambda: pool.age() == 0.0 and pods.age() == 0.0, within_s=20.0)  # within a back-off
         kp.staleness.check()
         assert kp.problem() is None and _gauge(pods.name) == 0.0 and not kp.staleness.stale()
-        assert _lines(caplog, logging.INFO, f"reflector {pods.name}: the API server answers again")
+        back = _lines(caplog, logging.INFO, f"reflector {pods.name}: in sync with the API server again")
+        assert len(back) == 1 and "(301 s since it last was)" in back[0], back
+        assert pods.error is None and pool.error is None
     finally:
         await kp.stop()
     assert _gauge(pods.name) is None  # a stopped reflector leaves the gauge
@@ -164,13 +167,17 @@ async def test_the_epp_reports_not_ready_while_its_api_server_is_gone(
         assert (await _readyz_until(epp, 200))[0] == 200
         await double.go_away()
         status, text = await _readyz_until(epp, 503)
-        assert status == 503 and "no answer from the API server" in text, (status, text)
+        assert status == 503 and "not in sync with the API server" in text, (status, text)
         gauge = await epp.metric(AGE_METRIC)
         assert f'{AGE_METRIC}{{name="pods.core/v1 in {NS}"}}' in gauge, gauge
         await double.come_back()
         assert (await _readyz_until(epp, 200))[0] == 200
-        await _until(lambda: "answers again" in epp.logs())  # logged at the next check (every 0.125 s)
+        await _until(
+            lambda: "in sync with the API server again" in epp.logs()
+        )  # logged at the next check (every 0.125 s)
         logs = epp.logs()
-        assert "no answer from the API server" in logs and "answers again" in logs, logs[-3000:]
+        assert "not in sync with the API server" in logs and "in sync with the API server again" in logs, (
+            logs[-3000:]
+        )
     finally:
         assert await epp.stop() == 0

@@ -154,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
         "--kube-stale-after",
         type=float,
         default=None,
-        help="seconds without an answer from the API server after which a watched resource is logged as "
+        help="seconds out of sync with the API server after which a watched resource is logged as "
         "stale (default 120; kvgate_reflector_last_sync_age_seconds has the age; the EPP keeps routing on "
         "its last list)",
     )
@@ -163,7 +163,8 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="report not-ready once the InferencePool's or the pods' copy is this many seconds old, so "
-        "traffic moves to a replica that still reaches its API server (0: never, the default)",
+        "traffic moves to a replica that still reaches its API server (0: never, the default; else at least "
+        "--kube-stale-after)",
     )
     hub = p.add_argument_group("hub (multi-cluster)")
     hub.add_argument("--clusters", help="clusters file: pick clusters, not pods (docs/multicluster.md)")
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.budget.limit = args.max_buffered_bytes
         # https endpoints (from --config): scraped over TLS, verified against the pool's caFile.
         args.scrape_scheme, args.scrape_ca = cfg.pool.scheme, cfg.pool.ca_file
+        _staleness_flags(args, None if cfg.pool.inference_pool is not None else "static")
         kube = _kube_pool(args, cfg, store, ctx)
     except (EppConfigError, OSError, ValueError, KeyError) as e:
         print(f"kvgate epp: {e}", file=sys.stderr)
@@ -260,6 +262,7 @@ def _hub_main(args: argparse.Namespace) -> int:
     seed = fresh_seed() if args.cluster_policy_seed is None else args.cluster_policy_seed
     log.info("hub EPP: cluster policy %s, seed %d", args.cluster_policy, seed)
     try:
+        _staleness_flags(args, "hub")
         cfile = ClustersFile(args.clusters)
         director = ClusterDirector(cfile.config, args.cluster_policy, seed=seed)
         pair, client_ca = _tls(args)
@@ -279,6 +282,13 @@ def _hub_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _staleness_flags(args: argparse.Namespace, unused: str | None) -> None:
+    """The two staleness flags, checked as ``kvgate serve`` checks them (the ValueError names the flag)."""
+    from kvgate.k8s.stalepolicy import check_flags
+
+    check_flags(args.kube_stale_after, args.kube_stale_not_ready_after, unused)
+
+
 def _kube_pool(args: argparse.Namespace, cfg: EppConfig, store: EndpointStore, ctx: SessionContext) -> Any:
     """Kubernetes discovery (and leader election) when the pool comes from an InferencePool, else None."""
     ref = cfg.pool.inference_pool
@@ -286,7 +296,7 @@ def _kube_pool(args: argparse.Namespace, cfg: EppConfig, store: EndpointStore, c
         return None
     from kvgate.config.rewrite import ModelRewriter
     from kvgate.k8s.runtime import KubeOptions, KubePool
-    from kvgate.k8s.staleness import staleness_policy
+    from kvgate.k8s.stalepolicy import staleness_policy
     from kvgate.openai.request import RequestPolicy
 
     def on_policy(objectives: dict[str, int], rewrites: list[Any]) -> None:
@@ -304,7 +314,7 @@ def _kube_pool(args: argparse.Namespace, cfg: EppConfig, store: EndpointStore, c
         leader_election=args.ha_enable_leader_election, lease_name=args.ha_lease_name,
         lease_duration_s=args.ha_lease_duration, renew_deadline_s=args.ha_renew_deadline,
         retry_period_s=args.ha_retry_period,
-        staleness=staleness_policy(args.kube_stale_after, args.kube_stale_not_ready_after),
+        staleness=staleness_policy(args.kube_stale_after, args.kube_stale_not_ready_after, warn=False),
     )  # fmt: skip
     return KubePool(opts, store, store_pool=cfg.pool.name, on_policy=on_policy)
 

@@ -117,14 +117,15 @@ def _parser() -> argparse.ArgumentParser:
         "--kube-stale-after",
         type=float,
         default=None,
-        help="seconds without an answer from the API server after which a watched resource is logged as "
+        help="seconds out of sync with the API server after which a watched resource is logged as "
         "stale (default 120; the gateway keeps routing on its last list)",
     )
     kube.add_argument(
         "--kube-stale-not-ready-after",
         type=float,
         default=0.0,
-        help="/readyz fails once an InferencePool's or its pods' copy is this many seconds old (0: never)",
+        help="/readyz fails once an InferencePool's or its pods' copy is this many seconds old (0: never; "
+        "else at least --kube-stale-after)",
     )
     p.add_argument("--log-level", default="INFO")
     return p
@@ -154,10 +155,10 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     if args.session_header:
         cfg.session_header = args.session_header.lower()
     cfg.kube_server, cfg.kubeconfig = args.kube_server, args.kubeconfig
-    stale_after, not_ready_after = args.kube_stale_after, args.kube_stale_not_ready_after
-    if (stale_after is not None and stale_after <= 0) or not_ready_after < 0:
-        raise GatewayConfigError("--kube-stale-after", "must be > 0 (and --kube-stale-not-ready-after >= 0)")
-    cfg.kube_stale_after_s, cfg.kube_stale_not_ready_after_s = stale_after, not_ready_after
+    watched = any(pool.inference_pool is not None for pool in cfg.pools)
+    staleness_flags(args, None if watched else "static")
+    cfg.kube_stale_after_s = args.kube_stale_after
+    cfg.kube_stale_not_ready_after_s = args.kube_stale_not_ready_after
     if args.host is not None:
         cfg.host = args.host
     if args.port is not None:
@@ -167,6 +168,17 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     cfg.admin_tls = admin_tls(args, cfg)
     cfg.workers, cfg.min_ready_workers = final_workers(cfg, args)
     return cfg
+
+
+def staleness_flags(args: argparse.Namespace, unused: str | None) -> None:
+    """The two staleness flags, checked as ``kvgate epp`` checks them (kvgate.k8s.stalepolicy);
+    ``unused`` ("static", "hub"): no InferencePool is watched, and the flags are refused."""
+    from kvgate.k8s.stalepolicy import StalenessFlagError, check_flags
+
+    try:
+        check_flags(args.kube_stale_after, args.kube_stale_not_ready_after, unused)
+    except StalenessFlagError as e:
+        raise GatewayConfigError(e.flag, e.message) from e
 
 
 def final_workers(cfg: GatewayConfig, args: argparse.Namespace) -> tuple[int, int]:
@@ -315,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.clusters:  # the global gateway: clusters are the candidates (kvgate.multicluster)
         from kvgate.multicluster.serve import ServeArgs, run
 
+        try:
+            staleness_flags(args, "hub")
+        except GatewayConfigError as e:
+            print(f"kvgate serve: config error: {e}", file=sys.stderr)
+            return 2
         port = 8080 if args.port is None else args.port  # --port 0: an ephemeral port (printed)
         return run(ServeArgs(args.clusters, args.cluster_policy, args.host or "127.0.0.1", port,
                              seed=args.cluster_policy_seed))  # fmt: skip

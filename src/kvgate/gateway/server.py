@@ -386,9 +386,12 @@ class GatewayServer:
         if not wanted:
             return
         from kvgate.k8s.runtime import KubeOptions, KubePool
-        from kvgate.k8s.staleness import staleness_policy
+        from kvgate.k8s.stalepolicy import staleness_policy
 
-        stale = staleness_policy(self.cfg.kube_stale_after_s, self.cfg.kube_stale_not_ready_after_s)
+        # (checked, and warned about, by the command line: kvgate.gateway.cli.build_config)
+        stale = staleness_policy(
+            self.cfg.kube_stale_after_s, self.cfg.kube_stale_not_ready_after_s, warn=False
+        )
         for pool in wanted:
             ref = pool.cfg.inference_pool
             assert ref is not None

@@ -6,11 +6,15 @@ a watch timeout re-watches from the last resourceVersion seen (events or bookmar
 it failed. ``410 Gone`` (history compacted) relists and *reconciles*: listeners get DELETED for what
 vanished meanwhile, ADDED/MODIFIED for the rest, so no stale object survives and none is missed. RBAC
 errors (403) are logged once per change with the server's message and kept in ``error`` (``/readyz``
-reports them) while the reflector retries with back-off.
+reports them) while the reflector relists with back-off (the list that succeeds clears it).
 
-``last_sync`` is when the API server last answered it (a list completed, a watch opened, a watch event
-or bookmark read), on the injected ``clock``; ``age()`` is how long ago. ``kvgate.k8s.staleness`` turns
-that into a gauge, log lines and, if asked, not-ready.
+``last_sync`` is when the copy was last known to be in sync, on the injected ``clock``: a list completed
+(a 410's relist counts once it completes), a watch event or bookmark read, or a watch that stayed open and
+quiet for the silence limit on a server that sends no bookmarks (a quiet resource there is read nothing
+else). A watch that merely opens does not count: one that answers 200 and then fails (an ``ERROR`` event,
+an empty stream) proves nothing, and ``error`` keeps the cause until a real success clears it.
+``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines and, if asked,
+not-ready.
 
 Generic over any group/version/plural (``ResourceType``), CRDs included.
 """
@@ -73,6 +77,10 @@ class Backoff:
 # is ended at this limit and resumed from its resourceVersion, which costs one request.)
 BOOKMARK_PERIOD_S = 60.0
 WATCH_SILENCE_S = BOOKMARK_PERIOD_S + 30.0
+# A watch held open this long worked for a while, however it ended: its end waits the initial back-off
+# (a cut, a timeout). One that ends sooner without an event (an ERROR at once, an empty stream) backs off
+# further each time instead of re-opening every 0.1 s.
+HELD_OPEN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +150,7 @@ class Reflector:
         self.bookmarks = 0
         self.events = 0  # watch events and bookmarks received
         self.silences = 0  # watches ended for reading nothing for watch_silence_s
-        self.last_sync: float | None = None  # clock() when the API server last answered (None: never)
+        self.last_sync: float | None = None  # clock() when last known in sync (None: never listed)
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -155,11 +163,15 @@ class Reflector:
         self._listeners.append(listener)
 
     def age(self) -> float | None:
-        """Seconds since the API server last answered this reflector (None before its first list)."""
+        """Seconds since the copy was last known to be in sync (None before its first list)."""
         return None if self.last_sync is None else self.clock() - self.last_sync
 
     def _synced_now(self) -> None:
+        """A real success (a list completed, a watch event or bookmark read, a quiet watch's silent end on
+        a server without bookmarks): fresh, no error, the back-off starts over."""
         self.last_sync = self.clock()
+        self.error = None
+        self.backoff.reset()
 
     def start(self) -> None:
         if self._task is None:
@@ -207,14 +219,17 @@ class Reflector:
                 await self._watch()
                 # A clean end (timeoutSeconds, server closed the stream): watch again at once, unless
                 # the stream ended at once and empty (a proxy cutting it): then back off, never spin.
-                if self.events == events and loop.time() - started < 1.0:
+                if self.events == events and loop.time() - started < HELD_OPEN_S:
                     await asyncio.sleep(self.backoff.next(self._rng))
             except _Silent:
                 self.silences += 1
                 if self.bookmarks:  # the server bookmarks: silence means a stuck connection
                     self._fail(f"watch read nothing for {self.watch_silence_s:g} s (bookmarks are due "
                                f"every {BOOKMARK_PERIOD_S:g} s): re-watching")  # fmt: skip
-                else:  # a server that sends none (no watch cache): a quiet watch, routinely resumed
+                else:  # a server that sends none (no watch cache, or kube-apiserver's cacher before it
+                    # saw an event of the resource): a quiet watch, held open for the whole limit, is in
+                    # sync; it is routinely resumed
+                    self._synced_now()
                     log.info("reflector %s: watch read nothing for %g s and the server sent no bookmark; "
                              "re-watching", self.name, self.watch_silence_s)  # fmt: skip
                 await asyncio.sleep(self.backoff.next(self._rng))
@@ -229,7 +244,9 @@ class Reflector:
                                f"{self.rt.plural} in API group {self.rt.group!r}")  # fmt: skip
                 else:
                     self._fail(str(e))
-                need_list = need_list or e.status in (404, 410)
+                # 403: relist once allowed again, which clears the error (a watch that merely opens does
+                # not: it proves nothing until an event) and brings the copy up to date after the gap.
+                need_list = need_list or e.status in (403, 404, 410)
                 await asyncio.sleep(self.backoff.next(self._rng))
             except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as e:
                 self._fail(f"connection to {self.client.host} lost: {type(e).__name__}: {e}")
@@ -271,8 +288,6 @@ class Reflector:
         self.lists += 1
         self._reconcile(fresh)
         self._synced_now()
-        self.error = None
-        self.backoff.reset()
         self.synced.set()
 
     def _reconcile(self, fresh: dict[Key, Obj]) -> None:
@@ -303,10 +318,9 @@ class Reflector:
                 raise _Gone
             if not 200 <= resp.status < 300:
                 raise error_from(resp.status, await resp.read())
-            self.watches += 1
-            self._synced_now()
-            self.error = None
-            self.backoff.reset()
+            self.watches += 1  # not in sync yet: that takes an event or a bookmark (or a quiet limit)
+            loop = asyncio.get_running_loop()
+            opened = loop.time()
             buf = b""
             try:
                 async for chunk in resp.content.iter_any():
@@ -317,6 +331,9 @@ class Reflector:
                             self._on_event(orjson.loads(line))
             except aiohttp.ServerTimeoutError as e:  # sock_read: nothing for watch_silence_s
                 raise _Silent from e
+            finally:
+                if loop.time() - opened >= HELD_OPEN_S:
+                    self.backoff.reset()
 
     def _keepalive(self, resp: aiohttp.ClientResponse) -> None:
         conn = resp.connection

@@ -17,7 +17,8 @@ from kvgate.datalayer.store import EndpointStore
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.discovery import PoolDiscovery
 from kvgate.k8s.lease import LeaderElector
-from kvgate.k8s.staleness import StalenessMonitor, StalenessPolicy
+from kvgate.k8s.staleness import StalenessMonitor
+from kvgate.k8s.stalepolicy import StalenessPolicy
 
 log = logging.getLogger(__name__)
 

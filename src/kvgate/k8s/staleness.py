@@ -3,19 +3,22 @@
 While the API server is unreachable the reflectors keep their last list (as a client-go informer's cache
 does) and the EPP keeps routing on it. This module makes that visible and, when asked, acts on it:
 
-- the gauge ``kvgate_reflector_last_sync_age_seconds{name}``: seconds since the API server last answered
-  each running reflector (a list, a watch opened, an event or bookmark), computed when scraped; named after
-  client-go's ``reflector_*`` family (label ``name``, the watched resource and namespace). No sample before
-  a reflector's first list (its readiness says "not synced yet");
-- a WARNING when a reflector has had no answer for ``stale_after_s`` (what it routes on, its last error)
-  and an INFO when it hears from the server again (and after how long);
+- the gauge ``kvgate_reflector_last_sync_age_seconds{name}``: seconds since each running reflector's copy
+  was last known to be in sync with the API server (``Reflector.last_sync``: a list completed, a watch
+  event or bookmark read, a quiet watch held for the silence limit on a server without bookmarks; not a
+  watch that merely opened), computed when scraped; named after client-go's ``reflector_*`` family (label
+  ``name``, the watched resource and namespace). No sample before a reflector's first list (its readiness
+  says "not synced yet");
+- a WARNING when a reflector has not been in sync for ``stale_after_s`` (what it routes on, its last
+  error) and an INFO when it is in sync again, with how long it was not;
 - ``problem()``: with ``not_ready_after_s`` set, the EPP reports not-ready (``/readyz`` 503, gRPC
   NOT_SERVING) once the InferencePool's or the pods' reflector is older than that, so traffic goes to a
   replica that still reaches its API server. Off by default: when every replica lost the API server,
   routing on the last list (with the data layer dropping endpoints whose scrapes fail) beats refusing.
 
-A healthy watch is answered at least every minute (kube-apiserver bookmarks) or, from a server without
-bookmarks, re-opened after the 90 s silence limit; hence the default ``stale_after_s`` of 120 s.
+A healthy watch is in sync at least every minute (kube-apiserver bookmarks) or, from a server without
+bookmarks, every 90 s silence limit (plus a re-open); hence the default ``stale_after_s`` of 120 s. The
+settings are checked in ``kvgate.k8s.stalepolicy``.
 """
 
 from __future__ import annotations
@@ -23,35 +26,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kvgate.k8s.reflector import RUNNING, WATCH_SILENCE_S, Reflector
+from kvgate.k8s.reflector import RUNNING, Reflector
+from kvgate.k8s.stalepolicy import StalenessPolicy
 from kvgate.k8s.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STALE_AFTER_S = WATCH_SILENCE_S + 30.0
 AGE_METRIC = "kvgate_reflector_last_sync_age_seconds"
-
-
-@dataclass(frozen=True, slots=True)
-class StalenessPolicy:
-    stale_after_s: float = DEFAULT_STALE_AFTER_S
-    # Report not-ready when the pool's or the pods' copy is older than this; None: stay ready.
-    not_ready_after_s: float | None = None
-
-
-def staleness_policy(stale_after_s: float | None, not_ready_after_s: float) -> StalenessPolicy:
-    """From the flags (``--kube-stale-after``, None: the default; ``--kube-stale-not-ready-after``, 0:
-    never not-ready)."""
-    if stale_after_s is None:
-        stale_after_s = DEFAULT_STALE_AFTER_S
-    if stale_after_s <= 0 or not_ready_after_s < 0:
-        raise ValueError("--kube-stale-after must be > 0 and --kube-stale-not-ready-after >= 0 seconds")
-    return StalenessPolicy(stale_after_s, not_ready_after_s or None)
 
 
 class StalenessMonitor:
@@ -61,7 +46,8 @@ class StalenessMonitor:
         self, reflectors: Sequence[Reflector], routing: Sequence[Reflector], policy: StalenessPolicy
     ) -> None:
         self.reflectors, self.routing, self.policy = list(reflectors), list(routing), policy
-        self._stale: dict[int, float] = {}  # id(reflector) -> its age when it was found stale
+        # id(reflector) -> when it was last in sync before it was found stale (its last_sync then)
+        self._stale: dict[int, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     def check(self) -> None:
@@ -71,14 +57,17 @@ class StalenessMonitor:
             stale = age is not None and age > self.policy.stale_after_s
             was = id(r) in self._stale
             if stale and not was:
-                assert age is not None
-                self._stale[id(r)] = age
-                log.warning("reflector %s: no answer from the API server for %.0f s (stale after %g s); "
+                assert age is not None and r.last_sync is not None
+                self._stale[id(r)] = r.last_sync
+                log.warning("reflector %s: not in sync with the API server for %.0f s (stale after %g s); "
                             "keeping its last list (%d objects)%s", r.name, age, self.policy.stale_after_s,
                             len(r.items), f"; last error: {r.error}" if r.error else "")  # fmt: skip
             elif was and not stale:
-                del self._stale[id(r)]
-                log.info("reflector %s: the API server answers again (%s)", r.name, r.error or "in sync")
+                since = self._stale.pop(id(r))
+                out = (r.last_sync or since) - since
+                log.info(
+                    "reflector %s: in sync with the API server again (%.0f s since it last was)", r.name, out
+                )
 
     def stale(self) -> list[Reflector]:
         return [r for r in self.reflectors if id(r) in self._stale]
@@ -92,7 +81,7 @@ class StalenessMonitor:
             age = r.age()
             if age is not None and age > limit:
                 why = f": {r.error}" if r.error else ""
-                return f"{r.name}: no answer from the API server for {age:.0f} s (> {limit:g} s){why}"
+                return f"{r.name}: not in sync with the API server for {age:.0f} s (> {limit:g} s){why}"
         return None
 
     def start(self, interval_s: float | None = None) -> None:
@@ -127,7 +116,7 @@ class _AgeCollector(Collector):
             if age is not None:
                 ages[r.name] = max(age, ages.get(r.name, 0.0))
         g = GaugeMetricFamily(
-            AGE_METRIC, "Seconds since the API server last answered the reflector (list, watch, event).",
+            AGE_METRIC, "Seconds since the reflector's copy was last known in sync with the API server.",
             labels=["name"],
         )  # fmt: skip
         for name, age in sorted(ages.items()):
