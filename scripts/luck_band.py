@@ -1,20 +1,25 @@
-"""How much of a mixed-family run's p90 TTFT is luck: the same run replayed with one pick moved.
+"""How much a mixed-family run's p90 TTFT moves when one early pick is forced elsewhere: the same run
+replayed with one pick moved.
 
 For each seed the run is played once as is and ``N`` more times, the k-th of them (k = 1..N) with the
 k-th session's first turn sent to the next replica over from the policy's pick (the rest of the run the
 policy's own picks, the arrivals the same). A policy whose p90 swings over these near-identical runs is
 on a threshold (family c's p90 sits where the cold bursts' share of requests crosses 10%), and one run
 tells little about it. Prints per seed the plain p90 and the perturbed ones (ms), and per policy the
-geometric mean over seeds of the plain p90 and of each seed's median over its N + 1 runs, both as ratios
-to sglang-cache-aware's model's same figures (sglang's model is run the same way).
+geometric mean over seeds of the plain p90 and of each seed's median over its N + 1 runs (the
+perturbation-averaged p90), both as ratios to sglang-cache-aware's model's same figures (sglang's model
+is run the same way).
+
+The moved pick is one the policy's own rule would not make: a forced off-policy pick (on c / 105 at
+6.992 req/s, k = 1-3, none of the moved picks is a tie, for sglang's model or kvgate; review s14-mt).
+So this measures a policy's sensitivity to one such pick, not the luck of a tie-break it could draw.
 
 Where the pick is moved (``LUCK_MOVE``):
 - ``after`` (the default; session 13's figures): the request is sent elsewhere after the picker chose
   and recorded its choice, so the picker's own state (sglang's tree, kvgate's prefix index) still says
   it went to the first replica: the move is a physical change the picker never sees.
 - ``picker``: the picker's choice itself is moved, before its post-pick hooks (and, for sglang's
-  model, before its tree records it), as if a tie had broken the other way: the picker's state records
-  where the request went.
+  model, before its tree records it): the picker's state records where the request went.
 
     PYTHONPATH=src:scripts python scripts/luck_band.py FAMILY QPS FIRST_SEED LAST_SEED N POLICY...
     [LUCK_MOVE=after|picker]
@@ -118,6 +123,9 @@ def main() -> None:
     seeds = range(int(sys.argv[3]), int(sys.argv[4]) + 1)
     n = int(sys.argv[5])
     move = os.environ.get("LUCK_MOVE", "after")
+    if move not in MOVES:
+        print(f"LUCK_MOVE={move!r}: one of {', '.join(MOVES)}\n{__doc__}", file=sys.stderr)
+        sys.exit(2)
     policies = ["sglang-cache-aware", *(p for p in sys.argv[6:] if p != "sglang-cache-aware")]
     plain: dict[str, list[float]] = {p: [] for p in policies}
     median: dict[str, list[float]] = {p: [] for p in policies}

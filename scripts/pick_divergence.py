@@ -9,7 +9,8 @@ records it; see ``luck_band.py``), prints per replay:
   own turns left out) sent to another replica than in the run as is (best relabelling of the four
   replicas not applied: a permuted run counts as changed);
 - the measured bursts that found their tenant's prefix cached nowhere (engine truth, as
-  ``cold_bursts.py``) and the requests in them;
+  ``cold_bursts.py``), of all measured bursts (a tenant's new burst: its first request after a gap over
+  1 s, arriving after the warmup), and the requests in them;
 - the largest spread of in-flight requests between replicas seen at a pick (sglang cache_aware's load
   guard only acts past ``balanceAbsThreshold``, 64, and 1.5x).
 
@@ -29,16 +30,26 @@ from kvgate.bench.mixed import BURST_SIZE, FAMILIES, Family
 from kvgate.sim.kvcache import xxhash64_chain
 
 
-def replay(fam: Family, policy: str, qps: float, seed: int, k: int, move: str) -> dict[str, Any]:
+def replay(
+    fam: Family,
+    policy: str,
+    qps: float,
+    seed: int,
+    k: int,
+    move: str,
+    duration: float = 120.0,
+    warmup: float = 30.0,
+) -> dict[str, Any]:
     """One replay: p90, each request's replica (request id -> index), the moved request's id and
-    session, the cold measured bursts, the largest in-flight spread at a pick."""
-    sim = moved_sim(fam, policy, qps, seed, k, move)
+    session, the measured bursts and the cold ones, the largest in-flight spread at a pick."""
+    sim = moved_sim(fam, policy, qps, seed, k, move, duration, warmup)
     engines = [r.engine for r in sim.replicas]
     bs = engines[0].config.block_size
     picks: dict[str, int] = {}
     session_of: dict[str, str] = {}
     bursts: dict[str, tuple[float, bool]] = {}  # tenant -> (first arrival, cold)
     cold = [0]
+    measured = [0]
     spread = [0]
     starts: list[str] = []  # request ids of sessions' first turns, in order
     seen: set[str] = set()
@@ -60,6 +71,7 @@ def replay(fam: Family, policy: str, qps: float, seed: int, k: int, move: str) -
                 hashes = xxhash64_chain(None, ids[: n * bs], bs, None)
                 held = max(len(e.pool.lookup(hashes, n)) for e in engines) * bs
                 b = bursts[spec.group] = (now, held < fam.tenant_prefix - bs)
+                measured[0] += now >= sim.cfg.warmup
                 cold[0] += b[1] and now >= sim.cfg.warmup
         arrive(spec)
         live = sim._live.get(rid)
@@ -78,6 +90,7 @@ def replay(fam: Family, policy: str, qps: float, seed: int, k: int, move: str) -
         "session": session_of.get(moved) if moved else None,
         "sessions": session_of,
         "cold": cold[0],
+        "bursts": measured[0],
         "spread": spread[0],
     }
 
@@ -103,7 +116,8 @@ def main() -> None:
         name = os.path.basename(pol)
         print(
             f"{fam.name}/{seed} @ {qps:g} {name}: as is p90 {base['p90'] * 1000:.0f} ms, cold bursts "
-            f"{base['cold']} ({base['cold'] * BURST_SIZE} requests), in-flight spread <= {base['spread']}"
+            f"{base['cold']} of {base['bursts']} ({base['cold'] * BURST_SIZE} requests), "
+            f"in-flight spread <= {base['spread']}"
         )
         for move in MOVES:
             for k in range(1, n + 1):
@@ -111,7 +125,8 @@ def main() -> None:
                 share, count = changed(base, run)
                 print(
                     f"  {move:>6} k={k}: p90 {run['p90'] * 1000:.0f} ms, later picks changed "
-                    f"{share:.0%} of {count}, cold bursts {run['cold']}, in-flight spread <= {run['spread']}",
+                    f"{share:.0%} of {count}, cold bursts {run['cold']} of {run['bursts']}, "
+                    f"in-flight spread <= {run['spread']}",
                     flush=True,
                 )
 

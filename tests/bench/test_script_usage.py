@@ -1,8 +1,8 @@
 """``scripts/knee_checks.py``, ``cold_bursts.py``, ``burst_oracles.py``, ``cold_spread_trace.py``,
-``rollout_oracle.py``, ``best_of_policies.py``, ``luck_band.py`` and ``pick_divergence.py`` take
-positional arguments (as docs/benchmarks.md names them): ``-h`` / ``--help`` prints the usage (their
-docstring) and exits 0, too few arguments print it to stderr and exit 2, not a traceback (review s11-docs
-L11)."""
+``rollout_oracle.py``, ``best_of_policies.py``, ``luck_band.py``, ``pick_divergence.py`` and
+``tie_reseed.py`` take positional arguments (as docs/benchmarks.md names them): ``-h`` / ``--help``
+prints the usage (their docstring) and exits 0, too few arguments print it to stderr and exit 2, not a
+traceback (review s11-docs L11)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ USAGE = {
     "best_of_policies.py": "best_of_policies.py FAMILY QPS FIRST_SEED LAST_SEED POLICY...",
     "luck_band.py": "luck_band.py FAMILY QPS FIRST_SEED LAST_SEED N POLICY...",
     "pick_divergence.py": "pick_divergence.py FAMILY QPS SEED N POLICY...",
+    "tie_reseed.py": "tie_reseed.py FAMILY QPS FIRST_SEED LAST_SEED N POLICY...",
 }
 
 
@@ -47,3 +48,15 @@ def test_too_few_arguments_print_the_usage(script: str) -> None:
     r = _run(script, "c")
     assert r.returncode == 2, r.stderr
     assert USAGE[script] in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_luck_move_prints_the_usage() -> None:
+    # review s14-mt N1: before, LUCK_MOVE was checked only inside the first replay (a traceback).
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "LUCK_MOVE": "sideways"}
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "luck_band.py"), "c", "6.992", "105", "105", "1", "kvgate"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "LUCK_MOVE='sideways': one of after, picker" in r.stderr
+    assert USAGE["luck_band.py"] in r.stderr and "Traceback" not in r.stderr
