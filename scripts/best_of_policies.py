@@ -11,8 +11,8 @@ geometric mean of p90 / sglang's p90, and the runs over 1 s.
 
 from __future__ import annotations
 
-import math
 import os
+import statistics
 import sys
 
 from script_usage import usage_or_exit
@@ -44,7 +44,7 @@ def main() -> None:
         over["best"] += min(p90s) > 1.0
         print(f"{fam.name}/{seed} @ {qps:g}: " + ", ".join(cells), flush=True)
     for pol, r in ratios.items():
-        gm = math.exp(sum(map(math.log, r)) / len(r))
+        gm = statistics.geometric_mean(r)
         print(f"{os.path.basename(pol)}: gm {gm:.3f} vs sglang over {len(r)} runs, {over[pol]} over 1 s")
 
 

@@ -19,11 +19,11 @@ Prints the p90, p99 and hit rate, and the measured bursts that found their prefi
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Any
 
 from script_usage import usage_or_exit
+from sim_hooks import force_pick
 from tail_breakdown import instrument, mixed_class
 
 from kvgate.bench.mixed import FAMILIES
@@ -37,19 +37,17 @@ def main() -> None:
     sim = mixed_sim(fam, "kvgate", qps, seed)
     engines = [r.engine for r in sim.replicas]
     bs = engines[0].config.block_size
-    pick = sim.director.pick
     ways = int(mode[-1]) if mode.startswith("split") else 1
     bursts: dict[tuple[int, ...], list[Any]] = {}  # prefix -> [first arrival, cold, replicas, followers]
     homes: dict[tuple[int, ...], Any] = {}  # pin: tenant prefix -> its replica
     tree = {id(e): 0 for e in sim.endpoints}  # smallest: prompt tokens computed per replica so far
 
-    def forced(req: Any, explain: bool = False) -> Any:
-        res = pick(req, explain)
+    def forced(req: Any, res: Any) -> Any:
         ids = req.token_ids or []
         if mode == "segregate":
             if not req.session_key and len(ids) < 700 and (req.max_tokens or 0) >= 300:
-                return dataclasses.replace(res, endpoints=[sim.endpoints[-1]])
-            return res
+                return sim.endpoints[-1]
+            return None
         if mode == "smallest":
             n = len(ids) // bs
             hashes = xxhash64_chain(None, ids[: n * bs], bs, None)
@@ -61,14 +59,13 @@ def main() -> None:
             if max(cached.values()) < 0.2 * len(ids) and (req.session_key or len(ids) < fam.tenant_prefix):
                 to = min(sim.endpoints, key=lambda ep: tree[id(ep)])
             tree[id(to)] += len(ids) - cached[id(to)]
-            return dataclasses.replace(res, endpoints=[to])
+            return to
         if mode == "pin":
             if req.session_key or len(ids) < fam.tenant_prefix:
-                return res
-            home = homes.setdefault(tuple(ids[:32]), res.primary)
-            return dataclasses.replace(res, endpoints=[home])
+                return None
+            return homes.setdefault(tuple(ids[:32]), res.primary)
         if not ways or req.session_key or len(ids) < fam.tenant_prefix:
-            return res
+            return None
         key, now = tuple(ids[:32]), sim.clock.now
         b = bursts.get(key)
         if b is None or now - b[0] > 1.0:
@@ -79,11 +76,11 @@ def main() -> None:
                 (e for e in sim.endpoints if e is not res.primary), key=lambda e: e.inflight.requests
             )
             bursts[key] = [now, cold, [res.primary, *others[: ways - 1]], 0]
-            return res
+            return None
         b[3] += 1
-        return dataclasses.replace(res, endpoints=[b[2][b[3] % ways]]) if b[1] and ways > 1 else res
+        return b[2][b[3] % ways] if b[1] and ways > 1 else None
 
-    sim.director.pick = forced  # type: ignore[method-assign]
+    force_pick(sim, forced)
     recs = instrument(sim, mixed_class)
     row = sim.run().row
     first: dict[str, Any] = {}

@@ -16,11 +16,11 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from script_usage import usage_or_exit
+from sim_hooks import Bursts
 
 from kvgate.bench.mixed import BURST_SIZE, FAMILIES
 from kvgate.bench.multiturn import mixed_sim
 from kvgate.bench.workloads import RequestSpec
-from kvgate.sim.kvcache import xxhash64_chain
 
 
 def main() -> None:
@@ -31,25 +31,15 @@ def main() -> None:
     policy = sys.argv[4] if len(sys.argv) > 4 else "kvgate"
     sim = mixed_sim(fam, policy, qps, seed)
     engines = [r.engine for r in sim.replicas]
-    bs = engines[0].config.block_size
-
-    def cached_anywhere(ids: list[int]) -> int:
-        n = (len(ids) - 1) // bs
-        hashes = xxhash64_chain(None, ids[:n * bs], bs, None)  # fmt: skip
-        return max(len(e.pool.lookup(hashes, n)) for e in engines) * bs
-
-    bursts: dict[str, tuple[float, bool]] = {}  # tenant -> (first arrival, cold)
+    bursts = Bursts(sim, fam)
     kind: dict[str, str] = {}
     lives: dict[str, Any] = {}
     arrive = sim._arrive
 
     def watch(spec: RequestSpec) -> None:
         rid = f"r{sim._n}"
-        if spec.group.startswith("t") and not spec.session:
-            now = sim.clock.now
-            b = bursts.get(spec.group)
-            if b is None or now - b[0] > 1.0:  # a new burst of this tenant
-                b = bursts[spec.group] = (now, cached_anywhere(spec.prompt_ids) < fam.tenant_prefix - bs)
+        b = bursts.see(spec, sim.clock.now)
+        if b is not None:
             kind[rid] = "cold burst" if b[1] else "warm burst"
         arrive(spec)
         live = sim._live.get(rid)

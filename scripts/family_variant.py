@@ -10,7 +10,7 @@ warm-up), p90 per seed and the geometric mean of each policy's p90 over sglang-c
 
 from __future__ import annotations
 
-import math
+import statistics
 import sys
 
 from sim_setup import family
@@ -30,7 +30,7 @@ def main() -> None:
         p90[policy] = [run_once(fam, policy, qps, s, 120.0, 30.0)["ttft_p90"] * 1000 for s in TUNING_SEEDS]
     base = p90[BASELINE]
     for policy, v in p90.items():
-        ratio = math.exp(sum(math.log(a / b) for a, b in zip(v, base, strict=True)) / len(v))
+        ratio = statistics.geometric_mean(a / b for a, b in zip(v, base, strict=True))
         print(f"{policy}: p90 {' / '.join(f'{x:.0f}' for x in v)} ms, vs {BASELINE} {ratio:.2f}")
 
 

@@ -33,7 +33,7 @@ the plain geometric mean in ms (``sp8`` past seed 39 or at another QPS, ``spw``)
 from __future__ import annotations
 
 import dataclasses
-import math
+import statistics
 import sys
 import time
 
@@ -88,7 +88,7 @@ def main() -> None:
         base = [r["ttft_p90"] * 1000 for r in ref]
         for fam in ("b", "c"):
             idx = [i for i, (f, _, _) in enumerate(runs) if f == fam]
-            g = math.exp(sum(math.log(rows[i]["ttft_p90"] * 1000 / base[i]) for i in idx) / len(idx))
+            g = statistics.geometric_mean(rows[i]["ttft_p90"] * 1000 / base[i] for i in idx)
             print(f"mt {fam}: gm {g:.3f}; sglang p90 {' / '.join(f'{base[i]:.0f}' for i in idx)} ms")
     elif check == "reg":
         rows = [run_point(SCENARIOS[n], policy, q, d, 0).row for n, q, d in REG]
@@ -101,7 +101,7 @@ def main() -> None:
         base = [SP_SGLANG[s] for s in seeds] if known else [1.0] * len(p90)
     elif check != "mt":
         base = BASE[check] if check != "spw" else [1.0] * len(p90)
-    gm = math.exp(sum(math.log(a / b) for a, b in zip(p90, base, strict=True)) / len(p90))
+    gm = statistics.geometric_mean(a / b for a, b in zip(p90, base, strict=True))
     print(
         f"{check} {policy}: p90 {' / '.join(f'{x:.2f}' for x in p90)} ms, gm {gm:.3f}, "
         f"hit {' / '.join(f'{h:.3f}' if h is not None else '-' for h in hit)} ({time.time() - t0:.0f} s)"

@@ -27,8 +27,6 @@ Where the pick is moved (``LUCK_MOVE``):
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import statistics
 import sys
@@ -36,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from script_usage import usage_or_exit
+from sim_hooks import force_pick
 
 from kvgate.bench.mixed import FAMILIES, Family
 from kvgate.bench.multiturn import MixedFleetSim, mixed_sim
@@ -80,13 +79,7 @@ def moved_sim(
 
     sim._arrive = note  # type: ignore[method-assign]
     if move == "after":
-        pick = sim.director.pick
-
-        def forced(req: Any, explain: bool = False) -> Any:
-            res = pick(req, explain)
-            return dataclasses.replace(res, endpoints=[over(res.primary)]) if this_one() else res
-
-        sim.director.pick = forced  # type: ignore[method-assign]
+        force_pick(sim, lambda req, res: over(res.primary) if this_one() else None)
         return sim
     profiles = list(sim.director.profiles.values())
     if len(profiles) != 1 or profiles[0].picker is None:
@@ -146,14 +139,14 @@ def main() -> None:
     for pol in policies:
 
         def gm(xs: list[float], ref: list[float]) -> float:
-            return math.exp(sum(math.log(a / b) for a, b in zip(xs, ref, strict=True)) / len(xs))
+            return statistics.geometric_mean(a / b for a, b in zip(xs, ref, strict=True))
 
         print(
             f"{os.path.basename(pol)}: plain gm {gm(plain[pol], ref_plain):.3f}, "
             f"median-of-{n + 1} gm {gm(median[pol], ref_med):.3f} vs sglang's model, "
             f"runs over 1 s {sum(x > 1.0 for x in plain[pol])} plain, "
             f"largest max/min over a seed's runs {max(spread[pol]):.2f} "
-            f"(geomean {math.exp(statistics.fmean(map(math.log, spread[pol]))):.2f})"
+            f"(geomean {statistics.geometric_mean(spread[pol]):.2f})"
         )
 
 

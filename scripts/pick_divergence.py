@@ -25,9 +25,9 @@ from typing import Any
 
 from luck_band import MOVES, moved_sim
 from script_usage import usage_or_exit
+from sim_hooks import Bursts
 
 from kvgate.bench.mixed import BURST_SIZE, FAMILIES, Family
-from kvgate.sim.kvcache import xxhash64_chain
 
 
 def replay(
@@ -43,11 +43,9 @@ def replay(
     """One replay: p90, each request's replica (request id -> index), the moved request's id and
     session, the measured bursts and the cold ones, the largest in-flight spread at a pick."""
     sim = moved_sim(fam, policy, qps, seed, k, move, duration, warmup)
-    engines = [r.engine for r in sim.replicas]
-    bs = engines[0].config.block_size
     picks: dict[str, int] = {}
     session_of: dict[str, str] = {}
-    bursts: dict[str, tuple[float, bool]] = {}  # tenant -> (first arrival, cold)
+    bursts = Bursts(sim, fam)
     cold = [0]
     measured = [0]
     spread = [0]
@@ -63,16 +61,10 @@ def replay(
         if spec.session and spec.session not in seen:
             seen.add(spec.session)
             starts.append(rid)
-        if spec.group.startswith("t") and not spec.session:
-            b = bursts.get(spec.group)
-            if b is None or now - b[0] > 1.0:  # a new burst of this tenant
-                ids = spec.prompt_ids
-                n = (len(ids) - 1) // bs
-                hashes = xxhash64_chain(None, ids[: n * bs], bs, None)
-                held = max(len(e.pool.lookup(hashes, n)) for e in engines) * bs
-                b = bursts[spec.group] = (now, held < fam.tenant_prefix - bs)
-                measured[0] += now >= sim.cfg.warmup
-                cold[0] += b[1] and now >= sim.cfg.warmup
+        b = bursts.see(spec, now)
+        if b is not None and b[0]:  # a new burst of this tenant
+            measured[0] += now >= sim.cfg.warmup
+            cold[0] += b[1] and now >= sim.cfg.warmup
         arrive(spec)
         live = sim._live.get(rid)
         if live is not None:

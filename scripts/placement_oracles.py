@@ -21,8 +21,8 @@ Prints per seed the p90 and p50 TTFT and the hit rate, and the geometric mean of
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
+import statistics
 import sys
 from typing import Any
 
@@ -126,7 +126,7 @@ def main() -> None:
             f"hit {row['prefix_hit_rate']:.3f}",
             flush=True,
         )
-    print(f"{mode}: p90 geomean {math.exp(sum(map(math.log, p90s)) / len(p90s)):.1f} ms")
+    print(f"{mode}: p90 geomean {statistics.geometric_mean(p90s):.1f} ms")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ the oracle's p90 over sglang's, and how many decisions it changed from BASE's pi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -45,6 +44,7 @@ import time
 from typing import Any
 
 from script_usage import usage_or_exit
+from sim_hooks import force_pick
 
 from kvgate.bench.mixed import FAMILIES
 from kvgate.bench.multiturn import mixed_sim, run_once
@@ -136,14 +136,11 @@ def oracle(
     def stop() -> None:
         raise _Stop
 
-    pick = sim.director.pick
-
-    def forced(req: Any, explain: bool = False) -> Any:
+    def forced(req: Any, res: Any) -> Any:
         nonlocal decisions, changed
-        res = pick(req, explain)
         now = sim.clock.now
         if state["child"] is not None or decisions >= limit or not is_decision(state["spec"], now):
-            return res
+            return None
         results = []
         for i in range(len(eps)):
             rfd, wfd = os.pipe()
@@ -153,7 +150,7 @@ def oracle(
                 state["child"] = (wfd, now, now + horizon)
                 if horizon > 0:
                     sim.clock.call_at(now + horizon + 2.0, stop)
-                return dataclasses.replace(res, endpoints=[eps[i]])
+                return eps[i]
             os.close(wfd)
             with os.fdopen(rfd) as f:
                 results.append((tuple(json.loads(f.read())), i))
@@ -178,12 +175,12 @@ def oracle(
                 file=log,
                 flush=True,
             )
-        return dataclasses.replace(res, endpoints=[eps[best]])
+        return eps[best]
 
     sim._arrive = watch  # type: ignore[method-assign]
     for rep in sim.replicas:  # they hold the callback they were built with
         rep.on_first_token = first_token
-    sim.director.pick = forced  # type: ignore[method-assign]
+    force_pick(sim, forced)
     try:
         row = sim.run().row
     except _Stop:

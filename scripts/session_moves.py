@@ -11,10 +11,11 @@ import sys
 from collections import Counter
 from typing import Any
 
+from sim_hooks import cached_tokens
+
 from kvgate.bench.mixed import FAMILIES
 from kvgate.bench.multiturn import mixed_sim
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
-from kvgate.sim.kvcache import xxhash64_chain
 
 
 def main() -> None:
@@ -51,9 +52,7 @@ def main() -> None:
                 # What the previous holder's engine really still cached of this prompt.
                 old = sim.replicas[index[holder[key]]].engine
                 ids = req.token_ids or []
-                bs = old.config.block_size
-                nb = (len(ids) - 1) // bs
-                held = len(old.pool.lookup(xxhash64_chain(None, ids[: nb * bs], bs, None), nb)) * bs
+                (held,) = cached_tokens([old], ids)
                 server_held.append(held / max(1, len(ids)))
             holder[key] = addr
         return res

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -89,7 +88,7 @@ def one(url: str, prompt: str, server: Any, gap: float) -> dict[str, float]:
 
 
 def geomean(xs: list[float]) -> float:
-    return math.exp(statistics.fmean(math.log(x) for x in xs))
+    return statistics.geometric_mean(xs)
 
 
 def mean_ratio(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
