@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -193,12 +194,13 @@ def test_a_real_hung_dns_lookup_does_not_hold_a_uvloop_shutdown(tmp_path):
     mounted in a private mount namespace, the machine's is untouched), under uvloop as the gateway runs.
     Failed before (review s14-kv M1, measured 8.1 s at ``timeout:4 attempts:2``): ``uvloop.run`` returned
     only when the lookup gave up (libuv's pool)."""
+    server = f"127.9.{random.randrange(256)}.{random.randrange(1, 255)}"  # (runs side by side do not clash)
     conf = tmp_path / "resolv.conf"
-    conf.write_text("nameserver 127.9.9.9\noptions timeout:5 attempts:2\n")  # a 10 s lookup
-    code = textwrap.dedent("""
+    conf.write_text(f"nameserver {server}\noptions timeout:5 attempts:2\n")  # a 10 s lookup
+    code = textwrap.dedent(f"""
         import asyncio, socket, time
         sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sink.bind(("127.9.9.9", 53))  # a DNS server that never answers
+        sink.bind(({server!r}, 53))  # a DNS server that never answers
         import uvloop
         from kvgate.datalayer import kvsubscriber
         kvsubscriber.RESOLVE_TIMEOUT_S = 0.5
