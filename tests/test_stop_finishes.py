@@ -941,3 +941,169 @@ async def test_a_cancelled_kv_sources_stop_or_manager_close_releases_every_subsc
         return source.stop() if what == "KVEventSources.stop" else held[id(source)][0].close()
 
     assert await _cancelled_at_each_turn(make, stop, left, cleanup) >= 1
+
+
+async def test_a_cancel_in_the_live_benchs_cleanup_still_stops_every_cluster_and_its_network(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Review s14-stops M1: the live multicluster bench's ``finally`` (``multicluster_live.run``) looped
+    over its clusters' stops; a cancel (the first Ctrl-C under ``asyncio.run``) landing in the first
+    cluster's stop was raised once that cluster's stop ended, and the loop ended there: the other
+    clusters' processes were not stopped, and no namespace, veth, lo address or ``unreachable`` route
+    removed (host state that outlives the process). Fails before: stopped ['east'] of 3, destroyed [],
+    unisolated []. (A run failing in ``wait_ready``, the network monkeypatched: no root, no namespaces.)"""
+    from kvgate.bench import multicluster_live as ml
+    from kvgate.bench import netns
+
+    stopped: list[str] = []
+    destroyed: list[str] = []
+    unisolated: list[int] = []
+    in_stop = asyncio.Event()
+
+    monkeypatch.setattr(netns, "free_net", lambda: 200)
+    monkeypatch.setattr(netns, "isolate", lambda net: None)
+    monkeypatch.setattr(netns, "unisolate", lambda net: unisolated.append(net))
+    monkeypatch.setattr(netns.NsCluster, "create", lambda self: None)
+    monkeypatch.setattr(netns.NsCluster, "destroy", lambda self: destroyed.append(self.name))
+
+    async def start(self: ml.LiveCluster) -> None:
+        return None
+
+    async def wait_ready(self: ml.LiveCluster, *a: object, **k: object) -> None:
+        raise RuntimeError(f"{self.d.name}: pods not ready")  # (the run fails: its finally cleans up)
+
+    async def _stop(self: ml.LiveCluster) -> None:
+        in_stop.set()
+        await asyncio.sleep(0.3)  # (Proc.stop: SIGTERM, its grace)
+        stopped.append(self.d.name)
+
+    monkeypatch.setattr(ml.LiveCluster, "start", start)
+    monkeypatch.setattr(ml.LiveCluster, "wait_ready", wait_ready)
+    monkeypatch.setattr(ml.LiveCluster, "_stop", _stop)
+
+    cfg = ml.LiveConfig()
+    task = asyncio.create_task(ml.run(cfg, ["kvgate"], ["steady"], tmp_path, "cmd", tmp_path))
+    await asyncio.wait_for(in_stop.wait(), 10)
+    task.cancel()  # (a Ctrl-C while the bench cleans up)
+    await asyncio.sleep(0.1)
+    task.cancel()  # (a second one changes nothing)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+    names = [d.name for d in cfg.clusters]
+    assert len(names) >= 2
+    assert (sorted(stopped), sorted(destroyed), unisolated) == (sorted(names), sorted(names), [200]), (
+        f"stopped {stopped} of {len(names)}, destroyed {destroyed}, unisolated {unisolated}"
+    )
+
+
+async def test_a_failed_cluster_stop_or_namespace_destroy_does_not_skip_the_rest_of_the_cleanup(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review s14-stops M1: each step of the live bench's cleanup goes on past one that failed (logged)."""
+    from kvgate.bench import multicluster_live as ml
+    from kvgate.bench import netns
+
+    stopped: list[str] = []
+    unisolated: list[int] = []
+    monkeypatch.setattr(netns, "unisolate", lambda net: unisolated.append(net))
+
+    class _Ns:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def destroy(self) -> None:
+            raise OSError(f"ip netns del {self.name}: busy")
+
+    class _Cluster:
+        def __init__(self, name: str) -> None:
+            self.d = ml.LiveClusterDef(name, "tiny", 1, 1.0, "H100")
+            self.ns = _Ns(name)
+            self.procs: dict[str, Any] = {}
+
+        async def stop(self) -> None:
+            stopped.append(self.d.name)
+            raise RuntimeError(f"{self.d.name}: stop failed")
+
+    clusters: Any = [_Cluster("a"), _Cluster("b")]
+    await ml.tear_down(None, clusters, 200)
+    assert (stopped, unisolated) == (["a", "b"], [200])
+    for text in ("a: stop failed", "b: stop failed", "ip netns del a", "ip netns del b"):
+        assert text in caplog.text, text
+
+
+async def test_a_cancelled_stop_of_the_runs_gateways_stops_every_gateway() -> None:
+    """Review s14-stops M1: ``run_policy``'s ``for gw in gws: await gw.stop()`` ended in the gateway
+    stop a cancel landed in (``Proc.stop`` SIGKILLs its own and raises), the others left running. Now
+    ``stop_gateways`` stops every one (real processes), then raises the cancel."""
+    from kvgate.bench import procs
+    from kvgate.bench.multicluster_live import stop_gateways
+
+    gws = [(await procs.start(f"gw{i}", ["sleep", "60"], None))[0] for i in range(3)]
+    try:
+        task = asyncio.create_task(stop_gateways(gws))
+        await asyncio.sleep(0.02)  # (in the first one's SIGTERM grace)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [g.name for g in gws if g._running()] == []
+    finally:
+        for g in gws:
+            await g.stop()
+
+
+async def test_every_failed_watch_stop_of_a_pool_discovery_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review s14-stops L1: ``PoolDiscovery._stop`` raised the first reflector's error only; a second
+    one's was neither raised nor logged (fails before: 'second watch' nowhere)."""
+    from kvgate.k8s.discovery import PoolDiscovery
+
+    class _Failing:
+        def __init__(self, why: str) -> None:
+            self.name = why
+            self.why = why
+
+        async def stop(self) -> None:
+            raise RuntimeError(self.why)
+
+    class _D(PoolDiscovery):
+        reflectors = [_Failing("first watch"), _Failing("second watch")]  # type: ignore[assignment]
+
+    d = _D.__new__(_D)
+    d.namespace, d.pool_name = "default", "llm"
+    caplog.set_level(logging.DEBUG)
+    seen = ""
+    try:
+        await d.stop()
+    except BaseException as e:
+        seen = repr(e) + "".join(repr(x) for x in getattr(e, "exceptions", ()))
+    seen += caplog.text
+    assert "first watch" in seen and "second watch" in seen, seen
+
+
+@pytest.mark.parametrize("what", ["KVEventSources.stop", "KVEventsManager.close"])
+async def test_a_failed_subscriber_stop_does_not_leave_the_others_subscribed(
+    what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review s14-stops L2: the KV-event stop loops ended at the first subscriber stop that raised, the
+    rest held (for good for a source: marked stopped, its list dropped). Now each failure is logged and
+    the loop goes on (fails before: the error raised, two subscribers still held and running)."""
+    source, mgr, tasks = await _three_kv_subscribers()
+    for address, sub in mgr.subscribers.items():
+        real = sub.stop
+
+        async def failing(real: Callable[[], Awaitable[None]] = real, address: str = address) -> None:
+            await real()  # (it did stop: only its error is the point)
+            raise RuntimeError(f"{address}: stop failed")
+
+        sub.stop = failing  # type: ignore[method-assign]
+    try:
+        await (source.stop() if what == "KVEventSources.stop" else mgr.close())
+        left = [*(f"{name} held" for name in mgr.subscribers), *(t.get_name() for t in tasks if not t.done())]
+        assert left == []
+        for address in ("10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"):
+            assert f"RuntimeError: {address}: stop failed" in caplog.text, caplog.text
+    finally:
+        for sub in mgr.subscribers.values():
+            sub.stop = type(sub).stop.__get__(sub)  # type: ignore[method-assign]
+        await mgr.close()

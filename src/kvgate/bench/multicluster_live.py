@@ -47,7 +47,7 @@ import aiohttp
 import orjson
 import yaml
 
-from kvgate.aio import cancel_and_wait, stop_to_the_end
+from kvgate.aio import STOP_LIMIT_S, cancel_and_wait, stop_to_the_end
 from kvgate.bench import netns, procs
 from kvgate.bench.loadgen import build_body, sse_data
 from kvgate.bench.multicluster import _ratio, plot_ttft_bars, rows_vs_hub
@@ -563,8 +563,7 @@ async def run_policy(policy: str, phase: str, qps: float, clusters: list[LiveClu
             for k, v in (await _gateway_metrics(url)).items():
                 gm[k] = gm.get(k, 0.0) + v
     finally:
-        for gw in gws:
-            await gw.stop()
+        await stop_gateways(gws)
     if phase == "loss":
         await lost_c.wait_ready()
     elif phase == "partition":
@@ -737,6 +736,68 @@ def plot_timeline(path: Path, rows: list[dict[str, Any]], names: list[str], time
     return True
 
 
+# --- teardown --------------------------------------------------------------------------------------
+# Longest one ``Proc.stop`` takes (SIGTERM, its grace, SIGKILL, its grace again), s.
+_PROC_STOP_S = 2 * 5.0
+
+
+async def stop_gateways(gws: list[Proc]) -> None:
+    """Every global gateway of a run stopped, each whatever the one before raised (logged), to the end
+    also when cancelled meanwhile, the cancellation raised after (``stop_to_the_end``; review s14-stops
+    M1: a cancel landing in one gateway's stop ended the loop, the others left running)."""
+    limit = STOP_LIMIT_S + _PROC_STOP_S * len(gws)
+    await stop_to_the_end(
+        _stop_procs(gws, "global gateway"), "the run's global gateways: stopping", log, limit
+    )
+
+
+async def _stop_procs(ps: list[Proc], what: str) -> None:
+    for i, p in enumerate(ps):
+        try:
+            await p.stop()
+        except Exception:  # (one that fails to stop does not keep the next running)
+            log.exception("stopping %s %d failed", what, i)
+
+
+async def tear_down(relay: Proc | None, clusters: list[LiveCluster], net: int) -> None:
+    """The live bench's cleanup: the relay and every cluster's processes stopped, every cluster's network
+    namespace (its veth, the pod address on ``lo``) destroyed and the ``unreachable`` routes removed,
+    each step whatever the one before raised (logged), to the end also when cancelled meanwhile (the
+    first Ctrl-C under ``asyncio.run``), the cancellation raised after (``stop_to_the_end``; review
+    s14-stops M1: a cancel landing in the relay's or a cluster's stop ended the cleanup there, the other
+    clusters left running and the namespaces, veths, addresses and routes left on the host). The host
+    state is removed in a ``finally`` (no awaits): also when the stop is itself cut (asyncio.run's end
+    cancels one left running past its limit)."""
+    limit = STOP_LIMIT_S + _PROC_STOP_S * (1 + sum(len(c.procs) for c in clusters))
+    await stop_to_the_end(_tear_down(relay, clusters, net), "the live bench's cleanup", log, limit)
+
+
+async def _tear_down(relay: Proc | None, clusters: list[LiveCluster], net: int) -> None:
+    try:
+        if relay is not None:
+            try:
+                await relay.stop()
+            except Exception:
+                log.exception("stopping the delay relay failed")
+        for c in clusters:
+            try:
+                await c.stop()
+            except Exception:
+                log.exception("cluster %s: stopping it failed", c.d.name)
+    finally:
+        for c in clusters:
+            try:
+                c.ns.destroy()
+            except Exception:
+                log.exception("cluster %s: destroying its network namespace failed", c.d.name)
+        try:
+            netns.unisolate(net)
+        except Exception:
+            log.exception(
+                "removing the unreachable routes of 10.%d.0.0/16 and 10.%d.0.0/16 failed", net, net + 1
+            )
+
+
 # --- main ------------------------------------------------------------------------------------------
 async def run(cfg: LiveConfig, policies: list[str], phases: list[str], out: Path, command: str,
               log_dir: Path) -> int:  # fmt: skip
@@ -773,13 +834,7 @@ async def run(cfg: LiveConfig, policies: list[str], phases: list[str], out: Path
             for pol in policies:
                 rows.append(await run_policy(pol, phase, qps, clusters, cfg, clusters_file, log))
     finally:
-        if relay is not None:
-            await relay.stop()
-        for c in clusters:
-            await c.stop()
-        for c in clusters:
-            c.ns.destroy()
-        netns.unisolate(net)
+        await tear_down(relay, clusters, net)
     meta: dict[str, Any] = {
         "command": command,
         "clusters": [asdict(d) for d in cfg.clusters],

@@ -1292,7 +1292,10 @@ class KVEventsManager:
         for name in list(self.subscribers):
             sub = self.subscribers.pop(name)
             self._forget(name)
-            await sub.stop()
+            try:
+                await sub.stop()
+            except Exception:  # (one that fails must not leave the rest subscribed: review s14-stops L2)
+                log.exception("KV-event subscriber %s: stopping it failed", name)
         for task in restarts:
             await cancel_and_wait(task, "KV-event subscriber: a restart", log)
 
@@ -1380,7 +1383,10 @@ class KVEventSources:
 
     async def _release(self, held: set[str]) -> None:
         for address in held:
-            await self.manager.remove(address)
+            try:
+                await self.manager.remove(address)
+            except Exception:  # (one that fails must not leave the rest held for good: review s14-stops L2)
+                log.exception("KV-event subscriber %s: releasing it failed", address)
 
     def _on_change(self, change: StoreChange) -> None:
         ep = change.endpoint

@@ -162,11 +162,20 @@ class PoolDiscovery:
         await stop_to_the_end(self._stop(), f"InferencePool {self.namespace}/{self.pool_name}: stopping", log)
 
     async def _stop(self) -> None:
-        # (each to its end: a plain gather raises the first error while the other stops run on)
-        ended = await asyncio.gather(*(r.stop() for r in self.reflectors), return_exceptions=True)
-        for err in ended:
-            if isinstance(err, BaseException):
-                raise err
+        # (each to its end: a plain gather raises the first error while the other stops run on). Every
+        # failed one logged, as the sibling stops do (review s14-stops L1: only the first was raised, the
+        # others' errors dropped unsaid); a cancellation or interrupt one ended on is raised once all ended.
+        reflectors = self.reflectors
+        ended = await asyncio.gather(*(r.stop() for r in reflectors), return_exceptions=True)
+        interrupt: BaseException | None = None
+        for r, err in zip(reflectors, ended, strict=True):
+            if isinstance(err, Exception):
+                log.error("InferencePool %s/%s: stopping the %s watch failed: %r", self.namespace,
+                          self.pool_name, r.name, err, exc_info=err)  # fmt: skip
+            elif isinstance(err, BaseException) and interrupt is None:
+                interrupt = err
+        if interrupt is not None:
+            raise interrupt
 
     async def wait_synced(self, within_s: float = 10.0) -> None:
         await asyncio.gather(
