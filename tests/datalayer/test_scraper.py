@@ -90,21 +90,32 @@ async def test_scrape_all_and_engines(servers: list[FakeServer]) -> None:
     assert is_fresh(a, 11.0) and not is_fresh(a, 12.5) and not is_fresh(c, 10.0)
 
 
+async def _until(cond: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Wait for a background loop's effect (polled; a fixed sleep flakes on a loaded machine)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not cond():
+        assert loop.time() < deadline, f"not reached within {within_s}s"
+        await asyncio.sleep(0.005)
+
+
 async def test_background_loop_follows_store_changes(servers: list[FakeServer]) -> None:
     store = EndpointStore([make_endpoint(servers[0].address)])
     async with MetricsScraper(store, interval=0.01):
-        await asyncio.sleep(0.15)
-        assert servers[0].hits >= 3
+        await _until(lambda: servers[0].hits >= 3)
         store.add(make_endpoint(servers[1].address))
         store.remove(servers[0].address)
         hits0 = servers[0].hits
-        await asyncio.sleep(0.15)
-        assert servers[1].hits >= 3
-        assert servers[0].hits <= hits0 + 1  # its task was cancelled on removal
+        # Three scrapes of the added endpoint: time for three of the removed one's, had it kept scraping.
+        await _until(lambda: servers[1].hits >= 3)
+        assert servers[0].hits <= hits0 + 1  # its task was cancelled on removal (one may be in flight)
         servers[1].page = 'vllm:num_requests_waiting{model_name="m"} 7\n'
-        await asyncio.sleep(0.05)
-        ep = store.get(servers[1].address)
-        assert ep is not None and ep.metrics.waiting_queue_size == 7
+
+        def seven() -> bool:
+            ep = store.get(servers[1].address)
+            return ep is not None and ep.metrics.waiting_queue_size == 7
+
+        await _until(seven)
 
 
 async def test_unreachable_endpoint_goes_stale() -> None:

@@ -77,6 +77,16 @@ def base_url(gw: GatewayServer) -> str:
     return f"http://127.0.0.1:{gw.port}"
 
 
+async def until(cond: Callable[[], object], within_s: float = 10.0, what: str = "") -> None:
+    """Wait for what a background task or callback does (polled: a fixed short sleep before the assert
+    flakes on a loaded machine)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not cond():
+        assert loop.time() < deadline, f"not reached within {within_s}s: {what}"
+        await asyncio.sleep(0.01)
+
+
 ERRORS = "inference_objective_request_error_total"
 ERROR_LABELS = ("model_name", "target_model_name", "error_code")
 

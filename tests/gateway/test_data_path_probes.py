@@ -11,7 +11,7 @@ import gc
 import aiohttp
 import orjson
 
-from gateway.conftest import base_url, make_config, request_errors, running_gateway
+from gateway.conftest import base_url, make_config, request_errors, running_gateway, until
 
 OK_BODY = orjson.dumps(
     {
@@ -96,7 +96,7 @@ async def test_client_gone_during_head_wait_drops_upstream_and_no_unretrieved():
         await asyncio.wait_for(up.arrived.wait(), 5)
         writer.close()
         await asyncio.wait_for(gw.proxy.idle.wait(), 5)
-        await asyncio.sleep(0.2)
+        await until(lambda: up.eofs >= 1)
         assert up.eofs == 1  # upstream saw the connection dropped
         assert not any(c for cs in gw.proxy.upstream._idle.values() for c in cs)
         assert request_errors(gw) == {("m", "m", "client_gone"): 1.0}
@@ -189,8 +189,7 @@ async def test_request_timeout_during_head_wait_counts_once():
         assert status in (503, 504), body
         err = orjson.loads(body)["error"]
         assert err["code"], err
-        await asyncio.sleep(0.1)
-        assert up.eofs >= 1
+        await until(lambda: up.eofs >= 1)
         assert request_errors(gw) == {("m", "m", str(status)): 1.0}, request_errors(gw)
 
 

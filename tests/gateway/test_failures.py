@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from gateway.backend import free_port
-from gateway.conftest import base_url, make_config, running_gateway
+from gateway.conftest import base_url, make_config, running_gateway, until
 
 
 def _client(gw: object) -> openai.AsyncOpenAI:
@@ -117,8 +117,7 @@ async def test_graceful_drain_finishes_streams_and_refuses_new_connections(backe
         stream = await client.completions.create(model="m", prompt="x", max_tokens=8, stream=True)
         first = await stream.__anext__()
         stopper = asyncio.create_task(gw.stop(drain_timeout=10))
-        await asyncio.sleep(0.05)
-        assert gw.proxy is not None and gw.proxy.draining
+        await until(lambda: gw.proxy is not None and gw.proxy.draining)
         with pytest.raises(aiohttp.ClientConnectionError):
             async with aiohttp.ClientSession() as s:
                 await s.post(base_url(gw) + "/v1/completions", data=b"{}")

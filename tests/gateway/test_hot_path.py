@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.conftest import until
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.upstream import UpstreamPool, UpstreamTimeout
 from kvgate.httpfront.server import FrontProtocol, FrontServer, Request, Response, _BadRequest, _fields
@@ -192,8 +193,8 @@ async def test_a_head_wait_that_times_out_leaves_no_waiter_and_drops_the_connect
     with pytest.raises(UpstreamTimeout):
         await pool.request(*_request(port))  # the same connection: never answered
     assert conn.waiter is None and conn._due is None
-    await asyncio.sleep(0.05)
-    assert conn.closed and not pool._idle.get(f"127.0.0.1:{port}")
+    await until(lambda: conn.closed)
+    assert not pool._idle.get(f"127.0.0.1:{port}")
     pool.close()
     server.close()
 
@@ -206,14 +207,12 @@ async def test_a_cancelled_head_wait_leaves_no_waiter_and_drops_the_connection()
     assert await resp.read() == b"ok"
     resp.release()
     task = asyncio.create_task(pool.request(*_request(port)))
-    await asyncio.sleep(0.1)
-    assert conn.waiter is not None  # waiting for the head
+    await until(lambda: conn.waiter is not None)  # waiting for the head
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert conn.waiter is None and conn._due is None
-    await asyncio.sleep(0.05)
-    assert conn.closed
+    await until(lambda: conn.closed)
     pool.close()
     server.close()
 

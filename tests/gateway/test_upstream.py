@@ -252,15 +252,14 @@ async def test_kvgate_serve_is_ready_with_its_upstream_connections_open():
     pay a connect)."""
     import aiohttp
 
-    from gateway.conftest import base_url, make_config, running_gateway
+    from gateway.conftest import base_url, make_config, running_gateway, until
 
     srv = _Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
     port = await srv.start()
     async with running_gateway(make_config([f"127.0.0.1:{port}"])) as gw:
         assert gw.started
         assert gw.proxy is not None and len(gw.proxy.upstream._idle[f"127.0.0.1:{port}"]) == 1
-        await asyncio.sleep(0.05)
-        assert srv.connections >= 1
+        await until(lambda: srv.connections >= 1)
         async with aiohttp.ClientSession() as s:
             async with s.get(base_url(gw) + "/readyz") as r:
                 assert r.status == 200

@@ -120,9 +120,47 @@ async def test_global_gateway_follows_imports(
         await _until(lambda: list(gw.router.states) == ["east"])
         west_d.create(_pool("llama", exported=True, gateway="10.2.0.2:8080"))
         await _until(lambda: list(gw.router.states) == ["east", "west"])
-        assert _exporters(hub_d, "llama") == ["east", "west"]
+        # (fed first, then written: the hub may list west a moment later)
+        await _until(lambda: _exporters(hub_d, "llama") == ["east", "west"])
     finally:
         await gw.stop()
+
+
+async def test_an_exporter_is_fed_to_the_gateway_before_the_hub_lists_it(
+    doubles: tuple[ApiServerDouble, ApiServerDouble, ApiServerDouble], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member's pool that arrives during a pass (here: during its read-back of the hub) is fed to the
+    gateway before that pass writes it to the hub: the gateway's clusters come first (a global gateway's
+    ``/readyz`` must not say "no cluster ready" once the hub lists one of its members)."""
+    hub_d, east_d, west_d = doubles
+    clients = [await KubeClient.connect(server=d.url) for d in (hub_d, east_d, west_d)]
+    fed: list[list[str]] = []
+    at_writes: list[tuple[list[str], tuple[str, ...]]] = []  # (fed last, exporters written)
+    read_hub, write = ImportController._read_hub, ImportController._write
+
+    async def read_hub_then_a_pool_event(self: ImportController) -> None:
+        await read_hub(self)
+        if not at_writes and ("default", "llama") not in self.exported:
+            east_d.create(_pool("llama", exported=True, gateway="10.1.0.2:8080"))
+            await _until(lambda: ("default", "llama") in self.exported)
+
+    async def recorded_write(self: ImportController, key: Any, clusters: Any, parent: Any, **kw: Any) -> Any:
+        at_writes.append((fed[-1] if fed else [], clusters))
+        return await write(self, key, clusters, parent, **kw)
+
+    monkeypatch.setattr(ImportController, "_read_hub", read_hub_then_a_pool_event)
+    monkeypatch.setattr(ImportController, "_write", recorded_write)
+    ctl = ImportController(clients[0], [Member("east", clients[1]), Member("west", clients[2])],
+                           follow=("default", "llama"),
+                           on_clusters=lambda cfg: fed.append([c.name for c in cfg.clusters]))  # fmt: skip
+    await ctl.start()
+    try:
+        await _until(lambda: _exporters(hub_d, "llama") == ["east"])
+        assert at_writes and all(set(written) <= set(seen) for seen, written in at_writes), at_writes
+    finally:
+        await ctl.stop()
+        for c in clients:
+            await c.close()
 
 
 # -- the Exported condition on member pools, read back with the real kubectl ----------------------------
@@ -977,10 +1015,20 @@ async def test_a_gateway_refused_the_lease_still_writes_and_says_so(
     port = await gw.start("127.0.0.1", 0)
     try:
         await _until(lambda: _exporters(hub_d, "llama") == ["east"], 20.0)
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as r:
-            assert r.status == 200, await r.text()
-            body = await r.text()
-        assert "lease default/kvgate-hub-controller (writing without it): KubeError: 403" in body, body
+        # Written: the gateway was fed east first, so it is ready from now on. Its text names the first
+        # problem it has: "member west: not synced yet" until west's pools are listed (the hub is
+        # written without waiting for every member), then the refused Lease.
+        said = "lease default/kvgate-hub-controller (writing without it): KubeError: 403"
+        body = ""
+        async with aiohttp.ClientSession() as http:
+            for _ in range(400):
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    body = await r.text()
+                    assert r.status == 200, body
+                if said in body or "member west: not synced yet" not in body:
+                    break
+                await asyncio.sleep(0.05)
+        assert said in body, body
         hub_d.forbid(R.LEASE, False)
         await _until(lambda: gw.source.elector is not None and gw.source.elector.leads(), 20.0)
         assert hub_d.get(R.LEASE, "kvgate-hub-controller", "default")["spec"]["holderIdentity"]

@@ -370,6 +370,10 @@ class ImportController:
             self._read_back = True
         failed: BaseException | None = None
         for key in sorted({*self.exported, *self.written}):
+            # The gateway's clusters first again: the members' pools may have changed during the awaits
+            # above (the read-back, an earlier import's writes), and the hub must not list an exporter
+            # before the gateway that writes it is fed it (its own ``/readyz`` would say no cluster).
+            self._feed()
             # The exporters: the members seen exporting it, and as the hub lists them, those this
             # controller must keep (``_held``: a member not seen yet, another install's exporter).
             held = self._held(key, self.written.get(key, ()))
