@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from flowcontrol.test_doors import eventually
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.flowcontrol.config import FlowControlConfig, parse_flow_control
 from kvgate.flowcontrol.controller import FlowController
@@ -103,8 +104,7 @@ async def test_held_until_its_ttl_expires_then_503() -> None:
 async def test_a_held_request_whose_client_leaves_is_gone() -> None:
     d = dispatcher(Picker({"x"}), hold=True)
     held = asyncio.ensure_future(d.admit(req("x")))
-    await asyncio.sleep(0.05)
-    assert len(d) == 1
+    await eventually(lambda: len(d) == 1, "the request held")
     held.cancel()
     with pytest.raises(asyncio.CancelledError):
         await held

@@ -278,7 +278,7 @@ async def test_timer_and_head_in_the_same_loop_pass():
             except UpstreamTimeout:
                 pass
             assert conn.waiter is None
-            await asyncio.sleep(0.05)
-            assert conn.closed and not pool._idle.get(f"127.0.0.1:{port}")
+            await until(lambda c=conn: c.closed)
+            assert not pool._idle.get(f"127.0.0.1:{port}")
         pool.close()
     server.close()

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 
+from gateway.conftest import until
 from kvgate.config.gateway import GatewayConfig
 from kvgate.gateway.reload import ConfigWatch
 
@@ -30,7 +31,7 @@ async def test_the_config_watch_woken_as_it_is_cancelled_ends(
     task = asyncio.create_task(watch.run())
     try:
         watch.trigger()
-        await asyncio.sleep(0.05)  # the first reload done: the watch waits for the next wake-up
+        await until(lambda: watch.reloads >= 1)  # the first reload done: the watch waits for the next wake-up
         assert watch.reloads == 1 and not task.done()
         watch.trigger()
         for _ in range(steps):
