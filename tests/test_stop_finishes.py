@@ -1107,3 +1107,59 @@ async def test_a_failed_subscriber_stop_does_not_leave_the_others_subscribed(
         for sub in mgr.subscribers.values():
             sub.stop = type(sub).stop.__get__(sub)  # type: ignore[method-assign]
         await mgr.close()
+
+
+async def test_a_global_router_close_raises_the_channels_error_and_logs_the_sessions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review s14-stops I1: both closes failing, the session's error replaced the EPP channels' (kept
+    only as its ``__context__``). Now the first is raised and the second logged (fails before)."""
+    from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+    from kvgate.multicluster.router import GlobalRouter
+
+    router = GlobalRouter(ClustersConfig((ClusterSpec("c1", epp="127.0.0.1:1"),)), "round-robin")
+    await router.start()
+    session = router._session
+    assert session is not None
+
+    async def epp_close() -> None:
+        raise RuntimeError("the channels' close failed")
+
+    async def session_close() -> None:
+        raise RuntimeError("the session's close failed")
+
+    router.epp.close = epp_close  # type: ignore[method-assign]
+    session.close = session_close  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RuntimeError, match="the channels' close failed"):
+            await router.close()
+        assert "the session's close failed" in caplog.text
+    finally:
+        del session.close  # (the real one: the session is closed for good)
+        await session.close()
+
+
+async def test_a_cancelled_open_loop_ends_its_event_tasks() -> None:
+    """Review s14-stops I2: the live bench's ``open_loop`` cancelled in its arrival loop left its event
+    tasks (a cluster's kill, its restart) running while the bench tore the clusters down. Now they
+    end before the cancel is raised (fails before: the event still fires after the cancel)."""
+    import random
+
+    from kvgate.bench.multicluster_live import open_loop
+    from kvgate.bench.workloads import poisson_offsets
+
+    # (a seed whose first arrival is late: the cancel lands in the arrival loop's sleep, not in a gather)
+    seed = next(s for s in range(1000) if next(poisson_offsets(random.Random(s), 1.0, 1)) > 1.0)
+    fired: list[str] = []
+
+    async def restart() -> None:
+        fired.append("restart")
+
+    specs: Any = iter([None] * 5)  # (never sent: the cancel comes first)
+    task = asyncio.create_task(open_loop("http://127.0.0.1:1", specs, 1.0, 50.0, seed, 1.0, [(0.3, restart)]))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.5)
+    assert fired == []

@@ -47,7 +47,7 @@ import aiohttp
 import orjson
 import yaml
 
-from kvgate.aio import STOP_LIMIT_S, cancel_and_wait, stop_to_the_end
+from kvgate.aio import STOP_LIMIT_S, cancel_all_and_wait, cancel_and_wait, stop_to_the_end
 from kvgate.bench import netns, procs
 from kvgate.bench.loadgen import build_body, sse_data
 from kvgate.bench.multicluster import _ratio, plot_ttft_bars, rows_vs_hub
@@ -342,36 +342,43 @@ async def open_loop(
     events: list[tuple[float, Any]] | None = None,
 ) -> list[Result]:
     """Poisson arrivals at ``qps`` for ``duration`` s; ``events`` (offset, coroutine factory) run on time.
-    Several ``url``s (global gateways): each request goes to one of them at random."""
+    Several ``url``s (global gateways): each request goes to one of them at random. Ended early (a
+    cancel, a failed request), it ends its event and request tasks before it returns (review s14-stops
+    I2: a cancel in the arrival loop left them running while the bench tore its clusters down, a
+    cluster's restart event starting processes in a namespace being destroyed)."""
     urls = [url] if isinstance(url, str) else url
     pick = random.Random(seed + 1)
     results: list[Result] = []
     tasks: set[asyncio.Task[Any]] = set()
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as http:
-        t0 = time.perf_counter()
-        for at, make in events or ():
+        try:
+            t0 = time.perf_counter()
+            for at, make in events or ():
 
-            async def fire(at: float = at, make: Any = make) -> None:
-                await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
-                await make()
+                async def fire(at: float = at, make: Any = make) -> None:
+                    await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
+                    await make()
 
-            t = asyncio.create_task(fire())
-            tasks.add(t)
-        offsets = poisson_offsets(random.Random(seed), qps, int(qps * duration * 2) + 100)
-        for spec, at in zip(specs, offsets, strict=False):
-            if at > duration:
-                break
-            delay = at - (time.perf_counter() - t0)
-            if delay > 0:
-                await asyncio.sleep(delay)
+                t = asyncio.create_task(fire())
+                tasks.add(t)
+            offsets = poisson_offsets(random.Random(seed), qps, int(qps * duration * 2) + 100)
+            for spec, at in zip(specs, offsets, strict=False):
+                if at > duration:
+                    break
+                delay = at - (time.perf_counter() - t0)
+                if delay > 0:
+                    await asyncio.sleep(delay)
 
-            async def one(spec: RequestSpec = spec, url: str = pick.choice(urls)) -> None:
-                results.append(await _send(http, url, spec, t0, limit_s))
+                async def one(spec: RequestSpec = spec, url: str = pick.choice(urls)) -> None:
+                    results.append(await _send(http, url, spec, t0, limit_s))
 
-            t = asyncio.create_task(one())
-            tasks.add(t)
-        await asyncio.gather(*tasks)
+                t = asyncio.create_task(one())
+                tasks.add(t)
+            await asyncio.gather(*tasks)
+        finally:  # (before the session closes: the requests still use it)
+            if running := [t for t in tasks if not t.done()]:
+                await cancel_all_and_wait(running, "the open loop's task", log)
     return results
 
 

@@ -243,9 +243,18 @@ class GlobalRouter:
     async def _close(self) -> None:
         try:
             await self.epp.close()
-        finally:
+        except Exception:
+            # The session closed all the same; the channels' error is the one raised, a second one from
+            # the session's close logged (review s14-stops I1: it replaced the first, kept only as its
+            # ``__context__``).
             if self._session is not None:
-                await self._session.close()
+                try:
+                    await self._session.close()
+                except Exception:
+                    log.exception("the global router: closing its HTTP session failed")
+            raise
+        if self._session is not None:
+            await self._session.close()
 
     def order(self, req: ClusterRequest) -> list[ClusterState]:
         return self.policy.order(self.state_list(), req, self.clock())
