@@ -20,7 +20,7 @@ from kvgate.extproc.cli import rewrite_names
 from kvgate.extproc.metrics import EppMetrics, models_reported
 from kvgate.extproc.session import Session, SessionContext
 from kvgate.extproc.testing import header_map
-from kvgate.openai.labels import MAX_MODEL_LABELS, ModelLabels
+from kvgate.openai.labels import MAX_MODEL_LABELS, REFRESH_S, ModelLabels
 
 from .pickers import one_endpoint_context
 
@@ -115,28 +115,88 @@ def _pod(page: str) -> Endpoint:
     return ep
 
 
-def test_a_server_answering_any_model_cannot_fill_the_labels() -> None:
+def test_a_server_answering_any_model_cannot_push_a_reported_model_out() -> None:
     """A model server that answers any ``model`` with a 2xx (kvgate's simulator, SGLang) let a client
     teach the EPP 16 made-up names, after which a real model first served stayed ``other`` until a
-    restart. Now a name is learnt only if a pod's scraped metrics report serving it (``model_name``
-    label, a LoRA adapter): ``kvgate epp``'s labels (``models_reported``)."""
+    restart; then (ba6a221) a name the pods did not report was never learnt. Now the names a pod's
+    scraped metrics report (``model_name`` label, a LoRA adapter) are labels of their own from the start,
+    and made-up names take only the slots they leave."""
     pod = _pod(_PAGE)
     assert pod.metrics.models == {"m"} and pod.metrics.running_loras == {"m-lora"}
-    metrics = EppMetrics(models=ModelLabels(vouch=models_reported(lambda: [pod])))
+    metrics = EppMetrics(models=ModelLabels(reported=models_reported(lambda: [pod], lambda: 0.0)))
     ctx = one_endpoint_context(metrics)
     for i in range(2 * MAX_MODEL_LABELS):
         _post(ctx, f"junk-{i}", 200)  # answered 2xx: the server does not check ``model``
-    assert not metrics.models.learnt
-    _post(ctx, "m", 200)
+    assert metrics.models.learnt == {f"junk-{i}" for i in range(MAX_MODEL_LABELS - 2)}
+    _post(ctx, "m", 500)  # (no 2xx yet: its own label all the same)
     _post(ctx, "m-lora", 200)
-    assert metrics.models.learnt == {"m", "m-lora"}
+    _post(ctx, "m-lora", 503)
+    _post(ctx, f"junk-{MAX_MODEL_LABELS}", 500)
+    assert _labels(metrics) == {("m", "m"), ("m-lora", "m-lora"), ("other", "other")}
+
+
+def test_a_served_name_no_pod_reports_is_still_learnt() -> None:
+    """vLLM's metrics carry only the first ``--served-model-name`` (``a b``: ``model_name="a"``), and a
+    LoRA adapter only while it is running or waiting at a scrape: a 2xx for such a real name teaches it
+    while slots are left (on ba6a221 it was refused for good: the pods reported other names)."""
+    pod = _pod(_PAGE)
+    metrics = EppMetrics(models=ModelLabels(["m"], reported=models_reported(lambda: [pod], lambda: 0.0)))
+    ctx = one_endpoint_context(metrics)
+    _post(ctx, "m-alias", 200)
+    _post(ctx, "idle-lora", 200)
+    assert metrics.models.learnt == {"m-alias", "idle-lora"}
+
+
+class _CountingTuple(tuple):  # type: ignore[type-arg]
+    scans = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        _CountingTuple.scans += 1
+        return super().__iter__()
+
+
+def test_an_unreported_names_2xx_does_not_walk_the_pods_each_time() -> None:
+    """Review s14-doors E: the check walked every pod on each 2xx of a name the pods do not list, and
+    such a name was never learnt, so it paid on every request (253 us per 2xx at 2,048 pods, on the
+    EPP's one loop). Now the reported names are one set, the pods walked at most once per ``REFRESH_S``
+    of the injected clock."""
+    eps = []
+    for i in range(64):
+        e = Endpoint(address=f"10.0.0.{i}:8000")
+        e.metrics = extract('vllm:num_requests_waiting{model_name="a",engine="0"} 0\n', "vllm", now=1.0)
+        eps.append(e)
+    pods = _CountingTuple(eps)
+    clock = [0.0]
+    labels = ModelLabels(["a"], size=1, reported=models_reported(lambda: pods, lambda: clock[0]))
+    labels.served("x")  # (the one slot: taken)
+    _CountingTuple.scans = 0
+    for _ in range(1000):
+        labels.served("b")  # (no slot left: never learnt)
+        assert labels.label("b") == "other"
+    assert _CountingTuple.scans == 0
+    clock[0] += REFRESH_S
+    labels.served("b")
+    assert _CountingTuple.scans == 1
+
+
+def test_a_name_once_reported_keeps_its_label() -> None:
+    """An adapter that is idle at the next scrape keeps the label it had (counters stay monotonic)."""
+    pod = _pod(_PAGE)
+    clock = [0.0]
+    labels = ModelLabels(reported=models_reported(lambda: [pod], lambda: clock[0]))
+    assert labels.label("m-lora") == "m-lora"
+    pod.metrics = extract(
+        _PAGE.replace('running_lora_adapters="m-lora"', 'running_lora_adapters=""'), "vllm", 2.0
+    )
+    clock[0] += REFRESH_S
+    assert labels.label("m-lora") == "m-lora" and labels.label("m") == "m"
 
 
 def test_where_no_pod_reports_a_model_name_a_2xx_still_teaches_one() -> None:
-    """An engine whose metrics carry no ``model_name`` gives nothing to check a name against: a 2xx
-    teaches it, as before (the documented limit of the bound)."""
+    """An engine whose metrics carry no ``model_name`` reports nothing: a 2xx teaches a name into the
+    free slots (all 16 here)."""
     pod = _pod(_PAGE.replace('model_name="m"', 'model_name=""'))
     assert not pod.metrics.models
-    metrics = EppMetrics(models=ModelLabels(vouch=models_reported(lambda: [pod])))
+    metrics = EppMetrics(models=ModelLabels(reported=models_reported(lambda: [pod], lambda: 0.0)))
     _post(one_endpoint_context(metrics), "anything", 200)
     assert metrics.models.learnt == {"anything"}

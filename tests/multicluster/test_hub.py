@@ -244,3 +244,34 @@ async def test_hub_epp_backs_a_cluster_off_only_as_the_global_router_does() -> N
     finally:
         await ch.close()
         await server.stop(0)
+
+
+async def test_hub_epp_does_not_back_a_cluster_off_when_the_client_leaves_before_headers() -> None:
+    """Review s14-doors C: a client that disconnects while the cluster is still prefilling (Envoy cancels
+    the ext_proc stream before any response headers) backed the cluster off (``on_finished`` not ok, no
+    status); the global router's cancel (``given_up``) does not."""
+    clock = [100.0]
+    cfg = ClustersConfig((ClusterSpec("west", gateway="10.2.0.2:8080"),))
+    director = ClusterDirector(cfg, "kvgate", clock=lambda: clock[0], seed=0)
+    west = director.states["west"]
+    west.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), clock[0])
+    ctx = SessionContext(director, AddressIndex(director.store), clock=lambda: clock[0])
+    server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+    await server.start()
+    ch = channel(f"127.0.0.1:{server.port}")
+    try:
+        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+            out = await ex.send_request(HEADERS, BODY)
+            assert out.destination == "10.2.0.2:8080"
+            ex.cancel()  # the downstream client disconnected while the cluster was prefilling
+        for _ in range(500):
+            if west.inflight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert west.inflight == 0
+        assert west.failures == 0
+        assert west.available(clock[0])
+        assert director._status == {}
+    finally:
+        await ch.close()
+        await server.stop(0)

@@ -34,8 +34,14 @@ def test_the_three_doors_export_one_error_family() -> None:
     mc.error("m", "429")
     lines = [_lines(m.registry) for m in (gateway, epp, mc)]
     assert lines[0] == lines[1] == lines[2], lines
-    sample = 'inference_objective_request_error_total{error_code="429",model_name="m",target_model_name="m"}'
-    assert lines[0][-1] == f"{sample} 2.0"
+    # The family as a scraper reads it, in full (a break common to the three doors shows here; review
+    # s14-doors L4). ``_created`` is gone with the prometheus_client counters (CHANGELOG).
+    assert lines[0] == [
+        "# HELP inference_objective_request_error_total Requests refused or failed, once each, by the HTTP"
+        " status the client got (or client_gone, stream_cut, epp_idle_timeout)",
+        "# TYPE inference_objective_request_error_total counter",
+        'inference_objective_request_error_total{error_code="429",model_name="m",target_model_name="m"} 2.0',
+    ]
 
 
 def test_the_doors_bound_their_labels_before_counting() -> None:

@@ -125,9 +125,11 @@ class PoolAggregate(msgspec.Struct, frozen=True, omit_defaults=True):
     prefix_bloom: Bloom | None = None
     tls: bool = False
     mtls: bool = False
-    # The model names the pool's servers report serving (their metrics' ``model_name`` and LoRA
-    # adapters, ``EndpointMetrics.models``), sorted, at most ``MAX_MODELS``: a global gateway labels a
-    # model only if some cluster lists it (``kvgate.openai.labels``). Empty from a pool that reports none.
+    # The model names the pool serves: its front door's config names first, then those its servers'
+    # metrics carry (``model_name``, ``EndpointMetrics.models``), then their running and waiting LoRA
+    # adapters (each group sorted), at most ``MAX_MODELS`` of at most ``MAX_MODEL_CHARS`` (cut from the
+    # end, on receive too): a global gateway or hub EPP gives them labels of their own
+    # (``kvgate.openai.labels``). Empty from a pool that names none, or from an older kvgate.
     models: tuple[str, ...] = ()
 
 
@@ -148,7 +150,23 @@ def decode(raw: bytes) -> PoolAggregate:
     """Parse an aggregate (raises ``msgspec.ValidationError`` / ``DecodeError`` on a bad one)."""
     if len(raw) > MAX_RESPONSE_BYTES:
         raise msgspec.ValidationError(f"aggregate of {len(raw)} bytes exceeds {MAX_RESPONSE_BYTES}")
-    return _decoder.decode(raw)
+    agg = _decoder.decode(raw)
+    models = agg.models
+    if len(models) > MAX_MODELS or any(len(m) > MAX_MODEL_CHARS for m in models):
+        # (a peer's list over the bounds: cut as the sender cuts, keeping its order, its config names first)
+        agg = msgspec.structs.replace(agg, models=_cut_models(models))
+    return agg
+
+
+def _cut_models(names: Iterable[str]) -> tuple[str, ...]:
+    """``names`` in order, less the empty, the wildcard, the over-long and repeats, at most ``MAX_MODELS``."""
+    out: dict[str, None] = {}
+    for m in names:
+        if m and m != "*" and len(m) <= MAX_MODEL_CHARS:
+            out[m] = None
+            if len(out) >= MAX_MODELS:
+                break
+    return tuple(out)
 
 
 def gpu_of(ep: Endpoint) -> str:
@@ -267,12 +285,13 @@ def aggregate(
     ages = [now - e.metrics.updated_at for e in ready if e.metrics.updated_at is not None]
     if bloom is None and hot_blocks:
         bloom = build_bloom(hot_blocks)
-    served = {m for m in models if m and m != "*"}
+    named: set[str] = set()
+    adapters: set[str] = set()
     for e in eps:
         m = e.metrics
-        served |= m.models
-        served |= m.running_loras
-        served |= m.waiting_loras
+        named |= m.models
+        adapters |= m.running_loras
+        adapters |= m.waiting_loras
     return PoolAggregate(
         name=name,
         snapshot_time=wall,
@@ -297,7 +316,9 @@ def aggregate(
         prefix_bloom=bloom,
         tls=tls,
         mtls=mtls,
-        models=tuple(sorted(m for m in served if len(m) <= MAX_MODEL_CHARS)[:MAX_MODELS]),
+        # (config names first, then the servers' own, then adapters, which come and go between scrapes:
+        # a cut drops adapters before a pool's base model)
+        models=_cut_models([*sorted(set(models)), *sorted(named), *sorted(adapters)]),
     )
 
 

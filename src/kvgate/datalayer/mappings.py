@@ -141,8 +141,9 @@ def page_has_signals(text: str, engine: str) -> bool:
     return any(name in text for name in _WANTED[engine])
 
 
-# The most model names one server's page is read for (``EndpointMetrics.models``).
+# The most model names one server's page is read for (``EndpointMetrics.models``), and the longest.
 MAX_MODELS = 64
+MAX_MODEL_CHARS = 256
 
 
 def _int_label(labels: dict[str, str], key: str) -> int | None:
@@ -203,7 +204,7 @@ def extract(text: str, engine: str, now: float, previous: EndpointMetrics | None
         for sig in (m.waiting, m.running)
         for n in sig.names
         for labels, _ in samples.get(n, ())
-        if (model := labels.get("model_name"))
+        if (model := labels.get("model_name")) and len(model) <= MAX_MODEL_CHARS
     }
     if named and named != models:
         models = frozenset(sorted(named)[:MAX_MODELS])  # (a page naming thousands: bounded)

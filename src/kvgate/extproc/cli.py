@@ -211,10 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             make_endpoint(a, pool=cfg.pool.name, engine=cfg.pool.engine, labels=labels)
             for a in cfg.pool.endpoints
         )
-        # Model labels: the pool's models, adapters and rewrite rules' names at once, others once a model
-        # server answered them and the pods' metrics report serving them (kvgate.openai.labels).
+        # Model labels: the pool's models, adapters and rewrite rules' names and those the pods' metrics
+        # report serving, others once a model server answered them, into the slots those
+        # leave (kvgate.openai.labels).
         known = [*cfg.pool.models, *cfg.pool.adapters, *rewrite_names(cfg.gateway.rewrites)]
-        metrics = EppMetrics(models=ModelLabels(known, vouch=models_reported(store.all)))
+        metrics = EppMetrics(models=ModelLabels(known, reported=models_reported(store.all, time.monotonic)))
         ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
         if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
             raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
@@ -269,8 +270,9 @@ def _hub_main(args: argparse.Namespace) -> int:
     except (ClustersError, ValueError, OSError) as e:
         print(f"kvgate epp: {e}", file=sys.stderr)
         return 2
-    # Model labels learnt only for names a cluster's aggregate lists (kvgate.openai.labels).
-    metrics = EppMetrics(models=ModelLabels(vouch=models_listed(director.state_list)))
+    # Model labels: the names the clusters' aggregates list, others into the slots left
+    # (kvgate.openai.labels).
+    metrics = EppMetrics(models=ModelLabels(reported=models_listed(director.state_list, time.monotonic)))
     ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic, observer=metrics)
     try:
         with contextlib.suppress(KeyboardInterrupt):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.openai.labels import ModelLabels, Vouch
+from kvgate.openai.labels import ModelLabels, ReportedNames
 from kvgate.openai.requeststats import RequestErrors, RequestStats
 from kvgate.scheduling.types import PickResult, Usage
 
@@ -24,20 +24,19 @@ _PICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 _BYTES_BUCKETS = tuple(float(1 << s) for s in range(8, 27, 2))
 
 
-def models_reported(endpoints: Callable[[], Iterable[Endpoint]]) -> Vouch:
-    """``ModelLabels``' check of a name: whether a pod's scraped metrics report serving it (their
-    ``model_name`` label, a running or waiting LoRA adapter); None while no pod reports a model name."""
+def models_reported(endpoints: Callable[[], Iterable[Endpoint]], clock: Callable[[], float]) -> ReportedNames:
+    """The names the pods' scraped metrics report serving (their ``model_name`` label, a running or
+    waiting LoRA adapter), kept once seen, the pods walked at most once per ``REFRESH_S`` of ``clock``:
+    ``ModelLabels``' ``reported``."""
 
-    def vouch(name: str) -> bool | None:
-        named = False
+    def walk() -> Iterator[str]:
         for e in endpoints():
             m = e.metrics
-            if name in m.models or name in m.running_loras or name in m.waiting_loras:
-                return True
-            named = named or bool(m.models)
-        return False if named else None
+            yield from m.models
+            yield from m.running_loras
+            yield from m.waiting_loras
 
-    return vouch
+    return ReportedNames(walk, clock)
 
 
 class EppMetrics:

@@ -644,4 +644,11 @@ class Session:
             return
         # Gone before response headers: the server may never have been reached -> not ok. Gone after
         # a 200: the client left, the server was fine.
+        if not idle and not self.status and self.request is not None:
+            # The client left (Envoy cancelled the stream) before any answer: nothing is known of the
+            # endpoint's, and a director that judges its endpoints by their answers (the hub EPP, as the
+            # global router on a cancel) must not count it as failed.
+            abandoned = getattr(self.ctx.director, "on_abandoned", None)
+            if abandoned is not None:
+                abandoned(self.request, self.endpoint)
         self._finish(ok=self.status == 200, complete=False)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CLUSTER_LABEL = "kvgate.io/cluster"
 POOL = "clusters"  # the store pool of the hub EPP's endpoints (the clusters' gateways)
 MAX_WAITS = 65536  # streamed requests tracked to their first token (bounded: a lost finish cannot grow it)
+_ABANDONED = -1  # ``_status`` of a request whose client left before its cluster's response headers
 
 
 class ClusterDirector:
@@ -137,6 +138,11 @@ class ClusterDirector:
             self._status.pop(next(iter(self._status)))
         self._status[id(req)] = status
 
+    def on_abandoned(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+        """The client left before the cluster's response headers (the session's stream was cancelled): its
+        end (``on_finished``) neither fails nor clears the cluster, as the global router's ``given_up``."""
+        self.on_answered(req, endpoint, _ABANDONED)
+
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None:
         self._loads.pop(id(req), None)  # (picked but closed before its dispatch)
         status = self._status.pop(id(req), 0)
@@ -150,9 +156,13 @@ class ClusterDirector:
             cached = usage.cached_share if ok and usage is not None else None
             st.finished(token, self.clock() if ok else None, cached=cached)
             # As the global gateway's router: a cluster fails (and backs off) when it did not answer
-            # (unreachable: Envoy went on to the next address, or no response headers came) or answered
-            # 5xx / 429; any other answer is the client's (a 400, 404, 413 refusing the request, a 2xx
-            # whose client then left or that was cut): the cluster took the request, no back-off.
+            # (unreachable: Envoy went on to the next address; the EPP's idle sweeper ended the stream
+            # before response headers came) or answered 5xx / 429; any other answer is the client's (a
+            # 400, 404, 413 refusing the request, a 2xx whose client then left or that was cut): the
+            # cluster took the request, no back-off. A client that left before any answer (its stream
+            # cancelled, ``on_abandoned``) tells nothing of the cluster: neither (the router's cancel).
+            if status == _ABANDONED:
+                return
             if ok or (status and status < 500 and status != 429):
                 st.succeeded()
             else:

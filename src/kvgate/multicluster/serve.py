@@ -75,7 +75,7 @@ class _Metrics:
         # name is its own label once a cluster answered a request sent under it with a 2xx (at most 16;
         # with a rewrite header, the header's name in Endpoint mode and none in Parent mode, never the
         # body's), else ``other``.
-        self.models = ModelLabels()  # (its ``vouch``: the clusters' aggregates, set by GlobalGateway)
+        self.models = ModelLabels()  # (its ``reported``: the clusters' aggregates, set by GlobalGateway)
         self.requests = Counter(
             "kvgate_multicluster_requests_total", "Requests started, by cluster, routing mode and model",
             ["cluster", "mode", "model_name"], registry=r,
@@ -221,8 +221,8 @@ class GlobalGateway:
     ) -> None:
         self.router = GlobalRouter(cfg, policy, clock=clock, seed=seed)
         self.metrics = _Metrics()
-        # A name is learnt only if a cluster's aggregate lists it (kvgate.openai.labels).
-        self.metrics.models.vouch = models_listed(self.router.state_list)
+        # The names the clusters' aggregates list are labels of their own (kvgate.openai.labels).
+        self.metrics.models.reported = models_listed(self.router.state_list, clock)
         self.router.on_stall = lambda cluster, phase: self.metrics.stalled.labels(cluster, phase).inc()
         self.clusters_file = clusters_file
         if clusters_file is not None:

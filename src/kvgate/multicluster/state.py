@@ -35,12 +35,12 @@ changes (its snapshot shows that) but its speed does not.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from kvgate.datalayer.aggregate import PoolAggregate
 from kvgate.multicluster.clusters import ClusterSpec
-from kvgate.openai.labels import Vouch
+from kvgate.openai.labels import ReportedNames
 
 FAILURE_BACKOFF_S = 1.0  # a cluster that failed a request (connect error, 5xx) sits out this long, doubling
 FAILURE_BACKOFF_MAX_S = 8.0
@@ -473,18 +473,14 @@ def _quantile_step(q: float | None, x: float, quantile: float) -> float:
     return q
 
 
-def models_listed(states: Callable[[], Iterable[ClusterState]]) -> Vouch:
-    """``ModelLabels``' check of a name: whether a cluster's aggregate lists it (``PoolAggregate.models``:
-    what its pool's servers report serving); None while no cluster's aggregate lists any model."""
+def models_listed(states: Callable[[], Iterable[ClusterState]], clock: Callable[[], float]) -> ReportedNames:
+    """The names the clusters' aggregates list (``PoolAggregate.models``: their front doors' config names,
+    then what their servers report), kept once seen, walked at most once per ``REFRESH_S`` of ``clock``:
+    ``ModelLabels``' ``reported``."""
 
-    def vouch(name: str) -> bool | None:
-        listed = False
+    def walk() -> Iterator[str]:
         for st in states():
-            a = st.aggregate
-            if a is not None and a.models:
-                if name in a.models:
-                    return True
-                listed = True
-        return False if listed else None
+            if st.aggregate is not None:
+                yield from st.aggregate.models
 
-    return vouch
+    return ReportedNames(walk, clock)
