@@ -243,10 +243,11 @@ class GlobalRouter:
     async def _close(self) -> None:
         try:
             await self.epp.close()
-        except Exception:
-            # The session closed all the same; the channels' error is the one raised, a second one from
-            # the session's close logged (review s14-stops I1: it replaced the first, kept only as its
-            # ``__context__``).
+        except BaseException:
+            # The session closes however the channels' close ended: an error, a cancel or an interrupt
+            # (review s14-final L3: a ``KeyboardInterrupt``/``CancelledError`` there skipped it). The
+            # channels' error is the one raised, a second one from the session's close logged (review
+            # s14-stops I1: it replaced the first, kept only as its ``__context__``).
             if self._session is not None:
                 try:
                     await self._session.close()
