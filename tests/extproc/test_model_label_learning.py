@@ -116,11 +116,11 @@ def _pod(page: str) -> Endpoint:
 
 
 def test_a_server_answering_any_model_cannot_push_a_reported_model_out() -> None:
-    """A model server that answers any ``model`` with a 2xx (kvgate's simulator, SGLang) let a client
-    teach the EPP 16 made-up names, after which a real model first served stayed ``other`` until a
-    restart; then (ba6a221) a name the pods did not report was never learnt. Now the names a pod's
-    scraped metrics report (``model_name`` label, a LoRA adapter) are labels of their own from the start,
-    and made-up names take only the slots they leave."""
+    """A model server that answers any ``model`` with a 2xx (SGLang; kvgate's simulator refuses an unknown
+    model with 404) let a client teach the EPP 16 made-up names, after which a real model first served
+    stayed ``other`` until a restart; then (ba6a221) a name the pods did not report was never learnt.
+    Now the names a pod's scraped metrics report (``model_name`` label, a LoRA adapter) are labels of
+    their own from the start, and made-up names take only the slots they leave."""
     pod = _pod(_PAGE)
     assert pod.metrics.models == {"m"} and pod.metrics.running_loras == {"m-lora"}
     metrics = EppMetrics(models=ModelLabels(reported=models_reported(lambda: [pod], lambda: 0.0)))

@@ -25,15 +25,18 @@ _BYTES_BUCKETS = tuple(float(1 << s) for s in range(8, 27, 2))
 
 
 def models_reported(endpoints: Callable[[], Iterable[Endpoint]], clock: Callable[[], float]) -> ReportedNames:
-    """The names the pods' scraped metrics report serving (their ``model_name`` label, a running or
-    waiting LoRA adapter), kept once seen, the pods walked at most once per ``REFRESH_S`` of ``clock``:
-    ``ModelLabels``' ``reported``."""
+    """The names the pods' scraped metrics report serving now (their ``model_name`` label, a running or
+    waiting LoRA adapter), the pods walked at most once per ``REFRESH_S`` of ``clock``: ``ModelLabels``'
+    ``reported``. Every pod's base model names come first, then the running adapters, then the waiting
+    ones, so a cut at ``MAX_REPORTED_NAMES`` drops adapters before any pod's base model."""
 
     def walk() -> Iterator[str]:
-        for e in endpoints():
-            m = e.metrics
+        pods = [e.metrics for e in endpoints()]
+        for m in pods:
             yield from m.models
+        for m in pods:
             yield from m.running_loras
+        for m in pods:
             yield from m.waiting_loras
 
     return ReportedNames(walk, clock)

@@ -72,9 +72,11 @@ class _Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         # ``model_name`` values bounded (kvgate.openai.labels): the clusters file names no models, so a
-        # name is its own label once a cluster answered a request sent under it with a 2xx (at most 16;
-        # with a rewrite header, the header's name in Endpoint mode and none in Parent mode, never the
-        # body's), else ``other``.
+        # name is its own label while a cluster's aggregate lists it (at most 256, rebuilt at each
+        # re-read, names listed in the last 5 minutes kept) or once a cluster answered a request sent
+        # under it with a 2xx (at most 16 learnt, kept; with a rewrite header, the header's name in
+        # Endpoint mode and none in Parent mode, never the body's), else ``other``: at most 256 + 16
+        # names at any moment, plus ``other`` and the empty label.
         self.models = ModelLabels()  # (its ``reported``: the clusters' aggregates, set by GlobalGateway)
         self.requests = Counter(
             "kvgate_multicluster_requests_total", "Requests started, by cluster, routing mode and model",

@@ -474,13 +474,17 @@ def _quantile_step(q: float | None, x: float, quantile: float) -> float:
 
 
 def models_listed(states: Callable[[], Iterable[ClusterState]], clock: Callable[[], float]) -> ReportedNames:
-    """The names the clusters' aggregates list (``PoolAggregate.models``: their front doors' config names,
-    then what their servers report), kept once seen, walked at most once per ``REFRESH_S`` of ``clock``:
-    ``ModelLabels``' ``reported``."""
+    """The names the clusters' aggregates list now (``PoolAggregate.models``: their front doors' config
+    names, then what their servers report, base models before adapters), walked at most once per
+    ``REFRESH_S`` of ``clock``: ``ModelLabels``' ``reported``. The lists are taken rank by rank (every
+    cluster's first name, then every second one, ...), so one cluster's long adapter list cannot push
+    another cluster's first names (its base models) out of the cut at ``MAX_REPORTED_NAMES``."""
 
     def walk() -> Iterator[str]:
-        for st in states():
-            if st.aggregate is not None:
-                yield from st.aggregate.models
+        lists = [st.aggregate.models for st in states() if st.aggregate is not None]
+        for rank in range(max((len(ms) for ms in lists), default=0)):
+            for ms in lists:
+                if rank < len(ms):
+                    yield ms[rank]
 
     return ReportedNames(walk, clock)
