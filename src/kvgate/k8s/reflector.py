@@ -8,11 +8,16 @@ vanished meanwhile, ADDED/MODIFIED for the rest, so no stale object survives and
 errors (403) are logged once per change with the server's message and kept in ``error`` (``/readyz``
 reports them) while the reflector relists with back-off (the list that succeeds clears it).
 
-``last_sync`` is when the copy was last known to be in sync, on the injected ``clock``: a list completed
-(a 410's relist counts once it completes), a watch event or bookmark read, or a watch that stayed open and
-quiet for the silence limit on a server that sends no bookmarks (a quiet resource there is read nothing
-else). A watch that merely opens does not count: one that answers 200 and then fails (an ``ERROR`` event,
-an empty stream) proves nothing, and ``error`` keeps the cause until a real success clears it.
+``last_sync`` is when the copy was last known to be in sync, on the injected ``clock``: a list completed (a
+410's relist counts once it completes), a watch event or bookmark read, or a watch that opened (200) and
+ended without an in-stream ``ERROR`` after being held open at least ``HELD_OPEN_S`` (its end: a timeout, a
+proxy's idle cut or close, not a reset; the silence limit; the server accepted the resourceVersion and had
+no change to deliver; "in sync" is the API server's view). A watch that merely opens does not count: one
+that answers 200 and then fails (an ``ERROR`` event, an empty stream or a close at once) proves nothing, and
+``error`` keeps the cause until a real success clears it. A relist that follows a watch refused as it opened
+(403, 404: RBAC granting list but not watch) brings the copy up to date but counts only once a watch opens
+again: until then the error, the age and the growing back-off stay (else list, 403, 0.1 s, list... for
+good).
 ``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines and, if asked,
 not-ready.
 
@@ -114,6 +119,10 @@ class _Silent(Exception):
     pass
 
 
+class _Cut(Exception):
+    """A watch held open, then its connection cut (no in-stream error): in sync at its end."""
+
+
 class Reflector:
     def __init__(
         self,
@@ -151,8 +160,12 @@ class Reflector:
         self.events = 0  # watch events and bookmarks received
         self.silences = 0  # watches ended for reading nothing for watch_silence_s
         self.last_sync: float | None = None  # clock() when last known in sync (None: never listed)
+        # A watch refused as it opened (403/404): the relist that follows counts only once a watch opens.
+        self._watch_refused = False
+        self._listed_at: float | None = None  # such a relist's time, credited when a watch opens again
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
+        self._opening = False  # a watch request sent, its answer not yet 200
 
     @property
     def name(self) -> str:
@@ -167,11 +180,12 @@ class Reflector:
         return None if self.last_sync is None else self.clock() - self.last_sync
 
     def _synced_now(self) -> None:
-        """A real success (a list completed, a watch event or bookmark read, a quiet watch's silent end on
-        a server without bookmarks): fresh, no error, the back-off starts over."""
+        """A real success (a list completed, a watch event or bookmark read, a watch held open that ended
+        without an in-stream error): fresh, no error, the back-off starts over."""
         self.last_sync = self.clock()
         self.error = None
         self.backoff.reset()
+        self._listed_at = None
 
     def start(self) -> None:
         if self._task is None:
@@ -222,16 +236,16 @@ class Reflector:
                 if self.events == events and loop.time() - started < HELD_OPEN_S:
                     await asyncio.sleep(self.backoff.next(self._rng))
             except _Silent:
+                # A quiet watch held open for the whole limit (kube-apiserver's cacher sends no bookmark
+                # for a resource it saw no event of, e.g. after its restart): in sync at its end (it counted
+                # in ``_watch``); resumed from its resourceVersion. A stuck connection is caught by the
+                # re-open that follows (it fails) and by TCP keepalive.
                 self.silences += 1
-                if self.bookmarks:  # the server bookmarks: silence means a stuck connection
-                    self._fail(f"watch read nothing for {self.watch_silence_s:g} s (bookmarks are due "
-                               f"every {BOOKMARK_PERIOD_S:g} s): re-watching")  # fmt: skip
-                else:  # a server that sends none (no watch cache, or kube-apiserver's cacher before it
-                    # saw an event of the resource): a quiet watch, held open for the whole limit, is in
-                    # sync; it is routinely resumed
-                    self._synced_now()
-                    log.info("reflector %s: watch read nothing for %g s and the server sent no bookmark; "
-                             "re-watching", self.name, self.watch_silence_s)  # fmt: skip
+                log.info("reflector %s: watch read nothing for %g s; re-watching", self.name,
+                         self.watch_silence_s)  # fmt: skip
+                await asyncio.sleep(self.backoff.next(self._rng))
+            except _Cut:
+                log.debug("reflector %s: watch connection cut after it was held; re-watching", self.name)
                 await asyncio.sleep(self.backoff.next(self._rng))
             except _Gone:
                 self.gone += 1
@@ -244,8 +258,12 @@ class Reflector:
                                f"{self.rt.plural} in API group {self.rt.group!r}")  # fmt: skip
                 else:
                     self._fail(str(e))
-                # 403: relist once allowed again, which clears the error (a watch that merely opens does
-                # not: it proves nothing until an event) and brings the copy up to date after the gap.
+                # 403: relist, which brings the copy up to date after the gap. When the watch was the
+                # request refused as it opened, that list counts (clears the error, resets the back-off,
+                # fresh) only once a watch opens again (``_watch``): RBAC granting list but not watch
+                # must back off to the cap, not relist every 0.1 s looking fresh.
+                if not need_list and e.status in (403, 404) and self._opening:
+                    self._watch_refused = True
                 need_list = need_list or e.status in (403, 404, 410)
                 await asyncio.sleep(self.backoff.next(self._rng))
             except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as e:
@@ -287,7 +305,10 @@ class Reflector:
                 break
         self.lists += 1
         self._reconcile(fresh)
-        self._synced_now()
+        if self._watch_refused:  # counts once a watch opens again (see ``run``)
+            self._listed_at = self.clock()
+        else:
+            self._synced_now()
         self.synced.set()
 
     def _reconcile(self, fresh: dict[Key, Obj]) -> None:
@@ -311,6 +332,7 @@ class Reflector:
         }  # fmt: skip
         # No total timeout (a watch is long), but a silent one ends: bookmarks are due each minute.
         timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=self.watch_silence_s)
+        self._opening = True
         resp = await self.client.open("GET", self.rt.collection_path(self.namespace), q, timeout_s=timeout)
         async with resp:
             self._keepalive(resp)
@@ -318,10 +340,19 @@ class Reflector:
                 raise _Gone
             if not 200 <= resp.status < 300:
                 raise error_from(resp.status, await resp.read())
-            self.watches += 1  # not in sync yet: that takes an event or a bookmark (or a quiet limit)
+            self._opening = False
+            self.watches += 1  # not in sync yet: that takes an event, a bookmark or a held clean end
+            if self._watch_refused:  # the refusal is over: the relist since then counts now
+                self._watch_refused = False
+                if self._listed_at is not None:
+                    self.last_sync, self._listed_at = self._listed_at, None
+                    self.error = None
+            conn = resp.connection
+            proto = conn.protocol if conn is not None else None
             loop = asyncio.get_running_loop()
             opened = loop.time()
             buf = b""
+            in_sync = False  # ended without an in-stream error: counts if it was held open
             try:
                 async for chunk in resp.content.iter_any():
                     buf += chunk
@@ -329,11 +360,25 @@ class Reflector:
                         line, buf = buf.split(b"\n", 1)
                         if line.strip():
                             self._on_event(orjson.loads(line))
+                in_sync = True
             except aiohttp.ServerTimeoutError as e:  # sock_read: nothing for watch_silence_s
+                in_sync = True  # (held for the whole limit, whatever HELD_OPEN_S)
+                self._synced_now()
                 raise _Silent from e
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+                # A proxy's idle cut may close the connection (FIN) without the stream's last chunk: after
+                # a hold, a clean end like any other. Not so a reset or a keepalive timeout (the protocol
+                # holds a ClientOSError then: the peer is gone, not done), nor a close at once.
+                closed = proto is not None and isinstance(proto.exception(), aiohttp.ServerDisconnectedError)
+                if not closed or loop.time() - opened < HELD_OPEN_S:
+                    raise
+                in_sync = True
+                raise _Cut from None
             finally:
                 if loop.time() - opened >= HELD_OPEN_S:
                     self.backoff.reset()
+                    if in_sync:
+                        self._synced_now()
 
     def _keepalive(self, resp: aiohttp.ClientResponse) -> None:
         conn = resp.connection

@@ -5,8 +5,8 @@ does) and the EPP keeps routing on it. This module makes that visible and, when 
 
 - the gauge ``kvgate_reflector_last_sync_age_seconds{name}``: seconds since each running reflector's copy
   was last known to be in sync with the API server (``Reflector.last_sync``: a list completed, a watch
-  event or bookmark read, a quiet watch held for the silence limit on a server without bookmarks; not a
-  watch that merely opened), computed when scraped; named after client-go's ``reflector_*`` family (label
+  event or bookmark read, a watch held open >= ``HELD_OPEN_S`` that ended without an in-stream error; not
+  a watch that merely opened), computed when scraped; named after client-go's ``reflector_*`` family (label
   ``name``, the watched resource and namespace). No sample before a reflector's first list (its readiness
   says "not synced yet");
 - a WARNING when a reflector has not been in sync for ``stale_after_s`` (what it routes on, its last
