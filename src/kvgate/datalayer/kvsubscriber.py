@@ -645,7 +645,7 @@ class KVEventSubscriber:
     ) -> Literal["applied", "failed", "past"]:
         """Fetch batches [want, upto) from the replay socket: "applied" if they were all applied, "past" if
         the engine's whole answer ended before ``upto - 1`` (nothing applied: batch ``upto`` is not this
-        engine life's, see ``_live``), else "failed".
+        engine life's, see ``_live``; joining late, only an answer that held a batch says so), else "failed".
 
         ``partial_ok`` (joining late, nothing known yet): apply the longest run that ends at ``upto - 1``
         even if the engine's buffer no longer reaches back to ``want``.
@@ -654,7 +654,11 @@ class KVEventSubscriber:
         got = await self._fetch(want, upto, ended)
         if got is None or self._detached:
             return "failed"
-        if ended:
+        if ended and (got or not partial_ok):
+            # Joining late (``partial_ok``, nothing known yet), an answer that holds no batch at all (the
+            # end marker alone: vLLM with ``buffer_steps=0``, a replay port whose buffer is not this
+            # stream's) proves nothing about ``upto``: applied as before (nothing), not "past" (review
+            # s14-fixes L-M3: every live batch was dropped as stale, for good).
             return "past"
         if partial_ok:
             got = _newest_run(got, upto)
