@@ -18,9 +18,9 @@ from kvgate.k8s.lease import LeaderElector
 from .eppproc import EppProc, launch_epp
 
 
-def _elector(kube: KubeClient, identity: str) -> LeaderElector:
-    return LeaderElector(kube, name="l", namespace="default", identity=identity, lease_duration_s=1.0,
-                         renew_deadline_s=0.8, retry_period_s=0.1)  # fmt: skip
+def _elector(kube: KubeClient, identity: str, lease_s: float = 1.0, renew_s: float = 0.8) -> LeaderElector:
+    return LeaderElector(kube, name="l", namespace="default", identity=identity, lease_duration_s=lease_s,
+                         renew_deadline_s=renew_s, retry_period_s=0.1)  # fmt: skip
 
 
 async def _until(cond, within_s: float = 15.0) -> float:  # type: ignore[no-untyped-def]
@@ -33,15 +33,20 @@ async def _until(cond, within_s: float = 15.0) -> float:  # type: ignore[no-unty
 
 
 async def test_one_leader_and_takeover_after_a_crash(double: ApiServerDouble, kube: KubeClient) -> None:
-    a, b = _elector(kube, "a"), _elector(kube, "b")
+    # A 3 s lease, 2 s to renew: a stall of the loaded machine (0.8 s of 1 s was seen to cost a its lease
+    # before b had read it) is no crash; the takeover then waits the longer lease.
+    a, b = _elector(kube, "a", 3.0, 2.0), _elector(kube, "b", 3.0, 2.0)
     a.start()
     await _until(lambda: a.is_leader)
     b.start()
-    await asyncio.sleep(0.5)
+    await _until(lambda: b.holder == "a")  # b read the Lease (not a fixed 0.5 s: a poll)
+    await asyncio.sleep(0.3)  # b retries each 0.1 s meanwhile and must not take it
     assert a.is_leader and not b.is_leader and b.holder == "a"
     await a.stop(release=False)  # a crash: the Lease is left to expire
     waited = await _until(lambda: b.is_leader)
-    assert waited >= 0.5  # not before the holder's record went stale (1 s lease, observed by b)
+    # Not before the holder's record went stale as b observed it: a renewed within 2 s of the crash (or
+    # stepped down), b saw that renewal, then waits the 3 s lease from there: >= 3 - 2 s after the crash.
+    assert waited >= 1.0, waited
     lease = double.get(R.LEASE, "l")
     assert lease["spec"]["holderIdentity"] == "b" and lease["spec"]["leaseTransitions"] == 1
     await b.stop()  # a clean stop releases it

@@ -106,17 +106,26 @@ async def test_stop_refuses_connections_and_start_restores(sim_fleet: FleetFacto
 async def test_self_stop_with_restart_after(sim_fleet: FleetFactory) -> None:
     fleet = await sim_fleet(1)
     url = fleet.urls[0]
-    async with aiohttp.ClientSession() as s:
-        status, _ = await _post(s, url, "/sim/stop", {"restart_after_s": 0.3})
+    """The replica stops after answering, refuses connections while down and comes back by itself, no
+    sooner than asked. Polls, not fixed sleeps: at load 14 the stop could still be running after 0.1 s, and
+    a 0.3 s restart could come back before the refused connect ran; 2 s leaves that room."""
+    loop = asyncio.get_running_loop()
+    replica = fleet.replicas[0]
+    # A new connection per request: the stop's own kept-alive one is reset by the stop.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        sent = loop.time()
+        status, _ = await _post(s, url, "/sim/stop", {"restart_after_s": 2.0})
         assert status == 200
-        await asyncio.sleep(0.1)
-        assert not fleet.replicas[0].running
+        while replica.running or replica._site is not None:  # the stop (after the answer), to its listener
+            assert loop.time() - sent < 10.0, "the replica did not stop"
+            await asyncio.sleep(0.01)
         with pytest.raises(aiohttp.ClientConnectorError):
             await _post(s, url, "/v1/completions", BODY)
-        for _ in range(100):
-            if fleet.replicas[0].running:
-                break
+        assert not replica.running, "restarted before the refused connect: the check proved nothing"
+        while not replica.running:  # the restart
+            assert loop.time() - sent < 30.0, "the replica did not restart"
             await asyncio.sleep(0.02)
+        assert loop.time() - sent >= 2.0  # not before restart_after_s
         assert (await _post(s, url, "/v1/completions", BODY))[0] == 200
 
 
