@@ -62,8 +62,17 @@ def replay_timeout_from_env(environ: Mapping[str, str] = os.environ) -> float:
 # whose field types changed) fails every batch, one per engine step, and would flood the log with a line
 # (or a traceback) each. ``SubscriberStats`` counts them all.
 FAILURE_LOG_INTERVAL_S = 10.0
+# A streak of live batches dropped as an earlier engine life's (``_drop_stale``) with no batch applied
+# between them is a dead life's burst queued on the SUB socket: finite, at most ZMQ's default receive HWM
+# (1000 messages) per dead connection, and already queued when the new life publishes, so it drains at one
+# replay round trip per batch (milliseconds). A streak longer than STALE_STREAK_MAX batches, or lasting
+# longer than STALE_STREAK_S on the subscriber's clock, is not one: the replay's verdict is wrong (vLLM with
+# ``buffer_steps=0`` answers the end marker alone, so after a gap or a restart every later batch looked
+# "past", dropped for good), and the batch is applied after a resync, as a gap that no replay healed.
+STALE_STREAK_MAX = 1000
+STALE_STREAK_S = 30.0
 # (each kind has its own slot in the failure log)
-FailureKind = Literal["decode", "apply", "unforeseen", "stale"]
+FailureKind = Literal["decode", "apply", "unforeseen", "stale", "overruled"]
 
 # On the process-wide registry (served on ``/metrics`` by both doors, as the picker's metrics are).
 SUBSCRIBER_RESTARTS = Counter(
@@ -110,6 +119,8 @@ class SubscriberStats:
     # restarted: its replay showed it does not hold them (its whole answer ended before one, or held another
     # batch at its number; review s14-kv M3)
     stale_dropped: int = 0
+    # live batches applied after a resync although the replay said stale: the streak outgrew STALE_STREAK_*
+    stale_overruled: int = 0
     last_seq: int | None = None
 
 
@@ -148,7 +159,10 @@ class KVEventSubscriber:
         self.replay_endpoint = replay_endpoint
         self.replay_timeout = replay_timeout
         self.stats = SubscriberStats()
-        self.clock = clock  # for the failure log's rate limit only
+        self.clock = clock  # for the failure log's rate limit and the stale streak's age only
+        # The current streak of stale drops (``_stale``): how many, and when its first was (None: none).
+        self._stale_streak = 0
+        self._stale_since: float | None = None
         # One rate-limit slot per kind of failure, so a stream of one kind never hides the first of another
         # (and an unforeseen exception's traceback): kind -> when last logged / failures not logged since.
         self._failure_logged_at: dict[FailureKind, float] = {}
@@ -561,6 +575,7 @@ class KVEventSubscriber:
             return False
         if self._check_gap(seq) == "gap":
             self._resync()  # (no replay socket to heal it)
+        self._end_stale_streak()
         self._apply(seq, payload)
         return True
 
@@ -573,8 +588,8 @@ class KVEventSubscriber:
             and seq > 0
             and self.replay_endpoint is not None
             and await self._replay(0, seq, partial_ok=True) == "past"
+            and self._stale(seq)
         ):
-            self._drop_stale(seq)
             return
         if self._detached:
             return
@@ -582,8 +597,7 @@ class KVEventSubscriber:
         if last is not None and seq <= last and self.replay_endpoint is not None:
             # An engine restart (its sequence numbers from 0 again), or a dead life's batch queued on the
             # socket: the engine that publishes now holds the batch it just published.
-            if await self._not_the_engine_s(seq, payload):
-                self._drop_stale(seq)
+            if await self._not_the_engine_s(seq, payload) and self._stale(seq):
                 return
             if self._detached:
                 return
@@ -592,11 +606,11 @@ class KVEventSubscriber:
             healed = await self._replay(self._next_seq(), seq)
             if self._detached:
                 return
-            if healed == "past":
-                self._drop_stale(seq)
+            if healed == "past" and self._stale(seq):
                 return
             if healed == "failed":
                 self._resync()
+        self._end_stale_streak()
         self._apply(seq, payload)
 
     async def _not_the_engine_s(self, seq: int, payload: bytes) -> bool:
@@ -610,6 +624,30 @@ class KVEventSubscriber:
         if not got or got[0][0] != seq:
             return False
         return xxhash.xxh3_64_intdigest(got[0][1]) != xxhash.xxh3_64_intdigest(payload)
+
+    def _stale(self, seq: int) -> bool:
+        """A live batch the engine's replay says it does not hold: dropped (True, ``_drop_stale``), unless
+        the streak of such drops has outgrown a dead life's burst (``STALE_STREAK_MAX`` batches, or
+        ``STALE_STREAK_S`` on the clock): then the verdict is not trusted, the endpoint is resynced (as
+        after a gap that no replay healed) and the batch is to be applied (False)."""
+        now = self.clock()
+        if self._stale_since is None:
+            self._stale_since = now
+        self._stale_streak += 1
+        if self._stale_streak <= STALE_STREAK_MAX and now - self._stale_since <= STALE_STREAK_S:
+            self._drop_stale(seq)
+            return True
+        self.stats.stale_overruled += 1
+        self._log_failure("overruled", logging.WARNING, "batch %d applied after a resync: %d live batches "
+                          "in %.1f s looked like an earlier engine life's, more than a dead life's queue "
+                          "holds", seq, self._stale_streak - 1, now - self._stale_since)  # fmt: skip
+        self._end_stale_streak()
+        self._resync()
+        return False
+
+    def _end_stale_streak(self) -> None:
+        self._stale_streak = 0
+        self._stale_since = None
 
     def _drop_stale(self, seq: int) -> None:
         """A live batch the engine does not hold: its whole replay answer ends before it (the engine
