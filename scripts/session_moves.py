@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from typing import Any
 
+from script_usage import usage_or_exit
 from sim_hooks import cached_tokens
 
 from kvgate.bench.mixed import FAMILIES
@@ -19,6 +20,7 @@ from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 
 
 def main() -> None:
+    usage_or_exit(__doc__, 2)
     fam = FAMILIES[sys.argv[1]]
     qps = float(sys.argv[2])
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
