@@ -106,3 +106,37 @@ async def test_a_fetch_that_keeps_progressing_slowly_ends_at_its_deadline(caplog
         assert "the fetch's time ran out (4.0 s: 8 replay timeouts)" in caplog.text, caplog.text
     finally:
         server.close()
+
+
+async def test_a_round_cut_by_the_fetch_deadline_ends_at_or_after_it():
+    """A replay that never answers, and a fetch deadline under 1 ms away (before the request's own 1 s
+    timeout): the round must not return before that deadline, or ``_fetch`` reads the fetch as not
+    expired and logs the wrong reason (flake3: the poll's wait was cut to whole ms, here to a poll(0)
+    that returns at once; seen under load when the last round had < 1 ms left)."""
+    import asyncio
+
+    import zmq
+    import zmq.asyncio
+
+    from kvgate.datalayer.kvsubscriber import _Kept
+
+    ctx = zmq.asyncio.Context.instance()
+    router = ctx.socket(zmq.ROUTER)  # (reads requests, answers none)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        sub = KVEventSubscriber(
+            BlockIndex(),
+            "a",
+            "tcp://127.0.0.1:1",
+            replay_endpoint=f"tcp://127.0.0.1:{port}",
+            replay_timeout=1.0,
+        )
+        loop = asyncio.get_running_loop()
+        for _ in range(20):
+            deadline = loop.time() + 0.0005
+            outcome, _, _ = await sub._fetch_round(0, 0, None, _Kept(), None, deadline)
+            assert outcome == "silent"
+            assert loop.time() >= deadline
+    finally:
+        router.close()

@@ -926,7 +926,9 @@ class KVEventSubscriber:
                 left = deadline - loop.time()
                 if last is not None:
                     left = min(left, silence)  # (the engine sends its answer in one go)
-                if left <= 0 or not await sock.poll(int(left * 1000)):
+                # (rounded up, +1 ms: a poll cut to whole ms ended up to 1 ms before a fetch deadline, so
+                # the fetch read as not expired and said "no answer" instead of "time ran out": flake3)
+                if left <= 0 or not await sock.poll(math.ceil(left * 1000) + 1):
                     if last is None:
                         return "silent", start, None
                     return "lost", last + 1, (last, xxhash.xxh3_64_intdigest(last_payload))
