@@ -136,3 +136,40 @@ async def test_ip_addresses_wildcards_and_interface_names_are_not_looked_up(monk
         assert sub.start_error is None and calls == []
     finally:
         await mgr.close()
+
+
+async def test_a_lookup_failing_with_a_plain_os_error_is_retried(monkeypatch):
+    """EAI_SYSTEM reaches Python as the plain OSError behind it (EMFILE with the descriptors exhausted),
+    not a gaierror: a passing state, retried after the back-off (final read s14-read-a L1). Before, it
+    escaped the subscriber's start: ``add`` returned, nothing restarted it, its events stopped for good."""
+    lookup, calls = _lookups([OSError(errno.EMFILE, "Too many open files"), "127.0.0.1"])
+    monkeypatch.setattr(kvsubscriber, "lookup_ipv4", lookup, raising=False)
+    mgr = KVEventsManager(BlockIndex(), sleep=_short, rng=random.Random(0))
+    try:
+        sub = await mgr.add("a", f"tcp://{HOST}:0", bind=True)
+        for _ in range(500):
+            if sub._sock is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert sub._sock is not None, "never bound"
+        assert calls == [HOST, HOST] and sub.stats.resolve_failures == 1 and mgr.restarts == 1
+    finally:
+        await mgr.close()
+
+
+async def test_a_malformed_host_name_still_fails_the_start(monkeypatch):
+    """A name with an empty label makes the lookup raise UnicodeError ('label empty or too long'): a
+    configuration error, ``add`` raises ENODEV as libzmq's own lookup did before kv14 (final read s14-read-a
+    L1: it returned, and the subscriber was dead with no message)."""
+    lookup, calls = _lookups([UnicodeError("encoding with 'idna' codec failed (label empty or too long)")])
+    monkeypatch.setattr(kvsubscriber, "lookup_ipv4", lookup, raising=False)
+    mgr = KVEventsManager(BlockIndex(), sleep=_short, rng=random.Random(0))
+    try:
+        with pytest.raises(zmq.ZMQError) as err:
+            async with asyncio.timeout(2):
+                await mgr.add("a", "tcp://kvgate..svc:5557", bind=True)
+        assert err.value.errno == errno.ENODEV and calls == ["kvgate..svc"]
+        await asyncio.sleep(0.1)
+        assert mgr.restarts == 0
+    finally:
+        await mgr.close()

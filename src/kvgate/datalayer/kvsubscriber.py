@@ -63,9 +63,11 @@ def replay_timeout_from_env(environ: Mapping[str, str] = os.environ) -> float:
 # (or a traceback) each. ``SubscriberStats`` counts them all.
 FAILURE_LOG_INTERVAL_S = 10.0
 # A streak of live batches dropped as an earlier engine life's (``_drop_stale``) with no batch applied
-# between them is a dead life's burst queued on the SUB socket: finite, at most ZMQ's default receive HWM
-# (1000 messages) per dead connection, and already queued when the new life publishes, so it drains at one
-# replay round trip per batch (milliseconds). A streak longer than STALE_STREAK_MAX batches, or lasting
+# between them is a dead life's burst queued on the SUB socket: finite (the SUB's RCVHWM is 100,000, but a
+# dead life's backlog is what it published during a catch-up: ~8 s of engine steps), and already queued
+# when the new life publishes, so it drains at one replay round trip per batch (milliseconds). (A dead
+# life that queued more than 1000 batches trips the bound: those are then applied after a resync, the
+# s14-kv M3 outcome; final read s14-read-a I1.) A streak longer than STALE_STREAK_MAX batches, or lasting
 # longer than STALE_STREAK_S on the subscriber's clock, is not one: the replay's verdict is wrong (vLLM with
 # ``buffer_steps=0`` answers the end marker alone, so after a gap or a restart every later batch looked
 # "past", dropped for good), and the batch is applied after a resync, as a gap that no replay healed.
@@ -467,6 +469,15 @@ class KVEventSubscriber:
             if e.errno in _TEMPORARY_EAI:
                 raise _LookupFailedForNow(host, str(e)) from None
             raise zmq.ZMQError(errno.ENODEV, f"{host}: {e.strerror} (addr={self.zmq_endpoint!r})") from None
+        except OSError as e:
+            # (not a gaierror: EAI_SYSTEM comes as the plain OSError behind it, e.g. EMFILE with the
+            # descriptors exhausted: a passing state, retried; final read s14-read-a L1)
+            self._lookup = None
+            raise _LookupFailedForNow(host, str(e)) from None
+        except (UnicodeError, ValueError) as e:
+            # (a malformed name: an empty or over-long label; the first start fails as libzmq's ENODEV did)
+            self._lookup = None
+            raise zmq.ZMQError(errno.ENODEV, f"{host}: {e} (addr={self.zmq_endpoint!r})") from None
         self._lookup = None
         return f"tcp://{ip}:{port}"
 
