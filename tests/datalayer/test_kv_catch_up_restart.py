@@ -5,17 +5,9 @@ answer kept; a gap's bounded fetch is still dropped (its range belongs to the ol
 
 from __future__ import annotations
 
-import asyncio
-
-from datalayer.test_kv_replay_loss import VLLMShapedReplay
-from datalayer.test_kvevents import batch, stored_map
-from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager, KVEventSubscriber
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life, restarting_replay
+from kvgate.datalayer.kvevents import BlockIndex, KVEventSubscriber
 from kvgate.datalayer.kvsubscriber import FETCH_MAX_ROUNDS
-
-
-def _life(base: int, n: int) -> list[bytes]:
-    """An engine life's buffer: ``n`` batches storing one block each (hash ``base + i``)."""
-    return [batch(stored_map([base + i], None, [(i + base) % 50] * 4)) for i in range(n)]
 
 
 async def test_a_catch_up_whose_engine_restarted_between_requests_starts_again_from_zero():
@@ -23,36 +15,20 @@ async def test_a_catch_up_whose_engine_restarted_between_requests_starts_again_f
     life before the re-request. Failed before: the fetch was dropped ("the engine restarted between two
     requests"), the catch-up skipped, the index empty. Now: asked again from 0, the new life applied,
     nothing of the old."""
-    old, new = _life(1_000_000, 400), _life(2_000_000, 400)
-    server: VLLMShapedReplay
-
-    def lose(n: int, seq: int | None) -> bool:
-        if n == 1 and seq is None:  # the first answer's tail and end marker lost; then the engine restarts
-            server.buffer = list(enumerate(new))
-            return True
-        return n == 1 and seq is not None and seq >= 200
-
-    server = VLLMShapedReplay(old, lose=lose)
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx, replay_timeout=2.0)
-    try:
-        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
-        async with asyncio.timeout(30):
-            await sub.wait_caught_up()
+    old, new = engine_life(1_000_000, 400), engine_life(2_000_000, 400)
+    server = restarting_replay(old, new, lost_from=200)
+    async with caught_up(server) as (sub, idx):
         assert idx.engine_hashes("a") == set(range(2_000_000, 2_000_400)), server.requests
         assert server.requests == [0, 199, 0]
         assert sub.stats.fetch_restarts == 1 and sub.stats.fetch_rerequests == 2
         assert sub.stats.last_seq == 399
-    finally:
-        await mgr.close()
-        server.close()
 
 
 async def test_a_catch_up_whose_buffer_wrapped_between_requests_starts_again_from_zero(caplog):
     """The engine's buffer wraps between the two requests (batches 0-249 evicted, 400-499 published): the
     re-request's answer begins after the last batch got. Failed before: dropped (None). Now the whole
     buffer as it is now (250-499), logged as started again."""
-    payloads = _life(1_000, 500)
+    payloads = engine_life(1_000, 500)
     server: VLLMShapedReplay
 
     def lose(n: int, seq: int | None) -> bool:
@@ -77,16 +53,8 @@ async def test_a_catch_up_whose_buffer_wrapped_between_requests_starts_again_fro
 async def test_a_gap_fetch_whose_engine_restarted_between_requests_is_still_dropped():
     """A gap's fetch [0, 400) is bounded by a live batch of the old life: another life's answer is never
     its range, so it is dropped as before (the gap then resyncs), not started again."""
-    old, new = _life(1_000_000, 400), _life(2_000_000, 400)
-    server: VLLMShapedReplay
-
-    def lose(n: int, seq: int | None) -> bool:
-        if n == 1 and seq is None:
-            server.buffer = list(enumerate(new))
-            return True
-        return n == 1 and seq is not None and seq >= 200
-
-    server = VLLMShapedReplay(old, lose=lose)
+    old, new = engine_life(1_000_000, 400), engine_life(2_000_000, 400)
+    server = restarting_replay(old, new, lost_from=200)
     try:
         sub = KVEventSubscriber(BlockIndex(), "a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
         assert await sub._fetch(0, 400) is None
@@ -98,7 +66,7 @@ async def test_a_gap_fetch_whose_engine_restarted_between_requests_is_still_drop
 async def test_an_engine_that_restarts_between_every_request_bounds_the_catch_up():
     """Each answer loses its tail and the engine restarts after it: the catch-up starts again each time,
     at most ``FETCH_MAX_ROUNDS`` requests in all, and applies nothing (no whole answer of one life)."""
-    lives = [_life(1_000_000 * (k + 1), 300) for k in range(2 * FETCH_MAX_ROUNDS + 2)]
+    lives = [engine_life(1_000_000 * (k + 1), 300) for k in range(2 * FETCH_MAX_ROUNDS + 2)]
     server: VLLMShapedReplay
 
     def lose(n: int, seq: int | None) -> bool:
@@ -108,16 +76,8 @@ async def test_an_engine_that_restarts_between_every_request_bounds_the_catch_up
         return seq >= server.requests[n - 1] + 100
 
     server = VLLMShapedReplay(lives[0], lose=lose)
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx, replay_timeout=1.0)
-    try:
-        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
-        async with asyncio.timeout(60):
-            await sub.wait_caught_up()
+    async with caught_up(server, replay_timeout=1.0, within_s=60) as (sub, idx):
         # (16 requests, or fewer when they took longer than the fetch's 8 s bound on a loaded machine)
         assert 3 <= len(server.requests) <= FETCH_MAX_ROUNDS, server.requests
         assert idx.num_blocks("a") == 0 and sub.stats.last_seq is None
         assert sub.stats.fetch_restarts >= 1 and 0 in server.requests[1:]
-    finally:
-        await mgr.close()
-        server.close()

@@ -15,9 +15,10 @@ asks from the last batch got (one batch of overlap, to tell the same engine answ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import zmq
 from prometheus_client import REGISTRY
@@ -64,6 +65,47 @@ class VLLMShapedReplay:
         self._stop.set()
         self._thread.join(5)
         self._router.close(0)
+
+
+def engine_life(base: int, n: int) -> list[bytes]:
+    """An engine life's buffer: ``n`` batches storing one block each (hash ``base + i``)."""
+    return [batch(stored_map([base + i], None, [(i + base) % 50] * 4)) for i in range(n)]
+
+
+def restarting_replay(old: list[bytes], new: list[bytes], lost_from: int) -> VLLMShapedReplay:
+    """An engine's replay server holding ``old`` whose first answer is lost from batch ``lost_from`` on, its
+    end marker too; then the engine restarts: from the next request on its buffer is ``new``."""
+    server: VLLMShapedReplay
+
+    def lose(n: int, seq: int | None) -> bool:
+        if n == 1 and seq is None:
+            server.buffer = list(enumerate(new))
+            return True
+        return n == 1 and seq is not None and seq >= lost_from
+
+    server = VLLMShapedReplay(old, lose=lose)
+    return server
+
+
+@contextlib.asynccontextmanager
+async def caught_up(
+    server: VLLMShapedReplay,
+    endpoint: str = "tcp://127.0.0.1:1",
+    replay_timeout: float = 2.0,
+    within_s: float = 30,
+) -> AsyncIterator[tuple[KVEventSubscriber, BlockIndex]]:
+    """Engine "a" joined (its live batches at ``endpoint``, its replay at ``server``) and its catch-up done:
+    (subscriber, index). At the end the manager is closed, then ``server``."""
+    idx = BlockIndex()
+    mgr = KVEventsManager(idx, replay_timeout=replay_timeout)
+    try:
+        sub = await mgr.add("a", endpoint, replay_endpoint=server.endpoint)
+        async with asyncio.timeout(within_s):
+            await sub.wait_caught_up()
+        yield sub, idx
+    finally:
+        await mgr.close()
+        server.close()
 
 
 def _payloads(n: int, tokens: int = 4) -> list[bytes]:

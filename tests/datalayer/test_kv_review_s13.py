@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import zmq
 
-from datalayer.test_kv_replay_loss import VLLMShapedReplay
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, restarting_replay
 from datalayer.test_kvevents import FakeVLLMPublisher, _connected, _until, batch, stored_map
 from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager, KVEventSubscriber
 from kvgate.datalayer.kvsubscriber import RestartBackoff
@@ -92,27 +92,11 @@ async def test_a_re_request_answered_by_a_restarted_engine_is_not_spliced_onto_t
     applied as one run. Now the re-request asks from the last batch got, whose payload differs: dropped."""
     old = [batch(stored_map([1_000_000 + i], None, [i % 50] * 4)) for i in range(400)]
     new = [batch(stored_map([2_000_000 + i], None, [(i + 7) % 50] * 4)) for i in range(400)]
-    server: VLLMShapedReplay
-
-    def lose(n: int, seq: int | None) -> bool:
-        if n == 1 and seq is None:  # the first answer's tail and end marker lost; then the engine restarts
-            server.buffer = list(enumerate(new))
-            return True
-        return n == 1 and seq is not None and seq >= 200
-
-    server = VLLMShapedReplay(old, lose=lose)
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx, replay_timeout=2.0)
-    try:
-        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
-        async with asyncio.timeout(30):
-            await sub.wait_caught_up()
+    server = restarting_replay(old, new, lost_from=200)
+    async with caught_up(server) as (_sub, idx):
         stale = {h for h in idx.engine_hashes("a") if h < 2_000_000}
         assert not stale, f"{len(stale)} blocks of the engine's previous life (requests {server.requests})"
         assert server.requests[:2] == [0, 199]
-    finally:
-        await mgr.close()
-        server.close()
 
 
 async def test_a_re_request_from_the_same_engine_overlaps_by_one_batch_and_completes():

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from datalayer.test_kv_replay_loss import VLLMShapedReplay
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up
 from datalayer.test_kvevents import batch, stored_map
-from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager
 
 
 async def test_an_engine_whose_replay_buffer_holds_nothing_does_not_lose_every_live_batch() -> None:
@@ -18,12 +15,7 @@ async def test_an_engine_whose_replay_buffer_holds_nothing_does_not_lose_every_l
     index empty for that engine (prefix routing blind to it) with only a rate-limited WARNING.
     Before 07afc91: the empty replay was applied (nothing) and the live batch applied after it."""
     server = VLLMShapedReplay([])  # answers every request with the end marker alone
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx, replay_timeout=2.0)
-    try:
-        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
-        async with asyncio.timeout(30):
-            await sub.wait_caught_up()
+    async with caught_up(server) as (sub, idx):
         assert sub.stats.last_seq is None
         for seq in range(5, 25):  # the engine had published 0-4 before the SUB joined
             await sub._live(seq, batch(stored_map([7_000 + seq], None, [seq % 50] * 4)))
@@ -31,6 +23,3 @@ async def test_an_engine_whose_replay_buffer_holds_nothing_does_not_lose_every_l
         dropped = getattr(sub.stats, "stale_dropped", 0)  # (no such counter before 07afc91)
         assert dropped == 0, f"{dropped} live batches dropped as stale"
         assert held == set(range(7_005, 7_025)), f"{len(held)} of 20 blocks held"
-    finally:
-        await mgr.close()
-        server.close()

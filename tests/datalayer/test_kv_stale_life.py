@@ -16,14 +16,7 @@ import asyncio
 
 import zmq
 
-from datalayer.test_kv_replay_loss import VLLMShapedReplay
-from datalayer.test_kvevents import batch, stored_map
-from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager
-
-
-def _life(base: int, n: int) -> list[bytes]:
-    return [batch(stored_map([base + i], None, [(i + base) % 50] * 4)) for i in range(n)]
-
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life, restarting_replay
 
 OLD, NEW = 1_000_000, 2_000_000
 
@@ -31,22 +24,9 @@ OLD, NEW = 1_000_000, 2_000_000
 async def test_an_old_life_live_batch_queued_behind_a_restarted_catch_up_is_not_applied():
     """(The review's test.) The old life's queued batches fed to ``_live`` in order after the catch-up.
     Failed before: the index held 10 blocks of the dead life, and none of the new life's."""
-    old, new = _life(OLD, 410), _life(NEW, 200)
-    server: VLLMShapedReplay
-
-    def lose(n: int, seq: int | None) -> bool:
-        if n == 1 and seq is None:  # the first answer's tail lost; then the engine restarts
-            server.buffer = list(enumerate(new))
-            return True
-        return n == 1 and seq is not None and seq >= 200
-
-    server = VLLMShapedReplay(old[:400], lose=lose)
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx, replay_timeout=2.0)
-    try:
-        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
-        async with asyncio.timeout(30):
-            await sub.wait_caught_up()
+    old, new = engine_life(OLD, 410), engine_life(NEW, 200)
+    server = restarting_replay(old[:400], new, lost_from=200)
+    async with caught_up(server) as (sub, idx):
         assert sub.stats.fetch_restarts == 1, server.requests
         assert idx.engine_hashes("a") == set(range(NEW, NEW + 200))
         for seq in range(400, 410):
@@ -56,9 +36,6 @@ async def test_an_old_life_live_batch_queued_behind_a_restarted_catch_up_is_not_
         assert not stale, f"the index holds {len(stale)} blocks of the dead engine life: {sorted(stale)[:5]}"
         assert held == set(range(NEW, NEW + 200)), f"the new life's state lost: {len(held)} held"
         assert sub.stats.stale_dropped == 10 and sub.stats.resyncs == 0
-    finally:
-        await mgr.close()
-        server.close()
 
 
 async def test_a_dead_life_s_batches_on_the_socket_are_dropped_and_the_new_life_is_followed():
@@ -68,7 +45,7 @@ async def test_a_dead_life_s_batches_on_the_socket_are_dropped_and_the_new_life_
     again from 0. Then the new life publishes its batch 200. Failed before: 400-409 were applied after a
     resync, then batch 200 (seq <= 409: a "restart") cleared the index, which ended holding the new life's
     batch 200 alone. Now the index holds the new life's 0-200, nothing of the old one."""
-    old, new = _life(OLD, 410), _life(NEW, 201)
+    old, new = engine_life(OLD, 410), engine_life(NEW, 201)
     ctx = zmq.Context.instance()
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.LINGER, 0)
@@ -89,49 +66,37 @@ async def test_a_dead_life_s_batches_on_the_socket_are_dropped_and_the_new_life_
         return n == 1 and seq is not None and seq >= 200
 
     server = VLLMShapedReplay(old[:400], lose=lose)
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx, replay_timeout=2.0)
     try:
-        sub = await mgr.add("a", f"tcp://127.0.0.1:{port}", replay_endpoint=server.endpoint)
-        async with asyncio.timeout(30):
-            await sub.wait_caught_up()
-        assert published == list(range(400, 410)), "the SUB never subscribed"
-        assert sub.stats.fetch_restarts == 1, server.requests
-        server.buffer.append((200, new[200]))  # the new life stores and publishes its next batch
-        await asyncio.to_thread(pub.send_multipart, [b"", (200).to_bytes(8, "big"), new[200]])
-        for _ in range(1500):
-            if sub.stats.last_seq == 200 and NEW + 200 in idx.engine_hashes("a"):
-                break
-            await asyncio.sleep(0.02)
-        held = idx.engine_hashes("a")
-        stale = {h for h in held if h < NEW}
-        assert not stale, f"the index holds {len(stale)} blocks of the dead engine life: {sorted(stale)[:5]}"
-        assert held == set(range(NEW, NEW + 201)), f"the new life's state lost: {len(held)} held"
-        assert sub.stats.stale_dropped == 10
+        async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):
+            assert published == list(range(400, 410)), "the SUB never subscribed"
+            assert sub.stats.fetch_restarts == 1, server.requests
+            server.buffer.append((200, new[200]))  # the new life stores and publishes its next batch
+            await asyncio.to_thread(pub.send_multipart, [b"", (200).to_bytes(8, "big"), new[200]])
+            for _ in range(1500):
+                if sub.stats.last_seq == 200 and NEW + 200 in idx.engine_hashes("a"):
+                    break
+                await asyncio.sleep(0.02)
+            held = idx.engine_hashes("a")
+            stale = {h for h in held if h < NEW}
+            assert not stale, (
+                f"the index holds {len(stale)} blocks of the dead engine life: {sorted(stale)[:5]}"
+            )
+            assert held == set(range(NEW, NEW + 201)), f"the new life's state lost: {len(held)} held"
+            assert sub.stats.stale_dropped == 10
     finally:
-        await mgr.close()
-        server.close()
         pub.close(0)
 
 
 async def test_a_gap_the_same_engine_life_fills_is_still_healed_by_replay():
     """The rule drops only a batch past the engine's whole answer: a live batch after a gap that the
     engine's buffer holds is applied after the replayed batches, as before (no drop, no resync)."""
-    life = _life(NEW, 300)
+    life = engine_life(NEW, 300)
     server = VLLMShapedReplay(life[:200])
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx, replay_timeout=2.0)
-    try:
-        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
-        async with asyncio.timeout(30):
-            await sub.wait_caught_up()
+    async with caught_up(server) as (sub, idx):
         server.buffer = list(enumerate(life[:251]))  # the engine went on; 200-249 missed, 250 arrives
         await sub._live(250, life[250])
         assert idx.engine_hashes("a") == set(range(NEW, NEW + 251))
         assert sub.stats.stale_dropped == 0 and sub.stats.resyncs == 0 and sub.stats.gaps == 1
-    finally:
-        await mgr.close()
-        server.close()
 
 
 async def test_a_dead_life_s_batch_at_or_below_the_catch_up_is_not_taken_for_a_restart():
@@ -140,22 +105,9 @@ async def test_a_dead_life_s_batch_at_or_below_the_catch_up_is_not_taken_for_a_r
     endpoint was cleared and the dead engine's batch applied, the new life's next batch 200 then healed as
     a gap from it. Failed before (the new life's 0-99 lost, the dead life's blocks held). Now the engine's
     replay shows it holds another batch at that number: dropped."""
-    old, new = _life(OLD, 110), _life(NEW, 201)
-    server: VLLMShapedReplay
-
-    def lose(n: int, seq: int | None) -> bool:
-        if n == 1 and seq is None:
-            server.buffer = list(enumerate(new[:200]))
-            return True
-        return n == 1 and seq is not None and seq >= 50
-
-    server = VLLMShapedReplay(old[:100], lose=lose)
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx, replay_timeout=2.0)
-    try:
-        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
-        async with asyncio.timeout(30):
-            await sub.wait_caught_up()
+    old, new = engine_life(OLD, 110), engine_life(NEW, 201)
+    server = restarting_replay(old[:100], new[:200], lost_from=50)
+    async with caught_up(server) as (sub, idx):
         assert sub.stats.fetch_restarts == 1, server.requests
         for seq in range(100, 110):
             await sub._live(seq, old[seq])
@@ -166,28 +118,17 @@ async def test_a_dead_life_s_batch_at_or_below_the_catch_up_is_not_taken_for_a_r
         assert not stale, f"the index holds {len(stale)} blocks of the dead engine life: {sorted(stale)[:5]}"
         assert held == set(range(NEW, NEW + 201)), f"the new life's state lost: {len(held)} held"
         assert sub.stats.stale_dropped == 10 and sub.stats.restarts == 0
-    finally:
-        await mgr.close()
-        server.close()
 
 
 async def test_an_engine_restart_after_the_catch_up_still_clears_the_endpoint():
     """A real restart (the engine's replay holds the batch just published, the same payload): cleared and
     followed from there, as before."""
-    old, new = _life(OLD, 100), _life(NEW, 3)
+    old, new = engine_life(OLD, 100), engine_life(NEW, 3)
     server = VLLMShapedReplay(old)
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx, replay_timeout=2.0)
-    try:
-        sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
-        async with asyncio.timeout(30):
-            await sub.wait_caught_up()
+    async with caught_up(server) as (sub, idx):
         assert idx.engine_hashes("a") == set(range(OLD, OLD + 100))
         server.buffer = list(enumerate(new))
         for seq in range(3):
             await sub._live(seq, new[seq])
         assert idx.engine_hashes("a") == set(range(NEW, NEW + 3))
         assert sub.stats.restarts == 1 and sub.stats.stale_dropped == 0
-    finally:
-        await mgr.close()
-        server.close()

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 
-from datalayer.test_kv_replay_loss import VLLMShapedReplay
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up
 from datalayer.test_kvevents import batch, stored_map
 from kvgate.datalayer import kvsubscriber
-from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager
+from kvgate.datalayer.kvevents import BlockIndex, KVEventSubscriber
 
 BASE = 7_000
 
@@ -25,24 +25,18 @@ def _batch(seq: int) -> bytes:
     return batch(stored_map([BASE + seq], None, [seq % 50] * 4))
 
 
-async def _following(server: VLLMShapedReplay, idx: BlockIndex, mgr: KVEventsManager):
-    sub = await mgr.add("a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
-    async with asyncio.timeout(30):
-        await sub.wait_caught_up()
+async def _follow(sub: KVEventSubscriber, idx: BlockIndex) -> None:
     for seq in range(5):  # history applied: the subscriber follows the engine
         await sub._live(seq, _batch(seq))
     assert idx.engine_hashes("a") == set(range(BASE, BASE + 5))
-    return sub
 
 
 async def test_after_a_gap_live_batches_reach_the_index_within_the_count_bound() -> None:
     """Batch 5 lost; 6 onwards arrive. Before: every one dropped as stale, the index frozen at 0-4."""
     bound = kvsubscriber.STALE_STREAK_MAX
     server = VLLMShapedReplay([])  # buffer_steps=0: the end marker alone
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx, replay_timeout=2.0)
-    try:
-        sub = await _following(server, idx, mgr)
+    async with caught_up(server) as (sub, idx):
+        await _follow(sub, idx)
         last = 6 + bound + 20
         async with asyncio.timeout(120):
             for seq in range(6, last):
@@ -52,9 +46,6 @@ async def test_after_a_gap_live_batches_reach_the_index_within_the_count_bound()
         assert sub.stats.stale_dropped == bound
         assert sub.stats.stale_overruled == 1 and sub.stats.resyncs == 1
         assert sub.stats.last_seq == last - 1
-    finally:
-        await mgr.close()
-        server.close()
 
 
 async def test_after_an_engine_restart_live_batches_reach_the_index_within_the_time_bound() -> None:
@@ -62,11 +53,9 @@ async def test_after_an_engine_restart_live_batches_reach_the_index_within_the_t
     looked like a dead life's (at or below ``last_seq``, then a gap answered "past"). On the subscriber's
     clock, a streak older than ``STALE_STREAK_S`` is not trusted, however few batches it dropped."""
     server = VLLMShapedReplay([])
-    idx = BlockIndex()
-    mgr = KVEventsManager(idx, replay_timeout=2.0)
     now = [0.0]
-    try:
-        sub = await _following(server, idx, mgr)
+    async with caught_up(server) as (sub, idx):
+        await _follow(sub, idx)
         sub.clock = lambda: now[0]
         for seq in range(3):  # the new life's first batches: dropped (could be a dead life's burst)
             await sub._live(seq, _batch(100 + seq))
@@ -80,6 +69,3 @@ async def test_after_an_engine_restart_live_batches_reach_the_index_within_the_t
         # a batch applied normally ended the streak: the next stale verdict is trusted again
         await sub._live(2, _batch(999))
         assert sub.stats.stale_dropped == 4
-    finally:
-        await mgr.close()
-        server.close()

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
 
+from k8s.reflector_kit import pod_reflector, serve, until
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.reflector import Backoff, Reflector
 from kvgate.k8s.resources import POD
@@ -53,23 +55,20 @@ class Server:
         return web.json_response(body)
 
 
-async def _serve(srv: Server) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", srv.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
-
-
-async def _until(cond: Callable[[], bool], within_s: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within_s
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
+@contextlib.asynccontextmanager
+async def _reflecting(srv: Server, **kw: Any) -> AsyncIterator[Reflector]:
+    """A started reflector of the default namespace's pods (seed 1) on ``srv``, served on a free port;
+    stopped, its client closed and ``srv`` stopped at the end."""
+    runner, url = await serve(srv.handle)
+    client = await KubeClient.connect(server=url)
+    r = Reflector(client, POD, namespace="default", seed=1, **kw)
+    r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()
+        await client.close()
+        await runner.cleanup()
 
 
 async def test_watch_forbidden_but_list_allowed_does_not_relist_every_100_ms(
@@ -81,22 +80,14 @@ async def test_watch_forbidden_but_list_allowed_does_not_relist_every_100_ms(
     clears ``error``, so every 403 is a "change"), and the replica stays ready and fresh throughout.
     Before 531c970: the watch was retried alone, backing off to 5 s (1 list in all)."""
     srv = Server("403")
-    runner, url = await _serve(srv)
-    client = await KubeClient.connect(server=url)
-    r = Reflector(client, POD, namespace="default", seed=1, backoff=Backoff())  # the default 0.1 -> 5 s
     caplog.set_level(logging.ERROR, logger="kvgate.k8s.reflector")
-    r.start()
-    try:
+    async with _reflecting(srv, backoff=Backoff()) as r:  # the default 0.1 -> 5 s
         await r.wait_synced()
         await asyncio.sleep(3.0)
         # With a back-off that grows (0.1, 0.2, 0.4, 0.8, 1.6 s) at most ~6 requests of each kind in 3 s.
         errors = [rec for rec in caplog.records if "403" in rec.getMessage()]
         assert srv.lists <= 6, f"{srv.lists} full LISTs in 3 s (watches {srv.watches}): a relist loop"
         assert len(errors) <= 1, f"{len(errors)} ERROR lines for one unchanged 403"
-    finally:
-        await r.stop()
-        await client.close()
-        await runner.cleanup()
 
 
 async def test_quiet_watch_cut_by_an_idle_timeout_below_the_silence_limit_stays_in_sync() -> None:
@@ -108,24 +99,16 @@ async def test_quiet_watch_cut_by_an_idle_timeout_below_the_silence_limit_stays_
     stale WARNING, gauge, and with --kube-stale-not-ready-after every replica goes not-ready together.
     Scaled: silence limit 3 s, proxy cut at 1.5 s."""
     srv = Server("cut", cut_after_s=1.5)
-    runner, url = await _serve(srv)
     now = [0.0]
-    client = await KubeClient.connect(server=url)
-    r = Reflector(client, POD, namespace="default", clock=lambda: now[0], watch_silence_s=3.0, seed=1)
-    r.start()
-    try:
+    async with _reflecting(srv, clock=lambda: now[0], watch_silence_s=3.0) as r:
         await r.wait_synced()
-        await _until(lambda: srv.watches >= 1)
+        await until(lambda: srv.watches >= 1)
         now[0] = 400.0
-        await _until(lambda: srv.watches >= 4)  # three more watches accepted, each held 1.5 s and ended
+        await until(lambda: srv.watches >= 4)  # three more watches accepted, each held 1.5 s and ended
         age = r.age()
         assert age is not None and age < 400.0, (
             f"age {age} s after {srv.watches} accepted watches on a healthy quiet server (error {r.error!r})"
         )
-    finally:
-        await r.stop()
-        await client.close()
-        await runner.cleanup()
 
 
 async def test_bookmarks_seen_once_do_not_make_every_later_quiet_watch_stale_forever() -> None:
@@ -139,24 +122,16 @@ async def test_bookmarks_seen_once_do_not_make_every_later_quiet_watch_stale_for
     from kvgate.k8s.apiserver import ApiServerDouble
 
     async with ApiServerDouble(bookmark_interval=0.2) as double:
-        double.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "default"},
-                       "spec": {"containers": [{"name": "c", "image": "x"}]}})  # fmt: skip
         now = [0.0]
-        client = await KubeClient.connect(server=double.url)
-        r = Reflector(client, POD, namespace="default", clock=lambda: now[0], watch_silence_s=1.0, seed=1)
-        r.start()
-        try:
+        async with pod_reflector(double, now, watch_silence_s=1.0) as r:
             await r.wait_synced()
-            await _until(lambda: r.bookmarks >= 1)
+            await until(lambda: r.bookmarks >= 1)
             double.bookmark_interval = 1000.0  # the instance now answering sends none
             double.cut_watches()
             now[0] = 400.0
-            await _until(lambda: r.silences >= 2)  # two quiet watches, accepted and held the whole limit
+            await until(lambda: r.silences >= 2)  # two quiet watches, accepted and held the whole limit
             age = r.age()
             assert age is not None and age < 400.0, f"age {age} s, error {r.error!r}"
-        finally:
-            await r.stop()
-            await client.close()
 
 
 async def test_watch_forbidden_keeps_the_replica_stale_and_backs_off_to_the_cap() -> None:
@@ -165,28 +140,19 @@ async def test_watch_forbidden_keeps_the_replica_stale_and_backs_off_to_the_cap(
     stays in ``error`` and the back-off reaches its cap. Once the watch is allowed, the open credits the
     last relist (its time) and clears the error."""
     srv = Server("403")
-    runner, url = await _serve(srv)
     now = [0.0]
-    client = await KubeClient.connect(server=url)
-    r = Reflector(client, POD, namespace="default", clock=lambda: now[0], seed=1,
-                  backoff=Backoff(initial=0.01, maximum=0.04))  # fmt: skip
-    r.start()
-    try:
+    async with _reflecting(srv, clock=lambda: now[0], backoff=Backoff(initial=0.01, maximum=0.04)) as r:
         await r.wait_synced()
         now[0] = 400.0
-        await _until(lambda: srv.lists >= 6)
+        await until(lambda: srv.lists >= 6)
         assert r.age() == 400.0, "a relist while the watch is refused made the replica fresh"
         assert r.error is not None and r.error.startswith("403")
         assert r.backoff._next == 0.04, r.backoff._next
         srv.watch_mode, srv.cut_after_s = "cut", 3.0  # RBAC fixed: the watch opens and stays open
         now[0] = 500.0
-        await _until(lambda: r.error is None, within_s=1.0)  # at the open (not the held end, 3 s)
+        await until(lambda: r.error is None, within_s=1.0)  # at the open (not the held end, 3 s)
         age = r.age()
         assert age in (0.0, 100.0)  # the last relist counts (at t=400, or at t=500 if one came after)
-    finally:
-        await r.stop()
-        await client.close()
-        await runner.cleanup()
 
 
 async def test_a_watch_held_then_cut_abruptly_is_in_sync_and_one_closed_at_once_is_not() -> None:
@@ -197,36 +163,19 @@ async def test_a_watch_held_then_cut_abruptly_is_in_sync_and_one_closed_at_once_
     from kvgate.k8s.reflector import HELD_OPEN_S
 
     srv = Server("fin", cut_after_s=HELD_OPEN_S + 0.2)
-    runner, url = await _serve(srv)
     now = [0.0]
-    client = await KubeClient.connect(server=url)
-    r = Reflector(client, POD, namespace="default", clock=lambda: now[0], seed=1)
-    r.start()
-    try:
+    async with _reflecting(srv, clock=lambda: now[0]) as r:
         await r.wait_synced()
-        await _until(lambda: srv.watches >= 1)
+        await until(lambda: srv.watches >= 1)
         now[0] = 400.0
-        await _until(lambda: srv.watches >= 2)
+        await until(lambda: srv.watches >= 2)
         assert r.age() == 0.0 and r.error is None
-    finally:
-        await r.stop()
-        await client.close()
-        await runner.cleanup()
 
     srv = Server("cut", cut_after_s=0.0)
-    runner, url = await _serve(srv)
     now = [0.0]
-    client = await KubeClient.connect(server=url)
-    r = Reflector(client, POD, namespace="default", clock=lambda: now[0], seed=1,
-                  backoff=Backoff(initial=0.01, maximum=0.04))  # fmt: skip
-    r.start()
-    try:
+    async with _reflecting(srv, clock=lambda: now[0], backoff=Backoff(initial=0.01, maximum=0.04)) as r:
         await r.wait_synced()
         now[0] = 400.0
         seen = srv.watches
-        await _until(lambda: srv.watches >= seen + 4)
+        await until(lambda: srv.watches >= seen + 4)
         assert r.age() == 400.0, "a watch closed at once counted as in sync"
-    finally:
-        await r.stop()
-        await client.close()
-        await runner.cleanup()

@@ -7,12 +7,12 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from k8s.reflector_kit import until
 from kvgate.k8s.stalepolicy import (
     QUIET_WATCH_AGE_S,
     StalenessFlagError,
@@ -64,14 +64,6 @@ def _documented_not_ready_limit() -> float:
     return float(found[0])
 
 
-async def _until(cond: Callable[[], bool], within_s: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within_s
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_the_documented_not_ready_limit_does_not_fail_a_healthy_quiet_watch(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -102,10 +94,10 @@ async def test_the_documented_not_ready_limit_does_not_fail_a_healthy_quiet_watc
                       clock=lambda: now[0])  # fmt: skip
         await kp.start()
         try:
-            await _until(lambda: kp.problem() is None)
+            await until(lambda: kp.problem() is None)
             assert kp.discovery is not None
             pool = kp.discovery.pool_reflector
-            await _until(lambda: pool.watches >= 1)
+            await until(lambda: pool.watches >= 1)
             await asyncio.sleep(0.2)
             now[0] += QUIET_WATCH_AGE_S  # quiet: no event, no bookmark yet, the watch open and well
             assert pool.error is None and pool.silences == 0

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 from aiohttp import web
 
+from k8s.reflector_kit import create_pod, pod_reflector, serve, until
 from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.reflector import HELD_OPEN_S, Backoff, Reflector
@@ -63,23 +64,9 @@ class FailingWatchServer:
 @pytest.fixture
 async def failing() -> AsyncIterator[tuple[FailingWatchServer, str]]:
     srv = FailingWatchServer()
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", srv.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield srv, f"http://127.0.0.1:{port}"
+    runner, url = await serve(srv.handle)
+    yield srv, url
     await runner.cleanup()
-
-
-async def _until(cond: Callable[[], bool], within_s: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within_s
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def _fast() -> Backoff:
@@ -101,10 +88,10 @@ async def test_a_watch_that_opens_then_errors_in_a_loop_does_not_look_fresh(
     r.start()
     try:
         await r.wait_synced()
-        await _until(lambda: r.watches >= 1 and r.error is not None)  # the first watch failed
+        await until(lambda: r.watches >= 1 and r.error is not None)  # the first watch failed
         now[0] = 500.0
         seen = srv.watches
-        await _until(lambda: srv.watches >= seen + 2)  # re-opened (and failed) at t=500
+        await until(lambda: srv.watches >= seen + 2)  # re-opened (and failed) at t=500
         await asyncio.sleep(0.05)
         assert r.events == r.watches  # one ERROR per watch: no object event, no bookmark, ever
         age = r.age()
@@ -130,7 +117,7 @@ async def test_an_open_that_then_fails_does_not_reset_the_back_off(
     r = Reflector(client, POD, namespace="default", seed=1, backoff=Backoff(initial=0.01, maximum=5.0))
     r.start()
     try:
-        await _until(lambda: srv.watches >= 5)
+        await until(lambda: srv.watches >= 5)
         # Five failed opens in a row: 0.01, 0.02, 0.04, 0.08, 0.16 (it was 0.01 after each, reset).
         assert r.backoff._next >= 0.08, r.backoff._next
     finally:
@@ -151,11 +138,11 @@ async def test_a_410_counts_only_once_its_relist_completes(failing: tuple[Failin
         await r.wait_synced()
         srv.code, srv.lists_fail = 410, True  # every watch: 410; every relist: 500
         now[0] = 400.0
-        await _until(lambda: r.gone >= 1 and srv.lists >= 3)  # the 410, then relists that fail
+        await until(lambda: r.gone >= 1 and srv.lists >= 3)  # the 410, then relists that fail
         assert r.age() == 400.0 and r.error is not None and "etcdserver" in r.error
         srv.lists_fail = False  # the relist completes: in sync now
         lists = r.lists
-        await _until(lambda: r.lists > lists)
+        await until(lambda: r.lists > lists)
         assert r.age() == 0.0 and r.error is None
     finally:
         await r.stop()
@@ -167,23 +154,15 @@ async def test_a_quiet_watch_on_a_server_without_bookmarks_stays_in_sync() -> No
     that sends no bookmark (kube-apiserver's cacher sends none for a resource it saw no event of: a quiet
     InferencePool), is in sync at that silent end; it must not look stale because it never opened fresh."""
     async with ApiServerDouble(bookmark_interval=1000.0) as double:
-        double.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "default"},
-                       "spec": {"containers": [{"name": "c", "image": "x"}]}})  # fmt: skip
         now = [0.0]
-        client = await KubeClient.connect(server=double.url)
-        r = Reflector(client, POD, namespace="default", clock=lambda: now[0], watch_silence_s=0.5, seed=1)
-        r.start()
-        try:
+        async with pod_reflector(double, now, watch_silence_s=0.5) as r:
             await r.wait_synced()
-            await _until(lambda: r.watches >= 1)
+            await until(lambda: r.watches >= 1)
             now[0] = 50.0
             assert r.age() == 50.0  # opened, nothing read yet: not proven
-            await _until(lambda: r.silences >= 1)
+            await until(lambda: r.silences >= 1)
             assert r.bookmarks == 0 and r.error is None
             assert r.age() == 0.0  # held open quietly for the whole limit: in sync
-        finally:
-            await r.stop()
-            await client.close()
 
 
 async def test_a_403_clears_once_allowed_again_without_waiting_for_a_bookmark() -> None:
@@ -191,20 +170,19 @@ async def test_a_403_clears_once_allowed_again_without_waiting_for_a_bookmark() 
     until an event (up to the silence limit on a quiet resource without bookmarks), and ``/readyz`` would
     have said "403" for that long after RBAC was fixed. A 403 relists: the list clears it at once."""
     async with ApiServerDouble(bookmark_interval=1000.0) as double:
-        double.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "default"},
-                       "spec": {"containers": [{"name": "c", "image": "x"}]}})  # fmt: skip
+        create_pod(double)
         client = await KubeClient.connect(server=double.url)
         r = Reflector(client, POD, namespace="default", seed=1, backoff=_fast())
         r.start()
         try:
             await r.wait_synced()
-            await _until(lambda: r.watches >= 1)
+            await until(lambda: r.watches >= 1)
             double.forbid(POD)
             double.cut_watches()
-            await _until(lambda: (r.error or "").startswith("403"))
+            await until(lambda: (r.error or "").startswith("403"))
             lists = r.lists
             double.forbid(POD, False)
-            await _until(lambda: r.error is None, within_s=5.0)
+            await until(lambda: r.error is None, within_s=5.0)
             assert r.lists > lists and r.events == 0  # cleared by a list, not by an event
         finally:
             await r.stop()
@@ -230,10 +208,10 @@ async def test_a_watch_held_open_before_it_is_cut_waits_the_initial_back_off() -
         try:
             await r.wait_synced()
             for n in (1, 2, 3):
-                await _until(lambda n=n: r.watches == n)  # type: ignore[misc]
+                await until(lambda n=n: r.watches == n)  # type: ignore[misc]
                 await asyncio.sleep(HELD_OPEN_S + 0.2)
                 double.cut_watches()
-            await _until(lambda: len(steps) >= 3)
+            await until(lambda: len(steps) >= 3)
             assert steps[:3] == [0.05, 0.05, 0.05] and r.events == 0
         finally:
             await r.stop()

@@ -4,11 +4,14 @@ driven over real gRPC by the Envoy-side test client; and both CLIs' --clusters e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
@@ -19,6 +22,7 @@ from kvgate.extproc.session import SessionContext
 from kvgate.extproc.testing import Exchange, channel
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.hub import ClusterDirector
+from kvgate.multicluster.state import ClusterState
 
 HEADERS = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
 BODY = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 4})
@@ -53,10 +57,12 @@ async def test_hub_epp_picks_cluster_gateways_by_aggregate() -> None:
         await server.stop(0)
 
 
-async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
-    """A streamed request waits in its cluster's state from dispatch to its first SSE token (censored
-    evidence), then its TTFT feeds the EWMA and the floor; a non-streamed one is counted, not timed."""
-    clock = [100.0]
+@contextlib.asynccontextmanager
+async def _west_hub(
+    clock: list[float],
+) -> AsyncIterator[tuple[ClusterDirector, ClusterState, grpc.aio.Channel]]:
+    """A hub EPP over real gRPC on ``clock``, one cluster "west" (gateway 10.2.0.2:8080) fresh with room:
+    (director, west's state, a channel to the EPP)."""
     cfg = ClustersConfig((ClusterSpec("west", gateway="10.2.0.2:8080"),))
     director = ClusterDirector(cfg, "kvgate", clock=lambda: clock[0], seed=0)
     west = director.states["west"]
@@ -65,9 +71,29 @@ async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
     server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
     await server.start()
     ch = channel(f"127.0.0.1:{server.port}")
+    try:
+        yield director, west, ch
+    finally:
+        await ch.close()
+        await server.stop(0)
+
+
+async def _until_settled(west: ClusterState) -> None:
+    """Waits (5 s at most) for west's sessions to end: they end on the EPP's own time."""
+    for _ in range(500):
+        if west.inflight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert west.inflight == 0
+
+
+async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
+    """A streamed request waits in its cluster's state from dispatch to its first SSE token (censored
+    evidence), then its TTFT feeds the EWMA and the floor; a non-streamed one is counted, not timed."""
+    clock = [100.0]
     sse = {"content-type": "text/event-stream"}
     streamed = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 4, "stream": True})
-    try:
+    async with _west_hub(clock) as (_director, west, ch):
         async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
             out = await ex.send_request(HEADERS, streamed)
             assert out.destination == "10.2.0.2:8080"
@@ -92,9 +118,6 @@ async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
             clock[0] += 9.0
             await ex.send_response(200, {"content-type": "application/json"}, [b'{"choices": []}'])
         assert west.ttft_floor_s == 2.5 and west.inflight == 0 and west.sent_total == 2
-    finally:
-        await ch.close()
-        await server.stop(0)
 
 
 async def _cli(*args: str) -> tuple[int, str]:
@@ -217,33 +240,18 @@ async def test_hub_epp_backs_a_cluster_off_only_as_the_global_router_does() -> N
     cluster off for every answer but a 200, so clients sending bad bodies sent the hub away from a
     healthy cluster."""
     clock = [100.0]
-    cfg = ClustersConfig((ClusterSpec("west", gateway="10.2.0.2:8080"),))
-    director = ClusterDirector(cfg, "kvgate", clock=lambda: clock[0], seed=0)
-    west = director.states["west"]
-    west.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), clock[0])
-    ctx = SessionContext(director, AddressIndex(director.store), clock=lambda: clock[0])
-    server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
-    await server.start()
-    ch = channel(f"127.0.0.1:{server.port}")
     error = [orjson.dumps({"error": {"message": "no", "type": "invalid_request_error"}})]
     json = {"content-type": "application/json"}
-    try:
+    async with _west_hub(clock) as (_director, west, ch):
         for status, fails in ((400, 0), (404, 0), (413, 0), (200, 0), (429, 1), (503, 2), (500, 3)):
             clock[0] += 60.0  # past any back-off: the cluster is picked again
             async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
                 out = await ex.send_request(HEADERS, BODY)
                 assert out.destination == "10.2.0.2:8080"
                 await ex.send_response(status, json, error if status != 200 else [b'{"choices": []}'])
-            for _ in range(500):  # the session's end runs on the EPP's own time
-                if west.inflight == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert west.inflight == 0
+            await _until_settled(west)  # the session's end runs on the EPP's own time
             assert west.failures == fails, status
             assert west.available(clock[0]) == (fails == 0 or status == 200), status
-    finally:
-        await ch.close()
-        await server.stop(0)
 
 
 async def test_hub_epp_does_not_back_a_cluster_off_when_the_client_leaves_before_headers() -> None:
@@ -251,27 +259,12 @@ async def test_hub_epp_does_not_back_a_cluster_off_when_the_client_leaves_before
     the ext_proc stream before any response headers) backed the cluster off (``on_finished`` not ok, no
     status); the global router's cancel (``given_up``) does not."""
     clock = [100.0]
-    cfg = ClustersConfig((ClusterSpec("west", gateway="10.2.0.2:8080"),))
-    director = ClusterDirector(cfg, "kvgate", clock=lambda: clock[0], seed=0)
-    west = director.states["west"]
-    west.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), clock[0])
-    ctx = SessionContext(director, AddressIndex(director.store), clock=lambda: clock[0])
-    server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
-    await server.start()
-    ch = channel(f"127.0.0.1:{server.port}")
-    try:
+    async with _west_hub(clock) as (director, west, ch):
         async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
             out = await ex.send_request(HEADERS, BODY)
             assert out.destination == "10.2.0.2:8080"
             ex.cancel()  # the downstream client disconnected while the cluster was prefilling
-        for _ in range(500):
-            if west.inflight == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert west.inflight == 0
+        await _until_settled(west)
         assert west.failures == 0
         assert west.available(clock[0])
         assert director._status == {}
-    finally:
-        await ch.close()
-        await server.stop(0)
