@@ -28,13 +28,12 @@ Where the pick is moved (``LUCK_MOVE``):
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from script_usage import usage_or_exit
-from sim_hooks import force_pick
+from sim_hooks import force_pick, perturbation_table
 
 from kvgate.bench.mixed import FAMILIES, Family
 from kvgate.bench.multiturn import MixedFleetSim, mixed_sim
@@ -120,34 +119,11 @@ def main() -> None:
         print(f"LUCK_MOVE={move!r}: one of {', '.join(MOVES)}\n{__doc__}", file=sys.stderr)
         sys.exit(2)
     policies = ["sglang-cache-aware", *(p for p in sys.argv[6:] if p != "sglang-cache-aware")]
-    plain: dict[str, list[float]] = {p: [] for p in policies}
-    median: dict[str, list[float]] = {p: [] for p in policies}
-    spread: dict[str, list[float]] = {p: [] for p in policies}
-    for seed in seeds:
-        for pol in policies:
-            runs = [moved_run(fam, pol, qps, seed, k, move) for k in range(n + 1)]
-            plain[pol].append(runs[0])
-            median[pol].append(statistics.median(runs))
-            spread[pol].append(max(runs) / min(runs))
-            print(
-                f"{fam.name}/{seed} @ {qps:g} {os.path.basename(pol)}: p90 {runs[0] * 1000:.0f} ms, moved "
-                f"{' / '.join(f'{x * 1000:.0f}' for x in runs[1:])}, median {median[pol][-1] * 1000:.0f}",
-                flush=True,
-            )
-    ref_plain, ref_med = plain["sglang-cache-aware"], median["sglang-cache-aware"]
-    print(f"moves: {move}")
-    for pol in policies:
-
-        def gm(xs: list[float], ref: list[float]) -> float:
-            return statistics.geometric_mean(a / b for a, b in zip(xs, ref, strict=True))
-
-        print(
-            f"{os.path.basename(pol)}: plain gm {gm(plain[pol], ref_plain):.3f}, "
-            f"median-of-{n + 1} gm {gm(median[pol], ref_med):.3f} vs sglang's model, "
-            f"runs over 1 s {sum(x > 1.0 for x in plain[pol])} plain, "
-            f"largest max/min over a seed's runs {max(spread[pol]):.2f} "
-            f"(geomean {statistics.geometric_mean(spread[pol]):.2f})"
-        )
+    perturbation_table(
+        fam, qps, seeds, n, policies,
+        lambda pol, seed, k: moved_run(fam, pol, qps, seed, k, move),
+        "moved", head=f"moves: {move}", over_1s=True,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ is run the same way), and the largest max/min over a seed's runs (geomean).
 
 from __future__ import annotations
 
-import os
-import statistics
 import sys
 
 from script_usage import usage_or_exit
+from sim_hooks import perturbation_table
 
 from kvgate.bench.mixed import FAMILIES, Family
 from kvgate.bench.multiturn import MixedFleetSim, mixed_sim
@@ -48,29 +47,11 @@ def main() -> None:
     seeds = range(int(sys.argv[3]), int(sys.argv[4]) + 1)
     n = int(sys.argv[5])
     policies = ["sglang-cache-aware", *(p for p in sys.argv[6:] if p != "sglang-cache-aware")]
-    plain: dict[str, list[float]] = {p: [] for p in policies}
-    median: dict[str, list[float]] = {p: [] for p in policies}
-    spread: dict[str, list[float]] = {p: [] for p in policies}
-    for seed in seeds:
-        for pol in policies:
-            runs = [float(reseeded_sim(fam, pol, qps, seed, k).run().row["ttft_p90"]) for k in range(n + 1)]
-            plain[pol].append(runs[0])
-            median[pol].append(statistics.median(runs))
-            spread[pol].append(max(runs) / min(runs))
-            print(
-                f"{fam.name}/{seed} @ {qps:g} {os.path.basename(pol)}: p90 {runs[0] * 1000:.0f} ms, reseeded "
-                f"{' / '.join(f'{x * 1000:.0f}' for x in runs[1:])}, median {median[pol][-1] * 1000:.0f}",
-                flush=True,
-            )
-    ref_plain, ref_med = plain["sglang-cache-aware"], median["sglang-cache-aware"]
-    for pol in policies:
-        gm_plain = statistics.geometric_mean(a / b for a, b in zip(plain[pol], ref_plain, strict=True))
-        gm_med = statistics.geometric_mean(a / b for a, b in zip(median[pol], ref_med, strict=True))
-        print(
-            f"{os.path.basename(pol)}: plain gm {gm_plain:.3f}, median-of-{n + 1} gm {gm_med:.3f} vs "
-            f"sglang's model, largest max/min over a seed's runs {max(spread[pol]):.2f} "
-            f"(geomean {statistics.geometric_mean(spread[pol]):.2f})"
-        )
+    perturbation_table(
+        fam, qps, seeds, n, policies,
+        lambda pol, seed, k: float(reseeded_sim(fam, pol, qps, seed, k).run().row["ttft_p90"]),
+        "reseeded",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
