@@ -68,3 +68,22 @@ def test_knee_capacity_is_at_most_the_ladder_top_and_recorded(tmp_path: Path) ->
     assert knee["unloaded_p90_s"] > 0 and set(knee["knee_req_per_s"]) == {"kvgate"}
     assert 0 < payload["capacity_req_per_s"] <= 1.1 * 400
     assert (tmp_path / "fleet-toy-quick-knee.json").exists()
+
+
+def test_seeds_run_every_point_per_seed_and_summarise_against_sglang(tmp_path: Path) -> None:
+    sc = _toy()
+    sc.policies = ["round-robin", "sglang-cache-aware"]
+    payload = run_scenario(sc, quick=True, seed=5, seeds=[5, 6], out=tmp_path)
+    rows = payload["rows"]
+    assert [(r["seed"], r["policy"]) for r in rows] == [
+        (5, "round-robin"), (5, "sglang-cache-aware"), (6, "round-robin"), (6, "sglang-cache-aware"),
+    ]  # fmt: skip
+    assert payload["seeds"] == [5, 6]
+    by = {(s["policy"]): s for s in payload["summary"]}
+    assert by["sglang-cache-aware"]["ttft_p90_vs_sglang-cache-aware"] == pytest.approx(1.0)
+    rr = [r["ttft_p90"] / b["ttft_p90"] for r, b in zip(rows[0::2], rows[1::2], strict=True)]
+    assert by["round-robin"]["ttft_p90_vs_sglang-cache-aware"] == pytest.approx((rr[0] * rr[1]) ** 0.5)
+    assert by["round-robin"]["seeds"] == 2
+    md = (tmp_path / "fleet-toy-quick-seeds5-6.md").read_text()
+    assert "Over seeds 5, 6" in md and "| 0.50 | round-robin | 2 |" in md
+    assert not (tmp_path / "fleet-toy-quick.md").exists()  # the single-seed file is not overwritten

@@ -34,6 +34,21 @@ DELEGATED = {
 }
 
 
+def _seed_list(text: str) -> list[int]:
+    """``A-B`` (inclusive) or ``A,B,...``."""
+    first, dash, last = text.partition("-")
+    try:
+        if dash:
+            seeds = list(range(int(first), int(last) + 1))
+        else:
+            seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"not a seed list: {text!r} (A-B or A,B,...)")
+    return seeds
+
+
 def _parser(fleet: list[str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kvgate bench",
@@ -48,6 +63,13 @@ def _parser(fleet: list[str]) -> argparse.ArgumentParser:
     p.add_argument("scenario", choices=[*fleet, "live", "inference-perf", "list"])
     p.add_argument("--quick", action="store_true", help="fewer load points, shorter runs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=(),
+        help="fleet scenarios: run every load point for each of these seeds (A-B or A,B,...; capacity from "
+        "the first) and add a per-load summary over them (geomean ratios to sglang-cache-aware)",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -114,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     run_scenario(
         SCENARIOS[args.scenario],
         quick=args.quick,
-        seed=args.seed,
+        seed=args.seeds[0] if args.seeds else args.seed,
+        seeds=args.seeds,
         out=args.out,
         policies=policies,
         capacity=args.capacity,

@@ -10,6 +10,7 @@ reservoir, load samples are thinned to a fixed number of points.
 from __future__ import annotations
 
 import random
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +242,47 @@ def markdown_table(rows: Sequence[dict[str, Any]], lead: Sequence[tuple[str, str
         cells = [_fmt(r.get(k)) for _, k in lead]
         cells += [_fmt(r.get(key), scale, digits) for _, key, scale, digits in COLUMNS]
         out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def seed_summary(rows: Sequence[dict[str, Any]], ref: str = "sglang-cache-aware") -> list[dict[str, Any]]:
+    """Per (load fraction, policy) over the seeds of ``rows``: geometric means of p50 / p90 TTFT (s) and of
+    their ratios to ``ref``'s on the same seed and load (None when ``ref`` was not run), the mean hit
+    rate and the seeds counted. A seed whose p50 or p90 is missing (nothing finished) is left out of the
+    geomeans of that figure."""
+    runs = {(r["load_fraction"], r["policy"], r["seed"]): r for r in rows}
+    out: list[dict[str, Any]] = []
+    for load, pol in dict.fromkeys((r["load_fraction"], r["policy"]) for r in rows):
+        mine = [r for (lf, p, _), r in runs.items() if lf == load and p == pol]
+        item: dict[str, Any] = {"load_fraction": load, "policy": pol, "seeds": len(mine)}
+        for key in ("ttft_p50", "ttft_p90"):
+            vals = [r[key] for r in mine if r.get(key)]
+            item[key] = statistics.geometric_mean(vals) if vals else None
+            ratios = [
+                r[key] / base[key]
+                for r in mine
+                if r.get(key) and (base := runs.get((load, ref, r["seed"]))) and base.get(key)
+            ]
+            item[f"{key}_vs_{ref}"] = statistics.geometric_mean(ratios) if ratios else None
+        hits = [r["prefix_hit_rate"] for r in mine if r.get("prefix_hit_rate") is not None]
+        item["prefix_hit_rate"] = statistics.fmean(hits) if hits else None
+        out.append(item)
+    return out
+
+
+def seed_summary_table(summary: Sequence[dict[str, Any]], ref: str = "sglang-cache-aware") -> str:
+    """``seed_summary`` as markdown (TTFT in ms, geometric means over the seeds)."""
+    out = [
+        f"| load | policy | seeds | p50 TTFT ms | p90 TTFT ms | p50 vs {ref} | p90 vs {ref} "
+        "| mean hit rate |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        out.append(
+            f"| {_fmt(s['load_fraction'])} | {s['policy']} | {s['seeds']} | {_fmt(s['ttft_p50'], 1000, 0)} "
+            f"| {_fmt(s['ttft_p90'], 1000, 0)} | {_fmt(s[f'ttft_p50_vs_{ref}'], digits=3)} "
+            f"| {_fmt(s[f'ttft_p90_vs_{ref}'], digits=3)} | {_fmt(s['prefix_hit_rate'], digits=3)} |"
+        )
     return "\n".join(out)
 
 

@@ -78,6 +78,13 @@ def _lora(seed: int, count: int) -> Iterator[RequestSpec]:
     return workloads.multi_lora(count=count, num_adapters=15, input_len=256, output_len=128, seed=seed)
 
 
+# Long-context RAG (validation only, never tuned on: docs/benchmarks.md "Never-tuned validation: rag"):
+# a 1k-token system prompt shared by all, 3 of 1,000 documents (400-2,000 tokens) by Zipf popularity,
+# a short question; ~4.7k-token prompts on a mixed fleet whose KV holds ~30% of the corpus.
+def _rag(seed: int, count: int) -> Iterator[RequestSpec]:
+    return workloads.rag_stream(count=count, seed=seed)
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -141,6 +148,34 @@ SCENARIOS: dict[str, Scenario] = {
             duration=40.0,
             how_scaled="The reference's LoRA regression shape (15 adapters, max-lora 3), decode-heavy.",
             probe_qps=400.0,
+        ),
+        Scenario(
+            name="rag",
+            title=(
+                "Long-context RAG on a mixed fleet: 4 x Qwen3-32B on H200 (KV cut to 64k tokens) + 4 on H100 "
+                "(25k), shared system prompt + 3 Zipf-popular documents of 1,000"
+            ),
+            replicas=[
+                ReplicaSpec("qwen3-32b-h200", 4, {"num_gpu_blocks": 4096}),
+                ReplicaSpec("qwen3-32b-h100", 4),
+            ],
+            workload=_rag,
+            load_fractions=[0.3, 0.5, 0.7, 0.8, 0.9, 1.0],
+            duration=60.0,
+            how_scaled=(
+                "Retrieval-augmented generation: every prompt is a 1,024-token system prompt shared "
+                "by all, 3 distinct documents (400-2,000 tokens each, fixed per document) drawn from a "
+                "corpus of 1,000 with Zipf(1.0) popularity, top-ranked first, and a 30-150-token "
+                "question; 64-256 output tokens. Documents repeat, whole prompts do not. Mixed fleet: "
+                "four Qwen3-32B H200 replicas with the KV cache cut to 4,096 blocks (64k tokens) and four "
+                "H100 ones (1,581 blocks, ~25k): ~360k tokens of KV against a ~1.2M-token corpus. "
+                "Validation only: never used for tuning."
+            ),
+            policies=["round-robin", "least-request", "sglang-cache-aware", "reference", "kvgate"],
+            warmup=60.0,
+            probe_qps=60.0,
+            probe_policies=["kvgate", "sglang-cache-aware"],
+            quick_duration=60.0,
         ),
     ]
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,13 @@ def run_scenario(
     policies: list[str] | None = None,
     console: Console | None = None,
     capacity: str = "served",
+    seeds: Sequence[int] = (),
 ) -> dict[str, Any]:
+    """Probe capacity on ``seed`` (served rate, or the knee), then run every load point of the ladder for
+    every policy. ``seeds``: run the points for each of these seeds instead (capacity still from ``seed``)
+    and add a per-load summary over seeds (``report.seed_summary``)."""
     console = console or Console()
+    run_seeds = list(seeds) or [seed]
     pols = policies or sc.policies
     fractions = sc.quick_fractions if quick else sc.load_fractions
     duration = sc.quick_duration if quick else sc.duration
@@ -122,29 +128,31 @@ def run_scenario(
         transient=False,
     ) as prog:
         span = sc.warmup + duration
-        total = len(pols) * len(points) * span
+        total = len(run_seeds) * len(pols) * len(points) * span
         task = prog.add_task("sweep", total=total)
         done = 0.0
-        for qps in points:
-            for pol in pols:
-                prog.update(task, description=f"{pol:>18} @ {qps:7.1f} QPS")
+        for run_seed in run_seeds:
+            for qps in points:
+                for pol in pols:
+                    prog.update(task, description=f"{pol:>18} @ {qps:7.1f} QPS, seed {run_seed}")
 
-                def tick(t: float, base: float = done) -> None:
-                    prog.update(task, completed=base + min(t, span))
+                    def tick(t: float, base: float = done) -> None:
+                        prog.update(task, completed=base + min(t, span))
 
-                res = run_point(sc, pol, qps, duration, seed, tick)
-                row = res.row | {"load_fraction": round(qps / cap, 3) if cap else None}
-                rows.append(row)
-                if qps == key_qps:
-                    series[pol] = res.collector.load
-                done += span
-                prog.update(task, completed=done)
+                    res = run_point(sc, pol, qps, duration, run_seed, tick)
+                    row = res.row | {"load_fraction": round(qps / cap, 3) if cap else None}
+                    rows.append(row)
+                    if qps == key_qps and run_seed == run_seeds[0]:
+                        series[pol] = res.collector.load
+                    done += span
+                    prog.update(task, completed=done)
     wall = time.perf_counter() - wall0
     payload = {
         "scenario": sc.name,
         "title": sc.title,
         "how_scaled": sc.how_scaled,
         "seed": seed,
+        "seeds": run_seeds,
         "quick": quick,
         "capacity_req_per_s": cap,
         "capacity_mode": capacity,
@@ -157,19 +165,28 @@ def run_scenario(
         "rows": rows,
     }
     suffix = ("-quick" if quick else "") + ("-knee" if capacity == "knee" else "")
+    summary_md = ""
+    if seeds:
+        span_ok = run_seeds == list(range(run_seeds[0], run_seeds[0] + len(run_seeds)))
+        named = f"{run_seeds[0]}-{run_seeds[-1]}" if span_ok else "_".join(map(str, run_seeds))
+        suffix += f"-seeds{named}"
+        payload["summary"] = report.seed_summary(rows)
+        listed = ", ".join(map(str, run_seeds))
+        summary_md = f"Over seeds {listed}:\n\n{report.seed_summary_table(payload['summary'])}\n\n"
     base = out / f"fleet-{sc.name}{suffix}"
     report.write_json(base.with_suffix(".json"), payload)
-    table = report.markdown_table(rows, [("policy", "policy"), ("QPS", "qps"), ("load", "load_fraction")])
+    cols = [("policy", "policy"), ("QPS", "qps"), ("load", "load_fraction")]
+    table = report.markdown_table(rows, [("seed", "seed"), *cols] if seeds else cols)
     base.with_suffix(".md").write_text(
-        f"# {sc.title}\n\n{sc.how_scaled}\n\nProbed capacity ({capacity}): {cap:.1f} req/s. "
-        f"Virtual seconds per point: {duration:g}. Wall time: {wall:.0f} s.\n\n{table}\n"
+        f"# {sc.title}\n\n{sc.how_scaled}\n\nProbed capacity ({capacity}, seed {seed}): {cap:.1f} req/s. "
+        f"Virtual seconds per point: {duration:g}. Wall time: {wall:.0f} s.\n\n{summary_md}{table}\n"
     )
     written = [base.with_suffix(".json"), base.with_suffix(".md"), base.parent / f"{base.name}-ttft.png"]
-    report.plot_ttft_vs_qps(written[-1], rows, sc.title)
+    report.plot_ttft_vs_qps(written[-1], [r for r in rows if r["seed"] == run_seeds[0]], sc.title)
     if series:
         written.append(base.parent / f"{base.name}-load.png")
         report.plot_load(written[-1], series, f"{sc.title}: per-replica queue")
-    print(table)
+    print(summary_md + table)
     console.print(f"wall time {wall:.0f} s")
     wrote(*written)
     return payload

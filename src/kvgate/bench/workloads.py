@@ -12,6 +12,8 @@ arrival times come from the load generator (open or closed loop) unless a spec c
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
 from collections.abc import Iterator
@@ -229,6 +231,48 @@ def multi_lora(
             lora=f"adapter-{a}",
             group=f"adapter-{a}",
         )
+
+
+def rag_stream(
+    *,
+    count: int,
+    seed: int = 0,
+    model: str = "sim-model",
+    system_len: int = 1024,
+    corpus: int = 1000,
+    doc_len: tuple[int, int] = (400, 2000),
+    docs_per_request: int = 3,
+    zipf: float = 1.0,
+    question_len: tuple[int, int] = (30, 150),
+    output_len: tuple[int, int] = (64, 256),
+) -> Iterator[RequestSpec]:
+    """Long-context RAG: one system prompt shared by every request, then ``docs_per_request`` distinct
+    documents retrieved from a corpus of ``corpus`` whose popularity is Zipf(``zipf``) by document number
+    (the first drawn, i.e. the top-ranked, placed first), then a unique question.
+
+    Documents repeat, whole prompts never do: a prefix cache reuses the system prompt and the top document
+    (the next ones only when the same pair leads again). ``group`` names the top document. A document's
+    length and ids depend on ``(seed, document)`` only and are built on first use.
+    """
+    rng = random.Random(seed)
+    system = random_ids(rng, system_len)
+    cum = list(itertools.accumulate(1.0 / (d + 1) ** zipf for d in range(corpus)))
+    docs: dict[int, list[int]] = {}
+    for _ in range(count):
+        picked: list[int] = []
+        while len(picked) < docs_per_request:
+            d = bisect.bisect_left(cum, rng.random() * cum[-1])
+            if d not in picked:
+                picked.append(d)
+        ids = list(system)
+        for d in picked:
+            doc = docs.get(d)
+            if doc is None:
+                drng = random.Random(f"rag-doc:{seed}:{d}")
+                doc = docs[d] = random_ids(drng, drng.randint(*doc_len))
+            ids += doc
+        ids += random_ids(rng, rng.randint(*question_len))
+        yield RequestSpec(ids, rng.randint(*output_len), model=model, group=f"d{picked[0]}")
 
 
 def bursts(
