@@ -87,3 +87,27 @@ def test_seeds_run_every_point_per_seed_and_summarise_against_sglang(tmp_path: P
     md = (tmp_path / "fleet-toy-quick-seeds5-6.md").read_text()
     assert "Over seeds 5, 6" in md and "| 0.50 | round-robin | 2 |" in md
     assert not (tmp_path / "fleet-toy-quick.md").exists()  # the single-seed file is not overwritten
+
+
+def test_rag_scenario_is_a_mixed_fleet_whose_kv_holds_a_fraction_of_the_corpus() -> None:
+    from kvgate.sim.profiles import get_profile
+
+    sc = SCENARIOS["rag"]
+    assert len({r.profile for r in sc.replicas}) == 2
+    kv_tokens = 0
+    for r in sc.replicas:
+        kv_tokens += r.count * 16 * r.overrides.get("num_gpu_blocks", get_profile(r.profile).num_gpu_blocks)
+    assert 300_000 < kv_tokens < 400_000  # vs ~1.2M tokens of documents
+    assert sc.quick_fractions == [0.5, 0.8]
+
+
+def test_seed_lists_on_the_command_line() -> None:
+    import argparse
+
+    from kvgate.bench.cli import _seed_list
+
+    assert _seed_list("0-3") == [0, 1, 2, 3]
+    assert _seed_list("4,9") == [4, 9]
+    for bad in ("3-1", "x", "1-"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _seed_list(bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import statistics
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -80,3 +81,69 @@ def test_poisson_offsets_rate() -> None:
     offs = list(workloads.poisson_offsets(random.Random(0), qps=50.0, count=5000))
     assert offs == sorted(offs)
     assert 45.0 < 5000 / offs[-1] < 55.0
+
+
+def _rag(seed: int, count: int, **kw: object) -> list[workloads.RequestSpec]:
+    return list(workloads.rag_stream(count=count, seed=seed, **kw))  # type: ignore[arg-type]
+
+
+def test_rag_is_deterministic_per_seed_and_documents_do_not_depend_on_the_count() -> None:
+    a, b = _rag(7, 200), _rag(7, 200)
+
+    def shape(specs: list[workloads.RequestSpec]) -> list[tuple[list[int], int, str]]:
+        return [(s.prompt_ids, s.max_tokens, s.group) for s in specs]
+
+    assert shape(a) == shape(b)
+    assert [s.prompt_ids for s in _rag(7, 50)] == [s.prompt_ids for s in a[:50]]
+    assert [s.prompt_ids for s in _rag(8, 50)] != [s.prompt_ids for s in a[:50]]
+
+
+def test_rag_prompt_is_shared_system_then_top_document_then_more_then_a_question() -> None:
+    kw = {"system_len": 64, "corpus": 6, "doc_len": (20, 40), "docs_per_request": 3, "question_len": (5, 9),
+          "output_len": (3, 4)}  # fmt: skip
+    specs = _rag(1, 300, **kw)
+    system = specs[0].prompt_ids[:64]
+    by_top: dict[str, list[list[int]]] = {}
+    for s in specs:
+        assert s.prompt_ids[:64] == system
+        assert 64 + 3 * 20 + 5 <= len(s.prompt_ids) <= 64 + 3 * 40 + 9
+        assert 3 <= s.max_tokens <= 4
+        by_top.setdefault(s.group, []).append(s.prompt_ids[64:])
+    assert len(by_top) == 6  # every document led some request
+    for rest in by_top.values():  # the same top document: the same >= 20 tokens after the system prompt
+        assert all(r[:20] == rest[0][:20] for r in rest)
+    firsts = [rest[0][:20] for rest in by_top.values()]
+    assert len({tuple(f) for f in firsts}) == 6
+    assert len({tuple(s.prompt_ids) for s in specs}) == 300  # the question makes every prompt unique
+
+
+def test_rag_default_shape_documents_repeat_whole_prompts_do_not() -> None:
+    specs = _rag(0, 2000)
+    lens = [len(s.prompt_ids) for s in specs]
+    assert min(lens) >= 1024 + 3 * 400 + 30 and max(lens) <= 1024 + 3 * 2000 + 150
+    assert 4000 < statistics.fmean(lens) < 5400  # ~1,024 + 3 x 1,200 + 90
+    assert all(64 <= s.max_tokens <= 256 for s in specs)
+    assert len({tuple(s.prompt_ids) for s in specs}) == len(specs)
+    tops = [s.group for s in specs]
+    # Zipf(1.0) over 1,000 documents: the most popular leads 1 / H(1000) = 13.4 % of requests.
+    assert 0.11 < tops.count("d0") / len(tops) < 0.16
+    seen: set[str] = set()
+    repeats = 0
+    for g in tops:
+        repeats += g in seen
+        seen.add(g)
+    assert repeats / len(tops) > 0.7  # the top document was retrieved before
+    top_starts = {tuple(s.prompt_ids[1024:1100]) for s in specs}  # the top document's first 76 tokens
+    assert len(top_starts) == len(set(tops))
+    # Prompt tokens an unbounded prefix cache (16-token blocks, as the simulator's) would serve: the
+    # system prompt, the top document and, when the same documents lead again, more; ~46 % on seed 0.
+    cached: set[int] = set()
+    hit = 0
+    for s in specs:
+        h, matched = 0, True
+        for b in range(len(s.prompt_ids) // 16):
+            h = hash((h, tuple(s.prompt_ids[16 * b : 16 * b + 16])))
+            matched = matched and h in cached
+            hit += 16 * matched
+            cached.add(h)
+    assert 0.40 < hit / sum(lens) < 0.52

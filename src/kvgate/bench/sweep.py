@@ -170,9 +170,9 @@ def run_scenario(
         span_ok = run_seeds == list(range(run_seeds[0], run_seeds[0] + len(run_seeds)))
         named = f"{run_seeds[0]}-{run_seeds[-1]}" if span_ok else "_".join(map(str, run_seeds))
         suffix += f"-seeds{named}"
-        payload["summary"] = report.seed_summary(rows)
+        payload["summary"] = summary = report.seed_summary(rows)
         listed = ", ".join(map(str, run_seeds))
-        summary_md = f"Over seeds {listed}:\n\n{report.seed_summary_table(payload['summary'])}\n\n"
+        summary_md = f"Over seeds {listed}:\n\n{report.seed_summary_table(summary)}\n\n"
     base = out / f"fleet-{sc.name}{suffix}"
     report.write_json(base.with_suffix(".json"), payload)
     cols = [("policy", "policy"), ("QPS", "qps"), ("load", "load_fraction")]
