@@ -81,3 +81,25 @@ async def test_an_engine_that_restarts_between_every_request_bounds_the_catch_up
         assert 3 <= len(server.requests) <= FETCH_MAX_ROUNDS, server.requests
         assert idx.num_blocks("a") == 0 and sub.stats.last_seq is None
         assert sub.stats.fetch_restarts >= 1 and 0 in server.requests[1:]
+
+
+async def test_a_restarted_catch_up_counts_only_what_the_answer_it_used_dropped(monkeypatch, caplog):
+    """With the fetch's bound at 100 batches, the old life's answer of 300 (its end marker lost) drops
+    200, the re-request meets the new life and the catch-up starts again: the new life's 300 drop 200
+    more. The index lost 200 (new 0-199). Failed before (review s14-kv I2): ``fetch_dropped`` was 400, the
+    drops of the answer given up counted too, while the warning said 200."""
+    from kvgate.datalayer import kvsubscriber
+
+    monkeypatch.setattr(kvsubscriber, "FETCH_MAX_BATCHES", 100)
+    old, new = engine_life(1_000_000, 300), engine_life(2_000_000, 300)
+    server = restarting_replay(old, new, lost_from=300)
+    try:
+        sub = KVEventSubscriber(BlockIndex(), "a", "tcp://127.0.0.1:1", replay_endpoint=server.endpoint)
+        with caplog.at_level("WARNING", logger="kvgate.datalayer.kvsubscriber"):
+            got = await sub._fetch(0)
+        assert got is not None and [p for _, p in got] == new[200:], server.requests
+        assert sub.stats.fetch_restarts == 1
+        assert sub.stats.fetch_dropped == 200, "a loss counted twice"
+        assert "200 older batches dropped, the newest 100 kept" in caplog.text
+    finally:
+        server.close()

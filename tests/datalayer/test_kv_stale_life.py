@@ -132,3 +132,92 @@ async def test_an_engine_restart_after_the_catch_up_still_clears_the_endpoint():
             await sub._live(seq, new[seq])
         assert idx.engine_hashes("a") == set(range(NEW, NEW + 3))
         assert sub.stats.restarts == 1 and sub.stats.stale_dropped == 0
+
+
+async def test_a_gap_replay_whose_tail_was_lost_but_whose_end_marker_came_heals_the_gap(caplog):
+    """vLLM's ROUTER drops what its pipe to the fetch does not hold while it sends the whole answer in one
+    loop, then sends the end marker, which can get through once the pipe drained. Here the gap's answer
+    (200-1298 missed, 1299 live) loses 700-1298 and keeps its end marker. Failed before (review s14-fixes
+    L2): the answer looked like an engine whose newest was 699, so batch 1299 was dropped as an earlier
+    life's and the gap stayed open. Now the end is asked again from the answer's last batch (699): the
+    engine goes on past it, so the gap is healed by replay, no drop, no resync."""
+    life = engine_life(NEW, 1300)
+    server = VLLMShapedReplay(life[:200], lose=lambda n, seq: n == 2 and seq is not None and seq >= 700)
+    async with caught_up(server) as (sub, idx):
+        server.buffer = list(enumerate(life))
+        with caplog.at_level("WARNING", logger="kvgate.datalayer.kvsubscriber"):
+            await sub._live(1299, life[1299])
+        assert sub.stats.stale_dropped == 0, "the live batch was dropped as an earlier engine life's"
+        assert idx.engine_hashes("a") == set(range(NEW, NEW + 1300))
+        assert sub.stats.resyncs == 0 and sub.stats.replayed == 1299
+        assert server.requests[:3] == [0, 200, 699], server.requests
+        assert sub.stats.fetch_rerequests >= 1 and "lost part of its answer" in caplog.text
+
+
+async def test_an_answer_that_really_ends_before_the_gap_is_asked_once_more_and_the_batch_dropped(caplog):
+    """The other side of the same check: the engine's newest is 199 (an answer 151-199, end marker) and a
+    dead life's batch 400 arrives. Asked again from 199, the answer ends there again: the engine holds
+    nothing newer, batch 400 is dropped as before. That request is no re-request after a loss (not
+    counted, no warning)."""
+    life = engine_life(NEW, 200)
+    server = VLLMShapedReplay(life[:151])
+    async with caught_up(server) as (sub, idx):
+        server.buffer = list(enumerate(life))
+        with caplog.at_level("WARNING", logger="kvgate.datalayer.kvsubscriber"):
+            await sub._live(400, engine_life(OLD, 401)[400])
+        assert server.requests == [0, 151, 199]
+        assert idx.engine_hashes("a") == set(range(NEW, NEW + 151))
+        assert sub.stats.stale_dropped == 1 and sub.stats.resyncs == 0
+        assert sub.stats.fetch_rerequests == 0 and "lost part of its answer" not in caplog.text
+
+
+async def test_a_dead_life_s_batch_numbered_the_new_life_s_newest_plus_one_is_not_applied():
+    """The catch-up met a new engine life (newest 199); the dead life's queued batch 200 follows
+    ``last_seq`` exactly. Failed before (review s14-fixes L3): applied as the next batch, and the new
+    life's own 200 then came "backwards", was confirmed by the engine and cleared the endpoint: the index
+    held the new life's batch 200 alone. Now a batch that follows a life change is checked against the
+    engine's replay first: the dead one is dropped, the new life's 200 applied."""
+    old, new = engine_life(OLD, 410), engine_life(NEW, 201)
+    server = restarting_replay(old[:400], new[:200], lost_from=200)
+    async with caught_up(server) as (sub, idx):
+        assert sub.stats.fetch_restarts == 1 and sub.stats.last_seq == 199, server.requests
+        await sub._live(200, old[200])
+        server.buffer.append((200, new[200]))
+        await sub._live(200, new[200])
+        held = idx.engine_hashes("a")
+        stale = {h for h in held if h < NEW}
+        assert not stale, f"the index holds {len(stale)} blocks of the dead engine life: {sorted(stale)[:5]}"
+        assert held == set(range(NEW, NEW + 201)), f"the new life's state lost: {len(held)} held"
+        assert sub.stats.stale_dropped == 1 and sub.stats.restarts == 0 and sub.stats.resyncs == 0
+
+
+async def test_the_check_after_a_life_change_runs_on_batches_read_off_the_socket():
+    """The same over a real PUB socket (the intake's fast path applies a batch that follows ``last_seq``
+    without a replay; it now leaves it to the check while a dead life's batches may be queued), and once a
+    batch of the engine's passed the check, the next ones are applied without it."""
+    old, new = engine_life(OLD, 410), engine_life(NEW, 203)
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    server = restarting_replay(old[:400], new[:200], lost_from=200)
+    try:
+        async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):
+            assert sub.stats.fetch_restarts == 1, server.requests
+            assert await asyncio.to_thread(pub.poll, 5000), "the SUB never subscribed"
+            pub.recv()
+            server.buffer.extend([(200, new[200]), (201, new[201]), (202, new[202])])
+            asked = len(server.requests)
+            for seq, payload in ((200, old[200]), (200, new[200]), (201, new[201]), (202, new[202])):
+                await asyncio.to_thread(pub.send_multipart, [b"", seq.to_bytes(8, "big"), payload])
+            for _ in range(1500):
+                if sub.stats.last_seq == 202:
+                    break
+                await asyncio.sleep(0.02)
+            held = idx.engine_hashes("a")
+            assert not {h for h in held if h < NEW}, "the dead life's batch 200 was applied"
+            assert held == set(range(NEW, NEW + 203)), f"the new life's state lost: {len(held)} held"
+            assert sub.stats.stale_dropped == 1
+            assert server.requests[asked:] == [200, 200], server.requests  # (201, 202: not asked)
+    finally:
+        pub.close(0)

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kvgate.config.director import build_director
-from kvgate.datalayer.kvevents import BlockStored, KVEventSources
+from kvgate.datalayer.kvevents import (
+    BlockIndex,
+    BlockStored,
+    KVEventsManager,
+    KVEventSources,
+    KVEventSubscriber,
+)
 from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.scheduling.types import InferenceRequest
 
@@ -66,5 +74,43 @@ async def test_a_source_stopping_leaves_other_owners_subscriptions() -> None:
         assert manager.subscribers == {"127.0.0.1:18320": mine}
         await manager.remove("127.0.0.1:18320")  # the last owner: stopped and purged
         assert manager.subscribers == {} and manager.index.num_blocks("127.0.0.1:18320") == 0
+    finally:
+        await manager.close()
+
+
+def _stop_fails(sub: KVEventSubscriber) -> None:
+    """The subscriber's stop stops it, then raises."""
+    real_stop = sub.stop
+
+    async def failing_stop() -> None:
+        await real_stop()
+        raise RuntimeError("stop failed")
+
+    sub.stop = failing_stop  # type: ignore[method-assign]
+
+
+async def test_an_endpoint_whose_subscriber_fails_to_stop_is_still_purged(caplog) -> None:
+    """``KVEventsManager.remove`` at the last owner: the subscriber's stop raises (here an injected error).
+    Failed before: the error skipped ``index.remove_endpoint``, so the endpoint, no longer followed, kept
+    its entries for good (over-report). Now purged; the error reaches the caller (a source logs it once)."""
+    manager = KVEventsManager(BlockIndex())
+    try:
+        sub = await manager.add("127.0.0.1:18330", "tcp://127.0.0.1:19330")
+        manager.index.apply("127.0.0.1:18330", [BlockStored([1], None, [0] * 16, 16, None)])
+        _stop_fails(sub)
+        with pytest.raises(RuntimeError, match="stop failed"):
+            await manager.remove("127.0.0.1:18330")
+        assert manager.subscribers == {} and manager.index.num_blocks("127.0.0.1:18330") == 0
+
+        store = EndpointStore.from_addresses(["127.0.0.1:18331"])
+        source = KVEventSources(store, manager, lambda ep: ("tcp://127.0.0.1:19331", None))
+        await source.start()
+        manager.index.apply("127.0.0.1:18331", [BlockStored([2], None, [0] * 16, 16, None)])
+        _stop_fails(manager.subscribers["127.0.0.1:18331"])
+        with caplog.at_level("ERROR"):
+            await source.stop()
+        assert manager.subscribers == {} and manager.index.num_blocks("127.0.0.1:18331") == 0
+        logged = [r for r in caplog.records if r.exc_info and "stop failed" in str(r.exc_info[1])]
+        assert len(logged) == 1, caplog.text
     finally:
         await manager.close()

@@ -44,6 +44,16 @@ def test_server_info_shapes() -> None:
     assert parse_server_info({"vllm_config": {}}, "h") is None and parse_server_info([], "h") is None
 
 
+def test_a_server_without_a_replay_buffer_is_followed_without_its_replay_socket() -> None:
+    """vLLM with ``buffer_steps=0`` keeps a replay endpoint whose answers hold nothing
+    (``deque(maxlen=0)``): its replay socket is not used (a gap resyncs at once). Failed before: used."""
+    kv = {"enable_kv_cache_events": True, "endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5558"}
+    for steps, replay in ((0, None), (10_000, "tcp://10.0.0.7:5558"), (None, "tcp://10.0.0.7:5558")):
+        doc = {"vllm_config": {"kv_events_config": {**kv, "buffer_steps": steps}}}
+        info = parse_server_info(doc, "10.0.0.7")
+        assert info is not None and info.replay == replay, steps
+
+
 def _served(replicas: list[Replica]) -> list[int]:
     return [sum(r.counters.finished.values()) for r in replicas]
 

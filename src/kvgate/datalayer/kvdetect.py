@@ -2,7 +2,8 @@
 
 vLLM reports its configuration at ``GET /server_info?config_format=json`` (served with
 ``VLLM_SERVER_DEV_MODE=1``): ``vllm_config.kv_events_config`` is the ``--kv-events-config`` it runs with
-(``enable_kv_cache_events``, ``publisher``, ``endpoint``, ``replay_endpoint``) and
+(``enable_kv_cache_events``, ``publisher``, ``endpoint``, ``replay_endpoint``, ``buffer_steps``: at 0 the
+replay socket holds nothing and is not used) and
 ``vllm_config.model_config.tokenizer`` the tokenizer it loaded. ``kvgate sim --kv-events-port`` answers
 the same keys. vLLM's address semantics: ``tcp://*:P`` (or ``0.0.0.0``) means vLLM *binds* (the gateway
 connects to ``tcp://<endpoint host>:P``); a concrete host means vLLM *connects* there (the gateway binds).
@@ -62,6 +63,11 @@ def parse_server_info(doc: Any, host: str) -> KVEventsInfo | None:
     addr, server_binds = _concrete(endpoint, host)
     replay = kv.get("replay_endpoint")
     replay_addr = _concrete(replay, host)[0] if isinstance(replay, str) and "://" in replay else None
+    steps = kv.get("buffer_steps")
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps <= 0:
+        # vLLM's replay buffer is ``deque(maxlen=buffer_steps)``: at 0 its replay socket answers every
+        # request with the end marker alone. No replay then: a gap resyncs at once, as its answers would.
+        replay_addr = None
     model = cfg.get("model_config")
     tok = model.get("tokenizer") if isinstance(model, dict) else None
     return KVEventsInfo(addr, replay_addr, not server_binds, tok if isinstance(tok, str) and tok else None)

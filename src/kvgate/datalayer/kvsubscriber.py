@@ -110,7 +110,8 @@ class SubscriberStats:
     restarts: int = 0
     decode_errors: int = 0  # batches that could not be decoded (or not framed as seq + payload)
     apply_errors: int = 0  # decoded batches the index could not apply, or whose handling failed
-    fetch_dropped: int = 0  # replayed batches dropped on arrival past the fetch bound (the oldest)
+    # replayed batches dropped on arrival past the fetch bound (the oldest), of answers used
+    fetch_dropped: int = 0
     fetch_rerequests: int = 0  # replay requests made again: the engine's ROUTER lost part of an answer
     # catch-up fetches started again from the start: another engine life (or a buffer that wrapped past
     # the last batch got) answered a re-request (each also counted in fetch_rerequests)
@@ -165,6 +166,15 @@ class KVEventSubscriber:
         # The current streak of stale drops (``_stale``): how many, and when its first was (None: none).
         self._stale_streak = 0
         self._stale_since: float | None = None
+        # Whether the engine keeps a replay buffer (vLLM's ``buffer_steps`` > 0): True once any replay
+        # answer held a batch, False once it answered nothing from seq 0 after live batches came
+        # (``_engine_keeps_a_buffer``), None while not known. A replay answer that is the end marker alone
+        # then says nothing about a live batch: a gap resyncs at once, as without a replay socket.
+        self.replay_buffer: bool | None = None
+        # Evidence that batches of an earlier engine life may still be queued on the socket (a catch-up
+        # that met another life, a stale drop, a restart): the next batch that follows ``last_seq`` is
+        # checked against the engine's replay before it is applied (review s14-fixes L3).
+        self._verify_next = False
         # One rate-limit slot per kind of failure, so a stream of one kind never hides the first of another
         # (and an unforeseen exception's traceback): kind -> when last logged / failures not logged since.
         self._failure_logged_at: dict[FailureKind, float] = {}
@@ -295,6 +305,9 @@ class KVEventSubscriber:
         self.stats.last_seq = None  # (nothing applied since the clear: the first batch is not a gap)
         self._caught_upto = None
         self._caught_digests = {}
+        # (the old socket's stale streak is not the new one's: a restart catches up from scratch)
+        self._end_stale_streak()
+        self._verify_next = False
         # (whoever waits for this subscriber now waits for the restarted socket and catch-up)
         self._ready = asyncio.Event()
         self._caught_up = asyncio.Event()
@@ -581,7 +594,7 @@ class KVEventSubscriber:
             return True
         last = self.stats.last_seq
         if self.replay_endpoint is not None and (
-            (last is None and seq > 0) or (last is not None and seq != last + 1)
+            (last is None and seq > 0) or (last is not None and (seq != last + 1 or self._verify_next))
         ):
             return False
         if self._check_gap(seq) == "gap":
@@ -605,13 +618,25 @@ class KVEventSubscriber:
         if self._detached:
             return
         last = self.stats.last_seq
-        if last is not None and seq <= last and self.replay_endpoint is not None:
+        if (
+            last is not None
+            and self.replay_endpoint is not None
+            and (seq <= last or (seq == last + 1 and self._verify_next))
+        ):
             # An engine restart (its sequence numbers from 0 again), or a dead life's batch queued on the
-            # socket: the engine that publishes now holds the batch it just published.
-            if await self._not_the_engine_s(seq, payload) and self._stale(seq):
+            # socket: the engine that publishes now holds the batch it just published. (Also the batch that
+            # follows ``last_seq`` when a dead life's batches may be queued: one numbered exactly the new
+            # life's newest + 1 looked like the next batch, review s14-fixes L3.)
+            held = await self._engine_holds(seq, payload)
+            if held is False and self._stale(seq):
                 return
             if self._detached:
                 return
+            self._verify_next = False
+            if held and seq <= last:
+                # A restart the engine confirmed: the dead life's batches may still come (interleaved
+                # with the new life's where the engine connects to a bound SUB: two connections).
+                self._verify_next = True
         verdict = self._check_gap(seq)
         if verdict == "gap":
             healed = await self._replay(self._next_seq(), seq)
@@ -624,17 +649,40 @@ class KVEventSubscriber:
         self._end_stale_streak()
         self._apply(seq, payload)
 
-    async def _not_the_engine_s(self, seq: int, payload: bytes) -> bool:
-        """Whether the engine's replay answer shows that it does not hold this batch: it ends before
-        ``seq``, or its batch ``seq`` is another. (No answer, or one that no longer reaches ``seq``: not
-        known, False.)"""
+    async def _engine_holds(self, seq: int, payload: bytes) -> bool | None:
+        """Whether the engine's replay holds this batch (True: its batch ``seq`` is this one) or shows that
+        it does not (False: its answer ends before ``seq``, or its batch ``seq`` is another). None: not
+        known (no answer, one that no longer reaches ``seq``, or the end marker alone from an engine that
+        keeps no replay buffer)."""
         ended: list[int] = []
         got = await self._fetch(seq, seq + 1, ended)
         if ended:
-            return True
+            return False if await self._engine_keeps_a_buffer() else None
         if not got or got[0][0] != seq:
-            return False
-        return xxhash.xxh3_64_intdigest(got[0][1]) != xxhash.xxh3_64_intdigest(payload)
+            return None
+        return xxhash.xxh3_64_intdigest(got[0][1]) == xxhash.xxh3_64_intdigest(payload)
+
+    async def _engine_keeps_a_buffer(self) -> bool:
+        """Whether the engine keeps a replay buffer, asked when a replay answered the end marker alone after
+        a live batch came (the engine published it, and vLLM buffers a batch in the thread that publishes
+        it, before it serves the next request): an engine with a buffer then holds it, unless that batch
+        was an earlier life's. Not known yet (no answer of this engine held a batch): one request from seq
+        0, which an engine with a buffer answers with what its life published. The end marker alone again:
+        it keeps none (vLLM's ``buffer_steps=0``; remembered until an answer holds a batch), False. No
+        answer: not known, True (the stale verdict stands, under the streak's bound).
+
+        (Not told apart: a new engine life that published nothing yet, behind which an earlier life's
+        batches queued on the socket, while no answer of this engine ever held a batch: taken for no
+        buffer, that batch applied after a resync; the new life's first batch clears it.)"""
+        if self.replay_buffer is None:
+            ended: list[int] = []
+            got = await self._fetch(0, 1, ended)
+            if got is not None and ended and self.replay_buffer is None:
+                self.replay_buffer = False
+                log.warning("kv events from %s: the replay socket %s answers nothing, its first batches "
+                            "included: the engine keeps no replay buffer (vLLM's buffer_steps=0?); gaps "
+                            "are resynced at once", self.endpoint, self.replay_endpoint)  # fmt: skip
+        return self.replay_buffer is not False
 
     def _stale(self, seq: int) -> bool:
         """A live batch the engine's replay says it does not hold: dropped (True, ``_drop_stale``), unless
@@ -653,6 +701,7 @@ class KVEventSubscriber:
                           "in %.1f s looked like an earlier engine life's, more than a dead life's queue "
                           "holds", seq, self._stale_streak - 1, now - self._stale_since)  # fmt: skip
         self._end_stale_streak()
+        self._verify_next = False  # (its verdicts were wrong: the batches that follow are not checked)
         self._resync()
         return False
 
@@ -668,6 +717,7 @@ class KVEventSubscriber:
         onto the new one's (and the resync or clear before it would drop what the catch-up learnt of the
         new life): dropped, counted, logged."""
         self.stats.stale_dropped += 1
+        self._verify_next = True
         self._log_failure("stale", logging.WARNING, "batch %d dropped: the engine's replay shows it does "
                           "not hold it (an earlier engine life's, queued on the socket)", seq)  # fmt: skip
 
@@ -707,7 +757,11 @@ class KVEventSubscriber:
             # Joining late (``partial_ok``, nothing known yet), an answer that holds no batch at all (the
             # end marker alone: vLLM with ``buffer_steps=0``, a replay port whose buffer is not this
             # stream's) proves nothing about ``upto``: applied as before (nothing), not "past" (review
-            # s14-fixes L-M3: every live batch was dropped as stale, for good).
+            # s14-fixes L-M3: every live batch was dropped as stale, for good). Nor after history, from an
+            # engine that keeps no replay buffer: the gap is resynced at once ("failed"), not dropped
+            # until the stale streak's bound.
+            if not got and not await self._engine_keeps_a_buffer():
+                return "failed"
             return "past"
         if partial_ok:
             got = _newest_run(got, upto)
@@ -729,9 +783,13 @@ class KVEventSubscriber:
         """
         if self.replay_endpoint is None:
             return
+        restarts = self.stats.fetch_restarts
         got = await self._fetch(0)
         if self._detached:
             return
+        # It met another engine life: the dead one's batches may be queued on the socket, one of them
+        # numbered the next after what is applied here.
+        self._verify_next = self.stats.fetch_restarts > restarts
         if got is None:
             # (no answer, or not the whole of it: a prefix of the engine's buffer is not its state)
             log.warning(
@@ -809,8 +867,11 @@ class KVEventSubscriber:
         start = want
         overlap: tuple[int, int] | None = None  # (seq, payload digest) the next answer must begin with
         outcome: Literal["done", "end", "lost", "silent", "changed", "moved"] = "silent"
-        requests = restarts = 0
-        dropped = 0  # batches the bound dropped in answers given up by a restart
+        requests = restarts = rerequests = 0
+        # (a bounded fetch) where an answer with batches in it ended short of ``upto - 1``: asked again
+        # from its last batch to tell an engine whose newest that is from an answer whose tail was lost
+        end_at: int | None = None
+        checking = False  # this request checks ``end_at`` (not counted as a re-request unless it was short)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + fetch_deadline_s(self.replay_timeout)
         expired = False
@@ -821,6 +882,27 @@ class KVEventSubscriber:
                 outcome, missing, overlap = await self._fetch_round(
                     start, want, upto, keep, overlap, deadline
                 )
+                if checking:
+                    checking = False
+                    if not (outcome == "end" and missing == end_at):
+                        # (the answer went on past where the one before ended: its tail had been lost)
+                        rerequests += 1
+                        self.stats.fetch_rerequests += 1
+                        REPLAY_REREQUESTS.inc()
+                if outcome == "end" and upto is not None and overlap is not None and missing != end_at:
+                    # The end marker after part of the range, its last batch ``missing - 1``: the engine's
+                    # newest (batch ``upto`` then another life's), or an answer whose tail the engine's
+                    # ROUTER dropped while its end marker, sent last, got through (review s14-fixes L2:
+                    # taken for another life, the live batch dropped). Asked again from that batch: the
+                    # same end confirms it; more batches heal the gap.
+                    end_at = missing
+                    if requests >= FETCH_MAX_ROUNDS or loop.time() >= deadline:
+                        outcome = "lost"  # (not confirmed: not used)
+                        expired = loop.time() >= deadline
+                        break
+                    checking = True
+                    start = missing - 1
+                    continue
                 if outcome == "end":
                     outcome = "done"
                     if upto is not None and ended is not None:
@@ -839,8 +921,7 @@ class KVEventSubscriber:
                     # nothing of the answers before kept.
                     restarts += 1
                     self.stats.fetch_restarts += 1
-                    dropped += keep.dropped
-                    keep = _Kept()
+                    keep = _Kept()  # (its drops are not counted: that answer is not used)
                     start, overlap = want, None
                 else:
                     # From the last batch got (one of overlap, to tell that the same engine life answers);
@@ -849,19 +930,22 @@ class KVEventSubscriber:
                     if again < start or (again == start and rerequest):
                         break
                     start = again
+                rerequests += 1
                 self.stats.fetch_rerequests += 1
                 REPLAY_REREQUESTS.inc()
         finally:
-            if keep.dropped or dropped:
-                self.stats.fetch_dropped += keep.dropped + dropped
-                if outcome == "done" and keep.dropped:
-                    log.warning(
-                        "kv events from %s: the replay from seq %d held more than the fetch keeps (%d "
-                        "batches, %d MiB): %d older batches dropped, the newest %d kept",
-                        self.endpoint, want, FETCH_MAX_BATCHES, FETCH_MAX_BYTES >> 20, keep.dropped,
-                        len(keep.got),
-                    )  # fmt: skip
-            if requests > 1 or outcome in ("lost", "changed", "moved"):
+            # Only the answer used: one given up (another life's, or not whole) lost nothing of what the
+            # index gets, and a restarted fetch's drops were counted again by the next answer (review
+            # s14-kv I2).
+            if outcome == "done" and keep.dropped:
+                self.stats.fetch_dropped += keep.dropped
+                log.warning(
+                    "kv events from %s: the replay from seq %d held more than the fetch keeps (%d "
+                    "batches, %d MiB): %d older batches dropped, the newest %d kept",
+                    self.endpoint, want, FETCH_MAX_BATCHES, FETCH_MAX_BYTES >> 20, keep.dropped,
+                    len(keep.got),
+                )  # fmt: skip
+            if rerequests or outcome in ("lost", "changed", "moved"):
                 why = {
                     "done": "its whole answer came",
                     "silent": "no answer" if requests == 1 else "no answer to the last one",
@@ -900,13 +984,14 @@ class KVEventSubscriber:
         fetch_deadline: float,
     ) -> tuple[Literal["done", "end", "lost", "silent", "changed", "moved"], int, tuple[int, int] | None]:
         """One replay request from ``start``, its batches in [``want``, ``upto``) handed to ``keep``:
-        ("done", ..) once the batch before ``upto`` came, ("end", the sequence after the answer's last) at
-        the end marker (the engine holds nothing newer), ("lost", first missing,
-        (last seq, its payload's digest)) after a hole or silence with part of the answer come, ("silent",
-        ..) when none of it came, ("changed", ..) when the answer does not begin with ``overlap`` (the
-        batch and payload that the answer before ended with), ("moved", ..) when it begins after it (the
-        engine no longer holds that batch: its buffer wrapped, or it restarted; treated as "changed").
-        It waits the replay timeout at most, and not past ``fetch_deadline`` (the loop's clock)."""
+        ("done", ..) once the batch before ``upto`` came; ("end", the sequence after the answer's last,
+        (its seq, digest) or None when none came) at the end marker (the engine holds nothing newer);
+        ("lost", first missing, (last seq, its payload's digest)) after a hole or silence with part of the
+        answer come; ("silent", ..) when none of it came; ("changed", ..) when the answer does not begin
+        with ``overlap`` (the batch and payload that the answer before ended with); ("moved", ..) when it
+        begins after it (the engine no longer holds that batch: its buffer wrapped, or it restarted;
+        treated as "changed"). It waits the replay timeout at most, and not past ``fetch_deadline`` (the
+        loop's clock)."""
         import zmq
         import zmq.asyncio
 
@@ -951,8 +1036,11 @@ class KVEventSubscriber:
                     # (a re-request answered by the end marker alone: its overlap batch is gone)
                     if overlap is not None and last is None:
                         return "changed", start, None
-                    return "end", (start if last is None else last + 1), None
+                    if last is None:
+                        return "end", start, None
+                    return "end", last + 1, (last, xxhash.xxh3_64_intdigest(last_payload))
                 seq = int.from_bytes(seq_b, "big", signed=True)
+                self.replay_buffer = True  # (it answered a batch: it keeps a replay buffer)
                 if last is None and overlap is not None:
                     # A re-request's first message: the batch the answer before ended with, unchanged
                     # (already kept).
@@ -1315,16 +1403,23 @@ class KVEventsManager:
         self.index.remove_endpoint(endpoint)
 
     async def remove(self, endpoint: str) -> None:
-        if endpoint in self.subscribers:
-            restart = self._restarting.get(endpoint)
-            sub = self._release(endpoint)
-            if sub is None:
-                return
-            try:
-                await sub.stop()
-            finally:
-                if restart is not None:  # (cancelled by ``_release``)
-                    await cancel_and_wait(restart, f"KV-event subscriber {endpoint}: its restart", log)
+        """One owner lets go; at the last, the subscriber stopped and the endpoint's entries purged. Purged
+        also when the stop raises (raised after, to the caller, which logs it: a subscriber detached and
+        released whose entries stayed would over-report the endpoint for good)."""
+        try:
+            if endpoint in self.subscribers:
+                restart = self._restarting.get(endpoint)
+                sub = self._release(endpoint)
+                if sub is None:
+                    return
+                try:
+                    await sub.stop()
+                finally:
+                    if restart is not None:  # (cancelled by ``_release``)
+                        await cancel_and_wait(restart, f"KV-event subscriber {endpoint}: its restart", log)
+        except BaseException:
+            self.index.remove_endpoint(endpoint)
+            raise
         self.index.remove_endpoint(endpoint)
 
     async def sync(self, endpoints: Iterable[str]) -> None:
