@@ -221,3 +221,45 @@ async def test_the_check_after_a_life_change_runs_on_batches_read_off_the_socket
             assert server.requests[asked:] == [200, 200], server.requests  # (201, 202: not asked)
     finally:
         pub.close(0)
+
+
+async def test_a_dead_life_that_queued_more_than_a_thousand_batches_is_dropped_whole():
+    """The dead life's batches 400-1599 (1,200) are queued on the SUB socket behind a catch-up that met
+    the new life (newest 199), then the new life's 200. Failed before (final read s14-read-a I1): after
+    1,000 drops, one replay round trip each, the streak's bound took the verdicts for wrong and applied
+    the rest of the dead life after a resync. Now the batches read off the socket before a request are
+    judged by its answer (the engine would hold any batch it published before it): a few requests, none
+    of the dead life applied, the new life's 200 followed."""
+    old, new = engine_life(OLD, 1600), engine_life(NEW, 201)
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.setsockopt(zmq.SNDHWM, 10_000)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    server = restarting_replay(old[:400], new[:200], lost_from=200)
+    try:
+        async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):
+            assert sub.stats.fetch_restarts == 1, server.requests
+            assert await asyncio.to_thread(pub.poll, 5000), "the SUB never subscribed"
+            pub.recv()
+            server.buffer.append((200, new[200]))
+            asked = len(server.requests)
+
+            def send() -> None:
+                for s in range(400, 1600):
+                    pub.send_multipart([b"", s.to_bytes(8, "big"), old[s]])
+                pub.send_multipart([b"", (200).to_bytes(8, "big"), new[200]])
+
+            await asyncio.to_thread(send)
+            for _ in range(3000):
+                if sub.stats.last_seq == 200:
+                    break
+                await asyncio.sleep(0.02)
+            held = idx.engine_hashes("a")
+            stale = {h for h in held if h < NEW}
+            assert not stale, f"the index holds {len(stale)} blocks of the dead engine life"
+            assert held == set(range(NEW, NEW + 201)), f"the new life's state lost: {len(held)} held"
+            assert sub.stats.stale_dropped == 1200 and sub.stats.stale_overruled == 0
+            assert len(server.requests) - asked < 50, server.requests[asked:]
+    finally:
+        pub.close(0)

@@ -62,16 +62,22 @@ def replay_timeout_from_env(environ: Mapping[str, str] = os.environ) -> float:
 # whose field types changed) fails every batch, one per engine step, and would flood the log with a line
 # (or a traceback) each. ``SubscriberStats`` counts them all.
 FAILURE_LOG_INTERVAL_S = 10.0
+# The SUB socket's receive high-water mark: libzmq queues at most this many live batches for the subscriber.
+SUB_RCVHWM = 100_000
 # A streak of live batches dropped as an earlier engine life's (``_drop_stale``) with no batch applied
-# between them is a dead life's burst queued on the SUB socket: finite (the SUB's RCVHWM is 100,000, but a
-# dead life's backlog is what it published during a catch-up: ~8 s of engine steps), and already queued
-# when the new life publishes, so it drains at one replay round trip per batch (milliseconds). (A dead
-# life that queued more than 1000 batches trips the bound: those are then applied after a resync, the
-# s14-kv M3 outcome; final read s14-read-a I1.) A streak longer than STALE_STREAK_MAX batches, or lasting
-# longer than STALE_STREAK_S on the subscriber's clock, is not one: the replay's verdict is wrong (vLLM with
-# ``buffer_steps=0`` answers the end marker alone, so after a gap or a restart every later batch looked
-# "past", dropped for good), and the batch is applied after a resync, as a gap that no replay healed.
-STALE_STREAK_MAX = 1000
+# between them is a dead life's burst queued on the SUB socket: finite (what it published during a
+# catch-up, ~8 s of engine steps; never more than the socket queues), and already queued when the new life
+# publishes. One replay answer judges every batch read off the socket before its request (``_judge``), so
+# such a burst drains at one replay round trip per ``PULL_MAX`` batches, not per batch (vLLM serves a replay
+# request once per pass of its publisher loop, up to 0.1 s on an idle engine). A streak longer than
+# STALE_STREAK_MAX batches (more than the socket can have queued: before kv15 1000, which a dead life that
+# queued more tripped, its batches then applied after a resync), or lasting longer than STALE_STREAK_S on
+# the subscriber's clock, is not one: the replay's verdict is wrong (a replay port whose buffer is another
+# stream's), and the batch is applied after a resync, as a gap that no replay healed. (vLLM with
+# ``buffer_steps=0`` answers the end marker alone: known, ``_engine_keeps_a_buffer``; gaps resync at once.)
+STALE_STREAK_MAX = SUB_RCVHWM
+# Live batches read off the socket at most before one replay request, to be judged by its answer.
+PULL_MAX = 10_000
 STALE_STREAK_S = 30.0
 # (each kind has its own slot in the failure log)
 FailureKind = Literal["decode", "apply", "unforeseen", "stale", "overruled"]
@@ -175,6 +181,11 @@ class KVEventSubscriber:
         # that met another life, a stale drop, a restart): the next batch that follows ``last_seq`` is
         # checked against the engine's replay before it is applied (review s14-fixes L3).
         self._verify_next = False
+        # The first ``_judged`` batches of the stash were read off the socket before a replay request whose
+        # answer ended before ``_judged_end`` (the engine's newest + 1): those numbered from there on are
+        # not the engine's (``_judge``).
+        self._judged = 0
+        self._judged_end = 0
         # One rate-limit slot per kind of failure, so a stream of one kind never hides the first of another
         # (and an unforeseen exception's traceback): kind -> when last logged / failures not logged since.
         self._failure_logged_at: dict[FailureKind, float] = {}
@@ -308,6 +319,7 @@ class KVEventSubscriber:
         # (the old socket's stale streak is not the new one's: a restart catches up from scratch)
         self._end_stale_streak()
         self._verify_next = False
+        self._judged = 0
         # (whoever waits for this subscriber now waits for the restarted socket and catch-up)
         self._ready = asyncio.Event()
         self._caught_up = asyncio.Event()
@@ -364,7 +376,7 @@ class KVEventSubscriber:
                 self._report_failure()
             return
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
         sock.setsockopt(zmq.SUBSCRIBE, self.topic)
         failed = False
         try:
@@ -420,8 +432,9 @@ class KVEventSubscriber:
                 # meanwhile the socket is not watched, so nothing newer is applied before it.
                 while self._stash:
                     seq, payload = self._stash.popleft()
+                    judged, self._judged = self._judged > 0, max(0, self._judged - 1)
                     try:
-                        await self._live(seq, payload)
+                        await self._live(seq, payload, judged)
                     except Exception:
                         self._unforeseen(seq)
                 try:
@@ -584,6 +597,7 @@ class KVEventSubscriber:
     def _disarm(self) -> None:
         self._disarm_reader()
         self._stash.clear()
+        self._judged = 0
         if self._again is not None:
             self._again.cancel()
             self._again = None
@@ -603,18 +617,27 @@ class KVEventSubscriber:
         self._apply(seq, payload)
         return True
 
-    async def _live(self, seq: int, payload: bytes) -> None:
-        """One live batch: skipped if the catch-up applied it, after a replay of what was missed."""
+    async def _live(self, seq: int, payload: bytes, judged: bool = False) -> None:
+        """One live batch: skipped if the catch-up applied it, after a replay of what was missed.
+        ``judged``: read off the socket before a replay request whose answer showed the engine's newest
+        (``_judge``)."""
         if self._already_caught_up(seq, payload):
             return
-        if (  # Joined late (vLLM's PUB connects to us with a backoff): fetch what we missed.
-            self.stats.last_seq is None
-            and seq > 0
-            and self.replay_endpoint is not None
-            and await self._replay(0, seq, partial_ok=True) == "past"
-            and self._stale(seq)
-        ):
+        if judged and seq >= self._judged_end:
+            # Received before that request: the engine had published it (vLLM buffers a batch in the thread
+            # that publishes it, before it serves a request), so it would have held it: an earlier life's.
+            if self._stale(seq):
+                return
+            self._end_stale_streak()
+            self._apply(seq, payload)
             return
+        ended: list[int] = []
+        if self.stats.last_seq is None and seq > 0 and self.replay_endpoint is not None:
+            # Joined late (vLLM's PUB connects to us with a backoff): fetch what we missed.
+            queued = self._pull_queued()
+            if await self._replay(0, seq, partial_ok=True, ended=ended) == "past" and self._stale(seq):
+                self._judge(queued, ended)
+                return
         if self._detached:
             return
         last = self.stats.last_seq
@@ -627,8 +650,11 @@ class KVEventSubscriber:
             # socket: the engine that publishes now holds the batch it just published. (Also the batch that
             # follows ``last_seq`` when a dead life's batches may be queued: one numbered exactly the new
             # life's newest + 1 looked like the next batch, review s14-fixes L3.)
-            held = await self._engine_holds(seq, payload)
+            queued = self._pull_queued()
+            ended.clear()
+            held = await self._engine_holds(seq, payload, ended)
             if held is False and self._stale(seq):
+                self._judge(queued, ended)
                 return
             if self._detached:
                 return
@@ -639,22 +665,56 @@ class KVEventSubscriber:
                 self._verify_next = True
         verdict = self._check_gap(seq)
         if verdict == "gap":
-            healed = await self._replay(self._next_seq(), seq)
+            queued = self._pull_queued()
+            ended.clear()
+            healed = await self._replay(self._next_seq(), seq, ended=ended)
             if self._detached:
                 return
             if healed == "past" and self._stale(seq):
+                self._judge(queued, ended)
                 return
             if healed == "failed":
                 self._resync()
         self._end_stale_streak()
         self._apply(seq, payload)
 
-    async def _engine_holds(self, seq: int, payload: bytes) -> bool | None:
+    def _pull_queued(self) -> int:
+        """Read the live batches queued on the socket into the stash (at most ``PULL_MAX`` in it), before a
+        replay request whose answer may judge them (``_judge``); how many the stash holds. Only from the
+        task, while the socket is not watched (else nothing is read: 0)."""
+        import zmq
+
+        sock = self._sock
+        if sock is None or self._loop is not None or self._draining:
+            return 0
+        while len(self._stash) < PULL_MAX:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError as e:
+                self._failed = e  # (the task ends on it once the stash is handled)
+                break
+            if len(frames) < 3 or len(frames[-2]) != 8:
+                self.stats.decode_errors += 1
+                continue
+            self._stash.append((int.from_bytes(frames[-2], "big", signed=True), frames[-1]))
+        return len(self._stash)
+
+    def _judge(self, queued: int, ended: list[int]) -> None:
+        """A live batch was dropped because the engine's replay answer ended (end marker) before it: the
+        ``queued`` batches read off the socket before that request and numbered at or past the answer's
+        end are not the engine's either, dropped without a request each (``_live``)."""
+        if ended:
+            self._judged, self._judged_end = queued, ended[0]
+
+    async def _engine_holds(self, seq: int, payload: bytes, ended: list[int] | None = None) -> bool | None:
         """Whether the engine's replay holds this batch (True: its batch ``seq`` is this one) or shows that
         it does not (False: its answer ends before ``seq``, or its batch ``seq`` is another). None: not
         known (no answer, one that no longer reaches ``seq``, or the end marker alone from an engine that
-        keeps no replay buffer)."""
-        ended: list[int] = []
+        keeps no replay buffer). ``ended`` gets where its answer ended, when it did before ``seq``."""
+        if ended is None:
+            ended = []
         got = await self._fetch(seq, seq + 1, ended)
         if ended:
             return False if await self._engine_keeps_a_buffer() else None
@@ -701,7 +761,9 @@ class KVEventSubscriber:
                           "in %.1f s looked like an earlier engine life's, more than a dead life's queue "
                           "holds", seq, self._stale_streak - 1, now - self._stale_since)  # fmt: skip
         self._end_stale_streak()
-        self._verify_next = False  # (its verdicts were wrong: the batches that follow are not checked)
+        # (its verdicts were wrong: the batches that follow are not checked, nor judged by them)
+        self._verify_next = False
+        self._judged = 0
         self._resync()
         return False
 
@@ -740,16 +802,18 @@ class KVEventSubscriber:
         return 0 if self.stats.last_seq is None else self.stats.last_seq + 1
 
     async def _replay(
-        self, want: int, upto: int, partial_ok: bool = False
+        self, want: int, upto: int, partial_ok: bool = False, ended: list[int] | None = None
     ) -> Literal["applied", "failed", "past"]:
         """Fetch batches [want, upto) from the replay socket: "applied" if they were all applied, "past" if
         the engine's whole answer ended before ``upto - 1`` (nothing applied: batch ``upto`` is not this
         engine life's, see ``_live``; joining late, only an answer that held a batch says so), else "failed".
 
         ``partial_ok`` (joining late, nothing known yet): apply the longest run that ends at ``upto - 1``
-        even if the engine's buffer no longer reaches back to ``want``.
+        even if the engine's buffer no longer reaches back to ``want``. ``ended`` gets where the engine's
+        whole answer ended, when it did before ``upto - 1``.
         """
-        ended: list[int] = []
+        if ended is None:
+            ended = []
         got = await self._fetch(want, upto, ended)
         if got is None or self._detached:
             return "failed"
