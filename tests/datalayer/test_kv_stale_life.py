@@ -150,7 +150,9 @@ async def test_a_gap_replay_whose_tail_was_lost_but_whose_end_marker_came_heals_
         assert sub.stats.stale_dropped == 0, "the live batch was dropped as an earlier engine life's"
         assert idx.engine_hashes("a") == set(range(NEW, NEW + 1300))
         assert sub.stats.resyncs == 0 and sub.stats.replayed == 1299
-        assert server.requests[:3] == [0, 200, 699], server.requests
+        # (asked from 200, then again from where that answer ended; more if a loaded machine made a
+        # silence mid-answer, FETCH_SILENCE_S)
+        assert len([r for r in server.requests if r >= 200]) >= 2, server.requests
         assert sub.stats.fetch_rerequests >= 1 and "lost part of its answer" in caplog.text
 
 
@@ -163,12 +165,13 @@ async def test_an_answer_that_really_ends_before_the_gap_is_asked_once_more_and_
     server = VLLMShapedReplay(life[:151])
     async with caught_up(server) as (sub, idx):
         server.buffer = list(enumerate(life))
+        asked, rerequests = len(server.requests), sub.stats.fetch_rerequests
         with caplog.at_level("WARNING", logger="kvgate.datalayer.kvsubscriber"):
             await sub._live(400, engine_life(OLD, 401)[400])
-        assert server.requests == [0, 151, 199]
+        assert server.requests[asked:] == [151, 199]
         assert idx.engine_hashes("a") == set(range(NEW, NEW + 151))
         assert sub.stats.stale_dropped == 1 and sub.stats.resyncs == 0
-        assert sub.stats.fetch_rerequests == 0 and "lost part of its answer" not in caplog.text
+        assert sub.stats.fetch_rerequests == rerequests and "lost part of its answer" not in caplog.text
 
 
 async def test_a_dead_life_s_batch_numbered_the_new_life_s_newest_plus_one_is_not_applied():
