@@ -220,6 +220,30 @@ async def test_further_cancels_do_not_cut_the_stop() -> None:
     assert stopper.cancelled()
 
 
+async def test_on_cancel_is_called_once_at_the_first_cancel_and_not_without_one() -> None:
+    """``on_cancel``: the stop's hurry hook (``Proc.stop`` sends SIGKILL at once): called at the caller's
+    first cancel only, never when no cancel came."""
+    calls: list[int] = []
+    gate = asyncio.Event()
+
+    async def cleanup() -> None:
+        await gate.wait()
+
+    await stop_to_the_end(asyncio.sleep(0), "quiet", log, on_cancel=lambda: calls.append(0))
+    assert calls == []
+    stop = stop_to_the_end(cleanup(), "cleanup", log, on_cancel=lambda: calls.append(1))
+    stopper = asyncio.create_task(stop)
+    for _ in range(3):
+        await asyncio.sleep(0)
+        stopper.cancel()
+    await asyncio.sleep(0)
+    assert calls == [1]
+    gate.set()
+    await asyncio.wait([stopper], timeout=10)
+    assert stopper.cancelled()
+    assert calls == [1]
+
+
 async def test_a_stop_still_running_past_the_limit_is_left_and_said(caplog: pytest.LogCaptureFixture) -> None:
     gate = asyncio.Event()
     finished: list[bool] = []

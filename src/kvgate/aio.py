@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
@@ -179,7 +179,12 @@ _FINISHING: weakref.WeakKeyDictionary[asyncio.Task[Any], float] = weakref.WeakKe
 
 
 async def stop_to_the_end(
-    cleanup: Coroutine[Any, Any, T], what: str, log: logging.Logger, limit_s: float = STOP_LIMIT_S
+    cleanup: Coroutine[Any, Any, T],
+    what: str,
+    log: logging.Logger,
+    limit_s: float = STOP_LIMIT_S,
+    *,
+    on_cancel: Callable[[], object] | None = None,
 ) -> T:
     """Run a stop (``cleanup``) to its end even when its caller is cancelled meanwhile, then raise that
     cancellation: a cancelled stop does not skip the rest of its cleanup (the listeners, sockets,
@@ -197,7 +202,9 @@ async def stop_to_the_end(
     (a task ending on one would raise it out of the event loop at once, and the caller a second time,
     cutting ``asyncio.run``'s cancellation of the other tasks). A stop whose caller no longer waits (left
     running past ``limit_s``, or the caller ended on an exception of its own) raises it itself: it is not
-    lost."""
+    lost. ``on_cancel`` is called once, at the caller's first cancellation (a stop that has a faster way
+    to its end once its caller is in a hurry: ``kvgate.bench.procs.Proc.stop`` sends SIGKILL at once
+    rather than waiting out the grace of its SIGTERM)."""
     loop = asyncio.get_running_loop()
     waited = [True]  # (False once the caller left the stop running: no one to hand an interrupt to)
     task = loop.create_task(_handed_over(cleanup, waited), name=what)
@@ -215,6 +222,8 @@ async def stop_to_the_end(
             except asyncio.CancelledError:
                 if not cancelled:
                     cancelled, deadline = True, loop.time() + max(0.0, limit_s)
+                    if on_cancel is not None:
+                        on_cancel()
                     if me is not None:  # (``cancel_and_wait`` waits for it till then: not stuck)
                         _FINISHING[me] = deadline
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kvgate import lifeline
 from kvgate.bench import procs
 
 _SLEEPER = (
@@ -192,3 +193,70 @@ async def test_stop_closes_the_process_transport(tmp_path: Path) -> None:
         assert transport.is_closing()
     finally:
         os.kill(child, 9)
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+async def test_a_cancelled_stop_reaps_the_process_and_closes_its_pipe(tmp_path: Path) -> None:
+    """The stop of a process that ignores SIGTERM is cancelled (Ctrl-C) during its grace: by the time the
+    cancellation is raised the process was killed **and collected** (its exit status known, no zombie),
+    its output pipe closed (no descriptor left open), and the cancellation raised once. (Before, the
+    cancel sent SIGKILL and raised at once: the exit status unknown, the transport left open until the
+    loop happened to see the pipe's end, the group's orphans never collected.)"""
+    before = _fds()
+    pidfile = tmp_path / "pid"
+    p, _ = await procs.start("deaf", [sys.executable, "-c", _IGNORES_SIGTERM, str(pidfile)], "ready")
+    pid = await _pid(pidfile)
+    stopper = asyncio.create_task(p.stop(grace=30.0))
+    await asyncio.sleep(0.3)
+    stopper.cancel()
+    await asyncio.wait([stopper], timeout=10)
+    assert stopper.cancelled(), "the cancellation was not raised"
+    assert p.proc.returncode == -9, "the process was not collected when the stop raised"
+    assert lifeline.stat(pid) is None, "left a zombie"
+    transport: Any = p.proc._transport  # type: ignore[attr-defined]
+    assert transport.is_closing(), "its transport (the output pipe) was left open"
+    assert _fds() - before == set(), "a descriptor was left open"
+
+
+# A bench (a child subreaper, as ``reaper.install`` makes it) stops a process whose child (same group)
+# ignores SIGTERM too; its stop is cancelled during the grace. Prints the zombies it is left with.
+_SUBREAPER_BENCH = """
+import asyncio, os, sys
+from kvgate import lifeline
+from kvgate import lifeline
+from kvgate.bench import procs
+lifeline.become_subreaper()
+code = ("import os, signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "c = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)'], "
+        "stdout=subprocess.PIPE); c.stdout.readline(); print('ready', flush=True); time.sleep(60)")
+
+async def main():
+    p, _ = await procs.start("deaf", [sys.executable, "-c", code], "ready")
+    stopper = asyncio.create_task(p.stop(grace=30.0))
+    await asyncio.sleep(0.3)
+    stopper.cancel()
+    await asyncio.wait([stopper], timeout=20)
+    assert stopper.cancelled()
+    me = os.getpid()
+    zombies = [pid for pid, st in lifeline.scan().items() if st[0] == me and st[2] == "Z"]
+    print("zombies", zombies, flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_cancelled_stop_collects_the_groups_orphans_in_a_subreaper() -> None:
+    """In a bench (a child subreaper) the group's other processes, killed with it, are re-parented to the
+    bench: a cancelled stop collects them too (``reaper.collect_orphans``), as an uncancelled one does."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _SUBREAPER_BENCH], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "zombies []" in out.stdout, out.stdout

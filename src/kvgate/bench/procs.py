@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -21,8 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kvgate import lifeline
+from kvgate.aio import stop_to_the_end
 from kvgate.bench import reaper
 from kvgate.k8s.tasks import wait_event
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -79,25 +83,37 @@ class Proc:
 
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM to its process group; SIGKILL to the group once ``grace`` passed with any of it
-        still running (its leader may have ended and left children); its output reader ended.
-        Cancelled meanwhile (a Ctrl-C), it sends SIGKILL before it raises: nothing of it is left
-        running. It never swallows the caller's cancellation (no ``asyncio.wait_for``, which on Python
-        3.11 may drop one, CPython gh-86296; no ``suppress(CancelledError)`` around an await)."""
+        still running (its leader may have ended and left children); then its leader collected (its
+        exit status known, at most ``grace`` after the SIGKILL), its output reader ended, its pipe closed
+        and the group's orphans collected (``reaper.collect_orphans``). Cancelled meanwhile (a Ctrl-C),
+        it sends SIGKILL at once instead of waiting out the grace, and does all the rest before it
+        raises the cancellation, once (``stop_to_the_end``; before, it raised right after the SIGKILL:
+        the leader not collected, the pipe left open, the orphans left zombies). It never swallows the
+        caller's cancellation (no ``asyncio.wait_for``, which on Python 3.11 may drop one, CPython
+        gh-86296; no ``suppress(CancelledError)`` around an await)."""
+        hurry = asyncio.Event()  # (set at the caller's cancel: SIGKILL now)
+        await stop_to_the_end(
+            self._stop(grace, hurry), f"{self.name}: stopping", log, 2 * grace + 10.0, on_cancel=hurry.set
+        )
+
+    async def _stop(self, grace: float, hurry: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         try:
             if self._running():
                 self._kill(signal.SIGTERM)
-                loop = asyncio.get_running_loop()
                 deadline = loop.time() + grace
-                while self._running() and loop.time() < deadline:  # noqa: ASYNC110 (a group: no event)
-                    await asyncio.sleep(0.05)
+                while self._running() and loop.time() < deadline and not hurry.is_set():
+                    await wait_event(hurry, 0.05)  # (a group: no event for its end)
                 if self._running():
                     self._kill(signal.SIGKILL)
-                    # (not proc.wait(): on Python 3.11 it waits for the output pipe too, which a child
-                    # in a session of its own may hold)
-                    deadline = loop.time() + grace
-                    while self.proc.returncode is None and loop.time() < deadline:  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
-        except BaseException:
+            if self.proc.returncode is None:
+                # Its leader collected (by asyncio's child watcher) before the pipe is closed and the
+                # orphans are: not proc.wait(), which on Python 3.11 waits for the output pipe too, which
+                # a child in a session of its own may hold.
+                deadline = loop.time() + grace
+                while self.proc.returncode is None and loop.time() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+        except BaseException:  # (this stop's own task cancelled: ``asyncio.run`` ending on an interrupt)
             if self._running():
                 self._kill(signal.SIGKILL)
             raise
