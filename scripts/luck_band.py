@@ -100,7 +100,7 @@ def moved_sim(
         finally:
             tree.insert = insert
 
-    picker.pick = forced_in  # type: ignore[method-assign]
+    picker.pick = forced_in
     return sim
 
 

@@ -28,7 +28,7 @@ def force_pick(sim: Any, choose: Callable[[Any, Any], Any]) -> None:
         to = choose(req, res)
         return res if to is None else dataclasses.replace(res, endpoints=[to])
 
-    sim.director.pick = forced  # type: ignore[method-assign]
+    sim.director.pick = forced
 
 
 def perturbation_table(
