@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kvgate import lifeline
+
 PY = sys.executable
 BACKEND_PORTS = [28101, 28102]
 ROUTER_PORT = 28180
@@ -74,7 +76,12 @@ def _cpu_s(pid: int) -> float:
 
 def _run_loadgen(requests: int, env: dict[str, str]) -> dict[str, Any]:
     out = subprocess.run(
-        [PY, __file__, "--_loadgen", str(requests)], env=env, capture_output=True, check=True, timeout=600
+        [PY, __file__, "--_loadgen", str(requests)],
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=600,
+        preexec_fn=lifeline.die_with_parent(),
     )
     result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
     return result
@@ -101,6 +108,7 @@ def main() -> int:
         env=env,
         stdout=subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=lifeline.die_with_parent(),
     )
     assert backend.stdout is not None
     backend.stdout.readline()
@@ -115,7 +123,7 @@ def main() -> int:
                     env={**os.environ, "PYTHONPATH": src},
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True,
+                    start_new_session=True, preexec_fn=lifeline.die_with_parent(),
                 )  # fmt: skip
                 assert gw.stdout is not None
                 while b"listening" not in gw.stdout.readline():

@@ -46,6 +46,7 @@ from typing import Any
 from script_usage import usage_or_exit
 from sim_hooks import force_pick
 
+from kvgate import lifeline
 from kvgate.bench.mixed import FAMILIES
 from kvgate.bench.multiturn import mixed_sim, run_once
 from kvgate.sim.kvcache import xxhash64_chain
@@ -142,10 +143,12 @@ def oracle(
         if state["child"] is not None or decisions >= limit or not is_decision(state["spec"], now):
             return None
         results = []
+        me = os.getpid()
         for i in range(len(eps)):
             rfd, wfd = os.pipe()
             pid = os.fork()
             if pid == 0:  # the child: force replica i, play the future, report (in main's handler)
+                lifeline.die_with(me)  # (ends with its parent, even by SIGKILL)
                 os.close(rfd)
                 state["child"] = (wfd, now, now + horizon)
                 if horizon > 0:

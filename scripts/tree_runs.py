@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from kvgate import lifeline
+
 HERE_SRC = Path(__file__).resolve().parent.parent / "src"
 
 
@@ -24,6 +26,7 @@ def run_in_tree(script: str, src: Path, argv: Sequence[str], timeout: float) -> 
         capture_output=True,
         check=True,
         timeout=timeout,
+        preexec_fn=lifeline.die_with_parent(),
     )
     result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
     return result

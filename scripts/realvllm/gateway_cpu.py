@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vs_sglang import free_ports, sched_ms, wait_http, workload
 
+from kvgate import lifeline
+
 MODEL = "tiny"
 # The gateway under cProfile timed by its main thread's CPU clock (the default, wall time, charges a
 # function for the time the process was preempted in it: on 2 cores, a write to loopback that wakes the
@@ -134,7 +136,12 @@ def main() -> int:
                        "--model", MODEL, "--base-port", str(sim_port),
                        "--kv-events-port", str(events_port)]  # fmt: skip
             urls = [f"http://127.0.0.1:{sim_port + i}" for i in range(2)]
-            sim = subprocess.Popen(sim_cmd, stdout=(log_dir / "sim.log").open("wb"), stderr=subprocess.STDOUT)
+            sim = subprocess.Popen(
+                sim_cmd,
+                stdout=(log_dir / "sim.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                preexec_fn=lifeline.die_with_parent(),
+            )
             stack.callback(lambda: (sim.terminate(), sim.wait(20)))
             for u in urls:
                 wait_http(u + "/health", sim)
@@ -172,7 +179,11 @@ def measure(
                   "--port", str(gw_port), "--kv-events", "auto", *args.serve_arg]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": src} if src else None
         gw = subprocess.Popen(
-            gw_cmd, stdout=(log_dir / "gw.log").open("wb"), stderr=subprocess.STDOUT, env=env
+            gw_cmd,
+            stdout=(log_dir / "gw.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=lifeline.die_with_parent(),
         )
         base = f"http://127.0.0.1:{gw_port}"
         wait_http(base + "/readyz", gw)
@@ -183,12 +194,14 @@ def measure(
             gw.send_signal(signal.SIGUSR1)
         if args.perf:
             spy = subprocess.Popen(["perf", "record", "-F", "2000", "-g", "-p", str(gw.pid), "-o", args.perf],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   preexec_fn=lifeline.die_with_parent())  # fmt: skip
             time.sleep(1.0)
         if args.py_spy:
             spy = subprocess.Popen([args.py_spy[0], "record", "-p", str(gw.pid), "-o", args.py_spy[1],
                                     "--format", "raw", "-r", "1000", "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   preexec_fn=lifeline.die_with_parent())  # fmt: skip
             time.sleep(1.0)
         c0 = cpu_s(gw.pid)
         time.sleep(args.idle)

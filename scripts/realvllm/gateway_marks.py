@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vs_sglang import timed, wait_http
 
+from kvgate import lifeline
 from kvgate.bench import gateway_ttft
 from kvgate.realvllm.harness import free_ports
 
@@ -42,7 +43,8 @@ def main() -> int:
     backend_port, gateway_port = free_ports(2)
     backend = subprocess.Popen(
         [sys.executable, "-m", "kvgate.bench.gateway_ttft", "--_backend", str(gateway_ttft.DEFAULT_TOKENIZER),
-         str(args.first_token_ms), str(backend_port)], stdout=subprocess.PIPE)  # fmt: skip
+         str(args.first_token_ms), str(backend_port)], stdout=subprocess.PIPE,
+        preexec_fn=lifeline.die_with_parent())  # fmt: skip
     gateway = None
     try:
         assert backend.stdout is not None
@@ -50,7 +52,8 @@ def main() -> int:
         gateway = subprocess.Popen(
             [sys.executable, "-m", "kvgate.cli", "serve", "--endpoints", f"http://127.0.0.1:{backend_port}",
              "--model", gateway_ttft.MODEL, "--port", str(gateway_port), "--kv-events", "auto"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=lifeline.die_with_parent())  # fmt: skip
         wait_http(f"http://127.0.0.1:{gateway_port}/readyz", gateway)
         recs = []
         for i, prompt in enumerate(gateway_ttft.workload(args.requests + 16)):

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kvgate import lifeline
+
 ONE = """
 import random, time
 from kvgate.datalayer.kvwire import BlockStored, decode_batch, encode_batch
@@ -36,7 +38,14 @@ print(min(best))
 
 def one(src: str) -> float:
     env = {**os.environ, "PYTHONPATH": src}
-    out = subprocess.run([sys.executable, "-c", ONE], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", ONE],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lifeline.die_with_parent(),
+    )
     return float(out.stdout.strip())
 
 

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kvgate import lifeline
+
 PUB = """
 import random, sys, time
 import zmq
@@ -67,7 +69,9 @@ def one(src: str, args: argparse.Namespace) -> float:
     env = {**os.environ, "PYTHONPATH": src}
     cmd = [sys.executable, "-c", SUB, str(args.batches), sys.executable, PUB, str(args.batches),
            str(args.gap), str(args.burst)]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, check=True, preexec_fn=lifeline.die_with_parent()
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 

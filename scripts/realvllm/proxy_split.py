@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vs_sglang import commit, cpu_s, kvgate_tree, server_ttft, timed, wait_http, workload
 
+from kvgate import lifeline
 from kvgate.bench import peers
 from kvgate.realvllm.bench import reset_caches
 from kvgate.realvllm.harness import MODEL_NAME, ServerSpec, fleet, free_ports
@@ -245,7 +246,13 @@ def main() -> int:
                     cmd = [sys.executable, "-m", "kvgate.cli", "serve", "--endpoints", server.url, "--model",
                            MODEL_NAME, "--port", str(port), "--kv-events", "auto"]  # fmt: skip
                     logf = (log_dir / f"{p}.log").open("wb")
-                    procs[p] = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+                    procs[p] = subprocess.Popen(
+                        cmd,
+                        stdout=logf,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        preexec_fn=lifeline.die_with_parent(),
+                    )
                     wait_http(f"http://127.0.0.1:{port}/readyz", procs[p])
                 else:
                     procs[p] = peers.launch(sg, [server.url], policy="cache_aware", port=port,

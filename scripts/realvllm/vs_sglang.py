@@ -44,6 +44,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from kvgate import lifeline
 from kvgate.bench import peers
 from kvgate.bench.workloads import tenant_prompts
 from kvgate.datalayer.mappings import filter_query
@@ -324,9 +325,15 @@ def commit(where: str | None = None) -> str:
     the working directory)."""
     git = ["git"] if where is None else ["git", "-C", where]
     try:
-        out = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        out = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            preexec_fn=lifeline.die_with_parent(),
+        )
         dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+                               capture_output=True, text=True,
+                               preexec_fn=lifeline.die_with_parent()).stdout.strip()  # fmt: skip
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"
@@ -478,7 +485,9 @@ def main() -> int:
                     where = ["--endpoints", ",".join(urls), "--model", MODEL_NAME, "--port", str(port)]
                 cmd = [sys.executable, "-m", "kvgate.cli", "serve", *where, "--kv-events", mode]
                 logf = (log_dir / f"{r}.log").open("wb")
-                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+                proc = subprocess.Popen(
+                    cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, preexec_fn=lifeline.die_with_parent()
+                )
                 name = f"kvgate ({'--kv-events off' if mode == 'off' else 'default, --kv-events auto'})"
                 name += ", scrape 0.5 s" if "-scrape500" in r else ""
                 name += ", base tree" if at_base else ""

@@ -3,8 +3,11 @@
 (the benches) and ``kvgate.realvllm`` (the real-vLLM harness, which may not import ``bench``) share it.
 
 - ``die_with_parent()``: a ``preexec_fn`` that makes a child get a signal when its parent dies, even by
-  SIGKILL (``PR_SET_PDEATHSIG``). Only the process's own children, and only SIGTERM by default, which a
-  child may ignore (its own children then run on).
+  SIGKILL (``PR_SET_PDEATHSIG``); ``die_with(parent)`` the same, called in a child no ``preexec_fn``
+  reaches (a ``multiprocessing`` spawn target, a fork without an exec). Only the process's own
+  children, and only SIGTERM by default, which a child may ignore (its own children then run on); but
+  for those it holds whatever the child does to its environment, title or descriptors (the kernel keeps
+  it across an exec, not across a set-user-ID one: ``sudo``).
 - ``become_subreaper()``: orphaned descendants re-parent to this process, not to init
   (``PR_SET_CHILD_SUBREAPER``), so they stay its descendants.
 - ``start_watchdog()``: a small process of its own (``python -I -c``, named ``kvgate-watchdog``, its
@@ -227,6 +230,21 @@ def die_with_parent(sig: int = DEATH_SIGNAL) -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
+
+
+def die_with(parent: int | None, sig: int = DEATH_SIGNAL) -> bool:
+    """``die_with_parent`` for a child no ``preexec_fn`` reaches, called first thing in it: a
+    ``multiprocessing`` spawn target (``parent``: ``multiprocessing.parent_process()``'s pid; None, as
+    there outside a child: nothing done), the child's branch of an ``os.fork()`` (``parent`` read before
+    the fork). From now on it gets ``sig`` when the thread that started it ends (the main thread: the
+    process); ``parent`` already gone (it was re-parented: no signal will come) ends it at once, exit
+    code 1. Whether it was set (False off Linux)."""
+    if parent is None or (fn := prctl()) is None:
+        return False
+    fn(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+    return True
 
 
 # --- the watchdog -----------------------------------------------------------------------------------------

