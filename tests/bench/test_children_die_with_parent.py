@@ -7,7 +7,7 @@ title (``setproctitle``) or closed its descriptors (``closerange``), and one sta
 watchdog's last tick: the kernel keeps the setting across all of that (not across a set-user-ID exec).
 
 The source checks read every module of ``kvgate.bench``, ``kvgate.realvllm`` and ``scripts/`` (``ast``):
-before, eleven call sites started children without it (the installs' pip and venv, ``realvllm
+before, 34 call sites started children without it (the installs' pip and venv, ``realvllm
 check-hash`` with its own environment, ``netns``'s ``ip``, inference-perf's, the scripts' servers), two
 spawn targets and one fork. The process tests run real children."""
 
