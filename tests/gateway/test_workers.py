@@ -89,19 +89,37 @@ async def test_workers_share_the_port_and_admin_merges_their_metrics(backends):
     assert set(per) == {"0", "1"} and min(per.values()) > 0
 
 
-async def test_sigterm_drains_every_worker(backends):
-    (b,) = await backends(1, tokens=6, chunk_delay=0.1)
-    async with serve_workers(b.address, 2) as (proc, port, _):
-        body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 6})
-        async with (
-            aiohttp.ClientSession() as s,
-            s.post(f"http://127.0.0.1:{port}/v1/completions", data=body) as r,
-        ):
-            first = await r.content.readuntil(b"\n\n")
-            proc.send_signal(signal.SIGTERM)
-            rest = await asyncio.wait_for(r.read(), 10)
-        assert b"b0-0" in first and rest.count(b"data: ") == 6  # 5 more tokens + [DONE]
-        assert await asyncio.wait_for(proc.wait(), 15) == 0
+@pytest.mark.parametrize("cut", [False, True], ids=["finished", "cut-at-the-deadline"])
+async def test_sigterm_drains_every_worker(backends, tmp_path, cut):
+    """As one process (``test_failures.py::test_cli_serve_drains_on_sigterm``, the same checks:
+    ``drain_kit``): no new connection accepted by any worker, the stream finished or cut at the
+    deadline (said by the worker that held it), exit code 0, nothing unclean on stderr."""
+    from gateway import drain_kit
+
+    tokens = 200 if cut else 40
+    (b,) = await backends(1, tokens=tokens, chunk_delay=0.1)
+    port, admin, stderr = free_port(), free_port(), tmp_path / "stderr"
+    cfg = drain_kit.config(tmp_path, b.address, drain_s=1 if cut else 30)
+    proc = await drain_kit.serve(
+        "--config", str(cfg), "--port", str(port), "--admin-port", str(admin), "--workers", "2",
+        "--min-ready-workers", "2", stderr=stderr,
+    )  # fmt: skip
+    try:
+        await drain_kit.ready(f"http://127.0.0.1:{admin}/readyz", within_s=60)
+        first, rest = await drain_kit.sigterm_mid_stream(proc, port, tokens)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"b0-0" in first
+    said = "drain deadline (1s) passed with 1 requests still in flight" in stderr.read_text()
+    if cut:
+        assert b"[DONE]" not in rest and said, stderr.read_text()
+    else:
+        assert rest.count(b"data: ") == tokens and rest.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+        assert not said
+    assert drain_kit.unclean(stderr) == []
 
 
 async def test_a_dead_worker_is_restarted(backends):

@@ -495,6 +495,11 @@ class GatewayServer:
             with contextlib.suppress(TimeoutError):  # (not wait_for, which on 3.11 may drop a cancel)
                 async with asyncio.timeout(drain_s):
                     await self.proxy.idle.wait()
+            if self.proxy.inflight:  # (said: a drain cut short is told apart from a clean one)
+                log.warning(
+                    "drain deadline (%.0fs) passed with %d requests still in flight: their connections are "
+                    "closed (a stream ends mid-body)", drain_s, self.proxy.inflight,
+                )  # fmt: skip
         await cancel_all_and_wait(self._tasks, "the gateway's task", log)
         self._tasks.clear()
         for kp in self.kube_pools:

@@ -1,0 +1,98 @@
+"""A ``kvgate serve`` process (one, or ``--workers N``) sent SIGTERM with a stream in flight: what the
+drain must do, checked the same way for both (``tests/gateway/test_failures.py``,
+``tests/gateway/test_workers.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+# What a clean exit never writes to stderr: asyncio's "Task was destroyed but it is pending!", an
+# "Unclosed ..." resource (ResourceWarning, shown: PYTHONWARNINGS=default), "Exception ignored in", a
+# traceback.
+UNCLEAN = re.compile(r"Task was destroyed|[Uu]nclosed|ResourceWarning|Exception ignored|Traceback")
+
+
+def config(tmp_path: Path, address: str, drain_s: float) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"pools:\n  - name: p\n    policy: round-robin\n    endpoints: ['{address}']\n    models: [m]\n"
+        f"limits:\n  drainTimeoutSeconds: {drain_s}\n"
+    )
+    return path
+
+
+async def serve(*args: str, stderr: Path) -> Any:
+    """``kvgate serve <args>`` with warnings shown, its stderr into ``stderr``."""
+    with stderr.open("wb") as err:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kvgate.cli", "serve", *args, "--log-level", "WARNING",
+            stdout=asyncio.subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONWARNINGS": "default"},
+        )  # fmt: skip
+
+
+async def _refused(port: int, within_s: float) -> None:
+    """A new connection to ``port`` is refused (polled: the gateway handles its SIGTERM a moment later)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            return
+        writer.close()
+        assert loop.time() < deadline, "a new connection was still accepted during the drain"
+        await asyncio.sleep(0.02)
+
+
+async def sigterm_mid_stream(proc: Any, port: int, tokens: int) -> tuple[bytes, bytes]:
+    """A stream of ``tokens`` events opened, its first event read, SIGTERM sent; while it runs a new
+    connection is refused; its first event and the rest (to the connection's end: a cut stream's rest
+    is what came before the cut)."""
+    body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": tokens})
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    await writer.drain()
+    async with asyncio.timeout(10):
+        await reader.readuntil(b"\r\n\r\n")
+        first = await reader.readuntil(b"\n\n")
+    proc.send_signal(signal.SIGTERM)
+    await _refused(port, within_s=5)
+    rest = b""
+    async with asyncio.timeout(30):
+        while chunk := await reader.read(65536):
+            rest += chunk
+    writer.close()
+    return first, rest
+
+
+def unclean(stderr: Path) -> list[str]:
+    return [line for line in stderr.read_text(errors="replace").splitlines() if UNCLEAN.search(line)]
+
+
+async def ready(url: str, within_s: float = 30.0) -> None:
+    """``url`` (a ``/readyz``) answers 200."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    async with aiohttp.ClientSession() as s:
+        while True:
+            try:
+                async with s.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            assert loop.time() < deadline, f"{url} not ready within {within_s}s"
+            await asyncio.sleep(0.05)
