@@ -43,13 +43,20 @@ passed to the groups' leaders it started, ``cover_env``) or, in a ``tree`` watch
 an exec of this process, by the socket it still holds; so is what detaches during the sweep's grace
 (its second scan).
 
+The sweep also takes every member of a process group a listed process led (remembered while any
+process of the group is left, its leader gone or not; session 15): what stayed in such a group is taken
+however it was started, entry or socket or not. And a process this process started itself ends by
+``PR_SET_PDEATHSIG`` whatever it did to its environment, title or descriptors (``die_with_parent``,
+``die_with``: every start of the benches and harnesses passes one), unless it ignores that SIGTERM.
+
 Not covered: a process started through a daemon (``docker run``, ``systemd-run``, ``at``: neither a
-descendant nor an heir of the environment); one not listed yet that was exec'd with an environment
-rebuilt without the entry (``env -i``, ``sudo``, a caller passing its own ``env``), or that overwrote its
-environment block (``setproctitle`` does, on Linux, to make room for its title), or a fork without an
-exec of this process that closed its descriptors (``python-daemon``'s ``DaemonContext``, a
-``closerange``), or that was started before the entry was exported (before ``start_watchdog``) and left
-the tree before the first listing; for a
+descendant nor an heir of the environment); one not listed yet (if this process's own child: one that
+ignores SIGTERM), out of every group a listed process led (it left it, ``setsid``, or was started in a
+new one), that was exec'd with an environment rebuilt without the entry (``env -i``, ``sudo``, a caller
+passing its own ``env``), or that overwrote its environment block (``setproctitle`` does, on Linux, to
+make room for its title), or a fork without an exec of this process that closed its descriptors
+(``python-daemon``'s ``DaemonContext``, a ``closerange``), or that was started before the entry was
+exported (before ``start_watchdog``) and left the tree before the first listing; for a
 watchdog without ``tree`` (``kvgate.realvllm``'s) any process not listed yet that left its watched
 groups' tree without the entry (a fork without an exec of a process it covers; before session 14,
 every one: no entry was passed); anything when the watchdog ends too: a SIGKILL of every process of the user,
@@ -57,7 +64,9 @@ the OOM killer choosing it, a container stopped (a plain SIGTERM of the watchdog
 what it covers, the watched process still running or not, then dies of the signal; also while it is
 still starting, SIGTERM being blocked from its fork until its handler is set; but a process still
 running after such a sweep is unwatched from then on: no new watchdog is started for it); a pid reused
-in the instant between the check and the signal (no pidfd per process).
+in the instant between the check and the signal (no pidfd per process); and, the other way, the
+members of a new group that took the id of a remembered one after all of that one ended, its own leader
+ended too, before the sweep (taken: the id's reuse needs the pid space to wrap within that time).
 Cost: one ``/proc/<pid>/stat`` read per process of the whole machine each ``TICK_S`` per watchdog (~5 ms
 with ~110 processes under load 8); at the sweep only, twice, per process of the machine one
 ``/proc/<pid>/environ`` read (~1 ms in all with ~100 processes) and, for this user's, a ``readlink`` per
@@ -472,6 +481,10 @@ def watch(
     ``wake_fd``."""
     me = os.getpid()
     known: dict[int, int] = {}  # pid -> start time: every process covered seen, while it lives
+    # The process groups a process it listed leads (pgid -> that leader's start time), kept while any
+    # process of the group is left, the leader gone or not: the sweep takes their members, also one never
+    # listed that dropped the entry and the socket (``env -i``, ``setproctitle``, ``closerange``).
+    led: dict[int, int] = {}
     groups: set[int] = set()  # the process groups it was asked to watch, while any process of them is left
     buf = b""
     st = stat(parent)
@@ -500,6 +513,11 @@ def watch(
         for pid in descendants_of(table, [parent] if tree else [], groups):
             if pid != me and table[pid][2] != "Z":
                 known[pid] = table[pid][3]
+                if table[pid][1] == pid and pid != parent_group:
+                    led.setdefault(pid, table[pid][3])
+        live = {st[1] for st in table.values() if st[2] != "Z"}
+        for g in [g for g in led if g not in live]:  # (none of it left: its id may be reused)
+            del led[g]
 
     while parent_alive():
         list_descendants()
@@ -548,7 +566,7 @@ def watch(
     me_st = stat(me)
     marker = b"" if me_st is None else cover_marker(me, me_st[3], parent, start)
     held = f"socket:[{their_end}]" if tree and their_end else ""
-    sweep(known, grace_s, exclude={me, parent}, spare_group=parent_group, marker=marker, held=held)
+    sweep(known, grace_s, exclude={me, parent}, spare_group=parent_group, marker=marker, held=held, led=led)
     return woken
 
 
@@ -600,12 +618,15 @@ def sweep(
     spare_group: int = 0,
     marker: bytes = b"",
     held: str = "",
+    led: dict[int, int] | None = None,
 ) -> dict[int, int]:
     """Terminate those of ``known`` (pid -> start time) still running, those whose environment holds the
     entry ``marker`` (``marked``; none when empty) and those with a descriptor open on ``held``
     (``holding``; none when empty), their descendants and the members of the groups they lead or
-    belong to, but ``spare_group`` (SIGTERM; SIGKILL after ``grace_s`` to what still runs and to what
-    started meanwhile); those that had to be killed."""
+    belong to, and of the groups of ``led`` (pgid -> its leader's start time; not one whose id is now
+    another process's, led by a process started at another time), but ``spare_group`` (SIGTERM;
+    SIGKILL after ``grace_s`` to what still runs and to what started meanwhile); those that had to be
+    killed."""
 
     def found() -> dict[int, int]:
         table = scan()
@@ -614,7 +635,9 @@ def sweep(
             roots += [p for p in marked(table, marker) if table[p][2] != "Z"]
         if held:
             roots += [p for p in holding(table, held) if table[p][2] != "Z"]
-        groups = {table[p][1] for p in roots} - {spare_group}
+        groups = {table[p][1] for p in roots}
+        groups |= {g for g, start in (led or {}).items() if g not in table or table[g][3] == start}
+        groups -= {spare_group}
         pids = (tree(table, roots, groups) | set(roots)) - exclude
         return {p: table[p][3] for p in pids if table[p][2] != "Z"}
 

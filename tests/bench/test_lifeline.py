@@ -642,3 +642,46 @@ def test_cover_env_names_the_processes_own_watchdog_only(tmp_path: Path) -> None
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "True", "False"], out.stdout
+
+
+# --- session 15 ---------------------------------------------------------------------------------------------
+
+# A bench whose watchdog is held (SIGSTOP) after its last listing; then a child it started leading a group of
+# its own (as the helpers start every server) starts a process in that group with an environment rebuilt
+# (``env -i``: no ``KVGATE_WATCHDOG`` entry) that ignores SIGTERM, and exits: the process, never listed, is
+# re-parented to the bench (a subreaper) and, once the bench died, to init.
+_GROUP_UNLISTED = r"""
+import subprocess, sys, time
+from kvgate import lifeline
+
+lifeline.become_subreaper()
+wd = lifeline.start_watchdog(grace_s=0.5, tick_s=600)
+PIPE = subprocess.PIPE
+leader = subprocess.Popen(["sh", "-c", "read go; env -i sh -c 'trap \"\" TERM; exec sleep 120' & echo $!"],
+                          stdin=PIPE, stdout=PIPE, text=True, start_new_session=True)
+assert lifeline.sync(), "the watchdog did not answer"  # (its last listing: the leader, not what follows)
+lifeline.os.kill(wd, lifeline.signal.SIGSTOP)
+while lifeline.stat(wd)[2] != "T":
+    time.sleep(0.001)
+leader.stdin.write("go\n"); leader.stdin.flush()
+member = int(leader.stdout.readline())
+leader.wait()
+while lifeline.stat(member)[0] != lifeline.os.getpid():
+    time.sleep(0.01)  # (re-parented to us: we are a subreaper)
+assert lifeline.stat(member)[1] == leader.pid  # (still in the leader's group)
+print(wd, member, flush=True)
+time.sleep(120)
+"""
+
+
+def test_an_unlisted_process_left_in_a_listed_group_is_swept(tmp_path: Path) -> None:
+    """A process started after the last listing with a rebuilt environment (``env -i``), in the group of a
+    listed process that has ended since: no entry, no held socket, no listed ancestor left (fails before:
+    it ran on). The watchdog now remembers the groups its listed processes led, while any process of
+    them is left, and its sweep takes their members."""
+    with _bench(tmp_path, _GROUP_UNLISTED, start_new_session=True) as run:
+        watchdog, *pids = run.ready()
+        run.hold(watchdog, pids)
+        left = _kill_the_bench_of_a_held_watchdog(run, watchdog)
+        assert not left, f"left running after the bench's SIGKILL: {sorted(left)} of {pids}"
+        _wait_ended(watchdog, within_s=20)
