@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -59,11 +60,11 @@ async def test_hub_epp_picks_cluster_gateways_by_aggregate() -> None:
 
 @contextlib.asynccontextmanager
 async def _west_hub(
-    clock: list[float],
+    clock: list[float], gateway: str = "10.2.0.2:8080"
 ) -> AsyncIterator[tuple[ClusterDirector, ClusterState, grpc.aio.Channel]]:
-    """A hub EPP over real gRPC on ``clock``, one cluster "west" (gateway 10.2.0.2:8080) fresh with room:
-    (director, west's state, a channel to the EPP)."""
-    cfg = ClustersConfig((ClusterSpec("west", gateway="10.2.0.2:8080"),))
+    """A hub EPP over real gRPC on ``clock``, one cluster "west" (its gateway at ``gateway``) fresh with
+    room: (director, west's state, a channel to the EPP)."""
+    cfg = ClustersConfig((ClusterSpec("west", gateway=gateway),))
     director = ClusterDirector(cfg, "kvgate", clock=lambda: clock[0], seed=0)
     west = director.states["west"]
     west.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), clock[0])
@@ -254,17 +255,61 @@ async def test_hub_epp_backs_a_cluster_off_only_as_the_global_router_does() -> N
             assert west.available(clock[0]) == (fails == 0 or status == 200), status
 
 
+async def _until_probed(director: ClusterDirector) -> None:
+    """Waits (5 s at most) for the hub's connect probes (``on_abandoned``) to end."""
+    for _ in range(500):
+        if not getattr(director, "_probes", None):  # (getattr: runs on the code before probes too)
+            break
+        await asyncio.sleep(0.01)
+
+
 async def test_hub_epp_does_not_back_a_cluster_off_when_the_client_leaves_before_headers() -> None:
     """Review s14-doors C: a client that disconnects while the cluster is still prefilling (Envoy cancels
     the ext_proc stream before any response headers) backed the cluster off (``on_finished`` not ok, no
-    status); the global router's cancel (``given_up``) does not."""
+    status); the global router's cancel (``given_up``) does not. The cluster's gateway takes connections
+    (the hub's connect probe finds it up): no back-off."""
     clock = [100.0]
-    async with _west_hub(clock) as (director, west, ch):
-        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
-            out = await ex.send_request(HEADERS, BODY)
-            assert out.destination == "10.2.0.2:8080"
-            ex.cancel()  # the downstream client disconnected while the cluster was prefilling
-        await _until_settled(west)
-        assert west.failures == 0
-        assert west.available(clock[0])
-        assert director._status == {}
+    listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with _west_hub(clock, f"127.0.0.1:{port}") as (director, west, ch):
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+                out = await ex.send_request(HEADERS, BODY)
+                assert out.destination == f"127.0.0.1:{port}"
+                ex.cancel()  # the downstream client disconnected while the cluster was prefilling
+            await _until_settled(west)
+            await _until_probed(director)
+            assert director._probed_at == {"west": clock[0]}  # (probed: the gateway took the connection)
+            assert west.failures == 0
+            assert west.available(clock[0])
+            assert director._status == {}
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_hub_epp_backs_a_cluster_off_whose_gateway_refused_a_client_that_left() -> None:
+    """Session 14's note: with fallbacks, Envoy that cannot connect to the first cluster's gateway moves
+    on to the next; a client leaving before the fallback's headers cancelled the stream with no served
+    address, so the first cluster's connect failure was hidden (``on_abandoned``: neither fails nor
+    clears) and the hub kept sending there. Now the hub checks the gateway itself: a refused connection
+    backs the cluster off, once per ``PROBE_EVERY_S`` at most."""
+    clock = [100.0]
+    closed = socket.socket()  # bound, never listening: connections to it are refused
+    closed.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{closed.getsockname()[1]}"
+    try:
+        async with _west_hub(clock, address) as (director, west, ch):
+            for expected in (1, 1, 2):  # the second leave comes within PROBE_EVERY_S: not probed again
+                async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+                    out = await ex.send_request(HEADERS, BODY)
+                    assert out.destination == address
+                    ex.cancel()  # the client left before any response headers
+                await _until_settled(west)
+                await _until_probed(director)
+                assert west.failures == expected
+                assert not west.available(clock[0])
+                assert director._status == {}
+                clock[0] += 0.5  # (the third leave: PROBE_EVERY_S after the first probe)
+    finally:
+        closed.close()

@@ -14,9 +14,11 @@ in the hub as in ``kvgate serve --clusters``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kvgate.aio import cancel_and_wait, stop_to_the_end
@@ -33,6 +35,14 @@ CLUSTER_LABEL = "kvgate.io/cluster"
 POOL = "clusters"  # the store pool of the hub EPP's endpoints (the clusters' gateways)
 MAX_WAITS = 65536  # streamed requests tracked to their first token (bounded: a lost finish cannot grow it)
 _ABANDONED = -1  # ``_status`` of a request whose client left before its cluster's response headers
+# A client that left before its cluster's response headers hides whether Envoy could connect to the
+# cluster's gateway (with fallbacks, Envoy moves on silently; the served address comes only with the
+# headers): the hub then opens a TCP connection to that gateway itself, within PROBE_TIMEOUT_S (the
+# global router's connect timeout), and backs the cluster off if it cannot. At most one probe per
+# cluster in flight, and none within PROBE_EVERY_S of the cluster's last one (bounded work under a
+# storm of clients leaving).
+PROBE_TIMEOUT_S = 1.0
+PROBE_EVERY_S = 1.0
 
 
 class ClusterDirector:
@@ -45,9 +55,14 @@ class ClusterDirector:
         *,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,  # the policy's randomness; None: from os.urandom
+        probe: Callable[[str], Awaitable[bool]] | None = None,  # can a gateway be connected to (tests)
     ) -> None:
         self.clock = clock
         self.cfg = cfg
+        self.probe = probe or connects
+        # cluster -> its connect probe in flight (``on_abandoned``); cluster -> when its last one started.
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._probed_at: dict[str, float] = {}
         self.policy = (
             make_policy(policy, ttl_s=cfg.ttl_s, local=cfg.local, seed=seed)
             if isinstance(policy, str)
@@ -79,6 +94,7 @@ class ClusterDirector:
             self.states[spec.name] = st
             eps.append(Endpoint(address=spec.gateway, pool=POOL, labels={CLUSTER_LABEL: spec.name}))
         self.store.sync(eps)
+        self._probed_at = {k: v for k, v in self._probed_at.items() if k in self.states}
         for attr, value in (("ttl_s", cfg.ttl_s), ("local", cfg.local)):
             if hasattr(self.policy, attr):
                 setattr(self.policy, attr, value)
@@ -140,8 +156,40 @@ class ClusterDirector:
 
     def on_abandoned(self, req: InferenceRequest, endpoint: Endpoint) -> None:
         """The client left before the cluster's response headers (the session's stream was cancelled): its
-        end (``on_finished``) neither fails nor clears the cluster, as the global router's ``given_up``."""
+        end (``on_finished``) neither fails nor clears the cluster, as the global router's ``given_up``.
+        But Envoy may have failed to connect to this cluster's gateway and moved on to a fallback whose
+        headers never came (the session learns the served address only from them): so the hub checks
+        itself whether the gateway takes a connection (``_probe``) and backs the cluster off if not."""
         self.on_answered(req, endpoint, _ABANDONED)
+        st = self._state(endpoint)
+        if st is None or st.name in self._probes:
+            return
+        now = self.clock()
+        at = self._probed_at.get(st.name)
+        if at is not None and now - at < PROBE_EVERY_S:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (no loop: a synchronous caller; nothing to probe with)
+            return
+        self._probed_at[st.name] = now
+        self._probes[st.name] = loop.create_task(self._probe(st, endpoint.address))
+
+    async def _probe(self, st: ClusterState, address: str) -> None:
+        try:
+            ok = await self.probe(address)
+        finally:
+            self._probes.pop(st.name, None)
+        if not ok and self.states.get(st.name) is st:  # (still that cluster: not removed by a reload)
+            log.info("cluster %s: its gateway %s refused or timed out a connection after a client left "
+                     "before its answer: backed off", st.name, address)  # fmt: skip
+            st.failed(self.clock())
+
+    async def close(self) -> None:
+        """Ends the connect probes in flight (``on_abandoned``)."""
+        for task in list(self._probes.values()):
+            await cancel_and_wait(task, "a cluster gateway's connect probe", log)
+        self._probes.clear()
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None:
         self._loads.pop(id(req), None)  # (picked but closed before its dispatch)
@@ -167,6 +215,22 @@ class ClusterDirector:
                 st.succeeded()
             else:
                 st.failed(self.clock())
+
+
+async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``address`` (``host:port``, an IPv6 host in brackets) opens within
+    ``timeout_s`` (closed at once; nothing is sent)."""
+    host, _, port = address.rpartition(":")
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port)), timeout_s
+        )
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 class HubFeed:
@@ -225,3 +289,4 @@ class HubFeed:
             await cancel_and_wait(self._task, "the hub's clusters-file reload loop", log)
         await self.source.stop()
         await self.fetcher.stop()
+        await self.director.close()
