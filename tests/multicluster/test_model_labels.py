@@ -21,7 +21,7 @@ from kvgate.datalayer.mappings import extract
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 from kvgate.multicluster.state import ClusterState, models_listed
-from kvgate.openai.labels import MAX_MODEL_LABELS, ModelLabels
+from kvgate.openai.labels import GRACE_S, KEEP_S, MAX_MODEL_LABELS, MAX_REPORTED_NAMES, ModelLabels
 
 
 async def test_made_up_names_a_cluster_answers_do_not_take_the_labels() -> None:
@@ -132,3 +132,100 @@ def test_a_cluster_listing_no_models_does_not_veto_its_names() -> None:
     labels = ModelLabels(reported=models_listed(lambda: [new, old], lambda: 0.0))
     labels.served("m-old")  # a 2xx from the old cluster for the model only it serves
     assert labels.label("m-old") == "m-old" and labels.label("m-new") == "m-new"
+
+
+async def test_a_names_series_go_from_every_family_after_the_grace() -> None:
+    """labels15: a name a cluster answered (learnt) and then no longer used keeps no series past GRACE_S:
+    ``kvgate_multicluster_requests_total`` (a prometheus_client counter) and the ``inference_objective_*``
+    families lose it at the next scrape (the model labels' clock injected); the same name used again
+    starts from 0 (before: kept for the process's life)."""
+    backend = await Backend("b0", tokens=2).start()  # answers any ``model`` with a 200
+    mc = GlobalGateway(ClustersConfig((ClusterSpec("c", gateway=backend.address),)), "round-robin",
+                       fetch=False, seed=1)  # fmt: skip
+    clock = [0.0]
+    mc.metrics.models.clock = lambda: clock[0]
+    await mc.start("127.0.0.1", 0)
+
+    async def post(s: aiohttp.ClientSession, model: str) -> None:
+        body = orjson.dumps({"model": model, "prompt": "x", "max_tokens": 2})
+        async with s.post(f"http://127.0.0.1:{mc.port}/v1/completions", data=body) as r:
+            assert r.status == 200
+            await r.read()
+        await eventually(lambda: mc.inflight == 0, "the global gateway's requests ended")
+
+    async def scrape(s: aiohttp.ClientSession) -> str:
+        async with s.get(f"http://127.0.0.1:{mc.port}/metrics") as r:
+            return await r.text()
+
+    try:
+        async with aiohttp.ClientSession() as s:
+            await post(s, "lora-a")
+            await post(s, "lora-a")
+            text = await scrape(s)
+            assert (
+                'kvgate_multicluster_requests_total{cluster="c",mode="parent",model_name="lora-a"} 2.0'
+                in text
+            )
+            assert (
+                'inference_objective_request_total{model_name="lora-a",target_model_name="lora-a"} 2.0'
+                in text
+            )
+            clock[0] += GRACE_S - 1.0
+            assert 'model_name="lora-a"' in await scrape(s)  # unseen, not yet GRACE_S
+            clock[0] += 1.0
+            assert 'model_name="lora-a"' not in await scrape(s)  # fails before: kept
+            assert not mc.metrics.models.learnt
+            await post(s, "lora-a")
+            text = await scrape(s)
+            assert (
+                'kvgate_multicluster_requests_total{cluster="c",mode="parent",model_name="lora-a"} 1.0'
+                in text
+            )
+    finally:
+        await mc.stop()
+        await backend.stop()
+
+
+def test_a_churning_cluster_cannot_push_out_another_clusters_kept_names() -> None:
+    """labels15 (session 14's note): the names kept after their cluster stopped listing them were shared
+    by all clusters, the most recently listed first, so a peer listing 64 different names on every fetch
+    took every kept place within four fetches and a steady cluster's adapter, idle at one scrape, lost its
+    label. Now each cluster holds at most MAX_MODELS names (its latest list, then its own kept names):
+    the churning peer churns only its own 64."""
+    clock = [0.0]
+    steady = ClusterState(ClusterSpec("steady", gateway="10.0.0.1:80"))
+    churn = ClusterState(ClusterSpec("churn", gateway="10.0.0.2:80"))
+    steady.set_aggregate(PoolAggregate("p", 1.0, 1, 1, models=("base", "lora-idle")), 0.0)
+    reported = models_listed(lambda: [steady, churn], lambda: clock[0])
+    labels = ModelLabels(reported=reported, clock=lambda: clock[0])
+    assert labels.label("lora-idle") == "lora-idle"
+    steady.set_aggregate(PoolAggregate("p", 1.0, 1, 1, models=("base",)), 0.0)  # idle at this scrape
+    for fetch in range(20):
+        churn.set_aggregate(
+            PoolAggregate("p", 1.0, 1, 1, models=tuple(f"x{fetch}-{i}" for i in range(64))), 0.0
+        )
+        clock[0] += 2.0
+        names = reported()
+        assert "lora-idle" in names and "base" in names, fetch
+        assert len([n for n in names if n.startswith("x")]) <= MAX_MODELS  # fails before: 128 at fetch 1
+    assert labels.label("lora-idle") == "lora-idle"
+    clock[0] += KEEP_S  # not listed for KEEP_S: it goes
+    assert "lora-idle" not in reported()
+
+
+def test_each_clusters_latest_list_comes_before_any_kept_name() -> None:
+    """Five clusters' latest lists (64 names each) fill the 256 cut before any name one of them listed
+    earlier: kept names never push out a name a cluster lists now."""
+    clock = [0.0]
+    states = [ClusterState(ClusterSpec(f"c{i}", gateway=f"10.0.0.{i}:80")) for i in range(5)]
+    for i, st in enumerate(states):
+        st.set_aggregate(PoolAggregate("p", 1.0, 1, 1, models=tuple(f"old-{i}-{j}" for j in range(64))), 0.0)
+    reported = models_listed(lambda: states, lambda: clock[0])
+    reported()
+    for i, st in enumerate(states):
+        st.set_aggregate(PoolAggregate("p", 1.0, 1, 1, models=tuple(f"new-{i}-{j}" for j in range(64))), 0.0)
+    clock[0] += 2.0
+    names = reported()
+    assert len(names) == MAX_REPORTED_NAMES
+    assert all(n.startswith("new-") for n in names)
+    assert {f"new-{i}-0" for i in range(5)} <= names

@@ -59,6 +59,8 @@ class EppMetrics:
         # stream ends (``request_done``).
         self.requests = RequestStats()
         r.register(self.requests)
+        # A name no longer seen loses its series in both (``ModelLabels.sweep``; at each scrape too).
+        self.models.forget += [self.errors.forget, self.requests.forget]
         self.streams = Gauge("kvgate_epp_streams_active", "ext_proc streams open now", registry=r)
         self.picks = Counter("kvgate_epp_picks_total", "Requests given an endpoint", registry=r)
         self.inflight = Gauge(
@@ -119,6 +121,7 @@ class EppMetrics:
             self.cached_tokens.inc(usage.cached_tokens)
 
     def exposition(self) -> bytes:
+        self.models.sweep()  # (an idle door's stale model series go too, not only at a request)
         return generate_latest(REGISTRY) + generate_latest(self.registry)
 
     async def serve(

@@ -23,7 +23,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 
 import aiohttp
@@ -73,10 +73,11 @@ class _Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         # ``model_name`` values bounded (kvgate.openai.labels): the clusters file names no models, so a
         # name is its own label while a cluster's aggregate lists it (at most 256, rebuilt at each
-        # re-read, names listed in the last 5 minutes kept) or once a cluster answered a request sent
-        # under it with a 2xx (at most 16 learnt, kept; with a rewrite header, the header's name in
-        # Endpoint mode and none in Parent mode, never the body's), else ``other``: at most 256 + 16
-        # names at any moment, plus ``other`` and the empty label.
+        # re-read, names listed in the last 5 minutes kept, at most 64 per cluster) or once a cluster
+        # answered a request sent under it with a 2xx (at most 16 learnt, kept while used; with a
+        # rewrite header, the header's name in Endpoint mode and none in Parent mode, never the
+        # body's), else ``other``: at most 256 + 16 names at any moment, plus ``other`` and the empty
+        # label. A name unseen for ``GRACE_S`` loses its series (``ModelLabels.sweep``).
         self.models = ModelLabels()  # (its ``reported``: the clusters' aggregates, set by GlobalGateway)
         self.requests = Counter(
             "kvgate_multicluster_requests_total", "Requests started, by cluster, routing mode and model",
@@ -98,6 +99,9 @@ class _Metrics:
         # and decoded for its usage only; an event stream's bounded tail).
         self.stats = RequestStats()
         r.register(self.stats)
+        # A name no longer seen loses its series in the three families that carry it
+        # (``ModelLabels.sweep``; at each scrape too).
+        self.models.forget += [self.errors.forget, self.stats.forget, self._forget_requests]
         self.failovers = Counter(
             "kvgate_multicluster_attempts_failed_total", "Failed attempts, by cluster and mode",
             ["cluster", "mode"], registry=r,
@@ -122,6 +126,10 @@ class _Metrics:
             ["cluster"], registry=r,
         )  # fmt: skip
         self.front = FrontGauges(r, "kvgate_multicluster")
+
+    def _forget_requests(self, names: Set[str]) -> None:
+        for name in names:
+            self.requests.remove_by_labels({"model_name": name})
 
     def request_done(self, model: str, seconds: float, usage: Usage | None) -> None:
         label = self.models.label(model)
@@ -225,6 +233,7 @@ class GlobalGateway:
         self.metrics = _Metrics()
         # The names the clusters' aggregates list are labels of their own (kvgate.openai.labels).
         self.metrics.models.reported = models_listed(self.router.state_list, clock)
+        self.metrics.models.clock = clock
         self.router.on_stall = lambda cluster, phase: self.metrics.stalled.labels(cluster, phase).inc()
         self.clusters_file = clusters_file
         if clusters_file is not None:
@@ -381,6 +390,7 @@ class GlobalGateway:
 
     async def _metrics(self, _request: Request) -> Response:
         now = self.clock()
+        self.metrics.models.sweep()  # (an idle gateway's stale model series go too)
         for st in self.router.state_list():
             self.metrics.usable.labels(st.name).set(1.0 if st.fresh(now, self.router.cfg.ttl_s) else 0.0)
         return Response(body=generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST)

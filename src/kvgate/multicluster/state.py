@@ -38,9 +38,9 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from kvgate.datalayer.aggregate import PoolAggregate
+from kvgate.datalayer.aggregate import MAX_MODELS, PoolAggregate
 from kvgate.multicluster.clusters import ClusterSpec
-from kvgate.openai.labels import ReportedNames
+from kvgate.openai.labels import KEEP_S, ReportedNames
 
 FAILURE_BACKOFF_S = 1.0  # a cluster that failed a request (connect error, 5xx) sits out this long, doubling
 FAILURE_BACKOFF_MAX_S = 8.0
@@ -474,17 +474,48 @@ def _quantile_step(q: float | None, x: float, quantile: float) -> float:
 
 
 def models_listed(states: Callable[[], Iterable[ClusterState]], clock: Callable[[], float]) -> ReportedNames:
-    """The names the clusters' aggregates list now (``PoolAggregate.models``: their front doors' config
-    names, then what their servers report, base models before adapters), walked at most once per
-    ``REFRESH_S`` of ``clock``: ``ModelLabels``' ``reported``. The lists are taken rank by rank (every
-    cluster's first name, then every second one, ...), so one cluster's long adapter list cannot push
-    another cluster's first names (its base models) out of the cut at ``MAX_REPORTED_NAMES``."""
+    """The names the clusters' aggregates list (``PoolAggregate.models``: their front doors' config names,
+    then what their servers report, base models before adapters), walked at most once per ``REFRESH_S``
+    of ``clock``: ``ModelLabels``' ``reported``.
+
+    Each cluster holds at most ``MAX_MODELS`` (64, what one aggregate may list) of the set: its latest
+    list, then the names it listed within ``KEEP_S`` but not now, most recently listed first (an adapter
+    idle at one scrape keeps its label a while). So a cluster that lists different names on every fetch
+    churns only its own share: it never holds more than 64 labels, and never pushes out another
+    cluster's names, listed or kept (before, the names kept were shared by all clusters, the most
+    recently seen first, so a churning peer's last few lists took them all). The lists are taken rank by
+    rank (every cluster's first name, then every second one, ...), every latest list before any kept
+    name, so one cluster's long adapter list cannot push another cluster's first names (its base models)
+    out of the cut at ``MAX_REPORTED_NAMES``."""
+    # cluster -> its names in the set -> when last listed (at most MAX_MODELS each; clusters gone: dropped)
+    history: dict[str, dict[str, float]] = {}
 
     def walk() -> Iterator[str]:
-        lists = [st.aggregate.models for st in states() if st.aggregate is not None]
-        for rank in range(max((len(ms) for ms in lists), default=0)):
-            for ms in lists:
-                if rank < len(ms):
-                    yield ms[rank]
+        now = clock()
+        latest: list[list[str]] = []
+        kept: list[list[str]] = []
+        seen: dict[str, dict[str, float]] = {}
+        for st in states():
+            names = dict.fromkeys(st.aggregate.models, now) if st.aggregate is not None else {}
+            old = sorted(
+                (
+                    (at, m)
+                    for m, at in history.get(st.name, {}).items()
+                    if m not in names and now - at < KEEP_S
+                ),
+                reverse=True,
+            )[: max(0, MAX_MODELS - len(names))]
+            latest.append(list(names))
+            kept.append([m for _at, m in old])
+            names.update((m, at) for at, m in old)
+            seen[st.name] = names
+        history.clear()
+        history.update(seen)
+        for lists in (latest, kept):
+            for rank in range(max((len(ms) for ms in lists), default=0)):
+                for ms in lists:
+                    if rank < len(ms):
+                        yield ms[rank]
 
-    return ReportedNames(walk, clock)
+    # (keep_s 0: the names kept are kept here, per cluster)
+    return ReportedNames(walk, clock, keep_s=0.0)

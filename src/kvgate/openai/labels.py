@@ -15,7 +15,8 @@ A name is its own label when the door knows it:
   the names seen within the last ``KEEP_S``, at most ``MAX_REPORTED_NAMES``: a label check is a set
   lookup. A name no longer reported leaves the set (so adapter churn cannot lock a later base model
   out: review s14-final M1), and its label is ``other`` from then on unless the config names it or it
-  was learnt; its series already exported stay, no longer growing (counters stay monotonic per series).
+  is learnt. A multi-cluster door's names are kept per cluster (``multicluster.state.models_listed``):
+  each cluster holds at most 64 of them, so one churning peer cannot push another's out.
 
 Those are labelled first and no other name can take their place. Any other name a model server answered
 with a 2xx (``served``: the name the server was sent, a rewrite's target, never the client's name before
@@ -26,19 +27,38 @@ others do not check it; kvgate's simulator refuses an unknown model with 404) le
 those slots with made-up names, never push a real model into ``other``, and a real name no server reports
 (vLLM's metrics carry only the first ``--served-model-name``; an adapter never seen running or waiting at
 a scrape; a cluster on an older kvgate, whose aggregate lists no names) is still learnt while slots are
-left: name such names in the config to be sure of their labels. A learnt name keeps its label for the
-process's life; learnt names are never taken back, so reported names coming later can still take their
-own labels on top. Every other name is reported as ``other``; an empty name (the request was refused
+left: name such names in the config to be sure of their labels. A learnt name keeps its label while it
+is used (below); learnt names are not taken back for reported names coming later, which take their own
+labels on top. Every other name is reported as ``other``; an empty name (the request was refused
 before its model was known) stays empty, as in ``kvgate serve``.
 
 At any moment a door's labels are therefore at most: the config's names, plus ``MAX_REPORTED_NAMES``
 (256) reported, plus ``MAX_MODEL_LABELS`` (16) learnt, plus ``other`` and the empty name; each of
-``model_name`` and ``target_model_name`` takes its values from these. Only names the model servers
-report (not a client) can add labels past that over a process's life, as they come and go.
+``model_name`` and ``target_model_name`` takes its values from these.
+
+Series are removed (labels15; before, every name that ever had a label kept its series for the
+process's life, so LoRA adapter churn grew the exposition without bound). A name the config does not
+name is *seen* when a request is labelled with it, when a model server answers it with a 2xx, and at each
+``sweep`` while it is in the reported set. A name not seen for ``GRACE_S`` (300 s) loses its series in
+every collector of the door that carries ``model_name`` / ``target_model_name`` (``forget``: the
+``inference_objective_*`` families, ``kvgate_multicluster_requests_total``), and a learnt name its slot.
+So an adapter's series go at most ``KEEP_S`` + ``GRACE_S`` (10 minutes) after its servers last reported
+it and a request last used it. Names that are no labels any more but not yet ``GRACE_S`` unseen keep
+their series, at most ``MAX_RETIRED_NAMES`` (256) of them: past that the longest unseen go at once, so
+the series carry at most config + 256 + 16 + 256 names (+ ``other``, empty) at every moment, however
+fast names come and go. ``sweep`` runs from ``label`` at most once per ``REFRESH_S`` and from each
+scrape, O(names + series) each time; a request costs a clock read and a dict write.
+
+Prometheus semantics: a removed series is gone from the next scrape (Prometheus marks it stale); a name
+that comes back is a new series from 0, which ``rate()`` / ``increase()`` read as a counter reset (the
+first request after the return is not counted by ``increase()``, as for any new series). The config's
+names, ``other`` and the empty label are never removed. ``kvgate serve`` (config names only) removes
+none.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Set
 
 MAX_MODEL_LABELS = 16
@@ -46,6 +66,8 @@ MAX_REPORTED_NAMES = 256  # names the model servers report, kept per door (each 
 MAX_MODEL_CHARS = 256  # a reported name longer than this is no label
 REFRESH_S = 1.0  # ``ReportedNames`` walks its servers at most this often
 KEEP_S = 300.0  # a name no longer reported keeps its label this long (``ReportedNames``)
+GRACE_S = 300.0  # a name neither known, reported nor seen on a request this long loses its series
+MAX_RETIRED_NAMES = 256  # names no longer labels whose series wait out GRACE_S, at most (oldest go first)
 OTHER_MODEL = "other"
 ANY_MODEL = "*"
 
@@ -60,8 +82,8 @@ class ReportedNames:
     model names before adapters), then the names seen within the last ``keep_s`` but not in this walk,
     the most recently seen first (an adapter idle at one scrape keeps its label a while), at most ``cap``.
     A name not seen for ``keep_s``, or cut by newer ones, leaves the set: its label is ``other`` from
-    then on (its series already exported stay, no longer growing), unless the config names it or it was
-    learnt (``ModelLabels``)."""
+    then on (its series go ``GRACE_S`` later), unless the config names it or it is learnt
+    (``ModelLabels``)."""
 
     def __init__(
         self,
@@ -105,18 +127,40 @@ class ReportedNames:
 
 
 class ModelLabels:
+    """A door's ``model_name`` / ``target_model_name`` values (see the module's doc): ``label`` per request,
+    ``served`` per 2xx, ``sweep`` at most once per ``sweep_s`` of ``clock`` (from ``label``, and from a
+    scrape). ``forget``: the collectors' removals, each called with the names whose series go."""
+
     def __init__(
         self,
         known: Iterable[str] = (),
         size: int = MAX_MODEL_LABELS,
         reported: Callable[[], Set[str]] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        grace_s: float = GRACE_S,
+        sweep_s: float = REFRESH_S,
+        retired: int = MAX_RETIRED_NAMES,
     ) -> None:
         self.known = frozenset(m for m in known if m and m != ANY_MODEL)
         self.size = size
         self.learnt: set[str] = set()
         self.reported = reported  # the names the model servers report (``ReportedNames``); None: none
-        # (reported, known, len(learnt)) -> the reported names neither known nor learnt
-        self._count: tuple[object, object, int, int] = (None, None, 0, 0)
+        self.clock = clock
+        self.grace_s = grace_s
+        self.sweep_s = sweep_s
+        self.retired = retired
+        # The names not in ``known`` that ``label`` gave as their own label (so they may have series) ->
+        # when last seen: labelled on a request, answered 2xx (``served``), or in the reported set at a
+        # sweep. Bounded: the names that are labels now (reported, learnt) plus at most ``retired`` that
+        # no longer are, waiting out ``grace_s`` (``sweep``).
+        self.seen: dict[str, float] = {}
+        self.forget: list[Callable[[Set[str]], None]] = []
+        self._swept: float | None = None  # when ``sweep`` last ran (None: not yet)
+        self._learnt_v = 0  # bumped at every change of ``learnt`` (``_free``'s cache key)
+        # (reported, known, _learnt_v, n): n, the reported names neither known nor learnt, for the
+        # reported set, known set and learnt version it was counted from.
+        self._count: tuple[object, object, int, int] = (None, None, -1, 0)
 
     def know(self, names: Iterable[str]) -> None:
         """Names the configuration gives (rewrite rules, live too): labels of their own, never learnt."""
@@ -129,22 +173,65 @@ class ModelLabels:
         """The slots of ``size`` left for learnt names: the reported names neither the config names nor
         were learnt take theirs first (a learnt name later reported takes one slot, not two: review
         s14-final L2)."""
-        r, k, n_learnt, n = self._count
-        if r is not reported or k is not self.known or n_learnt != len(self.learnt):
+        r, k, v, n = self._count
+        if r is not reported or k is not self.known or v != self._learnt_v:
             n = sum(1 for m in reported if m not in self.known and m not in self.learnt)
-            self._count = (reported, self.known, len(self.learnt), n)
+            self._count = (reported, self.known, self._learnt_v, n)
         return self.size - n - len(self.learnt)
 
     def served(self, model: str) -> None:
         """A model server answered a request sent to it as ``model`` with a 2xx: a name the door does not
-        know earns its own label while slots are left."""
-        if not model or model in self.known or model in self.learnt:
+        know earns its own label while slots are left (and a learnt one is seen)."""
+        if not model or model in self.known:
+            return
+        if model in self.learnt:
+            self.seen[model] = self.clock()
             return
         reported = self._reported()
         if model not in reported and self._free(reported) > 0:
             self.learnt.add(model)
+            self._learnt_v += 1
+            self.seen[model] = self.clock()
 
     def label(self, model: str) -> str:
-        if not model or model in self.known or model in self.learnt or model in self._reported():
+        if not model or model in self.known:
+            return model
+        now = self.clock()
+        if self._swept is None or now - self._swept >= self.sweep_s:
+            self.sweep(now)
+        if model in self.learnt or model in self._reported():
+            self.seen[model] = now
             return model
         return OTHER_MODEL
+
+    def sweep(self, now: float | None = None) -> None:
+        """Removes the series of the names not seen for ``grace_s`` (and frees their learnt slots), and of
+        the longest unseen names that are no labels any more past the ``retired`` most recently seen.
+        From ``label`` at most once per ``sweep_s``, and from each scrape: O(labels) per call."""
+        if now is None:
+            now = self.clock()
+        self._swept = now
+        reported = self._reported()
+        gone: set[str] = set()
+        retired: list[tuple[float, str]] = []
+        for m, at in list(self.seen.items()):
+            if m in self.known:
+                del self.seen[m]  # (named by the config since: its label for good, series kept)
+            elif m in reported:
+                self.seen[m] = now
+            elif now - at >= self.grace_s:
+                gone.add(m)
+            elif m not in self.learnt:
+                retired.append((at, m))
+        if len(retired) > self.retired:
+            retired.sort()
+            gone.update(m for _at, m in retired[: len(retired) - self.retired])
+        if not gone:
+            return
+        for m in gone:
+            del self.seen[m]
+        if not self.learnt.isdisjoint(gone):
+            self.learnt -= gone
+            self._learnt_v += 1
+        for remove in self.forget:
+            remove(gone)

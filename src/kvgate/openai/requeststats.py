@@ -18,7 +18,7 @@ counting a request once under the status its client got (or ``client_gone``, ``s
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -139,6 +139,12 @@ class RequestStats:
         for fam, _ in fams:
             yield fam
 
+    def forget(self, names: Set[str]) -> None:
+        """Removes every series whose ``model_name`` or ``target_model_name`` is one of ``names``
+        (``kvgate.openai.labels``: names no longer seen); a name that comes back starts from 0."""
+        for key in [k for k in self.children if k[0] in names or k[1] in names]:
+            del self.children[key]
+
     def observe(self, model: str, target: str, seconds: float, usage: Usage | None) -> None:
         """One request's end (the caller bounds the labels)."""
         key = (model, target)
@@ -189,6 +195,11 @@ class RequestErrors:
         for key, n in list(self.counts.items()):
             fam.add_metric(list(key), n)
         yield fam
+
+    def forget(self, names: Set[str]) -> None:
+        """Removes every series whose ``model_name`` or ``target_model_name`` is one of ``names``."""
+        for key in [k for k in self.counts if k[0] in names or k[1] in names]:
+            del self.counts[key]
 
     def inc(self, model: str, target: str, code: str) -> None:
         key = (model, target, code)
