@@ -229,3 +229,34 @@ def test_each_clusters_latest_list_comes_before_any_kept_name() -> None:
     assert len(names) == MAX_REPORTED_NAMES
     assert all(n.startswith("new-") for n in names)
     assert {f"new-{i}-0" for i in range(5)} <= names
+
+
+async def test_a_stream_longer_than_the_grace_keeps_its_learnt_label_at_its_end() -> None:
+    """A learnt name used only by one stream that outlasts GRACE_S: the sweep at a scrape in the middle
+    drops it (unseen since the stream's headers), and its end is seen again (``served`` at the end), so
+    the request is counted under its own name, not ``other``."""
+    backend = await Backend("b0", tokens=3).start()
+    backend.pause_after = 1
+    mc = GlobalGateway(ClustersConfig((ClusterSpec("c", gateway=backend.address),)), "round-robin",
+                       fetch=False, seed=1)  # fmt: skip
+    clock = [0.0]
+    mc.metrics.models.clock = lambda: clock[0]
+    await mc.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = orjson.dumps({"model": "long-lora", "prompt": "x", "max_tokens": 3, "stream": True})
+            async with s.post(f"http://127.0.0.1:{mc.port}/v1/completions", data=body) as r:
+                assert r.status == 200
+                await backend.paused.wait()
+                clock[0] += GRACE_S + 1.0
+                async with s.get(f"http://127.0.0.1:{mc.port}/metrics") as m:
+                    await m.read()
+                assert not mc.metrics.models.learnt  # (dropped mid-stream: unseen for GRACE_S)
+                backend.resume.set()
+                await r.read()
+            await eventually(lambda: mc.inflight == 0, "the global gateway's requests ended")
+    finally:
+        await mc.stop()
+        await backend.stop()
+    stats = request_stats(mc.metrics.registry)
+    assert stats[("inference_objective_request_total", "long-lora", "long-lora")] == 1

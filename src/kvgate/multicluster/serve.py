@@ -318,16 +318,20 @@ class GlobalGateway:
                 return Response(status=e.status, body=e.error, content_type="application/json")
             return json_error(e.status, e.message)
         seen = _UsageSeen()
+        # The name the model server was sent: the only one its 2xx says anything of
+        # (kvgate.openai.labels). A client's rewrite header names it only where this gateway gave it to
+        # an EPP that obeys it (Endpoint mode: the pod got the EPP's body). A cluster's own gateway may
+        # ignore the header (``kvgate serve`` does), so in Parent mode (a fallback included) the pod may
+        # have got either name: learn none rather than one a client chose.
+        rewrite = request.headers.get(MODEL_REWRITE)
+        sent = parsed.model if not rewrite else rewrite if routed.mode == ENDPOINT else ""
         try:
-            # The name the model server was sent: the only one its 2xx says anything of
-            # (kvgate.openai.labels). A client's rewrite header names it only where this gateway gave
-            # it to an EPP that obeys it (Endpoint mode: the pod got the EPP's body). A cluster's own
-            # gateway may ignore the header (``kvgate serve`` does), so in Parent mode (a fallback
-            # included) the pod may have got either name: learn none rather than one a client chose.
-            rewrite = request.headers.get(MODEL_REWRITE)
-            sent = parsed.model if not rewrite else rewrite if routed.mode == ENDPOINT else ""
             return await self._relay(request, routed, parsed.model, sent, seen)
         finally:
+            if 200 <= routed.status < 300:
+                # (seen again at its end: a learnt name only a stream longer than GRACE_S used keeps its
+                # label for the end's counts)
+                self.metrics.models.served(sent)
             self.metrics.request_done(parsed.model, self.clock() - t0, seen.usage())
             # Cut short (the client left, a write failed, cancelled before the first chunk) or done:
             # settle the upstream, the EPP and the cluster's accounting now, the body read or not.
