@@ -114,6 +114,9 @@ def test_config_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["--endpoints", "127.0.0.1:1", "--config-text", unknown_plugin]) == 2
     assert "no-such-scorer" in capsys.readouterr().err
     assert main(["--endpoints", "127.0.0.1:1", "--policy", "no-such-policy"]) == 2
+    capsys.readouterr()
+    assert main(["--endpoints", "127.0.0.1:1", "--model", "m", "--model-series-grace", "-1"]) == 2
+    assert "--model-series-grace" in capsys.readouterr().err
 
 
 def test_gateway_config_pool_selection(tmp_path: Path) -> None:

@@ -150,6 +150,16 @@ async def test_clis_refuse_a_kubernetes_section_that_cannot_load(tmp_path: Path)
         assert "kubernetes: cannot load" in out and "Traceback" not in out, out
 
 
+async def test_clis_refuse_a_model_series_grace_not_above_zero(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("clusters: [{name: a, gateway: '127.0.0.1:9'}]\n")
+    for door in ("serve", "epp"):
+        extra = "--plaintext" if door == "epp" else "--port=0"
+        rc, out = await _cli(door, "--clusters", str(f), extra, "--model-series-grace", "0")
+        assert rc == 2, out
+        assert "--model-series-grace" in out and "Traceback" not in out, out
+
+
 async def _serve_banner(f: Path, *extra: str) -> str:
     """Start ``kvgate serve --clusters`` on an ephemeral port; its start line."""
     proc = await asyncio.create_subprocess_exec(

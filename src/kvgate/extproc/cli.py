@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from kvgate.config.policies import POLICIES
 from kvgate.datalayer.store import ENGINES
 from kvgate.extproc import keys
+from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
 
 if TYPE_CHECKING:
@@ -129,6 +130,14 @@ def parser() -> argparse.ArgumentParser:
         help="seconds a stream may stay silent before it is cancelled",
     )
     net.add_argument(
+        "--model-series-grace",
+        type=float,
+        default=GRACE_S,
+        metavar="SECONDS",
+        help="a model name neither known, reported, answered nor used this long loses its metric series "
+        "(docs/epp.md); > 0",
+    )
+    net.add_argument(
         "--tls-hosts",
         default="localhost,127.0.0.1",
         help="names/IPs for the generated self-signed certificate",
@@ -215,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         # report serving, others once a model server answered them, into the slots those
         # leave (kvgate.openai.labels).
         known = [*cfg.pool.models, *cfg.pool.adapters, *rewrite_names(cfg.gateway.rewrites)]
-        metrics = EppMetrics(models=ModelLabels(known, reported=models_reported(store.all, time.monotonic)))
+        if not args.model_series_grace > 0:
+            raise EppConfigError("--model-series-grace must be > 0")
+        reported = models_reported(store.all, time.monotonic)
+        metrics = EppMetrics(models=ModelLabels(known, reported=reported, grace_s=args.model_series_grace))
         ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
         if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
             raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
@@ -272,7 +284,11 @@ def _hub_main(args: argparse.Namespace) -> int:
         return 2
     # Model labels: the names the clusters' aggregates list, others into the slots left
     # (kvgate.openai.labels).
-    metrics = EppMetrics(models=ModelLabels(reported=models_listed(director.state_list, time.monotonic)))
+    if not args.model_series_grace > 0:
+        print("kvgate epp: --model-series-grace must be > 0", file=sys.stderr)
+        return 2
+    reported = models_listed(director.state_list, time.monotonic)
+    metrics = EppMetrics(models=ModelLabels(reported=reported, grace_s=args.model_series_grace))
     ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic, observer=metrics)
     try:
         with contextlib.suppress(KeyboardInterrupt):

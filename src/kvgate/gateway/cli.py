@@ -27,6 +27,7 @@ from kvgate.config.gateway import (
 )
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
+from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
 
 
@@ -89,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="with --clusters: seed of the kvgate cluster policy's random picks (power of two among the "
         "best); default: drawn from os.urandom at start (printed), so gateway replicas do not pick alike",
+    )
+    p.add_argument(
+        "--model-series-grace",
+        type=float,
+        default=GRACE_S,
+        metavar="SECONDS",
+        help="with --clusters: a model name neither listed by a cluster, answered nor used this long loses "
+        "its metric series (docs/multicluster.md); > 0",
     )
     adm = p.add_argument_group("admin-port TLS (as kvgate epp --metrics-tls)")
     adm.add_argument(
@@ -329,12 +338,15 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             staleness_flags(args, "hub")
+            if not args.model_series_grace > 0:
+                raise GatewayConfigError("--model-series-grace", "must be > 0")
         except GatewayConfigError as e:
             print(f"kvgate serve: config error: {e}", file=sys.stderr)
             return 2
         port = 8080 if args.port is None else args.port  # --port 0: an ephemeral port (printed)
         return run(ServeArgs(args.clusters, args.cluster_policy, args.host or "127.0.0.1", port,
-                             seed=args.cluster_policy_seed))  # fmt: skip
+                             seed=args.cluster_policy_seed,
+                             series_grace_s=args.model_series_grace))  # fmt: skip
     file_cfg = mtime = None
     if args.config:
         from kvgate.gateway.reload import file_mtime

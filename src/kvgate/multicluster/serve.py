@@ -49,7 +49,7 @@ from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
 from kvgate.multicluster.router import ENDPOINT, Attempt, GlobalRouter, NoRoute, Routed
 from kvgate.multicluster.source import ClusterSource
 from kvgate.multicluster.state import models_listed
-from kvgate.openai.labels import ModelLabels
+from kvgate.openai.labels import GRACE_S, ModelLabels
 from kvgate.openai.protocol import MODEL_REWRITE, sse_error_event
 from kvgate.openai.request import BodyError, kind_for_path, parse_body
 from kvgate.openai.requeststats import RequestErrors, RequestStats
@@ -486,6 +486,7 @@ class ServeArgs:
     host: str = "127.0.0.1"
     port: int = 8080
     seed: int | None = None  # --cluster-policy-seed; None: drawn from os.urandom at start
+    series_grace_s: float = GRACE_S  # --model-series-grace (``ModelLabels.grace_s``)
 
 
 def serve_check(cfg: ClustersConfig) -> None:
@@ -514,6 +515,7 @@ def run(args: ServeArgs) -> int:
     async def main() -> None:
         seed = fresh_seed() if args.seed is None else args.seed
         gw = GlobalGateway(cfile.config, args.policy, clusters_file=cfile, seed=seed)
+        gw.metrics.models.grace_s = args.series_grace_s
         try:
             port = await gw.start(args.host, args.port)
         except ClustersError:  # the kubernetes section cannot be loaded: say so, exit 2
