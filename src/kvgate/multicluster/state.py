@@ -481,12 +481,13 @@ def models_listed(states: Callable[[], Iterable[ClusterState]], clock: Callable[
     Each cluster holds at most ``MAX_MODELS`` (64, what one aggregate may list) of the set: its latest
     list, then the names it listed within ``KEEP_S`` but not now, most recently listed first (an adapter
     idle at one scrape keeps its label a while). So a cluster that lists different names on every fetch
-    churns only its own share: it never holds more than 64 labels, and never pushes out another
-    cluster's names, listed or kept (before, the names kept were shared by all clusters, the most
-    recently seen first, so a churning peer's last few lists took them all). The lists are taken rank by
-    rank (every cluster's first name, then every second one, ...), every latest list before any kept
-    name, so one cluster's long adapter list cannot push another cluster's first names (its base models)
-    out of the cut at ``MAX_REPORTED_NAMES``."""
+    churns only its own share: it never holds more than 64 labels, and its past lists never take another
+    cluster's place (before, the names kept were shared by all clusters, the most recently seen first,
+    so a churning peer's last few lists took them all). The lists are taken rank by rank (every
+    cluster's first name, then every second one, ...), every latest list before any kept name, so one
+    cluster's long adapter list cannot push another cluster's first names (its base models) out of the
+    cut at ``MAX_REPORTED_NAMES`` (reached only past 4 clusters of 64 names: then a churning cluster's
+    latest list counts as any cluster's latest list does)."""
     # cluster -> its names in the set -> when last listed (at most MAX_MODELS each; clusters gone: dropped)
     history: dict[str, dict[str, float]] = {}
 
