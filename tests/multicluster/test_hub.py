@@ -22,7 +22,7 @@ from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import SessionContext
 from kvgate.extproc.testing import Exchange, channel
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
-from kvgate.multicluster.hub import ClusterDirector
+from kvgate.multicluster.hub import ClusterDirector, connects
 from kvgate.multicluster.state import ClusterState
 
 HEADERS = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
@@ -323,3 +323,23 @@ async def test_hub_epp_backs_a_cluster_off_whose_gateway_refused_a_client_that_l
                 clock[0] += 0.5  # (the third leave: PROBE_EVERY_S after the first probe)
     finally:
         closed.close()
+
+
+async def test_the_connect_probe_fails_a_gateway_that_does_not_answer_in_time() -> None:
+    """``connects``: a listener that takes the connection is up; a refused port, a bad address, and a
+    connect that does not finish within the timeout (a TEST-NET address: dropped or unreachable) are down."""
+    listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    try:
+        assert await connects(f"127.0.0.1:{port}")
+        assert not await connects(f"127.0.0.1:{closed.getsockname()[1]}")
+        assert not await connects("no-port")
+        t0 = time.monotonic()
+        assert not await connects("192.0.2.1:80", timeout_s=0.2)
+        assert time.monotonic() - t0 < 5.0  # (bounded by the timeout, not the kernel's connect retries)
+    finally:
+        closed.close()
+        listener.close()
+        await listener.wait_closed()

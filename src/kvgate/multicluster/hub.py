@@ -222,9 +222,8 @@ async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     ``timeout_s`` (closed at once; nothing is sent)."""
     host, _, port = address.rpartition(":")
     try:
-        _reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host.strip("[]"), int(port)), timeout_s
-        )
+        async with asyncio.timeout(timeout_s):  # (not wait_for: tests/test_stop_cancels.py)
+            _reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
     except (OSError, TimeoutError, ValueError):
         return False
     writer.close()
