@@ -570,6 +570,18 @@ def capacity(replicas: int, profile: str, seed: int, prompt: int, output: int, m
     return sum(1 for t in done if t >= 10.0) / 20.0
 
 
+def rates(
+    replicas: int, profile: str, seed: int, max_num_seqs: int, load: float, duration: float
+) -> tuple[float, float]:
+    """The fleet's capacity (req/s, ``capacity``) and the quiet tenants' base rate that puts the
+    flooded mix at ``load`` of it (also ``scripts/slo_miss_trace.py``'s, so its arrivals are the bench's)."""
+    mix = Mix(1.0, "flood", duration)
+    cap = capacity(replicas, profile, seed, mix.prompt, mix.output, max_num_seqs)
+    # Rates in interactive-request units; a batch request costs ~ (2048 + 512) / (1024 + 128) of one.
+    weight = 4 + 1 + 10 + (mix.batch_prompt + mix.batch_output) / (mix.prompt + mix.output)
+    return cap, load * cap / weight
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kvgate bench flowcontrol", description=__doc__.splitlines()[0])
     p.add_argument("--replicas", type=int, default=4)
@@ -615,11 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.warmup = 30.0, 5.0
     if args.live:
         return flowcontrol_live.main_from_args(args, list(argv or []))
-    mix = Mix(1.0, "flood", args.duration)
-    cap = capacity(args.replicas, args.profile, args.seed, mix.prompt, mix.output, args.max_num_seqs)
-    # Rates in interactive-request units; a batch request costs ~ (2048 + 512) / (1024 + 128) of one.
-    weight = 4 + 1 + 10 + (mix.batch_prompt + mix.batch_output) / (mix.prompt + mix.output)
-    base = args.load * cap / weight
+    cap, base = rates(args.replicas, args.profile, args.seed, args.max_num_seqs, args.load, args.duration)
+    mix = Mix(base, "flood", args.duration)
     rows: dict[str, Any] = {"capacity_rps": cap, "base_rate_rps": base, "load": args.load, "runs": {}}
     rows["step_model"] = step_floor(args.profile, mix.prompt, mix.output, args.max_num_seqs)
     horizon = args.duration + 60.0

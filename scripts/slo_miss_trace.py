@@ -1,0 +1,355 @@
+"""Why each SLO miss of the flow-control bench missed, kvgate and the reference side by side (issue #15).
+
+Runs the flooded mix of ``kvgate bench flowcontrol`` (same capacity probe, same arrivals, same arms:
+the virtual clock makes a cell the bench's to the last digit) and samples the fleet every ``--tick``
+(5 ms) of virtual time: the running slots free (per server: ``max-num-seqs`` less running less
+waiting, summed), kvgate's queue length, the running reserve's free slots (its last computed value, read
+without recomputing it) and the adaptive headroom. Each measured request (arrival after ``--warmup``)
+that missed its TTFT SLO is put in one class, by the first counterfactual that saves it:
+
+- ``shed``: 429 or 503 (TTL) -- no first token;
+- ``queue, slot free``: it waited in kvgate's queue while at least one server had a free running slot
+  (and no waiting request) for at least its excess (TTFT - SLO): sent at the first free moment, with the
+  same server time, it would have made it -- the gate (saturation detector, fair-share headroom,
+  running reserve) held it. Split by whether its flow was held back (over its fair share:
+  ``FlowController.held_back``) when it left the queue;
+- ``queue, all busy``: its whole wait in kvgate's queue was at least its excess, but the part with a
+  slot free was not: capacity;
+- ``server``: it left kvgate early enough (its wait in the queue less than its excess: even sent at its
+  arrival it misses with that server time) -- the server was slow: split into ``server queue`` (more of
+  the server time in the server's own queue than in the steps from its first schedule) and ``steps``.
+
+    PYTHONPATH=src python scripts/slo_miss_trace.py [--replicas 2 --max-num-seqs 16] --load 0.7 --seed 0
+        [--arms reference,kvgate-reserve-feasible] [--cycle] [--out FILE.json]
+    PYTHONPATH=src python scripts/slo_miss_trace.py --summarize FILE.json...   (one line per cell and arm)
+
+The kvgate arm's settings default to the configuration docs/flowcontrol.md recommends for the goals
+(``--headroom 0.75 --headroom-on pending --ttft-target 0.05 --running-reserve``); trial patches that read
+environment variables (docs/benchmarks/trials/) act here as in the bench. Prints a table per arm and
+tenant group, then the flood's 10 s cycle second by second (misses by arrival second and class, mean
+free slots, queue, reserve slots, headroom). Not in any hot path: a diagnostic on the simulator only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvgate.bench.flowcontrol_bench import (
+    BATCH,
+    CRITICAL,
+    FLOOD,
+    QUIET,
+    FlowSim,
+    Mix,
+    Outcome,
+    _slo,
+    rates,
+)
+
+CLASSES = (
+    "shed",
+    "queue, slot free (held back)",
+    "queue, slot free (not held back)",
+    "queue, all busy",
+    "server queue",
+    "steps",
+    "unfinished",
+)
+GROUPS = {"flood": (FLOOD,), "quiet": QUIET, "critical": (CRITICAL,), "batch": (BATCH,)}
+CYCLE_S = 10.0  # the flood's period (on 5 s, off 5 s)
+
+
+@dataclass(slots=True)
+class Miss:
+    tenant: str
+    at: float  # arrival
+    cls: str
+    wait: float = 0.0  # arrival to dispatch (kvgate's queue)
+    free_wait: float = 0.0  # the part of it with a running slot free somewhere
+    server: float = 0.0  # dispatch to first token
+
+
+@dataclass
+class Trace:
+    tick: float
+    free: list[int] = field(default_factory=list)  # fleet-wide free running slots, per tick
+    queued: list[int] = field(default_factory=list)
+    reserve: list[int] = field(default_factory=list)
+    headroom: list[float] = field(default_factory=list)
+    held_at_dispatch: dict[str, bool] = field(default_factory=dict)  # request id -> held back
+    _prefix: list[int] = field(default_factory=list)
+
+    def free_time(self, start: float, end: float) -> float:
+        """Virtual seconds in [start, end) with a running slot free (piecewise constant per tick)."""
+        if end <= start:
+            return 0.0
+        if len(self._prefix) != len(self.free) + 1:  # free ticks in [0, k), built once after the run
+            self._prefix = [0]
+            for f in self.free:
+                self._prefix.append(self._prefix[-1] + (f > 0))
+        n, dt = len(self.free), self.tick
+        k0, k1 = int(start / dt), int(end / dt)
+
+        def part(k: int, lo: float, hi: float) -> float:
+            return max(0.0, hi - lo) if 0 <= k < n and self.free[k] > 0 else 0.0
+
+        if k0 == k1:
+            return part(k0, start, end)
+        whole = self._prefix[min(n, k1)] - self._prefix[min(n, k0 + 1)]
+        return part(k0, start, (k0 + 1) * dt) + whole * dt + part(k1, k1 * dt, end)
+
+
+def classify(out: Outcome, held: bool | None, free_wait: float) -> str | None:
+    """The class of a measured request's miss (None: it met its SLO). Pure: the rule above."""
+    if out.status:
+        return "shed"
+    if out.ttft is None or out.sent is None:
+        return "unfinished"
+    slo = _slo(out.tenant)
+    if out.ttft <= slo:
+        return None
+    excess = out.ttft - slo
+    wait = out.sent - out.start
+    if free_wait >= excess:
+        return "queue, slot free (held back)" if held else "queue, slot free (not held back)"
+    if wait >= excess:
+        return "queue, all busy"
+    sched = out.scheduled if out.scheduled is not None else out.sent
+    server_queue = sched - out.sent
+    steps = out.start + out.ttft - sched
+    return "server queue" if server_queue > steps else "steps"
+
+
+def run_arm(arm: str, args: argparse.Namespace, base: float) -> tuple[FlowSim, Trace]:
+    sim = FlowSim(
+        arm, args.replicas, args.profile, args.seed, args.ttl, max_num_seqs=args.max_num_seqs,
+        max_pending=args.max_pending, headroom=args.headroom, headroom_on=args.headroom_on,
+        ttft_target=args.ttft_target, running_reserve=args.running_reserve,
+    )  # fmt: skip
+    trace = Trace(args.tick)
+    n = args.max_num_seqs
+    flow = sim.director.flow
+    send = sim._send
+
+    def sent(req: Any, ep: Any, out: Outcome) -> None:
+        if flow is not None:  # held back when it left (the gate's view of its flow, before the charge)
+            trace.held_at_dispatch[req.request_id] = flow.ctl.held_back(req, sim.clock.now)
+        send(req, ep, out)
+
+    sim._send = sent  # type: ignore[method-assign]
+    horizon = args.duration + 60.0
+
+    def sample() -> None:
+        trace.free.append(sum(max(0, n - r.engine.num_running - r.engine.num_waiting) for r in sim.replicas))
+        if flow is not None:
+            ctl = flow.ctl
+            trace.queued.append(len(ctl))
+            trace.reserve.append(ctl._reserve_cache[1])  # last computed value: no recomputation
+            trace.headroom.append(ctl.headroom)
+        if sim.clock.now < horizon:
+            sim.clock.call_later(args.tick, sample)
+
+    sim.clock.call_at(0.0, sample)
+    arrivals = Mix(base, "flood", args.duration).arrivals(random.Random(args.seed))
+    sim.simulate(arrivals, horizon)
+    return sim, trace
+
+
+def misses(sim: FlowSim, trace: Trace, warmup: float) -> tuple[list[Outcome], list[Miss]]:
+    measured = [o for o in sim.run.outcomes if o.start >= warmup]
+    found: list[Miss] = []
+    held_by_start = _held_by_outcome(sim, trace)
+    for o in measured:
+        free_wait = trace.free_time(o.start, o.sent) if o.sent is not None else 0.0
+        cls = classify(o, held_by_start.get(id(o)), free_wait)
+        if cls is None:
+            continue
+        m = Miss(o.tenant, o.start, cls)
+        if o.sent is not None:
+            m.wait, m.free_wait = o.sent - o.start, free_wait
+            if o.ttft is not None:
+                m.server = o.start + o.ttft - o.sent
+        found.append(m)
+    return measured, found
+
+
+def _held_by_outcome(sim: FlowSim, trace: Trace) -> dict[int, bool]:
+    # FlowSim numbers requests r1, r2, ... in arrival order, and appends an Outcome per arrival.
+    return {id(o): trace.held_at_dispatch[f"r{i + 1}"] for i, o in enumerate(sim.run.outcomes)
+            if f"r{i + 1}" in trace.held_at_dispatch}  # fmt: skip
+
+
+def table(arm: str, measured: list[Outcome], found: list[Miss]) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for name, tenants in (*GROUPS.items(), ("all", (*QUIET, FLOOD, CRITICAL, BATCH))):
+        outs = [o for o in measured if o.tenant in tenants]
+        ms = [m for m in found if m.tenant in tenants]
+        by = Counter(m.cls for m in ms)
+        q = [m for m in ms if m.cls.startswith("queue")]
+        rows[name] = {
+            "requests": len(outs),
+            "missed": len(ms),
+            "attainment": 1 - len(ms) / len(outs) if outs else None,
+            "by_class": {c: by.get(c, 0) for c in CLASSES},
+            "mean_wait_s": _mean([m.wait for m in ms]),
+            "mean_free_wait_s": _mean([m.free_wait for m in ms]),
+            "mean_server_s": _mean([m.server for m in ms if m.cls not in ("shed", "unfinished")]),
+            "mean_queue_missed_wait_s": _mean([m.wait for m in q]),
+        }
+    return {"arm": arm, "groups": rows}
+
+
+def cycle(trace: Trace, found: list[Miss], warmup: float, duration: float) -> list[dict[str, Any]]:
+    out = []
+    for s in range(int(CYCLE_S)):
+        ks = [
+            k for k in range(len(trace.free))
+            if warmup <= k * trace.tick < duration and int((k * trace.tick) % CYCLE_S) == s
+        ]  # fmt: skip
+        ms = [m for m in found if int(m.at % CYCLE_S) == s]
+        row: dict[str, Any] = {
+            "second": s,
+            "misses": dict(Counter(m.cls for m in ms)),
+            "flood_misses": sum(1 for m in ms if m.tenant == FLOOD),
+            "free_slots": _mean([trace.free[k] for k in ks]),
+            "share_with_free_slot": _mean([1.0 if trace.free[k] > 0 else 0.0 for k in ks]),
+        }
+        if trace.queued:
+            row["queued"] = _mean([trace.queued[k] for k in ks])
+            row["reserve_slots"] = _mean([trace.reserve[k] for k in ks])
+            row["headroom"] = _mean([trace.headroom[k] for k in ks])
+            row["share_free_while_queued"] = _mean(
+                [1.0 if trace.free[k] > 0 and trace.queued[k] > 0 else 0.0 for k in ks]
+            )
+        out.append(row)
+    return out
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _f(v: Any, fmt: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def render(cell: str, tables: list[dict[str, Any]], cycles: dict[str, list[dict[str, Any]]]) -> str:
+    short = ["shed", "free/held", "free/not held", "all busy", "srv queue", "steps", "unfin"]
+    lines = [
+        f"## {cell}",
+        "",
+        "| arm | group | requests | attainment | missed | "
+        + " | ".join(short)
+        + " | mean wait / free / server s |",
+        "|---|---|---|---|---|" + "---|" * len(short) + "---|",
+    ]
+    for t in tables:
+        for g, r in t["groups"].items():
+            lines.append(
+                f"| {t['arm']} | {g} | {r['requests']} | {_f(r['attainment'], '.3f')} | {r['missed']} | "
+                + " | ".join(str(r["by_class"][c]) for c in CLASSES)
+                + f" | {_f(r['mean_wait_s'], '.2f')} / {_f(r['mean_free_wait_s'], '.2f')}"
+                f" / {_f(r['mean_server_s'], '.2f')} |"
+            )
+    for arm, rows in cycles.items():
+        lines += [
+            "",
+            f"{arm}: the flood's cycle by second (arrival second for misses; fleet state means over ticks)",
+            "",
+            "| s | misses (flood) | free/held | free/not held | all busy | server | free slots | share free "
+            "| queued | free while queued | reserve | headroom |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            m = r["misses"]
+            srv = m.get("server queue", 0) + m.get("steps", 0)
+            lines.append(
+                f"| {r['second']} | {sum(m.values())} ({r['flood_misses']}) | {m.get(CLASSES[1], 0)} "
+                f"| {m.get(CLASSES[2], 0)} | {m.get(CLASSES[3], 0)} | {srv} | {_f(r['free_slots'], '.1f')} "
+                f"| {_f(r['share_with_free_slot'], '.2f')} | {_f(r.get('queued'), '.1f')} "
+                f"| {_f(r.get('share_free_while_queued'), '.2f')} | {_f(r.get('reserve_slots'), '.1f')} "
+                f"| {_f(r.get('headroom'), '.2f')} |"
+            )
+    return "\n".join(lines)
+
+
+def summary(paths: list[str]) -> str:
+    """One line per cell and arm from ``--out`` files: attainment and the misses by class (all
+    requests), and which tenants missed."""
+    short = ["shed", "free/held", "free/not held", "all busy", "srv queue", "steps", "unfin"]
+    lines = [
+        "| cell | arm | attainment | vs ref | missed (flood/quiet/crit/batch) | " + " | ".join(short) + " |",
+        "|---|---|---|---|---|" + "---|" * len(short),
+    ]
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        ref = next((t for t in doc["tables"] if t["arm"] == "reference"), None)
+        for t in doc["tables"]:
+            g = t["groups"]
+            a = g["all"]
+            vs = "" if ref is None else f"{a['attainment'] - ref['groups']['all']['attainment']:+.3f}"
+            who = "/".join(str(g[k]["missed"]) for k in ("flood", "quiet", "critical", "batch"))
+            lines.append(
+                f"| {doc['cell']} | {t['arm']} | {a['attainment']:.3f} | {vs} | {a['missed']} ({who}) | "
+                + " | ".join(str(a["by_class"][c]) for c in CLASSES)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["--summarize"]:
+        print(summary(args_in[1:]))
+        return 0
+    p = argparse.ArgumentParser(prog="slo_miss_trace.py", description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--replicas", type=int, default=4)
+    p.add_argument("--profile", default="llama3-8b-h100")
+    p.add_argument("--max-num-seqs", type=int, default=128)
+    p.add_argument("--load", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--warmup", type=float, default=10.0)
+    p.add_argument("--ttl", type=float, default=30.0)
+    p.add_argument("--arms", default="reference,kvgate-reserve-feasible")
+    p.add_argument("--max-pending", type=int, default=2)
+    p.add_argument("--headroom", type=float, default=0.75)
+    p.add_argument("--headroom-on", choices=("saturation", "pending"), default="pending")
+    p.add_argument("--ttft-target", type=float, default=0.05)
+    p.add_argument("--no-running-reserve", dest="running_reserve", action="store_false")
+    p.add_argument("--tick", type=float, default=0.005, help="fleet sampling period, virtual s")
+    p.add_argument("--cycle", action="store_true", help="also print the flood's cycle by second")
+    p.add_argument("--out", help="write the tables (and the cycle) as JSON here")
+    args = p.parse_args(argv)
+    _cap, base = rates(args.replicas, args.profile, args.seed, args.max_num_seqs, args.load, args.duration)
+    cell = f"{args.replicas} x {args.max_num_seqs}, load {args.load}, seed {args.seed}"
+    tables, cycles = [], {}
+    for arm in args.arms.split(","):
+        sim, trace = run_arm(arm, args, base)
+        measured, found = misses(sim, trace, args.warmup)
+        tables.append(table(arm, measured, found))
+        cycles[arm] = cycle(trace, found, args.warmup, args.duration)
+    print(render(cell, tables, cycles if args.cycle else {}), flush=True)
+    if args.out:
+        line = " ".join(sys.argv[1:] if argv is None else argv)
+        doc = {
+            "cell": cell,
+            "command": f"scripts/slo_miss_trace.py {line}",
+            "tables": tables,
+            "cycles": cycles,
+        }
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
