@@ -138,9 +138,13 @@ def run_arm(arm: str, args: argparse.Namespace, base: float) -> tuple[FlowSim, T
     flow = sim.director.flow
     send = sim._send
 
+    # Only a fair-share arm holds a flow back (the reference's controller still computes shares).
+    cfg = flow.ctl.cfg if flow is not None else None
+    fair = cfg is not None and bool(cfg.fair_share_headroom or cfg.fair_share_running_reserve)
+
     def sent(req: Any, ep: Any, out: Outcome) -> None:
         if flow is not None:  # held back when it left (the gate's view of its flow, before the charge)
-            trace.held_at_dispatch[req.request_id] = flow.ctl.held_back(req, sim.clock.now)
+            trace.held_at_dispatch[req.request_id] = fair and flow.ctl.held_back(req, sim.clock.now)
         send(req, ep, out)
 
     sim._send = sent  # type: ignore[method-assign]

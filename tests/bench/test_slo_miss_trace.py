@@ -88,3 +88,29 @@ def test_the_trace_does_not_change_the_run() -> None:
     assert found and all(m.cls in smt.CLASSES for m in found)
     t = smt.table("kvgate", measured, found)
     assert t["groups"]["all"]["missed"] == len(found)
+
+
+def test_the_reference_holds_no_flow_back() -> None:
+    """The reference's controller computes fair shares too, but nothing of it holds a flow back: its
+    misses are never put in the held-back class."""
+    args = argparse.Namespace(
+        replicas=1,
+        profile="llama3-8b-h100",
+        max_num_seqs=8,
+        load=0.9,
+        seed=3,
+        duration=12.0,
+        warmup=2.0,
+        ttl=30.0,
+        max_pending=2,
+        headroom=0.75,
+        headroom_on="pending",
+        ttft_target=0.05,
+        running_reserve=True,
+        tick=0.005,
+    )
+    _cap, base = rates(1, "llama3-8b-h100", 3, 8, 0.9, 12.0)
+    sim, trace = smt.run_arm("reference", args, base)
+    assert trace.held_at_dispatch and not any(trace.held_at_dispatch.values())
+    _measured, found = smt.misses(sim, trace, 2.0)
+    assert found and not any(m.cls == "queue, slot free (held back)" for m in found)
