@@ -152,7 +152,9 @@ async def test_a_410_counts_only_once_its_relist_completes(failing: tuple[Failin
 async def test_a_quiet_watch_on_a_server_without_bookmarks_stays_in_sync() -> None:
     """The other side: a watch that stays open and reads nothing for the silence limit, from a server
     that sends no bookmark (kube-apiserver's cacher sends none for a resource it saw no event of: a quiet
-    InferencePool), is in sync at that silent end; it must not look stale because it never opened fresh."""
+    InferencePool), is followed by a relist, which completes: in sync then; it must not look stale because
+    it never opened fresh. (The silent end alone counted before session 15: a stuck server looked the
+    same.)"""
     async with ApiServerDouble(bookmark_interval=1000.0) as double:
         now = [0.0]
         async with pod_reflector(double, now, watch_silence_s=0.5) as r:
@@ -160,9 +162,9 @@ async def test_a_quiet_watch_on_a_server_without_bookmarks_stays_in_sync() -> No
             await until(lambda: r.watches >= 1)
             now[0] = 50.0
             assert r.age() == 50.0  # opened, nothing read yet: not proven
-            await until(lambda: r.silences >= 1)
+            await until(lambda: r.silences >= 1 and r.lists >= 2)
             assert r.bookmarks == 0 and r.error is None
-            assert r.age() == 0.0  # held open quietly for the whole limit: in sync
+            assert r.age() == 0.0  # the relist after the silent watch completed: in sync
 
 
 async def test_a_403_clears_once_allowed_again_without_waiting_for_a_bookmark() -> None:

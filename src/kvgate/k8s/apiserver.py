@@ -88,8 +88,8 @@ class _Watcher:
 
 class ApiServerDouble:
     """``await start()``, then point any client at ``url``. Test controls: ``compact``, ``cut_watches``,
-    ``forbid``, ``go_away`` / ``come_back``, ``set_pod_status`` and the Python-side ``create`` / ``get`` /
-    ``patch`` / ``delete``."""
+    ``forbid``, ``go_away`` / ``come_back``, ``stall`` / ``unstall``, ``ignore_watch_timeout``,
+    ``set_pod_status`` and the Python-side ``create`` / ``get`` / ``patch`` / ``delete``."""
 
     def __init__(
         self,
@@ -112,6 +112,12 @@ class ApiServerDouble:
         self._compacted = 0  # a watch or continue from an RV below this is 410 Gone
         self._watchers: set[_Watcher] = set()
         self._forbidden: set[tuple[str, str]] = set()
+        # Set while the server answers; cleared by ``stall``: watches (and lists, if asked) send nothing.
+        self._running = asyncio.Event()
+        self._running.set()
+        self._stall_lists = False
+        # A server (or proxy) that does not end a watch at its timeoutSeconds.
+        self.ignore_watch_timeout = False
         self._runner: web.AppRunner | None = None
         self._site: web.SockSite | None = None
         self.port = 0
@@ -211,6 +217,18 @@ class ApiServerDouble:
             w.queue.put_nowait(None)
             n += 1
         return n
+
+    def stall(self, lists: bool = False) -> None:
+        """The API server is stuck with its connections open (a hung process, or a proxy holding them):
+        every watch, open or new, answers 200 and then sends nothing more (no event, no bookmark, no end at
+        its timeoutSeconds; TCP stays alive); with ``lists``, list requests hang too (no answer at all).
+        ``unstall`` resumes them (what was held is then sent)."""
+        self._running.clear()
+        self._stall_lists = lists
+
+    def unstall(self) -> None:
+        self._running.set()
+        self._stall_lists = False
 
     def forbid(self, rt: ResourceType, forbidden: bool = True) -> None:
         """Answer 403 (as RBAC would) to every request on ``rt``."""
@@ -578,6 +596,8 @@ class ApiServerDouble:
             raise ApiError(404, "NotFound", f"no subresource {sub}")
         q = request.query
         method = request.method
+        if self._stall_lists and method == "GET" and q.get("watch") not in ("true", "1"):
+            await self._running.wait()
         if name is None:
             if method == "GET":
                 if q.get("watch") in ("true", "1"):
@@ -717,29 +737,35 @@ class ApiServerDouble:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             for ev in backlog:
-                await resp.write(self._event_bytes(rt, ev.type, ev.obj, table, include))
+                await self._write(resp, self._event_bytes(rt, ev.type, ev.obj, table, include))
             while True:
                 left = deadline - loop.time()
-                if left <= 0:
+                if left <= 0 and not self.ignore_watch_timeout:
                     break
+                wait = self.bookmark_interval if left <= 0 else min(left, self.bookmark_interval)
                 try:  # (not wait_for, which may swallow the handler's cancellation: kvgate.k8s.tasks)
-                    async with asyncio.timeout(min(left, self.bookmark_interval)):
+                    async with asyncio.timeout(wait):
                         ev2 = await watcher.queue.get()
-                except TimeoutError:
-                    if bookmarks and not table:
+                except TimeoutError:  # a bookmark is due (not at the deadline: that ends the watch)
+                    if bookmarks and not table and wait == self.bookmark_interval:
                         mark = {"kind": rt.kind, "apiVersion": rt.api_version,
                                 "metadata": {"resourceVersion": str(self.rv)}}  # fmt: skip
-                        await resp.write(orjson.dumps({"type": "BOOKMARK", "object": mark}) + b"\n")
+                        await self._write(resp, orjson.dumps({"type": "BOOKMARK", "object": mark}) + b"\n")
                     continue
                 if ev2 is None:
                     break
-                await resp.write(self._event_bytes(rt, ev2.type, ev2.obj, table, include))
+                await self._write(resp, self._event_bytes(rt, ev2.type, ev2.obj, table, include))
+            await self._running.wait()  # a stalled server does not end the stream either
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError, RuntimeError):
             pass
         finally:
             self._watchers.discard(watcher)
         return resp
+
+    async def _write(self, resp: web.StreamResponse, data: bytes) -> None:
+        await self._running.wait()  # stalled: held (the connection stays open, nothing is sent)
+        await resp.write(data)
 
     async def _gone(self, request: web.Request, from_rv: int) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})

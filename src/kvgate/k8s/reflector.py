@@ -9,17 +9,20 @@ errors (403) are logged once per change with the server's message and kept in ``
 reports them) while the reflector relists with back-off (the list that succeeds clears it).
 
 ``last_sync`` is when the copy was last known to be in sync, on the injected ``clock``: a list completed (a
-410's relist counts once it completes), a watch event or bookmark read, or a watch that opened (200) and
-ended without an in-stream ``ERROR`` after being held open at least ``HELD_OPEN_S`` (its end: a timeout, a
-proxy's idle cut or close, not a reset; the silence limit; the server accepted the resourceVersion and had
-no change to deliver; "in sync" is the API server's view). A watch that merely opens does not count: one
-that answers 200 and then fails (an ``ERROR`` event, an empty stream or a close at once) proves nothing, and
-``error`` keeps the cause until a real success clears it. A relist that follows a watch refused as it opened
-(403, 404: RBAC granting list but not watch) brings the copy up to date but counts only once a watch opens
-again: until then the error, the age and the growing back-off stay (else list, 403, 0.1 s, list... for
-good).
-``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines and, if asked,
-not-ready.
+410's relist counts once it completes), a watch event or bookmark read, or a watch the server itself ended
+at its ``timeoutSeconds`` (a clean end of the stream, held for the whole timeout). Every watch is bounded
+as client-go bounds it: ``timeoutSeconds`` drawn per watch from [``min_watch_timeout_s``, twice that)
+(client-go's ``minWatchTimeout``, 5 min), and a client-side deadline ``watch_deadline_margin_s`` above
+it. A watch that ends any other way having read nothing (the silence limit, the client's deadline, a
+proxy's idle cut or close) proves nothing: a stuck API server or proxy that holds the connection open and
+sends nothing looks just like a quiet healthy watch, so the reflector relists, and the list either
+completes (in sync) or fails (the copy ages: stale). A watch that opens does not count either: one that
+answers 200 and then fails (an ``ERROR`` event, an empty stream or a close at once) proves nothing, and
+``error`` keeps the cause until a real success clears it. A relist that follows a watch refused as it
+opened (403, 404: RBAC granting list but not watch) brings the copy up to date but counts only once a
+watch opens again: until then the error, the age and the growing back-off stay (else list, 403, 0.1 s,
+list... for good). ``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log
+lines and, if asked, not-ready.
 
 Generic over any group/version/plural (``ResourceType``), CRDs included.
 """
@@ -78,10 +81,18 @@ class Backoff:
 # kube-apiserver's watch cache sends a BOOKMARK to a watch that asked for them (``allowWatchBookmarks``)
 # about every minute (cacher ``defaultBookmarkFrequency = time.Minute``) and 2 s before the watch's
 # ``timeoutSeconds`` deadline. So a watch that read nothing for the period and a margin is silent: a stuck
-# proxy or API-server process holding the connection open. (Servers may send none: then a quiet watch
-# is ended at this limit and resumed from its resourceVersion, which costs one request.)
+# proxy or API-server process holding the connection open, or a server that sends no bookmark. Which one
+# a relist tells (it costs one LIST per silence on a server without bookmarks).
 BOOKMARK_PERIOD_S = 60.0
 WATCH_SILENCE_S = BOOKMARK_PERIOD_S + 30.0
+# client-go's reflector asks for ``timeoutSeconds`` = minWatchTimeout (5 min) x [1, 2) per watch, spreading
+# the re-watches; kube-apiserver ends the watch then (it ignores ``?timeout=`` on a watch and uses only
+# ``timeoutSeconds``). The client's own deadline is this margin above it: the server's end comes first.
+MIN_WATCH_TIMEOUT_S = 300
+WATCH_DEADLINE_MARGIN_S = 15.0
+# A watch the server ended this close to its timeoutSeconds (measured from when it was sent) was ended by
+# the server's timer: the server ran it to its end, in sync (timers and clock reads may round a little early).
+TIMEOUT_END_SLACK_S = 1.0
 # A watch held open this long worked for a while, however it ended: its end waits the initial back-off
 # (a cut, a timeout). One that ends sooner without an event (an ERROR at once, an empty stream) backs off
 # further each time instead of re-opening every 0.1 s.
@@ -116,11 +127,20 @@ class _Gone(Exception):
 
 
 class _Silent(Exception):
-    pass
+    """A watch that read nothing for ``watch_silence_s``: relist."""
+
+
+class _Overran(Exception):
+    """A watch the server did not end by its ``timeoutSeconds``: ended at the client's deadline."""
 
 
 class _Cut(Exception):
-    """A watch held open, then its connection cut (no in-stream error): in sync at its end."""
+    """A watch that read events, held open, then its connection cut (no in-stream error): re-watch."""
+
+
+class _Unproven(Exception):
+    """A watch held open that read nothing and ended before its ``timeoutSeconds`` (a proxy's idle cut or
+    close): nothing says the server is alive: relist."""
 
 
 class Reflector:
@@ -130,11 +150,14 @@ class Reflector:
         rt: ResourceType,
         *,
         namespace: str | None = None,
+        cluster: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
         page_size: int = 500,
-        watch_timeout_s: int = 300,
+        min_watch_timeout_s: int = MIN_WATCH_TIMEOUT_S,
+        watch_deadline_margin_s: float = WATCH_DEADLINE_MARGIN_S,
         watch_silence_s: float = WATCH_SILENCE_S,
+        list_timeout_s: float = 30.0,
         keepalive: Keepalive | None = Keepalive(),  # frozen: one shared default is safe
         backoff: Backoff | None = None,
         seed: int | None = None,
@@ -143,8 +166,10 @@ class Reflector:
         self.client, self.rt = client, rt
         self.clock = clock
         self.namespace = namespace
+        self.cluster = cluster  # which API server, where a process watches several (the hub's members)
         self.label_selector, self.field_selector = label_selector, field_selector
-        self.page_size, self.watch_timeout_s = page_size, watch_timeout_s
+        self.page_size, self.list_timeout_s = page_size, list_timeout_s
+        self.min_watch_timeout_s, self.watch_deadline_margin_s = min_watch_timeout_s, watch_deadline_margin_s
         self.watch_silence_s, self.keepalive = watch_silence_s, keepalive
         self.backoff = backoff or Backoff()
         self._rng = random.Random(seed)
@@ -159,6 +184,8 @@ class Reflector:
         self.bookmarks = 0
         self.events = 0  # watch events and bookmarks received
         self.silences = 0  # watches ended for reading nothing for watch_silence_s
+        self.overruns = 0  # watches the server did not end by their timeoutSeconds (the client's deadline)
+        self.unproven = 0  # watches held open, read nothing, ended early (a proxy's cut): relisted
         self.last_sync: float | None = None  # clock() when last known in sync (None: never listed)
         # A watch refused as it opened (403/404): the relist that follows counts only once a watch opens.
         self._watch_refused = False
@@ -170,7 +197,8 @@ class Reflector:
     @property
     def name(self) -> str:
         scope = f" in {self.namespace}" if self.namespace else ""
-        return f"{self.rt.plural}.{self.rt.group or 'core'}/{self.rt.version}{scope}"
+        where = f" of cluster {self.cluster}" if self.cluster else ""
+        return f"{self.rt.plural}.{self.rt.group or 'core'}/{self.rt.version}{scope}{where}"
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -236,13 +264,25 @@ class Reflector:
                 if self.events == events and loop.time() - started < HELD_OPEN_S:
                     await asyncio.sleep(self.backoff.next(self._rng))
             except _Silent:
-                # A quiet watch held open for the whole limit (kube-apiserver's cacher sends no bookmark
-                # for a resource it saw no event of, e.g. after its restart): in sync at its end (it counted
-                # in ``_watch``); resumed from its resourceVersion. A stuck connection is caught by the
-                # re-open that follows (it fails) and by TCP keepalive.
+                # Nothing read for the whole limit: a server without bookmarks (kube-apiserver's cacher
+                # sends none for a resource it saw no event of since it started), or a stuck API server or
+                # proxy holding the connection open. The relist tells: it completes (in sync) or fails
+                # (the copy ages; a stuck connection is also caught by TCP keepalive).
                 self.silences += 1
-                log.info("reflector %s: watch read nothing for %g s; re-watching", self.name,
-                         self.watch_silence_s)  # fmt: skip
+                log.info("reflector %s: watch read nothing for %g s; relisting to check the API server "
+                         "answers", self.name, self.watch_silence_s)  # fmt: skip
+                need_list = True
+                await asyncio.sleep(self.backoff.next(self._rng))
+            except _Overran as e:
+                self.overruns += 1
+                log.info("reflector %s: the API server did not end the watch at its timeoutSeconds (%s s); "
+                         "ended it and relisting", self.name, e)  # fmt: skip
+                need_list = True
+                await asyncio.sleep(self.backoff.next(self._rng))
+            except _Unproven:
+                self.unproven += 1
+                log.debug("reflector %s: quiet watch cut before its timeout; relisting", self.name)
+                need_list = True
                 await asyncio.sleep(self.backoff.next(self._rng))
             except _Cut:
                 log.debug("reflector %s: watch connection cut after it was held; re-watching", self.name)
@@ -287,7 +327,7 @@ class Reflector:
             if cont:
                 q["continue"] = cont
             try:
-                page = await self.client.request("GET", path, q)
+                page = await self.client.request("GET", path, q, timeout_s=self.list_timeout_s)
             except KubeError as e:
                 if e.status == 410 and cont:  # the continue token expired mid-list: start over
                     fresh, cont = {}, None
@@ -325,15 +365,34 @@ class Reflector:
             elif _rv(prev) != _rv(obj):
                 self._emit("MODIFIED", obj)
 
+    def _watch_timeout(self) -> int:
+        """This watch's ``timeoutSeconds``: client-go's ``minWatchTimeout * (rand.Float64() + 1.0)``,
+        truncated to whole seconds (the field is an integer)."""
+        return max(1, int(self.min_watch_timeout_s * (self._rng.random() + 1.0)))
+
     async def _watch(self) -> None:
+        timeout_s = self._watch_timeout()
         q = {
             **self._query(), "watch": "true", "allowWatchBookmarks": "true",
-            "resourceVersion": self.resource_version or "", "timeoutSeconds": self.watch_timeout_s,
+            "resourceVersion": self.resource_version or "", "timeoutSeconds": timeout_s,
         }  # fmt: skip
-        # No total timeout (a watch is long), but a silent one ends: bookmarks are due each minute.
-        timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=self.watch_silence_s)
+        # The client's deadline, a margin above timeoutSeconds, bounds the whole request: a watch the
+        # server does not end (a stuck server or proxy that keeps it open) ends too.
+        sent = asyncio.get_running_loop().time()
+        deadline = asyncio.timeout_at(sent + timeout_s + self.watch_deadline_margin_s)
+        try:
+            async with deadline:
+                await self._stream(q, sent, timeout_s)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise _Overran(timeout_s) from None
+
+    async def _stream(self, q: dict[str, Any], sent: float, timeout_s: int) -> None:
+        # No total timeout here (the deadline above), but a silent watch ends: bookmarks are due each minute.
+        read = aiohttp.ClientTimeout(sock_connect=10, sock_read=self.watch_silence_s)
         self._opening = True
-        resp = await self.client.open("GET", self.rt.collection_path(self.namespace), q, timeout_s=timeout)
+        resp = await self.client.open("GET", self.rt.collection_path(self.namespace), q, timeout_s=read)
         async with resp:
             self._keepalive(resp)
             if resp.status == 410:
@@ -341,7 +400,7 @@ class Reflector:
             if not 200 <= resp.status < 300:
                 raise error_from(resp.status, await resp.read())
             self._opening = False
-            self.watches += 1  # not in sync yet: that takes an event, a bookmark or a held clean end
+            self.watches += 1  # not in sync yet: that takes an event, a bookmark or the server's own end
             if self._watch_refused:  # the refusal is over: the relist since then counts now
                 self._watch_refused = False
                 if self._listed_at is not None:
@@ -350,9 +409,8 @@ class Reflector:
             conn = resp.connection
             proto = conn.protocol if conn is not None else None
             loop = asyncio.get_running_loop()
-            opened = loop.time()
+            opened, events = loop.time(), self.events
             buf = b""
-            in_sync = False  # ended without an in-stream error: counts if it was held open
             try:
                 async for chunk in resp.content.iter_any():
                     buf += chunk
@@ -360,25 +418,26 @@ class Reflector:
                         line, buf = buf.split(b"\n", 1)
                         if line.strip():
                             self._on_event(orjson.loads(line))
-                in_sync = True
             except aiohttp.ServerTimeoutError as e:  # sock_read: nothing for watch_silence_s
-                in_sync = True  # (held for the whole limit, whatever HELD_OPEN_S)
-                self._synced_now()
                 raise _Silent from e
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
                 # A proxy's idle cut may close the connection (FIN) without the stream's last chunk: after
-                # a hold, a clean end like any other. Not so a reset or a keepalive timeout (the protocol
+                # a hold, an end like a clean one. Not so a reset or a keepalive timeout (the protocol
                 # holds a ClientOSError then: the peer is gone, not done), nor a close at once.
                 closed = proto is not None and isinstance(proto.exception(), aiohttp.ServerDisconnectedError)
                 if not closed or loop.time() - opened < HELD_OPEN_S:
                     raise
-                in_sync = True
-                raise _Cut from None
+                raise (_Unproven if self.events == events else _Cut) from None
             finally:
                 if loop.time() - opened >= HELD_OPEN_S:
                     self.backoff.reset()
-                    if in_sync:
-                        self._synced_now()
+            # A clean end of the stream. At its timeoutSeconds: the server ran the watch to its end (in
+            # sync, even with nothing to deliver). Sooner, having read nothing, after a hold: a proxy's idle
+            # timeout or a server going away; nothing says the server is alive: relist.
+            if loop.time() - sent >= timeout_s - TIMEOUT_END_SLACK_S:
+                self._synced_now()
+            elif self.events == events and loop.time() - opened >= HELD_OPEN_S:
+                raise _Unproven
 
     def _keepalive(self, resp: aiohttp.ClientResponse) -> None:
         conn = resp.connection

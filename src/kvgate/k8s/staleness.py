@@ -3,12 +3,12 @@
 While the API server is unreachable the reflectors keep their last list (as a client-go informer's cache
 does) and the EPP keeps routing on it. This module makes that visible and, when asked, acts on it:
 
-- the gauge ``kvgate_reflector_last_sync_age_seconds{name}``: seconds since each running reflector's copy
-  was last known to be in sync with the API server (``Reflector.last_sync``: a list completed, a watch
-  event or bookmark read, a watch held open >= ``HELD_OPEN_S`` that ended without an in-stream error; not
-  a watch that merely opened), computed when scraped; named after client-go's ``reflector_*`` family (label
-  ``name``, the watched resource and namespace). No sample before a reflector's first list (its readiness
-  says "not synced yet");
+- the gauge ``kvgate_reflector_last_sync_age_seconds{name}``: seconds since each running reflector's copy was
+  last known to be in sync with the API server (``Reflector.last_sync``: a list completed, a watch event or
+  bookmark read, a watch the server ended at its ``timeoutSeconds``; not a watch that merely opened, nor a
+  silent one: that relists), computed when scraped; named after client-go's ``reflector_*`` family (label
+  ``name``, the watched resource and namespace). No sample before a reflector's first list (its readiness says
+  "not synced yet");
 - a WARNING when a reflector has not been in sync for ``stale_after_s`` (what it routes on, its last
   error) and an INFO when it is in sync again, with how long it was not;
 - ``problem()``: with ``not_ready_after_s`` set, the EPP reports not-ready (``/readyz`` 503, gRPC
@@ -17,7 +17,8 @@ does) and the EPP keeps routing on it. This module makes that visible and, when 
   routing on the last list (with the data layer dropping endpoints whose scrapes fail) beats refusing.
 
 A healthy watch is in sync at least every minute (kube-apiserver bookmarks) or, from a server without
-bookmarks, every 90 s silence limit (plus a re-open); hence the default ``stale_after_s`` of 120 s. The
+bookmarks, every 90 s silence limit (plus the relist that follows); hence the default ``stale_after_s`` of
+120 s. The hub's watches of its member clusters (``kvgate.multicluster.imports``) are logged the same way. The
 settings are checked in ``kvgate.k8s.stalepolicy``.
 """
 
