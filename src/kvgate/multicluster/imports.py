@@ -74,6 +74,7 @@ import asyncio
 import datetime as dt
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,8 @@ import aiohttp
 from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient, KubeError
 from kvgate.k8s.reflector import Reflector
+from kvgate.k8s.staleness import StalenessMonitor
+from kvgate.k8s.stalepolicy import StalenessPolicy
 from kvgate.k8s.tasks import RECANCELS, STUCK_S, cancel_and_wait, finish_shielded, wait_event
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, ParentRef, install_id
 
@@ -199,6 +202,12 @@ class ImportController:
     pools: dict[tuple[str, Key], dict[str, Any]] = field(default_factory=dict)
     # The Exported condition last written per member pool, until that pool's next event arrives.
     marked: dict[tuple[str, Key], tuple[str, str] | None] = field(default_factory=dict)
+    # The members' InferencePool watches are logged as the EPP's are (``kvgate.k8s.staleness``): a WARNING
+    # once one has not been in sync for ``staleness.stale_after_s`` (the member's exports are kept as last
+    # read), an INFO when it is again. Never not-ready: the clusters, not a member's pods, are the candidates.
+    staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
+    clock: Callable[[], float] = time.monotonic  # the reflectors' (their ages, the staleness log)
+    monitor: StalenessMonitor | None = None
     _reflectors: list[Reflector] = field(default_factory=list)
     _dirty: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -209,12 +218,14 @@ class ImportController:
 
     async def start(self) -> None:
         for m in self.members:
-            r = Reflector(m.client, R.INFERENCE_POOL)
+            r = Reflector(m.client, R.INFERENCE_POOL, cluster=m.name, clock=self.clock)
             r.add_listener(functools.partial(self._on_pool, m.name))
             r.start()
             self._reflectors.append(r)
             if self.writes:  # a member seen for the first time may settle what its absence held back
                 self._watch_sync.append(asyncio.create_task(self._on_synced(r)))
+        self.monitor = StalenessMonitor(self._reflectors, [], self.staleness)
+        self.monitor.start()
         self._task = asyncio.create_task(self._loop())
 
     def wake(self) -> None:
@@ -248,6 +259,8 @@ class ImportController:
         # The parent entry stays (see the module's docstring): other gateways may still route the import.
 
     async def _stop_watches(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.stop()
         stops = await asyncio.gather(*(r.stop() for r in self._reflectors), return_exceptions=True)
         for r, res in zip(self._reflectors, stops, strict=True):
             if isinstance(res, Exception):  # (one failing: the others still stop)
