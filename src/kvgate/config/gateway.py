@@ -153,7 +153,8 @@ class GatewayConfig:
     # Kubernetes API access for pools with ``inferencePool`` (flags; None = in-cluster or the kubeconfig).
     kube_server: str | None = None
     kubeconfig: str | None = None
-    # Staleness of the watched copy (kvgate.k8s.staleness): None = the default 120 s; 0 = stay ready.
+    # Staleness of the watched copy (kvgate.k8s.staleness; ``kubernetes.*`` in the file, the flags over
+    # them): None = the default 120 s; 0 = stay ready.
     kube_stale_after_s: float | None = None
     kube_stale_not_ready_after_s: float = 0.0
     # Data-port access (kvgate.gateway.tenants): API keys from a file and/or an env var; None = open.
@@ -447,6 +448,7 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
         "auth",
         "rateLimits",
         "hideInternalAddresses",
+        "kubernetes",
     )
     _check_keys(raw, allowed, "")
     pools_raw = raw.get("pools")
@@ -520,7 +522,27 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
     if header:
         cfg.session_header = header.lower()
     _parse_access(cfg, raw, base_dir)
+    _parse_kubernetes(cfg, raw)
     return cfg
+
+
+def _parse_kubernetes(cfg: GatewayConfig, raw: Mapping[str, Any]) -> None:
+    """``kubernetes``: the staleness settings of pools with ``inferencePool`` (``--kube-stale-after``,
+    ``--kube-stale-not-ready-after``, which override them). Only their type is checked here; their values
+    are checked with the flags' rules where the flags are (``kvgate.k8s.stalepolicy``, by the command line),
+    naming these keys."""
+    kube = raw.get("kubernetes")
+    if kube is None:
+        return
+    if not isinstance(kube, dict):
+        raise GatewayConfigError("kubernetes", "expected a mapping")
+    _check_keys(kube, ("staleAfterSeconds", "staleNotReadyAfterSeconds"), "kubernetes.")
+    stale = _get(kube, "staleAfterSeconds", "kubernetes.", (int, float))
+    if stale is not None:
+        cfg.kube_stale_after_s = float(stale)
+    not_ready = _get(kube, "staleNotReadyAfterSeconds", "kubernetes.", (int, float))
+    if not_ready is not None:
+        cfg.kube_stale_not_ready_after_s = float(not_ready)
 
 
 def _parse_access(cfg: GatewayConfig, raw: Mapping[str, Any], base_dir: str) -> None:

@@ -127,14 +127,16 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="seconds out of sync with the API server after which a watched resource is logged as "
-        "stale (default 120; the gateway keeps routing on its last list)",
+        "stale (default 120, or the config file's kubernetes.staleAfterSeconds; the gateway keeps "
+        "routing on its last list)",
     )
     kube.add_argument(
         "--kube-stale-not-ready-after",
         type=float,
-        default=0.0,
-        help="/readyz fails once an InferencePool's or its pods' copy is this many seconds old (0: never; "
-        "else at least --kube-stale-after)",
+        default=None,
+        help="/readyz fails once an InferencePool's or its pods' copy is this many seconds old (0, the "
+        "default: never, or the config file's kubernetes.staleNotReadyAfterSeconds; else at least "
+        "--kube-stale-after)",
     )
     p.add_argument("--log-level", default="INFO")
     return p
@@ -165,9 +167,7 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
         cfg.session_header = args.session_header.lower()
     cfg.kube_server, cfg.kubeconfig = args.kube_server, args.kubeconfig
     watched = any(pool.inference_pool is not None for pool in cfg.pools)
-    staleness_flags(args, None if watched else "static")
-    cfg.kube_stale_after_s = args.kube_stale_after
-    cfg.kube_stale_not_ready_after_s = args.kube_stale_not_ready_after
+    staleness_settings(args, cfg, None if watched else "static")
     if args.host is not None:
         cfg.host = args.host
     if args.port is not None:
@@ -179,15 +179,38 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     return cfg
 
 
-def staleness_flags(args: argparse.Namespace, unused: str | None) -> None:
-    """The two staleness flags, checked as ``kvgate epp`` checks them (kvgate.k8s.stalepolicy);
-    ``unused`` ("static", "hub"): no InferencePool is watched, and the flags are refused."""
-    from kvgate.k8s.stalepolicy import StalenessFlagError, check_flags
+def staleness_settings(args: argparse.Namespace, cfg: GatewayConfig | None, unused: str | None) -> None:
+    """The two staleness settings: the config file's (``kubernetes.staleAfterSeconds``,
+    ``kubernetes.staleNotReadyAfterSeconds``; ``cfg``, None: no file), each overridden by its flag when
+    given, checked as ``kvgate epp`` checks its flags (kvgate.k8s.stalepolicy), the error naming the flag
+    or key the value came from, and set in ``cfg``; ``unused`` ("static", "hub"): no InferencePool is
+    watched, and any value given is refused."""
+    from kvgate.k8s.stalepolicy import (
+        NOT_READY_FLAG,
+        NOT_READY_KEY,
+        STALE_FLAG,
+        STALE_KEY,
+        StalenessFlagError,
+        check_flags,
+    )
 
+    # A value's name is its key when the file gave it, else the flag (given, or the default's name).
+    stale = cfg.kube_stale_after_s if cfg is not None else None
+    stale_name = STALE_KEY if stale is not None and args.kube_stale_after is None else STALE_FLAG
+    if args.kube_stale_after is not None:
+        stale = args.kube_stale_after
+    not_ready = cfg.kube_stale_not_ready_after_s if cfg is not None else 0.0
+    not_ready_name = (
+        NOT_READY_KEY if not_ready and args.kube_stale_not_ready_after is None else NOT_READY_FLAG
+    )
+    if args.kube_stale_not_ready_after is not None:
+        not_ready = args.kube_stale_not_ready_after
     try:
-        check_flags(args.kube_stale_after, args.kube_stale_not_ready_after, unused)
+        check_flags(stale, not_ready, unused, (stale_name, not_ready_name))
     except StalenessFlagError as e:
         raise GatewayConfigError(e.flag, e.message) from e
+    if cfg is not None:
+        cfg.kube_stale_after_s, cfg.kube_stale_not_ready_after_s = stale, not_ready
 
 
 def final_workers(cfg: GatewayConfig, args: argparse.Namespace) -> tuple[int, int]:
@@ -337,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         from kvgate.multicluster.serve import ServeArgs, run
 
         try:
-            staleness_flags(args, "hub")
+            staleness_settings(args, None, "hub")
             if not args.model_series_grace > 0:
                 raise GatewayConfigError("--model-series-grace", "must be > 0")
         except GatewayConfigError as e:

@@ -70,6 +70,8 @@ _NAMES = {
     "rate_requests_per_minute": "rateLimits.requestsPerMinute",
     "rate_tokens_per_minute": "rateLimits.tokensPerMinute",
     "hide_internal_addresses": "hideInternalAddresses",
+    "kube_stale_after_s": "kubernetes.staleAfterSeconds",
+    "kube_stale_not_ready_after_s": "kubernetes.staleNotReadyAfterSeconds",
 }  # fmt: skip
 _POOL_NAMES = {
     "picker_config": "endpointPickerConfig", "inference_pool": "inferencePool", "ca_file": "caFile",

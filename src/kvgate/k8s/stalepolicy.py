@@ -1,11 +1,13 @@
-"""The staleness settings (``--kube-stale-after``, ``--kube-stale-not-ready-after``), checked the same way
-by ``kvgate epp`` and ``kvgate serve`` in every mode (``kvgate.k8s.staleness`` acts on them).
+"""The staleness settings (``--kube-stale-after``, ``--kube-stale-not-ready-after``; in ``kvgate serve``'s
+config file ``kubernetes.staleAfterSeconds`` and ``kubernetes.staleNotReadyAfterSeconds``), checked the
+same way by ``kvgate epp`` and ``kvgate serve`` in every mode, flag or file key, each error naming the one
+it concerns (``kvgate.k8s.staleness`` acts on them).
 
 A healthy watch is in sync at least every minute (kube-apiserver's bookmarks) or, from a server that sends
 none (kube-apiserver's cacher sends none for a resource it has seen no event of since it started: a quiet
-InferencePool CRD), every ``WATCH_SILENCE_S`` (90 s) plus a back-off and a re-open. A limit at or below
-that would call a healthy quiet watch stale (a false WARNING; not-ready every cycle): it is accepted, for
-tests against servers that bookmark often, with a WARNING. A not-ready limit below the stale limit is
+InferencePool CRD), every ``WATCH_SILENCE_S`` (90 s) plus a back-off and the relist that follows. A limit at
+or below that would call a healthy quiet watch stale (a false WARNING; not-ready every cycle): it is accepted,
+for tests against servers that bookmark often, with a WARNING. A not-ready limit below the stale limit is
 refused: the replica would turn not-ready before the log says why.
 """
 
@@ -21,9 +23,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STALE_AFTER_S = WATCH_SILENCE_S + 30.0
 # The oldest a healthy quiet watch gets on a server without bookmarks: the silence limit, then a back-off
-# (0.1 s, +20 % jitter) and the re-open.
+# (0.1 s, +20 % jitter) and the relist.
 QUIET_WATCH_AGE_S = WATCH_SILENCE_S + 5.0
 STALE_FLAG, NOT_READY_FLAG = "--kube-stale-after", "--kube-stale-not-ready-after"
+FLAGS = (STALE_FLAG, NOT_READY_FLAG)
+# The same two in ``kvgate serve``'s config file (a flag given overrides its key).
+STALE_KEY, NOT_READY_KEY = "kubernetes.staleAfterSeconds", "kubernetes.staleNotReadyAfterSeconds"
 # Why the flags are refused where nothing is watched (``refuse_unused``), the same words from both commands.
 NO_INFERENCE_POOL = "no pool comes from an InferencePool (--endpoints, or a config without inferencePool)"
 HUB = "with --clusters the candidates are clusters, not an InferencePool's pods"
@@ -37,7 +42,7 @@ class StalenessPolicy:
 
 
 class StalenessFlagError(ValueError):
-    """A refused setting; ``flag`` is the flag it concerns (the message starts with it)."""
+    """A refused setting; ``flag`` is the flag or file key it concerns (the message starts with it)."""
 
     def __init__(self, flag: str, message: str) -> None:
         super().__init__(f"{flag}: {message}")
@@ -45,27 +50,33 @@ class StalenessFlagError(ValueError):
 
 
 def staleness_policy(
-    stale_after_s: float | None, not_ready_after_s: float, *, warn: bool = True
+    stale_after_s: float | None,
+    not_ready_after_s: float,
+    *,
+    warn: bool = True,
+    names: tuple[str, str] = FLAGS,
 ) -> StalenessPolicy:
     """From the flags (``--kube-stale-after``, None: the default 120 s; ``--kube-stale-not-ready-after``,
     0: never not-ready). ``StalenessFlagError`` for a value that is not finite, out of range, or a not-ready
-    limit below the stale limit; a WARNING (``warn``) for a limit a healthy quiet watch can reach."""
+    limit below the stale limit; a WARNING (``warn``) for a limit a healthy quiet watch can reach. ``names``:
+    where each value came from (the flags, or the config file's keys), as errors and warnings say it."""
+    stale_name, not_ready_name = names
     if stale_after_s is None:
         stale_after_s = DEFAULT_STALE_AFTER_S
     if not (math.isfinite(stale_after_s) and stale_after_s > 0):
-        raise StalenessFlagError(STALE_FLAG, f"must be a finite number of seconds > 0, got {stale_after_s:g}")
+        raise StalenessFlagError(stale_name, f"must be a finite number of seconds > 0, got {stale_after_s:g}")
     if not (math.isfinite(not_ready_after_s) and not_ready_after_s >= 0):
         raise StalenessFlagError(
-            NOT_READY_FLAG, f"must be a finite number of seconds >= 0 (0: never), got {not_ready_after_s:g}"
+            not_ready_name, f"must be a finite number of seconds >= 0 (0: never), got {not_ready_after_s:g}"
         )
     if 0 < not_ready_after_s < stale_after_s:
         raise StalenessFlagError(
-            NOT_READY_FLAG,
-            f"{not_ready_after_s:g} s is below {STALE_FLAG} ({stale_after_s:g} s): the replica would turn "
+            not_ready_name,
+            f"{not_ready_after_s:g} s is below {stale_name} ({stale_after_s:g} s): the replica would turn "
             f"not-ready before the log says its copy is stale; give at least {stale_after_s:g} (or 0: never)",
         )
     if warn:
-        for flag, value in ((STALE_FLAG, stale_after_s), (NOT_READY_FLAG, not_ready_after_s)):
+        for flag, value in ((stale_name, stale_after_s), (not_ready_name, not_ready_after_s)):
             if 0 < value <= QUIET_WATCH_AGE_S:
                 log.warning(
                     "%s %g s: a healthy quiet watch on an API server that sends no bookmarks reaches an age "
@@ -76,17 +87,26 @@ def staleness_policy(
     return StalenessPolicy(stale_after_s, not_ready_after_s or None)
 
 
-def refuse_unused(stale_after_s: float | None, not_ready_after_s: float, why: str) -> None:
-    """The flags given where no InferencePool is watched (a static pool, the hub): refused, not ignored."""
-    given = [f for f, v in ((STALE_FLAG, stale_after_s), (NOT_READY_FLAG, not_ready_after_s or None)) if v]
+def refuse_unused(
+    stale_after_s: float | None, not_ready_after_s: float, why: str, names: tuple[str, str] = FLAGS
+) -> None:
+    """The settings given where no InferencePool is watched (a static pool, the hub): refused, not
+    ignored."""
+    given = [f for f, v in zip(names, (stale_after_s, not_ready_after_s or None), strict=True) if v]
     if given:
         raise StalenessFlagError(given[0], f"only with an InferencePool to watch; {why}")
 
 
-def check_flags(stale_after_s: float | None, not_ready_after_s: float, unused: str | None) -> None:
-    """What ``kvgate epp`` and ``kvgate serve`` both run on the two flags, in every mode: the values
+def check_flags(
+    stale_after_s: float | None,
+    not_ready_after_s: float,
+    unused: str | None,
+    names: tuple[str, str] = FLAGS,
+) -> None:
+    """What ``kvgate epp`` and ``kvgate serve`` both run on the two settings, in every mode: the values
     (``staleness_policy``), and where no InferencePool is watched (``unused``: "static" or "hub") any
-    value given is refused. ``StalenessFlagError`` names the flag."""
-    staleness_policy(stale_after_s, not_ready_after_s, warn=unused is None)
+    value given is refused. ``StalenessFlagError`` names the flag or key (``names``: where each value came
+    from)."""
+    staleness_policy(stale_after_s, not_ready_after_s, warn=unused is None, names=names)
     if unused is not None:
-        refuse_unused(stale_after_s, not_ready_after_s, HUB if unused == "hub" else NO_INFERENCE_POOL)
+        refuse_unused(stale_after_s, not_ready_after_s, HUB if unused == "hub" else NO_INFERENCE_POOL, names)
