@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from fake_time import FakeTime
 from kvgate.k8s import resources as R
 from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.k8s.client import KubeClient
@@ -17,10 +18,26 @@ from kvgate.k8s.lease import LeaderElector
 
 from .eppproc import EppProc, launch_epp
 
+TICK = 0.125  # the electors' retry period: a power of two, so the test's time adds up exactly
 
-def _elector(kube: KubeClient, identity: str, lease_s: float = 1.0, renew_s: float = 0.8) -> LeaderElector:
+
+def _elector(
+    kube: KubeClient, identity: str, fake: FakeTime, lease_s: float = 1.0, renew_s: float = 0.75
+) -> LeaderElector:
+    """An elector on the test's time: its retry period, renew deadline and lease duration pass only as
+    the test moves ``fake`` (no real sleeps)."""
     return LeaderElector(kube, name="l", namespace="default", identity=identity, lease_duration_s=lease_s,
-                         renew_deadline_s=renew_s, retry_period_s=0.1)  # fmt: skip
+                         renew_deadline_s=renew_s, retry_period_s=TICK, clock=fake.clock,
+                         sleep=fake.sleep)  # fmt: skip
+
+
+async def _tick(fake: FakeTime, electors: Sequence[LeaderElector], dt: float = TICK) -> None:
+    """Move the test's time by ``dt`` (one retry period) and wait until each running elector has done
+    the round that woke it (its HTTP round trips are real; only the waits between are on ``fake``)."""
+    before = [e.rounds for e in electors]
+    fake.advance(dt)
+    await _until(lambda: all(e.rounds > n or e._task is None or e._task.done()
+                             for e, n in zip(electors, before, strict=True)))  # fmt: skip
 
 
 async def _until(cond, within_s: float = 15.0) -> float:  # type: ignore[no-untyped-def]
@@ -33,20 +50,27 @@ async def _until(cond, within_s: float = 15.0) -> float:  # type: ignore[no-unty
 
 
 async def test_one_leader_and_takeover_after_a_crash(double: ApiServerDouble, kube: KubeClient) -> None:
-    # A 3 s lease, 2 s to renew: a stall of the loaded machine (0.8 s of 1 s was seen to cost a its lease
-    # before b had read it) is no crash; the takeover then waits the longer lease.
-    a, b = _elector(kube, "a", 3.0, 2.0), _elector(kube, "b", 3.0, 2.0)
+    """On the test's time: a standby retrying every period never takes a renewed Lease, and takes it
+    once the holder's record has not changed for the lease duration as the standby observed it."""
+    fake = FakeTime()
+    a, b = _elector(kube, "a", fake, 3.0, 2.0), _elector(kube, "b", fake, 3.0, 2.0)
     a.start()
-    await _until(lambda: a.is_leader)
+    await _until(lambda: a.rounds >= 1)
+    assert a.is_leader
     b.start()
-    await _until(lambda: b.holder == "a")  # b read the Lease (not a fixed 0.5 s: a poll)
-    await asyncio.sleep(0.3)  # b retries each 0.1 s meanwhile and must not take it
-    assert a.is_leader and not b.is_leader and b.holder == "a"
+    await _until(lambda: b.rounds >= 1)
+    assert b.holder == "a" and not b.is_leader
+    for _ in range(32):  # 4 s (more than the lease) of renewals: b retries each tick and must not take it
+        await _tick(fake, [a, b])
+        assert a.is_leader and not b.is_leader and b.holder == "a"
+    crash = fake.now
     await a.stop(release=False)  # a crash: the Lease is left to expire
-    waited = await _until(lambda: b.is_leader)
-    # Not before the holder's record went stale as b observed it: a renewed within 2 s of the crash (or
-    # stepped down), b saw that renewal, then waits the 3 s lease from there: >= 3 - 2 s after the crash.
-    assert waited >= 1.0, waited
+    while not b.is_leader:
+        await _tick(fake, [b])
+        assert fake.now - crash < 10.0, "b never took the Lease over"
+    # a's last renewal was at the crash's tick; b saw it then or at the next tick (its read and a's
+    # renewal race within a tick), then waited the 3 s lease from there.
+    assert fake.now - crash in (3.0, 3.0 + TICK), fake.now - crash
     lease = double.get(R.LEASE, "l")
     assert lease["spec"]["holderIdentity"] == "b" and lease["spec"]["leaseTransitions"] == 1
     await b.stop()  # a clean stop releases it
@@ -54,7 +78,7 @@ async def test_one_leader_and_takeover_after_a_crash(double: ApiServerDouble, ku
 
 
 async def test_racing_candidates_never_both_lead(double: ApiServerDouble, kube: KubeClient) -> None:
-    electors = [_elector(kube, f"c{i}") for i in range(4)]
+    electors = [_elector(kube, f"c{i}", FakeTime()) for i in range(4)]
     results = await asyncio.gather(*(e.try_acquire_or_renew() for e in electors))
     assert sum(results) == 1  # one create wins, the others get 409
 
@@ -64,36 +88,57 @@ async def _value(x: object) -> object:
 
 
 class _SlowLeases(ApiServerDouble):
-    """Answers Lease reads after ``get_delay`` seconds and Lease writes after ``put_delay``."""
+    """Answers Lease reads after ``get_delay`` seconds and Lease writes after ``put_delay``, on ``sleep``
+    (the test's time)."""
 
     get_delay = put_delay = 0.0
+    sleep = staticmethod(asyncio.sleep)
+    arrived: list[str] = []  # (set per instance) the method of each Lease request, as it arrives
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if "/leases" in request.path:
+            self.arrived.append(request.method)
             delay = {"GET": self.get_delay, "PUT": self.put_delay}.get(request.method, 0.0)
             if delay:
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
         return await super()._handle(request)
+
+
+def _lease_requests(d: _SlowLeases, method: str) -> int:
+    return d.arrived.count(method)
 
 
 async def test_a_leader_steps_down_by_its_renew_deadline_however_slow_the_api_server() -> None:
     """The renewal's read answers just inside the renew deadline and its write never does: the leader
     steps down at its last renewal + renew_deadline (the whole attempt is bounded, as in client-go), not
     after the read's and the write's deadlines added up (it used to act ~2 x the deadline past its last
-    renewal, while a standby takes over after the lease duration)."""
+    renewal, while a standby takes over after the lease duration). On the test's time (session 15; it
+    was real time, with bounds of a second for a loaded host): exactly at the deadline, to the tick."""
+    fake = FakeTime()
     async with _SlowLeases(bookmark_interval=0.2) as d:
+        d.sleep, d.arrived = fake.sleep, []
         kube = await KubeClient.connect(server=d.url)
         down: list[float] = []
         e = LeaderElector(kube, name="l", namespace="default", identity="a", lease_duration_s=6.0,
-                          renew_deadline_s=3.0, retry_period_s=0.2,
-                          on_change=lambda lead: None if lead else down.append(time.monotonic()))  # fmt: skip
+                          renew_deadline_s=3.0, retry_period_s=0.25, clock=fake.clock, sleep=fake.sleep,
+                          on_change=lambda lead: None if lead else down.append(fake.now))  # fmt: skip
         e.start()
         try:
-            await _until(lambda: e.is_leader)
+            await _until(lambda: e.rounds >= 1)
+            assert e.is_leader
+            renewed = e._renewed_at
             d.get_delay, d.put_delay = 2.7, 60.0
-            await _until(lambda: not e.is_leader, within_s=20.0)
-            acted = down[0] - e._renewed_at  # from its last renewal to its step-down
-            assert 2.9 <= acted <= 3.0 + 1.0, acted  # at the deadline (a second's margin for a loaded host)
+            gets, puts = _lease_requests(d, "GET"), _lease_requests(d, "PUT")
+            fake.advance(0.25)  # the next round: its read is answered 2.7 s after it arrives
+            await _until(lambda: _lease_requests(d, "GET") > gets)
+            await _until(lambda: len(fake._wakes) == 2)  # the read's delay and the round's deadline
+            fake.advance(fake.next_wake() - fake.now)  # (0.25 + 2.7) the read answered...
+            await _until(lambda: _lease_requests(d, "PUT") > puts)  # ...the write sent, never answered
+            assert e.is_leader
+            fake.advance(fake.next_wake() - fake.now)  # the next thing due: the round's deadline
+            await _until(lambda: not e.is_leader)
+            acted = down[0] - renewed  # from its last renewal to its step-down
+            assert acted == 3.0, acted  # at the deadline (it was ~5.9 s: each request bounded alone)
         finally:
             await e.stop(release=False)
             await kube.close()
@@ -175,18 +220,25 @@ async def test_a_leader_whose_renewal_answers_non_json_steps_down_and_recovers(
     """A 2xx whose body is not JSON is a renewal not confirmed: the leader steps down by its renew
     deadline and keeps trying (the election loop used to end on it with is_leader still True: two
     writers once a standby took over); once the API answers again it leads again, and stop() releases."""
+    fake = FakeTime()
     async with _GarbledLeases(bookmark_interval=0.2) as d:
         kube = await KubeClient.connect(server=d.url)
-        e = _elector(kube, "a")
+        e = _elector(kube, "a", fake)
         e.start()
         try:
-            await _until(lambda: e.is_leader)
+            await _until(lambda: e.rounds >= 1)
+            assert e.is_leader
+            renewed = e._renewed_at
             d.garbled = True
-            await _until(lambda: not e.is_leader, within_s=10.0)
+            while e.is_leader:
+                await _tick(fake, [e])
+                assert fake.now - renewed < 10.0, "never stepped down"
+            assert fake.now - renewed == 0.75  # at its renew deadline
             assert e.dead() is None and e.error is not None
             assert "JSONDecodeError" in caplog.text
             d.garbled = False
-            await _until(lambda: e.is_leader, within_s=10.0)
+            await _tick(fake, [e])
+            assert e.is_leader
         finally:
             await e.stop()
             await kube.close()
@@ -196,15 +248,18 @@ async def test_a_leader_whose_renewal_answers_non_json_steps_down_and_recovers(
 async def test_an_election_loop_that_dies_steps_down_says_so_and_still_releases(
     double: ApiServerDouble, kube: KubeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    e = _elector(kube, "a")
+    fake = FakeTime()
+    e = _elector(kube, "a", fake)
     e.start()
-    await _until(lambda: e.is_leader)
+    await _until(lambda: e.rounds >= 1)
+    assert e.is_leader
 
     async def broken() -> bool:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(e, "try_acquire_or_renew", broken)
-    await _until(lambda: not e.is_leader, within_s=10.0)
+    await _tick(fake, [e])  # the next round: the loop ends on the bug
+    assert not e.is_leader
     assert "RuntimeError" in (e.dead() or "")
     await e.stop()  # does not raise, and gives the Lease up
     assert double.get(R.LEASE, "l", "default")["spec"]["holderIdentity"] == ""

@@ -22,6 +22,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from fake_time import FakeTime
 from gateway.backend import Backend
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClusterSpec, parse
@@ -254,30 +255,8 @@ async def test_a_stalled_pick_falls_back_to_parent_mode_then_to_the_next_cluster
             await b.stop()
 
 
-class _FakeTime:
-    """The response deadline's clock (``EppClient.clock`` / ``sleep``), moved only by the test: a deadline
-    passes exactly when the test says so, however loaded the machine."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._moved = asyncio.Event()
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        until = self.now + seconds
-        while self.now < until:
-            await self._moved.wait()
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        moved, self._moved = self._moved, asyncio.Event()
-        moved.set()
-
-
-def _on_fake_time(gw: GlobalGateway) -> _FakeTime:
-    fake = _FakeTime()
+def _on_fake_time(gw: GlobalGateway) -> FakeTime:
+    fake = FakeTime()
     gw.router.epp.clock, gw.router.epp.sleep = fake.clock, fake.sleep
     return fake
 

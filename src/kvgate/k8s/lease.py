@@ -9,6 +9,10 @@ standby waits ``lease_duration_s`` (> ``renew_deadline_s``) from when it last sa
 Writes carry the read ``resourceVersion``, so two candidates racing for an expired Lease cannot both win
 (one gets 409). A clean stop releases the Lease (empty holder) so a standby takes
 over at its next try instead of after the full duration.
+
+Time is injected, as everywhere in kvgate: ``clock`` (now) and ``sleep`` (a wait on that clock) drive every
+interval (the retry period, the renew deadline that bounds an attempt, the lease duration), so a test moves
+time itself instead of sleeping. The two must be one time (the defaults: the event loop's).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -52,6 +56,7 @@ class LeaderElector:
         renew_deadline_s: float = 10.0,
         retry_period_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         on_change: Callable[[bool], None] | None = None,
         on_refused: Callable[[bool], None] | None = None,
@@ -59,7 +64,7 @@ class LeaderElector:
         self.client, self.name, self.namespace, self.identity = client, name, namespace, identity
         self.lease_duration_s, self.renew_deadline_s = lease_duration_s, renew_deadline_s
         self.retry_period_s = retry_period_s
-        self.clock, self.wall, self.on_change = clock, wall, on_change
+        self.clock, self.sleep, self.wall, self.on_change = clock, sleep, wall, on_change
         # Whether the last round was refused with 403 (RBAC without leases): ``on_refused`` when it flips.
         self.refused = False
         self.on_refused = on_refused
@@ -67,6 +72,7 @@ class LeaderElector:
         self.holder: str | None = None
         self.error: str | None = None
         self.transitions = 0  # times this candidate became leader
+        self.rounds = 0  # rounds tried (each then waits ``retry_period_s`` or less on ``sleep``)
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         self._renewed_at = 0.0
@@ -125,9 +131,28 @@ class LeaderElector:
 
     def _renew_left(self) -> float:
         """Seconds a leader has left to renew (its last renewal + ``renew_deadline_s``), on ``clock``.
-        Each attempt's bound is this many seconds from now, enforced on the event loop's clock: ``clock``
-        must advance at the loop clock's rate (time.monotonic, the default, is the loop's clock)."""
+        Each attempt's bound is this many seconds from now, waited for with ``sleep`` (``_bounded``)."""
         return self._renewed_at + self.renew_deadline_s - self.clock()
+
+    async def _bounded(self, bound: asyncio.Timeout, seconds: float) -> bool:
+        """One round (``try_acquire_or_renew``), ended once ``sleep(seconds)`` returns: ``bound`` (entered
+        with no deadline of its own) is then expired at once, so the round is cancelled and ``TimeoutError``
+        raised as with ``asyncio.timeout``, and ``bound.expired()`` tells it from a cancellation of the
+        caller. The deadline is kept on the injected time, not the loop's."""
+        live = True
+
+        async def expire() -> None:
+            await self.sleep(max(0.0, seconds))
+            if live:  # (the round may have ended in the same turn: the bound is left then)
+                bound.reschedule(asyncio.get_running_loop().time())
+
+        timer = asyncio.create_task(expire(), name=f"lease {self.namespace}/{self.name}: renew deadline")
+        try:
+            async with bound:
+                return await self.try_acquire_or_renew()
+        finally:
+            live = False
+            timer.cancel()
 
     async def run(self) -> None:
         try:
@@ -144,10 +169,11 @@ class LeaderElector:
             pause = self.retry_period_s
             # A leader's attempt ends at its renew deadline (client-go bounds the renewal the same way);
             # a candidate's after one renew deadline.
-            bound = asyncio.timeout(max(0.0, self._renew_left()) if self.is_leader else self.renew_deadline_s)
+            bound = asyncio.timeout(None)
             try:
-                async with bound:
-                    leads = await self.try_acquire_or_renew()
+                leads = await self._bounded(
+                    bound, self._renew_left() if self.is_leader else self.renew_deadline_s
+                )
                 self._set_leader(leads)
                 self.error = None
                 self._set_refused(False)
@@ -165,7 +191,8 @@ class LeaderElector:
                         self._set_leader(False)
                     else:
                         pause = min(pause, left)  # retry, and step down on time, not a period late
-            await asyncio.sleep(pause)
+            self.rounds += 1
+            await self.sleep(pause)
 
     def _spec(self, transitions: int, acquire: str | None = None) -> dict[str, Any]:
         now = _micro_time(self.wall())
@@ -177,7 +204,7 @@ class LeaderElector:
     async def try_acquire_or_renew(self) -> bool:
         """One round: True when this candidate holds the Lease afterwards."""
         try:
-            lease = await self.client.request("GET", self.path, timeout_s=self.renew_deadline_s)
+            lease = await self.client.request("GET", self.path)  # (bounded by the round: `_bounded`)
         except KubeError as e:
             if e.status != 404:
                 raise
@@ -216,7 +243,7 @@ class LeaderElector:
         lease["spec"] = self._spec(transitions if mine else transitions + 1,
                                    spec.get("acquireTime") if mine else None)  # fmt: skip
         try:
-            updated = await self.client.request("PUT", self.path, body=lease, timeout_s=self.renew_deadline_s)
+            updated = await self.client.request("PUT", self.path, body=lease)
         except KubeError as e:
             if e.status == 409:  # lost the race for it
                 return False

@@ -3,6 +3,7 @@ discovery and, when asked, leader election; and one readiness answer for ``/read
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -52,9 +53,10 @@ class KubePool:
         store_pool: str | None = None,
         on_policy: Callable[[dict[str, int], list[RewriteRule]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.opts, self.store, self.store_pool, self.on_policy = opts, store, store_pool, on_policy
-        self.clock = clock
+        self.clock, self.sleep = clock, sleep  # (the reflectors' ages, the leader election's time)
         self.client: KubeClient | None = None
         self.discovery: PoolDiscovery | None = None
         self.elector: LeaderElector | None = None
@@ -77,6 +79,7 @@ class KubePool:
                 self.client, name=o.lease_name or f"kvgate-epp-{o.pool_name}", namespace=o.pool_namespace,
                 identity=o.identity or default_identity(), lease_duration_s=o.lease_duration_s,
                 renew_deadline_s=o.renew_deadline_s, retry_period_s=o.retry_period_s,
+                clock=self.clock, sleep=self.sleep,
             )  # fmt: skip
             self.elector.start()
 
