@@ -51,6 +51,8 @@ async def test_a_member_whose_api_server_is_lost_is_logged_stale_then_recovered(
             await _until(lambda: bool(ctl.exported))
             assert REGISTRY.get_sample_value(AGE_METRIC, {"name": NAME}) is not None
             await east_d.go_away()
+            east = ctl._reflectors[0]
+            await _until(lambda: east.error is not None)  # (whatever was in flight at the cut, read)
             now[0] = 400.0
             await _until(lambda: _said(caplog, logging.WARNING, f"reflector {NAME}: not in sync"))
             assert ctl.exported  # the member's exports are kept as last read

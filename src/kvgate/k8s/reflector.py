@@ -90,8 +90,9 @@ WATCH_SILENCE_S = BOOKMARK_PERIOD_S + 30.0
 # ``timeoutSeconds``). The client's own deadline is this margin above it: the server's end comes first.
 MIN_WATCH_TIMEOUT_S = 300
 WATCH_DEADLINE_MARGIN_S = 15.0
-# A watch the server ended this close to its timeoutSeconds (measured from when it was sent) was ended by
-# the server's timer: the server ran it to its end, in sync (timers and clock reads may round a little early).
+# A watch the server ended this close to its timeoutSeconds (measured from when it was sent; a tenth of it
+# for a short one) was ended by the server's timer: the server ran it to its end, in sync (timers and clock
+# reads may round a little early).
 TIMEOUT_END_SLACK_S = 1.0
 # A watch held open this long worked for a while, however it ended: its end waits the initial back-off
 # (a cut, a timeout). One that ends sooner without an event (an ERROR at once, an empty stream) backs off
@@ -434,7 +435,7 @@ class Reflector:
             # A clean end of the stream. At its timeoutSeconds: the server ran the watch to its end (in
             # sync, even with nothing to deliver). Sooner, having read nothing, after a hold: a proxy's idle
             # timeout or a server going away; nothing says the server is alive: relist.
-            if loop.time() - sent >= timeout_s - TIMEOUT_END_SLACK_S:
+            if loop.time() - sent >= timeout_s - min(TIMEOUT_END_SLACK_S, 0.1 * timeout_s):
                 self._synced_now()
             elif self.events == events and loop.time() - opened >= HELD_OPEN_S:
                 raise _Unproven
