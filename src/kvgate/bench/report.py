@@ -247,31 +247,57 @@ def markdown_table(rows: Sequence[dict[str, Any]], lead: Sequence[tuple[str, str
 
 def seed_summary(rows: Sequence[dict[str, Any]], ref: str = "sglang-cache-aware") -> list[dict[str, Any]]:
     """Per (load fraction, policy) over the seeds of ``rows``: geometric means of p50 / p90 TTFT (s) and of
-    their ratios to ``ref``'s on the same seed and load (None when ``ref`` was not run), the mean hit
-    rate and the seeds counted. A seed whose p50 or p90 is missing (nothing finished) is left out of the
-    geomeans of that figure."""
-    runs = {(r["load_fraction"], r["policy"], r["seed"]): r for r in rows}
+    their ratios to ``ref``'s on the same seed and load, the mean hit rate and the seeds counted.
+
+    A figure rests on every seed of its row or is not given: when a seed lacks it (a run that finished
+    nothing has no p50/p90, which is the worst outcome, not a neutral one; ``ref`` was not run on that
+    seed or finished nothing there), the figure is None and ``<figure>_seeds`` says on how many of the
+    row's ``seeds`` it could be computed (the key is there only for such an incomplete figure). A mean
+    over the other seeds would make a policy that failed on one seed look better. A (load, policy,
+    seed) that occurs twice is an error (a seed run twice would count once)."""
+    runs: dict[tuple[Any, str, int], dict[str, Any]] = {}
+    for r in rows:
+        run = (r["load_fraction"], r["policy"], r["seed"])
+        if run in runs:
+            raise ValueError(f"seed_summary: load {run[0]}, policy {run[1]}, seed {run[2]} occurs twice")
+        runs[run] = r
     out: list[dict[str, Any]] = []
     for load, pol in dict.fromkeys((r["load_fraction"], r["policy"]) for r in rows):
         mine = [r for (lf, p, _), r in runs.items() if lf == load and p == pol]
         item: dict[str, Any] = {"load_fraction": load, "policy": pol, "seeds": len(mine)}
         for key in ("ttft_p50", "ttft_p90"):
             vals = [r[key] for r in mine if r.get(key)]
-            item[key] = statistics.geometric_mean(vals) if vals else None
+            _over_every_seed(item, key, vals, statistics.geometric_mean)
             ratios = [
                 r[key] / base[key]
                 for r in mine
                 if r.get(key) and (base := runs.get((load, ref, r["seed"]))) and base.get(key)
             ]
-            item[f"{key}_vs_{ref}"] = statistics.geometric_mean(ratios) if ratios else None
+            _over_every_seed(item, f"{key}_vs_{ref}", ratios, statistics.geometric_mean)
         hits = [r["prefix_hit_rate"] for r in mine if r.get("prefix_hit_rate") is not None]
-        item["prefix_hit_rate"] = statistics.fmean(hits) if hits else None
+        _over_every_seed(item, "prefix_hit_rate", hits, statistics.fmean)
         out.append(item)
     return out
 
 
+def _over_every_seed(item: dict[str, Any], name: str, vals: list[float], mean: Any) -> None:
+    """``item[name]`` = ``mean(vals)`` when every one of ``item["seeds"]`` has a value, else None and
+    ``item[name + "_seeds"]`` = how many do."""
+    complete = len(vals) == item["seeds"]
+    item[name] = mean(vals) if complete else None
+    if not complete:
+        item[f"{name}_seeds"] = len(vals)
+
+
 def seed_summary_table(summary: Sequence[dict[str, Any]], ref: str = "sglang-cache-aware") -> str:
-    """``seed_summary`` as markdown (TTFT in ms, geometric means over the seeds)."""
+    """``seed_summary`` as markdown (TTFT in ms, geometric means over the seeds). A figure missing on some
+    of the row's seeds reads ``- (k/n seeds)``: k seeds had it, n ran."""
+
+    def cell(s: dict[str, Any], name: str, scale: float, digits: int) -> str:
+        if f"{name}_seeds" in s:
+            return f"- ({s[f'{name}_seeds']}/{s['seeds']} seeds)"
+        return _fmt(s[name], scale, digits)
+
     out = [
         f"| load | policy | seeds | p50 TTFT ms | p90 TTFT ms | p50 vs {ref} | p90 vs {ref} "
         "| mean hit rate |",
@@ -279,9 +305,9 @@ def seed_summary_table(summary: Sequence[dict[str, Any]], ref: str = "sglang-cac
     ]
     for s in summary:
         out.append(
-            f"| {_fmt(s['load_fraction'])} | {s['policy']} | {s['seeds']} | {_fmt(s['ttft_p50'], 1000, 0)} "
-            f"| {_fmt(s['ttft_p90'], 1000, 0)} | {_fmt(s[f'ttft_p50_vs_{ref}'], digits=3)} "
-            f"| {_fmt(s[f'ttft_p90_vs_{ref}'], digits=3)} | {_fmt(s['prefix_hit_rate'], digits=3)} |"
+            f"| {_fmt(s['load_fraction'])} | {s['policy']} | {s['seeds']} | {cell(s, 'ttft_p50', 1000, 0)} "
+            f"| {cell(s, 'ttft_p90', 1000, 0)} | {cell(s, f'ttft_p50_vs_{ref}', 1, 3)} "
+            f"| {cell(s, f'ttft_p90_vs_{ref}', 1, 3)} | {cell(s, 'prefix_hit_rate', 1, 3)} |"
         )
     return "\n".join(out)
 
