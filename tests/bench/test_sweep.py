@@ -108,6 +108,51 @@ def test_seed_lists_on_the_command_line() -> None:
 
     assert _seed_list("0-3") == [0, 1, 2, 3]
     assert _seed_list("4,9") == [4, 9]
-    for bad in ("3-1", "x", "1-"):
+    for bad in ("3-1", "x", "1-", "1,1", "2,3,2"):  # a seed twice would run twice and be summarised once
         with pytest.raises(argparse.ArgumentTypeError):
             _seed_list(bad)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["rag", "--seed", "3", "--seeds", "0-3"], "--seed and --seeds are exclusive"),
+        (["live", "--seeds", "0-3"], "--seeds is for fleet scenarios, not 'live'"),
+        (["inference-perf", "--seeds", "0,1"], "--seeds is for fleet scenarios, not 'inference-perf'"),
+        (["rag", "--seeds", "1,1"], "a seed is listed twice"),
+    ],
+)
+def test_seeds_where_they_would_be_ignored_or_doubled_is_an_error(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kvgate.bench.inference_perf as inference_perf
+    from kvgate.bench import live, sweep
+    from kvgate.bench.cli import main
+
+    def ran(*_a: object, **_k: object) -> int:  # a regression fails at once instead of running the bench
+        raise AssertionError(f"ran {argv}")
+
+    for mod, name in ((sweep, "run_scenario"), (live, "main_from_args"), (inference_perf, "run")):
+        monkeypatch.setattr(mod, name, ran)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_with_seeds_capacity_is_probed_on_the_first_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kvgate.bench.cli import main
+    from kvgate.bench.sweep import probe_capacity
+
+    sc = _toy()
+    monkeypatch.setitem(SCENARIOS, "toy", sc)
+    # The toy fleet serves a different rate on seeds 5 and 6 under the probe's overload.
+    on = {s: probe_capacity(sc, "kvgate", s, sc.quick_duration) for s in (5, 6)}
+    assert on[5] != on[6]
+    argv = ["toy", "--quick", "--seeds", "6,5", "--policies", "round-robin", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    payload = orjson.loads((tmp_path / "fleet-toy-quick-seeds6_5.json").read_bytes())
+    assert payload["seed"] == 6 and payload["seeds"] == [6, 5]
+    assert payload["capacity_req_per_s"] == pytest.approx(on[6])
+    assert "seed 6)" in (tmp_path / "fleet-toy-quick-seeds6_5.md").read_text()

@@ -46,6 +46,8 @@ def _seed_list(text: str) -> list[int]:
         seeds = []
     if not seeds:
         raise argparse.ArgumentTypeError(f"not a seed list: {text!r} (A-B or A,B,...)")
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is listed twice: {text!r}")
     return seeds
 
 
@@ -62,13 +64,14 @@ def _parser(fleet: list[str]) -> argparse.ArgumentParser:
     )
     p.add_argument("scenario", choices=[*fleet, "live", "inference-perf", "list"])
     p.add_argument("--quick", action="store_true", help="fewer load points, shorter runs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="default 0; not with --seeds")
     p.add_argument(
         "--seeds",
         type=_seed_list,
         default=(),
-        help="fleet scenarios: run every load point for each of these seeds (A-B or A,B,...; capacity from "
-        "the first) and add a per-load summary over them (geomean ratios to sglang-cache-aware)",
+        help="fleet scenarios only: run every load point for each of these seeds (A-B or A,B,..., each once; "
+        "capacity from the first; not with --seed) and add a per-load summary over them (geomean ratios to "
+        "sglang-cache-aware)",
     )
     p.add_argument(
         "--out",
@@ -111,7 +114,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from kvgate.bench.scenarios import SCENARIOS
 
-    args = _parser(list(SCENARIOS)).parse_args(args_in)
+    parser = _parser(list(SCENARIOS))
+    args = parser.parse_args(args_in)
+    if args.seeds and args.seed is not None:
+        parser.error("--seed and --seeds are exclusive (with --seeds, capacity is probed on the first seed)")
+    if args.seeds and args.scenario not in SCENARIOS:
+        parser.error(f"--seeds is for fleet scenarios, not {args.scenario!r}")
+    if args.seed is None:
+        args.seed = args.seeds[0] if args.seeds else 0
     if args.out is None:  # not the tracked docs/benchmarks (a run without --out overwrote its figures)
         args.out = default_out(args.scenario)
     policies = args.policies.split(",") if args.policies else None
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     run_scenario(
         SCENARIOS[args.scenario],
         quick=args.quick,
-        seed=args.seeds[0] if args.seeds else args.seed,
+        seed=args.seed,
         seeds=args.seeds,
         out=args.out,
         policies=policies,
