@@ -227,6 +227,54 @@ def test_precise_policy_picks_as_before(seed: int) -> None:
     assert isinstance(cost, KVGateCostScorer) and cost.precise is not None
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_precise_policy_with_a_tokenizer_picks_as_with_list_ids(
+    seed: int, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Token ids as packed ``array('I')`` (``scheduling.tokenize``) pick exactly as the lists they
+    replaced: the precise policy with a byte-level BPE tokenizer (the simulator's, piecewise) through the
+    same trace twice, once with ``encode`` giving a list of the same ids."""
+    from array import array
+
+    from kvgate.scheduling import tokenize
+    from kvgate.scheduling.plugins import precise_prefix
+    from kvgate.sim.tokenizer import write_tokenizer_dir
+
+    write_tokenizer_dir(tmp_path / "t")
+
+    def doc(name: str) -> dict[str, Any]:
+        d = _precise(name)
+        for plugin in d["plugins"]:
+            if plugin["type"] == "precise-prefix-cache-scorer":
+                plugin["parameters"]["tokenizer"] = str(tmp_path / "t")
+        return d
+
+    seen: list[type] = []
+    orig = tokenize.PromptTokenizer.encode
+
+    def spy(self: tokenize.PromptTokenizer, text: str) -> Any:
+        got = orig(self, text)
+        seen.append(type(got))
+        return got
+
+    names = (f"equiv-tok-new-{seed}", f"equiv-tok-list-{seed}")
+    try:
+        monkeypatch.setattr(tokenize.PromptTokenizer, "encode", spy)
+        new, store, clock = picktrace.build(doc(names[0]), 4, seed)
+        got = picktrace.run(new, store, clock, seed, STEPS, explain_every=7)
+        tokenize._BY_PATH.pop(str(tmp_path / "t" / "tokenizer.json"), None)  # fresh: nothing cached
+        monkeypatch.setattr(tokenize.PromptTokenizer, "encode", lambda self, text: list(orig(self, text)))
+        ref, store, clock = picktrace.build(doc(names[1]), 4, seed)
+        want = picktrace.run(ref, store, clock, seed, STEPS, explain_every=7)
+    finally:
+        for name in names:
+            precise_prefix._INDEXES.pop(name, None)
+        tokenize._BY_PATH.pop(str(tmp_path / "t" / "tokenizer.json"), None)
+    assert got == want
+    assert len(seen) > 500 and set(seen) == {array}  # the tokenizer ran on the trace's text prompts
+    assert len({o[1][0] for o in got if isinstance(o[1], list)}) > 1
+
+
 def test_never_scraped_endpoints_pick_as_before() -> None:
     """The health gate's fail-open path (what ``gateway_path_cost.py`` runs): nothing is ever scraped."""
     got, want, _ = _both("kvgate", 3, 5, scraped=False)

@@ -175,11 +175,11 @@ def test_text_and_chat_prompts_use_the_tokenizer(tmp_path):
     plugin.index.apply(ep.address, decode_batch(_wire([BlockStored([5, 6], None, ids, 2, None)])))
     req = InferenceRequest("r", "m", prompt_text="a b a b")
     assert plugin.score(CycleState(req, 0.0), [ep]) == [1.0]
-    assert req.token_ids == ids
+    assert list(req.token_ids or ()) == ids
     # Chat prompts arrive rendered (render_chat) and are tokenized like any other text.
     chat = InferenceRequest("r", "m", prompt_text=render_chat([{"role": "user", "content": "a b a b"}]))
     plugin.score(CycleState(chat, 0.0), [ep])
-    assert chat.token_ids is not None and chat.token_ids[-4:] == ids
+    assert chat.token_ids is not None and list(chat.token_ids[-4:]) == ids
 
 
 def test_config_errors_and_store_removal_purges():

@@ -54,7 +54,8 @@ def test_tokenizer_makes_blocks_exactly_block_size_tokens(tmp_path: Path) -> Non
     cycle = CycleState(req, 0.0)
     scorer.prepare(cycle, [ep])
     m = prefix_match(cycle)
-    assert m is not None and len(m.hashes) == 2 and req.token_ids == [1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3]
+    assert m is not None and len(m.hashes) == 2
+    assert list(req.token_ids or ()) == [1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3]
     scorer.on_picked(cycle, ep)
     # The same first 8 tokens spelled with different whitespace are the same blocks to the engine.
     other = CycleState(InferenceRequest("r2", "m", prompt_text="a  b c d\ne f g h   h"), 0.0)
@@ -75,7 +76,7 @@ def test_auto_finds_the_served_models_tokenizer(tmp_path: Path, monkeypatch: pyt
     ep = make_endpoint("10.0.0.1:8000")
     known = InferenceRequest("r", "org/tiny", prompt_text="a b c d")
     scorer.prepare(CycleState(known, 0.0), [ep])
-    assert known.token_ids == [1, 2, 3, 4]
+    assert list(known.token_ids or ()) == [1, 2, 3, 4]
     unknown = InferenceRequest("r", "org/absent", prompt_text="a b c d")
     scorer.prepare(CycleState(unknown, 0.0), [ep])
     assert unknown.token_ids is None  # no tokenizer here: the character estimate
@@ -158,11 +159,39 @@ def test_piecewise_encoding_equals_whole_for_byte_level_bpe(tmp_path: Path, kind
     whole = Tokenizer.from_file(str(d / "tokenizer.json"))
     texts = _texts(60, 1)
     for text in texts:
-        assert tok.encode(text) == whole.encode(text).ids
+        assert list(tok.encode(text)) == whole.encode(text).ids
     assert tok.piecewise  # the self-check found no difference
     assert len(tok._pieces) > 0
     if kind == "llama3":
         assert tok.encode(texts[0])[0] == 0  # the BOS once, in front
+
+
+def test_encodings_are_packed_arrays_that_hash_as_the_list_ids(tmp_path: Path) -> None:
+    """A prompt's ids are one ``array('I')`` joined from the cached pieces' arrays (no Python int per
+    token on the pick's path), the same object on a repeat; every consumer keys it exactly as the list of
+    the same ids: ``tokens`` mode, vLLM's engine hashes, the approximate index's bytes."""
+    from array import array
+
+    from kvgate.datalayer.kvindex import token_keys
+    from kvgate.scheduling.blockhash import VLLMBlockHasher
+    from kvgate.sim.tokenizer import write_tokenizer_dir
+
+    write_tokenizer_dir(tmp_path / "t")
+    tok = tokenize.PromptTokenizer(tmp_path / "t" / "tokenizer.json")
+    assert tok.piecewise
+    text = _texts(2, 5)[1]
+    ids = tok.encode(text)
+    assert isinstance(ids, array) and ids.typecode == "I" and len(ids) > 64
+    assert tok.encode(text) is ids  # cached
+    short = tok.encode("hi there")  # (tokenized whole: under one piece)
+    assert isinstance(short, array) and short.typecode == "I"
+    as_list = list(ids)
+    assert token_keys(ids, 16) == token_keys(as_list, 16) and len(token_keys(ids, 16)) == len(ids) // 16
+    for algo in ("sha256", "sha256_cbor"):
+        hasher = VLLMBlockHasher(16, algo)  # type: ignore[arg-type]
+        want = VLLMBlockHasher(16, algo).external_hashes(as_list)  # type: ignore[arg-type]
+        assert hasher.external_hashes(ids) == want and hasher.external_hashes(ids) == want  # (memoized)
+    assert array("I", ids).tobytes() == array("I", as_list).tobytes()
 
 
 def test_other_tokenizers_are_tokenized_whole(tmp_path: Path) -> None:
@@ -171,7 +200,7 @@ def test_other_tokenizers_are_tokenized_whole(tmp_path: Path) -> None:
     )  # WordLevel/Whitespace
     assert not tok.piecewise
     text = "a b c d " * 200
-    assert tok.encode(text)[:4] == [1, 2, 3, 4] and not tok._pieces
+    assert list(tok.encode(text)[:4]) == [1, 2, 3, 4] and not tok._pieces
 
 
 def test_a_piecewise_difference_sends_the_tokenizer_back_to_whole_texts(
@@ -194,7 +223,7 @@ def test_a_piecewise_difference_sends_the_tokenizer_back_to_whole_texts(
     tok.encode(text)  # checked on the worker thread, off the request path
     tok.wait_self_checks(10)
     assert not tok.piecewise  # found on a live prompt
-    assert tok.encode(text) == whole.encode(text).ids  # the cached piecewise encoding was dropped
+    assert list(tok.encode(text)) == whole.encode(text).ids  # the cached piecewise encoding was dropped
     assert not tokenize.PromptTokenizer(path).piecewise  # found by the probe at load
 
 
@@ -321,6 +350,6 @@ def test_a_tokenizer_without_the_fast_call_falls_back_to_encode(tmp_path: Path) 
 
     tok._tok = Old()
     for text in ["short one", *_texts(4, 5)]:
-        assert tok.encode(text) == inner.encode(text).ids
+        assert list(tok.encode(text)) == inner.encode(text).ids
     tok.wait_self_checks(10)
     assert True in calls and False in calls  # whole texts and pieces both went through encode

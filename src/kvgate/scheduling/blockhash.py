@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import struct
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -157,6 +158,9 @@ class VLLMBlockHasher:
     def _chain(self, token_ids: Sequence[int], max_blocks: int | None) -> tuple[list[bytes], list[int]]:
         """(digests, event hashes) of the prompt's full blocks: whole spans of ``span_blocks`` through the
         memo (where the span's ids pickle), the rest block by block."""
+        if isinstance(token_ids, array):
+            # (a tokenizer's ``array('I')``: the memo below keys spans on their pickled ids, a list's)
+            token_ids = token_ids.tolist()
         bs = self.block_size
         n = len(token_ids) // bs
         if max_blocks is not None:

@@ -6,7 +6,7 @@ simulator all build an ``InferenceRequest`` and call the same scheduler.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +20,9 @@ class InferenceRequest:
     prompt_text: str = ""
     # Estimated prompt tokens (len(prompt_text) / 4 unless a tokenizer gave an exact count).
     prompt_tokens: int = 0
-    # Exact token ids when known (precise prefix matching needs them); None otherwise.
-    token_ids: list[int] | None = None
+    # Exact token ids when known (precise prefix matching needs them); None otherwise. A list from a
+    # request body, an ``array('I')`` from the scorers' tokenizer (``scheduling.tokenize``): never mutated.
+    token_ids: Sequence[int] | None = None
     max_tokens: int | None = None
     # The client asked for a streamed response (its first byte is then its first token, a TTFT).
     stream: bool = False
@@ -43,7 +44,7 @@ class InferenceRequest:
         return self.priority < 0
 
 
-def prompt_tokens(req_tokens: int, text: str, token_ids: list[int] | None) -> int:
+def prompt_tokens(req_tokens: int, text: str, token_ids: Sequence[int] | None) -> int:
     """A request's prompt size in tokens for load accounting: the estimate, else the ids, else text/4."""
     if req_tokens > 0:
         return req_tokens

@@ -207,7 +207,7 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
 
     # -- tokens and keys ---------------------------------------------------------------------------
 
-    def request_tokens(self, cycle: CycleState) -> list[int] | None:
+    def request_tokens(self, cycle: CycleState) -> Sequence[int] | None:
         req = cycle.request
         if req.token_ids is not None:
             return req.token_ids

@@ -204,7 +204,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
                     return ep.metrics.block_size
         return self.block_size
 
-    def _token_ids(self, req: InferenceRequest) -> list[int] | None:
+    def _token_ids(self, req: InferenceRequest) -> Sequence[int] | None:
         """The body's token ids, else the prompt through this scorer's own tokenizer, else None (text).
         Not ids another plugin derived with its tokenizer: keys must not depend on plugin order."""
         if not req.prompt_text:
