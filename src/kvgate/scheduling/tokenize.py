@@ -14,7 +14,8 @@ Encodings are cached (bounded LRU keyed by the text's 64-bit hash) because a req
 several plugins and retried pickers see the same prompt again. An encoding is an ``array('I')`` of the
 ids (4 bytes each), not a list: the scorers hash a prompt's ids as packed 32-bit integers, and the
 cached pieces are arrays too, so a prompt's ids are joined and hashed with no Python int per token (a
-list cost ~45 us per 1k-token prompt to fill from the pieces and pack again for hashing).
+list cost ~50 us of ``Director.pick`` per 2k-token prompt to fill from the pieces and pack again for
+hashing, docs/benchmarks/gateway.md).
 
 Prompts that share a prefix (a tenant's system prompt, a conversation's earlier turns: the traffic prefix
 routing is for) are tokenized piecewise: the text is cut at word boundaries about every ``PIECE_CHARS``
