@@ -46,7 +46,7 @@ def test_precise_config_loads_and_finds_the_simulators_event_ports(tmp_path: Pat
     text = next(workloads.shared_prefix_stream(num_groups=1, system_prompt_len=300, question_len=20,
                                                output_len=4, count=1)).prompt_text  # fmt: skip
     tok = scorer._tokenizer.get("any-model")
-    assert tok is not None and tok.encode(text) == get_tokenizer().encode(text)
+    assert tok is not None and list(tok.encode(text)) == get_tokenizer().encode(text)
     assert live.precise_scorer_params()["tokenizer"] == str(tokenizer_dir())
 
 
