@@ -19,7 +19,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvgate.flowcontrol.controller import (
     DISPATCHED,
@@ -38,6 +38,9 @@ from kvgate.scheduling.types import (
     PredictedMissError,
     SchedulingError,
 )
+
+if TYPE_CHECKING:
+    from kvgate.flowcontrol.fleet import PoolMark
 
 log = logging.getLogger("kvgate.flowcontrol")
 
@@ -133,6 +136,9 @@ class FlowDispatcher:
         self.recheck_interval = recheck_interval
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        # ``kvgate serve --workers N``: this pool's mark among the workers' (``fleet``), so a request
+        # waits while another worker has one waiting that goes first (fleet-wide queue order).
+        self.fleet: PoolMark | None = None
         self.gate_errors = 0  # passes in a row whose gate raised: what the log backs off on
 
     def __len__(self) -> int:
@@ -147,7 +153,7 @@ class FlowDispatcher:
         virtual-clock benchmark."""
         miss: PredictedMissError | None = None
         self.ctl.arrived(req, now)
-        if len(self.ctl) == 0 and not self.saturated(req):
+        if len(self.ctl) == 0 and not self._gate(now)(req):
             try:
                 return self.pick(req, explain)
             except PredictedMissError as e:
@@ -160,7 +166,19 @@ class FlowDispatcher:
         if miss is not None:  # as if it had just left the queue and been turned back
             self.ctl.take(item, now, record=False)
             self._hold(item, now, miss)
+        if self.fleet is not None:
+            self.fleet.enqueued(self.ctl, req.priority, now)
         return item
+
+    def _gate(self, now: float) -> Callable[[InferenceRequest], bool]:
+        """The dispatch gate at ``now``: the pool's (``saturated``), and with ``fleet`` another worker's
+        request that goes first (asked first: it reads a few shared floats, the pool's gate sums
+        endpoints)."""
+        fleet = self.fleet
+        if fleet is None:
+            return self.saturated
+        ctl, saturated = self.ctl, self.saturated
+        return lambda req: fleet.defers(req, ctl, now) or saturated(req)
 
     async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
         now = self.clock()
@@ -251,7 +269,7 @@ class FlowDispatcher:
 
     def dispatch(self, now: float) -> None:
         """Dispatch while capacity allows (the gate: the saturation detector, preemption)."""
-        for item in dispatch_ready(self.ctl, now, self.saturated, self.preempt):
+        for item in dispatch_ready(self.ctl, now, self._gate(now), self.preempt):
             fut = item.handle
             if fut is None or fut.done():
                 # Its waiter is gone (cancelled before its own handler ran): taken but never picked,
@@ -265,6 +283,13 @@ class FlowDispatcher:
                 fut.set_result(got)
 
     async def _run(self) -> None:
+        try:
+            await self._passes()
+        finally:
+            if self.fleet is not None:  # (its queue is empty, or it failed: nothing to defer to here)
+                self.fleet.publish(self.ctl, self.clock())
+
+    async def _passes(self) -> None:
         wake = self._wake
         assert wake is not None
         while len(self.ctl) > 0:
@@ -290,6 +315,8 @@ class FlowDispatcher:
                 if self.gate_errors:
                     log.warning("flow control: dispatch works again after %d failed passes", self.gate_errors)
                     self.gate_errors = 0
+            if self.fleet is not None:
+                self.fleet.publish(self.ctl, now)
             if len(self.ctl) > 0:
                 with contextlib.suppress(TimeoutError):  # (not wait_for: 3.11 may drop a cancel, gh-86296)
                     async with asyncio.timeout(self.recheck_interval):

@@ -14,6 +14,9 @@ Layout (one ``multiprocessing.shared_memory`` segment, created by the supervisor
   are a load estimate, never an invariant).
 
 Bounded: ``slots`` endpoints at most (1,024 by default); past that an endpoint just stays local.
+
+After the counts, ``extra`` bytes (zeroed) for the flow controllers' queue marks
+(``flowcontrol.fleet``): the same segment, so one owner creates and unlinks both.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class SharedInFlight:
         worker: int,
         slots: int = DEFAULT_SLOTS,
         owner: bool = False,
+        extra: int = 0,
     ) -> None:
         self.shm = shm
         self.lock = lock
@@ -74,6 +78,8 @@ class SharedInFlight:
         assert buf is not None
         self._buf: memoryview = buf
         self._counts = buf[slots * ADDR_BYTES : segment_size(workers, slots)].cast("q")
+        end = segment_size(workers, slots)
+        self.extra = buf[end : end + extra]  # (``flowcontrol.fleet``'s marks)
         self._slot: dict[str, int] = {}
         # address -> the other workers' counts last folded into that endpoint's InFlight
         self._remote: dict[str, list[int]] = {}
@@ -82,28 +88,31 @@ class SharedInFlight:
         self._sent: dict[str, tuple[InFlight, list[int]]] = {}
 
     @classmethod
-    def create(cls, workers: int, lock: Any, slots: int = DEFAULT_SLOTS) -> SharedInFlight:
-        shm = shared_memory.SharedMemory(create=True, size=segment_size(workers, slots))
+    def create(cls, workers: int, lock: Any, slots: int = DEFAULT_SLOTS, extra: int = 0) -> SharedInFlight:
+        size = segment_size(workers, slots) + extra
+        shm = shared_memory.SharedMemory(create=True, size=size)
         buf = shm.buf
         assert buf is not None
-        buf[: segment_size(workers, slots)] = bytes(segment_size(workers, slots))
-        return cls(shm, lock, workers, -1, slots, owner=True)
+        buf[:size] = bytes(size)
+        return cls(shm, lock, workers, -1, slots, owner=True, extra=extra)
 
     @classmethod
     def attach(
-        cls, name: str, lock: Any, workers: int, worker: int, slots: int = DEFAULT_SLOTS
+        cls, name: str, lock: Any, workers: int, worker: int, slots: int = DEFAULT_SLOTS, extra: int = 0
     ) -> SharedInFlight:
         # The supervisor owns (and unlinks) the segment. Spawned workers share its resource tracker, so
         # attaching registers the same name again: harmless (Python 3.13 adds ``track=False`` for it).
         shm = shared_memory.SharedMemory(name=name)
-        return cls(shm, lock, workers, worker, slots)
+        return cls(shm, lock, workers, worker, slots, extra=extra)
 
     @property
     def name(self) -> str:
         return self.shm.name
 
     def close(self) -> None:
+        """(Views of ``extra`` taken by others must be released first.)"""
         self._counts.release()
+        self.extra.release()
         del self._buf
         self.shm.close()
         if self.owner:

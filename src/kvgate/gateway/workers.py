@@ -6,7 +6,9 @@ processes that all listen on the data port (``SO_REUSEPORT``); each is a complet
 
 What this trades: in-flight counts are shared (``gateway.shared_inflight``: each worker publishes
 its own per-endpoint counts into a shared-memory table and folds the others' into its endpoints every
-``SHARED_INFLIGHT_SYNC_S``), so every worker balances on the fleet-wide load. Prefix state converges: each
+``SHARED_INFLIGHT_SYNC_S``), so every worker balances on the fleet-wide load. Flow control keeps one
+queue per worker, ordered across the fleet by marks in the same segment (``flowcontrol.fleet``: a worker
+lets a request wait while another has one waiting that goes first). Prefix state converges: each
 worker sends its prefix-index insertions to the others every few ms over unix datagram sockets
 (``gateway.prefix_gossip``, lossy, never blocking) and applies theirs. The round-robin cursor stays
 per worker; scraped metrics (queue, KV use) are the same truth for
@@ -194,16 +196,23 @@ async def _worker(
 
 
 async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, int]) -> None:
+    from kvgate.flowcontrol import fleet
     from kvgate.gateway.shared_inflight import SharedInFlight
 
     name, lock, workers = shared
-    view = SharedInFlight.attach(name, lock, workers, index)
+    view = SharedInFlight.attach(name, lock, workers, index, extra=fleet.segment_size(workers))
+    marks = fleet.FleetMarks(view.extra, workers, index)
     try:
         while True:
             for pool in pools:
                 view.sync(pool.endpoints())
+                # flow control's queue order across workers (a reload's new picker gets its mark here)
+                flow = getattr(pool.director, "flow", None)
+                if flow is not None and flow.fleet is None:
+                    flow.fleet = marks.pool(pool.name)
             await asyncio.sleep(SHARED_INFLIGHT_SYNC_S)
     finally:
+        marks.close()  # (its view of the segment first; the dispatchers' marks answer "no defer" now)
         view.close()
 
 
@@ -547,6 +556,7 @@ class Supervisor:
         self._admin: asyncio.Server | None = None
         self._admin_front: FrontServer | None = None
         self.shared: Any = None  # SharedInFlight (owner view) when workers > 1
+        self.marks: Any = None  # flowcontrol.fleet.FleetMarks on its extra bytes, with it
         self.gossip_dir: str | None = None  # where the workers' prefix-gossip sockets live (workers > 1)
         # Each private directory's lock (``private_dir``), held until the directory is removed.
         self._locks: dict[str, int] = {}
@@ -599,6 +609,7 @@ class Supervisor:
         shared = None
         if self.shared is not None:
             self.shared.clear_row(i)  # a restarted worker starts with nothing in flight (running totals kept)
+            self.marks.clear_row(i)  # and no queue mark (a dead one's expires anyway: fleet.MARK_TTL_S)
             shared = (self.shared.name, self.shared.lock, self.n)
         proc = self.ctx.Process(
             target=_worker_main,
@@ -918,11 +929,13 @@ class Supervisor:
                 loop.add_signal_handler(signal.SIGHUP, watch.trigger)
                 reload_task = asyncio.create_task(watch.run())
             if self.n > 1:
+                from kvgate.flowcontrol import fleet
                 from kvgate.gateway.shared_inflight import SharedInFlight
 
                 self.gossip_dir, lock = private_dir("gossip")  # short: unix socket paths max 107 bytes
                 self._locks[self.gossip_dir] = lock
-                self.shared = SharedInFlight.create(self.n, self.ctx.Lock())
+                self.shared = SharedInFlight.create(self.n, self.ctx.Lock(), extra=fleet.segment_size(self.n))
+                self.marks = fleet.FleetMarks(self.shared.extra, self.n, -1)
             try:
                 await asyncio.gather(*(self.start_worker(i) for i in range(self.n)))
             except OSError as e:  # the spawn failed (out of processes, descriptors, memory)
@@ -961,6 +974,8 @@ class Supervisor:
                 self._admin.close()
             if self._reserve is not None:
                 self._reserve.close()
+            if self.marks is not None:
+                self.marks.close()
             if self.shared is not None:
                 self.shared.close()
             if self.gossip_dir is not None:
