@@ -1,0 +1,105 @@
+"""Flow control's dispatch path with and without the fleet-wide queue order (``flowcontrol.fleet``).
+
+    PYTHONPATH=src python scripts/fc_fleet_cost.py none|marks [--requests 4000] [--repeats 9]
+
+``marks``: a ``FlowDispatcher`` with a pool mark on a two-worker marks buffer, the other worker's mark
+fresh with a lower band waiting (every gate check reads it and defers nothing); ``none``: no mark (one
+process; on a tree without ``flowcontrol.fleet`` too). Per request, microseconds, the median over
+``--repeats``: ``FlowDispatcher.arrive`` picked at once (queue empty, pool free), ``arrive`` queued (pool
+full), and one dispatch pass that sends one queued request (plus the mark's publish). Time injected
+(``now`` fixed); the pick is a stub. Run the two modes back to back, more than once: on a loaded machine
+the spread between runs is larger than the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+from kvgate.flowcontrol.config import FlowControlConfig
+from kvgate.flowcontrol.controller import FlowController
+from kvgate.flowcontrol.dispatcher import FlowDispatcher
+from kvgate.scheduling.types import InferenceRequest, PickResult
+
+
+class Waiter:
+    def __init__(self) -> None:
+        self.r: Any = None
+
+    def done(self) -> bool:
+        return self.r is not None
+
+    def set_result(self, r: Any) -> None:
+        self.r = r
+
+    def set_exception(self, e: BaseException) -> None:
+        self.r = e
+
+
+def make(marks: bool) -> tuple[FlowDispatcher, dict[str, int]]:
+    state = {"free": 1 << 30}
+    ctl = FlowController(FlowControlConfig(ttl=60.0, fair_share_headroom=0.25))
+    res = PickResult([object()])
+    d = FlowDispatcher(
+        ctl, pick=lambda _r, _e: res, saturated=lambda _r: state["free"] <= 0, clock=lambda: 1.0
+    )
+    if marks:
+        from kvgate.flowcontrol.fleet import FleetMarks, segment_size
+
+        buf = memoryview(bytearray(segment_size(2)))
+        d.fleet = FleetMarks(buf, 2, 0).pool("default")
+        other = FleetMarks(buf, 2, 1).pool("default")
+        octl = FlowController(FlowControlConfig(ttl=60.0))
+        octl.enqueue(
+            InferenceRequest("o", "m", prompt_tokens=10, max_tokens=4, priority=-1, fairness_id="b"), 1.0
+        )
+        assert other is not None
+        other.publish(octl, 1.0)
+    return d, state
+
+
+def once(marks: bool, n: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    reqs = [
+        InferenceRequest(f"r{i}", "m", prompt_tokens=10, max_tokens=4, fairness_id=f"t{i % 5}")
+        for i in range(n)
+    ]
+    d, st = make(marks)
+    t = time.perf_counter()
+    for r in reqs:
+        d.arrive(r, 1.0, Waiter())
+    out["arrive, picked at once"] = (time.perf_counter() - t) / n * 1e6
+    d, st = make(marks)
+    st["free"] = 0
+    t = time.perf_counter()
+    for r in reqs:
+        d.arrive(r, 1.0, Waiter())
+    out["arrive, queued"] = (time.perf_counter() - t) / n * 1e6
+    fleet = getattr(d, "fleet", None)
+    t = time.perf_counter()
+    for _ in range(n):
+        st["free"] = 1
+        d.step()
+        if fleet is not None:
+            fleet.publish(d.ctl, 1.0)
+    out["dispatch pass sending one"] = (time.perf_counter() - t) / n * 1e6
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=("none", "marks"))
+    p.add_argument(
+        "--requests", type=int, default=4000, help="per measurement (the queue holds at most 5000)"
+    )
+    p.add_argument("--repeats", type=int, default=9)
+    a = p.parse_args()
+    runs = [once(a.mode == "marks", a.requests) for _ in range(a.repeats)]
+    for k in runs[0]:
+        print(f"{a.mode:6s} {k:28s} median {statistics.median(r[k] for r in runs):6.2f} us")
+
+
+if __name__ == "__main__":
+    main()
