@@ -254,3 +254,36 @@ def test_the_shared_segment_carries_the_marks_between_processes_views() -> None:
         m.close()
     for v in (*views, owner):
         v.close()  # (BufferError if a view of the segment were left)
+
+
+def _failing_mark(f: Fleet, w: int) -> None:
+    """Worker ``w``'s mark raises when written (a bug in what it reads), never when the gate asks."""
+
+    def boom(*_a: Any, **_k: Any) -> bool:
+        raise RuntimeError("boom")
+
+    f.ds[w].ctl.held_back = boom  # type: ignore[method-assign]
+
+
+def test_a_mark_that_cannot_be_written_does_not_fail_the_request_queued(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    f = Fleet()
+    _failing_mark(f, 0)
+    got = f.arrive(0, req("low", "t0"))  # pool full: queued, its mark written
+    assert not isinstance(got, PickResult) and len(f.ds[0].ctl) == 1
+    assert "queue mark could not be written" in caplog.text
+
+
+async def test_a_mark_that_cannot_be_written_does_not_end_the_dispatch_loop() -> None:
+    import asyncio
+
+    f = Fleet()
+    d = f.ds[0]
+    d.recheck_interval = 0.001
+    _failing_mark(f, 0)
+    waiter = asyncio.ensure_future(d.admit(req("low", "t0")))
+    await asyncio.sleep(0.01)  # queued (pool full); the loop's passes each fail to write the mark
+    f.free = 1
+    got = await asyncio.wait_for(waiter, 5.0)
+    assert isinstance(got, PickResult) and f.sent == [(0, "low")]

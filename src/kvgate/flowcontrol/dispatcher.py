@@ -139,6 +139,7 @@ class FlowDispatcher:
         # ``kvgate serve --workers N``: this pool's mark among the workers' (``fleet``), so a request
         # waits while another worker has one waiting that goes first (fleet-wide queue order).
         self.fleet: PoolMark | None = None
+        self._mark_failed = False
         self.gate_errors = 0  # passes in a row whose gate raised: what the log backs off on
 
     def __len__(self) -> int:
@@ -167,8 +168,31 @@ class FlowDispatcher:
             self.ctl.take(item, now, record=False)
             self._hold(item, now, miss)
         if self.fleet is not None:
-            self.fleet.enqueued(self.ctl, req.priority, now)
+            self._publish(now, req.priority)
         return item
+
+    def _publish(self, now: float, enqueued: int | None = None) -> None:
+        """Write this worker's mark (``enqueued``: the band of a request just queued, ``PoolMark.enqueued``).
+        Best effort: a mark that cannot be written (a bug) is logged, never raised: it must not fail
+        the request just queued, nor end the dispatch loop (the others read the last mark until it
+        expires)."""
+        fleet = self.fleet
+        if fleet is None:
+            return
+        try:
+            if enqueued is None:
+                fleet.publish(self.ctl, now)
+            else:
+                fleet.enqueued(self.ctl, enqueued, now)
+        except Exception as e:
+            if not self._mark_failed:
+                log.error(
+                    "flow control: this worker's queue mark could not be written (the other workers read "
+                    "its last one until it expires): %s: %s", type(e).__name__, e, exc_info=e,
+                )  # fmt: skip
+            self._mark_failed = True
+        else:
+            self._mark_failed = False
 
     def _gate(self, now: float) -> Callable[[InferenceRequest], bool]:
         """The dispatch gate at ``now``: the pool's (``saturated``), and with ``fleet`` another worker's
@@ -287,7 +311,7 @@ class FlowDispatcher:
             await self._passes()
         finally:
             if self.fleet is not None:  # (its queue is empty, or it failed: nothing to defer to here)
-                self.fleet.publish(self.ctl, self.clock())
+                self._publish(self.clock())
 
     async def _passes(self) -> None:
         wake = self._wake
@@ -316,7 +340,7 @@ class FlowDispatcher:
                     log.warning("flow control: dispatch works again after %d failed passes", self.gate_errors)
                     self.gate_errors = 0
             if self.fleet is not None:
-                self.fleet.publish(self.ctl, now)
+                self._publish(now)
             if len(self.ctl) > 0:
                 with contextlib.suppress(TimeoutError):  # (not wait_for: 3.11 may drop a cancel, gh-86296)
                     async with asyncio.timeout(self.recheck_interval):
