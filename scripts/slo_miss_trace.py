@@ -3,16 +3,23 @@
 Runs the flooded mix of ``kvgate bench flowcontrol`` (same capacity probe, same arrivals, same arms:
 the virtual clock makes a cell the bench's to the last digit) and samples the fleet every ``--tick``
 (5 ms) of virtual time: the running slots free (per server: ``max-num-seqs`` less running less
-waiting, summed), kvgate's queue length, the running reserve's free slots (its last computed value, read
-without recomputing it) and the adaptive headroom. Each measured request (arrival after ``--warmup``)
-that missed its TTFT SLO is put in one class, by the first counterfactual that saves it:
+waiting, at least 0, summed; the servers' true engine state, not the gateway's scraped view), kvgate's
+queue length, the running reserve's free slots the gate would keep at that tick (``free_reserve``
+computed then for the whole pool, its writes to the controller undone: the trace leaves the run alone)
+and the adaptive headroom. Each measured request (arrival after ``--warmup``) that missed its TTFT SLO
+is put in one class, by the first counterfactual that saves it:
 
 - ``shed``: 429 or 503 (TTL) -- no first token;
 - ``queue, slot free``: it waited in kvgate's queue while at least one server had a free running slot
-  (and no waiting request) for at least its excess (TTFT - SLO): sent at the first free moment, with the
-  same server time, it would have made it -- the gate (saturation detector, fair-share headroom,
-  running reserve) held it. Split by whether its flow was held back (over its fair share:
-  ``FlowController.held_back``) when it left the queue;
+  (``max-num-seqs`` less running less waiting > 0: a server with a request waiting in its own queue
+  still counts while running + waiting < ``max-num-seqs``) for at least its excess (TTFT - SLO): sent
+  at the first free moment, with the same server time, it would have made it -- the gate (saturation
+  detector, fair-share headroom, running reserve) held it. Per request: each such miss could have
+  taken a free slot, not all of them together. Split by whether the fair-share gate held its flow
+  back when it left the queue (``gate_holds_back``: headroom to keep as adapted then, or the running
+  reserve, and ``FlowController.held_back``). That says whether the headroom / reserve applied to
+  it, not which gate was closed: with the running reserve the flooder is over its share nearly all the
+  time and, with a TTFT target, a sheddable one always is: a flood miss cannot land in "not held back";
 - ``queue, all busy``: its whole wait in kvgate's queue was at least its excess, but the part with a
   slot free was not: capacity;
 - ``server``: it left kvgate early enough (its wait in the queue less than its excess: even sent at its
@@ -52,6 +59,7 @@ from kvgate.bench.flowcontrol_bench import (
     _slo,
     rates,
 )
+from kvgate.flowcontrol.controller import FlowController
 
 CLASSES = (
     "shed",
@@ -140,11 +148,12 @@ def run_arm(arm: str, args: argparse.Namespace, base: float) -> tuple[FlowSim, T
 
     # Only a fair-share arm holds a flow back (the reference's controller still computes shares).
     cfg = flow.ctl.cfg if flow is not None else None
-    fair = cfg is not None and bool(cfg.fair_share_headroom or cfg.fair_share_running_reserve)
+    reserve_on = cfg is not None and cfg.fair_share_running_reserve
+    total = sim.director._running_slots() * len(sim.endpoints)  # 0: no gate on running slots
 
     def sent(req: Any, ep: Any, out: Outcome) -> None:
         if flow is not None:  # held back when it left (the gate's view of its flow, before the charge)
-            trace.held_at_dispatch[req.request_id] = fair and flow.ctl.held_back(req, sim.clock.now)
+            trace.held_at_dispatch[req.request_id] = gate_holds_back(flow.ctl, req, sim.clock.now)
         send(req, ep, out)
 
     sim._send = sent  # type: ignore[method-assign]
@@ -155,7 +164,8 @@ def run_arm(arm: str, args: argparse.Namespace, base: float) -> tuple[FlowSim, T
         if flow is not None:
             ctl = flow.ctl
             trace.queued.append(len(ctl))
-            trace.reserve.append(ctl._reserve_cache[1])  # last computed value: no recomputation
+            # (the whole pool: the sim's candidates are every server)
+            trace.reserve.append(reserve_in_force(ctl, sim.clock.now, total) if reserve_on and total else 0)
             trace.headroom.append(ctl.headroom)
         if sim.clock.now < horizon:
             sim.clock.call_later(args.tick, sample)
@@ -164,6 +174,28 @@ def run_arm(arm: str, args: argparse.Namespace, base: float) -> tuple[FlowSim, T
     arrivals = Mix(base, "flood", args.duration).arrivals(random.Random(args.seed))
     sim.simulate(arrivals, horizon)
     return sim, trace
+
+
+def gate_holds_back(ctl: FlowController, req: Any, now: float) -> bool:
+    """Does the fair-share gate hold ``req`` back now: as ``Director.saturated`` asks it, only with
+    headroom to keep as adapted now (``ctl.headroom``, not the configured one) or the running reserve
+    on, and then ``FlowController.held_back``."""
+    return bool(ctl.headroom or ctl.cfg.fair_share_running_reserve) and ctl.held_back(req, now)
+
+
+def reserve_in_force(ctl: FlowController, now: float, total: int) -> int:
+    """The running reserve's free slots the gate would keep at ``now`` for a held-back request on a
+    pool of ``total`` running slots (``Director._reserve_full``: ``free_reserve(now, int(total *
+    fair_share_headroom))``), computed now with every write it makes to the controller undone: the
+    trace leaves the run alone. (Its cache is no reading: every dispatch not held back and every
+    finish clear it, and the gate asks no more while the pending headroom already holds the flow
+    back: review s15-fc F1.)"""
+    saved = dict(ctl.__dict__)  # free_reserve rebinds its cache, the extra's cap and the extra
+    try:
+        return ctl.free_reserve(now, int(total * ctl.cfg.fair_share_headroom))
+    finally:
+        ctl.__dict__.clear()
+        ctl.__dict__.update(saved)
 
 
 def misses(sim: FlowSim, trace: Trace, warmup: float) -> tuple[list[Outcome], list[Miss]]:
