@@ -175,3 +175,32 @@ def test_bool_or_int_subclass_ids_get_their_own_hashes_in_either_order(algo: str
         for _ in range(2):
             assert h.block_hashes(first) == want[id(first)]
             assert h.block_hashes(second) == want[id(second)]
+
+
+@pytest.mark.parametrize("algo", ["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"])
+def test_packed_array_ids_hash_as_the_list_of_the_same_ids_in_either_order(algo: str) -> None:
+    """Review s15-rv L1: a tokenizer's ``array('I')`` is hashed as it is (no list per pick): its span memo
+    entries are keyed on the array's pickle, apart from a list's, and every digest and event hash equals
+    the list's and the definition's, whichever type came first, memo miss or hit, whole spans or the
+    tail, with ``max_blocks``, ids across the CBOR table's and uint32's byte widths."""
+    from array import array
+
+    rng = random.Random(15)
+    system = [rng.randrange(150_000) for _ in range(256 * 3 + 9)]
+    wide = [0, 23, 24, 255, 256, 65_535, 65_536, 2**31 - 1, 2**32 - 1]
+    prompts = [system + [rng.randrange(150_000) for _ in range(rng.randrange(300))] for _ in range(3)]
+    prompts += [wide * 64 + system, system[:100], []]
+    for lists_first in (True, False):
+        hashers = [VLLMBlockHasher(bs, algo, seed="0") for bs in (16, 128)]  # type: ignore[arg-type]
+        for _ in range(2):  # the second round: memo hits
+            for h in hashers:
+                for tokens in prompts:
+                    packed = array("I", tokens)
+                    want = _definition(h, tokens)
+                    order = (tokens, packed) if lists_first else (packed, tokens)
+                    for ids in order:
+                        assert h.block_hashes(ids) == want
+                        assert h.external_hashes(ids) == [to_external(d) for d in want]
+                        assert h.external_hashes(ids, max_blocks=5) == [to_external(d) for d in want[:5]]
+        assert all(isinstance(k[1], bytes) for h in hashers for k in h._spans)
+        assert any(pickle.loads(k[1]).__class__ is array for h in hashers for k in h._spans)

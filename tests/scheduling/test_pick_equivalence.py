@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from kvgate.bench import picktrace
+from kvgate.config.policies import policy_yaml
+from kvgate.scheduling import blockhash
 from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 
@@ -227,13 +229,20 @@ def test_precise_policy_picks_as_before(seed: int) -> None:
     assert isinstance(cost, KVGateCostScorer) and cost.precise is not None
 
 
-@pytest.mark.parametrize("seed", [3, 4])
-def test_precise_policy_with_a_tokenizer_picks_as_with_list_ids(
-    seed: int, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("keys", "seed"),
+    [("tokens", 3), ("tokens", 4), ("engine", 3), ("engine_cbor", 4), ("approximate", 3)],
+)
+def test_a_tokenizer_policy_picks_as_with_list_ids(
+    keys: str, seed: int, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Token ids as packed ``array('I')`` (``scheduling.tokenize``) pick exactly as the lists they
-    replaced: the precise policy with a byte-level BPE tokenizer (the simulator's, piecewise) through the
-    same trace twice, once with ``encode`` giving a list of the same ids."""
+    replaced: a policy with a byte-level BPE tokenizer (the simulator's, piecewise) through the same trace
+    twice, once with ``encode`` giving a list of the same ids. ``tokens``: the precise policy as ``serve
+    --kv-events auto`` runs it; ``engine`` / ``engine_cbor``: its scorer in the default mode, vLLM's
+    block hashes (sha256, sha256_cbor) through ``VLLMBlockHasher``'s span memo; ``approximate``: the
+    default policy's ``prefix-cache-scorer`` with ``tokenizer:`` set (review s15-rv L3; the engine case
+    is the reviewer's trace)."""
     from array import array
 
     from kvgate.scheduling import tokenize
@@ -243,10 +252,19 @@ def test_precise_policy_with_a_tokenizer_picks_as_with_list_ids(
     write_tokenizer_dir(tmp_path / "t")
 
     def doc(name: str) -> dict[str, Any]:
-        d = _precise(name)
-        for plugin in d["plugins"]:
-            if plugin["type"] == "precise-prefix-cache-scorer":
-                plugin["parameters"]["tokenizer"] = str(tmp_path / "t")
+        if keys == "approximate":
+            d: dict[str, Any] = yaml.safe_load(policy_yaml("kvgate"))
+            scorer = "prefix-cache-scorer"
+        else:
+            d = _precise(name)
+            scorer = "precise-prefix-cache-scorer"
+        found = [p for p in d["plugins"] if p["type"] == scorer]
+        assert len(found) == 1
+        params = found[0].setdefault("parameters", {})
+        params["tokenizer"] = str(tmp_path / "t")
+        if keys.startswith("engine"):
+            params["mode"] = "engine"
+            params["hashAlgo"] = "sha256_cbor" if keys == "engine_cbor" else "sha256"
         return d
 
     seen: list[type] = []
@@ -257,7 +275,16 @@ def test_precise_policy_with_a_tokenizer_picks_as_with_list_ids(
         seen.append(type(got))
         return got
 
-    names = (f"equiv-tok-new-{seed}", f"equiv-tok-list-{seed}")
+    hashed: list[type] = []
+    if keys.startswith("engine"):
+        chain = blockhash.VLLMBlockHasher._chain
+
+        def spy_chain(self: blockhash.VLLMBlockHasher, token_ids: Any, max_blocks: Any) -> Any:
+            hashed.append(type(token_ids))
+            return chain(self, token_ids, max_blocks)
+
+        monkeypatch.setattr(blockhash.VLLMBlockHasher, "_chain", spy_chain)
+    names = (f"equiv-tok-new-{keys}-{seed}", f"equiv-tok-list-{keys}-{seed}")
     try:
         monkeypatch.setattr(tokenize.PromptTokenizer, "encode", spy)
         new, store, clock = picktrace.build(doc(names[0]), 4, seed)
@@ -272,6 +299,8 @@ def test_precise_policy_with_a_tokenizer_picks_as_with_list_ids(
         tokenize._BY_PATH.pop(str(tmp_path / "t" / "tokenizer.json"), None)
     assert got == want
     assert len(seen) > 500 and set(seen) == {array}  # the tokenizer ran on the trace's text prompts
+    if keys.startswith("engine"):  # vLLM's hashes ran on the arrays (and on the lists in the second run)
+        assert hashed.count(array) > 500 and hashed.count(list) > 500
     assert len({o[1][0] for o in got if isinstance(o[1], list)}) > 1
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import pickle
 import struct
-from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -143,6 +142,9 @@ class VLLMBlockHasher:
         # Memoized spans (as ``scheduling.prefix``'s): a span's blocks are a function of the parent digest
         # before it and its token ids, keyed by that digest and the pickle of the ids (exact: a dict hit
         # compares the bytes, and pickle tells a bool or an int subclass from an int, as vLLM's hashes do).
+        # A tokenizer's ``array('I')`` is keyed as it is (its pickle is its typecode and bytes), not
+        # converted to a list on every pick; so a text prompt's spans and a token-id body's (a list) of the
+        # same ids are remembered apart, with the same blocks (``_blocks`` reads the same ints from both).
         self.span_blocks = max(1, SPAN_TOKENS // block_size)
         self._spans: OrderedDict[tuple[bytes, bytes], tuple[list[bytes], list[int]]] = OrderedDict()
         self._span_bytes = 0  # the estimate for what ``_spans`` holds now
@@ -158,9 +160,6 @@ class VLLMBlockHasher:
     def _chain(self, token_ids: Sequence[int], max_blocks: int | None) -> tuple[list[bytes], list[int]]:
         """(digests, event hashes) of the prompt's full blocks: whole spans of ``span_blocks`` through the
         memo (where the span's ids pickle), the rest block by block."""
-        if isinstance(token_ids, array):
-            # (a tokenizer's ``array('I')``: the memo below keys spans on their pickled ids, a list's)
-            token_ids = token_ids.tolist()
         bs = self.block_size
         n = len(token_ids) // bs
         if max_blocks is not None:
