@@ -6,7 +6,10 @@ the first token ``--first-token-ms`` later). What a step costs when no vLLM proc
 ``--split``: the serve process also times the pick's parts (``perf_counter_ns`` wrappers on the
 tokenizer, the precise scorer's match, the profile run, ``Director.pick`` and the in-flight hooks,
 installed in the serve process before it starts) and this prints their medians and means per call and
-calls per measured request. Wrapping costs ~1 us per call.
+calls per measured request. Each call is tagged with the number of ``Director.pick`` calls so far, and
+those tagged at or before the last warm-up request's pick are dropped: the tokenizer's load-time probe and
+the warm-up requests' calls (the warm-up tenant texts' new pieces: more calls per request than the
+measured ones make) are not counted. Wrapping costs ~1 us per call.
 
     PYTHONPATH=src python scripts/realvllm/gateway_marks.py [--requests 40] [--first-token-ms 20] [--split]
 """
@@ -49,14 +52,22 @@ WARMUP = 16
 
 def _serve_split(out: str, argv: list[str]) -> int:
     """In the serve process (``--_serve OUT ...``): wrap the pick's parts, run ``kvgate serve``, write
-    every call's duration (ns) per part to OUT at exit."""
+    every call's (picks so far, duration in ns) per part to OUT at exit."""
     from kvgate import cli
     from kvgate.requestcontrol.director import Director
     from kvgate.scheduling import tokenize
     from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer
     from kvgate.scheduling.profile import SchedulerProfile
 
-    times: dict[str, list[int]] = {}
+    times: dict[str, list[tuple[int, int]]] = {}
+    picks = [0]  # Director.pick calls so far: one per request (one endpoint, no retries)
+    orig_pick = Director.pick
+
+    def counting_pick(*a: Any, **k: Any) -> Any:
+        picks[0] += 1
+        return orig_pick(*a, **k)
+
+    Director.pick = counting_pick  # type: ignore[method-assign]
 
     def wrap(owner: Any, name: str, label: str) -> None:
         fn = getattr(owner, name)
@@ -68,7 +79,7 @@ def _serve_split(out: str, argv: list[str]) -> int:
             try:
                 return fn(*a, **k)
             finally:
-                got.append(time.perf_counter_ns() - t)
+                got.append((picks[0], time.perf_counter_ns() - t))
 
         setattr(owner, name, timed_call)
 
@@ -143,12 +154,13 @@ def main() -> int:
     return 0
 
 
-def _print_split(times: dict[str, list[int]], requests: int) -> None:
-    """Each part's calls during the measured requests (the first WARMUP requests' calls dropped, pro rata)."""
+def _print_split(times: dict[str, list[list[int]]], requests: int) -> None:
+    """Each part's calls during the measured requests: those tagged with a pick after the first WARMUP
+    requests' (calls at load time, tagged 0, and during the warm-up are dropped exactly)."""
     print("inside the serve process (perf_counter_ns wrappers):")
-    for label, ns in times.items():
-        per = len(ns) / (requests + WARMUP)
-        kept = ns[round(per * WARMUP) :]
+    for label, pairs in times.items():
+        kept = [n for i, n in pairs if i > WARMUP]
+        per = len(kept) / requests
         if kept:
             us = [n / 1e3 for n in kept]
             print(f"  {label:52s} {per:4.1f} calls/request  median {statistics.median(us):7.1f}  "
