@@ -14,7 +14,10 @@ Real ZMQ on loopback (the replay server is vLLM-shaped).
 
 from __future__ import annotations
 
+import asyncio
 import random
+
+import zmq
 
 from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up
 from datalayer.test_kv_restart import Sleeps, _fail_next_drain
@@ -120,3 +123,62 @@ async def test_a_subscriber_restart_starts_a_new_stale_streak() -> None:
     finally:
         await mgr.close()
         await pub.close()
+
+
+async def test_a_replay_that_holds_another_stream_is_overruled_within_the_count_bound(monkeypatch) -> None:
+    """As above with the clock still (the time bound never reached): past ``STALE_STREAK_MAX`` drops in a
+    streak the verdicts are not trusted (the bound made small here: each drop is a replay request; fix4's
+    test, deleted in kv15, review s15-kv L2)."""
+    monkeypatch.setattr(kvsubscriber, "STALE_STREAK_MAX", 20)
+    server = VLLMShapedReplay([])
+    async with caught_up(server) as (sub, idx):
+        await _follow(sub, idx)
+        server.buffer = [(s, _batch(900 + s)) for s in range(3)]
+        sub.clock = lambda: 0.0
+        for seq in range(6, 26):  # 5 lost
+            await sub._live(seq, _batch(seq))
+        assert sub.stats.stale_dropped == 20 and sub.stats.stale_overruled == 0
+        assert idx.engine_hashes("a") == set(range(BASE, BASE + 5))
+        for seq in range(26, 30):
+            await sub._live(seq, _batch(seq))
+        assert sub.stats.stale_overruled == 1 and sub.stats.stale_dropped == 20
+        assert idx.engine_hashes("a") == set(range(BASE + 26, BASE + 30))
+
+
+async def test_a_pulled_backlog_past_the_count_bound_is_overruled_there() -> None:
+    """The count bound as it is, on batches judged by one answer (pulled off the socket, no request each):
+    a replay port whose buffer is another stream's, batch 100 lost and more than ``STALE_STREAK_MAX``
+    batches queued behind it, the clock still. Failed before (kv15: the bound was ``SUB_RCVHWM``, 100,000,
+    so only the 30 s bound ever ended such a streak: all dropped); now the batch past the bound is applied
+    after a resync and the rest followed (review s15-kv L2)."""
+    n = kvsubscriber.STALE_STREAK_MAX + 50
+    assert kvsubscriber.STALE_STREAK_MAX < kvsubscriber.SUB_RCVHWM
+    assert kvsubscriber.STALE_STREAK_MAX >= 1200  # (test_kv_stale_life: a dead life's 1,200 dropped whole)
+    life = [_batch(seq) for seq in range(101 + n)]
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.setsockopt(zmq.SNDHWM, 100_000)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    server = VLLMShapedReplay(life[:100])
+    try:
+        async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):
+            assert await asyncio.to_thread(pub.poll, 5000), "the SUB never subscribed"
+            pub.recv()
+            assert sub.stats.last_seq == 99
+            server.buffer = [(s, _batch(900 + s)) for s in range(3)]  # another stream's
+            sub.clock = lambda: 0.0
+            for seq in range(101, 101 + n):
+                pub.send_multipart([b"", seq.to_bytes(8, "big"), life[seq]])
+            for _ in range(3000):
+                if sub.stats.last_seq == 100 + n:
+                    break
+                await asyncio.sleep(0.01)
+            bound = kvsubscriber.STALE_STREAK_MAX
+            assert sub.stats.stale_dropped == bound, sub.stats
+            assert sub.stats.stale_overruled == 1
+            first = 101 + bound  # applied after a resync, and what followed it
+            assert idx.engine_hashes("a") == set(range(BASE + first, BASE + 101 + n))
+    finally:
+        pub.close(0)
+        server.close()

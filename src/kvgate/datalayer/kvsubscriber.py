@@ -70,14 +70,19 @@ SUB_RCVHWM = 100_000
 # publishes. One replay answer judges every batch read off the socket before its request (``_judge``), so
 # such a burst drains at one replay round trip per ``PULL_MAX`` batches, not per batch (vLLM serves a replay
 # request once per pass of its publisher loop, up to 0.1 s on an idle engine). A streak longer than
-# STALE_STREAK_MAX batches (more than the socket can have queued: before kv15 1000, which a dead life that
-# queued more tripped, its batches then applied after a resync), or lasting longer than STALE_STREAK_S on
-# the subscriber's clock, is not one: the replay's verdict is wrong (a replay port whose buffer is another
-# stream's), and the batch is applied after a resync, as a gap that no replay healed. (vLLM with
-# ``buffer_steps=0`` answers the end marker alone: known, ``_engine_keeps_a_buffer``; gaps resync at once.)
-STALE_STREAK_MAX = SUB_RCVHWM
-# Live batches read off the socket at most before one replay request, to be judged by its answer.
+# STALE_STREAK_MAX batches, or lasting longer than STALE_STREAK_S on the subscriber's clock, is not one: the
+# replay's verdict is wrong (a replay port whose buffer is another stream's), and the batch is applied
+# after a resync, as a gap that no replay healed. (vLLM with ``buffer_steps=0`` answers the end marker
+# alone: known, ``_engine_keeps_a_buffer``; gaps resync at once.) The count: 5,000, ~8 s of engine steps at
+# 600 batches per second (before kv15 1000, which a dead life that queued more tripped, its batches then
+# applied after a resync; kv15 made it SUB_RCVHWM, 100,000, which the time bound always beat: where the
+# verdict is wrong, every lost batch froze the endpoint's entries for 30 s, review s15-kv L2). It ends such
+# a streak before the time bound on an engine publishing over ~170 batches per second.
+STALE_STREAK_MAX = 5_000
+# Live batches read off the socket at most before one replay request, to be judged by its answer (and their
+# payloads' bytes at most: what stops first; the task applies them ``DRAIN_MAX_BATCHES`` per loop pass).
 PULL_MAX = 10_000
+PULL_MAX_BYTES = 64 * 1024 * 1024
 STALE_STREAK_S = 30.0
 # (each kind has its own slot in the failure log)
 FailureKind = Literal["decode", "apply", "unforeseen", "stale", "overruled"]
@@ -428,15 +433,24 @@ class KVEventSubscriber:
             self._sock = sock
             loop = asyncio.get_running_loop()
             while not self._detached:
-                # What a drain left to this task (a batch that needs a replay fetch first), in order;
-                # meanwhile the socket is not watched, so nothing newer is applied before it.
-                while self._stash:
+                # What a drain left to this task (a batch that needs a replay fetch first, and what a
+                # pull read behind it), in order; meanwhile the socket is not watched, so nothing newer is
+                # applied before it. The loop runs others every ``DRAIN_MAX_BATCHES`` batches, as the
+                # drain does (an in-order batch never suspends: a pulled backlog of thousands held the
+                # loop for all of them, review s15-kv M1).
+                handled = 0
+                while self._stash and not self._detached:
                     seq, payload = self._stash.popleft()
                     judged, self._judged = self._judged > 0, max(0, self._judged - 1)
                     try:
                         await self._live(seq, payload, judged)
                     except Exception:
                         self._unforeseen(seq)
+                    handled += 1
+                    if handled % DRAIN_MAX_BATCHES == 0:
+                        await asyncio.sleep(0)
+                if self._detached:
+                    return
                 try:
                     if self._failed is not None:
                         raise self._failed
@@ -679,7 +693,8 @@ class KVEventSubscriber:
         self._apply(seq, payload)
 
     def _pull_queued(self) -> int:
-        """Read the live batches queued on the socket into the stash (at most ``PULL_MAX`` in it), before a
+        """Read the live batches queued on the socket into the stash (at most ``PULL_MAX`` in it, and
+        ``PULL_MAX_BYTES`` of payload per pull), before a
         replay request whose answer may judge them (``_judge``); how many the stash holds. Only from the
         task, while the socket is not watched (else nothing is read: 0)."""
         import zmq
@@ -687,7 +702,8 @@ class KVEventSubscriber:
         sock = self._sock
         if sock is None or self._loop is not None or self._draining:
             return 0
-        while len(self._stash) < PULL_MAX:
+        size = 0  # (of what this pull read: the stash's older entries are few, a drain's one batch)
+        while len(self._stash) < PULL_MAX and size < PULL_MAX_BYTES:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -699,6 +715,7 @@ class KVEventSubscriber:
                 self.stats.decode_errors += 1
                 continue
             self._stash.append((int.from_bytes(frames[-2], "big", signed=True), frames[-1]))
+            size += len(frames[-1])
         return len(self._stash)
 
     def _judge(self, queued: int, ended: list[int]) -> None:
@@ -924,7 +941,8 @@ class KVEventSubscriber:
         so nothing of the old answer is spliced onto the new one.
 
         ``ended`` (a bounded fetch) gets the sequence after the engine's newest batch when its whole answer
-        ended (end marker) before ``upto - 1``: the engine holds nothing from there on."""
+        ended (end marker) before ``upto - 1``: the engine holds nothing from there on (confirmed by one
+        more request when the answer held batches of the range; where the second answer ended, then)."""
         if self.replay_endpoint is None:
             return None
         keep = _Kept()
@@ -932,10 +950,11 @@ class KVEventSubscriber:
         overlap: tuple[int, int] | None = None  # (seq, payload digest) the next answer must begin with
         outcome: Literal["done", "end", "lost", "silent", "changed", "moved"] = "silent"
         requests = restarts = rerequests = 0
-        # (a bounded fetch) where an answer with batches in it ended short of ``upto - 1``: asked again
-        # from its last batch to tell an engine whose newest that is from an answer whose tail was lost
-        end_at: int | None = None
-        checking = False  # this request checks ``end_at`` (not counted as a re-request unless it was short)
+        # (a bounded fetch) an answer with batches in it ended short of ``upto - 1``: asked again from its
+        # last batch to tell an engine whose newest that is from an answer whose tail was lost; this
+        # request checks it (not counted as a re-request unless its answer went on to the range's end, or
+        # was not whole)
+        checking = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + fetch_deadline_s(self.replay_timeout)
         expired = False
@@ -946,20 +965,23 @@ class KVEventSubscriber:
                 outcome, missing, overlap = await self._fetch_round(
                     start, want, upto, keep, overlap, deadline
                 )
-                if checking:
-                    checking = False
-                    if not (outcome == "end" and missing == end_at):
-                        # (the answer went on past where the one before ended: its tail had been lost)
-                        rerequests += 1
-                        self.stats.fetch_rerequests += 1
-                        REPLAY_REREQUESTS.inc()
-                if outcome == "end" and upto is not None and overlap is not None and missing != end_at:
+                checked, checking = checking, False
+                if checked and outcome != "end":
+                    # (the answer went on to the range's end: the one before had lost its tail; or this
+                    # one was not whole)
+                    rerequests += 1
+                    self.stats.fetch_rerequests += 1
+                    REPLAY_REREQUESTS.inc()
+                if outcome == "end" and upto is not None and overlap is not None and not checked:
                     # The end marker after part of the range, its last batch ``missing - 1``: the engine's
                     # newest (batch ``upto`` then another life's), or an answer whose tail the engine's
                     # ROUTER dropped while its end marker, sent last, got through (review s14-fixes L2:
-                    # taken for another life, the live batch dropped). Asked again from that batch: the
-                    # same end confirms it; more batches heal the gap.
-                    end_at = missing
+                    # taken for another life, the live batch dropped). Asked again from that batch: an
+                    # answer that begins with it (``_fetch_round``), has no hole and ends short of the
+                    # range again confirms it, even if it went a little further (an engine that published
+                    # meanwhile: vLLM publishes between two replay requests; asking until two answers
+                    # ended alike never settled on a busy engine, review s15-kv L1); one that reaches the
+                    # range's end heals the gap.
                     if requests >= FETCH_MAX_ROUNDS or loop.time() >= deadline:
                         outcome = "lost"  # (not confirmed: not used)
                         expired = loop.time() >= deadline
