@@ -16,8 +16,9 @@ import time
 import zmq
 
 from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life
+from kvgate.datalayer import kvsubscriber
 
-NEW = 2_000_000
+OLD, NEW = 1_000_000, 2_000_000
 N = 3000
 
 
@@ -63,6 +64,39 @@ async def test_a_gap_with_a_backlog_queued_does_not_hold_the_event_loop():
             assert idx.engine_hashes("a") == set(range(NEW, NEW + 100 + N))
             worst = max(deltas)
             assert worst <= 200, f"{worst} batches applied in one turn of the event loop (nothing else ran)"
+    finally:
+        pub.close(0)
+        server.close()
+
+
+async def test_a_pull_stops_at_its_byte_bound(monkeypatch):
+    """``PULL_MAX_BYTES`` bounds what one pull reads off the socket (review s15-kv M1: the pull was bounded
+    in count only): at one byte each pull reads one batch, so a replay port of another stream judges a
+    backlog a batch or two per request, not all of it with one; every batch is still dropped."""
+    monkeypatch.setattr(kvsubscriber, "PULL_MAX_BYTES", 1)
+    n = 40
+    life = engine_life(NEW, 101 + n)
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    server = VLLMShapedReplay(life[:100])
+    try:
+        async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):
+            assert await asyncio.to_thread(pub.poll, 5000), "the SUB never subscribed"
+            pub.recv()
+            server.buffer = [(s, engine_life(OLD, 3)[s]) for s in range(3)]  # another stream's
+            before = len(server.requests)
+            for seq in range(101, 101 + n):  # 100 lost
+                pub.send_multipart([b"", seq.to_bytes(8, "big"), life[seq]])
+            time.sleep(0.5)  # noqa: ASYNC251 (the loop held on purpose: the backlog queues on the SUB)
+            for _ in range(1000):
+                if sub.stats.stale_dropped == n:
+                    break
+                await asyncio.sleep(0.01)
+            assert sub.stats.stale_dropped == n
+            assert len(server.requests) - before >= n // 4, server.requests
+            assert idx.engine_hashes("a") == set(range(NEW, NEW + 100))
     finally:
         pub.close(0)
         server.close()
