@@ -39,17 +39,24 @@ class Waiter:
 class Fleet:
     """``workers`` dispatchers on one pool of ``free`` running slots; ``sent`` in dispatch order."""
 
-    def __init__(self, workers: int = 2, marks: bool = True, headroom: float = 0.0) -> None:
+    def __init__(
+        self, workers: int = 2, marks: bool = True, headroom: float = 0.0, preemption: bool = False
+    ) -> None:
         self.free = 0
         self.now = 100.0
         self.sent: list[tuple[int, str]] = []
+        self.stopped: list[str] = []  # the requests ``preempt`` was asked for (``flowControl.preemption``)
         self.buf = bytearray(segment_size(workers))
         self.marks = [FleetMarks(memoryview(self.buf), workers, w) for w in range(workers)]
         self.ds: list[FlowDispatcher] = []
         for w in range(workers):
             ctl = FlowController(FlowControlConfig(ttl=60.0, fair_share_headroom=headroom))
             d = FlowDispatcher(
-                ctl, pick=self._pick(w), saturated=lambda _r: self.free <= 0, clock=lambda: self.now
+                ctl,
+                pick=self._pick(w),
+                saturated=lambda _r: self.free <= 0,
+                clock=lambda: self.now,
+                preempt=self._preempt if preemption else None,
             )
             if marks:
                 d.fleet = self.marks[w].pool("default")
@@ -63,6 +70,12 @@ class Fleet:
             return PickResult([object()])
 
         return pick
+
+    def _preempt(self, r: InferenceRequest) -> bool:
+        """As the Director's: stops a running sheddable request (frees its slot) for ``r``."""
+        self.stopped.append(r.request_id)
+        self.free += 1
+        return True
 
     def arrive(self, w: int, r: InferenceRequest) -> Any:
         return self.ds[w].arrive(r, self.now, Waiter())
@@ -178,6 +191,38 @@ def test_a_mark_from_the_future_or_a_cleared_row_is_ignored() -> None:
     f.free = 1
     f.step(0)
     assert f.sent == [(0, "low"), (0, "low2")]
+
+
+def test_a_deferred_head_waits_and_never_preempts() -> None:
+    """(review s15-fcw F1) With ``flowControl.preemption``: a head that waits for another worker's
+    request is not one whose pool is full: it stops nothing (capacity is free) and does not go first."""
+    f = Fleet(preemption=True)
+    f.arrive(0, req("std", "t0"))
+    f.arrive(1, req("crit", "critical", priority=10))
+    f.free = 1  # a slot frees; worker 0 passes first
+    f.step(0)
+    assert f.stopped == [] and f.sent == []
+    f.step(1)
+    assert f.sent == [(1, "crit")] and f.stopped == []
+    # the pool really full (and no other worker ahead of it): preemption as in one process
+    f.step(0)
+    assert f.stopped == ["std"] and f.sent == [(1, "crit"), (0, "std")]
+
+
+def test_a_mark_written_just_after_the_readers_clock_read_is_honoured() -> None:
+    """(review s15-fcw F2) ``now`` is read once per pass (and per arrival): another process that
+    publishes after that read stamps its mark a little later; that is a fresh mark, not garbage (up to
+    ``MARK_TTL_S`` ahead; further is, as a zeroed row's stamp 0)."""
+    buf = bytearray(segment_size(2))
+    a, b = FleetMarks(memoryview(buf), 2, 0), FleetMarks(memoryview(buf), 2, 1)
+    theirs = FlowController(FlowControlConfig(ttl=60.0))
+    theirs.enqueue(req("crit", "critical", priority=10), 100.001)
+    b.pool("default").publish(theirs, 100.001)  # type: ignore[union-attr]
+    mine = a.pool("default")
+    ctl = FlowController(FlowControlConfig(ttl=60.0))
+    assert mine is not None and mine.defers(req("low", "t0"), ctl, 100.0)
+    assert mine.defers(req("low", "t0"), ctl, 100.001 - MARK_TTL_S)
+    assert not mine.defers(req("low", "t0"), ctl, 100.0 - MARK_TTL_S)
 
 
 def test_an_emptied_queue_publishes_nothing_waiting() -> None:

@@ -204,6 +204,16 @@ class FlowDispatcher:
         ctl, saturated = self.ctl, self.saturated
         return lambda req: fleet.defers(req, ctl, now) or saturated(req)
 
+    def _preempt(self, now: float) -> Callable[[InferenceRequest], bool] | None:
+        """``preempt`` as ``dispatch_ready`` asks it at ``now``: with ``fleet``, never for a head that waits
+        because another worker's request goes first (the gate says "closed" then, not "pool full"): a
+        deferred head waits, it does not stop a running request to take its place."""
+        fleet, preempt = self.fleet, self.preempt
+        if fleet is None or preempt is None:
+            return preempt
+        ctl = self.ctl
+        return lambda req: not fleet.defers(req, ctl, now) and preempt(req)
+
     async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
         now = self.clock()
         loop = asyncio.get_running_loop()
@@ -293,7 +303,7 @@ class FlowDispatcher:
 
     def dispatch(self, now: float) -> None:
         """Dispatch while capacity allows (the gate: the saturation detector, preemption)."""
-        for item in dispatch_ready(self.ctl, now, self._gate(now), self.preempt):
+        for item in dispatch_ready(self.ctl, now, self._gate(now), self._preempt(now)):
             fut = item.handle
             if fut is None or fut.done():
                 # Its waiter is gone (cancelled before its own handler ran): taken but never picked,

@@ -20,7 +20,8 @@ stall on marks; it waits on a head only as one process would (strict priority).
 
 Bounded and lock-free: one row of ``POOLS`` marks per worker, written only by that worker (a reader may
 see a mark mid-write: ordering for one gate check, never an invariant). Crash-safe: a mark older than
-``MARK_TTL_S`` is ignored (a worker that died, or whose loop stalled, blocks no one for longer), a worker
+``MARK_TTL_S`` (or more than that ahead of the reader's clock: a zeroed row) is ignored (a worker that
+died, or whose loop stalled, blocks no one for longer), a worker
 publishes at every dispatch pass (``FlowDispatcher``: at most every ``recheck_interval`` while it has
 requests queued) and a mark with nothing waiting once its queue is empty; the supervisor zeroes a
 restarted worker's row. Time is injected (every call takes ``now``).
@@ -151,7 +152,8 @@ class PoolMark:
             if b is None:
                 continue
             stamp = m[b + _STAMP]
-            if not (0.0 <= now - stamp <= fleet.ttl) or m[b + _WAITING] <= 0.0:
+            # (a stamp a little ahead of ``now``: written after this pass or arrival read its clock)
+            if not (-fleet.ttl <= now - stamp <= fleet.ttl) or m[b + _WAITING] <= 0.0:
                 continue
             top = m[b + _TOP]
             if top > prio:
