@@ -1,12 +1,17 @@
 """Flow control's dispatch path with and without the fleet-wide queue order (``flowcontrol.fleet``).
 
     PYTHONPATH=src python scripts/fc_fleet_cost.py none|marks [--requests 4000] [--repeats 9]
+    PYTHONPATH=src python scripts/fc_fleet_cost.py gate [--workers 8] [--requests 4000] [--repeats 9]
 
 ``marks``: a ``FlowDispatcher`` with a pool mark on a two-worker marks buffer, the other worker's mark
 fresh with a lower band waiting (every gate check reads it and defers nothing); ``none``: no mark (one
 process; on a tree without ``flowcontrol.fleet`` too). Per request, microseconds, the median over
 ``--repeats``: ``FlowDispatcher.arrive`` picked at once (queue empty, pool free), ``arrive`` queued (pool
-full), and one dispatch pass that sends one queued request (plus the mark's publish). Time injected
+full), and one dispatch pass that sends one queued request (plus the mark's publish). ``gate``: one gate
+check alone (``PoolMark.defers`` of a quiet request) with ``--workers`` workers that all have the pool
+(as ``kvgate serve`` gives each its marks at start) and nothing queued ("no marks"), then with each other
+worker's mark fresh with a lower band waiting ("marks"); and with the others on another pool only ("pool
+only here"). Time injected
 (``now`` fixed); the pick is a stub. Run the two modes back to back, more than once: on a loaded machine
 the spread between runs is larger than the difference.
 """
@@ -88,15 +93,53 @@ def once(marks: bool, n: int) -> dict[str, float]:
     return out
 
 
+def gate(workers: int, n: int) -> dict[str, float]:
+    from kvgate.flowcontrol.fleet import FleetMarks, segment_size
+
+    out: dict[str, float] = {}
+    buf = memoryview(bytearray(segment_size(workers)))
+    marks = [FleetMarks(buf, workers, w).pool("default") for w in range(workers)]
+    mine = marks[0]
+    assert mine is not None
+    ctl = FlowController(FlowControlConfig(ttl=60.0))
+    r = InferenceRequest("q", "m", prompt_tokens=10, max_tokens=4, fairness_id="q")
+    lone = memoryview(bytearray(segment_size(workers)))
+    for w in range(1, workers):
+        FleetMarks(lone, workers, w).pool("other")
+    alone = FleetMarks(lone, workers, 0).pool("default")
+    assert alone is not None
+    t = time.perf_counter()
+    for _ in range(n):
+        alone.defers(r, ctl, 1.0)
+    out["gate check, pool only here"] = (time.perf_counter() - t) / n * 1e6
+    for label in ("no marks", "marks"):
+        t = time.perf_counter()
+        for _ in range(n):
+            mine.defers(r, ctl, 1.0)
+        out[f"gate check, {label}"] = (time.perf_counter() - t) / n * 1e6
+        octl = FlowController(FlowControlConfig(ttl=60.0))
+        octl.enqueue(
+            InferenceRequest("o", "m", prompt_tokens=10, max_tokens=4, priority=-1, fairness_id="b"), 1.0
+        )
+        for other in marks[1:]:
+            assert other is not None
+            other.publish(octl, 1.0)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=("none", "marks"))
+    p.add_argument("mode", choices=("none", "marks", "gate"))
+    p.add_argument("--workers", type=int, default=2, help="gate: workers sharing the marks")
     p.add_argument(
         "--requests", type=int, default=4000, help="per measurement (the queue holds at most 5000)"
     )
     p.add_argument("--repeats", type=int, default=9)
     a = p.parse_args()
-    runs = [once(a.mode == "marks", a.requests) for _ in range(a.repeats)]
+    if a.mode == "gate":
+        runs = [gate(a.workers, a.requests) for _ in range(a.repeats)]
+    else:
+        runs = [once(a.mode == "marks", a.requests) for _ in range(a.repeats)]
     for k in runs[0]:
         print(f"{a.mode:6s} {k:28s} median {statistics.median(r[k] for r in runs):6.2f} us")
 

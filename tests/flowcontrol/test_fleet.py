@@ -225,6 +225,67 @@ def test_a_mark_written_just_after_the_readers_clock_read_is_honoured() -> None:
     assert not mine.defers(req("low", "t0"), ctl, 100.0 - MARK_TTL_S)
 
 
+class CountingReads:
+    """A marks buffer that counts the floats read from it."""
+
+    def __init__(self, m: Any) -> None:
+        self.m, self.reads = m, 0
+
+    def __getitem__(self, i: int) -> float:
+        self.reads += 1
+        return float(self.m[i])
+
+    def __setitem__(self, i: int, v: float) -> None:
+        self.m[i] = v
+
+
+def test_a_check_reads_one_key_per_worker_without_a_mark_for_the_pool() -> None:
+    """(review s15-fcw F3) The common case: no other worker ever queued in this pool. A gate check
+    must not scan each of their rows (``POOLS`` keys each: every request's fast path under
+    ``--workers 8`` read 7 x 16 keys); a miss is remembered until that worker claims another pool (found
+    at once) or ``MARK_TTL_S`` passes."""
+    workers = 8
+    buf = bytearray(segment_size(workers))
+    fleet = [FleetMarks(memoryview(buf), workers, w) for w in range(workers)]
+    for w in range(1, workers):
+        fleet[w].pool("other")  # (they serve another pool; ours they never claimed)
+    counting = CountingReads(fleet[0]._m)
+    fleet[0]._m = counting  # type: ignore[assignment]
+    mine = fleet[0].pool("default")
+    ctl = FlowController(FlowControlConfig(ttl=60.0))
+    low = req("low", "t0")
+    assert mine is not None and not mine.defers(low, ctl, 100.0)  # (the first check scans)
+    counting.reads = 0
+    for _ in range(10):
+        assert not mine.defers(low, ctl, 100.0 + MARK_TTL_S)
+    assert counting.reads <= 10 * (workers - 1)
+    # a worker that claims our pool is found at the next check, and its mark honoured
+    theirs = FlowController(FlowControlConfig(ttl=60.0))
+    theirs.enqueue(req("crit", "critical", priority=10), 100.0)
+    late = fleet[5].pool("default")
+    assert late is not None
+    late.publish(theirs, 100.0)
+    assert mine.defers(low, ctl, 100.0)
+
+
+def test_a_remembered_miss_lasts_at_most_the_marks_ttl() -> None:
+    """A restarted worker refills its zeroed row, perhaps with our pool where another was: a check
+    that remembered it without our pool scans again after ``MARK_TTL_S``."""
+    buf = bytearray(segment_size(2))
+    a, b = FleetMarks(memoryview(buf), 2, 0), FleetMarks(memoryview(buf), 2, 1)
+    b.pool("other")
+    b.pool("third")
+    mine = a.pool("default")
+    ctl = FlowController(FlowControlConfig(ttl=60.0))
+    assert mine is not None and not mine.defers(req("low", "t0"), ctl, 100.0)
+    a.clear_row(1)  # the supervisor restarts worker 1, which claims ours first this time
+    b = FleetMarks(memoryview(buf), 2, 1)
+    theirs = FlowController(FlowControlConfig(ttl=60.0))
+    theirs.enqueue(req("crit", "critical", priority=10), 100.0)
+    b.pool("default").publish(theirs, 100.0 + MARK_TTL_S)  # type: ignore[union-attr]
+    assert mine.defers(req("low", "t0"), ctl, 100.0 + MARK_TTL_S + 0.001)
+
+
 def test_an_emptied_queue_publishes_nothing_waiting() -> None:
     f = Fleet()
     f.arrive(1, req("crit", "critical", priority=10))

@@ -94,13 +94,15 @@ class FleetMarks:
             if len(self._own) >= self.pools:
                 return None
             i = self._own[key] = len(self._own)
+            if not self.closed:  # claimed: the others find it (stamp 0: no mark yet), rows fill in order
+                self._m[(self.worker * self.pools + i) * FIELDS + _KEY] = key
         return PoolMark(self, key, (self.worker * self.pools + i) * FIELDS)
 
 
 class PoolMark:
     """One pool's mark in this worker's row, and the others' marks for the same pool."""
 
-    __slots__ = ("_held", "_others", "_top", "base", "fleet", "key")
+    __slots__ = ("_held", "_missed", "_others", "_top", "base", "fleet", "key")
 
     def __init__(self, fleet: FleetMarks, key: float, base: int) -> None:
         self.fleet = fleet
@@ -108,6 +110,10 @@ class PoolMark:
         self.base = base
         # where the other workers' marks for this pool were last found (checked on every read)
         self._others: dict[int, int] = {}
+        # the workers found without a mark for this pool: (how many pools their row held, when), so a
+        # check reads one key (their next free slot) instead of the row, until they claim another pool
+        # or MARK_TTL_S passes (a restarted worker refills its zeroed row, maybe in another order)
+        self._missed: dict[int, tuple[int, float]] = {}
         self._top, self._held = NOTHING, 0.0  # what this worker last published
 
     def enqueued(self, ctl: FlowController, priority: int, now: float) -> None:
@@ -148,7 +154,7 @@ class PoolMark:
         for w in range(fleet.workers):
             if w == fleet.worker:
                 continue
-            b = self._find(w)
+            b = self._find(w, now)
             if b is None:
                 continue
             stamp = m[b + _STAMP]
@@ -165,18 +171,31 @@ class PoolMark:
                     return True
         return False
 
-    def _find(self, worker: int) -> int | None:
-        """The index of ``worker``'s mark for this pool, or None."""
+    def _find(self, worker: int, now: float) -> int | None:
+        """The index of ``worker``'s mark for this pool, or None. A row fills from its first slot (keys
+        written when claimed, zeroed only whole), so a scan stops at the first empty slot, and a miss is
+        remembered (see ``_missed``)."""
         fleet, key = self.fleet, self.key
-        m = fleet._m
+        m, pools = fleet._m, fleet.pools
         b = self._others.get(worker)
         if b is not None and m[b + _KEY] == key:
             return b
-        row = worker * fleet.pools * FIELDS
-        for i in range(fleet.pools):
-            b = row + i * FIELDS
-            if m[b + _KEY] == key:
-                self._others[worker] = b
-                return b
+        row = worker * pools * FIELDS
+        missed = self._missed.get(worker)
+        if missed is not None:
+            n, at = missed
+            if 0.0 <= now - at <= fleet.ttl and (n >= pools or m[row + n * FIELDS + _KEY] == 0.0):
+                return None
         self._others.pop(worker, None)
+        for i in range(pools):
+            b = row + i * FIELDS
+            k = m[b + _KEY]
+            if k == key:
+                self._others[worker] = b
+                self._missed.pop(worker, None)
+                return b
+            if k == 0.0:
+                self._missed[worker] = (i, now)
+                return None
+        self._missed[worker] = (pools, now)
         return None
