@@ -9,14 +9,21 @@ reported, nor seen on a request for ``GRACE_S`` loses its series in every collec
 
 from __future__ import annotations
 
+import orjson
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.mappings import extract
 from kvgate.extproc.metrics import EppMetrics, models_reported
+from kvgate.extproc.session import Session
+from kvgate.extproc.testing import header_map
 from kvgate.openai.labels import GRACE_S, KEEP_S, MAX_MODEL_LABELS, MAX_RETIRED_NAMES, ModelLabels
 
 from .pickers import one_endpoint_context
 from .test_error_counts import request_stats
-from .test_model_label_learning import _post
+from .test_model_label_learning import _post, _respond
+
+_POST = {":method": "POST", ":path": "/v1/completions"}
 
 
 def _page(adapter: str) -> str:
@@ -149,3 +156,54 @@ def test_fast_churn_is_bounded_by_the_retired_cap() -> None:
         most = max(most, len({m for key in metrics.requests.children for m in key}))
     # base, other, the adapters still in the reported set (KEEP_S / 2 s) and the retired ones
     assert most <= 2 + KEEP_S / 2.0 + 1 + MAX_RETIRED_NAMES  # fails before: 1026
+
+
+def test_a_learnt_name_in_flight_keeps_its_label_to_its_end() -> None:
+    """Review s15-labels L2: a learnt name whose only request outlasts GRACE_S was swept mid-request (its
+    slot freed, its series removed); 16 other names then took the slots and its end was counted under
+    ``other``. Now a name with a request in flight (``ModelLabels.hold`` from the session's model to its
+    ``close``) counts as seen: kept, and its end counted under its own name."""
+    clock = [0.0]
+    metrics = EppMetrics(models=ModelLabels(["m"], clock=lambda: clock[0]))
+    ctx = one_endpoint_context(metrics)
+    _post(ctx, "long", 200)  # learnt
+    s = Session(ctx)
+    s.handle(pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map(_POST))))
+    body = pb.HttpBody(body=orjson.dumps({"model": "long", "prompt": "p"}), end_of_stream=True)
+    s.handle(pb.ProcessingRequest(request_body=body))
+    clock[0] += GRACE_S + 1.0
+    metrics.exposition()  # (a scrape sweeps)
+    assert "long" in metrics.models.learnt  # fails before: swept while in flight
+    assert metrics.models.inflight == {"long": 1}
+    for i in range(MAX_MODEL_LABELS):  # other names take every free slot meanwhile
+        _post(ctx, f"name-{i}", 200)
+    _respond(s, 200)
+    assert metrics.models.inflight == {}
+    assert request_stats(metrics.registry)[("inference_objective_request_total", "long", "long")] == 2
+
+
+def test_a_rewritten_requests_names_are_held_and_dropped_once() -> None:
+    metrics = EppMetrics(models=ModelLabels(["m"]))
+    ctx = one_endpoint_context(metrics)
+    s = Session(ctx)
+    hdrs = {**_POST, "x-gateway-model-name-rewrite": "target"}
+    s.handle(pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map(hdrs))))
+    body = pb.HttpBody(body=orjson.dumps({"model": "client", "prompt": "p"}), end_of_stream=True)
+    s.handle(pb.ProcessingRequest(request_body=body))
+    assert metrics.models.inflight == {"client": 1, "target": 1}
+    s.close()
+    s.close()  # (a second close drops nothing more)
+    assert metrics.models.inflight == {}
+
+
+def test_an_infinite_grace_removes_no_label_for_being_unused() -> None:
+    """``--model-series-grace inf``: a learnt name unused for ever keeps its label and series."""
+    clock = [0.0]
+    labels = ModelLabels(["m"], clock=lambda: clock[0], grace_s=float("inf"))
+    gone: list[set[str]] = []
+    labels.forget.append(lambda names: gone.append(set(names)))
+    labels.served("lora")
+    assert labels.label("lora") == "lora"
+    clock[0] += 1e9
+    labels.sweep()
+    assert labels.learnt == {"lora"} and not gone

@@ -193,3 +193,13 @@ def test_picker_config_errors_name_the_pool(tmp_path):
     assert main(["--config", str(p), "--port", "0"]) == 2  # refused before listening
     pools = build_pools(parse_gateway_config({"pools": raw["pools"][:1]}))
     assert [ep.address for ep in pools[0].endpoints()] == ["127.0.0.1:1"]
+
+
+def test_model_series_grace_is_refused_without_clusters(capsys: pytest.CaptureFixture[str]) -> None:
+    """``kvgate serve`` without ``--clusters`` labels only its config's models and removes no series: a
+    ``--model-series-grace`` there was silently ignored (review s15-labels); now a config error."""
+    from kvgate.gateway.cli import main
+
+    assert main(["--endpoints", "127.0.0.1:1", "--model", "m", "--model-series-grace", "60"]) == 2
+    err = capsys.readouterr().err
+    assert "--model-series-grace" in err and "--clusters" in err

@@ -232,29 +232,41 @@ def test_each_clusters_latest_list_comes_before_any_kept_name() -> None:
 
 
 async def test_a_stream_longer_than_the_grace_keeps_its_learnt_label_at_its_end() -> None:
-    """A learnt name used only by one stream that outlasts GRACE_S: the sweep at a scrape in the middle
-    drops it (unseen since the stream's headers), and its end is seen again (``served`` at the end), so
-    the request is counted under its own name, not ``other``."""
-    backend = await Backend("b0", tokens=3).start()
+    """A learnt name used only by one stream that outlasts GRACE_S keeps its label and series while the
+    stream is in flight (``ModelLabels.hold``), so 16 other names taking the free slots meanwhile cannot
+    push its end into ``other`` (review s15-labels L2: dropped mid-stream, its start's count removed, its
+    end counted under ``other`` once the slots were taken)."""
+    backend = await Backend("b0", tokens=3).start()  # answers any ``model`` with a 200
     backend.pause_after = 1
     mc = GlobalGateway(ClustersConfig((ClusterSpec("c", gateway=backend.address),)), "round-robin",
                        fetch=False, seed=1)  # fmt: skip
     clock = [0.0]
     mc.metrics.models.clock = lambda: clock[0]
     await mc.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{mc.port}"
     try:
         async with aiohttp.ClientSession() as s:
             body = orjson.dumps({"model": "long-lora", "prompt": "x", "max_tokens": 3, "stream": True})
-            async with s.post(f"http://127.0.0.1:{mc.port}/v1/completions", data=body) as r:
+            async with s.post(f"{url}/v1/completions", data=body) as r:
                 assert r.status == 200
                 await backend.paused.wait()
                 clock[0] += GRACE_S + 1.0
-                async with s.get(f"http://127.0.0.1:{mc.port}/metrics") as m:
-                    await m.read()
-                assert not mc.metrics.models.learnt  # (dropped mid-stream: unseen for GRACE_S)
+                async with s.get(f"{url}/metrics") as m:
+                    text = await m.text()
+                assert "long-lora" in mc.metrics.models.learnt  # in flight: kept (fails before)
+                assert (
+                    'kvgate_multicluster_requests_total{cluster="c",mode="parent",model_name="long-lora"} 1.0'
+                    in text
+                )
+                for i in range(MAX_MODEL_LABELS):  # other names take every free slot meanwhile
+                    short = orjson.dumps({"model": f"name-{i}", "prompt": "x", "max_tokens": 1})
+                    async with s.post(f"{url}/v1/completions", data=short) as r2:
+                        assert r2.status == 200
+                        await r2.read()
                 backend.resume.set()
                 await r.read()
             await eventually(lambda: mc.inflight == 0, "the global gateway's requests ended")
+        assert not mc.metrics.models.inflight  # (every hold dropped at its request's end)
     finally:
         await mc.stop()
         await backend.stop()

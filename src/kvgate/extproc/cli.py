@@ -135,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
         default=GRACE_S,
         metavar="SECONDS",
         help="a model name neither known, reported, answered nor used this long loses its metric series "
-        "(docs/epp.md); > 0",
+        "(docs/epp.md); > 0; inf: never for being unused (names no longer labels still go past 256)",
     )
     net.add_argument(
         "--tls-hosts",

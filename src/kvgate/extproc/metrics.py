@@ -112,6 +112,16 @@ class EppMetrics:
     def served(self, target: str) -> None:
         self.models.served(target)
 
+    def begin(self, model: str, target: str) -> None:
+        self.models.hold(model)
+        if target != model:
+            self.models.hold(target)
+
+    def end(self, model: str, target: str) -> None:
+        self.models.drop(model)
+        if target != model:
+            self.models.drop(target)
+
     def finished(self, usage: Usage | None, ok: bool, streaming: bool) -> None:
         self.inflight.dec()
         self.responses.labels(str(ok).lower(), str(streaming).lower()).inc()

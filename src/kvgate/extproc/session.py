@@ -82,6 +82,10 @@ class Observer(Protocol):
     # ``kvgate serve``'s ``inference_objective_request_total`` and its duration and token histograms:
     # once per request a model server answered (its response headers seen), when its response ends.
     def request_done(self, model: str, target: str, seconds: float, usage: Usage | None) -> None: ...
+    # A request under ``model`` / ``target`` started (its names known) and, once, its stream ended: the
+    # names in flight keep their labels (``ModelLabels.hold`` / ``drop``).
+    def begin(self, model: str, target: str) -> None: ...
+    def end(self, model: str, target: str) -> None: ...
 
 
 class ProtocolViolation(Exception):
@@ -194,6 +198,7 @@ class Session:
         # before, so a stream that ends then is no request left unanswered (as ``kvgate serve``, whose
         # front has the whole body before anything is counted under a model).
         self._models: tuple[str, str] | None = None
+        self._ended = False  # (``close``: the observer's ``end`` once)
         self._parsed = False  # its body parsed: its target is a name the model server saw (labels)
         # The gateway sends response bodies (protocol_config's response_body_mode is not NONE): else the
         # response headers are the last the EPP hears of the response, and its outcome is counted there.
@@ -314,7 +319,7 @@ class Session:
             # Body-less (GET /v1/models, health probes): pick at once on headers.
             self._body_finished = True
             model = self.request_headers.get("x-gateway-model-name", "")
-            self._models = (model, model)
+            self._use_models(model, model)
             req = self._build_request(ParsedBody(OTHER, {}, model), model)
             return self._schedule(req, body=None, body_changed=False)
         return []
@@ -353,7 +358,7 @@ class Session:
             self._client_model = model
             parsed.body["model"] = target
             model, changed = target, True
-        self._models = (client_model, model)
+        self._use_models(client_model, model)
         self._parsed = True
         if server_priority(parsed.body, self.ctx.policy, self.request_headers.get(keys.OBJECTIVE)):
             changed = True  # (pools[].passPriority)
@@ -629,9 +634,25 @@ class Session:
             self.ctx.budget.give(self._held)
             self._held = 0
 
+    def _use_models(self, model: str, target: str) -> None:
+        obs = self.ctx.observer
+        if obs is not None:
+            if self._models is not None:
+                obs.end(*self._models)
+            obs.begin(model, target)  # (``end`` in ``close``)
+        self._models = (model, target)
+
     def close(self, idle: bool = False) -> None:
         """The stream ended (normally, cancelled, or the client went away; ``idle``: the server's idle
         sweeper ended it)."""
+        try:
+            self._close(idle)
+        finally:
+            if self._models is not None and self.ctx.observer is not None and not self._ended:
+                self._ended = True
+                self.ctx.observer.end(*self._models)
+
+    def _close(self, idle: bool) -> None:
         if idle and not self.done:
             self._outcome(complete=False, idle=True)
         self._release()

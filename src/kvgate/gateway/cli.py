@@ -94,10 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model-series-grace",
         type=float,
-        default=GRACE_S,
+        default=None,
         metavar="SECONDS",
-        help="with --clusters: a model name neither listed by a cluster, answered nor used this long loses "
-        "its metric series (docs/multicluster.md); > 0",
+        help="with --clusters only (refused without: kvgate serve labels only its config's models, it "
+        "removes no series): a model name neither listed by a cluster, answered nor used this long loses "
+        f"its metric series (docs/multicluster.md); > 0, default {GRACE_S:g}; inf: never for being unused",
     )
     adm = p.add_argument_group("admin-port TLS (as kvgate epp --metrics-tls)")
     adm.add_argument(
@@ -361,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             staleness_settings(args, None, "hub")
-            if not args.model_series_grace > 0:
+            grace = GRACE_S if args.model_series_grace is None else args.model_series_grace
+            if not grace > 0:
                 raise GatewayConfigError("--model-series-grace", "must be > 0")
         except GatewayConfigError as e:
             print(f"kvgate serve: config error: {e}", file=sys.stderr)
@@ -369,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         port = 8080 if args.port is None else args.port  # --port 0: an ephemeral port (printed)
         return run(ServeArgs(args.clusters, args.cluster_policy, args.host or "127.0.0.1", port,
                              seed=args.cluster_policy_seed,
-                             series_grace_s=args.model_series_grace))  # fmt: skip
+                             series_grace_s=grace))  # fmt: skip
     file_cfg = mtime = None
     if args.config:
         from kvgate.gateway.reload import file_mtime
@@ -380,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         mtime = file_mtime(args.config)
     try:
+        if args.model_series_grace is not None:  # (not silently ignored: review s15-labels)
+            raise GatewayConfigError(
+                "--model-series-grace",
+                "only with --clusters (without, kvgate serve labels only its config's models: no series "
+                "is removed)",
+            )
         if args.config and not (args.endpoints or args.model):
             file_cfg = load_gateway_config(args.config)
         cfg = build_config(args, file_cfg)

@@ -51,7 +51,7 @@ from kvgate.multicluster.source import ClusterSource
 from kvgate.multicluster.state import models_listed
 from kvgate.openai.labels import GRACE_S, ModelLabels
 from kvgate.openai.protocol import MODEL_REWRITE, sse_error_event
-from kvgate.openai.request import BodyError, kind_for_path, parse_body
+from kvgate.openai.request import BodyError, ParsedBody, kind_for_path, parse_body
 from kvgate.openai.requeststats import RequestErrors, RequestStats
 from kvgate.openai.usage import usage_from_body
 from kvgate.scheduling.types import Usage
@@ -295,6 +295,19 @@ class GlobalGateway:
         except BodyError as e:
             self.metrics.error("", str(e.status))  # (no model yet: empty labels, as kvgate serve)
             return json_error(e.status, e.message, param=e.param)
+        # In flight: the model's name keeps its label (and series) to the request's end, a stream longer
+        # than GRACE_S included (``ModelLabels.hold``; review s15-labels L2).
+        self.metrics.models.hold(parsed.model)
+        try:
+            return await self._route_parsed(request, parsed, t0)
+        finally:
+            self.metrics.models.drop(parsed.model)
+
+    async def _route_parsed(
+        self, request: Request, parsed: ParsedBody, t0: float
+    ) -> Response | StreamResponse:
+        path = request.path
+        raw = request.body
         opts = parsed.body.get("stream_options")
         creq = ClusterRequest(
             parsed.model,

@@ -30,7 +30,9 @@ a scrape; a cluster on an older kvgate, whose aggregate lists no names) is still
 left: name such names in the config to be sure of their labels. A learnt name keeps its label while it
 is used (below); learnt names are not taken back for reported names coming later, which take their own
 labels on top. Every other name is reported as ``other``; an empty name (the request was refused
-before its model was known) stays empty, as in ``kvgate serve``.
+before its model was known) stays empty, as in ``kvgate serve``. The name ``other`` itself (a client's,
+a server's report) is never learnt, reported or seen: it is the overflow label, never removed (review
+s15-labels H1: learnt, it was swept with every unlabelled name's series).
 
 At any moment a door's labels are therefore at most: the config's names, plus ``MAX_REPORTED_NAMES``
 (256) reported, plus ``MAX_MODEL_LABELS`` (16) learnt, plus ``other`` and the empty name; each of
@@ -39,15 +41,20 @@ At any moment a door's labels are therefore at most: the config's names, plus ``
 Series are removed (labels15; before, every name that ever had a label kept its series for the
 process's life, so LoRA adapter churn grew the exposition without bound). A name the config does not
 name is *seen* when a request is labelled with it, when a model server answers it with a 2xx, and at each
-``sweep`` while it is in the reported set. A name not seen for ``GRACE_S`` (300 s) loses its series in
+``sweep`` while it is in the reported set or a request under it is in flight (``hold`` at the request's
+start, ``drop`` at its end: a learnt name only a stream longer than ``GRACE_S`` uses keeps its label and
+series to the stream's end; review s15-labels L2). A name not seen for ``GRACE_S`` (300 s) loses its series in
 every collector of the door that carries ``model_name`` / ``target_model_name`` (``forget``: the
 ``inference_objective_*`` families, ``kvgate_multicluster_requests_total``), and a learnt name its slot.
 So an adapter's series go at most ``KEEP_S`` + ``GRACE_S`` (10 minutes) after its servers last reported
 it and a request last used it. Names that are no labels any more but not yet ``GRACE_S`` unseen keep
 their series, at most ``MAX_RETIRED_NAMES`` (256) of them: past that the longest unseen go at once, so
 the series carry at most config + 256 + 16 + 256 names (+ ``other``, empty) at every moment, however
-fast names come and go. ``sweep`` runs from ``label`` at most once per ``REFRESH_S`` and from each
-scrape, O(names + series) each time; a request costs a clock read and a dict write.
+fast names come and go (plus the names of requests in flight). ``sweep`` runs from ``label`` at most once
+per ``REFRESH_S`` and from each scrape, O(names + series) each time: a request costs a clock read and a
+few dict operations, and at most once a second one request pays the sweep (O(labels + series); review
+s15-labels L4). ``grace_s`` may be ``inf`` (``--model-series-grace inf``): no name loses its series for
+being unseen; names no longer labels still go past ``MAX_RETIRED_NAMES``.
 
 Prometheus semantics: a removed series is gone from the next scrape (Prometheus marks it stale); a name
 that comes back is a new series from 0, which ``rate()`` / ``increase()`` read as a counter reset (the
@@ -70,6 +77,10 @@ GRACE_S = 300.0  # a name neither known, reported nor seen on a request this lon
 MAX_RETIRED_NAMES = 256  # names no longer labels whose series wait out GRACE_S, at most (oldest go first)
 OTHER_MODEL = "other"
 ANY_MODEL = "*"
+# Never a name of its own, whoever reports, answers or sends it: ``*`` (any model) and ``other`` (the
+# overflow label: a name learnt, reported or seen as ``other`` would be swept with every unlabelled
+# name's series under it; review s15-labels H1).
+_NO_NAMES = frozenset((ANY_MODEL, OTHER_MODEL))
 
 
 class ReportedNames:
@@ -111,7 +122,7 @@ class ReportedNames:
         for name in self.walk():
             if len(seen) >= self.cap:
                 break
-            if name and name != ANY_MODEL and len(name) <= MAX_MODEL_CHARS and name not in seen:
+            if name and name not in _NO_NAMES and len(name) <= MAX_MODEL_CHARS and name not in seen:
                 seen[name] = now
         if len(seen) < self.cap:
             recent = sorted(
@@ -156,6 +167,10 @@ class ModelLabels:
         # no longer are, waiting out ``grace_s`` (``sweep``).
         self.seen: dict[str, float] = {}
         self.forget: list[Callable[[Set[str]], None]] = []
+        # name -> requests in flight under it (``hold`` / ``drop``): ``sweep`` counts them seen, so a name
+        # keeps its label and series while a request uses it (review s15-labels L2). Bounded by the
+        # requests in flight.
+        self.inflight: dict[str, int] = {}
         self._swept: float | None = None  # when ``sweep`` last ran (None: not yet)
         self._learnt_v = 0  # bumped at every change of ``learnt`` (``_free``'s cache key)
         # (reported, known, _learnt_v, n): n, the reported names neither known nor learnt, for the
@@ -182,7 +197,7 @@ class ModelLabels:
     def served(self, model: str) -> None:
         """A model server answered a request sent to it as ``model`` with a 2xx: a name the door does not
         know earns its own label while slots are left (and a learnt one is seen)."""
-        if not model or model in self.known:
+        if not model or model in self.known or model == OTHER_MODEL:
             return
         if model in self.learnt:
             self.seen[model] = self.clock()
@@ -193,12 +208,29 @@ class ModelLabels:
             self._learnt_v += 1
             self.seen[model] = self.clock()
 
+    def hold(self, model: str) -> None:
+        """A request under ``model`` started (its ``drop`` follows at its end): O(1)."""
+        if model:
+            self.inflight[model] = self.inflight.get(model, 0) + 1
+
+    def drop(self, model: str) -> None:
+        """A request ``hold`` counted under ``model`` ended."""
+        n = self.inflight.get(model)
+        if n is None:
+            return
+        if n > 1:
+            self.inflight[model] = n - 1
+        else:
+            del self.inflight[model]
+
     def label(self, model: str) -> str:
         if not model or model in self.known:
             return model
         now = self.clock()
         if self._swept is None or now - self._swept >= self.sweep_s:
             self.sweep(now)
+        if model == OTHER_MODEL:  # (the overflow label: never seen, so never swept)
+            return model
         if model in self.learnt or model in self._reported():
             self.seen[model] = now
             return model
@@ -217,7 +249,7 @@ class ModelLabels:
         for m, at in list(self.seen.items()):
             if m in self.known:
                 del self.seen[m]  # (named by the config since: its label for good, series kept)
-            elif m in reported:
+            elif m in reported or m in self.inflight:  # (in flight: a request still uses it)
                 self.seen[m] = now
             elif now - at >= self.grace_s:
                 gone.add(m)
