@@ -60,11 +60,12 @@ async def test_hub_epp_picks_cluster_gateways_by_aggregate() -> None:
 
 @contextlib.asynccontextmanager
 async def _west_hub(
-    clock: list[float], gateway: str = "10.2.0.2:8080"
+    clock: list[float], gateway: str = "10.2.0.2:8080", others: tuple[ClusterSpec, ...] = ()
 ) -> AsyncIterator[tuple[ClusterDirector, ClusterState, grpc.aio.Channel]]:
     """A hub EPP over real gRPC on ``clock``, one cluster "west" (its gateway at ``gateway``) fresh with
-    room: (director, west's state, a channel to the EPP)."""
-    cfg = ClustersConfig((ClusterSpec("west", gateway=gateway),))
+    room (and ``others``, no aggregate: picked after west): (director, west's state, a channel to the
+    EPP)."""
+    cfg = ClustersConfig((ClusterSpec("west", gateway=gateway), *others))
     director = ClusterDirector(cfg, "kvgate", clock=lambda: clock[0], seed=0)
     west = director.states["west"]
     west.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), clock[0])
@@ -302,23 +303,30 @@ async def test_hub_epp_backs_a_cluster_off_whose_gateway_refused_a_client_that_l
     """Session 14's note: with fallbacks, Envoy that cannot connect to the first cluster's gateway moves
     on to the next; a client leaving before the fallback's headers cancelled the stream with no served
     address, so the first cluster's connect failure was hidden (``on_abandoned``: neither fails nor
-    clears) and the hub kept sending there. Now the hub checks the gateway itself: a refused connection
-    backs the cluster off, once per ``PROBE_EVERY_S`` at most."""
+    clears) and the hub kept sending there. Now the hub checks the gateway itself, once per
+    ``PROBE_EVERY_S`` at most: two refused connections in a row, no answer between, back the cluster off
+    while another cluster (east) can take its requests (review s15-labels M1)."""
     clock = [100.0]
     closed = socket.socket()  # bound, never listening: connections to it are refused
     closed.bind(("127.0.0.1", 0))
     address = f"127.0.0.1:{closed.getsockname()[1]}"
     try:
-        async with _west_hub(clock, address) as (director, west, ch):
-            for expected in (1, 1, 2):  # the second leave comes within PROBE_EVERY_S: not probed again
+        async with _west_hub(clock, address, (ClusterSpec("east", gateway="10.1.0.2:8080"),)) as (
+            director,
+            west,
+            ch,
+        ):
+            # The first refusal is a suspicion; the second leave comes within PROBE_EVERY_S (not probed
+            # again); the third's probe is refused again, nothing answered between: backed off.
+            for expected in (0, 0, 1):
                 async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
                     out = await ex.send_request(HEADERS, BODY)
-                    assert out.destination == address
+                    assert out.destination.split(",")[0] == address  # (east: the fallback)
                     ex.cancel()  # the client left before any response headers
                 await _until_settled(west)
                 await _until_probed(director)
                 assert west.failures == expected
-                assert not west.available(clock[0])
+                assert west.available(clock[0]) == (expected == 0)
                 assert director._status == {}
                 clock[0] += 0.5  # (the third leave: PROBE_EVERY_S after the first probe)
     finally:
@@ -326,8 +334,7 @@ async def test_hub_epp_backs_a_cluster_off_whose_gateway_refused_a_client_that_l
 
 
 async def test_the_connect_probe_fails_a_gateway_that_does_not_answer_in_time() -> None:
-    """``connects``: a listener that takes the connection is up; a refused port, a bad address, and a
-    connect that does not finish within the timeout (a TEST-NET address: dropped or unreachable) are down."""
+    """``connects``: a listener that takes the connection is up; a refused port and a bad address are down."""
     listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     closed = socket.socket()
@@ -336,9 +343,7 @@ async def test_the_connect_probe_fails_a_gateway_that_does_not_answer_in_time() 
         assert await connects(f"127.0.0.1:{port}")
         assert not await connects(f"127.0.0.1:{closed.getsockname()[1]}")
         assert not await connects("no-port")
-        t0 = time.monotonic()
-        assert not await connects("192.0.2.1:80", timeout_s=0.2)
-        assert time.monotonic() - t0 < 5.0  # (bounded by the timeout, not the kernel's connect retries)
+        # (the timed-out branch: tests/multicluster/test_hub_probe.py, with a connect that never completes)
     finally:
         closed.close()
         listener.close()

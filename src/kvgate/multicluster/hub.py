@@ -15,8 +15,9 @@ in the hub as in ``kvgate serve --clusters``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,9 +39,14 @@ _ABANDONED = -1  # ``_status`` of a request whose client left before its cluster
 # A client that left before its cluster's response headers hides whether Envoy could connect to the
 # cluster's gateway (with fallbacks, Envoy moves on silently; the served address comes only with the
 # headers): the hub then opens a TCP connection to that gateway itself, within PROBE_TIMEOUT_S (the
-# global router's connect timeout), and backs the cluster off if it cannot. At most one probe per
-# cluster in flight, and none within PROBE_EVERY_S of the cluster's last one (bounded work under a
-# storm of clients leaving).
+# global router's connect timeout). At most one probe per cluster in flight, and none within
+# PROBE_EVERY_S of the cluster's last one (bounded work under a storm of clients leaving).
+# The probe runs from the EPP's network, not Envoy's (review s15-labels M1): an EPP that cannot reach a
+# gateway Envoy can reach (egress NetworkPolicy, split DNS, an allow-list of Envoy's addresses) would see
+# a healthy cluster down. So a failed probe alone backs nothing off; a cluster is backed off only when
+# (1) a second probe fails, PROBE_EVERY_S or more after a first, with no request to the cluster answered
+# well in between (``_suspect``), and (2) another cluster is available to take its requests: the probe
+# can never take the last available cluster (a single-cluster deployment) down.
 PROBE_TIMEOUT_S = 1.0
 PROBE_EVERY_S = 1.0
 
@@ -63,6 +69,8 @@ class ClusterDirector:
         # cluster -> its connect probe in flight (``on_abandoned``); cluster -> when its last one started.
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._probed_at: dict[str, float] = {}
+        # cluster -> when a probe of it failed, with no request to it succeeded since (``_probe``).
+        self._suspect: dict[str, float] = {}
         self.policy = (
             make_policy(policy, ttl_s=cfg.ttl_s, local=cfg.local, seed=seed)
             if isinstance(policy, str)
@@ -95,6 +103,7 @@ class ClusterDirector:
             eps.append(Endpoint(address=spec.gateway, pool=POOL, labels={CLUSTER_LABEL: spec.name}))
         self.store.sync(eps)
         self._probed_at = {k: v for k, v in self._probed_at.items() if k in self.states}
+        self._suspect = {k: v for k, v in self._suspect.items() if k in self.states}
         for attr, value in (("ttl_s", cfg.ttl_s), ("local", cfg.local)):
             if hasattr(self.policy, attr):
                 setattr(self.policy, attr, value)
@@ -180,10 +189,23 @@ class ClusterDirector:
             ok = await self.probe(address)
         finally:
             self._probes.pop(st.name, None)
-        if not ok and self.states.get(st.name) is st:  # (still that cluster: not removed by a reload)
-            log.info("cluster %s: its gateway %s refused or timed out a connection after a client left "
-                     "before its answer: backed off", st.name, address)  # fmt: skip
-            st.failed(self.clock())
+        if ok:
+            self._suspect.pop(st.name, None)
+            return
+        if self.states.get(st.name) is not st:  # (not that cluster any more: removed by a reload)
+            return
+        now = self.clock()
+        if st.name not in self._suspect:  # a first failure: corroborated by the next one, or not
+            self._suspect[st.name] = now
+            log.info("cluster %s: its gateway %s refused or timed out the hub's connection after a client "
+                     "left before its answer (not backed off: once more, with no answer between, and "
+                     "another cluster up, backs it off)", st.name, address)  # fmt: skip
+            return
+        if not any(c is not st and c.available(now) and c.healthy is not False for c in self.states.values()):
+            return  # (no other cluster to send to: backing the last one off would only answer 503)
+        log.info("cluster %s: its gateway %s refused or timed out the hub's connection again after a client "
+                 "left before its answer, none answered since: backed off", st.name, address)  # fmt: skip
+        st.failed(now)
 
     async def close(self) -> None:
         """Ends the connect probes in flight (``on_abandoned``)."""
@@ -213,23 +235,58 @@ class ClusterDirector:
                 return
             if ok or (status and status < 500 and status != 429):
                 st.succeeded()
+                self._suspect.pop(st.name, None)  # (Envoy reached it: a failed probe was the EPP's view)
             else:
                 st.failed(self.clock())
 
 
 async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to ``address`` (``host:port``, an IPv6 host in brackets) opens within
-    ``timeout_s`` (closed at once; nothing is sent)."""
-    host, _, port = address.rpartition(":")
+    ``timeout_s`` (closed at once; nothing is sent). A host name is resolved within the same time.
+
+    When the time is up, the socket itself says whether the connect completed (review s15-labels L1: an
+    event loop stalled past ``timeout_s`` runs the timeout in the same turn as the connect's completion,
+    and the timeout won, judging a listening gateway down)."""
+    host, _, port_s = address.rpartition(":")
+    host = host.strip("[]")
+    loop = asyncio.get_running_loop()
+    sock: socket.socket | None = None
+    targets: list[tuple[socket.AddressFamily, Any]]
     try:
+        port = int(port_s)
         async with asyncio.timeout(timeout_s):  # (not wait_for: tests/test_stop_cancels.py)
-            _reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-    except (OSError, TimeoutError, ValueError):
+            try:  # (an address needs no resolver: no executor turn that a stall could outlast)
+                ip = ipaddress.ip_address(host)
+                targets = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
+            except ValueError:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                targets = [(family, addr) for family, _t, _p, _c, addr in infos]
+            for family, addr in targets:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, addr)
+                    return True
+                except OSError:
+                    sock.close()
+                    sock = None
+            return False
+    except TimeoutError:
+        return sock is not None and _connected(sock)
+    except (OSError, ValueError):
         return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def _connected(sock: socket.socket) -> bool:
+    """Whether a non-blocking socket's connect has completed (the kernel's view, not the loop's)."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
 
 
 class HubFeed:

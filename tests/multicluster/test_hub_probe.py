@@ -1,0 +1,122 @@
+"""The hub EPP's connect probe (``ClusterDirector.on_abandoned``, ``connects``): review s15-labels M1
+(a failed probe backs a cluster off only corroborated and never the last available cluster), L1 (a
+stalled event loop does not judge a listening gateway down) and L3 (the timed-out branch, deterministic)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.hub import CLUSTER_LABEL, PROBE_EVERY_S, ClusterDirector, connects
+
+
+async def _director(names: tuple[str, ...], clock: list[float], up: list[bool]) -> ClusterDirector:
+    async def probe(_address: str) -> bool:
+        return up[0]
+
+    cfg = ClustersConfig(tuple(ClusterSpec(n, gateway=f"10.0.0.{i}:8080") for i, n in enumerate(names, 1)))
+    return ClusterDirector(cfg, "kvgate", clock=lambda: clock[0], seed=0, probe=probe)
+
+
+def _endpoint(director: ClusterDirector, name: str) -> Endpoint:
+    return next(ep for ep in director.store.all() if ep.labels[CLUSTER_LABEL] == name)
+
+
+async def _leave(director: ClusterDirector, name: str, clock: list[float]) -> None:
+    """A client of ``name`` leaves before its answer; the probe it starts ends; the clock moves on."""
+    req: Any = object()
+    director.on_abandoned(req, _endpoint(director, name))
+    director.on_finished(req, _endpoint(director, name), None, False)  # (the session's end follows)
+    for _ in range(500):
+        if not director._probes:
+            break
+        await asyncio.sleep(0.001)
+    clock[0] += PROBE_EVERY_S
+
+
+async def test_failed_probes_never_back_the_only_cluster_off() -> None:
+    """An EPP that cannot reach a gateway Envoy reaches (egress rules, split DNS): with one cluster, every
+    early-leaving client backed it off and the hub answered 503 to everyone. Now never."""
+    clock = [100.0]
+    director = await _director(("west",), clock, [False])
+    west = director.states["west"]
+    for _ in range(5):
+        await _leave(director, "west", clock)
+    assert len(director._probed_at) == 1  # (probed: the failures were seen)
+    assert west.failures == 0 and west.available(clock[0])
+
+
+async def test_a_failed_probe_backs_off_only_when_corroborated_and_another_cluster_is_up() -> None:
+    clock = [100.0]
+    up = [False]
+    director = await _director(("west", "east"), clock, up)
+    west = director.states["west"]
+    await _leave(director, "west", clock)
+    assert west.failures == 0  # a first failure: suspected only
+    # A request to west answered well between the probes: Envoy reaches it, the probe's view is the EPP's.
+    answered: Any = object()
+    director.on_finished(answered, _endpoint(director, "west"), None, True)
+    await _leave(director, "west", clock)
+    assert west.failures == 0
+    await _leave(director, "west", clock)  # a second failure in a row, nothing answered between
+    assert west.failures == 1 and not west.available(clock[0] - PROBE_EVERY_S)  # (at the probe)
+    # A probe that connects clears the suspicion: the next failure is a first one again.
+    clock[0] += 60.0
+    up[0] = True
+    await _leave(director, "west", clock)
+    up[0] = False
+    await _leave(director, "west", clock)
+    assert west.failures == 1
+
+
+async def test_no_back_off_while_the_other_clusters_are_backed_off() -> None:
+    clock = [100.0]
+    director = await _director(("west", "east"), clock, [False])
+    director.states["east"].failed(clock[0] + 100.0)  # east backed off for a long while
+    for _ in range(4):
+        await _leave(director, "west", clock)
+    assert director.states["west"].failures == 0
+
+
+async def test_a_stalled_loop_does_not_judge_a_listening_gateway_down() -> None:
+    """Review s15-labels L1 (probe_loop_stall_repro.py): the loop stalls past the probe's timeout while its
+    connect to a listening gateway is in flight; the timeout and the connect's completion come in the
+    same loop turn and the timeout won (False for 1-3 turns before the stall)."""
+    listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        res = []
+        for turns in range(6):
+            task = asyncio.create_task(connects(f"127.0.0.1:{port}", 0.05))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            time.sleep(0.2)  # noqa: ASYNC251 (deliberate: the loop stalls 4x the probe's timeout (a busy EPP: other streams, GC)
+            res.append((turns, await task))
+        assert res == [(t, True) for t in range(6)]
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_a_connect_that_never_completes_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s15-labels L3: the timed-out branch, deterministic (a TEST-NET address is refused at once on
+    some networks): a connect that never completes is down, within the timeout, and is cancelled."""
+    loop = asyncio.get_running_loop()
+    cancelled: list[bool] = []
+
+    async def never(*_a: Any, **_k: Any) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    monkeypatch.setattr(loop, "sock_connect", never)
+    async with asyncio.timeout(5.0):  # (without the probe's own timeout: TimeoutError here, no hang)
+        assert not await connects("127.0.0.1:9", timeout_s=0.05)
+    assert cancelled == [True]
