@@ -84,7 +84,8 @@ class Proc:
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM to its process group; SIGKILL to the group once ``grace`` passed with any of it
         still running (its leader may have ended and left children); then its leader collected (its
-        exit status known, at most ``grace`` after the SIGKILL), its output reader ended, its pipe closed
+        exit status known) and the rest of its group ended (both at most ``grace`` after the SIGKILL),
+        its output reader ended, its pipe closed
         and the group's orphans collected (``reaper.collect_orphans``). Cancelled meanwhile (a Ctrl-C),
         it sends SIGKILL at once instead of waiting out the grace, and does all the rest before it
         raises the cancellation, once (``stop_to_the_end``; before, it raised right after the SIGKILL:
@@ -106,13 +107,16 @@ class Proc:
                     await wait_event(hurry, 0.05)  # (a group: no event for its end)
                 if self._running():
                     self._kill(signal.SIGKILL)
-            if self.proc.returncode is None:
-                # Its leader collected (by asyncio's child watcher) before the pipe is closed and the
-                # orphans are: not proc.wait(), which on Python 3.11 waits for the output pipe too, which
-                # a child in a session of its own may hold.
-                deadline = loop.time() + grace
-                while self.proc.returncode is None and loop.time() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
+            # Its leader collected (by asyncio's child watcher) before the pipe is closed and the
+            # orphans are: not proc.wait(), which on Python 3.11 waits for the output pipe too, which
+            # a child in a session of its own may hold. Then the rest of its group ended too: a member
+            # killed with it may take longer to die (freeing its memory: an engine process's GBs) and
+            # would become a zombie only after ``collect_orphans`` looked (review s15-hard M1).
+            deadline = loop.time() + grace
+            while self.proc.returncode is None and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            while self._running() and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
         except BaseException:  # (this stop's own task cancelled: ``asyncio.run`` ending on an interrupt)
             if self._running():
                 self._kill(signal.SIGKILL)
