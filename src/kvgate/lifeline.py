@@ -66,7 +66,9 @@ still starting, SIGTERM being blocked from its fork until its handler is set; bu
 running after such a sweep is unwatched from then on: no new watchdog is started for it); a pid reused
 in the instant between the check and the signal (no pidfd per process); and, the other way, the
 members of a new group that took the id of a remembered one after all of that one ended, its own leader
-ended too, before the sweep (taken: the id's reuse needs the pid space to wrap within that time).
+ended too, before the next listing (within one tick: a listing forgets a remembered group unless its
+leader runs or a process it covers is in it, review s15-hard L2; taken: the id's reuse needs the pid
+space to wrap within that time).
 Cost: one ``/proc/<pid>/stat`` read per process of the whole machine each ``TICK_S`` per watchdog (~5 ms
 with ~110 processes under load 8); at the sweep only, twice, per process of the machine one
 ``/proc/<pid>/environ`` read (~1 ms in all with ~100 processes) and, for this user's, a ``readlink`` per
@@ -222,14 +224,20 @@ def become_subreaper() -> bool:
     return ok
 
 
-def die_with_parent(sig: int = DEATH_SIGNAL) -> Callable[[], None] | None:
+def die_with_parent(sig: int = DEATH_SIGNAL, *, waited: bool = False) -> Callable[[], None] | None:
     """A ``preexec_fn`` for a child: it gets ``sig`` when this process dies, even by SIGKILL, which runs
     no handler and no ``atexit`` (Linux ``PR_SET_PDEATHSIG``; it survives the exec). A child whose parent
     died between its fork and the ``prctl`` (it was re-parented already, no signal will come) exits at
-    once, before its exec. None (nothing to run) off Linux, and from a thread other than the main one:
-    the kernel signals the child when the *thread* that forked it ends, and a worker thread ends long
-    before the process (the watchdog, ``start_watchdog``, watches the process, not a thread)."""
-    if threading.current_thread() is not threading.main_thread() or (fn := prctl()) is None:
+    once, before its exec. None (nothing to run) off Linux, and from a thread other than the main one
+    unless ``waited``: the kernel signals the child when the *thread* that forked it ends, and a worker
+    thread may end long before the process (the watchdog, ``start_watchdog``, watches the process, not a
+    thread). ``waited``: the thread starting the child waits for its end (``subprocess.run``: it returns
+    only once the child was collected, killed first on a time-out or an exception), so that thread ends
+    after the child, or with the process: the signal is right from any thread (an install run through
+    ``asyncio.to_thread``, review s15-hard L3)."""
+    if not waited and threading.current_thread() is not threading.main_thread():
+        return None
+    if (fn := prctl()) is None:
         return None
     parent = os.getpid()
 
@@ -247,11 +255,16 @@ def die_with(parent: int | None, sig: int = DEATH_SIGNAL) -> bool:
     there outside a child: nothing done), the child's branch of an ``os.fork()`` (``parent`` read before
     the fork). From now on it gets ``sig`` when the thread that started it ends (the main thread: the
     process); ``parent`` already gone (it was re-parented: no signal will come) ends it at once, exit
-    code 1. Whether it was set (False off Linux)."""
+    code 1. A ``forkserver`` child (``parent``: the process that asked for it) was forked by the fork
+    server, a child of ``parent``: the signal then comes when the fork server ends (it does once ``parent``
+    did), and ``parent`` is taken as gone only once the fork server is not its child any more (review
+    s15-hard L4; a fork server started by another process than ``parent`` is taken as gone). Whether it
+    was set (False off Linux)."""
     if parent is None or (fn := prctl()) is None:
         return False
     fn(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    if os.getppid() != parent:
+    ppid = os.getppid()
+    if ppid != parent and ((st := stat(ppid)) is None or st[0] != parent or st[2] == "Z"):
         os._exit(1)
     return True
 
@@ -481,9 +494,10 @@ def watch(
     ``wake_fd``."""
     me = os.getpid()
     known: dict[int, int] = {}  # pid -> start time: every process covered seen, while it lives
-    # The process groups a process it listed leads (pgid -> that leader's start time), kept while any
-    # process of the group is left, the leader gone or not: the sweep takes their members, also one never
-    # listed that dropped the entry and the socket (``env -i``, ``setproctitle``, ``closerange``).
+    # The process groups a process it listed leads (pgid -> that leader's start time), kept while the
+    # leader runs or a process it covers is in the group: the sweep takes their members, the leader gone
+    # or not, also one never listed that dropped the entry and the socket (``env -i``, ``setproctitle``,
+    # ``closerange``).
     led: dict[int, int] = {}
     groups: set[int] = set()  # the process groups it was asked to watch, while any process of them is left
     buf = b""
@@ -510,13 +524,23 @@ def watch(
         for pid in [p for p, s in known.items() if p not in table or table[p][3] != s]:
             del known[pid]
         groups.intersection_update({st[1] for st in table.values()})  # (an ended group's id may be reused)
-        for pid in descendants_of(table, [parent] if tree else [], groups):
-            if pid != me and table[pid][2] != "Z":
+        covered = {p for p in descendants_of(table, [parent] if tree else [], groups) if table[p][2] != "Z"}
+        for pid in covered:
+            if pid != me:
                 known[pid] = table[pid][3]
                 if table[pid][1] == pid and pid != parent_group:
                     led.setdefault(pid, table[pid][3])
-        live = {st[1] for st in table.values() if st[2] != "Z"}
-        for g in [g for g in led if g not in live]:  # (none of it left: its id may be reused)
+        # A remembered group is kept while its leader (same start time) runs or a process found covered
+        # now is in it, not while any process of the machine is: its id, once free, may be taken by an
+        # unrelated process that makes a group of it (``setsid``) and whose leader then exits, a
+        # daemon's double fork; that group would otherwise be swept as this one (review s15-hard L2).
+        # (In tree mode a member left when its leader ended is re-parented to the subreaper: covered.
+        # Not when ``parent`` died during the scan: its children, re-parented away meanwhile, may have
+        # been read as not covered; nothing is forgotten then.)
+        if not parent_alive():
+            return
+        live = {table[p][1] for p in covered}
+        for g in [g for g in led if g not in live and not (g in table and table[g][3] == led[g])]:
             del led[g]
 
     while parent_alive():

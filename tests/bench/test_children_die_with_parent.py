@@ -159,11 +159,170 @@ def test_die_with_ends_a_child_whose_parent_died_already() -> None:
         "parent = os.getpid()\n"
         "if os.fork() == 0:\n"
         "    while os.getppid() == parent: time.sleep(0.01)\n"
+        "    print('re-parented', flush=True)\n"
         "    lifeline.die_with(parent); print('ran on', flush=True); os._exit(0)\n"
         "else:\n"
         "    os._exit(0)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    # (``run`` read to the pipe's end: the grandchild, which holds it too, had exited)
+    # (``run`` read to the pipe's end: the grandchild, which holds it too, had exited; it reached
+    # ``die_with`` and ended there, not of an error: review s15-hard L5)
+    assert "re-parented" in out.stdout, out.stdout
+    assert out.stderr == "", out.stderr
     assert "ran on" not in out.stdout, "the child ran on"
+
+
+# ``die_with(multiprocessing.parent_process().pid)`` in a child of each start method, then a marker.
+_CONTEXTS = r"""
+import multiprocessing as mp, sys
+from kvgate import lifeline
+
+def target():
+    assert lifeline.die_with(mp.parent_process().pid)
+    print("ran", flush=True)
+
+if __name__ == "__main__":
+    p = mp.get_context(sys.argv[1]).Process(target=target)
+    p.start()
+    p.join(60)
+    print("exitcode", p.exitcode, flush=True)
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_die_with_runs_on_in_a_child_of_each_start_method(tmp_path: Path, method: str) -> None:
+    """A ``forkserver`` child's parent is the fork server, not ``parent_process()``: ``die_with`` does not
+    take that for its parent gone (before: exit code 1 at once; review s15-hard L4)."""
+    script = tmp_path / "contexts.py"
+    script.write_text(_CONTEXTS)
+    out = subprocess.run(
+        [sys.executable, str(script), method], env=ENV, capture_output=True, text=True, timeout=90
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ran", "exitcode", "0"], (out.stdout, out.stderr)
+
+
+def _module_calls(fn: ast.AST, defs: dict[str, ast.FunctionDef]) -> list[ast.FunctionDef]:
+    """``fn`` and the functions of its module it calls (by name), transitively."""
+    seen: dict[str, ast.FunctionDef] = {}
+    todo = [fn]
+    while todo:
+        f = todo.pop()
+        for c in _calls(f):
+            name = _name(c.func)
+            if name in defs and name not in seen:
+                seen[name] = defs[name]
+                todo.append(defs[name])
+    return [f for f in [fn, *seen.values()] if isinstance(f, ast.FunctionDef)]
+
+
+def test_every_start_in_a_worker_thread_passes_waited() -> None:
+    """A function run through ``asyncio.to_thread`` (``f`` or ``module.f`` of these sources), and the
+    functions of its module it calls: each start there is a ``subprocess.run`` (its thread waits for the
+    child) with ``die_with_parent(waited=True)``; without it, ``die_with_parent()`` returns None in a worker
+    thread, so the child gets no parent-death signal (review s15-hard L3: the peer routers' and
+    inference-perf's installs)."""
+    by_module = {}
+    for path in SOURCES:
+        tree = ast.parse(path.read_text(), str(path))
+        by_module[path.stem] = (
+            path,
+            tree,
+            {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)},
+        )
+    missing, checked = [], 0
+    for path, tree, defs in by_module.values():
+        for call in _calls(tree):
+            if _name(call.func) != "asyncio.to_thread" or not call.args:
+                continue
+            target = _name(call.args[0])
+            mod, _, fname = target.rpartition(".")
+            where_path, _, where_defs = by_module.get(mod, (path, tree, defs)) if mod else (path, tree, defs)
+            fn = where_defs.get(fname)
+            if fn is None:
+                continue
+            for f in _module_calls(fn, where_defs):
+                for start in _calls(f):
+                    sf = start.func
+                    if not (isinstance(sf, ast.Attribute) and isinstance(sf.value, ast.Name)):
+                        continue
+                    if (sf.value.id, sf.attr) not in STARTS:
+                        continue
+                    checked += 1
+                    kw = {k.arg: k.value for k in start.keywords}
+                    ok = (sf.value.id, sf.attr) == ("subprocess", "run") and "waited=True" in _name(
+                        kw.get("preexec_fn", ast.Constant(None))
+                    )
+                    if not ok:
+                        missing.append(f"{where_path.relative_to(ROOT)}:{start.lineno} (through {target})")
+    assert checked >= 5, f"the worker-thread starts were not found ({checked})"
+    assert not missing, "starts in a worker thread without die_with_parent(waited=True):\n" + "\n".join(
+        missing
+    )
+
+
+def test_inference_perf_probe_run_as_the_bench_runs_it_gets_the_parent_death_signal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``inference_perf`` runs its install (``_works``, venv, pip) through ``asyncio.to_thread``: the child
+    still gets a ``preexec_fn`` (review s15-hard L3)."""
+    import asyncio
+    from typing import Any
+
+    from kvgate.bench import inference_perf
+
+    seen: list[Any] = []
+    real = subprocess.run
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.append(kw.get("preexec_fn"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(inference_perf.subprocess, "run", spy)
+    assert asyncio.run(asyncio.to_thread(inference_perf._works, sys.executable)) is (
+        sys.version_info >= (3, 12)
+    )
+    assert seen and seen[0] is not None, "started from a worker thread: no PR_SET_PDEATHSIG"
+
+
+# A parent (its own session) that runs, in a worker thread, ``subprocess.run`` of a child with
+# ``die_with_parent(waited=True)``; prints the child's pid once it runs, then waits.
+_THREAD_PARENT = r"""
+import subprocess, sys, threading, time
+from kvgate import lifeline
+
+def install():
+    subprocess.run([sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(120)"],
+                   preexec_fn=lifeline.die_with_parent(waited=True))
+
+threading.Thread(target=install, daemon=True).start()
+time.sleep(120)
+"""
+
+
+def test_a_child_run_from_a_worker_thread_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """``subprocess.run`` in a worker thread with ``die_with_parent(waited=True)``: SIGKILL of the parent
+    ends the child (before, no ``preexec_fn`` there: it ran on; review s15-hard L3)."""
+    script = tmp_path / "parent.py"
+    script.write_text(_THREAD_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)  # fmt: skip
+    pid = 0
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        st = lifeline.stat(pid)
+        assert st is not None
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while (left := lifeline.alive({pid: st[3]})) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left, "the child run from a worker thread ran on after its parent's SIGKILL"
+    finally:
+        parent.kill()
+        parent.wait()
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -53,10 +53,11 @@ def find_python312() -> str | None:
 
 
 def _works(python: str) -> bool:
+    # (``waited``, as in ``ensure_installed``: ``_run`` calls them in a worker thread, ``asyncio.to_thread``)
     try:
         out = subprocess.run([python, "-c", "import sys; print(sys.version_info >= (3, 12))"],
                              capture_output=True, text=True, timeout=30,
-                             preexec_fn=lifeline.die_with_parent())  # fmt: skip
+                             preexec_fn=lifeline.die_with_parent(waited=True))  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.stdout.strip() == "True"
@@ -75,10 +76,13 @@ def ensure_installed() -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     try:
         subprocess.run(
-            [python, "-m", "venv", str(venv)], check=True, timeout=300, preexec_fn=lifeline.die_with_parent()
+            [python, "-m", "venv", str(venv)],
+            check=True,
+            timeout=300,
+            preexec_fn=lifeline.die_with_parent(waited=True),
         )
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"inference-perf=={VERSION}"],
-                       check=True, timeout=900, preexec_fn=lifeline.die_with_parent())  # fmt: skip
+                       check=True, timeout=900, preexec_fn=lifeline.die_with_parent(waited=True))  # fmt: skip
     except (OSError, subprocess.SubprocessError) as e:
         shutil.rmtree(venv, ignore_errors=True)  # never leave a half-built venv that looks usable
         raise RuntimeError(f"installing inference-perf=={VERSION} failed: {e}") from e

@@ -101,13 +101,16 @@ def ensure_installed(peer: Peer, *, quiet: bool = True) -> Path:
     if root.exists():
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
+    # (``waited``: ``live_routers`` runs this in a worker thread, ``asyncio.to_thread``)
     subprocess.run(
-        [sys.executable, "-m", "venv", str(root)], check=True, preexec_fn=lifeline.die_with_parent()
+        [sys.executable, "-m", "venv", str(root)],
+        check=True,
+        preexec_fn=lifeline.die_with_parent(waited=True),
     )
     cmd = [str(venv_python(peer)), "-m", "pip", "install", "--disable-pip-version-check", peer.package]
     if quiet:
         cmd.insert(4, "--quiet")
-    subprocess.run(cmd, check=True, preexec_fn=lifeline.die_with_parent())
+    subprocess.run(cmd, check=True, preexec_fn=lifeline.die_with_parent(waited=True))
     _stamp(peer).write_text(peer.package + "\n")
     return venv_python(peer)
 
