@@ -244,6 +244,35 @@ async def test_on_cancel_is_called_once_at_the_first_cancel_and_not_without_one(
     assert calls == [1]
 
 
+async def test_an_on_cancel_hook_that_raises_is_logged_and_the_cancellation_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``on_cancel`` raising: logged; the caller still gets its cancellation, once the stop ended (not the
+    hook's error, with the stop left running untracked; review s15-hard I1)."""
+    gate = asyncio.Event()
+    finished: list[bool] = []
+
+    async def cleanup() -> None:
+        await gate.wait()
+        finished.append(True)
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    stopper = asyncio.create_task(stop_to_the_end(cleanup(), "the hooked stop", log, on_cancel=boom))
+    await asyncio.sleep(0)
+    stopper.cancel()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not stopper.done(), "returned before its stop ended"
+    gate.set()
+    await asyncio.wait([stopper], timeout=10)
+    assert stopper.cancelled(), f"the caller's cancellation was replaced: {stopper.exception()!r}"
+    assert finished == [True]
+    assert "the hooked stop: its on_cancel hook failed" in caplog.text
+    assert "RuntimeError: boom" in caplog.text
+
+
 async def test_a_stop_still_running_past_the_limit_is_left_and_said(caplog: pytest.LogCaptureFixture) -> None:
     gate = asyncio.Event()
     finished: list[bool] = []

@@ -204,7 +204,8 @@ async def stop_to_the_end(
     running past ``limit_s``, or the caller ended on an exception of its own) raises it itself: it is not
     lost. ``on_cancel`` is called once, at the caller's first cancellation (a stop that has a faster way
     to its end once its caller is in a hurry: ``kvgate.bench.procs.Proc.stop`` sends SIGKILL at once
-    rather than waiting out the grace of its SIGTERM)."""
+    rather than waiting out the grace of its SIGTERM); an ``Exception`` it raises is logged and changes
+    nothing else (the stop runs on as without it, the cancellation raised as above)."""
     loop = asyncio.get_running_loop()
     waited = [True]  # (False once the caller left the stop running: no one to hand an interrupt to)
     task = loop.create_task(_handed_over(cleanup, waited), name=what)
@@ -223,7 +224,10 @@ async def stop_to_the_end(
                 if not cancelled:
                     cancelled, deadline = True, loop.time() + max(0.0, limit_s)
                     if on_cancel is not None:
-                        on_cancel()
+                        try:
+                            on_cancel()
+                        except Exception:  # (the stop goes on, the cancellation stays: review s15-hard I1)
+                            log.exception("%s: its on_cancel hook failed", what)
                     if me is not None:  # (``cancel_and_wait`` waits for it till then: not stuck)
                         _FINISHING[me] = deadline
     finally:
