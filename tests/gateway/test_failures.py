@@ -200,7 +200,7 @@ async def test_cli_serve_drains_on_sigterm(backends, tmp_path, cut):
             proc.kill()
             await proc.wait()
     assert b"b0-0" in first
-    said = "drain deadline (1s) passed with 1 requests still in flight" in stderr.read_text()
+    said = "drain deadline (1s) passed with 1 request in flight at the deadline" in stderr.read_text()
     if cut:
         assert b"[DONE]" not in rest and said, stderr.read_text()
     else:
@@ -260,3 +260,16 @@ async def test_error_counts_for_a_refused_request_and_for_one_no_endpoint_could_
             if m.name.endswith("_total")
         }
         assert samples == {("", "", "404"): 1.0, ("m", "m", status): 1.0}
+
+
+def test_the_drain_cut_warning_says_in_flight_at_the_deadline_with_its_exact_timeout() -> None:
+    """The count is what was in flight at the deadline (the connections are closed later in the stop); a
+    0.5 s drain reads 0.5s, not 0s; one request is singular (review s15-hard I2)."""
+    from kvgate.gateway.server import drain_cut_message
+
+    assert drain_cut_message(0.5, 1).startswith(
+        "drain deadline (0.5s) passed with 1 request in flight at the deadline"
+    )
+    assert drain_cut_message(30.0, 2).startswith(
+        "drain deadline (30s) passed with 2 requests in flight at the deadline"
+    )

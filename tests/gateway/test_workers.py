@@ -113,7 +113,7 @@ async def test_sigterm_drains_every_worker(backends, tmp_path, cut):
             proc.kill()
             await proc.wait()
     assert b"b0-0" in first
-    said = "drain deadline (1s) passed with 1 requests still in flight" in stderr.read_text()
+    said = "drain deadline (1s) passed with 1 request in flight at the deadline" in stderr.read_text()
     if cut:
         assert b"[DONE]" not in rest and said, stderr.read_text()
     else:
