@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from kvgate.config.gateway import GatewayConfigError, load_gateway_config
-from kvgate.gateway.cli import _parser, build_config, main
+from kvgate.gateway.cli import _parser, build_config, main, reload_loader
 from kvgate.gateway.reload import not_applied
 
 WATCHED = {"name": "llama", "models": ["m"], "inferencePool": {"name": "llm", "namespace": "default"}}
@@ -93,3 +93,25 @@ def test_a_reload_that_changes_them_says_restart_to_apply(tmp_path: Path) -> Non
     old = load_gateway_config(_file(tmp_path, {"staleAfterSeconds": 150}))
     new = load_gateway_config(_file(tmp_path, {"staleAfterSeconds": 200, "staleNotReadyAfterSeconds": 300}))
     assert not_applied(old, new) == ["kubernetes.staleAfterSeconds", "kubernetes.staleNotReadyAfterSeconds"]
+
+
+@pytest.mark.parametrize(
+    ("kube", "pool"),
+    [
+        ({"staleAfterSeconds": -5}, WATCHED),
+        ({"staleAfterSeconds": 300, "staleNotReadyAfterSeconds": 200}, WATCHED),
+        ({"staleAfterSeconds": 150}, STATIC),
+    ],
+)
+def test_a_reload_refuses_what_the_restart_would_refuse(tmp_path: Path, kube: Any, pool: dict[str, Any]) -> None:
+    """Review s15-k8s F2 (its test, moved): fails before (the reload accepted each edit as "restart to
+    apply", and the restart it asked for exited 2)."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"pools": [pool]}))
+    args = _parser().parse_args(["--config", str(path)])
+    build_config(args)  # the running config starts fine
+    path.write_text(yaml.safe_dump({"pools": [pool], "kubernetes": kube}))  # the edit a reload reads
+    with pytest.raises(GatewayConfigError):  # what the restart says
+        build_config(args)
+    with pytest.raises(GatewayConfigError):
+        reload_loader(args)(str(path))

@@ -171,6 +171,18 @@ def test_both_commands_refuse_the_same_settings_in_every_mode_naming_the_flag(
     assert epp_err.split(f"{flag}: ", 1)[1] == serve_err.split(f"{flag}: ", 1)[1]
 
 
+def test_the_hub_refusal_says_the_members_are_logged_at_the_fixed_default(
+    no_serving: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review s15-k8s F3: fails before (the reason said the hub watches no InferencePool; it watches its
+    members' and logs them stale at a fixed 120 s)."""
+    from kvgate.extproc.cli import main as epp_main
+
+    assert epp_main([*HUB, STALE, "300"]) == 2
+    err = capsys.readouterr().err
+    assert "fixed 120 s" in err and "not an InferencePool" not in err, err
+
+
 def test_refuse_unused_takes_the_defaults() -> None:
     refuse_unused(None, 0.0, "static")  # nothing given: nothing refused
     with pytest.raises(StalenessFlagError, match=f"^{NOT_READY}: only with an InferencePool"):

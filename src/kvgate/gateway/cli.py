@@ -236,12 +236,15 @@ def final_workers(cfg: GatewayConfig, args: argparse.Namespace) -> tuple[int, in
 
 def reload_loader(args: argparse.Namespace) -> Callable[[str], GatewayConfig]:
     """A reload's read of ``--config``: the file, refused (the running config kept) where the next
-    restart would refuse it with these flags (``listen.minReadyWorkers`` above the final worker count),
-    not accepted as "restart to apply" and found out at that restart."""
+    restart would refuse it with these flags (``listen.minReadyWorkers`` above the final worker count,
+    ``kubernetes.*`` staleness values ``staleness_settings`` refuses), not accepted as "restart to apply"
+    and found out at that restart."""
 
     def load(path: str) -> GatewayConfig:
         cfg = load_gateway_config(path)
         final_workers(cfg, args)
+        watched = any(pool.inference_pool is not None for pool in cfg.pools)
+        staleness_settings(args, copy.deepcopy(cfg), None if watched else "static")  # (a copy: checked only)
         return cfg
 
     return load

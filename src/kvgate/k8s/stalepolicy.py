@@ -31,7 +31,11 @@ FLAGS = (STALE_FLAG, NOT_READY_FLAG)
 STALE_KEY, NOT_READY_KEY = "kubernetes.staleAfterSeconds", "kubernetes.staleNotReadyAfterSeconds"
 # Why the flags are refused where nothing is watched (``refuse_unused``), the same words from both commands.
 NO_INFERENCE_POOL = "no pool comes from an InferencePool (--endpoints, or a config without inferencePool)"
-HUB = "with --clusters the candidates are clusters, not an InferencePool's pods"
+# (The hub does watch InferencePools, its members', since session 15: logged stale at the fixed default.)
+HUB = (
+    f"with --clusters the members' InferencePool watches are logged stale at a fixed {DEFAULT_STALE_AFTER_S:g} s "
+    "(not configurable), and the hub never turns not-ready for an old copy"
+)
 
 
 @dataclass(frozen=True, slots=True)
