@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from fake_time import FakeTime
+from kvgate.datalayer.store import EndpointStore
 from kvgate.k8s import resources as R
 from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector
+from kvgate.k8s.runtime import KubeOptions, KubePool
 
 from .eppproc import EppProc, launch_epp
 
@@ -93,7 +97,10 @@ class _SlowLeases(ApiServerDouble):
 
     get_delay = put_delay = 0.0
     sleep = staticmethod(asyncio.sleep)
-    arrived: list[str] = []  # (set per instance) the method of each Lease request, as it arrives
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrived: list[str] = []  # the method of each Lease request, as it arrives (per instance)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if "/leases" in request.path:
@@ -285,8 +292,9 @@ async def test_the_renew_deadline_runs_from_when_the_renewal_was_sent_not_answer
     async with _SlowWrites(bookmark_interval=0.2) as d:
         d.clock, d.write_s = clock, 9.0
         kube = await KubeClient.connect(server=d.url)
+        # (sleep: no round runs here, try_acquire_or_renew is called directly)
         e = LeaderElector(kube, name="l", namespace="default", identity="a", lease_duration_s=15.0,
-                          renew_deadline_s=10.0, clock=lambda: clock[0])  # fmt: skip
+                          renew_deadline_s=10.0, clock=lambda: clock[0], sleep=asyncio.sleep)  # fmt: skip
         try:
             assert await e.try_acquire_or_renew()  # created (POST) at 100, answered at 109
             assert e._renew_left() == pytest.approx(1.0)  # 100 + 10 - 109, not 10
@@ -297,4 +305,44 @@ async def test_the_renew_deadline_runs_from_when_the_renewal_was_sent_not_answer
             clock[0] = 130.5
             assert not e.leads()  # 10.5 s after the renewal was sent
         finally:
+            await kube.close()
+
+
+def test_slow_leases_records_per_instance() -> None:
+    """Review s15-k8s F5 nit: ``arrived`` was one class-level list, shared by every instance unless a test
+    reset it."""
+    assert _SlowLeases().arrived is not _SlowLeases().arrived
+
+
+def test_a_clock_without_its_sleep_is_refused() -> None:
+    """Review s15-k8s F5: the renew deadline is measured on ``clock`` and waited for on ``sleep``; one
+    without the other bounded it on two times. Fails before (accepted)."""
+    fake = FakeTime()
+    for kw in ({"clock": fake.clock}, {"sleep": fake.sleep}):
+        with pytest.raises(ValueError, match="give both"):
+            LeaderElector(None, name="l", namespace="default", identity="a", **kw)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="give both"):
+            KubePool(KubeOptions("llm", "default", leader_election=True), EndpointStore(), **kw)  # type: ignore[arg-type]
+    KubePool(KubeOptions("llm", "default"), EndpointStore(), clock=fake.clock)  # no election: the ages' clock
+
+
+async def test_a_leader_steps_down_by_its_renew_deadline_in_real_time() -> None:
+    """Review s15-k8s F5: the renew deadline as production wires it (the defaults: ``time.monotonic`` and
+    ``asyncio.sleep``), a Lease write that is never answered: the leader steps down, and not before its
+    last renewal + renew deadline. No upper bound but a generous one (a loaded host)."""
+    async with _SlowLeases(bookmark_interval=0.2) as d:
+        kube = await KubeClient.connect(server=d.url)
+        down: list[float] = []
+        e = LeaderElector(kube, name="l", namespace="default", identity="a", lease_duration_s=2.0,
+                          renew_deadline_s=0.5, retry_period_s=0.1,
+                          on_change=lambda lead: None if lead else down.append(time.monotonic()))  # fmt: skip
+        e.start()
+        try:
+            await _until(lambda: e.is_leader, within_s=15.0)
+            d.put_delay = 3600.0  # every renewal's write hangs (the request's own backstop: 30 s)
+            await _until(lambda: bool(down), within_s=20.0)
+            assert not e.is_leader
+            assert down[0] >= e._renewed_at + 0.5 - 0.01  # (monotonic: the elector's clock)
+        finally:
+            await e.stop()
             await kube.close()

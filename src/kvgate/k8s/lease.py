@@ -12,7 +12,8 @@ over at its next try instead of after the full duration.
 
 Time is injected, as everywhere in kvgate: ``clock`` (now) and ``sleep`` (a wait on that clock) drive every
 interval (the retry period, the renew deadline that bounds an attempt, the lease duration), so a test moves
-time itself instead of sleeping. The two must be one time (the defaults: the event loop's).
+time itself instead of sleeping. The two must be one time: both given or neither (``check_one_time``;
+the defaults: the event loop's).
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ def _micro_time(now: dt.datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def check_one_time(clock: object | None, sleep: object | None) -> None:
+    """``clock`` and ``sleep`` are one time: both given or neither (the defaults: ``time.monotonic`` and
+    ``asyncio.sleep``, the event loop's). One alone would bound the renew deadline on another time than
+    the one it is measured on (review s15-k8s F5): ``ValueError``."""
+    if (clock is None) != (sleep is None):
+        given, missing = ("clock", "sleep") if sleep is None else ("sleep", "clock")
+        raise ValueError(f"{given}= without {missing}=: give both (one time) or neither")
+
+
 class LeaderElector:
     def __init__(
         self,
@@ -55,8 +65,8 @@ class LeaderElector:
         lease_duration_s: float = 15.0,
         renew_deadline_s: float = 10.0,
         retry_period_s: float = 2.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
         wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         on_change: Callable[[bool], None] | None = None,
         on_refused: Callable[[bool], None] | None = None,
@@ -64,7 +74,9 @@ class LeaderElector:
         self.client, self.name, self.namespace, self.identity = client, name, namespace, identity
         self.lease_duration_s, self.renew_deadline_s = lease_duration_s, renew_deadline_s
         self.retry_period_s = retry_period_s
-        self.clock, self.sleep, self.wall, self.on_change = clock, sleep, wall, on_change
+        check_one_time(clock, sleep)
+        self.clock, self.sleep = clock or time.monotonic, sleep or asyncio.sleep
+        self.wall, self.on_change = wall, on_change
         # Whether the last round was refused with 403 (RBAC without leases): ``on_refused`` when it flips.
         self.refused = False
         self.on_refused = on_refused
@@ -204,7 +216,9 @@ class LeaderElector:
     async def try_acquire_or_renew(self) -> bool:
         """One round: True when this candidate holds the Lease afterwards."""
         try:
-            lease = await self.client.request("GET", self.path)  # (bounded by the round: `_bounded`)
+            # (bounded by the round, ``_bounded``, on ``sleep``; the request's own 30 s timeout is the
+            # backstop, on real time, whatever ``sleep`` is)
+            lease = await self.client.request("GET", self.path)
         except KubeError as e:
             if e.status != 404:
                 raise

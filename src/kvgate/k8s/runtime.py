@@ -3,7 +3,6 @@ discovery and, when asked, leader election; and one readiness answer for ``/read
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -17,7 +16,7 @@ from kvgate.config.gateway import RewriteRule
 from kvgate.datalayer.store import EndpointStore
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.discovery import PoolDiscovery
-from kvgate.k8s.lease import LeaderElector
+from kvgate.k8s.lease import LeaderElector, check_one_time
 from kvgate.k8s.staleness import StalenessMonitor
 from kvgate.k8s.stalepolicy import StalenessPolicy
 
@@ -52,11 +51,16 @@ class KubePool:
         *,
         store_pool: str | None = None,
         on_policy: Callable[[dict[str, int], list[RewriteRule]], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
+        """``clock`` and ``sleep``: one time (``check_one_time``: both or neither) where the leader election
+        runs; without it ``clock`` alone times the reflectors' ages."""
         self.opts, self.store, self.store_pool, self.on_policy = opts, store, store_pool, on_policy
-        self.clock, self.sleep = clock, sleep  # (the reflectors' ages, the leader election's time)
+        if opts.leader_election:
+            check_one_time(clock, sleep)
+        self._time = (clock, sleep)  # (the leader election's, as given)
+        self.clock = clock or time.monotonic  # (the reflectors' ages)
         self.client: KubeClient | None = None
         self.discovery: PoolDiscovery | None = None
         self.elector: LeaderElector | None = None
@@ -79,7 +83,7 @@ class KubePool:
                 self.client, name=o.lease_name or f"kvgate-epp-{o.pool_name}", namespace=o.pool_namespace,
                 identity=o.identity or default_identity(), lease_duration_s=o.lease_duration_s,
                 renew_deadline_s=o.renew_deadline_s, retry_period_s=o.retry_period_s,
-                clock=self.clock, sleep=self.sleep,
+                clock=self._time[0], sleep=self._time[1],
             )  # fmt: skip
             self.elector.start()
 
