@@ -69,11 +69,11 @@ async def main(ka: Keepalive, silence_s: float, down_s: float = 2.0) -> dict:
     ka = _Seen(ka.idle_s, ka.interval_s, ka.count)
     _lo("up")
     loop = asyncio.get_running_loop()
-    async with ApiServerDouble(bookmark_interval=0.2) as double:
+    async with ApiServerDouble(bookmark_interval=0.2, cacher_bookmarks=False) as double:
         kube = await KubeClient.connect(server=double.url)
         double.create(_pod("a"))
         double.set_pod_status("a", ready=True)
-        r = Reflector(kube, R.POD, namespace="default", keepalive=ka, watch_silence_s=silence_s,
+        r = Reflector(kube, R.POD, namespace="default", keepalive=ka,
                       backoff=Backoff())  # the EPP's back-off  # fmt: skip
         r.start()
         try:
@@ -93,7 +93,7 @@ async def main(ka: Keepalive, silence_s: float, down_s: float = 2.0) -> dict:
             await _until(lambda: not _ready(r.items[("default", "a")]), 30.0)
             return {"keepalive": [ka.idle_s, ka.interval_s, ka.count], "detect_s": ka.detect_s,
                     "ended_after_s": round(ended_at - down, 3),
-                    "ended_after_quiet_s": round(ended_at - quiet, 3), "error": error, "silences": r.silences,
+                    "ended_after_quiet_s": round(ended_at - quiet, 3), "error": error, "overruns": r.overruns,
                     "seen_after_lo_up_s": round(loop.time() - up, 3), "watches_before": watches,
                     "lists": r.lists, "watches": r.watches}  # fmt: skip
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -42,15 +43,12 @@ def create_pod(double: ApiServerDouble) -> None:
 
 
 @contextlib.asynccontextmanager
-async def pod_reflector(
-    double: ApiServerDouble, now: list[float], watch_silence_s: float
-) -> AsyncIterator[Reflector]:
+async def pod_reflector(double: ApiServerDouble, now: list[float], **kw: Any) -> AsyncIterator[Reflector]:
     """One pod on ``double`` and a started reflector of the default namespace's pods (clock ``now[0]``,
-    seed 1); stopped and its client closed at the end."""
+    seed 1, ``kw`` to the reflector); stopped and its client closed at the end."""
     create_pod(double)
     client = await KubeClient.connect(server=double.url)
-    r = Reflector(client, POD, namespace="default", clock=lambda: now[0], watch_silence_s=watch_silence_s,
-                  seed=1)  # fmt: skip
+    r = Reflector(client, POD, namespace="default", clock=lambda: now[0], seed=1, **kw)
     r.start()
     try:
         yield r

@@ -103,7 +103,9 @@ def test_a_reload_that_changes_them_says_restart_to_apply(tmp_path: Path) -> Non
         ({"staleAfterSeconds": 150}, STATIC),
     ],
 )
-def test_a_reload_refuses_what_the_restart_would_refuse(tmp_path: Path, kube: Any, pool: dict[str, Any]) -> None:
+def test_a_reload_refuses_what_the_restart_would_refuse(
+    tmp_path: Path, kube: Any, pool: dict[str, Any]
+) -> None:
     """Review s15-k8s F2 (its test, moved): fails before (the reload accepted each edit as "restart to
     apply", and the restart it asked for exited 2)."""
     path = tmp_path / "gateway.yaml"

@@ -150,21 +150,20 @@ async def test_a_410_counts_only_once_its_relist_completes(failing: tuple[Failin
 
 
 async def test_a_quiet_watch_on_a_server_without_bookmarks_stays_in_sync() -> None:
-    """The other side: a watch that stays open and reads nothing for the silence limit, from a server
-    that sends no bookmark (kube-apiserver's cacher sends none for a resource it saw no event of: a quiet
-    InferencePool), is followed by a relist, which completes: in sync then; it must not look stale because
-    it never opened fresh. (The silent end alone counted before session 15: a stuck server looked the
-    same.)"""
+    """The other side: a watch that stays open and reads nothing, from a server that sends no bookmark
+    (kube-apiserver's cacher sends none until the type's resourceVersion passes the watch's start), is in
+    sync while open and at the server's end of it, with no relist (review s15-k8s F1: session 15 relisted
+    after 90 s of silence). Scaled: timeoutSeconds 1-2 s."""
     async with ApiServerDouble(bookmark_interval=1000.0) as double:
         now = [0.0]
-        async with pod_reflector(double, now, watch_silence_s=0.5) as r:
+        async with pod_reflector(double, now, min_watch_timeout_s=1, watch_deadline_margin_s=5.0) as r:
             await r.wait_synced()
-            await until(lambda: r.watches >= 1)
-            now[0] = 50.0
-            assert r.age() == 50.0  # opened, nothing read yet: not proven
-            await until(lambda: r.silences >= 1 and r.lists >= 2)
-            assert r.bookmarks == 0 and r.error is None
-            assert r.age() == 0.0  # the relist after the silent watch completed: in sync
+            await until(lambda: r._watching)
+            now[0] = 500.0
+            assert r.age() == 0.0  # open and well: in sync
+            await until(lambda: r.watches >= 3)  # two ended by the server at their timeouts
+            assert r.bookmarks == 0 and r.error is None and r.lists == 1 and r.overruns == 0
+            assert r.age() == 0.0
 
 
 async def test_a_403_clears_once_allowed_again_without_waiting_for_a_bookmark() -> None:

@@ -1,12 +1,15 @@
 """Every watch is bounded as client-go bounds it (session 15): ``timeoutSeconds`` drawn per watch from
-[5, 10) minutes, a client-side deadline a margin above it, and a watch that proves nothing (silent, not
-ended by the server, cut early having read nothing) is followed by a relist, so a stuck-but-connected API
-server (or proxy) that sends nothing, not even bookmarks, turns stale instead of looking in sync. Against
+[5, 10) minutes, a client-side deadline a margin above it, and a watch that proves nothing (not ended by
+the server, cut early having read nothing) is followed by a relist, so a stuck-but-connected API server (or
+proxy) that sends nothing, not even bookmarks, turns stale (within ~10 min 15 s) instead of looking in sync.
+A quiet watch that reads nothing is no reason to relist (review s15-k8s F1): kube-apiserver sends no
+bookmark on a type nobody writes. Against
 the API-server double over real HTTP on loopback (``ApiServerDouble.stall``: watches answer 200 and then
 send nothing, lists hang)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import parse_qs, urlsplit
 
@@ -63,19 +66,20 @@ async def test_a_stuck_api_server_holding_the_watch_open_turns_stale(
 ) -> None:
     """The API server (or a proxy) keeps the watch's connection open and sends nothing, not even the
     bookmarks it was asked for; new watches open (200) and stay silent the same way; lists hang. Before:
-    each watch held for the silence limit counted as in sync, so the copy looked fresh forever (age 0, no
-    WARNING). Now the silent watch proves nothing, the relist that follows hangs, and the copy ages: stale
-    after the limit, with the WARNING; once the server answers again the relist completes (in sync, INFO).
-    Scaled: silence limit 1 s (90 s), bookmarks every 0.2 s before the stall."""
-    async with ApiServerDouble(bookmark_interval=0.2) as double:
+    each silent watch ended at the silence limit counted as in sync, so the copy looked fresh forever (age 0,
+    no WARNING). Now the watch the server never ends reaches the client's deadline and proves nothing, the
+    relist that follows hangs, and the copy ages: stale, with the WARNING; once the server answers again the
+    relist completes (in sync, INFO). Scaled: timeoutSeconds 1-2 s, margin 0.5 s, bookmarks every 0.2 s
+    before the stall (a generous double: etcd's progress notify moving the cache)."""
+    async with ApiServerDouble(bookmark_interval=0.2, cacher_bookmarks=False) as double:
         now = [0.0]
-        async with pod_reflector(double, now, watch_silence_s=1.0) as r:
+        async with pod_reflector(double, now, min_watch_timeout_s=1, watch_deadline_margin_s=0.5) as r:
             monitor = StalenessMonitor([r], [r], StalenessPolicy(stale_after_s=120.0))
             await r.wait_synced()
             await until(lambda: r.bookmarks >= 1)
             lists = r.lists
             double.stall(lists=True)
-            await until(lambda: r.silences >= 1)  # (a bookmark in flight at the stall is read before it)
+            await until(lambda: r.overruns >= 1)  # (the client deadline: 1.5 s)
             now[0] = 400.0
             with caplog.at_level(logging.WARNING, logger="kvgate.k8s.staleness"):
                 monitor.check()
@@ -95,35 +99,35 @@ async def test_a_stuck_api_server_holding_the_watch_open_turns_stale(
 async def test_a_stuck_watch_whose_relist_answers_is_in_sync_through_the_list() -> None:
     """Only the watch is stuck (a proxy holding it; lists still answer): the silent watch proves nothing,
     the relist does. The copy is in sync at the relist, not at the silent end."""
-    async with ApiServerDouble(bookmark_interval=0.2) as double:
+    async with ApiServerDouble(bookmark_interval=0.2, cacher_bookmarks=False) as double:
         now = [0.0]
-        async with pod_reflector(double, now, watch_silence_s=1.0) as r:
+        async with pod_reflector(double, now, min_watch_timeout_s=1, watch_deadline_margin_s=0.5) as r:
             await r.wait_synced()
             await until(lambda: r.bookmarks >= 1)
             double.stall(lists=False)
             lists = r.lists
             now[0] = 400.0
-            await until(lambda: r.silences >= 1 and r.lists > lists)
+            await until(lambda: r.overruns >= 1 and r.lists > lists)
             assert r.age() == 0.0 and r.error is None
 
 
 async def test_a_relist_that_times_out_is_an_error_and_the_copy_stays_stale() -> None:
     """The relist after a silent watch hangs: it ends at the list timeout with an error (``/readyz`` and
     the stale WARNING name it), and the reflector keeps trying."""
-    async with ApiServerDouble(bookmark_interval=0.2) as double:
+    async with ApiServerDouble(bookmark_interval=0.2, cacher_bookmarks=False) as double:
         create_pod(double)
         client = await KubeClient.connect(server=double.url)
         now = [0.0]
-        r = Reflector(client, POD, namespace="default", clock=lambda: now[0], watch_silence_s=0.5,
-                      list_timeout_s=0.3, seed=1)  # fmt: skip
+        r = Reflector(client, POD, namespace="default", clock=lambda: now[0], min_watch_timeout_s=1,
+                      watch_deadline_margin_s=0.5, list_timeout_s=0.3, seed=1)  # fmt: skip
         r.start()
         try:
             await r.wait_synced()
             double.stall(lists=True)
-            await until(lambda: r.error is not None)  # the silence, then the relist's timeout
+            await until(lambda: r.error is not None)  # the deadline, then the relist's timeout
             now[0] = 400.0
             assert "TimeoutError" in (r.error or ""), r.error
-            assert r.age() == 400.0 and r.silences >= 1
+            assert r.age() == 400.0 and r.overruns >= 1
             double.unstall()
             await until(lambda: r.error is None)
             assert r.age() == 0.0
@@ -135,19 +139,19 @@ async def test_a_relist_that_times_out_is_an_error_and_the_copy_stays_stale() ->
 async def test_a_watch_the_server_does_not_end_is_ended_at_the_client_deadline() -> None:
     """A server (or proxy) that ignores ``timeoutSeconds`` and keeps the watch going: the client's own
     deadline, a margin above it, ends the watch, and the reflector relists. Fails before: no client
-    deadline (only the silence limit, which bookmarks keep resetting): the watch never ended. Scaled:
+    deadline (only a silence limit, which bookmarks kept resetting): the watch never ended. Scaled:
     timeoutSeconds 1 s, margin 0.5 s."""
-    async with ApiServerDouble(bookmark_interval=0.2) as double:
+    async with ApiServerDouble(bookmark_interval=0.2, cacher_bookmarks=False) as double:
         double.ignore_watch_timeout = True
         create_pod(double)
         client = await KubeClient.connect(server=double.url)
         r = Reflector(client, POD, namespace="default", min_watch_timeout_s=1, watch_deadline_margin_s=0.5,
-                      watch_silence_s=30.0, seed=1)  # fmt: skip
+                      seed=1)  # fmt: skip
         r.start()
         try:
             await r.wait_synced()
             await until(lambda: r.overruns >= 2 and r.lists >= 3, within_s=10.0)
-            assert r.error is None and r.silences == 0
+            assert r.error is None
         finally:
             await r.stop()
             await client.close()
@@ -163,7 +167,7 @@ async def test_a_quiet_watch_the_server_ends_at_its_timeout_is_in_sync_without_a
         client = await KubeClient.connect(server=double.url)
         now = [0.0]
         r = Reflector(client, POD, namespace="default", clock=lambda: now[0], min_watch_timeout_s=1,
-                      watch_silence_s=30.0, seed=1)  # fmt: skip
+                      seed=1)  # fmt: skip
         r.start()
         try:
             await r.wait_synced()
@@ -171,7 +175,47 @@ async def test_a_quiet_watch_the_server_ends_at_its_timeout_is_in_sync_without_a
             now[0] = 400.0
             await until(lambda: r.watches >= 3)
             assert r.age() == 0.0 and r.lists == 1 and r.bookmarks == 0 and r.events == 0
-            assert r.overruns == 0 and r.silences == 0 and r.unproven == 0
+            assert r.overruns == 0 and r.unproven == 0
         finally:
             await r.stop()
             await client.close()
+
+
+async def test_a_healthy_quiet_watch_does_not_relist() -> None:
+    """Review s15-k8s F1 (its test, adapted): on a healthy quiet cluster (the double as kube-apiserver's
+    cacher: no bookmark, nothing changes) the reflector re-watches from its resourceVersion at each
+    server end and never lists again, as client-go. Fails before: session 15 relisted after each 90 s of
+    silence (one LIST per reflector per ~90 s where etcd's progress notify is at its 10 min default).
+    Scaled: timeoutSeconds 1-2 s."""
+    async with ApiServerDouble(bookmark_interval=0.2) as double:  # cacher bookmarks: none here
+        create_pod(double)
+        client = await KubeClient.connect(server=double.url)
+        r = Reflector(client, POD, namespace="default", min_watch_timeout_s=1, watch_deadline_margin_s=5.0,
+                      seed=1)  # fmt: skip
+        r.start()
+        try:
+            await r.wait_synced()
+            await until(lambda: r.watches >= 4, within_s=15.0)  # three quiet watches the server ended
+            assert r.bookmarks == 0 and r.overruns == 0 and r.unproven == 0 and r.error is None
+            assert r.lists == 1, f"{r.lists} LISTs for {r.watches} quiet watches on a healthy server"
+        finally:
+            await r.stop()
+            await client.close()
+
+
+async def test_the_double_bookmarks_as_the_cacher_once_the_type_moved_past_the_watch() -> None:
+    """The double holds bookmarks back as kube-apiserver's cacher does: none while the type's last event is
+    at or below the watch's start resourceVersion; once a pod changes, bookmarks with that event's
+    resourceVersion come. (Another type's change does not move it.)"""
+    async with ApiServerDouble(bookmark_interval=0.2) as double:
+        now = [0.0]
+        async with pod_reflector(double, now, min_watch_timeout_s=60) as r:  # (it creates pod a)
+            await r.wait_synced()
+            await until(lambda: r.watches >= 1)
+            double.create({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": "c", "namespace": "default"}})  # fmt: skip
+            await asyncio.sleep(0.7)
+            assert r.bookmarks == 0
+            double.set_pod_status("a", ip="10.0.0.9", ready=True)
+            await until(lambda: r.bookmarks >= 2)
+            assert r.lists == 1 and r.resource_version == str(double.rv)

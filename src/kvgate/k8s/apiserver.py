@@ -96,6 +96,7 @@ class ApiServerDouble:
         types: Iterable[ResourceType] = R.ALL,
         *,
         bookmark_interval: float = 1.0,
+        cacher_bookmarks: bool = True,
         history: int = 10_000,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
@@ -104,6 +105,12 @@ class ApiServerDouble:
         for rt in types:
             self.register(rt)
         self.bookmark_interval = bookmark_interval
+        # As kube-apiserver's cacher: a bookmark carries the resourceVersion of the type's last event (none
+        # before its first) and reaches only a watch that started below it (``cacheWatcher.process``). So a
+        # watch on a type nobody writes gets none (etcd's progress notify, which would move it, is not
+        # played). False: every bookmark carries the current resourceVersion (a generous server).
+        self.cacher_bookmarks = cacher_bookmarks
+        self._type_rv: dict[tuple[str, str], int] = {}  # (group, plural) -> its last event's resourceVersion
         self.now = now
         self.rv = 1
         self._objects: dict[tuple[str, str], dict[tuple[str, str], dict[str, Any]]] = {}
@@ -260,6 +267,7 @@ class ApiServerDouble:
         if self.on_change is not None:
             self.on_change(etype, ev.obj)
         self._log.append(ev)
+        self._type_rv[ev.key] = ev.rv
         while len(self._log) > self._history:
             self._compacted = self._log.popleft().rv
         ns = obj["metadata"].get("namespace")
@@ -726,6 +734,7 @@ class ApiServerDouble:
                 and watcher.matches(e.obj)
             ]  # fmt: skip
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
+        start_rv = self.rv if from_rv is None else from_rv
         timeout = float(q.get("timeoutSeconds") or 1800)
         table = _wants_table(request)
         include = q.get("includeObject")
@@ -747,9 +756,11 @@ class ApiServerDouble:
                     async with asyncio.timeout(wait):
                         ev2 = await watcher.queue.get()
                 except TimeoutError:  # a bookmark is due (not at the deadline: that ends the watch)
-                    if bookmarks and not table and wait == self.bookmark_interval:
+                    mark_rv = self._type_rv.get(watcher.key, 0) if self.cacher_bookmarks else self.rv
+                    if (bookmarks and not table and wait == self.bookmark_interval
+                            and (mark_rv > start_rv or not self.cacher_bookmarks)):  # fmt: skip
                         mark = {"kind": rt.kind, "apiVersion": rt.api_version,
-                                "metadata": {"resourceVersion": str(self.rv)}}  # fmt: skip
+                                "metadata": {"resourceVersion": str(mark_rv)}}  # fmt: skip
                         await self._write(resp, orjson.dumps({"type": "BOOKMARK", "object": mark}) + b"\n")
                     continue
                 if ev2 is None:

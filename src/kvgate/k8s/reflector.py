@@ -10,19 +10,24 @@ reports them) while the reflector relists with back-off (the list that succeeds 
 
 ``last_sync`` is when the copy was last known to be in sync, on the injected ``clock``: a list completed (a
 410's relist counts once it completes), a watch event or bookmark read, or a watch the server itself ended
-at its ``timeoutSeconds`` (a clean end of the stream, held for the whole timeout). Every watch is bounded
-as client-go bounds it: ``timeoutSeconds`` drawn per watch from [``min_watch_timeout_s``, twice that)
-(client-go's ``minWatchTimeout``, 5 min), and a client-side deadline ``watch_deadline_margin_s`` above
-it. A watch that ends any other way having read nothing (the silence limit, the client's deadline, a
-proxy's idle cut or close) proves nothing: a stuck API server or proxy that holds the connection open and
-sends nothing looks just like a quiet healthy watch, so the reflector relists, and the list either
-completes (in sync) or fails (the copy ages: stale). A watch that opens does not count either: one that
-answers 200 and then fails (an ``ERROR`` event, an empty stream or a close at once) proves nothing, and
-``error`` keeps the cause until a real success clears it. A relist that follows a watch refused as it
-opened (403, 404: RBAC granting list but not watch) brings the copy up to date but counts only once a
-watch opens again: until then the error, the age and the growing back-off stay (else list, 403, 0.1 s,
-list... for good). ``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log
-lines and, if asked, not-ready.
+at its ``timeoutSeconds`` (a clean end of the stream, held for the whole timeout). ``age()`` is 0 while a
+watch is open (answered 200, its stream not ended): a quiet watch may read nothing for its whole timeout
+(kube-apiserver bookmarks a watch only once the resource type's resourceVersion moved past the watch's
+start: on a type nobody writes, with etcd's progress notify at its 10 min default, none at all), and it
+is in sync as client-go's informers count it. Every watch is bounded as client-go bounds it:
+``timeoutSeconds`` drawn per watch from [``min_watch_timeout_s``, twice that) (client-go's
+``minWatchTimeout``, 5 min), and a client-side deadline ``watch_deadline_margin_s`` above it. A watch that
+reaches that deadline was never ended by the server (a stuck API server or proxy holding the connection
+open): the reflector relists, and the list either completes (in sync) or fails (the copy ages: stale).
+So a stuck but connected API server is found within at most ~10 min 15 s (the longest timeoutSeconds and
+the margin), however low ``--kube-stale-after``; an unreachable one (refused, reset, TCP keepalive) at
+once. A watch held open that read nothing and ended early (a proxy's idle cut or close) proves nothing
+either: relist. A watch that opens and then fails (an ``ERROR`` event, an empty stream or a close at once)
+proves nothing, and ``error`` keeps the cause until a real success clears it. A relist that follows a watch
+refused as it opened (403, 404: RBAC granting list but not watch) brings the copy up to date but counts only
+once a watch opens again: until then the error, the age and the growing back-off stay (else list, 403, 0.1 s,
+list... for good). ``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines and,
+if asked, not-ready.
 
 Generic over any group/version/plural (``ResourceType``), CRDs included.
 """
@@ -78,13 +83,11 @@ class Backoff:
         self._next = 0.0
 
 
-# kube-apiserver's watch cache sends a BOOKMARK to a watch that asked for them (``allowWatchBookmarks``)
-# about every minute (cacher ``defaultBookmarkFrequency = time.Minute``) and 2 s before the watch's
-# ``timeoutSeconds`` deadline. So a watch that read nothing for the period and a margin is silent: a stuck
-# proxy or API-server process holding the connection open, or a server that sends no bookmark. Which one
-# a relist tells (it costs one LIST per silence on a server without bookmarks).
-BOOKMARK_PERIOD_S = 60.0
-WATCH_SILENCE_S = BOOKMARK_PERIOD_S + 30.0
+# No silence limit on a watch (session 15 had one, 90 s, then a relist; review s15-k8s F1): kube-apiserver
+# promises no bookmark cadence. Its cacher bookmarks a watch (``allowWatchBookmarks``) about every minute
+# only with the type's last processed resourceVersion, and only once that is above the watch's start: a
+# quiet type gets none until it changes or an etcd progress notification moves the cache (every 5 s where
+# kubeadm, GKE or kubespray set ``--experimental-watch-progress-notify-interval``; etcd's default 10 min).
 # client-go's reflector asks for ``timeoutSeconds`` = minWatchTimeout (5 min) x [1, 2) per watch, spreading
 # the re-watches; kube-apiserver ends the watch then (it ignores ``?timeout=`` on a watch and uses only
 # ``timeoutSeconds``). The client's own deadline is this margin above it: the server's end comes first.
@@ -104,7 +107,7 @@ HELD_OPEN_S = 1.0
 class Keepalive:
     """TCP keepalive on the watch's socket: a peer whose TCP is gone without a FIN or RST (a dropped
     NAT/conntrack entry, a vanished host or load balancer) is noticed after ``idle_s + interval_s * count``
-    (30 s by default; 15 s when the peer answers the first probe with a RST) instead of the silence limit.
+    (30 s by default; 15 s when the peer answers the first probe with a RST) instead of the watch's deadline.
     client-go gets the same from HTTP/2 pings (read idle 30 s + ping timeout 15 s)."""
 
     idle_s: int = 15
@@ -125,10 +128,6 @@ class Keepalive:
 
 class _Gone(Exception):
     pass
-
-
-class _Silent(Exception):
-    """A watch that read nothing for ``watch_silence_s``: relist."""
 
 
 class _Overran(Exception):
@@ -157,7 +156,6 @@ class Reflector:
         page_size: int = 500,
         min_watch_timeout_s: int = MIN_WATCH_TIMEOUT_S,
         watch_deadline_margin_s: float = WATCH_DEADLINE_MARGIN_S,
-        watch_silence_s: float = WATCH_SILENCE_S,
         list_timeout_s: float = 30.0,
         keepalive: Keepalive | None = Keepalive(),  # frozen: one shared default is safe
         backoff: Backoff | None = None,
@@ -171,7 +169,7 @@ class Reflector:
         self.label_selector, self.field_selector = label_selector, field_selector
         self.page_size, self.list_timeout_s = page_size, list_timeout_s
         self.min_watch_timeout_s, self.watch_deadline_margin_s = min_watch_timeout_s, watch_deadline_margin_s
-        self.watch_silence_s, self.keepalive = watch_silence_s, keepalive
+        self.keepalive = keepalive
         self.backoff = backoff or Backoff()
         self._rng = random.Random(seed)
         self.items: dict[Key, Obj] = {}
@@ -184,7 +182,6 @@ class Reflector:
         self.gone = 0
         self.bookmarks = 0
         self.events = 0  # watch events and bookmarks received
-        self.silences = 0  # watches ended for reading nothing for watch_silence_s
         self.overruns = 0  # watches the server did not end by their timeoutSeconds (the client's deadline)
         self.unproven = 0  # watches held open, read nothing, ended early (a proxy's cut): relisted
         self.last_sync: float | None = None  # clock() when last known in sync (None: never listed)
@@ -194,6 +191,7 @@ class Reflector:
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
         self._opening = False  # a watch request sent, its answer not yet 200
+        self._watching = False  # a watch answered 200, its stream not ended: in sync (``age()`` 0)
 
     @property
     def name(self) -> str:
@@ -205,8 +203,11 @@ class Reflector:
         self._listeners.append(listener)
 
     def age(self) -> float | None:
-        """Seconds since the copy was last known to be in sync (None before its first list)."""
-        return None if self.last_sync is None else self.clock() - self.last_sync
+        """Seconds since the copy was last known to be in sync (None before its first list; 0 while a watch
+        is open: see the module's docstring)."""
+        if self.last_sync is None:
+            return None
+        return 0.0 if self._watching else self.clock() - self.last_sync
 
     def _synced_now(self) -> None:
         """A real success (a list completed, a watch event or bookmark read, a watch held open that ended
@@ -264,16 +265,6 @@ class Reflector:
                 # the stream ended at once and empty (a proxy cutting it): then back off, never spin.
                 if self.events == events and loop.time() - started < HELD_OPEN_S:
                     await asyncio.sleep(self.backoff.next(self._rng))
-            except _Silent:
-                # Nothing read for the whole limit: a server without bookmarks (kube-apiserver's cacher
-                # sends none for a resource it saw no event of since it started), or a stuck API server or
-                # proxy holding the connection open. The relist tells: it completes (in sync) or fails
-                # (the copy ages; a stuck connection is also caught by TCP keepalive).
-                self.silences += 1
-                log.info("reflector %s: watch read nothing for %g s; relisting to check the API server "
-                         "answers", self.name, self.watch_silence_s)  # fmt: skip
-                need_list = True
-                await asyncio.sleep(self.backoff.next(self._rng))
             except _Overran as e:
                 self.overruns += 1
                 log.info("reflector %s: the API server did not end the watch at its timeoutSeconds (%s s); "
@@ -390,8 +381,8 @@ class Reflector:
             raise _Overran(timeout_s) from None
 
     async def _stream(self, q: dict[str, Any], sent: float, timeout_s: int) -> None:
-        # No total timeout here (the deadline above), but a silent watch ends: bookmarks are due each minute.
-        read = aiohttp.ClientTimeout(sock_connect=10, sock_read=self.watch_silence_s)
+        # No total or read timeout here: the deadline above bounds the watch, TCP keepalive a dead peer.
+        read = aiohttp.ClientTimeout(sock_connect=10, sock_read=None)
         self._opening = True
         resp = await self.client.open("GET", self.rt.collection_path(self.namespace), q, timeout_s=read)
         async with resp:
@@ -412,6 +403,7 @@ class Reflector:
             loop = asyncio.get_running_loop()
             opened, events = loop.time(), self.events
             buf = b""
+            self._watching = True
             try:
                 async for chunk in resp.content.iter_any():
                     buf += chunk
@@ -419,8 +411,6 @@ class Reflector:
                         line, buf = buf.split(b"\n", 1)
                         if line.strip():
                             self._on_event(orjson.loads(line))
-            except aiohttp.ServerTimeoutError as e:  # sock_read: nothing for watch_silence_s
-                raise _Silent from e
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
                 # A proxy's idle cut may close the connection (FIN) without the stream's last chunk: after
                 # a hold, an end like a clean one. Not so a reset or a keepalive timeout (the protocol
@@ -430,6 +420,7 @@ class Reflector:
                     raise
                 raise (_Unproven if self.events == events else _Cut) from None
             finally:
+                self._watching = False
                 if loop.time() - opened >= HELD_OPEN_S:
                     self.backoff.reset()
             # A clean end of the stream. At its timeoutSeconds: the server ran the watch to its end (in
@@ -446,7 +437,7 @@ class Reflector:
         if self.keepalive is not None and sock is not None:
             try:
                 self.keepalive.apply(sock)
-            except OSError as e:  # not TCP (a Unix socket proxy): the silence limit still holds
+            except OSError as e:  # not TCP (a Unix socket proxy): the watch's deadline still holds
                 log.debug("reflector %s: no TCP keepalive on the watch: %s", self.name, e)
 
     def _on_event(self, ev: dict[str, Any]) -> None:

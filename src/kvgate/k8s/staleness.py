@@ -5,9 +5,9 @@ does) and the EPP keeps routing on it. This module makes that visible and, when 
 
 - the gauge ``kvgate_reflector_last_sync_age_seconds{name}``: seconds since each running reflector's copy was
   last known to be in sync with the API server (``Reflector.last_sync``: a list completed, a watch event or
-  bookmark read, a watch the server ended at its ``timeoutSeconds``; not a watch that merely opened, nor a
-  silent one: that relists), computed when scraped; named after client-go's ``reflector_*`` family (label
-  ``name``, the watched resource and namespace). No sample before a reflector's first list (its readiness says
+  bookmark read, a watch the server ended at its ``timeoutSeconds``; 0 while a watch is open),
+  computed when scraped; named after client-go's ``reflector_*`` family (label ``name``, the watched
+  resource and namespace). No sample before a reflector's first list (its readiness says
   "not synced yet");
 - a WARNING when a reflector has not been in sync for ``stale_after_s`` (what it routes on, its last
   error) and an INFO when it is in sync again, with how long it was not;
@@ -16,10 +16,12 @@ does) and the EPP keeps routing on it. This module makes that visible and, when 
   replica that still reaches its API server. Off by default: when every replica lost the API server,
   routing on the last list (with the data layer dropping endpoints whose scrapes fail) beats refusing.
 
-A healthy watch is in sync at least every minute (kube-apiserver bookmarks) or, from a server without
-bookmarks, every 90 s silence limit (plus the relist that follows); hence the default ``stale_after_s`` of
-120 s. The hub's watches of its member clusters (``kvgate.multicluster.imports``) are logged the same way. The
-settings are checked in ``kvgate.k8s.stalepolicy``.
+A healthy watch is in sync while it is open (``Reflector.age()`` 0: a quiet watch may get no bookmark for its
+whole timeoutSeconds) and again when the server ends it; hence the default ``stale_after_s`` of 120 s trips on
+a lost or failing API server, and on a stuck one (connected, sending nothing) only once the watch's client
+deadline ends it (at most ~10 min 15 s). The hub's watches of its member clusters
+(``kvgate.multicluster.imports``) are logged the same way. The settings are checked in
+``kvgate.k8s.stalepolicy``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class StalenessMonitor:
                             len(r.items), f"; last error: {r.error}" if r.error else "")  # fmt: skip
             elif was and not stale:
                 since = self._stale.pop(id(r))
-                out = (r.last_sync or since) - since
+                out = r.clock() - since  # (now: a watch that opened is in sync with last_sync unchanged)
                 log.info(
                     "reflector %s: in sync with the API server again (%.0f s since it last was)", r.name, out
                 )

@@ -3,12 +3,12 @@ config file ``kubernetes.staleAfterSeconds`` and ``kubernetes.staleNotReadyAfter
 same way by ``kvgate epp`` and ``kvgate serve`` in every mode, flag or file key, each error naming the one
 it concerns (``kvgate.k8s.staleness`` acts on them).
 
-A healthy watch is in sync at least every minute (kube-apiserver's bookmarks) or, from a server that sends
-none (kube-apiserver's cacher sends none for a resource it has seen no event of since it started: a quiet
-InferencePool CRD), every ``WATCH_SILENCE_S`` (90 s) plus a back-off and the relist that follows. A limit at
-or below that would call a healthy quiet watch stale (a false WARNING; not-ready every cycle): it is accepted,
-for tests against servers that bookmark often, with a WARNING. A not-ready limit below the stale limit is
-refused: the replica would turn not-ready before the log says why.
+A healthy watch is in sync while it is open (``Reflector.age()`` 0) and again when the server ends it at its
+timeoutSeconds; between watches the age is a back-off and a re-open. A quiet watch cut by a proxy's idle
+timeout (nginx ``proxy_read_timeout``, a classic ELB: 60 s) relists, its age the time since its last proof
+(up to that timeout) plus the list. A limit at or below ``QUIET_WATCH_AGE_S`` could call such a healthy
+watch stale (a false WARNING; not-ready every cycle): it is accepted, for tests, with a WARNING. A not-ready
+limit below the stale limit is refused: the replica would turn not-ready before the log says why.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ import logging
 import math
 from dataclasses import dataclass
 
-from kvgate.k8s.reflector import WATCH_SILENCE_S
-
 log = logging.getLogger(__name__)
 
-DEFAULT_STALE_AFTER_S = WATCH_SILENCE_S + 30.0
-# The oldest a healthy quiet watch gets on a server without bookmarks: the silence limit, then a back-off
-# (0.1 s, +20 % jitter) and the relist.
-QUIET_WATCH_AGE_S = WATCH_SILENCE_S + 5.0
+DEFAULT_STALE_AFTER_S = 120.0
+# The oldest a healthy quiet watch gets behind a proxy that cuts idle connections at 60 s (nginx, a classic
+# ELB): the cut, a back-off and the relist, with a margin.
+QUIET_WATCH_AGE_S = 95.0
 STALE_FLAG, NOT_READY_FLAG = "--kube-stale-after", "--kube-stale-not-ready-after"
 FLAGS = (STALE_FLAG, NOT_READY_FLAG)
 # The same two in ``kvgate serve``'s config file (a flag given overrides its key).
@@ -33,8 +31,8 @@ STALE_KEY, NOT_READY_KEY = "kubernetes.staleAfterSeconds", "kubernetes.staleNotR
 NO_INFERENCE_POOL = "no pool comes from an InferencePool (--endpoints, or a config without inferencePool)"
 # (The hub does watch InferencePools, its members', since session 15: logged stale at the fixed default.)
 HUB = (
-    f"with --clusters the members' InferencePool watches are logged stale at a fixed {DEFAULT_STALE_AFTER_S:g} s "
-    "(not configurable), and the hub never turns not-ready for an old copy"
+    "with --clusters the members' InferencePool watches are logged stale at a fixed "
+    f"{DEFAULT_STALE_AFTER_S:g} s (not configurable), and the hub never turns not-ready for an old copy"
 )
 
 
@@ -83,10 +81,10 @@ def staleness_policy(
         for flag, value in ((stale_name, stale_after_s), (not_ready_name, not_ready_after_s)):
             if 0 < value <= QUIET_WATCH_AGE_S:
                 log.warning(
-                    "%s %g s: a healthy quiet watch on an API server that sends no bookmarks reaches an age "
-                    "of %g s (the %g s silence limit and a re-open), so this limit will also trip on one "
-                    "(kube-apiserver sends none for a resource without events since it started); above "
-                    "%g s it will not", flag, value, QUIET_WATCH_AGE_S, WATCH_SILENCE_S, QUIET_WATCH_AGE_S,
+                    "%s %g s: a healthy quiet watch behind a proxy that cuts idle connections (nginx, a "
+                    "classic ELB: 60 s) reaches an age of about %g s (the cut and a relist), so this limit "
+                    "may also trip on one; above %g s it will not", flag, value, QUIET_WATCH_AGE_S,
+                    QUIET_WATCH_AGE_S,
                 )  # fmt: skip
     return StalenessPolicy(stale_after_s, not_ready_after_s or None)
 
