@@ -76,12 +76,11 @@ def _cpu_s(pid: int) -> float:
 
 def _run_loadgen(requests: int, env: dict[str, str]) -> dict[str, Any]:
     out = subprocess.run(
-        [PY, __file__, "--_loadgen", str(requests)],
+        lifeline.die_with_parent_argv([PY, __file__, "--_loadgen", str(requests)]),
         env=env,
         capture_output=True,
         check=True,
         timeout=600,
-        preexec_fn=lifeline.die_with_parent(),
     )
     result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
     return result
@@ -104,11 +103,10 @@ def main() -> int:
     srcs = {"base": str(args.base_src.resolve()), "this": this}
     env = {**os.environ, "PYTHONPATH": this}
     backend = subprocess.Popen(
-        [PY, __file__, "--_backend", str(args.events)],
+        lifeline.die_with_parent_argv([PY, __file__, "--_backend", str(args.events)]),
         env=env,
         stdout=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=lifeline.die_with_parent(),
     )
     assert backend.stdout is not None
     backend.stdout.readline()
@@ -117,13 +115,13 @@ def main() -> int:
         for rep in range(args.repeats):
             for tag, src in srcs.items():
                 gw = subprocess.Popen(
-                    [PY, "-m", "kvgate.cli", "serve", "--endpoints",
+                    lifeline.die_with_parent_argv([PY, "-m", "kvgate.cli", "serve", "--endpoints",
                      ",".join(f"http://127.0.0.1:{p}" for p in BACKEND_PORTS), "--model", "m",
-                     "--policy", "kvgate", "--port", str(ROUTER_PORT), "--log-level", "WARNING"],
+                     "--policy", "kvgate", "--port", str(ROUTER_PORT), "--log-level", "WARNING"]),
                     env={**os.environ, "PYTHONPATH": src},
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=lifeline.die_with_parent(),
+                    start_new_session=True,
                 )  # fmt: skip
                 assert gw.stdout is not None
                 while b"listening" not in gw.stdout.readline():

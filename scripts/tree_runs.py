@@ -21,12 +21,11 @@ def run_in_tree(script: str, src: Path, argv: Sequence[str], timeout: float) -> 
     """``script argv`` in a fresh process on ``src`` (``PYTHONPATH``; ``PYTHONHASHSEED=0``): the JSON
     object on its last line of output."""
     out = subprocess.run(
-        [sys.executable, script, *argv],
+        lifeline.die_with_parent_argv([sys.executable, script, *argv]),
         env={**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"},
         capture_output=True,
         check=True,
         timeout=timeout,
-        preexec_fn=lifeline.die_with_parent(),
     )
     result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
     return result

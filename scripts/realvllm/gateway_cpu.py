@@ -137,10 +137,9 @@ def main() -> int:
                        "--kv-events-port", str(events_port)]  # fmt: skip
             urls = [f"http://127.0.0.1:{sim_port + i}" for i in range(2)]
             sim = subprocess.Popen(
-                sim_cmd,
+                lifeline.die_with_parent_argv(sim_cmd),
                 stdout=(log_dir / "sim.log").open("wb"),
                 stderr=subprocess.STDOUT,
-                preexec_fn=lifeline.die_with_parent(),
             )
             stack.callback(lambda: (sim.terminate(), sim.wait(20)))
             for u in urls:
@@ -179,11 +178,10 @@ def measure(
                   "--port", str(gw_port), "--kv-events", "auto", *args.serve_arg]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": src} if src else None
         gw = subprocess.Popen(
-            gw_cmd,
+            lifeline.die_with_parent_argv(gw_cmd),
             stdout=(log_dir / "gw.log").open("wb"),
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=lifeline.die_with_parent(),
         )
         base = f"http://127.0.0.1:{gw_port}"
         wait_http(base + "/readyz", gw)
@@ -193,15 +191,34 @@ def measure(
         if profile:
             gw.send_signal(signal.SIGUSR1)
         if args.perf:
-            spy = subprocess.Popen(["perf", "record", "-F", "2000", "-g", "-p", str(gw.pid), "-o", args.perf],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   preexec_fn=lifeline.die_with_parent())  # fmt: skip
+            spy = subprocess.Popen(
+                lifeline.die_with_parent_argv(
+                    ["perf", "record", "-F", "2000", "-g", "-p", str(gw.pid), "-o", args.perf]
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(1.0)
         if args.py_spy:
-            spy = subprocess.Popen([args.py_spy[0], "record", "-p", str(gw.pid), "-o", args.py_spy[1],
-                                    "--format", "raw", "-r", "1000", "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   preexec_fn=lifeline.die_with_parent())  # fmt: skip
+            spy = subprocess.Popen(
+                lifeline.die_with_parent_argv(
+                    [
+                        args.py_spy[0],
+                        "record",
+                        "-p",
+                        str(gw.pid),
+                        "-o",
+                        args.py_spy[1],
+                        "--format",
+                        "raw",
+                        "-r",
+                        "1000",
+                        "--nonblocking",
+                    ]
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(1.0)
         c0 = cpu_s(gw.pid)
         time.sleep(args.idle)

@@ -106,9 +106,19 @@ def main() -> int:
     args = ap.parse_args()
     backend_port, gateway_port = free_ports(2)
     backend = subprocess.Popen(
-        [sys.executable, "-m", "kvgate.bench.gateway_ttft", "--_backend", str(gateway_ttft.DEFAULT_TOKENIZER),
-         str(args.first_token_ms), str(backend_port)], stdout=subprocess.PIPE,
-        preexec_fn=lifeline.die_with_parent())  # fmt: skip
+        lifeline.die_with_parent_argv(
+            [
+                sys.executable,
+                "-m",
+                "kvgate.bench.gateway_ttft",
+                "--_backend",
+                str(gateway_ttft.DEFAULT_TOKENIZER),
+                str(args.first_token_ms),
+                str(backend_port),
+            ]
+        ),
+        stdout=subprocess.PIPE,
+    )
     gateway = None
     split = None
     head = [sys.executable, "-m", "kvgate.cli"]
@@ -121,10 +131,24 @@ def main() -> int:
         assert backend.stdout is not None
         backend.stdout.readline()  # "ready"
         gateway = subprocess.Popen(
-            [*head, "serve", "--endpoints", f"http://127.0.0.1:{backend_port}",
-             "--model", gateway_ttft.MODEL, "--port", str(gateway_port), "--kv-events", "auto"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=lifeline.die_with_parent())  # fmt: skip
+            lifeline.die_with_parent_argv(
+                [
+                    *head,
+                    "serve",
+                    "--endpoints",
+                    f"http://127.0.0.1:{backend_port}",
+                    "--model",
+                    gateway_ttft.MODEL,
+                    "--port",
+                    str(gateway_port),
+                    "--kv-events",
+                    "auto",
+                ]
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         wait_http(f"http://127.0.0.1:{gateway_port}/readyz", gateway)
         recs = []
         for i, prompt in enumerate(gateway_ttft.workload(args.requests + WARMUP)):

@@ -39,12 +39,11 @@ print(min(best))
 def one(src: str) -> float:
     env = {**os.environ, "PYTHONPATH": src}
     out = subprocess.run(
-        [sys.executable, "-c", ONE],
+        lifeline.die_with_parent_argv([sys.executable, "-c", ONE]),
         env=env,
         capture_output=True,
         text=True,
         check=True,
-        preexec_fn=lifeline.die_with_parent(),
     )
     return float(out.stdout.strip())
 

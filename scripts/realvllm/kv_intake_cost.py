@@ -70,7 +70,7 @@ def one(src: str, args: argparse.Namespace) -> float:
     cmd = [sys.executable, "-c", SUB, str(args.batches), sys.executable, PUB, str(args.batches),
            str(args.gap), str(args.burst)]  # fmt: skip
     out = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, check=True, preexec_fn=lifeline.die_with_parent()
+        lifeline.die_with_parent_argv(cmd), env=env, capture_output=True, text=True, check=True
     )
     return float(out.stdout.strip().splitlines()[-1])
 

@@ -247,11 +247,10 @@ def main() -> int:
                            MODEL_NAME, "--port", str(port), "--kv-events", "auto"]  # fmt: skip
                     logf = (log_dir / f"{p}.log").open("wb")
                     procs[p] = subprocess.Popen(
-                        cmd,
+                        lifeline.die_with_parent_argv(cmd),
                         stdout=logf,
                         stderr=subprocess.STDOUT,
                         env=env,
-                        preexec_fn=lifeline.die_with_parent(),
                     )
                     wait_http(f"http://127.0.0.1:{port}/readyz", procs[p])
                 else:

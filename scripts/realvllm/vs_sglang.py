@@ -326,14 +326,15 @@ def commit(where: str | None = None) -> str:
     git = ["git"] if where is None else ["git", "-C", where]
     try:
         out = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"],
+            lifeline.die_with_parent_argv([*git, "rev-parse", "--short", "HEAD"]),
             capture_output=True,
             text=True,
-            preexec_fn=lifeline.die_with_parent(),
         )
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True,
-                               preexec_fn=lifeline.die_with_parent()).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            lifeline.die_with_parent_argv([*git, "status", "--porcelain", "--untracked-files=no"]),
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"
@@ -486,7 +487,7 @@ def main() -> int:
                 cmd = [sys.executable, "-m", "kvgate.cli", "serve", *where, "--kv-events", mode]
                 logf = (log_dir / f"{r}.log").open("wb")
                 proc = subprocess.Popen(
-                    cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, preexec_fn=lifeline.die_with_parent()
+                    lifeline.die_with_parent_argv(cmd), stdout=logf, stderr=subprocess.STDOUT, env=env
                 )
                 name = f"kvgate ({'--kv-events off' if mode == 'off' else 'default, --kv-events auto'})"
                 name += ", scrape 0.5 s" if "-scrape500" in r else ""

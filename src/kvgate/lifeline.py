@@ -2,12 +2,13 @@
 (Linux; elsewhere every call here does nothing). Imports no ``kvgate`` package: ``kvgate.bench.reaper``
 (the benches) and ``kvgate.realvllm`` (the real-vLLM harness, which may not import ``bench``) share it.
 
-- ``die_with_parent()``: a ``preexec_fn`` that makes a child get a signal when its parent dies, even by
-  SIGKILL (``PR_SET_PDEATHSIG``); ``die_with(parent)`` the same, called in a child no ``preexec_fn``
-  reaches (a ``multiprocessing`` spawn target, a fork without an exec). Only the process's own
-  children, and only SIGTERM by default, which a child may ignore (its own children then run on); but
-  for those it holds whatever the child does to its environment, title or descriptors (the kernel keeps
-  it across an exec, not across a set-user-ID one: ``sudo``).
+- ``die_with_parent_argv(cmd)``: ``cmd`` prefixed with ``setpriv --pdeathsig TERM --`` (util-linux), so
+  the child gets a signal when its parent dies, even by SIGKILL (``PR_SET_PDEATHSIG``; no ``preexec_fn``,
+  which forks and runs grpcio's fork handlers: fixfork15); ``die_with(parent)`` the same, called in a
+  child not started by an exec (a ``multiprocessing`` spawn target, a fork without an exec). Only the
+  process's own children, and only SIGTERM by default, which a child may ignore (its own children then
+  run on); but for those it holds whatever the child does to its environment, title or descriptors (the
+  kernel keeps it across an exec, not across a set-user-ID one: ``sudo``).
 - ``become_subreaper()``: orphaned descendants re-parent to this process, not to init
   (``PR_SET_CHILD_SUBREAPER``), so they stay its descendants.
 - ``start_watchdog()``: a small process of its own (``python -I -c``, named ``kvgate-watchdog``, its
@@ -46,7 +47,7 @@ an exec of this process, by the socket it still holds; so is what detaches durin
 The sweep also takes every member of a process group a listed process led (remembered while any
 process of the group is left, its leader gone or not; session 15): what stayed in such a group is taken
 however it was started, entry or socket or not. And a process this process started itself ends by
-``PR_SET_PDEATHSIG`` whatever it did to its environment, title or descriptors (``die_with_parent``,
+``PR_SET_PDEATHSIG`` whatever it did to its environment, title or descriptors (``die_with_parent_argv``,
 ``die_with``: every start of the benches and harnesses passes one), unless it ignores that SIGTERM.
 
 Not covered: a process started through a daemon (``docker run``, ``systemd-run``, ``at``: neither a
@@ -86,7 +87,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 GRACE_S = 5.0  # from SIGTERM to SIGKILL
 TICK_S = 0.5  # the watchdog's list of descendants is at most this old (and fresh after a ``sync()``)
@@ -194,7 +195,7 @@ def terminate(
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-# What a child started with ``die_with_parent()`` gets when its parent dies without stopping it (SIGKILL,
+# What a child started with ``die_with_parent_argv()`` gets when its parent dies without stopping it (SIGKILL,
 # the OOM killer): SIGTERM, so that it stops its own children as it does when it is stopped (a
 # ``kvgate serve --workers`` supervisor its workers, vLLM its engine processes; SIGKILL would orphan them).
 DEATH_SIGNAL = signal.SIGTERM
@@ -224,33 +225,46 @@ def become_subreaper() -> bool:
     return ok
 
 
-def die_with_parent(sig: int = DEATH_SIGNAL, *, waited: bool = False) -> Callable[[], None] | None:
-    """A ``preexec_fn`` for a child: it gets ``sig`` when this process dies, even by SIGKILL, which runs
-    no handler and no ``atexit`` (Linux ``PR_SET_PDEATHSIG``; it survives the exec). A child whose parent
-    died between its fork and the ``prctl`` (it was re-parented already, no signal will come) exits at
-    once, before its exec. None (nothing to run) off Linux, and from a thread other than the main one
-    unless ``waited``: the kernel signals the child when the *thread* that forked it ends, and a worker
-    thread may end long before the process (the watchdog, ``start_watchdog``, watches the process, not a
-    thread). ``waited``: the thread starting the child waits for its end (``subprocess.run``: it returns
-    only once the child was collected, killed first on a time-out or an exception), so that thread ends
-    after the child, or with the process: the signal is right from any thread (an install run through
-    ``asyncio.to_thread``, review s15-hard L3)."""
+_SETPRIV: list[str | None] = []  # util-linux's setpriv, looked up once (empty: not yet)
+
+
+def setpriv() -> str | None:
+    """The path of util-linux's ``setpriv`` (``--pdeathsig``, util-linux >= 2.33), None where not found
+    or off Linux; looked up once."""
+    if not _SETPRIV:
+        import shutil
+
+        _SETPRIV.append(shutil.which("setpriv") if sys.platform.startswith("linux") else None)
+    return _SETPRIV[0]
+
+
+def die_with_parent_argv(cmd: Sequence[str], *, waited: bool = False) -> list[str]:
+    """``cmd`` made to get SIGTERM when this process dies, even by SIGKILL, which runs no handler and no
+    ``atexit``: prefixed with ``setpriv --pdeathsig TERM --`` (util-linux), which sets
+    ``PR_SET_PDEATHSIG`` and execs ``cmd`` in the same process (the pid is the child's; the kernel keeps
+    the setting across that exec and ``cmd``'s own, not across a set-user-ID one: ``sudo``). Unlike a
+    ``preexec_fn`` (which made ``subprocess`` fork rather than ``vfork`` and run the at-fork handlers:
+    grpcio's, with its threads busy in this process, broke the child, SIGABRT / SIGSEGV before its exec;
+    fixfork15), nothing runs between the fork and the exec. ``cmd`` unchanged (a list) off Linux, where
+    ``setpriv`` is not found, and from a thread other than the main one unless ``waited``: the kernel
+    signals the child when the *thread* that forked it ends, and a worker thread may end long before the
+    process (the watchdog, ``start_watchdog``, watches the process, not a thread). ``waited``: the thread
+    starting the child waits for its end (``subprocess.run``: it returns only once the child was
+    collected, killed first on a time-out or an exception), so that thread ends after the child, or with
+    the process: the signal is right from any thread (an install run through ``asyncio.to_thread``,
+    review s15-hard L3). Not done (the ``preexec_fn`` did it): a child whose parent died before
+    ``setpriv``'s ``prctl`` (already re-parented, no signal will come) runs on; the watchdog's sweep
+    covers it where one runs."""
+    argv = list(cmd)
     if not waited and threading.current_thread() is not threading.main_thread():
-        return None
-    if (fn := prctl()) is None:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:  # (in the child, between fork and exec: no lookups, no locks, no handlers)
-        fn(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
+        return argv
+    if (tool := setpriv()) is None:
+        return argv
+    return [tool, "--pdeathsig", DEATH_SIGNAL.name.removeprefix("SIG"), "--", *argv]
 
 
 def die_with(parent: int | None, sig: int = DEATH_SIGNAL) -> bool:
-    """``die_with_parent`` for a child no ``preexec_fn`` reaches, called first thing in it: a
+    """``die_with_parent_argv`` for a child not started by an exec, called first thing in it: a
     ``multiprocessing`` spawn target (``parent``: ``multiprocessing.parent_process()``'s pid; None, as
     there outside a child: nothing done), the child's branch of an ``os.fork()`` (``parent`` read before
     the fork). From now on it gets ``sig`` when the thread that started it ends (the main thread: the

@@ -1,6 +1,7 @@
 """Every process a bench or a harness starts itself dies with it, even when it is killed by SIGKILL (session
-15, hard15): ``PR_SET_PDEATHSIG`` through ``lifeline.die_with_parent()`` (a ``preexec_fn``), or, for a
-child no ``preexec_fn`` reaches (a ``multiprocessing`` spawn target, a fork without an exec),
+15, hard15): ``PR_SET_PDEATHSIG`` through ``lifeline.die_with_parent_argv(cmd)`` (``setpriv --pdeathsig``
+as the command's prefix; a ``preexec_fn`` until fixfork15, which broke children of a process running gRPC),
+or, for a child not started by an exec (a ``multiprocessing`` spawn target, a fork without an exec),
 ``lifeline.die_with(parent)`` called first thing in the child. Unlike the watchdog's sweep, this holds
 for a child exec'd with an environment of its own (``env -i``, a caller's ``env=``), one that rewrote its
 title (``setproctitle``) or closed its descriptors (``closerange``), and one started within the
@@ -58,7 +59,22 @@ def _calls_die_with(fn: ast.AST) -> bool:
     return any(_name(c.func) == "lifeline.die_with" for c in _calls(fn))
 
 
+def _argv(call: ast.Call) -> ast.Call | None:
+    """The ``lifeline.die_with_parent_argv(...)`` call a start's command is (its first argument, or
+    ``*`` of it); None if it is not one."""
+    if not call.args:
+        return None
+    first = call.args[0]
+    if isinstance(first, ast.Starred):
+        first = first.value
+    if isinstance(first, ast.Call) and _name(first.func) == "lifeline.die_with_parent_argv":
+        return first
+    return None
+
+
 def test_every_subprocess_a_bench_or_harness_starts_dies_with_it() -> None:
+    """Every start's command goes through ``lifeline.die_with_parent_argv`` and none passes a
+    ``preexec_fn`` (which makes ``subprocess`` fork and run grpcio's fork handlers: fixfork15)."""
     missing = []
     for path in SOURCES:
         for call in _calls(ast.parse(path.read_text(), str(path))):
@@ -68,9 +84,12 @@ def test_every_subprocess_a_bench_or_harness_starts_dies_with_it() -> None:
             if (f.value.id, f.attr) not in STARTS:
                 continue
             kw = {k.arg: k.value for k in call.keywords}
-            if "preexec_fn" not in kw or "die_with_parent" not in _name(kw["preexec_fn"]):
+            if "preexec_fn" in kw or _argv(call) is None:
                 missing.append(f"{path.relative_to(ROOT)}:{call.lineno} {f.value.id}.{f.attr}")
-    assert not missing, "children started without lifeline.die_with_parent():\n" + "\n".join(missing)
+    assert not missing, (
+        "children started without lifeline.die_with_parent_argv(), or with a preexec_fn:\n"
+        + ("\n".join(missing))
+    )
 
 
 def test_every_spawned_or_forked_child_of_a_bench_or_harness_dies_with_it() -> None:
@@ -94,7 +113,7 @@ def test_every_spawned_or_forked_child_of_a_bench_or_harness_dies_with_it() -> N
     assert not missing, "children started without lifeline.die_with:\n" + "\n".join(missing)
 
 
-# A parent (its own session, so the test can kill it alone) that starts, with ``die_with_parent()``, a
+# A parent (its own session, so the test can kill it alone) that starts, with ``die_with_parent_argv()``, a
 # child whose environment is rebuilt (``env -i``) and which rewrites its environment block (as
 # ``setproctitle`` does) and closes every descriptor but its stdout (``closerange``); and a ``spawn``
 # child that calls ``die_with``. Prints both pids once both run, then waits.
@@ -110,8 +129,8 @@ def spawned(ready):
 if __name__ == "__main__":
     child = ("import os, sys, time; os.closerange(3, 1 << 16); "
              "print(os.getpid(), flush=True); os.closerange(0, 1); time.sleep(120)")
-    p = subprocess.Popen(["env", "-i", sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
-                         preexec_fn=lifeline.die_with_parent())
+    p = subprocess.Popen(lifeline.die_with_parent_argv(["env", "-i", sys.executable, "-c", child]),
+                         stdout=subprocess.PIPE, text=True)
     pid = int(p.stdout.readline())
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
@@ -220,8 +239,8 @@ def _module_calls(fn: ast.AST, defs: dict[str, ast.FunctionDef]) -> list[ast.Fun
 def test_every_start_in_a_worker_thread_passes_waited() -> None:
     """A function run through ``asyncio.to_thread`` (``f`` or ``module.f`` of these sources), and the
     functions of its module it calls: each start there is a ``subprocess.run`` (its thread waits for the
-    child) with ``die_with_parent(waited=True)``; without it, ``die_with_parent()`` returns None in a worker
-    thread, so the child gets no parent-death signal (review s15-hard L3: the peer routers' and
+    child) with ``die_with_parent_argv(waited=True)``; without it, ``die_with_parent_argv()`` adds nothing in
+    a worker thread, so the child gets no parent-death signal (review s15-hard L3: the peer routers' and
     inference-perf's installs)."""
     by_module = {}
     for path in SOURCES:
@@ -250,14 +269,14 @@ def test_every_start_in_a_worker_thread_passes_waited() -> None:
                     if (sf.value.id, sf.attr) not in STARTS:
                         continue
                     checked += 1
-                    kw = {k.arg: k.value for k in start.keywords}
-                    ok = (sf.value.id, sf.attr) == ("subprocess", "run") and "waited=True" in _name(
-                        kw.get("preexec_fn", ast.Constant(None))
+                    argv = _argv(start)
+                    ok = (sf.value.id, sf.attr) == ("subprocess", "run") and (
+                        argv is not None and "waited=True" in _name(argv)
                     )
                     if not ok:
                         missing.append(f"{where_path.relative_to(ROOT)}:{start.lineno} (through {target})")
     assert checked >= 5, f"the worker-thread starts were not found ({checked})"
-    assert not missing, "starts in a worker thread without die_with_parent(waited=True):\n" + "\n".join(
+    assert not missing, "starts in a worker thread without die_with_parent_argv(waited=True):\n" + "\n".join(
         missing
     )
 
@@ -266,7 +285,7 @@ def test_inference_perf_probe_run_as_the_bench_runs_it_gets_the_parent_death_sig
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``inference_perf`` runs its install (``_works``, venv, pip) through ``asyncio.to_thread``: the child
-    still gets a ``preexec_fn`` (review s15-hard L3)."""
+    still gets the parent-death signal (``setpriv``; review s15-hard L3), and no ``preexec_fn``."""
     import asyncio
     from typing import Any
 
@@ -276,25 +295,26 @@ def test_inference_perf_probe_run_as_the_bench_runs_it_gets_the_parent_death_sig
     real = subprocess.run
 
     def spy(*args: Any, **kw: Any) -> Any:
-        seen.append(kw.get("preexec_fn"))
+        assert "preexec_fn" not in kw
+        seen.append(args[0][0])
         return real(*args, **kw)
 
     monkeypatch.setattr(inference_perf.subprocess, "run", spy)
     assert asyncio.run(asyncio.to_thread(inference_perf._works, sys.executable)) is (
         sys.version_info >= (3, 12)
     )
-    assert seen and seen[0] is not None, "started from a worker thread: no PR_SET_PDEATHSIG"
+    assert seen and seen[0] == lifeline.setpriv(), "started from a worker thread: no PR_SET_PDEATHSIG"
 
 
 # A parent (its own session) that runs, in a worker thread, ``subprocess.run`` of a child with
-# ``die_with_parent(waited=True)``; prints the child's pid once it runs, then waits.
+# ``die_with_parent_argv(waited=True)``; prints the child's pid once it runs, then waits.
 _THREAD_PARENT = r"""
 import subprocess, sys, threading, time
 from kvgate import lifeline
 
 def install():
-    subprocess.run([sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(120)"],
-                   preexec_fn=lifeline.die_with_parent(waited=True))
+    cmd = [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(120)"]
+    subprocess.run(lifeline.die_with_parent_argv(cmd, waited=True))
 
 threading.Thread(target=install, daemon=True).start()
 time.sleep(120)
@@ -302,8 +322,8 @@ time.sleep(120)
 
 
 def test_a_child_run_from_a_worker_thread_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
-    """``subprocess.run`` in a worker thread with ``die_with_parent(waited=True)``: SIGKILL of the parent
-    ends the child (before, no ``preexec_fn`` there: it ran on; review s15-hard L3)."""
+    """``subprocess.run`` in a worker thread with ``die_with_parent_argv(waited=True)``: SIGKILL of the parent
+    ends the child (before, no parent-death signal there: it ran on; review s15-hard L3)."""
     script = tmp_path / "parent.py"
     script.write_text(_THREAD_PARENT)
     parent = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True,

@@ -41,13 +41,14 @@ from kvgate.bench import reaper
 reaper.install(grace_s=0.5)
 PIPE = subprocess.PIPE
 # A child that ignores SIGTERM (the kernel's parent-death SIGTERM too), and its child, which inherits that.
-deaf = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 120 & echo $!; wait"], stdout=PIPE, text=True,
-                        start_new_session=True, preexec_fn=lifeline.die_with_parent())
+deaf_cmd = ["sh", "-c", "trap '' TERM; sleep 120 & echo $!; wait"]
+deaf = subprocess.Popen(lifeline.die_with_parent_argv(deaf_cmd), stdout=PIPE, text=True,
+                        start_new_session=True)
 deaf_child = int(deaf.stdout.readline())
 # A child that starts a process in a session of its own and exits: an orphan, re-parented to the bench.
-gone = subprocess.Popen([sys.executable, "-c", "import subprocess; "
-                         "print(subprocess.Popen(['sleep', '120'], start_new_session=True).pid)"],
-                        stdout=PIPE, text=True, preexec_fn=lifeline.die_with_parent())
+gone = subprocess.Popen(lifeline.die_with_parent_argv([sys.executable, "-c", "import subprocess; "
+                         "print(subprocess.Popen(['sleep', '120'], start_new_session=True).pid)"]),
+                        stdout=PIPE, text=True)
 orphan = int(gone.stdout.readline())
 gone.wait()
 while int(open(f"/proc/{orphan}/stat").read().rsplit(")", 1)[1].split()[1]) != reaper.os.getpid():

@@ -5,7 +5,7 @@
   ``__main__`` block under ``kvgate.bench`` now calls ``reaper.install()`` first.
 - A bench killed by SIGKILL runs no handler and no ``atexit``: its children ran on. The children it starts
   (``procs.start`` and the benches' own ``Popen``s) now get ``PR_SET_PDEATHSIG`` (SIGTERM) through
-  ``lifeline.die_with_parent()``."""
+  ``lifeline.die_with_parent_argv()``."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_every_bench_main_installs_the_reaper_first() -> None:
 def test_every_long_lived_child_a_bench_starts_dies_with_it() -> None:
     """Every ``Popen`` / ``create_subprocess_exec`` under ``kvgate.bench`` (servers, gateways, peers, load
     generators), and every ``unshare`` re-exec of a bench, passes
-    ``preexec_fn=lifeline.die_with_parent()``."""
+    its command through ``lifeline.die_with_parent_argv`` (``setpriv``) and no ``preexec_fn`` (fixfork15)."""
     missing = []
     for path in sorted(BENCH.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -66,7 +66,8 @@ def test_every_long_lived_child_a_bench_starts_dies_with_it() -> None:
                 func.startswith("subprocess.") and "unshare" in ast.unparse(node)
             ):
                 kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
-                if kw.get("preexec_fn") != "lifeline.die_with_parent()":
+                first = ast.unparse(node.args[0]) if node.args else ""
+                if "preexec_fn" in kw or not first.lstrip("*").startswith("lifeline.die_with_parent_argv("):
                     missing.append(f"{path.name}:{node.lineno}")
     assert missing == []
 
@@ -141,21 +142,31 @@ def test_a_bench_killed_by_sigkill_takes_its_children_with_it() -> None:
 
 @linux_only
 def test_die_with_parent_only_from_the_main_thread() -> None:
-    """The kernel signals the child when the *thread* that forked it ends: none from another thread."""
-    assert lifeline.die_with_parent() is not None
+    """The kernel signals the child when the *thread* that forked it ends: none from another thread
+    (unless ``waited``)."""
+    assert lifeline.setpriv() is not None, "util-linux's setpriv is missing"
+    assert lifeline.die_with_parent_argv(["true"])[1:] == ["--pdeathsig", "TERM", "--", "true"]
     got: list[object] = []
-    t = threading.Thread(target=lambda: got.append(lifeline.die_with_parent()))
+    t = threading.Thread(
+        target=lambda: got.extend(
+            [
+                lifeline.die_with_parent_argv(["true"]),
+                len(lifeline.die_with_parent_argv(["true"], waited=True)),
+            ]
+        )
+    )
     t.start()
     t.join()
-    assert got == [None]
+    assert got == [["true"], 5]
 
 
 @linux_only
 def test_a_child_started_with_die_with_parent_runs_while_its_parent_lives() -> None:
     """(The signal comes at the parent's death only: a child of a live parent is untouched, and the exec
     goes through.)"""
-    out = subprocess.run(["sh", "-c", "echo ok"], preexec_fn=lifeline.die_with_parent(), capture_output=True,
-                         text=True, timeout=30)  # fmt: skip
+    out = subprocess.run(
+        lifeline.die_with_parent_argv(["sh", "-c", "echo ok"]), capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0 and out.stdout == "ok\n"
 
 

@@ -197,8 +197,9 @@ def _inprocess(policy: str, sizes: list[int], n: int) -> list[str]:
 
 @contextlib.contextmanager
 def _process(args: list[str]) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            preexec_fn=lifeline.die_with_parent())  # fmt: skip
+    proc = subprocess.Popen(
+        lifeline.die_with_parent_argv(args), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         deadline = time.monotonic() + 30
         assert proc.stdout is not None

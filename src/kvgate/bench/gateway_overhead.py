@@ -475,9 +475,12 @@ def _rss_bytes(pid: int) -> int:
 
 def _spawn(args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        preexec_fn=lifeline.die_with_parent(), **kw,
-    )  # fmt: skip
+        lifeline.die_with_parent_argv(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def _wait_line(proc: subprocess.Popen[bytes], needle: bytes, timeout: float = 30.0) -> None:
@@ -507,8 +510,7 @@ def _run_loadgen(
 ) -> dict[str, Any]:
     args = [str(port), str(requests), str(concurrency), str(router_pid), str(backend_pid)]
     out = subprocess.run(
-        [PY, "-m", "kvgate.bench.gateway_overhead", "--_loadgen", *args],
-        preexec_fn=lifeline.die_with_parent(),
+        lifeline.die_with_parent_argv([PY, "-m", "kvgate.bench.gateway_overhead", "--_loadgen", *args]),
         capture_output=True,
         check=True,
         timeout=300,
@@ -622,7 +624,7 @@ def _reexec_isolated(argv: list[str]) -> int | None:
     cmd = ["unshare", "-n", "--", "sh", "-c", f"ip link set lo up && exec {inner}"]
     # (the re-executed bench, with its children, ends with this one: SIGTERM reaches its reaper)
     return subprocess.run(
-        cmd, env={**os.environ, "KVGATE_NETNS": "1"}, preexec_fn=lifeline.die_with_parent()
+        lifeline.die_with_parent_argv(cmd), env={**os.environ, "KVGATE_NETNS": "1"}
     ).returncode
 
 
@@ -789,8 +791,17 @@ def _streams(n: int) -> dict[str, Any]:
         )
         _wait_line(router, b"listening")
         out = subprocess.run(
-            [PY, "-m", "kvgate.bench.gateway_overhead", "--_hold", str(ROUTER_PORT), str(n), str(router.pid)],
-            preexec_fn=lifeline.die_with_parent(),
+            lifeline.die_with_parent_argv(
+                [
+                    PY,
+                    "-m",
+                    "kvgate.bench.gateway_overhead",
+                    "--_hold",
+                    str(ROUTER_PORT),
+                    str(n),
+                    str(router.pid),
+                ]
+            ),
             capture_output=True,
             timeout=600,
         )

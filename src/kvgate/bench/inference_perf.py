@@ -55,9 +55,14 @@ def find_python312() -> str | None:
 def _works(python: str) -> bool:
     # (``waited``, as in ``ensure_installed``: ``_run`` calls them in a worker thread, ``asyncio.to_thread``)
     try:
-        out = subprocess.run([python, "-c", "import sys; print(sys.version_info >= (3, 12))"],
-                             capture_output=True, text=True, timeout=30,
-                             preexec_fn=lifeline.die_with_parent(waited=True))  # fmt: skip
+        out = subprocess.run(
+            lifeline.die_with_parent_argv(
+                [python, "-c", "import sys; print(sys.version_info >= (3, 12))"], waited=True
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.stdout.strip() == "True"
@@ -76,13 +81,17 @@ def ensure_installed() -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     try:
         subprocess.run(
-            [python, "-m", "venv", str(venv)],
+            lifeline.die_with_parent_argv([python, "-m", "venv", str(venv)], waited=True),
             check=True,
             timeout=300,
-            preexec_fn=lifeline.die_with_parent(waited=True),
         )
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"inference-perf=={VERSION}"],
-                       check=True, timeout=900, preexec_fn=lifeline.die_with_parent(waited=True))  # fmt: skip
+        subprocess.run(
+            lifeline.die_with_parent_argv(
+                [str(venv / "bin" / "pip"), "install", "-q", f"inference-perf=={VERSION}"], waited=True
+            ),
+            check=True,
+            timeout=900,
+        )
     except (OSError, subprocess.SubprocessError) as e:
         shutil.rmtree(venv, ignore_errors=True)  # never leave a half-built venv that looks usable
         raise RuntimeError(f"installing inference-perf=={VERSION} failed: {e}") from e

@@ -243,9 +243,7 @@ def reexec_in_netns(argv: list[str], prefix: Sequence[str] | None = None) -> int
     inner = f"ip link set lo up && exec {cmd}"
     env = {**os.environ, NETNS_ENV: "1"}
     # (the re-executed bench, with its children, ends with this one: SIGTERM reaches its reaper)
-    return subprocess.call(
-        ["unshare", "-n", "sh", "-c", inner], env=env, preexec_fn=lifeline.die_with_parent()
-    )
+    return subprocess.call(lifeline.die_with_parent_argv(["unshare", "-n", "sh", "-c", inner]), env=env)
 
 
 async def compare(

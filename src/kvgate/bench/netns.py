@@ -34,17 +34,17 @@ def unavailable() -> str | None:
         return "no `ip` binary (install iproute2)"
     probe = f"kvmcl-probe-{os.getpid()}"
     r = subprocess.run(
-        ["ip", "netns", "add", probe], capture_output=True, text=True, preexec_fn=lifeline.die_with_parent()
+        lifeline.die_with_parent_argv(["ip", "netns", "add", probe]), capture_output=True, text=True
     )
     if r.returncode != 0:
         return f"`ip netns add` failed: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True, preexec_fn=lifeline.die_with_parent())
+    subprocess.run(lifeline.die_with_parent_argv(["ip", "netns", "del", probe]), capture_output=True)
     return None
 
 
 def ip(*args: str, ns: str | None = None, check: bool = True) -> None:
     cmd = (["ip", "netns", "exec", ns] if ns else []) + ["ip", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=lifeline.die_with_parent())
+    r = subprocess.run(lifeline.die_with_parent_argv(cmd), capture_output=True, text=True)
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
 
@@ -52,10 +52,10 @@ def ip(*args: str, ns: str | None = None, check: bool = True) -> None:
 def free_net() -> int:
     """An even ``x`` such that neither 10.x/16 nor 10.(x+1)/16 is routed in the root namespace."""
     routes = subprocess.run(
-        ["ip", "route"], capture_output=True, text=True, preexec_fn=lifeline.die_with_parent()
+        lifeline.die_with_parent_argv(["ip", "route"]), capture_output=True, text=True
     ).stdout
     addrs = subprocess.run(
-        ["ip", "addr"], capture_output=True, text=True, preexec_fn=lifeline.die_with_parent()
+        lifeline.die_with_parent_argv(["ip", "addr"]), capture_output=True, text=True
     ).stdout
     rng = random.Random(os.getpid() ^ 0x5EED)
     for _ in range(100):
@@ -124,9 +124,11 @@ class NsCluster:
         ARP entry to expire fails them with EHOSTUNREACH after ~3 s.)"""
         peer = self.veth + "p"
         mac = subprocess.run(
-            [*self.exec_prefix(), "cat", f"/sys/class/net/{peer}/address"],
-            capture_output=True, text=True, check=True, preexec_fn=lifeline.die_with_parent(),
-        ).stdout.strip()  # fmt: skip
+            lifeline.die_with_parent_argv([*self.exec_prefix(), "cat", f"/sys/class/net/{peer}/address"]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         ip("neigh", "replace", self.addr, "lladdr", mac, "dev", self.veth, "nud", "permanent")
         ip("link", "set", peer, "down", ns=self.ns)
 
@@ -140,9 +142,7 @@ class NsCluster:
             return
         ip("addr", "del", f"{self.pod_addr}/32", "dev", "lo", check=False)
         ip("link", "del", self.veth, check=False)
-        subprocess.run(
-            ["ip", "netns", "del", self.ns], capture_output=True, preexec_fn=lifeline.die_with_parent()
-        )
+        subprocess.run(lifeline.die_with_parent_argv(["ip", "netns", "del", self.ns]), capture_output=True)
         self._created = False
 
 

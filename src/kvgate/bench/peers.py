@@ -103,14 +103,13 @@ def ensure_installed(peer: Peer, *, quiet: bool = True) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     # (``waited``: ``live_routers`` runs this in a worker thread, ``asyncio.to_thread``)
     subprocess.run(
-        [sys.executable, "-m", "venv", str(root)],
+        lifeline.die_with_parent_argv([sys.executable, "-m", "venv", str(root)], waited=True),
         check=True,
-        preexec_fn=lifeline.die_with_parent(waited=True),
     )
     cmd = [str(venv_python(peer)), "-m", "pip", "install", "--disable-pip-version-check", peer.package]
     if quiet:
         cmd.insert(4, "--quiet")
-    subprocess.run(cmd, check=True, preexec_fn=lifeline.die_with_parent(waited=True))
+    subprocess.run(lifeline.die_with_parent_argv(cmd, waited=True), check=True)
     _stamp(peer).write_text(peer.package + "\n")
     return venv_python(peer)
 
@@ -137,11 +136,21 @@ def launch(
     }
     cmd = peer.command(venv_python(peer), workers, policy, host, port)
     if log_path is None:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=lifeline.die_with_parent())  # fmt: skip
+        return subprocess.Popen(
+            lifeline.die_with_parent_argv(cmd),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     with open(log_path, "wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=lifeline.die_with_parent())  # fmt: skip
+        return subprocess.Popen(
+            lifeline.die_with_parent_argv(cmd),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_ready(

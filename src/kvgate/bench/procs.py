@@ -149,13 +149,12 @@ async def start(
     Raises ``RuntimeError`` with the process's last output lines if it exits or times out first.
     """
     proc = await asyncio.create_subprocess_exec(
-        *cmd,
+        *lifeline.die_with_parent_argv(cmd),  # (SIGTERM when the bench dies, even by SIGKILL)
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         stdin=asyncio.subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
         start_new_session=True,  # its own process group, so stop() reaches its children too
-        preexec_fn=lifeline.die_with_parent(),  # (SIGTERM when the bench dies, even by SIGKILL)
     )
     st = lifeline.stat(proc.pid)  # (not collected yet: its pid cannot have been reused)
     p = Proc(name, proc, start_time=None if st is None else st[3])

@@ -21,9 +21,9 @@ is identified by pid and start time, checked just before it is signalled. Linux 
 elsewhere ``reap`` does nothing.
 
 A bench killed by SIGKILL runs none of this: the children it starts itself (``procs.start`` and the
-benches' own ``Popen``s) are started with ``lifeline.die_with_parent()`` (``PR_SET_PDEATHSIG``), so the kernel
-sends them SIGTERM when it dies, and each stops its own children; and ``install()`` starts the bench's
-watchdog (``kvgate.lifeline.start_watchdog``), a process of its own that keeps a list of the bench's
+benches' own ``Popen``s) are started with ``lifeline.die_with_parent_argv()`` (``PR_SET_PDEATHSIG``), so
+the kernel sends them SIGTERM when it dies, and each stops its own children; and ``install()`` starts the
+bench's watchdog (``kvgate.lifeline.start_watchdog``), a process of its own that keeps a list of the bench's
 descendants and, once the bench ended, terminates those still running (SIGTERM, SIGKILL after the
 grace): orphans re-parented to the bench, grandchildren whose parent ignores SIGTERM. A bench started
 by a bench (``python -m kvgate.bench.simproc`` for each live fleet, ``delay_relay``) starts none: the
@@ -48,7 +48,7 @@ from kvgate import lifeline
 
 GRACE_S = lifeline.GRACE_S  # from SIGTERM to SIGKILL
 
-# The process primitives (``/proc`` scans, ``terminate``, ``die_with_parent``, the subreaper, the
+# The process primitives (``/proc`` scans, ``terminate``, ``die_with_parent_argv``, the subreaper, the
 # watchdog) live in ``kvgate.lifeline``, which ``kvgate.realvllm`` shares (it may not import ``bench``);
 # the benches and their tests call them there.
 

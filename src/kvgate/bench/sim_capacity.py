@@ -82,7 +82,7 @@ def start_sim(args: argparse.Namespace) -> tuple[subprocess.Popen[str], list[str
         "--stream-interval",
         str(args.stream_interval),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=lifeline.die_with_parent())
+    proc = subprocess.Popen(lifeline.die_with_parent_argv(cmd), stdout=subprocess.PIPE, text=True)
     urls: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:

