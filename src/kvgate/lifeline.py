@@ -252,15 +252,32 @@ def die_with_parent_argv(cmd: Sequence[str], *, waited: bool = False) -> list[st
     starting the child waits for its end (``subprocess.run``: it returns only once the child was
     collected, killed first on a time-out or an exception), so that thread ends after the child, or with
     the process: the signal is right from any thread (an install run through ``asyncio.to_thread``,
-    review s15-hard L3). Not done (the ``preexec_fn`` did it): a child whose parent died before
-    ``setpriv``'s ``prctl`` (already re-parented, no signal will come) runs on; the watchdog's sweep
-    covers it where one runs."""
+    review s15-hard L3). A child whose parent died before ``setpriv``'s ``prctl`` (already re-parented,
+    no signal will come) exits 1 before ``cmd``: ``/bin/sh`` execs ``cmd`` only if its parent (``$PPID``,
+    read after the ``prctl``) is still this process (one more exec, ~1 ms)."""
     argv = list(cmd)
     if not waited and threading.current_thread() is not threading.main_thread():
         return argv
     if (tool := setpriv()) is None:
         return argv
-    return [tool, "--pdeathsig", DEATH_SIGNAL.name.removeprefix("SIG"), "--", *argv]
+    sig = DEATH_SIGNAL.name.removeprefix("SIG")
+    return [
+        tool,
+        "--pdeathsig",
+        sig,
+        "--",
+        "/bin/sh",
+        "-c",
+        _PARENT_CHECK,
+        "kvgate-lifeline",
+        str(os.getpid()),
+        *argv,
+    ]
+
+
+# Run after setpriv's prctl, before the command (each an exec in the same process): a parent already gone
+# (the child re-parented: no signal will come) ends it at once, exit code 1, as the ``preexec_fn`` did.
+_PARENT_CHECK = '[ "$PPID" = "$1" ] || exit 1; shift; exec "$@"'
 
 
 def die_with(parent: int | None, sig: int = DEATH_SIGNAL) -> bool:

@@ -145,19 +145,30 @@ def test_die_with_parent_only_from_the_main_thread() -> None:
     """The kernel signals the child when the *thread* that forked it ends: none from another thread
     (unless ``waited``)."""
     assert lifeline.setpriv() is not None, "util-linux's setpriv is missing"
-    assert lifeline.die_with_parent_argv(["true"])[1:] == ["--pdeathsig", "TERM", "--", "true"]
-    got: list[object] = []
+    argv = lifeline.die_with_parent_argv(["true"])
+    assert argv[1:4] == ["--pdeathsig", "TERM", "--"] and argv[-2:] == [str(os.getpid()), "true"]
+    got: list[list[str]] = []
     t = threading.Thread(
         target=lambda: got.extend(
-            [
-                lifeline.die_with_parent_argv(["true"]),
-                len(lifeline.die_with_parent_argv(["true"], waited=True)),
-            ]
+            [lifeline.die_with_parent_argv(["true"]), lifeline.die_with_parent_argv(["true"], waited=True)]
         )
     )
     t.start()
     t.join()
-    assert got == [["true"], 5]
+    assert got[0] == ["true"] and got[1] == argv
+
+
+@linux_only
+def test_a_child_whose_parent_died_before_setpriv_exits_before_its_command() -> None:
+    """The ``/bin/sh`` step after ``setpriv``'s ``prctl``: a parent gone by then (here: a pid that is not
+    the parent) ends the child, exit code 1, before its command runs."""
+    argv = lifeline.die_with_parent_argv(["sh", "-c", "echo ran"])
+    wrong = [*argv[:-4], "1", *argv[-3:]]
+    assert argv[-4] == str(os.getpid())
+    out = subprocess.run(wrong, capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stdout) == (1, "")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stdout) == (0, "ran\n")
 
 
 @linux_only
