@@ -23,11 +23,12 @@ So a stuck but connected API server is found within at most ~10 min 15 s (the lo
 the margin), however low ``--kube-stale-after``; an unreachable one (refused, reset, TCP keepalive) at
 once. A watch held open that read nothing and ended early (a proxy's idle cut or close) proves nothing
 either: relist. A watch that opens and then fails (an ``ERROR`` event, an empty stream or a close at once)
-proves nothing, and ``error`` keeps the cause until a real success clears it. A relist that follows a watch
-refused as it opened (403, 404: RBAC granting list but not watch) brings the copy up to date but counts only
-once a watch opens again: until then the error, the age and the growing back-off stay (else list, 403, 0.1 s,
-list... for good). ``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines and,
-if asked, not-ready.
+proves nothing: ``error`` takes its cause again (an open watch clears the last failure's, as it zeroes the
+age: else a quiet type kept an outage's error in /readyz for up to ~10 min after the server came back). A
+relist that follows a watch refused as it opened (403, 404: RBAC granting list but not watch) brings the
+copy up to date but counts only once a watch opens again: until then the error, the age and the growing
+back-off stay (else list, 403, 0.1 s, list... for good). ``age()`` is how long ago. ``kvgate.k8s.staleness``
+turns that into a gauge, log lines and, if asked, not-ready.
 
 Generic over any group/version/plural (``ResourceType``), CRDs included.
 """
@@ -392,7 +393,10 @@ class Reflector:
             if not 200 <= resp.status < 300:
                 raise error_from(resp.status, await resp.read())
             self._opening = False
-            self.watches += 1  # not in sync yet: that takes an event, a bookmark or the server's own end
+            self.watches += 1
+            # An open watch counts as in sync (``age()`` 0): the cause of the last failure is over too, or
+            # a quiet type (no bookmark for up to 10 min) kept a dead outage's error in /readyz meanwhile.
+            self.error = None
             if self._watch_refused:  # the refusal is over: the relist since then counts now
                 self._watch_refused = False
                 if self._listed_at is not None:
