@@ -44,9 +44,12 @@ passed to the groups' leaders it started, ``cover_env``) or, in a ``tree`` watch
 an exec of this process, by the socket it still holds; so is what detaches during the sweep's grace
 (its second scan).
 
-The sweep also takes every member of a process group a listed process led (remembered while any
-process of the group is left, its leader gone or not; session 15): what stayed in such a group is taken
-however it was started, entry or socket or not. And a process this process started itself ends by
+The sweep also takes every member of a process group a listed process led (session 15), remembered
+while its leader runs or, its leader gone, while a process is left in it: for a ``tree`` watchdog one it
+covers (a member left by its leader is re-parented to this process, a subreaper: covered; review
+s15-hard L2), for one without ``tree`` any (such a member is re-parented out of the watched groups' tree:
+not covered, yet ours; review s15-fixes-a L1). What stayed in such a group is taken however it was
+started, entry or socket or not. And a process this process started itself ends by
 ``PR_SET_PDEATHSIG`` whatever it did to its environment, title or descriptors (``die_with_parent_argv``,
 ``die_with``: every start of the benches and harnesses passes one), unless it ignores that SIGTERM.
 
@@ -66,10 +69,12 @@ what it covers, the watched process still running or not, then dies of the signa
 still starting, SIGTERM being blocked from its fork until its handler is set; but a process still
 running after such a sweep is unwatched from then on: no new watchdog is started for it); a pid reused
 in the instant between the check and the signal (no pidfd per process); and, the other way, the
-members of a new group that took the id of a remembered one after all of that one ended, its own leader
-ended too, before the next listing (within one tick: a listing forgets a remembered group unless its
-leader runs or a process it covers is in it, review s15-hard L2; taken: the id's reuse needs the pid
-space to wrap within that time).
+members of a new group that took the id of a remembered one after all of that one ended, once the new
+group's own leader ended too: a ``tree`` watchdog sweeps them only if all of that happened since its
+last listing (the next one forgets the group, none of it covered: review s15-hard L2); one without
+``tree`` also later, while the new group has a member, if the id was taken within one tick of the old
+group's end (a listing in between, finding none of it, forgets it; review s15-fixes-a L1). Taken: the
+id's reuse needs the pid space to wrap within a tick.
 Cost: one ``/proc/<pid>/stat`` read per process of the whole machine each ``TICK_S`` per watchdog (~5 ms
 with ~110 processes under load 8); at the sweep only, twice, per process of the machine one
 ``/proc/<pid>/environ`` read (~1 ms in all with ~100 processes) and, for this user's, a ``readlink`` per
@@ -526,9 +531,9 @@ def watch(
     me = os.getpid()
     known: dict[int, int] = {}  # pid -> start time: every process covered seen, while it lives
     # The process groups a process it listed leads (pgid -> that leader's start time), kept while the
-    # leader runs or a process it covers is in the group: the sweep takes their members, the leader gone
-    # or not, also one never listed that dropped the entry and the socket (``env -i``, ``setproctitle``,
-    # ``closerange``).
+    # leader runs or a process is in the group (``tree``: a process it covers; else any): the sweep
+    # takes their members, the leader gone or not, also one never listed that dropped the entry and the
+    # socket (``env -i``, ``setproctitle``, ``closerange``).
     led: dict[int, int] = {}
     groups: set[int] = set()  # the process groups it was asked to watch, while any process of them is left
     buf = b""
@@ -561,16 +566,24 @@ def watch(
                 known[pid] = table[pid][3]
                 if table[pid][1] == pid and pid != parent_group:
                     led.setdefault(pid, table[pid][3])
-        # A remembered group is kept while its leader (same start time) runs or a process found covered
-        # now is in it, not while any process of the machine is: its id, once free, may be taken by an
-        # unrelated process that makes a group of it (``setsid``) and whose leader then exits, a
-        # daemon's double fork; that group would otherwise be swept as this one (review s15-hard L2).
-        # (In tree mode a member left when its leader ended is re-parented to the subreaper: covered.
-        # Not when ``parent`` died during the scan: its children, re-parented away meanwhile, may have
+        # A remembered group is kept while its leader (same start time) runs or a process in it is
+        # left. In tree mode only one found covered now counts, not any process of the machine: its
+        # id, once free, may be taken by an unrelated process that makes a group of it (``setsid``)
+        # and whose leader then exits, a daemon's double fork; that group would otherwise be swept as
+        # this one (review s15-hard L2). There a member left when its leader ended is re-parented to
+        # the subreaper (``parent``: ``reaper.install`` makes it one before it starts a ``tree``
+        # watchdog), so it is covered. Without ``tree`` (``kvgate.realvllm``'s) such a member is
+        # re-parented out of the watched groups' tree (to init): not covered, yet ours, and one never
+        # listed (forked between listings) is found only through this group; so any process of the
+        # machine in it counts there (review s15-fixes-a L1), and the reuse above stays possible.
+        # (Not when ``parent`` died during the scan: its children, re-parented away meanwhile, may have
         # been read as not covered; nothing is forgotten then.)
         if not parent_alive():
             return
-        live = {table[p][1] for p in covered}
+        if tree:
+            live = {table[p][1] for p in covered}
+        else:
+            live = {st[1] for st in table.values() if st[2] != "Z"}
         for g in [g for g in led if g not in live and not (g in table and table[g][3] == led[g])]:
             del led[g]
 
