@@ -1,10 +1,12 @@
 """The hub EPP's connect probe (``ClusterDirector.on_abandoned``, ``connects``): review s15-labels M1
 (a failed probe backs a cluster off only corroborated and never the last available cluster), L1 (a
-stalled event loop does not judge a listening gateway down) and L3 (the timed-out branch, deterministic)."""
+stalled event loop does not judge a listening gateway down) and L3 (the timed-out branch, deterministic);
+review s15-fixes-a L2 (nor one named by host), I1 (a suspicion expires), I4 (a port past 65535)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
-from kvgate.multicluster.hub import CLUSTER_LABEL, PROBE_EVERY_S, ClusterDirector, connects
+from kvgate.multicluster.hub import CLUSTER_LABEL, PROBE_EVERY_S, SUSPECT_FOR_S, ClusterDirector, connects
 
 
 async def _director(names: tuple[str, ...], clock: list[float], up: list[bool]) -> ClusterDirector:
@@ -103,6 +105,26 @@ async def test_a_stalled_loop_does_not_judge_a_listening_gateway_down() -> None:
         await listener.wait_closed()
 
 
+async def test_a_stalled_loop_does_not_judge_a_listening_gateway_named_by_host_down() -> None:
+    """Review s15-fixes-a L2 (the reviewer's test): the same stall with a host name (a cloud load
+    balancer's DNS name, a ``*.svc`` name): the lookup ran in an executor thread inside the same timeout,
+    which won in the turn the lookup completed, before any socket existed (False for 1-3 turns)."""
+    listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        res = []
+        for turns in range(6):
+            task = asyncio.create_task(connects(f"localhost:{port}", 0.05))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            time.sleep(0.2)  # noqa: ASYNC251 (deliberate: the loop stalls 4x the probe's timeout)
+            res.append((turns, await task))
+        assert res == [(t, True) for t in range(6)]
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
 async def test_a_connect_that_never_completes_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """Review s15-labels L3: the timed-out branch, deterministic (a TEST-NET address is refused at once on
     some networks): a connect that never completes is down, within the timeout, and is cancelled."""
@@ -120,3 +142,67 @@ async def test_a_connect_that_never_completes_times_out(monkeypatch: pytest.Monk
     async with asyncio.timeout(5.0):  # (without the probe's own timeout: TimeoutError here, no hang)
         assert not await connects("127.0.0.1:9", timeout_s=0.05)
     assert cancelled == [True]
+
+
+async def test_a_suspicion_expires() -> None:
+    """Review s15-fixes-a I1: a failed probe's suspicion had no age limit, so a failure hours later (a
+    cluster with no answered traffic meanwhile) backed the cluster off at once, "corroborated" by the old
+    one. Now a failure more than SUSPECT_FOR_S after the last one is a first failure again."""
+    clock = [100.0]
+    director = await _director(("west", "east"), clock, [False])
+    west = director.states["west"]
+    await _leave(director, "west", clock)
+    clock[0] += SUSPECT_FOR_S  # (the last failure SUSPECT_FOR_S + PROBE_EVERY_S ago)
+    await _leave(director, "west", clock)
+    assert west.failures == 0  # a first failure again: suspected only
+    await _leave(director, "west", clock)  # corroborated, PROBE_EVERY_S later
+    assert west.failures == 1
+
+
+async def test_a_suspicion_lasts_from_the_last_failure() -> None:
+    """A gateway that keeps failing probes stays suspected: each failure renews the suspicion, so failures
+    less than SUSPECT_FOR_S apart keep backing it off, however long ago the first was."""
+    clock = [100.0]
+    director = await _director(("west", "east"), clock, [False])
+    west = director.states["west"]
+    gap = SUSPECT_FOR_S * 0.6
+    await _leave(director, "west", clock)
+    for n in range(1, 4):
+        clock[0] += gap - PROBE_EVERY_S
+        await _leave(director, "west", clock)
+        assert west.failures == n
+
+
+def test_the_suspicion_limit_is_bounded() -> None:
+    assert PROBE_EVERY_S < SUSPECT_FOR_S <= 60.0
+
+
+async def test_a_lookup_that_outlasts_the_timeout_is_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host-name path (review s15-fixes-a L2) still times a slow lookup out: not finished when the
+    time is up, or finished during a loop stall but after more than the timeout of its own."""
+    real = socket.getaddrinfo
+
+    def slow(*a: Any, **k: Any) -> Any:
+        time.sleep(0.15)
+        return real(*a, **k)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        assert not await connects(f"localhost:{port}", 0.05)  # the loop free: its timer fires first
+        task = asyncio.create_task(connects(f"localhost:{port}", 0.05))
+        await asyncio.sleep(0)
+        time.sleep(0.4)  # noqa: ASYNC251 (the loop stalls; the lookup ends meanwhile, 0.15 s > 0.05 s)
+        assert not await task
+        monkeypatch.setattr(socket, "getaddrinfo", real)
+        assert await connects(f"localhost:{port}", 0.5)  # (the same gateway, looked up in time)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:70000", "localhost:70000"])
+async def test_a_port_out_of_range_is_down(address: str) -> None:
+    """Review s15-fixes-a I4: raised OverflowError (neither OSError nor ValueError) out of the probe."""
+    assert not await connects(address, 0.5)

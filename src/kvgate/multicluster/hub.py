@@ -44,11 +44,15 @@ _ABANDONED = -1  # ``_status`` of a request whose client left before its cluster
 # The probe runs from the EPP's network, not Envoy's (review s15-labels M1): an EPP that cannot reach a
 # gateway Envoy can reach (egress NetworkPolicy, split DNS, an allow-list of Envoy's addresses) would see
 # a healthy cluster down. So a failed probe alone backs nothing off; a cluster is backed off only when
-# (1) a second probe fails, PROBE_EVERY_S or more after a first, with no request to the cluster answered
-# well in between (``_suspect``), and (2) another cluster is available to take its requests: the probe
-# can never take the last available cluster (a single-cluster deployment) down.
+# (1) a second probe fails, PROBE_EVERY_S or more and at most SUSPECT_FOR_S after the last failed one,
+# with no request to the cluster answered well in between (``_suspect``), and (2) another cluster is
+# available to take its requests: the probe can never take the last available cluster (a single-cluster
+# deployment) down. A failure older than SUSPECT_FOR_S corroborates nothing (review s15-fixes-a I1: an
+# idle cluster's failures hours apart backed it off); a gateway that keeps failing stays suspected, each
+# failure renewing the suspicion.
 PROBE_TIMEOUT_S = 1.0
 PROBE_EVERY_S = 1.0
+SUSPECT_FOR_S = 30.0
 
 
 class ClusterDirector:
@@ -69,7 +73,8 @@ class ClusterDirector:
         # cluster -> its connect probe in flight (``on_abandoned``); cluster -> when its last one started.
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._probed_at: dict[str, float] = {}
-        # cluster -> when a probe of it failed, with no request to it succeeded since (``_probe``).
+        # cluster -> when a probe of it last failed, with no request to it succeeded since (``_probe``;
+        # a suspicion older than SUSPECT_FOR_S is over).
         self._suspect: dict[str, float] = {}
         self.policy = (
             make_policy(policy, ttl_s=cfg.ttl_s, local=cfg.local, seed=seed)
@@ -195,11 +200,13 @@ class ClusterDirector:
         if self.states.get(st.name) is not st:  # (not that cluster any more: removed by a reload)
             return
         now = self.clock()
-        if st.name not in self._suspect:  # a first failure: corroborated by the next one, or not
-            self._suspect[st.name] = now
+        last = self._suspect.get(st.name)
+        self._suspect[st.name] = now  # (renewed: a suspicion lasts SUSPECT_FOR_S from the last failure)
+        if last is None or now - last > SUSPECT_FOR_S:  # a first failure: corroborated by the next, or not
             log.info("cluster %s: its gateway %s refused or timed out the hub's connection after a client "
-                     "left before its answer (not backed off: once more, with no answer between, and "
-                     "another cluster up, backs it off)", st.name, address)  # fmt: skip
+                     "left before its answer (not backed off: once more within %gs, with no answer "
+                     "between, and another cluster up, backs it off)",
+                     st.name, address, SUSPECT_FOR_S)  # fmt: skip
             return
         if not any(c is not st and c.available(now) and c.healthy is not False for c in self.states.values()):
             return  # (no other cluster to send to: backing the last one off would only answer 503)
@@ -244,9 +251,11 @@ async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to ``address`` (``host:port``, an IPv6 host in brackets) opens within
     ``timeout_s`` (closed at once; nothing is sent). A host name is resolved within the same time.
 
-    When the time is up, the socket itself says whether the connect completed (review s15-labels L1: an
-    event loop stalled past ``timeout_s`` runs the timeout in the same turn as the connect's completion,
-    and the timeout won, judging a listening gateway down)."""
+    Neither step is judged by the event loop's timer alone (review s15-labels L1, s15-fixes-a L2): a
+    loop stalled past ``timeout_s`` runs the timeout in the same turn as the step's completion, and the
+    timeout won, judging a listening gateway down. So when the time is up, the socket itself says whether
+    the connect completed, and a host name's lookup (``_lookup``) counts as done in time when it
+    finished, as its own thread timed it, within ``timeout_s``; the connect then gets what is left."""
     host, _, port_s = address.rpartition(":")
     host = host.strip("[]")
     loop = asyncio.get_running_loop()
@@ -254,13 +263,14 @@ async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     targets: list[tuple[socket.AddressFamily, Any]]
     try:
         port = int(port_s)
-        async with asyncio.timeout(timeout_s):  # (not wait_for: tests/test_stop_cancels.py)
-            try:  # (an address needs no resolver: no executor turn that a stall could outlast)
-                ip = ipaddress.ip_address(host)
-                targets = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
-            except ValueError:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-                targets = [(family, addr) for family, _t, _p, _c, addr in infos]
+        try:  # (an address needs no resolver: no executor turn that a stall could outlast)
+            ip = ipaddress.ip_address(host)
+            targets = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
+            left = timeout_s
+        except ValueError:
+            targets, took = await _lookup(loop, host, port, timeout_s)
+            left = timeout_s - took
+        async with asyncio.timeout(left):  # (not wait_for: tests/test_stop_cancels.py)
             for family, addr in targets:
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 sock.setblocking(False)
@@ -273,11 +283,37 @@ async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
             return False
     except TimeoutError:
         return sock is not None and _connected(sock)
-    except (OSError, ValueError):
+    except (OSError, ValueError, OverflowError):  # (OverflowError: a port past 65535)
         return False
     finally:
         if sock is not None:
             sock.close()
+
+
+async def _lookup(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, timeout_s: float
+) -> tuple[list[tuple[socket.AddressFamily, Any]], float]:
+    """``host``'s stream addresses (``getaddrinfo`` in the loop's default executor, as
+    ``loop.getaddrinfo``) and how long the lookup took, timed by its thread. TimeoutError when it did
+    not finish within ``timeout_s``: not finished when the loop's timeout fires, or finished (the loop
+    stalled meanwhile, so the timeout came late) but after more than ``timeout_s`` of its own; its
+    error (``socket.gaierror``) otherwise."""
+    done: list[tuple[list[tuple[socket.AddressFamily, Any]], float]] = []
+
+    def resolve() -> None:
+        t0 = time.monotonic()
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        done.append(([(family, addr) for family, _t, _p, _c, addr in infos], time.monotonic() - t0))
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            await loop.run_in_executor(None, resolve)
+    except TimeoutError:
+        if not done:  # (still looking up when the time came; a lookup given up runs on in its thread)
+            raise
+    if done[0][1] >= timeout_s:
+        raise TimeoutError
+    return done[0]
 
 
 def _connected(sock: socket.socket) -> bool:
