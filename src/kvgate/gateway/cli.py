@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --clusters only (refused without: kvgate serve labels only its config's models, it "
         "removes no series): a model name neither listed by a cluster, answered nor used this long loses "
-        f"its metric series (docs/multicluster.md); > 0, default {GRACE_S:g}; inf: never for being unused",
+        f'its metric series (docs/multicluster.md "Commands"); > 0, default {GRACE_S:g}; inf: never for '
+        "being unused",
     )
     adm = p.add_argument_group("admin-port TLS (as kvgate epp --metrics-tls)")
     adm.add_argument(
