@@ -76,6 +76,17 @@ async def sigterm_mid_stream(proc: Any, port: int, tokens: int) -> tuple[bytes, 
     return first, rest
 
 
+def ends_with_the_drain_error_event(rest: bytes) -> bool:
+    """A stream the drain's deadline cut ends with an OpenAI error event naming the drain (503,
+    ``service_unavailable``), no ``[DONE]``, and the chunked body's clean end (before doors16 it ended
+    mid-body: no event, no end of the body)."""
+    if b"[DONE]" in rest or not rest.endswith(b"\n\n\r\n0\r\n\r\n"):
+        return False
+    last = rest[: -len(b"\r\n0\r\n\r\n")].rsplit(b"data: ", 1)[-1]
+    err = orjson.loads(last).get("error", {})
+    return err.get("code") == "service_unavailable" and "drain deadline (1s)" in err.get("message", "")
+
+
 def unclean(stderr: Path) -> list[str]:
     return [line for line in stderr.read_text(errors="replace").splitlines() if UNCLEAN.search(line)]
 

@@ -190,9 +190,29 @@ class Proxy:
         self.draining = False
         self.idle = asyncio.Event()
         self.idle.set()
+        # The upstream responses of the streams being relayed now (``_relay_stream``): the drain's
+        # deadline cuts them (``cut_streams``), and those it cut, with the reason their client is told.
+        self.streams: set[Any] = set()
+        self._cut: dict[Any, str] = {}
+        self._streams_idle = asyncio.Event()
+        self._streams_idle.set()
         self._rid_prefix = os.urandom(4).hex()
         self._request_lines: dict[tuple[str, str], bytes] = {}
         self._rid_seq = 0
+
+    def cut_streams(self, why: str) -> int:
+        """The drain's deadline: abort the upstream request of every stream being relayed (the model
+        server stops generating); each one's relay then ends its client's stream with an error event
+        carrying ``why`` (``sse_error_event``, as for an upstream cut, status 503) and a clean end of the
+        body, instead of the connection closing mid-body. Returns how many were cut."""
+        for resp in self.streams:
+            self._cut[resp] = why
+            resp.close()
+        return len(self.streams)
+
+    async def streams_ended(self) -> None:
+        """Returns once no stream is being relayed (``cut_streams``' cut ones told their clients)."""
+        await self._streams_idle.wait()
 
     def _request_id(self) -> str:
         self._rid_seq += 1
@@ -700,7 +720,10 @@ class Proxy:
         out = StreamResponse(status=resp.status, headers=headers)
         ok = False
         upstream_ok = True
+        drain_cut: str | None = None
         director.on_first_token(ireq, ep, learn=resp.status < 400)  # (an error event is no first token)
+        self.streams.add(resp)
+        self._streams_idle.clear()
         try:
             await out.prepare(request)
             chunk = first
@@ -718,7 +741,12 @@ class Proxy:
                 except _UPSTREAM_ERRORS as e:
                     cut = e
                     break
-            if cut is None:
+            drain_cut = self._cut.pop(resp, None) if cut is not None else None
+            if drain_cut is not None:
+                # The drain's deadline cut it (``cut_streams``): the gateway's doing, not the upstream's
+                # (no health failure); the client is told, as for an upstream cut, by an error event.
+                await out.write(sse_error_event(drain_cut, status=503, code="service_unavailable"))
+            elif cut is None:
                 tail = relay.finish()
                 if tail:
                     await out.write(tail)
@@ -737,7 +765,13 @@ class Proxy:
             # for nobody.
             resp.close()
         finally:
-            if upstream_ok:
+            self.streams.discard(resp)
+            self._cut.pop(resp, None)
+            if not self.streams:
+                self._streams_idle.set()
+            if drain_cut is not None:
+                upstream_ok = False  # (counted as a cut stream below; the endpoint is not blamed)
+            elif upstream_ok:
                 self.health.success(ep)
             elif self.health.failure(ep, self._peers(ep)):
                 self.metrics.ejections.inc()

@@ -497,6 +497,12 @@ class GatewayServer:
                     await self.proxy.idle.wait()
             if self.proxy.inflight:  # (said: a drain cut short is told apart from a clean one)
                 log.warning("%s", drain_cut_message(drain_s, self.proxy.inflight))
+                # Streams mid-body end with an error event and a clean end, not a cut connection: each
+                # relay writes its own (bounded: a client not reading is cut with its connection below).
+                if self.proxy.cut_streams(DRAIN_CUT_EVENT.format(drain_s=drain_s)):
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(CUT_WRITE_S):
+                            await self.proxy.streams_ended()
         await cancel_all_and_wait(self._tasks, "the gateway's task", log)
         self._tasks.clear()
         for kp in self.kube_pools:
@@ -517,6 +523,14 @@ class GatewayServer:
             self.session = None
 
 
+# The error event's message for a stream the drain's deadline cut (``Proxy.cut_streams``), and how long
+# the cut streams get to write it before the connections close.
+DRAIN_CUT_EVENT = (
+    "the gateway is shutting down: its drain deadline ({drain_s:g}s) cut the stream before its end"
+)
+CUT_WRITE_S = 1.0
+
+
 def drain_cut_message(drain_s: float, inflight: int) -> str:
     """The WARNING of a drain cut short: the count is what was in flight *at the deadline*; the
     connections are closed later in the stop (after its tasks and scrapers stopped), so a request may
@@ -524,7 +538,8 @@ def drain_cut_message(drain_s: float, inflight: int) -> str:
     s = "" if inflight == 1 else "s"
     return (
         f"drain deadline ({drain_s:g}s) passed with {inflight} request{s} in flight at the deadline: the "
-        "connections of those still in flight when the gateway closes them are cut (a stream ends mid-body)"
+        "streams among them end with an error event; the connections of those still in flight when the "
+        "gateway closes them are cut"
     )
 
 

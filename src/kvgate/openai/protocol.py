@@ -89,6 +89,9 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     )
 
 
-def sse_error_event(message: str, code: str = "upstream_error") -> bytes:
-    """The event that ends a stream the upstream cut: the openai SDK raises ``APIError`` on it."""
-    return b"data: " + error_body(502, message, None, code) + b"\n\n"
+def sse_error_event(message: str, code: str = "upstream_error", status: int = 502) -> bytes:
+    """The event that ends a stream cut before its end (the upstream cut it: 502; the gateway's drain
+    deadline: 503), ``data: {"error": {...}}`` as vLLM sends one mid-stream (its ``code`` is the status
+    number; vLLM then sends ``data: [DONE]``, not sent here: the stream did not complete). The openai SDK
+    raises ``APIError`` with ``error.message`` on it."""
+    return b"data: " + error_body(status, message, None, code) + b"\n\n"
