@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.openai.labels import ModelLabels, ReportedNames
+from kvgate.openai.labels import ModelLabels, ReportedNames, kept_per_source
 from kvgate.openai.requeststats import RequestErrors, RequestStats
 from kvgate.scheduling.types import PickResult, Usage
 
@@ -28,18 +28,17 @@ def models_reported(endpoints: Callable[[], Iterable[Endpoint]], clock: Callable
     """The names the pods' scraped metrics report serving now (their ``model_name`` label, a running or
     waiting LoRA adapter), the pods walked at most once per ``REFRESH_S`` of ``clock``: ``ModelLabels``'
     ``reported``. Every pod's base model names come first, then the running adapters, then the waiting
-    ones, so a cut at ``MAX_REPORTED_NAMES`` drops adapters before any pod's base model."""
+    ones, so a cut at ``MAX_REPORTED_NAMES`` drops adapters before any pod's base model. A name a pod no
+    longer reports is kept a while per pod (``kept_per_source``: at most ``MAX_SOURCE_NAMES`` per pod, a
+    pod replaced keeps its kept names to their end), so a pod churning adapters cannot push another
+    pod's idle adapter out of its label (doors16; before, the pods shared one history)."""
 
-    def walk() -> Iterator[str]:
-        pods = [e.metrics for e in endpoints()]
-        for m in pods:
-            yield from m.models
-        for m in pods:
-            yield from m.running_loras
-        for m in pods:
-            yield from m.waiting_loras
+    def walk() -> Iterator[tuple[str, tuple[Iterable[str], ...]]]:
+        for e in endpoints():
+            m = e.metrics
+            yield e.address, (m.models, m.running_loras, m.waiting_loras)
 
-    return ReportedNames(walk, clock)
+    return kept_per_source(walk, clock)
 
 
 class EppMetrics:

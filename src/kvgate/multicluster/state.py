@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from kvgate.datalayer.aggregate import MAX_MODELS, PoolAggregate
 from kvgate.multicluster.clusters import ClusterSpec
-from kvgate.openai.labels import KEEP_S, ReportedNames
+from kvgate.openai.labels import ReportedNames, kept_per_source
 
 FAILURE_BACKOFF_S = 1.0  # a cluster that failed a request (connect error, 5xx) sits out this long, doubling
 FAILURE_BACKOFF_MAX_S = 8.0
@@ -488,35 +488,10 @@ def models_listed(states: Callable[[], Iterable[ClusterState]], clock: Callable[
     cluster's long adapter list cannot push another cluster's first names (its base models) out of the
     cut at ``MAX_REPORTED_NAMES`` (reached only past 4 clusters of 64 names: then a churning cluster's
     latest list counts as any cluster's latest list does)."""
-    # cluster -> its names in the set -> when last listed (at most MAX_MODELS each; clusters gone: dropped)
-    history: dict[str, dict[str, float]] = {}
 
-    def walk() -> Iterator[str]:
-        now = clock()
-        latest: list[list[str]] = []
-        kept: list[list[str]] = []
-        seen: dict[str, dict[str, float]] = {}
+    def walk() -> Iterator[tuple[str, tuple[Iterable[str]]]]:
         for st in states():
-            names = dict.fromkeys(st.aggregate.models, now) if st.aggregate is not None else {}
-            old = sorted(
-                (
-                    (at, m)
-                    for m, at in history.get(st.name, {}).items()
-                    if m not in names and now - at < KEEP_S
-                ),
-                reverse=True,
-            )[: max(0, MAX_MODELS - len(names))]
-            latest.append(list(names))
-            kept.append([m for _at, m in old])
-            names.update((m, at) for at, m in old)
-            seen[st.name] = names
-        history.clear()
-        history.update(seen)
-        for lists in (latest, kept):
-            for rank in range(max((len(ms) for ms in lists), default=0)):
-                for ms in lists:
-                    if rank < len(ms):
-                        yield ms[rank]
+            yield st.name, (st.aggregate.models if st.aggregate is not None else (),)
 
-    # (keep_s 0: the names kept are kept here, per cluster)
-    return ReportedNames(walk, clock, keep_s=0.0)
+    # (a cluster dropped from the clusters file loses its kept names at once)
+    return kept_per_source(walk, clock, cap=MAX_MODELS, keep_gone=False)

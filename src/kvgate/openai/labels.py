@@ -15,8 +15,10 @@ A name is its own label when the door knows it:
   the names seen within the last ``KEEP_S``, at most ``MAX_REPORTED_NAMES``: a label check is a set
   lookup. A name no longer reported leaves the set (so adapter churn cannot lock a later base model
   out: review s14-final M1), and its label is ``other`` from then on unless the config names it or it
-  is learnt. A multi-cluster door's names are kept per cluster (``multicluster.state.models_listed``):
-  each cluster holds at most 64 of them, so one churning peer cannot push another's out.
+  is learnt. The names kept are kept per source (``kept_per_source``): per pod for ``kvgate epp``
+  (``extproc.metrics.models_reported``; doors16, one history for all pods before), per cluster for a
+  multi-cluster door (``multicluster.state.models_listed``); each source holds at most 64 names, so one
+  churning pod or peer cannot push another's out.
 
 Those are labelled first and no other name can take their place. Any other name a model server answered
 with a 2xx (``served``: the name the server was sent, a rewrite's target, never the client's name before
@@ -66,7 +68,7 @@ none.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence, Set
 
 MAX_MODEL_LABELS = 16
 MAX_REPORTED_NAMES = 256  # names the model servers report, kept per door (each one a label)
@@ -75,6 +77,7 @@ REFRESH_S = 1.0  # ``ReportedNames`` walks its servers at most this often
 KEEP_S = 300.0  # a name no longer reported keeps its label this long (``ReportedNames``)
 GRACE_S = 300.0  # a name neither known, reported nor seen on a request this long loses its series
 MAX_RETIRED_NAMES = 256  # names no longer labels whose series wait out GRACE_S, at most (oldest go first)
+MAX_SOURCE_NAMES = 64  # names one source (a pod, a cluster) holds in the reported set, kept ones included
 OTHER_MODEL = "other"
 ANY_MODEL = "*"
 # Never a name of its own, whoever reports, answers or sends it: ``*`` (any model) and ``other`` (the
@@ -135,6 +138,96 @@ class ReportedNames:
         if self.names != seen.keys():  # (a new object only on a change: ``ModelLabels`` recounts then)
             self.names = frozenset(seen)
         return self.names
+
+
+def kept_per_source(
+    walk: Callable[[], Iterable[tuple[Hashable, Sequence[Iterable[str]]]]],
+    clock: Callable[[], float],
+    cap: int = MAX_SOURCE_NAMES,
+    keep_s: float = KEEP_S,
+    keep_gone: bool = True,
+) -> ReportedNames:
+    """A ``ReportedNames`` whose names no longer reported are kept per source: ``walk`` yields each source
+    (a pod's address, a cluster's name) with its names now, in tiers (a pod: base models, running adapters,
+    waiting adapters; a cluster: one list). Each source's names kept are at most ``cap`` less the names it
+    reports now: those it reported within ``keep_s`` but not now, most recently reported first (an adapter
+    idle at one scrape keeps its label a while); what a source reports now is never cut here (only by
+    ``MAX_REPORTED_NAMES``, below; a cluster's list is 64 at most). So a source that reports different
+    names on every walk churns only its own share of kept names, and its past names never take another
+    source's kept names' places (one history shared by all sources, the most recently seen first, let a
+    churning source's last few lists take every kept place: labels15 for clusters, doors16 for an EPP's
+    pods). The order, for the cut at ``MAX_REPORTED_NAMES``: every source's latest names tier by tier
+    (within a tier, rank by rank: every source's first name, then every second one, ...), then the kept
+    names rank by rank, those of the sources still walked before those of sources gone. A source no
+    longer walked keeps its kept names for the rest of their ``keep_s`` with ``keep_gone`` (a pod
+    replaced: its adapters keep their labels as they did with one shared history), else it loses them at
+    once (a cluster dropped from the clusters file); at most ``MAX_REPORTED_NAMES`` gone sources are
+    kept, the most recently reporting ones."""
+    # source -> its names now and kept -> when last reported (at most ``cap``, or its names now, up to
+    # ``MAX_REPORTED_NAMES``, each)
+    history: dict[Hashable, dict[str, float]] = {}
+
+    def _rank_by_rank(lists: list[list[str]]) -> Iterator[str]:
+        for rank in range(max((len(ms) for ms in lists), default=0)):
+            for ms in lists:
+                if rank < len(ms):
+                    yield ms[rank]
+
+    def _kept(names: dict[str, float], old: dict[str, float], now: float) -> list[str]:
+        """``old``'s names not in ``names`` reported within ``keep_s``, most recent first, into the
+        places ``names`` leaves of ``cap`` (added to ``names``)."""
+        room = cap - len(names)
+        if room <= 0 or not old:
+            return []
+        recent = sorted(
+            ((at, m) for m, at in old.items() if m not in names and now - at < keep_s), reverse=True
+        )
+        kept = [m for _at, m in recent[:room]]
+        names.update((m, at) for at, m in recent[:room])
+        return kept
+
+    def names() -> Iterator[str]:
+        now = clock()
+        tiers: list[list[list[str]]] = []  # tier -> source -> its latest names of that tier
+        kept: list[list[str]] = []
+        seen: dict[Hashable, dict[str, float]] = {}
+        for key, lists in walk():
+            mine: dict[str, float] = {}
+            for t, ms in enumerate(lists):
+                tier = []
+                for m in ms:
+                    if len(mine) >= MAX_REPORTED_NAMES:  # (past its 256th, none of a source's is in the cut)
+                        break
+                    if m and m not in _NO_NAMES and len(m) <= MAX_MODEL_CHARS and m not in mine:
+                        mine[m] = now
+                        tier.append(m)
+                if t == len(tiers):
+                    tiers.append([])
+                tiers[t].append(tier)
+            kept.append(_kept(mine, history.get(key, {}), now))
+            seen[key] = mine
+        if keep_gone:
+            gone = sorted(
+                (
+                    (max(old.values()), i, key)
+                    for i, (key, old) in enumerate(history.items())
+                    if key not in seen and old
+                ),
+                reverse=True,
+            )[:MAX_REPORTED_NAMES]
+            for _at, _i, key in gone:
+                mine = {}
+                if k := _kept(mine, history[key], now):
+                    kept.append(k)
+                    seen[key] = mine
+        history.clear()
+        history.update(seen)
+        for lists in tiers:
+            yield from _rank_by_rank(lists)
+        yield from _rank_by_rank(kept)
+
+    # (keep_s 0: the names kept are kept here, per source)
+    return ReportedNames(names, clock, keep_s=0.0)
 
 
 class ModelLabels:
