@@ -20,7 +20,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kvgate.httpfront.metrics import FrontGauges
+from kvgate.openai.labels import ModelLabels
 from kvgate.openai.requeststats import RequestErrors, RequestStats
+from kvgate.scheduling.types import Usage
 
 
 class GatewayMetrics:
@@ -35,6 +37,9 @@ class GatewayMetrics:
         self.errors = RequestErrors()
         r.register(self.errors)
         self.error = self.errors.inc  # (bound: one call per error, labels from the config)
+        # Set (``bound``) only where names other than the config's can be routed; None: the labels are
+        # the config's names as they are (no per-request work).
+        self.models: ModelLabels | None = None
         self.inflight = Gauge("kvgate_gateway_inflight_requests", "Requests being handled", registry=r)
         self.retries = Counter(
             "kvgate_gateway_retries_total", "Attempts retried on another endpoint", registry=r
@@ -53,6 +58,24 @@ class GatewayMetrics:
         self.client_timeouts = self.front.client_timeouts
         self.refused = self.front.refused
         self.open_connections = self.front.open_connections
+
+    def bound(self, models: ModelLabels) -> None:
+        """Label by ``models`` from now on (``kvgate.openai.labels``): for a gateway where a name the config
+        does not list can be routed (a rewrite rule with no ``matches`` routes any name; Kubernetes'
+        ``InferenceModelRewrite``s add and drop names live). A name unseen for its grace loses its series
+        in both collectors (``ModelLabels.sweep``; at each scrape too)."""
+        self.models = models
+        models.forget += [self._stats.forget, self.errors.forget]
+        label, observe, inc = models.label, self._stats.observe, self.errors.inc
+
+        def observe_labelled(model: str, target: str, seconds: float, usage: Usage | None) -> None:
+            observe(label(model), label(target), seconds, usage)
+
+        def error_labelled(model: str, target: str, code: str) -> None:
+            inc(label(model), label(target), code)
+
+        self.observe = observe_labelled
+        self.error = error_labelled
 
     def track_fronts(self, fronts: Callable[[], list[Any]]) -> None:
         self.front.track(fronts)

@@ -308,11 +308,17 @@ class Proxy:
             )
         self.inflight += 1
         self.idle.clear()
+        held = None  # (bounded labels: a name not the config's, in flight; ``ModelLabels.hold``)
         try:
             # (the request is prepared by a plain call and dispatched from here: no coroutine layer)
             pool, ireq, out, header_block, client_model, strip_usage, explain, t0, marks = self._prepare(
                 request, kind, rid, self.clock(), tenant
             )
+            models = self.metrics.models
+            if models is not None and client_model not in models.known:
+                held = models
+                models.hold(client_model)
+                models.label(client_model)  # (seen now, while it is a label: kept to the request's end)
             try:
                 return await self._dispatch(
                     request,
@@ -334,6 +340,8 @@ class Proxy:
         except GatewayError as e:
             return error_response(e, rid)
         finally:
+            if held is not None:
+                held.drop(client_model)
             self.inflight -= 1
             if self.inflight == 0:
                 self.idle.set()

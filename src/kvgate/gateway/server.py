@@ -36,6 +36,7 @@ from kvgate.gateway.proxy import Proxy
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
+from kvgate.openai.labels import ModelLabels
 from kvgate.openai.request import RequestPolicy
 from kvgate.scheduling.metrics import POOL_READY
 
@@ -123,6 +124,16 @@ class GatewayServer:
                 pool.director.health = policy
         self.scrape = scrape
         self.metrics = GatewayMetrics()
+        # Model labels: the config's names as they are, unless a name the config does not list can be
+        # routed: a rewrite rule with no ``matches`` (any name), or Kubernetes' InferenceModelRewrites (names
+        # added and dropped live). Then bounded (``kvgate.openai.labels``): the config's names, and the
+        # live rules' names while they route (their series go ``GRACE_S`` after a rule drops them and no
+        # request under them is in flight); any other name is ``other``.
+        self._live_names: frozenset[str] = frozenset()
+        if any(not r.matches for r in cfg.rewrites) or any(p.cfg.inference_pool for p in self.pools):
+            known = [m for p in self.pools for m in (*p.cfg.models, *p.cfg.adapters)]
+            known += [m for r in cfg.rewrites for m in (*r.matches, *(t.model for t in r.targets))]
+            self.metrics.bound(ModelLabels(known, reported=lambda: self._live_names, clock=clock))
         self.health = HealthTracker(cfg.health, clock)
         self.session: aiohttp.ClientSession | None = None
         # Set once start() has started every feed and warmed the upstream connections: /readyz waits
@@ -172,6 +183,8 @@ class GatewayServer:
         return error_response(GatewayError(404, f"no route for {request.method} {request.path}"))
 
     async def _metrics(self, request: Request) -> Response:
+        if self.metrics.models is not None:
+            self.metrics.models.sweep()  # (an idle gateway's stale model series go too)
         for pool in self.pools:
             update = getattr(pool.director, "update_pool_metrics", None)
             if update is not None:
@@ -416,9 +429,11 @@ class GatewayServer:
                 pool.adapters, self.cfg.session_header, objectives, pool.cfg.pass_priority
             )
             self._kube_rules[pool.name] = rules
-            proxy.rewriter = ModelRewriter(
-                [r for rs in self._kube_rules.values() for r in rs], self.cfg.rewrite_seed
-            )
+            live = [r for rs in self._kube_rules.values() for r in rs]
+            proxy.rewriter = ModelRewriter(live, self.cfg.rewrite_seed)
+            names = frozenset(m for r in live for m in (*r.matches, *(t.model for t in r.targets)))
+            if names != self._live_names:  # (a new set only on a change: ``ModelLabels`` recounts then)
+                self._live_names = names
 
         return on_policy
 

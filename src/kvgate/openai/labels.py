@@ -1,7 +1,10 @@
 """Bounded ``model_name`` / ``target_model_name`` label values for the doors no model list bounds.
 
 ``kvgate serve`` labels its per-request metrics by model freely: its models come from the config, and a
-request for any other is refused (404) before it is counted under a model. The ext_proc door (whose
+request for any other is refused (404) before it is counted under a model, unless a rewrite rule routes
+names the config does not list (one with no ``matches``; Kubernetes' ``InferenceModelRewrite``s, live):
+then it bounds them here too, the live rules' names as ``reported`` (``gateway.server``; doors16). The
+ext_proc door (whose
 ``--model`` may be ``*``) and the multi-cluster gateway (whose clusters file names no models) take any
 model name a client sends, so a label per name would let clients grow the metrics without bound.
 
@@ -45,7 +48,9 @@ process's life, so LoRA adapter churn grew the exposition without bound). A name
 name is *seen* when a request is labelled with it, when a model server answers it with a 2xx, and at each
 ``sweep`` while it is in the reported set or a request under it is in flight (``hold`` at the request's
 start, ``drop`` at its end: a learnt name only a stream longer than ``GRACE_S`` uses keeps its label and
-series to the stream's end; review s15-labels L2). A name not seen for ``GRACE_S`` (300 s) loses its series in
+series to the stream's end; review s15-labels L2; and a name that was a label and is no longer one, no
+longer reported, stays the label of the requests in flight under it to their end: doors16). A name
+not seen for ``GRACE_S`` (300 s) loses its series in
 every collector of the door that carries ``model_name`` / ``target_model_name`` (``forget``: the
 ``inference_objective_*`` families, ``kvgate_multicluster_requests_total``), and a learnt name its slot.
 So an adapter's series go at most ``KEEP_S`` + ``GRACE_S`` (10 minutes) after its servers last reported
@@ -61,8 +66,8 @@ being unseen; names no longer labels still go past ``MAX_RETIRED_NAMES``.
 Prometheus semantics: a removed series is gone from the next scrape (Prometheus marks it stale); a name
 that comes back is a new series from 0, which ``rate()`` / ``increase()`` read as a counter reset (the
 first request after the return is not counted by ``increase()``, as for any new series). The config's
-names, ``other`` and the empty label are never removed. ``kvgate serve`` (config names only) removes
-none.
+names, ``other`` and the empty label are never removed. ``kvgate serve`` with config names only removes
+none (a config reload does not drop a model: ``models`` is restart-to-apply).
 """
 
 from __future__ import annotations
@@ -325,6 +330,11 @@ class ModelLabels:
         if model == OTHER_MODEL:  # (the overflow label: never seen, so never swept)
             return model
         if model in self.learnt or model in self._reported():
+            self.seen[model] = now
+            return model
+        if model in self.inflight and model in self.seen:
+            # (a label when its request started, no longer one: kept to the end of the requests in
+            # flight under it, as its series are; doors16)
             self.seen[model] = now
             return model
         return OTHER_MODEL
