@@ -145,15 +145,17 @@ async def test_a_replay_that_holds_another_stream_is_overruled_within_the_count_
         assert idx.engine_hashes("a") == set(range(BASE + 26, BASE + 30))
 
 
-async def test_a_pulled_backlog_past_the_count_bound_is_overruled_there() -> None:
-    """The count bound as it is, on batches judged by one answer (pulled off the socket, no request each):
-    a replay port whose buffer is another stream's, batch 100 lost and more than ``STALE_STREAK_MAX``
-    batches queued behind it, the clock still. Failed before (kv15: the bound was ``SUB_RCVHWM``, 100,000,
-    so only the 30 s bound ever ended such a streak: all dropped); now the batch past the bound is applied
-    after a resync and the rest followed (review s15-kv L2)."""
-    n = kvsubscriber.STALE_STREAK_MAX + 50
-    assert kvsubscriber.STALE_STREAK_MAX < kvsubscriber.SUB_RCVHWM
-    assert kvsubscriber.STALE_STREAK_MAX >= 1200  # (test_kv_stale_life: a dead life's 1,200 dropped whole)
+async def test_a_pulled_backlog_past_the_judged_bound_is_overruled_there(monkeypatch) -> None:
+    """The count bound on batches judged in bulk (pulled off the socket, no request each): a replay port
+    whose buffer is another stream's, batch 100 lost and more than the bound queued behind it, the clock
+    still. kv15 counted them toward ``STALE_STREAK_MAX`` (100,000, so only the 30 s bound ended such a
+    streak); fixkv15 made that 5,000 (review s15-kv L2), which a dead life's backlog of more than 5,000
+    tripped, the rest of it applied (review s15-fixes-b 5, ``test_kv_dead_backlog.py``). Since kv16 judged
+    drops have their own bound, ``STALE_JUDGED_MAX`` (what the socket and the stash hold), made small here:
+    the batch past it is applied after a resync and the rest followed."""
+    assert kvsubscriber.STALE_JUDGED_MAX == kvsubscriber.SUB_RCVHWM + kvsubscriber.PULL_MAX
+    monkeypatch.setattr(kvsubscriber, "STALE_JUDGED_MAX", 1_000)
+    n = 1_300
     life = [_batch(seq) for seq in range(101 + n)]
     ctx = zmq.Context.instance()
     pub = ctx.socket(zmq.XPUB)
@@ -174,11 +176,12 @@ async def test_a_pulled_backlog_past_the_count_bound_is_overruled_there() -> Non
                 if sub.stats.last_seq == 100 + n:
                     break
                 await asyncio.sleep(0.01)
-            bound = kvsubscriber.STALE_STREAK_MAX
-            assert sub.stats.stale_dropped == bound, sub.stats
-            assert sub.stats.stale_overruled == 1
-            first = 101 + bound  # applied after a resync, and what followed it
+            assert sub.stats.stale_overruled == 1, sub.stats
+            # (the first batch, and each the socket had not yet queued at a pull, was dropped by a request
+            # of its own; 1,000 in bulk; the next judged one applied)
+            dropped = sub.stats.stale_dropped
+            assert 1_001 <= dropped < 1_100, sub.stats
+            first = 101 + dropped  # applied after a resync, and what followed it
             assert idx.engine_hashes("a") == set(range(BASE + first, BASE + 101 + n))
     finally:
         pub.close(0)
-        server.close()

@@ -69,20 +69,29 @@ SUB_RCVHWM = 100_000
 # catch-up, ~8 s of engine steps; never more than the socket queues), and already queued when the new life
 # publishes. One replay answer judges every batch read off the socket before its request (``_judge``), so
 # such a burst drains at one replay round trip per ``PULL_MAX`` batches, not per batch (vLLM serves a replay
-# request once per pass of its publisher loop, up to 0.1 s on an idle engine). A streak longer than
-# STALE_STREAK_MAX batches, or lasting longer than STALE_STREAK_S on the subscriber's clock, is not one: the
-# replay's verdict is wrong (a replay port whose buffer is another stream's), and the batch is applied
-# after a resync, as a gap that no replay healed. (vLLM with ``buffer_steps=0`` answers the end marker
+# request once per pass of its publisher loop, up to 0.1 s on an idle engine). A streak of more than
+# STALE_STREAK_MAX batches dropped by a replay request each (those judged in bulk have their own bound,
+# STALE_JUDGED_MAX, since kv16), or lasting longer than STALE_STREAK_S on the subscriber's clock, is not
+# one: the replay's verdict is wrong (a replay port whose buffer is another stream's), and the batch is
+# applied after a resync, as a gap that no replay healed. (vLLM with ``buffer_steps=0`` answers the end marker
 # alone: known, ``_engine_keeps_a_buffer``; gaps resync at once.) The count: 5,000, ~8 s of engine steps at
 # 600 batches per second (before kv15 1000, which a dead life that queued more tripped, its batches then
 # applied after a resync; kv15 made it SUB_RCVHWM, 100,000, which the time bound always beat: where the
 # verdict is wrong, every lost batch froze the endpoint's entries for 30 s, review s15-kv L2). It ends such
-# a streak before the time bound on an engine publishing over ~170 batches per second.
+# a streak before the time bound on an engine publishing over ~170 batches per second when each batch gets
+# its own request (a subscriber that keeps up); one whose answers judge many in bulk runs to the 30 s.
 STALE_STREAK_MAX = 5_000
 # Live batches read off the socket at most before one replay request, to be judged by its answer (and their
 # payloads' bytes at most: what stops first; the task applies them ``DRAIN_MAX_BATCHES`` per loop pass).
 PULL_MAX = 10_000
 PULL_MAX_BYTES = 64 * 1024 * 1024
+# Drops judged in bulk (``_judge``: read off the socket before a request whose answer ended before them) are
+# not counted toward STALE_STREAK_MAX but toward this: a dead life's whole backlog is what the SUB socket
+# queues (SUB_RCVHWM) plus what a pull moved into the stash (PULL_MAX), so it is dropped whole however long
+# (before kv16 one of over 5,000 batches had the rest applied after a resync, review s15-fixes-b 5). A
+# wrong verdict's streak keeps growing with the live stream: ended by this, by STALE_STREAK_MAX on the
+# batches dropped by a request each, or by STALE_STREAK_S.
+STALE_JUDGED_MAX = SUB_RCVHWM + PULL_MAX
 STALE_STREAK_S = 30.0
 # (each kind has its own slot in the failure log)
 FailureKind = Literal["decode", "apply", "unforeseen", "stale", "overruled"]
@@ -176,6 +185,7 @@ class KVEventSubscriber:
         self.clock = clock  # for the failure log's rate limit and the stale streak's age only
         # The current streak of stale drops (``_stale``): how many, and when its first was (None: none).
         self._stale_streak = 0
+        self._stale_judged = 0  # (of them, dropped in bulk by a replay answer, ``_judge``)
         self._stale_since: float | None = None
         # Whether the engine keeps a replay buffer (vLLM's ``buffer_steps`` > 0): True once any replay
         # answer held a batch, False once it answered nothing from seq 0 after live batches came
@@ -640,7 +650,7 @@ class KVEventSubscriber:
         if judged and seq >= self._judged_end:
             # Received before that request: the engine had published it (vLLM buffers a batch in the thread
             # that publishes it, before it serves a request), so it would have held it: an earlier life's.
-            if self._stale(seq):
+            if self._stale(seq, judged=True):
                 return
             self._end_stale_streak()
             self._apply(seq, payload)
@@ -761,16 +771,22 @@ class KVEventSubscriber:
                             "are resynced at once", self.endpoint, self.replay_endpoint)  # fmt: skip
         return self.replay_buffer is not False
 
-    def _stale(self, seq: int) -> bool:
+    def _stale(self, seq: int, judged: bool = False) -> bool:
         """A live batch the engine's replay says it does not hold: dropped (True, ``_drop_stale``), unless
-        the streak of such drops has outgrown a dead life's burst (``STALE_STREAK_MAX`` batches, or
+        the streak of such drops has outgrown a dead life's burst (``STALE_STREAK_MAX`` batches dropped by
+        a request each, ``STALE_JUDGED_MAX`` dropped in bulk by an answer, ``judged``, or
         ``STALE_STREAK_S`` on the clock): then the verdict is not trusted, the endpoint is resynced (as
         after a gap that no replay healed) and the batch is to be applied (False)."""
         now = self.clock()
         if self._stale_since is None:
             self._stale_since = now
         self._stale_streak += 1
-        if self._stale_streak <= STALE_STREAK_MAX and now - self._stale_since <= STALE_STREAK_S:
+        self._stale_judged += judged
+        if (
+            self._stale_streak - self._stale_judged <= STALE_STREAK_MAX
+            and self._stale_judged <= STALE_JUDGED_MAX
+            and now - self._stale_since <= STALE_STREAK_S
+        ):
             self._drop_stale(seq)
             return True
         self.stats.stale_overruled += 1
@@ -786,6 +802,7 @@ class KVEventSubscriber:
 
     def _end_stale_streak(self) -> None:
         self._stale_streak = 0
+        self._stale_judged = 0
         self._stale_since = None
 
     def _drop_stale(self, seq: int) -> None:
