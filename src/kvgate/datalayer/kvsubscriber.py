@@ -201,6 +201,11 @@ class KVEventSubscriber:
         # not the engine's (``_judge``).
         self._judged = 0
         self._judged_end = 0
+        # Live batches read off the socket so far (the drain's and the pulls'): a replay fetch's lost-tail
+        # check lets an answer go further than the one it checks by those read between the two requests
+        # (``_fetch``). ``_pull_cut``: the last pull stopped at its bound (more may be queued: not counted).
+        self._heard = 0
+        self._pull_cut = False
         # One rate-limit slot per kind of failure, so a stream of one kind never hides the first of another
         # (and an unforeseen exception's traceback): kind -> when last logged / failures not logged since.
         self._failure_logged_at: dict[FailureKind, float] = {}
@@ -593,6 +598,7 @@ class KVEventSubscriber:
                     if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                         continue
                     return
+                self._heard += 1
                 if len(frames) < 3 or len(frames[-2]) != 8:
                     self.stats.decode_errors += 1
                     continue
@@ -705,15 +711,20 @@ class KVEventSubscriber:
     def _pull_queued(self) -> int:
         """Read the live batches queued on the socket into the stash (at most ``PULL_MAX`` in it, and
         ``PULL_MAX_BYTES`` of payload per pull), before a
-        replay request whose answer may judge them (``_judge``); how many the stash holds. Only from the
-        task, while the socket is not watched (else nothing is read: 0)."""
+        replay request whose answer may judge them (``_judge``), and between a replay fetch's requests
+        (``_fetch`` counts them, ``_heard``); how many the stash holds. Only from the task, while the socket
+        is not watched (else nothing is read: 0)."""
         import zmq
 
+        self._pull_cut = False
         sock = self._sock
         if sock is None or self._loop is not None or self._draining:
             return 0
         size = 0  # (of what this pull read: the stash's older entries are few, a drain's one batch)
-        while len(self._stash) < PULL_MAX and size < PULL_MAX_BYTES:
+        while True:
+            if len(self._stash) >= PULL_MAX or size >= PULL_MAX_BYTES:
+                self._pull_cut = True
+                break
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -721,6 +732,7 @@ class KVEventSubscriber:
             except zmq.ZMQError as e:
                 self._failed = e  # (the task ends on it once the stash is handled)
                 break
+            self._heard += 1
             if len(frames) < 3 or len(frames[-2]) != 8:
                 self.stats.decode_errors += 1
                 continue
@@ -957,9 +969,16 @@ class KVEventSubscriber:
         it kept and starts again from ``want`` within the same bounds (``SubscriberStats.fetch_restarts``),
         so nothing of the old answer is spliced onto the new one.
 
+        An answer with batches that ended (end marker) before ``upto - 1`` is checked by one more request
+        from its last batch (the engine's ROUTER may have dropped its tail and let the end marker through):
+        the check's answer confirms the end when it went further only by the live batches read off the SUB
+        socket since the checked request was sent (what the engine can have published meanwhile; not
+        counted when a pull stopped at its bound: then any growth confirms); further, the answer before
+        lost its tail, and this one is checked the same way.
+
         ``ended`` (a bounded fetch) gets the sequence after the engine's newest batch when its whole answer
-        ended (end marker) before ``upto - 1``: the engine holds nothing from there on (confirmed by one
-        more request when the answer held batches of the range; where the second answer ended, then)."""
+        ended (end marker) before ``upto - 1``: the engine holds nothing from there on (where the
+        confirming answer ended)."""
         if self.replay_endpoint is None:
             return None
         keep = _Kept()
@@ -969,9 +988,11 @@ class KVEventSubscriber:
         requests = restarts = rerequests = 0
         # (a bounded fetch) an answer with batches in it ended short of ``upto - 1``: asked again from its
         # last batch to tell an engine whose newest that is from an answer whose tail was lost; this
-        # request checks it (not counted as a re-request unless its answer went on to the range's end, or
-        # was not whole)
+        # request checks it (not counted as a re-request unless its answer went further than the engine
+        # can have published, or was not whole). ``check_end``: where the checked answer ended;
+        # ``check_heard``: the live batches read off the socket when its request was sent.
         checking = False
+        check_end = check_heard = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + fetch_deadline_s(self.replay_timeout)
         expired = False
@@ -979,31 +1000,49 @@ class KVEventSubscriber:
             while requests < FETCH_MAX_ROUNDS:
                 requests += 1
                 rerequest = overlap is not None
+                sent_heard = self._heard_now()
                 outcome, missing, overlap = await self._fetch_round(
                     start, want, upto, keep, overlap, deadline
                 )
                 checked, checking = checking, False
-                if checked and outcome != "end":
-                    # (the answer went on to the range's end: the one before had lost its tail; or this
-                    # one was not whole)
+                lost_again = (
+                    checked
+                    and outcome == "end"
+                    and overlap is not None
+                    and missing - check_end > self._heard_now() - check_heard
+                    and not self._pull_cut
+                )
+                if checked and (outcome != "end" or lost_again):
+                    # (the answer went on to the range's end, or further than the engine can have
+                    # published since the one before: that one had lost its tail; or this one was not
+                    # whole)
                     rerequests += 1
                     self.stats.fetch_rerequests += 1
                     REPLAY_REREQUESTS.inc()
-                if outcome == "end" and upto is not None and overlap is not None and not checked:
+                if (
+                    outcome == "end"
+                    and upto is not None
+                    and overlap is not None
+                    and (not checked or lost_again)
+                ):
                     # The end marker after part of the range, its last batch ``missing - 1``: the engine's
                     # newest (batch ``upto`` then another life's), or an answer whose tail the engine's
                     # ROUTER dropped while its end marker, sent last, got through (review s14-fixes L2:
                     # taken for another life, the live batch dropped). Asked again from that batch: an
                     # answer that begins with it (``_fetch_round``), has no hole and ends short of the
-                    # range again confirms it, even if it went a little further (an engine that published
-                    # meanwhile: vLLM publishes between two replay requests; asking until two answers
-                    # ended alike never settled on a busy engine, review s15-kv L1); one that reaches the
-                    # range's end heals the gap.
+                    # range again confirms it if it went further only by the live batches read off the
+                    # socket since the request it checks was sent: what the engine can have published
+                    # meanwhile (vLLM publishes between two replay requests, and a batch the SUB received
+                    # was buffered before the next request is served; asking until two answers ended
+                    # alike never settled on a busy engine, review s15-kv L1; taking any growth confirmed
+                    # a second lost tail, review s15-fixes-b 2). Further, it lost its tail too: checked
+                    # again from its own last batch. One that reaches the range's end heals the gap.
                     if requests >= FETCH_MAX_ROUNDS or loop.time() >= deadline:
                         outcome = "lost"  # (not confirmed: not used)
                         expired = loop.time() >= deadline
                         break
                     checking = True
+                    check_end, check_heard = missing, sent_heard
                     start = missing - 1
                     continue
                 if outcome == "end":
@@ -1071,6 +1110,12 @@ class KVEventSubscriber:
                     "" if outcome == "done" else "; the fetch is not used",
                 )  # fmt: skip
         return sorted(keep.got) if outcome == "done" else None
+
+    def _heard_now(self) -> int:
+        """The live batches read off the socket so far, what is queued there now included (pulled into
+        the stash when the task may read it: ``_pull_queued``)."""
+        self._pull_queued()
+        return self._heard
 
     def _silence_s(self) -> float:
         """How long a fetch waits for the next message of an answer it has begun: ``FETCH_SILENCE_S``, or a
