@@ -19,7 +19,8 @@ async def test_a_catch_up_whose_engine_restarted_between_requests_starts_again_f
     server = restarting_replay(old, new, lost_from=200)
     async with caught_up(server) as (sub, idx):
         assert idx.engine_hashes("a") == set(range(2_000_000, 2_000_400)), server.requests
-        assert server.requests == [0, 199, 0]
+        # (then one from 399: the end checked, kv16; not a re-request)
+        assert server.requests == [0, 199, 0, 399]
         assert sub.stats.fetch_restarts == 1 and sub.stats.fetch_rerequests == 2
         assert sub.stats.last_seq == 399
 
@@ -44,7 +45,7 @@ async def test_a_catch_up_whose_buffer_wrapped_between_requests_starts_again_fro
             got = await sub._fetch(0)
         assert got is not None and [s for s, _ in got] == list(range(250, 500)), server.requests
         assert [p for _, p in got] == payloads[250:]
-        assert server.requests == [0, 199, 0] and sub.stats.fetch_restarts == 1
+        assert server.requests == [0, 199, 0, 499] and sub.stats.fetch_restarts == 1  # (499: the end checked)
         assert "started again from seq 0 1 time(s)" in caplog.text, caplog.text
     finally:
         server.close()

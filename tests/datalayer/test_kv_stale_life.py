@@ -142,7 +142,13 @@ async def test_a_gap_replay_whose_tail_was_lost_but_whose_end_marker_came_heals_
     life's and the gap stayed open. Now the end is asked again from the answer's last batch (699): the
     engine goes on past it, so the gap is healed by replay, no drop, no resync."""
     life = engine_life(NEW, 1300)
-    server = VLLMShapedReplay(life[:200], lose=lambda n, seq: n == 2 and seq is not None and seq >= 700)
+    server: VLLMShapedReplay
+
+    def lose(n: int, seq: int | None) -> bool:
+        # the gap's request (from 200) loses 700.. (by start: the catch-up makes two, its end checked, kv16)
+        return server.requests[n - 1] == 200 and seq is not None and seq >= 700
+
+    server = VLLMShapedReplay(life[:200], lose=lose)
     async with caught_up(server) as (sub, idx):
         server.buffer = list(enumerate(life))
         with caplog.at_level("WARNING", logger="kvgate.datalayer.kvsubscriber"):

@@ -224,6 +224,8 @@ class KVEventSubscriber:
         # Intake (``_drain``): the live socket, the loop watching its descriptor (None: not watched), what
         # a drain left to the task, and the task's wake-up.
         self._sock: Any = None
+        # The socket while the join's catch-up runs (not watched yet; read only by ``_pull_queued``).
+        self._joining: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._stash: deque[tuple[int, bytes]] = deque()
@@ -373,6 +375,7 @@ class KVEventSubscriber:
         self._detached = True
         self._disarm()
         self._sock = None
+        self._joining = None
         lookup, self._lookup = self._lookup, None
         if lookup is not None:
             lookup.cancel()  # (its thread ends on its own: a daemon, not waited for)
@@ -434,6 +437,9 @@ class KVEventSubscriber:
                 return
             finally:
                 self._ready.set()
+            # (the fetch's lost-tail check counts the live batches that arrive meanwhile: pulled into the
+            # stash, applied after the catch-up in order)
+            self._joining = None if self._detached else sock
             try:
                 await self._catch_up()
             except Exception:
@@ -442,6 +448,7 @@ class KVEventSubscriber:
                     "kv events from %s: catch-up from %s failed", self.endpoint, self.replay_endpoint
                 )
             finally:
+                self._joining = None
                 self._caught_up.set()
             if self._detached:
                 return
@@ -488,6 +495,7 @@ class KVEventSubscriber:
             self._caught_up.set()
             self._disarm()
             self._sock = None
+            self._joining = None
             sock.close(0)
             if failed:
                 self._report_failure()
@@ -713,11 +721,11 @@ class KVEventSubscriber:
         ``PULL_MAX_BYTES`` of payload per pull), before a
         replay request whose answer may judge them (``_judge``), and between a replay fetch's requests
         (``_fetch`` counts them, ``_heard``); how many the stash holds. Only from the task, while the socket
-        is not watched (else nothing is read: 0)."""
+        is not watched (else nothing is read: 0), or during the join's catch-up."""
         import zmq
 
         self._pull_cut = False
-        sock = self._sock
+        sock = self._sock if self._sock is not None else self._joining
         if sock is None or self._loop is not None or self._draining:
             return 0
         size = 0  # (of what this pull read: the stash's older entries are few, a drain's one batch)
@@ -969,12 +977,12 @@ class KVEventSubscriber:
         it kept and starts again from ``want`` within the same bounds (``SubscriberStats.fetch_restarts``),
         so nothing of the old answer is spliced onto the new one.
 
-        An answer with batches that ended (end marker) before ``upto - 1`` is checked by one more request
-        from its last batch (the engine's ROUTER may have dropped its tail and let the end marker through):
-        the check's answer confirms the end when it went further only by the live batches read off the SUB
-        socket since the checked request was sent (what the engine can have published meanwhile; not
-        counted when a pull stopped at its bound: then any growth confirms); further, the answer before
-        lost its tail, and this one is checked the same way.
+        An answer with batches that ended (end marker) before ``upto - 1``, or at all when open-ended, is
+        checked by one more request from its last batch (the engine's ROUTER may have dropped its tail and
+        let the end marker through): the check's answer confirms the end when it went further only by the
+        live batches read off the SUB socket since the checked request was sent (what the engine can have
+        published meanwhile; not counted when a pull stopped at its bound: then any growth confirms);
+        further, the answer before lost its tail, and this one is checked the same way.
 
         ``ended`` (a bounded fetch) gets the sequence after the engine's newest batch when its whole answer
         ended (end marker) before ``upto - 1``: the engine holds nothing from there on (where the
@@ -986,11 +994,11 @@ class KVEventSubscriber:
         overlap: tuple[int, int] | None = None  # (seq, payload digest) the next answer must begin with
         outcome: Literal["done", "end", "lost", "silent", "changed", "moved"] = "silent"
         requests = restarts = rerequests = 0
-        # (a bounded fetch) an answer with batches in it ended short of ``upto - 1``: asked again from its
-        # last batch to tell an engine whose newest that is from an answer whose tail was lost; this
-        # request checks it (not counted as a re-request unless its answer went further than the engine
-        # can have published, or was not whole). ``check_end``: where the checked answer ended;
-        # ``check_heard``: the live batches read off the socket when its request was sent.
+        # An answer with batches in it ended (end marker) short of ``upto - 1`` (or at all: the open-ended
+        # catch-up): asked again from its last batch to tell an engine whose newest that is from an answer
+        # whose tail was lost; this request checks it (not counted as a re-request unless its answer went
+        # further than the engine can have published, or was not whole). ``check_end``: where the checked
+        # answer ended; ``check_heard``: the live batches read off the socket when its request was sent.
         checking = False
         check_end = check_heard = 0
         loop = asyncio.get_running_loop()
@@ -1019,24 +1027,20 @@ class KVEventSubscriber:
                     rerequests += 1
                     self.stats.fetch_rerequests += 1
                     REPLAY_REREQUESTS.inc()
-                if (
-                    outcome == "end"
-                    and upto is not None
-                    and overlap is not None
-                    and (not checked or lost_again)
-                ):
-                    # The end marker after part of the range, its last batch ``missing - 1``: the engine's
-                    # newest (batch ``upto`` then another life's), or an answer whose tail the engine's
-                    # ROUTER dropped while its end marker, sent last, got through (review s14-fixes L2:
-                    # taken for another life, the live batch dropped). Asked again from that batch: an
-                    # answer that begins with it (``_fetch_round``), has no hole and ends short of the
-                    # range again confirms it if it went further only by the live batches read off the
-                    # socket since the request it checks was sent: what the engine can have published
-                    # meanwhile (vLLM publishes between two replay requests, and a batch the SUB received
-                    # was buffered before the next request is served; asking until two answers ended
-                    # alike never settled on a busy engine, review s15-kv L1; taking any growth confirmed
-                    # a second lost tail, review s15-fixes-b 2). Further, it lost its tail too: checked
-                    # again from its own last batch. One that reaches the range's end heals the gap.
+                if outcome == "end" and overlap is not None and (not checked or lost_again):
+                    # The end marker after batches (of the range, for a bounded fetch), its last batch
+                    # ``missing - 1``: the engine's newest (for a gap, batch ``upto`` then another
+                    # life's), or an answer whose tail the engine's ROUTER dropped while its end marker,
+                    # sent last, got through (review s14-fixes L2: taken for another life, the live batch
+                    # dropped; a catch-up took it for the engine's whole state). Asked again from that
+                    # batch: an answer that begins with it (``_fetch_round``), has no hole and ends again
+                    # confirms it if it went further only by the live batches read off the socket since
+                    # the request it checks was sent: what the engine can have published meanwhile (vLLM
+                    # publishes between two replay requests, and a batch the SUB received was buffered
+                    # before the next request is served; asking until two answers ended alike never
+                    # settled on a busy engine, review s15-kv L1; taking any growth confirmed a second
+                    # lost tail, review s15-fixes-b 2). Further, it lost its tail too: checked again from
+                    # its own last batch. One that reaches the range's end heals the gap.
                     if requests >= FETCH_MAX_ROUNDS or loop.time() >= deadline:
                         outcome = "lost"  # (not confirmed: not used)
                         expired = loop.time() >= deadline
