@@ -193,20 +193,20 @@ class Proxy:
         # The upstream responses of the streams being relayed now (``_relay_stream``): the drain's
         # deadline cuts them (``cut_streams``), and those it cut, with the reason their client is told.
         self.streams: set[Any] = set()
-        self._cut: dict[Any, str] = {}
+        self._cut: dict[Any, bytes] = {}
         self._streams_idle = asyncio.Event()
         self._streams_idle.set()
         self._rid_prefix = os.urandom(4).hex()
         self._request_lines: dict[tuple[str, str], bytes] = {}
         self._rid_seq = 0
 
-    def cut_streams(self, why: str) -> int:
+    def cut_streams(self, event: bytes) -> int:
         """The drain's deadline: abort the upstream request of every stream being relayed (the model
-        server stops generating); each one's relay then ends its client's stream with an error event
-        carrying ``why`` (``sse_error_event``, as for an upstream cut, status 503) and a clean end of the
-        body, instead of the connection closing mid-body. Returns how many were cut."""
+        server stops generating); each one's relay then ends its client's stream with ``event``
+        (``protocol.drain_cut_event``: an error event as for an upstream cut, status 503) and a clean end
+        of the body, instead of the connection closing mid-body. Returns how many were cut."""
         for resp in self.streams:
-            self._cut[resp] = why
+            self._cut[resp] = event
             resp.close()
         return len(self.streams)
 
@@ -728,7 +728,7 @@ class Proxy:
         out = StreamResponse(status=resp.status, headers=headers)
         ok = False
         upstream_ok = True
-        drain_cut: str | None = None
+        drain_cut: bytes | None = None
         director.on_first_token(ireq, ep, learn=resp.status < 400)  # (an error event is no first token)
         self.streams.add(resp)
         self._streams_idle.clear()
@@ -753,7 +753,7 @@ class Proxy:
             if drain_cut is not None:
                 # The drain's deadline cut it (``cut_streams``): the gateway's doing, not the upstream's
                 # (no health failure); the client is told, as for an upstream cut, by an error event.
-                await out.write(sse_error_event(drain_cut, status=503, code="service_unavailable"))
+                await out.write(drain_cut)
             elif cut is None:
                 tail = relay.finish()
                 if tail:

@@ -37,6 +37,7 @@ from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.labels import ModelLabels
+from kvgate.openai.protocol import CUT_WRITE_S, drain_cut_event
 from kvgate.openai.request import RequestPolicy
 from kvgate.scheduling.metrics import POOL_READY
 
@@ -514,7 +515,7 @@ class GatewayServer:
                 log.warning("%s", drain_cut_message(drain_s, self.proxy.inflight))
                 # Streams mid-body end with an error event and a clean end, not a cut connection: each
                 # relay writes its own (bounded: a client not reading is cut with its connection below).
-                if self.proxy.cut_streams(DRAIN_CUT_EVENT.format(drain_s=drain_s)):
+                if self.proxy.cut_streams(drain_cut_event(drain_s)):
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(CUT_WRITE_S):
                             await self.proxy.streams_ended()
@@ -536,14 +537,6 @@ class GatewayServer:
         if self.session is not None:
             await self.session.close()
             self.session = None
-
-
-# The error event's message for a stream the drain's deadline cut (``Proxy.cut_streams``), and how long
-# the cut streams get to write it before the connections close.
-DRAIN_CUT_EVENT = (
-    "the gateway is shutting down: its drain deadline ({drain_s:g}s) cut the stream before its end"
-)
-CUT_WRITE_S = 1.0
 
 
 def drain_cut_message(drain_s: float, inflight: int) -> str:

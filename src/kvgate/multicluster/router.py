@@ -71,6 +71,9 @@ class Routed:
     # relayed; its usage event is read once at the end (``usage()``): the cluster's hit or miss
     # classification (``settle``) and the gateway's token metrics both take it from here.
     tail: UsageTail | None = None
+    # Aborts the upstream response (its body then raises a connection error): the drain's deadline
+    # (``GlobalGateway``); None: nothing to abort.
+    abort: Callable[[], None] | None = None
     _usage: Usage | None = field(default=None, init=False, repr=False)
     _read: bool = field(default=False, init=False, repr=False)
 
@@ -460,7 +463,9 @@ class GlobalRouter:
             finally:
                 await settle()
 
-        routed = Routed(response.status, headers, stream(), st.name, mode, attempts, epp, settle, tail)
+        routed = Routed(
+            response.status, headers, stream(), st.name, mode, attempts, epp, settle, tail, response.close
+        )
         return routed
 
     def summary(self) -> list[dict[str, object]]:

@@ -50,7 +50,7 @@ from kvgate.multicluster.router import ENDPOINT, Attempt, GlobalRouter, NoRoute,
 from kvgate.multicluster.source import ClusterSource
 from kvgate.multicluster.state import models_listed
 from kvgate.openai.labels import GRACE_S, ModelLabels
-from kvgate.openai.protocol import MODEL_REWRITE, sse_error_event
+from kvgate.openai.protocol import CUT_WRITE_S, MODEL_REWRITE, drain_cut_event, sse_error_event
 from kvgate.openai.request import BodyError, ParsedBody, kind_for_path, parse_body
 from kvgate.openai.requeststats import RequestErrors, RequestStats
 from kvgate.openai.usage import usage_from_body
@@ -255,6 +255,11 @@ class GlobalGateway:
         self.inflight = 0
         self._idle = asyncio.Event()  # set while no request is in flight (the drain waits on it)
         self._idle.set()
+        # The event streams being relayed (by id), and those the drain's deadline cut (``_cut_streams``).
+        self._streams: dict[int, Routed] = {}
+        self._cut: set[int] = set()
+        self._streams_idle = asyncio.Event()
+        self._streams_idle.set()
         self._reload_task: asyncio.Task[None] | None = None
         self.port = 0
 
@@ -373,6 +378,10 @@ class GlobalGateway:
             self.metrics.error(model, str(routed.status))
         elif 200 <= routed.status < 300:  # (as ``kvgate serve``: usage of a 2xx only)
             seen.start(routed)
+        key = id(routed)
+        if sse:
+            self._streams[key] = routed
+            self._streams_idle.clear()
         try:
             await resp.prepare(request)
             while True:
@@ -382,10 +391,13 @@ class GlobalGateway:
                     seen.complete = True  # the normal end only: a cut stream gives no usage
                     break
                 except _CUT as e:
-                    self.metrics.cut.labels(routed.cluster).inc()
                     if not counted:
                         counted = True
                         self.metrics.error(model, "stream_cut")
+                    if key in self._cut:  # (the drain's deadline cut it: not the cluster's doing)
+                        await resp.write(drain_cut_event(self.drain_s))
+                        break
+                    self.metrics.cut.labels(routed.cluster).inc()
                     log.warning("response from cluster %s cut: %s: %s", routed.cluster, type(e).__name__, e)
                     if not sse:
                         resp.abort()  # the client must see an incomplete body, not a short one
@@ -399,7 +411,23 @@ class GlobalGateway:
             if not counted:
                 self.metrics.error(model, "client_gone")
             raise
+        finally:
+            if sse:
+                self._streams.pop(key, None)
+                self._cut.discard(key)
+                if not self._streams:
+                    self._streams_idle.set()
         return resp
+
+    def _cut_streams(self) -> int:
+        """The drain's deadline: abort the upstream response of every event stream being relayed; each
+        relay then ends its client's stream with an error event (503, ``service_unavailable``, naming the
+        deadline) and the body's clean end, not a connection closed mid-body. Returns how many."""
+        for key, routed in self._streams.items():
+            if routed.abort is not None:
+                self._cut.add(key)
+                routed.abort()
+        return len(self._cut)
 
     def _count_failed(self, attempts: list[Attempt]) -> None:
         for a in attempts:
@@ -483,6 +511,10 @@ class GlobalGateway:
             with contextlib.suppress(TimeoutError):  # (not wait_for: see kvgate.k8s.tasks.wait_event)
                 async with asyncio.timeout(self.drain_s):
                     await self._idle.wait()
+            if self.inflight and self._cut_streams():  # (bounded: a client not reading is cut below)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CUT_WRITE_S):
+                        await self._streams_idle.wait()
             self.front.close_all()
             # The cut handlers' cleanup (releasing upstream connections, cancelling EPP streams) runs
             # before the router closes the session and channels it uses.

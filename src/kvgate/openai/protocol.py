@@ -95,3 +95,15 @@ def sse_error_event(message: str, code: str = "upstream_error", status: int = 50
     number; vLLM then sends ``data: [DONE]``, not sent here: the stream did not complete). The openai SDK
     raises ``APIError`` with ``error.message`` on it."""
     return b"data: " + error_body(status, message, None, code) + b"\n\n"
+
+
+# A stream still relayed at a graceful drain's deadline (``kvgate serve``, ``kvgate serve --clusters``): its
+# upstream aborted, it ends with this event and the body's clean end; the cut streams get ``CUT_WRITE_S``
+# to write it before the connections close.
+CUT_WRITE_S = 1.0
+
+
+def drain_cut_event(drain_s: float) -> bytes:
+    """The error event of a stream the drain's deadline cut (503, ``service_unavailable``)."""
+    message = f"the gateway is shutting down: its drain deadline ({drain_s:g}s) cut the stream before its end"
+    return sse_error_event(message, code="service_unavailable", status=503)

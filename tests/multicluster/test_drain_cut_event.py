@@ -1,0 +1,56 @@
+"""``kvgate serve --clusters``: the drain's deadline cuts a stream mid-body; its client gets an OpenAI error
+event and the body's clean end, as ``kvgate serve`` (``tests/gateway/test_drain_cut_event.py``; doors16:
+before, the connection closed mid-body and the openai SDK raised a connection error with nothing said).
+The cluster is not blamed: no ``kvgate_multicluster_responses_cut_total`` for it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+
+from gateway.backend import Backend
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.serve import GlobalGateway
+
+
+async def test_the_drain_cut_ends_an_openai_sdk_stream_with_an_api_error() -> None:
+    pod = await Backend("pod", tokens=200, chunk_delay=0.05).start()
+    gw = GlobalGateway(
+        ClustersConfig((ClusterSpec("c1", gateway=pod.address),)), "round-robin", fetch=False, drain_s=0.3
+    )
+    await gw.start("127.0.0.1", 0)
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="k", max_retries=0)
+    stop: asyncio.Task[None] | None = None
+    got: list[str] = []
+    saw_abort = False
+    try:
+        stream = await client.completions.create(model="m", prompt="x", max_tokens=200, stream=True)
+        with pytest.raises(openai.APIError) as ei:
+            async with asyncio.timeout(20):
+                async for chunk in stream:
+                    got.append(chunk.choices[0].text)
+                    if stop is None:
+                        stop = asyncio.create_task(gw.stop())
+        assert stop is not None
+        await asyncio.wait_for(stop, 10)
+        for _ in range(200):  # (the pod sees it at its next write)
+            if saw_abort := pod.disconnects == 1:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await client.close()
+        if stop is None:
+            await gw.stop()
+        await pod.stop()
+    # fails before: APIConnectionError (the body cut mid-chunk)
+    assert type(ei.value) is openai.APIError, repr(ei.value)
+    assert ei.value.message == (
+        "the gateway is shutting down: its drain deadline (0.3s) cut the stream before its end"
+    )
+    assert 1 <= len(got) < 200
+    assert gw.metrics.errors.counts == {("m", "m", "stream_cut"): 1}
+    cuts = gw.metrics.registry.get_sample_value("kvgate_multicluster_responses_cut_total", {"cluster": "c1"})
+    assert cuts is None  # not the cluster's doing
+    assert saw_abort  # the upstream request aborted (the pod stops generating)
