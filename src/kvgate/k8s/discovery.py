@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +118,9 @@ class PoolDiscovery:
         on_policy: PolicyListener | None = None,
         watch_objectives: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``clock`` and ``sleep``: the reflectors' time (their ages; their watches' liveness probes)."""
         self.client, self.store = client, store
         self.pool_name, self.namespace = pool_name, namespace
         # The pool name endpoints carry in the store (the config's pool name; the InferencePool's by default).
@@ -128,9 +130,9 @@ class PoolDiscovery:
         self._pod_addrs: dict[Key, set[str]] = {}
         self.pool_reflector = Reflector(
             client, R.INFERENCE_POOL, namespace=namespace, field_selector=f"metadata.name={pool_name}",
-            clock=clock,
+            clock=clock, sleep=sleep,
         )  # fmt: skip
-        self.pod_reflector = Reflector(client, R.POD, namespace=namespace, clock=clock)
+        self.pod_reflector = Reflector(client, R.POD, namespace=namespace, clock=clock, sleep=sleep)
         self.pool_reflector.add_listener(self._on_pool)
         self.pod_reflector.add_listener(self._on_pod)
         self.policy_reflectors: dict[ResourceKey, Reflector] = {}
@@ -140,7 +142,7 @@ class PoolDiscovery:
             for rt in (R.INFERENCE_OBJECTIVE, R.LEGACY_INFERENCE_OBJECTIVE,
                        R.INFERENCE_MODEL_REWRITE, R.LEGACY_INFERENCE_MODEL_REWRITE):  # fmt: skip
                 rk = (rt.group, rt.kind)
-                refl = Reflector(client, rt, namespace=namespace, clock=clock)
+                refl = Reflector(client, rt, namespace=namespace, clock=clock, sleep=sleep)
                 refl.add_listener(self._policy_listener(rk))
                 self.policy_reflectors[rk] = refl
                 self._policy[rk] = {}

@@ -13,22 +13,26 @@ reports them) while the reflector relists with back-off (the list that succeeds 
 at its ``timeoutSeconds`` (a clean end of the stream, held for the whole timeout). ``age()`` is 0 while a
 watch is open (answered 200, its stream not ended): a quiet watch may read nothing for its whole timeout
 (kube-apiserver bookmarks a watch only once the resource type's resourceVersion moved past the watch's
-start: on a type nobody writes, with etcd's progress notify at its 10 min default, none at all), and it
-is in sync as client-go's informers count it. Every watch is bounded as client-go bounds it:
-``timeoutSeconds`` drawn per watch from [``min_watch_timeout_s``, twice that) (client-go's
-``minWatchTimeout``, 5 min), and a client-side deadline ``watch_deadline_margin_s`` above it. A watch that
-reaches that deadline was never ended by the server (a stuck API server or proxy holding the connection
-open): the reflector relists, and the list either completes (in sync) or fails (the copy ages: stale).
-So a stuck but connected API server is found within at most ~10 min 15 s (the longest timeoutSeconds and
-the margin), however low ``--kube-stale-after``; an unreachable one (refused, reset, TCP keepalive) at
-once. A watch held open that read nothing and ended early (a proxy's idle cut or close) proves nothing
-either: relist. A watch that opens and then fails (an ``ERROR`` event, an empty stream or a close at once)
-proves nothing: ``error`` takes its cause again (an open watch clears the last failure's, as it zeroes the
-age: else a quiet type kept an outage's error in /readyz for up to ~10 min after the server came back). A
-relist that follows a watch refused as it opened (403, 404: RBAC granting list but not watch) brings the
-copy up to date but counts only once a watch opens again: until then the error, the age and the growing
-back-off stay (else list, 403, 0.1 s, list... for good). ``age()`` is how long ago. ``kvgate.k8s.staleness``
-turns that into a gauge, log lines and, if asked, not-ready.
+start: on a type nobody writes, with etcd's progress notify at its 10 min default, none at all), and it is
+in sync as client-go's informers count it. Every watch is bounded as client-go bounds it: ``timeoutSeconds``
+drawn per watch from [``min_watch_timeout_s``, twice that) (client-go's ``minWatchTimeout``, 5 min), and a
+client-side deadline ``watch_deadline_margin_s`` above it. A watch that reaches that deadline was never
+ended by the server (a stuck API server or proxy holding the connection open): the reflector relists, and
+the list either completes (in sync) or fails (the copy ages: stale). A watch that reads nothing for
+``probe_after_s`` (60 s) is probed: one consistent ``LIST ?limit=1`` of the collection (no resourceVersion,
+no selector), on the injected ``sleep``; answered 2xx, the watch goes on and the copy counts as in sync as
+of the probe; unanswered within ``probe_timeout_s`` (10 s), a 5xx or a connection error, the watch ends and
+the reflector relists (``stuck``). So a stuck but connected API server is found within ~70 s of its last
+answered probe (the client deadline, at most ~10 min 15 s, stays the bound for a server that answers probes
+but not the watch); an unreachable one (refused, reset, TCP keepalive) at once. A watch held open that read
+nothing and ended early (a proxy's idle cut or close) proves nothing either: relist. A watch that opens and
+then fails (an ``ERROR`` event, an empty stream or a close at once) proves nothing: ``error`` takes its
+cause again (an open watch clears the last failure's, as it zeroes the age: else a quiet type kept an
+outage's error in /readyz for up to ~10 min after the server came back). A relist that follows a watch
+refused as it opened (403, 404: RBAC granting list but not watch) brings the copy up to date but counts only
+once a watch opens again: until then the error, the age and the growing back-off stay (else list, 403, 0.1
+s, list... for good). ``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines
+and, if asked, not-ready.
 
 Generic over any group/version/plural (``ResourceType``), CRDs included.
 """
@@ -41,7 +45,7 @@ import random
 import socket
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +106,15 @@ TIMEOUT_END_SLACK_S = 1.0
 # (a cut, a timeout). One that ends sooner without an event (an ERROR at once, an empty stream) backs off
 # further each time instead of re-opening every 0.1 s.
 HELD_OPEN_S = 1.0
+# The liveness probe of an open watch (session 16): after this long without an event or bookmark, one
+# consistent ``LIST ?limit=1`` (no resourceVersion: a quorum read; ``resourceVersion=0`` would be served by
+# the watch cache, which ignores ``limit`` before KEP-4988, a full list) with no selector (one key read,
+# not a filtered scan), answered within ``PROBE_TIMEOUT_S``. A probe unanswered (or a 5xx, or a connection
+# error) while the watch stays silent ends the watch and relists: a stuck-but-connected API server is
+# found within PROBE_AFTER_S + PROBE_TIMEOUT_S instead of the watch's client deadline (~10 min 15 s). Cost:
+# one one-object LIST per quiet watch per minute, none while events or bookmarks come.
+PROBE_AFTER_S = 60.0
+PROBE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +152,13 @@ class _Cut(Exception):
     """A watch that read events, held open, then its connection cut (no in-stream error): re-watch."""
 
 
+_ANSWERED = "answered"  # a probe the server answered without proving its storage (4xx)
+
+
+class _Stuck(Exception):
+    """An open watch that read nothing while the API server did not answer its liveness probe: relist."""
+
+
 class _Unproven(Exception):
     """A watch held open that read nothing and ended before its ``timeoutSeconds`` (a proxy's idle cut or
     close): nothing says the server is alive: relist."""
@@ -162,9 +182,15 @@ class Reflector:
         backoff: Backoff | None = None,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        probe_after_s: float | None = PROBE_AFTER_S,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
+        """``clock`` and ``sleep`` are one time (the probe's period and deadline wait on ``sleep``, the
+        copy's age is read on ``clock``); ``probe_after_s`` None: no liveness probe."""
         self.client, self.rt = client, rt
-        self.clock = clock
+        self.clock, self.sleep = clock, sleep
+        self.probe_after_s, self.probe_timeout_s = probe_after_s, probe_timeout_s
         self.namespace = namespace
         self.cluster = cluster  # which API server, where a process watches several (the hub's members)
         self.label_selector, self.field_selector = label_selector, field_selector
@@ -185,6 +211,9 @@ class Reflector:
         self.events = 0  # watch events and bookmarks received
         self.overruns = 0  # watches the server did not end by their timeoutSeconds (the client's deadline)
         self.unproven = 0  # watches held open, read nothing, ended early (a proxy's cut): relisted
+        self.probes = 0  # liveness probes answered (2xx) while a watch was silent
+        self.stuck = 0  # silent watches ended because the API server did not answer their probe: relisted
+        self._stuck_why: str | None = None  # why this watch's probe ended it
         self.last_sync: float | None = None  # clock() when last known in sync (None: never listed)
         # A watch refused as it opened (403/404): the relist that follows counts only once a watch opens.
         self._watch_refused = False
@@ -266,6 +295,11 @@ class Reflector:
                 # the stream ended at once and empty (a proxy cutting it): then back off, never spin.
                 if self.events == events and loop.time() - started < HELD_OPEN_S:
                     await asyncio.sleep(self.backoff.next(self._rng))
+            except _Stuck as e:
+                self.stuck += 1
+                self._fail(str(e))
+                need_list = True
+                await asyncio.sleep(self.backoff.next(self._rng))
             except _Overran as e:
                 self.overruns += 1
                 log.info("reflector %s: the API server did not end the watch at its timeoutSeconds (%s s); "
@@ -373,13 +407,82 @@ class Reflector:
         # server does not end (a stuck server or proxy that keeps it open) ends too.
         sent = asyncio.get_running_loop().time()
         deadline = asyncio.timeout_at(sent + timeout_s + self.watch_deadline_margin_s)
+        self._stuck_why = None
+        probes: asyncio.Task[None] | None = None
         try:
             async with deadline:
+                if self.probe_after_s is not None:
+                    probes = asyncio.create_task(self._probes(deadline), name=f"reflector {self.name}: probe")
                 await self._stream(q, sent, timeout_s)
         except TimeoutError:
             if not deadline.expired():
                 raise
+            if self._stuck_why is not None:
+                raise _Stuck(self._stuck_why) from None
             raise _Overran(timeout_s) from None
+        finally:
+            if probes is not None:
+                probes.cancel()
+                await asyncio.wait([probes])
+                if not probes.cancelled() and (exc := probes.exception()) is not None:
+                    log.error("reflector %s: the liveness probe failed: %r", self.name, exc, exc_info=exc)
+
+    async def _probes(self, deadline: asyncio.Timeout) -> None:
+        """While the watch (being opened or open) reads nothing for ``probe_after_s``, ask the API server a
+        cheap question (``_probe``); an open watch with an answer counts as in sync then (``last_sync``),
+        one without ends (``deadline`` expired at once, ``_stuck_why`` saying why) and the caller relists."""
+        assert self.probe_after_s is not None
+        while True:
+            seen = self.events
+            await self.sleep(self.probe_after_s)
+            if self.events != seen:
+                continue  # the watch read something: the server is alive
+            sent = self.clock()
+            why = await self._probe()
+            if self.events != seen or why == _ANSWERED:
+                continue
+            if why is None:
+                self.probes += 1
+                if self._watching:  # answered while the watch is open: in sync as of the probe's send
+                    self.last_sync = max(self.last_sync or sent, sent)
+                continue
+            silent = self.probe_after_s
+            self._stuck_why = (f"the API server did not answer a liveness probe (LIST limit=1) while the "
+                               f"watch read nothing for {silent:g} s: {why}; relisting")  # fmt: skip
+            deadline.reschedule(asyncio.get_running_loop().time())
+            return
+
+    async def _probe(self) -> str | None:
+        """One consistent ``LIST ?limit=1`` of the watched collection (no selector, no resourceVersion),
+        bounded by ``probe_timeout_s`` on ``sleep``: None when answered 2xx; ``_ANSWERED`` for a 4xx (the
+        server answers, but proves nothing of its storage: 429 throttled, ...: the watch goes on, no
+        credit); else why not (no answer in time, a 5xx, the connection)."""
+        path = self.rt.collection_path(self.namespace)
+        # (the request's own timeout, on real time, is only a backstop where ``sleep`` is not)
+        backstop = max(30.0, 2 * self.probe_timeout_s)
+        ask = asyncio.create_task(self.client.request("GET", path, {"limit": 1}, timeout_s=backstop))
+        timer: asyncio.Future[None] = asyncio.ensure_future(self.sleep(self.probe_timeout_s))
+        both: list[asyncio.Future[Any]] = [ask, timer]
+        try:
+            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            if not ask.done():
+                ask.cancel()
+            await asyncio.wait(both)
+        if ask.cancelled():
+            return f"no answer within {self.probe_timeout_s:g} s"
+        e = ask.exception()
+        if e is None:
+            return None
+        if isinstance(e, KubeError):
+            if e.status < 500:
+                log.debug("reflector %s: liveness probe answered %s", self.name, e)
+                return _ANSWERED
+            return str(e)
+        if isinstance(e, (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError)):
+            return f"{type(e).__name__}: {e}"
+        raise e
 
     async def _stream(self, q: dict[str, Any], sent: float, timeout_s: int) -> None:
         # No total or read timeout here: the deadline above bounds the watch, TCP keepalive a dead peer.

@@ -3,6 +3,7 @@ discovery and, when asked, leader election; and one readiness answer for ``/read
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -55,7 +56,8 @@ class KubePool:
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         """``clock`` and ``sleep``: one time (``check_one_time``: both or neither) where the leader election
-        runs; without it ``clock`` alone times the reflectors' ages."""
+        runs; without it ``clock`` alone times the reflectors' ages (and ``sleep``, default the loop's,
+        their watches' liveness probes)."""
         self.opts, self.store, self.store_pool, self.on_policy = opts, store, store_pool, on_policy
         if opts.leader_election:
             check_one_time(clock, sleep)
@@ -73,6 +75,7 @@ class KubePool:
         self.discovery = PoolDiscovery(
             self.client, self.store, pool_name=o.pool_name, namespace=o.pool_namespace,
             store_pool=self.store_pool, on_policy=self.on_policy, clock=self.clock,
+            sleep=self._time[1] or asyncio.sleep,
         )  # fmt: skip
         self.discovery.start()
         d = self.discovery

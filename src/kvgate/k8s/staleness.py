@@ -18,8 +18,9 @@ does) and the EPP keeps routing on it. This module makes that visible and, when 
 
 A healthy watch is in sync while it is open (``Reflector.age()`` 0: a quiet watch may get no bookmark for its
 whole timeoutSeconds) and again when the server ends it; hence the default ``stale_after_s`` of 120 s trips on
-a lost or failing API server, and on a stuck one (connected, sending nothing) only once the watch's client
-deadline ends it (at most ~10 min 15 s). The hub's watches of its member clusters
+a lost or failing API server, and on a stuck one (connected, sending nothing) once the watch's liveness
+probe goes unanswered (``Reflector.probe_after_s`` 60 s of silence + ``probe_timeout_s`` 10 s; the copy's
+age then runs from the last probe answered). The hub's watches of its member clusters
 (``kvgate.multicluster.imports``) are logged the same way. The settings are checked in
 ``kvgate.k8s.stalepolicy``.
 """

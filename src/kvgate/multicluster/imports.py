@@ -75,7 +75,7 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,6 +207,7 @@ class ImportController:
     # read), an INFO when it is again. Never not-ready: the clusters, not a member's pods, are the candidates.
     staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
     clock: Callable[[], float] = time.monotonic  # the reflectors' (their ages, the staleness log)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the same time (their liveness probes)
     monitor: StalenessMonitor | None = None
     _reflectors: list[Reflector] = field(default_factory=list)
     _dirty: asyncio.Event = field(default_factory=asyncio.Event)
@@ -218,7 +219,7 @@ class ImportController:
 
     async def start(self) -> None:
         for m in self.members:
-            r = Reflector(m.client, R.INFERENCE_POOL, cluster=m.name, clock=self.clock)
+            r = Reflector(m.client, R.INFERENCE_POOL, cluster=m.name, clock=self.clock, sleep=self.sleep)
             r.add_listener(functools.partial(self._on_pool, m.name))
             r.start()
             self._reflectors.append(r)

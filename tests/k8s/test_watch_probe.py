@@ -1,0 +1,153 @@
+"""The liveness probe of a silent watch (session 16): a stuck-but-connected API server (watches answer 200
+and then send nothing, requests hang) was found only at the watch's client deadline, its timeoutSeconds +
+15 s (up to ~10 min 15 s), the copy counting as in sync (age 0) all along. Now an open watch that reads
+nothing for ``probe_after_s`` asks one consistent ``LIST ?limit=1`` (no selector, no resourceVersion);
+unanswered within ``probe_timeout_s`` it ends the watch and relists, so the copy ages from its last proof
+and the stale WARNING comes. Answered, the watch goes on (no relist: one one-object LIST per quiet minute,
+none while events come). Against the API-server double over real HTTP on loopback, the probe's period and
+deadline on injected time (``tests/fake_time.py``); the watches' own timeoutSeconds are the production
+5-10 min, never reached here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from fake_time import FakeTime
+from k8s.reflector_kit import create_pod, until
+from kvgate.k8s.apiserver import ApiServerDouble
+from kvgate.k8s.client import KubeClient, KubeError
+from kvgate.k8s.reflector import Reflector
+from kvgate.k8s.resources import POD
+from kvgate.k8s.staleness import StalenessMonitor
+from kvgate.k8s.stalepolicy import StalenessPolicy
+
+
+def _probes(double: ApiServerDouble) -> list[dict[str, list[str]]]:
+    """The query of every non-watch GET of the pods collection after the first (the initial list)."""
+    out = []
+    for line in double.requests:
+        verb, target = line.split(" ", 1)
+        u = urlsplit(target)
+        q = parse_qs(u.query)
+        if verb == "GET" and u.path == "/api/v1/namespaces/default/pods" and q.get("watch") != ["true"]:
+            out.append(q)
+    return out[1:]
+
+
+@asynccontextmanager
+async def _reflector(double: ApiServerDouble, ft: FakeTime, **kw: Any) -> AsyncIterator[Reflector]:
+    create_pod(double)
+    client = await KubeClient.connect(server=double.url)
+    r = Reflector(client, POD, namespace="default", label_selector="app=x", clock=ft.clock, sleep=ft.sleep,
+                  seed=1, probe_after_s=60.0, probe_timeout_s=10.0, **kw)  # fmt: skip
+    r.start()
+    try:
+        await r.wait_synced()
+        await until(lambda: r.watches >= 1 and ft.next_wake() is not None)  # open, its probe waiting
+        yield r
+    finally:
+        await r.stop()
+        await client.close()
+
+
+async def _advance_to(ft: FakeTime, when: float) -> None:
+    """Move the injected time to ``when`` (no sleeper skipped: each pending wake reached in turn)."""
+    while ft.now < when:
+        wake = ft.next_wake()
+        step = when - ft.now if wake is None or wake <= ft.now else min(when, wake) - ft.now
+        ft.advance(step)
+        await asyncio.sleep(0.02)  # (let what woke run)
+
+
+async def test_a_stuck_api_server_is_found_by_the_probe_not_at_the_watch_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The API server stalls (watch open and silent, lists hang). At 60 s of silence the probe is sent;
+    unanswered 10 s later the watch ends and the relist (hung) follows: the copy's age is the time since the
+    last proof (the list at 0), and the stale WARNING comes at 120 s, not ~10 min later. Once the server
+    answers, the relist completes: in sync again. Fails before: no probe, the watch stays open (age 0) until
+    its client deadline (timeoutSeconds 300-600 s + 15 s)."""
+    async with ApiServerDouble(bookmark_interval=0.2) as double:
+        ft = FakeTime()
+        async with _reflector(double, ft) as r:
+            monitor = StalenessMonitor([r], [r], StalenessPolicy(stale_after_s=120.0))
+            lists = r.lists
+            double.stall(lists=True)
+            ft.advance(60.0)
+            await until(lambda: len(_probes(double)) == 1)  # the probe sent, hanging
+            assert r.age() == 0.0 and r.stuck == 0
+            ft.advance(10.0)
+            await until(lambda: r.stuck == 1)
+            assert r.overruns == 0 and r.lists == lists  # (the relist hangs)
+            assert "did not answer a liveness probe" in (r.error or ""), r.error
+            assert r.age() == 70.0, "the silent watch on a stuck API server still counts as in sync"
+            ft.advance(51.0)
+            with caplog.at_level(logging.WARNING, logger="kvgate.k8s.staleness"):
+                monitor.check()
+            assert r in monitor.stale()
+            assert any("not in sync with the API server for 121 s" in m for m in caplog.messages), (
+                caplog.messages
+            )
+            double.unstall()  # the hung relist is answered
+            await until(lambda: r.lists > lists and r.watches >= 2)
+            monitor.check()
+            assert r.age() == 0.0 and r.error is None and not monitor.stale()
+
+
+async def test_a_quiet_watch_on_a_healthy_server_is_probed_with_limit_1_and_never_relists() -> None:
+    """A quiet type (the double as kube-apiserver's cacher: no bookmark, nothing changes): every 60 s of
+    silence one probe, on the wire ``limit=1`` and nothing else (no resourceVersion: a consistent read;
+    no selector: one object read), answered, so the watch goes on: no relist, no error; an answered probe is
+    a proof (``last_sync`` its send time), the age 0 while the watch is open."""
+    async with ApiServerDouble(bookmark_interval=0.2) as double:
+        ft = FakeTime()
+        async with _reflector(double, ft) as r:
+            for n in range(1, 4):
+                await _advance_to(ft, 60.0 * n)
+                await until(lambda n=n: r.probes == n)  # type: ignore[misc]
+                assert r.last_sync == 60.0 * n and r.age() == 0.0
+            assert r.lists == 1 and r.watches == 1 and r.stuck == 0 and r.error is None
+            assert r.bookmarks == 0 and r.events == 0
+        assert _probes(double) == [{"limit": ["1"]}] * 3
+
+
+async def test_a_watch_that_reads_events_is_not_probed() -> None:
+    """Events within each 60 s: no probe at all (the probe costs nothing on a busy watch)."""
+    async with ApiServerDouble(bookmark_interval=0.2) as double:
+        ft = FakeTime()
+        async with _reflector(double, ft) as r:
+            for n in range(1, 4):
+                double.set_pod_status("a", ip=f"10.0.0.{n}", ready=True)
+                await until(lambda n=n: r.events == n)  # type: ignore[misc]
+                await _advance_to(ft, 60.0 * n)
+            await _advance_to(ft, 179.0)
+            assert r.probes == 0 and r.stuck == 0 and r.lists == 1
+        assert _probes(double) == []
+
+
+async def test_a_probe_answered_with_a_server_error_relists() -> None:
+    """The server answers, but from storage it cannot reach (a 5xx, as kube-apiserver's "etcdserver:
+    request timed out"): the watch ends and relists, as for no answer; a relist that completes is in sync."""
+    async with ApiServerDouble(bookmark_interval=0.2) as double:
+        ft = FakeTime()
+        async with _reflector(double, ft) as r:
+            failing = [True]
+            orig = r.client.request
+
+            async def request(method: str, path: str, query: Any = None, **kw: Any) -> Any:
+                if failing[0] and query == {"limit": 1}:
+                    failing[0] = False
+                    raise KubeError(504, "etcdserver: request timed out", "Timeout")
+                return await orig(method, path, query, **kw)
+
+            r.client.request = request  # type: ignore[method-assign]
+            ft.advance(60.0)
+            await until(lambda: r.stuck == 1 and r.lists == 2 and r.watches == 2)
+            assert r.error is None and r.age() == 0.0
