@@ -121,9 +121,13 @@ BAD = [
     ([STALE, "200", NOT_READY, "150"], NOT_READY),
 ]
 UNUSED = [([STALE, "300"], STALE), ([NOT_READY, "300"], NOT_READY)]  # fine values, nothing to watch
-CASES = [(mode, *bad) for mode in ("kube", "static", "hub") for bad in BAD] + [
-    (mode, *unused) for mode in ("static", "hub") for unused in UNUSED
-]
+# With --clusters only the not-ready limit is refused (the stale limit sets the members' watches': session 16,
+# tests/multicluster/test_hub_stale_after.py).
+CASES = (
+    [(mode, *bad) for mode in ("kube", "static", "hub") for bad in BAD]
+    + [("static", *unused) for unused in UNUSED]
+    + [("hub", *UNUSED[1])]
+)
 
 
 @pytest.fixture
@@ -171,16 +175,16 @@ def test_both_commands_refuse_the_same_settings_in_every_mode_naming_the_flag(
     assert epp_err.split(f"{flag}: ", 1)[1] == serve_err.split(f"{flag}: ", 1)[1]
 
 
-def test_the_hub_refusal_says_the_members_are_logged_at_the_fixed_default(
+def test_the_hub_refusal_of_the_not_ready_limit_says_the_stale_limit_applies(
     no_serving: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Review s15-k8s F3: fails before (the reason said the hub watches no InferencePool; it watches its
-    members' and logs them stale at a fixed 120 s)."""
+    """Review s15-k8s F3: the members' watches are logged stale, by --kube-stale-after since session 16
+    (before, at a fixed 120 s, the flag refused); the not-ready limit is refused with why."""
     from kvgate.extproc.cli import main as epp_main
 
-    assert epp_main([*HUB, STALE, "300"]) == 2
+    assert epp_main([*HUB, NOT_READY, "300"]) == 2
     err = capsys.readouterr().err
-    assert "fixed 120 s" in err and "not an InferencePool" not in err, err
+    assert "the candidates are clusters" in err and "--kube-stale-after applies" in err, err
 
 
 def test_refuse_unused_takes_the_defaults() -> None:

@@ -165,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds out of sync with the API server after which a watched resource is logged as "
         "stale (default 120; kvgate_reflector_last_sync_age_seconds has the age; the EPP keeps routing on "
-        "its last list)",
+        "its last list; with --clusters: each member's InferencePool watch)",
     )
     kube.add_argument(
         "--kube-stale-not-ready-after",
@@ -266,6 +266,7 @@ def _hub_main(args: argparse.Namespace) -> int:
     from kvgate.extproc.context import AddressIndex
     from kvgate.extproc.metrics import EppMetrics
     from kvgate.extproc.session import SessionContext
+    from kvgate.k8s.stalepolicy import hub_policy
     from kvgate.multicluster.clusters import ClustersError, ClustersFile
     from kvgate.multicluster.hub import ClusterDirector, HubFeed
     from kvgate.multicluster.policies import fresh_seed
@@ -292,7 +293,8 @@ def _hub_main(args: argparse.Namespace) -> int:
     ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic, observer=metrics)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            feed = HubFeed(director, cfile)
+            staleness = hub_policy(args.kube_stale_after, warn=False)
+            feed = HubFeed(director, cfile, staleness=staleness)
             asyncio.run(_serve(args, director.store, ctx, metrics, pair, client_ca, feed=feed))
     except ClustersError as e:  # the kubernetes section cannot be loaded
         print(f"kvgate epp: {e}", file=sys.stderr)

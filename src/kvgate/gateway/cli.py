@@ -130,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds out of sync with the API server after which a watched resource is logged as "
         "stale (default 120, or the config file's kubernetes.staleAfterSeconds; the gateway keeps "
-        "routing on its last list)",
+        "routing on its last list; with --clusters: each member's InferencePool watch)",
     )
     kube.add_argument(
         "--kube-stale-not-ready-after",
@@ -374,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         port = 8080 if args.port is None else args.port  # --port 0: an ephemeral port (printed)
         return run(ServeArgs(args.clusters, args.cluster_policy, args.host or "127.0.0.1", port,
-                             seed=args.cluster_policy_seed,
-                             series_grace_s=grace))  # fmt: skip
+                             seed=args.cluster_policy_seed, series_grace_s=grace,
+                             stale_after_s=args.kube_stale_after))  # fmt: skip
     file_cfg = mtime = None
     if args.config:
         from kvgate.gateway.reload import file_mtime

@@ -1,7 +1,9 @@
 """The staleness settings (``--kube-stale-after``, ``--kube-stale-not-ready-after``; in ``kvgate serve``'s
 config file ``kubernetes.staleAfterSeconds`` and ``kubernetes.staleNotReadyAfterSeconds``), checked the
 same way by ``kvgate epp`` and ``kvgate serve`` in every mode, flag or file key, each error naming the one
-it concerns (``kvgate.k8s.staleness`` acts on them).
+it concerns (``kvgate.k8s.staleness`` acts on them). With ``--clusters`` (and in ``kvgate hub-controller``)
+``--kube-stale-after`` sets the members' InferencePool watches' limit and the not-ready limit is refused
+(``hub_policy``).
 
 A healthy watch is in sync while it is open (``Reflector.age()`` 0) and again when the server ends it at its
 timeoutSeconds; between watches the age is a back-off and a re-open. A quiet watch cut by a proxy's idle
@@ -29,10 +31,11 @@ FLAGS = (STALE_FLAG, NOT_READY_FLAG)
 STALE_KEY, NOT_READY_KEY = "kubernetes.staleAfterSeconds", "kubernetes.staleNotReadyAfterSeconds"
 # Why the flags are refused where nothing is watched (``refuse_unused``), the same words from both commands.
 NO_INFERENCE_POOL = "no pool comes from an InferencePool (--endpoints, or a config without inferencePool)"
-# (The hub does watch InferencePools, its members', since session 15: logged stale at the fixed default.)
+# The hub watches its members' InferencePools (since session 15): --kube-stale-after applies to them (since
+# session 16; a fixed 120 s before), the not-ready limit does not: the hub's candidates are clusters.
 HUB = (
-    "with --clusters the members' InferencePool watches are logged stale at a fixed "
-    f"{DEFAULT_STALE_AFTER_S:g} s (not configurable), and the hub never turns not-ready for an old copy"
+    "with --clusters the candidates are clusters, not an InferencePool's pods: the hub never turns not-ready "
+    "for an old copy (--kube-stale-after applies: the members' InferencePool watches are logged stale by it)"
 )
 
 
@@ -106,9 +109,28 @@ def check_flags(
     names: tuple[str, str] = FLAGS,
 ) -> None:
     """What ``kvgate epp`` and ``kvgate serve`` both run on the two settings, in every mode: the values
-    (``staleness_policy``), and where no InferencePool is watched (``unused``: "static" or "hub") any
-    value given is refused. ``StalenessFlagError`` names the flag or key (``names``: where each value came
-    from)."""
+    (``staleness_policy``); where no InferencePool is watched (``unused`` "static") any value given is
+    refused; with ``--clusters`` (``unused`` "hub") the not-ready limit is (the stale limit applies to the
+    members' InferencePool watches: ``hub_policy``). ``StalenessFlagError`` names the flag or key (``names``:
+    where each value came from)."""
+    if unused == "hub":
+        hub_policy(stale_after_s, not_ready_after_s, names)
+        return
     staleness_policy(stale_after_s, not_ready_after_s, warn=unused is None, names=names)
     if unused is not None:
-        refuse_unused(stale_after_s, not_ready_after_s, HUB if unused == "hub" else NO_INFERENCE_POOL, names)
+        refuse_unused(stale_after_s, not_ready_after_s, NO_INFERENCE_POOL, names)
+
+
+def hub_policy(
+    stale_after_s: float | None,
+    not_ready_after_s: float = 0.0,
+    names: tuple[str, str] = FLAGS,
+    *,
+    warn: bool = True,
+) -> StalenessPolicy:
+    """The policy of a hub's member watches (``kvgate serve --clusters``, ``kvgate epp --clusters``,
+    ``kvgate hub-controller``): ``--kube-stale-after`` checked as everywhere (WARNING included: a member's
+    watch behind a proxy is cut alike), ``--kube-stale-not-ready-after`` refused (``HUB``)."""
+    if not_ready_after_s:
+        raise StalenessFlagError(names[1], HUB)
+    return staleness_policy(stale_after_s, 0.0, warn=warn, names=names)

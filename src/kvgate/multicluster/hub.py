@@ -330,14 +330,18 @@ class HubFeed:
     the clusters of the InferencePoolImport its ``kubernetes:`` section follows (``ClusterSource``, as
     ``kvgate serve --clusters`` reads them)."""
 
-    def __init__(self, director: ClusterDirector, clusters_file: Any = None) -> None:
+    def __init__(
+        self, director: ClusterDirector, clusters_file: Any = None, *, staleness: Any = None
+    ) -> None:
+        """``staleness``: the members' InferencePool watches' ``StalenessPolicy`` (None: 120 s)."""
         from kvgate.multicluster.fetcher import Fetcher
         from kvgate.multicluster.source import ClusterSource
 
         cfg = director.cfg
         self.director = director
         self.clusters_file = clusters_file
-        self.source = ClusterSource(cfg, director.apply, parent_mode_only=True)  # (a cluster's gateway only)
+        # (parent mode: a cluster's gateway only)
+        self.source = ClusterSource(cfg, director.apply, parent_mode_only=True, staleness=staleness)
         if clusters_file is not None:
             clusters_file.on_change = self.reload
         self.fetcher = Fetcher(

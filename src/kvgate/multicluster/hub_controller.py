@@ -43,6 +43,7 @@ from kvgate.httpfront.server import FrontServer, Handler, Request, Response, Str
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector
 from kvgate.k8s.runtime import default_identity
+from kvgate.k8s.stalepolicy import StalenessFlagError, StalenessPolicy, hub_policy
 from kvgate.k8s.tasks import RECANCELS, STUCK_S, cancel_and_wait
 from kvgate.multicluster.clusters import DEFAULT_LEASE, ClustersError, ClustersFile, KubeImports
 from kvgate.multicluster.imports import WATCHES_STOP_S, ImportController, Member
@@ -81,11 +82,18 @@ class HubController:
     """The controller, run while this replica leads (always, without an election)."""
 
     def __init__(
-        self, kube: KubeImports, election: Election | None = None, *, resync_s: float = RESYNC_S
+        self,
+        kube: KubeImports,
+        election: Election | None = None,
+        *,
+        resync_s: float = RESYNC_S,
+        staleness: StalenessPolicy | None = None,
     ) -> None:
+        """``staleness``: the members' InferencePool watches' (``--kube-stale-after``; default 120 s)."""
         self.kube = kube
         self.election = election
         self.resync_s = resync_s
+        self.staleness = staleness or StalenessPolicy()
         self.controller: ImportController | None = None
         self.elector: LeaderElector | None = None
         self.terms = 0  # times this replica started the controller
@@ -145,6 +153,7 @@ class HubController:
                 self.controller = ImportController(
                     self._hub, self._members, follow=(k.namespace, k.name), parent=k.parent,
                     resync_s=self.resync_s, leading=self._leads, parent_mode_only=k.parent_mode_only,
+                    staleness=self.staleness,
                 )  # fmt: skip
                 self.terms += 1
                 log.info("hub controller: running (import %s/%s, members %s)", k.namespace, k.name,
@@ -342,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=RESYNC_S,
         help="seconds between readings of the hub's imports (each one reconciled with the members)",
     )
+    p.add_argument(
+        "--kube-stale-after",
+        type=float,
+        default=None,
+        help="seconds out of sync with a member's API server after which its InferencePool watch is logged "
+        "as stale (default 120; kvgate_reflector_last_sync_age_seconds has the age)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -361,13 +377,18 @@ def main(argv: list[str] | None = None) -> int:
         print("kvgate hub-controller: the clusters file has no kubernetes section (hub, members, import)",
               file=sys.stderr, flush=True)  # fmt: skip
         return 2
+    try:
+        staleness = hub_policy(args.kube_stale_after)
+    except StalenessFlagError as e:
+        print(f"kvgate hub-controller: {e}", file=sys.stderr, flush=True)
+        return 2
     election = None
     if args.ha_enable_leader_election:
         election = Election(args.ha_lease_name, args.ha_lease_namespace, args.ha_lease_duration,
                             args.ha_renew_deadline, args.ha_retry_period)  # fmt: skip
 
     def make(k: KubeImports) -> HubController:
-        return HubController(k, election, resync_s=args.resync_period)
+        return HubController(k, election, resync_s=args.resync_period, staleness=staleness)
 
     async def run() -> None:
         assert kube is not None

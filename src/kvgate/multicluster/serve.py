@@ -43,6 +43,7 @@ from kvgate.httpfront.server import (
     StreamResponse,
     json_error,
 )
+from kvgate.k8s.stalepolicy import StalenessPolicy, hub_policy
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
@@ -228,6 +229,7 @@ class GlobalGateway:
         seed: int | None = None,  # the policy's randomness; None: from os.urandom
         limits: FrontLimits | None = None,
         drain_s: float = 5.0,
+        staleness: StalenessPolicy | None = None,  # the members' InferencePool watches' (default 120 s)
     ) -> None:
         self.router = GlobalRouter(cfg, policy, clock=clock, seed=seed)
         self.metrics = _Metrics()
@@ -240,7 +242,7 @@ class GlobalGateway:
             clusters_file.on_change = self.reload
         # The clusters file and the InferencePoolImport its kubernetes: section follows (imports replace
         # only the file's clusters); shared with the hub EPP.
-        self.source = ClusterSource(cfg, self.router.apply)
+        self.source = ClusterSource(cfg, self.router.apply, staleness=staleness)
         self.clock = clock
         self.fetcher = (
             Fetcher(self.router.state_list, interval_s=cfg.refresh_s, tls=cfg.tls, clock=clock)
@@ -532,6 +534,7 @@ class ServeArgs:
     port: int = 8080
     seed: int | None = None  # --cluster-policy-seed; None: drawn from os.urandom at start
     series_grace_s: float = GRACE_S  # --model-series-grace (``ModelLabels.grace_s``)
+    stale_after_s: float | None = None  # --kube-stale-after: the members' watches' (None: 120 s)
 
 
 def serve_check(cfg: ClustersConfig) -> None:
@@ -559,7 +562,8 @@ def run(args: ServeArgs) -> int:
 
     async def main() -> None:
         seed = fresh_seed() if args.seed is None else args.seed
-        gw = GlobalGateway(cfile.config, args.policy, clusters_file=cfile, seed=seed)
+        gw = GlobalGateway(cfile.config, args.policy, clusters_file=cfile, seed=seed,
+                           staleness=hub_policy(args.stale_after_s, warn=False))  # fmt: skip
         gw.metrics.models.grace_s = args.series_grace_s
         try:
             port = await gw.start(args.host, args.port)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector
 from kvgate.k8s.runtime import default_identity
+from kvgate.k8s.stalepolicy import StalenessPolicy
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClusterSpec, KubeImports
 from kvgate.multicluster.imports import ImportController, Member
 
@@ -39,9 +40,16 @@ RETRY_S = 10.0  # a refused kubernetes section is tried again this often (a Secr
 
 class ClusterSource:
     def __init__(
-        self, cfg: ClustersConfig, apply: Callable[[ClustersConfig], None], *, parent_mode_only: bool = False
+        self,
+        cfg: ClustersConfig,
+        apply: Callable[[ClustersConfig], None],
+        *,
+        parent_mode_only: bool = False,
+        staleness: StalenessPolicy | None = None,
     ) -> None:
+        """``staleness``: the members' InferencePool watches' (``--kube-stale-after``; default 120 s)."""
         self.file_cfg = cfg  # the clusters file as last read
+        self.staleness = staleness or StalenessPolicy()
         self._apply = apply
         # The door routes in Parent mode only (the hub EPP): its import's ResolvedRefs counts only an
         # exporter's gateway address, whatever the file's ``kubernetes.parent_mode_only`` says.
@@ -165,7 +173,8 @@ class ClusterSource:
         parent_only = kube.parent_mode_only or self.parent_mode_only
         self.imports = ImportController(hub, members, follow=(kube.namespace, kube.name), on_clusters=feed,
                                         ttl_s=base.ttl_s, refresh_s=base.refresh_s, parent=kube.parent,
-                                        writes=kube.controller, parent_mode_only=parent_only)  # fmt: skip
+                                        writes=kube.controller, parent_mode_only=parent_only,
+                                        staleness=self.staleness)  # fmt: skip
         if kube.controller and hub is not None:
             imports = self.imports
             lease_ns, lease_name = kube.lease_ref
