@@ -164,16 +164,17 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="seconds out of sync with the API server after which a watched resource is logged as "
-        "stale (default 120; kvgate_reflector_last_sync_age_seconds has the age; the EPP keeps routing on "
+        "stale (default 120, or --config's kubernetes.staleAfterSeconds; "
+        "kvgate_reflector_last_sync_age_seconds has the age; the EPP keeps routing on "
         "its last list; with --clusters: each member's InferencePool watch)",
     )
     kube.add_argument(
         "--kube-stale-not-ready-after",
         type=float,
-        default=0.0,
+        default=None,
         help="report not-ready once the InferencePool's or the pods' copy is this many seconds old, so "
-        "traffic moves to a replica that still reaches its API server (0: never, the default; else at least "
-        "--kube-stale-after)",
+        "traffic moves to a replica that still reaches its API server (0: never, the default, or --config's "
+        "kubernetes.staleNotReadyAfterSeconds; else at least --kube-stale-after)",
     )
     hub = p.add_argument_group("hub (multi-cluster)")
     hub.add_argument("--clusters", help="clusters file: pick clusters, not pods (docs/multicluster.md)")
@@ -234,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx.budget.limit = args.max_buffered_bytes
         # https endpoints (from --config): scraped over TLS, verified against the pool's caFile.
         args.scrape_scheme, args.scrape_ca = cfg.pool.scheme, cfg.pool.ca_file
-        _staleness_flags(args, None if cfg.pool.inference_pool is not None else "static")
-        kube = _kube_pool(args, cfg, store, ctx)
+        staleness = _staleness(args, cfg, None if cfg.pool.inference_pool is not None else "static")
+        kube = _kube_pool(args, cfg, store, ctx, staleness)
     except (EppConfigError, OSError, ValueError, KeyError) as e:
         print(f"kvgate epp: {e}", file=sys.stderr)
         return 2
@@ -306,17 +307,33 @@ def _staleness_flags(args: argparse.Namespace, unused: str | None) -> None:
     """The two staleness flags, checked as ``kvgate serve`` checks them (the ValueError names the flag)."""
     from kvgate.k8s.stalepolicy import check_flags
 
-    check_flags(args.kube_stale_after, args.kube_stale_not_ready_after, unused)
+    check_flags(args.kube_stale_after, args.kube_stale_not_ready_after or 0.0, unused)
 
 
-def _kube_pool(args: argparse.Namespace, cfg: EppConfig, store: EndpointStore, ctx: SessionContext) -> Any:
+def _staleness(args: argparse.Namespace, cfg: EppConfig, unused: str | None) -> Any:
+    """The pool's ``StalenessPolicy``: ``--config``'s ``kubernetes: {staleAfterSeconds,
+    staleNotReadyAfterSeconds}`` (as ``kvgate serve``'s file; read at start: ``kvgate epp`` does not
+    reload its config), each overridden by its flag, checked as ``kvgate serve`` checks them (the
+    ValueError names the flag or key the value came from; refused where nothing is watched)."""
+    from kvgate.k8s.stalepolicy import file_and_flags, staleness_policy
+
+    gw = cfg.gateway
+    stale, not_ready = file_and_flags(
+        args.kube_stale_after, args.kube_stale_not_ready_after, gw.kube_stale_after_s,
+        gw.kube_stale_not_ready_after_s, unused,
+    )  # fmt: skip
+    return staleness_policy(stale, not_ready, warn=False)
+
+
+def _kube_pool(
+    args: argparse.Namespace, cfg: EppConfig, store: EndpointStore, ctx: SessionContext, staleness: Any
+) -> Any:
     """Kubernetes discovery (and leader election) when the pool comes from an InferencePool, else None."""
     ref = cfg.pool.inference_pool
     if ref is None:
         return None
     from kvgate.config.rewrite import ModelRewriter
     from kvgate.k8s.runtime import KubeOptions, KubePool
-    from kvgate.k8s.stalepolicy import staleness_policy
     from kvgate.openai.request import RequestPolicy
 
     def on_policy(objectives: dict[str, int], rewrites: list[Any]) -> None:
@@ -334,7 +351,7 @@ def _kube_pool(args: argparse.Namespace, cfg: EppConfig, store: EndpointStore, c
         leader_election=args.ha_enable_leader_election, lease_name=args.ha_lease_name,
         lease_duration_s=args.ha_lease_duration, renew_deadline_s=args.ha_renew_deadline,
         retry_period_s=args.ha_retry_period,
-        staleness=staleness_policy(args.kube_stale_after, args.kube_stale_not_ready_after, warn=False),
+        staleness=staleness,
     )  # fmt: skip
     return KubePool(opts, store, store_pool=cfg.pool.name, on_policy=on_policy)
 

@@ -185,30 +185,17 @@ def staleness_settings(args: argparse.Namespace, cfg: GatewayConfig | None, unus
     """The two staleness settings: the config file's (``kubernetes.staleAfterSeconds``,
     ``kubernetes.staleNotReadyAfterSeconds``; ``cfg``, None: no file), each overridden by its flag when
     given, checked as ``kvgate epp`` checks its flags (kvgate.k8s.stalepolicy), the error naming the flag
-    or key the value came from, and set in ``cfg``; ``unused`` ("static", "hub"): no InferencePool is
-    watched, and any value given is refused."""
-    from kvgate.k8s.stalepolicy import (
-        NOT_READY_FLAG,
-        NOT_READY_KEY,
-        STALE_FLAG,
-        STALE_KEY,
-        StalenessFlagError,
-        check_flags,
-    )
+    or key the value came from, and set in ``cfg``; ``unused`` "static": no InferencePool is watched, and
+    any value given is refused; "hub" (``--clusters``): the not-ready limit is refused
+    (``stalepolicy.check_flags``)."""
+    from kvgate.k8s.stalepolicy import StalenessFlagError, file_and_flags
 
-    # A value's name is its key when the file gave it, else the flag (given, or the default's name).
-    stale = cfg.kube_stale_after_s if cfg is not None else None
-    stale_name = STALE_KEY if stale is not None and args.kube_stale_after is None else STALE_FLAG
-    if args.kube_stale_after is not None:
-        stale = args.kube_stale_after
-    not_ready = cfg.kube_stale_not_ready_after_s if cfg is not None else 0.0
-    not_ready_name = (
-        NOT_READY_KEY if not_ready and args.kube_stale_not_ready_after is None else NOT_READY_FLAG
-    )
-    if args.kube_stale_not_ready_after is not None:
-        not_ready = args.kube_stale_not_ready_after
     try:
-        check_flags(stale, not_ready, unused, (stale_name, not_ready_name))
+        stale, not_ready = file_and_flags(
+            args.kube_stale_after, args.kube_stale_not_ready_after,
+            cfg.kube_stale_after_s if cfg is not None else None,
+            cfg.kube_stale_not_ready_after_s if cfg is not None else 0.0, unused,
+        )  # fmt: skip
     except StalenessFlagError as e:
         raise GatewayConfigError(e.flag, e.message) from e
     if cfg is not None:

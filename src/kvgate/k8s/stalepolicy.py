@@ -121,6 +121,30 @@ def check_flags(
         refuse_unused(stale_after_s, not_ready_after_s, NO_INFERENCE_POOL, names)
 
 
+def file_and_flags(
+    stale_flag: float | None,
+    not_ready_flag: float | None,
+    stale_key: float | None,
+    not_ready_key: float,
+    unused: str | None,
+) -> tuple[float | None, float]:
+    """The two settings from a config file's keys (``kubernetes.staleAfterSeconds``,
+    ``kubernetes.staleNotReadyAfterSeconds``: ``stale_key`` None and ``not_ready_key`` 0 when absent), each
+    overridden by its flag when given (``stale_flag`` / ``not_ready_flag`` not None), checked by
+    ``check_flags`` naming the flag or key each value came from: what ``kvgate serve`` and ``kvgate epp``
+    both run on ``--config``. Returns (stale, not-ready) as ``staleness_policy`` takes them."""
+    # A value's name is its key when the file gave it, else the flag (given, or the default's name).
+    stale, stale_name = stale_key, STALE_KEY if stale_key is not None and stale_flag is None else STALE_FLAG
+    if stale_flag is not None:
+        stale = stale_flag
+    not_ready = not_ready_key
+    not_ready_name = NOT_READY_KEY if not_ready and not_ready_flag is None else NOT_READY_FLAG
+    if not_ready_flag is not None:
+        not_ready = not_ready_flag
+    check_flags(stale, not_ready, unused, (stale_name, not_ready_name))
+    return stale, not_ready
+
+
 def hub_policy(
     stale_after_s: float | None,
     not_ready_after_s: float = 0.0,
