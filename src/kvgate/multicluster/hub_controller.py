@@ -32,7 +32,8 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ import orjson
 from kvgate.aio import stop_to_the_end
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, StreamResponse, json_error
 from kvgate.k8s.client import KubeClient
-from kvgate.k8s.lease import LeaderElector
+from kvgate.k8s.lease import LeaderElector, check_one_time
 from kvgate.k8s.runtime import default_identity
 from kvgate.k8s.stalepolicy import StalenessFlagError, StalenessPolicy, hub_policy
 from kvgate.k8s.tasks import RECANCELS, STUCK_S, cancel_and_wait
@@ -88,8 +89,14 @@ class HubController:
         *,
         resync_s: float = RESYNC_S,
         staleness: StalenessPolicy | None = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
-        """``staleness``: the members' InferencePool watches' (``--kube-stale-after``; default 120 s)."""
+        """``staleness``: the members' InferencePool watches' (``--kube-stale-after``; default 120 s).
+        ``clock`` and ``sleep``: one time (both or neither: ``check_one_time``; default the loop's) for the
+        leader election and the members' watches (their ages, their liveness probes)."""
+        check_one_time(clock, sleep)
+        self.clock, self.sleep = clock or time.monotonic, sleep or asyncio.sleep
         self.kube = kube
         self.election = election
         self.resync_s = resync_s
@@ -134,7 +141,7 @@ class HubController:
             self._hub, name=e.name or lease_name, namespace=e.namespace or lease_ns,
             identity=e.identity or default_identity(), lease_duration_s=e.lease_duration_s,
             renew_deadline_s=e.renew_deadline_s, retry_period_s=e.retry_period_s,
-            on_change=lambda _leader: self._changed.set(),
+            on_change=lambda _leader: self._changed.set(), clock=self.clock, sleep=self.sleep,
         )  # fmt: skip
         self.elector.start()
 
@@ -153,7 +160,7 @@ class HubController:
                 self.controller = ImportController(
                     self._hub, self._members, follow=(k.namespace, k.name), parent=k.parent,
                     resync_s=self.resync_s, leading=self._leads, parent_mode_only=k.parent_mode_only,
-                    staleness=self.staleness,
+                    staleness=self.staleness, clock=self.clock, sleep=self.sleep,
                 )  # fmt: skip
                 self.terms += 1
                 log.info("hub controller: running (import %s/%s, members %s)", k.namespace, k.name,

@@ -24,10 +24,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 from kvgate.k8s.client import KubeClient
-from kvgate.k8s.lease import LeaderElector
+from kvgate.k8s.lease import LeaderElector, check_one_time
 from kvgate.k8s.runtime import default_identity
 from kvgate.k8s.stalepolicy import StalenessPolicy
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClusterSpec, KubeImports
@@ -46,8 +47,15 @@ class ClusterSource:
         *,
         parent_mode_only: bool = False,
         staleness: StalenessPolicy | None = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
-        """``staleness``: the members' InferencePool watches' (``--kube-stale-after``; default 120 s)."""
+        """``staleness``: the members' InferencePool watches' (``--kube-stale-after``; default 120 s).
+        ``clock`` and ``sleep``: one time (both or neither: ``check_one_time``; default the loop's) for
+        the writers' leader election (its retry period, renew deadline, lease duration) and the members'
+        watches (their ages, their liveness probes)."""
+        check_one_time(clock, sleep)
+        self.clock, self.sleep = clock or time.monotonic, sleep or asyncio.sleep
         self.file_cfg = cfg  # the clusters file as last read
         self.staleness = staleness or StalenessPolicy()
         self._apply = apply
@@ -174,13 +182,15 @@ class ClusterSource:
         self.imports = ImportController(hub, members, follow=(kube.namespace, kube.name), on_clusters=feed,
                                         ttl_s=base.ttl_s, refresh_s=base.refresh_s, parent=kube.parent,
                                         writes=kube.controller, parent_mode_only=parent_only,
-                                        staleness=self.staleness)  # fmt: skip
+                                        staleness=self.staleness, clock=self.clock,
+                                        sleep=self.sleep)  # fmt: skip
         if kube.controller and hub is not None:
             imports = self.imports
             lease_ns, lease_name = kube.lease_ref
             elector = self.elector = LeaderElector(
                 hub, name=lease_name, namespace=lease_ns, identity=self.identity,
                 on_change=lambda _leads: imports.wake(), on_refused=lambda _refused: imports.wake(),
+                clock=self.clock, sleep=self.sleep,
             )  # fmt: skip
 
             def may_write() -> bool:
