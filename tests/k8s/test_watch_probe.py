@@ -18,11 +18,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from aiohttp import web
 
 from fake_time import FakeTime
 from k8s.reflector_kit import create_pod, until
 from kvgate.k8s.apiserver import ApiServerDouble
-from kvgate.k8s.client import KubeClient, KubeError
+from kvgate.k8s.client import KubeClient
 from kvgate.k8s.reflector import Reflector
 from kvgate.k8s.resources import POD
 from kvgate.k8s.staleness import StalenessMonitor
@@ -132,22 +133,30 @@ async def test_a_watch_that_reads_events_is_not_probed() -> None:
         assert _probes(double) == []
 
 
+class _StorageDown(ApiServerDouble):
+    """A double whose next ``limit=1`` list (the probe's: no selector, no watch) is answered 504 with
+    kube-apiserver's Status for an etcd timeout, over the wire."""
+
+    fail_next_probe = False
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.fail_next_probe and request.method == "GET" and dict(request.query) == {"limit": "1"}:
+            self.fail_next_probe = False
+            self.requests.append(f"{request.method} {request.path_qs}")
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 504,
+                      "reason": "Timeout", "message": "etcdserver: request timed out"}  # fmt: skip
+            return web.json_response(status, status=504)
+        return await super()._handle(request)
+
+
 async def test_a_probe_answered_with_a_server_error_relists() -> None:
-    """The server answers, but from storage it cannot reach (a 5xx, as kube-apiserver's "etcdserver:
-    request timed out"): the watch ends and relists, as for no answer; a relist that completes is in sync."""
-    async with ApiServerDouble(bookmark_interval=0.2) as double:
+    """The server answers, but from storage it cannot reach (a 504, kube-apiserver's "etcdserver: request
+    timed out"): the watch ends and relists, as for no answer; a relist that completes is in sync."""
+    double = _StorageDown(bookmark_interval=0.2)
+    async with double:
         ft = FakeTime()
         async with _reflector(double, ft) as r:
-            failing = [True]
-            orig = r.client.request
-
-            async def request(method: str, path: str, query: Any = None, **kw: Any) -> Any:
-                if failing[0] and query == {"limit": 1}:
-                    failing[0] = False
-                    raise KubeError(504, "etcdserver: request timed out", "Timeout")
-                return await orig(method, path, query, **kw)
-
-            r.client.request = request  # type: ignore[method-assign]
+            double.fail_next_probe = True
             ft.advance(60.0)
             await until(lambda: r.stuck == 1 and r.lists == 2 and r.watches == 2)
-            assert r.error is None and r.age() == 0.0
+            assert r.error is None and r.age() == 0.0 and not double.fail_next_probe
