@@ -28,9 +28,11 @@ class ModelRewriter:
             )
             for rule in rules
         ]
+        # Any rule at all (an attribute: the proxy reads it on every request).
+        self.active = bool(self._rules)
 
     def __bool__(self) -> bool:
-        return bool(self._rules)
+        return self.active
 
     def rewrite(self, model: str) -> str:
         """The model to send upstream (``model`` itself when no rule matches)."""

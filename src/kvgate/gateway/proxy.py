@@ -15,8 +15,8 @@ import os
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Final
 
 import orjson
 
@@ -45,7 +45,7 @@ from kvgate.openai.request import (
     server_priority,
 )
 from kvgate.openai.usage import usage_from_body
-from kvgate.requestcontrol.director import preempted_error
+from kvgate.requestcontrol.director import Director, preempted_error
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage
 
 log = logging.getLogger("kvgate.gateway")
@@ -82,6 +82,8 @@ _DROP = frozenset(
 _DROP_PREFIXES = ("x-gateway-", "x-kvgate-")
 _UPSTREAM_ERRORS = (TimeoutError, OSError)  # UpstreamError is an OSError
 _EXPLAIN_HEADER_MAX = 4096
+# ``_preemptible``'s flag for a request no one can stop.
+_NOT_PREEMPTED: Final[tuple[bool]] = (False,)
 _REQUEST_LINES_MAX = 4096  # cached upstream request lines (API x endpoint address)
 WARM_WAIT_S = 1.0  # longest the start-up waits for its upstream connections (best effort)
 
@@ -306,8 +308,9 @@ class Proxy:
             return error_response(
                 GatewayError(429, "too many concurrent requests", code="too_many_requests"), rid
             )
+        if not self.inflight:
+            self.idle.clear()  # (an ``Event.clear`` is a Python call: only when the count leaves 0)
         self.inflight += 1
-        self.idle.clear()
         held = None  # (bounded labels: a name not the config's, in flight; ``ModelLabels.hold``)
         try:
             # (the request is prepared by a plain call and dispatched from here: no coroutine layer)
@@ -371,7 +374,7 @@ class Proxy:
             self.metrics.error("", "", str(e.status))
             raise GatewayError(e.status, e.message, param=e.param) from None
         client_model = parsed.model
-        target = self.rewriter.rewrite(client_model) if self.rewriter else client_model
+        target = self.rewriter.rewrite(client_model) if self.rewriter.active else client_model
         pool = self.routes.get(target)
         if pool is None:
             self.metrics.error("", "", "404")
@@ -475,13 +478,21 @@ class Proxy:
         deadline = self._loop.time() + self.request_timeout if self.request_timeout else None
         sent_model = ireq.model if ireq.model != client_model else None
         tls = self.tls.get(pool.name)
+        # A Director without flow control: its ``admit`` is ``pick`` and nothing is preemptible (both
+        # asked without a call). Any other director (a multi-cluster pool's, a wrapper) is asked as before.
+        no_flow = type(director) is Director and director.flow is None
         for attempt in range(self.cfg.limits.max_attempts):
             try:
                 if tried:
                     result = self._retry_pick(pool, director, ireq, tried, explain)
-                else:  # flow control may hold the request until capacity frees (cancelled if the client goes)
-                    result = await director.admit(ireq, explain)
-                ep = self._untried(result, tried)
+                    ep = self._untried(result, tried)
+                else:
+                    if no_flow:
+                        result = director.pick(ireq, explain)
+                    else:  # flow control may hold it until capacity frees (cancelled if the client goes)
+                        result = await director.admit(ireq, explain)
+                    # (``_untried`` with nothing tried: the first, or its error when there is none)
+                    ep = result.endpoints[0] if result.endpoints else self._untried(result, tried)
             except asyncio.CancelledError:
                 # The client left while flow control held the request (the front cancels the handler):
                 # counted once, as a client gone after the dispatch below.
@@ -510,7 +521,7 @@ class Proxy:
             # owns it); the finally covers cancellation (client gone) and unexpected errors.
             finished = False
             resp: UpstreamResponse | None = None
-            preempted = self._preemptible(director, ireq, ep)
+            preempted: Sequence[bool] = _NOT_PREEMPTED if no_flow else self._preemptible(director, ireq, ep)
             head = self._request_line(kind, ep.address) + header_block
             try:
                 try:
@@ -693,7 +704,8 @@ class Proxy:
         director.on_first_token(ireq, ep, learn=False)
         usage = usage_from_body(body) if resp.status < 300 else None
         director.on_finished(ireq, ep, usage, ok)
-        self._charge(ireq, usage)
+        if self.limiter is not None:
+            self._charge(ireq, usage)
         if ok:
             self.health.success(ep)
         elif self.health.failure(ep, self._peers(ep)):

@@ -40,8 +40,13 @@ def usage_of(prompt_tokens: Any, completion_tokens: Any, details: Any) -> Usage:
     """A ``Usage`` from a usage object's fields as sent (a count that is not a non-negative integer reads
     as 0; ``cached_tokens`` from ``prompt_tokens_details`` when that is an object)."""
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    # (``_count`` inlined: once per response)
+    known = type(cached) is int and cached >= 0
     return Usage(
-        _count(prompt_tokens), _count(completion_tokens), _count(cached), type(cached) is int and cached >= 0
+        prompt_tokens if type(prompt_tokens) is int and prompt_tokens >= 0 else 0,
+        completion_tokens if type(completion_tokens) is int and completion_tokens >= 0 else 0,
+        cached if known and cached is not None else 0,
+        known,
     )
 
 

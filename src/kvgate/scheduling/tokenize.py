@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 
 _BY_PATH: dict[str, PromptTokenizer] = {}
 _BY_MODEL: dict[str, PromptTokenizer | None] = {}
+_UNSEEN: Any = object()  # (a model not looked up yet)
 _CHECKER: ThreadPoolExecutor | None = None  # one thread for every tokenizer's self-checks, made on first use
 
 
@@ -312,7 +313,8 @@ class TokenizerSource:
         if self._fixed is not None:
             return self._fixed
         if self.setting == AUTO:
-            return for_model(model)
+            got = _BY_MODEL.get(model, _UNSEEN)  # (``for_model``'s lookup inlined: once per request)
+            return for_model(model) if got is _UNSEEN else got
         return None
 
     def __bool__(self) -> bool:

@@ -267,9 +267,12 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
 
     def costs(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         req = cycle.request
-        p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        # (``prompt_tokens`` inlined for a request with its estimate, ``precise`` once resolved)
+        p = req.prompt_tokens
+        if p <= 0:
+            p = prompt_tokens(p, req.prompt_text, req.token_ids)
         matched: dict[str, int]
-        if self.precise is not None:
+        if (self._precise if self._resolved else self.precise) is not None:
             matched, per_block = self._precise_cached(cycle, p), 1.0  # already in tokens
         else:
             m = prefix_match(cycle)
@@ -490,10 +493,12 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
 
     def on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
         req = cycle.request
-        p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        p = req.prompt_tokens  # (``prompt_tokens`` inlined for a request with its estimate)
+        if p <= 0:
+            p = prompt_tokens(p, req.prompt_text, req.token_ids)
         uncached: float
         keys: Sequence[int]
-        precise = self.precise
+        precise = self._precise if self._resolved else self.precise
         if precise is not None:
             uncached = p - self._precise_cached(cycle, p).get(endpoint.address, 0)
         else:
@@ -587,6 +592,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         costs = self.costs(cycle, endpoints)
         req = cycle.request
-        s = float(max(64, prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)))
+        p = req.prompt_tokens  # (``prompt_tokens`` inlined for a request with its estimate)
+        if p <= 0:
+            p = prompt_tokens(p, req.prompt_text, req.token_ids)
+        s = float(p if p > 64 else 64)
         lo = min(costs)
         return [(lo + s) / (c + s) for c in costs]

@@ -209,7 +209,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         Not ids another plugin derived with its tokenizer: keys must not depend on plugin order."""
         if not req.prompt_text:
             return req.token_ids
-        tok = self.tokenizer.get(req.model) if self.tokenizer else None
+        tok = self.tokenizer.get(req.model) if self.tokenizer.setting is not None else None
         if tok is None:
             return None
         ids = tok.encode(req.prompt_text)
