@@ -123,6 +123,7 @@ class ApiServerDouble:
         self._running = asyncio.Event()
         self._running.set()
         self._stall_lists = False
+        self._away = False  # between ``go_away`` and ``come_back``: any request that still arrives is reset
         # A server (or proxy) that does not end a watch at its timeoutSeconds.
         self.ignore_watch_timeout = False
         self._runner: web.AppRunner | None = None
@@ -162,7 +163,10 @@ class ApiServerDouble:
     async def go_away(self) -> None:
         """The API server becomes unreachable, as a dead process would: it stops listening (new connections
         are refused) and every open connection, watches and idle kept-alive ones, is reset. The store is
-        kept; ``come_back`` listens again on the same port."""
+        kept; ``come_back`` listens again on the same port. A connection accepted just before but registered
+        only after the reset (its ``connection_made`` still pending in the loop) is reset at its first
+        request (``_handle``): under load a client's reconnect found the double serving it again."""
+        self._away = True
         self.cut_watches()
         if self._site is not None:
             await self._site.stop()
@@ -173,6 +177,7 @@ class ApiServerDouble:
                 handler.transport.abort()
 
     async def come_back(self) -> None:
+        self._away = False
         if self._site is None and self._runner is not None:
             await self._listen(self.host, self.port)
 
@@ -489,6 +494,10 @@ class ApiServerDouble:
     # -- HTTP --------------------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self._away:  # (gone: a connection the reset missed gets no answer either)
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=503)
         self.requests.append(f"{request.method} {request.path_qs}")
         try:
             return await self._route(request)
