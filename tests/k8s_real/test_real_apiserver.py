@@ -1,0 +1,240 @@
+"""kvgate's Kubernetes side against a REAL kube-apiserver (1.20.2 built from Debian's source; etcd 3.4).
+
+Opt-in: runs when ``KVGATE_REAL_APISERVER`` is the server's URL (with ``KUBECONFIG`` naming its
+credentials: ``scripts/real-apiserver.sh start`` prints both) or when ``scripts/real-apiserver.sh build``
+has built the binary (the module then starts its own etcd + apiserver in a temporary run directory and
+stops them after); skipped otherwise. ``make test-k8s-real`` builds, starts, runs and stops.
+
+The real kubectl applies the project's CRDs (``x-kubernetes-validations`` stripped: 1.20 predates CEL
+rules; the CRDs in deploy/crds have none today) and creates the InferencePool and pods; kvgate's discovery
+runs through ``KubePool`` exactly as ``kvgate serve --pool-name`` / ``kvgate epp --pool-name`` start it
+(``KubeOptions`` with the kubeconfig, leader election on as ``--leader-elect`` asks). No kubelet runs: the
+test plays it, writing pod status (``podIP``, ``Ready``) through the status subresource with kubectl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kvgate.datalayer.store import EndpointStore
+from kvgate.k8s.runtime import KubeOptions, KubePool
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "real-apiserver.sh"
+BINARY = (
+    Path(os.environ.get("KVGATE_APISERVER_HOME", Path.home() / ".cache/kvgate/apiserver"))
+    / "bin/kube-apiserver"
+)
+CRDS = sorted((ROOT / "deploy" / "crds").glob("*.yaml"))
+KUBECTL = shutil.which("kubectl")
+UNSUPPORTED_BY_1_20 = ("x-kubernetes-validations",)
+
+pytestmark = [
+    pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed"),
+    pytest.mark.skipif(
+        not os.environ.get("KVGATE_REAL_APISERVER") and not BINARY.exists(),
+        reason="no real kube-apiserver: set KVGATE_REAL_APISERVER (and KUBECONFIG) to one, or build it with "
+        "scripts/real-apiserver.sh build (make test-k8s-real does both)",
+    ),
+]
+
+
+def strip_unsupported(node: Any) -> Any:
+    """The CRD without the schema keys a 1.20 API server does not know (it would drop them silently)."""
+    if isinstance(node, dict):
+        return {k: strip_unsupported(v) for k, v in node.items() if k not in UNSUPPORTED_BY_1_20}
+    if isinstance(node, list):
+        return [strip_unsupported(v) for v in node]
+    return node
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """``(url, kubeconfig)`` of the server under test; started here (and stopped) unless given."""
+    url = os.environ.get("KVGATE_REAL_APISERVER")
+    if url:
+        kubeconfig = os.environ.get("KUBECONFIG")
+        assert kubeconfig, (
+            "KVGATE_REAL_APISERVER needs KUBECONFIG (scripts/real-apiserver.sh start prints it)"
+        )
+        yield url, kubeconfig
+        return
+    run = tmp_path_factory.mktemp("apiserver")
+    env = {**os.environ, "KVGATE_APISERVER_RUN": str(run / "run"), "PY": sys.executable}
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert out.returncode == 0, f"real-apiserver.sh start failed:\n{out.stdout}\n{out.stderr}"
+    lines = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    try:
+        yield lines["URL"], lines["KUBECONFIG"]
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=60, check=False)
+
+
+class Kubectl:
+    def __init__(self, kubeconfig: str, namespace: str) -> None:
+        self.kubeconfig, self.namespace = kubeconfig, namespace
+
+    def __call__(self, *args: str, stdin: str | None = None) -> str:
+        assert KUBECTL is not None
+        cmd = [KUBECTL, "--kubeconfig", self.kubeconfig, "-n", self.namespace, "--request-timeout=30s", *args]
+        res = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=90, check=False)
+        assert res.returncode == 0, f"kubectl {' '.join(args)} -> {res.returncode}: {res.stderr}"
+        return res.stdout
+
+    async def run(self, *args: str, stdin: str | None = None) -> str:
+        return await asyncio.to_thread(self, *args, stdin=stdin)
+
+    async def get(self, *args: str) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(await self.run("get", *args, "-o", "json"))
+        return out
+
+
+async def until(cond: Callable[[], bool], what: str, within_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within_s
+    while not cond():
+        assert loop.time() < end, f"not within {within_s} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+def pod(name: str, node: str | None = None) -> str:
+    spec: dict[str, Any] = {"containers": [{"name": "vllm", "image": "vllm/vllm-openai"}]}
+    if node:
+        spec["nodeName"] = node  # bound to a node: deleting it is graceful (the kubelet would confirm)
+    return yaml.safe_dump({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": name, "labels": {"app": "vllm"}}, "spec": spec})  # fmt: skip
+
+
+def pod_status(ip: str, ready: bool) -> str:
+    cond = {"type": "Ready", "status": "True" if ready else "False"}
+    return json.dumps(
+        {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "conditions": [cond]}}
+    )
+
+
+def closed_objects_opened(node: Any) -> Any:
+    """The CRD without ``additionalProperties: false`` beside ``properties`` (a real API server refuses
+    the pair; a structural schema prunes unknown fields anyway)."""
+    if isinstance(node, dict):
+        drop = node.get("additionalProperties") is False and "properties" in node
+        return {
+            k: closed_objects_opened(v) for k, v in node.items() if not (drop and k == "additionalProperties")
+        }
+    if isinstance(node, list):
+        return [closed_objects_opened(v) for v in node]
+    return node
+
+
+def approved(crd: dict[str, Any]) -> dict[str, Any]:
+    """The CRD with the ``api-approved.kubernetes.io`` annotation a ``*.k8s.io`` group must carry (a real
+    API server refuses the CRD without it), marked unapproved as the API server allows for a test."""
+    if crd["spec"]["group"].endswith(".k8s.io"):
+        notes = crd["metadata"].setdefault("annotations", {})
+        notes.setdefault("api-approved.kubernetes.io", "unapproved, kvgate tests/k8s_real")
+    return crd
+
+
+def installable(path: Path) -> dict[str, Any]:
+    return approved(closed_objects_opened(strip_unsupported(yaml.safe_load(path.read_text()))))
+
+
+async def apply_crd(k: Kubectl, crd: dict[str, Any]) -> None:
+    await k.run("apply", "-f", "-", stdin=yaml.safe_dump(crd))
+    await k.run("wait", "--for=condition=established", "--timeout=60s", f"crd/{crd['metadata']['name']}")
+
+
+# As shipped, a real API server refuses every CRD in deploy/crds: `additionalProperties: false` beside
+# `properties` is "Forbidden: additionalProperties and properties are mutual exclusive" (apiextensions
+# validation), and the InferencePool CRD (group inference.networking.k8s.io) lacks the
+# api-approved.kubernetes.io annotation a *.k8s.io group needs; the double and the offline schema check
+# took them. Strict xfail: this turns red once deploy/crds is fixed, to drop the mark (and installable()).
+@pytest.mark.xfail(strict=True, reason="deploy/crds refused by a real API server (docs/kubernetes.md)")
+@pytest.mark.parametrize("path", CRDS, ids=lambda p: p.name)
+async def test_the_api_server_accepts_the_crd_as_shipped(server: tuple[str, str], path: Path) -> None:
+    text = await asyncio.to_thread(path.read_text)
+    await apply_crd(Kubectl(server[1], "default"), strip_unsupported(yaml.safe_load(text)))
+
+
+async def test_discovery_watch_and_lease_against_a_real_apiserver(server: tuple[str, str]) -> None:
+    url, kubeconfig = server
+    ns = f"kvg-{uuid.uuid4().hex[:8]}"
+    k = Kubectl(kubeconfig, ns)
+    version = json.loads(await k.run("version", "-o", "json"))["serverVersion"]
+    assert version["major"] == "1", version
+    await k.run("create", "namespace", ns)
+    for path in CRDS:
+        await apply_crd(k, installable(path))
+    pool = {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+            "metadata": {"name": "llm"},
+            "spec": {"selector": {"matchLabels": {"app": "vllm"}}, "targetPorts": [{"number": 8000}],
+                     "endpointPickerRef": {"name": "llm-epp", "port": {"number": 9002}}}}  # fmt: skip
+    await k.run("apply", "-f", "-", stdin=yaml.safe_dump(pool))
+    assert (await k.get("inferencepool", "llm"))["spec"]["targetPorts"] == [{"number": 8000}]
+    await k.run("create", "-f", "-", stdin=pod("p0"))
+    await k.run("create", "-f", "-", stdin=pod("p1", node="node-a"))
+    await k.run(
+        "patch", "pod", "p0", "--subresource=status", "--type=merge", "-p", pod_status("127.0.0.2", True)
+    )
+    await k.run(
+        "patch", "pod", "p1", "--subresource=status", "--type=merge", "-p", pod_status("127.0.0.3", True)
+    )
+
+    store = EndpointStore()
+    opts = KubeOptions("llm", ns, kubeconfig=kubeconfig, leader_election=True, lease_duration_s=15.0,
+                       renew_deadline_s=10.0, retry_period_s=0.5)  # fmt: skip
+    kp = KubePool(opts, store)
+    await kp.start()
+
+    def addrs() -> set[str]:
+        return {e.address for e in store.all()}
+
+    try:
+        await until(lambda: addrs() == {"127.0.0.2:8000", "127.0.0.3:8000"}, "both pods' endpoints")
+        await until(lambda: kp.problem() is None, "ready (synced, pool found, leader)")
+        assert kp.elector is not None and kp.elector.is_leader
+        lease = await k.get("lease", "kvgate-epp-llm")
+        assert lease["spec"]["holderIdentity"] == kp.elector.identity
+        assert lease["spec"]["leaseDurationSeconds"] == 15
+
+        # A pod turning not-ready leaves (the watch's MODIFIED), and comes back.
+        await k.run("patch", "pod", "p0", "--subresource=status", "--type=merge", "-p",
+                    pod_status("127.0.0.2", False))  # fmt: skip
+        await until(lambda: addrs() == {"127.0.0.3:8000"}, "p0 not ready: gone")
+        await k.run("patch", "pod", "p0", "--subresource=status", "--type=merge", "-p",
+                    pod_status("127.0.0.2", True))  # fmt: skip
+        await until(lambda: addrs() == {"127.0.0.2:8000", "127.0.0.3:8000"}, "p0 ready again")
+
+        # A pool change (a second target port) reaches every pod.
+        await k.run("patch", "inferencepool", "llm", "--type=merge", "-p",
+                    json.dumps({"spec": {"targetPorts": [{"number": 8000}, {"number": 8001}]}}))  # fmt: skip
+        want = {f"127.0.0.{i}:{p}" for i in (2, 3) for p in (8000, 8001)}
+        await until(lambda: addrs() == want, "both target ports")
+
+        # A bound pod's delete is graceful on a real server: it stays, terminating, and leaves the pool.
+        await k.run("delete", "pod", "p1", "--wait=false")
+        await until(lambda: addrs() == {"127.0.0.2:8000", "127.0.0.2:8001"}, "p1 terminating: gone")
+        assert (await k.get("pod", "p1"))["metadata"].get("deletionTimestamp")
+        await k.run("delete", "pod", "p1", "--grace-period=0", "--force")
+        # An unbound pod's delete removes it at once (the watch's DELETED).
+        await k.run("delete", "pod", "p0", "--wait=false")
+        await until(lambda: addrs() == set(), "p0 deleted: gone")
+        assert kp.ready_pods() == 0
+    finally:
+        await kp.stop()
+    # Stopping gave the Lease up (holder cleared), as a clean shutdown hands over at once.
+    assert not (await k.get("lease", "kvgate-epp-llm"))["spec"].get("holderIdentity")
+    assert url.startswith("https://")
