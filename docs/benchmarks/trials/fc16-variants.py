@@ -15,7 +15,8 @@ VAR:
 - cont: the model's miss budget `reserve_miss` divided by the share (decayed over 60 s) of the
   protected dispatches made while the reserve was binding (the last gate check refused a held-back
   request and something was queued), at most max(CONT_CAP=0.5, the budget): misses can only happen
-  there, so the budget is spread over those;
+  there, so the budget is spread over those; prints that share, averaged over the gate's checks, at
+  exit (`STATS share`);
 - pack: a held-back request goes to the most loaded endpoint that can take it (the others' pick as
   before), to leave lighter endpoints for the flows not held back;
 - iso (ISO_K=1): the first K endpoints take no held-back request; the flows not held back go to one of
