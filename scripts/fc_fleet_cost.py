@@ -10,8 +10,9 @@ process; on a tree without ``flowcontrol.fleet`` too). Per request, microseconds
 full), and one dispatch pass that sends one queued request (plus the mark's publish). ``gate``: one gate
 check alone (``PoolMark.defers`` of a quiet request) with ``--workers`` workers that all have the pool
 (as ``kvgate serve`` gives each its marks at start) and nothing queued ("no marks"), then with each other
-worker's mark fresh with a lower band waiting ("marks"); and with the others on another pool only ("pool
-only here"). Time injected
+worker's mark fresh with a lower band waiting ("marks"), then with a request of the same band, not
+held back, that arrived later ("marks, same band": every field read); and with the others on another
+pool only ("pool only here"). Time injected
 (``now`` fixed); the pick is a stub. Run the two modes back to back, more than once: on a loaded machine
 the spread between runs is larger than the difference.
 """
@@ -112,15 +113,19 @@ def gate(workers: int, n: int) -> dict[str, float]:
     for _ in range(n):
         alone.defers(r, ctl, 1.0)
     out["gate check, pool only here"] = (time.perf_counter() - t) / n * 1e6
-    for label in ("no marks", "marks"):
+    for label, nxt in (("no marks", -1), ("marks", 0), ("marks, same band", None)):
         t = time.perf_counter()
         for _ in range(n):
             mine.defers(r, ctl, 1.0)
         out[f"gate check, {label}"] = (time.perf_counter() - t) / n * 1e6
+        if nxt is None:
+            break
+        # next: the others' marks fresh with a lower band waiting, then with one of the quiet request's
+        # band, not held back, that arrived after it (every field read, the held-back test made; fcw16)
         octl = FlowController(FlowControlConfig(ttl=60.0))
-        octl.enqueue(
-            InferenceRequest("o", "m", prompt_tokens=10, max_tokens=4, priority=-1, fairness_id="b"), 1.0
-        )
+        o = InferenceRequest("o", "m", prompt_tokens=10, max_tokens=4, priority=nxt, fairness_id="b")
+        o.arrival_time = 2.0
+        octl.enqueue(o, 1.0)
         for other in marks[1:]:
             assert other is not None
             other.publish(octl, 1.0)
