@@ -5,11 +5,13 @@ credentials: ``scripts/real-apiserver.sh start`` prints both) or when ``scripts/
 has built the binary (the module then starts its own etcd + apiserver in a temporary run directory and
 stops them after); skipped otherwise. ``make test-k8s-real`` builds, starts, runs and stops.
 
-The real kubectl applies the project's CRDs (``x-kubernetes-validations`` stripped: 1.20 predates CEL
-rules; the CRDs in deploy/crds have none today) and creates the InferencePool and pods; kvgate's discovery
-runs through ``KubePool`` exactly as ``kvgate serve --pool-name`` / ``kvgate epp --pool-name`` start it
-(``KubeOptions`` with the kubeconfig, leader election on as ``--leader-elect`` asks). No kubelet runs: the
-test plays it, writing pod status (``podIP``, ``Ready``) through the status subresource with kubectl.
+The real kubectl applies the project's CRDs as shipped (a file using ``x-kubernetes-validations`` would
+go in stripped of them: 1.20 predates CEL rules; the CRDs in deploy/crds have none today) and creates the
+InferencePool and pods; kvgate's discovery runs through ``KubePool`` exactly as ``kvgate serve
+--pool-name`` / ``kvgate epp --pool-name`` start it (``KubeOptions`` with the kubeconfig, leader election
+on as ``--leader-elect`` asks). No kubelet runs: the test plays it, writing pod status (``podIP``,
+``Ready``) through the status subresource with kubectl. The API-server double's CRD refusals are
+compared with this server's, answer for answer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import uuid
@@ -25,10 +28,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
 from kvgate.datalayer.store import EndpointStore
+from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.k8s.runtime import KubeOptions, KubePool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,47 +131,74 @@ def pod_status(ip: str, ready: bool) -> str:
     )
 
 
-def closed_objects_opened(node: Any) -> Any:
-    """The CRD without ``additionalProperties: false`` beside ``properties`` (a real API server refuses
-    the pair; a structural schema prunes unknown fields anyway)."""
-    if isinstance(node, dict):
-        drop = node.get("additionalProperties") is False and "properties" in node
-        return {
-            k: closed_objects_opened(v) for k, v in node.items() if not (drop and k == "additionalProperties")
-        }
-    if isinstance(node, list):
-        return [closed_objects_opened(v) for v in node]
-    return node
+def installable(path: Path) -> str:
+    """The CRD file as shipped; stripped (and dumped again) only if it uses what 1.20 cannot take."""
+    text = path.read_text()
+    crd = yaml.safe_load(text)
+    return text if strip_unsupported(crd) == crd else yaml.safe_dump(strip_unsupported(crd))
 
 
-def approved(crd: dict[str, Any]) -> dict[str, Any]:
-    """The CRD with the ``api-approved.kubernetes.io`` annotation a ``*.k8s.io`` group must carry (a real
-    API server refuses the CRD without it), marked unapproved as the API server allows for a test."""
-    if crd["spec"]["group"].endswith(".k8s.io"):
-        notes = crd["metadata"].setdefault("annotations", {})
-        notes.setdefault("api-approved.kubernetes.io", "unapproved, kvgate tests/k8s_real")
-    return crd
+async def apply_crd(k: Kubectl, path: Path) -> None:
+    text = await asyncio.to_thread(installable, path)
+    await k.run("apply", "-f", "-", stdin=text)
+    name = path.name.removesuffix(".yaml")  # each file is named after its CRD
+    await k.run("wait", "--for=condition=established", "--timeout=60s", f"crd/{name}")
 
 
-def installable(path: Path) -> dict[str, Any]:
-    return approved(closed_objects_opened(strip_unsupported(yaml.safe_load(path.read_text()))))
-
-
-async def apply_crd(k: Kubectl, crd: dict[str, Any]) -> None:
-    await k.run("apply", "-f", "-", stdin=yaml.safe_dump(crd))
-    await k.run("wait", "--for=condition=established", "--timeout=60s", f"crd/{crd['metadata']['name']}")
-
-
-# As shipped, a real API server refuses every CRD in deploy/crds: `additionalProperties: false` beside
-# `properties` is "Forbidden: additionalProperties and properties are mutual exclusive" (apiextensions
-# validation), and the InferencePool CRD (group inference.networking.k8s.io) lacks the
-# api-approved.kubernetes.io annotation a *.k8s.io group needs; the double and the offline schema check
-# took them. Strict xfail: this turns red once deploy/crds is fixed, to drop the mark (and installable()).
-@pytest.mark.xfail(strict=True, reason="deploy/crds refused by a real API server (docs/kubernetes.md)")
+# A real API server refused every CRD in deploy/crds once (`additionalProperties: false` beside
+# `properties`; InferencePool's *.k8s.io group without api-approved.kubernetes.io) while the double and the
+# offline schema check took them: now the files install as shipped, and the double refuses what this
+# server refuses (tests/k8s/test_apiserver_crd_rules.py offline; compared with this server below).
 @pytest.mark.parametrize("path", CRDS, ids=lambda p: p.name)
 async def test_the_api_server_accepts_the_crd_as_shipped(server: tuple[str, str], path: Path) -> None:
-    text = await asyncio.to_thread(path.read_text)
-    await apply_crd(Kubectl(server[1], "default"), strip_unsupported(yaml.safe_load(text)))
+    await apply_crd(Kubectl(server[1], "default"), path)
+
+
+def refused_crd(group: str, closed: bool, approval: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    if closed:
+        spec["additionalProperties"] = False
+    schema = {"type": "object", "properties": {"spec": spec}}
+    meta: dict[str, Any] = {"name": f"widgets.{group}"}
+    if approval is not None:
+        meta["annotations"] = {"api-approved.kubernetes.io": approval}
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": meta,
+            "spec": {"group": group, "scope": "Namespaced", "names": {"kind": "Widget", "plural": "widgets"},
+                     "versions": [{"name": "v1", "served": True, "storage": True,
+                                   "schema": {"openAPIV3Schema": schema}}]}}  # fmt: skip
+
+
+async def post_crd(
+    url: str, body: dict[str, Any], token: str | None = None, ca: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    ctx = ssl.create_default_context(cafile=ca) if ca else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    async with aiohttp.ClientSession() as s, s.post(url + path, json=body, headers=headers, ssl=ctx) as r:
+        out: dict[str, Any] = await r.json(content_type=None)
+        return r.status, out
+
+
+@pytest.mark.parametrize(
+    ("group", "closed", "approval"),
+    [("example.com", True, None), ("widgets.k8s.io", False, None), ("both.k8s.io", True, None),
+     ("x.kubernetes.io", False, "yes")],
+    ids=["additionalProperties-beside-properties", "k8s-io-group-unapproved", "both", "approval-not-a-url"],
+)  # fmt: skip
+async def test_the_double_refuses_a_crd_as_this_server_does(
+    server: tuple[str, str], group: str, closed: bool, approval: str | None
+) -> None:
+    url, kubeconfig = server
+    conf = yaml.safe_load(await asyncio.to_thread(Path(kubeconfig).read_text))
+    user, cluster = conf["users"][0]["user"], conf["clusters"][0]["cluster"]
+    crd = refused_crd(group, closed, approval)
+    code, real = await post_crd(url, crd, user.get("token"), cluster.get("certificate-authority"))
+    async with ApiServerDouble() as double:
+        double_code, fake = await post_crd(double.url, crd)
+    assert (double_code, fake["reason"]) == (code, real["reason"]) == (422, "Invalid"), real
+    assert fake["message"] == real["message"]
+    got = sorted((c["reason"], c["field"]) for c in fake["details"]["causes"])
+    assert got == sorted((c["reason"], c["field"]) for c in real["details"]["causes"])
 
 
 async def test_discovery_watch_and_lease_against_a_real_apiserver(server: tuple[str, str]) -> None:
@@ -177,7 +209,7 @@ async def test_discovery_watch_and_lease_against_a_real_apiserver(server: tuple[
     assert version["major"] == "1", version
     await k.run("create", "namespace", ns)
     for path in CRDS:
-        await apply_crd(k, installable(path))
+        await apply_crd(k, path)
     pool = {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
             "metadata": {"name": "llm"},
             "spec": {"selector": {"matchLabels": {"app": "vllm"}}, "targetPorts": [{"number": 8000}],

@@ -10,10 +10,14 @@ merge, JSON patch, server-side apply) / delete with optimistic concurrency (``40
 Tables (what ``kubectl get`` asks for), Leases and CustomResourceDefinitions (a created CRD serves its
 resource).
 
+A CRD's create is refused (``422 Invalid``) for the two rules in ``k8s/crdrules.py`` a real API server
+applies (``properties`` beside ``additionalProperties``; a ``*.k8s.io`` group without the
+``api-approved.kubernetes.io`` annotation); nothing else of a CRD is validated.
+
 What it does not do: authentication (everything is allowed unless a test calls ``forbid``), admission,
-defaulting beyond metadata, schema validation, garbage collection by owner, real scheduling. A pod gets
-an IP and a Ready condition only when a test (the "kubelet") sets them, through ``set_pod_status`` or
-``kubectl patch --subresource=status``.
+defaulting beyond metadata, schema validation (of objects; of a CRD beyond those two rules, and on its
+update), garbage collection by owner, real scheduling. A pod gets an IP and a Ready condition only when a
+test (the "kubelet") sets them, through ``set_pod_status`` or ``kubectl patch --subresource=status``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import orjson
 import yaml
 from aiohttp import web
 
+from kvgate.k8s import crdrules
 from kvgate.k8s import resources as R
 from kvgate.k8s.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from kvgate.k8s.resources import ResourceType
@@ -302,6 +307,8 @@ class ApiServerDouble:
             meta.pop("namespace", None)
         key = (meta.get("namespace", ""), meta["name"])
         bucket = self._bucket(rt)
+        if rt == R.CRD and (refused := crdrules.refusal(obj)) is not None:
+            raise ApiError(422, "Invalid", *refused)  # what a real API server refuses (k8s/crdrules.py)
         if key in bucket:
             raise ApiError(
                 409, "AlreadyExists", f'{rt.plural} "{meta["name"]}" already exists',
