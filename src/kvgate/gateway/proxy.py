@@ -206,11 +206,19 @@ class Proxy:
         """The drain's deadline: abort the upstream request of every stream being relayed (the model
         server stops generating); each one's relay then ends its client's stream with ``event``
         (``protocol.drain_cut_event``: an error event as for an upstream cut, status 503) and a clean end
-        of the body, instead of the connection closing mid-body. Returns how many were cut."""
+        of the body, instead of the connection closing mid-body. Returns how many were cut.
+
+        A stream is marked cut here, explicitly (``_cut``), before its connection is aborted: a body
+        framed by the close reads the abort as its clean end, so the relay asks ``_cut``, not the
+        framing. One whose body already arrived whole is not cut (its relay ends it as usual)."""
+        n = 0
         for resp in self.streams:
+            if resp.received:
+                continue
             self._cut[resp] = event
             resp.close()
-        return len(self.streams)
+            n += 1
+        return n
 
     async def streams_ended(self) -> None:
         """Returns once no stream is being relayed (``cut_streams``' cut ones told their clients)."""
@@ -761,7 +769,12 @@ class Proxy:
                 except _UPSTREAM_ERRORS as e:
                     cut = e
                     break
-            drain_cut = self._cut.pop(resp, None) if cut is not None else None
+            # The drain's mark, whatever the read said: a close-framed body's abort reads as its end.
+            drain_cut = self._cut.pop(resp, None)
+            if drain_cut is not None and relay.done:
+                # ``[DONE]`` went out before the cut: a complete answer, ended as usual (no event after
+                # ``[DONE]``; its usage read, counted as a normal end).
+                drain_cut = cut = None
             if drain_cut is not None:
                 # The drain's deadline cut it (``cut_streams``): the gateway's doing, not the upstream's
                 # (no health failure); the client is told, as for an upstream cut, by an error event.

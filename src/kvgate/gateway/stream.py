@@ -1,9 +1,11 @@
 """Response-side work: rewrite ``model`` back, read ``usage``, strip a usage chunk the gateway added.
 
-Streams are relayed chunk by chunk. When nothing needs changing, each chunk goes out as it arrived
-and only a bounded tail is kept to find the final usage event. When something must change, chunks are
-split at SSE event boundaries; complete events go out at once and only an incomplete trailing event
-waits for its end (bounded by ``max_event_bytes``).
+Streams are relayed chunk by chunk, whole events only: complete events go out at once and only an
+incomplete trailing event waits for its end (bounded by ``max_event_bytes``), so a relay that ends a
+stream early (the drain's deadline) appends its error event to whole events. When nothing needs
+changing, a chunk that ends an event goes out as it arrived (``kvgate.openai.sse.EventEdge``) and only
+a bounded tail is kept to find the final usage event. When something must change, events are
+rewritten as they complete.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import orjson
 
 from kvgate.openai.protocol import usage_from
+from kvgate.openai.sse import EventEdge, ends_done
 from kvgate.openai.usage import UsageTail, event_obj
 from kvgate.scheduling.types import Usage
 
@@ -56,12 +59,20 @@ class StreamRelay:
         # Untransformed: only a bounded tail is kept (the usage event is last), shared with
         # ``kvgate serve --clusters`` (``kvgate.openai.usage``).
         self._tail = None if self._transform else UsageTail()
+        self._edge = None if self._transform else EventEdge(max_event_bytes)
         self.usage: Usage | None = None
+        # The ``data: [DONE]`` event went out: the stream is complete, whatever comes (or not) after.
+        self.done = False
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._tail is not None:
+        if self._tail is not None and self._edge is not None:
             self._tail.feed(chunk)
-            return chunk
+            try:
+                out = self._edge.feed(chunk)
+            except ValueError as e:
+                raise StreamTooLarge(str(e)) from None
+            self.done = self._edge.done
+            return out
         buf = self._buf + chunk if self._buf else chunk
         if self._sep == b"\n\n" and b"\r\n\r\n" in buf:
             self._sep = b"\r\n\r\n"
@@ -73,7 +84,10 @@ class StreamRelay:
             return b""
         end = cut + len(self._sep)
         self._buf = buf[end:]
-        return self._process(buf[:end])
+        out = self._process(buf[:end])
+        if out and ends_done(out):
+            self.done = True
+        return out
 
     def _process(self, events: bytes) -> bytes:
         if self._strip and b'"usage"' in events:
@@ -102,11 +116,11 @@ class StreamRelay:
 
     def finish(self) -> bytes:
         """At end of stream: the leftover (an event without its blank line), and usage from the tail."""
-        if self._tail is not None:
+        if self._tail is not None and self._edge is not None:
             tail, self._tail = self._tail, UsageTail()
             usage = tail.usage()
             if usage is not None:
                 self.usage = usage
-            return b""
+            return self._edge.rest()
         rest, self._buf = self._buf, b""
         return self._process(rest) if rest.strip() else rest

@@ -351,6 +351,12 @@ class UpstreamResponse:
     def content_type(self) -> str:
         return self.head.content_type
 
+    @property
+    def received(self) -> bool:
+        """The whole body arrived (its end seen, no error), whether or not all of it was read."""
+        c = self._conn
+        return c.done and c.error is None
+
     async def read_chunk(self) -> bytes:
         """The next piece of the body (de-chunked); b"" at the end; raises ``UpstreamError`` on loss."""
         c = self._conn

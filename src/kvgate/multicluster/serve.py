@@ -54,6 +54,7 @@ from kvgate.openai.labels import GRACE_S, ModelLabels
 from kvgate.openai.protocol import CUT_WRITE_S, MODEL_REWRITE, drain_cut_event, sse_error_event
 from kvgate.openai.request import BodyError, ParsedBody, kind_for_path, parse_body
 from kvgate.openai.requeststats import RequestErrors, RequestStats
+from kvgate.openai.sse import EventEdge
 from kvgate.openai.usage import usage_from_body
 from kvgate.scheduling.types import Usage
 
@@ -381,6 +382,9 @@ class GlobalGateway:
         elif 200 <= routed.status < 300:  # (as ``kvgate serve``: usage of a 2xx only)
             seen.start(routed)
         key = id(routed)
+        # An event stream goes out whole events only (a partial one waits for its end), so the drain's
+        # error event never lands inside one; ``edge.done``: its ``[DONE]`` went out.
+        edge = EventEdge() if sse else None
         if sse:
             self._streams[key] = routed
             self._streams_idle.clear()
@@ -389,10 +393,17 @@ class GlobalGateway:
             while True:
                 try:
                     chunk = await body.__anext__()
-                except StopAsyncIteration:
-                    seen.complete = True  # the normal end only: a cut stream gives no usage
-                    break
-                except _CUT as e:
+                except (StopAsyncIteration, *_CUT) as e:
+                    if edge is not None and edge.done:
+                        # ``[DONE]`` went out: a complete answer, whatever cut what came after it (the
+                        # drain's abort of a body read to its end raises too): ended as usual.
+                        seen.complete = True
+                        break
+                    if key not in self._cut and isinstance(e, StopAsyncIteration):
+                        seen.complete = True  # the normal end only: a cut stream gives no usage
+                        if edge is not None and (rest := edge.rest()):
+                            await resp.write(rest)
+                        break
                     if not counted:
                         counted = True
                         self.metrics.error(model, "stream_cut")
@@ -407,6 +418,19 @@ class GlobalGateway:
                     await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
                     break
                 seen.feed(chunk)
+                if edge is not None:
+                    try:
+                        chunk = edge.feed(chunk)
+                    except ValueError as e:  # (not SSE: an event past 1 MiB) as a cut by the cluster
+                        if not counted:
+                            counted = True
+                            self.metrics.error(model, "stream_cut")
+                        self.metrics.cut.labels(routed.cluster).inc()
+                        log.warning("response from cluster %s cut: %s", routed.cluster, e)
+                        await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
+                        break
+                    if not chunk:
+                        continue
                 await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):

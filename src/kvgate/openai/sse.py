@@ -104,3 +104,55 @@ class SSEScanner:
             ending = line[len(line.rstrip(b"\r\n")) :]
             return b"data: " + orjson.dumps(obj) + ending
         return line
+
+
+def event_end(buf: bytes) -> int:
+    """Where the last complete SSE event in ``buf`` ends (just past its blank line; 0 if none does).
+    Both ``\\n\\n`` and ``\\r\\n\\r\\n`` end an event."""
+    i = buf.rfind(b"\n\n")
+    j = buf.rfind(b"\r\n\r\n")
+    return max(i + 2 if i >= 0 else 0, j + 4 if j >= 0 else 0)
+
+
+def ends_done(events: bytes) -> bool:
+    """True when ``events`` (whole events) ends with the ``data: [DONE]`` event."""
+    t = events[-24:].rstrip(b"\r\n")
+    return t.endswith(b"[DONE]") and t[:-6].rstrip(b" ").endswith(b"data:")
+
+
+class EventEdge:
+    """A pass-through event stream's chunks cut back to whole events: ``feed`` returns what may go to
+    the client now (up to the last event's end; a chunk that ends an event, the usual case, is returned
+    as it is, uncopied), the partial event after it waits for its end, ``rest()`` at the body's normal
+    end. So what a client has is always whole events, and a relay that must end the stream early (the
+    drain's deadline) can append an error event that parses, dropping the partial one (never written:
+    it cannot be completed). ``done`` says the ``data: [DONE]`` event went out. A partial event past
+    ``max_bytes`` raises ``ValueError`` (the upstream is not speaking SSE)."""
+
+    __slots__ = ("_held", "_max", "done")
+
+    def __init__(self, max_bytes: int = MAX_SSE_LINE) -> None:
+        self._held = b""
+        self._max = max_bytes
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._held:
+            chunk = self._held + chunk
+            self._held = b""
+        if not chunk.endswith(b"\n\n"):
+            end = event_end(chunk)
+            if len(chunk) - end > self._max:
+                raise ValueError(f"an SSE event exceeded {self._max} bytes")
+            if end < len(chunk):
+                self._held = chunk[end:]
+                chunk = chunk[:end]
+        if chunk and ends_done(chunk):
+            self.done = True
+        return chunk
+
+    def rest(self) -> bytes:
+        """At the body's normal end: the partial event held (an upstream that ends without its blank
+        line), as it came."""
+        rest, self._held = self._held, b""
+        return rest

@@ -1,0 +1,199 @@
+"""Review s16-doors M1, M2, L4 (tests by the reviewer; fixed by fixdoors16): the drain deadline's cut
+(doors16, 5f68960) where the upstream's bytes are not whole events, or the stream had already said
+[DONE], or the upstream body is framed by the close.
+
+The upstream here is a raw asyncio server that writes the SSE body exactly as each case needs, then
+holds the connection open (a model server still generating). The gateway is a real ``GatewayServer`` on
+loopback; its pass-through relay is used (no model rewrite, no usage strip). Each test asserts what the
+doors16 commit promises the client: an OpenAI error event that is a well-formed SSE event, as the last
+event, and no event after ``[DONE]``; or that the client is told at all.
+
+All fail before fixdoors16: the relays now send whole events only (a partial one waits for its end and
+is dropped by the cut), end a stream whose ``[DONE]`` went out as complete, and mark a cut stream before
+aborting its upstream (``Proxy._cut``), so a close-framed body's abort is not read as its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.conftest import base_url, make_config, make_pools
+from kvgate.gateway.server import GatewayServer
+
+pytestmark = pytest.mark.asyncio
+
+EV = b'data: {"id":"c","object":"text_completion","model":"m","choices":[{"index":0,"text":"tok"}]}\n\n'
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@contextlib.asynccontextmanager
+async def _raw_upstream(pieces: list[bytes], *, chunked: bool = True) -> AsyncIterator[str]:
+    """Answers every POST with 200 text/event-stream, writes ``pieces`` (each its own chunk, 50 ms
+    apart), then holds the connection open until the client goes."""
+    hold = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":", 1)[1])
+            await reader.readexactly(n)
+            if chunked:
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"transfer-encoding: chunked\r\n\r\n"
+                )
+            else:  # a body framed by the close (no content-length, no chunking)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+                )
+            for p in pieces:
+                writer.write(_chunk(p) if chunked else p)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            await reader.read()  # (until the gateway aborts the connection)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        hold.set()
+        server.close()
+
+
+async def _drain_cut(address: str, usage: bool = False) -> tuple[bytes, GatewayServer]:
+    """One stream through the gateway; once the upstream has written all its pieces, the gateway stops
+    with a 0.3 s drain deadline: the client's whole body (aiohttp raises on a body cut mid-chunk)."""
+    cfg = make_config([address])
+    gw = GatewayServer(cfg, make_pools(cfg))
+    await gw.start()
+    req: dict = {"model": "m", "prompt": "x", "stream": True, "max_tokens": 50}
+    if usage:  # the client asks for usage itself: the gateway's pass-through relay (chunks as they come)
+        req["stream_options"] = {"include_usage": True}
+    body = orjson.dumps(req)
+    stop = None
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(base_url(gw) + "/v1/completions", data=body) as r:
+                assert r.status == 200
+                raw = await r.content.readuntil(b"\n\n")
+                await asyncio.sleep(0.3)  # (every piece written by now)
+                stop = asyncio.create_task(gw.stop(drain_timeout=0.3))
+                raw += await asyncio.wait_for(r.read(), 10)
+            await asyncio.wait_for(stop, 10)
+    finally:
+        if stop is None:
+            await gw.stop(drain_timeout=0.1)
+    return raw, gw
+
+
+def _events(raw: bytes) -> list[dict]:
+    """Every SSE event's data as JSON ([DONE] as {"done": True}); raises on a corrupt event."""
+    out = []
+    for ev in raw.split(b"\n\n"):
+        if not ev.strip():
+            continue
+        assert ev.startswith(b"data: ") and ev.count(b"data: ") == 1, f"corrupt SSE event: {ev!r}"
+        data = ev.removeprefix(b"data: ")
+        out.append({"done": True} if data == b"[DONE]" else orjson.loads(data))
+    return out
+
+
+async def test_a_drain_cut_between_two_halves_of_an_event_sends_a_well_formed_error_event() -> None:
+    """The upstream's last chunk before the deadline ends mid-event (a TCP/chunk boundary inside an
+    event: any large event, logprobs, a slow writer). The pass-through relay has already written that
+    half to the client; the drain's error event is then appended to the half line:
+    ``data: {"id":...,"choi` + `data: {"error": ...}`` -- one corrupt event, the openai SDK raises a
+    JSON decode error instead of ``APIError``. The client asks for usage itself
+    (``stream_options.include_usage``, as many SDK users and benchmarks do) and no rewrite applies, so the
+    relay passes chunks through as they come (``StreamRelay`` untransformed). Fails on main (corrupt SSE
+    event)."""
+    half = len(EV) // 2
+    async with _raw_upstream([EV, EV, EV[:half]]) as address:
+        raw, _gw = await _drain_cut(address, usage=True)
+    events = _events(raw)
+    assert events[-1]["error"]["code"] == "service_unavailable"
+
+
+async def test_no_error_event_after_done() -> None:
+    """The upstream wrote ``data: [DONE]`` but not yet its body's end (the terminating chunk comes in a
+    later write; vLLM/uvicorn send it separately). The deadline falls there: the client has [DONE] and
+    then gets the drain's error event after it (and the request is counted ``stream_cut``, its usage
+    lost). Fails on main: an event after [DONE]."""
+    async with _raw_upstream([EV, EV, b"data: [DONE]\n\n"]) as address:
+        raw, _gw = await _drain_cut(address)
+    events = _events(raw)
+    assert events[-1] == {"done": True}, events[-2:]
+
+
+async def test_a_close_framed_upstream_stream_cut_by_the_drain_tells_its_client() -> None:
+    """An upstream whose body is framed by the close (HTTP/1.1 ``connection: close``, no length, no
+    chunking; the upstream client reads such bodies: ``_until_close``). ``cut_streams`` aborts the
+    connection: ``transport.abort()`` calls ``connection_lost(None)``, which for such a body is its
+    *clean* end, so the relay sees a normal end (``cut is None``), never looks at ``_cut``, writes no
+    error event and counts the request ok: the client sees a stream that just stops (the openai SDK
+    ends its iteration without an error: a silently truncated completion). Fails on main."""
+    async with _raw_upstream([EV, EV, EV], chunked=False) as address:
+        raw, _gw = await _drain_cut(address)
+    events = _events(raw)
+    assert "error" in events[-1], events[-2:]
+
+
+async def _drain_cut_clusters(address: str) -> bytes:
+    """The same through ``kvgate serve --clusters`` (``GlobalGateway``, drain 0.3 s), its one cluster's
+    gateway the raw upstream. Its relay always passes chunks through as they come."""
+    from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+    from kvgate.multicluster.serve import GlobalGateway
+
+    gw = GlobalGateway(
+        ClustersConfig((ClusterSpec("c1", gateway=address),)), "round-robin", fetch=False, drain_s=0.3
+    )
+    await gw.start("127.0.0.1", 0)
+    body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 50})
+    stop = None
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=body) as r:
+                assert r.status == 200
+                raw = await r.content.readuntil(b"\n\n")
+                await asyncio.sleep(0.3)
+                stop = asyncio.create_task(gw.stop())
+                raw += await asyncio.wait_for(r.read(), 10)
+            await asyncio.wait_for(stop, 10)
+    finally:
+        if stop is None:
+            await gw.stop()
+    return raw
+
+
+async def test_clusters_a_drain_cut_between_two_halves_of_an_event_sends_a_well_formed_error_event() -> None:
+    """``kvgate serve --clusters`` (8e9cac0): the same corrupt last event. Fails on main."""
+    half = len(EV) // 2
+    async with _raw_upstream([EV, EV, EV[:half]]) as address:
+        raw = await _drain_cut_clusters(address)
+    events = _events(raw)
+    assert events[-1]["error"]["code"] == "service_unavailable"
+
+
+async def test_clusters_no_error_event_after_done() -> None:
+    """``kvgate serve --clusters`` (8e9cac0): the drain's error event after ``[DONE]``. Fails on main."""
+    async with _raw_upstream([EV, EV, b"data: [DONE]\n\n"]) as address:
+        raw = await _drain_cut_clusters(address)
+    events = _events(raw)
+    assert events[-1] == {"done": True}, events[-2:]
