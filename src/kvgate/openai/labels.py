@@ -20,8 +20,12 @@ A name is its own label when the door knows it:
   out: review s14-final M1), and its label is ``other`` from then on unless the config names it or it
   is learnt. The names kept are kept per source (``kept_per_source``): per pod for ``kvgate epp``
   (``extproc.metrics.models_reported``; doors16, one history for all pods before), per cluster for a
-  multi-cluster door (``multicluster.state.models_listed``); each source holds at most 64 names, so one
-  churning pod or peer cannot push another's out.
+  multi-cluster door (``multicluster.state.models_listed``): a source's kept names are at most 64 less
+  the names it reports now, and they come after every name any source reports now, so a pod churning
+  names churns only its own kept names, never another's; what the sources report *now* is not bounded
+  per source (only by ``MAX_REPORTED_NAMES`` in all), so names reported now (many pods churning at
+  once, one pod with ~200 waiting adapters) can still push every kept name out of the set (review
+  s16-doors L5).
 
 Those are labelled first and no other name can take their place. Any other name a model server answered
 with a 2xx (``served``: the name the server was sent, a rewrite's target, never the client's name before
@@ -40,7 +44,9 @@ a server's report) is never learnt, reported or seen: it is the overflow label, 
 s15-labels H1: learnt, it was swept with every unlabelled name's series).
 
 At any moment a door's labels are therefore at most: the config's names, plus ``MAX_REPORTED_NAMES``
-(256) reported, plus ``MAX_MODEL_LABELS`` (16) learnt, plus ``other`` and the empty name; each of
+(256) reported, plus ``MAX_MODEL_LABELS`` (16) learnt, plus ``other`` and the empty name (plus the
+names owed to requests in flight when they left the reported set, below: at most one per such request,
+to its end); each of
 ``model_name`` and ``target_model_name`` takes its values from these.
 
 Series are removed (labels15; before, every name that ever had a label kept its series for the
@@ -49,7 +55,10 @@ name is *seen* when a request is labelled with it, when a model server answers i
 ``sweep`` while it is in the reported set or a request under it is in flight (``hold`` at the request's
 start, ``drop`` at its end: a learnt name only a stream longer than ``GRACE_S`` uses keeps its label and
 series to the stream's end; review s15-labels L2; and a name that was a label and is no longer one, no
-longer reported, stays the label of the requests in flight under it to their end: doors16). A name
+longer reported, stays the label of the requests in flight under it when it left the reported set to
+their end: doors16; only theirs, as many ends as were in flight then (``_owed``), never a new request's
+renewal: review s16-doors M3; a new request whose end comes before an older one's may take one of those
+ends, the older one then counted under ``other``). A name
 not seen for ``GRACE_S`` (300 s) loses its series in
 every collector of the door that carries ``model_name`` / ``target_model_name`` (``forget``: the
 ``inference_objective_*`` families, ``kvgate_multicluster_requests_total``), and a learnt name its slot.
@@ -82,7 +91,9 @@ REFRESH_S = 1.0  # ``ReportedNames`` walks its servers at most this often
 KEEP_S = 300.0  # a name no longer reported keeps its label this long (``ReportedNames``)
 GRACE_S = 300.0  # a name neither known, reported nor seen on a request this long loses its series
 MAX_RETIRED_NAMES = 256  # names no longer labels whose series wait out GRACE_S, at most (oldest go first)
-MAX_SOURCE_NAMES = 64  # names one source (a pod, a cluster) holds in the reported set, kept ones included
+# A source's (a pod's, a cluster's) names reported now plus its kept names, at most: bounds its kept names
+# (this less what it reports now), not what it reports now (``kept_per_source``).
+MAX_SOURCE_NAMES = 64
 OTHER_MODEL = "other"
 ANY_MODEL = "*"
 # Never a name of its own, whoever reports, answers or sends it: ``*`` (any model) and ``other`` (the
@@ -269,6 +280,14 @@ class ModelLabels:
         # keeps its label and series while a request uses it (review s15-labels L2). Bounded by the
         # requests in flight.
         self.inflight: dict[str, int] = {}
+        # name -> ends still owed its label: a reported name that left the reported set (neither known
+        # nor learnt) while requests were in flight under it is their label to their end (review
+        # s16-doors M3: not every in-flight request's, or each new request revived it). Set to the
+        # requests in flight when the set changed (seen before any request of the new set is counted,
+        # ``_retire``), one less per ``drop`` under the name, gone at 0 or when it is reported again: so
+        # at most that many more requests' ends (new ones' included) are labelled with it, never more.
+        self._owed: dict[str, int] = {}
+        self._last_reported: Set[str] | None = None
         self._swept: float | None = None  # when ``sweep`` last ran (None: not yet)
         self._learnt_v = 0  # bumped at every change of ``learnt`` (``_free``'s cache key)
         # (reported, known, _learnt_v, n): n, the reported names neither known nor learnt, for the
@@ -280,7 +299,25 @@ class ModelLabels:
         self.known = self.known | {m for m in names if m and m != ANY_MODEL}
 
     def _reported(self) -> Set[str]:
-        return self.reported() if self.reported is not None else frozenset()
+        if self.reported is None:
+            return frozenset()
+        reported = self.reported()
+        if reported is not self._last_reported:  # (a new set: at most once per refresh)
+            self._retire(reported)
+        return reported
+
+    def _retire(self, reported: Set[str]) -> None:
+        """The reported set changed to ``reported``: the names that left it and are no labels any more
+        owe their label to the requests in flight under them now (``_owed``). O(names in flight)."""
+        last, self._last_reported = self._last_reported, reported
+        owed = self._owed
+        for m in [m for m in owed if m in reported]:
+            del owed[m]  # (a label again)
+        if last is None or not self.inflight:
+            return
+        for m, n in self.inflight.items():
+            if m in last and m not in reported and m not in self.learnt and m not in self.known:
+                owed.setdefault(m, n)
 
     def _free(self, reported: Set[str]) -> int:
         """The slots of ``size`` left for learnt names: the reported names neither the config names nor
@@ -309,6 +346,8 @@ class ModelLabels:
     def hold(self, model: str) -> None:
         """A request under ``model`` started (its ``drop`` follows at its end): O(1)."""
         if model:
+            if self.reported is not None:
+                self._reported()  # (a changed reported set is seen before this request counts)
             self.inflight[model] = self.inflight.get(model, 0) + 1
 
     def drop(self, model: str) -> None:
@@ -316,6 +355,12 @@ class ModelLabels:
         n = self.inflight.get(model)
         if n is None:
             return
+        owed = self._owed.get(model)
+        if owed is not None:
+            if owed > 1:
+                self._owed[model] = owed - 1
+            else:
+                del self._owed[model]
         if n > 1:
             self.inflight[model] = n - 1
         else:
@@ -332,9 +377,9 @@ class ModelLabels:
         if model in self.learnt or model in self._reported():
             self.seen[model] = now
             return model
-        if model in self.inflight and model in self.seen:
-            # (a label when its request started, no longer one: kept to the end of the requests in
-            # flight under it, as its series are; doors16)
+        if model in self._owed:
+            # (a label when the requests in flight under it started, no longer one: theirs to their
+            # end, as its series are; doors16, review s16-doors M3: owed only to those, not to new ones)
             self.seen[model] = now
             return model
         return OTHER_MODEL
