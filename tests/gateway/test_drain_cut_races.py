@@ -197,3 +197,69 @@ async def test_clusters_no_error_event_after_done() -> None:
         raw = await _drain_cut_clusters(address)
     events = _events(raw)
     assert events[-1] == {"done": True}, events[-2:]
+
+
+async def test_a_stream_whose_first_chunk_comes_just_after_the_cut_is_cut_with_the_event() -> None:
+    """Review s16-doors L6 (test by fixdoors16): at the drain's deadline one stream is mid-body and
+    another request still waits for its upstream's answer, which comes 0.3 s after the deadline. The
+    second stream was not among those ``cut_streams`` cut (it was not relaying yet): before, its relay
+    ran on and it was cut with its connection (or the connection closed before its answer came), its
+    client told nothing. Now a stream that starts relaying after the cut is cut at once the same way,
+    and the stop waits up to ``CUT_WRITE_S`` for every request in flight, not only the streams it cut:
+    its client gets its first event and the drain's error event. Fails before."""
+    hold = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":", 1)[1])
+            body = await reader.readexactly(n)
+            if b"late" in body:
+                await asyncio.sleep(0.9)  # (the deadline falls 0.6 s after the request: see below)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n" + _chunk(EV)
+            )
+            await writer.drain()
+            await reader.read()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    cfg = make_config([address])
+    gw = GatewayServer(cfg, make_pools(cfg))
+    await gw.start()
+    stop = None
+
+    async def late(s: aiohttp.ClientSession) -> bytes:
+        body = orjson.dumps({"model": "m", "prompt": "late", "stream": True, "max_tokens": 50})
+        async with s.post(base_url(gw) + "/v1/completions", data=body) as r:
+            assert r.status == 200
+            return await r.read()
+
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 50})
+            async with s.post(base_url(gw) + "/v1/completions", data=body) as r:
+                await r.content.readuntil(b"\n\n")
+                b = asyncio.create_task(late(s))
+                await asyncio.sleep(0.3)
+                stop = asyncio.create_task(gw.stop(drain_timeout=0.3))
+                a_raw = await asyncio.wait_for(r.read(), 10)
+            b_raw = await asyncio.wait_for(b, 10)
+            await asyncio.wait_for(stop, 10)
+    finally:
+        if stop is None:
+            await gw.stop(drain_timeout=0.1)
+        hold.set()
+        server.close()
+    assert _events(a_raw)[-1]["error"]["code"] == "service_unavailable"
+    events = _events(b_raw)
+    assert events[0]["choices"][0]["text"] == "tok"
+    assert events[-1]["error"]["code"] == "service_unavailable", events

@@ -196,8 +196,8 @@ class Proxy:
         # deadline cuts them (``cut_streams``), and those it cut, with the reason their client is told.
         self.streams: set[Any] = set()
         self._cut: dict[Any, bytes] = {}
-        self._streams_idle = asyncio.Event()
-        self._streams_idle.set()
+        # Set by ``cut_streams``: the event a stream that starts relaying after the cut is cut with at once.
+        self._cutting: bytes | None = None
         self._rid_prefix = os.urandom(4).hex()
         self._request_lines: dict[tuple[str, str], bytes] = {}
         self._rid_seq = 0
@@ -210,7 +210,9 @@ class Proxy:
 
         A stream is marked cut here, explicitly (``_cut``), before its connection is aborted: a body
         framed by the close reads the abort as its clean end, so the relay asks ``_cut``, not the
-        framing. One whose body already arrived whole is not cut (its relay ends it as usual)."""
+        framing. One whose body already arrived whole is not cut (its relay ends it as usual). A stream
+        that starts relaying after this (its first chunk came later) is cut at its start the same way."""
+        self._cutting = event
         n = 0
         for resp in self.streams:
             if resp.received:
@@ -219,10 +221,6 @@ class Proxy:
             resp.close()
             n += 1
         return n
-
-    async def streams_ended(self) -> None:
-        """Returns once no stream is being relayed (``cut_streams``' cut ones told their clients)."""
-        await self._streams_idle.wait()
 
     def _request_id(self) -> str:
         self._rid_seq += 1
@@ -751,7 +749,9 @@ class Proxy:
         drain_cut: bytes | None = None
         director.on_first_token(ireq, ep, learn=resp.status < 400)  # (an error event is no first token)
         self.streams.add(resp)
-        self._streams_idle.clear()
+        if self._cutting is not None and not resp.received:  # (the drain's cut came before its first chunk)
+            self._cut[resp] = self._cutting
+            resp.close()
         try:
             await out.prepare(request)
             chunk = first
@@ -800,8 +800,6 @@ class Proxy:
         finally:
             self.streams.discard(resp)
             self._cut.pop(resp, None)
-            if not self.streams:
-                self._streams_idle.set()
             if drain_cut is not None:
                 upstream_ok = False  # (counted as a cut stream below; the endpoint is not blamed)
             elif upstream_ok:

@@ -515,10 +515,12 @@ class GatewayServer:
                 log.warning("%s", drain_cut_message(drain_s, self.proxy.inflight))
                 # Streams mid-body end with an error event and a clean end, not a cut connection: each
                 # relay writes its own (bounded: a client not reading is cut with its connection below).
-                if self.proxy.cut_streams(drain_cut_event(drain_s)):
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(CUT_WRITE_S):
-                            await self.proxy.streams_ended()
+                # A stream that starts relaying in that second is cut at once the same way (review
+                # s16-doors L6), so the wait is for every request in flight, not only the streams cut.
+                self.proxy.cut_streams(drain_cut_event(drain_s))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CUT_WRITE_S):
+                        await self.proxy.idle.wait()
         await cancel_all_and_wait(self._tasks, "the gateway's task", log)
         self._tasks.clear()
         for kp in self.kube_pools:
