@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import itertools
 import logging
 import math
 import os
@@ -728,7 +729,10 @@ class KVEventSubscriber:
         sock = self._sock if self._sock is not None else self._joining
         if sock is None or self._loop is not None or self._draining:
             return 0
-        size = 0  # (of what this pull read: the stash's older entries are few, a drain's one batch)
+        # (of what this pull read: ``PULL_MAX_BYTES`` bounds each pull, not the stash, which holds up to
+        # ``PULL_MAX`` batches of any size: a fetch pulls at each request and the catch-up all along, so
+        # the live batches that arrive meanwhile wait here, not in libzmq's SUB queue; review s16-kv I)
+        size = 0
         while True:
             if len(self._stash) >= PULL_MAX or size >= PULL_MAX_BYTES:
                 self._pull_cut = True
@@ -980,9 +984,12 @@ class KVEventSubscriber:
         An answer with batches that ended (end marker) before ``upto - 1``, or at all when open-ended, is
         checked by one more request from its last batch (the engine's ROUTER may have dropped its tail and
         let the end marker through): the check's answer confirms the end when it went further only by the
-        live batches read off the SUB socket since the checked request was sent (what the engine can have
-        published meanwhile; not counted when a pull stopped at its bound: then any growth confirms);
-        further, the answer before lost its tail, and this one is checked the same way.
+        live batches read off the SUB socket since the checked request was sent and numbered below the
+        check's end (what the engine can have published before it served the check; not counted when a
+        pull stopped at its bound: then any growth confirms); further, the answer before lost its tail, and
+        this one is checked the same way. The check may be a request past ``FETCH_MAX_ROUNDS``; when the
+        bound comes with only a check left, the catch-up uses its latest answer (every answer was whole),
+        a bounded fetch fails.
 
         ``ended`` (a bounded fetch) gets the sequence after the engine's newest batch when its whole answer
         ended (end marker) before ``upto - 1``: the engine holds nothing from there on (where the
@@ -1001,11 +1008,12 @@ class KVEventSubscriber:
         # answer ended; ``check_heard``: the live batches read off the socket when its request was sent.
         checking = False
         check_end = check_heard = 0
+        unconfirmed = False  # (the bound came with only a check left: the last answer's end unconfirmed)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + fetch_deadline_s(self.replay_timeout)
         expired = False
         try:
-            while requests < FETCH_MAX_ROUNDS:
+            while requests < FETCH_MAX_ROUNDS + checking:
                 requests += 1
                 rerequest = overlap is not None
                 sent_heard = self._heard_now()
@@ -1017,7 +1025,8 @@ class KVEventSubscriber:
                     checked
                     and outcome == "end"
                     and overlap is not None
-                    and missing - check_end > self._heard_now() - check_heard
+                    and missing - check_end
+                    > self._heard_in(self._heard_now() - check_heard, check_end, missing)
                     and not self._pull_cut
                 )
                 if checked and (outcome != "end" or lost_again):
@@ -1035,15 +1044,33 @@ class KVEventSubscriber:
                     # dropped; a catch-up took it for the engine's whole state). Asked again from that
                     # batch: an answer that begins with it (``_fetch_round``), has no hole and ends again
                     # confirms it if it went further only by the live batches read off the socket since
-                    # the request it checks was sent: what the engine can have published meanwhile (vLLM
+                    # the request it checks was sent, numbered below its end (``_heard_in``; review s16-kv
+                    # 2): what the engine can have published before it served the check (vLLM
                     # publishes between two replay requests, and a batch the SUB received was buffered
                     # before the next request is served; asking until two answers ended alike never
                     # settled on a busy engine, review s15-kv L1; taking any growth confirmed a second
                     # lost tail, review s15-fixes-b 2). Further, it lost its tail too: checked again from
                     # its own last batch. One that reaches the range's end heals the gap.
-                    if requests >= FETCH_MAX_ROUNDS or loop.time() >= deadline:
-                        outcome = "lost"  # (not confirmed: not used)
+                    # The check is one request past the answers' ``FETCH_MAX_ROUNDS`` (review s16-kv 3:
+                    # an answer whole at the last of them was thrown away); a check that went further
+                    # than the batches heard is checked again within them.
+                    if (
+                        requests > FETCH_MAX_ROUNDS
+                        or (checked and requests >= FETCH_MAX_ROUNDS)
+                        or (loop.time() >= deadline)
+                    ):
                         expired = loop.time() >= deadline
+                        unconfirmed = True
+                        if upto is None:
+                            # The join's catch-up: every answer was whole (each began with the batch the
+                            # one before ended with, had no hole and an end marker), each check's only
+                            # went further than the batches heard, as a busy engine's does while its live
+                            # batches do not reach the SUB yet (a PUB still connecting: review s16-kv 1).
+                            # The latest answer is used, as before the check: a tail it lost would come
+                            # as a gap before the first live batch after it, healed by replay.
+                            outcome = "done"
+                            break
+                        outcome = "lost"  # (not confirmed: not used)
                         break
                     checking = True
                     check_end, check_heard = missing, sent_heard
@@ -1101,9 +1128,16 @@ class KVEventSubscriber:
                     "moved": "the last batch got has left the engine's buffer between two requests (the "
                     "answer begins after it: a buffer that wrapped, or an engine that restarted)",
                 }[outcome]
+                if unconfirmed:
+                    why = (f"its end was not confirmed within {FETCH_MAX_ROUNDS} requests and a check: "
+                           "each check's answer went further than the live batches heard meanwhile (an "
+                           "engine publishing while its live batches do not reach this subscriber yet, "
+                           "or a tail lost again)")  # fmt: skip
                 if expired:
                     why = (f"the fetch's time ran out ({fetch_deadline_s(self.replay_timeout):.1f} s: "
                            f"{FETCH_DEADLINE_TIMEOUTS} replay timeouts)")  # fmt: skip
+                if unconfirmed and outcome == "done":
+                    why += "; the latest answer is used (a tail it lost comes as a gap: replayed)"
                 if restarts:
                     why += (f"; started again from seq {want} {restarts} time(s): another engine life, or "
                             "a buffer that wrapped, answered a re-request")  # fmt: skip
@@ -1114,6 +1148,16 @@ class KVEventSubscriber:
                     "" if outcome == "done" else "; the fetch is not used",
                 )  # fmt: skip
         return sorted(keep.got) if outcome == "done" else None
+
+    def _heard_in(self, window: int, lo: int, hi: int) -> int:
+        """How many of the last ``window`` live batches read off the socket (the stash's newest) are
+        numbered in [``lo``, ``hi``): what a check's growth can be explained by. A batch numbered at or past
+        the check's end was published after the engine served it (review s16-kv 2)."""
+        n = 0
+        for seq, _ in itertools.islice(reversed(self._stash), window):
+            if lo <= seq < hi:
+                n += 1
+        return n
 
     def _heard_now(self) -> int:
         """The live batches read off the socket so far, what is queued there now included (pulled into
