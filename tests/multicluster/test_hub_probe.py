@@ -14,7 +14,14 @@ import pytest
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
-from kvgate.multicluster.hub import CLUSTER_LABEL, PROBE_EVERY_S, SUSPECT_FOR_S, ClusterDirector, connects
+from kvgate.multicluster.hub import (
+    CLUSTER_LABEL,
+    PROBE_EVERY_S,
+    PROBE_TIMEOUT_S,
+    SUSPECT_FOR_S,
+    ClusterDirector,
+    connects,
+)
 
 
 async def _director(names: tuple[str, ...], clock: list[float], up: list[bool]) -> ClusterDirector:
@@ -206,3 +213,31 @@ async def test_a_lookup_that_outlasts_the_timeout_is_down(monkeypatch: pytest.Mo
 async def test_a_port_out_of_range_is_down(address: str) -> None:
     """Review s15-fixes-a I4: raised OverflowError (neither OSError nor ValueError) out of the probe."""
     assert not await connects(address, 0.5)
+
+
+async def test_a_failure_is_recorded_at_its_probes_start() -> None:
+    """Review s16-hard I1: the spacing (PROBE_EVERY_S) measured probe starts, the suspicion's age the
+    failures' ends, so the docs' "at most 30 s after the last failed one" held for neither. Now both are
+    starts: a probe that took 1 s (timed out) started at 100, the next started at 100 + SUSPECT_FOR_S + 0.5
+    is a first failure again (on the old code: 29.5 s after the first one's end, backed off)."""
+    clock = [100.0]
+    slow = [True]
+
+    async def probe(_address: str) -> bool:
+        if slow[0]:
+            clock[0] += PROBE_TIMEOUT_S  # (the probe's time passes: a connect that timed out)
+        return False
+
+    cfg = ClustersConfig(
+        tuple(ClusterSpec(n, gateway=f"10.0.0.{i}:8080") for i, n in enumerate(("west", "east"), 1))
+    )
+    director = ClusterDirector(cfg, "kvgate", clock=lambda: clock[0], seed=0, probe=probe)
+    west = director.states["west"]
+    await _leave(director, "west", clock)  # started at 100, failed at 101
+    assert director._suspect["west"] == 100.0
+    clock[0] = 100.0 + SUSPECT_FOR_S + 0.5
+    slow[0] = False
+    await _leave(director, "west", clock)
+    assert west.failures == 0  # a first failure again: suspected only
+    await _leave(director, "west", clock)  # corroborated, PROBE_EVERY_S after it started
+    assert west.failures == 1

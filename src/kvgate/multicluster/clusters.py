@@ -187,8 +187,12 @@ def _hostport(v: Any, key: str) -> str | None:
     if v is None:
         return None
     s = str(v).removeprefix("http://").removeprefix("https://").rstrip("/")
-    if ":" not in s:
+    host, sep, port = s.rpartition(":")
+    if not sep or not host.strip("[]"):
         raise ClustersError(key, f"expected host:port, got {v!r}")
+    # (checked here: getaddrinfo cuts a host name's port past 65535 to 16 bits, review s16-hard L2)
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
+        raise ClustersError(key, f"expected a port from 1 to 65535, got {port!r} in {v!r}")
     return s
 
 

@@ -15,14 +15,16 @@ in the hub as in ``kvgate serve --clusters``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kvgate.aio import cancel_and_wait, stop_to_the_end
+from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.multicluster.clusters import ClustersConfig
@@ -44,15 +46,17 @@ _ABANDONED = -1  # ``_status`` of a request whose client left before its cluster
 # The probe runs from the EPP's network, not Envoy's (review s15-labels M1): an EPP that cannot reach a
 # gateway Envoy can reach (egress NetworkPolicy, split DNS, an allow-list of Envoy's addresses) would see
 # a healthy cluster down. So a failed probe alone backs nothing off; a cluster is backed off only when
-# (1) a second probe fails, PROBE_EVERY_S or more and at most SUSPECT_FOR_S after the last failed one,
-# with no request to the cluster answered well in between (``_suspect``), and (2) another cluster is
-# available to take its requests: the probe can never take the last available cluster (a single-cluster
-# deployment) down. A failure older than SUSPECT_FOR_S corroborates nothing (review s15-fixes-a I1: an
-# idle cluster's failures hours apart backed it off); a gateway that keeps failing stays suspected, each
-# failure renewing the suspicion.
+# (1) a second probe fails, started PROBE_EVERY_S or more and at most SUSPECT_FOR_S after the last failed
+# one started (both measure probe starts: review s16-hard I1), with no request to the cluster answered
+# well in between (``_suspect``), and (2) another cluster is available to take its requests: the probe
+# can never take the last available cluster (a single-cluster deployment) down. A failure older than
+# SUSPECT_FOR_S corroborates nothing (review s15-fixes-a I1: an idle cluster's failures hours apart backed
+# it off); a gateway that keeps failing stays suspected, each failure renewing the suspicion.
 PROBE_TIMEOUT_S = 1.0
 PROBE_EVERY_S = 1.0
 SUSPECT_FOR_S = 30.0
+MAX_TARGETS = 8  # a host name's addresses a probe connects to at once (``connects``)
+MAX_LOOKUPS = 32  # the probe's host-name lookup threads at once (``_Lookups``)
 
 
 class ClusterDirector:
@@ -73,8 +77,8 @@ class ClusterDirector:
         # cluster -> its connect probe in flight (``on_abandoned``); cluster -> when its last one started.
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._probed_at: dict[str, float] = {}
-        # cluster -> when a probe of it last failed, with no request to it succeeded since (``_probe``;
-        # a suspicion older than SUSPECT_FOR_S is over).
+        # cluster -> when a probe of it that failed last started, with no request to it succeeded since
+        # (``_probe``; a suspicion older than SUSPECT_FOR_S is over).
         self._suspect: dict[str, float] = {}
         self.policy = (
             make_policy(policy, ttl_s=cfg.ttl_s, local=cfg.local, seed=seed)
@@ -187,9 +191,11 @@ class ClusterDirector:
         except RuntimeError:  # (no loop: a synchronous caller; nothing to probe with)
             return
         self._probed_at[st.name] = now
-        self._probes[st.name] = loop.create_task(self._probe(st, endpoint.address))
+        self._probes[st.name] = loop.create_task(self._probe(st, endpoint.address, now))
 
-    async def _probe(self, st: ClusterState, address: str) -> None:
+    async def _probe(self, st: ClusterState, address: str, started: float) -> None:
+        """``started``: when the probe started (``_probed_at``), the time its failure is recorded at (review
+        s16-hard I1: the spacing PROBE_EVERY_S and the age SUSPECT_FOR_S both measure probe starts)."""
         try:
             ok = await self.probe(address)
         finally:
@@ -199,15 +205,17 @@ class ClusterDirector:
             return
         if self.states.get(st.name) is not st:  # (not that cluster any more: removed by a reload)
             return
-        now = self.clock()
         last = self._suspect.get(st.name)
-        self._suspect[st.name] = now  # (renewed: a suspicion lasts SUSPECT_FOR_S from the last failure)
-        if last is None or now - last > SUSPECT_FOR_S:  # a first failure: corroborated by the next, or not
+        self._suspect[st.name] = started  # (renewed: a suspicion lasts SUSPECT_FOR_S from the last failure)
+        if (
+            last is None or started - last > SUSPECT_FOR_S
+        ):  # a first failure: corroborated by the next, or not
             log.info("cluster %s: its gateway %s refused or timed out the hub's connection after a client "
                      "left before its answer (not backed off: once more within %gs, with no answer "
                      "between, and another cluster up, backs it off)",
                      st.name, address, SUSPECT_FOR_S)  # fmt: skip
             return
+        now = self.clock()
         if not any(c is not st and c.available(now) and c.healthy is not False for c in self.states.values()):
             return  # (no other cluster to send to: backing the last one off would only answer 503)
         log.info("cluster %s: its gateway %s refused or timed out the hub's connection again after a client "
@@ -249,71 +257,194 @@ class ClusterDirector:
 
 async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to ``address`` (``host:port``, an IPv6 host in brackets) opens within
-    ``timeout_s`` (closed at once; nothing is sent). A host name is resolved within the same time.
+    ``timeout_s`` (closed at once; nothing is sent). A host name is resolved within the same time, and
+    its addresses (at most MAX_TARGETS) are all tried at once with what is left (review s16-hard L1: one
+    after another, a refusal of the first delivered after a loop stall left the next none of its own,
+    and a first address that never answers left the others none at all). A port outside 1-65535 is down
+    before any lookup (review s16-hard L2: glibc cuts a host name's port to 16 bits).
 
-    Neither step is judged by the event loop's timer alone (review s15-labels L1, s15-fixes-a L2): a
-    loop stalled past ``timeout_s`` runs the timeout in the same turn as the step's completion, and the
-    timeout won, judging a listening gateway down. So when the time is up, the socket itself says whether
-    the connect completed, and a host name's lookup (``_lookup``) counts as done in time when it
-    finished, as its own thread timed it, within ``timeout_s``; the connect then gets what is left."""
+    No step is judged by the event loop's timer alone (review s15-labels L1, s15-fixes-a L2): a loop
+    stalled past ``timeout_s`` runs the timeout in the same turn as the step's completion, and the
+    timeout won, judging a listening gateway down. So when the time is up, every socket itself says
+    whether its connect completed, and a host name's lookup (``_lookup``) counts as done in time when it
+    finished, as its own thread timed it, within ``timeout_s``; the connects then get what is left."""
     host, _, port_s = address.rpartition(":")
     host = host.strip("[]")
-    loop = asyncio.get_running_loop()
-    sock: socket.socket | None = None
-    targets: list[tuple[socket.AddressFamily, Any]]
     try:
         port = int(port_s)
-        try:  # (an address needs no resolver: no executor turn that a stall could outlast)
-            ip = ipaddress.ip_address(host)
-            targets = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
-            left = timeout_s
-        except ValueError:
+    except ValueError:
+        return False
+    if not host or not 0 < port <= 65535:  # (before any lookup: getaddrinfo wraps a port past 65535)
+        return False
+    loop = asyncio.get_running_loop()
+    targets: list[tuple[socket.AddressFamily, Any]]
+    try:  # (an address needs no resolver: no thread turn that a stall could outlast)
+        ip = ipaddress.ip_address(host)
+        targets = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
+        left = timeout_s
+    except ValueError:
+        try:
             targets, took = await _lookup(loop, host, port, timeout_s)
-            left = timeout_s - took
-        async with asyncio.timeout(left):  # (not wait_for: tests/test_stop_cancels.py)
-            for family, addr in targets:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                sock.setblocking(False)
-                try:
-                    await loop.sock_connect(sock, addr)
-                    return True
-                except OSError:
-                    sock.close()
-                    sock = None
+        except (TimeoutError, OSError, ValueError):  # (gaierror; UnicodeError: a name IDNA refuses)
             return False
-    except TimeoutError:
-        return sock is not None and _connected(sock)
-    except (OSError, ValueError, OverflowError):  # (OverflowError: a port past 65535)
+        left = timeout_s - took
+    return await _connect_any(loop, targets[:MAX_TARGETS], left)
+
+
+async def _connect_any(
+    loop: asyncio.AbstractEventLoop, targets: list[tuple[socket.AddressFamily, Any]], left: float
+) -> bool:
+    """Whether a connect to one of ``targets``, all started at once, completes within ``left`` seconds of
+    its own: True as soon as one does. Each connect's time is counted from when it was issued, not from
+    when the loop's timer was set: after a stall past ``left`` one issued before the stall is judged by
+    its socket (the kernel's view: a handshake done during the stall counts), one issued only after it
+    (the loop ran its start late) gets its ``left``. Every connect ended and every socket closed before
+    it returns."""
+    socks: list[socket.socket] = []
+    issued: dict[asyncio.Task[None], float] = {}  # connect -> when it was issued (time.monotonic)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def attempt(sock: socket.socket, addr: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        issued[task] = time.monotonic()
+        await loop.sock_connect(sock, addr)
+
+    try:
+        for family, addr in targets:
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError:  # (a family this host lacks: IPv6 on an IPv4-only pod)
+                continue
+            socks.append(sock)
+            sock.setblocking(False)
+            tasks.append(loop.create_task(attempt(sock, addr)))
+        pending: set[asyncio.Task[None]] = set(tasks)
+        while pending:
+            now = time.monotonic()
+            # (a connect not issued yet has all of ``left``; one issued has what is left of it)
+            wait_s = max(left - (now - issued[t]) if t in issued else left for t in pending)
+            if wait_s <= 0:  # every connect had its time: the sockets say (``_connected``)
+                return any(_connected(s) for s in socks)
+            done, pending = await asyncio.wait(pending, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            if any(not t.cancelled() and t.exception() is None for t in done):
+                return True
         return False
     finally:
-        if sock is not None:
-            sock.close()
+        await cancel_all_and_wait([t for t in tasks if not t.done()], "a gateway probe's connect", log)
+        for t in tasks:
+            if t.done() and not t.cancelled():
+                t.exception()  # (retrieved: a refusal is an answer, not an error to log)
+        for s in socks:
+            s.close()
+
+
+class _Lookup:
+    """One host-name lookup's thread, as ``_LOOKUPS`` counts it."""
+
+    __slots__ = ("finished", "given_up", "host")
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.finished = False  # its thread is out of getaddrinfo
+        self.given_up = False  # its probe stopped waiting for it first
+
+
+class _Lookups:
+    """The probe's lookup threads (review s16-hard M1): a daemon thread each, bounded. A lookup given up
+    keeps its thread in getaddrinfo for the resolver's whole time-out (tens of seconds against a name
+    server that does not answer), so while one of a name is still running, a probe of that name fails at
+    once (its name did not resolve within the probe's time: no second thread waits on the same dead
+    answer), and at most MAX_LOOKUPS run at once (past it a host name's probe fails at once): a dead
+    name server costs at most MAX_LOOKUPS threads, one per name that hangs."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.given_up: dict[str, int] = {}  # host -> its given-up lookups still running
+
+    def start(self, host: str) -> _Lookup | None:
+        with self.lock:
+            if self.given_up.get(host) or self.running >= MAX_LOOKUPS:
+                return None
+            self.running += 1
+            return _Lookup(host)
+
+    def give_up(self, lk: _Lookup) -> None:
+        with self.lock:
+            if not lk.finished and not lk.given_up:
+                lk.given_up = True
+                self.given_up[lk.host] = self.given_up.get(lk.host, 0) + 1
+
+    def end(self, lk: _Lookup) -> None:
+        with self.lock:
+            lk.finished = True
+            self.running -= 1
+            if lk.given_up:
+                n = self.given_up[lk.host] - 1
+                if n:
+                    self.given_up[lk.host] = n
+                else:
+                    del self.given_up[lk.host]
+
+
+_LOOKUPS = _Lookups()
+_Answer = tuple[list[tuple[socket.AddressFamily, Any]], float, BaseException | None]
 
 
 async def _lookup(
     loop: asyncio.AbstractEventLoop, host: str, port: int, timeout_s: float
 ) -> tuple[list[tuple[socket.AddressFamily, Any]], float]:
-    """``host``'s stream addresses (``getaddrinfo`` in the loop's default executor, as
-    ``loop.getaddrinfo``) and how long the lookup took, timed by its thread. TimeoutError when it did
-    not finish within ``timeout_s``: not finished when the loop's timeout fires, or finished (the loop
-    stalled meanwhile, so the timeout came late) but after more than ``timeout_s`` of its own; its
-    error (``socket.gaierror``) otherwise."""
-    done: list[tuple[list[tuple[socket.AddressFamily, Any]], float]] = []
+    """``host``'s stream addresses (``getaddrinfo`` on a daemon thread of its own, as
+    ``kvsubscriber.lookup_ipv4``: not the loop's default executor, whose workers a given-up lookup would
+    hold, queueing every other lookup of the process behind it, and which ``asyncio.run``'s end waits
+    for; bounded by ``_Lookups``) and how long the lookup took, timed by its thread. TimeoutError when it
+    did not finish within ``timeout_s``: not finished when the loop's timeout fires, or finished (the loop
+    stalled meanwhile, so the timeout came late) but after more than ``timeout_s`` of its own, or not
+    started (``_Lookups``); its error (``socket.gaierror``) otherwise."""
+    lk = _LOOKUPS.start(host)
+    if lk is None:
+        raise TimeoutError
+    answer: asyncio.Future[_Answer] = loop.create_future()
+
+    def settle(result: _Answer) -> None:
+        if not answer.done():  # (not when the wait was given up)
+            answer.set_result(result)
 
     def resolve() -> None:
         t0 = time.monotonic()
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        done.append(([(family, addr) for family, _t, _p, _c, addr in infos], time.monotonic() - t0))
+        result: _Answer
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            result = ([(family, addr) for family, _t, _p, _c, addr in infos], time.monotonic() - t0, None)
+        except Exception as e:  # (gaierror, or whatever the C library raised: the caller's to judge)
+            result = ([], time.monotonic() - t0, e)
+        finally:
+            _LOOKUPS.end(lk)
+        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result)
 
     try:
+        threading.Thread(target=resolve, name=f"kvgate-probe-lookup:{host}", daemon=True).start()
+    except BaseException:
+        _LOOKUPS.end(lk)
+        raise
+    try:
         async with asyncio.timeout(timeout_s):
-            await loop.run_in_executor(None, resolve)
+            await answer
     except TimeoutError:
-        if not done:  # (still looking up when the time came; a lookup given up runs on in its thread)
+        if not answer.done() or answer.cancelled():  # (still looking up when the time came)
+            _LOOKUPS.give_up(lk)
             raise
-    if done[0][1] >= timeout_s:
+    except BaseException:  # (the probe cancelled: the hub's stop)
+        _LOOKUPS.give_up(lk)
+        raise
+    targets, took, error = answer.result()
+    if took >= timeout_s:
         raise TimeoutError
-    return done[0]
+    if error is not None:
+        raise error
+    return targets, took
 
 
 def _connected(sock: socket.socket) -> bool:
