@@ -47,11 +47,14 @@ an exec of this process, by the socket it still holds; so is what detaches durin
 The sweep also takes every member of a process group a listed process led (session 15), remembered
 while its leader runs or, its leader gone, while a process is left in it: for a ``tree`` watchdog one it
 covers (a member left by its leader is re-parented to this process, a subreaper: covered; review
-s15-hard L2), for one without ``tree`` any (such a member is re-parented out of the watched groups' tree:
-not covered, yet ours; review s15-fixes-a L1). What stayed in such a group is taken however it was
-started, entry or socket or not. And a process this process started itself ends by
-``PR_SET_PDEATHSIG`` whatever it did to its environment, title or descriptors (``die_with_parent_argv``,
-``die_with``: every start of the benches and harnesses passes one), unless it ignores that SIGTERM.
+s15-hard L2), for one without ``tree`` any (such a member is re-parented out of the watched groups'
+tree: not covered, yet ours; review s15-fixes-a L1), and any too for a ``tree`` watchdog whose process
+is not a subreaper (``become_subreaper`` failed: a sandbox, an old kernel; its orphans leave its tree as
+well, review s16-hard I2; the watchdog is told, at its start or by ``r`` later). What stayed in such a
+group is taken however it was started, entry or socket or not. And a process this process started itself
+ends by ``PR_SET_PDEATHSIG`` whatever it did to its environment, title or descriptors
+(``die_with_parent_argv``, ``die_with``: every start of the benches and harnesses passes one), unless it
+ignores that SIGTERM.
 
 Not covered: a process started through a daemon (``docker run``, ``systemd-run``, ``at``: neither a
 descendant nor an heir of the environment); one not listed yet (if this process's own child: one that
@@ -70,11 +73,11 @@ still starting, SIGTERM being blocked from its fork until its handler is set; bu
 running after such a sweep is unwatched from then on: no new watchdog is started for it); a pid reused
 in the instant between the check and the signal (no pidfd per process); and, the other way, the
 members of a new group that took the id of a remembered one after all of that one ended, once the new
-group's own leader ended too: a ``tree`` watchdog sweeps them only if all of that happened since its
-last listing (the next one forgets the group, none of it covered: review s15-hard L2); one without
-``tree`` also later, while the new group has a member, if the id was taken within one tick of the old
-group's end (a listing in between, finding none of it, forgets it; review s15-fixes-a L1). Taken: the
-id's reuse needs the pid space to wrap within a tick.
+group's own leader ended too: a ``tree`` watchdog of a subreaper sweeps them only if all of that
+happened since its last listing (the next one forgets the group, none of it covered: review s15-hard
+L2); one without ``tree`` (or of no subreaper) also later, while the new group has a member, if the id
+was taken within one tick of the old group's end (a listing in between, finding none of it, forgets it;
+review s15-fixes-a L1). Taken: the id's reuse needs the pid space to wrap within a tick.
 Cost: one ``/proc/<pid>/stat`` read per process of the whole machine each ``TICK_S`` per watchdog (~5 ms
 with ~110 processes under load 8); at the sweep only, twice, per process of the machine one
 ``/proc/<pid>/environ`` read (~1 ms in all with ~100 processes) and, for this user's, a ``readlink`` per
@@ -226,7 +229,11 @@ def become_subreaper() -> bool:
     global _subreaper
     fn = prctl()
     ok = fn is not None and int(fn(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    _subreaper = _subreaper or ok
+    with _watchdog_lock:
+        if ok and not _subreaper and _watchdog is not None:  # (told: its rule for a led group, ``watch``)
+            with contextlib.suppress(OSError):
+                _watchdog[1].sendall(b"r\n")
+        _subreaper = _subreaper or ok
     return ok
 
 
@@ -392,6 +399,7 @@ def start_watchdog(grace_s: float = GRACE_S, tick_s: float = TICK_S, *, tree: bo
             repr(tick_s),
             str(int(tree)),
             str(ino),
+            str(int(_subreaper)),
         ]
         # SIGTERM blocked across the start (the mask survives fork and exec): one that arrives before the
         # watchdog's handler is set (its interpreter's start, 0.1-1 s under load) stays pending until
@@ -489,6 +497,7 @@ def _watch_main() -> None:
     parent, start, fd = (int(a) for a in sys.argv[1:4])
     grace_s, tick_s, tree = float(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "1"
     their_end = int(sys.argv[7]) if len(sys.argv) > 7 else 0
+    subreaper = len(sys.argv) > 8 and sys.argv[8] == "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a Ctrl-C is for the process it watches)
     # A SIGTERM (``kill``, a shutdown's SIGTERM to every process) ends it with a sweep, not without one:
     # its handler only wakes the loop (the wake-up fd, watched with the rest), which then sweeps, and it
@@ -504,7 +513,9 @@ def _watch_main() -> None:
     if (fn := prctl()) is not None:
         fn(PR_SET_NAME, WATCHDOG_NAME, 0, 0, 0)  # (its name: see WATCHDOG_NAME)
     sock = socket.socket(fileno=fd)
-    if watch(parent, start, sock, grace_s, tick_s, tree, wake_fd=wake_r, their_end=their_end):
+    if watch(
+        parent, start, sock, grace_s, tick_s, tree, wake_fd=wake_r, their_end=their_end, subreaper=subreaper
+    ):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)  # (dies of it, as without the handler)
 
@@ -518,6 +529,7 @@ def watch(
     tree: bool = True,
     wake_fd: int = -1,
     their_end: int = 0,
+    subreaper: bool = False,
 ) -> bool:
     """The watchdog's loop: list what it covers (``tree``: ``parent``'s descendants; and the members of
     the groups it was asked to watch and their descendants) each ``tick_s`` and when asked on ``sock``,
@@ -525,15 +537,17 @@ def watch(
     readable, then terminate what of them runs on (after the SIGTERM: listed once more first, the parent
     still running; the parent itself is not signalled). ``sock`` carries lines: ``s<n>`` (list now, then
     answer ``k<n>``), ``g<pgid>`` (watch that group until none of it is left), ``t`` (cover the whole
-    tree from now on). ``their_end``: the inode of ``parent``'s end of ``sock`` (a ``tree`` sweep also
-    takes what holds it open: ``parent``'s forks without an exec; 0: none). Whether it ended on
+    tree from now on), ``r`` (``parent`` became a child subreaper). ``their_end``: the inode of
+    ``parent``'s end of ``sock`` (a ``tree`` sweep also takes what holds it open: ``parent``'s forks
+    without an exec; 0: none). ``subreaper``: ``parent`` is a child subreaper (``become_subreaper``
+    worked), which the ``tree`` rule for a remembered group rests on (below). Whether it ended on
     ``wake_fd``."""
     me = os.getpid()
     known: dict[int, int] = {}  # pid -> start time: every process covered seen, while it lives
     # The process groups a process it listed leads (pgid -> that leader's start time), kept while the
-    # leader runs or a process is in the group (``tree``: a process it covers; else any): the sweep
-    # takes their members, the leader gone or not, also one never listed that dropped the entry and the
-    # socket (``env -i``, ``setproctitle``, ``closerange``).
+    # leader runs or a process is in the group (``tree`` in a subreaper: a process it covers; else any):
+    # the sweep takes their members, the leader gone or not, also one never listed that dropped the
+    # entry and the socket (``env -i``, ``setproctitle``, ``closerange``).
     led: dict[int, int] = {}
     groups: set[int] = set()  # the process groups it was asked to watch, while any process of them is left
     buf = b""
@@ -572,15 +586,16 @@ def watch(
         # and whose leader then exits, a daemon's double fork; that group would otherwise be swept as
         # this one (review s15-hard L2). There a member left when its leader ended is re-parented to
         # the subreaper (``parent``: ``reaper.install`` makes it one before it starts a ``tree``
-        # watchdog), so it is covered. Without ``tree`` (``kvgate.realvllm``'s) such a member is
-        # re-parented out of the watched groups' tree (to init): not covered, yet ours, and one never
+        # watchdog), so it is covered. Without ``tree`` (``kvgate.realvllm``'s), or when ``parent`` is
+        # not a subreaper (the prctl failed: a sandbox, an old kernel; review s16-hard I2), such a
+        # member is re-parented out of the watched tree (to init): not covered, yet ours, and one never
         # listed (forked between listings) is found only through this group; so any process of the
         # machine in it counts there (review s15-fixes-a L1), and the reuse above stays possible.
         # (Not when ``parent`` died during the scan: its children, re-parented away meanwhile, may have
         # been read as not covered; nothing is forgotten then.)
         if not parent_alive():
             return
-        if tree:
+        if tree and subreaper:
             live = {table[p][1] for p in covered}
         else:
             live = {st[1] for st in table.values() if st[2] != "Z"}
@@ -609,6 +624,8 @@ def watch(
                 for line in lines:
                     if line == b"t":
                         tree, listed = True, False
+                    elif line == b"r":
+                        subreaper = True
                     elif line[:1] == b"g" and line[1:].isdigit():
                         groups.add(int(line[1:]))
                         listed = False

@@ -80,9 +80,14 @@ def _settle(scans: list[int], theirs: _Counted) -> None:
         time.sleep(0.001)
 
 
+@pytest.mark.parametrize("tree", [False, True], ids=["tree_false", "tree_without_subreaper"])
 def test_tree_false_watchdog_sweeps_an_unlisted_member_of_a_led_group_whose_leader_ended(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tree: bool
 ) -> None:
+    """(``tree_without_subreaper``: review s16-hard I2. A ``tree`` watchdog whose process is not a
+    subreaper, ``become_subreaper`` having failed, applied the covered-only rule, which rests on the
+    orphans being re-parented to it: Y, re-parented to init, survived. Now it is told, ``subreaper=``,
+    and keeps the group as one without ``tree`` does.)"""
     scans = [0]
     real_scan = lifeline.scan
 
@@ -104,7 +109,7 @@ def test_tree_false_watchdog_sweeps_an_unlisted_member_of_a_led_group_whose_lead
         ours, raw = socket.socketpair()
         theirs = _Counted(raw, scans)
         watcher = threading.Thread(
-            target=lifeline.watch, args=(parent.pid, st[3], theirs, 0.3, 600.0, False), daemon=True
+            target=lifeline.watch, args=(parent.pid, st[3], theirs, 0.3, 600.0, tree), daemon=True
         )
         watcher.start()
         _ask(ours, b"g%d\n" % w.pid, 1)  # watch W's group; a listing: W and L (leading group L) covered

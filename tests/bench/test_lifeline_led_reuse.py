@@ -117,7 +117,10 @@ def test_a_remembered_group_whose_id_was_reused_does_not_take_an_unrelated_daemo
         ours, raw = socket.socketpair()
         theirs = _Counted(raw, scans)
         watcher = threading.Thread(
-            target=lifeline.watch, args=(parent.pid, st[3], theirs, 0.3, 600.0, True), daemon=True
+            target=lifeline.watch,
+            args=(parent.pid, st[3], theirs, 0.3, 600.0, True),
+            kwargs={"subreaper": True},  # (a bench's: ``reaper.install`` made its process one)
+            daemon=True,
         )
         watcher.start()
         _ask(ours, 1)  # a listing: the child, leading group g, remembered
