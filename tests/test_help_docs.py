@@ -20,17 +20,34 @@ def _section(text: str, title: str) -> str:
     """The text under the heading ``title`` (any level) up to the next heading of the same or a higher
     level; empty when no heading has that title."""
     lines = text.splitlines()
+    # (a line in a fenced code block is no heading: a shell block's ``# comment``; review s16-hard I3)
+    fenced, inside = [], False
+    for line in lines:
+        if line.lstrip().startswith(("```", "~~~")):
+            inside = not inside
+            fenced.append(True)
+        else:
+            fenced.append(inside)
     for i, line in enumerate(lines):
         m = re.match(r"(#+) (.*)", line)
-        if m and m.group(2).strip() == title:
+        if m and not fenced[i] and m.group(2).strip() == title:
             level, out = len(m.group(1)), []
-            for rest in lines[i + 1 :]:
-                h = re.match(r"(#+) ", rest)
-                if h and len(h.group(1)) <= level:
+            for j in range(i + 1, len(lines)):
+                h = re.match(r"(#+) ", lines[j])
+                if h and not fenced[j] and len(h.group(1)) <= level:
                     break
-                out.append(rest)
+                out.append(lines[j])
             return "\n".join(out)
     return ""
+
+
+def test_a_section_runs_past_a_fenced_blocks_comment() -> None:
+    """Review s16-hard I3: a ``# comment`` in a fenced shell block ended the section (a false failure) or
+    matched a title."""
+    text = "## Commands\nintro\n```sh\n# Commands\nkvgate serve\n```\nthe option described\n## Next\nrest\n"
+    assert "the option described" in _section(text, "Commands")
+    assert "rest" not in _section(text, "Commands")
+    assert _section("```sh\n# Other\ntext\n```\n", "Other") == ""
 
 
 def _cited() -> list[tuple[str, str, str, str]]:
