@@ -196,8 +196,9 @@ def test_picker_config_errors_name_the_pool(tmp_path):
 
 
 def test_model_series_grace_is_refused_without_clusters(capsys: pytest.CaptureFixture[str]) -> None:
-    """``kvgate serve`` without ``--clusters`` labels only its config's models and removes no series: a
-    ``--model-series-grace`` there was silently ignored (review s15-labels); now a config error."""
+    """``kvgate serve`` without ``--clusters`` has no grace to set (its config's names keep their series;
+    the names its rewrite rules route have a fixed 5 min: docs/gateway.md): a ``--model-series-grace``
+    there was silently ignored (review s15-labels); now a config error."""
     from kvgate.gateway.cli import main
 
     assert main(["--endpoints", "127.0.0.1:1", "--model", "m", "--model-series-grace", "60"]) == 2

@@ -96,8 +96,10 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="with --clusters only (refused without: kvgate serve labels only its config's models, it "
-        "removes no series): a model name neither listed by a cluster, answered nor used this long loses "
+        help="with --clusters only (refused without: there the config's model names keep their series; "
+        "client names a rewrite rule without matches routes are counted as 'other'; a name a pool's "
+        "InferenceModelRewrites routed loses its series a fixed 5 min after it was last a label: "
+        "docs/gateway.md): a model name neither listed by a cluster, answered nor used this long loses "
         f'its metric series (docs/multicluster.md "Commands"); > 0, default {GRACE_S:g}; inf: never for '
         "being unused",
     )
@@ -376,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_series_grace is not None:  # (not silently ignored: review s15-labels)
             raise GatewayConfigError(
                 "--model-series-grace",
-                "only with --clusters (without, kvgate serve labels only its config's models: no series "
-                "is removed)",
+                "only with --clusters (without, kvgate serve never removes its config's names' series, "
+                "and a grace of a fixed 5 min applies to the names its rewrite rules route: docs/gateway.md)",
             )
         if args.config and not (args.endpoints or args.model):
             file_cfg = load_gateway_config(args.config)
