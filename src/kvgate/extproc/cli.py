@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.budget.limit = args.max_buffered_bytes
         # https endpoints (from --config): scraped over TLS, verified against the pool's caFile.
         args.scrape_scheme, args.scrape_ca = cfg.pool.scheme, cfg.pool.ca_file
-        staleness = _staleness(args, cfg, None if cfg.pool.inference_pool is not None else "static")
+        staleness = _staleness(args, cfg)
         kube = _kube_pool(args, cfg, store, ctx, staleness)
     except (EppConfigError, OSError, ValueError, KeyError) as e:
         print(f"kvgate epp: {e}", file=sys.stderr)
@@ -310,19 +310,30 @@ def _staleness_flags(args: argparse.Namespace, unused: str | None) -> None:
     check_flags(args.kube_stale_after, args.kube_stale_not_ready_after or 0.0, unused)
 
 
-def _staleness(args: argparse.Namespace, cfg: EppConfig, unused: str | None) -> Any:
+def _staleness(args: argparse.Namespace, cfg: EppConfig) -> Any:
     """The pool's ``StalenessPolicy``: ``--config``'s ``kubernetes: {staleAfterSeconds,
     staleNotReadyAfterSeconds}`` (as ``kvgate serve``'s file; read at start: ``kvgate epp`` does not
     reload its config), each overridden by its flag, checked as ``kvgate serve`` checks them (the
-    ValueError names the flag or key the value came from; refused where nothing is watched)."""
-    from kvgate.k8s.stalepolicy import file_and_flags, staleness_policy
+    ValueError names the flag or key the value came from). The file's keys are file-wide and judged as
+    ``kvgate serve`` judges them: accepted when any pool of the file comes from an InferencePool, so the
+    EPP of a static pool of a shared file starts (its keys apply to the watched pools' EPPs, none here);
+    refused where no pool of the file is watched. A flag is this process's: refused on a static pool's EPP
+    (it watches nothing). None for a static pool."""
+    from kvgate.k8s.stalepolicy import file_and_flags, refuse_unused, staleness_policy
 
     gw = cfg.gateway
+    here = cfg.pool.inference_pool is not None
+    in_file = any(pool.inference_pool is not None for pool in gw.pools)
     stale, not_ready = file_and_flags(
         args.kube_stale_after, args.kube_stale_not_ready_after, gw.kube_stale_after_s,
-        gw.kube_stale_not_ready_after_s, unused,
+        gw.kube_stale_not_ready_after_s, None if in_file else "static",
     )  # fmt: skip
-    return staleness_policy(stale, not_ready, warn=False)
+    if here:
+        return staleness_policy(stale, not_ready, warn=False)
+    why = (f"this EPP serves pool {cfg.pool.name!r}, which does not come from an InferencePool (the "
+           f"config's kubernetes keys apply to its watched pools' EPPs)")  # fmt: skip
+    refuse_unused(args.kube_stale_after, args.kube_stale_not_ready_after or 0.0, why)  # a ValueError
+    return None
 
 
 def _kube_pool(
