@@ -1,11 +1,11 @@
-"""The liveness probe of a silent watch (session 16): a stuck-but-connected API server (watches answer 200
-and then send nothing, requests hang) was found only at the watch's client deadline, its timeoutSeconds +
-15 s (up to ~10 min 15 s), the copy counting as in sync (age 0) all along. Now an open watch that reads
-nothing for ``probe_after_s`` asks one consistent ``LIST ?limit=1`` (no selector, no resourceVersion);
-unanswered within ``probe_timeout_s`` it ends the watch and relists, so the copy ages from its last proof
-and the stale WARNING comes. Answered, the watch goes on (no relist: one one-object LIST per quiet minute,
-none while events come). Against the API-server double over real HTTP on loopback, the probe's period and
-deadline on injected time (``tests/fake_time.py``); the watches' own timeoutSeconds are the production
+"""The liveness probe of a silent watch (session 16): a stuck-but-connected API server (watches answer 200 and
+then send nothing, requests hang) was found only at the watch's client deadline, its timeoutSeconds + 15 s (up
+to ~10 min 15 s), the copy counting as in sync (age 0) all along. Now an open watch that reads nothing for
+``probe_after_s`` asks one consistent ``LIST ?limit=1`` (the watch's selectors, no resourceVersion);
+unanswered within ``probe_timeout_s`` it ends the watch and relists, so the copy ages from its last proof and
+the stale WARNING comes. Answered, the watch goes on (no relist: one one-object LIST per quiet minute, none
+while events come). Against the API-server double over real HTTP on loopback, the probe's period and deadline
+on injected time (``tests/fake_time.py``); the watches' own timeoutSeconds are the production
 5-10 min, never reached here."""
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ async def test_a_stuck_api_server_is_found_by_the_probe_not_at_the_watch_deadlin
 
 async def test_a_quiet_watch_on_a_healthy_server_is_probed_with_limit_1_and_never_relists() -> None:
     """A quiet type (the double as kube-apiserver's cacher: no bookmark, nothing changes): every 60 s of
-    silence one probe, on the wire ``limit=1`` and nothing else (no resourceVersion: a consistent read;
-    no selector: one object read), answered, so the watch goes on: no relist, no error; an answered probe is
+    silence one probe, on the wire ``limit=1`` and the watch's own selector, nothing else (no
+    resourceVersion: a consistent read; the selector: RBAC ``resourceNames`` needs it, review s16-k8s F1),
+    answered, so the watch goes on: no relist, no error; an answered probe is
     a proof (``last_sync`` its send time), the age 0 while the watch is open."""
     async with ApiServerDouble(bookmark_interval=0.2) as double:
         ft = FakeTime()
@@ -116,31 +117,33 @@ async def test_a_quiet_watch_on_a_healthy_server_is_probed_with_limit_1_and_neve
                 assert r.last_sync == 60.0 * n and r.age() == 0.0
             assert r.lists == 1 and r.watches == 1 and r.stuck == 0 and r.error is None
             assert r.bookmarks == 0 and r.events == 0
-        assert _probes(double) == [{"limit": ["1"]}] * 3
+        assert _probes(double) == [{"labelSelector": ["app=x"], "limit": ["1"]}] * 3
 
 
 async def test_a_watch_that_reads_events_is_not_probed() -> None:
-    """Events within each 60 s: no probe at all (the probe costs nothing on a busy watch)."""
+    """An event every 50 s: no probe at all (the probe costs nothing on a busy watch); the silence is timed
+    from the last event (review s16-k8s F3), so 59 s after the last one still none."""
     async with ApiServerDouble(bookmark_interval=0.2) as double:
         ft = FakeTime()
         async with _reflector(double, ft) as r:
             for n in range(1, 4):
                 double.set_pod_status("a", ip=f"10.0.0.{n}", ready=True)
                 await until(lambda n=n: r.events == n)  # type: ignore[misc]
-                await _advance_to(ft, 60.0 * n)
-            await _advance_to(ft, 179.0)
+                await _advance_to(ft, 50.0 * n)
+            await _advance_to(ft, 100.0 + 59.0)
             assert r.probes == 0 and r.stuck == 0 and r.lists == 1
         assert _probes(double) == []
 
 
 class _StorageDown(ApiServerDouble):
-    """A double whose next ``limit=1`` list (the probe's: no selector, no watch) is answered 504 with
+    """A double whose next ``limit=1`` list (the probe's: no watch) is answered 504 with
     kube-apiserver's Status for an etcd timeout, over the wire."""
 
     fail_next_probe = False
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if self.fail_next_probe and request.method == "GET" and dict(request.query) == {"limit": "1"}:
+        probe = request.query.get("limit") == "1" and "watch" not in request.query
+        if self.fail_next_probe and request.method == "GET" and probe:
             self.fail_next_probe = False
             self.requests.append(f"{request.method} {request.path_qs}")
             status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 504,

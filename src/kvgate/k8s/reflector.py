@@ -12,27 +12,30 @@ reports them) while the reflector relists with back-off (the list that succeeds 
 410's relist counts once it completes), a watch event or bookmark read, or a watch the server itself ended
 at its ``timeoutSeconds`` (a clean end of the stream, held for the whole timeout). ``age()`` is 0 while a
 watch is open (answered 200, its stream not ended): a quiet watch may read nothing for its whole timeout
-(kube-apiserver bookmarks a watch only once the resource type's resourceVersion moved past the watch's
-start: on a type nobody writes, with etcd's progress notify at its 10 min default, none at all), and it is
-in sync as client-go's informers count it. Every watch is bounded as client-go bounds it: ``timeoutSeconds``
-drawn per watch from [``min_watch_timeout_s``, twice that) (client-go's ``minWatchTimeout``, 5 min), and a
-client-side deadline ``watch_deadline_margin_s`` above it. A watch that reaches that deadline was never
-ended by the server (a stuck API server or proxy holding the connection open): the reflector relists, and
-the list either completes (in sync) or fails (the copy ages: stale). A watch that reads nothing for
-``probe_after_s`` (60 s) is probed: one consistent ``LIST ?limit=1`` of the collection (no resourceVersion,
-no selector), on the injected ``sleep``; answered 2xx, the watch goes on and the copy counts as in sync as
-of the probe; unanswered within ``probe_timeout_s`` (10 s), a 5xx or a connection error, the watch ends and
-the reflector relists (``stuck``). So a stuck but connected API server is found within ~70 s of its last
-answered probe (the client deadline, at most ~10 min 15 s, stays the bound for a server that answers probes
-but not the watch); an unreachable one (refused, reset, TCP keepalive) at once. A watch held open that read
+(kube-apiserver bookmarks a watch only once the resource type's resourceVersion moved past the watch's start:
+on a type nobody writes, with etcd's progress notify at its 10 min default, none at all), and it is in sync as
+client-go's informers count it. Every watch is bounded as client-go bounds it: ``timeoutSeconds`` drawn per
+watch from [``min_watch_timeout_s``, twice that) (client-go's ``minWatchTimeout``, 5 min), and a client-side
+deadline ``watch_deadline_margin_s`` above it. A watch that reaches that deadline was never ended by the
+server (a stuck API server or proxy holding the connection open): the reflector relists, and the list either
+completes (in sync) or fails (the copy ages: stale). A watch that reads nothing for ``probe_after_s`` (60 s,
+timed from its last event or bookmark) is probed: one consistent ``LIST ?limit=1`` of the collection with the
+watch's own selectors (no resourceVersion), on the injected ``sleep``; answered 2xx, its first object is
+checked against the copy: missing or at another resourceVersion, the copy is behind and the reflector relists
+(``behind``), else the watch goes on and the copy counts as in sync as of the probe; a 4xx (429, 403) proves
+nothing, the next probe waits the server's Retry-After and the third in a row counts as no answer; unanswered
+within ``probe_timeout_s`` (10 s), a 5xx or a connection error, the watch ends and the reflector relists
+(``stuck``). So a stuck but connected API server is found within ~70 s of the last proof (the client deadline,
+at most ~10 min 15 s, stays the bound for a server that answers probes but not the watch, where nothing the
+probe reads changed); an unreachable one (refused, reset, TCP keepalive) at once. A watch held open that read
 nothing and ended early (a proxy's idle cut or close) proves nothing either: relist. A watch that opens and
-then fails (an ``ERROR`` event, an empty stream or a close at once) proves nothing: ``error`` takes its
-cause again (an open watch clears the last failure's, as it zeroes the age: else a quiet type kept an
-outage's error in /readyz for up to ~10 min after the server came back). A relist that follows a watch
-refused as it opened (403, 404: RBAC granting list but not watch) brings the copy up to date but counts only
-once a watch opens again: until then the error, the age and the growing back-off stay (else list, 403, 0.1
-s, list... for good). ``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines
-and, if asked, not-ready.
+then fails (an ``ERROR`` event, an empty stream or a close at once) proves nothing: ``error`` takes its cause
+again (an open watch clears the last failure's, as it zeroes the age: else a quiet type kept an outage's error
+in /readyz for up to ~10 min after the server came back). A relist that follows a watch refused as it opened
+(403, 404: RBAC granting list but not watch) brings the copy up to date but counts only once a watch opens
+again: until then the error, the age and the growing back-off stay (else list, 403, 0.1 s, list... for good).
+``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines and, if asked,
+not-ready.
 
 Generic over any group/version/plural (``ResourceType``), CRDs included.
 """
@@ -40,7 +43,9 @@ Generic over any group/version/plural (``ResourceType``), CRDs included.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import random
 import socket
 import time
@@ -106,15 +111,23 @@ TIMEOUT_END_SLACK_S = 1.0
 # (a cut, a timeout). One that ends sooner without an event (an ERROR at once, an empty stream) backs off
 # further each time instead of re-opening every 0.1 s.
 HELD_OPEN_S = 1.0
-# The liveness probe of an open watch (session 16): after this long without an event or bookmark, one
-# consistent ``LIST ?limit=1`` (no resourceVersion: a quorum read; ``resourceVersion=0`` would be served by
-# the watch cache, which ignores ``limit`` before KEP-4988, a full list) with no selector (one key read,
-# not a filtered scan), answered within ``PROBE_TIMEOUT_S``. A probe unanswered (or a 5xx, or a connection
-# error) while the watch stays silent ends the watch and relists: a stuck-but-connected API server is
-# found within PROBE_AFTER_S + PROBE_TIMEOUT_S instead of the watch's client deadline (~10 min 15 s). Cost:
-# one one-object LIST per quiet watch per minute, none while events or bookmarks come.
+# The liveness probe of an open watch (session 16): after this long without an event or bookmark (timed
+# from the last one, or from the watch's start), one consistent ``LIST ?limit=1`` (no resourceVersion: a
+# quorum read; ``resourceVersion=0`` would be served by the watch cache, which ignores ``limit`` before
+# KEP-4988, a full list) with the watch's own selectors (review s16-k8s F1: RBAC ``resourceNames`` admits a
+# list only with its ``metadata.name=`` field selector, which the registry reads as one key; a label
+# selector makes the server read until the first match), answered within ``PROBE_TIMEOUT_S``. A probe
+# unanswered (or a 5xx, or a connection error) while the watch stays silent ends the watch and relists: a
+# stuck-but-connected API server is found within PROBE_AFTER_S + PROBE_TIMEOUT_S of the last proof instead
+# of the watch's client deadline (~10 min 15 s). Cost: one one-object LIST per quiet watch per minute, none
+# while events or bookmarks come.
 PROBE_AFTER_S = 60.0
 PROBE_TIMEOUT_S = 10.0
+# Probes answered 4xx (429 from API Priority and Fairness, whose queues fill on a server with stuck storage;
+# 403/401) prove nothing: the next one waits the server's Retry-After (at least PROBE_TIMEOUT_S), and this
+# many in a row count as no answer (review s16-k8s F5): found ~PROBE_AFTER_S + 2 x PROBE_TIMEOUT_S after the
+# last proof with 429s of Retry-After 1 s, instead of never.
+PROBE_UNPROVEN_LIMIT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +165,22 @@ class _Cut(Exception):
     """A watch that read events, held open, then its connection cut (no in-stream error): re-watch."""
 
 
-_ANSWERED = "answered"  # a probe the server answered without proving its storage (4xx)
+@dataclass(frozen=True, slots=True)
+class _Unproven4xx:
+    """A probe the server answered without proving its storage (4xx): why, and its Retry-After."""
+
+    why: str
+    retry_after_s: float | None
+
+
+class _ProbeRefused(Exception):
+    def __init__(self, error: KubeError, retry_after_s: float | None) -> None:
+        super().__init__(str(error))
+        self.error, self.retry_after_s = error, retry_after_s
+
+
+class _Behind(Exception):
+    """An open watch whose liveness probe's answer showed the copy behind (a newer object): relist."""
 
 
 class _Stuck(Exception):
@@ -213,6 +241,11 @@ class Reflector:
         self.unproven = 0  # watches held open, read nothing, ended early (a proxy's cut): relisted
         self.probes = 0  # liveness probes answered (2xx) while a watch was silent
         self.stuck = 0  # silent watches ended because the API server did not answer their probe: relisted
+        self.behind = 0  # silent watches ended because their probe's answer showed the copy behind
+        self.probes_refused = 0  # probes answered 401/403 (the probe cannot work with these credentials)
+        self._probe_refusal_logged = False
+        self._behind_now = False  # this watch's probe showed the copy behind
+        self._heard_at = 0.0  # clock() at the watch's last event or bookmark (or its probe's start)
         self._stuck_why: str | None = None  # why this watch's probe ended it
         self.last_sync: float | None = None  # clock() when last known in sync (None: never listed)
         # A watch refused as it opened (403/404): the relist that follows counts only once a watch opens.
@@ -298,6 +331,10 @@ class Reflector:
             except _Stuck as e:
                 self.stuck += 1
                 self._fail(str(e))
+                need_list = True
+                await asyncio.sleep(self.backoff.next(self._rng))
+            except _Behind as e:
+                log.warning("reflector %s: %s", self.name, e)
                 need_list = True
                 await asyncio.sleep(self.backoff.next(self._rng))
             except _Overran as e:
@@ -407,7 +444,7 @@ class Reflector:
         # server does not end (a stuck server or proxy that keeps it open) ends too.
         sent = asyncio.get_running_loop().time()
         deadline = asyncio.timeout_at(sent + timeout_s + self.watch_deadline_margin_s)
-        self._stuck_why = None
+        self._stuck_why, self._behind_now = None, False
         probes: asyncio.Task[None] | None = None
         try:
             async with deadline:
@@ -417,6 +454,8 @@ class Reflector:
         except TimeoutError:
             if not deadline.expired():
                 raise
+            if self._behind_now and self._stuck_why is not None:
+                raise _Behind(self._stuck_why) from None
             if self._stuck_why is not None:
                 raise _Stuck(self._stuck_why) from None
             raise _Overran(timeout_s) from None
@@ -428,39 +467,88 @@ class Reflector:
                     log.error("reflector %s: the liveness probe failed: %r", self.name, exc, exc_info=exc)
 
     async def _probes(self, deadline: asyncio.Timeout) -> None:
-        """While the watch (being opened or open) reads nothing for ``probe_after_s``, ask the API server a
-        cheap question (``_probe``); an open watch with an answer counts as in sync then (``last_sync``),
-        one without ends (``deadline`` expired at once, ``_stuck_why`` saying why) and the caller relists."""
+        """While the watch (being opened or open) reads nothing for ``probe_after_s`` (timed from its last
+        event or bookmark, or from its start), ask the API server a cheap question (``_probe``). Answered
+        2xx with nothing that shows the copy behind: in sync as of the probe (``last_sync``), the next probe
+        ``probe_after_s`` after it. Its answer showing the copy behind (``_behind``): the watch ends and the
+        caller relists. Answered without proof (4xx: 429, 403, ...): no credit, the next probe after the
+        server's Retry-After (at least ``probe_timeout_s``), and the ``PROBE_UNPROVEN_LIMIT``-th such
+        answer in a row counts as no answer. No answer in time (or a 5xx, the connection): the watch ends
+        (``deadline`` expired at once, ``_stuck_why`` saying why) and the caller relists."""
         assert self.probe_after_s is not None
+        seen = self.events
+        quiet_since = self._heard_at = self.clock()
+        due = quiet_since + self.probe_after_s
+        unproven: list[str] = []  # the 4xx answers in a row since the last event or proof
         while True:
-            seen = self.events
-            await self.sleep(self.probe_after_s)
-            if self.events != seen:
-                continue  # the watch read something: the server is alive
+            if self.events != seen:  # the watch read something: the server is alive; time from then
+                seen, unproven = self.events, []
+                quiet_since = self._heard_at
+                due = quiet_since + self.probe_after_s
+            wait = due - self.clock()
+            if wait > 0:
+                await self.sleep(wait)
+                continue
             sent = self.clock()
-            why = await self._probe()
-            if self.events != seen or why == _ANSWERED:
+            answer = await self._probe()
+            if self.events != seen:
                 continue
-            if why is None:
-                self.probes += 1
-                if self._watching:  # answered while the watch is open: in sync as of the probe's send
-                    self.last_sync = max(self.last_sync or sent, sent)
-                continue
-            silent = self.probe_after_s
-            self._stuck_why = (f"the API server did not answer a liveness probe (LIST limit=1) while the "
-                               f"watch read nothing for {silent:g} s: {why}; relisting")  # fmt: skip
+            if isinstance(answer, _Unproven4xx):
+                unproven.append(answer.why)
+                if len(unproven) < PROBE_UNPROVEN_LIMIT:
+                    due = sent + max(answer.retry_after_s or 0.0, self.probe_timeout_s)
+                    continue
+                why = (f"the API server answered {len(unproven)} liveness probes in a row without proof "
+                       f"({'; '.join(unproven)})")  # fmt: skip
+            elif isinstance(answer, dict):
+                behind = self._behind(answer)
+                if behind is None:
+                    self.probes += 1
+                    if self._watching:  # answered while the watch is open: in sync as of the probe's send
+                        self.last_sync = max(self.last_sync or sent, sent)
+                    unproven, due = [], sent + self.probe_after_s
+                    continue
+                self.behind += 1
+                self._stuck_why = f"the liveness probe's answer shows the copy behind: {behind}; relisting"
+                self._behind_now = True
+                deadline.reschedule(asyncio.get_running_loop().time())
+                return
+            else:
+                why = f"the API server did not answer a liveness probe: {answer}"
+            silent = self.clock() - quiet_since
+            self._stuck_why = f"{why} while the watch read nothing for {silent:g} s; relisting"
             deadline.reschedule(asyncio.get_running_loop().time())
             return
 
-    async def _probe(self) -> str | None:
-        """One consistent ``LIST ?limit=1`` of the watched collection (no selector, no resourceVersion),
-        bounded by ``probe_timeout_s`` on ``sleep``: None when answered 2xx; ``_ANSWERED`` for a 4xx (the
-        server answers, but proves nothing of its storage: 429 throttled, ...: the watch goes on, no
-        credit); else why not (no answer in time, a 5xx, the connection)."""
+    def _behind(self, page: Obj) -> str | None:
+        """What the probe's answer (the first object of the watched selection, a consistent read) shows the
+        copy lacks, else None: that object missing from the copy or at another resourceVersion, or the
+        selection empty while the copy is not. Exact for the first object: the probe asks the watch's own
+        selectors (an object the copy holds but the server deleted is seen only when it is the first)."""
+        items = page.get("items") or []
+        if not items:
+            return f"the server lists none, the copy holds {len(self.items)}" if self.items else None
+        item = items[0]
+        key, rv = key_of(item), _rv(item)
+        mine = self.items.get(key)
+        name = "/".join(part for part in key if part)
+        if mine is None:
+            return f"{name} (resourceVersion {rv}) is missing from the copy"
+        if _rv(mine) != rv:
+            return f"{name} is at resourceVersion {rv} on the server, {_rv(mine)} in the copy"
+        return None
+
+    async def _probe(self) -> Obj | _Unproven4xx | str:
+        """One consistent ``LIST ?limit=1`` of the watched collection with the watch's own selectors (no
+        resourceVersion), bounded by ``probe_timeout_s`` on ``sleep``: the page when answered 2xx;
+        ``_Unproven4xx`` for a 4xx (the server answers, but proves nothing of its storage: 429 throttled,
+        403/401 refused (one WARNING: the probe cannot work with these credentials), ...); else why not (no
+        answer in time, a 5xx, the connection)."""
         path = self.rt.collection_path(self.namespace)
         # (the request's own timeout, on real time, is only a backstop where ``sleep`` is not)
         backstop = max(30.0, 2 * self.probe_timeout_s)
-        ask = asyncio.create_task(self.client.request("GET", path, {"limit": 1}, timeout_s=backstop))
+        q = {**self._query(), "limit": 1}
+        ask = asyncio.create_task(self._ask(path, q, backstop))
         timer: asyncio.Future[None] = asyncio.ensure_future(self.sleep(self.probe_timeout_s))
         both: list[asyncio.Future[Any]] = [ask, timer]
         try:
@@ -474,15 +562,43 @@ class Reflector:
             return f"no answer within {self.probe_timeout_s:g} s"
         e = ask.exception()
         if e is None:
-            return None
-        if isinstance(e, KubeError):
-            if e.status < 500:
-                log.debug("reflector %s: liveness probe answered %s", self.name, e)
-                return _ANSWERED
-            return str(e)
+            return ask.result()
+        if isinstance(e, _ProbeRefused):
+            if e.error.status >= 500:
+                return str(e.error)
+            if e.error.status in (401, 403):
+                self.probes_refused += 1
+                if not self._probe_refusal_logged:
+                    self._probe_refusal_logged = True
+                    log.warning("reflector %s: the liveness probe (LIST limit=1 with the watch's selectors) "
+                                "was refused: %s; it proves nothing, and %d refusals in a row end the watch "
+                                "as unanswered", self.name, e.error, PROBE_UNPROVEN_LIMIT)  # fmt: skip
+            else:
+                log.debug("reflector %s: liveness probe answered %s", self.name, e.error)
+            return _Unproven4xx(str(e.error), e.retry_after_s)
         if isinstance(e, (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError)):
             return f"{type(e).__name__}: {e}"
         raise e
+
+    async def _ask(self, path: str, q: dict[str, Any], timeout_s: float) -> Obj:
+        """The probe's request: its page, or ``_ProbeRefused`` with the server's Retry-After (the header, or
+        a Status's ``details.retryAfterSeconds``)."""
+        resp = await self.client.open("GET", path, q, timeout_s=timeout_s)
+        async with resp:
+            raw = await resp.read()
+            if 200 <= resp.status < 300:
+                out: Obj = orjson.loads(raw) if raw else {}
+                return out
+            error = error_from(resp.status, raw)
+            retry_after: float | None = None
+            try:
+                retry_after = float(resp.headers.get("Retry-After", ""))
+            except ValueError:
+                with contextlib.suppress(orjson.JSONDecodeError, LookupError, TypeError, ValueError):
+                    retry_after = float(orjson.loads(raw)["details"]["retryAfterSeconds"])
+            if retry_after is not None and not (math.isfinite(retry_after) and retry_after >= 0):
+                retry_after = None
+            raise _ProbeRefused(error, retry_after)
 
     async def _stream(self, q: dict[str, Any], sent: float, timeout_s: int) -> None:
         # No total or read timeout here: the deadline above bounds the watch, TCP keepalive a dead peer.
@@ -550,6 +666,7 @@ class Reflector:
     def _on_event(self, ev: dict[str, Any]) -> None:
         etype, obj = ev.get("type"), ev.get("object") or {}
         self.events += 1
+        self._heard_at = self.clock()
         if etype == "ERROR":
             code = obj.get("code")
             if code == 410:

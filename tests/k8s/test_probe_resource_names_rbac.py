@@ -1,0 +1,130 @@
+"""Review s16-k8s F1: the liveness probe drops the reflector's selector, so it needs RBAC ``list`` on the
+whole collection; under RBAC restricted by ``resourceNames`` (Kubernetes authorizes a list/watch against
+``resourceNames`` only when the request carries ``fieldSelector=metadata.name=<that name>``, RBAC docs,
+"Referring to resources") every probe is answered 403 -- and 403s are "answered, proves nothing", so the
+probe is silently off for that reflector and a stuck API server is again found only at the watch's client
+deadline (5-10 min + 15 s). kube-apiserver authorizes from its own RBAC informer cache, so the 403 comes at
+once even while etcd (storage) is stuck: that is what the double below does.
+
+The reflector here watches one object by name (as ``PoolDiscovery.pool_reflector`` watches its
+InferencePool: ``fieldSelector=metadata.name=<pool>``); the double answers 403 to any pods request without
+that field selector (the resourceNames rule), and is then stalled (watch open and silent, lists hang).
+
+Fails on main (a56fae3..30509bb): after 60 s + 10 s (and after 5 probe periods) ``stuck`` stays 0, the
+error None and the age 0 -- the copy counts as in sync on a stuck server. A fix: keep a ``metadata.name``
+field selector in the probe (kube-apiserver turns it into a single-key read, as cheap as ``limit=1``), or
+treat a 401/403 probe as "the probe cannot work here" once, at WARNING.
+
+Run:
+  PYTHONPATH=/work/main/src:/work/main/tests /work/main/.venv/bin/python -m pytest -q \
+      /work/team/reviews/s16-k8s-tests/test_s16k8s_probe_needs_unscoped_list.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+
+from fake_time import FakeTime
+from k8s.reflector_kit import create_pod, until
+from kvgate.k8s.apiserver import ApiServerDouble
+from kvgate.k8s.client import KubeClient
+from kvgate.k8s.reflector import Reflector
+from kvgate.k8s.resources import POD
+
+pytestmark = pytest.mark.asyncio
+
+SELECTOR = "metadata.name=a"
+
+
+class _ResourceNamesRbac(ApiServerDouble):
+    """RBAC ``resourceNames: [a]`` on pods: a pods list/watch is allowed only with ``metadata.name=a``."""
+
+    probes_refused = 0
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/pods") and request.query.get("fieldSelector") != SELECTOR:
+            self.probes_refused += 1
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                      "reason": "Forbidden", "message": 'pods is forbidden: User "system:serviceaccount:'
+                      'default:kvgate" cannot list resource "pods" in API group "" in the namespace '
+                      '"default"'}  # fmt: skip
+            return web.json_response(status, status=403)
+        return await super()._handle(request)
+
+
+async def _advance(ft: FakeTime, seconds: float) -> None:
+    end = ft.now + seconds
+    while ft.now < end:
+        wake = ft.next_wake()
+        step = end - ft.now if wake is None or wake <= ft.now else min(end, wake) - ft.now
+        ft.advance(step)
+        await asyncio.sleep(0.05)
+
+
+async def test_a_stuck_server_is_found_by_the_probe_under_resource_names_rbac() -> None:
+    double = _ResourceNamesRbac(bookmark_interval=0.2)
+    async with double:
+        create_pod(double)
+        ft = FakeTime()
+        client = await KubeClient.connect(server=double.url)
+        r = Reflector(client, POD, namespace="default", field_selector=SELECTOR, clock=ft.clock,
+                      sleep=ft.sleep, seed=1, probe_after_s=60.0, probe_timeout_s=10.0)  # fmt: skip
+        r.start()
+        try:
+            await r.wait_synced()
+            await until(lambda: r.watches >= 1 and ft.next_wake() is not None)
+            assert r.lists == 1 and r.error is None  # the selected list and watch are allowed
+            double.stall(lists=True)  # storage stuck: the watch silent, lists hang
+            await _advance(ft, 70.0)
+            await asyncio.sleep(0.3)
+            await _advance(ft, 4 * 60.0)  # five probe periods in all
+            await asyncio.sleep(0.3)
+            assert r.stuck >= 1 or r.error is not None, (
+                f"stuck API server not found by the probe: {double.probes_refused} probes answered 403 "
+                f"and ignored; stuck={r.stuck} error={r.error!r} age={r.age()} (counts as in sync)"
+            )
+        finally:
+            double.unstall()
+            await r.stop()
+            await client.close()
+
+
+class _ProbeForbidden(ApiServerDouble):
+    """RBAC that admits the reflector's list (``limit=500``) and watch but not the probe's ``limit=1``."""
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("limit") == "1":
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                      "reason": "Forbidden", "message": "pods is forbidden"}  # fmt: skip
+            return web.json_response(status, status=403)
+        return await super()._handle(request)
+
+
+async def test_a_refused_probe_is_a_warning_once_and_no_proof(caplog: pytest.LogCaptureFixture) -> None:
+    """A 403 on the probe: one WARNING (not DEBUG), counted, never credited as a proof of sync; the third
+    in a row counts as no answer (the watch ends, the reflector relists). Fails before: DEBUG only."""
+    double = _ProbeForbidden(bookmark_interval=0.2)
+    async with double:
+        create_pod(double)
+        ft = FakeTime()
+        client = await KubeClient.connect(server=double.url)
+        r = Reflector(client, POD, namespace="default", clock=ft.clock, sleep=ft.sleep, seed=1,
+                      probe_after_s=60.0, probe_timeout_s=10.0)  # fmt: skip
+        r.start()
+        try:
+            with caplog.at_level("WARNING", logger="kvgate.k8s.reflector"):
+                await r.wait_synced()
+                await until(lambda: r.watches >= 1 and ft.next_wake() is not None)
+                await _advance(ft, 60.0 + 10.0 + 1.0)  # two probes: 60 s, 70 s
+                await until(lambda: r.probes_refused == 2)
+                assert r.last_sync == 0.0 and r.probes == 0 and r.stuck == 0  # no credit
+                await _advance(ft, 10.0)  # the third, at 80 s
+                await until(lambda: r.stuck == 1)
+            refused = [m for m in caplog.messages if "liveness probe" in m and "refused" in m]
+            assert len(refused) == 1, caplog.messages
+        finally:
+            await r.stop()
+            await client.close()
