@@ -268,7 +268,7 @@ def _hub_main(args: argparse.Namespace) -> int:
     from kvgate.extproc.metrics import EppMetrics
     from kvgate.extproc.session import SessionContext
     from kvgate.k8s.stalepolicy import hub_policy
-    from kvgate.multicluster.clusters import ClustersError, ClustersFile
+    from kvgate.multicluster.clusters import NOT_WITH_CONFIG, ClustersError, ClustersFile
     from kvgate.multicluster.hub import ClusterDirector, HubFeed
     from kvgate.multicluster.policies import fresh_seed
     from kvgate.multicluster.state import models_listed
@@ -277,6 +277,8 @@ def _hub_main(args: argparse.Namespace) -> int:
     seed = fresh_seed() if args.cluster_policy_seed is None else args.cluster_policy_seed
     log.info("hub EPP: cluster policy %s, seed %d", args.cluster_policy, seed)
     try:
+        if args.config:  # the clusters file is the whole configuration: --config would be read by nothing
+            raise ValueError(f"--config: {NOT_WITH_CONFIG}")
         _staleness_flags(args, "hub")
         cfile = ClustersFile(args.clusters)
         director = ClusterDirector(cfile.config, args.cluster_policy, seed=seed)

@@ -354,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         from kvgate.multicluster.serve import ServeArgs, run
 
         try:
+            if args.config:  # the clusters file is the whole configuration (review s16-k8s F6)
+                from kvgate.multicluster.clusters import NOT_WITH_CONFIG
+
+                raise GatewayConfigError("--config", NOT_WITH_CONFIG)
             staleness_settings(args, None, "hub")
             grace = GRACE_S if args.model_series_grace is None else args.model_series_grace
             if not grace > 0:

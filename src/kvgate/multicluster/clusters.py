@@ -49,6 +49,13 @@ class ClustersError(ValueError):
 
 
 EPP_TIMEOUT_S = 2.0
+# ``--config`` with ``--clusters`` (``kvgate serve``, ``kvgate epp``): refused, not silently ignored (review
+# s16-k8s F6): the clusters file is the whole configuration there.
+NOT_WITH_CONFIG = (
+    "not with --clusters: the clusters file is the whole configuration of the multi-cluster gateway "
+    "(docs/multicluster.md), so nothing would read --config (its kubernetes.staleAfterSeconds included: "
+    "give --kube-stale-after for the members' watches)"
+)
 
 
 def _seconds(v: Any, key: str) -> float:
