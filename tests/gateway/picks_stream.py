@@ -3,11 +3,22 @@
 The real front (``httpfront``), proxy, ``kvgate`` policy picker (four endpoints), upstream client and
 metrics of ``kvgate serve``, with both sockets replaced by in-memory transports and every clock by one
 settable clock, driven through a seeded stream of events: a request arrives (completions or chat,
-streamed or not, prompts that share prefixes, a session header or ``user`` now and then, a LoRA
-adapter), one in flight is answered (a whole JSON body with usage, or an SSE stream ending in a usage
-event), an endpoint's scraped metrics change, the clock moves. Each event runs to its end (the request
-written upstream, or the client's answer complete) before the next. The result is one line per request:
-its id, the endpoint it was written to (or the status the client got) and the client's status.
+streamed or not, with or without ``max_tokens``, prompts that share prefixes, a session header or
+``user`` now and then, a LoRA adapter), one in flight is answered, an endpoint's scraped metrics change,
+the clock moves. An answer is a whole JSON body with usage, or an SSE stream whose first event is
+relayed to the client before the clock moves by the endpoint's decode time (the endpoints decode at
+unequal paces) and the rest, ending in a usage event, arrives; usage carries the engine's cached tokens
+(``prompt_tokens_details.cached_tokens``) now and then; and now and then the endpoint answers 503
+before any byte, so the proxy retries on an untried endpoint (the retry pick). Each event runs to its
+end (the request written upstream, or the client's answer complete) before the next. The result is one
+line per request: its id, each endpoint it was written to (or the status the client got) and the
+client's status. Covered: the pick, dispatch, first-token, finish and retry paths of the gateway door
+without flow control, rewrite rules, rate limits or a tokenizer (``tokenizer: auto`` finds none for
+``m``), with the prefix scorer's ``cachedTokensFeedback`` on; the picker's pace learning and the
+engine's cached-token corrections feed later picks (the mean decode length of requests without
+``max_tokens`` moves no pick of this stream).
+It reaches into the upstream client's privates (``upstream._Conn``, ``_connect``, ``_open``) and the
+server's ``_front``: a refactor there breaks it with an AttributeError, not a routing diff.
 
 ``tests/gateway/test_picks_recorded.py`` compares it with ``data/picks_stream.json``, recorded from
 main at ca1e66d (before issue #16's session-16 cuts of the per-request path), so a cut that changes a
@@ -19,6 +30,7 @@ single routing decision fails. Imports only names that tree has. To record again
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import random
 import sys
@@ -76,41 +88,59 @@ def _heads(rng: random.Random) -> list[str]:
     return out
 
 
-def _completion(usage: tuple[int, int]) -> bytes:
-    body = json.dumps(
-        {
-            "id": "c",
-            "object": "text_completion",
-            "model": "m",
-            "choices": [{"index": 0, "text": " ok", "finish_reason": "length"}],
-            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
-        }
-    ).encode()
+Usage = tuple[int, int, int | None]  # prompt, completion, the engine's cached tokens (None: not sent)
+
+
+def _usage(usage: Usage) -> dict[str, Any]:
+    out: dict[str, Any] = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
+    out["total_tokens"] = usage[0] + usage[1]
+    if usage[2] is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": usage[2]}
+    return out
+
+
+def _whole(status: bytes, body: bytes) -> bytes:
     return (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: application/json\r\nContent-Length: "
         + str(len(body)).encode()
         + b"\r\n\r\n"
         + body
     )
 
 
+def _completion(usage: Usage) -> bytes:
+    body = {
+        "id": "c",
+        "object": "text_completion",
+        "model": "m",
+        "choices": [{"index": 0, "text": " ok", "finish_reason": "length"}],
+        "usage": _usage(usage),
+    }
+    return _whole(b"200 OK", json.dumps(body).encode())
+
+
+def _unavailable() -> bytes:
+    body = {"error": {"message": "engine overloaded", "type": "service_unavailable", "code": 503}}
+    return _whole(b"503 Service Unavailable", json.dumps(body).encode())
+
+
 def _chunk(data: bytes) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
 
 
-def _stream(usage: tuple[int, int]) -> bytes:
-    events = [
-        b'data: {"id":"c","object":"text_completion","model":"m","choices":[{"index":0,"text":"a"}]}\n\n',
+def _stream(usage: Usage) -> tuple[bytes, bytes]:
+    """An SSE answer in two parts: the head and first event, then the usage event and the end."""
+    first = b'data: {"id":"c","object":"text_completion","model":"m","choices":[{"index":0,"text":"a"}]}\n\n'
+    rest = [
         b'data: {"id":"c","object":"text_completion","model":"m","choices":[],"usage":'
-        + json.dumps({"prompt_tokens": usage[0], "completion_tokens": usage[1]}).encode()
+        + json.dumps(_usage(usage)).encode()
         + b"}\n\n",
         b"data: [DONE]\n\n",
     ]
-    return (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-        + b"".join(_chunk(e) for e in events)
-        + b"0\r\n\r\n"
-    )
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + _chunk(first), b"".join(_chunk(e) for e in rest) + b"0\r\n\r\n"
 
 
 def _body(i: int, rng: random.Random, heads: list[str]) -> tuple[str, dict[str, Any], dict[str, str]]:
@@ -118,7 +148,9 @@ def _body(i: int, rng: random.Random, heads: list[str]) -> tuple[str, dict[str, 
     cut = rng.choice((len(head), len(head), len(head) // 2))
     text = head[:cut] + f" question {rng.randrange(40)}: " + "x" * rng.randrange(120)
     model = ADAPTER if rng.random() < 0.15 else "m"
-    body: dict[str, Any] = {"model": model, "max_tokens": rng.choice((8, 64, 512))}
+    body: dict[str, Any] = {"model": model}
+    if rng.random() < 0.75:  # (without: the picker's mean decode length is its estimate)
+        body["max_tokens"] = rng.choice((8, 64, 512))
     path = "/v1/completions"
     if rng.random() < 0.3:
         path = "/v1/chat/completions"
@@ -135,12 +167,13 @@ def _body(i: int, rng: random.Random, heads: list[str]) -> tuple[str, dict[str, 
     return path, body, headers
 
 
-async def _record(seed: int, events: int) -> list[list[Any]]:
+async def _record(seed: int, events: int, seen: dict[str, int]) -> list[list[Any]]:
     from kvgate.config.gateway import config_from_flags
     from kvgate.gateway import upstream
     from kvgate.gateway.pools import build_pool
     from kvgate.gateway.proxy import Proxy
     from kvgate.gateway.server import GatewayServer
+    from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 
     clock = Clock()
     cfg = config_from_flags(",".join(f"http://{a}" for a in ENDPOINTS), ["m"], "kvgate", adapters=[ADAPTER])
@@ -148,9 +181,13 @@ async def _record(seed: int, events: int) -> list[list[Any]]:
     director: Any = pools[0].director
     director.timer = clock
     director.handle.rng.seed(seed)
+    # The prefix scorer's opt-in ``cachedTokensFeedback: true``: the engine's cached tokens (usage)
+    # correct its index, so a regression that loses them changes later picks.
+    director.handle.find(PrefixCacheScorer).cached_feedback = True
     gw = GatewayServer(cfg, pools, clock=clock, scrape=False)
     proxy = gw.proxy = Proxy(cfg, gw.pools, gw.metrics, gw.health, gw.clock)
-    sent: dict[str, tuple[str, Any]] = {}  # request id -> (endpoint, its upstream connection)
+    sent: dict[str, tuple[str, Any]] = {}  # request id -> (endpoint, its upstream connection), the last
+    writes: dict[str, int] = {}  # request id -> times written upstream (a retry writes it again)
 
     async def connect(address: str, tls: Any) -> Any:
         conn = upstream._Conn(proxy.upstream, address)
@@ -158,6 +195,7 @@ async def _record(seed: int, events: int) -> list[list[Any]]:
         def written(data: bytes) -> None:
             rid = data.split(b"x-request-id: ", 1)[1].split(b"\r\n", 1)[0].decode()
             sent[rid] = (address, conn)
+            writes[rid] = writes.get(rid, 0) + 1
 
         conn.connection_made(_Transport(written))
         proxy.upstream._open.add(conn)
@@ -168,7 +206,7 @@ async def _record(seed: int, events: int) -> list[list[Any]]:
     rng = random.Random(seed)
     heads = _heads(rng)
     store = pools[0].store
-    open_: list[tuple[str, bool, tuple[int, int]]] = []
+    open_: list[tuple[str, bool, Usage]] = []
     answers: dict[str, bytearray] = {}
     out: list[list[Any]] = []
 
@@ -218,8 +256,12 @@ async def _record(seed: int, events: int) -> list[list[Any]]:
             proto.connection_made(_Transport(answers[rid].extend))  # type: ignore[arg-type]
             proto.data_received(head.encode() + raw)
             await settle(lambda rid=rid: rid in sent or len(answers[rid]) > 12)
+            seen["max_tokens" if "max_tokens" in body else "no_max_tokens"] += 1
             if rid in sent:
-                usage = (len(raw) // 4, rng.randint(1, 64))
+                prompt = len(raw) // 4
+                cached = rng.choice((None, None, 0, prompt // 2, prompt - prompt % 16))
+                usage = (prompt, rng.randint(8, 64), cached)
+                seen["cached_reported" if cached is not None else "cached_not_reported"] += 1
                 open_.append((rid, bool(body.get("stream")), usage))
                 out.append([rid, sent[rid][0]])
             else:
@@ -227,16 +269,46 @@ async def _record(seed: int, events: int) -> list[list[Any]]:
                 out.append([rid, None, status(rid)])
         else:
             rid, stream, usage = open_.pop(rng.randrange(len(open_)))
-            conn = sent[rid][1]
-            conn.data_received(_stream(usage) if stream else _completion(usage))
-            await settle(lambda rid=rid: complete(rid))
-            out[[r[0] for r in out].index(rid)].append(status(rid))
+            address, conn = sent[rid]
+            line = out[[r[0] for r in out].index(rid)]
+            if rng.random() < 0.06:  # a 503 before any byte: retried elsewhere (or passed through)
+                n = writes[rid]
+                conn.data_received(_unavailable())
+                await settle(lambda rid=rid, n=n: writes[rid] > n or complete(rid))
+                seen["503"] += 1
+                if writes[rid] > n:
+                    seen["retried"] += 1
+                    line.append(sent[rid][0])
+                    open_.append((rid, stream, usage))
+                else:
+                    line.append(status(rid))
+            elif stream:
+                first, rest = _stream(usage)
+                conn.data_received(first)
+                await settle(lambda rid=rid: b"data: " in answers[rid])
+                clock.now += 0.002 * (1 + ENDPOINTS.index(address)) * usage[1]  # (unequal decode paces)
+                conn.data_received(rest)
+                await settle(lambda rid=rid: complete(rid))
+                line.append(status(rid))
+                seen["stream"] += 1
+            else:
+                conn.data_received(_completion(usage))
+                await settle(lambda rid=rid: complete(rid))
+                line.append(status(rid))
+                seen["json"] += 1
     front.close_all()
     return out
 
 
-def record(seed: int = SEED, events: int = EVENTS) -> list[list[Any]]:
-    return asyncio.run(_record(seed, events))
+def record(seed: int = SEED, events: int = EVENTS, seen: dict[str, int] | None = None) -> list[list[Any]]:
+    """The stream's lines; ``seen`` (given: filled) counts what the stream exercised: requests with and
+    without ``max_tokens``, answers streamed and whole, usage with and without cached tokens, 503s and
+    the retries they led to."""
+    counts: collections.Counter[str] = collections.Counter()
+    out = asyncio.run(_record(seed, events, counts))
+    if seen is not None:
+        seen.update(counts)
+    return out
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def usage_of(prompt_tokens: Any, completion_tokens: Any, details: Any) -> Usage:
     """A ``Usage`` from a usage object's fields as sent (a count that is not a non-negative integer reads
     as 0; ``cached_tokens`` from ``prompt_tokens_details`` when that is an object)."""
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    # (``_count`` inlined: once per response)
+    # (the counts' check inlined: once per response; ``cached is not None`` only tells mypy the type)
     known = type(cached) is int and cached >= 0
     return Usage(
         prompt_tokens if type(prompt_tokens) is int and prompt_tokens >= 0 else 0,
@@ -48,10 +48,6 @@ def usage_of(prompt_tokens: Any, completion_tokens: Any, details: Any) -> Usage:
         cached if known and cached is not None else 0,
         known,
     )
-
-
-def _count(v: Any) -> int:
-    return v if type(v) is int and v >= 0 else 0
 
 
 _TYPES = {

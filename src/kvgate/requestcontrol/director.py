@@ -203,7 +203,10 @@ class Director:
         return healthy
 
     async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
-        """What both front doors call: ``pick`` at once, or (flow control on) wait for capacity first."""
+        """What both front doors call: ``pick`` at once, or (flow control on) wait for capacity first.
+        Keep in sync: without flow control both doors skip this call and ``pick`` directly (the gateway's
+        proxy, ``Proxy._dispatch``'s ``no_flow``; ext_proc, ``extproc/context.py``), and take
+        ``offers_preemption`` as False there; work added here for ``flow is None`` must go there too."""
         if self.flow is None:
             return self.pick(req, explain)
         self.candidates(req)  # an empty pool is a 503 now, not after a wait
@@ -340,7 +343,8 @@ class Director:
     def offers_preemption(self, req: InferenceRequest) -> bool:
         """With ``flowControl.preemption``, sheddable streamed requests: a non-streamed reply shows no
         first token before its end (its response headers come with it), so it could be stopped deep into
-        its generation. The one rule for both doors; a door may ask before it builds its ``stop``."""
+        its generation. The one rule for both doors; a door may ask before it builds its ``stop``. (Without
+        flow control the gateway's proxy does not ask: keep it False there, see ``admit``.)"""
         return self.flow is not None and self.flow.preempt is not None and req.sheddable and req.stream
 
     def _preempt(self, req: InferenceRequest) -> bool:
