@@ -21,9 +21,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 APPROVAL = "api-approved.kubernetes.io"
+# ASCII a Go net/url host may hold unescaped (url.go shouldEscape, encodeHost) plus '%' (an escape)
+_HOST_ASCII = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]<>\"%"
+)
+
+
+def _approval_url(value: str) -> bool:
+    """Upstream's URL approval (apihelpers.GetAPIApprovalState): ``url.ParseRequestURI`` succeeds and
+    both ``Scheme`` and ``Host`` are non-empty. Go's ``Host`` is the authority without userinfo (port
+    kept: ``https://:443`` has one); a control character anywhere or a space in the host fails the parse."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    host = parts.netloc.rpartition("@")[2]
+    return bool(parts.scheme and host and all(c in _HOST_ASCII for c in host if ord(c) < 0x80))
+
+
 _ENHANCEMENT = "see https://github.com/kubernetes/enhancements/pull/1111"
 _SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
 _SUBSCHEMA_MAPS = ("properties", "definitions", "dependencies", "patternProperties")
@@ -81,12 +101,11 @@ def causes(crd: Mapping[str, Any]) -> list[dict[str, str]]:
     if is_protected_group(spec.get("group", "")):
         field = f"metadata.annotations[{APPROVAL}]"
         value = (meta.get("annotations") or {}).get(APPROVAL, "")
-        url = urlparse(value)
         if not value:
             message = f'protected groups must have approval annotation "{APPROVAL}", {_ENHANCEMENT}'
             message = f"Required value: {message}"
             out.append({"reason": "FieldValueRequired", "field": field, "message": message})
-        elif not value.startswith("unapproved") and not (url.scheme and url.netloc):
+        elif not value.startswith("unapproved") and not _approval_url(value):
             message = (f'protected groups must have approval annotation "{APPROVAL}" with either a URL or a '
                        f'reason starting with "unapproved", {_ENHANCEMENT}')  # fmt: skip
             out.append({"reason": "FieldValueInvalid", "field": field,
