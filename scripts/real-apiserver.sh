@@ -3,19 +3,24 @@
 # backed by Debian's etcd 3.4: no container engine and no download outside the Debian archive.
 #   scripts/real-apiserver.sh build   apt-get golang-go, etcd-server and the kubernetes source (deb-src),
 #                                     build cmd/kube-apiserver offline (vendor/, GOPATH mode as hack/ does)
-#                                     into ~/.cache/kvgate/apiserver/bin once (root; ~15 min here)
+#                                     into ~/.cache/kvgate/apiserver/bin once (root; ~15 min here); kubectl
+#                                     from Debian's kubernetes-client (1.20.2, same source) when none is on PATH
 #   scripts/real-apiserver.sh start   etcd + kube-apiserver on free loopback ports (TLS, self-signed; a static
 #                                     system:masters token in the kubeconfig, AlwaysAllow); prints URL= and KUBECONFIG= lines
 #   scripts/real-apiserver.sh stop    stops both (the run directory's pids), removes the run directory
-#   scripts/real-apiserver.sh test    build if needed, start, run tests/k8s_real, stop
-# The run directory is ${KVGATE_APISERVER_RUN:-~/.cache/kvgate/apiserver/run}: one server per directory.
+#   scripts/real-apiserver.sh test    build if needed, start, run tests/k8s_real (-m k8sreal), stop: in its own
+#                                     fresh run directory (KVGATE_APISERVER_RUN if given and free); skips fail
+#   scripts/real-apiserver.sh bin     prints the binary's path
+# The run directory of start/stop is ${KVGATE_APISERVER_RUN:-~/.cache/kvgate/apiserver/run}: one server per
+# directory; `start` reuses a live one there. A cancel (INT/TERM) during `start` stops what it started.
 # No controller-manager, scheduler or kubelet: tests play the kubelet (pod status) themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOP=${KVGATE_APISERVER_HOME:-$HOME/.cache/kvgate/apiserver}
 RUN=${KVGATE_APISERVER_RUN:-$TOP/run}
-BIN=$TOP/bin/kube-apiserver
 KVER=1.20.2
+BREV=1   # bump when the build's patches or flags change: a new binary name, so an old one is never reused
+BIN=$TOP/bin/kube-apiserver-v$KVER-$BREV
 PY=${PY:-.venv/bin/python}
 cmd=${1:-start}
 [ $# -gt 0 ] && shift
@@ -24,17 +29,37 @@ free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)
 
 build() {
   if [ -x "$BIN" ]; then echo "kube-apiserver: $BIN (built)"; return; fi
-  command -v go >/dev/null && command -v etcd >/dev/null || {
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go etcd-server dpkg-dev; }
+  local pkgs=""
+  command -v go >/dev/null || pkgs="$pkgs golang-go"
+  command -v etcd >/dev/null || pkgs="$pkgs etcd-server"
+  command -v dpkg-source >/dev/null || pkgs="$pkgs dpkg-dev"
+  command -v kubectl >/dev/null || pkgs="$pkgs kubernetes-client"
+  if [ -n "$pkgs" ]; then
+    [ "$(id -u)" = 0 ] || { echo "building kube-apiserver needs root (apt-get install$pkgs)" >&2; exit 1; }
+    apt-get update -q
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $pkgs
+  fi
   mkdir -p "$TOP/src"
+  # extracted into a temporary directory and moved into place: an interrupted extraction is redone
   if [ ! -d "$TOP/src/kubernetes-$KVER" ]; then
-    if ! apt-cache showsrc kubernetes >/dev/null 2>&1 || [ -z "$(apt-cache showsrc kubernetes 2>/dev/null)" ]; then
-      # deb-src for the Debian mirror already configured (bookworm main)
-      printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-        > /etc/apt/sources.list.d/kvgate-deb-src.sources
-      apt-get update -q
+    rm -rf "$TOP/src/extract"; mkdir -p "$TOP/src/extract"
+    if ! ls "$TOP"/src/kubernetes_*.orig.tar.gz >/dev/null 2>&1; then
+      [ "$(id -u)" = 0 ] || { echo "downloading the kubernetes source needs root (apt deb-src)" >&2; exit 1; }
+      local srcs=/etc/apt/sources.list.d/kvgate-deb-src.sources
+      if [ -z "$(apt-cache showsrc kubernetes 2>/dev/null)" ]; then
+        # deb-src for bookworm main, only for this download: removed again right after
+        printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+          > "$srcs"
+        trap 'rm -f "'"$srcs"'"; apt-get update -q >/dev/null 2>&1 || true' EXIT
+        apt-get update -q
+      fi
+      (cd "$TOP/src" && apt-get source --download-only kubernetes)
+      if [ -f "$srcs" ]; then rm -f "$srcs"; apt-get update -q >/dev/null 2>&1 || true; trap - EXIT; fi
     fi
-    (cd "$TOP/src" && apt-get source --download-only kubernetes && tar xzf kubernetes_*.orig.tar.gz)
+    tar xzf "$TOP"/src/kubernetes_*.orig.tar.gz -C "$TOP/src/extract"
+    mv "$TOP/src/extract/kubernetes-$KVER" "$TOP/src/kubernetes-$KVER"
+    rm -rf "$TOP/src/extract"
   fi
   [ -d "$TOP/src/kubernetes-$KVER/vendor" ] || { echo "no vendor/ in the kubernetes source" >&2; exit 1; }
   mkdir -p "$TOP/gopath/src/k8s.io" "$TOP/bin"
@@ -44,7 +69,8 @@ build() {
   start=$(date +%s)
   export GO111MODULE=off GOFLAGS= GOPROXY=off CGO_ENABLED=0 GOPATH="$TOP/gopath" GOCACHE="$TOP/gocache"
   cd "$TOP/gopath/src/k8s.io/kubernetes"
-  if [ ! -f pkg/generated/openapi/zz_generated.openapi.go ]; then
+  # the marker is written last: an interrupted openapi-gen is run again
+  if [ ! -f pkg/generated/openapi/.kvgate-openapi-done ]; then
     # Upstream's `make generated_files` writes this one at build time (it is not in the source tarball): the
     # packages tagged +k8s:openapi-gen (staging seen through vendor/, as the Makefile's list has them).
     nice -n 10 go build -p 1 -o "$TOP/bin/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen
@@ -56,6 +82,7 @@ build() {
       sed 's|^|k8s.io/kubernetes/|' | paste -sd,)
     nice -n 10 "$TOP/bin/openapi-gen" -i "$dirs" -p k8s.io/kubernetes/pkg/generated/openapi -O zz_generated.openapi \
       -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt -r "$TOP/openapi-violations.report"
+    touch pkg/generated/openapi/.kvgate-openapi-done
   fi
   # reflect2 v1.0.1 (vendored) calls reflect.mapiterinit with go1.17's signature: under Debian's go1.19 the
   # API server crashes encoding any map (a custom resource's create). Its v1.0.2 fix, applied in place:
@@ -104,12 +131,18 @@ EOF
   echo "kube-apiserver built in $(( $(date +%s) - start )) s: $BIN"
 }
 
+live() { [ -f "$RUN/url" ] && kill -0 "$(cat "$RUN/apiserver.pid" 2>/dev/null)" 2>/dev/null; }
+
 start() {
   [ -x "$BIN" ] || { echo "no $BIN: run '$0 build' first" >&2; exit 1; }
-  if [ -f "$RUN/url" ] && kill -0 "$(cat "$RUN/apiserver.pid" 2>/dev/null)" 2>/dev/null; then
+  if live; then
     echo "URL=$(cat "$RUN/url")"; echo "KUBECONFIG=$RUN/kubeconfig"; return
   fi
-  rm -rf "$RUN"; mkdir -p "$RUN"
+  [ -d "$RUN" ] && stop   # a dead apiserver's leftovers (a live etcd too)
+  # from here a cancel or a failure stops what was started (the trap is dropped once it is ready)
+  trap stop EXIT
+  umask 077   # tokens.csv and kubeconfig hold the system:masters token
+  mkdir -p "$RUN"
   local ep pp ap
   ep=$(free_port); pp=$(free_port); ap=$(free_port)
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=kube-apiserver \
@@ -150,14 +183,20 @@ current-context: real
 EOF
   for _ in $(seq 1 360); do
     if curl -sf --cacert "$RUN/tls.crt" -H "Authorization: Bearer $token" "$url/readyz" >/dev/null 2>&1; then
-      echo "$url" >"$RUN/url"; echo "URL=$url"; echo "KUBECONFIG=$RUN/kubeconfig"; return
+      echo "$url" >"$RUN/url"; echo "URL=$url"; echo "KUBECONFIG=$RUN/kubeconfig"
+      trap - EXIT; return
     fi
     kill -0 "$(cat "$RUN/apiserver.pid")" 2>/dev/null || break
+    kill -0 "$(cat "$RUN/etcd.pid")" 2>/dev/null || break
     sleep 0.5
   done
-  echo "kube-apiserver did not become ready; last log lines:" >&2
-  tail -20 "$RUN/apiserver.log" >&2
-  stop; exit 1
+  local keep
+  keep=${RUN%/}.failed   # next to the run directory, which stop removes
+  rm -rf "$keep"; mkdir -p "$keep"; cp "$RUN"/*.log "$keep"/ 2>/dev/null || true
+  echo "kube-apiserver did not become ready; logs kept in $keep; last lines:" >&2
+  echo "--- etcd.log" >&2; tail -10 "$RUN/etcd.log" >&2
+  echo "--- apiserver.log" >&2; tail -20 "$RUN/apiserver.log" >&2
+  exit 1
 }
 
 stop() {
@@ -177,11 +216,20 @@ case "$cmd" in
   build) build ;;
   start) start ;;
   stop) stop ;;
+  bin) echo "$BIN" ;;
   test)
     build
+    command -v kubectl >/dev/null || {
+      echo "kubectl not found: tests/k8s_real needs it (Debian: apt-get install kubernetes-client)" >&2; exit 1; }
+    # its own run directory: never a server another run started (that one's tests would lose it at our exit)
+    if [ -n "${KVGATE_APISERVER_RUN:-}" ]; then
+      live && { echo "a server is running in $RUN: test starts its own (another run directory)" >&2; exit 1; }
+    else
+      mkdir -p "$TOP/runs"; RUN=$(mktemp -d "$TOP/runs/test.XXXXXX")
+    fi
     start
     trap stop EXIT
-    KVGATE_REAL_APISERVER=$(cat "$RUN/url") KUBECONFIG=$RUN/kubeconfig \
-      "$PY" -m pytest -q -p no:cacheprovider tests/k8s_real "$@" ;;
-  *) echo "usage: $0 [build|start|stop|test]" >&2; exit 2 ;;
+    KVGATE_REAL_APISERVER=$(cat "$RUN/url") KUBECONFIG=$RUN/kubeconfig KVGATE_REQUIRE_REAL_APISERVER=1 \
+      "$PY" -m pytest -q -p no:cacheprovider -m k8sreal tests/k8s_real "$@" ;;
+  *) echo "usage: $0 [build|start|stop|test|bin]" >&2; exit 2 ;;
 esac
