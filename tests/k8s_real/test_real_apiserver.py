@@ -10,10 +10,10 @@ and stops them after); skipped otherwise, and failed instead under ``KVGATE_REQU
 
 The real kubectl applies the project's CRDs as shipped (a file using ``x-kubernetes-validations`` would
 go in stripped of them: 1.20 predates CEL rules; the CRDs in deploy/crds have none today) and creates the
-InferencePool and pods; kvgate's discovery runs through the same ``KubePool`` class ``kvgate serve
---pool-name`` / ``kvgate epp --pool-name`` start (``KubeOptions`` with the kubeconfig, leader election
-on as ``--leader-elect`` asks; built directly with a store, without their ``store_pool``/``on_policy``
-wiring, so the InferenceObjective / InferenceModelRewrite watches are not run against this server).
+InferencePool and pods; kvgate's discovery runs through ``KubePool`` as ``kvgate serve --pool-name`` /
+``kvgate epp --pool-name`` build it (``KubeOptions`` with the kubeconfig, leader election on as
+``--leader-elect`` asks; ``store_pool`` and an ``on_policy`` listener, so the InferenceObjective and
+InferenceModelRewrite watches run against this server too).
 No kubelet runs: the test plays it, writing pod status (``podIP``,
 ``Ready``) through the status subresource with kubectl. The API-server double's CRD refusals are
 compared with this server's, answer for answer.
@@ -248,7 +248,8 @@ async def test_discovery_watch_and_lease_against_a_real_apiserver(server: tuple[
     store = EndpointStore()
     opts = KubeOptions("llm", ns, kubeconfig=kubeconfig, leader_election=True, lease_duration_s=15.0,
                        renew_deadline_s=10.0, retry_period_s=0.5)  # fmt: skip
-    kp = KubePool(opts, store)
+    policies: list[tuple[dict[str, int], list[Any]]] = []
+    kp = KubePool(opts, store, store_pool="llm", on_policy=lambda o, r: policies.append((o, r)))
     await kp.start()
 
     def addrs() -> set[str]:
@@ -261,6 +262,32 @@ async def test_discovery_watch_and_lease_against_a_real_apiserver(server: tuple[
         lease = await k.get("lease", "kvgate-epp-llm")
         assert lease["spec"]["holderIdentity"] == kp.elector.identity
         assert lease["spec"]["leaseDurationSeconds"] == 15
+
+        # InferenceObjective / InferenceModelRewrite objects reach the policy listener (their watches).
+        objective = {
+            "apiVersion": "llm-d.ai/v1alpha2",
+            "kind": "InferenceObjective",
+            "metadata": {"name": "chat"},
+            "spec": {"priority": 5, "poolRef": {"name": "llm"}},
+        }
+        rewrite = {"apiVersion": "llm-d.ai/v1alpha2", "kind": "InferenceModelRewrite",
+                   "metadata": {"name": "canary"},
+                   "spec": {"poolRef": {"name": "llm"},
+                            "rules": [{"matches": [{"model": {"value": "base"}}],
+                                       "targets": [{"modelRewrite": "base-v2", "weight": 3}]}]}}  # fmt: skip
+        await k.run("apply", "-f", "-", stdin=yaml.safe_dump(objective))
+        await k.run("apply", "-f", "-", stdin=yaml.safe_dump(rewrite))
+
+        def policy() -> tuple[dict[str, int], list[tuple[list[str], list[tuple[str, int]]]]] | None:
+            if not policies:
+                return None
+            objectives, rules = policies[-1]
+            return objectives, [(r.matches, [(t.model, t.weight) for t in r.targets]) for r in rules]
+
+        want_policy = ({"chat": 5}, [(["base"], [("base-v2", 3)])])
+        await until(lambda: policy() == want_policy, f"objective and rewrite seen (last: {policy()})")
+        await k.run("delete", "inferenceobjective.llm-d.ai", "chat")
+        await until(lambda: (policy() or ({"x": 0},))[0] == {}, "objective deleted: gone")
 
         # A pod turning not-ready leaves (the watch's MODIFIED), and comes back.
         await k.run("patch", "pod", "p0", "--subresource=status", "--type=merge", "-p",
