@@ -263,3 +263,43 @@ async def test_a_stream_whose_first_chunk_comes_just_after_the_cut_is_cut_with_t
     events = _events(b_raw)
     assert events[0]["choices"][0]["text"] == "tok"
     assert events[-1]["error"]["code"] == "service_unavailable", events
+
+
+async def test_a_drain_cut_inside_an_event_past_1_mib_closes_the_body_without_an_event() -> None:
+    """fixedge16 (review s16-fixes-a #1): an event past 1 MiB is relayed as it comes (mid-event), so a
+    drain cut inside it cannot send a whole error event: the body is closed mid-body, nothing glued onto
+    the half event (before fixedge16 the stream was cut at 1 MiB with an error event, the endpoint
+    charged a health failure)."""
+    big = b'data: {"choices":[{"text":"' + b"x" * (3 << 19) + b'"}]}\n\n'
+    half = big[: (1 << 20) + (1 << 17)]
+    pieces = [EV] + [half[i : i + (1 << 16)] for i in range(0, len(half), 1 << 16)]
+    async with _raw_upstream(pieces) as address:
+        cfg = make_config([address])
+        gw = GatewayServer(cfg, make_pools(cfg))
+        await gw.start()
+        req = {"model": "m", "prompt": "x", "stream": True, "stream_options": {"include_usage": True}}
+        raw = b""
+        broken = False
+        stop = None
+        try:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(base_url(gw) + "/v1/completions", data=orjson.dumps(req)) as r,
+            ):
+                assert r.status == 200
+                while len(raw) < len(EV) + len(half):
+                    piece = await asyncio.wait_for(r.content.readany(), 10)
+                    assert piece, raw[-200:]
+                    raw += piece
+                stop = asyncio.create_task(gw.stop(drain_timeout=0.1))
+                try:
+                    while piece := await asyncio.wait_for(r.content.readany(), 10):
+                        raw += piece
+                except aiohttp.ClientPayloadError:
+                    broken = True
+            await asyncio.wait_for(stop, 10)
+        finally:
+            if stop is None:
+                await gw.stop(drain_timeout=0.1)
+    assert raw == EV + half  # the half event as it came, no error event glued onto it
+    assert broken  # the client sees an incomplete body, not a short one

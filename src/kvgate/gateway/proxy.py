@@ -778,7 +778,12 @@ class Proxy:
             if drain_cut is not None:
                 # The drain's deadline cut it (``cut_streams``): the gateway's doing, not the upstream's
                 # (no health failure); the client is told, as for an upstream cut, by an error event.
-                await out.write(drain_cut)
+                # Mid-event (an event past 1 MiB went out as it came): no event glued onto its half,
+                # the connection is closed mid-body instead (the rule before fixdoors16, for this case).
+                if relay.mid_event:
+                    out.abort()
+                else:
+                    await out.write(drain_cut)
             elif cut is None:
                 tail = relay.finish()
                 if tail:
@@ -789,9 +794,14 @@ class Proxy:
                 log.warning(
                     "%s: stream from %s cut: %s: %s", ireq.request_id, ep.address, type(cut).__name__, cut
                 )
-                await out.write(
-                    sse_error_event(f"upstream stream from {self._name(ep)} was cut: {type(cut).__name__}")
-                )
+                if relay.mid_event:  # (as the drain's cut mid-event: closed mid-body, no event)
+                    out.abort()
+                else:
+                    await out.write(
+                        sse_error_event(
+                            f"upstream stream from {self._name(ep)} was cut: {type(cut).__name__}"
+                        )
+                    )
             await out.write_eof()
         except ConnectionResetError:
             # The client went away: abort the upstream request so the model server stops generating

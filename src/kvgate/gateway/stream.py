@@ -1,8 +1,10 @@
 """Response-side work: rewrite ``model`` back, read ``usage``, strip a usage chunk the gateway added.
 
 Streams are relayed chunk by chunk, whole events only: complete events go out at once and only an
-incomplete trailing event waits for its end (bounded by ``max_event_bytes``), so a relay that ends a
-stream early (the drain's deadline) appends its error event to whole events. When nothing needs
+incomplete trailing event waits for its end, so a relay that ends a stream early (the drain's deadline)
+appends its error event to whole events. Untransformed, an event past ``max_event_bytes`` is not
+refused: it goes out as it comes (``mid_event`` until its end; a cut then closes the connection, no
+event appended). Transformed, such an event raises ``StreamTooLarge``. When nothing needs
 changing, a chunk that ends an event goes out as it arrived (``kvgate.openai.sse.EventEdge``) and only
 a bounded tail is kept to find the final usage event. When something must change, events are
 rewritten as they complete.
@@ -61,18 +63,23 @@ class StreamRelay:
         self._tail = None if self._transform else UsageTail()
         self._edge = None if self._transform else EventEdge(max_event_bytes)
         self.usage: Usage | None = None
-        # The ``data: [DONE]`` event went out: the stream is complete, whatever comes (or not) after.
-        self.done = False
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        """The ``data: [DONE]`` event went out: the stream is complete, whatever comes (or not) after."""
+        return self._edge.done if self._edge is not None else self._done
+
+    @property
+    def mid_event(self) -> bool:
+        """Part of an event went out without its end (the pass-through relay's event past
+        ``max_event_bytes``, flushed as it came): a cut now must not append an event to it."""
+        return self._edge is not None and self._edge.mid_event
 
     def feed(self, chunk: bytes) -> bytes:
         if self._tail is not None and self._edge is not None:
             self._tail.feed(chunk)
-            try:
-                out = self._edge.feed(chunk)
-            except ValueError as e:
-                raise StreamTooLarge(str(e)) from None
-            self.done = self._edge.done
-            return out
+            return self._edge.feed(chunk)
         buf = self._buf + chunk if self._buf else chunk
         if self._sep == b"\n\n" and b"\r\n\r\n" in buf:
             self._sep = b"\r\n\r\n"
@@ -86,7 +93,7 @@ class StreamRelay:
         self._buf = buf[end:]
         out = self._process(buf[:end])
         if out and ends_done(out):
-            self.done = True
+            self._done = True
         return out
 
     def _process(self, events: bytes) -> bytes:

@@ -407,28 +407,23 @@ class GlobalGateway:
                     if not counted:
                         counted = True
                         self.metrics.error(model, "stream_cut")
+                    mid = edge is not None and edge.mid_event  # (an event past 1 MiB half sent)
                     if key in self._cut:  # (the drain's deadline cut it: not the cluster's doing)
+                        if mid:  # no event glued onto the half event: closed mid-body
+                            resp.abort()
+                            return resp
                         await resp.write(drain_cut_event(self.drain_s))
                         break
                     self.metrics.cut.labels(routed.cluster).inc()
                     log.warning("response from cluster %s cut: %s: %s", routed.cluster, type(e).__name__, e)
-                    if not sse:
+                    if not sse or mid:
                         resp.abort()  # the client must see an incomplete body, not a short one
                         return resp
                     await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
                     break
                 seen.feed(chunk)
                 if edge is not None:
-                    try:
-                        chunk = edge.feed(chunk)
-                    except ValueError as e:  # (not SSE: an event past 1 MiB) as a cut by the cluster
-                        if not counted:
-                            counted = True
-                            self.metrics.error(model, "stream_cut")
-                        self.metrics.cut.labels(routed.cluster).inc()
-                        log.warning("response from cluster %s cut: %s", routed.cluster, e)
-                        await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
-                        break
+                    chunk = edge.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                     if not chunk:
                         continue
                 await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut

@@ -106,12 +106,32 @@ class SSEScanner:
         return line
 
 
-def event_end(buf: bytes) -> int:
-    """Where the last complete SSE event in ``buf`` ends (just past its blank line; 0 if none does).
-    Both ``\\n\\n`` and ``\\r\\n\\r\\n`` end an event."""
-    i = buf.rfind(b"\n\n")
-    j = buf.rfind(b"\r\n\r\n")
-    return max(i + 2 if i >= 0 else 0, j + 4 if j >= 0 else 0)
+def event_end(buf: bytes | bytearray, start: int = 0) -> int:
+    """Where the last complete SSE event in ``buf`` ends (just past its blank line; 0 if none does),
+    looking only at blank lines ending at or after ``start + 2``. SSE lines end with CRLF, LF or a lone
+    CR (WHATWG) and an event ends at an empty line, so ``\\n\\n``, ``\\n\\r`` (``\\r\\n\\r\\n``'s middle)
+    and ``\\r\\r`` end one; an LF right after the closing CR (its CRLF) is taken with it."""
+    end = max(buf.rfind(b"\n\n", start), buf.rfind(b"\n\r", start), buf.rfind(b"\r\r", start))
+    if end < 0:
+        return 0
+    end += 2
+    if buf[end - 1] == 13 and buf[end : end + 1] == b"\n":
+        end += 1
+    return end
+
+
+def _comments_end(buf: bytes | bytearray, start: int) -> int:
+    """Past the complete comment lines (``: ping``) at ``buf[start:]``'s start: they belong to no event,
+    so they may go out while no event's line is held."""
+    while buf[start : start + 1] == b":":
+        n, r = buf.find(b"\n", start), buf.find(b"\r", start)
+        end = min(n, r) if n >= 0 and r >= 0 else max(n, r)
+        if end < 0:
+            break
+        start = end + 1
+        if buf[end] == 13 and buf[start : start + 1] == b"\n":
+            start += 1
+    return start
 
 
 def ends_done(events: bytes) -> bool:
@@ -124,35 +144,77 @@ class EventEdge:
     """A pass-through event stream's chunks cut back to whole events: ``feed`` returns what may go to
     the client now (up to the last event's end; a chunk that ends an event, the usual case, is returned
     as it is, uncopied), the partial event after it waits for its end, ``rest()`` at the body's normal
-    end. So what a client has is always whole events, and a relay that must end the stream early (the
-    drain's deadline) can append an error event that parses, dropping the partial one (never written:
-    it cannot be completed). ``done`` says the ``data: [DONE]`` event went out. A partial event past
-    ``max_bytes`` raises ``ValueError`` (the upstream is not speaking SSE)."""
+    end. So what a client has is whole events, and a relay that must end the stream early (the drain's
+    deadline) can append an error event that parses, dropping the partial one (never written: it cannot
+    be completed). Complete comment lines (``: ping``) with no event line held go out at once.
 
-    __slots__ = ("_held", "_max", "done")
+    A partial event past ``max_bytes`` (legit: completions ``echo`` + ``logprobs`` on a long prompt)
+    is not refused: what is held goes out as it is and the rest of that event passes through as it
+    comes (memory stays bounded); ``mid_event`` is then true until that event's end, and a relay cut
+    while it is must not append an event (it would be glued onto the half event): it closes the
+    connection instead. ``done`` says the ``data: [DONE]`` event went out. Only the bytes that arrive
+    are scanned for an event's end (no re-scan of what is held)."""
+
+    __slots__ = ("_held", "_last", "_max", "done", "mid_event")
 
     def __init__(self, max_bytes: int = MAX_SSE_LINE) -> None:
-        self._held = b""
+        self._held = bytearray()
         self._max = max_bytes
+        self._last = b""  # mid-event: the last byte sent (a blank line may straddle the chunks)
         self.done = False
+        self.mid_event = False
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._held:
-            chunk = self._held + chunk
-            self._held = b""
-        if not chunk.endswith(b"\n\n"):
+        held = self._held
+        base: bytes | bytearray = chunk
+        if not held:
+            if chunk.endswith(b"\n\n"):  # the usual case: whole events, returned uncopied
+                self.mid_event = False
+                if chunk.endswith((b"]\n\n", b"]\r\n\n")) and ends_done(chunk):
+                    self.done = True
+                return chunk
             end = event_end(chunk)
-            if len(chunk) - end > self._max:
-                raise ValueError(f"an SSE event exceeded {self._max} bytes")
-            if end < len(chunk):
-                self._held = chunk[end:]
-                chunk = chunk[:end]
-        if chunk and ends_done(chunk):
+            if self.mid_event:
+                if not end and chunk:  # a blank line across the border with what went out?
+                    end = max(event_end(self._last + chunk[:2]) - 1, 0)
+                if not end:  # still inside the big event: it passes through as it comes
+                    if chunk:
+                        self._last = chunk[-1:]
+                    return chunk
+                self.mid_event = False
+            elif not end and chunk[:1] in (b"\n", b"\r"):
+                # Line ends right after an event's end (a CRLF's LF split off its CR, or an empty line):
+                # no event's line, they go out.
+                end = len(chunk) - len(chunk.lstrip(b"\r\n"))
+        else:
+            start = len(held)
+            held += chunk
+            base = held
+            end = event_end(held, max(start - 2, 0))  # only the new bytes (and the border) scanned
+        end = _comments_end(base, end)
+        if end == len(base):
+            out = chunk if base is chunk else bytes(held)
+            held.clear()
+        else:
+            if base is chunk:
+                out = chunk[:end]
+                held += chunk[end:]
+            else:
+                out = bytes(held[:end])
+                del held[:end]
+            if len(held) > self._max:
+                # Past the bound: what is held goes out as it is, the rest of the event as it comes.
+                out += held
+                held.clear()
+                self.mid_event = True
+                self._last = out[-1:]
+        if out.endswith((b"]\n\n", b"]\r\n\n", b"]\r\n\r\n", b"]\r\r", b"]\r\r\n")) and ends_done(out):
             self.done = True
-        return chunk
+        return out
 
     def rest(self) -> bytes:
         """At the body's normal end: the partial event held (an upstream that ends without its blank
         line), as it came."""
-        rest, self._held = self._held, b""
+        rest = bytes(self._held)
+        self._held.clear()
         return rest
