@@ -69,7 +69,7 @@ class ClusterDirector:
         *,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,  # the policy's randomness; None: from os.urandom
-        probe: Callable[[str], Awaitable[bool]] | None = None,  # can a gateway be connected to (tests)
+        probe: Callable[[str], Awaitable[bool | None]] | None = None,  # can a gateway be connected to (tests)
     ) -> None:
         self.clock = clock
         self.cfg = cfg
@@ -200,6 +200,11 @@ class ClusterDirector:
             ok = await self.probe(address)
         finally:
             self._probes.pop(st.name, None)
+        if ok is None:  # (review s16-fixes-b H1: no lookup of its own, no verdict: neither way)
+            log.debug("cluster %s: its gateway %s was not probed (its name's lookup could not start: one "
+                      "given up is still running, or MAX_LOOKUPS are); no failure recorded or cleared",
+                      st.name, address)  # fmt: skip
+            return
         if ok:
             self._suspect.pop(st.name, None)
             return
@@ -255,9 +260,13 @@ class ClusterDirector:
                 st.failed(self.clock())
 
 
-async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool | None:
     """Whether a TCP connection to ``address`` (``host:port``, an IPv6 host in brackets) opens within
-    ``timeout_s`` (closed at once; nothing is sent). A host name is resolved within the same time, and
+    ``timeout_s`` (closed at once; nothing is sent); None when it could not tell: a host name whose
+    lookup did not start (``_NotTried``: one of the same name given up is still running, MAX_LOOKUPS
+    are, or its thread could not start), which is no observation of the gateway (review s16-fixes-b H1
+    H3: counted as a failure, the first probe's one lost DNS answer was counted twice and backed a
+    listening cluster off). A host name is resolved within the same time, and
     its addresses (at most MAX_TARGETS) are all tried at once with what is left (review s16-hard L1: one
     after another, a refusal of the first delivered after a loop stall left the next none of its own,
     and a first address that never answers left the others none at all). A port outside 1-65535 is down
@@ -285,6 +294,8 @@ async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     except ValueError:
         try:
             targets, took = await _lookup(loop, host, port, timeout_s)
+        except _NotTried:
+            return None
         except (TimeoutError, OSError, ValueError):  # (gaierror; UnicodeError: a name IDNA refuses)
             return False
         left = timeout_s - took
@@ -331,12 +342,19 @@ async def _connect_any(
                 return True
         return False
     finally:
-        await cancel_all_and_wait([t for t in tasks if not t.done()], "a gateway probe's connect", log)
-        for t in tasks:
-            if t.done() and not t.cancelled():
-                t.exception()  # (retrieved: a refusal is an answer, not an error to log)
-        for s in socks:
-            s.close()
+        try:
+            await cancel_all_and_wait([t for t in tasks if not t.done()], "a gateway probe's connect", log)
+            for t in tasks:
+                if t.done() and not t.cancelled():
+                    t.exception()  # (retrieved: a refusal is an answer, not an error to log)
+        finally:  # (review s16-fixes-b H2: a second cancel during the wait raises; the sockets close still)
+            for s in socks:
+                s.close()
+
+
+class _NotTried(Exception):
+    """A host name's lookup that did not start (``_Lookups.start`` refused it, or its thread could not
+    start): the probe observed nothing (``connects`` answers None)."""
 
 
 class _Lookup:
@@ -353,10 +371,11 @@ class _Lookup:
 class _Lookups:
     """The probe's lookup threads (review s16-hard M1): a daemon thread each, bounded. A lookup given up
     keeps its thread in getaddrinfo for the resolver's whole time-out (tens of seconds against a name
-    server that does not answer), so while one of a name is still running, a probe of that name fails at
-    once (its name did not resolve within the probe's time: no second thread waits on the same dead
-    answer), and at most MAX_LOOKUPS run at once (past it a host name's probe fails at once): a dead
-    name server costs at most MAX_LOOKUPS threads, one per name that hangs."""
+    server that does not answer), so while one of a name is still running, a probe of that name does no
+    lookup (no second thread waits on the same dead answer), and at most MAX_LOOKUPS run at once (past
+    it a host name's probe does none): a dead name server costs at most MAX_LOOKUPS threads, one per name
+    that hangs. Such a probe is inconclusive (``_NotTried``, ``connects`` None), not a failure (review
+    s16-fixes-b H1: it would count the given-up lookup's one slow answer a second time)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -400,11 +419,12 @@ async def _lookup(
     hold, queueing every other lookup of the process behind it, and which ``asyncio.run``'s end waits
     for; bounded by ``_Lookups``) and how long the lookup took, timed by its thread. TimeoutError when it
     did not finish within ``timeout_s``: not finished when the loop's timeout fires, or finished (the loop
-    stalled meanwhile, so the timeout came late) but after more than ``timeout_s`` of its own, or not
-    started (``_Lookups``); its error (``socket.gaierror``) otherwise."""
+    stalled meanwhile, so the timeout came late) but after more than ``timeout_s`` of its own;
+    ``_NotTried`` when not started (``_Lookups`` refused it, or its thread did not start); its error
+    (``socket.gaierror``) otherwise."""
     lk = _LOOKUPS.start(host)
     if lk is None:
-        raise TimeoutError
+        raise _NotTried
     answer: asyncio.Future[_Answer] = loop.create_future()
 
     def settle(result: _Answer) -> None:
@@ -426,6 +446,10 @@ async def _lookup(
 
     try:
         threading.Thread(target=resolve, name=f"kvgate-probe-lookup:{host}", daemon=True).start()
+    except RuntimeError as e:  # ("can't start new thread": a pids limit; review s16-fixes-b H3)
+        _LOOKUPS.end(lk)
+        log.info("a gateway probe's lookup of %s could not start its thread (%s): not probed", host, e)
+        raise _NotTried from e
     except BaseException:
         _LOOKUPS.end(lk)
         raise
