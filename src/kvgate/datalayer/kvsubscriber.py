@@ -974,7 +974,8 @@ class KVEventSubscriber:
         marker after some of it came, means that part was lost: the fetch asks again on a fresh socket
         (the old answer's rest is not mixed in) from the last batch it got, whose payload the new answer
         must repeat (else the engine restarted in between, its sequence numbers from 0 again, and the two
-        answers are not one buffer), at most ``FETCH_MAX_ROUNDS`` requests in all and within
+        answers are not one buffer), at most ``FETCH_MAX_ROUNDS`` requests and one end check (17 in all;
+        review s16-fixes-b K1) and within
         ``fetch_deadline_s`` of the first. A re-request whose answer shows another engine life (or a buffer
         that wrapped past the last batch got) ends a bounded fetch (a gap's range belongs to the old life:
         None); the open-ended one (``upto`` None: the join's catch-up, the engine's whole state) drops what
@@ -988,8 +989,9 @@ class KVEventSubscriber:
         check's end (what the engine can have published before it served the check; not counted when a
         pull stopped at its bound: then any growth confirms); further, the answer before lost its tail, and
         this one is checked the same way. The check may be a request past ``FETCH_MAX_ROUNDS``; when the
-        bound comes with only a check left, the catch-up uses its latest answer (every answer was whole),
-        a bounded fetch fails.
+        bound comes with only a check left, or a check at the bound comes back with a hole or silent, the
+        catch-up uses its latest whole answer (every answer was whole; review s16-fixes-b K2), a bounded
+        fetch fails.
 
         ``ended`` (a bounded fetch) gets the sequence after the engine's newest batch when its whole answer
         ended (end marker) before ``upto - 1``: the engine holds nothing from there on (where the
@@ -1036,6 +1038,20 @@ class KVEventSubscriber:
                     rerequests += 1
                     self.stats.fetch_rerequests += 1
                     REPLAY_REREQUESTS.inc()
+                if (
+                    checked
+                    and upto is None
+                    and outcome in ("lost", "silent")
+                    and (requests >= FETCH_MAX_ROUNDS or loop.time() >= deadline)
+                ):
+                    # The catch-up's check at the bound came back with a hole or silent (review
+                    # s16-fixes-b K2): the answer it checked was whole, so it is used, as when a check
+                    # went further (below): what ``keep`` holds is that answer and, from its last batch
+                    # on, the check's part before the hole (consecutive, the overlap verified).
+                    expired = loop.time() >= deadline
+                    unconfirmed = True
+                    outcome = "done"
+                    break
                 if outcome == "end" and overlap is not None and (not checked or lost_again):
                     # The end marker after batches (of the range, for a bounded fetch), its last batch
                     # ``missing - 1``: the engine's newest (for a gap, batch ``upto`` then another
@@ -1132,7 +1148,7 @@ class KVEventSubscriber:
                     why = (f"its end was not confirmed within {FETCH_MAX_ROUNDS} requests and a check: "
                            "each check's answer went further than the live batches heard meanwhile (an "
                            "engine publishing while its live batches do not reach this subscriber yet, "
-                           "or a tail lost again)")  # fmt: skip
+                           "or a tail lost again), or the last check's had a hole or no answer")  # fmt: skip
                 if expired:
                     why = (f"the fetch's time ran out ({fetch_deadline_s(self.replay_timeout):.1f} s: "
                            f"{FETCH_DEADLINE_TIMEOUTS} replay timeouts)")  # fmt: skip
