@@ -104,8 +104,9 @@ class _ProbeForbidden(ApiServerDouble):
 
 
 async def test_a_refused_probe_is_a_warning_once_and_no_proof(caplog: pytest.LogCaptureFixture) -> None:
-    """A 403 on the probe: one WARNING (not DEBUG), counted, never credited as a proof of sync; the third
-    in a row counts as no answer (the watch ends, the reflector relists). Fails before: DEBUG only."""
+    """A 403 on the probe: one WARNING (not DEBUG), counted, never credited as a proof of sync: the copy's
+    age grows from the last proof; the watch stays open, no relist however many in a row (review
+    s16-fixes-b KS1: the third counted as no answer and relisted). Fails before fixk8s16: DEBUG only."""
     double = _ProbeForbidden(bookmark_interval=0.2)
     async with double:
         create_pod(double)
@@ -118,11 +119,16 @@ async def test_a_refused_probe_is_a_warning_once_and_no_proof(caplog: pytest.Log
             with caplog.at_level("WARNING", logger="kvgate.k8s.reflector"):
                 await r.wait_synced()
                 await until(lambda: r.watches >= 1 and ft.next_wake() is not None)
+                lists = r.lists
                 await _advance(ft, 60.0 + 10.0 + 1.0)  # two probes: 60 s, 70 s
                 await until(lambda: r.probes_refused == 2)
                 assert r.last_sync == 0.0 and r.probes == 0 and r.stuck == 0  # no credit
-                await _advance(ft, 10.0)  # the third, at 80 s
-                await until(lambda: r.stuck == 1)
+                await _advance(ft, 30.0)  # the third, fourth, fifth: 80, 90, 100 s
+                await until(lambda: r.probes_refused == 5)
+                await asyncio.sleep(0.2)
+                assert r.stuck == 0 and r.lists == lists  # the watch goes on
+                age = r.age()
+                assert age is not None and age >= 100.0  # not credited: the age from the watch's start
             refused = [m for m in caplog.messages if "liveness probe" in m and "refused" in m]
             assert len(refused) == 1, caplog.messages
         finally:

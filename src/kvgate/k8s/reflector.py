@@ -11,7 +11,8 @@ reports them) while the reflector relists with back-off (the list that succeeds 
 ``last_sync`` is when the copy was last known to be in sync, on the injected ``clock``: a list completed (a
 410's relist counts once it completes), a watch event or bookmark read, or a watch the server itself ended
 at its ``timeoutSeconds`` (a clean end of the stream, held for the whole timeout). ``age()`` is 0 while a
-watch is open (answered 200, its stream not ended): a quiet watch may read nothing for its whole timeout
+watch is open (answered 200, its stream not ended) and its liveness probe, below, is not answered 4xx: a
+quiet watch may read nothing for its whole timeout
 (kube-apiserver bookmarks a watch only once the resource type's resourceVersion moved past the watch's start:
 on a type nobody writes, with etcd's progress notify at its 10 min default, none at all), and it is in sync as
 client-go's informers count it. Every watch is bounded as client-go bounds it: ``timeoutSeconds`` drawn per
@@ -23,7 +24,8 @@ timed from its last event or bookmark) is probed: one consistent ``LIST ?limit=1
 watch's own selectors (no resourceVersion), on the injected ``sleep``; answered 2xx, its first object is
 checked against the copy: missing or at another resourceVersion, the copy is behind and the reflector relists
 (``behind``), else the watch goes on and the copy counts as in sync as of the probe; a 4xx (429, 403) proves
-nothing, the next probe waits the server's Retry-After and the third in a row counts as no answer; unanswered
+nothing: the watch goes on (no relist: a LIST storm on a throttling server), the copy is no longer credited
+(``age()`` grows from the last proof) and the next probe waits the server's Retry-After; unanswered
 within ``probe_timeout_s`` (10 s), a 5xx or a connection error, the watch ends and the reflector relists
 (``stuck``). So a stuck but connected API server is found within ~70 s of the last proof (the client deadline,
 at most ~10 min 15 s, stays the bound for a server that answers probes but not the watch, where nothing the
@@ -123,11 +125,11 @@ HELD_OPEN_S = 1.0
 # while events or bookmarks come.
 PROBE_AFTER_S = 60.0
 PROBE_TIMEOUT_S = 10.0
-# Probes answered 4xx (429 from API Priority and Fairness, whose queues fill on a server with stuck storage;
-# 403/401) prove nothing: the next one waits the server's Retry-After (at least PROBE_TIMEOUT_S), and this
-# many in a row count as no answer (review s16-k8s F5): found ~PROBE_AFTER_S + 2 x PROBE_TIMEOUT_S after the
-# last proof with 429s of Retry-After 1 s, instead of never.
-PROBE_UNPROVEN_LIMIT = 3
+# Probes answered 4xx (429 from API Priority and Fairness, whose queues fill on a server with stuck storage
+# and on a merely overloaded one alike; 403/401) prove nothing: the next one waits the server's Retry-After
+# (at least PROBE_TIMEOUT_S) and the copy is no longer credited: ``age()`` grows from the last proof, so
+# staleness shows (review s16-k8s F5). They never end the watch (review s16-fixes-b KS1: three in a row
+# relisted, a full LIST from every quiet, healthy watch every ~80 s of an overload; client-go backs off).
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +245,7 @@ class Reflector:
         self.stuck = 0  # silent watches ended because the API server did not answer their probe: relisted
         self.behind = 0  # silent watches ended because their probe's answer showed the copy behind
         self.probes_refused = 0  # probes answered 401/403 (the probe cannot work with these credentials)
+        self.probes_unproven = 0  # probes answered 4xx (429, 401/403, ...): no credit, the watch goes on
         self._probe_refusal_logged = False
         self._behind_now = False  # this watch's probe showed the copy behind
         self._heard_at = 0.0  # clock() at the watch's last event or bookmark (or its probe's start)
@@ -255,6 +258,8 @@ class Reflector:
         self._task: asyncio.Task[None] | None = None
         self._opening = False  # a watch request sent, its answer not yet 200
         self._watching = False  # a watch answered 200, its stream not ended: in sync (``age()`` 0)
+        # While the open watch's probes are answered without proof (4xx): its last proof (``age()`` from it)
+        self._uncredited_since: float | None = None
 
     @property
     def name(self) -> str:
@@ -267,15 +272,19 @@ class Reflector:
 
     def age(self) -> float | None:
         """Seconds since the copy was last known to be in sync (None before its first list; 0 while a watch
-        is open: see the module's docstring)."""
+        is open, unless its liveness probes are answered without proof, 4xx: then since its last proof, an
+        event, its start or an answered probe; see the module's docstring)."""
         if self.last_sync is None:
             return None
+        if self._watching and self._uncredited_since is not None:
+            return max(0.0, self.clock() - self._uncredited_since)
         return 0.0 if self._watching else self.clock() - self.last_sync
 
     def _synced_now(self) -> None:
         """A real success (a list completed, a watch event or bookmark read, a watch held open that ended
         without an in-stream error): fresh, no error, the back-off starts over."""
         self.last_sync = self.clock()
+        self._uncredited_since = None
         self.error = None
         self.backoff.reset()
         self._listed_at = None
@@ -471,19 +480,21 @@ class Reflector:
         event or bookmark, or from its start), ask the API server a cheap question (``_probe``). Answered
         2xx with nothing that shows the copy behind: in sync as of the probe (``last_sync``), the next probe
         ``probe_after_s`` after it. Its answer showing the copy behind (``_behind``): the watch ends and the
-        caller relists. Answered without proof (4xx: 429, 403, ...): no credit, the next probe after the
-        server's Retry-After (at least ``probe_timeout_s``), and the ``PROBE_UNPROVEN_LIMIT``-th such
-        answer in a row counts as no answer. No answer in time (or a 5xx, the connection): the watch ends
-        (``deadline`` expired at once, ``_stuck_why`` saying why) and the caller relists."""
+        caller relists. Answered without proof (4xx: 429, 403, ...): no credit (``age()`` grows from the
+        last proof while the watch stays open), the next probe after the server's Retry-After (at least
+        ``probe_timeout_s``); never a relist (review s16-fixes-b KS1). No answer in time (or a 5xx, the
+        connection): the watch ends (``deadline`` expired at once, ``_stuck_why`` saying why) and the
+        caller relists."""
         assert self.probe_after_s is not None
         seen = self.events
-        quiet_since = self._heard_at = self.clock()
+        quiet_since = proof = self._heard_at = self.clock()
+        self._uncredited_since = None
         due = quiet_since + self.probe_after_s
-        unproven: list[str] = []  # the 4xx answers in a row since the last event or proof
+        unproven = 0  # the 4xx answers in a row since the last event or proof
         while True:
             if self.events != seen:  # the watch read something: the server is alive; time from then
-                seen, unproven = self.events, []
-                quiet_since = self._heard_at
+                seen, unproven = self.events, 0
+                quiet_since = proof = self._heard_at
                 due = quiet_since + self.probe_after_s
             wait = due - self.clock()
             if wait > 0:
@@ -494,19 +505,24 @@ class Reflector:
             if self.events != seen:
                 continue
             if isinstance(answer, _Unproven4xx):
-                unproven.append(answer.why)
-                if len(unproven) < PROBE_UNPROVEN_LIMIT:
-                    due = sent + max(answer.retry_after_s or 0.0, self.probe_timeout_s)
-                    continue
-                why = (f"the API server answered {len(unproven)} liveness probes in a row without proof "
-                       f"({'; '.join(unproven)})")  # fmt: skip
-            elif isinstance(answer, dict):
+                unproven += 1
+                self.probes_unproven += 1
+                self._uncredited_since = proof  # (no credit: the copy's age grows from the last proof)
+                if unproven == 1:
+                    log.info("reflector %s: the liveness probe was answered without proof (%s): the watch "
+                             "stays open, the copy is not credited (its age grows from %g s ago) until an "
+                             "event or an answered probe; the next probe after the server's Retry-After",
+                             self.name, answer.why, self.clock() - proof)  # fmt: skip
+                due = sent + max(answer.retry_after_s or 0.0, self.probe_timeout_s)
+                continue
+            if isinstance(answer, dict):
                 behind = self._behind(answer)
                 if behind is None:
                     self.probes += 1
                     if self._watching:  # answered while the watch is open: in sync as of the probe's send
                         self.last_sync = max(self.last_sync or sent, sent)
-                    unproven, due = [], sent + self.probe_after_s
+                    self._uncredited_since = None
+                    unproven, proof, due = 0, sent, sent + self.probe_after_s
                     continue
                 self.behind += 1
                 self._stuck_why = f"the liveness probe's answer shows the copy behind: {behind}; relisting"
@@ -571,8 +587,8 @@ class Reflector:
                 if not self._probe_refusal_logged:
                     self._probe_refusal_logged = True
                     log.warning("reflector %s: the liveness probe (LIST limit=1 with the watch's selectors) "
-                                "was refused: %s; it proves nothing, and %d refusals in a row end the watch "
-                                "as unanswered", self.name, e.error, PROBE_UNPROVEN_LIMIT)  # fmt: skip
+                                "was refused: %s; it proves nothing: while the watch is quiet the copy is "
+                                "not credited (its age grows)", self.name, e.error)  # fmt: skip
             else:
                 log.debug("reflector %s: liveness probe answered %s", self.name, e.error)
             return _Unproven4xx(str(e.error), e.retry_after_s)

@@ -20,7 +20,8 @@ A healthy watch is in sync while it is open (``Reflector.age()`` 0: a quiet watc
 whole timeoutSeconds) and again when the server ends it; hence the default ``stale_after_s`` of 120 s trips on
 a lost or failing API server, and on a stuck one (connected, sending nothing) once the watch's liveness
 probe goes unanswered (``Reflector.probe_after_s`` 60 s of silence + ``probe_timeout_s`` 10 s; the copy's
-age then runs from the last probe answered). The hub's watches of its member clusters
+age then runs from the last probe answered), or answered only 4xx (429 throttled, 403: the watch stays open,
+its copy's age runs from the last proof). The hub's watches of its member clusters
 (``kvgate.multicluster.imports``) are logged the same way. The settings are checked in
 ``kvgate.k8s.stalepolicy``.
 """
