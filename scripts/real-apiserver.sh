@@ -22,6 +22,8 @@ KVER=1.20.2
 BREV=1   # bump when the build's patches or flags change: a new binary name, so an old one is never reused
 BIN=$TOP/bin/kube-apiserver-v$KVER-$BREV
 PY=${PY:-.venv/bin/python}
+# absolute: build cds into the Go tree before it runs "$PY" (a relative .venv/bin/python broke a fresh build)
+case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac
 cmd=${1:-start}
 [ $# -gt 0 ] && shift
 
