@@ -25,10 +25,9 @@ import asyncio
 import pytest
 
 from fake_time import FakeTime
-from k8s.reflector_kit import create_pod, until
+from k8s.probe_kit import probed_reflector
+from k8s.reflector_kit import until
 from kvgate.k8s.apiserver import ApiServerDouble
-from kvgate.k8s.client import KubeClient
-from kvgate.k8s.reflector import Reflector
 from kvgate.k8s.resources import POD
 
 pytestmark = pytest.mark.asyncio
@@ -39,33 +38,21 @@ def _rv(obj: dict) -> str:  # type: ignore[type-arg]
 
 
 async def test_a_probe_whose_answer_shows_the_copy_behind_is_not_a_proof_of_sync() -> None:
-    async with ApiServerDouble(bookmark_interval=0.2) as double:
-        create_pod(double)
-        ft = FakeTime()
-        client = await KubeClient.connect(server=double.url)
-        r = Reflector(client, POD, namespace="default", clock=ft.clock, sleep=ft.sleep, seed=1,
-                      probe_after_s=60.0, probe_timeout_s=10.0)  # fmt: skip
-        r.start()
-        try:
-            await r.wait_synced()
-            await until(lambda: r.watches >= 1 and ft.next_wake() is not None)
-            double.stall(lists=False)  # the watch stream stuck; new requests answered
-            double.set_pod_status("a", ip="10.0.0.9", ready=True)  # never delivered on the stuck watch
-            server_rv = _rv(double.get(POD, "a", "default"))
-            await asyncio.sleep(0.3)
-            old_rv = _rv(r.items[("default", "a")])
-            assert old_rv != server_rv
-            ft.advance(60.0)
-            await until(lambda: r.probes >= 1 or r.lists >= 2 or r.stuck >= 1, within_s=10.0)
-            await asyncio.sleep(0.5)
-            credited = r.lists == 1 and r.last_sync == 60.0
-            assert not credited, (
-                f"the probe's answer has pod a at rv {server_rv}, the copy at rv {old_rv}: yet credited "
-                f"in sync (last_sync {r.last_sync}, lists {r.lists}, probes {r.probes}, age {r.age()})"
-            )
-            await until(lambda: r.lists == 2)  # relisted: the copy caught up
-            assert r.behind == 1 and _rv(r.items[("default", "a")]) == server_rv
-        finally:
-            double.unstall()
-            await r.stop()
-            await client.close()
+    ft = FakeTime()
+    async with ApiServerDouble(bookmark_interval=0.2) as double, probed_reflector(double, ft) as r:
+        double.stall(lists=False)  # the watch stream stuck; new requests answered
+        double.set_pod_status("a", ip="10.0.0.9", ready=True)  # never delivered on the stuck watch
+        server_rv = _rv(double.get(POD, "a", "default"))
+        await asyncio.sleep(0.3)
+        old_rv = _rv(r.items[("default", "a")])
+        assert old_rv != server_rv
+        ft.advance(60.0)
+        await until(lambda: r.probes >= 1 or r.lists >= 2 or r.stuck >= 1, within_s=10.0)
+        await asyncio.sleep(0.5)
+        credited = r.lists == 1 and r.last_sync == 60.0
+        assert not credited, (
+            f"the probe's answer has pod a at rv {server_rv}, the copy at rv {old_rv}: yet credited "
+            f"in sync (last_sync {r.last_sync}, lists {r.lists}, probes {r.probes}, age {r.age()})"
+        )
+        await until(lambda: r.lists == 2)  # relisted: the copy caught up
+        assert r.behind == 1 and _rv(r.items[("default", "a")]) == server_rv

@@ -28,11 +28,9 @@ import pytest
 from aiohttp import web
 
 from fake_time import FakeTime
-from k8s.reflector_kit import create_pod, until
+from k8s.probe_kit import advance, probed_reflector, status_response
+from k8s.reflector_kit import until
 from kvgate.k8s.apiserver import ApiServerDouble
-from kvgate.k8s.client import KubeClient
-from kvgate.k8s.reflector import Reflector
-from kvgate.k8s.resources import POD
 
 pytestmark = pytest.mark.asyncio
 
@@ -47,49 +45,26 @@ class _ResourceNamesRbac(ApiServerDouble):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.path.endswith("/pods") and request.query.get("fieldSelector") != SELECTOR:
             self.probes_refused += 1
-            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
-                      "reason": "Forbidden", "message": 'pods is forbidden: User "system:serviceaccount:'
-                      'default:kvgate" cannot list resource "pods" in API group "" in the namespace '
-                      '"default"'}  # fmt: skip
-            return web.json_response(status, status=403)
+            return status_response(403, "Forbidden", 'pods is forbidden: User "system:serviceaccount:'
+                                   'default:kvgate" cannot list resource "pods" in API group "" in the '
+                                   'namespace "default"')  # fmt: skip
         return await super()._handle(request)
-
-
-async def _advance(ft: FakeTime, seconds: float) -> None:
-    end = ft.now + seconds
-    while ft.now < end:
-        wake = ft.next_wake()
-        step = end - ft.now if wake is None or wake <= ft.now else min(end, wake) - ft.now
-        ft.advance(step)
-        await asyncio.sleep(0.05)
 
 
 async def test_a_stuck_server_is_found_by_the_probe_under_resource_names_rbac() -> None:
     double = _ResourceNamesRbac(bookmark_interval=0.2)
-    async with double:
-        create_pod(double)
-        ft = FakeTime()
-        client = await KubeClient.connect(server=double.url)
-        r = Reflector(client, POD, namespace="default", field_selector=SELECTOR, clock=ft.clock,
-                      sleep=ft.sleep, seed=1, probe_after_s=60.0, probe_timeout_s=10.0)  # fmt: skip
-        r.start()
-        try:
-            await r.wait_synced()
-            await until(lambda: r.watches >= 1 and ft.next_wake() is not None)
-            assert r.lists == 1 and r.error is None  # the selected list and watch are allowed
-            double.stall(lists=True)  # storage stuck: the watch silent, lists hang
-            await _advance(ft, 70.0)
-            await asyncio.sleep(0.3)
-            await _advance(ft, 4 * 60.0)  # five probe periods in all
-            await asyncio.sleep(0.3)
-            assert r.stuck >= 1 or r.error is not None, (
-                f"stuck API server not found by the probe: {double.probes_refused} probes answered 403 "
-                f"and ignored; stuck={r.stuck} error={r.error!r} age={r.age()} (counts as in sync)"
-            )
-        finally:
-            double.unstall()
-            await r.stop()
-            await client.close()
+    ft = FakeTime()
+    async with double, probed_reflector(double, ft, field_selector=SELECTOR) as r:
+        assert r.lists == 1 and r.error is None  # the selected list and watch are allowed
+        double.stall(lists=True)  # storage stuck: the watch silent, lists hang
+        await advance(ft, 70.0)
+        await asyncio.sleep(0.3)
+        await advance(ft, 4 * 60.0)  # five probe periods in all
+        await asyncio.sleep(0.3)
+        assert r.stuck >= 1 or r.error is not None, (
+            f"stuck API server not found by the probe: {double.probes_refused} probes answered 403 "
+            f"and ignored; stuck={r.stuck} error={r.error!r} age={r.age()} (counts as in sync)"
+        )
 
 
 class _ProbeForbidden(ApiServerDouble):
@@ -97,9 +72,7 @@ class _ProbeForbidden(ApiServerDouble):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.query.get("limit") == "1":
-            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
-                      "reason": "Forbidden", "message": "pods is forbidden"}  # fmt: skip
-            return web.json_response(status, status=403)
+            return status_response(403, "Forbidden", "pods is forbidden")
         return await super()._handle(request)
 
 
@@ -108,29 +81,18 @@ async def test_a_refused_probe_is_a_warning_once_and_no_proof(caplog: pytest.Log
     age grows from the last proof; the watch stays open, no relist however many in a row (review
     s16-fixes-b KS1: the third counted as no answer and relisted). Fails before fixk8s16: DEBUG only."""
     double = _ProbeForbidden(bookmark_interval=0.2)
-    async with double:
-        create_pod(double)
-        ft = FakeTime()
-        client = await KubeClient.connect(server=double.url)
-        r = Reflector(client, POD, namespace="default", clock=ft.clock, sleep=ft.sleep, seed=1,
-                      probe_after_s=60.0, probe_timeout_s=10.0)  # fmt: skip
-        r.start()
-        try:
-            with caplog.at_level("WARNING", logger="kvgate.k8s.reflector"):
-                await r.wait_synced()
-                await until(lambda: r.watches >= 1 and ft.next_wake() is not None)
-                lists = r.lists
-                await _advance(ft, 60.0 + 10.0 + 1.0)  # two probes: 60 s, 70 s
-                await until(lambda: r.probes_refused == 2)
-                assert r.last_sync == 0.0 and r.probes == 0 and r.stuck == 0  # no credit
-                await _advance(ft, 30.0)  # the third, fourth, fifth: 80, 90, 100 s
-                await until(lambda: r.probes_refused == 5)
-                await asyncio.sleep(0.2)
-                assert r.stuck == 0 and r.lists == lists  # the watch goes on
-                age = r.age()
-                assert age is not None and age >= 100.0  # not credited: the age from the watch's start
+    ft = FakeTime()
+    with caplog.at_level("WARNING", logger="kvgate.k8s.reflector"):
+        async with double, probed_reflector(double, ft) as r:
+            lists = r.lists
+            await advance(ft, 60.0 + 10.0 + 1.0)  # two probes: 60 s, 70 s
+            await until(lambda: r.probes_refused == 2)
+            assert r.last_sync == 0.0 and r.probes == 0 and r.stuck == 0  # no credit
+            await advance(ft, 30.0)  # the third, fourth, fifth: 80, 90, 100 s
+            await until(lambda: r.probes_refused == 5)
+            await asyncio.sleep(0.2)
+            assert r.stuck == 0 and r.lists == lists  # the watch goes on
+            age = r.age()
+            assert age is not None and age >= 100.0  # not credited: the age from the watch's start
             refused = [m for m in caplog.messages if "liveness probe" in m and "refused" in m]
             assert len(refused) == 1, caplog.messages
-        finally:
-            await r.stop()
-            await client.close()

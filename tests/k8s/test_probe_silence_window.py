@@ -21,11 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from fake_time import FakeTime
-from k8s.reflector_kit import create_pod, until
+from k8s.probe_kit import advance_to, probed_reflector
+from k8s.reflector_kit import until
 from kvgate.k8s.apiserver import ApiServerDouble
-from kvgate.k8s.client import KubeClient
-from kvgate.k8s.reflector import Reflector
-from kvgate.k8s.resources import POD
 
 pytestmark = pytest.mark.asyncio
 
@@ -40,35 +38,15 @@ def _probes(double: ApiServerDouble) -> int:
     return n
 
 
-async def _advance_to(ft: FakeTime, when: float) -> None:
-    while ft.now < when:
-        wake = ft.next_wake()
-        step = when - ft.now if wake is None or wake <= ft.now else min(when, wake) - ft.now
-        ft.advance(step)
-        await asyncio.sleep(0.05)
-
-
 async def test_a_watch_silent_for_60_s_after_an_event_is_probed_and_a_stall_found_at_70_s() -> None:
-    async with ApiServerDouble(bookmark_interval=0.2) as double:
-        create_pod(double)
-        ft = FakeTime()
-        client = await KubeClient.connect(server=double.url)
-        r = Reflector(client, POD, namespace="default", clock=ft.clock, sleep=ft.sleep, seed=1,
-                      probe_after_s=60.0, probe_timeout_s=10.0)  # fmt: skip
-        r.start()
-        try:
-            await r.wait_synced()
-            await until(lambda: r.watches >= 1 and ft.next_wake() is not None)
-            await _advance_to(ft, 30.0)
-            double.set_pod_status("a", ip="10.0.0.1", ready=True)
-            await until(lambda: r.events == 1)  # the last event, at t=30 s
-            double.stall(lists=True)
-            await _advance_to(ft, 91.0)  # 61 s of silence
-            await asyncio.sleep(0.3)
-            assert _probes(double) == 1, f"no probe after 61 s of silence (probes: {_probes(double)})"
-            await _advance_to(ft, 101.0)  # the probe unanswered for 10 s
-            await until(lambda: r.stuck == 1, within_s=5.0)
-        finally:
-            double.unstall()
-            await r.stop()
-            await client.close()
+    ft = FakeTime()
+    async with ApiServerDouble(bookmark_interval=0.2) as double, probed_reflector(double, ft) as r:
+        await advance_to(ft, 30.0)
+        double.set_pod_status("a", ip="10.0.0.1", ready=True)
+        await until(lambda: r.events == 1)  # the last event, at t=30 s
+        double.stall(lists=True)
+        await advance_to(ft, 91.0)  # 61 s of silence
+        await asyncio.sleep(0.3)
+        assert _probes(double) == 1, f"no probe after 61 s of silence (probes: {_probes(double)})"
+        await advance_to(ft, 101.0)  # the probe unanswered for 10 s
+        await until(lambda: r.stuck == 1, within_s=5.0)

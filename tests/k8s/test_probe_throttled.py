@@ -22,11 +22,9 @@ import pytest
 from aiohttp import web
 
 from fake_time import FakeTime
-from k8s.reflector_kit import create_pod, until
+from k8s.probe_kit import advance, probed_reflector, status_response
+from k8s.reflector_kit import until
 from kvgate.k8s.apiserver import ApiServerDouble
-from kvgate.k8s.client import KubeClient
-from kvgate.k8s.reflector import Reflector
-from kvgate.k8s.resources import POD
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,54 +37,26 @@ class _Throttled(ApiServerDouble):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self.throttle and dict(request.query) == {"limit": "1"}:
             self.throttled += 1
-            status = {
-                "kind": "Status",
-                "apiVersion": "v1",
-                "status": "Failure",
-                "code": 429,
-                "reason": "TooManyRequests",
-                "message": "Too many requests, please try again later.",
-            }
-            return web.json_response(status, status=429, headers={"Retry-After": self.retry_after})
+            return status_response(429, "TooManyRequests", "Too many requests, please try again later.",
+                                   headers={"Retry-After": self.retry_after})  # fmt: skip
         return await super()._handle(request)
-
-
-async def _advance(ft: FakeTime, seconds: float) -> None:
-    end = ft.now + seconds
-    while ft.now < end:
-        wake = ft.next_wake()
-        step = end - ft.now if wake is None or wake <= ft.now else min(end, wake) - ft.now
-        ft.advance(step)
-        await asyncio.sleep(0.05)
 
 
 async def test_a_stuck_server_whose_probes_get_429_shows_in_the_copys_age() -> None:
     """A stuck server whose probes get 429: no relist (it would hang too), but no credit either: the
     copy's age grows from the last proof, so staleness shows (``--kube-stale-after``)."""
     double = _Throttled(bookmark_interval=0.2)
-    async with double:
-        create_pod(double)
-        ft = FakeTime()
-        client = await KubeClient.connect(server=double.url)
-        r = Reflector(client, POD, namespace="default", clock=ft.clock, sleep=ft.sleep, seed=1,
-                      probe_after_s=60.0, probe_timeout_s=10.0)  # fmt: skip
-        r.start()
-        try:
-            await r.wait_synced()
-            await until(lambda: r.watches >= 1 and ft.next_wake() is not None)
-            double.stall(lists=True)
-            double.throttle = True
-            await _advance(ft, 5 * 60.0 + 10.0)
-            await asyncio.sleep(0.3)
-            age = r.age()
-            assert double.throttled >= 3 and age is not None and age >= 5 * 60.0, (
-                f"{double.throttled} probes answered 429 and credited: age={age} (a stuck server counts "
-                "as in sync until the watch's client deadline)"
-            )
-        finally:
-            double.unstall()
-            await r.stop()
-            await client.close()
+    ft = FakeTime()
+    async with double, probed_reflector(double, ft) as r:
+        double.stall(lists=True)
+        double.throttle = True
+        await advance(ft, 5 * 60.0 + 10.0)
+        await asyncio.sleep(0.3)
+        age = r.age()
+        assert double.throttled >= 3 and age is not None and age >= 5 * 60.0, (
+            f"{double.throttled} probes answered 429 and credited: age={age} (a stuck server counts "
+            "as in sync until the watch's client deadline)"
+        )
 
 
 async def test_three_429s_in_a_row_do_not_relist_a_healthy_watch() -> None:
@@ -95,34 +65,23 @@ async def test_three_429s_in_a_row_do_not_relist_a_healthy_watch() -> None:
     reflector every ~80 s of an overload). Now the watch stays open, the copy is not credited (its age
     grows) and an answered probe credits it again. Fails before fixb16: relisted at 80 s."""
     double = _Throttled(bookmark_interval=0.2)
-    async with double:
-        create_pod(double)
-        ft = FakeTime()
-        client = await KubeClient.connect(server=double.url)
-        r = Reflector(client, POD, namespace="default", clock=ft.clock, sleep=ft.sleep, seed=1,
-                      probe_after_s=60.0, probe_timeout_s=10.0)  # fmt: skip
-        r.start()
-        try:
-            await r.wait_synced()
-            await until(lambda: r.watches >= 1 and ft.next_wake() is not None)
-            lists, watches = r.lists, r.watches
-            assert r.age() == 0.0
-            double.throttle = True
-            await _advance(ft, 60.0 + 5 * 10.0 + 1.0)  # six probes, 429 each (Retry-After 1: 10 s apart)
-            await until(lambda: double.throttled >= 6)
-            await asyncio.sleep(0.3)
-            assert r.lists == lists and r.watches == watches and r.stuck == 0, (
-                f"{double.throttled} 429s relisted a healthy watch: lists {lists} -> {r.lists}"
-            )
-            age = r.age()
-            assert age is not None and age >= 110.0  # not credited meanwhile: staleness shows
-            double.throttle = False
-            await _advance(ft, 10.0)  # the next probe is answered: credited again
-            await until(lambda: r.probes == 1)
-            assert r.age() == 0.0
-        finally:
-            await r.stop()
-            await client.close()
+    ft = FakeTime()
+    async with double, probed_reflector(double, ft) as r:
+        lists, watches = r.lists, r.watches
+        assert r.age() == 0.0
+        double.throttle = True
+        await advance(ft, 60.0 + 5 * 10.0 + 1.0)  # six probes, 429 each (Retry-After 1: 10 s apart)
+        await until(lambda: double.throttled >= 6)
+        await asyncio.sleep(0.3)
+        assert r.lists == lists and r.watches == watches and r.stuck == 0, (
+            f"{double.throttled} 429s relisted a healthy watch: lists {lists} -> {r.lists}"
+        )
+        age = r.age()
+        assert age is not None and age >= 110.0  # not credited meanwhile: staleness shows
+        double.throttle = False
+        await advance(ft, 10.0)  # the next probe is answered: credited again
+        await until(lambda: r.probes == 1)
+        assert r.age() == 0.0
 
 
 async def test_the_next_probe_waits_the_servers_retry_after() -> None:
@@ -130,25 +89,14 @@ async def test_the_next_probe_waits_the_servers_retry_after() -> None:
     later). Fails before: the next probe a period (60 s) later."""
     double = _Throttled(bookmark_interval=0.2)
     double.retry_after = "30"
-    async with double:
-        create_pod(double)
-        ft = FakeTime()
-        client = await KubeClient.connect(server=double.url)
-        r = Reflector(client, POD, namespace="default", clock=ft.clock, sleep=ft.sleep, seed=1,
-                      probe_after_s=60.0, probe_timeout_s=10.0)  # fmt: skip
-        r.start()
-        try:
-            await r.wait_synced()
-            await until(lambda: r.watches >= 1 and ft.next_wake() is not None)
-            double.throttle = True
-            await _advance(ft, 60.0)
-            await until(lambda: double.throttled == 1)
-            await _advance(ft, 29.0)
-            await asyncio.sleep(0.3)
-            assert double.throttled == 1, "a probe before the Retry-After"
-            await _advance(ft, 1.0)
-            await until(lambda: double.throttled == 2)
-            assert r.probes == 0 and r.last_sync == 0.0  # never a proof
-        finally:
-            await r.stop()
-            await client.close()
+    ft = FakeTime()
+    async with double, probed_reflector(double, ft) as r:
+        double.throttle = True
+        await advance(ft, 60.0)
+        await until(lambda: double.throttled == 1)
+        await advance(ft, 29.0)
+        await asyncio.sleep(0.3)
+        assert double.throttled == 1, "a probe before the Retry-After"
+        await advance(ft, 1.0)
+        await until(lambda: double.throttled == 2)
+        assert r.probes == 0 and r.last_sync == 0.0  # never a proof
