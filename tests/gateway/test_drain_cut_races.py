@@ -35,6 +35,16 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    """Reads one HTTP request (head, then a body of its content-length) and returns the body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    n = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            n = int(line.split(b":", 1)[1])
+    return await reader.readexactly(n)
+
+
 @contextlib.asynccontextmanager
 async def _raw_upstream(pieces: list[bytes], *, chunked: bool = True) -> AsyncIterator[str]:
     """Answers every POST with 200 text/event-stream, writes ``pieces`` (each its own chunk, 50 ms
@@ -43,12 +53,7 @@ async def _raw_upstream(pieces: list[bytes], *, chunked: bool = True) -> AsyncIt
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            n = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    n = int(line.split(b":", 1)[1])
-            await reader.readexactly(n)
+            await _read_request(reader)
             if chunked:
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
@@ -211,12 +216,7 @@ async def test_a_stream_whose_first_chunk_comes_just_after_the_cut_is_cut_with_t
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            n = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    n = int(line.split(b":", 1)[1])
-            body = await reader.readexactly(n)
+            body = await _read_request(reader)
             if b"late" in body:
                 await asyncio.sleep(0.9)  # (the deadline falls 0.6 s after the request: see below)
             writer.write(
