@@ -82,6 +82,29 @@ async def _raw_upstream(pieces: list[bytes], *, chunked: bool = True) -> AsyncIt
         server.close()
 
 
+async def _read_at_least(r: aiohttp.ClientResponse, n: int) -> bytes:
+    """Reads ``r``'s body until at least ``n`` bytes have come (each read at most 10 s; the body must not
+    end before) and returns them."""
+    raw = b""
+    while len(raw) < n:
+        piece = await asyncio.wait_for(r.content.readany(), 10)
+        assert piece, raw[-200:]
+        raw += piece
+    return raw
+
+
+async def _read_rest(r: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """Reads the rest of ``r``'s body (each read at most 10 s): (the bytes, whether the body broke off
+    incomplete, aiohttp's ``ClientPayloadError``)."""
+    raw = b""
+    try:
+        while piece := await asyncio.wait_for(r.content.readany(), 10):
+            raw += piece
+    except aiohttp.ClientPayloadError:
+        return raw, True
+    return raw, False
+
+
 async def _drain_cut(address: str, usage: bool = False) -> tuple[bytes, GatewayServer]:
     """One stream through the gateway; once the upstream has written all its pieces, the gateway stops
     with a 0.3 s drain deadline: the client's whole body (aiohttp raises on a body cut mid-chunk)."""
@@ -278,8 +301,6 @@ async def test_a_drain_cut_inside_an_event_past_1_mib_closes_the_body_without_an
         gw = GatewayServer(cfg, make_pools(cfg))
         await gw.start()
         req = {"model": "m", "prompt": "x", "stream": True, "stream_options": {"include_usage": True}}
-        raw = b""
-        broken = False
         stop = None
         try:
             async with (
@@ -287,16 +308,10 @@ async def test_a_drain_cut_inside_an_event_past_1_mib_closes_the_body_without_an
                 s.post(base_url(gw) + "/v1/completions", data=orjson.dumps(req)) as r,
             ):
                 assert r.status == 200
-                while len(raw) < len(EV) + len(half):
-                    piece = await asyncio.wait_for(r.content.readany(), 10)
-                    assert piece, raw[-200:]
-                    raw += piece
+                raw = await _read_at_least(r, len(EV) + len(half))
                 stop = asyncio.create_task(gw.stop(drain_timeout=0.1))
-                try:
-                    while piece := await asyncio.wait_for(r.content.readany(), 10):
-                        raw += piece
-                except aiohttp.ClientPayloadError:
-                    broken = True
+                rest, broken = await _read_rest(r)
+                raw += rest
             await asyncio.wait_for(stop, 10)
         finally:
             if stop is None:

@@ -10,7 +10,7 @@ import asyncio
 import aiohttp
 import orjson
 
-from gateway.test_drain_cut_races import _raw_upstream
+from gateway.test_drain_cut_races import _raw_upstream, _read_at_least, _read_rest
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -26,8 +26,6 @@ async def test_a_drain_cut_inside_an_event_past_1_mib_closes_the_body_without_an
         gw = GlobalGateway(clusters, "round-robin", fetch=False, drain_s=0.1)
         await gw.start("127.0.0.1", 0)
         req = {"model": "m", "prompt": "x", "stream": True}
-        raw = b""
-        broken = False
         stop = None
         try:
             async with (
@@ -35,16 +33,10 @@ async def test_a_drain_cut_inside_an_event_past_1_mib_closes_the_body_without_an
                 s.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=orjson.dumps(req)) as r,
             ):
                 assert r.status == 200
-                while len(raw) < len(EV) + len(half):
-                    piece = await asyncio.wait_for(r.content.readany(), 10)
-                    assert piece, raw[-200:]
-                    raw += piece
+                raw = await _read_at_least(r, len(EV) + len(half))
                 stop = asyncio.create_task(gw.stop())
-                try:
-                    while piece := await asyncio.wait_for(r.content.readany(), 10):
-                        raw += piece
-                except aiohttp.ClientPayloadError:
-                    broken = True
+                rest, broken = await _read_rest(r)
+                raw += rest
             await asyncio.wait_for(stop, 10)
         finally:
             if stop is None:
