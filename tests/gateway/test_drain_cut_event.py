@@ -5,6 +5,8 @@ with nothing said). Through the real gateway on loopback, read by the openai SDK
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import aiohttp
 import openai
@@ -22,11 +24,16 @@ async def _started(address: str) -> GatewayServer:
     return gw
 
 
-async def test_the_drain_cut_ends_an_openai_sdk_stream_with_an_api_error(backends):
-    (b,) = await backends(1, tokens=200, chunk_delay=0.05)
-    gw = await _started(b.address)
-    client = openai.AsyncOpenAI(base_url=base_url(gw) + "/v1", api_key="k", max_retries=0)
-    stop: asyncio.Task[None] | None = None
+async def sdk_stream_cut(
+    client: openai.AsyncOpenAI,
+    cut: Callable[[], Coroutine[Any, Any, None]],
+    stop: Callable[[], Awaitable[None]],
+) -> tuple[pytest.ExceptionInfo[openai.APIError], list[str]]:
+    """Streams a 200-token completion through ``client`` (the openai SDK); at its first chunk the gateway
+    is stopped (``cut()``, as a task) and the stream must end with an ``openai.APIError`` within 20 s; the
+    stop is awaited (10 s). Returns the error and the chunks' texts; ``stop()`` stops the gateway if the
+    stream failed before ``cut`` started."""
+    task: asyncio.Task[None] | None = None
     got: list[str] = []
     try:
         stream = await client.completions.create(model="m", prompt="x", max_tokens=200, stream=True)
@@ -34,14 +41,26 @@ async def test_the_drain_cut_ends_an_openai_sdk_stream_with_an_api_error(backend
             async with asyncio.timeout(20):
                 async for chunk in stream:
                     got.append(chunk.choices[0].text)
-                    if stop is None:
-                        stop = asyncio.create_task(gw.stop(drain_timeout=0.3))
-        assert stop is not None
-        await asyncio.wait_for(stop, 10)
+                    if task is None:
+                        task = asyncio.create_task(cut())
+        assert task is not None
+        await asyncio.wait_for(task, 10)
+    finally:
+        if task is None:
+            await stop()
+    return ei, got
+
+
+async def test_the_drain_cut_ends_an_openai_sdk_stream_with_an_api_error(backends):
+    (b,) = await backends(1, tokens=200, chunk_delay=0.05)
+    gw = await _started(b.address)
+    client = openai.AsyncOpenAI(base_url=base_url(gw) + "/v1", api_key="k", max_retries=0)
+    try:
+        ei, got = await sdk_stream_cut(
+            client, lambda: gw.stop(drain_timeout=0.3), lambda: gw.stop(drain_timeout=0.1)
+        )
     finally:
         await client.close()
-        if stop is None:
-            await gw.stop(drain_timeout=0.1)
     # (not APIConnectionError: the SDK read an error event, not a body cut short)
     assert type(ei.value) is openai.APIError, repr(ei.value)
     assert "drain deadline (0.3s) cut the stream" in ei.value.message

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 
 import openai
-import pytest
 
 from gateway.backend import Backend
+from gateway.test_drain_cut_event import sdk_stream_cut
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -22,27 +22,15 @@ async def test_the_drain_cut_ends_an_openai_sdk_stream_with_an_api_error() -> No
     )
     await gw.start("127.0.0.1", 0)
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="k", max_retries=0)
-    stop: asyncio.Task[None] | None = None
-    got: list[str] = []
     saw_abort = False
     try:
-        stream = await client.completions.create(model="m", prompt="x", max_tokens=200, stream=True)
-        with pytest.raises(openai.APIError) as ei:
-            async with asyncio.timeout(20):
-                async for chunk in stream:
-                    got.append(chunk.choices[0].text)
-                    if stop is None:
-                        stop = asyncio.create_task(gw.stop())
-        assert stop is not None
-        await asyncio.wait_for(stop, 10)
+        ei, got = await sdk_stream_cut(client, gw.stop, gw.stop)
         for _ in range(200):  # (the pod sees it at its next write)
             if saw_abort := pod.disconnects == 1:
                 break
             await asyncio.sleep(0.02)
     finally:
         await client.close()
-        if stop is None:
-            await gw.stop()
         await pod.stop()
     # fails before: APIConnectionError (the body cut mid-chunk)
     assert type(ei.value) is openai.APIError, repr(ei.value)
