@@ -124,3 +124,36 @@ def test_clock_and_sleep_come_together() -> None:
     ft = FakeTime()
     with pytest.raises(ValueError, match="clock= without sleep="):
         ClusterSource(ClustersConfig(clusters=()), lambda _cfg: None, clock=ft.clock)
+
+
+async def test_the_global_gateways_source_runs_on_the_gateways_injected_time(tmp_path: Path) -> None:
+    """``kvgate serve --clusters`` (``GlobalGateway``) hands its ``clock`` and ``sleep`` to its
+    ``ClusterSource``: the writers' election (and the members' watches) run on the gateway's time, not the
+    loop's. Fails before (k8s17): ``GlobalGateway`` took no ``sleep`` and built its source without time, so
+    the election ran on real time."""
+    from kvgate.multicluster.serve import GlobalGateway
+
+    async with (
+        ApiServerDouble(bookmark_interval=0.2) as hub_d,
+        ApiServerDouble(bookmark_interval=0.2) as east_d,
+    ):
+        east_d.create(inference_pool("llama", "10.1.0.2:8080"))
+        _held_by_another(hub_d)
+        ft = FakeTime()
+        gw = GlobalGateway(load(_clusters(tmp_path, hub_d.url, east_d.url)), "kvgate", seed=0, fetch=False,
+                           clock=ft.clock, sleep=ft.sleep)  # fmt: skip
+        assert gw.source.clock == ft.clock and gw.source.sleep == ft.sleep
+        await gw.start()
+        try:
+            await _takeover_on_the_test_time(ft, lambda: gw.source.elector)
+        finally:
+            await gw.stop()
+
+
+def test_the_global_gateways_clock_and_sleep_come_together() -> None:
+    from kvgate.multicluster.clusters import ClustersConfig
+    from kvgate.multicluster.serve import GlobalGateway
+
+    ft = FakeTime()
+    with pytest.raises(ValueError, match="clock= without sleep="):
+        GlobalGateway(ClustersConfig(clusters=()), fetch=False, clock=ft.clock)

@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from fake_time import FakeTime
 from kvgate.datalayer.aggregate import PoolAggregate
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, KvgateWeights
@@ -168,17 +169,17 @@ def test_a_returning_cluster_learns_its_hits_floor_again() -> None:
 async def test_readyz_is_not_a_routing_decision() -> None:
     """``/readyz`` ran ``router.order(ClusterRequest())``: every readiness probe counted as a request
     ordered to the best cluster in the policy's trace (``first_to``) and drew from its rng."""
-    now = [10.0]
+    ft = FakeTime(10.0)  # (one time: a clock comes with its sleep)
     cfg = ClustersConfig(
         (ClusterSpec("east", gateway="east:80"), ClusterSpec("west", gateway="west:80")), ttl_s=5.0
     )
-    gw = GlobalGateway(cfg, clock=lambda: now[0], fetch=False, seed=0)
+    gw = GlobalGateway(cfg, clock=ft.clock, sleep=ft.sleep, fetch=False, seed=0)
     r = gw.router
     p = r.policy
     assert isinstance(p, KvgatePolicy)
     for name in ("east", "west"):
         r.states[name].set_aggregate(
-            PoolAggregate(name, 1.0, 2, 2, capacity=2.0, headroom=2.0, request_slots=16.0), now[0]
+            PoolAggregate(name, 1.0, 2, 2, capacity=2.0, headroom=2.0, request_slots=16.0), ft.now
         )
     state = p.rng.getstate()
     for _ in range(3):
@@ -187,7 +188,7 @@ async def test_readyz_is_not_a_routing_decision() -> None:
     assert p.first_to == {} and p.rng.getstate() == state
     # Ready exactly when ``order`` names a cluster: not with fresh snapshots and no ready endpoint.
     for name in ("east", "west"):
-        r.states[name].set_aggregate(PoolAggregate(name, 1.0, 0, 0, capacity=0.0, headroom=0.0), now[0])
+        r.states[name].set_aggregate(PoolAggregate(name, 1.0, 0, 0, capacity=0.0, headroom=0.0), ft.now)
     assert not r.order(ClusterRequest())
     assert (await gw._readyz(None)).status == 503  # type: ignore[arg-type]
 

@@ -23,7 +23,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Set
+from collections.abc import Awaitable, Callable, Set
 from dataclasses import dataclass
 
 import aiohttp
@@ -43,6 +43,7 @@ from kvgate.httpfront.server import (
     StreamResponse,
     json_error,
 )
+from kvgate.k8s.lease import check_one_time
 from kvgate.k8s.stalepolicy import StalenessPolicy, hub_policy
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
@@ -225,13 +226,19 @@ class GlobalGateway:
         policy: str = "kvgate",
         *,
         clusters_file: ClustersFile | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
         fetch: bool = True,
         seed: int | None = None,  # the policy's randomness; None: from os.urandom
         limits: FrontLimits | None = None,
         drain_s: float = 5.0,
         staleness: StalenessPolicy | None = None,  # the members' InferencePool watches' (default 120 s)
     ) -> None:
+        """``clock`` and ``sleep``: one time (both or neither, ``check_one_time``; default the loop's) for
+        the router, the fetcher, the clusters file's reload checks and ``ClusterSource`` (the writers'
+        leader election and the members' watches)."""
+        check_one_time(clock, sleep)
+        clock = clock or time.monotonic
         self.router = GlobalRouter(cfg, policy, clock=clock, seed=seed)
         self.metrics = _Metrics()
         # The names the clusters' aggregates list are labels of their own (kvgate.openai.labels).
@@ -243,8 +250,9 @@ class GlobalGateway:
             clusters_file.on_change = self.reload
         # The clusters file and the InferencePoolImport its kubernetes: section follows (imports replace
         # only the file's clusters); shared with the hub EPP.
-        self.source = ClusterSource(cfg, self.router.apply, staleness=staleness)
-        self.clock = clock
+        self.source = ClusterSource(cfg, self.router.apply, staleness=staleness, clock=clock,
+                                    sleep=sleep or asyncio.sleep)  # fmt: skip
+        self.clock, self.sleep = clock, sleep or asyncio.sleep
         self.fetcher = (
             Fetcher(self.router.state_list, interval_s=cfg.refresh_s, tls=cfg.tls, clock=clock)
             if fetch
@@ -511,7 +519,7 @@ class GlobalGateway:
     async def _reload_loop(self) -> None:
         assert self.clusters_file is not None
         while True:
-            await asyncio.sleep(self.clusters_file.check_every_s)
+            await self.sleep(self.clusters_file.check_every_s)
             self.clusters_file.maybe_reload(self.clock())
             self.source.poll()
 
