@@ -96,7 +96,7 @@ def test_configured_rewrite_names_are_known() -> None:
     rules = [RewriteRule(["alias"], [RewriteTarget("real", 1), RewriteTarget("canary", 1)])]
     labels = ModelLabels(["*", *rewrite_names(rules)])
     assert labels.known == {"alias", "real", "canary"}
-    labels.know(rewrite_names([RewriteRule([], [RewriteTarget("live", 1)])]))  # a live rule (Kubernetes)
+    labels.set_rules(rewrite_names([RewriteRule([], [RewriteTarget("live", 1)])]))  # a live rule (Kubernetes)
     assert labels.label("live") == "live" and labels.label("junk") == "other"
 
 

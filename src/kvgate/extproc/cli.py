@@ -200,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     from kvgate.extproc.config import EppConfigError, load
     from kvgate.extproc.context import build_context
     from kvgate.extproc.metrics import EppMetrics, models_reported
-    from kvgate.openai.labels import ModelLabels
 
     if args.clusters:
         return _hub_main(args)
@@ -224,11 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         # Model labels: the pool's models, adapters and rewrite rules' names and those the pods' metrics
         # report serving, others once a model server answered them, into the slots those
         # leave (kvgate.openai.labels).
-        known = [*cfg.pool.models, *cfg.pool.adapters, *rewrite_names(cfg.gateway.rewrites)]
         if not args.model_series_grace > 0:
             raise EppConfigError("--model-series-grace must be > 0")
         reported = models_reported(store.all, time.monotonic)
-        metrics = EppMetrics(models=ModelLabels(known, reported=reported, grace_s=args.model_series_grace))
+        metrics = EppMetrics(models=model_labels(cfg, reported, args.model_series_grace))
         ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
         if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
             raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
@@ -243,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca, kube=kube))
     return 0
+
+
+def model_labels(cfg: Any, reported: Any, grace_s: float) -> Any:
+    """The EPP's ``ModelLabels``: the pool's models and adapters for good, the config file's rewrite rules'
+    names until live InferenceModelRewrites replace them (``_kube_pool``'s listener, ``set_rules``)."""
+    from kvgate.openai.labels import ModelLabels
+
+    return ModelLabels([*cfg.pool.models, *cfg.pool.adapters], reported=reported, grace_s=grace_s,
+                       rules=rewrite_names(cfg.gateway.rewrites))  # fmt: skip
 
 
 def rewrite_names(rules: Iterable[Any]) -> list[str]:
@@ -356,8 +363,8 @@ def _kube_pool(
         )
         ctx.model_rewrite = ModelRewriter(rewrites, seed=cfg.gateway.rewrite_seed)
         models = getattr(ctx.observer, "models", None)  # (EppMetrics: the rules' names get their labels)
-        if models is not None:
-            models.know(rewrite_names(rewrites))
+        if models is not None:  # (they replace the file's rules' names, or the last live rules')
+            models.set_rules(rewrite_names(rewrites))
 
     opts = KubeOptions(
         pool_name=ref.name, pool_namespace=ref.namespace, server=args.kube_server, kubeconfig=args.kubeconfig,

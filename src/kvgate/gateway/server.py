@@ -133,8 +133,11 @@ class GatewayServer:
         self._live_names: frozenset[str] = frozenset()
         if any(not r.matches for r in cfg.rewrites) or any(p.cfg.inference_pool for p in self.pools):
             known = [m for p in self.pools for m in (*p.cfg.models, *p.cfg.adapters)]
-            known += [m for r in cfg.rewrites for m in (*r.matches, *(t.model for t in r.targets))]
-            self.metrics.bound(ModelLabels(known, reported=lambda: self._live_names, clock=clock))
+            # (the file's rules' names until live rules replace them: ``_policy_listener``; k8s17)
+            rules = [m for r in cfg.rewrites for m in (*r.matches, *(t.model for t in r.targets))]
+            self.metrics.bound(
+                ModelLabels(known, reported=lambda: self._live_names, clock=clock, rules=rules)
+            )
         self.health = HealthTracker(cfg.health, clock)
         self.session: aiohttp.ClientSession | None = None
         # Set once start() has started every feed and warmed the upstream connections: /readyz waits
@@ -432,6 +435,8 @@ class GatewayServer:
             self._kube_rules[pool.name] = rules
             live = [r for rs in self._kube_rules.values() for r in rs]
             proxy.rewriter = ModelRewriter(live, self.cfg.rewrite_seed)
+            if self.metrics.models is not None:  # (the file's rules are replaced: their names too)
+                self.metrics.models.set_rules(())
             names = frozenset(m for r in live for m in (*r.matches, *(t.model for t in r.targets)))
             if names != self._live_names:  # (a new set only on a change: ``ModelLabels`` recounts then)
                 self._live_names = names

@@ -10,7 +10,8 @@ model name a client sends, so a label per name would let clients grow the metric
 
 A name is its own label when the door knows it:
 
-- the config names it (``--model``, adapters, the rewrite rules' models, live rules too: ``know``);
+- the config names it (``--model``, adapters, the rewrite rules' models: the live rules' once they replace
+  the file's, ``set_rules``);
 - the model servers report serving it now (``reported``: ``kvgate epp``'s pods' scraped metrics, their
   ``model_name`` label and LoRA adapters; the hub EPP's and ``kvgate serve --clusters``' cluster
   aggregates, ``PoolAggregate.models``). ``ReportedNames`` re-reads its servers at most once per
@@ -261,8 +262,13 @@ class ModelLabels:
         grace_s: float = GRACE_S,
         sweep_s: float = REFRESH_S,
         retired: int = MAX_RETIRED_NAMES,
+        rules: Iterable[str] = (),
     ) -> None:
-        self.known = frozenset(m for m in known if m and m != ANY_MODEL)
+        """``known``: the config's names for good (models, adapters); ``rules``: the rewrite rules' names
+        now (the config file's, until live rules replace them: ``set_rules``)."""
+        self._fixed = frozenset(m for m in known if m and m != ANY_MODEL)
+        self._rules = frozenset(m for m in rules if m and m != ANY_MODEL)
+        self.known = self._fixed | self._rules
         self.size = size
         self.learnt: set[str] = set()
         self.reported = reported  # the names the model servers report (``ReportedNames``); None: none
@@ -295,8 +301,30 @@ class ModelLabels:
         self._count: tuple[object, object, int, int] = (None, None, -1, 0)
 
     def know(self, names: Iterable[str]) -> None:
-        """Names the configuration gives (rewrite rules, live too): labels of their own, never learnt."""
-        self.known = self.known | {m for m in names if m and m != ANY_MODEL}
+        """Names the configuration gives for good (models, adapters): labels of their own, never learnt."""
+        self._fixed = self._fixed | {m for m in names if m and m != ANY_MODEL}
+        self.known = self._fixed | self._rules
+
+    def set_rules(self, names: Iterable[str]) -> None:
+        """The rewrite rules' names now (live InferenceModelRewrites replacing the config file's rules, or
+        the last live ones): labels of their own, never learnt. They *replace* the last rules' names (k8s17:
+        ``know`` added them, so a config file's rule names, and every live rule's name ever seen, stayed
+        labels with series for good): a name that leaves, not named by the config otherwise, is a label
+        only while reported, learnt, or owed to the requests in flight under it now (as a name leaving the
+        reported set, ``_retire``), and its series go ``grace_s`` after (``sweep``)."""
+        rules = frozenset(m for m in names if m and m != ANY_MODEL)
+        if rules == self._rules:
+            return
+        left = self.known - self._fixed - rules
+        self._rules = rules
+        self.known = self._fixed | rules
+        for m in rules:
+            self._owed.pop(m, None)  # (a label again)
+        now = self.clock()
+        for m in left:
+            self.seen.setdefault(m, now)  # (its series wait out grace_s from now, as a retired name's)
+            if m in self.inflight and m not in self.learnt:
+                self._owed.setdefault(m, self.inflight[m])
 
     def _reported(self) -> Set[str]:
         if self.reported is None:
