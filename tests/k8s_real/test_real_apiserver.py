@@ -317,3 +317,77 @@ async def test_discovery_watch_and_lease_against_a_real_apiserver(server: tuple[
     # Stopping gave the Lease up (holder cleared), as a clean shutdown hands over at once.
     assert not (await k.get("lease", "kvgate-epp-llm"))["spec"].get("holderIdentity")
     assert url.startswith("https://")
+
+
+CLOSED_VERSION = {"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+    "type": "object", "properties": {"spec": {"type": "object", "properties": {"n": {"type": "integer"}},
+                                              "additionalProperties": False}}}}}  # fmt: skip
+CLOSE_SCHEMA = {"spec": {"versions": [CLOSED_VERSION]}}
+
+
+def approval(value: str | None) -> dict[str, Any]:
+    return {"metadata": {"annotations": {"api-approved.kubernetes.io": value}}}
+
+
+async def crd_updates(url: str, tag: str, token: str | None = None, ca: str | None = None) -> list[Any]:
+    """One sequence of CRD creates and updates (merge and JSON patches, a PUT): each answer's code, reason,
+    message and causes (as (reason, field) pairs), in order."""
+    ctx = ssl.create_default_context(cafile=ca) if ca else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    out: list[Any] = []
+    async with aiohttp.ClientSession(headers=headers) as s:
+
+        async def send(method: str, name: str, body: Any, ctype: str = "application/merge-patch+json") -> Any:
+            path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions" + (f"/{name}" if name else "")
+            async with s.request(method, url + path, data=json.dumps(body), ssl=ctx,
+                                 headers={"Content-Type": ctype}) as r:  # fmt: skip
+                answer: dict[str, Any] = await r.json(content_type=None)
+            listed = (answer.get("details") or {}).get("causes", [])
+            causes = sorted((c["reason"], c["field"]) for c in listed)
+            out.append((method, r.status, answer.get("reason"), answer.get("message"), causes))
+            return answer
+
+        open_name = f"widgets.u{tag}.example.com"
+        field = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/additionalProperties"
+        closed_patch = [{"op": "add", "path": field, "value": False}]
+        await send("POST", "", refused_crd(f"u{tag}.example.com", closed=False), "application/json")
+        await send("PATCH", open_name, CLOSE_SCHEMA)
+        await send("PATCH", open_name, closed_patch, "application/json-patch+json")
+        for _ in range(100):  # (the real server's controllers write its status: PUT once they are done)
+            stored = await send("GET", open_name, None)
+            out.pop()  # (the GET: its resourceVersion and status differ between the servers)
+            conditions = (stored.get("status") or {}).get("conditions") or []
+            done = any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+            if not conditions or done:
+                break
+            await asyncio.sleep(0.05)
+        await send("PUT", open_name, {**stored, "spec": {**stored["spec"], "versions": [CLOSED_VERSION]}},
+                   "application/json")  # fmt: skip
+        protected = f"widgets.p{tag}.k8s.io"
+        await send("POST", "", refused_crd(f"p{tag}.k8s.io", False, "https://example.com/review"),
+                   "application/json")  # fmt: skip
+        for patch in (approval(None), approval("yes"), approval("https://example.com/other"),
+                      approval("unapproved, testing"), {**approval(None), **CLOSE_SCHEMA},
+                      {"metadata": {"labels": {"a": "b"}}}, approval(None)):  # fmt: skip
+            await send("PATCH", protected, patch)
+    return out
+
+
+async def test_the_double_refuses_a_crd_update_as_this_server_does(server: tuple[str, str]) -> None:
+    """k8s17: the CRD rules on update (PUT, merge and JSON patch), the approval annotation checked only where
+    an update changes its state: the double answers each update of one sequence as this server does (code,
+    reason, message, causes). Before, the double took every update."""
+    url, kubeconfig = server
+    conf = yaml.safe_load(await asyncio.to_thread(Path(kubeconfig).read_text))
+    user, cluster = conf["users"][0]["user"], conf["clusters"][0]["cluster"]
+    tag = uuid.uuid4().hex[:6]
+    real = await crd_updates(url, tag, user.get("token"), cluster.get("certificate-authority"))
+    async with ApiServerDouble() as double:
+        fake = await crd_updates(double.url, tag)
+    codes = [step[1] for step in real]
+    assert codes == [201, 422, 422, 422, 201, 422, 422, 200, 200, 422, 200, 422], real
+    for mine, theirs in zip(fake, real, strict=True):
+        if theirs[1] < 300:
+            assert mine[:2] == theirs[:2], (mine, theirs)  # (a success's body differs: status, metadata)
+        else:
+            assert mine == theirs

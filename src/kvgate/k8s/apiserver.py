@@ -10,14 +10,15 @@ merge, JSON patch, server-side apply) / delete with optimistic concurrency (``40
 Tables (what ``kubectl get`` asks for), Leases and CustomResourceDefinitions (a created CRD serves its
 resource).
 
-A CRD's create is refused (``422 Invalid``) for the two rules in ``k8s/crdrules.py`` a real API server
-applies (``properties`` beside ``additionalProperties``; a ``*.k8s.io`` group without the
-``api-approved.kubernetes.io`` annotation); nothing else of a CRD is validated.
+A CRD's create, update, patch or apply is refused (``422 Invalid``) for the two rules in
+``k8s/crdrules.py`` a real API server applies (``properties`` beside ``additionalProperties``; a
+``*.k8s.io`` group without the ``api-approved.kubernetes.io`` annotation, on an update only where the
+annotation's state changes); nothing else of a CRD is validated.
 
 What it does not do: authentication (everything is allowed unless a test calls ``forbid``), admission,
-defaulting beyond metadata, schema validation (of objects; of a CRD beyond those two rules, and on its
-update), garbage collection by owner, real scheduling. A pod gets an IP and a Ready condition only when a
-test (the "kubelet") sets them, through ``set_pod_status`` or ``kubectl patch --subresource=status``.
+defaulting beyond metadata, schema validation (of objects; of a CRD beyond those two rules), garbage
+collection by owner, real scheduling. A pod gets an IP and a Ready condition only when a test (the
+"kubelet") sets them, through ``set_pod_status`` or ``kubectl patch --subresource=status``.
 """
 
 from __future__ import annotations
@@ -381,6 +382,8 @@ class ApiServerDouble:
             if body.get("spec") != cur.get("spec"):
                 meta["generation"] = cur["metadata"].get("generation", 1) + 1
             obj = {**body, "metadata": meta}
+        if rt == R.CRD and not status and (refused := crdrules.refusal(obj, old=cur)) is not None:
+            raise ApiError(422, "Invalid", *refused)  # on update too, as a real API server (k8s17)
         if obj == cur:
             return copy.deepcopy(cur)  # no-op writes do not bump the resourceVersion (as the real one)
         self._bump(obj)

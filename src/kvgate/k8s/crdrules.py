@@ -14,7 +14,11 @@ API-server double and the offline schema check took them:
   the ``api-approved.kubernetes.io`` annotation: a URL (its API review) or a reason starting with
   ``unapproved``.
 
-``refusal`` gives the causes as the real server's ``422 Invalid`` Status lists them.
+``refusal`` gives the causes as the real server's ``422 Invalid`` Status lists them. On an update (PUT,
+any PATCH, server-side apply: ``old`` given) the schema rule applies as on a create, and the annotation's
+only when the update changes its state (missing, ``unapproved...``, a URL, anything else), as
+``validateAPIApproval`` ratchets it: a CRD stored without approval (a v1beta1 create) may still be updated
+as long as its annotation stays missing (checked against a real 1.20.2 server, k8s17).
 """
 
 from __future__ import annotations
@@ -86,9 +90,21 @@ def _schemas(spec: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return [(f"spec.versions[{i}].schema.openAPIV3Schema", s) for i, s in enumerate(per_version)]
 
 
-def causes(crd: Mapping[str, Any]) -> list[dict[str, str]]:
+def approval_state(crd: Mapping[str, Any]) -> str:
+    """The ``api-approved.kubernetes.io`` annotation's state (apihelpers.GetAPIApprovalState): ``missing``
+    (absent or empty), ``bypassed`` (``unapproved...``), ``approved`` (a URL) or ``invalid``."""
+    value = ((crd.get("metadata") or {}).get("annotations") or {}).get(APPROVAL, "")
+    if not value:
+        return "missing"
+    if value.startswith("unapproved"):
+        return "bypassed"
+    return "approved" if _approval_url(value) else "invalid"
+
+
+def causes(crd: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
     """What a real API server refuses in ``crd`` under the two rules, as Status ``details.causes`` (in its
-    order: the schema's causes, then the annotation's)."""
+    order: the schema's causes, then the annotation's); ``old``: the stored object ``crd`` updates (the
+    annotation's rule then only where its state changes)."""
     out: list[dict[str, str]] = []
     meta, spec = crd.get("metadata") or {}, crd.get("spec") or {}
     for root, schema in _schemas(spec):
@@ -98,14 +114,15 @@ def causes(crd: Mapping[str, Any]) -> list[dict[str, str]]:
                 message = "Forbidden: additionalProperties and properties are mutual exclusive"
                 field = f"{path}.additionalProperties"
                 out.append({"reason": "FieldValueForbidden", "field": field, "message": message})
-    if is_protected_group(spec.get("group", "")):
+    state = approval_state(crd)
+    if is_protected_group(spec.get("group", "")) and (old is None or approval_state(old) != state):
         field = f"metadata.annotations[{APPROVAL}]"
         value = (meta.get("annotations") or {}).get(APPROVAL, "")
-        if not value:
+        if state == "missing":
             message = f'protected groups must have approval annotation "{APPROVAL}", {_ENHANCEMENT}'
             message = f"Required value: {message}"
             out.append({"reason": "FieldValueRequired", "field": field, "message": message})
-        elif not value.startswith("unapproved") and not _approval_url(value):
+        elif state == "invalid":
             message = (f'protected groups must have approval annotation "{APPROVAL}" with either a URL or a '
                        f'reason starting with "unapproved", {_ENHANCEMENT}')  # fmt: skip
             out.append({"reason": "FieldValueInvalid", "field": field,
@@ -113,9 +130,12 @@ def causes(crd: Mapping[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def refusal(crd: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """``(message, details)`` of the real server's ``422 Invalid`` for ``crd``, or None if it takes it."""
-    found = causes(crd)
+def refusal(
+    crd: Mapping[str, Any], old: Mapping[str, Any] | None = None
+) -> tuple[str, dict[str, Any]] | None:
+    """``(message, details)`` of the real server's ``422 Invalid`` for ``crd`` (an update of ``old``), or
+    None if it takes it."""
+    found = causes(crd, old)
     if not found:
         return None
     name = (crd.get("metadata") or {}).get("name", "")
