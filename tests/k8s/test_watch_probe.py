@@ -136,30 +136,95 @@ async def test_a_watch_that_reads_events_is_not_probed() -> None:
 
 
 class _StorageDown(ApiServerDouble):
-    """A double whose next ``limit=1`` list (the probe's: no watch) is answered 504 with
-    kube-apiserver's Status for an etcd timeout, over the wire."""
+    """A double whose next ``fail_probes`` ``limit=1`` lists (the probe's: no watch) are answered
+    ``code`` with kube-apiserver's Status for an etcd timeout (and ``retry_after``, if set), over the
+    wire."""
 
-    fail_next_probe = False
+    fail_probes = 0
+    code = 504
+    retry_after: str | None = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         probe = request.query.get("limit") == "1" and "watch" not in request.query
-        if self.fail_next_probe and request.method == "GET" and probe:
-            self.fail_next_probe = False
+        if self.fail_probes and request.method == "GET" and probe:
+            self.fail_probes -= 1
             self.requests.append(f"{request.method} {request.path_qs}")
-            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 504,
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": self.code,
                       "reason": "Timeout", "message": "etcdserver: request timed out"}  # fmt: skip
-            return web.json_response(status, status=504)
+            headers = {"Retry-After": self.retry_after} if self.retry_after else None
+            return web.json_response(status, status=self.code, headers=headers)
         return await super()._handle(request)
 
 
-async def test_a_probe_answered_with_a_server_error_relists() -> None:
+async def test_two_probes_answered_with_a_server_error_in_a_row_relist() -> None:
     """The server answers, but from storage it cannot reach (a 504, kube-apiserver's "etcdserver: request
-    timed out"): the watch ends and relists, as for no answer; a relist that completes is in sync."""
+    timed out"), twice in a row: asked again 1 s after the first (``PROBE_RETRY_S``), the second 5xx ends
+    the watch and relists, as no answer does; a relist that completes is in sync."""
     double = _StorageDown(bookmark_interval=0.2)
     async with double:
         ft = FakeTime()
         async with _reflector(double, ft) as r:
-            double.fail_next_probe = True
-            ft.advance(60.0)
+            double.fail_probes = 2
+            await _advance_to(ft, 60.0)
+            await until(lambda: r.probes_retried == 1)
+            assert r.stuck == 0 and r.lists == 1, "one 5xx relisted"
+            await _advance_to(ft, 61.0)
             await until(lambda: r.stuck == 1 and r.lists == 2 and r.watches == 2)
-            assert r.error is None and r.age() == 0.0 and not double.fail_next_probe
+            assert r.error is None and r.age() == 0.0 and double.fail_probes == 0
+        assert len(_probes(double)) == 2 + 1  # (the two probes, then the relist)
+
+
+async def test_a_server_error_then_no_answer_relists_at_the_retry_s_timeout() -> None:
+    """A 503, then the server stalls: the retry (at 61 s) unanswered for 10 s ends the watch (71 s), the
+    relist hangs and the copy ages from its last proof (the list at 0); the error names both."""
+    double = _StorageDown(bookmark_interval=0.2)
+    double.code = 503
+    async with double:
+        ft = FakeTime()
+        async with _reflector(double, ft) as r:
+            double.fail_probes = 1
+            await _advance_to(ft, 60.0)
+            await until(lambda: r.probes_retried == 1)
+            double.stall(lists=True)
+            await _advance_to(ft, 61.0)
+            await until(lambda: len(_probes(double)) == 2)  # the retry sent, hanging
+            await _advance_to(ft, 70.9)
+            assert r.stuck == 0
+            await _advance_to(ft, 71.0)
+            await until(lambda: r.stuck == 1)
+            assert "no answer within 10 s" in (r.error or "") and "503" in (r.error or ""), r.error
+            assert r.age() == 71.0 and r.lists == 1
+            double.unstall()
+            await until(lambda: r.lists == 2 and r.watches >= 2)
+
+
+@pytest.mark.parametrize(
+    ("code", "retry_after", "again_at"),
+    [(503, None, 61.0), (504, None, 61.0), (503, "5", 65.0), (503, "3600", 70.0)],
+)
+async def test_one_probe_answered_with_a_server_error_is_asked_again_before_a_relist(
+    code: int, retry_after: str | None, again_at: float
+) -> None:
+    """k8s17 (session 16's closing note: "a single 5xx probe forces a full relist"): an API server
+    restarting behind a load balancer answers 503 once; the probe is asked again 1 s later (or after the
+    answer's Retry-After, at most the probe's 10 s timeout), answered: no relist, the watch goes on, the
+    copy in sync as of the second probe, the next probe 60 s after it. Fails before: the first 5xx relisted
+    the whole collection."""
+    double = _StorageDown(bookmark_interval=0.2)
+    double.code, double.retry_after = code, retry_after
+    async with double:
+        ft = FakeTime()
+        async with _reflector(double, ft) as r:
+            double.fail_probes = 1
+            await _advance_to(ft, 60.0)
+            await until(lambda: r.probes_retried == 1 or r.lists > 1)
+            await _advance_to(ft, again_at - 0.5)
+            assert len(_probes(double)) == 1 and r.probes == 0
+            await _advance_to(ft, again_at)
+            await until(lambda: r.probes == 1)
+            assert r.lists == 1 and r.watches == 1 and r.stuck == 0 and r.error is None
+            assert r.last_sync == again_at and r.age() == 0.0
+            await _advance_to(ft, again_at + 60.0)
+            await until(lambda: r.probes == 2)
+            assert r.lists == 1 and r.probes_retried == 1
+        assert len(_probes(double)) == 3

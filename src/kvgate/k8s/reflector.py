@@ -9,35 +9,35 @@ errors (403) are logged once per change with the server's message and kept in ``
 reports them) while the reflector relists with back-off (the list that succeeds clears it).
 
 ``last_sync`` is when the copy was last known to be in sync, on the injected ``clock``: a list completed (a
-410's relist counts once it completes), a watch event or bookmark read, or a watch the server itself ended
-at its ``timeoutSeconds`` (a clean end of the stream, held for the whole timeout). ``age()`` is 0 while a
-watch is open (answered 200, its stream not ended) and its liveness probe, below, is not answered 4xx: a
-quiet watch may read nothing for its whole timeout
-(kube-apiserver bookmarks a watch only once the resource type's resourceVersion moved past the watch's start:
-on a type nobody writes, with etcd's progress notify at its 10 min default, none at all), and it is in sync as
-client-go's informers count it. Every watch is bounded as client-go bounds it: ``timeoutSeconds`` drawn per
-watch from [``min_watch_timeout_s``, twice that) (client-go's ``minWatchTimeout``, 5 min), and a client-side
-deadline ``watch_deadline_margin_s`` above it. A watch that reaches that deadline was never ended by the
-server (a stuck API server or proxy holding the connection open): the reflector relists, and the list either
-completes (in sync) or fails (the copy ages: stale). A watch that reads nothing for ``probe_after_s`` (60 s,
-timed from its last event or bookmark) is probed: one consistent ``LIST ?limit=1`` of the collection with the
-watch's own selectors (no resourceVersion), on the injected ``sleep``; answered 2xx, its first object is
-checked against the copy: missing or at another resourceVersion, the copy is behind and the reflector relists
-(``behind``), else the watch goes on and the copy counts as in sync as of the probe; a 4xx (429, 403) proves
-nothing: the watch goes on (no relist: a LIST storm on a throttling server), the copy is no longer credited
-(``age()`` grows from the last proof) and the next probe waits the server's Retry-After; unanswered
-within ``probe_timeout_s`` (10 s), a 5xx or a connection error, the watch ends and the reflector relists
-(``stuck``). So a stuck but connected API server is found within ~70 s of the last proof (the client deadline,
-at most ~10 min 15 s, stays the bound for a server that answers probes but not the watch, where nothing the
-probe reads changed); an unreachable one (refused, reset, TCP keepalive) at once. A watch held open that read
-nothing and ended early (a proxy's idle cut or close) proves nothing either: relist. A watch that opens and
-then fails (an ``ERROR`` event, an empty stream or a close at once) proves nothing: ``error`` takes its cause
-again (an open watch clears the last failure's, as it zeroes the age: else a quiet type kept an outage's error
-in /readyz for up to ~10 min after the server came back). A relist that follows a watch refused as it opened
-(403, 404: RBAC granting list but not watch) brings the copy up to date but counts only once a watch opens
-again: until then the error, the age and the growing back-off stay (else list, 403, 0.1 s, list... for good).
-``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines and, if asked,
-not-ready.
+410's relist counts once it completes), a watch event or bookmark read, or a watch the server itself ended at
+its ``timeoutSeconds`` (a clean end of the stream, held for the whole timeout). ``age()`` is 0 while a watch
+is open (answered 200, its stream not ended) and its liveness probe, below, is not answered 4xx: a quiet watch
+may read nothing for its whole timeout (kube-apiserver bookmarks a watch only once the resource type's
+resourceVersion moved past the watch's start: on a type nobody writes, with etcd's progress notify at its 10
+min default, none at all), and it is in sync as client-go's informers count it. Every watch is bounded as
+client-go bounds it: ``timeoutSeconds`` drawn per watch from [``min_watch_timeout_s``, twice that)
+(client-go's ``minWatchTimeout``, 5 min), and a client-side deadline ``watch_deadline_margin_s`` above it. A
+watch that reaches that deadline was never ended by the server (a stuck API server or proxy holding the
+connection open): the reflector relists, and the list either completes (in sync) or fails (the copy ages:
+stale). A watch that reads nothing for ``probe_after_s`` (60 s, timed from its last event or bookmark) is
+probed: one consistent ``LIST ?limit=1`` of the collection with the watch's own selectors (no
+resourceVersion), on the injected ``sleep``; answered 2xx, its first object is checked against the copy:
+missing or at another resourceVersion, the copy is behind and the reflector relists (``behind``), else the
+watch goes on and the copy counts as in sync as of the probe; a 4xx (429, 403) proves nothing: the watch goes
+on (no relist: a LIST storm on a throttling server), the copy is no longer credited (``age()`` grows from the
+last proof) and the next probe waits the server's Retry-After; a 5xx is asked again once, ``PROBE_RETRY_S`` (1
+s) later (a server restarting behind a load balancer); unanswered within ``probe_timeout_s`` (10 s), a
+connection error or a second 5xx in a row, the watch ends and the reflector relists (``stuck``). So a stuck
+but connected API server is found within ~70 s of the last proof (the client deadline, at most ~10 min 15 s,
+stays the bound for a server that answers probes but not the watch, where nothing the probe reads changed); an
+unreachable one (refused, reset, TCP keepalive) at once. A watch held open that read nothing and ended early
+(a proxy's idle cut or close) proves nothing either: relist. A watch that opens and then fails (an ``ERROR``
+event, an empty stream or a close at once) proves nothing: ``error`` takes its cause again (an open watch
+clears the last failure's, as it zeroes the age: else a quiet type kept an outage's error in /readyz for up to
+~10 min after the server came back). A relist that follows a watch refused as it opened (403, 404: RBAC
+granting list but not watch) brings the copy up to date but counts only once a watch opens again: until then
+the error, the age and the growing back-off stay (else list, 403, 0.1 s, list... for good). ``age()`` is how
+long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines and, if asked, not-ready.
 
 Generic over any group/version/plural (``ResourceType``), CRDs included.
 """
@@ -125,6 +125,11 @@ HELD_OPEN_S = 1.0
 # while events or bookmarks come.
 PROBE_AFTER_S = 60.0
 PROBE_TIMEOUT_S = 10.0
+# A probe answered 5xx (an API server restarting behind a load balancer: 502/503; one whose etcd timed out
+# a request: 504) is asked again once, this long after (or after the answer's Retry-After, at most
+# PROBE_TIMEOUT_S), before the watch ends and relists: a second failure in a row (5xx, no answer, the
+# connection) relists (k8s17; before, one transient 5xx relisted the whole collection).
+PROBE_RETRY_S = 1.0
 # Probes answered 4xx (429 from API Priority and Fairness, whose queues fill on a server with stuck storage
 # and on a merely overloaded one alike; 403/401) prove nothing: the next one waits the server's Retry-After
 # (at least PROBE_TIMEOUT_S) and the copy is no longer credited: ``age()`` grows from the last proof, so
@@ -165,6 +170,14 @@ class _Overran(Exception):
 
 class _Cut(Exception):
     """A watch that read events, held open, then its connection cut (no in-stream error): re-watch."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed5xx:
+    """A probe the server answered 5xx: why, and its Retry-After."""
+
+    why: str
+    retry_after_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +259,7 @@ class Reflector:
         self.behind = 0  # silent watches ended because their probe's answer showed the copy behind
         self.probes_refused = 0  # probes answered 401/403 (the probe cannot work with these credentials)
         self.probes_unproven = 0  # probes answered 4xx (429, 401/403, ...): no credit, the watch goes on
+        self.probes_retried = 0  # probes answered 5xx and asked again once (PROBE_RETRY_S) before a relist
         self._probe_refusal_logged = False
         self._behind_now = False  # this watch's probe showed the copy behind
         self._heard_at = 0.0  # clock() at the watch's last event or bookmark (or its probe's start)
@@ -482,18 +496,20 @@ class Reflector:
         ``probe_after_s`` after it. Its answer showing the copy behind (``_behind``): the watch ends and the
         caller relists. Answered without proof (4xx: 429, 403, ...): no credit (``age()`` grows from the
         last proof while the watch stays open), the next probe after the server's Retry-After (at least
-        ``probe_timeout_s``); never a relist (review s16-fixes-b KS1). No answer in time (or a 5xx, the
-        connection): the watch ends (``deadline`` expired at once, ``_stuck_why`` saying why) and the
-        caller relists."""
+        ``probe_timeout_s``); never a relist (review s16-fixes-b KS1). A 5xx is asked again once,
+        ``PROBE_RETRY_S`` later (or the answer's Retry-After, at most ``probe_timeout_s``; k8s17). No
+        answer in time, the connection, or a second 5xx in a row: the watch ends (``deadline`` expired at
+        once, ``_stuck_why`` saying why) and the caller relists."""
         assert self.probe_after_s is not None
         seen = self.events
         quiet_since = proof = self._heard_at = self.clock()
         self._uncredited_since = None
         due = quiet_since + self.probe_after_s
         unproven = 0  # the 4xx answers in a row since the last event or proof
+        failed: _Failed5xx | None = None  # a 5xx since the last event or proof, asked again once
         while True:
             if self.events != seen:  # the watch read something: the server is alive; time from then
-                seen, unproven = self.events, 0
+                seen, unproven, failed = self.events, 0, None
                 quiet_since = proof = self._heard_at
                 due = quiet_since + self.probe_after_s
             wait = due - self.clock()
@@ -522,15 +538,25 @@ class Reflector:
                     if self._watching:  # answered while the watch is open: in sync as of the probe's send
                         self.last_sync = max(self.last_sync or sent, sent)
                     self._uncredited_since = None
-                    unproven, proof, due = 0, sent, sent + self.probe_after_s
+                    unproven, failed, proof, due = 0, None, sent, sent + self.probe_after_s
                     continue
                 self.behind += 1
                 self._stuck_why = f"the liveness probe's answer shows the copy behind: {behind}; relisting"
                 self._behind_now = True
                 deadline.reschedule(asyncio.get_running_loop().time())
                 return
-            else:
-                why = f"the API server did not answer a liveness probe: {answer}"
+            if isinstance(answer, _Failed5xx) and failed is None:
+                failed = answer  # (a transient 5xx: asked again once, shortly, before the relist)
+                self.probes_retried += 1
+                wait_s = min(max(answer.retry_after_s or 0.0, PROBE_RETRY_S), self.probe_timeout_s)
+                log.info("reflector %s: the liveness probe was answered %s; asking again in %g s before "
+                         "relisting", self.name, answer.why, wait_s)  # fmt: skip
+                due = self.clock() + wait_s
+                continue
+            if isinstance(answer, _Failed5xx):
+                answer = answer.why
+            again = f" (the probe before it: {failed.why})" if failed is not None else ""
+            why = f"the API server did not answer a liveness probe: {answer}{again}"
             silent = self.clock() - quiet_since
             self._stuck_why = f"{why} while the watch read nothing for {silent:g} s; relisting"
             deadline.reschedule(asyncio.get_running_loop().time())
@@ -554,7 +580,7 @@ class Reflector:
             return f"{name} is at resourceVersion {rv} on the server, {_rv(mine)} in the copy"
         return None
 
-    async def _probe(self) -> Obj | _Unproven4xx | str:
+    async def _probe(self) -> Obj | _Unproven4xx | _Failed5xx | str:
         """One consistent ``LIST ?limit=1`` of the watched collection with the watch's own selectors (no
         resourceVersion), bounded by ``probe_timeout_s`` on ``sleep``: the page when answered 2xx;
         ``_Unproven4xx`` for a 4xx (the server answers, but proves nothing of its storage: 429 throttled,
@@ -581,7 +607,7 @@ class Reflector:
             return ask.result()
         if isinstance(e, _ProbeRefused):
             if e.error.status >= 500:
-                return str(e.error)
+                return _Failed5xx(str(e.error), e.retry_after_s)
             if e.error.status in (401, 403):
                 self.probes_refused += 1
                 if not self._probe_refusal_logged:
