@@ -202,7 +202,8 @@ class KVEventSubscriber:
         # not the engine's (``_judge``).
         self._judged = 0
         self._judged_end = 0
-        # Live batches read off the socket so far (the drain's and the pulls'): a replay fetch's lost-tail
+        # Live batches read off the socket so far (the drain's and the pulls'; framed as batches: a malformed
+        # frame is not counted, kvhub17): a replay fetch's lost-tail
         # check lets an answer go further than the one it checks by those read between the two requests
         # (``_fetch``). ``_pull_cut``: the last pull stopped at its bound (more may be queued: not counted).
         self._heard = 0
@@ -607,10 +608,10 @@ class KVEventSubscriber:
                     if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                         continue
                     return
-                self._heard += 1
                 if len(frames) < 3 or len(frames[-2]) != 8:
                     self.stats.decode_errors += 1
                     continue
+                self._heard += 1  # (a batch: not a malformed frame, which no engine's publishing explains)
                 seq = int.from_bytes(frames[-2], "big", signed=True)
                 try:
                     if self._live_now(seq, frames[-1]):
@@ -744,10 +745,12 @@ class KVEventSubscriber:
             except zmq.ZMQError as e:
                 self._failed = e  # (the task ends on it once the stash is handled)
                 break
-            self._heard += 1
             if len(frames) < 3 or len(frames[-2]) != 8:
                 self.stats.decode_errors += 1
                 continue
+            # (only a batch counts as heard: ``_heard_in`` reads the stash's newest entries, one per batch
+            # heard; a malformed frame counted there reached back to batches heard before the request)
+            self._heard += 1
             self._stash.append((int.from_bytes(frames[-2], "big", signed=True), frames[-1]))
             size += len(frames[-1])
         return len(self._stash)
