@@ -127,8 +127,9 @@ async def test_a_lost_end_marker_is_asked_again_from_the_next_batch():
         sub = _subscriber(server)
         got = await sub._fetch(0)
         assert got is not None and [s for s, _ in got] == list(range(300))
-        # (the last request checks the answer's end, kv16: not a re-request after a loss)
-        assert server.requests[0] == 0 and sub.stats.fetch_rerequests == len(server.requests) - 2 >= 1
+        # (the re-request's answer, batch 299 and the end marker, is too short to have lost its tail: its
+        # end is not checked, kvhub17; before, a last request checked it, kv16)
+        assert server.requests[0] == 0 and sub.stats.fetch_rerequests == len(server.requests) - 1 >= 1
     finally:
         server.close()
 
