@@ -27,6 +27,7 @@ applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``, ``tls``, ``
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -200,7 +201,25 @@ def _hostport(v: Any, key: str) -> str | None:
     # (checked here: getaddrinfo cuts a host name's port past 65535 to 16 bits, review s16-hard L2)
     if not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
         raise ClustersError(key, f"expected a port from 1 to 65535, got {port!r} in {v!r}")
+    if not _is_host(host):  # (kvhub17: a space, a path, an IPv6 address without brackets, ...)
+        raise ClustersError(key, f"expected a host name, an IPv4 address or an IPv6 one in brackets, got "
+                                 f"{host!r} in {v!r}")  # fmt: skip
     return s
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _is_host(host: str) -> bool:
+    """A host name (DNS labels: letters, digits, ``-`` inside, ``_``; 253 characters at most, a final dot
+    allowed), an IPv4 address, or an IPv6 address in brackets."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    name = host.removesuffix(".")
+    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
 
 
 def parse(doc: Any) -> ClustersConfig:

@@ -87,7 +87,14 @@ from kvgate.k8s.reflector import Reflector
 from kvgate.k8s.staleness import StalenessMonitor
 from kvgate.k8s.stalepolicy import StalenessPolicy
 from kvgate.k8s.tasks import RECANCELS, STUCK_S, cancel_and_wait, finish_shielded, wait_event
-from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, ParentRef, install_id
+from kvgate.multicluster.clusters import (
+    ClustersConfig,
+    ClustersError,
+    ClusterSpec,
+    ParentRef,
+    _hostport,
+    install_id,
+)
 
 log = logging.getLogger("kvgate.multicluster.imports")
 
@@ -216,6 +223,8 @@ class ImportController:
     _watch_sync: list[asyncio.Task[None]] = field(default_factory=list)
     _last_clusters: tuple[ClusterSpec, ...] | None = None
     _orphans_said: set[Key] = field(default_factory=set)  # label-only imports with no CREATED_FOR, logged
+    # (member, import, annotation) -> the unusable address last logged for it (``_addresses``): once each
+    _bad_said: dict[tuple[str, Key, str], str] = field(default_factory=dict)
 
     async def start(self) -> None:
         for m in self.members:
@@ -597,16 +606,19 @@ class ImportController:
         """(ResolvedRefs status, message) of the followed import's parent entry; None for other imports."""
         if key != self.follow or self.parent is None:
             return None
+        pools = sorted(self.exported.get(key, {}).items())
         if self.parent_mode_only:  # (the hub EPP: it can send only to a cluster's gateway)
-            missing = [c for c, pool in sorted(self.exported.get(key, {}).items()) if not _has_gateway(pool)]
+            missing = [c for c, pool in pools if not _has_gateway(pool)]
             if missing:
                 return ("False", f"no {GATEWAY_ANN} annotation on the pool exported by " + ", ".join(missing)
-                                 + " (the gateway routes in Parent mode only)")  # fmt: skip
+                                 + " (the gateway routes in Parent mode only)"
+                                 + _unusable(pools, missing, (GATEWAY_ANN,)))  # fmt: skip
             return ("True", "every exporting cluster's gateway address is known")
-        missing = [c for c, pool in sorted(self.exported.get(key, {}).items()) if not _addressed(pool)]
+        missing = [c for c, pool in pools if not _addressed(pool)]
         if missing:
             return ("False", f"no {GATEWAY_ANN} or {EPP_ANN} annotation on the pool exported by "
-                             + ", ".join(missing))  # fmt: skip
+                             + ", ".join(missing)
+                             + _unusable(pools, missing, (GATEWAY_ANN, EPP_ANN)))  # fmt: skip
         return ("True", "every exporting cluster's gateway or EPP address is known")
 
     async def _write(
@@ -749,19 +761,37 @@ class ImportController:
         out: list[ClusterSpec] = []
         for cluster, pool in sorted(self.exported.get(key, {}).items()):
             m = members[cluster]
-            if not _addressed(pool):
+            gateway, epp, health = self._addresses(cluster, key, pool)
+            if gateway is None and epp is None:
                 continue  # exported, but kvgate has no address to reach it by
             out.append(
                 ClusterSpec(
                     name=cluster,
                     aggregate=_ann(pool, AGGREGATE_ANN),
-                    gateway=_ann(pool, GATEWAY_ANN),
-                    epp=_ann(pool, EPP_ANN),
-                    health=_ann(pool, HEALTH_ANN),
+                    gateway=gateway,
+                    epp=epp,
+                    health=health,
                     rtt_ms=m.rtt_ms,
                     priority=m.priority,
                 )
             )
+        return tuple(out)
+
+    def _addresses(self, member: str, key: Key, pool: Mapping[str, Any]) -> tuple[str | None, ...]:
+        """The pool's gateway, EPP and health addresses, each None when absent or not an address (a port
+        outside 1-65535, a malformed host: the clusters file's rules, kvhub17): such an annotation is
+        ignored, logged (WARNING) once per value, naming it, as a clusters file refuses it."""
+        out: list[str | None] = []
+        for ann in (GATEWAY_ANN, EPP_ANN, HEALTH_ANN):
+            address, why = _address(pool, ann)
+            raw = _ann(pool, ann)
+            if why is not None and raw is not None and self._bad_said.get((member, key, ann)) != raw:
+                self._bad_said[(member, key, ann)] = raw
+                log.warning("InferencePool %s/%s of member %s: its annotation %s is not an address "
+                            "kvgate can use (%s): ignored", *key, member, ann, why)  # fmt: skip
+            elif why is None:
+                self._bad_said.pop((member, key, ann), None)
+            out.append(address)
         return tuple(out)
 
     def refeed(self) -> None:
@@ -796,12 +826,34 @@ def _ann(pool: Mapping[str, Any], key: str) -> str | None:
     return (value.strip() or None) if isinstance(value, str) else None
 
 
+def _address(pool: Mapping[str, Any], key: str) -> tuple[str | None, str | None]:
+    """A host:port annotation (``kvgate.io/gateway``, ``/epp``, ``/health``) checked as the clusters file
+    checks its keys (kvhub17: before, read as it was, a port past 65535 or a malformed host reached the
+    router and the probe): (the address, None); (None, why: the error naming the annotation) when it is
+    not one; (None, None) when absent or empty."""
+    raw = _ann(pool, key)
+    if raw is None:
+        return None, None
+    try:
+        return _hostport(raw, key), None
+    except ClustersError as e:
+        return None, str(e)
+
+
+def _unusable(
+    pools: Sequence[tuple[str, Mapping[str, Any]]], names: Sequence[str], anns: Sequence[str]
+) -> str:
+    """For a condition's message: why the named clusters' address annotations, when set, are not usable."""
+    why = [f"{c}: {e}" for c, pool in pools if c in names for a in anns if (e := _address(pool, a)[1])]
+    return f"; not an address: {'; '.join(why)}" if why else ""
+
+
 def _has_gateway(pool: Mapping[str, Any]) -> bool:
-    return _ann(pool, GATEWAY_ANN) is not None
+    return _address(pool, GATEWAY_ANN)[0] is not None
 
 
 def _addressed(pool: Mapping[str, Any]) -> bool:
-    return _ann(pool, GATEWAY_ANN) is not None or _ann(pool, EPP_ANN) is not None
+    return _address(pool, GATEWAY_ANN)[0] is not None or _address(pool, EPP_ANN)[0] is not None
 
 
 def _find(conditions: Any, ctype: str) -> Mapping[str, Any] | None:
