@@ -8,7 +8,9 @@ fetch, decides when it stops counting (so a cut link turns into "unknown" after 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -17,11 +19,13 @@ from pathlib import Path
 import aiohttp
 import grpc
 import msgspec
+from aiohttp.abc import AbstractResolver, ResolveResult
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvgate.aio import cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.aggregate import MAX_RESPONSE_BYTES, decode
 from kvgate.multicluster.clusters import TlsOptions
+from kvgate.multicluster.hub import _lookup, _NotTried
 from kvgate.multicluster.state import ClusterState
 
 log = logging.getLogger("kvgate.multicluster.fetcher")
@@ -54,6 +58,46 @@ def tls_material(tls: TlsOptions) -> Material:
     return read(tls.ca), read(tls.key), read(tls.cert)
 
 
+class ProbeLookups(AbstractResolver):
+    """The fetcher's host-name lookups (aiohttp's resolver) on the hub probe's lookup threads
+    (``hub._lookup``: a daemon thread each, at most ``hub.MAX_LOOKUPS`` at once, none started for a name
+    whose given-up lookup still runs), each given ``timeout_s()`` (kvhub17). aiohttp's default resolver
+    ran ``getaddrinfo`` in the loop's default executor: a name server that does not answer kept a worker
+    per given-up lookup for the resolver's whole time-out (tens of seconds), every fetch round (0.5 s)
+    queued another, so the pool filled and every other user of it waited behind them (the KV subscriber's
+    and the probe's are on threads of their own since kv14 and s16; ``asyncio.to_thread`` and aiohttp's
+    other lookups are not), and ``asyncio.run``'s end waited for them. A lookup that did not start fails
+    its fetch (an OSError, EAGAIN: the last snapshot stays, as for any failed fetch)."""
+
+    def __init__(self, timeout_s: Callable[[], float]) -> None:
+        self.timeout_s = timeout_s
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            targets, _took = await _lookup(asyncio.get_running_loop(), host, port, self.timeout_s())
+        except _NotTried:
+            raise OSError(errno.EAGAIN, f"{host}: not looked up (a given-up lookup of it is still running, "
+                                        "or the most lookups at once are)") from None  # fmt: skip
+        out: list[ResolveResult] = []
+        for fam, addr in targets:
+            if family not in (socket.AF_UNSPEC, fam) or fam not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip, at = addr[0], addr[1]
+            if fam == socket.AF_INET6 and len(addr) > 3 and addr[3]:  # (a scope id: numeric, no lookup)
+                ip, at_s = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+                at = int(at_s)
+            out.append(ResolveResult(hostname=host, host=ip, port=at, family=fam, proto=0,
+                                     flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))  # fmt: skip
+        if not out:
+            raise OSError(errno.EADDRNOTAVAIL, f"{host}: no address of the family asked for")
+        return out
+
+    async def close(self) -> None:
+        pass
+
+
 class Fetcher:
     """``apply`` (a clusters-file reload) takes new TLS options and interval; the TLS files are also
     re-read every ``cert_check_s`` and the HTTPS client rebuilt when their content changed; the health
@@ -83,7 +127,11 @@ class Fetcher:
         self.rounds = 0
 
     def _new_session(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=self.ssl or True))
+        # (host names looked up on the probe's bounded threads, not the loop's default executor: kvhub17)
+        resolver = ProbeLookups(lambda: self.timeout_s)
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=self.ssl or True, resolver=resolver)
+        )
 
     async def start(self) -> None:
         self._session = self._new_session()

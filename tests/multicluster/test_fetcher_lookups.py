@@ -1,0 +1,157 @@
+"""closing-s16 "Noticed and left undone" (Hub): the aggregate fetcher's own host-name lookups ran in the
+loop's *default executor* (aiohttp's ``ThreadedResolver``: ``loop.getaddrinfo``), as the hub probe's did
+before session 16 (review s16-hard M1). A name server that does not answer keeps a worker per given-up
+lookup for the resolver's whole time-out (tens of seconds), and the fetcher looks a name up again each
+round (0.5 s): the pool filled, and every other user of it waited behind them: another cluster's
+aggregate, named by a host name that resolves at once, was not fetched (its snapshot aged into
+"unknown"), and ``run_in_executor``/``to_thread`` work of the process stalled.
+
+Now the fetcher's lookups take the probe's bounded daemon threads (``hub._lookup``, ``hub.MAX_LOOKUPS``
+at once; kvhub17). The hung resolver is simulated by replacing ``socket.getaddrinfo`` for one domain (it
+blocks until the test releases it); ``localhost`` resolves for real, the HTTP is real, on loopback.
+Both tests fail before (kvhub17): the good cluster's fetch timed out and the executor was full; more
+lookups than MAX_LOOKUPS ran at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from kvgate.datalayer.aggregate import PoolAggregate, encode
+from kvgate.multicluster import hub
+from kvgate.multicluster.clusters import ClusterSpec
+from kvgate.multicluster.fetcher import Fetcher
+from kvgate.multicluster.state import ClusterState
+
+HUNG = "hung.kvgate-review.test"
+WORKERS = 8  # the loop's default executor here (2 cores: 6 by asyncio's default)
+
+
+@pytest.fixture
+async def aggregate_port() -> AsyncIterator[int]:
+    body = encode(PoolAggregate(name="p", snapshot_time=1.0, ready_endpoints=1, total_endpoints=1))
+
+    async def handle(_req: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/aggregate", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def hung(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """(release event, [in getaddrinfo now, most at once])"""
+    real = socket.getaddrinfo
+    release = threading.Event()
+    lock = threading.Lock()
+    running = [0, 0]
+
+    def fake(host: Any, *a: Any, **k: Any) -> Any:
+        if not str(host).endswith(HUNG):
+            return real(host, *a, **k)
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        try:
+            release.wait(60)  # (a name server that does not answer)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    yield release, running
+    release.set()
+
+
+@pytest.fixture
+async def small_executor() -> AsyncIterator[ThreadPoolExecutor]:
+    ex = ThreadPoolExecutor(WORKERS)
+    asyncio.get_running_loop().set_default_executor(ex)
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
+
+
+async def _settled(running: list[int]) -> None:
+    for _ in range(500):  # (the released lookups leave getaddrinfo; bounded, not a timing assertion)
+        if running[0] == 0 and hub._LOOKUPS.running == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
+def _states(port: int, hung_names: int) -> list[ClusterState]:
+    def url(host: str) -> str:
+        return f"http://{host}:{port}/aggregate"
+
+    dead = [ClusterState(ClusterSpec(f"d{i}", aggregate=url(f"n{i}.{HUNG}"), gateway="h:1"))
+            for i in range(hung_names)]  # fmt: skip
+    good = ClusterState(ClusterSpec("good", aggregate=url("localhost"), gateway="h:1"))
+    return [*dead, good]
+
+
+async def test_hung_lookups_do_not_starve_another_clusters_fetch_nor_the_executor(
+    aggregate_port: int, hung: Any, small_executor: ThreadPoolExecutor
+) -> None:
+    release, running = hung
+    states = _states(aggregate_port, WORKERS + 2)  # (more hung names than the executor has workers)
+    fetcher = Fetcher(lambda: states, interval_s=3600, timeout_s=0.5)
+    try:
+        await fetcher.start()
+        for _ in range(3):
+            await fetcher.refresh()
+        good = states[-1]
+        assert good.aggregate is not None and good.fetch_error is None, (
+            f"the cluster named localhost was not fetched: {good.fetch_error}"
+        )
+        assert all(st.aggregate is None and st.fetch_error for st in states[:-1])
+        loop = asyncio.get_running_loop()
+        try:  # (5 s: a bound for a loaded machine; on main the workers hang for 60 s)
+            assert await asyncio.wait_for(loop.run_in_executor(None, int, "7"), 5) == 7
+        except TimeoutError:
+            pytest.fail("the loop's default executor is full of the fetcher's given-up lookups")
+    finally:
+        await fetcher.stop()
+        release.set()
+        await _settled(running)
+
+
+async def test_the_fetchers_lookups_are_the_probes_bounded_threads(
+    aggregate_port: int, hung: Any, small_executor: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release, running = hung
+    monkeypatch.setattr(hub, "MAX_LOOKUPS", 3)
+    states = _states(aggregate_port, 6)[:-1]
+    fetcher = Fetcher(lambda: states, interval_s=3600, timeout_s=0.2)
+    try:
+        await fetcher.start()
+        for _ in range(3):
+            await fetcher.refresh()
+        for _ in range(50):  # (a thread may start late on a loaded host)
+            await asyncio.sleep(0.01)
+        assert running[1] <= 3, f"{running[1]} lookups at once: not bounded by MAX_LOOKUPS (3)"
+        assert all(st.fetch_error for st in states)  # (refused lookups fail their fetch: an error, no crash)
+        assert fetcher._task is not None and not fetcher._task.done()
+    finally:
+        await fetcher.stop()
+        release.set()
+        await _settled(running)
+    assert running[0] == 0 and hub._LOOKUPS.running == 0 and not hub._LOOKUPS.given_up
