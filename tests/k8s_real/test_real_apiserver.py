@@ -32,13 +32,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 import yaml
 
+from fake_time import FakeTime
+from k8s.probe_kit import advance_to
 from kvgate.datalayer.store import EndpointStore
 from kvgate.k8s.apiserver import ApiServerDouble
+from kvgate.k8s.client import KubeClient
+from kvgate.k8s.reflector import Reflector
+from kvgate.k8s.resources import POD
 from kvgate.k8s.runtime import KubeOptions, KubePool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -391,3 +397,131 @@ async def test_the_double_refuses_a_crd_update_as_this_server_does(server: tuple
             assert mine[:2] == theirs[:2], (mine, theirs)  # (a success's body differs: status, metadata)
         else:
             assert mine == theirs
+
+
+class HoldingProxy:
+    """A TCP proxy on loopback in front of the API server (TLS passes through): ``hold_first`` stops
+    forwarding the server's bytes on the first connection (a proxy holding it: the client's TCP stays alive,
+    nothing more arrives), while the others are forwarded as before."""
+
+    def __init__(self, target: str) -> None:
+        u = urlsplit(target)
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or 443
+        self.server: asyncio.AbstractServer | None = None
+        self.open: list[asyncio.Event] = []  # per connection: set while its server bytes are forwarded
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        return f"https://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def hold_first(self) -> None:
+        """Hold the first connection made (the reflector's list and then, on the same kept-alive
+        connection, its watch); the later ones (the probes', kept alive in the pool) go on."""
+        self.open[0].clear()
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(self.host, self.port)
+        flowing = asyncio.Event()
+        flowing.set()
+        self.open.append(flowing)
+
+        async def pump(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event | None
+        ) -> None:
+            try:
+                while data := await src.read(65536):
+                    if gate is not None:
+                        await gate.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        for t in (asyncio.create_task(pump(reader, up_w, None)),
+                  asyncio.create_task(pump(up_r, writer, flowing))):  # fmt: skip
+            self.tasks.add(t)
+            t.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_a_limit_1_lists_resource_version_is_the_clusters_and_a_watch_from_it_replays_its_own(
+    server: tuple[str, str],
+) -> None:
+    """k8s17: what the probe's catch-up check rests on, read from the real server. A ``limit=1`` list's
+    resourceVersion is etcd's global revision (a ConfigMap write moves a pod list's), so it moving past a
+    watch's is no sign of a stuck watch by itself; a watch from the older resourceVersion replays nothing
+    when only other kinds changed (the server ends it at its timeoutSeconds) and the selection's own change
+    at once."""
+    kubeconfig = server[1]
+    ns = f"kvg-{uuid.uuid4().hex[:8]}"
+    k = Kubectl(kubeconfig, ns)
+    await k.run("create", "namespace", ns)
+    await k.run("create", "-f", "-", stdin=pod("p0"))
+    async with await KubeClient.connect(kubeconfig=kubeconfig) as client:
+        path = f"/api/v1/namespaces/{ns}/pods"
+        first = await client.request("GET", path, {"limit": 1})
+        r0 = int(first["metadata"]["resourceVersion"])
+        cm = json.loads(await k.run("create", "configmap", "c", "--from-literal=k=v", "-o", "json"))
+        moved = await client.request("GET", path, {"limit": 1})
+        assert int(moved["metadata"]["resourceVersion"]) >= int(cm["metadata"]["resourceVersion"]) > r0
+        assert moved["items"][0]["metadata"] == first["items"][0]["metadata"]  # (the pod unchanged)
+
+        async def replayed() -> list[tuple[str, str]]:
+            q = {"watch": "true", "resourceVersion": str(r0), "timeoutSeconds": 1}
+            resp = await client.open("GET", path, q, timeout_s=aiohttp.ClientTimeout(total=20))
+            async with resp:
+                assert resp.status == 200
+                lines = (await resp.read()).splitlines()
+            return [(e["type"], e["object"]["metadata"]["resourceVersion"]) for e in map(json.loads, lines)]
+
+        assert await replayed() == []  # (ended by the server at its timeoutSeconds, nothing of the pods)
+        await k.run("label", "pod", "p0", "x=y")
+        now = (await client.request("GET", f"{path}/p0"))["metadata"]["resourceVersion"]
+        assert await replayed() == [("MODIFIED", now)]
+
+
+async def test_a_watch_a_proxy_holds_is_found_by_the_probes_catch_up_check(server: tuple[str, str]) -> None:
+    """k8s17: a reflector (injected time: probe after 60 s, 10 s timeout) reaches the real API server through
+    a TCP proxy. Other kinds change: each probe is followed by a catch-up watch and nothing is relisted. Then
+    the proxy holds the open watch and a pod is created: the probe (a new connection) is answered, its
+    first object unchanged, the catch-up watch replays the new pod, and 10 s later the held watch still read
+    nothing: relisted, the copy has the pod. Before, only the watch's client deadline (5-10 min) ended it."""
+    url, kubeconfig = server
+    ns = f"kvg-{uuid.uuid4().hex[:8]}"
+    k = Kubectl(kubeconfig, ns)
+    await k.run("create", "namespace", ns)
+    await k.run("create", "-f", "-", stdin=pod("a"))
+    proxy = HoldingProxy(url)
+    ft = FakeTime()
+    client = await KubeClient.connect(server=await proxy.start(), kubeconfig=kubeconfig)
+    r = Reflector(client, POD, namespace=ns, clock=ft.clock, sleep=ft.sleep, seed=1, probe_after_s=60.0,
+                  probe_timeout_s=10.0)  # fmt: skip
+    r.start()
+    try:
+        await r.wait_synced(20.0)
+        await until(lambda: r.watches >= 1 and ft.next_wake() is not None, "the watch open")
+        await k.run("create", "configmap", "c", "--from-literal=k=v")
+        await advance_to(ft, 60.0)
+        await until(lambda: r.probes == 1, "the first probe credited")
+        assert (r.catch_ups, r.missed, r.lists) == (1, 0, 1)
+        proxy.hold_first()
+        await k.run("create", "-f", "-", stdin=pod("b"))
+        await advance_to(ft, 120.0)
+        await until(lambda: r.catch_ups == 2, "the second catch-up check")
+        assert r.lists == 1 and (ns, "b") not in r.items
+        await advance_to(ft, 130.0)
+        await until(lambda: r.lists == 2, "the relist")
+        assert r.missed == 1 and (ns, "b") in r.items and r.stuck == 0
+    finally:
+        await r.stop()
+        await client.close()
+        await proxy.stop()

@@ -90,11 +90,13 @@ class _Watcher:
     matches: Callable[[dict[str, Any]], bool]
     queue: asyncio.Queue[_Event | None] = field(default_factory=asyncio.Queue)
     transport: asyncio.Transport | None = None
+    flowing: asyncio.Event = field(default_factory=asyncio.Event)  # cleared: held (``hold_watches``)
 
 
 class ApiServerDouble:
     """``await start()``, then point any client at ``url``. Test controls: ``compact``, ``cut_watches``,
-    ``forbid``, ``go_away`` / ``come_back``, ``stall`` / ``unstall``, ``ignore_watch_timeout``,
+    ``forbid``, ``go_away`` / ``come_back``, ``stall`` / ``unstall``, ``hold_watches`` /
+    ``release_watches``, ``ignore_watch_timeout``,
     ``set_pod_status`` and the Python-side ``create`` / ``get`` / ``patch`` / ``delete``."""
 
     def __init__(
@@ -247,6 +249,18 @@ class ApiServerDouble:
     def unstall(self) -> None:
         self._running.set()
         self._stall_lists = False
+
+    def hold_watches(self) -> int:
+        """A proxy holds the watch connections open now (k8s17): each sends nothing more (no event, no
+        bookmark, no end at its timeoutSeconds; TCP stays alive) while the server answers every new request,
+        new watches included. ``release_watches`` lets them go on (what was held is then sent). How many."""
+        for w in self._watchers:
+            w.flowing.clear()
+        return len(self._watchers)
+
+    def release_watches(self) -> None:
+        for w in self._watchers:
+            w.flowing.set()
 
     def forbid(self, rt: ResourceType, forbidden: bool = True) -> None:
         """Answer 403 (as RBAC would) to every request on ``rt``."""
@@ -741,6 +755,7 @@ class ApiServerDouble:
             (rt.group, rt.plural), namespace if rt.namespaced else None,
             lambda o: lm(o["metadata"].get("labels") or {}) and fm(o),
         )  # fmt: skip
+        watcher.flowing.set()
         # Register and collect the backlog with no await in between: no event can fall in the gap.
         self._watchers.add(watcher)
         if from_rv is None:
@@ -765,7 +780,7 @@ class ApiServerDouble:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             for ev in backlog:
-                await self._write(resp, self._event_bytes(rt, ev.type, ev.obj, table, include))
+                await self._write(resp, self._event_bytes(rt, ev.type, ev.obj, table, include), watcher)
             while True:
                 left = deadline - loop.time()
                 if left <= 0 and not self.ignore_watch_timeout:
@@ -780,12 +795,14 @@ class ApiServerDouble:
                             and (mark_rv > start_rv or not self.cacher_bookmarks)):  # fmt: skip
                         mark = {"kind": rt.kind, "apiVersion": rt.api_version,
                                 "metadata": {"resourceVersion": str(mark_rv)}}  # fmt: skip
-                        await self._write(resp, orjson.dumps({"type": "BOOKMARK", "object": mark}) + b"\n")
+                        event = orjson.dumps({"type": "BOOKMARK", "object": mark}) + b"\n"
+                        await self._write(resp, event, watcher)
                     continue
                 if ev2 is None:
                     break
-                await self._write(resp, self._event_bytes(rt, ev2.type, ev2.obj, table, include))
+                await self._write(resp, self._event_bytes(rt, ev2.type, ev2.obj, table, include), watcher)
             await self._running.wait()  # a stalled server does not end the stream either
+            await watcher.flowing.wait()  # (nor a proxy holding it)
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError, RuntimeError):
             pass
@@ -793,8 +810,10 @@ class ApiServerDouble:
             self._watchers.discard(watcher)
         return resp
 
-    async def _write(self, resp: web.StreamResponse, data: bytes) -> None:
+    async def _write(self, resp: web.StreamResponse, data: bytes, watcher: _Watcher | None = None) -> None:
         await self._running.wait()  # stalled: held (the connection stays open, nothing is sent)
+        if watcher is not None:
+            await watcher.flowing.wait()  # held by a proxy (``hold_watches``)
         await resp.write(data)
 
     async def _gone(self, request: web.Request, from_rv: int) -> web.StreamResponse:

@@ -25,19 +25,26 @@ resourceVersion), on the injected ``sleep``; answered 2xx, its first object is c
 missing or at another resourceVersion, the copy is behind and the reflector relists (``behind``), else the
 watch goes on and the copy counts as in sync as of the probe; a 4xx (429, 403) proves nothing: the watch goes
 on (no relist: a LIST storm on a throttling server), the copy is no longer credited (``age()`` grows from the
-last proof) and the next probe waits the server's Retry-After; a 5xx is asked again once, ``PROBE_RETRY_S`` (1
-s) later (a server restarting behind a load balancer); unanswered within ``probe_timeout_s`` (10 s), a
-connection error or a second 5xx in a row, the watch ends and the reflector relists (``stuck``). So a stuck
-but connected API server is found within ~70 s of the last proof (the client deadline, at most ~10 min 15 s,
-stays the bound for a server that answers probes but not the watch, where nothing the probe reads changed); an
-unreachable one (refused, reset, TCP keepalive) at once. A watch held open that read nothing and ended early
-(a proxy's idle cut or close) proves nothing either: relist. A watch that opens and then fails (an ``ERROR``
-event, an empty stream or a close at once) proves nothing: ``error`` takes its cause again (an open watch
-clears the last failure's, as it zeroes the age: else a quiet type kept an outage's error in /readyz for up to
-~10 min after the server came back). A relist that follows a watch refused as it opened (403, 404: RBAC
-granting list but not watch) brings the copy up to date but counts only once a watch opens again: until then
-the error, the age and the growing back-off stay (else list, 403, 0.1 s, list... for good). ``age()`` is how
-long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines and, if asked, not-ready.
+last proof) and the next probe waits the server's Retry-After; a 5xx is asked again once, ``PROBE_RETRY_S``
+(1 s) later (a server restarting behind a load balancer); unanswered within ``probe_timeout_s`` (10 s), a
+connection error or a second 5xx in a row, the watch ends and the reflector relists (``stuck``). A probe
+answered 2xx at a list resourceVersion past the watch's is followed by a catch-up check
+(``CATCH_UP_TIMEOUT_S``, k8s17): a second short watch from the watch's last resourceVersion; a change it
+replays at or below the probe's resourceVersion that the open watch still has not read ``probe_timeout_s``
+later (a proxy holding that one watch), or the second watch not ended by the server (a stuck watch cache),
+ends the watch and relists (``missed``); nothing replayed (only other kinds changed: a list's resourceVersion
+is etcd's global one) is no reason to relist. So a stuck but connected API server is found within ~70 s of the
+last proof, and a watch held stuck while the server answers within ~70 s of a change it should have delivered
+(the client deadline, at most ~10 min 15 s, stays the bound where the watch cache no longer holds the watch's
+resourceVersion); an unreachable one (refused, reset, TCP keepalive) at once. A watch held open that read
+nothing and ended early (a proxy's idle cut or close) proves nothing either: relist. A watch that opens and
+then fails (an ``ERROR`` event, an empty stream or a close at once) proves nothing: ``error`` takes its cause
+again (an open watch clears the last failure's, as it zeroes the age: else a quiet type kept an outage's error
+in /readyz for up to ~10 min after the server came back). A relist that follows a watch refused as it opened
+(403, 404: RBAC granting list but not watch) brings the copy up to date but counts only once a watch opens
+again: until then the error, the age and the growing back-off stay (else list, 403, 0.1 s, list... for good).
+``age()`` is how long ago. ``kvgate.k8s.staleness`` turns that into a gauge, log lines and, if asked,
+not-ready.
 
 Generic over any group/version/plural (``ResourceType``), CRDs included.
 """
@@ -130,6 +137,21 @@ PROBE_TIMEOUT_S = 10.0
 # PROBE_TIMEOUT_S), before the watch ends and relists: a second failure in a row (5xx, no answer, the
 # connection) relists (k8s17; before, one transient 5xx relisted the whole collection).
 PROBE_RETRY_S = 1.0
+# A probe answered 2xx whose list resourceVersion is past the watch's last one (``resource_version``) is
+# followed by a *catch-up check* (k8s17): a second, short watch of the same selection from the watch's
+# last resourceVersion (``timeoutSeconds`` CATCH_UP_TIMEOUT_S). A list's resourceVersion is etcd's global
+# revision: any write to any kind moves it (checked on a real kube-apiserver 1.20.2: a limit=1 pod list's
+# resourceVersion followed ConfigMap writes), so it moving is no sign of a stuck watch by itself. The second
+# watch is: the watch cache replays every change of the selection after that resourceVersion at once, so
+# a change at or below the probe's resourceVersion that the open watch has not delivered shows that watch
+# stuck (a proxy holding that one connection while the server answers new ones), and a second watch the
+# server does not end within ``probe_timeout_s`` shows the server's watches stuck (a stuck watch cache).
+# Either ends the open watch and relists, the first only if the open watch still reads nothing
+# ``probe_timeout_s`` later (a late delivery is no stuck watch). Nothing of the selection changed (other
+# kinds, other namespaces): the check reads nothing and the server ends it: no relist. Its resourceVersion
+# gone from the watch cache (410), a refusal, an error or no answer: inconclusive (the client deadline stays
+# the bound). Cost: one one-second watch from the watch cache per probe whose list moved past the watch.
+CATCH_UP_TIMEOUT_S = 1
 # Probes answered 4xx (429 from API Priority and Fairness, whose queues fill on a server with stuck storage
 # and on a merely overloaded one alike; 403/401) prove nothing: the next one waits the server's Retry-After
 # (at least PROBE_TIMEOUT_S) and the copy is no longer credited: ``age()`` grows from the last proof, so
@@ -260,10 +282,13 @@ class Reflector:
         self.probes_refused = 0  # probes answered 401/403 (the probe cannot work with these credentials)
         self.probes_unproven = 0  # probes answered 4xx (429, 401/403, ...): no credit, the watch goes on
         self.probes_retried = 0  # probes answered 5xx and asked again once (PROBE_RETRY_S) before a relist
+        self.catch_ups = 0  # catch-up checks (second watches from the watch's resourceVersion) made
+        self.missed = 0  # open watches ended because a catch-up check showed them stuck: relisted
         self._probe_refusal_logged = False
         self._behind_now = False  # this watch's probe showed the copy behind
         self._heard_at = 0.0  # clock() at the watch's last event or bookmark (or its probe's start)
         self._stuck_why: str | None = None  # why this watch's probe ended it
+        self._second_open = False  # the catch-up check's watch answered 200 (``_second_watch``)
         self.last_sync: float | None = None  # clock() when last known in sync (None: never listed)
         # A watch refused as it opened (403/404): the relist that follows counts only once a watch opens.
         self._watch_refused = False
@@ -533,6 +558,19 @@ class Reflector:
                 continue
             if isinstance(answer, dict):
                 behind = self._behind(answer)
+                if behind is None and self._watching and self._moved_past(answer):
+                    behind = await self._catch_up(answer)
+                    if self.events != seen:  # the watch read something meanwhile: it delivers
+                        continue
+                    if behind is not None:  # a late delivery is no stuck watch: give it the probe's time
+                        await self.sleep(self.probe_timeout_s)
+                        if self.events != seen:
+                            continue
+                        self.missed += 1
+                        self._stuck_why = f"{behind}; relisting"
+                        self._behind_now = True
+                        deadline.reschedule(asyncio.get_running_loop().time())
+                        return
                 if behind is None:
                     self.probes += 1
                     if self._watching:  # answered while the watch is open: in sync as of the probe's send
@@ -561,6 +599,84 @@ class Reflector:
             self._stuck_why = f"{why} while the watch read nothing for {silent:g} s; relisting"
             deadline.reschedule(asyncio.get_running_loop().time())
             return
+
+    def _moved_past(self, page: Obj) -> bool:
+        """The probe's list resourceVersion is past the watch's last one (both integers, as etcd's)."""
+        try:
+            listed = int((page.get("metadata") or {}).get("resourceVersion") or "")
+            return listed > int(self.resource_version or "")
+        except ValueError:
+            return False
+
+    async def _catch_up(self, page: Obj) -> str | None:
+        """The catch-up check (``CATCH_UP_TIMEOUT_S``): a second watch of the selection from the open
+        watch's last resourceVersion; what it shows the open watch missing (a change at or below the probe's
+        list resourceVersion, or the second watch itself not ended by the server in ``probe_timeout_s``),
+        else None (nothing missed, or inconclusive)."""
+        since, listed = self.resource_version, int(page["metadata"]["resourceVersion"])
+        self.catch_ups += 1
+        check = asyncio.create_task(self._second_watch(since or "", listed))
+        timer: asyncio.Future[None] = asyncio.ensure_future(self.sleep(self.probe_timeout_s))
+        both: list[asyncio.Future[Any]] = [check, timer]
+        try:
+            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            if not check.done():
+                check.cancel()
+            await asyncio.wait(both)
+        if check.cancelled():
+            if self._second_open:
+                return (f"a second watch from resourceVersion {since} (timeoutSeconds {CATCH_UP_TIMEOUT_S}) "
+                        f"was not ended by the server within {self.probe_timeout_s:g} s while the watch "
+                        f"read nothing: the server's watches are stuck")  # fmt: skip
+            log.debug("reflector %s: catch-up check unanswered (inconclusive)", self.name)
+            return None
+        e = check.exception()
+        if e is None:
+            return check.result()
+        if isinstance(e, (KubeError, aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError)):
+            log.debug("reflector %s: catch-up check failed (inconclusive): %r", self.name, e)
+            return None
+        raise e
+
+    async def _second_watch(self, since: str, listed: int) -> str | None:
+        """The catch-up check's watch: the first change it replays at or below ``listed`` (the open watch
+        should have delivered it), None when it ends without one (a later change is not the open watch's to
+        have read yet; a 410 or an ERROR: inconclusive)."""
+        q = {**self._query(), "watch": "true", "resourceVersion": since, "timeoutSeconds": CATCH_UP_TIMEOUT_S}
+        read = aiohttp.ClientTimeout(sock_connect=10, sock_read=None)
+        self._second_open = False
+        resp = await self.client.open("GET", self.rt.collection_path(self.namespace), q, timeout_s=read)
+        async with resp:
+            if not 200 <= resp.status < 300:
+                raise error_from(resp.status, await resp.read())
+            self._second_open = True
+            buf = b""
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    ev = orjson.loads(line)
+                    etype, obj = ev.get("type"), ev.get("object") or {}
+                    if etype not in ("ADDED", "MODIFIED", "DELETED"):
+                        if etype == "ERROR":  # (410: the watch cache no longer holds ``since``)
+                            log.debug("reflector %s: catch-up check: %s (inconclusive)", self.name, obj)
+                            return None
+                        continue
+                    try:
+                        rv = int(_rv(obj) or "")
+                    except ValueError:
+                        return None
+                    if rv > listed:  # newer than the probe: not yet the open watch's to have read
+                        return None
+                    name = "/".join(part for part in key_of(obj) if part)
+                    return (f"the watch missed {etype} {name} (resourceVersion {rv}): a second watch from "
+                            f"its resourceVersion {since} replayed it at once, the server's list is at "
+                            f"{listed}")  # fmt: skip
+        return None
 
     def _behind(self, page: Obj) -> str | None:
         """What the probe's answer (the first object of the watched selection, a consistent read) shows the
