@@ -157,3 +157,29 @@ def test_the_global_gateways_clock_and_sleep_come_together() -> None:
     ft = FakeTime()
     with pytest.raises(ValueError, match="clock= without sleep="):
         GlobalGateway(ClustersConfig(clusters=()), fetch=False, clock=ft.clock)
+
+
+async def test_the_hub_epps_source_runs_on_the_directors_injected_time(tmp_path: Path) -> None:
+    """``kvgate epp --clusters`` (``HubFeed``): its ``ClusterSource`` runs on the director's clock and the
+    feed's ``sleep`` (k8s17; before, the feed built its source on the loop's time whatever the director's
+    clock)."""
+    from kvgate.multicluster.hub import ClusterDirector, HubFeed
+
+    async with (
+        ApiServerDouble(bookmark_interval=0.2) as hub_d,
+        ApiServerDouble(bookmark_interval=0.2) as east_d,
+    ):
+        east_d.create(inference_pool("llama", "10.1.0.2:8080"))
+        _held_by_another(hub_d)
+        ft = FakeTime()
+        director = ClusterDirector(load(_clusters(tmp_path, hub_d.url, east_d.url)), "kvgate", seed=0,
+                                   clock=ft.clock)  # fmt: skip
+        with pytest.raises(ValueError, match="needs sleep="):
+            HubFeed(director)
+        feed = HubFeed(director, sleep=ft.sleep)
+        assert feed.source.clock == ft.clock and feed.source.sleep == ft.sleep
+        await feed.start()
+        try:
+            await _takeover_on_the_test_time(ft, lambda: feed.source.elector)
+        finally:
+            await feed.stop()

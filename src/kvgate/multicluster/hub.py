@@ -486,17 +486,28 @@ class HubFeed:
     ``kvgate serve --clusters`` reads them)."""
 
     def __init__(
-        self, director: ClusterDirector, clusters_file: Any = None, *, staleness: Any = None
+        self,
+        director: ClusterDirector,
+        clusters_file: Any = None,
+        *,
+        staleness: Any = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
-        """``staleness``: the members' InferencePool watches' ``StalenessPolicy`` (None: 120 s)."""
+        """``staleness``: the members' InferencePool watches' ``StalenessPolicy`` (None: 120 s). ``sleep``:
+        the sleep of the director's clock (one time, k8s17: given when that clock is not the loop's), for
+        ``ClusterSource`` (the writers' election, the members' watches) and the clusters file's checks."""
         from kvgate.multicluster.fetcher import Fetcher
         from kvgate.multicluster.source import ClusterSource
 
+        if sleep is None and director.clock is not time.monotonic:
+            raise ValueError("a director with its own clock needs sleep=: give both (one time) or neither")
+        self.sleep = sleep or asyncio.sleep
         cfg = director.cfg
         self.director = director
         self.clusters_file = clusters_file
         # (parent mode: a cluster's gateway only)
-        self.source = ClusterSource(cfg, director.apply, parent_mode_only=True, staleness=staleness)
+        self.source = ClusterSource(cfg, director.apply, parent_mode_only=True, staleness=staleness,
+                                    clock=director.clock, sleep=self.sleep)  # fmt: skip
         if clusters_file is not None:
             clusters_file.on_change = self.reload
         self.fetcher = Fetcher(
@@ -524,10 +535,8 @@ class HubFeed:
             self._task = asyncio.create_task(self._reload())
 
     async def _reload(self) -> None:
-        import asyncio
-
         while True:
-            await asyncio.sleep(self.clusters_file.check_every_s)
+            await self.sleep(self.clusters_file.check_every_s)
             self.clusters_file.maybe_reload(self.director.clock())
             self.source.poll()
 
