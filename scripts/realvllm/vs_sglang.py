@@ -10,6 +10,10 @@ client-side time to the first streamed chunk.
 Routers: ``kvgate`` (``kvgate-off``, ``kvgate-scrape500``, ``...@base``), ``sglang``, and the no-router
 baselines ``direct`` (every request straight to server 0) and ``direct-tenant`` (tenant t straight to
 server t mod 2: a prefix-aware placement without a router in between); ``--direct`` adds ``direct``.
+A router name ending in ``/cpuN`` (``kvgate/cpu1,sglang/cpu1``) runs that router pinned to CPU N (as
+``kvgate bench gateway-overhead``'s paths), and a pinned kvgate pass pairs with the sglang-router pass
+pinned alike: with vLLM's default binding every server's worker runs on CPU 0, so ``/cpu1`` keeps the
+router's own CPU off the cores the prefills run on.
 
 Every request asks for kvgate's ``x-kvgate-timing`` (other routers forward or ignore it), and each
 router's line is followed by a breakdown of its mean TTFT on one monotonic clock: client send ->
@@ -46,6 +50,7 @@ from typing import Any
 
 from kvgate import lifeline
 from kvgate.bench import peers
+from kvgate.bench.gateway_overhead import _pinned, split_pin
 from kvgate.bench.workloads import tenant_prompts
 from kvgate.datalayer.mappings import filter_query
 from kvgate.realvllm.bench import reset_caches
@@ -316,6 +321,7 @@ def run(
           flush=True)  # fmt: skip
     res["router_cpu_s"] = cpu[0]
     res["api_cpu_s"] = sum(cpu[1 : 1 + n])
+    res["servers_cpu_s"] = sum(cpu[1 + n :])
     res["records"] = records
     return res
 
@@ -356,6 +362,15 @@ def ttft_ms(rec: dict[str, float]) -> float:
     return 1000 * (rec["c_first"] - rec["send"])
 
 
+PIN_MARK = ", router on CPU "
+
+
+def pin_suffix(name: str) -> str:
+    """The ``, router on CPU ...`` part of a pass's router name ("" unpinned)."""
+    at = name.find(PIN_MARK)
+    return "" if at < 0 else name[at:]
+
+
 def report(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Paired kvgate / sglang-router ratios per pass, and each router's TTFT at equal missed tokens."""
     out: dict[str, Any] = {}
@@ -382,8 +397,9 @@ def report(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             p["hit_share"], p["hit_ms"], p["miss_ms"] = sp.hit_share, sp.hit_ms, sp.miss_ms
             print(f"  {name:34s} pass {i}: {sp.hits} hits x {sp.hit_ms:.1f} ms + {sp.misses} misses x "
                   f"{sp.miss_ms:.1f} ms")  # fmt: skip
-    sg = results.get("sglang-router cache_aware")
     for name, rs in results.items():
+        # A kvgate pass pairs with the sglang-router pass pinned alike (both unpinned, or both /cpuN).
+        sg = results.get("sglang-router cache_aware" + pin_suffix(name))
         if sg is None or not name.startswith("kvgate") or len(rs) != len(sg):
             continue
         row: dict[str, Any] = {}
@@ -471,6 +487,10 @@ def main() -> int:
                 )
                 continue
             port = free_ports(1)[0]
+            # ``ROUTER/cpuN``: the router (its threads and children) runs on CPU N only, as in
+            # ``kvgate bench gateway-overhead``; the client and the vLLM servers stay as they are.
+            r, cpus = split_pin(r)
+            pinned = "" if cpus is None else PIN_MARK + ",".join(map(str, sorted(cpus)))
             if r.startswith("kvgate"):
                 at_base = r.endswith("@base") and args.base_src
                 env = {**os.environ, "PYTHONPATH": str(Path(args.base_src).resolve())} if at_base else None
@@ -486,16 +506,19 @@ def main() -> int:
                     where = ["--endpoints", ",".join(urls), "--model", MODEL_NAME, "--port", str(port)]
                 cmd = [sys.executable, "-m", "kvgate.cli", "serve", *where, "--kv-events", mode]
                 logf = (log_dir / f"{r}.log").open("wb")
-                proc = subprocess.Popen(
-                    lifeline.die_with_parent_argv(cmd), stdout=logf, stderr=subprocess.STDOUT, env=env
-                )
+                with _pinned(cpus):
+                    proc = subprocess.Popen(
+                        lifeline.die_with_parent_argv(cmd), stdout=logf, stderr=subprocess.STDOUT, env=env
+                    )
                 name = f"kvgate ({'--kv-events off' if mode == 'off' else 'default, --kv-events auto'})"
                 name += ", scrape 0.5 s" if "-scrape500" in r else ""
                 name += ", base tree" if at_base else ""
             else:
                 log = log_dir / "sglang.log"
-                proc = peers.launch(sg, urls, policy="cache_aware", port=port, log_path=log)
+                with _pinned(cpus):
+                    proc = peers.launch(sg, urls, policy="cache_aware", port=port, log_path=log)
                 name = "sglang-router cache_aware"
+            name += pinned
             try:
                 wait_http(f"http://127.0.0.1:{port}" + ("/health" if r == "sglang" else "/readyz"), proc)
                 time.sleep(1.0)
@@ -519,9 +542,9 @@ def main() -> int:
             print(f.name, notes[:3])
     mean = {n: {k: statistics.fmean(r[k] for r in rs) for k in rs[0] if k != "records"}
             for n, rs in results.items()}  # fmt: skip
-    sg = mean.get("sglang-router cache_aware")
     print(f"mean of {args.repeats} passes:")
     for n, m in mean.items():
+        sg = mean.get("sglang-router cache_aware" + pin_suffix(n))
         ratio = (f"  = {m['hit_rate'] / sg['hit_rate']:.2f}x / {m['mean_ttft_ms'] / sg['mean_ttft_ms']:.2f}x"
                  f" / {m['server_ttft_ms'] / sg['server_ttft_ms']:.2f}x sglang") if sg else ""  # fmt: skip
         print(f"{n:34s} hit {m['hit_rate']:.3f}  mean TTFT {m['mean_ttft_ms']:.0f} ms  "

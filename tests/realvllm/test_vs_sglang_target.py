@@ -38,3 +38,33 @@ def test_router_and_plain_direct_targets() -> None:
     p = vs.workload(2, 2, 50, seed=1)
     assert {vs.target("kvgate (default)", "http://router", URLS, x, p) for x in p} == {"http://router"}
     assert {vs.target("direct, to server 0", None, URLS, x, p) for x in p} == {URLS[0]}
+
+
+def _pass(ttft_ms: float) -> dict[str, object]:
+    recs = [
+        {"server": 0, "prompt_tokens": 2000.0, "hit_tokens": h, "send": 0.0, "c_first": ttft_ms / 1000}
+        for h in (0.0, 1792.0)
+    ]
+    return {"mean_ttft_ms": ttft_ms, "p90_ttft_ms": ttft_ms, "hit_rate": 0.5, "records": recs}
+
+
+def test_a_pinned_kvgate_pass_pairs_with_the_sglang_pass_pinned_alike() -> None:
+    vs = _script()
+    kv, sg = "kvgate (default, --kv-events auto)", "sglang-router cache_aware"
+    pin = ", router on CPU 1"
+    results = {
+        kv: [_pass(50.0), _pass(60.0)],
+        sg: [_pass(100.0), _pass(100.0)],
+        kv + pin: [_pass(40.0), _pass(30.0)],
+        sg + pin: [_pass(20.0), _pass(60.0)],
+    }
+    out = vs.report(results)
+    assert out[kv]["mean_ttft_ms"]["ratios"] == [0.5, 0.6]
+    assert out[kv + pin]["mean_ttft_ms"]["ratios"] == [2.0, 0.5]
+    assert vs.pin_suffix(kv + pin) == pin and vs.pin_suffix(kv) == ""
+
+
+def test_router_names_take_a_cpu_pin() -> None:
+    vs = _script()
+    assert vs.split_pin("kvgate/cpu1") == ("kvgate", {1})
+    assert vs.split_pin("sglang") == ("sglang", None)
