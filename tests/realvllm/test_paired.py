@@ -153,3 +153,29 @@ def test_undefined_pairs_are_left_out_with_a_note() -> None:
     assert "2 pair(s) left out" in spread_line(kept, left_out)
     assert spread_line(*defined_ratios([math.nan], [10.0])).startswith("no defined pair; 1 pair(s) left out")
     assert spread_line([2.0]) == str(spread([2.0]))
+
+
+def _recs(*ttfts_and_hits: tuple[float, bool]) -> list[dict[str, float]]:
+    return [
+        {"server": 0, "prompt_tokens": 2000, "hit_tokens": 1792 * hit, "send": 0, "c_first": ms / 1000}
+        for ms, hit in ttfts_and_hits
+    ]
+
+
+def test_a_difference_splits_into_placement_and_per_request_cost_exactly() -> None:
+    from kvgate.realvllm.paired import split_difference
+
+    # A: 3 hits of 40 ms, 1 miss of 100 ms (mean 55); B: 1 hit of 30 ms, 3 misses of 80 ms (mean 67.5).
+    a = _recs((40, True), (40, True), (40, True), (100, False))
+    b = _recs((30, True), (80, False), (80, False), (80, False))
+    d = split_difference(a, b)
+    assert d.total == pytest.approx(55 - 67.5)
+    assert d.placement == pytest.approx((3 * 30 + 80) / 4 - 67.5)  # A's counts at B's prices
+    assert d.hit_cost == pytest.approx(3 * 10 / 4)
+    assert d.miss_cost == pytest.approx(1 * 20 / 4)
+    assert d.placement + d.hit_cost + d.miss_cost == pytest.approx(d.total)
+    # Unequal pass sizes still add up; B without hits leaves A's hits unpriced (nan), not a wrong 0.
+    d2 = split_difference(a, _recs((80, False), (90, False)))
+    assert math.isnan(d2.placement) and math.isnan(d2.hit_cost) and d2.miss_cost == pytest.approx(1 * 15 / 4)
+    with pytest.raises(ValueError):
+        split_difference([], b)

@@ -213,3 +213,38 @@ def hit_miss_split(records: Sequence[dict[str, float]]) -> HitMissSplit:
         hit_ms=statistics.fmean(hit) if hit else math.nan,
         miss_ms=statistics.fmean(miss) if miss else math.nan,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A's mean TTFT minus B's (placed requests, ms) in three parts that add up to it exactly:
+    ``placement`` (A's hit/miss counts at B's mean TTFT of a hit and of a miss, minus B's mean: what
+    A's routing gained or lost), ``hit_cost`` and ``miss_cost`` (A's share of hits / misses times how
+    much longer each took behind A than behind B: the per-request cost). nan where B had no hits or no
+    misses while A had some (no per-kind mean to price them at)."""
+
+    total: float
+    placement: float
+    hit_cost: float
+    miss_cost: float
+
+
+def split_difference(a: Sequence[dict[str, float]], b: Sequence[dict[str, float]]) -> Difference:
+    """``Difference`` of two passes' records (hit: at least half the prompt cached, as
+    ``hit_miss_split``)."""
+    sa, sb = hit_miss_split(a), hit_miss_split(b)
+    na, nb = sa.hits + sa.misses, sb.hits + sb.misses
+    if not na or not nb:
+        raise ValueError("a pass without placed requests")
+
+    def share(count: int, n: int, ms: float) -> float:  # (no requests of a kind: 0, not 0 x nan)
+        return count * ms / n if count else 0.0
+
+    mean_b = share(sb.hits, nb, sb.hit_ms) + share(sb.misses, nb, sb.miss_ms)
+    at_b_prices = share(sa.hits, na, sb.hit_ms) + share(sa.misses, na, sb.miss_ms)
+    hit_cost = share(sa.hits, na, sa.hit_ms - sb.hit_ms)
+    miss_cost = share(sa.misses, na, sa.miss_ms - sb.miss_ms)
+    mean_a = share(sa.hits, na, sa.hit_ms) + share(sa.misses, na, sa.miss_ms)
+    return Difference(
+        total=mean_a - mean_b, placement=at_b_prices - mean_b, hit_cost=hit_cost, miss_cost=miss_cost
+    )
