@@ -491,6 +491,7 @@ def main() -> int:
             # ``kvgate bench gateway-overhead``; the client and the vLLM servers stay as they are.
             r, cpus = split_pin(r)
             pinned = "" if cpus is None else PIN_MARK + ",".join(map(str, sorted(cpus)))
+            log_tag = "" if cpus is None else "-cpu" + "-".join(map(str, sorted(cpus)))
             if r.startswith("kvgate"):
                 at_base = r.endswith("@base") and args.base_src
                 env = {**os.environ, "PYTHONPATH": str(Path(args.base_src).resolve())} if at_base else None
@@ -505,7 +506,7 @@ def main() -> int:
                 else:
                     where = ["--endpoints", ",".join(urls), "--model", MODEL_NAME, "--port", str(port)]
                 cmd = [sys.executable, "-m", "kvgate.cli", "serve", *where, "--kv-events", mode]
-                logf = (log_dir / f"{r}.log").open("wb")
+                logf = (log_dir / f"{r}{log_tag}.log").open("wb")
                 with _pinned(cpus):
                     proc = subprocess.Popen(
                         lifeline.die_with_parent_argv(cmd), stdout=logf, stderr=subprocess.STDOUT, env=env
@@ -514,7 +515,7 @@ def main() -> int:
                 name += ", scrape 0.5 s" if "-scrape500" in r else ""
                 name += ", base tree" if at_base else ""
             else:
-                log = log_dir / "sglang.log"
+                log = log_dir / f"sglang{log_tag}.log"
                 with _pinned(cpus):
                     proc = peers.launch(sg, urls, policy="cache_aware", port=port, log_path=log)
                 name = "sglang-router cache_aware"
