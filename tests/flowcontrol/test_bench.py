@@ -126,3 +126,86 @@ def test_bench_flowcontrol_default_out_is_not_the_tracked_docs_file(
     assert not (tmp_path / "docs").exists()
     doc = orjson.loads((tmp_path / "results" / "flowcontrol" / "flowcontrol.json").read_bytes())
     assert set(doc["runs"]) == {f"kvgate/{m}" for m in ("calm", "even", "flood")}
+
+
+def test_batch_cap_sets_the_batch_bands_limit_in_both_arms() -> None:
+    from kvgate.bench.flowcontrol_bench import arm_config
+
+    for arm in ("reference", "kvgate-reserve-feasible"):
+        assert arm_config(arm, 30.0, batch_cap=5)["flowControl"]["priorityBands"] == [
+            {"priority": -1, "maxRequests": 5}
+        ]
+        assert "priorityBands" not in arm_config(arm, 30.0)["flowControl"]
+
+
+def test_frontier_mode_runs_every_setting_and_compares_at_the_same_shed_rate(tmp_path: Path) -> None:
+    from kvgate.bench.frontier import Point, attainment_at, frontier
+
+    args = ["flowcontrol", "--replicas", "1", "--duration", "6", "--warmup", "1", "--load", "1.5",
+            "--arms", "reference,kvgate", "--frontier", "ttl=0.05,30", "--frontier", "kvgate:batch-cap=1",
+            "--seeds", "0,1", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    doc = orjson.loads((tmp_path / "flowcontrol-frontier.json").read_bytes())
+    assert doc["command"].startswith("kvgate bench flowcontrol") and set(doc["seeds"]) == {"0", "1"}
+    for cell in doc["seeds"].values():
+        arms = cell["arms"]
+        # The own setting (ttl 30, the --ttl default) once, then the swept ones not equal to it.
+        assert [(r["knob"], r["value"], r["default"]) for r in arms["reference"]["settings"]] == [
+            ("ttl", 30.0, True), ("ttl", 0.05, False)
+        ]  # fmt: skip
+        assert [(r["knob"], r["value"]) for r in arms["kvgate"]["settings"]] == [
+            ("ttl", 30.0), ("ttl", 0.05), ("batch-cap", 1.0)
+        ]  # fmt: skip
+        for a in arms.values():  # a 50 ms TTL at 150 % load sheds by TTL; the own 30 s one less
+            own, short = a["settings"][0], a["settings"][1]
+            assert short["shed_503"] > own["shed_503"] and short["shed_rate"] > own["shed_rate"]
+        assert arms["kvgate"]["settings"][2]["shed_429"] > 0  # one queued batch request at most
+        for c in cell["compare"]:
+            theirs = [Point(r["knob"], r["value"], r["shed_rate"], r["slo_attainment"])
+                      for r in arms[c["against"]]["settings"]]  # fmt: skip
+            at = attainment_at(frontier(theirs), c["shed_rate"])
+            assert c["frontier_at"] == at
+            assert c["delta"] == (None if at is None else c["attainment"] - at)
+    pairs = {(s["arm"], s["against"]) for s in doc["summary"]}
+    assert pairs == {("reference", "kvgate"), ("kvgate", "reference")}
+    assert all(s["above"] + s["not_above"] + s["out_of_reach"] == 2 for s in doc["summary"])
+
+
+def test_frontier_mode_refuses_an_unknown_knob(tmp_path: Path) -> None:
+    args = ["flowcontrol", "--replicas", "1", "--duration", "2", "--frontier", "speed=1",
+            "--out", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit, match="knob must be one of"):
+        main(args)
+
+
+@pytest.mark.parametrize(
+    ("knob", "value", "expect"),
+    [
+        ("", 0.0, {"ttl": 30.0, "slo_confidence": 1.0, "batch_cap": 0}),
+        ("ttl", 2.0, {"ttl": 2.0, "slo_confidence": 1.0, "batch_cap": 0}),
+        ("batch-cap", 5.0, {"ttl": 30.0, "slo_confidence": 1.0, "batch_cap": 5}),
+        ("slo-confidence", 0.5, {"ttl": 30.0, "slo_confidence": 0.5, "batch_cap": 0}),
+    ],
+)
+def test_a_frontier_setting_changes_its_knob_alone(
+    knob: str, value: float, expect: dict[str, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from kvgate.bench import flowcontrol_bench as fb
+
+    seen: dict[str, object] = {}
+
+    def fake(arm: str, replicas: int, profile: str, seed: int, ttl: float, **kw: object) -> None:
+        seen.update(kw, ttl=ttl, arm=arm, seed=seed)
+
+    monkeypatch.setattr(fb, "FlowSim", fake)
+    args = argparse.Namespace(
+        replicas=2, profile="p", ttl=30.0, max_num_seqs=16, max_pending=2, headroom=0.75,
+        headroom_on="pending", ttft_target=0.05, engine_priority=False, slo_confidence=1.0, slo_first=False,
+        running_reserve=True, free_slot_pick=False, ttft_confidence=None,
+    )  # fmt: skip
+    fb.sim_from_args(args, "kvgate-reserve-slo-feasible", 3, knob, value)
+    assert {k: seen[k] for k in expect} == expect
+    assert seen["arm"] == "kvgate-reserve-slo-feasible" and seen["seed"] == 3
+    assert seen["running_reserve"] is True and seen["headroom"] == 0.75

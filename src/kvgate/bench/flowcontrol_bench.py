@@ -98,20 +98,27 @@ def arm_config(
     running_reserve: bool = False,
     free_slot_pick: bool = False,
     ttft_confidence: float | None = None,
+    batch_cap: int = 0,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
         return doc
     doc["featureGates"] = ["flowControl"]
+    # The batch band's queued-request limit (429 past it; 0 = none, the default): a frontier knob.
+    bands = [{"priority": PRIORITY[BATCH], "maxRequests": batch_cap}] if batch_cap else []
     if arm == "reference":
         doc["flowControl"] = {"fairnessPolicy": "global-strict", "orderingPolicy": "fcfs",
                               "defaultRequestTTL": ttl}  # fmt: skip
+        if bands:
+            doc["flowControl"]["priorityBands"] = bands
         # The default utilization-detector gates dispatch, by the reference's rule alone (no carry-forward
         # of a quiet page by kvgate's own accounting, so live its pool is scraped every 0.1 s at most).
         doc["saturationDetector"] = {"ownLoadStalenessThreshold": 0}
         return doc
     doc["flowControl"] = {"fairnessPolicy": "least-attained-service", "orderingPolicy": "slo-deadline",
                           "defaultRequestTTL": ttl}  # fmt: skip
+    if bands:
+        doc["flowControl"]["priorityBands"] = bands
     if arm.endswith("-feasible"):  # + slo-feasible ordering (not in the default arms)
         arm = arm.removesuffix("-feasible")
         doc["flowControl"]["orderingPolicy"] = "slo-feasible"
@@ -234,6 +241,7 @@ class FlowSim:
         running_reserve: bool = False,
         free_slot_pick: bool = False,
         ttft_confidence: float | None = None,
+        batch_cap: int = 0,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -247,7 +255,7 @@ class FlowSim:
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
         config = arm_config(
             arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target, slo_confidence,
-            slo_first, running_reserve, free_slot_pick, ttft_confidence,
+            slo_first, running_reserve, free_slot_pick, ttft_confidence, batch_cap,
         )  # fmt: skip
         self.director = build_director(
             config, EndpointStore(self.endpoints), clock=self.clock.time, seed=seed, flow_metrics=False
@@ -615,6 +623,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine-priority", action="store_true",
                    help="servers schedule by vLLM request priority (band, then over-share last)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
+    p.add_argument("--frontier", action="append", default=[], metavar="[ARM:]KNOB=V1,V2,...",
+                   help="frontier mode (repeatable): run each arm of --arms on the flooded mix at its own "
+                        "settings and at every value of KNOB (ttl: flowControl.defaultRequestTTL, s; "
+                        "batch-cap: the batch band's maxRequests), and compare each arm's own setting with "
+                        "the other arms' attainment-vs-shed-rate frontier at the same shed rate; writes "
+                        "flowcontrol-frontier.json")  # fmt: skip
+    p.add_argument("--seeds", default="", help="frontier mode: comma-separated seeds (default: --seed)")
     # Not docs/benchmarks by default (kvgate.bench.outdir): a run without --out overwrote the tracked
     # flowcontrol.json there. Pass --out docs/benchmarks to publish.
     add_out(p, "flowcontrol", "flowcontrol.json / flowcontrol-live.json")
@@ -627,6 +642,10 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.warmup = 30.0, 5.0
     if args.live:
         return flowcontrol_live.main_from_args(args, list(argv or []))
+    if args.frontier:
+        from kvgate.bench.flowcontrol_frontier import frontier_main
+
+        return frontier_main(args, list(argv or []))
     cap, base = rates(args.replicas, args.profile, args.seed, args.max_num_seqs, args.load, args.duration)
     mix = Mix(base, "flood", args.duration)
     rows: dict[str, Any] = {"capacity_rps": cap, "base_rate_rps": base, "load": args.load, "runs": {}}
@@ -636,15 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("calm", "even", "flood"):
         arrivals = Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
         for arm in args.arms.split(","):
-            sim = FlowSim(arm, args.replicas, args.profile, args.seed, args.ttl,
-                          max_num_seqs=args.max_num_seqs, max_pending=args.max_pending,
-                          headroom=args.headroom, headroom_on=args.headroom_on,
-                          ttft_target=args.ttft_target, engine_priority=args.engine_priority,
-                          slo_confidence=args.slo_confidence, slo_first=args.slo_first,
-                          running_reserve=args.running_reserve,
-                          free_slot_pick=args.free_slot_pick,
-                          ttft_confidence=args.ttft_confidence)  # fmt: skip
-            run = sim.simulate(arrivals, horizon)
+            run = sim_from_args(args, arm, args.seed).simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
             if mode == "flood":
                 flood_runs[arm] = run
@@ -665,6 +676,21 @@ def main(argv: list[str] | None = None) -> int:
     print()
     wrote(args.out / "flowcontrol.json")
     return 0
+
+
+def sim_from_args(
+    args: argparse.Namespace, arm: str, seed: int, knob: str = "", value: float = 0.0
+) -> FlowSim:
+    """``arm`` as the command line configures it, but for ``knob`` set to ``value`` (a frontier
+    setting: ``ttl``, ``batch-cap``, ``slo-confidence``; see ``kvgate.bench.frontier.KNOBS``)."""
+    return FlowSim(arm, args.replicas, args.profile, seed, value if knob == "ttl" else args.ttl,
+                   max_num_seqs=args.max_num_seqs, max_pending=args.max_pending,
+                   headroom=args.headroom, headroom_on=args.headroom_on,
+                   ttft_target=args.ttft_target, engine_priority=args.engine_priority,
+                   slo_confidence=value if knob == "slo-confidence" else args.slo_confidence,
+                   slo_first=args.slo_first, running_reserve=args.running_reserve,
+                   free_slot_pick=args.free_slot_pick, ttft_confidence=args.ttft_confidence,
+                   batch_cap=round(value) if knob == "batch-cap" else 0)  # fmt: skip
 
 
 def _f(v: Any, digits: int = 2) -> str:
