@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvgate.bench.frontier import Point, attainment_at, compare, frontier, pareto, parse_spec, sweeps
+from kvgate.bench.frontier import Point, attainment_at, compare, frontier, gap, pareto, parse_spec, sweeps
 
 
 def pt(shed: float, att: float, value: float = 0.0) -> Point:
@@ -78,3 +78,14 @@ def test_sweeps_merge_specs_per_arm_once_each() -> None:
         "reference": [("ttl", 1.0), ("ttl", 2.0), ("batch-cap", 3.0)],
         "kvgate": [("ttl", 1.0), ("ttl", 2.0), ("ttl", 5.0)],
     }
+
+
+def test_gap_compares_two_frontiers_at_each_shed_rate() -> None:
+    mine = frontier([pt(0.0, 0.70), pt(0.10, 0.80)])
+    theirs = frontier([pt(0.01, 0.60), pt(0.05, 0.90)])
+    got = gap(mine, theirs, (0.0, 0.01, 0.05, 0.2))
+    assert [g["shed_rate"] for g in got] == [0.0, 0.01, 0.05, 0.2]
+    assert got[0]["delta"] is None and got[0]["mine"] == pytest.approx(0.70)  # they never shed so little
+    assert got[1]["delta"] == pytest.approx(0.71 - 0.60)
+    assert got[2]["delta"] == pytest.approx(0.75 - 0.90)
+    assert got[3]["delta"] == pytest.approx(0.80 - 0.90)  # both flat past their last corner

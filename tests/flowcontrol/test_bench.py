@@ -139,7 +139,7 @@ def test_batch_cap_sets_the_batch_bands_limit_in_both_arms() -> None:
 
 
 def test_frontier_mode_runs_every_setting_and_compares_at_the_same_shed_rate(tmp_path: Path) -> None:
-    from kvgate.bench.frontier import Point, attainment_at, frontier
+    from kvgate.bench.frontier import GRID, Point, attainment_at, frontier
 
     args = ["flowcontrol", "--replicas", "1", "--duration", "6", "--warmup", "1", "--load", "1.5",
             "--arms", "reference,kvgate", "--frontier", "ttl=0.05,30", "--frontier", "kvgate:batch-cap=1",
@@ -166,6 +166,21 @@ def test_frontier_mode_runs_every_setting_and_compares_at_the_same_shed_rate(tmp
             at = attainment_at(frontier(theirs), c["shed_rate"])
             assert c["frontier_at"] == at
             assert c["delta"] == (None if at is None else c["attainment"] - at)
+        (g,) = cell["frontier_gap"]  # the later arm against the earlier one, at each grid shed rate
+        assert (g["arm"], g["against"]) == ("kvgate", "reference")
+        mine = [
+            Point(r["knob"], r["value"], r["shed_rate"], r["slo_attainment"])
+            for r in arms["kvgate"]["settings"]
+        ]
+        theirs = [Point(r["knob"], r["value"], r["shed_rate"], r["slo_attainment"])
+                  for r in arms["reference"]["settings"]]  # fmt: skip
+        for at in g["at"]:
+            a, b = (
+                attainment_at(frontier(mine), at["shed_rate"]),
+                attainment_at(frontier(theirs), at["shed_rate"]),
+            )
+            assert at["delta"] == (None if a is None or b is None else a - b)
+    assert len(doc["gap_summary"]) == len(GRID)
     pairs = {(s["arm"], s["against"]) for s in doc["summary"]}
     assert pairs == {("reference", "kvgate"), ("kvgate", "reference")}
     assert all(s["above"] + s["not_above"] + s["out_of_reach"] == 2 for s in doc["summary"])

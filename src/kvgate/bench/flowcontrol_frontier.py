@@ -92,6 +92,11 @@ def frontier_main(args: argparse.Namespace, argv: list[str]) -> int:
             for b in arms:
                 if b != a:
                     compares.append({"arm": a, "against": b, **fr.compare(own_pt, per_arm[b]["frontier"])})
+        gaps = [
+            {"arm": a, "against": b, "at": fr.gap(per_arm[a]["frontier"], per_arm[b]["frontier"])}
+            for i, b in enumerate(arms)
+            for a in arms[i + 1 :]  # (a later arm against an earlier one: --arms names the reference first)
+        ]
         for a in arms:
             per_arm[a]["frontier"] = [
                 {"knob": c.knob, "value": c.value, "shed_rate": c.shed_rate, "slo_attainment": c.attainment}
@@ -99,14 +104,36 @@ def frontier_main(args: argparse.Namespace, argv: list[str]) -> int:
             ]
         print(f"frontier: seed {seed} done", file=sys.stderr, flush=True)
         doc["seeds"][str(seed)] = {"capacity_rps": cap, "base_rate_rps": base, "arms": per_arm,
-                                   "compare": compares}  # fmt: skip
+                                   "compare": compares, "frontier_gap": gaps}  # fmt: skip
     doc["summary"] = frontier_summary(doc)
+    doc["gap_summary"] = gap_summary(doc)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "flowcontrol-frontier.json", doc)
     print(render_frontier(doc))
     print()
     wrote(args.out / "flowcontrol-frontier.json")
     return 0
+
+
+def gap_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (arm, against) pair and grid shed rate over the seeds: the frontiers' differences, seed order."""
+    rows: dict[tuple[str, str, float], list[float | None]] = {}
+    for cell in doc["seeds"].values():
+        for g in cell["frontier_gap"]:
+            for at in g["at"]:
+                rows.setdefault((g["arm"], g["against"], at["shed_rate"]), []).append(at["delta"])
+    return [
+        {
+            "arm": a,
+            "against": b,
+            "shed_rate": s,
+            "above": sum(1 for d in ds if d is not None and d > 0),
+            "not_above": sum(1 for d in ds if d is not None and d <= 0),
+            "out_of_reach": sum(1 for d in ds if d is None),
+            "deltas": ds,
+        }
+        for (a, b, s), ds in rows.items()
+    ]
 
 
 def frontier_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -164,6 +191,17 @@ def render_frontier(doc: dict[str, Any]) -> str:
                 f"| {c['arm']} | {c['shed_rate']:.3f} | {c['attainment']:.3f} | {c['against']} "
                 f"| {_f(c['frontier_at'], 3)} | {'out of reach' if d is None else f'{d:+.3f}'} |"
             )
+        for g in cell["frontier_gap"]:
+            lines += [
+                "",
+                f"Frontiers: {g['arm']} minus {g['against']} at each shed rate",
+                "",
+                "| shed rate | " + " | ".join(f"{a['shed_rate']:.3f}" for a in g["at"]) + " |",
+                "|---|" + "---|" * len(g["at"]),
+                "| difference | "
+                + " | ".join("-" if a["delta"] is None else f"{a['delta']:+.3f}" for a in g["at"])
+                + " |",
+            ]
     if len(doc["seeds"]) > 1:
         lines += [
             "",
@@ -176,6 +214,19 @@ def render_frontier(doc: dict[str, Any]) -> str:
             ds = ", ".join("-" if d is None else f"{d:+.3f}" for d in s["deltas"])
             lines.append(
                 f"| {s['arm']} | {s['against']} | {s['above']} | {s['not_above']} "
+                f"| {s['out_of_reach']} | {ds} |"
+            )
+        lines += [
+            "",
+            "Over the seeds: the frontiers against each other at each shed rate",
+            "",
+            "| arm | against | shed rate | above | not above | out of reach | differences (seed order) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for s in doc["gap_summary"]:
+            ds = ", ".join("-" if d is None else f"{d:+.3f}" for d in s["deltas"])
+            lines.append(
+                f"| {s['arm']} | {s['against']} | {s['shed_rate']:.3f} | {s['above']} | {s['not_above']} "
                 f"| {s['out_of_reach']} | {ds} |"
             )
     return "\n".join(lines)

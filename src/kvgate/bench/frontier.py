@@ -88,6 +88,22 @@ def compare(point: Point, corners: Sequence[Point]) -> dict[str, Any]:
     }
 
 
+# Shed rates at which two frontiers are compared with each other (``gap``).
+GRID = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+def gap(mine: Sequence[Point], theirs: Sequence[Point], grid: Sequence[float] = GRID) -> list[dict[str, Any]]:
+    """Two frontiers against each other at each shed rate of ``grid``: ``delta`` = mine minus theirs
+    (``None`` where either policy never shed that little)."""
+    out = []
+    for s in grid:
+        a, b = attainment_at(mine, s), attainment_at(theirs, s)
+        out.append(
+            {"shed_rate": s, "mine": a, "theirs": b, "delta": None if a is None or b is None else a - b}
+        )
+    return out
+
+
 KNOBS = {
     "ttl": "flowControl.defaultRequestTTL, s",
     "batch-cap": "flowControl.priorityBands[priority -1].maxRequests (0 = none)",
