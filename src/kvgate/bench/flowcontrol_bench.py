@@ -38,6 +38,9 @@ Arms (the same kvgate scheduling profile each time; only admission differs):
   while it can still make it and is shed (429) once it cannot.
 - ``...-feasible`` (a suffix to any ``kvgate`` arm, last): ``orderingPolicy: slo-feasible``, the
   requests past their TTFT deadline dispatched after those that can still meet it.
+
+``--frontier [ARM:]KNOB=V1,...`` (``kvgate.bench.flowcontrol_frontier``): SLO attainment against shed
+rate, each arm over a knob's settings, compared at the same shed rate.
 """
 
 from __future__ import annotations
