@@ -1,7 +1,8 @@
 """The usage check the positional-argument scripts share (``knee_checks.py``, ``cold_bursts.py``,
 ``burst_oracles.py``, ``cold_spread_trace.py``, ``rollout_oracle.py``, ``best_of_policies.py``,
 ``luck_band.py``, ``pick_divergence.py``, ``tie_reseed.py``, ``session_moves.py``,
-``burst_survival.py``): they take bare arguments, so argparse would change their documented usage."""
+``burst_survival.py``, ``cold_work_homes.py``): they take bare arguments, so argparse would change their
+documented usage."""
 
 from __future__ import annotations
 

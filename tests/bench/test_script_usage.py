@@ -1,9 +1,9 @@
 """``scripts/knee_checks.py``, ``cold_bursts.py``, ``burst_oracles.py``, ``cold_spread_trace.py``,
 ``rollout_oracle.py``, ``best_of_policies.py``, ``luck_band.py``, ``pick_divergence.py``,
-``tie_reseed.py``, ``session_moves.py`` and ``burst_survival.py`` take positional arguments (as
-docs/benchmarks.md names them): ``-h`` / ``--help`` prints the usage (their docstring) and exits 0, too few
-arguments print it to stderr and exit 2, not a traceback (review s11-docs L11; ``session_moves.py``: review
-s14-docs I3)."""
+``tie_reseed.py``, ``session_moves.py``, ``burst_survival.py`` and ``cold_work_homes.py`` take positional
+arguments (as docs/benchmarks.md names them): ``-h`` / ``--help`` prints the usage (their docstring) and
+exits 0, too few arguments print it to stderr and exit 2, not a traceback (review s11-docs L11;
+``session_moves.py``: review s14-docs I3)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ USAGE = {
     "tie_reseed.py": "tie_reseed.py FAMILY QPS FIRST_SEED LAST_SEED N POLICY...",
     "session_moves.py": "session_moves.py FAMILY QPS [SEED] [POLICY]",  # review s14-docs I3
     "burst_survival.py": "burst_survival.py FAMILY QPS FIRST_SEED LAST_SEED POLICY...",
+    "cold_work_homes.py": "cold_work_homes.py FAMILY QPS FIRST_SEED LAST_SEED POLICY...",
 }
 
 
