@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -190,3 +191,125 @@ def test_added_latency_is_only_over_a_measured_direct_path(capsys):
     out = capsys.readouterr().out
     assert "| kvgate | 5 | 1.5 | 4.0 | 0.5 | 1.0 | 100 |" in out
     assert "no direct path" not in out
+
+
+def test_pin_plan_puts_the_router_alone_on_the_highest_cpu():
+    assert go.pin_plan({0, 1}) == ({1}, {0})
+    assert go.pin_plan({0, 3, 5}) == ({5}, {0, 3})
+    with pytest.raises(ValueError, match="two CPUs or more"):
+        go.pin_plan({0})
+    assert go.cpus_text({0, 1, 2, 5}) == "0-2,5" and go.cpus_text([1]) == "1"
+
+
+def test_repeat_order_reverses_every_other_repeat_only_when_asked():
+    paths = ["direct", "kvgate", "sglang-router:cache_aware"]
+    assert [go.repeat_order(paths, r, alternate=True) for r in range(3)] == [paths, paths[::-1], paths]
+    assert go.repeat_order(paths, 1, alternate=False) == paths
+
+
+def test_a_child_started_pinned_has_every_thread_on_that_cpu():
+    """What ``--pin`` prints is read back from the kernel for each thread of the started child,
+    threads it starts after the pin included."""
+    import sys
+
+    cpu = max(os.sched_getaffinity(0))
+    code = (
+        "import threading, time\n"
+        "ts = [threading.Thread(target=time.sleep, args=(30,), daemon=True) for _ in range(2)]\n"
+        "[t.start() for t in ts]\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    with go._pinned({cpu}):
+        child = go._spawn([sys.executable, "-c", code])
+    try:
+        go._wait_line(child, b"ready")
+        threads = go.tree_affinity(child.pid)
+        assert len(threads) == 3 and all(cpus == {cpu} for cpus in threads.values())
+        assert go.affinity_text(threads) == f"cpu {cpu} (3 threads), 1 process"
+    finally:
+        go._stop(child)
+    assert (
+        go.affinity_text({(1, 1): {0}, (1, 2): {0, 1}}) == "cpu 0 (1 thread); cpu 0-1 (1 thread), 1 process"
+    )
+
+
+def test_pin_runs_routers_backend_and_load_generator_on_their_cpus(monkeypatch, capsys):
+    """``run --pin``: the backend and every load generator start on the client CPUs, every router on
+    the router CPU (the real children's affinity read back; the processes here are stand-ins), the
+    order alternates, and the bench is unpinned again after."""
+    import argparse
+    import subprocess
+    import sys
+
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("--pin needs two CPUs")
+    router_cpus, client_cpus = go.pin_plan(allowed)
+    real_spawn = go._spawn
+    sleeper = [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(30)"]
+    started: list[tuple[str, set[int]]] = []
+
+    def fake_spawn(args, **kw):
+        started.append(("backend", os.sched_getaffinity(0)))
+        return real_spawn(sleeper, **kw)
+
+    def fake_router(name, log_dir):
+        started.append((name, os.sched_getaffinity(0)))
+        if name == "direct":
+            return None
+        proc = real_spawn(sleeper)
+        go._wait_line(proc, b"ready")
+        return proc
+
+    def fake_loadgen(port, requests, concurrency, router_pid=0, backend_pid=0):
+        started.append(("loadgen", os.sched_getaffinity(0)))
+        r = {
+            "rps": 1.0, "p50_ms": 1.0, "p99_ms": 1.0, "errors": 0, "cpu_us_per_req": 1.0,
+            "user_us_per_req": 1.0, "sys_us_per_req": 0.0, "cores": 0.5, "top_thread": 0.5,
+            "busy_threads": 1.0, "tick_frac": 0.01, "cpu_window_s": 1.0, "backend_cpu_us_per_req": 1.0,
+            "loadgen_cpu_us_per_req": 1.0, "client_cores": 0.5,
+        }  # fmt: skip
+        # what the real load generator reports about itself: the affinity it inherited
+        out = subprocess.run(
+            [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+            capture_output=True,
+            check=True,
+        )
+        r["loadgen_cpus"] = json.loads(out.stdout)
+        return r
+
+    monkeypatch.setattr(go, "_spawn", fake_spawn)
+    monkeypatch.setattr(go, "_start_router", fake_router)
+    monkeypatch.setattr(go, "_run_loadgen", fake_loadgen)
+    monkeypatch.setattr(peers, "ensure_installed", lambda peer: None)
+    args = argparse.Namespace(
+        paths="direct,kvgate,sglang-router:cache_aware", pin=True, requests=10, repeats=2, warmup=1,
+        concurrency=1, streams=0,
+    )  # fmt: skip
+    assert go.run(args) == 0
+    assert os.sched_getaffinity(0) == allowed
+    routers = [(n, c) for n, c in started if n not in ("backend", "loadgen")]
+    order = ["direct", "kvgate", "sglang-router:cache_aware"]
+    assert [n for n, _ in routers] == order + order[::-1]
+    assert all(c == router_cpus for _, c in routers)
+    assert all(c == client_cpus for n, c in started if n in ("backend", "loadgen"))
+    out = capsys.readouterr().out
+    router, client = go.cpus_text(router_cpus), go.cpus_text(client_cpus)
+    assert (
+        f"every router (its threads and children) on cpu {router}, the load generator and the backend "
+        f"on cpu {client}" in out
+    )
+    assert "backend pid" in out and f": cpu {client} (1 thread), 1 process" in out
+    assert out.count(f"router on cpu {router} (1 thread), 1 process; load generator on cpu {client}") == 4
+    assert "kvgate / sglang-router:cache_aware: throughput 1.000x" in out
+
+
+def test_pin_refuses_per_path_pins():
+    import argparse
+
+    args = argparse.Namespace(
+        paths="kvgate/cpu0", pin=True, requests=1, repeats=1, warmup=1, concurrency=1, streams=0
+    )
+    with pytest.raises(SystemExit, match="drop the /cpuN"):
+        go.run(args)

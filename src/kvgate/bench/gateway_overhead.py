@@ -1,7 +1,7 @@
 """What a router costs on the data path: kvgate vs the Rust peers, in front of the same instant backend.
 
     python -m kvgate.bench.gateway_overhead [--requests 3000] [--concurrency 64] [--repeats 3]
-                                            [--paths direct,kvgate-rr,...] [--streams 10000]
+                                            [--paths direct,kvgate-rr,...] [--streams 10000] [--pin]
 
 Everything runs on 127.0.0.1; as root the script re-executes itself inside a loopback-only network
 namespace (``unshare -n`` + ``ip link set lo up``) so nothing can reach outside. Three processes per
@@ -12,7 +12,9 @@ across repeats and medians reported. The router's CPU per request comes from ``/
 (``/proc/<pid>/task/*/stat``): cores used at once on average, and the busiest thread's share. A router
 path ending in ``/cpuN`` runs pinned to that CPU (e.g. ``kvgate/cpu1,sglang-router:cache_aware/cpu1``: one
 core each, beside the unpinned paths), and each kvgate path's throughput is printed over each peer's
-pinned alike.
+pinned alike. ``--pin`` pins every path alike instead: the router alone on the highest CPU, the load
+generator and the backend on the others, the paths' order reversed in every other repeat; each repeat
+prints the affinity the kernel reports for every router thread and the client side's CPU.
 
 The second part measures how many concurrent streaming connections kvgate holds (the backend sends
 one SSE chunk and holds each stream open) and its resident memory per held connection.
@@ -266,10 +268,12 @@ async def _loadgen(
         ta = time.perf_counter()
         split0, bcpu0 = _tree_cpu_split_s(router_pid), _cpu_s(backend_pid or router_pid)
         threads0 = _tree_thread_cpu_s(router_pid)
+        own0 = time.process_time()
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in conns))
     wall = time.perf_counter() - t0
     if watch:
+        own1 = time.process_time()
         threads1 = _tree_thread_cpu_s(router_pid)
         split1, bcpu1 = _tree_cpu_split_s(router_pid), _cpu_s(backend_pid or router_pid)
         window = time.perf_counter() - ta
@@ -285,9 +289,14 @@ async def _loadgen(
         "rps": n / wall,
         "p50_ms": latencies[n // 2] * 1e3 if n else 0.0,
         "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1e3 if n else 0.0,
+        "loadgen_cpus": sorted(os.sched_getaffinity(0)),  # where this load generator was let run
     }
     if watch:
         out.update(window_figures(split0, split1, threads0, threads1, bcpu1 - bcpu0, window, n))
+        # The client side's CPU over the same window (this process and the backend): near 1.0 per
+        # CPU it may use, and the client, not the router, may be what limits the throughput.
+        out["loadgen_cpu_us_per_req"] = (own1 - own0) * 1e6 / max(n, 1)
+        out["client_cores"] = ((own1 - own0) + (bcpu1 - bcpu0)) / max(window, 1e-9)
     return out
 
 
@@ -613,6 +622,60 @@ def _pinned(cpus: set[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, old)
 
 
+def pin_plan(cpus: set[int]) -> tuple[set[int], set[int]]:
+    """``--pin``: (the router's CPUs, the load generator's and the backend's) out of the CPUs the bench
+    may use: the router alone on the highest one, the client side on the others; the same for every
+    path, so each router gets one core to itself and the load is made on another."""
+    if len(cpus) < 2:
+        raise ValueError(f"--pin needs two CPUs or more; this bench may use {sorted(cpus)}")
+    top = max(cpus)
+    return {top}, set(cpus) - {top}
+
+
+def tree_affinity(pid: int) -> dict[tuple[int, int], set[int]]:
+    """The CPUs each thread of a process and its descendants may run on, by (pid, tid), as the kernel
+    has them (``sched_getaffinity`` of the thread): what was applied, not what was asked."""
+    out: dict[tuple[int, int], set[int]] = {}
+    for p in _tree_pids(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                out[(p, int(tid))] = os.sched_getaffinity(int(tid))
+            except (OSError, ValueError):
+                continue  # exited while we looked
+    return out
+
+
+def cpus_text(cpus: set[int] | list[int]) -> str:
+    """``{0, 1, 2, 5}`` -> ``"0-2,5"``."""
+    runs: list[list[int]] = []
+    for c in sorted(cpus):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "-"
+
+
+def affinity_text(threads: dict[tuple[int, int], set[int]]) -> str:
+    """``"cpu 1 (4 threads, 1 process)"``, or each distinct set with its thread count when they differ."""
+    if not threads:
+        return "none read"
+    sets = collections.Counter(cpus_text(c) for c in threads.values())
+    procs = len({p for p, _ in threads})
+    body = "; ".join(f"cpu {k} ({n} thread{'s' * (n != 1)})" for k, n in sorted(sets.items()))
+    return f"{body}, {procs} process{'es' * (procs != 1)}"
+
+
+def repeat_order(paths: list[str], rep: int, alternate: bool) -> list[str]:
+    """The order the paths are visited in repeat ``rep`` (0-based): as given, or reversed in every other
+    repeat when ``alternate`` (so no path always follows the same one)."""
+    return paths[::-1] if alternate and rep % 2 else list(paths)
+
+
 def _isolated() -> bool:
     return os.environ.get("KVGATE_NETNS") == "1" or set(os.listdir("/sys/class/net")) <= {"lo"}
 
@@ -647,6 +710,13 @@ def run(args: argparse.Namespace) -> int:
     _raise_nofile()
     paths = [p for p in args.paths.split(",") if p]
     pins = {p: split_pin(p) for p in paths}
+    router_cpus: set[int] | None = None
+    client_cpus: set[int] | None = None
+    if args.pin:
+        if any(cpus is not None for _, cpus in pins.values()):
+            raise SystemExit("--pin pins every router alike: drop the /cpuN suffixes from --paths")
+        router_cpus, client_cpus = pin_plan(os.sched_getaffinity(0))
+        pins = {p: (p, router_cpus) for p in paths}
     for name, _ in pins.values():
         if ":" in name:
             peers.ensure_installed(peers.PEERS[name.split(":")[0]])
@@ -658,24 +728,40 @@ def run(args: argparse.Namespace) -> int:
         f"concurrency {args.concurrency}",
         flush=True,
     )
+    if router_cpus is not None and client_cpus is not None:
+        print(
+            f"--pin: every router (its threads and children) on cpu {cpus_text(router_cpus)}, the load "
+            f"generator and the backend on cpu {cpus_text(client_cpus)}; the paths' order reversed in "
+            "every other repeat",
+            flush=True,
+        )
     results: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
     if args.requests > 0:
-        backend = _spawn([PY, "-m", "kvgate.bench.gateway_overhead", "--_backend", *map(str, BACKEND_PORTS)])
+        with _pinned(client_cpus):
+            backend = _spawn(
+                [PY, "-m", "kvgate.bench.gateway_overhead", "--_backend", *map(str, BACKEND_PORTS)]
+            )
         try:
             _wait_line(backend, b"ready")
+            print(f"backend pid {backend.pid}: {affinity_text(tree_affinity(backend.pid))}", flush=True)
             for rep in range(args.repeats):
-                for path in paths:  # interleaved: each repeat visits every path once
+                # interleaved: each repeat visits every path once (in turn, or alternating with --pin)
+                for path in repeat_order(paths, rep, alternate=args.pin):
                     name, cpus = pins[path]
                     with _pinned(cpus):
                         proc = _start_router(name, log_dir)
                     try:
                         port = BACKEND_PORTS[0] if proc is None else ROUTER_PORT
-                        _run_loadgen(port, args.warmup, args.concurrency)
+                        with _pinned(client_cpus):
+                            _run_loadgen(port, args.warmup, args.concurrency)
                         pid = proc.pid if proc is not None else backend.pid
                         # The load generator reads the router's CPU (a process's own stat keeps its
                         # exited threads' CPU) at the two ends of its timed window: no spawn, connects
                         # or teardown in it (window_figures).
-                        r = _run_loadgen(port, args.requests, args.concurrency, pid, backend.pid)
+                        with _pinned(client_cpus):
+                            r = _run_loadgen(port, args.requests, args.concurrency, pid, backend.pid)
+                        # read after the load: the threads a router started on the way are in it
+                        r["router_affinity"] = "-" if proc is None else affinity_text(tree_affinity(pid))
                         results[path].append(r)
                         print(
                             f"  rep {rep + 1} {path:<28} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
@@ -684,6 +770,13 @@ def run(args: argparse.Namespace) -> int:
                             f"cores {r['cores']:.2f} (top thread {r['top_thread']:.2f}, "
                             f"{r['busy_threads']:.0f} busy; +-{r['tick_frac']:.2f} over "
                             f"{r['cpu_window_s']:.2f} s)  errors {r['errors']}",
+                            flush=True,
+                        )
+                        print(
+                            f"      router on {r['router_affinity']}; load generator on cpu "
+                            f"{cpus_text(r['loadgen_cpus'])}, {r['loadgen_cpu_us_per_req']:.0f} us/req; "
+                            f"backend {r['backend_cpu_us_per_req']:.0f} us/req; client side "
+                            f"{r['client_cores']:.2f} cores",
                             flush=True,
                         )
                     finally:
@@ -849,6 +942,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--streams", type=int, default=10_000, help="concurrent streams to hold through kvgate (0 = skip)"
+    )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="every router (its threads and children) on the highest CPU the bench may use, the load "
+        "generator and the backend on the others, the same for every path; the paths' order reversed in "
+        "every other repeat; the affinity read back from the kernel is printed per repeat",
     )
     p.add_argument("--no-netns", action="store_true", help="do not re-exec inside a loopback-only namespace")
     p.add_argument(
