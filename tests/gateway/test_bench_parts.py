@@ -145,10 +145,10 @@ def test_ratio_lines_pair_paths_pinned_alike():
         }
     )
     assert lines == [
-        "kvgate / sglang-router:cache_aware: throughput 1.100x (2 of 3 repeats ahead), "
-        "CPU per request 1.000x",
-        "kvgate/cpu1 / sglang-router:cache_aware/cpu1: throughput 1.500x (2 of 3 repeats ahead), "
-        "CPU per request 1.000x",
+        "kvgate / sglang-router:cache_aware: throughput 1.100x (2 of 3 repeats ahead; per repeat "
+        "1.100x median, 0.800-1.200x), CPU per request 1.000x",
+        "kvgate/cpu1 / sglang-router:cache_aware/cpu1: throughput 1.500x (2 of 3 repeats ahead; per "
+        "repeat 1.500x median, 0.750-1.500x), CPU per request 1.000x",
     ]
 
 
@@ -302,7 +302,10 @@ def test_pin_runs_routers_backend_and_load_generator_on_their_cpus(monkeypatch, 
     )
     assert "backend pid" in out and f": cpu {client} (1 thread), 1 process" in out
     assert out.count(f"router on cpu {router} (1 thread), 1 process; load generator on cpu {client}") == 4
-    assert "kvgate / sglang-router:cache_aware: throughput 1.000x" in out
+    assert (
+        "kvgate / sglang-router:cache_aware: throughput 1.000x (0 of 2 repeats ahead; per repeat 1.000x"
+        in out
+    )
 
 
 def test_pin_refuses_per_path_pins():

@@ -838,7 +838,9 @@ def _print_table(results: dict[str, list[dict[str, Any]]]) -> None:
 
 def ratio_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Throughput of each kvgate path over each peer path pinned alike (both unpinned, or both to the same
-    CPUs): the ratio of the medians, and in how many repeats (paired by index) kvgate was ahead."""
+    CPUs): the ratio of the medians, in how many repeats (paired by index) kvgate was ahead, and the
+    median and range of the per-repeat ratios (a repeat's two paths run one after the other, under about
+    the same load from the rest of the machine; the ratio of medians mixes repeats)."""
     out = []
     for k, krows in results.items():
         kname, kcpus = split_pin(k)
@@ -848,10 +850,13 @@ def ratio_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
             pname, pcpus = split_pin(peer)
             if ":" not in pname or pcpus != kcpus or not prows:
                 continue
-            ahead = sum(a["rps"] > b["rps"] for a, b in zip(krows, prows, strict=False))
+            pairs = list(zip(krows, prows, strict=False))
+            ahead = sum(a["rps"] > b["rps"] for a, b in pairs)
+            paired = sorted(a["rps"] / b["rps"] for a, b in pairs)
             out.append(
                 f"{k} / {peer}: throughput {_median(krows, 'rps') / _median(prows, 'rps'):.3f}x "
-                f"({ahead} of {min(len(krows), len(prows))} repeats ahead), CPU per request "
+                f"({ahead} of {len(pairs)} repeats ahead; per repeat {statistics.median(paired):.3f}x "
+                f"median, {paired[0]:.3f}-{paired[-1]:.3f}x), CPU per request "
                 f"{_median(krows, 'cpu_us_per_req') / _median(prows, 'cpu_us_per_req'):.3f}x"
             )
     return out
