@@ -269,8 +269,7 @@ class GlobalGateway:
         # The event streams being relayed (by id), and those the drain's deadline cut (``_cut_streams``).
         self._streams: dict[int, Routed] = {}
         self._cut: set[int] = set()
-        self._streams_idle = asyncio.Event()
-        self._streams_idle.set()
+        self._cutting = False  # the cut came: a stream that starts relaying after it is cut at once
         self._reload_task: asyncio.Task[None] | None = None
         self.port = 0
 
@@ -395,7 +394,9 @@ class GlobalGateway:
         edge = EventEdge() if sse else None
         if sse:
             self._streams[key] = routed
-            self._streams_idle.clear()
+            if self._cutting and routed.abort is not None:  # (answered after the drain's cut: L6)
+                self._cut.add(key)
+                routed.abort()
         try:
             await resp.prepare(request)
             while True:
@@ -444,14 +445,14 @@ class GlobalGateway:
             if sse:
                 self._streams.pop(key, None)
                 self._cut.discard(key)
-                if not self._streams:
-                    self._streams_idle.set()
         return resp
 
     def _cut_streams(self) -> int:
         """The drain's deadline: abort the upstream response of every event stream being relayed; each
         relay then ends its client's stream with an error event (503, ``service_unavailable``, naming the
-        deadline) and the body's clean end, not a connection closed mid-body. Returns how many."""
+        deadline) and the body's clean end, not a connection closed mid-body. Returns how many. A stream
+        that starts relaying after this (its cluster answered later) is cut at its start the same way."""
+        self._cutting = True
         for key, routed in self._streams.items():
             if routed.abort is not None:
                 self._cut.add(key)
@@ -540,10 +541,14 @@ class GlobalGateway:
             with contextlib.suppress(TimeoutError):  # (not wait_for: see kvgate.k8s.tasks.wait_event)
                 async with asyncio.timeout(self.drain_s):
                     await self._idle.wait()
-            if self.inflight and self._cut_streams():  # (bounded: a client not reading is cut below)
+            if self.inflight:
+                # Every request in flight gets the second, not only the streams cut: one answered in it
+                # is cut at once the same way (review s16-doors L6). Bounded: a client not reading is
+                # cut with its connection below.
+                self._cut_streams()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(CUT_WRITE_S):
-                        await self._streams_idle.wait()
+                        await self._idle.wait()
             self.front.close_all()
             # The cut handlers' cleanup (releasing upstream connections, cancelling EPP streams) runs
             # before the router closes the session and channels it uses.

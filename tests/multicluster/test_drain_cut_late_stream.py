@@ -1,0 +1,121 @@
+"""``kvgate serve --clusters``: a stream whose answer starts in the second after the drain deadline's cut
+is cut at once with the drain's error event (doors17; ``kvgate serve`` since fixdoors16, review s16-doors
+L6: ``tests/gateway/test_drain_cut_races.py``). Before, ``--clusters`` cut only the streams relaying at
+the deadline and waited only for them: a request still waiting for its cluster's answer was cut with its
+connection when the stop closed them (the client told nothing), or, answered in that second, ran on
+until then."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import openai
+import orjson
+import pytest
+
+from gateway.test_drain_cut_races import EV, _chunk, _events, _read_request
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.serve import GlobalGateway
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _upstream(late_after_s: float) -> asyncio.Server:
+    """A cluster's gateway: answers every POST with a 200 event stream and one event, then holds the
+    stream open; a request whose prompt says ``late`` is answered (head and event) ``late_after_s`` later."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            body = await _read_request(reader)
+            if b"late" in body:
+                await asyncio.sleep(late_after_s)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n" + _chunk(EV)
+            )
+            await writer.drain()
+            await reader.read()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_a_stream_answered_just_after_the_cut_is_cut_with_the_event() -> None:
+    """At the deadline (0.3 s) one stream is mid-body and another request still waits for its cluster's
+    answer, which comes 0.3 s after the deadline. Both clients get the drain's error event as their last
+    event and the body's clean end (aiohttp reads the whole body). Fails before: the late one's body
+    breaks off (``ServerDisconnectedError`` / ``ClientPayloadError``)."""
+    server = await _upstream(0.9)  # (the deadline falls 0.6 s after the late request: see below)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    gw = GlobalGateway(
+        ClustersConfig((ClusterSpec("c1", gateway=address),)), "round-robin", fetch=False, drain_s=0.3
+    )
+    await gw.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{gw.port}/v1/completions"
+    stop = None
+
+    async def late(s: aiohttp.ClientSession) -> bytes:
+        body = orjson.dumps({"model": "m", "prompt": "late", "stream": True, "max_tokens": 50})
+        async with s.post(url, data=body) as r:
+            assert r.status == 200
+            return await r.read()
+
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 50})
+            async with s.post(url, data=body) as r:
+                await r.content.readuntil(b"\n\n")
+                b = asyncio.create_task(late(s))
+                await asyncio.sleep(0.3)
+                stop = asyncio.create_task(gw.stop())
+                a_raw = await asyncio.wait_for(r.read(), 10)
+            b_raw = await asyncio.wait_for(b, 10)
+            await asyncio.wait_for(stop, 10)
+    finally:
+        if stop is None:
+            await gw.stop()
+        server.close()
+    assert _events(a_raw)[-1]["error"]["code"] == "service_unavailable"
+    events = _events(b_raw)
+    assert events[-1]["error"]["code"] == "service_unavailable", events
+    # Both counted as cut streams; not the cluster's doing.
+    assert gw.metrics.errors.counts == {("m", "m", "stream_cut"): 2}
+    cuts = gw.metrics.registry.get_sample_value("kvgate_multicluster_responses_cut_total", {"cluster": "c1"})
+    assert cuts is None
+
+
+async def test_an_openai_sdk_stream_answered_just_after_the_cut_raises_the_drain_error() -> None:
+    """The same late stream read by the openai SDK: ``APIError`` with the drain's message (before:
+    ``APIConnectionError``, nothing said)."""
+    server = await _upstream(0.5)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    gw = GlobalGateway(
+        ClustersConfig((ClusterSpec("c1", gateway=address),)), "round-robin", fetch=False, drain_s=0.2
+    )
+    await gw.start("127.0.0.1", 0)
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="k", max_retries=0)
+    stop = None
+    try:
+        create = asyncio.create_task(
+            client.completions.create(model="m", prompt="late", max_tokens=50, stream=True)
+        )
+        await asyncio.sleep(0.1)  # (the request is in flight, its cluster not answering yet)
+        stop = asyncio.create_task(gw.stop())
+        with pytest.raises(openai.APIError) as ei:
+            async with asyncio.timeout(10):
+                async for _ in await create:
+                    pass
+        await asyncio.wait_for(stop, 10)
+    finally:
+        await client.close()
+        if stop is None:
+            await gw.stop()
+        server.close()
+    assert type(ei.value) is openai.APIError, repr(ei.value)
+    assert ei.value.message == (
+        "the gateway is shutting down: its drain deadline (0.2s) cut the stream before its end"
+    )
