@@ -771,9 +771,11 @@ class Proxy:
                     break
             # The drain's mark, whatever the read said: a close-framed body's abort reads as its end.
             drain_cut = self._cut.pop(resp, None)
-            if drain_cut is not None and relay.done:
-                # ``[DONE]`` went out before the cut: a complete answer, ended as usual (no event after
-                # ``[DONE]``; its usage read, counted as a normal end).
+            after_done = relay.done and (drain_cut is not None or cut is not None)
+            if after_done:
+                # ``[DONE]`` went out before the cut (the drain's or the upstream's): a complete answer,
+                # ended as usual (no event after ``[DONE]``; its usage read, counted as a normal end; the
+                # endpoint not charged), as ``kvgate serve --clusters`` ends it.
                 drain_cut = cut = None
             if drain_cut is not None:
                 # The drain's deadline cut it (``cut_streams``): the gateway's doing, not the upstream's
@@ -786,7 +788,7 @@ class Proxy:
                     await out.write(drain_cut)
             elif cut is None:
                 tail = relay.finish()
-                if tail:
+                if tail and not after_done:  # (cut after ``[DONE]``: a partial event after it is dropped)
                     await out.write(tail)
                 ok = True
             else:
