@@ -40,11 +40,14 @@ async def cut_after_done(request: web.Request) -> web.StreamResponse:
     [(False, False), (True, False), (True, True)],
     ids=["strip", "pass-through", "rewrite"],
 )
-async def test_an_upstream_cut_after_done_ends_the_stream_complete(include_usage: bool, rewrite: bool) -> None:
+async def test_an_upstream_cut_after_done_ends_the_stream_complete(
+    include_usage: bool, rewrite: bool
+) -> None:
     runner, port = await serve_handler(cut_after_done)
     address = f"127.0.0.1:{port}"
-    extra = {"rewrites": [{"matches": [{"model": {"type": "Exact", "value": "m"}}],
-                           "targets": [{"modelRewrite": "served", "weight": 1}]}]} if rewrite else None  # fmt: skip
+    rules = [{"matches": [{"model": {"type": "Exact", "value": "m"}}],
+              "targets": [{"modelRewrite": "served", "weight": 1}]}]  # fmt: skip
+    extra = {"rewrites": rules} if rewrite else None
     try:
         async with running_gateway(make_config([address], models=("m", "served"), extra=extra)) as gw:
             body: dict[str, object] = {"model": "m", "prompt": "x", "stream": True}
@@ -58,7 +61,7 @@ async def test_an_upstream_cut_after_done_ends_the_stream_complete(include_usage
             events = _events(raw)
             assert events[-1] == {"done": True}, events  # fails before: the cut's error event after [DONE]
             assert not any("error" in e for e in events), events
-            assert [e["choices"] for e in events if "choices" in e][0] == TOKEN["choices"]
+            assert next(e["choices"] for e in events if "choices" in e) == TOKEN["choices"]
             assert sum("usage" in e for e in events) == (1 if include_usage else 0)
             want = "m" if rewrite else "served"
             assert {e["model"] for e in events if "model" in e} == {want}

@@ -27,7 +27,7 @@ from kvgate.gateway.errors import GatewayError, error_response, sse_error_event
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
-from kvgate.gateway.stream import BodyRewriter, StreamRelay, StreamTooLarge
+from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import UpstreamPool, UpstreamResponse
 from kvgate.httpfront.server import Request, Response, StreamResponse
@@ -757,11 +757,7 @@ class Proxy:
             chunk = first
             cut: Exception | None = None
             while chunk:
-                try:
-                    data = relay.feed(chunk)
-                except StreamTooLarge as e:  # the upstream's framing broke: same as a cut
-                    cut = e
-                    break
+                data = relay.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                 if data:
                     await out.write(data)
                 try:

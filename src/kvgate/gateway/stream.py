@@ -2,12 +2,15 @@
 
 Streams are relayed chunk by chunk, whole events only: complete events go out at once and only an
 incomplete trailing event waits for its end, so a relay that ends a stream early (the drain's deadline)
-appends its error event to whole events. Untransformed, an event past ``max_event_bytes`` is not
-refused: it goes out as it comes (``mid_event`` until its end; a cut then closes the connection, no
-event appended). Transformed, such an event raises ``StreamTooLarge``. When nothing needs
-changing, a chunk that ends an event goes out as it arrived (``kvgate.openai.sse.EventEdge``) and only
-a bounded tail is kept to find the final usage event. When something must change, events are
-rewritten as they complete.
+appends its error event to whole events. Both relays follow one set of SSE rules (``kvgate.openai.sse``):
+lines end with CRLF, LF or a lone CR, an empty line ends an event. An event past ``max_event_bytes``
+(1 MiB: completions ``echo`` + ``logprobs`` on a long prompt) is not refused and charges no endpoint: it
+goes out as it comes (``mid_event`` until its end; a cut then closes the connection, no event appended).
+When nothing needs changing, a chunk that ends an event goes out as it arrived (``EventEdge``) and only a
+bounded tail is kept to find the final usage event. When something must change, events are rewritten as
+they complete; an event past the bound passes through with its ``model`` still put back on the fly (a
+name split across two chunks is held back until it is whole), and is neither stripped nor read for
+``usage`` (the usage chunk the gateway strips, ``choices: []``, is small).
 """
 
 from __future__ import annotations
@@ -15,23 +18,20 @@ from __future__ import annotations
 import orjson
 
 from kvgate.openai.protocol import usage_from
-from kvgate.openai.sse import EventEdge, ends_done
+from kvgate.openai.sse import MAX_SSE_LINE, EventEdge, ends_done, event_end, next_event_end
 from kvgate.openai.usage import UsageTail, event_obj
 from kvgate.scheduling.types import Usage
 
-
-class StreamTooLarge(Exception):
-    """One SSE event grew past the bound: the upstream is not speaking SSE as expected."""
+# A chunk ending so ends an event (a blank line after an LF, CRLF or lone CR line end): whole events.
+_ENDS = (b"\n\n", b"\n\r\n", b"\r\r")
+# An output ending so may end with the ``[DONE]`` event (``ends_done`` says).
+_DONE_ENDS = (b"]\n\n", b"]\r\n\r\n", b"]\r\r", b"]\n\r\n", b"]\r\n\n", b"]\r\r\n")
 
 
 def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:
     s, c = orjson.dumps(sent), orjson.dumps(client)
     # Compact (vLLM, SGLang, orjson) and json.dumps-style spacing.
     return [(b'"model":' + s, b'"model":' + c), (b'"model": ' + s, b'"model": ' + c)]
-
-
-def _usage_of(event: bytes) -> Usage | None:
-    return usage_from(event_obj(event))
 
 
 class BodyRewriter:
@@ -50,14 +50,21 @@ class BodyRewriter:
 
 class StreamRelay:
     def __init__(
-        self, sent_model: str | None, client_model: str, strip_usage: bool, max_event_bytes: int = 1024 * 1024
+        self,
+        sent_model: str | None,
+        client_model: str,
+        strip_usage: bool,
+        max_event_bytes: int = MAX_SSE_LINE,
     ) -> None:
         self._patterns = _model_patterns(sent_model, client_model) if sent_model else []
         self._strip = strip_usage
         self._transform = bool(self._patterns) or strip_usage
-        self._buf = b""
         self._max = max_event_bytes
-        self._sep = b"\n\n"
+        # Transformed: the partial event held, and, inside an event past the bound (``_passing``), the
+        # bytes not yet sent (a model name the next chunk may complete, a line end a blank line may follow).
+        self._held = bytearray()
+        self._passing = False
+        self._carry = b""
         # Untransformed: only a bounded tail is kept (the usage event is last), shared with
         # ``kvgate serve --clusters`` (``kvgate.openai.usage``).
         self._tail = None if self._transform else UsageTail()
@@ -72,54 +79,97 @@ class StreamRelay:
 
     @property
     def mid_event(self) -> bool:
-        """Part of an event went out without its end (the pass-through relay's event past
-        ``max_event_bytes``, flushed as it came): a cut now must not append an event to it."""
-        return self._edge is not None and self._edge.mid_event
+        """Part of an event went out without its end (an event past ``max_event_bytes``, sent as it
+        came): a cut now must not append an event to it."""
+        return self._edge.mid_event if self._edge is not None else self._passing
 
     def feed(self, chunk: bytes) -> bytes:
         if self._tail is not None and self._edge is not None:
             self._tail.feed(chunk)
             return self._edge.feed(chunk)
-        buf = self._buf + chunk if self._buf else chunk
-        if self._sep == b"\n\n" and b"\r\n\r\n" in buf:
-            self._sep = b"\r\n\r\n"
-        cut = buf.rfind(self._sep)
-        if cut < 0:
-            if len(buf) > self._max:
-                raise StreamTooLarge(f"an SSE event exceeded {self._max} bytes")
-            self._buf = buf
-            return b""
-        end = cut + len(self._sep)
-        self._buf = buf[end:]
-        out = self._process(buf[:end])
-        if out and ends_done(out):
+        if not self._held and not self._passing and chunk.endswith(_ENDS):
+            out = self._process(chunk)  # the usual case: whole events
+        else:
+            out = self._feed_partial(chunk)
+        if out.endswith(_DONE_ENDS) and ends_done(out):
             self._done = True
         return out
 
+    def _feed_partial(self, chunk: bytes) -> bytes:
+        out = b""
+        if self._passing:  # inside an event past the bound: out as it comes, up to its end
+            buf = self._carry + chunk if self._carry else chunk
+            end = next_event_end(buf)
+            if end < 0:
+                keep = self._sendable(buf)
+                self._carry = buf[keep:]
+                return self._rewrite(buf[:keep])
+            out = self._rewrite(buf[:end])
+            self._carry = b""
+            self._passing = False
+            chunk = buf[end:]
+        held = self._held
+        start = len(held)
+        held += chunk
+        end = event_end(held, max(start - 2, 0))  # only the new bytes (and the border) scanned
+        if end:
+            out += self._process(bytes(held[:end]))
+            del held[:end]
+        if len(held) > self._max:
+            # Past the bound: what is held goes out as it is (model put back), the rest as it comes.
+            buf = bytes(held)
+            held.clear()
+            self._passing = True
+            keep = self._sendable(buf)
+            self._carry = buf[keep:]
+            out += self._rewrite(buf[:keep])
+        return out
+
+    def _sendable(self, buf: bytes) -> int:
+        """How much of a passing event's ``buf`` may go now: all but a tail that may be the start of a
+        model name to put back (from a quote on) and a last line end (a blank line may follow it)."""
+        n = len(buf)
+        if n and buf[-1] in (10, 13):
+            n -= 1
+        if self._patterns:
+            longest = max(len(old) for old, _ in self._patterns)
+            j = buf.find(b'"', max(0, n - longest + 1), n)
+            while j >= 0:
+                tail = buf[j:n]
+                if any(old.startswith(tail) for old, _ in self._patterns):
+                    return j
+                j = buf.find(b'"', j + 1, n)
+        return n
+
+    def _rewrite(self, data: bytes) -> bytes:
+        for old, new in self._patterns:
+            data = data.replace(old, new)
+        return data
+
     def _process(self, events: bytes) -> bytes:
-        if self._strip and b'"usage"' in events:
+        """Whole events (each up to its blank line; at the stream's end the last may lack it)."""
+        if b'"usage"' in events:
             kept = []
-            for ev in events.split(self._sep):
-                if not ev:
-                    continue
+            pos = 0
+            while pos < len(events):
+                end = next_event_end(events, pos)
+                ev = events[pos:] if end < 0 else events[pos:end]
+                pos = len(events) if end < 0 else end
                 if b'"usage"' in ev and b"[DONE]" not in ev:
                     obj = event_obj(ev)  # parsed once for both questions
                     usage = usage_from(obj)
                     if usage is not None:
                         self.usage = usage
                         # The include_usage chunk has an empty choices list; token chunks never do.
-                        if obj.get("choices") == []:
+                        if self._strip and obj.get("choices") == []:
+                            # (line ends before it, a CRLF's LF split from its CR, stay)
+                            lead = len(ev) - len(ev.lstrip(b"\r\n"))
+                            if lead:
+                                kept.append(ev[:lead])
                             continue
-                kept.append(ev + self._sep)
+                kept.append(ev)
             events = b"".join(kept)
-        elif b'"usage"' in events:
-            for ev in events.split(self._sep):
-                usage = _usage_of(ev) if b'"usage"' in ev else None
-                if usage is not None:
-                    self.usage = usage
-        for old, new in self._patterns:
-            events = events.replace(old, new)
-        return events
+        return self._rewrite(events)
 
     def finish(self) -> bytes:
         """At end of stream: the leftover (an event without its blank line), and usage from the tail."""
@@ -129,5 +179,9 @@ class StreamRelay:
             if usage is not None:
                 self.usage = usage
             return self._edge.rest()
-        rest, self._buf = self._buf, b""
+        if self._passing:
+            rest, self._carry, self._passing = self._carry, b"", False
+            return self._rewrite(rest)
+        rest = bytes(self._held)
+        self._held.clear()
         return self._process(rest) if rest.strip() else rest

@@ -120,6 +120,20 @@ def event_end(buf: bytes | bytearray, start: int = 0) -> int:
     return end
 
 
+def next_event_end(buf: bytes | bytearray, start: int = 0) -> int:
+    """Where the first complete SSE event at or after ``start`` ends (just past its blank line; -1 if
+    none does): the same rule as ``event_end`` (a blank line after a CRLF, LF or lone CR line end; an LF
+    right after the closing CR taken with it), the first one instead of the last."""
+    found = (buf.find(b"\n\n", start), buf.find(b"\n\r", start), buf.find(b"\r\r", start))
+    ends = [i for i in found if i >= 0]
+    if not ends:
+        return -1
+    end = min(ends) + 2
+    if buf[end - 1] == 13 and buf[end : end + 1] == b"\n":
+        end += 1
+    return end
+
+
 def _comments_end(buf: bytes | bytearray, start: int) -> int:
     """Past the complete comment lines (``: ping``) at ``buf[start:]``'s start: they belong to no event,
     so they may go out while no event's line is held."""
