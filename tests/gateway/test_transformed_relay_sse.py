@@ -221,3 +221,42 @@ async def test_an_event_past_1_mib_through_a_rewrite_is_relayed_and_charges_no_f
             assert st_ is None or st_.failures == 0
     finally:
         server.close()
+
+
+async def test_a_drain_cut_inside_a_passing_event_closes_the_body_without_an_event() -> None:
+    """The transformed relay (the client did not ask for usage) inside an event past 1 MiB: as the
+    pass-through relay (``test_drain_cut_races.py``), a drain cut closes the body mid-body, nothing glued
+    onto the half event, which went out with the client's model. Fails before: cut at 1 MiB with the
+    upstream-cut error event (``StreamTooLarge``)."""
+    from gateway.conftest import base_url, make_pools
+    from gateway.test_drain_cut_races import _raw_upstream, _read_at_least, _read_rest
+    from kvgate.gateway.server import GatewayServer
+
+    big = _token(BIG_TEXT)
+    half = big[: (1 << 20) + (1 << 17)]
+    pieces = [_token("a"), *(half[i : i + (1 << 16)] for i in range(0, len(half), 1 << 16))]
+    want = _token("a", CLIENT) + half.replace(b'"model":"served-model"', b'"model":"m"')
+    async with _raw_upstream(pieces) as address:
+        cfg = _rewrite_config(address)
+        gw = GatewayServer(cfg, make_pools(cfg))  # type: ignore[arg-type]
+        await gw.start()
+        req = {"model": CLIENT, "prompt": "x", "stream": True}
+        stop = None
+        try:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(base_url(gw) + "/v1/completions", data=orjson.dumps(req)) as r,
+            ):
+                assert r.status == 200
+                raw = await _read_at_least(r, len(want) - 64)  # (the last bytes may wait for more)
+                stop = asyncio.create_task(gw.stop(drain_timeout=0.1))
+                rest, broken = await _read_rest(r)
+                raw += rest
+            await asyncio.wait_for(stop, 10)
+        finally:
+            if stop is None:
+                await gw.stop(drain_timeout=0.1)
+    assert want.startswith(raw) and len(raw) >= len(want) - 64, raw[-100:]
+    assert SENT.encode() not in raw
+    assert broken  # the client sees an incomplete body, not a short one
+    assert request_errors(gw)[("m", "served-model", "stream_cut")] == 1
