@@ -195,12 +195,17 @@ def test_picker_config_errors_name_the_pool(tmp_path):
     assert [ep.address for ep in pools[0].endpoints()] == ["127.0.0.1:1"]
 
 
-def test_model_series_grace_is_refused_without_clusters(capsys: pytest.CaptureFixture[str]) -> None:
-    """``kvgate serve`` without ``--clusters`` has no grace to set (its config's names keep their series;
-    the names its rewrite rules route have a fixed 5 min: docs/gateway.md): a ``--model-series-grace``
-    there was silently ignored (review s15-labels); now a config error."""
+def test_model_series_grace_is_refused_where_no_series_go(capsys: pytest.CaptureFixture[str]) -> None:
+    """``kvgate serve`` without ``--clusters`` and without a pool with an ``inferencePool`` never removes
+    a model series (its config's names keep theirs; a rewrite rule without ``matches`` counts other names
+    as ``other``): a ``--model-series-grace`` there would change nothing, so it is a config error (it was
+    silently ignored before review s15-labels). Where it applies (doors17):
+    ``tests/k8s/test_serve_model_series.py``."""
     from kvgate.gateway.cli import main
 
     assert main(["--endpoints", "127.0.0.1:1", "--model", "m", "--model-series-grace", "60"]) == 2
     err = capsys.readouterr().err
-    assert "--model-series-grace" in err and "--clusters" in err
+    assert "--model-series-grace" in err and "--clusters" in err and "inferencePool" in err
+    flags = ["--pool-name", "p", "--model", "m", "--kube-server", "http://127.0.0.1:1"]
+    assert main([*flags, "--model-series-grace", "0"]) == 2
+    assert "--model-series-grace: must be > 0" in capsys.readouterr().err

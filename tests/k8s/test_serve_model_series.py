@@ -42,7 +42,9 @@ def _rule(name: str) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def _gateway(double: ApiServerDouble, port: int) -> AsyncIterator[tuple[GatewayServer, Any]]:
+async def _gateway(
+    double: ApiServerDouble, port: int, *extra: str
+) -> AsyncIterator[tuple[GatewayServer, Any]]:
     """``kvgate serve --pool-name llm --model m`` on one pod (``port`` on 127.0.0.1), started; its
     session's ``chat`` and ``series`` (the ``model_name`` values of ``inference_objective_request_total``
     on /metrics)."""
@@ -54,7 +56,7 @@ async def _gateway(double: ApiServerDouble, port: int) -> AsyncIterator[tuple[Ga
     double.create({"apiVersion": "v1", "kind": "Pod", "metadata": meta})
     double.set_pod_status("p0", ip="127.0.0.1", ready=True)
     flags = ["--pool-name", "llm", "--model", "m", "--kube-server", double.url, "--host",
-             "127.0.0.1", "--port", "0", "--admin-port", "0", "--policy", "round-robin"]  # fmt: skip
+             "127.0.0.1", "--port", "0", "--admin-port", "0", "--policy", "round-robin", *extra]  # fmt: skip
     cfg = build_config(_parser().parse_args(flags))
     gw = GatewayServer(cfg, build_pools(cfg), scrape=True)
     await gw.start()
@@ -162,4 +164,20 @@ async def test_a_stream_under_a_deleted_rules_name_keeps_its_label_to_its_end(
         assert await asyncio.wait_for(stream, 10) == 200
         assert gw.metrics._stats.children[("alias", "m")].count == 2  # its end under its own name
         now[0] += GRACE_S
+        assert await door.series() == set()
+
+
+async def test_model_series_grace_sets_kvgate_serves_grace(double: ApiServerDouble) -> None:
+    """``--model-series-grace 30`` without ``--clusters`` (doors17; refused there before): a rule's name
+    loses its series 30 s after the rule is gone, not ``GRACE_S``. Fails before: kept to ``GRACE_S``."""
+    async with _backend() as b, _gateway(double, b.port, "--model-series-grace", "30") as (gw, door):
+        double.create(_rule("alias"))
+        await door.until_status("alias", 200)
+        now = _injected(gw)
+        await door.series()  # (a sweep: seen now)
+        double.delete(R.INFERENCE_MODEL_REWRITE, "alias")
+        await door.until_status("alias", 404)
+        now[0] += 29.0
+        assert await door.series() == {"alias"}
+        now[0] += 1.0
         assert await door.series() == set()

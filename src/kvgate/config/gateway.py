@@ -157,6 +157,9 @@ class GatewayConfig:
     # them): None = the default 120 s; 0 = stay ready.
     kube_stale_after_s: float | None = None
     kube_stale_not_ready_after_s: float = 0.0
+    # ``--model-series-grace`` (flag only): how long a model name no label any more keeps its series
+    # (``kvgate.openai.labels.ModelLabels.grace_s``); None: ``GRACE_S``.
+    model_series_grace_s: float | None = None
     # Data-port access (kvgate.gateway.tenants): API keys from a file and/or an env var; None = open.
     api_keys_file: str | None = None
     api_keys_env: str | None = None

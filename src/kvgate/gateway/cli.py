@@ -96,12 +96,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="with --clusters only (refused without: there the config's model names keep their series; "
-        "client names a rewrite rule without matches routes are counted as 'other'; a name a pool's "
-        "InferenceModelRewrites routed loses its series a fixed 5 min after it was last a label: "
-        "docs/gateway.md): a model name neither listed by a cluster, answered nor used this long loses "
-        f'its metric series (docs/multicluster.md "Commands"); > 0, default {GRACE_S:g}; inf: never for '
-        "being unused",
+        help="with --clusters: a model name neither listed by a cluster, answered nor used this long loses "
+        'its metric series (docs/multicluster.md "Commands"); without --clusters, for a pool with an '
+        "inferencePool: a name its InferenceModelRewrites made a label loses its series this long after "
+        "it stopped being one and was last used (the config's names never do; refused without such a "
+        f"pool: docs/gateway.md); > 0, default {GRACE_S:g}; inf: never for being unused",
     )
     adm = p.add_argument_group("admin-port TLS (as kvgate epp --metrics-tls)")
     adm.add_argument(
@@ -172,6 +171,7 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     cfg.kube_server, cfg.kubeconfig = args.kube_server, args.kubeconfig
     watched = any(pool.inference_pool is not None for pool in cfg.pools)
     staleness_settings(args, cfg, None if watched else "static")
+    cfg.model_series_grace_s = series_grace(args.model_series_grace, watched)
     if args.host is not None:
         cfg.host = args.host
     if args.port is not None:
@@ -181,6 +181,26 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     cfg.admin_tls = admin_tls(args, cfg)
     cfg.workers, cfg.min_ready_workers = final_workers(cfg, args)
     return cfg
+
+
+def series_grace(grace: float | None, watched: bool) -> float | None:
+    """``--model-series-grace`` without ``--clusters``: how long a model name no label any more keeps its
+    series (``ModelLabels.grace_s``; None: ``GRACE_S``). Only names a pool's InferenceModelRewrites made
+    labels ever lose their series here (the config's names never do; a rewrite rule without ``matches``
+    counts other names as ``other``), so it is refused where no pool has an ``inferencePool``: it would
+    change nothing (not silently ignored: review s15-labels)."""
+    if grace is None:
+        return None
+    if not grace > 0:
+        raise GatewayConfigError("--model-series-grace", "must be > 0")
+    if not watched:
+        raise GatewayConfigError(
+            "--model-series-grace",
+            "needs --clusters or a pool with an inferencePool: only the names a pool's "
+            "InferenceModelRewrites route lose their series in kvgate serve (the config's names never do: "
+            "docs/gateway.md)",
+        )
+    return grace
 
 
 def staleness_settings(args: argparse.Namespace, cfg: GatewayConfig | None, unused: str | None) -> None:
@@ -379,12 +399,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         mtime = file_mtime(args.config)
     try:
-        if args.model_series_grace is not None:  # (not silently ignored: review s15-labels)
-            raise GatewayConfigError(
-                "--model-series-grace",
-                "only with --clusters (without, kvgate serve never removes its config's names' series, "
-                "and a grace of a fixed 5 min applies to the names its rewrite rules route: docs/gateway.md)",
-            )
         if args.config and not (args.endpoints or args.model):
             file_cfg = load_gateway_config(args.config)
         cfg = build_config(args, file_cfg)

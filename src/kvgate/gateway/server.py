@@ -135,9 +135,10 @@ class GatewayServer:
             known = [m for p in self.pools for m in (*p.cfg.models, *p.cfg.adapters)]
             # (the file's rules' names until live rules replace them: ``_policy_listener``; k8s17)
             rules = [m for r in cfg.rewrites for m in (*r.matches, *(t.model for t in r.targets))]
-            self.metrics.bound(
-                ModelLabels(known, reported=lambda: self._live_names, clock=clock, rules=rules)
-            )
+            labels = ModelLabels(known, reported=lambda: self._live_names, clock=clock, rules=rules)
+            if cfg.model_series_grace_s is not None:  # (--model-series-grace)
+                labels.grace_s = cfg.model_series_grace_s
+            self.metrics.bound(labels)
         self.health = HealthTracker(cfg.health, clock)
         self.session: aiohttp.ClientSession | None = None
         # Set once start() has started every feed and warmed the upstream connections: /readyz waits
