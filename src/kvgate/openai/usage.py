@@ -14,7 +14,8 @@ from kvgate.openai.protocol import usage_from, usage_of
 from kvgate.scheduling.types import Usage
 
 TAIL_BYTES = 16 * 1024
-_EVENT_SEP = re.compile(rb"\r?\n\r?\n")
+# An event ends at a blank line after a CRLF, LF or lone CR line end (SSE; as ``kvgate.openai.sse``).
+_EVENT_SEP = re.compile(rb"\r?\n\r?\n|\r\r")
 
 
 class _UsageFields(msgspec.Struct):
