@@ -90,3 +90,19 @@ async def test_an_openai_sdk_stream_cut_after_done_ends_without_an_error() -> No
             assert texts == ["a"]
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("strip", [False, True], ids=["pass-through", "transformed"])
+@pytest.mark.parametrize("end", [b"\r\n\r", b"\n\r"], ids=["crlf", "lf-then-cr"])
+def test_done_is_seen_when_its_blank_lines_last_lf_is_still_to_come(strip: bool, end: bytes) -> None:
+    """A ``[DONE]`` event whose blank line ends with a CR, its LF in the next chunk (``\\r\\n\\r`` |
+    ``\\n``), or whose blank line is a CR after an LF line end: the event has ended, so a cut after it
+    ends the stream complete. Fails before: ``done`` stayed False (the endings checked lacked these), so
+    such a cut sent the upstream-cut error event after ``[DONE]``."""
+    from kvgate.gateway.stream import StreamRelay
+
+    relay = StreamRelay(None, "m", strip_usage=strip)
+    ev = b"data: " + orjson.dumps(TOKEN) + b"\n\n"
+    assert relay.feed(ev) == ev
+    assert relay.feed(b"data: [DONE]" + end) == b"data: [DONE]" + end
+    assert relay.done

@@ -18,14 +18,12 @@ from __future__ import annotations
 import orjson
 
 from kvgate.openai.protocol import usage_from
-from kvgate.openai.sse import MAX_SSE_LINE, EventEdge, ends_done, event_end, next_event_end
+from kvgate.openai.sse import DONE_ENDS, MAX_SSE_LINE, EventEdge, ends_done, event_end, next_event_end
 from kvgate.openai.usage import UsageTail, event_obj
 from kvgate.scheduling.types import Usage
 
 # A chunk ending so ends an event (a blank line after an LF, CRLF or lone CR line end): whole events.
 _ENDS = (b"\n\n", b"\n\r\n", b"\r\r")
-# An output ending so may end with the ``[DONE]`` event (``ends_done`` says).
-_DONE_ENDS = (b"]\n\n", b"]\r\n\r\n", b"]\r\r", b"]\n\r\n", b"]\r\n\n", b"]\r\r\n")
 
 
 def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:
@@ -65,6 +63,9 @@ class StreamRelay:
         self._held = bytearray()
         self._passing = False
         self._carry = b""
+        # A usage chunk stripped at a chunk's end, its blank line's CR last: the LF of that CRLF, if it
+        # opens the next chunk, is dropped with it (a stray empty line would start the next event).
+        self._skip_lf = False
         # Untransformed: only a bounded tail is kept (the usage event is last), shared with
         # ``kvgate serve --clusters`` (``kvgate.openai.usage``).
         self._tail = None if self._transform else UsageTail()
@@ -87,11 +88,15 @@ class StreamRelay:
         if self._tail is not None and self._edge is not None:
             self._tail.feed(chunk)
             return self._edge.feed(chunk)
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
         if not self._held and not self._passing and chunk.endswith(_ENDS):
             out = self._process(chunk)  # the usual case: whole events
         else:
             out = self._feed_partial(chunk)
-        if out.endswith(_DONE_ENDS) and ends_done(out):
+        if out.endswith(DONE_ENDS) and ends_done(out):
             self._done = True
         return out
 
@@ -115,6 +120,8 @@ class StreamRelay:
         if end:
             out += self._process(bytes(held[:end]))
             del held[:end]
+            if held:  # (bytes follow the stripped chunk's CR: an LF opening the next chunk is theirs)
+                self._skip_lf = False
         if len(held) > self._max:
             # Past the bound: what is held goes out as it is (model put back), the rest as it comes.
             buf = bytes(held)
@@ -166,6 +173,7 @@ class StreamRelay:
                             lead = len(ev) - len(ev.lstrip(b"\r\n"))
                             if lead:
                                 kept.append(ev[:lead])
+                            self._skip_lf = pos == len(events) and ev.endswith(b"\r")
                             continue
                 kept.append(ev)
             events = b"".join(kept)

@@ -148,6 +148,14 @@ def _comments_end(buf: bytes | bytearray, start: int) -> int:
     return start
 
 
+# How a chunk of whole events may end when its last event is ``data: [DONE]``: the line end after ``]``
+# (LF, CRLF, CR), then the blank line (LF, CR, CRLF; a CR whose LF is still to come ends it already).
+# ``ends_done`` is asked only then (a cheap ``endswith`` first).
+DONE_ENDS = (
+    b"]\n\n", b"]\n\r", b"]\n\r\n", b"]\r\n\n", b"]\r\n\r", b"]\r\n\r\n", b"]\r\r", b"]\r\r\n",
+)  # fmt: skip
+
+
 def ends_done(events: bytes) -> bool:
     """True when ``events`` (whole events) ends with the ``data: [DONE]`` event."""
     t = events[-24:].rstrip(b"\r\n")
@@ -222,7 +230,7 @@ class EventEdge:
                 held.clear()
                 self.mid_event = True
                 self._last = out[-1:]
-        if out.endswith((b"]\n\n", b"]\r\n\n", b"]\r\n\r\n", b"]\r\r", b"]\r\r\n")) and ends_done(out):
+        if out.endswith(DONE_ENDS) and ends_done(out):
             self.done = True
         return out
 
