@@ -104,6 +104,9 @@ class Limits:
     write_buffer_bytes: int = 256 * 1024
     # Open client connections per process (clamped to the fd limit); more get 503 too_many_connections.
     max_connections: int = 10_000
+    # Request bodies held per process (arriving, queued, being answered), all connections together; a
+    # request over it gets 503 with Retry-After from its head (``kvgate epp --max-buffered-bytes``).
+    max_buffered_bytes: int = 1 << 30
 
 
 @dataclass(slots=True)
@@ -394,6 +397,7 @@ LIMIT_KEYS: dict[str, tuple[str, type | tuple[type, ...], bool]] = {
     "sendTimeoutSeconds": ("send_timeout_s", (int, float), False),
     "writeBufferBytes": ("write_buffer_bytes", int, False),
     "maxConnections": ("max_connections", int, False),
+    "maxBufferedBytes": ("max_buffered_bytes", int, False),
 }
 # Keys once accepted and ignored: refused with a reason rather than silently doing nothing.
 _UNSUPPORTED = {

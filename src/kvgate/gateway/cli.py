@@ -69,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
         help="gateway processes sharing the port (default 1); picker state is per worker",
     )
     p.add_argument(
+        "--max-buffered-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="request bodies each gateway process holds at once, all connections together (arriving, "
+        "queued, being answered); a request over it gets 503 with Retry-After before its body is read "
+        "(overrides limits.maxBufferedBytes; default 1073741824, 1 GiB; per worker with --workers)",
+    )
+    p.add_argument(
         "--min-ready-workers",
         type=int,
         default=None,
@@ -178,6 +187,10 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
         cfg.port = args.port
     if args.admin_port is not None:
         cfg.admin_port = args.admin_port
+    if args.max_buffered_bytes is not None:
+        if args.max_buffered_bytes <= 0:
+            raise GatewayConfigError("--max-buffered-bytes", f"must be > 0, got {args.max_buffered_bytes}")
+        cfg.limits.max_buffered_bytes = args.max_buffered_bytes
     cfg.admin_tls = admin_tls(args, cfg)
     cfg.workers, cfg.min_ready_workers = final_workers(cfg, args)
     return cfg
@@ -255,6 +268,8 @@ def reload_loader(args: argparse.Namespace) -> Callable[[str], GatewayConfig]:
         final_workers(cfg, args)
         watched = any(pool.inference_pool is not None for pool in cfg.pools)
         staleness_settings(args, copy.deepcopy(cfg), None if watched else "static")  # (a copy: checked only)
+        if args.max_buffered_bytes is not None:  # the flag stays over the file's limits.maxBufferedBytes
+            cfg.limits.max_buffered_bytes = args.max_buffered_bytes
         return cfg
 
     return load
@@ -374,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         from kvgate.multicluster.serve import ServeArgs, run
 
         try:
+            if args.max_buffered_bytes is not None:  # (not silently ignored)
+                raise GatewayConfigError(
+                    "--max-buffered-bytes",
+                    "not with --clusters: set limits.maxBufferedBytes in the clusters file",
+                )
             if args.config:  # the clusters file is the whole configuration (review s16-k8s F6)
                 from kvgate.multicluster.clusters import NOT_WITH_CONFIG
 

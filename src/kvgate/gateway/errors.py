@@ -33,4 +33,11 @@ def error_response(err: GatewayError, request_id: str | None = None) -> Response
     return json_error(err.status, err.message, param=err.param, code=err.code, headers=headers)
 
 
-__all__ = ["GatewayError", "error_response", "sse_error_event"]
+def unauthorized(request_id: str | None = None) -> Response:
+    """The 401 of a request without a valid API key (``auth``), from its head or from the proxy."""
+    resp = error_response(GatewayError(401, "missing or invalid API key", code="invalid_api_key"), request_id)
+    resp.headers["WWW-Authenticate"] = "Bearer"
+    return resp
+
+
+__all__ = ["GatewayError", "error_response", "sse_error_event", "unauthorized"]

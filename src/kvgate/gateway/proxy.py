@@ -23,7 +23,7 @@ import orjson
 from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.gateway.errors import GatewayError, error_response, sse_error_event
+from kvgate.gateway.errors import GatewayError, error_response, sse_error_event, unauthorized
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
@@ -294,11 +294,7 @@ class Proxy:
             tenant = self.keys.tenant(request.headers)
             if tenant is None:
                 self.metrics.error("", "", "401")
-                resp = error_response(
-                    GatewayError(401, "missing or invalid API key", code="invalid_api_key"), rid
-                )
-                resp.headers["WWW-Authenticate"] = "Bearer"
-                return resp
+                return unauthorized(rid)
         if self.limiter is not None:
             who = tenant or request.headers.get(FAIRNESS_HEADER) or proto.DEFAULT_FAIRNESS_ID
             wait = self.limiter.admit(who)

@@ -28,7 +28,7 @@ from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
 from kvgate.datalayer.health import HealthPolicy
 from kvgate.datalayer.scraper import MetricsScraper
-from kvgate.gateway.errors import GatewayError, error_response
+from kvgate.gateway.errors import GatewayError, error_response, unauthorized
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool, build_pool
@@ -86,6 +86,26 @@ def _listens(sock: Any) -> bool:
         return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
     except (OSError, ValueError):  # closed (uvloop closes it when its listen fails)
         return False
+
+
+# The paths whose POSTs need an API key when ``auth`` is on (the proxy's; /v1/models is open).
+KEYED_PATHS = frozenset(("/v1/completions", "/v1/chat/completions", "/v1/embeddings"))
+
+
+def _key_check(proxy: Proxy) -> Callable[[str, str, dict[str, str]], Response | None]:
+    """The front's head check with ``auth`` on: a POST to a proxied path without a valid key gets its
+    401 as soon as its head is complete, its body not read (review s17-qa H2: checked after the whole
+    body, a keyless client could make the gateway buffer ``maxBodyBytes`` per connection). The proxy
+    checks again (and takes the tenant) for the requests that pass; while draining it answers 503 first."""
+    keys = proxy.keys
+    assert keys is not None
+
+    def check(method: str, path: str, headers: dict[str, str]) -> Response | None:
+        if method != "POST" or path not in KEYED_PATHS or proxy.draining or keys.tenant(headers):
+            return None
+        return unauthorized(headers.get("x-request-id"))
+
+    return check
 
 
 class GatewayServer:
@@ -182,6 +202,8 @@ class GatewayServer:
             # unlabelled, like the proxy's own refusals before a model is known.
             metrics = proxy.metrics
             front.on_reject = lambda status: metrics.error("", "", str(status))
+            if proxy.keys is not None:
+                front.head_check = _key_check(proxy)
         return front
 
     async def _not_found(self, request: Request) -> Response:

@@ -21,6 +21,11 @@ after ``keepalive_s``; a request head must be complete within ``header_timeout_s
 ``send_timeout_s`` (the output buffer stays above ``write_buffer_bytes``) aborts the connection, which
 cancels the handler and so releases its concurrency slot, in-flight accounting and upstream request.
 More than ``max_connections`` open connections: the new one gets 503 ``too_many_connections``.
+
+Memory: every request body takes its bytes from one budget per front (``max_buffered``, all connections
+together) at its head, chunk by chunk when chunked, and gives them back once answered: a request that
+does not fit gets 503 with ``Retry-After`` before its body is read. ``head_check`` (the gateway's API-key
+check) may refuse a request from its head, its body never buffered. Both refusals, like the 413, linger.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol, cast
 
+from kvgate.httpfront.budget import ByteBudget
 from kvgate.openai.protocol import error_body
 
 log = logging.getLogger("kvgate.httpfront")
@@ -57,6 +63,7 @@ class Request:
         "content_length",
         "error",
         "headers",
+        "held",
         "http11",
         "keep_alive",
         "method",
@@ -83,8 +90,9 @@ class Request:
         self.content_length = len(body)
         self.keep_alive = keep_alive
         self.http11 = True  # False for HTTP/1.0 clients: no chunked encoding, close after the reply
-        # Set on a synthetic request standing for a parse error: (status, message).
-        self.error: tuple[int, str] | None = None
+        # Set on a synthetic request standing for a refusal by the front: the response it gets.
+        self.error: Response | None = None
+        self.held = 0  # bytes of the front's body budget this request holds until it is answered
 
     async def read(self) -> bytes:
         return self.body
@@ -216,6 +224,7 @@ class LimitsLike(Protocol):
     send_timeout_s: float
     write_buffer_bytes: int
     max_connections: int
+    max_buffered_bytes: int
 
 
 @dataclass(slots=True)
@@ -230,6 +239,7 @@ class FrontLimits:
     send_timeout_s: float = 30.0
     write_buffer_bytes: int = 256 * 1024
     max_connections: int = 10_000
+    max_buffered_bytes: int = 1 << 30
 
 
 LIMIT_KEYS = {
@@ -240,8 +250,9 @@ LIMIT_KEYS = {
     "sendTimeoutSeconds": "send_timeout_s",
     "writeBufferBytes": "write_buffer_bytes",
     "maxConnections": "max_connections",
+    "maxBufferedBytes": "max_buffered_bytes",
 }
-_INT_LIMITS = {"max_body_bytes", "write_buffer_bytes", "max_connections"}
+_INT_LIMITS = {"max_body_bytes", "write_buffer_bytes", "max_connections", "max_buffered_bytes"}
 
 
 def parse_limits(raw: Mapping[str, Any] | None, where: str = "limits") -> FrontLimits:
@@ -324,6 +335,28 @@ class _BadRequest(Exception):
         self.status = status
 
 
+class _Refused(Exception):
+    """A request refused with ``resp`` before its body was read (the client may still be sending it)."""
+
+    def __init__(self, resp: Response) -> None:
+        super().__init__(resp.status)
+        self.resp = resp
+
+
+# Seconds a client is told to wait (``Retry-After``) when the body budget is spent: bodies are given
+# back as requests are answered, so a short wait usually finds room.
+BUDGET_RETRY_S = 1
+
+
+def _over_budget(limit: int) -> _Refused:
+    resp = _error(
+        503, f"the gateway holds {limit} bytes of request bodies (limits.maxBufferedBytes); retry",
+        "service_unavailable",
+    )  # fmt: skip
+    resp.headers["Retry-After"] = str(BUDGET_RETRY_S)
+    return _Refused(resp)
+
+
 Handler = Callable[[Request], Awaitable["Response | StreamResponse"]]
 
 
@@ -337,6 +370,7 @@ def _knobs(limits: LimitsLike) -> dict[str, Any]:
         "send_timeout_s": limits.send_timeout_s,
         "write_buffer_bytes": limits.write_buffer_bytes,
         "max_connections": connection_cap(limits.max_connections),
+        "max_buffered": limits.max_buffered_bytes,
     }
 
 
@@ -356,6 +390,7 @@ class FrontServer:
         send_timeout_s: float = 30.0,
         write_buffer_bytes: int = 256 * 1024,
         max_connections: int = 10_000,
+        max_buffered: int = 1 << 30,
     ) -> None:
         self.routes = routes
         self.prefix_routes = prefix_routes or {}
@@ -367,6 +402,10 @@ class FrontServer:
         self.send_timeout_s = send_timeout_s
         self.write_buffer_bytes = write_buffer_bytes
         self.max_connections = max_connections
+        # Request bodies held (arriving, queued, being answered), all connections together: a body's
+        # bytes are taken from it at its head (Content-Length; chunk by chunk when chunked), so a
+        # request over it gets 503 before its body is read, and given back once it is answered.
+        self.budget = ByteBudget(max_buffered)
         self.connections: set[FrontProtocol] = set()
         self.draining = False
         # Counters for the metrics page and the soak report.
@@ -375,8 +414,20 @@ class FrontServer:
         # Called with the status of each request the front refuses itself (400, 408, 413, 431, 501):
         # the gateway counts them on its request error metric, as it counts its own refusals.
         self.on_reject: Callable[[int], None] | None = None
+        # Called with (method, path, headers) as soon as a request head is complete, before its body
+        # is read: a response refuses the request from its head (the gateway's API-key check: a
+        # keyless client cannot make it buffer a body it will refuse); None lets it through.
+        self.head_check: Callable[[str, str, dict[str, str]], Response | None] | None = None
         # One sweeper enforces every deadline, instead of a timer armed and cancelled per request.
         self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def max_buffered(self) -> int:
+        return self.budget.limit
+
+    @max_buffered.setter
+    def max_buffered(self, value: int) -> None:
+        self.budget.limit = value
 
     @classmethod
     def with_limits(
@@ -486,6 +537,8 @@ class FrontProtocol(asyncio.Protocol):
         self.linger_until: float | None = None  # refused request: reading to discard until then
         self._read_paused = False
         self._reject_after = False  # stop parsing: an error response is queued and we close after it
+        self._linger_after = False  # the refusal came before the body: linger (``_linger``), not close
+        self._held = 0  # budget bytes the body being read holds (``FrontServer.budget``)
         # A parsed request head waiting for its body: (method, path, query, headers, keep-alive,
         # Content-Length or -1 for chunked), and the chunked decoder's state.
         self._pending: tuple[str, str, str, dict[str, str], bool, int, bool] | None = None
@@ -519,6 +572,9 @@ class FrontProtocol(asyncio.Protocol):
         self.closed = True
         self.server.connections.discard(self)
         self.idle_since = self.head_since = self.body_since = self.blocked_since = self.linger_until = None
+        self._release()
+        for req in self.queue:
+            self._give(req)
         self.queue.clear()
         if self.task is not None and not self.task.done():
             # The client is gone: stop working for it. Cancelling aborts the upstream request (the
@@ -571,6 +627,8 @@ class FrontProtocol(asyncio.Protocol):
             self._parse()
         except _BadRequest as e:
             self._reject(e.status, str(e))
+        except _Refused as e:
+            self._refuse(e.resp, linger=True)
         except (ValueError, UnicodeError) as e:
             self._reject(400, f"malformed HTTP request: {e}")
         if self.buf and self._pending is None and self.head_since is None and not self._reject_after:
@@ -578,13 +636,37 @@ class FrontProtocol(asyncio.Protocol):
             self.head_since = self._loop.time()
 
     def _reject(self, status: int, message: str) -> None:
+        self._refuse(_error(status, message), linger=status == 413)
+
+    def _refuse(self, resp: Response, *, linger: bool) -> None:
+        """Answer ``resp`` (after the requests before it), read nothing more, then close; ``linger``:
+        the body may still be arriving, keep reading (and dropping) it briefly so the client sees the
+        answer (``_linger``)."""
         self._reject_after = True
+        self._linger_after = linger
+        resp.force_close()
         if self.server.on_reject is not None:
-            self.server.on_reject(status)
+            self.server.on_reject(resp.status)
         self.buf.clear()
         self._pending = None
+        self._cparts = []
+        self._release()
         self.head_since = self.body_since = None
-        self._enqueue_error(status, message)
+        req = Request(self, "", "", "", {}, b"", False)
+        req.error = resp
+        self.queue.append(req)
+        self._next()
+
+    def _release(self) -> None:
+        """Give back the budget the body being read holds (a refusal, or the connection lost)."""
+        if self._held:
+            self.server.budget.give(self._held)
+            self._held = 0
+
+    def _give(self, req: Request) -> None:
+        if req.held:
+            self.server.budget.give(req.held)
+            req.held = 0
 
     def deadline_passed(self, message: str) -> None:
         """The sweeper's verdict on a slow request: 408, then close."""
@@ -612,6 +694,8 @@ class FrontProtocol(asyncio.Protocol):
         body = data[start : start + length] if length else b""
         req = Request(self, method, path, query, headers, body, keep_alive)
         req.http11 = http11
+        if self._held:
+            req.held, self._held = self._held, 0
         if start + length < len(data):
             self.buf += data[start + length :]  # pipelined requests after it
         self._enqueue(req)
@@ -646,6 +730,8 @@ class FrontProtocol(asyncio.Protocol):
             self.body_since = None
             req = Request(self, method, path, query, headers, body, keep_alive)
             req.http11 = http11
+            if self._held:
+                req.held, self._held = self._held, 0
             self._enqueue(req)
 
     def _parse_head(self, head: bytes) -> tuple[str, str, str, dict[str, str], bool, int, bool]:
@@ -677,6 +763,18 @@ class FrontProtocol(asyncio.Protocol):
             length = int(cl) if cl else 0
             if length > self.server.max_body:
                 raise _BadRequest(413, f"request body of {length} bytes exceeds {self.server.max_body} bytes")
+        path, _, query = target.decode("latin-1").partition("?")
+        method = method_b.decode()
+        check = self.server.head_check
+        if check is not None:
+            refusal = check(method, path, headers)
+            if refusal is not None:
+                raise _Refused(refusal)
+        if length > 0:
+            budget = self.server.budget
+            if not budget.take(length):
+                raise _over_budget(budget.limit)
+            self._held = length
         expect = headers.get("expect", "").lower() == "100-continue"
         if length and expect and self.task is None and not self.queue:
             # Only when nothing is being answered: never into the middle of an earlier pipelined
@@ -686,8 +784,7 @@ class FrontProtocol(asyncio.Protocol):
             self.body_since = self._loop.time()
         conn = headers.get("connection", "").lower()
         keep_alive = ("close" not in conn) if version == b"HTTP/1.1" else ("keep-alive" in conn)
-        path, _, query = target.decode("latin-1").partition("?")
-        return method_b.decode(), path, query, headers, keep_alive, length, version == b"HTTP/1.1"
+        return method, path, query, headers, keep_alive, length, version == b"HTTP/1.1"
 
     @staticmethod
     def _fields_slow(head: bytes) -> dict[str, str]:
@@ -753,18 +850,15 @@ class FrontProtocol(asyncio.Protocol):
                 return None
             if buf[start + size : start + size + 2] != b"\r\n":
                 raise _BadRequest(400, "missing CRLF after chunk")
+            if size and not self.server.budget.take(size):
+                raise _over_budget(self.server.budget.limit)
+            self._held += size
             self._cparts.append(bytes(buf[start : start + size]))
             self._ctotal += size
             del buf[: start + size + 2]
             pos = 0
 
     # --- dispatch -------------------------------------------------------------------------------
-    def _enqueue_error(self, status: int, message: str) -> None:
-        req = Request(self, "", "", "", {}, b"", False)
-        req.error = (status, message)
-        self.queue.append(req)
-        self._next()
-
     def _enqueue(self, req: Request) -> None:
         self.queue.append(req)
         if len(self.queue) > _MAX_PIPELINE and not self._read_paused and self.transport is not None:
@@ -778,13 +872,17 @@ class FrontProtocol(asyncio.Protocol):
             if self._read_paused and len(self.queue) <= _MAX_PIPELINE // 2 and self.transport is not None:
                 self._read_paused = False
                 self.transport.resume_reading()
-            self.task = self._loop.create_task(self._run(req))
+            self.task = task = self._loop.create_task(self._run(req))
+            if req.held:
+                # (a done callback, not the coroutine's finally: a task cancelled before its first step
+                # never runs its body)
+                task.add_done_callback(lambda _t: self._give(req))
 
     async def _run(self, req: Request) -> None:
         close = not req.keep_alive
         try:
             if req.error is not None:
-                resp: Response | StreamResponse = _error(*req.error)
+                resp: Response | StreamResponse = req.error
             else:
                 try:
                     resp = await self.server.handler_for(req.path)(req)
@@ -809,7 +907,7 @@ class FrontProtocol(asyncio.Protocol):
             close = True
         finally:
             self.task = None
-        if req.error is not None and req.error[0] == 413 and not self.closed:
+        if req.error is not None and self._linger_after and not self.closed:
             self._linger()
         elif close or self._reject_after:
             self.close()
