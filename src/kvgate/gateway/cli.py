@@ -380,6 +380,31 @@ def _admin_scheme(cfg: GatewayConfig) -> str:
     return "http" if cfg.admin_tls is None else "https"
 
 
+# ``--clusters`` (the global gateway): the flags it takes besides its own (``--cluster-policy``, ...).
+# Every other flag is for a gateway in front of model servers and is refused, not ignored (review s17-qa M2).
+_CLUSTERS_FLAGS = frozenset(
+    {"clusters", "cluster_policy", "cluster_policy_seed", "model_series_grace", "host", "port", "admin_port",
+     "admin_tls", "cert_path", "cert", "key", "client_ca", "tls_hosts", "kube_stale_after",
+     "kube_stale_not_ready_after", "config", "log_level"}
+)  # fmt: skip
+
+
+def given_flags(argv: list[str] | None) -> list[str]:
+    """The options given on the command line (a default given explicitly included), as flags."""
+    p = _parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(p.parse_args(argv))
+    return [a.option_strings[-1] for a in p._actions if a.dest in given and a.option_strings]
+
+
+def clusters_refused(argv: list[str] | None) -> str | None:
+    """The first flag given that ``kvgate serve --clusters`` does not take, else None."""
+    p = _parser()
+    dests = {a.option_strings[-1]: a.dest for a in p._actions if a.option_strings}
+    return next((f for f in given_flags(argv) if dests[f] not in _CLUSTERS_FLAGS), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -398,17 +423,30 @@ def main(argv: list[str] | None = None) -> int:
                 from kvgate.multicluster.clusters import NOT_WITH_CONFIG
 
                 raise GatewayConfigError("--config", NOT_WITH_CONFIG)
+            if (flag := clusters_refused(argv)) is not None:
+                raise GatewayConfigError(
+                    flag, "not with --clusters (the global gateway's candidates are the clusters file's "
+                    "clusters; it takes --host, --port, --admin-port with its TLS flags, --cluster-policy, "
+                    "--cluster-policy-seed, --model-series-grace and --kube-stale-after)",
+                )  # fmt: skip
             staleness_settings(args, None, "hub")
             grace = GRACE_S if args.model_series_grace is None else args.model_series_grace
             if not grace > 0:
                 raise GatewayConfigError("--model-series-grace", "must be > 0")
+            # The admin port: /metrics, /healthz, /readyz and /v1/clusters move there (HTTPS with
+            # --admin-tls, client certificates with --client-ca), as kvgate serve's admin routes.
+            admin = GatewayConfig(pools=[], admin_port=args.admin_port)
+            admin.admin_tls = admin_tls(args, admin)
         except GatewayConfigError as e:
             print(f"kvgate serve: config error: {e}", file=sys.stderr)
             return 2
+        from kvgate.gateway.server import admin_ssl
+
         port = 8080 if args.port is None else args.port  # --port 0: an ephemeral port (printed)
         return run(ServeArgs(args.clusters, args.cluster_policy, args.host or "127.0.0.1", port,
                              seed=args.cluster_policy_seed, series_grace_s=grace,
-                             stale_after_s=args.kube_stale_after))  # fmt: skip
+                             stale_after_s=args.kube_stale_after, admin_port=args.admin_port,
+                             admin_ssl=admin_ssl(admin)))  # fmt: skip
     file_cfg = mtime = None
     if args.config:
         from kvgate.gateway.reload import file_mtime

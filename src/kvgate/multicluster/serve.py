@@ -3,7 +3,8 @@
 Clusters are the candidates: each request's body is parsed once (``kvgate.openai.request``), the policy
 orders the clusters from their aggregates, and the router sends it (Endpoint mode, else Parent mode,
 else the next cluster). Admin routes on the same port: ``/metrics``, ``/healthz``, ``/readyz`` (some
-cluster usable), ``/v1/clusters`` (what this gateway knows of each cluster).
+cluster usable), ``/v1/clusters`` (what this gateway knows of each cluster); with ``--admin-port`` on that
+port instead (HTTPS with ``--admin-tls``, mutual TLS with ``--client-ca``).
 
 It runs on the single-cluster gateway's client-facing front (``kvgate.httpfront``), so it has the same
 hardening: OpenAI-style JSON errors (400 bad body, 404 unknown path, 405 wrong method, 413 body over
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Set
@@ -263,6 +265,9 @@ class GlobalGateway:
         self.drain_s = drain_s
         self.front: FrontServer | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._admin: asyncio.AbstractServer | None = None  # (``start``'s ``admin_port``)
+        self._admin_front: FrontServer | None = None
+        self.admin_port: int | None = None
         self.inflight = 0
         self._idle = asyncio.Event()  # set while no request is in flight (the drain waits on it)
         self._idle.set()
@@ -492,24 +497,45 @@ class GlobalGateway:
         return json_error(404, f"no route for {request.method} {request.path}")
 
     # --- lifecycle ----------------------------------------------------------------------------
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        admin_port: int | None = None,
+        admin_ssl: ssl.SSLContext | None = None,
+    ) -> int:
+        """``admin_port`` (0: ephemeral, ``self.admin_port``): the admin routes (``/metrics``,
+        ``/healthz``, ``/readyz``, ``/v1/clusters``) there, HTTPS with ``admin_ssl``, and not on the data
+        port (as ``kvgate serve --admin-port``); None: on the data port."""
         await self.router.start()
         if self.fetcher is not None:
             await self.fetcher.start()
         routes: dict[str, Handler] = {
             p: self._proxy for p in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
         }
+        admin: dict[str, Handler] = {}
         for p, h in (("/metrics", self._metrics), ("/v1/clusters", self._clusters),
                      ("/healthz", self._healthz), ("/readyz", self._readyz)):  # fmt: skip
-            routes[p] = _get_only(h)
+            admin[p] = _get_only(h)
+        if admin_port is None:
+            routes.update(admin)
         self.front = FrontServer.with_limits(routes, self._not_found, self.limits)
         front = self.front
         # A request the front refuses (413 over maxBodyBytes, malformed HTTP, 408) is counted once, as the
         # gateway door counts it.
         error = self.metrics.error
         front.on_reject = lambda status: error("", str(status))
-        self.metrics.front.track(lambda: [front])
         loop = asyncio.get_running_loop()
+        fronts = [front]
+        if admin_port is not None:
+            admin_front = self._admin_front = FrontServer.with_limits(admin, self._not_found, self.limits)
+            fronts.append(admin_front)
+            self._admin = await loop.create_server(
+                admin_front.protocol, host, admin_port, ssl=admin_ssl, reuse_address=True
+            )
+            self.admin_port = self._admin.sockets[0].getsockname()[1]
+        self.metrics.front.track(lambda: fronts)
         self._server = await loop.create_server(front.protocol, host, port, backlog=4096, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         await self.source.start()
@@ -555,6 +581,9 @@ class GlobalGateway:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._idle.wait()
+        if self._admin is not None and self._admin_front is not None:  # (served through the drain)
+            self._admin.close()
+            self._admin_front.close_all()
         await self.router.close()
 
 
@@ -567,6 +596,8 @@ class ServeArgs:
     seed: int | None = None  # --cluster-policy-seed; None: drawn from os.urandom at start
     series_grace_s: float = GRACE_S  # --model-series-grace (``ModelLabels.grace_s``)
     stale_after_s: float | None = None  # --kube-stale-after: the members' watches' (None: 120 s)
+    admin_port: int | None = None  # --admin-port: the admin routes there (None: on the data port)
+    admin_ssl: ssl.SSLContext | None = None  # --admin-tls (--client-ca: client certificates required)
 
 
 def serve_check(cfg: ClustersConfig) -> None:
@@ -598,11 +629,14 @@ def run(args: ServeArgs) -> int:
                            staleness=hub_policy(args.stale_after_s, warn=False))  # fmt: skip
         gw.metrics.models.grace_s = args.series_grace_s
         try:
-            port = await gw.start(args.host, args.port)
+            port = await gw.start(args.host, args.port, admin_port=args.admin_port, admin_ssl=args.admin_ssl)
         except ClustersError:  # the kubernetes section cannot be loaded: say so, exit 2
             await gw.stop()
             raise
-        print(f"kvgate serve: global gateway on http://{args.host}:{port} "
+        admin = "" if gw.admin_port is None else (
+            f", admin on {'https' if args.admin_ssl else 'http'}://{args.host}:{gw.admin_port}"
+        )  # fmt: skip
+        print(f"kvgate serve: global gateway on http://{args.host}:{port}{admin} "
               f"({len(cfile.config.clusters)} clusters, policy {args.policy}, seed {seed})",
               flush=True)  # fmt: skip
         stop = asyncio.Event()

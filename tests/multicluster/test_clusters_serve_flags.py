@@ -1,0 +1,132 @@
+"""Review s17-qa M2: ``kvgate serve --clusters`` returned into ``multicluster.serve.run`` before reading
+``--admin-port``, ``--admin-tls``, ``--client-ca``, ``--cert*``, ``--workers``, ``--endpoints``, ``--model``,
+``--policy``, ...: it started, nothing listened on the admin port, and ``/metrics`` and ``/v1/clusters``
+(every cluster's address, load and back-off) were served in plain HTTP on the client port. The project's
+rule (docs/hardening.md): an option parsed and not used is an error naming it. Now ``--admin-port`` (with
+its TLS flags) moves the admin routes there, and the flags for a gateway in front of model servers are
+refused (exit 2, the flag named)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kvgate.gateway.cli import main
+from kvgate.httpfront import tls
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.serve import GlobalGateway
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _clusters_file(tmp_path: Path) -> str:
+    dead = _free_port()
+    f = tmp_path / "clusters.yaml"
+    f.write_text(
+        "local: east\nclusters:\n- name: east\n"
+        f"  aggregate: http://127.0.0.1:{dead}/v1/pool/aggregate\n  gateway: 127.0.0.1:{dead}\n"
+    )
+    return str(f)
+
+
+async def _get(port: int, path: str, ctx: ssl.SSLContext | None = None) -> bytes:
+    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    w.write(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+    data = await asyncio.wait_for(r.read(), 10)
+    w.close()
+    return data
+
+
+async def _listening(port: int) -> bool:
+    try:
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    w.close()
+    return True
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--workers", "4"], ["--endpoints", "http://127.0.0.1:9"], ["--model", "m"], ["--policy", "kvgate"],
+     ["--engine", "sglang"], ["--kv-events", "off"], ["--session-header", "x-s"], ["--adapter", "a"],
+     ["--min-ready-workers", "1"], ["--pool-name", "p"], ["--kubeconfig", "k"], ["--kube-server", "http://k"],
+     ["--pool-namespace", "default"]],
+    ids=lambda f: f[0],
+)  # fmt: skip
+def test_flags_for_model_servers_are_refused_naming_the_flag(
+    tmp_path: Path, flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(["--clusters", _clusters_file(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"config error: {flags[0]}: not with --clusters" in err, err
+
+
+def test_admin_tls_flags_without_admin_tls_or_port_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = _clusters_file(tmp_path)
+    assert main(["--clusters", c, "--admin-tls"]) == 2
+    assert "--admin-tls: needs --admin-port" in capsys.readouterr().err
+    assert main(["--clusters", c, "--admin-port", "0", "--client-ca", "ca.pem"]) == 2
+    assert "--client-ca: only with --admin-tls" in capsys.readouterr().err
+
+
+async def test_admin_port_takes_the_admin_routes_off_the_data_port() -> None:
+    spec = ClusterSpec(name="east", aggregate="http://127.0.0.1:9/a", gateway="127.0.0.1:9")
+    cfg = ClustersConfig(clusters=(spec,))
+    pair = tls.self_signed(("127.0.0.1",))
+    gw = GlobalGateway(cfg, fetch=False)
+    port = await gw.start(admin_port=0, admin_ssl=tls.https_context(pair))
+    try:
+        assert gw.admin_port is not None
+        ctx = ssl.create_default_context(cadata=pair.cert_pem.decode())
+        for path in ("/metrics", "/v1/clusters", "/healthz", "/readyz"):
+            data = await _get(port, path)
+            assert data.startswith(b"HTTP/1.1 404"), (path, data[:200])
+            data = await _get(gw.admin_port, path, ctx)
+            assert not data.startswith(b"HTTP/1.1 404"), (path, data[:200])
+        assert b"kvgate_multicluster" in await _get(gw.admin_port, "/metrics", ctx)
+    finally:
+        await gw.stop()
+    assert not await _listening(gw.admin_port)
+
+
+@pytest.mark.parametrize("tls_flag", [False, True], ids=["admin-port", "admin-port+admin-tls"])
+async def test_clusters_serve_listens_on_its_admin_port(tmp_path: Path, tls_flag: bool) -> None:
+    """The reviewer's black-box test (s17-qa-tests/test_qa17_clusters_ignored_flags.py): the process."""
+    port, admin = _free_port(), _free_port()
+    args = ["--clusters", _clusters_file(tmp_path), "--port", str(port), "--admin-port", str(admin)]
+    if tls_flag:
+        args.append("--admin-tls")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", "serve", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(os.environ),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        scheme = "https" if tls_flag else "http"
+        assert f"admin on {scheme}://127.0.0.1:{admin}".encode() in line, line
+        deadline = time.monotonic() + 10
+        while not await _listening(admin):
+            assert time.monotonic() < deadline, f"nothing listens on --admin-port {admin}"
+            await asyncio.sleep(0.1)
+        data = await _get(port, "/v1/clusters")
+        assert data.startswith(b"HTTP/1.1 404"), data[:200]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
