@@ -4,7 +4,8 @@ Clusters are the candidates: each request's body is parsed once (``kvgate.openai
 orders the clusters from their aggregates, and the router sends it (Endpoint mode, else Parent mode,
 else the next cluster). Admin routes on the same port: ``/metrics``, ``/healthz``, ``/readyz`` (some
 cluster usable), ``/v1/clusters`` (what this gateway knows of each cluster); with ``--admin-port`` on that
-port instead (HTTPS with ``--admin-tls``, mutual TLS with ``--client-ca``).
+port instead (HTTPS with ``--admin-tls``, mutual TLS with ``--client-ca``). ``GET /v1/models``: the names
+the clusters' aggregates list.
 
 It runs on the single-cluster gateway's client-facing front (``kvgate.httpfront``), so it has the same
 hardening: OpenAI-style JSON errors (400 bad body, 404 unknown path, 405 wrong method, 413 body over
@@ -475,6 +476,20 @@ class GlobalGateway:
             self.metrics.usable.labels(st.name).set(1.0 if st.fresh(now, self.router.cfg.ttl_s) else 0.0)
         return Response(body=generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
+    async def _models(self, _request: Request) -> Response:
+        """``GET /v1/models``: the names the clusters' latest aggregates list (``PoolAggregate.models``:
+        each cluster's front door's model and adapter names, then what its servers report), the union in
+        the clusters' order, each with the clusters that list it. A cluster with no aggregate yet lists
+        nothing; a stale one its last list (the router may still send there)."""
+        where: dict[str, list[str]] = {}
+        for st in self.router.state_list():
+            if st.aggregate is not None:
+                for name in st.aggregate.models:
+                    where.setdefault(name, []).append(st.name)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "kvgate", "root": name,
+                 "parent": None, "clusters": clusters} for name, clusters in where.items()]  # fmt: skip
+        return Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
     async def _clusters(self, _request: Request) -> Response:
         return Response(body=orjson.dumps(self.router.summary()), content_type="application/json")
 
@@ -514,6 +529,7 @@ class GlobalGateway:
         routes: dict[str, Handler] = {
             p: self._proxy for p in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
         }
+        routes["/v1/models"] = _get_only(self._models)
         admin: dict[str, Handler] = {}
         for p, h in (("/metrics", self._metrics), ("/v1/clusters", self._clusters),
                      ("/healthz", self._healthz), ("/readyz", self._readyz)):  # fmt: skip
