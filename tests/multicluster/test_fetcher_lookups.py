@@ -1,9 +1,9 @@
 """closing-s16 "Noticed and left undone" (Hub): the aggregate fetcher's own host-name lookups ran in the
 loop's *default executor* (aiohttp's ``ThreadedResolver``: ``loop.getaddrinfo``), as the hub probe's did
-before session 16 (review s16-hard M1). A name server that does not answer keeps a worker per given-up
-lookup for the resolver's whole time-out (tens of seconds), and the fetcher looks a name up again each
-round (0.5 s): the pool filled, and every other user of it waited behind them: another cluster's
-aggregate, named by a host name that resolves at once, was not fetched (its snapshot aged into
+before session 16 (review s16-hard M1). A name server that does not answer keeps a worker per host name
+for the resolver's whole time-out (tens of seconds; aiohttp shares one lookup of a name while it runs):
+a few clusters named by host filled the pool, and every other user of it waited behind them: another
+cluster's aggregate, named by a host name that resolves at once, was not fetched (its snapshot aged into
 "unknown"), and ``run_in_executor``/``to_thread`` work of the process stalled.
 
 Now the fetcher's lookups take the probe's bounded daemon threads (``hub._lookup``, ``hub.MAX_LOOKUPS``

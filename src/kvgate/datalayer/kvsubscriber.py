@@ -1033,7 +1033,7 @@ class KVEventSubscriber:
                     upto is None
                     and outcome == "end"
                     and overlap is not None
-                    and missing - (start if rerequest else keep.got[0][0]) <= WHOLE_ANSWER_MAX
+                    and missing - (start if rerequest or not keep.got else keep.got[0][0]) <= WHOLE_ANSWER_MAX
                 )
                 lost_again = (
                     checked

@@ -63,9 +63,10 @@ class ProbeLookups(AbstractResolver):
     (``hub._lookup``: a daemon thread each, at most ``hub.MAX_LOOKUPS`` at once, none started for a name
     whose given-up lookup still runs), each given ``timeout_s()`` (kvhub17). aiohttp's default resolver
     ran ``getaddrinfo`` in the loop's default executor: a name server that does not answer kept a worker
-    per given-up lookup for the resolver's whole time-out (tens of seconds), every fetch round (0.5 s)
-    queued another, so the pool filled and every other user of it waited behind them (the KV subscriber's
-    and the probe's are on threads of their own since kv14 and s16; ``asyncio.to_thread`` and aiohttp's
+    per host name for the resolver's whole time-out (tens of seconds; aiohttp shares one lookup per name
+    while it runs, and looks the name up again once it ended), so a few clusters named by host filled the
+    pool (6 workers on 2 cores) and every other user of it waited behind them (the KV subscriber's and the
+    probe's lookups are on threads of their own since kv14 and s16; ``asyncio.to_thread`` and aiohttp's
     other lookups are not), and ``asyncio.run``'s end waited for them. A lookup that did not start fails
     its fetch (an OSError, EAGAIN: the last snapshot stays, as for any failed fetch)."""
 
