@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -42,6 +43,12 @@ def hung(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(socket, "getaddrinfo", fake)
     yield release
     release.set()
+    # (until the released lookups are out: one of HUNG still running makes the next test's probe of HUNG
+    # do no lookup of its own, inconclusive: None, not False; 1 in 6 runs at load 8 failed so, kvhub17)
+    for _ in range(500):
+        if not hub._LOOKUPS.given_up.get(HUNG):
+            break
+        time.sleep(0.01)
 
 
 async def test_a_hung_name_does_not_make_another_listening_gateways_probe_fail(hung: Any) -> None:
