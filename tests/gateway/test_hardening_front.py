@@ -165,6 +165,24 @@ async def test_http_framing_rules(backends):
         assert "x-hop" not in b.received[-1][1]
 
 
+async def test_control_bytes_in_header_values_get_the_gateways_400(backends):
+    # Review s17-qa L3 (RFC 9110 §5.5): a value with a control byte other than CR/LF/NUL was forwarded
+    # upstream (vLLM answered its own text/plain 400, passed through) and echoed raw in x-request-id.
+    (b,) = await backends(1)
+    async with running_gateway(make_config([b.address])) as gw:
+        for bad in ("a\x01b", "a\x7fc", "a\x1bb", "\x0bx", "caf\u00e9\x01"):
+            out = await _exchange(gw.port, _req(extra=f"x-request-id: {bad}\r\n"))
+            head, _, body = out.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400"), (bad, out[:80])
+            assert b"application/json" in head and bad.encode("latin-1") not in head
+            assert "control character" in orjson.loads(body)["error"]["message"]
+        assert not b.received  # nothing went upstream
+        # A tab and non-ASCII (obs-text) stay allowed.
+        out = await _exchange(gw.port, _req(extra="x-note: a\tb\r\nx-name: caf\u00e9\r\n"), 1)
+        assert out.startswith(b"HTTP/1.1 200"), out[:80]
+        assert b.received[-1][1]["x-note"] == "a\tb"
+
+
 async def test_100_continue_is_never_written_into_an_earlier_pipelined_response(backends):
     (b,) = await backends(1, tokens=3, chunk_delay=0.2)
     async with running_gateway(make_config([b.address])) as gw:

@@ -45,8 +45,10 @@ def test_the_one_pass_header_read_equals_the_line_by_line_one(fields: list[tuple
 
 
 def test_plain_and_padded_header_values_are_read_by_the_one_pass() -> None:
-    section = b"Host: x\r\nX-A:  a b \t\r\nx-a: c\r\nX-Empty:\r\nX-Odd: \x1fv\x1f\r\n"
-    assert _fields(section) == {"host": "x", "x-a": "a b,c", "x-empty": "", "x-odd": "\x1fv\x1f"}
+    section = b"Host: x\r\nX-A:  a b \t\r\nx-a: c\r\nX-Empty:\r\n"
+    assert _fields(section) == {"host": "x", "x-a": "a b,c", "x-empty": ""}
+    # A control character in a value (RFC 9110 §5.5; review s17-qa L3): the line-by-line read refuses it.
+    assert _fields(b"Host: x\r\nX-Odd: \x1fv\x1f\r\n") is None
     assert _fields(b"Host: x\r\n X: folded\r\n") is None  # obs-fold: the line-by-line read refuses it
     assert _fields("Host: \u00e9\r\n".encode()) is None  # non-ASCII: read line by line (UTF-8)
 

@@ -10,7 +10,8 @@ plain.
 Robustness rules: anything malformed gets a 400 and the connection is closed; header block <= 64 KB
 (431), body <= the configured limit (413, checked on Content-Length before reading and while reading
 chunked bodies; the 413 lingers briefly so the client reads it); CR, LF or NUL inside a header line is
-refused (no response splitting through echoed headers); header names must be RFC 9110 tokens,
+refused (no response splitting through echoed headers), and any other control character but HTAB in a
+value (RFC 9110 §5.5); header names must be RFC 9110 tokens,
 Content-Length ASCII digits, HTTP/1.1 requests must carry Host; Content-Length together with
 Transfer-Encoding is refused (no request smuggling); requests on one connection are answered in order
 (pipelining), at most ``_MAX_PIPELINE`` queued before reading pauses.
@@ -306,11 +307,14 @@ def connection_cap(wanted: int, limits: tuple[int, int] | None = None) -> int:
 
 
 # The header section of the usual request read in one pass: one regex finds each line that is a token
-# name, a colon and a value without CR, LF or NUL; when those lines make up the whole section, every
-# line is such a line (so no obs-fold, no empty name, no stray line break: what the line-by-line read
-# would refuse or read otherwise). A section they do not cover goes line by line
+# name, a colon and a value without control characters but HTAB; when those lines make up the whole
+# section, every line is such a line (so no obs-fold, no empty name, no stray line break: what the
+# line-by-line read would refuse or read otherwise). A section they do not cover goes line by line
 # (``FrontProtocol._fields_slow``), which refuses it with the reason or reads it the same.
-_FIELD_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n\x00]*)\r\n")
+_FIELD_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\x00-\x08\x0a-\x1f\x7f]*)\r\n")
+# RFC 9110 §5.5: a field value has no control character but HTAB (CR, LF, NUL refused as before; the
+# others too, review s17-qa L3: they were forwarded upstream and echoed raw).
+_VALUE_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips \x1c-\x1f too)
 
 
@@ -806,6 +810,8 @@ class FrontProtocol(asyncio.Protocol):
             name_b, sep, value_b = line.partition(b":")
             if not sep or token(name_b) is None:
                 raise _BadRequest(400, "malformed header line: the name is not an RFC 9110 token")
+            if _VALUE_CTL.search(value_b) is not None:
+                raise _BadRequest(400, "malformed header line: a control character in the value")
             name = name_b.decode("latin-1").lower()
             value = value_b.strip().decode("utf-8", "surrogateescape")
             headers[name] = f"{headers[name]},{value}" if name in headers else value
