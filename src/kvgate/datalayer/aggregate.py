@@ -380,7 +380,8 @@ _GAUGES: dict[str, tuple[Gauge, Callable[[PoolAggregate], float]]] = {
 
 
 def export_gauges(agg: PoolAggregate) -> None:
-    """Set the pool gauges from a snapshot (the reference's ``inference_pool_*`` live in scheduling)."""
+    """Set the pool gauges from a snapshot (the reference's other ``inference_pool_*`` live in
+    scheduling)."""
     for gauge, value in _GAUGES.values():
         gauge.labels(name=agg.name).set(value(agg))
 
@@ -422,9 +423,21 @@ class AggregateSource:
         return self._bloom
 
     def snapshot(self) -> PoolAggregate:
+        agg = self._aggregate(whole=True)
+        export_gauges(agg)
+        return agg
+
+    def refresh_gauges(self) -> None:
+        """Set the pool gauges from the endpoints now, with the door's other ``inference_pool_*`` gauges
+        (``kvgate serve``: at each ``/metrics`` scrape; ``kvgate epp``: every second), not only when an
+        aggregate is served (review s17-qa M3: before, they were missing until a global gateway read one,
+        then frozen at that read). The numbers only: no prefix summary, no model names."""
+        export_gauges(self._aggregate(whole=False))
+
+    def _aggregate(self, *, whole: bool) -> PoolAggregate:
         now = self.clock()
         eps = list(self.endpoints())
-        agg = aggregate(
+        return aggregate(
             self.name,
             eps,
             now=now,
@@ -432,12 +445,10 @@ class AggregateSource:
             prefix_chunk_chars=self.prefix_chunk_chars,
             tls=self.tls,
             mtls=self.mtls,
-            bloom=self._summary(now),
+            bloom=self._summary(now) if whole else None,
             slots=self._slots.update(eps),
-            models=self.models(),
+            models=self.models() if whole else (),
         )
-        export_gauges(agg)
-        return agg
 
     def body(self) -> bytes:
         raw = encode(self.snapshot())

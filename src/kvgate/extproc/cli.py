@@ -498,8 +498,8 @@ async def _every_second(
 
             # Pods, as the reference counts them (a pool with no endpoint left must read 0, not stay stale).
             POOL_READY.labels(name=kube.store_pool).set(kube.ready_pods())
-            if agg is not None:
-                agg.snapshot()  # llm-d's llm_d_epp_* pool gauges follow discovery too
+        if agg is not None:  # inference_pool_average_running_requests, llm_d_epp_*, kvgate_pool_* too
+            agg.refresh_gauges()
         await server.refresh_health()
         with contextlib.suppress(TimeoutError):  # (not wait_for, which on 3.11 may drop a cancel)
             async with asyncio.timeout(1.0):

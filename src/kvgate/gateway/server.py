@@ -216,6 +216,8 @@ class GatewayServer:
             update = getattr(pool.director, "update_pool_metrics", None)
             if update is not None:
                 update(pool.name)
+            # inference_pool_average_running_requests, llm_d_epp_*, kvgate_pool_* (review s17-qa M3)
+            self._aggregate_source(pool).refresh_gauges()
         for kp in self.kube_pools:  # pods, as the reference counts them; 0 when the pool emptied
             POOL_READY.labels(name=kp.store_pool).set(kp.ready_pods())
         body = generate_latest(self.metrics.registry) + generate_latest(REGISTRY)
@@ -227,6 +229,9 @@ class GatewayServer:
         pool = next((p for p in self.pools if want is None or p.name == want), None)
         if pool is None:
             return error_response(GatewayError(404, f"no pool named {want!r}"))
+        return Response(body=self._aggregate_source(pool).body(), content_type="application/json")
+
+    def _aggregate_source(self, pool: Pool) -> AggregateSource:
         source = self._aggregates.get(pool.name)
         if source is None:
             admin_tls = self.cfg.admin_tls if self.cfg.admin_port is not None else None
@@ -235,7 +240,7 @@ class GatewayServer:
                 tls=admin_tls is not None, mtls=admin_tls is not None and admin_tls.client_ca_pem is not None,
                 models=lambda: self._pool_models(pool),
             )  # fmt: skip
-        return Response(body=source.body(), content_type="application/json")
+        return source
 
     def _pool_models(self, pool: Any) -> list[str]:
         """The names this gateway serves from ``pool``: its models and adapters, and the rewrite rules'
