@@ -14,6 +14,8 @@ from gateway.conftest import base_url, make_config, running_gateway
 from gateway.test_front import BODY, _exchange, _req
 from kvgate.httpfront.server import connection_cap
 
+BODY_HEAD = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+
 
 async def _wait_for(cond, within: float) -> bool:
     loop = asyncio.get_running_loop()
@@ -181,6 +183,24 @@ async def test_control_bytes_in_header_values_get_the_gateways_400(backends):
         out = await _exchange(gw.port, _req(extra="x-note: a\tb\r\nx-name: caf\u00e9\r\n"), 1)
         assert out.startswith(b"HTTP/1.1 200"), out[:80]
         assert b.received[-1][1]["x-note"] == "a\tb"
+
+
+async def test_a_bare_lf_head_gets_400_at_once(backends):
+    # Review s17-qa L4: a head whose lines end in a bare LF never had its CRLF CRLF, so it waited the
+    # header deadline (10 s) for a 408; malformed HTTP gets 400 at once (docs/gateway.md "Errors").
+    (b,) = await backends(1)
+    async with running_gateway(make_config([b.address])) as gw:
+        heads = (
+            BODY_HEAD.replace(b"\r\n", b"\n") + BODY,  # every line
+            b"POST /v1/completions HTTP/1.1\n",  # the request line alone, the rest still to come
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\nContent-Length: 2\n\n{}",  # the header lines
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\n\r\n",  # one header line
+        )
+        for raw in heads:
+            out = await _exchange(gw.port, raw, wait_s=2)  # (the header deadline is 10 s)
+            assert out.startswith(b"HTTP/1.1 400"), (raw[:40], out[:80])
+            assert b"bare LF" in out
+        assert not b.received
 
 
 async def test_100_continue_is_never_written_into_an_earlier_pipelined_response(backends):
