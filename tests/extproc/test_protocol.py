@@ -10,6 +10,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from kvgate.extproc import keys
 from kvgate.extproc.testing import Exchange, header_map
+from kvgate.openai.protocol import CODES
 
 ADDRS = ["127.0.0.1:18001", "127.0.0.1:18002", "127.0.0.1:18003"]
 
@@ -292,6 +293,14 @@ async def test_oversized_body_is_refused(start_epp) -> None:
     async with Exchange(epp.stub) as ex:
         out = await ex.send_request(_headers(), _body(prompt="z" * 5000), chunk_size=400)
     assert out.status == 413
+    # One code for one refusal in every door (review s17-qa L6: the EPP said ``payload_too_large``, kvgate
+    # serve and --clusters ``request_too_large``, the shared table's; no upstream JSON code to follow).
+    err = orjson.loads(out.immediate.body)["error"]
+    assert (
+        (err["type"], err["code"])
+        == ("invalid_request_error", CODES[413])
+        == ("invalid_request_error", "request_too_large")
+    )
 
 
 async def _tick() -> None:

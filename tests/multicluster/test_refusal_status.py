@@ -68,8 +68,9 @@ async def test_every_clusters_epp_refusing_413_gives_the_client_413(pods, epps, 
     gw = await global_gateway(ClusterSpec("a", epp=f"127.0.0.1:{a}"), ClusterSpec("b", epp=f"127.0.0.1:{b}"))
     status, body, _ = await _post(gw)
     assert status == 413, body  # was 503: "every cluster failed (last: epp status 413)"
-    # The EPP's own error, as through ``kvgate epp`` (was a generic message and ``request_too_large``).
-    assert body["error"]["code"] == "payload_too_large", body
+    # The EPP's own error, as through ``kvgate epp`` (was a generic message; the code is the one every door
+    # gives a 413 since review s17-qa L6).
+    assert body["error"]["code"] == "request_too_large", body
     assert body["error"]["message"] == "request body exceeds 100 bytes", body
     assert not pod.received
 

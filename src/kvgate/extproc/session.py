@@ -32,7 +32,7 @@ from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc import headers as hdr
 from kvgate.extproc import keys
 from kvgate.httpfront.budget import ByteBudget
-from kvgate.openai.protocol import error_body, usage_from
+from kvgate.openai.protocol import CODES, error_body, usage_from
 from kvgate.openai.request import (
     OTHER,
     BodyError,
@@ -329,7 +329,8 @@ class Session:
             return []
         chunk = body.body  # one copy out of the protobuf per message
         if len(self._body) + len(chunk) > self.ctx.max_request_body:
-            raise _Reject(413, f"request body exceeds {self.ctx.max_request_body} bytes", "payload_too_large")
+            # (the shared table's code, as kvgate serve and --clusters: review s17-qa L6)
+            raise _Reject(413, f"request body exceeds {self.ctx.max_request_body} bytes", CODES[413])
         if not self.ctx.budget.take(len(chunk)):
             raise _Reject(
                 503, "the endpoint picker's buffer budget is exhausted; retry", "service_unavailable"
