@@ -142,6 +142,10 @@ class PickLog:
         return self._items.get(request_id)
 
 
+# ``Retry-After`` of the 429 over ``limits.maxConcurrentRequests`` (seconds; docs/gateway.md "Errors").
+CONCURRENCY_RETRY_AFTER = "1"
+
+
 class Proxy:
     def __init__(
         self,
@@ -307,9 +311,12 @@ class Proxy:
                 return resp
         if self.inflight >= self.cfg.limits.max_concurrent_requests:
             self.metrics.error("", "", "429")
-            return error_response(
+            resp = error_response(
                 GatewayError(429, "too many concurrent requests", code="too_many_requests"), rid
             )
+            # A slot frees as soon as any request in flight ends: retry soon (review s17-qa L8).
+            resp.headers["Retry-After"] = CONCURRENCY_RETRY_AFTER
+            return resp
         if not self.inflight:
             self.idle.clear()  # (an ``Event.clear`` is a Python call: only when the count leaves 0)
         self.inflight += 1
