@@ -31,6 +31,8 @@ class Backend:
             maxlen=2000
         )
         self.health_ok = True
+        # Seconds a non-streamed answer takes (a long generation: nothing is sent until it is done).
+        self.answer_delay = 0.0
         self.cached_tokens: int | None = None  # reported as usage.prompt_tokens_details when set
         # Set when any generation/embedding request arrives (tests wait on it instead of polling).
         self.arrived = asyncio.Event()
@@ -133,6 +135,8 @@ class Backend:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         rid = f"cmpl-{self.name}"
         if not body.get("stream"):
+            if self.answer_delay:
+                await asyncio.sleep(self.answer_delay)
             text = " ".join(f"{self.name}-{i}" + "x" * self.piece_bytes for i in range(n))
             choice: dict[str, Any] = (
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}

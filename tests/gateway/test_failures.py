@@ -165,14 +165,19 @@ async def test_last_healthy_endpoint_is_never_ejected(backends):
 async def test_idle_and_request_timeouts(backends):
     hung, slow = await backends(2, tokens=20, chunk_delay=0.1)
     hung.mode = "hang"
-    cfg = make_config([hung.address], extra={"limits": {"idleTimeoutSeconds": 0.3}})
+    # A non-streamed answer's head is waited for up to requestTimeoutSeconds (s17-qa M5: the server sends
+    # nothing until the generation is done), a stream's up to idleTimeoutSeconds; 504, not re-run.
+    limits = {"idleTimeoutSeconds": 0.3, "requestTimeoutSeconds": 1}
+    cfg = make_config([hung.address], extra={"limits": limits})
     async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
         loop = asyncio.get_running_loop()
-        t = loop.time()
-        async with s.post(base_url(gw) + "/v1/completions", data=b'{"model":"m","prompt":"x"}') as r:
-            assert r.status == 503
-            assert "timeout" in (await r.json())["error"]["message"].lower()
-        assert loop.time() - t < 5
+        for stream, why in ((False, "requesttimeoutseconds"), (True, "idletimeoutseconds")):
+            t = loop.time()
+            body = orjson.dumps({"model": "m", "prompt": "x", "stream": stream})
+            async with s.post(base_url(gw) + "/v1/completions", data=body) as r:
+                assert r.status == 504
+                assert why in (await r.json())["error"]["message"].lower()
+            assert loop.time() - t < 5
     # A stream that outlives requestTimeoutSeconds is ended with an error event, not left open.
     cfg = make_config([slow.address], extra={"limits": {"requestTimeoutSeconds": 0.5}})
     async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:

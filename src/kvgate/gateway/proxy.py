@@ -2,6 +2,9 @@
 
 Retries: a connect error, a 5xx, or an upstream that dies before its first body byte is retried on
 another endpoint (at most ``limits.max_attempts`` tries), never once a byte has gone to the client.
+A timeout waiting for the answer's head (or a stream's first chunk) once the request was written is
+not retried (504): the server may still be computing it. A non-streamed answer's head is waited for up
+to the request's deadline, not the idle timeout (the server sends nothing until the generation is done).
 A stream the upstream cuts later ends with one SSE ``error`` event (the openai SDK raises
 ``APIError`` on it) and no ``[DONE]``, so no client mistakes a truncated answer for a complete one.
 """
@@ -29,7 +32,7 @@ from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
 from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
-from kvgate.gateway.upstream import UpstreamPool, UpstreamResponse
+from kvgate.gateway.upstream import ReadTimeout, UpstreamPool, UpstreamResponse
 from kvgate.httpfront.server import Request, Response, StreamResponse
 from kvgate.openai import protocol as proto
 from kvgate.openai.request import (
@@ -534,7 +537,11 @@ class Proxy:
             head = self._request_line(kind, ep.address) + header_block
             try:
                 try:
-                    resp = await self.upstream.request(ep.address, head, out, deadline, tls, on_sent)
+                    resp = await self.upstream.request(
+                        ep.address, head, out, deadline, tls, on_sent, head_idle=ireq.stream
+                    )
+                except ReadTimeout:
+                    raise
                 except _UPSTREAM_ERRORS as e:
                     last_error = (
                         f"{self._name(ep)}: {type(e).__name__}"
@@ -583,7 +590,7 @@ class Proxy:
                     body = resp.read_now()  # (the usual case: all here, no coroutine)
                     if body is None:
                         body = await resp.read()
-                except _UPSTREAM_ERRORS as e:
+                except _UPSTREAM_ERRORS as e:  # (a stall after the head: the answer was done, retried)
                     last_error = f"{self._name(ep)}: body read failed: {type(e).__name__}"
                     finished = True
                     self._failed(director, ireq, ep)
@@ -595,6 +602,22 @@ class Proxy:
                 return self._whole(
                     resp, body, director, ireq, ep, client_model, sent_model, reply_headers, t0
                 )
+            except ReadTimeout:
+                # Sent, and nothing (more) came in time: the server may still be computing it, so it
+                # is not run again elsewhere (a retry would double the GPU work, and under overload
+                # turn slow answers into more load). Past the request's deadline: the request's
+                # own budget ran out, the endpoint is not blamed; an idle stall is.
+                finished = True
+                late = deadline is not None and self._loop.time() >= deadline
+                if late:
+                    director.on_finished(ireq, ep, None, False)
+                    why = f"no answer within requestTimeoutSeconds ({self.request_timeout:g}s)"
+                else:
+                    self._failed(director, ireq, ep)
+                    why = f"no data within idleTimeoutSeconds ({self.cfg.limits.idle_timeout_s:g}s)"
+                raise GatewayError(
+                    504, f"upstream {self._name(ep)} timed out: {why}", code="upstream_timeout"
+                ) from None
             except asyncio.CancelledError:
                 if preempted[0] and not finished:
                     # Stopped by flow control for a more important request (its slot is already
@@ -676,8 +699,12 @@ class Proxy:
             self.metrics.ejections.inc()
 
     async def _first_chunk(self, resp: UpstreamResponse) -> bytes | None:
+        """The stream's first chunk; None: it ended or failed before it (retried elsewhere). A
+        ``ReadTimeout`` is raised (not retried: the server may be working on it)."""
         try:
             chunk = await resp.read_chunk()
+        except ReadTimeout:
+            raise
         except _UPSTREAM_ERRORS:
             return None
         return chunk or None

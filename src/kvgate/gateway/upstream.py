@@ -58,6 +58,12 @@ class UpstreamTimeout(UpstreamError, TimeoutError):
     pass
 
 
+class ReadTimeout(UpstreamTimeout):
+    """No answer byte in time after the request was written: the server may be working on it (a
+    non-streamed generation sends nothing until it is done), so the proxy does not run it again
+    elsewhere. A connect timeout is a plain ``UpstreamTimeout`` (the request never left)."""
+
+
 class _Refused(Exception):
     """Raised inside an httptools callback: a response this client does not accept (the message)."""
 
@@ -318,7 +324,7 @@ class _Conn(asyncio.Protocol):
 
     def _timeout(self) -> None:
         if self.waiter is not None and not self.waiter.done():
-            self.error = UpstreamTimeout(f"{self.address}: no data within the idle timeout")
+            self.error = ReadTimeout(f"{self.address}: no data within the idle timeout")
             self.keep_alive = False
             self.waiter.set_result(None)
 
@@ -515,6 +521,7 @@ class UpstreamPool:
         deadline: float | None = None,
         tls: ssl.SSLContext | None = None,
         on_sent: Callable[[], None] | None = None,
+        head_idle: bool = True,
     ) -> UpstreamResponse:
         """Send ``head`` (request line + headers, ending in CRLF CRLF) and ``body``; wait for the head.
 
@@ -527,6 +534,8 @@ class UpstreamPool:
         when it retries on a connection reset (docs/gateway.md "Retries, ejection, probing"). A request
         on a fresh connection, or one that got any byte of an answer, is never resent.
         ``deadline`` (event-loop time) bounds the whole exchange on top of the idle timeout.
+        ``head_idle=False``: the wait for the head is bounded by ``deadline`` only (a non-streamed
+        answer's head comes when the whole generation is done); the body's reads by both.
         ``on_sent`` runs once the request is written (timing breakdowns).
         """
         for attempt in range(2):
@@ -544,7 +553,7 @@ class UpstreamPool:
                 while conn.head is None:
                     if conn.error is not None:
                         raise conn.error
-                    await conn._wait(_due(conn, self.idle_timeout, deadline))
+                    await conn._wait(_due(conn, self.idle_timeout if head_idle else None, deadline))
             except UpstreamTimeout:
                 if conn.transport is not None:
                     conn.transport.abort()
