@@ -31,6 +31,10 @@ class Backend:
             maxlen=2000
         )
         self.health_ok = True
+        # A prompt containing it is answered 500 (a request that fails on every server: an engine error
+        # on some input); counted in ``poisoned``.
+        self.poison: str | None = None
+        self.poisoned = 0
         # Seconds a non-streamed answer takes (a long generation: nothing is sent until it is done).
         self.answer_delay = 0.0
         self.cached_tokens: int | None = None  # reported as usage.prompt_tokens_details when set
@@ -124,6 +128,10 @@ class Backend:
         body = orjson.loads(await request.read())
         self.received.append((request.path, {k.lower(): v for k, v in request.headers.items()}, body))
         self.arrived.set()
+        if self.poison is not None and self.poison in str(body.get("prompt")):
+            self.poisoned += 1
+            return web.json_response({"error": {"message": "engine error", "type": "InternalServerError"}},
+                                     status=500)  # fmt: skip
         bad = await self._misbehave(request)
         if bad is not None:
             return bad

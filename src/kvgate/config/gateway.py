@@ -115,6 +115,10 @@ class HealthConfig:
     eject_after_failures: int = 3
     eject_base_s: float = 5.0
     eject_max_s: float = 60.0
+    # At most this share of a pool's endpoints ejected at once, and at least one (Envoy's outlier
+    # detection ``max_ejection_percent``; its default, 10 %, means "one" on the 2-8 model servers of a
+    # pool, so 50: a pool keeps at least half its servers whatever passive failures say).
+    max_ejection_percent: float = 50.0
     probe_path: str = "/health"
     probe_timeout_s: float = 1.0
     # The data layer's verdict (kvgate.datalayer.health), shared with kvgate epp: this many failed
@@ -408,6 +412,7 @@ _HEALTH_KEYS: dict[str, tuple[str, type | tuple[type, ...], bool]] = {
     "ejectAfterFailures": ("eject_after_failures", int, False),
     "ejectBaseSeconds": ("eject_base_s", (int, float), False),
     "ejectMaxSeconds": ("eject_max_s", (int, float), False),
+    "maxEjectionPercent": ("max_ejection_percent", (int, float), True),
     "probeTimeoutSeconds": ("probe_timeout_s", (int, float), False),
     "scrapeFailures": ("scrape_failures", int, False),
     "metricsStalenessSeconds": ("metrics_staleness_s", (int, float), False),
@@ -521,6 +526,8 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
     _fill(cfg.health, raw.get("health"), _HEALTH_KEYS, "health")
     if cfg.health.eject_max_s < cfg.health.eject_base_s:
         raise GatewayConfigError("health.ejectMaxSeconds", "must be >= ejectBaseSeconds")
+    if not 0 <= cfg.health.max_ejection_percent <= 100:
+        raise GatewayConfigError("health.maxEjectionPercent", "must be in 0..100")
     interval = _get(raw, "scrapeIntervalSeconds", "", (int, float))
     if interval is not None:
         cfg.scrape_interval_s = _positive(interval, "scrapeIntervalSeconds")

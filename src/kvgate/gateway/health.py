@@ -48,12 +48,19 @@ class HealthTracker:
         """Record a failure; True when this one ejected the endpoint.
 
         Never ejects the pool's last healthy endpoint (Envoy's "panic" idea): with nothing left the
-        gateway could only answer 503, while the endpoint may just be overloaded for a moment.
+        gateway could only answer 503, while the endpoint may just be overloaded for a moment. Nor
+        more than ``max_ejection_percent`` of the pool at once, one at least (Envoy's
+        ``max_ejection_percent``): failures that many endpoints share are more likely the requests'
+        (a "query of death") or the load's than so many bad servers.
         """
         st = self._state.setdefault(ep.address, _State())
         st.failures += 1
         if ep.healthy and st.failures >= self.cfg.eject_after_failures:
-            if not any(other.healthy for other in pool if other is not ep):
+            peers = [other for other in pool if other is not ep]
+            if not any(other.healthy for other in peers):
+                return False
+            ejected = sum(1 for other in peers if not other.healthy)
+            if ejected >= max(1, int((len(peers) + 1) * self.cfg.max_ejection_percent / 100)):
                 return False
             self._eject(ep, st, self.cfg.eject_base_s)
             return True

@@ -483,6 +483,11 @@ class Proxy:
         marks: dict[str, float] | None = None,
     ) -> Response | StreamResponse:
         tried: set[str] = set()
+        # An endpoint that answered this request a 500, not charged yet: if another endpoint answers it
+        # a 500 too, the request is the culprit (a "query of death": an engine error on some input),
+        # neither endpoint is charged and it is not tried a third time; else it is charged. (502, 503,
+        # 504 say overload or draining, the server's state: charged and retried as before.)
+        suspect: Endpoint | None = None
         # Read once: every pick, dispatch and finish of this request goes to this Director, even if a
         # config reload swaps the pool's picker meanwhile (``gateway.reload``).
         director = pool.director
@@ -513,6 +518,7 @@ class Proxy:
             except SchedulingError as e:
                 if attempt == 0:
                     raise GatewayError.from_scheduling(e) from None
+                self._blame(suspect)
                 raise GatewayError(
                     503, f"all attempts failed; last: {last_error}", code="upstream_unavailable"
                 ) from None
@@ -551,14 +557,31 @@ class Proxy:
                     finished = True
                     self._failed(director, ireq, ep)
                     continue
+                blame = True
+                if suspect is not None:
+                    if resp.status == 500:
+                        # A second endpoint's 500 for the same request: the request's fault, passed
+                        # through as it is, neither endpoint charged, not tried a third time.
+                        blame = False
+                    else:  # answered otherwise here: the suspect's 500 was its own
+                        self._blame(suspect)
+                    suspect = None
                 # A 5xx with nowhere else to go is passed through rather than masked.
-                if resp.status >= 500 and not (
-                    attempt == self.cfg.limits.max_attempts - 1
-                    or not any(e.healthy and e.address not in tried for e in pool.endpoints())
+                if (
+                    resp.status >= 500
+                    and blame
+                    and not (
+                        attempt == self.cfg.limits.max_attempts - 1
+                        or not any(e.healthy and e.address not in tried for e in pool.endpoints())
+                    )
                 ):
                     last_error = f"{self._name(ep)}: HTTP {resp.status}"
                     finished = True
-                    self._failed(director, ireq, ep)
+                    if resp.status == 500:  # charged once another endpoint answers it otherwise
+                        director.on_finished(ireq, ep, None, False)
+                        suspect = ep
+                    else:  # 502/503/504: the server's state (overload, draining), not the request's
+                        self._failed(director, ireq, ep)
                     continue
                 if marks is not None:
                     marks["head"] = self.clock()
@@ -600,7 +623,7 @@ class Proxy:
                     marks["first"] = self.clock()  # (the whole body: no earlier byte reaches the client)
                     reply_headers[TIMING_HEADER] = _timing_value(marks)
                 return self._whole(
-                    resp, body, director, ireq, ep, client_model, sent_model, reply_headers, t0
+                    resp, body, director, ireq, ep, client_model, sent_model, reply_headers, t0, blame
                 )
             except ReadTimeout:
                 # Sent, and nothing (more) came in time: the server may still be computing it, so it
@@ -636,6 +659,7 @@ class Proxy:
                     director.on_finished(ireq, ep, None, False)
                 if resp is not None:
                     resp.release()
+        self._blame(suspect)
         raise GatewayError(
             503,
             f"all {self.cfg.limits.max_attempts} attempts failed; last: {last_error}",
@@ -698,6 +722,11 @@ class Proxy:
         if self.health.failure(ep, self._peers(ep)):
             self.metrics.ejections.inc()
 
+    def _blame(self, ep: Endpoint | None) -> None:
+        """Charge ``ep`` (if any) a failure: its 500 for a request no other endpoint answered a 500."""
+        if ep is not None and self.health.failure(ep, self._peers(ep)):
+            self.metrics.ejections.inc()
+
     async def _first_chunk(self, resp: UpstreamResponse) -> bytes | None:
         """The stream's first chunk; None: it ended or failed before it (retried elsewhere). A
         ``ReadTimeout`` is raised (not retried: the server may be working on it)."""
@@ -733,7 +762,9 @@ class Proxy:
         sent_model: str | None,
         reply_headers: dict[str, str],
         t0: float,
+        blame: bool = True,
     ) -> Response:
+        """``blame=False``: a 500 that another endpoint also answered this request, not charged."""
         ok = resp.status < 500
         # The whole body at once: its time is the whole response's, not a first token's (nothing for
         # the latency models to learn; an error reply even less).
@@ -744,7 +775,7 @@ class Proxy:
             self._charge(ireq, usage)
         if ok:
             self.health.success(ep)
-        elif self.health.failure(ep, self._peers(ep)):
+        elif blame and self.health.failure(ep, self._peers(ep)):
             self.metrics.ejections.inc()
         if sent_model:
             body = BodyRewriter(sent_model, client_model).rewrite(body)
