@@ -16,6 +16,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+# vLLM's other JSON POST APIs that name a model (its entrypoints' routers), as the backend serves them.
+OTHER_PATHS = (
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/rerank",
+    "/v1/score",
+    "/score",
+    "/v2/embed",
+    "/pooling",
+    "/classify",
+)
+
 
 class Backend:
     def __init__(self, name: str, *, tokens: int = 4, chunk_delay: float = 0.0, piece_bytes: int = 0) -> None:
@@ -55,6 +69,8 @@ class Backend:
         app.router.add_post("/v1/completions", self._generate)
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        for path in OTHER_PATHS:  # vLLM's other model-carrying APIs: echoed (path, model), SSE if asked
+            app.router.add_post(path, self._other)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         return app
@@ -108,6 +124,27 @@ class Backend:
         if self.mode == "hang":
             await asyncio.sleep(3600)
         return None
+
+    async def _other(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.received.append((request.path, {k.lower(): v for k, v in request.headers.items()}, body))
+        self.arrived.set()
+        out = {
+            "backend": self.name,
+            "path": request.path,
+            "model": body.get("model"),
+            "usage": {"total_tokens": 3},
+        }
+        if not body.get("stream"):
+            return web.Response(body=orjson.dumps(out), content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for kind in ("response.created", "response.completed"):
+            await resp.write(
+                b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps({**out, "type": kind}))
+            )
+        await resp.write_eof()
+        return resp
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())

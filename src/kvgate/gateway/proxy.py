@@ -39,6 +39,7 @@ from kvgate.openai.request import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    OTHER,
     PATHS,
     BodyError,
     ParsedBody,
@@ -254,6 +255,10 @@ class Proxy:
     def embeddings(self, request: Request) -> Coroutine[Any, Any, Response | StreamResponse]:
         return self._entry(request, EMBEDDINGS)
 
+    def other(self, request: Request) -> Coroutine[Any, Any, Response | StreamResponse]:
+        """``OTHER_PATHS`` (``/v1/responses``, ``/v1/rerank``, ...): the path is the kind (sent as is)."""
+        return self._entry(request, request.path)
+
     async def models(self, request: Request) -> Response | StreamResponse:
         if request.method != "GET":
             return error_response(GatewayError(405, f"{request.method} is not allowed on {request.path}"))
@@ -379,7 +384,7 @@ class Proxy:
         Raises ``GatewayError``."""
         raw = self._read_body(request)
         try:
-            parsed = parse_body(kind, raw)
+            parsed = parse_body(kind if kind in PATHS else OTHER, raw)
         except BodyError as e:
             # Counted once, unlabelled (no model yet), like the 404 below: ``_entry`` counts only what
             # ``_dispatch`` raises.
@@ -405,7 +410,7 @@ class Proxy:
             parsed.body["model"] = target
         if server_priority(parsed.body, self.policies[pool.name], objective):  # (pools[].passPriority)
             changed = True
-        if parsed.stream and not parsed.client_wants_usage:
+        if parsed.stream and not parsed.client_wants_usage and kind in PATHS:
             # Ask for the final usage chunk so the in-flight accounting sees real token counts, and
             # strip it from what the client sees since it did not ask for it.
             opts = parsed.body.get("stream_options") or {}
@@ -673,7 +678,8 @@ class Proxy:
         if line is None:
             if len(self._request_lines) >= _REQUEST_LINES_MAX:  # (endpoints come and go: bounded)
                 self._request_lines.clear()
-            line = self._request_lines[key] = f"POST {PATHS[kind]} HTTP/1.1\r\nhost: {address}\r\n".encode()
+            path = PATHS.get(kind, kind)  # (an ``OTHER_PATHS`` request: its kind is its path)
+            line = self._request_lines[key] = f"POST {path} HTTP/1.1\r\nhost: {address}\r\n".encode()
         return line
 
     @staticmethod

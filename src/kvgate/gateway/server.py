@@ -38,7 +38,7 @@ from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.labels import ModelLabels
 from kvgate.openai.protocol import CUT_WRITE_S, drain_cut_event
-from kvgate.openai.request import RequestPolicy
+from kvgate.openai.request import OTHER_PATHS, RequestPolicy
 from kvgate.scheduling.metrics import POOL_READY
 
 log = logging.getLogger("kvgate.gateway")
@@ -192,6 +192,7 @@ class GatewayServer:
                     "/v1/models": proxy.models,
                 }
             )
+            routes.update(dict.fromkeys(OTHER_PATHS, proxy.other))
         if admin:
             routes.update({"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz})
             routes[AGGREGATE_PATH] = self._aggregate

@@ -27,6 +27,22 @@ EMBEDDINGS = "embeddings"
 # A body whose API kvgate does not know (a path other than the three below): only ``model`` is required.
 OTHER = "other"
 PATHS = {COMPLETIONS: "/v1/completions", CHAT: "/v1/chat/completions", EMBEDDINGS: "/v1/embeddings"}
+# vLLM's other JSON POST APIs whose body names the ``model`` (its entrypoints' routers): ``kvgate serve``
+# routes them as ``OTHER`` bodies through the same pick (``kvgate epp`` passes every path already).
+# Not here: ``GET /v1/responses/{id}`` (stored on the server that made it), ``/tokenize`` and
+# ``/detokenize`` (``model`` optional, no generation), ``/v1/audio/*`` (multipart forms, not JSON).
+OTHER_PATHS = (
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/rerank",
+    "/v1/score",
+    "/score",
+    "/v2/embed",
+    "/pooling",
+    "/classify",
+)
 _KIND_BY_PATH = {path: kind for kind, path in PATHS.items()}
 
 # Deepest JSON nesting accepted anywhere in a body. Real chat bodies (messages -> content parts -> image
