@@ -55,8 +55,6 @@ class GatewayMetrics:
 
         # Client-side protections (kvgate.httpfront.server), read from the fronts at scrape time.
         self.front = FrontGauges(r, "kvgate_gateway")
-        self.client_timeouts = self.front.client_timeouts
-        self.refused = self.front.refused
         self.open_connections = self.front.open_connections
 
     def bound(self, models: ModelLabels) -> None:
