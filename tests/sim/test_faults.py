@@ -144,3 +144,23 @@ async def test_mid_stream_cut(sim_fleet: FleetFactory) -> None:
         assert (await _post(s, url, "/v1/completions", BODY))[0] == 200
     stats = fleet.replicas[0].engine.stats()
     assert stats.num_running == 0 and stats.kv_cache_usage == 0.0  # cut requests were aborted
+
+
+async def test_control_port_takes_the_replicas_clear(sim_fleet: FleetFactory) -> None:
+    """Review s17-qa L2: the fleet's control port answered ``{"clear": true}`` with ``400 unknown fault
+    settings: clear`` while the replica's own ``/sim/faults`` took it ("same body", docs): a bench clearing
+    faults through the control port left ``slow_factor`` set. One handling now (``Faults.apply``)."""
+    fleet = await sim_fleet(1, control_port=0)
+    control = f"http://127.0.0.1:{fleet.control_port}"
+    replica = fleet.replicas[0]
+    async with aiohttp.ClientSession() as s:
+        for url, path in ((control, "/sim/replicas/0/faults"), (fleet.urls[0], "/sim/faults")):
+            replica.faults.update({"slow_factor": 4, "error_rate": 0.5, "cut_after_tokens": 3})
+            status, body = await _post(s, url, path, {"clear": True, "cut_rate": 0.25})
+            assert status == 200, (url, body)
+            f = replica.faults
+            assert (f.slow_factor, f.error_rate, f.cut_rate, f.cut_after_tokens) == (1.0, 0.0, 0.25, 3), url
+            status, _ = await _post(s, url, path, {"clear": "yes"})
+            assert status == 400, url
+            status, _ = await _post(s, url, path, {"clear": True, "slow_factor": 0})  # all or nothing
+            assert status == 400 and f.cut_rate == 0.25, url

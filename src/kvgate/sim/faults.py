@@ -19,6 +19,10 @@ class FaultError(ValueError):
     """An invalid fault setting (the admin endpoint answers 400)."""
 
 
+# What ``Faults.clear`` resets (the rest, ``cut_after_tokens`` and ``seed``, keep their values).
+_CLEARED: dict[str, Any] = {"error_rate": 0.0, "slow_factor": 1.0, "cut_rate": 0.0, "error_status": 500}
+
+
 @dataclass(slots=True)
 class Faults:
     error_rate: float = 0.0
@@ -63,7 +67,18 @@ class Faults:
             self._rng.seed(self.seed)
 
     def clear(self) -> None:
-        self.update({"error_rate": 0.0, "slow_factor": 1.0, "cut_rate": 0.0, "error_status": 500})
+        self.update(_CLEARED)
+
+    def apply(self, body: dict[str, Any]) -> None:
+        """An admin body, as the replica's ``/sim/faults`` and the fleet's control port take it (one
+        handling for both: review s17-qa L2): the fault keys of ``update``, and ``"clear": true`` to reset
+        the faults first (the body's other keys then applied over the reset), validated as a whole before
+        anything changes."""
+        rest = {k: v for k, v in body.items() if k != "clear"}
+        clear = body.get("clear", False)
+        if not isinstance(clear, bool):
+            raise FaultError("clear must be true or false")
+        self.update({**_CLEARED, **rest} if clear else rest)
 
     def should_fail(self) -> bool:
         return self.error_rate > 0.0 and self._rng.random() < self.error_rate

@@ -137,7 +137,7 @@ class SimFleet:
                 body = orjson.loads(await request.read() or b"{}")
                 if not isinstance(body, dict):
                     raise FaultError("the body must be a JSON object")
-                replica.faults.update(body)
+                replica.faults.apply(body)  # (as the replica's /sim/faults: "clear" too)
             except (orjson.JSONDecodeError, FaultError) as e:
                 return ApiError(400, str(e)).response()
         else:

@@ -17,10 +17,7 @@ class AdminRoutes(ReplicaState):
     async def _set_faults(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
         try:
-            if body.get("clear"):
-                self.faults.clear()
-                body = {k: v for k, v in body.items() if k != "clear"}
-            self.faults.update(body)
+            self.faults.apply(body)
         except FaultError as e:
             raise ApiError(400, str(e)) from None
         return json_response(self.faults.as_dict())
