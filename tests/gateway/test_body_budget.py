@@ -52,6 +52,16 @@ async def test_a_keyless_request_is_refused_from_its_head(backends, monkeypatch)
         head, _, body = out.partition(b"\r\n\r\n")
         assert b"Connection: close" in head and b"WWW-Authenticate: Bearer" in head
         assert orjson.loads(body)["error"]["code"] == "invalid_api_key"
+        # The same on any path (an unknown path's 404 came after its body too), and for any body.
+        for head in (
+            b"POST /v1/nowhere HTTP/1.1\r\nhost: x\r\ncontent-length: 8000000\r\n\r\n{",
+            b"GET /v1/models HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n1\r\n{",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(head)
+            out = await asyncio.wait_for(reader.read(4096), 3)
+            writer.close()
+            assert out.startswith(b"HTTP/1.1 401"), (head[:30], out[:80])
         # A keyed request still passes (the proxy takes the tenant), and a keyless GET /v1/models too.
         async with aiohttp.ClientSession() as s:
             async with s.post(

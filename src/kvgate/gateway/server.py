@@ -88,20 +88,19 @@ def _listens(sock: Any) -> bool:
         return False
 
 
-# The paths whose POSTs need an API key when ``auth`` is on (the proxy's; /v1/models is open).
-KEYED_PATHS = frozenset(("/v1/completions", "/v1/chat/completions", "/v1/embeddings"))
-
-
 def _key_check(proxy: Proxy) -> Callable[[str, str, dict[str, str]], Response | None]:
-    """The front's head check with ``auth`` on: a POST to a proxied path without a valid key gets its
-    401 as soon as its head is complete, its body not read (review s17-qa H2: checked after the whole
-    body, a keyless client could make the gateway buffer ``maxBodyBytes`` per connection). The proxy
-    checks again (and takes the tenant) for the requests that pass; while draining it answers 503 first."""
+    """The front's head check with ``auth`` on: a POST, or any request with a body, without a valid key
+    gets its 401 as soon as its head is complete, its body not read, whatever the path (review s17-qa
+    H2: checked after the whole body, a keyless client could make the gateway buffer ``maxBodyBytes``
+    per connection; an unknown path's 404 came after the body too). Keyless GETs without a body
+    (``/v1/models``, the admin routes on the data port) pass. The proxy checks again (and takes the
+    tenant) for the requests that pass; while draining it answers 503 first."""
     keys = proxy.keys
     assert keys is not None
 
     def check(method: str, path: str, headers: dict[str, str]) -> Response | None:
-        if method != "POST" or path not in KEYED_PATHS or proxy.draining or keys.tenant(headers):
+        body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        if (method != "POST" and not body) or proxy.draining or keys.tenant(headers):
             return None
         return unauthorized(headers.get("x-request-id"))
 
