@@ -26,6 +26,7 @@ import orjson
 from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.gateway.bigbody import PieceRewriter
 from kvgate.gateway.errors import GatewayError, error_response, sse_error_event, unauthorized
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
@@ -33,6 +34,7 @@ from kvgate.gateway.pools import Pool
 from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import ReadTimeout, UpstreamPool, UpstreamResponse
+from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.server import Request, Response, StreamResponse
 from kvgate.openai import protocol as proto
 from kvgate.openai.request import (
@@ -48,7 +50,7 @@ from kvgate.openai.request import (
     parse_body,
     server_priority,
 )
-from kvgate.openai.usage import usage_from_body
+from kvgate.openai.usage import UsageTail, usage_from_body
 from kvgate.requestcontrol.director import Director, preempted_error
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage
 
@@ -89,6 +91,12 @@ _EXPLAIN_HEADER_MAX = 4096
 # ``_preemptible``'s flag for a request no one can stop.
 _NOT_PREEMPTED: Final[tuple[bool]] = (False,)
 _REQUEST_LINES_MAX = 4096  # cached upstream request lines (API x endpoint address)
+# A non-streamed answer held whole at most (``kvgate epp`` holds 16 MiB, but per request and with a
+# global cap; here 4 MiB: completions and chats are far smaller, and a bigger answer, an embeddings
+# batch or ``prompt_logprobs``, is relayed as it comes with its usage still read from its tail), and
+# all the answers one process holds together (``kvgate serve --clusters``' ``_USAGE_HELD`` is 256 MiB).
+WHOLE_BODY_MAX: Final = 4 << 20
+HELD_BODIES_MAX: Final = 64 << 20
 WARM_WAIT_S = 1.0  # longest the start-up waits for its upstream connections (best effort)
 
 
@@ -193,6 +201,11 @@ class Proxy:
         # https pools: one verifying client context each (CA file or the system's CAs).
         self.tls = {p.name: tls_context(p.cfg) for p in pools if p.cfg.scheme == "https"}
         self.request_timeout = lim.request_timeout_s or None
+        # A non-streamed answer is held whole (usage read, model put back, retried elsewhere if it
+        # breaks) up to ``whole_max`` bytes, and all held answers together up to ``held``'s limit;
+        # past either it is relayed as it arrives (``_relay_whole``).
+        self.whole_max = WHOLE_BODY_MAX
+        self.held = ByteBudget(HELD_BODIES_MAX)
         self.inflight = 0
         metrics.track_inflight(lambda: self.inflight)
         # Cached: asyncio.get_running_loop() costs a getpid() system call per call on Python 3.11.
@@ -614,10 +627,18 @@ class Proxy:
                         reply_headers,
                         t0,
                     )
+                held = 0
+                parts: list[bytes] = []
                 try:
                     body = resp.read_now()  # (the usual case: all here, no coroutine)
                     if body is None:
-                        body = await resp.read()
+                        # Held up to ``whole_max`` (and the process's ``held`` budget); past it, relayed
+                        # as it comes (``_relay_whole``). Nothing reached the client yet: a failure
+                        # here is retried elsewhere.
+                        parts, held, whole = await self._hold(resp)
+                        if whole:
+                            body = b"".join(parts) if len(parts) != 1 else parts[0]
+                            parts.clear()  # (the join replaces them: one copy from here on)
                 except _UPSTREAM_ERRORS as e:  # (a stall after the head: the answer was done, retried)
                     last_error = f"{self._name(ep)}: body read failed: {type(e).__name__}"
                     finished = True
@@ -627,9 +648,17 @@ class Proxy:
                 if marks is not None:
                     marks["first"] = self.clock()  # (the whole body: no earlier byte reaches the client)
                     reply_headers[TIMING_HEADER] = _timing_value(marks)
-                return self._whole(
-                    resp, body, director, ireq, ep, client_model, sent_model, reply_headers, t0, blame
-                )
+                if body is None:
+                    return await self._relay_whole(
+                        request, resp, parts, held, director, ireq, ep, client_model, sent_model,
+                        reply_headers, t0, blame,
+                    )  # fmt: skip
+                try:
+                    return self._whole(
+                        resp, body, director, ireq, ep, client_model, sent_model, reply_headers, t0, blame
+                    )
+                finally:
+                    self.held.give(held)
             except ReadTimeout:
                 # Sent, and nothing (more) came in time: the server may still be computing it, so it
                 # is not run again elsewhere (a retry would double the GPU work, and under overload
@@ -756,6 +785,105 @@ class Proxy:
         return orjson.dumps(
             {"endpoint": ep.address, "profile": result.profile, "truncated": f"/debug/picks/{rid}"}
         ).decode()
+
+    async def _hold(self, resp: UpstreamResponse) -> tuple[list[bytes], int, bool]:
+        """A non-streamed body's pieces as they come, up to ``whole_max`` bytes taken from the
+        process's ``held`` budget: ``(pieces, bytes taken, whole)``. Not whole: the next piece would
+        pass the bound or the budget; the pieces (that one last, not taken) are the body's start, the
+        rest is still to read. The bytes taken are the caller's to give back (on an error: given back
+        here)."""
+        parts: list[bytes] = []
+        held = 0
+        budget = self.held
+        try:
+            while True:
+                data = await resp.read_chunk()
+                if not data:
+                    return parts, held, True
+                parts.append(data)
+                if held + len(data) > self.whole_max or not budget.take(len(data)):
+                    return parts, held, False
+                held += len(data)
+        except BaseException:
+            budget.give(held)
+            raise
+
+    async def _relay_whole(
+        self,
+        request: Request,
+        resp: UpstreamResponse,
+        parts: list[bytes],
+        held: int,
+        director: Any,
+        ireq: InferenceRequest,
+        ep: Endpoint,
+        client_model: str,
+        sent_model: str | None,
+        reply_headers: dict[str, str],
+        t0: float,
+        blame: bool = True,
+    ) -> StreamResponse:
+        """A non-streamed answer past ``whole_max`` (or the ``held`` budget): relayed as it arrives
+        (chunked to the client, at the client's pace: a write waits while its buffer is full), never
+        held whole. Its usage is read from its last bytes (best effort: ``usage_from_tail``), its model
+        name put back within the first ``whole_max`` bytes (``PieceRewriter``). Bytes went out: an
+        upstream cut now is not retried; the client's connection is closed mid-body (a JSON body
+        cannot carry an error after its start). ``blame=False``: as ``_whole``'s (a 500 not charged)."""
+        headers = reply_headers
+        headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
+        out = StreamResponse(status=resp.status, headers=headers)
+        rewriter = PieceRewriter(sent_model, client_model, self.whole_max) if sent_model else None
+        tail = UsageTail()
+        ok = False
+        cut: Exception | None = None
+        director.on_first_token(ireq, ep, learn=False)  # (as ``_whole``: no first token to learn)
+        try:
+            await out.prepare(request)
+            parts.reverse()
+            while True:
+                if parts:
+                    chunk = parts.pop()
+                    if not parts:  # the held start is out (or in the client's buffer)
+                        self.held.give(held)
+                        held = 0
+                else:
+                    try:
+                        chunk = await resp.read_chunk()
+                    except _UPSTREAM_ERRORS as e:
+                        cut = e
+                        break
+                    if not chunk:
+                        break
+                tail.feed(chunk)
+                await out.write(rewriter.feed(chunk) if rewriter is not None else chunk)
+            if cut is None:
+                if rewriter is not None:
+                    await out.write(rewriter.finish())
+                await out.write_eof()
+                ok = True
+            else:
+                log.warning(
+                    "%s: body from %s cut: %s: %s", ireq.request_id, ep.address, type(cut).__name__, cut
+                )
+                out.abort()
+        except ConnectionResetError:
+            resp.close()  # the client went away: the server stops sending to nobody
+        finally:
+            self.held.give(held)
+            if cut is None and resp.status < 500:
+                self.health.success(ep)
+            elif (blame or cut is not None) and self.health.failure(ep, self._peers(ep)):
+                self.metrics.ejections.inc()
+            usage = tail.body_usage() if ok and resp.status < 300 else None
+            director.on_finished(ireq, ep, usage, ok and resp.status < 500)
+            self._charge(ireq, usage)
+            self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage)
+            if resp.status >= 400:
+                self.metrics.error(client_model, ireq.model, str(resp.status))
+            elif not ok:
+                why = "stream_cut" if cut is not None else "client_gone"
+                self.metrics.error(client_model, ireq.model, why)
+        return out
 
     def _whole(
         self,

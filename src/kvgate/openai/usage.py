@@ -4,6 +4,7 @@ event stream's last usage event from a bounded tail. ``kvgate serve`` (``kvgate.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -98,3 +99,29 @@ class UsageTail:
     def usage(self) -> Usage | None:
         t = self._tail
         return last_usage(t[-TAIL_BYTES:] if len(t) > TAIL_BYTES else t)
+
+    def body_usage(self) -> Usage | None:
+        """A JSON body's usage from its tail (``usage_from_tail``): a body too large to hold whole."""
+        t = self._tail
+        return usage_from_tail(t[-TAIL_BYTES:] if len(t) > TAIL_BYTES else t)
+
+
+_RAW = json.JSONDecoder()
+
+
+def usage_from_tail(tail: bytes | bytearray) -> Usage | None:
+    """The ``usage`` of a JSON response body read from its last bytes only (best effort, for a body too
+    large to hold: vLLM, SGLang and the OpenAI API put ``usage`` last): the object after the tail's last
+    ``"usage":`` key. None when the tail has none, or it does not decode. (A ``"usage"`` inside a JSON
+    string has its quotes escaped: the last unescaped one is a key.)"""
+    at = tail.rfind(b'"usage"')
+    if at < 0:
+        return None
+    rest = bytes(tail[at + 7 :]).lstrip()
+    if not rest.startswith(b":"):
+        return None
+    try:
+        obj, _ = _RAW.raw_decode(rest[1:].lstrip().decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return usage_from({"usage": obj})
