@@ -11,6 +11,12 @@ An endpoint is a candidate only while all of these hold:
 scorer (queue 0, KV 0 %) and would draw all the traffic exactly when it is dead. So such endpoints are
 left out, and the gate fails open (every non-ejected endpoint) only when nothing at all is healthy, e.g.
 before the first scrape round or when the scraper itself is down.
+
+Readiness (``kvgate serve``'s ``/readyz``) and ``inference_pool_ready_pods`` (both doors) count by the same
+model (``ready_endpoints``), without routing's fail-open: a pool whose every endpoint failed its scrapes or
+went stale has no ready endpoint, however many requests it still sends them. Only where nothing is known
+yet (no endpoint scraped or failed a scrape: before the first scrape round, or a gateway that does not
+scrape) does the ejection flag alone count.
 """
 
 from __future__ import annotations
@@ -50,5 +56,15 @@ def gate(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> Seq
         and now - t <= staleness
     ]
     if healthy:
+        return healthy
+    return [ep for ep in endpoints if ep.healthy]
+
+
+def ready_endpoints(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> list[Endpoint]:
+    """The endpoints readiness and ``inference_pool_ready_pods`` count: the healthy ones (``is_healthy``);
+    when nothing is known yet (no endpoint has metrics or a failed scrape), the non-ejected ones. Unlike
+    ``gate``, no fail-open once something is known: a dead pool counts 0."""
+    healthy = [ep for ep in endpoints if is_healthy(ep, now, policy)]
+    if healthy or any(ep.metrics.updated_at is not None or ep.scrape_failures for ep in endpoints):
         return healthy
     return [ep for ep in endpoints if ep.healthy]

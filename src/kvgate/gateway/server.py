@@ -26,7 +26,7 @@ from kvgate.aio import STOP_LIMIT_S, cancel_all_and_wait, stop_to_the_end
 from kvgate.config.gateway import GatewayConfig, Limits
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
-from kvgate.datalayer.health import HealthPolicy
+from kvgate.datalayer.health import HealthPolicy, ready_endpoints
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.gateway.errors import GatewayError, error_response, unauthorized
 from kvgate.gateway.health import HealthTracker
@@ -139,6 +139,7 @@ class GatewayServer:
         self.pools = pools if pools is not None else [build_pool(p, clock) for p in cfg.pools]
         # One health model for both doors (kvgate.datalayer.health): the config's thresholds.
         policy = HealthPolicy(cfg.health.scrape_failures, cfg.health.metrics_staleness_s)
+        self.health_policy = policy
         for pool in self.pools:
             if hasattr(pool.director, "health"):
                 pool.director.health = policy
@@ -263,7 +264,13 @@ class GatewayServer:
         for kp in self.kube_pools:
             if (problem := kp.problem()) is not None:
                 return Response(status=503, text=problem, content_type="text/plain")
-        if not any(ep.healthy for p in self.pools for ep in p.endpoints()):
+        # The health model routing uses (``datalayer.health.ready_endpoints``: scrape failures and
+        # staleness too), not only the ejection flag: a pool whose servers all died is not ready.
+        now = self.clock()
+        if not any(
+            ready_endpoints(p.endpoints(), now, getattr(p.director, "health", self.health_policy))
+            for p in self.pools
+        ):
             return Response(status=503, text="no healthy endpoint", content_type="text/plain")
         return Response(text="ready", content_type="text/plain")
 

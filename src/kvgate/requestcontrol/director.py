@@ -26,7 +26,7 @@ from itertools import islice
 from typing import Any
 
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.datalayer.health import HealthPolicy, gate
+from kvgate.datalayer.health import HealthPolicy, gate, ready_endpoints
 from kvgate.datalayer.prefixrefs import HeldPrefixes, PrefixKeys, chain_keys
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.controller import FlowController, flow_of
@@ -673,13 +673,16 @@ class Director:
     # -- pool gauges --------------------------------------------------------------------------------
 
     def update_pool_metrics(self, pool: str | None = None) -> None:
-        """Refresh the ``inference_pool_*`` gauges (call after each scrape round, not per pick)."""
+        """Refresh the ``inference_pool_*`` gauges (call after each scrape round, not per pick): ready
+        endpoints by ``datalayer.health.ready_endpoints``, the averages over those."""
         by_pool: dict[str, list[Endpoint]] = {}
         for ep in self.store.all():
             if pool is None or ep.pool == pool:
                 by_pool.setdefault(ep.pool, []).append(ep)
+        now = self.clock()
         for name, eps in by_pool.items():
-            ready = [ep for ep in eps if ep.healthy]
+            # The health model routing uses (scrape failures, staleness), not only the ejection flag.
+            ready = ready_endpoints(eps, now, self.health)
             metrics.POOL_READY.labels(name=name).set(len(ready))
             if ready:
                 metrics.POOL_KV.labels(name=name).set(
