@@ -322,7 +322,9 @@ class ModelLabels:
             self._owed.pop(m, None)  # (a label again)
         now = self.clock()
         for m in left:
-            self.seen.setdefault(m, now)  # (its series wait out grace_s from now, as a retired name's)
+            # (its series wait out grace_s from now, as a retired name's: an older stamp, kept while the
+            # name was known and so not stamped by ``label``, would remove them at the next sweep)
+            self.seen[m] = now
             if m in self.inflight and m not in self.learnt:
                 self._owed.setdefault(m, self.inflight[m])
 
