@@ -178,6 +178,7 @@ async def test_the_hub_epps_source_runs_on_the_directors_injected_time(tmp_path:
             HubFeed(director)
         feed = HubFeed(director, sleep=ft.sleep)
         assert feed.source.clock == ft.clock and feed.source.sleep == ft.sleep
+        feed.fetcher.interval_s = 3600.0  # (its rounds on the test's time too: no wake before the election's)
         await feed.start()
         try:
             await _takeover_on_the_test_time(ft, lambda: feed.source.elector)

@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvgate.aio import cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.aggregate import MAX_RESPONSE_BYTES, decode
+from kvgate.k8s.lease import check_one_time
 from kvgate.multicluster.clusters import TlsOptions
 from kvgate.multicluster.hub import _lookup, _NotTried
 from kvgate.multicluster.state import ClusterState
@@ -111,8 +112,15 @@ class Fetcher:
         interval_s: float = 0.5,
         timeout_s: float = 1.0,
         tls: TlsOptions | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
+        """``clock`` and ``sleep``: one time (both or neither, ``check_one_time``; default the loop's) for
+        the rounds' period, the aggregates' fetch times and the TLS files' checks (fixk8s17, review s17-k8s
+        F3: the rounds slept on ``asyncio.sleep`` whatever the clock)."""
+        check_one_time(clock, sleep)
+        clock = clock or time.monotonic
+        self.sleep = sleep or asyncio.sleep
         self.states = states
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -184,7 +192,7 @@ class Fetcher:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            await self.sleep(self.interval_s)
             await self.refresh()
 
     async def refresh(self) -> None:

@@ -494,13 +494,18 @@ class HubFeed:
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         """``staleness``: the members' InferencePool watches' ``StalenessPolicy`` (None: 120 s). ``sleep``:
-        the sleep of the director's clock (one time, k8s17: given when that clock is not the loop's), for
-        ``ClusterSource`` (the writers' election, the members' watches) and the clusters file's checks."""
+        the sleep of the director's clock (one time, k8s17: given exactly when that clock is not the loop's,
+        ``time.monotonic``; fixk8s17, review s17-k8s F2: a ``sleep`` with a director on the loop's clock is
+        refused too), for ``ClusterSource`` (the writers' election, the members' watches), the aggregate
+        fetcher's rounds and the clusters file's checks."""
         from kvgate.multicluster.fetcher import Fetcher
         from kvgate.multicluster.source import ClusterSource
 
-        if sleep is None and director.clock is not time.monotonic:
-            raise ValueError("a director with its own clock needs sleep=: give both (one time) or neither")
+        if (sleep is None) != (director.clock is time.monotonic):
+            if sleep is None:
+                raise ValueError("a director with its own clock needs sleep=: give both (one time) or neither")
+            raise ValueError("sleep= with a director on the loop's clock (time.monotonic): give the director "
+                             "its clock= too (one time) or neither")  # fmt: skip
         self.sleep = sleep or asyncio.sleep
         cfg = director.cfg
         self.director = director
@@ -510,9 +515,8 @@ class HubFeed:
                                     clock=director.clock, sleep=self.sleep)  # fmt: skip
         if clusters_file is not None:
             clusters_file.on_change = self.reload
-        self.fetcher = Fetcher(
-            director.state_list, interval_s=cfg.refresh_s, tls=cfg.tls, clock=director.clock
-        )
+        self.fetcher = Fetcher(director.state_list, interval_s=cfg.refresh_s, tls=cfg.tls,
+                               clock=director.clock, sleep=self.sleep)  # fmt: skip
         self._task: Any = None
         self.pool = POOL  # (before the first cluster is known, the store has no pool to name)
 

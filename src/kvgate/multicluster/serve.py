@@ -257,7 +257,8 @@ class GlobalGateway:
                                     sleep=sleep or asyncio.sleep)  # fmt: skip
         self.clock, self.sleep = clock, sleep or asyncio.sleep
         self.fetcher = (
-            Fetcher(self.router.state_list, interval_s=cfg.refresh_s, tls=cfg.tls, clock=clock)
+            Fetcher(self.router.state_list, interval_s=cfg.refresh_s, tls=cfg.tls, clock=clock,
+                    sleep=self.sleep)  # fmt: skip
             if fetch
             else None
         )
