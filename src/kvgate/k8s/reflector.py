@@ -289,6 +289,7 @@ class Reflector:
         self._heard_at = 0.0  # clock() at the watch's last event or bookmark (or its probe's start)
         self._stuck_why: str | None = None  # why this watch's probe ended it
         self._second_open = False  # the catch-up check's watch answered 200 (``_second_watch``)
+        self._opaque_rv_said = False  # a resourceVersion that is not an integer was logged (``_int_rv``)
         self.last_sync: float | None = None  # clock() when last known in sync (None: never listed)
         # A watch refused as it opened (403/404): the relist that follows counts only once a watch opens.
         self._watch_refused = False
@@ -600,13 +601,30 @@ class Reflector:
             deadline.reschedule(asyncio.get_running_loop().time())
             return
 
-    def _moved_past(self, page: Obj) -> bool:
-        """The probe's list resourceVersion is past the watch's last one (both integers, as etcd's)."""
+    def _int_rv(self, rv: str | None, what: str) -> int | None:
+        """``rv`` as etcd's integer, else None: the API contract makes resourceVersions opaque (an
+        aggregated API server's may not be integers), and the catch-up check compares them as integers, so
+        it is off where they are not: said once per reflector (INFO, naming the resource), never a relist
+        (review s17-k8s F5)."""
         try:
-            listed = int((page.get("metadata") or {}).get("resourceVersion") or "")
-            return listed > int(self.resource_version or "")
+            return int(rv or "")
         except ValueError:
+            if not self._opaque_rv_said:
+                self._opaque_rv_said = True
+                log.info("reflector %s: %s resourceVersion %r is not an integer: the liveness probe's "
+                         "catch-up check (which compares resourceVersions as etcd's integers) is off for "
+                         "%s while it is not; the probe itself goes on", self.name, what, rv,
+                         self.rt.plural)  # fmt: skip
+            return None
+
+    def _moved_past(self, page: Obj) -> bool:
+        """The probe's list resourceVersion is past the watch's last one (both integers, as etcd's; else
+        no check: ``_int_rv``)."""
+        listed = self._int_rv((page.get("metadata") or {}).get("resourceVersion"), "the probe's list")
+        if listed is None:
             return False
+        since = self._int_rv(self.resource_version, "the watch's")
+        return since is not None and listed > since
 
     async def _catch_up(self, page: Obj) -> str | None:
         """The catch-up check (``CATCH_UP_TIMEOUT_S``): a second watch of the selection from the open
@@ -666,9 +684,8 @@ class Reflector:
                             log.debug("reflector %s: catch-up check: %s (inconclusive)", self.name, obj)
                             return None
                         continue
-                    try:
-                        rv = int(_rv(obj) or "")
-                    except ValueError:
+                    rv = self._int_rv(_rv(obj), "a replayed event's")
+                    if rv is None:  # (inconclusive)
                         return None
                     if rv > listed:  # newer than the probe: not yet the open watch's to have read
                         return None
