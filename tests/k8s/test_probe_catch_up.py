@@ -12,7 +12,13 @@ requests are answered), the probe's period and deadlines on injected time."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aiohttp import web
 
 from fake_time import FakeTime
 from k8s.probe_kit import advance_to, probed_reflector
@@ -116,10 +122,12 @@ async def test_a_resource_version_the_watch_cache_no_longer_holds_is_inconclusiv
         assert r.catch_ups == 1 and r.missed == 0 and r.lists == 1
 
 
-async def test_a_server_whose_watches_are_all_stuck_is_relisted() -> None:
+async def test_a_server_whose_watches_are_all_stuck_is_relisted(caplog: pytest.LogCaptureFixture) -> None:
     """A stuck watch cache (every watch open and silent, lists answered) while only another kind changed:
     the probe's object matches the copy, but the catch-up watch (timeoutSeconds 1) is not ended by the
-    server within 10 s (at 70 s), and the open watch read nothing 10 s later either (80 s): relist."""
+    server within 10 s (at 70 s), and the open watch read nothing 10 s later either (80 s): relist, the
+    WARNING naming the pods reflector and why (review s17-k8s F6: the assertion here could not fail)."""
+    caplog.set_level(logging.WARNING, logger="kvgate.k8s.reflector")
     ft = FakeTime()
     async with ApiServerDouble(bookmark_interval=0.2) as double, probed_reflector(double, ft) as r:
         double.stall(lists=False)
@@ -130,4 +138,45 @@ async def test_a_server_whose_watches_are_all_stuck_is_relisted() -> None:
         assert r.lists == 1 and r.missed == 0
         await advance_to(ft, 80.0)
         await until(lambda: r.lists == 2)
-        assert r.missed == 1 and POD.plural in (r.error or POD.plural)
+        assert r.missed == 1 and r.stuck == 0 and r.probes == 0
+    [said] = [rec.getMessage() for rec in caplog.records if "second watch" in rec.getMessage()]
+    assert said.startswith(f"reflector {POD.plural}.") and "was not ended by the server within 10 s" in said
+    assert "watches are stuck" in said and said.endswith("; relisting"), said
+
+
+class _SecondWatchUnanswered(ApiServerDouble):
+    """A double whose catch-up watches (``timeoutSeconds=1``) get no answer at all, not even the 200 (a
+    server or proxy slow to open new watches), until ``unstall``."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._answer = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("watch") == "true" and request.query.get("timeoutSeconds") == "1":
+            self.requests.append(f"{request.method} {request.path_qs}")
+            await self._answer.wait()
+        return await super()._handle(request)
+
+    def unstall(self) -> None:
+        super().unstall()
+        self._answer.set()
+
+
+async def test_a_second_watch_never_answered_200_is_inconclusive() -> None:
+    """The catch-up watch is not answered (no 200) within the probe's 10 s: it proves nothing either way
+    (the server may be slow to open watches, not stuck), so the probe is credited and there is no relist,
+    at 80 s or later. Catches review s17-k8s mutation M4 (``_second_open`` ignored: "stuck", relisted at
+    80 s), which every k8s17 test let pass."""
+    ft = FakeTime()
+    double = _SecondWatchUnanswered(bookmark_interval=0.2)
+    async with double, probed_reflector(double, ft) as r:
+        double.hold_watches()
+        double.create(_configmap("cm"))
+        await advance_to(ft, 60.0)
+        await until(lambda: r.catch_ups == 1 and len(_second_watches(double)) == 1)
+        await advance_to(ft, 70.0)
+        await until(lambda: r.probes == 1)
+        assert r.last_sync == 60.0
+        await advance_to(ft, 95.0)
+        assert r.lists == 1 and r.missed == 0 and r.stuck == 0 and r.watches == 1 and r.error is None

@@ -228,3 +228,53 @@ async def test_one_probe_answered_with_a_server_error_is_asked_again_before_a_re
             await until(lambda: r.probes == 2)
             assert r.lists == 1 and r.probes_retried == 1
         assert len(_probes(double)) == 3
+
+
+async def test_a_later_single_server_error_after_a_proof_is_asked_again() -> None:
+    """A 503 at 60 s, its retry answered at 61 s (a proof); minutes later (121 s) another, unrelated 503:
+    asked again too (at 122 s), not a relist: the first is forgotten once a probe answered. Catches review
+    s17-k8s mutation R4 (the 5xx kept after a proof: the second relisted)."""
+    double = _StorageDown(bookmark_interval=0.2)
+    double.code = 503
+    async with double:
+        ft = FakeTime()
+        async with _reflector(double, ft) as r:
+            double.fail_probes = 1
+            await _advance_to(ft, 61.0)
+            await until(lambda: r.probes == 1)
+            double.fail_probes = 1
+            await _advance_to(ft, 121.0)
+            await until(lambda: r.probes_retried == 2 or r.lists > 1)
+            assert r.lists == 1 and r.stuck == 0, "a 5xx a minute after an answered probe relisted"
+            await _advance_to(ft, 122.0)
+            await until(lambda: r.probes == 2)
+            assert r.lists == 1 and r.watches == 1 and r.stuck == 0 and r.last_sync == 122.0
+
+
+async def test_a_later_single_server_error_after_an_event_is_asked_again() -> None:
+    """A 503 at 60 s; before its retry an event comes (a pod of the selection created at 60 s): the server
+    is alive, the 5xx forgotten, the next probe 60 s after the event (120 s). Answered 503 too: asked
+    again (121 s), not a relist. Catches review s17-k8s mutation R5 (the 5xx kept after an event)."""
+    double = _StorageDown(bookmark_interval=0.2)
+    double.code = 503
+    async with double:
+        ft = FakeTime()
+        async with _reflector(double, ft) as r:
+            double.fail_probes = 1
+            await _advance_to(ft, 60.0)
+            await until(lambda: r.probes_retried == 1)
+            events = r.events
+            double.create({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": "b", "namespace": "default", "labels": {"app": "x"}},
+                           "spec": {"containers": [{"name": "c", "image": "x"}]}})  # fmt: skip
+            await until(lambda: r.events > events)
+            await _advance_to(ft, 61.0)
+            await asyncio.sleep(0.1)
+            assert len(_probes(double)) == 1, "the retry was sent after an event proved the server alive"
+            double.fail_probes = 1
+            await _advance_to(ft, 120.0)
+            await until(lambda: r.probes_retried == 2 or r.lists > 1)
+            assert r.lists == 1 and r.stuck == 0, "a 5xx a minute after an event relisted"
+            await _advance_to(ft, 121.0)
+            await until(lambda: r.probes == 1)
+            assert r.lists == 1 and r.watches == 1 and r.stuck == 0 and r.last_sync == 121.0
