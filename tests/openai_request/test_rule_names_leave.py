@@ -1,7 +1,8 @@
 """Review s17-k8s F1 and F6 (L5): ``ModelLabels.set_rules`` (k8s17) replaces the rewrite rules' names. A
 name that leaves keeps its series ``GRACE_S`` from *now* (F1: ``seen.setdefault`` kept an older stamp, so a
 name used a second ago could lose its series at the next sweep), and a name the rules name again is no
-longer owed to requests in flight (L5: a stale count, so a later leave owed fewer ends than were in flight)."""
+longer owed to requests in flight (L5: a stale count, so a later leave owed fewer ends than were in
+flight)."""
 
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ def test_a_rule_name_that_leaves_keeps_its_series_grace_s_from_now() -> None:
 
 
 def test_a_rule_name_added_back_is_no_longer_owed() -> None:
-    """"x" leaves the rules with one request in flight (owed one end), is named again (a label: no longer
-    owed), a second request starts, and it leaves again: both requests in flight are owed their label, so
-    after the first ends the second's end is still labelled "x". Fails with the ``_owed.pop`` on re-add
-    removed (review s17-k8s mutation L5: the stale count of one was kept, the second end got ``other``)."""
+    """The name "x" leaves the rules with one request in flight (owed one end), is named again (a
+    label: no longer owed), a second request starts, and it leaves again: both requests in flight are
+    owed their label, so after the first ends the second's end is still labelled "x". Fails with the
+    ``_owed.pop`` on re-add removed (review s17-k8s mutation L5: the stale count of one was kept, the
+    second end got ``other``)."""
     labels = ModelLabels(["base"], clock=lambda: 0.0)
     labels.set_rules(["x"])
     labels.hold("x")

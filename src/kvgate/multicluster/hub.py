@@ -503,7 +503,8 @@ class HubFeed:
 
         if (sleep is None) != (director.clock is time.monotonic):
             if sleep is None:
-                raise ValueError("a director with its own clock needs sleep=: give both (one time) or neither")
+                raise ValueError("a director with its own clock needs sleep=: give both (one time) or "
+                                 "neither")  # fmt: skip
             raise ValueError("sleep= with a director on the loop's clock (time.monotonic): give the director "
                              "its clock= too (one time) or neither")  # fmt: skip
         self.sleep = sleep or asyncio.sleep

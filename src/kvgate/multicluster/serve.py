@@ -256,12 +256,10 @@ class GlobalGateway:
         self.source = ClusterSource(cfg, self.router.apply, staleness=staleness, clock=clock,
                                     sleep=sleep or asyncio.sleep)  # fmt: skip
         self.clock, self.sleep = clock, sleep or asyncio.sleep
-        self.fetcher = (
-            Fetcher(self.router.state_list, interval_s=cfg.refresh_s, tls=cfg.tls, clock=clock,
-                    sleep=self.sleep)  # fmt: skip
-            if fetch
-            else None
-        )
+        self.fetcher: Fetcher | None = None
+        if fetch:
+            self.fetcher = Fetcher(self.router.state_list, interval_s=cfg.refresh_s, tls=cfg.tls,
+                                   clock=clock, sleep=self.sleep)  # fmt: skip
         self.limits = limits or cfg.limits
         self._fixed_limits = limits is not None  # given by the caller: a reload does not change them
         self.drain_s = drain_s
