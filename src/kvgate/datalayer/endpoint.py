@@ -106,6 +106,9 @@ class Endpoint:
     healthy: bool = True
     # Consecutive failed /metrics scrapes (the scraper's count; kvgate.datalayer.health reads it).
     scrape_failures: int = 0
+    # When a scrape last got an HTTP answer, whatever its status (the scraper's clock): a server that
+    # answers its /metrics with 404 (SGLang without --enable-metrics) is alive (kvgate.datalayer.health).
+    answered_at: float | None = None
 
     def __hash__(self) -> int:
         return hash(self.address)

@@ -13,10 +13,14 @@ left out, and the gate fails open (every non-ejected endpoint) only when nothing
 before the first scrape round or when the scraper itself is down.
 
 Readiness (``kvgate serve``'s ``/readyz``) and ``inference_pool_ready_pods`` (both doors) count by the same
-model (``ready_endpoints``), without routing's fail-open: a pool whose every endpoint failed its scrapes or
-went stale has no ready endpoint, however many requests it still sends them. Only where nothing is known
-yet (no endpoint scraped or failed a scrape: before the first scrape round, or a gateway that does not
-scrape) does the ejection flag alone count.
+model (``ready_endpoints``). Where routing fails open (no endpoint healthy), readiness counts only the
+non-ejected endpoints whose scrape got an HTTP answer within ``metrics_staleness_s``, whatever its status
+(``Endpoint.answered_at``): a fleet that answers its ``/metrics`` with 404 (SGLang without
+``--enable-metrics``, a blocked path) serves and is ready (review s17-bigbody M2: readiness is never
+stricter than routing); a pool whose every endpoint refuses or times out its scrapes has no ready endpoint,
+however many requests it still sends them. Only where nothing is known yet (no endpoint scraped or failed
+a scrape: before the first scrape round, or a gateway that does not scrape) does the ejection flag alone
+count.
 """
 
 from __future__ import annotations
@@ -62,9 +66,17 @@ def gate(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> Seq
 
 def ready_endpoints(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> list[Endpoint]:
     """The endpoints readiness and ``inference_pool_ready_pods`` count: the healthy ones (``is_healthy``);
-    when nothing is known yet (no endpoint has metrics or a failed scrape), the non-ejected ones. Unlike
-    ``gate``, no fail-open once something is known: a dead pool counts 0."""
+    when none is, the non-ejected ones that answered a scrape (any HTTP status) within
+    ``metrics_staleness_s``: alive, served by ``gate``'s fail-open; when nothing is known yet (no endpoint
+    has metrics or a failed scrape), the non-ejected ones. A dead pool (scrapes refused) counts 0."""
     healthy = [ep for ep in endpoints if is_healthy(ep, now, policy)]
-    if healthy or any(ep.metrics.updated_at is not None or ep.scrape_failures for ep in endpoints):
+    if healthy:
         return healthy
+    if any(ep.metrics.updated_at is not None or ep.scrape_failures for ep in endpoints):
+        staleness = policy.metrics_staleness_s
+        return [
+            ep
+            for ep in endpoints
+            if ep.healthy and (t := ep.answered_at) is not None and now - t <= staleness
+        ]
     return [ep for ep in endpoints if ep.healthy]

@@ -1,0 +1,81 @@
+"""s17-bigbody M: since 35517ad, ``/readyz`` (and ``inference_pool_ready_pods``) need a successful
+``/metrics`` scrape. A fleet that answers every request but whose ``/metrics`` fails (404: SGLang without
+``--enable-metrics``, a metrics path blocked by a sidecar/NetworkPolicy, an engine whose metrics moved)
+is served fine (routing fails open to the non-ejected endpoints), yet the gateway reports 503 ``no healthy
+endpoint`` for good: a Kubernetes readinessProbe / load balancer on ``/readyz`` takes a working gateway
+out of service (before 35517ad: 200). A scrape that got an HTTP answer shows the server is alive; only a
+connection that fails (or a stale scrape of a server that stopped answering) says dead.
+Run: cd /work/main && PYTHONPATH=src:tests .venv/bin/python -m pytest -c pyproject.toml -q
+/work/team/reviews/s17-bigbody-tests/test_bigbody_readyz_without_metrics.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from gateway.conftest import make_config, running_gateway
+from gateway.test_big_json_answer import _resp, answer_body
+
+
+async def _handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            line, *rest = head.decode("latin-1").split("\r\n")
+            hdrs = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in rest if x)}
+            if n := int(hdrs.get("content-length", "0")):
+                await r.readexactly(n)
+            path = line.split(" ")[1]
+            if path.startswith("/metrics"):
+                w.write(_resp(404, b'{"detail":"Not Found"}'))
+            else:
+                w.write(_resp(200, answer_body(10) if path.startswith("/v1/") else b""))
+            await w.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        w.close()
+
+
+async def test_a_serving_fleet_without_metrics_is_ready():
+    server = await asyncio.start_server(_handle, "127.0.0.1", 0)
+    addr = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    cfg = make_config(
+        [addr],
+        extra={
+            "listen": {"adminPort": 0},
+            "health": {"metricsStalenessSeconds": 1, "scrapeFailures": 3},
+            "scrapeIntervalSeconds": 0.1,
+        },
+    )
+    try:
+        async with running_gateway(cfg, scrape=True) as gw, aiohttp.ClientSession() as s:
+            await asyncio.sleep(1.5)  # > scrapeFailures scrape intervals
+            async with s.post(
+                f"http://127.0.0.1:{gw.port}/v1/completions", json={"model": "m", "prompt": "x"}
+            ) as r:
+                served = r.status
+            async with s.get(f"http://127.0.0.1:{gw.admin_port}/readyz") as r:
+                ready = (r.status, await r.text())
+            assert served == 200
+            assert ready[0] == 200, f"requests are served ({served}) but /readyz says {ready}"
+    finally:
+        server.close()
+
+
+def test_ready_endpoints_count_a_recent_http_answer_not_an_old_one() -> None:
+    from kvgate.datalayer.endpoint import Endpoint
+    from kvgate.datalayer.health import HealthPolicy, ready_endpoints
+
+    policy = HealthPolicy(scrape_failures=3, metrics_staleness_s=5.0)
+    alive, dead, ejected = (Endpoint(address=f"10.9.1.{i}:8000") for i in range(3))
+    for ep in (alive, dead, ejected):
+        ep.scrape_failures = 3  # every /metrics failed
+    alive.answered_at = 9.0  # ... with an HTTP answer (404), 1 s ago
+    dead.answered_at = 2.0  # its last answer 8 s ago: the port refuses since
+    ejected.answered_at = 9.0
+    ejected.healthy = False
+    assert ready_endpoints([alive, dead, ejected], 10.0, policy) == [alive]
+    assert ready_endpoints([dead, ejected], 10.0, policy) == []
