@@ -212,11 +212,17 @@ _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 def _is_host(host: str) -> bool:
     """A host name (DNS labels: letters, digits, ``-`` inside, ``_``; 253 characters at most, a final dot
-    allowed), an IPv4 address, or an IPv6 address in brackets."""
+    allowed), an IPv4 address, or an IPv6 address in brackets. An internationalised name (``bücher.example``)
+    is checked as its IDNA (A-label) form, the name yarl and getaddrinfo send (review s17-kvhub L1)."""
     if host.startswith("[") and host.endswith("]"):
         try:
             return ipaddress.ip_address(host[1:-1]).version == 6
         except ValueError:
+            return False
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:  # (not a name IDNA takes: a space, an empty label, over 63 characters, ...)
             return False
     name = host.removesuffix(".")
     return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
