@@ -84,3 +84,35 @@ async def test_malformed_frames_do_not_explain_a_checks_growth() -> None:
         sub_sock.close(0)
         pub.close(0)
         server.close()
+
+
+async def test_the_live_drain_counts_batches_only() -> None:
+    """Review s17-kvhub L2: the steady-state drain (``_drain``, on the SUB socket's readable callback) has
+    the same rule as the catch-up's pull: a malformed frame is a decode error, not a batch heard. Counted
+    before the framing check (the code before kvhub17), the 6 malformed frames here made ``_heard`` 9.
+    Real ZMQ on loopback: a PUB sends garbage between three well-formed batches."""
+    life = engine_life(4_000_000, 3)
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub_sock = ctx.socket(zmq.SUB)
+    sub_sock.setsockopt(zmq.LINGER, 0)
+    sub_sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sub_sock.connect(f"tcp://127.0.0.1:{port}")
+    sub = KVEventSubscriber(BlockIndex(default_capacity=1 << 20), "a", "tcp://127.0.0.1:1")
+    try:
+        assert pub.poll(5000) and pub.recv() == b"\x01"  # (subscribed: what is sent now is delivered)
+        sub._sock = sub_sock
+        sub._drain()  # (nothing queued yet: arms the socket's reader, as the subscriber's task does)
+        for seq, payload in enumerate(life):
+            pub.send(b"not a batch")  # (one frame: no sequence number, no payload)
+            pub.send(b"x" * 9)
+            pub.send_multipart([b"topic", seq.to_bytes(8, "big", signed=True), payload])
+        await _until(lambda: sub.stats.last_seq == 2 and sub.stats.decode_errors == 6, "the burst drained")
+        assert sub._heard == 3, f"{sub._heard} batches heard of 3 sent (and 6 malformed frames)"
+    finally:
+        sub._disarm_reader()
+        sub._sock = None
+        sub_sock.close(0)
+        pub.close(0)
