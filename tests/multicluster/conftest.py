@@ -10,8 +10,15 @@ import pytest
 
 from gateway.backend import Backend
 from kvgate.httpfront.server import FrontLimits
+from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
+
+
+@pytest.fixture(autouse=True)
+def _no_kept_lookups() -> None:
+    """Host-name answers kept by an earlier test (``hub._LOOKUPS``, 10 s) are not this test's."""
+    hub._LOOKUPS.forget()
 
 
 @pytest.fixture

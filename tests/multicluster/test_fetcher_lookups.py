@@ -154,4 +154,4 @@ async def test_the_fetchers_lookups_are_the_probes_bounded_threads(
         await fetcher.stop()
         release.set()
         await _settled(running)
-    assert running[0] == 0 and hub._LOOKUPS.running == 0 and not hub._LOOKUPS.given_up
+    assert running[0] == 0 and hub._LOOKUPS.running == 0 and not hub._LOOKUPS.inflight

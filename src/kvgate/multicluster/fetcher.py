@@ -60,16 +60,18 @@ def tls_material(tls: TlsOptions) -> Material:
 
 
 class ProbeLookups(AbstractResolver):
-    """The fetcher's host-name lookups (aiohttp's resolver) on the hub probe's lookup threads
-    (``hub._lookup``: a daemon thread each, at most ``hub.MAX_LOOKUPS`` at once, none started for a name
-    whose given-up lookup still runs), each given ``timeout_s()`` (kvhub17). aiohttp's default resolver
-    ran ``getaddrinfo`` in the loop's default executor: a name server that does not answer kept a worker
-    per host name for the resolver's whole time-out (tens of seconds; aiohttp shares one lookup per name
-    while it runs, and looks the name up again once it ended), so a few clusters named by host filled the
-    pool (6 workers on 2 cores) and every other user of it waited behind them (the KV subscriber's and the
-    probe's lookups are on threads of their own since kv14 and s16; ``asyncio.to_thread`` and aiohttp's
-    other lookups are not), and ``asyncio.run``'s end waited for them. A lookup that did not start fails
-    its fetch (an OSError, EAGAIN: the last snapshot stays, as for any failed fetch)."""
+    """The fetcher's host-name lookups (aiohttp's resolver) on the hub probe's lookups (``hub._lookup``: a
+    daemon thread each, one per name at a time, which a lookup of a name already being looked up joins, at
+    most ``hub.MAX_LOOKUPS`` at once, answers kept ``hub.LOOKUP_TTL_S``), each waited on ``timeout_s()``
+    (kvhub17). aiohttp's default resolver ran ``getaddrinfo`` in the loop's default executor: a name
+    server that does not answer kept a worker per host name for the resolver's whole time-out (tens of
+    seconds), so a few clusters named by host filled the pool (6 workers on 2 cores) and every other user
+    of it waited behind them (the KV subscriber's and the probe's lookups are on threads of their own
+    since kv14 and s16; ``asyncio.to_thread`` and aiohttp's other lookups are not), and ``asyncio.run``'s
+    end waited for them. A lookup slower than ``timeout_s()`` fails its round, and its answer, kept when
+    it comes, serves the next rounds (review s17-kvhub M1: as aiohttp's shielded, cached lookups did). A
+    lookup that did not start (past ``hub.MAX_LOOKUPS``) fails its fetch (an OSError, EAGAIN: the last
+    snapshot stays, as for any failed fetch)."""
 
     def __init__(self, timeout_s: Callable[[], float]) -> None:
         self.timeout_s = timeout_s
@@ -80,8 +82,8 @@ class ProbeLookups(AbstractResolver):
         try:
             targets, _took = await _lookup(asyncio.get_running_loop(), host, port, self.timeout_s())
         except _NotTried:
-            raise OSError(errno.EAGAIN, f"{host}: not looked up (a given-up lookup of it is still running, "
-                                        "or the most lookups at once are)") from None  # fmt: skip
+            raise OSError(errno.EAGAIN, f"{host}: not looked up (the most lookups at once are running, "
+                                        "or its thread could not start)") from None  # fmt: skip
         out: list[ResolveResult] = []
         for fam, addr in targets:
             if family not in (socket.AF_UNSPEC, fam) or fam not in (socket.AF_INET, socket.AF_INET6):

@@ -56,7 +56,9 @@ PROBE_TIMEOUT_S = 1.0
 PROBE_EVERY_S = 1.0
 SUSPECT_FOR_S = 30.0
 MAX_TARGETS = 8  # a host name's addresses a probe connects to at once (``connects``)
-MAX_LOOKUPS = 32  # the probe's host-name lookup threads at once (``_Lookups``)
+MAX_LOOKUPS = 32  # host-name lookup threads (the probe's and the fetcher's) at once (``_Lookups``)
+LOOKUP_TTL_S = 10.0  # how long a lookup's answer is kept (aiohttp's ttl_dns_cache; ``_Lookups``)
+MAX_KEPT = 1024  # host names whose answers are kept at once (the oldest dropped first)
 
 
 class ClusterDirector:
@@ -201,8 +203,9 @@ class ClusterDirector:
         finally:
             self._probes.pop(st.name, None)
         if ok is None:  # (review s16-fixes-b H1: no lookup of its own, no verdict: neither way)
-            log.debug("cluster %s: its gateway %s was not probed (its name's lookup could not start: one "
-                      "given up is still running, or MAX_LOOKUPS are); no failure recorded or cleared",
+            log.debug("cluster %s: its gateway %s was not probed (its name's lookup could not start: "
+                      "MAX_LOOKUPS run; or another probe waited on the same running lookup in vain "
+                      "already); no failure recorded or cleared",
                       st.name, address)  # fmt: skip
             return
         if ok:
@@ -263,14 +266,16 @@ class ClusterDirector:
 async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool | None:
     """Whether a TCP connection to ``address`` (``host:port``, an IPv6 host in brackets) opens within
     ``timeout_s`` (closed at once; nothing is sent); None when it could not tell: a host name whose
-    lookup did not start (``_NotTried``: one of the same name given up is still running, MAX_LOOKUPS
-    are, or its thread could not start), which is no observation of the gateway (review s16-fixes-b H1
-    H3: counted as a failure, the first probe's one lost DNS answer was counted twice and backed a
-    listening cluster off). A host name is resolved within the same time, and
-    its addresses (at most MAX_TARGETS) are all tried at once with what is left (review s16-hard L1: one
-    after another, a refusal of the first delivered after a loop stall left the next none of its own,
-    and a first address that never answers left the others none at all). A port outside 1-65535 is down
-    before any lookup (review s16-hard L2: glibc cuts a host name's port to 16 bits).
+    lookup told nothing (``_NotTried``: none started, MAX_LOOKUPS run or its thread could not start; or
+    the probe waited in vain on a running lookup of the name that another probe had already waited on in
+    vain), which is no observation of the gateway (review s16-fixes-b H1 H3: counted as a failure, the
+    first probe's one lost DNS answer was counted twice and backed a listening cluster off). A name
+    answered within ``LOOKUP_TTL_S`` is not looked up again (``_Lookups``). A host name is resolved
+    within the same time, and its addresses (at most MAX_TARGETS) are all tried at once with what is
+    left (review s16-hard L1: one after another, a refusal of the first delivered after a loop stall left
+    the next none of its own, and a first address that never answers left the others none at all). A port
+    outside 1-65535 is down before any lookup (review s16-hard L2: glibc cuts a host name's port to 16
+    bits).
 
     No step is judged by the event loop's timer alone (review s15-labels L1, s15-fixes-a L2): a loop
     stalled past ``timeout_s`` runs the timeout in the same turn as the step's completion, and the
@@ -293,7 +298,7 @@ async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool | N
         left = timeout_s
     except ValueError:
         try:
-            targets, took = await _lookup(loop, host, port, timeout_s)
+            targets, took = await _lookup(loop, host, port, timeout_s, probe=True)
         except _NotTried:
             return None
         except (TimeoutError, OSError, ValueError):  # (gaierror; UnicodeError: a name IDNA refuses)
@@ -353,122 +358,185 @@ async def _connect_any(
 
 
 class _NotTried(Exception):
-    """A host name's lookup that did not start (``_Lookups.start`` refused it, or its thread could not
-    start): the probe observed nothing (``connects`` answers None)."""
+    """A host name's lookup that told the probe nothing: none started (MAX_LOOKUPS run, or its thread could
+    not start), or the probe waited in vain on a lookup that another probe had already waited on in vain
+    (that lookup's one slow answer is counted once): the probe observed nothing (``connects`` answers
+    None)."""
+
+
+_Targets = list[tuple[socket.AddressFamily, Any]]
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 class _Lookup:
-    """One host-name lookup's thread, as ``_LOOKUPS`` counts it."""
+    """One host name's lookup thread (``getaddrinfo`` with no port: its answer serves every port) and the
+    waits on it: its starter's and those that joined it (each on its own loop)."""
 
-    __slots__ = ("finished", "given_up", "host")
+    __slots__ = ("ended", "error", "host", "started", "targets", "timed_out", "waiters")
 
     def __init__(self, host: str) -> None:
         self.host = host
-        self.finished = False  # its thread is out of getaddrinfo
-        self.given_up = False  # its probe stopped waiting for it first
+        self.started: float | None = None  # (time.monotonic, set by its thread)
+        self.ended: float | None = None  # its thread is out of getaddrinfo
+        self.targets: _Targets = []
+        self.error: BaseException | None = None
+        self.waiters: list[_Waiter] = []
+        self.timed_out = False  # a probe's wait on it timed out: its slowness is counted (once)
 
 
 class _Lookups:
-    """The probe's lookup threads (review s16-hard M1): a daemon thread each, bounded. A lookup given up
-    keeps its thread in getaddrinfo for the resolver's whole time-out (tens of seconds against a name
-    server that does not answer), so while one of a name is still running, a probe of that name does no
-    lookup (no second thread waits on the same dead answer), and at most MAX_LOOKUPS run at once (past
-    it a host name's probe does none): a dead name server costs at most MAX_LOOKUPS threads, one per name
-    that hangs. Such a probe is inconclusive (``_NotTried``, ``connects`` None), not a failure (review
-    s16-fixes-b H1: it would count the given-up lookup's one slow answer a second time)."""
+    """The host-name lookups of the hub probe and the aggregate fetcher (review s16-hard M1, s17-kvhub M1):
+    a daemon thread each, one per name at a time, bounded, and their answers kept a while.
 
-    def __init__(self) -> None:
+    - A lookup of a name whose lookup is running joins it (its answer, with the joiner's own time to wait)
+      and starts none: a name server that does not answer costs one thread per name for its whole time-out
+      (tens of seconds), and at most MAX_LOOKUPS run at once (past it a new name is not looked up:
+      ``_NotTried``; a name answered within ``ttl_s`` still is, from what was kept).
+    - An answer is kept for ``ttl_s`` (10 s, aiohttp's ``ttl_dns_cache``) when its lookup ends, also when
+      every wait on it had given up: a name server that answers, but slower than a fetch's or a probe's
+      time-out, fails one round, and the next ones use its answer (before, every round's lookup was given
+      up and its answer dropped, and the rounds between refused: such a cluster was never fetched again).
+      Failures are not kept.
+    - A probe whose wait on a lookup times out counts it as slow (``TimeoutError``: a failure) only when no
+      probe's wait on that lookup timed out before; otherwise it is inconclusive (``_NotTried``, review
+      s16-fixes-b H1: it would count the lookup's one slow answer a second time). The fetcher's waits do
+      not count: its given-up lookup leaves the probe its own verdict, and the probe's leaves the
+      fetcher its answer."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, ttl_s: float = LOOKUP_TTL_S) -> None:
         self.lock = threading.Lock()
-        self.running = 0
-        self.given_up: dict[str, int] = {}  # host -> its given-up lookups still running
+        self.clock = clock  # (the kept answers' age only; the lookups' own times are their threads')
+        self.ttl_s = ttl_s
+        self.inflight: dict[str, _Lookup] = {}  # host -> its running lookup
+        self.kept: dict[str, tuple[float, _Targets]] = {}  # host -> (kept until, its answer); oldest first
 
-    def start(self, host: str) -> _Lookup | None:
-        with self.lock:
-            if self.given_up.get(host) or self.running >= MAX_LOOKUPS:
-                return None
-            self.running += 1
-            return _Lookup(host)
+    @property
+    def running(self) -> int:
+        return len(self.inflight)
 
-    def give_up(self, lk: _Lookup) -> None:
+    def forget(self) -> None:
+        """Drops the kept answers (tests)."""
         with self.lock:
-            if not lk.finished and not lk.given_up:
-                lk.given_up = True
-                self.given_up[lk.host] = self.given_up.get(lk.host, 0) + 1
+            self.kept.clear()
 
-    def end(self, lk: _Lookup) -> None:
+    def _kept(self, host: str) -> _Targets | None:
+        hit = self.kept.get(host)
+        if hit is None:
+            return None
+        if self.clock() >= hit[0]:
+            del self.kept[host]
+            return None
+        return hit[1]
+
+    def take(self, host: str, waiter: _Waiter) -> tuple[_Targets | None, _Lookup | None]:
+        """(kept answer, None); or (None, the lookup now waited on): the name's running one, else a new one
+        on a thread of its own; ``_NotTried`` when none could start."""
         with self.lock:
-            lk.finished = True
-            self.running -= 1
-            if lk.given_up:
-                n = self.given_up[lk.host] - 1
-                if n:
-                    self.given_up[lk.host] = n
-                else:
-                    del self.given_up[lk.host]
+            targets = self._kept(host)
+            if targets is not None:
+                return targets, None
+            lk = self.inflight.get(host)
+            if lk is None:
+                if len(self.inflight) >= MAX_LOOKUPS:
+                    raise _NotTried
+                lk = _Lookup(host)
+                # (started under the lock: its end waits for it, and nobody joins one that did not start)
+                try:
+                    threading.Thread(target=self._resolve, args=(lk,), name=f"kvgate-lookup:{host}",
+                                     daemon=True).start()  # fmt: skip
+                except RuntimeError as e:  # ("can't start new thread": a pids limit; review s16-fixes-b H3)
+                    log.info("the lookup of %s could not start its thread (%s): not looked up", host, e)
+                    raise _NotTried from e
+                self.inflight[host] = lk
+            lk.waiters.append(waiter)
+            return None, lk
+
+    def _resolve(self, lk: _Lookup) -> None:
+        lk.started = time.monotonic()
+        targets: _Targets = []
+        error: BaseException | None = None
+        try:
+            infos = socket.getaddrinfo(lk.host, None, type=socket.SOCK_STREAM)
+            targets = [(family, addr) for family, _t, _p, _c, addr in infos]
+        except Exception as e:  # (gaierror, or whatever the C library raised: the waiters' to judge)
+            error = e
+        with self.lock:
+            lk.ended, lk.targets, lk.error = time.monotonic(), targets, error
+            if self.inflight.get(lk.host) is lk:
+                del self.inflight[lk.host]
+            if error is None and targets:  # (kept even when nobody waits any more: review s17-kvhub M1)
+                self.kept.pop(lk.host, None)
+                if len(self.kept) >= MAX_KEPT:
+                    self.kept.pop(next(iter(self.kept)))
+                self.kept[lk.host] = (self.clock() + self.ttl_s, targets)
+            waiters, lk.waiters = lk.waiters, []
+        for loop, answer in waiters:
+            with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(_settle, answer)
+
+    def leave(self, lk: _Lookup, waiter: _Waiter, timed_out: bool, probe: bool) -> bool:
+        """A wait on ``lk`` ends before its answer: whether the lookup was still running (False: it ended
+        meanwhile, its answer is there); a probe's ``timed_out`` wait raises ``_NotTried`` when another
+        probe's wait on it had timed out already."""
+        with self.lock:
+            if lk.ended is not None:
+                return False
+            with contextlib.suppress(ValueError):
+                lk.waiters.remove(waiter)
+            counted, lk.timed_out = lk.timed_out, lk.timed_out or (timed_out and probe)
+        if timed_out and probe and counted:
+            raise _NotTried
+        return True
+
+
+def _settle(answer: asyncio.Future[None]) -> None:
+    if not answer.done():  # (not when the wait was given up)
+        answer.set_result(None)
 
 
 _LOOKUPS = _Lookups()
-_Answer = tuple[list[tuple[socket.AddressFamily, Any]], float, BaseException | None]
+
+
+def _at_port(targets: _Targets, port: int) -> _Targets:
+    return [(family, (addr[0], port, *addr[2:])) for family, addr in targets]
 
 
 async def _lookup(
-    loop: asyncio.AbstractEventLoop, host: str, port: int, timeout_s: float
-) -> tuple[list[tuple[socket.AddressFamily, Any]], float]:
-    """``host``'s stream addresses (``getaddrinfo`` on a daemon thread of its own, as
-    ``kvsubscriber.lookup_ipv4``: not the loop's default executor, whose workers a given-up lookup would
-    hold, queueing every other lookup of the process behind it, and which ``asyncio.run``'s end waits
-    for; bounded by ``_Lookups``) and how long the lookup took, timed by its thread. TimeoutError when it
-    did not finish within ``timeout_s``: not finished when the loop's timeout fires, or finished (the loop
-    stalled meanwhile, so the timeout came late) but after more than ``timeout_s`` of its own;
-    ``_NotTried`` when not started (``_Lookups`` refused it, or its thread did not start); its error
-    (``socket.gaierror``) otherwise."""
-    lk = _LOOKUPS.start(host)
+    loop: asyncio.AbstractEventLoop, host: str, port: int, timeout_s: float, *, probe: bool = False
+) -> tuple[_Targets, float]:
+    """``host``'s stream addresses at ``port`` (``_LOOKUPS``: a kept answer, or the name's running lookup
+    joined, or ``getaddrinfo`` on a daemon thread of its own, as ``kvsubscriber.lookup_ipv4``: not the
+    loop's default executor, whose workers a given-up lookup would hold, queueing every other lookup of
+    the process behind it, and which ``asyncio.run``'s end waits for) and how long this wait took for it
+    (0 for a kept answer; a joined lookup's time from when it was joined), as the lookup's thread timed
+    it. TimeoutError when it did not come within ``timeout_s``: not there when the loop's timeout fires,
+    or there (the loop stalled meanwhile, so the timeout came late) but after more than ``timeout_s`` of
+    this wait's own; ``_NotTried`` when the lookup told nothing (``_Lookups``: none started; for a
+    ``probe``, a lookup another probe had already waited on in vain); its error (``socket.gaierror``)
+    otherwise."""
+    joined = time.monotonic()
+    answer: asyncio.Future[None] = loop.create_future()
+    waiter: _Waiter = (loop, answer)
+    kept, lk = _LOOKUPS.take(host, waiter)
     if lk is None:
-        raise _NotTried
-    answer: asyncio.Future[_Answer] = loop.create_future()
-
-    def settle(result: _Answer) -> None:
-        if not answer.done():  # (not when the wait was given up)
-            answer.set_result(result)
-
-    def resolve() -> None:
-        t0 = time.monotonic()
-        result: _Answer
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            result = ([(family, addr) for family, _t, _p, _c, addr in infos], time.monotonic() - t0, None)
-        except Exception as e:  # (gaierror, or whatever the C library raised: the caller's to judge)
-            result = ([], time.monotonic() - t0, e)
-        finally:
-            _LOOKUPS.end(lk)
-        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(settle, result)
-
-    try:
-        threading.Thread(target=resolve, name=f"kvgate-probe-lookup:{host}", daemon=True).start()
-    except RuntimeError as e:  # ("can't start new thread": a pids limit; review s16-fixes-b H3)
-        _LOOKUPS.end(lk)
-        log.info("a gateway probe's lookup of %s could not start its thread (%s): not probed", host, e)
-        raise _NotTried from e
-    except BaseException:
-        _LOOKUPS.end(lk)
-        raise
+        assert kept is not None
+        return _at_port(kept, port), 0.0
     try:
         async with asyncio.timeout(timeout_s):
             await answer
     except TimeoutError:
-        if not answer.done() or answer.cancelled():  # (still looking up when the time came)
-            _LOOKUPS.give_up(lk)
+        if _LOOKUPS.leave(lk, waiter, True, probe):  # (still looking up when the time came)
             raise
-    except BaseException:  # (the probe cancelled: the hub's stop)
-        _LOOKUPS.give_up(lk)
+    except BaseException:  # (the wait cancelled: the hub's stop, a fetch's end)
+        _LOOKUPS.leave(lk, waiter, False, probe)
         raise
-    targets, took, error = answer.result()
+    assert lk.ended is not None and lk.started is not None
+    took = lk.ended - max(lk.started, joined)
     if took >= timeout_s:
         raise TimeoutError
-    if error is not None:
-        raise error
-    return targets, took
+    if lk.error is not None:
+        raise lk.error
+    return _at_port(lk.targets, port), took
 
 
 def _connected(sock: socket.socket) -> bool:
