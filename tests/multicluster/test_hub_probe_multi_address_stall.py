@@ -27,31 +27,21 @@ from kvgate.multicluster.hub import connects
 NAME = "dual.kvgate-review.test"
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # (nothing listens there now: a connect is refused)
-    return port
-
-
 @pytest.fixture
-def dual(monkeypatch: pytest.MonkeyPatch) -> Any:
+def dual(monkeypatch: pytest.MonkeyPatch) -> None:
     real = socket.getaddrinfo
-    state: dict[str, int] = {}
 
     def fake(host: Any, port: Any, *a: Any, **k: Any) -> Any:
         if host != NAME:
             return real(host, port, *a, **k)
-        # first an address nothing listens on (refused), then the gateway's
+        # first an address nothing listens on (refused: 127.0.0.2, the gateway listens on 127.0.0.1 only),
+        # then the gateway's (the port as asked: the probe's lookups ask none, fixkvhub17)
         return [
-            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", state["refused"])),
-            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", int(port))),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port or 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port or 0)),
         ]
 
     monkeypatch.setattr(socket, "getaddrinfo", fake)
-    state["refused"] = _closed_port()
-    return state
 
 
 def _rtt(port: int) -> None:
@@ -59,7 +49,7 @@ def _rtt(port: int) -> None:
     real = loop.sock_connect
 
     async def sock_connect(sock: socket.socket, addr: Any) -> None:
-        if addr[1] == port:
+        if addr == ("127.0.0.1", port):
             await asyncio.sleep(0.01)  # (the gateway is 10 ms away)
         return await real(sock, addr)
 

@@ -474,19 +474,26 @@ class _Lookups:
             with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile: nobody waits
                 loop.call_soon_threadsafe(_settle, answer)
 
-    def leave(self, lk: _Lookup, waiter: _Waiter, timed_out: bool, probe: bool) -> bool:
+    def leave(self, lk: _Lookup, waiter: _Waiter) -> bool:
         """A wait on ``lk`` ends before its answer: whether the lookup was still running (False: it ended
-        meanwhile, its answer is there); a probe's ``timed_out`` wait raises ``_NotTried`` when another
-        probe's wait on it had timed out already."""
+        meanwhile, its answer is there)."""
         with self.lock:
             if lk.ended is not None:
                 return False
             with contextlib.suppress(ValueError):
                 lk.waiters.remove(waiter)
-            counted, lk.timed_out = lk.timed_out, lk.timed_out or (timed_out and probe)
-        if timed_out and probe and counted:
+            return True
+
+    def vain(self, lk: _Lookup, probe: bool) -> None:
+        """A wait on ``lk`` that timed out (its answer not there in time, or there after more than the
+        wait's time: a loop stall): for a ``probe``, ``_NotTried`` when another probe's wait on it had
+        timed out already (its one slow answer is counted once), else it is counted now."""
+        if not probe:
+            return
+        with self.lock:
+            counted, lk.timed_out = lk.timed_out, True
+        if counted:
             raise _NotTried
-        return True
 
 
 def _settle(answer: asyncio.Future[None]) -> None:
@@ -525,14 +532,16 @@ async def _lookup(
         async with asyncio.timeout(timeout_s):
             await answer
     except TimeoutError:
-        if _LOOKUPS.leave(lk, waiter, True, probe):  # (still looking up when the time came)
+        if _LOOKUPS.leave(lk, waiter):  # (still looking up when the time came)
+            _LOOKUPS.vain(lk, probe)
             raise
     except BaseException:  # (the wait cancelled: the hub's stop, a fetch's end)
-        _LOOKUPS.leave(lk, waiter, False, probe)
+        _LOOKUPS.leave(lk, waiter)
         raise
     assert lk.ended is not None and lk.started is not None
     took = lk.ended - max(lk.started, joined)
     if took >= timeout_s:
+        _LOOKUPS.vain(lk, probe)
         raise TimeoutError
     if lk.error is not None:
         raise lk.error
