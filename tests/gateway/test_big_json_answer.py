@@ -303,11 +303,44 @@ def test_piece_rewriter_across_every_split():
     assert b"".join([rw.feed(body[:20]), rw.feed(body[20:]), rw.finish()]) == body
 
 
-def test_usage_from_tail():
-    from kvgate.openai.usage import usage_from_tail
+def _scan(body: bytes, cuts: list[int]) -> tuple[int, int] | None:
+    from kvgate.openai.usage import BodyUsageScanner
 
-    assert usage_from_tail(answer_body(10)[-80:]) is not None
-    u = usage_from_tail(b'x"},"usage" : {"prompt_tokens":7,"completion_tokens":2}}')
-    assert u is not None and (u.prompt_tokens, u.completion_tokens) == (7, 2)
-    assert usage_from_tail(b'"text":"a \\"usage\\": {}"}') is None
-    assert usage_from_tail(b'"usage":{"prompt_tok') is None
+    sc = BodyUsageScanner()
+    at = 0
+    for c in [*cuts, len(body)]:
+        sc.feed(body[at:c])
+        at = c
+    u = sc.usage()
+    return None if u is None else (u.prompt_tokens, u.completion_tokens)  # (as ``_pair``)
+
+
+def test_body_usage_scanner_any_place_any_split():
+    """review s17-bigbody M1: usage read wherever it stands (vLLM's chat answer: before MiBs of
+    ``prompt_logprobs``), with the body split anywhere; a ``"usage"`` token text, an escaped one in
+    content, a nested non-usage ``usage`` key, are not taken."""
+    import random
+
+    from kvgate.openai.usage import usage_from_body
+
+    def _pair(u: Any) -> tuple[int, int] | None:
+        return None if u is None else (u.prompt_tokens, u.completion_tokens)
+
+    assert _pair(usage_from_body(answer_body(10))) is not None
+    plp = b",".join(b'{"%d":{"logprob":-1.2,"decoded_token":"usage"}}' % i for i in range(2000))
+    bodies = {
+        b'{"choices":[{"text":"say \\"usage\\": {\\"prompt_tokens\\":1}"}],'
+        b'"x":{"usage":[1]},"usage" : {"prompt_tokens":7,"completion_tokens":2},'
+        b'"prompt_logprobs":[null,' + plp + b"]}": (7, 2),
+        answer_body(10): _pair(usage_from_body(answer_body(10))),
+        b'{"a":"\\\\","usage":{"prompt_tokens":3,"completion_tokens":4}}': (3, 4),
+        b'{"prompt_logprobs":[' + plp + b'],"usage":{"prompt_tokens":5,"completion_tokens":6}}': (5, 6),
+        b'{"t":"usage","x":"\\"usage\\":{\\"prompt_tokens\\":1}"}': None,
+    }
+    rng = random.Random(17)
+    for body, want in bodies.items():
+        assert _scan(body, []) == want, body[:80]
+        for _ in range(200):
+            cuts = sorted(rng.sample(range(1, len(body)), min(len(body) - 1, rng.randint(1, 12))))
+            assert _scan(body, cuts) == want, (body[:80], cuts)
+        assert _scan(body, list(range(1, len(body), 7))) == want

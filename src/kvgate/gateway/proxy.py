@@ -50,7 +50,7 @@ from kvgate.openai.request import (
     parse_body,
     server_priority,
 )
-from kvgate.openai.usage import UsageTail, usage_from_body
+from kvgate.openai.usage import BodyUsageScanner, usage_from_body
 from kvgate.requestcontrol.director import Director, preempted_error
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage
 
@@ -93,7 +93,7 @@ _NOT_PREEMPTED: Final[tuple[bool]] = (False,)
 _REQUEST_LINES_MAX = 4096  # cached upstream request lines (API x endpoint address)
 # A non-streamed answer held whole at most (``kvgate epp`` holds 16 MiB, but per request and with a
 # global cap; here 4 MiB: completions and chats are far smaller, and a bigger answer, an embeddings
-# batch or ``prompt_logprobs``, is relayed as it comes with its usage still read from its tail), and
+# batch or ``prompt_logprobs``, is relayed as it comes with its usage read as it passes), and
 # all the answers one process holds together (``kvgate serve --clusters``' ``_USAGE_HELD`` is 256 MiB).
 WHOLE_BODY_MAX: Final = 4 << 20
 HELD_BODIES_MAX: Final = 64 << 20
@@ -825,15 +825,16 @@ class Proxy:
     ) -> StreamResponse:
         """A non-streamed answer past ``whole_max`` (or the ``held`` budget): relayed as it arrives
         (chunked to the client, at the client's pace: a write waits while its buffer is full), never
-        held whole. Its usage is read from its last bytes (best effort: ``usage_from_tail``), its model
-        name put back within the first ``whole_max`` bytes (``PieceRewriter``). Bytes went out: an
-        upstream cut now is not retried; the client's connection is closed mid-body (a JSON body
-        cannot carry an error after its start). ``blame=False``: as ``_whole``'s (a 500 not charged)."""
+        held whole. Its usage is read as it passes (``BodyUsageScanner``: the first ``usage`` key's
+        object, wherever it stands), its model name put back within the first ``whole_max`` bytes
+        (``PieceRewriter``). Bytes went out: an upstream cut now is not retried; the client's
+        connection is closed mid-body (a JSON body cannot carry an error after its start).
+        ``blame=False``: as ``_whole``'s (a 500 not charged)."""
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
         out = StreamResponse(status=resp.status, headers=headers)
         rewriter = PieceRewriter(sent_model, client_model, self.whole_max) if sent_model else None
-        tail = UsageTail()
+        scan = BodyUsageScanner()
         ok = False
         cut: Exception | None = None
         director.on_first_token(ireq, ep, learn=False)  # (as ``_whole``: no first token to learn)
@@ -854,7 +855,7 @@ class Proxy:
                         break
                     if not chunk:
                         break
-                tail.feed(chunk)
+                scan.feed(chunk)
                 await out.write(rewriter.feed(chunk) if rewriter is not None else chunk)
             if cut is None:
                 if rewriter is not None:
@@ -874,7 +875,7 @@ class Proxy:
                 self.health.success(ep)
             elif (blame or cut is not None) and self.health.failure(ep, self._peers(ep)):
                 self.metrics.ejections.inc()
-            usage = tail.body_usage() if ok and resp.status < 300 else None
+            usage = scan.usage() if ok and resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok and resp.status < 500)
             self._charge(ireq, usage)
             self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage)

@@ -100,28 +100,92 @@ class UsageTail:
         t = self._tail
         return last_usage(t[-TAIL_BYTES:] if len(t) > TAIL_BYTES else t)
 
-    def body_usage(self) -> Usage | None:
-        """A JSON body's usage from its tail (``usage_from_tail``): a body too large to hold whole."""
-        t = self._tail
-        return usage_from_tail(t[-TAIL_BYTES:] if len(t) > TAIL_BYTES else t)
-
 
 _RAW = json.JSONDecoder()
 
 
-def usage_from_tail(tail: bytes | bytearray) -> Usage | None:
-    """The ``usage`` of a JSON response body read from its last bytes only (best effort, for a body too
-    large to hold: vLLM, SGLang and the OpenAI API put ``usage`` last): the object after the tail's last
-    ``"usage":`` key. None when the tail has none, or it does not decode. (A ``"usage"`` inside a JSON
-    string has its quotes escaped: the last unescaped one is a key.)"""
-    at = tail.rfind(b'"usage"')
-    if at < 0:
-        return None
-    rest = bytes(tail[at + 7 :]).lstrip()
-    if not rest.startswith(b":"):
-        return None
-    try:
-        obj, _ = _RAW.raw_decode(rest[1:].lstrip().decode())
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return usage_from({"usage": obj})
+_KEY = b'"usage"'
+# A ``usage`` value larger than this is not read (a real one is a few hundred bytes).
+USAGE_VALUE_MAX = 64 * 1024
+# How far past a candidate key the scanner looks for its ``:`` (the bytes kept back for the next chunk).
+_LOOK = 64
+
+
+class BodyUsageScanner:
+    """The ``usage`` of a JSON response body too large to hold, read as it passes: ``feed`` each chunk,
+    ``usage()`` at its end. Wherever ``usage`` stands (vLLM's chat answer puts ``prompt_logprobs`` and
+    ``prompt_token_ids``, MiBs of them, after it; review s17-bigbody M1; before, only the body's last
+    16 KiB were searched). The first ``"usage"`` key whose value is a usage object counts: a key, since
+    its opening quote is not escaped and a ``:`` follows (inside a JSON string every quote is escaped;
+    a string value is followed by ``,``, ``}`` or ``]``), so a token's text ``"usage"`` or a content
+    ``\\"usage\\":`` is not taken. (Not depth-checked: a nested ``usage`` object before the top-level
+    one would be taken; no OpenAI, vLLM or SGLang answer has one.) Bounded: ``bytes.find`` over each
+    chunk, ``_LOOK`` bytes carried between chunks (a key split across them), at most
+    ``USAGE_VALUE_MAX`` bytes of a value; after the usage, nothing."""
+
+    __slots__ = ("_carry", "_done", "_start", "_usage", "_value")
+
+    def __init__(self) -> None:
+        self._carry = b""  # the previous chunk's last bytes
+        self._start = 0  # where in ``carry + chunk`` the keys not looked at yet may start
+        self._value: bytearray | None = None  # after a key: its value's bytes so far
+        self._done = False
+        self._usage: Usage | None = None
+
+    def feed(self, chunk: bytes, final: bool = False) -> None:
+        if self._done or not (chunk or final):
+            return
+        if self._value is not None:
+            self._take(chunk)
+            return
+        buf = self._carry + chunk if self._carry else chunk
+        # Keys starting before ``limit`` have their ``:`` in ``buf`` (at the end: all of them).
+        limit = len(buf) if final else len(buf) - _LOOK
+        pos = self._start
+        while pos < limit:
+            at = buf.find(_KEY, pos, limit + len(_KEY))
+            if at < 0:
+                break
+            pos = at + 1
+            i = at
+            while i > 0 and buf[i - 1] == 0x5C:  # an escaped quote: inside a string
+                i -= 1
+            if (at - i) % 2 or buf[at + len(_KEY) : at + len(_KEY) + _LOOK].lstrip()[:1] != b":":
+                continue
+            self._value = bytearray()
+            self._take(buf[at + len(_KEY) :])
+            return
+        self._carry = buf[-2 * _LOOK :]
+        self._start = max(0, len(self._carry) - min(_LOOK, len(buf)))
+
+    def _take(self, data: bytes) -> None:
+        v = self._value
+        assert v is not None
+        v += data
+        raw = bytes(v)
+        after = raw.lstrip()[1:].lstrip()  # (after the ``:``)
+        text = after[:USAGE_VALUE_MAX]
+        try:
+            obj, end = _RAW.raw_decode(text.decode("utf-8", "replace"))
+        except ValueError:
+            if len(after) >= USAGE_VALUE_MAX:
+                self._done, self._value = True, None  # too big, or not JSON: no usage
+            return
+        self._value = None
+        self._usage = usage_from({"usage": obj})
+        if self._usage is None:  # a ``usage`` key that is not the usage: look on after its value
+            self._carry, self._start = b"", 0
+            self.feed(raw[len(raw) - len(after) + _end_bytes(text, end) :])
+        else:
+            self._done = True
+
+    def usage(self) -> Usage | None:
+        """The usage, once the whole body was fed (the last bytes are looked at here)."""
+        if not self._done and self._value is None:
+            self.feed(b"", final=True)
+        return self._usage
+
+
+def _end_bytes(text: bytes, end: int) -> int:
+    """Bytes of ``text`` in its first ``end`` decoded characters."""
+    return len(text.decode("utf-8", "replace")[:end].encode())
