@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import ssl
@@ -654,11 +655,17 @@ class Proxy:
                         reply_headers, t0, blame,
                     )  # fmt: skip
                 try:
-                    return self._whole(
+                    answer = self._whole(
                         resp, body, director, ireq, ep, client_model, sent_model, reply_headers, t0, blame
                     )
-                finally:
+                except BaseException:
                     self.held.give(held)
+                    raise
+                if held:
+                    # Given back once the front wrote the body out (or the client left), not now: an
+                    # answer a client does not read stays in the budget (review s17-bigbody M3).
+                    answer.release = functools.partial(self.held.give, held)
+                return answer
             except ReadTimeout:
                 # Sent, and nothing (more) came in time: the server may still be computing it, so it
                 # is not run again elsewhere (a retry would double the GPU work, and under overload

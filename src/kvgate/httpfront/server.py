@@ -102,7 +102,7 @@ class Request:
 class Response:
     """A whole response (the aiohttp ``web.Response`` keywords the gateway uses)."""
 
-    __slots__ = ("body", "close", "content_type", "headers", "status")
+    __slots__ = ("body", "close", "content_type", "headers", "release", "status")
 
     def __init__(
         self,
@@ -118,6 +118,10 @@ class Response:
         self.headers = headers or {}
         self.content_type = content_type
         self.close = False
+        # Called once when the body has left the gateway (its output buffer back under
+        # ``write_buffer_bytes``) or the connection ended: what held the body gives its bytes back then
+        # (``kvgate serve``'s held answers: the process budget bounds answers not yet read too).
+        self.release: Callable[[], None] | None = None
 
     def force_close(self) -> None:
         self.close = True
@@ -151,10 +155,28 @@ class StreamResponse:
         proto = self._proto
         if proto is None or proto.closed:
             raise ConnectionResetError("client connection closed")
-        if data:
+        if not data:
+            return
+        step = proto.server.write_buffer_bytes
+        if len(data) <= step:
             proto.send(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
             if proto.write_paused:
                 await proto.drain()
+            return
+        # A piece larger than the client's buffer (a relayed big answer's read): written in slices of
+        # it, each once the client took the last, never copied whole into the output buffer (review
+        # s17-bigbody M3: the output buffer stays near ``write_buffer_bytes`` per connection).
+        if self._chunked:
+            proto.send(b"%x\r\n" % len(data))
+        view = memoryview(data)
+        for at in range(0, len(data), step):
+            if proto.closed:
+                raise ConnectionResetError("client connection closed")
+            proto.send(view[at : at + step])
+            if proto.write_paused:
+                await proto.drain()
+        if self._chunked:
+            proto.send(b"\r\n")
 
     def abort(self) -> None:
         """End a started response as broken: no terminating chunk, the connection is aborted, so the
@@ -915,11 +937,25 @@ class FrontProtocol(asyncio.Protocol):
             if isinstance(resp, Response):
                 close = close or resp.close
                 body = b"" if req.method == "HEAD" else resp.body  # HEAD: headers only
-                self.send(_head(resp.status, resp.headers, resp.content_type, len(resp.body), close) + body)
-                if self.write_paused and not close:
-                    # A pipelining client that does not read: answer its next request only once this
-                    # one left the buffer (bounded output; the send deadline applies meanwhile).
-                    await self.drain()
+                head = _head(resp.status, resp.headers, resp.content_type, len(resp.body), close)
+                release, resp.release = resp.release, None
+                if release is None:
+                    self.send(head + body)
+                    if self.write_paused and not close:
+                        # A pipelining client that does not read: answer its next request only once
+                        # this one left the buffer (bounded output; the send deadline applies meanwhile).
+                        await self.drain()
+                else:
+                    # A large body (review s17-bigbody M3): head and body written apart (no joined
+                    # copy), the response's reference dropped (the transport's is the one copy left),
+                    # and released only once the client took it, past ``write_buffer_bytes``, or left.
+                    try:
+                        self.send(head, body)
+                        resp.body = body = b""
+                        if self.write_paused:
+                            await self.drain()
+                    finally:
+                        release()
         except ConnectionResetError:
             close = True
         finally:
@@ -944,13 +980,16 @@ class FrontProtocol(asyncio.Protocol):
             self.close()
 
     # --- output ---------------------------------------------------------------------------------
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview, more: bytes = b"") -> None:
+        """Write ``data`` (and ``more`` after it: two writes, not a joined copy)."""
         if not self.closed and self.transport is not None:
             if self.transport.get_write_buffer_size() > self.server.write_buffer_bytes:
                 # A writer that ignored back-pressure: the bound is hard, drop the connection.
                 self.abort()
                 return
             self.transport.write(data)
+            if more:
+                self.transport.write(more)
 
     def _arm_idle(self) -> None:
         self.idle_since = None
