@@ -89,3 +89,14 @@ def test_gap_compares_two_frontiers_at_each_shed_rate() -> None:
     assert got[1]["delta"] == pytest.approx(0.71 - 0.60)
     assert got[2]["delta"] == pytest.approx(0.75 - 0.90)
     assert got[3]["delta"] == pytest.approx(0.80 - 0.90)  # both flat past their last corner
+
+
+def test_the_frontier_help_names_every_knob(capsys: pytest.CaptureFixture[str]) -> None:
+    """Review s17-docs D4: ``--frontier``'s help listed ttl and batch-cap, not slo-confidence."""
+    from kvgate.bench.flowcontrol_bench import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = "".join(capsys.readouterr().out.split())  # (argparse wraps at a hyphen too)
+    for knob in ("ttl", "batch-cap", "slo-confidence"):
+        assert f"{knob}:" in text, knob

@@ -128,6 +128,8 @@ def test_admin_tls_flags_are_checked(pems: Path) -> None:
     cfg.admin_port = 0
     with pytest.raises(GatewayConfigError, match=r"--cert.*only with --admin-tls"):
         cli.admin_tls(_args("--cert", str(pems / "server.crt")), cfg)  # never silently ignored
+    with pytest.raises(GatewayConfigError, match=r"--tls-hosts: only with --admin-tls"):
+        cli.admin_tls(_args("--tls-hosts", "a.example"), cfg)  # nor --tls-hosts (review s17-docs D3)
     with pytest.raises(GatewayConfigError, match="--cert"):
         cli.admin_tls(_args("--admin-tls", "--cert", str(pems / "server.crt")), cfg)  # no --key
     with pytest.raises(GatewayConfigError, match="--cert-path"):
@@ -136,6 +138,8 @@ def test_admin_tls_flags_are_checked(pems: Path) -> None:
     assert generated is not None and generated.cert_pem.startswith(b"-----BEGIN CERTIFICATE-----")
     assert generated.client_ca_pem is None
     assert cli.admin_tls(_args(), cfg) is None
+    named = cli.admin_tls(_args("--admin-tls", "--tls-hosts", "a.example"), cfg)
+    assert named is not None and named.cert_pem.startswith(b"-----BEGIN CERTIFICATE-----")
 
 
 async def test_the_workers_supervisor_serves_its_admin_port_over_tls(pems: Path, pod: Backend) -> None:

@@ -82,6 +82,8 @@ def test_admin_tls_flags_without_admin_tls_or_port_are_refused(
     assert "--admin-tls: needs --admin-port" in capsys.readouterr().err
     assert main(["--clusters", c, "--admin-port", "0", "--client-ca", "ca.pem"]) == 2
     assert "--client-ca: only with --admin-tls" in capsys.readouterr().err
+    assert main(["--clusters", c, "--admin-port", "0", "--tls-hosts", "a"]) == 2  # (review s17-docs D3)
+    assert "--tls-hosts: only with --admin-tls" in capsys.readouterr().err
 
 
 async def test_admin_port_takes_the_admin_routes_off_the_data_port() -> None:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvgate.bench.fleetsim import _copy_stats
+from kvgate.bench.frontier import KNOBS
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.report import pct, write_json
 from kvgate.datalayer.endpoint import Endpoint
@@ -628,8 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="30 s of arrivals (tests)")
     p.add_argument("--frontier", action="append", default=[], metavar="[ARM:]KNOB=V1,V2,...",
                    help="frontier mode (repeatable): run each arm of --arms on the flooded mix at its own "
-                        "settings and at every value of KNOB (ttl: flowControl.defaultRequestTTL, s; "
-                        "batch-cap: the batch band's maxRequests), and compare each arm's own setting with "
+                        "settings and at every value of KNOB ("
+                        + "; ".join(f"{k}: {v}" for k, v in KNOBS.items())
+                        + "), and compare each arm's own setting with "
                         "the other arms' attainment-vs-shed-rate frontier at the same shed rate; writes "
                         "flowcontrol-frontier.json")  # fmt: skip
     p.add_argument("--seeds", default="", help="frontier mode: comma-separated seeds (default: --seed)")

@@ -124,8 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     adm.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
     adm.add_argument(
         "--tls-hosts",
-        default="localhost,127.0.0.1",
-        help="names/IPs for the generated self-signed certificate (without --cert-path / --cert)",
+        help="names/IPs for the generated self-signed certificate (without --cert-path / --cert; "
+        "default localhost,127.0.0.1)",
     )
     kube = p.add_argument_group("kubernetes (endpoints from an InferencePool)")
     kube.add_argument("--pool-name", help="InferencePool to discover the endpoints from (with --model)")
@@ -281,7 +281,8 @@ def admin_tls(args: argparse.Namespace, cfg: GatewayConfig) -> ListenerTLS | Non
     from kvgate.httpfront import tls
 
     given = [f for f, v in (("--cert-path", args.cert_path), ("--cert", args.cert), ("--key", args.key),
-                            ("--client-ca", args.client_ca)) if v]  # fmt: skip
+                            ("--client-ca", args.client_ca), ("--tls-hosts", args.tls_hosts))
+             if v]  # fmt: skip
     if not args.admin_tls:
         if given:
             raise GatewayConfigError(given[0], "only with --admin-tls (TLS is for the admin port)")
@@ -294,7 +295,8 @@ def admin_tls(args: argparse.Namespace, cfg: GatewayConfig) -> ListenerTLS | Non
         if args.cert_path or args.cert or args.key:
             pair = tls.load(args.cert_path, args.cert, args.key)
         else:
-            hosts = tuple(h.strip() for h in args.tls_hosts.split(",") if h.strip())
+            names = args.tls_hosts or "localhost,127.0.0.1"
+            hosts = tuple(h.strip() for h in names.split(",") if h.strip())
             pair = tls.self_signed(hosts or ("localhost",))
             logging.getLogger("kvgate.gateway").info(
                 "admin TLS with a generated self-signed certificate (pass --cert-path for a real one)"
