@@ -12,8 +12,9 @@ scorer (queue 0, KV 0 %) and would draw all the traffic exactly when it is dead.
 left out, and the gate fails open (every non-ejected endpoint) only when nothing at all is healthy, e.g.
 before the first scrape round or when the scraper itself is down.
 
-Readiness (``kvgate serve``'s ``/readyz``) and ``inference_pool_ready_pods`` (both doors) count by the same
-model (``ready_endpoints``). Where routing fails open (no endpoint healthy), readiness counts only the
+Readiness (``kvgate serve``'s ``/readyz``) and ``inference_pool_ready_pods`` (both doors, for pools of
+listed endpoints; Kubernetes pools count Ready pods, as the reference) count by the same model
+(``ready_endpoints``). Where routing fails open (no endpoint healthy), readiness counts only the
 non-ejected endpoints whose scrape got an HTTP answer within ``metrics_staleness_s``, whatever its status
 (``Endpoint.answered_at``): a fleet that answers its ``/metrics`` with 404 (SGLang without
 ``--enable-metrics``, a blocked path) serves and is ready (review s17-bigbody M2: readiness is never
