@@ -105,6 +105,9 @@ _RAW = json.JSONDecoder()
 
 
 _KEY = b'"usage"'
+# The key and its ``:`` (a string value ``"usage"``, e.g. a token's text, is followed by , } or ]:
+# never a candidate, so such tokens cost nothing but the search).
+_KEY_COLON = re.compile(rb'"usage"[ \t\r\n]*:')
 # A ``usage`` value larger than this is not read (a real one is a few hundred bytes).
 USAGE_VALUE_MAX = 64 * 1024
 # How far past a candidate key the scanner looks for its ``:`` (the bytes kept back for the next chunk).
@@ -119,9 +122,9 @@ class BodyUsageScanner:
     its opening quote is not escaped and a ``:`` follows (inside a JSON string every quote is escaped;
     a string value is followed by ``,``, ``}`` or ``]``), so a token's text ``"usage"`` or a content
     ``\\"usage\\":`` is not taken. (Not depth-checked: a nested ``usage`` object before the top-level
-    one would be taken; no OpenAI, vLLM or SGLang answer has one.) Bounded: ``bytes.find`` over each
-    chunk, ``_LOOK`` bytes carried between chunks (a key split across them), at most
-    ``USAGE_VALUE_MAX`` bytes of a value; after the usage, nothing."""
+    one would be taken; no OpenAI, vLLM or SGLang answer has one.) Bounded: one regex search
+    (``"usage"`` then ``:``) over each chunk, ``_LOOK`` bytes carried between chunks (a key split across
+    them), at most ``USAGE_VALUE_MAX`` bytes of a value; after the usage, nothing."""
 
     __slots__ = ("_carry", "_done", "_start", "_usage", "_value")
 
@@ -143,14 +146,14 @@ class BodyUsageScanner:
         limit = len(buf) if final else len(buf) - _LOOK
         pos = self._start
         while pos < limit:
-            at = buf.find(_KEY, pos, limit + len(_KEY))
-            if at < 0:
+            m = _KEY_COLON.search(buf, pos)
+            if m is None or (at := m.start()) >= limit:
                 break
             pos = at + 1
             i = at
             while i > 0 and buf[i - 1] == 0x5C:  # an escaped quote: inside a string
                 i -= 1
-            if (at - i) % 2 or buf[at + len(_KEY) : at + len(_KEY) + _LOOK].lstrip()[:1] != b":":
+            if (at - i) % 2:
                 continue
             self._value = bytearray()
             self._take(buf[at + len(_KEY) :])
