@@ -9,7 +9,9 @@ gateway in-process with ``whole_max`` lowered, against a raw server that answers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -154,16 +156,26 @@ def _peak_rss_kib(pid: int) -> int:
 
 async def _serve(tmp_path: Path, config: str) -> tuple[Any, int]:
     (tmp_path / "gw.yaml").write_text(config)
-    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = probe.sockets[0].getsockname()[1]
-    probe.close()
-    await probe.wait_closed()
     err = (tmp_path / "stderr").open("wb")
+    # --port 0: the process binds and says which (a port picked here could be taken before it binds)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kvgate.cli", "serve", "--config", str(tmp_path / "gw.yaml"),
-        "--port", str(port), "--log-level", "WARNING",
-        stdout=asyncio.subprocess.DEVNULL, stderr=err, env=dict(os.environ),
+        "--port", "0", "--log-level", "WARNING",
+        stdout=asyncio.subprocess.PIPE, stderr=err, env=dict(os.environ),
     )  # fmt: skip
+    assert proc.stdout is not None
+    line = b""
+    with contextlib.suppress(TimeoutError):
+        while b"listening on" not in line:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            if not line:
+                break
+    m = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", line)
+    if not m:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError((line, (tmp_path / "stderr").read_text()[-500:]))
+    port = int(m[1])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert proc.returncode is None, (tmp_path / "stderr").read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import ssl
 import sys
@@ -108,9 +109,10 @@ async def test_admin_port_takes_the_admin_routes_off_the_data_port() -> None:
 
 @pytest.mark.parametrize("tls_flag", [False, True], ids=["admin-port", "admin-port+admin-tls"])
 async def test_clusters_serve_listens_on_its_admin_port(tmp_path: Path, tls_flag: bool) -> None:
-    """The reviewer's black-box test (s17-qa-tests/test_qa17_clusters_ignored_flags.py): the process."""
-    port, admin = _free_port(), _free_port()
-    args = ["--clusters", _clusters_file(tmp_path), "--port", str(port), "--admin-port", str(admin)]
+    """The reviewer's black-box test (s17-qa-tests/test_qa17_clusters_ignored_flags.py): the process.
+    It binds port 0 for both and says which it got (review s17-fixes-a M1: ports picked here and bound
+    by the process seconds later could be taken meanwhile on a shared machine)."""
+    args = ["--clusters", _clusters_file(tmp_path), "--port", "0", "--admin-port", "0"]
     if tls_flag:
         args.append("--admin-tls")
     proc = await asyncio.create_subprocess_exec(
@@ -118,10 +120,14 @@ async def test_clusters_serve_listens_on_its_admin_port(tmp_path: Path, tls_flag
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(os.environ),
     )  # fmt: skip
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         scheme = "https" if tls_flag else "http"
-        assert f"admin on {scheme}://127.0.0.1:{admin}".encode() in line, line
+        m = re.search(rb"global gateway on http://127\.0\.0\.1:(\d+), admin on " + scheme.encode()
+                      + rb"://127\.0\.0\.1:(\d+)", line)  # fmt: skip
+        assert m, (line, b"" if line else (await proc.stderr.read())[-500:])
+        port, admin = int(m[1]), int(m[2])
+        assert port != admin
         deadline = time.monotonic() + 10
         while not await _listening(admin):
             assert time.monotonic() < deadline, f"nothing listens on --admin-port {admin}"
@@ -132,3 +138,30 @@ async def test_clusters_serve_listens_on_its_admin_port(tmp_path: Path, tls_flag
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+@pytest.mark.parametrize("taken", ["--port", "--admin-port"])
+async def test_a_taken_port_is_a_one_line_error(tmp_path: Path, taken: str) -> None:
+    """Review s17-fixes-a L3: a port taken was a traceback and "Unclosed client session", exit 1; now one
+    line naming it, as plain ``kvgate serve`` says, and the same exit code (1)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        args = ["--clusters", _clusters_file(tmp_path), "--port", "0", "--admin-port", "0", "--admin-tls"]
+        args[args.index(taken) + 1] = port
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kvgate.cli", "serve", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(os.environ),
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = err.decode()
+    assert proc.returncode == 1, (out, text)
+    said = [ln for ln in text.splitlines() if ln.startswith("kvgate serve: cannot listen on 127.0.0.1:")]
+    assert len(said) == 1 and port in said[0], text
+    assert "Traceback" not in text and "Unclosed" not in text, text

@@ -648,6 +648,12 @@ def run(args: ServeArgs) -> int:
         except ClustersError:  # the kubernetes section cannot be loaded: say so, exit 2
             await gw.stop()
             raise
+        except OSError as e:  # a port taken: one line, exit 1, as kvgate serve (review s17-fixes-a L3)
+            await gw.stop()
+            admin_at = "" if args.admin_port is None else f" (admin port {args.admin_port})"
+            print(f"kvgate serve: cannot listen on {args.host}:{args.port}{admin_at}: {e}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            raise SystemExit(1) from None
         admin = "" if gw.admin_port is None else (
             f", admin on {'https' if args.admin_ssl else 'http'}://{args.host}:{gw.admin_port}"
         )  # fmt: skip
