@@ -84,14 +84,21 @@ def test_a_usage_event_split_across_chunks_is_found(size: int) -> None:
 
 def test_only_the_last_tail_bytes_are_read() -> None:
     """As before: a usage event that ends more than ``TAIL_BYTES`` before the stream's end is not
-    found, even when the buffer still holds it, nor is one that straddles the tail's start."""
+    found, even when the buffer still holds it, nor is one cut at the tail's start inside its usage.
+    One cut before its ``usage`` key is read (s17-qafix-d F2: a Responses stream's ``response.completed``
+    holds the whole answer before its usage; before, any event straddling the tail's start was
+    skipped)."""
     far = _usage_event(7, 3) + TOKEN * (TAIL_BYTES // len(TOKEN) + 1) + DONE
     event = _usage_event(7, 3, pad=100)
-    straddle = event + b"z" * (TAIL_BYTES - len(event) // 2 - 2) + b"\n\n"
-    for stream in (far, straddle):
-        for size in (len(TOKEN), 1000):
+    key = event.index(b'"usage"')
+    straddle_value = event + b"z" * (TAIL_BYTES - len(event) + key + 3) + b"\n\n"
+    straddle_before = event + b"z" * (TAIL_BYTES - len(event) + key - 20) + b"\n\n"
+    for size in (len(TOKEN), 1000):
+        for stream in (far, straddle_value):
             assert _tail_usage(stream, size) is None
             assert _relay_usage(stream, size) is None
+        assert _tail_usage(straddle_before, size) == Usage(7, 3)
+        assert _relay_usage(straddle_before, size) == Usage(7, 3)
 
 
 @settings(max_examples=60, deadline=None)

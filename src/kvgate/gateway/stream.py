@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import orjson
 
-from kvgate.openai.protocol import usage_from
+from kvgate.openai.protocol import later_usage, usage_from
 from kvgate.openai.sse import DONE_ENDS, MAX_SSE_LINE, EventEdge, ends_done, event_end, next_event_end
 from kvgate.openai.usage import UsageTail, event_obj
 from kvgate.scheduling.types import Usage
@@ -166,7 +166,7 @@ class StreamRelay:
                     obj = event_obj(ev)  # parsed once for both questions
                     usage = usage_from(obj)
                     if usage is not None:
-                        self.usage = usage
+                        self.usage = later_usage(self.usage, usage)
                         # The include_usage chunk has an empty choices list; token chunks never do.
                         if self._strip and obj.get("choices") == []:
                             # (line ends before it, a CRLF's LF split from its CR, stay)
@@ -185,7 +185,7 @@ class StreamRelay:
             tail, self._tail = self._tail, UsageTail()
             usage = tail.usage()
             if usage is not None:
-                self.usage = usage
+                self.usage = later_usage(self.usage, usage)
             return self._edge.rest()
         if self._passing:
             rest, self._carry, self._passing = self._carry, b"", False

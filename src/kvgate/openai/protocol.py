@@ -27,13 +27,35 @@ CONFORMANCE_SERVED = "x-conformance-test-served-endpoint"
 
 
 def usage_from(obj: Any) -> Usage | None:
-    """``obj["usage"]`` of an OpenAI response or stream event (None when absent or not an object)."""
-    usage = obj.get("usage") if isinstance(obj, dict) else None
-    if not isinstance(usage, dict):
+    """``obj["usage"]`` of a response or stream event (None when absent or not an object). OpenAI's
+    ``prompt_tokens`` / ``completion_tokens``, or the ``input_tokens`` / ``output_tokens`` of Anthropic
+    Messages and OpenAI Responses (``/v1/messages``, ``/v1/responses``; review s17-qafix-d F2); a
+    Responses stream's ``response.completed`` and an Anthropic stream's ``message_start`` carry it in
+    their ``response`` / ``message`` object."""
+    if not isinstance(obj, dict):
         return None
-    return usage_of(
-        usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("prompt_tokens_details")
-    )
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        inner = obj.get("response") or obj.get("message")
+        usage = inner.get("usage") if isinstance(inner, dict) else None
+        if not isinstance(usage, dict):
+            return None
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        return usage_of(
+            usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("prompt_tokens_details")
+        )
+    return usage_of(usage.get("input_tokens"), usage.get("output_tokens"), usage.get("input_tokens_details"))
+
+
+def later_usage(before: Usage | None, usage: Usage) -> Usage:
+    """A stream's usage after a later usage event: an Anthropic stream's ``message_delta`` may carry
+    only ``output_tokens`` (its ``message_start`` had ``input_tokens``): a later count of 0 prompt tokens
+    keeps the earlier one's."""
+    if before is not None and not usage.prompt_tokens and before.prompt_tokens:
+        usage.prompt_tokens = before.prompt_tokens
+        if not usage.cached_reported:
+            usage.cached_tokens, usage.cached_reported = before.cached_tokens, before.cached_reported
+    return usage
 
 
 def usage_of(prompt_tokens: Any, completion_tokens: Any, details: Any) -> Usage:

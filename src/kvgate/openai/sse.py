@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from kvgate.openai.protocol import usage_from
+from kvgate.openai.protocol import later_usage, usage_from
 from kvgate.scheduling.types import Usage
 
 # An SSE line longer than this is not a usage-bearing event we can afford to buffer: drop it.
@@ -97,7 +97,7 @@ class SSEScanner:
             return line
         usage = usage_from(obj)
         if usage is not None:
-            self.usage = usage
+            self.usage = later_usage(self.usage, usage)
         if not self.saw_output and has_output(obj):
             self.saw_output = True
         if self.rewrite_to is not None and rewrite_model(obj, self.rewrite_to):

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from kvgate.openai.protocol import usage_from, usage_of
+from kvgate.openai.protocol import later_usage, usage_from, usage_of
 from kvgate.scheduling.types import Usage
 
 TAIL_BYTES = 16 * 1024
@@ -25,6 +25,10 @@ class _UsageFields(msgspec.Struct):
     prompt_tokens: Any = None
     completion_tokens: Any = None
     prompt_tokens_details: Any = None
+    # Anthropic Messages / OpenAI Responses (``/v1/messages``, ``/v1/responses``)
+    input_tokens: Any = None
+    output_tokens: Any = None
+    input_tokens_details: Any = None
 
 
 class _UsageOnly(msgspec.Struct):
@@ -50,6 +54,8 @@ def usage_from_body(body: bytes) -> Usage | None:
         return None
     if usage is None:
         return None
+    if usage.prompt_tokens is None and usage.completion_tokens is None:
+        return usage_of(usage.input_tokens, usage.output_tokens, usage.input_tokens_details)
     return usage_of(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details)
 
 
@@ -66,11 +72,30 @@ def event_obj(event: bytes) -> Any:
 
 def last_usage(tail: bytes | bytearray) -> Usage | None:
     """The usage of the last event in a stream's ``tail`` that carries one (None if none does). An
-    event cut at the tail's start fails its decode and is skipped."""
+    event cut at the tail's start fails its decode; its ``usage`` key, if whole, is still read. A last
+    usage without prompt tokens (an Anthropic stream's ``message_delta``) takes them from an earlier
+    one in the tail (its ``message_start``; ``later_usage``)."""
+    last: Usage | None = None
     for ev in reversed(_EVENT_SEP.split(tail)):
-        if b'"usage"' in ev and (usage := usage_from(event_obj(ev))) is not None:
-            return usage
-    return None
+        if b'"usage"' in ev:
+            obj = event_obj(ev)
+            if obj is None:
+                # An event cut at the tail's start (a Responses stream's ``response.completed`` holds
+                # the whole answer before its ``usage``): its usage key is read as it stands.
+                scan = BodyUsageScanner()
+                scan.feed(bytes(ev), final=True)
+                usage = scan.usage()
+            else:
+                usage = usage_from(obj)
+            if usage is None:
+                continue
+            if last is None:
+                last = usage
+            else:
+                return later_usage(usage, last)
+            if last.prompt_tokens:
+                return last
+    return last
 
 
 class UsageTail:
