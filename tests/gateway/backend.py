@@ -38,7 +38,8 @@ class Backend:
         self.chunk_delay = chunk_delay
         self.piece_bytes = piece_bytes  # padding per streamed token (large streams)
         self.disconnects = 0  # streams whose client (the gateway) went away mid-way
-        # ok | error500 | error400 | error429 | sse_error400 | drop | cut | hang | unframed (a stream
+        # ok | error500 | error400 | error429 | sse_error400 | drop | cut | hang | head_hang (an
+        # event-stream head at once, then nothing: vLLM before prefill ends) | unframed (a stream
         # event that never ends)
         self.mode = "ok"
         self.received: collections.deque[tuple[str, dict[str, str], dict[str, Any]]] = collections.deque(
@@ -122,6 +123,10 @@ class Backend:
             request.transport.abort()
             raise asyncio.CancelledError
         if self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.mode == "head_hang":
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
             await asyncio.sleep(3600)
         return None
 

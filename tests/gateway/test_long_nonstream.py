@@ -52,7 +52,6 @@ async def test_a_hung_non_streamed_request_ends_at_its_deadline_without_a_rerun(
         assert "requestTimeoutSeconds" in err["message"]
         assert took >= 0.9  # the deadline, not the idle timeout
         assert sum(len(b.received) for b in bs) == 1
-        # The request's own budget ran out: no endpoint is charged for it.
         assert gw.metrics.retries._value.get() == 0
 
 
@@ -67,3 +66,19 @@ async def test_a_stream_that_stalls_before_its_first_byte_is_not_rerun(backends)
         err = body["error"]
         assert "idleTimeoutSeconds" in err["message"]
         assert sum(len(b.received) for b in bs) == 1
+
+
+async def test_a_stream_whose_head_came_but_no_first_chunk_is_not_rerun(backends):
+    """s17-qafix-d F3: real vLLM sends the event-stream head at once and its first chunk after prefill;
+    a stall there (``_first_chunk``'s ReadTimeout) is a 504, not "ended before its first byte" re-run
+    elsewhere (2 executions, then a 503)."""
+    bs = await backends(2)
+    for b in bs:
+        b.mode = "head_hang"
+    limits = {"idleTimeoutSeconds": 0.3}
+    async with running_gateway(make_config([b.address for b in bs], extra={"limits": limits})) as gw:
+        status, body, _ = await _post(gw, {"model": "m", "prompt": "x", "stream": True})
+        assert status == 504, body
+        assert "idleTimeoutSeconds" in body["error"]["message"]
+        assert sum(len(b.received) for b in bs) == 1
+        assert gw.metrics.retries._value.get() == 0

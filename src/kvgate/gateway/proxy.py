@@ -669,20 +669,27 @@ class Proxy:
             except ReadTimeout:
                 # Sent, and nothing (more) came in time: the server may still be computing it, so it
                 # is not run again elsewhere (a retry would double the GPU work, and under overload
-                # turn slow answers into more load). Past the request's deadline: the request's
-                # own budget ran out, the endpoint is not blamed; an idle stall is.
+                # turn slow answers into more load). The endpoint is charged a failure either way,
+                # past the request's deadline too (review s17-qafix-d F1: a wedged engine whose
+                # /health and /metrics still answer holds a non-streamed request to its deadline;
+                # uncharged, it was never ejected), as nginx counts a timeout toward max_fails and
+                # Envoy's outlier detection counts one. The client leaving is not charged (below).
                 finished = True
+                self._failed(director, ireq, ep)
+                # An earlier endpoint's 500 (none came here): its own, as on the 503 path (F5).
+                self._blame(suspect)
                 late = deadline is not None and self._loop.time() >= deadline
                 if late:
-                    director.on_finished(ireq, ep, None, False)
                     why = f"no answer within requestTimeoutSeconds ({self.request_timeout:g}s)"
                 else:
-                    self._failed(director, ireq, ep)
                     why = f"no data within idleTimeoutSeconds ({self.cfg.limits.idle_timeout_s:g}s)"
                 raise GatewayError(
                     504, f"upstream {self._name(ep)} timed out: {why}", code="upstream_timeout"
                 ) from None
             except asyncio.CancelledError:
+                # An earlier endpoint's 500, this one not answered yet: charged, as on the 503 path
+                # (review s17-qafix-d F5); only a second 500 clears it.
+                self._blame(suspect)
                 if preempted[0] and not finished:
                     # Stopped by flow control for a more important request (its slot is already
                     # released): the upstream connection is aborted below; the client gets a 429.
