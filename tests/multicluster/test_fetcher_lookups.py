@@ -155,3 +155,48 @@ async def test_the_fetchers_lookups_are_the_probes_bounded_threads(
         release.set()
         await _settled(running)
     assert running[0] == 0 and hub._LOOKUPS.running == 0 and not hub._LOOKUPS.inflight
+
+
+async def test_the_fetcher_keeps_no_second_cache_of_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s17-fixes-a L2: the fetcher's connector had aiohttp's own host cache (10 s from when it got
+    the answer) on top of the lookups' keep (LOOKUP_TTL_S from the lookup): an answer up to ~20 s old. Now
+    only the lookups keep answers: once they dropped it, the next fetch looks the name up again."""
+    body = encode(PoolAggregate(name="p", snapshot_time=1.0, ready_endpoints=1, total_endpoints=1))
+
+    async def handle(_req: web.Request) -> web.Response:
+        resp = web.Response(body=body, content_type="application/json")
+        resp.force_close()  # (a new connection each fetch: a kept-alive one would look nothing up)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/aggregate", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def fake(host: Any, *a: Any, **k: Any) -> Any:
+        if host == "moved.kvgate-review.test":
+            asked.append(host)
+            host = "127.0.0.1"
+        return real(host, *a, **k)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    states = [ClusterState(ClusterSpec("c", aggregate=f"http://moved.kvgate-review.test:{port}/aggregate",
+                                       gateway="h:1"))]  # fmt: skip
+    fetcher = Fetcher(lambda: states, interval_s=3600, timeout_s=5)
+    try:
+        hub._LOOKUPS.forget()
+        await fetcher.start()
+        assert states[0].aggregate is not None, states[0].fetch_error
+        hub._LOOKUPS.forget()  # (the kept answer's LOOKUP_TTL_S is over)
+        await fetcher.refresh()
+        assert states[0].fetch_error is None, states[0].fetch_error
+        assert len(asked) == 2, f"{len(asked)} lookups for 2 fetches: an answer kept past the lookups' keep"
+    finally:
+        await fetcher.stop()
+        await runner.cleanup()
+        hub._LOOKUPS.forget()

@@ -138,11 +138,11 @@ class Fetcher:
         self.rounds = 0
 
     def _new_session(self) -> aiohttp.ClientSession:
-        # (host names looked up on the probe's bounded threads, not the loop's default executor: kvhub17)
+        # (host names looked up on the probe's bounded threads, not the loop's default executor: kvhub17;
+        # they keep answers LOOKUP_TTL_S, so no second cache in aiohttp: review s17-fixes-a L2)
         resolver = ProbeLookups(lambda: self.timeout_s)
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ssl=self.ssl or True, resolver=resolver)
-        )
+        conn = aiohttp.TCPConnector(limit=0, ssl=self.ssl or True, resolver=resolver, use_dns_cache=False)
+        return aiohttp.ClientSession(connector=conn)
 
     async def start(self) -> None:
         self._session = self._new_session()
