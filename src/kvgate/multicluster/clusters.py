@@ -210,20 +210,31 @@ def _hostport(v: Any, key: str) -> str | None:
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
+def idna_host(host: str) -> str:
+    """``host`` as its IDNA (A-label) form, the way yarl encodes it for the aggregate fetcher (UTS #46,
+    IDNA 2003 as its fallback): the name the hub probe looks up too (review s17-fixes-a L1: getaddrinfo's
+    own IDNA 2003 made ``faß.example`` ``fass.example``, yarl ``xn--fa-hia.example``). An ASCII host as
+    it is; ValueError (UnicodeError) for a name IDNA refuses."""
+    if host.isascii():
+        return host
+    from yarl import URL
+
+    return URL.build(scheme="http", host=host).raw_host or ""
+
+
 def _is_host(host: str) -> bool:
     """A host name (DNS labels: letters, digits, ``-`` inside, ``_``; 253 characters at most, a final dot
     allowed), an IPv4 address, or an IPv6 address in brackets. An internationalised name (``bücher.example``)
-    is checked as its IDNA (A-label) form, the name yarl and getaddrinfo send (review s17-kvhub L1)."""
+    is checked as its IDNA (A-label) form, the name yarl and the hub probe send (``idna_host``)."""
     if host.startswith("[") and host.endswith("]"):
         try:
             return ipaddress.ip_address(host[1:-1]).version == 6
         except ValueError:
             return False
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:  # (not a name IDNA takes: a space, an empty label, over 63 characters, ...)
-            return False
+    try:
+        host = idna_host(host)
+    except ValueError:  # (not a name IDNA takes: a space, an empty label, over 63 characters, ...)
+        return False
     name = host.removesuffix(".")
     return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
 

@@ -27,7 +27,7 @@ from typing import Any
 from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
-from kvgate.multicluster.clusters import ClustersConfig
+from kvgate.multicluster.clusters import ClustersConfig, idna_host
 from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy, prompt_key
 from kvgate.multicluster.state import ClusterState
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult
@@ -297,8 +297,8 @@ async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool | N
         targets = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
         left = timeout_s
     except ValueError:
-        try:
-            targets, took = await _lookup(loop, host, port, timeout_s, probe=True)
+        try:  # (the name yarl sends for the fetcher, not getaddrinfo's IDNA 2003: s17-fixes-a L1)
+            targets, took = await _lookup(loop, idna_host(host), port, timeout_s, probe=True)
         except _NotTried:
             return None
         except (TimeoutError, OSError, ValueError):  # (gaierror; UnicodeError: a name IDNA refuses)
