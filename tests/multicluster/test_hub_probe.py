@@ -247,3 +247,40 @@ async def test_a_failure_is_recorded_at_its_probes_start() -> None:
     assert west.failures == 0  # a first failure again: suspected only
     await _leave(director, "west", clock)  # corroborated, PROBE_EVERY_S after it started
     assert west.failures == 1
+
+
+async def test_a_failed_lookup_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s17-fixes-a (test gap): only answers are kept LOOKUP_TTL_S, never a failure: a name whose
+    lookup failed is looked up again at once, by the probe and by the fetcher's resolver alike."""
+    from kvgate.multicluster.fetcher import ProbeLookups
+
+    name = "flaky.kvgate-review.test"
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def fake(host: Any, *a: Any, **k: Any) -> Any:
+        if host != name:
+            return real(host, *a, **k)
+        asked.append(host)
+        if len(asked) % 2:  # (every other lookup fails: the first of each pair below)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real("127.0.0.1", *a, **k)
+
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(hub.socket, "getaddrinfo", fake)
+    try:
+        hub._LOOKUPS.forget()
+        assert await hub.connects(f"{name}:{port}", 5.0) is False
+        assert await hub.connects(f"{name}:{port}", 5.0) is True  # (within LOOKUP_TTL_S of the failure)
+        assert len(asked) == 2, asked
+        hub._LOOKUPS.forget()
+        resolver = ProbeLookups(lambda: 5.0)
+        with pytest.raises(OSError):
+            await resolver.resolve(name, port)
+        assert [r["host"] for r in await resolver.resolve(name, port)] == ["127.0.0.1"]
+        assert len(asked) == 4, asked
+    finally:
+        hub._LOOKUPS.forget()
+        server.close()
+        await server.wait_closed()
