@@ -134,6 +134,18 @@ def next_event_end(buf: bytes | bytearray, start: int = 0) -> int:
     return end
 
 
+def split_events(buf: bytes | bytearray) -> list[bytes | bytearray]:
+    """``buf`` cut at every SSE event end (``next_event_end``'s rule, the one the relays follow): the
+    events in order, each with its blank line, then what follows the last one (possibly empty)."""
+    out: list[bytes | bytearray] = []
+    at = 0
+    while (end := next_event_end(buf, at)) >= 0:
+        out.append(buf[at:end])
+        at = end
+    out.append(buf[at:])
+    return out
+
+
 def _comments_end(buf: bytes | bytearray, start: int) -> int:
     """Past the complete comment lines (``: ping``) at ``buf[start:]``'s start: they belong to no event,
     so they may go out while no event's line is held."""

@@ -12,11 +12,10 @@ import msgspec
 import orjson
 
 from kvgate.openai.protocol import later_usage, usage_from, usage_of
+from kvgate.openai.sse import split_events
 from kvgate.scheduling.types import Usage
 
 TAIL_BYTES = 16 * 1024
-# An event ends at a blank line after a CRLF, LF or lone CR line end (SSE; as ``kvgate.openai.sse``).
-_EVENT_SEP = re.compile(rb"\r?\n\r?\n|\r\r")
 
 
 class _UsageFields(msgspec.Struct):
@@ -74,9 +73,10 @@ def last_usage(tail: bytes | bytearray) -> Usage | None:
     """The usage of the last event in a stream's ``tail`` that carries one (None if none does). An
     event cut at the tail's start fails its decode; its ``usage`` key, if whole, is still read. A last
     usage without prompt tokens (an Anthropic stream's ``message_delta``) takes them from an earlier
-    one in the tail (its ``message_start``; ``later_usage``)."""
+    one in the tail (its ``message_start``; ``later_usage``). Events end where the relays' do
+    (``kvgate.openai.sse.split_events``: a blank line after a CRLF, LF or lone CR line end)."""
     last: Usage | None = None
-    for ev in reversed(_EVENT_SEP.split(tail)):
+    for ev in reversed(split_events(tail)):
         if b'"usage"' in ev:
             obj = event_obj(ev)
             if obj is None:
