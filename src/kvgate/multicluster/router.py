@@ -74,6 +74,9 @@ class Routed:
     # Aborts the upstream response (its body then raises a connection error): the drain's deadline
     # (``GlobalGateway``); None: nothing to abort.
     abort: Callable[[], None] | None = None
+    # The upstream body arrived whole (its end seen, no error), read or not: the drain does not cut it
+    # (as ``kvgate serve``'s ``UpstreamResponse.received``); None: unknown (cut as any other).
+    received: Callable[[], bool] | None = None
     _usage: Usage | None = field(default=None, init=False, repr=False)
     _read: bool = field(default=False, init=False, repr=False)
 
@@ -463,9 +466,15 @@ class GlobalRouter:
             finally:
                 await settle()
 
+        content = response.content
+
+        def received() -> bool:
+            return content.is_eof() and content.exception() is None
+
         routed = Routed(
-            response.status, headers, stream(), st.name, mode, attempts, epp, settle, tail, response.close
-        )
+            response.status, headers, stream(), st.name, mode, attempts, epp, settle, tail, response.close,
+            received,
+        )  # fmt: skip
         return routed
 
     def summary(self) -> list[dict[str, object]]:

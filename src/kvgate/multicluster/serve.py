@@ -222,6 +222,15 @@ def _get_only(handler: Handler) -> Handler:
     return only_get
 
 
+def _cut_abort(routed: Routed) -> Callable[[], None] | None:
+    """How the drain's deadline aborts this stream's upstream; None when it is not to be cut: nothing to
+    abort, or its body arrived whole (an abort would make aiohttp drop what it buffered: a complete
+    answer lost)."""
+    if routed.received is not None and routed.received():
+        return None
+    return routed.abort
+
+
 class GlobalGateway:
     def __init__(
         self,
@@ -399,9 +408,9 @@ class GlobalGateway:
         edge = EventEdge() if sse else None
         if sse:
             self._streams[key] = routed
-            if self._cutting and routed.abort is not None:  # (answered after the drain's cut: L6)
+            if self._cutting and (abort := _cut_abort(routed)) is not None:  # (answered after the cut: L6)
                 self._cut.add(key)
-                routed.abort()
+                abort()
         try:
             await resp.prepare(request)
             while True:
@@ -456,12 +465,14 @@ class GlobalGateway:
         """The drain's deadline: abort the upstream response of every event stream being relayed; each
         relay then ends its client's stream with an error event (503, ``service_unavailable``, naming the
         deadline) and the body's clean end, not a connection closed mid-body. Returns how many. A stream
-        that starts relaying after this (its cluster answered later) is cut at its start the same way."""
+        that starts relaying after this (its cluster answered later) is cut at its start the same way.
+        One whose body already arrived whole is not cut (as ``kvgate serve``): its relay passes on what
+        arrived, a complete answer, and ends it as usual (review s17-doors F3)."""
         self._cutting = True
         for key, routed in self._streams.items():
-            if routed.abort is not None:
+            if (abort := _cut_abort(routed)) is not None:
                 self._cut.add(key)
-                routed.abort()
+                abort()
         return len(self._cut)
 
     def _count_failed(self, attempts: list[Attempt]) -> None:

@@ -58,7 +58,7 @@ def usage_from_body(body: bytes) -> Usage | None:
     return usage_of(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details)
 
 
-def event_obj(event: bytes) -> Any:
+def event_obj(event: bytes | bytearray) -> Any:
     """The JSON object of one SSE event (or of a whole body); None when it has none."""
     start = event.find(b"{")
     if start < 0:
