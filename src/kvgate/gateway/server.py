@@ -542,14 +542,21 @@ class GatewayServer:
             self.proxy.draining = True
         # Close the data listener first so no new connection is accepted during the drain, and
         # stop keeping client connections alive (idle ones close now, busy ones after their reply).
+        deadline = asyncio.get_running_loop().time() + drain_s
         if self._data is not None:
             data_server, data_front = self._data
             data_server.close()
             data_front.drain()
+            if data_front.reading:
+                # A request still arriving when the drain began (or unread in the kernel): read and
+                # answered (503 now, ``Connection: close``) within the deadline (review s17-doors F2).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await data_front.reads_done()
         if self.proxy is not None and self.proxy.inflight:
             log.info("draining %d in-flight requests (up to %.0fs)", self.proxy.inflight, drain_s)
             with contextlib.suppress(TimeoutError):  # (not wait_for, which on 3.11 may drop a cancel)
-                async with asyncio.timeout(drain_s):
+                async with asyncio.timeout_at(deadline):
                     await self.proxy.idle.wait()
             if self.proxy.inflight:  # (said: a drain cut short is told apart from a clean one)
                 log.warning("%s", drain_cut_message(drain_s, self.proxy.inflight))

@@ -37,6 +37,7 @@ import contextlib
 import logging
 import re
 import resource
+import select
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Mapping
@@ -450,6 +451,12 @@ class FrontServer:
         self.budget = ByteBudget(max_buffered)
         self.connections: set[FrontProtocol] = set()
         self.draining = False
+        # The drain: connections that had (part of) a request received, or readable bytes waiting, and
+        # nothing being answered yet when it started; each leaves when it closes (answered, then closed:
+        # the drain closes every connection after its response). ``_reads_done`` is set while none is.
+        self.reading: set[FrontProtocol] = set()
+        self._reads_done = asyncio.Event()
+        self._reads_done.set()
         # Counters for the metrics page and the soak report.
         self.refused = 0  # connections over max_connections
         self.timed_out = {"header": 0, "body": 0, "send": 0}
@@ -547,17 +554,66 @@ class FrontServer:
         return FrontProtocol(self)
 
     def drain(self) -> None:
-        """Stop keeping connections alive: idle ones close now, busy ones after their response."""
+        """Stop keeping connections alive: idle ones close now, busy ones after their response. Busy is
+        also a connection whose request is still arriving (head or body bytes received) or whose bytes
+        wait unread in the kernel: its request is read (the header and body deadlines apply) and
+        answered, then it closes; closing it now would drop (or reset) a request its client sent
+        (review s17-doors F2). ``reads_done`` waits for those."""
         self.draining = True
+        waiting: list[FrontProtocol] = []
         for conn in list(self.connections):
-            if conn.task is None and not conn.queue:
+            if conn.task is not None or conn.queue:
+                continue
+            if conn.buf or conn._pending is not None:
+                self._reading(conn)
+            else:
+                waiting.append(conn)
+        unread = _readable(waiting)
+        for conn in waiting:
+            if conn in unread:
+                self._reading(conn)
+            else:
                 conn.close()
+
+    def _reading(self, conn: FrontProtocol) -> None:
+        self.reading.add(conn)
+        self._reads_done.clear()
+
+    def read_done(self, conn: FrontProtocol) -> None:
+        """``conn`` closed: it is no longer a request the drain waits to read."""
+        if self.reading:
+            self.reading.discard(conn)
+            if not self.reading:
+                self._reads_done.set()
+
+    async def reads_done(self) -> None:
+        """Until every connection the drain found mid-request (``drain``) is answered and closed."""
+        await self._reads_done.wait()
 
     def close_all(self) -> None:
         for conn in list(self.connections):
             conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+
+
+def _readable(conns: list[FrontProtocol]) -> set[FrontProtocol]:
+    """Those of ``conns`` whose socket has bytes (or its end) waiting unread in the kernel, from one
+    ``poll`` that does not wait; a connection whose socket is not at hand counts as not readable."""
+    if not conns or not hasattr(select, "poll"):
+        return set()
+    poller = select.poll()
+    by_fd: dict[int, FrontProtocol] = {}
+    for conn in conns:
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        try:
+            fd = sock.fileno() if sock is not None else -1
+        except (OSError, ValueError):
+            fd = -1
+        if fd >= 0:
+            by_fd[fd] = conn
+            poller.register(fd, select.POLLIN)
+    return {by_fd[fd] for fd, ev in poller.poll(0) if ev & select.POLLIN and fd in by_fd}
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -613,6 +669,7 @@ class FrontProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        self.server.read_done(self)
         self.idle_since = self.head_since = self.body_since = self.blocked_since = self.linger_until = None
         self._release()
         for req in self.queue:

@@ -592,6 +592,9 @@ class GlobalGateway:
             self.front.drain()
             with contextlib.suppress(TimeoutError):  # (not wait_for: see kvgate.k8s.tasks.wait_event)
                 async with asyncio.timeout(self.drain_s):
+                    # A request still arriving when the drain began (or unread in the kernel) is read
+                    # and answered, then its connection closes (review s17-doors F2).
+                    await self.front.reads_done()
                     await self._idle.wait()
             if self.inflight:
                 # Every request in flight gets the second, not only the streams cut: one answered in it
