@@ -7,6 +7,8 @@ such a stream complete (fixdoors16); before, ``kvgate serve`` wrote the upstream
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 import openai
 import orjson
@@ -41,8 +43,9 @@ async def cut_after_done(request: web.Request) -> web.StreamResponse:
     ids=["strip", "pass-through", "rewrite"],
 )
 async def test_an_upstream_cut_after_done_ends_the_stream_complete(
-    include_usage: bool, rewrite: bool
+    include_usage: bool, rewrite: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="kvgate.gateway")
     runner, port = await serve_handler(cut_after_done)
     address = f"127.0.0.1:{port}"
     rules = [{"matches": [{"model": {"type": "Exact", "value": "m"}}],
@@ -71,6 +74,10 @@ async def test_an_upstream_cut_after_done_ends_the_stream_complete(
             assert stats[("inference_objective_input_tokens_sum", "m", "served" if rewrite else "m")] == 7
             st = gw.health._state.get(address)
             assert st is None or st.failures == 0
+            # Not silent (review s17-doors I1): counted and said at DEBUG; fails before (no counter).
+            cuts = gw.metrics.registry.get_sample_value("kvgate_gateway_streams_cut_after_done_total")
+            assert cuts == 1
+            assert any("cut after its [DONE]" in r.getMessage() for r in caplog.records)
     finally:
         await runner.cleanup()
 

@@ -47,6 +47,14 @@ class GatewayMetrics:
         self.ejections = Counter(
             "kvgate_gateway_endpoint_ejections_total", "Endpoints ejected after repeated failures", registry=r
         )
+        # An upstream cut after its ``data: [DONE]`` went out: the answer was complete and ends as usual
+        # (no error, not ``stream_cut``), but an upstream that habitually breaks its framing after
+        # ``[DONE]`` stays visible here (review s17-doors I1; the drain's own cut is not counted).
+        self.cut_after_done = Counter(
+            "kvgate_gateway_streams_cut_after_done_total",
+            "Event streams whose upstream connection was cut after data: [DONE] (ended complete)",
+            registry=r,
+        )
         # ``--config`` reloads (gateway.reload): applied; invalid (refused whole: the running config
         # kept); failed (valid, but could not be applied: the running config kept).
         self.reloads = Counter(

@@ -981,7 +981,14 @@ class Proxy:
             if after_done:
                 # ``[DONE]`` went out before the cut (the drain's or the upstream's): a complete answer,
                 # ended as usual (no event after ``[DONE]``; its usage read, counted as a normal end; the
-                # endpoint not charged), as ``kvgate serve --clusters`` ends it.
+                # endpoint not charged), as ``kvgate serve --clusters`` ends it. The upstream's own cut
+                # is still said (DEBUG) and counted (review s17-doors I1).
+                if cut is not None and drain_cut is None:
+                    self.metrics.cut_after_done.inc()
+                    log.debug(
+                        "%s: stream from %s cut after its [DONE]: %s: %s",
+                        ireq.request_id, ep.address, type(cut).__name__, cut,
+                    )  # fmt: skip
                 drain_cut = cut = None
             if drain_cut is not None:
                 # The drain's deadline cut it (``cut_streams``): the gateway's doing, not the upstream's

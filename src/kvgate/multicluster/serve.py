@@ -116,6 +116,13 @@ class _Metrics:
             "kvgate_multicluster_responses_cut_total", "Started responses the cluster stopped mid-way",
             ["cluster"], registry=r,
         )  # fmt: skip
+        # A stream the cluster cut after its ``data: [DONE]`` went out: complete, ended as usual, not in
+        # ``cut`` (review s17-doors I1; the drain's own abort is not counted).
+        self.cut_after_done = Counter(
+            "kvgate_multicluster_streams_cut_after_done_total",
+            "Event streams the cluster's connection cut after data: [DONE] (ended complete)",
+            ["cluster"], registry=r,
+        )  # fmt: skip
         self.epp_lost = Counter(
             "kvgate_multicluster_epp_failed_midstream_total",
             "Endpoint-mode responses whose remote EPP failed mid-way (the response went on from the pod)",
@@ -419,7 +426,14 @@ class GlobalGateway:
                 except (StopAsyncIteration, *_CUT) as e:
                     if edge is not None and edge.done:
                         # ``[DONE]`` went out: a complete answer, whatever cut what came after it (the
-                        # drain's abort of a body read to its end raises too): ended as usual.
+                        # drain's abort of a body read to its end raises too): ended as usual. The
+                        # cluster's own cut is said (DEBUG) and counted (review s17-doors I1).
+                        if key not in self._cut and not isinstance(e, StopAsyncIteration):
+                            self.metrics.cut_after_done.labels(routed.cluster).inc()
+                            log.debug(
+                                "response from cluster %s cut after its [DONE]: %s: %s",
+                                routed.cluster, type(e).__name__, e,
+                            )  # fmt: skip
                         seen.complete = True
                         break
                     if key not in self._cut and isinstance(e, StopAsyncIteration):
