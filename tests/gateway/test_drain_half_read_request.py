@@ -137,3 +137,48 @@ async def test_a_request_unread_in_the_kernel_when_the_drain_starts_is_answered(
     finally:
         w.close()
         front.close_all()
+
+
+async def test_every_worker_answers_the_requests_it_found_arriving(backends, tmp_path):
+    """``--workers 2`` (each worker's own drain): requests half sent on several connections (spread over
+    the workers by SO_REUSEPORT) when SIGTERM comes, nothing else in flight, are each answered 503 once
+    their rest arrives; the workers exit cleanly."""
+    import os
+    import signal
+
+    from gateway import drain_kit
+    from gateway.backend import free_port
+
+    (b,) = await backends(1)
+    port, admin, stderr = free_port(), free_port(), tmp_path / "stderr"
+    cfg = drain_kit.config(tmp_path, b.address, drain_s=10)
+    proc = await drain_kit.serve(
+        "--config", str(cfg), "--port", str(port), "--admin-port", str(admin), "--workers", "2",
+        "--min-ready-workers", "2", stderr=stderr,
+    )  # fmt: skip
+    body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(body)
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        await drain_kit.ready(f"http://127.0.0.1:{admin}/readyz", within_s=60)
+        for _ in range(6):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(head + body[:5])
+            await w.drain()
+            conns.append((r, w))
+        await asyncio.sleep(0.5)
+        os.kill(proc.pid, signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        for _, w in conns:
+            w.write(body[5:])
+            await w.drain()
+        answers = [await asyncio.wait_for(r.read(), 10) for r, _ in conns]
+        assert all(a.startswith(b"HTTP/1.1 503 ") for a in answers), answers
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        for _, w in conns:
+            w.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert drain_kit.unclean(stderr) == []
