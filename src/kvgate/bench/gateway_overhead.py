@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kvgate import lifeline
 from kvgate.entry import prog
@@ -46,6 +46,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = b'{"model":"m","prompt":"Say hello to the benchmark","max_tokens":8}'
 STREAM_BODY = b'{"model":"m","prompt":"Say hello","max_tokens":8,"stream":true}'
 NOFILE = 200_000
+_T = TypeVar("_T")
 
 # --- fast backend -----------------------------------------------------------------------------------
 
@@ -440,9 +441,10 @@ def _tree_cpu_split_s(pid: int) -> tuple[float, float]:
     return user, system
 
 
-def _tree_thread_cpu_s(pid: int) -> dict[tuple[int, int], float]:
-    """CPU of each thread of a process and its descendants, by (pid, tid)."""
-    out: dict[tuple[int, int], float] = {}
+def _tree_threads(pid: int, read: Callable[[int, str], _T]) -> dict[tuple[int, int], _T]:
+    """``read(p, tid)`` of each thread of a process and its descendants, by (pid, tid); a thread (or
+    process) that exits while we look is left out."""
+    out: dict[tuple[int, int], _T] = {}
     for p in _tree_pids(pid):
         try:
             tids = os.listdir(f"/proc/{p}/task")
@@ -450,10 +452,15 @@ def _tree_thread_cpu_s(pid: int) -> dict[tuple[int, int], float]:
             continue
         for tid in tids:
             try:
-                out[(p, int(tid))] = _cpu_s(f"{p}/task/{tid}")
+                out[(p, int(tid))] = read(p, tid)
             except (OSError, ValueError):
-                continue
+                continue  # exited while we looked
     return out
+
+
+def _tree_thread_cpu_s(pid: int) -> dict[tuple[int, int], float]:
+    """CPU of each thread of a process and its descendants, by (pid, tid)."""
+    return _tree_threads(pid, lambda p, tid: _cpu_s(f"{p}/task/{tid}"))
 
 
 def thread_spread(
@@ -635,18 +642,7 @@ def pin_plan(cpus: set[int]) -> tuple[set[int], set[int]]:
 def tree_affinity(pid: int) -> dict[tuple[int, int], set[int]]:
     """The CPUs each thread of a process and its descendants may run on, by (pid, tid), as the kernel
     has them (``sched_getaffinity`` of the thread): what was applied, not what was asked."""
-    out: dict[tuple[int, int], set[int]] = {}
-    for p in _tree_pids(pid):
-        try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                out[(p, int(tid))] = os.sched_getaffinity(int(tid))
-            except (OSError, ValueError):
-                continue  # exited while we looked
-    return out
+    return _tree_threads(pid, lambda _p, tid: os.sched_getaffinity(int(tid)))
 
 
 def cpus_text(cpus: set[int] | list[int]) -> str:
