@@ -115,6 +115,16 @@ def frontier_main(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _tally(ds: list[float | None]) -> dict[str, Any]:
+    """Differences over the seeds (seed order): how many above, at or below, out of reach (None)."""
+    return {
+        "above": sum(1 for d in ds if d is not None and d > 0),
+        "not_above": sum(1 for d in ds if d is not None and d <= 0),
+        "out_of_reach": sum(1 for d in ds if d is None),
+        "deltas": ds,
+    }
+
+
 def gap_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Per (arm, against) pair and grid shed rate over the seeds: the frontiers' differences, seed order."""
     rows: dict[tuple[str, str, float], list[float | None]] = {}
@@ -127,10 +137,7 @@ def gap_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "arm": a,
             "against": b,
             "shed_rate": s,
-            "above": sum(1 for d in ds if d is not None and d > 0),
-            "not_above": sum(1 for d in ds if d is not None and d <= 0),
-            "out_of_reach": sum(1 for d in ds if d is None),
-            "deltas": ds,
+            **_tally(ds),
         }
         for (a, b, s), ds in rows.items()
     ]
@@ -147,10 +154,7 @@ def frontier_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "arm": a,
             "against": b,
-            "above": sum(1 for d in ds if d is not None and d > 0),
-            "not_above": sum(1 for d in ds if d is not None and d <= 0),
-            "out_of_reach": sum(1 for d in ds if d is None),
-            "deltas": ds,
+            **_tally(ds),
         }
         for (a, b), ds in pairs.items()
     ]
@@ -203,30 +207,27 @@ def render_frontier(doc: dict[str, Any]) -> str:
                 + " |",
             ]
     if len(doc["seeds"]) > 1:
-        lines += [
-            "",
+        lines += _tally_table(
             "Over the seeds: own setting against the other arm's frontier at the same shed rate",
-            "",
-            "| arm | against | above | not above | out of reach | differences (seed order) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for s in doc["summary"]:
-            ds = ", ".join("-" if d is None else f"{d:+.3f}" for d in s["deltas"])
-            lines.append(
-                f"| {s['arm']} | {s['against']} | {s['above']} | {s['not_above']} "
-                f"| {s['out_of_reach']} | {ds} |"
-            )
-        lines += [
-            "",
+            doc["summary"],
+            shed_rate=False,
+        )
+        lines += _tally_table(
             "Over the seeds: the frontiers against each other at each shed rate",
-            "",
-            "| arm | against | shed rate | above | not above | out of reach | differences (seed order) |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for s in doc["gap_summary"]:
-            ds = ", ".join("-" if d is None else f"{d:+.3f}" for d in s["deltas"])
-            lines.append(
-                f"| {s['arm']} | {s['against']} | {s['shed_rate']:.3f} | {s['above']} | {s['not_above']} "
-                f"| {s['out_of_reach']} | {ds} |"
-            )
+            doc["gap_summary"],
+            shed_rate=True,
+        )
     return "\n".join(lines)
+
+
+def _tally_table(title: str, rows: list[dict[str, Any]], *, shed_rate: bool) -> list[str]:
+    """A summary's rows (``_tally`` per arm pair, and per shed rate with ``shed_rate``) as a table."""
+    head = ["arm", "against", *(["shed rate"] if shed_rate else []), "above", "not above", "out of reach",
+            "differences (seed order)"]  # fmt: skip
+    lines = ["", title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in rows:
+        ds = ", ".join("-" if d is None else f"{d:+.3f}" for d in s["deltas"])
+        cells = [s["arm"], s["against"], *([f"{s['shed_rate']:.3f}"] if shed_rate else [])]
+        cells += [str(s["above"]), str(s["not_above"]), str(s["out_of_reach"]), ds]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
