@@ -1,5 +1,6 @@
 """Fixtures shared by the global gateway's tests (``test_error_counts.py``, ``test_front_hardening.py``,
-``test_refusal_status.py``): loopback backends and global gateways, stopped after the test."""
+``test_refusal_status.py``): loopback backends and global gateways, stopped after the test; the fetcher's
+(``test_fetcher_lookups.py``, ``test_fetcher_slow_lookup.py``): a loopback pool aggregate."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from gateway.backend import Backend
+from kvgate.datalayer.aggregate import PoolAggregate, encode
 from kvgate.httpfront.server import FrontLimits
 from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
@@ -19,6 +22,27 @@ from kvgate.multicluster.serve import GlobalGateway
 def _no_kept_lookups() -> None:
     """Host-name answers kept by an earlier test (``hub._LOOKUPS``, 10 s) are not this test's."""
     hub._LOOKUPS.forget()
+
+
+@pytest.fixture
+async def aggregate_port() -> AsyncIterator[int]:
+    """The port of a loopback HTTP server answering ``GET /aggregate`` with one pool's aggregate."""
+    body = encode(PoolAggregate(name="p", snapshot_time=1.0, ready_endpoints=1, total_endpoints=1))
+
+    async def handle(_req: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/aggregate", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture

@@ -23,9 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from kvgate.datalayer.aggregate import PoolAggregate, encode
 from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.fetcher import Fetcher
@@ -33,26 +31,6 @@ from kvgate.multicluster.state import ClusterState
 
 HUNG = "hung.kvgate-review.test"
 WORKERS = 8  # the loop's default executor here (2 cores: 6 by asyncio's default)
-
-
-@pytest.fixture
-async def aggregate_port() -> AsyncIterator[int]:
-    body = encode(PoolAggregate(name="p", snapshot_time=1.0, ready_endpoints=1, total_endpoints=1))
-
-    async def handle(_req: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/aggregate", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield port
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

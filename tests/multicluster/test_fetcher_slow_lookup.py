@@ -22,13 +22,11 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from kvgate.datalayer.aggregate import PoolAggregate, encode
 from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.fetcher import Fetcher
@@ -38,26 +36,6 @@ from kvgate.multicluster.state import ClusterState
 SLOW = "slow.kvgate-review.test"
 LOOKUP_S = 0.5  # every lookup of SLOW answers (127.0.0.1), after this long
 TIMEOUT_S = 0.3  # the fetcher's timeout: shorter than one lookup
-
-
-@pytest.fixture
-async def aggregate_port() -> AsyncIterator[int]:
-    body = encode(PoolAggregate(name="p", snapshot_time=1.0, ready_endpoints=1, total_endpoints=1))
-
-    async def handle(_req: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/aggregate", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield port
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
