@@ -35,6 +35,26 @@ async def _until(cond: object, what: str) -> None:
     raise AssertionError(f"never: {what}")
 
 
+def _pub_sub() -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+    """(XPUB, SUB): a PUB on a loopback port and a SUB of everything connected to it, subscribed (what the
+    PUB sends now is delivered). Closed by the caller."""
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub_sock = ctx.socket(zmq.SUB)
+    sub_sock.setsockopt(zmq.LINGER, 0)
+    sub_sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sub_sock.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        assert pub.poll(5000) and pub.recv() == b"\x01"  # (the subscription arrived)
+    except BaseException:
+        sub_sock.close(0)
+        pub.close(0)
+        raise
+    return pub, sub_sock
+
+
 async def test_malformed_frames_do_not_explain_a_checks_growth() -> None:
     life = engine_life(3_000_000, 1000)
     answer_1 = threading.Event()  # the first request's answer may go (the garbage is on the socket)
@@ -48,17 +68,9 @@ async def test_malformed_frames_do_not_explain_a_checks_growth() -> None:
             return False
         return (start == 0 and seq >= 300) or (start == 299 and seq >= 500)
 
+    pub, sub_sock = _pub_sub()
     server = VLLMShapedReplay(life, lose=lose)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    sub_sock = ctx.socket(zmq.SUB)
-    sub_sock.setsockopt(zmq.LINGER, 0)
-    sub_sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sub_sock.connect(f"tcp://127.0.0.1:{port}")
     try:
-        assert pub.poll(5000) and pub.recv() == b"\x01"  # (subscribed: what is sent now is delivered)
         sub = KVEventSubscriber(BlockIndex(default_capacity=1 << 20), "a", "tcp://127.0.0.1:1",
                                 replay_endpoint=server.endpoint, replay_timeout=5.0)  # fmt: skip
         sub._joining = sub_sock  # (the catch-up's socket: read by its pulls)
@@ -92,17 +104,9 @@ async def test_the_live_drain_counts_batches_only() -> None:
     before the framing check (the code before kvhub17), the 6 malformed frames here made ``_heard`` 9.
     Real ZMQ on loopback: a PUB sends garbage between three well-formed batches."""
     life = engine_life(4_000_000, 3)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    sub_sock = ctx.socket(zmq.SUB)
-    sub_sock.setsockopt(zmq.LINGER, 0)
-    sub_sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sub_sock.connect(f"tcp://127.0.0.1:{port}")
+    pub, sub_sock = _pub_sub()
     sub = KVEventSubscriber(BlockIndex(default_capacity=1 << 20), "a", "tcp://127.0.0.1:1")
     try:
-        assert pub.poll(5000) and pub.recv() == b"\x01"  # (subscribed: what is sent now is delivered)
         sub._sock = sub_sock
         sub._drain()  # (nothing queued yet: arms the socket's reader, as the subscriber's task does)
         for seq, payload in enumerate(life):
