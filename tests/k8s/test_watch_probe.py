@@ -156,46 +156,53 @@ class _StorageDown(ApiServerDouble):
         return await super()._handle(request)
 
 
+@asynccontextmanager
+async def _storage_down(
+    code: int = 504, retry_after: str | None = None
+) -> AsyncIterator[tuple[_StorageDown, FakeTime, Reflector]]:
+    """A ``_StorageDown`` double answering ``code`` (and ``retry_after``) to the probes it is told to fail
+    (``fail_probes``, none yet), and its reflector on the test's time, synced, its watch open."""
+    double = _StorageDown(bookmark_interval=0.2)
+    double.code, double.retry_after = code, retry_after
+    async with double:
+        ft = FakeTime()
+        async with _reflector(double, ft) as r:
+            yield double, ft, r
+
+
 async def test_two_probes_answered_with_a_server_error_in_a_row_relist() -> None:
     """The server answers, but from storage it cannot reach (a 504, kube-apiserver's "etcdserver: request
     timed out"), twice in a row: asked again 1 s after the first (``PROBE_RETRY_S``), the second 5xx ends
     the watch and relists, as no answer does; a relist that completes is in sync."""
-    double = _StorageDown(bookmark_interval=0.2)
-    async with double:
-        ft = FakeTime()
-        async with _reflector(double, ft) as r:
-            double.fail_probes = 2
-            await _advance_to(ft, 60.0)
-            await until(lambda: r.probes_retried == 1)
-            assert r.stuck == 0 and r.lists == 1, "one 5xx relisted"
-            await _advance_to(ft, 61.0)
-            await until(lambda: r.stuck == 1 and r.lists == 2 and r.watches == 2)
-            assert r.error is None and r.age() == 0.0 and double.fail_probes == 0
-        assert len(_probes(double)) == 2 + 1  # (the two probes, then the relist)
+    async with _storage_down() as (double, ft, r):
+        double.fail_probes = 2
+        await _advance_to(ft, 60.0)
+        await until(lambda: r.probes_retried == 1)
+        assert r.stuck == 0 and r.lists == 1, "one 5xx relisted"
+        await _advance_to(ft, 61.0)
+        await until(lambda: r.stuck == 1 and r.lists == 2 and r.watches == 2)
+        assert r.error is None and r.age() == 0.0 and double.fail_probes == 0
+    assert len(_probes(double)) == 2 + 1  # (the two probes, then the relist)
 
 
 async def test_a_server_error_then_no_answer_relists_at_the_retry_s_timeout() -> None:
     """A 503, then the server stalls: the retry (at 61 s) unanswered for 10 s ends the watch (71 s), the
     relist hangs and the copy ages from its last proof (the list at 0); the error names both."""
-    double = _StorageDown(bookmark_interval=0.2)
-    double.code = 503
-    async with double:
-        ft = FakeTime()
-        async with _reflector(double, ft) as r:
-            double.fail_probes = 1
-            await _advance_to(ft, 60.0)
-            await until(lambda: r.probes_retried == 1)
-            double.stall(lists=True)
-            await _advance_to(ft, 61.0)
-            await until(lambda: len(_probes(double)) == 2)  # the retry sent, hanging
-            await _advance_to(ft, 70.9)
-            assert r.stuck == 0
-            await _advance_to(ft, 71.0)
-            await until(lambda: r.stuck == 1)
-            assert "no answer within 10 s" in (r.error or "") and "503" in (r.error or ""), r.error
-            assert r.age() == 71.0 and r.lists == 1
-            double.unstall()
-            await until(lambda: r.lists == 2 and r.watches >= 2)
+    async with _storage_down(503) as (double, ft, r):
+        double.fail_probes = 1
+        await _advance_to(ft, 60.0)
+        await until(lambda: r.probes_retried == 1)
+        double.stall(lists=True)
+        await _advance_to(ft, 61.0)
+        await until(lambda: len(_probes(double)) == 2)  # the retry sent, hanging
+        await _advance_to(ft, 70.9)
+        assert r.stuck == 0
+        await _advance_to(ft, 71.0)
+        await until(lambda: r.stuck == 1)
+        assert "no answer within 10 s" in (r.error or "") and "503" in (r.error or ""), r.error
+        assert r.age() == 71.0 and r.lists == 1
+        double.unstall()
+        await until(lambda: r.lists == 2 and r.watches >= 2)
 
 
 @pytest.mark.parametrize(
@@ -210,71 +217,59 @@ async def test_one_probe_answered_with_a_server_error_is_asked_again_before_a_re
     answer's Retry-After, at most the probe's 10 s timeout), answered: no relist, the watch goes on, the
     copy in sync as of the second probe, the next probe 60 s after it. Fails before: the first 5xx relisted
     the whole collection."""
-    double = _StorageDown(bookmark_interval=0.2)
-    double.code, double.retry_after = code, retry_after
-    async with double:
-        ft = FakeTime()
-        async with _reflector(double, ft) as r:
-            double.fail_probes = 1
-            await _advance_to(ft, 60.0)
-            await until(lambda: r.probes_retried == 1 or r.lists > 1)
-            await _advance_to(ft, again_at - 0.5)
-            assert len(_probes(double)) == 1 and r.probes == 0
-            await _advance_to(ft, again_at)
-            await until(lambda: r.probes == 1)
-            assert r.lists == 1 and r.watches == 1 and r.stuck == 0 and r.error is None
-            assert r.last_sync == again_at and r.age() == 0.0
-            await _advance_to(ft, again_at + 60.0)
-            await until(lambda: r.probes == 2)
-            assert r.lists == 1 and r.probes_retried == 1
-        assert len(_probes(double)) == 3
+    async with _storage_down(code, retry_after) as (double, ft, r):
+        double.fail_probes = 1
+        await _advance_to(ft, 60.0)
+        await until(lambda: r.probes_retried == 1 or r.lists > 1)
+        await _advance_to(ft, again_at - 0.5)
+        assert len(_probes(double)) == 1 and r.probes == 0
+        await _advance_to(ft, again_at)
+        await until(lambda: r.probes == 1)
+        assert r.lists == 1 and r.watches == 1 and r.stuck == 0 and r.error is None
+        assert r.last_sync == again_at and r.age() == 0.0
+        await _advance_to(ft, again_at + 60.0)
+        await until(lambda: r.probes == 2)
+        assert r.lists == 1 and r.probes_retried == 1
+    assert len(_probes(double)) == 3
 
 
 async def test_a_later_single_server_error_after_a_proof_is_asked_again() -> None:
     """A 503 at 60 s, its retry answered at 61 s (a proof); minutes later (121 s) another, unrelated 503:
     asked again too (at 122 s), not a relist: the first is forgotten once a probe answered. Catches review
     s17-k8s mutation R4 (the 5xx kept after a proof: the second relisted)."""
-    double = _StorageDown(bookmark_interval=0.2)
-    double.code = 503
-    async with double:
-        ft = FakeTime()
-        async with _reflector(double, ft) as r:
-            double.fail_probes = 1
-            await _advance_to(ft, 61.0)
-            await until(lambda: r.probes == 1)
-            double.fail_probes = 1
-            await _advance_to(ft, 121.0)
-            await until(lambda: r.probes_retried == 2 or r.lists > 1)
-            assert r.lists == 1 and r.stuck == 0, "a 5xx a minute after an answered probe relisted"
-            await _advance_to(ft, 122.0)
-            await until(lambda: r.probes == 2)
-            assert r.lists == 1 and r.watches == 1 and r.stuck == 0 and r.last_sync == 122.0
+    async with _storage_down(503) as (double, ft, r):
+        double.fail_probes = 1
+        await _advance_to(ft, 61.0)
+        await until(lambda: r.probes == 1)
+        double.fail_probes = 1
+        await _advance_to(ft, 121.0)
+        await until(lambda: r.probes_retried == 2 or r.lists > 1)
+        assert r.lists == 1 and r.stuck == 0, "a 5xx a minute after an answered probe relisted"
+        await _advance_to(ft, 122.0)
+        await until(lambda: r.probes == 2)
+        assert r.lists == 1 and r.watches == 1 and r.stuck == 0 and r.last_sync == 122.0
 
 
 async def test_a_later_single_server_error_after_an_event_is_asked_again() -> None:
     """A 503 at 60 s; before its retry an event comes (a pod of the selection created at 60 s): the server
     is alive, the 5xx forgotten, the next probe 60 s after the event (120 s). Answered 503 too: asked
     again (121 s), not a relist. Catches review s17-k8s mutation R5 (the 5xx kept after an event)."""
-    double = _StorageDown(bookmark_interval=0.2)
-    double.code = 503
-    async with double:
-        ft = FakeTime()
-        async with _reflector(double, ft) as r:
-            double.fail_probes = 1
-            await _advance_to(ft, 60.0)
-            await until(lambda: r.probes_retried == 1)
-            events = r.events
-            double.create({"apiVersion": "v1", "kind": "Pod",
-                           "metadata": {"name": "b", "namespace": "default", "labels": {"app": "x"}},
-                           "spec": {"containers": [{"name": "c", "image": "x"}]}})  # fmt: skip
-            await until(lambda: r.events > events)
-            await _advance_to(ft, 61.0)
-            await asyncio.sleep(0.1)
-            assert len(_probes(double)) == 1, "the retry was sent after an event proved the server alive"
-            double.fail_probes = 1
-            await _advance_to(ft, 120.0)
-            await until(lambda: r.probes_retried == 2 or r.lists > 1)
-            assert r.lists == 1 and r.stuck == 0, "a 5xx a minute after an event relisted"
-            await _advance_to(ft, 121.0)
-            await until(lambda: r.probes == 1)
-            assert r.lists == 1 and r.watches == 1 and r.stuck == 0 and r.last_sync == 121.0
+    async with _storage_down(503) as (double, ft, r):
+        double.fail_probes = 1
+        await _advance_to(ft, 60.0)
+        await until(lambda: r.probes_retried == 1)
+        events = r.events
+        double.create({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": "b", "namespace": "default", "labels": {"app": "x"}},
+                       "spec": {"containers": [{"name": "c", "image": "x"}]}})  # fmt: skip
+        await until(lambda: r.events > events)
+        await _advance_to(ft, 61.0)
+        await asyncio.sleep(0.1)
+        assert len(_probes(double)) == 1, "the retry was sent after an event proved the server alive"
+        double.fail_probes = 1
+        await _advance_to(ft, 120.0)
+        await until(lambda: r.probes_retried == 2 or r.lists > 1)
+        assert r.lists == 1 and r.stuck == 0, "a 5xx a minute after an event relisted"
+        await _advance_to(ft, 121.0)
+        await until(lambda: r.probes == 1)
+        assert r.lists == 1 and r.watches == 1 and r.stuck == 0 and r.last_sync == 121.0
