@@ -9,11 +9,10 @@ later, and the requests in flight under it keep its label to their end."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+from k8s.reflector_kit import until
 from kvgate.config.gateway import RewriteRule, RewriteTarget
 from kvgate.extproc.cli import _kube_pool, model_labels, parser
 from kvgate.gateway.cli import _parser, build_config, build_pools
@@ -64,14 +63,6 @@ def test_the_epps_file_rule_names_leave_when_live_rules_replace_them() -> None:
     assert forgotten == [{"alias", "live"}]  # their series go; the config's and live2's stay
 
 
-async def _until(cond: Callable[[], bool], within_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within_s
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_serves_file_rule_names_leave_when_live_rules_replace_them(
     double: ApiServerDouble, tmp_path: Path
 ) -> None:
@@ -102,7 +93,7 @@ async def test_serves_file_rule_names_leave_when_live_rules_replace_them(
         double.create({"apiVersion": REWRITE, "kind": "InferenceModelRewrite", "metadata": {"name": "live"},
                        "spec": {"rules": [{"matches": [{"model": {"value": "live"}}],
                                            "targets": [{"modelRewrite": "m"}]}]}})  # fmt: skip
-        await _until(lambda: gw._live_names == {"live", "m"})
+        await until(lambda: gw._live_names == {"live", "m"}, within_s=10.0)
         assert labels.label("live") == "live" and labels.label("m") == "m"
         assert labels.label("alias") == OTHER_MODEL, "the file's rule name is still a label of its own"
     finally:
