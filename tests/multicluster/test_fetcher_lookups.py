@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +27,7 @@ from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.state import ClusterState
+from multicluster.hung_resolver import HungResolver
 
 HUNG = "hung.kvgate-review.test"
 WORKERS = 8  # the loop's default executor here (2 cores: 6 by asyncio's default)
@@ -36,27 +36,10 @@ WORKERS = 8  # the loop's default executor here (2 cores: 6 by asyncio's default
 @pytest.fixture
 def hung(monkeypatch: pytest.MonkeyPatch) -> Any:
     """(release event, [in getaddrinfo now, most at once])"""
-    real = socket.getaddrinfo
-    release = threading.Event()
-    lock = threading.Lock()
-    running = [0, 0]
-
-    def fake(host: Any, *a: Any, **k: Any) -> Any:
-        if not str(host).endswith(HUNG):
-            return real(host, *a, **k)
-        with lock:
-            running[0] += 1
-            running[1] = max(running)
-        try:
-            release.wait(60)  # (a name server that does not answer)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        finally:
-            with lock:
-                running[0] -= 1
-
+    fake = HungResolver(HUNG)
     monkeypatch.setattr(socket, "getaddrinfo", fake)
-    yield release, running
-    release.set()
+    yield fake.release, fake.running
+    fake.release.set()
 
 
 @pytest.fixture

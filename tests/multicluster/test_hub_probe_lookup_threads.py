@@ -25,6 +25,7 @@ import pytest
 
 from kvgate.multicluster import hub
 from kvgate.multicluster.hub import connects
+from multicluster.hung_resolver import HungResolver
 
 HUNG = "hung.kvgate-review.test"
 
@@ -99,24 +100,8 @@ async def test_the_lookup_threads_are_bounded(monkeypatch: pytest.MonkeyPatch) -
     of that name starts no other (it fails at once), and at most MAX_LOOKUPS run at once (here 3); once
     the resolver answers, the count is back to zero. On main the 40 probes of one name each queued a
     lookup in the default executor: as many ran at once as it has workers (6 on 2 cores)."""
-    real = socket.getaddrinfo
-    release = threading.Event()
-    lock = threading.Lock()
-    running = [0, 0]  # now, most at once
-
-    def fake(host: Any, *a: Any, **k: Any) -> Any:
-        if not str(host).endswith(HUNG):
-            return real(host, *a, **k)
-        with lock:
-            running[0] += 1
-            running[1] = max(running)
-        try:
-            release.wait(60)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        finally:
-            with lock:
-                running[0] -= 1
-
+    fake = HungResolver(HUNG)
+    release, running = fake.release, fake.running  # (running: now, most at once)
     await asyncio.sleep(0.2)  # (the lookups of the tests before, released: out of getaddrinfo)
     monkeypatch.setattr(socket, "getaddrinfo", fake)
     monkeypatch.setattr(hub, "MAX_LOOKUPS", 3, raising=False)  # (raising: none before the fix)
