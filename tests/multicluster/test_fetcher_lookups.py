@@ -22,7 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from kvgate.datalayer.aggregate import PoolAggregate, encode
 from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.fetcher import Fetcher
