@@ -80,6 +80,17 @@ def test_max_completion_tokens_wins_over_max_tokens() -> None:
     assert err.param == "max_tokens"
 
 
+def test_a_responses_body_names_its_limit_max_output_tokens() -> None:
+    """s17-qafix-d F4: ``/v1/responses`` (an ``OTHER`` body) says ``max_output_tokens``; it was not read
+    (``max_tokens`` None) nor checked. Only for ``OTHER`` bodies: a chat body's is not OpenAI's."""
+    body = {"model": "m", "input": "hi", "max_output_tokens": 50}
+    assert parse_body(OTHER, orjson.dumps(body)).max_tokens == 50
+    assert _bad(OTHER, {**body, "max_output_tokens": -1}).param == "max_output_tokens"
+    assert _bad(OTHER, {**body, "max_output_tokens": "5"}).param == "max_output_tokens"
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_output_tokens": 50}
+    assert parse_body(CHAT, orjson.dumps(chat)).max_tokens is None
+
+
 def test_kind_for_path() -> None:
     assert kind_for_path("/v1/chat/completions?x=1") == CHAT
     assert kind_for_path("/v1/completions") == COMPLETIONS

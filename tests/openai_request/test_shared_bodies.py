@@ -69,6 +69,7 @@ BODIES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
         {"x-gateway-inference-objective": "gold", "x-gateway-inference-fairness-id": "tenant-a"},
     ),
     ("/v1/embeddings", {"model": "m", "input": "embed me"}, {}),
+    ("/v1/responses", {"model": "m", "input": "hi", "max_output_tokens": 11}, {}),  # s17-qafix-d F4
 ]
 
 DEEP = "[" * 1000 + "]" * 1000
@@ -86,6 +87,7 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     (COMPLETIONS, b'{"model": "m", "prompt": "x", "max_completion_tokens": -3}', "max_completion_tokens"),
     (CHAT, b'{"model": "m", "messages": []}', "messages"),
     (COMPLETIONS, b'{"model": "m", "prompt": "x", "stream": "yes"}', "stream"),
+    ("/v1/responses", b'{"model": "m", "input": "x", "max_output_tokens": -1}', "max_output_tokens"),
 ]
 
 
@@ -175,6 +177,7 @@ async def test_same_bodies_give_identical_inference_requests(doors: Doors) -> No
     gold = by_body[orjson.dumps(BODIES[8][1])]
     assert (gold.priority, gold.fairness_id) == (5, "tenant-a")
     assert by_body[orjson.dumps(BODIES[0][1])].prompt_text == "Once upon a time"
+    assert by_body[orjson.dumps(BODIES[10][1])].max_tokens == 11
 
 
 @pytest.mark.parametrize(("path", "raw", "param"), BAD_BODIES, ids=[f"{p}:{n}" for p, _r, n in BAD_BODIES])

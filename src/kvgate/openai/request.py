@@ -7,7 +7,8 @@ ids are checked to be what a tokenizer can emit, and nesting is bounded before a
 body (orjson refuses to encode past 254 levels; a 500 is not an answer to a client's mistake).
 
 ``max_completion_tokens`` wins over ``max_tokens`` when a body sets both (the newer OpenAI name; vLLM reads
-them in the same order); each must be a non-negative integer.
+them in the same order); each must be a non-negative integer. A body of another API (``OTHER``) may name
+it ``max_output_tokens`` (the Responses API), read and checked last.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ MAX_NESTING = 64
 # Token ids are non-negative and fit an int32 (every tokenizer vocabulary does; prefix hashing packs them).
 TOKEN_ID_LIMIT = 1 << 31
 MAX_TOKENS_KEYS = ("max_completion_tokens", "max_tokens")  # precedence order
+# An ``OTHER`` body's too: the Responses API (``/v1/responses``, vLLM's ``ResponsesRequest``) names its
+# limit ``max_output_tokens`` (review s17-qafix-d F4); Anthropic's ``/v1/messages`` says ``max_tokens``.
+OTHER_MAX_TOKENS_KEYS = (*MAX_TOKENS_KEYS, "max_output_tokens")
 
 
 def _text(value: Any) -> str:
@@ -214,7 +218,9 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         stream = False
     if not isinstance(stream, bool):
         raise BodyError("'stream' must be a boolean", "stream")
+    limit_keys: tuple[str, ...] = MAX_TOKENS_KEYS
     if kind == OTHER:
+        limit_keys = OTHER_MAX_TOKENS_KEYS
         # Unknown API: read the prompt the way its keys say, when it has one.
         kind = CHAT if "messages" in body else COMPLETIONS if "prompt" in body else OTHER
     token_ids: list[int] | None = None
@@ -239,7 +245,7 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         if stream:
             raise BodyError("embeddings cannot be streamed", "stream")
     max_tokens: int | None = None
-    for key in MAX_TOKENS_KEYS:
+    for key in limit_keys:
         value = body.get(key)
         if value is not None:
             if type(value) is not int or value < 0:
