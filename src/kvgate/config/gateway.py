@@ -105,7 +105,8 @@ class Limits:
     # Open client connections per process (clamped to the fd limit); more get 503 too_many_connections.
     max_connections: int = 10_000
     # Request bodies held per process (arriving, queued, being answered), all connections together; a
-    # request over it gets 503 with Retry-After from its head (``kvgate epp --max-buffered-bytes``).
+    # body taking it past it gets 503 with Retry-After (``kvgate epp --max-buffered-bytes``); bytes are
+    # taken as they arrive, a head only checks that its Content-Length fits in what is free.
     max_buffered_bytes: int = 1 << 30
 
 

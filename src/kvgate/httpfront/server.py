@@ -24,8 +24,10 @@ cancels the handler and so releases its concurrency slot, in-flight accounting a
 More than ``max_connections`` open connections: the new one gets 503 ``too_many_connections``.
 
 Memory: every request body takes its bytes from one budget per front (``max_buffered``, all connections
-together) at its head, chunk by chunk when chunked, and gives them back once answered: a request that
-does not fit gets 503 with ``Retry-After`` before its body is read. ``head_check`` (the gateway's API-key
+together) as they arrive, and gives them back once answered (or refused, or the client gone). A head
+whose Content-Length does not fit in what is free gets 503 with ``Retry-After`` before its body is read
+(nothing is reserved for it: a head alone holds no budget); a body that stops fitting while it arrives
+gets the same 503 then, and the connection closes. ``head_check`` (the gateway's API-key
 check) may refuse a request from its head, its body never buffered. Both refusals, like the 413, linger.
 """
 
@@ -756,6 +758,16 @@ class FrontProtocol(asyncio.Protocol):
         self.queue.append(req)
         self._next()
 
+    def _count(self, arrived: int) -> None:
+        """The body being read has ``arrived`` bytes here: take from the budget what is not taken yet;
+        when that does not fit, 503 with Retry-After (then close)."""
+        more = arrived - self._held
+        if more > 0:
+            budget = self.server.budget
+            if not budget.take(more):
+                raise _over_budget(budget.limit)
+            self._held = arrived
+
     def _release(self) -> None:
         """Give back the budget the body being read holds (a refusal, or the connection lost)."""
         if self._held:
@@ -788,6 +800,7 @@ class FrontProtocol(asyncio.Protocol):
             self.buf += data[start:]  # (chunked, or the body still arriving)
             return
         method, path, query, headers, keep_alive, _, http11 = pending
+        self._count(length)
         self._pending = None
         self.body_since = None
         body = data[start : start + length] if length else b""
@@ -821,8 +834,12 @@ class FrontProtocol(asyncio.Protocol):
             if length < 0:  # chunked
                 body = self._chunked()
                 if body is None:
+                    # (what arrived of it: the decoded chunks and the chunk still arriving)
+                    self._count(self._ctotal + len(self.buf))
                     return
+                self._count(len(body))
             else:
+                self._count(min(len(self.buf), length))
                 if len(self.buf) < length:
                     return
                 body = bytes(self.buf[:length])
@@ -871,11 +888,11 @@ class FrontProtocol(asyncio.Protocol):
             refusal = check(method, path, headers)
             if refusal is not None:
                 raise _Refused(refusal)
-        if length > 0:
-            budget = self.server.budget
-            if not budget.take(length):
-                raise _over_budget(budget.limit)
-            self._held = length
+        budget = self.server.budget
+        if length > 0 and length > budget.limit - budget.used:
+            # Does not fit in what is free now: refused before its body is read. Nothing is reserved
+            # here (a head that only announces a body would hold budget for free: s17-qafix-bc B1).
+            raise _over_budget(budget.limit)
         expect = headers.get("expect", "").lower() == "100-continue"
         if length and expect and self.task is None and not self.queue:
             # Only when nothing is being answered: never into the middle of an earlier pipelined
@@ -953,9 +970,6 @@ class FrontProtocol(asyncio.Protocol):
                 return None
             if buf[start + size : start + size + 2] != b"\r\n":
                 raise _BadRequest(400, "missing CRLF after chunk")
-            if size and not self.server.budget.take(size):
-                raise _over_budget(self.server.budget.limit)
-            self._held += size
             self._cparts.append(bytes(buf[start : start + size]))
             self._ctotal += size
             del buf[: start + size + 2]
