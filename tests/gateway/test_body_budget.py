@@ -100,7 +100,8 @@ async def test_keyless_pending_bodies_are_not_buffered(backends, monkeypatch):
 
 async def test_bodies_over_the_budget_get_503_before_they_are_read(backends):
     (b,) = await backends(1)
-    cfg = make_config([b.address], extra={"limits": {"maxBufferedBytes": 1_500_000}})
+    limits = {"maxBufferedBytes": 1_500_000, "maxBodyBytes": 1_500_000}  # (a budget >= the cap: L1)
+    cfg = make_config([b.address], extra={"limits": limits})
     async with running_gateway(cfg) as gw:
         front = _front(gw)
         big = orjson.dumps({"model": "m", "prompt": "x" * 900_000, "max_tokens": 1})
@@ -144,7 +145,8 @@ async def test_bodies_over_the_budget_get_503_before_they_are_read(backends):
             assert r.status == 200
         assert front.budget.used == 0
         # A reload's limits apply to the budget live.
-        new = make_config([b.address], extra={"limits": {"maxBufferedBytes": 5_000_000}}).limits
+        limits["maxBufferedBytes"] = 5_000_000
+        new = make_config([b.address], extra={"limits": limits}).limits
         gw.apply_limits(new)
         assert front.budget.limit == 5_000_000
 
@@ -164,9 +166,9 @@ async def test_a_closed_connection_gives_its_pending_body_back(backends):
 
 def test_max_buffered_bytes_flag_overrides_the_config(tmp_path):
     args = _parser().parse_args(
-        ["--endpoints", "127.0.0.1:1", "--model", "m", "--max-buffered-bytes", "1234"]
+        ["--endpoints", "127.0.0.1:1", "--model", "m", "--max-buffered-bytes", "9000000"]
     )
-    assert build_config(args).limits.max_buffered_bytes == 1234
+    assert build_config(args).limits.max_buffered_bytes == 9000000
     assert (
         build_config(
             _parser().parse_args(["--endpoints", "127.0.0.1:1", "--model", "m"])
@@ -179,10 +181,10 @@ def test_max_buffered_bytes_flag_overrides_the_config(tmp_path):
     path = tmp_path / "gw.yaml"
     path.write_text(
         "pools:\n  - {name: p, policy: round-robin, endpoints: ['127.0.0.1:1'], models: [m]}\n"
-        "limits: {maxBufferedBytes: 99}\n"
+        "limits: {maxBufferedBytes: 99, maxBodyBytes: 99}\n"
     )
-    flagged = _parser().parse_args(["--config", str(path), "--max-buffered-bytes", "1234"])
-    assert build_config(flagged).limits.max_buffered_bytes == 1234
-    assert reload_loader(flagged)(str(path)).limits.max_buffered_bytes == 1234
+    flagged = _parser().parse_args(["--config", str(path), "--max-buffered-bytes", "9000000"])
+    assert build_config(flagged).limits.max_buffered_bytes == 9000000
+    assert reload_loader(flagged)(str(path)).limits.max_buffered_bytes == 9000000
     plain = _parser().parse_args(["--config", str(path)])
     assert reload_loader(plain)(str(path)).limits.max_buffered_bytes == 99

@@ -420,6 +420,14 @@ _HEALTH_KEYS: dict[str, tuple[str, type | tuple[type, ...], bool]] = {
 }
 
 
+def budget_below_body(limits: Limits) -> str:
+    """Why ``maxBufferedBytes`` < ``maxBodyBytes`` is refused (s17-qafix-bc L1)."""
+    return (
+        f"must be >= limits.maxBodyBytes ({limits.max_body_bytes}), got {limits.max_buffered_bytes}: "
+        "a body between the two could never be held, and would be told to retry (503) forever"
+    )
+
+
 def _fill(
     target: Any, raw: Any, keys: dict[str, tuple[str, type | tuple[type, ...], bool]], path: str
 ) -> None:
@@ -524,6 +532,8 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
                 )
 
     _fill(cfg.limits, raw.get("limits"), LIMIT_KEYS, "limits")
+    if cfg.limits.max_buffered_bytes < cfg.limits.max_body_bytes:
+        raise GatewayConfigError("limits.maxBufferedBytes", budget_below_body(cfg.limits))
     _fill(cfg.health, raw.get("health"), _HEALTH_KEYS, "health")
     if cfg.health.eject_max_s < cfg.health.eject_base_s:
         raise GatewayConfigError("health.ejectMaxSeconds", "must be >= ejectBaseSeconds")

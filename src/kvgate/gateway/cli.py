@@ -20,6 +20,7 @@ from kvgate.config.gateway import (
     GatewayConfig,
     GatewayConfigError,
     ListenerTLS,
+    budget_below_body,
     config_from_flags,
     load_gateway_config,
     min_ready_workers,
@@ -74,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="BYTES",
         help="request bodies each gateway process holds at once, all connections together (arriving, "
-        "queued, being answered); a request over it gets 503 with Retry-After before its body is read "
+        "queued, being answered); a body over it gets 503 with Retry-After; at least limits.maxBodyBytes "
         "(overrides limits.maxBufferedBytes; default 1073741824, 1 GiB; per worker with --workers)",
     )
     p.add_argument(
@@ -190,10 +191,18 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     if args.max_buffered_bytes is not None:
         if args.max_buffered_bytes <= 0:
             raise GatewayConfigError("--max-buffered-bytes", f"must be > 0, got {args.max_buffered_bytes}")
-        cfg.limits.max_buffered_bytes = args.max_buffered_bytes
+        flag_budget(args, cfg)
     cfg.admin_tls = admin_tls(args, cfg)
     cfg.workers, cfg.min_ready_workers = final_workers(cfg, args)
     return cfg
+
+
+def flag_budget(args: argparse.Namespace, cfg: GatewayConfig) -> None:
+    """``--max-buffered-bytes`` over the config's ``limits.maxBufferedBytes``; below the config's
+    ``limits.maxBodyBytes`` it is refused (s17-qafix-bc L1: such a body gets a 503 "retry" forever)."""
+    cfg.limits.max_buffered_bytes = args.max_buffered_bytes
+    if args.max_buffered_bytes < cfg.limits.max_body_bytes:
+        raise GatewayConfigError("--max-buffered-bytes", budget_below_body(cfg.limits))
 
 
 def series_grace(grace: float | None, watched: bool) -> float | None:
@@ -269,7 +278,7 @@ def reload_loader(args: argparse.Namespace) -> Callable[[str], GatewayConfig]:
         watched = any(pool.inference_pool is not None for pool in cfg.pools)
         staleness_settings(args, copy.deepcopy(cfg), None if watched else "static")  # (a copy: checked only)
         if args.max_buffered_bytes is not None:  # the flag stays over the file's limits.maxBufferedBytes
-            cfg.limits.max_buffered_bytes = args.max_buffered_bytes
+            flag_budget(args, cfg)
         return cfg
 
     return load

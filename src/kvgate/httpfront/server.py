@@ -304,6 +304,11 @@ def parse_limits(raw: Mapping[str, Any] | None, where: str = "limits") -> FrontL
             kind = "a positive integer" if whole else "a positive number"
             raise ValueError(f"{where}.{key}: expected {kind}, got {value!r}")
         setattr(out, attr, value)
+    if out.max_buffered_bytes < out.max_body_bytes:  # (s17-qafix-bc L1: such a body is told to retry forever)
+        raise ValueError(
+            f"{where}.maxBufferedBytes: must be >= {where}.maxBodyBytes ({out.max_body_bytes}), got "
+            f"{out.max_buffered_bytes}: a body between the two could never be held"
+        )
     return out
 
 
