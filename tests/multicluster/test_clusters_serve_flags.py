@@ -165,3 +165,23 @@ async def test_a_taken_port_is_a_one_line_error(tmp_path: Path, taken: str) -> N
     said = [ln for ln in text.splitlines() if ln.startswith("kvgate serve: cannot listen on 127.0.0.1:")]
     assert len(said) == 1 and port in said[0], text
     assert "Traceback" not in text and "Unclosed" not in text, text
+
+
+async def test_a_reload_applies_its_limits_to_the_admin_front_too() -> None:
+    """Review s17-qafix-bc L2: a clusters-file reload applied its ``limits`` to the client port's front
+    only; the admin port's front kept the ones it started with (``kvgate serve``'s gets them)."""
+    from dataclasses import replace
+
+    spec = ClusterSpec(name="east", aggregate="http://127.0.0.1:9/a", gateway="127.0.0.1:9")
+    cfg = ClustersConfig(clusters=(spec,))
+    gw = GlobalGateway(cfg, fetch=False)
+    await gw.start(admin_port=0)
+    try:
+        assert gw.front is not None and gw._admin_front is not None
+        limits = replace(cfg.limits, header_timeout_s=3.0, max_connections=77)
+        gw.reload(replace(cfg, limits=limits))
+        assert gw.front.header_timeout_s == 3.0
+        assert gw._admin_front.header_timeout_s == 3.0, "the admin front kept its start limits"
+        assert gw._admin_front.max_connections == gw.front.max_connections
+    finally:
+        await gw.stop()

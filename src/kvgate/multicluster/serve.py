@@ -296,14 +296,17 @@ class GlobalGateway:
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters, TTL / refresh / locality, the TLS options (and files) of
-        EPP channels and aggregate fetches, the front's ``limits`` and the ``kubernetes:`` section (the
-        import controller restarted with it, ``ClusterSource``), all live; nothing needs a restart."""
+        EPP channels and aggregate fetches, the fronts' ``limits`` (client and admin ports) and the
+        ``kubernetes:`` section (the import controller restarted with it, ``ClusterSource``), all live;
+        nothing needs a restart."""
         self.source.reload(cfg)
         if self.fetcher is not None:
             self.fetcher.apply(cfg.tls, cfg.refresh_s)
         if self.front is not None and not self._fixed_limits:
             self.limits = cfg.limits
             changed = self.front.apply_limits(cfg.limits)
+            if self._admin_front is not None:  # (as kvgate serve's admin front: s17-qafix-bc L2)
+                self._admin_front.apply_limits(cfg.limits)
             if changed:
                 log.info("clusters file: limits applied: %s",
                          ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(changed.items())))  # fmt: skip
