@@ -47,8 +47,10 @@ async def test_unread_whole_answers_are_bounded_by_the_budget(tmp_path):
             socks.append(s)
         await asyncio.sleep(3.0)
         grew_mib = (_peak_rss_kib(proc.pid) - before) / 1024
-        # 64 MiB budget + slack for buffers; unread answers written whole: ~CLIENTS x 4 MiB.
-        assert grew_mib < 96, f"gateway RSS grew {grew_mib:.0f} MiB for {CLIENTS} unread 4 MiB answers"
+        # 64 MiB budget + per-connection buffers of the 16 relayed answers: 88-91 MiB measured on a quiet
+        # machine, 100-120 under load (fixbudget17's runs); before b116aae ~266 MiB (CLIENTS x 4 MiB, unread
+        # answers written whole). The bound sits between, away from the loaded figure.
+        assert grew_mib < 160, f"gateway RSS grew {grew_mib:.0f} MiB for {CLIENTS} unread 4 MiB answers"
     finally:
         for s in socks:
             s.close()
