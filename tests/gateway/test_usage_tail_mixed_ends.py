@@ -45,3 +45,18 @@ def test_the_tail_reads_usage_at_every_event_end_the_relay_knows(line_end: bytes
     assert relay.feed(stream) == stream
     relay.finish()
     assert relay.usage == Usage(7, 2)
+
+
+# vLLM with ``stream_options.continuous_usage_stats`` puts a usage in every chunk: the LAST one counts.
+EARLY = {**TOKEN, "usage": {"prompt_tokens": 7, "completion_tokens": 1}}
+
+
+@pytest.mark.parametrize("end", [b"\n\r", b"\r\n\r"], ids=["lf-line-cr-blank", "crlf-line-cr-blank"])
+def test_the_tail_splits_at_a_lone_cr_blank_line(end: bytes) -> None:
+    """Review s17-fixes-b L7: the test above also passes with the old separator (the unsplit
+    usage+[DONE] piece is still read by the scanner fallback). Here only the split gives the right
+    answer: unsplit, the two usage events are one piece and its FIRST usage (7, 1) is read."""
+    stream = b"".join(b"data: " + orjson.dumps(o) + end for o in (EARLY, USAGE)) + b"data: [DONE]" + end
+    tail = UsageTail()
+    tail.feed(stream)
+    assert tail.usage() == Usage(7, 2)

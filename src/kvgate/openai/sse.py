@@ -7,6 +7,7 @@ bounded tail. Used by ``kvgate epp`` (the built-in gateway's relay has its own, 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -120,18 +121,24 @@ def event_end(buf: bytes | bytearray, start: int = 0) -> int:
     return end
 
 
+# An SSE event's end (the blank line after a CRLF, LF or lone CR line end: ``\n\n``, ``\n\r``, ``\r\r``,
+# an LF right after the closing CR taken with it). The single definition ``next_event_end`` and
+# ``split_events`` search with (leftmost match: the first end at or after a position, one pass).
+_EVENT_END = re.compile(rb"\n\n|[\n\r]\r\n?")
+
+
 def next_event_end(buf: bytes | bytearray, start: int = 0) -> int:
     """Where the first complete SSE event at or after ``start`` ends (just past its blank line; -1 if
     none does): the same rule as ``event_end`` (a blank line after a CRLF, LF or lone CR line end; an LF
-    right after the closing CR taken with it), the first one instead of the last."""
-    found = (buf.find(b"\n\n", start), buf.find(b"\n\r", start), buf.find(b"\r\r", start))
-    ends = [i for i in found if i >= 0]
-    if not ends:
-        return -1
-    end = min(ends) + 2
-    if buf[end - 1] == 13 and buf[end : end + 1] == b"\n":
-        end += 1
-    return end
+    right after the closing CR taken with it), the first one instead of the last. Scans only up to that
+    end (``_EVENT_END``)."""
+    m = _EVENT_END.search(buf, start)
+    return -1 if m is None else m.end()
+
+
+def event_ends(buf: bytes | bytearray) -> list[int]:
+    """Where each complete SSE event in ``buf`` ends, in order (``next_event_end``'s rule): one pass."""
+    return [m.end() for m in _EVENT_END.finditer(buf)]
 
 
 def split_events(buf: bytes | bytearray) -> list[bytes | bytearray]:
@@ -139,7 +146,7 @@ def split_events(buf: bytes | bytearray) -> list[bytes | bytearray]:
     events in order, each with its blank line, then what follows the last one (possibly empty)."""
     out: list[bytes | bytearray] = []
     at = 0
-    while (end := next_event_end(buf, at)) >= 0:
+    for end in event_ends(buf):
         out.append(buf[at:end])
         at = end
     out.append(buf[at:])

@@ -12,7 +12,7 @@ import msgspec
 import orjson
 
 from kvgate.openai.protocol import later_usage, usage_from, usage_of
-from kvgate.openai.sse import split_events
+from kvgate.openai.sse import event_ends
 from kvgate.scheduling.types import Usage
 
 TAIL_BYTES = 16 * 1024
@@ -74,10 +74,14 @@ def last_usage(tail: bytes | bytearray) -> Usage | None:
     event cut at the tail's start fails its decode; its ``usage`` key, if whole, is still read. A last
     usage without prompt tokens (an Anthropic stream's ``message_delta``) takes them from an earlier
     one in the tail (its ``message_start``; ``later_usage``). Events end where the relays' do
-    (``kvgate.openai.sse.split_events``: a blank line after a CRLF, LF or lone CR line end)."""
+    (``kvgate.openai.sse.event_ends``: a blank line after a CRLF, LF or lone CR line end), found in
+    one pass; only the events holding ``"usage"`` are copied out."""
     last: Usage | None = None
-    for ev in reversed(split_events(tail)):
-        if b'"usage"' in ev:
+    bounds = [0, *event_ends(tail), len(tail)]
+    for k in range(len(bounds) - 1, 0, -1):
+        start, stop = bounds[k - 1], bounds[k]
+        if tail.find(b'"usage"', start, stop) >= 0:
+            ev = tail[start:stop]
             obj = event_obj(ev)
             if obj is None:
                 # An event cut at the tail's start (a Responses stream's ``response.completed`` holds
