@@ -165,11 +165,19 @@ class BodyUsageScanner:
         self._usage: Usage | None = None
 
     def feed(self, chunk: bytes, final: bool = False) -> None:
+        # A loop, not recursion: after a ``usage`` key that is not the usage the rest is looked at
+        # again here (review s17-fixes-b L8: ~500 such keys in one read overflowed the stack).
+        rest: bytes | None = chunk
+        while rest is not None:
+            rest = self._feed(rest, final)
+            final = False
+
+    def _feed(self, chunk: bytes, final: bool) -> bytes | None:
+        """One step of ``feed``: what is left to look at (after a non-usage ``usage`` value), or None."""
         if self._done or not (chunk or final):
-            return
+            return None
         if self._value is not None:
-            self._take(chunk)
-            return
+            return self._take(chunk)
         buf = self._carry + chunk if self._carry else chunk
         # Keys starting before ``limit`` have their ``:`` in ``buf`` (at the end: all of them).
         limit = len(buf) if final else len(buf) - _LOOK
@@ -185,12 +193,14 @@ class BodyUsageScanner:
             if (at - i) % 2:
                 continue
             self._value = bytearray()
-            self._take(buf[at + len(_KEY) :])
-            return
+            return self._take(buf[at + len(_KEY) :])
         self._carry = buf[-2 * _LOOK :]
         self._start = max(0, len(self._carry) - min(_LOOK, len(buf)))
+        return None
 
-    def _take(self, data: bytes) -> None:
+    def _take(self, data: bytes) -> bytes | None:
+        """``data`` added to the value after a key; the bytes after that value when it is whole and not a
+        usage object (to look on in), else None."""
         v = self._value
         assert v is not None
         v += data
@@ -202,14 +212,14 @@ class BodyUsageScanner:
         except ValueError:
             if len(after) >= USAGE_VALUE_MAX:
                 self._done, self._value = True, None  # too big, or not JSON: no usage
-            return
+            return None
         self._value = None
         self._usage = usage_from({"usage": obj})
         if self._usage is None:  # a ``usage`` key that is not the usage: look on after its value
             self._carry, self._start = b"", 0
-            self.feed(raw[len(raw) - len(after) + _end_bytes(text, end) :])
-        else:
-            self._done = True
+            return raw[len(raw) - len(after) + _end_bytes(text, end) :]
+        self._done = True
+        return None
 
     def usage(self) -> Usage | None:
         """The usage, once the whole body was fed (the last bytes are looked at here)."""
