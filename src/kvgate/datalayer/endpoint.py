@@ -106,8 +106,9 @@ class Endpoint:
     healthy: bool = True
     # Consecutive failed /metrics scrapes (the scraper's count; kvgate.datalayer.health reads it).
     scrape_failures: int = 0
-    # When a scrape last got an HTTP answer, whatever its status (the scraper's clock): a server that
-    # answers its /metrics with 404 (SGLang without --enable-metrics) is alive (kvgate.datalayer.health).
+    # When a scrape last got a 2xx-4xx HTTP answer (the scraper's clock): a server that answers its
+    # /metrics with 404 (SGLang without --enable-metrics) is alive (kvgate.datalayer.health); a 5xx (a
+    # sidecar or LB in front of a dead server, a draining server) is no evidence it serves.
     answered_at: float | None = None
 
     def __hash__(self) -> int:

@@ -15,13 +15,14 @@ before the first scrape round or when the scraper itself is down.
 Readiness (``kvgate serve``'s ``/readyz``) and ``inference_pool_ready_pods`` (both doors, for pools of
 listed endpoints; Kubernetes pools count Ready pods, as the reference) count by the same model
 (``ready_endpoints``). Where routing fails open (no endpoint healthy), readiness counts only the
-non-ejected endpoints whose scrape got an HTTP answer within ``metrics_staleness_s``, whatever its status
+non-ejected endpoints whose scrape got a 2xx-4xx HTTP answer within ``metrics_staleness_s``
 (``Endpoint.answered_at``): a fleet that answers its ``/metrics`` with 404 (SGLang without
 ``--enable-metrics``, a blocked path) serves and is ready (review s17-bigbody M2: readiness is never
-stricter than routing); a pool whose every endpoint refuses or times out its scrapes has no ready endpoint,
-however many requests it still sends them. Only where nothing is known yet (no endpoint scraped or failed
-a scrape: before the first scrape round, or a gateway that does not scrape) does the ejection flag alone
-count.
+stricter than routing); a pool whose every endpoint refuses or times out its scrapes, or answers them with
+5xx (a sidecar or LB in front of dead servers, servers draining: review s17-fixes-b M1), has no ready
+endpoint, however many requests it still sends them. Only where nothing is known yet (no endpoint scraped
+or failed a scrape: before the first scrape round, or a gateway that does not scrape) does the ejection
+flag alone count.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def gate(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> Seq
 
 def ready_endpoints(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> list[Endpoint]:
     """The endpoints readiness and ``inference_pool_ready_pods`` count: the healthy ones (``is_healthy``);
-    when none is, the non-ejected ones that answered a scrape (any HTTP status) within
+    when none is, the non-ejected ones that answered a scrape (a 2xx-4xx status) within
     ``metrics_staleness_s``: alive, served by ``gate``'s fail-open; when nothing is known yet (no endpoint
     has metrics or a failed scrape), the non-ejected ones. A dead pool (scrapes refused) counts 0."""
     healthy = [ep for ep in endpoints if is_healthy(ep, now, policy)]

@@ -397,7 +397,8 @@ class MetricsScraper:
             request = self._requests[(addr, path)] = client.request_bytes(path)
         async with asyncio.timeout(self.timeout_s):
             page = await client.get(request)
-        ep.answered_at = self.clock()  # any HTTP answer, 404 included: the server is alive
+        if page.status < 500:  # a 2xx-4xx answer, 404 included: the server is alive
+            ep.answered_at = self.clock()
         if page.status in REDIRECT_STATUSES:
             raise _NeedsAiohttp(f"answered {page.status} (a redirect)")
         if page.headers.get("content-encoding", "identity").lower() != "identity":
@@ -413,7 +414,8 @@ class MetricsScraper:
         async with self._session_().get(
             f"{self.scheme}://{ep.address}{path}", timeout=self.timeout, ssl=self.tls or True
         ) as resp:
-            ep.answered_at = self.clock()  # any HTTP answer, 404 included: the server is alive
+            if resp.status < 500:  # a 2xx-4xx answer, 404 included: the server is alive
+                ep.answered_at = self.clock()
             if resp.status != 200:
                 if no_filter_is_none and resp.status in NO_FILTER_STATUSES:
                     return None
