@@ -31,7 +31,8 @@ def usage_from(obj: Any) -> Usage | None:
     ``prompt_tokens`` / ``completion_tokens``, or the ``input_tokens`` / ``output_tokens`` of Anthropic
     Messages and OpenAI Responses (``/v1/messages``, ``/v1/responses``; review s17-qafix-d F2); a
     Responses stream's ``response.completed`` and an Anthropic stream's ``message_start`` carry it in
-    their ``response`` / ``message`` object."""
+    their ``response`` / ``message`` object (Anthropic's input counts its cache reads and writes:
+    ``input_usage``)."""
     if not isinstance(obj, dict):
         return None
     usage = obj.get("usage")
@@ -44,7 +45,33 @@ def usage_from(obj: Any) -> Usage | None:
         return usage_of(
             usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("prompt_tokens_details")
         )
-    return usage_of(usage.get("input_tokens"), usage.get("output_tokens"), usage.get("input_tokens_details"))
+    return input_usage(
+        usage.get("input_tokens"),
+        usage.get("output_tokens"),
+        usage.get("input_tokens_details"),
+        usage.get("cache_read_input_tokens"),
+        usage.get("cache_creation_input_tokens"),
+    )
+
+
+def input_usage(
+    input_tokens: Any, output_tokens: Any, details: Any, cache_read: Any, cache_creation: Any
+) -> Usage:
+    """A ``Usage`` from an ``input_tokens`` / ``output_tokens`` usage. OpenAI Responses: ``input_tokens``
+    is the whole input (cached ones in ``input_tokens_details.cached_tokens``). Anthropic Messages: the
+    whole input is ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens`` (vLLM's
+    ``/v1/messages`` subtracts the cached tokens from ``input_tokens`` likewise), the cached ones
+    ``cache_read_input_tokens`` (review s17-fixes-b M2: a prefix-cached request was charged only its
+    uncached part)."""
+    if cache_read is None and cache_creation is None:
+        return usage_of(input_tokens, output_tokens, details)
+    read = cache_read if type(cache_read) is int and cache_read >= 0 else 0
+    made = cache_creation if type(cache_creation) is int and cache_creation >= 0 else 0
+    uncached = input_tokens if type(input_tokens) is int and input_tokens >= 0 else 0
+    usage = usage_of(uncached + read + made, output_tokens, None)
+    if type(cache_read) is int and cache_read >= 0:
+        usage.cached_tokens, usage.cached_reported = read, True
+    return usage
 
 
 def later_usage(before: Usage | None, usage: Usage) -> Usage:

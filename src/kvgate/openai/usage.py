@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from kvgate.openai.protocol import later_usage, usage_from, usage_of
+from kvgate.openai.protocol import input_usage, later_usage, usage_from, usage_of
 from kvgate.openai.sse import event_ends
 from kvgate.scheduling.types import Usage
 
@@ -28,6 +28,8 @@ class _UsageFields(msgspec.Struct):
     input_tokens: Any = None
     output_tokens: Any = None
     input_tokens_details: Any = None
+    cache_read_input_tokens: Any = None  # Anthropic: not in ``input_tokens`` (``input_usage``)
+    cache_creation_input_tokens: Any = None
 
 
 class _UsageOnly(msgspec.Struct):
@@ -54,7 +56,13 @@ def usage_from_body(body: bytes) -> Usage | None:
     if usage is None:
         return None
     if usage.prompt_tokens is None and usage.completion_tokens is None:
-        return usage_of(usage.input_tokens, usage.output_tokens, usage.input_tokens_details)
+        return input_usage(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.input_tokens_details,
+            usage.cache_read_input_tokens,
+            usage.cache_creation_input_tokens,
+        )
     return usage_of(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details)
 
 
