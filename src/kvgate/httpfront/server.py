@@ -156,6 +156,7 @@ class StreamResponse:
             # HTTP/1.0 has no chunked encoding: the body ends when the connection closes.
             self._chunked = False
             request.keep_alive = False
+            self._proto.close_delimited = True
             self._proto.send(_head(self.status, self.headers, None, -1, True))
         self.prepared = True
 
@@ -190,10 +191,11 @@ class StreamResponse:
         """End a started response as broken: no terminating chunk, the connection is aborted, so the
         client sees it incomplete instead of a well-formed but truncated body. An HTTP/1.0 body (no
         chunks, delimited by the close) ends with a reset, not a close: a close would be its clean end,
-        a cut answer taken as complete (review s17-bigbody L1)."""
+        a cut answer taken as complete (review s17-bigbody L1; ``FrontProtocol.abort`` resets it
+        whoever aborts)."""
         self.ended = True
         if self._proto is not None:
-            self._proto.abort(reset=not self._chunked)
+            self._proto.abort()
 
     async def write_eof(self) -> None:
         if self.ended or self._proto is None:
@@ -632,6 +634,8 @@ class FrontProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.write_paused = False
+        # A started body delimited by the connection's close (HTTP/1.0 stream): every abort resets.
+        self.close_delimited = False
         self._drain: asyncio.Future[None] | None = None
         # Event-loop times the sweeper checks (None = not in that state):
         self.idle_since: float | None = None  # waiting for a next request, nothing received
@@ -1094,9 +1098,12 @@ class FrontProtocol(asyncio.Protocol):
 
     def abort(self, reset: bool = False) -> None:
         """Drop the connection now (unsent output too); ``reset``: with a TCP reset (RST), never a
-        clean close (SO_LINGER 0)."""
+        clean close (SO_LINGER 0). A connection carrying a close-delimited (HTTP/1.0) body always
+        resets: the send deadline, ``send``'s hard bound and ``close_all`` cut it as the handler's
+        ``StreamResponse.abort`` does, and a clean close would be its complete end (review s17-fixes-b
+        L2)."""
         if not self.closed and self.transport is not None:
-            if reset:
+            if reset or self.close_delimited:
                 sock = self.transport.get_extra_info("socket")
                 if sock is not None:
                     with contextlib.suppress(OSError):
