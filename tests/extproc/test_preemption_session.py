@@ -68,6 +68,9 @@ def test_stopped_before_the_response_headers_the_answer_to_them_is_a_429() -> No
     (out,) = response_headers(s)
     assert out.immediate_response.status.code == 429
     assert b"preempted" in out.immediate_response.body
+    # Every 429 says when to come back, as the embedded gateway's (review s18-qa L1: none in ext_proc).
+    sets = {h.header.key: h.header.raw_value for h in out.immediate_response.headers.set_headers}
+    assert sets.get("retry-after") == b"1", sets
     assert s.done
     s.close()
     assert d.finished == 0  # the director already released it: no second close

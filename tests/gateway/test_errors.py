@@ -81,8 +81,10 @@ async def test_404_unknown_path_and_405_wrong_method(backends):
         async with s.get(base_url(gw) + "/v1/completions") as r:
             assert r.status == 405
             _assert_error(orjson.loads(await r.read()), "method_not_allowed")
+            assert r.headers.get("Allow") == "POST"  # (RFC 9110 15.5.6; review s18-qa L2: there was none)
         async with s.post(base_url(gw) + "/v1/models") as r:
             assert r.status == 405
+            assert r.headers.get("Allow") == "GET"
 
 
 async def test_413_body_too_large(backends):
@@ -117,6 +119,41 @@ async def test_429_when_concurrency_limit_reached(backends):
             _assert_error(await r.json(), "too_many_requests")
             assert r.headers.get("Retry-After") == "1"  # (review s17-qa L8: there was none)
         hung.cancel()
+
+
+async def test_429_when_the_flow_control_queue_is_full_says_when_to_retry(backends):
+    """The 429 an overloaded pool sends (flow control's band full) carries ``Retry-After`` as the
+    gateway's other 429s do (review s18-qa L1: it had none)."""
+    (b,) = await backends(1)
+    b.mode = "hang"
+    picker = {
+        "apiVersion": "inference.networking.x-k8s.io/v1alpha1",
+        "kind": "EndpointPickerConfig",
+        "featureGates": ["flowControl"],
+        "saturationDetector": {
+            "type": "concurrency-detector",
+            "parameters": {"maxConcurrency": 1, "maxPendingRequests": 0},
+        },
+        "flowControl": {"maxRequests": 1, "defaultRequestTTL": "20s"},
+    }
+    cfg = make_config([b.address], extra={"pools": [
+        {"name": "p", "endpoints": [b.address], "models": ["m"], "endpointPickerConfig": picker}
+    ]})  # fmt: skip
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/completions"
+        held = [asyncio.create_task(_post(s, url, b'{"model": "m", "prompt": "a"}')) for _ in range(2)]
+        await asyncio.wait_for(b.arrived.wait(), 5)  # one in flight (saturated), then one queued
+        for _ in range(100):
+            async with s.post(url, data=b'{"model": "m", "prompt": "b"}') as r:
+                status, doc, retry = r.status, await r.json(), r.headers.get("Retry-After")
+            if status == 429:
+                break
+            await asyncio.sleep(0.05)  # (the second may not have reached the queue yet)
+        assert status == 429, doc
+        assert "queue is full" in doc["error"]["message"]
+        assert retry == "1"
+        for t in held:
+            t.cancel()
 
 
 async def test_503_when_no_endpoint_is_healthy(backends):

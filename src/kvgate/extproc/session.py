@@ -32,7 +32,7 @@ from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc import headers as hdr
 from kvgate.extproc import keys
 from kvgate.httpfront.budget import ByteBudget
-from kvgate.openai.protocol import CODES, error_body, usage_from
+from kvgate.openai.protocol import CODES, RETRY_AFTER_DEFAULT, error_body, usage_from
 from kvgate.openai.request import (
     OTHER,
     BodyError,
@@ -166,7 +166,11 @@ def immediate(status: int, message: str, code: str, param: str | None = None) ->
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=status),
-            headers=hdr.header_mutation({"content-type": "application/json"}),
+            headers=hdr.header_mutation(
+                {"content-type": "application/json", "retry-after": RETRY_AFTER_DEFAULT}
+                if status == 429
+                else {"content-type": "application/json"}
+            ),
             body=error_body(status, message, param=param, code=code),
             details=f"kvgate_epp_{code}",
         )

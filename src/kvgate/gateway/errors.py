@@ -7,7 +7,7 @@ OpenAI SDKs read ``error.message`` into the exception they raise, so every refus
 from __future__ import annotations
 
 from kvgate.httpfront.server import Response, json_error
-from kvgate.openai.protocol import CODES, sse_error_event
+from kvgate.openai.protocol import CODES, RETRY_AFTER_DEFAULT, sse_error_event
 from kvgate.scheduling.types import SchedulingError
 
 
@@ -29,8 +29,12 @@ class GatewayError(Exception):
 
 
 def error_response(err: GatewayError, request_id: str | None = None) -> Response:
-    headers = {"x-request-id": request_id} if request_id else None
-    return json_error(err.status, err.message, param=err.param, code=err.code, headers=headers)
+    headers = {"x-request-id": request_id} if request_id else {}
+    if err.status == 429:
+        # Every 429 says when to come back (a caller with a better estimate overwrites it): the flow
+        # control's "queue is full" and a shed request included, as the other 429s (review s18-qa L1).
+        headers["Retry-After"] = RETRY_AFTER_DEFAULT
+    return json_error(err.status, err.message, param=err.param, code=err.code, headers=headers or None)
 
 
 def unauthorized(request_id: str | None = None) -> Response:

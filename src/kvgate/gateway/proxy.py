@@ -275,7 +275,10 @@ class Proxy:
 
     async def models(self, request: Request) -> Response | StreamResponse:
         if request.method != "GET":
-            return error_response(GatewayError(405, f"{request.method} is not allowed on {request.path}"))
+            why = f"{request.method} is not allowed on {request.path}; use GET"
+            resp = error_response(GatewayError(405, why))
+            resp.headers["Allow"] = "GET"  # (RFC 9110 15.5.6: a 405 names the methods the resource takes)
+            return resp
         data = []
         for pool in self.pools:
             for m in pool.cfg.models:
@@ -308,9 +311,11 @@ class Proxy:
     async def _entry(self, request: Request, kind: str) -> Response | StreamResponse:
         rid = request.headers.get("x-request-id") or self._request_id()
         if request.method != "POST":
-            return error_response(
+            resp = error_response(
                 GatewayError(405, f"{request.method} is not allowed on {request.path}; use POST"), rid
             )
+            resp.headers["Allow"] = "POST"
+            return resp
         if self.draining:
             resp = error_response(GatewayError(503, "gateway is shutting down"), rid)
             resp.force_close()
@@ -684,7 +689,7 @@ class Proxy:
                 else:
                     why = f"no data within idleTimeoutSeconds ({self.cfg.limits.idle_timeout_s:g}s)"
                 raise GatewayError(
-                    504, f"upstream {self._name(ep)} timed out: {why}", code="upstream_timeout"
+                    504, f"{self._upstream_name(ep)} timed out: {why}", code="upstream_timeout"
                 ) from None
             except asyncio.CancelledError:
                 # An earlier endpoint's 500, this one not answered yet: charged, as on the 503 path
@@ -757,6 +762,10 @@ class Proxy:
     def _name(self, ep: Endpoint) -> str:
         """How client-visible messages name an endpoint (``hideInternalAddresses``: not by address)."""
         return "an endpoint" if self.hide else ep.address
+
+    def _upstream_name(self, ep: Endpoint) -> str:
+        """The same, as a sentence's subject ("upstream 10.0.0.1:8000" / "an upstream endpoint")."""
+        return "an upstream endpoint" if self.hide else f"upstream {ep.address}"
 
     def _charge(self, ireq: InferenceRequest, usage: Usage | None) -> None:
         if self.limiter is not None and usage is not None:

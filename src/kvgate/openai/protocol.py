@@ -99,6 +99,10 @@ def usage_of(prompt_tokens: Any, completion_tokens: Any, details: Any) -> Usage:
     )
 
 
+# ``Retry-After`` (seconds) of a 429 whose cause gives no better estimate (a full flow-control queue, a
+# shed request): capacity frees as requests end, so come back soon. Every door's 429 carries one.
+RETRY_AFTER_DEFAULT = "1"
+
 _TYPES = {
     400: "invalid_request_error",
     404: "invalid_request_error",
