@@ -141,6 +141,17 @@ def test_policy_yaml_round_trips(name: str) -> None:
     assert load_config(policy_yaml(name)).profiles
 
 
+@pytest.mark.parametrize("gate", ["flowcontrol", "bogusGate"])
+def test_an_unknown_feature_gate_is_an_error_naming_it(gate: str) -> None:
+    """A typo in a gate must not leave the feature silently off (review s18-qa M2: it started, and flow
+    control never ran); the reference refuses unregistered gates too."""
+    want = rf"featureGates\[1\]: unknown feature gate '{gate}' \(known: flowControl\)"
+    plugins = [{"type": "queue-scorer"}]
+    with pytest.raises(ConfigError, match=want):
+        parse_config({"plugins": plugins, "featureGates": ["flowControl", gate]})
+    assert parse_config({"plugins": plugins, "featureGates": ["flowControl"]}).feature_gates
+
+
 _scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=6)
 )

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kvgate.flowcontrol.config import parse_flow_control
+from kvgate.flowcontrol.config import FEATURE_GATE, parse_flow_control
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import registry
 from kvgate.scheduling.framework import ConfigError, Params, Picker, PluginHandle, ProfileHandler
@@ -48,6 +48,10 @@ _DETECTOR_INLINE = (
 )
 
 __all__ = ["API_VERSION", "KIND", "ConfigError", "EndpointPickerConfig", "load_config", "parse_config"]
+
+
+# The feature gates kvgate implements; any other name is a config error, as the reference's unregistered ones.
+FEATURE_GATES = frozenset({FEATURE_GATE})
 
 
 @dataclass(slots=True)
@@ -194,7 +198,11 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
             raise ConfigError(f"{key}: not supported by kvgate ({why}); remove it")
     gates = _list(d.get("featureGates"), "featureGates")
     for i, g in enumerate(gates):
-        _str(g, f"featureGates[{i}]")
+        if _str(g, f"featureGates[{i}]") not in FEATURE_GATES:
+            # As the reference (``validateFeatureGates``): a gate nobody registered is an error, so a
+            # typo (``flowcontrol``) cannot leave the feature silently off (review s18-qa M2).
+            known = ", ".join(sorted(FEATURE_GATES))
+            raise ConfigError(f"featureGates[{i}]: unknown feature gate {g!r} (known: {known})")
     if not profiles:
         # Reference behaviour: one "default" profile referencing every plugin (weight 1).
         profiles = [
