@@ -484,6 +484,21 @@ class Proxy:
             raise NoCapacityError("every endpoint failed for this request")
         return director.pick(ireq, explain)
 
+    async def _admit_by(self, director: Any, ireq: InferenceRequest, explain: bool, deadline: float) -> Any:
+        """Flow control's admission, waited for up to the request's ``deadline`` (event-loop time): a
+        request still queued then leaves the queue with a 504 (``request_timeout``), as Envoy answers
+        a request its route timeout ends while it waits for a connection (the queue's own TTL: 503)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await director.admit(ireq, explain)
+        except TimeoutError:
+            raise GatewayError(
+                504,
+                "no capacity for the request within requestTimeoutSeconds "
+                f"({self.request_timeout or 0:g}s): it timed out in the flow control queue",
+                code="request_timeout",
+            ) from None
+
     @staticmethod
     def _untried(result: Any, tried: set[str]) -> Endpoint:
         for ep in result.endpoints:
@@ -516,7 +531,10 @@ class Proxy:
         # config reload swaps the pool's picker meanwhile (``gateway.reload``).
         director = pool.director
         last_error = "no endpoint tried"
-        deadline = self._loop.time() + self.request_timeout if self.request_timeout else None
+        # ``requestTimeoutSeconds`` bounds the client's whole wait from here (its arrival: the front read
+        # the body before the handler ran): flow control's queue and earlier attempts included.
+        start = self._loop.time()
+        deadline = start + self.request_timeout if self.request_timeout else None
         sent_model = ireq.model if ireq.model != client_model else None
         tls = self.tls.get(pool.name)
         # A Director without flow control: its ``admit`` is ``pick`` and nothing is preemptible (both
@@ -530,8 +548,10 @@ class Proxy:
                 else:
                     if no_flow:
                         result = director.pick(ireq, explain)
-                    else:  # flow control may hold it until capacity frees (cancelled if the client goes)
-                        result = await director.admit(ireq, explain)
+                    elif deadline is None:  # flow control may hold it until capacity frees
+                        result = await director.admit(ireq, explain)  # (cancelled if the client goes)
+                    else:  # ... up to the request's deadline (review s17-fixes-b L6)
+                        result = await self._admit_by(director, ireq, explain, deadline)
                     # (``_untried`` with nothing tried: the first, or its error when there is none)
                     ep = result.endpoints[0] if result.endpoints else self._untried(result, tried)
             except asyncio.CancelledError:
@@ -565,6 +585,13 @@ class Proxy:
             resp: UpstreamResponse | None = None
             preempted: Sequence[bool] = _NOT_PREEMPTED if no_flow else self._preemptible(director, ireq, ep)
             head = self._request_line(kind, ep.address) + header_block
+            # Is a timeout at the deadline this endpoint's? Only if it has the larger part of the
+            # request's time: what is left now against what the gateway spent (queue, earlier attempts).
+            if deadline is not None:
+                sent_at = self._loop.time()
+                owns_deadline = deadline - sent_at >= sent_at - start
+            else:
+                owns_deadline = True
             try:
                 try:
                     resp = await self.upstream.request(
@@ -632,6 +659,7 @@ class Proxy:
                         strip_usage,
                         reply_headers,
                         t0,
+                        owns_deadline,
                     )
                 held = 0
                 parts: list[bytes] = []
@@ -657,7 +685,7 @@ class Proxy:
                 if body is None:
                     return await self._relay_whole(
                         request, resp, parts, held, director, ireq, ep, client_model, sent_model,
-                        reply_headers, t0, blame,
+                        reply_headers, t0, blame, owns_deadline,
                     )  # fmt: skip
                 try:
                     answer = self._whole(
@@ -674,16 +702,21 @@ class Proxy:
             except ReadTimeout:
                 # Sent, and nothing (more) came in time: the server may still be computing it, so it
                 # is not run again elsewhere (a retry would double the GPU work, and under overload
-                # turn slow answers into more load). The endpoint is charged a failure either way,
-                # past the request's deadline too (review s17-qafix-d F1: a wedged engine whose
-                # /health and /metrics still answer holds a non-streamed request to its deadline;
-                # uncharged, it was never ejected), as nginx counts a timeout toward max_fails and
-                # Envoy's outlier detection counts one. The client leaving is not charged (below).
+                # turn slow answers into more load). The endpoint is charged a failure (review
+                # s17-qafix-d F1: a wedged engine whose /health and /metrics still answer holds a
+                # non-streamed request to its deadline; uncharged, it was never ejected), as nginx
+                # counts a timeout toward max_fails and Envoy's outlier detection counts one: for the
+                # idle timeout always (its own time), at the deadline only if it had the larger part of
+                # the request's time (``owns_deadline``; review s17-fixes-b L6: not for the gateway's
+                # queue). The client leaving is not charged (below).
                 finished = True
-                self._failed(director, ireq, ep)
+                late = deadline is not None and self._loop.time() >= deadline
+                if late and not owns_deadline:
+                    director.on_finished(ireq, ep, None, False)
+                else:
+                    self._failed(director, ireq, ep)
                 # An earlier endpoint's 500 (none came here): its own, as on the 503 path (F5).
                 self._blame(suspect)
-                late = deadline is not None and self._loop.time() >= deadline
                 if late:
                     why = f"no answer within requestTimeoutSeconds ({self.request_timeout:g}s)"
                 else:
@@ -780,6 +813,11 @@ class Proxy:
         if self.health.failure(ep, self._peers(ep)):
             self.metrics.ejections.inc()
 
+    def _deadline_cut(self, cut: Exception | None, resp: UpstreamResponse) -> bool:
+        """Did the request's deadline (not the idle timeout) end this read?"""
+        due = resp.deadline
+        return isinstance(cut, ReadTimeout) and due is not None and self._loop.time() >= due
+
     def _blame(self, ep: Endpoint | None) -> None:
         """Charge ``ep`` (if any) a failure: its 500 for a request no other endpoint answered a 500."""
         if ep is not None and self.health.failure(ep, self._peers(ep)):
@@ -845,6 +883,7 @@ class Proxy:
         reply_headers: dict[str, str],
         t0: float,
         blame: bool = True,
+        owns_deadline: bool = True,
     ) -> StreamResponse:
         """A non-streamed answer past ``whole_max`` (or the ``held`` budget): relayed as it arrives
         (chunked to the client, at the client's pace: a write waits while its buffer is full), never
@@ -852,7 +891,7 @@ class Proxy:
         object, wherever it stands), its model name put back within the first ``whole_max`` bytes
         (``PieceRewriter``). Bytes went out: an upstream cut now is not retried; the client's
         connection is closed mid-body (a JSON body cannot carry an error after its start).
-        ``blame=False``: as ``_whole``'s (a 500 not charged)."""
+        ``blame=False``: as ``_whole``'s (a 500 not charged). ``owns_deadline``: as ``_relay_stream``'s."""
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
         out = StreamResponse(status=resp.status, headers=headers)
@@ -896,7 +935,11 @@ class Proxy:
             self.held.give(held)
             if cut is None and resp.status < 500:
                 self.health.success(ep)
-            elif (blame or cut is not None) and self.health.failure(ep, self._peers(ep)):
+            elif (
+                (blame or cut is not None)
+                and (owns_deadline or not self._deadline_cut(cut, resp))
+                and self.health.failure(ep, self._peers(ep))
+            ):
                 self.metrics.ejections.inc()
             usage = scan.usage() if ok and resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok and resp.status < 500)
@@ -957,7 +1000,11 @@ class Proxy:
         strip_usage: bool,
         reply_headers: dict[str, str],
         t0: float,
+        owns_deadline: bool = True,
     ) -> Response | StreamResponse:
+        """``owns_deadline=False``: the endpoint got the request with less than half of its time left (the
+        rest spent in the gateway's queue or on other endpoints): a cut at the request's deadline is
+        not charged to it (review s17-fixes-b L6)."""
         relay = StreamRelay(sent_model, client_model, strip_usage)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "text/event-stream")
@@ -967,6 +1014,7 @@ class Proxy:
         upstream_ok = True
         drain_cut: bytes | None = None
         director.on_first_token(ireq, ep, learn=resp.status < 400)  # (an error event is no first token)
+        cut: Exception | None = None
         self.streams.add(resp)
         if self._cutting is not None and not resp.received:  # (the drain's cut came before its first chunk)
             self._cut[resp] = self._cutting
@@ -974,7 +1022,6 @@ class Proxy:
         try:
             await out.prepare(request)
             chunk = first
-            cut: Exception | None = None
             while chunk:
                 data = relay.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                 if data:
@@ -1038,7 +1085,9 @@ class Proxy:
                 upstream_ok = False  # (counted as a cut stream below; the endpoint is not blamed)
             elif upstream_ok:
                 self.health.success(ep)
-            elif self.health.failure(ep, self._peers(ep)):
+            elif (owns_deadline or not self._deadline_cut(cut, resp)) and self.health.failure(
+                ep, self._peers(ep)
+            ):
                 self.metrics.ejections.inc()
             # A 2xx's usage only, as ``_whole`` reads it (an error stream that carries one: none).
             usage = relay.usage if resp.status < 300 else None

@@ -358,6 +358,11 @@ class UpstreamResponse:
         return self.head.content_type
 
     @property
+    def deadline(self) -> float | None:
+        """The exchange's deadline (event-loop time; None: none)."""
+        return self._deadline
+
+    @property
     def received(self) -> bool:
         """The whole body arrived (its end seen, no error), whether or not all of it was read."""
         c = self._conn
