@@ -214,8 +214,9 @@ class Proxy:
         self.draining = False
         self.idle = asyncio.Event()
         self.idle.set()
-        # The upstream responses of the streams being relayed now (``_relay_stream``): the drain's
-        # deadline cuts them (``cut_streams``), and those it cut, with the reason their client is told.
+        # The upstream responses of the streams and big answers being relayed now (``_relay_stream``,
+        # ``_relay_whole``): the drain's deadline cuts them (``cut_streams``), and those it cut, with the
+        # reason their client is told.
         self.streams: set[Any] = set()
         self._cut: dict[Any, bytes] = {}
         # Set by ``cut_streams``: the event a stream that starts relaying after the cut is cut with at once.
@@ -233,7 +234,9 @@ class Proxy:
         A stream is marked cut here, explicitly (``_cut``), before its connection is aborted: a body
         framed by the close reads the abort as its clean end, so the relay asks ``_cut``, not the
         framing. One whose body already arrived whole is not cut (its relay ends it as usual). A stream
-        that starts relaying after this (its first chunk came later) is cut at its start the same way."""
+        that starts relaying after this (its first chunk came later) is cut at its start the same way.
+        A non-streamed answer being relayed as it arrives (``_relay_whole``) is cut the same way; a JSON
+        body cannot carry an event, so its client's connection is closed mid-body instead."""
         self._cutting = event
         n = 0
         for resp in self.streams:
@@ -899,7 +902,12 @@ class Proxy:
         scan = BodyUsageScanner()
         ok = False
         cut: Exception | None = None
+        drained = False  # cut by the drain's deadline (``cut_streams``), as a stream is
         director.on_first_token(ireq, ep, learn=False)  # (as ``_whole``: no first token to learn)
+        self.streams.add(resp)
+        if self._cutting is not None and not resp.received:  # (the drain's cut came before the relay)
+            self._cut[resp] = self._cutting
+            resp.close()
         try:
             await out.prepare(request)
             parts.reverse()
@@ -919,7 +927,15 @@ class Proxy:
                         break
                 scan.feed(chunk)
                 await out.write(rewriter.feed(chunk) if rewriter is not None else chunk)
-            if cut is None:
+            # The drain's mark, whatever the read said (a close-framed body's abort reads as its end).
+            drained = self._cut.pop(resp, None) is not None
+            if drained:
+                # The drain's deadline: a JSON body cannot carry an error after its start, so the
+                # client's connection is closed mid-body (reset for HTTP/1.0), as for an upstream cut;
+                # the gateway's doing: the endpoint is not charged.
+                cut = None
+                out.abort()
+            elif cut is None:
                 if rewriter is not None:
                     await out.write(rewriter.finish())
                 await out.write_eof()
@@ -932,8 +948,12 @@ class Proxy:
         except ConnectionResetError:
             resp.close()  # the client went away: the server stops sending to nobody
         finally:
+            self.streams.discard(resp)
+            self._cut.pop(resp, None)
             self.held.give(held)
-            if cut is None and resp.status < 500:
+            if drained:
+                pass  # (counted as a cut answer below; the endpoint is not blamed)
+            elif cut is None and resp.status < 500:
                 self.health.success(ep)
             elif (
                 (blame or cut is not None)
@@ -948,7 +968,7 @@ class Proxy:
             if resp.status >= 400:
                 self.metrics.error(client_model, ireq.model, str(resp.status))
             elif not ok:
-                why = "stream_cut" if cut is not None else "client_gone"
+                why = "stream_cut" if cut is not None or drained else "client_gone"
                 self.metrics.error(client_model, ireq.model, why)
         return out
 
