@@ -16,10 +16,12 @@ class PieceRewriter:
     name split across two pieces is held back until whole (at most a pattern's length less one byte).
     ``feed`` each piece in order, then ``finish`` (the held-back bytes)."""
 
-    __slots__ = ("_carry", "_done", "_keep", "_left", "_patterns")
+    __slots__ = ("_carry", "_done", "_keep", "_left", "_patterns", "same_length")
 
     def __init__(self, sent_model: str, client_model: str, window: int) -> None:
         self._patterns = _model_patterns(sent_model, client_model)
+        # The body keeps its length (upstream's Content-Length stays true).
+        self.same_length = all(len(old) == len(new) for old, new in self._patterns)
         self._keep = max(len(old) for old, _ in self._patterns) - 1
         self._carry = b""
         self._left = window

@@ -897,8 +897,16 @@ class Proxy:
         ``blame=False``: as ``_whole``'s (a 500 not charged). ``owns_deadline``: as ``_relay_stream``'s."""
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
-        out = StreamResponse(status=resp.status, headers=headers)
         rewriter = PieceRewriter(sent_model, client_model, self.whole_max) if sent_model else None
+        # Upstream's Content-Length, for an HTTP/1.0 client (which gets no chunks), when the body goes
+        # out unchanged in length: no model name put back, or one of the same length.
+        length = None
+        if rewriter is None or rewriter.same_length:
+            with contextlib.suppress(KeyError, ValueError):
+                length = int(resp.head.headers["content-length"])
+            if length is not None and length < 0:
+                length = None
+        out = StreamResponse(status=resp.status, headers=headers, length=length)
         scan = BodyUsageScanner()
         ok = False
         cut: Exception | None = None

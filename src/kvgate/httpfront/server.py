@@ -136,28 +136,38 @@ class Response:
 
 
 class StreamResponse:
-    """A chunked response written piece by piece (SSE)."""
+    """A chunked response written piece by piece (SSE, a relayed big answer).
 
-    __slots__ = ("_chunked", "_proto", "ended", "headers", "prepared", "status")
+    ``length``: the body's length when known in advance (a relayed answer passed unchanged in length):
+    an HTTP/1.0 client is told it (``Content-Length``) instead of a body delimited by the close alone;
+    the writer must then write exactly that many bytes. HTTP/1.1 clients get chunks either way."""
 
-    def __init__(self, *, status: int = 200, headers: dict[str, str] | None = None) -> None:
+    __slots__ = ("_chunked", "_length", "_proto", "ended", "headers", "prepared", "status")
+
+    def __init__(
+        self, *, status: int = 200, headers: dict[str, str] | None = None, length: int | None = None
+    ) -> None:
         self.status = status
         self.headers = headers or {}
         self._proto: FrontProtocol | None = None
         self.prepared = False
         self.ended = False
         self._chunked = True
+        self._length = length
 
     async def prepare(self, request: Request) -> None:
         self._proto = request._proto
         if request.http11:
             self._proto.send(_head(self.status, self.headers, None, None, False))
         else:
-            # HTTP/1.0 has no chunked encoding: the body ends when the connection closes.
+            # HTTP/1.0 has no chunked encoding: the body ends when the connection closes, and with a
+            # known length at it (the client can tell a cut body). Any abort resets the connection
+            # either way (``close_delimited``: a close must never end a body that is cut).
             self._chunked = False
             request.keep_alive = False
             self._proto.close_delimited = True
-            self._proto.send(_head(self.status, self.headers, None, -1, True))
+            length = -1 if self._length is None else self._length
+            self._proto.send(_head(self.status, self.headers, None, length, True))
         self.prepared = True
 
     async def write(self, data: bytes) -> None:
