@@ -16,6 +16,9 @@ from kvgate.openai.sse import event_ends
 from kvgate.scheduling.types import Usage
 
 TAIL_BYTES = 16 * 1024
+# The start of a stream kept beside its tail: an Anthropic stream's ``message_start`` (its input count)
+# is its first event, a few hundred bytes.
+HEAD_BYTES = 4 * 1024
 
 
 class _UsageFields(msgspec.Struct):
@@ -117,14 +120,22 @@ class UsageTail:
     The tail is one buffer appended to in place and trimmed back to ``TAIL_BYTES`` only when it passes
     twice that (amortized: a small chunk costs its own bytes, not a copy of the whole tail), so it holds
     at most ``2 * TAIL_BYTES`` plus one chunk. ``kvgate serve``'s relay and ``kvgate serve --clusters``
-    both keep theirs here."""
+    both keep theirs here.
 
-    __slots__ = ("_tail",)
+    The stream's first ``HEAD_BYTES`` are kept too: a long Anthropic stream's last ``message_delta``
+    may carry only ``output_tokens``, its input count being in ``message_start``, the first event, which
+    has left the tail by then; the tail's last usage without input tokens takes them from there."""
+
+    __slots__ = ("_head", "_tail")
 
     def __init__(self) -> None:
         self._tail = bytearray()
+        self._head = bytearray()
 
     def feed(self, chunk: bytes) -> None:
+        head = self._head
+        if len(head) < HEAD_BYTES:
+            head += chunk[: HEAD_BYTES - len(head)]
         t = self._tail
         if len(chunk) >= TAIL_BYTES:  # a big chunk alone fills it
             t[:] = memoryview(chunk)[-TAIL_BYTES:]
@@ -135,7 +146,15 @@ class UsageTail:
 
     def usage(self) -> Usage | None:
         t = self._tail
-        return last_usage(t[-TAIL_BYTES:] if len(t) > TAIL_BYTES else t)
+        usage = last_usage(t[-TAIL_BYTES:] if len(t) > TAIL_BYTES else t)
+        if usage is not None and not usage.prompt_tokens:
+            # (its whole events only: one cut at the head's end is not read)
+            head = self._head
+            ends = event_ends(head)
+            first = last_usage(head[: ends[-1]]) if ends else None
+            if first is not None:
+                usage = later_usage(first, usage)
+        return usage
 
 
 _RAW = json.JSONDecoder()
