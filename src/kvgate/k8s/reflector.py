@@ -25,9 +25,10 @@ resourceVersion), on the injected ``sleep``; answered 2xx, its first object is c
 missing or at another resourceVersion, the copy is behind and the reflector relists (``behind``), else the
 watch goes on and the copy counts as in sync as of the probe; a 4xx (429, 403) proves nothing: the watch goes
 on (no relist: a LIST storm on a throttling server), the copy is no longer credited (``age()`` grows from the
-last proof) and the next probe waits the server's Retry-After; a 5xx is asked again once, ``PROBE_RETRY_S``
-(1 s) later (a server restarting behind a load balancer); unanswered within ``probe_timeout_s`` (10 s), a
-connection error or a second 5xx in a row, the watch ends and the reflector relists (``stuck``). A probe
+last proof) and the next probe waits the server's Retry-After; a 5xx or a connection error (refused, reset)
+is asked again once, ``PROBE_RETRY_S`` (1 s) later (a server restarting behind a load balancer);
+unanswered within ``probe_timeout_s`` (10 s), or a second failure in a row, the watch ends and the
+reflector relists (``stuck``). A probe
 answered 2xx at a list resourceVersion past the watch's is followed by a catch-up check
 (``CATCH_UP_TIMEOUT_S``, k8s17): a second short watch from the watch's last resourceVersion; a change it
 replays at or below the probe's resourceVersion that the open watch still has not read ``probe_timeout_s``
@@ -126,16 +127,19 @@ HELD_OPEN_S = 1.0
 # KEP-4988, a full list) with the watch's own selectors (review s16-k8s F1: RBAC ``resourceNames`` admits a
 # list only with its ``metadata.name=`` field selector, which the registry reads as one key; a label
 # selector makes the server read until the first match), answered within ``PROBE_TIMEOUT_S``. A probe
-# unanswered (or a 5xx, or a connection error) while the watch stays silent ends the watch and relists: a
-# stuck-but-connected API server is found within PROBE_AFTER_S + PROBE_TIMEOUT_S of the last proof instead
-# of the watch's client deadline (~10 min 15 s). Cost: one one-object LIST per quiet watch per minute, none
-# while events or bookmarks come.
+# unanswered (or failed twice in a row: a 5xx, a connection error) while the watch stays silent ends the
+# watch and relists: a stuck-but-connected API server is found within PROBE_AFTER_S + PROBE_TIMEOUT_S of
+# the last proof instead of the watch's client deadline (~10 min 15 s). Cost: one one-object LIST per
+# quiet watch per minute, none while events or bookmarks come.
 PROBE_AFTER_S = 60.0
 PROBE_TIMEOUT_S = 10.0
 # A probe answered 5xx (an API server restarting behind a load balancer: 502/503; one whose etcd timed out
 # a request: 504) is asked again once, this long after (or after the answer's Retry-After, at most
 # PROBE_TIMEOUT_S), before the watch ends and relists: a second failure in a row (5xx, no answer, the
-# connection) relists (k8s17; before, one transient 5xx relisted the whole collection).
+# connection) relists (k8s17; before, one transient 5xx relisted the whole collection). A probe whose
+# connection failed (refused, reset, closed before the answer: the load balancer's new connection while
+# the API server behind it restarts, the open watch's connection still up) is asked again the same way
+# (k8s18; before, it relisted at once).
 PROBE_RETRY_S = 1.0
 # A probe answered 2xx whose list resourceVersion is past the watch's last one (``resource_version``) is
 # followed by a *catch-up check* (k8s17): a second, short watch of the same selection from the watch's
@@ -195,8 +199,9 @@ class _Cut(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Failed5xx:
-    """A probe the server answered 5xx: why, and its Retry-After."""
+class _Failed:
+    """A probe that failed but may be asked again once (``PROBE_RETRY_S``): answered 5xx (with its
+    Retry-After), or its connection failed (refused, reset, closed before the answer: no Retry-After)."""
 
     why: str
     retry_after_s: float | None
@@ -281,7 +286,7 @@ class Reflector:
         self.behind = 0  # silent watches ended because their probe's answer showed the copy behind
         self.probes_refused = 0  # probes answered 401/403 (the probe cannot work with these credentials)
         self.probes_unproven = 0  # probes answered 4xx (429, 401/403, ...): no credit, the watch goes on
-        self.probes_retried = 0  # probes answered 5xx and asked again once (PROBE_RETRY_S) before a relist
+        self.probes_retried = 0  # probes answered 5xx or failed to connect, asked again once (PROBE_RETRY_S)
         self.catch_ups = 0  # catch-up checks (second watches from the watch's resourceVersion) made
         self.missed = 0  # open watches ended because a catch-up check showed them stuck: relisted
         self._probe_refusal_logged = False
@@ -523,16 +528,17 @@ class Reflector:
         caller relists. Answered without proof (4xx: 429, 403, ...): no credit (``age()`` grows from the
         last proof while the watch stays open), the next probe after the server's Retry-After (at least
         ``probe_timeout_s``); never a relist (review s16-fixes-b KS1). A 5xx is asked again once,
-        ``PROBE_RETRY_S`` later (or the answer's Retry-After, at most ``probe_timeout_s``; k8s17). No
-        answer in time, the connection, or a second 5xx in a row: the watch ends (``deadline`` expired at
-        once, ``_stuck_why`` saying why) and the caller relists."""
+        ``PROBE_RETRY_S`` later (or the answer's Retry-After, at most ``probe_timeout_s``; k8s17), and so is
+        a connection error (k8s18). No answer in time, or a second failure in a row (a 5xx, a connection
+        error, no answer): the watch ends (``deadline`` expired at once, ``_stuck_why`` saying why) and the
+        caller relists."""
         assert self.probe_after_s is not None
         seen = self.events
         quiet_since = proof = self._heard_at = self.clock()
         self._uncredited_since = None
         due = quiet_since + self.probe_after_s
         unproven = 0  # the 4xx answers in a row since the last event or proof
-        failed: _Failed5xx | None = None  # a 5xx since the last event or proof, asked again once
+        failed: _Failed | None = None  # a 5xx or connection error since the last event or proof, asked again
         while True:
             if self.events != seen:  # the watch read something: the server is alive; time from then
                 seen, unproven, failed = self.events, 0, None
@@ -584,15 +590,15 @@ class Reflector:
                 self._behind_now = True
                 deadline.reschedule(asyncio.get_running_loop().time())
                 return
-            if isinstance(answer, _Failed5xx) and failed is None:
-                failed = answer  # (a transient 5xx: asked again once, shortly, before the relist)
+            if isinstance(answer, _Failed) and failed is None:
+                failed = answer  # (a transient 5xx or connection error: asked again once, shortly)
                 self.probes_retried += 1
                 wait_s = min(max(answer.retry_after_s or 0.0, PROBE_RETRY_S), self.probe_timeout_s)
-                log.info("reflector %s: the liveness probe was answered %s; asking again in %g s before "
+                log.info("reflector %s: the liveness probe failed (%s); asking again in %g s before "
                          "relisting", self.name, answer.why, wait_s)  # fmt: skip
                 due = self.clock() + wait_s
                 continue
-            if isinstance(answer, _Failed5xx):
+            if isinstance(answer, _Failed):
                 answer = answer.why
             again = f" (the probe before it: {failed.why})" if failed is not None else ""
             why = f"the API server did not answer a liveness probe: {answer}{again}"
@@ -713,12 +719,13 @@ class Reflector:
             return f"{name} is at resourceVersion {rv} on the server, {_rv(mine)} in the copy"
         return None
 
-    async def _probe(self) -> Obj | _Unproven4xx | _Failed5xx | str:
+    async def _probe(self) -> Obj | _Unproven4xx | _Failed | str:
         """One consistent ``LIST ?limit=1`` of the watched collection with the watch's own selectors (no
         resourceVersion), bounded by ``probe_timeout_s`` on ``sleep``: the page when answered 2xx;
         ``_Unproven4xx`` for a 4xx (the server answers, but proves nothing of its storage: 429 throttled,
-        403/401 refused (one WARNING: the probe cannot work with these credentials), ...); else why not (no
-        answer in time, a 5xx, the connection)."""
+        403/401 refused (one WARNING: the probe cannot work with these credentials), ...); ``_Failed`` for a
+        5xx or a connection error (refused, reset, closed: asked again once); else why not (no answer in
+        time)."""
         path = self.rt.collection_path(self.namespace)
         # (the request's own timeout, on real time, is only a backstop where ``sleep`` is not)
         backstop = max(30.0, 2 * self.probe_timeout_s)
@@ -740,7 +747,7 @@ class Reflector:
             return ask.result()
         if isinstance(e, _ProbeRefused):
             if e.error.status >= 500:
-                return _Failed5xx(str(e.error), e.retry_after_s)
+                return _Failed(str(e.error), e.retry_after_s)
             if e.error.status in (401, 403):
                 self.probes_refused += 1
                 if not self._probe_refusal_logged:
@@ -751,8 +758,11 @@ class Reflector:
             else:
                 log.debug("reflector %s: liveness probe answered %s", self.name, e.error)
             return _Unproven4xx(str(e.error), e.retry_after_s)
-        if isinstance(e, (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError)):
+        if isinstance(e, TimeoutError):  # (the request's own backstop: ``sleep`` is not real time)
             return f"{type(e).__name__}: {e}"
+        if isinstance(e, (aiohttp.ClientError, OSError, orjson.JSONDecodeError)):
+            # (refused, reset, closed before the answer, an answer cut: asked again once, as a 5xx)
+            return _Failed(f"{type(e).__name__}: {e}", None)
         raise e
 
     async def _ask(self, path: str, q: dict[str, Any], timeout_s: float) -> Obj:
