@@ -7,7 +7,9 @@ an earlier life's (WARNING blaming a restart). Failed on main at ca1e66d: reques
 stale_dropped 1, last_seq 150. Now the second answer may go further than the first only by the live
 batches the subscriber received between the two requests (what the engine can have published
 meanwhile); here none came, so its 50 more batches are a lost tail again: asked again, the third answer
-heals the gap.
+heals the gap. (Since k8s18 a gap's answer of at most ``WHOLE_ANSWER_MAX`` batches is whole, its end not
+checked, as kvhub17 made the catch-up's: the ROUTER's pipe to a new peer holds 1,000 messages. So the
+check's answer here is longer than that, 299-379, and loses 380..)
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ async def test_a_same_life_batch_is_not_dropped_when_two_answers_lose_their_tail
     life = engine_life(NEW, 402)
 
     def lose(n: int, seq: int | None) -> bool:
-        # the gap's request (from 151) loses 300.., its check (from 299) loses 350.. (by start, not by
+        # the gap's request (from 151) loses 300.., its check (from 299) loses 380.. (by start, not by
         # number: the join's catch-up makes one request or two)
         if seq is None:
             return False
         start = server.requests[n - 1]
-        return (start == 151 and seq >= 300) or (start == 299 and seq >= 350)
+        return (start == 151 and seq >= 300) or (start == 299 and seq >= 380)
 
     server: VLLMShapedReplay
     server = VLLMShapedReplay(life[:151], lose=lose)

@@ -163,18 +163,19 @@ async def test_a_gap_replay_whose_tail_was_lost_but_whose_end_marker_came_heals_
 
 
 async def test_an_answer_that_really_ends_before_the_gap_is_asked_once_more_and_the_batch_dropped(caplog):
-    """The other side of the same check: the engine's newest is 199 (an answer 151-199, end marker) and a
-    dead life's batch 400 arrives. Asked again from 199, the answer ends there again: the engine holds
-    nothing newer, batch 400 is dropped as before. That request is no re-request after a loss (not
-    counted, no warning)."""
-    life = engine_life(NEW, 200)
+    """The other side of the same check: the engine's newest is 299 (an answer 151-299, end marker: more
+    than ``WHOLE_ANSWER_MAX`` batches, so its end is checked; a shorter one is whole since k8s18,
+    test_kv_gap_short_answers.py) and a dead life's batch 400 arrives. Asked again from 299, the answer
+    ends there again: the engine holds nothing newer, batch 400 is dropped as before. That request is no
+    re-request after a loss (not counted, no warning)."""
+    life = engine_life(NEW, 300)
     server = VLLMShapedReplay(life[:151])
     async with caught_up(server) as (sub, idx):
         server.buffer = list(enumerate(life))
         asked, rerequests = len(server.requests), sub.stats.fetch_rerequests
         with caplog.at_level("WARNING", logger="kvgate.datalayer.kvsubscriber"):
             await sub._live(400, engine_life(OLD, 401)[400])
-        assert server.requests[asked:] == [151, 199]
+        assert server.requests[asked:] == [151, 299]
         assert idx.engine_hashes("a") == set(range(NEW, NEW + 151))
         assert sub.stats.stale_dropped == 1 and sub.stats.resyncs == 0
         assert sub.stats.fetch_rerequests == rerequests and "lost part of its answer" not in caplog.text

@@ -985,16 +985,17 @@ class KVEventSubscriber:
         it kept and starts again from ``want`` within the same bounds (``SubscriberStats.fetch_restarts``),
         so nothing of the old answer is spliced onto the new one.
 
-        An answer with batches that ended (end marker) before ``upto - 1``, or at all when open-ended (there
-        only one of more than ``WHOLE_ANSWER_MAX`` batches: a shorter one is whole, and confirms as a check),
-        is checked by one more request from its last batch (the engine's ROUTER may have dropped its tail and
-        let the end marker through): the check's answer confirms the end when it went further only by the live
-        batches read off the SUB socket since the checked request was sent and numbered below the check's end
-        (what the engine can have published before it served the check; not counted when a pull stopped at its
-        bound: then any growth confirms); further, the answer before lost its tail, and this one is checked
-        the same way. The check may be a request past ``FETCH_MAX_ROUNDS``; when the bound comes with only a
-        check left, or a check at the bound comes back with a hole or silent, the catch-up uses its latest
-        whole answer (every answer was whole; review s16-fixes-b K2), a bounded fetch fails.
+        An answer of more than ``WHOLE_ANSWER_MAX`` batches that ended (end marker) before ``upto - 1``, or
+        at all when open-ended (a shorter one is whole, and confirms as a check: kvhub17 for the catch-up,
+        k8s18 for a gap's fetch), is checked by one more request from its last batch (the engine's ROUTER
+        may have dropped its tail and let the end marker through): the check's answer confirms the end when
+        it went further only by the live batches read off the SUB socket since the checked request was sent
+        and numbered below the check's end (what the engine can have published before it served the check;
+        not counted when a pull stopped at its bound: then any growth confirms); further, the answer before
+        lost its tail, and this one is checked the same way. The check may be a request past
+        ``FETCH_MAX_ROUNDS``; when the bound comes with only a check left, or a check at the bound comes back
+        with a hole or silent, the catch-up uses its latest whole answer (every answer was whole; review
+        s16-fixes-b K2), a bounded fetch fails.
 
         ``ended`` (a bounded fetch) gets the sequence after the engine's newest batch when its whole answer
         ended (end marker) before ``upto - 1``: the engine holds nothing from there on (where the
@@ -1026,12 +1027,12 @@ class KVEventSubscriber:
                     start, want, upto, keep, overlap, deadline
                 )
                 checked, checking = checking, False
-                # The catch-up's answer of at most WHOLE_ANSWER_MAX batches (its end marker came, no hole)
-                # is whole: it fits the engine ROUTER's pipe to this new peer (kvhub17). Its end needs no
-                # check, and as a check it confirms (whatever the engine published meanwhile, unheard).
+                # An answer of at most WHOLE_ANSWER_MAX batches (its end marker came, no hole) is whole: it
+                # fits the engine ROUTER's pipe to this new peer (kvhub17 for the catch-up, k8s18 for a
+                # gap's fetch). Its end needs no check, and as a check it confirms (whatever the engine
+                # published meanwhile, unheard).
                 whole = (
-                    upto is None
-                    and outcome == "end"
+                    outcome == "end"
                     and overlap is not None
                     and missing - (start if rerequest or not keep.got else keep.got[0][0]) <= WHOLE_ANSWER_MAX
                 )
@@ -1327,7 +1328,10 @@ FETCH_SILENCE_S = 0.25
 # answer that held batches was checked, and on an engine publishing between two requests (a busy one; a
 # replay buffer of 1-3 batches that wraps between them) each check went further than the live batches heard
 # (a PUB still connecting) or no longer held the batch checked from: checked again, or started again from
-# seq 0, until the fetch's bound (17 requests and a WARNING; a tiny buffer's catch-up skipped).
+# seq 0, until the fetch's bound (17 requests and a WARNING; a tiny buffer's catch-up skipped). A gap's
+# fetch takes the same rule (k8s18): its check of a short answer that ended before the gap's end no longer
+# held the batch checked from on such an engine ("moved"), so the fetch failed and the endpoint was resynced
+# (the live engine's state cleared, a dead life's queued batch applied) instead of that batch dropped.
 WHOLE_ANSWER_MAX = 64
 # How long one fetch takes at most, in replay timeouts (each request waits one at most, and none past this):
 # 8 s at the default 1 s. A source's start waits this plus ``CATCH_UP_APPLY_S`` for its catch-ups, so a
