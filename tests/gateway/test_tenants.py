@@ -83,6 +83,24 @@ async def test_api_keys_tenants_rate_limits_through_the_gateway(backends, tmp_pa
         assert "authorization" not in fwd
 
 
+async def test_rate_limits_take_llm_d_fairness_header_as_the_tenant(backends):
+    """Without ``auth`` the tenant is the flow as flow control names it: llm-d's fairness header counts as
+    GIE's (review s18-qa L4: every llm-d-header client shared the ``default-flow`` bucket)."""
+    (b,) = await backends(1)
+    extra = {"rateLimits": {"requestsPerMinute": 2}}
+    async with running_gateway(make_config([b.address], extra=extra)) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/completions"
+        statuses = []
+        for who in ("x", "x", "x", "y"):
+            async with s.post(url, data=BODY, headers={"x-llm-d-inference-fairness-id": who}) as r:
+                statuses.append(r.status)
+        assert statuses == [200, 200, 429, 200]
+        async with s.post(url, data=BODY, headers={"x-gateway-inference-fairness-id": "y"}) as r:
+            assert r.status == 200  # the same tenant under GIE's name: y's second request
+        async with s.post(url, data=BODY, headers={"x-llm-d-inference-fairness-id": "y"}) as r:
+            assert r.status == 429
+
+
 async def test_hide_internal_addresses_keeps_them_out_of_errors_and_explain(backends):
     (b,) = await backends(1)
     dead = f"127.0.0.1:{free_port()}"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvgate.config.policies import POLICIES
 from kvgate.datalayer.store import ENGINES
+from kvgate.entry import port_number, positive_int
 from kvgate.extproc import keys
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
@@ -97,9 +98,9 @@ def parser() -> argparse.ArgumentParser:
     )
     net = p.add_argument_group("serving")
     net.add_argument("--host", default="0.0.0.0", help="listen address (all interfaces, as in a pod)")
-    net.add_argument("--port", "--grpc-port", dest="port", type=int, default=keys.DEFAULT_GRPC_PORT)
-    net.add_argument("--grpc-health-port", type=int, default=keys.DEFAULT_HEALTH_PORT)
-    net.add_argument("--metrics-port", type=int, default=keys.DEFAULT_METRICS_PORT)
+    net.add_argument("--port", "--grpc-port", dest="port", type=port_number, default=keys.DEFAULT_GRPC_PORT)
+    net.add_argument("--grpc-health-port", type=port_number, default=keys.DEFAULT_HEALTH_PORT)
+    net.add_argument("--metrics-port", type=port_number, default=keys.DEFAULT_METRICS_PORT)
     net.add_argument("--plaintext", action="store_true", help="serve ext_proc without TLS")
     net.add_argument("--secure-serving", type=_bool, default=True, help="reference flag: false = --plaintext")
     net.add_argument("--cert-path", help="directory with tls.crt and tls.key (a Kubernetes TLS Secret)")
@@ -113,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--max-concurrent-streams",
-        type=int,
+        type=positive_int,
         default=10_000,
         help="ext_proc streams (requests) served at once; more are refused with RESOURCE_EXHAUSTED",
     )

@@ -26,6 +26,7 @@ from kvgate.config.gateway import (
     min_ready_workers,
     parse_gateway_config,
 )
+from kvgate.entry import port_number
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
@@ -59,9 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         "--session-header", default=None, help=f"session-affinity header (default {DEFAULT_SESSION_HEADER})"
     )
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
+    p.add_argument("--port", type=port_number, default=None, help="listen port (default 8080)")
     p.add_argument(
-        "--admin-port", type=int, default=None, help="port for /metrics, /healthz, /readyz, /debug"
+        "--admin-port", type=port_number, default=None, help="port for /metrics, /healthz, /readyz, /debug"
     )
     p.add_argument(
         "--workers",

@@ -27,6 +27,7 @@ import orjson
 from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER
 from kvgate.gateway.bigbody import PieceRewriter
 from kvgate.gateway.errors import GatewayError, error_response, sse_error_event, unauthorized
 from kvgate.gateway.health import HealthTracker
@@ -330,7 +331,14 @@ class Proxy:
                 self.metrics.error("", "", "401")
                 return unauthorized(rid)
         if self.limiter is not None:
-            who = tenant or request.headers.get(FAIRNESS_HEADER) or proto.DEFAULT_FAIRNESS_ID
+            # The tenant as flow control names the flow (``flow_of``): the key's, else either fairness
+            # header (GIE's, then llm-d's), else the default flow (review s18-qa L4: llm-d's was not read).
+            who = (
+                tenant
+                or request.headers.get(FAIRNESS_HEADER)
+                or request.headers.get(LLMD_FAIRNESS_HEADER)
+                or proto.DEFAULT_FAIRNESS_ID
+            )
             wait = self.limiter.admit(who)
             if wait is not None:
                 self.metrics.error("", "", "429")

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from kvgate.aio import stop_to_the_end
+from kvgate.entry import port_number
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, StreamResponse, json_error
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector, check_one_time
@@ -331,7 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="health listen address")
     p.add_argument(
-        "--port", type=int, default=8081, help="health port (/healthz, /readyz, /v1/status); 0: ephemeral"
+        "--port",
+        type=port_number,
+        default=8081,
+        help="health port (/healthz, /readyz, /v1/status); 0: ephemeral",
     )
     ha = p.add_argument_group("leader election (several replicas: one runs the controller)")
     ha.add_argument(
