@@ -123,6 +123,65 @@ async def test_sigterm_drains_every_worker(backends, tmp_path, cut):
     assert drain_kit.unclean(stderr) == []
 
 
+FLOW_CONTROLLED = """pools:
+  - name: p
+    endpoints: ['{address}']
+    models: [m]
+    endpointPickerConfig:
+      apiVersion: inference.networking.x-k8s.io/v1alpha1
+      kind: EndpointPickerConfig
+      featureGates: [flowControl]
+      saturationDetector:
+        type: concurrency-detector
+        parameters: {{maxConcurrency: 1, maxPendingRequests: 0}}
+      flowControl:
+        defaultRequestTTL: 20s
+"""
+
+
+async def test_the_drain_serves_every_workers_flow_control_queue(backends, tmp_path):
+    """A pool gated at one request in flight, eight requests queued over two workers, then SIGTERM: the
+    drain serves them all at the pool's pace. Before the fix each worker stopped following the other's
+    in-flight counts at the signal, so its gate stayed saturated on a request long finished and its
+    queued requests waited out their TTL (503) while the pool was idle (review s18-qa M3; it failed
+    unless the kernel put every connection on one worker)."""
+    from gateway import drain_kit
+
+    (b,) = await backends(1)
+    b.answer_delay = 0.5
+    port, admin, stderr = free_port(), free_port(), tmp_path / "stderr"
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(FLOW_CONTROLLED.format(address=b.address))
+    proc = await drain_kit.serve(
+        "--config", str(cfg), "--port", str(port), "--admin-port", str(admin), "--workers", "2",
+        "--min-ready-workers", "2", stderr=stderr,
+    )  # fmt: skip
+    body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
+
+    async def one(s: aiohttp.ClientSession) -> tuple[int, float]:
+        t0 = asyncio.get_running_loop().time()
+        async with s.post(f"http://127.0.0.1:{port}/v1/completions", data=body) as r:
+            await r.read()
+            return r.status, asyncio.get_running_loop().time() - t0
+
+    try:
+        await drain_kit.ready(f"http://127.0.0.1:{admin}/readyz", within_s=60)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            sent = []
+            for _ in range(8):  # (a new connection each: the kernel spreads them over the workers)
+                sent.append(asyncio.create_task(one(s)))
+                await asyncio.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            got = await asyncio.gather(*sent)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    # (status, seconds) each: a request stuck behind the frozen gate ends 503 at its 20 s TTL.
+    assert [status for status, _ in got] == [200] * 8, got
+
+
 async def test_a_dead_worker_is_restarted(backends):
     (b,) = await backends(1)
     async with serve_workers(b.address, 2) as (proc, port, admin):

@@ -189,10 +189,18 @@ async def _worker(
     if gossip_dir is not None and shared is not None:
         gossip = asyncio.create_task(_share_prefixes(pools, index, gossip_dir, shared[2], gossips))
     await stop.wait()
-    for task in (sync, gossip, reloader):
+    for task in (gossip, reloader):
         if task is not None:
             task.cancel()
-    await server.stop()
+    try:
+        # The drain goes on serving this worker's flow-control queue: the shared in-flight counts and
+        # queue marks keep following the other workers until it ends, or this worker's gate would stay
+        # on their counts as at the signal, saturated, and its queued requests wait out their TTL while
+        # the pool is idle (review s18-qa M3).
+        await server.stop()
+    finally:
+        if sync is not None:
+            sync.cancel()
 
 
 async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, int]) -> None:
