@@ -97,9 +97,7 @@ def last_usage(tail: bytes | bytearray) -> Usage | None:
             if obj is None:
                 # An event cut at the tail's start (a Responses stream's ``response.completed`` holds
                 # the whole answer before its ``usage``): its usage key is read as it stands.
-                scan = BodyUsageScanner()
-                scan.feed(bytes(ev), final=True)
-                usage = scan.usage()
+                usage = _usage_after_a_key(bytes(ev))
             else:
                 usage = usage_from(obj)
             if usage is None:
@@ -158,101 +156,191 @@ class UsageTail:
 
 
 _RAW = json.JSONDecoder()
-
-
-_KEY = b'"usage"'
-# The key and its ``:`` (a string value ``"usage"``, e.g. a token's text, is followed by , } or ]:
-# never a candidate, so such tokens cost nothing but the search).
-_KEY_COLON = re.compile(rb'"usage"[ \t\r\n]*:')
 # A ``usage`` value larger than this is not read (a real one is a few hundred bytes).
 USAGE_VALUE_MAX = 64 * 1024
-# How far past a candidate key the scanner looks for its ``:`` (the bytes kept back for the next chunk).
-_LOOK = 64
+_KEY = b'"usage"'
+# A key candidate: ``"usage"``, whitespace, then ``:`` or the bytes' end (the ``:`` may come next).
+_CANDIDATE = re.compile(rb'"usage"[ \t\r\n]*+(?::|\Z)')
+# The rest of a string, read from inside it: its bytes and escapes, then (1) its closing quote, or (2)
+# a backslash that ends the bytes here (the byte it escapes comes next), or neither (more to come).
+_STR_REST = re.compile(rb'(?:[^"\\]++|\\.)*+(?:(")|(\\))?', re.DOTALL)
+# The key and its ``:`` in an event read without its start (``_usage_after_a_key``).
+_KEY_COLON = re.compile(rb'"usage"[ \t\r\n]*:')
+_WS = re.compile(rb"[ \t\r\n]*+")
+# Every byte but a quote and the four that nest (``translate``'s delete argument).
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"{}[]')
+
+
+def _nesting(bare: bytes) -> int:
+    """How much deeper JSON outside strings (``bare``) leaves the nesting."""
+    return bare.count(b"{") + bare.count(b"[") - bare.count(b"}") - bare.count(b"]")
+
+
+def _backslashes_before(buf: bytes, k: int, start: int) -> int:
+    """How many backslashes stand right before ``buf[k]`` (not looking before ``start``)."""
+    j = k
+    while j > start and buf[j - 1] == 0x5C:
+        j -= 1
+    return k - j
+
+
+def _outside(seg: bytes) -> tuple[int, int]:
+    """``seg`` lexed from outside any string: (the nesting it adds, where a string it leaves open starts,
+    -1 if none). All in C but for a string left open: escapes out, then all but quotes and nesting bytes
+    out, then the empty strings (two quotes in a row never change which bytes are inside a string)."""
+    c = seg
+    if b"\\" in c:  # (only inside strings: escaped backslashes, then escaped quotes, out)
+        c = c.replace(b"\\\\", b"").replace(b'\\"', b"")
+    c = c.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' not in c:
+        return _nesting(c), -1
+    parts = c.split(b'"')  # outside, inside, outside, ...: only strings holding nesting bytes are left
+    nest = _nesting(b"".join(parts[0::2]))
+    if len(parts) % 2:
+        return nest, -1
+    # A string left open: it starts at the last quote no odd run of backslashes escapes.
+    k = len(seg)
+    while True:
+        k = seg.rfind(b'"', 0, k)
+        if _backslashes_before(seg, k, 0) % 2 == 0:
+            return nest, k
 
 
 class BodyUsageScanner:
-    """The ``usage`` of a JSON response body too large to hold, read as it passes: ``feed`` each chunk,
-    ``usage()`` at its end. Wherever ``usage`` stands (vLLM's chat answer puts ``prompt_logprobs`` and
-    ``prompt_token_ids``, MiBs of them, after it; review s17-bigbody M1; before, only the body's last
-    16 KiB were searched). The first ``"usage"`` key whose value is a usage object counts: a key, since
-    its opening quote is not escaped and a ``:`` follows (inside a JSON string every quote is escaped;
-    a string value is followed by ``,``, ``}`` or ``]``), so a token's text ``"usage"`` or a content
-    ``\\"usage\\":`` is not taken. (Not depth-checked: a nested ``usage`` object before the top-level
-    one would be taken; no OpenAI, vLLM or SGLang answer has one.) Bounded: one regex search
-    (``"usage"`` then ``:``) over each chunk, ``_LOOK`` bytes carried between chunks (a key split across
-    them), at most ``USAGE_VALUE_MAX`` bytes of a value; after the usage, nothing."""
+    """The ``usage`` of a JSON response body too large to hold, read as it passes: ``feed`` each chunk
+    (from the body's start), ``usage()`` at its end. The top-level object's first ``usage`` key whose
+    value is a usage object counts, wherever it stands (vLLM's chat answer puts ``prompt_logprobs`` and
+    ``prompt_token_ids``, MiBs of them, after it; review s17-bigbody M1): strings and nesting are lexed
+    across chunks, so a ``usage`` in a nested object, or in a string (a token's text, escaped quotes
+    before it however many backslashes), is not taken, and any whitespace may stand before its ``:``
+    (session 17's closing note, review s17-fixes-b L4, L5). Linear, and in C (``_outside``) but for a
+    few steps per chunk, per string left open at a chunk's end and per string with an escaped quote
+    before its end (a regex then): 0.7-2.3 ms/MiB on embeddings and ``prompt_logprobs`` bodies, under
+    0.1 on a long text, ~6 on a text with an escaped quote every 18 bytes (the worst kind), against
+    0.4-0.9 for the depth-blind scanner before (``scripts/usage_scanner_cost.py``). Bounded:
+    ``_KEY``'s length held back between chunks, at most ``USAGE_VALUE_MAX`` bytes of a value; after
+    the usage, nothing."""
 
-    __slots__ = ("_carry", "_done", "_start", "_usage", "_value")
+    __slots__ = ("_colon", "_depth", "_done", "_esc", "_in_str", "_keep", "_usage", "_value")
 
     def __init__(self) -> None:
-        self._carry = b""  # the previous chunk's last bytes
-        self._start = 0  # where in ``carry + chunk`` the keys not looked at yet may start
-        self._value: bytearray | None = None  # after a key: its value's bytes so far
+        self._depth = 0  # nesting where the lexing stands: 1 inside the top-level object
+        self._in_str = False  # ... inside a string
+        self._esc = False  # ... right after a backslash in a string (the next byte is escaped)
+        self._keep = b""  # a chunk's last bytes, held back: a string opening there may be the key
+        self._colon = False  # a top-level ``"usage"`` was read, its ``:`` (or not) not yet
+        self._value: bytearray | None = None  # after a top-level key's ``:``: its value's bytes so far
         self._done = False
         self._usage: Usage | None = None
 
     def feed(self, chunk: bytes, final: bool = False) -> None:
-        # A loop, not recursion: after a ``usage`` key that is not the usage the rest is looked at
-        # again here (review s17-fixes-b L8: ~500 such keys in one read overflowed the stack).
-        rest: bytes | None = chunk
-        while rest is not None:
-            rest = self._feed(rest, final)
-            final = False
-
-    def _feed(self, chunk: bytes, final: bool) -> bytes | None:
-        """One step of ``feed``: what is left to look at (after a non-usage ``usage`` value), or None."""
-        if self._done or not (chunk or final):
-            return None
+        if self._done:
+            return
         if self._value is not None:
-            return self._take(chunk)
-        buf = self._carry + chunk if self._carry else chunk
-        # Keys starting before ``limit`` have their ``:`` in ``buf`` (at the end: all of them).
-        limit = len(buf) if final else len(buf) - _LOOK
-        pos = self._start
-        while pos < limit:
-            m = _KEY_COLON.search(buf, pos)
-            if m is None or (at := m.start()) >= limit:
-                break
-            pos = at + 1
-            i = at
-            while i > 0 and buf[i - 1] == 0x5C:  # an escaped quote: inside a string
-                i -= 1
-            if (at - i) % 2:
+            rest = self._take(chunk)
+            if rest is None:
+                return
+            chunk = rest
+        if self._keep:
+            chunk, self._keep = self._keep + chunk, b""
+        self._lex(chunk, final)
+
+    def _lex(self, buf: bytes, final: bool) -> None:
+        i, n = 0, len(buf)
+        while i < n:
+            if self._colon:  # after a top-level key: whitespace, then ``:`` (a key) or not (a value)
+                ws = _WS.match(buf, i)
+                assert ws is not None  # (it matches the empty string)
+                i = ws.end()
+                if i == n:
+                    return
+                self._colon = False
+                if buf[i] == 0x3A:
+                    self._value = bytearray()
+                    rest = self._take(buf[i + 1 :])
+                    if rest is None:
+                        return
+                    buf, i, n = rest, 0, len(rest)
                 continue
-            self._value = bytearray()
-            return self._take(buf[at + len(_KEY) :])
-        self._carry = buf[-2 * _LOOK :]
-        self._start = max(0, len(self._carry) - min(_LOOK, len(buf)))
-        return None
+            if self._in_str:
+                if self._esc:
+                    self._esc = False
+                    i += 1
+                    continue
+                k = buf.find(b'"', i)
+                if k < 0:  # it goes on in the next chunk (its first byte escaped after an odd ``\`` run)
+                    self._esc = _backslashes_before(buf, n, i) % 2 == 1
+                    return
+                if _backslashes_before(buf, k, i) % 2 == 0:  # (the usual case: its closing quote)
+                    self._in_str = False
+                    i = k + 1
+                    continue
+                tail = _STR_REST.match(buf, i)  # an escaped quote first: its escapes read in C
+                assert tail is not None  # (it matches the empty string)
+                i = tail.end()
+                if tail.group(1) is not None:
+                    self._in_str = False
+                elif tail.group(2) is not None:  # (the next chunk's first byte is escaped)
+                    self._esc = True
+                continue
+            m = _CANDIDATE.search(buf, i)
+            stop = n if m is None else m.start()
+            nest, opened = _outside(buf if i == 0 and stop == n else buf[i:stop])
+            self._depth += nest
+            if opened < 0:
+                if m is None:
+                    return
+                i = stop + len(_KEY)  # a key ``"usage"``, lexed whole
+                self._colon = self._depth == 1
+                continue
+            e = i + opened  # a string opens here, not closed before ``stop`` (a candidate inside it)
+            if m is None and not final and n - e < len(_KEY) and _KEY.startswith(buf[e:]):
+                self._keep = buf[e:]  # (it may be the key: lexed again with the next chunk)
+                return
+            self._in_str = True
+            i = e + 1
 
     def _take(self, data: bytes) -> bytes | None:
-        """``data`` added to the value after a key; the bytes after that value when it is whole and not a
-        usage object (to look on in), else None."""
         v = self._value
         assert v is not None
         v += data
         raw = bytes(v)
-        after = raw.lstrip()[1:].lstrip()  # (after the ``:``)
+        after = raw.lstrip()
         text = after[:USAGE_VALUE_MAX]
         try:
             obj, end = _RAW.raw_decode(text.decode("utf-8", "replace"))
         except ValueError:
             if len(after) >= USAGE_VALUE_MAX:
-                self._done, self._value = True, None  # too big, or not JSON: no usage
+                self._done, self._value = True, None
             return None
         self._value = None
         self._usage = usage_from({"usage": obj})
-        if self._usage is None:  # a ``usage`` key that is not the usage: look on after its value
-            self._carry, self._start = b"", 0
+        if self._usage is None:
             return raw[len(raw) - len(after) + _end_bytes(text, end) :]
         self._done = True
         return None
 
     def usage(self) -> Usage | None:
-        """The usage, once the whole body was fed (the last bytes are looked at here)."""
         if not self._done and self._value is None:
             self.feed(b"", final=True)
         return self._usage
+
+
+def _usage_after_a_key(ev: bytes) -> Usage | None:
+    """The usage in an event cut at the tail's start (where its strings and nesting stand is unknown):
+    the first ``"usage"`` key (its quote not escaped, a ``:`` after it) whose value is a usage object."""
+    for m in _KEY_COLON.finditer(ev):
+        if _backslashes_before(ev, m.start(), 0) % 2:
+            continue  # (an escaped quote: inside a string)
+        text = ev[m.end() : m.end() + USAGE_VALUE_MAX].lstrip()
+        try:
+            obj, _ = _RAW.raw_decode(text.decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        usage = usage_from({"usage": obj})
+        if usage is not None:
+            return usage
+    return None
 
 
 def _end_bytes(text: bytes, end: int) -> int:
