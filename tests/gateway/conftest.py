@@ -13,6 +13,7 @@ from gateway.backend import Backend
 from kvgate.config.gateway import GatewayConfig, parse_gateway_config
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.server import GatewayServer
+from kvgate.gateway.upstream import UpstreamResponse
 
 
 def make_config(
@@ -146,3 +147,12 @@ async def closing_backend_gateway(*, drain_timeout: float = 1.0) -> AsyncIterato
     finally:
         await gw.stop(drain_timeout=drain_timeout)
         server.close()
+
+
+async def read_body(resp: UpstreamResponse) -> bytes:
+    """An upstream response's whole body, read chunk by chunk (the proxy reads ``read_now`` or, bounded,
+    ``read_chunk`` itself; the upstream client has no unbounded whole-body read)."""
+    parts = []
+    while chunk := await resp.read_chunk():
+        parts.append(chunk)
+    return b"".join(parts)

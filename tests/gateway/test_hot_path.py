@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.conftest import until
+from gateway.conftest import read_body, until
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.upstream import UpstreamPool, UpstreamTimeout
 from kvgate.httpfront.server import FrontProtocol, FrontServer, Request, Response, _BadRequest, _fields
@@ -157,7 +157,7 @@ async def test_a_reused_connection_times_out_at_its_own_reads_deadline_not_an_ea
     server, port = await _hanging_after_one_reply()
     pool = UpstreamPool(1.0, 0.6)
     resp = await pool.request(*_request(port))  # arms the connection's timer for 0.6 s from now
-    assert await resp.read() == b"ok"
+    assert await read_body(resp) == b"ok"
     resp.release()
     await asyncio.sleep(0.4)
     t0 = time.monotonic()
@@ -172,7 +172,7 @@ async def test_a_deadline_before_the_armed_timer_still_ends_the_read() -> None:
     server, port = await _hanging_after_one_reply()
     pool = UpstreamPool(1.0, 30.0)
     resp = await pool.request(*_request(port))  # the timer armed 30 s ahead
-    assert await resp.read() == b"ok"
+    assert await read_body(resp) == b"ok"
     resp.release()
     loop = asyncio.get_running_loop()
     t0 = time.monotonic()
@@ -206,7 +206,7 @@ async def test_a_cancelled_head_wait_leaves_no_waiter_and_drops_the_connection()
     pool = UpstreamPool(1.0, 30.0)
     resp = await pool.request(*_request(port))
     conn = resp._conn
-    assert await resp.read() == b"ok"
+    assert await read_body(resp) == b"ok"
     resp.release()
     task = asyncio.create_task(pool.request(*_request(port)))
     await until(lambda: conn.waiter is not None)  # waiting for the head
@@ -238,7 +238,7 @@ async def test_read_now_gives_a_whole_body_only_once_all_of_it_is_here() -> None
     pool = UpstreamPool(1.0, 5.0)
     resp = await pool.request(*_request(port))
     assert resp.read_now() is None  # only the head and "ab" are here
-    assert await resp.read() == b"abcdef"
+    assert await read_body(resp) == b"abcdef"
     resp.release()
     resp = await pool.request(*_request(port))  # the connection was reused
     await asyncio.sleep(0.4)

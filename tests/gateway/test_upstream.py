@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.conftest import read_body
 from kvgate.gateway.upstream import UpstreamError, UpstreamPool, UpstreamTimeout, _Conn
 
 
@@ -64,7 +65,7 @@ async def test_content_length_and_keep_alive_reuse():
     for _ in range(3):
         resp = await pool.request(*_req(port))
         assert (resp.status, resp.content_type) == (200, "application/json")
-        assert await resp.read() == b"hello"
+        assert await read_body(resp) == b"hello"
         resp.release()
     assert srv.connections == 1  # one kept-alive connection served all three
     pool.close()
@@ -84,10 +85,10 @@ async def test_chunked_streaming_and_trailers():
     pool = UpstreamPool(1.0, 5.0)
     resp = await pool.request(*_req(port))
     assert resp.content_type == "text/event-stream"
-    assert await resp.read() == b"hello world"
+    assert await read_body(resp) == b"hello world"
     resp.release()
     resp = await pool.request(*_req(port))  # same connection, next response parsed cleanly
-    assert resp.status == 204 and await resp.read() == b""
+    assert resp.status == 204 and await read_body(resp) == b""
     resp.release()
     assert srv.connections == 1
     pool.close()
@@ -127,12 +128,12 @@ async def test_server_closing_an_idle_connection_is_retried_transparently():
     port = await srv.start()
     pool = UpstreamPool(1.0, 5.0)
     resp = await pool.request(*_req(port))
-    assert await resp.read() == b"ok"
+    assert await read_body(resp) == b"ok"
     resp.release()
     # The server closes the kept-alive connection on the next request without answering: the
     # request cannot have been processed, so the pool retries once on a fresh connection.
     resp = await pool.request(*_req(port))
-    assert await resp.read() == b"ok"
+    assert await read_body(resp) == b"ok"
     resp.release()
     assert srv.connections == 2
     pool.close()
@@ -191,11 +192,11 @@ async def test_a_request_on_a_kept_alive_connection_is_resent_only_if_no_answer_
     port = await srv.start()
     pool = UpstreamPool(1.0, 5.0)
     resp = await pool.request(*_req(port))
-    assert await resp.read() == b"ok"
+    assert await read_body(resp) == b"ok"
     resp.release()
     if resent:
         resp = await pool.request(*_req(port))  # the same kept-alive connection first
-        assert await resp.read() == b"ok"
+        assert await read_body(resp) == b"ok"
         resp.release()
         assert srv.connections == 2
     else:
@@ -212,7 +213,7 @@ async def test_failures_raise_upstream_errors():
     port = await srv.start()
     resp = await pool.request(*_req(port))
     with pytest.raises(UpstreamError):  # body shorter than Content-Length, then close
-        await resp.read()
+        await read_body(resp)
     resp.release()
     await srv.stop()
     hang = _Scripted([b"HANG"])  # accepts and never answers
@@ -224,7 +225,7 @@ async def test_failures_raise_upstream_errors():
     port = await garbage.start()
     resp = await pool.request(*_req(port))
     with pytest.raises(UpstreamError, match="malformed"):
-        await resp.read()
+        await read_body(resp)
     resp.release()
     await garbage.stop()
     pool.close()
@@ -239,7 +240,7 @@ async def test_warm_opens_a_connection_the_first_request_reuses():
     await asyncio.sleep(0.05)
     assert srv.connections == 1  # opened before any request
     resp = await pool.request(address, head, body)
-    assert await resp.read() == b"ok"
+    assert await read_body(resp) == b"ok"
     resp.release()
     assert srv.connections == 1  # the first request did not connect
     assert not await pool.warm("127.0.0.1:1")  # nothing listens: no error, a later request connects
@@ -289,10 +290,10 @@ async def test_a_body_past_the_read_ahead_pauses_reading_and_the_connection_is_r
         resp = await pool.request(*_req(port))
         await asyncio.sleep(0.2)  # the server's bytes pile up: reading pauses at the read-ahead cap
         assert resp._conn.paused
-        assert await resp.read() == big
+        assert await read_body(resp) == big
         resp.release()
     resp = await pool.request(*_req(port))
-    assert await resp.read() == b"ok"
+    assert await read_body(resp) == b"ok"
     resp.release()
     assert srv.connections == 1
     pool.close()

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.conftest import read_body
 from kvgate.gateway.upstream import _CHUNK_LINE, _MAX_HEAD, _MAX_HEADERS, UpstreamError, UpstreamPool, _Conn
 
 
@@ -320,7 +321,7 @@ async def test_a_malformed_response_over_a_socket_is_an_error_not_a_hang(name):
     async def exchange() -> bytes:
         resp = await pool.request(f"127.0.0.1:{port}", _HEAD, b"{}")
         try:
-            return await resp.read()
+            return await read_body(resp)
         finally:
             resp.release()
 
@@ -355,11 +356,11 @@ async def test_bytes_on_an_idle_connection_drop_it_and_are_never_read_as_the_nex
     address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     pool = UpstreamPool(1.0, 5.0)
     resp = await pool.request(address, _HEAD, b"{}")
-    assert await resp.read() == b"first"
+    assert await read_body(resp) == b"first"
     resp.release()
     await asyncio.sleep(0.2)
     resp = await asyncio.wait_for(pool.request(address, _HEAD, b"{}"), 5)
-    assert await resp.read() == b"fresh"  # on a new connection, not the stale bytes
+    assert await read_body(resp) == b"fresh"  # on a new connection, not the stale bytes
     resp.release()
     assert connections == 2
     pool.close()

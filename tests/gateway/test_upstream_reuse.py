@@ -10,7 +10,7 @@ import weakref
 
 import pytest
 
-from gateway.conftest import until
+from gateway.conftest import read_body, until
 from kvgate.gateway.upstream import _HIGH_WATER, UpstreamError, UpstreamPool
 
 _HEAD = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n"
@@ -42,7 +42,7 @@ async def _serve_replies(replies: list[bytes]) -> tuple[asyncio.Server, str, lis
 async def _exchange(pool: UpstreamPool, address: str) -> tuple[int, bytes]:
     resp = await asyncio.wait_for(pool.request(address, _HEAD, b"{}"), 3)
     try:
-        return resp.status, await asyncio.wait_for(resp.read(), 3)
+        return resp.status, await asyncio.wait_for(read_body(resp), 3)
     finally:
         resp.release()
 
@@ -163,7 +163,7 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_collector():
     gc.disable()
     try:
         resp = await pool.request(address, _HEAD, b"{}")
-        assert await resp.read() == b"ok"
+        assert await read_body(resp) == b"ok"
         ref = weakref.ref(resp._conn)
         resp.release()  # Connection: close: aborted, not pooled
         del resp
@@ -247,11 +247,11 @@ async def test_an_answer_before_the_request_was_all_written_keeps_the_connection
     head = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(big)
     try:
         resp = await asyncio.wait_for(pool.request(address, head, big), 5)
-        assert resp.status == 413 and await resp.read() == b""
+        assert resp.status == 413 and await read_body(resp) == b""
         resp.release()
         small = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n"
         resp = await asyncio.wait_for(pool.request(address, small, b"{}"), 5)
-        assert await asyncio.wait_for(resp.read(), 5) == b"ok"
+        assert await asyncio.wait_for(read_body(resp), 5) == b"ok"
         resp.release()
         assert connections == 2
     finally:
@@ -284,10 +284,10 @@ async def test_the_resend_after_a_stale_idle_connection_goes_on_a_new_connection
     try:
         first = await asyncio.gather(pool.request(address, head, b"{}"), pool.request(address, head, b"{}"))
         for resp in first:  # two idle connections, both to be closed on their next request
-            assert await resp.read() == b"ok"
+            assert await read_body(resp) == b"ok"
             resp.release()
         resp = await asyncio.wait_for(pool.request(address, head, b"{}"), 5)
-        assert await resp.read() == b"ok"
+        assert await read_body(resp) == b"ok"
         resp.release()
         assert connections == 3
     finally:
@@ -304,7 +304,7 @@ async def test_an_idle_connection_with_unasked_bytes_is_never_handed_out_again()
     try:
         resp = await pool.request(address, head, b"{}")
         conn = resp._conn
-        assert await resp.read() == b"ok"
+        assert await read_body(resp) == b"ok"
         resp.release()
         conn.data_received(b"HTTP/1.1 200 OK\r\n")  # unasked, while idle
         assert pool._take_idle(address) is None  # (same loop turn: connection_lost has not run)

@@ -388,7 +388,7 @@ class UpstreamResponse:
 
     def read_now(self) -> bytes | None:
         """The whole body if all of it is here already (the usual case), without a coroutine; else
-        None (``read`` it)."""
+        None (read it by ``read_chunk``: the proxy's ``_hold``, as it comes, within its bounds)."""
         c = self._conn
         if not c.done or c.error is not None:
             return None
@@ -400,21 +400,6 @@ class UpstreamResponse:
             c.paused = False
             c.transport.resume_reading()
         return data
-
-    async def read(self) -> bytes:
-        """The whole body; raises ``UpstreamError`` on loss."""
-        data = self.read_now()
-        if data is not None:  # (no await)
-            return data
-        c = self._conn
-        parts: list[bytes] = []
-        while True:
-            data = await self.read_chunk()
-            if not data:
-                return b"".join(parts)
-            parts.append(data)
-            if c.done and not c.body and c.error is None:  # the end is here: no second read
-                return b"".join(parts) if len(parts) > 1 else data
 
     def release(self) -> None:
         """Back to the pool if the response was read to its end on a reusable connection, else close."""
