@@ -27,7 +27,7 @@ is put in one class, by the first counterfactual that saves it:
   the server time in the server's own queue than in the steps from its first schedule) and ``steps``.
 
     PYTHONPATH=src python scripts/slo_miss_trace.py [--replicas 2 --max-num-seqs 16] --load 0.7 --seed 0
-        [--arms reference,kvgate-reserve-feasible] [--cycle] [--out FILE.json]
+        [--arms reference,kvgate-reserve-feasible] [--cycle] [--floor] [--out FILE.json]
     PYTHONPATH=src python scripts/slo_miss_trace.py --summarize FILE.json...   (one line per cell and arm)
 
 The kvgate arm's settings default to the configuration docs/flowcontrol.md recommends for the goals
@@ -35,6 +35,16 @@ The kvgate arm's settings default to the configuration docs/flowcontrol.md recom
 environment variables (docs/benchmarks/trials/) act here as in the bench. Prints a table per arm and
 tenant group, then the flood's 10 s cycle second by second (misses by arrival second and class, mean
 free slots, queue, reserve slots, headroom). Not in any hot path: a diagnostic on the simulator only.
+
+``--floor`` (session 18) asks of the quiet tenants what no admission or routing rule could change once
+the fleet is as busy as the arm made it: every engine step of every server is recorded, and for each
+measured quiet request the best TTFT it could have had had it been sent at its arrival to the best
+server and prefilled there alone: min over the servers of (the rest of the step that server is in, 0
+when idle) + (one 1,024-token prefill next to that step's decodes, the step model with each decode's
+context at prompt + half the output). A request whose floor is over the goal's line (1.5 x the arm's
+own ``calm`` p90, from a run of the calm mix) is over it whatever the gate or the pick does; printed per
+arm (share of quiet requests, and by second of the flood's cycle with the share of server time spent in
+steps with one / two or more prefills).
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import math
 import random
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +103,8 @@ class Trace:
     reserve: list[int] = field(default_factory=list)
     headroom: list[float] = field(default_factory=list)
     held_at_dispatch: dict[str, bool] = field(default_factory=dict)  # request id -> held back
+    # --floor: per server, its engine steps as (start, end, prefills, decodes), in order
+    steps: list[list[tuple[float, float, int, int]]] = field(default_factory=list)
     _prefix: list[int] = field(default_factory=list)
 
     def free_time(self, start: float, end: float) -> float:
@@ -158,6 +171,19 @@ def run_arm(arm: str, args: argparse.Namespace, base: float) -> tuple[FlowSim, T
 
     sim._send = sent  # type: ignore[method-assign]
     horizon = args.duration + 60.0
+    if getattr(args, "floor", False):
+        for rep in sim.replicas:
+            rows: list[tuple[float, float, int, int]] = []
+            trace.steps.append(rows)
+
+            def on_step(r: Any, res: Any, rows: list[tuple[float, float, int, int]] = rows) -> None:
+                end = r.clock.now
+                start = end - res.duration
+                if rows and abs(start - rows[-1][1]) < 1e-9:  # back to back: the last end (no rounding)
+                    start = rows[-1][1]
+                rows.append((start, end, len(res.started), res.num_decode_tokens))
+
+            rep.on_step = on_step
 
     def sample() -> None:
         trace.free.append(sum(max(0, n - r.engine.num_running - r.engine.num_waiting) for r in sim.replicas))
@@ -268,6 +294,131 @@ def cycle(trace: Trace, found: list[Miss], warmup: float, duration: float) -> li
     return out
 
 
+def own_step_s(profile: str, decodes: int, prompt: int = 1024, output: int = 128) -> float:
+    """One ``prompt``-token prefill next to ``decodes`` decodes (each at context prompt + output / 2),
+    by the simulator's step model: the quiet request's own step at best."""
+    from kvgate.sim.profiles import causal_pairs, get_profile
+
+    ctx = prompt + output // 2
+    m = get_profile(profile).model
+    return m.step_s(
+        prompt + decodes, prompt, causal_pairs(0, prompt), decodes, decodes * ctx, ctx if decodes else 0
+    )
+
+
+def step_at(rows: list[tuple[float, float, int, int]], t: float) -> tuple[float, float, int, int] | None:
+    """The step of one server in progress at ``t`` (start <= t < end), None when it is idle then."""
+    lo, hi = 0, len(rows)
+    while lo < hi:  # first step ending after t
+        mid = (lo + hi) // 2
+        if rows[mid][1] <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < len(rows) and rows[lo][0] <= t:
+        return rows[lo]
+    return None
+
+
+def quiet_floor(trace: Trace, t: float, own: Callable[[int], float]) -> float:
+    """The best TTFT a request arriving at ``t`` could have had: sent at once to the server where the
+    rest of its step in progress plus its own prefill (alone, next to that step's decodes) is least."""
+    best = math.inf
+    for rows in trace.steps:
+        st = step_at(rows, t)
+        v = own(0) if st is None else (st[1] - t) + own(st[3])
+        best = min(best, v)
+    return best
+
+
+def floor_table(
+    trace: Trace, measured: list[Outcome], line: float, profile: str, warmup: float, duration: float
+) -> dict[str, Any]:
+    """--floor: the measured quiet requests over ``line``, as sent and at their floor; by cycle second
+    with the share of server time in steps with one / two or more prefills."""
+    cache: dict[int, float] = {}
+
+    def own(d: int) -> float:
+        if d not in cache:
+            cache[d] = own_step_s(profile, d)
+        return cache[d]
+
+    quiet = [o for o in measured if o.tenant in QUIET and o.ttft is not None]
+    fl = {id(o): quiet_floor(trace, o.start, own) for o in quiet}
+    rows = []
+    for s in range(int(CYCLE_S)):
+        qs = [o for o in quiet if int(o.start % CYCLE_S) == s]
+        one = two = busy = 0.0
+        span = 0.0
+        for srv in trace.steps:
+            for a, b, npf, _d in srv:
+                if b <= warmup or a >= duration:
+                    continue
+                # (steps are short next to a second: charged to the second they start in)
+                if int(a % CYCLE_S) != s:
+                    continue
+                busy += b - a
+                one += (b - a) if npf == 1 else 0.0
+                two += (b - a) if npf >= 2 else 0.0
+        span = len(trace.steps) * (duration - warmup) / CYCLE_S
+        rows.append({
+            "second": s,
+            "quiet": len(qs),
+            "over_line": sum(1 for o in qs if o.ttft is not None and o.ttft > line) / len(qs) if qs else None,
+            "floor_over_line": sum(1 for o in qs if fl[id(o)] > line) / len(qs) if qs else None,
+            "share_busy": busy / span if span else None,
+            "share_one_prefill": one / span if span else None,
+            "share_two_prefills": two / span if span else None,
+        })  # fmt: skip
+    n = len(quiet)
+    return {
+        "line_s": line,
+        "quiet": n,
+        "over_line": sum(1 for o in quiet if o.ttft is not None and o.ttft > line) / n if n else None,
+        "floor_over_line": sum(1 for o in quiet if fl[id(o)] > line) / n if n else None,
+        "floor_p90_s": sorted(fl.values())[int(0.9 * (n - 1))] if n else None,
+        "cycle": rows,
+    }
+
+
+def render_floor(arm: str, t: dict[str, Any]) -> str:
+    head = (
+        f"{arm}: quiet requests over the line {t['line_s']:.4f} s: as sent {_f(t['over_line'], '.1%')}, "
+        f"at their floor {_f(t['floor_over_line'], '.1%')} (floor p90 {_f(t['floor_p90_s'], '.4f')} s; "
+        f"{t['quiet']} requests)"
+    )
+    lines = [
+        "",
+        head,
+        "",
+        "| s | quiet | over the line | floor over the line | server time in steps | one prefill | two or more"
+        " |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in t["cycle"]:
+        cells = [
+            str(r["second"]), str(r["quiet"]), _f(r["over_line"], ".1%"), _f(r["floor_over_line"], ".1%"),
+            _f(r["share_busy"], ".2f"), _f(r["share_one_prefill"], ".2f"), _f(r["share_two_prefills"], ".2f"),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def calm_p90(arm: str, args: argparse.Namespace, base: float) -> float | None:
+    """The quiet tenants' p90 TTFT of ``arm`` on the calm mix (the goal's baseline), as the bench."""
+    from kvgate.bench.flowcontrol_bench import summarize
+
+    sim = FlowSim(
+        arm, args.replicas, args.profile, args.seed, args.ttl, max_num_seqs=args.max_num_seqs,
+        max_pending=args.max_pending, headroom=args.headroom, headroom_on=args.headroom_on,
+        ttft_target=args.ttft_target, running_reserve=args.running_reserve,
+    )  # fmt: skip
+    arrivals = Mix(base, "calm", args.duration).arrivals(random.Random(args.seed))
+    run = sim.simulate(arrivals, args.duration + 60.0)
+    p90: float | None = summarize(run, args.warmup)["quiet"]["p90_ttft_s"]
+    return p90
+
+
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -363,17 +514,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-running-reserve", dest="running_reserve", action="store_false")
     p.add_argument("--tick", type=float, default=0.005, help="fleet sampling period, virtual s")
     p.add_argument("--cycle", action="store_true", help="also print the flood's cycle by second")
+    p.add_argument("--floor", action="store_true",
+                   help="also the quiet tenants' floor: the best TTFT any gate or pick could give them, "
+                        "against 1.5x the arm's calm p90")  # fmt: skip
     p.add_argument("--out", help="write the tables (and the cycle) as JSON here")
     args = p.parse_args(argv)
     _cap, base = rates(args.replicas, args.profile, args.seed, args.max_num_seqs, args.load, args.duration)
     cell = f"{args.replicas} x {args.max_num_seqs}, load {args.load}, seed {args.seed}"
-    tables, cycles = [], {}
+    tables, cycles, floors = [], {}, {}
     for arm in args.arms.split(","):
         sim, trace = run_arm(arm, args, base)
         measured, found = misses(sim, trace, args.warmup)
         tables.append(table(arm, measured, found))
         cycles[arm] = cycle(trace, found, args.warmup, args.duration)
+        if args.floor:
+            c = calm_p90(arm, args, base)
+            if c:
+                floors[arm] = floor_table(trace, measured, 1.5 * c, args.profile, args.warmup, args.duration)
+                floors[arm]["calm_p90_s"] = c
     print(render(cell, tables, cycles if args.cycle else {}), flush=True)
+    for arm, t in floors.items():
+        print(render_floor(arm, t), flush=True)
     if args.out:
         line = " ".join(sys.argv[1:] if argv is None else argv)
         doc = {
@@ -381,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": f"scripts/slo_miss_trace.py {line}",
             "tables": tables,
             "cycles": cycles,
+            **({"floors": floors} if floors else {}),
         }
         with open(args.out, "w") as f:
             json.dump(doc, f, indent=1)

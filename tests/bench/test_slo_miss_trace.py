@@ -4,6 +4,7 @@ free-slot time of a wait, and a trace that does not change the run it watches (i
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import sys
 from pathlib import Path
@@ -257,3 +258,57 @@ def test_held_back_only_while_the_gate_has_headroom_or_reserve(monkeypatch: pyte
     at_zero = [rid for rid, h in sim.at.items() if h == 0.0]
     assert at_zero and not any(trace.held_at_dispatch[rid] for rid in at_zero)  # (4 were, before)
     assert any(trace.held_at_dispatch.values())  # held back once the headroom rose
+
+
+# -- --floor (session 18): the best TTFT any gate or pick could give a quiet request ------------------
+
+
+def test_step_at_finds_the_step_in_progress() -> None:
+    rows = [(0.0, 0.01, 0, 8), (0.01, 0.045, 1, 8), (0.06, 0.07, 0, 4)]  # idle in [0.045, 0.06)
+    assert smt.step_at(rows, 0.0) == rows[0]
+    assert smt.step_at(rows, 0.02) == rows[1]
+    assert smt.step_at(rows, 0.045) is None  # a step's end is the next one's start, or idle
+    assert smt.step_at(rows, 0.05) is None
+    assert smt.step_at(rows, 0.065) == rows[2]
+    assert smt.step_at(rows, 1.0) is None
+    assert smt.step_at([], 0.0) is None
+
+
+def test_own_step_is_the_step_model() -> None:
+    # The bench's printed figures: one 1,024-token prefill alone 0.025 s, next to 128 decodes 0.035 s.
+    assert smt.own_step_s("llama3-8b-h100", 0) == pytest.approx(0.0253, abs=0.0005)
+    assert smt.own_step_s("llama3-8b-h100", 128) == pytest.approx(0.035, abs=0.001)
+    assert smt.own_step_s("llama3-8b-h100", 128) > smt.own_step_s("llama3-8b-h100", 8)
+
+
+def test_the_floor_is_the_best_server() -> None:
+    own = {0: 0.025, 8: 0.026, 100: 0.033}.__getitem__
+    busy = [(0.0, 0.06, 2, 100)]  # in a two-prefill step until 0.06
+    decode = [(0.0, 0.012, 0, 8), (0.012, 0.024, 0, 8)]  # decode-only steps
+    t = smt.Trace(0.005, steps=[busy, decode])
+    assert smt.quiet_floor(t, 0.01, own) == pytest.approx(0.002 + 0.026)  # the decoding server
+    t = smt.Trace(0.005, steps=[busy])
+    assert smt.quiet_floor(t, 0.01, own) == pytest.approx(0.05 + 0.033)  # the rest of the step + its own
+    t = smt.Trace(0.005, steps=[busy, []])
+    assert smt.quiet_floor(t, 0.01, own) == pytest.approx(0.025)  # an idle server: prefilled alone now
+
+
+def test_floor_run_records_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A short 2 x 16 cell: every server's steps are recorded back to back, none overlapping, and the
+    # floor table covers the measured quiet requests (the floor never above what they got).
+    args = argparse.Namespace(
+        replicas=2, profile="llama3-8b-h100", seed=0, ttl=30.0, max_num_seqs=16, max_pending=2,
+        headroom=0.75, headroom_on="pending", ttft_target=0.05, running_reserve=True, tick=0.005,
+        duration=12.0, warmup=2.0, floor=True,
+    )  # fmt: skip
+    _cap, base = rates(2, "llama3-8b-h100", 0, 16, 0.7, 12.0)
+    sim, trace = smt.run_arm("reference", args, base)
+    assert len(trace.steps) == 2 and all(trace.steps)
+    for rows in trace.steps:
+        assert all(a < b <= c for (a, b, *_), (c, *_r) in itertools.pairwise(rows))
+    measured = [o for o in sim.run.outcomes if o.start >= args.warmup]
+    t = smt.floor_table(trace, measured, 0.05, args.profile, args.warmup, args.duration)
+    quiet = [o for o in measured if o.tenant in smt.QUIET and o.ttft is not None]
+    assert t["quiet"] == len(quiet) > 0
+    assert t["floor_over_line"] <= t["over_line"]
+    assert sum(r["quiet"] for r in t["cycle"]) == len(quiet)
