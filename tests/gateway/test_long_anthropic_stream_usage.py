@@ -49,7 +49,7 @@ def _usage(chunks: list[bytes]) -> Usage | None:
     return tail.usage()
 
 
-@pytest.mark.parametrize("text_bytes", [100, 4 * TAIL_BYTES])
+@pytest.mark.parametrize("text_bytes", [100, TAIL_BYTES + 4096, 4 * TAIL_BYTES])
 def test_a_long_message_stream_keeps_its_input_tokens(text_bytes: int) -> None:
     body = _stream({"input_tokens": 1234, "output_tokens": 1}, {"output_tokens": 500}, text_bytes)
     for chunks in _chunkings(body, random.Random(text_bytes)):

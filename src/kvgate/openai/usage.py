@@ -120,34 +120,38 @@ class UsageTail:
     at most ``2 * TAIL_BYTES`` plus one chunk. ``kvgate serve``'s relay and ``kvgate serve --clusters``
     both keep theirs here.
 
-    The stream's first ``HEAD_BYTES`` are kept too: a long Anthropic stream's last ``message_delta``
-    may carry only ``output_tokens``, its input count being in ``message_start``, the first event, which
-    has left the tail by then; the tail's last usage without input tokens takes them from there."""
+    The stream's first ``HEAD_BYTES`` are kept too (copied once, when the tail first drops them): a
+    long Anthropic stream's last ``message_delta`` may carry only ``output_tokens``, its input count
+    being in ``message_start``, the first event, which has left the tail by then; the tail's last usage
+    without input tokens takes them from there."""
 
     __slots__ = ("_head", "_tail")
 
     def __init__(self) -> None:
         self._tail = bytearray()
-        self._head = bytearray()
+        # The stream's first bytes, copied when the tail first drops them (None: it has not yet; then
+        # they are the tail's own first bytes): nothing per chunk.
+        self._head: bytes | None = None
 
     def feed(self, chunk: bytes) -> None:
-        head = self._head
-        if len(head) < HEAD_BYTES:
-            head += chunk[: HEAD_BYTES - len(head)]
         t = self._tail
         if len(chunk) >= TAIL_BYTES:  # a big chunk alone fills it
+            if self._head is None:
+                self._head = bytes(t[:HEAD_BYTES]) + chunk[: max(0, HEAD_BYTES - len(t))]
             t[:] = memoryview(chunk)[-TAIL_BYTES:]
         else:
             t += chunk
             if len(t) > 2 * TAIL_BYTES:
+                if self._head is None:
+                    self._head = bytes(t[:HEAD_BYTES])
                 del t[:-TAIL_BYTES]
 
     def usage(self) -> Usage | None:
         t = self._tail
         usage = last_usage(t[-TAIL_BYTES:] if len(t) > TAIL_BYTES else t)
-        if usage is not None and not usage.prompt_tokens:
+        if usage is not None and not usage.prompt_tokens and (self._head is not None or len(t) > TAIL_BYTES):
             # (its whole events only: one cut at the head's end is not read)
-            head = self._head
+            head = self._head if self._head is not None else bytes(t[:HEAD_BYTES])
             ends = event_ends(head)
             first = last_usage(head[: ends[-1]]) if ends else None
             if first is not None:
