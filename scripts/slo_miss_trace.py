@@ -39,17 +39,21 @@ free slots, queue, reserve slots, headroom). Not in any hot path: a diagnostic o
 ``--floor`` (session 18) asks of the quiet tenants what no admission or routing rule could change once
 the fleet is as busy as the arm made it: every engine step of every server is recorded, and for each
 measured quiet request the best TTFT it could have had had it been sent at its arrival to the best
-server and prefilled there alone: min over the servers of (the rest of the step that server is in, 0
-when idle) + (one 1,024-token prefill next to that step's decodes, the step model with each decode's
-context at prompt + half the output). A request whose floor is over the goal's line (1.5 x the arm's
-own ``calm`` p90, from a run of the calm mix) is over it whatever the gate or the pick does; printed per
-arm (share of quiet requests, and by second of the flood's cycle with the share of server time spent in
+server: min over the servers of (the rest of the step that server is in, 0 when idle) + (its own step:
+one 1,024-token prefill next to that step's decodes and the prefills of the requests already handed to
+that server during that step, which wait for the same next step; the step model with each decode's
+context at prompt + half the output); nothing sent after it shares its step. A request whose floor is
+over the goal's line (1.5 x the arm's own ``calm`` p90, from a run of the calm mix) is over it whatever
+the gate or the pick does at its arrival, the fleet's state held as the arm made it (a per-request bound:
+the quiet requests' floors cannot all be had together, as they share servers); printed per arm
+(share of quiet requests, and by second of the flood's cycle with the share of server time spent in
 steps with one / two or more prefills).
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import random
@@ -105,6 +109,8 @@ class Trace:
     held_at_dispatch: dict[str, bool] = field(default_factory=dict)  # request id -> held back
     # --floor: per server, its engine steps as (start, end, prefills, decodes), in order
     steps: list[list[tuple[float, float, int, int]]] = field(default_factory=list)
+    # --floor: per server, the times requests were handed to it (they join its next step)
+    submits: list[list[float]] = field(default_factory=list)
     _prefix: list[int] = field(default_factory=list)
 
     def free_time(self, start: float, end: float) -> float:
@@ -184,6 +190,15 @@ def run_arm(arm: str, args: argparse.Namespace, base: float) -> tuple[FlowSim, T
                 rows.append((start, end, len(res.started), res.num_decode_tokens))
 
             rep.on_step = on_step
+            subs: list[float] = []
+            trace.submits.append(subs)
+            submit = rep.submit
+
+            def submitted(req: Any, rep: Any = rep, subs: list[float] = subs, submit: Any = submit) -> None:
+                subs.append(rep.clock.now)
+                submit(req)
+
+            rep.submit = submitted
 
     def sample() -> None:
         trace.free.append(sum(max(0, n - r.engine.num_running - r.engine.num_waiting) for r in sim.replicas))
@@ -294,15 +309,21 @@ def cycle(trace: Trace, found: list[Miss], warmup: float, duration: float) -> li
     return out
 
 
-def own_step_s(profile: str, decodes: int, prompt: int = 1024, output: int = 128) -> float:
-    """One ``prompt``-token prefill next to ``decodes`` decodes (each at context prompt + output / 2),
-    by the simulator's step model: the quiet request's own step at best."""
+def own_step_s(profile: str, decodes: int, others: int = 0, prompt: int = 1024, output: int = 128) -> float:
+    """One ``prompt``-token prefill next to ``decodes`` decodes (each at context prompt + output / 2) and
+    ``others`` prefills of the same size, by the simulator's step model: the quiet request's own step."""
     from kvgate.sim.profiles import causal_pairs, get_profile
 
     ctx = prompt + output // 2
     m = get_profile(profile).model
+    n = 1 + others
     return m.step_s(
-        prompt + decodes, prompt, causal_pairs(0, prompt), decodes, decodes * ctx, ctx if decodes else 0
+        n * prompt + decodes,
+        n * prompt,
+        n * causal_pairs(0, prompt),
+        decodes,
+        decodes * ctx,
+        ctx if decodes else 0,
     )
 
 
@@ -320,13 +341,20 @@ def step_at(rows: list[tuple[float, float, int, int]], t: float) -> tuple[float,
     return None
 
 
-def quiet_floor(trace: Trace, t: float, own: Callable[[int], float]) -> float:
+def quiet_floor(trace: Trace, t: float, own: Callable[[int, int], float]) -> float:
     """The best TTFT a request arriving at ``t`` could have had: sent at once to the server where the
-    rest of its step in progress plus its own prefill (alone, next to that step's decodes) is least."""
+    rest of its step in progress plus its own step is least; its own step holds its prefill, that step's
+    decodes and the requests already handed to that server during the step in progress (they wait for
+    the same next step; ``trace.submits``, counted as prompts of the quiet size), no others."""
     best = math.inf
-    for rows in trace.steps:
+    for i, rows in enumerate(trace.steps):
         st = step_at(rows, t)
-        v = own(0) if st is None else (st[1] - t) + own(st[3])
+        if st is None:
+            v = own(0, 0)
+        else:
+            subs = trace.submits[i] if i < len(trace.submits) else []
+            waiting = bisect.bisect_left(subs, t) - bisect.bisect_left(subs, st[0])
+            v = (st[1] - t) + own(st[3], waiting)
         best = min(best, v)
     return best
 
@@ -336,12 +364,12 @@ def floor_table(
 ) -> dict[str, Any]:
     """--floor: the measured quiet requests over ``line``, as sent and at their floor; by cycle second
     with the share of server time in steps with one / two or more prefills."""
-    cache: dict[int, float] = {}
+    cache: dict[tuple[int, int], float] = {}
 
-    def own(d: int) -> float:
-        if d not in cache:
-            cache[d] = own_step_s(profile, d)
-        return cache[d]
+    def own(d: int, k: int) -> float:
+        if (d, k) not in cache:
+            cache[(d, k)] = own_step_s(profile, d, k)
+        return cache[(d, k)]
 
     quiet = [o for o in measured if o.tenant in QUIET and o.ttft is not None]
     fl = {id(o): quiet_floor(trace, o.start, own) for o in quiet}

@@ -282,15 +282,40 @@ def test_own_step_is_the_step_model() -> None:
 
 
 def test_the_floor_is_the_best_server() -> None:
-    own = {0: 0.025, 8: 0.026, 100: 0.033}.__getitem__
+    costs = {(0, 0): 0.025, (8, 0): 0.026, (100, 0): 0.033, (8, 1): 0.052, (8, 2): 0.078}
+
+    def own(d: int, k: int) -> float:
+        return costs[(d, k)]
+
     busy = [(0.0, 0.06, 2, 100)]  # in a two-prefill step until 0.06
     decode = [(0.0, 0.012, 0, 8), (0.012, 0.024, 0, 8)]  # decode-only steps
-    t = smt.Trace(0.005, steps=[busy, decode])
+    t = smt.Trace(0.005, steps=[busy, decode], submits=[[], []])
     assert smt.quiet_floor(t, 0.01, own) == pytest.approx(0.002 + 0.026)  # the decoding server
-    t = smt.Trace(0.005, steps=[busy])
+    t = smt.Trace(0.005, steps=[busy], submits=[[]])
     assert smt.quiet_floor(t, 0.01, own) == pytest.approx(0.05 + 0.033)  # the rest of the step + its own
-    t = smt.Trace(0.005, steps=[busy, []])
+    t = smt.Trace(0.005, steps=[busy, []], submits=[[], []])
     assert smt.quiet_floor(t, 0.01, own) == pytest.approx(0.025)  # an idle server: prefilled alone now
+
+
+def test_the_floor_counts_requests_already_waiting_for_the_next_step() -> None:
+    # Handed to the decoding server during its step in progress (0.012-0.024) before t: they share the
+    # quiet request's next step; one handed before that step began (0.011) and one after t (0.02) do not.
+    costs = {(8, 0): 0.026, (8, 1): 0.052, (8, 2): 0.078}
+
+    def own(d: int, k: int) -> float:
+        return costs[(d, k)]
+
+    decode = [(0.0, 0.012, 0, 8), (0.012, 0.024, 0, 8)]
+    t = smt.Trace(0.005, steps=[decode], submits=[[0.011, 0.013, 0.014, 0.02]])
+    assert smt.quiet_floor(t, 0.015, own) == pytest.approx(0.009 + 0.078)
+    t = smt.Trace(0.005, steps=[decode], submits=[[0.011]])
+    assert smt.quiet_floor(t, 0.015, own) == pytest.approx(0.009 + 0.026)
+
+
+def test_own_step_with_others_is_longer() -> None:
+    one = smt.own_step_s("llama3-8b-h100", 100)
+    two = smt.own_step_s("llama3-8b-h100", 100, 1)
+    assert two > one + 0.02  # a second 1,024-token prefill costs ~0.026 s
 
 
 def test_floor_run_records_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -304,6 +329,8 @@ def test_floor_run_records_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
     _cap, base = rates(2, "llama3-8b-h100", 0, 16, 0.7, 12.0)
     sim, trace = smt.run_arm("reference", args, base)
     assert len(trace.steps) == 2 and all(trace.steps)
+    assert len(trace.submits) == 2 and all(trace.submits)
+    assert all(a <= b for subs in trace.submits for a, b in itertools.pairwise(subs))
     for rows in trace.steps:
         assert all(a < b <= c for (a, b, *_), (c, *_r) in itertools.pairwise(rows))
     measured = [o for o in sim.run.outcomes if o.start >= args.warmup]
