@@ -20,6 +20,13 @@ FC18 (unset: no patch, the landed code):
     pending; K_DUE (FC18_KDUE) instead of K once the request has used FC18_DUE of its TTFT slack; it
     prefers servers with held-back requests already pending (stacking the flood's prefills), under the
     detector's own bound (maxPendingRequests) per server.
+- oracle (an upper bound for placement by step phase, not implementable as is: it reads the simulated
+  servers' true state): as clean, but with no K rule (a held-back request goes anywhere the detector
+  and the no-protected-pending rule allow; FC18_SPREAD=1: without preferring servers with held-back
+  requests pending), and a request not held back goes to the one server where the rest of its step in
+  progress + its own prefill next to that server's running batch + 0.026 s per request waiting or
+  pending there is least; FC18_BYPASS=1: such a request never waits in kvgate's queue (the detector is
+  not asked for it).
 - deadline (the shedding question): a sheddable request with an explicit TTFT SLO header still queued
   at its SLO deadline is shed then (429, as sloAdmission's give-up), not at the TTL.
 """
@@ -35,7 +42,7 @@ K = int(os.environ.get("FC18_K", "1"))
 K_DUE = int(os.environ.get("FC18_KDUE", str(K)))  # K for a held-back request past FC18_DUE of its slack
 DUE = float(os.environ.get("FC18_DUE", "0.5"))
 
-if MODE == "clean":
+if MODE in ("clean", "oracle"):
     prot: dict[str, dict[str, None]] = {}  # endpoint address -> request ids not held back, pending
     where: dict[str, str] = {}
     orig_disp, orig_first, orig_fin = D.Director.on_dispatched, D.Director.on_first_token, D.Director.on_finished
@@ -76,6 +83,34 @@ if MODE == "clean":
         left = self.flow.ctl.slo_deadline(req, now) - now
         return K_DUE if 0 < left <= (1 - DUE) * slo else K
 
+    REPL = {}
+    if MODE == "oracle":
+        from kvgate.bench import flowcontrol_bench as FB
+        from kvgate.sim.profiles import causal_pairs, get_profile
+
+        orig_init = FB.FlowSim.__init__
+
+        def init(self, *a, **kw):
+            orig_init(self, *a, **kw)
+            for ep, rep in zip(self.endpoints, self.replicas, strict=True):
+                REPL[ep.address] = rep
+
+        FB.FlowSim.__init__ = init
+        _own = {}
+
+        def own(profile, d):
+            if d not in _own:
+                m = profile.model
+                ctx = 1024 + 64
+                _own[d] = m.step_s(1024 + d, 1024, causal_pairs(0, 1024), d, d * ctx, ctx if d else 0)
+            return _own[d]
+
+        def oracle_cost(ep, now):
+            rep = REPL[ep.address]
+            eng = rep.engine
+            res = (rep._step_end.when - now) if rep.busy else 0.0
+            return res + own(eng.config.step_profile, eng.num_running) + 0.026 * (eng.num_waiting + _pend(ep))
+
     def _allowed(self, cands, now, k=K):
         open_ = [ep for ep in cands if not self.detector.saturated([ep], now)]
         clean = [ep for ep in cands if _pend(ep) <= 0]
@@ -84,8 +119,10 @@ if MODE == "clean":
             if prot.get(ep.address):
                 continue
             others = len(clean) - (1 if _pend(ep) <= 0 else 0)
-            if others >= k:
+            if MODE == "oracle" or others >= k:
                 ok.append(ep)
+        if MODE == "oracle" and os.environ.get("FC18_SPREAD"):
+            return ok
         stacked = [ep for ep in ok if _pend(ep) > 0]
         return stacked or ok
 
@@ -95,6 +132,8 @@ if MODE == "clean":
         cands, now = self.candidates(req), self.clock()
         if _held(self, req, now):
             return not _allowed(self, cands, now, _k(self, req, now))
+        if MODE == "oracle" and os.environ.get("FC18_BYPASS"):
+            return False  # a protected request never waits in kvgate's queue
         return self.detector.saturated(cands, now)
 
     def _free_slot(self, req):
@@ -103,6 +142,9 @@ if MODE == "clean":
         cands, now = self.candidates(req), self.clock()
         if _held(self, req, now):
             return _allowed(self, cands, now, _k(self, req, now)) or None
+        if MODE == "oracle":
+            ok = [ep for ep in cands if not self.detector.saturated([ep], now)] or list(cands)
+            return [min(ok, key=lambda ep: oracle_cost(ep, now))]
         clean = [ep for ep in cands if _pend(ep) <= 0 and not self.detector.saturated([ep], now)]
         if clean:
             return clean
