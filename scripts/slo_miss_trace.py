@@ -198,7 +198,7 @@ def run_arm(arm: str, args: argparse.Namespace, base: float) -> tuple[FlowSim, T
                 subs.append(rep.clock.now)
                 submit(req)
 
-            rep.submit = submitted
+            rep.submit = submitted  # type: ignore[method-assign]
 
     def sample() -> None:
         trace.free.append(sum(max(0, n - r.engine.num_running - r.engine.num_waiting) for r in sim.replicas))
