@@ -56,7 +56,14 @@ from kvgate.multicluster.source import ClusterSource
 from kvgate.multicluster.state import models_listed
 from kvgate.openai.labels import GRACE_S, ModelLabels
 from kvgate.openai.protocol import CUT_WRITE_S, MODEL_REWRITE, drain_cut_event, sse_error_event
-from kvgate.openai.request import BodyError, ParsedBody, kind_for_path, parse_body
+from kvgate.openai.request import (
+    ROUTED_PATHS,
+    STREAM_USAGE_PATHS,
+    BodyError,
+    ParsedBody,
+    kind_for_path,
+    parse_body,
+)
 from kvgate.openai.requeststats import RequestErrors, RequestStats
 from kvgate.openai.sse import EventEdge
 from kvgate.openai.usage import usage_from_body
@@ -348,11 +355,14 @@ class GlobalGateway:
         path = request.path
         raw = request.body
         opts = parsed.body.get("stream_options")
+        # The stream ends with a usage event: the client asked for it, or its API always sends one (the
+        # Responses API's ``response.completed``, Anthropic's ``message_delta``).
+        asked = isinstance(opts, dict) and opts.get("include_usage") is True
         creq = ClusterRequest(
             parsed.model,
             prompt_key(parsed.prompt_text, parsed.token_ids),
             stream=bool(parsed.stream),
-            usage=bool(parsed.stream) and isinstance(opts, dict) and opts.get("include_usage") is True,
+            usage=bool(parsed.stream) and (asked or path in STREAM_USAGE_PATHS),
         )
         try:
             routed = await self.router.route(path, request.headers, raw, creq)
@@ -553,9 +563,9 @@ class GlobalGateway:
         await self.router.start()
         if self.fetcher is not None:
             await self.fetcher.start()
-        routes: dict[str, Handler] = {
-            p: self._proxy for p in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
-        }
+        # The paths ``kvgate serve`` routes (completions, chat, embeddings and vLLM's other JSON APIs:
+        # ``kvgate.openai.request.ROUTED_PATHS``), each sent to the same path in the chosen cluster.
+        routes: dict[str, Handler] = dict.fromkeys(ROUTED_PATHS, self._proxy)
         routes["/v1/models"] = _get_only(self._models)
         admin: dict[str, Handler] = {}
         for p, h in (("/metrics", self._metrics), ("/v1/clusters", self._clusters),

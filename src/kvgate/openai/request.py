@@ -44,6 +44,12 @@ OTHER_PATHS = (
     "/pooling",
     "/classify",
 )
+# Every JSON POST path a door routes through the pick: the three APIs kvgate reads, then ``OTHER_PATHS``.
+# ``kvgate serve`` and ``kvgate serve --clusters`` both route exactly these (one table, no second copy).
+ROUTED_PATHS = (*PATHS.values(), *OTHER_PATHS)
+# The ``OTHER_PATHS`` whose event streams end with their usage unasked (no ``stream_options``): the
+# Responses API's ``response.completed``, Anthropic Messages' ``message_start`` / ``message_delta``.
+STREAM_USAGE_PATHS = frozenset({"/v1/responses", "/v1/messages"})
 _KIND_BY_PATH = {path: kind for kind, path in PATHS.items()}
 
 # Deepest JSON nesting accepted anywhere in a body. Real chat bodies (messages -> content parts -> image
