@@ -158,7 +158,10 @@ class StreamResponse:
     async def prepare(self, request: Request) -> None:
         self._proto = request._proto
         if request.http11:
-            self._proto.send(_head(self.status, self.headers, None, None, False))
+            # The connection closes after this answer (its client asked, or the drain began): said in
+            # the head, as a whole ``Response``'s says it (``FrontProtocol._run``; doors18).
+            close = not request.keep_alive or self._proto.server.draining
+            self._proto.send(_head(self.status, self.headers, None, None, close))
         else:
             # HTTP/1.0 has no chunked encoding: the body ends when the connection closes, and with a
             # known length at it (the client can tell a cut body). Any abort resets the connection
