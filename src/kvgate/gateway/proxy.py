@@ -52,6 +52,7 @@ from kvgate.openai.request import (
     parse_body,
     server_priority,
 )
+from kvgate.openai.responses import RESPONSES_PATH, ResponseHomes, ResponseIdReader, previous_response_id
 from kvgate.openai.usage import BodyUsageScanner, usage_from_body
 from kvgate.requestcontrol.director import Director, preempted_error
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage
@@ -223,6 +224,9 @@ class Proxy:
         # Set by ``cut_streams``: the event a stream that starts relaying after the cut is cut with at once.
         self._cutting: bytes | None = None
         self._rid_prefix = os.urandom(4).hex()
+        # Responses API ids -> the endpoint that answered them: a follow-up (``previous_response_id``)
+        # is picked there (vLLM keeps a stored response in the server that made it; ``_prepare``).
+        self.responses = ResponseHomes(clock=clock)
         self._request_lines: dict[tuple[str, str], bytes] = {}
         self._rid_seq = 0
 
@@ -451,6 +455,12 @@ class Proxy:
         # the client's x-request-id is what goes upstream and back.
         internal = self._request_id() if "x-request-id" in request.headers else rid
         ireq = self._inference_request(parsed, target, pool, internal, headers, objective, fairness, t0)
+        if (prev := previous_response_id(kind, parsed.body)) is not None:
+            # A Responses follow-up: picked among the endpoint that made the response it names, while
+            # that one is known and healthy (elsewhere vLLM answers 404); a retry may go elsewhere.
+            home = self.responses.home(prev)
+            if home is not None and any(ep.address == home and ep.healthy for ep in pool.endpoints()):
+                ireq.subset = frozenset((home,))
         headers["x-request-id"] = rid
         headers["content-type"] = "application/json"
         # Header block built once; each attempt only prepends its request line and Host.
@@ -658,6 +668,7 @@ class Proxy:
                         self._failed(director, ireq, ep)
                         continue
                     finished = True
+                    self._note_response(kind, resp, first, ep)
                     return await self._relay_stream(
                         request,
                         resp,
@@ -690,6 +701,7 @@ class Proxy:
                     self._failed(director, ireq, ep)
                     continue
                 finished = True
+                self._note_response(kind, resp, body if body is not None else parts[0] if parts else b"", ep)
                 if marks is not None:
                     marks["first"] = self.clock()  # (the whole body: no earlier byte reaches the client)
                     reply_headers[TIMING_HEADER] = _timing_value(marks)
@@ -828,6 +840,18 @@ class Proxy:
         """Did the request's deadline (not the idle timeout) end this read?"""
         due = resp.deadline
         return isinstance(cut, ReadTimeout) and due is not None and self._loop.time() >= due
+
+    def _note_response(self, kind: str, resp: UpstreamResponse, head: bytes, ep: Endpoint) -> None:
+        """A 2xx Responses answer's id remembered with ``ep`` (``_prepare`` picks a follow-up there), read
+        from ``head``: the whole held body, else the first piece of a relayed one (vLLM writes ``id``
+        first), or a stream's first chunk (vLLM sends its ``response.created`` event, which names the
+        id, in one write)."""
+        if kind != RESPONSES_PATH or not 200 <= resp.status < 300:
+            return
+        ids = ResponseIdReader(resp.content_type == "text/event-stream")
+        ids.feed(head)
+        if (rid := ids.response_id()) is not None:
+            self.responses.remember(rid, ep.address)
 
     def _blame(self, ep: Endpoint | None) -> None:
         """Charge ``ep`` (if any) a failure: its 500 for a request no other endpoint answered a 500."""

@@ -277,10 +277,24 @@ class GlobalRouter:
             return any(not p.dead(c, now) for c in states)
         return bool(states)
 
-    async def route(self, path: str, headers: Mapping[str, str], body: bytes, req: ClusterRequest) -> Routed:
+    async def route(
+        self,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        req: ClusterRequest,
+        *,
+        home: str | None = None,
+    ) -> Routed:
+        """``home``: a cluster tried first whatever the policy's order (a Responses follow-up goes where
+        the response it names was made), then the order without it; unknown names are ignored."""
         attempts: list[Attempt] = []
         fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP}
-        order = self.order(req)[: self.max_clusters]
+        order = self.order(req)
+        first = None if home is None else self.states.get(home)
+        if first is not None:
+            order = [first, *(st for st in order if st is not first)]
+        order = order[: self.max_clusters]
         if not order:
             raise NoRoute(503, "no cluster can take the request (none ready)", attempts)
         for i, st in enumerate(order):

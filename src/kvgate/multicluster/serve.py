@@ -65,6 +65,7 @@ from kvgate.openai.request import (
     parse_body,
 )
 from kvgate.openai.requeststats import RequestErrors, RequestStats
+from kvgate.openai.responses import RESPONSES_PATH, ResponseHomes, ResponseIdReader, previous_response_id
 from kvgate.openai.sse import EventEdge
 from kvgate.openai.usage import usage_from_body
 from kvgate.scheduling.types import Usage
@@ -300,6 +301,9 @@ class GlobalGateway:
         self._cutting = False  # the cut came: a stream that starts relaying after it is cut at once
         self._reload_task: asyncio.Task[None] | None = None
         self.port = 0
+        # Responses API ids -> the cluster that answered them: a follow-up (``previous_response_id``) is
+        # sent there first (vLLM keeps a stored response in the server that made it).
+        self.responses = ResponseHomes(clock=clock)
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters, TTL / refresh / locality, the TLS options (and files) of
@@ -364,8 +368,10 @@ class GlobalGateway:
             stream=bool(parsed.stream),
             usage=bool(parsed.stream) and (asked or path in STREAM_USAGE_PATHS),
         )
+        prev = previous_response_id(path, parsed.body)
+        home = None if prev is None else self.responses.home(prev)
         try:
-            routed = await self.router.route(path, request.headers, raw, creq)
+            routed = await self.router.route(path, request.headers, raw, creq, home=home)
         except asyncio.CancelledError:  # the client went away while a cluster was being tried
             self.metrics.error(parsed.model, "client_gone")
             raise
@@ -422,6 +428,8 @@ class GlobalGateway:
             self.metrics.error(model, str(routed.status))
         elif 200 <= routed.status < 300:  # (as ``kvgate serve``: usage of a 2xx only)
             seen.start(routed)
+        # A Responses answer's id, remembered with its cluster once the answer ended complete.
+        ids = ResponseIdReader(sse) if request.path == RESPONSES_PATH and 200 <= routed.status < 300 else None
         key = id(routed)
         # An event stream goes out whole events only (a partial one waits for its end), so the drain's
         # error event never lands inside one; ``edge.done``: its ``[DONE]`` went out.
@@ -472,12 +480,16 @@ class GlobalGateway:
                     await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
                     break
                 seen.feed(chunk)
+                if ids is not None:
+                    ids.feed(chunk)
                 if edge is not None:
                     chunk = edge.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                     if not chunk:
                         continue
                 await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
             await resp.write_eof()
+            if ids is not None and seen.complete and (rid := ids.response_id()) is not None:
+                self.responses.remember(rid, routed.cluster)
         except (ConnectionResetError, asyncio.CancelledError):
             if not counted:
                 self.metrics.error(model, "client_gone")

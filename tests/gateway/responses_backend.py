@@ -1,0 +1,71 @@
+"""A model server that keeps its Responses API answers as vLLM does (``VLLM_ENABLE_RESPONSES_API_STORE=1``):
+in its own memory, so a follow-up (``previous_response_id``) naming a response another server made is a
+404, vLLM's ``Response with id '...' not found.``. Shared by the doors' follow-up tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+class ResponsesStore:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.made: list[str] = []
+        self.followed: list[str] = []  # previous_response_id of each follow-up answered here
+        self.address = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> ResponsesStore:
+        app = web.Application()
+        app.router.add_post("/v1/responses", self._responses)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        prev = body.get("previous_response_id")
+        if prev is not None:
+            if prev not in self.made:
+                error = {
+                    "message": f"Response with id '{prev}' not found.",
+                    "type": "invalid_request_error",
+                    "param": "response_id",
+                    "code": 404,
+                }
+                return web.json_response({"error": error}, status=404)
+            self.followed.append(prev)
+        rid = f"resp_{self.name}_{len(self.made)}"
+        self.made.append(rid)
+        doc: dict[str, Any] = {
+            "id": rid,
+            "object": "response",
+            "model": body.get("model"),
+            "status": "completed",
+            "output": [{"id": f"msg_{rid}", "type": "message"}],
+            "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4},
+        }
+        if not body.get("stream"):
+            return web.json_response(doc)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for kind, event in (
+            ("response.created", {"response": {**doc, "output": [], "usage": None}}),
+            ("response.output_text.delta", {"item_id": f"msg_{rid}", "delta": "hi"}),
+            ("response.completed", {"response": doc}),
+        ):
+            await resp.write(
+                b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps({"type": kind, **event}))
+            )
+        await resp.write_eof()
+        return resp
