@@ -58,8 +58,11 @@ start, ``drop`` at its end: a learnt name only a stream longer than ``GRACE_S`` 
 series to the stream's end; review s15-labels L2; and a name that was a label and is no longer one, no
 longer reported, stays the label of the requests in flight under it when it left the reported set to
 their end: doors16; only theirs, as many ends as were in flight then (``_owed``), never a new request's
-renewal: review s16-doors M3; a new request whose end comes before an older one's may take one of those
-ends, the older one then counted under ``other``). A name
+renewal: review s16-doors M3; exactly theirs where the door labels and drops a request in the task that
+held it, as the three doors do: each ``hold`` numbered, the name's retirement marks the last number, a
+request numbered after it is ``other`` whenever it ends (doors18; before, a new request whose end came
+before an older one's took one of those ends, the older one then counted under ``other``; a caller outside
+any task, or a task holding the name twice, still gets that count). A name
 not seen for ``GRACE_S`` (300 s) loses its series in
 every collector of the door that carries ``model_name`` / ``target_model_name`` (``forget``: the
 ``inference_objective_*`` families, ``kvgate_multicluster_requests_total``), and a learnt name its slot.
@@ -82,7 +85,9 @@ none (a config reload does not drop a model: ``models`` is restart-to-apply).
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence, Set
 
 MAX_MODEL_LABELS = 16
@@ -293,6 +298,16 @@ class ModelLabels:
         # ``_retire``), one less per ``drop`` under the name, gone at 0 or when it is reported again: so
         # at most that many more requests' ends (new ones' included) are labelled with it, never more.
         self._owed: dict[str, int] = {}
+        # name -> the last ``hold`` number when it left (``_owed``'s entry made): the requests held under it
+        # up to that number are the ones owed (doors18: exact, where a request's task is known).
+        self._owed_mark: dict[str, int] = {}
+        # task -> name -> (its hold's number, how many holds that task has under the name): who labels
+        # and drops (one request's handler task). Weak: a task that ends without its ``drop`` (one made
+        # from another task: the EPP's idle sweeper) leaves nothing behind.
+        self._holds: weakref.WeakKeyDictionary[asyncio.Task[object], dict[str, tuple[int, int]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._seq = 0
         self._last_reported: Set[str] | None = None
         self._swept: float | None = None  # when ``sweep`` last ran (None: not yet)
         self._learnt_v = 0  # bumped at every change of ``learnt`` (``_free``'s cache key)
@@ -320,13 +335,14 @@ class ModelLabels:
         self.known = self._fixed | rules
         for m in rules:
             self._owed.pop(m, None)  # (a label again)
+            self._owed_mark.pop(m, None)
         now = self.clock()
         for m in left:
             # (its series wait out grace_s from now, as a retired name's: an older stamp, kept while the
             # name was known and so not stamped by ``label``, would remove them at the next sweep)
             self.seen[m] = now
-            if m in self.inflight and m not in self.learnt:
-                self._owed.setdefault(m, self.inflight[m])
+            if m in self.inflight and m not in self.learnt and m not in self._owed:
+                self._owe(m, self.inflight[m])
 
     def _reported(self) -> Set[str]:
         if self.reported is None:
@@ -343,11 +359,49 @@ class ModelLabels:
         owed = self._owed
         for m in [m for m in owed if m in reported]:
             del owed[m]  # (a label again)
+            self._owed_mark.pop(m, None)
         if last is None or not self.inflight:
             return
         for m, n in self.inflight.items():
-            if m in last and m not in reported and m not in self.learnt and m not in self.known:
-                owed.setdefault(m, n)
+            if (
+                m in last
+                and m not in reported
+                and m not in self.learnt
+                and m not in self.known
+                and m not in owed
+            ):
+                self._owe(m, n)
+
+    def _owe(self, name: str, n: int) -> None:
+        """``name`` stops being a label with ``n`` requests in flight under it: their ends are owed it."""
+        self._owed[name] = n
+        self._owed_mark[name] = self._seq
+
+    def _ticket(self, model: str) -> int | None:
+        """The number of the current task's ``hold`` under ``model`` (None: not known here: no task, a
+        task that did not hold it, or held it more than once)."""
+        held = self._held_here()
+        entry = None if held is None else held.get(model)
+        return entry[0] if entry is not None and entry[1] == 1 else None
+
+    def _held_here(self, make: bool = False) -> dict[str, tuple[int, int]] | None:
+        """The current task's holds (``make``: created if none); None outside a task."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # (no running loop)
+            return None
+        if task is None:
+            return None
+        held = self._holds.get(task)
+        if held is None and make:
+            held = self._holds[task] = {}
+        return held
+
+    def _owes(self, model: str) -> bool:
+        """Whether the current request's end is one ``model`` owes: it was held by the mark (exact where
+        its task is known); else as many ends as were owed, whichever requests end first."""
+        ticket = self._ticket(model)
+        return ticket is None or ticket <= self._owed_mark.get(model, ticket)
 
     def _free(self, reported: Set[str]) -> int:
         """The slots of ``size`` left for learnt names: the reported names neither the config names nor
@@ -379,6 +433,11 @@ class ModelLabels:
             if self.reported is not None:
                 self._reported()  # (a changed reported set is seen before this request counts)
             self.inflight[model] = self.inflight.get(model, 0) + 1
+            self._seq += 1
+            held = self._held_here(make=True)
+            if held is not None:  # (outside a task: this request's ends are counted, not numbered)
+                entry = held.get(model)
+                held[model] = (self._seq, 1) if entry is None else (entry[0], entry[1] + 1)
 
     def drop(self, model: str) -> None:
         """A request ``hold`` counted under ``model`` ended."""
@@ -386,11 +445,19 @@ class ModelLabels:
         if n is None:
             return
         owed = self._owed.get(model)
-        if owed is not None:
+        if owed is not None and self._owes(model):
             if owed > 1:
                 self._owed[model] = owed - 1
             else:
                 del self._owed[model]
+                self._owed_mark.pop(model, None)
+        held = self._held_here()
+        entry = None if held is None else held.get(model)
+        if held is not None and entry is not None:
+            if entry[1] > 1:
+                held[model] = (entry[0], entry[1] - 1)
+            else:
+                del held[model]
         if n > 1:
             self.inflight[model] = n - 1
         else:
@@ -407,9 +474,10 @@ class ModelLabels:
         if model in self.learnt or model in self._reported():
             self.seen[model] = now
             return model
-        if model in self._owed:
+        if model in self._owed and self._owes(model):
             # (a label when the requests in flight under it started, no longer one: theirs to their
-            # end, as its series are; doors16, review s16-doors M3: owed only to those, not to new ones)
+            # end, as its series are; doors16, review s16-doors M3: owed only to those, not to new ones;
+            # doors18: exactly those, by their hold's number)
             self.seen[model] = now
             return model
         return OTHER_MODEL
