@@ -1,7 +1,8 @@
 """``kvgate serve --clusters``: a Responses follow-up (``previous_response_id``) goes to the cluster that
 answered the response it names, no header needed (vLLM keeps a stored response in the server that made
-it: anywhere else the follow-up is a 404). Before doors18 the policy's order decided: with two clusters
-round-robin, every follow-up went to the other cluster and got vLLM's 404."""
+it: anywhere else the follow-up is a 404), and in Endpoint mode to its pod (the EPP's subset hint).
+Before doors18 the policy's order decided: with two clusters round-robin, every follow-up went to the
+other cluster and got vLLM's 404 (and in Endpoint mode the EPP's pick, round-robin here, the other pod)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ import orjson
 import pytest
 
 from gateway.responses_backend import ResponsesStore
+from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.context import AddressIndex, build_epp_director
+from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.session import SessionContext
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -73,7 +78,7 @@ async def test_an_unknown_id_is_routed_as_any_request_and_a_gone_cluster_is_skip
             s, url, {"model": "m", "input": "x", "previous_response_id": "resp_nope"}
         )
         assert status == 404 and b"not found" in raw  # (the server's own answer, passed on)
-        gw.responses.remember("resp_elsewhere", "gone")  # a cluster no longer in the file: ignored
+        gw.responses.remember("resp_elsewhere", ("gone", None))  # a cluster no longer in the file: ignored
         status, raw, _ = await _post(
             s, url, {"model": "m", "input": "x", "previous_response_id": "resp_elsewhere"}
         )
@@ -84,3 +89,41 @@ async def test_an_unknown_id_is_routed_as_any_request_and_a_gone_cluster_is_skip
         await (a if made_at == "a" else b).stop()
         status, raw, at = await _post(s, url, {"model": "m", "input": "x", "previous_response_id": rid})
         assert status == 404 and at != made_at
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_in_endpoint_mode_a_follow_up_goes_to_the_pod_that_made_its_response(
+    stores: list[ResponsesStore], global_gateway: Callable[..., Any], stream: bool
+) -> None:
+    """One cluster, Endpoint mode only: its ``kvgate epp`` picks round-robin over two pods; a follow-up's
+    pick is asked for the pod that answered (the subset hint), else it would alternate."""
+    import time
+
+    store = EndpointStore.from_addresses([st.address for st in stores])
+    ctx = SessionContext(build_epp_director(None, store, policy="round-robin"), AddressIndex(store),
+                         clock=time.monotonic)  # fmt: skip
+    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+    await epp.start()
+    try:
+        gw: GlobalGateway = await global_gateway(ClusterSpec("c", epp=f"127.0.0.1:{epp.port}"))
+        url = f"http://127.0.0.1:{gw.port}/v1/responses"
+        async with aiohttp.ClientSession() as s:
+            for i in range(3):
+                status, raw, _ = await _post(s, url, {"model": "m", "input": f"q{i}", "stream": stream})
+                assert status == 200, raw
+                rid = _stream_id(raw) if stream else orjson.loads(raw)["id"]
+                for _ in range(2):
+                    body = {"model": "m", "input": "more", "previous_response_id": rid}
+                    status, raw, _ = await _post(s, url, body)
+                    assert status == 200, raw
+                    rid = orjson.loads(raw)["id"]
+            # The pod gone from the EPP's endpoints: its follow-up is picked on any pod (its 404 there).
+            made = orjson.loads((await _post(s, url, {"model": "m", "input": "x"}))[1])["id"]
+            home = next(st for st in stores if made in st.made)
+            store.remove(home.address)
+            status, raw, _ = await _post(s, url, {"model": "m", "input": "x", "previous_response_id": made})
+            assert status == 404 and b"not found" in raw, raw
+        assert sum(len(st.followed) for st in stores) == 6
+        assert all(p.startswith(f"resp_{st.name}_") for st in stores for p in st.followed)
+    finally:
+        await epp.stop(0)

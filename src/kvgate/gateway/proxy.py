@@ -226,7 +226,7 @@ class Proxy:
         self._rid_prefix = os.urandom(4).hex()
         # Responses API ids -> the endpoint that answered them: a follow-up (``previous_response_id``)
         # is picked there (vLLM keeps a stored response in the server that made it; ``_prepare``).
-        self.responses = ResponseHomes(clock=clock)
+        self.responses: ResponseHomes[str] = ResponseHomes(clock=clock)
         self._request_lines: dict[tuple[str, str], bytes] = {}
         self._rid_seq = 0
 

@@ -72,6 +72,8 @@ JSON_BYTES = 1 << 20
 KEEPALIVE_S = 60.0
 # Metadata Envoy sends with the response headers: the pod that actually served.
 _LB, _SERVED = "envoy.lb", "x-gateway-destination-endpoint-served"
+# The gateway's subset hint (GIE protocol, as Envoy's ``envoy.lb.subset_hint`` metadata): only these pods.
+_SUBSET_NS, _SUBSET = "envoy.lb.subset_hint", "x-gateway-destination-endpoint-subset"
 RELAY_CHUNKS = 64  # EPP-rewritten chunks buffered for a slow client (then back-pressure)
 # The pod's bytes an EPP rewriting the response has not answered for yet, kept so the response can go on
 # without that EPP should it fail (a streamed reply holds a line or two; a JSON reply, all of it).
@@ -233,13 +235,19 @@ class EppStream:
         await self._within(self._call.write(msg), phase)  # (gRPC flow control: it may stop reading)
         self._last_write = self.clock()
 
-    async def _pick(self, path: str, headers: Mapping[str, str], body: bytes) -> None:
+    async def _pick(
+        self, path: str, headers: Mapping[str, str], body: bytes, subset: tuple[str, ...] | None = None
+    ) -> None:
         first = pb.ProcessingRequest(
             request_headers=pb.HttpHeaders(
                 headers=_headers({":method": "POST", ":path": path, **headers}), end_of_stream=False
             )
         )
         first.protocol_config.CopyFrom(_PROTOCOL)
+        if subset is not None:  # (the pick among these pods only: the EPP's subset filter)
+            hint = struct_pb2.Struct()
+            hint.update({_SUBSET: list(subset)})
+            first.metadata_context.filter_metadata[_SUBSET_NS].CopyFrom(hint)
         await self._write(first, "pick")
         pieces = [body[i : i + _CHUNK] for i in range(0, len(body), _CHUNK)] or [b""]
         for i, piece in enumerate(pieces):
@@ -842,13 +850,15 @@ class EppClient:
 
     async def open(self, address: str, path: str, headers: Mapping[str, str], body: bytes, *,
                    tls: TlsOptions | None = None, timeout_s: float | None = None,
-                   on_stall: Callable[[str], None] | None = None) -> EppStream:  # fmt: skip
+                   on_stall: Callable[[str], None] | None = None,
+                   subset: tuple[str, ...] | None = None) -> EppStream:  # fmt: skip
         """Ask for a pod; the returned stream stays open for the request's life (``address`` set), or
         is closed already (the EPP refused: ``status``). ``tls``: None = plaintext, else verify the EPP
         against ``tls.ca`` (the system CAs without one) and present ``tls.cert`` / ``tls.key`` (mTLS).
         ``timeout_s``: the EPP's deadline for each answer (default: the client's); raises ``EppStalled``
         when the pick misses it. ``on_stall(phase)``: called once if this stream's EPP stalls, whenever
-        that is (the end of a response is awaited after the client has it)."""
+        that is (the end of a response is awaited after the client has it). ``subset``: the pods the
+        EPP may pick (the GIE subset hint, ``envoy.lb.subset_hint``); None: any."""
         ch = self._channel(address, tls)
         # No deadline on the call itself: it lives as long as the response. Each step has its own.
         call = pb_grpc.ExternalProcessorStub(ch.channel).Process()
@@ -857,7 +867,7 @@ class EppClient:
         stream = EppStream(call, timeout_s=timeout_s or self.timeout_s, clock=self.clock, sleep=self.sleep,
                            ledgers=self.ledgers, on_stall=on_stall)  # fmt: skip
         try:
-            await stream._pick(path, headers, body)
+            await stream._pick(path, headers, body, subset)
         except BaseException:
             stream.cancel()
             raise

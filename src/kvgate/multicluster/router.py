@@ -284,17 +284,20 @@ class GlobalRouter:
         body: bytes,
         req: ClusterRequest,
         *,
-        home: str | None = None,
+        home: tuple[str, str | None] | None = None,
     ) -> Routed:
-        """``home``: a cluster tried first whatever the policy's order (a Responses follow-up goes where
-        the response it names was made), then the order without it; unknown names are ignored."""
+        """``home``: (cluster, pod or None), a cluster tried first whatever the policy's order (a
+        Responses follow-up goes where the response it names was made), then the order without it; in
+        Endpoint mode its EPP is asked for that pod (the subset hint), and asked again without the hint
+        if it answers 503 (no such pod); an unknown cluster is ignored."""
         attempts: list[Attempt] = []
         fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP}
         order = self.order(req)
-        first = None if home is None else self.states.get(home)
+        first = None if home is None else self.states.get(home[0])
         if first is not None:
             order = [first, *(st for st in order if st is not first)]
         order = order[: self.max_clusters]
+        pod = None if first is None or home is None else home[1]
         if not order:
             raise NoRoute(503, "no cluster can take the request (none ready)", attempts)
         for i, st in enumerate(order):
@@ -302,8 +305,9 @@ class GlobalRouter:
                 self.failovers += 1
             note = req.note(st.name)  # what the policy expected there (ClusterState.dispatched)
             routed = await self._try_cluster(
-                st, path, fwd, body, attempts, req.stream, req.model, note, usage=req.usage
-            )
+                st, path, fwd, body, attempts, req.stream, req.model, note, usage=req.usage,
+                pod=pod if st is first else None,
+            )  # fmt: skip
             if routed is not None:
                 st.succeeded()
                 return routed
@@ -321,7 +325,10 @@ class GlobalRouter:
         model: str | None = None,
         note: DispatchNote | None = None,
         usage: bool = False,
+        pod: str | None = None,
     ) -> Routed | None:
+        """``pod``: in Endpoint mode, the pod the EPP is asked for (the subset hint; asked again for any
+        pod if it answers 503: no such pod)."""
         spec = st.spec
         # A streamed request's TTFT at this cluster runs from here (the EPP's pick included).
         started = self.clock() if stream else None
@@ -330,8 +337,14 @@ class GlobalRouter:
                 tls = self._epp_tls(spec)
                 on_stall = None if self.on_stall is None else functools.partial(self.on_stall, st.name)
                 pick: EppStream | None = await self.epp.open(
-                    spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s, on_stall=on_stall
-                )
+                    spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s, on_stall=on_stall,
+                    subset=None if pod is None else (pod,),
+                )  # fmt: skip
+                if pod is not None and pick is not None and pick.address is None and pick.status == 503:
+                    # (no such pod any more: the EPP's 503 for an empty subset) any pod, as any request
+                    pick = await self.epp.open(
+                        spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s, on_stall=on_stall
+                    )
             except EppStalled as e:  # no answer in time: as a failed pick (counted by ``on_stall``)
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"{STALLED} ({e.phase})"))
                 pick = None

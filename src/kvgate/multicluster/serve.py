@@ -303,7 +303,7 @@ class GlobalGateway:
         self.port = 0
         # Responses API ids -> the cluster that answered them: a follow-up (``previous_response_id``) is
         # sent there first (vLLM keeps a stored response in the server that made it).
-        self.responses = ResponseHomes(clock=clock)
+        self.responses: ResponseHomes[tuple[str, str | None]] = ResponseHomes(clock=clock)
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters, TTL / refresh / locality, the TLS options (and files) of
@@ -489,7 +489,9 @@ class GlobalGateway:
                 await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
             await resp.write_eof()
             if ids is not None and seen.complete and (rid := ids.response_id()) is not None:
-                self.responses.remember(rid, routed.cluster)
+                # (Endpoint mode: the pod it answered from, the last attempt's target)
+                pod = routed.attempts[-1].target if routed.mode == ENDPOINT and routed.attempts else None
+                self.responses.remember(rid, (routed.cluster, pod))
         except (ConnectionResetError, asyncio.CancelledError):
             if not counted:
                 self.metrics.error(model, "client_gone")

@@ -14,7 +14,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -39,8 +39,11 @@ def previous_response_id(path: str, body: dict[str, Any]) -> str | None:
     return prev if isinstance(prev, str) and 0 < len(prev) <= _ID_MAX else None
 
 
-class ResponseHomes:
-    """Response id -> where it was made (an endpoint address or a cluster name): the ``max_entries``
+H = TypeVar("H")
+
+
+class ResponseHomes(Generic[H]):
+    """Response id -> where it was made (an endpoint address; a cluster and its pod): the ``max_entries``
     latest, each for ``ttl_s`` after it was remembered (a lookup does not extend it)."""
 
     __slots__ = ("_homes", "clock", "max_entries", "ttl_s")
@@ -52,12 +55,12 @@ class ResponseHomes:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_entries, self.ttl_s, self.clock = max_entries, ttl_s, clock
-        self._homes: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._homes: OrderedDict[str, tuple[H, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._homes)
 
-    def remember(self, response_id: str, home: str) -> None:
+    def remember(self, response_id: str, home: H) -> None:
         if not response_id or len(response_id) > _ID_MAX:
             return
         homes = self._homes
@@ -73,7 +76,7 @@ class ResponseHomes:
                 break
             homes.popitem(last=False)
 
-    def home(self, response_id: str) -> str | None:
+    def home(self, response_id: str) -> H | None:
         entry = self._homes.get(response_id)
         if entry is None:
             return None
