@@ -271,3 +271,19 @@ async def backends() -> Any:
     yield make
     for b in started:
         await b.stop()
+
+
+async def test_a_body_is_sent_as_json_whatever_type_its_client_named(
+    pods: Callable[..., Any], global_gateway: Callable[..., Any]
+) -> None:
+    """As ``kvgate serve`` sends it: the body parsed as JSON goes on as ``application/json`` (vLLM answers
+    a body of another type, or none, 400; found against the real vLLM, tests/realvllm/test_vllm_paths.py)."""
+    pod = await pods()
+    gw: GlobalGateway = await global_gateway(ClusterSpec("c", gateway=pod.address))
+    body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 1})
+    async with aiohttp.ClientSession() as s:
+        for ctype in ("application/octet-stream", "text/plain", None):
+            headers = {} if ctype is None else {"Content-Type": ctype}
+            async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=body, headers=headers) as r:
+                assert r.status == 200
+    assert [h["content-type"] for _p, h, _b in pod.received] == ["application/json"] * 3

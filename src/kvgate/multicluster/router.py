@@ -291,7 +291,10 @@ class GlobalRouter:
         Endpoint mode its EPP is asked for that pod (the subset hint), and asked again without the hint
         if it answers 503 (no such pod); an unknown cluster is ignored."""
         attempts: list[Attempt] = []
-        fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP}
+        fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP and k.lower() != "content-type"}
+        # The body parsed as JSON (``parse_body``): sent as such whatever type the client named, as ``kvgate
+        # serve`` sends it (vLLM answers another type 400).
+        fwd["content-type"] = "application/json"
         order = self.order(req)
         first = None if home is None else self.states.get(home[0])
         if first is not None:
