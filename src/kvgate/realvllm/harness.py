@@ -207,6 +207,9 @@ class VLLMServer:
             VLLM_CPU_KVCACHE_SPACE=str(self.spec.kv_cache_gb),
             VLLM_SERVER_DEV_MODE="1",  # POST /reset_prefix_cache between benchmark runs
             VLLM_NO_USAGE_STATS="1",
+            # Keep Responses API answers (``store``) so follow-ups (``previous_response_id``) work, each
+            # on the server that made it (tests/realvllm/test_vllm_paths.py).
+            VLLM_ENABLE_RESPONSES_API_STORE="1",
             DO_NOT_TRACK="1",
             OMP_NUM_THREADS="1",
         )
