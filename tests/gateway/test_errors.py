@@ -118,6 +118,7 @@ async def test_429_when_concurrency_limit_reached(backends):
             assert r.status == 429
             _assert_error(await r.json(), "too_many_requests")
             assert r.headers.get("Retry-After") == "1"  # (review s17-qa L8: there was none)
+            assert "x-envoy-ratelimited" not in r.headers  # capacity, not a tenant's limit
         hung.cancel()
 
 

@@ -74,6 +74,9 @@ async def test_api_keys_tenants_rate_limits_through_the_gateway(backends, tmp_pa
                 if r.status == 429:
                     assert int(r.headers["Retry-After"]) >= 1
                     assert (await r.json())["error"]["code"] == "rate_limit_exceeded"
+                    # Marked as a policy refusal (a proxy in front, --clusters included, must not take it
+                    # for the pool at capacity: review s18-qa M4).
+                    assert r.headers.get("x-envoy-ratelimited") == "true"
         assert statuses == [200, 200, 200, 429]
         async with s.post(url, data=BODY, headers={"Authorization": "Bearer sk-b"}) as r:
             assert r.status == 200  # another tenant's bucket

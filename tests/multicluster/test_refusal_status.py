@@ -100,12 +100,13 @@ async def test_a_413_beside_an_unreachable_cluster_is_a_retryable_503(pods, epps
     assert "cluster b refused (413)" in message and "cluster a: unreachable" in message, message
 
 
-async def _busy_cluster(retry_after: str) -> tuple[web.AppRunner, str]:
-    """A Parent-mode cluster that answers every request 429 with this ``Retry-After``: its runner, address."""
+async def _busy_cluster(retry_after: str, **headers: str) -> tuple[web.AppRunner, str]:
+    """A Parent-mode cluster that answers every request 429 with this ``Retry-After`` (and ``headers``): its
+    runner, address."""
 
     async def busy(_r: web.Request) -> web.Response:
         return web.json_response(
-            {"error": {"message": "rate limit"}}, status=429, headers={"Retry-After": retry_after}
+            {"error": {"message": "rate limit"}}, status=429, headers={"Retry-After": retry_after, **headers}
         )
 
     app = web.Application()
@@ -115,6 +116,28 @@ async def _busy_cluster(retry_after: str) -> tuple[web.AppRunner, str]:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"127.0.0.1:{port}"
+
+
+async def test_a_tenants_rate_limit_429_is_the_clients_answer_not_the_clusters_health(pods, global_gateway):
+    """A cluster gateway's 429 marked ``x-envoy-ratelimited`` (kvgate serve's tenant limit, Envoy's rate-limit
+    filters) refuses this client by policy: passed to the client as any 4xx, not re-sent to another cluster
+    (which would give the tenant its limit once per cluster), and the cluster is not backed off for every
+    other tenant (review s18-qa M4: one tenant over its limit took the cluster out of rotation)."""
+    runner, limited = await _busy_cluster("7", **{"x-envoy-ratelimited": "true"})
+    try:
+        free = await pods()
+        clusters = ClusterSpec("lim", gateway=limited), ClusterSpec("free", gateway=free.address)
+        gw = await global_gateway(*clusters)
+        got = [await _post(gw) for _ in range(6)]
+        statuses = [status for status, _, _ in got]
+        # Round robin alternates: lim's answers are its 429s, passed on with its Retry-After.
+        assert sorted(statuses) == [200] * 3 + [429] * 3, statuses
+        assert all(h.get("Retry-After") == "7" for status, _, h in got if status == 429), got
+        assert len(free.received) == 3  # none of lim's requests went on to free
+        lim = gw.router.states["lim"]
+        assert lim.available(gw.router.clock()) and lim.failures == 0
+    finally:
+        await runner.cleanup()
 
 
 async def test_a_clusters_retry_after_reaches_the_client(global_gateway) -> None:

@@ -350,6 +350,7 @@ class Proxy:
                     GatewayError(429, f"rate limit exceeded for {who!r}", code="rate_limit_exceeded"), rid
                 )
                 resp.headers["Retry-After"] = retry_after(wait)
+                resp.headers[proto.RATE_LIMITED] = "true"  # the tenant's limit, not the pool's capacity
                 return resp
         if self.inflight >= self.cfg.limits.max_concurrent_requests:
             self.metrics.error("", "", "429")

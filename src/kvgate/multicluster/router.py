@@ -29,7 +29,7 @@ from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, TlsOptions
 from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, EppStream, retry_after_s
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy
 from kvgate.multicluster.state import ClusterState, DispatchNote
-from kvgate.openai.protocol import DESTINATION_ENDPOINT
+from kvgate.openai.protocol import DESTINATION_ENDPOINT, RATE_LIMITED
 from kvgate.openai.usage import UsageTail
 from kvgate.scheduling.types import Usage
 
@@ -415,8 +415,10 @@ class GlobalRouter:
         except BaseException:
             given_up()
             raise
-        if resp.status >= 500 or resp.status == 429:
-            # Nothing reached the client yet: free to go elsewhere.
+        if resp.status >= 500 or (resp.status == 429 and RATE_LIMITED not in resp.headers):
+            # Nothing reached the client yet: free to go elsewhere. (A 429 marked rate-limited is the
+            # client's own limit, a tenant's, not the cluster at capacity: passed on as any 4xx refusal,
+            # the cluster not backed off for everyone: review s18-qa M4.)
             resp.release()
             given_up()
             wait = retry_after_s(resp.headers.get("Retry-After")) if resp.status == 429 else None

@@ -103,6 +103,11 @@ def usage_of(prompt_tokens: Any, completion_tokens: Any, details: Any) -> Usage:
 # shed request): capacity frees as requests end, so come back soon. Every door's 429 carries one.
 RETRY_AFTER_DEFAULT = "1"
 
+# Set on a 429 that refuses the request by policy (a tenant's rate limit), not for want of capacity: the
+# header Envoy's rate-limit filters set, so a proxy in front neither retries it nor takes it for the
+# backend's health (``kvgate serve --clusters`` passes such a 429 to the client and keeps the cluster).
+RATE_LIMITED = "x-envoy-ratelimited"
+
 _TYPES = {
     400: "invalid_request_error",
     404: "invalid_request_error",
