@@ -9,6 +9,11 @@ system, all threads, from ``/proc/<pid>/task/*/schedstat``):
 - idle: ``--idle`` seconds with no requests (the background: scrapes, KV-event intake, timers), per second;
 - the pass: in total, inside request windows (send to end of stream) and between them.
 
+``--stages`` runs the gateway under ``gateway_stages.py`` (the main thread's CPU charged to the request
+path's stages: front, body parse, pick and its tokenizing, block keys and index match, accounting,
+upstream reads, SSE relay, KV-event intake, scrape reads, and "other"), snapshotted before and after each
+request, and prints per request each stage's CPU inside the request windows and over the whole run.
+
 ``--profile F`` runs the gateway under ``cProfile`` timed by its main thread's CPU clock (the event loop)
 and writes the stats to F on exit; ``--top N`` prints the N functions with the most own time (the
 profiler's own cost per call inflates call-heavy code: compare components by switching them off with
@@ -114,6 +119,11 @@ def main() -> int:
     )
     ap.add_argument("--serve-arg", action="append", default=[], help="extra ``kvgate serve`` argument")
     ap.add_argument(
+        "--stages",
+        action="store_true",
+        help="run the gateway under gateway_stages.py: its main thread's CPU per request by stage",
+    )
+    ap.add_argument(
         "--py-spy",
         nargs=2,
         metavar=("BIN", "OUT"),
@@ -167,9 +177,12 @@ def measure(
     gw_port = free_ports(1)[0]
     gw = spy = None
     try:
+        stages = str(log_dir / f"stages-{gw_port}.json") if args.stages and not profile else None
         prof = (
             ["-c", PROFILED, profile]
             if profile
+            else [str(Path(__file__).resolve().parent / "gateway_stages.py"), stages]
+            if stages
             else [args.launcher]
             if args.launcher
             else ["-m", "kvgate.cli"]
@@ -188,7 +201,7 @@ def measure(
         time.sleep(1.0)
         notes = [ln for ln in (log_dir / "gw.log").read_text().splitlines() if "KV events" in ln]
         print("gateway:", notes[:2], flush=True)
-        if profile:
+        if profile or stages:
             gw.send_signal(signal.SIGUSR1)
         if args.perf:
             spy = subprocess.Popen(
@@ -232,10 +245,16 @@ def measure(
             t0, c0, m0 = time.monotonic(), cpu_s(gw.pid), cpu_s(gw.pid, True)
             for pr in prompts:
                 time.sleep(args.gap)
+                if stages:  # a snapshot before the window (given 20 ms to land)
+                    gw.send_signal(signal.SIGUSR2)
+                    time.sleep(0.02)
                 a, am = cpu_s(gw.pid), cpu_s(gw.pid, True)
                 stream(base, pr)
                 inside += cpu_s(gw.pid) - a
                 inside_main += cpu_s(gw.pid, True) - am
+                if stages:  # and after it (the request's own bookkeeping after its last byte included)
+                    time.sleep(0.02)
+                    gw.send_signal(signal.SIGUSR2)
             wall, total, main = time.monotonic() - t0, cpu_s(gw.pid) - c0, cpu_s(gw.pid, True) - m0
             n = len(prompts)
             print(f"pass {p}: {n} requests, {wall:.1f} s: CPU {1000 * total:.0f} ms, main thread "
@@ -249,6 +268,32 @@ def measure(
         if gw is not None:
             gw.send_signal(signal.SIGTERM)
             gw.wait(30)
+    if stages:
+        print_stages(stages, args.passes)
+
+
+def print_stages(path: str, passes: int) -> None:
+    """Per request, by stage: inside the request windows (the SIGUSR2 pairs) and over the whole passes
+    (windows and the background between them), from ``gateway_stages.py``'s snapshots."""
+    doc = json.loads(Path(path).read_text())
+    if doc["missing"]:
+        print("stages not in this tree (not wrapped):", ", ".join(doc["missing"]))
+    snaps = doc["snapshots"]
+    first, last, pairs = snaps[0], snaps[-1], list(zip(snaps[1:-1:2], snaps[2:-1:2], strict=False))
+    n = len(pairs)
+    inside = {k: sum(b["stages"][k] - a["stages"][k] for a, b in pairs) for k in first["stages"]}
+    calls = {k: sum(b["calls"][k] - a["calls"][k] for a, b in pairs) for k in first["calls"]}
+    whole = {k: last["stages"][k] - first["stages"][k] for k in first["stages"]}
+    main_in = sum(b["main_s"] - a["main_s"] for a, b in pairs)
+    main_all = last["main_s"] - first["main_s"]
+    inside["other (event loop, coroutines)"] = main_in - sum(inside.values())
+    whole["other (event loop, coroutines)"] = main_all - sum(whole.values())
+    print(f"main thread CPU by stage, {n} requests ({passes} pass(es)), ms per request: inside the "
+          f"request windows | whole run incl. between requests (calls per request inside)")  # fmt: skip
+    for k in sorted(inside, key=lambda k: -inside[k]):
+        c = f"{calls[k] / n:.1f}" if k in calls else "-"
+        print(f"  {k:34s} {1000 * inside[k] / n:7.3f} | {1000 * whole[k] / n:7.3f}   ({c})")
+    print(f"  {'total (main thread)':34s} {1000 * main_in / n:7.3f} | {1000 * main_all / n:7.3f}")
 
 
 if __name__ == "__main__":
