@@ -166,6 +166,47 @@ def test_piecewise_encoding_equals_whole_for_byte_level_bpe(tmp_path: Path, kind
         assert tok.encode(texts[0])[0] == 0  # the BOS once, in front
 
 
+@pytest.mark.parametrize("kind", ["sim", "llama3"])
+def test_a_text_continued_after_a_line_break_tokenizes_only_its_own_lines(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prompts that share a system text up to a line break and go on differently (a tenant's next
+    requests, a chat's next turns): from the third on, only what follows the shared text is tokenized.
+    Before, the piece the shared text ends in (up to ``PIECE_CHARS`` of it) was tokenized again with
+    every new tail."""
+    from tokenizers import Tokenizer
+
+    from kvgate.sim.tokenizer import write_tokenizer_dir
+
+    if kind == "sim":
+        write_tokenizer_dir(tmp_path / "t")
+        d = tmp_path / "t"
+    else:
+        d = _llama3_style(tmp_path / "t")
+    tok = tokenize.PromptTokenizer(d / "tokenizer.json")
+    assert tok.piecewise
+    whole = Tokenizer.from_file(str(d / "tokenizer.json"))
+    system = " ".join(["alpha", "beta", "gamma", "delta", "epsilon"] * 120)
+    tokenized: list[str] = []
+    real_ids = tokenize._ids
+
+    def ids(t: object, text: str, special: bool) -> list[int]:
+        tokenized.append(text)
+        return real_ids(t, text, special)
+
+    monkeypatch.setattr(tokenize, "_ids", ids)
+    for i, user in enumerate(["first question here", "another question entirely", "a third one"]):
+        text = f"{system}\nUser {i}: {user}"
+        tokenized.clear()
+        assert list(tok.encode(text)) == whole.encode(text).ids
+        if i == 1:  # the system text's pieces are cached; the piece it ends in is tokenized line by line
+            assert text.endswith("".join(tokenized)) and len(tokenized) == 2
+        if i == 2:  # and now its last line is cached too: only the new line is tokenized
+            assert "".join(tokenized) == f"User {i}: {user}"
+    tok.wait_self_checks(10)
+    assert tok.piecewise
+
+
 def test_encodings_are_packed_arrays_that_hash_as_the_list_ids(tmp_path: Path) -> None:
     """A prompt's ids are one ``array('I')`` joined from the cached pieces' arrays (no Python int per
     token on the pick's path), the same object on a repeat; every consumer keys it exactly as the list of

@@ -21,7 +21,11 @@ Prompts that share a prefix (a tenant's system prompt, a conversation's earlier 
 routing is for) are tokenized piecewise: the text is cut at word boundaries about every ``PIECE_CHARS``
 characters, counted from its start, so a shared prefix is cut into the same pieces; each piece's ids are
 cached, and only the pieces after the first difference are tokenized (a 2k-token prompt with a shared
-system prompt: ~0.85 ms -> ~0.2 ms, docs/benchmarks/gateway.md). That equals tokenizing the whole text
+system prompt: ~0.85 ms -> ~0.2 ms, docs/benchmarks/gateway.md). The piece where a text leaves the
+cached ones (the first piece missed after cached ones) is looked up and tokenized line by line when it
+holds a line break, and its lines are cached too: a shared text that ends at a line break (a system
+prompt before ``User ...:``, a chat turn) is then not tokenized again with each new tail, from the third
+text that shares it on (docs/benchmarks/realvllm.md, "Session 18"). That equals tokenizing the whole text
 only for tokenizers whose pre-tokenizer never joins text across such a cut: byte-level BPE (GPT-2,
 Llama 3, Qwen), no normalizer beyond NFC, no added token that strips whitespace next to it or holds a
 space or newline, special tokens only in front. Other tokenizers are always tokenized whole. One that
@@ -63,6 +67,7 @@ SELF_CHECKS = 8  # live piecewise encodings compared with whole ones, per tokeni
 # Where a byte-level BPE pre-tokenizer always splits: before a space between two letters (" word" is
 # one pre-token), after a newline between two non-spaces ("\n" never joins a letter after it).
 _CUT = re.compile(r"(?<=[^\W\d_]) (?=[^\W\d_])|(?<=\S)\n(?=\S)")
+_NEWLINE_CUT = re.compile(r"(?<=\S)\n(?=\S)")  # _CUT's newline cuts alone (a missed piece's lines)
 _SAFE_NORMALIZERS = (None, "NFC")
 
 log = logging.getLogger(__name__)
@@ -148,19 +153,50 @@ class PromptTokenizer:
 
     def _encode_pieces(self, text: str, front: list[int]) -> array[int]:
         ids = array("I", front)
-        pieces, tok = self._pieces, self._tok
+        pieces = self._pieces
+        # ``shared``: every piece so far was cached, so the first one that is not is where this text leaves
+        # one tokenized before (a tenant's next question, a chat's next turn); ``leading``: no miss yet.
+        shared, leading = False, True
         for piece in _cut_pieces(text):
             key = xxhash.xxh3_64_intdigest(piece.encode("utf-8", "surrogatepass"))
             got = pieces.get(key)
+            if got is not None:
+                pieces.move_to_end(key)
+                shared = leading
+            else:
+                if shared and "\n" in piece:
+                    got = self._encode_lines(piece)
+                else:
+                    got = array("I", _ids(self._tok, piece, False))
+                self._keep(key, got)
+                shared = leading = False
+            ids.extend(got)
+        return ids
+
+    def _encode_lines(self, piece: str) -> array[int]:
+        """The piece where a text leaves one tokenized before, when it holds a line break: its lines (cut
+        where ``_CUT`` cuts at a newline) looked up and tokenized one by one and kept, so that the next
+        text that leaves the shared one at a line break in this piece (a tenant's system prompt ends
+        with one, a chat turn ends with one) tokenizes only its own lines, not the shared text's last
+        piece again. Only this piece: a text never seen (every piece missed) costs no more calls."""
+        ids = array("I")
+        pieces = self._pieces
+        for line in _cut_lines(piece):
+            key = xxhash.xxh3_64_intdigest(line.encode("utf-8", "surrogatepass"))
+            got = pieces.get(key)
             if got is None:
-                got = array("I", _ids(tok, piece, False))
-                pieces[key] = got
-                if len(pieces) > PIECE_ENTRIES:
-                    pieces.popitem(last=False)
+                got = array("I", _ids(self._tok, line, False))
+                self._keep(key, got)
             else:
                 pieces.move_to_end(key)
             ids.extend(got)
         return ids
+
+    def _keep(self, key: int, ids: array[int]) -> None:
+        pieces = self._pieces
+        pieces[key] = ids
+        if len(pieces) > PIECE_ENTRIES:
+            pieces.popitem(last=False)
 
 
 def _piecewise_front(tok: Any, path: Path) -> list[int] | None:
@@ -223,11 +259,23 @@ def _cut_pieces(text: str) -> Iterator[str]:
         start = end
 
 
+def _cut_lines(piece: str) -> Iterator[str]:
+    """``piece`` cut at every newline where ``_CUT`` cuts (after a newline between two non-spaces)."""
+    start = 0
+    for m in _NEWLINE_CUT.finditer(piece):
+        yield piece[start : m.end()]
+        start = m.end()
+    if start < len(piece):
+        yield piece[start:]
+
+
 def _pieces_of(tok: Any, text: str, front: list[int]) -> list[int]:
-    """``text`` encoded piecewise without the cache (the load-time probe)."""
+    """``text`` encoded piecewise without the cache (the load-time probe), cut wherever ``encode`` may
+    cut: between pieces and, as ``_encode_lines`` does, between each piece's lines."""
     ids = list(front)
     for piece in _cut_pieces(text):
-        ids.extend(_ids(tok, piece, False))
+        for line in _cut_lines(piece):
+            ids.extend(_ids(tok, line, False))
     return ids
 
 
