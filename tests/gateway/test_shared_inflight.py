@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 
 from kvgate.datalayer.endpoint import Endpoint
@@ -167,4 +168,41 @@ def test_a_fresh_inflights_first_fold_keeps_all_of_its_own_counts() -> None:
     finally:
         for v in (w0, w1):
             v.close()
+        owner.close()
+
+
+async def test_a_workers_sync_publishes_its_last_counts_when_it_ends() -> None:
+    """A worker's request that finished after its sync's last pass (its drain ended within the 5 ms
+    interval, then the sync was cancelled) must not stay in flight in the other workers' view: their
+    gates would stay saturated on it and their queued requests wait out their TTL (seen as 503s in
+    ``test_the_drain_serves_every_workers_flow_control_queue`` under load). Failed before wk18: the row
+    kept the count of the last pass."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from kvgate.flowcontrol import fleet
+    from kvgate.gateway.workers import _share_inflight
+
+    lock = multiprocessing.get_context("spawn").Lock()
+    owner = SharedInFlight.create(2, lock, extra=fleet.segment_size(2))
+    other = SharedInFlight.attach(owner.name, lock, 2, 1, extra=fleet.segment_size(2))
+    mine, theirs = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.1:8000")
+    pool = SimpleNamespace(name="p", endpoints=lambda: [mine], director=SimpleNamespace(flow=None))
+    try:
+        mine.inflight.requests = 1
+        task = asyncio.create_task(_share_inflight([pool], 0, (owner.name, lock, 2)))
+        for _ in range(200):  # (its first pass)
+            await asyncio.sleep(0.005)
+            other.sync([theirs])
+            if theirs.inflight.requests == 1:
+                break
+        assert theirs.inflight.requests == 1
+        mine.inflight.requests = 0  # its last request finishes; the drain ends before the next pass
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        other.sync([theirs])
+        assert theirs.inflight.requests == 0
+    finally:
+        other.close()
         owner.close()

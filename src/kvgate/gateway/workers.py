@@ -220,6 +220,14 @@ async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, 
                     flow.fleet = marks.pool(pool.name)
             await asyncio.sleep(SHARED_INFLIGHT_SYNC_S)
     finally:
+        # Its counts as they stand, last: a request that finished after the last pass (the drain ended
+        # within the interval) must not stay in flight in the other workers' view, their gates
+        # saturated on it and their queues waiting out the TTL.
+        try:
+            for pool in pools:
+                view.sync(pool.endpoints())
+        except Exception as e:  # (best effort: the others' view of this worker stays as last published)
+            log.warning("worker %d: last in-flight sync failed: %s: %s", index, type(e).__name__, e)
         marks.close()  # (its view of the segment first; the dispatchers' marks answer "no defer" now)
         view.close()
 
