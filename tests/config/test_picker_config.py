@@ -152,6 +152,25 @@ def test_an_unknown_feature_gate_is_an_error_naming_it(gate: str) -> None:
     assert parse_config({"plugins": plugins, "featureGates": ["flowControl"]}).feature_gates
 
 
+def test_feature_gates_take_the_name_equals_bool_form() -> None:
+    """``name=bool`` (Go's ParseBool; the last entry wins), reference gates kvgate lacks refused only when on
+    (review s18-gw L1: ``flowControl=true`` was "unknown")."""
+    plugins = [{"type": "queue-scorer"}]
+
+    def gates(*entries: str) -> list[str]:
+        return parse_config({"plugins": plugins, "featureGates": list(entries)}).feature_gates
+
+    assert gates("flowControl=true") == ["flowControl"]
+    assert gates("flowControl=false") == []
+    assert gates("flowControl", "flowControl=F") == []
+    assert gates("flowControl=0", "flowControl=TRUE") == ["flowControl"]
+    assert gates("dataLayer=false", "flowControl") == ["flowControl"]
+    with pytest.raises(ConfigError, match=r"featureGates\[0\]: feature gate 'dataLayer' is not supported"):
+        gates("dataLayer")
+    with pytest.raises(ConfigError, match=r"featureGates\[1\]: 'flowControl=yes': expected flowControl=true"):
+        gates("flowControl", "flowControl=yes")
+
+
 _scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=6)
 )

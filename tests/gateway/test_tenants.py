@@ -104,6 +104,24 @@ async def test_rate_limits_take_llm_d_fairness_header_as_the_tenant(backends):
             assert r.status == 429
 
 
+async def test_a_llm_d_tenants_tokens_are_charged_to_that_tenant(backends):
+    """The tenant a request is admitted under is the one its tokens are charged to (review s18-gw M2: the
+    llm-d header's tenant was checked but its tokens went to ``default-flow``, so it was never limited and
+    every client without a header paid for it)."""
+    (b,) = await backends(1)  # (each answer's usage: 7 + 1 tokens)
+    extra = {"rateLimits": {"tokensPerMinute": 10}}
+    async with running_gateway(make_config([b.address], extra=extra)) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/completions"
+        body = b'{"model":"m","prompt":"x","max_tokens":1}'
+        statuses = []
+        for _ in range(3):  # 8 tokens each against 10 a minute: in debt after two
+            async with s.post(url, data=body, headers={"x-llm-d-inference-fairness-id": "tenant-x"}) as r:
+                statuses.append(r.status)
+        assert statuses == [200, 200, 429]
+        async with s.post(url, data=body) as r:
+            assert r.status == 200  # a client without a header spent nothing
+
+
 async def test_hide_internal_addresses_keeps_them_out_of_errors_and_explain(backends):
     (b,) = await backends(1)
     dead = f"127.0.0.1:{free_port()}"

@@ -52,6 +52,31 @@ __all__ = ["API_VERSION", "KIND", "ConfigError", "EndpointPickerConfig", "load_c
 
 # The feature gates kvgate implements; any other name is a config error, as the reference's unregistered ones.
 FEATURE_GATES = frozenset({FEATURE_GATE})
+# Gates the reference registers (by version) for features kvgate does not have: turned on, refused as not
+# supported (off, accepted).
+_UNSUPPORTED_GATES = frozenset({"dataLayer", "prepareDataPlugins", "enableLegacyMetrics"})
+# Go's strconv.ParseBool, which the reference's ``name=value`` form is read with.
+_GO_BOOLS = {
+    **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+    **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
+}
+
+
+def _feature_gate(entry: str, path: str) -> tuple[str, bool]:
+    """``name`` or ``name=bool`` -> (name, on). A gate nobody registered is an error, as the reference's
+    ``validateFeatureGates``, so a typo (``flowcontrol``) cannot leave a feature silently off (review s18-qa
+    M2); a reference gate for a feature kvgate lacks is refused when turned on (review s18-gw L1)."""
+    name, eq, value = entry.partition("=")
+    on = _GO_BOOLS.get(value) if eq else True
+    if on is None:
+        raise ConfigError(f"{path}: {entry!r}: expected {name}=true or {name}=false")
+    if name in _UNSUPPORTED_GATES:
+        if on:
+            raise ConfigError(f"{path}: feature gate {name!r} is not supported by kvgate; remove it")
+    elif name not in FEATURE_GATES:
+        known = ", ".join(sorted(FEATURE_GATES))
+        raise ConfigError(f"{path}: unknown feature gate {name!r} (known: {known})")
+    return name, on
 
 
 @dataclass(slots=True)
@@ -197,12 +222,10 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
         if d.get(key):  # (empty or null: nothing asked, nothing ignored)
             raise ConfigError(f"{key}: not supported by kvgate ({why}); remove it")
     gates = _list(d.get("featureGates"), "featureGates")
+    enabled: dict[str, bool] = {}
     for i, g in enumerate(gates):
-        if _str(g, f"featureGates[{i}]") not in FEATURE_GATES:
-            # As the reference (``validateFeatureGates``): a gate nobody registered is an error, so a
-            # typo (``flowcontrol``) cannot leave the feature silently off (review s18-qa M2).
-            known = ", ".join(sorted(FEATURE_GATES))
-            raise ConfigError(f"featureGates[{i}]: unknown feature gate {g!r} (known: {known})")
+        name, on = _feature_gate(_str(g, f"featureGates[{i}]"), f"featureGates[{i}]")
+        enabled[name] = on  # (the last entry for a gate wins, as the reference's)
     if not profiles:
         # Reference behaviour: one "default" profile referencing every plugin (weight 1).
         profiles = [
@@ -213,7 +236,7 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
     cfg = EndpointPickerConfig(
         plugins=plugins,
         profiles=profiles,
-        feature_gates=list(gates),
+        feature_gates=[name for name, on in enabled.items() if on],
         saturation_detector=_detector(d.get("saturationDetector"), plugins),
         data_layer=_mapping(d.get("dataLayer"), "dataLayer"),
         flow_control=_mapping(d.get("flowControl"), "flowControl"),

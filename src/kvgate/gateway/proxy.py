@@ -27,7 +27,7 @@ import orjson
 from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER
+from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER, flow_of
 from kvgate.gateway.bigbody import PieceRewriter
 from kvgate.gateway.errors import GatewayError, error_response, sse_error_event, unauthorized
 from kvgate.gateway.health import HealthTracker
@@ -337,12 +337,10 @@ class Proxy:
         if self.limiter is not None:
             # The tenant as flow control names the flow (``flow_of``): the key's, else either fairness
             # header (GIE's, then llm-d's), else the default flow (review s18-qa L4: llm-d's was not read).
-            who = (
-                tenant
-                or request.headers.get(FAIRNESS_HEADER)
-                or request.headers.get(LLMD_FAIRNESS_HEADER)
-                or proto.DEFAULT_FAIRNESS_ID
-            )
+            # ``_charge`` charges the same tenant, by ``flow_of`` on the parsed request (s18-gw M2).
+            who = tenant or request.headers.get(FAIRNESS_HEADER) or proto.DEFAULT_FAIRNESS_ID
+            if who == proto.DEFAULT_FAIRNESS_ID:
+                who = request.headers.get(LLMD_FAIRNESS_HEADER) or who
             wait = self.limiter.admit(who)
             if wait is not None:
                 self.metrics.error("", "", "429")
@@ -826,7 +824,7 @@ class Proxy:
 
     def _charge(self, ireq: InferenceRequest, usage: Usage | None) -> None:
         if self.limiter is not None and usage is not None:
-            self.limiter.charge(ireq.fairness_id, usage.prompt_tokens + usage.completion_tokens)
+            self.limiter.charge(flow_of(ireq), usage.prompt_tokens + usage.completion_tokens)
 
     def _peers(self, ep: Endpoint) -> tuple[Endpoint, ...]:
         pool = self.pool_by_name.get(ep.pool)
