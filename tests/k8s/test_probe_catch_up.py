@@ -78,7 +78,8 @@ async def test_a_quiet_selection_is_not_relisted_when_other_kinds_change() -> No
     resourceVersion is past the watch's (the list's is the global one), so each is followed by a catch-up
     watch, which replays nothing and ends: no relist, every probe credited. Before anything changed (the
     list at the watch's resourceVersion), no catch-up watch at all. (A pod in another namespace moves the
-    pods' type resourceVersion, and the cacher bookmarks the watch: it is not quiet, never probed.)"""
+    pods' type resourceVersion, and the cacher bookmarks the watch: each bookmark that moves its
+    resourceVersion is a proof, the repeats are not: test_probe_repeated_bookmarks.py.)"""
     ft = FakeTime()
     async with ApiServerDouble(bookmark_interval=0.2) as double, probed_reflector(double, ft) as r:
         await advance_to(ft, 60.0)
@@ -107,19 +108,73 @@ async def test_a_change_the_watch_delivers_late_is_no_stuck_watch() -> None:
         assert r.lists == 1 and r.missed == 0 and r.watches == 1
 
 
-async def test_a_resource_version_the_watch_cache_no_longer_holds_is_inconclusive() -> None:
-    """The catch-up watch answered 410 (the history compacted past the watch's resourceVersion): it proves
-    nothing either way, so no relist (the held watch stays until its client deadline: what the check cannot
-    see); the probe is credited as before."""
+async def test_a_resource_version_the_watch_cache_no_longer_holds_relists_the_held_watch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The catch-up watch is answered 410 Gone (200 and an ERROR event, as kube-apiserver 1.20's watch cache
+    answers a resourceVersion it no longer holds: ``tests/k8s_real``): the type moved on past the cache's
+    window while the open watch read nothing that moved it, where a delivering watch reads the cacher's
+    bookmark of the moved type about every minute. The open watch still reads nothing 10 s later: it ends
+    and relists (k8s18; the copy gets b). Fails before: inconclusive, no relist until the watch's client
+    deadline (5-10 min + 15 s)."""
+    caplog.set_level(logging.WARNING, logger="kvgate.k8s.reflector")
     ft = FakeTime()
     async with ApiServerDouble(bookmark_interval=0.2) as double, probed_reflector(double, ft) as r:
         double.hold_watches()
         double.create(_pod("b"))
         double.compact()
         await advance_to(ft, 60.0)
-        await until(lambda: r.probes == 1)
+        await until(lambda: r.catch_ups == 1)
+        await advance_to(ft, 69.9)
+        assert r.lists == 1 and r.missed == 0
+        await advance_to(ft, 70.0)
+        await until(lambda: r.lists == 2, within_s=5.0)
+        assert r.missed == 1 and r.stuck == 0 and r.probes == 0 and ("default", "b") in r.items
+    [said] = [rec.getMessage() for rec in caplog.records if "second watch" in rec.getMessage()]
+    assert "answered 410 Gone (too old resource version" in said and said.endswith("; relisting"), said
+
+
+class _GoneStatus(ApiServerDouble):
+    """A double that answers the catch-up watch (``timeoutSeconds=1``) with an HTTP 410 Status, as a
+    server without the watch cache may (the error before the stream, not an ERROR event in it)."""
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("watch") == "true" and request.query.get("timeoutSeconds") == "1":
+            self.requests.append(f"{request.method} {request.path_qs}")
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                      "reason": "Expired", "message": "too old resource version: 5 (9)"}  # fmt: skip
+            return web.json_response(status, status=410)
+        return await super()._handle(request)
+
+
+async def test_a_catch_up_watch_answered_http_410_relists_the_held_watch() -> None:
+    """The same verdict when the 410 comes as the HTTP status."""
+    ft = FakeTime()
+    double = _GoneStatus(bookmark_interval=0.2)
+    async with double, probed_reflector(double, ft) as r:
+        double.hold_watches()
+        double.create(_configmap("cm"))
+        await advance_to(ft, 60.0)
+        await until(lambda: r.catch_ups == 1)
+        await advance_to(ft, 70.0)
+        await until(lambda: r.lists == 2, within_s=5.0)
+        assert r.missed == 1 and r.probes == 0
+
+
+async def test_a_410_then_the_watch_moving_within_the_grace_is_no_stuck_watch() -> None:
+    """The catch-up watch is answered 410, but the open watch then delivers (the proxy lets go: pod b's
+    event) within the probe's 10 s: no relist (a late delivery, as for a replayed change)."""
+    ft = FakeTime()
+    async with ApiServerDouble(bookmark_interval=0.2) as double, probed_reflector(double, ft) as r:
+        double.hold_watches()
+        double.create(_pod("b"))
+        double.compact()
+        await advance_to(ft, 60.0)
+        await until(lambda: r.catch_ups == 1)
+        double.release_watches()
+        await until(lambda: ("default", "b") in r.items)
         await advance_to(ft, 75.0)
-        assert r.catch_ups == 1 and r.missed == 0 and r.lists == 1
+        assert r.lists == 1 and r.missed == 0 and r.watches == 1
 
 
 async def test_a_server_whose_watches_are_all_stuck_is_relisted(caplog: pytest.LogCaptureFixture) -> None:

@@ -96,7 +96,7 @@ class _Watcher:
 class ApiServerDouble:
     """``await start()``, then point any client at ``url``. Test controls: ``compact``, ``cut_watches``,
     ``forbid``, ``go_away`` / ``come_back``, ``stall`` / ``unstall``, ``hold_watches`` /
-    ``release_watches``, ``ignore_watch_timeout``,
+    ``release_watches``, ``freeze_cache``, ``ignore_watch_timeout``,
     ``set_pod_status`` and the Python-side ``create`` / ``get`` / ``patch`` / ``delete``."""
 
     def __init__(
@@ -132,6 +132,7 @@ class ApiServerDouble:
         self._running.set()
         self._stall_lists = False
         self._away = False  # between ``go_away`` and ``come_back``: any request that still arrives is reset
+        self._cache_frozen = False  # ``freeze_cache``
         # A server (or proxy) that does not end a watch at its timeoutSeconds.
         self.ignore_watch_timeout = False
         self._runner: web.AppRunner | None = None
@@ -262,6 +263,13 @@ class ApiServerDouble:
         for w in self._watchers:
             w.flowing.set()
 
+    def freeze_cache(self, frozen: bool = True) -> None:
+        """The watch cache stops following storage (k8s18; its etcd watch stuck): changes are stored and
+        listed (a list without resourceVersion reads etcd) but reach no watch and no watch history, and the
+        cacher's bookmarks go on with the type's last resourceVersion it saw. ``freeze_cache(False)``: it
+        follows again (what it missed meanwhile is not replayed)."""
+        self._cache_frozen = frozen
+
     def forbid(self, rt: ResourceType, forbidden: bool = True) -> None:
         """Answer 403 (as RBAC would) to every request on ``rt``."""
         key = (rt.group, rt.plural)
@@ -291,6 +299,8 @@ class ApiServerDouble:
         ev = _Event(self.rv, (rt.group, rt.plural), etype, copy.deepcopy(obj))
         if self.on_change is not None:
             self.on_change(etype, ev.obj)
+        if self._cache_frozen:
+            return
         self._log.append(ev)
         self._type_rv[ev.key] = ev.rv
         while len(self._log) > self._history:

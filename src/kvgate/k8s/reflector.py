@@ -19,25 +19,26 @@ client-go bounds it: ``timeoutSeconds`` drawn per watch from [``min_watch_timeou
 (client-go's ``minWatchTimeout``, 5 min), and a client-side deadline ``watch_deadline_margin_s`` above it. A
 watch that reaches that deadline was never ended by the server (a stuck API server or proxy holding the
 connection open): the reflector relists, and the list either completes (in sync) or fails (the copy ages:
-stale). A watch that reads nothing for ``probe_after_s`` (60 s, timed from its last event or bookmark) is
-probed: one consistent ``LIST ?limit=1`` of the collection with the watch's own selectors (no
-resourceVersion), on the injected ``sleep``; answered 2xx, its first object is checked against the copy:
-missing or at another resourceVersion, the copy is behind and the reflector relists (``behind``), else the
-watch goes on and the copy counts as in sync as of the probe; a 4xx (429, 403) proves nothing: the watch goes
-on (no relist: a LIST storm on a throttling server), the copy is no longer credited (``age()`` grows from the
-last proof) and the next probe waits the server's Retry-After; a 5xx or a connection error (refused, reset)
-is asked again once, ``PROBE_RETRY_S`` (1 s) later (a server restarting behind a load balancer);
-unanswered within ``probe_timeout_s`` (10 s), or a second failure in a row, the watch ends and the
-reflector relists (``stuck``). A probe
-answered 2xx at a list resourceVersion past the watch's is followed by a catch-up check
-(``CATCH_UP_TIMEOUT_S``, k8s17): a second short watch from the watch's last resourceVersion; a change it
-replays at or below the probe's resourceVersion that the open watch still has not read ``probe_timeout_s``
-later (a proxy holding that one watch), or the second watch not ended by the server (a stuck watch cache),
-ends the watch and relists (``missed``); nothing replayed (only other kinds changed: a list's resourceVersion
-is etcd's global one) is no reason to relist. So a stuck but connected API server is found within ~70 s of the
-last proof, and a watch held stuck while the server answers within ~70 s of a change it should have delivered
-(the client deadline, at most ~10 min 15 s, stays the bound where the watch cache no longer holds the watch's
-resourceVersion); an unreachable one (refused, reset, TCP keepalive) at once. A watch held open that read
+stale). A watch that reads nothing for ``probe_after_s`` (60 s, timed from its last event or bookmark that
+moved its resourceVersion: kube-apiserver's cacher repeats a bookmark's resourceVersion every minute while the
+type stands still, which proves no progress, k8s18) is probed: one consistent ``LIST ?limit=1`` of the
+collection with the watch's own selectors (no resourceVersion), on the injected ``sleep``; answered 2xx, its
+first object is checked against the copy: missing or at another resourceVersion, the copy is behind and the
+reflector relists (``behind``), else the watch goes on and the copy counts as in sync as of the probe; a 4xx
+(429, 403) proves nothing: the watch goes on (no relist: a LIST storm on a throttling server), the copy is no
+longer credited (``age()`` grows from the last proof) and the next probe waits the server's Retry-After; a 5xx
+or a connection error (refused, reset) is asked again once, ``PROBE_RETRY_S`` (1 s) later (a server restarting
+behind a load balancer); unanswered within ``probe_timeout_s`` (10 s), or a second failure in a row, the watch
+ends and the reflector relists (``stuck``). A probe answered 2xx at a list resourceVersion past the watch's is
+followed by a catch-up check (``CATCH_UP_TIMEOUT_S``, k8s17): a second short watch from the watch's last
+resourceVersion; a change it replays at or below the probe's resourceVersion that the open watch still has not
+read ``probe_timeout_s`` later (a proxy holding that one watch; or the second watch answered 410 Gone, the
+watch cache past the watch's resourceVersion while it read nothing, k8s18), or the second watch not ended by
+the server (a stuck watch cache), ends the watch and relists (``missed``); nothing replayed (only other kinds
+changed: a list's resourceVersion is etcd's global one) is no reason to relist. So a stuck but connected API
+server is found within ~70 s of the last proof, and a watch held stuck while the server answers within ~70 s
+of a change it should have delivered or of the watch cache leaving its resourceVersion behind; an unreachable
+one (refused, reset, TCP keepalive) at once. A watch held open that read
 nothing and ended early (a proxy's idle cut or close) proves nothing either: relist. A watch that opens and
 then fails (an ``ERROR`` event, an empty stream or a close at once) proves nothing: ``error`` takes its cause
 again (an open watch clears the last failure's, as it zeroes the age: else a quiet type kept an outage's error
@@ -146,15 +147,19 @@ PROBE_RETRY_S = 1.0
 # last resourceVersion (``timeoutSeconds`` CATCH_UP_TIMEOUT_S). A list's resourceVersion is etcd's global
 # revision: any write to any kind moves it (checked on a real kube-apiserver 1.20.2: a limit=1 pod list's
 # resourceVersion followed ConfigMap writes), so it moving is no sign of a stuck watch by itself. The second
-# watch is: the watch cache replays every change of the selection after that resourceVersion at once, so
-# a change at or below the probe's resourceVersion that the open watch has not delivered shows that watch
-# stuck (a proxy holding that one connection while the server answers new ones), and a second watch the
-# server does not end within ``probe_timeout_s`` shows the server's watches stuck (a stuck watch cache).
-# Either ends the open watch and relists, the first only if the open watch still reads nothing
-# ``probe_timeout_s`` later (a late delivery is no stuck watch). Nothing of the selection changed (other
-# kinds, other namespaces): the check reads nothing and the server ends it: no relist. Its resourceVersion
-# gone from the watch cache (410), a refusal, an error or no answer: inconclusive (the client deadline stays
-# the bound). Cost: one one-second watch from the watch cache per probe whose list moved past the watch.
+# watch is: the watch cache replays every change of the selection after that resourceVersion at once, so a
+# change at or below the probe's resourceVersion that the open watch has not delivered shows that watch stuck
+# (a proxy holding that one connection while the server answers new ones), and a second watch the server does
+# not end within ``probe_timeout_s`` shows the server's watches stuck (a stuck watch cache). Either ends the
+# open watch and relists, the first only if the open watch still reads nothing ``probe_timeout_s`` later (a
+# late delivery is no stuck watch). Nothing of the selection changed (other kinds, other namespaces): the
+# check reads nothing and the server ends it: no relist. Its resourceVersion gone from the watch cache (410
+# Gone: the type moved on past the cache's window, at least 100 of its changes and 75 s, while the open watch
+# read nothing that moved it, where a delivering watch gets the cacher's bookmark of the moved type about
+# every minute) counts as a missed change (k8s18; before, inconclusive): relisted if the open watch still
+# reads nothing ``probe_timeout_s`` later. A refusal, another error or no answer: inconclusive (the client
+# deadline stays the bound). Cost: one one-second watch from the watch cache per probe whose list moved past
+# the watch.
 CATCH_UP_TIMEOUT_S = 1
 # Probes answered 4xx (429 from API Priority and Fairness, whose queues fill on a server with stuck storage
 # and on a merely overloaded one alike; 403/401) prove nothing: the next one waits the server's Retry-After
@@ -279,6 +284,10 @@ class Reflector:
         self.gone = 0
         self.bookmarks = 0
         self.events = 0  # watch events and bookmarks received
+        # watch events and bookmarks that moved the resourceVersion: what the liveness probe counts as the
+        # watch's proof (a bookmark repeating it proves no progress of the watch cache: k8s18)
+        self.proofs = 0
+        self.bookmarks_repeated = 0  # bookmarks at the watch's resourceVersion already: no proof
         self.overruns = 0  # watches the server did not end by their timeoutSeconds (the client's deadline)
         self.unproven = 0  # watches held open, read nothing, ended early (a proxy's cut): relisted
         self.probes = 0  # liveness probes answered (2xx) while a watch was silent
@@ -291,7 +300,7 @@ class Reflector:
         self.missed = 0  # open watches ended because a catch-up check showed them stuck: relisted
         self._probe_refusal_logged = False
         self._behind_now = False  # this watch's probe showed the copy behind
-        self._heard_at = 0.0  # clock() at the watch's last event or bookmark (or its probe's start)
+        self._heard_at = 0.0  # clock() at the watch's last proof (``proofs``), or its probe's start
         self._stuck_why: str | None = None  # why this watch's probe ended it
         self._second_open = False  # the catch-up check's watch answered 200 (``_second_watch``)
         self._opaque_rv_said = False  # a resourceVersion that is not an integer was logged (``_int_rv``)
@@ -533,15 +542,15 @@ class Reflector:
         error, no answer): the watch ends (``deadline`` expired at once, ``_stuck_why`` saying why) and the
         caller relists."""
         assert self.probe_after_s is not None
-        seen = self.events
+        seen = self.proofs
         quiet_since = proof = self._heard_at = self.clock()
         self._uncredited_since = None
         due = quiet_since + self.probe_after_s
         unproven = 0  # the 4xx answers in a row since the last event or proof
         failed: _Failed | None = None  # a 5xx or connection error since the last event or proof, asked again
         while True:
-            if self.events != seen:  # the watch read something: the server is alive; time from then
-                seen, unproven, failed = self.events, 0, None
+            if self.proofs != seen:  # the watch moved on: the server is alive; time from then
+                seen, unproven, failed = self.proofs, 0, None
                 quiet_since = proof = self._heard_at
                 due = quiet_since + self.probe_after_s
             wait = due - self.clock()
@@ -550,7 +559,7 @@ class Reflector:
                 continue
             sent = self.clock()
             answer = await self._probe()
-            if self.events != seen:
+            if self.proofs != seen:
                 continue
             if isinstance(answer, _Unproven4xx):
                 unproven += 1
@@ -567,11 +576,11 @@ class Reflector:
                 behind = self._behind(answer)
                 if behind is None and self._watching and self._moved_past(answer):
                     behind = await self._catch_up(answer)
-                    if self.events != seen:  # the watch read something meanwhile: it delivers
+                    if self.proofs != seen:  # the watch read something meanwhile: it delivers
                         continue
                     if behind is not None:  # a late delivery is no stuck watch: give it the probe's time
                         await self.sleep(self.probe_timeout_s)
-                        if self.events != seen:
+                        if self.proofs != seen:
                             continue
                         self.missed += 1
                         self._stuck_why = f"{behind}; relisting"
@@ -666,13 +675,15 @@ class Reflector:
 
     async def _second_watch(self, since: str, listed: int) -> str | None:
         """The catch-up check's watch: the first change it replays at or below ``listed`` (the open watch
-        should have delivered it), None when it ends without one (a later change is not the open watch's to
-        have read yet; a 410 or an ERROR: inconclusive)."""
+        should have delivered it), or its 410 Gone (``_gone``); None when it ends without one (a later change
+        is not the open watch's to have read yet; another ERROR: inconclusive)."""
         q = {**self._query(), "watch": "true", "resourceVersion": since, "timeoutSeconds": CATCH_UP_TIMEOUT_S}
         read = aiohttp.ClientTimeout(sock_connect=10, sock_read=None)
         self._second_open = False
         resp = await self.client.open("GET", self.rt.collection_path(self.namespace), q, timeout_s=read)
         async with resp:
+            if resp.status == 410:  # (the watch cache answers an ERROR event; an etcd-backed watch may not)
+                return self._gone(since, error_from(resp.status, await resp.read()).message)
             if not 200 <= resp.status < 300:
                 raise error_from(resp.status, await resp.read())
             self._second_open = True
@@ -686,7 +697,9 @@ class Reflector:
                     ev = orjson.loads(line)
                     etype, obj = ev.get("type"), ev.get("object") or {}
                     if etype not in ("ADDED", "MODIFIED", "DELETED"):
-                        if etype == "ERROR":  # (410: the watch cache no longer holds ``since``)
+                        if etype == "ERROR":
+                            if obj.get("code") == 410:  # the watch cache no longer holds ``since``
+                                return self._gone(since, str(obj.get("message", "")))
                             log.debug("reflector %s: catch-up check: %s (inconclusive)", self.name, obj)
                             return None
                         continue
@@ -700,6 +713,16 @@ class Reflector:
                             f"its resourceVersion {since} replayed it at once, the server's list is at "
                             f"{listed}")  # fmt: skip
         return None
+
+    def _gone(self, since: str, message: str) -> str:
+        """Why a catch-up check answered 410 Gone shows the open watch stuck (k8s18): the watch cache no
+        longer holds the watch's resourceVersion, so the type moved on past the cache's window since then
+        (kube-apiserver 1.20 keeps at least 100 events of a type and drops one only once it is over 75 s old,
+        ``eventFreshDuration``, or past 102,400), while the watch read nothing that moved it. A watch that
+        delivers reads the cacher's bookmark of the moved type about every minute (each a proof:
+        ``_on_event``); this one's next is owed within the probe's grace."""
+        return (f"a second watch from its resourceVersion {since} was answered 410 Gone ({message}): the "
+                f"watch cache moved past it while the watch read nothing, not even a bookmark")  # fmt: skip
 
     def _behind(self, page: Obj) -> str | None:
         """What the probe's answer (the first object of the watched selection, a consistent read) shows the
@@ -839,6 +862,13 @@ class Reflector:
             elif self.events == events and loop.time() - opened >= HELD_OPEN_S:
                 raise _Unproven
 
+    def _proof(self) -> None:
+        """The watch read an event, or a bookmark that moved its resourceVersion: in sync now, and the
+        liveness probe's silence starts over (``proofs``)."""
+        self.proofs += 1
+        self._heard_at = self.clock()
+        self._synced_now()
+
     def _keepalive(self, resp: aiohttp.ClientResponse) -> None:
         conn = resp.connection
         sock = conn.transport.get_extra_info("socket") if conn is not None and conn.transport else None
@@ -851,19 +881,27 @@ class Reflector:
     def _on_event(self, ev: dict[str, Any]) -> None:
         etype, obj = ev.get("type"), ev.get("object") or {}
         self.events += 1
-        self._heard_at = self.clock()
         if etype == "ERROR":
             code = obj.get("code")
             if code == 410:
                 raise _Gone
             raise KubeError(int(code or 500), str(obj.get("message", "")), str(obj.get("reason", "")))
-        self._synced_now()
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if etype == "BOOKMARK":
             self.bookmarks += 1
-            if rv:
-                self.resource_version = rv
+            if not rv or rv == self.resource_version:
+                # kube-apiserver's cacher bookmarks a watch about every minute with the type's last
+                # resourceVersion once that is past the watch's start, the same one again while the type
+                # stands still (a change elsewhere, a pod in another namespace, starts them): it shows
+                # the stream delivers, not that the watch cache follows etcd. No proof: the liveness
+                # probe's silence goes on (k8s18; before, such bookmarks kept a quiet watch from ever
+                # being probed).
+                self.bookmarks_repeated += 1
+                return
+            self._proof()
+            self.resource_version = rv
             return
+        self._proof()
         if etype not in ("ADDED", "MODIFIED", "DELETED"):
             log.warning("reflector %s: unknown watch event %r", self.name, etype)
             return
