@@ -6,11 +6,11 @@ a few clusters named by host filled the pool, and every other user of it waited 
 cluster's aggregate, named by a host name that resolves at once, was not fetched (its snapshot aged into
 "unknown"), and ``run_in_executor``/``to_thread`` work of the process stalled.
 
-Now the fetcher's lookups take the probe's bounded daemon threads (``hub._lookup``, ``hub.MAX_LOOKUPS``
-at once; kvhub17). The hung resolver is simulated by replacing ``socket.getaddrinfo`` for one domain (it
-blocks until the test releases it); ``localhost`` resolves for real, the HTTP is real, on loopback.
-Both tests fail before (kvhub17): the good cluster's fetch timed out and the executor was full; more
-lookups than MAX_LOOKUPS ran at once.
+Now the fetcher's lookups take the probe's bounded daemon threads (``hub._lookup``, ``hub.MAX_LOOKUPS`` at
+once; kvhub17; the threads in all bounded by ``hub.MAX_LOOKUP_THREADS`` since k8s18). The hung resolver is
+simulated by replacing ``socket.getaddrinfo`` for one domain (it blocks until the test releases it);
+``localhost`` resolves for real, the HTTP is real, on loopback. Both tests fail before (kvhub17): the good
+cluster's fetch timed out and the executor was full; more lookups than MAX_LOOKUPS ran at once.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ async def test_the_fetchers_lookups_are_the_probes_bounded_threads(
     aggregate_port: int, hung: Any, small_executor: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release, running = hung
-    monkeypatch.setattr(hub, "MAX_LOOKUPS", 3)
+    monkeypatch.setattr(hub, "MAX_LOOKUP_THREADS", 3)  # (MAX_LOOKUPS until k8s18: the threads in all)
     states = _states(aggregate_port, 6)[:-1]
     fetcher = Fetcher(lambda: states, interval_s=3600, timeout_s=0.2)
     try:
@@ -110,7 +110,7 @@ async def test_the_fetchers_lookups_are_the_probes_bounded_threads(
             await fetcher.refresh()
         for _ in range(50):  # (a thread may start late on a loaded host)
             await asyncio.sleep(0.01)
-        assert running[1] <= 3, f"{running[1]} lookups at once: not bounded by MAX_LOOKUPS (3)"
+        assert running[1] <= 3, f"{running[1]} lookups at once: not bounded by MAX_LOOKUP_THREADS (3)"
         assert all(st.fetch_error for st in states)  # (refused lookups fail their fetch: an error, no crash)
         assert fetcher._task is not None and not fetcher._task.done()
     finally:

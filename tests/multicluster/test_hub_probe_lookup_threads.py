@@ -96,15 +96,17 @@ async def _reaches(running: list[int], n: int) -> bool:
 
 
 async def test_the_lookup_threads_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A dead name server grows no threads without bound: while a given-up lookup of a name runs, a probe
-    of that name starts no other (it fails at once), and at most MAX_LOOKUPS run at once (here 3); once
-    the resolver answers, the count is back to zero. On main the 40 probes of one name each queued a
-    lookup in the default executor: as many ran at once as it has workers (6 on 2 cores)."""
+    """A dead name server grows no threads without bound: while a given-up lookup of a name runs, a probe of
+    that name starts no other (it fails at once), and at most MAX_LOOKUP_THREADS run at once (here 3;
+    MAX_LOOKUPS until k8s18, which now bounds only the lookups not yet given up:
+    test_hub_lookups_hung_names.py); once the resolver answers, the count is back to zero. On main the 40
+    probes of one name each queued a lookup in the default executor: as many ran at once as it has workers (6
+    on 2 cores)."""
     fake = HungResolver(HUNG)
     release, running = fake.release, fake.running  # (running: now, most at once)
     await asyncio.sleep(0.2)  # (the lookups of the tests before, released: out of getaddrinfo)
     monkeypatch.setattr(socket, "getaddrinfo", fake)
-    monkeypatch.setattr(hub, "MAX_LOOKUPS", 3, raising=False)  # (raising: none before the fix)
+    monkeypatch.setattr(hub, "MAX_LOOKUP_THREADS", 3, raising=False)  # (raising: none before k8s18)
     try:
         for _ in range(40):
             assert not await connects(f"{HUNG}:80", 0.01)

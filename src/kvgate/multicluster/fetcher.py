@@ -62,16 +62,16 @@ def tls_material(tls: TlsOptions) -> Material:
 class ProbeLookups(AbstractResolver):
     """The fetcher's host-name lookups (aiohttp's resolver) on the hub probe's lookups (``hub._lookup``: a
     daemon thread each, one per name at a time, which a lookup of a name already being looked up joins, at
-    most ``hub.MAX_LOOKUPS`` at once, answers kept ``hub.LOOKUP_TTL_S``), each waited on ``timeout_s()``
-    (kvhub17). aiohttp's default resolver ran ``getaddrinfo`` in the loop's default executor: a name
-    server that does not answer kept a worker per host name for the resolver's whole time-out (tens of
-    seconds), so a few clusters named by host filled the pool (6 workers on 2 cores) and every other user
-    of it waited behind them (the KV subscriber's and the probe's lookups are on threads of their own
-    since kv14 and s16; ``asyncio.to_thread`` and aiohttp's other lookups are not), and ``asyncio.run``'s
-    end waited for them. A lookup slower than ``timeout_s()`` fails its round, and its answer, kept when
-    it comes, serves the next rounds (review s17-kvhub M1: as aiohttp's shielded, cached lookups did). A
-    lookup that did not start (past ``hub.MAX_LOOKUPS``) fails its fetch (an OSError, EAGAIN: the last
-    snapshot stays, as for any failed fetch)."""
+    most ``hub.MAX_LOOKUPS`` waited on and ``hub.MAX_LOOKUP_THREADS`` in all at once, answers kept
+    ``hub.LOOKUP_TTL_S``), each waited on ``timeout_s()`` (kvhub17). aiohttp's default resolver ran
+    ``getaddrinfo`` in the loop's default executor: a name server that does not answer kept a worker per host
+    name for the resolver's whole time-out (tens of seconds), so a few clusters named by host filled the pool
+    (6 workers on 2 cores) and every other user of it waited behind them (the KV subscriber's and the probe's
+    lookups are on threads of their own since kv14 and s16; ``asyncio.to_thread`` and aiohttp's other lookups
+    are not), and ``asyncio.run``'s end waited for them. A lookup slower than ``timeout_s()`` fails its round,
+    and its answer, kept when it comes, serves the next rounds (review s17-kvhub M1: as aiohttp's shielded,
+    cached lookups did). A lookup that did not start (past either bound) fails its fetch (an OSError, EAGAIN:
+    the last snapshot stays, as for any failed fetch)."""
 
     def __init__(self, timeout_s: Callable[[], float]) -> None:
         self.timeout_s = timeout_s

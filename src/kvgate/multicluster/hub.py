@@ -56,7 +56,9 @@ PROBE_TIMEOUT_S = 1.0
 PROBE_EVERY_S = 1.0
 SUSPECT_FOR_S = 30.0
 MAX_TARGETS = 8  # a host name's addresses a probe connects to at once (``connects``)
-MAX_LOOKUPS = 32  # host-name lookup threads (the probe's and the fetcher's) at once (``_Lookups``)
+MAX_LOOKUPS = 32  # host-name lookups no wait gave up on yet (the probe's and the fetcher's) at once
+# host-name lookup threads at once in all, given-up (hung) ones included: the hard bound (``_Lookups``)
+MAX_LOOKUP_THREADS = 256
 LOOKUP_TTL_S = 10.0  # how long a lookup's answer is kept (aiohttp's ttl_dns_cache; ``_Lookups``)
 MAX_KEPT = 1024  # host names whose answers are kept at once (the oldest dropped first)
 
@@ -204,8 +206,8 @@ class ClusterDirector:
             self._probes.pop(st.name, None)
         if ok is None:  # (review s16-fixes-b H1: no lookup of its own, no verdict: neither way)
             log.debug("cluster %s: its gateway %s was not probed (its name's lookup could not start: "
-                      "MAX_LOOKUPS run; or another probe waited on the same running lookup in vain "
-                      "already); no failure recorded or cleared",
+                      "MAX_LOOKUPS waited on or MAX_LOOKUP_THREADS run; or another probe waited on the same "
+                      "running lookup in vain already); no failure recorded or cleared",
                       st.name, address)  # fmt: skip
             return
         if ok:
@@ -265,17 +267,16 @@ class ClusterDirector:
 
 async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool | None:
     """Whether a TCP connection to ``address`` (``host:port``, an IPv6 host in brackets) opens within
-    ``timeout_s`` (closed at once; nothing is sent); None when it could not tell: a host name whose
-    lookup told nothing (``_NotTried``: none started, MAX_LOOKUPS run or its thread could not start; or
-    the probe waited in vain on a running lookup of the name that another probe had already waited on in
-    vain), which is no observation of the gateway (review s16-fixes-b H1 H3: counted as a failure, the
-    first probe's one lost DNS answer was counted twice and backed a listening cluster off). A name
-    answered within ``LOOKUP_TTL_S`` is not looked up again (``_Lookups``). A host name is resolved
-    within the same time, and its addresses (at most MAX_TARGETS) are all tried at once with what is
-    left (review s16-hard L1: one after another, a refusal of the first delivered after a loop stall left
-    the next none of its own, and a first address that never answers left the others none at all). A port
-    outside 1-65535 is down before any lookup (review s16-hard L2: glibc cuts a host name's port to 16
-    bits).
+    ``timeout_s`` (closed at once; nothing is sent); None when it could not tell: a host name whose lookup
+    told nothing (``_NotTried``: none started, MAX_LOOKUPS waited on or MAX_LOOKUP_THREADS run, or its thread
+    could not start; or the probe waited in vain on a running lookup of the name that another probe had
+    already waited on in vain), which is no observation of the gateway (review s16-fixes-b H1 H3: counted as a
+    failure, the first probe's one lost DNS answer was counted twice and backed a listening cluster off). A
+    name answered within ``LOOKUP_TTL_S`` is not looked up again (``_Lookups``). A host name is resolved
+    within the same time, and its addresses (at most MAX_TARGETS) are all tried at once with what is left
+    (review s16-hard L1: one after another, a refusal of the first delivered after a loop stall left the next
+    none of its own, and a first address that never answers left the others none at all). A port outside
+    1-65535 is down before any lookup (review s16-hard L2: glibc cuts a host name's port to 16 bits).
 
     No step is judged by the event loop's timer alone (review s15-labels L1, s15-fixes-a L2): a loop
     stalled past ``timeout_s`` runs the timeout in the same turn as the step's completion, and the
@@ -358,10 +359,10 @@ async def _connect_any(
 
 
 class _NotTried(Exception):
-    """A host name's lookup that told the probe nothing: none started (MAX_LOOKUPS run, or its thread could
-    not start), or the probe waited in vain on a lookup that another probe had already waited on in vain
-    (that lookup's one slow answer is counted once): the probe observed nothing (``connects`` answers
-    None)."""
+    """A host name's lookup that told the probe nothing: none started (MAX_LOOKUPS waited on,
+    MAX_LOOKUP_THREADS run, or its thread could not start), or the probe waited in vain on a lookup that
+    another probe had already waited on in vain (that lookup's one slow answer is counted once): the probe
+    observed nothing (``connects`` answers None)."""
 
 
 _Targets = list[tuple[socket.AddressFamily, Any]]
@@ -372,7 +373,7 @@ class _Lookup:
     """One host name's lookup thread (``getaddrinfo`` with no port: its answer serves every port) and the
     waits on it: its starter's and those that joined it (each on its own loop)."""
 
-    __slots__ = ("ended", "error", "host", "started", "targets", "timed_out", "waiters")
+    __slots__ = ("ended", "error", "given_up", "host", "started", "targets", "timed_out", "waiters")
 
     def __init__(self, host: str) -> None:
         self.host = host
@@ -382,6 +383,7 @@ class _Lookup:
         self.error: BaseException | None = None
         self.waiters: list[_Waiter] = []
         self.timed_out = False  # a probe's wait on it timed out: its slowness is counted (once)
+        self.given_up = False  # a wait on it ended before its answer: it hangs (no longer in MAX_LOOKUPS)
 
 
 class _Lookups:
@@ -390,8 +392,15 @@ class _Lookups:
 
     - A lookup of a name whose lookup is running joins it (its answer, with the joiner's own time to wait)
       and starts none: a name server that does not answer costs one thread per name for its whole time-out
-      (tens of seconds), and at most MAX_LOOKUPS run at once (past it a new name is not looked up:
-      ``_NotTried``; a name answered within ``ttl_s`` still is, from what was kept).
+      (tens of seconds). At most MAX_LOOKUPS lookups that no wait has given up on yet run at once, and at
+      most MAX_LOOKUP_THREADS in all (past either a new name is not looked up: ``_NotTried``; a name
+      answered within ``ttl_s`` still is, from what was kept). A lookup that outlived a wait on it (a name
+      server that does not answer that name) runs on for its answer, to be kept, but no longer counts
+      toward MAX_LOOKUPS, also when later waits join it (k8s18): before, more than MAX_LOOKUPS hung names
+      refused every other name not answered within ``ttl_s``, for as long as they hung; now a hung name
+      costs only its own thread (others wait at most one wait's time-out behind MAX_LOOKUPS new hung ones),
+      and the threads stay bounded by MAX_LOOKUP_THREADS (one per name at most: the names the
+      configuration holds).
     - An answer is kept for ``ttl_s`` (10 s, aiohttp's ``ttl_dns_cache``) when its lookup ends, also when
       every wait on it had given up: a name server that answers, but slower than a fetch's or a probe's
       time-out, fails one round, and the next ones use its answer (before, every round's lookup was given
@@ -437,7 +446,8 @@ class _Lookups:
                 return targets, None
             lk = self.inflight.get(host)
             if lk is None:
-                if len(self.inflight) >= MAX_LOOKUPS:
+                fresh = sum(1 for other in self.inflight.values() if not other.given_up)
+                if fresh >= MAX_LOOKUPS or len(self.inflight) >= MAX_LOOKUP_THREADS:
                     raise _NotTried
                 lk = _Lookup(host)
                 # (started under the lock: its end waits for it, and nobody joins one that did not start)
@@ -480,6 +490,7 @@ class _Lookups:
         with self.lock:
             if lk.ended is not None:
                 return False
+            lk.given_up = True
             with contextlib.suppress(ValueError):
                 lk.waiters.remove(waiter)
             return True
