@@ -3,12 +3,20 @@
 One failed fetch leaves the last snapshot in place: the policy's TTL, on the clock time of the last good
 fetch, decides when it stops counting (so a cut link turns into "unknown" after ``ttl_s``, never into
 "idle"). Responses over the aggregate size cap are refused.
+
+The EPP health check's host name is looked up as the aggregate's and the hub probe's are (``hub._lookup``:
+getaddrinfo on the bounded daemon threads, its IDNA form, answers kept ``hub.LOOKUP_TTL_S``) and gRPC dials
+the addresses (``health_target``), not gRPC's own resolver (k8s18, closing-s17 KV/hub): gRPC's c-ares
+resolver refused an internationalised name the clusters file takes ("Misformatted domain name": the EPP
+counted unhealthy for good while its aggregate was fetched) and answers differently from getaddrinfo
+(no NSS, no IDNA).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import socket
 import ssl
@@ -25,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kvgate.aio import cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.aggregate import MAX_RESPONSE_BYTES, decode
 from kvgate.k8s.lease import check_one_time
-from kvgate.multicluster.clusters import TlsOptions
+from kvgate.multicluster.clusters import TlsOptions, idna_host
 from kvgate.multicluster.hub import _lookup, _NotTried
 from kvgate.multicluster.state import ClusterState
 
@@ -134,7 +142,8 @@ class Fetcher:
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}  # gRPC target -> its channel (``health_target``)
+        self._used: set[str] = set()  # the targets this round's health checks used
         self.rounds = 0
 
     def _new_session(self) -> aiohttp.ClientSession:
@@ -175,9 +184,10 @@ class Fetcher:
             await old.close()  # between rounds: no fetch is using it
 
     async def _close_gone(self) -> None:
-        wanted = {st.spec.health for st in self.states()}
-        for addr in [a for a in self._channels if a not in wanted]:
-            await self._channels.pop(addr).close()
+        """Closes the health channels this round did not use (a cluster removed, or its name now
+        resolving to other addresses)."""
+        for target in [t for t in self._channels if t not in self._used]:
+            await self._channels.pop(target).close()
 
     async def stop(self) -> None:
         """(To its end also when cancelled meanwhile, the cancellation raised after: ``stop_to_the_end``.)"""
@@ -200,8 +210,9 @@ class Fetcher:
     async def refresh(self) -> None:
         if self._session is not None:
             await self._check_tls()
-        await self._close_gone()
+        self._used = set()
         await asyncio.gather(*(self._one(s) for s in self.states()))
+        await self._close_gone()
         self.rounds += 1
 
     async def _one(self, st: ClusterState) -> None:
@@ -227,9 +238,19 @@ class Fetcher:
         addr = st.spec.health
         if addr is None:
             return
-        ch = self._channels.get(addr)
+        try:
+            target = await health_target(addr, self.timeout_s)
+        except _NotTried:  # (past the lookups' bounds: no observation, the last verdict stays)
+            log.debug("EPP health of %s: %s not looked up (the lookups' bounds)", st.name, addr)
+            return
+        except (TimeoutError, OSError, ValueError) as e:  # (gaierror; UnicodeError: a name IDNA refuses)
+            st.healthy = False
+            log.debug("EPP health of %s: %s not resolved: %s", st.name, addr, e)
+            return
+        self._used.add(target)
+        ch = self._channels.get(target)
         if ch is None:
-            ch = self._channels[addr] = grpc.aio.insecure_channel(addr, options=RECONNECT)
+            ch = self._channels[target] = grpc.aio.insecure_channel(target, options=RECONNECT)
         try:
             reply = await health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=EXT_PROC_SERVICE), timeout=self.timeout_s
@@ -237,3 +258,26 @@ class Fetcher:
             st.healthy = reply.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.aio.AioRpcError:
             st.healthy = False
+
+
+async def health_target(addr: str, timeout_s: float) -> str:
+    """The gRPC target of an EPP health address (``host:port``, an IPv6 host in brackets): an address as it
+    is; a host name looked up on the hub's bounded lookups (``hub._lookup``, its IDNA form: ``idna_host``)
+    within ``timeout_s``, its addresses sorted (one channel while the answer stays the same) as
+    ``ipv4:a:port,b:port`` (else ``ipv6:[a]:port,...``), which gRPC dials without a resolver of its own.
+    ``_NotTried`` past the lookups' bounds; TimeoutError, OSError (gaierror) or ValueError otherwise."""
+    host, _, port_s = addr.rpartition(":")
+    host, port = host.strip("[]"), int(port_s)
+    try:
+        ipaddress.ip_address(host)
+        return addr  # (gRPC takes an address as it is: no lookup)
+    except ValueError:
+        pass
+    targets, _took = await _lookup(asyncio.get_running_loop(), idna_host(host), port, timeout_s)
+    v4 = sorted({a[0] for family, a in targets if family == socket.AF_INET})
+    if v4:
+        return "ipv4:" + ",".join(f"{a}:{port}" for a in v4)
+    v6 = sorted({a[0] for family, a in targets if family == socket.AF_INET6})
+    if v6:
+        return "ipv6:" + ",".join(f"[{a}]:{port}" for a in v6)
+    raise OSError(errno.EADDRNOTAVAIL, f"{host}: no IPv4 or IPv6 address")
