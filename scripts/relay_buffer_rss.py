@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kvgate import lifeline
+
 _BODY_HEAD = b'{"id":"x","object":"text_completion","model":"m","choices":[{"index":0,"text":"'
 _BODY_TAIL = (
     b'","finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}'
@@ -78,10 +80,21 @@ async def _gateway(upstream_port: int, tmp: Path) -> tuple[asyncio.subprocess.Pr
         f"pools:\n  - name: p\n    policy: round-robin\n    endpoints: ['127.0.0.1:{upstream_port}']\n"
         "    models: [m]\nlimits:\n  maxBodyBytes: 8388608\n  requestTimeoutSeconds: 600\n"
     )
+    argv = [
+        sys.executable,
+        "-m",
+        "kvgate.cli",
+        "serve",
+        "--config",
+        str(cfg),
+        "--port",
+        "0",
+        "--log-level",
+        "WARNING",
+    ]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kvgate.cli", "serve", "--config", str(cfg), "--port", "0",
-        "--log-level", "WARNING", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        env=dict(os.environ),
+        *lifeline.die_with_parent_argv(argv),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=dict(os.environ),
     )  # fmt: skip
     assert proc.stdout is not None
     while True:
