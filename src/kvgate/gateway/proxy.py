@@ -835,8 +835,8 @@ class Proxy:
         if self.health.failure(ep, self._peers(ep)):
             self.metrics.ejections.inc()
 
-    def _deadline_cut(self, cut: Exception | None, resp: UpstreamResponse) -> bool:
-        """Did the request's deadline (not the idle timeout) end this read?"""
+    def _deadline_cut(self, cut: Exception, resp: UpstreamResponse) -> bool:
+        """Did the request's deadline (not the idle timeout) end this read? (Asked as it ends.)"""
         due = resp.deadline
         return isinstance(cut, ReadTimeout) and due is not None and self._loop.time() >= due
 
@@ -942,6 +942,7 @@ class Proxy:
         ok = False
         cut: Exception | None = None
         drained = False  # cut by the drain's deadline (``cut_streams``), as a stream is
+        late = False  # cut by the request's deadline (not the idle timeout)
         director.on_first_token(ireq, ep, learn=False)  # (as ``_whole``: no first token to learn)
         self.streams.add(resp)
         if self._cutting is not None and not resp.received:  # (the drain's cut came before the relay)
@@ -960,7 +961,7 @@ class Proxy:
                     try:
                         chunk = await resp.read_chunk()
                     except _UPSTREAM_ERRORS as e:
-                        cut = e
+                        cut, late = e, self._deadline_cut(e, resp)  # (when it came: later writes wait)
                         break
                     if not chunk:
                         break
@@ -996,7 +997,7 @@ class Proxy:
                 self.health.success(ep)
             elif (
                 (blame or cut is not None)
-                and (owns_deadline or not self._deadline_cut(cut, resp))
+                and (owns_deadline or not late)
                 and self.health.failure(ep, self._peers(ep))
             ):
                 self.metrics.ejections.inc()
@@ -1074,6 +1075,7 @@ class Proxy:
         drain_cut: bytes | None = None
         director.on_first_token(ireq, ep, learn=resp.status < 400)  # (an error event is no first token)
         cut: Exception | None = None
+        late = False  # cut by the request's deadline (not the idle timeout)
         self.streams.add(resp)
         if self._cutting is not None and not resp.received:  # (the drain's cut came before its first chunk)
             self._cut[resp] = self._cutting
@@ -1088,7 +1090,7 @@ class Proxy:
                 try:
                     chunk = await resp.read_chunk()
                 except _UPSTREAM_ERRORS as e:
-                    cut = e
+                    cut, late = e, self._deadline_cut(e, resp)  # (when it came: the error event waits)
                     break
             # The drain's mark, whatever the read said: a close-framed body's abort reads as its end.
             drain_cut = self._cut.pop(resp, None)
@@ -1144,9 +1146,7 @@ class Proxy:
                 upstream_ok = False  # (counted as a cut stream below; the endpoint is not blamed)
             elif upstream_ok:
                 self.health.success(ep)
-            elif (owns_deadline or not self._deadline_cut(cut, resp)) and self.health.failure(
-                ep, self._peers(ep)
-            ):
+            elif (owns_deadline or not late) and self.health.failure(ep, self._peers(ep)):
                 self.metrics.ejections.inc()
             # A 2xx's usage only, as ``_whole`` reads it (an error stream that carries one: none).
             usage = relay.usage if resp.status < 300 else None
