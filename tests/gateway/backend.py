@@ -52,6 +52,7 @@ class Backend:
         self.poisoned = 0
         # Seconds a non-streamed answer takes (a long generation: nothing is sent until it is done).
         self.answer_delay = 0.0
+        self.error_headers: dict[str, str] = {}  # sent with the "error429" answer
         self.cached_tokens: int | None = None  # reported as usage.prompt_tokens_details when set
         # Set when any generation/embedding request arrives (tests wait on it instead of polling).
         self.arrived = asyncio.Event()
@@ -117,7 +118,7 @@ class Backend:
             return web.json_response({"error": {"message": "prompt too long", "type": "BadRequestError"}},
                                      status=400)  # fmt: skip
         if self.mode == "error429":
-            return web.Response(status=429, text=f"{self.name} at capacity")
+            return web.Response(status=429, text=f"{self.name} at capacity", headers=self.error_headers)
         if self.mode == "drop":
             assert request.transport is not None
             request.transport.abort()

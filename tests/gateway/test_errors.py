@@ -157,6 +157,34 @@ async def test_429_when_the_flow_control_queue_is_full_says_when_to_retry(backen
             t.cancel()
 
 
+@pytest.mark.parametrize(
+    ("sent", "want"),
+    [
+        ({"Retry-After": "7"}, {"retry-after": "7"}),
+        ({"Retry-After": "99999999999"}, {"retry-after": "3600"}),  # (bounded as --clusters reads one)
+        ({}, {"retry-after": "1"}),
+        (
+            {"Retry-After": "2", "x-envoy-ratelimited": "true"},
+            {"retry-after": "2", "x-envoy-ratelimited": "true"},
+        ),
+    ],
+)
+async def test_a_model_servers_429_keeps_its_back_off(backends, sent, want):
+    """A model server's own 429 reaches the client with its ``Retry-After`` (or the default) and its
+    rate-limit mark (review s18-gw L3: the reply kept only x-request-id and Content-Type)."""
+    (b,) = await backends(1)
+    b.mode, b.error_headers = "error429", sent
+    body = b'{"model": "m", "prompt": "x"}'
+    async with (
+        running_gateway(make_config([b.address])) as gw,
+        aiohttp.ClientSession() as s,
+        s.post(base_url(gw) + "/v1/completions", data=body) as r,
+    ):
+        assert r.status == 429
+        got = {k.lower(): v for k, v in r.headers.items() if k.lower() in want}
+    assert got == want
+
+
 async def test_503_when_no_endpoint_is_healthy(backends):
     bs = await backends(2)
     async with running_gateway(make_config([b.address for b in bs])) as gw, aiohttp.ClientSession() as s:

@@ -38,6 +38,7 @@ from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import ReadTimeout, UpstreamPool, UpstreamResponse
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.server import Request, Response, StreamResponse
+from kvgate.multicluster.epp_client import retry_after_s
 from kvgate.openai import protocol as proto
 from kvgate.openai.request import (
     CHAT,
@@ -134,6 +135,19 @@ def _filter_headers(
             continue
         out[lk] = v
     return out, objective, fairness, explain, timing
+
+
+def _pass_back_off(status: int, upstream: Mapping[str, str], reply: dict[str, str]) -> None:
+    """A model server's 429 / 503 passed to the client keeps its back-off: its ``Retry-After`` (read and
+    bounded as ``--clusters`` reads a cluster's), a 429 without one gets the default as the gateway's own
+    429s do, and its rate-limit mark goes on (review s18-gw L3: both were dropped)."""
+    wait = retry_after_s(upstream.get("retry-after"))
+    if wait is not None:
+        reply["Retry-After"] = str(wait)
+    elif status == 429:
+        reply["Retry-After"] = proto.RETRY_AFTER_DEFAULT
+    if proto.RATE_LIMITED in upstream:
+        reply[proto.RATE_LIMITED] = "true"
 
 
 def _timing_value(marks: dict[str, float]) -> str:
@@ -654,6 +668,8 @@ class Proxy:
                     else:  # 502/503/504: the server's state (overload, draining), not the request's
                         self._failed(director, ireq, ep)
                     continue
+                if resp.status == 429 or resp.status == 503:
+                    _pass_back_off(resp.status, resp.head.headers, reply_headers)
                 if marks is not None:
                     marks["head"] = self.clock()
                 if resp.content_type == "text/event-stream":
