@@ -18,67 +18,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
 from gateway.conftest import base_url, make_config, make_pools
+from gateway.sse_upstream import EV, SSE_HEAD, chunk, late_stream, listen_address, serve_raw
 from kvgate.gateway.server import GatewayServer
 
 pytestmark = pytest.mark.asyncio
-
-EV = b'data: {"id":"c","object":"text_completion","model":"m","choices":[{"index":0,"text":"tok"}]}\n\n'
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    """Reads one HTTP request (head, then a body of its content-length) and returns the body."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    n = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            n = int(line.split(b":", 1)[1])
-    return await reader.readexactly(n)
 
 
 @contextlib.asynccontextmanager
 async def _raw_upstream(pieces: list[bytes], *, chunked: bool = True) -> AsyncIterator[str]:
     """Answers every POST with 200 text/event-stream, writes ``pieces`` (each its own chunk, 50 ms
     apart), then holds the connection open until the client goes."""
-    hold = asyncio.Event()
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await _read_request(reader)
-            if chunked:
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                    b"transfer-encoding: chunked\r\n\r\n"
-                )
-            else:  # a body framed by the close (no content-length, no chunking)
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
-                )
-            for p in pieces:
-                writer.write(_chunk(p) if chunked else p)
-                await writer.drain()
-                await asyncio.sleep(0.05)
-            await reader.read()  # (until the gateway aborts the connection)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    async def answer(_body: bytes, writer: asyncio.StreamWriter) -> None:
+        if chunked:
+            writer.write(SSE_HEAD)
+        else:  # a body framed by the close (no content-length, no chunking)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        for p in pieces:
+            writer.write(chunk(p) if chunked else p)
+            await writer.drain()
+            await asyncio.sleep(0.05)
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server = await serve_raw(answer)
     try:
-        yield f"127.0.0.1:{port}"
+        yield listen_address(server)
     finally:
-        hold.set()
         server.close()
 
 
@@ -103,6 +74,29 @@ async def _read_rest(r: aiohttp.ClientResponse) -> tuple[bytes, bool]:
     except aiohttp.ClientPayloadError:
         return raw, True
     return raw, False
+
+
+async def _stop_mid_body(cfg: Any, req: dict, at_least: int) -> tuple[bytes, bool, GatewayServer]:
+    """One stream (``req``) through a ``kvgate serve`` gateway on ``cfg``; once at least ``at_least`` bytes
+    of its body have come, the gateway stops with a 0.1 s drain deadline: (the client's whole body,
+    whether it broke off incomplete, the gateway)."""
+    gw = GatewayServer(cfg, make_pools(cfg))
+    await gw.start()
+    stop = None
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(base_url(gw) + "/v1/completions", data=orjson.dumps(req)) as r,
+        ):
+            assert r.status == 200
+            raw = await _read_at_least(r, at_least)
+            stop = asyncio.create_task(gw.stop(drain_timeout=0.1))
+            rest, broken = await _read_rest(r)
+        await asyncio.wait_for(stop, 10)
+    finally:
+        if stop is None:
+            await gw.stop(drain_timeout=0.1)
+    return raw + rest, broken, gw
 
 
 async def _drain_cut(address: str, usage: bool = False) -> tuple[bytes, GatewayServer]:
@@ -235,26 +229,8 @@ async def test_a_stream_whose_first_chunk_comes_just_after_the_cut_is_cut_with_t
     client told nothing. Now a stream that starts relaying after the cut is cut at once the same way,
     and the stop waits up to ``CUT_WRITE_S`` for every request in flight, not only the streams it cut:
     its client gets its first event and the drain's error event. Fails before."""
-    hold = asyncio.Event()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            body = await _read_request(reader)
-            if b"late" in body:
-                await asyncio.sleep(0.9)  # (the deadline falls 0.6 s after the request: see below)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                b"transfer-encoding: chunked\r\n\r\n" + _chunk(EV)
-            )
-            await writer.drain()
-            await reader.read()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server = await late_stream(0.9)  # (the deadline falls 0.6 s after the late request: see below)
+    address = listen_address(server)
     cfg = make_config([address])
     gw = GatewayServer(cfg, make_pools(cfg))
     await gw.start()
@@ -280,7 +256,6 @@ async def test_a_stream_whose_first_chunk_comes_just_after_the_cut_is_cut_with_t
     finally:
         if stop is None:
             await gw.stop(drain_timeout=0.1)
-        hold.set()
         server.close()
     assert _events(a_raw)[-1]["error"]["code"] == "service_unavailable"
     events = _events(b_raw)
@@ -296,25 +271,8 @@ async def test_a_drain_cut_inside_an_event_past_1_mib_closes_the_body_without_an
     big = b'data: {"choices":[{"text":"' + b"x" * (3 << 19) + b'"}]}\n\n'
     half = big[: (1 << 20) + (1 << 17)]
     pieces = [EV] + [half[i : i + (1 << 16)] for i in range(0, len(half), 1 << 16)]
+    req = {"model": "m", "prompt": "x", "stream": True, "stream_options": {"include_usage": True}}
     async with _raw_upstream(pieces) as address:
-        cfg = make_config([address])
-        gw = GatewayServer(cfg, make_pools(cfg))
-        await gw.start()
-        req = {"model": "m", "prompt": "x", "stream": True, "stream_options": {"include_usage": True}}
-        stop = None
-        try:
-            async with (
-                aiohttp.ClientSession() as s,
-                s.post(base_url(gw) + "/v1/completions", data=orjson.dumps(req)) as r,
-            ):
-                assert r.status == 200
-                raw = await _read_at_least(r, len(EV) + len(half))
-                stop = asyncio.create_task(gw.stop(drain_timeout=0.1))
-                rest, broken = await _read_rest(r)
-                raw += rest
-            await asyncio.wait_for(stop, 10)
-        finally:
-            if stop is None:
-                await gw.stop(drain_timeout=0.1)
+        raw, broken, _gw = await _stop_mid_body(make_config([address]), req, len(EV) + len(half))
     assert raw == EV + half  # the half event as it came, no error event glued onto it
     assert broken  # the client sees an incomplete body, not a short one

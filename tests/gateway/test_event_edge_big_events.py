@@ -28,37 +28,21 @@ def _pieces(data: bytes, n: int = 1 << 16) -> list[bytes]:
     return [data[i : i + n] for i in range(0, len(data), n)]
 
 
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
 async def _serve_pieces(pieces: list[bytes]):  # type: ignore[no-untyped-def]
-    """A raw chunked text/event-stream upstream (as tests/gateway/test_drain_cut_races.py's, copied here
-    so the test also runs on fcdf1a4^): writes ``pieces``, then holds the connection."""
+    """A raw chunked text/event-stream upstream: writes ``pieces``, then holds the connection. (To run
+    this test on fcdf1a4^, copy ``tests/gateway/sse_upstream.py`` there too.)"""
     import asyncio
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            n = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    n = int(line.split(b":", 1)[1])
-            await reader.readexactly(n)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-            )
-            for p in pieces:
-                writer.write(_chunk(p))
-                await writer.drain()
-                await asyncio.sleep(0.01)
-            await reader.read()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    from gateway.sse_upstream import SSE_HEAD, chunk, serve_raw
 
-    return await asyncio.start_server(serve, "127.0.0.1", 0)
+    async def answer(_body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        for p in pieces:
+            writer.write(chunk(p))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    return await serve_raw(answer)
 
 
 def test_pass_through_relay_passes_an_event_over_1_mib() -> None:
@@ -95,10 +79,11 @@ async def test_kvgate_serve_pass_through_relays_an_event_over_1_mib_end_to_end()
     import orjson
 
     from gateway.conftest import base_url, make_config, make_pools
+    from gateway.sse_upstream import listen_address
     from kvgate.gateway.server import GatewayServer
 
     server = await _serve_pieces([*_pieces(BIG), DONE])
-    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    address = listen_address(server)
     cfg = make_config([address])
     gw = GatewayServer(cfg, make_pools(cfg))
     await gw.start()

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.conftest import make_config, request_errors, running_gateway
+from gateway.sse_upstream import SSE_HEAD, listen_address, serve_raw
 from kvgate.gateway.stream import StreamRelay
 from kvgate.scheduling.types import Usage
 
@@ -152,25 +153,12 @@ async def _upstream(write: Callable[[asyncio.StreamWriter], Awaitable[None]]) ->
     """Answers each POST with a 200 chunked event stream whose body ``write`` writes (``chunk(w, b)``
     for each piece), then the body's end."""
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            n = next(int(h.split(b":")[1]) for h in lines if h.lower().startswith(b"content-length"))
-            await reader.readexactly(n)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-            )
-            await write(writer)
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
-            await reader.read()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    async def answer(_body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        await write(writer)
+        writer.write(b"0\r\n\r\n")
 
-    return await asyncio.start_server(serve, "127.0.0.1", 0)
+    return await serve_raw(answer)
 
 
 async def chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -196,7 +184,7 @@ async def test_a_cr_framed_stream_streams_through_the_openai_sdk() -> None:
         await chunk(w, _token("b", end=b"\r\r") + _usage(end=b"\r\r") + b"data: [DONE]\r\r")
 
     server = await _upstream(write)
-    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    address = listen_address(server)
     try:
         async with running_gateway(_rewrite_config(address)) as gw:  # type: ignore[arg-type]
             client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="k", max_retries=0)
@@ -226,7 +214,7 @@ async def test_an_event_past_1_mib_through_a_rewrite_is_relayed_and_charges_no_f
         await chunk(w, _usage() + b"data: [DONE]\n\n")
 
     server = await _upstream(write)
-    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    address = listen_address(server)
     try:
         async with running_gateway(_rewrite_config(address)) as gw:  # type: ignore[arg-type]
             body = orjson.dumps({"model": CLIENT, "prompt": "x", "stream": True})
@@ -248,34 +236,16 @@ async def test_a_drain_cut_inside_a_passing_event_closes_the_body_without_an_eve
     pass-through relay (``test_drain_cut_races.py``), a drain cut closes the body mid-body, nothing glued
     onto the half event, which went out with the client's model. Fails before: cut at 1 MiB with the
     upstream-cut error event (``StreamTooLarge``)."""
-    from gateway.conftest import base_url, make_pools
-    from gateway.test_drain_cut_races import _raw_upstream, _read_at_least, _read_rest
-    from kvgate.gateway.server import GatewayServer
+    from gateway.test_drain_cut_races import _raw_upstream, _stop_mid_body
 
     big = _token(BIG_TEXT)
     half = big[: (1 << 20) + (1 << 17)]
     pieces = [_token("a"), *(half[i : i + (1 << 16)] for i in range(0, len(half), 1 << 16))]
     want = _token("a", CLIENT) + half.replace(b'"model":"served-model"', b'"model":"m"')
+    req = {"model": CLIENT, "prompt": "x", "stream": True}
     async with _raw_upstream(pieces) as address:
-        cfg = _rewrite_config(address)
-        gw = GatewayServer(cfg, make_pools(cfg))  # type: ignore[arg-type]
-        await gw.start()
-        req = {"model": CLIENT, "prompt": "x", "stream": True}
-        stop = None
-        try:
-            async with (
-                aiohttp.ClientSession() as s,
-                s.post(base_url(gw) + "/v1/completions", data=orjson.dumps(req)) as r,
-            ):
-                assert r.status == 200
-                raw = await _read_at_least(r, len(want) - 64)  # (the last bytes may wait for more)
-                stop = asyncio.create_task(gw.stop(drain_timeout=0.1))
-                rest, broken = await _read_rest(r)
-                raw += rest
-            await asyncio.wait_for(stop, 10)
-        finally:
-            if stop is None:
-                await gw.stop(drain_timeout=0.1)
+        # (the last bytes may wait for more)
+        raw, broken, gw = await _stop_mid_body(_rewrite_config(address), req, len(want) - 64)
     assert want.startswith(raw) and len(raw) >= len(want) - 64, raw[-100:]
     assert SENT.encode() not in raw
     assert broken  # the client sees an incomplete body, not a short one

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.test_drain_cut_races import EV, _chunk, _read_request
+from gateway.sse_upstream import EV, SSE_HEAD, chunk, read_request
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -23,9 +23,8 @@ DONE = b"data: [DONE]\n\n"
 
 async def _cut_after_done(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        await _read_request(reader)
-        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-        writer.write(head + _chunk(EV) + _chunk(DONE))  # no terminating chunk: then the cut
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(EV) + chunk(DONE))  # no terminating chunk: then the cut
         await writer.drain()
         await asyncio.sleep(0.1)
     finally:

@@ -14,34 +14,12 @@ import openai
 import orjson
 import pytest
 
-from gateway.test_drain_cut_races import EV, _chunk, _events, _read_request
+from gateway.sse_upstream import late_stream, listen_address
+from gateway.test_drain_cut_races import _events
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
 pytestmark = pytest.mark.asyncio
-
-
-async def _upstream(late_after_s: float) -> asyncio.Server:
-    """A cluster's gateway: answers every POST with a 200 event stream and one event, then holds the
-    stream open; a request whose prompt says ``late`` is answered (head and event) ``late_after_s`` later."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            body = await _read_request(reader)
-            if b"late" in body:
-                await asyncio.sleep(late_after_s)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                b"transfer-encoding: chunked\r\n\r\n" + _chunk(EV)
-            )
-            await writer.drain()
-            await reader.read()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(serve, "127.0.0.1", 0)
 
 
 async def test_a_stream_answered_just_after_the_cut_is_cut_with_the_event() -> None:
@@ -49,8 +27,8 @@ async def test_a_stream_answered_just_after_the_cut_is_cut_with_the_event() -> N
     answer, which comes 0.3 s after the deadline. Both clients get the drain's error event as their last
     event and the body's clean end (aiohttp reads the whole body). Fails before: the late one's body
     breaks off (``ServerDisconnectedError`` / ``ClientPayloadError``)."""
-    server = await _upstream(0.9)  # (the deadline falls 0.6 s after the late request: see below)
-    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server = await late_stream(0.9)  # (the deadline falls 0.6 s after the late request: see below)
+    address = listen_address(server)
     gw = GlobalGateway(
         ClustersConfig((ClusterSpec("c1", gateway=address),)), "round-robin", fetch=False, drain_s=0.3
     )
@@ -91,8 +69,8 @@ async def test_a_stream_answered_just_after_the_cut_is_cut_with_the_event() -> N
 async def test_an_openai_sdk_stream_answered_just_after_the_cut_raises_the_drain_error() -> None:
     """The same late stream read by the openai SDK: ``APIError`` with the drain's message (before:
     ``APIConnectionError``, nothing said)."""
-    server = await _upstream(0.5)
-    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server = await late_stream(0.5)
+    address = listen_address(server)
     gw = GlobalGateway(
         ClustersConfig((ClusterSpec("c1", gateway=address),)), "round-robin", fetch=False, drain_s=0.2
     )

@@ -10,7 +10,7 @@ import asyncio
 import orjson
 import pytest
 
-from gateway.test_drain_cut_races import _read_request
+from gateway.sse_upstream import listen_address, serve_raw
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -19,24 +19,16 @@ pytestmark = pytest.mark.asyncio
 ANSWER = orjson.dumps({"id": "c", "object": "text_completion", "model": "m", "choices": [{"text": "a"}]})
 
 
-async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        await _read_request(reader)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-            % (len(ANSWER), ANSWER)
-        )
-        await writer.drain()
-        await reader.read()
-    except (ConnectionError, asyncio.IncompleteReadError):
-        pass
-    finally:
-        writer.close()
+async def _answer(_body: bytes, writer: asyncio.StreamWriter) -> None:
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+        % (len(ANSWER), ANSWER)
+    )
 
 
 async def test_a_request_half_received_when_the_drain_starts_is_served() -> None:
-    server = await asyncio.start_server(_answer, "127.0.0.1", 0)
-    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server = await serve_raw(_answer)
+    address = listen_address(server)
     gw = GlobalGateway(
         ClustersConfig((ClusterSpec("c1", gateway=address),)), "round-robin", fetch=False, drain_s=5
     )

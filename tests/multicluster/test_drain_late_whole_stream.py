@@ -16,7 +16,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.test_drain_cut_races import EV, _chunk, _events, _read_request
+from gateway.sse_upstream import EV, SSE_HEAD, chunk, listen_address, serve_raw
+from gateway.test_drain_cut_races import _events
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -29,28 +30,19 @@ async def _upstream(late_after_s: float) -> asyncio.Server:
     """Every POST: a 200 event stream. ``late`` in the prompt: answered ``late_after_s`` later, whole
     (head, one event, [DONE], the body's end, in one write); else one event and the stream held open."""
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            body = await _read_request(reader)
-            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-            if b"late" in body:
-                await asyncio.sleep(late_after_s)
-                writer.write(head + _chunk(EV) + _chunk(DONE) + b"0\r\n\r\n")
-            else:
-                writer.write(head + _chunk(EV))
-            await writer.drain()
-            await reader.read()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    async def answer(body: bytes, writer: asyncio.StreamWriter) -> None:
+        if b"late" in body:
+            await asyncio.sleep(late_after_s)
+            writer.write(SSE_HEAD + chunk(EV) + chunk(DONE) + b"0\r\n\r\n")
+        else:
+            writer.write(SSE_HEAD + chunk(EV))
 
-    return await asyncio.start_server(serve, "127.0.0.1", 0)
+    return await serve_raw(answer)
 
 
 async def test_a_whole_answer_arriving_after_the_cut_is_not_thrown_away() -> None:
     server = await _upstream(0.9)  # the deadline (0.3 s) falls 0.6 s after the late request
-    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    address = listen_address(server)
     gw = GlobalGateway(
         ClustersConfig((ClusterSpec("c1", gateway=address),)), "round-robin", fetch=False, drain_s=0.3
     )
