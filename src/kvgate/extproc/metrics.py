@@ -14,10 +14,11 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from kvgate import __version__
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.openai.labels import ModelLabels, ReportedNames, kept_per_source
-from kvgate.openai.requeststats import RequestErrors, RequestStats
+from kvgate.openai.requeststats import BuildInfo, RequestErrors, RequestStats
 from kvgate.scheduling.types import PickResult, Usage
 
 _PICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -58,6 +59,7 @@ class EppMetrics:
         # stream ends (``request_done``).
         self.requests = RequestStats()
         r.register(self.requests)
+        r.register(BuildInfo(__version__))  # inference_extension_info, llm_d_epp_info
         # A name no longer seen loses its series in both (``ModelLabels.sweep``; at each scrape too).
         self.models.forget += [self.errors.forget, self.requests.forget]
         self.streams = Gauge("kvgate_epp_streams_active", "ext_proc streams open now", registry=r)
@@ -104,19 +106,27 @@ class EppMetrics:
         labels = self.models.label  # (bounded: the labels above; codes are HTTP statuses and named ends)
         self.errors.inc(labels(model), labels(target), code)
 
-    def request_done(self, model: str, target: str, seconds: float, usage: Usage | None) -> None:
+    def request_done(
+        self, model: str, target: str, seconds: float, usage: Usage | None, response_bytes: int = -1
+    ) -> None:
         labels = self.models.label
-        self.requests.observe(labels(model), labels(target), seconds, usage)
+        self.requests.observe(labels(model), labels(target), seconds, usage, response_bytes)
 
     def served(self, target: str) -> None:
         self.models.served(target)
 
-    def begin(self, model: str, target: str) -> None:
+    def begin(self, model: str, target: str, request_bytes: int = -1) -> str:
         self.models.hold(model)
         if target != model:
             self.models.hold(target)
+        if not model or request_bytes < 0:  # (a model's request only, as the reference)
+            return ""
+        labels = self.models.label
+        return self.requests.start(labels(model), labels(target), request_bytes)
 
-    def end(self, model: str, target: str) -> None:
+    def end(self, model: str, target: str, running: str = "") -> None:
+        if running:
+            self.requests.stop(running)
         self.models.drop(model)
         if target != model:
             self.models.drop(target)

@@ -81,11 +81,16 @@ class Observer(Protocol):
     def served(self, target: str) -> None: ...
     # ``kvgate serve``'s ``inference_objective_request_total`` and its duration and token histograms:
     # once per request a model server answered (its response headers seen), when its response ends.
-    def request_done(self, model: str, target: str, seconds: float, usage: Usage | None) -> None: ...
+    # ``response_bytes``: the response body's size when the EPP saw all of it (-1: not known).
+    def request_done(
+        self, model: str, target: str, seconds: float, usage: Usage | None, response_bytes: int = -1
+    ) -> None: ...
     # A request under ``model`` / ``target`` started (its names known) and, once, its stream ended: the
-    # names in flight keep their labels (``ModelLabels.hold`` / ``drop``).
-    def begin(self, model: str, target: str) -> None: ...
-    def end(self, model: str, target: str) -> None: ...
+    # names in flight keep their labels (``ModelLabels.hold`` / ``drop``). ``request_bytes``: its body's
+    # size (-1: a body-less request, not a model's); ``begin`` gives the label it counts as running
+    # ("" none), which ``end`` gets back (a label can change while the request runs).
+    def begin(self, model: str, target: str, request_bytes: int = -1) -> str: ...
+    def end(self, model: str, target: str, running: str = "") -> None: ...
 
 
 class ProtocolViolation(Exception):
@@ -202,11 +207,13 @@ class Session:
         # before, so a stream that ends then is no request left unanswered (as ``kvgate serve``, whose
         # front has the whole body before anything is counted under a model).
         self._models: tuple[str, str] | None = None
+        self._running = ""  # the label it counts as running under (``begin`` / ``end``)
         self._ended = False  # (``close``: the observer's ``end`` once)
         self._parsed = False  # its body parsed: its target is a name the model server saw (labels)
         # The gateway sends response bodies (protocol_config's response_body_mode is not NONE): else the
         # response headers are the last the EPP hears of the response, and its outcome is counted there.
         self._response_bodies = True
+        self._resp_bytes = 0  # response body bytes seen (``inference_objective_response_sizes``)
         self._counted = False  # its error or success counted (once, however the stream ends)
         self._finished = False
         self._first_token = False
@@ -323,7 +330,7 @@ class Session:
             # Body-less (GET /v1/models, health probes): pick at once on headers.
             self._body_finished = True
             model = self.request_headers.get("x-gateway-model-name", "")
-            self._use_models(model, model)
+            self._use_models(model, model, -1)
             req = self._build_request(ParsedBody(OTHER, {}, model), model)
             return self._schedule(req, body=None, body_changed=False)
         return []
@@ -363,7 +370,7 @@ class Session:
             self._client_model = model
             parsed.body["model"] = target
             model, changed = target, True
-        self._use_models(client_model, model)
+        self._use_models(client_model, model, len(raw))
         self._parsed = True
         if server_priority(parsed.body, self.ctx.policy, self.request_headers.get(keys.OBJECTIVE)):
             changed = True  # (pools[].passPriority)
@@ -530,6 +537,7 @@ class Session:
     def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         eos = body.end_of_stream or body.end_of_stream_without_message
         chunk = body.body
+        self._resp_bytes += len(chunk)
         if self._scanner is not None:
             out = self._scanner.feed(chunk)
             if self._scanner.saw_output:
@@ -610,7 +618,8 @@ class Session:
                 # the body-less requests (``GET /v1/models``, probes) Envoy may route through the EPP.
                 # Tokens from a success's usage only (as ``kvgate serve`` reads a 2xx's).
                 usage = self.usage if 200 <= self.status < 300 else None
-                obs.request_done(*self._models, self.ctx.clock() - self._t0, usage)
+                size = self._resp_bytes if complete and self._response_bodies else -1
+                obs.request_done(*self._models, self.ctx.clock() - self._t0, usage, size)
 
     def _outcome(self, complete: bool, idle: bool = False) -> None:
         """Count the request's end once, as ``kvgate serve`` does: a model server's 4xx/5xx under its
@@ -639,12 +648,12 @@ class Session:
             self.ctx.budget.give(self._held)
             self._held = 0
 
-    def _use_models(self, model: str, target: str) -> None:
+    def _use_models(self, model: str, target: str, request_bytes: int) -> None:
         obs = self.ctx.observer
         if obs is not None:
             if self._models is not None:
-                obs.end(*self._models)
-            obs.begin(model, target)  # (``end`` in ``close``)
+                obs.end(*self._models, self._running)
+            self._running = obs.begin(model, target, request_bytes)  # (``end`` in ``close``)
         self._models = (model, target)
 
     def close(self, idle: bool = False) -> None:
@@ -655,7 +664,7 @@ class Session:
         finally:
             if self._models is not None and self.ctx.observer is not None and not self._ended:
                 self._ended = True
-                self.ctx.observer.end(*self._models)
+                self.ctx.observer.end(*self._models, self._running)
 
     def _close(self, idle: bool) -> None:
         if idle and not self.done:

@@ -19,9 +19,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from kvgate import __version__
 from kvgate.httpfront.metrics import FrontGauges
 from kvgate.openai.labels import ModelLabels
-from kvgate.openai.requeststats import RequestErrors, RequestStats
+from kvgate.openai.requeststats import BuildInfo, RequestErrors, RequestStats
 from kvgate.scheduling.types import Usage
 
 
@@ -33,6 +34,11 @@ class GatewayMetrics:
         r.register(self._stats)
         # One request's end: the shared collector's own method, bound (one call, no copy of it here).
         self.observe = self._stats.observe
+        # In flight per model and request body sizes (``start`` once its model is known; ``stop`` with
+        # what ``start`` returned, however it ends).
+        self.start = self._stats.start
+        self.stop = self._stats.stop
+        r.register(BuildInfo(__version__))  # inference_extension_info, llm_d_epp_info
         # ``inference_objective_request_error_total``: the collector the three doors share.
         self.errors = RequestErrors()
         r.register(self.errors)
@@ -72,15 +78,21 @@ class GatewayMetrics:
         in both collectors (``ModelLabels.sweep``; at each scrape too)."""
         self.models = models
         models.forget += [self._stats.forget, self.errors.forget]
-        label, observe, inc = models.label, self._stats.observe, self.errors.inc
+        label, observe, inc, start = models.label, self._stats.observe, self.errors.inc, self._stats.start
 
-        def observe_labelled(model: str, target: str, seconds: float, usage: Usage | None) -> None:
-            observe(label(model), label(target), seconds, usage)
+        def observe_labelled(
+            model: str, target: str, seconds: float, usage: Usage | None, response_bytes: int = -1
+        ) -> None:
+            observe(label(model), label(target), seconds, usage, response_bytes)
+
+        def start_labelled(model: str, target: str, request_bytes: int) -> str:
+            return start(label(model), label(target), request_bytes)
 
         def error_labelled(model: str, target: str, code: str) -> None:
             inc(label(model), label(target), code)
 
         self.observe = observe_labelled
+        self.start = start_labelled
         self.error = error_labelled
 
     def track_fronts(self, fronts: Callable[[], list[Any]]) -> None:

@@ -376,6 +376,7 @@ class Proxy:
             self.idle.clear()  # (an ``Event.clear`` is a Python call: only when the count leaves 0)
         self.inflight += 1
         held = None  # (bounded labels: a name not the config's, in flight; ``ModelLabels.hold``)
+        running = None  # (the model label counted in ``inference_objective_running_requests``)
         try:
             # (the request is prepared by a plain call and dispatched from here: no coroutine layer)
             pool, ireq, out, header_block, client_model, strip_usage, explain, t0, marks = self._prepare(
@@ -386,6 +387,7 @@ class Proxy:
                 held = models
                 models.hold(client_model)
                 models.label(client_model)  # (seen now, while it is a label: kept to the request's end)
+            running = self.metrics.start(client_model, ireq.model, request.content_length)
             try:
                 return await self._dispatch(
                     request,
@@ -407,6 +409,8 @@ class Proxy:
         except GatewayError as e:
             return error_response(e, rid)
         finally:
+            if running is not None:
+                self.metrics.stop(running)
             if held is not None:
                 held.drop(client_model)
             self.inflight -= 1
@@ -1054,9 +1058,10 @@ class Proxy:
             self.health.success(ep)
         elif blame and self.health.failure(ep, self._peers(ep)):
             self.metrics.ejections.inc()
+        size = len(body)  # (the model server's answer, before the rewrite: the reference's response size)
         if sent_model:
             body = BodyRewriter(sent_model, client_model).rewrite(body)
-        self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage)
+        self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage, size)
         if resp.status >= 400:
             self.metrics.error(client_model, ireq.model, str(resp.status))
         headers = reply_headers

@@ -1,13 +1,17 @@
 """The per-request families the three OpenAI doors share, with the reference EPP's names, labels and buckets.
 
 ``inference_objective_request_total``, ``inference_objective_request_duration_seconds``,
-``inference_objective_input_tokens`` and ``inference_objective_output_tokens`` (labels ``model_name``,
-``target_model_name``), kept in plain Python lists per (model, target model) and turned into metric
-families only when ``/metrics`` is scraped: the hot path does a dict lookup, a bisect and a few
-additions, with none of prometheus_client's per-observation locking and checks. ``kvgate serve``
-(``kvgate.gateway.metrics``, which binds ``observe`` directly), ``kvgate epp``
-(``kvgate.extproc.metrics``) and ``kvgate serve --clusters`` (``kvgate.multicluster.serve``) register
-one each; the last two bound their model labels first (``kvgate.openai.labels``).
+``inference_objective_input_tokens``, ``inference_objective_output_tokens``,
+``inference_objective_request_sizes``, ``inference_objective_response_sizes`` and
+``inference_objective_normalized_time_per_output_token_seconds`` (labels ``model_name``,
+``target_model_name``), and ``inference_objective_running_requests`` (label ``model_name``: requests
+between ``start`` and ``stop``, what HPA / prometheus-adapter recipes scale on), kept in plain Python
+lists and dicts per (model, target model) and turned into metric families only when ``/metrics`` is
+scraped: the hot path does dict lookups, bisects and a few additions, with none of prometheus_client's
+per-observation locking and checks. ``kvgate serve`` (``kvgate.gateway.metrics``, which binds
+``observe``, ``start`` and ``stop`` directly), ``kvgate epp`` (``kvgate.extproc.metrics``) and
+``kvgate serve --clusters`` (``kvgate.multicluster.serve``: ``observe`` only, so no running count, no
+sizes) register one each; the last two bound their model labels first (``kvgate.openai.labels``).
 
 ``inference_objective_request_error_total`` (labels ``model_name``, ``target_model_name``,
 ``error_code``) is ``RequestErrors``, the same way: one collector the three doors register, each
@@ -21,7 +25,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Set
 from typing import Final
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from kvgate.scheduling.fastmetrics import Hist
 from kvgate.scheduling.types import Usage
@@ -86,14 +90,36 @@ _TOKEN_BUCKETS = (
 )
 
 
+# The reference EPP's (pkg/epp/metrics): request bodies 64 B .. 1 GiB, responses 1 B .. 64 KiB (its
+# "8192 tokens x 4 characters", 32778 as it spells it), NTPOT 1 ms .. 10 s per output token.
+_REQUEST_SIZE_BUCKETS = (
+    *(float(1 << s) for s in range(6, 17)),  # 64 .. 65536
+    *(float(1 << s) for s in range(17, 24)),  # 131072 .. 8 MiB
+    *(float(1 << s) for s in range(24, 31)),  # 16 MiB .. 1 GiB
+)
+_RESPONSE_SIZE_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536)
+_NTPOT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
 class StatsChild:
-    __slots__ = ("count", "duration", "input_tokens", "output_tokens")
+    __slots__ = (
+        "count",
+        "duration",
+        "input_tokens",
+        "ntpot",
+        "output_tokens",
+        "request_sizes",
+        "response_sizes",
+    )
 
     def __init__(self) -> None:
         self.count = 0
         self.duration = Hist(_LATENCY_BUCKETS)
         self.input_tokens = Hist(_TOKEN_BUCKETS)
         self.output_tokens = Hist(_TOKEN_BUCKETS)
+        self.ntpot = Hist(_NTPOT_BUCKETS)
+        self.request_sizes = Hist(_REQUEST_SIZE_BUCKETS)
+        self.response_sizes = Hist(_RESPONSE_SIZE_BUCKETS)
 
 
 class RequestStats:
@@ -101,6 +127,8 @@ class RequestStats:
 
     def __init__(self) -> None:
         self.children: dict[tuple[str, str], StatsChild] = {}
+        # Requests in flight per ``model_name`` (``start`` .. ``stop``); an entry stays at 0 once seen.
+        self.running: dict[str, int] = {}
 
     def describe(self) -> list[Metric]:
         return []  # families are known only at collect time; no duplicate-name check needed
@@ -129,24 +157,78 @@ class RequestStats:
                 ),
                 "output_tokens",
             ),
+            (
+                HistogramMetricFamily(
+                    "inference_objective_request_sizes",
+                    "Request body size in bytes, as the client sent it",
+                    labels=labels,
+                ),
+                "request_sizes",
+            ),
+            (
+                HistogramMetricFamily(
+                    "inference_objective_response_sizes",
+                    "Response body size in bytes, as the model server sent it (answers relayed whole)",
+                    labels=labels,
+                ),
+                "response_sizes",
+            ),
+            (
+                HistogramMetricFamily(
+                    "inference_objective_normalized_time_per_output_token_seconds",
+                    "Request latency over its completion tokens (from usage)",
+                    labels=labels,
+                ),
+                "ntpot",
+            ),
         ]
         for key, child in list(self.children.items()):
             total.add_metric(list(key), child.count)
             for fam, attr in fams:
                 h: Hist = getattr(child, attr)
                 fam.add_metric(list(key), h.cumulative(), h.sum)
+        running = GaugeMetricFamily(
+            "inference_objective_running_requests", "Requests in flight per model", labels=["model_name"]
+        )
+        for model, n in list(self.running.items()):
+            running.add_metric([model], n)
         yield total
         for fam, _ in fams:
             yield fam
+        yield running
 
     def forget(self, names: Set[str]) -> None:
         """Removes every series whose ``model_name`` or ``target_model_name`` is one of ``names``
         (``kvgate.openai.labels``: names no longer seen); a name that comes back starts from 0."""
         for key in [k for k in self.children if k[0] in names or k[1] in names]:
             del self.children[key]
+        for model in [m for m, n in self.running.items() if m in names and n <= 0]:
+            del self.running[model]  # (a name in flight is held by its door, never forgotten)
 
-    def observe(self, model: str, target: str, seconds: float, usage: Usage | None) -> None:
-        """One request's end (the caller bounds the labels)."""
+    def start(self, model: str, target: str, request_bytes: int) -> str:
+        """A request whose model is known is in flight (``inference_objective_running_requests``) and
+        its body size observed (``inference_objective_request_sizes``); ``stop(model)`` once, however
+        it ends (the name returned: the label counted). The caller bounds the labels."""
+        running = self.running
+        running[model] = running.get(model, 0) + 1
+        key = (model, target)
+        c = self.children.get(key)
+        if c is None:
+            c = self.children[key] = StatsChild()
+        h = c.request_sizes
+        h.counts[bisect_left(h.bounds, request_bytes)] += 1
+        h.sum += request_bytes
+        return model
+
+    def stop(self, model: str) -> None:
+        running = self.running
+        running[model] = running.get(model, 1) - 1
+
+    def observe(
+        self, model: str, target: str, seconds: float, usage: Usage | None, response_bytes: int = -1
+    ) -> None:
+        """One request's end (the caller bounds the labels). ``response_bytes``: the response body's
+        size where the door has it whole (-1: not known, not observed)."""
         key = (model, target)
         c = self.children.get(key)
         if c is None:
@@ -155,6 +237,10 @@ class RequestStats:
         h = c.duration
         h.counts[bisect_left(h.bounds, seconds)] += 1
         h.sum += seconds
+        if response_bytes >= 0:
+            h = c.response_sizes
+            h.counts[bisect_left(h.bounds, response_bytes)] += 1
+            h.sum += response_bytes
         if usage is not None:
             # 0 = not reported (an embeddings usage has no completion_tokens): nothing to observe.
             if n := usage.prompt_tokens:
@@ -165,6 +251,10 @@ class RequestStats:
                 h = c.output_tokens
                 h.counts[bisect_left(h.bounds, n)] += 1
                 h.sum += n
+                per = seconds / n  # NTPOT, as the reference: latency over output tokens
+                h = c.ntpot
+                h.counts[bisect_left(h.bounds, per)] += 1
+                h.sum += per
 
 
 ERRORS_HELP: Final = (
@@ -204,3 +294,21 @@ class RequestErrors:
     def inc(self, model: str, target: str, code: str) -> None:
         key = (model, target, code)
         self.counts[key] = self.counts.get(key, 0) + 1
+
+
+class BuildInfo:
+    """``inference_extension_info`` and llm-d's twin ``llm_d_epp_info`` (labels ``commit``, ``build_ref``),
+    value 1: which build answers. kvgate has no commit baked in: ``commit`` is empty, ``build_ref`` is
+    the package version."""
+
+    def __init__(self, build_ref: str) -> None:
+        self.build_ref = build_ref
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for name in ("inference_extension_info", "llm_d_epp_info"):
+            fam = GaugeMetricFamily(name, "Build of this kvgate", labels=["commit", "build_ref"])
+            fam.add_metric(["", self.build_ref], 1)
+            yield fam

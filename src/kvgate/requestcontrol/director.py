@@ -119,6 +119,7 @@ class Director:
         self.name = name
         self._candidates: tuple[Endpoint, ...] = ()
         self._candidates_version = -1
+        self._per_pod: dict[str, set[str]] = {}  # pool -> addresses with a per-endpoint queue series
         # request_id -> ({address: uncached fraction}, its prompt's prefix keys), from pick until dispatch.
         self._picked: OrderedDict[str, tuple[dict[str, float], PrefixKeys | None]] = OrderedDict()
         # Where the detector's KV estimate reads what its requests send (``ownLoadStalenessThreshold``):
@@ -691,3 +692,26 @@ class Director:
                 metrics.POOL_QUEUE.labels(name=name).set(
                     sum(e.metrics.waiting_queue_size for e in ready) / len(ready)
                 )
+            self._per_pod_queues(name, ready)
+        if pool is None:  # a pool with no endpoint left loses its per-endpoint series
+            for name in [n for n in self._per_pod if n not in by_pool]:
+                self._per_pod_queues(name, [])
+
+    def _per_pod_queues(self, pool: str, ready: list[Endpoint]) -> None:
+        """``inference_pool_per_pod_queue_size`` (and llm-d's ``llm_d_epp_per_endpoint_queue_size``) for
+        the ready endpoints (as the reference: those with fresh metrics); a series whose endpoint is no
+        longer ready goes."""
+        shown = self._per_pod.setdefault(pool, set())
+        now = set()
+        for e in ready:
+            q = e.metrics.waiting_queue_size
+            metrics.POOL_PER_POD_QUEUE.labels(pool, e.address).set(q)
+            metrics.LLMD_PER_ENDPOINT_QUEUE.labels(pool, e.address).set(q)
+            now.add(e.address)
+        for address in shown - now:
+            metrics.POOL_PER_POD_QUEUE.remove(pool, address)
+            metrics.LLMD_PER_ENDPOINT_QUEUE.remove(pool, address)
+        if now:
+            self._per_pod[pool] = now
+        else:
+            del self._per_pod[pool]

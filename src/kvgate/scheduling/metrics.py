@@ -43,6 +43,17 @@ POOL_KV = Gauge(
 POOL_QUEUE = Gauge(
     "inference_pool_average_queue_size", "Mean waiting-queue size over the pool's endpoints.", ["name"]
 )
+# One series per ready endpoint (its address: kvgate's endpoints carry no pod name), and llm-d's twin.
+POOL_PER_POD_QUEUE = Gauge(
+    "inference_pool_per_pod_queue_size",
+    "Requests waiting in each ready endpoint's queue (model_server_pod: its address).",
+    ["name", "model_server_pod"],
+)
+LLMD_PER_ENDPOINT_QUEUE = Gauge(
+    "llm_d_epp_per_endpoint_queue_size",
+    "Requests waiting in each ready endpoint's queue (model_server_endpoint: its address).",
+    ["name", "model_server_endpoint"],
+)
 POOL_READY = Gauge("inference_pool_ready_pods", "Endpoints eligible for scheduling in the pool.", ["name"])
 SHED = Counter("kvgate_requests_shed_total", "Sheddable requests rejected at saturation.")
 
