@@ -107,10 +107,16 @@ class EppMetrics:
         self.errors.inc(labels(model), labels(target), code)
 
     def request_done(
-        self, model: str, target: str, seconds: float, usage: Usage | None, response_bytes: int = -1
+        self,
+        model: str,
+        target: str,
+        seconds: float,
+        usage: Usage | None,
+        response_bytes: int = -1,
+        request_bytes: int = -1,
     ) -> None:
         labels = self.models.label
-        self.requests.observe(labels(model), labels(target), seconds, usage, response_bytes)
+        self.requests.observe(labels(model), labels(target), seconds, usage, response_bytes, request_bytes)
 
     def served(self, target: str) -> None:
         self.models.served(target)
@@ -122,7 +128,8 @@ class EppMetrics:
         if not model or request_bytes < 0:  # (a model's request only, as the reference)
             return ""
         labels = self.models.label
-        return self.requests.start(labels(model), labels(target), request_bytes)
+        # (its size observed at its end, under the labels its request series get: ``request_done``)
+        return self.requests.start(labels(model), labels(target))
 
     def end(self, model: str, target: str, running: str = "") -> None:
         if running:

@@ -81,9 +81,16 @@ class Observer(Protocol):
     def served(self, target: str) -> None: ...
     # ``kvgate serve``'s ``inference_objective_request_total`` and its duration and token histograms:
     # once per request a model server answered (its response headers seen), when its response ends.
-    # ``response_bytes``: the response body's size when the EPP saw all of it (-1: not known).
+    # ``response_bytes``: the response body's size when the EPP saw all of it (-1: not known);
+    # ``request_bytes``: the request body's.
     def request_done(
-        self, model: str, target: str, seconds: float, usage: Usage | None, response_bytes: int = -1
+        self,
+        model: str,
+        target: str,
+        seconds: float,
+        usage: Usage | None,
+        response_bytes: int = -1,
+        request_bytes: int = -1,
     ) -> None: ...
     # A request under ``model`` / ``target`` started (its names known) and, once, its stream ended: the
     # names in flight keep their labels (``ModelLabels.hold`` / ``drop``). ``request_bytes``: its body's
@@ -208,6 +215,7 @@ class Session:
         # front has the whole body before anything is counted under a model).
         self._models: tuple[str, str] | None = None
         self._running = ""  # the label it counts as running under (``begin`` / ``end``)
+        self._request_bytes = -1  # its body's size (``inference_objective_request_sizes``)
         self._ended = False  # (``close``: the observer's ``end`` once)
         self._parsed = False  # its body parsed: its target is a name the model server saw (labels)
         # The gateway sends response bodies (protocol_config's response_body_mode is not NONE): else the
@@ -370,6 +378,7 @@ class Session:
             self._client_model = model
             parsed.body["model"] = target
             model, changed = target, True
+        self._request_bytes = len(raw)
         self._use_models(client_model, model, len(raw))
         self._parsed = True
         if server_priority(parsed.body, self.ctx.policy, self.request_headers.get(keys.OBJECTIVE)):
@@ -619,7 +628,7 @@ class Session:
                 # Tokens from a success's usage only (as ``kvgate serve`` reads a 2xx's).
                 usage = self.usage if 200 <= self.status < 300 else None
                 size = self._resp_bytes if complete and self._response_bodies else -1
-                obs.request_done(*self._models, self.ctx.clock() - self._t0, usage, size)
+                obs.request_done(*self._models, self.ctx.clock() - self._t0, usage, size, self._request_bytes)
 
     def _outcome(self, complete: bool, idle: bool = False) -> None:
         """Count the request's end once, as ``kvgate serve`` does: a model server's 4xx/5xx under its

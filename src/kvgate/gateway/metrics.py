@@ -81,11 +81,16 @@ class GatewayMetrics:
         label, observe, inc, start = models.label, self._stats.observe, self.errors.inc, self._stats.start
 
         def observe_labelled(
-            model: str, target: str, seconds: float, usage: Usage | None, response_bytes: int = -1
+            model: str,
+            target: str,
+            seconds: float,
+            usage: Usage | None,
+            response_bytes: int = -1,
+            request_bytes: int = -1,
         ) -> None:
-            observe(label(model), label(target), seconds, usage, response_bytes)
+            observe(label(model), label(target), seconds, usage, response_bytes, request_bytes)
 
-        def start_labelled(model: str, target: str, request_bytes: int) -> str:
+        def start_labelled(model: str, target: str, request_bytes: int = -1) -> str:
             return start(label(model), label(target), request_bytes)
 
         def error_labelled(model: str, target: str, code: str) -> None:

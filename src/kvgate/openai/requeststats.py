@@ -190,8 +190,12 @@ class RequestStats:
         running = GaugeMetricFamily(
             "inference_objective_running_requests", "Requests in flight per model", labels=["model_name"]
         )
+        # A name at 0 keeps its series while it has request series (a name only ever refused, or
+        # counted under a label it no longer has, shows none at 0).
+        named = {m for m, _ in self.children}
         for model, n in list(self.running.items()):
-            running.add_metric([model], n)
+            if n or model in named:
+                running.add_metric([model], n)
         yield total
         for fam, _ in fams:
             yield fam
@@ -205,12 +209,15 @@ class RequestStats:
         for model in [m for m, n in self.running.items() if m in names and n <= 0]:
             del self.running[model]  # (a name in flight is held by its door, never forgotten)
 
-    def start(self, model: str, target: str, request_bytes: int) -> str:
-        """A request whose model is known is in flight (``inference_objective_running_requests``) and
-        its body size observed (``inference_objective_request_sizes``); ``stop(model)`` once, however
-        it ends (the name returned: the label counted). The caller bounds the labels."""
+    def start(self, model: str, target: str, request_bytes: int = -1) -> str:
+        """A request whose model is known is in flight (``inference_objective_running_requests``) and,
+        ``request_bytes`` >= 0, its body size observed (``inference_objective_request_sizes``: else
+        ``observe`` may); ``stop(model)`` once, however it ends (the name returned: the label counted).
+        The caller bounds the labels."""
         running = self.running
         running[model] = running.get(model, 0) + 1
+        if request_bytes < 0:
+            return model
         key = (model, target)
         c = self.children.get(key)
         if c is None:
@@ -225,10 +232,17 @@ class RequestStats:
         running[model] = running.get(model, 1) - 1
 
     def observe(
-        self, model: str, target: str, seconds: float, usage: Usage | None, response_bytes: int = -1
+        self,
+        model: str,
+        target: str,
+        seconds: float,
+        usage: Usage | None,
+        response_bytes: int = -1,
+        request_bytes: int = -1,
     ) -> None:
         """One request's end (the caller bounds the labels). ``response_bytes``: the response body's
-        size where the door has it whole (-1: not known, not observed)."""
+        size where the door has it whole; ``request_bytes``: the request body's, where ``start`` did
+        not observe it (-1: not observed)."""
         key = (model, target)
         c = self.children.get(key)
         if c is None:
@@ -241,6 +255,10 @@ class RequestStats:
             h = c.response_sizes
             h.counts[bisect_left(h.bounds, response_bytes)] += 1
             h.sum += response_bytes
+        if request_bytes >= 0:
+            h = c.request_sizes
+            h.counts[bisect_left(h.bounds, request_bytes)] += 1
+            h.sum += request_bytes
         if usage is not None:
             # 0 = not reported (an embeddings usage has no completion_tokens): nothing to observe.
             if n := usage.prompt_tokens:

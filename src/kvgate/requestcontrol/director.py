@@ -119,7 +119,8 @@ class Director:
         self.name = name
         self._candidates: tuple[Endpoint, ...] = ()
         self._candidates_version = -1
-        self._per_pod: dict[str, set[str]] = {}  # pool -> addresses with a per-endpoint queue series
+        # pool -> address -> its per-endpoint queue series (the two gauges' children: ``labels()`` once)
+        self._per_pod: dict[str, dict[str, tuple[Any, Any]]] = {}
         # request_id -> ({address: uncached fraction}, its prompt's prefix keys), from pick until dispatch.
         self._picked: OrderedDict[str, tuple[dict[str, float], PrefixKeys | None]] = OrderedDict()
         # Where the detector's KV estimate reads what its requests send (``ownLoadStalenessThreshold``):
@@ -701,17 +702,20 @@ class Director:
         """``inference_pool_per_pod_queue_size`` (and llm-d's ``llm_d_epp_per_endpoint_queue_size``) for
         the ready endpoints (as the reference: those with fresh metrics); a series whose endpoint is no
         longer ready goes."""
-        shown = self._per_pod.setdefault(pool, set())
-        now = set()
+        shown = self._per_pod.pop(pool, {})
+        now: dict[str, tuple[Any, Any]] = {}
         for e in ready:
+            a = e.address
+            series = shown.pop(a, None) or (
+                metrics.POOL_PER_POD_QUEUE.labels(pool, a),
+                metrics.LLMD_PER_ENDPOINT_QUEUE.labels(pool, a),
+            )
             q = e.metrics.waiting_queue_size
-            metrics.POOL_PER_POD_QUEUE.labels(pool, e.address).set(q)
-            metrics.LLMD_PER_ENDPOINT_QUEUE.labels(pool, e.address).set(q)
-            now.add(e.address)
-        for address in shown - now:
-            metrics.POOL_PER_POD_QUEUE.remove(pool, address)
-            metrics.LLMD_PER_ENDPOINT_QUEUE.remove(pool, address)
+            series[0].set(q)
+            series[1].set(q)
+            now[a] = series
+        for a in shown:  # (no longer ready)
+            metrics.POOL_PER_POD_QUEUE.remove(pool, a)
+            metrics.LLMD_PER_ENDPOINT_QUEUE.remove(pool, a)
         if now:
             self._per_pod[pool] = now
-        else:
-            del self._per_pod[pool]
