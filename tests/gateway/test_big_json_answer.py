@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,36 @@ def _resp(status: int, body: bytes, ctype: bytes = b"application/json") -> bytes
     )
 
 
+# Writes the answer to a request for a path.
+PathAnswer = Callable[[str, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def serve_keepalive(answer: PathAnswer) -> asyncio.Server:
+    """A raw HTTP/1.1 server on a loopback port: on each connection, request after request (its body read
+    and dropped), ``answer(path, writer)`` writes the answer; one that closes (or aborts) the writer ends
+    the connection. A client that goes ends it quietly."""
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await r.readuntil(b"\r\n\r\n")
+                line, *rest = head.decode("latin-1").split("\r\n")
+                hdrs = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in rest if x)}
+                n = int(hdrs.get("content-length", "0"))
+                if n:
+                    await r.readexactly(n)
+                await answer(line.split(" ")[1], w)
+                if w.is_closing():
+                    return
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
 class RawServer:
     """A model server on a raw socket: ``/metrics`` and ``/health`` answer; a generation request gets
     ``body`` in ``piece``-byte writes (``pause`` seconds apart), of which only the first ``cut_after``
@@ -60,40 +90,25 @@ class RawServer:
         self.port = 0
         self._server: asyncio.Server | None = None
 
-    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await r.readuntil(b"\r\n\r\n")
-                line, *rest = head.decode("latin-1").split("\r\n")
-                hdrs = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in rest if x)}
-                n = int(hdrs.get("content-length", "0"))
-                if n:
-                    await r.readexactly(n)
-                path = line.split(" ")[1]
-                if path.startswith("/metrics"):
-                    w.write(_resp(200, METRICS, b"text/plain"))
-                elif path == "/health":
-                    w.write(_resp(200, b""))
-                else:
-                    self.hits += 1
-                    raw = _resp(200, self.body)
-                    end = len(raw) if self.cut_after is None else len(raw) - len(self.body) + self.cut_after
-                    for i in range(0, end, self.piece):
-                        w.write(raw[i : min(i + self.piece, end)])
-                        await w.drain()
-                        if self.pause:
-                            await asyncio.sleep(self.pause)
-                    if self.cut_after is not None:
-                        w.transport.abort()
-                        return
+    async def _answer(self, path: str, w: asyncio.StreamWriter) -> None:
+        if path.startswith("/metrics"):
+            w.write(_resp(200, METRICS, b"text/plain"))
+        elif path == "/health":
+            w.write(_resp(200, b""))
+        else:
+            self.hits += 1
+            raw = _resp(200, self.body)
+            end = len(raw) if self.cut_after is None else len(raw) - len(self.body) + self.cut_after
+            for i in range(0, end, self.piece):
+                w.write(raw[i : min(i + self.piece, end)])
                 await w.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            w.close()
+                if self.pause:
+                    await asyncio.sleep(self.pause)
+            if self.cut_after is not None:
+                w.transport.abort()
 
     async def start(self) -> RawServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await serve_keepalive(self._answer)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

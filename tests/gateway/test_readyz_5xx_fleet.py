@@ -11,49 +11,15 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
-
-from gateway.conftest import make_config, running_gateway
 from gateway.test_big_json_answer import _resp
+from gateway.test_readyz_without_metrics import served_and_ready
 
 
-async def _handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            head = await r.readuntil(b"\r\n\r\n")
-            _line, *rest = head.decode("latin-1").split("\r\n")
-            hdrs = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in rest if x)}
-            if n := int(hdrs.get("content-length", "0")):
-                await r.readexactly(n)
-            w.write(_resp(503, b"upstream connect error or disconnect/reset before headers"))
-            await w.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        w.close()
+async def _all_503(_path: str, w: asyncio.StreamWriter) -> None:
+    w.write(_resp(503, b"upstream connect error or disconnect/reset before headers"))
 
 
 async def test_a_fleet_answering_503_everywhere_is_not_ready():
-    server = await asyncio.start_server(_handle, "127.0.0.1", 0)
-    addr = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    cfg = make_config(
-        [addr],
-        extra={
-            "listen": {"adminPort": 0},
-            "health": {"metricsStalenessSeconds": 1, "scrapeFailures": 3},
-            "scrapeIntervalSeconds": 0.1,
-        },
-    )
-    try:
-        async with running_gateway(cfg, scrape=True) as gw, aiohttp.ClientSession() as s:
-            await asyncio.sleep(1.5)  # > scrapeFailures scrape intervals
-            async with s.post(
-                f"http://127.0.0.1:{gw.port}/v1/completions", json={"model": "m", "prompt": "x"}
-            ) as r:
-                served = r.status
-            async with s.get(f"http://127.0.0.1:{gw.admin_port}/readyz") as r:
-                ready = (r.status, await r.text())
-            assert served >= 500
-            assert ready[0] == 503, f"every request fails ({served}) but /readyz says {ready}"
-    finally:
-        server.close()
+    served, ready = await served_and_ready(_all_503)
+    assert served >= 500
+    assert ready[0] == 503, f"every request fails ({served}) but /readyz says {ready}"

@@ -16,31 +16,14 @@ import asyncio
 import aiohttp
 
 from gateway.conftest import make_config, running_gateway
-from gateway.test_big_json_answer import _resp, answer_body
+from gateway.test_big_json_answer import PathAnswer, _resp, answer_body, serve_keepalive
 
 
-async def _handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            head = await r.readuntil(b"\r\n\r\n")
-            line, *rest = head.decode("latin-1").split("\r\n")
-            hdrs = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in rest if x)}
-            if n := int(hdrs.get("content-length", "0")):
-                await r.readexactly(n)
-            path = line.split(" ")[1]
-            if path.startswith("/metrics"):
-                w.write(_resp(404, b'{"detail":"Not Found"}'))
-            else:
-                w.write(_resp(200, answer_body(10) if path.startswith("/v1/") else b""))
-            await w.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        w.close()
-
-
-async def test_a_serving_fleet_without_metrics_is_ready():
-    server = await asyncio.start_server(_handle, "127.0.0.1", 0)
+async def served_and_ready(answer: PathAnswer) -> tuple[int, tuple[int, str]]:
+    """A fleet of one raw server (``answer``) behind a gateway scraping it every 0.1 s (3 failures eject,
+    a scrape older than 1 s is stale); after 1.5 s (past 3 scrape intervals): (a completion's status,
+    ``/readyz``'s status and text)."""
+    server = await serve_keepalive(answer)
     addr = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     cfg = make_config(
         [addr],
@@ -58,11 +41,22 @@ async def test_a_serving_fleet_without_metrics_is_ready():
             ) as r:
                 served = r.status
             async with s.get(f"http://127.0.0.1:{gw.admin_port}/readyz") as r:
-                ready = (r.status, await r.text())
-            assert served == 200
-            assert ready[0] == 200, f"requests are served ({served}) but /readyz says {ready}"
+                return served, (r.status, await r.text())
     finally:
         server.close()
+
+
+async def _no_metrics(path: str, w: asyncio.StreamWriter) -> None:
+    if path.startswith("/metrics"):
+        w.write(_resp(404, b'{"detail":"Not Found"}'))
+    else:
+        w.write(_resp(200, answer_body(10) if path.startswith("/v1/") else b""))
+
+
+async def test_a_serving_fleet_without_metrics_is_ready():
+    served, ready = await served_and_ready(_no_metrics)
+    assert served == 200
+    assert ready[0] == 200, f"requests are served ({served}) but /readyz says {ready}"
 
 
 def test_ready_endpoints_count_a_recent_http_answer_not_an_old_one() -> None:
