@@ -33,6 +33,7 @@ from kvgate.gateway.errors import GatewayError, error_response, sse_error_event,
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
+from kvgate.gateway.shared_tenants import SharedRateLimiter, SharedTenants
 from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import ReadTimeout, UpstreamPool, UpstreamResponse
@@ -183,6 +184,7 @@ class Proxy:
         metrics: GatewayMetrics,
         health: HealthTracker,
         clock: Callable[[], float] = time.monotonic,
+        tenants: SharedTenants | None = None,
     ) -> None:
         self.cfg = cfg
         self.pools = pools
@@ -213,7 +215,16 @@ class Proxy:
             else None
         )
         rpm, tpm = cfg.rate_requests_per_minute, cfg.rate_tokens_per_minute
-        self.limiter = RateLimiter(rpm, tpm, clock) if rpm or tpm else None
+        # Under ``--workers`` (``tenants``: the fleet's table in the shared segment) the buckets and the
+        # ``maxConcurrentRequests`` count are the fleet's (review s18-qa M1: they were per worker).
+        self.limiter: RateLimiter | SharedRateLimiter | None = None
+        if rpm or tpm:
+            self.limiter = (
+                RateLimiter(rpm, tpm, clock)
+                if tenants is None
+                else SharedRateLimiter(tenants, rpm, tpm, clock)
+            )
+        self.fleet_inflight = tenants
         self.hide = cfg.hide_internal_addresses
         # https pools: one verifying client context each (CA file or the system's CAs).
         self.tls = {p.name: tls_context(p.cfg) for p in pools if p.cfg.scheme == "https"}
@@ -364,7 +375,12 @@ class Proxy:
                 resp.headers["Retry-After"] = retry_after(wait)
                 resp.headers[proto.RATE_LIMITED] = "true"  # the tenant's limit, not the pool's capacity
                 return resp
-        if self.inflight >= self.cfg.limits.max_concurrent_requests:
+        fleet = self.fleet_inflight
+        if (
+            self.inflight >= self.cfg.limits.max_concurrent_requests
+            if fleet is None
+            else not fleet.enter(self.cfg.limits.max_concurrent_requests)
+        ):
             self.metrics.error("", "", "429")
             resp = error_response(
                 GatewayError(429, "too many concurrent requests", code="too_many_requests"), rid
@@ -413,6 +429,8 @@ class Proxy:
                 self.metrics.stop(running)
             if held is not None:
                 held.drop(client_model)
+            if fleet is not None:
+                fleet.leave()
             self.inflight -= 1
             if self.inflight == 0:
                 self.idle.set()

@@ -33,6 +33,7 @@ from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
+from kvgate.gateway.shared_tenants import SharedTenants
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
@@ -119,8 +120,11 @@ class GatewayServer:
         admin_host: str | None = None,
         admin_on_data: bool = False,
         listen_when_ready: bool = True,
+        tenants: SharedTenants | None = None,
     ) -> None:
         self.cfg = cfg
+        # A ``--workers`` worker's view of the fleet's tenant buckets and in-flight count (shared_tenants).
+        self.tenants = tenants
         # Worker mode (``--workers``): the data port is shared with sibling processes, and the admin
         # listener is a private one the supervisor reads (see ``gateway.workers``).
         self.reuse_port = reuse_port
@@ -291,7 +295,7 @@ class GatewayServer:
     async def start(self) -> None:
         # aiohttp's client only for the health probes (rare); the data path uses upstream.UpstreamPool.
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        self.proxy = Proxy(self.cfg, self.pools, self.metrics, self.health, self.clock)
+        self.proxy = Proxy(self.cfg, self.pools, self.metrics, self.health, self.clock, self.tenants)
         self.health.tls = self.proxy.tls
         self.metrics.track_fronts(lambda: [front for _, front in self._servers])
         await self._bind_data()

@@ -10,7 +10,8 @@ Rate limits are token buckets per tenant (the API key's tenant, else the fairnes
 ``default-flow``): ``requestsPerMinute`` taken one per request at admission, ``tokensPerMinute`` charged
 with the usage each response reports and checked at admission (a tenant in debt waits until refilled).
 Refusals are 429 with ``Retry-After``. Buckets are kept for at most ``MAX_TENANTS`` tenants (least
-recently seen forgotten), since the fairness header is client-chosen.
+recently seen forgotten), since the fairness header is client-chosen. Under ``--workers`` the buckets
+are the fleet's (``gateway.shared_tenants``, the same arithmetic on a shared table).
 """
 
 from __future__ import annotations

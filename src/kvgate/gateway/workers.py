@@ -6,7 +6,9 @@ processes that all listen on the data port (``SO_REUSEPORT``); each is a complet
 
 What this trades: in-flight counts are shared (``gateway.shared_inflight``: each worker publishes
 its own per-endpoint counts into a shared-memory table and folds the others' into its endpoints every
-``SHARED_INFLIGHT_SYNC_S``), so every worker balances on the fleet-wide load. Flow control keeps one
+``SHARED_INFLIGHT_SYNC_S``), so every worker balances on the fleet-wide load; the same segment holds the
+tenants' rate-limit buckets and the requests in flight against ``maxConcurrentRequests``
+(``gateway.shared_tenants``), so those limits are the fleet's, as in one process. Flow control keeps one
 queue per worker, ordered across the fleet by marks in the same segment (``flowcontrol.fleet``: a worker
 lets a request wait while another has one waiting that goes first). Prefix state converges: each
 worker sends its prefix-index insertions to the others every few ms over unix datagram sockets
@@ -150,8 +152,10 @@ async def _worker(
     # The data port opens only once start-up is done (KV-event catch-up, upstream warm-up): the kernel
     # gives a listening worker its share of new connections, ready or not; the private admin port opens
     # first, but the supervisor counts this worker only once it reports (below).
+    # The fleet's tenant buckets and in-flight count (``shared_tenants``), attached before any request.
+    tenants = _attach_tenants(shared, index)
     server = GatewayServer(cfg, pools, reuse_port=True, admin_host="127.0.0.1", admin_on_data=admin_on_data,
-                           listen_when_ready=True)  # fmt: skip
+                           listen_when_ready=True, tenants=tenants)  # fmt: skip
     await server.start()
     reloader = None
     # The prefix gossip, once started: a reload that swaps pickers moves it to the new prefix indexes.
@@ -201,6 +205,26 @@ async def _worker(
     finally:
         if sync is not None:
             sync.cancel()
+        if tenants is not None:
+            tenants.close()
+
+
+def _tenants_offset(workers: int) -> int:
+    """Where the tenant table starts in the segment's extra bytes: after the flow-control marks."""
+    from kvgate.flowcontrol import fleet
+
+    return fleet.segment_size(workers)
+
+
+def _attach_tenants(shared: tuple[str, Any, int] | None, index: int) -> Any:
+    if shared is None:
+        return None
+    from kvgate.gateway.shared_inflight import DEFAULT_SLOTS, segment_size
+    from kvgate.gateway.shared_tenants import SharedTenants
+
+    name, lock, workers = shared
+    return SharedTenants.attach(name, segment_size(workers, DEFAULT_SLOTS) + _tenants_offset(workers), lock,
+                                workers, index)  # fmt: skip
 
 
 async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, int]) -> None:
@@ -573,6 +597,7 @@ class Supervisor:
         self._admin_front: FrontServer | None = None
         self.shared: Any = None  # SharedInFlight (owner view) when workers > 1
         self.marks: Any = None  # flowcontrol.fleet.FleetMarks on its extra bytes, with it
+        self.tenants: Any = None  # shared_tenants.SharedTenants after the marks, with it
         self.gossip_dir: str | None = None  # where the workers' prefix-gossip sockets live (workers > 1)
         # Each private directory's lock (``private_dir``), held until the directory is removed.
         self._locks: dict[str, int] = {}
@@ -626,6 +651,7 @@ class Supervisor:
         if self.shared is not None:
             self.shared.clear_row(i)  # a restarted worker starts with nothing in flight (running totals kept)
             self.marks.clear_row(i)  # and no queue mark (a dead one's expires anyway: fleet.MARK_TTL_S)
+            self.tenants.clear_row(i)  # and nothing in flight against maxConcurrentRequests (buckets kept)
             shared = (self.shared.name, self.shared.lock, self.n)
         proc = self.ctx.Process(
             target=_worker_main,
@@ -765,6 +791,13 @@ class Supervisor:
                         self.failed = True
                         return
                     self.admin_ports[i] = None
+                    if self.shared is not None:
+                        # It may have died holding the segment's lock (taken microseconds per request by
+                        # the tenant table): freed if it cannot be taken within ``STUCK_S``.
+                        from kvgate.gateway.shared_tenants import free_stuck_lock
+
+                        if await asyncio.to_thread(free_stuck_lock, self.shared.lock):
+                            log.warning("worker %d died holding the shared segment's lock: freed", i)
                     restarting[i] = asyncio.create_task(self._restart(i), name=f"restart-worker-{i}")
         finally:
             for task in restarting.values():
@@ -950,8 +983,12 @@ class Supervisor:
 
                 self.gossip_dir, lock = private_dir("gossip")  # short: unix socket paths max 107 bytes
                 self._locks[self.gossip_dir] = lock
-                self.shared = SharedInFlight.create(self.n, self.ctx.Lock(), extra=fleet.segment_size(self.n))
+                from kvgate.gateway.shared_tenants import SharedTenants, segment_size
+
+                at = _tenants_offset(self.n)
+                self.shared = SharedInFlight.create(self.n, self.ctx.Lock(), extra=at + segment_size(self.n))
                 self.marks = fleet.FleetMarks(self.shared.extra, self.n, -1)
+                self.tenants = SharedTenants(self.shared.extra[at:], self.n, -1, self.shared.lock)
             try:
                 await asyncio.gather(*(self.start_worker(i) for i in range(self.n)))
             except OSError as e:  # the spawn failed (out of processes, descriptors, memory)
@@ -992,6 +1029,8 @@ class Supervisor:
                 self._reserve.close()
             if self.marks is not None:
                 self.marks.close()
+            if self.tenants is not None:
+                self.tenants.close()
             if self.shared is not None:
                 self.shared.close()
             if self.gossip_dir is not None:
