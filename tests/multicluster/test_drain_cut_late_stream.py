@@ -22,15 +22,15 @@ from kvgate.multicluster.serve import GlobalGateway
 pytestmark = pytest.mark.asyncio
 
 
-async def test_a_stream_answered_just_after_the_cut_is_cut_with_the_event() -> None:
-    """At the deadline (0.3 s) one stream is mid-body and another request still waits for its cluster's
-    answer, which comes 0.3 s after the deadline. Both clients get the drain's error event as their last
-    event and the body's clean end (aiohttp reads the whole body). Fails before: the late one's body
-    breaks off (``ServerDisconnectedError`` / ``ClientPayloadError``)."""
-    server = await late_stream(0.9)  # (the deadline falls 0.6 s after the late request: see below)
-    address = listen_address(server)
+async def one_mid_body_one_late(server: asyncio.Server) -> tuple[bytes, bytes, GlobalGateway]:
+    """A ``--clusters`` gateway (drain deadline 0.3 s) on ``server``'s one cluster: a stream is opened and
+    its first event read; then a ``late`` stream is sent and, 0.3 s later, the gateway stopped; (the
+    first stream's whole body, the late one's, the gateway)."""
     gw = GlobalGateway(
-        ClustersConfig((ClusterSpec("c1", gateway=address),)), "round-robin", fetch=False, drain_s=0.3
+        ClustersConfig((ClusterSpec("c1", gateway=listen_address(server)),)),
+        "round-robin",
+        fetch=False,
+        drain_s=0.3,
     )
     await gw.start("127.0.0.1", 0)
     url = f"http://127.0.0.1:{gw.port}/v1/completions"
@@ -45,7 +45,7 @@ async def test_a_stream_answered_just_after_the_cut_is_cut_with_the_event() -> N
     try:
         async with aiohttp.ClientSession() as s:
             body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 50})
-            async with s.post(url, data=body) as r:
+            async with s.post(url, data=body) as r:  # keeps the drain busy to its deadline
                 await r.content.readuntil(b"\n\n")
                 b = asyncio.create_task(late(s))
                 await asyncio.sleep(0.3)
@@ -57,6 +57,16 @@ async def test_a_stream_answered_just_after_the_cut_is_cut_with_the_event() -> N
         if stop is None:
             await gw.stop()
         server.close()
+    return a_raw, b_raw, gw
+
+
+async def test_a_stream_answered_just_after_the_cut_is_cut_with_the_event() -> None:
+    """At the deadline (0.3 s) one stream is mid-body and another request still waits for its cluster's
+    answer, which comes 0.3 s after the deadline. Both clients get the drain's error event as their last
+    event and the body's clean end (aiohttp reads the whole body). Fails before: the late one's body
+    breaks off (``ServerDisconnectedError`` / ``ClientPayloadError``)."""
+    # (the deadline falls 0.6 s after the late request)
+    a_raw, b_raw, gw = await one_mid_body_one_late(await late_stream(0.9))
     assert _events(a_raw)[-1]["error"]["code"] == "service_unavailable"
     events = _events(b_raw)
     assert events[-1]["error"]["code"] == "service_unavailable", events

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
-import orjson
 import pytest
 
-from gateway.sse_upstream import EV, SSE_HEAD, chunk, listen_address, serve_raw
+from gateway.sse_upstream import EV, SSE_HEAD, chunk, serve_raw
 from gateway.test_drain_cut_races import _events
-from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
-from kvgate.multicluster.serve import GlobalGateway
+from multicluster.test_drain_cut_late_stream import one_mid_body_one_late
 
 pytestmark = pytest.mark.asyncio
 
@@ -41,35 +38,7 @@ async def _upstream(late_after_s: float) -> asyncio.Server:
 
 
 async def test_a_whole_answer_arriving_after_the_cut_is_not_thrown_away() -> None:
-    server = await _upstream(0.9)  # the deadline (0.3 s) falls 0.6 s after the late request
-    address = listen_address(server)
-    gw = GlobalGateway(
-        ClustersConfig((ClusterSpec("c1", gateway=address),)), "round-robin", fetch=False, drain_s=0.3
-    )
-    await gw.start("127.0.0.1", 0)
-    url = f"http://127.0.0.1:{gw.port}/v1/completions"
-    stop = None
-
-    async def late(s: aiohttp.ClientSession) -> bytes:
-        body = orjson.dumps({"model": "m", "prompt": "late", "stream": True, "max_tokens": 50})
-        async with s.post(url, data=body) as r:
-            assert r.status == 200
-            return await r.read()
-
-    try:
-        async with aiohttp.ClientSession() as s:
-            body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 50})
-            async with s.post(url, data=body) as r:  # keeps the drain busy to its deadline
-                await r.content.readuntil(b"\n\n")
-                b = asyncio.create_task(late(s))
-                await asyncio.sleep(0.3)
-                stop = asyncio.create_task(gw.stop())
-                await asyncio.wait_for(r.read(), 10)
-            b_raw = await asyncio.wait_for(b, 10)
-            await asyncio.wait_for(stop, 10)
-    finally:
-        if stop is None:
-            await gw.stop()
-        server.close()
+    # the deadline (0.3 s) falls 0.6 s after the late request
+    _a_raw, b_raw, _gw = await one_mid_body_one_late(await _upstream(0.9))
     # Fails on main: only the drain's error event (the event and [DONE] that had arrived are dropped).
     assert b_raw == EV + DONE, _events(b_raw)
