@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -143,8 +144,10 @@ def _llama3_style(d: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("kind", ["sim", "llama3"])
-def test_piecewise_encoding_equals_whole_for_byte_level_bpe(tmp_path: Path, kind: str) -> None:
+def _piecewise_and_whole(tmp_path: Path, kind: str) -> tuple[tokenize.PromptTokenizer, Any]:
+    """A byte-level BPE tokenizer (``sim``: the simulator's, ``llama3``: one with Llama 3's split and a
+    BOS) written under ``tmp_path``: kvgate's ``PromptTokenizer`` of it, which must encode piecewise, and
+    the ``tokenizers`` library's own (the whole-text reference)."""
     from tokenizers import Tokenizer
 
     from kvgate.sim.tokenizer import write_tokenizer_dir
@@ -156,7 +159,12 @@ def test_piecewise_encoding_equals_whole_for_byte_level_bpe(tmp_path: Path, kind
         d = _llama3_style(tmp_path / "t")
     tok = tokenize.PromptTokenizer(d / "tokenizer.json")
     assert tok.piecewise
-    whole = Tokenizer.from_file(str(d / "tokenizer.json"))
+    return tok, Tokenizer.from_file(str(d / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("kind", ["sim", "llama3"])
+def test_piecewise_encoding_equals_whole_for_byte_level_bpe(tmp_path: Path, kind: str) -> None:
+    tok, whole = _piecewise_and_whole(tmp_path, kind)
     texts = _texts(60, 1)
     for text in texts:
         assert list(tok.encode(text)) == whole.encode(text).ids
@@ -174,18 +182,7 @@ def test_a_text_continued_after_a_line_break_tokenizes_only_its_own_lines(
     requests, a chat's next turns): from the third on, only what follows the shared text is tokenized.
     Before, the piece the shared text ends in (up to ``PIECE_CHARS`` of it) was tokenized again with
     every new tail."""
-    from tokenizers import Tokenizer
-
-    from kvgate.sim.tokenizer import write_tokenizer_dir
-
-    if kind == "sim":
-        write_tokenizer_dir(tmp_path / "t")
-        d = tmp_path / "t"
-    else:
-        d = _llama3_style(tmp_path / "t")
-    tok = tokenize.PromptTokenizer(d / "tokenizer.json")
-    assert tok.piecewise
-    whole = Tokenizer.from_file(str(d / "tokenizer.json"))
+    tok, whole = _piecewise_and_whole(tmp_path, kind)
     system = " ".join(["alpha", "beta", "gamma", "delta", "epsilon"] * 120)
     tokenized: list[str] = []
     real_ids = tokenize._ids
