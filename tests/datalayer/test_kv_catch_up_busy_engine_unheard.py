@@ -26,7 +26,7 @@ import logging
 
 import pytest
 
-from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life
+from datalayer.test_kv_replay_loss import busy_replay, caught_up, engine_life
 from kvgate.datalayer import kvsubscriber
 
 NEW = 2_000_000
@@ -37,18 +37,10 @@ async def test_a_catch_up_on_a_busy_engine_is_used_before_its_live_batches_arriv
 ) -> None:
     caplog.set_level(logging.WARNING, logger="kvgate.datalayer.kvsubscriber")
     life = engine_life(NEW, 440)
-    server: VLLMShapedReplay
-
-    def publish_after(n: int, seq: int | None) -> bool:
-        # After each answer the engine's publisher loop publishes its next batch (a busy engine: one per
-        # pass, vLLM serves one replay request per pass). Its PUB is not connected to this SUB yet (the
-        # catch-up's live endpoint below has no engine behind it: nothing arrives live).
-        if seq is None and len(server.buffer) < len(life):
-            k = len(server.buffer)
-            server.buffer.append((k, life[k]))
-        return False
-
-    server = VLLMShapedReplay(life[:400], lose=publish_after)
+    # After each answer the engine's publisher loop publishes its next batch (a busy engine: one per
+    # pass, vLLM serves one replay request per pass). Its PUB is not connected to this SUB yet (the
+    # catch-up's live endpoint below has no engine behind it: nothing arrives live).
+    server = busy_replay(life, 400)
     async with caught_up(server) as (sub, idx):
         assert sub.stats.last_seq is not None and sub.stats.last_seq >= 399, (
             f"the catch-up was thrown away: requests {server.requests}, "

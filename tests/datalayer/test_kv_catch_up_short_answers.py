@@ -22,7 +22,7 @@ import logging
 
 import pytest
 
-from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, busy_replay, caught_up, engine_life
 
 NEW = 2_000_000
 LOG = "kvgate.datalayer.kvsubscriber"
@@ -33,16 +33,8 @@ async def test_a_busy_join_whose_live_batches_are_not_heard_yet_ends_at_its_seco
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOG)
     life = engine_life(NEW, 440)
-    server: VLLMShapedReplay
-
-    def publish_after(n: int, seq: int | None) -> bool:
-        # after each answer the engine publishes its next batch (to nobody here: nothing arrives live)
-        if seq is None and len(server.buffer) < len(life):
-            k = len(server.buffer)
-            server.buffer.append((k, life[k]))
-        return False
-
-    server = VLLMShapedReplay(life[:400], lose=publish_after)
+    # after each answer the engine publishes its next batch (to nobody here: nothing arrives live)
+    server = busy_replay(life, 400)
     async with caught_up(server) as (sub, idx):
         # (the first answer, 400 batches, is checked from its last: the check's answer, 399 and 400,
         # confirms its end and carries the batch published meanwhile)

@@ -87,6 +87,22 @@ def restarting_replay(old: list[bytes], new: list[bytes], lost_from: int) -> VLL
     return server
 
 
+def busy_replay(life: list[bytes], buffered: int) -> VLLMShapedReplay:
+    """A busy engine's replay server holding ``life``'s first ``buffered`` batches: after each answer the
+    engine's publisher loop publishes its next batch of ``life`` (one per pass; vLLM serves one replay
+    request per pass) into its buffer, to no SUB (nothing arrives live)."""
+    server: VLLMShapedReplay
+
+    def publish_after(n: int, seq: int | None) -> bool:
+        if seq is None and len(server.buffer) < len(life):
+            k = len(server.buffer)
+            server.buffer.append((k, life[k]))
+        return False
+
+    server = VLLMShapedReplay(life[:buffered], lose=publish_after)
+    return server
+
+
 @contextlib.asynccontextmanager
 async def caught_up(
     server: VLLMShapedReplay,
