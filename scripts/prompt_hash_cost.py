@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from tree_runs import alternate, run_in_tree, trees
+from tree_runs import compare, run_in_tree
 
 WORDS = ("the", "of", "prefix", "cache", "block", "token", "model", "route", "engine", "queue", "tenant")
 
@@ -96,21 +95,10 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5, help="rounds per process (its fastest counts)")
     p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
     args = p.parse_args()
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in trees(args.base_src)}
-    for rep, name, r in alternate(args.base_src, args.repeats, lambda src: _run(src, args)):
-        runs[name].append(r)
-        cells = "; ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "digest")
-        print(f"repeat {rep} {name:<4} us/request: {cells}; keys digest {r['digest']}", flush=True)
-    print()
-    for cell in (k for k in runs["this"][0] if k != "digest"):
-        base, this = (statistics.median(r[cell] for r in runs[n]) for n in runs)
-        print(f"{cell:<20} median base {base:8.2f} us/request, this {this:8.2f}: ratio {this / base:.3f}")
-    digests = {r["digest"] for rs in runs.values() for r in rs}
-    if len(digests) != 1:
-        print(f"KEYS DIFFER: {sorted(digests)}")
-        return 1
-    print(f"same keys in both trees (digest {digests.pop()})")
-    return 0
+    return compare(
+        args.base_src, args.repeats, lambda src: _run(src, args),
+        unit="request", places=2, width=20, what="keys",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from tree_runs import HERE_SRC, alternate, trees
+from tree_runs import HERE_SRC, compare
 
 HERE = Path(__file__).resolve().parent
 
@@ -128,24 +127,11 @@ def main() -> int:
     args = p.parse_args()
     tok = _tokenizer(args.tokenizer)
     print(f"tokenizer {tok}", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in trees(args.base_src)}
     argv = ["--_measure", tok, str(args.rounds)]
-    for rep, name, r in alternate(
-        args.base_src, args.repeats, lambda src: run_in_tree(__file__, src, argv, 900)
-    ):
-        runs[name].append(r)
-        cells = "; ".join(f"{k} {v:.1f}" for k, v in r.items() if k != "digest")
-        print(f"repeat {rep} {name:<4} us/prompt: {cells}; ids digest {r['digest']}", flush=True)
-    print()
-    for cell in (k for k in runs["this"][0] if k != "digest"):
-        base, this = (statistics.median(r[cell] for r in runs[n]) for n in runs)
-        print(f"{cell:<18} median base {base:8.1f} us/prompt, this {this:8.1f}: ratio {this / base:.3f}")
-    digests = {r["digest"] for rs in runs.values() for r in rs}
-    if len(digests) != 1:
-        print(f"IDS DIFFER: {sorted(digests)}")
-        return 1
-    print(f"same ids in both trees (digest {digests.pop()})")
-    return 0
+    return compare(
+        args.base_src, args.repeats, lambda src: run_in_tree(__file__, src, argv, 900),
+        unit="prompt", places=1, width=18, what="ids",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
