@@ -3,6 +3,9 @@ per-tenant request and token rate limits (429 + Retry-After), and hideInternalAd
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import aiohttp
 import orjson
 import pytest
@@ -120,6 +123,40 @@ async def test_a_llm_d_tenants_tokens_are_charged_to_that_tenant(backends):
         assert statuses == [200, 200, 429]
         async with s.post(url, data=body) as r:
             assert r.status == 200  # a client without a header spent nothing
+
+
+@pytest.mark.parametrize("mode", ["hang", "cut"])
+async def test_tokens_a_tenant_abandons_are_charged_its_prompt(backends, mode):
+    """A request whose usage never comes (the client left before the answer, or the stream was cut) costs
+    its tenant the prompt's estimate (review s18-qa L6: it cost nothing, so a tenant that always left before
+    the usage was never limited by tokensPerMinute)."""
+    (b,) = await backends(1, tokens=8)
+    b.mode = mode
+    extra = {"rateLimits": {"tokensPerMinute": 300}}
+    prompt = "word " * 400  # ~500 tokens by the text estimate (2,000 characters / 4)
+    async with running_gateway(make_config([b.address], extra=extra)) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/completions"
+        body = orjson.dumps({"model": "m", "prompt": prompt, "stream": mode == "cut"})
+        headers = {"x-gateway-inference-fairness-id": "leaver"}
+        if mode == "hang":
+            sent = asyncio.create_task(s.post(url, data=body, headers=headers))
+            await asyncio.wait_for(b.arrived.wait(), 5)
+            sent.cancel()  # the client leaves before any answer
+            with contextlib.suppress(asyncio.CancelledError):
+                await sent
+        else:
+            async with s.post(url, data=body, headers=headers) as r:
+                await r.read()  # the stream is cut before its usage
+        b.mode = "ok"
+        for _ in range(500):  # (the gateway sees the client leave a moment later)
+            if gw.proxy.inflight == 0:
+                break
+            await asyncio.sleep(0.01)
+        async with s.post(url, data=b'{"model":"m","prompt":"x"}', headers=headers) as r:
+            assert r.status == 429, "the abandoned prompt was not charged"
+        other = {"x-gateway-inference-fairness-id": "stayer"}
+        async with s.post(url, data=b'{"model":"m","prompt":"x"}', headers=other) as r:
+            assert r.status == 200
 
 
 async def test_hide_internal_addresses_keeps_them_out_of_errors_and_explain(backends):

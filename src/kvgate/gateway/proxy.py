@@ -57,7 +57,7 @@ from kvgate.openai.request import (
 from kvgate.openai.responses import RESPONSES_PATH, ResponseHomes, ResponseIdReader, previous_response_id
 from kvgate.openai.usage import BodyUsageScanner, usage_from_body
 from kvgate.requestcontrol.director import Director, preempted_error
-from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage
+from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage, prompt_tokens
 
 log = logging.getLogger("kvgate.gateway")
 
@@ -803,6 +803,8 @@ class Proxy:
             finally:
                 if not finished:
                     director.on_finished(ireq, ep, None, False)
+                    if not preempted[0]:  # (the client left, or an unexpected error: its prompt)
+                        self._charge(ireq, None, answered=True)
                 if resp is not None:
                     resp.release()
         self._blame(suspect)
@@ -860,9 +862,18 @@ class Proxy:
         """The same, as a sentence's subject ("upstream 10.0.0.1:8000" / "an upstream endpoint")."""
         return "an upstream endpoint" if self.hide else f"upstream {ep.address}"
 
-    def _charge(self, ireq: InferenceRequest, usage: Usage | None) -> None:
-        if self.limiter is not None and usage is not None:
+    def _charge(self, ireq: InferenceRequest, usage: Usage | None, answered: bool = False) -> None:
+        """``tokensPerMinute``: the answer's usage; where none came though the server took the request (the
+        client left, the answer was cut, a server that reports none: ``answered``), the prompt's estimate,
+        so a tenant that always leaves before the usage is not free (review s18-qa L6)."""
+        if self.limiter is None:
+            return
+        if usage is not None:
             self.limiter.charge(flow_of(ireq), usage.prompt_tokens + usage.completion_tokens)
+        elif answered:
+            self.limiter.charge(
+                flow_of(ireq), prompt_tokens(ireq.prompt_tokens, ireq.prompt_text, ireq.token_ids)
+            )
 
     def _peers(self, ep: Endpoint) -> tuple[Endpoint, ...]:
         pool = self.pool_by_name.get(ep.pool)
@@ -1041,7 +1052,7 @@ class Proxy:
                 self.metrics.ejections.inc()
             usage = scan.usage() if ok and resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok and resp.status < 500)
-            self._charge(ireq, usage)
+            self._charge(ireq, usage, resp.status < 300)
             self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage)
             if resp.status >= 400:
                 self.metrics.error(client_model, ireq.model, str(resp.status))
@@ -1071,7 +1082,7 @@ class Proxy:
         usage = usage_from_body(body) if resp.status < 300 else None
         director.on_finished(ireq, ep, usage, ok)
         if self.limiter is not None:
-            self._charge(ireq, usage)
+            self._charge(ireq, usage, resp.status < 300)
         if ok:
             self.health.success(ep)
         elif blame and self.health.failure(ep, self._peers(ep)):
@@ -1190,7 +1201,7 @@ class Proxy:
             # A 2xx's usage only, as ``_whole`` reads it (an error stream that carries one: none).
             usage = relay.usage if resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok)
-            self._charge(ireq, usage)
+            self._charge(ireq, usage, resp.status < 300)
             # Tokens observed only at the stream's normal end: a cut one, or one whose client left,
             # gives none, whether or not its usage event had passed (the transformed relay reads it as
             # it goes by, the pass-through one only at ``finish``), as ``kvgate serve --clusters``.
