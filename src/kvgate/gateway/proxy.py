@@ -596,13 +596,25 @@ class Proxy:
         # A Director without flow control: its ``admit`` is ``pick`` and nothing is preemptible (both
         # asked without a call). Any other director (a multi-cluster pool's, a wrapper) is asked as before.
         no_flow = type(director) is Director and director.flow is None
+        # A Responses follow-up picked on its home (``_prepare``'s subset). With flow control it is picked
+        # at once while its home has room, else as any request (queued): waiting in the queue for its home,
+        # it would hold up every later request of its band although other endpoints are free (review
+        # s18-doors M3; retries skip the queue too).
+        pinned = ireq.subset is not None
+        pick_now = no_flow
+        if pinned and not no_flow and type(director) is Director:
+            if director.saturated(ireq):
+                ireq.subset = None
+                pinned = False
+            else:
+                pick_now = True
         for attempt in range(self.cfg.limits.max_attempts):
             try:
                 if tried:
                     result = self._retry_pick(pool, director, ireq, tried, explain)
                     ep = self._untried(result, tried)
                 else:
-                    if no_flow:
+                    if pick_now:
                         result = director.pick(ireq, explain)
                     elif deadline is None:  # flow control may hold it until capacity frees
                         result = await director.admit(ireq, explain)  # (cancelled if the client goes)
@@ -673,6 +685,11 @@ class Proxy:
                     else:  # answered otherwise here: the suspect's 500 was its own
                         self._blame(suspect)
                     suspect = None
+                if pinned and resp.status == 500:
+                    # A follow-up's 500 at its home: anywhere else it can only be vLLM's 404 (the response
+                    # lives at its home), which would read as "answered otherwise" and charge the home for
+                    # a request that may be the culprit (review s18-doors M4): passed through, uncharged.
+                    blame = False
                 # A 5xx with nowhere else to go is passed through rather than masked.
                 if (
                     resp.status >= 500

@@ -1,0 +1,156 @@
+"""``kvgate serve``: a Responses follow-up pinned to its home (``previous_response_id``) keeps the hardening
+plain requests have (review s18-doors M4: a poison follow-up's 500 at its home, retried elsewhere, met vLLM's
+404 there and charged the home; repeated, it ejected healthy endpoints) and, with flow control, never holds
+up the requests queued behind it (M3: a follow-up waiting for its busy home blocked its whole band although
+other endpoints were free). Both tests fail before the fix."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from flowcontrol.test_doors import eventually, picker_config
+from gateway.conftest import base_url, make_config, make_pools, running_gateway
+from gateway.responses_backend import ResponsesStore
+from kvgate.gateway.server import GatewayServer
+
+
+class PoisonStore(ResponsesStore):
+    """vLLM-like: an unknown ``previous_response_id`` is a 404 before anything runs; the input ``poison``
+    is an engine error (500) wherever it runs."""
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        prev = body.get("previous_response_id")
+        if body.get("input") == "poison" and (prev is None or prev in self.made):
+            return web.json_response(
+                {"error": {"message": "engine error", "type": "InternalServerError", "code": 500}}, status=500
+            )
+        return await super()._responses(request)
+
+
+async def test_poison_follow_ups_eject_nobody() -> None:
+    stores = [await PoisonStore(f"s{i}").start() for i in range(3)]
+    try:
+        cfg = make_config(
+            [st.address for st in stores],
+            extra={"health": {"ejectAfterFailures": 2, "ejectBaseSeconds": 30, "ejectMaxSeconds": 60}},
+        )
+        async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            url = base_url(gw) + "/v1/responses"
+            async with s.post(url, data=orjson.dumps({"model": "m", "input": "hi"})) as r:
+                rid = (await r.json())["id"]
+            for _ in range(4):
+                body = {"model": "m", "input": "poison", "previous_response_id": rid}
+                async with s.post(url, data=orjson.dumps(body)) as r:
+                    assert r.status == 500  # (its home's own answer, not another's 404)
+                    await r.read()
+            # The same poison input without a follow-up ejects nobody (s17-qa M4); pinned, neither should it.
+            assert [ep.healthy for ep in gw.pools[0].endpoints()] == [True] * 3
+            assert gw.metrics.ejections._value.get() == 0
+    finally:
+        for st in stores:
+            await st.stop()
+
+
+async def test_poison_plain_requests_eject_nobody() -> None:
+    """The control: the same input, no follow-up (passes on main)."""
+    stores = [await PoisonStore(f"s{i}").start() for i in range(3)]
+    try:
+        cfg = make_config(
+            [st.address for st in stores],
+            extra={"health": {"ejectAfterFailures": 2, "ejectBaseSeconds": 30, "ejectMaxSeconds": 60}},
+        )
+        async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            for _ in range(4):
+                async with s.post(
+                    base_url(gw) + "/v1/responses", data=orjson.dumps({"model": "m", "input": "poison"})
+                ) as r:
+                    assert r.status == 500
+            assert [ep.healthy for ep in gw.pools[0].endpoints()] == [True] * 3
+    finally:
+        for st in stores:
+            await st.stop()
+
+
+class Held:
+    def __init__(self, name: str) -> None:
+        self.name, self.arrivals, self.release = name, [], asyncio.Semaphore(0)
+        self.address, self._runner = "", None
+
+    async def start(self) -> Held:
+        app = web.Application()
+        app.router.add_post("/v1/responses", self._answer)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        self.arrivals.append(body["input"])
+        await self.release.acquire()
+        doc = {
+            "id": f"resp_{self.name}_{body['input']}",
+            "object": "response",
+            "output": [],
+            "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
+        }
+        return web.Response(body=orjson.dumps(doc), content_type="application/json")
+
+
+async def test_a_pinned_follow_up_does_not_hold_up_its_flow() -> None:
+    backends = [await Held(n).start() for n in "abc"]
+    a = backends[0]
+    cfg = make_config([b.address for b in backends], extra={})
+    cfg.pools[0].picker_config = picker_config()
+    pools = make_pools(cfg)
+    gw = GatewayServer(cfg, pools, scrape=False)
+    await gw.start()
+    http = aiohttp.ClientSession()
+    tasks: list[asyncio.Task[int]] = []
+    try:
+        assert gw.proxy is not None
+        gw.proxy.responses.remember("resp_pin", a.address)
+        gw.proxy.responses.remember("resp_x", a.address)
+
+        async def send(inp: str, prev: str | None = None) -> int:
+            body = {"model": "m", "input": inp, **({"previous_response_id": prev} if prev else {})}
+            hdrs = {"content-type": "application/json", "x-gateway-inference-fairness-id": "t"}
+            async with http.post(
+                f"http://127.0.0.1:{gw.port}/v1/responses", data=orjson.dumps(body), headers=hdrs
+            ) as r:
+                await r.read()
+                return r.status
+
+        def arrived() -> list[str]:
+            return [x for b in backends for x in b.arrivals]
+
+        tasks.append(asyncio.ensure_future(send("hold", "resp_pin")))  # a follow-up held at a (a busy)
+        await eventually(lambda: arrived() == ["hold"], "the first follow-up at a backend")
+        assert a.arrivals == ["hold"]  # (its home had room: picked there at once)
+        tasks.append(asyncio.ensure_future(send("follow", "resp_x")))  # home a busy: picked as any
+        await asyncio.sleep(0.2)
+        tasks.append(asyncio.ensure_future(send("new")))  # b and c are free: it should go now
+        await eventually(
+            lambda: "new" in arrived(),
+            f"the new request at a free endpoint (b or c); queued {len(pools[0].director.flow)}",
+        )  # type: ignore[union-attr,arg-type]
+    finally:
+        for b in backends:
+            for _ in range(5):
+                b.release.release()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        await http.close()
+        await gw.stop(drain_timeout=0.5)
+        for b in backends:
+            await b.stop()
