@@ -1,9 +1,14 @@
 """A model server that keeps its Responses API answers as vLLM does (``VLLM_ENABLE_RESPONSES_API_STORE=1``):
 in its own memory, so a follow-up (``previous_response_id``) naming a response another server made is a
-404, vLLM's ``Response with id '...' not found.``. Shared by the doors' follow-up tests."""
+404, vLLM's ``Response with id '...' not found.``. Shared by the doors' follow-up tests.
+
+As vLLM's, an answer carries the request's ``instructions`` (a stream's ``response.created`` too: a long
+system prompt makes it long); ``split_created``: a stream's ``response.created`` is written in two parts,
+50 ms apart, cut this many bytes in (as the network splits one write of vLLM's past one segment)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -16,6 +21,7 @@ class ResponsesStore:
         self.made: list[str] = []
         self.followed: list[str] = []  # previous_response_id of each follow-up answered here
         self.address = ""
+        self.split_created: int | None = None
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> ResponsesStore:
@@ -52,6 +58,7 @@ class ResponsesStore:
             "object": "response",
             "model": body.get("model"),
             "status": "completed",
+            "instructions": body.get("instructions"),
             "output": [{"id": f"msg_{rid}", "type": "message"}],
             "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4},
         }
@@ -64,8 +71,11 @@ class ResponsesStore:
             ("response.output_text.delta", {"item_id": f"msg_{rid}", "delta": "hi"}),
             ("response.completed", {"response": doc}),
         ):
-            await resp.write(
-                b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps({"type": kind, **event}))
-            )
+            data = b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps({"type": kind, **event}))
+            if kind == "response.created" and self.split_created is not None:
+                await resp.write(data[: self.split_created])
+                await asyncio.sleep(0.05)
+                data = data[self.split_created :]
+            await resp.write(data)
         await resp.write_eof()
         return resp

@@ -110,3 +110,75 @@ def test_a_json_answer_whose_id_is_not_first_is_read_only_when_whole() -> None:
     ids = ResponseIdReader(False)
     ids.feed(b'{"id": "resp_first", "output": "' + b"a" * ID_HEAD_BYTES + b'"}')
     assert ids.response_id() == "resp_first"
+
+
+LONG = "x" * (80 * 1024)  # a long system prompt (~20k tokens), as agents send: past ``ID_HEAD_BYTES``
+
+
+def _created(rid: str, instructions: str) -> bytes:
+    doc = {"type": "response.created", "response": {"id": rid, "instructions": instructions, "output": []}}
+    return b"event: response.created\ndata: " + orjson.dumps(doc) + b"\n\n"
+
+
+@pytest.mark.parametrize(
+    ("cuts", "feeds"), [([], 1), ([40], 2), ([60, 2000], 2), ([1000, 70_000], 1), ([40, 50, 60, 70], 5)]
+)
+def test_a_streams_id_is_read_wherever_its_created_event_ends(cuts: list[int], feeds: int) -> None:
+    """A long ``response.created`` (vLLM's holds the request's instructions and tools), in one read or
+    cut anywhere (the id itself too): its id is read from the read that completes it, and nothing more is
+    fed (review s18-doors M1: only a whole event within the first 64 KiB counted; M2: all 64 KiB kept)."""
+    raw = _created("resp_long", LONG) + b'event: response.completed\ndata: {"response": {"id": "z"}}\n\n'
+    ids = ResponseIdReader(True)
+    at, fed = 0, 0
+    for cut in [*cuts, len(raw)]:
+        ids.feed(raw[at:cut])
+        at, fed = cut, fed + 1
+        if ids.done:
+            break
+    assert (ids.done, fed) == (True, feeds)
+    assert ids.response_id() == "resp_long"
+
+
+def test_a_created_event_whose_id_is_not_first_is_parsed_when_it_ends() -> None:
+    raw = b'event: response.created\ndata: {"response": {"object": "response", "id": "resp_9"}}\n\n'
+    ids = ResponseIdReader(True)
+    ids.feed(raw[:30])
+    assert not ids.done
+    ids.feed(raw[30:])
+    assert ids.done and ids.response_id() == "resp_9"
+
+
+def test_a_stream_without_an_id_is_given_up_at_the_bound() -> None:
+    from kvgate.openai.responses import ID_HEAD_BYTES
+
+    ids = ResponseIdReader(True)
+    delta = b'event: response.output_text.delta\ndata: {"delta": "tok"}\n\n'
+    for _ in range(ID_HEAD_BYTES // len(delta) + 1):
+        ids.feed(delta)
+    assert ids.done and ids.response_id() is None
+
+
+@pytest.mark.parametrize("split", [None, 1400], ids=["long", "split"])
+async def test_a_long_or_split_created_event_keeps_the_follow_ups_home(
+    stores: list[ResponsesStore], split: int | None
+) -> None:
+    """kvgate serve read the id from a stream's first chunk only: a ``response.created`` past 64 KiB, or
+    one that came in two reads (vLLM writes it whole; TCP splits it past one segment), left no home and
+    its follow-up went anywhere: vLLM's 404 (review s18-doors M1; both fail before)."""
+    for st in stores:
+        st.split_created = split
+    instructions = LONG if split is None else "y" * 2000
+    async with (
+        running_gateway(make_config([st.address for st in stores])) as gw,
+        aiohttp.ClientSession() as s,
+    ):
+        url = base_url(gw) + "/v1/responses"
+        for i in range(2):  # (round-robin: the follow-up's own pick is the other endpoint)
+            body = {"model": "m", "input": f"q{i}", "stream": True, "instructions": instructions}
+            async with s.post(url, data=orjson.dumps(body)) as r:
+                assert r.status == 200
+                raw = await r.read()
+            rid = orjson.loads(raw.split(b"\n\n")[0].split(b"data: ", 1)[1])["response"]["id"]
+            follow = {"model": "m", "input": "more", "previous_response_id": rid}
+            async with s.post(url, data=orjson.dumps(follow)) as r:
+                assert r.status == 200, await r.text()

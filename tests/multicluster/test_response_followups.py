@@ -65,6 +65,32 @@ async def test_a_follow_up_goes_to_the_cluster_that_made_its_response(
     assert len(gw.responses) == 12  # every answer's id, each with its cluster
 
 
+@pytest.mark.parametrize("split", [None, 1400], ids=["long", "split"])
+async def test_a_long_or_split_created_event_keeps_the_follow_ups_cluster(
+    stores: list[ResponsesStore], global_gateway: Callable[..., Any], split: int | None
+) -> None:
+    """A ``response.created`` past 64 KiB (vLLM's carries the request's instructions and tools: a long
+    system prompt) left no home: only a whole event in the stream's first 64 KiB was read (review s18-doors
+    M1; "long" fails before). Split across reads it is read too."""
+    a, b = stores
+    for st in stores:
+        st.split_created = split
+    gw: GlobalGateway = await global_gateway(
+        ClusterSpec("a", gateway=a.address), ClusterSpec("b", gateway=b.address)
+    )
+    url = f"http://127.0.0.1:{gw.port}/v1/responses"
+    instructions = "x" * (80 * 1024) if split is None else "y" * 2000
+    async with aiohttp.ClientSession() as s:
+        for i in range(2):  # (round-robin: the follow-up's own pick is the other cluster)
+            body = {"model": "m", "input": f"q{i}", "stream": True, "instructions": instructions}
+            status, raw, made_at = await _post(s, url, body)
+            assert status == 200, raw
+            status, raw, at = await _post(
+                s, url, {"model": "m", "input": "more", "previous_response_id": _stream_id(raw)}
+            )
+            assert (status, at) == (200, made_at), raw
+
+
 async def test_an_unknown_id_is_routed_as_any_request_and_a_gone_cluster_is_skipped(
     stores: list[ResponsesStore], global_gateway: Callable[..., Any]
 ) -> None:

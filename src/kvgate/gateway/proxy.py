@@ -722,7 +722,6 @@ class Proxy:
                         self._failed(director, ireq, ep)
                         continue
                     finished = True
-                    self._note_response(kind, resp, first, ep)
                     return await self._relay_stream(
                         request,
                         resp,
@@ -736,6 +735,7 @@ class Proxy:
                         reply_headers,
                         t0,
                         owns_deadline,
+                        self._note_response(kind, resp, first, ep),
                     )
                 held = 0
                 parts: list[bytes] = []
@@ -906,15 +906,25 @@ class Proxy:
         due = resp.deadline
         return isinstance(cut, ReadTimeout) and due is not None and self._loop.time() >= due
 
-    def _note_response(self, kind: str, resp: UpstreamResponse, head: bytes, ep: Endpoint) -> None:
+    def _note_response(
+        self, kind: str, resp: UpstreamResponse, head: bytes, ep: Endpoint
+    ) -> ResponseIdReader | None:
         """A 2xx Responses answer's id remembered with ``ep`` (``_prepare`` picks a follow-up there), read
         from ``head``: the whole held body, else the first piece of a relayed one (vLLM writes ``id``
-        first), or a stream's first chunk (vLLM sends its ``response.created`` event, which names the
-        id, in one write)."""
+        first), or a stream's first chunk. A stream whose first chunk does not hold it yet (a long
+        ``response.created`` event, or one split across reads: review s18-doors M1): the reader, for
+        ``_relay_stream`` to feed the next chunks until it is done."""
         if kind != RESPONSES_PATH or not 200 <= resp.status < 300:
-            return
-        ids = ResponseIdReader(resp.content_type == "text/event-stream")
+            return None
+        sse = resp.content_type == "text/event-stream"
+        ids = ResponseIdReader(sse)
         ids.feed(head)
+        if ids.done or not sse:
+            self._remember_response(ids, ep)
+            return None
+        return ids
+
+    def _remember_response(self, ids: ResponseIdReader, ep: Endpoint) -> None:
         if (rid := ids.response_id()) is not None:
             self.responses.remember(rid, ep.address)
 
@@ -1128,10 +1138,12 @@ class Proxy:
         reply_headers: dict[str, str],
         t0: float,
         owns_deadline: bool = True,
+        ids: ResponseIdReader | None = None,
     ) -> Response | StreamResponse:
         """``owns_deadline=False``: the endpoint got the request with less than half of its time left (the
         rest spent in the gateway's queue or on other endpoints): a cut at the request's deadline is
-        not charged to it (review s17-fixes-b L6)."""
+        not charged to it (review s17-fixes-b L6). ``ids``: a Responses stream's id reader, fed the
+        chunks after ``first`` until it is done (``_note_response``)."""
         relay = StreamRelay(sent_model, client_model, strip_usage)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "text/event-stream")
@@ -1159,6 +1171,11 @@ class Proxy:
                 except _UPSTREAM_ERRORS as e:
                     cut, late = e, self._deadline_cut(e, resp)  # (when it came: the error event waits)
                     break
+                if ids is not None and chunk:
+                    ids.feed(chunk)
+                    if ids.done:
+                        self._remember_response(ids, ep)
+                        ids = None
             # The drain's mark, whatever the read said: a close-framed body's abort reads as its end.
             drain_cut = self._cut.pop(resp, None)
             after_done = relay.done and (drain_cut is not None or cut is not None)

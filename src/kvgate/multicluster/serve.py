@@ -480,7 +480,7 @@ class GlobalGateway:
                     await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
                     break
                 seen.feed(chunk)
-                if ids is not None:
+                if ids is not None and not ids.done:  # (fed until its id is found: M2)
                     ids.feed(chunk)
                 if edge is not None:
                     chunk = edge.feed(chunk)  # (an event past 1 MiB goes out as it comes)

@@ -4,8 +4,9 @@ vLLM keeps a stored response (``store``, on with ``VLLM_ENABLE_RESPONSES_API_STO
 the server that made it: a follow-up naming it on another replica is a 404 ("Response with id '...' not
 found"). The doors remember which replica answered each response id (``ResponseHomes``: bounded, with a
 TTL, time injected) from the answer itself (``ResponseIdReader``: a JSON answer's top-level ``id``, a
-stream's ``response.created`` event), and send a follow-up there, no header needed: ``kvgate serve`` to
-the endpoint, ``kvgate serve --clusters`` to the cluster (whose own gateway then does the same).
+stream's ``response.created`` event, however long, in however many reads), and send a follow-up there,
+no header needed: ``kvgate serve`` to the endpoint, ``kvgate serve --clusters`` to the cluster (whose own
+gateway then does the same).
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from kvgate.openai.sse import split_events
+from kvgate.openai.sse import next_event_end
 from kvgate.openai.usage import event_obj
 
 RESPONSES_PATH = "/v1/responses"
 # How many response ids a door remembers, and for how long (seconds since the answer).
 HOMES_MAX = 100_000
 HOMES_TTL_S = 3600.0
-# The bytes of an answer's start the id is read from (a stream's ``response.created`` event holds the
-# request's settings and no output yet: a few KiB).
+# The most bytes of an answer's start kept while its id is not found (a stream's ``response.created``
+# event holds the request's settings, its instructions and tools included: the id comes first in vLLM's
+# and is read wherever the event ends; this bounds the search for other servers' answers).
 ID_HEAD_BYTES = 64 * 1024
 _ID_MAX = 256  # longer ids are not remembered
 
@@ -93,49 +95,82 @@ class _IdOnly(msgspec.Struct):
 _ID_ONLY = msgspec.json.Decoder(_IdOnly)
 # A JSON answer whose first key is ``id`` (vLLM's and OpenAI's Responses objects start so).
 _FIRST_ID = re.compile(rb'\A\s*\{\s*"id"\s*:\s*"([^"\\]{1,256})"')
+# A stream event's response object whose first key is ``id`` (vLLM's and OpenAI's ``response.created``:
+# ``{"response": {"id": ...`` or ``{"type": ..., "response": {"id": ...``): found wherever the event ends,
+# however long its instructions or tools. (Outside JSON strings only: a quote in a string is escaped.)
+_RESPONSE_ID = re.compile(rb'"response"\s*:\s*\{\s*"id"\s*:\s*"([^"\\]{1,256})"')
+_OVERLAP = 320  # bytes of the last chunk searched again with the next: a match may straddle two reads
 
 
 class ResponseIdReader:
-    """The id of a Responses answer, read from its first ``ID_HEAD_BYTES`` as they pass: ``feed`` each
-    chunk (a copy of at most that many bytes is kept), ``response_id()`` at the end (None: not found)."""
+    """The id of a Responses answer, read as its chunks pass (``feed`` each while ``done`` is False;
+    ``response_id()`` at the end: None when not found).
 
-    __slots__ = ("_head", "_sse", "_whole")
+    Cheap and bounded (review s18-doors M1, M2): the id is taken from the answer's first bytes as soon as
+    they hold it (a JSON answer's leading ``"id"``; a stream's first ``"response": {"id": ...``, wherever
+    its ``response.created`` event ends and in however many reads it comes), and nothing is kept or
+    searched after that. Otherwise at most ``ID_HEAD_BYTES`` are kept: a JSON answer's whole body is
+    decoded at the end if it fits; a stream's first complete event naming a response is parsed when it
+    ends (a server whose response object does not start with ``id``)."""
+
+    __slots__ = ("_head", "_id", "_parsed", "_sse", "_whole", "done")
 
     def __init__(self, sse: bool) -> None:
         self._sse = sse
-        self._head = bytearray()
+        self._head: bytes | bytearray = b""
         self._whole = True  # the whole answer is in ``_head``
+        self._parsed = 0  # (a stream: where the events not yet parsed start in ``_head``)
+        self._id: str | None = None
+        self.done = False  # found, or given up: feed no more
 
     def feed(self, chunk: bytes) -> None:
-        room = ID_HEAD_BYTES - len(self._head)
-        if room <= 0:
-            if chunk:
-                self._whole = False
+        if self.done or not chunk:
             return
-        self._head += chunk[:room]
+        head = self._head
+        start = max(0, len(head) - _OVERLAP)
+        room = ID_HEAD_BYTES - len(head)
+        if not head:  # (the first chunk: searched as it is, not copied)
+            head = chunk if len(chunk) <= room else chunk[:room]
+        else:
+            if not isinstance(head, bytearray):
+                head = bytearray(head)
+            head += chunk[:room]
+        self._head = head
         if len(chunk) > room:
             self._whole = False
+        m = (_RESPONSE_ID.search(head, start) if self._sse else _FIRST_ID.match(head)) if head else None
+        if m is not None:
+            self._found(m.group(1).decode("utf-8", "replace"))
+        elif self._sse:
+            self._parse_events()
+        # (a whole JSON body is still decoded at the end)
+        if not self.done and len(head) >= ID_HEAD_BYTES and (self._sse or not self._whole):
+            self._found(None)
+
+    def _parse_events(self) -> None:
+        """A stream: the complete events not parsed yet, until the first naming a response."""
+        head = self._head
+        while (end := next_event_end(head, self._parsed)) >= 0:
+            event = head[self._parsed : end]
+            self._parsed = end
+            if b'"response"' not in event:
+                continue
+            obj = event_obj(event)
+            inner = obj.get("response") if isinstance(obj, dict) else None
+            rid = inner.get("id") if isinstance(inner, dict) else None
+            self._found(rid if isinstance(rid, str) and 0 < len(rid) <= _ID_MAX else None)
+            return
+
+    def _found(self, rid: str | None) -> None:
+        self._id, self.done, self._head = rid, True, b""
 
     def response_id(self) -> str | None:
-        head = bytes(self._head)
-        if self._sse:
-            # The first event naming a response: ``response.created`` (``{"response": {"id": ...}}``).
-            for event in split_events(head)[:-1]:
-                if b'"response"' not in event:
-                    continue
-                obj = event_obj(event)
-                inner = obj.get("response") if isinstance(obj, dict) else None
-                rid = inner.get("id") if isinstance(inner, dict) else None
-                if isinstance(rid, str):
-                    return rid
-            return None
-        m = _FIRST_ID.match(head)
-        if m is not None:
-            return m.group(1).decode("utf-8", "replace")
+        if self.done or self._sse:
+            return self._id
         if not self._whole:
             return None
         try:
-            rid = _ID_ONLY.decode(head).id
+            rid = _ID_ONLY.decode(self._head).id
         except msgspec.DecodeError:
             return None
         return rid if isinstance(rid, str) else None
