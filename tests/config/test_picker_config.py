@@ -165,6 +165,9 @@ def test_feature_gates_take_the_name_equals_bool_form() -> None:
     assert gates("flowControl", "flowControl=F") == []
     assert gates("flowControl=0", "flowControl=TRUE") == ["flowControl"]
     assert gates("dataLayer=false", "flowControl") == ["flowControl"]
+    # The config keeps its own name (review s18-qa2 L1: the gate loop's variable replaced it).
+    cfg = parse_config({"plugins": plugins, "featureGates": ["flowControl"]}, name="mine")
+    assert cfg.name == "mine"
     with pytest.raises(ConfigError, match=r"featureGates\[0\]: feature gate 'dataLayer' is not supported"):
         gates("dataLayer")
     with pytest.raises(ConfigError, match=r"featureGates\[1\]: 'flowControl=yes': expected flowControl=true"):

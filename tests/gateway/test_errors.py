@@ -163,15 +163,14 @@ async def test_429_when_the_flow_control_queue_is_full_says_when_to_retry(backen
         ({"Retry-After": "7"}, {"retry-after": "7"}),
         ({"Retry-After": "99999999999"}, {"retry-after": "3600"}),  # (bounded as --clusters reads one)
         ({}, {"retry-after": "1"}),
-        (
-            {"Retry-After": "2", "x-envoy-ratelimited": "true"},
-            {"retry-after": "2", "x-envoy-ratelimited": "true"},
-        ),
+        # A server's own rate-limit mark is not the client's (review s18-qa2 M1: --clusters took it for the
+        # tenant's limit and stopped failing over).
+        ({"Retry-After": "2", "x-envoy-ratelimited": "true"}, {"retry-after": "2"}),
     ],
 )
 async def test_a_model_servers_429_keeps_its_back_off(backends, sent, want):
-    """A model server's own 429 reaches the client with its ``Retry-After`` (or the default) and its
-    rate-limit mark (review s18-gw L3: the reply kept only x-request-id and Content-Type)."""
+    """A model server's own 429 reaches the client with its ``Retry-After`` (or the default) (review s18-gw
+    L3: the reply kept only x-request-id and Content-Type)."""
     (b,) = await backends(1)
     b.mode, b.error_headers = "error429", sent
     body = b'{"model": "m", "prompt": "x"}'
@@ -181,7 +180,9 @@ async def test_a_model_servers_429_keeps_its_back_off(backends, sent, want):
         s.post(base_url(gw) + "/v1/completions", data=body) as r,
     ):
         assert r.status == 429
-        got = {k.lower(): v for k, v in r.headers.items() if k.lower() in want}
+        got = {
+            k.lower(): v for k, v in r.headers.items() if k.lower() in ("retry-after", "x-envoy-ratelimited")
+        }
     assert got == want
 
 

@@ -159,6 +159,46 @@ async def test_tokens_a_tenant_abandons_are_charged_its_prompt(backends, mode):
             assert r.status == 200
 
 
+async def test_a_request_cut_at_the_deadline_is_charged_its_prompt(backends):
+    """The server took the request and worked on it to the gateway's deadline (504): its prompt's estimate
+    is charged as when the client leaves (review s18-fixes-a L3: a tenant whose requests always outran
+    requestTimeoutSeconds was never held by tokensPerMinute)."""
+    (b,) = await backends(1, tokens=8)
+    b.mode = "hang"
+    extra = {"rateLimits": {"tokensPerMinute": 300}, "limits": {"requestTimeoutSeconds": 0.5}}
+    headers = {"x-gateway-inference-fairness-id": "outrunner"}
+    async with running_gateway(make_config([b.address], extra=extra)) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/completions"
+        body = orjson.dumps({"model": "m", "prompt": "word " * 400})  # ~500 tokens by the text estimate
+        async with s.post(url, data=body, headers=headers) as r:
+            assert r.status == 504
+        b.mode = "ok"
+        async with s.post(url, data=b'{"model":"m","prompt":"x"}', headers=headers) as r:
+            assert r.status == 429
+
+
+async def test_tokens_go_to_the_tenant_admitted_even_when_its_header_is_named_hop_by_hop(backends):
+    """The tenant a request is admitted under is its flow and its charge, also when the client names the
+    fairness header in ``Connection`` (the proxied headers drop it): before, each such request was admitted
+    against a fresh bucket and its tokens went to ``default-flow`` (review s18-fixes-a L1)."""
+    (b,) = await backends(1)  # (each answer's usage: 7 + 1 tokens)
+    extra = {"rateLimits": {"tokensPerMinute": 10}}
+    async with running_gateway(make_config([b.address], extra=extra)) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw) + "/v1/completions"
+        body = b'{"model":"m","prompt":"x","max_tokens":1}'
+        statuses = []
+        for _ in range(3):
+            hop = {
+                "x-gateway-inference-fairness-id": "hopper",
+                "Connection": "x-gateway-inference-fairness-id",
+            }
+            async with s.post(url, data=body, headers=hop) as r:
+                statuses.append(r.status)
+        assert statuses == [200, 200, 429]  # hopper's own bucket: in debt after two
+        async with s.post(url, data=body) as r:
+            assert r.status == 200  # default-flow carries none of hopper's tokens
+
+
 async def test_hide_internal_addresses_keeps_them_out_of_errors_and_explain(backends):
     (b,) = await backends(1)
     dead = f"127.0.0.1:{free_port()}"

@@ -224,8 +224,8 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
     gates = _list(d.get("featureGates"), "featureGates")
     enabled: dict[str, bool] = {}
     for i, g in enumerate(gates):
-        name, on = _feature_gate(_str(g, f"featureGates[{i}]"), f"featureGates[{i}]")
-        enabled[name] = on  # (the last entry for a gate wins, as the reference's)
+        gate, on = _feature_gate(_str(g, f"featureGates[{i}]"), f"featureGates[{i}]")
+        enabled[gate] = on  # (the last entry for a gate wins, as the reference's)
     if not profiles:
         # Reference behaviour: one "default" profile referencing every plugin (weight 1).
         profiles = [
@@ -236,7 +236,7 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
     cfg = EndpointPickerConfig(
         plugins=plugins,
         profiles=profiles,
-        feature_gates=[name for name, on in enabled.items() if on],
+        feature_gates=[gate for gate, on in enabled.items() if on],
         saturation_detector=_detector(d.get("saturationDetector"), plugins),
         data_layer=_mapping(d.get("dataLayer"), "dataLayer"),
         flow_control=_mapping(d.get("flowControl"), "flowControl"),

@@ -141,14 +141,14 @@ def _filter_headers(
 def _pass_back_off(status: int, upstream: Mapping[str, str], reply: dict[str, str]) -> None:
     """A model server's 429 / 503 passed to the client keeps its back-off: its ``Retry-After`` (read and
     bounded as ``--clusters`` reads a cluster's), a 429 without one gets the default as the gateway's own
-    429s do, and its rate-limit mark goes on (review s18-gw L3: both were dropped)."""
+    429s do (review s18-gw L3: it was dropped). A server's ``x-envoy-ratelimited`` is not passed on: one
+    server's limit is the pool's capacity to whoever is in front (``--clusters`` fails over on it), only the
+    gateway's own tenant limit is the client's (review s18-qa2 M1)."""
     wait = retry_after_s(upstream.get("retry-after"))
     if wait is not None:
         reply["Retry-After"] = str(wait)
     elif status == 429:
         reply["Retry-After"] = proto.RETRY_AFTER_DEFAULT
-    if proto.RATE_LIMITED in upstream:
-        reply[proto.RATE_LIMITED] = "true"
 
 
 def _timing_value(marks: dict[str, float]) -> str:
@@ -362,10 +362,13 @@ class Proxy:
         if self.limiter is not None:
             # The tenant as flow control names the flow (``flow_of``): the key's, else either fairness
             # header (GIE's, then llm-d's), else the default flow (review s18-qa L4: llm-d's was not read).
-            # ``_charge`` charges the same tenant, by ``flow_of`` on the parsed request (s18-gw M2).
+            # The request's flow is this tenant from here on (``_prepare``), so ``_charge`` (``flow_of``)
+            # charges the tenant it was admitted under, also when the client named the header hop-by-hop
+            # and the header filter dropped it (s18-gw M2, s18-fixes-a L1).
             who = tenant or request.headers.get(FAIRNESS_HEADER) or proto.DEFAULT_FAIRNESS_ID
             if who == proto.DEFAULT_FAIRNESS_ID:
                 who = request.headers.get(LLMD_FAIRNESS_HEADER) or who
+            tenant = who
             wait = self.limiter.admit(who)
             if wait is not None:
                 self.metrics.error("", "", "429")
@@ -468,8 +471,11 @@ class Proxy:
                 404, f"The model '{client_model}' does not exist", param="model", code="model_not_found"
             )
         headers, objective, fairness, explain, timing = _filter_headers(request.headers)
+        if tenant is not None:
+            # The key decides the tenant, never a client header; with rate limits, the tenant the request
+            # was admitted under (read from the headers as flow control reads the flow).
+            fairness = tenant
         if self.keys is not None:
-            fairness = tenant  # the key decides the tenant, never a client header
             headers.pop("authorization", None)  # the gateway's key is not the model server's
             headers.pop("x-api-key", None)
         explain = explain and not self.hide
@@ -787,6 +793,7 @@ class Proxy:
                 # the request's time (``owns_deadline``; review s17-fixes-b L6: not for the gateway's
                 # queue). The client leaving is not charged (below).
                 finished = True
+                self._charge(ireq, None, answered=True)  # (the server took it: s18-fixes-a L3)
                 late = deadline is not None and self._loop.time() >= deadline
                 if late and not owns_deadline:
                     director.on_finished(ireq, ep, None, False)
