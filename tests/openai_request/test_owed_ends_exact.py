@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kvgate.openai.labels import OTHER_MODEL, ModelLabels
 
 
@@ -101,3 +103,34 @@ async def test_a_request_dropped_from_another_task_leaves_nothing_behind() -> No
     del task
     gc.collect()
     assert len(labels._holds) == 0
+
+
+async def test_nothing_owed_no_task_is_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Holds are numbered only while their name is owed: the steady state (no name retired with requests
+    in flight) pays no task lookup per hold and drop (review s18-doors L1: numbering every hold made
+    hold + label + drop ~6x dearer; 2 lookups per request before). Numbering still starts at a retirement."""
+    import kvgate.openai.labels as labels_module
+
+    looked: list[int] = []
+    current = asyncio.current_task
+
+    def counted() -> asyncio.Task[object] | None:
+        looked.append(1)
+        return current()
+
+    monkeypatch.setattr(labels_module.asyncio, "current_task", counted)
+    reported = frozenset({"a"})
+    labels = ModelLabels(["m"], reported=lambda: reported)
+    for name in ("a", "b"):
+        labels.hold(name)
+        labels.label(name)
+        labels.drop(name)
+    assert looked == [] and len(labels._holds) == 0
+    labels.hold("a")  # (in flight when it retires: unnumbered, owed)
+    reported = frozenset()
+    labels.sweep()
+    labels.hold("a")  # (after: numbered, this task's)
+    assert looked and len(labels._holds) == 1
+    labels.drop("a")
+    labels.drop("a")
+    assert not labels._owed and not labels.inflight and len(labels._holds) == 0

@@ -299,7 +299,8 @@ class ModelLabels:
         # at most that many more requests' ends (new ones' included) are labelled with it, never more.
         self._owed: dict[str, int] = {}
         # name -> the last ``hold`` number when it left (``_owed``'s entry made): the requests held under it
-        # up to that number are the ones owed (doors18: exact, where a request's task is known).
+        # up to that number are the ones owed (doors18: exact, where a request's task is known). Holds are
+        # numbered only while their name is owed: an unnumbered one is older than the mark.
         self._owed_mark: dict[str, int] = {}
         # task -> name -> (its hold's number, how many holds that task has under the name): who labels
         # and drops (one request's handler task). Weak: a task that ends without its ``drop`` (one made
@@ -308,6 +309,7 @@ class ModelLabels:
             weakref.WeakKeyDictionary()
         )
         self._seq = 0
+        self._numbered = False  # (``_holds`` may hold a number: ``drop`` looks its task up only then)
         self._last_reported: Set[str] | None = None
         self._swept: float | None = None  # when ``sweep`` last ran (None: not yet)
         self._learnt_v = 0  # bumped at every change of ``learnt`` (``_free``'s cache key)
@@ -397,6 +399,23 @@ class ModelLabels:
             held = self._holds[task] = {}
         return held
 
+    def _unnumber(self, model: str) -> None:
+        """The current task's numbered hold under ``model`` (if any) ended; a task left with none goes."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # (no running loop)
+            task = None
+        held = None if task is None else self._holds.get(task)
+        entry = None if held is None else held.get(model)
+        if held is not None and entry is not None:
+            if entry[1] > 1:
+                held[model] = (entry[0], entry[1] - 1)
+            else:
+                del held[model]
+                if not held:
+                    del self._holds[task]  # type: ignore[arg-type]
+        self._numbered = len(self._holds) > 0  # (tasks gone without their drop: gone from it too)
+
     def _owes(self, model: str) -> bool:
         """Whether the current request's end is one ``model`` owes: it was held by the mark (exact where
         its task is known); else as many ends as were owed, whichever requests end first."""
@@ -433,7 +452,13 @@ class ModelLabels:
             if self.reported is not None:
                 self._reported()  # (a changed reported set is seen before this request counts)
             self.inflight[model] = self.inflight.get(model, 0) + 1
+            if model not in self._owed:
+                # Numbered only while the name is owed (review s18-doors L1: a task lookup per hold and
+                # drop made them 6x dearer): an unnumbered hold started before the name left (or
+                # outside a task, or held twice in it), which ``_owes`` counts among the owed.
+                return
             self._seq += 1
+            self._numbered = True
             held = self._held_here(make=True)
             if held is not None:  # (outside a task: this request's ends are counted, not numbered)
                 entry = held.get(model)
@@ -451,13 +476,8 @@ class ModelLabels:
             else:
                 del self._owed[model]
                 self._owed_mark.pop(model, None)
-        held = self._held_here()
-        entry = None if held is None else held.get(model)
-        if held is not None and entry is not None:
-            if entry[1] > 1:
-                held[model] = (entry[0], entry[1] - 1)
-            else:
-                del held[model]
+        if self._numbered:  # (numbered holds in flight: none while no name is owed)
+            self._unnumber(model)
         if n > 1:
             self.inflight[model] = n - 1
         else:
