@@ -136,13 +136,27 @@ async def test_each_path_is_routed_through_the_pick_to_the_same_path(
             assert got_path == path and sent["model"] == "m" and "stream_options" not in sent
 
 
-def test_the_global_gateway_routes_the_gateways_paths() -> None:
-    """One path table for both doors (``ROUTED_PATHS``): the global gateway's routes are its entries."""
+async def test_both_doors_route_the_same_paths(global_gateway: Callable[..., Any]) -> None:
+    """One path table for both doors (``ROUTED_PATHS``): the paths each front server routes to the proxy
+    are its entries, read from the doors' own route tables (kvgate serve builds its own from ``PATHS`` and
+    ``OTHER_PATHS``; review s18-doors L3: the test compared the table with its own definition). The test
+    backend serves them all."""
     from kvgate.openai.request import OTHER_PATHS as PRODUCT_OTHER
-    from kvgate.openai.request import PATHS, ROUTED_PATHS
+    from kvgate.openai.request import ROUTED_PATHS
 
-    assert (*PATHS.values(), *PRODUCT_OTHER) == ROUTED_PATHS
     assert OTHER_PATHS == PRODUCT_OTHER
+    not_proxied = {"/v1/models", "/metrics", "/healthz", "/readyz", "/v1/clusters"}  # (GET, not routed)
+    a = await Backend("a").start()
+    try:
+        gw: GlobalGateway = await global_gateway(ClusterSpec("a", gateway=a.address))
+        assert gw.front is not None
+        assert set(gw.front.routes) - not_proxied == set(ROUTED_PATHS)
+        async with running_gateway(make_config([a.address])) as serve:
+            assert serve.proxy is not None
+            routes = serve._front(serve.proxy, admin=False).routes
+            assert set(routes) - not_proxied == set(ROUTED_PATHS)
+    finally:
+        await a.stop()
 
 
 USAGE_BODIES: tuple[tuple[str, dict[str, Any]], ...] = (
