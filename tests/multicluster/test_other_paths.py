@@ -206,39 +206,40 @@ async def test_usage_shapes_are_counted_as_kvgate_serve_counts_them(
     )
 
 
-async def test_a_streams_unasked_usage_classifies_it_on_the_apis_that_always_send_one(
+async def test_a_streams_unasked_usage_is_kept_for_its_class_where_its_prompt_is_read(
     shapes: str, global_gateway: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A Responses or Anthropic stream ends with its usage though the client asked for none: the cluster's
-    hit or miss classification reads it (``ClusterRequest.usage``), as for a completion that asked."""
+    """An Anthropic stream ends with its usage though the client asked for none: the cluster keeps the
+    request's place for the hit or miss class its cached share gives (``ClusterState._usage``), as for a
+    completion that asked, when its prompt (``messages``, one full block at least) gives it a prefix
+    key. A Responses request's ``input`` is no prompt to the router: no key, nothing classified by its
+    usage (review s18-doors L4: the test spied on the share passed to ``finished``, computed whatever
+    happened to it, and the docs claimed Responses too)."""
     from kvgate.multicluster import state
 
-    shares: list[float | None] = []
-    finished = state.ClusterState.finished
+    kept: list[bool] = []
+    dispatched = state.ClusterState.dispatched
 
-    def spy(
-        self: state.ClusterState,
-        token: int = 0,
-        now: float | None = None,
-        alpha: float = 0.1,
-        cached: float | None = None,
-    ) -> None:
-        shares.append(cached)
-        finished(self, token, now, alpha, cached)
+    def spy(self: state.ClusterState, *args: Any, **kw: Any) -> int:
+        token = dispatched(self, *args, **kw)
+        kept.append(token in self._usage)
+        return token
 
-    monkeypatch.setattr(state.ClusterState, "finished", spy)
+    monkeypatch.setattr(state.ClusterState, "dispatched", spy)
     gw: GlobalGateway = await global_gateway(ClusterSpec("c", gateway=shapes))
     url = f"http://127.0.0.1:{gw.port}"
+    long = "a tenant's system prompt, longer than one prefix block of sixty-four characters. " * 2
     async with aiohttp.ClientSession() as s:
         for path, body in (
-            ("/v1/responses", {"model": "m", "input": "hi", "stream": True}),
+            ("/v1/messages", {"model": "m", "messages": [{"role": "user", "content": long}], "stream": True}),
+            ("/v1/responses", {"model": "m", "input": long, "stream": True}),
             ("/v1/rerank", {"model": "m", "query": "q", "documents": ["a"]}),
         ):
             async with s.post(url + path, data=orjson.dumps(body)) as r:
                 assert r.status == 200
                 await r.read()
-    await eventually(lambda: gw.inflight == 0 and len(shares) == 2, "the requests settled")
-    assert shares == [4 / 7, None]
+    await eventually(lambda: gw.inflight == 0 and len(kept) == 3, "the requests settled")
+    assert kept == [True, False, False]
 
 
 async def test_errors_are_the_gateways(

@@ -47,8 +47,9 @@ STREAMED = ("/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/mes
 
 
 def _shape(content_type: str, raw: bytes) -> tuple[Any, ...]:
-    """What must match across doors: JSON keys (an error's type) or SSE event types, and the usage
-    (prompt, completion tokens) kvgate reads; ids, times and texts may differ."""
+    """What must match across doors: JSON keys (an error's type) or SSE event types, and the usage kvgate
+    reads (a JSON answer's prompt and completion tokens, a stream's prompt tokens only: its completion
+    count is not compared); ids, times and texts may differ."""
     if content_type.startswith("text/event-stream"):
         tail = UsageTail()
         tail.feed(raw)
