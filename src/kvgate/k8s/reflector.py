@@ -9,7 +9,8 @@ errors (403) are logged once per change with the server's message and kept in ``
 reports them) while the reflector relists with back-off (the list that succeeds clears it).
 
 ``last_sync`` is when the copy was last known to be in sync, on the injected ``clock``: a list completed (a
-410's relist counts once it completes), a watch event or bookmark read, or a watch the server itself ended at
+410's relist counts once it completes), a watch event or a bookmark that moved the resourceVersion (a repeat
+is no proof, k8s18) read, or a watch the server itself ended at
 its ``timeoutSeconds`` (a clean end of the stream, held for the whole timeout). ``age()`` is 0 while a watch
 is open (answered 200, its stream not ended) and its liveness probe, below, is not answered 4xx: a quiet watch
 may read nothing for its whole timeout (kube-apiserver bookmarks a watch only once the resource type's
@@ -137,7 +138,8 @@ PROBE_TIMEOUT_S = 10.0
 # A probe answered 5xx (an API server restarting behind a load balancer: 502/503; one whose etcd timed out
 # a request: 504) is asked again once, this long after (or after the answer's Retry-After, at most
 # PROBE_TIMEOUT_S), before the watch ends and relists: a second failure in a row (5xx, no answer, the
-# connection) relists (k8s17; before, one transient 5xx relisted the whole collection). A probe whose
+# connection; with no answer between: an event, a 2xx or a 4xx forgets the first, fixk8s18) relists (k8s17;
+# before, one transient 5xx relisted the whole collection). A probe whose
 # connection failed (refused, reset, closed before the answer: the load balancer's new connection while
 # the API server behind it restarts, the open watch's connection still up) is asked again the same way
 # (k8s18; before, it relisted at once).
@@ -157,7 +159,9 @@ PROBE_RETRY_S = 1.0
 # Gone: the type moved on past the cache's window, at least 100 of its changes and 75 s, while the open watch
 # read nothing that moved it, where a delivering watch gets the cacher's bookmark of the moved type about
 # every minute) counts as a missed change (k8s18; before, inconclusive): relisted if the open watch still
-# reads nothing ``probe_timeout_s`` later. A refusal, another error or no answer: inconclusive (the client
+# reads nothing ``probe_timeout_s`` later. (One server's reading: behind a load balancer an API server
+# started after the watch's resourceVersion answers 410 for it too, one relist per quiet watch per restart:
+# ``_gone``.) A refusal, another error or no answer: inconclusive (the client
 # deadline stays the bound). Cost: one one-second watch from the watch cache per probe whose list moved past
 # the watch.
 CATCH_UP_TIMEOUT_S = 1
@@ -539,15 +543,15 @@ class Reflector:
         ``probe_timeout_s``); never a relist (review s16-fixes-b KS1). A 5xx is asked again once,
         ``PROBE_RETRY_S`` later (or the answer's Retry-After, at most ``probe_timeout_s``; k8s17), and so is
         a connection error (k8s18). No answer in time, or a second failure in a row (a 5xx, a connection
-        error, no answer): the watch ends (``deadline`` expired at once, ``_stuck_why`` saying why) and the
-        caller relists."""
+        error, no answer; a 4xx answer between two breaks the row: fixk8s18): the watch ends
+        (``deadline`` expired at once, ``_stuck_why`` saying why) and the caller relists."""
         assert self.probe_after_s is not None
         seen = self.proofs
         quiet_since = proof = self._heard_at = self.clock()
         self._uncredited_since = None
         due = quiet_since + self.probe_after_s
         unproven = 0  # the 4xx answers in a row since the last event or proof
-        failed: _Failed | None = None  # a 5xx or connection error since the last event or proof, asked again
+        failed: _Failed | None = None  # a 5xx or connection error since the last answer or proof, asked again
         while True:
             if self.proofs != seen:  # the watch moved on: the server is alive; time from then
                 seen, unproven, failed = self.proofs, 0, None
@@ -563,6 +567,7 @@ class Reflector:
                 continue
             if isinstance(answer, _Unproven4xx):
                 unproven += 1
+                failed = None  # (the server answered: a failure before it and one after are not in a row)
                 self.probes_unproven += 1
                 self._uncredited_since = proof  # (no credit: the copy's age grows from the last proof)
                 if unproven == 1:
@@ -720,9 +725,13 @@ class Reflector:
         (kube-apiserver 1.20 keeps at least 100 events of a type and drops one only once it is over 75 s old,
         ``eventFreshDuration``, or past 102,400), while the watch read nothing that moved it. A watch that
         delivers reads the cacher's bookmark of the moved type about every minute (each a proof:
-        ``_on_event``); this one's next is owed within the probe's grace."""
+        ``_on_event``); this one's next is owed within the probe's grace. That holds for one API server:
+        behind a load balancer the check may reach another, and one (re)started after ``since`` answers 410
+        for it though the type stood still (its cache begins at its own start), so each quiet watch whose
+        check lands there relists once after an API-server restart (review s18-k8s L1; docs/kubernetes.md)."""
         return (f"a second watch from its resourceVersion {since} was answered 410 Gone ({message}): the "
-                f"watch cache moved past it while the watch read nothing, not even a bookmark")  # fmt: skip
+                f"watch cache moved past it while the watch read nothing, not even a bookmark (or, behind a "
+                f"load balancer, an API server started since answered)")  # fmt: skip
 
     def _behind(self, page: Obj) -> str | None:
         """What the probe's answer (the first object of the watched selection, a consistent read) shows the
