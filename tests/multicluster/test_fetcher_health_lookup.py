@@ -8,7 +8,7 @@ and the hub probe (getaddrinfo on the hub's bounded lookups, the IDNA form the c
 - a name only the system's resolver knows (an NSS source c-ares does not read; here ``socket.getaddrinfo``
   answering for one test domain) was not found: unhealthy for good.
 
-Now the health host is looked up as the aggregate's is (``health_target``) and gRPC dials the addresses.
+Now the health host is looked up as the aggregate's is (``health_targets``) and gRPC dials the addresses.
 A real gRPC health server on loopback (SERVING for the ext_proc service)."""
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ fetch, decides when it stops counting (so a cut link turns into "unknown" after 
 
 The EPP health check's host name is looked up as the aggregate's and the hub probe's are (``hub._lookup``:
 getaddrinfo on the bounded daemon threads, its IDNA form, answers kept ``hub.LOOKUP_TTL_S``) and gRPC dials
-the addresses (``health_target``), not gRPC's own resolver (k8s18, closing-s17 KV/hub): gRPC's c-ares
-resolver refused an internationalised name the clusters file takes ("Misformatted domain name": the EPP
-counted unhealthy for good while its aggregate was fetched) and answers differently from getaddrinfo
-(no NSS, no IDNA).
+every address, a channel per family (``health_targets``; fixk8s18), not gRPC's own resolver (k8s18,
+closing-s17 KV/hub): gRPC's c-ares resolver refused an internationalised name the clusters file takes
+("Misformatted domain name": the EPP counted unhealthy for good while its aggregate was fetched) and answers
+differently from getaddrinfo (no NSS, no IDNA).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class Fetcher:
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
-        self._channels: dict[str, grpc.aio.Channel] = {}  # gRPC target -> its channel (``health_target``)
+        self._channels: dict[str, grpc.aio.Channel] = {}  # gRPC target -> its channel (``health_targets``)
         self._used: set[str] = set()  # the targets this round's health checks used
         self.rounds = 0
 
@@ -235,11 +235,14 @@ class Fetcher:
             log.debug("aggregate from %s failed: %s", st.name, st.fetch_error)
 
     async def _health(self, st: ClusterState) -> None:
+        """One round's EPP health check of ``st``, within ``timeout_s`` in all (the lookup's time is taken
+        from the RPCs'): a channel per address family its name answered (``health_targets``), asked at
+        once; healthy when one answers SERVING (the others cancelled then), else unhealthy."""
         addr = st.spec.health
         if addr is None:
             return
         try:
-            target = await health_target(addr, self.timeout_s)
+            targets, took = await health_targets(addr, self.timeout_s)
         except _NotTried:  # (past the lookups' bounds: no observation, the last verdict stays)
             log.debug("EPP health of %s: %s not looked up (the lookups' bounds)", st.name, addr)
             return
@@ -247,37 +250,56 @@ class Fetcher:
             st.healthy = False
             log.debug("EPP health of %s: %s not resolved: %s", st.name, addr, e)
             return
+        left = self.timeout_s - took  # (> 0: a lookup that took the whole timeout raised TimeoutError)
+        checks = [asyncio.ensure_future(self._check(t, left)) for t in targets]
+        try:
+            for done in asyncio.as_completed(checks):
+                if await done:
+                    st.healthy = True
+                    return
+            st.healthy = False
+        finally:
+            for c in checks:
+                c.cancel()
+            await asyncio.gather(*checks, return_exceptions=True)
+
+    async def _check(self, target: str, timeout_s: float) -> bool:
+        """Whether the EPP at ``target`` (a gRPC target: an address, ``ipv4:...`` or ``ipv6:...``) answers
+        SERVING for the ext_proc service within ``timeout_s``, on the channel kept for ``target``."""
         self._used.add(target)
         ch = self._channels.get(target)
         if ch is None:
             ch = self._channels[target] = grpc.aio.insecure_channel(target, options=RECONNECT)
         try:
             reply = await health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service=EXT_PROC_SERVICE), timeout=self.timeout_s
+                health_pb2.HealthCheckRequest(service=EXT_PROC_SERVICE), timeout=timeout_s
             )
-            st.healthy = reply.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.aio.AioRpcError:
-            st.healthy = False
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def health_target(addr: str, timeout_s: float) -> str:
-    """The gRPC target of an EPP health address (``host:port``, an IPv6 host in brackets): an address as it
-    is; a host name looked up on the hub's bounded lookups (``hub._lookup``, its IDNA form: ``idna_host``)
-    within ``timeout_s``, its addresses sorted (one channel while the answer stays the same) as
-    ``ipv4:a:port,b:port`` (else ``ipv6:[a]:port,...``), which gRPC dials without a resolver of its own.
-    ``_NotTried`` past the lookups' bounds; TimeoutError, OSError (gaierror) or ValueError otherwise."""
+async def health_targets(addr: str, timeout_s: float) -> tuple[list[str], float]:
+    """The gRPC targets of an EPP health address (``host:port``, an IPv6 host in brackets) and how long its
+    lookup took: an address as it is (0 s); a host name looked up on the hub's bounded lookups
+    (``hub._lookup``, its IDNA form: ``idna_host``) within ``timeout_s``, its addresses sorted (one channel
+    while the answer stays the same) per family, ``ipv4:a:port,b:port`` and ``ipv6:[a]:port,...`` (each
+    one that has addresses: a target's scheme takes one family), which gRPC dials without a resolver of its
+    own, trying each address of a target in turn (pick_first), as the aggregate fetch and the hub probe try
+    every address of both families (review s18-k8s M1). ``_NotTried`` past the lookups' bounds;
+    TimeoutError, OSError (gaierror) or ValueError otherwise."""
     host, _, port_s = addr.rpartition(":")
     host, port = host.strip("[]"), int(port_s)
     try:
         ipaddress.ip_address(host)
-        return addr  # (gRPC takes an address as it is: no lookup)
+        return [addr], 0.0  # (gRPC takes an address as it is: no lookup)
     except ValueError:
         pass
-    targets, _took = await _lookup(asyncio.get_running_loop(), idna_host(host), port, timeout_s)
-    v4 = sorted({a[0] for family, a in targets if family == socket.AF_INET})
-    if v4:
-        return "ipv4:" + ",".join(f"{a}:{port}" for a in v4)
-    v6 = sorted({a[0] for family, a in targets if family == socket.AF_INET6})
-    if v6:
-        return "ipv6:" + ",".join(f"[{a}]:{port}" for a in v6)
+    found, took = await _lookup(asyncio.get_running_loop(), idna_host(host), port, timeout_s)
+    v4 = sorted({a[0] for family, a in found if family == socket.AF_INET})
+    v6 = sorted({a[0] for family, a in found if family == socket.AF_INET6})
+    targets = ["ipv4:" + ",".join(f"{a}:{port}" for a in v4)] if v4 else []
+    targets += ["ipv6:" + ",".join(f"[{a}]:{port}" for a in v6)] if v6 else []
+    if targets:
+        return targets, took
     raise OSError(errno.EADDRNOTAVAIL, f"{host}: no IPv4 or IPv6 address")
