@@ -284,6 +284,14 @@ def test_the_usage_of_a_whole_body_is_what_usage_from_reads(usage: Any, with_usa
     assert usage_from_body(body[:-1]) is None  # not JSON
 
 
+def test_null_counts_read_alike_by_both_readers() -> None:
+    """Hypothesis found it (fixdoors18's run): a usage with ``prompt_tokens: null`` and no other count was
+    read as OpenAI's shape (cached reported) by ``usage_from`` and as Anthropic's (not) by the body reader."""
+    doc = {"id": "c", "usage": {"prompt_tokens": None, "prompt_tokens_details": {"cached_tokens": 0}}}
+    body = json.dumps(doc).encode()
+    assert usage_from_body(body) == usage_from(json.loads(body))
+
+
 def test_the_gateway_histograms_count_as_hist_observe_does() -> None:
     m = GatewayMetrics()
     durations, usages = [0.001, 0.3, 7.0, 5000.0], [Usage(7, 8), None, Usage(0, 3), Usage(2000, 0)]

@@ -41,7 +41,9 @@ def usage_from(obj: Any) -> Usage | None:
         usage = inner.get("usage") if isinstance(inner, dict) else None
         if not isinstance(usage, dict):
             return None
-    if "prompt_tokens" in usage or "completion_tokens" in usage:
+    # (A null count is an absent one, as the whole-body reader ``usage_from_body`` decodes it: the two
+    # readers agree on every body.)
+    if usage.get("prompt_tokens") is not None or usage.get("completion_tokens") is not None:
         return usage_of(
             usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("prompt_tokens_details")
         )
