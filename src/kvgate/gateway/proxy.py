@@ -617,6 +617,16 @@ class Proxy:
         for attempt in range(self.cfg.limits.max_attempts):
             try:
                 if tried:
+                    if deadline is not None and self._loop.time() >= deadline:
+                        # No attempt starts with the bound spent (review s18-gw M1): its answer would
+                        # come for nobody; the client gets the 504 now.
+                        self._blame(suspect)
+                        raise GatewayError(
+                            504,
+                            f"no answer within requestTimeoutSeconds ({self.request_timeout:g}s) after "
+                            f"{attempt} attempts; last: {last_error}",
+                            code="request_timeout",
+                        )
                     result = self._retry_pick(pool, director, ireq, tried, explain)
                     ep = self._untried(result, tried)
                 else:
@@ -755,6 +765,15 @@ class Proxy:
                         if whole:
                             body = b"".join(parts) if len(parts) != 1 else parts[0]
                             parts.clear()  # (the join replaces them: one copy from here on)
+                except ReadTimeout:
+                    if deadline is not None and self._loop.time() >= deadline:
+                        # The request's deadline, not a stall: the 504 below, as for the head, never a
+                        # retry with the bound spent (review s18-gw M1: a generation for nobody).
+                        raise
+                    last_error = f"{self._name(ep)}: body read failed: ReadTimeout"
+                    finished = True
+                    self._failed(director, ireq, ep)
+                    continue
                 except _UPSTREAM_ERRORS as e:  # (a stall after the head: the answer was done, retried)
                     last_error = f"{self._name(ep)}: body read failed: {type(e).__name__}"
                     finished = True

@@ -1,0 +1,119 @@
+"""Review s18-gw M1 (its test, kept): a non-streamed answer whose body stalls (head sent, part of a small
+body sent, then nothing) until the request's deadline: ``Proxy._hold`` caught the ``ReadTimeout`` as
+``_UPSTREAM_ERRORS`` ("body read failed") and ``continue``d: the request was written to a second endpoint
+*after* its requestTimeoutSeconds was spent (a generation for nobody), and the first endpoint was charged
+whatever ``owns_deadline`` said (c1ce3f3 covered head, first chunk, relays, not the held body).
+
+Raw asyncio backends on loopback, one gateway (no flow control, requestTimeoutSeconds 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import orjson
+
+from gateway.conftest import base_url, make_config, running_gateway
+
+
+class Staller:
+    """Answers every request with a head (Content-Length 100) and 10 body bytes, then nothing."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"127.0.0.1:{port}"
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.writers.append(w)
+        try:
+            head = await r.readuntil(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":")[1])
+            await r.readexactly(n)
+            self.requests += 1
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+            w.write(b'{"id": "x"')
+            await w.drain()
+            await asyncio.sleep(3600)
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+
+    async def stop(self) -> None:
+        for w in self.writers:
+            w.transport.abort()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_body_stalled_to_the_deadline_is_not_sent_again_after_it() -> None:
+    a, b = Staller(), Staller()
+    addrs = [await a.start(), await b.start()]
+    cfg = make_config(addrs, extra={"limits": {"requestTimeoutSeconds": 1, "idleTimeoutSeconds": 30}})
+    try:
+        async with running_gateway(cfg) as gw:
+            t = time.monotonic()
+            async with aiohttp.ClientSession() as s:
+                body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
+                async with s.post(base_url(gw) + "/v1/completions", data=body) as r:
+                    status = r.status
+                    code = orjson.loads(await r.read())["error"]["code"]
+            took = time.monotonic() - t
+            await asyncio.sleep(0.3)
+            assert status == 504
+            assert took < 5
+            assert code == "upstream_timeout"
+            # The deadline was spent on the first endpoint: nothing may be sent after it.
+            assert a.requests + b.requests == 1, (
+                f"sent to {a.requests + b.requests} endpoints: retried after requestTimeoutSeconds"
+            )
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_queued_requests_body_stalled_to_the_deadline_is_charged_as_a_head_would_be() -> None:
+    """The same stall after the request queued most of its bound in flow control (one slot): the 504
+    names the deadline and, as for a head that never came, the endpoint is not charged for the
+    gateway's queue (before: charged as a failed read, the request then tried again: a 503)."""
+    a = Staller()
+    addr = await a.start()
+    picker = {
+        "featureGates": ["flowControl"],
+        "saturationDetector": {"type": "concurrency-detector", "parameters": {"maxConcurrency": 1}},
+    }
+    cfg = make_config(
+        [addr],
+        extra={
+            "limits": {"requestTimeoutSeconds": 1, "idleTimeoutSeconds": 30},
+            "health": {"ejectAfterFailures": 5},
+        },
+    )
+    cfg.pools[0].picker_config = picker
+    try:
+        async with running_gateway(cfg) as gw:
+            async with aiohttp.ClientSession() as s:
+
+                async def post(prompt: str) -> tuple[int, str]:
+                    body = orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 2})
+                    async with s.post(base_url(gw) + "/v1/completions", data=body) as r:
+                        return r.status, orjson.loads(await r.read())["error"]["code"]
+
+                first = asyncio.ensure_future(post("a"))
+                await asyncio.sleep(0.2)  # queued behind the first until ~1.0 s: sent with ~0.2 s left
+                second = await post("b")
+                assert await first == (504, "upstream_timeout")
+            assert second == (504, "upstream_timeout"), second
+            assert a.requests == 2
+            st = gw.health._state[addr]
+            assert st.failures == 1, "the second's queue time was charged to the endpoint"
+    finally:
+        await a.stop()
