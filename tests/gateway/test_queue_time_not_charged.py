@@ -115,3 +115,26 @@ async def test_a_queued_stream_cut_at_its_deadline_does_not_charge_the_endpoint(
         assert (await first)[0] == 200
         assert b'"error"' in text and b"[DONE]" not in text  # cut at its deadline
         assert _failures(gw, b.address) == 0, "the gateway's queue time was charged to the endpoint"
+
+
+async def test_a_wedged_endpoint_is_still_charged_when_every_request_queued_first(backends):
+    """Review s18-gw L4: a wedged engine (accepts, never answers) holds its one slot to each request's
+    deadline, so every later request reaches it after queuing most of its bound, with less than half
+    left: no single timeout is charged (the gateway's queue is not the endpoint's), yet the endpoint is
+    charged for the time it had them (a failure per half bound of it, ``HealthTracker.timed_out``).
+    Before: only the first (unqueued) request's timeout was charged, the rest never: a wedged engine
+    stayed in rotation for as long as the overload it caused."""
+    (b,) = await backends(1)
+    b.answer_delay = 60.0  # wedged: /health and /metrics fine, no answer
+    async with running_gateway(_config(b.address, 1.0)) as gw:
+        posts = []
+        for i in range(9):  # one every 0.25 s: each queues ~0.75 s behind the one before
+            posts.append(asyncio.ensure_future(_post(gw, {"model": "m", "prompt": f"p{i}", "max_tokens": 2})))
+            await asyncio.sleep(0.25)
+        done = await asyncio.wait_for(asyncio.gather(*posts), 20)
+        sent = len(b.received)
+        assert [s for s, _ in done].count(504) == 9
+        assert sent >= 5, f"only {sent} reached the endpoint"  # (the rest timed out in the queue)
+        # The first owned its deadline (charged); the others had ~0.25 s each, back to back: about one
+        # failure per 0.5 s of them (the review's case: none).
+        assert _failures(gw, b.address) >= 3, _failures(gw, b.address)

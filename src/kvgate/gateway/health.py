@@ -26,6 +26,10 @@ class _State:
     failures: int = 0
     backoff_s: float = 0.0
     retry_at: float = 0.0
+    # ``timed_out``: the time (a union of spans, not a sum) since its last answer in which the endpoint
+    # held requests that its deadline then cut without charging it, not charged yet; and that union's end.
+    quiet_s: float = 0.0
+    quiet_end: float = 0.0
 
 
 class HealthTracker:
@@ -41,8 +45,31 @@ class HealthTracker:
 
     def success(self, ep: Endpoint) -> None:
         st = self._state.get(ep.address)
-        if st is not None and st.failures:
+        if st is not None and (st.failures or st.quiet_end):
             st.failures = 0
+            st.quiet_s = st.quiet_end = 0.0
+
+    def timed_out(
+        self, ep: Endpoint, since: float, until: float, unit: float, pool: Iterable[Endpoint] = ()
+    ) -> bool:
+        """The request's deadline cut ``ep``'s answer at ``until`` when ``ep`` had held the request only
+        since ``since``: less than ``unit`` (half the bound), the rest spent in the gateway's queue or
+        on other endpoints, so this timeout alone is not charged (review s17-fixes-b L6). But ``ep`` is
+        charged for the time it had such requests: a failure for each ``unit`` of time, since its last
+        answer, in which it held requests that timed out this way (the union of their spans, not their
+        sum: requests it holds at once count once). A wedged engine under the overload it causes (every
+        request reaches it after a long queue wait) is still ejected (review s18-gw L4); an endpoint
+        that answers anything meanwhile is not charged (``success`` starts the count over). True when
+        this charge ejected it."""
+        st = self._state.setdefault(ep.address, _State())
+        start = max(since, st.quiet_end)
+        if until > start:
+            st.quiet_s += until - start
+            st.quiet_end = until
+        if st.quiet_s < unit:
+            return False
+        st.quiet_s = 0.0
+        return self.failure(ep, pool)
 
     def failure(self, ep: Endpoint, pool: Iterable[Endpoint] = ()) -> bool:
         """Record a failure; True when this one ejected the endpoint.

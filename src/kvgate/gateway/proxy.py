@@ -675,7 +675,7 @@ class Proxy:
                 sent_at = self._loop.time()
                 owns_deadline = deadline - sent_at >= sent_at - start
             else:
-                owns_deadline = True
+                sent_at, owns_deadline = 0.0, True
             try:
                 try:
                     resp = await self.upstream.request(
@@ -810,12 +810,17 @@ class Proxy:
                 # counts a timeout toward max_fails and Envoy's outlier detection counts one: for the
                 # idle timeout always (its own time), at the deadline only if it had the larger part of
                 # the request's time (``owns_deadline``; review s17-fixes-b L6: not for the gateway's
-                # queue). The client leaving is not charged (below).
+                # queue), else for the time it had it, summed with its other such timeouts
+                # (``HealthTracker.timed_out``; review s18-gw L4: a wedged engine under overload). The
+                # client leaving is not charged (below).
                 finished = True
                 self._charge(ireq, None, answered=True)  # (the server took it: s18-fixes-a L3)
                 late = deadline is not None and self._loop.time() >= deadline
-                if late and not owns_deadline:
+                if late and not owns_deadline and deadline is not None:
                     director.on_finished(ireq, ep, None, False)
+                    unit = (deadline - start) / 2  # (what it would have had to own the deadline)
+                    if self.health.timed_out(ep, sent_at, deadline, unit, self._peers(ep)):
+                        self.metrics.ejections.inc()
                 else:
                     self._failed(director, ireq, ep)
                 # An earlier endpoint's 500 (none came here): its own, as on the 503 path (F5).
