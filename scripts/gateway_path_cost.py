@@ -1,7 +1,7 @@
 """CPU of one request through the gateway's own code, sockets left out: this tree against another.
 
     PYTHONPATH=src python scripts/gateway_path_cost.py --base-src <other checkout>/src \\
-        [--requests 5000] [--rounds 7] [--repeats 3] [--policy kvgate]
+        [--requests 5000] [--rounds 7] [--repeats 3] [--policy kvgate] [--flow-control]
 
 What ``kvgate bench gateway-overhead`` sends (a non-streamed ``POST /v1/completions`` with its short
 prompt, answered with its fixed completion), through the real front (``httpfront``), proxy, picker
@@ -15,7 +15,9 @@ end-to-end benchmark measures too and which are the same for both trees.
 Each repeat runs the base tree then this tree, each in a fresh process: warmed, then ``--rounds``
 rounds of ``--requests`` sequential requests, CPU time (``process_time``) per request for each round;
 a process's figure is its fastest round (the least disturbed by other work on the machine). Prints
-every process's figure, the medians over repeats and the ratio (this / base).
+every process's figure, the medians over repeats and the ratio (this / base). ``--flow-control``: the
+pool's picker (``--policy``'s) with the ``flowControl`` gate on and a concurrency detector it never
+saturates: flow control's path for a request admitted at once (the usual case).
 
 ``--picks``: the picker alone, in the same alternating processes. Two figures per process, each its
 fastest of ``--rounds`` rounds (CPU time): ``bench``, one request's picker work on the bench's path
@@ -50,11 +52,12 @@ from typing import Any
 from tree_runs import HERE_SRC, alternate, run_in_tree, trees
 
 
-def _measure(requests: int, rounds: int, policy: str) -> dict[str, Any]:
+def _measure(requests: int, rounds: int, policy: str, flow: bool = False) -> dict[str, Any]:
     import asyncio
     import time
 
     import uvloop
+    import yaml
 
     from kvgate.bench.gateway_overhead import _COMPLETION, BODY, _request_bytes
     from kvgate.config.gateway import config_from_flags
@@ -101,6 +104,16 @@ def _measure(requests: int, rounds: int, policy: str) -> dict[str, Any]:
 
     async def main() -> dict[str, Any]:
         cfg = config_from_flags("http://127.0.0.1:18001,http://127.0.0.1:18002", ["m"], policy)
+        if flow:  # --flow-control: the policy's picker with the gate on, never saturated (no wait)
+            from kvgate.config.policies import policy_yaml
+
+            raw = yaml.safe_load(policy_yaml(policy))
+            raw["featureGates"] = ["flowControl"]
+            raw["saturationDetector"] = {
+                "type": "concurrency-detector",
+                "parameters": {"maxConcurrency": 1000},
+            }
+            cfg.pools[0].picker_config = raw
         gw = GatewayServer(cfg, build_pools(cfg), scrape=False)
         proxy = gw.proxy = Proxy(cfg, gw.pools, gw.metrics, gw.health, gw.clock)
 
@@ -302,12 +315,13 @@ def _parts(requests: int, rounds: int) -> dict[str, float]:
 
 def _run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
     mode = ["--_picks", str(args.trace_steps)] if args.picks else ["--_measure"]
-    return run_in_tree(__file__, src, [*mode, str(args.requests), str(args.rounds), args.policy], 600)
+    flow = ["flow"] if args.flow_control and not args.picks else []
+    return run_in_tree(__file__, src, [*mode, str(args.requests), str(args.rounds), args.policy, *flow], 600)
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--_measure":
-        print(json.dumps(_measure(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])))
+        print(json.dumps(_measure(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:] == ["flow"])))
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--_picks":
         steps = int(sys.argv[2])
@@ -320,6 +334,11 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
     p.add_argument("--policy", default="kvgate", help="the pool's policy (kvgate, round-robin, ...)")
     p.add_argument("--picks", action="store_true", help="the picker alone (bench path and seeded trace)")
+    p.add_argument(
+        "--flow-control",
+        action="store_true",
+        help="the pool's picker with the flowControl gate (a concurrency detector it never saturates)",
+    )
     p.add_argument("--trace-steps", type=int, default=20_000, help="--picks: events in the seeded trace")
     p.add_argument("--parts", action="store_true", help="this tree's picker on the bench path, part by part")
     args = p.parse_args()
@@ -341,7 +360,8 @@ def main() -> int:
         print(f"repeat {rep} {name:<4} {us:7.2f} us/request  (rounds: {rounds})", flush=True)
     base, this = (statistics.median(figures[n]) for n in srcs)
     print(f"\nmedian base {base:.2f} us/request, this {this:.2f} us/request: ratio {this / base:.3f}")
-    print(f"(policy {args.policy}; base {srcs['base']}; this {srcs['this']})")
+    flow = ", flow control on" if args.flow_control else ""
+    print(f"(policy {args.policy}{flow}; base {srcs['base']}; this {srcs['this']})")
     return 0
 
 

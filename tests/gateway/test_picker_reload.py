@@ -42,11 +42,13 @@ class Recording:
         self.calls.append(("pick", ""))
         return self.inner.pick(req, explain)  # type: ignore[no-any-return]
 
-    async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+    async def admit(
+        self, req: InferenceRequest, explain: bool = False, wait_max: float | None = None
+    ) -> PickResult:
         self.calls.append(("admit", ""))
         if self.first is not None:
             return PickResult(list(self.first))
-        return await self.inner.admit(req, explain)  # type: ignore[no-any-return]
+        return await self.inner.admit(req, explain, wait_max)  # type: ignore[no-any-return]
 
     def on_dispatched(self, req: InferenceRequest, endpoint: Any) -> None:
         self.calls.append(("dispatched", endpoint.address))

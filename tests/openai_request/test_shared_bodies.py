@@ -42,7 +42,9 @@ class Recorder(RecordingPicker):
         self.calls.requests.append(req)
         return self.inner.pick(req, explain) if explain else self.inner.pick(req)
 
-    async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+    async def admit(
+        self, req: InferenceRequest, explain: bool = False, wait_max: float | None = None
+    ) -> PickResult:
         return self.pick(req, explain)
 
 

@@ -184,7 +184,7 @@ class QueuedRequest:
     cost: float  # tokens the request will take (prompt + expected output): least-attained-service
     seq: int
     enqueued_at: float
-    deadline: float  # TTL expiry
+    deadline: float  # TTL expiry, or the request's own deadline when that comes first (``bounded``)
     slo_deadline: float  # arrival + TTFT SLO (slo-deadline ordering)
     handle: Any = None  # the waiter (an asyncio future, a simulator record)
     done: bool = False
@@ -194,6 +194,7 @@ class QueuedRequest:
     give_up_at: float = float("inf")  # sloAdmission: shed when still queued then (``give_up``)
     outcome: str = ""
     explain: bool = False
+    bounded: bool = False  # ``deadline`` is the request's own (``enqueue``'s ``bound``), not the TTL
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -348,9 +349,17 @@ class FlowController:
         return b
 
     def enqueue(
-        self, req: InferenceRequest, now: float, *, handle: Any = None, explain: bool = False
+        self,
+        req: InferenceRequest,
+        now: float,
+        *,
+        handle: Any = None,
+        explain: bool = False,
+        bound: float | None = None,
     ) -> QueuedRequest:
-        """Queue ``req`` or raise ``ShedError`` (a band or the global limit is full)."""
+        """Queue ``req`` or raise ``ShedError`` (a band or the global limit is full). ``bound``: the
+        request's own deadline (the gateway's ``requestTimeoutSeconds``); ``expire`` removes it then if
+        that comes before its TTL (``QueuedRequest.bounded``): no timer of its own per request."""
         size = len(req.prompt_text) or 4 * prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
         band = self.band(req.priority)
         flow = flow_of(req)
@@ -370,9 +379,14 @@ class FlowController:
         slo_deadline = self.slo_deadline(req, now)  # once: ``due_head`` reads it on every blocked pass
         self._seq += 1
         ptoks = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        expiry = now + cfg.ttl
+        if bound is not None and bound < expiry:  # (recorded as a TTL expiry: it is one, the earlier)
+            expiry, bounded = bound, True
+        else:
+            bounded = False
         item = QueuedRequest(
             req, flow, req.priority, size, float(ptoks + (req.max_tokens or DEFAULT_OUTPUT_TOKENS)),
-            self._seq, now, now + cfg.ttl, slo_deadline, handle, explain=explain,
+            self._seq, now, expiry, slo_deadline, handle, explain=explain, bounded=bounded,
         )  # fmt: skip
         if band.push(item):
             self._enter(flow)

@@ -36,6 +36,7 @@ from kvgate.scheduling.types import (
     NoCapacityError,
     PickResult,
     PredictedMissError,
+    QueueTimeoutError,
     SchedulingError,
 )
 
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvgate.flowcontrol")
 
 TTL_MESSAGE = "request timed out in the flow control queue (TTL expired)"
+# A request whose own deadline (``admit``'s ``wait_max``: requestTimeoutSeconds) came before the TTL: 504.
+DEADLINE_MESSAGE = "request timed out in the flow control queue (its requestTimeoutSeconds passed)"
 # A plugin's bug while dispatching: the clients concerned are answered (never left waiting).
 PICK_ERROR_MESSAGE = "the pick of a request leaving the flow control queue failed (internal error)"
 EXPIRY_ERROR_MESSAGE = "the flow control queue failed to expire its requests (internal error); dropped"
@@ -146,12 +149,17 @@ class FlowDispatcher:
         return len(self.ctl)
 
     def arrive(
-        self, req: InferenceRequest, now: float, handle: Any, explain: bool = False
+        self,
+        req: InferenceRequest,
+        now: float,
+        handle: Any,
+        explain: bool = False,
+        bound: float | None = None,
     ) -> PickResult | QueuedRequest:
         """A new request: picked at once when nothing is queued and its pool has room (its result),
-        else queued with ``handle`` (the queue entry; ``ShedError`` when full). A pick's error is
-        raised, except a predicted miss that may wait: queued and held then. Shared with the
-        virtual-clock benchmark."""
+        else queued with ``handle`` (the queue entry; ``ShedError`` when full) until its TTL or
+        ``bound`` (its own deadline), whichever comes first. A pick's error is raised, except a
+        predicted miss that may wait: queued and held then. Shared with the virtual-clock benchmark."""
         miss: PredictedMissError | None = None
         self.ctl.arrived(req, now)
         if len(self.ctl) == 0 and not self._gate(now)(req):
@@ -163,7 +171,7 @@ class FlowDispatcher:
                         self.ctl.metrics.outcome(req.priority, flow_of(req), REJECTED_PREDICTED_MISS, 0.0)
                     raise
                 miss = e
-        item = self.ctl.enqueue(req, now, handle=handle, explain=explain)  # ShedError when full
+        item = self.ctl.enqueue(req, now, handle=handle, explain=explain, bound=bound)  # ShedError: full
         if miss is not None:  # as if it had just left the queue and been turned back
             self.ctl.take(item, now, record=False)
             self._hold(item, now, miss)
@@ -214,11 +222,16 @@ class FlowDispatcher:
         ctl = self.ctl
         return lambda req: not fleet.defers(req, ctl, now) and preempt(req)
 
-    async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
+    async def admit(
+        self, req: InferenceRequest, explain: bool = False, wait_max: float | None = None
+    ) -> PickResult:
+        """``req`` picked, once its pool has room. ``wait_max`` (seconds from now; None: none): if it
+        is still queued then, it leaves the queue with ``QueueTimeoutError`` (504), by the queue's own
+        expiry (no timer per request: most requests are not queued at all; review s18-gw L2)."""
         now = self.clock()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[PickResult] = loop.create_future()
-        got = self.arrive(req, now, fut, explain)
+        got = self.arrive(req, now, fut, explain, None if wait_max is None else now + wait_max)
         if isinstance(got, PickResult):
             return got
         item = got
@@ -275,10 +288,11 @@ class FlowDispatcher:
         return result
 
     def expired(self, now: float) -> list[tuple[QueuedRequest, SchedulingError]]:
-        """Remove the queued requests whose TTL has passed (503) or, with ``sloAdmission``, that can
-        no longer make their SLO (429), each with the error to fail it with."""
+        """Remove the queued requests whose TTL has passed (503; their own deadline: 504) or, with
+        ``sloAdmission``, that can no longer make their SLO (429), each with the error to fail it with."""
         out: list[tuple[QueuedRequest, SchedulingError]] = [
-            (item, NoCapacityError(TTL_MESSAGE)) for item in self.ctl.expire(now)
+            (item, QueueTimeoutError(DEADLINE_MESSAGE) if item.bounded else NoCapacityError(TTL_MESSAGE))
+            for item in self.ctl.expire(now)
         ]
         out += [
             (item, PredictedSLOMissError(GIVE_UP_MESSAGE, item.give_up_at)) for item in self.ctl.give_ups(now)

@@ -546,21 +546,6 @@ class Proxy:
             raise NoCapacityError("every endpoint failed for this request")
         return director.pick(ireq, explain)
 
-    async def _admit_by(self, director: Any, ireq: InferenceRequest, explain: bool, deadline: float) -> Any:
-        """Flow control's admission, waited for up to the request's ``deadline`` (event-loop time): a
-        request still queued then leaves the queue with a 504 (``request_timeout``), as Envoy answers
-        a request its route timeout ends while it waits for a connection (the queue's own TTL: 503)."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await director.admit(ireq, explain)
-        except TimeoutError:
-            raise GatewayError(
-                504,
-                "no capacity for the request within requestTimeoutSeconds "
-                f"({self.request_timeout or 0:g}s): it timed out in the flow control queue",
-                code="request_timeout",
-            ) from None
-
     @staticmethod
     def _untried(result: Any, tried: set[str]) -> Endpoint:
         for ep in result.endpoints:
@@ -634,8 +619,10 @@ class Proxy:
                         result = director.pick(ireq, explain)
                     elif deadline is None:  # flow control may hold it until capacity frees
                         result = await director.admit(ireq, explain)  # (cancelled if the client goes)
-                    else:  # ... up to the request's deadline (review s17-fixes-b L6)
-                        result = await self._admit_by(director, ireq, explain, deadline)
+                    else:  # ... up to the request's deadline (review s17-fixes-b L6): a request still
+                        # queued then leaves with a 504 ``request_timeout`` (``QueueTimeoutError``), by
+                        # the queue's own expiry: no timer per request (review s18-gw L2)
+                        result = await director.admit(ireq, explain, deadline - self._loop.time())
                     # (``_untried`` with nothing tried: the first, or its error when there is none)
                     ep = result.endpoints[0] if result.endpoints else self._untried(result, tried)
             except asyncio.CancelledError:

@@ -204,15 +204,18 @@ class Director:
             raise NoCapacityError("no ready endpoint")
         return healthy
 
-    async def admit(self, req: InferenceRequest, explain: bool = False) -> PickResult:
-        """What both front doors call: ``pick`` at once, or (flow control on) wait for capacity first.
+    async def admit(
+        self, req: InferenceRequest, explain: bool = False, wait_max: float | None = None
+    ) -> PickResult:
+        """What both front doors call: ``pick`` at once, or (flow control on) wait for capacity first,
+        up to the queue's TTL or ``wait_max`` seconds (the request's own deadline: ``QueueTimeoutError``).
         Keep in sync: without flow control both doors skip this call and ``pick`` directly (the gateway's
         proxy, ``Proxy._dispatch``'s ``no_flow``; ext_proc, ``extproc/context.py``), and take
         ``offers_preemption`` as False there; work added here for ``flow is None`` must go there too."""
         if self.flow is None:
             return self.pick(req, explain)
         self.candidates(req)  # an empty pool is a 503 now, not after a wait
-        return await self.flow.admit(req, explain)
+        return await self.flow.admit(req, explain, wait_max)
 
     def scrape_bound(self) -> float:
         """How long an endpoint whose scraped load this picker's own requests explain may go unscraped

@@ -124,3 +124,12 @@ class NoCapacityError(SchedulingError):
 
     status = 503
     code = "service_unavailable"
+
+
+class QueueTimeoutError(SchedulingError):
+    """The request's own deadline (``requestTimeoutSeconds``) passed while flow control held it in its
+    queue (before the queue's TTL): 504, as Envoy answers a request whose route timeout ends while it
+    waits for a connection."""
+
+    status = 504
+    code = "request_timeout"
