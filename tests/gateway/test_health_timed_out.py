@@ -42,3 +42,11 @@ def test_an_answer_starts_the_count_over() -> None:
     assert failures(h, ep) == 0
     h.timed_out(ep, 10.9, 11.0, 0.5)
     assert failures(h, ep) == 1
+
+
+def test_a_probe_that_lets_it_back_in_starts_the_count_over() -> None:
+    h, ep = tracker(), Endpoint("a:1")
+    h.timed_out(ep, 10.0, 10.4, 0.5)
+    h.probe_result(ep, True)
+    h.timed_out(ep, 10.5, 10.9, 0.5)
+    assert failures(h, ep) == 0

@@ -112,6 +112,7 @@ class HealthTracker:
         if ok:
             ep.healthy = True
             st.failures = 0
+            st.quiet_s = st.quiet_end = 0.0  # (back in: ``timed_out`` counts afresh)
             st.backoff_s = 0.0
             log.warning("probe ok: %s is back in", ep.address)
         else:
