@@ -9,6 +9,7 @@ Raw asyncio backends on loopback, one gateway (no flow control, requestTimeoutSe
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import aiohttp
@@ -117,3 +118,37 @@ async def test_a_queued_requests_body_stalled_to_the_deadline_is_charged_as_a_he
             assert st.failures == 1, "the second's queue time was charged to the endpoint"
     finally:
         await a.stop()
+
+
+async def test_no_attempt_starts_after_the_deadline() -> None:
+    """An attempt that fails after requestTimeoutSeconds (here a connect that takes its own
+    connectTimeoutSeconds, longer than the bound) is not followed by another: the client gets the 504
+    ``request_timeout`` then (before: the request was written to the next endpoint with its bound spent,
+    and answered 504 naming that endpoint, which was charged for it)."""
+    hole = socket.socket()  # a listener that never accepts, its backlog full: connects hang
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    filler = [socket.socket() for _ in range(3)]
+    for f in filler:
+        f.setblocking(False)
+        f.connect_ex(hole.getsockname())  # (in progress: the backlog takes one, the rest hang)
+    b = Staller()
+    addrs = [f"127.0.0.1:{hole.getsockname()[1]}", await b.start()]
+    limits = {"requestTimeoutSeconds": 1, "idleTimeoutSeconds": 30, "connectTimeoutSeconds": 1.5}
+    cfg = make_config(addrs, extra={"limits": limits})
+    try:
+        async with running_gateway(cfg) as gw:
+            got = []
+            async with aiohttp.ClientSession() as s:
+                for i in range(2):  # (round-robin: one of the two tries the listener first)
+                    body = orjson.dumps({"model": "m", "prompt": f"x{i}", "max_tokens": 2})
+                    async with s.post(base_url(gw) + "/v1/completions", data=body) as r:
+                        got.append((r.status, orjson.loads(await r.read())["error"]["code"]))
+            await asyncio.sleep(0.3)
+            assert sorted(got) == [(504, "request_timeout"), (504, "upstream_timeout")], got
+            assert b.requests == 1, f"{b.requests} requests written to the second endpoint"
+    finally:
+        await b.stop()
+        for f in filler:
+            f.close()
+        hole.close()
