@@ -177,26 +177,37 @@ async def test_a_request_cut_at_the_deadline_is_charged_its_prompt(backends):
             assert r.status == 429
 
 
-async def test_tokens_go_to_the_tenant_admitted_even_when_its_header_is_named_hop_by_hop(backends):
-    """The tenant a request is admitted under is its flow and its charge, also when the client names the
-    fairness header in ``Connection`` (the proxied headers drop it): before, each such request was admitted
-    against a fresh bucket and its tokens went to ``default-flow`` (review s18-fixes-a L1)."""
+async def test_a_fairness_header_named_hop_by_hop_is_not_the_tenant(backends):
+    """A fairness header the client names in ``Connection`` is hop-by-hop: not the request's flow, so not
+    its tenant either: admitted and charged under the same tenant as its flow (``default-flow``), whether or
+    not rate limits are on. Before, each such request was admitted under the header's tenant and its tokens
+    went to ``default-flow`` (review s18-fixes-a L1: a fresh name per request was never refused), and
+    a7dd85f's fix made the flow depend on whether rate limits were configured (review s18-fixes-b L2)."""
     (b,) = await backends(1)  # (each answer's usage: 7 + 1 tokens)
     extra = {"rateLimits": {"tokensPerMinute": 10}}
     async with running_gateway(make_config([b.address], extra=extra)) as gw, aiohttp.ClientSession() as s:
+        director = gw.pools[0].director
+        seen: list[str] = []
+        inner = director.pick
+
+        def pick(req, explain=False):
+            seen.append(req.fairness_id)
+            return inner(req, explain)
+
+        director.pick = pick  # type: ignore[method-assign]
         url = base_url(gw) + "/v1/completions"
         body = b'{"model":"m","prompt":"x","max_tokens":1}'
+        name = "x-gateway-inference-fairness-id"
         statuses = []
-        for _ in range(3):
-            hop = {
-                "x-gateway-inference-fairness-id": "hopper",
-                "Connection": "x-gateway-inference-fairness-id",
-            }
-            async with s.post(url, data=body, headers=hop) as r:
+        for i in range(3):
+            async with s.post(url, data=body, headers={name: f"fresh-{i}", "Connection": name}) as r:
                 statuses.append(r.status)
-        assert statuses == [200, 200, 429]  # hopper's own bucket: in debt after two
+        assert statuses == [200, 200, 429]  # one bucket, in debt after two
         async with s.post(url, data=body) as r:
-            assert r.status == 200  # default-flow carries none of hopper's tokens
+            assert r.status == 429  # the same tenant: default-flow
+        async with s.post(url, data=body, headers={name: "other"}) as r:
+            assert r.status == 200
+        assert seen == ["default-flow", "default-flow", "other"]
 
 
 async def test_hide_internal_addresses_keeps_them_out_of_errors_and_explain(backends):

@@ -138,6 +138,17 @@ def _filter_headers(
     return out, objective, fairness, explain, timing
 
 
+def _end_to_end(headers: Mapping[str, str], name: str) -> str | None:
+    """``headers[name]``, unless the client named it in Connection (hop-by-hop: ``_filter_headers`` drops
+    it)."""
+    value = headers.get(name)
+    if value is not None:
+        conn = headers.get("connection")
+        if conn and name in (t.strip().lower() for t in conn.split(",")):
+            return None
+    return value
+
+
 def _pass_back_off(status: int, upstream: Mapping[str, str], reply: dict[str, str]) -> None:
     """A model server's 429 / 503 passed to the client keeps its back-off: its ``Retry-After`` (read and
     bounded as ``--clusters`` reads a cluster's), a 429 without one gets the default as the gateway's own
@@ -362,13 +373,13 @@ class Proxy:
         if self.limiter is not None:
             # The tenant as flow control names the flow (``flow_of``): the key's, else either fairness
             # header (GIE's, then llm-d's), else the default flow (review s18-qa L4: llm-d's was not read).
-            # The request's flow is this tenant from here on (``_prepare``), so ``_charge`` (``flow_of``)
-            # charges the tenant it was admitted under, also when the client named the header hop-by-hop
-            # and the header filter dropped it (s18-gw M2, s18-fixes-a L1).
-            who = tenant or request.headers.get(FAIRNESS_HEADER) or proto.DEFAULT_FAIRNESS_ID
+            # Read as ``_filter_headers`` reads the headers the request's flow comes from (a header the
+            # client names in Connection is hop-by-hop: not the tenant), so the tenant admitted is the
+            # request's flow and the one ``_charge`` (``flow_of``) charges, with or without rate limits
+            # (s18-gw M2, s18-fixes-a L1, s18-fixes-b L2).
+            who = tenant or _end_to_end(request.headers, FAIRNESS_HEADER) or proto.DEFAULT_FAIRNESS_ID
             if who == proto.DEFAULT_FAIRNESS_ID:
-                who = request.headers.get(LLMD_FAIRNESS_HEADER) or who
-            tenant = who
+                who = _end_to_end(request.headers, LLMD_FAIRNESS_HEADER) or who
             wait = self.limiter.admit(who)
             if wait is not None:
                 self.metrics.error("", "", "429")
@@ -471,11 +482,8 @@ class Proxy:
                 404, f"The model '{client_model}' does not exist", param="model", code="model_not_found"
             )
         headers, objective, fairness, explain, timing = _filter_headers(request.headers)
-        if tenant is not None:
-            # The key decides the tenant, never a client header; with rate limits, the tenant the request
-            # was admitted under (read from the headers as flow control reads the flow).
-            fairness = tenant
         if self.keys is not None:
+            fairness = tenant  # the key decides the tenant, never a client header
             headers.pop("authorization", None)  # the gateway's key is not the model server's
             headers.pop("x-api-key", None)
         explain = explain and not self.hide

@@ -42,7 +42,8 @@ def usage_from(obj: Any) -> Usage | None:
         if not isinstance(usage, dict):
             return None
     # (A null count is an absent one, as the whole-body reader ``usage_from_body`` decodes it: the two
-    # readers agree on every body.)
+    # agree on every top-level usage object; only this one also reads a nested ``response`` / ``message``
+    # usage, a stream event's shape.)
     if usage.get("prompt_tokens") is not None or usage.get("completion_tokens") is not None:
         return usage_of(
             usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("prompt_tokens_details")
