@@ -25,6 +25,15 @@ def test_back_to_back_short_spans_add_up_to_a_failure_per_unit() -> None:
     assert charged.count(True) == 1 and charged.index(True) == 5
 
 
+def test_spans_that_do_not_divide_the_unit_lose_nothing_at_a_charge() -> None:
+    """Ten back-to-back 0.4 s spans (4 s: 8 units of 0.5 s) are 8 failures (review s18-fixes-c L1: each
+    charge threw the time past the unit away: 5)."""
+    h, ep = HealthTracker(HealthConfig(eject_after_failures=100), clock=lambda: 0.0), Endpoint("a:1")
+    for i in range(10):
+        h.timed_out(ep, 10.0 + 0.4 * i, 10.4 + 0.4 * i, 0.5)
+    assert failures(h, ep) == 8
+
+
 def test_spans_held_at_once_count_once() -> None:
     h, ep = tracker(), Endpoint("a:1")
     for i in range(8):  # eight requests held together from 10 s, cut at 10.4 s (+ a little each)

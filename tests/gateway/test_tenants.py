@@ -210,6 +210,47 @@ async def test_a_fairness_header_named_hop_by_hop_is_not_the_tenant(backends):
         assert seen == ["default-flow", "default-flow", "other"]
 
 
+async def test_an_answer_lost_mid_body_is_charged_its_prompt(tmp_path):
+    """An endpoint answered a head, generated, then its body was lost and no retry answered (503): the
+    request's prompt is charged, as when the client leaves (review s18-fixes-c L3: nothing was)."""
+    served = 0
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal served
+        head = await r.readuntil(b"\r\n\r\n")
+        n = next(
+            int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:")
+        )
+        await r.readexactly(n)
+        served += 1
+        if served == 1:  # a head, part of the body, then the connection is gone
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        else:
+            answer = b'{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}'
+            w.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % len(answer)
+            )
+            w.write(answer)
+        await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    extra = {"rateLimits": {"tokensPerMinute": 300}}
+    headers = {"x-gateway-inference-fairness-id": "lost"}
+    try:
+        async with running_gateway(make_config([address], extra=extra)) as gw, aiohttp.ClientSession() as s:
+            url = base_url(gw) + "/v1/completions"
+            body = orjson.dumps({"model": "m", "prompt": "word " * 400})  # ~500 tokens by the text estimate
+            async with s.post(url, data=body, headers=headers) as r:
+                assert r.status == 503
+            async with s.post(url, data=b'{"model":"m","prompt":"x"}', headers=headers) as r:
+                assert r.status == 429
+    finally:
+        server.close()
+
+
 async def test_hide_internal_addresses_keeps_them_out_of_errors_and_explain(backends):
     (b,) = await backends(1)
     dead = f"127.0.0.1:{free_port()}"

@@ -68,7 +68,9 @@ class HealthTracker:
             st.quiet_end = until
         if st.quiet_s < unit:
             return False
-        st.quiet_s = 0.0
+        # One unit charged, the rest kept (review s18-fixes-c L1: resetting to 0 threw up to a unit away,
+        # a failure per 1-2 units); one charge a call suffices: an uncharged span is under a unit.
+        st.quiet_s -= unit
         return self.failure(ep, pool)
 
     def failure(self, ep: Endpoint, pool: Iterable[Endpoint] = ()) -> bool:

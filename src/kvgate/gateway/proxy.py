@@ -582,6 +582,7 @@ class Proxy:
         # neither endpoint is charged and it is not tried a third time; else it is charged. (502, 503,
         # 504 say overload or draining, the server's state: charged and retried as before.)
         suspect: Endpoint | None = None
+        took = False  # an endpoint answered a head, then its body was lost (it generated: charged)
         # Read once: every pick, dispatch and finish of this request goes to this Director, even if a
         # config reload swaps the pool's picker meanwhile (``gateway.reload``).
         director = pool.director
@@ -614,14 +615,21 @@ class Proxy:
                         # No attempt starts with the bound spent (review s18-gw M1): its answer would
                         # come for nobody; the client gets the 504 now.
                         self._blame(suspect)
+                        if took:  # an endpoint generated an answer whose body was lost: its prompt
+                            self._charge(ireq, None, answered=True)  # (review s18-fixes-c L3)
                         raise GatewayError(
                             504,
                             f"no answer within requestTimeoutSeconds ({self.request_timeout:g}s) after "
                             f"{attempt} attempts; last: {last_error}",
                             code="request_timeout",
                         )
-                    result = self._retry_pick(pool, director, ireq, tried, explain)
-                    ep = self._untried(result, tried)
+                    try:
+                        result = self._retry_pick(pool, director, ireq, tried, explain)
+                        ep = self._untried(result, tried)
+                    except SchedulingError:
+                        if took:  # (nowhere left to retry: as at the deadline)
+                            self._charge(ireq, None, answered=True)
+                        raise
                 else:
                     if pick_now:
                         result = director.pick(ireq, explain)
@@ -766,12 +774,12 @@ class Proxy:
                         # retry with the bound spent (review s18-gw M1: a generation for nobody).
                         raise
                     last_error = f"{self._name(ep)}: body read failed: ReadTimeout"
-                    finished = True
+                    finished = took = True
                     self._failed(director, ireq, ep)
                     continue
                 except _UPSTREAM_ERRORS as e:  # (a stall after the head: the answer was done, retried)
                     last_error = f"{self._name(ep)}: body read failed: {type(e).__name__}"
-                    finished = True
+                    finished = took = True
                     self._failed(director, ireq, ep)
                     continue
                 finished = True
@@ -851,6 +859,8 @@ class Proxy:
                 if resp is not None:
                     resp.release()
         self._blame(suspect)
+        if took:  # (as at the deadline above)
+            self._charge(ireq, None, answered=True)
         raise GatewayError(
             503,
             f"all {self.cfg.limits.max_attempts} attempts failed; last: {last_error}",
