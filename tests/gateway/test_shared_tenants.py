@@ -183,3 +183,51 @@ def test_sizes_and_keys() -> None:
     assert tenant_key("x\udcff") != 0
     with pytest.raises(ValueError):
         SharedTenants(memoryview(bytearray(segment_size(1, 6))), 1, 0, None, slots=6, ways=4)
+
+
+class HeldLock:
+    """A lock another process may hold (``held``; a frozen worker, one killed inside it); records how
+    long each acquire was allowed to block (no wall clock)."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.mine = False
+        self.waits: list[float] = []
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        self.waits.append((timeout if timeout is not None else float("inf")) if block else 0.0)
+        if self.held or self.mine:
+            return False
+        self.mine = True
+        return True
+
+    def release(self) -> None:
+        if not self.mine:
+            raise ValueError("not held")
+        self.mine = False
+
+
+def test_a_known_stuck_lock_is_not_waited_for_again_until_it_is_seen_free(caplog) -> None:
+    """Review s18-fixes-a L2 (FAILED before: 20 waits of 50 ms, 1.0 s of event loop blocked for ten
+    requests). Once a worker saw the lock stuck, a request only tries it without blocking; the first try
+    that finds it free ends the episode (limits checked again; a next episode waits, and warns, once)."""
+    lock = HeldLock()
+    table = SharedTenants(memoryview(bytearray(segment_size(2, 64))), 2, 0, lock, slots=64, wait_s=0.05)
+    limiter = SharedRateLimiter(table, 1, 0, lambda: 0.0)
+    assert limiter.admit("t") is None and limiter.admit("t") is not None  # the one request a minute
+    lock.held = True  # a worker frozen (SIGSTOP, a debugger) or killed while it held the lock
+    lock.waits.clear()
+    with caplog.at_level(logging.WARNING, "kvgate.gateway.shared_tenants"):
+        for _ in range(10):  # ten requests, as ``Proxy._entry`` runs them: admit, then the fleet's cap
+            assert limiter.admit("t") is None  # admitted unchecked
+            assert table.enter(10_000)
+        assert table.stuck
+        assert lock.waits == [0.05] + [0.0] * 19  # one wait of 50 ms, then tries that do not block
+        lock.held = False  # the holder resumed and let go (or the supervisor freed a dead one's)
+        assert limiter.admit("t") is not None  # checked again
+        assert not table.stuck
+        lock.held = True
+        lock.waits.clear()
+        assert limiter.admit("t") is None and table.enter(10_000)
+        assert lock.waits == [0.05, 0.0]  # a new episode: one wait again
+    assert [r.message.count("lock was not free") for r in caplog.records] == [1, 1]  # once per episode

@@ -26,9 +26,13 @@ gateway's clock is ``time.monotonic``, the same for every process on the host). 
 
 The lock is a ``multiprocessing`` lock, held for a few microseconds; a worker killed inside it would
 leave it held. So a worker waits at most ``LOCK_WAIT_S`` for it and then lets the request through
-without the fleet-wide check (logged once per episode; its count still taken, so ``leave`` matches),
-and the supervisor frees a lock it cannot take within ``STUCK_S`` after a worker died
-(``free_stuck_lock``; a worker whose lock was freed under it ignores its own release's error).
+without the fleet-wide check (logged once per episode; its count still taken, so ``leave`` matches);
+until it finds the lock free again it only tries it without waiting (one wait per episode, not one per
+request: review s18-fixes-a L2). The supervisor frees a lock it cannot take within ``STUCK_S`` after a
+worker died (``free_stuck_lock``; a worker whose lock was freed under it ignores its own release's
+error). A holder that is frozen (SIGSTOP, a debugger), not dead, is never freed, deliberately: it could
+resume inside its update while another worker is in it and tear a bucket; the fleet admits without the
+fleet-wide limits until it lets go.
 """
 
 from __future__ import annotations
@@ -128,7 +132,9 @@ class SharedTenants:
     # -- the lock -------------------------------------------------------------------------------
 
     def acquire(self) -> bool:
-        if self.lock.acquire(True, self.wait_s):
+        # Once known stuck, no more waits (review s18-fixes-a L2: each request blocked the worker's event
+        # loop ``wait_s`` in ``admit`` and again in ``enter``): one try without blocking until it is free.
+        if self.lock.acquire(False) if self.stuck else self.lock.acquire(True, self.wait_s):
             self.stuck = False
             return True
         if not self.stuck:
