@@ -204,3 +204,54 @@ def test_running_counts_stay_while_their_name_is_forgotten_only_when_idle() -> N
     child = stats.children[("c", "c")]
     assert child.ntpot.sum == 0 and sum(child.ntpot.counts) == 0
     assert sum(child.response_sizes.counts) == 0  # (-1: not known, not observed)
+
+
+async def test_both_doors_observe_the_size_of_a_request_whose_client_left() -> None:
+    """Review s18-qa2 L2: ``kvgate epp`` observed a request's size only with the series of a request that
+    completed (FAILED before: a request whose Envoy stream was cancelled left ``request_sizes`` at 0);
+    ``kvgate serve`` observes it at routing, as the reference at the request body. Now both: one request
+    abandoned, one answered: two sizes, each once."""
+    body = orjson.dumps({"model": "m", "prompt": "x" * 600, "max_tokens": 1})
+    metrics = EppMetrics(models=ModelLabels(["m"]))
+    async with epp_door(metrics) as (backend, _ctx, ch):
+        async with aiohttp.ClientSession() as http:
+            harness = EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http)
+            gone = asyncio.ensure_future(harness.request("POST", "/v1/completions", body, {}))
+            await eventually(lambda: len(backend.arrivals) == 1, "the request upstream")
+            gone.cancel()  # Envoy's stream cancelled (its client left)
+            await asyncio.gather(gone, return_exceptions=True)
+            await eventually(lambda: _value(metrics.registry, RUNNING, {"model_name": "m"}) == 0, "running 0")
+            backend.release.release()
+            backend.release.release()
+            assert (await harness.request("POST", "/v1/completions", body, {})).status == 200
+        await eventually(
+            lambda: _value(metrics.registry, "inference_objective_request_total", LABELS) == 1, "counted"
+        )
+    epp = metrics.registry
+
+    backend = await HeldBackend().start()
+    cfg = make_config([backend.address])
+    gw = GatewayServer(cfg, make_pools(cfg), scrape=False)
+    await gw.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def send() -> int:
+                async with http.post(base_url(gw) + "/v1/completions", data=body) as resp:
+                    await resp.read()
+                    return resp.status
+
+            gone = asyncio.ensure_future(send())
+            await eventually(lambda: len(backend.arrivals) == 1, "the request upstream")
+            gone.cancel()  # the client left
+            await asyncio.gather(gone, return_exceptions=True)
+            await eventually(lambda: _value(gw.metrics.registry, RUNNING, {"model_name": "m"}) == 0, "0")
+            backend.release.release()
+            backend.release.release()
+            assert await send() == 200
+    finally:
+        await gw.stop(drain_timeout=1.0)
+        await backend.stop()
+    for registry in (epp, gw.metrics.registry):
+        assert _value(registry, "inference_objective_request_sizes_count", LABELS) == 2
+        assert _value(registry, "inference_objective_request_sizes_sum", LABELS) == 2 * len(body)

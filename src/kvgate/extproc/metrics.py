@@ -118,6 +118,10 @@ class EppMetrics:
         labels = self.models.label
         self.requests.observe(labels(model), labels(target), seconds, usage, response_bytes, request_bytes)
 
+    def sized(self, model: str, target: str, request_bytes: int) -> None:
+        labels = self.models.label
+        self.requests.sized(labels(model), labels(target), request_bytes)
+
     def served(self, target: str) -> None:
         self.models.served(target)
 

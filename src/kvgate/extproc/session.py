@@ -92,6 +92,10 @@ class Observer(Protocol):
         response_bytes: int = -1,
         request_bytes: int = -1,
     ) -> None: ...
+    # The request size of a request with a parsed body that ended with no ``request_done`` (its stream
+    # cancelled, refused, or cut before a model server's answer ended), at its stream's end: every such
+    # request's size is observed once, as ``kvgate serve`` observes each routed request's (s18-qa2 L2).
+    def sized(self, model: str, target: str, request_bytes: int) -> None: ...
     # A request under ``model`` / ``target`` started (its names known) and, once, its stream ended: the
     # names in flight keep their labels (``ModelLabels.hold`` / ``drop``). ``request_bytes``: its body's
     # size (-1: a body-less request, not a model's); ``begin`` gives the label it counts as running
@@ -629,6 +633,7 @@ class Session:
                 usage = self.usage if 200 <= self.status < 300 else None
                 size = self._resp_bytes if complete and self._response_bodies else -1
                 obs.request_done(*self._models, self.ctx.clock() - self._t0, usage, size, self._request_bytes)
+                self._request_bytes = -1  # (observed: not again in ``close``)
 
     def _outcome(self, complete: bool, idle: bool = False) -> None:
         """Count the request's end once, as ``kvgate serve`` does: a model server's 4xx/5xx under its
@@ -673,6 +678,9 @@ class Session:
         finally:
             if self._models is not None and self.ctx.observer is not None and not self._ended:
                 self._ended = True
+                if self._request_bytes >= 0:  # (no ``request_done``: its size alone, once)
+                    self.ctx.observer.sized(*self._models, self._request_bytes)
+                    self._request_bytes = -1
                 self.ctx.observer.end(*self._models, self._running)
 
     def _close(self, idle: bool) -> None:

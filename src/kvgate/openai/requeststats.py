@@ -227,6 +227,18 @@ class RequestStats:
         h.sum += request_bytes
         return model
 
+    def sized(self, model: str, target: str, request_bytes: int) -> None:
+        """A request's body size observed alone (``inference_objective_request_sizes``): a request that
+        ended with no ``observe`` (``kvgate epp``: its stream cancelled or refused before a model server's
+        answer ended; review s18-qa2 L2). The caller bounds the labels."""
+        key = (model, target)
+        c = self.children.get(key)
+        if c is None:
+            c = self.children[key] = StatsChild()
+        h = c.request_sizes
+        h.counts[bisect_left(h.bounds, request_bytes)] += 1
+        h.sum += request_bytes
+
     def stop(self, model: str) -> None:
         running = self.running
         running[model] = running.get(model, 1) - 1
