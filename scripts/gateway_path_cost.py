@@ -117,7 +117,7 @@ def _measure(requests: int, rounds: int, policy: str, flow: bool = False) -> dic
         gw = GatewayServer(cfg, build_pools(cfg), scrape=False)
         proxy = gw.proxy = Proxy(cfg, gw.pools, gw.metrics, gw.health, gw.clock)
 
-        async def connect(address: str, tls: Any) -> upstream._Conn:
+        async def connect(address: str, tls: Any, *_: Any) -> upstream._Conn:  # (deadline: unused)
             conn = upstream._Conn(proxy.upstream, address)
             conn.connection_made(Transport(conn))
             proxy.upstream._open.add(conn)

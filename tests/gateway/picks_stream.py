@@ -189,7 +189,7 @@ async def _record(seed: int, events: int, seen: dict[str, int]) -> list[list[Any
     sent: dict[str, tuple[str, Any]] = {}  # request id -> (endpoint, its upstream connection), the last
     writes: dict[str, int] = {}  # request id -> times written upstream (a retry writes it again)
 
-    async def connect(address: str, tls: Any) -> Any:
+    async def connect(address: str, tls: Any, deadline: float | None = None) -> Any:
         conn = upstream._Conn(proxy.upstream, address)
 
         def written(data: bytes) -> None:

@@ -36,7 +36,7 @@ from kvgate.gateway.pools import Pool
 from kvgate.gateway.shared_tenants import SharedRateLimiter, SharedTenants
 from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
-from kvgate.gateway.upstream import ReadTimeout, UpstreamPool, UpstreamResponse
+from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout, UpstreamPool, UpstreamResponse
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.server import Request, Response, StreamResponse
 from kvgate.multicluster.epp_client import retry_after_s
@@ -686,6 +686,19 @@ class Proxy:
                     )
                 except ReadTimeout:
                     raise
+                except DeadlinePassed:
+                    # The bound passed before the request was written (a connect that outlasted it):
+                    # nothing sent, so no generation for nobody and no charge to the endpoint; the
+                    # client gets the 504 at its bound (review s18-fixes-c M1).
+                    finished = True
+                    director.on_finished(ireq, ep, None, False)
+                    self._blame(suspect)
+                    raise GatewayError(
+                        504,
+                        f"no answer within requestTimeoutSeconds ({self.request_timeout:g}s): it passed "
+                        f"before {self._name(ep)} was reached",
+                        code="request_timeout",
+                    ) from None
                 except _UPSTREAM_ERRORS as e:
                     last_error = (
                         f"{self._name(ep)}: {type(e).__name__}"

@@ -64,6 +64,11 @@ class ReadTimeout(UpstreamTimeout):
     elsewhere. A connect timeout is a plain ``UpstreamTimeout`` (the request never left)."""
 
 
+class DeadlinePassed(UpstreamTimeout):
+    """The request's ``deadline`` came before it was written (a connect that outlasted it, or ended
+    by it): nothing was sent, so the server did no work and is not at fault (review s18-fixes-c M1)."""
+
+
 class _Refused(Exception):
     """Raised inside an httptools callback: a response this client does not accept (the message)."""
 
@@ -470,11 +475,20 @@ class UpstreamPool:
             return conn, True
         return await self._connect(address, tls), False
 
-    async def _connect(self, address: str, tls: ssl.SSLContext | None) -> _Conn:
+    async def _connect(
+        self, address: str, tls: ssl.SSLContext | None, deadline: float | None = None
+    ) -> _Conn:
+        """A new connection within ``connect_timeout``, and by ``deadline`` (event-loop time) at the
+        latest: a connect the deadline ends raises ``DeadlinePassed`` (not the endpoint's fault)."""
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
+        due = loop.time() + self.connect_timeout
+        by_deadline = deadline is not None and deadline < due
+        if by_deadline:
+            assert deadline is not None
+            due = deadline
         try:  # (asyncio.timeout: Python 3.11's wait_for dropped a cancel landing as it connected, gh-86296)
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout_at(due):
                 # A DNS name is resolved here, on every new connection (the system resolver's TTL).
                 _, proto = await loop.create_connection(
                     lambda: _Conn(self, address),
@@ -484,6 +498,8 @@ class UpstreamPool:
                     server_hostname=host.strip("[]") if tls is not None else None,
                 )
         except TimeoutError as e:
+            if by_deadline:
+                raise DeadlinePassed(f"{address}: the request's deadline passed while connecting") from e
             raise UpstreamTimeout(f"{address}: connect timed out") from e
         except OSError as e:
             raise UpstreamError(f"{address}: connect failed: {e.strerror or e}") from e
@@ -526,14 +542,22 @@ class UpstreamPool:
         ``deadline`` (event-loop time) bounds the whole exchange on top of the idle timeout.
         ``head_idle=False``: the wait for the head is bounded by ``deadline`` only (a non-streamed
         answer's head comes when the whole generation is done); the body's reads by both.
-        ``on_sent`` runs once the request is written (timing breakdowns).
+        ``on_sent`` runs once the request is written (timing breakdowns). Nothing is written once
+        ``deadline`` has passed (a connect that completed, or was ended, after it): ``DeadlinePassed``,
+        the connection kept idle for the next request.
         """
         for attempt in range(2):
             # (an idle connection without a coroutine's await: the usual case; the resend: a new one)
             conn = self._take_idle(address) if attempt == 0 else None
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(address, tls)
+                conn = await self._connect(address, tls, deadline)
+                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                    # Connected after it (the timeout's wake-up came late): the answer would come for
+                    # nobody (review s18-fixes-c M1), so nothing is written. (An idle connection is
+                    # taken without a wait: no check on the hot path.)
+                    self._put_idle(conn)
+                    raise DeadlinePassed(f"{address}: the request's deadline passed before it was sent")
             assert conn.transport is not None
             conn.busy = True
             conn.transport.write(head + body)
