@@ -768,6 +768,8 @@ class Proxy:
                         t0,
                         owns_deadline,
                         self._note_response(kind, resp, first, ep),
+                        sent_at,
+                        start,
                     )
                 held = 0
                 parts: list[bytes] = []
@@ -803,7 +805,7 @@ class Proxy:
                 if body is None:
                     return await self._relay_whole(
                         request, resp, parts, held, director, ireq, ep, client_model, sent_model,
-                        reply_headers, t0, blame, owns_deadline,
+                        reply_headers, t0, blame, owns_deadline, sent_at, start,
                     )  # fmt: skip
                 try:
                     answer = self._whole(
@@ -950,6 +952,20 @@ class Proxy:
         if self.health.failure(ep, self._peers(ep)):
             self.metrics.ejections.inc()
 
+    def _charge_cut(
+        self, ep: Endpoint, resp: UpstreamResponse, late: bool, owns: bool, sent_at: float, start: float
+    ) -> None:
+        """A relayed answer cut (or failed): a failure, or, cut by a deadline ``ep`` did not own
+        (``late``, not ``owns``), the time it held the request since ``sent_at`` (half the bound from
+        ``start`` a unit), as a head's timeout is charged (review s18-fixes-c L2)."""
+        due = resp.deadline
+        if late and not owns and due is not None:
+            ejected = self.health.timed_out(ep, sent_at, due, (due - start) / 2, self._peers(ep))
+        else:
+            ejected = self.health.failure(ep, self._peers(ep))
+        if ejected:
+            self.metrics.ejections.inc()
+
     def _deadline_cut(self, cut: Exception, resp: UpstreamResponse) -> bool:
         """Did the request's deadline (not the idle timeout) end this read? (Asked as it ends.)"""
         due = resp.deadline
@@ -1043,6 +1059,8 @@ class Proxy:
         t0: float,
         blame: bool = True,
         owns_deadline: bool = True,
+        sent_at: float = 0.0,
+        start: float = 0.0,
     ) -> StreamResponse:
         """A non-streamed answer past ``whole_max`` (or the ``held`` budget): relayed as it arrives
         (chunked to the client, at the client's pace: a write waits while its buffer is full), never
@@ -1050,7 +1068,8 @@ class Proxy:
         object, wherever it stands), its model name put back within the first ``whole_max`` bytes
         (``PieceRewriter``). Bytes went out: an upstream cut now is not retried; the client's
         connection is closed mid-body (a JSON body cannot carry an error after its start).
-        ``blame=False``: as ``_whole``'s (a 500 not charged). ``owns_deadline``: as ``_relay_stream``'s."""
+        ``blame=False``: as ``_whole``'s (a 500 not charged). ``owns_deadline``, ``sent_at``, ``start``: as
+        ``_relay_stream``'s."""
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
         rewriter = PieceRewriter(sent_model, client_model, self.whole_max) if sent_model else None
@@ -1120,12 +1139,8 @@ class Proxy:
                 pass  # (counted as a cut answer below; the endpoint is not blamed)
             elif cut is None and resp.status < 500:
                 self.health.success(ep)
-            elif (
-                (blame or cut is not None)
-                and (owns_deadline or not late)
-                and self.health.failure(ep, self._peers(ep))
-            ):
-                self.metrics.ejections.inc()
+            elif blame or cut is not None:
+                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start)
             usage = scan.usage() if ok and resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok and resp.status < 500)
             self._charge(ireq, usage, resp.status < 300)
@@ -1188,11 +1203,15 @@ class Proxy:
         t0: float,
         owns_deadline: bool = True,
         ids: ResponseIdReader | None = None,
+        sent_at: float = 0.0,
+        start: float = 0.0,
     ) -> Response | StreamResponse:
         """``owns_deadline=False``: the endpoint got the request with less than half of its time left (the
         rest spent in the gateway's queue or on other endpoints): a cut at the request's deadline is
-        not charged to it (review s17-fixes-b L6). ``ids``: a Responses stream's id reader, fed the
-        chunks after ``first`` until it is done (``_note_response``)."""
+        not charged to it as a failure (review s17-fixes-b L6) but for the time it held the request,
+        from ``sent_at`` (the request's ``start``: half the bound from it is the unit), as a head's
+        timeout is (``HealthTracker.timed_out``; review s18-fixes-c L2). ``ids``: a Responses stream's
+        id reader, fed the chunks after ``first`` until it is done (``_note_response``)."""
         relay = StreamRelay(sent_model, client_model, strip_usage)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "text/event-stream")
@@ -1279,8 +1298,8 @@ class Proxy:
                 upstream_ok = False  # (counted as a cut stream below; the endpoint is not blamed)
             elif upstream_ok:
                 self.health.success(ep)
-            elif (owns_deadline or not late) and self.health.failure(ep, self._peers(ep)):
-                self.metrics.ejections.inc()
+            else:
+                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start)
             # A 2xx's usage only, as ``_whole`` reads it (an error stream that carries one: none).
             usage = relay.usage if resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok)
