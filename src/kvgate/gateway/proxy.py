@@ -596,21 +596,16 @@ class Proxy:
         # A Director without flow control: its ``admit`` is ``pick`` and nothing is preemptible (both
         # asked without a call). Any other director (a multi-cluster pool's, a wrapper) is asked as before.
         no_flow = type(director) is Director and director.flow is None
-        # A Responses follow-up picked on its home (``_prepare``'s subset). With flow control it is picked
-        # at once while its home has room, else as any request (queued): waiting in the queue for its home,
-        # it would hold up every later request of its band although other endpoints are free (review
-        # s18-doors M3; retries skip the queue too).
+        # A Responses follow-up picked on its home (``_prepare``'s subset). With flow control it is admitted
+        # as any request, queued pinned to its home while that is saturated (review s18-fixes-b M1, M2: the
+        # pin is kept, the dispatcher's arrival rule and sloAdmission apply); while it waits there it holds
+        # up its band behind it (review s18-doors M3, open: docs/gateway.md). ``pinned`` ends with the
+        # first retry, which leaves the home (review s18-fixes-b L1).
         pinned = ireq.subset is not None
-        pick_now = no_flow
-        if pinned and not no_flow and type(director) is Director:
-            if director.saturated(ireq):
-                ireq.subset = None
-                pinned = False
-            else:
-                pick_now = True
         for attempt in range(self.cfg.limits.max_attempts):
             try:
                 if tried:
+                    pinned = False  # a retry goes off the home (``_retry_pick``: not tried)
                     if deadline is not None and self._loop.time() >= deadline:
                         # No attempt starts with the bound spent (review s18-gw M1): its answer would
                         # come for nobody; the client gets the 504 now.
@@ -631,7 +626,7 @@ class Proxy:
                             self._charge(ireq, None, answered=True)
                         raise
                 else:
-                    if pick_now:
+                    if no_flow:
                         result = director.pick(ireq, explain)
                     elif deadline is None:  # flow control may hold it until capacity frees
                         result = await director.admit(ireq, explain)  # (cancelled if the client goes)
