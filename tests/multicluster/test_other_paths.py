@@ -74,7 +74,12 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     start = {
-        "message": {"id": "msg_1", "role": "assistant", "usage": {"input_tokens": 5, "output_tokens": 0}}
+        "message": {
+            "id": "msg_1",
+            "role": "assistant",
+            # vLLM's shape: the cached part left out of input_tokens (a prompt of 5, 4 of them cached)
+            "usage": {"input_tokens": 1, "cache_read_input_tokens": 4, "output_tokens": 0},
+        }
     }
     await resp.write(_event("message_start", start))
     await resp.write(
@@ -212,20 +217,30 @@ async def test_a_streams_unasked_usage_is_kept_for_its_class_where_its_prompt_is
     """An Anthropic stream ends with its usage though the client asked for none: the cluster keeps the
     request's place for the hit or miss class its cached share gives (``ClusterState._usage``), as for a
     completion that asked, when its prompt (``messages``, one full block at least) gives it a prefix
-    key. A Responses request's ``input`` is no prompt to the router: no key, nothing classified by its
-    usage (review s18-doors L4: the test spied on the share passed to ``finished``, computed whatever
-    happened to it, and the docs claimed Responses too)."""
+    key, and classifies it at the stream's end by that usage (``finished(cached=)``: the backend reports
+    4 of 5 prompt tokens cached, a hit, counted once). A Responses request's ``input`` is no prompt to
+    the router: no key, nothing classified by its usage (review s18-doors L4: the test spied on the share
+    passed to ``finished``, computed whatever happened to it, and the docs claimed Responses too; review
+    s18-fixes-b I1: it checked only the place kept at dispatch, not the class counted at the end)."""
     from kvgate.multicluster import state
 
     kept: list[bool] = []
+    ends: list[tuple[bool, float | None, int, int]] = []  # (classified at its end, cached, hits, misses)
     dispatched = state.ClusterState.dispatched
+    finished = state.ClusterState.finished
 
     def spy(self: state.ClusterState, *args: Any, **kw: Any) -> int:
         token = dispatched(self, *args, **kw)
         kept.append(token in self._usage)
         return token
 
+    def spy_end(self: state.ClusterState, token: int = 0, *args: Any, **kw: Any) -> None:
+        sampled, before = token in self._sample, (self.hit_n, self.miss_n)
+        finished(self, token, *args, **kw)
+        ends.append((sampled, kw.get("cached"), self.hit_n - before[0], self.miss_n - before[1]))
+
     monkeypatch.setattr(state.ClusterState, "dispatched", spy)
+    monkeypatch.setattr(state.ClusterState, "finished", spy_end)
     gw: GlobalGateway = await global_gateway(ClusterSpec("c", gateway=shapes))
     url = f"http://127.0.0.1:{gw.port}"
     long = "a tenant's system prompt, longer than one prefix block of sixty-four characters. " * 2
@@ -238,8 +253,12 @@ async def test_a_streams_unasked_usage_is_kept_for_its_class_where_its_prompt_is
             async with s.post(url + path, data=orjson.dumps(body)) as r:
                 assert r.status == 200
                 await r.read()
-    await eventually(lambda: gw.inflight == 0 and len(kept) == 3, "the requests settled")
+    await eventually(lambda: gw.inflight == 0 and len(ends) == 3, "the requests settled")
     assert kept == [True, False, False]
+    # The Anthropic stream: classified at its end by its unasked usage (a hit, counted once); the others
+    # are classified by nothing at their end (the Responses stream's cached share, 4 of 7, is no class).
+    assert ends[0] == (True, 0.8, 1, 0)
+    assert [(e[0], e[2], e[3]) for e in ends[1:]] == [(False, 0, 0)] * 2
 
 
 async def test_errors_are_the_gateways(
