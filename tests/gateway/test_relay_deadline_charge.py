@@ -8,38 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import aiohttp
 import orjson
 
 from gateway.conftest import base_url, running_gateway
-from kvgate.config.gateway import parse_gateway_config
+from gateway.test_queue_time_not_charged import _config
 from kvgate.gateway.server import GatewayServer
-
-
-def _config(address: str, timeout: float) -> Any:
-    return parse_gateway_config(
-        {
-            "listen": {"host": "127.0.0.1", "port": 0},
-            "limits": {"requestTimeoutSeconds": timeout, "idleTimeoutSeconds": 30},
-            "health": {"ejectAfterFailures": 5},
-            "pools": [
-                {
-                    "name": "p",
-                    "endpoints": [address],
-                    "models": ["m"],
-                    "endpointPickerConfig": {
-                        "featureGates": ["flowControl"],
-                        "saturationDetector": {
-                            "type": "concurrency-detector",
-                            "parameters": {"maxConcurrency": 1},
-                        },
-                    },
-                }
-            ],
-        }
-    )
 
 
 class BigStaller:

@@ -86,7 +86,7 @@ if MODE in ("clean", "oracle"):
     REPL = {}
     if MODE == "oracle":
         from kvgate.bench import flowcontrol_bench as FB
-        from kvgate.sim.profiles import causal_pairs, get_profile
+        from kvgate.sim.profiles import causal_pairs
 
         orig_init = FB.FlowSim.__init__
 
@@ -173,6 +173,6 @@ if os.environ.get("FC18_TRACE"):
     import runpy
     runpy.run_path("scripts/slo_miss_trace.py", run_name="__main__")
 else:
-    from kvgate.bench.flowcontrol_bench import main  # noqa: E402
+    from kvgate.bench.flowcontrol_bench import main
 
     sys.exit(main(sys.argv[1:]))
