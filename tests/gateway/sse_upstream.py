@@ -1,7 +1,7 @@
-"""Raw asyncio upstreams for the drain and cut tests (``kvgate serve`` and ``kvgate serve --clusters``):
-each reads one HTTP request and writes its answer byte by byte as the test needs (a chunked event
-stream, a half event, a late head), then holds the connection open like a model server still
-generating, until the client (the gateway) goes."""
+"""Raw asyncio upstreams for the drain, cut and deadline tests (``kvgate serve`` and ``kvgate serve
+--clusters``): each reads one HTTP request and writes its answer byte by byte as the test needs (a chunked
+event stream, a half event, a late head, a body that stalls), then holds the connection open like a model
+server still generating, until the client (the gateway) goes."""
 
 from __future__ import annotations
 
@@ -65,3 +65,41 @@ async def late_stream(late_after_s: float) -> asyncio.Server:
         writer.write(SSE_HEAD + chunk(EV))
 
     return await serve_raw(answer)
+
+
+class Staller:
+    """Answers every request with a 200 JSON head of Content-Length ``length`` and the body's first bytes
+    (``sent``, fewer than ``length``), then nothing: an engine wedged mid-body, until ``stop`` aborts its
+    connections. ``requests``: how many it read."""
+
+    def __init__(self, length: int, sent: bytes) -> None:
+        self.head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length
+        )
+        self.sent = sent
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        """Listens on a loopback port; its ``host:port``."""
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return listen_address(self.server)
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.writers.append(w)
+        try:
+            await read_request(r)
+            self.requests += 1
+            w.write(self.head)
+            w.write(self.sent)
+            await w.drain()
+            await asyncio.sleep(3600)
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+
+    async def stop(self) -> None:
+        for w in self.writers:
+            w.transport.abort()
+        if self.server is not None:
+            self.server.close()

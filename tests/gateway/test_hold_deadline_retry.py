@@ -16,47 +16,16 @@ import aiohttp
 import orjson
 
 from gateway.conftest import base_url, make_config, running_gateway
+from gateway.sse_upstream import Staller
 
 
-class Staller:
-    """Answers every request with a head (Content-Length 100) and 10 body bytes, then nothing."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.server: asyncio.AbstractServer | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"127.0.0.1:{port}"
-
-    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        self.writers.append(w)
-        try:
-            head = await r.readuntil(b"\r\n\r\n")
-            n = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    n = int(line.split(b":")[1])
-            await r.readexactly(n)
-            self.requests += 1
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
-            w.write(b'{"id": "x"')
-            await w.drain()
-            await asyncio.sleep(3600)
-        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
-            pass
-
-    async def stop(self) -> None:
-        for w in self.writers:
-            w.transport.abort()
-        if self.server is not None:
-            self.server.close()
+def _staller() -> Staller:
+    """A head (Content-Length 100) and 10 body bytes, then nothing."""
+    return Staller(100, b'{"id": "x"')
 
 
 async def test_a_body_stalled_to_the_deadline_is_not_sent_again_after_it() -> None:
-    a, b = Staller(), Staller()
+    a, b = _staller(), _staller()
     addrs = [await a.start(), await b.start()]
     cfg = make_config(addrs, extra={"limits": {"requestTimeoutSeconds": 1, "idleTimeoutSeconds": 30}})
     try:
@@ -85,7 +54,7 @@ async def test_a_queued_requests_body_stalled_to_the_deadline_is_charged_as_a_he
     """The same stall after the request queued most of its bound in flow control (one slot): the 504
     names the deadline and, as for a head that never came, the endpoint is not charged for the
     gateway's queue (before: charged as a failed read, the request then tried again: a 503)."""
-    a = Staller()
+    a = _staller()
     addr = await a.start()
     picker = {
         "featureGates": ["flowControl"],
@@ -132,7 +101,7 @@ async def test_no_attempt_starts_after_the_deadline() -> None:
     for f in filler:
         f.setblocking(False)
         f.connect_ex(hole.getsockname())  # (in progress: the backlog takes one, the rest hang)
-    b = Staller()
+    b = _staller()
     addrs = [f"127.0.0.1:{hole.getsockname()[1]}", await b.start()]
     limits = {"requestTimeoutSeconds": 1, "idleTimeoutSeconds": 30, "connectTimeoutSeconds": 1.5}
     cfg = make_config(addrs, extra={"limits": limits})

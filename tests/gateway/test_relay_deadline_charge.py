@@ -13,48 +13,9 @@ import aiohttp
 import orjson
 
 from gateway.conftest import base_url, running_gateway
+from gateway.sse_upstream import Staller
 from gateway.test_queue_time_not_charged import _config
 from kvgate.gateway.server import GatewayServer
-
-
-class BigStaller:
-    """Answers every request with a head (Content-Length 100000) and 2000 body bytes (past the test's
-    ``whole_max``: relayed, not held), then nothing: a wedged engine mid-body."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.server: asyncio.AbstractServer | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        self.writers.append(w)
-        try:
-            while True:
-                head = await r.readuntil(b"\r\n\r\n")
-                n = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        n = int(line.split(b":")[1])
-                await r.readexactly(n)
-                self.requests += 1
-                w.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-                )
-                w.write(b'{"id": "x", "pad": "' + b"x" * 1980)
-                await w.drain()
-                await asyncio.sleep(3600)
-        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
-            pass
-
-    async def stop(self) -> None:
-        for w in self.writers:
-            w.transport.abort()
-        if self.server is not None:
-            self.server.close()
 
 
 async def _whole(gw: GatewayServer, prompt: str) -> int:
@@ -97,7 +58,9 @@ async def test_a_stream_wedged_after_its_first_chunk_is_charged_when_every_reque
 
 
 async def test_a_relayed_body_wedged_mid_way_is_charged_when_every_request_queued_first() -> None:
-    e = BigStaller()
+    # A head (Content-Length 100000) and 2000 body bytes (past the test's ``whole_max``: relayed, not
+    # held), then nothing: a wedged engine mid-body.
+    e = Staller(100000, b'{"id": "x", "pad": "' + b"x" * 1980)
     address = await e.start()
     try:
         async with running_gateway(_config(address, 1.0)) as gw:
