@@ -20,6 +20,7 @@ from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from gateway.conftest import make_config, make_pools
+from gateway.handler_server import RouteServer
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.config import EppConfig
 from kvgate.extproc.context import build_context
@@ -32,34 +33,17 @@ from kvgate.scheduling.types import InferenceRequest
 WAIT = 10.0  # generous: the CI machine is loaded
 
 
-class HeldBackend:
+class HeldBackend(RouteServer):
     """Answers each completion only when the test releases it; records the arrival order."""
 
+    shutdown_timeout = 0.2
+
     def __init__(self) -> None:
+        super().__init__()
         self.arrivals: list[str] = []
         self.release = asyncio.Semaphore(0)
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> HeldBackend:
-        app = web.Application()
-        app.router.add_post("/v1/completions", self._generate)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _generate(self, request: web.Request) -> web.Response:
+    async def _answer(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         self.arrivals.append(body["prompt"])
         await self.release.acquire()

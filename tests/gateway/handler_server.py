@@ -1,9 +1,13 @@
-"""One aiohttp handler served on a loopback port, and the model server that cuts a stream after its usage
-event: shared by the door tests that compare what a cut or error stream's usage counts."""
+"""One aiohttp handler served on a loopback port (a bare runner, or a ``RouteServer`` that answers one
+route with its ``_answer``: the Responses and flow-control tests' model servers), and the model server that
+cuts a stream after its usage event: shared by the door tests that compare what a cut or error stream's
+usage counts."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Self, TypeVar
 
 import orjson
 from aiohttp import web
@@ -13,15 +17,58 @@ USAGE = {"id": "x", "object": "text_completion", "model": "m", "choices": [],
          "usage": {"prompt_tokens": 7, "completion_tokens": 2}}  # fmt: skip
 
 
-async def serve_handler(handler: Any) -> tuple[web.AppRunner, int]:
-    """``handler`` on ``POST /v1/completions`` at 127.0.0.1; the caller cleans the runner up."""
+async def serve_handler(
+    handler: Any, path: str = "/v1/completions", shutdown_timeout: float = 0.5
+) -> tuple[web.AppRunner, int]:
+    """``handler`` on ``POST path`` at 127.0.0.1; the caller cleans the runner up."""
     app = web.Application()
-    app.router.add_post("/v1/completions", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+class RouteServer:
+    """A model server on a loopback port that answers ``POST path`` with ``_answer`` (a subclass's);
+    ``start`` returns it, its ``port`` and ``address`` set; ``stop`` cleans it up."""
+
+    path = "/v1/completions"
+    shutdown_timeout = 0.5
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.address = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> Self:
+        self._runner, self.port = await serve_handler(self._answer, self.path, self.shutdown_timeout)
+        self.address = f"127.0.0.1:{self.port}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+S = TypeVar("S", bound=RouteServer)
+
+
+@asynccontextmanager
+async def serving(*servers: S) -> AsyncIterator[list[S]]:
+    """``servers`` started (in order), stopped at the end (those that started)."""
+    started: list[S] = []
+    try:
+        for server in servers:
+            started.append(await server.start())
+        yield started
+    finally:
+        for server in started:
+            await server.stop()
 
 
 async def cut_after_usage(request: web.Request) -> web.StreamResponse:

@@ -14,31 +14,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.handler_server import RouteServer
 
-class ResponsesStore:
+
+class ResponsesStore(RouteServer):
+    path = "/v1/responses"
+
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
         self.made: list[str] = []
         self.followed: list[str] = []  # previous_response_id of each follow-up answered here
-        self.address = ""
         self.split_created: int | None = None
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> ResponsesStore:
-        app = web.Application()
-        app.router.add_post("/v1/responses", self._responses)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _responses(self, request: web.Request) -> web.StreamResponse:
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         prev = body.get("previous_response_id")
         if prev is not None:

@@ -28,13 +28,13 @@ class HoldingStore(ResponsesStore):
         self.release = asyncio.Event()
         self.arrivals: list[str] = []
 
-    async def _responses(self, request: web.Request) -> web.StreamResponse:
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         self.arrivals.append(str(body.get("input")))
         if body.get("input") == "hold":
             await self.release.wait()
         request._read_bytes = orjson.dumps(body)  # (re-read by the parent)
-        return await super()._responses(request)
+        return await super()._answer(request)
 
 
 async def test_a_follow_up_whose_home_is_busy_is_answered_by_its_home() -> None:

@@ -18,25 +18,17 @@ from aiohttp import web
 
 from flowcontrol.test_doors import eventually
 from gateway.conftest import make_config, make_pools
+from gateway.handler_server import RouteServer
 from kvgate.gateway.server import GatewayServer
 
 
-class Held:
+class Held(RouteServer):
+    path, shutdown_timeout = "/v1/responses", 0.2
+
     def __init__(self) -> None:
+        super().__init__()
         self.arrivals: list[str] = []
         self.release = asyncio.Event()
-        self.address = ""
-        self.runner: web.AppRunner | None = None
-
-    async def start(self) -> Held:
-        app = web.Application()
-        app.router.add_post("/v1/responses", self._answer)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-        return self
 
     async def _answer(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
@@ -97,5 +89,4 @@ async def test_a_sheddable_follow_up_does_not_overtake_a_queued_critical_request
         await http.close()
         await gw.stop(drain_timeout=0.5)
         for h in (a, b):
-            assert h.runner is not None
-            await h.runner.cleanup()
+            await h.stop()

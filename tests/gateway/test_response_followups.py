@@ -12,16 +12,15 @@ import orjson
 import pytest
 
 from gateway.conftest import base_url, make_config, running_gateway
+from gateway.handler_server import serving
 from gateway.responses_backend import ResponsesStore
 from kvgate.openai.responses import ResponseHomes, ResponseIdReader
 
 
 @pytest.fixture
 async def stores() -> AsyncIterator[list[ResponsesStore]]:
-    started = [await ResponsesStore(f"s{i}").start() for i in range(2)]
-    yield started
-    for s in started:
-        await s.stop()
+    async with serving(ResponsesStore("s0"), ResponsesStore("s1")) as started:
+        yield started
 
 
 @pytest.mark.parametrize("stream", [False, True])

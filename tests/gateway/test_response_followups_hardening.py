@@ -17,6 +17,7 @@ from aiohttp import web
 
 from flowcontrol.test_doors import eventually, picker_config
 from gateway.conftest import base_url, make_config, make_pools, running_gateway
+from gateway.handler_server import RouteServer, serving
 from gateway.responses_backend import ResponsesStore
 from kvgate.gateway.server import GatewayServer
 
@@ -25,19 +26,18 @@ class PoisonStore(ResponsesStore):
     """vLLM-like: an unknown ``previous_response_id`` is a 404 before anything runs; the input ``poison``
     is an engine error (500) wherever it runs."""
 
-    async def _responses(self, request: web.Request) -> web.StreamResponse:
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         prev = body.get("previous_response_id")
         if body.get("input") == "poison" and (prev is None or prev in self.made):
             return web.json_response(
                 {"error": {"message": "engine error", "type": "InternalServerError", "code": 500}}, status=500
             )
-        return await super()._responses(request)
+        return await super()._answer(request)
 
 
 async def test_poison_follow_ups_eject_nobody() -> None:
-    stores = [await PoisonStore(f"s{i}").start() for i in range(3)]
-    try:
+    async with serving(*(PoisonStore(f"s{i}") for i in range(3))) as stores:
         cfg = make_config(
             [st.address for st in stores],
             extra={"health": {"ejectAfterFailures": 2, "ejectBaseSeconds": 30, "ejectMaxSeconds": 60}},
@@ -54,15 +54,11 @@ async def test_poison_follow_ups_eject_nobody() -> None:
             # The same poison input without a follow-up ejects nobody (s17-qa M4); pinned, neither should it.
             assert [ep.healthy for ep in gw.pools[0].endpoints()] == [True] * 3
             assert gw.metrics.ejections._value.get() == 0
-    finally:
-        for st in stores:
-            await st.stop()
 
 
 async def test_poison_plain_requests_eject_nobody() -> None:
     """The control: the same input, no follow-up (passes on main)."""
-    stores = [await PoisonStore(f"s{i}").start() for i in range(3)]
-    try:
+    async with serving(*(PoisonStore(f"s{i}") for i in range(3))) as stores:
         cfg = make_config(
             [st.address for st in stores],
             extra={"health": {"ejectAfterFailures": 2, "ejectBaseSeconds": 30, "ejectMaxSeconds": 60}},
@@ -74,29 +70,14 @@ async def test_poison_plain_requests_eject_nobody() -> None:
                 ) as r:
                     assert r.status == 500
             assert [ep.healthy for ep in gw.pools[0].endpoints()] == [True] * 3
-    finally:
-        for st in stores:
-            await st.stop()
 
 
-class Held:
+class Held(RouteServer):
+    path, shutdown_timeout = "/v1/responses", 0.2
+
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name, self.arrivals, self.release = name, [], asyncio.Semaphore(0)
-        self.address, self._runner = "", None
-
-    async def start(self) -> Held:
-        app = web.Application()
-        app.router.add_post("/v1/responses", self._answer)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _answer(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
@@ -164,25 +145,14 @@ async def test_a_pinned_follow_up_does_not_hold_up_its_flow() -> None:
             await b.stop()
 
 
-class Fails:
+class Fails(RouteServer):
     """Answers every POST with a 500 (an engine error), counting them."""
 
+    path, shutdown_timeout = "/v1/responses", 0.2
+
     def __init__(self) -> None:
-        self.hits, self.address, self._runner = 0, "", None
-
-    async def start(self) -> Fails:
-        app = web.Application()
-        app.router.add_post("/v1/responses", self._answer)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        super().__init__()
+        self.hits = 0
 
     async def _answer(self, request: web.Request) -> web.Response:
         await request.read()
@@ -200,8 +170,7 @@ async def test_a_follow_up_retried_off_its_home_is_a_plain_request_there() -> No
     sock.bind(("127.0.0.1", 0))
     dead = f"127.0.0.1:{sock.getsockname()[1]}"
     sock.close()  # nothing listens there: connection refused
-    fails = [await Fails().start() for _ in range(2)]
-    try:
+    async with serving(Fails(), Fails()) as fails:
         cfg = make_config([dead] + [f.address for f in fails], extra={})
         async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
             assert gw.proxy is not None
@@ -211,6 +180,3 @@ async def test_a_follow_up_retried_off_its_home_is_a_plain_request_there() -> No
                 assert r.status == 500
                 await r.read()
             assert sorted(f.hits for f in fails) == [1, 1]  # both tried (the second 500: the request's)
-    finally:
-        for f in fails:
-            await f.stop()

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway.handler_server import serving
 from gateway.responses_backend import ResponsesStore
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.context import AddressIndex, build_epp_director
@@ -24,15 +25,23 @@ from kvgate.multicluster.serve import GlobalGateway
 
 @pytest.fixture
 async def stores() -> AsyncIterator[list[ResponsesStore]]:
-    started = [await ResponsesStore(f"s{i}").start() for i in range(2)]
-    yield started
-    for s in started:
-        await s.stop()
+    async with serving(ResponsesStore("s0"), ResponsesStore("s1")) as started:
+        yield started
 
 
 async def _post(s: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, bytes, str]:
     async with s.post(url, data=orjson.dumps(body)) as r:
         return r.status, await r.read(), r.headers.get("x-kvgate-cluster", "")
+
+
+async def _two_clusters(
+    global_gateway: Callable[..., Any], a: ResponsesStore, b: ResponsesStore
+) -> tuple[GlobalGateway, str]:
+    """``kvgate serve --clusters`` over clusters ``a`` and ``b`` (each one store); its Responses URL."""
+    gw: GlobalGateway = await global_gateway(
+        ClusterSpec("a", gateway=a.address), ClusterSpec("b", gateway=b.address)
+    )
+    return gw, f"http://127.0.0.1:{gw.port}/v1/responses"
 
 
 def _stream_id(raw: bytes) -> str:
@@ -45,10 +54,7 @@ async def test_a_follow_up_goes_to_the_cluster_that_made_its_response(
     stores: list[ResponsesStore], global_gateway: Callable[..., Any], stream: bool
 ) -> None:
     a, b = stores
-    gw: GlobalGateway = await global_gateway(
-        ClusterSpec("a", gateway=a.address), ClusterSpec("b", gateway=b.address)
-    )
-    url = f"http://127.0.0.1:{gw.port}/v1/responses"
+    gw, url = await _two_clusters(global_gateway, a, b)
     async with aiohttp.ClientSession() as s:
         for i in range(4):
             status, raw, made_at = await _post(s, url, {"model": "m", "input": f"q{i}", "stream": stream})
@@ -75,10 +81,7 @@ async def test_a_long_or_split_created_event_keeps_the_follow_ups_cluster(
     a, b = stores
     for st in stores:
         st.split_created = split
-    gw: GlobalGateway = await global_gateway(
-        ClusterSpec("a", gateway=a.address), ClusterSpec("b", gateway=b.address)
-    )
-    url = f"http://127.0.0.1:{gw.port}/v1/responses"
+    _, url = await _two_clusters(global_gateway, a, b)
     instructions = "x" * (80 * 1024) if split is None else "y" * 2000
     async with aiohttp.ClientSession() as s:
         for i in range(2):  # (round-robin: the follow-up's own pick is the other cluster)
@@ -95,10 +98,7 @@ async def test_an_unknown_id_is_routed_as_any_request_and_a_gone_cluster_is_skip
     stores: list[ResponsesStore], global_gateway: Callable[..., Any]
 ) -> None:
     a, b = stores
-    gw: GlobalGateway = await global_gateway(
-        ClusterSpec("a", gateway=a.address), ClusterSpec("b", gateway=b.address)
-    )
-    url = f"http://127.0.0.1:{gw.port}/v1/responses"
+    gw, url = await _two_clusters(global_gateway, a, b)
     async with aiohttp.ClientSession() as s:
         status, raw, _ = await _post(
             s, url, {"model": "m", "input": "x", "previous_response_id": "resp_nope"}
