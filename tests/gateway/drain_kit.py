@@ -86,6 +86,45 @@ async def sigterm_mid_stream(proc: Any, port: int, tokens: int) -> tuple[bytes, 
     return first, rest
 
 
+async def check_sigterm_mid_stream(
+    proc: Any,
+    port: int,
+    tokens: int,
+    cut: bool,
+    stderr: Path,
+    *,
+    ready_url: str,
+    ready_s: float,
+    exit_s: float,
+) -> None:
+    """``proc`` (``serve``'s, in front of one ``backends`` backend with ``tokens`` events a stream, its
+    ``drainTimeoutSeconds`` 1 when ``cut`` else long) made ready (``ready_url`` within ``ready_s``), then
+    ``sigterm_mid_stream``: it exits 0 within ``exit_s`` (killed if still running), and ``check_drained``."""
+    try:
+        await ready(ready_url, within_s=ready_s)
+        first, rest = await sigterm_mid_stream(proc, port, tokens)
+        assert await asyncio.wait_for(proc.wait(), exit_s) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    check_drained(first, rest, tokens, cut, stderr)
+
+
+def check_drained(first: bytes, rest: bytes, tokens: int, cut: bool, stderr: Path) -> None:
+    """The stream (``first``, ``rest``: ``sigterm_mid_stream``'s) finished, or when ``cut`` was cut at the
+    drain's deadline (the log saying so, the drain's error event last); nothing unclean on stderr."""
+    assert b"b0-0" in first
+    said = "drain deadline (1s) passed with 1 request in flight at the deadline" in stderr.read_text()
+    if cut:
+        assert said, stderr.read_text()
+        assert ends_with_the_drain_error_event(rest), rest[-400:]
+    else:
+        assert rest.count(b"data: ") == tokens and rest.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+        assert not said
+    assert unclean(stderr) == []
+
+
 def ends_with_the_drain_error_event(rest: bytes) -> bool:
     """A stream the drain's deadline cut ends with an OpenAI error event naming the drain (503,
     ``service_unavailable``), no ``[DONE]``, and the chunked body's clean end (before doors16 it ended

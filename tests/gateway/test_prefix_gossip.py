@@ -16,7 +16,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.test_workers import _requests_per_worker, serve_workers
+from gateway.test_workers import serve_workers
+from gateway.workers_kit import answers_per_worker
 from kvgate.gateway.prefix_gossip import (
     MAX_DATAGRAM,
     DatagramChannel,
@@ -218,7 +219,7 @@ async def test_a_prefix_routed_by_one_worker_is_honoured_by_the_other(backends):
                     body = orjson.dumps({"model": "m", "prompt": p + f"turn {rep} {i}", "max_tokens": 2})
                     async with s.post(url, data=body) as r:
                         assert r.status == 200
-        per = await _requests_per_worker(admin)
+        per = await answers_per_worker(admin, "inference_objective_request")
         applied = await _gossip_applied_per_worker(admin)
     assert set(per) == {"0", "1"} and min(per.values()) > 0  # both workers routed some
     # Both workers heard the other's insertions, and say so on the merged /metrics.

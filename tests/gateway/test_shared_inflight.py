@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+from collections.abc import Iterator
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.gateway.shared_inflight import SharedInFlight
 
 
-def _views(workers: int = 2, slots: int = 16) -> tuple[SharedInFlight, list[SharedInFlight]]:
+@contextlib.contextmanager
+def _views(workers: int = 2, slots: int = 16) -> Iterator[tuple[SharedInFlight, list[SharedInFlight]]]:
+    """The segment's owner (the supervisor's) and each worker's view of it; all closed at the end."""
     lock = multiprocessing.get_context("spawn").Lock()
     owner = SharedInFlight.create(workers, lock, slots)
     views = [SharedInFlight.attach(owner.name, lock, workers, w, slots) for w in range(workers)]
-    return owner, views
+    try:
+        yield owner, views
+    finally:
+        for v in views:
+            v.close()
+        owner.close()
 
 
 def test_each_worker_sees_the_fleet_wide_counts_and_keeps_its_own() -> None:
-    owner, (w0, w1) = _views()
-    try:
+    with _views() as (_, (w0, w1)):
         a0, a1 = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.1:8000")  # one endpoint, seen by two workers
         a0.inflight.requests, a0.inflight.pending_prefill_tokens = 3, 300
         a1.inflight.requests, a1.inflight.decoding = 2, 2
@@ -39,15 +46,10 @@ def test_each_worker_sees_the_fleet_wide_counts_and_keeps_its_own() -> None:
             w0.sync([a0])
             w1.sync([a1])
         assert a0.inflight.requests == a1.inflight.requests == 4
-    finally:
-        for v in (w0, w1):
-            v.close()
-        owner.close()
 
 
 def test_slots_are_claimed_once_and_bounded() -> None:
-    owner, (w0, w1) = _views(slots=2)
-    try:
+    with _views(slots=2) as (_, (w0, w1)):
         s = w0.slot("a:1")
         assert s is not None and w1.slot("a:1") == s  # same slot from another worker's view
         assert w1.slot("b:1") not in (None, s)
@@ -57,10 +59,6 @@ def test_slots_are_claimed_once_and_bounded() -> None:
         e.inflight.requests = 7
         w0.sync([e])
         assert e.inflight.requests == 7
-    finally:
-        for v in (w0, w1):
-            v.close()
-        owner.close()
 
 
 def _child(name: str, lock: object, done: object) -> None:
@@ -93,8 +91,7 @@ def test_counts_cross_a_real_process_boundary() -> None:
 
 def test_the_running_total_of_tokens_sent_is_the_fleets() -> None:
     """``sent_tokens`` (the utilization detector's KV carry-forward) sums every worker's dispatches."""
-    owner, (w0, w1) = _views()
-    try:
+    with _views() as (_, (w0, w1)):
         a0, a1 = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.1:8000")
         a0.inflight.sent_tokens, a1.inflight.sent_tokens = 500, 70
         w0.sync([a0])
@@ -106,17 +103,12 @@ def test_the_running_total_of_tokens_sent_is_the_fleets() -> None:
         w0.sync([a0])
         w0.sync([a0])
         assert a0.inflight.sent_tokens == a1.inflight.sent_tokens == 600
-    finally:
-        for v in (w0, w1):
-            v.close()
-        owner.close()
 
 
 def test_first_tokens_are_the_fleets_running_total_and_survive_a_restart() -> None:
     """``started`` (the detector's count of first tokens, review s8-final-c C2) sums every worker's, never
     goes back when a worker restarts, and a fresh ``InFlight``'s first fold is kept as its base."""
-    owner, (w0, w1) = _views()
-    try:
+    with _views() as (owner, (w0, w1)):
         a0, a1 = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.1:8000")
         a0.inflight.started, a1.inflight.started = 4, 3
         w0.sync([a0])
@@ -138,10 +130,6 @@ def test_first_tokens_are_the_fleets_running_total_and_survive_a_restart() -> No
         assert b1.inflight.started == 10 and b1.inflight.started - b1.inflight.started_base == 1
         w0.sync([a0])
         assert a0.inflight.started == 10
-    finally:
-        for v in (w0, w1):
-            v.close()
-        owner.close()
 
 
 def test_a_fresh_inflights_first_fold_keeps_all_of_its_own_counts() -> None:
@@ -149,8 +137,7 @@ def test_a_fresh_inflights_first_fold_keeps_all_of_its_own_counts() -> None:
     its first fold subtracted the old ``InFlight``'s remote counts (those were not reset with the running
     totals), so the requests this worker sent there before that fold vanished from its published row and
     from the fleet's totals (7 in flight read as 5)."""
-    owner, (w0, w1) = _views()
-    try:
+    with _views() as (_, (w0, w1)):
         addr = "10.0.0.1:8000"
         old0, a1 = Endpoint(addr), Endpoint(addr)
         a1.inflight.requests, a1.inflight.pending_prefill_tokens = 5, 500
@@ -165,10 +152,6 @@ def test_a_fresh_inflights_first_fold_keeps_all_of_its_own_counts() -> None:
         assert w0.local(fresh0.inflight, addr)[:2] == [2, 200]
         w1.sync([a1])
         assert (a1.inflight.requests, a1.inflight.pending_prefill_tokens) == (7, 700)
-    finally:
-        for v in (w0, w1):
-            v.close()
-        owner.close()
 
 
 async def test_a_workers_sync_publishes_its_last_counts_when_it_ends() -> None:

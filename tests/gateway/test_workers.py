@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,6 +14,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import workers_kit
 from gateway.backend import free_port
 from kvgate.config.gateway import GatewayConfigError, load_gateway_config
 from kvgate.gateway.cli import main as serve_main
@@ -31,46 +31,12 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-@contextlib.asynccontextmanager
-async def serve_workers(
-    address: str, n: int, policy: str = "round-robin"
-) -> AsyncIterator[tuple[Any, int, int]]:
-    port, admin = free_port(), free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kvgate.cli", "serve", "--endpoints", address, "--model", "m",
-        "--policy", policy, "--port", str(port), "--admin-port", str(admin),
-        "--workers", str(n), "--log-level", "WARNING",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+def serve_workers(address: str, n: int, policy: str = "round-robin") -> Any:
+    """``kvgate serve --endpoints address --model m --policy policy --workers n``, ready
+    (``workers_kit.serve_workers``): (process, data port, admin port)."""
+    return workers_kit.serve_workers(
+        "--endpoints", address, "--model", "m", "--policy", policy, n=n
     )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(400):
-                try:
-                    async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
-                        if r.status == 200 and f"({n}/{n} workers)" in await r.text():
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("workers never became ready")
-        yield proc, port, admin
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def _requests_per_worker(admin: int) -> dict[str, float]:
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
-        text = await r.text()
-    per: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name == "inference_objective_request":
-            for smp in fam.samples:
-                if smp.name.endswith("_total"):
-                    per[smp.labels["worker"]] = per.get(smp.labels["worker"], 0) + smp.value
-    return per
 
 
 async def test_workers_share_the_port_and_admin_merges_their_metrics(backends):
@@ -83,7 +49,7 @@ async def test_workers_share_the_port_and_admin_merges_their_metrics(backends):
                 async with s.post(f"http://127.0.0.1:{port}/v1/completions", data=body) as r:
                     assert r.status == 200
                     assert (await r.json())["choices"]
-        per = await _requests_per_worker(admin)
+        per = await workers_kit.answers_per_worker(admin, "inference_objective_request")
     assert sum(per.values()) == 40
     # Both served some (all 40 on one worker: probability 2**-39 with SO_REUSEPORT's hashing).
     assert set(per) == {"0", "1"} and min(per.values()) > 0
@@ -104,23 +70,10 @@ async def test_sigterm_drains_every_worker(backends, tmp_path, cut):
         "--config", str(cfg), "--port", str(port), "--admin-port", str(admin), "--workers", "2",
         "--min-ready-workers", "2", stderr=stderr,
     )  # fmt: skip
-    try:
-        await drain_kit.ready(f"http://127.0.0.1:{admin}/readyz", within_s=60)
-        first, rest = await drain_kit.sigterm_mid_stream(proc, port, tokens)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert b"b0-0" in first
-    said = "drain deadline (1s) passed with 1 request in flight at the deadline" in stderr.read_text()
-    if cut:
-        assert said, stderr.read_text()
-        assert drain_kit.ends_with_the_drain_error_event(rest), rest[-400:]
-    else:
-        assert rest.count(b"data: ") == tokens and rest.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
-        assert not said
-    assert drain_kit.unclean(stderr) == []
+    ready = f"http://127.0.0.1:{admin}/readyz"
+    await drain_kit.check_sigterm_mid_stream(
+        proc, port, tokens, cut, stderr, ready_url=ready, ready_s=60, exit_s=20
+    )
 
 
 FLOW_CONTROLLED = """pools:
@@ -289,17 +242,8 @@ async def test_without_an_admin_port_each_worker_answers_admin_routes_on_the_dat
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        await workers_kit.until_ready(port, "", "never ready")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-            for _ in range(400):
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("never ready")
             for _ in range(10):  # new connections: whichever worker takes each must answer
                 async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
                     assert r.status == 200

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from gateway.test_workers import _children, _is_python
+from gateway.workers_kit import until_ready
 
 SMALL = b'{"model":"m","prompt":"x","max_tokens":1}'
 BIG = orjson.dumps({"model": "m", "prompt": "x" * 2000, "max_tokens": 1})  # over a 1 KiB cap
@@ -54,23 +55,12 @@ async def serve(config: Path, log: Path, own_group: bool = False) -> AsyncIterat
             if m := LISTENING.search(line):
                 port, admin = int(m.group(1)), int(m.group(2))
                 break
-        await _ready(admin)
+        await until_ready(admin)
         yield proc, port, admin
     finally:
         if proc.returncode is None:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 60)
-
-
-async def _ready(admin: int) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(600):
-            with contextlib.suppress(aiohttp.ClientConnectionError):
-                async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
-                    if r.status == 200 and "(2/2 workers)" in await r.text():
-                        return
-            await asyncio.sleep(0.05)
-    raise AssertionError("the workers never became ready")
 
 
 async def _statuses(port: int, body: bytes, n: int = 20) -> list[int]:
@@ -127,7 +117,7 @@ async def test_sighup_reloads_limits_in_every_worker_and_a_bad_file_in_none(back
         victim = next(p for p in _children(proc.pid) if _is_python(p))
         os.kill(victim, signal.SIGKILL)
         await _until(lambda: victim not in _children(proc.pid), "the killed worker was not reaped")
-        await _ready(admin)
+        await until_ready(admin)
         assert set(await _statuses(port, BIG)) == {413}
 
         # And it reloads with the others.
@@ -235,16 +225,15 @@ async def test_an_edit_and_a_sighup_during_start_up_are_applied_not_fatal(tmp_pa
     assert proc.returncode == 0
 
 
-async def test_a_snapshot_that_cannot_be_written_is_logged_and_the_watch_goes_on(
-    tmp_path, monkeypatch, caplog
-):
-    """/tmp full, or a tmpfiles cleaner removing the private directory: the supervisor's watch logs the
-    failed reload, keeps watching and retries at the next poll (the directory made again)."""
+@contextlib.asynccontextmanager
+async def _failing_snapshots(tmp_path: Path, monkeypatch: Any, poll_s: float) -> AsyncIterator[Any]:
+    """A supervisor's config watch (polling every ``poll_s``) whose snapshot writes fail (ENOSPC: /tmp
+    full) until ``mend()``; the file already edited (maxBodyBytes 1 MiB -> 1024) and the watch triggered:
+    (supervisor, watch, its task, the snapshot's directory, mend). The task cancelled at the end."""
     import errno
-    import shutil
 
     from kvgate.config.gateway import load_gateway_config
-    from kvgate.gateway.workers import Supervisor, _WorkersReload, read_snapshot
+    from kvgate.gateway.workers import Supervisor, _WorkersReload
 
     f = tmp_path / "gw.yaml"
     _write(f, ["127.0.0.1:1"], {"maxBodyBytes": 1 << 20})
@@ -253,32 +242,48 @@ async def test_a_snapshot_that_cannot_be_written_is_logged_and_the_watch_goes_on
     snap_dir.mkdir(mode=0o700)
     sup.snapshot = str(snap_dir / "config.pickle")
     watch = _WorkersReload(sup, str(f))
-    watch.poll_s = 0.2
+    watch.poll_s = poll_s
     write = Supervisor.write_snapshot
 
     def full(self: Supervisor, cfg: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
+
+    def mend() -> None:
+        monkeypatch.setattr(Supervisor, "write_snapshot", write)
 
     monkeypatch.setattr(Supervisor, "write_snapshot", full)
     task = asyncio.create_task(watch.run())
     try:
         _write(f, ["127.0.0.1:1"], {"maxBodyBytes": 1024})
         watch.trigger()
-        await _until(lambda: watch.failures >= 1, "the failed write was not seen")
-        assert not task.done() and watch.reloads == 0
-        assert "could not be applied" in caplog.text and "No space left" in caplog.text
-        monkeypatch.setattr(Supervisor, "write_snapshot", write)
-        shutil.rmtree(snap_dir)  # the cleaner took the directory meanwhile
-        await _until(lambda: watch.reloads == 1, "the reload was not retried")  # no new edit, no signal
-        assert read_snapshot(sup.snapshot).limits.max_body_bytes == 1024
-        assert (snap_dir.stat().st_mode & 0o777) == 0o700
-        assert (snap_dir / ".lock").exists()  # made again with its lock (held: sup._locks)
+        yield sup, watch, task, snap_dir, mend
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         for lock in sup._locks.values():
             os.close(lock)
+
+
+async def test_a_snapshot_that_cannot_be_written_is_logged_and_the_watch_goes_on(
+    tmp_path, monkeypatch, caplog
+):
+    """/tmp full, or a tmpfiles cleaner removing the private directory: the supervisor's watch logs the
+    failed reload, keeps watching and retries at the next poll (the directory made again)."""
+    import shutil
+
+    from kvgate.gateway.workers import read_snapshot
+
+    async with _failing_snapshots(tmp_path, monkeypatch, 0.2) as (sup, watch, task, snap_dir, mend):
+        await _until(lambda: watch.failures >= 1, "the failed write was not seen")
+        assert not task.done() and watch.reloads == 0
+        assert "could not be applied" in caplog.text and "No space left" in caplog.text
+        mend()
+        shutil.rmtree(snap_dir)  # the cleaner took the directory meanwhile
+        await _until(lambda: watch.reloads == 1, "the reload was not retried")  # no new edit, no signal
+        assert read_snapshot(sup.snapshot).limits.max_body_bytes == 1024
+        assert (snap_dir.stat().st_mode & 0o777) == 0o700
+        assert (snap_dir / ".lock").exists()  # made again with its lock (held: sup._locks)
 
 
 async def test_a_failed_start_up_leaves_no_private_directory(tmp_path, monkeypatch):
@@ -310,41 +315,15 @@ async def test_a_failed_start_up_leaves_no_private_directory(tmp_path, monkeypat
 async def test_a_snapshot_write_that_keeps_failing_is_logged_with_backoff(tmp_path, monkeypatch, caplog):
     """Retried at every check (so it applies as soon as it can), but logged at the 1st, 2nd, 4th, ...
     failure in a row, not at every check for as long as /tmp stays full; its recovery is logged."""
-    import errno
-
-    from kvgate.config.gateway import load_gateway_config
-    from kvgate.gateway.workers import Supervisor, _WorkersReload
-
-    f = tmp_path / "gw.yaml"
-    _write(f, ["127.0.0.1:1"], {"maxBodyBytes": 1 << 20})
-    sup = Supervisor(load_gateway_config(str(f)), 2, config_path=str(f))
-    snap_dir = tmp_path / "kvgate-config-x"
-    snap_dir.mkdir(mode=0o700)
-    sup.snapshot = str(snap_dir / "config.pickle")
-    watch = _WorkersReload(sup, str(f))
-    watch.poll_s = 0.01
-    write = Supervisor.write_snapshot
-
-    def full(self: Supervisor, cfg: Any) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(Supervisor, "write_snapshot", full)
-    task = asyncio.create_task(watch.run())
-    try:
-        _write(f, ["127.0.0.1:1"], {"maxBodyBytes": 1024})
-        watch.trigger()
+    async with _failing_snapshots(tmp_path, monkeypatch, 0.01) as (_, watch, _, _, mend):
         await _until(lambda: watch.failures >= 40, "the failed write was not retried")
-        monkeypatch.setattr(Supervisor, "write_snapshot", write)
+        mend()
         await _until(lambda: watch.reloads == 1, "the reload was not retried")
         failed = [r.getMessage() for r in caplog.records if "could not be applied" in r.getMessage()]
         n = watch.failures
         assert len(failed) == len([k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]), (n, failed)
         assert "(2 failures in a row;" in failed[1]
         assert f"applied after {n} failures" in caplog.text
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _write_picker(
@@ -396,7 +375,7 @@ async def test_workers_swap_pickers_and_their_prefix_gossip_follows(backends, tm
         victim = next(p for p in _children(proc.pid) if _is_python(p))
         os.kill(victim, signal.SIGKILL)
         await _until(lambda: victim not in _children(proc.pid), "the killed worker was not reaped")
-        await _ready(admin)
+        await until_ready(admin)
         before = len(_lines(log, "picker swapped"))
         # The same picker and a new limit: the restarted worker runs the reloaded picker already, so it
         # swaps nothing either (it would, had it started from the first file's).

@@ -8,7 +8,6 @@ connection (the kernel spreads connections over the workers; both are checked to
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,9 +17,8 @@ import aiohttp
 import orjson
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.backend import free_port
+from gateway import workers_kit
 
 BODY = orjson.dumps({"model": "m", "prompt": "hi", "max_tokens": 1})  # usage: 7 + 1 tokens
 
@@ -29,45 +27,18 @@ BODY = orjson.dumps({"model": "m", "prompt": "hi", "max_tokens": 1})  # usage: 7
 async def serve_workers(
     tmp_path: Path, address: str, extra: dict[str, Any]
 ) -> AsyncIterator[tuple[int, int]]:
-    port, admin = free_port(), free_port()
     cfg = {"pools": [{"name": "p", "endpoints": [address], "models": ["m"]}], **extra}
     path = tmp_path / "gw.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kvgate.cli", "serve", "--config", str(path), "--port", str(port),
-        "--admin-port", str(admin), "--workers", "2", "--log-level", "WARNING",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(600):
-                try:
-                    async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
-                        if r.status == 200 and "(2/2 workers)" in await r.text():
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("workers never became ready")
+    async with workers_kit.serve_workers("--config", str(path)) as (_, port, admin):
         yield port, admin
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def _answers_per_worker(admin: int) -> dict[str, float]:
     """Requests each worker answered: routed (``inference_objective_request_total``) or refused (errors)."""
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/metrics") as r:
-        text = await r.text()
-    per: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name in ("inference_objective_request", "inference_objective_request_error"):
-            for smp in fam.samples:
-                if smp.name.endswith("_total"):
-                    per[smp.labels["worker"]] = per.get(smp.labels["worker"], 0) + smp.value
-    return per
+    return await workers_kit.answers_per_worker(
+        admin, "inference_objective_request", "inference_objective_request_error"
+    )
 
 
 async def _post(s: aiohttp.ClientSession, port: int) -> tuple[int, str]:
