@@ -12,6 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from gateway.handler_server import serve_app
 from kvgate.bench import live_multiturn as lm
 from kvgate.bench import loadgen
 from kvgate.bench.mixed import BURST_SIZE, FAMILIES
@@ -121,11 +122,7 @@ async def slow_server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/v1/completions", completions)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app, shutdown_timeout=0.1)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -26,6 +26,7 @@ from gateway.conftest import (
     make_config,
     running_gateway,
 )
+from gateway.handler_server import serve_app
 from kvgate.config.gateway import parse_gateway_config
 from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.testing import EnvoyHarness, Exchange
@@ -343,11 +344,8 @@ async def test_an_event_stream_400_whose_client_leaves_is_a_400_in_the_three_doo
     backend = _HeldErrorStream()
     app = web.Application()
     app.router.add_post(URL_PATH, backend.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    addr = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
+    addr = f"127.0.0.1:{port}"
     try:
         async with running_gateway(make_config([addr])) as gw:
             await _leave_after_first_chunk(gw.port)

@@ -1,7 +1,7 @@
-"""One aiohttp handler served on a loopback port (a bare runner, or a ``RouteServer`` that answers one
-route with its ``_answer``: the Responses and flow-control tests' model servers), and the model server that
-cuts a stream after its usage event: shared by the door tests that compare what a cut or error stream's
-usage counts."""
+"""An aiohttp app, or one handler, served on a loopback port (a bare runner, or a ``RouteServer`` that
+answers one route with its ``_answer``: the Responses and flow-control tests' model servers), and the model
+server that cuts a stream after its usage event: shared by the door tests that compare what a cut or error
+stream's usage counts."""
 
 from __future__ import annotations
 
@@ -17,17 +17,23 @@ USAGE = {"id": "x", "object": "text_completion", "model": "m", "choices": [],
          "usage": {"prompt_tokens": 7, "completion_tokens": 2}}  # fmt: skip
 
 
+async def serve_app(app: web.Application, **options: Any) -> tuple[web.AppRunner, int]:
+    """``app`` on a loopback port (``options``: ``web.AppRunner``'s); its runner (the caller cleans it
+    up) and port."""
+    runner = web.AppRunner(app, **options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
 async def serve_handler(
     handler: Any, path: str = "/v1/completions", shutdown_timeout: float = 0.5
 ) -> tuple[web.AppRunner, int]:
     """``handler`` on ``POST path`` at 127.0.0.1; the caller cleans the runner up."""
     app = web.Application()
     app.router.add_post(path, handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return await serve_app(app, access_log=None, shutdown_timeout=shutdown_timeout)
 
 
 class RouteServer:

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.backend import Backend
 from gateway.conftest import base_url, make_config, running_gateway
+from gateway.handler_server import serve_app
 from kvgate.config.policies import POLICIES
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.health import HealthPolicy, gate, is_healthy
@@ -99,11 +100,7 @@ async def test_scrapes_are_capped_in_size_and_time():
     app = web.Application()
     app.router.add_get("/huge/metrics", huge)
     app.router.add_get("/slow/metrics", slow)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app, shutdown_timeout=0.1)
     try:
         store = EndpointStore.from_addresses([f"127.0.0.1:{port}"])
         (ep,) = store.all()

@@ -9,6 +9,7 @@ gateway test below is the reviewer's case end to end."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 import pytest
@@ -32,6 +33,21 @@ async def _read_to_close(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
     return out, True
 
 
+async def _front_exchange(handler: Any, request: bytes) -> tuple[bytes, bool]:
+    """``request`` written to a front (``handler`` answers every path) on a loopback port: what came back
+    (``_read_to_close``)."""
+    front = FrontServer({"/a": handler}, handler, max_body=1 << 20)
+    server = await asyncio.get_running_loop().create_server(front.protocol, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        writer.write(request)
+        return await _read_to_close(reader)
+    finally:
+        writer.close()
+        front.close_all()
+        server.close()
+
+
 @pytest.mark.parametrize("length", [None, 11])
 @pytest.mark.parametrize("connection", KEEP_ALIVE)
 async def test_an_http10_keep_alive_stream_is_closed_after_its_body(connection: bytes, length) -> None:
@@ -44,16 +60,7 @@ async def test_an_http10_keep_alive_stream_is_closed_after_its_body(connection: 
         await out.write(b"world")
         return out
 
-    front = FrontServer({"/a": handler}, handler, max_body=1 << 20)
-    server = await asyncio.get_running_loop().create_server(front.protocol, "127.0.0.1", 0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-    try:
-        writer.write(b"GET /a HTTP/1.0\r\n%b\r\n" % connection)
-        out, closed = await _read_to_close(reader)
-    finally:
-        writer.close()
-        front.close_all()
-        server.close()
+    out, closed = await _front_exchange(handler, b"GET /a HTTP/1.0\r\n%b\r\n" % connection)
     head, _, body = out.partition(b"\r\n\r\n")
     assert body == b"hello world", out
     assert b"connection: close" in head.lower()
@@ -70,17 +77,10 @@ async def test_an_http11_keep_alive_stream_stays_open() -> None:
         await out.write(b"hi")
         return out
 
-    front = FrontServer({"/a": handler}, handler, max_body=1 << 20)
-    server = await asyncio.get_running_loop().create_server(front.protocol, "127.0.0.1", 0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-    try:
-        first = b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n"
-        writer.write(first + b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        out, closed = await _read_to_close(reader)
-    finally:
-        writer.close()
-        front.close_all()
-        server.close()
+    first = b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n"
+    out, closed = await _front_exchange(
+        handler, first + b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
     assert out.count(b"HTTP/1.1 200 ") == 2, out
     assert closed
 

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from extproc.test_error_counts import request_stats
 from gateway.conftest import base_url, make_config, running_gateway
+from gateway.handler_server import serve_app
 
 USAGE = {
     "/v1/chat/completions": {"prompt_tokens": 500, "completion_tokens": 500, "total_tokens": 1000},
@@ -73,11 +74,7 @@ async def server() -> AsyncIterator[str]:
         app.router.add_post(path, answer)
     app.router.add_get("/health", ok)
     app.router.add_get("/metrics", ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
     yield f"127.0.0.1:{port}"
     await runner.cleanup()
 

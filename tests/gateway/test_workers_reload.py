@@ -18,6 +18,7 @@ import orjson
 import pytest
 import yaml
 
+from gateway.handler_server import serve_app
 from gateway.test_workers import _children, _is_python
 from gateway.workers_kit import until_ready
 
@@ -186,11 +187,8 @@ async def test_an_edit_and_a_sighup_during_start_up_are_applied_not_fatal(tmp_pa
 
     app = web.Application()
     app.router.add_get(PROBE_PATH.partition("?")[0], server_info)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
+    address = f"127.0.0.1:{port}"
     f, log = tmp_path / "gw.yaml", tmp_path / "stderr"
     doc = {
         "listen": {"host": "127.0.0.1", "port": 0, "workers": workers},

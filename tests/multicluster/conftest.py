@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from gateway.backend import Backend
+from gateway.handler_server import serve_app
 from kvgate.datalayer.aggregate import PoolAggregate, encode
 from kvgate.httpfront.server import FrontLimits
 from kvgate.multicluster import hub
@@ -24,21 +25,25 @@ def _no_kept_lookups() -> None:
     hub._LOOKUPS.forget()
 
 
-@pytest.fixture
-async def aggregate_port() -> AsyncIterator[int]:
-    """The port of a loopback HTTP server answering ``GET /aggregate`` with one pool's aggregate."""
+def aggregate_app(force_close: bool = False) -> web.Application:
+    """Answers ``GET /aggregate`` with one pool's aggregate (``force_close``: then closes the connection)."""
     body = encode(PoolAggregate(name="p", snapshot_time=1.0, ready_endpoints=1, total_endpoints=1))
 
     async def handle(_req: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
+        resp = web.Response(body=body, content_type="application/json")
+        if force_close:
+            resp.force_close()
+        return resp
 
     app = web.Application()
     app.router.add_get("/aggregate", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return app
+
+
+@pytest.fixture
+async def aggregate_port() -> AsyncIterator[int]:
+    """The port of a loopback HTTP server answering ``GET /aggregate`` with one pool's aggregate."""
+    runner, port = await serve_app(aggregate_app())
     try:
         yield port
     finally:

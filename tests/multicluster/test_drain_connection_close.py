@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from gateway.conftest import base_url, make_config, make_pools
+from gateway.handler_server import serve_handler
 from kvgate.gateway.server import GatewayServer
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
@@ -44,13 +45,8 @@ class Held:
 @pytest.fixture
 async def held() -> AsyncIterator[Held]:
     h = Held()
-    app = web.Application()
-    app.router.add_post("/v1/completions", h.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    h.address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    runner, port = await serve_handler(h.handle)
+    h.address = f"127.0.0.1:{port}"
     yield h
     h.go.set()
     await runner.cleanup()

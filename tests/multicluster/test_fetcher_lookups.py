@@ -22,13 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from kvgate.datalayer.aggregate import PoolAggregate, encode
+from gateway.handler_server import serve_app
 from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.state import ClusterState
+from multicluster.conftest import aggregate_app
 from multicluster.hung_resolver import HungResolver
 
 HUNG = "hung.kvgate-review.test"
@@ -124,20 +124,8 @@ async def test_the_fetcher_keeps_no_second_cache_of_answers(monkeypatch: pytest.
     """Review s17-fixes-a L2: the fetcher's connector had aiohttp's own host cache (10 s from when it got
     the answer) on top of the lookups' keep (LOOKUP_TTL_S from the lookup): an answer up to ~20 s old. Now
     only the lookups keep answers: once they dropped it, the next fetch looks the name up again."""
-    body = encode(PoolAggregate(name="p", snapshot_time=1.0, ready_endpoints=1, total_endpoints=1))
-
-    async def handle(_req: web.Request) -> web.Response:
-        resp = web.Response(body=body, content_type="application/json")
-        resp.force_close()  # (a new connection each fetch: a kept-alive one would look nothing up)
-        return resp
-
-    app = web.Application()
-    app.router.add_get("/aggregate", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    # (a new connection each fetch: a kept-alive one would look nothing up)
+    runner, port = await serve_app(aggregate_app(force_close=True))
     real = socket.getaddrinfo
     asked: list[str] = []
 

@@ -19,6 +19,7 @@ from extproc.test_error_counts import request_stats
 from flowcontrol.test_doors import eventually
 from gateway.backend import OTHER_PATHS, Backend
 from gateway.conftest import base_url, make_config, running_gateway
+from gateway.handler_server import serve_app
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
@@ -110,11 +111,8 @@ async def shapes() -> Any:
     app.router.add_post("/v1/responses", _responses)
     app.router.add_post("/v1/messages", _messages)
     app.router.add_post("/v1/rerank", _rerank)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    runner, port = await serve_app(app, access_log=None, shutdown_timeout=0.5)
+    yield f"127.0.0.1:{port}"
     await runner.cleanup()
 
 
