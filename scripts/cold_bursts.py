@@ -11,24 +11,21 @@ some replica to compute the prefix, wherever it is sent).
 from __future__ import annotations
 
 import statistics
-import sys
 from collections import Counter, defaultdict
 from typing import Any
 
 from script_usage import usage_or_exit
 from sim_hooks import Bursts
+from sim_setup import mixed_run_args
 
-from kvgate.bench.mixed import BURST_SIZE, FAMILIES
+from kvgate.bench.mixed import BURST_SIZE
 from kvgate.bench.multiturn import mixed_sim
 from kvgate.bench.workloads import RequestSpec
 
 
 def main() -> None:
     usage_or_exit(__doc__, 2)
-    fam = FAMILIES[sys.argv[1]]
-    qps = float(sys.argv[2])
-    seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
-    policy = sys.argv[4] if len(sys.argv) > 4 else "kvgate"
+    fam, policy, qps, seed = mixed_run_args()
     sim = mixed_sim(fam, policy, qps, seed)
     engines = [r.engine for r in sim.replicas]
     bursts = Bursts(sim, fam)

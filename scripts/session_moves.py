@@ -7,24 +7,20 @@ forgotten it everywhere (the pick was prefix-blind)?
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from typing import Any
 
 from script_usage import usage_or_exit
 from sim_hooks import cached_tokens
+from sim_setup import mixed_run_args
 
-from kvgate.bench.mixed import FAMILIES
 from kvgate.bench.multiturn import mixed_sim
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 
 
 def main() -> None:
     usage_or_exit(__doc__, 2)
-    fam = FAMILIES[sys.argv[1]]
-    qps = float(sys.argv[2])
-    seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
-    policy = sys.argv[4] if len(sys.argv) > 4 else "kvgate"
+    fam, policy, qps, seed = mixed_run_args()
     sim = mixed_sim(fam, policy, qps, seed)
     scorer = sim.director.handle.find(PrefixCacheScorer)
     known: dict[str, bool] = {}
