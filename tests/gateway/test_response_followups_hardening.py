@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import aiohttp
 import orjson
@@ -36,40 +37,44 @@ class PoisonStore(ResponsesStore):
         return await super()._answer(request)
 
 
+def _ejecting(stores: list[PoisonStore]) -> Any:
+    """A gateway over ``stores`` that ejects an endpoint after 2 failures in a row."""
+    health = {"ejectAfterFailures": 2, "ejectBaseSeconds": 30, "ejectMaxSeconds": 60}
+    return make_config([st.address for st in stores], extra={"health": health})
+
+
 async def test_poison_follow_ups_eject_nobody() -> None:
-    async with serving(*(PoisonStore(f"s{i}") for i in range(3))) as stores:
-        cfg = make_config(
-            [st.address for st in stores],
-            extra={"health": {"ejectAfterFailures": 2, "ejectBaseSeconds": 30, "ejectMaxSeconds": 60}},
-        )
-        async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
-            url = base_url(gw) + "/v1/responses"
-            async with s.post(url, data=orjson.dumps({"model": "m", "input": "hi"})) as r:
-                rid = (await r.json())["id"]
-            for _ in range(4):
-                body = {"model": "m", "input": "poison", "previous_response_id": rid}
-                async with s.post(url, data=orjson.dumps(body)) as r:
-                    assert r.status == 500  # (its home's own answer, not another's 404)
-                    await r.read()
-            # The same poison input without a follow-up ejects nobody (s17-qa M4); pinned, neither should it.
-            assert [ep.healthy for ep in gw.pools[0].endpoints()] == [True] * 3
-            assert gw.metrics.ejections._value.get() == 0
+    async with (
+        serving(*(PoisonStore(f"s{i}") for i in range(3))) as stores,
+        running_gateway(_ejecting(stores)) as gw,
+        aiohttp.ClientSession() as s,
+    ):
+        url = base_url(gw) + "/v1/responses"
+        async with s.post(url, data=orjson.dumps({"model": "m", "input": "hi"})) as r:
+            rid = (await r.json())["id"]
+        for _ in range(4):
+            body = {"model": "m", "input": "poison", "previous_response_id": rid}
+            async with s.post(url, data=orjson.dumps(body)) as r:
+                assert r.status == 500  # (its home's own answer, not another's 404)
+                await r.read()
+        # The same poison input without a follow-up ejects nobody (s17-qa M4); pinned, neither should it.
+        assert [ep.healthy for ep in gw.pools[0].endpoints()] == [True] * 3
+        assert gw.metrics.ejections._value.get() == 0
 
 
 async def test_poison_plain_requests_eject_nobody() -> None:
     """The control: the same input, no follow-up (passes on main)."""
-    async with serving(*(PoisonStore(f"s{i}") for i in range(3))) as stores:
-        cfg = make_config(
-            [st.address for st in stores],
-            extra={"health": {"ejectAfterFailures": 2, "ejectBaseSeconds": 30, "ejectMaxSeconds": 60}},
-        )
-        async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
-            for _ in range(4):
-                async with s.post(
-                    base_url(gw) + "/v1/responses", data=orjson.dumps({"model": "m", "input": "poison"})
-                ) as r:
-                    assert r.status == 500
-            assert [ep.healthy for ep in gw.pools[0].endpoints()] == [True] * 3
+    async with (
+        serving(*(PoisonStore(f"s{i}") for i in range(3))) as stores,
+        running_gateway(_ejecting(stores)) as gw,
+        aiohttp.ClientSession() as s,
+    ):
+        for _ in range(4):
+            async with s.post(
+                base_url(gw) + "/v1/responses", data=orjson.dumps({"model": "m", "input": "poison"})
+            ) as r:
+                assert r.status == 500
+        assert [ep.healthy for ep in gw.pools[0].endpoints()] == [True] * 3
 
 
 class Held(RouteServer):

@@ -5,10 +5,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import grpc
 import pytest
 from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
 from gateway.backend import Backend
 from gateway.handler_server import serve_app
@@ -16,6 +20,7 @@ from kvgate.datalayer.aggregate import PoolAggregate, encode
 from kvgate.httpfront.server import FrontLimits
 from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.fetcher import EXT_PROC_SERVICE
 from kvgate.multicluster.serve import GlobalGateway
 
 
@@ -92,3 +97,19 @@ def gateway(global_gateway: Callable[..., Any]) -> Callable[..., Any]:
         return gw
 
     return make
+
+
+@asynccontextmanager
+async def epp_health_server(bind: str, servicer: Any = None) -> AsyncIterator[int]:
+    """A real gRPC health server at ``bind`` (``host:0``) that answers SERVING for the ext_proc service
+    (``servicer``: a ``HealthServicer`` of the test's own, else a plain one): its port; stopped at the end."""
+    servicer = servicer if servicer is not None else health_aio.HealthServicer()
+    await servicer.set(EXT_PROC_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port(bind)
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(0)

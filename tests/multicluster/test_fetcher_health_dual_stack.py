@@ -17,31 +17,22 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClusterSpec
-from kvgate.multicluster.fetcher import EXT_PROC_SERVICE, Fetcher
+from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.state import ClusterState
+from multicluster.conftest import epp_health_server
 
 DUAL = "dual.kvgate-fixk8s18.test"
 
 
 @pytest.fixture
 async def epp_health_v6() -> AsyncIterator[int]:
-    server = grpc.aio.server()
-    servicer = health_aio.HealthServicer()
-    await servicer.set(EXT_PROC_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("[::1]:0")
-    await server.start()
-    try:
+    async with epp_health_server("[::1]:0") as port:
         yield port
-    finally:
-        await server.stop(0)
 
 
 async def test_a_dual_stack_health_name_whose_epp_listens_on_ipv6_is_healthy(
@@ -92,27 +83,22 @@ async def test_the_health_checks_rpc_gets_what_its_lookup_left_of_the_timeout(
     answered after 0.6 s of a 1 s timeout gives the RPC at most 0.4 s (before: 1 s). What the server reads
     of the deadline, not a wall-clock bound."""
     servicer = _Timed()
-    await servicer.set(EXT_PROC_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    real = socket.getaddrinfo
+    async with epp_health_server("127.0.0.1:0", servicer) as port:
+        real = socket.getaddrinfo
 
-    def slow(host: Any, *a: Any, **k: Any) -> Any:
-        if host == SLOW:
-            time.sleep(0.6)  # (on the lookup's own thread)
-            return real("127.0.0.1", *a, **k)
-        return real(host, *a, **k)
+        def slow(host: Any, *a: Any, **k: Any) -> Any:
+            if host == SLOW:
+                time.sleep(0.6)  # (on the lookup's own thread)
+                return real("127.0.0.1", *a, **k)
+            return real(host, *a, **k)
 
-    monkeypatch.setattr(socket, "getaddrinfo", slow)
-    hub._LOOKUPS.forget()
-    states = [ClusterState(ClusterSpec("c", gateway="h:1", health=f"{SLOW}:{port}"))]
-    fetcher = Fetcher(lambda: states, interval_s=3600, timeout_s=1.0)
-    try:
-        await fetcher.start()
-    finally:
-        await fetcher.stop()
-        await server.stop(0)
+        monkeypatch.setattr(socket, "getaddrinfo", slow)
+        hub._LOOKUPS.forget()
+        states = [ClusterState(ClusterSpec("c", gateway="h:1", health=f"{SLOW}:{port}"))]
+        fetcher = Fetcher(lambda: states, interval_s=3600, timeout_s=1.0)
+        try:
+            await fetcher.start()
+        finally:
+            await fetcher.stop()
     assert states[0].healthy is True and len(servicer.left) == 1
     assert servicer.left[0] < 0.5, f"the RPC had {servicer.left[0]:.2f} s left after a 0.6 s lookup of 1 s"

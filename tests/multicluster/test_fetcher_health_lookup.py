@@ -17,15 +17,13 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 
 from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClusterSpec
-from kvgate.multicluster.fetcher import EXT_PROC_SERVICE, Fetcher
+from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.state import ClusterState
+from multicluster.conftest import epp_health_server
 from multicluster.hung_resolver import HungResolver
 
 ONLY_NSS = "epp.kvgate-k8s18.test"  # a name only getaddrinfo answers (127.0.0.1)
@@ -36,16 +34,8 @@ WIDE = "\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54"  # localhost, fu
 @pytest.fixture
 async def epp_health() -> AsyncIterator[int]:
     """The port of a gRPC health server on 127.0.0.1 that answers SERVING for the ext_proc service."""
-    server = grpc.aio.server()
-    servicer = health_aio.HealthServicer()
-    await servicer.set(EXT_PROC_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
+    async with epp_health_server("127.0.0.1:0") as port:
         yield port
-    finally:
-        await server.stop(0)
 
 
 async def _healthy(health: str) -> tuple[bool | None, Fetcher]:
