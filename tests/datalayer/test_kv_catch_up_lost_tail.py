@@ -17,9 +17,8 @@ import asyncio
 import logging
 
 import pytest
-import zmq
 
-from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life, loopback_xpub
 from datalayer.test_kvevents import batch
 
 NEW = 2_000_000
@@ -61,10 +60,7 @@ async def test_a_catch_up_on_a_publishing_engine_settles_in_one_check(
     answer goes one batch further, and the subscriber received that batch on its socket meanwhile, so the
     end is confirmed at the first check (not a lost tail: nothing asked again, nothing logged)."""
     life = engine_life(NEW, 440)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub, port = loopback_xpub()
     server: VLLMShapedReplay
 
     def publish_after(n: int, seq: int | None) -> bool:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
-import zmq
-
-from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life, loopback_xpub
 from kvgate.datalayer import kvsubscriber
 
 OLD, NEW = 1_000_000, 2_000_000
@@ -31,11 +29,7 @@ async def test_a_dead_life_that_queued_more_than_the_streak_bound_is_dropped_who
     n = 6_000
     assert n > kvsubscriber.STALE_STREAK_MAX
     old, new = engine_life(OLD, 400 + n), engine_life(NEW, 201)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    pub.setsockopt(zmq.SNDHWM, 100_000)  # (before the bind: its connections take it from there)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub, port = loopback_xpub(100_000)
     server = VLLMShapedReplay(new[:200])
     try:
         async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):

@@ -16,9 +16,8 @@ import asyncio
 import logging
 
 import pytest
-import zmq
 
-from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life, loopback_xpub
 
 OLD, NEW = 1_000_000, 2_000_000
 LOG = "kvgate.datalayer.kvsubscriber"
@@ -29,10 +28,7 @@ async def test_a_gap_fetch_s_short_answer_is_whole_on_a_busy_engine_with_a_tiny_
     buffer_steps: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     old, new = engine_life(OLD, 401), engine_life(NEW, 400)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub, port = loopback_xpub()
     published = [151]  # the engine's next sequence number; its buffer holds the newest ``buffer_steps``
     busy = False
     server: VLLMShapedReplay

@@ -27,9 +27,8 @@ import asyncio
 import logging
 
 import pytest
-import zmq
 
-from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life, loopback_xpub
 
 NEW = 2_000_000
 
@@ -38,10 +37,7 @@ async def test_batches_published_after_the_check_was_served_do_not_confirm_a_los
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     life = engine_life(NEW, 461)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub, port = loopback_xpub()
     server: VLLMShapedReplay
     gap_request: list[int] = []  # (the gap's first request's number: the losses hit it and its check only)
 

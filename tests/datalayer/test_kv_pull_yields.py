@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-import zmq
-
-from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life, loopback_xpub
 from kvgate.datalayer import kvsubscriber
 
 OLD, NEW = 1_000_000, 2_000_000
@@ -24,11 +22,7 @@ N = 3000
 
 async def test_a_gap_with_a_backlog_queued_does_not_hold_the_event_loop():
     life = engine_life(NEW, 100 + N)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    pub.setsockopt(zmq.SNDHWM, 100_000)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub, port = loopback_xpub(100_000)
     server = VLLMShapedReplay(life[:100])
     try:
         async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):
@@ -76,10 +70,7 @@ async def test_a_pull_stops_at_its_byte_bound(monkeypatch):
     monkeypatch.setattr(kvsubscriber, "PULL_MAX_BYTES", 1)
     n = 40
     life = engine_life(NEW, 101 + n)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub, port = loopback_xpub()
     server = VLLMShapedReplay(life[:100])
     try:
         async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):

@@ -20,9 +20,8 @@ import asyncio
 import logging
 
 import pytest
-import zmq
 
-from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life, loopback_xpub
 
 OLD, NEW = 1_000_000, 2_000_000
 
@@ -31,10 +30,7 @@ async def test_a_dead_life_s_batch_is_dropped_while_the_engine_keeps_publishing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     old, new = engine_life(OLD, 401), engine_life(NEW, 400)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub, port = loopback_xpub()
     busy = False
     server: VLLMShapedReplay
 

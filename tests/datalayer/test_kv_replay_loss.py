@@ -67,6 +67,17 @@ class VLLMShapedReplay:
         self._router.close(0)
 
 
+def loopback_xpub(sndhwm: int | None = None) -> tuple[zmq.Socket[bytes], int]:
+    """The engine's PUB as an XPUB (it sees the subscriber's subscription) on a random loopback port,
+    LINGER 0 (``sndhwm``: its send high-water mark, set before the bind: its connections take it from
+    there): the socket and its port."""
+    pub = zmq.Context.instance().socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    if sndhwm is not None:
+        pub.setsockopt(zmq.SNDHWM, sndhwm)
+    return pub, pub.bind_to_random_port("tcp://127.0.0.1")
+
+
 def engine_life(base: int, n: int) -> list[bytes]:
     """An engine life's buffer: ``n`` batches storing one block each (hash ``base + i``)."""
     return [batch(stored_map([base + i], None, [(i + base) % 50] * 4)) for i in range(n)]

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import asyncio
 
-import zmq
-
-from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, engine_life, restarting_replay
+from datalayer.test_kv_replay_loss import (
+    VLLMShapedReplay,
+    caught_up,
+    engine_life,
+    loopback_xpub,
+    restarting_replay,
+)
 
 OLD, NEW = 1_000_000, 2_000_000
 
@@ -46,10 +50,7 @@ async def test_a_dead_life_s_batches_on_the_socket_are_dropped_and_the_new_life_
     resync, then batch 200 (seq <= 409: a "restart") cleared the index, which ended holding the new life's
     batch 200 alone. Now the index holds the new life's 0-200, nothing of the old one."""
     old, new = engine_life(OLD, 410), engine_life(NEW, 201)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub, port = loopback_xpub()
     server: VLLMShapedReplay
     published: list[int] = []
 
@@ -206,10 +207,7 @@ async def test_the_check_after_a_life_change_runs_on_batches_read_off_the_socket
     without a replay; it now leaves it to the check while a dead life's batches may be queued), and once a
     batch of the engine's passed the check, the next ones are applied without it."""
     old, new = engine_life(OLD, 410), engine_life(NEW, 203)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub, port = loopback_xpub()
     server = restarting_replay(old[:400], new[:200], lost_from=200)
     try:
         async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):
@@ -242,11 +240,7 @@ async def test_a_dead_life_that_queued_more_than_a_thousand_batches_is_dropped_w
     its answer (the engine would hold any batch it published before it): a few requests, none of the dead
     life applied, the new life's 200 followed."""
     old, new = engine_life(OLD, 1600), engine_life(NEW, 201)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    pub.setsockopt(zmq.SNDHWM, 10_000)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub, port = loopback_xpub(10_000)
     server: VLLMShapedReplay
     published: list[int] = []
 

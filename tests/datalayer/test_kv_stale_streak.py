@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-import zmq
-
-from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up
+from datalayer.test_kv_replay_loss import VLLMShapedReplay, caught_up, loopback_xpub
 from datalayer.test_kv_restart import Sleeps, _fail_next_drain
 from datalayer.test_kvevents import FakeVLLMPublisher, _connected, _until, batch, stored_map
 from kvgate.datalayer import kvsubscriber
@@ -157,11 +155,7 @@ async def test_a_pulled_backlog_past_the_judged_bound_is_overruled_there(monkeyp
     monkeypatch.setattr(kvsubscriber, "STALE_JUDGED_MAX", 1_000)
     n = 1_300
     life = [_batch(seq) for seq in range(101 + n)]
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    pub.setsockopt(zmq.SNDHWM, 100_000)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub, port = loopback_xpub(100_000)
     server = VLLMShapedReplay(life[:100])
     try:
         async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):
