@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import aiohttp
 import orjson
@@ -50,21 +51,26 @@ def test_rate_limiter_refills_over_injected_time():
     assert rl.admit("b") is None
 
 
+def _picked_flows(director: Any) -> list[str]:
+    """The flow (fairness id) of each request ``director`` picks for, in order (its ``pick`` wrapped)."""
+    seen: list[str] = []
+    inner = director.pick
+
+    def pick(req, explain=False):
+        seen.append(req.fairness_id)
+        return inner(req, explain)
+
+    director.pick = pick
+    return seen
+
+
 async def test_api_keys_tenants_rate_limits_through_the_gateway(backends, tmp_path, monkeypatch):
     (b,) = await backends(1)
     (tmp_path / "keys").write_text("sk-a tenant-a\nsk-b tenant-b\n")
     extra = {"auth": {"apiKeysFile": str(tmp_path / "keys")}, "rateLimits": {"requestsPerMinute": 3}}
     async with running_gateway(make_config([b.address], extra=extra)) as gw, aiohttp.ClientSession() as s:
         url = base_url(gw) + "/v1/completions"
-        director = gw.pools[0].director
-        seen: list[str] = []
-        inner = director.pick
-
-        def pick(req, explain=False):
-            seen.append(req.fairness_id)
-            return inner(req, explain)
-
-        director.pick = pick  # type: ignore[method-assign]
+        seen = _picked_flows(gw.pools[0].director)
         async with s.post(url, data=BODY) as r:
             assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_api_key"
         async with s.post(url, data=BODY, headers={"Authorization": "Bearer wrong"}) as r:
@@ -186,15 +192,7 @@ async def test_a_fairness_header_named_hop_by_hop_is_not_the_tenant(backends):
     (b,) = await backends(1)  # (each answer's usage: 7 + 1 tokens)
     extra = {"rateLimits": {"tokensPerMinute": 10}}
     async with running_gateway(make_config([b.address], extra=extra)) as gw, aiohttp.ClientSession() as s:
-        director = gw.pools[0].director
-        seen: list[str] = []
-        inner = director.pick
-
-        def pick(req, explain=False):
-            seen.append(req.fairness_id)
-            return inner(req, explain)
-
-        director.pick = pick  # type: ignore[method-assign]
+        seen = _picked_flows(gw.pools[0].director)
         url = base_url(gw) + "/v1/completions"
         body = b'{"model":"m","prompt":"x","max_tokens":1}'
         name = "x-gateway-inference-fairness-id"
