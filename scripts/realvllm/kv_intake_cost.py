@@ -5,8 +5,10 @@ A publisher process sends ``--batches`` batches as a miss publishes them (one Bl
 128 tokens, vLLM 0.32's map form) ``--gap`` seconds apart (each then wakes the subscriber's event loop on
 its own, as a miss's prefill chunks do), or ``--burst N`` at a time (queued together); the subscriber's
 process CPU (all its threads, ZMQ's I/O thread included) from its first batch to its last, per batch.
+``--mode tokens``: the index keys blocks by their token ids (the precise profile's mode, as ``kvgate serve
+--kv-events auto`` runs it), so each batch's 15 block keys are hashed too.
 
-    PYTHONPATH=src python scripts/realvllm/kv_intake_cost.py --base-src <other tree>/src [--gap 0.003]
+    PYTHONPATH=src python scripts/realvllm/kv_intake_cost.py --base-src <other tree>/src [--gap 0.003] [--mode tokens]
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ time.sleep(0.5)
 SUB = """
 import asyncio, subprocess, sys, time
 from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager
-n, pub = int(sys.argv[1]), sys.argv[2:]
+n, mode, pub = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 
 async def main():
-    idx = BlockIndex(default_capacity=1 << 20)
+    idx = BlockIndex(mode=mode, default_capacity=1 << 20)
     mgr = KVEventsManager(idx)
     sub = await mgr.add("a", "ipc:///tmp/kvgate-intake-%d" % __import__("os").getpid(), bind=True)
     p = subprocess.Popen([*pub[:1], "-c", pub[1], sub.zmq_endpoint, *pub[2:]])
@@ -67,7 +69,7 @@ asyncio.run(main())
 
 def one(src: str, args: argparse.Namespace) -> float:
     env = {**os.environ, "PYTHONPATH": src}
-    cmd = [sys.executable, "-c", SUB, str(args.batches), sys.executable, PUB, str(args.batches),
+    cmd = [sys.executable, "-c", SUB, str(args.batches), args.mode, sys.executable, PUB, str(args.batches),
            str(args.gap), str(args.burst)]  # fmt: skip
     out = subprocess.run(
         lifeline.die_with_parent_argv(cmd), env=env, capture_output=True, text=True, check=True
@@ -82,6 +84,12 @@ def main() -> int:
     ap.add_argument("--batches", type=int, default=1000)
     ap.add_argument("--gap", type=float, default=0.003, help="seconds between sends (or bursts)")
     ap.add_argument("--burst", type=int, default=1, help="batches sent back to back each time")
+    ap.add_argument(
+        "--mode",
+        choices=("engine", "tokens"),
+        default="engine",
+        help="the index's key mode (tokens: what kvgate serve --kv-events auto runs, keys hashed from token ids)",
+    )
     args = ap.parse_args()
     here = str(Path(__file__).resolve().parents[2] / "src")
     got: dict[str, list[float]] = {"before": [], "after": []}

@@ -198,9 +198,21 @@ class BlockIndex:
             if parent is None:
                 self.stats.orphans += len(ev.block_hashes)
                 return
-            for i, h in enumerate(ev.block_hashes):
-                parent = token_block_key(parent, ev.token_ids[i * bs : (i + 1) * bs])
-                self._add(endpoint, ep, h, parent)
+            # The tokens packed once, each block's key hashed from its slice (``token_block_key``'s bytes).
+            try:
+                packed = array("I", ev.token_ids).tobytes()
+            except (OverflowError, TypeError):  # (an id outside u32: ``token_block_key`` raises as before)
+                packed = None
+            if packed is None:
+                for i, h in enumerate(ev.block_hashes):
+                    parent = token_block_key(parent, ev.token_ids[i * bs : (i + 1) * bs])
+                    self._add(endpoint, ep, h, parent)
+            else:
+                digest = xxhash.xxh3_64_intdigest
+                width = 4 * bs
+                for i, h in enumerate(ev.block_hashes):
+                    parent = digest(parent.to_bytes(8, "little") + packed[i * width : (i + 1) * width])
+                    self._add(endpoint, ep, h, parent)
         self._enforce(endpoint, ep)
 
     def _add(self, endpoint: str, ep: _EndpointBlocks, engine_hash: int, key: int) -> None:
