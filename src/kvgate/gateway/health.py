@@ -3,6 +3,10 @@
 Failures are what the proxy sees (connect errors, 5xx, streams cut before the first byte); the picker
 skips endpoints whose ``healthy`` is False. An ejected endpoint is probed at ``GET <probe_path>``
 once its back-off expires; each failed probe doubles the back-off up to ``eject_max_s``.
+
+The per-address state is bounded by the pools' endpoints (``endpoints``): addresses that left discovery
+(Kubernetes pod churn: a new IP per pod) are dropped when the table has doubled since the last sweep, so
+it holds at most about twice the live endpoints (and ``PRUNE_MIN``) however many have come and gone.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from kvgate.datalayer.endpoint import Endpoint
 
 log = logging.getLogger("kvgate.gateway.health")
 
+# The state table is swept of departed addresses once it holds this many (then twice what a sweep kept).
+PRUNE_MIN = 64
+
 
 @dataclass(slots=True)
 class _State:
@@ -33,10 +40,19 @@ class _State:
 
 
 class HealthTracker:
-    def __init__(self, cfg: HealthConfig, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        cfg: HealthConfig,
+        clock: Callable[[], float],
+        endpoints: Callable[[], Iterable[Endpoint]] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.clock = clock
         self._state: dict[str, _State] = {}
+        # The endpoints now in the pools (every pool: an address may be in two): the state of any other
+        # address is dropped at a sweep (``_entry``). None: never swept (a tracker without pools).
+        self._endpoints = endpoints
+        self._sweep_at = PRUNE_MIN
         self.ejections = 0
         # Pool name -> TLS context for https pools (probes go to https:// there).
         self.tls: dict[str, ssl.SSLContext] = {}
@@ -61,7 +77,7 @@ class HealthTracker:
         request reaches it after a long queue wait) is still ejected (review s18-gw L4); an endpoint
         that answers anything meanwhile is not charged (``success`` starts the count over). True when
         this charge ejected it."""
-        st = self._state.setdefault(ep.address, _State())
+        st = self._entry(ep.address)
         start = max(since, st.quiet_end)
         if until > start:
             st.quiet_s += until - start
@@ -82,7 +98,7 @@ class HealthTracker:
         ``max_ejection_percent``): failures that many endpoints share are more likely the requests'
         (a "query of death") or the load's than so many bad servers.
         """
-        st = self._state.setdefault(ep.address, _State())
+        st = self._entry(ep.address)
         st.failures += 1
         if ep.healthy and st.failures >= self.cfg.eject_after_failures:
             peers = [other for other in pool if other is not ep]
@@ -94,6 +110,21 @@ class HealthTracker:
             self._eject(ep, st, self.cfg.eject_base_s)
             return True
         return False
+
+    def _entry(self, address: str) -> _State:
+        """``address``'s state, made when new. The table only grows here: when it has reached
+        ``_sweep_at`` entries, the addresses no pool holds any more are dropped first (an endpoint that
+        left discovery, whose last requests failed or timed out after it left: review s18-fixes-c I4),
+        and the next sweep waits until the table has doubled (amortized O(1) per new address)."""
+        st = self._state.get(address)
+        if st is None:
+            if len(self._state) >= self._sweep_at and self._endpoints is not None:
+                live = {ep.address for ep in self._endpoints()}
+                for gone in [a for a in self._state if a not in live]:
+                    del self._state[gone]
+                self._sweep_at = max(PRUNE_MIN, 2 * len(self._state))
+            st = self._state[address] = _State()
+        return st
 
     def _eject(self, ep: Endpoint, st: _State, backoff: float) -> None:
         ep.healthy = False
@@ -110,7 +141,7 @@ class HealthTracker:
         ]
 
     def probe_result(self, ep: Endpoint, ok: bool) -> None:
-        st = self._state.setdefault(ep.address, _State())
+        st = self._entry(ep.address)
         if ok:
             ep.healthy = True
             st.failures = 0

@@ -26,6 +26,7 @@ from kvgate.aio import STOP_LIMIT_S, cancel_all_and_wait, stop_to_the_end
 from kvgate.config.gateway import GatewayConfig, Limits
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
+from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy, ready_endpoints
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.gateway.errors import GatewayError, error_response, unauthorized
@@ -163,7 +164,7 @@ class GatewayServer:
             if cfg.model_series_grace_s is not None:  # (--model-series-grace)
                 labels.grace_s = cfg.model_series_grace_s
             self.metrics.bound(labels)
-        self.health = HealthTracker(cfg.health, clock)
+        self.health = HealthTracker(cfg.health, clock, self._all_endpoints)
         self.session: aiohttp.ClientSession | None = None
         # Set once start() has started every feed and warmed the upstream connections: /readyz waits
         # for it, so the start-up's one-time work (KV-event catch-up, connects) is not on the first requests.
@@ -181,6 +182,9 @@ class GatewayServer:
         self._pool_sources: dict[str, list[Any]] = {}
         self.kube_pools: list[Any] = []  # kvgate.k8s.runtime.KubePool per pool with an inferencePool
         self._kube_rules: dict[str, list[Any]] = {}
+
+    def _all_endpoints(self) -> list[Endpoint]:
+        return [ep for p in self.pools for ep in p.endpoints()]
 
     # --- routes -------------------------------------------------------------------------------
     def _front(self, proxy: Proxy | None, admin: bool) -> FrontServer:
@@ -309,11 +313,7 @@ class GatewayServer:
                 False,
                 admin_ssl(self.cfg),
             )
-        self._tasks.append(
-            asyncio.create_task(
-                self.health.run(self.session, lambda: [ep for p in self.pools for ep in p.endpoints()])
-            )
-        )
+        self._tasks.append(asyncio.create_task(self.health.run(self.session, self._all_endpoints)))
         if self.scrape:
             for pool in self.pools:
                 scraper = MetricsScraper(
