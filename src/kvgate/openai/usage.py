@@ -47,8 +47,8 @@ _USAGE_ONLY = msgspec.json.Decoder(_UsageOnly)
 
 def usage_from_body(body: bytes) -> Usage | None:
     """``usage_from`` of a whole JSON response body (None when it has no usage object or is not JSON)."""
-    if b'"usage"' not in body:
-        return None
+    if b'"usage"' not in body and (b"\\u00" not in body or _ANY_KEY.search(body) is None):
+        return None  # (a key spelled with ``\u`` escapes, ``"\u0075sage"``, is the key too)
     start = body.find(b"{")
     if start < 0:
         return None
@@ -82,7 +82,8 @@ def event_obj(event: bytes | bytearray) -> Any:
 
 def last_usage(tail: bytes | bytearray) -> Usage | None:
     """The usage of the last event in a stream's ``tail`` that carries one (None if none does). An
-    event cut at the tail's start fails its decode; its ``usage`` key, if whole, is still read. A last
+    event cut at the tail's start fails its decode; its own ``usage`` key, if whole, is still read
+    (``_usage_after_a_key``: at the depth ``usage_from`` reads, not one nested deeper). A last
     usage without prompt tokens (an Anthropic stream's ``message_delta``) takes them from an earlier
     one in the tail (its ``message_start``; ``later_usage``). Events end where the relays' do
     (``kvgate.openai.sse.event_ends``: a blank line after a CRLF, LF or lone CR line end), found in
@@ -91,12 +92,15 @@ def last_usage(tail: bytes | bytearray) -> Usage | None:
     bounds = [0, *event_ends(tail), len(tail)]
     for k in range(len(bounds) - 1, 0, -1):
         start, stop = bounds[k - 1], bounds[k]
-        if tail.find(b'"usage"', start, stop) >= 0:
+        if tail.find(b'"usage"', start, stop) >= 0 or (
+            tail.find(b"\\u00", start, stop) >= 0 and _ANY_KEY.search(tail, start, stop)  # ``"\u0075sage"``
+        ):
             ev = tail[start:stop]
             obj = event_obj(ev)
             if obj is None:
                 # An event cut at the tail's start (a Responses stream's ``response.completed`` holds
-                # the whole answer before its ``usage``): its usage key is read as it stands.
+                # the whole answer before its ``usage``): read from its first ``usage`` key on, at the
+                # depth that key's event object gives it (``_usage_after_a_key``).
                 usage = _usage_after_a_key(bytes(ev))
             else:
                 usage = usage_from(obj)
@@ -163,13 +167,22 @@ _RAW = json.JSONDecoder()
 # A ``usage`` value larger than this is not read (a real one is a few hundred bytes).
 USAGE_VALUE_MAX = 64 * 1024
 _KEY = b'"usage"'
-# A key candidate: ``"usage"``, whitespace, then ``:`` or the bytes' end (the ``:`` may come next).
+# The key as JSON may spell it: each letter as itself or as its ``\u`` escape (JSON's escapes of an
+# ASCII letter: ``\u00XX``, hex digits of either case; those of these five are digits only). Longest:
+# ``_KEY_MAX`` bytes. Real servers write ``"usage"``: the escaped forms are looked for only where a
+# ``\u00`` escape stands outside the strings already lexed.
+_KEY_FORMS = tuple((bytes([c]), b"\\u%04x" % c) for c in b"usage")
+_ANY_KEY_RE = b'"' + b"".join(b"(?:%s|%s)" % (lit, re.escape(esc)) for lit, esc in _KEY_FORMS) + b'"'
+_ANY_KEY = re.compile(_ANY_KEY_RE)
+_KEY_MAX = 2 + 6 * len(_KEY_FORMS)
+# A key candidate: the key, whitespace, then ``:`` or the bytes' end (the ``:`` may come next).
 _CANDIDATE = re.compile(rb'"usage"[ \t\r\n]*+(?::|\Z)')
+_CANDIDATE_ANY = re.compile(b"(" + _ANY_KEY_RE + rb")[ \t\r\n]*+(?::|\Z)")
 # The rest of a string, read from inside it: its bytes and escapes, then (1) its closing quote, or (2)
 # a backslash that ends the bytes here (the byte it escapes comes next), or neither (more to come).
 _STR_REST = re.compile(rb'(?:[^"\\]++|\\.)*+(?:(")|(\\))?', re.DOTALL)
 # The key and its ``:`` in an event read without its start (``_usage_after_a_key``).
-_KEY_COLON = re.compile(rb'"usage"[ \t\r\n]*:')
+_KEY_COLON = re.compile(_ANY_KEY_RE + rb"[ \t\r\n]*:")
 _WS = re.compile(rb"[ \t\r\n]*+")
 # Every byte but a quote and the four that nest (``translate``'s delete argument).
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"{}[]')
@@ -210,6 +223,23 @@ def _outside(seg: bytes) -> tuple[int, int]:
             return nest, k
 
 
+def _could_be_key(b: bytes) -> bool:
+    """Whether ``b`` (a string's opening quote and what follows it, not its end) may begin the key."""
+    i, n = 1, len(b)
+    for lit, esc in _KEY_FORMS:
+        if i == n:
+            return True
+        if b[i] == lit[0]:
+            i += 1
+        elif esc.startswith(b[i : i + 6]):
+            if n - i < 6:
+                return True
+            i += 6
+        else:
+            return False
+    return i == n
+
+
 class BodyUsageScanner:
     """The ``usage`` of a JSON response body too large to hold, read as it passes: ``feed`` each chunk
     (from the body's start), ``usage()`` at its end. The top-level object's first ``usage`` key whose
@@ -217,12 +247,15 @@ class BodyUsageScanner:
     ``prompt_token_ids``, MiBs of them, after it; review s17-bigbody M1): strings and nesting are lexed
     across chunks, so a ``usage`` in a nested object, or in a string (a token's text, escaped quotes
     before it however many backslashes), is not taken, and any whitespace may stand before its ``:``
-    (session 17's closing note, review s17-fixes-b L4, L5). Linear, and in C (``_outside``) but for a
-    few steps per chunk, per string left open at a chunk's end and per string with an escaped quote
-    before its end (a regex then): 0.7-2.3 ms/MiB on embeddings and ``prompt_logprobs`` bodies, under
-    0.1 on a long text, ~6 on a text with an escaped quote every 18 bytes (the worst kind), against
-    0.4-0.9 for the depth-blind scanner before (``scripts/usage_scanner_cost.py``). Bounded:
-    ``_KEY``'s length held back between chunks, at most ``USAGE_VALUE_MAX`` bytes of a value; after
+    (session 17's closing note, review s17-fixes-b L4, L5); the key may be spelled with ``\\u``
+    escapes (``"\\u0075sage"``: JSON's same key; session 18's closing note), looked for only where a
+    ``\\u00`` stands before the next plain key in bytes outside the strings lexed. Linear, and in C
+    (``_outside``) but for a few steps per chunk, per string left open at a chunk's end and per string
+    with an escaped quote before its end (a regex then): 0.7-2.3 ms/MiB on embeddings and
+    ``prompt_logprobs`` bodies, under 0.1 on a long text, ~6 on a text with an escaped quote every 18
+    bytes (the worst kind), against 0.4-0.9 for the depth-blind scanner before
+    (``scripts/usage_scanner_cost.py``). Bounded: ``_KEY_MAX`` bytes held back between chunks (a
+    string that may be the key), at most ``USAGE_VALUE_MAX`` bytes of a value; after
     the usage, nothing."""
 
     __slots__ = ("_colon", "_depth", "_done", "_esc", "_in_str", "_keep", "_usage", "_value")
@@ -251,6 +284,9 @@ class BodyUsageScanner:
 
     def _lex(self, buf: bytes, final: bool) -> None:
         i, n = 0, len(buf)
+        # (a key spelled with escapes needs a backslash outside strings, looked for only in buffers that
+        # have one at all (memchr): a key held back at a chunk's end comes whole with the next chunk)
+        slashes = b"\\" in buf
         while i < n:
             if self._colon:  # after a top-level key: whitespace, then ``:`` (a key) or not (a value)
                 ws = _WS.match(buf, i)
@@ -289,16 +325,21 @@ class BodyUsageScanner:
                 continue
             m = _CANDIDATE.search(buf, i)
             stop = n if m is None else m.start()
+            key_end = stop + len(_KEY)
+            if slashes and buf.find(b"\\u00", i, stop) >= 0:  # (before the key: one spelled with escapes?)
+                spelled = _CANDIDATE_ANY.search(buf, i, stop)
+                if spelled is not None:
+                    m, stop, key_end = spelled, spelled.start(), spelled.end(1)
             nest, opened = _outside(buf if i == 0 and stop == n else buf[i:stop])
             self._depth += nest
             if opened < 0:
                 if m is None:
                     return
-                i = stop + len(_KEY)  # a key ``"usage"``, lexed whole
+                i = key_end  # a key ``"usage"``, lexed whole
                 self._colon = self._depth == 1
                 continue
             e = i + opened  # a string opens here, not closed before ``stop`` (a candidate inside it)
-            if m is None and not final and n - e < len(_KEY) and _KEY.startswith(buf[e:]):
+            if m is None and not final and n - e < _KEY_MAX and _could_be_key(buf[e:]):
                 self._keep = buf[e:]  # (it may be the key: lexed again with the next chunk)
                 return
             self._in_str = True
@@ -331,17 +372,34 @@ class BodyUsageScanner:
 
 
 def _usage_after_a_key(ev: bytes) -> Usage | None:
-    """The usage in an event cut at the tail's start (where its strings and nesting stand is unknown):
-    the first ``"usage"`` key (its quote not escaped, a ``:`` after it) whose value is a usage object."""
-    for m in _KEY_COLON.finditer(ev):
-        if _backslashes_before(ev, m.start(), 0) % 2:
-            continue  # (an escaped quote: inside a string)
-        text = ev[m.end() : m.end() + USAGE_VALUE_MAX].lstrip()
-        try:
-            obj, _ = _RAW.raw_decode(text.decode("utf-8", "replace"))
-        except ValueError:
-            continue
-        usage = usage_from({"usage": obj})
+    """The usage in an event cut at the tail's start (where its strings and nesting stand there is
+    unknown): ``usage_from``'s of the whole event, as far as the kept bytes show it. From the first
+    ``usage`` key on (an unescaped ``"usage"`` before a ``:`` is a key in JSON: inside a string its
+    quotes are escaped) the bytes are lexed as ``BodyUsageScanner`` lexes a body, and the event's end
+    (its object closed) gives that key's depth: the event's own ``usage`` (depth 1) counts, else one in
+    the object one level down (depth 2: a Responses ``response.completed``'s ``response``, an Anthropic
+    ``message_start``'s ``message``, whose key the cut may have dropped); a ``usage`` nested deeper (in
+    a choice, an output item, a tool's schema) is not taken (session 18's closing note: the first
+    ``"usage":`` of any depth was)."""
+    m = _KEY_COLON.search(ev)
+    # (An escaped quote is no key; nor one whose backslashes, if any, may go on before the cut.)
+    while m is not None and ((run := _backslashes_before(ev, m.start(), 0)) % 2 or run == m.start()):
+        m = _KEY_COLON.search(ev, m.start() + 1)
+    if m is None:
+        return None
+    rest = ev[m.start() :]
+    closes, opened = _outside(rest)
+    if opened >= 0 or closes >= 0:
+        return None  # (not the end of an object: a string left open, or nothing closed)
+    depth = -closes  # the first key's depth in the event's object
+    for level in (1, 2):
+        if depth < level:
+            break
+        # (``BodyUsageScanner`` takes a key at its depth 1: what stood at ``level`` before is there)
+        scan = BodyUsageScanner()
+        scan._depth = depth - level + 1
+        scan.feed(rest, final=True)
+        usage = scan.usage()
         if usage is not None:
             return usage
     return None
