@@ -178,7 +178,7 @@ def test_a_stuck_lock_admits_unchecked_warns_once_and_the_supervisor_frees_it(ca
 
 
 def test_sizes_and_keys() -> None:
-    assert segment_size(2) == (2 + 65_536 * 4) * 8  # 2 MiB for the table, 8 bytes per worker
+    assert segment_size(2) == (2 + 1 + 65_536 * 4) * 8  # 2 MiB for the table, 8 bytes per worker, the holds
     assert tenant_key("a") == tenant_key("a") != tenant_key("b")
     assert tenant_key("x\udcff") != 0
     with pytest.raises(ValueError):

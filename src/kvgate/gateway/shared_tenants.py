@@ -10,6 +10,9 @@ counts (``gateway.shared_inflight``), after the flow-control marks:
   the sum of all rows against the limit and counts the request in its own row under the segment's
   lock (check and count are one step for the fleet), ``leave`` takes it out without the lock. The
   supervisor zeroes a dead worker's row before it restarts it.
+- holds: one 64-bit count of the lock's acquisitions through this table, bumped by each holder under the
+  lock: a worker that found the lock stuck reads it (without the lock) to tell a lock that moves from one
+  held all along.
 - tenant buckets: ``slots`` entries of four 64-bit words (the tenant's key, requests, tokens, when
   last refilled), in sets of ``ways`` entries. A tenant's key is 64 bits of BLAKE2b of its name
   (the same in every process; Python's ``hash`` is not), its set the key modulo the number of sets.
@@ -27,12 +30,16 @@ gateway's clock is ``time.monotonic``, the same for every process on the host). 
 The lock is a ``multiprocessing`` lock, held for a few microseconds; a worker killed inside it would
 leave it held. So a worker waits at most ``LOCK_WAIT_S`` for it and then lets the request through
 without the fleet-wide check (logged once per episode; its count still taken, so ``leave`` matches);
-until it finds the lock free again it only tries it without waiting (one wait per episode, not one per
-request: review s18-fixes-a L2). The supervisor frees a lock it cannot take within ``STUCK_S`` after a
-worker died (``free_stuck_lock``; a worker whose lock was freed under it ignores its own release's
-error). A holder that is frozen (SIGSTOP, a debugger), not dead, is never freed, deliberately: it could
-resume inside its update while another worker is in it and tear a bucket; the fleet admits without the
-fleet-wide limits until it lets go.
+then it only tries the lock without waiting (one wait per episode, not one per request: review
+s18-fixes-a L2) while the lock is held by the same hold as when the wait ran out (the holds count
+unchanged). The episode ends when a try finds the lock free, or held by a later holder (the count
+moved: the lock moves again, a descheduled holder let go): that request waits for it as usual, so an
+ordinary microsecond hold by another worker no longer lets a request through unchecked (review
+s18-fixes-c I3: before, any try that met any hold during an episode admitted without the check). The
+supervisor frees a lock it cannot take within ``STUCK_S`` after a worker died (``free_stuck_lock``; a
+worker whose lock was freed under it ignores its own release's error). A holder that is frozen
+(SIGSTOP, a debugger), not dead, is never freed, deliberately: it could resume inside its update while
+another worker is in it and tear a bucket; the fleet admits without the fleet-wide limits until it lets go.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ _WHERE_MAX = 4096  # a worker's cache of tenant -> (key, entry): cleared when it
 
 
 def segment_size(workers: int, slots: int = SLOTS) -> int:
-    return (workers + slots * _WORDS) * 8
+    return (workers + 1 + slots * _WORDS) * 8
 
 
 def tenant_key(tenant: str) -> int:
@@ -100,12 +107,14 @@ class SharedTenants:
         part.release()
         base.release()
         self.workers = workers
+        self._holds = workers  # the word counting the lock's acquisitions; the entries follow it
         self.worker = worker
         self.lock = lock
         self.ways = ways
         self.sets = slots // ways
         self.wait_s = wait_s
         self.stuck = False  # the last wait for the lock timed out (warned once until it is taken again)
+        self._stuck_at = 0  # the holds count when that wait timed out
         self._shm: shared_memory.SharedMemory | None = None
         self._where: dict[str, tuple[int, int]] = {}  # tenant -> (key, first word of its entry)
 
@@ -132,18 +141,29 @@ class SharedTenants:
     # -- the lock -------------------------------------------------------------------------------
 
     def acquire(self) -> bool:
-        # Once known stuck, no more waits (review s18-fixes-a L2: each request blocked the worker's event
-        # loop ``wait_s`` in ``admit`` and again in ``enter``): one try without blocking until it is free.
-        if self.lock.acquire(False) if self.stuck else self.lock.acquire(True, self.wait_s):
+        lock, q = self.lock, self._q
+        if self.stuck:
+            # Once known stuck, no more waits (review s18-fixes-a L2: each request blocked the worker's
+            # event loop ``wait_s`` in ``admit`` and again in ``enter``): one try without blocking ...
+            if lock.acquire(False):
+                self.stuck = False
+                q[self._holds] += 1
+                return True
+            if q[self._holds] == self._stuck_at:
+                return False  # (the same hold as when the wait ran out: admitted unchecked)
+            # ... while the same hold lasts: held by a later holder, the lock moves (review s18-fixes-c
+            # I3: a microsecond hold by a live worker admitted this request unchecked): wait as usual.
             self.stuck = False
+        if lock.acquire(True, self.wait_s):
+            q[self._holds] += 1
             return True
-        if not self.stuck:
-            self.stuck = True
-            log.warning(
-                "worker %d: the shared tenant table's lock was not free within %.0f ms; requests are "
-                "admitted without the fleet-wide rate limits and concurrency cap until it is",
-                self.worker, self.wait_s * 1000,
-            )  # fmt: skip
+        self.stuck = True
+        self._stuck_at = q[self._holds]
+        log.warning(  # (once per episode: one starts here)
+            "worker %d: the shared tenant table's lock was not free within %.0f ms; requests are "
+            "admitted without the fleet-wide rate limits and concurrency cap until it is",
+            self.worker, self.wait_s * 1000,
+        )  # fmt: skip
         return False
 
     def release(self) -> None:
@@ -216,7 +236,7 @@ class SharedTenants:
         """The entry holding ``key``, else the one to give it: the set's first empty entry (a set fills in
         order and entries are never emptied, so ``key`` is not past it), else its least recently seen."""
         q, d = self._q, self._d
-        first = self.workers + (key % self.sets) * self.ways * _WORDS
+        first = self.workers + 1 + (key % self.sets) * self.ways * _WORDS
         victim = first
         for b in range(first, first + self.ways * _WORDS, _WORDS):
             k = q[b + _KEY]
