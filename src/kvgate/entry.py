@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 
 def prog(module: str, command: str) -> str:
@@ -13,6 +14,17 @@ def prog(module: str, command: str) -> str:
     ``kvgate`` command line, or a caller of the module's ``main(argv)`` in its own process)."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return f"python -m {module}" if getattr(spec, "name", None) == module else f"kvgate {command}"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose error (a bad or unknown flag, a missing argument) is one line on stderr
+    naming it, exit 2: ``kvgate serve: error: argument --port: must be a port in 0..65535 (0: ephemeral),
+    got 70000 (kvgate serve --help lists the options)``. argparse's own printed the whole usage block
+    first, a screen of flags for ``kvgate serve`` with the error last (review s18-qa L5, session 18's
+    closing note). Every ``kvgate`` command's parser is one (their subparsers too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
 
 
 def port_number(text: str) -> int:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from kvgate.bench.outdir import default_out
+from kvgate.entry import ArgumentParser
 
 # Other benchmark modules with their own CLI: name -> module.
 DELEGATED = {
@@ -52,7 +53,7 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _parser(fleet: list[str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="kvgate bench",
         description="Run a benchmark scenario and write JSON, a markdown table and PNG plots.",
         epilog=(

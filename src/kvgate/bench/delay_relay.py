@@ -26,7 +26,6 @@ then ``relay ready``, and runs until SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -36,6 +35,7 @@ import sys
 from dataclasses import dataclass, field
 
 from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
+from kvgate.entry import ArgumentParser
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +260,7 @@ async def serve(routes: list[Route], handshake: bool = True) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m kvgate.bench.delay_relay", description=__doc__.split("\n\n")[0]
-    )
+    p = ArgumentParser(prog="python -m kvgate.bench.delay_relay", description=__doc__.split("\n\n")[0])
     p.add_argument("--route", action="append", default=[], help="LISTEN_HOST:PORT=TARGET_HOST:PORT@RTT_MS")
     p.add_argument("--no-handshake", action="store_true", help="don't hold first bytes for one RTT")
     args = p.parse_args(argv)

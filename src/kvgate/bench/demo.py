@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from kvgate.bench import live, report
+from kvgate.entry import ArgumentParser
 
 POLICIES = [("round robin", "round-robin"), ("kvgate", "kvgate")]
 
@@ -147,7 +148,7 @@ async def keep_running(setup: DemoSetup, console: Console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kvgate demo", description=__doc__.splitlines()[0] if __doc__ else "")
+    p = ArgumentParser(prog="kvgate demo", description=__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--quick", action="store_true", help="a shorter run (for tests)")
     p.add_argument("--keep", action="store_true", help="leave a fleet and the gateway running afterwards")
     p.add_argument("--seed", type=int, default=0)

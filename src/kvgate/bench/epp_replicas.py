@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 
 
 @dataclass
@@ -135,7 +135,7 @@ async def _run(
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog("kvgate.bench.epp_replicas", "bench epp-replicas"), description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--engines", type=int, default=8, help="simulated vLLM replicas")

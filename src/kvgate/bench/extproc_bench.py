@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 from kvgate import lifeline
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 
 SMALL = 1_000  # bytes of prompt text
 LARGE = 220_000  # the reference's > 1 s case: 220 KB prompts at 150 concurrency
@@ -398,7 +398,7 @@ def _added(cells: list[Cell]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=prog("kvgate.bench.extproc_bench", "bench extproc"), description=__doc__)
+    p = ArgumentParser(prog=prog("kvgate.bench.extproc_bench", "bench extproc"), description=__doc__)
     p.add_argument("--requests", type=int, default=400, help="requests per cell (at least 4 x concurrency)")
     p.add_argument("--reps", type=int, default=3, help="alternating null/kvgate repetitions per cell")
     p.add_argument("--concurrency", default="1,150")

@@ -56,6 +56,7 @@ from kvgate.bench.frontier import KNOBS
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.report import pct, write_json
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.entry import ArgumentParser
 from kvgate.flowcontrol.dispatcher import GIVE_UP_MESSAGE
 from kvgate.scheduling.types import InferenceRequest, PickResult, SchedulingError, Usage
 
@@ -595,7 +596,7 @@ def rates(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kvgate bench flowcontrol", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="kvgate bench flowcontrol", description=__doc__.splitlines()[0])
     p.add_argument("--replicas", type=int, default=4)
     p.add_argument("--profile", default="llama3-8b-h100")
     p.add_argument("--max-num-seqs", type=int, default=128, help="each server's running-batch limit")

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kvgate import lifeline
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -924,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0].startswith("--_"):
         return _internal(argv)
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog("kvgate.bench.gateway_overhead", "bench gateway-overhead"),
         description=__doc__.split("\n")[0],
     )

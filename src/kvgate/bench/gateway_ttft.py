@@ -21,7 +21,6 @@ loop (``--profile DIR`` writes a cProfile of the ``kvgate serve`` process under 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -37,7 +36,7 @@ from typing import Any
 
 from kvgate.bench.gateway_overhead import _spawn, _stop, _wait_line, split_request
 from kvgate.bench.workloads import tenant_prompts
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 
 PY = sys.executable
 MODEL = "tiny"
@@ -329,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         _Backend.first_token_s = float(argv[2]) / 1000
         uvloop.run(_backend([int(a) for a in argv[3:]], argv[1]))
         return 0
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog("kvgate.bench.gateway_ttft", "bench gateway-ttft"), description=__doc__.split("\n")[0]
     )
     p.add_argument("--requests", type=int, default=64, help="measured requests per path, API and repeat")

@@ -29,6 +29,7 @@ import yaml
 from kvgate import lifeline
 from kvgate.bench import live, procs, report
 from kvgate.bench.outdir import add_out, wrote
+from kvgate.entry import ArgumentParser
 
 VERSION = "0.7.0"
 
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     it. ``--out`` like every other bench; a bare folder (``... inference_perf DIR``, the older form) still
     works but is not advertised."""
     doc = (__doc__ or "").splitlines()[0]
-    p = argparse.ArgumentParser(prog="python -m kvgate.bench.inference_perf", description=doc)
+    p = ArgumentParser(prog="python -m kvgate.bench.inference_perf", description=doc)
     add_out(p, "inference-perf", "inference-perf.json/.md")
     p.add_argument("legacy_out", nargs="?", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true")

@@ -120,6 +120,7 @@ from kvgate.bench.live_routers import start_kvgate as start_kvgate
 from kvgate.bench.live_routers import start_peer as start_peer
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.procs import Proc
+from kvgate.entry import ArgumentParser
 from kvgate.k8s.tasks import wait_event
 
 # ---- one run -------------------------------------------------------------------------------------
@@ -472,7 +473,7 @@ def _num(v: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m kvgate.bench.live``: the same run as ``kvgate bench live``, with every live option."""
-    p = argparse.ArgumentParser(prog="python -m kvgate.bench.live", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m kvgate.bench.live", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="shorter runs")
     p.add_argument("--seed", type=int, default=0)
     add_out(p, "live", "live-shared-prefix.json/.md")

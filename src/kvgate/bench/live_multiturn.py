@@ -67,6 +67,7 @@ from kvgate.bench.live_routers import KVGATE_TARGETS, PEER_TARGETS, Target
 from kvgate.bench.mixed import FAMILIES, TUNING_SEEDS, Family, mixed_workload
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.workloads import RequestSpec
+from kvgate.entry import ArgumentParser
 
 # kvgate default, round robin (kvgate serve), sglang-router and vllm-router cache_aware.
 DEFAULT_POLICIES = ("kvgate", "round-robin", "cache_aware")
@@ -304,7 +305,7 @@ def parse_runs(text: str) -> list[tuple[str, int]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kvgate bench multiturn --live", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="kvgate bench multiturn --live", description=__doc__.splitlines()[0])
     p.add_argument("--runs", default=",".join(f"{f}:{s}" for f, s in DEFAULT_RUNS), help="FAMILY:SEED,...")
     p.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="kvgate policies or router kinds")
     p.add_argument("--load", type=float, default=0.8, help="fraction of capacity to offer")

@@ -23,7 +23,6 @@ cut mid-response by the loss (no gateway can save those).
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -37,7 +36,7 @@ from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.report import Collector
 from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.policies import POLICIES, ClusterRequest, Policy, make_policy, prompt_key
 from kvgate.multicluster.state import ClusterState
@@ -544,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         from kvgate.bench import multicluster_live
 
         return multicluster_live.main(argv)
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog("kvgate.bench.multicluster", "bench multicluster"), description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--live", action="store_true", help="run live in network namespaces (root; see --live -h)")

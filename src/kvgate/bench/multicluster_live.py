@@ -29,7 +29,6 @@ another's warm caches. Wall-clock figures: run it alone (``flock /work/team/live
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -54,7 +53,7 @@ from kvgate.bench.multicluster import _ratio, plot_ttft_bars, rows_vs_hub
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.procs import Proc
 from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 
 log = logging.getLogger(__name__)
 MODEL = "sim-model"
@@ -898,7 +897,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], cf
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog("kvgate.bench.multicluster", "bench multicluster") + " --live",
         description=__doc__.split("\n\n")[0],
     )

@@ -12,7 +12,6 @@ under overload a policy that finishes many short requests scores well while its 
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import sys
@@ -26,6 +25,7 @@ from kvgate.bench.mixed import FAMILIES, TUNING_SET, VALIDATION_SET, Family, mix
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.report import KNEE_FACTOR, find_knee
 from kvgate.bench.workloads import RequestSpec
+from kvgate.entry import ArgumentParser
 
 DEFAULT_POLICIES = ["kvgate", "sglang-cache-aware", "round-robin"]
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         from kvgate.bench import live_multiturn
 
         return live_multiturn.main([a for a in argv if a != "--live"])
-    p = argparse.ArgumentParser(prog="kvgate bench multiturn", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="kvgate bench multiturn", description=__doc__.split("\n\n")[0])
     p.add_argument("--live", action="store_true", help="run live (see kvgate.bench.live_multiturn)")
     p.add_argument("--set", choices=["tuning", "validation", "both"], default="both")
     p.add_argument("--policies", default=",".join(DEFAULT_POLICIES))

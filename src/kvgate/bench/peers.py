@@ -14,7 +14,6 @@ reach the network; benchmarks additionally run inside a loopback-only network na
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvgate import lifeline
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +184,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``kvgate bench peers [name ...]`` (or ``python -m kvgate.bench.peers``, the name its usage line
     gives it then: ``kvgate.entry.prog``): install the peers (all by default)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog("kvgate.bench.peers", "bench peers"),
         description="Install the peer routers, each into its own cached virtualenv.",
     )

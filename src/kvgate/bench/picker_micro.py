@@ -17,7 +17,6 @@ Sections (``--section``, default all):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import multiprocessing as mp
@@ -36,7 +35,7 @@ from kvgate import lifeline
 from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.prefix import DEFAULT_MAX_TOTAL_BLOCKS
 from kvgate.scheduling.types import InferenceRequest
@@ -445,7 +444,7 @@ def section_long(quick: bool, repeats: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog=prog("kvgate.bench.picker_micro", "bench picker"), description=__doc__.split("\n")[0]
     )
     ap.add_argument("--section", choices=["all", "pick", "memory", "scrape", "long", "keys"], default="all")

@@ -13,7 +13,6 @@ tie), one under KV pressure, where engines evict blocks the approximate index st
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shlex
@@ -24,7 +23,7 @@ from typing import Any
 
 from kvgate.bench.outdir import default_out, out_help, wrote
 from kvgate.config.picker import EndpointPickerConfig, load_config
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 
 # Registered here, not in ``scheduling.policies``: the precise scorer needs an event feed, which only
 # the fleet simulator (engine sinks) or a deployment with KV events configured provides. Each is a named
@@ -176,7 +175,7 @@ HEADER = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog=prog("kvgate.bench.precise", "bench precise"), description=__doc__.splitlines()[0]
     )
     ap.add_argument("--quick", action="store_true", help="half-length measured windows")

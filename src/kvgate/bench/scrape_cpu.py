@@ -28,7 +28,6 @@ and the parse alone (``extract`` on the page) with and without the cache.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
@@ -42,7 +41,7 @@ from importlib import resources
 from typing import Any
 
 from kvgate import lifeline
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 
 PAGES = "vllm_metrics_pages.json"
 SKIPPED = "lean client, unchanged page (skipped)"
@@ -205,7 +204,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog=prog("kvgate.bench.scrape_cpu", "bench scrape-cpu"), description=__doc__.split("\n\n")[0]
     )
     ap.add_argument("--rounds", type=int, default=6, help="rounds per variant (alternating order)")

@@ -38,7 +38,7 @@ import orjson
 from kvgate import lifeline
 from kvgate.aio import cancel_all_and_wait, stop_to_the_end
 from kvgate.bench.workloads import random_ids, render
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _print_row(lv: Level, replicas: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog("kvgate.bench.sim_capacity", "bench sim-capacity"), description=__doc__.split("\n")[0]
     )
     p.add_argument("--levels", default="1,32,64,128,256,512", help="concurrencies, ramped; first = baseline")

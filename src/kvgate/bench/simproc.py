@@ -19,6 +19,8 @@ import socket
 import sys
 from typing import Any
 
+from kvgate.entry import ArgumentParser
+
 _PORT_TRIES = 50
 
 
@@ -82,7 +84,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kvgate.bench.simproc")
+    p = ArgumentParser(prog="python -m kvgate.bench.simproc")
     p.add_argument("--replicas", type=int, default=4)
     p.add_argument("--first-index", type=int, default=0, help="index of the first replica (several procs)")
     p.add_argument("--profile", default="llama3-8b-h100")

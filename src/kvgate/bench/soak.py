@@ -36,7 +36,7 @@ import orjson
 import yaml
 
 from kvgate.bench import procs
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 from kvgate.k8s.tasks import wait_event
 
 MODEL = "sim-model"
@@ -335,7 +335,7 @@ class Soak:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog("kvgate.bench.soak", "bench soak"),
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )

@@ -32,6 +32,7 @@ from kvgate.config.director import build_director
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
+from kvgate.entry import ArgumentParser
 from kvgate.gateway.prefix_gossip import PREFIX_GOSSIP_S, PrefixGossip
 from kvgate.gateway.shared_inflight import SharedInFlight
 from kvgate.gateway.workers import SHARED_INFLIGHT_SYNC_S
@@ -216,7 +217,7 @@ def _index_mode(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kvgate bench workers", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="kvgate bench workers", description=__doc__.split("\n\n")[0])
     p.add_argument("--set", choices=["tuning", "validation", "both"], default="tuning")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--capacities", default="a=11.77,b=10.96,c=8.74", help="knee capacity per family")

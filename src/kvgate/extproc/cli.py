@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvgate.config.policies import POLICIES
 from kvgate.datalayer.store import ENGINES
-from kvgate.entry import port_number, positive_int
+from kvgate.entry import ArgumentParser, port_number, positive_int
 from kvgate.extproc import keys
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
@@ -50,7 +50,7 @@ def _bool(text: str) -> bool:
 
 def parser() -> argparse.ArgumentParser:
     # No abbreviations: an unknown reference flag must never be read as a prefix of one of ours.
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="kvgate epp", description=__doc__.split("\n\n")[0] if __doc__ else None, allow_abbrev=False
     )
     src = p.add_argument_group("pool")

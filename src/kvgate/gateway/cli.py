@@ -26,7 +26,7 @@ from kvgate.config.gateway import (
     min_ready_workers,
     parse_gateway_config,
 )
-from kvgate.entry import port_number
+from kvgate.entry import ArgumentParser, port_number
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
@@ -34,7 +34,7 @@ from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="kvgate serve",
         description="OpenAI-compatible gateway in front of model "
         "servers, picking an endpoint per request (load-, KV-, prefix- and LoRA-aware).",

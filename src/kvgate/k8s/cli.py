@@ -5,15 +5,14 @@ A test fixture, not a cluster: see docs/kubernetes.md for what it does and does 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 
-from kvgate.entry import port_number
+from kvgate.entry import ArgumentParser, port_number
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kvgate k8s-double", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="kvgate k8s-double", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port_number, default=0, help="0: ephemeral (printed on the ready line)")
     args = p.parse_args(argv)

@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 
 from kvgate.aio import stop_to_the_end
-from kvgate.entry import port_number
+from kvgate.entry import ArgumentParser, port_number
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, StreamResponse, json_error
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector, check_one_time
@@ -326,7 +326,7 @@ def _health(hc: HubController, follower: FileFollower | None = None) -> FrontSer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kvgate hub-controller", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="kvgate hub-controller", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--clusters", required=True, help="the clusters file: its kubernetes section (hub, members, import)"
     )

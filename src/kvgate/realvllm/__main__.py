@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import subprocess
@@ -17,11 +16,12 @@ import time
 from pathlib import Path
 
 from kvgate import lifeline
+from kvgate.entry import ArgumentParser
 from kvgate.realvllm import harness
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kvgate.realvllm")
+    p = ArgumentParser(prog="python -m kvgate.realvllm")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("install")
     sub.add_parser("model")

@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
 import time
 import tracemalloc
 
-from kvgate.entry import prog
+from kvgate.entry import ArgumentParser, prog
 from kvgate.sim.engine import Engine, EngineConfig
 from kvgate.sim.profiles import get_profile, load_measurements, profile_names
 from kvgate.sim.types import SimRequest
@@ -196,7 +195,7 @@ def engine_footprint(replicas: int = 300, profile: str = "llama3-8b-h100") -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog=prog("kvgate.sim.calibrate", "bench calibrate"), description=__doc__.splitlines()[0]
     )
     ap.add_argument("--profiles", nargs="*", default=None, help="profiles (default: all)")

@@ -9,16 +9,19 @@ import signal
 import sys
 
 from kvgate.aio import wait_event
+from kvgate.entry import ArgumentParser, port_number
 from kvgate.sim.profiles import profile_names
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kvgate sim", description="Run simulated vLLM/SGLang model servers.")
+    p = ArgumentParser(prog="kvgate sim", description="Run simulated vLLM/SGLang model servers.")
     p.add_argument("--replicas", type=int, default=1, help="replicas in this process (default 1)")
     p.add_argument(
         "--profile", default="llama3-8b-h100", help=f"step-time profile: {', '.join(profile_names())}"
     )
-    p.add_argument("--base-port", type=int, default=8001, help="replica i listens on base+i (0: ephemeral)")
+    p.add_argument(
+        "--base-port", type=port_number, default=8001, help="replica i listens on base+i (0: ephemeral)"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--model", default="sim-model", help="served model name")
     p.add_argument("--engine", choices=("vllm", "sglang"), default="vllm", help="metric names to expose")
@@ -32,12 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-adapters", default="", help="comma-separated adapters loaded at start")
     p.add_argument(
         "--kv-events-port",
-        type=int,
+        type=port_number,
         default=None,
         help="publish KV events: replica i PUB on P+2i, replay ROUTER on P+2i+1 (0: ephemeral)",
     )
     p.add_argument("--kv-topic", default="kv")
-    p.add_argument("--control-port", type=int, default=None, help="fleet admin port (stop/start/faults)")
+    p.add_argument(
+        "--control-port", type=port_number, default=None, help="fleet admin port (stop/start/faults)"
+    )
     p.add_argument(
         "--duration", type=float, default=0.0, help="exit after this many seconds (0: until signal)"
     )
