@@ -54,12 +54,15 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvgate.flowcontrol.config import FlowControlConfig
 from kvgate.flowcontrol.metrics import FlowMetrics
 from kvgate.flowcontrol.policies import SLO_TTFT_HEADERS, Band, header_ms
 from kvgate.scheduling.types import InferenceRequest, ShedError, prompt_tokens
+
+if TYPE_CHECKING:
+    from kvgate.flowcontrol.fleet import FleetShares
 
 LLMD_FAIRNESS_HEADER = "x-llm-d-inference-fairness-id"
 DEFAULT_OUTPUT_TOKENS = 128  # expected output when a request sets no max_tokens (service accounting)
@@ -336,6 +339,9 @@ class FlowController:
         self._steer_since: float | None = None  # the first of them (``window_sample``)
         self._steer_seen = 0  # since _steer_since, undecayed
         self._steer_recent = 0.0  # decayed over AIM_RECENT_S
+        # ``kvgate serve --workers N``: the other workers' counts for this pool (``fleet.FleetShares``),
+        # so the held-back test and the reserve decide on the fleet's (set by the in-flight sync)
+        self.fleet: FleetShares | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -625,6 +631,8 @@ class FlowController:
         up: at a burst's start the requests of a flood go out at once, into the running slots kept for
         the others, while its demand is still under its share. Its rate says so from the first
         requests of the burst (and, decayed, through the pause between bursts)."""
+        if self.fleet is not None:
+            return self.fleet.rate_over(self, flow)
         arrived = self._arrived
         key = rate_key(flow)
         mine = arrived.get(key, 0.0)
@@ -675,6 +683,8 @@ class FlowController:
         the other flows' requests, so the flood's excess is in the queue while few of its requests are
         in flight yet (measured: counting only those in flight, a flood was under its share for the
         first second of its bursts in a 2 x 16 fleet, and took the slots kept for the others)."""
+        if self.fleet is not None:
+            return self.fleet.over_share(self, flow)
         mine = self.inflight.get(flow, 0) + self.queued.get(flow, 0)
         # (a flow with a request in flight or queued, held or not, is active: counted already)
         total = self.inflight_total + self.count
@@ -721,8 +731,10 @@ class FlowController:
             self._extra_cap = cap
         if self.free_extra > self._extra_cap:
             self.free_extra = float(self._extra_cap)
-        take, give = self.rates(now)
-        f = min(cap, free_slots(take, give, self.reserve_miss, cap) + int(self.free_extra + 0.5))
+        fleet = self.fleet
+        take, give = self.rates(now) if fleet is None else fleet.rates(self, now)
+        extra = self.free_extra if fleet is None else fleet.free_extra(self)
+        f = min(cap, free_slots(take, give, self.reserve_miss, cap) + int(extra + 0.5))
         self._reserve_cache = (key, f)
         return f
 
@@ -856,6 +868,8 @@ class FlowController:
 
     def _under_share(self) -> Callable[[str], bool]:
         """``over_share``'s complement for every flow, the active count taken once."""
+        if self.fleet is not None:
+            return self.fleet.under_share(self)
         n, inflight, queued = len(self._places), self.inflight, self.queued
         total = self.inflight_total + self.count
         if self.cfg.fair_share_running_reserve:  # (a flow over its share by its arrivals too)

@@ -25,13 +25,35 @@ died, or whose loop stalled, blocks no one for longer), a worker
 publishes at every dispatch pass (``FlowDispatcher``: at most every ``recheck_interval`` while it has
 requests queued) and a mark with nothing waiting once its queue is empty; the supervisor zeroes a
 restarted worker's row. Time is injected (every call takes ``now``).
+
+The held-back test and the running reserve on the fleet's counts (session 19, ``FleetShares``). The
+marks order the workers' heads, but what one process's gate decides on was still each worker's half:
+whether a flow is over its share (its requests in flight and queued, its arrivals, against the flows
+active) and how many free running slots to keep for the requests not held back (the rates behind
+``free_slots``, the learned ``free_extra``). Session 18's trace (seed 44): the slow quiet requests waited
+while the pool was full of flood and batch work that the *other* worker had not held back by its own
+counts (a flood with few quiet flows active in that worker is not over "its share" there; a quiet tenant
+whose requests came to one worker in a bunch was over its share there). So each worker also publishes,
+per pool, a share row (``SHARE_FIELDS`` float64): its requests in flight and queued and its arrivals
+(decayed over ``LOAD_WINDOW_S``) per flow (``SHARE_FLOWS`` flows at most, those active first), their
+totals, the reserve's rates (the dispatches of requests not held back, every finish) and its
+``free_extra``. Every ``SHARED_INFLIGHT_SYNC_S`` (the in-flight sync, not the data path) a worker
+writes its row and folds the others' fresh rows into a snapshot; its controller's ``over_share``,
+``rate_over``, fairness choice and ``free_reserve`` then add the snapshot to its own counts (exact for
+its own, one sync stale for the others', as the endpoints' in-flight counts): one process's test on the
+fleet's counts. A row is written under a sequence number (odd while written) and read again if it
+moved (a torn row is skipped for that sync); one older than ``MARK_TTL_S`` is ignored, as a mark.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from array import array
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from kvgate.flowcontrol.controller import LOAD_WINDOW_S, RATE_ACTIVE, RATE_OVERFLOW, rate_key
 
 if TYPE_CHECKING:
     from kvgate.flowcontrol.controller import FlowController
@@ -47,8 +69,21 @@ MARK_TTL_S = 0.25
 NOTHING = -math.inf  # the top priority of a mark with no request that can leave
 
 
+# A share row (``FleetShares``): a head, then SHARE_FLOWS entries of (flow key, in flight + queued,
+# arrivals decayed to the row's stamp). Written every sync by its worker only, under its sequence number.
+SHARE_FLOWS = 64
+_HEAD = 9
+_SEQ, _SSTAMP, _SKEY, _SN, _SDEMAND, _SARRIVED, _STAKE, _SGIVE, _SEXTRA = range(_HEAD)
+_ENTRY = 3
+SHARE_FIELDS = _HEAD + SHARE_FLOWS * _ENTRY
+# A flow's arrivals at least this (decayed) are published when the table is scanned (below RATE_ACTIVE:
+# two workers' parts add up); the arrival table is scanned only while it holds at most SHARE_SCAN ids.
+SHARE_MIN_ARRIVED = 0.05
+SHARE_SCAN = 4 * SHARE_FLOWS
+
+
 def segment_size(workers: int, pools: int = POOLS) -> int:
-    return workers * pools * FIELDS * 8
+    return workers * pools * (FIELDS + SHARE_FIELDS) * 8
 
 
 def pool_key(name: str) -> float:
@@ -81,10 +116,18 @@ class FleetMarks:
         self._m.release()
 
     def clear_row(self, worker: int) -> None:
-        """Zero ``worker``'s marks (the supervisor, before it restarts that worker)."""
+        """Zero ``worker``'s marks and share rows (the supervisor, before it restarts that worker)."""
         b = worker * self.pools * FIELDS
         for k in range(b, b + self.pools * FIELDS):
             self._m[k] = 0.0
+        b = self.shares_at + worker * self.pools * SHARE_FIELDS
+        for k in range(b, b + self.pools * SHARE_FIELDS):
+            self._m[k] = 0.0
+
+    @property
+    def shares_at(self) -> int:
+        """Where the share rows start (after every worker's marks)."""
+        return self.workers * self.pools * FIELDS
 
     def pool(self, name: str) -> PoolMark | None:
         """This worker's mark for pool ``name`` (claimed in its row if new); None past ``POOLS`` pools."""
@@ -102,12 +145,13 @@ class FleetMarks:
 class PoolMark:
     """One pool's mark in this worker's row, and the others' marks for the same pool."""
 
-    __slots__ = ("_held", "_missed", "_others", "_top", "base", "fleet", "key")
+    __slots__ = ("_held", "_missed", "_others", "_top", "base", "fleet", "key", "shares")
 
     def __init__(self, fleet: FleetMarks, key: float, base: int) -> None:
         self.fleet = fleet
         self.key = key
         self.base = base
+        self.shares = FleetShares(self)  # the fleet's counts behind the held-back test and the reserve
         # where the other workers' marks for this pool were last found (checked on every read)
         self._others: dict[int, int] = {}
         # the workers found without a mark for this pool: (how many pools their row held, when), so a
@@ -199,3 +243,217 @@ class PoolMark:
                 return None
         self._missed[worker] = (pools, now)
         return None
+
+
+KEY_CACHE = 4096  # flow id -> its key, kept for this many ids (then started over)
+
+
+class FleetShares:
+    """One pool's share rows: this worker's, written by ``sync``, and a snapshot of the other workers'
+    (folded by ``sync``, every ``SHARED_INFLIGHT_SYNC_S``), which the controller's held-back test and
+    reserve add to its own counts (``FlowController.fleet``, set while another worker's row is fresh).
+    The snapshot holds per flow key the others' requests in flight + queued (``demand``) and their
+    arrivals (``arrived``: decayed values as of the sync, ``at``), the totals, the flows active (or
+    sending) at another worker only (counted once with this worker's), the others' reserve rates and
+    ``free_extra``."""
+
+    def __init__(self, mark: PoolMark) -> None:
+        self.mark = mark
+        self.demand: dict[float, float] = {}
+        self.demand_total = 0.0
+        self.active_extra = 0  # flows with requests in flight or queued at another worker only
+        self.arrived: dict[float, float] = {}  # the others' arrivals per flow key, as of ``at``
+        self.arrived_total = 0.0
+        self.rate_extra = 0  # flows sending (RATE_ACTIVE) by the fleet's arrivals, not by this worker's
+        self.take = 0.0  # the others' dispatches not held back and finishes (decayed counts, as of ``at``)
+        self.give = 0.0
+        self.extra_sum = 0.0  # the others' ``free_extra``, and how many
+        self.extra_n = 0
+        self.at = 0.0
+        self._scale: tuple[float | None, float] = (None, 1.0)  # (the controller's arrival base, factor)
+        self._keys: dict[str, tuple[float, str]] = {}  # flow -> (its key, its arrival-table key)
+        self._seq = 0.0
+
+    def key(self, flow: str) -> float:
+        """``flow``'s key in the rows (its arrival-table key's hash: ``rate_key``)."""
+        got = self._keys.get(flow)
+        return (got or self._key(flow))[0]
+
+    def _key(self, flow: str) -> tuple[float, str]:
+        if len(self._keys) >= KEY_CACHE:
+            self._keys.clear()
+        rk = rate_key(flow)
+        got = self._keys[flow] = (pool_key(rk), rk)
+        return got
+
+    # -- the sync (every SHARED_INFLIGHT_SYNC_S) --------------------------------------------------
+
+    def sync(self, ctl: FlowController, now: float) -> None:
+        """Write this worker's row from ``ctl`` and fold the others' fresh rows; ``ctl.fleet`` is this
+        while at least one is fresh (else None: one process's test on this worker's own counts)."""
+        fleet = self.mark.fleet
+        if fleet.closed or fleet.workers < 2:
+            ctl.fleet = None
+            return
+        own = self._publish(ctl, now)
+        ctl.fleet = self if self._fold(ctl, now, own) else None
+        ctl._reserve_cache = (None, 0)  # (asked again at the same instant: on the new counts)
+
+    def _row(self, worker_mark: int) -> int:
+        fleet = self.mark.fleet
+        return fleet.shares_at + (worker_mark // FIELDS) * SHARE_FIELDS
+
+    def _publish(self, ctl: FlowController, now: float) -> dict[float, tuple[float, float]]:
+        """This worker's row; returns what it wrote: flow key -> (in flight + queued, arrivals as of
+        ``now``)."""
+        base = ctl._arrived_base
+        scale = 0.0 if base is None else math.exp(-(now - base) / LOAD_WINDOW_S)
+        arrived, inflight, queued = ctl._arrived, ctl.inflight, ctl.queued
+        own: dict[float, tuple[float, float]] = {}
+        keys, key = self._keys, self._key
+        for flow in ctl._places:  # the flows active here first
+            if len(own) >= SHARE_FLOWS:
+                break
+            k, rk = keys.get(flow) or key(flow)
+            own[k] = (float(inflight.get(flow, 0) + queued.get(flow, 0)), arrived.get(rk, 0.0) * scale)
+        if scale and len(arrived) <= SHARE_SCAN:
+            floor = SHARE_MIN_ARRIVED / scale
+            for rk, a in arrived.items():
+                if len(own) >= SHARE_FLOWS:
+                    break
+                if a >= floor:
+                    k = (keys.get(rk) or key(rk))[0]  # (a rate key is its own rate key)
+                    if k not in own:
+                        own[k] = (0.0, a * scale)
+        flat = array("d")
+        for k, (d, a) in own.items():
+            flat.extend((k, d, a))
+        m, b = self.mark.fleet._m, self._row(self.mark.base)
+        seq = self._seq
+        m[b + _SEQ] = seq + 1.0  # odd: being written
+        m[b + _HEAD : b + _HEAD + len(flat)] = flat
+        m[b + _SN] = float(len(own))
+        m[b + _SKEY] = self.mark.key
+        m[b + _SDEMAND] = float(ctl.inflight_total + ctl.count)
+        m[b + _SARRIVED] = ctl._arrived_total * scale
+        m[b + _STAKE] = ctl._decayed(ctl._rate, ctl._rate_at, now)
+        m[b + _SGIVE] = ctl._decayed(ctl._finished, ctl._finished_at, now)
+        m[b + _SEXTRA] = ctl.free_extra
+        m[b + _SSTAMP] = now
+        m[b + _SEQ] = seq + 2.0
+        self._seq = seq + 2.0
+        return own
+
+    @staticmethod
+    def _read(m: memoryview[float], b: int) -> list[float] | None:
+        """A row as one consistent copy (its sequence number even and unchanged), or None."""
+        for _ in range(2):
+            seq = m[b + _SEQ]
+            if seq % 2.0:
+                continue
+            n = max(0, min(SHARE_FLOWS, int(m[b + _SN])))
+            row: list[float] = m[b : b + _HEAD + n * _ENTRY].tolist()  # type: ignore[assignment]
+            if m[b + _SEQ] == seq:
+                return row
+        return None
+
+    def _fold(self, ctl: FlowController, now: float, own: dict[float, tuple[float, float]]) -> bool:
+        fleet = self.mark.fleet
+        m, ttl = fleet._m, fleet.ttl
+        demand: dict[float, float] = {}
+        arrived: dict[float, float] = {}
+        demand_total = arrived_total = take = give = extra = 0.0
+        extra_n = 0
+        for w in range(fleet.workers):
+            if w == fleet.worker:
+                continue
+            mb = self.mark._find(w, now)
+            if mb is None:
+                continue
+            row = self._read(m, self._row(mb))
+            if row is None:
+                continue
+            stamp = row[_SSTAMP]
+            if not (-ttl <= now - stamp <= ttl) or row[_SKEY] != self.mark.key:
+                continue
+            down = math.exp(-max(0.0, now - stamp) / LOAD_WINDOW_S)  # (to ``now``)
+            for i in range(_HEAD, len(row), _ENTRY):
+                k, d, a = row[i], row[i + 1], row[i + 2]
+                if d:
+                    demand[k] = demand.get(k, 0.0) + d
+                if a:
+                    arrived[k] = arrived.get(k, 0.0) + a * down
+            demand_total += row[_SDEMAND]
+            arrived_total += row[_SARRIVED] * down
+            take += row[_STAKE] * down
+            give += row[_SGIVE] * down
+            extra += row[_SEXTRA]
+            extra_n += 1
+        if not extra_n:
+            return False
+        none = (0.0, 0.0)
+        self.active_extra = sum(1 for k, d in demand.items() if d > 0.0 and not own.get(k, none)[0])
+        rate_extra = 0
+        for k, a in arrived.items():
+            mine = own.get(k, none)[1]
+            if mine < RATE_ACTIVE <= mine + a:
+                rate_extra += 1
+        self.demand, self.demand_total = demand, demand_total
+        self.arrived, self.arrived_total, self.rate_extra = arrived, arrived_total, rate_extra
+        self.take, self.give, self.extra_sum, self.extra_n = take, give, extra, extra_n
+        self.at = now
+        self._scale = (None, 1.0)
+        return True
+
+    # -- the controller's tests on the fleet's counts -----------------------------------------------
+
+    def _factor(self, ctl: FlowController) -> float:
+        """The snapshot's arrivals (as of ``at``) in ``ctl``'s arrival scale (its base time)."""
+        base = ctl._arrived_base
+        cached, f = self._scale
+        if cached != base or cached is None:
+            f = 0.0 if base is None else math.exp((self.at - base) / LOAD_WINDOW_S)
+            self._scale = (base, f)
+        return f
+
+    def over_share(self, ctl: FlowController, flow: str, factor: float | None = None) -> bool:
+        """``FlowController.over_share`` on the fleet's counts: ``flow``'s requests in flight and queued
+        in every worker against the mean over the flows active in any."""
+        mine = ctl.inflight.get(flow, 0) + ctl.queued.get(flow, 0) + self.demand.get(self.key(flow), 0.0)
+        total = ctl.inflight_total + ctl.count + self.demand_total
+        n = len(ctl._places) + self.active_extra
+        return mine > 0.0 and mine * n > (ctl._over_factor if factor is None else factor) * total
+
+    def rate_over(self, ctl: FlowController, flow: str) -> bool:
+        """``FlowController.rate_over`` on the fleet's arrivals (each worker's, decayed alike)."""
+        arrived = ctl._arrived
+        key = rate_key(flow)
+        mine = arrived.get(key, 0.0)
+        if not mine and key not in arrived:
+            mine = arrived.get(RATE_OVERFLOW, 0.0)
+        f = self._factor(ctl)
+        mine += self.arrived.get(self.key(flow), 0.0) * f
+        if not mine:
+            return False
+        flows = max(1, ctl._rate_flows + self.rate_extra)
+        return mine * flows > ctl._over_factor * (ctl._arrived_total + self.arrived_total * f)
+
+    def under_share(self, ctl: FlowController) -> Callable[[str], bool]:
+        """``FlowController._under_share`` on the fleet's counts."""
+        over = self.over_share
+        if ctl.cfg.fair_share_running_reserve:
+            rate_over = self.rate_over
+            return lambda f: not over(ctl, f, 1.0) and not rate_over(ctl, f)
+        return lambda f: not over(ctl, f, 1.0)
+
+    def rates(self, ctl: FlowController, now: float) -> tuple[float, float]:
+        """``FlowController.rates`` of the fleet: this worker's and the others' (as of the sync, decayed
+        on to ``now``)."""
+        take, give = ctl.rates(now)
+        down = math.exp(-max(0.0, now - self.at) / LOAD_WINDOW_S) / LOAD_WINDOW_S
+        return take + self.take * down, give + self.give * down
+
+    def free_extra(self, ctl: FlowController) -> float:
+        """The reserve's learned free slots: the mean of every fresh worker's (each learns on its own
+        first tokens, about 1 / N of the fleet's)."""
+        return (ctl.free_extra + self.extra_sum) / (1 + self.extra_n)

@@ -10,7 +10,9 @@ its own per-endpoint counts into a shared-memory table and folds the others' int
 tenants' rate-limit buckets and the requests in flight against ``maxConcurrentRequests``
 (``gateway.shared_tenants``), so those limits are the fleet's, as in one process. Flow control keeps one
 queue per worker, ordered across the fleet by marks in the same segment (``flowcontrol.fleet``: a worker
-lets a request wait while another has one waiting that goes first). Prefix state converges: each
+lets a request wait while another has one waiting that goes first), and decides who is over their fair
+share and how many running slots to keep free on the fleet's counts per flow (each worker's share row in
+the segment, folded by the in-flight sync: ``fleet.FleetShares``). Prefix state converges: each
 worker sends its prefix-index insertions to the others every few ms over unix datagram sockets
 (``gateway.prefix_gossip``, lossy, never blocking) and applies theirs. The round-robin cursor stays
 per worker; scraped metrics (queue, KV use) are the same truth for
@@ -234,6 +236,7 @@ async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, 
     name, lock, workers = shared
     view = SharedInFlight.attach(name, lock, workers, index, extra=fleet.segment_size(workers))
     marks = fleet.FleetMarks(view.extra, workers, index)
+    failed = False
     try:
         while True:
             for pool in pools:
@@ -242,6 +245,16 @@ async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, 
                 flow = getattr(pool.director, "flow", None)
                 if flow is not None and flow.fleet is None:
                     flow.fleet = marks.pool(pool.name)
+                if flow is not None and flow.fleet is not None:
+                    # the held-back test and the reserve on the fleet's counts (``fleet.FleetShares``)
+                    try:
+                        flow.fleet.shares.sync(flow.ctl, flow.clock())
+                    except Exception as e:  # (a bug: each worker keeps its own counts; logged once)
+                        flow.ctl.fleet = None
+                        if not failed:
+                            log.error("worker %d: flow control's fleet counts failed: %s: %s", index,
+                                      type(e).__name__, e, exc_info=e)  # fmt: skip
+                        failed = True
             await asyncio.sleep(SHARED_INFLIGHT_SYNC_S)
     finally:
         # Its counts as they stand, last: a request that finished after the last pass (the drain ended
