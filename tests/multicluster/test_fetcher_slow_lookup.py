@@ -19,10 +19,11 @@ the code before this fix (the first is the reviewer's, s17-kvhub-tests/test_s17_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -149,19 +150,38 @@ async def test_a_round_joins_the_lookup_a_given_up_round_left_running(
         await fetcher.stop()
 
 
-async def test_the_probe_joins_the_fetchers_given_up_lookup_and_tells(
-    aggregate_port: int, gated: Gate
-) -> None:
-    """The fetcher's given-up lookup of the gateway's name does not leave the probe of it inconclusive
-    (before: None while that lookup ran): the probe waits on it and connects."""
+@contextlib.asynccontextmanager
+async def _listener() -> AsyncIterator[int]:
+    """The port of a loopback listener that closes every connection it takes (a probe's connect)."""
     listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
+    try:
+        yield listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def _fetch_given_up(aggregate_port: int) -> AsyncIterator[tuple[ClusterState, Fetcher]]:
+    """A fetcher's first round over the gateway named ``SLOW`` (its lookup gated): failed, its wait given
+    up while the lookup runs on; the cluster's state and the fetcher, stopped at the end."""
     st = _state(aggregate_port)
     fetcher = Fetcher(lambda: [st], interval_s=3600, timeout_s=TIMEOUT_S)
     try:
         await fetcher.start()
         assert st.fetch_error
         await _until(_nobody_waits, "the fetch's wait given up, its lookup running")
+        yield st, fetcher
+    finally:
+        await fetcher.stop()
+
+
+async def test_the_probe_joins_the_fetchers_given_up_lookup_and_tells(
+    aggregate_port: int, gated: Gate
+) -> None:
+    """The fetcher's given-up lookup of the gateway's name does not leave the probe of it inconclusive
+    (before: None while that lookup ran): the probe waits on it and connects."""
+    async with _listener() as port, _fetch_given_up(aggregate_port) as (st, fetcher):
         probe = asyncio.create_task(connects(f"{SLOW}:{port}", 30.0))
         assert await _still_waiting(probe), f"the probe did not wait on the running lookup: {probe.result()}"
         gated.go.set()
@@ -170,10 +190,6 @@ async def test_the_probe_joins_the_fetchers_given_up_lookup_and_tells(
         await fetcher.refresh()  # (and the fetcher's next round has the answer: kept)
         assert st.aggregate is not None and st.fetch_error is None, st.fetch_error
         assert gated.calls == 1
-    finally:
-        await fetcher.stop()
-        listener.close()
-        await listener.wait_closed()
 
 
 async def test_the_fetchers_given_up_lookup_leaves_the_probe_its_verdict(
@@ -182,40 +198,31 @@ async def test_the_fetchers_given_up_lookup_leaves_the_probe_its_verdict(
     """A lookup that hangs, given up by the fetcher: the first probe's vain wait on it is a failure (False;
     before: None, refused); a second probe's on the same lookup counts nothing (None: that one slow
     answer is counted once, review s16-fixes-b H1)."""
-    st = _state(aggregate_port)
-    fetcher = Fetcher(lambda: [st], interval_s=3600, timeout_s=TIMEOUT_S)
-    try:
-        await fetcher.start()
-        assert st.fetch_error
-        await _until(_nobody_waits, "the fetch's wait given up, its lookup running")
+    async with _fetch_given_up(aggregate_port):
         assert await connects(f"{SLOW}:80", 0.1) is False
         assert await connects(f"{SLOW}:80", 0.1) is None
         assert gated.calls == 1
-    finally:
-        await fetcher.stop()
 
 
 async def test_the_probe_and_the_fetcher_share_one_running_lookup(aggregate_port: int, gated: Gate) -> None:
     """A fetch while the probe's lookup of the name runs waits on it (before: a second lookup)."""
-    listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    st = _state(aggregate_port)
-    fetcher = Fetcher(lambda: [st], interval_s=3600, timeout_s=30.0)
-    probe = asyncio.create_task(connects(f"{SLOW}:{port}", 30.0))
-    try:
-        await _until(lambda: gated.calls == 1, "the probe's lookup running")
-        fetch = asyncio.create_task(fetcher.start())
-        await asyncio.sleep(0.2)  # (the fetch waiting on a lookup: the probe's, or before the fix its own)
-        gated.go.set()
-        await fetch
-        assert await probe is True
-        assert st.aggregate is not None and st.fetch_error is None, st.fetch_error
-        assert gated.calls == 1
-    finally:
-        gated.go.set()
-        await fetcher.stop()
-        listener.close()
-        await listener.wait_closed()
+    async with _listener() as port:
+        st = _state(aggregate_port)
+        fetcher = Fetcher(lambda: [st], interval_s=3600, timeout_s=30.0)
+        probe = asyncio.create_task(connects(f"{SLOW}:{port}", 30.0))
+        try:
+            await _until(lambda: gated.calls == 1, "the probe's lookup running")
+            fetch = asyncio.create_task(fetcher.start())
+            # (the fetch waiting on a lookup: the probe's, or before the fix its own)
+            await asyncio.sleep(0.2)
+            gated.go.set()
+            await fetch
+            assert await probe is True
+            assert st.aggregate is not None and st.fetch_error is None, st.fetch_error
+            assert gated.calls == 1
+        finally:
+            gated.go.set()
+            await fetcher.stop()
 
 
 async def test_an_answer_is_kept_for_its_ttl(monkeypatch: pytest.MonkeyPatch, gated: Gate) -> None:
@@ -223,10 +230,8 @@ async def test_an_answer_is_kept_for_its_ttl(monkeypatch: pytest.MonkeyPatch, ga
     it is."""
     clock = [1000.0]
     monkeypatch.setattr(hub._LOOKUPS, "clock", lambda: clock[0], raising=False)  # (none before the fix)
-    listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    gated.go.set()
-    try:
+    async with _listener() as port:
+        gated.go.set()
         assert await connects(f"{SLOW}:{port}", 5.0) is True
         clock[0] += 9.9
         assert await connects(f"{SLOW}:{port}", 5.0) is True
@@ -234,6 +239,3 @@ async def test_an_answer_is_kept_for_its_ttl(monkeypatch: pytest.MonkeyPatch, ga
         clock[0] += hub.LOOKUP_TTL_S - 9.9
         assert await connects(f"{SLOW}:{port}", 5.0) is True
         assert gated.calls == 2
-    finally:
-        listener.close()
-        await listener.wait_closed()
