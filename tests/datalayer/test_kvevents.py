@@ -113,21 +113,9 @@ def test_token_ids_are_checked_without_a_python_call_per_token():
     """A miss's batch carries every token of its blocks (1,920 for 15 blocks of 128): checking them one
     by one in a generator cost ~60 us of a ~120 us decode, on the event loop during the next request's
     prefill (issue #16). Same verdicts, checked in C."""
-    import sys
-
     tokens = list(range(15 * 128))
     payload = batch(stored_map(list(range(1, 16)), None, tokens, bs=128))
-    calls = 0
-
-    def count(frame, event, arg):
-        nonlocal calls
-        calls += event == "call"
-
-    sys.setprofile(count)
-    try:
-        b = decode_batch(payload)
-    finally:
-        sys.setprofile(None)
+    b, calls = _calls_to(decode_batch, payload)  # (below)
     assert b.events[0].token_ids == tuple(tokens)
     assert calls < 100, f"{calls} Python calls to decode one batch of {len(tokens)} token ids"
     for bad in ([1, "2"], [1, 2.0], [1, None], [1, [2]], "12", [(1 << 64) - 1, "2"], ["2", (1 << 64) - 1]):
