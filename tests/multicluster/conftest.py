@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,6 +44,17 @@ def aggregate_app(force_close: bool = False) -> web.Application:
     app = web.Application()
     app.router.add_get("/aggregate", handle)
     return app
+
+
+@pytest.fixture
+async def listening() -> AsyncIterator[int]:
+    """The port of a loopback listener that closes every connection it takes (a hub probe's connect)."""
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.fixture

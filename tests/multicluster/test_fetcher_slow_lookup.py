@@ -151,17 +151,6 @@ async def test_a_round_joins_the_lookup_a_given_up_round_left_running(
 
 
 @contextlib.asynccontextmanager
-async def _listener() -> AsyncIterator[int]:
-    """The port of a loopback listener that closes every connection it takes (a probe's connect)."""
-    listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
-    try:
-        yield listener.sockets[0].getsockname()[1]
-    finally:
-        listener.close()
-        await listener.wait_closed()
-
-
-@contextlib.asynccontextmanager
 async def _fetch_given_up(aggregate_port: int) -> AsyncIterator[tuple[ClusterState, Fetcher]]:
     """A fetcher's first round over the gateway named ``SLOW`` (its lookup gated): failed, its wait given
     up while the lookup runs on; the cluster's state and the fetcher, stopped at the end."""
@@ -177,12 +166,12 @@ async def _fetch_given_up(aggregate_port: int) -> AsyncIterator[tuple[ClusterSta
 
 
 async def test_the_probe_joins_the_fetchers_given_up_lookup_and_tells(
-    aggregate_port: int, gated: Gate
+    aggregate_port: int, gated: Gate, listening: int
 ) -> None:
     """The fetcher's given-up lookup of the gateway's name does not leave the probe of it inconclusive
     (before: None while that lookup ran): the probe waits on it and connects."""
-    async with _listener() as port, _fetch_given_up(aggregate_port) as (st, fetcher):
-        probe = asyncio.create_task(connects(f"{SLOW}:{port}", 30.0))
+    async with _fetch_given_up(aggregate_port) as (st, fetcher):
+        probe = asyncio.create_task(connects(f"{SLOW}:{listening}", 30.0))
         assert await _still_waiting(probe), f"the probe did not wait on the running lookup: {probe.result()}"
         gated.go.set()
         assert await probe is True
@@ -204,38 +193,39 @@ async def test_the_fetchers_given_up_lookup_leaves_the_probe_its_verdict(
         assert gated.calls == 1
 
 
-async def test_the_probe_and_the_fetcher_share_one_running_lookup(aggregate_port: int, gated: Gate) -> None:
+async def test_the_probe_and_the_fetcher_share_one_running_lookup(
+    aggregate_port: int, gated: Gate, listening: int
+) -> None:
     """A fetch while the probe's lookup of the name runs waits on it (before: a second lookup)."""
-    async with _listener() as port:
-        st = _state(aggregate_port)
-        fetcher = Fetcher(lambda: [st], interval_s=3600, timeout_s=30.0)
-        probe = asyncio.create_task(connects(f"{SLOW}:{port}", 30.0))
-        try:
-            await _until(lambda: gated.calls == 1, "the probe's lookup running")
-            fetch = asyncio.create_task(fetcher.start())
-            # (the fetch waiting on a lookup: the probe's, or before the fix its own)
-            await asyncio.sleep(0.2)
-            gated.go.set()
-            await fetch
-            assert await probe is True
-            assert st.aggregate is not None and st.fetch_error is None, st.fetch_error
-            assert gated.calls == 1
-        finally:
-            gated.go.set()
-            await fetcher.stop()
+    st = _state(aggregate_port)
+    fetcher = Fetcher(lambda: [st], interval_s=3600, timeout_s=30.0)
+    probe = asyncio.create_task(connects(f"{SLOW}:{listening}", 30.0))
+    try:
+        await _until(lambda: gated.calls == 1, "the probe's lookup running")
+        fetch = asyncio.create_task(fetcher.start())
+        await asyncio.sleep(0.2)  # (the fetch waiting on a lookup: the probe's, or before the fix its own)
+        gated.go.set()
+        await fetch
+        assert await probe is True
+        assert st.aggregate is not None and st.fetch_error is None, st.fetch_error
+        assert gated.calls == 1
+    finally:
+        gated.go.set()
+        await fetcher.stop()
 
 
-async def test_an_answer_is_kept_for_its_ttl(monkeypatch: pytest.MonkeyPatch, gated: Gate) -> None:
+async def test_an_answer_is_kept_for_its_ttl(
+    monkeypatch: pytest.MonkeyPatch, gated: Gate, listening: int
+) -> None:
     """On the injected clock: within ``LOOKUP_TTL_S`` of its answer a name is not looked up again; past it,
     it is."""
     clock = [1000.0]
     monkeypatch.setattr(hub._LOOKUPS, "clock", lambda: clock[0], raising=False)  # (none before the fix)
-    async with _listener() as port:
-        gated.go.set()
-        assert await connects(f"{SLOW}:{port}", 5.0) is True
-        clock[0] += 9.9
-        assert await connects(f"{SLOW}:{port}", 5.0) is True
-        assert gated.calls == 1
-        clock[0] += hub.LOOKUP_TTL_S - 9.9
-        assert await connects(f"{SLOW}:{port}", 5.0) is True
-        assert gated.calls == 2
+    gated.go.set()
+    assert await connects(f"{SLOW}:{listening}", 5.0) is True
+    clock[0] += 9.9
+    assert await connects(f"{SLOW}:{listening}", 5.0) is True
+    assert gated.calls == 1
+    clock[0] += hub.LOOKUP_TTL_S - 9.9
+    assert await connects(f"{SLOW}:{listening}", 5.0) is True
+    assert gated.calls == 2

@@ -43,16 +43,6 @@ async def hung(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[HungResolver]:
         await asyncio.sleep(0.01)
 
 
-@pytest.fixture
-async def listening() -> AsyncIterator[int]:
-    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 async def _running(fake: HungResolver, n: int) -> int:
     """The hung lookups in getaddrinfo once ``n`` are (within 5 s: a thread may start late), 0.1 s later."""
     for _ in range(500):
