@@ -78,15 +78,22 @@ def test_a_flood_under_its_share_in_its_worker_is_held_back_on_the_fleets_counts
     assert not f.ctls[0].held_back(req("q", "q2"), f.now)
 
 
-def test_a_quiet_flow_bunched_in_one_worker_is_not_held_back_on_the_fleets_counts() -> None:
-    """The other side of the trace: a quiet tenant whose requests came to one worker in a bunch was
-    over its share there (3 of 4 in flight), under it in the fleet."""
+def _bunched(q1: int) -> Workers:
+    """Two workers: worker 0 has ``q1`` requests of the quiet flow q1 and one of the flood in flight,
+    worker 1 eight of the flood and one each of q2, q3, q4."""
     f = Workers(PLAIN)
-    f.start(0, "q1", 2)
+    f.start(0, "q1", q1)
     f.start(0, "flood", 1)
     f.start(1, "flood", 8)
     for q in ("q2", "q3", "q4"):
         f.start(1, q)
+    return f
+
+
+def test_a_quiet_flow_bunched_in_one_worker_is_not_held_back_on_the_fleets_counts() -> None:
+    """The other side of the trace: a quiet tenant whose requests came to one worker in a bunch was
+    over its share there (3 of 4 in flight), under it in the fleet."""
+    f = _bunched(2)
     assert f.ctls[0].over_share("q1")
     assert not f.one.over_share("q1")
     # the fairness choice among a band's flows (``heads``: those under their share first) too
@@ -175,12 +182,7 @@ def test_the_fleets_arrivals_say_who_floods() -> None:
 
 
 def test_a_stale_or_torn_row_is_not_counted() -> None:
-    f = Workers(PLAIN)
-    f.start(0, "q1", 3)
-    f.start(0, "flood", 1)
-    f.start(1, "flood", 8)
-    for q in ("q2", "q3", "q4"):
-        f.start(1, q)
+    f = _bunched(3)
     f.sync()
     assert not f.ctls[0].over_share("q1")
     # worker 1 stops syncing (died, or its loop stalled): past MARK_TTL_S worker 0 is on its own counts
