@@ -64,22 +64,7 @@ def test_free_time_is_piecewise_per_tick() -> None:
 def test_the_trace_does_not_change_the_run() -> None:
     """The sampler and the dispatch wrapper only read: the kvgate arm's outcomes equal the bench's own
     FlowSim run on the same arrivals, request by request."""
-    args = argparse.Namespace(
-        replicas=1,
-        profile="llama3-8b-h100",
-        max_num_seqs=8,
-        load=0.9,
-        seed=3,
-        duration=12.0,
-        warmup=2.0,
-        ttl=30.0,
-        max_pending=2,
-        headroom=0.75,
-        headroom_on="pending",
-        ttft_target=0.05,
-        running_reserve=True,
-        tick=0.005,
-    )
+    args = _args(replicas=1, max_num_seqs=8, load=0.9, seed=3, duration=12.0)
     _cap, base = rates(1, "llama3-8b-h100", 3, 8, 0.9, 12.0)
     traced, trace = smt.run_arm("kvgate-reserve-feasible", args, base)
     plain = FlowSim("kvgate-reserve-feasible", 1, "llama3-8b-h100", 3, 30.0, max_num_seqs=8,
@@ -98,22 +83,7 @@ def test_the_trace_does_not_change_the_run() -> None:
 def test_the_reference_holds_no_flow_back() -> None:
     """The reference's controller computes fair shares too, but nothing of it holds a flow back: its
     misses are never put in the held-back class."""
-    args = argparse.Namespace(
-        replicas=1,
-        profile="llama3-8b-h100",
-        max_num_seqs=8,
-        load=0.9,
-        seed=3,
-        duration=12.0,
-        warmup=2.0,
-        ttl=30.0,
-        max_pending=2,
-        headroom=0.75,
-        headroom_on="pending",
-        ttft_target=0.05,
-        running_reserve=True,
-        tick=0.005,
-    )
+    args = _args(replicas=1, max_num_seqs=8, load=0.9, seed=3, duration=12.0)
     _cap, base = rates(1, "llama3-8b-h100", 3, 8, 0.9, 12.0)
     sim, trace = smt.run_arm("reference", args, base)
     assert trace.held_at_dispatch and not any(trace.held_at_dispatch.values())
