@@ -49,7 +49,24 @@ time.sleep(600)
 """
 
 
+def counted_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``[n]``: the /proc snapshots (``lifeline.scan``) taken from now on, counted."""
+    scans = [0]
+    real_scan = lifeline.scan
+
+    def counted() -> dict[int, lifeline.Stat]:
+        table = real_scan()
+        scans[0] += 1
+        return table
+
+    monkeypatch.setattr(lifeline, "scan", counted)
+    return scans
+
+
 class _Counted:
+    """The watch loop's end of the socket; remembers how many /proc snapshots were taken when it last
+    answered."""
+
     def __init__(self, sock: socket.socket, scans: list[int]) -> None:
         self.sock, self.scans, self.sent_at = sock, scans, 1 << 30
 
@@ -65,6 +82,7 @@ class _Counted:
 
 
 def _ask(sock: socket.socket, msg: bytes, n: int) -> None:
+    """``msg`` and a sync ``n`` to the watch loop; returns once it answered the sync."""
     sock.sendall(msg + b"s%d\n" % n)
     sock.settimeout(10)
     buf = b""
@@ -75,6 +93,7 @@ def _ask(sock: socket.socket, msg: bytes, n: int) -> None:
 
 
 def _settle(scans: list[int], theirs: _Counted) -> None:
+    """Waits (up to 10 s) for the loop's listing after its last answer to have its snapshot."""
     deadline = time.monotonic() + 10
     while scans[0] <= theirs.sent_at and time.monotonic() < deadline:  # (the listing after the answer)
         time.sleep(0.001)
@@ -88,15 +107,7 @@ def test_tree_false_watchdog_sweeps_an_unlisted_member_of_a_led_group_whose_lead
     subreaper, ``become_subreaper`` having failed, applied the covered-only rule, which rests on the
     orphans being re-parented to it: Y, re-parented to init, survived. Now it is told, ``subreaper=``,
     and keeps the group as one without ``tree`` does.)"""
-    scans = [0]
-    real_scan = lifeline.scan
-
-    def counted() -> dict[int, lifeline.Stat]:
-        table = real_scan()
-        scans[0] += 1
-        return table
-
-    monkeypatch.setattr(lifeline, "scan", counted)
+    scans = counted_scans(monkeypatch)
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     w = subprocess.Popen([sys.executable, "-c", _W], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          text=True, start_new_session=True)  # fmt: skip

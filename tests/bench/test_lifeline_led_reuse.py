@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+from bench.test_lifeline_led_orphan_tree_false import _ask, _Counted, _settle, counted_scans
 from kvgate import lifeline
 
 pytestmark = pytest.mark.skipif(
@@ -64,48 +65,12 @@ sys.exit("could not take the pid")
 """
 
 
-class _Counted:
-    """The watch loop's end of the socket; remembers how many /proc snapshots were taken when it last
-    answered."""
-
-    def __init__(self, sock: socket.socket, scans: list[int]) -> None:
-        self.sock, self.scans, self.sent_at = sock, scans, 1 << 30
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def recv(self, n: int) -> bytes:
-        return self.sock.recv(n)
-
-    def sendall(self, data: bytes) -> None:
-        self.sent_at = self.scans[0]
-        self.sock.sendall(data)
-
-
-def _ask(sock: socket.socket, n: int) -> None:
-    sock.sendall(b"s%d\n" % n)
-    sock.settimeout(10)
-    buf = b""
-    while b"k%d\n" % n not in buf:
-        data = sock.recv(4096)
-        assert data, "the watch loop closed its socket"
-        buf += data
-
-
 def test_a_remembered_group_whose_id_was_reused_does_not_take_an_unrelated_daemon(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The loop lists once more right after each answer; its /proc snapshots are counted, so the child is
     # killed only once that listing has its snapshot (else it may not see group g at all: no entry).
-    scans = [0]
-    real_scan = lifeline.scan
-
-    def counted() -> dict[int, lifeline.Stat]:
-        table = real_scan()
-        scans[0] += 1
-        return table
-
-    monkeypatch.setattr(lifeline, "scan", counted)
+    scans = counted_scans(monkeypatch)
     parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True,
                               start_new_session=True)  # fmt: skip
     daemon = 0
@@ -123,10 +88,8 @@ def test_a_remembered_group_whose_id_was_reused_does_not_take_an_unrelated_daemo
             daemon=True,
         )
         watcher.start()
-        _ask(ours, 1)  # a listing: the child, leading group g, remembered
-        deadline = time.monotonic() + 10
-        while scans[0] <= theirs.sent_at and time.monotonic() < deadline:  # (the listing after the answer)
-            time.sleep(0.001)
+        _ask(ours, b"", 1)  # a listing: the child, leading group g, remembered
+        _settle(scans, theirs)
         os.kill(g, signal.SIGKILL)  # the child ends, collected by its parent: group g is gone, pid g free
         deadline = time.monotonic() + 10
         while lifeline.stat(g) is not None and time.monotonic() < deadline:
@@ -140,7 +103,7 @@ def test_a_remembered_group_whose_id_was_reused_does_not_take_an_unrelated_daemo
         daemon = int(took.stdout)
         d = lifeline.stat(daemon)
         assert d is not None and d[1] == g and lifeline.stat(g) is None  # an unrelated group g, leader gone
-        _ask(ours, 2)  # a listing after the reuse: the stale entry should be dropped here
+        _ask(ours, b"", 2)  # a listing after the reuse: the stale entry should be dropped here
         parent.kill()  # the watched process ends: the sweep
         parent.wait()
         watcher.join(timeout=20)
