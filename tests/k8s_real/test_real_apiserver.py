@@ -409,6 +409,7 @@ class HoldingProxy:
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 443
         self.server: asyncio.AbstractServer | None = None
         self.open: list[asyncio.Event] = []  # per connection: set while its server bytes are forwarded
+        self.writers: list[asyncio.StreamWriter] = []  # per connection: the client's side
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> str:
@@ -420,11 +421,16 @@ class HoldingProxy:
         connection, its watch); the later ones (the probes', kept alive in the pool) go on."""
         self.open[0].clear()
 
+    def cut_first(self) -> None:
+        """Close the first connection on the client's side (a FIN: a proxy's idle timeout ending it)."""
+        self.writers[0].close()
+
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_r, up_w = await asyncio.open_connection(self.host, self.port)
         flowing = asyncio.Event()
         flowing.set()
         self.open.append(flowing)
+        self.writers.append(writer)
 
         async def pump(
             src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event | None
@@ -568,3 +574,80 @@ async def test_the_cachers_bookmarks_repeat_one_resource_version(server: tuple[s
     finally:
         await r.stop()
         await client.close()
+
+
+# The 1.20 cacher (``watch_cache.go``) keeps a type's events while the oldest is under ``eventFreshDuration``
+# old (75 s, a constant), doubling its capacity (100 at first, up to 102,400) rather than drop a fresher one:
+# a resourceVersion is evicted only by writes that come when the events after it are 75 s old. Its size is
+# no flag's since 1.19 (``--watch-cache-sizes`` only turns a cache off: "Dropping watch-cache-size for pods -
+# watchCache size is now dynamic"). A second server with ``--watch-cache=false`` and etcd compacted by hand
+# would answer 410 at once, but from etcd, not from the cacher that production watches read.
+CACHER_FRESH_S = 75.0
+
+
+@pytest.mark.timeout(300)  # (~90 s: the cacher's 75 s)
+async def test_a_watch_resumed_past_the_cachers_window_is_answered_410_and_relists(
+    server: tuple[str, str],
+) -> None:
+    """session 18's closing note: the watch's 410 Gone path was tested on the double only. Here the real
+    cacher evicts the resourceVersion: a reflector reads a pod's creation on its watch (through a TCP proxy),
+    then the proxy holds that watch while pod ``b`` is created (missed); 75 s later pods in another namespace
+    are labelled until a watch from the reflector's resourceVersion is answered 410 (the cacher's window has
+    passed it), and the proxy closes the held watch: the reflector watches again from its resourceVersion,
+    is answered 410 (``gone``), relists and has ``b``."""
+    url, kubeconfig = server
+    ns = f"kvg-{uuid.uuid4().hex[:8]}"
+    other = f"{ns}-w"
+    k, ko = Kubectl(kubeconfig, ns), Kubectl(kubeconfig, other)
+    await k.run("create", "namespace", ns)
+    await ko.run("create", "namespace", other)
+    await k.run("create", "-f", "-", stdin=pod("a"))
+    await ko.run("create", "-f", "-", stdin=pod("w"))
+    proxy = HoldingProxy(url)
+    ft = FakeTime()  # (no probe runs: the clock stays at 0)
+    client = await KubeClient.connect(server=await proxy.start(), kubeconfig=kubeconfig)
+    direct = await KubeClient.connect(kubeconfig=kubeconfig)
+    r = Reflector(client, POD, namespace=ns, clock=ft.clock, sleep=ft.sleep, seed=1, probe_after_s=60.0,
+                  probe_timeout_s=10.0)  # fmt: skip
+    r.start()
+    try:
+        await r.wait_synced(20.0)
+        await until(lambda: r.watches >= 1, "the watch open")
+        await k.run("create", "-f", "-", stdin=pod("a2"))
+        await until(lambda: (ns, "a2") in r.items, "a2 read on the watch")
+        since = r.resource_version
+        assert since is not None
+        proxy.hold_first()
+        await k.run("create", "-f", "-", stdin=pod("b"))
+        await asyncio.sleep(CACHER_FRESH_S + 2)
+        path = f"/api/v1/namespaces/{ns}/pods"
+
+        async def expired() -> bool:
+            q = {"watch": "true", "resourceVersion": since, "timeoutSeconds": 1}
+            resp = await direct.open("GET", path, q, timeout_s=aiohttp.ClientTimeout(total=20))
+            async with resp:
+                if resp.status == 410:
+                    return True
+                first = (await resp.read()).split(b"\n", 1)[0]
+            ev = json.loads(first) if first.strip() else {}
+            return ev.get("type") == "ERROR" and ev["object"].get("code") == 410
+
+        assert not await expired()  # (still in the window: the cacher replays b)
+        writes = 0
+        while not await expired():
+            assert writes < 3000, "the cacher kept the resourceVersion through 3000 writes"
+            for _ in range(50):
+                writes += 1
+                patch = {"metadata": {"labels": {"n": str(writes)}}}
+                await direct.request("PATCH", f"/api/v1/namespaces/{other}/pods/w", body=patch,
+                                     content_type="application/merge-patch+json")  # fmt: skip
+        print(f"the cacher's window passed {since} after {writes} writes")  # (shown with -s)
+        assert r.lists == 1 and (ns, "b") not in r.items and r.gone == 0
+        proxy.cut_first()
+        await until(lambda: r.lists == 2, "the relist after the 410", within_s=30.0)
+        assert r.gone == 1 and (ns, "b") in r.items, (r.gone, r.unproven, r.missed)
+    finally:
+        await r.stop()
+        await client.close()
+        await direct.close()
+        await proxy.stop()
