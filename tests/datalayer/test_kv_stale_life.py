@@ -13,6 +13,7 @@ says ``upto`` is another life's: dropped (``SubscriberStats.stale_dropped``).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from datalayer.test_kv_replay_loss import (
     VLLMShapedReplay,
@@ -42,15 +43,14 @@ async def test_an_old_life_live_batch_queued_behind_a_restarted_catch_up_is_not_
         assert sub.stats.stale_dropped == 10 and sub.stats.resyncs == 0
 
 
-async def test_a_dead_life_s_batches_on_the_socket_are_dropped_and_the_new_life_is_followed():
-    """End to end over real ZMQ sockets: the engine's PUB (an XPUB, to see the subscription arrive) sends
-    the old life's batches 400-409 while the catch-up's first answer is being sent, that answer loses its
-    tail, the engine restarts (200 batches of a new life), the re-request meets it and the catch-up starts
-    again from 0. Then the new life publishes its batch 200. Failed before: 400-409 were applied after a
-    resync, then batch 200 (seq <= 409: a "restart") cleared the index, which ended holding the new life's
-    batch 200 alone. Now the index holds the new life's 0-200, nothing of the old one."""
-    old, new = engine_life(OLD, 410), engine_life(NEW, 201)
-    pub, port = loopback_xpub()
+def _dead_life_then_restart(
+    old: list[bytes], new: list[bytes], sndhwm: int | None = None
+) -> tuple[VLLMShapedReplay, Any, int, list[int]]:
+    """An engine whose replay holds the old life's 0-399 and whose PUB (``loopback_xpub(sndhwm)``), once
+    the SUB has subscribed, sends the rest of ``old`` (400 on) live while the catch-up's first answer is
+    sent; that answer loses its tail and the engine restarts (the new life's 0-199); later answers lose
+    their batches from 200 on. The replay server, the PUB, its port and the batches it published."""
+    pub, port = loopback_xpub(sndhwm)
     server: VLLMShapedReplay
     published: list[int] = []
 
@@ -58,7 +58,7 @@ async def test_a_dead_life_s_batches_on_the_socket_are_dropped_and_the_new_life_
         # (on the server's thread, the PUB's only user until the end of the catch-up's first answer)
         if n == 1 and seq == 0 and pub.poll(5000):  # the SUB has subscribed: the old life publishes live
             pub.recv()
-            for s in range(400, 410):
+            for s in range(400, len(old)):
                 pub.send_multipart([b"", s.to_bytes(8, "big"), old[s]])
                 published.append(s)
         if n == 1 and seq is None:  # the first answer's tail lost; then the engine restarts
@@ -67,6 +67,18 @@ async def test_a_dead_life_s_batches_on_the_socket_are_dropped_and_the_new_life_
         return n == 1 and seq is not None and seq >= 200
 
     server = VLLMShapedReplay(old[:400], lose=lose)
+    return server, pub, port, published
+
+
+async def test_a_dead_life_s_batches_on_the_socket_are_dropped_and_the_new_life_is_followed():
+    """End to end over real ZMQ sockets: the engine's PUB (an XPUB, to see the subscription arrive) sends
+    the old life's batches 400-409 while the catch-up's first answer is being sent, that answer loses its
+    tail, the engine restarts (200 batches of a new life), the re-request meets it and the catch-up starts
+    again from 0. Then the new life publishes its batch 200. Failed before: 400-409 were applied after a
+    resync, then batch 200 (seq <= 409: a "restart") cleared the index, which ended holding the new life's
+    batch 200 alone. Now the index holds the new life's 0-200, nothing of the old one."""
+    old, new = engine_life(OLD, 410), engine_life(NEW, 201)
+    server, pub, port, published = _dead_life_then_restart(old, new)
     try:
         async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):
             assert published == list(range(400, 410)), "the SUB never subscribed"
@@ -240,23 +252,7 @@ async def test_a_dead_life_that_queued_more_than_a_thousand_batches_is_dropped_w
     its answer (the engine would hold any batch it published before it): a few requests, none of the dead
     life applied, the new life's 200 followed."""
     old, new = engine_life(OLD, 1600), engine_life(NEW, 201)
-    pub, port = loopback_xpub(10_000)
-    server: VLLMShapedReplay
-    published: list[int] = []
-
-    def lose(n: int, seq: int | None) -> bool:
-        # (on the server's thread, the PUB's only user until the end of the catch-up's first answer)
-        if n == 1 and seq == 0 and pub.poll(5000):  # the SUB has subscribed: the old life publishes live
-            pub.recv()
-            for s in range(400, 1600):
-                pub.send_multipart([b"", s.to_bytes(8, "big"), old[s]])
-                published.append(s)
-        if n == 1 and seq is None:  # the first answer's tail lost; then the engine restarts
-            server.buffer = list(enumerate(new[:200]))
-            return True
-        return n == 1 and seq is not None and seq >= 200
-
-    server = VLLMShapedReplay(old[:400], lose=lose)
+    server, pub, port, published = _dead_life_then_restart(old, new, sndhwm=10_000)
     try:
         async with caught_up(server, f"tcp://127.0.0.1:{port}") as (sub, idx):
             assert len(published) == 1200, "the SUB never subscribed"
