@@ -153,7 +153,7 @@ def test_fast_churn_is_bounded_by_the_retired_cap() -> None:
         pod.metrics = extract(_page(f"lora-{i}"), "vllm", now=clock[0])
         clock[0] += 2.0  # (past REFRESH_S: each request sees a new walk)
         _post(ctx, f"lora-{i}", 200)
-        most = max(most, len({m for key in metrics.requests.children for m in key}))
+        most = max(most, len({m for key in metrics.requests.children for m in key[:2]}))
     # base, other, the adapters still in the reported set (KEEP_S / 2 s) and the retired ones
     assert most <= 2 + KEEP_S / 2.0 + 1 + MAX_RETIRED_NAMES  # fails before: 1026
 

@@ -297,7 +297,7 @@ def test_the_gateway_histograms_count_as_hist_observe_does() -> None:
     durations, usages = [0.001, 0.3, 7.0, 5000.0], [Usage(7, 8), None, Usage(0, 3), Usage(2000, 0)]
     for d, u in zip(durations, usages, strict=True):
         m.observe("m", "t", d, u)
-    child = m._stats.children[("m", "t")]
+    child = m._stats.children[("m", "t", "", "")]
     want = [Hist(child.duration.bounds), Hist(child.input_tokens.bounds), Hist(child.output_tokens.bounds)]
     for d, u in zip(durations, usages, strict=True):
         want[0].observe(d)

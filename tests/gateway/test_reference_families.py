@@ -195,13 +195,12 @@ def test_workers_merge_the_new_families_per_worker() -> None:
 
 def test_running_counts_stay_while_their_name_is_forgotten_only_when_idle() -> None:
     stats = RequestStats()
-    stats.start("a", "a", 10)
-    stats.start("b", "b", 10)
-    stats.stop("b")
+    a = stats.start("a", "a", 10)
+    stats.stop(stats.start("b", "b", 10))
     stats.forget({"a", "b"})  # (a door forgets only names not in flight; "a" would be held)
-    assert stats.running == {"a": 1}
+    assert stats.running == {a: 1}
     stats.observe("c", "c", 1.0, Usage(prompt_tokens=1, completion_tokens=0))  # no output: no NTPOT
-    child = stats.children[("c", "c")]
+    child = stats.children[("c", "c", "", "")]
     assert child.ntpot.sum == 0 and sum(child.ntpot.counts) == 0
     assert sum(child.response_sizes.counts) == 0  # (-1: not known, not observed)
 

@@ -18,7 +18,7 @@ from kvgate import __version__
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.openai.labels import ModelLabels, ReportedNames, kept_per_source
-from kvgate.openai.requeststats import BuildInfo, RequestErrors, RequestStats
+from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestErrors, RequestStats
 from kvgate.scheduling.types import PickResult, Usage
 
 _PICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -98,13 +98,15 @@ class EppMetrics:
         self.pick_seconds.observe(seconds)
         self.body_bytes.observe(body_bytes)
 
-    def rejected(self, status: int, model: str = "", target: str = "") -> None:
+    def rejected(
+        self, status: int, model: str = "", target: str = "", flow: tuple[str, str] = NO_FLOW
+    ) -> None:
         self.rejections.labels(str(status)).inc()
-        self.error(model, target, str(status))
+        self.error(model, target, str(status), flow)
 
-    def error(self, model: str, target: str, code: str) -> None:
+    def error(self, model: str, target: str, code: str, flow: tuple[str, str] = NO_FLOW) -> None:
         labels = self.models.label  # (bounded: the labels above; codes are HTTP statuses and named ends)
-        self.errors.inc(labels(model), labels(target), code)
+        self.errors.inc(labels(model), labels(target), code, flow)
 
     def request_done(
         self,
@@ -114,29 +116,38 @@ class EppMetrics:
         usage: Usage | None,
         response_bytes: int = -1,
         request_bytes: int = -1,
+        flow: tuple[str, str] = NO_FLOW,
+        first: float = -1.0,
     ) -> None:
         labels = self.models.label
-        self.requests.observe(labels(model), labels(target), seconds, usage, response_bytes, request_bytes)
+        self.requests.observe(
+            labels(model), labels(target), seconds, usage, response_bytes, request_bytes, flow, first
+        )
 
-    def sized(self, model: str, target: str, request_bytes: int) -> None:
+    def sized(self, model: str, target: str, request_bytes: int, flow: tuple[str, str] = NO_FLOW) -> None:
         labels = self.models.label
-        self.requests.sized(labels(model), labels(target), request_bytes)
+        self.requests.sized(labels(model), labels(target), request_bytes, flow)
+
+    def flow(self, fairness: str, priority: int) -> tuple[str, str]:
+        return self.requests.flow(fairness, priority)
 
     def served(self, target: str) -> None:
         self.models.served(target)
 
-    def begin(self, model: str, target: str, request_bytes: int = -1) -> str:
+    def begin(
+        self, model: str, target: str, request_bytes: int = -1, fairness: str = "", priority: int = 0
+    ) -> tuple[str, str, str, str] | None:
         self.models.hold(model)
         if target != model:
             self.models.hold(target)
         if not model or request_bytes < 0:  # (a model's request only, as the reference)
-            return ""
+            return None
         labels = self.models.label
         # (its size observed at its end, under the labels its request series get: ``request_done``)
-        return self.requests.start(labels(model), labels(target))
+        return self.requests.start(labels(model), labels(target), -1, fairness, priority)
 
-    def end(self, model: str, target: str, running: str = "") -> None:
-        if running:
+    def end(self, model: str, target: str, running: tuple[str, str, str, str] | None = None) -> None:
+        if running is not None:
             self.requests.stop(running)
         self.models.drop(model)
         if target != model:

@@ -43,6 +43,7 @@ from kvgate.openai.request import (
     parse_body,
     server_priority,
 )
+from kvgate.openai.requeststats import NO_FLOW
 from kvgate.openai.sse import SSEScanner, rewrite_model
 from kvgate.requestcontrol.director import preempted_error
 from kvgate.scheduling.types import (
@@ -72,17 +73,20 @@ class Observer(Protocol):
     """Metrics hooks (``kvgate.extproc.metrics.EppMetrics``); all cheap and synchronous."""
 
     def picked(self, result: PickResult, seconds: float, body_bytes: int) -> None: ...
-    def rejected(self, status: int, model: str = "", target: str = "") -> None: ...
+    def rejected(
+        self, status: int, model: str = "", target: str = "", flow: tuple[str, str] = NO_FLOW
+    ) -> None: ...
     def finished(self, usage: Usage | None, ok: bool, streaming: bool) -> None: ...
     # ``kvgate serve``'s ``inference_objective_request_error_total`` events after the pick: a model
     # server's 4xx/5xx (``code`` its status) or ``client_gone``; ``served``: a 2xx answered a parsed
     # body sent on as ``target`` (the model's name the server saw: the only one a 2xx says anything of).
-    def error(self, model: str, target: str, code: str) -> None: ...
+    def error(self, model: str, target: str, code: str, flow: tuple[str, str] = NO_FLOW) -> None: ...
     def served(self, target: str) -> None: ...
     # ``kvgate serve``'s ``inference_objective_request_total`` and its duration and token histograms:
     # once per request a model server answered (its response headers seen), when its response ends.
     # ``response_bytes``: the response body's size when the EPP saw all of it (-1: not known);
-    # ``request_bytes``: the request body's.
+    # ``request_bytes``: the request body's; ``flow``: its ``flow`` labels; ``first``: a streamed
+    # response's seconds to its first body chunk (-1: not streamed).
     def request_done(
         self,
         model: str,
@@ -91,17 +95,24 @@ class Observer(Protocol):
         usage: Usage | None,
         response_bytes: int = -1,
         request_bytes: int = -1,
+        flow: tuple[str, str] = NO_FLOW,
+        first: float = -1.0,
     ) -> None: ...
     # The request size of a request with a parsed body that ended with no ``request_done`` (its stream
     # cancelled, refused, or cut before a model server's answer ended), at its stream's end: every such
     # request's size is observed once, as ``kvgate serve`` observes each routed request's (s18-qa2 L2).
-    def sized(self, model: str, target: str, request_bytes: int) -> None: ...
+    def sized(self, model: str, target: str, request_bytes: int, flow: tuple[str, str] = NO_FLOW) -> None: ...
     # A request under ``model`` / ``target`` started (its names known) and, once, its stream ended: the
     # names in flight keep their labels (``ModelLabels.hold`` / ``drop``). ``request_bytes``: its body's
-    # size (-1: a body-less request, not a model's); ``begin`` gives the label it counts as running
-    # ("" none), which ``end`` gets back (a label can change while the request runs).
-    def begin(self, model: str, target: str, request_bytes: int = -1) -> str: ...
-    def end(self, model: str, target: str, running: str = "") -> None: ...
+    # size (-1: a body-less request, not a model's); ``fairness`` / ``priority``: its flow's (counted
+    # toward its own ``fairness_id`` label); ``begin`` gives the labels it counts as running under (None:
+    # none), which ``end`` gets back (a label can change while the request runs).
+    def begin(
+        self, model: str, target: str, request_bytes: int = -1, fairness: str = "", priority: int = 0
+    ) -> tuple[str, str, str, str] | None: ...
+    def end(self, model: str, target: str, running: tuple[str, str, str, str] | None = None) -> None: ...
+    # A request's ``fairness_id`` / ``priority`` labels on llm-d's families (bounded).
+    def flow(self, fairness: str, priority: int) -> tuple[str, str]: ...
 
 
 class ProtocolViolation(Exception):
@@ -218,7 +229,10 @@ class Session:
         # before, so a stream that ends then is no request left unanswered (as ``kvgate serve``, whose
         # front has the whole body before anything is counted under a model).
         self._models: tuple[str, str] | None = None
-        self._running = ""  # the label it counts as running under (``begin`` / ``end``)
+        self._running: tuple[str, str, str, str] | None = None  # what it counts as running under (``begin``)
+        # Its ``fairness_id`` / ``priority`` labels on llm-d's families (``Observer.flow``), once built.
+        self._flow = NO_FLOW
+        self._first_s = -1.0  # a streamed response's first body chunk, seconds after ``_t0`` (its TTFT)
         self._request_bytes = -1  # its body's size (``inference_objective_request_sizes``)
         self._ended = False  # (``close``: the observer's ``end`` once)
         self._parsed = False  # its body parsed: its target is a name the model server saw (labels)
@@ -310,7 +324,7 @@ class Session:
         self.done = True
         if self.ctx.observer is not None and not self._counted:
             self._counted = True
-            self.ctx.observer.rejected(status, *(self._models or ("", "")))
+            self.ctx.observer.rejected(status, *(self._models or ("", "")), self._flow)
         return immediate(status, message, code, param)
 
     # ---- request path ---------------------------------------------------------------------------
@@ -342,8 +356,8 @@ class Session:
             # Body-less (GET /v1/models, health probes): pick at once on headers.
             self._body_finished = True
             model = self.request_headers.get("x-gateway-model-name", "")
-            self._use_models(model, model, -1)
             req = self._build_request(ParsedBody(OTHER, {}, model), model)
+            self._use_models(model, model, -1, req)
             return self._schedule(req, body=None, body_changed=False)
         return []
 
@@ -382,14 +396,14 @@ class Session:
             self._client_model = model
             parsed.body["model"] = target
             model, changed = target, True
-        self._request_bytes = len(raw)
-        self._use_models(client_model, model, len(raw))
+        self._request_bytes = size = len(raw)
         self._parsed = True
         if server_priority(parsed.body, self.ctx.policy, self.request_headers.get(keys.OBJECTIVE)):
             changed = True  # (pools[].passPriority)
         if changed:
             raw = orjson.dumps(parsed.body)
         req = self._build_request(parsed, model)
+        self._use_models(client_model, model, size, req)  # (its flow known: fairness id, priority)
         # With request trailers the body's end is signalled by the trailers answer, not end_of_stream.
         return self._schedule(req, body=raw, body_changed=changed, body_eos=not trailers)
 
@@ -552,6 +566,8 @@ class Session:
         chunk = body.body
         self._resp_bytes += len(chunk)
         if self._scanner is not None:
+            if self._first_s < 0:  # (a streamed response's first byte: its TTFT, as the reference's)
+                self._first_s = self.ctx.clock() - self._t0
             out = self._scanner.feed(chunk)
             if self._scanner.saw_output:
                 self._mark_first_token()
@@ -632,7 +648,15 @@ class Session:
                 # Tokens from a success's usage only (as ``kvgate serve`` reads a 2xx's).
                 usage = self.usage if 200 <= self.status < 300 else None
                 size = self._resp_bytes if complete and self._response_bodies else -1
-                obs.request_done(*self._models, self.ctx.clock() - self._t0, usage, size, self._request_bytes)
+                obs.request_done(
+                    *self._models,
+                    self.ctx.clock() - self._t0,
+                    usage,
+                    size,
+                    self._request_bytes,
+                    self._flow,
+                    self._first_s,
+                )
                 self._request_bytes = -1  # (observed: not again in ``close``)
 
     def _outcome(self, complete: bool, idle: bool = False) -> None:
@@ -648,12 +672,13 @@ class Session:
             return
         self._counted = True
         model, target = self._models
+        flow = self._flow
         if idle:
-            obs.error(model, target, "epp_idle_timeout")
+            obs.error(model, target, "epp_idle_timeout", flow)
         elif not complete:
-            obs.error(model, target, "client_gone")
+            obs.error(model, target, "client_gone", flow)
         elif self.status >= 400:
-            obs.error(model, target, str(self.status))
+            obs.error(model, target, str(self.status), flow)
         elif 200 <= self.status < 300 and self._parsed:
             obs.served(target)
 
@@ -662,12 +687,14 @@ class Session:
             self.ctx.budget.give(self._held)
             self._held = 0
 
-    def _use_models(self, model: str, target: str, request_bytes: int) -> None:
+    def _use_models(self, model: str, target: str, request_bytes: int, req: InferenceRequest) -> None:
         obs = self.ctx.observer
         if obs is not None:
             if self._models is not None:
                 obs.end(*self._models, self._running)
-            self._running = obs.begin(model, target, request_bytes)  # (``end`` in ``close``)
+            # (``end`` in ``close``)
+            self._running = obs.begin(model, target, request_bytes, req.fairness_id, req.priority)
+            self._flow = obs.flow(req.fairness_id, req.priority)
         self._models = (model, target)
 
     def close(self, idle: bool = False) -> None:
@@ -679,7 +706,7 @@ class Session:
             if self._models is not None and self.ctx.observer is not None and not self._ended:
                 self._ended = True
                 if self._request_bytes >= 0:  # (no ``request_done``: its size alone, once)
-                    self.ctx.observer.sized(*self._models, self._request_bytes)
+                    self.ctx.observer.sized(*self._models, self._request_bytes, self._flow)
                     self._request_bytes = -1
                 self.ctx.observer.end(*self._models, self._running)
 

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from kvgate import __version__
 from kvgate.httpfront.metrics import FrontGauges
 from kvgate.openai.labels import ModelLabels
-from kvgate.openai.requeststats import BuildInfo, RequestErrors, RequestStats
+from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestErrors, RequestStats
 from kvgate.scheduling.types import Usage
 
 
@@ -38,6 +38,9 @@ class GatewayMetrics:
         # what ``start`` returned, however it ends).
         self.start = self._stats.start
         self.stop = self._stats.stop
+        # A request's ``fairness_id`` / ``priority`` labels on llm-d's families (``observe``'s and
+        # ``error``'s ``flow``; ``start`` takes the raw values and counts the id toward its label).
+        self.flow = self._stats.flow
         r.register(BuildInfo(__version__))  # inference_extension_info, llm_d_epp_info
         # ``inference_objective_request_error_total``: the collector the three doors share.
         self.errors = RequestErrors()
@@ -87,14 +90,18 @@ class GatewayMetrics:
             usage: Usage | None,
             response_bytes: int = -1,
             request_bytes: int = -1,
+            flow: tuple[str, str] = NO_FLOW,
+            first: float = -1.0,
         ) -> None:
-            observe(label(model), label(target), seconds, usage, response_bytes, request_bytes)
+            observe(label(model), label(target), seconds, usage, response_bytes, request_bytes, flow, first)
 
-        def start_labelled(model: str, target: str, request_bytes: int = -1) -> str:
-            return start(label(model), label(target), request_bytes)
+        def start_labelled(
+            model: str, target: str, request_bytes: int = -1, fairness: str = "", priority: int | None = 0
+        ) -> tuple[str, str, str, str]:
+            return start(label(model), label(target), request_bytes, fairness, priority)
 
-        def error_labelled(model: str, target: str, code: str) -> None:
-            inc(label(model), label(target), code)
+        def error_labelled(model: str, target: str, code: str, flow: tuple[str, str] = NO_FLOW) -> None:
+            inc(label(model), label(target), code, flow)
 
         self.observe = observe_labelled
         self.start = start_labelled

@@ -417,7 +417,9 @@ class Proxy:
                 held = models
                 models.hold(client_model)
                 models.label(client_model)  # (seen now, while it is a label: kept to the request's end)
-            running = self.metrics.start(client_model, ireq.model, request.content_length)
+            running = self.metrics.start(
+                client_model, ireq.model, request.content_length, ireq.fairness_id, ireq.priority
+            )
             try:
                 return await self._dispatch(
                     request,
@@ -434,7 +436,7 @@ class Proxy:
                     marks,
                 )
             except GatewayError as e:
-                self.metrics.error(client_model, ireq.model, str(e.status))
+                self.metrics.error(client_model, ireq.model, str(e.status), (running[2], running[3]))
                 raise
         except GatewayError as e:
             return error_response(e, rid)
@@ -639,7 +641,8 @@ class Proxy:
             except asyncio.CancelledError:
                 # The client left while flow control held the request (the front cancels the handler):
                 # counted once, as a client gone after the dispatch below.
-                self.metrics.error(client_model, ireq.model, "client_gone")
+                m = self.metrics
+                m.error(client_model, ireq.model, "client_gone", m.flow(ireq.fairness_id, ireq.priority))
                 raise
             except SchedulingError as e:
                 if attempt == 0:
@@ -859,7 +862,8 @@ class Proxy:
                     # reference's shed requests); kvgate_flow_control_preemptions_total counts the why.
                     raise GatewayError.from_scheduling(preempted_error()) from None
                 if not finished:  # (a stream's relay records its own end)
-                    self.metrics.error(client_model, ireq.model, "client_gone")
+                    m = self.metrics
+                    m.error(client_model, ireq.model, "client_gone", m.flow(ireq.fairness_id, ireq.priority))
                 raise
             finally:
                 if not finished:
@@ -1079,6 +1083,7 @@ class Proxy:
         out = StreamResponse(status=resp.status, headers=headers, length=length)
         scan = BodyUsageScanner()
         ok = False
+        sent = 0  # body bytes written to the client (the response size families)
         cut: Exception | None = None
         drained = False  # cut by the drain's deadline (``cut_streams``), as a stream is
         late = False  # cut by the request's deadline (not the idle timeout)
@@ -1105,7 +1110,9 @@ class Proxy:
                     if not chunk:
                         break
                 scan.feed(chunk)
-                await out.write(rewriter.feed(chunk) if rewriter is not None else chunk)
+                data = rewriter.feed(chunk) if rewriter is not None else chunk
+                sent += len(data)  # (the bytes the client is sent: a count, no copy)
+                await out.write(data)
             # The drain's mark, whatever the read said (a close-framed body's abort reads as its end).
             drained = self._cut.pop(resp, None) is not None
             if drained:
@@ -1116,7 +1123,9 @@ class Proxy:
                 out.abort()
             elif cut is None:
                 if rewriter is not None:
-                    await out.write(rewriter.finish())
+                    data = rewriter.finish()
+                    sent += len(data)
+                    await out.write(data)
                 await out.write_eof()
                 ok = True
             else:
@@ -1139,12 +1148,16 @@ class Proxy:
             usage = scan.usage() if ok and resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok and resp.status < 500)
             self._charge(ireq, usage, resp.status < 300)
-            self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage)
+            m = self.metrics
+            flow = m.flow(ireq.fairness_id, ireq.priority)
+            if not ok and cut is None and not drained:
+                sent = -1  # the client left (or the handler was cancelled): no size, as a gone stream's
+            m.observe(client_model, ireq.model, self.clock() - t0, usage, sent, -1, flow)
             if resp.status >= 400:
-                self.metrics.error(client_model, ireq.model, str(resp.status))
+                m.error(client_model, ireq.model, str(resp.status), flow)
             elif not ok:
                 why = "stream_cut" if cut is not None or drained else "client_gone"
-                self.metrics.error(client_model, ireq.model, why)
+                m.error(client_model, ireq.model, why, flow)
         return out
 
     def _whole(
@@ -1173,12 +1186,14 @@ class Proxy:
             self.health.success(ep)
         elif blame and self.health.failure(ep, self._peers(ep)):
             self.metrics.ejections.inc()
-        size = len(body)  # (the model server's answer, before the rewrite: the reference's response size)
         if sent_model:
             body = BodyRewriter(sent_model, client_model).rewrite(body)
-        self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage, size)
+        m = self.metrics
+        flow = m.flow(ireq.fairness_id, ireq.priority)
+        # (the response size: the body the client is sent, the model's name put back, as a relay's)
+        m.observe(client_model, ireq.model, self.clock() - t0, usage, len(body), -1, flow)
         if resp.status >= 400:
-            self.metrics.error(client_model, ireq.model, str(resp.status))
+            m.error(client_model, ireq.model, str(resp.status), flow)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
         return Response(status=resp.status, body=body, headers=headers)
@@ -1208,6 +1223,8 @@ class Proxy:
         timeout is (``HealthTracker.timed_out``; review s18-fixes-c L2). ``ids``: a Responses stream's
         id reader, fed the chunks after ``first`` until it is done (``_note_response``)."""
         relay = StreamRelay(sent_model, client_model, strip_usage)
+        first_s = self.clock() - t0  # (its first byte is here: the TTFT llm-d's families observe)
+        sent = 0  # body bytes written to the client (the response size families)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "text/event-stream")
         headers["Cache-Control"] = "no-cache"
@@ -1228,6 +1245,7 @@ class Proxy:
             while chunk:
                 data = relay.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                 if data:
+                    sent += len(data)  # (a count, no copy)
                     await out.write(data)
                 try:
                     chunk = await resp.read_chunk()
@@ -1262,10 +1280,12 @@ class Proxy:
                 if relay.mid_event:
                     out.abort()
                 else:
+                    sent += len(drain_cut)
                     await out.write(drain_cut)
             elif cut is None:
                 tail = relay.finish()
                 if tail and not after_done:  # (cut after ``[DONE]``: a partial event after it is dropped)
+                    sent += len(tail)
                     await out.write(tail)
                 ok = True
             else:
@@ -1276,11 +1296,11 @@ class Proxy:
                 if relay.mid_event:  # (as the drain's cut mid-event: closed mid-body, no event)
                     out.abort()
                 else:
-                    await out.write(
-                        sse_error_event(
-                            f"upstream stream from {self._name(ep)} was cut: {type(cut).__name__}"
-                        )
+                    event = sse_error_event(
+                        f"upstream stream from {self._name(ep)} was cut: {type(cut).__name__}"
                     )
+                    sent += len(event)
+                    await out.write(event)
             await out.write_eof()
         except ConnectionResetError:
             # The client went away: abort the upstream request so the model server stops generating
@@ -1302,14 +1322,18 @@ class Proxy:
             # Tokens observed only at the stream's normal end: a cut one, or one whose client left,
             # gives none, whether or not its usage event had passed (the transformed relay reads it as
             # it goes by, the pass-through one only at ``finish``), as ``kvgate serve --clusters``.
-            self.metrics.observe(client_model, ireq.model, self.clock() - t0, usage if ok else None)
+            m = self.metrics
+            flow = m.flow(ireq.fairness_id, ireq.priority)
+            if not ok and upstream_ok:
+                sent = -1  # the client left (or the handler was cancelled): what reached it is not known
+            m.observe(
+                client_model, ireq.model, self.clock() - t0, usage if ok else None, sent, -1, flow, first_s
+            )
             if resp.status >= 400:
                 # An error status with an event-stream body: under its status, as ``_whole`` counts a
                 # JSON one, also when its client leaves or it is cut before its end (the status was
                 # sent: the one rule of the three doors).
-                self.metrics.error(client_model, ireq.model, str(resp.status))
+                m.error(client_model, ireq.model, str(resp.status), flow)
             elif not ok:
-                self.metrics.error(
-                    client_model, ireq.model, "stream_cut" if not upstream_ok else "client_gone"
-                )
+                m.error(client_model, ireq.model, "stream_cut" if not upstream_ok else "client_gone", flow)
         return out

@@ -55,7 +55,14 @@ from kvgate.multicluster.router import ENDPOINT, Attempt, GlobalRouter, NoRoute,
 from kvgate.multicluster.source import ClusterSource
 from kvgate.multicluster.state import models_listed
 from kvgate.openai.labels import GRACE_S, ModelLabels
-from kvgate.openai.protocol import CUT_WRITE_S, MODEL_REWRITE, drain_cut_event, sse_error_event
+from kvgate.openai.protocol import (
+    CUT_WRITE_S,
+    DEFAULT_FAIRNESS_ID,
+    FAIRNESS_ID,
+    MODEL_REWRITE,
+    drain_cut_event,
+    sse_error_event,
+)
 from kvgate.openai.request import (
     ROUTED_PATHS,
     STREAM_USAGE_PATHS,
@@ -64,7 +71,7 @@ from kvgate.openai.request import (
     kind_for_path,
     parse_body,
 )
-from kvgate.openai.requeststats import RequestErrors, RequestStats
+from kvgate.openai.requeststats import NO_FLOW, RequestErrors, RequestStats
 from kvgate.openai.responses import RESPONSES_PATH, ResponseHomes, ResponseIdReader, previous_response_id
 from kvgate.openai.sse import EventEdge
 from kvgate.openai.usage import usage_from_body
@@ -152,13 +159,39 @@ class _Metrics:
         for name in names:
             self.requests.remove_by_labels({"model_name": name})
 
-    def request_done(self, model: str, seconds: float, usage: Usage | None) -> None:
+    def start(self, model: str, fairness: str) -> tuple[str, str, str, str]:
+        """A parsed request in flight (the running families); ``stop`` with what this returns. Its size
+        is observed at its end (``request_done`` or ``sized``), under the label it has then (a name a
+        cluster answered with a 2xx may earn its label meanwhile), as ``kvgate epp`` observes it. Its
+        priority is its cluster's to decide (this door reads no objectives): ``priority`` is empty on
+        llm-d's families."""
         label = self.models.label(model)
-        self.stats.observe(label, label, seconds, usage)
+        return self.stats.start(label, label, -1, fairness, None)
 
-    def error(self, model: str, code: str) -> None:
+    def sized(self, model: str, request_bytes: int, flow: tuple[str, str]) -> None:
+        """The size of a request no cluster answered (refused, or its client gone before an answer)."""
+        label = self.models.label(model)
+        self.stats.sized(label, label, request_bytes, flow)
+
+    def stop(self, key: tuple[str, str, str, str]) -> None:
+        self.stats.stop(key)
+
+    def request_done(
+        self,
+        model: str,
+        seconds: float,
+        usage: Usage | None,
+        response_bytes: int = -1,
+        request_bytes: int = -1,
+        flow: tuple[str, str] = NO_FLOW,
+        first: float = -1.0,
+    ) -> None:
+        label = self.models.label(model)
+        self.stats.observe(label, label, seconds, usage, response_bytes, request_bytes, flow, first)
+
+    def error(self, model: str, code: str, flow: tuple[str, str] = NO_FLOW) -> None:
         label = self.models.label(model)  # (bounded: the model labels above; codes: statuses, named ends)
-        self.errors.inc(label, label, code)
+        self.errors.inc(label, label, code, flow)
 
 
 class _UsageSeen:
@@ -168,7 +201,7 @@ class _UsageSeen:
     cluster's hit or miss classification reads too). ``usage()`` gives the bytes back (called once,
     whatever the end)."""
 
-    __slots__ = ("_budget", "_chunks", "_held", "_routed", "complete")
+    __slots__ = ("_budget", "_chunks", "_held", "_routed", "complete", "first", "sent")
 
     def __init__(self, budget: ByteBudget = _USAGE_HELD) -> None:
         self._budget = budget
@@ -176,6 +209,10 @@ class _UsageSeen:
         self._chunks: list[bytes] | None = None
         self._held = 0
         self.complete = False
+        # Body bytes written to the client (-1: it left, what reached it is not known) and when an event
+        # stream's first one went out (the clock's; -1: not an event stream, or none went out).
+        self.sent = 0
+        self.first = -1.0
 
     def start(self, routed: Routed | None) -> None:
         """A 2xx: an event stream's usage comes from ``routed``; a JSON body's is held here."""
@@ -348,13 +385,16 @@ class GlobalGateway:
         # In flight: the model's name keeps its label (and series) to the request's end, a stream longer
         # than GRACE_S included (``ModelLabels.hold``; review s15-labels L2).
         self.metrics.models.hold(parsed.model)
+        fairness = request.headers.get(FAIRNESS_ID) or DEFAULT_FAIRNESS_ID
+        running = self.metrics.start(parsed.model, fairness)
         try:
-            return await self._route_parsed(request, parsed, t0)
+            return await self._route_parsed(request, parsed, t0, (running[2], running[3]))
         finally:
+            self.metrics.stop(running)
             self.metrics.models.drop(parsed.model)
 
     async def _route_parsed(
-        self, request: Request, parsed: ParsedBody, t0: float
+        self, request: Request, parsed: ParsedBody, t0: float, flow: tuple[str, str]
     ) -> Response | StreamResponse:
         path = request.path
         raw = request.body
@@ -373,11 +413,13 @@ class GlobalGateway:
         try:
             routed = await self.router.route(path, request.headers, raw, creq, home=home)
         except asyncio.CancelledError:  # the client went away while a cluster was being tried
-            self.metrics.error(parsed.model, "client_gone")
+            self.metrics.error(parsed.model, "client_gone", flow)
+            self.metrics.sized(parsed.model, len(raw), flow)
             raise
         except NoRoute as e:
             self.metrics.failed.inc()
-            self.metrics.error(parsed.model, str(e.status))
+            self.metrics.error(parsed.model, str(e.status), flow)
+            self.metrics.sized(parsed.model, len(raw), flow)
             self._count_failed(e.attempts)
             if e.status == 429:
                 return json_error(429, e.message, headers={"Retry-After": str(e.retry_after or 1)})
@@ -394,13 +436,16 @@ class GlobalGateway:
         rewrite = request.headers.get(MODEL_REWRITE)
         sent = parsed.model if not rewrite else rewrite if routed.mode == ENDPOINT else ""
         try:
-            return await self._relay(request, routed, parsed.model, sent, seen)
+            return await self._relay(request, routed, parsed.model, sent, seen, flow)
         finally:
             if 200 <= routed.status < 300:
                 # (seen again at its end: a learnt name only a stream longer than GRACE_S used keeps its
                 # label for the end's counts)
                 self.metrics.models.served(sent)
-            self.metrics.request_done(parsed.model, self.clock() - t0, seen.usage())
+            first = seen.first - t0 if seen.first >= 0 else -1.0
+            self.metrics.request_done(
+                parsed.model, self.clock() - t0, seen.usage(), seen.sent, len(raw), flow, first
+            )
             # Cut short (the client left, a write failed, cancelled before the first chunk) or done:
             # settle the upstream, the EPP and the cluster's accounting now, the body read or not.
             await routed.close()
@@ -408,7 +453,13 @@ class GlobalGateway:
                 self.metrics.epp_lost.labels(routed.cluster).inc()
 
     async def _relay(
-        self, request: Request, routed: Routed, model: str, sent: str, seen: _UsageSeen
+        self,
+        request: Request,
+        routed: Routed,
+        model: str,
+        sent: str,
+        seen: _UsageSeen,
+        flow: tuple[str, str] = NO_FLOW,
     ) -> StreamResponse:
         self._count_failed(routed.attempts[:-1])
         metrics = self.metrics
@@ -425,7 +476,7 @@ class GlobalGateway:
         # under stream_cut, else a client that left before the end under client_gone.
         counted = routed.status >= 400
         if counted:
-            self.metrics.error(model, str(routed.status))
+            self.metrics.error(model, str(routed.status), flow)
         elif 200 <= routed.status < 300:  # (as ``kvgate serve``: usage of a 2xx only)
             seen.start(routed)
         # A Responses answer's id, remembered with its cluster once the answer ended complete.
@@ -460,24 +511,29 @@ class GlobalGateway:
                     if key not in self._cut and isinstance(e, StopAsyncIteration):
                         seen.complete = True  # the normal end only: a cut stream gives no usage
                         if edge is not None and (rest := edge.rest()):
+                            seen.sent += len(rest)
                             await resp.write(rest)
                         break
                     if not counted:
                         counted = True
-                        self.metrics.error(model, "stream_cut")
+                        self.metrics.error(model, "stream_cut", flow)
                     mid = edge is not None and edge.mid_event  # (an event past 1 MiB half sent)
                     if key in self._cut:  # (the drain's deadline cut it: not the cluster's doing)
                         if mid:  # no event glued onto the half event: closed mid-body
                             resp.abort()
                             return resp
-                        await resp.write(drain_cut_event(self.drain_s))
+                        event = drain_cut_event(self.drain_s)
+                        seen.sent += len(event)
+                        await resp.write(event)
                         break
                     self.metrics.cut.labels(routed.cluster).inc()
                     log.warning("response from cluster %s cut: %s: %s", routed.cluster, type(e).__name__, e)
                     if not sse or mid:
                         resp.abort()  # the client must see an incomplete body, not a short one
                         return resp
-                    await resp.write(sse_error_event(f"cluster {routed.cluster} cut the stream"))
+                    event = sse_error_event(f"cluster {routed.cluster} cut the stream")
+                    seen.sent += len(event)
+                    await resp.write(event)
                     break
                 seen.feed(chunk)
                 if ids is not None and not ids.done:  # (fed until its id is found: M2)
@@ -486,6 +542,9 @@ class GlobalGateway:
                     chunk = edge.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                     if not chunk:
                         continue
+                    if seen.first < 0:  # (an event stream's first byte out: its TTFT)
+                        seen.first = self.clock()
+                seen.sent += len(chunk)  # (the response size: a count, no copy)
                 await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
             await resp.write_eof()
             if ids is not None and seen.complete and (rid := ids.response_id()) is not None:
@@ -493,8 +552,9 @@ class GlobalGateway:
                 pod = routed.attempts[-1].target if routed.mode == ENDPOINT and routed.attempts else None
                 self.responses.remember(rid, (routed.cluster, pod))
         except (ConnectionResetError, asyncio.CancelledError):
+            seen.sent = -1  # (what reached the client is not known: no size, as ``kvgate serve``)
             if not counted:
-                self.metrics.error(model, "client_gone")
+                self.metrics.error(model, "client_gone", flow)
             raise
         finally:
             if sse:
