@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flowcontrol.test_doors import HeldBackend, eventually
 from gateway.backend import Backend, free_port
 from gateway.conftest import base_url, make_config, running_gateway
+from gateway.handler_server import serve_handler
 from gateway.test_workers_start import _config, _serve, _until_ready
 from kvgate.extproc.testing import EnvoyHarness
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
@@ -84,14 +85,9 @@ async def split_json_backend() -> AsyncIterator[str]:
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/completions", answer)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner, port = await serve_handler(answer, shutdown_timeout=0.2)
     try:
-        yield f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        yield f"127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 
