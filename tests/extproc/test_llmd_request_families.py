@@ -25,6 +25,8 @@ from kvgate.extproc.testing import EnvoyHarness
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 from kvgate.openai.labels import FairnessLabels
+from kvgate.openai.requeststats import NO_FIRST_BYTE, RequestStats
+from kvgate.scheduling.types import Usage
 
 M = {"model_name": "m", "target_model_name": "m"}
 DEFAULT = {**M, "fairness_id": "default-flow", "priority": "0"}
@@ -337,3 +339,19 @@ def test_fairness_labels_are_sticky_and_bounded() -> None:
         labels.count("other")
     assert len(labels.labelled) == 17 and "other" not in labels.labelled and "t" in labels.labelled
     assert labels.label("u39") == "other"
+
+
+def test_a_stream_whose_first_byte_was_not_seen_has_no_ttft() -> None:
+    """As the reference's (no first-token time, no TTFT): ``kvgate epp`` sent no response bodies
+    (``response_body_mode: NONE``), ``--clusters`` a stream cut before its first byte went out. A
+    non-streamed answer's TTFT is its duration; a stream's TPOT needs its first byte."""
+    stats = RequestStats()
+    usage = Usage(prompt_tokens=3, completion_tokens=4)
+    stats.observe("m", "m", 1.0, usage, first=NO_FIRST_BYTE)
+    stats.observe("m", "m", 2.0, usage)
+    stats.observe("m", "m", 3.0, usage, first=0.5)
+    (child,) = stats.children.values()
+    assert (sum(child.ttft.counts), child.ttft.sum) == (1, 2.0)
+    assert (sum(child.ttft_stream.counts), child.ttft_stream.sum) == (1, 0.5)
+    assert (sum(child.tpot.counts), child.tpot.sum) == (1, (3.0 - 0.5) / 3)
+    assert child.count == 3

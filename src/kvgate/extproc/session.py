@@ -43,7 +43,7 @@ from kvgate.openai.request import (
     parse_body,
     server_priority,
 )
-from kvgate.openai.requeststats import NO_FLOW
+from kvgate.openai.requeststats import NO_FIRST_BYTE, NO_FLOW
 from kvgate.openai.sse import SSEScanner, rewrite_model
 from kvgate.requestcontrol.director import preempted_error
 from kvgate.scheduling.types import (
@@ -655,7 +655,7 @@ class Session:
                     size,
                     self._request_bytes,
                     self._flow,
-                    self._first_s,
+                    self._first_s if self._first_s >= 0 else NO_FIRST_BYTE if self.streaming else -1.0,
                 )
                 self._request_bytes = -1  # (observed: not again in ``close``)
 

@@ -71,7 +71,7 @@ from kvgate.openai.request import (
     kind_for_path,
     parse_body,
 )
-from kvgate.openai.requeststats import NO_FLOW, RequestErrors, RequestStats
+from kvgate.openai.requeststats import NO_FIRST_BYTE, NO_FLOW, RequestErrors, RequestStats
 from kvgate.openai.responses import RESPONSES_PATH, ResponseHomes, ResponseIdReader, previous_response_id
 from kvgate.openai.sse import EventEdge
 from kvgate.openai.usage import usage_from_body
@@ -210,7 +210,8 @@ class _UsageSeen:
         self._held = 0
         self.complete = False
         # Body bytes written to the client (-1: it left, what reached it is not known) and when an event
-        # stream's first one went out (the clock's; -1: not an event stream, or none went out).
+        # stream's first one went out (the clock's; -1: not an event stream; ``NO_FIRST_BYTE``: one
+        # whose first byte did not go out, no TTFT).
         self.sent = 0
         self.first = -1.0
 
@@ -442,7 +443,7 @@ class GlobalGateway:
                 # (seen again at its end: a learnt name only a stream longer than GRACE_S used keeps its
                 # label for the end's counts)
                 self.metrics.models.served(sent)
-            first = seen.first - t0 if seen.first >= 0 else -1.0
+            first = seen.first - t0 if seen.first >= 0 else seen.first
             self.metrics.request_done(
                 parsed.model, self.clock() - t0, seen.usage(), seen.sent, len(raw), flow, first
             )
@@ -486,6 +487,7 @@ class GlobalGateway:
         # error event never lands inside one; ``edge.done``: its ``[DONE]`` went out.
         edge = EventEdge() if sse else None
         if sse:
+            seen.first = NO_FIRST_BYTE  # (until its first byte goes out)
             self._streams[key] = routed
             if self._cutting and (abort := _cut_abort(routed)) is not None:  # (answered after the cut: L6)
                 self._cut.add(key)

@@ -125,6 +125,8 @@ _RESPONSE_UNION = tuple(sorted({*_RESPONSE_SIZE_BUCKETS, *_LLMD_RESPONSE_SIZE_BU
 # A request's flow labels (``fairness_id``, ``priority``) on llm-d's families: none known (a refusal
 # before the request was read, ``kvgate serve --clusters``' priority).
 NO_FLOW: Final = ("", "")
+# ``observe``'s ``first`` for a stream whose first byte was not seen (no TTFT observed).
+NO_FIRST_BYTE: Final = -2.0
 _PRIORITY: dict[int | None, str] = {0: "0", None: ""}  # (None: not known to the door)
 
 
@@ -382,7 +384,8 @@ class RequestStats:
         size where the door has it (-1: not observed); ``request_bytes``: the request body's, where
         ``start`` did not observe it (-1: not observed); ``flow``: its ``flow`` labels; ``first``: a
         streamed answer's seconds to its first byte (its TTFT; -1: not streamed, the TTFT is
-        ``seconds``, as the reference's)."""
+        ``seconds``, as the reference's; ``NO_FIRST_BYTE``: a stream whose first byte was not seen, no
+        TTFT, as the reference records none)."""
         key = (model, target, flow[0], flow[1])
         c = self.children.get(key)
         if c is None:
@@ -391,14 +394,14 @@ class RequestStats:
         h = c.duration
         h.counts[bisect_left(h.bounds, seconds)] += 1
         h.sum += seconds
-        if first < 0:
-            h = c.ttft
-            h.counts[bisect_left(h.bounds, seconds)] += 1
-            h.sum += seconds
-        else:
+        if first >= 0:
             h = c.ttft_stream
             h.counts[bisect_left(h.bounds, first)] += 1
             h.sum += first
+        elif first == -1.0:
+            h = c.ttft
+            h.counts[bisect_left(h.bounds, seconds)] += 1
+            h.sum += seconds
         if response_bytes >= 0:
             h = c.response_sizes
             h.counts[bisect_left(h.bounds, response_bytes)] += 1
