@@ -44,19 +44,25 @@ def _pools_config(n: int) -> object:
     return parse_gateway_config({"listen": {"host": "127.0.0.1", "port": 0}, "pools": pools})
 
 
+def _gated(n: int) -> tuple[GatewayServer, list[_Source], asyncio.Event]:
+    """A gateway (not started) of ``n`` pools, each with one data source whose start waits for ``go``:
+    the gateway, the sources, ``go``."""
+    cfg = _pools_config(n)
+    pools = make_pools(cfg)  # type: ignore[arg-type]
+    go = asyncio.Event()
+    sources = [_Source(go) for _ in pools]
+    for pool, src in zip(pools, sources, strict=True):
+        pool.director.data_sources = lambda src=src: [src]  # type: ignore[attr-defined,misc]
+    return GatewayServer(cfg, pools, scrape=False), sources, go  # type: ignore[arg-type]
+
+
 @pytest.fixture(autouse=True)
 def _counts() -> None:
     _Source.running = _Source.most = 0
 
 
 async def test_every_pools_data_sources_start_at_once() -> None:
-    cfg = _pools_config(3)
-    pools = make_pools(cfg)  # type: ignore[arg-type]
-    go = asyncio.Event()
-    sources = [_Source(go) for _ in pools]
-    for pool, src in zip(pools, sources, strict=True):
-        pool.director.data_sources = lambda src=src: [src]  # type: ignore[attr-defined,misc]
-    gw = GatewayServer(cfg, pools, scrape=False)  # type: ignore[arg-type]
+    gw, sources, go = _gated(3)
     start = asyncio.create_task(gw.start())
     try:
         # One pool after another, the second would not start before the first's catch-up ended.
@@ -74,13 +80,7 @@ async def test_every_pools_data_sources_start_at_once() -> None:
 
 async def test_source_starts_are_bounded(monkeypatch) -> None:
     monkeypatch.setattr(server_mod, "SOURCE_STARTS", 2)
-    cfg = _pools_config(4)
-    pools = make_pools(cfg)  # type: ignore[arg-type]
-    go = asyncio.Event()
-    sources = [_Source(go) for _ in pools]
-    for pool, src in zip(pools, sources, strict=True):
-        pool.director.data_sources = lambda src=src: [src]  # type: ignore[attr-defined,misc]
-    gw = GatewayServer(cfg, pools, scrape=False)  # type: ignore[arg-type]
+    gw, sources, go = _gated(4)
     start = asyncio.create_task(gw.start())
     try:
         async with asyncio.timeout(10):  # in order: the first two take the slots
