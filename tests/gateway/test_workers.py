@@ -22,13 +22,7 @@ from kvgate.gateway.workers import merge_metrics
 
 
 def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry))
-    return out
+    return workers_kit.children(pid)
 
 
 def serve_workers(address: str, n: int, policy: str = "round-robin") -> Any:

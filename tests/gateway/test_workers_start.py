@@ -24,6 +24,7 @@ import zmq
 import zmq.asyncio
 
 from gateway.backend import free_port
+from gateway.workers_kit import children
 from kvgate.config.gateway import GatewayConfigError, parse_gateway_config
 from kvgate.config.policies import precise_policy
 from kvgate.datalayer.kvsubscriber import REPLAY_TIMEOUT_ENV
@@ -37,18 +38,7 @@ _END_SEQ = (-1).to_bytes(8, "big", signed=True)
 
 def _children(pid: int) -> set[int]:
     """The supervisor's worker processes (spawn's: ``python -c 'from multiprocessing.spawn ...'``)."""
-    out = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) != pid:
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"multiprocessing.spawn" in f.read():
-                    out.add(int(entry))
-    return out
+    return set(children(pid, b"multiprocessing.spawn"))
 
 
 def _listens(pid: int, port: int) -> bool:
@@ -477,17 +467,7 @@ async def test_a_sigkilled_supervisors_private_directories_are_removed_at_the_ne
 
 def _tracker(pid: int) -> int | None:
     """The supervisor's multiprocessing resource tracker (a child running ``resource_tracker.main``)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) != pid:
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"resource_tracker" in f.read():
-                    return int(entry)
-    return None
+    return next(iter(children(pid, b"resource_tracker")), None)
 
 
 def _shared_memory(pid: int) -> str:

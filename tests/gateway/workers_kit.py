@@ -1,11 +1,13 @@
 """What the ``kvgate serve --workers N`` tests share (``test_workers.py``, ``test_workers_tenant_limits.py``,
-``test_workers_reload.py``): the supervisor as a real process, waited for until its ``/readyz`` says every
-worker is ready, killed at the end; the requests each worker answered, from the admin's merged metrics."""
+``test_workers_reload.py``, ``test_workers_start.py``): the supervisor as a real process, waited for until
+its ``/readyz`` says every worker is ready, killed at the end; the requests each worker answered, from the
+admin's merged metrics; a process's children, from ``/proc``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -61,3 +63,22 @@ async def answers_per_worker(admin: int, *families: str) -> dict[str, float]:
                 if smp.name.endswith("_total"):
                     per[smp.labels["worker"]] = per.get(smp.labels["worker"], 0) + smp.value
     return per
+
+
+def children(pid: int, running: bytes | None = None) -> list[int]:
+    """The child processes of ``pid`` (their parent pid in ``/proc``), only those whose command line holds
+    ``running`` when that is given."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) != pid:
+                    continue
+            if running is not None:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if running not in f.read():
+                        continue
+            out.append(int(entry))
+    return out
