@@ -355,3 +355,43 @@ def test_a_stream_whose_first_byte_was_not_seen_has_no_ttft() -> None:
     assert (sum(child.ttft_stream.counts), child.ttft_stream.sum) == (1, 0.5)
     assert (sum(child.tpot.counts), child.tpot.sum) == (1, (3.0 - 0.5) / 3)
     assert child.count == 3
+
+
+async def test_llm_d_s_fairness_header_is_the_flow_in_the_three_doors(start_epp) -> None:
+    """A request naming its flow only in llm-d's header (``x-llm-d-inference-fairness-id``) is that
+    flow's, as flow control reads it (``flow_of``): not yet labelled, so ``other``, never
+    ``default-flow``. Fails before: counted as ``default-flow`` in the three doors."""
+    backend = await Backend("b0", tokens=2).start()
+    doc = {"model": "m", "prompt": "hello", "max_tokens": 2}
+    llmd = {"x-llm-d-inference-fairness-id": "t"}
+    other = {**M, "fairness_id": "other"}
+    try:
+        async with running_gateway(make_config([backend.address])) as gw:
+            assert (await _post(base_url(gw) + "/v1/completions", doc, llmd))[0] == 200
+            serve = await scrape(base_url(gw) + "/metrics")
+        epp = await start_epp([backend.address])
+        async with aiohttp.ClientSession() as http:
+            res = await EnvoyHarness(epp.stub, http).request(
+                "POST", "/v1/completions", orjson.dumps(doc), llmd
+            )
+            assert res.status == 200
+        stats = epp.metrics.requests
+        await eventually(lambda: stats.children and not any(stats.running.values()), "the request ended")
+        at_epp = await scrape(f"http://127.0.0.1:{epp.server.metrics_port}/metrics")
+        mc = GlobalGateway(
+            ClustersConfig((ClusterSpec("c", gateway=backend.address),)), "round-robin", fetch=False, seed=1
+        )
+        await mc.start("127.0.0.1", 0)
+        try:
+            assert (await _post(f"http://127.0.0.1:{mc.port}/v1/completions", doc, llmd))[0] == 200
+            await eventually(lambda: mc.inflight == 0, "the request ended")
+            clusters = await scrape(f"http://127.0.0.1:{mc.port}/metrics")
+        finally:
+            await mc.stop()
+    finally:
+        await backend.stop()
+    assert get(serve, "llm_d_epp_request_total", **other, priority="0") == 1
+    assert get(at_epp, "llm_d_epp_request_total", **other, priority="0") == 1
+    # (the --clusters door labels its models once a cluster answered them: this first one is ``other``)
+    assert total(clusters, "llm_d_epp_request_total", fairness_id="other", priority="") == 1
+    assert total(clusters, "llm_d_epp_request_total", fairness_id="default-flow") == 0

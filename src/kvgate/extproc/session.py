@@ -45,7 +45,7 @@ from kvgate.openai.request import (
 )
 from kvgate.openai.requeststats import NO_FIRST_BYTE, NO_FLOW
 from kvgate.openai.sse import SSEScanner, rewrite_model
-from kvgate.requestcontrol.director import preempted_error
+from kvgate.requestcontrol.director import flow_of, preempted_error
 from kvgate.scheduling.types import (
     InferenceRequest,
     NoCapacityError,
@@ -693,8 +693,10 @@ class Session:
             if self._models is not None:
                 obs.end(*self._models, self._running)
             # (``end`` in ``close``)
-            self._running = obs.begin(model, target, request_bytes, req.fairness_id, req.priority)
-            self._flow = obs.flow(req.fairness_id, req.priority)
+            # (the flow as flow control reads it: GIE's fairness header, else llm-d's)
+            fairness = flow_of(req)
+            self._running = obs.begin(model, target, request_bytes, fairness, req.priority)
+            self._flow = obs.flow(fairness, req.priority)
         self._models = (model, target)
 
     def close(self, idle: bool = False) -> None:

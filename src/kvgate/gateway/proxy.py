@@ -418,7 +418,7 @@ class Proxy:
                 models.hold(client_model)
                 models.label(client_model)  # (seen now, while it is a label: kept to the request's end)
             running = self.metrics.start(
-                client_model, ireq.model, request.content_length, ireq.fairness_id, ireq.priority
+                client_model, ireq.model, request.content_length, flow_of(ireq), ireq.priority
             )
             try:
                 return await self._dispatch(
@@ -642,7 +642,7 @@ class Proxy:
                 # The client left while flow control held the request (the front cancels the handler):
                 # counted once, as a client gone after the dispatch below.
                 m = self.metrics
-                m.error(client_model, ireq.model, "client_gone", m.flow(ireq.fairness_id, ireq.priority))
+                m.error(client_model, ireq.model, "client_gone", m.flow(flow_of(ireq), ireq.priority))
                 raise
             except SchedulingError as e:
                 if attempt == 0:
@@ -863,7 +863,7 @@ class Proxy:
                     raise GatewayError.from_scheduling(preempted_error()) from None
                 if not finished:  # (a stream's relay records its own end)
                     m = self.metrics
-                    m.error(client_model, ireq.model, "client_gone", m.flow(ireq.fairness_id, ireq.priority))
+                    m.error(client_model, ireq.model, "client_gone", m.flow(flow_of(ireq), ireq.priority))
                 raise
             finally:
                 if not finished:
@@ -1149,7 +1149,7 @@ class Proxy:
             director.on_finished(ireq, ep, usage, ok and resp.status < 500)
             self._charge(ireq, usage, resp.status < 300)
             m = self.metrics
-            flow = m.flow(ireq.fairness_id, ireq.priority)
+            flow = m.flow(flow_of(ireq), ireq.priority)
             if not ok and cut is None and not drained:
                 sent = -1  # the client left (or the handler was cancelled): no size, as a gone stream's
             m.observe(client_model, ireq.model, self.clock() - t0, usage, sent, -1, flow)
@@ -1189,7 +1189,7 @@ class Proxy:
         if sent_model:
             body = BodyRewriter(sent_model, client_model).rewrite(body)
         m = self.metrics
-        flow = m.flow(ireq.fairness_id, ireq.priority)
+        flow = m.flow(flow_of(ireq), ireq.priority)
         # (the response size: the body the client is sent, the model's name put back, as a relay's)
         m.observe(client_model, ireq.model, self.clock() - t0, usage, len(body), -1, flow)
         if resp.status >= 400:
@@ -1323,7 +1323,7 @@ class Proxy:
             # gives none, whether or not its usage event had passed (the transformed relay reads it as
             # it goes by, the pass-through one only at ``finish``), as ``kvgate serve --clusters``.
             m = self.metrics
-            flow = m.flow(ireq.fairness_id, ireq.priority)
+            flow = m.flow(flow_of(ireq), ireq.priority)
             if not ok and upstream_ok:
                 sent = -1  # the client left (or the handler was cancelled): what reached it is not known
             m.observe(

@@ -59,6 +59,7 @@ from kvgate.openai.protocol import (
     CUT_WRITE_S,
     DEFAULT_FAIRNESS_ID,
     FAIRNESS_ID,
+    LLMD_FAIRNESS_ID,
     MODEL_REWRITE,
     drain_cut_event,
     sse_error_event,
@@ -386,7 +387,10 @@ class GlobalGateway:
         # In flight: the model's name keeps its label (and series) to the request's end, a stream longer
         # than GRACE_S included (``ModelLabels.hold``; review s15-labels L2).
         self.metrics.models.hold(parsed.model)
+        # (the flow as flow control reads it: GIE's fairness header, else llm-d's, else the default)
         fairness = request.headers.get(FAIRNESS_ID) or DEFAULT_FAIRNESS_ID
+        if fairness == DEFAULT_FAIRNESS_ID:
+            fairness = request.headers.get(LLMD_FAIRNESS_ID) or fairness
         running = self.metrics.start(parsed.model, fairness)
         try:
             return await self._route_parsed(request, parsed, t0, (running[2], running[3]))

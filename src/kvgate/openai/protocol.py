@@ -19,6 +19,9 @@ MODEL_REWRITE = "x-gateway-model-name-rewrite"
 DESTINATION_ENDPOINT = "x-gateway-destination-endpoint"
 REQUEST_ID = "x-request-id"
 DEFAULT_FAIRNESS_ID = "default-flow"
+# llm-d's fairness header, read when GIE's names no flow (``kvgate.flowcontrol.controller.flow_of``, whose
+# package ``multicluster`` may not import, keeps its own name for it).
+LLMD_FAIRNESS_ID = "x-llm-d-inference-fairness-id"
 # The session-affinity header when the configuration names none (``sessionHeader`` / ``--session-header``).
 DEFAULT_SESSION_HEADER = "x-session-id"
 # Conformance hooks (GIE conformance suite): a client must not steer routing with them unless enabled.
