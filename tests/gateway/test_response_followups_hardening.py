@@ -2,8 +2,9 @@
 plain requests have (review s18-doors M4: a poison follow-up's 500 at its home, retried elsewhere, met vLLM's
 404 there and charged the home; repeated, it ejected healthy endpoints), only at its home (review s18-fixes-b
 L1: a 500 after a retry took it elsewhere is that server's). With flow control a follow-up waiting for its
-busy home still holds up its band behind it (review s18-doors M3, open: a strict xfail); it stays pinned
-(review s18-fixes-b M1, M2: ``test_followup_busy_home.py``, ``test_followup_skips_priority.py``)."""
+busy home no longer holds up its band behind it (review s18-doors M3: the dispatcher passes over it and
+keeps it first in line for its home); it stays pinned (review s18-fixes-b M1, M2:
+``test_followup_busy_home.py``, ``test_followup_skips_priority.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 from aiohttp import web
 
 from flowcontrol.test_doors import eventually, picker_config
@@ -97,11 +97,6 @@ class Held(RouteServer):
         return web.Response(body=orjson.dumps(doc), content_type="application/json")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review s18-doors M3, open: a follow-up queued for its saturated home holds up its band "
-    "(kept pinned for review s18-fixes-b M1, M2; docs/gateway.md)",
-)
 async def test_a_pinned_follow_up_does_not_hold_up_its_flow() -> None:
     backends = [await Held(n).start() for n in "abc"]
     a = backends[0]
@@ -139,6 +134,10 @@ async def test_a_pinned_follow_up_does_not_hold_up_its_flow() -> None:
             lambda: "new" in arrived(),
             f"the new request at a free endpoint (b or c); queued {len(pools[0].director.flow)}",
         )  # type: ignore[union-attr,arg-type]
+        assert "follow" not in arrived()  # (still waiting for its home, pinned)
+        a.release.release()  # a's first follow-up answers: its home has room, and it goes there
+        await eventually(lambda: "follow" in arrived(), "the queued follow-up at its home")
+        assert a.arrivals == ["hold", "follow"]
     finally:
         for b in backends:
             for _ in range(5):

@@ -280,6 +280,11 @@ class FlowController:
         self._order: list[int] = []  # band priorities, highest first
         self._expiry: list[tuple[float, int, QueuedRequest]] = []
         self._held: list[QueuedRequest] = []
+        # Heads passed over for one dispatch pass (``pass_over``), with their entries, put back at its end.
+        self._passed: list[tuple[QueuedRequest, tuple[float, int, QueuedRequest], bool]] = []
+        # The endpoints they wait for (their subsets), while they are passed over: the requests that go
+        # past them are picked elsewhere when the pool allows (the Director's late pick).
+        self.passed_homes: frozenset[str] = frozenset()
         self._give_ups: list[tuple[float, int, QueuedRequest]] = []  # sloAdmission (``give_up``)
         # sloAdmission: does the latency model know the request's endpoints well enough to judge it
         # (the Director's; None: taken as yes)? Only then is a queued one given up at its SLO deadline.
@@ -515,6 +520,37 @@ class FlowController:
             else:
                 keep.append(item)
         self._held = keep
+
+    def pass_over(self, item: QueuedRequest) -> bool:
+        """For the rest of this dispatch pass, take ``item`` (a head just chosen, that waits for its own
+        subset: a Responses follow-up's saturated home) out of its band's selection, so the requests behind
+        it can go; ``put_back`` returns it to its place (still queued and counted meanwhile: limits, TTL,
+        shares unchanged). False when it is not a head of its flow (nothing done)."""
+        q = self.bands[item.priority].flows.get(item.flow)
+        got = None if q is None or item.done else q.take_head(item)
+        if got is None:
+            return False
+        self._passed.append((item, got[0], got[1]))
+        if item.req.subset is not None:
+            self.passed_homes = self.passed_homes | item.req.subset
+        return True
+
+    @property
+    def passed(self) -> int:
+        """Heads passed over in this dispatch pass."""
+        return len(self._passed)
+
+    def put_back(self) -> None:
+        """The heads passed over back in their places (``pass_over``): first in line again at the next
+        pass, in the order they had."""
+        if not self._passed:
+            return
+        for item, entry, late in self._passed:
+            q = self.bands[item.priority].flows.get(item.flow)
+            if q is not None and not item.done and item.held_until is None:
+                q.put_back(entry, late)
+        self._passed.clear()
+        self.passed_homes = frozenset()
 
     def cancel(self, item: QueuedRequest, now: float, outcome: str = EVICTED_CANCELLED) -> bool:
         """Remove a waiting request (client gone, rejected at pick); False when it had already left."""

@@ -57,6 +57,9 @@ PREEMPTED_MESSAGE = "request preempted by higher-priority work"
 # A gate that keeps raising is logged at its 1st, 2nd, 4th, ... failed pass in a row, then every this many
 # (at the 20 ms recheck: about every 20 s).
 LOG_EVERY = 1024
+# Heads waiting for their own subset passed over in one dispatch pass, at most (each costs a gate check and
+# a new choice in its band); past it the rest wait in their places, and their bands behind them, as before.
+PASS_OVER_MAX = 64
 MAX_HOLD_BACKOFF = 16  # a held request is re-picked at most every 16 recheck intervals (320 ms by default)
 
 
@@ -70,32 +73,43 @@ def dispatch_ready(
 
     With ``preempt`` (``flowControl.preemption``), a head that is not sheddable and finds its pool
     saturated may stop one sheddable in-flight request (``preempt`` returns True) and take its place.
+    A head whose own subset is what is saturated (a Responses follow-up pinned to its busy home, a subset
+    hint) is passed over for the rest of the pass (``FlowController.pass_over``, at most
+    ``PASS_OVER_MAX`` a pass), so the requests behind it in its band can use the rest of the pool; it is
+    put back in its place when the pass ends, first in line again at the next (review s18-doors M3).
     Taken with ``record=False``: the caller records the outcome once it knows the pick's."""
     ctl.unhold(now)
-    while True:
-        blocked = True
-        for item in ctl.heads(now):
-            # Strict priority: a lower band goes only when the higher band's head cannot use the
-            # capacity because its own pool (another model, a subset hint) is the saturated one.
-            if not saturated(item.req) or (
-                preempt is not None and not item.req.sheddable and preempt(item.req)
-            ):
-                ctl.take(item, now, record=False)
-                yield item
-                blocked = False
-                break
-            # fairShareSLOFirst: the head the fairness policy chose is held back by the headroom; a
-            # due head of another flow in the band goes through the whole gate if it has room.
-            due = _due_instead(ctl, item, now)
-            if due is not None and not saturated(due.req):
-                ctl.take(due, now, record=False)
-                yield due
-                blocked = False
-                break
-            if item.req.subset is None:
-                break
-        if blocked:
-            return
+    ctl.put_back()  # (a pass its caller left unfinished)
+    try:
+        while True:
+            blocked = True
+            for item in ctl.heads(now):
+                # Strict priority: a lower band goes only when the higher band's heads cannot use the
+                # capacity because their own pool (another model, a subset hint) is the saturated one.
+                if not saturated(item.req) or (
+                    preempt is not None and not item.req.sheddable and preempt(item.req)
+                ):
+                    ctl.take(item, now, record=False)
+                    yield item
+                    blocked = False
+                    break
+                # fairShareSLOFirst: the head the fairness policy chose is held back by the headroom; a
+                # due head of another flow in the band goes through the whole gate if it has room.
+                due = _due_instead(ctl, item, now)
+                if due is not None and not saturated(due.req):
+                    ctl.take(due, now, record=False)
+                    yield due
+                    blocked = False
+                    break
+                if item.req.subset is None:
+                    break
+                if ctl.passed < PASS_OVER_MAX and ctl.pass_over(item):
+                    blocked = False  # (its band chooses again without it)
+                    break
+            if blocked:
+                return
+    finally:
+        ctl.put_back()
 
 
 def _due_instead(ctl: FlowController, item: QueuedRequest, now: float) -> QueuedRequest | None:

@@ -104,9 +104,18 @@ class FlowQueue:
 
     def drop_head(self, item: Any) -> None:
         """Remove ``item``'s own entry if it is a head (``FlowController.hold``: no duplicate later)."""
+        self.take_head(item)
+
+    def take_head(self, item: Any) -> tuple[tuple[float, int, Any], bool] | None:
+        """Remove ``item``'s own entry if it is a head: the entry, and whether it was overdue (``late``)."""
         for h in (self.heap, self.late):
             if h and h[0][2] is item:
-                heapq.heappop(h)
+                return heapq.heappop(h), h is self.late
+        return None
+
+    def put_back(self, entry: tuple[float, int, Any], late: bool) -> None:
+        """An entry ``take_head`` removed, back in its place (same key and sequence: the same order)."""
+        heapq.heappush(self.late if late else self.heap, entry)
 
 
 class Band:

@@ -600,8 +600,8 @@ class Proxy:
         no_flow = type(director) is Director and director.flow is None
         # A Responses follow-up picked on its home (``_prepare``'s subset). With flow control it is admitted
         # as any request, queued pinned to its home while that is saturated (review s18-fixes-b M1, M2: the
-        # pin is kept, the dispatcher's arrival rule and sloAdmission apply); while it waits there it holds
-        # up its band behind it (review s18-doors M3, open: docs/gateway.md). ``pinned`` ends with the
+        # pin is kept, the dispatcher's arrival rule and sloAdmission apply); while it waits there the
+        # dispatcher passes over it, keeping its place (review s18-doors M3). ``pinned`` ends with the
         # first retry, which leaves the home (review s18-fixes-b L1).
         pinned = ireq.subset is not None
         for attempt in range(self.cfg.limits.max_attempts):

@@ -320,9 +320,27 @@ class Director:
     def _pick_late(self, req: InferenceRequest, explain: bool) -> PickResult:
         # Charged at once, not when the front door resumes: the next dispatch decision in the same
         # pass must see this request's load (the door's own on_dispatched is then a no-op).
-        result = self.pick(req, explain, judge=True, only=self._free_slot(req))
+        only = self._free_slot(req)
+        if self.flow is not None and self.flow.ctl.passed_homes:
+            only = self._not_passed_homes(req, only)
+        result = self.pick(req, explain, judge=True, only=only)
         self.on_dispatched(req, result.primary)
         return result
+
+    def _not_passed_homes(
+        self, req: InferenceRequest, only: Sequence[Endpoint] | None
+    ) -> Sequence[Endpoint] | None:
+        """A request going past queued heads that wait for their own saturated subset (a Responses
+        follow-up's home: ``FlowController.pass_over``) is picked off those endpoints when it has others,
+        so it does not take their place there: they stay first in line for their homes."""
+        assert self.flow is not None
+        homes = self.flow.ctl.passed_homes
+        try:
+            cands = self.candidates(req) if only is None else only
+        except SchedulingError:
+            return only  # (the pick fails with its own error)
+        rest = [ep for ep in cands if ep.address not in homes]
+        return rest if rest and len(rest) < len(cands) else only
 
     def _abandoned(self, req: InferenceRequest, result: PickResult) -> None:
         """Dispatched by flow control, but the client left before the door sent it."""
