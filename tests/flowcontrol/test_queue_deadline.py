@@ -12,7 +12,7 @@ import pytest
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.flowcontrol.config import FlowControlConfig
-from kvgate.flowcontrol.controller import EVICTED_TTL, FlowController
+from kvgate.flowcontrol.controller import EVICTED_REQUEST_TIMEOUT, FlowController
 from kvgate.flowcontrol.dispatcher import FlowDispatcher
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult, QueueTimeoutError
 
@@ -59,7 +59,7 @@ def test_the_earlier_of_the_two_is_the_items_expiry() -> None:
     assert (b.deadline, b.bounded) == (130.0, False)
     assert (c.deadline, c.bounded) == (130.0, False)
     assert ctl.expire(104.9) == []
-    assert ctl.expire(105.0) == [a] and a.outcome == EVICTED_TTL
+    assert ctl.expire(105.0) == [a] and a.outcome == EVICTED_REQUEST_TIMEOUT  # (not the TTL's)
     assert ctl.expire(130.0) == [b, c]
 
 

@@ -173,6 +173,10 @@ DISPATCHED = "Dispatched"
 REJECTED_CAPACITY = "RejectedCapacity"
 EVICTED_TTL = "EvictedTTL"
 EVICTED_CANCELLED = "EvictedContextCancelled"
+# kvgate's: the request's own deadline (``kvgate serve``'s requestTimeoutSeconds, ``enqueue``'s ``bound``)
+# ended its wait before the TTL (504). The reference has no outcome of its own for it (GIE counts a request
+# context's deadline under EvictedContextCancelled, beside the client leaving).
+EVICTED_REQUEST_TIMEOUT = "EvictedRequestTimeout"
 HELD = "HeldPredictedMiss"  # an attempt to leave that its pick turned back (the request stays queued)
 REJECTED_PREDICTED_MISS = "RejectedPredictedMiss"  # sloAdmission: shed, its TTFT SLO out of reach
 REJECTED_OTHER = "RejectedOther"
@@ -391,7 +395,7 @@ class FlowController:
         self._seq += 1
         ptoks = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
         expiry = now + cfg.ttl
-        if bound is not None and bound < expiry:  # (recorded as a TTL expiry: it is one, the earlier)
+        if bound is not None and bound < expiry:  # (its own deadline: ``EvictedRequestTimeout`` then)
             expiry, bounded = bound, True
         else:
             bounded = False
@@ -557,13 +561,15 @@ class FlowController:
         return self._remove(item, outcome, now)
 
     def expire(self, now: float, outcome: str = EVICTED_TTL) -> list[QueuedRequest]:
-        """Remove and return the requests whose TTL has passed (recorded as ``outcome``)."""
+        """Remove and return the requests whose TTL has passed (recorded as ``outcome``; the TTL's, a
+        request whose own deadline came first: ``EvictedRequestTimeout``)."""
         out: list[QueuedRequest] = []
         exp = self._expiry
         while exp and (exp[0][2].done or exp[0][0] <= now):
             _, _, item = heapq.heappop(exp)
             item.in_expiry = False
-            if self._remove(item, outcome, now):
+            why = EVICTED_REQUEST_TIMEOUT if item.bounded and outcome == EVICTED_TTL else outcome
+            if self._remove(item, why, now):
                 out.append(item)
         return out
 

@@ -380,8 +380,14 @@ class FlowDispatcher:
             if self.fleet is not None:
                 self._publish(now)
             if len(self.ctl) > 0:
+                # The next pass at the recheck interval, or at the next queued request's TTL, deadline or
+                # give-up time when that comes first (its 504 on time, not up to an interval late).
+                wait = self.recheck_interval
+                due = self.ctl.next_deadline()
+                if due is not None:
+                    wait = max(0.0, min(wait, due - self.clock()))
                 with contextlib.suppress(TimeoutError):  # (not wait_for: 3.11 may drop a cancel, gh-86296)
-                    async with asyncio.timeout(self.recheck_interval):
+                    async with asyncio.timeout(wait):
                         await wake.wait()
 
     def _gate_failed(self, e: Exception) -> None:
