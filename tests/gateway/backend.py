@@ -28,6 +28,8 @@ OTHER_PATHS = (
     "/v2/embed",
     "/pooling",
     "/classify",
+    "/tokenize",
+    "/detokenize",
 )
 
 

@@ -9,12 +9,12 @@ system prompt makes it long); ``split_created``: a stream's ``response.created``
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
 
-from gateway.handler_server import RouteServer
+from gateway.handler_server import RouteServer, serve_app
 
 
 class ResponsesStore(RouteServer):
@@ -26,6 +26,24 @@ class ResponsesStore(RouteServer):
         self.made: list[str] = []
         self.followed: list[str] = []  # previous_response_id of each follow-up answered here
         self.split_created: int | None = None
+        self.docs: dict[str, dict[str, Any]] = {}  # id -> the response object (retrieval)
+        self.lookups: list[tuple[str, str]] = []  # (method, path with query) of each lookup answered here
+        self.lookup_headers: list[dict[str, str]] = []  # and its headers (lower-case names)
+        self.tokenized: list[dict[str, Any]] = []  # bodies of /tokenize and /detokenize
+
+    async def start(self) -> Self:
+        """Its ``POST /v1/responses`` (``_answer``), and vLLM's retrieval, cancel and tokenize routes."""
+        app = web.Application()
+        app.router.add_post(self.path, self._answer)
+        app.router.add_get("/v1/responses/{rid}", self._retrieve)
+        app.router.add_post("/v1/responses/{rid}/cancel", self._cancel)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/detokenize", self._tokenize)
+        self._runner, self.port = await serve_app(
+            app, access_log=None, shutdown_timeout=self.shutdown_timeout
+        )
+        self.address = f"127.0.0.1:{self.port}"
+        return self
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -51,6 +69,7 @@ class ResponsesStore(RouteServer):
             "output": [{"id": f"msg_{rid}", "type": "message"}],
             "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4},
         }
+        self.docs[rid] = doc
         if not body.get("stream"):
             return web.json_response(doc)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -68,3 +87,48 @@ class ResponsesStore(RouteServer):
             await resp.write(data)
         await resp.write_eof()
         return resp
+
+    def _not_found(self, rid: str) -> web.Response:
+        error = {
+            "message": f"Response with id '{rid}' not found.",
+            "type": "invalid_request_error",
+            "param": "response_id",
+            "code": 404,
+        }
+        return web.json_response({"error": error}, status=404)
+
+    async def _retrieve(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's ``GET /v1/responses/{id}``: the stored object; ``?stream=true``: its events."""
+        rid = request.match_info["rid"]
+        self.lookups.append(("GET", request.path_qs))
+        self.lookup_headers.append({k.lower(): v for k, v in request.headers.items()})
+        doc = self.docs.get(rid)
+        if doc is None:
+            return self._not_found(rid)
+        if request.query.get("stream") != "true":
+            return web.json_response(doc)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        event = {"type": "response.completed", "response": doc}
+        await resp.write(b"event: response.completed\ndata: %s\n\n" % orjson.dumps(event))
+        await resp.write_eof()
+        return resp
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        rid = request.match_info["rid"]
+        self.lookups.append(("POST", request.path_qs))
+        doc = self.docs.get(rid)
+        if doc is None:
+            return self._not_found(rid)
+        return web.json_response({**doc, "status": "cancelled"})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's ``/tokenize`` and ``/detokenize`` (``model`` optional there)."""
+        body = await request.json()
+        self.tokenized.append({"path": request.path, **body})
+        if request.path == "/detokenize":
+            return web.json_response({"prompt": " ".join(str(t) for t in body.get("tokens", []))})
+        tokens = list(range(len(str(body.get("prompt", "")).split())))
+        return web.json_response(
+            {"count": len(tokens), "max_model_len": 2048, "tokens": tokens, "token_strs": None}
+        )

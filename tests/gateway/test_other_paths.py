@@ -59,6 +59,6 @@ async def test_unknown_model_missing_model_and_get_are_refused_as_for_completion
             assert r.status == 400 and (await r.json())["error"]["param"] == "model"
         async with s.get(url) as r:
             assert r.status == 405
-        async with s.post(base_url(gw) + "/tokenize", data=b'{"model": "m", "prompt": "x"}') as r:
-            assert r.status == 404  # (not routed: model optional there, see docs/gateway.md)
+        async with s.post(base_url(gw) + "/v1/audio/transcriptions", data=b'{"model": "m"}') as r:
+            assert r.status == 404  # (not routed: multipart forms, see docs/gateway.md)
     assert not b.received

@@ -272,7 +272,7 @@ async def test_errors_are_the_gateways(
         ("POST", "/v1/responses", b'{"model": "m", "input": "x", "stream": 1}'),
         ("POST", "/v1/messages", b"{not json"),
         ("GET", "/v1/score", b""),
-        ("POST", "/tokenize", b'{"model": "m", "prompt": "x"}'),
+        ("POST", "/v1/audio/transcriptions", b'{"model": "m"}'),
     ]
 
     async def answers(base: str) -> list[tuple[int, Any, Any]]:

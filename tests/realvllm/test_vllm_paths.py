@@ -3,7 +3,8 @@
 status, shape (JSON keys or SSE event types) and usage (as the doors' token metrics read it:
 ``usage_from_body``, ``UsageTail``) the server gives directly; and a Responses follow-up
 (``previous_response_id``; the servers keep their responses, ``VLLM_ENABLE_RESPONSES_API_STORE=1``)
-lands on the server that made the response, through both doors, streamed or not.
+lands on the server that made the response, through both doors, streamed or not, and so does its
+retrieval (``GET /v1/responses/{id}``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "/v2/embed": {"texts": ["a"], "input_type": "search_document"},
     "/pooling": {"input": "hi"},
     "/classify": {"input": "hi"},
+    "/tokenize": {"prompt": "Hello there"},
+    "/detokenize": {"tokens": [1, 2, 3]},
 }
 JSON = {"content-type": "application/json"}
 STREAMED = ("/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/messages")
@@ -123,12 +126,16 @@ def test_a_responses_follow_up_lands_on_the_server_that_made_it(real_fleet: Real
                 async with s.post(base + "/v1/responses", data=orjson.dumps(body), headers=JSON) as r:
                     statuses.append(r.status)
                     rid = (await r.json()).get("id")
+            # Its retrieval (flw19): at the server that made it, through the door.
+            async with s.get(f"{base}/v1/responses/{rid}") as r:
+                statuses.append(r.status)
+                assert r.status != 200 or (await r.json())["id"] == rid
         return statuses
 
     try:
         for base in (gw.url, f"http://127.0.0.1:{mc.port}"):
             for stream in (False, True):
-                assert lt.run(chain(base, stream)) == [200, 200, 200], (base, stream)
+                assert lt.run(chain(base, stream)) == [200, 200, 200, 200], (base, stream)
     finally:
         gw.stop()
         lt.run(mc.stop())

@@ -31,6 +31,7 @@ from kvgate.datalayer.health import HealthPolicy, ready_endpoints
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.gateway.errors import GatewayError, error_response, unauthorized
 from kvgate.gateway.health import HealthTracker
+from kvgate.gateway.lookups import ResponseLookups
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
@@ -41,6 +42,7 @@ from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.labels import ModelLabels
 from kvgate.openai.protocol import CUT_WRITE_S, drain_cut_event
 from kvgate.openai.request import OTHER_PATHS, RequestPolicy
+from kvgate.openai.responses import LOOKUP_PREFIX
 from kvgate.scheduling.metrics import POOL_READY
 
 log = logging.getLogger("kvgate.gateway")
@@ -201,6 +203,8 @@ class GatewayServer:
                 }
             )
             routes.update(dict.fromkeys(OTHER_PATHS, proxy.other))
+            # GET /v1/responses/{id}, POST /v1/responses/{id}/cancel: to the endpoint that holds it
+            prefix[LOOKUP_PREFIX] = ResponseLookups(proxy)
         if admin:
             routes.update({"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz})
             routes[AGGREGATE_PATH] = self._aggregate

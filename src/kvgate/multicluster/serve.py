@@ -50,6 +50,7 @@ from kvgate.k8s.lease import check_one_time
 from kvgate.k8s.stalepolicy import StalenessPolicy, hub_policy
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
+from kvgate.multicluster.lookups import lookup
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
 from kvgate.multicluster.router import ENDPOINT, Attempt, GlobalRouter, NoRoute, Routed
 from kvgate.multicluster.source import ClusterSource
@@ -73,7 +74,13 @@ from kvgate.openai.request import (
     parse_body,
 )
 from kvgate.openai.requeststats import NO_FIRST_BYTE, NO_FLOW, RequestErrors, RequestStats
-from kvgate.openai.responses import RESPONSES_PATH, ResponseHomes, ResponseIdReader, previous_response_id
+from kvgate.openai.responses import (
+    LOOKUP_PREFIX,
+    RESPONSES_PATH,
+    ResponseHomes,
+    ResponseIdReader,
+    previous_response_id,
+)
 from kvgate.openai.sse import EventEdge
 from kvgate.openai.usage import usage_from_body
 from kvgate.scheduling.types import Usage
@@ -653,7 +660,9 @@ class GlobalGateway:
             admin[p] = _get_only(h)
         if admin_port is None:
             routes.update(admin)
-        self.front = FrontServer.with_limits(routes, self._not_found, self.limits)
+        # GET /v1/responses/{id}, POST /v1/responses/{id}/cancel: where the response was made (``lookups``)
+        prefix: dict[str, Handler] = {LOOKUP_PREFIX: lambda request: lookup(self, request)}
+        self.front = FrontServer.with_limits(routes, self._not_found, self.limits, prefix_routes=prefix)
         front = self.front
         # A request the front refuses (413 over maxBodyBytes, malformed HTTP, 408) is counted once, as the
         # gateway door counts it.

@@ -30,8 +30,9 @@ OTHER = "other"
 PATHS = {COMPLETIONS: "/v1/completions", CHAT: "/v1/chat/completions", EMBEDDINGS: "/v1/embeddings"}
 # vLLM's other JSON POST APIs whose body names the ``model`` (its entrypoints' routers): ``kvgate serve``
 # routes them as ``OTHER`` bodies through the same pick (``kvgate epp`` passes every path already).
-# Not here: ``GET /v1/responses/{id}`` (stored on the server that made it), ``/tokenize`` and
-# ``/detokenize`` (``model`` optional, no generation), ``/v1/audio/*`` (multipart forms, not JSON).
+# ``/tokenize`` and ``/detokenize`` too (``model`` is optional at vLLM: the doors route by it, so it is
+# required here as on the others). Not here: ``GET /v1/responses/{id}`` and ``POST .../cancel`` (routed
+# to the server that made the response: ``gateway.lookups``), ``/v1/audio/*`` (multipart forms, not JSON).
 OTHER_PATHS = (
     "/v1/responses",
     "/v1/messages",
@@ -43,6 +44,8 @@ OTHER_PATHS = (
     "/v2/embed",
     "/pooling",
     "/classify",
+    "/tokenize",
+    "/detokenize",
 )
 # Every JSON POST path a door routes through the pick: the three APIs kvgate reads, then ``OTHER_PATHS``.
 # ``kvgate serve`` and ``kvgate serve --clusters`` both route exactly these (one table, no second copy).

@@ -31,6 +31,24 @@ HOMES_TTL_S = 3600.0
 # and is read wherever the event ends; this bounds the search for other servers' answers).
 ID_HEAD_BYTES = 64 * 1024
 _ID_MAX = 256  # longer ids are not remembered
+# A stored response's retrieval (``GET``) and cancel (``POST``): routed to the server that made it.
+LOOKUP_PREFIX = RESPONSES_PATH + "/"
+CANCEL_SUFFIX = "/cancel"
+
+
+def lookup_target(method: str, path: str) -> tuple[str, str] | tuple[int, str, str]:
+    """A lookup path (``LOOKUP_PREFIX``...): ``(response id, method)`` for what vLLM serves there (``GET
+    /v1/responses/{id}``, ``POST /v1/responses/{id}/cancel``), else ``(status, message, Allow)`` to answer:
+    404 for a path vLLM does not serve, 405 (with the method it takes) for another method."""
+    rest = path[len(LOOKUP_PREFIX) :]
+    want = "GET"
+    if rest.endswith(CANCEL_SUFFIX):
+        rest, want = rest[: -len(CANCEL_SUFFIX)], "POST"
+    if not path.startswith(LOOKUP_PREFIX) or not rest or "/" in rest or len(rest) > _ID_MAX:
+        return 404, f"no route for {method} {path}", ""
+    if method != want:
+        return 405, f"{method} is not allowed on {path}; use {want}", want
+    return rest, want
 
 
 def previous_response_id(path: str, body: dict[str, Any]) -> str | None:

@@ -1,0 +1,163 @@
+"""``GET /v1/responses/{id}`` and ``POST /v1/responses/{id}/cancel``: sent to the endpoint that holds the
+response.
+
+vLLM keeps a stored Responses object in the memory of the server that made it (``openai.responses``), and
+serves its retrieval (``GET``, ``?stream=true&starting_after=N`` an event stream) and the cancel of a
+background one (``POST .../cancel``) there only; it has no ``DELETE``. The proxy remembers which endpoint
+answered each id (``Proxy.responses``); a lookup goes there while it is in the pool and healthy, else to
+the healthy endpoint with the fewest requests in flight (vLLM answers its own 404 for an id it does not
+hold). A lookup generates nothing: it is not admitted through flow control, not picked by the pool's
+picker (whose hooks would learn from a request that has no prompt, tokens or first token), not counted in
+the endpoints' load, rate limits or token metrics, and not retried (one attempt: a connection error or a
+timeout is the client's 502 / 504). The same front checks as a generation apply: a key (``auth``), the
+drain, ``maxConcurrentRequests``; its answer (a JSON body, an event stream) is relayed as it comes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from kvgate.datalayer.endpoint import Endpoint
+from kvgate.gateway.errors import GatewayError, error_response, unauthorized
+from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout
+from kvgate.httpfront.server import Request, Response, StreamResponse
+from kvgate.openai.responses import lookup_target
+
+if TYPE_CHECKING:
+    from kvgate.gateway.pools import Pool
+    from kvgate.gateway.proxy import Proxy
+
+log = logging.getLogger("kvgate.gateway")
+
+# Client headers not passed on (beside hop-by-hop ones and the gateway's own x-gateway-/x-kvgate-);
+# ``accept-encoding`` as the proxy drops it: the answer's body goes out as it came, with only its type.
+_DROP = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
+     "proxy-connection", "proxy-authorization", "expect", "x-request-id", "accept-encoding"}
+)  # fmt: skip
+_ERRORS = (TimeoutError, OSError)  # (UpstreamError is an OSError)
+
+
+class ResponseLookups:
+    """The route's handler (``kvgate serve``'s front, prefix ``/v1/responses/``)."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    async def __call__(self, request: Request) -> Response | StreamResponse:
+        proxy = self.proxy
+        rid = request.headers.get("x-request-id") or proxy._request_id()
+        got = lookup_target(request.method, request.path)
+        if isinstance(got, tuple) and isinstance(got[0], int):
+            status, why, allow = got
+            resp = error_response(GatewayError(status, why), rid)
+            if allow:
+                resp.headers["Allow"] = allow
+            return resp
+        response_id, method = got
+        if proxy.draining:
+            resp = error_response(GatewayError(503, "gateway is shutting down"), rid)
+            resp.force_close()
+            return resp
+        if proxy.keys is not None and proxy.keys.tenant(request.headers) is None:
+            proxy.metrics.error("", "", "401")
+            return unauthorized(rid)
+        fleet = proxy.fleet_inflight
+        limit = proxy.cfg.limits.max_concurrent_requests
+        if proxy.inflight >= limit if fleet is None else not fleet.enter(limit):
+            proxy.metrics.error("", "", "429")
+            resp = error_response(
+                GatewayError(429, "too many concurrent requests", code="too_many_requests"), rid
+            )
+            resp.headers["Retry-After"] = "1"
+            return resp
+        if not proxy.inflight:
+            proxy.idle.clear()
+        proxy.inflight += 1
+        try:
+            return await self._send(request, rid, response_id, method)
+        except GatewayError as e:
+            return error_response(e, rid)
+        finally:
+            if fleet is not None:
+                fleet.leave()
+            proxy.inflight -= 1
+            if proxy.inflight == 0:
+                proxy.idle.set()
+
+    def endpoint(self, response_id: str) -> tuple[Pool, Endpoint]:
+        """Where a lookup goes: the endpoint that made the response while it is in a pool and healthy, else
+        the healthy endpoint with the fewest requests in flight (first pool first on ties)."""
+        proxy = self.proxy
+        home = proxy.responses.home(response_id)
+        best: tuple[Pool, Endpoint] | None = None
+        for pool in proxy.pools:
+            for ep in pool.endpoints():
+                if not ep.healthy:
+                    continue
+                if ep.address == home:
+                    return pool, ep
+                if best is None or ep.inflight.requests < best[1].inflight.requests:
+                    best = pool, ep
+        if best is None:
+            raise GatewayError(503, "no ready endpoint", code="upstream_unavailable")
+        return best
+
+    async def _send(
+        self, request: Request, rid: str, response_id: str, method: str
+    ) -> Response | StreamResponse:
+        proxy = self.proxy
+        pool, ep = self.endpoint(response_id)
+        target = request.path + (f"?{request.query}" if request.query else "")
+        lines = [f"{method} {target} HTTP/1.1\r\nhost: {ep.address}\r\n"]
+        conn = request.headers.get("connection")
+        hop = frozenset(t.strip().lower() for t in conn.split(",")) if conn else frozenset()
+        for k, v in request.headers.items():
+            lk = k.lower()
+            if lk in _DROP or lk in hop or lk.startswith(("x-gateway-", "x-kvgate-")):
+                continue
+            if proxy.keys is not None and lk in ("authorization", "x-api-key"):
+                continue  # the gateway's key is not the model server's
+            lines.append(f"{lk}: {v}\r\n")
+        lines.append(f"x-request-id: {rid}\r\ncontent-length: 0\r\n\r\n")
+        head = "".join(lines).encode("utf-8", "surrogateescape")
+        loop_time = proxy._loop.time
+        deadline = loop_time() + proxy.request_timeout if proxy.request_timeout else None
+        try:
+            resp = await proxy.upstream.request(ep.address, head, b"", deadline, proxy.tls.get(pool.name))
+        except (ReadTimeout, DeadlinePassed):
+            raise GatewayError(
+                504, f"{proxy._upstream_name(ep)} timed out", code="upstream_timeout"
+            ) from None
+        except _ERRORS as e:
+            why = f"{proxy._name(ep)}: {type(e).__name__}"
+            raise GatewayError(502, f"lookup failed: {why}", code="upstream_unavailable") from None
+        try:
+            headers = {
+                "x-request-id": rid,
+                "Content-Type": resp.head.headers.get("content-type", "application/json"),
+            }
+            length = None
+            with contextlib.suppress(KeyError, ValueError):
+                length = int(resp.head.headers["content-length"])
+            out = StreamResponse(status=resp.status, headers=headers, length=length)
+            await out.prepare(request)
+            while True:
+                try:
+                    chunk = await resp.read_chunk()
+                except _ERRORS as e:
+                    log.warning("%s: lookup answer from %s cut: %s: %s", rid, ep.address, type(e).__name__, e)
+                    out.abort()  # the client must see an incomplete body, not a short one
+                    return out
+                if not chunk:
+                    break
+                await out.write(chunk)
+            await out.write_eof()
+            return out
+        except ConnectionResetError:
+            resp.close()  # the client went away: the server stops sending to nobody
+            return out
+        finally:
+            resp.release()

@@ -1,0 +1,124 @@
+"""``kvgate serve``: ``GET /v1/responses/{id}`` (a retrieval, ``?stream=true`` an event stream) and ``POST
+/v1/responses/{id}/cancel`` go to the endpoint that made the response (vLLM keeps it in that server's
+memory: anywhere else they are a 404); an unknown id goes to an endpoint, which answers its own 404.
+Before, the gateway answered them ``404 no route``. Real HTTP on loopback, two vLLM-like stores."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.conftest import base_url, make_config, running_gateway
+from gateway.responses_backend import ResponsesStore
+
+
+@pytest.fixture
+async def stores() -> AsyncIterator[list[ResponsesStore]]:
+    started = [await ResponsesStore(f"s{i}").start() for i in range(2)]
+    yield started
+    for s in started:
+        await s.stop()
+
+
+async def _make(s: aiohttp.ClientSession, url: str, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        async with s.post(url + "/v1/responses", data=orjson.dumps({"model": "m", "input": f"q{i}"})) as r:
+            assert r.status == 200
+            ids.append((await r.json())["id"])
+    return ids
+
+
+async def test_a_lookup_goes_to_the_endpoint_that_made_the_response(stores: list[ResponsesStore]) -> None:
+    a, b = stores
+    async with running_gateway(make_config([a.address, b.address])) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw)
+        ids = await _make(s, url, 4)
+        assert a.made and b.made  # (both made some: the test can tell a wrong endpoint)
+        for rid in ids:
+            async with s.get(f"{url}/v1/responses/{rid}") as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["id"] == rid
+            async with s.get(
+                f"{url}/v1/responses/{rid}", params={"stream": "true", "starting_after": "0"}
+            ) as r:
+                assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
+                raw = await r.read()
+                assert orjson.loads(raw.split(b"data: ", 1)[1].split(b"\n")[0])["response"]["id"] == rid
+            async with s.post(f"{url}/v1/responses/{rid}/cancel") as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["status"] == "cancelled"
+        for st in stores:  # each lookup answered where its response was made, the query passed on
+            assert {p.split("/")[3].split("?")[0] for _, p in st.lookups} == set(st.made)
+            assert sum(1 for m, p in st.lookups if m == "GET" and "stream=true&starting_after=0" in p) == len(
+                st.made
+            )
+            assert sum(1 for m, p in st.lookups if m == "POST" and p.endswith("/cancel")) == len(st.made)
+
+
+async def test_an_unknown_id_gets_the_servers_own_404(stores: list[ResponsesStore]) -> None:
+    a, b = stores
+    async with running_gateway(make_config([a.address, b.address])) as gw, aiohttp.ClientSession() as s:
+        async with s.get(base_url(gw) + "/v1/responses/resp_nope") as r:
+            assert r.status == 404
+            assert (await r.json())["error"]["message"] == "Response with id 'resp_nope' not found."
+        assert len(a.lookups) + len(b.lookups) == 1
+
+
+async def test_methods_and_paths_vllm_does_not_serve(stores: list[ResponsesStore]) -> None:
+    a, b = stores
+    async with running_gateway(make_config([a.address, b.address])) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw)
+        async with s.delete(url + "/v1/responses/resp_x") as r:
+            assert r.status == 405 and r.headers["Allow"] == "GET"
+            assert "error" in await r.json()
+        async with s.get(url + "/v1/responses/resp_x/cancel") as r:
+            assert r.status == 405 and r.headers["Allow"] == "POST"
+        for path in ("/v1/responses/", "/v1/responses/a/b"):
+            async with s.get(url + path) as r:
+                assert r.status == 404
+        assert a.lookups == b.lookups == []
+
+
+async def test_a_lookup_needs_a_key_when_keys_are_on(stores: list[ResponsesStore], tmp_path: Path) -> None:
+    a, b = stores
+    (tmp_path / "keys").write_text("sk-good t1\n")
+    cfg = make_config([a.address, b.address], extra={"auth": {"apiKeysFile": str(tmp_path / "keys")}})
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw)
+        async with s.post(
+            url + "/v1/responses",
+            data=orjson.dumps({"model": "m", "input": "q"}),
+            headers={"authorization": "Bearer sk-good"},
+        ) as r:
+            rid = (await r.json())["id"]
+        async with s.get(f"{url}/v1/responses/{rid}") as r:
+            assert r.status == 401
+        async with s.get(f"{url}/v1/responses/{rid}", headers={"authorization": "Bearer sk-good"}) as r:
+            assert r.status == 200 and (await r.json())["id"] == rid
+        sent = (a.lookup_headers + b.lookup_headers)[-1]
+        assert "authorization" not in sent  # (the gateway's key is not the model server's)
+
+
+async def test_a_lookup_passes_the_clients_headers_but_hop_by_hop_and_encoding(
+    stores: list[ResponsesStore],
+) -> None:
+    a, b = stores
+    async with running_gateway(make_config([a.address, b.address])) as gw, aiohttp.ClientSession() as s:
+        (rid,) = await _make(s, base_url(gw), 1)
+        hdrs = {
+            "accept-encoding": "gzip",
+            "x-trace": "t1",
+            "x-request-id": "lk-1",
+            "x-gateway-model-name": "z",
+        }
+        async with s.get(f"{base_url(gw)}/v1/responses/{rid}", headers=hdrs) as r:
+            assert r.status == 200 and r.headers["x-request-id"] == "lk-1"
+            assert "content-encoding" not in r.headers and (await r.json())["id"] == rid
+        sent = (a.lookup_headers + b.lookup_headers)[-1]
+        assert sent["x-trace"] == "t1" and sent["x-request-id"] == "lk-1"
+        assert "accept-encoding" not in sent and "x-gateway-model-name" not in sent
