@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import orjson
@@ -64,14 +66,24 @@ def _check_sizes_and_ntpot(registry: object, body: bytes) -> None:
     assert ntpot == duration > 0
 
 
-async def test_serve_counts_running_requests_sizes_and_ntpot() -> None:
+@asynccontextmanager
+async def _held_serve() -> AsyncIterator[tuple[HeldBackend, GatewayServer]]:
+    """``kvgate serve`` in process (no scraping) in front of one ``HeldBackend``; both stopped at the end."""
     backend = await HeldBackend().start()
     cfg = make_config([backend.address])
     gw = GatewayServer(cfg, make_pools(cfg), scrape=False)
     await gw.start()
-    r = gw.metrics.registry
-    body = orjson.dumps({"model": "m", "prompt": "x" * 600, "max_tokens": 1})
     try:
+        yield backend, gw
+    finally:
+        await gw.stop(drain_timeout=1.0)
+        await backend.stop()
+
+
+async def test_serve_counts_running_requests_sizes_and_ntpot() -> None:
+    body = orjson.dumps({"model": "m", "prompt": "x" * 600, "max_tokens": 1})
+    async with _held_serve() as (backend, gw):
+        r = gw.metrics.registry
         async with aiohttp.ClientSession() as http:
 
             async def send() -> int:
@@ -87,21 +99,14 @@ async def test_serve_counts_running_requests_sizes_and_ntpot() -> None:
             assert await first == await second == 200
         assert _value(r, RUNNING, {"model_name": "m"}) == 0
         assert _value(r, "inference_objective_request_sizes_count", LABELS) == 2
-    finally:
-        await gw.stop(drain_timeout=1.0)
-        await backend.stop()
     for family in ("inference_extension_info", "llm_d_epp_info"):
         assert _value(r, family, {"commit": "", "build_ref": kvgate.__version__}) == 1
 
 
 async def test_serve_observes_one_request_s_sizes_and_ntpot() -> None:
-    backend = await HeldBackend().start()
-    cfg = make_config([backend.address])
-    gw = GatewayServer(cfg, make_pools(cfg), scrape=False)
-    await gw.start()
     body = orjson.dumps({"model": "m", "prompt": "x" * 600, "max_tokens": 1})
-    backend.release.release()
-    try:
+    async with _held_serve() as (backend, gw):
+        backend.release.release()
         async with (
             aiohttp.ClientSession() as http,
             http.post(base_url(gw) + "/v1/completions", data=body) as resp,
@@ -109,9 +114,6 @@ async def test_serve_observes_one_request_s_sizes_and_ntpot() -> None:
             assert resp.status == 200
             assert len(await resp.read()) == _answer_bytes()
         _check_sizes_and_ntpot(gw.metrics.registry, body)
-    finally:
-        await gw.stop(drain_timeout=1.0)
-        await backend.stop()
 
 
 async def test_epp_counts_running_requests_sizes_and_ntpot() -> None:
@@ -228,29 +230,21 @@ async def test_both_doors_observe_the_size_of_a_request_whose_client_left() -> N
         )
     epp = metrics.registry
 
-    backend = await HeldBackend().start()
-    cfg = make_config([backend.address])
-    gw = GatewayServer(cfg, make_pools(cfg), scrape=False)
-    await gw.start()
-    try:
-        async with aiohttp.ClientSession() as http:
+    async with _held_serve() as (backend, gw), aiohttp.ClientSession() as http:
 
-            async def send() -> int:
-                async with http.post(base_url(gw) + "/v1/completions", data=body) as resp:
-                    await resp.read()
-                    return resp.status
+        async def send() -> int:
+            async with http.post(base_url(gw) + "/v1/completions", data=body) as resp:
+                await resp.read()
+                return resp.status
 
-            gone = asyncio.ensure_future(send())
-            await eventually(lambda: len(backend.arrivals) == 1, "the request upstream")
-            gone.cancel()  # the client left
-            await asyncio.gather(gone, return_exceptions=True)
-            await eventually(lambda: _value(gw.metrics.registry, RUNNING, {"model_name": "m"}) == 0, "0")
-            backend.release.release()
-            backend.release.release()
-            assert await send() == 200
-    finally:
-        await gw.stop(drain_timeout=1.0)
-        await backend.stop()
+        gone = asyncio.ensure_future(send())
+        await eventually(lambda: len(backend.arrivals) == 1, "the request upstream")
+        gone.cancel()  # the client left
+        await asyncio.gather(gone, return_exceptions=True)
+        await eventually(lambda: _value(gw.metrics.registry, RUNNING, {"model_name": "m"}) == 0, "0")
+        backend.release.release()
+        backend.release.release()
+        assert await send() == 200
     for registry in (epp, gw.metrics.registry):
         assert _value(registry, "inference_objective_request_sizes_count", LABELS) == 2
         assert _value(registry, "inference_objective_request_sizes_sum", LABELS) == 2 * len(body)
