@@ -11,10 +11,22 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Self
 
+import aiohttp
 import orjson
 from aiohttp import web
 
 from gateway.handler_server import RouteServer, serve_app
+
+
+async def make_responses(s: aiohttp.ClientSession, base: str, n: int) -> list[str]:
+    """``n`` responses made through the door at ``base`` (``POST /v1/responses``, each answered 200): their
+    ids."""
+    ids = []
+    for i in range(n):
+        async with s.post(base + "/v1/responses", data=orjson.dumps({"model": "m", "input": f"q{i}"})) as r:
+            assert r.status == 200
+            ids.append((await r.json())["id"])
+    return ids
 
 
 class ResponsesStore(RouteServer):
@@ -50,13 +62,7 @@ class ResponsesStore(RouteServer):
         prev = body.get("previous_response_id")
         if prev is not None:
             if prev not in self.made:
-                error = {
-                    "message": f"Response with id '{prev}' not found.",
-                    "type": "invalid_request_error",
-                    "param": "response_id",
-                    "code": 404,
-                }
-                return web.json_response({"error": error}, status=404)
+                return self._not_found(prev)
             self.followed.append(prev)
         rid = f"resp_{self.name}_{len(self.made)}"
         self.made.append(rid)

@@ -13,31 +13,21 @@ import orjson
 import pytest
 
 from gateway.conftest import base_url, make_config, running_gateway
-from gateway.responses_backend import ResponsesStore
+from gateway.handler_server import serving
+from gateway.responses_backend import ResponsesStore, make_responses
 
 
 @pytest.fixture
 async def stores() -> AsyncIterator[list[ResponsesStore]]:
-    started = [await ResponsesStore(f"s{i}").start() for i in range(2)]
-    yield started
-    for s in started:
-        await s.stop()
-
-
-async def _make(s: aiohttp.ClientSession, url: str, n: int) -> list[str]:
-    ids = []
-    for i in range(n):
-        async with s.post(url + "/v1/responses", data=orjson.dumps({"model": "m", "input": f"q{i}"})) as r:
-            assert r.status == 200
-            ids.append((await r.json())["id"])
-    return ids
+    async with serving(ResponsesStore("s0"), ResponsesStore("s1")) as started:
+        yield started
 
 
 async def test_a_lookup_goes_to_the_endpoint_that_made_the_response(stores: list[ResponsesStore]) -> None:
     a, b = stores
     async with running_gateway(make_config([a.address, b.address])) as gw, aiohttp.ClientSession() as s:
         url = base_url(gw)
-        ids = await _make(s, url, 4)
+        ids = await make_responses(s, url, 4)
         assert a.made and b.made  # (both made some: the test can tell a wrong endpoint)
         for rid in ids:
             async with s.get(f"{url}/v1/responses/{rid}") as r:
@@ -109,7 +99,7 @@ async def test_a_lookup_passes_the_clients_headers_but_hop_by_hop_and_encoding(
 ) -> None:
     a, b = stores
     async with running_gateway(make_config([a.address, b.address])) as gw, aiohttp.ClientSession() as s:
-        (rid,) = await _make(s, base_url(gw), 1)
+        (rid,) = await make_responses(s, base_url(gw), 1)
         hdrs = {
             "accept-encoding": "gzip",
             "x-trace": "t1",

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,10 @@ from grpc_health.v1.health import aio as health_aio
 from gateway.backend import Backend
 from gateway.handler_server import serve_app
 from kvgate.datalayer.aggregate import PoolAggregate, encode
+from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.context import AddressIndex, build_epp_director
+from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.session import SessionContext
 from kvgate.httpfront.server import FrontLimits
 from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
@@ -125,3 +130,18 @@ async def epp_health_server(bind: str, servicer: Any = None) -> AsyncIterator[in
         yield port
     finally:
         await server.stop(0)
+
+
+@asynccontextmanager
+async def round_robin_epp(addresses: list[str]) -> AsyncIterator[tuple[EndpointStore, int]]:
+    """A ``kvgate epp`` (in process, no health or metrics port) picking round-robin over ``addresses``:
+    its endpoint store and gRPC port; stopped at the end."""
+    store = EndpointStore.from_addresses(addresses)
+    ctx = SessionContext(build_epp_director(None, store, policy="round-robin"), AddressIndex(store),
+                         clock=time.monotonic)  # fmt: skip
+    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+    await epp.start()
+    try:
+        yield store, epp.port
+    finally:
+        await epp.stop(0)

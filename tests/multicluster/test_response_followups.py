@@ -15,12 +15,9 @@ import pytest
 
 from gateway.handler_server import serving
 from gateway.responses_backend import ResponsesStore
-from kvgate.datalayer.store import EndpointStore
-from kvgate.extproc.context import AddressIndex, build_epp_director
-from kvgate.extproc.server import EppServer, ServerOptions
-from kvgate.extproc.session import SessionContext
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
+from multicluster.conftest import round_robin_epp
 
 
 @pytest.fixture
@@ -123,15 +120,8 @@ async def test_in_endpoint_mode_a_follow_up_goes_to_the_pod_that_made_its_respon
 ) -> None:
     """One cluster, Endpoint mode only: its ``kvgate epp`` picks round-robin over two pods; a follow-up's
     pick is asked for the pod that answered (the subset hint), else it would alternate."""
-    import time
-
-    store = EndpointStore.from_addresses([st.address for st in stores])
-    ctx = SessionContext(build_epp_director(None, store, policy="round-robin"), AddressIndex(store),
-                         clock=time.monotonic)  # fmt: skip
-    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
-    await epp.start()
-    try:
-        gw: GlobalGateway = await global_gateway(ClusterSpec("c", epp=f"127.0.0.1:{epp.port}"))
+    async with round_robin_epp([st.address for st in stores]) as (store, epp_port):
+        gw: GlobalGateway = await global_gateway(ClusterSpec("c", epp=f"127.0.0.1:{epp_port}"))
         url = f"http://127.0.0.1:{gw.port}/v1/responses"
         async with aiohttp.ClientSession() as s:
             for i in range(3):
@@ -151,5 +141,3 @@ async def test_in_endpoint_mode_a_follow_up_goes_to_the_pod_that_made_its_respon
             assert status == 404 and b"not found" in raw, raw
         assert sum(len(st.followed) for st in stores) == 6
         assert all(p.startswith(f"resp_{st.name}_") for st in stores for p in st.followed)
-    finally:
-        await epp.stop(0)

@@ -6,29 +6,23 @@ route``. Real HTTP on loopback (vLLM-like stores; a real ``kvgate epp`` over gRP
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 
-from gateway.responses_backend import ResponsesStore
-from kvgate.datalayer.store import EndpointStore
-from kvgate.extproc.context import AddressIndex, build_epp_director
-from kvgate.extproc.server import EppServer, ServerOptions
-from kvgate.extproc.session import SessionContext
+from gateway.handler_server import serving
+from gateway.responses_backend import ResponsesStore, make_responses
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
+from multicluster.conftest import round_robin_epp
 
 
 @pytest.fixture
 async def stores() -> AsyncIterator[list[ResponsesStore]]:
-    started = [await ResponsesStore(f"s{i}").start() for i in range(2)]
-    yield started
-    for s in started:
-        await s.stop()
+    async with serving(ResponsesStore("s0"), ResponsesStore("s1")) as started:
+        yield started
 
 
 async def _lookups(s: aiohttp.ClientSession, base: str, rid: str) -> None:
@@ -40,15 +34,6 @@ async def _lookups(s: aiohttp.ClientSession, base: str, rid: str) -> None:
         assert rid.encode() in await r.read()
     async with s.post(f"{base}/v1/responses/{rid}/cancel") as r:
         assert r.status == 200 and (await r.json())["status"] == "cancelled"
-
-
-async def _make(s: aiohttp.ClientSession, base: str, n: int) -> list[str]:
-    ids = []
-    for i in range(n):
-        async with s.post(base + "/v1/responses", data=orjson.dumps({"model": "m", "input": f"q{i}"})) as r:
-            assert r.status == 200
-            ids.append((await r.json())["id"])
-    return ids
 
 
 def _answered_at_home(stores: list[ResponsesStore], n: int) -> None:
@@ -66,7 +51,7 @@ async def test_parent_mode_a_lookup_goes_to_the_cluster_that_made_the_response(
     )
     base = f"http://127.0.0.1:{gw.port}"
     async with aiohttp.ClientSession() as s:
-        ids = await _make(s, base, 4)
+        ids = await make_responses(s, base, 4)
         assert a.made and b.made
         for rid in ids:
             await _lookups(s, base, rid)
@@ -81,21 +66,14 @@ async def test_parent_mode_a_lookup_goes_to_the_cluster_that_made_the_response(
 async def test_endpoint_mode_a_lookup_goes_to_the_pod_that_made_the_response(
     stores: list[ResponsesStore], global_gateway: Callable[..., Any]
 ) -> None:
-    store = EndpointStore.from_addresses([st.address for st in stores])
-    ctx = SessionContext(build_epp_director(None, store, policy="round-robin"), AddressIndex(store),
-                         clock=time.monotonic)  # fmt: skip
-    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
-    await epp.start()
-    try:
-        gw: GlobalGateway = await global_gateway(ClusterSpec("c", epp=f"127.0.0.1:{epp.port}"))
+    async with round_robin_epp([st.address for st in stores]) as (_, epp_port):
+        gw: GlobalGateway = await global_gateway(ClusterSpec("c", epp=f"127.0.0.1:{epp_port}"))
         base = f"http://127.0.0.1:{gw.port}"
         async with aiohttp.ClientSession() as s:
-            ids = await _make(s, base, 4)
+            ids = await make_responses(s, base, 4)
             assert all(st.made for st in stores)
             for rid in ids:
                 await _lookups(s, base, rid)
             _answered_at_home(stores, 4)
             async with s.get(base + "/v1/responses/resp_nope") as r:  # no gateway to ask: its own 404
                 assert r.status == 404 and (await r.json())["error"]["code"] == "response_not_found"
-    finally:
-        await epp.stop(0)
