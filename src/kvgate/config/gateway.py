@@ -10,6 +10,7 @@ owns its schema; a pool with neither gets the named ``policy`` (kvgate by defaul
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -219,6 +220,11 @@ def _get(
         raise GatewayConfigError(f"{path}{key}", f"expected {_kind_name(kind)}, got a boolean")
     if not isinstance(value, kind):
         raise GatewayConfigError(f"{path}{key}", f"expected {_kind_name(kind)}, got {type(value).__name__}")
+    # YAML's ``.nan`` / ``.inf`` are floats: NaN passes every ``<``/``==`` check and infinity is no bound
+    # the event loop can arm (s19-qa M1). Every number of this file is finite; "no bound" is spelled 0
+    # where the key allows it (``requestTimeoutSeconds``, ``rateLimits.*``, ``staleNotReadyAfterSeconds``).
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GatewayConfigError(f"{path}{key}", f"must be a finite number, got {value}")
     return value
 
 

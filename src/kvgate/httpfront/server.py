@@ -37,6 +37,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import re
 import resource
 import select
@@ -315,8 +316,9 @@ def parse_limits(raw: Mapping[str, Any] | None, where: str = "limits") -> FrontL
         if attr is None:
             raise ValueError(f"{where}.{key}: unknown key (known: {', '.join(LIMIT_KEYS)})")
         whole = attr in _INT_LIMITS
-        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value <= 0:
-            kind = "a positive integer" if whole else "a positive number"
+        number = not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+        if not (number and 0 < value < math.inf):  # (``.nan`` fails every comparison; ``.inf``: s19-qa M1)
+            kind = "a positive integer" if whole else "a finite positive number"
             raise ValueError(f"{where}.{key}: expected {kind}, got {value!r}")
         setattr(out, attr, value)
     if out.max_buffered_bytes < out.max_body_bytes:  # (s17-qafix-bc L1: such a body is told to retry forever)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -64,9 +65,27 @@ def _seconds(v: Any, key: str) -> float:
         out = float(v)
     except (TypeError, ValueError):
         raise ClustersError(key, f"expected a number of seconds, got {v!r}") from None
-    if not out > 0:
-        raise ClustersError(key, f"expected a positive number of seconds, got {v!r}")
+    # ``.nan`` fails every comparison; ``.inf`` is no bound (s19-qa M1).
+    if not (math.isfinite(out) and out > 0):
+        raise ClustersError(key, f"expected a finite positive number of seconds, got {v!r}")
     return out
+
+
+def _rtt_ms(v: Any, key: str) -> float:
+    try:
+        out = float(v)
+    except (TypeError, ValueError):
+        raise ClustersError(key, f"expected a number of milliseconds, got {v!r}") from None
+    if not (math.isfinite(out) and out >= 0):
+        raise ClustersError(key, f"expected a finite number of milliseconds >= 0, got {v!r}")
+    return out
+
+
+def _int(v: Any, key: str) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError, OverflowError):  # (int(.nan) is a ValueError, int(.inf) an OverflowError)
+        raise ClustersError(key, f"expected an integer, got {v!r}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +283,8 @@ def parse(doc: Any) -> ClustersConfig:
                 epp=_hostport(c.get("epp"), f"{key}.epp"),
                 epp_tls=bool(c.get("epp_tls", False)),
                 health=_hostport(c.get("health"), f"{key}.health"),
-                rtt_ms=float(c.get("rtt_ms", 0.0)),
-                priority=int(c.get("priority", 0)),
+                rtt_ms=_rtt_ms(c.get("rtt_ms", 0.0), f"{key}.rtt_ms"),
+                priority=_int(c.get("priority", 0), f"{key}.priority"),
                 epp_timeout_s=_seconds(c["epp_timeout_s"], f"{key}.epp_timeout_s")
                 if c.get("epp_timeout_s") is not None
                 else None,
@@ -289,8 +308,8 @@ def parse(doc: Any) -> ClustersConfig:
     return ClustersConfig(
         clusters=tuple(out),
         local=local,
-        ttl_s=float(doc.get("ttl_s", 3.0)),
-        refresh_s=float(doc.get("refresh_s", 0.5)),
+        ttl_s=_seconds(doc.get("ttl_s", 3.0), "ttl_s"),
+        refresh_s=_seconds(doc.get("refresh_s", 0.5), "refresh_s"),
         epp_timeout_s=_seconds(doc.get("epp_timeout_s", EPP_TIMEOUT_S), "epp_timeout_s"),
         tls=TlsOptions(tls.get("ca"), tls.get("cert"), tls.get("key")),
         kubernetes=kube,
@@ -323,8 +342,8 @@ def _kube(doc: Any) -> KubeImports | None:
                 str(m["name"]),
                 m.get("server"),
                 m.get("kubeconfig"),
-                float(m.get("rtt_ms", 0.0)),
-                int(m.get("priority", 0)),
+                _rtt_ms(m.get("rtt_ms", 0.0), f"kubernetes.members[{i}].rtt_ms"),
+                _int(m.get("priority", 0), f"kubernetes.members[{i}].priority"),
             )
         )
     ns = ns or "default"
