@@ -636,8 +636,13 @@ def _load_yaml(path: str, key: str) -> Any:
         raise GatewayConfigError(key, f"{path} is not valid YAML: {e}") from e
 
 
+def load_gateway_yaml(path: str) -> Any:
+    """The decoded YAML of a ``--config`` file, unchecked (``parse_gateway_config`` checks it)."""
+    return _load_yaml(path, "--config")
+
+
 def load_gateway_config(path: str) -> GatewayConfig:
-    raw = _load_yaml(path, "--config")
+    raw = load_gateway_yaml(path)
     return parse_gateway_config(raw, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import ssl
 import sys
@@ -69,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
         "the GPU type and speed in the pool aggregate)",
     )
     src.add_argument("--model", action="append", default=[], help="model the pool serves (repeatable)")
-    src.add_argument("--engine", default="vllm", help=" | ".join(ENGINES))
+    src.add_argument("--engine", help=" | ".join(ENGINES) + " (default vllm)")
     src.add_argument(
         "--adapter", action="append", default=[], help="LoRA adapter name the pool serves (repeatable)"
     )
@@ -85,12 +86,14 @@ def parser() -> argparse.ArgumentParser:
     pick = p.add_argument_group("picker")
     pick.add_argument(
         "--policy",
-        default="kvgate",
-        help=f"named policy: {' | '.join(POLICIES)} (replaced by --config-file / --config-text)",
+        help=f"named policy: {' | '.join(POLICIES)} (default kvgate; replaced by --config-file / "
+        "--config-text)",
     )
     pick.add_argument("--config-file", help="EndpointPickerConfig YAML (replaces --policy)")
     pick.add_argument("--config-text", help="EndpointPickerConfig as inline YAML")
-    pick.add_argument("--scrape-interval", type=float, default=0.05, help="seconds between /metrics scrapes")
+    pick.add_argument(
+        "--scrape-interval", type=float, help="seconds between /metrics scrapes (default: --config's or 0.05)"
+    )
     pick.add_argument(
         "--enable-conformance-hooks",
         action="store_true",
@@ -121,8 +124,8 @@ def parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--max-buffered-bytes",
         type=int,
-        default=1 << 30,
-        help="bytes all streams together may hold (request bodies, JSON responses); over it: 503",
+        help="bytes all streams together may hold (request bodies, JSON responses); over it: 503 (default: "
+        "--config's limits.maxBufferedBytes, else 1 GiB)",
     )
     net.add_argument(
         "--stream-idle-timeout",
@@ -205,13 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.clusters:
         return _hub_main(args)
     try:
-        cfg = load(
-            config=args.config, pool_name=args.pool_name, endpoints=args.endpoints, models=args.model,
-            policy=args.policy, engine=args.engine, config_file=args.config_file,
-            config_text=args.config_text, conformance=args.enable_conformance_hooks,
-            adapters=args.adapter, session_header=args.session_header, pool_namespace=args.pool_namespace,
-            pass_priority=args.pass_priority,
-        )  # fmt: skip
+        refused = _pool_flags_refused(args) if args.config else []
+        try:
+            cfg = load(
+                config=args.config, pool_name=args.pool_name, endpoints=args.endpoints, models=args.model,
+                policy=args.policy or "kvgate", engine=args.engine or "vllm", config_file=args.config_file,
+                config_text=args.config_text, conformance=args.enable_conformance_hooks,
+                adapters=args.adapter, session_header=args.session_header, pool_namespace=args.pool_namespace,
+                pass_priority=args.pass_priority,
+            )  # fmt: skip
+        except EppConfigError as e:
+            raise EppConfigError("\n".join([*refused, str(e)])) from None
+        if refused:
+            raise EppConfigError("\n".join(refused))
         if args.ha_enable_leader_election and cfg.pool.inference_pool is None:
             raise EppConfigError("--ha-enable-leader-election needs Kubernetes discovery (--pool-name)")
         pair, client_ca = _tls(args)
@@ -229,19 +238,46 @@ def main(argv: list[str] | None = None) -> int:
         reported = models_reported(store.all, time.monotonic)
         metrics = EppMetrics(models=model_labels(cfg, reported, args.model_series_grace))
         ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
+        # The flags over --config's scrapeIntervalSeconds and limits.maxBufferedBytes (their defaults else).
+        if args.scrape_interval is None:
+            args.scrape_interval = cfg.scrape_interval_s
+        if args.max_buffered_bytes is None:
+            args.max_buffered_bytes = cfg.max_buffered_bytes
         if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
             raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
+        if not 0 < args.scrape_interval < math.inf:
+            raise EppConfigError(f"--scrape-interval must be a finite number > 0, got {args.scrape_interval}")
         ctx.budget.limit = args.max_buffered_bytes
         # https endpoints (from --config): scraped over TLS, verified against the pool's caFile.
         args.scrape_scheme, args.scrape_ca = cfg.pool.scheme, cfg.pool.ca_file
         staleness = _staleness(args, cfg)
         kube = _kube_pool(args, cfg, store, ctx, staleness)
     except (EppConfigError, OSError, ValueError, KeyError) as e:
-        print(f"kvgate epp: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # (several refused keys: one line each)
+            print(f"kvgate epp: {line}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca, kube=kube))
     return 0
+
+
+# With --config the pool is the file's: these flags would do nothing there (s19-qa M2), so each is refused.
+POOL_FLAGS = {
+    "endpoints": ("--endpoints", "pools[].endpoints"),
+    "model": ("--model", "pools[].models"),
+    "adapter": ("--adapter", "pools[].adapters"),
+    "engine": ("--engine", "pools[].engine"),
+    "policy": ("--policy", "pools[].policy or endpointPickerConfig; --config-file, --config-text replace it"),
+}
+
+
+def _pool_flags_refused(args: argparse.Namespace) -> list[str]:
+    """One line for each pool flag given beside ``--config``."""
+    return [
+        f"{flag}: not with --config (the pool comes from the file: {key})"
+        for attr, (flag, key) in POOL_FLAGS.items()
+        if getattr(args, attr)
+    ]
 
 
 def model_labels(cfg: Any, reported: Any, grace_s: float) -> Any:

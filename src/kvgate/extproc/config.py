@@ -10,6 +10,7 @@ the pool's named policy.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,8 @@ from kvgate.config.gateway import (
     PoolConfig,
     check_pass_priority,
     config_from_flags,
-    load_gateway_config,
+    load_gateway_yaml,
+    parse_gateway_config,
 )
 from kvgate.scheduling.framework import ConfigError
 
@@ -40,11 +42,51 @@ class EppConfig:
     picker_config: dict[str, Any] | None = None
     conformance_hooks: bool = False
     max_body_bytes: int = 64 << 20
+    # ``--config``'s ``limits.maxBufferedBytes`` and ``scrapeIntervalSeconds`` (the flags override them).
+    max_buffered_bytes: int = 1 << 30
+    scrape_interval_s: float = 0.05
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def objectives(self) -> dict[str, int]:
         return self.gateway.objectives
+
+
+# What ``--config`` (``kvgate serve``'s file) gives the EPP: the served pool, ``objectives``, ``rewrites``,
+# ``rewriteSeed``, ``sessionHeader``, ``scrapeIntervalSeconds``, ``kubernetes``, and these ``limits`` and
+# ``health`` keys (docs/epp.md). The rest is the gateway's own work: refused, naming each key, rather than
+# parsed and silently not applied (s19-qa M2: an operator moving a gateway file behind Envoy must not
+# believe its API keys, tenant limits and concurrency cap still hold).
+EPP_LIMITS = ("maxBodyBytes", "maxBufferedBytes")
+EPP_HEALTH = ("scrapeFailures", "metricsStalenessSeconds")
+_ENVOY = "Envoy in front proxies the request"
+NOT_APPLIED = {
+    "listen": "not applied by kvgate epp (it listens where --host, --port, --grpc-health-port and "
+    "--metrics-port say, in one process)",
+    "auth": "not applied by kvgate epp: it sees Envoy, not the client; authenticate clients at Envoy, or "
+    "serve the file with kvgate serve",
+    "rateLimits": "not applied by kvgate epp: rate-limit at Envoy (its rate-limit filter); the EPP's own "
+    "admission is flow control (featureGates: [flowControl] in an EndpointPickerConfig, docs/flowcontrol.md)",
+    "hideInternalAddresses": "not applied by kvgate epp (a kvgate serve option for the answers it writes; "
+    "Envoy writes the client's answers here)",
+    "limits": f"not applied by kvgate epp: {_ENVOY} (set its route timeouts, retries and circuit breakers); "
+    f"the EPP applies limits.{' and limits.'.join(EPP_LIMITS)} only",
+    "health": "not applied by kvgate epp: it ejects and probes nothing (Envoy's outlier detection and health "
+    f"checks do); the EPP applies health.{' and health.'.join(EPP_HEALTH)} only",
+}
+
+
+def not_applied(raw: Any) -> list[tuple[str, str]]:
+    """The keys of a (valid) gateway config document ``kvgate epp`` would not apply, each with why."""
+    out: list[tuple[str, str]] = []
+    for key in ("listen", "auth", "rateLimits", "hideInternalAddresses"):
+        if key in raw and not (key == "hideInternalAddresses" and raw[key] is False):
+            out.append((key, NOT_APPLIED[key]))
+    for section, applied in (("limits", EPP_LIMITS), ("health", EPP_HEALTH)):
+        for key in raw.get(section) or {}:
+            if key not in applied:
+                out.append((f"{section}.{key}", NOT_APPLIED[section]))
+    return out
 
 
 def _picker_config(path: str | None, text: str | None) -> dict[str, Any] | None:
@@ -101,7 +143,11 @@ def load(
             )
             gw = GatewayConfig(pools=[pool0])
         elif config:
-            gw = load_gateway_config(config)
+            raw = load_gateway_yaml(config)
+            gw = parse_gateway_config(raw, base_dir=os.path.dirname(os.path.abspath(config)))
+            refused = not_applied(raw)
+            if refused:
+                raise EppConfigError("\n".join(f"{key}: {why}" for key, why in refused))
         elif endpoints:
             gw = config_from_flags(
                 endpoints, models or ["*"], policy=policy, engine=engine, adapters=adapters or ()
@@ -135,4 +181,6 @@ def load(
         picker_config=picker,
         conformance_hooks=conformance or uses_conformance_filter(picker),
         max_body_bytes=gw.limits.max_body_bytes if config else 64 << 20,
+        max_buffered_bytes=gw.limits.max_buffered_bytes,
+        scrape_interval_s=gw.scrape_interval_s,
     )
