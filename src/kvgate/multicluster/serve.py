@@ -333,6 +333,7 @@ class GlobalGateway:
         self.limits = limits or cfg.limits
         self._fixed_limits = limits is not None  # given by the caller: a reload does not change them
         self.drain_s = drain_s
+        self.draining = False  # the stop began: ``/readyz`` answers 503 ``draining`` (as ``kvgate serve``)
         self.front: FrontServer | None = None
         self._server: asyncio.AbstractServer | None = None
         self._admin: asyncio.AbstractServer | None = None  # (``start``'s ``admin_port``)
@@ -624,6 +625,8 @@ class GlobalGateway:
         return Response(text="ok", content_type="text/plain")
 
     async def _readyz(self, _request: Request) -> Response:
+        if self.draining:  # (the data port refuses new connections: a probe must stop sending them here)
+            return Response(status=503, text="draining", content_type="text/plain")
         # The import controller's problem (a member not seen, a hub write refused) is said, but readiness
         # is the router's: with a cluster ready the gateway serves, whatever the hub answers.
         problem = self.source.problem()
@@ -697,6 +700,7 @@ class GlobalGateway:
         await stop_to_the_end(self._stop(), "the global gateway's stop", log, self.drain_s + STOP_LIMIT_S)
 
     async def _stop(self) -> None:
+        self.draining = True
         if self._reload_task is not None:
             await cancel_and_wait(self._reload_task, "the clusters-file reload loop", log)
         await self.source.stop()  # (raises nothing but a cancellation: the rest below still stops)
