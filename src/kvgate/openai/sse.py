@@ -35,8 +35,21 @@ def has_output(obj: Any) -> bool:
 
 
 def rewrite_model(obj: Any, model: str) -> bool:
-    if isinstance(obj, dict) and "model" in obj:
+    """Put ``model`` (the name the client sent) in a reply or a stream event: its top-level ``model``, or
+    the nested one of a Responses API stream's ``response.created`` / ``response.in_progress`` /
+    ``response.completed`` (``response.model``) and of an Anthropic stream's ``message_start``
+    (``message.model``), as ``kvgate serve`` does (it replaces the model's bytes wherever they are).
+    True when something was put back (the event is then re-encoded)."""
+    if not isinstance(obj, dict):
+        return False
+    if "model" in obj:
         obj["model"] = model
+        return True
+    inner = obj.get("response")  # (unrolled: this runs for every event of a rewritten stream)
+    if inner is None:
+        inner = obj.get("message")
+    if type(inner) is dict and "model" in inner:
+        inner["model"] = model
         return True
     return False
 
