@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python scripts/fc_fleet_cost.py none|marks [--requests 4000] [--repeats 9]
     PYTHONPATH=src python scripts/fc_fleet_cost.py gate [--workers 8] [--requests 4000] [--repeats 9]
+    PYTHONPATH=src python scripts/fc_fleet_cost.py pinned [--requests 4000] [--repeats 9]
 
 ``marks``: a ``FlowDispatcher`` with a pool mark on a two-worker marks buffer, the other worker's mark
 fresh with a lower band waiting (every gate check reads it and defers nothing); ``none``: no mark (one
@@ -12,7 +13,10 @@ check alone (``PoolMark.defers`` of a quiet request) with ``--workers`` workers 
 (as ``kvgate serve`` gives each its marks at start) and nothing queued ("no marks"), then with each other
 worker's mark fresh with a lower band waiting ("marks"), then with a request of the same band, not
 held back, that arrived later ("marks, same band": every field read); and with the others on another
-pool only ("pool only here"). Time injected
+pool only ("pool only here"). ``pinned`` (flw19, review s18-doors M3): one dispatch pass sending one
+queued request, alone in its band, and then with a head before it in its band that waits for its own
+saturated endpoint (a Responses follow-up pinned to its busy home): passed over, put back (one process,
+no marks; the Director's pick off the home is not run: the pick is a stub). Time injected
 (``now`` fixed); the pick is a stub. Run the two modes back to back, more than once: on a loaded machine
 the spread between runs is larger than the difference.
 """
@@ -94,6 +98,28 @@ def once(marks: bool, n: int) -> dict[str, float]:
     return out
 
 
+def pinned(n: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for label, head in (("dispatch pass sending one", False), ("... past a pinned head", True)):
+        d, st = make(False)
+        d.saturated = lambda r, st=st: r.subset is not None or st["free"] <= 0
+        st["free"] = 0
+        if head:
+            pin = InferenceRequest("p", "m", prompt_tokens=10, max_tokens=4, fairness_id="t0")
+            pin.subset = frozenset({"10.0.0.9:8000"})
+            d.arrive(pin, 1.0, Waiter())
+        for i in range(n):
+            r = InferenceRequest(f"r{i}", "m", prompt_tokens=10, max_tokens=4, fairness_id=f"t{i % 5}")
+            d.arrive(r, 1.0, Waiter())
+        t = time.perf_counter()
+        for _ in range(n):
+            st["free"] = 1
+            d.step()
+        out[label] = (time.perf_counter() - t) / n * 1e6
+        assert len(d) == (1 if head else 0)  # (each pass sent one; the pinned head stayed)
+    return out
+
+
 def gate(workers: int, n: int) -> dict[str, float]:
     from kvgate.flowcontrol.fleet import FleetMarks, segment_size
 
@@ -134,7 +160,7 @@ def gate(workers: int, n: int) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=("none", "marks", "gate"))
+    p.add_argument("mode", choices=("none", "marks", "gate", "pinned"))
     p.add_argument("--workers", type=int, default=2, help="gate: workers sharing the marks")
     p.add_argument(
         "--requests", type=int, default=4000, help="per measurement (the queue holds at most 5000)"
@@ -143,6 +169,8 @@ def main() -> None:
     a = p.parse_args()
     if a.mode == "gate":
         runs = [gate(a.workers, a.requests) for _ in range(a.repeats)]
+    elif a.mode == "pinned":
+        runs = [pinned(a.requests) for _ in range(a.repeats)]
     else:
         runs = [once(a.mode == "marks", a.requests) for _ in range(a.repeats)]
     for k in runs[0]:
