@@ -5,6 +5,7 @@ local: east                 # this gateway's own cluster (preferred while it has
 ttl_s: 3.0                  # aggregates older than this are unknown (never "idle")
 refresh_s: 0.5              # how often aggregates and EPP health are fetched
 epp_timeout_s: 2.0          # Endpoint mode: the EPP's deadline to answer each message (pick, response)
+head_timeout_s: 120.0       # the longest wait for a cluster's response head (Parent mode gateway, pod)
 tls: {ca: ca.pem, cert: client.pem, key: client.key}   # client TLS for https aggregates (mTLS with cert)
 clusters:
 - name: east
@@ -20,8 +21,8 @@ clusters:
 
 ``ClustersFile.maybe_reload(now)`` re-reads the file when its mtime changes (checked at most every
 ``check_every_s``); a file that fails to parse keeps the last good list and logs why. Everything in it
-applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``, ``tls``, ``limits``, and the
-``kubernetes`` section: ``kvgate.multicluster.source.ClusterSource`` restarts the import controller).
+applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``, ``head_timeout_s``, ``tls``, ``limits``,
+and the ``kubernetes`` section: ``kvgate.multicluster.source.ClusterSource`` restarts the import controller).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class ClustersError(ValueError):
 
 
 EPP_TIMEOUT_S = 2.0
+# The longest a request waits for a cluster's response head (``kvgate serve``'s ``idleTimeoutSeconds``, its
+# own wait for a model server's head): past it the cluster is taken as hung and the request moves on.
+HEAD_TIMEOUT_S = 120.0
 # ``--config`` with ``--clusters`` (``kvgate serve``, ``kvgate epp``): refused, not silently ignored (review
 # s16-k8s F6): the clusters file is the whole configuration there.
 NOT_WITH_CONFIG = (
@@ -201,6 +205,10 @@ class ClustersConfig:
     # Endpoint mode: how long the EPP has to answer each message (the pick; the response headers; a
     # response line it owes the client). Past it the EPP counts as stalled, and is treated as failed.
     epp_timeout_s: float = EPP_TIMEOUT_S
+    # How long a request waits for its response head from a cluster (its gateway in Parent mode, the pod in
+    # Endpoint mode) before that cluster counts as failed and the request moves on (nothing reached the
+    # client yet); a streamed answer's later bytes are not bound by it.
+    head_timeout_s: float = HEAD_TIMEOUT_S
     tls: TlsOptions = field(default_factory=TlsOptions)
     kubernetes: KubeImports | None = None
     # The client-facing front's limits (``limits:``, the gateway config's key names); hot-reloaded too.
@@ -311,6 +319,7 @@ def parse(doc: Any) -> ClustersConfig:
         ttl_s=_seconds(doc.get("ttl_s", 3.0), "ttl_s"),
         refresh_s=_seconds(doc.get("refresh_s", 0.5), "refresh_s"),
         epp_timeout_s=_seconds(doc.get("epp_timeout_s", EPP_TIMEOUT_S), "epp_timeout_s"),
+        head_timeout_s=_seconds(doc.get("head_timeout_s", HEAD_TIMEOUT_S), "head_timeout_s"),
         tls=TlsOptions(tls.get("ca"), tls.get("cert"), tls.get("key")),
         kubernetes=kube,
         limits=limits,

@@ -5,13 +5,16 @@ Per cluster, the route is chosen by what is reachable:
 2. Parent mode (the cluster has a ``gateway``): send to the cluster-local gateway, whose EPP picks.
 A pod that cannot be reached (no route across clusters, refused, connect timeout), or an EPP that fails
 or stalls (no answer within ``epp_timeout_s``) before the pick, falls back to Parent mode in the same
-cluster; a cluster whose every route fails, or that answers 5xx / 429 before any byte,
-is left for the next cluster in the policy's order (and backs off). A request whose response has started
-is never retried: it is the client's.
+cluster; a cluster whose every route fails, that answers 5xx / 429 before any byte, or that sends no
+response head (within ``head_timeout_s``; in Parent mode also once its aggregate, fresh when the request was
+sent, has gone stale with its fetches failing: a hung cluster gateway) is left for the next cluster in the
+policy's order (and backs off; a hung one until an aggregate is fetched from it again). A request whose
+response has started is never retried: it is the client's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -42,6 +45,21 @@ _DROP = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", DESTINATION_ENDPOINT}
 )
 STALLED = "epp stalled"  # an attempt's outcome when the EPP did not answer the pick in time
+
+
+class NoHead(Exception):
+    """No response head came from a cluster in time (``GlobalRouter._post``): the attempt failed before
+    any byte, so the request moves on; ``outcome`` is the attempt's."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+def _release_late(post: asyncio.Future[aiohttp.ClientResponse]) -> None:
+    """A head that came after the request gave up on it (the cancel lost the race): its connection closed."""
+    if not post.cancelled() and post.exception() is None:
+        post.result().close()
 
 
 @dataclass(slots=True)
@@ -380,6 +398,54 @@ class GlobalRouter:
             )
         return None
 
+    async def _post(
+        self,
+        st: ClusterState,
+        mode: str,
+        url: str,
+        body: bytes,
+        fwd: dict[str, str],
+        client_timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        """The request sent, its response head awaited, at most ``head_timeout_s`` (``NoHead``): a hung
+        cluster (a wedged event loop, a stopped process: the kernel still ACKs, so TCP keep-alive does not
+        tell it from a slow one) would hold the request to the read timeout. In Parent mode, when the
+        cluster's aggregate was fresh at the send (or it was found hung before: ``ClusterState.hung_at``),
+        the wait also ends once that aggregate has gone stale with its fetches failing (checked every half
+        ``ttl_s``): the process that serves it answers nothing either; the cluster is then marked hung.
+        A slow but live cluster keeps answering its aggregate and is waited for."""
+        assert self._session is not None
+        post = asyncio.ensure_future(self._session.post(url, data=body, headers=fwd, timeout=client_timeout))
+        cfg = self.cfg
+        watch = (
+            mode == PARENT
+            and st.spec.aggregate is not None
+            and (st.hung_at is not None or st.fresh(self.clock(), cfg.ttl_s))
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.head_timeout_s
+        try:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise NoHead(f"no response head within head_timeout_s ({cfg.head_timeout_s:g}s)")
+                done, _ = await asyncio.wait((post,), timeout=min(left, cfg.ttl_s / 2) if watch else left)
+                if done:
+                    return post.result()
+                if watch and self._hung(st):
+                    st.hung_at = st.fetched_at
+                    why = f"hung: no response head, and no aggregate for over ttl_s ({st.fetch_error})"
+                    raise NoHead(why)
+        finally:
+            if not post.done():
+                post.cancel()
+                post.add_done_callback(_release_late)
+
+    def _hung(self, st: ClusterState) -> bool:
+        """The cluster's aggregate stale (older than ``ttl_s``) with its last fetch failed."""
+        at = st.fetched_at
+        return st.fetch_error is not None and at is not None and self.clock() - at > self.cfg.ttl_s
+
     async def _send(
         self,
         st: ClusterState,
@@ -407,7 +473,11 @@ class GlobalRouter:
                 epp.cancel()  # the EPP's session closes the request as failed
 
         try:
-            resp = await self._session.post(f"http://{target}{path}", data=body, headers=fwd, timeout=timeout)
+            resp = await self._post(st, mode, f"http://{target}{path}", body, fwd, timeout)
+        except NoHead as e:
+            given_up()
+            attempts.append(Attempt(st.name, mode, target, e.outcome))
+            return None
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             given_up()
             attempts.append(Attempt(st.name, mode, target, f"unreachable: {type(e).__name__}"))

@@ -111,6 +111,10 @@ class ClusterState:
     failures: int = 0
     down_until: float = 0.0
     backoff_s: float = 0.0
+    # Found hung (``GlobalRouter``: a request got no response head while the aggregate, fresh when it was
+    # sent, went stale with its fetches failing): the ``fetched_at`` of then. Not ``available`` until an
+    # aggregate is fetched again (or a request succeeds there).
+    hung_at: float | None = None
     # The log of the model's error there (observed TTFT / predicted at dispatch), an EWMA fading towards
     # 0 (no error) with its age since ``bias_at``; see ``model_bias``.
     log_bias: float = 0.0
@@ -441,11 +445,14 @@ class ClusterState:
         self.down_until = now + self.backoff_s
 
     def succeeded(self) -> None:
+        self.hung_at = None
         self.failures = 0
         self.backoff_s = 0.0
         self.down_until = 0.0
 
     def available(self, now: float) -> bool:
+        if self.hung_at is not None and self.hung_at == self.fetched_at:
+            return False  # hung, and no aggregate fetched since: it still answers nothing
         return now >= self.down_until
 
 
