@@ -169,3 +169,31 @@ async def test_head_timeout_bounds_the_wait_and_a_slow_stream_is_not_cut(
     west.gap_s = 0.8
     status, data = await _post(gw.port, stream=True)
     assert status == 200 and b"t2" in data and b"data: [DONE]" in data, data
+
+
+async def test_a_request_sent_while_the_aggregate_was_stale_leaves_once_the_cluster_is_found_hung(
+    clusters: tuple[ClusterGateway, ClusterGateway], started: Callable[..., Awaitable[GlobalGateway]],
+) -> None:  # fmt: skip
+    """The window the QA's run hit (review s19-qa M3, after the first fix): a request sent after the hung
+    cluster's aggregate went stale but before a request sent earlier found it hung waited the whole
+    ``head_timeout_s``. A stale aggregate alone does not end the wait (a cluster whose aggregate fails
+    but that serves is waited for); the cluster found hung does."""
+    east = clusters[0]
+    specs = tuple(ClusterSpec(c.name, aggregate=c.aggregate, gateway=c.address) for c in clusters)
+    gw = await started(ClustersConfig(specs, ttl_s=0.4, head_timeout_s=120.0), "round-robin", fetch=False)
+    st = gw.router.states["east"]
+    agg = PoolAggregate(name="east", snapshot_time=1.0, ready_endpoints=1, total_endpoints=1)
+    st.set_aggregate(agg, time.monotonic() - 5.0)  # stale, its fetches failing
+    st.fetch_error = "TimeoutError: "
+    east.freeze()
+    sent = [asyncio.create_task(_post(gw.port)) for _ in range(2)]  # round-robin: one of them to east
+    for _ in range(200):
+        if east.arrived:
+            break
+        await asyncio.sleep(0.01)
+    assert east.arrived == 1
+    done, pending = await asyncio.wait(sent, timeout=1.0)  # 5 checks (every ttl_s / 2): still waited for
+    assert len(done) == 1 and len(pending) == 1, done
+    st.hung_at = st.fetched_at  # as a request sent while it was fresh marks it
+    res = await asyncio.wait_for(pending.pop(), 5.0)
+    assert res[0] == 200 and b'"served_by": "west"' in res[1], res

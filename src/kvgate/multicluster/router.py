@@ -409,19 +409,19 @@ class GlobalRouter:
     ) -> aiohttp.ClientResponse:
         """The request sent, its response head awaited, at most ``head_timeout_s`` (``NoHead``): a hung
         cluster (a wedged event loop, a stopped process: the kernel still ACKs, so TCP keep-alive does not
-        tell it from a slow one) would hold the request to the read timeout. In Parent mode, when the
-        cluster's aggregate was fresh at the send (or it was found hung before: ``ClusterState.hung_at``),
-        the wait also ends once that aggregate has gone stale with its fetches failing (checked every half
-        ``ttl_s``): the process that serves it answers nothing either; the cluster is then marked hung.
-        A slow but live cluster keeps answering its aggregate and is waited for."""
+        tell it from a slow one) would hold the request to the read timeout. In Parent mode (checked every
+        half ``ttl_s``), when the cluster's aggregate was fresh at the send, the wait also ends once that
+        aggregate has gone stale with its fetches failing: the process that serves it answers nothing
+        either; the cluster is then marked hung (``ClusterState.hung_at``). A request sent while the
+        aggregate was already stale (just before another found the cluster hung, or to a cluster left out
+        as hung, the last one to try) ends once the cluster is marked hung and no aggregate came since. A
+        slow but live cluster keeps answering its aggregate and is waited for; one whose aggregate has been
+        failing since before the request, only to ``head_timeout_s``."""
         assert self._session is not None
         post = asyncio.ensure_future(self._session.post(url, data=body, headers=fwd, timeout=client_timeout))
         cfg = self.cfg
-        watch = (
-            mode == PARENT
-            and st.spec.aggregate is not None
-            and (st.hung_at is not None or st.fresh(self.clock(), cfg.ttl_s))
-        )
+        watch = mode == PARENT and st.spec.aggregate is not None and st.fetched_at is not None
+        fresh = watch and st.fresh(self.clock(), cfg.ttl_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.head_timeout_s
         try:
@@ -432,7 +432,7 @@ class GlobalRouter:
                 done, _ = await asyncio.wait((post,), timeout=min(left, cfg.ttl_s / 2) if watch else left)
                 if done:
                     return post.result()
-                if watch and self._hung(st):
+                if watch and self._hung(st) and (fresh or st.hung_at == st.fetched_at):
                     st.hung_at = st.fetched_at
                     why = f"hung: no response head, and no aggregate for over ttl_s ({st.fetch_error})"
                     raise NoHead(why)
