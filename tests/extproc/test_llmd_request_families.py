@@ -179,12 +179,17 @@ async def test_serve_exports_llm_d_s_request_families_by_flow() -> None:
     assert total(s, "llm_d_epp_request_streaming_tpot_seconds_count") == 1
     # NTPOT: duration over output tokens.
     assert abs(get(s, "llm_d_epp_request_ntpot_seconds_sum", **DEFAULT) - duration / 4) < 1e-9
-    # Buckets: llm-d's ladders spell 32768, the reference's 32778; output tokens stop at 8192.
-    assert "32768.0" in les(s, "llm_d_epp_response_size_bytes") and "32778.0" not in les(
-        s, "llm_d_epp_response_size_bytes"
-    )
-    assert "32778.0" in les(s, "inference_objective_response_sizes")
-    assert "32768.0" in les(s, "llm_d_epp_request_input_tokens")
+    # Buckets: llm-d's token and response ladders spell 32778 as the reference's (upstream
+    # llm_d_router_metrics.go), only request sizes 32768; output tokens stop at 8192.
+    for family in (
+        "llm_d_epp_response_size_bytes",
+        "inference_objective_response_sizes",
+        "llm_d_epp_request_input_tokens",
+        "llm_d_epp_request_cached_tokens",
+    ):
+        assert "32778.0" in les(s, family) and "32768.0" not in les(s, family), family
+    assert "32768.0" in les(s, "llm_d_epp_request_size_bytes")
+    assert "32778.0" not in les(s, "llm_d_epp_request_size_bytes")
     assert max(float(b) for b in les(s, "inference_objective_output_tokens") - {"+Inf"}) == 8192
     assert max(float(b) for b in les(s, "llm_d_epp_request_ttft_seconds") - {"+Inf"}) == 120
 

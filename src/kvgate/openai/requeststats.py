@@ -109,16 +109,18 @@ _RESPONSE_SIZE_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 819
 _OUTPUT_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _NTPOT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 # llm-d's (``llm_d_epp_request_*``, llm-d-router ``pkg/epp/metrics``): its token and response ladders
-# spell 32768; TTFT 5 ms .. 120 s (labels + ``streaming``), streaming TPOT 0.5 ms .. 2 s.
-_LLMD_TOKEN_BUCKETS = tuple(32768 if b == 32778 else b for b in _TOKEN_BUCKETS)
-_LLMD_RESPONSE_SIZE_BUCKETS = tuple(32768 if b == 32778 else b for b in _RESPONSE_SIZE_BUCKETS)
+# are the reference's, 32778 included (only request sizes spell 32768, a power of two, as here); TTFT
+# 5 ms .. 120 s (labels + ``streaming``), streaming TPOT 0.5 ms .. 2 s.
+_LLMD_TOKEN_BUCKETS = _TOKEN_BUCKETS
+_LLMD_RESPONSE_SIZE_BUCKETS = _RESPONSE_SIZE_BUCKETS
 _TTFT_BUCKETS = (*_LATENCY_BUCKETS[: _LATENCY_BUCKETS.index(120) + 1],)
 _TPOT_BUCKETS = (
     0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2,
     0.3, 0.4, 0.5, 0.6, 0.8, 1, 2,
 )  # fmt: skip
 # One histogram per quantity, on the union of the ladders of the families read from it (a value is
-# bisected once; each family's buckets are picked from the union's at scrape).
+# bisected once; each family's buckets are picked from the union's at scrape: output tokens' 1 .. 8192
+# from the token ladder).
 _TOKEN_UNION = tuple(sorted({*_TOKEN_BUCKETS, *_LLMD_TOKEN_BUCKETS}))
 _RESPONSE_UNION = tuple(sorted({*_RESPONSE_SIZE_BUCKETS, *_LLMD_RESPONSE_SIZE_BUCKETS}))
 
