@@ -69,9 +69,10 @@ def test_each_refused_key_and_flag_has_its_line(
             "sglang", "--policy", "random"]  # fmt: skip
     assert epp_cli.main(argv) == 2 and not served
     lines = capsys.readouterr().err.strip().splitlines()
-    assert [line.split(": ")[1] for line in lines] == [
+    assert [line.split(": ")[1] for line in lines[:-1]] == [
         "--endpoints", "--model", "--adapter", "--engine", "--policy", "auth", "limits.maxConnections",
     ]  # fmt: skip
+    assert "--shared-config" in lines[-1]  # (the opt-in for a file shared with kvgate serve: s19-gw M1)
     assert all(line.startswith("kvgate epp: ") for line in lines)
     assert "not with --config (the pool comes from the file: pools[].endpoints)" in lines[0]
 

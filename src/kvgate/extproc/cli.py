@@ -57,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("pool")
     src.add_argument("--config", help="gateway config YAML (pools, objectives, rewrites); serves one pool")
     src.add_argument(
+        "--shared-config",
+        action="store_true",
+        help="--config is a file shared with kvgate serve: its keys kvgate epp does not apply (listen, auth, "
+        "rateLimits, most limits and health) are one warning each, not an error",
+    )
+    src.add_argument(
         "--pool-name", help="InferencePool to discover from Kubernetes (or: which pool of --config to serve)"
     )
     src.add_argument("--pool-namespace", default="default", help="the InferencePool's namespace")
@@ -209,13 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         return _hub_main(args)
     try:
         refused = _pool_flags_refused(args) if args.config else []
+        if args.shared_config and not args.config:
+            raise EppConfigError("--shared-config: only with --config (it says how to read that file)")
         try:
             cfg = load(
                 config=args.config, pool_name=args.pool_name, endpoints=args.endpoints, models=args.model,
                 policy=args.policy or "kvgate", engine=args.engine or "vllm", config_file=args.config_file,
                 config_text=args.config_text, conformance=args.enable_conformance_hooks,
                 adapters=args.adapter, session_header=args.session_header, pool_namespace=args.pool_namespace,
-                pass_priority=args.pass_priority,
+                pass_priority=args.pass_priority, shared_config=args.shared_config,
             )  # fmt: skip
         except EppConfigError as e:
             raise EppConfigError("\n".join([*refused, str(e)])) from None
@@ -245,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             args.max_buffered_bytes = cfg.max_buffered_bytes
         if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
             raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
+        if args.config and args.max_buffered_bytes < cfg.max_body_bytes:  # (as the file's pair is refused)
+            raise EppConfigError(
+                f"--max-buffered-bytes must be >= --config's limits.maxBodyBytes ({cfg.max_body_bytes}), "
+                f"got {args.max_buffered_bytes}: a body between the two could never be held, and would be "
+                "told to retry (503) forever"
+            )
         if not 0 < args.scrape_interval < math.inf:
             raise EppConfigError(f"--scrape-interval must be a finite number > 0, got {args.scrape_interval}")
         ctx.budget.limit = args.max_buffered_bytes

@@ -10,6 +10,7 @@ the pool's named policy.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from kvgate.config.gateway import (
     parse_gateway_config,
 )
 from kvgate.scheduling.framework import ConfigError
+
+log = logging.getLogger(__name__)
 
 CONFORMANCE_FILTER = "header-based-testing-filter"
 
@@ -133,6 +136,7 @@ def load(
     session_header: str | None = None,
     pool_namespace: str = "default",
     pass_priority: bool = False,
+    shared_config: bool = False,
 ) -> EppConfig:
     try:
         if pool_name and not config and not endpoints:
@@ -146,8 +150,12 @@ def load(
             raw = load_gateway_yaml(config)
             gw = parse_gateway_config(raw, base_dir=os.path.dirname(os.path.abspath(config)))
             refused = not_applied(raw)
-            if refused:
-                raise EppConfigError("\n".join(f"{key}: {why}" for key, why in refused))
+            if refused and shared_config:  # (--shared-config: kvgate serve's file, its keys left to it)
+                for key, why in refused:
+                    log.warning("%s: %s (--shared-config: left to kvgate serve)", key, why)
+            elif refused:
+                hint = "a file shared with kvgate serve: --shared-config warns of these keys instead"
+                raise EppConfigError("\n".join([*(f"{key}: {why}" for key, why in refused), hint]))
         elif endpoints:
             gw = config_from_flags(
                 endpoints, models or ["*"], policy=policy, engine=engine, adapters=adapters or ()
