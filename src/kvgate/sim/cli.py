@@ -116,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.replicas < 1 or args.time_scale <= 0 or args.stream_interval < 1:
         print("kvgate sim: --replicas and --stream-interval must be >= 1, --time-scale > 0", file=sys.stderr)
         return 2
+    # The ports derived from a flag (replica i: base+i; KV events P+2i, P+2i+1) are ports too.
+    last = args.replicas - 1
+    for flag, port, top in (
+        ("--base-port", args.base_port, args.base_port + last),
+        ("--kv-events-port", args.kv_events_port, (args.kv_events_port or 0) + 2 * last + 1),
+    ):
+        if port and top > 65535:
+            print(f"kvgate sim: {flag} {port} with --replicas {args.replicas} needs port {top} (> 65535)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     import uvloop
 
     try:
