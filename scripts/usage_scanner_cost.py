@@ -1,4 +1,4 @@
-"""CPU of ``BodyUsageScanner`` (the usage of a relayed big JSON answer, read as it passes): this tree
+r"""CPU of ``BodyUsageScanner`` (the usage of a relayed big JSON answer, read as it passes): this tree
 against another.
 
     PYTHONPATH=src python scripts/usage_scanner_cost.py --base-src <other checkout>/src [--repeats 3]
@@ -6,9 +6,12 @@ against another.
 Four ~7 MiB answers, usage last (the scanner reads all of them): ``prompt_logprobs`` (vLLM's shape, a
 short string every ~14 bytes, each token's text ``"usage"``), ``embeddings`` (numbers), ``text`` (one long
 completion with a newline escape every 63 bytes), ``quotes`` (one long text with an escaped quote every
-18 bytes: the new scanner's worst kind), each fed in 64 KiB and 8 KiB pieces. Each repeat runs the base
-tree, then this one, each in a fresh process; a process's figure is its fastest of ``--rounds`` runs
-(CPU time, ``process_time``), in ms per MiB. Prints every figure and the medians."""
+18 bytes: the new scanner's worst kind), ``escapes`` (``prompt_logprobs`` whose tokens' text holds
+``\u00`` escapes, as any encoder writes control characters and ``json.dumps`` Latin-1 letters: a
+``\u00`` sends a pass to the spelled-key search, review s19-gw L4), each fed in 64 KiB and 8 KiB
+pieces. Each repeat runs the base tree, then this one, each in a fresh process; a process's figure is its
+fastest of ``--rounds`` runs (CPU time, ``process_time``), in ms per MiB. Prints every
+figure and the medians."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ PIECES = (65536, 8192)
 def _bodies() -> dict[str, bytes]:
     usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
     token = {"123": {"logprob": -1.5, "rank": 1, "decoded_token": "usage"}}
+    escaped = {"123": {"logprob": -1.5, "rank": 1, "decoded_token": "caf\u00e9 \x1b[0m"}}
     line = "lorem ipsum dolor sit amet, consectetur adipiscing elit sed do\n"
     answers: dict[str, Any] = {
         "prompt_logprobs": {"prompt_logprobs": [None] + [token] * 120_000, "usage": usage},
@@ -38,6 +42,7 @@ def _bodies() -> dict[str, bytes]:
         },
         "text": {"choices": [{"text": line * 110_000}], "usage": usage},
         "quotes": {"choices": [{"text": 'lorem ipsum {dolor} [sit] amet "q" ' * 200_000}], "usage": usage},
+        "escapes": {"prompt_logprobs": [None] + [escaped] * 100_000, "usage": usage},
     }
     return {name: json.dumps(answer).encode() for name, answer in answers.items()}
 

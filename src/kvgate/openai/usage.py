@@ -287,6 +287,11 @@ class BodyUsageScanner:
         # (a key spelled with escapes needs a backslash outside strings, looked for only in buffers that
         # have one at all (memchr): a key held back at a chunk's end comes whole with the next chunk)
         slashes = b"\\" in buf
+        # The next plain candidate at or after ``i``, searched again only once ``i`` passed it (or the
+        # buffer changed): a pass that stops short of it (a spelled key, a string) must not read the rest
+        # of the buffer again (review s19-gw L5: quadratic in a body of many nested spelled keys).
+        plain: re.Match[bytes] | None = None
+        searched = False
         while i < n:
             if self._colon:  # after a top-level key: whitespace, then ``:`` (a key) or not (a value)
                 ws = _WS.match(buf, i)
@@ -301,6 +306,7 @@ class BodyUsageScanner:
                     if rest is None:
                         return
                     buf, i, n = rest, 0, len(rest)
+                    searched = False
                 continue
             if self._in_str:
                 if self._esc:
@@ -323,7 +329,9 @@ class BodyUsageScanner:
                 elif tail.group(2) is not None:  # (the next chunk's first byte is escaped)
                     self._esc = True
                 continue
-            m = _CANDIDATE.search(buf, i)
+            if not searched or (plain is not None and plain.start() < i):
+                plain, searched = _CANDIDATE.search(buf, i), True
+            m = plain
             stop = n if m is None else m.start()
             key_end = stop + len(_KEY)
             if slashes and buf.find(b"\\u00", i, stop) >= 0:  # (before the key: one spelled with escapes?)
@@ -377,10 +385,14 @@ def _usage_after_a_key(ev: bytes) -> Usage | None:
     ``usage`` key on (an unescaped ``"usage"`` before a ``:`` is a key in JSON: inside a string its
     quotes are escaped) the bytes are lexed as ``BodyUsageScanner`` lexes a body, and the event's end
     (its object closed) gives that key's depth: the event's own ``usage`` (depth 1) counts, else one in
-    the object one level down (depth 2: a Responses ``response.completed``'s ``response``, an Anthropic
-    ``message_start``'s ``message``, whose key the cut may have dropped); a ``usage`` nested deeper (in
-    a choice, an output item, a tool's schema) is not taken (session 18's closing note: the first
-    ``"usage":`` of any depth was)."""
+    an object one level down held by ``response`` (a Responses ``response.completed``'s) or ``message``
+    (an Anthropic ``message_start``'s); a ``usage`` nested deeper (in a choice, an output item, a tool's
+    schema) is not taken (session 18's closing note: the first ``"usage":`` of any depth was). The key
+    holding the object one level down that is open at the first key is read backward from it (JSON
+    lexes backward too: outside strings a quote ends one, and its start is the previous quote no odd run
+    of backslashes escapes); where the cut dropped that key (a long answer's ``response.completed``)
+    the tail cannot tell, and that object's usage is taken (review s19-gw L2: before, any object's one
+    level down was, its key shown or not)."""
     m = _KEY_COLON.search(ev)
     # (An escaped quote is no key; nor one whose backslashes, if any, may go on before the cut.)
     while m is not None and ((run := _backslashes_before(ev, m.start(), 0)) % 2 or run == m.start()):
@@ -392,17 +404,115 @@ def _usage_after_a_key(ev: bytes) -> Usage | None:
     if opened >= 0 or closes >= 0:
         return None  # (not the end of an object: a string left open, or nothing closed)
     depth = -closes  # the first key's depth in the event's object
-    for level in (1, 2):
-        if depth < level:
-            break
-        # (``BodyUsageScanner`` takes a key at its depth 1: what stood at ``level`` before is there)
+    # (``BodyUsageScanner`` takes a key at its depth 1: what stood at the event's level 1 before is there)
+    scan = BodyUsageScanner()
+    scan._depth = depth
+    scan.feed(rest, final=True)
+    usage = scan.usage()
+    if usage is not None or depth < 2:
+        return usage
+    # The object one level down open at the first key: its own usage if its key allows, then the event's
+    # rest after it, whole (its keys shown): ``usage_from``'s reading of it.
+    end = _close_of(rest, depth - 1)
+    if end < 0:
+        return None
+    key = _holding_key(ev, m.start(), depth - 2)
+    if key is not None and b"\\" in key:  # (a key spelled with escapes, as JSON reads it)
+        try:
+            key = json.loads(b'"' + key + b'"').encode()
+        except ValueError:
+            key = b""
+    if key in (None, b"response", b"message"):
         scan = BodyUsageScanner()
-        scan._depth = depth - level + 1
-        scan.feed(rest, final=True)
+        scan._depth = depth - 1
+        scan.feed(rest[:end], final=True)
         usage = scan.usage()
         if usage is not None:
             return usage
-    return None
+    after = rest[end:].lstrip(b" \t\r\n")
+    if not after.startswith(b","):
+        return None
+    try:  # (``json``: read as leniently as the whole event's ``Infinity`` / ``NaN`` are elsewhere)
+        return usage_from(json.loads(b"{" + after[1:].rstrip(b" \t\r\n")))
+    except ValueError:
+        return None
+
+
+_STRUCTURE = re.compile(rb'["{}\[\]]')
+
+
+def _close_of(seg: bytes, levels: int) -> int:
+    """Where, in ``seg`` lexed from outside any string, the ``levels``-th enclosing container has closed
+    (the index past its closing byte); -1 if it does not."""
+    nest, i = 0, 0
+    while (s := _STRUCTURE.search(seg, i)) is not None:
+        c, i = seg[s.start()], s.end()
+        if c == 0x22:  # a string: to its closing quote
+            while True:
+                k = seg.find(b'"', i)
+                if k < 0:
+                    return -1
+                i = k + 1
+                if _backslashes_before(seg, k, 0) % 2 == 0:
+                    break
+        elif c in b"{[":
+            nest += 1
+        else:
+            nest -= 1
+            if nest == -levels:
+                return i
+    return -1
+
+
+def _holding_key(ev: bytes, pos: int, skip: int) -> bytes | None:
+    """The key that holds the container around ``pos`` (outside any string in ``ev``) once ``skip``
+    enclosing containers are passed, read backward: its raw bytes; ``b""`` for none (an array's
+    element); None where the cut (``ev``'s start) comes first."""
+    rev = ev[:pos][::-1]  # (one pass backward: the structure bytes found in the reversed copy)
+    nest, r = 0, 0
+    while True:
+        found = _STRUCTURE.search(rev, r)
+        if found is None:
+            return None
+        i = pos - 1 - found.start()
+        c = ev[i]
+        if c == 0x22:  # a string's end, read backward: its start
+            i = _string_start(ev, i)
+            if i < 0:
+                return None
+        elif c in b"}]":
+            nest += 1
+        elif nest:
+            nest -= 1
+        elif skip:
+            skip -= 1
+        else:  # the opening byte: a key before it, ``"...":``, or none
+            j = len(ev[:i].rstrip(b" \t\r\n"))
+            if j == 0:
+                return None
+            if ev[j - 1] != 0x3A:
+                return b""
+            k = len(ev[: j - 1].rstrip(b" \t\r\n"))
+            if k == 0 or ev[k - 1] != 0x22:
+                return None
+            start = _string_start(ev, k - 1)
+            return None if start < 0 else ev[start + 1 : k - 1]
+        r = pos - i
+
+
+def _string_start(ev: bytes, end: int) -> int:
+    """The opening quote of the string whose closing quote is ``ev[end]``; -1 where the cut may have
+    taken it (a run of backslashes reaching ``ev``'s start)."""
+    k = end
+    while True:
+        k = ev.rfind(b'"', 0, k)
+        if k < 0:
+            return -1
+        run = _backslashes_before(ev, k, 0)
+        if run == k and run:
+            return -1
+        if run % 2 == 0:
+            return k
 
 
 def _end_bytes(text: bytes, end: int) -> int:
