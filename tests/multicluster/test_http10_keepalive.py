@@ -38,3 +38,28 @@ async def test_an_http10_keep_alive_client_of_clusters_sees_its_answer_end(
     assert b"connection: close" in head.lower()
     assert orjson.loads(body)["choices"], body
     assert closed, "the whole answer came, the connection stayed open"
+
+
+async def test_clusters_says_keep_alive_on_an_http10_keep_alive_whole_answer(
+    pods: Callable[..., Any], gateway: Callable[..., Any]
+) -> None:
+    """Review s19-qa L5: the answers ``--clusters`` gives whole (``GET /v1/models``, a 404) keep an HTTP/1.0
+    keep-alive client's connection and now say ``Connection: keep-alive`` (FAILED before: no
+    ``Connection`` header, the connection kept anyway)."""
+    pod = await pods()
+    gw = await gateway([pod.address])
+    r, w = await asyncio.open_connection("127.0.0.1", gw.port)
+    got = []
+    try:
+        for path in (b"/v1/models", b"/nope"):
+            w.write(b"GET %b HTTP/1.0\r\nconnection: keep-alive\r\n\r\n" % path)
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+            headers = dict(
+                (n.strip().lower(), v.strip().lower())
+                for n, _, v in (ln.partition(b":") for ln in head[:-4].split(b"\r\n")[1:])
+            )
+            await asyncio.wait_for(r.readexactly(int(headers[b"content-length"])), 5)
+            got.append((head.split(b" ")[1], headers.get(b"connection")))
+    finally:
+        w.close()
+    assert got == [(b"200", b"keep-alive"), (b"404", b"keep-alive")], got

@@ -99,7 +99,9 @@ class Request:
         self.body = body
         self.content_length = len(body)
         self.keep_alive = keep_alive
-        self.http11 = True  # False for HTTP/1.0 clients: no chunked encoding, close after the reply
+        # False for HTTP/1.0 clients: no chunked encoding (a stream closes the connection after it); a
+        # whole answer keeps it only if asked (``Connection: keep-alive``, said back in the answer's head)
+        self.http11 = True
         # Set on a synthetic request standing for a refusal by the front: the response it gets.
         self.error: Response | None = None
         self.held = 0  # bytes of the front's body budget this request holds until it is answered
@@ -222,8 +224,17 @@ class StreamResponse:
 
 
 def _head(
-    status: int, headers: dict[str, str], content_type: str | None, length: int | None, close: bool
+    status: int,
+    headers: dict[str, str],
+    content_type: str | None,
+    length: int | None,
+    close: bool,
+    keep10: bool = False,
 ) -> bytes:
+    """An answer's head. ``close``: ``Connection: close``; else ``keep10`` (an HTTP/1.0 client whose
+    connection is kept): ``Connection: keep-alive``, which such a client needs to see to reuse it (RFC 9112
+    Appendix C.2.2; review s19-qa L5: ApacheBench ``-k``, HTTP/1.0 proxies and ``curl --http1.0`` closed
+    after every answer)."""
     # (one string grown in place: a handful of short pieces, cheaper than a list and a join)
     head = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
     if content_type:
@@ -236,6 +247,8 @@ def _head(
         head += f"Content-Length: {length}\r\n"
     if close:
         head += "Connection: close\r\n"
+    elif keep10:
+        head += "Connection: keep-alive\r\n"
     return (head + "\r\n").encode("utf-8", "surrogateescape")
 
 
@@ -1041,7 +1054,9 @@ class FrontProtocol(asyncio.Protocol):
             if isinstance(resp, Response):
                 close = close or resp.close
                 body = b"" if req.method == "HEAD" else resp.body  # HEAD: headers only
-                head = _head(resp.status, resp.headers, resp.content_type, len(resp.body), close)
+                head = _head(
+                    resp.status, resp.headers, resp.content_type, len(resp.body), close, not req.http11
+                )
                 release, resp.release = resp.release, None
                 if release is None:
                     self.send(head + body)
