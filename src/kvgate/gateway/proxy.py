@@ -952,18 +952,58 @@ class Proxy:
             self.metrics.ejections.inc()
 
     def _charge_cut(
-        self, ep: Endpoint, resp: UpstreamResponse, late: bool, owns: bool, sent_at: float, start: float
+        self,
+        ep: Endpoint,
+        resp: UpstreamResponse,
+        late: bool,
+        owns: bool,
+        sent_at: float,
+        start: float,
+        got_at: float,
     ) -> None:
         """A relayed answer cut (or failed): a failure, or, cut by a deadline ``ep`` did not own
         (``late``, not ``owns``), the time it held the request since ``sent_at`` (half the bound from
-        ``start`` a unit), as a head's timeout is charged (review s18-fixes-c L2)."""
+        ``start`` a unit), as a head's timeout is charged (review s18-fixes-c L2). Not charged at all when
+        the deadline cut it while ``ep`` was still sending: a piece came from it (``got_at``, event-loop
+        time) in the later half of the time it held the request (review s19-qa L6: the gateway's bound,
+        not a fault; a long generation must not eject a healthy endpoint). One silent that long (a
+        wedged engine, after its first piece or mid-way) is charged as before."""
         due = resp.deadline
+        if late and due is not None and got_at > (sent_at + due) / 2:
+            return
         if late and not owns and due is not None:
             ejected = self.health.timed_out(ep, sent_at, due, (due - start) / 2, self._peers(ep))
         else:
             ejected = self.health.failure(ep, self._peers(ep))
         if ejected:
             self.metrics.ejections.inc()
+
+    def _cut_event(
+        self,
+        ireq: InferenceRequest,
+        ep: Endpoint,
+        cut: Exception,
+        late: bool,
+        resp: UpstreamResponse,
+        start: float,
+    ) -> bytes:
+        """The error event that ends a stream ``cut`` (logged). ``late``: the request's deadline ended it,
+        the gateway's own bound, named as the 504 of a request it ends before its answer does (504
+        ``request_timeout``; review s19-qa L6: "upstream ... was cut: ReadTimeout" sent a client looking
+        for a server fault); else the upstream's cut (502 ``upstream_error``)."""
+        if late and resp.deadline is not None:
+            bound = round(resp.deadline - start, 3)  # (the bound it was sent with: a reload may change it)
+            log.warning(
+                "%s: stream from %s cut at requestTimeoutSeconds (%gs)", ireq.request_id, ep.address, bound
+            )
+            return sse_error_event(
+                f"no answer within requestTimeoutSeconds ({bound:g}s): the gateway cut the stream from "
+                f"{self._name(ep)} at its bound",
+                code="request_timeout",
+                status=504,
+            )
+        log.warning("%s: stream from %s cut: %s: %s", ireq.request_id, ep.address, type(cut).__name__, cut)
+        return sse_error_event(f"upstream stream from {self._name(ep)} was cut: {type(cut).__name__}")
 
     def _deadline_cut(self, cut: Exception, resp: UpstreamResponse) -> bool:
         """Did the request's deadline (not the idle timeout) end this read? (Asked as it ends.)"""
@@ -1087,6 +1127,7 @@ class Proxy:
         cut: Exception | None = None
         drained = False  # cut by the drain's deadline (``cut_streams``), as a stream is
         late = False  # cut by the request's deadline (not the idle timeout)
+        got_at = self._loop.time()  # the last piece from the upstream came then (``_charge_cut``)
         director.on_first_token(ireq, ep, learn=False)  # (as ``_whole``: no first token to learn)
         self.streams.add(resp)
         if self._cutting is not None and not resp.received:  # (the drain's cut came before the relay)
@@ -1109,6 +1150,7 @@ class Proxy:
                         break
                     if not chunk:
                         break
+                    got_at = self._loop.time()
                 scan.feed(chunk)
                 data = rewriter.feed(chunk) if rewriter is not None else chunk
                 sent += len(data)  # (the bytes the client is sent: a count, no copy)
@@ -1144,7 +1186,7 @@ class Proxy:
             elif cut is None and resp.status < 500:
                 self.health.success(ep)
             elif blame or cut is not None:
-                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start)
+                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, got_at)
             usage = scan.usage() if ok and resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok and resp.status < 500)
             self._charge(ireq, usage, resp.status < 300)
@@ -1235,6 +1277,7 @@ class Proxy:
         director.on_first_token(ireq, ep, learn=resp.status < 400)  # (an error event is no first token)
         cut: Exception | None = None
         late = False  # cut by the request's deadline (not the idle timeout)
+        got_at = self._loop.time()  # the last chunk from the upstream came then (``_charge_cut``)
         self.streams.add(resp)
         if self._cutting is not None and not resp.received:  # (the drain's cut came before its first chunk)
             self._cut[resp] = self._cutting
@@ -1252,6 +1295,7 @@ class Proxy:
                 except _UPSTREAM_ERRORS as e:
                     cut, late = e, self._deadline_cut(e, resp)  # (when it came: the error event waits)
                     break
+                got_at = self._loop.time()
                 if ids is not None and chunk:
                     ids.feed(chunk)
                     if ids.done:
@@ -1290,15 +1334,10 @@ class Proxy:
                 ok = True
             else:
                 upstream_ok = False
-                log.warning(
-                    "%s: stream from %s cut: %s: %s", ireq.request_id, ep.address, type(cut).__name__, cut
-                )
+                event = self._cut_event(ireq, ep, cut, late, resp, start)
                 if relay.mid_event:  # (as the drain's cut mid-event: closed mid-body, no event)
                     out.abort()
                 else:
-                    event = sse_error_event(
-                        f"upstream stream from {self._name(ep)} was cut: {type(cut).__name__}"
-                    )
                     sent += len(event)
                     await out.write(event)
             await out.write_eof()
@@ -1314,7 +1353,7 @@ class Proxy:
             elif upstream_ok:
                 self.health.success(ep)
             else:
-                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start)
+                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, got_at)
             # A 2xx's usage only, as ``_whole`` reads it (an error stream that carries one: none).
             usage = relay.usage if resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok)
