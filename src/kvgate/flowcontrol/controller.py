@@ -269,6 +269,11 @@ def rate_key(flow: str) -> str:
     return f"{flow[:200]}\x00{digest}"
 
 
+# Heads waiting for their own subset passed over in one dispatch pass, at most (each costs a gate check and
+# a heap step in its band); past it the pass ends: the rest wait in their places, and the bands behind them.
+PASS_OVER_MAX = 64
+
+
 def flow_of(req: InferenceRequest) -> str:
     """The fairness id: the GIE header (already in the request), else llm-d's header."""
     if req.fairness_id and req.fairness_id != "default-flow":
@@ -420,16 +425,21 @@ class FlowController:
         return next(self.heads(now), None)
 
     def heads(self, now: float | None = None) -> Iterator[QueuedRequest]:
-        """Each non-empty band's choice, highest band first. With ``fairShareHeadroom``, a band's
-        flows at or under their fair share (in flight + queued) are chosen from first. ``now``: for
+        """Each non-empty band's choice, highest band first; a choice the caller passes over
+        (``pass_over``) before asking for the next is followed by its band's next choice. With
+        ``fairShareHeadroom``, a band's flows at or under their fair share (in flight + queued) are
+        chosen from first. ``now``: for
         ``slo-feasible`` ordering (which requests are past their deadline)."""
         under = self._under_share() if self.cfg.fair_share_headroom else None
         # (slo-feasible: a deadline before this cannot be met by a request sent now)
         reach = None if now is None else now + self.service_ttft
+        passed = self._passed
         for prio in self._order:
-            item = self.bands[prio].select(under, reach)
-            if item is not None:
+            for item in self.bands[prio].choices(under, reach):
+                n = len(passed)
                 yield item
+                if len(passed) == n or passed[-1][0] is not item:
+                    break  # (not passed over: the next band; passed over: its band chooses again)
 
     def _remove(self, item: QueuedRequest, outcome: str, now: float, record: bool = True) -> bool:
         if item.done:

@@ -19,11 +19,13 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from kvgate.flowcontrol.controller import (
     DISPATCHED,
     EVICTED_CANCELLED,
+    PASS_OVER_MAX,
     REJECTED_OTHER,
     REJECTED_PREDICTED_MISS,
     FlowController,
@@ -57,9 +59,6 @@ PREEMPTED_MESSAGE = "request preempted by higher-priority work"
 # A gate that keeps raising is logged at its 1st, 2nd, 4th, ... failed pass in a row, then every this many
 # (at the 20 ms recheck: about every 20 s).
 LOG_EVERY = 1024
-# Heads waiting for their own subset passed over in one dispatch pass, at most (each costs a gate check and
-# a new choice in its band); past it the rest wait in their places, and their bands behind them, as before.
-PASS_OVER_MAX = 64
 MAX_HOLD_BACKOFF = 16  # a held request is re-picked at most every 16 recheck intervals (320 ms by default)
 
 
@@ -83,6 +82,7 @@ def dispatch_ready(
     try:
         while True:
             blocked = True
+            rooms: dict[tuple[str, int], bool] = {}  # (model, band): room for a request without a subset?
             for item in ctl.heads(now):
                 # Strict priority: a lower band goes only when the higher band's heads cannot use the
                 # capacity because their own pool (another model, a subset hint) is the saturated one.
@@ -103,9 +103,16 @@ def dispatch_ready(
                     break
                 if item.req.subset is None:
                     break
-                if ctl.passed < PASS_OVER_MAX and ctl.pass_over(item):
-                    blocked = False  # (its band chooses again without it)
-                    break
+                # Its own subset is what is full: passed over only while the rest of the pool has room
+                # (asked once until the next dispatch), its band then choosing again without it.
+                room = rooms.get(key := (item.req.model, item.priority))
+                if room is None:
+                    room = rooms[key] = not saturated(replace(item.req, subset=None))
+                if not room:
+                    continue  # (the pool is full: as before, its band waits; the next band's own pool)
+                if ctl.passed >= PASS_OVER_MAX:
+                    return  # the rest wait in their places, and the bands behind them (review s19-fc M3)
+                ctl.pass_over(item)
             if blocked:
                 return
     finally:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
@@ -171,6 +171,41 @@ class Band:
             if chosen is not None:
                 return chosen
         return self._select(self.flows.items(), now)
+
+    def choices(self, first: Callable[[str], bool] | None = None, now: float | None = None) -> Iterator[Any]:
+        """``select``'s choice, then, each time the caller has taken the choice's entry out of its flow
+        (``FlowController.pass_over``) and asks again, the policy's choice among what is left: the flows
+        ranked once (one scan of the band), each later choice a heap step, not a new scan (review
+        s19-fc M1). Only for the pass-overs of one dispatch pass: nothing else may change the band
+        meanwhile."""
+        item = self.select(first, now)
+        if item is None:
+            return
+        yield item
+        heap: list[tuple[tuple[Any, ...], int, FlowQueue]] = []
+        for i, (f, q) in enumerate(self.flows.items()):
+            k = self._rank(q, first is not None and not first(f), i, now)
+            if k is not None:
+                heap.append((k, i, q))
+        heapq.heapify(heap)
+        while heap:
+            k, i, q = heapq.heappop(heap)
+            item = q.head(now)
+            if item is None:
+                continue
+            yield item
+            k2 = self._rank(q, k[0], i, now)  # its flow's next request (same tier, same turn)
+            if k2 is not None:
+                heapq.heappush(heap, (k2, i, q))
+
+    def _rank(self, q: FlowQueue, later: bool, i: int, now: float | None) -> tuple[Any, ...] | None:
+        """A flow's place in ``_select``'s order (``later``: not among ``first``'s); None: nothing queued."""
+        if self.fairness == "round-robin":
+            return None if q.head(now) is None else (later, i)  # the OrderedDict's order
+        if self.fairness == "least-attained-service":
+            return None if q.head(now) is None else (later, q.service, q.served_at)
+        hk = q.head_key(now)  # global-strict
+        return None if hk is None else (later, *hk)
 
     def _select(self, flows: Iterable[tuple[str, FlowQueue]], now: float | None) -> Any | None:
         if self.fairness == "round-robin":
