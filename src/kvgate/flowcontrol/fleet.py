@@ -53,7 +53,7 @@ from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kvgate.flowcontrol.controller import LOAD_WINDOW_S, RATE_ACTIVE, RATE_OVERFLOW, rate_key
+from kvgate.flowcontrol.controller import LOAD_WINDOW_S, PASS_OVER_MAX, RATE_ACTIVE, RATE_OVERFLOW, rate_key
 
 if TYPE_CHECKING:
     from kvgate.flowcontrol.controller import FlowController
@@ -168,18 +168,26 @@ class PoolMark:
         self.publish(ctl, now)
 
     def publish(self, ctl: FlowController, now: float) -> None:
-        """Write what ``ctl`` would send next: its highest band's choice without a subset hint (held
-        back or not), and how many wait."""
+        """Write what ``ctl`` would send next: its highest band's first choice without a subset hint (held
+        back or not; the heads with one passed over as a dispatch pass does, so a band behind a pinned
+        head is named: review s19-fc M2), and how many wait."""
         fleet = self.fleet
         if fleet.closed:
             return
         top, held = NOTHING, 0.0
         if len(ctl):
-            for item in ctl.heads(now):
-                if item.req.subset is None:
+            ctl.put_back()  # (nothing is passed over outside a dispatch pass)
+            try:
+                for item in ctl.heads(now):
+                    if item.req.subset is not None and ctl.passed < PASS_OVER_MAX:
+                        ctl.pass_over(item)  # (its band's next choice follows: review s19-fc M2)
+                        continue
+                    # (past the cap a dispatch pass ends there: its band goes first too)
                     top = float(item.priority)
                     held = 1.0 if ctl.held_back(item.req, now, item.slo_deadline) else 0.0
                     break
+            finally:
+                ctl.put_back()
         self._top, self._held = top, held
         m, b = fleet._m, self.base
         m[b + _KEY] = self.key
