@@ -26,31 +26,31 @@ publishes at every dispatch pass (``FlowDispatcher``: at most every ``recheck_in
 requests queued) and a mark with nothing waiting once its queue is empty; the supervisor zeroes a
 restarted worker's row. Time is injected (every call takes ``now``).
 
-The held-back test and the running reserve on the fleet's counts (session 19, ``FleetShares``). The
-marks order the workers' heads, but what one process's gate decides on was still each worker's half:
-whether a flow is over its share (its requests in flight and queued, its arrivals, against the flows
-active) and how many free running slots to keep for the requests not held back (the rates behind
-``free_slots``, the learned ``free_extra``). Session 18's trace (seed 44): the slow quiet requests waited
-while the pool was full of flood and batch work that the *other* worker had not held back by its own
-counts (a flood with few quiet flows active in that worker is not over "its share" there; a quiet tenant
-whose requests came to one worker in a bunch was over its share there). So each worker also publishes,
-per pool, a share row (``SHARE_FIELDS`` float64): its requests in flight and queued and its arrivals
-(decayed over ``LOAD_WINDOW_S``) per flow (``SHARE_FLOWS`` flows at most, those active first), their
-totals, the reserve's rates (the dispatches of requests not held back, every finish) and its
-``free_extra``. Every ``SHARED_INFLIGHT_SYNC_S`` (the in-flight sync, not the data path) a worker
-writes its row and folds the others' fresh rows into a snapshot; its controller's ``over_share``,
-``rate_over``, fairness choice and ``free_reserve`` then add the snapshot to its own counts (exact for
-its own, one sync stale for the others', as the endpoints' in-flight counts): one process's test on the
-fleet's counts. A row is written under a sequence number (odd while written) and read again if it
-moved (a torn row is skipped for that sync); one older than ``MARK_TTL_S`` is ignored, as a mark.
-"""
+The held-back test and the running reserve on the fleet's counts (session 19, ``FleetShares``). The marks
+order the workers' heads, but what one process's gate decides on was still each worker's half: whether a
+flow is over its share (its requests in flight and queued, its arrivals, against the flows active) and how
+many free running slots to keep for the requests not held back (the rates behind ``free_slots``, the
+learned ``free_extra``). Session 18's trace (seed 44): the slow quiet requests waited while the pool was
+full of flood and batch work that the *other* worker had not held back by its own counts (a flood with few
+quiet flows active in that worker is not over "its share" there; a quiet tenant whose requests came to one
+worker in a bunch was over its share there). So each worker also publishes, per pool, a share row
+(``SHARE_FIELDS`` float64): its requests in flight and queued and its arrivals (decayed over
+``LOAD_WINDOW_S``) per flow (``SHARE_FLOWS`` flows at most, those active first: the largest demands when
+more are active), their totals, the reserve's rates (the dispatches of requests not held back, every
+finish) and its ``free_extra``. Every ``SHARED_INFLIGHT_SYNC_S`` (the in-flight sync, not the data path) a
+worker writes its row and folds the others' fresh rows into a snapshot; its controller's ``over_share``,
+``rate_over``, fairness choice and ``free_reserve`` then add the snapshot to its own counts (exact for its
+own, one sync stale for the others', as the endpoints' in-flight counts): one process's test on the
+fleet's counts. A row is written under a sequence number (odd while written) and read again if it moved (a
+torn row is skipped for that sync); one older than ``MARK_TTL_S`` is ignored, as a mark."""
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from kvgate.flowcontrol.controller import LOAD_WINDOW_S, PASS_OVER_MAX, RATE_ACTIVE, RATE_OVERFLOW, rate_key
@@ -270,6 +270,7 @@ class FleetShares:
         self.demand: dict[float, float] = {}
         self.demand_total = 0.0
         self.active_extra = 0  # flows with requests in flight or queued at another worker only
+        self._unlisted: set[float] | None = None  # keys of the flows active here left out of its row
         self.arrived: dict[float, float] = {}  # the others' arrivals per flow key, as of ``at``
         self.arrived_total = 0.0
         self.rate_extra = 0  # flows sending (RATE_ACTIVE) by the fleet's arrivals, not by this worker's
@@ -319,9 +320,18 @@ class FleetShares:
         arrived, inflight, queued = ctl._arrived, ctl.inflight, ctl.queued
         own: dict[float, tuple[float, float]] = {}
         keys, key = self._keys, self._key
-        for flow in ctl._places:  # the flows active here first
-            if len(own) >= SHARE_FLOWS:
-                break
+        places: Iterable[str] = ctl._places
+        self._unlisted = None
+        if len(ctl._places) > SHARE_FLOWS:  # the largest demands (ties: the most arrivals), so a flood
+            # is never left out by the order the flows became active (review s19-fc L4); the rest are
+            # still counted once with the others' flows active (``active_extra``)
+            def size(f: str) -> tuple[int, float]:
+                return inflight.get(f, 0) + queued.get(f, 0), arrived.get((keys.get(f) or key(f))[1], 0.0)
+
+            places = heapq.nlargest(SHARE_FLOWS, ctl._places, key=size)
+            listed = set(places)
+            self._unlisted = {(keys.get(f) or key(f))[0] for f in ctl._places if f not in listed}
+        for flow in places:  # the flows active here first
             k, rk = keys.get(flow) or key(flow)
             own[k] = (float(inflight.get(flow, 0) + queued.get(flow, 0)), arrived.get(rk, 0.0) * scale)
         if scale and len(arrived) <= SHARE_SCAN:
@@ -400,7 +410,10 @@ class FleetShares:
         if not extra_n:
             return False
         none = (0.0, 0.0)
-        self.active_extra = sum(1 for k, d in demand.items() if d > 0.0 and not own.get(k, none)[0])
+        unlisted = self._unlisted or ()  # (active here too, past this worker's row)
+        self.active_extra = sum(
+            1 for k, d in demand.items() if d > 0.0 and not own.get(k, none)[0] and k not in unlisted
+        )
         rate_extra = 0
         for k, a in arrived.items():
             mine = own.get(k, none)[1]
