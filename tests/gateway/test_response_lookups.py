@@ -112,3 +112,39 @@ async def test_a_lookup_passes_the_clients_headers_but_hop_by_hop_and_encoding(
         sent = (a.lookup_headers + b.lookup_headers)[-1]
         assert sent["x-trace"] == "t1" and sent["x-request-id"] == "lk-1"
         assert "accept-encoding" not in sent and "x-gateway-model-name" not in sent
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+async def test_a_lookup_takes_a_request_of_the_tenants_rate_limit(
+    stores: list[ResponsesStore], tmp_path: Path, keyed: bool
+) -> None:
+    """Review s19-fc L2: a tenant at its requestsPerMinute could still send lookups (each a GET, or an
+    event-stream replay, at the servers) unbounded; a lookup now takes one request, as any request."""
+    a, b = stores
+    (tmp_path / "keys").write_text("sk-good t1\n")
+    extra: dict[str, object] = {"rateLimits": {"requestsPerMinute": 2}}
+    headers = {"x-gateway-inference-fairness-id": "t1"}
+    if keyed:
+        extra["auth"] = {"apiKeysFile": str(tmp_path / "keys")}
+        headers = {"authorization": "Bearer sk-good"}
+    async with (
+        running_gateway(make_config([a.address, b.address], extra=extra)) as gw,
+        aiohttp.ClientSession() as s,
+    ):
+        url = base_url(gw)
+        async with s.post(
+            url + "/v1/responses", data=orjson.dumps({"model": "m", "input": "q"}), headers=headers
+        ) as r:
+            assert r.status == 200, await r.text()
+            rid = (await r.json())["id"]
+        async with s.get(f"{url}/v1/responses/{rid}", headers=headers) as r:
+            assert r.status == 200 and (await r.json())["id"] == rid  # the tenant's second request
+        async with s.get(f"{url}/v1/responses/{rid}", headers=headers) as r:
+            assert r.status == 429, await r.text()
+            assert (await r.json())["error"]["code"] == "rate_limit_exceeded"
+            assert r.headers["x-envoy-ratelimited"] == "true" and int(r.headers["Retry-After"]) >= 1
+        async with s.post(f"{url}/v1/responses/{rid}/cancel", headers=headers) as r:
+            assert r.status == 429
+        async with s.get(f"{url}/v1/responses/{rid}", headers={"x-gateway-inference-fairness-id": "t2"}) as r:
+            assert r.status == (401 if keyed else 200)  # (another tenant's bucket is its own)
+        assert len(a.lookups) + len(b.lookups) == 1 + (0 if keyed else 1)

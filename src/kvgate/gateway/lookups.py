@@ -8,9 +8,12 @@ answered each id (``Proxy.responses``); a lookup goes there while it is in the p
 the healthy endpoint with the fewest requests in flight (vLLM answers its own 404 for an id it does not
 hold). A lookup generates nothing: it is not admitted through flow control, not picked by the pool's
 picker (whose hooks would learn from a request that has no prompt, tokens or first token), not counted in
-the endpoints' load, rate limits or token metrics, and not retried (one attempt: a connection error or a
-timeout is the client's 502 / 504). The same front checks as a generation apply: a key (``auth``), the
-drain, ``maxConcurrentRequests``; its answer (a JSON body, an event stream) is relayed as it comes.
+the endpoints' load or token metrics, charged no tokens, and not retried (one attempt: a connection error
+or a timeout is the client's 502 / 504). The same front checks as a generation apply: a key (``auth``), the
+drain, the tenant's ``rateLimits`` (one request of its requestsPerMinute; a tenant out of tokens is
+refused, as for a generation: review s19-fc L2), ``maxConcurrentRequests``; its answer (a JSON body, an
+event stream) is relayed as it comes. Any tenant's key may look up any id (as vLLM itself, which checks
+no owner: its ids are random, ``resp_`` + 16 hex characters, 64 random bits of a uuid4; review s19-fc L3).
 """
 
 from __future__ import annotations
@@ -61,9 +64,12 @@ class ResponseLookups:
             resp = error_response(GatewayError(503, "gateway is shutting down"), rid)
             resp.force_close()
             return resp
-        if proxy.keys is not None and proxy.keys.tenant(request.headers) is None:
+        tenant = None if proxy.keys is None else proxy.keys.tenant(request.headers)
+        if proxy.keys is not None and tenant is None:
             proxy.metrics.error("", "", "401")
             return unauthorized(rid)
+        if proxy.limiter is not None and (limited := proxy._rate_limited(request, tenant, rid)) is not None:
+            return limited  # (a request of the tenant's requestsPerMinute, as any: review s19-fc L2)
         fleet = proxy.fleet_inflight
         limit = proxy.cfg.limits.max_concurrent_requests
         if proxy.inflight >= limit if fleet is None else not fleet.enter(limit):

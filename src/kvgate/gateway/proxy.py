@@ -352,6 +352,31 @@ class Proxy:
                 )
         return Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
+    def _rate_limited(self, request: Request, tenant: str | None, rid: str) -> Response | None:
+        """The tenant's ``rateLimits`` at admission (one request taken from its requestsPerMinute): the
+        429 to answer, or None when admitted. Also for a Responses lookup (review s19-fc L2), which is
+        charged no tokens (it generates none)."""
+        assert self.limiter is not None
+        # The tenant as flow control names the flow (``flow_of``): the key's, else either fairness
+        # header (GIE's, then llm-d's), else the default flow (review s18-qa L4: llm-d's was not read).
+        # Read as ``_filter_headers`` reads the headers the request's flow comes from (a header the
+        # client names in Connection is hop-by-hop: not the tenant), so the tenant admitted is the
+        # request's flow and the one ``_charge`` (``flow_of``) charges, with or without rate limits
+        # (s18-gw M2, s18-fixes-a L1, s18-fixes-b L2).
+        who = tenant or _end_to_end(request.headers, FAIRNESS_HEADER) or proto.DEFAULT_FAIRNESS_ID
+        if who == proto.DEFAULT_FAIRNESS_ID:
+            who = _end_to_end(request.headers, LLMD_FAIRNESS_HEADER) or who
+        wait = self.limiter.admit(who)
+        if wait is not None:
+            self.metrics.error("", "", "429")
+            resp = error_response(
+                GatewayError(429, f"rate limit exceeded for {who!r}", code="rate_limit_exceeded"), rid
+            )
+            resp.headers["Retry-After"] = retry_after(wait)
+            resp.headers[proto.RATE_LIMITED] = "true"  # the tenant's limit, not the pool's capacity
+            return resp
+        return None
+
     async def _entry(self, request: Request, kind: str) -> Response | StreamResponse:
         rid = request.headers.get("x-request-id") or self._request_id()
         if request.method != "POST":
@@ -370,25 +395,8 @@ class Proxy:
             if tenant is None:
                 self.metrics.error("", "", "401")
                 return unauthorized(rid)
-        if self.limiter is not None:
-            # The tenant as flow control names the flow (``flow_of``): the key's, else either fairness
-            # header (GIE's, then llm-d's), else the default flow (review s18-qa L4: llm-d's was not read).
-            # Read as ``_filter_headers`` reads the headers the request's flow comes from (a header the
-            # client names in Connection is hop-by-hop: not the tenant), so the tenant admitted is the
-            # request's flow and the one ``_charge`` (``flow_of``) charges, with or without rate limits
-            # (s18-gw M2, s18-fixes-a L1, s18-fixes-b L2).
-            who = tenant or _end_to_end(request.headers, FAIRNESS_HEADER) or proto.DEFAULT_FAIRNESS_ID
-            if who == proto.DEFAULT_FAIRNESS_ID:
-                who = _end_to_end(request.headers, LLMD_FAIRNESS_HEADER) or who
-            wait = self.limiter.admit(who)
-            if wait is not None:
-                self.metrics.error("", "", "429")
-                resp = error_response(
-                    GatewayError(429, f"rate limit exceeded for {who!r}", code="rate_limit_exceeded"), rid
-                )
-                resp.headers["Retry-After"] = retry_after(wait)
-                resp.headers[proto.RATE_LIMITED] = "true"  # the tenant's limit, not the pool's capacity
-                return resp
+        if self.limiter is not None and (limited := self._rate_limited(request, tenant, rid)) is not None:
+            return limited
         fleet = self.fleet_inflight
         if (
             self.inflight >= self.cfg.limits.max_concurrent_requests
