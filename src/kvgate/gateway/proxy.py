@@ -518,8 +518,10 @@ class Proxy:
             # A Responses follow-up: picked among the endpoint that made the response it names, while
             # that one is known and healthy (elsewhere vLLM answers 404); a retry may go elsewhere.
             home = self.responses.home(prev)
+            # Soft: if the home leaves (or fails) while the request is queued, the pick drops the pin
+            # and picks it as any request, as on arrival then (review s19-qa L4).
             if home is not None and any(ep.address == home and ep.healthy for ep in pool.endpoints()):
-                ireq.subset = frozenset((home,))
+                ireq.subset, ireq.subset_soft = frozenset((home,)), True
         headers["x-request-id"] = rid
         headers["content-type"] = "application/json"
         # Header block built once; each attempt only prepends its request line and Host.
@@ -560,6 +562,7 @@ class Proxy:
         ``director``: the one this request holds from its first pick to its finish (a config reload may
         swap ``pool.director`` meanwhile: a retry is still this one's, never the new one's)."""
         ireq.subset = frozenset(ep.address for ep in pool.endpoints() if ep.address not in tried)
+        ireq.subset_soft = False
         if not ireq.subset:
             raise NoCapacityError("every endpoint failed for this request")
         return director.pick(ireq, explain)
@@ -646,6 +649,7 @@ class Proxy:
                         result = await director.admit(ireq, explain, deadline - self._loop.time())
                     # (``_untried`` with nothing tried: the first, or its error when there is none)
                     ep = result.endpoints[0] if result.endpoints else self._untried(result, tried)
+                    pinned = ireq.subset is not None  # (dropped by the pick if the home left: L4)
             except asyncio.CancelledError:
                 # The client left while flow control held the request (the front cancels the handler):
                 # counted once, as a client gone after the dispatch below.

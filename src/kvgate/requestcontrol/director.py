@@ -194,12 +194,22 @@ class Director:
             self._candidates = self.store.all()
             self._candidates_version = self.store.version
         eps: Sequence[Endpoint] = self._candidates
+        if now is None:
+            now = self.clock()
         if req.subset is not None:
             subset = req.subset
-            eps = [ep for ep in eps if ep.address in subset]
-            if not eps:
+            pinned = [ep for ep in eps if ep.address in subset]
+            if req.subset_soft:
+                home = gate(pinned, now, self.health) if pinned else pinned
+                if home:
+                    return home
+                # A soft pin whose endpoints left (or are not ready): picked as any request from now on.
+                req.subset, req.subset_soft = None, False
+            elif not pinned:
                 raise NoCapacityError("no endpoint in the request's subset hint is known to the picker")
-        healthy = gate(eps, self.clock() if now is None else now, self.health)
+            else:
+                eps = pinned
+        healthy = gate(eps, now, self.health)
         if not healthy:
             raise NoCapacityError("no ready endpoint")
         return healthy

@@ -38,6 +38,11 @@ class InferenceRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     # Set by the front door from the clock when the request arrived.
     arrival_time: float = 0.0
+    # ``subset`` is a preference, not a hint to honour (kvgate serve's Responses follow-up pinned to its
+    # home): when none of its addresses is known and ready at the pick (the home left the pool by a reload
+    # or discovery, or turned unhealthy, while the request was queued), the picker drops it and picks the
+    # request as any other, as it would have been had it arrived then (review s19-qa L4).
+    subset_soft: bool = False
 
     @property
     def sheddable(self) -> bool:
