@@ -184,14 +184,25 @@ class FlowDispatcher:
         miss: PredictedMissError | None = None
         self.ctl.arrived(req, now)
         if len(self.ctl) == 0 and not self._gate(now)(req):
+            # Admitted at once: its outcome is recorded with a 0 wait, as a queued one's when it leaves
+            # (the reference's FlowItem.finalize records every request; review s19-qa L3).
+            metrics = self.ctl.metrics
             try:
-                return self.pick(req, explain)
+                result = self.pick(req, explain)
             except PredictedMissError as e:
                 if not self._may_wait(e, now):
-                    if isinstance(e, PredictedSLOMissError):
-                        self.ctl.metrics.outcome(req.priority, flow_of(req), REJECTED_PREDICTED_MISS, 0.0)
+                    slo = isinstance(e, PredictedSLOMissError)
+                    metrics.outcome(
+                        req.priority, flow_of(req), REJECTED_PREDICTED_MISS if slo else REJECTED_OTHER, 0.0
+                    )
                     raise
                 miss = e
+            except SchedulingError:
+                metrics.outcome(req.priority, flow_of(req), REJECTED_OTHER, 0.0)
+                raise
+            else:
+                metrics.outcome(req.priority, flow_of(req), DISPATCHED, 0.0)
+                return result
         item = self.ctl.enqueue(req, now, handle=handle, explain=explain, bound=bound)  # ShedError: full
         if miss is not None:  # as if it had just left the queue and been turned back
             self.ctl.take(item, now, record=False)
