@@ -22,7 +22,11 @@ CHECK is one of:
   at that QPS instead (a load stress on the same seeds: ``mt POLICY 104 113 8.0``, 0.92 x c's knee);
   ``gm`` is POLICY's p90 over sglang's per run, and the figures per family follow;
 - ``reg``: the hetero, multi-LoRA and sharegpt knee-80% points, seed 0 (276.22 req/s 15 s, 388.08 req/s
-  20 s, 276.10 req/s 20 s).
+  20 s, 276.10 req/s 20 s);
+- ``rag``: the never-tuned rag family (validation only: report on it, never choose on it) at its knee-80%
+  point, 6.46 req/s, 60 s after 60 s of warm-up, seeds 0-3 (as ``kvgate bench rag --quick --capacity
+  knee --seeds 0-3``), or at QPS req/s when given as a fifth argument (``rag POLICY 0 3 4.04``: the
+  0.5 x point); its gm is over sglang's model's stored p90s at 6.46 and 4.04 req/s, seeds 0-3.
 
 Prints the p90 TTFT per run (ms) and the hit rate; ``gm`` is the geometric mean of the p90s over the
 sglang-cache-aware model's on the same runs (``tune``, ``var``, ``sp``, and ``sp8`` for seeds 0-39;
@@ -58,6 +62,8 @@ SP_SGLANG = [
     443.05, 419.57, 348.69, 429.79, 545.45, 364.04, 332.46, 359.23, 337.67, 487.40,
     492.73, 402.98, 446.99, 336.17, 379.15, 565.62, 472.89, 347.70, 606.22, 459.54,
 ]  # fmt: skip
+# sglang-cache-aware's p90 (ms) at the rag points, seeds 0-3 (docs/benchmarks/fleet-rag-quick-knee-seeds0-3.json).
+RAG_SGLANG = {6.46: [2999.70, 2097.55, 1387.29, 1633.80], 4.04: [581.96, 583.96, 529.29, 544.48]}
 REG = (("hetero", 276.22, 15.0), ("multi-lora", 388.08, 20.0), ("sharegpt", 276.10, 20.0))
 
 
@@ -65,8 +71,8 @@ def main() -> None:
     usage_or_exit(__doc__, 2)
     check, policy = sys.argv[1], sys.argv[2]
     t0 = time.time()
-    seeds = {"sp": range(4), "spw": range(12), "mt": range(104, 114)}.get(check, range(4, 12))
-    if check in ("sp8", "spw", "mt") and len(sys.argv) > 4:
+    seeds = {"sp": range(4), "spw": range(12), "mt": range(104, 114), "rag": range(4)}.get(check, range(4, 12))
+    if check in ("sp8", "spw", "mt", "rag") and len(sys.argv) > 4:
         seeds = range(int(sys.argv[3]), int(sys.argv[4]) + 1)
     base: list[float] = []
     if check == "tune":
@@ -92,6 +98,11 @@ def main() -> None:
             print(f"mt {fam}: gm {g:.3f}; sglang p90 {' / '.join(f'{base[i]:.0f}' for i in idx)} ms")
     elif check == "reg":
         rows = [run_point(SCENARIOS[n], policy, q, d, 0).row for n, q, d in REG]
+    elif check == "rag":
+        qps = float(sys.argv[5]) if len(sys.argv) > 5 else 6.46
+        rows = [run_point(SCENARIOS["rag"], policy, qps, 60.0, s).row for s in seeds]
+        stored = RAG_SGLANG.get(qps)
+        base = [stored[s] for s in seeds] if stored and all(s < 4 for s in seeds) else [1.0] * len(rows)
     else:
         raise SystemExit(f"unknown check {check!r}")
     p90 = [r["ttft_p90"] * 1000 for r in rows]
@@ -99,7 +110,7 @@ def main() -> None:
     if check == "sp8":
         known = all(s < len(SP_SGLANG) for s in seeds) and len(sys.argv) <= 5
         base = [SP_SGLANG[s] for s in seeds] if known else [1.0] * len(p90)
-    elif check != "mt":
+    elif check not in ("mt", "rag"):
         base = BASE[check] if check != "spw" else [1.0] * len(p90)
     gm = statistics.geometric_mean(a / b for a, b in zip(p90, base, strict=True))
     print(
