@@ -62,7 +62,8 @@ SP_SGLANG = [
     443.05, 419.57, 348.69, 429.79, 545.45, 364.04, 332.46, 359.23, 337.67, 487.40,
     492.73, 402.98, 446.99, 336.17, 379.15, 565.62, 472.89, 347.70, 606.22, 459.54,
 ]  # fmt: skip
-# sglang-cache-aware's p90 (ms) at the rag points, seeds 0-3 (docs/benchmarks/fleet-rag-quick-knee-seeds0-3.json).
+# sglang-cache-aware's p90 (ms) at the rag points, seeds 0-3
+# (docs/benchmarks/fleet-rag-quick-knee-seeds0-3.json).
 RAG_SGLANG = {6.46: [2999.70, 2097.55, 1387.29, 1633.80], 4.04: [581.96, 583.96, 529.29, 544.48]}
 REG = (("hetero", 276.22, 15.0), ("multi-lora", 388.08, 20.0), ("sharegpt", 276.10, 20.0))
 
@@ -71,7 +72,8 @@ def main() -> None:
     usage_or_exit(__doc__, 2)
     check, policy = sys.argv[1], sys.argv[2]
     t0 = time.time()
-    seeds = {"sp": range(4), "spw": range(12), "mt": range(104, 114), "rag": range(4)}.get(check, range(4, 12))
+    first = {"sp": range(4), "spw": range(12), "mt": range(104, 114), "rag": range(4)}
+    seeds = first.get(check, range(4, 12))
     if check in ("sp8", "spw", "mt", "rag") and len(sys.argv) > 4:
         seeds = range(int(sys.argv[3]), int(sys.argv[4]) + 1)
     base: list[float] = []
