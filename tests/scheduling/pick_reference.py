@@ -19,6 +19,9 @@ before the cuts. The authority for equivalence with the pre-session code is ``sc
 (``kvgate.bench.picktrace``) on both trees' unmodified code and fails (PICKS DIFFER) unless their picks
 are equal. It covers the named policies only, not the feedback and SLO-admission configs of the test.
 
+The cost scorer's ``evictionPrice`` hook in ``on_picked`` (mt19b, on by default) is taken over from
+main as it is, like 5169afe's.
+
 The cost scorer's ``costs`` is not copied: its one cut skips ``_waiting_on_prefix`` where that returns
 0, a premise the test checks directly, so this copy does not hold the scorer's pricing still. When the
 cost scorer's semantics change on purpose, change its two functions here alike: the copy is there to
@@ -578,6 +581,15 @@ def cost_on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
             if len(self._waiting) > MAX_WAITING_TRACKED:
                 self._forget(next(iter(self._waiting)))
     self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
+    # evictionPrice (on in the default profile since mt19b): taken over from main as it is, the pricing
+    # change is deliberate (the copy checks the CPU cuts, not the pricing)
+    ledger = self.eviction
+    if ledger is not None and self.precise is None:
+        mm = prefix_match(cycle)
+        hs: Sequence[int] = mm.hashes if mm is not None else ()
+        held = mm.matched.get(endpoint.address, 0) if mm is not None else 0
+        ledger.picked(endpoint.address, hs, held, float(p), uncached, ledger.free_tokens(endpoint), cycle.now)
+        ledger.started(req.request_id, uncached, cycle.now)
     if self.head_of_line:
         now = cycle.now
         a = endpoint.address

@@ -22,6 +22,8 @@ plugins:
     tokenizer: auto   # the served model's own tokenizer when it is available locally
     engineLru: true   # the index ages prefixes as the server's cache does (generated blocks count)
 - type: kvgate-cost-scorer
+  parameters:
+    evictionPrice: true  # each write priced by the reused prefixes it evicts (docs/scheduling.md)
 - type: lora-affinity-scorer
 - type: max-score-picker
 schedulingProfiles:
@@ -128,6 +130,9 @@ def precise_policy(tokenizer: str, *, bind: bool) -> dict[str, Any]:
                 "indexName": KV_EVENTS_INDEX,
             }
         elif plugin["type"] == "kvgate-cost-scorer":
-            params = plugin.get("parameters") or {}
+            params = dict(plugin.get("parameters") or {})
+            # evictionPrice learns from the approximate index's block keys: with the precise source it
+            # would price nothing, so the precise profile leaves it off
+            params.pop("evictionPrice", None)
             plugin["parameters"] = {**params, "prefixPluginRef": "precise-prefix-cache-scorer"}
     return doc

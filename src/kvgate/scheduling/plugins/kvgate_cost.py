@@ -65,6 +65,18 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   one replica. Warm requests are not affected, nor are replicas with equal reuse. With ``--workers N``
   each worker counts only its own picks (not measured; the workers split connections, not requests).
 
+- ``evictionPrice`` (on in the default profile): what a request's write evicts at each candidate,
+  priced in expected recompute (``eviction_price.py``). Its uncached tokens and its ``max_tokens`` move
+  every prefix cached there ``u / w`` seconds closer to the LRU end (``w`` the tokens written there per
+  second), so each prefix reused before (a session context: one waiter; a tenant prefix: a burst's ``n``)
+  is lost with the LRU hazard of that shift before its next reuse; the price is its tokens x waiters x
+  that chance, each waiter weighted by how much likelier the recompute makes it to land in the slowest
+  10% of recent first-token times. Every request pays, at each candidate, its price there less the
+  cheapest candidate's, at most ``missPenalty`` per token written; a burst's request pays ``1 / n`` and
+  never for its own prefix. Learned from this picker's picks with the approximate prefix scorer's keys
+  (with the precise scorer as the source it prices nothing). Validated once, pre-registered, on fresh
+  seeds (docs/benchmarks.md "Session 19").
+
 A prefix holder therefore keeps its traffic until the queue in front of it costs more than
 recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tuned switch — and the
 load it is judged by includes everything this picker dispatched a microsecond ago.
@@ -96,6 +108,7 @@ from kvgate.scheduling.framework import (
     add_explanation,
     publish_cache_expectation,
 )
+from kvgate.scheduling.plugins.eviction_price import EvictionLedger
 from kvgate.scheduling.plugins.precise_prefix import CYCLE_KEY as PRECISE_KEY
 from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer
 from kvgate.scheduling.plugins.prefix_cache import (
@@ -169,6 +182,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         output_displacement: bool = False,
         cold_spread: bool = False,
         cold_spread_window: float = 120.0,
+        eviction_price: bool = False,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -192,6 +206,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.output_displacement = output_displacement
         self.cold_spread = cold_spread
         self.cold_spread_window = cold_spread_window
+        # evictionPrice: what each request's write evicts at each replica, priced (eviction_price.py).
+        self.eviction: EvictionLedger | None = EvictionLedger() if eviction_price else None
         # coldSpread: per endpoint (decayed prompt tokens found cached there, its time).
         self._reused: dict[str, tuple[float, float]] = {}
         # burstTail: waiting requests' tail keys past the prefix scorer's hashed window (request id ->
@@ -237,6 +253,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             output_displacement=params.get_bool("outputDisplacement", False),
             cold_spread=params.get_bool("coldSpread", False),
             cold_spread_window=params.get_duration("coldSpreadWindow", 120.0, positive=True),
+            eviction_price=params.get_bool("evictionPrice", False),
         )
         params.finish()
         return s
@@ -272,7 +289,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         if p <= 0:
             p = prompt_tokens(p, req.prompt_text, req.token_ids)
         matched: dict[str, int]
-        if (self._precise if self._resolved else self.precise) is not None:
+        precise_src = (self._precise if self._resolved else self.precise) is not None
+        if precise_src:
             matched, per_block = self._precise_cached(cycle, p), 1.0  # already in tokens
         else:
             m = prefix_match(cycle)
@@ -337,6 +355,13 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 low = min(rates)
                 spread = [miss_penalty * min(1.0, (r - low) / mean) for r in rates]
         out_tokens = (req.max_tokens or 0) if self.output_displacement else 0
+        evict: list[float] | None = None
+        ledger = self.eviction
+        if ledger is not None and not precise_src:  # (it learns from the approximate index's keys)
+            unc = [p - get(ep.address, 0) * per_block if matched else float(p) for ep in endpoints]
+            mh = prefix_match(cycle)
+            hs = mh.hashes if mh is not None else ()
+            evict = ledger.prices(endpoints, unc, float(req.max_tokens or 0), miss_penalty, now, hs)
         costs: list[float] = []
         sat_flags: list[bool] = []
         n_sat = 0
@@ -392,6 +417,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 work += (miss - 1.0) * out_tokens
             if spread is not None:
                 work += spread[i] * uncached
+            if evict is not None:
+                work += evict[i]
             if spt:
                 # The arrivals expected while these tokens are computed, each delayed by them.
                 work += self.arrival_rate(ep.address, now) * spt * uncached * (ahead + 0.5 * uncached)
@@ -524,6 +551,15 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
         if self.cold_spread and uncached < p:
             self._add_reused(endpoint.address, p - uncached, cycle.now)
+        ledger = self.eviction
+        if ledger is not None and precise is None:
+            mm = prefix_match(cycle)
+            hs: Sequence[int] = mm.hashes if mm is not None else ()
+            held = mm.matched.get(endpoint.address, 0) if mm is not None else 0
+            ledger.picked(
+                endpoint.address, hs, held, float(p), uncached, ledger.free_tokens(endpoint), cycle.now
+            )
+            ledger.started(req.request_id, uncached, cycle.now)
         if self.head_of_line:
             now = cycle.now
             a = endpoint.address
@@ -568,6 +604,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
 
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
         self._forget(request.request_id)
+        if self.eviction is not None:
+            self.eviction.first_token(request.request_id, now)
         timed = self._timed.pop(request.request_id, None)
         if timed is not None and now > timed[0]:
             self._learn_spt((now - timed[0]) / timed[1])
@@ -588,6 +626,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
     ) -> None:
         self._forget(request.request_id)
         self._timed.pop(request.request_id, None)
+        if self.eviction is not None and output_tokens > 0:
+            self.eviction.write(endpoint.address, float(output_tokens), now)
 
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         costs = self.costs(cycle, endpoints)

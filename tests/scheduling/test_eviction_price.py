@@ -1,0 +1,210 @@
+"""The cost scorer's ``evictionPrice`` (eviction_price.py): the LRU hazard of a write, who pays it, and
+bounded state. Time is injected (every call takes ``now``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from kvgate.config.director import build_director
+from kvgate.config.policies import policy_config
+from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
+from kvgate.datalayer.store import EndpointStore
+from kvgate.scheduling.framework import ConfigError, Params, PluginHandle
+from kvgate.scheduling.plugins import eviction_price as ev
+from kvgate.scheduling.plugins.eviction_price import EvictionLedger, loss_chance
+from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
+from kvgate.scheduling.types import InferenceRequest
+
+FREE = 1_000.0  # free KV tokens at a replica when a prefix is placed there
+
+
+def _ep(addr: str) -> Endpoint:
+    return Endpoint(
+        address=addr, metrics=EndpointMetrics(updated_at=0.0, num_gpu_blocks=10_000, block_size=16)
+    )
+
+
+def test_loss_chance_is_the_lru_hazard_of_the_write() -> None:
+    lam, rate, d = 1 / 30, 500.0, 40_000.0
+    x = lam / rate
+    assert loss_chance(lam, rate, d, 2_000.0) == pytest.approx(math.exp(-x * 38_000) - math.exp(-x * 40_000))
+    assert loss_chance(lam, rate, d, 0.0) == 0.0  # writing nothing evicts nothing
+    assert loss_chance(lam, rate, d, 50_000.0) == pytest.approx(1.0 - math.exp(-x * d))  # the write passes it
+    # more written, more lost; a prefix reused sooner (higher lam) is lost less often by the same write
+    assert loss_chance(lam, rate, d, 1_000.0) < loss_chance(lam, rate, d, 4_000.0)
+    assert loss_chance(1.0, rate, d, 2_000.0) < loss_chance(lam, rate, d, 2_000.0)
+
+
+def _burst(led: EvictionLedger, addr: str, head: list[int], now: float, n: int = 2) -> None:
+    """A cold prompt ``head + [tail]`` written at ``addr``, then ``n - 1`` more within one episode that
+    find ``head`` cached there (a tenant's burst): ``head[-1]`` becomes a prefix shared by ``n``."""
+    p = 300.0
+    led.picked(addr, [*head, 9_000 + len(head)], 0, p, p, FREE, now)
+    for i in range(1, n):
+        led.picked(addr, [*head, 9_100 + i], len(head), p, p - 100.0 * len(head), FREE, now + 0.1 * i)
+
+
+def test_a_shared_prefix_is_priced_by_its_size_its_waiters_and_the_hazard() -> None:
+    led = EvictionLedger()
+    _burst(led, "a", [1, 2], 0.0, n=2)  # prefix key 2: 200 tokens, 2 requests at once
+    now, u = 5.0, 600.0
+    written, rate = led._rate("a", now)
+    assert written == 300.0 + 100.0  # the cold write, then the second request's uncached tokens
+    # placed at the second pick (written 400 then), FREE ahead of it: d = FREE
+    want = 200.0 * 2 * loss_chance(1 / ev.GAP_PRIOR_S, max(rate, 1.0), FREE, u)
+    assert led.price("a", u, now) == pytest.approx(want)
+    assert want > 0.0
+    assert led.price("b", u, now) == 0.0  # nothing held there
+
+
+def test_a_prefix_seen_once_is_not_priced_and_one_passed_by_writes_is_forgotten() -> None:
+    led = EvictionLedger()
+    led.picked("a", [1, 2, 3], 0, 300.0, 300.0, FREE, 0.0)  # a whole prompt, never reused
+    assert led.price("a", 1_000.0, 1.0) == 0.0
+    _burst(led, "a", [7, 8], 2.0)
+    assert led.price("a", 1_000.0, 3.0) > 0.0
+    led.write("a", FREE + 1.0, 4.0)  # the LRU has passed it: gone
+    assert led.price("a", 1_000.0, 5.0) == 0.0
+    assert led.sizes()["held"] == 0
+
+
+def _ledger_with_group(n: int) -> EvictionLedger:
+    """Replica "a" holds a burst prefix (key 20, shared by 2); a group of ``n`` reuses prefix key 2."""
+    led = EvictionLedger()
+    _burst(led, "a", [10, 20], 0.0, n=2)
+    _burst(led, "c", [1, 2], 0.0, n=n)  # at another replica: its group size is what matters here
+    return led
+
+
+def test_who_pays_the_cheapest_candidate_nothing_the_others_the_difference_capped() -> None:
+    led = _ledger_with_group(3)
+    eps = [_ep("a"), _ep("b")]
+    raw_a = led.price("a", 500.0 + 64.0, 5.0)
+    got = led.prices(eps, [500.0, 500.0], 64.0, 1e9, 5.0, hashes=[7, 8])
+    assert got == pytest.approx([raw_a, 0.0])
+    assert raw_a > 0.0
+    # at most ``cap`` per token written (its uncached tokens and its output)
+    assert led.prices(eps, [500.0, 500.0], 64.0, 1e-6, 5.0, hashes=[7, 8]) == pytest.approx([564e-6, 0.0])
+    # a candidate whose KV size is unknown: no price at all
+    assert led.prices([_ep("a"), Endpoint(address="x")], [1.0, 1.0], 0.0, 1.0, 5.0) is None
+
+
+def test_a_group_pays_one_nth_and_a_request_never_pays_for_its_own_prefix() -> None:
+    led = _ledger_with_group(3)
+    eps = [_ep("a"), _ep("b")]
+    full = led.prices(eps, [500.0, 500.0], 64.0, 1e9, 5.0, hashes=[7, 8])
+    assert full is not None and full[0] > 0.0
+    # a prompt that begins with the prefix 3 requests reuse at once: the write serves them all
+    assert led.group_size([1, 2, 99]) == 3.0
+    shared = led.prices(eps, [500.0, 500.0], 64.0, 1e9, 5.0, hashes=[1, 2, 99])
+    assert shared == pytest.approx([full[0] / 3, 0.0])
+    # the request's own prefix (key 20 at "a") is not priced against it
+    own = led.prices(eps, [500.0, 500.0], 64.0, 1e9, 5.0, hashes=[10, 20, 99])
+    assert own == pytest.approx([0.0, 0.0])
+
+
+def test_the_tail_weight_is_the_rise_in_the_share_over_the_p90_line() -> None:
+    led = EvictionLedger()
+    assert led.tail_weight(1_000.0) == 1.0  # not learned yet: every waiter counts fully
+    for i in range(1, 101):  # first-token times 0.01 .. 1.00 s
+        led.started(f"r{i}", 0.0, 0.0)
+        led.first_token(f"r{i}", i / 100)
+    led.spt = 0.01  # seconds per uncached token
+    # p90 line L = 0.91 s, F(L) = 0.09; waiting 10.5 tokens x 0.01 s: F(0.805) = 0.20
+    assert led.tail_weight(10.5) == pytest.approx(0.11)
+    assert led.tail_weight(0.0) == 0.0  # no wait, no rise
+    assert led.tail_weight(1e6) == pytest.approx(0.91)  # everyone goes over the line
+
+
+def test_seconds_per_token_are_learned_from_cold_picks_only() -> None:
+    led = EvictionLedger()
+    led.started("warm", 100.0, 0.0)
+    led.first_token("warm", 1.0)
+    assert led.spt == 0.0
+    led.started("cold", 2_000.0, 0.0)
+    led.first_token("cold", 0.5)
+    assert led.spt == pytest.approx(0.5 / 2_000)
+
+
+def test_every_table_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    caps = {"MAX_KEYS": 16, "MAX_ADDRESSES": 3, "MAX_PICKS": 5, "MAX_DEPTHS": 2, "TAIL_N": 4}
+    for k, v in caps.items():
+        monkeypatch.setattr(ev, k, v)
+    led = EvictionLedger()
+    t = 0.0
+    for i in range(200):
+        t += 0.3
+        addr = f"10.0.0.{i % 7}"
+        head = [1_000 * i + j for j in range(1, 1 + i % 3 + 1)]
+        _burst(led, addr, head, t, n=2 + i % 4)
+        led.started(f"r{i}", 2_000.0, t)
+        if i % 2:
+            led.first_token(f"r{i}", t + 0.2)
+        led.price(addr, 100.0, t)
+        s = led.sizes()
+        assert s["keys"] <= 16 and s["written"] <= 3 and s["held_addresses"] <= 3
+        assert s["picks"] <= 5 and s["depths"] <= 2 and s["ttfts"] <= 4
+        assert s["held"] == s["home"] <= s["keys"]
+
+
+def test_evictionPrice_is_a_checked_parameter_and_on_in_the_default_profile() -> None:
+    with pytest.raises(ConfigError, match="evictionPrice"):
+        KVGateCostScorer.create("k", Params({"evictionPrice": "sometimes"}, "p"), PluginHandle())
+    off = KVGateCostScorer.create("k", Params({}, "p"), PluginHandle())
+    assert off.eviction is None
+    cfg = policy_config("kvgate")
+    (spec,) = [s for s in cfg.plugins if s.type == "kvgate-cost-scorer"]
+    assert spec.parameters == {"evictionPrice": True}
+
+
+def _director(n: int) -> Any:
+    store = EndpointStore(
+        Endpoint(
+            address=f"10.0.0.{i}:8000",
+            metrics=EndpointMetrics(updated_at=0.0, num_gpu_blocks=10_000, block_size=16),
+        )
+        for i in range(n)
+    )
+    return build_director(policy_config("kvgate"), store, clock=lambda: 0.0, seed=0)
+
+
+def _scorer(d: Any) -> KVGateCostScorer:
+    for prof in d.profiles.values():
+        for scorer, _ in prof.scorers:
+            if isinstance(scorer, KVGateCostScorer):
+                return scorer
+    raise AssertionError("no cost scorer")
+
+
+def test_every_request_pays_a_warm_one_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _director(2)
+    led = _scorer(d).eviction
+    assert led is not None
+    prompt = "a system prompt shared by every turn " * 60
+    first = InferenceRequest("r0", "m", prompt_text=prompt + "q0")
+    holder = d.pick(first).primary
+    d.on_dispatched(first, holder)
+    d.on_first_token(first, holder)
+    d.on_finished(first, holder, None, True)
+    calls: list[list[str]] = []
+
+    def priced(endpoints: Any, *a: Any, **k: Any) -> list[float]:
+        calls.append([e.address for e in endpoints])
+        return [1e12 if e.address == holder.address else 0.0 for e in endpoints]
+
+    monkeypatch.setattr(led, "prices", priced)
+    warm = InferenceRequest("r1", "m", prompt_text=prompt + "q1")
+    got = d.pick(warm).primary
+    assert calls, "a warm request is priced too"
+    assert got.address != holder.address  # the price is added to its cost
+
+
+def test_the_precise_profile_leaves_it_off() -> None:
+    from kvgate.config.policies import precise_policy
+
+    doc = precise_policy("", bind=False)
+    (cost,) = [p for p in doc["plugins"] if p["type"] == "kvgate-cost-scorer"]
+    assert cost["parameters"] == {"prefixPluginRef": "precise-prefix-cache-scorer"}
