@@ -272,6 +272,10 @@ def rate_key(flow: str) -> str:
 # Heads waiting for their own subset passed over in one dispatch pass, at most (each costs a gate check and
 # a heap step in its band); past it the pass ends: the rest wait in their places, and the bands behind them.
 PASS_OVER_MAX = 64
+# The fairness id of the request a dispatch pass asks "has the rest of the pool room?" with (a pinned head's
+# request without its subset): a flow no fair-share rule holds back, so the answer is the pool's, not the
+# pinned head's own flow's (review s19-fixes-b H1). Not a header value a client can send (NUL).
+ROOM_FLOW = "\x00kvgate-room"
 
 
 def flow_of(req: InferenceRequest) -> str:
@@ -809,9 +813,11 @@ class FlowController:
         and ``fairShareSLOFirst``: not once its TTFT deadline is near (``deadline_due``; ``slo_deadline``,
         a queued request's deadline computed at enqueue, spares parsing its headers again)."""
         if self.cfg.fair_share_ttft_target and req.sheddable:
-            back = True
+            back = True  # (the band's rule: the room probe of a sheddable band too, as each of its requests)
         else:
             flow = flow_of(req)
+            if flow == ROOM_FLOW:
+                return False
             back = self.over_share(flow) or (self.cfg.fair_share_running_reserve and self.rate_over(flow))
         if back and now is not None and self.cfg.fair_share_slo_first:
             deadline = self.slo_deadline(req, now) if slo_deadline is None else slo_deadline

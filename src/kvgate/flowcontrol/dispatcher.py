@@ -28,6 +28,7 @@ from kvgate.flowcontrol.controller import (
     PASS_OVER_MAX,
     REJECTED_OTHER,
     REJECTED_PREDICTED_MISS,
+    ROOM_FLOW,
     FlowController,
     QueuedRequest,
     flow_of,
@@ -104,10 +105,13 @@ def dispatch_ready(
                 if item.req.subset is None:
                     break
                 # Its own subset is what is full: passed over only while the rest of the pool has room
-                # (asked once until the next dispatch), its band then choosing again without it.
+                # (asked once until the next dispatch), its band then choosing again without it. Asked
+                # for the band's other requests, not this head's flow: one the fair share holds back
+                # reads the pool as full earlier, and its band would wait while a lower band took the
+                # room (review s19-fixes-b H1); the next choice's own gate then decides for it.
                 room = rooms.get(key := (item.req.model, item.priority))
                 if room is None:
-                    room = rooms[key] = not saturated(replace(item.req, subset=None))
+                    room = rooms[key] = not saturated(_room_probe(item.req))
                 if not room:
                     continue  # (the pool is full: as before, its band waits; the next band's own pool)
                 if ctl.passed >= PASS_OVER_MAX:
@@ -117,6 +121,12 @@ def dispatch_ready(
                 return
     finally:
         ctl.put_back()
+
+
+def _room_probe(req: InferenceRequest) -> InferenceRequest:
+    """``req`` without its subset, of a flow no fair-share rule holds back (``ROOM_FLOW``): what the
+    rest of the pool has room for (its model, its band)."""
+    return replace(req, subset=None, subset_soft=False, fairness_id=ROOM_FLOW)
 
 
 def _due_instead(ctl: FlowController, item: QueuedRequest, now: float) -> QueuedRequest | None:
