@@ -38,8 +38,9 @@ def _keys() -> st.SearchStrategy[str]:
     return st.sampled_from(["usage", "a", "\\" * 70 + '"usage', '"usage', "usage\\", "u"]) | _text
 
 
+_floats = st.floats(allow_nan=False, allow_infinity=False)  # (JSON has no Infinity; json.dumps writes it)
 _values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _text | _counts,
+    st.none() | st.booleans() | st.integers() | _floats | _text | _counts,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys(), inner | _counts, max_size=4),
     max_leaves=20,
 )
