@@ -72,3 +72,16 @@ def test_past_the_pass_over_cap_the_band_is_published() -> None:
     f.free = 1
     f.step(0)
     assert f.sent == [], f.sent
+
+
+def test_many_heads_pinned_to_few_homes_do_not_hold_the_other_workers() -> None:
+    """Review s19-fixes-b L1: the mark bounds its pass-overs as a dispatch pass does (distinct subsets):
+    65 heads pinned to two homes no longer name their band, so another worker's lower band goes."""
+    f = pinned_fleet()
+    for i in range(PASS_OVER_MAX + 1):
+        f.arrive(1, req(f"p{i}", f"s{i}", home=f"10.0.{i % 2}.1:8000", priority=10))
+    f.arrive(0, req("low", "t0", priority=0))
+    f.step(1)
+    f.free = 1
+    f.step(0)
+    assert f.sent == [(0, "low")], f.sent

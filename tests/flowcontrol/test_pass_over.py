@@ -127,14 +127,16 @@ def test_a_cancelled_head_is_not_put_back() -> None:
 
 
 def test_the_passes_over_of_one_pass_are_bounded() -> None:
+    # The bound counts distinct subsets (heads pinned to one already found full cost a heap step: review
+    # s19-fixes-b L1, tests/flowcontrol/test_pass_over_cap_fb19.py); Gate: every subset full.
     c = ctl()
     for i in range(PASS_OVER_MAX + 1):
-        c.enqueue(req(f"p{i}", home=A), 0.0)
+        c.enqueue(req(f"p{i}", home=f"10.1.0.{i}:8000"), 0.0)
     c.enqueue(req("q"), 0.0)
-    assert drain(c, Gate(home_full=True, room=5)) == []  # (one head more than the bound: q waits)
+    assert drain(c, Gate(home_full=True, room=5)) == []  # (one subset more than the bound: q waits)
     c2 = ctl()
     for i in range(PASS_OVER_MAX):
-        c2.enqueue(req(f"p{i}", home=A), 0.0)
+        c2.enqueue(req(f"p{i}", home=f"10.1.0.{i}:8000"), 0.0)
     c2.enqueue(req("q"), 0.0)
     assert drain(c2, Gate(home_full=True, room=5)) == ["q"]
     assert c2.head(1.0).req.request_id == "p0"  # type: ignore[union-attr]

@@ -269,9 +269,13 @@ def rate_key(flow: str) -> str:
     return f"{flow[:200]}\x00{digest}"
 
 
-# Heads waiting for their own subset passed over in one dispatch pass, at most (each costs a gate check and
-# a heap step in its band); past it the pass ends: the rest wait in their places, and the bands behind them.
+# Distinct subsets (model, subset, band) whose heads a dispatch pass passes over, at most (the first head of
+# each costs gate checks and a heap step in its band; the others pinned there a heap step each), and heads
+# passed over in all, at most; past either the pass ends: the rest wait in their places, and the bands behind
+# them (review s19-fc M3). The first bound counted heads before (review s19-fixes-b L1: 65 heads pinned to
+# two busy homes left the pool idle).
 PASS_OVER_MAX = 64
+PASS_OVER_MAX_HEADS = 1024
 # The fairness id of the request a dispatch pass asks "has the rest of the pool room?" with (a pinned head's
 # request without its subset): a flow no fair-share rule holds back, so the answer is the pool's, not the
 # pinned head's own flow's (review s19-fixes-b H1). Not a header value a client can send (NUL).

@@ -26,6 +26,7 @@ from kvgate.flowcontrol.controller import (
     DISPATCHED,
     EVICTED_CANCELLED,
     PASS_OVER_MAX,
+    PASS_OVER_MAX_HEADS,
     REJECTED_OTHER,
     REJECTED_PREDICTED_MISS,
     ROOM_FLOW,
@@ -84,7 +85,17 @@ def dispatch_ready(
         while True:
             blocked = True
             rooms: dict[tuple[str, int], bool] = {}  # (model, band): room for a request without a subset?
+            # (model, subset, band) found full for a flow no rule holds back, until the next dispatch: a
+            # head pinned there is full for its own flow too, passed over by a heap step, no gate call
+            # (review s19-fixes-b L1: the cap then counts the distinct subsets asked, not the heads).
+            full: set[tuple[str, frozenset[str], int]] = set()
             for item in ctl.heads(now):
+                sub = item.req.subset
+                if sub is not None and (item.req.model, sub, item.priority) in full:
+                    if ctl.passed >= PASS_OVER_MAX_HEADS:
+                        return  # (the rest wait in their places, and the bands behind them)
+                    ctl.pass_over(item)
+                    continue
                 # Strict priority: a lower band goes only when the higher band's heads cannot use the
                 # capacity because their own pool (another model, a subset hint) is the saturated one.
                 if not saturated(item.req) or (
@@ -114,8 +125,10 @@ def dispatch_ready(
                     room = rooms[key] = not saturated(_room_probe(item.req))
                 if not room:
                     continue  # (the pool is full: as before, its band waits; the next band's own pool)
-                if ctl.passed >= PASS_OVER_MAX:
+                if len(full) >= PASS_OVER_MAX or ctl.passed >= PASS_OVER_MAX_HEADS:
                     return  # the rest wait in their places, and the bands behind them (review s19-fc M3)
+                if saturated(replace(item.req, fairness_id=ROOM_FLOW)):
+                    full.add((item.req.model, item.req.subset, item.priority))
                 ctl.pass_over(item)
             if blocked:
                 return

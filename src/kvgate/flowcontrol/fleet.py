@@ -53,7 +53,14 @@ from array import array
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from kvgate.flowcontrol.controller import LOAD_WINDOW_S, PASS_OVER_MAX, RATE_ACTIVE, RATE_OVERFLOW, rate_key
+from kvgate.flowcontrol.controller import (
+    LOAD_WINDOW_S,
+    PASS_OVER_MAX,
+    PASS_OVER_MAX_HEADS,
+    RATE_ACTIVE,
+    RATE_OVERFLOW,
+    rate_key,
+)
 
 if TYPE_CHECKING:
     from kvgate.flowcontrol.controller import FlowController
@@ -177,11 +184,17 @@ class PoolMark:
         top, held = NOTHING, 0.0
         if len(ctl):
             ctl.put_back()  # (nothing is passed over outside a dispatch pass)
+            # (bounded as a pass's pass-overs: distinct subsets, heads; review s19-fixes-b L1)
+            subsets: set[tuple[str, frozenset[str], int]] = set()
             try:
                 for item in ctl.heads(now):
-                    if item.req.subset is not None and ctl.passed < PASS_OVER_MAX:
-                        ctl.pass_over(item)  # (its band's next choice follows: review s19-fc M2)
-                        continue
+                    sub = item.req.subset
+                    if sub is not None and ctl.passed < PASS_OVER_MAX_HEADS:
+                        key = (item.req.model, sub, item.priority)
+                        if key in subsets or len(subsets) < PASS_OVER_MAX:
+                            subsets.add(key)
+                            ctl.pass_over(item)  # (its band's next choice follows: review s19-fc M2)
+                            continue
                     # (past the cap a dispatch pass ends there: its band goes first too)
                     top = float(item.priority)
                     held = 1.0 if ctl.held_back(item.req, now, item.slo_deadline) else 0.0
