@@ -76,7 +76,8 @@ def dispatch_ready(
     saturated may stop one sheddable in-flight request (``preempt`` returns True) and take its place.
     A head whose own subset is what is saturated (a Responses follow-up pinned to its busy home, a subset
     hint) is passed over for the rest of the pass (``FlowController.pass_over``, at most
-    ``PASS_OVER_MAX`` a pass), so the requests behind it in its band can use the rest of the pool; it is
+    ``PASS_OVER_MAX`` distinct subsets and ``PASS_OVER_MAX_HEADS`` heads a pass), so the requests behind
+    it in its band can use the rest of the pool; it is
     put back in its place when the pass ends, first in line again at the next (review s18-doors M3).
     Taken with ``record=False``: the caller records the outcome once it knows the pick's."""
     ctl.unhold(now)
