@@ -55,6 +55,13 @@ def test_an_unknown_flag_is_one_line_naming_it(args: list[str], capsys: pytest.C
         (["serve", "--engine", "nope", *BASE], "--engine"),
         (["hub-controller", "--port", "70000", *COMMAND_ARGS["hub-controller"]], "--port"),
         (["k8s-double", "--port", "70000"], "--port"),
+        # NaN passed every "<= 0" check and then broke timers (review s19-docs L5); inf means nothing here.
+        (["epp", "--stream-idle-timeout", "nan", *EPP], "--stream-idle-timeout"),
+        (["epp", "--scrape-interval", "nan", *EPP], "--scrape-interval"),
+        (["epp", "--ha-lease-duration", "inf", *EPP], "--ha-lease-duration"),
+        (["epp", "--model-series-grace", "nan", *EPP], "--model-series-grace"),
+        (["serve", "--kube-stale-after", "nan", *BASE], "--kube-stale-after"),
+        (["serve", "--model-series-grace", "nan", *BASE], "--model-series-grace"),
     ],
     ids=lambda a: a if isinstance(a, str) else " ".join(a[:3]),
 )

@@ -48,3 +48,25 @@ def positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
     return n
+
+
+def number(text: str) -> float:
+    """An argparse type for a float flag: a number, never NaN (which passes every ``<= 0`` check and then
+    breaks timers: review s19-docs L5, as s19-qa M1 for the config files). Infinity is kept where a flag
+    gives it a meaning (``--model-series-grace inf``); the commands' own checks bound the rest."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return value
+
+
+def finite_number(text: str) -> float:
+    """``number`` without infinity: seconds and intervals, where ``inf`` means nothing (0 is the files'
+    "none" where there is one)."""
+    value = number(text)
+    if value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvgate.config.policies import POLICIES
 from kvgate.datalayer.store import ENGINES
-from kvgate.entry import ArgumentParser, port_number, positive_int
+from kvgate.entry import ArgumentParser, finite_number, number, port_number, positive_int
 from kvgate.extproc import keys
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
@@ -98,7 +98,9 @@ def parser() -> argparse.ArgumentParser:
     pick.add_argument("--config-file", help="EndpointPickerConfig YAML (replaces --policy)")
     pick.add_argument("--config-text", help="EndpointPickerConfig as inline YAML")
     pick.add_argument(
-        "--scrape-interval", type=float, help="seconds between /metrics scrapes (default: --config's or 0.05)"
+        "--scrape-interval",
+        type=finite_number,
+        help="seconds between /metrics scrapes (default: --config's or 0.05)",
     )
     pick.add_argument(
         "--enable-conformance-hooks",
@@ -135,13 +137,13 @@ def parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--stream-idle-timeout",
-        type=float,
+        type=finite_number,
         default=600.0,
         help="seconds a stream may stay silent before it is cancelled",
     )
     net.add_argument(
         "--model-series-grace",
-        type=float,
+        type=number,
         default=GRACE_S,
         metavar="SECONDS",
         help="a model name neither known, reported, answered nor used this long loses its metric series "
@@ -166,12 +168,14 @@ def parser() -> argparse.ArgumentParser:
         help="only the holder of a coordination.k8s.io Lease is ready; the others keep their data warm",
     )
     kube.add_argument("--ha-lease-name", help="the Lease's name (default kvgate-epp-<pool-name>)")
-    kube.add_argument("--ha-lease-duration", type=float, default=15.0, help="seconds (client-go's default)")
-    kube.add_argument("--ha-renew-deadline", type=float, default=10.0, help="seconds")
-    kube.add_argument("--ha-retry-period", type=float, default=2.0, help="seconds")
+    kube.add_argument(
+        "--ha-lease-duration", type=finite_number, default=15.0, help="seconds (client-go's default)"
+    )
+    kube.add_argument("--ha-renew-deadline", type=finite_number, default=10.0, help="seconds")
+    kube.add_argument("--ha-retry-period", type=finite_number, default=2.0, help="seconds")
     kube.add_argument(
         "--kube-stale-after",
-        type=float,
+        type=finite_number,
         default=None,
         help="seconds out of sync with the API server after which a watched resource is logged as "
         "stale (default 120, or --config's kubernetes.staleAfterSeconds; "
@@ -180,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
     )
     kube.add_argument(
         "--kube-stale-not-ready-after",
-        type=float,
+        type=finite_number,
         default=None,
         help="report not-ready once the InferencePool's or the pods' copy is this many seconds old, so "
         "traffic moves to a replica that still reaches its API server (0: never, the default, or --config's "

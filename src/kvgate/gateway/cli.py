@@ -26,7 +26,7 @@ from kvgate.config.gateway import (
     min_ready_workers,
     parse_gateway_config,
 )
-from kvgate.entry import ArgumentParser, port_number
+from kvgate.entry import ArgumentParser, finite_number, number, port_number
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model-series-grace",
-        type=float,
+        type=number,
         default=None,
         metavar="SECONDS",
         help="with --clusters: a model name neither listed by a cluster, answered nor used this long loses "
@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     kube.add_argument(
         "--kube-stale-after",
-        type=float,
+        type=finite_number,
         default=None,
         help="seconds out of sync with the API server after which a watched resource is logged as "
         "stale (default 120, or the config file's kubernetes.staleAfterSeconds; the gateway keeps "
@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     kube.add_argument(
         "--kube-stale-not-ready-after",
-        type=float,
+        type=finite_number,
         default=None,
         help="/readyz fails once an InferencePool's or its pods' copy is this many seconds old (0, the "
         "default: never, or the config file's kubernetes.staleNotReadyAfterSeconds; else at least "
