@@ -43,6 +43,10 @@ class ClusterGateway:
     async def _hold(self) -> None:
         await self.thaw.wait()
 
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        await self._hold()
+        return web.Response(status=404)  # any answer: the gateway lives
+
     async def _aggregate(self, _request: web.Request) -> web.Response:
         await self._hold()
         agg = PoolAggregate(name=self.name, snapshot_time=time.time(), ready_endpoints=1, total_endpoints=1,
@@ -70,6 +74,7 @@ class ClusterGateway:
     async def start(self) -> ClusterGateway:
         app = web.Application()
         app.router.add_get("/v1/pool/aggregate", self._aggregate)
+        app.router.add_get("/healthz", self._healthz)
         app.router.add_post("/v1/completions", self._complete)
         self._runner, port = await serve_app(app, shutdown_timeout=0.1)
         self.address = f"127.0.0.1:{port}"
@@ -96,6 +101,7 @@ async def started() -> AsyncIterator[Callable[..., Awaitable[GlobalGateway]]]:
 
     async def make(cfg: ClustersConfig, policy: str, *, fetch: bool) -> GlobalGateway:
         gw = GlobalGateway(cfg, policy, fetch=fetch, seed=1, drain_s=0.5)
+        gw.router.probe_timeout_s = 0.5
         await gw.start("127.0.0.1", 0)
         running.append(gw)
         return gw
@@ -156,28 +162,32 @@ async def test_requests_leave_a_cluster_gateway_that_hangs_with_its_aggregate(
 async def test_head_timeout_bounds_the_wait_and_a_slow_stream_is_not_cut(
     clusters: tuple[ClusterGateway, ClusterGateway], started: Callable[..., Awaitable[GlobalGateway]],
 ) -> None:  # fmt: skip
+    """No aggregates fetched: ``head_timeout_s`` tells the hung cluster, a stream's head directly, a
+    non-streamed request's (its head comes with the whole answer) by a probe of the gateway past it."""
     east, west = clusters
     specs = (ClusterSpec("east", gateway=east.address), ClusterSpec("west", gateway=west.address))
-    # No aggregates fetched: only ``head_timeout_s`` tells the hung cluster.
     gw = await started(ClustersConfig(specs, head_timeout_s=0.5), "round-robin", fetch=False)
     east.freeze()
-    res = [await _post(gw.port) for _ in range(2)]  # one of the two is sent to east first
-    assert [s for s, _ in res] == [200, 200], res
-    assert east.arrived == 1
-    assert gw.router.states["east"].backoff_s > 0  # backs off: the next ones go to west
+    for stream in (True, False):
+        # Round-robin: one of the two is sent to east first (east backs off after the first round).
+        res = [await _post(gw.port, stream=stream) for _ in range(2)]
+        assert [s for s, _ in res] == [200, 200], res
+        assert east.arrived == 1
+        assert gw.router.states["east"].backoff_s > 0  # backs off: the next ones go to west
+        gw.router.states["east"].succeeded()
+        east.arrived = 0
     # A stream whose chunks are further apart than the head bound (its head came at once) completes.
     west.gap_s = 0.8
     status, data = await _post(gw.port, stream=True)
     assert status == 200 and b"t2" in data and b"data: [DONE]" in data, data
 
 
-async def test_a_request_sent_while_the_aggregate_was_stale_leaves_once_the_cluster_is_found_hung(
+async def test_a_request_sent_while_the_aggregate_was_stale_leaves_once_its_gateway_answers_no_probe(
     clusters: tuple[ClusterGateway, ClusterGateway], started: Callable[..., Awaitable[GlobalGateway]],
 ) -> None:  # fmt: skip
-    """The window the QA's run hit (review s19-qa M3, after the first fix): a request sent after the hung
-    cluster's aggregate went stale but before a request sent earlier found it hung waited the whole
-    ``head_timeout_s``. A stale aggregate alone does not end the wait (a cluster whose aggregate fails
-    but that serves is waited for); the cluster found hung does."""
+    """A request sent after the hung cluster's aggregate went stale (review s19-qa M3, the window after
+    the first fix) does not wait ``head_timeout_s``: the stale aggregate has the gateway probed, and
+    no answer to the probe moves the request on and marks the cluster hung."""
     east = clusters[0]
     specs = tuple(ClusterSpec(c.name, aggregate=c.aggregate, gateway=c.address) for c in clusters)
     gw = await started(ClustersConfig(specs, ttl_s=0.4, head_timeout_s=120.0), "round-robin", fetch=False)
@@ -186,14 +196,86 @@ async def test_a_request_sent_while_the_aggregate_was_stale_leaves_once_the_clus
     st.set_aggregate(agg, time.monotonic() - 5.0)  # stale, its fetches failing
     st.fetch_error = "TimeoutError: "
     east.freeze()
-    sent = [asyncio.create_task(_post(gw.port)) for _ in range(2)]  # round-robin: one of them to east
+    res = await asyncio.gather(*(_post(gw.port) for _ in range(2)))  # round-robin: one of them to east
+    assert east.arrived == 1
+    assert [s for s, _ in res] == [200, 200] and all(b'"served_by": "west"' in d for _, d in res), res
+    assert st.hung_at is not None and not st.available(time.monotonic())
+
+
+class SlowCluster(ClusterGateway):
+    """A live cluster gateway (review s19-fixes-b): a non-streamed answer after ``delay_s`` (a long
+    generation); its aggregate (an EPP's, in the usual layout) can fail (500) while the gateway serves."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.delay_s = 0.0
+        self.agg_ok = True
+        self.sent = 0
+
+    async def _aggregate(self, request: web.Request) -> web.Response:
+        if not self.agg_ok:
+            return web.Response(status=500)
+        return await super()._aggregate(request)
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        self.sent += 1
+        await asyncio.sleep(self.delay_s)
+        return await super()._complete(request)
+
+
+@pytest.fixture
+async def slow() -> AsyncIterator[tuple[SlowCluster, SlowCluster]]:
+    east, west = await SlowCluster("east").start(), await SlowCluster("west").start()
+    yield east, west
+    await east.stop()
+    await west.stop()
+
+
+async def _fresh(gw: GlobalGateway, ttl: float) -> None:
     for _ in range(200):
-        if east.arrived:
+        if all(s.fresh(time.monotonic(), ttl) for s in gw.router.states.values()):
+            return
+        await asyncio.sleep(0.02)
+
+
+async def test_a_long_non_streamed_generation_on_a_live_cluster_is_not_cut_by_head_timeout(
+    slow: tuple[SlowCluster, SlowCluster], started: Callable[..., Awaitable[GlobalGateway]],
+) -> None:  # fmt: skip
+    """Review s19-fixes-b M1, scaled (head_timeout_s 0.3 s for 120 s, a 1 s generation for > 120 s): a
+    non-streamed answer's head comes with the whole answer; the live cluster is not abandoned, the
+    answer not generated again elsewhere, the cluster not backed off."""
+    east, west = slow
+    specs = tuple(ClusterSpec(c.name, aggregate=c.aggregate, gateway=c.address) for c in slow)
+    cfg = ClustersConfig(specs, ttl_s=1.0, refresh_s=0.1, head_timeout_s=0.3)
+    gw = await started(cfg, "round-robin", fetch=True)
+    await _fresh(gw, cfg.ttl_s)
+    east.delay_s = west.delay_s = 1.0
+    status, data = await _post(gw.port)
+    assert status == 200, data
+    assert east.sent + west.sent == 1, (east.sent, west.sent)  # generated once
+    assert all(s.backoff_s == 0 for s in gw.router.states.values())
+
+
+async def test_an_aggregate_outage_does_not_cut_requests_on_a_serving_cluster_gateway(
+    slow: tuple[SlowCluster, SlowCluster], started: Callable[..., Awaitable[GlobalGateway]],
+) -> None:  # fmt: skip
+    """Review s19-fixes-b M2: the aggregate (the cluster EPP's) fails for longer than ttl_s while the
+    gateway serves a 1.2 s non-streamed answer: answered by the cluster it was sent to, once, which is
+    not marked hung (its gateway answers the probe)."""
+    east, west = slow
+    specs = tuple(ClusterSpec(c.name, aggregate=c.aggregate, gateway=c.address) for c in slow)
+    cfg = ClustersConfig(specs, ttl_s=0.3, refresh_s=0.1, head_timeout_s=120.0)
+    gw = await started(cfg, "round-robin", fetch=True)
+    await _fresh(gw, cfg.ttl_s)
+    east.delay_s = west.delay_s = 1.2
+    task = asyncio.create_task(_post(gw.port))
+    for _ in range(200):
+        if east.sent or west.sent:
             break
         await asyncio.sleep(0.01)
-    assert east.arrived == 1
-    done, pending = await asyncio.wait(sent, timeout=1.0)  # 5 checks (every ttl_s / 2): still waited for
-    assert len(done) == 1 and len(pending) == 1, done
-    st.hung_at = st.fetched_at  # as a request sent while it was fresh marks it
-    res = await asyncio.wait_for(pending.pop(), 5.0)
-    assert res[0] == 200 and b'"served_by": "west"' in res[1], res
+    first = east if east.sent else west
+    first.agg_ok = False  # its EPP restarts; the gateway keeps serving
+    status, data = await task
+    assert status == 200 and f'"served_by": "{first.name}"'.encode() in data, data
+    assert east.sent + west.sent == 1, (east.sent, west.sent)
+    assert gw.router.states[first.name].hung_at is None

@@ -5,7 +5,7 @@ local: east                 # this gateway's own cluster (preferred while it has
 ttl_s: 3.0                  # aggregates older than this are unknown (never "idle")
 refresh_s: 0.5              # how often aggregates and EPP health are fetched
 epp_timeout_s: 2.0          # Endpoint mode: the EPP's deadline to answer each message (pick, response)
-head_timeout_s: 120.0       # the longest wait for a cluster's response head (Parent mode gateway, pod)
+head_timeout_s: 120.0       # a stream's longest wait for its head; past it a non-streamed one probes
 tls: {ca: ca.pem, cert: client.pem, key: client.key}   # client TLS for https aggregates (mTLS with cert)
 clusters:
 - name: east
@@ -52,8 +52,10 @@ class ClustersError(ValueError):
 
 
 EPP_TIMEOUT_S = 2.0
-# The longest a request waits for a cluster's response head (``kvgate serve``'s ``idleTimeoutSeconds``, its
-# own wait for a model server's head): past it the cluster is taken as hung and the request moves on.
+# The longest a stream waits for a cluster's response head (as ``kvgate serve``'s ``idleTimeoutSeconds``
+# bounds only a stream's head): past it the cluster is taken as hung and the request moves on. A
+# non-streamed answer's head comes with the whole answer: past it the cluster's gateway is probed instead
+# (review s19-fixes-b M1; ``GlobalRouter._post``).
 HEAD_TIMEOUT_S = 120.0
 # ``--config`` with ``--clusters`` (``kvgate serve``, ``kvgate epp``): refused, not silently ignored (review
 # s16-k8s F6): the clusters file is the whole configuration there.
@@ -205,9 +207,10 @@ class ClustersConfig:
     # Endpoint mode: how long the EPP has to answer each message (the pick; the response headers; a
     # response line it owes the client). Past it the EPP counts as stalled, and is treated as failed.
     epp_timeout_s: float = EPP_TIMEOUT_S
-    # How long a request waits for its response head from a cluster (its gateway in Parent mode, the pod in
+    # How long a stream waits for its response head from a cluster (its gateway in Parent mode, the pod in
     # Endpoint mode) before that cluster counts as failed and the request moves on (nothing reached the
-    # client yet); a streamed answer's later bytes are not bound by it.
+    # client yet); a streamed answer's later bytes are not bound by it. A non-streamed request has the
+    # gateway probed past it instead (its head comes with the whole answer).
     head_timeout_s: float = HEAD_TIMEOUT_S
     tls: TlsOptions = field(default_factory=TlsOptions)
     kubernetes: KubeImports | None = None

@@ -44,6 +44,7 @@ ENDPOINT, PARENT = "endpoint", "parent"
 _DROP = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", DESTINATION_ENDPOINT}
 )
+PROBE_TIMEOUT_S = 2.0  # a suspect cluster gateway's deadline to answer a probe (GlobalRouter._post)
 STALLED = "epp stalled"  # an attempt's outcome when the EPP did not answer the pick in time
 
 
@@ -192,6 +193,7 @@ class GlobalRouter:
         max_clusters: int = 3,
         connect_timeout_s: float = 1.0,
         seed: int | None = None,  # the policy's randomness; None: from os.urandom
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
         self.clock = clock
         self.cfg = cfg
@@ -203,6 +205,9 @@ class GlobalRouter:
         self.states: dict[str, ClusterState] = {}
         self.max_clusters = max_clusters
         self.connect_timeout_s = connect_timeout_s
+        self.probe_timeout_s = probe_timeout_s  # a suspect cluster gateway's answer to a probe (``_post``)
+        self._live_at: dict[str, float] = {}  # an address (gateway, pod) last answered a probe (clock)
+        self._probing: dict[str, asyncio.Future[bool]] = {}
         self.epp = EppClient(timeout_s=cfg.epp_timeout_s, clock=clock)
         self.apply(cfg)
         # TCP keep-alive (idle s, probe interval s, probes): a request waiting on a cluster whose link is cut
@@ -406,40 +411,89 @@ class GlobalRouter:
         body: bytes,
         fwd: dict[str, str],
         client_timeout: aiohttp.ClientTimeout,
+        stream: bool,
     ) -> aiohttp.ClientResponse:
-        """The request sent, its response head awaited, at most ``head_timeout_s`` (``NoHead``): a hung
-        cluster (a wedged event loop, a stopped process: the kernel still ACKs, so TCP keep-alive does not
-        tell it from a slow one) would hold the request to the read timeout. In Parent mode (checked every
-        half ``ttl_s``), when the cluster's aggregate was fresh at the send, the wait also ends once that
-        aggregate has gone stale with its fetches failing: the process that serves it answers nothing
-        either; the cluster is then marked hung (``ClusterState.hung_at``). A request sent while the
-        aggregate was already stale (just before another found the cluster hung, or to a cluster left out
-        as hung, the last one to try) ends once the cluster is marked hung and no aggregate came since. A
-        slow but live cluster keeps answering its aggregate and is waited for; one whose aggregate has been
-        failing since before the request, only to ``head_timeout_s``."""
+        """The request sent, its response head awaited. A hung cluster (a wedged event loop, a stopped
+        process: the kernel still ACKs, so TCP keep-alive does not tell it from a slow one) would hold the
+        request to the read timeout, so (review s19-qa M3, s19-fixes-b M1, M2):
+
+        - a **stream**'s head is awaited at most ``head_timeout_s`` (``NoHead``), as ``kvgate serve`` bounds
+          a stream's head by idleTimeoutSeconds;
+        - a **non-streamed** answer's head comes with the whole answer (a long generation), so
+          ``head_timeout_s`` does not cut it: past it, the cluster's gateway itself is probed (``_live``);
+        - in Parent mode, while the cluster's aggregate is stale (older than ``ttl_s``) with its fetches
+          failing (checked every half ``ttl_s``), the gateway is probed too: the aggregate is often another
+          process's (the cluster EPP's), so its outage alone tells nothing of the gateway.
+
+        A gateway that answers no probe within ``probe_timeout_s`` is hung: the attempt fails before any
+        byte (the request moves to the next cluster) and, in Parent mode, the cluster is marked
+        (``ClusterState.hung_at``, with an aggregate fetched before) until an aggregate is fetched from it
+        again or a request succeeds there; other requests waiting there leave then. A gateway that answers
+        (any status) is waited for: a non-streamed answer to the read timeout (``sock_read``), as before."""
         assert self._session is not None
         post = asyncio.ensure_future(self._session.post(url, data=body, headers=fwd, timeout=client_timeout))
         cfg = self.cfg
         watch = mode == PARENT and st.spec.aggregate is not None and st.fetched_at is not None
-        fresh = watch and st.fresh(self.clock(), cfg.ttl_s)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + cfg.head_timeout_s
+        bound = loop.time() + cfg.head_timeout_s
+        step = cfg.ttl_s / 2 if watch else cfg.head_timeout_s
+        probe: asyncio.Future[bool] | None = None
         try:
             while True:
-                left = deadline - loop.time()
-                if left <= 0:
+                now = loop.time()
+                if stream and now >= bound:
                     raise NoHead(f"no response head within head_timeout_s ({cfg.head_timeout_s:g}s)")
-                done, _ = await asyncio.wait((post,), timeout=min(left, cfg.ttl_s / 2) if watch else left)
+                wait = min(step, bound - now) if stream or now < bound else step
+                done, _ = await asyncio.wait((post,), timeout=wait)
                 if done:
                     return post.result()
-                if watch and self._hung(st) and (fresh or st.hung_at == st.fetched_at):
-                    st.hung_at = st.fetched_at
-                    why = f"hung: no response head, and no aggregate for over ttl_s ({st.fetch_error})"
-                    raise NoHead(why)
+                if mode == PARENT and st.hung_at is not None and st.hung_at == st.fetched_at:
+                    raise NoHead("hung: its gateway answered no probe, and no aggregate since")
+                if (not stream and loop.time() >= bound) or (watch and self._hung(st)):
+                    probe = asyncio.ensure_future(self._live(url))
+                    both: tuple[asyncio.Future[Any], ...] = (post, probe)
+                    await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+                    if post.done():
+                        return post.result()
+                    if not probe.result():
+                        if mode == PARENT and st.fetched_at is not None:
+                            st.hung_at = st.fetched_at  # (a pod that hangs is not its cluster)
+                        t = self.probe_timeout_s
+                        raise NoHead(
+                            f"hung: no response head, and its gateway answered no probe within {t:g}s"
+                        )
         finally:
+            if probe is not None and not probe.done():
+                probe.cancel()  # (the shared probe itself is shielded)
             if not post.done():
                 post.cancel()
                 post.add_done_callback(_release_late)
+
+    async def _live(self, url: str) -> bool:
+        """Whether the gateway (or pod) at ``url``'s host answers a ``GET /healthz`` (any status, its head)
+        within ``probe_timeout_s``. One probe an address at a time (the requests waiting there share it),
+        and an answer stands for ``ttl_s``."""
+        target = url.split("/", 3)[2]
+        at = self._live_at.get(target)
+        if at is not None and self.clock() - at < self.cfg.ttl_s:
+            return True
+        task = self._probing.get(target)
+        if task is None or task.done():
+            task = self._probing[target] = asyncio.ensure_future(self._probe(target))
+        return await asyncio.shield(task)
+
+    async def _probe(self, target: str) -> bool:
+        assert self._session is not None
+        timeout = aiohttp.ClientTimeout(total=self.probe_timeout_s)
+        try:
+            async with self._session.get(f"http://{target}/healthz", timeout=timeout):
+                pass  # its head came: the process answers (the connection is not kept)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return False
+        finally:
+            self._probing.pop(target, None)
+        self._live_at[target] = self.clock()
+        return True
 
     def _hung(self, st: ClusterState) -> bool:
         """The cluster's aggregate stale (older than ``ttl_s``) with its last fetch failed."""
@@ -473,7 +527,9 @@ class GlobalRouter:
                 epp.cancel()  # the EPP's session closes the request as failed
 
         try:
-            resp = await self._post(st, mode, f"http://{target}{path}", body, fwd, timeout)
+            resp = await self._post(
+                st, mode, f"http://{target}{path}", body, fwd, timeout, started is not None
+            )
         except NoHead as e:
             given_up()
             attempts.append(Attempt(st.name, mode, target, e.outcome))
