@@ -119,3 +119,20 @@ async def test_kvgate_serve_says_keep_alive_to_an_http10_keep_alive_client(backe
         finally:
             w.close()
     assert got == [(b"200", b"keep-alive"), (b"404", b"keep-alive")], got
+
+
+@pytest.mark.parametrize("value", [b"keep-alive, close", b"close, keep-alive"])
+async def test_http10_close_beside_keep_alive_closes(value: bytes) -> None:
+    """Review s19-fixes-a L2: ``close`` is a connection option that always wins (RFC 9112 9.6), beside
+    ``keep-alive`` too, as the HTTP/1.1 branch reads it. Before: told ``Connection: keep-alive`` and kept."""
+    _, server, port = await _front(_whole)
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        w.write(b"GET /a HTTP/1.0\r\nConnection: %b\r\n\r\n" % value)
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+        assert b"connection: keep-alive" not in head.lower(), head
+        assert b"connection: close" in head.lower(), head
+        assert await asyncio.wait_for(r.read(), 5) == b"hello"  # the body, then closed (kept: a timeout)
+    finally:
+        w.close()
+        server.close()

@@ -938,7 +938,8 @@ class FrontProtocol(asyncio.Protocol):
         if length:
             self.body_since = self._loop.time()
         conn = headers.get("connection", "").lower()
-        keep_alive = ("close" not in conn) if version == b"HTTP/1.1" else ("keep-alive" in conn)
+        # ``close`` always wins (RFC 9112 9.6), beside ``keep-alive`` too (HTTP/1.0 "keep-alive, close").
+        keep_alive = "close" not in conn and (version == b"HTTP/1.1" or "keep-alive" in conn)
         return method, path, query, headers, keep_alive, length, version == b"HTTP/1.1"
 
     @staticmethod
