@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,6 +210,9 @@ def normalise_endpoint(value: object, key: str) -> str:
     return text
 
 
+_FLOAT_MAX = sys.float_info.max
+
+
 def _get(
     m: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...], default: Any = None
 ) -> Any:
@@ -225,6 +229,13 @@ def _get(
     # where the key allows it (``requestTimeoutSeconds``, ``rateLimits.*``, ``staleNotReadyAfterSeconds``).
     if isinstance(value, float) and not math.isfinite(value):
         raise GatewayConfigError(f"{path}{key}", f"must be a finite number, got {value}")
+    # An integer too large for a float (YAML reads 400 digits as one; ``1e400`` is a string) is ``.inf``
+    # spelled otherwise: every bound of this file is used as a float (``start + bound``).
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _FLOAT_MAX:
+        too_large = (
+            f"must be a finite number, got an integer too large for a float ({value.bit_length()} bits)"
+        )
+        raise GatewayConfigError(f"{path}{key}", too_large)
     return value
 
 
@@ -634,6 +645,8 @@ def _load_yaml(path: str, key: str) -> Any:
         raise GatewayConfigError(key, f"cannot read {path}: {e.strerror}") from e
     except yaml.YAMLError as e:
         raise GatewayConfigError(key, f"{path} is not valid YAML: {e}") from e
+    except ValueError as e:  # an integer past Python's 4300 digits (PyYAML's int() of it)
+        raise GatewayConfigError(key, f"{path}: {e}") from e
 
 
 def load_gateway_yaml(path: str) -> Any:

@@ -66,11 +66,19 @@ NOT_WITH_CONFIG = (
 )
 
 
+def _short(v: Any) -> str:
+    """``v`` for a message, cut to 60 characters (a 400-digit integer is read as one)."""
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 200:
+        return f"an integer of {v.bit_length()} bits"  # (repr past 4300 digits is itself a ValueError)
+    text = repr(v)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
 def _seconds(v: Any, key: str) -> float:
     try:
         out = float(v)
-    except (TypeError, ValueError):
-        raise ClustersError(key, f"expected a number of seconds, got {v!r}") from None
+    except (TypeError, ValueError, OverflowError):  # (an integer too large for a float: OverflowError)
+        raise ClustersError(key, f"expected a number of seconds, got {_short(v)}") from None
     # ``.nan`` fails every comparison; ``.inf`` is no bound (s19-qa M1).
     if not (math.isfinite(out) and out > 0):
         raise ClustersError(key, f"expected a finite positive number of seconds, got {v!r}")
@@ -80,8 +88,8 @@ def _seconds(v: Any, key: str) -> float:
 def _rtt_ms(v: Any, key: str) -> float:
     try:
         out = float(v)
-    except (TypeError, ValueError):
-        raise ClustersError(key, f"expected a number of milliseconds, got {v!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ClustersError(key, f"expected a number of milliseconds, got {_short(v)}") from None
     if not (math.isfinite(out) and out >= 0):
         raise ClustersError(key, f"expected a finite number of milliseconds >= 0, got {v!r}")
     return out
@@ -400,7 +408,7 @@ def _parent(doc: Any, default_ns: str) -> ParentRef:
 def load(path: str | Path) -> ClustersConfig:
     try:
         doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, yaml.YAMLError, ValueError) as e:  # (ValueError: an integer past 4300 digits)
         raise ClustersError(str(path), str(e)) from e
     return parse(doc)
 
@@ -451,6 +459,10 @@ class ClustersFile:
             cfg = self._load()
         except ClustersError as e:
             log.warning("clusters file %s not reloaded (keeping the last good one): %s", self.path, e)
+            return False
+        except Exception as e:  # any parse error keeps the last good file (and the reload loop going)
+            log.warning("clusters file %s not reloaded (keeping the last good one): %s: %s", self.path,
+                        type(e).__name__, e)  # fmt: skip
             return False
         self.config = cfg
         self.reloads += 1
