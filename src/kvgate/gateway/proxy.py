@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import ssl
 import time
@@ -971,17 +972,19 @@ class Proxy:
         owns: bool,
         sent_at: float,
         start: float,
-        got_at: float,
+        progress_at: float,
     ) -> None:
         """A relayed answer cut (or failed): a failure, or, cut by a deadline ``ep`` did not own
         (``late``, not ``owns``), the time it held the request since ``sent_at`` (half the bound from
         ``start`` a unit), as a head's timeout is charged (review s18-fixes-c L2). Not charged at all when
-        the deadline cut it while ``ep`` was still sending: a piece came from it (``got_at``, event-loop
-        time) in the later half of the time it held the request (review s19-qa L6: the gateway's bound,
-        not a fault; a long generation must not eject a healthy endpoint). One silent that long (a
-        wedged engine, after its first piece or mid-way) is charged as before."""
+        the deadline cut it while ``ep`` was still making progress: ``progress_at`` (event-loop time) in
+        the later half of the time it held the request (review s19-qa L6: the gateway's bound, not a
+        fault; a long generation must not eject a healthy endpoint). A stream's progress is a data event
+        after its first one (not an SSE comment, a ping, an empty chunk: review s19-fixes-a M1), a
+        relayed whole answer's any piece. One with no progress that late (a wedged engine, after its
+        first token or mid-way, pings or not; a first token late then nothing) is charged as before."""
         due = resp.deadline
-        if late and due is not None and got_at > (sent_at + due) / 2:
+        if late and due is not None and progress_at > (sent_at + due) / 2:
             return
         if late and not owns and due is not None:
             ejected = self.health.timed_out(ep, sent_at, due, (due - start) / 2, self._peers(ep))
@@ -1289,7 +1292,11 @@ class Proxy:
         director.on_first_token(ireq, ep, learn=resp.status < 400)  # (an error event is no first token)
         cut: Exception | None = None
         late = False  # cut by the request's deadline (not the idle timeout)
-        got_at = self._loop.time()  # the last chunk from the upstream came then (``_charge_cut``)
+        got_at = self._loop.time()  # the last chunk from the upstream came then
+        # Progress for ``_charge_cut``: when the first data event went out, and the last one after it
+        # (read off the relay's output at its event boundary: a comment or line ends is none).
+        first_at: float | None = None
+        progress_at = -math.inf
         self.streams.add(resp)
         if self._cutting is not None and not resp.received:  # (the drain's cut came before its first chunk)
             self._cut[resp] = self._cutting
@@ -1301,6 +1308,13 @@ class Proxy:
                 data = relay.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                 if data:
                     sent += len(data)  # (a count, no copy)
+                    # Whole events went out: a data event unless they open with a comment or a line
+                    # end (only then scanned, for a data line after them: a ``: ping`` chunk is tiny).
+                    if data[0] not in b":\r\n" or b"data:" in data:
+                        if first_at is None:
+                            first_at = got_at
+                        elif got_at > first_at:
+                            progress_at = got_at
                     await out.write(data)
                 try:
                     chunk = await resp.read_chunk()
@@ -1365,7 +1379,7 @@ class Proxy:
             elif upstream_ok:
                 self.health.success(ep)
             else:
-                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, got_at)
+                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, progress_at)
             # A 2xx's usage only, as ``_whole`` reads it (an error stream that carries one: none).
             usage = relay.usage if resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok)
