@@ -19,7 +19,7 @@ before the cuts. The authority for equivalence with the pre-session code is ``sc
 (``kvgate.bench.picktrace``) on both trees' unmodified code and fails (PICKS DIFFER) unless their picks
 are equal. It covers the named policies only, not the feedback and SLO-admission configs of the test.
 
-The cost scorer's ``evictionPrice`` hook in ``on_picked`` (mt19b, on by default) is taken over from
+The cost scorer's ``evictionPrice`` hook in ``on_picked`` (mt19b; opt-in, off in the named policies) is taken over from
 main as it is, like 5169afe's.
 
 The cost scorer's ``costs`` is not copied: its one cut skips ``_waiting_on_prefix`` where that returns
@@ -581,7 +581,7 @@ def cost_on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
             if len(self._waiting) > MAX_WAITING_TRACKED:
                 self._forget(next(iter(self._waiting)))
     self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
-    # evictionPrice (on in the default profile since mt19b): taken over from main as it is, the pricing
+    # evictionPrice (mt19b; opt-in): taken over from main as it is, the pricing
     # change is deliberate (the copy checks the CPU cuts, not the pricing)
     ledger = self.eviction
     if ledger is not None and self.precise is None:

@@ -4,11 +4,13 @@ bounded state. Time is injected (every call takes ``now``)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kvgate.config.director import build_director
+from kvgate.config.picker import load_config
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
@@ -150,14 +152,27 @@ def test_every_table_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
         assert s["held"] == s["home"] <= s["keys"]
 
 
-def test_evictionPrice_is_a_checked_parameter_and_on_in_the_default_profile() -> None:
+def test_evictionPrice_is_a_checked_parameter_and_opt_in() -> None:
     with pytest.raises(ConfigError, match="evictionPrice"):
         KVGateCostScorer.create("k", Params({"evictionPrice": "sometimes"}, "p"), PluginHandle())
     off = KVGateCostScorer.create("k", Params({}, "p"), PluginHandle())
     assert off.eviction is None
     cfg = policy_config("kvgate")
     (spec,) = [s for s in cfg.plugins if s.type == "kvgate-cost-scorer"]
-    assert spec.parameters == {"evictionPrice": True}
+    # Off in the default profile (its per-pick cost grows with the prefixes held: docs/scheduling.md).
+    assert not (spec.parameters or {}).get("evictionPrice", False)
+
+
+# The opt-in profile (the default off: docs/scheduling.md), as users turn it on.
+OPT_IN = Path(__file__).parents[2] / "docs" / "benchmarks" / "policies" / "kvgate-eviction-price.yaml"
+
+
+def test_the_opt_in_policy_file_is_the_default_profile_plus_the_price() -> None:
+    cfg, default = load_config(OPT_IN), policy_config("kvgate")
+    (cost,) = [s for s in cfg.plugins if s.type == "kvgate-cost-scorer"]
+    assert cost.parameters == {"evictionPrice": True}
+    others = [(s.type, s.parameters) for s in cfg.plugins if s.type != "kvgate-cost-scorer"]
+    assert others == [(s.type, s.parameters) for s in default.plugins if s.type != "kvgate-cost-scorer"]
 
 
 def _director(n: int) -> Any:
@@ -168,7 +183,7 @@ def _director(n: int) -> Any:
         )
         for i in range(n)
     )
-    return build_director(policy_config("kvgate"), store, clock=lambda: 0.0, seed=0)
+    return build_director(load_config(OPT_IN), store, clock=lambda: 0.0, seed=0)
 
 
 def _scorer(d: Any) -> KVGateCostScorer:

@@ -22,8 +22,6 @@ plugins:
     tokenizer: auto   # the served model's own tokenizer when it is available locally
     engineLru: true   # the index ages prefixes as the server's cache does (generated blocks count)
 - type: kvgate-cost-scorer
-  parameters:
-    evictionPrice: true  # each write priced by the reused prefixes it evicts (docs/scheduling.md)
 - type: lora-affinity-scorer
 - type: max-score-picker
 schedulingProfiles:

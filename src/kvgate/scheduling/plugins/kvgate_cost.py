@@ -65,7 +65,8 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   one replica. Warm requests are not affected, nor are replicas with equal reuse. With ``--workers N``
   each worker counts only its own picks (not measured; the workers split connections, not requests).
 
-- ``evictionPrice`` (on in the default profile): what a request's write evicts at each candidate,
+- ``evictionPrice`` (off: opt-in until a pick's cost is linear in the endpoints): what a request's write
+  evicts at each candidate,
   priced in expected recompute (``eviction_price.py``). Its uncached tokens and its ``max_tokens`` move
   every prefix cached there ``u / w`` seconds closer to the LRU end (``w`` the tokens written there per
   second), so each prefix reused before (a session context: one waiter; a tenant prefix: a burst's ``n``)
