@@ -56,3 +56,23 @@ def test_a_flag_budget_at_the_files_body_cap_starts(
 
     monkeypatch.setattr(epp_cli, "_serve", fake)
     assert epp_cli.main(["--config", str(path), "--max-buffered-bytes", "1000"]) == 0 and served
+
+
+def test_a_flag_budget_below_the_body_cap_is_refused_without_a_file_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review s19-fixes-c L1: with ``--endpoints`` only, the body cap is 64 MiB; a 1 MiB budget started and
+    told every body between the two to retry (503) forever (``kvgate serve`` refuses the same flag)."""
+    import kvgate.extproc.cli as epp_cli
+
+    served: list[Any] = []
+
+    async def fake(*a: Any, **_k: Any) -> None:
+        served.append(a)
+
+    monkeypatch.setattr(epp_cli, "_serve", fake)
+    argv = ["--endpoints", "127.0.0.1:9", "--model", "m", "--max-buffered-bytes", str(1 << 20)]
+    rc = epp_cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and not served, err
+    assert f"--max-buffered-bytes must be >= the body cap ({64 << 20}), got {1 << 20}" in err, err

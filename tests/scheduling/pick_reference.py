@@ -19,8 +19,8 @@ before the cuts. The authority for equivalence with the pre-session code is ``sc
 (``kvgate.bench.picktrace``) on both trees' unmodified code and fails (PICKS DIFFER) unless their picks
 are equal. It covers the named policies only, not the feedback and SLO-admission configs of the test.
 
-The cost scorer's ``evictionPrice`` hook in ``on_picked`` (mt19b; opt-in, off in the named policies) is taken over from
-main as it is, like 5169afe's.
+The cost scorer's ``evictionPrice`` hook in ``on_picked`` (mt19b; opt-in, off in the named policies) is
+taken over from main as it is, like 5169afe's.
 
 The cost scorer's ``costs`` is not copied: its one cut skips ``_waiting_on_prefix`` where that returns
 0, a premise the test checks directly, so this copy does not hold the scorer's pricing still. When the

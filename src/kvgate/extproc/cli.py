@@ -257,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             args.max_buffered_bytes = cfg.max_buffered_bytes
         if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
             raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
-        if args.config and args.max_buffered_bytes < cfg.max_body_bytes:  # (as the file's pair is refused)
+        if args.max_buffered_bytes < cfg.max_body_bytes:  # (as the file's pair and kvgate serve's flag)
+            cap = "--config's limits.maxBodyBytes" if args.config else "the body cap"
             raise EppConfigError(
-                f"--max-buffered-bytes must be >= --config's limits.maxBodyBytes ({cfg.max_body_bytes}), "
+                f"--max-buffered-bytes must be >= {cap} ({cfg.max_body_bytes}), "
                 f"got {args.max_buffered_bytes}: a body between the two could never be held, and would be "
                 "told to retry (503) forever"
             )
