@@ -519,8 +519,8 @@ class Proxy:
             # A Responses follow-up: picked among the endpoint that made the response it names, while
             # that one is known and healthy (elsewhere vLLM answers 404); a retry may go elsewhere.
             home = self.responses.home(prev)
-            # Soft: if the home leaves (or fails) while the request is queued, the pick drops the pin
-            # and picks it as any request, as on arrival then (review s19-qa L4).
+            # Soft: if the home leaves the pool while the request is queued, the pick drops the pin and
+            # picks it as any request, as on arrival then (review s19-qa L4; not ready: it waits, I1).
             if home is not None and any(ep.address == home and ep.healthy for ep in pool.endpoints()):
                 ireq.subset, ireq.subset_soft = frozenset((home,)), True
         headers["x-request-id"] = rid

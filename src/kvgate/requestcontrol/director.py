@@ -21,7 +21,7 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
@@ -199,16 +199,11 @@ class Director:
         if req.subset is not None:
             subset = req.subset
             pinned = [ep for ep in eps if ep.address in subset]
-            if req.subset_soft:
-                home = gate(pinned, now, self.health) if pinned else pinned
-                if home:
-                    return home
-                # A soft pin whose endpoints left (or are not ready): picked as any request from now on.
-                req.subset, req.subset_soft = None, False
-            elif not pinned:
+            if pinned:
+                eps = pinned  # (a soft pin's home not ready: none, its request waits for it in the queue)
+            elif not req.subset_soft:
                 raise NoCapacityError("no endpoint in the request's subset hint is known to the picker")
-            else:
-                eps = pinned
+            # (a soft pin whose home left the pool: judged as any request, unchanged; ``pick`` drops it)
         healthy = gate(eps, now, self.health)
         if not healthy:
             raise NoCapacityError("no ready endpoint")
@@ -224,7 +219,8 @@ class Director:
         ``offers_preemption`` as False there; work added here for ``flow is None`` must go there too."""
         if self.flow is None:
             return self.pick(req, explain)
-        self.candidates(req)  # an empty pool is a 503 now, not after a wait
+        # An empty pool is a 503 now, not after a wait (a soft pin's home not ready: the pool's, as it waits)
+        self.candidates(replace(req, subset=None, subset_soft=False) if req.subset_soft else req)
         return await self.flow.admit(req, explain, wait_max)
 
     def scrape_bound(self) -> float:
@@ -265,7 +261,9 @@ class Director:
         try:
             cands = self.candidates(req)
         except SchedulingError:
-            return False  # let the pick fail with its own error
+            # Let the pick fail with its own error; but a soft pin's home in the pool and not ready
+            # (a health blip): its request waits for it, as for a busy home (review s19-fixes-b I1).
+            return req.subset_soft and req.subset is not None
         flow, now = self.flow, self.clock()
         # (held back matters only with headroom to keep, or the running reserve: else not asked)
         held = (
@@ -432,6 +430,8 @@ class Director:
         ``only``: the candidates to choose from first (a subset of ``candidates(req)``; None: all of
         them); when the profile keeps none of them (a filter: a subset, a header naming an endpoint), it
         chooses among all, as without ``only``."""
+        if req.subset_soft and req.subset is not None:
+            self._unpin_gone(req)
         t0 = self.timer()
         try:
             try:
@@ -457,6 +457,16 @@ class Director:
         addr = result.endpoints[0].address
         picks[addr] = picks.get(addr, 0.0) + 1.0
         return result
+
+    def _unpin_gone(self, req: InferenceRequest) -> None:
+        """The real pick of a soft pin (a Responses follow-up on its home): when its home has left the pool
+        (a reload, discovery) the request is picked as any from now on, as one arriving then (review s19-qa
+        L4). A home still in the pool but not ready keeps it (review s19-fixes-b I1: a passive health
+        blip lost the follow-up its home); the checks before the pick (``saturated``, ``candidates``)
+        never change the request."""
+        subset = req.subset
+        if subset is not None and not any(ep.address in subset for ep in self.store.all()):
+            req.subset, req.subset_soft = None, False
 
     def _pick(
         self, req: InferenceRequest, explain: bool, judge: bool, only: Sequence[Endpoint] | None = None

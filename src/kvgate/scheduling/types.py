@@ -39,9 +39,10 @@ class InferenceRequest:
     # Set by the front door from the clock when the request arrived.
     arrival_time: float = 0.0
     # ``subset`` is a preference, not a hint to honour (kvgate serve's Responses follow-up pinned to its
-    # home): when none of its addresses is known and ready at the pick (the home left the pool by a reload
-    # or discovery, or turned unhealthy, while the request was queued), the picker drops it and picks the
-    # request as any other, as it would have been had it arrived then (review s19-qa L4).
+    # home): when none of its addresses is in the pool at the pick (the home left it by a reload or
+    # discovery while the request was queued), the pick drops it and picks the request as any other, as it
+    # would have been had it arrived then (review s19-qa L4). A home in the pool but not ready keeps it: the
+    # request waits for it (review s19-fixes-b I1). Only the pick changes it, never a gate's check.
     subset_soft: bool = False
 
     @property
