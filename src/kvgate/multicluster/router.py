@@ -408,10 +408,11 @@ class GlobalRouter:
         st: ClusterState,
         mode: str,
         url: str,
-        body: bytes,
+        body: bytes | None,
         fwd: dict[str, str],
         client_timeout: aiohttp.ClientTimeout,
         stream: bool,
+        method: str = "POST",
     ) -> aiohttp.ClientResponse:
         """The request sent, its response head awaited. A hung cluster (a wedged event loop, a stopped
         process: the kernel still ACKs, so TCP keep-alive does not tell it from a slow one) would hold the
@@ -429,9 +430,12 @@ class GlobalRouter:
         byte (the request moves to the next cluster) and, in Parent mode, the cluster is marked
         (``ClusterState.hung_at``, with an aggregate fetched before) until an aggregate is fetched from it
         again or a request succeeds there; other requests waiting there leave then. A gateway that answers
-        (any status) is waited for: a non-streamed answer to the read timeout (``sock_read``), as before."""
+        (any status) is waited for: a non-streamed answer to the read timeout (``sock_read``), as before.
+        (``method``: a Responses lookup's ``GET``, ``multicluster.lookups``, is bounded alike.)"""
         assert self._session is not None
-        post = asyncio.ensure_future(self._session.post(url, data=body, headers=fwd, timeout=client_timeout))
+        post = asyncio.ensure_future(
+            self._session.request(method, url, data=body, headers=fwd, timeout=client_timeout)
+        )
         cfg = self.cfg
         watch = mode == PARENT and st.spec.aggregate is not None and st.fetched_at is not None
         loop = asyncio.get_running_loop()
