@@ -148,3 +148,33 @@ async def test_a_lookup_takes_a_request_of_the_tenants_rate_limit(
         async with s.get(f"{url}/v1/responses/{rid}", headers={"x-gateway-inference-fairness-id": "t2"}) as r:
             assert r.status == (401 if keyed else 200)  # (another tenant's bucket is its own)
         assert len(a.lookups) + len(b.lookups) == 1 + (0 if keyed else 1)
+
+
+async def test_a_lookup_shows_the_model_the_client_named() -> None:
+    """A response made through a model rewrite (``alias`` -> ``m2``) reads ``alias`` from its create, so its
+    retrieval (JSON and ``?stream=true``) and cancel do too, not the rewrite target (review s19-qa2 L2:
+    before, ``m2``). A response made with no rewrite keeps the server's name."""
+    rewrite = {
+        "matches": [{"model": {"type": "Exact", "value": "alias"}}],
+        "targets": [{"modelRewrite": "m2"}],
+    }
+    async with serving(ResponsesStore("s")) as (st,):
+        cfg = make_config([st.address], models=("m", "m2"), extra={"rewrites": [rewrite]})
+        async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            url = base_url(gw)
+            made = {}
+            for model in ("alias", "m"):
+                async with s.post(url + "/v1/responses", json={"model": model, "input": "hi"}) as r:
+                    doc = await r.json()
+                    assert r.status == 200 and doc["model"] == model, doc  # (the create's put-back)
+                    made[model] = doc["id"]
+            for model, rid in made.items():
+                async with s.get(f"{url}/v1/responses/{rid}") as r:
+                    assert r.status == 200 and (await r.json())["model"] == model
+                async with s.get(f"{url}/v1/responses/{rid}", params={"stream": "true"}) as r:
+                    raw = await r.read()
+                    event = orjson.loads(raw.split(b"data: ", 1)[1].split(b"\n")[0])
+                    assert r.status == 200 and event["response"]["model"] == model, raw
+                async with s.post(f"{url}/v1/responses/{rid}/cancel") as r:
+                    assert r.status == 200 and (await r.json())["model"] == model
+        assert st.docs[made["alias"]]["model"] == "m2"  # (the server holds the rewrite target's name)

@@ -4,16 +4,17 @@ response.
 vLLM keeps a stored Responses object in the memory of the server that made it (``openai.responses``), and
 serves its retrieval (``GET``, ``?stream=true&starting_after=N`` an event stream) and the cancel of a
 background one (``POST .../cancel``) there only; it has no ``DELETE``. The proxy remembers which endpoint
-answered each id (``Proxy.responses``); a lookup goes there while it is in the pool and healthy, else to
-the healthy endpoint with the fewest requests in flight (vLLM answers its own 404 for an id it does not
-hold). A lookup generates nothing: it is not admitted through flow control, not picked by the pool's
-picker (whose hooks would learn from a request that has no prompt, tokens or first token), not counted in
-the endpoints' load or token metrics, charged no tokens, and not retried (one attempt: a connection error
-or a timeout is the client's 502 / 504). The same front checks as a generation apply: a key (``auth``), the
-drain, the tenant's ``rateLimits`` (one request of its requestsPerMinute; a tenant out of tokens is
-refused, as for a generation: review s19-fc L2), ``maxConcurrentRequests``; its answer (a JSON body, an
-event stream) is relayed as it comes. Any tenant's key may look up any id (as vLLM itself, which checks
-no owner: its ids are random, ``resp_`` + 16 hex characters, 64 random bits of a uuid4; review s19-fc L3).
+answered each id (``Proxy.responses``); a lookup goes there while it is in the pool and healthy, else to the
+healthy endpoint with the fewest requests in flight (vLLM answers its own 404 for an id it does not hold). A
+lookup generates nothing: it is not admitted through flow control, not picked by the pool's picker (whose
+hooks would learn from a request that has no prompt, tokens or first token), not counted in the endpoints'
+load or token metrics, charged no tokens, and not retried (one attempt: a connection error or a timeout is the
+client's 502 / 504). The same front checks as a generation apply: a key (``auth``), the drain, the tenant's
+``rateLimits`` (one request of its requestsPerMinute; a tenant out of tokens is refused, as for a generation:
+review s19-fc L2), ``maxConcurrentRequests``; its answer (a JSON body, an event stream) is relayed as it
+comes, with the client's model name put back for an id made through a model rewrite, as the create's answer
+had it (review s19-qa2 L2). Any tenant's key may look up any id (as vLLM itself, which checks no owner: its
+ids are random, ``resp_`` + 16 hex characters, 64 random bits of a uuid4; review s19-fc L3).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.gateway.bigbody import PieceRewriter
 from kvgate.gateway.errors import GatewayError, error_response, unauthorized
+from kvgate.gateway.stream import StreamRelay
 from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout
 from kvgate.httpfront.server import Request, Response, StreamResponse
 from kvgate.openai.responses import lookup_target
@@ -141,13 +144,22 @@ class ResponseLookups:
             why = f"{proxy._name(ep)}: {type(e).__name__}"
             raise GatewayError(502, f"lookup failed: {why}", code="upstream_unavailable") from None
         try:
-            headers = {
-                "x-request-id": rid,
-                "Content-Type": resp.head.headers.get("content-type", "application/json"),
-            }
+            ctype = resp.head.headers.get("content-type", "application/json")
+            headers = {"x-request-id": rid, "Content-Type": ctype}
+            # Made through a model rewrite: the client's name put back, as in the create's answer (review
+            # s19-qa2 L2): a JSON object's first ``"model"`` (its own), a stream's as each event passes.
+            models = proxy.response_models.home(response_id) if 200 <= resp.status < 300 else None
+            put_back: PieceRewriter | StreamRelay | None = None
+            if models is not None:
+                sent_model, client_model = models
+                if ctype.startswith("text/event-stream"):
+                    put_back = StreamRelay(sent_model, client_model, strip_usage=False)
+                else:
+                    put_back = PieceRewriter(sent_model, client_model, proxy.whole_max)
             length = None
-            with contextlib.suppress(KeyError, ValueError):
-                length = int(resp.head.headers["content-length"])
+            if put_back is None or (isinstance(put_back, PieceRewriter) and put_back.same_length):
+                with contextlib.suppress(KeyError, ValueError):
+                    length = int(resp.head.headers["content-length"])
             out = StreamResponse(status=resp.status, headers=headers, length=length)
             await out.prepare(request)
             while True:
@@ -159,7 +171,13 @@ class ResponseLookups:
                     return out
                 if not chunk:
                     break
+                if put_back is not None:
+                    chunk = put_back.feed(chunk)
+                    if not chunk:
+                        continue
                 await out.write(chunk)
+            if put_back is not None and (rest := put_back.finish()):
+                await out.write(rest)
             await out.write_eof()
             return out
         except ConnectionResetError:

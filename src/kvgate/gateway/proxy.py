@@ -264,6 +264,9 @@ class Proxy:
         # Responses API ids -> the endpoint that answered them: a follow-up (``previous_response_id``)
         # is picked there (vLLM keeps a stored response in the server that made it; ``_prepare``).
         self.responses: ResponseHomes[str] = ResponseHomes(clock=clock)
+        # And, for an id made through a model rewrite, (the name sent, the client's): a lookup's answer
+        # has the client's name put back, as the create's had (``gateway.lookups``, review s19-qa2 L2).
+        self.response_models: ResponseHomes[tuple[str, str]] = ResponseHomes(clock=clock)
         self._request_lines: dict[tuple[str, str], bytes] = {}
         self._rid_seq = 0
 
@@ -778,7 +781,7 @@ class Proxy:
                         reply_headers,
                         t0,
                         owns_deadline,
-                        self._note_response(kind, resp, first, ep),
+                        self._note_response(kind, resp, first, ep, sent_model, client_model),
                         sent_at,
                         start,
                     )
@@ -809,7 +812,14 @@ class Proxy:
                     self._failed(director, ireq, ep)
                     continue
                 finished = True
-                self._note_response(kind, resp, body if body is not None else parts[0] if parts else b"", ep)
+                self._note_response(
+                    kind,
+                    resp,
+                    body if body is not None else parts[0] if parts else b"",
+                    ep,
+                    sent_model,
+                    client_model,
+                )
                 if marks is not None:
                     marks["first"] = self.clock()  # (the whole body: no earlier byte reaches the client)
                     reply_headers[TIMING_HEADER] = _timing_value(marks)
@@ -1026,7 +1036,13 @@ class Proxy:
         return isinstance(cut, ReadTimeout) and due is not None and self._loop.time() >= due
 
     def _note_response(
-        self, kind: str, resp: UpstreamResponse, head: bytes, ep: Endpoint
+        self,
+        kind: str,
+        resp: UpstreamResponse,
+        head: bytes,
+        ep: Endpoint,
+        sent_model: str | None,
+        client_model: str,
     ) -> ResponseIdReader | None:
         """A 2xx Responses answer's id remembered with ``ep`` (``_prepare`` picks a follow-up there), read
         from ``head``: the whole held body, else the first piece of a relayed one (vLLM writes ``id``
@@ -1039,13 +1055,17 @@ class Proxy:
         ids = ResponseIdReader(sse)
         ids.feed(head)
         if ids.done or not sse:
-            self._remember_response(ids, ep)
+            self._remember_response(ids, ep, sent_model, client_model)
             return None
         return ids
 
-    def _remember_response(self, ids: ResponseIdReader, ep: Endpoint) -> None:
+    def _remember_response(
+        self, ids: ResponseIdReader, ep: Endpoint, sent_model: str | None, client_model: str
+    ) -> None:
         if (rid := ids.response_id()) is not None:
             self.responses.remember(rid, ep.address)
+            if sent_model is not None:
+                self.response_models.remember(rid, (sent_model, client_model))
 
     def _blame(self, ep: Endpoint | None) -> None:
         """Charge ``ep`` (if any) a failure: its 500 for a request no other endpoint answered a 500."""
@@ -1325,7 +1345,7 @@ class Proxy:
                 if ids is not None and chunk:
                     ids.feed(chunk)
                     if ids.done:
-                        self._remember_response(ids, ep)
+                        self._remember_response(ids, ep, sent_model, client_model)
                         ids = None
             # The drain's mark, whatever the read said: a close-framed body's abort reads as its end.
             drain_cut = self._cut.pop(resp, None)
