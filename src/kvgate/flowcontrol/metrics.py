@@ -5,7 +5,8 @@ so its values are bounded, process-wide (every pool and every config reload shar
 sticky rule that keeps Prometheus' counter semantics (review s11-fc H1, H2, M1):
 - an id earns a label of its own once it has been counted ``PROMOTE_AT`` times, at most
   ``MAX_FLOW_LABELS`` ids per process; every other id is reported as ``other``, and so is an id that
-  is literally ``other`` (it never gets a label apart from the aggregate's);
+  is literally ``other`` (it never gets a label apart from the aggregate's); the default flow
+  (``default-flow``, a request that names none) always has its own, outside the ``MAX_FLOW_LABELS``;
 - a label once given is never taken away: no series is ever removed, every counter is monotonic;
 - the requests an id made before its promotion stay counted under ``other`` (nothing is counted
   twice, and its own series starts at 0); its queued requests move from ``other``'s queue-size gauge
@@ -17,7 +18,7 @@ sticky rule that keeps Prometheus' counter semantics (review s11-fc H1, H2, M1):
   which only grows with the id's own requests since it entered the table: a spray of ids each sent
   fewer than ``PROMOTE_AT`` times is never promoted, however long it lasts. Once the labels are all
   given the table is dropped and nothing more is counted.
-So the flow label takes at most ``MAX_FLOW_LABELS + 1`` values over the process's whole life, whatever
+So the flow label takes at most ``MAX_FLOW_LABELS + 2`` values over the process's whole life, whatever
 ids clients send. The cost: a tenant that first shows up after 16 others earned their labels stays in
 ``other`` until the process restarts (aggregate by the id at the trusted edge that sets it).
 (Before: 8cf0a73's top-16 relabelling every 256 requests removed demoted ids' series, losing their
@@ -37,6 +38,10 @@ MAX_FLOW_LABELS = 16
 FLOW_CANDIDATES = 4 * MAX_FLOW_LABELS
 PROMOTE_AT = 32
 OTHER_FLOW = "other"
+# The flow of a request that names none (GIE's ``x-gateway-inference-fairness-id`` default): always its own
+# label, outside ``MAX_FLOW_LABELS``, as on llm-d's per-request families (``openai.labels.FairnessLabels``)
+# and as the reference labels it (review s19-qa2 L1: before, ``other`` here until 32 of its outcomes).
+DEFAULT_FLOW = "default-flow"
 
 QUEUE_SIZE = Gauge(
     "inference_extension_flow_control_queue_size",
@@ -79,7 +84,7 @@ class FlowLabels:
         # table in its (insertion) order.
         self.low: list[tuple[int, int, str]] = []
         self.seq = _sequence()
-        self.labelled: set[str] = set()
+        self.labelled: set[str] = {DEFAULT_FLOW}  # (not one of ``size``)
         self.queued: dict[str, dict[str, int]] = {}  # id -> priority -> requests queued (> 0 only)
 
     def label(self, flow: str) -> str:
@@ -88,7 +93,7 @@ class FlowLabels:
 
     def count(self, flow: str) -> None:
         """A request of ``flow`` left the queue (or was refused at it)."""
-        if flow in self.labelled or flow == OTHER_FLOW or len(self.labelled) >= self.size:
+        if flow in self.labelled or flow == OTHER_FLOW or len(self.labelled) > self.size:
             return
         counts = self.counts
         entry = counts.get(flow)
@@ -101,7 +106,7 @@ class FlowLabels:
         if entry[0] - entry[1] >= self.promote_at:
             del counts[flow]  # (its heap item goes when popped: its id is no longer in the table)
             self._enter(flow)
-            if len(self.labelled) >= self.size:
+            if len(self.labelled) > self.size:  # (the default flow's is not one of ``size``)
                 counts.clear()
                 self.low.clear()
 
@@ -141,7 +146,7 @@ class FlowLabels:
 LABELS = FlowLabels()
 # The outcome collectors' children by (priority, flow label, outcome), looked up once: every request records
 # an outcome (one admitted at once too, review s19-qa L3), and ``labels()`` costs a few microseconds a call.
-# Bounded as the series are (priorities x 17 flow labels x outcomes); a label's series is never removed.
+# Bounded as the series are (priorities x 18 flow labels x outcomes); a label's series is never removed.
 _CHILDREN: dict[tuple[int, str, str], tuple[Any, Any]] = {}
 
 
