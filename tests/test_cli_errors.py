@@ -60,7 +60,6 @@ def test_an_unknown_flag_is_one_line_naming_it(args: list[str], capsys: pytest.C
         (["epp", "--scrape-interval", "nan", *EPP], "--scrape-interval"),
         (["epp", "--ha-lease-duration", "inf", *EPP], "--ha-lease-duration"),
         (["epp", "--model-series-grace", "nan", *EPP], "--model-series-grace"),
-        (["serve", "--kube-stale-after", "nan", *BASE], "--kube-stale-after"),
         (["serve", "--model-series-grace", "nan", *BASE], "--model-series-grace"),
     ],
     ids=lambda a: a if isinstance(a, str) else " ".join(a[:3]),

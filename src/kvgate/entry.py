@@ -77,7 +77,9 @@ def positive_int(text: str) -> int:
 def number(text: str) -> float:
     """An argparse type for a float flag: a number, never NaN (which passes every ``<= 0`` check and then
     breaks timers: review s19-docs L5, as s19-qa M1 for the config files). Infinity is kept where a flag
-    gives it a meaning (``--model-series-grace inf``); the commands' own checks bound the rest."""
+    gives it a meaning (``--model-series-grace inf``); the commands' own checks bound the rest. (The
+    ``--kube-stale-*`` flags keep ``float``: ``kvgate.k8s.stalepolicy`` refuses NaN and inf there with the
+    same line in both commands.)"""
     try:
         value = float(text)
     except ValueError:

@@ -175,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
     kube.add_argument("--ha-retry-period", type=finite_number, default=2.0, help="seconds")
     kube.add_argument(
         "--kube-stale-after",
-        type=finite_number,
+        type=float,
         default=None,
         help="seconds out of sync with the API server after which a watched resource is logged as "
         "stale (default 120, or --config's kubernetes.staleAfterSeconds; "
@@ -184,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
     )
     kube.add_argument(
         "--kube-stale-not-ready-after",
-        type=finite_number,
+        type=float,
         default=None,
         help="report not-ready once the InferencePool's or the pods' copy is this many seconds old, so "
         "traffic moves to a replica that still reaches its API server (0: never, the default, or --config's "

@@ -26,7 +26,7 @@ from kvgate.config.gateway import (
     min_ready_workers,
     parse_gateway_config,
 )
-from kvgate.entry import ArgumentParser, finite_number, number, port_number
+from kvgate.entry import ArgumentParser, number, port_number
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     kube.add_argument(
         "--kube-stale-after",
-        type=finite_number,
+        type=float,
         default=None,
         help="seconds out of sync with the API server after which a watched resource is logged as "
         "stale (default 120, or the config file's kubernetes.staleAfterSeconds; the gateway keeps "
@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     kube.add_argument(
         "--kube-stale-not-ready-after",
-        type=finite_number,
+        type=float,
         default=None,
         help="/readyz fails once an InferencePool's or its pods' copy is this many seconds old (0, the "
         "default: never, or the config file's kubernetes.staleNotReadyAfterSeconds; else at least "
