@@ -8,7 +8,8 @@ process CPU (all its threads, ZMQ's I/O thread included) from its first batch to
 ``--mode tokens``: the index keys blocks by their token ids (the precise profile's mode, as ``kvgate serve
 --kv-events auto`` runs it), so each batch's 15 block keys are hashed too.
 
-    PYTHONPATH=src python scripts/realvllm/kv_intake_cost.py --base-src <other tree>/src [--gap 0.003] [--mode tokens]
+    PYTHONPATH=src python scripts/realvllm/kv_intake_cost.py --base-src <other tree>/src \\
+        [--gap 0.003] [--mode tokens]
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def main() -> int:
         "--mode",
         choices=("engine", "tokens"),
         default="engine",
-        help="the index's key mode (tokens: what kvgate serve --kv-events auto runs, keys hashed from token ids)",
+        help="the index's key mode (tokens: what kvgate serve --kv-events auto runs, keys hashed from "
+        "token ids)",
     )
     args = ap.parse_args()
     here = str(Path(__file__).resolve().parents[2] / "src")

@@ -16,8 +16,22 @@ import pytest
 import yaml
 
 
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """``kvgate epp`` does not serve here: a start that gets past the checks is recorded, not run."""
+    import kvgate.extproc.cli as epp_cli
+
+    started: list[Any] = []
+
+    async def fake(*a: Any, **_k: Any) -> None:
+        started.append(a)
+
+    monkeypatch.setattr(epp_cli, "_serve", fake)
+    return started
+
+
 def test_a_flag_budget_below_the_files_body_cap_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, served: list[Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     import kvgate.extproc.cli as epp_cli
 
@@ -26,12 +40,6 @@ def test_a_flag_budget_below_the_files_body_cap_is_refused(
         "pools": [{"name": "p", "endpoints": ["127.0.0.1:9"], "models": ["m"]}],
         "limits": {"maxBodyBytes": 1000},
     }))  # fmt: skip
-    served: list[Any] = []
-
-    async def fake(*a: Any, **_k: Any) -> None:
-        served.append(a)
-
-    monkeypatch.setattr(epp_cli, "_serve", fake)
     rc = epp_cli.main(["--config", str(path), "--max-buffered-bytes", "500"])
     err = capsys.readouterr().err
     assert rc == 2 and not served, f"started with a 500-byte budget under a 1000-byte body cap: {err}"
@@ -39,7 +47,7 @@ def test_a_flag_budget_below_the_files_body_cap_is_refused(
 
 
 def test_a_flag_budget_at_the_files_body_cap_starts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, served: list[Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The control: the same file with a budget equal to its body cap starts."""
     import kvgate.extproc.cli as epp_cli
@@ -49,28 +57,16 @@ def test_a_flag_budget_at_the_files_body_cap_starts(
         "pools": [{"name": "p", "endpoints": ["127.0.0.1:9"], "models": ["m"]}],
         "limits": {"maxBodyBytes": 1000},
     }))  # fmt: skip
-    served: list[Any] = []
-
-    async def fake(*a: Any, **_k: Any) -> None:
-        served.append(a)
-
-    monkeypatch.setattr(epp_cli, "_serve", fake)
     assert epp_cli.main(["--config", str(path), "--max-buffered-bytes", "1000"]) == 0 and served
 
 
 def test_a_flag_budget_below_the_body_cap_is_refused_without_a_file_too(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    served: list[Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Review s19-fixes-c L1: with ``--endpoints`` only, the body cap is 64 MiB; a 1 MiB budget started and
     told every body between the two to retry (503) forever (``kvgate serve`` refuses the same flag)."""
     import kvgate.extproc.cli as epp_cli
 
-    served: list[Any] = []
-
-    async def fake(*a: Any, **_k: Any) -> None:
-        served.append(a)
-
-    monkeypatch.setattr(epp_cli, "_serve", fake)
     argv = ["--endpoints", "127.0.0.1:9", "--model", "m", "--max-buffered-bytes", str(1 << 20)]
     rc = epp_cli.main(argv)
     err = capsys.readouterr().err

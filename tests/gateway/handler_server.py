@@ -58,6 +58,7 @@ class RouteServer:
             await self._runner.cleanup()
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
+        """The model server's answer: each subclass's (the base serves nothing)."""
         raise NotImplementedError
 
 
