@@ -46,9 +46,9 @@ class Tracked(FlowLabels):
         super().__init__(*args)
         self.order: list[str] = []
 
-    def _enter(self, flow: str) -> None:
+    def promoted(self, flow: str) -> None:  # (``kvgate.stickylabels``' hook; ``_enter`` before the fold)
         self.order.append(flow)
-        super()._enter(flow)
+        super().promoted(flow)
 
 
 def table(labels: FlowLabels | ScanLabels) -> dict[str, tuple[int, int]]:

@@ -22,9 +22,9 @@ class Recording(fm.FlowLabels):
         super().__init__(*a, **k)  # type: ignore[arg-type]
         self.ever: set[str] = set()
 
-    def _enter(self, flow: str) -> None:
+    def promoted(self, flow: str) -> None:  # (``kvgate.stickylabels``' hook; ``_enter`` before the fold)
         self.ever.add(flow)
-        super()._enter(flow)
+        super().promoted(flow)
 
 
 def _requests_total(prio: str) -> dict[str, float]:
@@ -81,20 +81,20 @@ def test_labels_do_not_flap_between_equally_busy_tenants() -> None:
     labels = Recording()
     rng = random.Random(1)
     entries = 0
-    orig = labels._enter
+    orig = labels.promoted
 
     def counting(flow: str) -> None:
         nonlocal entries
         entries += 1
         orig(flow)
 
-    labels._enter = counting  # type: ignore[method-assign]
+    labels.promoted = counting  # type: ignore[method-assign]
     for _ in range(50_000):
         f = f"s11fc-17-{rng.randrange(17)}"
         labels.count(f)
         labels.label(f)
     # 16 at the start; a handful of changes over 50,000 requests would be fine, not one per relabel
-    assert entries <= 16 + 10, f"{entries - 16} label changes over {50_000 // fm.RELABEL_EVERY} relabels"
+    assert 16 <= entries <= 16 + 10, f"{entries - 16} label changes over 50,000 requests"
 
 
 # -- H2: a spray of one-shot ids gets labels, over and over: unbounded series churn, tenants lose theirs --
@@ -114,6 +114,7 @@ def test_one_shot_ids_do_not_keep_getting_labels() -> None:
         labels.count(f)
         labels.label(f)
     sprayed = [f for f in labels.ever if "spray" in f]
+    assert len(labels.ever) >= 4  # (the tenants' labels are seen: the hook is the one the rule calls)
     assert len(sprayed) <= 64, f"{len(sprayed)} one-shot ids were given a label"
 
 

@@ -2,7 +2,8 @@
 
 Names follow the reference's flow-control metrics. The flow label is the client-supplied fairness id,
 so its values are bounded, process-wide (every pool and every config reload share one set), by a
-sticky rule that keeps Prometheus' counter semantics (review s11-fc H1, H2, M1):
+sticky rule that keeps Prometheus' counter semantics (review s11-fc H1, H2, M1; the rule's code is
+``kvgate.stickylabels``, which llm-d's per-request families' ``FairnessLabels`` share):
 - an id earns a label of its own once it has been counted ``PROMOTE_AT`` times, at most
   ``MAX_FLOW_LABELS`` ids per process; every other id is reported as ``other``, and so is an id that
   is literally ``other`` (it never gets a label apart from the aggregate's); the default flow
@@ -28,20 +29,20 @@ per flow controller.)
 
 from __future__ import annotations
 
-import heapq
-from itertools import count as _sequence
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-MAX_FLOW_LABELS = 16
-FLOW_CANDIDATES = 4 * MAX_FLOW_LABELS
-PROMOTE_AT = 32
-OTHER_FLOW = "other"
-# The flow of a request that names none (GIE's ``x-gateway-inference-fairness-id`` default): always its own
-# label, outside ``MAX_FLOW_LABELS``, as on llm-d's per-request families (``openai.labels.FairnessLabels``)
-# and as the reference labels it (review s19-qa2 L1: before, ``other`` here until 32 of its outcomes).
-DEFAULT_FLOW = "default-flow"
+from kvgate.stickylabels import CANDIDATES as FLOW_CANDIDATES
+from kvgate.stickylabels import DEFAULT_FLOW as DEFAULT_FLOW
+from kvgate.stickylabels import MAX_LABELS as MAX_FLOW_LABELS
+from kvgate.stickylabels import OTHER as OTHER_FLOW
+from kvgate.stickylabels import PROMOTE_AT as PROMOTE_AT
+from kvgate.stickylabels import StickyLabels
+
+# ``DEFAULT_FLOW`` (a request that names none) always has its own label, outside ``MAX_FLOW_LABELS``, as on
+# llm-d's per-request families (``openai.labels.FairnessLabels``) and as the reference labels it (review
+# s19-qa2 L1: before, ``other`` here until 32 of its outcomes).
 
 QUEUE_SIZE = Gauge(
     "inference_extension_flow_control_queue_size",
@@ -67,63 +68,16 @@ PREEMPTIONS = Counter(
 )
 
 
-class FlowLabels:
-    """Which fairness ids have a label of their own (the module docstring); one per process."""
+class FlowLabels(StickyLabels):
+    """Which fairness ids have a label of their own (the module docstring; the rule is
+    ``kvgate.stickylabels``, shared with llm-d's per-request families); one per process. Beside it, the
+    requests queued per id and priority, so a promoted id's queued requests move to its own gauge."""
 
     def __init__(
         self, size: int = MAX_FLOW_LABELS, candidates: int = FLOW_CANDIDATES, promote_at: int = PROMOTE_AT
     ) -> None:
-        self.size, self.candidates, self.promote_at = size, max(1, candidates), max(1, promote_at)
-        self.counts: dict[str, list[int]] = {}  # the Space-Saving table: id -> [count, error]
-        # The least counted id, found in O(log n) amortised (review s11-fc L3; was a min() over the
-        # table per unknown id): a heap of (count when pushed, seq, id), seq the order ids entered the
-        # table, one item per id in it plus at most ``size`` of promoted ids. An increment does not
-        # touch the heap, so an item's count is a lower bound; a popped item whose count is stale is
-        # pushed back with the current one. The first up-to-date item is the least count, ties to the
-        # smallest seq, the id that entered the table first: the same choice as a min() over the
-        # table in its (insertion) order.
-        self.low: list[tuple[int, int, str]] = []
-        self.seq = _sequence()
-        self.labelled: set[str] = {DEFAULT_FLOW}  # (not one of ``size``)
+        super().__init__(size, candidates, promote_at)
         self.queued: dict[str, dict[str, int]] = {}  # id -> priority -> requests queued (> 0 only)
-
-    def label(self, flow: str) -> str:
-        """``flow``'s label: its own once promoted, else ``other``."""
-        return flow if flow in self.labelled else OTHER_FLOW
-
-    def count(self, flow: str) -> None:
-        """A request of ``flow`` left the queue (or was refused at it)."""
-        if flow in self.labelled or flow == OTHER_FLOW or len(self.labelled) > self.size:
-            return
-        counts = self.counts
-        entry = counts.get(flow)
-        if entry is not None:
-            entry[0] += 1
-        else:
-            n = self._evict() if len(counts) >= self.candidates else 0
-            counts[flow] = entry = [n + 1, n]
-            heapq.heappush(self.low, (n + 1, next(self.seq), flow))
-        if entry[0] - entry[1] >= self.promote_at:
-            del counts[flow]  # (its heap item goes when popped: its id is no longer in the table)
-            self._enter(flow)
-            if len(self.labelled) > self.size:  # (the default flow's is not one of ``size``)
-                counts.clear()
-                self.low.clear()
-
-    def _evict(self) -> int:
-        """Drop the least counted id from the full table; its count."""
-        counts, low = self.counts, self.low
-        while True:
-            n, seq, flow = low[0]
-            entry = counts.get(flow)
-            if entry is None:  # promoted (an evicted id's item leaves with it; a labelled id stays out)
-                heapq.heappop(low)
-            elif entry[0] != n:  # counted since pushed
-                heapq.heapreplace(low, (entry[0], seq, flow))
-            else:
-                heapq.heappop(low)
-                del counts[flow]
-                return n
 
     def queue(self, priority: str, flow: str, delta: int) -> None:
         by = self.queued.setdefault(flow, {})
@@ -136,8 +90,7 @@ class FlowLabels:
                 del self.queued[flow]
         QUEUE_SIZE.labels(priority, self.label(flow)).inc(delta)
 
-    def _enter(self, flow: str) -> None:
-        self.labelled.add(flow)
+    def promoted(self, flow: str) -> None:
         for priority, n in self.queued.get(flow, {}).items():
             QUEUE_SIZE.labels(priority, OTHER_FLOW).dec(n)
             QUEUE_SIZE.labels(priority, flow).inc(n)

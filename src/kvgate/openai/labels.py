@@ -86,13 +86,11 @@ none (a config reload does not drop a model: ``models`` is restart-to-apply).
 from __future__ import annotations
 
 import asyncio
-import heapq
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence, Set
-from itertools import count as _sequence
 
-from kvgate.openai.protocol import DEFAULT_FAIRNESS_ID
+from kvgate.stickylabels import CANDIDATES, MAX_LABELS, OTHER, PROMOTE_AT, StickyLabels
 
 MAX_MODEL_LABELS = 16
 MAX_REPORTED_NAMES = 256  # names the model servers report, kept per door (each one a label)
@@ -539,69 +537,21 @@ class ModelLabels:
             remove(gone)
 
 
-MAX_FAIRNESS_LABELS = 16  # fairness ids with a label of their own, per door and process
-FAIRNESS_CANDIDATES = 4 * MAX_FAIRNESS_LABELS
-FAIRNESS_PROMOTE_AT = 32
-OTHER_FAIRNESS = "other"
+MAX_FAIRNESS_LABELS = MAX_LABELS  # fairness ids with a label of their own, per door and process
+FAIRNESS_CANDIDATES = CANDIDATES
+FAIRNESS_PROMOTE_AT = PROMOTE_AT
+OTHER_FAIRNESS = OTHER
 
 
-class FairnessLabels:
+class FairnessLabels(StickyLabels):
     """Bounded ``fairness_id`` label values for llm-d's per-request families (``llm_d_epp_request_*``,
-    ``kvgate.openai.requeststats``), by flow control's sticky rule (``kvgate.flowcontrol.metrics``, whose
-    package this one may not import): an id earns a label of its own once ``count`` saw it ``promote_at``
-    times (its guaranteed count in a Space-Saving table of ``candidates`` ids), at most ``size`` ids per
-    door; any other id, and the id ``other`` itself, is ``other``. A label once given is never taken
-    back, so counters stay monotonic; a spray of ids each sent fewer than ``promote_at`` times is never
-    labelled. The default flow (``default-flow``: a request that names none) is always its own label,
-    outside the ``size``. ``count`` once per request (at its start); ``label`` is a set lookup."""
+    ``kvgate.openai.requeststats``), by the sticky rule flow control's labels use too
+    (``kvgate.stickylabels``, below both packages): an id earns a label of its own once ``count`` saw it
+    ``promote_at`` times (its guaranteed count in a Space-Saving table of ``candidates`` ids), at most
+    ``size`` ids per door; any other id, and the id ``other`` itself, is ``other``. A label once given is
+    never taken back, so counters stay monotonic; a spray of ids each sent fewer than ``promote_at``
+    times is never labelled. The default flow (``default-flow``: a request that names none) is always its
+    own label, outside the ``size``. ``count`` once per request (at its start); ``label`` is a set
+    lookup."""
 
-    __slots__ = ("candidates", "counts", "labelled", "low", "promote_at", "seq", "size")
-
-    def __init__(
-        self,
-        size: int = MAX_FAIRNESS_LABELS,
-        candidates: int = FAIRNESS_CANDIDATES,
-        promote_at: int = FAIRNESS_PROMOTE_AT,
-    ) -> None:
-        self.size, self.candidates, self.promote_at = size, max(1, candidates), max(1, promote_at)
-        self.counts: dict[str, list[int]] = {}  # id -> [count, error]
-        # (count when pushed, seq, id): the least counted id in O(log n) amortised; an increment does
-        # not touch the heap, so a popped item whose count is stale is pushed back with the current one.
-        self.low: list[tuple[int, int, str]] = []
-        self.seq = _sequence()
-        self.labelled: set[str] = {DEFAULT_FAIRNESS_ID}
-
-    def label(self, fairness: str) -> str:
-        return fairness if fairness in self.labelled else OTHER_FAIRNESS
-
-    def count(self, fairness: str) -> None:
-        if fairness in self.labelled or fairness == OTHER_FAIRNESS or len(self.labelled) > self.size:
-            return
-        counts = self.counts
-        entry = counts.get(fairness)
-        if entry is not None:
-            entry[0] += 1
-        else:
-            n = self._evict() if len(counts) >= self.candidates else 0
-            counts[fairness] = entry = [n + 1, n]
-            heapq.heappush(self.low, (n + 1, next(self.seq), fairness))
-        if entry[0] - entry[1] >= self.promote_at:
-            del counts[fairness]  # (its heap item goes when popped)
-            self.labelled.add(fairness)
-            if len(self.labelled) > self.size:  # (the default flow's is not one of ``size``)
-                counts.clear()
-                self.low.clear()
-
-    def _evict(self) -> int:
-        counts, low = self.counts, self.low
-        while True:
-            n, seq, fairness = low[0]
-            entry = counts.get(fairness)
-            if entry is None:  # promoted
-                heapq.heappop(low)
-            elif entry[0] != n:  # counted since pushed
-                heapq.heapreplace(low, (entry[0], seq, fairness))
-            else:
-                heapq.heappop(low)
-                del counts[fairness]
-                return n
+    __slots__ = ()
