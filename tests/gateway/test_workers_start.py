@@ -470,15 +470,16 @@ def _tracker(pid: int) -> int | None:
     return next(iter(children(pid, b"resource_tracker")), None)
 
 
-def _shared_memory(pid: int) -> str:
-    """The shared-memory segment process ``pid`` maps (the workers' in-flight table)."""
+def _shared_memory(pid: int) -> list[str]:
+    """The shared-memory segments process ``pid`` maps (the workers' in-flight table, the Responses ids')."""
     with open(f"/proc/{pid}/maps") as f:
-        (path,) = {line.split()[-1] for line in f if "/dev/shm/psm_" in line}  # (not its lock's sem.*)
-    return path
+        paths = sorted({line.split()[-1] for line in f if "/dev/shm/psm_" in line})  # (not its lock's sem.*)
+    assert len(paths) == 2 and paths[1] == paths[0] + "_rsp", paths
+    return paths
 
 
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
+def _exists(paths: list[str]) -> bool:
+    return any(os.path.exists(p) for p in paths)
 
 
 @pytest.mark.parametrize("end", ["terminate", "kill"])

@@ -35,6 +35,7 @@ from kvgate.gateway.lookups import ResponseLookups
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
+from kvgate.gateway.shared_responses import SharedResponses
 from kvgate.gateway.shared_tenants import SharedTenants
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response
 from kvgate.httpfront.tls import KeyPair, https_context
@@ -124,10 +125,13 @@ class GatewayServer:
         admin_on_data: bool = False,
         listen_when_ready: bool = True,
         tenants: SharedTenants | None = None,
+        responses: SharedResponses | None = None,
     ) -> None:
         self.cfg = cfg
         # A ``--workers`` worker's view of the fleet's tenant buckets and in-flight count (shared_tenants).
         self.tenants = tenants
+        # And of the fleet's Responses ids -> their homes (shared_responses).
+        self.responses = responses
         # Worker mode (``--workers``): the data port is shared with sibling processes, and the admin
         # listener is a private one the supervisor reads (see ``gateway.workers``).
         self.reuse_port = reuse_port
@@ -304,6 +308,8 @@ class GatewayServer:
         # aiohttp's client only for the health probes (rare); the data path uses upstream.UpstreamPool.
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self.proxy = Proxy(self.cfg, self.pools, self.metrics, self.health, self.clock, self.tenants)
+        if self.responses is not None:
+            self.responses.install(self.proxy, self.clock)
         self.health.tls = self.proxy.tls
         self.metrics.track_fronts(lambda: [front for _, front in self._servers])
         await self._bind_data()

@@ -156,8 +156,9 @@ async def _worker(
     # first, but the supervisor counts this worker only once it reports (below).
     # The fleet's tenant buckets and in-flight count (``shared_tenants``), attached before any request.
     tenants = _attach_tenants(shared, index)
+    responses = _attach_responses(shared, index)  # (and the fleet's Responses ids: shared_responses)
     server = GatewayServer(cfg, pools, reuse_port=True, admin_host="127.0.0.1", admin_on_data=admin_on_data,
-                           listen_when_ready=True, tenants=tenants)  # fmt: skip
+                           listen_when_ready=True, tenants=tenants, responses=responses)  # fmt: skip
     await server.start()
     reloader = None
     # The prefix gossip, once started: a reload that swaps pickers moves it to the new prefix indexes.
@@ -209,6 +210,8 @@ async def _worker(
             sync.cancel()
         if tenants is not None:
             tenants.close()
+        if responses is not None:
+            responses.close()
 
 
 def _tenants_offset(workers: int) -> int:
@@ -227,6 +230,14 @@ def _attach_tenants(shared: tuple[str, Any, int] | None, index: int) -> Any:
     name, lock, workers = shared
     return SharedTenants.attach(name, segment_size(workers, DEFAULT_SLOTS) + _tenants_offset(workers), lock,
                                 workers, index)  # fmt: skip
+
+
+def _attach_responses(shared: tuple[str, Any, int] | None, index: int) -> Any:
+    if shared is None:
+        return None
+    from kvgate.gateway.shared_responses import SharedResponses, segment_name
+
+    return SharedResponses.attach(segment_name(shared[0]), shared[2], index)
 
 
 async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, int]) -> None:
@@ -611,6 +622,7 @@ class Supervisor:
         self.shared: Any = None  # SharedInFlight (owner view) when workers > 1
         self.marks: Any = None  # flowcontrol.fleet.FleetMarks on its extra bytes, with it
         self.tenants: Any = None  # shared_tenants.SharedTenants after the marks, with it
+        self.responses: Any = None  # shared_responses.SharedResponses: its own segment, with it
         self.gossip_dir: str | None = None  # where the workers' prefix-gossip sockets live (workers > 1)
         # Each private directory's lock (``private_dir``), held until the directory is removed.
         self._locks: dict[str, int] = {}
@@ -1002,6 +1014,9 @@ class Supervisor:
                 self.shared = SharedInFlight.create(self.n, self.ctx.Lock(), extra=at + segment_size(self.n))
                 self.marks = fleet.FleetMarks(self.shared.extra, self.n, -1)
                 self.tenants = SharedTenants(self.shared.extra[at:], self.n, -1, self.shared.lock)
+                from kvgate.gateway.shared_responses import SharedResponses, segment_name
+
+                self.responses = SharedResponses.create(self.n, segment_name(self.shared.name))
             try:
                 await asyncio.gather(*(self.start_worker(i) for i in range(self.n)))
             except OSError as e:  # the spawn failed (out of processes, descriptors, memory)
@@ -1044,6 +1059,8 @@ class Supervisor:
                 self.marks.close()
             if self.tenants is not None:
                 self.tenants.close()
+            if self.responses is not None:
+                self.responses.close()
             if self.shared is not None:
                 self.shared.close()
             if self.gossip_dir is not None:
