@@ -60,7 +60,7 @@ def _failures(gw: GatewayServer, address: str) -> int:
 
 async def test_a_stream_cut_by_the_deadline_names_the_bound(backends) -> None:
     """FAILED before: ``upstream stream from 127.0.0.1:PORT was cut: ReadTimeout``, ``upstream_error``."""
-    (b,) = await backends(1, tokens=40, chunk_delay=0.1)  # 4 s of steady chunks
+    (b,) = await backends(1, tokens=80, chunk_delay=0.05)  # 4 s of steady chunks
     async with running_gateway(_config([b.address])) as gw:
         status, text = await asyncio.wait_for(_stream(gw, "long"), 10)
     assert status == 200
@@ -74,10 +74,10 @@ async def test_a_stream_cut_by_the_deadline_names_the_bound(backends) -> None:
 
 
 async def test_steady_streams_cut_three_times_eject_nothing(backends) -> None:
-    """Two servers, each sending a chunk every 0.1 s for 4 s; three rounds of one stream on each, every
+    """Two servers, each sending a chunk every 0.05 s for 4 s; three rounds of one stream on each, every
     one cut at the 1 s bound: no endpoint charged, none ejected. FAILED before: each cut a failure, both
     servers at 3 (one ejected: the last healthy one never is)."""
-    a, b = await backends(2, tokens=40, chunk_delay=0.1)
+    a, b = await backends(2, tokens=80, chunk_delay=0.05)
     async with running_gateway(_config([a.address, b.address])) as gw:
         for rnd in range(3):
             got = await asyncio.wait_for(asyncio.gather(*(_stream(gw, f"r{rnd}-{i}") for i in range(2))), 10)

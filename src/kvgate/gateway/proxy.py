@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import os
 import ssl
 import time
@@ -34,6 +33,7 @@ from kvgate.gateway.errors import GatewayError, error_response, sse_error_event,
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
+from kvgate.gateway.progress import Progress, progress_events, progress_piece
 from kvgate.gateway.shared_tenants import SharedRateLimiter, SharedTenants
 from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
@@ -982,19 +982,18 @@ class Proxy:
         owns: bool,
         sent_at: float,
         start: float,
-        progress_at: float,
+        progress: Progress,
     ) -> None:
         """A relayed answer cut (or failed): a failure, or, cut by a deadline ``ep`` did not own
         (``late``, not ``owns``), the time it held the request since ``sent_at`` (half the bound from
         ``start`` a unit), as a head's timeout is charged (review s18-fixes-c L2). Not charged at all when
-        the deadline cut it while ``ep`` was still making progress: ``progress_at`` (event-loop time) in
-        the later half of the time it held the request (review s19-qa L6: the gateway's bound, not a
-        fault; a long generation must not eject a healthy endpoint). A stream's progress is a data event
-        after its first one (not an SSE comment, a ping, an empty chunk: review s19-fixes-a M1), a
-        relayed whole answer's any piece. One with no progress that late (a wedged engine, after its
-        first token or mid-way, pings or not; a first token late then nothing) is charged as before."""
+        the deadline cut it while ``ep`` was still making progress all through the later half of the time
+        it held the request (review s19-qa L6: the gateway's bound, not a fault; a long generation must
+        not eject a healthy endpoint): ``gateway.progress`` (data events, not comments or pings, and no
+        long stretch without one, the last one recent: closing-s19). One wedged (after its first token or
+        mid-way, pings or not; a first token late; two data events then nothing) is charged as before."""
         due = resp.deadline
-        if late and due is not None and progress_at > (sent_at + due) / 2:
+        if late and due is not None and progress.steady():
             return
         if late and not owns and due is not None:
             ejected = self.health.timed_out(ep, sent_at, due, (due - start) / 2, self._peers(ep))
@@ -1162,7 +1161,9 @@ class Proxy:
         cut: Exception | None = None
         drained = False  # cut by the drain's deadline (``cut_streams``), as a stream is
         late = False  # cut by the request's deadline (not the idle timeout)
-        got_at = self._loop.time()  # the last piece from the upstream came then (``_charge_cut``)
+        # Progress for ``_charge_cut``: the held start came just now, then each piece with more than blanks.
+        progress = Progress(sent_at, resp.deadline)
+        progress.seen(self._loop.time())
         director.on_first_token(ireq, ep, learn=False)  # (as ``_whole``: no first token to learn)
         self.streams.add(resp)
         if self._cutting is not None and not resp.received:  # (the drain's cut came before the relay)
@@ -1185,7 +1186,8 @@ class Proxy:
                         break
                     if not chunk:
                         break
-                    got_at = self._loop.time()
+                    if progress_piece(chunk):
+                        progress.seen(self._loop.time())
                 scan.feed(chunk)
                 data = rewriter.feed(chunk) if rewriter is not None else chunk
                 sent += len(data)  # (the bytes the client is sent: a count, no copy)
@@ -1221,7 +1223,7 @@ class Proxy:
             elif cut is None and resp.status < 500:
                 self.health.success(ep)
             elif blame or cut is not None:
-                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, got_at)
+                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, progress)
             usage = scan.usage() if ok and resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok and resp.status < 500)
             self._charge(ireq, usage, resp.status < 300)
@@ -1313,10 +1315,9 @@ class Proxy:
         cut: Exception | None = None
         late = False  # cut by the request's deadline (not the idle timeout)
         got_at = self._loop.time()  # the last chunk from the upstream came then
-        # Progress for ``_charge_cut``: when the first data event went out, and the last one after it
-        # (read off the relay's output at its event boundary: a comment or line ends is none).
-        first_at: float | None = None
-        progress_at = -math.inf
+        # Progress for ``_charge_cut``: when data events went out (read off the relay's whole events:
+        # comments, pings and empty data are none; ``gateway.progress``).
+        progress = Progress(sent_at, resp.deadline)
         self.streams.add(resp)
         if self._cutting is not None and not resp.received:  # (the drain's cut came before its first chunk)
             self._cut[resp] = self._cutting
@@ -1328,13 +1329,8 @@ class Proxy:
                 data = relay.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                 if data:
                     sent += len(data)  # (a count, no copy)
-                    # Whole events went out: a data event unless they open with a comment or a line
-                    # end (only then scanned, for a data line after them: a ``: ping`` chunk is tiny).
-                    if data[0] not in b":\r\n" or b"data:" in data:
-                        if first_at is None:
-                            first_at = got_at
-                        elif got_at > first_at:
-                            progress_at = got_at
+                    if progress_events(data):
+                        progress.seen(got_at)
                     await out.write(data)
                 try:
                     chunk = await resp.read_chunk()
@@ -1399,7 +1395,7 @@ class Proxy:
             elif upstream_ok:
                 self.health.success(ep)
             else:
-                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, progress_at)
+                self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, progress)
             # A 2xx's usage only, as ``_whole`` reads it (an error stream that carries one: none).
             usage = relay.usage if resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok)
