@@ -7,8 +7,8 @@ Four ~7 MiB answers, usage last (the scanner reads all of them): ``prompt_logpro
 short string every ~14 bytes, each token's text ``"usage"``), ``embeddings`` (numbers), ``text`` (one long
 completion with a newline escape every 63 bytes), ``quotes`` (one long text with an escaped quote every
 18 bytes: the new scanner's worst kind), ``escapes`` (``prompt_logprobs`` whose tokens' text holds
-``\u00`` escapes, as any encoder writes control characters and ``json.dumps`` Latin-1 letters: a
-``\u00`` sends a pass to the spelled-key search, review s19-gw L4), each fed in 64 KiB and 8 KiB
+``\u00`` escapes, as any encoder writes control characters and ``json.dumps`` Latin-1 letters: until
+gw20 a ``\u00`` sent a pass to the spelled-key search, review s19-gw L4), each fed in 64 KiB and 8 KiB
 pieces. Each repeat runs the base tree, then this one, each in a fresh process; a process's figure is its
 fastest of ``--rounds`` runs (CPU time, ``process_time``), in ms per MiB. Prints every
 figure and the medians."""

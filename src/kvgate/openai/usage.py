@@ -169,8 +169,8 @@ USAGE_VALUE_MAX = 64 * 1024
 _KEY = b'"usage"'
 # The key as JSON may spell it: each letter as itself or as its ``\u`` escape (JSON's escapes of an
 # ASCII letter: ``\u00XX``, hex digits of either case; those of these five are digits only). Longest:
-# ``_KEY_MAX`` bytes. Real servers write ``"usage"``: the escaped forms are looked for only where a
-# ``\u00`` escape stands outside the strings already lexed.
+# ``_KEY_MAX`` bytes. Real servers write ``"usage"``: the escaped forms are looked for only where the
+# escape of one of its letters stands (``_LETTER_ESCAPE``) before the next plain key.
 _KEY_FORMS = tuple((bytes([c]), b"\\u%04x" % c) for c in b"usage")
 _ANY_KEY_RE = b'"' + b"".join(b"(?:%s|%s)" % (lit, re.escape(esc)) for lit, esc in _KEY_FORMS) + b'"'
 _ANY_KEY = re.compile(_ANY_KEY_RE)
@@ -178,6 +178,10 @@ _KEY_MAX = 2 + 6 * len(_KEY_FORMS)
 # A key candidate: the key, whitespace, then ``:`` or the bytes' end (the ``:`` may come next).
 _CANDIDATE = re.compile(rb'"usage"[ \t\r\n]*+(?::|\Z)')
 _CANDIDATE_ANY = re.compile(b"(" + _ANY_KEY_RE + rb")[ \t\r\n]*+(?::|\Z)")
+# The escape of one of the key's letters (``u s a g e``: ``\u0075 \u0073 \u0061 \u0067 \u0065``), which any
+# spelled key holds; not any ``\u00`` (review s19-gw L4): encoders write control characters (``\u001b``)
+# and, with ``ensure_ascii``, Latin-1 letters (``\u00e9``) so.
+_LETTER_ESCAPE = re.compile(rb"\\u00(?:7[53]|6[157])")
 # The rest of a string, read from inside it: its bytes and escapes, then (1) its closing quote, or (2)
 # a backslash that ends the bytes here (the byte it escapes comes next), or neither (more to come).
 _STR_REST = re.compile(rb'(?:[^"\\]++|\\.)*+(?:(")|(\\))?', re.DOTALL)
@@ -248,10 +252,10 @@ class BodyUsageScanner:
     across chunks, so a ``usage`` in a nested object, or in a string (a token's text, escaped quotes
     before it however many backslashes), is not taken, and any whitespace may stand before its ``:``
     (session 17's closing note, review s17-fixes-b L4, L5); the key may be spelled with ``\\u``
-    escapes (``"\\u0075sage"``: JSON's same key; session 18's closing note), looked for only where a
-    ``\\u00`` stands before the next plain key in bytes outside the strings lexed. Linear, and in C
-    (``_outside``) but for a few steps per chunk, per string left open at a chunk's end and per string
-    with an escaped quote before its end (a regex then): 0.7-2.3 ms/MiB on embeddings and
+    escapes (``"\\u0075sage"``: JSON's same key; session 18's closing note), looked for only where the
+    escape of one of its letters stands before the next plain key (one regex scan of the piece in all).
+    Linear, and in C (``_outside``) but for a few steps per chunk, per string left open at a chunk's end and
+    per string with an escaped quote before its end (a regex then): 0.7-2.3 ms/MiB on embeddings and
     ``prompt_logprobs`` bodies, under 0.1 on a long text, ~6 on a text with an escaped quote every 18
     bytes (the worst kind), against 0.4-0.9 for the depth-blind scanner before
     (``scripts/usage_scanner_cost.py``). Bounded: ``_KEY_MAX`` bytes held back between chunks (a
@@ -292,6 +296,11 @@ class BodyUsageScanner:
         # of the buffer again (review s19-gw L5: quadratic in a body of many nested spelled keys).
         plain: re.Match[bytes] | None = None
         searched = False
+        # Likewise the next escape of a key's letter (only then is a spelled key looked for before the
+        # plain candidate): one scan of the buffer in all, not one per pass (closing-s19: 1.36x on bodies
+        # with many ``\u00`` escapes, which each sent a pass to the spelled-key regex).
+        letter: re.Match[bytes] | None = None
+        letter_searched = not slashes
         while i < n:
             if self._colon:  # after a top-level key: whitespace, then ``:`` (a key) or not (a value)
                 ws = _WS.match(buf, i)
@@ -307,6 +316,7 @@ class BodyUsageScanner:
                         return
                     buf, i, n = rest, 0, len(rest)
                     searched = False
+                    letter, letter_searched = None, b"\\" not in buf
                 continue
             if self._in_str:
                 if self._esc:
@@ -334,7 +344,9 @@ class BodyUsageScanner:
             m = plain
             stop = n if m is None else m.start()
             key_end = stop + len(_KEY)
-            if slashes and buf.find(b"\\u00", i, stop) >= 0:  # (before the key: one spelled with escapes?)
+            if not letter_searched or (letter is not None and letter.start() < i):
+                letter, letter_searched = _LETTER_ESCAPE.search(buf, i), True
+            if letter is not None and letter.start() < stop:  # (before the key: one spelled with escapes?)
                 spelled = _CANDIDATE_ANY.search(buf, i, stop)
                 if spelled is not None:
                     m, stop, key_end = spelled, spelled.start(), spelled.end(1)
