@@ -131,6 +131,15 @@ async def test_a_stream_of_named_events_between_pings_is_not_charged(backends) -
     assert await _charged(script, True, backends) == (0, 0, 3)
 
 
+async def test_a_data_event_past_1_mib_still_coming_is_progress(backends) -> None:
+    """The other control: one data event of 3 MiB (past the relay's 1 MiB bound: it goes out as it comes),
+    100 KiB every 50 ms, still coming at the cut: its pieces are progress (as before gw20)."""
+    big = b'data: {"choices":[{"text":"' + b"x" * (3 << 20) + b'"}]}\n\n'
+    pieces = [(0.05 * k, chunk(big[k * 102400 : (k + 1) * 102400])) for k in range(1, len(big) // 102400 + 1)]
+    script = (SSE_HEAD + chunk(big[:102400]), pieces, None)
+    assert await _charged(script, True, backends) == (0, 0, 3)
+
+
 @pytest.mark.parametrize(
     ("block", "progress"),
     [

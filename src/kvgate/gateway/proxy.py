@@ -1329,7 +1329,7 @@ class Proxy:
                 data = relay.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                 if data:
                     sent += len(data)  # (a count, no copy)
-                    if progress_events(data):
+                    if progress_events(data) or relay.mid_event:  # (or a piece of an event past 1 MiB)
                         progress.seen(got_at)
                     await out.write(data)
                 try:
