@@ -85,6 +85,37 @@ async def test_ready_pods_times_target_ports(double: ApiServerDouble, disc: Pool
     assert disc.ready_pods() == 1
 
 
+@pytest.mark.parametrize("store_pool", [None, "mistral"], ids=["same-name", "named-apart"])
+async def test_a_pool_change_drops_pods_whatever_the_gateway_calls_the_pool(
+    double: ApiServerDouble, kube: KubeClient, store_pool: str | None
+) -> None:
+    """The gateway's pool may be named apart from its InferencePool (docs/gateway.md's example): its
+    endpoints carry the gateway's name, so a selector change, a port change and the pool's delete all take
+    the old pods out (review s20-qa H1: they carried the InferencePool's name, which the store's sync by the
+    gateway's name never removed: traffic kept going to pods the pool no longer selects)."""
+    store = EndpointStore()
+    d = PoolDiscovery(kube, store, pool_name="llm", namespace="default", store_pool=store_pool)
+    try:
+        double.create(POOL)
+        _pod(double, "a", "10.0.0.1")
+        d.start()
+        await d.wait_synced()
+        await _until(lambda: addrs(d) == {"10.0.0.1:8000"})
+        assert {e.pool for e in store.all()} == {store_pool or "llm"}
+        double.patch(R.INFERENCE_POOL, "llm", "default", {"spec": {"targetPorts": [{"number": 8001}]}})
+        await _until(lambda: addrs(d) == {"10.0.0.1:8001"})
+        selector = {"spec": {"selector": {"matchLabels": {"app": "x"}}}}
+        double.patch(R.INFERENCE_POOL, "llm", "default", selector)
+        await _until(lambda: addrs(d) == set())
+        selector = {"spec": {"selector": {"matchLabels": {"app": "vllm"}}}}
+        double.patch(R.INFERENCE_POOL, "llm", "default", selector)
+        await _until(lambda: addrs(d) == {"10.0.0.1:8001"})
+        double.delete(R.INFERENCE_POOL, "llm")
+        await _until(lambda: addrs(d) == set())
+    finally:
+        await d.stop()
+
+
 async def test_engine_label_picks_the_metric_mapping(double: ApiServerDouble, disc: PoolDiscovery) -> None:
     double.create(POOL)
     _pod(double, "s", "10.0.0.3", labels={"app": "vllm", "inference.networking.k8s.io/engine-type": "sglang"})

@@ -78,8 +78,10 @@ def pod_ready(pod: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
-def pod_endpoints(pod: Obj, pool: PoolSpec) -> list[Endpoint]:
-    """The endpoints a pod contributes to ``pool`` now (none unless Ready, addressed and not terminating)."""
+def pod_endpoints(pod: Obj, pool: PoolSpec, store_pool: str | None = None) -> list[Endpoint]:
+    """The endpoints a pod contributes to ``pool`` now (none unless Ready, addressed and not terminating),
+    named by ``store_pool`` (the gateway's name of the pool; the InferencePool's by default): the store
+    syncs and labels by that name, so an endpoint named otherwise would never be removed by a sync."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     labels: dict[str, str] = dict(meta.get("labels") or {})
     if not pool.match_labels or any(labels.get(k) != v for k, v in pool.match_labels.items()):
@@ -93,7 +95,7 @@ def pod_endpoints(pod: Obj, pool: PoolSpec) -> list[Endpoint]:
         allowed = {int(p) for p in active.replace(" ", "").split(",") if p.isdigit()}
         ports = tuple(p for p in ports if p in allowed)
     host = f"[{ip}]" if ":" in ip else ip
-    return [make_endpoint(f"{host}:{port}", pool=pool.name, labels=labels) for port in ports]
+    return [make_endpoint(f"{host}:{port}", pool=store_pool or pool.name, labels=labels) for port in ports]
 
 
 @dataclass
@@ -223,7 +225,7 @@ class PoolDiscovery:
         if self.pool is not None:
             # The pod reflector's copy is the one copy of the pods (updated before listeners run).
             for k, pod in self.pod_reflector.items.items():
-                eps = pod_endpoints(pod, self.pool)
+                eps = pod_endpoints(pod, self.pool, self.store_pool)
                 if eps:
                     self._pod_addrs[k] = {e.address for e in eps}
                 wanted += eps
@@ -234,7 +236,7 @@ class PoolDiscovery:
         if etype == "DELETED":
             eps: list[Endpoint] = []
         else:
-            eps = pod_endpoints(pod, self.pool) if self.pool is not None else []
+            eps = pod_endpoints(pod, self.pool, self.store_pool) if self.pool is not None else []
         new = {e.address for e in eps}
         for addr in self._pod_addrs.get(k, set()) - new:
             self.store.remove(addr)
