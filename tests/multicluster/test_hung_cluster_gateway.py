@@ -9,6 +9,7 @@ out until an aggregate is fetched from it again. A stream that sends its head, t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -100,8 +101,8 @@ async def started() -> AsyncIterator[Callable[..., Awaitable[GlobalGateway]]]:
     running: list[GlobalGateway] = []
 
     async def make(cfg: ClustersConfig, policy: str, *, fetch: bool) -> GlobalGateway:
-        gw = GlobalGateway(cfg, policy, fetch=fetch, seed=1, drain_s=0.5)
-        gw.router.probe_timeout_s = 0.5
+        gw = GlobalGateway(dataclasses.replace(cfg, probe_timeout_s=0.5), policy, fetch=fetch, seed=1,
+                           drain_s=0.5)  # fmt: skip
         await gw.start("127.0.0.1", 0)
         running.append(gw)
         return gw

@@ -6,7 +6,9 @@ ttl_s: 3.0                  # aggregates older than this are unknown (never "idl
 refresh_s: 0.5              # how often aggregates and EPP health are fetched
 epp_timeout_s: 2.0          # Endpoint mode: the EPP's deadline to answer each message (pick, response)
 head_timeout_s: 120.0       # a stream's longest wait for its head; past it a non-streamed one probes
+probe_timeout_s: 2.0        # a suspect cluster gateway's (or pod's) deadline to answer GET /healthz
 tls: {ca: ca.pem, cert: client.pem, key: client.key}   # client TLS for https aggregates (mTLS with cert)
+limits: {requestTimeoutSeconds: 600}   # the front's limits and the whole request's bound (0: none, default)
 clusters:
 - name: east
   aggregate: http://10.1.0.2:9090/v1/pool/aggregate   # a kvgate's /v1/pool/aggregate
@@ -21,7 +23,8 @@ clusters:
 
 ``ClustersFile.maybe_reload(now)`` re-reads the file when its mtime changes (checked at most every
 ``check_every_s``); a file that fails to parse keeps the last good list and logs why. Everything in it
-applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``, ``head_timeout_s``, ``tls``, ``limits``,
+applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``, ``head_timeout_s``, ``probe_timeout_s``,
+``tls``, ``limits`` with ``requestTimeoutSeconds`` (to requests that start after the reload),
 and the ``kubernetes`` section: ``kvgate.multicluster.source.ClusterSource`` restarts the import controller).
 """
 
@@ -40,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from kvgate.httpfront.server import FrontLimits, parse_limits
+from kvgate.httpfront.server import LIMIT_KEYS, FrontLimits, parse_limits
 
 log = logging.getLogger("kvgate.multicluster")
 
@@ -57,6 +60,11 @@ EPP_TIMEOUT_S = 2.0
 # non-streamed answer's head comes with the whole answer: past it the cluster's gateway is probed instead
 # (review s19-fixes-b M1; ``GlobalRouter._post``).
 HEAD_TIMEOUT_S = 120.0
+# A suspect cluster gateway's (or pod's) deadline to answer a ``GET /healthz`` probe (``GlobalRouter._live``).
+PROBE_TIMEOUT_S = 2.0
+# ``limits.requestTimeoutSeconds``: the gateway config's key (``kvgate serve``), read here beside the
+# front's ``limits`` (``parse_limits``): the whole request's bound, from its body's arrival; 0: none.
+REQUEST_TIMEOUT_KEY = "requestTimeoutSeconds"
 # ``--config`` with ``--clusters`` (``kvgate serve``, ``kvgate epp``): refused, not silently ignored (review
 # s16-k8s F6): the clusters file is the whole configuration there.
 NOT_WITH_CONFIG = (
@@ -82,6 +90,21 @@ def _seconds(v: Any, key: str) -> float:
     # ``.nan`` fails every comparison; ``.inf`` is no bound (s19-qa M1).
     if not (math.isfinite(out) and out > 0):
         raise ClustersError(key, f"expected a finite positive number of seconds, got {v!r}")
+    return out
+
+
+def _request_timeout(v: Any) -> float:
+    """``limits.requestTimeoutSeconds``: a finite number of seconds >= 0 (0: no bound), as the gateway
+    config's key."""
+    key = f"limits.{REQUEST_TIMEOUT_KEY}"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ClustersError(key, f"expected a finite number of seconds >= 0 (0: none), got {_short(v)}")
+    try:
+        out = float(v)
+    except OverflowError:  # (an integer too large for a float)
+        raise ClustersError(key, f"expected a finite number of seconds >= 0, got {_short(v)}") from None
+    if not (math.isfinite(out) and out >= 0):
+        raise ClustersError(key, f"expected a finite number of seconds >= 0 (0: none), got {v!r}")
     return out
 
 
@@ -220,6 +243,12 @@ class ClustersConfig:
     # client yet); a streamed answer's later bytes are not bound by it. A non-streamed request has the
     # gateway probed past it instead (its head comes with the whole answer).
     head_timeout_s: float = HEAD_TIMEOUT_S
+    # A suspect cluster gateway's (or pod's) deadline to answer a probe (``GlobalRouter._live``); past it
+    # it is hung.
+    probe_timeout_s: float = PROBE_TIMEOUT_S
+    # ``limits.requestTimeoutSeconds``: the whole request's bound from its body's arrival (every attempt,
+    # the relay of its answer included), as ``kvgate serve``'s; 0: none (each read's 300 s timeout only).
+    request_timeout_s: float = 0.0
     tls: TlsOptions = field(default_factory=TlsOptions)
     kubernetes: KubeImports | None = None
     # The client-facing front's limits (``limits:``, the gateway config's key names); hot-reloaded too.
@@ -319,8 +348,18 @@ def parse(doc: Any) -> ClustersConfig:
     tls = doc.get("tls") or {}
     if not isinstance(tls, Mapping):
         raise ClustersError("tls", "expected a mapping")
+    raw_limits = doc.get("limits")
+    request_timeout = 0.0
+    if isinstance(raw_limits, Mapping):
+        unknown_limits = [k for k in raw_limits if k not in LIMIT_KEYS and k != REQUEST_TIMEOUT_KEY]
+        if unknown_limits:
+            known = ", ".join([*LIMIT_KEYS, REQUEST_TIMEOUT_KEY])
+            raise ClustersError(f"limits.{unknown_limits[0]}", f"unknown key (known: {known})")
+        if REQUEST_TIMEOUT_KEY in raw_limits:
+            raw_limits = dict(raw_limits)
+            request_timeout = _request_timeout(raw_limits.pop(REQUEST_TIMEOUT_KEY))
     try:
-        limits = parse_limits(doc.get("limits"))
+        limits = parse_limits(raw_limits)
     except ValueError as e:
         key, _, why = str(e).partition(": ")
         raise ClustersError(key, why) from None
@@ -331,6 +370,8 @@ def parse(doc: Any) -> ClustersConfig:
         refresh_s=_seconds(doc.get("refresh_s", 0.5), "refresh_s"),
         epp_timeout_s=_seconds(doc.get("epp_timeout_s", EPP_TIMEOUT_S), "epp_timeout_s"),
         head_timeout_s=_seconds(doc.get("head_timeout_s", HEAD_TIMEOUT_S), "head_timeout_s"),
+        probe_timeout_s=_seconds(doc.get("probe_timeout_s", PROBE_TIMEOUT_S), "probe_timeout_s"),
+        request_timeout_s=request_timeout,
         tls=TlsOptions(tls.get("ca"), tls.get("cert"), tls.get("key")),
         kubernetes=kube,
         limits=limits,

@@ -13,13 +13,15 @@ server answers its own 404 for an id it does not hold. Each try is bounded as a 
 address); before, each waited the 300 s read timeout. An id whose home cluster is found hung
 (``ClusterState.hung_at``, no aggregate since) is answered 504 at once: it cannot be answered elsewhere. With
 Endpoint-mode clusters only there is nowhere to send it: an EPP picks a pod from a request's body, and a
-lookup has none; the global gateway answers 404 ``response_not_found`` itself. A lookup generates nothing: no
-cluster pick, no EPP, no cluster accounting or token metrics, no back-off (a gateway found hung is marked, as
-by a request); its answer is relayed as it comes.
+lookup has none; the global gateway answers 404 ``response_not_found`` itself.
+``limits.requestTimeoutSeconds`` bounds each head as it bounds a request's (504 ``request_timeout``). A
+lookup generates nothing: no cluster pick, no EPP, no cluster accounting or token metrics,
+no back-off (a gateway found hung is marked, as by a request); its answer is relayed as it comes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING
@@ -28,7 +30,7 @@ from urllib.parse import parse_qs
 import aiohttp
 
 from kvgate.httpfront.server import Request, Response, StreamResponse, json_error
-from kvgate.multicluster.router import ENDPOINT, PARENT, NoHead
+from kvgate.multicluster.router import ENDPOINT, PARENT, Deadline, NoHead, PastDeadline
 from kvgate.openai.responses import lookup_target
 
 if TYPE_CHECKING:
@@ -95,6 +97,8 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
             code="upstream_timeout",
         )
     router = gw.router
+    # The request's bound (``limits.requestTimeoutSeconds``) holds for a lookup's head too: past it, 504.
+    deadline = Deadline.after(asyncio.get_running_loop().time(), router.cfg.request_timeout_s)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
     suffix = request.path + (f"?{request.query}" if request.query else "")
     stream = parse_qs(request.query).get("stream", [""])[-1].lower() == "true"
@@ -109,8 +113,12 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
                 # Bounded as a request is (``GlobalRouter._post``): a stream's head by head_timeout_s, past
                 # it a plain answer's by a probe of the gateway; a cluster found hung is left.
                 resp = await router._post(
-                    st, mode, f"http://{address}{suffix}", None, headers, timeout, stream, method
+                    st, mode, f"http://{address}{suffix}", None, headers, timeout, stream, method, deadline
                 )
+            except PastDeadline as e:
+                assert deadline is not None
+                why = deadline.message(f"cluster {st.name}: {e.outcome}")
+                return json_error(504, f"lookup failed: {why}", code="request_timeout")
             except NoHead as e:
                 last = f"cluster {st.name}: {e.outcome}"
                 status = 504

@@ -9,7 +9,9 @@ cluster; a cluster whose every route fails, that answers 5xx / 429 before any by
 response head (within ``head_timeout_s``; in Parent mode also once its aggregate, fresh when the request was
 sent, has gone stale with its fetches failing: a hung cluster gateway) is left for the next cluster in the
 policy's order (and backs off; a hung one until an aggregate is fetched from it again). A request whose
-response has started is never retried: it is the client's.
+response has started is never retried: it is the client's. With ``limits.requestTimeoutSeconds`` the
+whole request is bound (``Deadline``): no cluster is tried, and no head awaited, past it (a 504
+``request_timeout``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import aiohttp
 import grpc
 
 from kvgate.aio import stop_to_the_end
-from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, TlsOptions
+from kvgate.multicluster.clusters import REQUEST_TIMEOUT_KEY, ClustersConfig, ClusterSpec, TlsOptions
 from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, EppStream, retry_after_s
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy
 from kvgate.multicluster.state import ClusterState, DispatchNote
@@ -44,7 +46,6 @@ ENDPOINT, PARENT = "endpoint", "parent"
 _DROP = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", DESTINATION_ENDPOINT}
 )
-PROBE_TIMEOUT_S = 2.0  # a suspect cluster gateway's deadline to answer a probe (GlobalRouter._post)
 STALLED = "epp stalled"  # an attempt's outcome when the EPP did not answer the pick in time
 
 
@@ -55,6 +56,50 @@ class NoHead(Exception):
     def __init__(self, outcome: str) -> None:
         super().__init__(outcome)
         self.outcome = outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A request's whole bound (``limits.requestTimeoutSeconds``), in event-loop time: from ``start`` (its
+    body's arrival) to ``due``."""
+
+    start: float
+    due: float
+
+    @classmethod
+    def after(cls, start: float, bound_s: float) -> Deadline | None:
+        """None for no bound (0)."""
+        return cls(start, start + bound_s) if bound_s > 0 else None
+
+    @property
+    def bound_s(self) -> float:
+        return self.due - self.start
+
+    def owned(self, sent_at: float) -> bool:
+        """Whether an attempt sent at ``sent_at`` had the larger part of the request's time (what was left
+        then against what went before it: earlier attempts, an EPP's pick), as ``kvgate serve`` decides
+        whether a timeout at the deadline is the endpoint's."""
+        return self.due - sent_at >= sent_at - self.start
+
+    def progressed(self, sent_at: float, progress_at: float) -> bool:
+        """Whether an answer cut at the deadline was still making progress: a piece (a stream's data event
+        after its first) in the later half of the time its cluster held the request (as ``kvgate serve``'s
+        rule: a long generation is the bound's, not the cluster's fault)."""
+        return progress_at > (sent_at + self.due) / 2
+
+    def message(self, what: str) -> str:
+        return f"no answer within limits.{REQUEST_TIMEOUT_KEY} ({self.bound_s:g}s): {what}"
+
+
+class PastDeadline(Exception):
+    """The request's bound passed before a cluster's response head came (``GlobalRouter._post``): the
+    attempt ends, and no other cluster is tried; ``sent_at``: the attempt's send (loop time; None: it was
+    never sent, an EPP's pick outlasted the bound)."""
+
+    def __init__(self, outcome: str, sent_at: float | None) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.sent_at = sent_at
 
 
 def _release_late(post: asyncio.Future[aiohttp.ClientResponse]) -> None:
@@ -96,6 +141,7 @@ class Routed:
     # The upstream body arrived whole (its end seen, no error), read or not: the drain does not cut it
     # (as ``kvgate serve``'s ``UpstreamResponse.received``); None: unknown (cut as any other).
     received: Callable[[], bool] | None = None
+    sent_at: float = 0.0  # the attempt that answered was sent then (event-loop time)
     _usage: Usage | None = field(default=None, init=False, repr=False)
     _read: bool = field(default=False, init=False, repr=False)
 
@@ -130,11 +176,13 @@ class NoRoute(Exception):
         *,
         retry_after: int | None = None,
         error: bytes | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.attempts = status, message, attempts
         self.retry_after = retry_after  # seconds, for a 429's Retry-After
         self.error = error  # the refusing EPP's own error body, to pass on as it is
+        self.code = code  # the error's ``code`` (``request_timeout``: the request's bound passed)
 
 
 def _listed(names: list[str]) -> str:
@@ -193,7 +241,6 @@ class GlobalRouter:
         max_clusters: int = 3,
         connect_timeout_s: float = 1.0,
         seed: int | None = None,  # the policy's randomness; None: from os.urandom
-        probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
         self.clock = clock
         self.cfg = cfg
@@ -205,7 +252,6 @@ class GlobalRouter:
         self.states: dict[str, ClusterState] = {}
         self.max_clusters = max_clusters
         self.connect_timeout_s = connect_timeout_s
-        self.probe_timeout_s = probe_timeout_s  # a suspect cluster gateway's answer to a probe (``_post``)
         self._live_at: dict[str, float] = {}  # an address (gateway, pod) last answered a probe (clock)
         self._probing: dict[str, asyncio.Future[bool]] = {}
         self.epp = EppClient(timeout_s=cfg.epp_timeout_s, clock=clock)
@@ -308,11 +354,19 @@ class GlobalRouter:
         req: ClusterRequest,
         *,
         home: tuple[str, str | None] | None = None,
+        deadline: Deadline | None = None,
     ) -> Routed:
         """``home``: (cluster, pod or None), a cluster tried first whatever the policy's order (a
         Responses follow-up goes where the response it names was made), then the order without it; in
         Endpoint mode its EPP is asked for that pod (the subset hint), and asked again without the hint
-        if it answers 503 (no such pod); an unknown cluster is ignored."""
+        if it answers 503 (no such pod); an unknown cluster is ignored.
+
+        ``deadline``: the request's bound (``limits.requestTimeoutSeconds``). No cluster is tried past it,
+        and an attempt still without its response head then ends (its EPP's pick too): ``NoRoute`` 504
+        ``request_timeout``, never the next cluster (the bound is spent). The cluster it ended at is
+        charged (backs off) only if it had the larger part of the request's time (``Deadline.owned``), as
+        ``kvgate serve`` charges an endpoint; the relay bounds the answer after its head
+        (``GlobalGateway._relay``)."""
         attempts: list[Attempt] = []
         fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP and k.lower() != "content-type"}
         # The body parsed as JSON (``parse_body``): sent as such whatever type the client named, as ``kvgate
@@ -326,14 +380,27 @@ class GlobalRouter:
         pod = None if first is None or home is None else home[1]
         if not order:
             raise NoRoute(503, "no cluster can take the request (none ready)", attempts)
+        loop = asyncio.get_running_loop()
         for i, st in enumerate(order):
+            if deadline is not None and loop.time() >= deadline.due:
+                last = attempts[-1] if attempts else None
+                why = "" if last is None else f"; last: cluster {last.cluster}: {last.outcome}"
+                raise NoRoute(504, deadline.message(f"it passed after {len(attempts)} attempts{why}"),
+                              attempts, code="request_timeout")  # fmt: skip
             if i:
                 self.failovers += 1
             note = req.note(st.name)  # what the policy expected there (ClusterState.dispatched)
-            routed = await self._try_cluster(
-                st, path, fwd, body, attempts, req.stream, req.model, note, usage=req.usage,
-                pod=pod if st is first else None,
-            )  # fmt: skip
+            try:
+                routed = await self._try_cluster(
+                    st, path, fwd, body, attempts, req.stream, req.model, note, usage=req.usage,
+                    pod=pod if st is first else None, deadline=deadline,
+                )  # fmt: skip
+            except PastDeadline as e:
+                assert deadline is not None
+                if e.sent_at is not None and deadline.owned(e.sent_at):
+                    st.failed(self.clock())  # it had the larger part of the time, and sent no head
+                raise NoRoute(504, deadline.message(f"cluster {st.name}: {e.outcome}"), attempts,
+                              code="request_timeout") from None  # fmt: skip
             if routed is not None:
                 st.succeeded()
                 return routed
@@ -352,29 +419,38 @@ class GlobalRouter:
         note: DispatchNote | None = None,
         usage: bool = False,
         pod: str | None = None,
+        deadline: Deadline | None = None,
     ) -> Routed | None:
         """``pod``: in Endpoint mode, the pod the EPP is asked for (the subset hint; asked again for any
-        pod if it answers 503: no such pod)."""
+        pod if it answers 503: no such pod). ``deadline``: raises ``PastDeadline`` when it passes first."""
         spec = st.spec
         # A streamed request's TTFT at this cluster runs from here (the EPP's pick included).
         started = self.clock() if stream else None
         if spec.epp is not None:
+            # (the pick bounded by the request's deadline too: cancelled there, its stream closed)
+            timer = asyncio.timeout_at(None if deadline is None else deadline.due)
             try:
                 tls = self._epp_tls(spec)
                 on_stall = None if self.on_stall is None else functools.partial(self.on_stall, st.name)
-                pick: EppStream | None = await self.epp.open(
-                    spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s, on_stall=on_stall,
-                    subset=None if pod is None else (pod,),
-                )  # fmt: skip
-                if pod is not None and pick is not None and pick.address is None and pick.status == 503:
-                    # (no such pod any more: the EPP's 503 for an empty subset) any pod, as any request
-                    pick = await self.epp.open(
-                        spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s, on_stall=on_stall
-                    )
+                async with timer:
+                    pick: EppStream | None = await self.epp.open(
+                        spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s, on_stall=on_stall,
+                        subset=None if pod is None else (pod,),
+                    )  # fmt: skip
+                    if pod is not None and pick is not None and pick.address is None and pick.status == 503:
+                        # (no such pod any more: the EPP's 503 for an empty subset) any pod, as any request
+                        pick = await self.epp.open(
+                            spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s,
+                            on_stall=on_stall,
+                        )  # fmt: skip
             except EppStalled as e:  # no answer in time: as a failed pick (counted by ``on_stall``)
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"{STALLED} ({e.phase})"))
                 pick = None
             except (grpc.aio.AioRpcError, TimeoutError, OSError) as e:  # (OSError: an unreadable cert file)
+                if timer.expired():  # the request's bound, not the EPP's failure: nowhere else to go
+                    outcome = "the bound passed during its EPP's pick"
+                    attempts.append(Attempt(st.name, ENDPOINT, spec.epp, outcome))
+                    raise PastDeadline(outcome, None) from None
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp: {type(e).__name__}"))
                 pick = None
             if pick is not None and pick.address is not None:
@@ -382,8 +458,9 @@ class GlobalRouter:
                 # The pod gets what Envoy would send it: the EPP's header mutation and body.
                 to_pod = pick.request_mutation.apply(fwd, drop=_DROP)
                 routed = await self._send(
-                    st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started, note, usage
-                )
+                    st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started, note, usage,
+                    deadline,
+                )  # fmt: skip
                 if routed is not None:
                     return routed
                 if spec.gateway is not None:
@@ -399,7 +476,7 @@ class GlobalRouter:
                 return None
         if spec.gateway is not None:
             return await self._send(
-                st, PARENT, spec.gateway, path, fwd, body, attempts, None, started, note, usage
+                st, PARENT, spec.gateway, path, fwd, body, attempts, None, started, note, usage, deadline
             )
         return None
 
@@ -413,6 +490,7 @@ class GlobalRouter:
         client_timeout: aiohttp.ClientTimeout,
         stream: bool,
         method: str = "POST",
+        deadline: Deadline | None = None,
     ) -> aiohttp.ClientResponse:
         """The request sent, its response head awaited. A hung cluster (a wedged event loop, a stopped
         process: the kernel still ACKs, so TCP keep-alive does not tell it from a slow one) would hold the
@@ -426,43 +504,60 @@ class GlobalRouter:
           failing (checked every half ``ttl_s``), the gateway is probed too: the aggregate is often another
           process's (the cluster EPP's), so its outage alone tells nothing of the gateway.
 
-        A gateway that answers no probe within ``probe_timeout_s`` is hung: the attempt fails before any
-        byte (the request moves to the next cluster) and, in Parent mode, the cluster is marked
-        (``ClusterState.hung_at``, with an aggregate fetched before) until an aggregate is fetched from it
-        again or a request succeeds there; other requests waiting there leave then. A gateway that answers
-        (any status) is waited for: a non-streamed answer to the read timeout (``sock_read``), as before.
-        (``method``: a Responses lookup's ``GET``, ``multicluster.lookups``, is bounded alike.)"""
+        A gateway that answers no probe within ``probe_timeout_s`` (the clusters file's) is hung: the
+        attempt fails before any byte (the request moves to the next cluster) and, in Parent mode, the
+        cluster is marked (``ClusterState.hung_at``, with an aggregate fetched before) until an aggregate
+        is fetched from it again or a request succeeds there; other requests waiting there leave then. A
+        gateway that answers (any status) is waited for: a non-streamed answer to the read timeout
+        (``sock_read``) or the request's bound, whichever comes first.
+        (``method``: a Responses lookup's ``GET``, ``multicluster.lookups``, is bounded alike.)
+
+        ``deadline`` (the request's bound, ``limits.requestTimeoutSeconds``): nothing is sent past it, and
+        no head awaited (``PastDeadline``), whatever the probe said: a gateway that answers its probe but
+        never the request is held to the bound, not to the read timeout."""
         assert self._session is not None
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
+        if deadline is not None and sent_at >= deadline.due:
+            raise PastDeadline("the bound passed before it was sent", None)
         post = asyncio.ensure_future(
             self._session.request(method, url, data=body, headers=fwd, timeout=client_timeout)
         )
         cfg = self.cfg
         watch = mode == PARENT and st.spec.aggregate is not None and st.fetched_at is not None
-        loop = asyncio.get_running_loop()
-        bound = loop.time() + cfg.head_timeout_s
+        bound = sent_at + cfg.head_timeout_s
         step = cfg.ttl_s / 2 if watch else cfg.head_timeout_s
         probe: asyncio.Future[bool] | None = None
         try:
             while True:
                 now = loop.time()
+                if deadline is not None and now >= deadline.due:
+                    raise PastDeadline("no response head by then", sent_at)
                 if stream and now >= bound:
                     raise NoHead(f"no response head within head_timeout_s ({cfg.head_timeout_s:g}s)")
                 wait = min(step, bound - now) if stream or now < bound else step
+                if deadline is not None:
+                    wait = min(wait, deadline.due - now)
                 done, _ = await asyncio.wait((post,), timeout=wait)
                 if done:
                     return post.result()
+                if deadline is not None and loop.time() >= deadline.due:
+                    continue  # (the bound: above)
                 if mode == PARENT and st.hung_at is not None and st.hung_at == st.fetched_at:
                     raise NoHead("hung: its gateway answered no probe, and no aggregate since")
                 if (not stream and loop.time() >= bound) or (watch and self._hung(st)):
                     probe = asyncio.ensure_future(self._live(url))
                     both: tuple[asyncio.Future[Any], ...] = (post, probe)
-                    await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+                    left = None if deadline is None else max(0.0, deadline.due - loop.time())
+                    await asyncio.wait(both, timeout=left, return_when=asyncio.FIRST_COMPLETED)
                     if post.done():
                         return post.result()
+                    if not probe.done():
+                        continue  # the bound passed first (above)
                     if not probe.result():
                         if mode == PARENT and st.fetched_at is not None:
                             st.hung_at = st.fetched_at  # (a pod that hangs is not its cluster)
-                        t = self.probe_timeout_s
+                        t = cfg.probe_timeout_s
                         raise NoHead(
                             f"hung: no response head, and its gateway answered no probe within {t:g}s"
                         )
@@ -488,7 +583,7 @@ class GlobalRouter:
 
     async def _probe(self, target: str) -> bool:
         assert self._session is not None
-        timeout = aiohttp.ClientTimeout(total=self.probe_timeout_s)
+        timeout = aiohttp.ClientTimeout(total=self.cfg.probe_timeout_s)
         try:
             async with self._session.get(f"http://{target}/healthz", timeout=timeout):
                 pass  # its head came: the process answers (the connection is not kept)
@@ -517,6 +612,7 @@ class GlobalRouter:
         started: float | None = None,
         note: DispatchNote | None = None,
         usage: bool = False,
+        deadline: Deadline | None = None,
     ) -> Routed | None:
         assert self._session is not None, "start() first"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=300)
@@ -530,10 +626,15 @@ class GlobalRouter:
             if epp is not None:
                 epp.cancel()  # the EPP's session closes the request as failed
 
+        sent_at = asyncio.get_running_loop().time()
         try:
             resp = await self._post(
-                st, mode, f"http://{target}{path}", body, fwd, timeout, started is not None
+                st, mode, f"http://{target}{path}", body, fwd, timeout, started is not None, deadline=deadline
             )
+        except PastDeadline as e:
+            given_up()
+            attempts.append(Attempt(st.name, mode, target, e.outcome))
+            raise
         except NoHead as e:
             given_up()
             attempts.append(Attempt(st.name, mode, target, e.outcome))
@@ -635,7 +736,7 @@ class GlobalRouter:
 
         routed = Routed(
             response.status, headers, stream(), st.name, mode, attempts, epp, settle, tail, response.close,
-            received,
+            received, sent_at,
         )  # fmt: skip
         return routed
 

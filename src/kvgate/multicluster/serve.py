@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import ssl
 import sys
@@ -52,7 +53,7 @@ from kvgate.multicluster.clusters import ClustersConfig, ClustersError, Clusters
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.lookups import lookup
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
-from kvgate.multicluster.router import ENDPOINT, Attempt, GlobalRouter, NoRoute, Routed
+from kvgate.multicluster.router import ENDPOINT, Attempt, Deadline, GlobalRouter, NoRoute, Routed
 from kvgate.multicluster.source import ClusterSource
 from kvgate.multicluster.state import models_listed
 from kvgate.openai.labels import GRACE_S, ModelLabels
@@ -292,6 +293,61 @@ def _cut_abort(routed: Routed) -> Callable[[], None] | None:
     return routed.abort
 
 
+class _Late:
+    """The request's bound (``limits.requestTimeoutSeconds``) over an answer being relayed: one timer, at
+    ``deadline.due``, aborts the cluster's response (its body then raises, as at the drain's cut) unless
+    it arrived whole; the relay then ends the answer: an event stream with an error event (504
+    ``request_timeout``, naming the bound), any other body by closing the connection mid-body. The
+    cluster is charged (backs off) only if it was not making progress: no piece (an event stream's data
+    event after its first: not a comment, a ping) in the later half of the time it held the request
+    (``Deadline.progressed``, as ``kvgate serve`` charges a stream its bound cut)."""
+
+    __slots__ = ("_gw", "_routed", "_timer", "deadline", "fired", "first_at", "progress_at")
+
+    def __init__(self, deadline: Deadline, routed: Routed, gw: GlobalGateway) -> None:
+        self.deadline = deadline
+        self._routed = routed
+        self._gw = gw
+        self.fired = False
+        self.first_at: float | None = None
+        self.progress_at = -math.inf
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_at(deadline.due, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        abort = _cut_abort(self._routed)
+        if abort is None:  # (arrived whole: relayed to its end as usual)
+            return
+        self.fired = True
+        routed = self._routed
+        log.warning("response from cluster %s cut at limits.requestTimeoutSeconds (%gs)", routed.cluster,
+                    self.deadline.bound_s)  # fmt: skip
+        if not self.deadline.progressed(routed.sent_at, self.progress_at):
+            st = self._gw.router.states.get(routed.cluster)
+            if st is not None:
+                st.failed(self._gw.clock())
+        abort()
+
+    def saw(self, chunk: bytes, sse: bool) -> None:
+        """A piece of the answer went out (an event stream's: whole events)."""
+        if sse and chunk[0] in b":\r\n" and b"data:" not in chunk:
+            return  # (a comment, a ping: no progress)
+        now = asyncio.get_running_loop().time()
+        if sse and self.first_at is None:
+            self.first_at = now  # (a stream's first data event is its head's, not progress)
+        else:
+            self.progress_at = now
+
+    def event(self) -> bytes:
+        what = f"the gateway cut the stream from cluster {self._routed.cluster} at its bound"
+        return sse_error_event(self.deadline.message(what), code="request_timeout", status=504)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class GlobalGateway:
     def __init__(
         self,
@@ -385,6 +441,9 @@ class GlobalGateway:
 
     async def _route(self, request: Request) -> Response | StreamResponse:
         t0 = self.clock()  # (the body read, as ``kvgate serve``'s duration starts)
+        # ``limits.requestTimeoutSeconds`` bounds the whole request from here, as ``kvgate serve``'s does
+        # (read once: a reload applies to requests that start after it).
+        deadline = Deadline.after(asyncio.get_running_loop().time(), self.router.cfg.request_timeout_s)
         raw = request.body
         path = request.path
         try:
@@ -401,13 +460,18 @@ class GlobalGateway:
             fairness = request.headers.get(LLMD_FAIRNESS_ID) or fairness
         running = self.metrics.start(parsed.model, fairness)
         try:
-            return await self._route_parsed(request, parsed, t0, (running[2], running[3]))
+            return await self._route_parsed(request, parsed, t0, (running[2], running[3]), deadline)
         finally:
             self.metrics.stop(running)
             self.metrics.models.drop(parsed.model)
 
     async def _route_parsed(
-        self, request: Request, parsed: ParsedBody, t0: float, flow: tuple[str, str]
+        self,
+        request: Request,
+        parsed: ParsedBody,
+        t0: float,
+        flow: tuple[str, str],
+        deadline: Deadline | None = None,
     ) -> Response | StreamResponse:
         path = request.path
         raw = request.body
@@ -424,7 +488,7 @@ class GlobalGateway:
         prev = previous_response_id(path, parsed.body)
         home = None if prev is None else self.responses.home(prev)
         try:
-            routed = await self.router.route(path, request.headers, raw, creq, home=home)
+            routed = await self.router.route(path, request.headers, raw, creq, home=home, deadline=deadline)
         except asyncio.CancelledError:  # the client went away while a cluster was being tried
             self.metrics.error(parsed.model, "client_gone", flow)
             self.metrics.sized(parsed.model, len(raw), flow)
@@ -439,7 +503,7 @@ class GlobalGateway:
             if e.error is not None and _openai_error(e.error):
                 # The refusing EPP's own error (its message, ``code``, ``param``), as through ``kvgate epp``.
                 return Response(status=e.status, body=e.error, content_type="application/json")
-            return json_error(e.status, e.message)
+            return json_error(e.status, e.message, code=e.code)
         seen = _UsageSeen()
         # The name the model server was sent: the only one its 2xx says anything of
         # (kvgate.openai.labels). A client's rewrite header names it only where this gateway gave it to
@@ -449,7 +513,7 @@ class GlobalGateway:
         rewrite = request.headers.get(MODEL_REWRITE)
         sent = parsed.model if not rewrite else rewrite if routed.mode == ENDPOINT else ""
         try:
-            return await self._relay(request, routed, parsed.model, sent, seen, flow)
+            return await self._relay(request, routed, parsed.model, sent, seen, flow, deadline)
         finally:
             if 200 <= routed.status < 300:
                 # (seen again at its end: a learnt name only a stream longer than GRACE_S used keeps its
@@ -473,7 +537,9 @@ class GlobalGateway:
         sent: str,
         seen: _UsageSeen,
         flow: tuple[str, str] = NO_FLOW,
+        deadline: Deadline | None = None,
     ) -> StreamResponse:
+        """``deadline``: the request's bound, which the answer is cut at too (``_Late``)."""
         self._count_failed(routed.attempts[:-1])
         metrics = self.metrics
         if 200 <= routed.status < 300:
@@ -504,12 +570,15 @@ class GlobalGateway:
             if self._cutting and (abort := _cut_abort(routed)) is not None:  # (answered after the cut: L6)
                 self._cut.add(key)
                 abort()
+        late = None if deadline is None else _Late(deadline, routed, self)
         try:
             await resp.prepare(request)
             while True:
                 try:
                     chunk = await body.__anext__()
                 except (StopAsyncIteration, *_CUT) as e:
+                    if late is not None:
+                        late.stop()  # (the answer's end: the timer's work is done, whatever it was)
                     if edge is not None and edge.done:
                         # ``[DONE]`` went out: a complete answer, whatever cut what came after it (the
                         # drain's abort of a body read to its end raises too): ended as usual. The
@@ -522,7 +591,8 @@ class GlobalGateway:
                             )  # fmt: skip
                         seen.complete = True
                         break
-                    if key not in self._cut and isinstance(e, StopAsyncIteration):
+                    cut_late = late is not None and late.fired  # (whatever the read said, as the drain's)
+                    if key not in self._cut and not cut_late and isinstance(e, StopAsyncIteration):
                         seen.complete = True  # the normal end only: a cut stream gives no usage
                         if edge is not None and (rest := edge.rest()):
                             seen.sent += len(rest)
@@ -537,6 +607,14 @@ class GlobalGateway:
                             resp.abort()
                             return resp
                         event = drain_cut_event(self.drain_s)
+                        seen.sent += len(event)
+                        await resp.write(event)
+                        break
+                    if late is not None and cut_late:  # (the request's bound cut it: ``_Late``)
+                        if not sse or mid:
+                            resp.abort()  # the client must see an incomplete body, not a short one
+                            return resp
+                        event = late.event()
                         seen.sent += len(event)
                         await resp.write(event)
                         break
@@ -558,6 +636,8 @@ class GlobalGateway:
                         continue
                     if seen.first < 0:  # (an event stream's first byte out: its TTFT)
                         seen.first = self.clock()
+                if late is not None:
+                    late.saw(chunk, sse)
                 seen.sent += len(chunk)  # (the response size: a count, no copy)
                 await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
             await resp.write_eof()
@@ -571,6 +651,8 @@ class GlobalGateway:
                 self.metrics.error(model, "client_gone", flow)
             raise
         finally:
+            if late is not None:
+                late.stop()
             if sse:
                 self._streams.pop(key, None)
                 self._cut.discard(key)

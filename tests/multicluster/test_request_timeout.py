@@ -1,0 +1,326 @@
+"""``kvgate serve --clusters``: ``limits.requestTimeoutSeconds`` bounds the whole request, as ``kvgate
+serve``'s key does (closing note s19: before, a non-streamed request to a cluster gateway that answers its
+``/healthz`` probe but never the request waited the 300 s read timeout). Real loopback HTTP servers, short
+bounds (the client's own patience, ``WAIT_S``, is far under 300 s and over every bound here).
+
+- no cluster is tried, and no head awaited, past the bound: a 504 ``request_timeout`` (OpenAI-style), never
+  a failover with the bound spent; failover before it as before;
+- the cluster the bound ended at is charged (backs off) only if it had the larger part of the time (no head
+  to show progress), an answer cut after its head only if it was not making progress (a stream's data
+  events in the later half of its time);
+- ``probe_timeout_s`` is the probe's bound (a file key now, was 2 s fixed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway.handler_server import serve_app
+from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClusterSpec, parse
+from kvgate.multicluster.serve import GlobalGateway
+
+WAIT_S = 20.0  # the client's patience: far under the 300 s read timeout, over every bound used here
+
+
+class Gateway:
+    """A cluster gateway on loopback. ``mode``: ``ok`` answers at once; ``silent`` takes the request and
+    never answers (its ``/healthz`` answers after ``healthz_delay_s``: the process lives); ``slow_503``
+    answers 503 after ``delay_s``; ``trickle`` streams a data event every ``gap_s`` (``events`` of them);
+    ``wedge`` streams its first data event, then only ``: ping`` comments every ``gap_s``."""
+
+    def __init__(self, name: str, mode: str = "ok") -> None:
+        self.name = name
+        self.mode = mode
+        self.healthz_delay_s = 0.0
+        self.delay_s = 0.0
+        self.gap_s = 0.1
+        self.events = 100
+        self.taken = 0
+        self.probes = 0
+        self.address = ""
+        self._runner: web.AppRunner | None = None
+        self._held: list[asyncio.Future[None]] = []
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        self.probes += 1
+        await asyncio.sleep(self.healthz_delay_s)
+        return web.Response(status=404)  # any answer: the gateway lives
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.taken += 1
+        if self.mode == "silent":
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._held.append(fut)
+            await fut  # (cancelled when the caller leaves, or at the stop)
+        if self.mode == "slow_503":
+            await asyncio.sleep(self.delay_s)
+            return web.json_response({"error": {"message": "busy"}}, status=503)
+        if not body.get("stream"):
+            return web.json_response({"object": "text_completion", "model": "m", "served_by": self.name,
+                                      "choices": [{"index": 0, "text": "ok"}]})  # fmt: skip
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"index":0,"text":"t0"}]}\n\n')
+        for i in range(1, self.events):
+            await asyncio.sleep(self.gap_s)
+            if self.mode == "wedge":
+                await resp.write(b": ping\n\n")
+            else:
+                await resp.write(b'data: {"choices":[{"index":0,"text":"t%d"}]}\n\n' % i)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def start(self) -> Gateway:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_post("/v1/completions", self._complete)
+        self._runner, port = await serve_app(app, shutdown_timeout=0.1)
+        self.address = f"127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        for fut in self._held:
+            if not fut.done():
+                fut.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def gateways() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
+    made: list[Gateway] = []
+
+    async def make(name: str, mode: str = "ok") -> Gateway:
+        g = await Gateway(name, mode).start()
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        await g.stop()
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[Callable[..., Awaitable[GlobalGateway]]]:
+    running: list[GlobalGateway] = []
+
+    async def make(*clusters: Gateway, **cfg: float) -> GlobalGateway:
+        specs = tuple(ClusterSpec(c.name, gateway=c.address) for c in clusters)
+        gw = GlobalGateway(ClustersConfig(specs, **cfg), "round-robin", fetch=False, seed=1, drain_s=0.5)
+        await gw.start("127.0.0.1", 0)
+        running.append(gw)
+        return gw
+
+    yield make
+    for gw in running:
+        await gw.stop()
+
+
+async def _post(port: int, *, stream: bool = False) -> tuple[int | str, bytes, float]:
+    """(status or ``hung``, the raw answer, seconds taken)."""
+    raw = orjson.dumps({"model": "m", "prompt": "x", "stream": stream})
+    t0 = time.monotonic()
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%b"
+            % (len(raw), raw))  # fmt: skip
+    try:
+        data = await asyncio.wait_for(r.read(), WAIT_S)
+    except TimeoutError:
+        return "hung", b"", time.monotonic() - t0
+    finally:
+        w.close()
+    return int(data.split(b" ", 2)[1]), data, time.monotonic() - t0
+
+
+def _error(data: bytes) -> dict[str, object]:
+    doc = orjson.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert isinstance(doc, dict)
+    error = doc["error"]
+    assert isinstance(error, dict)
+    return error
+
+
+# --- the clusters file -------------------------------------------------------------------------
+
+
+def test_the_keys_parse_with_their_defaults() -> None:
+    base = {"clusters": [{"name": "a", "gateway": "127.0.0.1:1"}]}
+    cfg = parse(base)
+    assert cfg.request_timeout_s == 0.0 and cfg.probe_timeout_s == 2.0
+    limits = {"requestTimeoutSeconds": 30, "maxBodyBytes": 10}
+    cfg = parse({**base, "probe_timeout_s": 0.25, "limits": limits})
+    assert cfg.request_timeout_s == 30.0 and cfg.probe_timeout_s == 0.25 and cfg.limits.max_body_bytes == 10
+    assert parse({**base, "limits": {"requestTimeoutSeconds": 0}}).request_timeout_s == 0.0  # (0: none)
+
+
+@pytest.mark.parametrize(
+    "doc, key",
+    [
+        ({"limits": {"requestTimeoutSeconds": -1}}, "limits.requestTimeoutSeconds"),
+        ({"limits": {"requestTimeoutSeconds": float("nan")}}, "limits.requestTimeoutSeconds"),
+        ({"limits": {"requestTimeoutSeconds": float("inf")}}, "limits.requestTimeoutSeconds"),
+        ({"limits": {"requestTimeoutSeconds": "30s"}}, "limits.requestTimeoutSeconds"),
+        ({"limits": {"requestTimeoutSeconds": True}}, "limits.requestTimeoutSeconds"),
+        ({"limits": {"requestTimeoutSeconds": 10**400}}, "limits.requestTimeoutSeconds"),
+        ({"limits": {"requestTimeoutSecs": 5}}, "limits.requestTimeoutSecs"),
+        ({"probe_timeout_s": 0}, "probe_timeout_s"),
+        ({"probe_timeout_s": -2}, "probe_timeout_s"),
+        ({"probe_timeout_s": float("nan")}, "probe_timeout_s"),
+        ({"probe_timeout_s": float("inf")}, "probe_timeout_s"),
+        ({"probe_timeout_s": "2s"}, "probe_timeout_s"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_its_key(doc: dict[str, object], key: str) -> None:
+    with pytest.raises(ClustersError) as e:
+        parse({"clusters": [{"name": "a", "gateway": "127.0.0.1:1"}], **doc})
+    assert e.value.key == key, e.value
+    if key == "limits.requestTimeoutSecs":  # (the known keys named, the new one among them)
+        assert "requestTimeoutSeconds" in str(e.value)
+
+
+# --- the bound ----------------------------------------------------------------------------------
+
+
+async def test_a_gateway_that_answers_its_probe_but_never_the_request_gets_a_504_at_the_bound(
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+) -> None:
+    """The closing note's case: the probe says live, so before the bound the request waited the read
+    timeout (300 s; ``hung`` here). Now: 504 ``request_timeout`` at the bound, not sent on to ``west`` (the
+    bound is spent), and ``east``, which held the whole time without a head, backs off."""
+    east, west = await gateways("east", "silent"), await gateways("west")
+    gw = await started(east, west, head_timeout_s=0.2, probe_timeout_s=0.5, request_timeout_s=1.0)
+    status, data, took = await _post(gw.port)
+    assert status == 504, (status, data)
+    error = _error(data)
+    assert error["code"] == "request_timeout" and "limits.requestTimeoutSeconds (1s)" in str(error["message"])
+    assert "cluster east" in str(error["message"]), error
+    assert east.taken == 1 and east.probes >= 1 and west.taken == 0
+    assert took < WAIT_S / 2  # (well before the read timeout; the bound itself is 1 s)
+    st = gw.router.states["east"]
+    assert st.backoff_s > 0 and st.hung_at is None  # charged, but not hung (it answered its probe)
+    assert gw.router.states["west"].backoff_s == 0
+    # The next request goes to west (round-robin skips east while it backs off): 200.
+    status, data, _ = await _post(gw.port)
+    assert status == 200 and b'"served_by": "west"' in data, data
+
+
+async def test_a_stream_without_a_head_is_bound_too(
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+) -> None:
+    """``head_timeout_s`` (120 s here) longer than the bound: the bound ends the stream's wait."""
+    east = await gateways("east", "silent")
+    gw = await started(east, head_timeout_s=120.0, request_timeout_s=0.8)
+    status, data, _ = await _post(gw.port, stream=True)
+    assert status == 504 and _error(data)["code"] == "request_timeout", data
+
+
+async def test_failover_before_the_bound_and_the_later_cluster_is_not_charged_for_the_first_ones_time(
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+) -> None:
+    """``east`` answers 503 after 0.2 s: the request goes on to ``west`` (well before the bound), 200.
+    Then ``east`` answers its 503 after 1.2 s of a 1.5 s bound, and ``west`` (silent now, live by its
+    probe) gets the last 0.3 s: the 504 at the bound, and ``west``, which had the smaller part of the
+    request's time, is not backed off (``east`` is, for its 503, as before)."""
+    east, west = await gateways("east", "slow_503"), await gateways("west")
+    east.delay_s = 0.2
+    gw = await started(east, west, head_timeout_s=0.1, probe_timeout_s=0.5, request_timeout_s=1.5)
+    status, data, _ = await _post(gw.port)
+    assert status == 200 and b'"served_by": "west"' in data and east.taken == 1, data
+    east.delay_s, west.mode = 1.2, "silent"
+    gw = await started(east, west, head_timeout_s=0.1, probe_timeout_s=0.5, request_timeout_s=1.5)
+    status, data, _ = await _post(gw.port)
+    assert status == 504 and _error(data)["code"] == "request_timeout", data
+    assert east.taken == 2 and west.taken == 2
+    assert gw.router.states["east"].backoff_s > 0
+    assert gw.router.states["west"].backoff_s == 0  # (its 0.3 s of the 1.5 s: not its fault)
+
+
+async def test_no_cluster_is_tried_once_the_bound_passed(
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+) -> None:
+    """``east``'s 503 comes after the bound: the 504 names it, ``west`` never gets the request."""
+    east, west = await gateways("east", "slow_503"), await gateways("west")
+    east.delay_s = 0.8
+    gw = await started(east, west, request_timeout_s=0.5)
+    status, data, _ = await _post(gw.port)
+    assert status == 504 and _error(data)["code"] == "request_timeout", data
+    assert west.taken == 0
+
+
+async def test_a_stream_making_progress_is_cut_at_the_bound_and_its_cluster_not_charged(
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+) -> None:
+    east = await gateways("east", "trickle")
+    gw = await started(east, request_timeout_s=1.0)
+    status, data, _ = await _post(gw.port, stream=True)
+    assert status == 200, data
+    assert b'"code":"request_timeout"' in data and b"limits.requestTimeoutSeconds (1s)" in data, data
+    assert b"data: [DONE]" not in data and b"t3" in data
+    assert gw.router.states["east"].backoff_s == 0  # data events to the end: a long answer, not a fault
+
+
+async def test_a_wedged_stream_is_cut_at_the_bound_and_its_cluster_charged(
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+) -> None:
+    """Its first event, then pings only: no progress in the later half of its time, so it is charged."""
+    east = await gateways("east", "wedge")
+    gw = await started(east, request_timeout_s=1.0)
+    status, data, _ = await _post(gw.port, stream=True)
+    assert status == 200 and b'"code":"request_timeout"' in data and b"t0" in data, data
+    assert gw.router.states["east"].backoff_s > 0
+
+
+async def test_an_answer_complete_within_the_bound_is_not_cut(
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+) -> None:
+    east = await gateways("east", "trickle")
+    east.events, east.gap_s = 4, 0.05
+    gw = await started(east, request_timeout_s=5.0)
+    status, data, _ = await _post(gw.port, stream=True)
+    assert status == 200 and b"data: [DONE]" in data and b"error" not in data, data
+    status, data, _ = await _post(gw.port)
+    assert status == 200 and b'"served_by": "east"' in data, data
+    assert gw.router.states["east"].backoff_s == 0
+
+
+async def test_the_bound_applies_live_after_a_reload(
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+) -> None:
+    east = await gateways("east", "silent")
+    gw = await started(east, head_timeout_s=0.1, probe_timeout_s=0.3)  # (no bound: the read timeout)
+    gw.router.apply(dataclasses.replace(gw.router.cfg, request_timeout_s=0.5))
+    status, data, _ = await _post(gw.port)
+    assert status == 504 and _error(data)["code"] == "request_timeout", data
+
+
+# --- the probe's bound ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("probe_timeout_s, hung", [(0.3, True), (3.0, False)])
+async def test_probe_timeout_s_is_the_probes_bound(
+    gateways: Callable[..., Awaitable[Gateway]],
+    started: Callable[..., Awaitable[GlobalGateway]],
+    probe_timeout_s: float,
+    hung: bool,
+) -> None:
+    """``east`` never answers the request; its ``/healthz`` answers after 1 s. Under a 0.3 s probe bound
+    it is hung (the request moves on to ``west``: 200); under 3 s it lives, and the request waits there to
+    its bound (504)."""
+    east, west = await gateways("east", "silent"), await gateways("west")
+    east.healthz_delay_s = 1.0
+    gw = await started(east, west, head_timeout_s=0.1, probe_timeout_s=probe_timeout_s, request_timeout_s=4.0)
+    status, data, _ = await _post(gw.port)
+    if hung:
+        assert status == 200 and b'"served_by": "west"' in data, data
+    else:
+        assert status == 504 and _error(data)["code"] == "request_timeout", data
+        assert west.taken == 0
