@@ -46,6 +46,8 @@ ENDPOINT, PARENT = "endpoint", "parent"
 _DROP = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", DESTINATION_ENDPOINT}
 )
+# The most addresses whose last answer to a probe is kept (``GlobalRouter._live_at``): the latest ones.
+LIVE_MAX = 1024
 STALLED = "epp stalled"  # an attempt's outcome when the EPP did not answer the pick in time
 
 
@@ -252,7 +254,10 @@ class GlobalRouter:
         self.states: dict[str, ClusterState] = {}
         self.max_clusters = max_clusters
         self.connect_timeout_s = connect_timeout_s
-        self._live_at: dict[str, float] = {}  # an address (gateway, pod) last answered a probe (clock)
+        # An address (gateway, pod) -> (its cluster, when it last answered a probe: clock), in answer order;
+        # an answer stands ``ttl_s``, so older ones go as new ones come, at most ``LIVE_MAX`` are kept, and
+        # a reload drops the addresses no cluster holds any more (``_answered``, ``apply``).
+        self._live_at: dict[str, tuple[str, float]] = {}
         self._probing: dict[str, asyncio.Future[bool]] = {}
         self.epp = EppClient(timeout_s=cfg.epp_timeout_s, clock=clock)
         self.apply(cfg)
@@ -281,6 +286,13 @@ class GlobalRouter:
         for attr, value in (("ttl_s", cfg.ttl_s), ("local", cfg.local)):
             if hasattr(self.policy, attr):
                 setattr(self.policy, attr, value)
+        # The probes' answers of addresses no cluster holds: a cluster gone, a Parent-only cluster's old
+        # gateway (an Endpoint-mode cluster's pods are the EPP's: theirs go with their age).
+        held = {s.name: s for s in cfg.clusters}
+        for address, (name, _) in list(self._live_at.items()):
+            holder = held.get(name)
+            if holder is None or (holder.epp is None and address != holder.gateway):
+                del self._live_at[address]
         # EPP channels of clusters gone (or whose TLS options changed) close once their streams end.
         self.epp.retain({(s.epp, self._epp_tls(s)) for s in cfg.clusters if s.epp is not None})
 
@@ -546,7 +558,7 @@ class GlobalRouter:
                 if mode == PARENT and st.hung_at is not None and st.hung_at == st.fetched_at:
                     raise NoHead("hung: its gateway answered no probe, and no aggregate since")
                 if (not stream and loop.time() >= bound) or (watch and self._hung(st)):
-                    probe = asyncio.ensure_future(self._live(url))
+                    probe = asyncio.ensure_future(self._live(url, st.name))
                     both: tuple[asyncio.Future[Any], ...] = (post, probe)
                     left = None if deadline is None else max(0.0, deadline.due - loop.time())
                     await asyncio.wait(both, timeout=left, return_when=asyncio.FIRST_COMPLETED)
@@ -568,20 +580,34 @@ class GlobalRouter:
                 post.cancel()
                 post.add_done_callback(_release_late)
 
-    async def _live(self, url: str) -> bool:
-        """Whether the gateway (or pod) at ``url``'s host answers a ``GET /healthz`` (any status, its head)
-        within ``probe_timeout_s``. One probe an address at a time (the requests waiting there share it),
-        and an answer stands for ``ttl_s``."""
+    async def _live(self, url: str, cluster: str) -> bool:
+        """Whether the gateway (or pod) at ``url``'s host, of ``cluster``, answers a ``GET /healthz`` (any
+        status, its head) within ``probe_timeout_s``. One probe an address at a time (the requests waiting
+        there share it), and an answer stands for ``ttl_s``."""
         target = url.split("/", 3)[2]
-        at = self._live_at.get(target)
-        if at is not None and self.clock() - at < self.cfg.ttl_s:
+        seen = self._live_at.get(target)
+        if seen is not None and self.clock() - seen[1] < self.cfg.ttl_s:
             return True
         task = self._probing.get(target)
         if task is None or task.done():
-            task = self._probing[target] = asyncio.ensure_future(self._probe(target))
+            task = self._probing[target] = asyncio.ensure_future(self._probe(target, cluster))
         return await asyncio.shield(task)
 
-    async def _probe(self, target: str) -> bool:
+    def _answered(self, target: str, cluster: str) -> None:
+        """``target`` answered a probe now: its record moved to the new end; the old end's records past
+        ``ttl_s`` (they stand for nothing any more) and past ``LIVE_MAX`` dropped."""
+        live = self._live_at
+        now = self.clock()
+        live.pop(target, None)
+        live[target] = (cluster, now)
+        ttl = self.cfg.ttl_s
+        while live:
+            first = next(iter(live))
+            if len(live) <= LIVE_MAX and now - live[first][1] < ttl:
+                break
+            del live[first]
+
+    async def _probe(self, target: str, cluster: str) -> bool:
         assert self._session is not None
         timeout = aiohttp.ClientTimeout(total=self.cfg.probe_timeout_s)
         try:
@@ -591,7 +617,7 @@ class GlobalRouter:
             return False
         finally:
             self._probing.pop(target, None)
-        self._live_at[target] = self.clock()
+        self._answered(target, cluster)
         return True
 
     def _hung(self, st: ClusterState) -> bool:
