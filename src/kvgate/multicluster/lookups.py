@@ -14,8 +14,10 @@ address); before, each waited the 300 s read timeout. An id whose home cluster i
 (``ClusterState.hung_at``, no aggregate since) is answered 504 at once: it cannot be answered elsewhere. With
 Endpoint-mode clusters only there is nowhere to send it: an EPP picks a pod from a request's body, and a
 lookup has none; the global gateway answers 404 ``response_not_found`` itself.
-``limits.requestTimeoutSeconds`` bounds each head as it bounds a request's (504 ``request_timeout``). A
-lookup generates nothing: no cluster pick, no EPP, no cluster accounting or token metrics,
+``limits.requestTimeoutSeconds`` bounds each head as it bounds a request's (504 ``request_timeout``). An id
+made through an Endpoint-mode EPP that rewrote its model has the client's name put back in the answer
+(``GlobalGateway.response_models``), as the create's answer had it; in Parent mode the cluster's gateway
+puts it back. A lookup generates nothing: no cluster pick, no EPP, no cluster accounting or token metrics,
 no back-off (a gateway found hung is marked, as by a request); its answer is relayed as it comes.
 """
 
@@ -28,10 +30,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import aiohttp
+import orjson
 
+from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.server import Request, Response, StreamResponse, json_error
 from kvgate.multicluster.router import ENDPOINT, PARENT, Deadline, NoHead, PastDeadline
 from kvgate.openai.responses import lookup_target
+from kvgate.openai.sse import SSEScanner, rewrite_model
 
 if TYPE_CHECKING:
     from kvgate.multicluster.serve import GlobalGateway
@@ -43,6 +48,10 @@ _DROP = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade"}
 )
 CONNECT_TIMEOUT_S = 5.0
+# A JSON answer held whole to put the client's model back (``_relay``): at most this, and from a budget all
+# lookups share; past either it is relayed as it comes, unchanged.
+HOLD_MAX = 16 << 20
+_HELD = ByteBudget(64 << 20)
 
 
 def targets(gw: GlobalGateway, response_id: str) -> list[tuple[ClusterState, str, str]]:
@@ -127,7 +136,8 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
                 last = f"cluster {st.name}: {type(e).__name__}"
                 continue
             try:
-                return await _relay(request, resp, st.name)
+                model = gw.response_models.home(response_id) if 200 <= resp.status < 300 else None
+                return await _relay(request, resp, st.name, model)
             finally:
                 resp.release()
         code = "upstream_timeout" if status == 504 else "upstream_unavailable"
@@ -138,17 +148,47 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
             gw._idle.set()
 
 
-async def _relay(request: Request, resp: aiohttp.ClientResponse, cluster: str) -> StreamResponse:
+async def _relay(
+    request: Request, resp: aiohttp.ClientResponse, cluster: str, model: str | None = None
+) -> Response | StreamResponse:
+    """``model``: the name the client sent for a response made through an EPP's rewrite, put back (a JSON
+    answer's ``model``, held whole up to ``HOLD_MAX``; each event's of a stream, as ``kvgate.openai.sse``
+    puts it back in a create's stream); None: relayed as it comes."""
     headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
     headers["x-kvgate-cluster"] = cluster
+    sse = resp.headers.get("Content-Type", "")[:17].lower() == "text/event-stream"
+    scanner = SSEScanner(rewrite_to=model) if model is not None and sse else None
     length = None
-    with contextlib.suppress(KeyError, ValueError):
-        length = int(resp.headers["Content-Length"])
+    if model is not None:
+        try:
+            body = None if sse else await _held(resp)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:  # (nothing sent yet)
+            return json_error(502, f"lookup failed: cluster {cluster}: {type(e).__name__}",
+                              code="upstream_unavailable")  # fmt: skip
+        if body is not None:  # (whole: rewritten, its own length)
+            with contextlib.suppress(orjson.JSONDecodeError):
+                doc = orjson.loads(body)
+                if rewrite_model(doc, model):
+                    body = orjson.dumps(doc)
+            out = StreamResponse(status=resp.status, headers=headers, length=len(body))
+            await out.prepare(request)
+            await out.write(body)
+            await out.write_eof()
+            return out
+    else:
+        with contextlib.suppress(KeyError, ValueError):
+            length = int(resp.headers["Content-Length"])
     out = StreamResponse(status=resp.status, headers=headers, length=length)
     await out.prepare(request)
     try:
         async for chunk in resp.content.iter_any():
+            if scanner is not None:
+                chunk = scanner.feed(chunk)
+                if not chunk:
+                    continue
             await out.write(chunk)
+        if scanner is not None and (rest := scanner.finish()):
+            await out.write(rest)
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
         if isinstance(e, ConnectionResetError):
             raise  # (the client went away)
@@ -157,3 +197,15 @@ async def _relay(request: Request, resp: aiohttp.ClientResponse, cluster: str) -
         return out
     await out.write_eof()
     return out
+
+
+async def _held(resp: aiohttp.ClientResponse) -> bytes | None:
+    """A JSON answer read whole; None (nothing read: relayed on unchanged) when its length is not given,
+    or over ``HOLD_MAX`` or the budget all lookups share."""
+    length = resp.content_length
+    if length is None or length > HOLD_MAX or not _HELD.take(length):
+        return None
+    try:
+        return await resp.read()
+    finally:
+        _HELD.give(length)

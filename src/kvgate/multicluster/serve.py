@@ -407,6 +407,10 @@ class GlobalGateway:
         # Responses API ids -> the cluster that answered them: a follow-up (``previous_response_id``) is
         # sent there first (vLLM keeps a stored response in the server that made it).
         self.responses: ResponseHomes[tuple[str, str | None]] = ResponseHomes(clock=clock)
+        # And, for an id made through an Endpoint-mode EPP that rewrote the request (its model), the name the
+        # client sent: a lookup's answer has it put back, as the create's had (``lookups``; in Parent mode
+        # the cluster's own gateway puts it back).
+        self.response_models: ResponseHomes[str] = ResponseHomes(clock=clock)
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters, TTL / refresh / locality, the TLS options (and files) of
@@ -645,6 +649,8 @@ class GlobalGateway:
                 # (Endpoint mode: the pod it answered from, the last attempt's target)
                 pod = routed.attempts[-1].target if routed.mode == ENDPOINT and routed.attempts else None
                 self.responses.remember(rid, (routed.cluster, pod))
+                if routed.epp is not None and routed.epp.rewritten:
+                    self.response_models.remember(rid, model)
         except (ConnectionResetError, asyncio.CancelledError):
             seen.sent = -1  # (what reached the client is not known: no size, as ``kvgate serve``)
             if not counted:
