@@ -34,7 +34,7 @@ def test_a_band_behind_a_pinned_head_is_published_to_the_other_workers() -> None
     f.step(0)
     f.step(1)
     assert f.sent == [(1, "crit")], f.sent  # (worker 0 sent "low" before)
-    assert f.ds[1].ctl.head(f.now).req.request_id == "pinned"  # type: ignore[union-attr]  # put back
+    assert f.ds[1].ctl.parked == 1  # (waits aside for its home: fc20)
 
 
 def test_pinned_heads_of_several_flows_are_passed_over_in_the_mark() -> None:
@@ -61,17 +61,20 @@ def test_a_band_of_pinned_heads_only_is_not_published() -> None:
     assert f.sent == [(0, "low")], f.sent
 
 
-def test_past_the_pass_over_cap_the_band_is_published() -> None:
-    """A dispatch pass ends at PASS_OVER_MAX pass-overs (the band and those below wait): the mark names
-    the band then, so another worker's lower band waits too."""
+def test_past_the_pass_over_cap_the_band_waits_aside_and_is_not_published() -> None:
+    """From s19-fc to fc20 a dispatch pass ended at PASS_OVER_MAX pass-overs (the band and those below
+    waited) and the mark named the band, so another worker's lower band waited too. Now the pass parks
+    every head whose home is full, with no bound, and the mark (parked heads are in no band's selection)
+    names the band below: another worker's lower band goes, as one process's would."""
     f = pinned_fleet()
     for i in range(PASS_OVER_MAX + 1):
         f.arrive(1, req(f"p{i}", f"s{i}", home=f"10.0.{i}.1:8000", priority=10))
     f.arrive(0, req("low", "t0", priority=0))
     f.step(1)
+    assert f.ds[1].ctl.parked == PASS_OVER_MAX + 1
     f.free = 1
     f.step(0)
-    assert f.sent == [], f.sent
+    assert f.sent == [(0, "low")], f.sent
 
 
 def test_many_heads_pinned_to_few_homes_do_not_hold_the_other_workers() -> None:

@@ -1,9 +1,10 @@
 """Review s18-doors M3: a queued head that waits for its own subset (a Responses follow-up pinned to its
-saturated home, a subset hint) is passed over for the rest of a dispatch pass, so the requests behind it in
-its band use the rest of the pool; it is put back in its place, first in line at the next pass (its home's
-capacity goes to it before anything queued after it), and the requests that go past it are picked off its
-home when the pool has other room (``Director._pick_late``). Before, it held up its whole band (only lower
-bands went past it). Pure, on an injected clock."""
+saturated home, a subset hint) waits aside (parked, fc20; passed over for one pass before), so the requests
+behind it in its band use the rest of the pool; once its home is found with room it is back in its place,
+first in line for its home (its home's capacity goes to it before anything queued after it), and the
+requests that go past it meanwhile are picked off its home when the pool has other room
+(``Director._pick_late``). Before flw19, it held up its whole band (only lower bands went past it). Pure, on
+an injected clock."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from kvgate.datalayer.endpoint import EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.config import FlowControlConfig
 from kvgate.flowcontrol.controller import FlowController
-from kvgate.flowcontrol.dispatcher import PASS_OVER_MAX, dispatch_ready
+from kvgate.flowcontrol.dispatcher import dispatch_ready
 from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.types import InferenceRequest
 
@@ -58,11 +59,10 @@ def test_the_requests_behind_a_head_waiting_for_its_home_go() -> None:
     for r in (req("p", home=A), req("q"), req("r")):
         c.enqueue(r, 0.0)
     gate = Gate(home_full=True, room=1)
-    assert drain(c, gate) == ["q"]  # (before: [], the pinned head held its band)
-    # It is back in its place: first in line, still queued and counted.
-    head = c.head(1.0)
-    assert head is not None and head.req.request_id == "p" and len(c) == 2 and not head.done
-    assert c.passed_homes == frozenset()
+    assert drain(c, gate) == ["q"]  # (before flw19: [], the pinned head held its band)
+    # It waits aside for its home: still queued and counted, in no band's selection.
+    assert c.parked == 1 and len(c) == 2 and c.head(1.0).req.request_id == "r"  # type: ignore[union-attr]
+    assert c.passed_homes == frozenset({A})  # (the late pick keeps the requests going past off its home)
 
 
 def test_it_is_first_in_line_when_its_home_frees() -> None:
@@ -72,17 +72,43 @@ def test_it_is_first_in_line_when_its_home_frees() -> None:
     gate = Gate(home_full=True, room=1)
     assert drain(c, gate) == ["q"]
     gate.home_full, gate.room = False, 5
+    c.freed(A)  # (a request there finished: the Director says where)
     assert drain(c, gate) == ["p", "r", "s"]  # (queue order kept)
+    assert c.parked == 0 and c.passed_homes == frozenset()
+
+
+def test_a_home_found_by_the_sweep_gives_its_head_its_place_back() -> None:
+    """Not told (a scraped load fell, another worker's request finished there): the sweep, at most once per
+    ``sweep_every`` (the first one interval after the first home was parked), finds the home with room;
+    before it, the heads stay aside (``s``, pinned to the same home, parked behind ``p``: never ahead)."""
+    c = ctl()
+    for r in (req("p", home=A), req("q"), req("s", home=A)):
+        c.enqueue(r, 0.0)
+    gate = Gate(home_full=True, room=1)
+    assert drain(c, gate, now=1.0) == ["q"] and c.parked == 2
+    gate.home_full = False
+    assert drain(c, gate, now=1.0 + c.sweep_every / 2) == []
+    assert drain(c, gate, now=1.0 + c.sweep_every) == ["p", "s"]
+    c2 = ctl()
+    for r in (req("p", home=A), req("q"), req("r")):
+        c2.enqueue(r, 0.0)
+    gate = Gate(home_full=True, room=1)
+    assert drain(c2, gate, now=1.0) == ["q"]
+    assert drain(c2, gate, now=1.0) == []
+    gate.home_full, gate.room = False, 1
+    assert drain(c2, gate, now=1.0 + c2.sweep_every / 2) == ["r"]  # (no sweep yet: p still aside)
+    gate.room = 1
+    assert drain(c2, gate, now=1.0 + c2.sweep_every) == ["p"]
 
 
 def test_other_flows_keep_their_turns() -> None:
-    """Round robin across flows: passing over t's head changes no turn of u's."""
+    """Round robin across flows: parking t's head changes no turn of u's."""
     c = ctl(fairness="round-robin")
     for r in (req("p", "t", home=A), req("u1", "u"), req("t2", "t"), req("u2", "u")):
         c.enqueue(r, 0.0)
     gate = Gate(home_full=True, room=3)
     assert drain(c, gate) == ["t2", "u1", "u2"]  # t's turn (its next request), then u's
-    assert len(c) == 1 and c.head(1.0).req.request_id == "p"  # type: ignore[union-attr]
+    assert len(c) == 1 and c.parked == 1
 
 
 def test_strict_priority_still_holds_behind_a_blocked_plain_head() -> None:
@@ -100,19 +126,21 @@ def test_lower_bands_go_past_a_band_of_heads_waiting_for_their_homes() -> None:
     c.enqueue(req("p2", "u", home=A, priority=1), 0.0)
     c.enqueue(req("lo", priority=0), 0.0)
     assert drain(c, Gate(home_full=True, room=1)) == ["lo"]
-    assert [i.req.request_id for i in c.heads(1.0)] == ["p1"]  # (then p2, in its place)
+    assert c.parked == 2 and c.head(1.0) is None
+    c.freed(A)
+    assert drain(c, Gate(home_full=False, room=0)) == ["p1", "p2"]  # (in their order)
 
 
-def test_a_pass_its_caller_stops_puts_the_heads_back() -> None:
+def test_a_pass_its_caller_stops_keeps_the_queue_whole() -> None:
     c = ctl()
     for r in (req("p", home=A), req("q"), req("r")):
         c.enqueue(r, 0.0)
     gen = dispatch_ready(c, 1.0, Gate(home_full=True, room=5))
     assert next(gen).req.request_id == "q"
-    assert c.passed_homes == frozenset({A})  # (while the pass goes on: the late pick reads it)
+    assert c.passed_homes == frozenset({A})  # (the late pick reads it)
     gen.close()
-    assert c.passed == 0 and c.passed_homes == frozenset()
-    assert c.head(1.0).req.request_id == "p"  # type: ignore[union-attr]
+    assert c.passed == 0 and c.parked == 1 and len(c) == 2
+    assert c.head(1.0).req.request_id == "r"  # type: ignore[union-attr]
 
 
 def test_a_cancelled_head_is_not_put_back() -> None:
@@ -123,23 +151,19 @@ def test_a_cancelled_head_is_not_put_back() -> None:
     next(gen)
     assert c.cancel(p, 1.0)
     gen.close()
-    assert len(c) == 0 and c.head(1.0) is None
+    assert len(c) == 0 and c.head(1.0) is None and c.parked == 0 and c.passed_homes == frozenset()
+    c.freed(A)
+    assert drain(c, Gate(home_full=False, room=5)) == []
 
 
-def test_the_passes_over_of_one_pass_are_bounded() -> None:
-    # The bound counts distinct subsets (heads pinned to one already found full cost a heap step: review
-    # s19-fixes-b L1, tests/flowcontrol/test_pass_over_cap_fb19.py); Gate: every subset full.
+def test_any_number_of_full_homes_does_not_end_a_pass() -> None:
+    # Before fc20 the pass ended past 64 distinct full subsets (PASS_OVER_MAX) or 1,024 heads: q waited.
     c = ctl()
-    for i in range(PASS_OVER_MAX + 1):
-        c.enqueue(req(f"p{i}", home=f"10.1.0.{i}:8000"), 0.0)
+    for i in range(300):
+        c.enqueue(req(f"p{i}", home=f"10.1.{i // 250}.{i % 250}:8000"), 0.0)
     c.enqueue(req("q"), 0.0)
-    assert drain(c, Gate(home_full=True, room=5)) == []  # (one subset more than the bound: q waits)
-    c2 = ctl()
-    for i in range(PASS_OVER_MAX):
-        c2.enqueue(req(f"p{i}", home=f"10.1.0.{i}:8000"), 0.0)
-    c2.enqueue(req("q"), 0.0)
-    assert drain(c2, Gate(home_full=True, room=5)) == ["q"]
-    assert c2.head(1.0).req.request_id == "p0"  # type: ignore[union-attr]
+    assert drain(c, Gate(home_full=True, room=5)) == ["q"]
+    assert c.parked == 300
 
 
 def test_slo_feasible_overdue_heads_go_back_where_they_were() -> None:
@@ -147,7 +171,7 @@ def test_slo_feasible_overdue_heads_go_back_where_they_were() -> None:
     c.enqueue(req("p", home=A), 0.0)  # overdue at now=100 (default SLO): in its flow's late heap
     c.enqueue(req("q"), 0.0)
     assert drain(c, Gate(home_full=True, room=1), now=100.0) == ["q"]
-    assert c.head(100.0).req.request_id == "p"  # type: ignore[union-attr]
+    c.freed(A)
     assert drain(c, Gate(home_full=False, room=1), now=100.0) == ["p"]
 
 

@@ -7,8 +7,8 @@ counts distinct subsets; a head pinned to one already found full this pass costs
 from __future__ import annotations
 
 from kvgate.flowcontrol.config import FlowControlConfig
-from kvgate.flowcontrol.controller import FlowController
-from kvgate.flowcontrol.dispatcher import PASS_OVER_MAX, dispatch_ready
+from kvgate.flowcontrol.controller import PASS_OVER_MAX, FlowController
+from kvgate.flowcontrol.dispatcher import dispatch_ready
 from kvgate.scheduling.types import InferenceRequest
 
 
@@ -37,8 +37,9 @@ def test_a_plain_request_goes_while_the_pool_has_room_past_many_pinned_heads() -
     assert sent == ["u"], f"pool with room for {room}: sent {sent}"
 
 
-def test_the_heads_passed_over_in_one_pass_are_still_bounded() -> None:
-    from kvgate.flowcontrol.controller import PASS_OVER_MAX_HEADS
+def test_no_number_of_pinned_heads_ends_a_pass() -> None:
+    """fc20: the heads pinned to a full home wait aside (parked), with no bound: before, past
+    PASS_OVER_MAX_HEADS (1,024) heads passed over the pass ended, and u waited with every band below."""
 
     def run(n: int) -> list[str]:
         c = FlowController(FlowControlConfig())
@@ -47,5 +48,5 @@ def test_the_heads_passed_over_in_one_pass_are_still_bounded() -> None:
         c.enqueue(req("u", "v"), 0.0)
         return [i.req.request_id for i in dispatch_ready(c, 1.0, lambda r: r.subset is not None)]
 
-    assert run(PASS_OVER_MAX_HEADS) == ["u"]
-    assert run(PASS_OVER_MAX_HEADS + 1) == []  # (past it the pass ends: u waits, as the bands below)
+    assert run(1024) == ["u"]
+    assert run(2000) == ["u"]

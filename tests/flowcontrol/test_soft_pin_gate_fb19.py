@@ -39,10 +39,11 @@ def test_a_queued_follow_up_waits_while_its_home_is_not_ready() -> None:
     flow.ctl.enqueue(r, 0.0)
     sent = [item.req.request_id for item in dispatch_ready(flow.ctl, 0.0, d.saturated)]
     assert sent == [] and r.subset == frozenset({A}) and r.subset_soft, (sent, r.subset)  # (before: to B)
-    a.healthy = True  # back: the follow-up goes home
+    a.healthy = True  # back: the follow-up goes home (its home asked again by the next sweep: fc20)
     got = []
-    for item in dispatch_ready(flow.ctl, 0.0, d.saturated):
-        got.append(flow.settle(item, 0.0).primary.address)  # type: ignore[union-attr]
+    later = flow.ctl.sweep_every
+    for item in dispatch_ready(flow.ctl, later, d.saturated):
+        got.append(flow.settle(item, later).primary.address)  # type: ignore[union-attr]
     assert got == [A], got
 
 

@@ -52,8 +52,8 @@ import hashlib
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from kvgate.flowcontrol.config import FlowControlConfig
@@ -202,6 +202,8 @@ class QueuedRequest:
     outcome: str = ""
     explain: bool = False
     bounded: bool = False  # ``deadline`` is the request's own (``enqueue``'s ``bound``), not the TTL
+    parked: tuple[str, frozenset[str], int] | None = None  # waiting aside for its full home (``park``)
+    full_since: float | None = None  # its home found full since then, never with room (``unpin_at``)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -269,16 +271,21 @@ def rate_key(flow: str) -> str:
     return f"{flow[:200]}\x00{digest}"
 
 
-# Distinct subsets (model, subset, band) whose heads a dispatch pass passes over, at most (the first head of
-# each costs gate checks and a heap step in its band; the others pinned there a heap step each), and heads
-# passed over in all, at most; past either the pass ends: the rest wait in their places, and the bands behind
-# them (review s19-fc M3). The first bound counted heads before (review s19-fixes-b L1: 65 heads pinned to
-# two busy homes left the pool idle).
+# ``fleet.PoolMark.publish`` (the mark under ``--workers``) passes over at most this many distinct subsets
+# (model, subset, band) and heads while it looks for what a pass would send. A dispatch pass has no such bound
+# since fc20: a head whose home is full waits aside (``park``) until that home has room, and a pass never
+# meets it (before, more than 1,024 such heads or 64 full homes ended the pass: review s19-fixes-b L1).
 PASS_OVER_MAX = 64
 PASS_OVER_MAX_HEADS = 1024
-# The fairness id of the request a dispatch pass asks "has the rest of the pool room?" with (a pinned head's
-# request without its subset): a flow no fair-share rule holds back, so the answer is the pool's, not the
-# pinned head's own flow's (review s19-fixes-b H1). Not a header value a client can send (NUL).
+# Parked homes (``park``) a dispatch pass looks at again by itself, at most, once per ``PARK_SWEEP_EVERY``
+# seconds (the least recently looked first): what the dispatcher is not told of (a home's scraped load
+# falling, another worker's request there finishing). A home where one of this process's requests finishes
+# or produces its first token is looked at in the next pass (``freed``).
+PARK_SWEEP = 64
+PARK_SWEEP_EVERY = 0.02
+# The fairness id of the request a dispatch pass asks "has this home room?" with (a pinned head's request):
+# a flow no fair-share rule holds back, so the answer is the home's, not the pinned head's own flow's
+# (review s19-fixes-b H1: a held-back flow read its home as full). Not a header value a client can send (NUL).
 ROOM_FLOW = "\x00kvgate-room"
 
 
@@ -289,6 +296,32 @@ def flow_of(req: InferenceRequest) -> str:
     return req.headers.get(LLMD_FAIRNESS_HEADER) or req.fairness_id or "default-flow"
 
 
+HomeKey = tuple[str, frozenset[str], int]  # (model, subset, band)
+
+
+def unpin_at(since: float, deadline: float) -> float:
+    """When a soft pin (a Responses follow-up queued for its home) is given up: once its home has been
+    without room (full, or not ready) for as long as the request has left to wait, at the midpoint of
+    [``since``, ``deadline``]. A spell seen to last t lasts another t or more about half the time (no
+    better guess without a model of the home: the delta-t argument); past the midpoint the home is more
+    likely than not to stay full until the deadline, and the request would fail there (503, 504). Given
+    up, it is picked as any request, as one arriving after its home left the pool (the server that answers
+    may not hold its previous response: vLLM's 404, an answer now rather than a 503 at its deadline). A
+    home found with room meanwhile starts a new spell."""
+    return since + (deadline - since) / 2.0
+
+
+class Home:
+    """The requests of one band waiting aside for one full subset (``FlowController.park``), in the order
+    they were parked, each with its flow-queue entry (put back as it was: the same place)."""
+
+    __slots__ = ("items", "probe")
+
+    def __init__(self, probe: InferenceRequest) -> None:
+        self.items: dict[int, tuple[QueuedRequest, tuple[float, int, QueuedRequest], bool]] = {}
+        self.probe = probe  # asks the gate "has this home room?" (``ROOM_FLOW``: no fair-share rule)
+
+
 class FlowController:
     def __init__(self, cfg: FlowControlConfig, metrics: FlowMetrics | None = None) -> None:
         self.cfg = cfg
@@ -297,11 +330,20 @@ class FlowController:
         self._order: list[int] = []  # band priorities, highest first
         self._expiry: list[tuple[float, int, QueuedRequest]] = []
         self._held: list[QueuedRequest] = []
-        # Heads passed over for one dispatch pass (``pass_over``), with their entries, put back at its end.
+        # Heads passed over for one look (``pass_over``), with their entries, put back at its end.
         self._passed: list[tuple[QueuedRequest, tuple[float, int, QueuedRequest], bool]] = []
-        # The endpoints they wait for (their subsets), while they are passed over: the requests that go
-        # past them are picked elsewhere when the pool allows (the Director's late pick).
-        self.passed_homes: frozenset[str] = frozenset()
+        self._pass_homes: frozenset[str] = frozenset()  # their subsets
+        # Heads waiting aside for their full home (``park``), by home; insertion order: the least recently
+        # looked at first (``homes_to_look``). ``_parked_at``: address -> the parked homes holding it.
+        self._parked: dict[HomeKey, Home] = {}
+        self._parked_at: dict[str, set[HomeKey]] = {}
+        self._woken: set[HomeKey] = set()  # homes told of a freed slot (``freed``), looked at next pass
+        self._swept_at = -math.inf
+        self.sweep_every = PARK_SWEEP_EVERY  # (the dispatcher's recheck interval)
+        # soft pins' give-up times (``park``): (time, seq, item, the spell's start it was computed from)
+        self._unpins: list[tuple[float, int, QueuedRequest, float]] = []
+        self._aside: QueuedRequest | None = None  # the last head taken out of its band's selection
+        self._asides = 0
         self._give_ups: list[tuple[float, int, QueuedRequest]] = []  # sloAdmission (``give_up``)
         # sloAdmission: does the latency model know the request's endpoints well enough to judge it
         # (the Director's; None: taken as yes)? Only then is a queued one given up at its SLO deadline.
@@ -437,23 +479,25 @@ class FlowController:
         (``pass_over``) before asking for the next is followed by its band's next choice. With
         ``fairShareHeadroom``, a band's flows at or under their fair share (in flight + queued) are
         chosen from first. ``now``: for
-        ``slo-feasible`` ordering (which requests are past their deadline)."""
+        ``slo-feasible`` ordering (which requests are past their deadline). A parked head (``park``) is in
+        no band's selection: none is met."""
         under = self._under_share() if self.cfg.fair_share_headroom else None
         # (slo-feasible: a deadline before this cannot be met by a request sent now)
         reach = None if now is None else now + self.service_ttft
-        passed = self._passed
         for prio in self._order:
             for item in self.bands[prio].choices(under, reach):
-                n = len(passed)
+                n = self._asides
                 yield item
-                if len(passed) == n or passed[-1][0] is not item:
-                    break  # (not passed over: the next band; passed over: its band chooses again)
+                if self._asides == n or self._aside is not item:
+                    break  # (not passed over nor parked: the next band; else its band chooses again)
 
     def _remove(self, item: QueuedRequest, outcome: str, now: float, record: bool = True) -> bool:
         if item.done:
             return False
         item.done = True
         item.outcome = outcome
+        if item.parked is not None:
+            self._unpark(item)
         band = self.bands[item.priority]
         if item.held_until is not None:  # counted in its band, but in no flow queue
             item.held_until = None
@@ -544,27 +588,35 @@ class FlowController:
         self._held = keep
 
     def pass_over(self, item: QueuedRequest) -> bool:
-        """For the rest of this dispatch pass, take ``item`` (a head just chosen, that waits for its own
-        subset: a Responses follow-up's saturated home) out of its band's selection, so the requests behind
-        it can go; ``put_back`` returns it to its place (still queued and counted meanwhile: limits, TTL,
-        shares unchanged). False when it is not a head of its flow (nothing done)."""
+        """For the rest of this pass (``fleet.PoolMark.publish``'s look at what a pass would send), take
+        ``item`` (a head just chosen) out of its band's selection; ``put_back`` returns it to its place
+        (still queued and counted meanwhile). False when it is not a head of its flow (nothing done)."""
         q = self.bands[item.priority].flows.get(item.flow)
         got = None if q is None or item.done else q.take_head(item)
         if got is None:
             return False
         self._passed.append((item, got[0], got[1]))
         if item.req.subset is not None:
-            self.passed_homes = self.passed_homes | item.req.subset
+            self._pass_homes = self._pass_homes | item.req.subset
+        self._aside, self._asides = item, self._asides + 1
         return True
 
     @property
     def passed(self) -> int:
-        """Heads passed over in this dispatch pass."""
+        """Heads passed over (``pass_over``) and not put back yet."""
         return len(self._passed)
 
+    @property
+    def passed_homes(self) -> Collection[str]:
+        """The endpoints queued heads wait aside for (parked: their full homes; ``pass_over``'s): a
+        request dispatched past them is picked off those endpoints when it has others (the Director's late
+        pick), so it does not take the place they wait for."""
+        if not self._pass_homes:
+            return self._parked_at.keys()
+        return self._pass_homes | self._parked_at.keys()
+
     def put_back(self) -> None:
-        """The heads passed over back in their places (``pass_over``): first in line again at the next
-        pass, in the order they had."""
+        """The heads passed over back in their places (``pass_over``), in the order they had."""
         if not self._passed:
             return
         for item, entry, late in self._passed:
@@ -572,7 +624,141 @@ class FlowController:
             if q is not None and not item.done and item.held_until is None:
                 q.put_back(entry, late)
         self._passed.clear()
-        self.passed_homes = frozenset()
+        self._pass_homes = frozenset()
+
+    # -- heads waiting aside for their full home ---------------------------------------------------
+
+    def park(self, item: QueuedRequest, now: float) -> bool:
+        """Take ``item`` (a head just chosen, pinned to a subset the gate found full for any flow: a
+        Responses follow-up's busy home, a subset hint) out of its band's selection until that home is
+        found with room (``wake``): still queued and counted (limits, TTL, shares, cancel), but no pass
+        meets it again meanwhile, so the requests behind it go and a pass's cost does not grow with the
+        heads waiting. Its home is asked again with its request as a flow no fair-share rule holds back
+        (``ROOM_FLOW``). A soft pin (``subset_soft``) waits at most until ``unpin_at``. False when ``item``
+        is not a head."""
+        sub = item.req.subset
+        q = self.bands[item.priority].flows.get(item.flow)
+        got = None if q is None or item.done or sub is None else q.take_head(item)
+        if got is None or sub is None:
+            return False
+        key = (item.req.model, sub, item.priority)
+        home = self._parked.get(key)
+        if home is None:
+            if not self._parked:
+                self._swept_at = now  # (just found full: the first sweep one interval on)
+            probe = replace(item.req, fairness_id=ROOM_FLOW)
+            home = self._parked[key] = Home(probe)  # (at the back: just looked at)
+            for addr in sub:
+                self._parked_at.setdefault(addr, set()).add(key)
+        home.items[item.seq] = (item, got[0], got[1])
+        item.parked = key
+        if item.full_since is None:  # (a new spell; one woken only to try preemption keeps its own)
+            item.full_since = now
+            if item.req.subset_soft:
+                self._hold_seq -= 1
+                heapq.heappush(self._unpins, (unpin_at(now, item.deadline), self._hold_seq, item, now))
+        self._aside, self._asides = item, self._asides + 1
+        return True
+
+    def is_parked(self, key: HomeKey) -> bool:
+        return key in self._parked
+
+    def freed(self, address: str) -> None:
+        """A slot freed at ``address`` (a request there finished or produced its first token): the homes
+        holding it are looked at in the next pass (``homes_to_look``)."""
+        keys = self._parked_at.get(address)
+        if keys:
+            self._woken.update(keys)
+
+    def homes_to_look(self, now: float) -> list[tuple[HomeKey, InferenceRequest]]:
+        """The parked homes a pass asks about (with their probes): those told of a freed slot, and, once
+        per ``sweep_every``, up to ``PARK_SWEEP`` more, the least recently looked at first (each goes to
+        the back of that order: every parked home is looked at within ceil(homes / PARK_SWEEP) sweeps)."""
+        parked = self._parked
+        if not parked:
+            self._woken.clear()
+            return []
+        keys = [k for k in self._woken if k in parked]
+        self._woken.clear()
+        if now >= self._swept_at + self.sweep_every or now < self._swept_at:
+            self._swept_at = now
+            seen, top = set(keys), len(keys) + PARK_SWEEP
+            for k in parked:
+                if len(seen) >= top:
+                    break
+                if k not in seen:
+                    seen.add(k)
+                    keys.append(k)
+        out = []
+        for k in keys:
+            home = parked.pop(k)  # (to the back of the order)
+            parked[k] = home
+            out.append((k, home.probe))
+        return out
+
+    def wake(self, key: HomeKey, room: bool = True) -> None:
+        """Home ``key`` has room: its parked heads back in their places in their bands (the band's own
+        order then decides who goes first). ``room=False``: back to be tried again as heads though the
+        home is full (``flowControl.preemption``), their spells without room going on."""
+        home = self._parked.pop(key, None)
+        if home is None:
+            return
+        self._forget_home(key)
+        for item, entry, late in home.items.values():
+            item.parked = None
+            if room:
+                item.full_since = None
+            q = self.bands[item.priority].flows.get(item.flow)
+            if q is not None and not item.done and item.held_until is None:
+                q.put_back(entry, late)
+
+    def wake_all(self) -> None:
+        for key in list(self._parked):
+            self.wake(key)
+
+    def unpin_due(self, now: float) -> list[QueuedRequest]:
+        """Soft pins given up by ``now`` (``unpin_at``): each request back in its place, picked as any
+        request from now on (its subset dropped, as the pick drops a soft pin whose home left the pool)."""
+        out: list[QueuedRequest] = []
+        u = self._unpins
+        while u and u[0][0] <= now:
+            _, _, item, since = heapq.heappop(u)
+            if item.done or item.full_since != since:
+                continue  # (found with room since, or gone: a stale entry)
+            got = self._unpark(item) if item.parked is not None else None
+            item.req.subset, item.req.subset_soft = None, False
+            item.full_since = None
+            q = self.bands[item.priority].flows.get(item.flow)
+            if got is not None and q is not None and item.held_until is None:
+                q.put_back(*got)
+            out.append(item)
+        return out
+
+    def _unpark(self, item: QueuedRequest) -> tuple[tuple[float, int, QueuedRequest], bool] | None:
+        """``item`` out of its home's parked heads (its entry, to put back); the home forgotten once empty."""
+        key = item.parked
+        item.parked = None
+        home = None if key is None else self._parked.get(key)
+        if home is None or key is None:
+            return None
+        got = home.items.pop(item.seq, None)
+        if not home.items:
+            del self._parked[key]
+            self._forget_home(key)
+        return None if got is None else (got[1], got[2])
+
+    def _forget_home(self, key: HomeKey) -> None:
+        for addr in key[1]:
+            keys = self._parked_at.get(addr)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._parked_at[addr]
+
+    @property
+    def parked(self) -> int:
+        """Heads waiting aside for their full homes."""
+        return sum(len(h.items) for h in self._parked.values())
 
     def cancel(self, item: QueuedRequest, now: float, outcome: str = EVICTED_CANCELLED) -> bool:
         """Remove a waiting request (client gone, rejected at pick); False when it had already left."""
@@ -940,11 +1126,13 @@ class FlowController:
         return lambda flow: (inflight.get(flow, 0) + queued.get(flow, 0)) * n <= total
 
     def next_deadline(self) -> float | None:
-        """The earliest TTL expiry or give-up time of a queued request."""
-        exp, g = self._expiry, self._give_ups
+        """The earliest TTL expiry, give-up time or soft pin's give-up (``unpin_at``) of a queued request."""
+        exp, g, u = self._expiry, self._give_ups, self._unpins
         while exp and exp[0][2].done:
             heapq.heappop(exp)[2].in_expiry = False
         while g and g[0][2].done:
             heapq.heappop(g)
-        times = [h[0][0] for h in (exp, g) if h]
+        while u and (u[0][2].done or u[0][2].full_since != u[0][3]):
+            heapq.heappop(u)
+        times = [h[0][0] for h in (exp, g, u) if h]
         return min(times) if times else None

@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any
 from kvgate.flowcontrol.controller import (
     DISPATCHED,
     EVICTED_CANCELLED,
-    PASS_OVER_MAX,
-    PASS_OVER_MAX_HEADS,
     REJECTED_OTHER,
     REJECTED_PREDICTED_MISS,
     ROOM_FLOW,
     FlowController,
+    HomeKey,
     QueuedRequest,
     flow_of,
 )
+from kvgate.flowcontrol.controller import PASS_OVER_MAX as PASS_OVER_MAX  # (re-exported: older imports)
 from kvgate.flowcontrol.sloadmission import PredictedSLOMissError
 from kvgate.scheduling.types import (
     InferenceRequest,
@@ -69,41 +69,69 @@ def dispatch_ready(
     now: float,
     saturated: Callable[[InferenceRequest], bool],
     preempt: Callable[[InferenceRequest], bool] | None = None,
+    home_full: Callable[[InferenceRequest], bool] | None = None,
 ) -> Iterator[QueuedRequest]:
     """Take and yield queued requests, in policy order, while their pool has capacity.
 
     With ``preempt`` (``flowControl.preemption``), a head that is not sheddable and finds its pool
     saturated may stop one sheddable in-flight request (``preempt`` returns True) and take its place.
-    A head whose own subset is what is saturated (a Responses follow-up pinned to its busy home, a subset
-    hint) is passed over for the rest of the pass (``FlowController.pass_over``, at most
-    ``PASS_OVER_MAX`` distinct subsets and ``PASS_OVER_MAX_HEADS`` heads a pass), so the requests behind
-    it in its band can use the rest of the pool; it is
-    put back in its place when the pass ends, first in line again at the next (review s18-doors M3).
-    Taken with ``record=False``: the caller records the outcome once it knows the pick's."""
+    A head whose own subset is full (a Responses follow-up pinned to its busy home, a subset hint: full for a
+    flow no fair-share rule holds back, ``ROOM_FLOW``) waits aside (``FlowController.park``) until that home
+    is found with room, and its band chooses again: the requests behind it go, and no later pass meets it
+    (review s18-doors M3, s19-fc M1, s19-fixes-b L1). The parked homes asked about again are the ones told
+    of a freed slot (``FlowController.freed``) and a bounded sweep (``homes_to_look``), each with one gate
+    call; one with room has its heads back in their places, before anything else is chosen. ``home_full``:
+    the gate those questions go to (default ``saturated``; the dispatcher's leaves out the other workers'
+    order, which is no property of the home). Taken with ``record=False``: the caller records the outcome
+    once it knows the pick's."""
+    probe_full = saturated if home_full is None else home_full
     ctl.unhold(now)
-    ctl.put_back()  # (a pass its caller left unfinished)
+    ctl.put_back()  # (a mark's look its caller left unfinished)
+    # Homes asked about in this pass: ``full``, found full (a head pinned there is parked with no gate
+    # call: dispatches only add load); ``looked``, asked (found with room, and nothing dispatched since:
+    # its heads' own gates decide).
+    full: set[HomeKey] = set()
+    looked: set[HomeKey] = set()
+    for home, probe in ctl.homes_to_look(now):
+        if not probe_full(probe):
+            looked.add(home)
+            ctl.wake(home)
+        elif preempt is not None and not probe.sheddable:
+            ctl.wake(home, room=False)  # (tried again as heads: one may stop a sheddable request there)
+        else:
+            looked.add(home)
+            full.add(home)
+    ctl.unpin_due(now)  # (soft pins whose home stayed full too long: picked as any request from now on)
     try:
         while True:
             blocked = True
-            rooms: dict[tuple[str, int], bool] = {}  # (model, band): room for a request without a subset?
-            # (model, subset, band) found full for a flow no rule holds back, until the next dispatch: a
-            # head pinned there is full for its own flow too, passed over by a heap step, no gate call
-            # (review s19-fixes-b L1: the cap then counts the distinct subsets asked, not the heads).
-            full: set[tuple[str, frozenset[str], int]] = set()
             for item in ctl.heads(now):
                 sub = item.req.subset
-                if sub is not None and (item.req.model, sub, item.priority) in full:
-                    if ctl.passed >= PASS_OVER_MAX_HEADS:
-                        return  # (the rest wait in their places, and the bands behind them)
-                    ctl.pass_over(item)
-                    continue
+                key: HomeKey | None = None
+                if sub is not None:
+                    key = (item.req.model, sub, item.priority)
+                    if key in full:
+                        ctl.park(item, now)
+                        continue
+                    if key not in looked and ctl.is_parked(key):
+                        # Its home has heads parked before it: asked now (once a pass); with room, they are
+                        # back in their places and the walk starts again (they may come first).
+                        looked.add(key)
+                        if not probe_full(_room_probe(item.req)):
+                            ctl.wake(key)
+                            blocked = False
+                            break
+                        full.add(key)
+                        ctl.park(item, now)
+                        continue
                 # Strict priority: a lower band goes only when the higher band's heads cannot use the
-                # capacity because their own pool (another model, a subset hint) is the saturated one.
+                # capacity because their own pool (another model, a full home) is the saturated one.
                 if not saturated(item.req) or (
                     preempt is not None and not item.req.sheddable and preempt(item.req)
                 ):
                     ctl.take(item, now, record=False)
                     yield item
+                    looked.intersection_update(full)  # (its load may have filled a home found with room)
                     blocked = False
                     break
                 # fairShareSLOFirst: the head the fairness policy chose is held back by the headroom; a
@@ -112,25 +140,20 @@ def dispatch_ready(
                 if due is not None and not saturated(due.req):
                     ctl.take(due, now, record=False)
                     yield due
+                    looked.intersection_update(full)
                     blocked = False
                     break
-                if item.req.subset is None:
+                if key is None or key in looked:
+                    break  # (waits for the pool, its flow's share, or its home found with room: as any)
+                # Is its home what is full (for a flow no rule holds back: its own flow's held-back gate
+                # would read it full earlier, review s19-fixes-b H1)? Then it waits aside; else it waits
+                # as any head does, its band and the bands below with it.
+                looked.add(key)
+                probe = _room_probe(item.req)
+                if not probe_full(probe):
                     break
-                # Its own subset is what is full: passed over only while the rest of the pool has room
-                # (asked once until the next dispatch), its band then choosing again without it. Asked
-                # for the band's other requests, not this head's flow: one the fair share holds back
-                # reads the pool as full earlier, and its band would wait while a lower band took the
-                # room (review s19-fixes-b H1); the next choice's own gate then decides for it.
-                room = rooms.get(key := (item.req.model, item.priority))
-                if room is None:
-                    room = rooms[key] = not saturated(_room_probe(item.req))
-                if not room:
-                    continue  # (the pool is full: as before, its band waits; the next band's own pool)
-                if len(full) >= PASS_OVER_MAX or ctl.passed >= PASS_OVER_MAX_HEADS:
-                    return  # the rest wait in their places, and the bands behind them (review s19-fc M3)
-                if saturated(replace(item.req, fairness_id=ROOM_FLOW)):
-                    full.add((item.req.model, item.req.subset, item.priority))
-                ctl.pass_over(item)
+                full.add(key)
+                ctl.park(item, now)
             if blocked:
                 return
     finally:
@@ -138,9 +161,9 @@ def dispatch_ready(
 
 
 def _room_probe(req: InferenceRequest) -> InferenceRequest:
-    """``req`` without its subset, of a flow no fair-share rule holds back (``ROOM_FLOW``): what the
-    rest of the pool has room for (its model, its band)."""
-    return replace(req, subset=None, subset_soft=False, fairness_id=ROOM_FLOW)
+    """``req`` (its subset kept), of a flow no fair-share rule holds back (``ROOM_FLOW``): has its home
+    room?"""
+    return replace(req, fairness_id=ROOM_FLOW)
 
 
 def _due_instead(ctl: FlowController, item: QueuedRequest, now: float) -> QueuedRequest | None:
@@ -182,6 +205,7 @@ class FlowDispatcher:
         # (until predicted to make it, or its TTL) instead of failing with 429.
         self.hold_misses = hold_misses
         self.recheck_interval = recheck_interval
+        ctl.sweep_every = recheck_interval  # (parked homes: a sweep at most once per recheck)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         # ``kvgate serve --workers N``: this pool's mark among the workers' (``fleet``), so a request
@@ -355,8 +379,11 @@ class FlowDispatcher:
         ]
         return out
 
-    def notify(self) -> None:
-        """Capacity may have freed (a request finished or produced its first token)."""
+    def notify(self, address: str | None = None) -> None:
+        """Capacity may have freed (a request finished or produced its first token; at ``address``, when
+        known: the heads parked for a home holding it are looked at in the next pass)."""
+        if address is not None:
+            self.ctl.freed(address)
         if self._wake is not None:
             self._wake.set()
 
@@ -373,7 +400,7 @@ class FlowDispatcher:
 
     def dispatch(self, now: float) -> None:
         """Dispatch while capacity allows (the gate: the saturation detector, preemption)."""
-        for item in dispatch_ready(self.ctl, now, self._gate(now), self._preempt(now)):
+        for item in dispatch_ready(self.ctl, now, self._gate(now), self._preempt(now), self.saturated):
             fut = item.handle
             if fut is None or fut.done():
                 # Its waiter is gone (cancelled before its own handler ran): taken but never picked,
@@ -449,6 +476,7 @@ class FlowDispatcher:
         """Remove every queued request (held ones too), each failed with ``err``; returns how many."""
         ctl, n = self.ctl, 0
         ctl.unhold(math.inf)
+        ctl.wake_all()
         while len(ctl) > 0:
             before = n
             for item in list(ctl.heads()):

@@ -241,15 +241,16 @@ class Director:
         self.predecessor = pred
         return pred is not None
 
-    def _notify(self) -> None:
-        """Capacity may have freed: this Director's dispatcher, and its predecessors' while they drain."""
+    def _notify(self, address: str | None = None) -> None:
+        """Capacity may have freed (at ``address``, when known: the flow-control queue looks at the heads
+        waiting for that endpoint): this Director's dispatcher, and its predecessors' while they drain."""
         if self.flow is not None:
-            self.flow.notify()
+            self.flow.notify(address)
         self._behind()  # (forgets predecessors whose queues are empty)
         pred = self.predecessor
         while pred is not None:
             if pred.flow is not None:
-                pred.flow.notify()
+                pred.flow.notify(address)
             pred = pred.predecessor
 
     def saturated(self, req: InferenceRequest) -> bool:
@@ -635,7 +636,7 @@ class Director:
                 )
             self.flow.ctl.observe_service_ttft(track.first_at - track.sent_at)  # (slo-feasible)
         if self.flow is not None or self.predecessor is not None:
-            self._notify()
+            self._notify(endpoint.address)
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
         rid, addr = req.request_id, endpoint.address
@@ -651,7 +652,7 @@ class Director:
         if track.flow is not None:
             self._flow_ended(track)
         if self.flow is not None or self.predecessor is not None:
-            self._notify()
+            self._notify(endpoint.address)
         if self._observers:
             out = usage.completion_tokens if usage is not None else 0
             if ok and usage is not None:
