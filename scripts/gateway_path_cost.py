@@ -52,7 +52,96 @@ from typing import Any
 from tree_runs import HERE_SRC, alternate, run_in_tree, trees
 
 
-def _measure(requests: int, rounds: int, policy: str, flow: bool = False) -> dict[str, Any]:
+# ``--stages``: the request path's synchronous functions, each call's CPU charged to its stage exclusive of
+# the wrapped calls it makes (as ``realvllm/gateway_stages.py`` charges them in a live gateway); what no
+# wrapped call covers (the event loop, task and future machinery, the coroutines' own code: ``_run``,
+# ``_entry``, ``_dispatch``, ``UpstreamPool.request``, ``_Conn._wait``) is "other". A target this tree
+# lacks is skipped (its CPU lands in whatever wraps it, or "other").
+PATH_STAGES: list[tuple[str, str, str]] = [
+    ("front: read, parse head", "kvgate.httpfront.server", "FrontProtocol.data_received"),
+    ("front: task per request", "kvgate.httpfront.server", "FrontProtocol._next"),
+    ("front: answer head, write", "kvgate.httpfront.server", "_head"),
+    ("front: answer head, write", "kvgate.httpfront.server", "FrontProtocol.send"),
+    ("front: answer head, write", "kvgate.httpfront.server", "FrontProtocol.answer"),
+    ("prepare: body parse", "kvgate.gateway.proxy", "parse_body"),
+    ("prepare: headers", "kvgate.gateway.proxy", "_filter_headers"),
+    ("prepare: inference request", "kvgate.gateway.proxy", "Proxy._inference_request"),
+    ("prepare (rest)", "kvgate.gateway.proxy", "Proxy._prepare"),
+    ("pick", "kvgate.requestcontrol.director", "Director.pick"),
+    ("accounting", "kvgate.requestcontrol.director", "Director.on_dispatched"),
+    ("accounting", "kvgate.requestcontrol.director", "Director.on_first_token"),
+    ("accounting", "kvgate.requestcontrol.director", "Director.on_finished"),
+    ("metrics", "kvgate.openai.requeststats", "RequestStats.start"),
+    ("metrics", "kvgate.openai.requeststats", "RequestStats.stop"),
+    ("metrics", "kvgate.openai.requeststats", "RequestStats.observe"),
+    ("metrics", "kvgate.openai.requeststats", "RequestStats.flow"),
+    ("upstream: read, parse", "kvgate.gateway.upstream", "_Conn.data_received"),
+    ("upstream: release", "kvgate.gateway.upstream", "UpstreamResponse.release"),
+    ("answer: usage read", "kvgate.gateway.proxy", "usage_from_body"),
+    ("answer (rest)", "kvgate.gateway.proxy", "Proxy._whole"),
+]
+
+
+def _wrap_stages(totals: dict[str, float], on: list[bool]) -> list[str]:
+    """Wrap ``PATH_STAGES`` (CPU time, exclusive of nested wrapped calls) into ``totals``; returns the
+    targets this tree lacks."""
+    import functools
+    import importlib
+    import inspect
+    import time
+
+    # (CPU time: a system call, ~1 us, so each wrapped call costs ~2 us more, part of it charged to its stage
+    # and part to its caller's: the figures are for comparing trees and stages, the unwrapped total is
+    # ``--_measure``'s; wall time is no use on a shared machine)
+    clock = time.process_time
+    stack: list[float] = []
+    missing = []
+
+    def wrap(stage: str, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def w(*a: Any, **k: Any) -> Any:
+            if not on[0]:
+                return fn(*a, **k)
+            t0 = clock()
+            stack.append(0.0)
+            try:
+                return fn(*a, **k)
+            finally:
+                el = clock() - t0
+                child = stack.pop()
+                totals[stage] += el - child
+                totals[stage + "#calls"] += 1
+                if stack:
+                    stack[-1] += el
+
+        return w
+
+    for stage, mod_name, path in PATH_STAGES:
+        totals.setdefault(stage, 0.0)
+        totals.setdefault(stage + "#calls", 0.0)
+        try:
+            owner: Any = importlib.import_module(mod_name)
+            *owners, name = path.split(".")
+            for o in owners:
+                owner = getattr(owner, o)
+            fn = inspect.getattr_static(owner, name)
+        except (ImportError, AttributeError):
+            missing.append(path)
+            continue
+        if isinstance(fn, staticmethod | classmethod) or inspect.iscoroutinefunction(fn):
+            raise SystemExit(f"--stages: {mod_name}:{path} is not a plain function")
+        setattr(owner, name, wrap(stage, fn))
+        if mod_name == "kvgate.gateway.proxy" and not owners:  # (a module function the proxy imported)
+            for src in ("kvgate.openai.request", "kvgate.openai.usage"):
+                mod = importlib.import_module(src)
+                if getattr(mod, name, None) is fn:
+                    setattr(mod, name, getattr(owner, name))
+    return missing
+
+
+def _measure(
+    requests: int, rounds: int, policy: str, flow: bool = False, stages: bool = False
+) -> dict[str, Any]:
     import asyncio
     import time
 
@@ -60,6 +149,10 @@ def _measure(requests: int, rounds: int, policy: str, flow: bool = False) -> dic
     import yaml
 
     from kvgate.bench.gateway_overhead import _COMPLETION, BODY, _request_bytes
+
+    totals: dict[str, float] = {}
+    wrapped = [False]
+    missing = _wrap_stages(totals, wrapped) if stages else []
     from kvgate.config.gateway import config_from_flags
     from kvgate.gateway import upstream
     from kvgate.gateway.cli import build_pools, tune_gc
@@ -140,6 +233,8 @@ def _measure(requests: int, rounds: int, policy: str, flow: bool = False) -> dic
         if not answer.startswith(b"HTTP/1.1 200 "):
             raise RuntimeError(f"unexpected answer: {answer[:200]!r}")
         tune_gc()  # as kvgate serve does after its start-up
+        if stages:
+            return await _stages_rounds(one, requests, rounds, totals, wrapped, missing, front)
         per_round = []
         for _ in range(rounds):
             t0 = time.process_time()
@@ -151,6 +246,68 @@ def _measure(requests: int, rounds: int, policy: str, flow: bool = False) -> dic
 
     result: dict[str, Any] = uvloop.run(main())
     return result
+
+
+async def _stages_rounds(
+    one: Any, requests: int, rounds: int, totals: dict[str, float], on: list[bool], missing: list[str],
+    front: Any,
+) -> dict[str, Any]:
+    """``--stages``: ``rounds`` rounds with the stage wrappers on (the fastest round counts), then 20
+    requests counted call by call (``sys.setprofile``): Python functions entered (a coroutine's resume
+    counts as an entry), of those coroutine frames (created or resumed: the awaits that suspended and
+    the coroutine calls), C functions called from Python (uvloop's own Cython methods are not seen),
+    and tasks created (a counting task factory)."""
+    import asyncio
+    import inspect
+    import sys
+    import time
+
+    best: dict[str, float] | None = None
+    best_total = float("inf")
+    for _ in range(rounds):
+        for k in totals:
+            totals[k] = 0.0
+        on[0] = True
+        t0 = time.process_time()
+        for _ in range(requests):
+            await one()
+        total = time.process_time() - t0
+        on[0] = False
+        if total < best_total:
+            best_total, best = total, dict(totals)
+    assert best is not None
+    per = {k: v / requests * 1e6 for k, v in best.items() if not k.endswith("#calls")}
+    per["other (loop, tasks, coroutines)"] = best_total / requests * 1e6 - sum(per.values())
+    per |= {k: v / requests for k, v in best.items() if k.endswith("#calls")}
+    counts = {"python calls": 0, "coroutine steps": 0, "C calls": 0, "tasks": 0}
+    coro = inspect.CO_COROUTINE
+
+    def prof(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            counts["python calls"] += 1
+            if frame.f_code.co_flags & coro:
+                counts["coroutine steps"] += 1
+        elif event == "c_call":
+            counts["C calls"] += 1
+
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+
+    def factory(lp: Any, c: Any, **kw: Any) -> Any:
+        counts["tasks"] += 1
+        return asyncio.Task(c, loop=lp, **kw)
+
+    n = 20
+    loop.set_task_factory(factory)
+    sys.setprofile(prof)
+    for _ in range(n):
+        await one()
+    sys.setprofile(None)
+    loop.set_task_factory(None)
+    assert asyncio.current_task() is me
+    front.close_all()
+    counted = {k: v / n for k, v in counts.items()}
+    return {"stages": per, "total": best_total / requests * 1e6, "counts": counted, "missing": missing}
 
 
 def _load_picktrace() -> Any:
@@ -323,6 +480,9 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--_measure":
         print(json.dumps(_measure(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:] == ["flow"])))
         return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--_stages":
+        print(json.dumps(_measure(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], stages=True)))
+        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--_picks":
         steps = int(sys.argv[2])
         print(json.dumps(_measure_picks(int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], steps)))
@@ -341,7 +501,14 @@ def main() -> int:
     )
     p.add_argument("--trace-steps", type=int, default=20_000, help="--picks: events in the seeded trace")
     p.add_argument("--parts", action="store_true", help="this tree's picker on the bench path, part by part")
+    p.add_argument(
+        "--stages",
+        action="store_true",
+        help="the request's CPU by stage (wrapped functions, exclusive) and its calls counted, per tree",
+    )
     args = p.parse_args()
+    if args.stages:
+        return _main_stages(args)
     if args.parts:
         best = _parts(args.requests, args.rounds)
         for name, us in best.items():
@@ -362,6 +529,36 @@ def main() -> int:
     print(f"\nmedian base {base:.2f} us/request, this {this:.2f} us/request: ratio {this / base:.3f}")
     flow = ", flow control on" if args.flow_control else ""
     print(f"(policy {args.policy}{flow}; base {srcs['base']}; this {srcs['this']})")
+    return 0
+
+
+def _main_stages(args: argparse.Namespace) -> int:
+    """``--stages``: each tree (this one, and ``--base-src``'s if given) in ``--repeats`` alternating
+    processes; per stage the median over processes of its us per request."""
+    srcs = trees(args.base_src) if args.base_src is not None else {"this": HERE_SRC}
+    got: dict[str, list[dict[str, Any]]] = {n: [] for n in srcs}
+    argv = ["--_stages", str(args.requests), str(args.rounds), args.policy]
+    for _ in range(args.repeats):
+        for name, src in srcs.items():
+            got[name].append(run_in_tree(__file__, src, argv, 600))
+    names = list(srcs)
+    stages = [
+        k for k in dict.fromkeys(k for n in names for r in got[n] for k in r["stages"]) if "#" not in k
+    ]
+    print(f"{'us per request (median of ' + str(args.repeats) + ' processes)':<40}" + "".join(f"{n:>10}" for n in names))
+    for st in stages:
+        row = [statistics.median(r["stages"].get(st, 0.0) for r in got[n]) for n in names]
+        ncalls = "/".join(f"{got[n][0]['stages'].get(st + '#calls', 0):g}" for n in names)
+        print(f"{st:<40}" + "".join(f"{x:10.2f}" for x in row) + ("" if st.startswith("other") else f"   ({ncalls} calls)"))
+    print(f"{'total (wrappers included, ~2 us a call)':<40}" + "".join(f"{statistics.median(r['total'] for r in got[n]):10.2f}" for n in names))
+    keys = list(dict.fromkeys(k for n in names for k in got[n][0]["counts"]))
+    print("\ncalls per request (one process, 20 requests): " + "; ".join(
+        f"{n}: " + ", ".join(f"{k} {got[n][0]['counts'].get(k, 0):g}" for k in keys) for n in names
+    ))
+    for n in names:
+        if got[n][0]["missing"]:
+            print(f"{n}: not in this tree (not wrapped): {', '.join(got[n][0]['missing'])}")
+    print(f"(policy {args.policy}; " + "; ".join(f"{n} {s}" for n, s in srcs.items()) + ")")
     return 0
 
 

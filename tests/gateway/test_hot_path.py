@@ -134,6 +134,52 @@ async def test_a_bad_head_at_the_front_of_a_read_is_refused_as_before() -> None:
         assert not seen and out.startswith(b"HTTP/1.1 " + status), (raw, out[:40])
 
 
+async def test_one_task_answers_a_connections_requests_in_turn_not_one_task_each() -> None:
+    """Keep-alive requests on one connection are answered by the connection's one task (issue #16: a task
+    per request cost its creation, registration and first step), in order, each body's budget given back
+    once answered, the last request not kept while the connection waits for the next."""
+    loop = asyncio.get_running_loop()
+    made: list[Any] = []
+
+    def factory(lp: Any, coro: Any, **kw: Any) -> Any:
+        made.append(coro)
+        return asyncio.Task(coro, loop=lp, **kw)
+
+    seen: list[bytes] = []
+    tasks: set[Any] = set()
+
+    async def handler(req: Request) -> Response:
+        tasks.add(asyncio.current_task())
+        await asyncio.sleep(0)  # (suspends, as a proxied request does)
+        seen.append(req.body)
+        return Response(body=b"ok")
+
+    server = FrontServer({"/a": handler}, handler, max_body=1 << 20)
+    proto = server.protocol()
+    transport = _Transport()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    loop.set_task_factory(factory)
+    try:
+        for i in range(3):
+            body = b"x%d" % i
+            proto.data_received(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n" + body)
+            await until(lambda n=i + 1: len(seen) == n)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert not proto.busy and server.budget.used == 0
+    finally:
+        loop.set_task_factory(None)
+    assert seen == [b"x0", b"x1", b"x2"] and bytes(transport.out).count(b"HTTP/1.1 200 OK") == 3
+    assert len(made) == 1 and len(tasks) == 1  # (one task, the connection's)
+    task = proto.task
+    assert task is not None and not task.done()
+    frame = task.get_coro().cr_frame  # (waiting for the next request: the last one not kept)
+    assert not any(isinstance(v, Request) for v in frame.f_locals.values())
+    proto.connection_lost(None)  # the client leaves: the waiting task ends
+    await asyncio.sleep(0)
+    assert task.done() and proto.task is None
+
+
 # --- the upstream: one timer per connection ------------------------------------------------------------
 
 

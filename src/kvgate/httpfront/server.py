@@ -599,7 +599,7 @@ class FrontServer:
         self.draining = True
         waiting: list[FrontProtocol] = []
         for conn in list(self.connections):
-            if conn.task is not None or conn.queue:
+            if conn.busy or conn.queue:
                 continue
             if conn.buf or conn._pending is not None:
                 self._reading(conn)
@@ -659,7 +659,14 @@ class FrontProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.queue: collections.deque[Request] = collections.deque()
+        # The connection's one task: it answers the queued requests in order, one at a time, and waits
+        # (``_wake``) while none is queued; created at the first request, it ends with the connection
+        # (cancelled in ``connection_lost``). Not a task per request: a task costs its creation, its
+        # registration and its first step's callback; waking one costs a future's result (``--stages`` of
+        # scripts/gateway_path_cost.py). ``busy``: a request was taken from the queue and is not answered yet.
         self.task: asyncio.Task[None] | None = None
+        self.busy = False
+        self._wake: asyncio.Future[None] | None = None
         self.closed = False
         self.write_paused = False
         # A started body delimited by the connection's close (HTTP/1.0 stream): every abort resets.
@@ -717,7 +724,7 @@ class FrontProtocol(asyncio.Protocol):
         if self.task is not None and not self.task.done():
             # The client is gone: stop working for it. Cancelling aborts the upstream request (the
             # model server stops generating for nobody); the proxy's finally blocks settle the
-            # in-flight accounting.
+            # in-flight accounting. (An idle connection's task ends its wait for a next request.)
             self.task.cancel()
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("client connection closed"))
@@ -931,7 +938,7 @@ class FrontProtocol(asyncio.Protocol):
             # here (a head that only announces a body would hold budget for free: s17-qafix-bc B1).
             raise _over_budget(budget.limit)
         expect = headers.get("expect", "").lower() == "100-continue"
-        if length and expect and self.task is None and not self.queue:
+        if length and expect and not self.busy and not self.queue:
             # Only when nothing is being answered: never into the middle of an earlier pipelined
             # response (the client sends the body anyway after its own short wait).
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -1022,18 +1029,47 @@ class FrontProtocol(asyncio.Protocol):
         self._next()
 
     def _next(self) -> None:
-        if self.task is None and self.queue and not self.closed:
-            req = self.queue.popleft()
-            if self._read_paused and len(self.queue) <= _MAX_PIPELINE // 2 and self.transport is not None:
-                self._read_paused = False
-                self.transport.resume_reading()
-            self.task = task = self._loop.create_task(self._run(req))
-            if req.held:
-                # (a done callback, not the coroutine's finally: a task cancelled before its first step
-                # never runs its body)
-                task.add_done_callback(lambda _t: self._give(req))
+        """A request is queued: wake the connection's task if it waits for one, or start it."""
+        if self.busy or not self.queue or self.closed:
+            return
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            if not wake.done():  # (cancelled: the task is ending, as the connection is)
+                wake.set_result(None)
+        elif self.task is None:
+            self.task = self._loop.create_task(self._serve())
 
-    async def _run(self, req: Request) -> None:
+    async def _serve(self) -> None:
+        """The connection's task: each queued request answered in turn (``_run``), then a wait for the next.
+        A request leaves the queue only here, so one never taken (the task cancelled before it ran, the
+        connection lost) is still queued and ``connection_lost`` gives back its body's budget; one taken
+        gives it back once answered (or cancelled)."""
+        try:
+            while not self.closed:
+                if not self.queue:
+                    self._wake = wake = self._loop.create_future()
+                    await wake
+                    continue
+                req = self.queue.popleft()
+                if self._read_paused and len(self.queue) <= _MAX_PIPELINE // 2 and self.transport is not None:
+                    self._read_paused = False
+                    self.transport.resume_reading()
+                self.busy = True
+                try:
+                    more = await self._run(req)
+                finally:
+                    self.busy = False
+                    if req.held:
+                        self._give(req)
+                del req  # (not kept, nor its body, while the connection waits for its next request)
+                if not more:
+                    return
+        finally:
+            self.task = self._wake = None
+
+    async def _run(self, req: Request) -> bool:
+        """Answer ``req``; whether the connection goes on to its next request (False: it closes)."""
         close = not req.keep_alive
         try:
             if req.error is not None:
@@ -1078,16 +1114,15 @@ class FrontProtocol(asyncio.Protocol):
                         release()
         except ConnectionResetError:
             close = True
-        finally:
-            self.task = None
         if req.error is not None and self._linger_after and not self.closed:
             self._linger()
-        elif close or self._reject_after:
+            return False
+        if close or self._reject_after:
             self.close()
-        elif self.queue:
-            self._next()
-        else:
+            return False
+        if not self.queue:
             self._arm_idle()
+        return True
 
     def _linger(self) -> None:
         """After a 413 the client may still be sending its body: closing now could reset the
