@@ -51,7 +51,6 @@ from typing import Any
 
 from tree_runs import HERE_SRC, alternate, run_in_tree, trees
 
-
 # ``--stages``: the request path's synchronous functions, each call's CPU charged to its stage exclusive of
 # the wrapped calls it makes (as ``realvllm/gateway_stages.py`` charges them in a live gateway); what no
 # wrapped call covers (the event loop, task and future machinery, the coroutines' own code: ``_run``,
@@ -62,7 +61,6 @@ PATH_STAGES: list[tuple[str, str, str]] = [
     ("front: task per request", "kvgate.httpfront.server", "FrontProtocol._next"),
     ("front: answer head, write", "kvgate.httpfront.server", "_head"),
     ("front: answer head, write", "kvgate.httpfront.server", "FrontProtocol.send"),
-    ("front: answer head, write", "kvgate.httpfront.server", "FrontProtocol.answer"),
     ("prepare: body parse", "kvgate.gateway.proxy", "parse_body"),
     ("prepare: headers", "kvgate.gateway.proxy", "_filter_headers"),
     ("prepare: inference request", "kvgate.gateway.proxy", "Proxy._inference_request"),
@@ -249,7 +247,12 @@ def _measure(
 
 
 async def _stages_rounds(
-    one: Any, requests: int, rounds: int, totals: dict[str, float], on: list[bool], missing: list[str],
+    one: Any,
+    requests: int,
+    rounds: int,
+    totals: dict[str, float],
+    on: list[bool],
+    missing: list[str],
     front: Any,
 ) -> dict[str, Any]:
     """``--stages``: ``rounds`` rounds with the stage wrappers on (the fastest round counts), then 20
@@ -542,19 +545,23 @@ def _main_stages(args: argparse.Namespace) -> int:
         for name, src in srcs.items():
             got[name].append(run_in_tree(__file__, src, argv, 600))
     names = list(srcs)
-    stages = [
-        k for k in dict.fromkeys(k for n in names for r in got[n] for k in r["stages"]) if "#" not in k
-    ]
-    print(f"{'us per request (median of ' + str(args.repeats) + ' processes)':<40}" + "".join(f"{n:>10}" for n in names))
+    stages = [k for k in dict.fromkeys(k for n in names for r in got[n] for k in r["stages"]) if "#" not in k]
+    title = f"us per request (median of {args.repeats} processes)"
+    print(f"{title:<40}" + "".join(f"{n:>10}" for n in names))
     for st in stages:
         row = [statistics.median(r["stages"].get(st, 0.0) for r in got[n]) for n in names]
         ncalls = "/".join(f"{got[n][0]['stages'].get(st + '#calls', 0):g}" for n in names)
-        print(f"{st:<40}" + "".join(f"{x:10.2f}" for x in row) + ("" if st.startswith("other") else f"   ({ncalls} calls)"))
-    print(f"{'total (wrappers included, ~2 us a call)':<40}" + "".join(f"{statistics.median(r['total'] for r in got[n]):10.2f}" for n in names))
+        note = "" if st.startswith("other") else f"   ({ncalls} calls)"
+        print(f"{st:<40}" + "".join(f"{x:10.2f}" for x in row) + note)
+    totals = [statistics.median(r["total"] for r in got[n]) for n in names]
+    print(f"{'total (wrappers included, ~2 us a call)':<40}" + "".join(f"{x:10.2f}" for x in totals))
     keys = list(dict.fromkeys(k for n in names for k in got[n][0]["counts"]))
-    print("\ncalls per request (one process, 20 requests): " + "; ".join(
-        f"{n}: " + ", ".join(f"{k} {got[n][0]['counts'].get(k, 0):g}" for k in keys) for n in names
-    ))
+    print(
+        "\ncalls per request (one process, 20 requests): "
+        + "; ".join(
+            f"{n}: " + ", ".join(f"{k} {got[n][0]['counts'].get(k, 0):g}" for k in keys) for n in names
+        )
+    )
     for n in names:
         if got[n][0]["missing"]:
             print(f"{n}: not in this tree (not wrapped): {', '.join(got[n][0]['missing'])}")

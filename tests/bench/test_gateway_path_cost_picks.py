@@ -74,3 +74,23 @@ def test_parts_reports_every_variant() -> None:
         "round-robin policy",
     ]
     assert all(0 < us < float("inf") for us in best.values())
+
+
+def test_stages_mode_charges_every_stage_and_counts_one_requests_calls() -> None:
+    """``--stages`` (run as the script runs it: in its own process, its wrappers never in this one): every
+    stage of the tree is wrapped and charged, and a request's calls are counted (no task a request)."""
+    import json
+    import os
+    import subprocess
+
+    src = SCRIPT.parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{SCRIPT.parent}"}
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--_stages", "200", "2", "kvgate"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    got = json.loads(out.stdout)
+    stages = {k: v for k, v in got["stages"].items() if "#" not in k}
+    assert stages["pick"] > 0 and stages["front: read, parse head"] > 0 and got["total"] > 0
+    assert got["stages"]["pick#calls"] == 1 and got["stages"]["accounting#calls"] == 3
+    assert got["counts"]["tasks"] == 0 and got["counts"]["python calls"] > 50 and got["missing"] == []
