@@ -1,5 +1,5 @@
 """A relayed answer cut by ``requestTimeoutSeconds`` is spared the charge only for progress all through the
-later half of its hold (``gateway.progress``; closing-s19 "Gateway"). Before, one data event after the first
+later half of its hold (``openai.progress``; closing-s19 "Gateway"). Before, one data event after the first
 anywhere in the later half (a stream), or any piece there (a non-streamed body past ``whole_max``), spared
 a wedged server: two data events then nothing, a ping event that carries a data line (Anthropic's ``event:
 ping`` / ``{"type": "ping"}``), an empty ``data:`` keep-alive sharing a chunk with a comment, a late trickle
@@ -20,8 +20,8 @@ import pytest
 
 from gateway.conftest import base_url, make_config, running_gateway
 from gateway.sse_upstream import SSE_HEAD, chunk, listen_address, serve_raw
-from kvgate.gateway.progress import Progress, progress_events, progress_piece
 from kvgate.gateway.server import GatewayServer
+from kvgate.openai.progress import Progress, progress_events, progress_piece
 
 BOUND = 1.0
 TOKEN = b'data: {"id":"c","object":"text_completion","model":"m","choices":[{"index":0,"text":"a"}]}\n\n'

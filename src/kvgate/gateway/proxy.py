@@ -33,7 +33,6 @@ from kvgate.gateway.errors import GatewayError, error_response, sse_error_event,
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
-from kvgate.gateway.progress import Progress, progress_events, progress_piece
 from kvgate.gateway.shared_tenants import SharedRateLimiter, SharedTenants
 from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
@@ -42,6 +41,7 @@ from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.server import Request, Response, StreamResponse
 from kvgate.multicluster.epp_client import retry_after_s
 from kvgate.openai import protocol as proto
+from kvgate.openai.progress import Progress, progress_events, progress_piece
 from kvgate.openai.request import (
     CHAT,
     COMPLETIONS,
@@ -989,7 +989,7 @@ class Proxy:
         ``start`` a unit), as a head's timeout is charged (review s18-fixes-c L2). Not charged at all when
         the deadline cut it while ``ep`` was still making progress all through the later half of the time
         it held the request (review s19-qa L6: the gateway's bound, not a fault; a long generation must
-        not eject a healthy endpoint): ``gateway.progress`` (data events, not comments or pings, and no
+        not eject a healthy endpoint): ``openai.progress`` (data events, not comments or pings, and no
         long stretch without one, the last one recent: closing-s19). One wedged (after its first token or
         mid-way, pings or not; a first token late; two data events then nothing) is charged as before."""
         due = resp.deadline
@@ -1316,7 +1316,7 @@ class Proxy:
         late = False  # cut by the request's deadline (not the idle timeout)
         got_at = self._loop.time()  # the last chunk from the upstream came then
         # Progress for ``_charge_cut``: when data events went out (read off the relay's whole events:
-        # comments, pings and empty data are none; ``gateway.progress``).
+        # comments, pings and empty data are none; ``openai.progress``).
         progress = Progress(sent_at, resp.deadline)
         self.streams.add(resp)
         if self._cutting is not None and not resp.received:  # (the drain's cut came before its first chunk)
