@@ -33,7 +33,9 @@ class Gateway:
     """A cluster gateway on loopback. ``mode``: ``ok`` answers at once; ``silent`` takes the request and
     never answers (its ``/healthz`` answers after ``healthz_delay_s``: the process lives); ``slow_503``
     answers 503 after ``delay_s``; ``trickle`` streams a data event every ``gap_s`` (``events`` of them);
-    ``wedge`` streams its first data event, then only ``: ping`` comments every ``gap_s``."""
+    ``wedge`` streams its first data event, then only ``: ping`` comments every ``gap_s``; ``late_wedge``
+    data events every ``gap_s`` until ``data_s``, then comments; ``event_ping`` its first data event, then
+    Anthropic's keep-alive (``event: ping`` with a ``{"type": "ping"}`` data line)."""
 
     def __init__(self, name: str, mode: str = "ok") -> None:
         self.name = name
@@ -42,6 +44,7 @@ class Gateway:
         self.delay_s = 0.0
         self.gap_s = 0.1
         self.events = 100
+        self.data_s = 0.0
         self.taken = 0
         self.probes = 0
         self.address = ""
@@ -69,10 +72,13 @@ class Gateway:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(b'data: {"choices":[{"index":0,"text":"t0"}]}\n\n')
+        t0 = time.monotonic()
         for i in range(1, self.events):
             await asyncio.sleep(self.gap_s)
-            if self.mode == "wedge":
+            if self.mode == "wedge" or (self.mode == "late_wedge" and time.monotonic() - t0 > self.data_s):
                 await resp.write(b": ping\n\n")
+            elif self.mode == "event_ping":
+                await resp.write(b'event: ping\ndata: {"type": "ping"}\n\n')
             else:
                 await resp.write(b'data: {"choices":[{"index":0,"text":"t%d"}]}\n\n' % i)
         await resp.write(b"data: [DONE]\n\n")
@@ -259,20 +265,28 @@ async def test_no_cluster_is_tried_once_the_bound_passed(
 async def test_a_stream_making_progress_is_cut_at_the_bound_and_its_cluster_not_charged(
     gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
 ) -> None:
+    """A data event every 50 ms to the cut (the rule allows no stretch of the later half over 250 ms, an
+    eighth of the 2 s hold, without one): a long answer, not a fault."""
     east = await gateways("east", "trickle")
-    gw = await started(east, request_timeout_s=1.0)
+    east.gap_s = 0.05
+    gw = await started(east, request_timeout_s=2.0)
     status, data, _ = await _post(gw.port, stream=True)
     assert status == 200, data
-    assert b'"code":"request_timeout"' in data and b"limits.requestTimeoutSeconds (1s)" in data, data
+    assert b'"code":"request_timeout"' in data and b"limits.requestTimeoutSeconds (2s)" in data, data
     assert b"data: [DONE]" not in data and b"t3" in data
-    assert gw.router.states["east"].backoff_s == 0  # data events to the end: a long answer, not a fault
+    assert gw.router.states["east"].backoff_s == 0
 
 
+@pytest.mark.parametrize("mode", ["wedge", "late_wedge", "event_ping"])
 async def test_a_wedged_stream_is_cut_at_the_bound_and_its_cluster_charged(
-    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]], mode: str
 ) -> None:
-    """Its first event, then pings only: no progress in the later half of its time, so it is charged."""
-    east = await gateways("east", "wedge")
+    """No progress all through the later half of its hold, so it is charged (``kvgate serve``'s rule,
+    ``kvgate.openai.progress``): its first event then ``: ping`` comments; data events to 0.6 s of a 1 s
+    bound, then comments (a 0.4 s stretch of the later half without one); its first event then Anthropic's
+    ``event: ping`` keep-alives, which carry a data line."""
+    east = await gateways("east", mode)
+    east.data_s = 0.6
     gw = await started(east, request_timeout_s=1.0)
     status, data, _ = await _post(gw.port, stream=True)
     assert status == 200 and b'"code":"request_timeout"' in data and b"t0" in data, data

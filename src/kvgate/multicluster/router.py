@@ -83,12 +83,6 @@ class Deadline:
         whether a timeout at the deadline is the endpoint's."""
         return self.due - sent_at >= sent_at - self.start
 
-    def progressed(self, sent_at: float, progress_at: float) -> bool:
-        """Whether an answer cut at the deadline was still making progress: a piece (a stream's data event
-        after its first) in the later half of the time its cluster held the request (as ``kvgate serve``'s
-        rule: a long generation is the bound's, not the cluster's fault)."""
-        return progress_at > (sent_at + self.due) / 2
-
     def message(self, what: str) -> str:
         return f"no answer within limits.{REQUEST_TIMEOUT_KEY} ({self.bound_s:g}s): {what}"
 

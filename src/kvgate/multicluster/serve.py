@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import signal
 import ssl
 import sys
@@ -57,6 +56,7 @@ from kvgate.multicluster.router import ENDPOINT, Attempt, Deadline, GlobalRouter
 from kvgate.multicluster.source import ClusterSource
 from kvgate.multicluster.state import models_listed
 from kvgate.openai.labels import GRACE_S, ModelLabels
+from kvgate.openai.progress import Progress, progress_events, progress_piece
 from kvgate.openai.protocol import (
     CUT_WRITE_S,
     DEFAULT_FAIRNESS_ID,
@@ -298,19 +298,19 @@ class _Late:
     ``deadline.due``, aborts the cluster's response (its body then raises, as at the drain's cut) unless
     it arrived whole; the relay then ends the answer: an event stream with an error event (504
     ``request_timeout``, naming the bound), any other body by closing the connection mid-body. The
-    cluster is charged (backs off) only if it was not making progress: no piece (an event stream's data
-    event after its first: not a comment, a ping) in the later half of the time it held the request
-    (``Deadline.progressed``, as ``kvgate serve`` charges a stream its bound cut)."""
+    cluster is charged (backs off) only if it was not making progress all through the later half of the
+    time it held the request: ``kvgate serve``'s rule, ``kvgate.openai.progress`` (data events with a
+    payload, not comments or pings, or a piece of an event past 1 MiB; a body's pieces with more than
+    blanks; no stretch of that half longer than an eighth of the hold without one, up to the cut)."""
 
-    __slots__ = ("_gw", "_routed", "_timer", "deadline", "fired", "first_at", "progress_at")
+    __slots__ = ("_gw", "_routed", "_timer", "deadline", "fired", "progress")
 
     def __init__(self, deadline: Deadline, routed: Routed, gw: GlobalGateway) -> None:
         self.deadline = deadline
         self._routed = routed
         self._gw = gw
         self.fired = False
-        self.first_at: float | None = None
-        self.progress_at = -math.inf
+        self.progress = Progress(routed.sent_at, deadline.due)
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_at(deadline.due, self._fire)
 
     def _fire(self) -> None:
@@ -322,21 +322,16 @@ class _Late:
         routed = self._routed
         log.warning("response from cluster %s cut at limits.requestTimeoutSeconds (%gs)", routed.cluster,
                     self.deadline.bound_s)  # fmt: skip
-        if not self.deadline.progressed(routed.sent_at, self.progress_at):
+        if not self.progress.steady():
             st = self._gw.router.states.get(routed.cluster)
             if st is not None:
                 st.failed(self._gw.clock())
         abort()
 
-    def saw(self, chunk: bytes, sse: bool) -> None:
-        """A piece of the answer went out (an event stream's: whole events)."""
-        if sse and chunk[0] in b":\r\n" and b"data:" not in chunk:
-            return  # (a comment, a ping: no progress)
-        now = asyncio.get_running_loop().time()
-        if sse and self.first_at is None:
-            self.first_at = now  # (a stream's first data event is its head's, not progress)
-        else:
-            self.progress_at = now
+    def saw(self, chunk: bytes, edge: EventEdge | None) -> None:
+        """A piece of the answer went out (an event stream's: whole events, or a piece of one past 1 MiB)."""
+        if (progress_events(chunk) or edge.mid_event) if edge is not None else progress_piece(chunk):
+            self.progress.seen(asyncio.get_running_loop().time())
 
     def event(self) -> bytes:
         what = f"the gateway cut the stream from cluster {self._routed.cluster} at its bound"
@@ -641,7 +636,7 @@ class GlobalGateway:
                     if seen.first < 0:  # (an event stream's first byte out: its TTFT)
                         seen.first = self.clock()
                 if late is not None:
-                    late.saw(chunk, sse)
+                    late.saw(chunk, edge)
                 seen.sent += len(chunk)  # (the response size: a count, no copy)
                 await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
             await resp.write_eof()

@@ -1,4 +1,5 @@
-"""Was a relayed answer still making progress when ``requestTimeoutSeconds`` cut it?
+"""Was a relayed answer still making progress when ``requestTimeoutSeconds`` cut it? (``kvgate serve``'s
+proxy, and ``kvgate serve --clusters``'s relay for its ``limits.requestTimeoutSeconds``: one rule.)
 
 A stream (or a non-streamed answer past ``whole_max``, relayed as it comes) cut by the gateway's own bound
 is not charged to a server that was still making progress when it was cut (review s19-qa L6: a long
