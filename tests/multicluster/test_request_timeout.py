@@ -66,6 +66,14 @@ class Gateway:
         if self.mode == "slow_503":
             await asyncio.sleep(self.delay_s)
             return web.json_response({"error": {"message": "busy"}}, status=503)
+        if self.mode == "half_body":  # a JSON head and its first bytes, then nothing
+            resp = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "100"})
+            await resp.prepare(request)
+            await resp.write(b'{"object": "text_completion", "choices": [')
+            fut = asyncio.get_running_loop().create_future()
+            self._held.append(fut)
+            await fut
+            return resp
         if not body.get("stream"):
             return web.json_response({"object": "text_completion", "model": "m", "served_by": self.name,
                                       "choices": [{"index": 0, "text": "ok"}]})  # fmt: skip
@@ -290,6 +298,23 @@ async def test_a_wedged_stream_is_cut_at_the_bound_and_its_cluster_charged(
     gw = await started(east, request_timeout_s=1.0)
     status, data, _ = await _post(gw.port, stream=True)
     assert status == 200 and b'"code":"request_timeout"' in data and b"t0" in data, data
+    assert gw.router.states["east"].backoff_s > 0
+
+
+async def test_a_plain_body_stalled_after_its_head_is_closed_mid_body_at_the_bound(
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+) -> None:
+    """Its head and first bytes came (the answer is the client's: no failover), then nothing: at the bound
+    the connection is closed mid-body (no last chunk: an incomplete body, not a short one),
+    and the cluster, with no progress in the later half of its hold, is charged."""
+    east, west = await gateways("east", "half_body"), await gateways("west")
+    gw = await started(east, west, request_timeout_s=1.0)
+    status, data, took = await _post(gw.port)
+    assert status == 200 and took < WAIT_S / 2, (status, data)
+    head, _, body = data.partition(b"\r\n\r\n")  # (relayed chunked: no last chunk, an incomplete body)
+    assert b"transfer-encoding: chunked" in head.lower() and b'{"object"' in body, data
+    assert not body.endswith(b"0\r\n\r\n"), data
+    assert west.taken == 0
     assert gw.router.states["east"].backoff_s > 0
 
 
