@@ -93,9 +93,23 @@ class Gateway:
         await resp.write_eof()
         return resp
 
+    async def _lookup(self, _request: web.Request) -> web.StreamResponse:
+        """``GET /v1/responses/{id}``: ``half_body`` sends its head and first bytes, then nothing."""
+        self.taken += 1
+        if self.mode != "half_body":
+            return web.json_response({"id": "resp_1", "object": "response", "model": "m"})
+        resp = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "100"})
+        await resp.prepare(_request)
+        await resp.write(b'{"id": "resp_1", ')
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._held.append(fut)
+        await fut
+        return resp
+
     async def start(self) -> Gateway:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/v1/responses/{rid}", self._lookup)
         app.router.add_post("/v1/completions", self._complete)
         self._runner, port = await serve_app(app, shutdown_timeout=0.1)
         self.address = f"127.0.0.1:{port}"
@@ -316,6 +330,26 @@ async def test_a_plain_body_stalled_after_its_head_is_closed_mid_body_at_the_bou
     assert not body.endswith(b"0\r\n\r\n"), data
     assert west.taken == 0
     assert gw.router.states["east"].backoff_s > 0
+
+
+async def test_a_lookup_answer_stalled_after_its_head_is_cut_at_the_bound(
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+) -> None:
+    """``GET /v1/responses/{id}``: its head and first bytes came, then nothing: the body is bound too (as
+    ``kvgate serve``'s lookups), cut at the bound (an incomplete body). Before, it waited the read timeout."""
+    east = await gateways("east", "half_body")
+    gw = await started(east, request_timeout_s=1.0)
+    t0 = time.monotonic()
+    r, w = await asyncio.open_connection("127.0.0.1", gw.port)
+    w.write(b"GET /v1/responses/resp_1 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    try:
+        data = await asyncio.wait_for(r.read(), WAIT_S)
+    finally:
+        w.close()
+    assert time.monotonic() - t0 < WAIT_S / 2
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b'{"id": "resp_1", ' in body, data
+    assert not body.endswith(b"0\r\n\r\n"), data  # (relayed chunked: no last chunk, closed mid-body)
 
 
 async def test_an_answer_complete_within_the_bound_is_not_cut(

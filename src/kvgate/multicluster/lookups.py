@@ -14,11 +14,11 @@ address); before, each waited the 300 s read timeout. An id whose home cluster i
 (``ClusterState.hung_at``, no aggregate since) is answered 504 at once: it cannot be answered elsewhere. With
 Endpoint-mode clusters only there is nowhere to send it: an EPP picks a pod from a request's body, and a
 lookup has none; the global gateway answers 404 ``response_not_found`` itself.
-``limits.requestTimeoutSeconds`` bounds each head as it bounds a request's (504 ``request_timeout``). An id
-made through an Endpoint-mode EPP that rewrote its model has the client's name put back in the answer
-(``GlobalGateway.response_models``), as the create's answer had it; in Parent mode the cluster's gateway
-puts it back. A lookup generates nothing: no cluster pick, no EPP, no cluster accounting or token metrics,
-no back-off (a gateway found hung is marked, as by a request); its answer is relayed as it comes.
+``limits.requestTimeoutSeconds`` bounds a lookup as a request: its head (504 ``request_timeout``), its
+body. An id made through an Endpoint-mode EPP that rewrote its model has the client's name put back in the
+answer (``GlobalGateway.response_models``), as the create's answer had it; in Parent mode the cluster's
+gateway puts it back. A lookup generates nothing: no cluster pick, no EPP, no cluster accounting or token
+metrics, no back-off (a gateway found hung is marked, as by a request); its answer is relayed as it comes.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
                 continue
             try:
                 model = gw.response_models.home(response_id) if 200 <= resp.status < 300 else None
-                return await _relay(request, resp, st.name, model)
+                return await _relay(request, resp, st.name, model, deadline)
             finally:
                 resp.release()
         code = "upstream_timeout" if status == 504 else "upstream_unavailable"
@@ -149,20 +149,32 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
 
 
 async def _relay(
-    request: Request, resp: aiohttp.ClientResponse, cluster: str, model: str | None = None
+    request: Request,
+    resp: aiohttp.ClientResponse,
+    cluster: str,
+    model: str | None = None,
+    deadline: Deadline | None = None,
 ) -> Response | StreamResponse:
     """``model``: the name the client sent for a response made through an EPP's rewrite, put back (a JSON
     answer's ``model``, held whole up to ``HOLD_MAX``; each event's of a stream, as ``kvgate.openai.sse``
-    puts it back in a create's stream); None: relayed as it comes."""
+    puts it back in a create's stream); None: relayed as it comes. ``deadline``: the request's bound, over
+    the body too (as ``kvgate serve``'s lookups): a body still coming then is cut (the connection closed
+    mid-body; one held whole before anything went out: 504 ``request_timeout``)."""
+    due = None if deadline is None else deadline.due
     headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
     headers["x-kvgate-cluster"] = cluster
     sse = resp.headers.get("Content-Type", "")[:17].lower() == "text/event-stream"
     scanner = SSEScanner(rewrite_to=model) if model is not None and sse else None
     length = None
     if model is not None:
+        held = asyncio.timeout_at(due)
         try:
-            body = None if sse else await _held(resp)
+            async with held:
+                body = None if sse else await _held(resp)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:  # (nothing sent yet)
+            if held.expired() and deadline is not None:
+                why = deadline.message(f"cluster {cluster}'s answer had not come whole")
+                return json_error(504, f"lookup failed: {why}", code="request_timeout")
             return json_error(502, f"lookup failed: cluster {cluster}: {type(e).__name__}",
                               code="upstream_unavailable")  # fmt: skip
         if body is not None:  # (whole: rewritten, its own length)
@@ -180,19 +192,24 @@ async def _relay(
             length = int(resp.headers["Content-Length"])
     out = StreamResponse(status=resp.status, headers=headers, length=length)
     await out.prepare(request)
+    timer = asyncio.timeout_at(due)
     try:
-        async for chunk in resp.content.iter_any():
-            if scanner is not None:
-                chunk = scanner.feed(chunk)
-                if not chunk:
-                    continue
-            await out.write(chunk)
-        if scanner is not None and (rest := scanner.finish()):
-            await out.write(rest)
+        async with timer:
+            async for chunk in resp.content.iter_any():
+                if scanner is not None:
+                    chunk = scanner.feed(chunk)
+                    if not chunk:
+                        continue
+                await out.write(chunk)
+            if scanner is not None and (rest := scanner.finish()):
+                await out.write(rest)
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
         if isinstance(e, ConnectionResetError):
             raise  # (the client went away)
-        log.warning("lookup answer from cluster %s cut: %s: %s", cluster, type(e).__name__, e)
+        if timer.expired():
+            log.warning("lookup answer from cluster %s cut at limits.requestTimeoutSeconds", cluster)
+        else:
+            log.warning("lookup answer from cluster %s cut: %s: %s", cluster, type(e).__name__, e)
         out.abort()  # the client must see an incomplete body, not a short one
         return out
     await out.write_eof()
