@@ -1,16 +1,18 @@
-"""Per-pick CPU of the default profile with the cost scorer's ``evictionPrice`` off (the profile before
-mt19b) and on (the default), side by side in one process, interleaved per seed.
+"""Per-pick CPU of the default profile with the cost scorer's ``evictionPrice`` off and on, side by
+side in one process, interleaved per seed.
 
-    PYTHONPATH=src python scripts/eviction_price_cost.py
+    PYTHONPATH=src python scripts/eviction_price_cost.py [--endpoints 8,64] [--seeds 3]
 
 ``kvgate.bench.picker_micro.bench_pick`` (the picker micro-benchmark's decision-latency cell: a warmed
-prefix index, 32 shared system prompts, ~2 requests in flight per endpoint, 3,000 timed picks) at 8 and 64
-endpoints with 4 KB prompts, seeds 0-2. Prints each pick's CPU time (the thread's own) p50 / p99 and the
-wall p50 / p99 in microseconds; compare within one run only (the machine's load moves them).
+prefix index, 32 shared system prompts, ~2 requests in flight per endpoint, 3,000 timed picks) with 4 KB
+prompts. Prints each pick's CPU time (the thread's own) p50 / p99 and the wall p50 / p99 in microseconds;
+compare within one run only (the machine's load moves them). Run it with another tree's ``src`` on
+``PYTHONPATH`` for that tree's figures.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 from typing import Any
 
@@ -21,14 +23,22 @@ from kvgate.config.policies import policy_yaml
 
 
 def main() -> None:
-    on: dict[str, Any] = yaml.safe_load(policy_yaml("kvgate"))
-    off = copy.deepcopy(on)
-    for plugin in off["plugins"]:
-        if plugin["type"] == "kvgate-cost-scorer":
-            plugin["parameters"] = {**(plugin.get("parameters") or {}), "evictionPrice": False}
-    for n_eps, size in ((8, 4096), (64, 4096)):
-        for seed in range(3):
-            for name, doc in (("off", off), ("on", on)):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--endpoints", default="8,64", help="comma-separated endpoint counts")
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    base: dict[str, Any] = yaml.safe_load(policy_yaml("kvgate"))
+    docs = {}
+    for name, value in (("off", False), ("on", True)):
+        doc = copy.deepcopy(base)
+        for plugin in doc["plugins"]:
+            if plugin["type"] == "kvgate-cost-scorer":
+                plugin["parameters"] = {**(plugin.get("parameters") or {}), "evictionPrice": value}
+        docs[name] = doc
+    size = 4096
+    for n_eps in (int(x) for x in args.endpoints.split(",")):
+        for seed in range(args.seeds):
+            for name, doc in docs.items():
                 w50, w99, c50, c99 = bench_pick(doc, n_eps, size, 3000, seed=seed)  # type: ignore[arg-type]
                 print(
                     f"{n_eps} endpoints, {size} B, seed {seed}, evictionPrice {name}: "

@@ -138,7 +138,7 @@ def _wrap_stages(totals: dict[str, float], on: list[bool]) -> list[str]:
 
 
 def _measure(
-    requests: int, rounds: int, policy: str, flow: bool = False, stages: bool = False
+    requests: int, rounds: int, policy: str, flow: bool = False, stages: bool = False, picker_file: str = ""
 ) -> dict[str, Any]:
     import asyncio
     import time
@@ -164,6 +164,7 @@ def _measure(
         + _COMPLETION
     )
     request = _request_bytes(18080, "/v1/completions", BODY)
+    picker_doc = yaml.safe_load(Path(picker_file).read_text()) if picker_file else None
 
     class Transport:
         """Both sides' transport: writes are kept (client) or answered a loop turn later (upstream)."""
@@ -205,6 +206,8 @@ def _measure(
                 "parameters": {"maxConcurrency": 1000},
             }
             cfg.pools[0].picker_config = raw
+        if picker_doc is not None:  # --picker-config: the pool's picker from this file instead of --policy's
+            cfg.pools[0].picker_config = picker_doc
         gw = GatewayServer(cfg, build_pools(cfg), scrape=False)
         proxy = gw.proxy = Proxy(cfg, gw.pools, gw.metrics, gw.health, gw.clock)
 
@@ -325,7 +328,9 @@ def _load_picktrace() -> Any:
     return mod
 
 
-def _measure_picks(requests: int, rounds: int, policy: str, steps: int) -> dict[str, Any]:
+def _measure_picks(
+    requests: int, rounds: int, policy: str, steps: int, picker_file: str = ""
+) -> dict[str, Any]:
     import gc
     import hashlib
     import time
@@ -336,6 +341,12 @@ def _measure_picks(requests: int, rounds: int, policy: str, steps: int) -> dict[
 
     picktrace = _load_picktrace()
     prompt = json.loads(BODY)
+    trace_policy: Any = "kvgate"
+    if picker_file:  # --picker-config: bench and trace both on this file's picker
+        import yaml
+
+        with open(picker_file) as f:
+            policy = trace_policy = yaml.safe_load(f)
     d, _store, _clock = picktrace.build(policy, 2, 0, scraped=False)
 
     def one(i: int) -> None:
@@ -359,7 +370,7 @@ def _measure_picks(requests: int, rounds: int, policy: str, steps: int) -> dict[
     trace = []
     digest = ""
     for _ in range(rounds):
-        td, store, clock = picktrace.build("kvgate", 8, 1)
+        td, store, clock = picktrace.build(trace_policy, 8, 1)
         gc.collect()
         spent = [0.0]
         out = picktrace.run(td, store, clock, 1, steps, explain_every=50, spent=spent)
@@ -476,19 +487,33 @@ def _parts(requests: int, rounds: int) -> dict[str, float]:
 def _run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
     mode = ["--_picks", str(args.trace_steps)] if args.picks else ["--_measure"]
     flow = ["flow"] if args.flow_control and not args.picks else []
-    return run_in_tree(__file__, src, [*mode, str(args.requests), str(args.rounds), args.policy, *flow], 600)
+    cfg = [f"cfg={Path(args.picker_config).resolve()}"] if args.picker_config else []
+    argv = [*mode, str(args.requests), str(args.rounds), args.policy, *flow, *cfg]
+    return run_in_tree(__file__, src, argv, 600)
+
+
+def _file(rest: list[str]) -> str:
+    return next((a[4:] for a in rest if a.startswith("cfg=")), "")
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--_measure":
-        print(json.dumps(_measure(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:] == ["flow"])))
+        rest = sys.argv[5:]
+        print(
+            json.dumps(
+                _measure(
+                    int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], "flow" in rest, picker_file=_file(rest)
+                )
+            )
+        )
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--_stages":
         print(json.dumps(_measure(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], stages=True)))
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--_picks":
         steps = int(sys.argv[2])
-        print(json.dumps(_measure_picks(int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], steps)))
+        got = _measure_picks(int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], steps, _file(sys.argv[6:]))
+        print(json.dumps(got))
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base-src", type=Path, help="the other tree's src/ (the baseline)")
@@ -497,6 +522,11 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
     p.add_argument("--policy", default="kvgate", help="the pool's policy (kvgate, round-robin, ...)")
     p.add_argument("--picks", action="store_true", help="the picker alone (bench path and seeded trace)")
+    p.add_argument(
+        "--picker-config",
+        help="an EndpointPickerConfig YAML file: the pool's picker (and with --picks the bench's and the"
+        " trace's) instead of --policy's",
+    )
     p.add_argument(
         "--flow-control",
         action="store_true",

@@ -588,7 +588,10 @@ def cost_on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
         mm = prefix_match(cycle)
         hs: Sequence[int] = mm.hashes if mm is not None else ()
         held = mm.matched.get(endpoint.address, 0) if mm is not None else 0
-        ledger.picked(endpoint.address, hs, held, float(p), uncached, ledger.free_tokens(endpoint), cycle.now)
+        met = endpoint.metrics
+        cap = float(met.num_gpu_blocks * met.block_size) if met.num_gpu_blocks and met.block_size else 0.0
+        free = ledger.free_tokens(endpoint)
+        ledger.picked(endpoint.address, hs, held, float(p), uncached, free, cycle.now, cap)
         ledger.started(req.request_id, uncached, cycle.now)
     if self.head_of_line:
         now = cycle.now

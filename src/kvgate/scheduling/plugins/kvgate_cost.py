@@ -557,8 +557,10 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             mm = prefix_match(cycle)
             hs: Sequence[int] = mm.hashes if mm is not None else ()
             held = mm.matched.get(endpoint.address, 0) if mm is not None else 0
+            met = endpoint.metrics
+            cap = float(met.num_gpu_blocks * met.block_size) if met.num_gpu_blocks and met.block_size else 0.0
             ledger.picked(
-                endpoint.address, hs, held, float(p), uncached, ledger.free_tokens(endpoint), cycle.now
+                endpoint.address, hs, held, float(p), uncached, ledger.free_tokens(endpoint), cycle.now, cap
             )
             ledger.started(req.request_id, uncached, cycle.now)
         if self.head_of_line:
