@@ -337,3 +337,37 @@ def test_a_grid_is_read_in_constant_work_whatever_it_holds(monkeypatch: pytest.M
     eps = [_ep(f"10.0.0.{i}") for i in range(4)]
     got = led.prices(eps, [500.0] * 4, 64.0, 2.0, 10_000.0)
     assert got is not None and min(got) == 0.0
+
+
+def test_an_unwritten_replica_is_priced_at_its_decayed_rate() -> None:
+    """No write at a replica for a minute: its write rate decays (e^-2) past the grid's band, so the
+    next price rebuilds its grid at the rate then, and prices as the exact sum does."""
+    led = EvictionLedger()
+    for i in range(40):  # a steady writer: its rate settles
+        led.write("a", 2_000.0, i * 0.5)
+    _burst(led, "a", [1, 2], 20.0, n=3)
+    before = led.rebuilds
+    now = 20.3
+    assert led.price("a", 600.0, now) == pytest.approx(led.price_exact("a", 600.0, now), rel=0.01)
+    later = now + 60.0
+    assert led.price("a", 600.0, later) == pytest.approx(led.price_exact("a", 600.0, later), rel=0.01)
+    assert led.rebuilds == before + 1
+
+
+def test_a_grid_sized_without_the_kv_capacity_grows_coarser_within_its_bound() -> None:
+    """A replica whose KV size was unknown at its first prefix (capacity 0: the step from the free KV
+    then) and which later has far more free: the grid is rebuilt with a coarser step, its points stay
+    bounded and its prices follow the exact sum's within 5% of what they may add (2 x the tokens
+    written: a step of 1/32 of the most free KV seen reads a prefix the write passes linearly; here 4%
+    at 5,000 tokens written, the grid 191 against the exact 589)."""
+    led = EvictionLedger()
+    for k, free in enumerate((500.0, 5_000.0, 50_000.0, 500_000.0)):
+        head = [100 * k + j for j in range(1, 4)]
+        p = 300.0
+        led.picked("a", [*head, 9_000 + k], 0, p, p, free, float(k))
+        led.picked("a", [*head, 9_100 + k], len(head), p, 0.0, free, k + 0.1)
+        assert led.sizes()["points"] <= ev.MAX_POINTS + 1
+    assert led.sizes()["held"] == 3  # (the first, 500 tokens from the end, passed by the writes since)
+    for u in (100.0, 5_000.0, 60_000.0):
+        assert led.price("a", u, 4.0) == pytest.approx(led.price_exact("a", u, 4.0), abs=0.05 * 2.0 * u)
+    assert led.price("a", 60_000.0, 4.0) > 100.0  # (not vacuous: the prefixes are priced)
