@@ -65,18 +65,19 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   one replica. Warm requests are not affected, nor are replicas with equal reuse. With ``--workers N``
   each worker counts only its own picks (not measured; the workers split connections, not requests).
 
-- ``evictionPrice`` (off: opt-in until a pick's cost is linear in the endpoints): what a request's write
-  evicts at each candidate,
-  priced in expected recompute (``eviction_price.py``). Its uncached tokens and its ``max_tokens`` move
-  every prefix cached there ``u / w`` seconds closer to the LRU end (``w`` the tokens written there per
-  second), so each prefix reused before (a session context: one waiter; a tenant prefix: a burst's ``n``)
-  is lost with the LRU hazard of that shift before its next reuse; the price is its tokens x waiters x
-  that chance, each waiter weighted by how much likelier the recompute makes it to land in the slowest
-  10% of recent first-token times. Every request pays, at each candidate, its price there less the
-  cheapest candidate's, at most ``missPenalty`` per token written; a burst's request pays ``1 / n`` and
-  never for its own prefix. Learned from this picker's picks with the approximate prefix scorer's keys
-  (with the precise scorer as the source it prices nothing). Validated once, pre-registered, on fresh
-  seeds (docs/benchmarks.md "Session 19").
+- ``evictionPrice`` (off: opt-in; docs/benchmarks.md "Session 20" for why): what a request's write evicts
+  at each candidate, priced in expected recompute (``eviction_price.py``). Its uncached tokens and its
+  ``max_tokens`` move every prefix cached there ``u / w`` seconds closer to the LRU end (``w`` the tokens
+  written there per second), so each prefix reused before (a session context: one waiter; a tenant prefix:
+  a burst's ``n``) is lost with the LRU hazard of that shift before its next reuse; the price is its
+  tokens x waiters x that chance, each waiter weighted by how much likelier the recompute makes it to land
+  in the slowest 10% of recent first-token times. Every request pays, at each candidate, its price there
+  less the cheapest candidate's, at most ``missPenalty`` per token written; a burst's request pays
+  ``1 / n`` and never for its own prefix. Learned from this picker's picks with the approximate prefix
+  scorer's keys (with the precise scorer as the source it prices nothing). Validated once, pre-registered,
+  on fresh seeds as a per-prefix sum (docs/benchmarks.md "Session 19"); read since session 20 off a grid
+  per replica in constant work per candidate, which failed its own pre-registered rule for the default
+  (docs/benchmarks.md "Session 20").
 
 A prefix holder therefore keeps its traffic until the queue in front of it costs more than
 recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tuned switch — and the
