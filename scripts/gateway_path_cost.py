@@ -561,7 +561,8 @@ def main() -> int:
     base, this = (statistics.median(figures[n]) for n in srcs)
     print(f"\nmedian base {base:.2f} us/request, this {this:.2f} us/request: ratio {this / base:.3f}")
     flow = ", flow control on" if args.flow_control else ""
-    print(f"(policy {args.policy}{flow}; base {srcs['base']}; this {srcs['this']})")
+    pol = f"picker config {args.picker_config}" if args.picker_config else f"policy {args.policy}"
+    print(f"({pol}{flow}; base {srcs['base']}; this {srcs['this']})")
     return 0
 
 
@@ -617,7 +618,12 @@ def _main_picks(args: argparse.Namespace) -> int:
     for k, unit in (("bench", "request"), ("trace", "pick"), ("hash", "pick")):
         base, this = (statistics.median(figures[n][k]) for n in srcs)
         print(f"{k}: median base {base:.2f} us/{unit}, this {this:.2f} us/{unit}: ratio {this / base:.3f}")
-    print(f"(policy {args.policy} for bench, kvgate for trace; base {srcs['base']}; this {srcs['this']})")
+    pol = (
+        f"picker config {args.picker_config} for both"
+        if args.picker_config
+        else f"policy {args.policy} for bench, kvgate for trace"
+    )
+    print(f"({pol}; base {srcs['base']}; this {srcs['this']})")
     if digests["base"] != digests["this"]:
         print(f"PICKS DIFFER: base {sorted(digests['base'])}, this {sorted(digests['this'])}")
         return 1
