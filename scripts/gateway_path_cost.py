@@ -487,7 +487,8 @@ def _parts(requests: int, rounds: int) -> dict[str, float]:
 def _run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
     mode = ["--_picks", str(args.trace_steps)] if args.picks else ["--_measure"]
     flow = ["flow"] if args.flow_control and not args.picks else []
-    cfg = [f"cfg={Path(args.picker_config).resolve()}"] if args.picker_config else []
+    picker = getattr(args, "picker_config", None)
+    cfg = [f"cfg={Path(picker).resolve()}"] if picker else []
     argv = [*mode, str(args.requests), str(args.rounds), args.policy, *flow, *cfg]
     return run_in_tree(__file__, src, argv, 600)
 
@@ -561,7 +562,11 @@ def main() -> int:
     base, this = (statistics.median(figures[n]) for n in srcs)
     print(f"\nmedian base {base:.2f} us/request, this {this:.2f} us/request: ratio {this / base:.3f}")
     flow = ", flow control on" if args.flow_control else ""
-    pol = f"picker config {args.picker_config}" if args.picker_config else f"policy {args.policy}"
+    pol = (
+        f"picker config {args.picker_config}"
+        if getattr(args, "picker_config", None)
+        else f"policy {args.policy}"
+    )
     print(f"({pol}{flow}; base {srcs['base']}; this {srcs['this']})")
     return 0
 
@@ -620,7 +625,7 @@ def _main_picks(args: argparse.Namespace) -> int:
         print(f"{k}: median base {base:.2f} us/{unit}, this {this:.2f} us/{unit}: ratio {this / base:.3f}")
     pol = (
         f"picker config {args.picker_config} for both"
-        if args.picker_config
+        if getattr(args, "picker_config", None)
         else f"policy {args.policy} for bench, kvgate for trace"
     )
     print(f"({pol}; base {srcs['base']}; this {srcs['this']})")
