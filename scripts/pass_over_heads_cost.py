@@ -1,6 +1,9 @@
-"""One dispatch pass past N queued heads pinned to H full homes while the rest of the pool has room (the
-band's plain head held back, so the pass passes every pinned head over and ends sending nothing): us per
-pass and gate calls per pass (review s19-fixes-b L1). A synthetic gate; nothing else runs.
+"""Dispatch passes over N queued heads pinned to H full homes while the rest of the pool has room (the
+band's plain head held back, so a pass sends nothing): us per pass and gate calls per pass, averaged over 50
+passes 1 ms apart (review s19-fixes-b L1). Since fc20 the first pass parks every pinned head (they wait aside
+for their homes) and the later ones meet none of them but the sweep of up to 64 parked homes every 20 ms;
+before, every pass passed each head over again (up to 64 homes and 1,024 heads, then the pass ended). A
+synthetic gate; nothing else runs.
 
     PYTHONPATH=src python scripts/pass_over_heads_cost.py N H
 """

@@ -150,7 +150,7 @@ def run(ops: list[tuple[object, ...]], told: bool, fairness: str) -> None:
 
 @pytest.mark.parametrize("fairness", ["global-strict", "round-robin"])
 @pytest.mark.parametrize("told", [True, False], ids=["told", "swept"])
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(ops=st.lists(op, max_size=60))
 def test_parked_heads_keep_the_reference_order(
     ops: list[tuple[object, ...]], told: bool, fairness: str
