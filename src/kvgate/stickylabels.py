@@ -37,12 +37,17 @@ DEFAULT_FLOW = "default-flow"
 
 class StickyLabels:
     """Which ids have a label of their own (the module docstring). ``count`` an id's request (or outcome);
-    ``label`` is a set lookup. ``promoted`` is called once per id given a label (a subclass's hook)."""
+    ``label`` is a set lookup. ``promoted`` is called once per id given a label (a subclass's hook).
+    ``default``: the id always labelled as itself (the default flow)."""
 
     __slots__ = ("candidates", "counts", "labelled", "low", "promote_at", "seq", "size")
 
     def __init__(
-        self, size: int = MAX_LABELS, candidates: int = CANDIDATES, promote_at: int = PROMOTE_AT
+        self,
+        size: int = MAX_LABELS,
+        candidates: int = CANDIDATES,
+        promote_at: int = PROMOTE_AT,
+        default: str = DEFAULT_FLOW,
     ) -> None:
         self.size, self.candidates, self.promote_at = size, max(1, candidates), max(1, promote_at)
         self.counts: dict[str, list[int]] = {}  # the Space-Saving table: id -> [count, error]
@@ -55,7 +60,9 @@ class StickyLabels:
         # table in its (insertion) order.
         self.low: list[tuple[int, int, str]] = []
         self.seq = _sequence()
-        self.labelled: set[str] = {DEFAULT_FLOW}  # (not one of ``size``)
+        # ``default``: always its own label, not one of ``size`` (the default flow; for model names, the
+        # empty name of a request the caller knows no model of)
+        self.labelled: set[str] = {default}
 
     def label(self, ident: str) -> str:
         """``ident``'s label: its own once promoted, else ``other``."""

@@ -146,7 +146,13 @@ def test_metrics_count_queue_and_outcomes_with_capped_flow_labels() -> None:
     ctl = FlowController(FlowControlConfig(), fm.FlowMetrics(True, fm.FlowLabels()))
 
     def sample(name: str, **labels: str) -> float:
-        return REGISTRY.get_sample_value(name, labels) or 0.0
+        """The sum over the series carrying ``labels`` (the queue gauge has pool and model labels too)."""
+        return sum(
+            s.value
+            for metric in REGISTRY.collect()
+            for s in metric.samples
+            if s.name == name and labels.items() <= s.labels.items()
+        )
 
     for i in range(fm.PROMOTE_AT):  # m-a earns its label (its requests so far count under "other")
         ctl.take(ctl.enqueue(_req(f"warm{i}", "m-a", prio=7), 0.0), 0.0)

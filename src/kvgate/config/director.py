@@ -55,8 +55,10 @@ def build_director(
     timer: Callable[[], float] = time.perf_counter,
     staleness: float = 2.0,
     flow_metrics: bool = True,
+    pool: str = "",
 ) -> Director:
-    """A Director from a config object, a policy name, a YAML path or text, or a decoded mapping."""
+    """A Director from a config object, a policy name, a YAML path or text, or a decoded mapping. ``pool``:
+    the pool it serves (flow control's ``inference_pool`` label)."""
     cfg = _as_config(config)
     handle = PluginHandle(store, clock, staleness, random.Random(seed))
     for spec in cfg.plugins:
@@ -112,7 +114,7 @@ def build_director(
                     "(concurrency-detector with maxPendingRequests > 0; its maxConcurrency is the "
                     "servers' running-batch limit)"
                 )
-        flow = FlowController(fc, FlowMetrics(flow_metrics))
+        flow = FlowController(fc, FlowMetrics(flow_metrics, pool=pool))
     return Director(
         profiles, handler, store, handle, detector=detector, flow=flow, timer=timer, name=cfg.name
     )

@@ -25,9 +25,11 @@ def build_epp_director(
     *,
     policy: str = "kvgate",
     clock: Callable[[], float] = time.monotonic,
+    pool: str = "",
 ) -> Director:
-    """``config`` is an EndpointPickerConfig (decoded YAML); without one, the named ``policy``."""
-    return build_director(config if config is not None else policy, store, clock)
+    """``config`` is an EndpointPickerConfig (decoded YAML); without one, the named ``policy``. ``pool``: the
+    pool's name (flow control's ``inference_pool`` label)."""
+    return build_director(config if config is not None else policy, store, clock, pool=pool)
 
 
 class AddressIndex:
@@ -52,7 +54,9 @@ def build_context(
     clock: Callable[[], float] = time.monotonic,
     observer: Observer | None = None,
 ) -> SessionContext:
-    director = build_epp_director(cfg.picker_config, store, policy=cfg.pool.policy, clock=clock)
+    director = build_epp_director(
+        cfg.picker_config, store, policy=cfg.pool.policy, clock=clock, pool=cfg.pool.name
+    )
     health = cfg.gateway.health  # the same thresholds as kvgate serve (kvgate.datalayer.health)
     director.health = HealthPolicy(health.scrape_failures, health.metrics_staleness_s)
     rewriter = ModelRewriter(cfg.gateway.rewrites, seed=cfg.gateway.rewrite_seed)

@@ -444,7 +444,7 @@ class FlowController:
         elif cfg.max_bytes and self.bytes + size > cfg.max_bytes:
             why = f"flow control queue is full ({cfg.max_bytes} bytes)"
         if why:
-            self.metrics.outcome(req.priority, flow, REJECTED_CAPACITY, 0.0)
+            self.metrics.outcome(req.priority, flow, REJECTED_CAPACITY, 0.0, req)
             raise ShedError(why)
         slo_deadline = self.slo_deadline(req, now)  # once: ``due_head`` reads it on every blocked pass
         self._seq += 1
@@ -466,7 +466,7 @@ class FlowController:
         self.count += 1
         self.bytes += size
         self._queue_count(flow, +1)
-        self.metrics.queued(req.priority, flow, +1)
+        self.metrics.queued(req.priority, flow, +1, req)
         return item
 
     def head(self, now: float | None = None) -> QueuedRequest | None:
@@ -512,9 +512,9 @@ class FlowController:
         self.count -= 1
         self.bytes -= item.size
         self._queue_count(item.flow, -1)
-        self.metrics.queued(item.priority, item.flow, -1)
+        self.metrics.queued(item.priority, item.flow, -1, item.req)
         if record:
-            self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at)
+            self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at, item.req)
         return True
 
     def take(self, item: QueuedRequest, now: float, record: bool = True) -> None:
@@ -531,7 +531,7 @@ class FlowController:
             q = self.bands[item.priority].flows.get(item.flow)
             if q is not None:
                 q.service -= item.cost
-        self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at)
+        self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at, item.req)
 
     def hold(self, item: QueuedRequest, now: float, until: float) -> None:
         """Put back ``item``, just taken, whose pick said "not now": queued again (limits, TTL, cancel
@@ -552,8 +552,8 @@ class FlowController:
         self.count += 1
         self.bytes += item.size
         self._queue_count(item.flow, +1)
-        self.metrics.queued(item.priority, item.flow, +1)
-        self.metrics.outcome(item.priority, item.flow, HELD, now - item.enqueued_at)
+        self.metrics.queued(item.priority, item.flow, +1, item.req)
+        self.metrics.outcome(item.priority, item.flow, HELD, now - item.enqueued_at, item.req)
         item.holds += 1
         self._held.append(item)
         # Still its flow's demand (``queued``, ``count``), so its flow stays active: a place of its own

@@ -241,15 +241,19 @@ class FlowDispatcher:
                 if not self._may_wait(e, now):
                     slo = isinstance(e, PredictedSLOMissError)
                     metrics.outcome(
-                        req.priority, flow_of(req), REJECTED_PREDICTED_MISS if slo else REJECTED_OTHER, 0.0
+                        req.priority,
+                        flow_of(req),
+                        REJECTED_PREDICTED_MISS if slo else REJECTED_OTHER,
+                        0.0,
+                        req,
                     )
                     raise
                 miss = e
             except SchedulingError:
-                metrics.outcome(req.priority, flow_of(req), REJECTED_OTHER, 0.0)
+                metrics.outcome(req.priority, flow_of(req), REJECTED_OTHER, 0.0, req)
                 raise
             else:
-                metrics.outcome(req.priority, flow_of(req), DISPATCHED, 0.0)
+                metrics.outcome(req.priority, flow_of(req), DISPATCHED, 0.0, req)
                 return result
         item = self.ctl.enqueue(req, now, handle=handle, explain=explain, bound=bound)  # ShedError: full
         if miss is not None:  # as if it had just left the queue and been turned back

@@ -22,6 +22,11 @@ sticky rule that keeps Prometheus' counter semantics (review s11-fc H1, H2, M1; 
 So the flow label takes at most ``MAX_FLOW_LABELS + 2`` values over the process's whole life, whatever
 ids clients send. The cost: a tenant that first shows up after 16 others earned their labels stays in
 ``other`` until the process restarts (aggregate by the id at the trusted edge that sets it).
+The two ``inference_extension_`` families carry the reference's ``inference_pool`` (the pool this flow
+controller serves: ``FlowMetrics.pool``), ``model_name`` (the client's) and ``target_model_name`` (after a
+rewrite) labels too; the model names are bounded by the same rule, in a table of their own
+(``FlowLabels.models``), counted once per outcome as client name and as target. The queue gauge is
+computed at the scrape from the requests queued now, by their labels then.
 (Before: 8cf0a73's top-16 relabelling every 256 requests removed demoted ids' series, losing their
 increments and resetting counters, and handed labels to one-shot ids; before that, 64 first-come ids
 per flow controller.)
@@ -29,31 +34,38 @@ per flow controller.)
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from kvgate.stickylabels import CANDIDATES as FLOW_CANDIDATES
 from kvgate.stickylabels import DEFAULT_FLOW as DEFAULT_FLOW
 from kvgate.stickylabels import MAX_LABELS as MAX_FLOW_LABELS
-from kvgate.stickylabels import OTHER as OTHER_FLOW
+from kvgate.stickylabels import OTHER, StickyLabels
 from kvgate.stickylabels import PROMOTE_AT as PROMOTE_AT
-from kvgate.stickylabels import StickyLabels
+
+if TYPE_CHECKING:
+    from kvgate.scheduling.types import InferenceRequest
 
 # ``DEFAULT_FLOW`` (a request that names none) always has its own label, outside ``MAX_FLOW_LABELS``, as on
 # llm-d's per-request families (``openai.labels.FairnessLabels``) and as the reference labels it (review
 # s19-qa2 L1: before, ``other`` here until 32 of its outcomes).
 
-QUEUE_SIZE = Gauge(
-    "inference_extension_flow_control_queue_size",
-    "Requests waiting in the flow controller.",
-    ["priority", "fairness_id"],
-)
+# The reference's label sets (GIE / llm-d-router ``pkg/epp/metrics``: ``fairness_id``, ``priority``
+# [, ``outcome``], ``inference_pool``, ``model_name``, ``target_model_name``) and its queue-duration buckets
+# (100 us .. 60 s).
+QUEUE_LABELS = ("fairness_id", "priority", "inference_pool", "model_name", "target_model_name")
+QUEUE_DURATION_BUCKETS = (
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
 QUEUE_DURATION = Histogram(
     "inference_extension_flow_control_request_queue_duration_seconds",
     "Time a request spent in the flow controller, by outcome.",
-    ["priority", "fairness_id", "outcome"],
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    ["fairness_id", "priority", "outcome", "inference_pool", "model_name", "target_model_name"],
+    buckets=QUEUE_DURATION_BUCKETS,
 )
 OUTCOMES = Counter(
     "kvgate_flow_control_requests_total",
@@ -66,66 +78,122 @@ PREEMPTIONS = Counter(
     "priority and flow).",
     ["priority", "fairness_id"],
 )
+OTHER_FLOW = OTHER  # every fairness id without a label of its own
+# A request's model labels when its request is not known to the caller (``FlowMetrics``' ``req`` None).
+NO_MODEL = ""
+# The queue's raw key: (priority, fairness id, pool, model name, target model name), the names as sent.
+_QueueKey = tuple[str, str, str, str, str]
 
 
 class FlowLabels(StickyLabels):
     """Which fairness ids have a label of their own (the module docstring; the rule is
     ``kvgate.stickylabels``, shared with llm-d's per-request families); one per process. Beside it, the
-    requests queued per id and priority, so a promoted id's queued requests move to its own gauge."""
+    model names' labels (``models``: the same rule, its own 16, the empty name always its own) and the
+    requests queued per raw (priority, id, pool, model, target): the queue-size gauge maps them to their
+    labels when scraped, so a promoted id's or name's queued requests are under its own label at once and
+    the gauges always add up to the requests queued."""
 
     def __init__(
         self, size: int = MAX_FLOW_LABELS, candidates: int = FLOW_CANDIDATES, promote_at: int = PROMOTE_AT
     ) -> None:
         super().__init__(size, candidates, promote_at)
-        self.queued: dict[str, dict[str, int]] = {}  # id -> priority -> requests queued (> 0 only)
+        self.models = StickyLabels(size, candidates, promote_at, default=NO_MODEL)
+        self.queued: dict[_QueueKey, int] = {}  # (> 0 only)
+        _QUEUES.add(self)
 
-    def queue(self, priority: str, flow: str, delta: int) -> None:
-        by = self.queued.setdefault(flow, {})
-        n = by.get(priority, 0) + delta
+    def queue(self, key: _QueueKey, delta: int) -> None:
+        n = self.queued.get(key, 0) + delta
         if n > 0:
-            by[priority] = n
+            self.queued[key] = n
         else:
-            by.pop(priority, None)
-            if not by:
-                del self.queued[flow]
-        QUEUE_SIZE.labels(priority, self.label(flow)).inc(delta)
+            self.queued.pop(key, None)
 
-    def promoted(self, flow: str) -> None:
-        for priority, n in self.queued.get(flow, {}).items():
-            QUEUE_SIZE.labels(priority, OTHER_FLOW).dec(n)
-            QUEUE_SIZE.labels(priority, flow).inc(n)
+    def gauges(self, into: dict[tuple[str, ...], int]) -> None:
+        """Adds this instance's queued requests into ``into`` by their labels now (``QUEUE_LABELS``)."""
+        label, model = self.label, self.models.label
+        for (priority, flow, pool, m, t), n in list(self.queued.items()):
+            key = (label(flow), priority, pool, model(m), model(t))
+            into[key] = into.get(key, 0) + n
 
 
+class _QueueSize:
+    """``inference_extension_flow_control_queue_size``: every ``FlowLabels``' queued requests by their
+    labels at the scrape. A series once shown stays, at 0 when nothing is queued under it (as a gauge's
+    child did); bounded as the labels are."""
+
+    def __init__(self) -> None:
+        self.shown: set[tuple[str, ...]] = set()
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        now: dict[tuple[str, ...], int] = {}
+        for labels in list(_QUEUES):
+            labels.gauges(now)
+        self.shown.update(now)
+        fam = GaugeMetricFamily(
+            "inference_extension_flow_control_queue_size",
+            "Requests waiting in the flow controller.",
+            labels=QUEUE_LABELS,
+        )
+        for key in sorted(self.shown):
+            fam.add_metric(list(key), now.get(key, 0))
+        yield fam
+
+
+_QUEUES: weakref.WeakSet[FlowLabels] = weakref.WeakSet()
+QUEUE_SIZE = _QueueSize()
+REGISTRY.register(QUEUE_SIZE)
 LABELS = FlowLabels()
-# The outcome collectors' children by (priority, flow label, outcome), looked up once: every request records
-# an outcome (one admitted at once too, review s19-qa L3), and ``labels()`` costs a few microseconds a call.
-# Bounded as the series are (priorities x 18 flow labels x outcomes); a label's series is never removed.
-_CHILDREN: dict[tuple[int, str, str], tuple[Any, Any]] = {}
+# The outcome collectors' children by (priority, flow label, outcome, pool, model labels), looked up once:
+# every request records an outcome (one admitted at once too, review s19-qa L3), and ``labels()`` costs a
+# few microseconds a call. Bounded as the series are (priorities x 18 flow labels x outcomes x pools x 18 x
+# 18 model labels); a label's series is never removed.
+_CHILDREN: dict[tuple[int, str, str, str, str, str], tuple[Any, Any]] = {}
 
 
 class FlowMetrics:
     """Records into the module's collectors; ``FlowMetrics(None)`` records nothing (simulations).
-    ``labels``: the label choice (the process's ``LABELS``; tests pass their own)."""
+    ``labels``: the label choice (the process's ``LABELS``; tests pass their own); ``pool``: the
+    ``inference_pool`` label (the pool this flow controller serves; empty when none is named). ``req``:
+    the request (its ``model`` is the target model, ``client_model`` the name the client sent when a
+    rewrite changed it); None: empty model labels."""
 
-    def __init__(self, enabled: bool | None = True, labels: FlowLabels | None = None) -> None:
+    def __init__(self, enabled: bool | None = True, labels: FlowLabels | None = None, pool: str = "") -> None:
         self.enabled = bool(enabled)
         self.labels = labels or LABELS
+        self.pool = pool
 
-    def queued(self, priority: int, flow: str, delta: int) -> None:
+    def _models(self, req: InferenceRequest | None) -> tuple[str, str]:
+        """``req``'s (model name, target model name) as sent."""
+        if req is None:
+            return NO_MODEL, NO_MODEL
+        return req.client_model or req.model, req.model
+
+    def queued(self, priority: int, flow: str, delta: int, req: InferenceRequest | None = None) -> None:
         if self.enabled:
-            self.labels.queue(str(priority), flow, delta)
+            m, t = self._models(req)
+            self.labels.queue((str(priority), flow, self.pool, m, t), delta)
 
-    def outcome(self, priority: int, flow: str, outcome: str, waited: float) -> None:
+    def outcome(
+        self, priority: int, flow: str, outcome: str, waited: float, req: InferenceRequest | None = None
+    ) -> None:
         if self.enabled:
             labels = self.labels
             labels.count(flow)
-            key = (priority, labels.label(flow), outcome)
+            m, t = self._models(req)
+            models = labels.models
+            models.count(t)
+            if m != t:
+                models.count(m)
+            key = (priority, labels.label(flow), outcome, self.pool, models.label(m), models.label(t))
             children = _CHILDREN.get(key)
             if children is None:
                 p, f = str(priority), key[1]
                 children = _CHILDREN[key] = (
                     OUTCOMES.labels(p, f, outcome),
-                    QUEUE_DURATION.labels(p, f, outcome),
+                    QUEUE_DURATION.labels(f, p, outcome, self.pool, key[4], key[5]),
                 )
             children[0].inc()
             children[1].observe(waited)

@@ -73,7 +73,7 @@ def build_director_for(
     (then the plugin's: ``pools[0].endpointPickerConfig: plugins[1].parameters: ...``)."""
     try:
         picker: Any = picker_spec(cfg)
-        return build_director(picker, store, clock=clock)
+        return build_director(picker, store, clock=clock, pool=cfg.name)
     except (ValueError, KeyError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise GatewayConfigError(picker_key(index, cfg), str(msg)) from e

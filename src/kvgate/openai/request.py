@@ -289,8 +289,9 @@ def inference_request(
     """The one ``InferenceRequest`` for a parsed body.
 
     ``model`` is the name the endpoint will see (after any rewrite); it is the LoRA adapter when the
-    policy lists it as one. ``session`` is the value of ``policy.session_header`` (the body's ``user``
-    when the header is absent); ``objective`` and ``fairness`` are the GIE control headers' values.
+    policy lists it as one; the body's own (the client's) is ``client_model`` when the two differ.
+    ``session`` is the value of ``policy.session_header`` (the body's ``user`` when the header is absent);
+    ``objective`` and ``fairness`` are the GIE control headers' values.
     """
     return InferenceRequest(
         request_id=request_id,
@@ -307,4 +308,5 @@ def inference_request(
         subset=subset,
         headers=headers if headers is not None else {},
         arrival_time=arrival_time,
+        client_model=parsed.model if parsed.model != model else "",
     )

@@ -44,6 +44,9 @@ class InferenceRequest:
     # would have been had it arrived then (review s19-qa L4). A home in the pool but not ready keeps it: the
     # request waits for it (review s19-fixes-b I1). Only the pick changes it, never a gate's check.
     subset_soft: bool = False
+    # The model name the client sent, where a rewrite changed it to ``model`` ("": ``model`` itself): flow
+    # control's ``model_name`` label (``target_model_name`` is ``model``).
+    client_model: str = ""
 
     @property
     def sheddable(self) -> bool:
