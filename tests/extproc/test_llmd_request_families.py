@@ -25,7 +25,7 @@ from kvgate.extproc.testing import EnvoyHarness
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 from kvgate.openai.labels import FairnessLabels
-from kvgate.openai.requeststats import NO_FIRST_BYTE, RequestStats
+from kvgate.openai.requeststats import NO_FIRST_BYTE, RequestEnd, RequestStats
 from kvgate.scheduling.types import Usage
 
 M = {"model_name": "m", "target_model_name": "m"}
@@ -352,9 +352,9 @@ def test_a_stream_whose_first_byte_was_not_seen_has_no_ttft() -> None:
     non-streamed answer's TTFT is its duration; a stream's TPOT needs its first byte."""
     stats = RequestStats()
     usage = Usage(prompt_tokens=3, completion_tokens=4)
-    stats.observe("m", "m", 1.0, usage, first=NO_FIRST_BYTE)
-    stats.observe("m", "m", 2.0, usage)
-    stats.observe("m", "m", 3.0, usage, first=0.5)
+    stats.observe(RequestEnd("m", "m", 1.0, usage, first=NO_FIRST_BYTE))
+    stats.observe(RequestEnd("m", "m", 2.0, usage))
+    stats.observe(RequestEnd("m", "m", 3.0, usage, first=0.5))
     (child,) = stats.children.values()
     assert (sum(child.ttft.counts), child.ttft.sum) == (1, 2.0)
     assert (sum(child.ttft_stream.counts), child.ttft_stream.sum) == (1, 0.5)

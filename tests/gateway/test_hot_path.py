@@ -18,6 +18,7 @@ from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.upstream import UpstreamPool, UpstreamTimeout
 from kvgate.httpfront.server import FrontProtocol, FrontServer, Request, Response, _BadRequest, _fields
 from kvgate.openai.protocol import usage_from
+from kvgate.openai.requeststats import RequestEnd
 from kvgate.openai.usage import usage_from_body
 from kvgate.scheduling.fastmetrics import Hist
 from kvgate.scheduling.types import Usage
@@ -342,7 +343,7 @@ def test_the_gateway_histograms_count_as_hist_observe_does() -> None:
     m = GatewayMetrics()
     durations, usages = [0.001, 0.3, 7.0, 5000.0], [Usage(7, 8), None, Usage(0, 3), Usage(2000, 0)]
     for d, u in zip(durations, usages, strict=True):
-        m.observe("m", "t", d, u)
+        m.observe(RequestEnd("m", "t", d, u))
     child = m._stats.children[("m", "t", "", "")]
     want = [Hist(child.duration.bounds), Hist(child.input_tokens.bounds), Hist(child.output_tokens.bounds)]
     for d, u in zip(durations, usages, strict=True):

@@ -120,6 +120,7 @@ def test_a_name_in_flight_keeps_its_label_and_series_after_its_rule_is_gone() ->
     after it ends (``ModelLabels.hold`` / ``label``; before, its end was counted under ``other``)."""
     from kvgate.gateway.metrics import GatewayMetrics
     from kvgate.openai.labels import GRACE_S, ModelLabels
+    from kvgate.openai.requeststats import RequestEnd
 
     now = [1000.0]
     live = [frozenset({"alias"})]
@@ -127,14 +128,14 @@ def test_a_name_in_flight_keeps_its_label_and_series_after_its_rule_is_gone() ->
     m.bound(ModelLabels(["m"], reported=lambda: live[0], clock=lambda: now[0]))
     models = m.models
     assert models is not None
-    m.observe("alias", "m", 0.1, None)
+    m.observe(RequestEnd("alias", "m", 0.1, None))
     models.hold("alias")  # (as the proxy: at its admission, a label then)
     models.label("alias")
     live[0] = frozenset()  # the rule is deleted
     now[0] += 2 * GRACE_S
     models.sweep()
     assert _requests(m.registry) == {("alias", "m"): 1.0}  # in flight: kept
-    m.observe("alias", "m", 0.1, None)  # its end
+    m.observe(RequestEnd("alias", "m", 0.1, None))  # its end
     models.drop("alias")
     assert _requests(m.registry) == {("alias", "m"): 2.0}  # fails before: ("other", "m") too
     now[0] += GRACE_S - 1.0

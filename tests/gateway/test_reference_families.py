@@ -28,7 +28,7 @@ from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.server import GatewayServer
 from kvgate.gateway.workers import merge_metrics
 from kvgate.openai.labels import ModelLabels
-from kvgate.openai.requeststats import RequestStats
+from kvgate.openai.requeststats import RequestEnd, RequestStats
 from kvgate.scheduling.types import Usage
 
 RUNNING = "inference_objective_running_requests"
@@ -130,7 +130,8 @@ async def test_epp_counts_running_requests_sizes_and_ntpot() -> None:
             assert res.status == 200
         await eventually(lambda: _value(metrics.registry, RUNNING, {"model_name": "m"}) == 0, "running 0")
         await eventually(
-            lambda: _value(metrics.registry, "inference_objective_request_total", LABELS) == 1, "counted"
+            lambda: _value(metrics.registry, "inference_objective_request_total", LABELS) == 1,
+            "counted",
         )
         _check_sizes_and_ntpot(metrics.registry, body)
     text = metrics.exposition().decode()
@@ -176,7 +177,7 @@ def test_workers_merge_the_new_families_per_worker() -> None:
         for _ in range(n):
             m.start("m", "m", 100)
         m.stop(label)
-        m.observe("m", "m", 0.5, Usage(prompt_tokens=3, completion_tokens=5), 300)
+        m.observe(RequestEnd("m", "m", 0.5, Usage(prompt_tokens=3, completion_tokens=5), 300))
         texts.append(generate_latest(m.registry).decode())
     out = merge_metrics(texts).decode()
     fams = {f.name: f for f in text_string_to_metric_families(out)}
@@ -201,7 +202,9 @@ def test_running_counts_stay_while_their_name_is_forgotten_only_when_idle() -> N
     stats.stop(stats.start("b", "b", 10))
     stats.forget({"a", "b"})  # (a door forgets only names not in flight; "a" would be held)
     assert stats.running == {a: 1}
-    stats.observe("c", "c", 1.0, Usage(prompt_tokens=1, completion_tokens=0))  # no output: no NTPOT
+    stats.observe(
+        RequestEnd("c", "c", 1.0, Usage(prompt_tokens=1, completion_tokens=0))
+    )  # no output: no NTPOT
     child = stats.children[("c", "c", "", "")]
     assert child.ntpot.sum == 0 and sum(child.ntpot.counts) == 0
     assert sum(child.response_sizes.counts) == 0  # (-1: not known, not observed)
@@ -226,7 +229,8 @@ async def test_both_doors_observe_the_size_of_a_request_whose_client_left() -> N
             backend.release.release()
             assert (await harness.request("POST", "/v1/completions", body, {})).status == 200
         await eventually(
-            lambda: _value(metrics.registry, "inference_objective_request_total", LABELS) == 1, "counted"
+            lambda: _value(metrics.registry, "inference_objective_request_total", LABELS) == 1,
+            "counted",
         )
     epp = metrics.registry
 

@@ -18,7 +18,7 @@ from kvgate import __version__
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.openai.labels import ModelLabels, ReportedNames, kept_per_source
-from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestErrors, RequestStats
+from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestEnd, RequestErrors, RequestStats
 from kvgate.scheduling.types import PickResult, Usage
 
 _PICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -108,21 +108,10 @@ class EppMetrics:
         labels = self.models.label  # (bounded: the labels above; codes are HTTP statuses and named ends)
         self.errors.inc(labels(model), labels(target), code, flow)
 
-    def request_done(
-        self,
-        model: str,
-        target: str,
-        seconds: float,
-        usage: Usage | None,
-        response_bytes: int = -1,
-        request_bytes: int = -1,
-        flow: tuple[str, str] = NO_FLOW,
-        first: float = -1.0,
-    ) -> None:
+    def request_done(self, end: RequestEnd) -> None:
         labels = self.models.label
-        self.requests.observe(
-            labels(model), labels(target), seconds, usage, response_bytes, request_bytes, flow, first
-        )
+        end.model, end.target = labels(end.model), labels(end.target)
+        self.requests.observe(end)
 
     def sized(self, model: str, target: str, request_bytes: int, flow: tuple[str, str] = NO_FLOW) -> None:
         labels = self.models.label

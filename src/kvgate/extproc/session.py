@@ -43,7 +43,7 @@ from kvgate.openai.request import (
     parse_body,
     server_priority,
 )
-from kvgate.openai.requeststats import NO_FIRST_BYTE, NO_FLOW
+from kvgate.openai.requeststats import NO_FIRST_BYTE, NO_FLOW, ChunkGaps, RequestEnd
 from kvgate.openai.sse import SSEScanner, rewrite_model
 from kvgate.requestcontrol.director import flow_of, preempted_error
 from kvgate.scheduling.types import (
@@ -83,21 +83,10 @@ class Observer(Protocol):
     def error(self, model: str, target: str, code: str, flow: tuple[str, str] = NO_FLOW) -> None: ...
     def served(self, target: str) -> None: ...
     # ``kvgate serve``'s ``inference_objective_request_total`` and its duration and token histograms:
-    # once per request a model server answered (its response headers seen), when its response ends.
-    # ``response_bytes``: the response body's size when the EPP saw all of it (-1: not known);
-    # ``request_bytes``: the request body's; ``flow``: its ``flow`` labels; ``first``: a streamed
-    # response's seconds to its first body chunk (-1: not streamed).
-    def request_done(
-        self,
-        model: str,
-        target: str,
-        seconds: float,
-        usage: Usage | None,
-        response_bytes: int = -1,
-        request_bytes: int = -1,
-        flow: tuple[str, str] = NO_FLOW,
-        first: float = -1.0,
-    ) -> None: ...
+    # once per request a model server answered (its response headers seen), when its response ends
+    # (``RequestEnd``: its ``response_bytes`` the response body's size when the EPP saw all of it, -1
+    # not known; ``first`` a streamed response's seconds to its first body chunk; ``itl`` its chunk gaps).
+    def request_done(self, end: RequestEnd) -> None: ...
     # The request size of a request with a parsed body that ended with no ``request_done`` (its stream
     # cancelled, refused, or cut before a model server's answer ended), at its stream's end: every such
     # request's size is observed once, as ``kvgate serve`` observes each routed request's (s18-qa2 L2).
@@ -233,6 +222,7 @@ class Session:
         # Its ``fairness_id`` / ``priority`` labels on llm-d's families (``Observer.flow``), once built.
         self._flow = NO_FLOW
         self._first_s = -1.0  # a streamed response's first body chunk, seconds after ``_t0`` (its TTFT)
+        self._gaps: ChunkGaps | None = None  # and the gaps between its body chunks (llm-d's ITL)
         self._request_bytes = -1  # its body's size (``inference_objective_request_sizes``)
         self._ended = False  # (``close``: the observer's ``end`` once)
         self._parsed = False  # its body parsed: its target is a name the model server saw (labels)
@@ -566,8 +556,12 @@ class Session:
         chunk = body.body
         self._resp_bytes += len(chunk)
         if self._scanner is not None:
-            if self._first_s < 0:  # (a streamed response's first byte: its TTFT, as the reference's)
-                self._first_s = self.ctx.clock() - self._t0
+            now = self.ctx.clock()
+            gaps = self._gaps
+            if gaps is None:  # (a streamed response's first byte: its TTFT, as the reference's)
+                self._first_s = now - self._t0
+                gaps = self._gaps = ChunkGaps()
+            gaps.tick(now)  # (llm-d's inter-token latency: the gaps between its body chunks)
             out = self._scanner.feed(chunk)
             if self._scanner.saw_output:
                 self._mark_first_token()
@@ -649,13 +643,16 @@ class Session:
                 usage = self.usage if 200 <= self.status < 300 else None
                 size = self._resp_bytes if complete and self._response_bodies else -1
                 obs.request_done(
-                    *self._models,
-                    self.ctx.clock() - self._t0,
-                    usage,
-                    size,
-                    self._request_bytes,
-                    self._flow,
-                    self._first_s if self._first_s >= 0 else NO_FIRST_BYTE if self.streaming else -1.0,
+                    RequestEnd(
+                        *self._models,
+                        self.ctx.clock() - self._t0,
+                        usage,
+                        size,
+                        self._request_bytes,
+                        self._flow,
+                        self._first_s if self._first_s >= 0 else NO_FIRST_BYTE if self.streaming else -1.0,
+                        self._gaps,
+                    )
                 )
                 self._request_bytes = -1  # (observed: not again in ``close``)
 

@@ -22,8 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from kvgate import __version__
 from kvgate.httpfront.metrics import FrontGauges
 from kvgate.openai.labels import ModelLabels
-from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestErrors, RequestStats
-from kvgate.scheduling.types import Usage
+from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestEnd, RequestErrors, RequestStats
 
 
 class GatewayMetrics:
@@ -32,7 +31,8 @@ class GatewayMetrics:
         r = self.registry
         self._stats = RequestStats()
         r.register(self._stats)
-        # One request's end: the shared collector's own method, bound (one call, no copy of it here).
+        # One request's end (``RequestEnd``): the shared collector's own method, bound (one call, no copy
+        # of it here).
         self.observe = self._stats.observe
         # In flight per model and request body sizes (``start`` once its model is known; ``stop`` with
         # what ``start`` returned, however it ends).
@@ -83,17 +83,9 @@ class GatewayMetrics:
         models.forget += [self._stats.forget, self.errors.forget]
         label, observe, inc, start = models.label, self._stats.observe, self.errors.inc, self._stats.start
 
-        def observe_labelled(
-            model: str,
-            target: str,
-            seconds: float,
-            usage: Usage | None,
-            response_bytes: int = -1,
-            request_bytes: int = -1,
-            flow: tuple[str, str] = NO_FLOW,
-            first: float = -1.0,
-        ) -> None:
-            observe(label(model), label(target), seconds, usage, response_bytes, request_bytes, flow, first)
+        def observe_labelled(end: RequestEnd) -> None:
+            end.model, end.target = label(end.model), label(end.target)
+            observe(end)
 
         def start_labelled(
             model: str, target: str, request_bytes: int = -1, fairness: str = "", priority: int | None = 0

@@ -55,6 +55,7 @@ from kvgate.openai.request import (
     parse_body,
     server_priority,
 )
+from kvgate.openai.requeststats import ChunkGaps, RequestEnd
 from kvgate.openai.responses import RESPONSES_PATH, ResponseHomes, ResponseIdReader, previous_response_id
 from kvgate.openai.usage import BodyUsageScanner, usage_from_body
 from kvgate.requestcontrol.director import Director, preempted_error
@@ -1231,7 +1232,7 @@ class Proxy:
             flow = m.flow(flow_of(ireq), ireq.priority)
             if not ok and cut is None and not drained:
                 sent = -1  # the client left (or the handler was cancelled): no size, as a gone stream's
-            m.observe(client_model, ireq.model, self.clock() - t0, usage, sent, -1, flow)
+            m.observe(RequestEnd(client_model, ireq.model, self.clock() - t0, usage, sent, -1, flow))
             if resp.status >= 400:
                 m.error(client_model, ireq.model, str(resp.status), flow)
             elif not ok:
@@ -1270,7 +1271,7 @@ class Proxy:
         m = self.metrics
         flow = m.flow(flow_of(ireq), ireq.priority)
         # (the response size: the body the client is sent, the model's name put back, as a relay's)
-        m.observe(client_model, ireq.model, self.clock() - t0, usage, len(body), -1, flow)
+        m.observe(RequestEnd(client_model, ireq.model, self.clock() - t0, usage, len(body), -1, flow))
         if resp.status >= 400:
             m.error(client_model, ireq.model, str(resp.status), flow)
         headers = reply_headers
@@ -1315,6 +1316,7 @@ class Proxy:
         cut: Exception | None = None
         late = False  # cut by the request's deadline (not the idle timeout)
         got_at = self._loop.time()  # the last chunk from the upstream came then
+        gaps = ChunkGaps()  # the gaps between the upstream's chunks (llm-d's inter-token latency)
         # Progress for ``_charge_cut``: when data events went out (read off the relay's whole events:
         # comments, pings and empty data are none; ``openai.progress``).
         progress = Progress(sent_at, resp.deadline)
@@ -1326,6 +1328,7 @@ class Proxy:
             await out.prepare(request)
             chunk = first
             while chunk:
+                gaps.tick(got_at)
                 data = relay.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                 if data:
                     sent += len(data)  # (a count, no copy)
@@ -1407,8 +1410,9 @@ class Proxy:
             flow = m.flow(flow_of(ireq), ireq.priority)
             if not ok and upstream_ok:
                 sent = -1  # the client left (or the handler was cancelled): what reached it is not known
+            usage = usage if ok else None
             m.observe(
-                client_model, ireq.model, self.clock() - t0, usage if ok else None, sent, -1, flow, first_s
+                RequestEnd(client_model, ireq.model, self.clock() - t0, usage, sent, -1, flow, first_s, gaps)
             )
             if resp.status >= 400:
                 # An error status with an event-stream body: under its status, as ``_whole`` counts a

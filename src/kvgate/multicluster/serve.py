@@ -74,7 +74,14 @@ from kvgate.openai.request import (
     kind_for_path,
     parse_body,
 )
-from kvgate.openai.requeststats import NO_FIRST_BYTE, NO_FLOW, RequestErrors, RequestStats
+from kvgate.openai.requeststats import (
+    NO_FIRST_BYTE,
+    NO_FLOW,
+    ChunkGaps,
+    RequestEnd,
+    RequestErrors,
+    RequestStats,
+)
 from kvgate.openai.responses import (
     LOOKUP_PREFIX,
     RESPONSES_PATH,
@@ -185,18 +192,11 @@ class _Metrics:
     def stop(self, key: tuple[str, str, str, str]) -> None:
         self.stats.stop(key)
 
-    def request_done(
-        self,
-        model: str,
-        seconds: float,
-        usage: Usage | None,
-        response_bytes: int = -1,
-        request_bytes: int = -1,
-        flow: tuple[str, str] = NO_FLOW,
-        first: float = -1.0,
-    ) -> None:
-        label = self.models.label(model)
-        self.stats.observe(label, label, seconds, usage, response_bytes, request_bytes, flow, first)
+    def request_done(self, end: RequestEnd) -> None:
+        """One request's end (``end.model`` the client's: this door rewrites none, so it is the target's
+        label too)."""
+        end.model = end.target = self.models.label(end.model)
+        self.stats.observe(end)
 
     def error(self, model: str, code: str, flow: tuple[str, str] = NO_FLOW) -> None:
         label = self.models.label(model)  # (bounded: the model labels above; codes: statuses, named ends)
@@ -210,7 +210,7 @@ class _UsageSeen:
     cluster's hit or miss classification reads too). ``usage()`` gives the bytes back (called once,
     whatever the end)."""
 
-    __slots__ = ("_budget", "_chunks", "_held", "_routed", "complete", "first", "sent")
+    __slots__ = ("_budget", "_chunks", "_clock", "_held", "_routed", "complete", "first", "gaps", "sent")
 
     def __init__(self, budget: ByteBudget = _USAGE_HELD) -> None:
         self._budget = budget
@@ -223,6 +223,15 @@ class _UsageSeen:
         # whose first byte did not go out, no TTFT).
         self.sent = 0
         self.first = -1.0
+        # An event stream's gaps between the cluster's body chunks (llm-d's inter-token latency; None:
+        # not an event stream), timed on ``_clock`` as they are fed.
+        self.gaps: ChunkGaps | None = None
+        self._clock: Callable[[], float] | None = None
+
+    def stream(self, clock: Callable[[], float]) -> None:
+        """An event stream: its first byte not out yet (``NO_FIRST_BYTE``), its chunk gaps timed."""
+        self.first = NO_FIRST_BYTE
+        self.gaps, self._clock = ChunkGaps(), clock
 
     def start(self, routed: Routed | None) -> None:
         """A 2xx: an event stream's usage comes from ``routed``; a JSON body's is held here."""
@@ -232,6 +241,8 @@ class _UsageSeen:
             self._chunks = []
 
     def feed(self, chunk: bytes) -> None:
+        if self.gaps is not None and self._clock is not None:
+            self.gaps.tick(self._clock())
         if self._chunks is not None:
             if self._held + len(chunk) > _USAGE_BODY_MAX or not self._budget.take(len(chunk)):
                 self._drop()  # too large to hold: no usage read
@@ -519,9 +530,11 @@ class GlobalGateway:
                 # label for the end's counts)
                 self.metrics.models.served(sent)
             first = seen.first - t0 if seen.first >= 0 else seen.first
-            self.metrics.request_done(
-                parsed.model, self.clock() - t0, seen.usage(), seen.sent, len(raw), flow, first
+            m = parsed.model
+            end = RequestEnd(
+                m, m, self.clock() - t0, seen.usage(), seen.sent, len(raw), flow, first, seen.gaps
             )
+            self.metrics.request_done(end)
             # Cut short (the client left, a write failed, cancelled before the first chunk) or done:
             # settle the upstream, the EPP and the cluster's accounting now, the body read or not.
             await routed.close()
@@ -564,7 +577,7 @@ class GlobalGateway:
         # error event never lands inside one; ``edge.done``: its ``[DONE]`` went out.
         edge = EventEdge() if sse else None
         if sse:
-            seen.first = NO_FIRST_BYTE  # (until its first byte goes out)
+            seen.stream(self.clock)  # (no first byte until one goes out; its chunk gaps timed)
             self._streams[key] = routed
             if self._cutting and (abort := _cut_abort(routed)) is not None:  # (answered after the cut: L6)
                 self._cut.add(key)

@@ -8,7 +8,8 @@
 ``target_model_name``), ``inference_objective_running_requests`` (label ``model_name``: requests
 between ``start`` and ``stop``, what HPA / prometheus-adapter recipes scale on), and llm-d's
 ``llm_d_epp_request_*`` twins (labels ``model_name``, ``target_model_name``, ``fairness_id``,
-``priority``; its TTFT and streaming TPOT histograms too, which the reference's families lack). Kept
+``priority``; its TTFT, streaming TPOT and streaming ITL histograms too, which the reference's families
+lack). A door hands each request's end over once, as one ``RequestEnd`` record (``observe``). Kept
 in plain Python lists and dicts per (model, target model, fairness id, priority), the reference's
 families summed over the flow labels, and turned into metric families only when ``/metrics`` is
 scraped: the hot path does dict lookups, bisects and a few additions, with none of prometheus_client's
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Set
+from dataclasses import dataclass
 from typing import Any, Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -118,6 +120,9 @@ _TPOT_BUCKETS = (
     0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2,
     0.3, 0.4, 0.5, 0.6, 0.8, 1, 2,
 )  # fmt: skip
+# llm-d's inter-token latency (``llm_d_epp_request_streaming_itl_seconds``): the gaps between a stream's
+# consecutive response body chunks, 1 ms .. 2 s.
+_ITL_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2)
 # One histogram per quantity, on the union of the ladders of the families read from it (a value is
 # bisected once; each family's buckets are picked from the union's at scrape: output tokens' 1 .. 8192
 # from the token ladder).
@@ -132,6 +137,50 @@ NO_FIRST_BYTE: Final = -2.0
 _PRIORITY: dict[int | None, str] = {0: "0", None: ""}  # (None: not known to the door)
 
 
+class ChunkGaps:
+    """A stream's inter-token latency as llm-d measures it: the time between its consecutive response
+    body chunks, binned as they come (``tick`` at each chunk's arrival, on the door's clock; the first
+    only starts the count). ``RequestEnd.itl``; O(1) per chunk, a few dozen bytes per stream."""
+
+    __slots__ = ("at", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.at = -1.0  # (-1: no chunk yet)
+        self.counts = [0] * (len(_ITL_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def tick(self, now: float, _bounds: tuple[float, ...] = _ITL_BUCKETS) -> None:
+        at = self.at
+        self.at = now
+        if at >= 0.0:
+            gap = now - at
+            self.counts[bisect_left(_bounds, gap)] += 1
+            self.sum += gap
+
+
+@dataclass(slots=True)
+class RequestEnd:
+    """One request's end as a door observes it, once (``RequestStats.observe``; the doors' ``observe`` /
+    ``request_done`` pass it on as it is). ``model`` / ``target``: its model names (the client's, the one
+    it went to; each door bounds them before they are labels); ``seconds``: arrival to its end;
+    ``usage``: a 2xx's (None: none observed); ``response_bytes``: the response body's size where the door
+    has it (-1: not observed); ``request_bytes``: the request body's, where ``start`` did not observe it
+    (-1: not observed); ``flow``: its ``RequestStats.flow`` labels; ``first``: a streamed answer's seconds
+    to its first byte (its TTFT; -1: not streamed, the TTFT is ``seconds``, as the reference's;
+    ``NO_FIRST_BYTE``: a stream whose first byte was not seen, no TTFT, as the reference records none);
+    ``itl``: a stream's chunk gaps (None: not a stream, or none measured)."""
+
+    model: str
+    target: str
+    seconds: float
+    usage: Usage | None = None
+    response_bytes: int = -1
+    request_bytes: int = -1
+    flow: tuple[str, str] = NO_FLOW
+    first: float = -1.0
+    itl: ChunkGaps | None = None
+
+
 class StatsChild:
     """One (model, target model, fairness id, priority)'s per-request histograms."""
 
@@ -140,6 +189,7 @@ class StatsChild:
         "count",
         "duration",
         "input_tokens",
+        "itl",
         "ntpot",
         "output_tokens",
         "request_sizes",
@@ -161,6 +211,7 @@ class StatsChild:
         self.ttft = Hist(_TTFT_BUCKETS)  # non-streamed answers: the request's duration
         self.ttft_stream = Hist(_TTFT_BUCKETS)
         self.tpot = Hist(_TPOT_BUCKETS)
+        self.itl = Hist(_ITL_BUCKETS)
 
 
 def _picks(union: tuple[float, ...], bounds: tuple[float, ...]) -> tuple[int, ...]:
@@ -228,6 +279,8 @@ _LLMD_HISTS = (
      "divided by output token count).", "ntpot", _NTPOT_BUCKETS, None),
     ("llm_d_epp_request_streaming_tpot_seconds", "Average time per output token in seconds for streaming "
      "requests, computed as (e2e - TTFT) / (output_tokens - 1).", "tpot", _TPOT_BUCKETS, None),
+    ("llm_d_epp_request_streaming_itl_seconds", "Inter-token latency in seconds for streaming requests, "
+     "measured as the time between consecutive response body chunks.", "itl", _ITL_BUCKETS, None),
 )  # fmt: skip
 _MODEL = ["model_name", "target_model_name"]
 _FLOW = ["model_name", "target_model_name", "fairness_id", "priority"]
@@ -371,23 +424,10 @@ class RequestStats:
         running = self.running
         running[key] = running.get(key, 1) - 1
 
-    def observe(
-        self,
-        model: str,
-        target: str,
-        seconds: float,
-        usage: Usage | None,
-        response_bytes: int = -1,
-        request_bytes: int = -1,
-        flow: tuple[str, str] = NO_FLOW,
-        first: float = -1.0,
-    ) -> None:
-        """One request's end (the caller bounds the labels). ``response_bytes``: the response body's
-        size where the door has it (-1: not observed); ``request_bytes``: the request body's, where
-        ``start`` did not observe it (-1: not observed); ``flow``: its ``flow`` labels; ``first``: a
-        streamed answer's seconds to its first byte (its TTFT; -1: not streamed, the TTFT is
-        ``seconds``, as the reference's; ``NO_FIRST_BYTE``: a stream whose first byte was not seen, no
-        TTFT, as the reference records none)."""
+    def observe(self, end: RequestEnd) -> None:
+        """One request's end (``RequestEnd``; the caller bounds its labels)."""
+        model, target, seconds, usage = end.model, end.target, end.seconds, end.usage
+        first, flow = end.first, end.flow
         key = (model, target, flow[0], flow[1])
         c = self.children.get(key)
         if c is None:
@@ -404,14 +444,20 @@ class RequestStats:
             h = c.ttft
             h.counts[bisect_left(h.bounds, seconds)] += 1
             h.sum += seconds
-        if response_bytes >= 0:
+        if (n := end.response_bytes) >= 0:
             h = c.response_sizes
-            h.counts[bisect_left(h.bounds, response_bytes)] += 1
-            h.sum += response_bytes
-        if request_bytes >= 0:
+            h.counts[bisect_left(h.bounds, n)] += 1
+            h.sum += n
+        if (n := end.request_bytes) >= 0:
             h = c.request_sizes
-            h.counts[bisect_left(h.bounds, request_bytes)] += 1
-            h.sum += request_bytes
+            h.counts[bisect_left(h.bounds, n)] += 1
+            h.sum += n
+        if (gaps := end.itl) is not None:
+            h = c.itl
+            counts = h.counts
+            for i, k in enumerate(gaps.counts):
+                counts[i] += k
+            h.sum += gaps.sum
         if usage is not None:
             # 0 = not reported (an embeddings usage has no completion_tokens): nothing to observe.
             if n := usage.prompt_tokens:
