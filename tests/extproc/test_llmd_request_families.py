@@ -155,7 +155,9 @@ async def test_serve_exports_llm_d_s_request_families_by_flow() -> None:
     assert get(s, "llm_d_epp_request_total", **other) == 31
     assert get(s, "llm_d_epp_request_total", **t) == 2  # (its 32nd and the 400)
     assert get(s, "llm_d_epp_request_total", **DEFAULT) == 1
-    assert get(s, "inference_objective_request_total", **M) == 34
+    # (upstream's newer label set: + ``priority``)
+    assert get(s, "inference_objective_request_total", **M, priority="10") == 33
+    assert get(s, "inference_objective_request_total", **M, priority="0") == 1
     assert get(s, "llm_d_epp_request_error_total", **t, error_code="400") == 1
     assert total(s, "llm_d_epp_request_error_total") == 1
     assert get(s, "inference_objective_request_error_total", **M, error_code="400") == 1

@@ -130,7 +130,10 @@ async def test_epp_counts_running_requests_sizes_and_ntpot() -> None:
             assert res.status == 200
         await eventually(lambda: _value(metrics.registry, RUNNING, {"model_name": "m"}) == 0, "running 0")
         await eventually(
-            lambda: _value(metrics.registry, "inference_objective_request_total", LABELS) == 1,
+            lambda: (
+                _value(metrics.registry, "inference_objective_request_total", {**LABELS, "priority": "0"})
+                == 1
+            ),
             "counted",
         )
         _check_sizes_and_ntpot(metrics.registry, body)
@@ -229,7 +232,10 @@ async def test_both_doors_observe_the_size_of_a_request_whose_client_left() -> N
             backend.release.release()
             assert (await harness.request("POST", "/v1/completions", body, {})).status == 200
         await eventually(
-            lambda: _value(metrics.registry, "inference_objective_request_total", LABELS) == 1,
+            lambda: (
+                _value(metrics.registry, "inference_objective_request_total", {**LABELS, "priority": "0"})
+                == 1
+            ),
             "counted",
         )
     epp = metrics.registry

@@ -129,7 +129,9 @@ async def test_admin_metrics_health_ready(backends):
         admin = f"http://127.0.0.1:{gw.admin_port}"
         async with s.get(admin + "/metrics") as r:
             text = await r.text()
-        assert 'inference_objective_request_total{model_name="m",target_model_name="m"} 2.0' in text
+        assert (
+            'inference_objective_request_total{model_name="m",priority="0",target_model_name="m"} 2.0' in text
+        )
         # Output tokens from usage: 2 (non-streaming) + 3 (the stream's usage chunk the gateway asked for).
         assert 'inference_objective_output_tokens_sum{model_name="m",target_model_name="m"} 5.0' in text
         assert 'inference_pool_ready_pods{name="p"} 1.0' in text

@@ -5,7 +5,8 @@
 ``inference_objective_prompt_cached_tokens``, ``inference_objective_request_sizes``,
 ``inference_objective_response_sizes`` and
 ``inference_objective_normalized_time_per_output_token_seconds`` (labels ``model_name``,
-``target_model_name``), ``inference_objective_running_requests`` (label ``model_name``: requests
+``target_model_name``; the request total ``priority`` too, as upstream's newer label set),
+``inference_objective_running_requests`` (label ``model_name``: requests
 between ``start`` and ``stop``, what HPA / prometheus-adapter recipes scale on), and llm-d's
 ``llm_d_epp_request_*`` twins (labels ``model_name``, ``target_model_name``, ``fairness_id``,
 ``priority``; its TTFT, streaming TPOT and streaming ITL histograms too, which the reference's families
@@ -283,6 +284,7 @@ _LLMD_HISTS = (
      "measured as the time between consecutive response body chunks.", "itl", _ITL_BUCKETS, None),
 )  # fmt: skip
 _MODEL = ["model_name", "target_model_name"]
+_PRIORITY_LABELS = ["model_name", "target_model_name", "priority"]
 _FLOW = ["model_name", "target_model_name", "fairness_id", "priority"]
 
 
@@ -307,9 +309,17 @@ class RequestStats:
         by_model: dict[tuple[str, str], list[StatsChild]] = {}
         for key, child in children:
             by_model.setdefault((key[0], key[1]), []).append(child)
-        total = CounterMetricFamily("inference_objective_request", "Requests received", labels=_MODEL)
-        for mt, group in by_model.items():
-            total.add_metric(list(mt), sum(c.count for c in group))
+        # (upstream's newer label set for this one family: + ``priority``, llm-d-router's
+        # ``modelWithPriorityLabels``; the flows summed per (model, target, priority))
+        per_priority: dict[tuple[str, str, str], int] = {}
+        for key, child in children:
+            mtp = (key[0], key[1], key[3])
+            per_priority[mtp] = per_priority.get(mtp, 0) + child.count
+        total = CounterMetricFamily(
+            "inference_objective_request", "Requests received", labels=_PRIORITY_LABELS
+        )
+        for mtp, n in per_priority.items():
+            total.add_metric(list(mtp), n)
         yield total
         for name, doc, attr, bounds, picks in _OBJECTIVE_HISTS:
             fam = HistogramMetricFamily(name, doc, labels=_MODEL)
