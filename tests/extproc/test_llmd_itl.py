@@ -13,11 +13,20 @@ import contextlib
 import aiohttp
 import orjson
 
-from extproc.test_llmd_request_families import DEFAULT, M, Samples, _post, get, les, scrape, total
+from extproc.test_llmd_request_families import (
+    DEFAULT,
+    M,
+    Samples,
+    _post,
+    get,
+    les,
+    scrape,
+    total,
+    workers_2_scrape,
+)
 from flowcontrol.test_doors import eventually
-from gateway.backend import Backend, free_port
+from gateway.backend import Backend
 from gateway.conftest import base_url, make_config, running_gateway
-from gateway.test_workers_start import _config, _serve, _until_ready
 from kvgate.extproc.testing import EnvoyHarness
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
@@ -99,20 +108,7 @@ async def test_clusters_observes_a_stream_s_chunk_gaps() -> None:
 async def test_workers_2_merge_the_chunk_gaps(tmp_path) -> None:
     """``kvgate serve --workers 2``: each worker's series under its ``worker`` label; summed over it, the
     streams' gaps (4 streams on fresh connections, spread over the workers by the kernel)."""
-    b = await Backend("b0", tokens=4, chunk_delay=DELAY).start()
-    port, admin = free_port(), free_port()
-    _config(tmp_path / "gw.yaml", b.address, port, admin, None)
-    try:
-        async with _serve(tmp_path / "gw.yaml", tmp_path / "stderr"), aiohttp.ClientSession() as s:
-            await _until_ready(s, admin)
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as c:
-                for _ in range(4):
-                    async with c.post(f"http://127.0.0.1:{port}/v1/completions", json=STREAM) as r:
-                        assert r.status == 200
-                        await r.read()
-            m = await scrape(f"http://127.0.0.1:{admin}/metrics")
-    finally:
-        await b.stop()
+    m = await workers_2_scrape(tmp_path, Backend("b0", tokens=4, chunk_delay=DELAY), orjson.dumps(STREAM), 4)
     workers = {dict(ls).get("worker") for (n, ls) in m if n == ITL + "_count"}
     assert workers and None not in workers
     assert 4 <= total(m, ITL + "_count", **DEFAULT) <= 24

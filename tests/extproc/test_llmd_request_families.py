@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -297,25 +298,31 @@ async def test_clusters_counts_running_requests_and_sizes() -> None:
     assert get(after, "llm_d_epp_request_ttft_seconds_count", **flow, streaming="false") == 2
 
 
-async def test_workers_2_merge_sums_llm_d_s_families(tmp_path) -> None:
-    """``kvgate serve --workers 2``: the admin port's ``/metrics`` carries each worker's series under its
-    ``worker`` label; summed over ``worker`` they are the gateway's requests (20 sent on fresh
-    connections, spread over the workers by the kernel)."""
-    b = await Backend("b0").start()
+async def workers_2_scrape(tmp_path: Path, backend: Backend, body: bytes, n: int) -> Samples:
+    """``kvgate serve --workers 2`` in front of ``backend``: ``n`` posts of ``body`` on fresh connections
+    (spread over the workers by the kernel), each a 200, then the admin port's ``/metrics``."""
+    b = await backend.start()
     port, admin = free_port(), free_port()
     _config(tmp_path / "gw.yaml", b.address, port, admin, None)
-    doc = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 2})
     try:
         async with _serve(tmp_path / "gw.yaml", tmp_path / "stderr"), aiohttp.ClientSession() as s:
             await _until_ready(s, admin)
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as c:
-                for _ in range(20):
-                    async with c.post(f"http://127.0.0.1:{port}/v1/completions", data=doc) as r:
+                for _ in range(n):
+                    async with c.post(f"http://127.0.0.1:{port}/v1/completions", data=body) as r:
                         assert r.status == 200
                         await r.read()
-            m = await scrape(f"http://127.0.0.1:{admin}/metrics")
+            return await scrape(f"http://127.0.0.1:{admin}/metrics")
     finally:
         await b.stop()
+
+
+async def test_workers_2_merge_sums_llm_d_s_families(tmp_path) -> None:
+    """``kvgate serve --workers 2``: the admin port's ``/metrics`` carries each worker's series under its
+    ``worker`` label; summed over ``worker`` they are the gateway's requests (20 sent on fresh
+    connections, spread over the workers by the kernel)."""
+    doc = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 2})
+    m = await workers_2_scrape(tmp_path, Backend("b0"), doc, 20)
     workers = {dict(ls).get("worker") for (n, ls) in m if n == "llm_d_epp_request_total"}
     assert workers and None not in workers
     assert total(m, "llm_d_epp_request_total", **DEFAULT) == 20
