@@ -177,6 +177,9 @@ EVICTED_CANCELLED = "EvictedContextCancelled"
 # ended its wait before the TTL (504). The reference has no outcome of its own for it (GIE counts a request
 # context's deadline under EvictedContextCancelled, beside the client leaving).
 EVICTED_REQUEST_TIMEOUT = "EvictedRequestTimeout"
+# The reference's outcome of a request still queued when its flow controller stops (its processor's
+# ``evictAll``: ErrFlowControllerNotRunning): here ``kvgate serve``'s drain deadline (``evict_all``).
+EVICTED_OTHER = "EvictedOther"
 HELD = "HeldPredictedMiss"  # an attempt to leave that its pick turned back (the request stays queued)
 REJECTED_PREDICTED_MISS = "RejectedPredictedMiss"  # sloAdmission: shed, its TTFT SLO out of reach
 REJECTED_OTHER = "RejectedOther"
@@ -774,6 +777,18 @@ class FlowController:
             item.in_expiry = False
             why = EVICTED_REQUEST_TIMEOUT if item.bounded and outcome == EVICTED_TTL else outcome
             if self._remove(item, why, now):
+                out.append(item)
+        return out
+
+    def evict_all(self, now: float, outcome: str = EVICTED_OTHER) -> list[QueuedRequest]:
+        """Remove and return every queued request (held and parked ones too: the expiry heap holds an
+        entry for each), recorded as ``outcome`` with its wait up to ``now``: the queue is closed (the
+        gateway's drain deadline passed), none of them is dispatched after this."""
+        out: list[QueuedRequest] = []
+        exp, self._expiry = self._expiry, []
+        for _, _, item in sorted(exp, key=lambda e: e[2].seq):  # (answered in their arrival order)
+            item.in_expiry = False
+            if self._remove(item, outcome, now):
                 out.append(item)
         return out
 

@@ -15,17 +15,24 @@ class GatewayError(Exception):
     """A refusal by the gateway itself, before or instead of proxying."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code or CODES.get(status, "error")
+        self.retry_after = retry_after
 
     @classmethod
     def from_scheduling(cls, err: SchedulingError) -> GatewayError:
-        return cls(err.status, err.message, code=err.code)
+        return cls(err.status, err.message, code=err.code, retry_after=err.retry_after)
 
 
 def error_response(err: GatewayError, request_id: str | None = None) -> Response:
@@ -34,6 +41,8 @@ def error_response(err: GatewayError, request_id: str | None = None) -> Response
         # Every 429 says when to come back (a caller with a better estimate overwrites it): the flow
         # control's "queue is full" and a shed request included, as the other 429s (review s18-qa L1).
         headers["Retry-After"] = RETRY_AFTER_DEFAULT
+    if err.retry_after is not None:  # (the error's own: a 503 at the drain deadline, ``DrainEvictedError``)
+        headers["Retry-After"] = err.retry_after
     return json_error(err.status, err.message, param=err.param, code=err.code, headers=headers or None)
 
 

@@ -45,12 +45,18 @@ from kvgate.openai.protocol import CUT_WRITE_S, drain_cut_event
 from kvgate.openai.request import OTHER_PATHS, RequestPolicy
 from kvgate.openai.responses import LOOKUP_PREFIX
 from kvgate.scheduling.metrics import POOL_READY
+from kvgate.scheduling.types import DrainEvictedError
 
 log = logging.getLogger("kvgate.gateway")
 
 # Data sources started at once (each pool's KV-event feed: its subscribers connect and catch up from the
 # engines' replay buffers). Bounded: each start opens sockets per endpoint.
 SOURCE_STARTS = 8
+# A request still queued by flow control at the drain deadline (``GatewayServer.evict_queued``): 503.
+DRAIN_EVICTED_MESSAGE = (
+    "gateway is shutting down: its drain deadline passed while the request waited in the flow control "
+    "queue; it was not sent to any model server (safe to retry)"
+)
 
 
 def admin_ssl(cfg: GatewayConfig) -> ssl.SSLContext | None:
@@ -544,6 +550,25 @@ class GatewayServer:
             self.proxy.upstream.idle_timeout = cur.idle_timeout_s
         return changed
 
+    def evict_queued(self) -> int:
+        """The drain deadline: every request still in a flow-control queue (each pool's picker, and a
+        reload's predecessors still draining theirs) leaves it, recorded ``EvictedOther``, its client
+        answered 503 with ``Retry-After`` (``DrainEvictedError``); none is dispatched after this. Returns
+        how many were answered."""
+        n = 0
+        for pool in self.pools:
+            director: Any = pool.director
+            while director is not None:
+                flow = getattr(director, "flow", None)
+                if flow is not None:
+                    for item in flow.ctl.evict_all(flow.clock()):
+                        fut = item.handle
+                        if isinstance(fut, asyncio.Future) and not fut.done():
+                            fut.set_exception(DrainEvictedError(DRAIN_EVICTED_MESSAGE))
+                            n += 1
+                director = getattr(director, "predecessor", None)
+        return n
+
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Graceful: stop accepting, drain in-flight requests (bounded), then close. Cancelled meanwhile,
         it still closes everything, then raises the cancellation (``stop_to_the_end``)."""
@@ -574,6 +599,11 @@ class GatewayServer:
                     await self.proxy.idle.wait()
             if self.proxy.inflight:  # (said: a drain cut short is told apart from a clean one)
                 log.warning("%s", drain_cut_message(drain_s, self.proxy.inflight))
+                # What flow control still queues never ran anywhere: it leaves the queue now, answered
+                # 503 (Retry-After, Connection: close), never sent in the second below (review s20-qa M1).
+                evicted = self.evict_queued()
+                if evicted:
+                    log.warning("%s", drain_evict_message(evicted))
                 # Streams mid-body end with an error event and a clean end, not a cut connection: each
                 # relay writes its own (bounded: a client not reading is cut with its connection below).
                 # A stream that starts relaying in that second is cut at once the same way (review
@@ -600,6 +630,14 @@ class GatewayServer:
         if self.session is not None:
             await self.session.close()
             self.session = None
+
+
+def drain_evict_message(n: int) -> str:
+    s = "" if n == 1 else "s"
+    return (
+        f"drain deadline: {n} request{s} still queued by flow control answered 503 (EvictedOther), "
+        "never sent to a model server"
+    )
 
 
 def drain_cut_message(drain_s: float, inflight: int) -> str:

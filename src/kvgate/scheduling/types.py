@@ -100,6 +100,7 @@ class SchedulingError(Exception):
 
     status = 500
     code = "internal_error"
+    retry_after: str | None = None  # a ``Retry-After`` for the answer (seconds), where one is known
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -133,6 +134,15 @@ class NoCapacityError(SchedulingError):
 
     status = 503
     code = "service_unavailable"
+
+
+class DrainEvictedError(NoCapacityError):
+    """``kvgate serve``'s drain deadline passed while flow control still held the request in its queue: it
+    leaves it (``EvictedOther``, the reference's outcome of a queue evicted at shutdown) and is never sent
+    to a model server: 503 with ``Retry-After`` (and ``Connection: close``, as every answer of a draining
+    gateway): it never ran anywhere, so it is safe to retry, at another replica."""
+
+    retry_after = "1"
 
 
 class QueueTimeoutError(SchedulingError):
