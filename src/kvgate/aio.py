@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar, cast
@@ -279,3 +280,14 @@ async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
         async with asyncio.timeout(max(0.0, timeout_s)):
             await event.wait()
     return event.is_set()
+
+
+def serve_on_sighup(loop: asyncio.AbstractEventLoop, log: logging.Logger, what: str) -> None:
+    """SIGHUP where there is no file to reload (``what``: the process, and why): one WARNING line a
+    signal, the process serves on. Its default action ends the process at once, with no drain, every
+    request in flight cut: an operator's ``kill -HUP`` (the reload of ``kvgate serve --config``) or a
+    config-reloader sidecar signalling every process of a pod must never take a gateway down (review
+    s20-qa L5). The process ignores SIGHUP from its start (``signal.SIG_IGN``) until this handler is in."""
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: log.warning("SIGHUP: %s has nothing to reload; serving on", what)
+    )

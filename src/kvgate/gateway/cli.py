@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from kvgate.aio import serve_on_sighup
 from kvgate.config.gateway import (
     ENGINES,
     MAX_WORKERS,
@@ -355,6 +356,10 @@ async def serve(
 
     # The data port listens only once started (KV-event catch-up, warm-up), as a --workers worker's does.
     server = GatewayServer(cfg, pools, listen_when_ready=True)
+    if not config_path:  # (before the ports open: with --config, the reloader's handler reloads the file)
+        serve_on_sighup(
+            asyncio.get_running_loop(), logging.getLogger("kvgate.gateway"), "kvgate serve without --config"
+        )
     try:
         await server.start()
     except OSError as e:  # a port taken: at its bind, or (the data port) found not listening at the end
@@ -418,6 +423,19 @@ def clusters_refused(argv: list[str] | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGHUP must never end a gateway (review s20-qa L5): ignored from here until each door's handler is in
+    # (with --config, a reload's SIGHUP before the reloader is up: start-up probes KV events, loads
+    # tokenizers; --clusters looks at its file at once; else one line, ``serve_on_sighup``). Put back as it
+    # was when ``main`` returns (a caller in the same process, a test, keeps its own).
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -463,10 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.config:
         from kvgate.gateway.reload import file_mtime
 
-        # A reload's SIGHUP before the reloader is up (start-up probes KV events, loads tokenizers) must
-        # not kill the process; an edit made meanwhile is seen at the first poll: the modification time
-        # is the one from before the file was read.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # (SIGHUP ignored: ``main``) An edit made before the reloader is up is seen at the first poll: the
+        # modification time is the one from before the file was read.
         mtime = file_mtime(args.config)
     try:
         if args.config and not (args.endpoints or args.model):

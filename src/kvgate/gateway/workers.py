@@ -63,6 +63,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvgate.aio import serve_on_sighup
 from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gateway_config
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway.errors import GatewayError, error_response
@@ -1002,6 +1003,8 @@ class Supervisor:
                 watch = _WorkersReload(self, self.config_path, self.mtime, self.load)
                 loop.add_signal_handler(signal.SIGHUP, watch.trigger)
                 reload_task = asyncio.create_task(watch.run())
+            else:  # (its workers ignore SIGHUP without --config: ``_worker_main``)
+                serve_on_sighup(loop, log, "kvgate serve --workers without --config")
             if self.n > 1:
                 from kvgate.flowcontrol import fleet
                 from kvgate.gateway.shared_inflight import SharedInFlight

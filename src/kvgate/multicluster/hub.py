@@ -627,6 +627,12 @@ class HubFeed:
         if self.clusters_file is not None:
             self._task = asyncio.create_task(self._reload())
 
+    def reload_now(self) -> None:
+        """SIGHUP: the clusters file looked at now (re-read if it changed), not at the next poll."""
+        if self.clusters_file is not None:
+            self.clusters_file.reload_now(self.director.clock())
+            self.source.poll()
+
     async def _reload(self) -> None:
         while True:
             await self.sleep(self.clusters_file.check_every_s)

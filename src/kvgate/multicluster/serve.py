@@ -784,6 +784,12 @@ class GlobalGateway:
             self._reload_task = asyncio.create_task(self._reload_loop())
         return self.port
 
+    def reload_now(self) -> None:
+        """SIGHUP: the clusters file looked at now (re-read if it changed), not at the next poll."""
+        if self.clusters_file is not None and not self.draining:
+            self.clusters_file.reload_now(self.clock())
+            self.source.poll()
+
     async def _reload_loop(self) -> None:
         assert self.clusters_file is not None
         while True:
@@ -884,6 +890,8 @@ def run(args: ServeArgs) -> int:
             print(f"kvgate serve: cannot listen on {args.host}:{args.port}{admin_at}: {e}",
                   file=sys.stderr, flush=True)  # fmt: skip
             raise SystemExit(1) from None
+        # (before the start line: a SIGHUP sent once it is read is handled; ignored until now: gateway/cli.py)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gw.reload_now)
         admin = "" if gw.admin_port is None else (
             f", admin on {'https' if args.admin_ssl else 'http'}://{args.host}:{gw.admin_port}"
         )  # fmt: skip
