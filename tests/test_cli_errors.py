@@ -105,3 +105,47 @@ def test_from_the_command_line_too() -> None:
     )  # fmt: skip
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "--port" in lines[0], r.stderr[-600:]
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["serve", *BASE, "--cluster-policy", "active-passive"], "--cluster-policy"),
+        (["serve", *BASE, "--cluster-policy-seed", "3"], "--cluster-policy-seed"),
+        (["serve", *BASE, "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig"),
+        (["serve", *BASE, "--kube-server", "http://127.0.0.1:1"], "--kube-server"),
+        (["serve", *BASE, "--pool-namespace", "prod"], "--pool-namespace"),
+        (["epp", *EPP, "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig"),
+        (["epp", *EPP, "--kube-server", "http://127.0.0.1:1"], "--kube-server"),
+        (["epp", *EPP, "--cluster-policy", "round-robin"], "--cluster-policy"),
+    ],
+    ids=lambda a: a if isinstance(a, str) else a[0],
+)
+def test_a_flag_that_cannot_apply_is_refused(args: list[str], flag: str) -> None:
+    """A flag of another mode given where it cannot apply is one line naming it, exit 2, as its siblings
+    (``--cert``: only with ``--admin-tls``), not taken silently: ``--cluster-policy active-passive`` without
+    ``--clusters`` ran a plain gateway with no word (review s20-qa L1). (A process: the old code served.)"""
+    try:
+        cmd = [sys.executable, "-m", "kvgate.cli", *args, "--port", "0"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"{flag} was taken silently: the command started") from e
+    lines = [line for line in r.stderr.splitlines() if line.strip() and "WARNING" not in line]
+    assert r.returncode == 2 and len(lines) == 1 and flag in lines[0], r.stderr[-600:]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["serve", *BASE], ["epp", *EPP], ["hub-controller", *COMMAND_ARGS["hub-controller"]], ["sim"]],
+    ids=lambda a: a[0],
+)
+def test_an_unknown_log_level_is_one_line(args: list[str]) -> None:
+    """An unknown ``--log-level`` was a traceback from ``logging.basicConfig`` (``kvgate serve``, ``epp``;
+    review s20-qa L1), or ran (``sim``). (A process: the old code could start serving.)"""
+    try:
+        cmd = [sys.executable, "-m", "kvgate.cli", *args, "--log-level", "verbose"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError("--log-level verbose was taken: the command started") from e
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "argument --log-level" in lines[0], r.stderr[-600:]

@@ -63,6 +63,17 @@ def port_number(text: str) -> int:
     return port
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def log_level(text: str) -> str:
+    """An argparse type for ``--log-level``: one of ``LOG_LEVELS``, any case, as logging's name. An unknown
+    one was a traceback from ``logging.basicConfig`` at start (review s20-qa L1)."""
+    if text.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return text.upper()
+
+
 def positive_int(text: str) -> int:
     """An argparse type for a count that must be at least 1."""
     try:

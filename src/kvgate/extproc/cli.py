@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from kvgate.aio import serve_on_sighup
 from kvgate.config.policies import POLICIES
 from kvgate.datalayer.store import ENGINES
-from kvgate.entry import ArgumentParser, finite_number, number, port_number, positive_int
+from kvgate.entry import ArgumentParser, finite_number, log_level, number, port_number, positive_int
 from kvgate.extproc import keys
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
@@ -193,14 +193,18 @@ def parser() -> argparse.ArgumentParser:
     )
     hub = p.add_argument_group("hub (multi-cluster)")
     hub.add_argument("--clusters", help="clusters file: pick clusters, not pods (docs/multicluster.md)")
-    hub.add_argument("--cluster-policy", default="kvgate", help="kvgate|llm-d-hub|round-robin|active-passive")
+    hub.add_argument(
+        "--cluster-policy",
+        default=None,
+        help="with --clusters: kvgate (default)|llm-d-hub|round-robin|active-passive",
+    )
     hub.add_argument(
         "--cluster-policy-seed",
         type=int,
         default=None,
         help="seed of the kvgate cluster policy's random picks; default: os.urandom (logged)",
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", type=log_level, default="info")
     return p  # fmt: skip
 
 
@@ -233,6 +237,10 @@ def _main(argv: list[str] | None) -> int:
         refused = _pool_flags_refused(args) if args.config else []
         if args.shared_config and not args.config:
             raise EppConfigError("--shared-config: only with --config (it says how to read that file)")
+        # Flags that cannot apply are refused, not ignored (review s20-qa L1).
+        if args.cluster_policy is not None or args.cluster_policy_seed is not None:
+            flag = "--cluster-policy" if args.cluster_policy is not None else "--cluster-policy-seed"
+            raise EppConfigError(f"{flag}: only with --clusters")
         try:
             cfg = load(
                 config=args.config, pool_name=args.pool_name, endpoints=args.endpoints, models=args.model,
@@ -245,6 +253,9 @@ def _main(argv: list[str] | None) -> int:
             raise EppConfigError("\n".join([*refused, str(e)])) from None
         if refused:
             raise EppConfigError("\n".join(refused))
+        kube_flag = "--kube-server" if args.kube_server else "--kubeconfig" if args.kubeconfig else None
+        if kube_flag and cfg.pool.inference_pool is None:
+            raise EppConfigError(f"{kube_flag}: only with an InferencePool to watch (--pool-name)")
         if args.ha_enable_leader_election and cfg.pool.inference_pool is None:
             raise EppConfigError("--ha-enable-leader-election needs Kubernetes discovery (--pool-name)")
         pair, client_ca = _tls(args)
@@ -350,6 +361,7 @@ def _hub_main(args: argparse.Namespace) -> int:
     from kvgate.openai.labels import ModelLabels
 
     seed = fresh_seed() if args.cluster_policy_seed is None else args.cluster_policy_seed
+    args.cluster_policy = args.cluster_policy or "kvgate"
     log.info("hub EPP: cluster policy %s, seed %d", args.cluster_policy, seed)
     try:
         if args.config:  # the clusters file is the whole configuration: --config would be read by nothing

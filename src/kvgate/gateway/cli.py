@@ -27,7 +27,7 @@ from kvgate.config.gateway import (
     min_ready_workers,
     parse_gateway_config,
 )
-from kvgate.entry import ArgumentParser, number, port_number
+from kvgate.entry import ArgumentParser, log_level, number, port_number
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
@@ -92,9 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cluster-policy",
-        default="kvgate",
+        default=None,
         choices=CLUSTER_POLICIES,
-        help="with --clusters: how clusters are chosen",
+        help="with --clusters: how clusters are chosen (default kvgate)",
     )
     p.add_argument(
         "--cluster-policy-seed",
@@ -132,7 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     kube = p.add_argument_group("kubernetes (endpoints from an InferencePool)")
     kube.add_argument("--pool-name", help="InferencePool to discover the endpoints from (with --model)")
-    kube.add_argument("--pool-namespace", default="default", help="the InferencePool's namespace")
+    kube.add_argument(
+        "--pool-namespace",
+        default=None,
+        help="with --pool-name: the InferencePool's namespace (default: default)",
+    )
     kube.add_argument("--kube-server", help="API server URL (default: in-cluster, else the kubeconfig's)")
     kube.add_argument(
         "--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG, ~/.kube/config)"
@@ -153,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
         "default: never, or the config file's kubernetes.staleNotReadyAfterSeconds; else at least "
         "--kube-stale-after)",
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", type=log_level, default="INFO")
     return p
 
 
@@ -170,7 +174,8 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
             raise GatewayConfigError("--model", "required with --pool-name")
         pool = {"name": args.pool_name, "engine": args.engine, "policy": args.policy, "models": args.model,
                 "adapters": args.adapter,
-                "inferencePool": {"name": args.pool_name, "namespace": args.pool_namespace}}  # fmt: skip
+                "inferencePool": {"name": args.pool_name,
+                                  "namespace": args.pool_namespace or "default"}}  # fmt: skip
         cfg = parse_gateway_config({"pools": [pool]})
     else:
         if not args.endpoints:
@@ -473,7 +478,7 @@ def _main(argv: list[str] | None) -> int:
         from kvgate.gateway.server import admin_ssl
 
         port = 8080 if args.port is None else args.port  # --port 0: an ephemeral port (printed)
-        return run(ServeArgs(args.clusters, args.cluster_policy, args.host or "127.0.0.1", port,
+        return run(ServeArgs(args.clusters, args.cluster_policy or "kvgate", args.host or "127.0.0.1", port,
                              seed=args.cluster_policy_seed, series_grace_s=grace,
                              stale_after_s=args.kube_stale_after, admin_port=args.admin_port,
                              admin_ssl=admin_ssl(admin)))  # fmt: skip
@@ -485,9 +490,22 @@ def _main(argv: list[str] | None) -> int:
         # modification time is the one from before the file was read.
         mtime = file_mtime(args.config)
     try:
+        # Flags that cannot apply are refused, not ignored, as their siblings (review s20-qa L1).
+        if args.cluster_policy is not None or args.cluster_policy_seed is not None:
+            flag = "--cluster-policy" if args.cluster_policy is not None else "--cluster-policy-seed"
+            raise GatewayConfigError(flag, "only with --clusters")
+        if args.pool_namespace is not None and not args.pool_name:
+            raise GatewayConfigError("--pool-namespace", "only with --pool-name (a config file's pool names "
+                                     "its InferencePool's namespace)")  # fmt: skip
         if args.config and not (args.endpoints or args.model):
             file_cfg = load_gateway_config(args.config)
         cfg = build_config(args, file_cfg)
+        kube_flag = "--kube-server" if args.kube_server else "--kubeconfig" if args.kubeconfig else None
+        if kube_flag and not any(pool.inference_pool is not None for pool in cfg.pools):
+            raise GatewayConfigError(
+                kube_flag,
+                "only with an InferencePool to watch (--pool-name, or a config pool's inferencePool)",
+            )
         if args.kv_events == "auto":
             from kvgate.gateway import kv_auto
 

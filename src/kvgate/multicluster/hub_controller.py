@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 
 from kvgate.aio import stop_to_the_end
-from kvgate.entry import ArgumentParser, port_number
+from kvgate.entry import ArgumentParser, log_level, port_number
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, StreamResponse, json_error
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector, check_one_time
@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds out of sync with a member's API server after which its InferencePool watch is logged "
         "as stale (default 120; kvgate_reflector_last_sync_age_seconds has the age)",
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", type=log_level, default="INFO")
     return p
 
 

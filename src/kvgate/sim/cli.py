@@ -9,7 +9,7 @@ import signal
 import sys
 
 from kvgate.aio import wait_event
-from kvgate.entry import ArgumentParser, port_number
+from kvgate.entry import ArgumentParser, log_level, port_number
 from kvgate.sim.profiles import profile_names
 
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for fault injection draws")
     p.add_argument("--stream-interval", type=int, default=1, help="stream tokens in groups of N (vLLM's)")
     p.add_argument("--late-slack-ms", type=float, default=5.0, help="a step this late counts as late")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--log-level", type=log_level, default="WARNING")
     return p
 
 
