@@ -371,3 +371,20 @@ def test_a_grid_sized_without_the_kv_capacity_grows_coarser_within_its_bound() -
     for u in (100.0, 5_000.0, 60_000.0):
         assert led.price("a", u, 4.0) == pytest.approx(led.price_exact("a", u, 4.0), abs=0.05 * 2.0 * u)
     assert led.price("a", 60_000.0, 4.0) > 100.0  # (not vacuous: the prefixes are priced)
+
+
+def test_a_replica_whose_prefixes_the_lru_end_passed_prices_nothing() -> None:
+    """A prefix the writes have passed is forgotten with its contribution to the cell holding ``w``; that
+    contribution stayed, so a replica holding nothing was still priced (7.4 here, the exact form 0: review
+    s20-fc L1)."""
+    led = EvictionLedger()
+    cap, p = 32_000.0, 300.0  # (a step of 1,000 tokens)
+    led.picked("a", [1, 2, 9000], 0, p, p, 1_500.0, 0.0, cap)
+    led.picked("a", [1, 2, 9101], 2, p, p - 200.0, 1_500.0, 0.1, cap)  # key 2: shared by 2, 1,500 free
+    assert led.sizes()["held"] == 1
+    led.write("a", 1_450.0, 0.2)
+    assert led.price("a", 500.0, 0.21) > 0.0  # (held: priced)
+    led.write("a", 100.0, 0.3)  # the LRU's end passes key 2
+    assert led.sizes()["held"] == 0
+    assert led.price_exact("a", 500.0, 0.31) == 0.0
+    assert led.price("a", 500.0, 0.31) == pytest.approx(0.0, abs=1e-6)

@@ -466,8 +466,12 @@ class EvictionLedger:
             rec = held.get(key)
             if rec is not None and rec[0] == d_end:
                 del held[key]
+                # Its points past ``w`` are gone, but the cell holding ``w`` still carries it (review
+                # s20-fc L1: a replica holding nothing was priced): take that away too.
+                g.add(d_end, rec[2], -rec[3])
                 if self._home.get(key) == address:
                     del self._home[key]
+        g.cache()
 
     def _rebuild(self, g: _Grid, rate: float) -> None:
         """Sums ``g``'s prefixes again at the replica's write rate ``rate``, each with its weight and reuse
