@@ -78,6 +78,10 @@ odd = st.sampled_from([0.0, -1.0, math.nan, math.inf, -math.inf, 5e-324, 1.79769
     miss=st.floats(0.001, 0.999) | st.sampled_from([math.nan, 1.0, 2.0, math.inf, 0.01, 0.05, 0.1]),
     cap=st.integers(-3, 600) | st.sampled_from([0, 1]),
 )
+# q = 0.5, 1 / miss = 2 = the sum's limit: the loop's float sum 1 + ... + 2^-53 rounds to 2.0, F = 53 (the
+# closed form answered cap, 54, from 387aa1e until fixqa20c)
+@example(take=1.0, give=0.5, miss=0.5, cap=54)
+@example(take=1.0, give=0.5, miss=0.5, cap=600)
 def test_matches_the_loop_off_boundaries(take: float, give: float, miss: float, cap: int) -> None:
     """A guard (passes on main): cap 0/1/negative, zero / NaN / inf rates, huge and tiny ratios (q
     overflowing to inf or underflowing to 0), NaN and >= 1 miss. (miss <= 0 is left out: the reserve's
