@@ -400,6 +400,29 @@ def _fields(section: bytes) -> dict[str, str] | None:
     return headers if covered == len(section) else None
 
 
+def _empty_lines(data: bytes | bytearray) -> int:
+    """How many bytes of empty lines (CRLF) ``data`` starts with."""
+    i = 0
+    while data.startswith(b"\r\n", i):
+        i += 2
+    return i
+
+
+def _absolute_form(target: str, headers: dict[str, str]) -> str:
+    """A request target that is not a path (the query already split off): the absolute-form
+    ``http://authority/path`` (RFC 9112 §3.2.2: a server MUST accept it; a client that has the gateway as
+    its HTTP proxy sends it) is routed by its path, its authority taking the place of ``Host``; any other
+    form is left as it is (no route takes it)."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return target
+    authority, _, path = rest.partition("/")
+    if not authority or "@" in authority or not authority.isprintable() or " " in authority:
+        raise _BadRequest(400, "malformed request target")
+    headers["host"] = authority
+    return "/" + path
+
+
 def _bare_lf(buf: bytearray) -> bool:
     """Does the incomplete head in ``buf`` end its request line, or its header section, in a bare LF?
     Refused at once (RFC 9112 §2.2 lets a server accept it; the front does not: one line ending for the
@@ -833,8 +856,8 @@ class FrontProtocol(asyncio.Protocol):
         """``data`` arrived with nothing buffered: take its first request's head (and its body, when
         Content-Length framed and all here) straight from it; whatever is left goes to the buffer."""
         end = data.find(b"\r\n\r\n")
-        if end < 0 or end > _MAX_HEAD:
-            self.buf += data  # (incomplete, or too large: ``_parse`` says which)
+        if end <= 0 or end > _MAX_HEAD:
+            self.buf += data  # (incomplete, too large, or empty lines first: ``_parse`` says which)
             return
         self.head_since = None
         self._pending = pending = self._parse_head(data[:end])
@@ -860,6 +883,8 @@ class FrontProtocol(asyncio.Protocol):
         while not self._reject_after:
             if self._pending is None:
                 if not self.buf:
+                    return
+                if self.buf[0] == 0x0D and self._skip_empty_lines():
                     return
                 end = self.buf.find(b"\r\n\r\n")
                 if end < 0:
@@ -896,10 +921,32 @@ class FrontProtocol(asyncio.Protocol):
                 req.held, self._held = self._held, 0
             self._enqueue(req)
 
+    def _skip_empty_lines(self) -> bool:
+        """RFC 9112 §2.2: empty lines (CRLF) before a request line are skipped (an old client's extra CRLF
+        after a POST body). True when nothing is left to parse yet: the connection is idle again (its
+        idle deadline, not the header one)."""
+        buf = self.buf
+        del buf[: _empty_lines(buf)]
+        if buf:
+            return False
+        self.head_since = None  # (a CR that came alone started it)
+        if not self.busy and not self.queue:
+            self._arm_idle()
+        return True
+
     def _parse_head(self, head: bytes) -> tuple[str, str, str, dict[str, str], bool, int, bool]:
         """One request head (without its final CRLF CRLF), parsed: the ``_pending`` tuple."""
         nl = head.find(b"\r\n")
-        method_b, target, version = (head if nl < 0 else head[:nl]).split(b" ")
+        if nl > 0:
+            line = head[:nl]
+        else:  # (rare: no header line, or an empty line first, at the front of a read: skipped)
+            head = head[_empty_lines(head) :]
+            nl = head.find(b"\r\n")
+            line = head[:nl] if nl >= 0 else head
+        try:
+            method_b, target, version = line.split(b" ")
+        except ValueError:  # (not three parts: no version, two spaces in a row, a space in the target)
+            raise _BadRequest(400, "malformed request line") from None
         if version not in (b"HTTP/1.1", b"HTTP/1.0") or not method_b.isalpha():
             raise _BadRequest(400, "unsupported request line")
         headers = _fields(head[nl + 2 :] + b"\r\n") if nl >= 0 else {}
@@ -926,6 +973,8 @@ class FrontProtocol(asyncio.Protocol):
             if length > self.server.max_body:
                 raise _BadRequest(413, f"request body of {length} bytes exceeds {self.server.max_body} bytes")
         path, _, query = target.decode("latin-1").partition("?")
+        if path[:1] != "/":
+            path = _absolute_form(path, headers)
         method = method_b.decode()
         check = self.server.head_check
         if check is not None:
