@@ -49,3 +49,31 @@ async def test_v1_models_lists_what_the_clusters_aggregates_list() -> None:
         assert head.startswith(b"HTTP/1.1 405"), head
     finally:
         await gw.stop()
+
+
+async def test_v1_models_id_answers_one_entry_of_the_list() -> None:
+    """Review s20-qa L2: ``GET /v1/models/{id}`` (the openai SDK's ``models.retrieve``) was ``404 no route``;
+    now the entry ``/v1/models`` lists under that id, else OpenAI's 404 ``model_not_found``. (Fails before
+    fixqa20c: 404 no route.)"""
+    specs = (ClusterSpec(name="east", aggregate="http://127.0.0.1:9/a", gateway="127.0.0.1:9"),)
+    gw = GlobalGateway(ClustersConfig(clusters=specs), fetch=False)
+    port = await gw.start()
+    try:
+        gw.router.states["east"].set_aggregate(
+            PoolAggregate("p", 1.0, 1, 1, models=("alias", "org/llama")), time.monotonic()
+        )
+        head, body = await _call(port, "GET", "/v1/models/alias")
+        assert head.startswith(b"HTTP/1.1 200"), (head, body)
+        assert orjson.loads(body) == {"id": "alias", "object": "model", "created": 0, "owned_by": "kvgate",
+                                      "root": "alias", "parent": None, "clusters": ["east"]}  # fmt: skip
+        for path in ("/v1/models/org/llama", "/v1/models/org%2Fllama"):  # (the SDK may quote the slash)
+            head, body = await _call(port, "GET", path)
+            assert head.startswith(b"HTTP/1.1 200") and orjson.loads(body)["id"] == "org/llama", (path, head)
+        head, body = await _call(port, "GET", "/v1/models/nope")
+        assert head.startswith(b"HTTP/1.1 404"), head
+        err = orjson.loads(body)["error"]
+        assert (err["code"], err["param"]) == ("model_not_found", "model") and "'nope'" in err["message"], err
+        head, _ = await _call(port, "POST", "/v1/models/alias")
+        assert head.startswith(b"HTTP/1.1 405"), head
+    finally:
+        await gw.stop()

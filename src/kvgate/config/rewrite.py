@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from kvgate.config.gateway import RewriteRule
 
@@ -30,6 +30,7 @@ class ModelRewriter:
         ]
         # Any rule at all (an attribute: the proxy reads it on every request).
         self.active = bool(self._rules)
+        self.rules: tuple[RewriteRule, ...] = tuple(rules)
 
     def __bool__(self) -> bool:
         return self.active
@@ -47,3 +48,21 @@ class ModelRewriter:
         """The EPP's hook shape: the new model, or None to leave the request as it is."""
         target = self.rewrite(model)
         return target if target != model else None
+
+
+def client_names(rules: Sequence[RewriteRule], served: Collection[str]) -> list[tuple[str, str]]:
+    """The names a client may send that ``rules`` rewrite to one of ``served``: (name, that target), in the
+    rules' order. A name counts by the first rule that takes it, as ``ModelRewriter.rewrite`` reads them
+    (a catch-all rule takes every name after it, and lists none itself)."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for rule in rules:
+        if not rule.matches:
+            break
+        target = next((t.model for t in rule.targets if t.model in served), None)
+        for name in rule.matches:
+            if name not in seen:
+                seen.add(name)
+                if target is not None:
+                    out.append((name, target))
+    return out

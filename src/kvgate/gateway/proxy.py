@@ -21,11 +21,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import unquote
 
 import orjson
 
 from kvgate.config.gateway import GatewayConfig, PoolConfig
-from kvgate.config.rewrite import ModelRewriter
+from kvgate.config.rewrite import ModelRewriter, client_names
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER, flow_of
 from kvgate.gateway.bigbody import PieceRewriter
@@ -46,6 +47,7 @@ from kvgate.openai.request import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    MODELS_PREFIX,
     OTHER,
     PATHS,
     BodyError,
@@ -328,34 +330,39 @@ class Proxy:
             resp = error_response(GatewayError(405, why))
             resp.headers["Allow"] = "GET"  # (RFC 9110 15.5.6: a 405 names the methods the resource takes)
             return resp
-        data = []
-        for pool in self.pools:
-            for m in pool.cfg.models:
-                data.append(
-                    {
-                        "id": m,
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": "kvgate",
-                        "root": m,
-                        "parent": None,
-                        "pool": pool.name,
-                    }
-                )
-            for a in pool.cfg.adapters:
-                base = pool.cfg.models[0]
-                data.append(
-                    {
-                        "id": a,
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": "kvgate",
-                        "root": a,
-                        "parent": base,
-                        "pool": pool.name,
-                    }
-                )
+        data = self.model_list()
         return Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+    async def model(self, request: Request) -> Response | StreamResponse:
+        """``GET /v1/models/{id}`` (the openai SDK's ``models.retrieve``): the entry ``/v1/models`` lists
+        under that id (the first), else OpenAI's 404 ``model_not_found``."""
+        if request.method != "GET":
+            why = f"{request.method} is not allowed on {request.path}; use GET"
+            resp = error_response(GatewayError(405, why))
+            resp.headers["Allow"] = "GET"
+            return resp
+        wanted = unquote(request.path[len(MODELS_PREFIX) :])
+        for entry in self.model_list():
+            if entry["id"] == wanted:
+                return Response(body=orjson.dumps(entry), content_type="application/json")
+        why = f"The model '{wanted}' does not exist"
+        return error_response(GatewayError(404, why, param="model", code="model_not_found"))
+
+    def model_list(self) -> list[dict[str, Any]]:
+        """What ``/v1/models`` lists: per pool its models, its adapters (``parent``: the pool's first
+        model) and the names the rewrite rules in force (the config's, or the live InferenceModelRewrite
+        rules) send to them (``root``: the rule's target there), each name once per pool."""
+        data: list[dict[str, Any]] = []
+        rules = self.rewriter.rules
+        for pool in self.pools:
+            entries: list[tuple[str, str, str | None]] = [(m, m, None) for m in pool.cfg.models]
+            entries += [(a, a, pool.cfg.models[0]) for a in pool.cfg.adapters]
+            listed = {e[0] for e in entries}
+            entries += [(n, t, None) for n, t in client_names(rules, listed) if n not in listed]
+            for name, root, parent in entries:
+                data.append({"id": name, "object": "model", "created": 0, "owned_by": "kvgate", "root": root,
+                             "parent": parent, "pool": pool.name})  # fmt: skip
+        return data
 
     def _rate_limited(self, request: Request, tenant: str | None, rid: str) -> Response | None:
         """The tenant's ``rateLimits`` at admission (one request taken from its requestsPerMinute): the

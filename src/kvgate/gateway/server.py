@@ -24,7 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.aio import STOP_LIMIT_S, cancel_all_and_wait, stop_to_the_end
 from kvgate.config.gateway import GatewayConfig, Limits
-from kvgate.config.rewrite import ModelRewriter
+from kvgate.config.rewrite import ModelRewriter, client_names
 from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy, ready_endpoints
@@ -42,7 +42,7 @@ from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.labels import ModelLabels
 from kvgate.openai.protocol import CUT_WRITE_S, drain_cut_event
-from kvgate.openai.request import OTHER_PATHS, RequestPolicy
+from kvgate.openai.request import MODELS_PREFIX, OTHER_PATHS, RequestPolicy
 from kvgate.openai.responses import LOOKUP_PREFIX
 from kvgate.scheduling.metrics import POOL_READY
 from kvgate.scheduling.types import DrainEvictedError
@@ -215,6 +215,7 @@ class GatewayServer:
             routes.update(dict.fromkeys(OTHER_PATHS, proxy.other))
             # GET /v1/responses/{id}, POST /v1/responses/{id}/cancel: to the endpoint that holds it
             prefix[LOOKUP_PREFIX] = ResponseLookups(proxy)
+            prefix[MODELS_PREFIX] = proxy.model  # GET /v1/models/{id}
         if admin:
             routes.update({"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz})
             routes[AGGREGATE_PATH] = self._aggregate
@@ -266,13 +267,12 @@ class GatewayServer:
         return source
 
     def _pool_models(self, pool: Any) -> list[str]:
-        """The names this gateway serves from ``pool``: its models and adapters, and the rewrite rules'
-        names sent there (the aggregate lists them for a global gateway's model labels)."""
+        """The names this gateway serves from ``pool``: its models and adapters, and the names the rewrite
+        rules in force send there (the aggregate lists them for a global gateway's model labels; the
+        same names as ``GET /v1/models``)."""
         names = [*pool.cfg.models, *pool.cfg.adapters]
-        mine = set(names)
-        for rule in self.cfg.rewrites:
-            if any(t.model in mine for t in rule.targets):
-                names.extend(rule.matches)
+        rules = self.proxy.rewriter.rules if self.proxy is not None else self.cfg.rewrites
+        names += [n for n, _ in client_names(rules, set(names)) if n not in names]
         return names
 
     async def _healthz(self, request: Request) -> Response:

@@ -28,6 +28,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Set
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import orjson
@@ -67,6 +69,7 @@ from kvgate.openai.protocol import (
     sse_error_event,
 )
 from kvgate.openai.request import (
+    MODELS_PREFIX,
     ROUTED_PATHS,
     STREAM_USAGE_PATHS,
     BodyError,
@@ -697,19 +700,31 @@ class GlobalGateway:
             self.metrics.usable.labels(st.name).set(1.0 if st.fresh(now, self.router.cfg.ttl_s) else 0.0)
         return Response(body=generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
-    async def _models(self, _request: Request) -> Response:
-        """``GET /v1/models``: the names the clusters' latest aggregates list (``PoolAggregate.models``:
-        each cluster's front door's model and adapter names, then what its servers report), the union in
-        the clusters' order, each with the clusters that list it. A cluster with no aggregate yet lists
-        nothing; a stale one its last list (the router may still send there)."""
+    def _model_list(self) -> list[dict[str, Any]]:
+        """What ``GET /v1/models`` lists: the names the clusters' latest aggregates list
+        (``PoolAggregate.models``: each cluster's front door's model and adapter names and the names its
+        rewrite rules serve, then what its servers report), the union in the clusters' order, each with
+        the clusters that list it. A cluster with no aggregate yet lists nothing; a stale one its last list
+        (the router may still send there)."""
         where: dict[str, list[str]] = {}
         for st in self.router.state_list():
             if st.aggregate is not None:
                 for name in st.aggregate.models:
                     where.setdefault(name, []).append(st.name)
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "kvgate", "root": name,
+        return [{"id": name, "object": "model", "created": 0, "owned_by": "kvgate", "root": name,
                  "parent": None, "clusters": clusters} for name, clusters in where.items()]  # fmt: skip
+
+    async def _models(self, _request: Request) -> Response:
+        data = self._model_list()
         return Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+    async def _model(self, request: Request) -> Response:
+        """``GET /v1/models/{id}``: that entry of ``/v1/models``, else OpenAI's 404 ``model_not_found``."""
+        wanted = unquote(request.path[len(MODELS_PREFIX) :])
+        for entry in self._model_list():
+            if entry["id"] == wanted:
+                return Response(body=orjson.dumps(entry), content_type="application/json")
+        return json_error(404, f"The model '{wanted}' does not exist", param="model", code="model_not_found")
 
     async def _clusters(self, _request: Request) -> Response:
         return Response(body=orjson.dumps(self.router.summary()), content_type="application/json")
@@ -761,6 +776,7 @@ class GlobalGateway:
             routes.update(admin)
         # GET /v1/responses/{id}, POST /v1/responses/{id}/cancel: where the response was made (``lookups``)
         prefix: dict[str, Handler] = {LOOKUP_PREFIX: lambda request: lookup(self, request)}
+        prefix[MODELS_PREFIX] = _get_only(self._model)  # GET /v1/models/{id}
         self.front = FrontServer.with_limits(routes, self._not_found, self.limits, prefix_routes=prefix)
         front = self.front
         # A request the front refuses (413 over maxBodyBytes, malformed HTTP, 408) is counted once, as the

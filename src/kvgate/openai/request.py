@@ -53,6 +53,8 @@ ROUTED_PATHS = (*PATHS.values(), *OTHER_PATHS)
 # The ``OTHER_PATHS`` whose event streams end with their usage unasked (no ``stream_options``): the
 # Responses API's ``response.completed``, Anthropic Messages' ``message_start`` / ``message_delta``.
 STREAM_USAGE_PATHS = frozenset({"/v1/responses", "/v1/messages"})
+# ``GET /v1/models/{id}`` (the openai SDK's ``models.retrieve``): one entry of ``GET /v1/models``, both doors.
+MODELS_PREFIX = "/v1/models/"
 _KIND_BY_PATH = {path: kind for kind, path in PATHS.items()}
 
 # Deepest JSON nesting accepted anywhere in a body. Real chat bodies (messages -> content parts -> image
