@@ -205,6 +205,10 @@ def test_the_keys_parse_with_their_defaults() -> None:
         ({"probe_timeout_s": float("nan")}, "probe_timeout_s"),
         ({"probe_timeout_s": float("inf")}, "probe_timeout_s"),
         ({"probe_timeout_s": "2s"}, "probe_timeout_s"),
+        # float() took these (review s20-mc L1); the other seconds keys share the check.
+        ({"probe_timeout_s": True}, "probe_timeout_s"),
+        ({"probe_timeout_s": "0.5"}, "probe_timeout_s"),
+        ({"head_timeout_s": "30"}, "head_timeout_s"),
     ],
 )
 def test_a_bad_value_is_refused_naming_its_key(doc: dict[str, object], key: str) -> None:
@@ -397,3 +401,45 @@ async def test_probe_timeout_s_is_the_probes_bound(
     else:
         assert status == 504 and _error(data)["code"] == "request_timeout", data
         assert west.taken == 0
+
+
+class LateFirst(Gateway):
+    """A stream whose head comes at once and whose first data event comes ``first_s`` later (a prefill
+    behind a queue), then a data event every 30 ms: a healthy server."""
+
+    first_s = 1.0
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.taken += 1
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await asyncio.sleep(self.first_s)
+        for i in range(200):
+            await resp.write(b'data: {"choices":[{"index":0,"text":"t%d"}]}\n\n' % i)
+            await asyncio.sleep(0.03)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+
+async def test_a_cluster_sent_the_request_late_is_not_charged_because_its_head_came(
+    gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
+) -> None:
+    """east answers 503 after 1.6 s of a 2 s bound; west gets the last 0.4 s, sends its head at once and
+    its first token 1 s later (after the bound). west never owned the deadline: had it sent no head it
+    would not be charged (test_failover_before_the_bound_and_the_later_cluster_is_not_charged_for_the_first_
+    ones_time), and kvgate serve does not charge it either way (timed_out: 0.4 s held < 1 s unit). Here
+    the head came, so it backs off: a healthy cluster sent away for east's slowness (review s20-mc M1)."""
+    east = await gateways("east", "slow_503")
+    east.delay_s = 1.6
+    west = LateFirst("west")
+    await west.start()
+    try:
+        gw = await started(east, west, head_timeout_s=5.0, request_timeout_s=2.0)
+        status, data, _ = await _post(gw.port, stream=True)
+        assert status == 200 and b'"code":"request_timeout"' in data, data
+        assert east.taken == 1 and west.taken == 1
+        assert gw.router.states["east"].backoff_s > 0  # (its 503: as always)
+        assert gw.router.states["west"].backoff_s == 0, "west charged for a deadline it did not own"
+    finally:
+        await west.stop()

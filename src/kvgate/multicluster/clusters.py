@@ -83,6 +83,8 @@ def _short(v: Any) -> str:
 
 
 def _seconds(v: Any, key: str) -> float:
+    if isinstance(v, (bool, str)):  # (float() took ``true`` as 1 s and ``"0.5"``: review s20-mc L1)
+        raise ClustersError(key, f"expected a number of seconds, got {_short(v)}")
     try:
         out = float(v)
     except (TypeError, ValueError, OverflowError):  # (an integer too large for a float: OverflowError)

@@ -336,7 +336,10 @@ class _Late:
         routed = self._routed
         log.warning("response from cluster %s cut at limits.requestTimeoutSeconds (%gs)", routed.cluster,
                     self.deadline.bound_s)  # fmt: skip
-        if not self.progress.steady():
+        # Charged only if it held the larger part of the request's time (as before a head: ``owned``) and
+        # was not steady: a cluster sent the request late is not charged for the time spent before it
+        # (review s20-mc M1; kvgate serve's ``timed_out`` alike).
+        if self.deadline.owned(routed.sent_at) and not self.progress.steady():
             st = self._gw.router.states.get(routed.cluster)
             if st is not None:
                 st.failed(self._gw.clock())
@@ -426,7 +429,11 @@ class GlobalGateway:
         EPP channels and aggregate fetches, the fronts' ``limits`` (client and admin ports) and the
         ``kubernetes:`` section (the import controller restarted with it, ``ClusterSource``), all live;
         nothing needs a restart."""
+        before = self.router.cfg.request_timeout_s
         self.source.reload(cfg)
+        if before != cfg.request_timeout_s:  # (read per request from the router's config: review s20-mc L2)
+            log.info("clusters file: limits applied: requestTimeoutSeconds %g -> %g", before,
+                     cfg.request_timeout_s)  # fmt: skip
         if self.fetcher is not None:
             self.fetcher.apply(cfg.tls, cfg.refresh_s)
         if self.front is not None and not self._fixed_limits:
