@@ -197,6 +197,9 @@ def test_a_follow_up_given_up_is_picked_elsewhere() -> None:
     assert [i.req.request_id for i in dispatch_ready(ctl, 0.0, d.saturated)] == []
     assert ctl.parked == 1
     d.clock.now = 15.0  # type: ignore[attr-defined]
+    for ep, waiting in ((a, 1), (_b, 0)):  # (scraped: a's queue the longer; else the pick is a coin toss)
+        ep.metrics.waiting_queue_size = waiting
+        ep.metrics.updated_at = 15.0
     sent = []
     for item in dispatch_ready(ctl, 15.0, d.saturated):
         got = d.flow.settle(item, 15.0)

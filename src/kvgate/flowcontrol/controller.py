@@ -628,12 +628,41 @@ class FlowController:
 
     @property
     def passed_homes(self) -> Collection[str]:
-        """The endpoints queued heads wait aside for (parked: their full homes; ``pass_over``'s): a
-        request dispatched past them is picked off those endpoints when it has others (the Director's late
-        pick), so it does not take the place they wait for."""
+        """The endpoints queued heads wait aside for (parked: their full homes; ``pass_over``'s), of any
+        band; which of them a given request is kept off: ``waited_for``."""
         if not self._pass_homes:
             return self._parked_at.keys()
         return self._pass_homes | self._parked_at.keys()
+
+    def waited_for(self, address: str, priority: int) -> bool:
+        """Does a queued head of band ``priority`` or higher wait aside for ``address`` (parked for its full
+        home there; or passed over in a mark's look, ``pass_over``: any band)? A request of band
+        ``priority`` dispatched past them is picked off such endpoints when it has others (the Director's
+        late pick), so it does not take the place they wait for. A lower band's parked head never keeps a
+        higher band's request off its home (review s20-fc M5): strict priority is the bands' order."""
+        if address in self._pass_homes:
+            return True
+        keys = self._parked_at.get(address)
+        return keys is not None and any(k[2] >= priority for k in keys)
+
+    def parked_above(self, req: InferenceRequest, priority: int) -> list[tuple[HomeKey, InferenceRequest]]:
+        """The parked homes of bands above ``priority`` that ``req`` (about to be dispatched) could take a
+        place of (with their probes): those sharing an endpoint with its subset; for a request with no
+        subset, every one (its pool's room may be theirs). ``dispatch_ready`` asks them first (review
+        s20-fc M1: a home freed with no signal here must not go to a lower band before the next sweep)."""
+        if not self._parked:
+            return []
+        sub = req.subset
+        if sub is None:
+            keys: Collection[HomeKey] = [k for k in self._parked if k[2] > priority]
+        else:
+            found: set[HomeKey] = set()
+            for addr in sub:
+                got = self._parked_at.get(addr)
+                if got:
+                    found.update(k for k in got if k[2] > priority)
+            keys = found
+        return [(k, self._parked[k].probe) for k in keys]
 
     def put_back(self) -> None:
         """The heads passed over back in their places (``pass_over``), in the order they had."""

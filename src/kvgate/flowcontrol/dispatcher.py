@@ -80,7 +80,9 @@ def dispatch_ready(
     is found with room, and its band chooses again: the requests behind it go, and no later pass meets it
     (review s18-doors M3, s19-fc M1, s19-fixes-b L1). The parked homes asked about again are the ones told
     of a freed slot (``FlowController.freed``) and a bounded sweep (``homes_to_look``), each with one gate
-    call; one with room has its heads back in their places, before anything else is chosen. ``home_full``:
+    call; one with room has its heads back in their places, before anything else is chosen. Before a head
+    is taken, the parked homes of higher bands where it could go are asked too (``_room_above``: strict
+    priority holds for a home freed with no signal here, review s20-fc M1). ``home_full``:
     the gate those questions go to (default ``saturated``; the dispatcher's leaves out the other workers'
     order, which is no property of the home). Taken with ``record=False``: the caller records the outcome
     once it knows the pick's."""
@@ -126,9 +128,18 @@ def dispatch_ready(
                         continue
                 # Strict priority: a lower band goes only when the higher band's heads cannot use the
                 # capacity because their own pool (another model, a full home) is the saturated one.
-                if not saturated(item.req) or (
-                    preempt is not None and not item.req.sheddable and preempt(item.req)
-                ):
+                # A higher band's heads parked where it would go are asked first (a home freed with no
+                # signal here, before the sweep: review s20-fc M1); one with room: back, walk again.
+                if not saturated(item.req):
+                    if _room_above(ctl, item, probe_full, full):
+                        blocked = False
+                        break
+                    ctl.take(item, now, record=False)
+                    yield item
+                    looked.intersection_update(full)  # (its load may have filled a home found with room)
+                    blocked = False
+                    break
+                if preempt is not None and not item.req.sheddable and preempt(item.req):
                     ctl.take(item, now, record=False)
                     yield item
                     looked.intersection_update(full)  # (its load may have filled a home found with room)
@@ -138,6 +149,9 @@ def dispatch_ready(
                 # due head of another flow in the band goes through the whole gate if it has room.
                 due = _due_instead(ctl, item, now)
                 if due is not None and not saturated(due.req):
+                    if _room_above(ctl, due, probe_full, full):
+                        blocked = False
+                        break
                     ctl.take(due, now, record=False)
                     yield due
                     looked.intersection_update(full)
@@ -158,6 +172,26 @@ def dispatch_ready(
                 return
     finally:
         ctl.put_back()
+
+
+def _room_above(
+    ctl: FlowController,
+    item: QueuedRequest,
+    probe_full: Callable[[InferenceRequest], bool],
+    full: set[HomeKey],
+) -> bool:
+    """Before ``item`` is dispatched: has a parked home of a higher band where it could go room (one gate
+    call each, once a pass: one found full is in ``full`` and stays full while the pass only adds load)?
+    The first found with room has its heads back in their places (True: the walk starts again, they come
+    first). Strict priority between a parked head and a lower band (review s20-fc M1)."""
+    for key, probe in ctl.parked_above(item.req, item.priority):
+        if key in full:
+            continue
+        if not probe_full(probe):
+            ctl.wake(key)
+            return True
+        full.add(key)
+    return False
 
 
 def _room_probe(req: InferenceRequest) -> InferenceRequest:

@@ -341,14 +341,16 @@ class Director:
     ) -> Sequence[Endpoint] | None:
         """A request going past queued heads that wait for their own saturated subset (a Responses
         follow-up's home: ``FlowController.pass_over``) is picked off those endpoints when it has others,
-        so it does not take their place there: they stay first in line for their homes."""
+        so it does not take their place there: they stay first in line for their homes. Only heads of its
+        band or higher keep it off (``FlowController.waited_for``: a lower band never steers it onto a full
+        endpoint, review s20-fc M5)."""
         assert self.flow is not None
-        homes = self.flow.ctl.passed_homes
+        ctl = self.flow.ctl
         try:
             cands = self.candidates(req) if only is None else only
         except SchedulingError:
             return only  # (the pick fails with its own error)
-        rest = [ep for ep in cands if ep.address not in homes]
+        rest = [ep for ep in cands if not ctl.waited_for(ep.address, req.priority)]
         return rest if rest and len(rest) < len(cands) else only
 
     def _abandoned(self, req: InferenceRequest, result: PickResult) -> None:
