@@ -130,7 +130,10 @@ def test_a_hint_is_never_given_up() -> None:
     assert [i.req.request_id for i in c.expire(30.0)] == ["h"]
 
 
-def test_the_request_deadline_counts_and_a_home_with_room_starts_a_new_spell() -> None:
+def test_the_request_deadline_counts_and_a_slot_another_took_does_not_restart_the_spell() -> None:
+    """Review s20-fc M2: a home that frees a slot now and then for one of its waiting heads no longer
+    restarts every other head's spell (before: f2, parked again in the pass at 8 s, was given up at 19 s;
+    with a slot every few seconds, never)."""
     c = FlowController(FlowControlConfig(ttl=30.0))
     c.enqueue(req("f1", "t1", home=A, soft=True), 0.0, bound=20.0)  # its requestTimeoutSeconds: 20 s
     c.enqueue(req("f2", "t2", home=A, soft=True), 0.0)
@@ -141,10 +144,29 @@ def test_the_request_deadline_counts_and_a_home_with_room_starts_a_new_spell() -
     it = dispatch_ready(c, 8.0, gate)
     assert next(it).req.request_id == "f1"  # (one slot at its home; then full again)
     gate.full.add(A)
-    assert list(it) == [] and c.parked == 1  # f2 aside again, its spell from 8 s: given up at 19 s
+    assert list(it) == [] and c.parked == 1  # f2 aside again, its spell from 0 s: given up at 15 s
+    assert c.next_deadline() == 15.0
     gate.room = 1
-    assert drain(c, gate, 15.0) == []  # (the first spell's midpoint: not given up)
-    assert drain(c, gate, 19.0) == ["f2"]
+    assert drain(c, gate, 14.99) == []
+    assert drain(c, gate, 15.0) == ["f2"]
+
+
+def test_a_head_back_in_line_and_not_parked_again_in_that_pass_starts_a_new_spell() -> None:
+    c = FlowController(FlowControlConfig(ttl=30.0))
+    c.enqueue(req("f", "t", home=A, soft=True), 0.0)
+    gate = Gate({A}, room=0)
+    assert drain(c, gate, 0.0) == [] and c.parked == 1
+    c.enqueue(req("u", "v", priority=10), 8.0)  # (band 10 waits for the pool: the pass ends there)
+    gate.full.clear()
+    c.freed(A)
+    assert drain(c, gate, 8.0) == [] and c.parked == 0  # (f back in line behind band 10)
+    gate.full.add(A)
+    gate.room = 1
+    assert drain(c, gate, 9.0) == ["u"] and c.parked == 1  # (f found its home full again: from 9 s)
+    assert c.next_deadline() == 19.5
+    gate.room = 1
+    assert drain(c, gate, 15.0) == []
+    assert drain(c, gate, 19.5) == ["f"]
 
 
 def test_a_cancelled_or_expired_parked_request_leaves_no_trace() -> None:

@@ -358,6 +358,9 @@ class FlowController:
         self._parked: dict[HomeKey, Home] = {}
         self._parked_at: dict[str, set[HomeKey]] = {}
         self._woken: set[HomeKey] = set()  # homes told of a freed slot (``freed``), looked at next pass
+        # Heads back in line from a home found with room, in this pass: their spell without room ends only
+        # if the pass does not park them again (``end_pass``; review s20-fc M2).
+        self._back: list[QueuedRequest] = []
         self._swept_at = -math.inf
         self.sweep_every = PARK_SWEEP_EVERY  # (the dispatcher's recheck interval)
         # soft pins' give-up times (``park``): (time, seq, item, the spell's start it was computed from)
@@ -701,7 +704,7 @@ class FlowController:
                 self._parked_at.setdefault(addr, set()).add(key)
         home.items[item.seq] = (item, got[0], got[1])
         item.parked = key
-        if item.full_since is None:  # (a new spell; one woken only to try preemption keeps its own)
+        if item.full_since is None:  # (a new spell; one back in line only this pass keeps its own)
             item.full_since = now
             if item.req.subset_soft:
                 self._hold_seq -= 1
@@ -745,21 +748,51 @@ class FlowController:
             out.append((k, home.probe))
         return out
 
-    def wake(self, key: HomeKey, room: bool = True) -> None:
+    def wake(self, key: HomeKey) -> None:
         """Home ``key`` has room: its parked heads back in their places in their bands (the band's own
-        order then decides who goes first). ``room=False``: back to be tried again as heads though the
-        home is full (``flowControl.preemption``), their spells without room going on."""
+        order then decides who goes first). A head parked again in the same pass (the room went to
+        another) keeps its spell without room (``end_pass``)."""
         home = self._parked.pop(key, None)
         if home is None:
             return
         self._forget_home(key)
         for item, entry, late in home.items.values():
             item.parked = None
-            if room:
-                item.full_since = None
+            if item.full_since is not None:
+                self._back.append(item)
             q = self.bands[item.priority].flows.get(item.flow)
             if q is not None and not item.done and item.held_until is None:
                 q.put_back(entry, late)
+
+    def wake_first(self, key: HomeKey) -> bool:
+        """Home ``key``'s first parked head back in its place, to be tried again as a head though the home
+        is full (``flowControl.preemption``: it may stop a sheddable request there), its spell going on; the
+        others stay aside (review s20-fc M3: a sweep costs one head per home, not every head). False when
+        nothing is parked there."""
+        home = self._parked.get(key)
+        if home is None or not home.items:
+            return False
+        seq = next(iter(home.items))
+        item, entry, late = home.items.pop(seq)
+        if not home.items:
+            del self._parked[key]
+            self._forget_home(key)
+        item.parked = None
+        q = self.bands[item.priority].flows.get(item.flow)
+        if q is not None and not item.done and item.held_until is None:
+            q.put_back(entry, late)
+        return True
+
+    def end_pass(self) -> None:
+        """A pass is over: the heads back from a home with room (``wake``) and not parked again start a new
+        spell when next found full; those parked again keep theirs (one give-up entry each, and a home that
+        serves one of many now and then no longer restarts every waiting head's spell: review s20-fc M2)."""
+        if not self._back:
+            return
+        for item in self._back:
+            if item.parked is None:
+                item.full_since = None
+        self._back.clear()
 
     def wake_all(self) -> None:
         for key in list(self._parked):

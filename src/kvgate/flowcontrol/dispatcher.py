@@ -92,14 +92,17 @@ def dispatch_ready(
     # Homes asked about in this pass: ``full``, found full (a head pinned there is parked with no gate
     # call: dispatches only add load); ``looked``, asked (found with room, and nothing dispatched since:
     # its heads' own gates decide).
+    # ``retry``: full homes whose first head is back to try preemption (its gate, not the home's question).
     full: set[HomeKey] = set()
     looked: set[HomeKey] = set()
+    retry: set[HomeKey] = set()
     for home, probe in ctl.homes_to_look(now):
         if not probe_full(probe):
             looked.add(home)
             ctl.wake(home)
         elif preempt is not None and not probe.sheddable:
-            ctl.wake(home, room=False)  # (tried again as heads: one may stop a sheddable request there)
+            ctl.wake_first(home)  # (tried again as a head: it may stop a sheddable request there)
+            retry.add(home)
         else:
             looked.add(home)
             full.add(home)
@@ -115,7 +118,7 @@ def dispatch_ready(
                     if key in full:
                         ctl.park(item, now)
                         continue
-                    if key not in looked and ctl.is_parked(key):
+                    if key not in looked and key not in retry and ctl.is_parked(key):
                         # Its home has heads parked before it: asked now (once a pass); with room, they are
                         # back in their places and the walk starts again (they may come first).
                         looked.add(key)
@@ -142,6 +145,8 @@ def dispatch_ready(
                 if preempt is not None and not item.req.sheddable and preempt(item.req):
                     ctl.take(item, now, record=False)
                     yield item
+                    if key is not None and key in retry:
+                        ctl.wake_first(key)  # (it stopped one: the home's next head may too)
                     looked.intersection_update(full)  # (its load may have filled a home found with room)
                     blocked = False
                     break
@@ -172,6 +177,7 @@ def dispatch_ready(
                 return
     finally:
         ctl.put_back()
+        ctl.end_pass()
 
 
 def _room_above(
