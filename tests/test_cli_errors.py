@@ -149,3 +149,11 @@ def test_an_unknown_log_level_is_one_line(args: list[str]) -> None:
         raise AssertionError("--log-level verbose was taken: the command started") from e
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "argument --log-level" in lines[0], r.stderr[-600:]
+
+
+def test_logging_s_own_aliases_are_levels_too() -> None:
+    """``warn`` and ``fatal`` are logging's names as well; they worked before the level was checked
+    (review s20-qa2 L1)."""
+    from kvgate.entry import log_level
+
+    assert [log_level(v) for v in ("warn", "WARN", "Fatal", "debug")] == ["WARN", "WARN", "FATAL", "DEBUG"]

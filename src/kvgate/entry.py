@@ -63,7 +63,7 @@ def port_number(text: str) -> int:
     return port
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical", "warn", "fatal")  # (logging's aliases too)
 
 
 def log_level(text: str) -> str:

@@ -68,3 +68,18 @@ def test_reload_now_reads_a_changed_file_before_the_next_poll(tmp_path: Path) ->
     assert cf.maybe_reload(1.0) is False  # the poll: not before its interval
     assert cf.reload_now(2.0) is True and [c.name for c in cf.config.clusters] == ["b"]
     assert cf.reload_now(3.0) is False and cf.reloads == 1  # unchanged since: nothing to reload
+
+
+def test_sighup_reads_a_file_replaced_within_its_modification_time(tmp_path: Path) -> None:
+    """A file finished within the modification-time tick of an earlier (half-written) read, or copied with
+    its time kept (``cp -p``): the poll never sees it; a SIGHUP reads it whatever its time (review s20-qa2
+    L2), and says an unchanged one unchanged."""
+    f = tmp_path / "clusters.yaml"
+    f.write_text("clusters: [{name: a, gateway: '127.0.0.1:9'}]\n")
+    os.utime(f, (2e9, 2e9))
+    cf = ClustersFile(f, check_every_s=1.0)
+    f.write_text("clusters: [{name: b, gateway: '127.0.0.1:9'}]\n")
+    os.utime(f, (2e9, 2e9))
+    assert cf.maybe_reload(10.0) is False and [c.name for c in cf.config.clusters] == ["a"]
+    assert cf.reload_now(11.0) is True and [c.name for c in cf.config.clusters] == ["b"]
+    assert cf.reload_now(12.0) is False and cf.reloads == 1

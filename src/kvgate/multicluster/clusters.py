@@ -491,14 +491,15 @@ class ClustersFile:
             return None
 
     def reload_now(self, now: float) -> bool:
-        """SIGHUP: the file looked at now, not at the next poll: re-read when its modification time changed
-        (as the poll does: ``maybe_reload``), else said unchanged (review s20-qa L5)."""
-        self._checked_at = None
+        """SIGHUP: the file read now, not at the next poll, whatever its modification time (review s20-qa
+        L5): a file finished within the modification-time tick of a half-written read, or copied with its
+        time kept (``cp -p``), is never seen by the poll (review s20-qa2 L2). The same config as the
+        running one is said unchanged, and nothing is applied."""
+        self._checked_at = now
         mtime = self._stat()
-        if mtime is not None and mtime == self._mtime:
-            log.info("SIGHUP: clusters file %s unchanged since its last read: nothing to reload", self.path)
+        if mtime is None:
             return False
-        return self.maybe_reload(now)
+        return self._read(mtime, sighup=True)
 
     def maybe_reload(self, now: float) -> bool:
         if self._checked_at is not None and now - self._checked_at < self.check_every_s:
@@ -507,6 +508,9 @@ class ClustersFile:
         mtime = self._stat()
         if mtime is None or mtime == self._mtime:
             return False
+        return self._read(mtime)
+
+    def _read(self, mtime: float, sighup: bool = False) -> bool:
         self._mtime = mtime
         try:
             cfg = self._load()
@@ -516,6 +520,9 @@ class ClustersFile:
         except Exception as e:  # any parse error keeps the last good file (and the reload loop going)
             log.warning("clusters file %s not reloaded (keeping the last good one): %s: %s", self.path,
                         type(e).__name__, e)  # fmt: skip
+            return False
+        if sighup and cfg == self.config:
+            log.info("SIGHUP: clusters file %s unchanged since its last read: nothing to reload", self.path)
             return False
         self.config = cfg
         self.reloads += 1
