@@ -1172,6 +1172,7 @@ class Proxy:
         # Progress for ``_charge_cut``: the held start came just now, then each piece with more than blanks.
         progress = Progress(sent_at, resp.deadline)
         progress.seen(self._loop.time())
+        out.waits = progress  # (waiting on the client is no gap: review s20-gw M2)
         director.on_first_token(ireq, ep, learn=False)  # (as ``_whole``: no first token to learn)
         self.streams.add(resp)
         if self._cutting is not None and not resp.received:  # (the drain's cut came before the relay)
@@ -1325,8 +1326,10 @@ class Proxy:
         got_at = self._loop.time()  # the last chunk from the upstream came then
         gaps = ChunkGaps()  # the gaps between the upstream's chunks (llm-d's inter-token latency)
         # Progress for ``_charge_cut``: when data events went out (read off the relay's whole events:
-        # comments, pings and empty data are none; ``openai.progress``).
+        # comments, pings and empty data are none; ``openai.progress``). Time the relay waits on the client
+        # (its writes held by back-pressure, the upstream not read meanwhile) is no gap (review s20-gw M2).
         progress = Progress(sent_at, resp.deadline)
+        out.waits = progress
         self.streams.add(resp)
         if self._cutting is not None and not resp.received:  # (the drain's cut came before its first chunk)
             self._cut[resp] = self._cutting

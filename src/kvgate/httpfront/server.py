@@ -138,14 +138,26 @@ class Response:
         self.close = True
 
 
+class WriteWaits(Protocol):
+    """Told when a ``StreamResponse.write`` waits on the client (event-loop times)."""
+
+    def waiting(self, at: float) -> None: ...
+
+    def resumed(self, at: float) -> None: ...
+
+
 class StreamResponse:
     """A chunked response written piece by piece (SSE, a relayed big answer).
 
     ``length``: the body's length when known in advance (a relayed answer passed unchanged in length):
     an HTTP/1.0 client is told it (``Content-Length``) instead of a body delimited by the close alone;
-    the writer must then write exactly that many bytes. HTTP/1.1 clients get chunks either way."""
+    the writer must then write exactly that many bytes. HTTP/1.1 clients get chunks either way.
 
-    __slots__ = ("_chunked", "_length", "_proto", "ended", "headers", "prepared", "status")
+    ``waits``: when set, told (event-loop time) when a ``write`` begins waiting on the client's
+    back-pressure (its output buffer full) and when it goes on, so a relay can tell the client's stall
+    from its upstream's (``kvgate.openai.progress.Progress``)."""
+
+    __slots__ = ("_chunked", "_length", "_proto", "ended", "headers", "prepared", "status", "waits")
 
     def __init__(
         self, *, status: int = 200, headers: dict[str, str] | None = None, length: int | None = None
@@ -157,6 +169,7 @@ class StreamResponse:
         self.ended = False
         self._chunked = True
         self._length = length
+        self.waits: WriteWaits | None = None
 
     async def prepare(self, request: Request) -> None:
         self._proto = request._proto
@@ -186,7 +199,7 @@ class StreamResponse:
         if len(data) <= step:
             proto.send(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
             if proto.write_paused:
-                await proto.drain()
+                await self._drain(proto)
             return
         # A piece larger than the client's buffer (a relayed big answer's read): written in slices of
         # it, each once the client took the last, never copied whole into the output buffer (review
@@ -199,9 +212,22 @@ class StreamResponse:
                 raise ConnectionResetError("client connection closed")
             proto.send(view[at : at + step])
             if proto.write_paused:
-                await proto.drain()
+                await self._drain(proto)
         if self._chunked:
             proto.send(b"\r\n")
+
+    async def _drain(self, proto: FrontProtocol) -> None:
+        """Wait for the client to take the output buffer (``waits`` told when, if set)."""
+        waits = self.waits
+        if waits is None:
+            await proto.drain()
+            return
+        loop = asyncio.get_running_loop()
+        waits.waiting(loop.time())
+        try:
+            await proto.drain()
+        finally:
+            waits.resumed(loop.time())
 
     def abort(self) -> None:
         """End a started response as broken: no terminating chunk, the connection is aborted, so the

@@ -315,7 +315,8 @@ class _Late:
     cluster is charged (backs off) only if it was not making progress all through the later half of the
     time it held the request: ``kvgate serve``'s rule, ``kvgate.openai.progress`` (data events with a
     payload, not comments or pings, or a piece of an event past 1 MiB; a body's pieces with more than
-    blanks; no stretch of that half longer than an eighth of the hold without one, up to the cut)."""
+    blanks; no stretch of that half longer than an eighth of the hold without one, up to the cut; time
+    spent waiting on a client that reads late is none)."""
 
     __slots__ = ("_gw", "_routed", "_timer", "deadline", "fired", "progress")
 
@@ -593,6 +594,8 @@ class GlobalGateway:
                 self._cut.add(key)
                 abort()
         late = None if deadline is None else _Late(deadline, routed, self)
+        if late is not None:
+            resp.waits = late.progress  # (waiting on the client is no gap: review s20-gw M2)
         try:
             await resp.prepare(request)
             while True:

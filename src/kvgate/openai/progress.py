@@ -16,9 +16,15 @@ its first token, mid-way, behind keep-alives). Progress is counted honestly (clo
   in the later half sufficed: a stream that sent two data events late then wedged, or a first token late
   then a trickle, was spared; a relayed body's any one late piece too.
 
-A server whose first token came after more than an eighth of the later half had passed (a long queue
-before it) is charged like a wedged one: for the time it held the request when it did not own the deadline
-(``HealthTracker.timed_out``), else a failure.
+A server whose first token came after more than an eighth of the hold had passed into its later half (a
+long queue before it) is charged like a wedged one: for the time it held the request when it did not own
+the deadline (``HealthTracker.timed_out``), else a failure.
+
+Progress is judged on what the server offered, not on how fast the client read it: time the relay spent
+waiting on the client (its write held by the client's back-pressure: the upstream is not read meanwhile,
+so nothing it sent can be seen) is no stretch without progress (``Progress.waiting``/``resumed``, told
+by the front's writer: ``httpfront.server.StreamResponse.waits``). Review s20-gw M2: before, a client
+that read late got a steady server charged, and ejected at the third such cut.
 """
 
 from __future__ import annotations
@@ -88,7 +94,7 @@ class Progress:
     """When a relayed answer made progress (event-loop time), against its hold: from ``sent_at`` to
     ``due`` (the deadline; None: no bound, never steady)."""
 
-    __slots__ = ("_due", "_gap", "_last", "_mid", "_span")
+    __slots__ = ("_due", "_gap", "_last", "_mid", "_span", "_wait_from", "_waited")
 
     def __init__(self, sent_at: float, due: float | None) -> None:
         self._due = due
@@ -96,19 +102,36 @@ class Progress:
         self._mid = math.inf if due is None else (sent_at + due) / 2
         self._last = -math.inf
         self._gap = 0.0  # the longest stretch of the later half without progress, so far
+        self._waited = 0.0  # the time of the later half spent waiting on the client since the last progress
+        self._wait_from: float | None = None  # waiting on the client since then
 
     def seen(self, at: float) -> None:
         """Progress at ``at``."""
         if at > self._mid:
-            gap = at - max(self._last, self._mid)
+            gap = at - max(self._last, self._mid) - self._waited
             if gap > self._gap:
                 self._gap = gap
         self._last = at
+        self._waited = 0.0
+
+    def waiting(self, at: float) -> None:
+        """The relay began waiting on the client at ``at`` (a write held by its back-pressure)."""
+        self._wait_from = at
+
+    def resumed(self, at: float) -> None:
+        """The client took what the relay waited on (``waiting``) at ``at``: the wait is no gap."""
+        if self._wait_from is not None:
+            self._waited += max(0.0, at - max(self._wait_from, self._mid))
+            self._wait_from = None
 
     def steady(self) -> bool:
         """Progress all through the later half of the hold, up to the cut at the deadline: no stretch
-        without any longer than ``STEADY_FRACTION`` of the hold."""
+        without any longer than ``STEADY_FRACTION`` of the hold (time spent waiting on the client, a
+        wait still going on at the cut included, is none)."""
         if self._due is None or self._span <= 0:
             return False
-        last = self._due - max(self._last, self._mid)
+        waited = self._waited
+        if self._wait_from is not None:
+            waited += max(0.0, self._due - max(self._wait_from, self._mid))
+        last = self._due - max(self._last, self._mid) - waited
         return max(self._gap, last) <= self._span * STEADY_FRACTION
