@@ -12,7 +12,7 @@ Why a table and not an id form: the id is vLLM's (``resp_`` + random hex), the c
 response; a gateway that rewrote it to say its home (or its worker) would have to rewrite it back in
 every follow-up, lookup path and stream event, and the id the client sees would no longer be the one in
 the server's logs. Asking every endpoint (or every worker) on a miss costs a round trip per endpoint on
-(N-1)/N of the lookups. A table costs one write per Responses answer and at most ``workers x WAYS``
+(N-1)/N of the lookups. A table costs one write per Responses answer and at most ``workers x 2 x WAYS``
 entry reads per lookup.
 
 Layout (its own ``multiprocessing.shared_memory`` segment, created and unlinked by the supervisor; named
@@ -25,12 +25,18 @@ region per worker, written by that worker only (no lock: nothing a worker killed
 - ``slots`` entries in sets of ``WAYS``: a sequence word, the id's key (64 bits of BLAKE2b, the same in
   every process), when it expires (microseconds of the gateway's clock, ``time.monotonic``: one clock for
   every process on the host), the pair (slot and sequence, -1: none) and the address (``ADDR_BYTES``
-  NUL-padded). A new id takes an empty or expired entry of its set, else the one that expires first.
-A writer makes a sequence word odd, writes, then makes it even again; a reader takes an entry only if its
-word was even and unchanged across the read (else: not found, as for an id never seen).
+  NUL-padded). An id may be in either of two sets (from its key's low and high bits; a reader looks in
+  both): a new id takes an empty or expired entry of the emptier, else the one of the two that expires
+  first (the oldest).
+A writer makes a sequence word odd, writes, then makes it even again (a word left odd by a writer killed
+mid-write stays odd through the next write, then even); a reader takes an entry only if its word was even
+and unchanged across the read (else: not found, as for an id never seen).
 
-Bounded: ``HOMES_MAX`` ids for the whole fleet (``slots`` per worker: its share, as one process keeps
-``HOMES_MAX``), each for ``HOMES_TTL_S``; about 9.6 MB of ``/dev/shm`` whatever N. A worker keeps its own
+Bounded: each worker's latest ``HOMES_MAX / N`` ids (its share; the fleet's latest ``HOMES_MAX`` when the
+kernel spreads connections evenly, as one process keeps ``HOMES_MAX``), each for ``HOMES_TTL_S``: a
+region has twice the share's entries (``slots``), so with two sets to choose from the latest share is
+held whole (review s20-gw M1: one set per id in a region of the share's size displaced ~14% of it);
+about 19.2 MB of ``/dev/shm`` whatever N. A worker keeps its own
 ``ResponseHomes`` too, read first: an id it made is found as in one process, also one whose address
 (> 64 bytes) or model names (> 128 bytes) do not fit the table. A restarted worker continues its region:
 what its predecessor wrote is still true (the responses live in the model servers).
@@ -61,8 +67,10 @@ _US = 1_000_000
 
 
 def slots_per_worker(workers: int) -> int:
-    """Each worker's share of ``HOMES_MAX``, whole sets."""
-    sets = -(-HOMES_MAX // (max(1, workers) * WAYS))
+    """Twice each worker's share of ``HOMES_MAX``, whole sets: with two sets to choose from (``_sets_of``),
+    the latest share is all held (review s20-gw M1: one set of a region the share's size displaced ~14% of
+    it, sets overflowing long before the region was full)."""
+    sets = -(-2 * HOMES_MAX // (max(1, workers) * WAYS))
     return sets * WAYS
 
 
@@ -130,14 +138,37 @@ class SharedResponses:
     def _set_base(self, worker: int, key: int) -> int:
         return worker * self._region + 1 + PAIRS * _P + (key % self._sets) * WAYS * _E
 
+    def _sets_of(self, worker: int, key: int) -> tuple[int, int]:
+        """The two sets (their first words) ``key`` may be in: from its low bits and from its high bits."""
+        return self._set_base(worker, key), self._set_base(worker, key >> 32)
+
     def _own(self, key: int) -> int | None:
         """This worker's entry holding ``key``, if any (its own region: no torn read)."""
         c = self._words
-        base = self._set_base(self.worker, key)
-        for b in range(base, base + WAYS * _E, _E):
-            if c[b + _KEY] == key:
-                return b
+        for base in self._sets_of(self.worker, key):
+            for b in range(base, base + WAYS * _E, _E):
+                if c[b + _KEY] == key:
+                    return b
         return None
+
+    def _free(self, key: int, now_us: int) -> int:
+        """The entry a new ``key`` takes: an empty or expired one of the emptier of its two sets, else the
+        one of either set that expires first (the oldest: ids are written with the same time to live)."""
+        c = self._words
+        pick, empties, oldest, oldest_exp = -1, 0, -1, 0
+        for base in self._sets_of(self.worker, key):
+            n, at = 0, -1
+            for e in range(base, base + WAYS * _E, _E):
+                exp = c[e + _EXP]
+                if c[e + _KEY] == 0 or exp <= now_us:
+                    n += 1
+                    if at < 0:
+                        at = e
+                elif oldest < 0 or exp < oldest_exp:
+                    oldest, oldest_exp = e, exp
+            if n > empties:
+                pick, empties = at, n
+        return pick if pick >= 0 else oldest
 
     def remember(self, response_id: str, address: str, now: float) -> bool:
         """Write ``response_id``'s home (this worker's region); False: it does not fit (kept locally)."""
@@ -149,23 +180,16 @@ class SharedResponses:
         now_us = int(now * _US)
         b = self._own(key)
         if b is None:
-            base = self._set_base(self.worker, key)
-            b, first = base, None
-            for e in range(base, base + WAYS * _E, _E):
-                exp = c[e + _EXP]
-                if c[e + _KEY] == 0 or exp <= now_us:
-                    b = e
-                    break
-                if first is None or exp < first:
-                    b, first = e, exp
-        seq = c[b + _SEQ]
-        c[b + _SEQ] = seq + 1
+            b = self._free(key, now_us)
+        # Odd while written (``| 1``: already odd if a predecessor was killed mid-write here), even after.
+        seq = c[b + _SEQ] | 1
+        c[b + _SEQ] = seq
         c[b + _KEY] = key
         c[b + _EXP] = int((now + self.ttl_s) * _US)
         c[b + _PAIR] = -1
         at = (b + 4) * 8
         self._bytes[at : at + ADDR_BYTES] = addr.ljust(ADDR_BYTES, b"\0")
-        c[b + _SEQ] = seq + 2
+        c[b + _SEQ] = seq + 1
         return True
 
     def remember_models(self, response_id: str, models: tuple[str, str]) -> bool:
@@ -177,10 +201,10 @@ class SharedResponses:
         if b is None or ref < 0:
             return False
         c = self._words
-        seq = c[b + _SEQ]
-        c[b + _SEQ] = seq + 1
+        seq = c[b + _SEQ] | 1  # (as ``remember``)
+        c[b + _SEQ] = seq
         c[b + _PAIR] = ref
-        c[b + _SEQ] = seq + 2
+        c[b + _SEQ] = seq + 1
         return True
 
     def find(self, response_id: str, now: float) -> tuple[str, tuple[str, str] | None] | None:
@@ -190,18 +214,18 @@ class SharedResponses:
         c = self._words
         now_us = int(now * _US)
         for w in range(self.workers):
-            base = self._set_base(w, key)
-            for b in range(base, base + WAYS * _E, _E):
-                seq = c[b + _SEQ]
-                if seq & 1 or c[b + _KEY] != key:
-                    continue
-                exp, ref = c[b + _EXP], c[b + _PAIR]
-                at = (b + 4) * 8
-                addr = bytes(self._bytes[at : at + ADDR_BYTES]).rstrip(b"\0")
-                if c[b + _SEQ] != seq or exp <= now_us or not addr:
-                    continue
-                pair = self._pair_at(w, ref) if ref >= 0 else None
-                return addr.decode("utf-8", "surrogateescape"), pair
+            for base in self._sets_of(w, key):
+                for b in range(base, base + WAYS * _E, _E):
+                    seq = c[b + _SEQ]
+                    if seq & 1 or c[b + _KEY] != key:
+                        continue
+                    exp, ref = c[b + _EXP], c[b + _PAIR]
+                    at = (b + 4) * 8
+                    addr = bytes(self._bytes[at : at + ADDR_BYTES]).rstrip(b"\0")
+                    if c[b + _SEQ] != seq or exp <= now_us or not addr:
+                        continue
+                    pair = self._pair_at(w, ref) if ref >= 0 else None
+                    return addr.decode("utf-8", "surrogateescape"), pair
         return None
 
     # -- model pairs ----------------------------------------------------------------------------
