@@ -17,13 +17,14 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import orjson
 import pytest
 from aiohttp import web
 
 from gateway.handler_server import serve_app
-from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClusterSpec, parse
+from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClusterSpec, load, parse
 from kvgate.multicluster.serve import GlobalGateway
 
 WAIT_S = 20.0  # the client's patience: far under the 300 s read timeout, over every bound used here
@@ -443,3 +444,13 @@ async def test_a_cluster_sent_the_request_late_is_not_charged_because_its_head_c
         assert gw.router.states["west"].backoff_s == 0, "west charged for a deadline it did not own"
     finally:
         await west.stop()
+
+
+@pytest.mark.parametrize("text, seconds", [("5e-1", 0.5), ("1e+01", 10.0), ("1.5e3", 1500.0), ("2E1", 20.0)])
+def test_an_exponent_yaml_reads_as_a_string_is_a_number(tmp_path: Path, text: str, seconds: float) -> None:
+    """YAML 1.1 reads an exponent without a dot or a sign as a string (Helm's toYaml writes ``1e+06``);
+    the seconds keys take it as the number it is (review s20-fixes-a L5: eb7536c refused it)."""
+    f = tmp_path / "clusters.yaml"
+    f.write_text(f"clusters: [{{name: a, gateway: '127.0.0.1:1'}}]\nprobe_timeout_s: {text}\nttl_s: {text}\n")
+    cfg = load(f)
+    assert cfg.probe_timeout_s == seconds and cfg.ttl_s == seconds

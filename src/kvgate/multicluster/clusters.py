@@ -82,8 +82,14 @@ def _short(v: Any) -> str:
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
+# A number YAML 1.1 reads as a string: an exponent without a dot or without a sign (``5e-1``, ``1.5e3``,
+# ``1e+06`` as Helm's toYaml writes large numbers; review s20-fixes-a L5).
+_EXPONENT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
 def _seconds(v: Any, key: str) -> float:
-    if isinstance(v, (bool, str)):  # (float() took ``true`` as 1 s and ``"0.5"``: review s20-mc L1)
+    # ``true`` (1 s to float()) and quoted numbers are refused (review s20-mc L1), not YAML 1.1's exponents.
+    if isinstance(v, bool) or (isinstance(v, str) and not _EXPONENT.fullmatch(v.strip())):
         raise ClustersError(key, f"expected a number of seconds, got {_short(v)}")
     try:
         out = float(v)
