@@ -628,7 +628,7 @@ class HubFeed:
             self._task = asyncio.create_task(self._reload())
 
     def reload_now(self) -> None:
-        """SIGHUP: the clusters file looked at now (re-read if it changed), not at the next poll."""
+        """SIGHUP: the clusters file read now, whatever its modification time, not at the next poll."""
         if self.clusters_file is not None:
             self.clusters_file.reload_now(self.director.clock())
             self.source.poll()
