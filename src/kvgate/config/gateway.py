@@ -29,6 +29,11 @@ from kvgate.scheduling.framework import ConfigError
 POLICIES = tuple(NAMED_POLICIES)
 # InferenceModelRewrite bounds target weights to 1..1,000,000.
 MAX_REWRITE_WEIGHT = 1_000_000
+# ``listen.workerTimeoutSeconds`` (``--worker-timeout``): its default and its range (0: never). A worker
+# beats every ``gateway.workers.HEARTBEAT_S`` (0.5 s), so the least bound is a few missed beats.
+WORKER_TIMEOUT_S = 10.0
+MIN_WORKER_TIMEOUT_S = 2.0
+MAX_WORKER_TIMEOUT_S = 3600.0
 
 
 class GatewayConfigError(ConfigError):
@@ -156,6 +161,9 @@ class GatewayConfig:
     workers: int = 1
     # ``--workers``: the supervisor's /readyz is 200 while at least this many workers are ready.
     min_ready_workers: int = 1
+    # ``--workers``: a worker whose event loop sent no heartbeat for this long is killed (SIGKILL) and
+    # restarted by the supervisor (gunicorn's ``--timeout``); 0 = never.
+    worker_timeout_s: float = WORKER_TIMEOUT_S
     scrape_interval_s: float = 0.05
     # Fixed seed for the weighted model rewrite (tests, reproducible canaries); None = random.
     rewrite_seed: int | None = None
@@ -511,7 +519,8 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
     if listen is not None:
         if not isinstance(listen, dict):
             raise GatewayConfigError("listen", "expected a mapping")
-        _check_keys(listen, ("host", "port", "adminPort", "workers", "minReadyWorkers"), "listen.")
+        keys = ("host", "port", "adminPort", "workers", "minReadyWorkers", "workerTimeoutSeconds")
+        _check_keys(listen, keys, "listen.")
         cfg.host = _get(listen, "host", "listen.", str, cfg.host)
         cfg.port = _port(_get(listen, "port", "listen.", int, cfg.port), "listen.port")
         admin = _get(listen, "adminPort", "listen.", int)
@@ -521,6 +530,8 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
         # checks it against the final one).
         least = _get(listen, "minReadyWorkers", "listen.", int, 1)
         cfg.min_ready_workers = min_ready_workers(least, MAX_WORKERS, "listen.minReadyWorkers")
+        bound = _get(listen, "workerTimeoutSeconds", "listen.", (int, float), WORKER_TIMEOUT_S)
+        cfg.worker_timeout_s = worker_timeout(bound, "listen.workerTimeoutSeconds")
 
     objectives = raw.get("objectives") or []
     if not isinstance(objectives, list):
@@ -629,6 +640,15 @@ def min_ready_workers(value: int, workers: int, key: str) -> int:
         what = f"workers ({workers})" if workers < MAX_WORKERS else str(MAX_WORKERS)
         raise GatewayConfigError(key, f"must be in 1..{what}, got {value}")
     return value
+
+
+def worker_timeout(value: float, key: str) -> float:
+    """0 (never) or at least ``MIN_WORKER_TIMEOUT_S`` (a few heartbeats: a worker busy for a moment is no
+    wedge)."""
+    if value != 0 and not MIN_WORKER_TIMEOUT_S <= value <= MAX_WORKER_TIMEOUT_S:
+        least, most = MIN_WORKER_TIMEOUT_S, MAX_WORKER_TIMEOUT_S
+        raise GatewayConfigError(key, f"must be 0 (never) or in {least:g}..{most:g} seconds, got {value}")
+    return float(value)
 
 
 def _port(value: int, key: str) -> int:

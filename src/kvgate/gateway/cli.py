@@ -26,6 +26,7 @@ from kvgate.config.gateway import (
     load_gateway_config,
     min_ready_workers,
     parse_gateway_config,
+    worker_timeout,
 )
 from kvgate.entry import ArgumentParser, log_level, number, port_number
 from kvgate.gateway.pools import Pool, build_pool
@@ -86,6 +87,15 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="with --workers: the admin port's /readyz is 200 while at least this many workers are ready "
         "(default 1: a restarting worker does not take the others out of rotation; N: only at full capacity)",
+    )
+    p.add_argument(
+        "--worker-timeout",
+        type=number,
+        default=None,
+        metavar="SECONDS",
+        help="with --workers: a worker whose event loop sent no heartbeat for this long (wedged: a blocked "
+        "loop, a stopped process) is killed and restarted (overrides listen.workerTimeoutSeconds; "
+        "default 10; 0: never; else 2..3600)",
     )
     p.add_argument(
         "--clusters", help="clusters file: run as the global multi-cluster gateway (docs/multicluster.md)"
@@ -201,6 +211,10 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
         flag_budget(args, cfg)
     cfg.admin_tls = admin_tls(args, cfg)
     cfg.workers, cfg.min_ready_workers = final_workers(cfg, args)
+    if args.worker_timeout is not None:
+        if cfg.workers == 1:
+            raise GatewayConfigError("--worker-timeout", "only with --workers above 1 (no supervisor)")
+        cfg.worker_timeout_s = worker_timeout(args.worker_timeout, "--worker-timeout")
     return cfg
 
 

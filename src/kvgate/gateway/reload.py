@@ -64,6 +64,7 @@ _LIMIT_NAMES = {attr: key for key, (attr, _, _) in LIMIT_KEYS.items()}
 _NAMES = {
     "host": "listen.host", "port": "listen.port", "admin_port": "listen.adminPort",
     "workers": "listen.workers", "min_ready_workers": "listen.minReadyWorkers",
+    "worker_timeout_s": "listen.workerTimeoutSeconds",
     "scrape_interval_s": "scrapeIntervalSeconds",
     "rewrite_seed": "rewriteSeed", "session_header": "sessionHeader",
     "api_keys_file": "auth.apiKeysFile", "api_keys_env": "auth.apiKeysEnv",

@@ -39,7 +39,9 @@ s18-fixes-c I3: before, any try that met any hold during an episode admitted wit
 supervisor frees a lock it cannot take within ``STUCK_S`` after a worker died (``free_stuck_lock``; a
 worker whose lock was freed under it ignores its own release's error). A holder that is frozen
 (SIGSTOP, a debugger), not dead, is never freed, deliberately: it could resume inside its update while
-another worker is in it and tear a bucket; the fleet admits without the fleet-wide limits until it lets go.
+another worker is in it and tear a bucket; the fleet admits without the fleet-wide limits until it lets go,
+or until its heartbeat is ``listen.workerTimeoutSeconds`` old: the supervisor then kills it (SIGKILL) and
+frees the lock as a dead worker's (``workers.Supervisor.check_heartbeat``).
 """
 
 from __future__ import annotations

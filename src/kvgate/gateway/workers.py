@@ -25,13 +25,14 @@ supervisor's event loop), serves the admin port itself — ``/metrics`` merges e
 with a ``worker`` label, ``/readyz`` is ready while at least ``listen.minReadyWorkers`` workers are
 (default 1; a worker opens its data port once its start-up is done, then reports, and counts from then),
 ``/debug/picks/<id>`` asks each worker — restarts a worker that dies (giving up if they keep dying at
-start), and on SIGTERM/SIGINT has every worker drain (the same graceful drain as one process) before it
-exits. With ``--config`` it watches the file as one process does (SIGHUP, modification time): a file
-that fails validation is logged here and reaches no worker; a valid one is written, as the config it
-checked, to a private snapshot (``Supervisor.write_snapshot``) and applied by every worker's own
-``ConfigReloader`` (the supervisor sends SIGHUP). Workers read only that snapshot, never the user's
-file: an edit made after the check, or a SIGHUP sent to the whole process group, cannot give workers a
-config the supervisor did not check, or different configs.
+start) or wedges (no heartbeat for ``listen.workerTimeoutSeconds``: killed first), and on SIGTERM/SIGINT
+has every worker drain (the same graceful drain as one process) before it exits. With ``--config`` it
+watches the file as one process does (SIGHUP, modification time): a file that fails validation is
+logged here and reaches no worker; a valid one is written, as the config it checked, to a private
+snapshot (``Supervisor.write_snapshot``) and applied by every worker's own ``ConfigReloader`` (the
+supervisor sends SIGHUP). Workers read only that snapshot, never the user's file: an edit made after the
+check, or a SIGHUP sent to the whole process group, cannot give workers a config the supervisor did not
+check, or different configs.
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ log = logging.getLogger("kvgate.gateway.workers")
 _FAST_DEATH_S = 5.0
 _MAX_FAST_DEATHS = 3
 _ADMIN_FETCH_TIMEOUT_S = 5.0
+# The supervisor's /readyz asks each worker for at most this long (a wedged worker counts as not ready):
+# a kubelet readiness probe times out after 1 s by default (review s20-qa M2).
+_READYZ_FETCH_TIMEOUT_S = 0.5
+# How often a worker's event loop writes its heartbeat (the time, into its slot of a shared array); the
+# supervisor kills a worker whose heartbeat is older than ``listen.workerTimeoutSeconds`` (review s20-qa M2).
+HEARTBEAT_S = 0.5
 # A worker builds its pickers and binds its ports in well under this; past it, it is stuck.
 _START_TIMEOUT_S = 60.0
 # A spawn that fails (OSError: out of processes, descriptors or memory) is tried again after a pause that
@@ -105,6 +112,7 @@ def _worker_main(
     config_path: str | None = None,
     log_level: int = logging.WARNING,
     file_cfg: GatewayConfig | None = None,
+    heartbeat: Any = None,
 ) -> None:
     """Entry point of one worker process: a full gateway on the shared port, admin on loopback.
 
@@ -114,7 +122,7 @@ def _worker_main(
 
     ``config_path``: the supervisor's snapshot of the config it checked (``Supervisor.write_snapshot``),
     re-read on its SIGHUP; ``file_cfg``: the file's config the running one came from, what a reload
-    compares with."""
+    compares with. ``heartbeat``: the supervisor's shared array of heartbeats (``_beat``)."""
     # A reload's SIGHUP (the supervisor's, or one sent to the whole process group) must never kill a worker
     # still starting: it is blocked from the spawn on (``Supervisor.start_worker``: the mask is inherited
     # through fork and exec, so the interpreter's own start-up is covered too) until the reloader's handler
@@ -133,7 +141,7 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pools = build_pools(cfg)
     uvloop.run(_worker(cfg, pools, index, report, lifeline, admin_on_data, shared, gossip_dir, config_path,
-                       file_cfg))  # fmt: skip
+                       file_cfg, heartbeat))  # fmt: skip
 
 
 async def _worker(
@@ -147,6 +155,7 @@ async def _worker(
     gossip_dir: str | None = None,
     config_path: str | None = None,
     file_cfg: GatewayConfig | None = None,
+    heartbeat: Any = None,
 ) -> None:
     from kvgate.gateway.cli import tune_gc
     from kvgate.gateway.reload import start_reloader
@@ -192,6 +201,7 @@ async def _worker(
         stop.set()
 
     loop.add_reader(lifeline.fileno(), supervisor_gone)
+    beat = asyncio.create_task(_beat(heartbeat, index)) if heartbeat is not None else None
     sync = asyncio.create_task(_share_inflight(pools, index, shared)) if shared is not None else None
     gossip = None
     if gossip_dir is not None and shared is not None:
@@ -207,12 +217,24 @@ async def _worker(
         # the pool is idle (review s18-qa M3).
         await server.stop()
     finally:
-        if sync is not None:
-            sync.cancel()
+        for task in (sync, beat):
+            if task is not None:
+                task.cancel()
         if tenants is not None:
             tenants.close()
         if responses is not None:
             responses.close()
+
+
+async def _beat(heartbeat: Any, index: int) -> None:
+    """This worker's heartbeat: the time (``time.monotonic``, one clock for every process on the host) into
+    its slot, every ``HEARTBEAT_S``, from its event loop: a loop blocked (a bug, a long synchronous call) or
+    a stopped process stops it, and the supervisor then kills and restarts the worker
+    (``Supervisor.check_heartbeat``). It beats on through a drain (a worker sent SIGTERM by another than
+    the supervisor, which checks no heartbeat once it stops the workers, is not killed mid-drain)."""
+    while True:
+        heartbeat[index] = time.monotonic()
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 def _tenants_offset(workers: int) -> int:
@@ -604,6 +626,9 @@ class Supervisor:
         self.n = workers
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[BaseProcess | None] = [None] * workers
+        # Each worker's last heartbeat (``_beat``; set at its report too), shared with the workers.
+        self.heartbeat: Any = self.ctx.RawArray("d", workers)
+        self.heartbeat_kills = 0  # workers killed for a missed heartbeat (logged each time)
         # Write ends of each worker's lifeline pipe: held open for the supervisor's whole life.
         self._lifelines: list[Connection | None] = [None] * workers
         self.admin_ports: list[int | None] = [None] * workers
@@ -682,7 +707,7 @@ class Supervisor:
         proc = self.ctx.Process(
             target=_worker_main,
             args=(wcfg, i, send, life_r, self.cfg.admin_port is None, shared, self.gossip_dir,
-                  self.snapshot, logging.getLogger().getEffectiveLevel(), self.file_cfg),
+                  self.snapshot, logging.getLogger().getEffectiveLevel(), self.file_cfg, self.heartbeat),
             name=f"kvgate-worker-{i}",
         )  # fmt: skip
         reloads = self.reloads
@@ -731,6 +756,8 @@ class Supervisor:
         finally:
             loop.remove_reader(recv.fileno())  # no-op once read; needed if cancelled or timed out
             recv.close()
+        if self.admin_ports[i] is not None:  # (no await since it was set: the watch sees both at once)
+            self.heartbeat[i] = time.monotonic()  # the bound counts from its report
         if self.admin_ports[i] is None:
             log.error("worker %d exited before it started listening", i)
         elif self.reloads != reloads:  # a reload while it started: its SIGHUP may have been ignored
@@ -804,7 +831,10 @@ class Supervisor:
                     new = self.procs[i]
                     log.info("worker %d restarted (pid %s)", i, new.pid if new is not None else "?")
                 for i, proc in enumerate(self.procs):
-                    if self.stopping or i in restarting or proc is None or proc.is_alive():
+                    if self.stopping or i in restarting or proc is None:
+                        continue
+                    if proc.is_alive():
+                        self.check_heartbeat(i, proc)
                         continue
                     proc.join()
                     lived = time.monotonic() - self.started_at[i]
@@ -829,6 +859,28 @@ class Supervisor:
             for task in restarting.values():
                 task.cancel()
             await asyncio.gather(*restarting.values(), return_exceptions=True)
+
+    def check_heartbeat(self, i: int, proc: BaseProcess, now: float | None = None) -> bool:
+        """Kill (SIGKILL) worker ``i`` if it reported (started) and its heartbeat is older than
+        ``listen.workerTimeoutSeconds`` (0: never); True if killed. Its death is then seen by ``watch``,
+        which restarts it as any dead worker. Why: the kernel keeps giving a wedged worker (its event loop
+        blocked, the process stopped) its share of new connections (``SO_REUSEPORT``), which it never
+        accepts, for as long as it stays wedged (gunicorn's ``--timeout`` heartbeat; review s20-qa M2)."""
+        bound = self.cfg.worker_timeout_s
+        if bound <= 0 or self.admin_ports[i] is None or proc.pid is None:
+            return False
+        age = (time.monotonic() if now is None else now) - self.heartbeat[i]
+        if age <= bound:
+            return False
+        log.error(
+            "worker %d (pid %s) sent no heartbeat for %.1fs (listen.workerTimeoutSeconds %gs: its event loop "
+            "is blocked or the process stopped); killing it (SIGKILL) to restart it", i, proc.pid, age, bound,
+        )  # fmt: skip
+        self.admin_ports[i] = None  # (not asked by the admin routes, not killed twice)
+        self.heartbeat_kills += 1
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        return True
 
     async def _restart(self, i: int) -> bool:
         """Start worker ``i`` again; False (``failed`` set) when it cannot be started. A spawn that fails
@@ -875,17 +927,20 @@ class Supervisor:
                 p.join()
 
     # --- admin -------------------------------------------------------------------------------
-    async def _fetch(self, port: int | None, path: str) -> tuple[int, bytes] | None:
+    async def _fetch(
+        self, port: int | None, path: str, limit_s: float | None = None
+    ) -> tuple[int, bytes] | None:
         if port is None or self._session is None:
             return None
         try:
-            async with self._session.get(f"http://127.0.0.1:{port}{path}") as r:
+            limit = None if limit_s is None else aiohttp.ClientTimeout(total=limit_s)
+            async with self._session.get(f"http://127.0.0.1:{port}{path}", timeout=limit) as r:
                 return r.status, await r.read()
         except (aiohttp.ClientError, TimeoutError):
             return None
 
-    async def _all(self, path: str) -> list[tuple[int, bytes] | None]:
-        return list(await asyncio.gather(*(self._fetch(p, path) for p in self.admin_ports)))
+    async def _all(self, path: str, limit_s: float | None = None) -> list[tuple[int, bytes] | None]:
+        return list(await asyncio.gather(*(self._fetch(p, path, limit_s) for p in self.admin_ports)))
 
     def reload_result(self, result: str) -> None:
         if result in ("invalid", "failed"):
@@ -924,7 +979,9 @@ class Supervisor:
         other replicas can absorb a pod at reduced capacity."""
         if self.stopping:
             return Response(status=503, text="draining", content_type="text/plain")
-        got = await self._all("/readyz")
+        # Each worker asked for at most _READYZ_FETCH_TIMEOUT_S: a wedged one (killed and restarted after
+        # listen.workerTimeoutSeconds) counts as not ready, and the answer comes within a probe's timeout.
+        got = await self._all("/readyz", _READYZ_FETCH_TIMEOUT_S)
         ready = sum(1 for g in got if g is not None and g[0] == 200)
         need = self.cfg.min_ready_workers
         if ready < need:
