@@ -29,6 +29,43 @@ def config(tmp_path: Path, address: str, drain_s: float) -> Path:
     return path
 
 
+# A pool gated at one request in flight by flow control (``{ttl}``: its ``defaultRequestTTL``; ``{limits}``:
+# more top-level keys, or nothing).
+FLOW_CONTROLLED = """pools:
+  - name: p
+    endpoints: ['{address}']
+    models: [m]
+    endpointPickerConfig:
+      apiVersion: inference.networking.x-k8s.io/v1alpha1
+      kind: EndpointPickerConfig
+      featureGates: [flowControl]
+      saturationDetector:
+        type: concurrency-detector
+        parameters: {{maxConcurrency: 1, maxPendingRequests: 0}}
+      flowControl: {{defaultRequestTTL: {ttl}}}
+{limits}"""
+
+
+def flow_controlled_config(tmp_path: Path, address: str, ttl: str, limits: str = "") -> Path:
+    """``FLOW_CONTROLLED`` for the model server at ``address``, written to ``tmp_path``."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(FLOW_CONTROLLED.format(address=address, ttl=ttl, limits=limits))
+    return path
+
+
+async def serve_workers(cfg: Path, stderr: Path, n: int = 2) -> tuple[Any, int, int]:
+    """``kvgate serve --config cfg --workers n --min-ready-workers n`` on free ports: (process, port, admin
+    port); not yet awaited ready (``ready``)."""
+    from gateway.backend import free_port
+
+    port, admin = free_port(), free_port()
+    proc = await serve(
+        "--config", str(cfg), "--port", str(port), "--admin-port", str(admin), "--workers", str(n),
+        "--min-ready-workers", str(n), stderr=stderr,
+    )  # fmt: skip
+    return proc, port, admin
+
+
 async def serve(*args: str, stderr: Path) -> Any:
     """``kvgate serve <args>`` with warnings shown, its stderr into ``stderr``."""
     with stderr.open("wb") as err:

@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 from prometheus_client import REGISTRY
 
-from gateway.backend import Backend, free_port
+from gateway.backend import Backend
 from gateway.conftest import base_url, labelled_counts, until
 from gateway.test_queue_time_not_charged import _config
 from kvgate.flowcontrol.controller import EVICTED_OTHER
@@ -74,22 +74,6 @@ async def test_a_request_queued_at_the_drain_deadline_is_answered_503_and_never_
     assert delta.get(EVICTED_OTHER) == 1.0, delta
 
 
-FLOW_CONTROLLED = """pools:
-  - name: p
-    endpoints: ['{address}']
-    models: [m]
-    endpointPickerConfig:
-      apiVersion: inference.networking.x-k8s.io/v1alpha1
-      kind: EndpointPickerConfig
-      featureGates: [flowControl]
-      saturationDetector:
-        type: concurrency-detector
-        parameters: {{maxConcurrency: 1, maxPendingRequests: 0}}
-      flowControl: {{defaultRequestTTL: 30s}}
-limits: {{drainTimeoutSeconds: 1}}
-"""
-
-
 async def test_every_workers_queue_is_answered_503_at_the_drain_deadline(tmp_path) -> None:
     """``--workers 2``: the fleet gated at one request in flight (held past the deadline), three more
     queued over the workers, SIGTERM: at the deadline each worker answers its queued ones 503, none is
@@ -98,13 +82,9 @@ async def test_every_workers_queue_is_answered_503_at_the_drain_deadline(tmp_pat
 
     b = await Backend("b0").start()
     b.answer_delay = 30.0
-    port, admin, stderr = free_port(), free_port(), tmp_path / "stderr"
-    cfg = tmp_path / "gateway.yaml"
-    cfg.write_text(FLOW_CONTROLLED.format(address=b.address))
-    proc = await drain_kit.serve(
-        "--config", str(cfg), "--port", str(port), "--admin-port", str(admin), "--workers", "2",
-        "--min-ready-workers", "2", stderr=stderr,
-    )  # fmt: skip
+    stderr = tmp_path / "stderr"
+    cfg = drain_kit.flow_controlled_config(tmp_path, b.address, "30s", "limits: {drainTimeoutSeconds: 1}\n")
+    proc, port, admin = await drain_kit.serve_workers(cfg, stderr)
     url = f"http://127.0.0.1:{port}"
     try:
         await drain_kit.ready(f"http://127.0.0.1:{admin}/readyz", within_s=60)

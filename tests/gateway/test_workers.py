@@ -58,32 +58,13 @@ async def test_sigterm_drains_every_worker(backends, tmp_path, cut):
 
     tokens = 200 if cut else 40
     (b,) = await backends(1, tokens=tokens, chunk_delay=0.1)
-    port, admin, stderr = free_port(), free_port(), tmp_path / "stderr"
+    stderr = tmp_path / "stderr"
     cfg = drain_kit.config(tmp_path, b.address, drain_s=1 if cut else 30)
-    proc = await drain_kit.serve(
-        "--config", str(cfg), "--port", str(port), "--admin-port", str(admin), "--workers", "2",
-        "--min-ready-workers", "2", stderr=stderr,
-    )  # fmt: skip
+    proc, port, admin = await drain_kit.serve_workers(cfg, stderr)
     ready = f"http://127.0.0.1:{admin}/readyz"
     await drain_kit.check_sigterm_mid_stream(
         proc, port, tokens, cut, stderr, ready_url=ready, ready_s=60, exit_s=20
     )
-
-
-FLOW_CONTROLLED = """pools:
-  - name: p
-    endpoints: ['{address}']
-    models: [m]
-    endpointPickerConfig:
-      apiVersion: inference.networking.x-k8s.io/v1alpha1
-      kind: EndpointPickerConfig
-      featureGates: [flowControl]
-      saturationDetector:
-        type: concurrency-detector
-        parameters: {{maxConcurrency: 1, maxPendingRequests: 0}}
-      flowControl:
-        defaultRequestTTL: 20s
-"""
 
 
 async def test_the_drain_serves_every_workers_flow_control_queue(backends, tmp_path):
@@ -96,13 +77,10 @@ async def test_the_drain_serves_every_workers_flow_control_queue(backends, tmp_p
 
     (b,) = await backends(1)
     b.answer_delay = 0.5
-    port, admin, stderr = free_port(), free_port(), tmp_path / "stderr"
-    cfg = tmp_path / "gateway.yaml"
-    cfg.write_text(FLOW_CONTROLLED.format(address=b.address))
-    proc = await drain_kit.serve(
-        "--config", str(cfg), "--port", str(port), "--admin-port", str(admin), "--workers", "2",
-        "--min-ready-workers", "2", stderr=stderr,
-    )  # fmt: skip
+    stderr = tmp_path / "stderr"
+    proc, port, admin = await drain_kit.serve_workers(
+        drain_kit.flow_controlled_config(tmp_path, b.address, "20s"), stderr
+    )
     body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
 
     async def one(s: aiohttp.ClientSession) -> tuple[int, float]:
