@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+import orjson
 import pytest
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -70,6 +71,23 @@ async def aggregate_port() -> AsyncIterator[int]:
         yield port
     finally:
         await runner.cleanup()
+
+
+async def post_raw(port: int, *, stream: bool = False, wait_s: float) -> tuple[int | str, bytes, float]:
+    """A ``POST /v1/completions`` (model ``m``) to a gateway on loopback ``port``, one connection, closed:
+    (the status, or ``hung`` when no whole answer came within ``wait_s``; the raw answer; seconds taken)."""
+    raw = orjson.dumps({"model": "m", "prompt": "x", "stream": stream})
+    t0 = time.monotonic()
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%b"
+            % (len(raw), raw))  # fmt: skip
+    try:
+        data = await asyncio.wait_for(r.read(), wait_s)
+    except TimeoutError:
+        return "hung", b"", time.monotonic() - t0
+    finally:
+        w.close()
+    return int(data.split(b" ", 2)[1]), data, time.monotonic() - t0
 
 
 @pytest.fixture

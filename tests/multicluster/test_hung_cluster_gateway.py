@@ -13,7 +13,6 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import orjson
 import pytest
 from aiohttp import web
 
@@ -21,6 +20,7 @@ from gateway.handler_server import serve_app
 from kvgate.datalayer.aggregate import PoolAggregate, encode
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
+from multicluster.conftest import post_raw
 
 WAIT_S = 15.0  # a client's patience: well under the read timeout (300 s), over the bounds used here
 
@@ -113,17 +113,8 @@ async def started() -> AsyncIterator[Callable[..., Awaitable[GlobalGateway]]]:
 
 
 async def _post(port: int, *, stream: bool = False) -> tuple[int | str, bytes]:
-    raw = orjson.dumps({"model": "m", "prompt": "x", "stream": stream})
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%b"
-            % (len(raw), raw))  # fmt: skip
-    try:
-        data = await asyncio.wait_for(r.read(), WAIT_S)
-    except TimeoutError:
-        return "hung", b""
-    finally:
-        w.close()
-    return int(data.split(b" ", 2)[1]), data
+    status, data, _ = await post_raw(port, stream=stream, wait_s=WAIT_S)
+    return status, data
 
 
 @pytest.mark.parametrize("policy", ["kvgate", "round-robin"])

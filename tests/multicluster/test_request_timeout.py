@@ -26,6 +26,7 @@ from aiohttp import web
 from gateway.handler_server import serve_app
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClusterSpec, load, parse
 from kvgate.multicluster.serve import GlobalGateway
+from multicluster.conftest import post_raw
 
 WAIT_S = 20.0  # the client's patience: far under the 300 s read timeout, over every bound used here
 
@@ -156,18 +157,7 @@ async def started() -> AsyncIterator[Callable[..., Awaitable[GlobalGateway]]]:
 
 async def _post(port: int, *, stream: bool = False) -> tuple[int | str, bytes, float]:
     """(status or ``hung``, the raw answer, seconds taken)."""
-    raw = orjson.dumps({"model": "m", "prompt": "x", "stream": stream})
-    t0 = time.monotonic()
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%b"
-            % (len(raw), raw))  # fmt: skip
-    try:
-        data = await asyncio.wait_for(r.read(), WAIT_S)
-    except TimeoutError:
-        return "hung", b"", time.monotonic() - t0
-    finally:
-        w.close()
-    return int(data.split(b" ", 2)[1]), data, time.monotonic() - t0
+    return await post_raw(port, stream=stream, wait_s=WAIT_S)
 
 
 def _error(data: bytes) -> dict[str, object]:
