@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flowcontrol.test_pass_over import drain
 from flowcontrol.test_running_reserve import Clock, director
 from kvgate.flowcontrol.config import FlowControlConfig
 from kvgate.flowcontrol.controller import FlowController, unpin_at
@@ -41,15 +42,6 @@ class Gate:
         if r.subset is not None:
             return bool(r.subset & self.full)
         return self.room <= 0
-
-
-def drain(c: FlowController, gate: Gate, now: float) -> list[str]:
-    out = []
-    for item in dispatch_ready(c, now, gate):
-        out.append(item.req.request_id)
-        if item.req.subset is None:
-            gate.room -= 1
-    return out
 
 
 def test_thousands_of_heads_on_hundreds_of_full_homes_do_not_hold_the_bands_below() -> None:

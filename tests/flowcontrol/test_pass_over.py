@@ -8,7 +8,7 @@ an injected clock."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import EndpointMetrics
@@ -41,7 +41,16 @@ class Gate:
         return self.room <= 0
 
 
-def drain(ctl: FlowController, gate: Gate, now: float = 1.0) -> list[str]:
+class RoomGate(Protocol):
+    """A saturation gate with ``room`` left for requests not pinned (``Gate``, ``test_park_fc20.Gate``)."""
+
+    room: int
+
+    def __call__(self, r: InferenceRequest) -> bool: ...
+
+
+def drain(ctl: FlowController, gate: RoomGate, now: float = 1.0) -> list[str]:
+    """The ids one dispatch pass sends; each one not pinned takes one of ``gate.room``."""
     out = []
     for item in dispatch_ready(ctl, now, gate):
         out.append(item.req.request_id)
