@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,6 +14,7 @@ from gateway.backend import Backend
 from kvgate.config.gateway import GatewayConfig, parse_gateway_config
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.server import GatewayServer
+from kvgate.gateway.shared_responses import SharedResponses
 from kvgate.gateway.upstream import UpstreamResponse
 
 
@@ -156,3 +158,16 @@ async def read_body(resp: UpstreamResponse) -> bytes:
     while chunk := await resp.read_chunk():
         parts.append(chunk)
     return b"".join(parts)
+
+
+@pytest.fixture
+def shared_views() -> Iterator[tuple[SharedResponses, SharedResponses, SharedResponses]]:
+    """A shared Responses table for 2 workers (real shared memory): (its owner, worker 0's view, worker 1's);
+    closed (the segment unlinked) after the test."""
+    owner = SharedResponses.create(2, f"kvgate_test_rsp_{os.getpid()}")
+    w0 = SharedResponses.attach(owner.shm.name, 2, 0)
+    w1 = SharedResponses.attach(owner.shm.name, 2, 1)
+    yield owner, w0, w1
+    w0.close()
+    w1.close()
+    owner.close()

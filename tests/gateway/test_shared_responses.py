@@ -4,28 +4,12 @@ processes: ``test_workers_responses.py``."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
-import pytest
-
 from kvgate.gateway import shared_responses as sr
 from kvgate.gateway.shared_responses import FleetHomes, FleetModels, SharedResponses
 
 
-@pytest.fixture
-def views() -> Iterator[tuple[SharedResponses, SharedResponses, SharedResponses]]:
-    owner = SharedResponses.create(2, f"kvgate_test_rsp_{os.getpid()}")
-    w0 = SharedResponses.attach(owner.shm.name, 2, 0)
-    w1 = SharedResponses.attach(owner.shm.name, 2, 1)
-    yield owner, w0, w1
-    w0.close()
-    w1.close()
-    owner.close()
-
-
-def test_an_id_one_worker_made_is_found_by_the_other_until_it_expires(views) -> None:
-    _, w0, w1 = views
+def test_an_id_one_worker_made_is_found_by_the_other_until_it_expires(shared_views) -> None:
+    _, w0, w1 = shared_views
     assert w0.remember("resp_a", "10.0.0.1:8000", now=100.0)
     assert w1.find("resp_a", now=101.0) == ("10.0.0.1:8000", None)
     assert w0.find("resp_a", now=101.0) == ("10.0.0.1:8000", None)
@@ -33,8 +17,8 @@ def test_an_id_one_worker_made_is_found_by_the_other_until_it_expires(views) -> 
     assert w1.find("resp_a", now=100.0 + sr.HOMES_TTL_S) is None  # (expired: one TTL after it was made)
 
 
-def test_models_of_a_rewritten_id_are_shared_and_a_reused_pair_reads_as_none(views) -> None:
-    _, w0, w1 = views
+def test_models_of_a_rewritten_id_are_shared_and_a_reused_pair_reads_as_none(shared_views) -> None:
+    _, w0, w1 = shared_views
     w0.remember("resp_a", "h:1", now=0.0)
     assert w0.remember_models("resp_a", ("m2", "alias"))
     assert w1.find("resp_a", now=1.0) == ("h:1", ("m2", "alias"))
@@ -47,8 +31,8 @@ def test_models_of_a_rewritten_id_are_shared_and_a_reused_pair_reads_as_none(vie
     assert w1.find(f"resp_{sr.PAIRS - 1}", now=1.0) == ("h:1", (f"t{sr.PAIRS - 1}", "alias"))
 
 
-def test_a_restarted_worker_continues_its_region(views) -> None:
-    owner, w0, w1 = views
+def test_a_restarted_worker_continues_its_region(shared_views) -> None:
+    owner, w0, w1 = shared_views
     w0.remember("resp_a", "h:1", now=0.0)
     w0.remember_models("resp_a", ("m2", "alias"))
     again = SharedResponses.attach(owner.shm.name, 2, 0)  # (worker 0's successor)
@@ -62,8 +46,8 @@ def test_a_restarted_worker_continues_its_region(views) -> None:
         again.close()
 
 
-def test_an_entry_being_written_is_not_read(views) -> None:
-    _, w0, w1 = views
+def test_an_entry_being_written_is_not_read(shared_views) -> None:
+    _, w0, w1 = shared_views
     w0.remember("resp_a", "h:1", now=0.0)
     b = w0._own(sr.response_key("resp_a"))
     assert b is not None
@@ -73,8 +57,8 @@ def test_an_entry_being_written_is_not_read(views) -> None:
     assert w1.find("resp_a", now=1.0) == ("h:1", None)
 
 
-def test_bounded_each_worker_keeps_its_share_the_latest_first(views) -> None:
-    _, w0, w1 = views
+def test_bounded_each_worker_keeps_its_share_the_latest_first(shared_views) -> None:
+    _, w0, w1 = shared_views
     n = w0.slots + w0.slots // 2
     for i in range(n):
         w0.remember(f"resp_{i}", "h:1", now=i / 1000)  # (all within the TTL)
@@ -84,8 +68,8 @@ def test_bounded_each_worker_keeps_its_share_the_latest_first(views) -> None:
     assert w0.slots * 2 >= sr.HOMES_MAX  # (the fleet keeps as many as one process)
 
 
-def test_the_proxys_maps_read_their_own_first_then_the_fleets(views) -> None:
-    _, w0, w1 = views
+def test_the_proxys_maps_read_their_own_first_then_the_fleets(shared_views) -> None:
+    _, w0, w1 = shared_views
     now = [5.0]
     homes0, models0 = FleetHomes(w0, lambda: now[0]), FleetModels(w0, lambda: now[0])
     homes1, models1 = FleetHomes(w1, lambda: now[0]), FleetModels(w1, lambda: now[0])

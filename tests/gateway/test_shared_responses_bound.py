@@ -11,9 +11,6 @@ process, time injected.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import pytest
 
 from kvgate.gateway import shared_responses as sr
@@ -21,17 +18,6 @@ from kvgate.gateway.shared_responses import SharedResponses
 from kvgate.openai.responses import HOMES_MAX
 
 Views = tuple[SharedResponses, SharedResponses, SharedResponses]
-
-
-@pytest.fixture
-def views() -> Iterator[Views]:
-    owner = SharedResponses.create(2, f"kvgate_test_rsp_bound_{os.getpid()}")
-    w0 = SharedResponses.attach(owner.shm.name, 2, 0)
-    w1 = SharedResponses.attach(owner.shm.name, 2, 1)
-    yield owner, w0, w1
-    w0.close()
-    w1.close()
-    owner.close()
 
 
 def _missing(writer: SharedResponses, reader: SharedResponses, made: int, latest: int) -> int:
@@ -43,22 +29,24 @@ def _missing(writer: SharedResponses, reader: SharedResponses, made: int, latest
 
 
 @pytest.mark.parametrize("made", [HOMES_MAX // 4, HOMES_MAX // 2])  # (half its share, its share)
-def test_a_workers_latest_share_of_ids_is_all_found_by_another_worker(views: Views, made: int) -> None:
-    _, w0, w1 = views
+def test_a_workers_latest_share_of_ids_is_all_found_by_another_worker(shared_views: Views, made: int) -> None:
+    _, w0, w1 = shared_views
     missing = _missing(w0, w1, made, made)
     assert missing == 0, f"{missing} of the latest {made} ids one worker made are not found by the other"
 
 
-def test_the_latest_share_stays_found_as_older_ids_are_displaced(views: Views) -> None:
+def test_the_latest_share_stays_found_as_older_ids_are_displaced(shared_views: Views) -> None:
     """Three shares made (the region full, the oldest displaced): the latest share is still all found."""
-    _, w0, w1 = views
+    _, w0, w1 = shared_views
     share = HOMES_MAX // 2
     missing = _missing(w0, w1, 3 * share, share)
     assert missing == 0, f"{missing} of the latest {share} ids (of {3 * share} made) are not found"
 
 
-def test_an_entry_left_odd_by_a_killed_writer_is_readable_again_after_the_next_write(views: Views) -> None:
-    _, w0, w1 = views
+def test_an_entry_left_odd_by_a_killed_writer_is_readable_again_after_the_next_write(
+    shared_views: Views,
+) -> None:
+    _, w0, w1 = shared_views
     key = sr.response_key("resp_after_crash")
     base = w0._set_base(0, key)
     w0._words[base + sr._SEQ] = 1  # (the predecessor died mid-write of an empty entry: odd, key 0)
