@@ -29,8 +29,8 @@ def config(tmp_path: Path, address: str, drain_s: float) -> Path:
     return path
 
 
-# A pool gated at one request in flight by flow control (``{ttl}``: its ``defaultRequestTTL``; ``{limits}``:
-# more top-level keys, or nothing).
+# A pool gated at one request in flight by flow control (``{flow_control}``: its ``flowControl`` keys;
+# ``{limits}``: more top-level keys, or nothing).
 FLOW_CONTROLLED = """pools:
   - name: p
     endpoints: ['{address}']
@@ -42,14 +42,14 @@ FLOW_CONTROLLED = """pools:
       saturationDetector:
         type: concurrency-detector
         parameters: {{maxConcurrency: 1, maxPendingRequests: 0}}
-      flowControl: {{defaultRequestTTL: {ttl}}}
+      flowControl: {{{flow_control}}}
 {limits}"""
 
 
-def flow_controlled_config(tmp_path: Path, address: str, ttl: str, limits: str = "") -> Path:
+def flow_controlled_config(tmp_path: Path, address: str, flow_control: str, limits: str = "") -> Path:
     """``FLOW_CONTROLLED`` for the model server at ``address``, written to ``tmp_path``."""
     path = tmp_path / "gateway.yaml"
-    path.write_text(FLOW_CONTROLLED.format(address=address, ttl=ttl, limits=limits))
+    path.write_text(FLOW_CONTROLLED.format(address=address, flow_control=flow_control, limits=limits))
     return path
 
 

@@ -83,7 +83,9 @@ async def test_every_workers_queue_is_answered_503_at_the_drain_deadline(tmp_pat
     b = await Backend("b0").start()
     b.answer_delay = 30.0
     stderr = tmp_path / "stderr"
-    cfg = drain_kit.flow_controlled_config(tmp_path, b.address, "30s", "limits: {drainTimeoutSeconds: 1}\n")
+    cfg = drain_kit.flow_controlled_config(
+        tmp_path, b.address, "defaultRequestTTL: 30s", "limits: {drainTimeoutSeconds: 1}\n"
+    )
     proc, port, admin = await drain_kit.serve_workers(cfg, stderr)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -79,7 +79,7 @@ async def test_the_drain_serves_every_workers_flow_control_queue(backends, tmp_p
     b.answer_delay = 0.5
     stderr = tmp_path / "stderr"
     proc, port, admin = await drain_kit.serve_workers(
-        drain_kit.flow_controlled_config(tmp_path, b.address, "20s"), stderr
+        drain_kit.flow_controlled_config(tmp_path, b.address, "defaultRequestTTL: 20s"), stderr
     )
     body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
 

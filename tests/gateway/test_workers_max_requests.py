@@ -10,28 +10,13 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import workers_kit
-
-CFG = """pools:
-  - name: p
-    endpoints: ['{address}']
-    models: [m]
-    endpointPickerConfig:
-      apiVersion: inference.networking.x-k8s.io/v1alpha1
-      kind: EndpointPickerConfig
-      featureGates: [flowControl]
-      saturationDetector:
-        type: concurrency-detector
-        parameters: {{maxConcurrency: 1, maxPendingRequests: 0}}
-      flowControl: {{maxRequests: 2, defaultRequestTTL: 30s}}
-"""
+from gateway import drain_kit, workers_kit
 
 
 async def test_max_requests_bounds_each_workers_queue(backends, tmp_path):
     (b,) = await backends(1)
     b.answer_delay = 30.0  # the one running request holds the pool: every other one queues or is refused
-    cfg = tmp_path / "gateway.yaml"
-    cfg.write_text(CFG.format(address=b.address))
+    cfg = drain_kit.flow_controlled_config(tmp_path, b.address, "maxRequests: 2, defaultRequestTTL: 30s")
     body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
     async with (
         workers_kit.serve_workers("--config", str(cfg), n=2) as (_, port, admin),
