@@ -18,12 +18,12 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.conftest import base_url, make_config, running_gateway
+from gateway.conftest import base_url, running_gateway
 from gateway.sse_upstream import SSE_HEAD, chunk, listen_address, serve_raw
+from gateway.test_stream_deadline_cut import _config  # (requestTimeoutSeconds 1 s, eject after 3)
 from kvgate.gateway.server import GatewayServer
 from kvgate.openai.progress import Progress, progress_events, progress_piece
 
-BOUND = 1.0
 TOKEN = b'data: {"id":"c","object":"text_completion","model":"m","choices":[{"index":0,"text":"a"}]}\n\n'
 NAMED = b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"a"}}\n\n'
 PING_EVENT = b'event: ping\ndata: {"type": "ping"}\n\n'
@@ -75,16 +75,6 @@ class Scripted:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-
-
-def _config(addresses: list[str]) -> Any:
-    return make_config(
-        addresses,
-        extra={
-            "limits": {"requestTimeoutSeconds": BOUND, "idleTimeoutSeconds": 30},
-            "health": {"ejectAfterFailures": 3, "ejectBaseSeconds": 30, "ejectMaxSeconds": 30},
-        },
-    )
 
 
 async def _request(gw: GatewayServer, i: int, stream: bool) -> int:
