@@ -70,5 +70,7 @@ async def test_follow_ups_and_lookups_find_the_home_whichever_worker_made_the_id
     assert sorted(p for st in stores for p in st.followed) == sorted(rid for rid, _ in made)
     for rid, _ in made:
         assert rid in home[rid].followed
-        assert [m for m, p in home[rid].lookups if p.startswith(f"/v1/responses/{rid}")] == ["GET", "POST"]
+        # (the exact paths: resp_s0_1 is a prefix of resp_s0_10)
+        mine = (f"/v1/responses/{rid}", f"/v1/responses/{rid}/cancel")
+        assert [m for m, p in home[rid].lookups if p in mine] == ["GET", "POST"]
     assert len(followed) == ROUNDS
