@@ -16,7 +16,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.conftest import make_config, running_gateway
-from gateway.test_hot_path import _parsed
+from gateway.test_hot_path import _parsed, _Transport
+from kvgate.httpfront.server import FrontServer, Request, Response
 
 _HOST = st.text("abcxyz0123456789.-", min_size=1, max_size=12) | st.sampled_from(["[::1]", "127.0.0.1"])
 _PORT = st.sampled_from(["", ":80", ":8080"])
@@ -107,3 +108,36 @@ async def test_kvgate_serve_answers_both_forms(backends) -> None:
             w.close()
             assert out.startswith(b"HTTP/1.1 200 "), (prefix, target, out[:200])
     assert len(bs[0].received) == 2
+
+
+async def test_empty_lines_alone_do_not_keep_a_connection_open_past_keepalive() -> None:
+    """Each CRLF re-armed the idle deadline: a client sending one every keepAliveSeconds held a connection
+    (one of maxConnections) forever without a request (review s20-fixes-a L1)."""
+
+    async def handler(req: Request) -> Response:
+        return Response(body=b"ok")
+
+    server = FrontServer({"/a": handler}, handler, max_body=1 << 20)
+    proto = server.protocol()
+    transport = _Transport()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    keep = server.keepalive_s
+    # The connection has been idle (no request at all) for keepalive - 5 s ...
+    t = loop.time()
+    proto.idle_since = t - (keep - 5)
+    # ... then sends one empty line (nothing else, ever).
+    proto.data_received(b"\r\n")
+    for _ in range(4):
+        await asyncio.sleep(0)
+    # 10 s later: keepalive + 5 s without any request, and 10 s (= the header deadline) since the CRLF.
+    server.sweep(t + max(10.0, server.header_timeout_s) + 0.1)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    try:
+        assert transport.closed or b" 408 " in transport.out or server.timed_out["header"], (
+            "a connection that sent only an empty line stayed open past keepAliveSeconds and the header "
+            "deadline: each CRLF re-arms the idle deadline (slowloris without a request)"
+        )
+    finally:
+        server.close_all()

@@ -245,10 +245,10 @@ def free_slots(take: float, give: float, miss: float, cap: int) -> int:
     if q < 1.0:
         x = (1.0 - q) * need
         if not (x < 1.0):
-            # The sum's limit 1 / (1 - q) is not above 1 / miss: no F in exact arithmetic, but where the two
-            # are equal to within rounding the loop's float sum does reach 1 / miss (free_slots(1.0, 0.5,
-            # 0.5, 54): 1 + ... + 2^-53 rounds to 2.0, F = 53): there the loop itself decides
-            return _loop_to_limit(q, miss, cap) if x <= 1.0 + 1e-9 else cap
+            # The sum's limit 1 / (1 - q) is not above 1 / miss: no F in exact arithmetic (the docstring's
+            # definition; where the two are equal to within rounding a float loop can answer either way,
+            # as on the other side of that limit: review s20-fixes-a L4)
+            return cap
         v = math.log1p(-x) / lq - 1.0 if lq else need - 1.0
     elif lq:
         t = (q - 1.0) * need
@@ -266,20 +266,6 @@ def free_slots(take: float, give: float, miss: float, cap: int) -> int:
         term *= q
         total += term
     return g if g <= FREE_SLOTS_LOOP or g == cap else f
-
-
-def _loop_to_limit(q: float, miss: float, cap: int) -> int:
-    """``free_slots``' loop for q < 1 where the sum's limit is 1 / miss to within rounding: at most ``cap``
-    steps, and none once the float sum stops growing (then it never reaches 1 / miss: ``cap``)."""
-    g, total, term = 0, 1.0, 1.0
-    while g < cap and total * miss < 1.0:
-        g += 1
-        term *= q
-        grown = total + term
-        if grown == total:
-            return cap
-        total = grown
-    return g
 
 
 def rate_key(flow: str) -> str:

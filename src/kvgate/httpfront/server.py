@@ -723,6 +723,7 @@ class FrontProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         # Event-loop times the sweeper checks (None = not in that state):
         self.idle_since: float | None = None  # waiting for a next request, nothing received
+        self._idle_from: float | None = None  # idle_since before the last read (empty lines keep it)
         self.head_since: float | None = None  # first byte of an incomplete request head
         self.body_since: float | None = None  # head complete, body still arriving
         self.blocked_since: float | None = None  # output buffer above the bound, client not reading
@@ -809,7 +810,7 @@ class FrontProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._reject_after:
             return  # (also: a refused request's lingering body, read and dropped)
-        self.idle_since = None
+        self._idle_from, self.idle_since = self.idle_since, None
         try:
             if not self.buf and self._pending is None:
                 # The usual case, a whole request (or its start) at the front of a read: its head and
@@ -958,6 +959,10 @@ class FrontProtocol(asyncio.Protocol):
         self.head_since = None  # (a CR that came alone started it)
         if not self.busy and not self.queue:
             self._arm_idle()
+            if self.idle_since is not None and self._idle_from is not None:
+                # Empty lines alone are no request: the idle deadline runs on from before them, else a
+                # CRLF every keepAliveSeconds held a connection forever (review s20-fixes-a L1).
+                self.idle_since = self._idle_from
         return True
 
     def _parse_head(self, head: bytes) -> tuple[str, str, str, dict[str, str], bool, int, bool]:
