@@ -96,6 +96,8 @@ def dispatch_ready(
     full: set[HomeKey] = set()
     looked: set[HomeKey] = set()
     retry: set[HomeKey] = set()
+    # ``clear[0]``: a band from which up every parked home above was found full in this pass (no walk).
+    clear = [math.inf]
     for home, probe in ctl.homes_to_look(now):
         if not probe_full(probe):
             looked.add(home)
@@ -134,7 +136,7 @@ def dispatch_ready(
                 # A higher band's heads parked where it would go are asked first (a home freed with no
                 # signal here, before the sweep: review s20-fc M1); one with room: back, walk again.
                 if not saturated(item.req):
-                    if _room_above(ctl, item, probe_full, full):
+                    if _room_above(ctl, item, probe_full, full, clear):
                         blocked = False
                         break
                     ctl.take(item, now, record=False)
@@ -154,7 +156,7 @@ def dispatch_ready(
                 # due head of another flow in the band goes through the whole gate if it has room.
                 due = _due_instead(ctl, item, now)
                 if due is not None and not saturated(due.req):
-                    if _room_above(ctl, due, probe_full, full):
+                    if _room_above(ctl, due, probe_full, full, clear):
                         blocked = False
                         break
                     ctl.take(due, now, record=False)
@@ -185,11 +187,17 @@ def _room_above(
     item: QueuedRequest,
     probe_full: Callable[[InferenceRequest], bool],
     full: set[HomeKey],
+    clear: list[float],
 ) -> bool:
     """Before ``item`` is dispatched: has a parked home of a higher band where it could go room (one gate
     call each, once a pass: one found full is in ``full`` and stays full while the pass only adds load)?
     The first found with room has its heads back in their places (True: the walk starts again, they come
-    first). Strict priority between a parked head and a lower band (review s20-fc M1)."""
+    first). Strict priority between a parked head and a lower band (review s20-fc M1). A walk that found
+    every home above a band full is not made again in the pass for that band or a higher one (``clear``:
+    homes parked later in the pass are parked because found full), so a pass walks the parked homes once
+    per band, not once per request (review s20-fixes-b M1)."""
+    if item.priority >= clear[0]:
+        return False
     for key, probe in ctl.parked_above(item.req, item.priority):
         if key in full:
             continue
@@ -197,6 +205,8 @@ def _room_above(
             ctl.wake(key)
             return True
         full.add(key)
+    if item.req.subset is None:  # (a subset's walk covers only the homes sharing its endpoints)
+        clear[0] = item.priority
     return False
 
 
