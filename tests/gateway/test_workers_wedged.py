@@ -99,3 +99,24 @@ def test_worker_timeout_key_default_and_zero():
 def test_worker_timeout_flag_is_checked(extra, says, capsys):
     assert serve_main(["--endpoints", "127.0.0.1:9", "--model", "m", *extra]) == 2
     assert says in capsys.readouterr().err
+
+
+async def test_a_frozen_then_thawed_gateway_keeps_its_workers(backends) -> None:  # type: ignore[no-untyped-def]
+    """The whole tree frozen and thawed (docker pause / unpause, Ctrl-Z then fg, a cgroup freezer) for longer
+    than the bound: no worker was wedged, so none is killed; the supervisor's watch, standing still too,
+    counts heartbeat ages from its own thaw (review s20-fixes-b M2: at its first tick after the thaw it
+    found every heartbeat as old as the freeze and SIGKILLed healthy workers with their streams)."""
+    (b,) = await backends(1)
+    args = ("--endpoints", b.address, "--model", "m", "--worker-timeout", "2")
+    async with workers_kit.serve_workers(*args, n=2) as (proc, _port, _admin):
+        workers = sorted(workers_kit.children(proc.pid, b"spawn_main"))
+        assert len(workers) == 2, workers
+        tree = [proc.pid, *workers]
+        for pid in tree:
+            os.kill(pid, signal.SIGSTOP)
+        await asyncio.sleep(3.5)  # (longer than the bound)
+        for pid in tree:  # (thawed together: the supervisor's tick and the workers' beats race)
+            os.kill(pid, signal.SIGCONT)
+        await asyncio.sleep(2.0)
+        after = sorted(workers_kit.children(proc.pid, b"spawn_main"))
+    assert after == workers, f"workers {workers} after a 3.5 s freeze of the whole gateway: {after} (killed)"

@@ -81,6 +81,8 @@ _ADMIN_FETCH_TIMEOUT_S = 5.0
 # The supervisor's /readyz asks each worker for at most this long (a wedged worker counts as not ready):
 # a kubelet readiness probe times out after 1 s by default (review s20-qa M2).
 _READYZ_FETCH_TIMEOUT_S = 0.5
+# A gap this long between two ticks of the supervisor's watch (0.2 s apart) means it stood still itself.
+_STALL_S = 1.0
 # How often a worker's event loop writes its heartbeat (the time, into its slot of a shared array); the
 # supervisor kills a worker whose heartbeat is older than ``listen.workerTimeoutSeconds`` (review s20-qa M2).
 HEARTBEAT_S = 0.5
@@ -629,6 +631,9 @@ class Supervisor:
         # Each worker's last heartbeat (``_beat``; set at its report too), shared with the workers.
         self.heartbeat: Any = self.ctx.RawArray("d", workers)
         self.heartbeat_kills = 0  # workers killed for a missed heartbeat (logged each time)
+        # When the supervisor's own watch resumed after standing still (the whole tree frozen: docker
+        # pause, Ctrl-Z, a cgroup freezer): heartbeat ages count from then (review s20-fixes-b M2).
+        self.awake_since = 0.0
         # Write ends of each worker's lifeline pipe: held open for the supervisor's whole life.
         self._lifelines: list[Connection | None] = [None] * workers
         self.admin_ports: list[int | None] = [None] * workers
@@ -820,8 +825,14 @@ class Supervisor:
         dies is restarted at once (one restart at a time, in the watch itself, left it dead until then)."""
         restarting: dict[int, asyncio.Task[bool]] = {}
         try:
+            tick = time.monotonic()
             while not self.stopping:
                 await asyncio.sleep(0.2)
+                last, tick = tick, time.monotonic()
+                if tick - last > _STALL_S:
+                    # This watch stood still (frozen with the workers, or starved): a worker's beat is as
+                    # old as that, wedged or not; each gets the whole bound again from now.
+                    self.awake_since = tick
                 for i, task in list(restarting.items()):
                     if not task.done():
                         continue
@@ -869,7 +880,7 @@ class Supervisor:
         bound = self.cfg.worker_timeout_s
         if bound <= 0 or self.admin_ports[i] is None or proc.pid is None:
             return False
-        age = (time.monotonic() if now is None else now) - self.heartbeat[i]
+        age = (time.monotonic() if now is None else now) - max(self.heartbeat[i], self.awake_since)
         if age <= bound:
             return False
         log.error(
