@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 
@@ -61,6 +64,18 @@ def port_number(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port in 0..65535 (0: ephemeral), got {port}")
     return port
+
+
+@contextmanager
+def sighup_ignored() -> Iterator[None]:
+    """SIGHUP ignored inside (a gateway's start, until its own handler is in: it must never end a gateway,
+    review s20-qa L5), then put back as it was (a caller in the same process, a test, keeps its own)."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical", "warn", "fatal")  # (logging's aliases too)

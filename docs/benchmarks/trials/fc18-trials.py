@@ -30,6 +30,7 @@ FC18 (unset: no patch, the landed code):
 - deadline (the shedding question): a sheddable request with an explicit TTFT SLO header still queued
   at its SLO deadline is shed then (429, as sloAdmission's give-up), not at the TTL.
 """
+
 import os
 import sys
 
@@ -45,7 +46,11 @@ DUE = float(os.environ.get("FC18_DUE", "0.5"))
 if MODE in ("clean", "oracle"):
     prot: dict[str, dict[str, None]] = {}  # endpoint address -> request ids not held back, pending
     where: dict[str, str] = {}
-    orig_disp, orig_first, orig_fin = D.Director.on_dispatched, D.Director.on_first_token, D.Director.on_finished
+    orig_disp, orig_first, orig_fin = (
+        D.Director.on_dispatched,
+        D.Director.on_first_token,
+        D.Director.on_finished,
+    )
     orig_sat, orig_free = D.Director.saturated, D.Director._free_slot
 
     def _on(self):
@@ -154,7 +159,11 @@ if MODE in ("clean", "oracle"):
             return [ep for ep in free if _pend(ep) == least]
         return None
 
-    D.Director.on_dispatched, D.Director.on_first_token, D.Director.on_finished = on_dispatched, on_first_token, on_finished
+    D.Director.on_dispatched, D.Director.on_first_token, D.Director.on_finished = (
+        on_dispatched,
+        on_first_token,
+        on_finished,
+    )
     D.Director.saturated, D.Director._free_slot = saturated, _free_slot
 
 if MODE == "deadline":
@@ -171,6 +180,7 @@ if MODE == "deadline":
 if os.environ.get("FC18_TRACE"):
     sys.argv = [sys.argv[0], *sys.argv[1:]]
     import runpy
+
     runpy.run_path("scripts/slo_miss_trace.py", run_name="__main__")
 else:
     from kvgate.bench.flowcontrol_bench import main

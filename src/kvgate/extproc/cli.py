@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 from kvgate.aio import serve_on_sighup
 from kvgate.config.policies import POLICIES
 from kvgate.datalayer.store import ENGINES
-from kvgate.entry import ArgumentParser, finite_number, log_level, number, port_number, positive_int
+from kvgate.entry import (
+    ArgumentParser,
+    finite_number,
+    log_level,
+    number,
+    port_number,
+    positive_int,
+    sighup_ignored,
+)
 from kvgate.extproc import keys
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
@@ -209,14 +217,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # SIGHUP never ends the EPP (review s20-qa L5): ignored until ``_serve``'s handler is in; put back as it
-    # was when ``main`` returns (a caller in the same process, a test, keeps its own).
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
+    with sighup_ignored():  # (until ``_serve``'s handler is in)
         return _main(argv)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGHUP, previous)
 
 
 def _main(argv: list[str] | None) -> int:

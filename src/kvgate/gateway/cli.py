@@ -28,7 +28,7 @@ from kvgate.config.gateway import (
     parse_gateway_config,
     worker_timeout,
 )
-from kvgate.entry import ArgumentParser, log_level, number, port_number
+from kvgate.entry import ArgumentParser, log_level, number, port_number, sighup_ignored
 from kvgate.gateway.pools import Pool, build_pool
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
@@ -442,16 +442,11 @@ def clusters_refused(argv: list[str] | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # SIGHUP must never end a gateway (review s20-qa L5): ignored from here until each door's handler is in
-    # (with --config, a reload's SIGHUP before the reloader is up: start-up probes KV events, loads
-    # tokenizers; --clusters looks at its file at once; else one line, ``serve_on_sighup``). Put back as it
-    # was when ``main`` returns (a caller in the same process, a test, keeps its own).
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
+    # Until each door's handler is in (with --config, a reload's SIGHUP before the reloader is up: start-up
+    # probes KV events, loads tokenizers; --clusters looks at its file at once; else one line,
+    # ``serve_on_sighup``).
+    with sighup_ignored():
         return _main(argv)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGHUP, previous)
 
 
 def _main(argv: list[str] | None) -> int:
