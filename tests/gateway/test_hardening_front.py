@@ -155,6 +155,9 @@ async def test_http_framing_rules(backends):
             _req(extra="X(Bad): 1\r\n"): b"400",  # header name not an RFC 9110 token
             _req(extra="X\x01Bad: 1\r\n"): b"400",
             b"GET /healthz HTTP/1.1\r\n\r\n": b"400",  # HTTP/1.1 without Host
+            # RFC 9112 §3.2: more than one Host line (either version) is a 400 (review s21-qa F3).
+            _req(extra="Host: y\r\n"): b"400",
+            b"GET /healthz HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n": b"400",
         }
         for raw, status in cases.items():
             out = await _exchange(gw.port, raw)

@@ -983,8 +983,14 @@ class FrontProtocol(asyncio.Protocol):
         headers = _fields(head[nl + 2 :] + b"\r\n") if nl >= 0 else {}
         if headers is None:  # not the plain case: line by line, which says what is wrong
             headers = self._fields_slow(head)
-        if version == b"HTTP/1.1" and "host" not in headers:
-            raise _BadRequest(400, "HTTP/1.1 request without a Host header")
+        host = headers.get("host")
+        if host is None:
+            if version == b"HTTP/1.1":
+                raise _BadRequest(400, "HTTP/1.1 request without a Host header")
+        elif "," in host:  # (repeats are joined with ","; no authority holds one)
+            # RFC 9112 §3.2: more than one Host line is a 400 (a proxy in front routing on the first and
+            # the gateway on the last would disagree on the authority; review s21-qa F3).
+            raise _BadRequest(400, "more than one Host header")
         te = headers.get("transfer-encoding")
         cl = headers.get("content-length")
         if te is not None and cl is not None:
