@@ -444,3 +444,111 @@ def test_an_exponent_yaml_reads_as_a_string_is_a_number(tmp_path: Path, text: st
     f.write_text(f"clusters: [{{name: a, gateway: '127.0.0.1:1'}}]\nprobe_timeout_s: {text}\nttl_s: {text}\n")
     cfg = load(f)
     assert cfg.probe_timeout_s == seconds and cfg.ttl_s == seconds
+
+
+# --- the cut as evidence (s20-mc L4) and lookups charged (closing note s20) ---------------------------
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    """Polls ``check`` (5 s at most): the probe after a cut runs after the 504 is sent."""
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(what)
+
+
+@pytest.mark.parametrize("hung", [True, False])
+async def test_a_cut_before_the_head_probes_the_gateway_even_below_head_timeout_s(
+    gateways: Callable[..., Awaitable[Gateway]],
+    started: Callable[..., Awaitable[GlobalGateway]],
+    hung: bool,
+) -> None:
+    """``requestTimeoutSeconds`` (1.5 s) below ``head_timeout_s`` (120 s), no aggregate: east's slow 503
+    eats 1.2 s, west gets the rest and sends nothing. west did not own the deadline (not charged), and
+    before, nothing probed it (the probe came only past ``head_timeout_s``), so a hung west kept taking
+    requests. Now the cut is the evidence: its gateway is probed after the 504; one that answers no probe
+    within ``probe_timeout_s`` backs off, one that answers does not."""
+    east, west = await gateways("east", "slow_503"), await gateways("west", "silent")
+    east.delay_s = 1.2
+    west.healthz_delay_s = 10.0 if hung else 0.0
+    gw = await started(east, west, head_timeout_s=120.0, probe_timeout_s=0.3, request_timeout_s=1.5)
+    status, data, _ = await _post(gw.port)
+    assert status == 504 and _error(data)["code"] == "request_timeout", data
+    assert east.taken == 1 and west.taken == 1
+    await _until(lambda: west.probes == 1, "west's gateway was not probed after the cut")
+    st = gw.router.states["west"]
+    if hung:
+        await _until(lambda: st.backoff_s > 0, "a west that answers no probe is not backed off")
+    else:
+        await _until(lambda: not gw.router._cut_probes, "the probe did not end")
+        assert st.backoff_s == 0  # (it answered: alive, and the deadline was not its)
+
+
+async def test_a_lookup_cut_before_its_head_at_the_bound_is_charged_to_its_cluster(
+    started: Callable[..., Awaitable[GlobalGateway]],
+) -> None:
+    """A Responses lookup sent to a gateway that answers its probe but never the lookup: 504 at the bound,
+    and the cluster, which held the whole bound, backs off as for a request (before: not charged)."""
+
+    class Silent(Gateway):
+        async def _lookup(self, _request: web.Request) -> web.StreamResponse:
+            self.taken += 1
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._held.append(fut)
+            await fut
+            raise AssertionError("unreachable")
+
+    silent = Silent("east")
+    await silent.start()
+    try:
+        gw = await started(silent, head_timeout_s=0.2, probe_timeout_s=0.5, request_timeout_s=1.0)
+        r, w = await asyncio.open_connection("127.0.0.1", gw.port)
+        w.write(b"GET /v1/responses/resp_1 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        try:
+            data = await asyncio.wait_for(r.read(), WAIT_S)
+        finally:
+            w.close()
+        assert data.startswith(b"HTTP/1.1 504") and _error(data)["code"] == "request_timeout", data
+        assert silent.taken == 1
+        assert gw.router.states["east"].backoff_s > 0, "the lookup's cut was not charged"
+    finally:
+        await silent.stop()
+
+
+@pytest.mark.parametrize("steady", [False, True])
+async def test_a_lookup_body_cut_at_the_bound_is_charged_unless_it_was_steady(
+    started: Callable[..., Awaitable[GlobalGateway]], steady: bool
+) -> None:
+    """A lookup's body cut at the bound: charged when it stalled after its first bytes (``half_body``), not
+    when it kept sending pieces all through the later half (a long answer), by the requests' rule."""
+
+    class Body(Gateway):
+        async def _lookup(self, request: web.Request) -> web.StreamResponse:
+            self.taken += 1
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            await resp.write(b'{"id": "resp_1", "output": [')
+            for _ in range(400 if steady else 0):
+                await asyncio.sleep(0.02)
+                await resp.write(b'"x",')
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._held.append(fut)
+            await fut
+            return resp
+
+    east = Body("east")
+    await east.start()
+    try:
+        gw = await started(east, request_timeout_s=1.0)
+        r, w = await asyncio.open_connection("127.0.0.1", gw.port)
+        w.write(b"GET /v1/responses/resp_1 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        try:
+            data = await asyncio.wait_for(r.read(), WAIT_S)
+        finally:
+            w.close()
+        assert data.startswith(b"HTTP/1.1 200") and not data.endswith(b"0\r\n\r\n"), data
+        backoff = gw.router.states["east"].backoff_s
+        assert (backoff == 0) if steady else (backoff > 0), backoff
+    finally:
+        await east.stop()

@@ -15,10 +15,13 @@ address); before, each waited the 300 s read timeout. An id whose home cluster i
 Endpoint-mode clusters only there is nowhere to send it: an EPP picks a pod from a request's body, and a
 lookup has none; the global gateway answers 404 ``response_not_found`` itself.
 ``limits.requestTimeoutSeconds`` bounds a lookup as a request: its head (504 ``request_timeout``), its
-body. An id made through an Endpoint-mode EPP that rewrote its model has the client's name put back in the
-answer (``GlobalGateway.response_models``), as the create's answer had it; in Parent mode the cluster's
-gateway puts it back. A lookup generates nothing: no cluster pick, no EPP, no cluster accounting or token
-metrics, no back-off (a gateway found hung is marked, as by a request); its answer is relayed as it comes.
+body; a lookup cut at the bound charges its cluster as a request's cut does (only if it held the larger
+part of the bound, and, after its head, was not steady: closing note s20). An id made through an
+Endpoint-mode EPP that rewrote its model has the client's name put back in the answer
+(``GlobalGateway.response_models``), as the create's answer had it; in Parent mode the cluster's gateway
+puts it back. A lookup generates nothing: no cluster pick, no EPP, no cluster accounting or token metrics,
+no back-off but a cut's (a gateway found hung is marked, as by a request); its answer is relayed as it
+comes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
@@ -35,6 +39,7 @@ import orjson
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.server import Request, Response, StreamResponse, json_error
 from kvgate.multicluster.router import ENDPOINT, PARENT, Deadline, NoHead, PastDeadline
+from kvgate.openai.progress import Progress, progress_events, progress_piece
 from kvgate.openai.responses import lookup_target
 from kvgate.openai.sse import SSEScanner, rewrite_model
 
@@ -114,10 +119,12 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=300)
     last = ""
     status = 502
+    loop = asyncio.get_running_loop()
     gw.inflight += 1
     gw._idle.clear()
     try:
         for st, address, mode in where:
+            sent_at = loop.time()
             try:
                 # Bounded as a request is (``GlobalRouter._post``): a stream's head by head_timeout_s, past
                 # it a plain answer's by a probe of the gateway; a cluster found hung is left.
@@ -126,6 +133,8 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
                 )
             except PastDeadline as e:
                 assert deadline is not None
+                if e.sent_at is not None and deadline.owned(e.sent_at):
+                    st.failed(router.clock())  # as a request's cut: it held the larger part, no head
                 why = deadline.message(f"cluster {st.name}: {e.outcome}")
                 return json_error(504, f"lookup failed: {why}", code="request_timeout")
             except NoHead as e:
@@ -137,7 +146,7 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
                 continue
             try:
                 model = gw.response_models.home(response_id) if 200 <= resp.status < 300 else None
-                return await _relay(request, resp, st.name, model, deadline)
+                return await _relay(request, resp, st, model, deadline, sent_at, router.clock)
             finally:
                 resp.release()
         code = "upstream_timeout" if status == 504 else "upstream_unavailable"
@@ -151,16 +160,23 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
 async def _relay(
     request: Request,
     resp: aiohttp.ClientResponse,
-    cluster: str,
+    st: ClusterState,
     model: str | None = None,
     deadline: Deadline | None = None,
+    sent_at: float = 0.0,
+    clock: Callable[[], float] | None = None,
 ) -> Response | StreamResponse:
     """``model``: the name the client sent for a response made through an EPP's rewrite, put back (a JSON
     answer's ``model``, held whole up to ``HOLD_MAX``; each event's of a stream, as ``kvgate.openai.sse``
     puts it back in a create's stream); None: relayed as it comes. ``deadline``: the request's bound, over
     the body too (as ``kvgate serve``'s lookups): a body still coming then is cut (the connection closed
-    mid-body; one held whole before anything went out: 504 ``request_timeout``)."""
+    mid-body; one held whole before anything went out: 504 ``request_timeout``). A cut answer charges its
+    cluster (``st``, sent the lookup at ``sent_at``, loop time) as a request's does: only if it held the
+    larger part of the bound and was not steady (``kvgate.openai.progress``: pieces with more than
+    blanks, or an event stream's data events, all through the later half of its hold)."""
+    cluster = st.name
     due = None if deadline is None else deadline.due
+    progress = None if due is None else Progress(sent_at, due)
     headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
     headers["x-kvgate-cluster"] = cluster
     sse = resp.headers.get("Content-Type", "")[:17].lower() == "text/event-stream"
@@ -173,6 +189,7 @@ async def _relay(
                 body = None if sse else await _held(resp)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:  # (nothing sent yet)
             if held.expired() and deadline is not None:
+                _charge(st, deadline, sent_at, None, clock)  # (held whole: no piece seen, never steady)
                 why = deadline.message(f"cluster {cluster}'s answer had not come whole")
                 return json_error(504, f"lookup failed: {why}", code="request_timeout")
             return json_error(502, f"lookup failed: cluster {cluster}: {type(e).__name__}",
@@ -196,6 +213,8 @@ async def _relay(
     try:
         async with timer:
             async for chunk in resp.content.iter_any():
+                if progress is not None and (progress_events(chunk) if sse else progress_piece(chunk)):
+                    progress.seen(asyncio.get_running_loop().time())
                 if scanner is not None:
                     chunk = scanner.feed(chunk)
                     if not chunk:
@@ -208,12 +227,27 @@ async def _relay(
             raise  # (the client went away)
         if timer.expired():
             log.warning("lookup answer from cluster %s cut at limits.requestTimeoutSeconds", cluster)
+            if deadline is not None:
+                _charge(st, deadline, sent_at, progress, clock)
         else:
             log.warning("lookup answer from cluster %s cut: %s: %s", cluster, type(e).__name__, e)
         out.abort()  # the client must see an incomplete body, not a short one
         return out
     await out.write_eof()
     return out
+
+
+def _charge(
+    st: ClusterState,
+    deadline: Deadline,
+    sent_at: float,
+    progress: Progress | None,
+    clock: Callable[[], float] | None,
+) -> None:
+    """A lookup's answer cut at the bound: its cluster charged (backs off) as a request's would be
+    (``serve._Late``: review s20-mc M1), only if it owned the deadline and was not steady."""
+    if deadline.owned(sent_at) and (progress is None or not progress.steady()) and clock is not None:
+        st.failed(clock())
 
 
 async def _held(resp: aiohttp.ClientResponse) -> bytes | None:
