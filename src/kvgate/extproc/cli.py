@@ -382,7 +382,9 @@ def _hub_main(args: argparse.Namespace) -> int:
         return 2
     reported = models_listed(director.state_list, time.monotonic)
     metrics = EppMetrics(models=ModelLabels(reported=reported, grace_s=args.model_series_grace))
-    ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic, observer=metrics)
+    # The clusters file's ``limits.requestTimeoutSeconds``, read per request (a reload applies to the next).
+    ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic, observer=metrics,
+                         request_timeout_s=lambda: director.cfg.request_timeout_s)  # fmt: skip
     try:
         with contextlib.suppress(KeyboardInterrupt):
             staleness = hub_policy(args.kube_stale_after, warn=False)

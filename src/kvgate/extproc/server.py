@@ -26,6 +26,7 @@ from kvgate.extproc import keys
 from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.session import ProtocolViolation, Session, SessionContext
 from kvgate.extproc.tls import KeyPair, server_credentials
+from kvgate.openai.progress import Progress, progress_events, progress_piece
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,38 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         if task is not None:
             active[task] = loop.time()
         idle = False  # ended by the idle sweeper (counted apart from a client that left)
+        bound: _Bound | None = None  # the request's bound, once dispatched with one (``Session.bound_s``)
+        messages = request_iterator.__aiter__()
         try:
-            async for msg in request_iterator:
+            while True:
+                if bound is not None and bound.fired:
+                    for resp in session.cut(bound.progress.steady()):
+                        yield resp
+                    return
+                try:
+                    if bound is not None:
+                        bound.reading = True
+                    msg = await messages.__anext__()
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    # (our bound's timer cancels only this read: anything else is the stream's end)
+                    if bound is None or not bound.fired or task is None or task.uncancel() > 0:
+                        raise
+                    continue
+                finally:
+                    if bound is not None:
+                        bound.reading = False
                 if task is not None:
                     active[task] = loop.time()
                 try:
                     out = session.handle(msg)
                 except ProtocolViolation as e:
                     await context.abort(getattr(grpc.StatusCode, e.code), e.message)
+                if bound is not None:
+                    bound.saw(msg, session.streaming, loop.time())
+                elif session.bound_s > 0 and task is not None and not session.done:
+                    bound = _Bound(loop, task, session.bound_s)  # (from the pick: the body's arrival)
                 for resp in out:
                     yield resp
                 if session.pending is not None:  # flow control: wait here for capacity
@@ -90,6 +115,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
             )
         finally:
             # Runs on normal end, on cancellation (client gone, idle) and on errors alike.
+            if bound is not None:
+                bound.stop()
             if task is not None:
                 active.pop(task, None)
             session.close(idle=idle)
@@ -109,6 +136,44 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                     self.idle_closed += 1
                     self._idle.add(task)
                     task.cancel()
+
+
+class _Bound:
+    """A stream's request bound (the hub EPP's ``limits.requestTimeoutSeconds``): one timer at the due
+    time. The stream can only answer between Envoy's messages, so the timer cancels the stream's read of
+    the next one (only that read: ``reading``; a cancel landing in a write would end the stream), and the
+    loop then sends the session's cut (``Session.cut``). The answer's progress, for the charge: the
+    response body chunks Envoy sends, judged as ``kvgate serve`` judges a relayed answer's pieces
+    (``kvgate.openai.progress``: an event stream's data events, a body's non-blank pieces; here a chunk as
+    Envoy cut it, not whole events)."""
+
+    __slots__ = ("_task", "_timer", "fired", "progress", "reading")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object], bound_s: float) -> None:
+        now = loop.time()
+        self._task = task
+        self.fired = False
+        self.reading = False
+        self.progress = Progress(now, now + bound_s)
+        self._timer: asyncio.TimerHandle | None = loop.call_at(now + bound_s, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.fired = True
+        if self.reading:
+            self._task.cancel()
+
+    def saw(self, msg: pb.ProcessingRequest, streaming: bool, now: float) -> None:
+        if msg.WhichOneof("request") != "response_body":
+            return
+        chunk = msg.response_body.body
+        if progress_events(chunk) if streaming else progress_piece(chunk):
+            self.progress.seen(now)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 @dataclass(slots=True)

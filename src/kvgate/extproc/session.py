@@ -32,7 +32,7 @@ from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc import headers as hdr
 from kvgate.extproc import keys
 from kvgate.httpfront.budget import ByteBudget
-from kvgate.openai.protocol import CODES, RETRY_AFTER_DEFAULT, error_body, usage_from
+from kvgate.openai.protocol import CODES, RETRY_AFTER_DEFAULT, error_body, sse_error_event, usage_from
 from kvgate.openai.request import (
     OTHER,
     BodyError,
@@ -130,8 +130,12 @@ class SessionContext:
         max_buffered_response: int = 16 << 20,
         max_buffered_bytes: int = 1 << 30,
         admit: Callable[[InferenceRequest], Awaitable[PickResult]] | None = None,
+        request_timeout_s: Callable[[], float] | None = None,
     ) -> None:
         self.director = director
+        # The whole request's bound in seconds (0: none), read at each dispatch: the hub EPP's clusters-file
+        # ``limits.requestTimeoutSeconds`` (None: no bound; the stream loop then sets no timer).
+        self.request_timeout_s = request_timeout_s
         # Flow control (``Director.admit``): the stream waits for capacity before the pick.
         self.admit = admit
         self.endpoints = endpoints
@@ -245,6 +249,7 @@ class Session:
         self._after_admit: list[pb.ProcessingResponse] = []
         self._headers_answered = False  # response headers answered: too late to preempt
         self._preempted = False
+        self.bound_s = 0.0  # the request's bound from its dispatch (``SessionContext.request_timeout_s``)
 
     # ---- dispatch -------------------------------------------------------------------------------
     def handle(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -450,6 +455,8 @@ class Session:
         self.destination = ",".join(e.address for e in result.endpoints)
         self.endpoint = result.endpoints[0]
         self.ctx.director.on_dispatched(req, self.endpoint)
+        if self.ctx.request_timeout_s is not None:
+            self.bound_s = self.ctx.request_timeout_s()
         # Preemption: the director keeps only the requests it may stop (Director.offers_preemption).
         register = getattr(self.ctx.director, "preemptible", None)  # (a multi-cluster director: none)
         if register is not None:
@@ -475,6 +482,46 @@ class Session:
         if body is None:
             return [headers_resp]
         return [headers_resp, *_streamed(body, request=True, end_of_stream=body_eos)]
+
+    # ---- the request's bound ----------------------------------------------------------------------
+    def cut(self, steady: bool) -> list[pb.ProcessingResponse]:
+        """The request's bound (``bound_s``) passed before its end (the stream's timer, ``server``): the
+        answers that end it, as ``kvgate serve --clusters`` ends one at ``limits.requestTimeoutSeconds``.
+        Before the response headers: a 504 ``request_timeout`` (Envoy sends it and resets the upstream
+        request). After them, an event stream ends with the error event (end of stream; Envoy's upstream is
+        then reset with the finished downstream response); another body gets the 504 as an
+        ``ImmediateResponse``, which Envoy can no longer send whole: it resets the stream, so the client sees
+        an incomplete body (the JSON was held here: none of it went out). ``steady``: the answer made
+        progress all through the later half of the bound (``kvgate.openai.progress``); the director
+        (``on_cut``) charges the endpoint only if not, or before any head."""
+        if self.done or self._finished or self.endpoint is None or self.request is None:
+            return []
+        headed = self._headers_answered
+        on_cut = getattr(self.ctx.director, "on_cut", None)
+        # (the director's words name its key and endpoint: the hub EPP's, ``limits.requestTimeoutSeconds``)
+        message = (
+            on_cut(self.request, self.endpoint, headed, steady, self.bound_s)
+            if on_cut is not None
+            else f"no answer within the request's bound ({self.bound_s:g}s)"
+        )
+        if not headed:
+            out = self._reject(504, message, "request_timeout")
+            self._finish(ok=False)
+            return [out]
+        self.done = True
+        obs = self.ctx.observer
+        if obs is not None and not self._counted and self._models is not None:
+            self._counted = True
+            obs.error(*self._models, "stream_cut", self._flow)
+        streamed = self._scanner is not None
+        self._scanner = None
+        self._resp_buf = None
+        self._release()
+        self._finish(ok=False, complete=False)
+        if streamed:
+            event = sse_error_event(message, code="request_timeout", status=504)
+            return _streamed(event, request=False, end_of_stream=True)
+        return [immediate(504, message, "request_timeout")]
 
     # ---- response path --------------------------------------------------------------------------
     def _stop(self) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
-from kvgate.multicluster.clusters import ClustersConfig, idna_host
+from kvgate.multicluster.clusters import REQUEST_TIMEOUT_KEY, ClustersConfig, idna_host
 from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy, prompt_key
 from kvgate.multicluster.state import ClusterState
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult
@@ -38,6 +38,7 @@ CLUSTER_LABEL = "kvgate.io/cluster"
 POOL = "clusters"  # the store pool of the hub EPP's endpoints (the clusters' gateways)
 MAX_WAITS = 65536  # streamed requests tracked to their first token (bounded: a lost finish cannot grow it)
 _ABANDONED = -1  # ``_status`` of a request whose client left before its cluster's response headers
+_CUT = -2  # ``_status`` of a request cut at ``limits.requestTimeoutSeconds`` (``on_cut`` charged it, or not)
 # A client that left before its cluster's response headers hides whether Envoy could connect to the
 # cluster's gateway (with fallbacks, Envoy moves on silently; the served address comes only with the
 # headers): the hub then opens a TCP connection to that gateway itself, within PROBE_TIMEOUT_S (the
@@ -84,6 +85,8 @@ class ClusterDirector:
         # cluster -> when a probe of it that failed last started, with no request to it succeeded since
         # (``_probe``; a suspicion older than SUSPECT_FOR_S is over).
         self._suspect: dict[str, float] = {}
+        # cluster -> its gateway's ``GET /healthz`` probe after a cut before the head (``on_cut``).
+        self._live_probes: dict[str, asyncio.Task[None]] = {}
         self.policy = (
             make_policy(policy, ttl_s=cfg.ttl_s, local=cfg.local, seed=seed)
             if isinstance(policy, str)
@@ -232,11 +235,65 @@ class ClusterDirector:
                  "left before its answer, none answered since: backed off", st.name, address)  # fmt: skip
         st.failed(now)
 
+    def on_cut(
+        self, req: InferenceRequest, endpoint: Endpoint, headed: bool, steady: bool, bound_s: float
+    ) -> str:
+        """The request was cut at ``limits.requestTimeoutSeconds`` (the ext_proc stream's timer,
+        ``Session.cut``); the 504's message. As ``kvgate serve --clusters`` charges a cluster: before its
+        response head, always (the hub picks the moment the body has arrived, so the cluster held the whole
+        bound: it owned the deadline), after it only if the answer was not ``steady``. Its end
+        (``on_finished``) then neither fails nor clears it again. A cut before the head is the evidence for
+        a probe of the gateway (``GET /healthz`` within ``probe_timeout_s``, review s20-mc L4): no answer,
+        the cluster is hung (marked until an aggregate is fetched from it again), as the global gateway's
+        probe finds one."""
+        self.on_answered(req, endpoint, _CUT)
+        st = self._state(endpoint)
+        name = endpoint.labels.get(CLUSTER_LABEL, endpoint.address)
+        what = "the answer was cut at the bound" if headed else "no response head by then"
+        message = f"no answer within limits.{REQUEST_TIMEOUT_KEY} ({bound_s:g}s): cluster {name}: {what}"
+        if st is None:
+            return message
+        if not headed or not steady:
+            st.failed(self.clock())
+        if not headed and st.name not in self._live_probes:
+            with contextlib.suppress(RuntimeError):  # (no loop: nothing to probe with)
+                task = asyncio.get_running_loop().create_task(self._live(st, endpoint.address))
+                self._live_probes[st.name] = task
+        return message
+
+    async def _live(self, st: ClusterState, address: str) -> None:
+        """The gateway probed after a cut (``on_cut``): any answer to ``GET /healthz`` within
+        ``probe_timeout_s`` means live; none, hung (with an aggregate fetched before: left out until the
+        next; it was charged at the cut)."""
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=self.cfg.probe_timeout_s)
+        try:
+            try:
+                async with (
+                    aiohttp.ClientSession(timeout=timeout) as http,
+                    http.get(f"http://{address}/healthz"),
+                ):
+                    return  # (its head came: the process answers)
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+                pass
+        finally:
+            self._live_probes.pop(st.name, None)
+        if self.states.get(st.name) is not st:
+            return
+        if st.fetched_at is not None:
+            st.hung_at = st.fetched_at
+        log.info("cluster %s: cut at limits.%s before its head, and its gateway %s answered no probe within "
+                 "%gs: hung", st.name, REQUEST_TIMEOUT_KEY, address, self.cfg.probe_timeout_s)  # fmt: skip
+
     async def close(self) -> None:
-        """Ends the connect probes in flight (``on_abandoned``)."""
+        """Ends the connect probes in flight (``on_abandoned``) and the probes after a cut (``on_cut``)."""
         for task in list(self._probes.values()):
             await cancel_and_wait(task, "a cluster gateway's connect probe", log)
         self._probes.clear()
+        for live in list(self._live_probes.values()):
+            await cancel_and_wait(live, "a cluster gateway's probe after a cut", log)
+        self._live_probes.clear()
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None:
         self._loads.pop(id(req), None)  # (picked but closed before its dispatch)
@@ -256,7 +313,7 @@ class ClusterDirector:
             # 400, 404, 413 refusing the request, a 2xx whose client then left or that was cut): the
             # cluster took the request, no back-off. A client that left before any answer (its stream
             # cancelled, ``on_abandoned``) tells nothing of the cluster: neither (the router's cancel).
-            if status == _ABANDONED:
+            if status in (_ABANDONED, _CUT):  # (a cut: charged by ``on_cut``, or not)
                 return
             if ok or (status and status < 500 and status != 429):
                 st.succeeded()
