@@ -44,6 +44,14 @@ from kvgate.openai.request import (
     server_priority,
 )
 from kvgate.openai.requeststats import NO_FIRST_BYTE, NO_FLOW, ChunkGaps, RequestEnd
+from kvgate.openai.responses import (
+    LOOKUP_PREFIX,
+    RESPONSES_PATH,
+    ResponseHomes,
+    ResponseIdReader,
+    lookup_target,
+    previous_response_id,
+)
 from kvgate.openai.sse import SSEScanner, rewrite_model
 from kvgate.requestcontrol.director import flow_of, preempted_error
 from kvgate.scheduling.types import (
@@ -136,6 +144,10 @@ class SessionContext:
         # The whole request's bound in seconds (0: none), read at each dispatch: the hub EPP's clusters-file
         # ``limits.requestTimeoutSeconds`` (None: no bound; the stream loop then sets no timer).
         self.request_timeout_s = request_timeout_s
+        # Responses API ids -> the endpoint that made each (its address: a pod; the hub EPP's, a cluster's
+        # gateway), read from the answers passing through; a follow-up naming one (``previous_response_id``)
+        # or a lookup of one (``GET /v1/responses/{id}``) is pinned there (mc21; as ``kvgate serve``).
+        self.responses: ResponseHomes[str] = ResponseHomes(clock=clock)
         # Flow control (``Director.admit``): the stream waits for capacity before the pick.
         self.admit = admit
         self.endpoints = endpoints
@@ -250,6 +262,8 @@ class Session:
         self._headers_answered = False  # response headers answered: too late to preempt
         self._preempted = False
         self.bound_s = 0.0  # the request's bound from its dispatch (``SessionContext.request_timeout_s``)
+        self._responses = False  # a Responses create (``POST /v1/responses``): its answer's id is read
+        self._ids: ResponseIdReader | None = None  # its 2xx answer's id reader, until the id is found
 
     # ---- dispatch -------------------------------------------------------------------------------
     def handle(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -352,6 +366,11 @@ class Session:
             self._body_finished = True
             model = self.request_headers.get("x-gateway-model-name", "")
             req = self._build_request(ParsedBody(OTHER, {}, model), model)
+            path = self.request_headers.get(":path", "").split("?", 1)[0]
+            if path.startswith(LOOKUP_PREFIX):  # a stored response's retrieval or cancel: to its maker
+                got = lookup_target(self.request_headers.get(":method", "GET"), path)
+                if len(got) == 2:
+                    self._pin(req, str(got[0]))
             self._use_models(model, model, -1, req)
             return self._schedule(req, body=None, body_changed=False)
         return []
@@ -398,6 +417,10 @@ class Session:
         if changed:
             raw = orjson.dumps(parsed.body)
         req = self._build_request(parsed, model)
+        path = self.request_headers.get(":path", "").split("?", 1)[0]
+        self._responses = path == RESPONSES_PATH
+        if self._responses and (prev := previous_response_id(path, parsed.body)) is not None:
+            self._pin(req, prev)
         self._use_models(client_model, model, size, req)  # (its flow known: fairness id, priority)
         # With request trailers the body's end is signalled by the trailers answer, not end_of_stream.
         return self._schedule(req, body=raw, body_changed=changed, body_eos=not trailers)
@@ -417,6 +440,18 @@ class Session:
             headers=h if self.ctx.conformance_hooks or keys.TEST_ENDPOINT_SELECTION not in h else _without(h),
             arrival_time=self.ctx.clock(),
         )
+
+    def _pin(self, req: InferenceRequest, response_id: str) -> None:
+        """A request about ``response_id`` (a follow-up, a lookup) picked among the endpoint that made it,
+        while that one is known and healthy (elsewhere vLLM answers 404), as ``kvgate serve`` pins one:
+        soft (``subset_soft``: dropped if the home leaves the pool before the pick). An Envoy subset hint
+        that leaves the home out wins."""
+        home = self.ctx.responses.home(response_id)
+        if home is None or (req.subset is not None and home not in req.subset):
+            return
+        ep = self.ctx.endpoints().get(home)
+        if ep is not None and ep.healthy:
+            req.subset, req.subset_soft = frozenset((home,)), True
 
     def _effective_subset(self) -> frozenset[str] | None:
         subset = self._subset
@@ -572,6 +607,8 @@ class Session:
             self._scanner = SSEScanner(rewrite_to=self._client_model if self.status == 200 else None)
         else:
             self._resp_buf = bytearray()
+        if self._responses and 200 <= self.status < 300:
+            self._ids = ResponseIdReader(self.streaming)
         if self.status == 200 and not self.streaming:
             # A non-streamed reply arrives whole: its headers come after generation is done.
             self._mark_first_token()
@@ -602,6 +639,8 @@ class Session:
         eos = body.end_of_stream or body.end_of_stream_without_message
         chunk = body.body
         self._resp_bytes += len(chunk)
+        if self._ids is not None:
+            self._read_id(chunk, eos)
         if self._scanner is not None:
             now = self.ctx.clock()
             gaps = self._gaps
@@ -661,6 +700,19 @@ class Session:
                 raw = orjson.dumps(obj)
         self._finish(ok=self.status == 200)
         return _streamed(raw, request=False, end_of_stream=end_of_stream)
+
+    def _read_id(self, chunk: bytes, eos: bool) -> None:
+        """A Responses answer's id, read as its chunks pass (bounded: ``ResponseIdReader``), remembered
+        with the endpoint that served it (the served address, ``_move_to``) once found."""
+        ids = self._ids
+        assert ids is not None
+        ids.feed(chunk)
+        if not (ids.done or eos):
+            return
+        self._ids = None
+        rid = ids.response_id()
+        if rid is not None and self.endpoint is not None:
+            self.ctx.responses.remember(rid, self.endpoint.address)
 
     # ---- accounting -----------------------------------------------------------------------------
     def _mark_first_token(self) -> None:

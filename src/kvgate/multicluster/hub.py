@@ -135,6 +135,12 @@ class ClusterDirector:
         order = self.policy.order(self.state_list(), creq, self.clock())
         by_name = {ep.labels.get(CLUSTER_LABEL): ep for ep in self.store.all()}
         chosen = [by_name[c.name] for c in order if c.name in by_name]
+        if req.subset_soft and req.subset:
+            # A Responses follow-up or lookup (``Session._pin``): the cluster whose gateway answered the
+            # response it names first, whatever the policy's order (as ``kvgate serve --clusters``'s home),
+            # then the others as fallbacks.
+            home = [ep for ep in self.store.all() if ep.address in req.subset]
+            chosen = home[:1] + [ep for ep in chosen if ep.address not in req.subset]
         self._loads.pop(id(req), None)  # (a reused id never finds an earlier request's loads)
         if not chosen:
             raise NoCapacityError("no cluster can take the request (none ready)")
