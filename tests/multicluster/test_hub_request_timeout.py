@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -160,3 +162,42 @@ async def test_an_answer_within_the_bound_is_not_cut_and_no_bound_cuts_nothing()
             out = await ex.send_response(200, {"content-type": "application/json"}, [b'{"choices": []}'])
             assert out.body == b'{"choices": []}'
             assert west.backoff_s == 0
+
+
+async def test_the_cli_reads_the_bound_from_the_clusters_file(tmp_path: Path) -> None:
+    """The real ``kvgate epp --clusters`` (a subprocess): the file's ``limits.requestTimeoutSeconds``
+    reaches the streams (a 504 ``request_timeout`` at 0.5 s for a gateway that never answers)."""
+    health = Healthz()
+    app = web.Application()
+    app.router.add_get("/healthz", health._healthz)
+    runner, port = await serve_app(app, shutdown_timeout=0.1)
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        f"limits: {{requestTimeoutSeconds: 0.5}}\nclusters: [{{name: west, gateway: '127.0.0.1:{port}'}}]\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", "epp", "--clusters", str(f), "--plaintext", "--port", "0",
+        "--grpc-health-port", "0", "--metrics-port", "0", "--cluster-policy", "round-robin",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while "kvgate epp ready" not in line:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line, "the EPP ended before its ready line"
+        grpc_port = line.split("grpc=", 1)[1].split()[0]
+        ch = channel(f"127.0.0.1:{grpc_port}")
+        try:
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+                out = await ex.send_request(HEADERS, BODY)
+                assert out.destination == f"127.0.0.1:{port}", out
+                reply = await ex.read()
+                assert reply.immediate_response.status.code == 504, reply
+                assert b"limits.requestTimeoutSeconds (0.5s)" in reply.immediate_response.body
+        finally:
+            await ch.close()
+    finally:
+        proc.terminate()
+        await proc.wait()
+        await runner.cleanup()
