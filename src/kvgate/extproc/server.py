@@ -65,9 +65,13 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         try:
             while True:
                 if bound is not None and bound.fired:
-                    for resp in session.cut(bound.progress.steady()):
+                    bound.fired = False  # (once: the timer has run)
+                    cut = session.cut(bound.progress.steady())
+                    for resp in cut:
                         yield resp
-                    return
+                    if cut or session.done:
+                        return
+                    # (nothing to cut: its answer ended just before the bound; the stream goes on)
                 try:
                     if bound is not None:
                         bound.reading = True
@@ -89,7 +93,10 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 except ProtocolViolation as e:
                     await context.abort(getattr(grpc.StatusCode, e.code), e.message)
                 if bound is not None:
-                    bound.saw(msg, session.streaming, loop.time())
+                    if session.ended:
+                        bound.stop()  # (its answer ended: no read of the stream's rest is cut)
+                    else:
+                        bound.saw(msg, session.streaming, loop.time())
                 elif session.bound_s > 0 and task is not None and not session.done:
                     bound = _Bound(loop, task, session.bound_s)  # (from the pick: the body's arrival)
                 for resp in out:

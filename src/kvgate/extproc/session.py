@@ -519,6 +519,11 @@ class Session:
         return [headers_resp, *_streamed(body, request=True, end_of_stream=body_eos)]
 
     # ---- the request's bound ----------------------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        """Its answer ended (or an immediate response ended the exchange): nothing left to cut."""
+        return self._finished or self.done
+
     def cut(self, steady: bool) -> list[pb.ProcessingResponse]:
         """The request's bound (``bound_s``) passed before its end (the stream's timer, ``server``): the
         answers that end it, as ``kvgate serve --clusters`` ends one at ``limits.requestTimeoutSeconds``.
