@@ -54,3 +54,48 @@ def test_sighup_during_the_start_and_through_the_stop_never_ends_it(door: str) -
             p.kill()
             p.wait()
     assert rc == 0, f"kvgate {door}: a graceful stop with SIGHUPs arriving ended with {rc}"
+
+
+def test_sighup_never_ends_the_hub_controller(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``kvgate hub-controller`` as the two gateways: SIGHUP during its start, while it runs and through its
+    stop never ends it (review s20-fixes-a I1: it died of the signal, returncode -1). Its hub and member are
+    an API-server double (``kvgate k8s-double``), a process of its own."""
+    double = subprocess.Popen([sys.executable, "-m", "kvgate.cli", "k8s-double", "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    p = None
+    log = open(tmp_path / "stderr", "wb")  # noqa: SIM115 - (a file: a line per SIGHUP would fill a pipe)
+    try:
+        assert double.stdout is not None
+        line = double.stdout.readline().decode()
+        assert "ready http://" in line, line
+        server = line.split()[-1]
+        clusters = tmp_path / "clusters.yaml"
+        clusters.write_text(
+            f"kubernetes:\n  server: {server}\n  import: default/llama\n"
+            f"  members:\n  - {{name: east, server: '{server}', rtt_ms: 5}}\n"
+        )
+        p = subprocess.Popen(
+            [sys.executable, "-m", "kvgate.cli", "hub-controller", "--clusters", str(clusters),
+             "--port", str(_port()), "--log-level", "WARNING"],
+            stdout=subprocess.PIPE, stderr=log,
+        )  # fmt: skip
+        time.sleep(0.25)  # (the interpreter is up; the command's module still importing)
+        _hup_until(p, 1.5)
+        assert p.stdout is not None
+        started = p.stdout.readline().decode()  # (the health line: it is running)
+        assert "health on http://" in started, (started, p.poll())
+        _hup_until(p, 1.0)
+        time.sleep(0.5)
+        assert p.poll() is None, f"a SIGHUP ended kvgate hub-controller ({p.returncode})"
+        p.send_signal(signal.SIGTERM)
+        _hup_until(p, 20.0)
+        rc = p.wait(timeout=20)
+        assert rc == 0, f"kvgate hub-controller: a stop with SIGHUPs arriving ended with {rc}"
+        err = (tmp_path / "stderr").read_text()
+        assert "SIGHUP" in err, err  # (each one said: nothing to reload)
+    finally:
+        log.close()
+        for proc in (p, double):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()

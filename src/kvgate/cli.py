@@ -29,8 +29,9 @@ EXTRA_PACKAGES = frozenset({"numpy", "matplotlib", "rich"})
 # the command line (``main()`` reading ``sys.argv``): an in-process ``main([...])`` caller keeps its own
 # signal handlers and exit.
 REAPED = frozenset({"bench", "demo"})
-# The gateways, run from the command line: SIGHUP reloads (a file) or is ignored, never a kill.
-HUP_IGNORED = frozenset({"serve", "epp"})
+# The gateways and the hub controller, run from the command line: SIGHUP reloads (a file) or is ignored,
+# never a kill.
+HUP_IGNORED = frozenset({"serve", "epp", "hub-controller"})
 
 
 def _usage() -> str:

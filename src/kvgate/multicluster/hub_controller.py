@@ -39,8 +39,8 @@ from typing import Any
 
 import orjson
 
-from kvgate.aio import stop_to_the_end
-from kvgate.entry import ArgumentParser, log_level, port_number
+from kvgate.aio import serve_on_sighup, stop_to_the_end
+from kvgate.entry import ArgumentParser, log_level, port_number, sighup_ignored
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, StreamResponse, json_error
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector, check_one_time
@@ -374,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGHUP never ends it (review s20-fixes-a I1, as the gateways): ignored until the loop's handler is in.
+    with sighup_ignored():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -420,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        serve_on_sighup(loop, log, "kvgate hub-controller (it follows its clusters file's modification time)")
         watch = asyncio.create_task(follower.run())
         await stop.wait()
         await cancel_and_wait(watch, "hub controller: the clusters file check", log)
