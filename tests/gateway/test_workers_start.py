@@ -138,9 +138,10 @@ async def _serve(
 
 
 async def _readyz(s: aiohttp.ClientSession, admin: int) -> tuple[int, str]:
+    """Its status and first line (the count; a line follows for each worker not plainly up)."""
     try:
         async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
-            return r.status, await r.text()
+            return r.status, (await r.text()).split("\n")[0]
     except aiohttp.ClientConnectionError:
         return 0, ""
 

@@ -24,8 +24,10 @@ takes no connections), starts the workers (``spawn``: fresh interpreters, nothin
 supervisor's event loop), serves the admin port itself — ``/metrics`` merges every worker's metrics
 with a ``worker`` label, ``/readyz`` is ready while at least ``listen.minReadyWorkers`` workers are
 (default 1; a worker opens its data port once its start-up is done, then reports, and counts from then),
-``/debug/picks/<id>`` asks each worker — restarts a worker that dies (giving up if they keep dying at
-start) or wedges (no heartbeat for ``listen.workerTimeoutSeconds``: killed first), and on SIGTERM/SIGINT
+``/debug/picks/<id>`` asks each worker, ``/healthz`` reads their heartbeats (``worker_health``) — restarts
+a worker that dies (giving up if they keep dying at start) or wedges (no heartbeat for
+``listen.workerTimeoutSeconds``: killed first), backing off a slot's restarts while its workers keep
+ending before they served a while (``worker_health.restart_delay``), and on SIGTERM/SIGINT
 has every worker drain (the same graceful drain as one process) before it exits. With ``--config`` it
 watches the file as one process does (SIGHUP, modification time): a file that fails validation is
 logged here and reaches no worker; a valid one is written, as the config it checked, to a private
@@ -67,6 +69,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kvgate.aio import serve_on_sighup
 from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gateway_config
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
+from kvgate.gateway import worker_health
 from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.gateway.reload import ConfigWatch, check_pickers, take_applied
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response
@@ -78,8 +81,9 @@ log = logging.getLogger("kvgate.gateway.workers")
 _FAST_DEATH_S = 5.0
 _MAX_FAST_DEATHS = 3
 _ADMIN_FETCH_TIMEOUT_S = 5.0
-# The supervisor's /readyz asks each worker for at most this long (a wedged worker counts as not ready):
-# a kubelet readiness probe times out after 1 s by default (review s20-qa M2).
+# The supervisor's /readyz asks the workers (all at once) for at most this long: a kubelet readiness probe
+# times out after 1 s by default (review s20-qa M2); one that does not answer in time is busy or wedged by
+# its heartbeat (``worker_health.readyz``).
 _READYZ_FETCH_TIMEOUT_S = 0.5
 # A gap this long between two ticks of the supervisor's watch (0.2 s apart) means it stood still itself.
 _STALL_S = 1.0
@@ -631,6 +635,16 @@ class Supervisor:
         # Each worker's last heartbeat (``_beat``; set at its report too), shared with the workers.
         self.heartbeat: Any = self.ctx.RawArray("d", workers)
         self.heartbeat_kills = 0  # workers killed for a missed heartbeat (logged each time)
+        # Per slot: when its worker reported its start; the heartbeat age it was killed at (None: not
+        # killed); its streak of workers that ended before serving ``worker_health.STABLE_S``; when its
+        # backed-off restart is due (None: not waiting); how its last worker ended; its last /readyz answer.
+        self.reported_at: list[float] = [0.0] * workers
+        self.killed_age: list[float | None] = [None] * workers
+        self.streak: list[int] = [0] * workers
+        self.restart_due: list[float | None] = [None] * workers
+        self.why: list[str] = [""] * workers
+        self.last_ready: list[bool] = [False] * workers
+        self.restarts: dict[str, int] = {"exited": 0, "wedged": 0}  # restarts by reason (admin /metrics)
         # When the supervisor's own watch resumed after standing still (the whole tree frozen: docker
         # pause, Ctrl-Z, a cgroup freezer): heartbeat ages count from then (review s20-fixes-b M2).
         self.awake_since = 0.0
@@ -762,7 +776,9 @@ class Supervisor:
             loop.remove_reader(recv.fileno())  # no-op once read; needed if cancelled or timed out
             recv.close()
         if self.admin_ports[i] is not None:  # (no await since it was set: the watch sees both at once)
-            self.heartbeat[i] = time.monotonic()  # the bound counts from its report
+            self.heartbeat[i] = self.reported_at[i] = time.monotonic()  # the bound counts from its report
+            self.killed_age[i] = None
+            self.last_ready[i] = True  # (it listens once its start-up is done: its own /readyz says more)
         if self.admin_ports[i] is None:
             log.error("worker %d exited before it started listening", i)
         elif self.reloads != reloads:  # a reload while it started: its SIGHUP may have been ignored
@@ -857,7 +873,7 @@ class Supervisor:
                         log.error("workers keep dying at start; shutting down")
                         self.failed = True
                         return
-                    self.admin_ports[i] = None
+                    delay = self._ended(i, proc, lived)
                     if self.shared is not None:
                         # It may have died holding the segment's lock (taken microseconds per request by
                         # the tenant table): freed if it cannot be taken within ``STUCK_S``.
@@ -865,11 +881,36 @@ class Supervisor:
 
                         if await asyncio.to_thread(free_stuck_lock, self.shared.lock):
                             log.warning("worker %d died holding the shared segment's lock: freed", i)
-                    restarting[i] = asyncio.create_task(self._restart(i), name=f"restart-worker-{i}")
+                    restarting[i] = asyncio.create_task(self._restart(i, delay), name=f"restart-worker-{i}")
         finally:
             for task in restarting.values():
                 task.cancel()
             await asyncio.gather(*restarting.values(), return_exceptions=True)
+
+    def _ended(self, i: int, proc: BaseProcess, lived: float) -> float:
+        """Worker ``i`` ended (died, or was killed for its heartbeat): counted by reason, its slot's streak
+        moved, logged with the reason and the restart's wait; that wait (``worker_health.restart_delay``)."""
+        reported = self.admin_ports[i] is not None or self.killed_age[i] is not None
+        served = max(0.0, self.heartbeat[i] - self.reported_at[i]) if reported else 0.0
+        killed = self.killed_age[i]
+        reason = "exited" if killed is None else "wedged"
+        self.why[i] = (
+            f"exit code {proc.exitcode} after {lived:.1f}s" if killed is None
+            else f"killed: no heartbeat for {killed:.1f}s"
+        )  # fmt: skip
+        self.admin_ports[i] = None
+        self.killed_age[i] = None
+        self.last_ready[i] = False
+        self.streak[i] = worker_health.next_streak(self.streak[i], served)
+        delay = worker_health.restart_delay(self.streak[i])
+        self.restarts[reason] += 1
+        log.error(
+            "worker %d restarts %s (%s; streak %d: its slot's workers that ended before serving %gs; "
+            "backoff 1s doubling to %gs)",
+            i, "now" if delay == 0 else f"in {delay:g}s", self.why[i], self.streak[i], worker_health.STABLE_S,
+            worker_health.RESTART_MAX_S,
+        )  # fmt: skip
+        return delay
 
     def check_heartbeat(self, i: int, proc: BaseProcess, now: float | None = None) -> bool:
         """Kill (SIGKILL) worker ``i`` if it reported (started) and its heartbeat is older than
@@ -888,17 +929,27 @@ class Supervisor:
             "is blocked or the process stopped); killing it (SIGKILL) to restart it", i, proc.pid, age, bound,
         )  # fmt: skip
         self.admin_ports[i] = None  # (not asked by the admin routes, not killed twice)
+        self.killed_age[i] = age
         self.heartbeat_kills += 1
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
         return True
 
-    async def _restart(self, i: int) -> bool:
-        """Start worker ``i`` again; False (``failed`` set) when it cannot be started. A spawn that fails
+    async def _restart(self, i: int, delay: float = 0.0) -> bool:
+        """Start worker ``i`` again, after ``delay`` (a backoff: ``_ended``); False (``failed`` set) when it
+        cannot be started (or the supervisor stops during the wait). A spawn that fails
         (out of processes, descriptors or memory: OSError) is no death (no worker ran): it is tried again
         after a pause doubling from ``_SPAWN_RETRY_S`` to ``_SPAWN_RETRY_MAX_S`` while the other workers
         serve; once spawns have failed in a row for ``spawn_give_up_s`` the supervisor stops with an error
         status, so a service manager restarts it (a watcher ended silently served on short-handed)."""
+        if delay > 0:
+            self.restart_due[i] = self.clock() + delay
+            try:
+                await self.sleep(delay)
+            finally:
+                self.restart_due[i] = None
+            if self.stopping:
+                return False
         first = self.clock()
         failures = 0  # this slot's, in a row (slots restart independently: ``watch``)
         try:
@@ -958,27 +1009,49 @@ class Supervisor:
             self.reload_failures[result] = self.reload_failures.get(result, 0) + 1
 
     def _own_metrics(self) -> str:
-        if not self.reload_failures:
-            return ""
-        lines = ["# HELP kvgate_gateway_config_reloads_total Config file reloads by result",
-                 "# TYPE kvgate_gateway_config_reloads_total counter"]  # fmt: skip
-        lines += [
-            f'kvgate_gateway_config_reloads_total{{result="{r}"}} {n}'
-            for r, n in self.reload_failures.items()
-        ]
+        lines = ["# HELP kvgate_gateway_worker_restarts_total Worker restarts by the supervisor, by reason "
+                 "(exited: the worker died; wedged: killed for a heartbeat older than workerTimeoutSeconds)",
+                 "# TYPE kvgate_gateway_worker_restarts_total counter"]  # fmt: skip
+        restarts = self.restarts.items()
+        lines += [f'kvgate_gateway_worker_restarts_total{{reason="{r}"}} {n}' for r, n in restarts]
+        if self.reload_failures:
+            lines += ["# HELP kvgate_gateway_config_reloads_total Config file reloads by result",
+                      "# TYPE kvgate_gateway_config_reloads_total counter"]  # fmt: skip
+            lines += [
+                f'kvgate_gateway_config_reloads_total{{result="{r}"}} {n}'
+                for r, n in self.reload_failures.items()
+            ]
         return "\n".join(lines) + "\n"
 
     async def _metrics(self, request: Request) -> Response:
         got = await self._all("/metrics")
         texts = [g[1].decode() if g is not None and g[0] == 200 else None for g in got]
-        own = {"supervisor": self._own_metrics()} if self.reload_failures else None
+        own = {"supervisor": self._own_metrics()}
         return Response(body=merge_metrics(texts, own), content_type=CONTENT_TYPE_LATEST)
 
+    def slots(self, now: float | None = None) -> list[worker_health.Slot]:
+        """Each worker slot as ``worker_health`` reads it: alive, started, its heartbeat's age (counted
+        from the supervisor's own thaw at most: ``check_heartbeat``), a backoff wait, its last end."""
+        now = time.monotonic() if now is None else now
+        out = []
+        for i, p in enumerate(self.procs):
+            due = self.restart_due[i]
+            out.append(worker_health.Slot(
+                i, p.pid if p is not None else None, p is not None and p.is_alive(),
+                self.admin_ports[i] is not None or self.killed_age[i] is not None,  # (killed: wedged still)
+                now - max(self.heartbeat[i], self.awake_since),
+                None if due is None else max(0.0, due - now), self.why[i],
+            ))  # fmt: skip
+        return out
+
     async def _healthz(self, request: Request) -> Response:
-        alive = sum(1 for p in self.procs if p is not None and p.is_alive())
-        if alive == 0:
-            return Response(status=503, text="no live worker", content_type="text/plain")
-        return Response(text=f"ok ({alive}/{self.n} workers)", content_type="text/plain")
+        """200 while a worker is live: up, busy (its heartbeat late but within the wedge bound: a loop
+        doing legitimate blocking work) or starting; each worker not plainly up gets a line saying which
+        and why (wedged, busy, restarting after a backoff and what ended the last one). 503 when none is:
+        every worker wedged (with ``workerTimeoutSeconds`` 0 nothing kills them) or waiting for a restart."""
+        bound = worker_health.wedge_bound(self.cfg.worker_timeout_s)
+        status, text = worker_health.healthz(self.slots(), bound)
+        return Response(status=status, text=text, content_type="text/plain")
 
     async def _readyz(self, request: Request) -> Response:
         """200 while at least ``listen.minReadyWorkers`` workers (default 1) are ready.
@@ -990,15 +1063,29 @@ class Supervisor:
         other replicas can absorb a pod at reduced capacity."""
         if self.stopping:
             return Response(status=503, text="draining", content_type="text/plain")
-        # Each worker asked for at most _READYZ_FETCH_TIMEOUT_S: a wedged one (killed and restarted after
-        # listen.workerTimeoutSeconds) counts as not ready, and the answer comes within a probe's timeout.
-        got = await self._all("/readyz", _READYZ_FETCH_TIMEOUT_S)
-        ready = sum(1 for g in got if g is not None and g[0] == 200)
+        # The workers whose loop turns (or is busy) asked all at once, for _READYZ_FETCH_TIMEOUT_S in all,
+        # so the answer comes within a probe's timeout; one that does not answer in time counts as its
+        # last answer while its heartbeat is within the wedge bound (busy), else as not ready.
+        bound = worker_health.wedge_bound(self.cfg.worker_timeout_s)
+        slots = self.slots()
+        ask = worker_health.asked(slots, bound)
+        tasks = {
+            i: asyncio.create_task(self._fetch(self.admin_ports[i], "/readyz", _READYZ_FETCH_TIMEOUT_S))
+            for i in range(self.n)
+            if ask[i]
+        }
+        if tasks:
+            await asyncio.wait(tasks.values(), timeout=_READYZ_FETCH_TIMEOUT_S + 0.05)
+        answers: list[int | None] = [None] * self.n
+        for i, task in tasks.items():
+            got = task.result() if task.done() else None
+            task.cancel()
+            if got is not None:
+                answers[i] = got[0]
+                self.last_ready[i] = got[0] == 200
         need = self.cfg.min_ready_workers
-        if ready < need:
-            text = f"{ready}/{self.n} workers ready, {need} needed"
-            return Response(status=503, text=text, content_type="text/plain")
-        return Response(text=f"ready ({ready}/{self.n} workers)", content_type="text/plain")
+        status, text = worker_health.readyz(slots, answers, self.last_ready, bound, need)
+        return Response(status=status, text=text, content_type="text/plain")
 
     async def _debug_pick(self, request: Request) -> Response:
         for g in await self._all(request.path):

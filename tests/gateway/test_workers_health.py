@@ -1,0 +1,187 @@
+"""``kvgate serve --workers 2``: the supervisor's ``/healthz`` and ``/readyz`` read each worker's heartbeat
+(session 20's closing note, "Workers"), and a slot whose workers keep wedging backs off its restarts.
+Real worker processes over real HTTP; SIGSTOP stands for an event loop blocked (busy for a while, or
+wedged for good): the heartbeat stops either way, and its age tells them apart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import workers_kit
+from gateway.backend import free_port
+
+LIMIT_S = 30.0  # any one condition on a loaded machine
+
+
+async def _get(admin: int, path: str) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as s,
+        asyncio.timeout(LIMIT_S),
+        s.get(f"http://127.0.0.1:{admin}{path}") as r,
+    ):
+        return r.status, await r.text()
+
+
+async def _until(admin: int, path: str, want: Any, what: str) -> tuple[int, str]:
+    """``path`` polled until ``want(status, text)``; the last answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LIMIT_S
+    while True:
+        got = await _get(admin, path)
+        if want(*got):
+            return got
+        assert loop.time() < deadline, f"{what}: last {path} answer {got}"
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def _serve(*args: str, stderr: Path) -> AsyncIterator[tuple[Any, int, int]]:
+    """``kvgate serve <args> --workers 2``, its stderr in a file, once both workers are ready."""
+    port, admin = free_port(), free_port()
+    with open(stderr, "wb") as err:  # noqa: ASYNC230 - the child keeps its own descriptor
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kvgate.cli", "serve", *args, "--port", str(port), "--admin-port",
+            str(admin), "--workers", "2", "--log-level", "WARNING",
+            stdout=asyncio.subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        await workers_kit.until_ready(admin, "(2/2 workers)")
+        yield proc, port, admin
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def _continue(*pids: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_busy_worker_stays_healthy_and_ready(backends, tmp_path):  # type: ignore[no-untyped-def]
+    """A worker whose loop has not turned for a while, but less than the wedge bound (10 s, the default),
+    is busy, not wedged: ``/healthz`` says so and stays 200, and with ``--min-ready-workers 2`` ``/readyz``
+    counts it as its last answer, 200. Before: ``/readyz`` 503 ``1/2 workers ready, 2 needed`` once it
+    missed the 0.5 s answer (review s20-fixes-b L2), and ``/healthz`` said nothing of it."""
+    (b,) = await backends(1)
+    args = ("--endpoints", b.address, "--model", "m", "--min-ready-workers", "2")
+    async with _serve(*args, stderr=tmp_path / "stderr") as (proc, _port, admin):
+        busy = min(workers_kit.children(proc.pid, b"spawn_main"))
+        os.kill(busy, signal.SIGSTOP)
+        try:
+            # Its heartbeat late (past LATE_S: 2 s), by the supervisor's own reading.
+            status, text = await _until(admin, "/healthz", lambda st, t: f"(pid {busy}) busy" in t,
+                                        "the stopped worker was never said busy")  # fmt: skip
+            assert status == 200 and text.startswith("ok (2/2 workers)"), text
+            status, text = await _get(admin, "/readyz")
+        finally:
+            _continue(busy)
+    assert status == 200 and text.startswith("ready (2/2 workers)"), (status, text)
+    assert f"(pid {busy}) busy" in text, text
+
+
+async def test_healthz_names_a_wedged_worker(backends, tmp_path):  # type: ignore[no-untyped-def]
+    """Past the bound (``--worker-timeout 2``) the stopped worker is wedged: ``/healthz`` names it (its pid,
+    and why: the heartbeat) while it is killed and restarted; the other keeps the answer 200. Before:
+    ``ok (2/2 workers)`` or ``ok (1/2 workers)``, no word of which."""
+    (b,) = await backends(1)
+    args = ("--endpoints", b.address, "--model", "m", "--worker-timeout", "2")
+    async with _serve(*args, stderr=tmp_path / "stderr") as (proc, _port, admin):
+        wedged = min(workers_kit.children(proc.pid, b"spawn_main"))
+        os.kill(wedged, signal.SIGSTOP)
+        try:
+            status, text = await _until(
+                admin, "/healthz", lambda st, t: "no heartbeat for" in t,
+                "/healthz never said which worker had no heartbeat",
+            )  # fmt: skip
+        finally:
+            _continue(wedged)
+    assert status == 200, (status, text)
+    # wedged (pid named), or already killed and starting again "after: killed: no heartbeat for ..."
+    assert f"(pid {wedged}) wedged" in text or "starting (after: killed: no heartbeat" in text, text
+
+
+async def test_healthz_fails_when_every_worker_is_wedged(backends, tmp_path):  # type: ignore[no-untyped-def]
+    """``--worker-timeout 0`` (no kill): with both workers' heartbeats past the default bound (10 s),
+    ``/healthz`` is 503 naming both, so a liveness probe restarts the pod. Before: 200 ``ok (2/2 workers)``
+    forever (a stopped process is alive)."""
+    (b,) = await backends(1)
+    args = ("--endpoints", b.address, "--model", "m", "--worker-timeout", "0")
+    async with _serve(*args, stderr=tmp_path / "stderr") as (proc, _port, admin):
+        workers = workers_kit.children(proc.pid, b"spawn_main")
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            status, text = await _until(admin, "/healthz", lambda st, t: st != 200,
+                                        "/healthz stayed 200 with every worker wedged")  # fmt: skip
+        finally:
+            _continue(*workers)
+        assert status == 503 and text.startswith("no live worker"), (status, text)
+        assert all(f"(pid {pid}) wedged" in text for pid in workers), text
+        # Thawed: healthy again (nothing killed them).
+        await _until(admin, "/healthz", lambda st, t: st == 200 and t == "ok (2/2 workers)",
+                     "/healthz did not come back once the workers ran again")  # fmt: skip
+
+
+def _replacement(supervisor: int, other: int, stopped: list[int]) -> set[int]:
+    """The worker the supervisor started in the stopped ones' slot (none while it has not)."""
+    return set(workers_kit.children(supervisor, b"spawn_main")) - {other, *stopped}
+
+
+async def _restarts(admin: int) -> dict[str, float]:
+    _status, text = await _get(admin, "/metrics")
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "kvgate_gateway_worker_restarts":
+            for smp in fam.samples:
+                if smp.name.endswith("_total") and smp.labels.get("worker") == "supervisor":
+                    out[smp.labels["reason"]] = smp.value
+    return out
+
+
+async def test_a_worker_that_wedges_after_every_start_is_restarted_with_backoff(  # type: ignore[no-untyped-def]
+    backends, tmp_path
+):
+    """A worker that wedges every time after it started (stopped here once it is up) is killed at the bound
+    (2 s) and restarted: the first at once, the next ones after a wait that doubles (1 s, 2 s, ...),
+    counted in ``kvgate_gateway_worker_restarts_total{reason="wedged"}`` and logged with the reason; the
+    wait shows on ``/healthz`` (``restarting in``). Before: restarted at once every time, forever, no
+    counter."""
+    (b,) = await backends(1)
+    args = ("--endpoints", b.address, "--model", "m", "--worker-timeout", "2")
+    stopped: list[int] = []
+    async with _serve(*args, stderr=tmp_path / "stderr") as (proc, _port, admin):
+        try:
+            first, other = sorted(workers_kit.children(proc.pid, b"spawn_main"))
+            os.kill(first, signal.SIGSTOP)  # killed at the bound, restarted at once (the first)
+            stopped.append(first)
+            for wait in ("1s", "2s"):  # its replacements wedged too, each once it is up
+                await _until(
+                    admin, "/healthz",
+                    lambda st, t: t == "ok (2/2 workers)" and _replacement(proc.pid, other, stopped),
+                    "the replacement worker never came up",
+                )  # fmt: skip
+                (pid,) = _replacement(proc.pid, other, stopped)
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+                await _until(admin, "/healthz", lambda st, t: "restarting in" in t,
+                             f"the restart after the wedge did not wait ({wait})")  # fmt: skip
+            restarts = await _restarts(admin)
+            assert restarts.get("wedged") == 3 and restarts.get("exited") == 0, restarts
+        finally:
+            _continue(*stopped)
+    log = (tmp_path / "stderr").read_text()
+    assert "restarts now (killed: no heartbeat for" in log, log[-3000:]
+    assert "restarts in 1s (killed: no heartbeat for" in log, log[-3000:]
+    assert "restarts in 2s (killed: no heartbeat for" in log, log[-3000:]
