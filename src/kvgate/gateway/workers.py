@@ -778,7 +778,7 @@ class Supervisor:
         if self.admin_ports[i] is not None:  # (no await since it was set: the watch sees both at once)
             self.heartbeat[i] = self.reported_at[i] = time.monotonic()  # the bound counts from its report
             self.killed_age[i] = None
-            self.last_ready[i] = True  # (it listens once its start-up is done: its own /readyz says more)
+            self.last_ready[i] = False  # (no answer yet: a busy worker counts as its last one)
         if self.admin_ports[i] is None:
             log.error("worker %d exited before it started listening", i)
         elif self.reloads != reloads:  # a reload while it started: its SIGHUP may have been ignored
@@ -868,7 +868,8 @@ class Supervisor:
                     log.error(
                         "worker %d (pid %s) exited with %s after %.1fs", i, proc.pid, proc.exitcode, lived
                     )
-                    self.fast_deaths = self.fast_deaths + 1 if lived < _FAST_DEATH_S else 0
+                    if self.killed_age[i] is None:  # (a wedged one killed: the restart backoff is for it)
+                        self.fast_deaths = self.fast_deaths + 1 if lived < _FAST_DEATH_S else 0
                     if self.fast_deaths >= _MAX_FAST_DEATHS:
                         log.error("workers keep dying at start; shutting down")
                         self.failed = True
