@@ -9,7 +9,10 @@ plain.
 
 Robustness rules: anything malformed gets a 400 and the connection is closed; header block <= 64 KB
 (431), body <= the configured limit (413, checked on Content-Length before reading and while reading
-chunked bodies; the 413 lingers briefly so the client reads it); CR, LF or NUL inside a header line is
+chunked bodies); a chunked body's lines end in CRLF only and follow RFC 9112 §7.1's grammar, its trailer
+lines are header lines, at most 64 KB of them (400, 431; read and dropped); every refusal but a 408
+lingers (half-close, read and drop for up to ``LINGER_S``, at most ``max_body`` and a head's worth) so
+the client reads the answer instead of a reset; CR, LF or NUL inside a header line is
 refused (no response splitting through echoed headers), and any other control character but HTAB in a
 value (RFC 9110 §5.5); header names must be RFC 9110 tokens,
 Content-Length ASCII digits, HTTP/1.1 requests must carry Host; Content-Length together with
@@ -28,7 +31,7 @@ together) as they arrive, and gives them back once answered (or refused, or the 
 whose Content-Length does not fit in what is free gets 503 with ``Retry-After`` before its body is read
 (nothing is reserved for it: a head alone holds no budget); a body that stops fitting while it arrives
 gets the same 503 then, and the connection closes. ``head_check`` (the gateway's API-key
-check) may refuse a request from its head, its body never buffered. Both refusals, like the 413, linger.
+check) may refuse a request from its head, its body never buffered. Both refusals linger too.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ _STATUS_LINES = {code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _REAS
 _BAD_HEADER_BYTES = (b"\r", b"\n", b"\x00")
 # RFC 9110 token: the only characters a header name may have.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# How long a refused request (413) keeps reading (and discarding) so the client sees the answer.
+# How long a refused request (not a 408) keeps reading (and discarding) so the client sees the answer.
 LINGER_S = 2.0
 # SO_LINGER on, 0 s: closing the socket resets the connection (``FrontProtocol.abort(reset=True)``).
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -426,6 +429,19 @@ def _fields(section: bytes) -> dict[str, str] | None:
     return headers if covered == len(section) else None
 
 
+# RFC 9112 §7.1: a chunk line, without its CRLF. chunk-size [ chunk-ext ]: hex digits, then any number of
+# ``;name`` or ``;name=value`` (a token or a quoted string), with optional blanks (BWS) around ``;`` and
+# ``=``; trailing blanks are taken too. Anything else (an LF or CR, a control byte, a blank first) is a
+# 400. Possessive quantifiers: no backtracking (each piece ends where the next cannot start).
+_CHUNK_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
+_CHUNK_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*+"'
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]++)(?:[ \t]*+;[ \t]*+" + _CHUNK_TOKEN
+    + rb"(?:[ \t]*+=[ \t]*+(?:" + _CHUNK_TOKEN + rb"|" + _CHUNK_QUOTED + rb"))?+)*+[ \t]*+"
+)  # fmt: skip
+_MAX_CHUNK_LINE = 1024
+
+
 def _empty_lines(data: bytes | bytearray) -> int:
     """How many bytes of empty lines (CRLF) ``data`` starts with."""
     i = 0
@@ -732,11 +748,12 @@ class FrontProtocol(asyncio.Protocol):
         self._read_paused = False
         self._reject_after = False  # stop parsing: an error response is queued and we close after it
         self._linger_after = False  # the refusal came before the body: linger (``_linger``), not close
+        self._dropped = 0  # bytes read and dropped since a refusal (``_drop``)
         self._held = 0  # budget bytes the body being read holds (``FrontServer.budget``)
         # A parsed request head waiting for its body: (method, path, query, headers, keep-alive,
         # Content-Length or -1 for chunked), and the chunked decoder's state.
         self._pending: tuple[str, str, str, dict[str, str], bool, int, bool] | None = None
-        self._cpos = 0
+        self._ctrailer = -1  # bytes of the trailer section read so far; -1: not in it
         self._cparts: list[bytes] = []
         self._ctotal = 0
 
@@ -809,7 +826,8 @@ class FrontProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._reject_after:
-            return  # (also: a refused request's lingering body, read and dropped)
+            self._drop(len(data))  # (a refused request's lingering bytes, read and dropped)
+            return
         self._idle_from, self.idle_since = self.idle_since, None
         try:
             if not self.buf and self._pending is None:
@@ -831,7 +849,19 @@ class FrontProtocol(asyncio.Protocol):
             self.head_since = self._loop.time()
 
     def _reject(self, status: int, message: str) -> None:
-        self._refuse(_error(status, message), linger=status == 413)
+        # Every refusal of what the client sent lingers (its request may still be arriving: a 431's
+        # head, a bad chunk's body); a 408's client is the slow one, closed at once.
+        self._refuse(_error(status, message), linger=status != 408)
+
+    def _drop(self, size: int) -> None:
+        """``size`` bytes came after a refusal and were dropped. Past what an accepted request could
+        make the front read (``max_body`` and a head), reading pauses: the client's sends back up,
+        nothing more is read for it (qa20: a client could make a refused connection read for free)."""
+        self._dropped += size
+        over = self._dropped > self.server.max_body + _MAX_HEAD
+        if over and not self._read_paused and self.transport is not None and not self.closed:
+            self._read_paused = True
+            self.transport.pause_reading()
 
     def _refuse(self, resp: Response, *, linger: bool) -> None:
         """Answer ``resp`` (after the requests before it), read nothing more, then close; ``linger``:
@@ -1001,7 +1031,7 @@ class FrontProtocol(asyncio.Protocol):
             if te.strip().lower() != "chunked":
                 raise _BadRequest(501, f"unsupported transfer-encoding {te!r}")
             length = -1
-            self._cpos, self._cparts, self._ctotal = 0, [], 0
+            self._ctrailer, self._cparts, self._ctotal = -1, [], 0
         else:
             # ASCII digits only: str.isdigit() alone takes other scripts' digits ("\u0661").
             if cl is not None and not (cl.isascii() and cl.isdigit()):
@@ -1063,48 +1093,72 @@ class FrontProtocol(asyncio.Protocol):
         return headers
 
     def _chunked(self) -> bytes | None:
-        """Continue decoding a chunked body (state kept across reads); the body once complete."""
+        """Continue decoding a chunked body (state kept across reads); the body once complete.
+
+        Lines end in CRLF only (RFC 9112 §7.1; its §2.2 leniency is for the start line and fields): a
+        bare LF anywhere in a chunk line is refused as soon as it is seen, as is a line the chunk grammar
+        does not produce (an LF or CR inside an extension would be read as a line end by a front that
+        ends lines at LF: two framings of one body, request smuggling)."""
         buf = self.buf
-        pos = self._cpos
         while True:
-            nl = buf.find(b"\r\n", pos)
-            if nl < 0:
-                if len(buf) - pos > 1024:
+            if self._ctrailer >= 0:
+                return self._trailers()
+            nl = buf.find(b"\n")
+            if nl < 0 or nl > _MAX_CHUNK_LINE:
+                if len(buf) > _MAX_CHUNK_LINE:
                     raise _BadRequest(400, "chunk size line too long")
-                self._cpos = pos
                 return None
-            size_s = bytes(buf[pos:nl]).split(b";", 1)[0].strip()
-            if not size_s or any(c not in b"0123456789abcdefABCDEF" for c in size_s):
+            if nl == 0 or buf[nl - 1] != 0x0D:
+                raise _BadRequest(400, "malformed chunk: a line ends in a bare LF, not CRLF")
+            m = _CHUNK_LINE.fullmatch(buf, 0, nl - 1)
+            if m is None:
                 raise _BadRequest(400, "invalid chunk size")
-            size = int(size_s, 16)
+            size = int(m.group(1), 16)
             if size == 0:
-                # Trailer section: header lines until the empty line.
-                tpos = nl + 2
-                while True:
-                    tnl = buf.find(b"\r\n", tpos)
-                    if tnl < 0:
-                        if len(buf) - tpos > _MAX_HEAD:
-                            raise _BadRequest(431, "chunked trailers too large")
-                        self._cpos = pos
-                        return None
-                    if tnl == tpos:
-                        del buf[: tnl + 2]
-                        body = b"".join(self._cparts)
-                        self._cparts = []
-                        return body
-                    tpos = tnl + 2
+                del buf[: nl + 1]
+                self._ctrailer = 0  # the trailer section follows, up to its empty line
+                continue
             if self._ctotal + size > self.server.max_body:
                 raise _BadRequest(413, f"request body exceeds {self.server.max_body} bytes")
-            start = nl + 2
-            if len(buf) < start + size + 2:
-                self._cpos = pos
+            start = nl + 1
+            end = start + size
+            if len(buf) < end + 2:
+                if len(buf) > end and buf[end] != 0x0D:  # (said at once, not when a second byte comes)
+                    raise _BadRequest(400, "missing CRLF after chunk")
                 return None
-            if buf[start + size : start + size + 2] != b"\r\n":
+            if buf[end : end + 2] != b"\r\n":
                 raise _BadRequest(400, "missing CRLF after chunk")
-            self._cparts.append(bytes(buf[start : start + size]))
+            self._cparts.append(bytes(buf[start:end]))
             self._ctotal += size
-            del buf[: start + size + 2]
-            pos = 0
+            del buf[: end + 2]
+
+    def _trailers(self) -> bytes | None:
+        """The trailer section after the last chunk, line by line as it arrives: each a header line
+        (checked as ``_fields_slow`` checks one; dropped, not passed on: RFC 9110 §6.5.1), the section
+        bounded like a head (431); the body once its empty line came."""
+        buf = self.buf
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if self._ctrailer + len(buf) > _MAX_HEAD:
+                    raise _BadRequest(431, "chunked trailers too large")
+                return None
+            if nl == 0 or buf[nl - 1] != 0x0D:
+                raise _BadRequest(400, "malformed chunk: a trailer line ends in a bare LF, not CRLF")
+            self._ctrailer += nl + 1
+            if self._ctrailer > _MAX_HEAD:
+                raise _BadRequest(431, "chunked trailers too large")
+            if nl > 1:
+                name, sep, value = bytes(buf[: nl - 1]).partition(b":")
+                if not sep or _TOKEN.fullmatch(name) is None or _VALUE_CTL.search(value) is not None:
+                    raise _BadRequest(400, "malformed chunked trailer line")
+                del buf[: nl + 1]
+                continue
+            del buf[:2]  # the section's end
+            self._ctrailer = -1
+            body = b"".join(self._cparts)
+            self._cparts = []
+            return body
 
     # --- dispatch -------------------------------------------------------------------------------
     def _enqueue(self, req: Request) -> None:
@@ -1211,8 +1265,10 @@ class FrontProtocol(asyncio.Protocol):
         return True
 
     def _linger(self) -> None:
-        """After a 413 the client may still be sending its body: closing now could reset the
-        connection before it reads the answer. Half-close, keep reading (and dropping) briefly."""
+        """After a refusal (400, 413, 431, 501, 503, 401) the client may still be sending its request:
+        closing with its bytes unread resets the connection, and a reset can cost the client the answer.
+        Half-close (the client reads the answer, then the end), keep reading (and dropping) for up to
+        ``LINGER_S`` and at most ``max_body`` and a head's worth (``_drop``), then close."""
         assert self.transport is not None
         self.linger_until = self._loop.time() + LINGER_S
         if self.transport.can_write_eof():
