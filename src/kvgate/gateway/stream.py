@@ -15,6 +15,9 @@ name split across two chunks is held back until it is whole), and is neither str
 
 from __future__ import annotations
 
+import json
+import re
+
 import orjson
 
 from kvgate.openai.protocol import later_usage, usage_from
@@ -27,9 +30,29 @@ _ENDS = (b"\n\n", b"\n\r\n", b"\r\r")
 
 
 def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:
-    s, c = orjson.dumps(sent), orjson.dumps(client)
-    # Compact (vLLM, SGLang, orjson) and json.dumps-style spacing.
-    return [(b'"model":' + s, b'"model":' + c), (b'"model": ' + s, b'"model": ' + c)]
+    c = orjson.dumps(client)
+    # Compact (vLLM, SGLang, orjson) and json.dumps-style spacing, for each spelling of the name.
+    return [(b'"model":' + sp + s, b'"model":' + sp + c) for sp in (b"", b" ") for s in _spellings(sent)]
+
+
+def _spellings(name: str) -> list[bytes]:
+    """The JSON strings a server may spell ``name`` with: orjson's (UTF-8 as is: vLLM, SGLang) and, for a
+    name they differ on, Python ``json.dumps``' default (non-ASCII as lower- or upper-case ``\\uXXXX``)
+    and Go ``encoding/json``'s (``<``, ``>``, ``&``, U+2028/9 escaped). qa20: such a name was not found,
+    the name sent upstream reached the client. A plain ASCII name has one spelling (no cost per chunk)."""
+    plain = orjson.dumps(name)
+    if name.isascii() and "<" not in name and ">" not in name and "&" not in name:
+        return [plain]
+    escaped = json.dumps(name).encode()  # (ensure_ascii: what a plain json.dumps writes)
+    upper = _HEX_ESCAPE.sub(lambda m: b"\\u" + m.group(1).upper(), escaped)
+    go = plain
+    for ch, esc in _GO_ESCAPES:
+        go = go.replace(ch, esc)
+    return list(dict.fromkeys((plain, escaped, upper, go)))
+
+
+_HEX_ESCAPE = re.compile(rb"\\u([0-9a-f]{4})")
+_GO_ESCAPES = tuple((ch.encode(), b"\\u%04x" % ord(ch)) for ch in ("<", ">", "&", "\u2028", "\u2029"))
 
 
 class BodyRewriter:
@@ -42,7 +65,7 @@ class BodyRewriter:
 
     def rewrite(self, body: bytes) -> bytes:
         for old, new in self._patterns:
-            body = body.replace(old, new, 1)
+            body = body.replace(old, new)  # (every one: a JSON reader takes a duplicate key's last)
         return body
 
 
