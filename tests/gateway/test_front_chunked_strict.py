@@ -1,11 +1,12 @@
 """Session-20 closing note (qa20's HTTP items): a chunked request body's lines and a refusal's close.
 
 RFC 9112 §7.1 frames chunks with CRLF only (its §2.2 leniency for a bare LF covers the start line and
-fields, not chunks; erratum 7633 keeps chunked strict), and nginx (1.29.4, PR 1016), Go (CVE-2025-22871),
-netty, h2o and hyper refuse a bare LF in a chunk line: a front that ends a chunk line at an LF and one that
-reads the LF as extension text frame the body differently (request smuggling, "funky chunks"). The front
-refuses it with 400 at once: before, a chunk size line ending in a bare LF waited ``bodyTimeoutSeconds``
-(60 s) for a 408, and an LF inside a chunk extension was taken as extension text (the request answered).
+fields, not chunks; erratum 7633 keeps chunked strict); nginx (PR 1016, December 2025), Go
+(CVE-2025-22871), netty and h2o refuse a bare LF in a chunk line, hyper an LF in an extension: a front that
+ends a chunk line at an LF and one that reads the LF as extension text frame the body differently
+(request smuggling, "funky chunks"). The front refuses it with 400 at once: before, a chunk size line
+ending in a bare LF waited ``bodyTimeoutSeconds`` (60 s) for a 408, and an LF inside a chunk extension
+was taken as extension text (the request answered).
 Trailer lines are header lines: checked as such (400) and bounded like the head (431); before, they were
 not checked at all and only each line was bounded. Over raw sockets, the deadlines far away (60 s)."""
 
