@@ -18,6 +18,7 @@ import socket
 import orjson
 import pytest
 
+from gateway.test_hot_path import _parsed
 from kvgate.httpfront.server import FrontServer, Request, Response
 
 _HEAD = b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -130,30 +131,10 @@ async def test_well_formed_chunked_bodies_are_read(raw: bytes, body: bytes) -> N
 async def test_well_formed_chunked_bodies_read_alike_one_byte_at_a_time() -> None:
     """Every accepted body, fed a byte per read, then a pipelined request after it: the same bodies
     (the line checks keep no state that a cut could fool)."""
-    seen: list[bytes] = []
-
-    async def handler(req: Request) -> Response:
-        seen.append(req.body)
-        return Response(body=b"ok")
-
-    front = FrontServer({"/a": handler}, handler, max_body=1 << 20)
-    server = await asyncio.get_running_loop().create_server(front.protocol, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     raw = b"".join(_HEAD + r for r, _ in ACCEPTED.values())
     raw += b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        for i in range(len(raw)):
-            writer.write(raw[i : i + 1])
-            await writer.drain()
-            await asyncio.sleep(0)
-        out = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-        front.close_all()
-        server.close()
-    assert seen == [b for _, b in ACCEPTED.values()] + [b""]
+    seen, out = await _parsed([raw[i : i + 1] for i in range(len(raw))])
+    assert [s[4] for s in seen] == [b for _, b in ACCEPTED.values()] + [b""]
     assert out.count(b"HTTP/1.1 200 ") == len(ACCEPTED) + 1
 
 
