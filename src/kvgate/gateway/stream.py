@@ -30,25 +30,30 @@ _ENDS = (b"\n\n", b"\n\r\n", b"\r\r")
 
 
 def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:
-    c = orjson.dumps(client)
-    # Compact (vLLM, SGLang, orjson) and json.dumps-style spacing, for each spelling of the name.
-    return [(b'"model":' + sp + s, b'"model":' + sp + c) for sp in (b"", b" ") for s in _spellings(sent)]
+    s, c = orjson.dumps(sent), orjson.dumps(client)
+    # Compact (vLLM, SGLang, orjson) and json.dumps-style spacing.
+    pairs = [(b'"model":' + s, b'"model":' + c), (b'"model": ' + s, b'"model": ' + c)]
+    if sent.isascii() and "<" not in sent and ">" not in sent and "&" not in sent:
+        return pairs  # the usual name: one spelling, two patterns (no cost per chunk)
+    others = _spellings(sent, s)
+    return (
+        pairs
+        + [(b'"model":' + o, b'"model":' + c) for o in others]
+        + [(b'"model": ' + o, b'"model": ' + c) for o in others]
+    )
 
 
-def _spellings(name: str) -> list[bytes]:
-    """The JSON strings a server may spell ``name`` with: orjson's (UTF-8 as is: vLLM, SGLang) and, for a
-    name they differ on, Python ``json.dumps``' default (non-ASCII as lower- or upper-case ``\\uXXXX``)
-    and Go ``encoding/json``'s (``<``, ``>``, ``&``, U+2028/9 escaped). qa20: such a name was not found,
-    the name sent upstream reached the client. A plain ASCII name has one spelling (no cost per chunk)."""
-    plain = orjson.dumps(name)
-    if name.isascii() and "<" not in name and ">" not in name and "&" not in name:
-        return [plain]
+def _spellings(name: str, plain: bytes) -> list[bytes]:
+    """The other JSON strings a server may spell ``name`` (non-ASCII, or with ``<>&``) with, besides
+    orjson's ``plain`` (UTF-8 as is: vLLM, SGLang): Python ``json.dumps``' default (non-ASCII as lower- or
+    upper-case ``\\uXXXX``) and Go ``encoding/json``'s (``<``, ``>``, ``&``, U+2028/9 escaped). qa20:
+    such a name was not found, the name sent upstream reached the client."""
     escaped = json.dumps(name).encode()  # (ensure_ascii: what a plain json.dumps writes)
     upper = _HEX_ESCAPE.sub(lambda m: b"\\u" + m.group(1).upper(), escaped)
     go = plain
     for ch, esc in _GO_ESCAPES:
         go = go.replace(ch, esc)
-    return list(dict.fromkeys((plain, escaped, upper, go)))
+    return [o for o in dict.fromkeys((escaped, upper, go)) if o != plain]
 
 
 _HEX_ESCAPE = re.compile(rb"\\u([0-9a-f]{4})")
