@@ -39,7 +39,7 @@ from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout, UpstreamPool, UpstreamResponse
 from kvgate.httpfront.budget import ByteBudget
-from kvgate.httpfront.server import Request, Response, StreamResponse
+from kvgate.httpfront.server import Handler, Request, Response, StreamResponse
 from kvgate.multicluster.epp_client import retry_after_s
 from kvgate.openai import protocol as proto
 from kvgate.openai.progress import Progress, progress_events, progress_piece
@@ -51,7 +51,6 @@ from kvgate.openai.request import (
     OTHER,
     PATHS,
     BodyError,
-    ParsedBody,
     RequestPolicy,
     inference_request,
     parse_body,
@@ -272,6 +271,11 @@ class Proxy:
         self.response_models: ResponseHomes[tuple[str, str]] = ResponseHomes(clock=clock)
         self._request_lines: dict[tuple[str, str], bytes] = {}
         self._rid_seq = 0
+        # The routes' handlers: ``_entry`` with its kind bound (a C-level partial, not a Python call per
+        # request; each hands the front ``_entry``'s coroutine to await).
+        self.completions: Handler = functools.partial(self._entry, COMPLETIONS)
+        self.chat: Handler = functools.partial(self._entry, CHAT)
+        self.embeddings: Handler = functools.partial(self._entry, EMBEDDINGS)
 
     def cut_streams(self, event: bytes) -> int:
         """The drain's deadline: abort the upstream request of every stream being relayed (the model
@@ -310,19 +314,9 @@ class Proxy:
             async with asyncio.timeout(WARM_WAIT_S):
                 await asyncio.gather(*warm)
 
-    # The routes' handlers hand the front ``_entry``'s coroutine to await (no coroutine of their own).
-    def completions(self, request: Request) -> Coroutine[Any, Any, Response | StreamResponse]:
-        return self._entry(request, COMPLETIONS)
-
-    def chat(self, request: Request) -> Coroutine[Any, Any, Response | StreamResponse]:
-        return self._entry(request, CHAT)
-
-    def embeddings(self, request: Request) -> Coroutine[Any, Any, Response | StreamResponse]:
-        return self._entry(request, EMBEDDINGS)
-
     def other(self, request: Request) -> Coroutine[Any, Any, Response | StreamResponse]:
         """``OTHER_PATHS`` (``/v1/responses``, ``/v1/rerank``, ...): the path is the kind (sent as is)."""
-        return self._entry(request, request.path)
+        return self._entry(request.path, request)
 
     async def models(self, request: Request) -> Response | StreamResponse:
         if request.method != "GET":
@@ -389,8 +383,11 @@ class Proxy:
             return resp
         return None
 
-    async def _entry(self, request: Request, kind: str) -> Response | StreamResponse:
-        rid = request.headers.get("x-request-id") or self._request_id()
+    async def _entry(self, kind: str, request: Request) -> Response | StreamResponse:
+        rid = request.headers.get("x-request-id")
+        if not rid:  # (``_request_id`` inlined: once per request)
+            self._rid_seq += 1
+            rid = f"{self._rid_prefix}-{self._rid_seq:x}"
         if request.method != "POST":
             resp = error_response(
                 GatewayError(405, f"{request.method} is not allowed on {request.path}; use POST"), rid
@@ -487,7 +484,9 @@ class Proxy:
         """Parse, route and build what goes upstream: ``_dispatch``'s arguments after the request, kind
         and id (pool, request, body, header block, client model, strip usage, explain, arrival, marks).
         Raises ``GatewayError``."""
-        raw = self._read_body(request)
+        # (``_read_body``'s check inlined: its refusal is its own call)
+        fits = request.content_length <= self.cfg.limits.max_body_bytes
+        raw = request.body if fits else self._read_body(request)
         try:
             parsed = parse_body(kind if kind in PATHS else OTHER, raw)
         except BodyError as e:
@@ -513,7 +512,8 @@ class Proxy:
         changed = target != client_model
         if changed:
             parsed.body["model"] = target
-        if server_priority(parsed.body, self.policies[pool.name], objective):  # (pools[].passPriority)
+        policy = self.policies[pool.name]
+        if policy.pass_priority and server_priority(parsed.body, policy, objective):  # (pools[].passPriority)
             changed = True
         if parsed.stream and not parsed.client_wants_usage and kind in PATHS:
             # Ask for the final usage chunk so the in-flight accounting sees real token counts, and
@@ -525,8 +525,18 @@ class Proxy:
         # The picker tracks requests by id, so it gets a unique one even when clients reuse theirs;
         # the client's x-request-id is what goes upstream and back.
         internal = self._request_id() if "x-request-id" in request.headers else rid
-        ireq = self._inference_request(parsed, target, pool, internal, headers, objective, fairness, t0)
-        if (prev := previous_response_id(kind, parsed.body)) is not None:
+        ireq = inference_request(
+            parsed,
+            request_id=internal,
+            model=target,
+            policy=policy,
+            session=headers.get(policy.session_header),
+            objective=objective,
+            fairness=fairness,
+            headers=headers,
+            arrival_time=t0,
+        )
+        if kind == RESPONSES_PATH and (prev := previous_response_id(kind, parsed.body)) is not None:
             # A Responses follow-up: picked among the endpoint that made the response it names, while
             # that one is known and healthy (elsewhere vLLM answers 404); a retry may go elsewhere.
             home = self.responses.home(prev)
@@ -543,30 +553,6 @@ class Proxy:
         # recv: the whole request is in (the front reads the body before the handler runs).
         marks = {"recv": t0, "parsed": self.clock()} if timing and not self.hide else None
         return pool, ireq, out, header_block, client_model, strip_usage, explain, t0, marks
-
-    def _inference_request(
-        self,
-        parsed: ParsedBody,
-        target: str,
-        pool: Pool,
-        rid: str,
-        headers: dict[str, str],
-        objective: str | None,
-        fairness: str | None,
-        t0: float,
-    ) -> InferenceRequest:
-        policy = self.policies[pool.name]
-        return inference_request(
-            parsed,
-            request_id=rid,
-            model=target,
-            policy=policy,
-            session=headers.get(policy.session_header),
-            objective=objective,
-            fairness=fairness,
-            headers=headers,
-            arrival_time=t0,
-        )
 
     @staticmethod
     def _retry_pick(pool: Pool, director: Any, ireq: InferenceRequest, tried: set[str], explain: bool) -> Any:
@@ -693,7 +679,9 @@ class Proxy:
             finished = False
             resp: UpstreamResponse | None = None
             preempted: Sequence[bool] = _NOT_PREEMPTED if no_flow else self._preemptible(director, ireq, ep)
-            head = self._request_line(kind, ep.address) + header_block
+            head = (
+                self._request_lines.get((kind, ep.address)) or self._request_line(kind, ep.address)
+            ) + header_block
             # Is a timeout at the deadline this endpoint's? Only if it has the larger part of the
             # request's time: what is left now against what the gateway spent (queue, earlier attempts).
             if deadline is not None:
@@ -820,14 +808,15 @@ class Proxy:
                     self._failed(director, ireq, ep)
                     continue
                 finished = True
-                self._note_response(
-                    kind,
-                    resp,
-                    body if body is not None else parts[0] if parts else b"",
-                    ep,
-                    sent_model,
-                    client_model,
-                )
+                if kind == RESPONSES_PATH:  # (``_note_response``'s own test first: one call fewer)
+                    self._note_response(
+                        kind,
+                        resp,
+                        body if body is not None else parts[0] if parts else b"",
+                        ep,
+                        sent_model,
+                        client_model,
+                    )
                 if marks is not None:
                     marks["first"] = self.clock()  # (the whole body: no earlier byte reaches the client)
                     reply_headers[TIMING_HEADER] = _timing_value(marks)

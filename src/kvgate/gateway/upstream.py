@@ -292,9 +292,21 @@ class _Conn(asyncio.Protocol):
 
     async def _wait(self, due: float | None) -> None:
         """Until data, an error or the close; ``UpstreamTimeout`` at ``due`` (event-loop time; None:
-        no limit). The one wait for a read: the head's (``UpstreamPool.request``) and the body's."""
-        loop = self.loop
-        self.waiter = waiter = loop.create_future()
+        no limit). The wait for a body's read; the head's is the same, inlined (``UpstreamPool.request``:
+        one coroutine fewer per request)."""
+        waiter = self._arm(due)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            self._due = None
+        if isinstance(self.error, UpstreamTimeout):
+            raise self.error
+
+    def _arm(self, due: float | None) -> asyncio.Future[None]:
+        """The future a read waits on (``waiter``: woken by data, an error or the close), and its timer
+        at ``due``. The waiter clears ``waiter`` and ``_due`` once woken or cancelled (``_wait``)."""
+        self.waiter = waiter = self.loop.create_future()
         if due is not None:
             self._due = due
             # One timer per connection: left armed when a read ends, it fires at the earlier read's
@@ -304,14 +316,8 @@ class _Conn(asyncio.Protocol):
                 if self._timer is not None:
                     self._timer.cancel()
                 self._timer_at = due
-                self._timer = loop.call_at(due, self._on_timer)
-        try:
-            await waiter
-        finally:
-            self.waiter = None
-            self._due = None
-        if isinstance(self.error, UpstreamTimeout):
-            raise self.error
+                self._timer = self.loop.call_at(due, self._on_timer)
+        return waiter
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -346,7 +352,7 @@ def _due(conn: _Conn, idle: float | None, deadline: float | None) -> float | Non
 class UpstreamResponse:
     """One response being read from a pooled connection; ``release()`` it exactly once."""
 
-    __slots__ = ("_conn", "_deadline", "_idle", "_released", "head", "status")
+    __slots__ = ("_conn", "_deadline", "_idle", "_released", "content_type", "head", "status")
 
     def __init__(
         self, conn: _Conn, head: ResponseHead, idle_timeout: float | None, deadline: float | None
@@ -354,13 +360,11 @@ class UpstreamResponse:
         self._conn = conn
         self.head = head
         self.status = head.status  # (an attribute: the proxy reads it several times per request)
+        # The media type, lower-case, without parameters (read once per request: an attribute, no call).
+        self.content_type = head.content_type
         self._idle = idle_timeout
         self._deadline = deadline
         self._released = False
-
-    @property
-    def content_type(self) -> str:
-        return self.head.content_type
 
     @property
     def deadline(self) -> float | None:
@@ -546,6 +550,7 @@ class UpstreamPool:
         ``deadline`` has passed (a connect that completed, or was ended, after it): ``DeadlinePassed``,
         the connection kept idle for the next request.
         """
+        idle = self.idle_timeout if head_idle else None
         for attempt in range(2):
             # (an idle connection without a coroutine's await: the usual case; the resend: a new one)
             conn = self._take_idle(address) if attempt == 0 else None
@@ -567,7 +572,15 @@ class UpstreamPool:
                 while conn.head is None:
                     if conn.error is not None:
                         raise conn.error
-                    await conn._wait(_due(conn, self.idle_timeout if head_idle else None, deadline))
+                    # (``conn._wait`` inlined, and ``_due`` without an idle bound: the non-streamed case)
+                    waiter = conn._arm(_due(conn, idle, deadline) if idle is not None else deadline)
+                    try:
+                        await waiter
+                    finally:
+                        conn.waiter = None
+                        conn._due = None
+                    if isinstance(conn.error, UpstreamTimeout):
+                        raise conn.error
             except UpstreamTimeout:
                 if conn.transport is not None:
                     conn.transport.abort()

@@ -835,9 +835,11 @@ class FrontProtocol(asyncio.Protocol):
                 # body are sliced out of ``data`` once, not copied through the buffer (the rest goes
                 # there, as every byte does otherwise).
                 self._parse_first(data)
+                if self.buf or self._pending is not None:  # (more than one whole request came)
+                    self._parse()
             else:
                 self.buf += data
-            self._parse()
+                self._parse()
         except _BadRequest as e:
             self._reject(e.status, str(e))
         except _Refused as e:
@@ -1216,7 +1218,9 @@ class FrontProtocol(asyncio.Protocol):
                 resp: Response | StreamResponse = req.error
             else:
                 try:
-                    resp = await self.server.handler_for(req.path)(req)
+                    server = self.server  # (an exact route without ``handler_for``'s call: the usual case)
+                    handler = server.routes.get(req.path) or server.handler_for(req.path)
+                    resp = await handler(req)
                 except Exception:
                     log.exception("unhandled error serving %s %s", req.method, req.path)
                     resp = _error(500, "internal error in the gateway")
