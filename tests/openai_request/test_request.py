@@ -91,6 +91,31 @@ def test_a_responses_body_names_its_limit_max_output_tokens() -> None:
     assert parse_body(CHAT, orjson.dumps(chat)).max_tokens is None
 
 
+@pytest.mark.parametrize(
+    ("kind", "raw", "want"),
+    [
+        (CHAT, b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":512.0}', 512),
+        (CHAT, b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":1e2}', 100),
+        (CHAT, b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":64.0}', 64),
+        (COMPLETIONS, b'{"model":"m","prompt":"x","max_tokens":0.0}', 0),
+        (OTHER, b'{"model":"m","input":"x","max_output_tokens":2E1}', 20),
+    ],
+    ids=["512.0", "1e2", "max_completion_tokens-64.0", "0.0", "max_output_tokens-2E1"],
+)
+def test_whole_number_floats_are_token_bounds(kind: str, raw: bytes, want: int) -> None:
+    """qa21 F2: vLLM's request models are pydantic in lax mode: ``max_tokens: int | None`` takes ``512.0``
+    and ``1e2`` (a client's ``budget * 0.5``). They were a 400 here, served by vLLM."""
+    parsed = parse_body(kind, raw)
+    assert parsed.max_tokens == want and type(parsed.max_tokens) is int
+
+
+@pytest.mark.parametrize("value", ["512.5", "-1.0", "1e-1", "true", '"5"'])
+def test_other_non_integers_stay_refused(value: str) -> None:
+    """A fractional or negative bound is vLLM's 400 too; a boolean or a string stays refused here."""
+    raw = b'{"model":"m","prompt":"x","max_tokens":' + value.encode() + b"}"
+    assert _bad(COMPLETIONS, raw).param == "max_tokens"
+
+
 def test_kind_for_path() -> None:
     assert kind_for_path("/v1/chat/completions?x=1") == CHAT
     assert kind_for_path("/v1/completions") == COMPLETIONS

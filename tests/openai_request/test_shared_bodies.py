@@ -72,6 +72,9 @@ BODIES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
     ),
     ("/v1/embeddings", {"model": "m", "input": "embed me"}, {}),
     ("/v1/responses", {"model": "m", "input": "hi", "max_output_tokens": 11}, {}),  # s17-qafix-d F4
+    # qa21 F2: whole-number floats, as vLLM's lax pydantic takes them.
+    (CHAT, {"model": "m", "messages": [{"role": "user", "content": "f"}], "max_completion_tokens": 64.0}, {}),
+    ("/v1/responses", {"model": "m", "input": "hi", "max_output_tokens": 12.0}, {}),
 ]
 
 DEEP = "[" * 1000 + "]" * 1000
@@ -90,6 +93,11 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     (CHAT, b'{"model": "m", "messages": []}', "messages"),
     (COMPLETIONS, b'{"model": "m", "prompt": "x", "stream": "yes"}', "stream"),
     ("/v1/responses", b'{"model": "m", "input": "x", "max_output_tokens": -1}', "max_output_tokens"),
+    (
+        CHAT,
+        b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 512.5}',
+        "max_tokens",
+    ),
 ]
 
 
@@ -180,6 +188,8 @@ async def test_same_bodies_give_identical_inference_requests(doors: Doors) -> No
     assert (gold.priority, gold.fairness_id) == (5, "tenant-a")
     assert by_body[orjson.dumps(BODIES[0][1])].prompt_text == "Once upon a time"
     assert by_body[orjson.dumps(BODIES[10][1])].max_tokens == 11
+    assert by_body[orjson.dumps(BODIES[11][1])].max_tokens == 64  # (``64.0``: qa21 F2)
+    assert by_body[orjson.dumps(BODIES[12][1])].max_tokens == 12
 
 
 @pytest.mark.parametrize(("path", "raw", "param"), BAD_BODIES, ids=[f"{p}:{n}" for p, _r, n in BAD_BODIES])

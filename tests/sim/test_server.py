@@ -212,6 +212,8 @@ async def test_lora_adapters(sim_fleet: FleetFactory) -> None:
          "BadRequestError"),
         ("POST", "/v1/completions", b'{"model": "sim-model", "prompt": "a", "max_tokens": 5000}', 400,
          "BadRequestError"),
+        ("POST", "/v1/completions", b'{"model": "sim-model", "prompt": "a", "max_tokens": 2.5}', 400,
+         "BadRequestError"),
         ("POST", "/v1/completions", b'{"model": "sim-model", "prompt": "a", "n": 2}', 400, "BadRequestError"),
         ("POST", "/v1/chat/completions", b'{"model": "sim-model"}', 400, "BadRequestError"),
         ("POST", "/v1/chat/completions", b'{"model": "sim-model", "messages": [1]}', 400, "BadRequestError"),
@@ -232,6 +234,17 @@ async def test_error_statuses(
     # The replica still serves afterwards.
     r = await _client(fleet.urls[0]).completions.create(model=MODEL, prompt="abc", max_tokens=1)
     assert r.usage is not None and r.usage.completion_tokens == 1
+
+
+async def test_whole_number_float_max_tokens_are_served(sim_fleet: FleetFactory) -> None:
+    """As vLLM's lax pydantic ``int`` (qa21 F2): ``3.0`` and ``2e0`` are 3 and 2 tokens."""
+    fleet = await sim_fleet(1)
+    async with aiohttp.ClientSession() as s:
+        for raw, want in ((b"3.0", 3), (b"2e0", 2)):
+            body = b'{"model": "sim-model", "prompt": "abc", "max_tokens": ' + raw + b"}"
+            async with s.post(fleet.urls[0] + "/v1/completions", data=body) as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["usage"]["completion_tokens"] == want
 
 
 async def test_prompt_longer_than_max_model_len(sim_fleet: FleetFactory) -> None:

@@ -7,8 +7,9 @@ ids are checked to be what a tokenizer can emit, and nesting is bounded before a
 body (orjson refuses to encode past 254 levels; a 500 is not an answer to a client's mistake).
 
 ``max_completion_tokens`` wins over ``max_tokens`` when a body sets both (the newer OpenAI name; vLLM reads
-them in the same order); each must be a non-negative integer. A body of another API (``OTHER``) may name
-it ``max_output_tokens`` (the Responses API), read and checked last.
+them in the same order); each must be a non-negative integer, written as one or as a whole-number float
+(``512.0``, ``1e2``: vLLM's lax pydantic models take them; ``512.5`` is refused). A body of another API
+(``OTHER``) may name it ``max_output_tokens`` (the Responses API), read and checked last.
 """
 
 from __future__ import annotations
@@ -259,6 +260,8 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     for key in limit_keys:
         value = body.get(key)
         if value is not None:
+            if type(value) is float and value.is_integer():
+                value = int(value)  # ``512.0``, ``1e2``: vLLM's lax pydantic ``int`` takes them
             if type(value) is not int or value < 0:
                 raise BodyError(f"'{key}' must be a non-negative integer", key)
             if max_tokens is None:
