@@ -19,18 +19,42 @@ from kvgate.scheduling.types import Usage
 MAX_SSE_LINE = 1 << 20
 
 
+# Typed events (Responses API, Anthropic Messages) that carry no generated output: a Responses stream's
+# opening (vLLM yields ``response.created`` and ``response.in_progress`` before it reads the engine's
+# first output, so before the prefill; ``response.queued``: a background response), Anthropic's
+# ``message_start`` (Anthropic's own API sends it before the model runs) and ``ping``, and errors
+# (``error``, ``response.failed``: they say nothing about the prefill).
+_NO_OUTPUT_TYPES = frozenset((
+    "response.created", "response.in_progress", "response.queued", "response.failed", "error",
+    "message_start", "ping",
+))  # fmt: skip
+
+
 def has_output(obj: Any) -> bool:
-    """True when a streamed event carries generated text (the first one marks the first token)."""
-    if not isinstance(obj, dict):
+    """True when a streamed event carries generated output: its first marks the first token.
+
+    Completions: a choice's ``text``. Chat: a choice's ``delta`` with anything but its ``role``
+    (``content``, ``reasoning`` / ``reasoning_content``, ``tool_calls``, ``refusal``...) or a
+    ``finish_reason``; the role-only opening chunk is none (vLLM and SGLang send it with the first
+    token, but a server may send it at once: ``kvgate sim`` does), nor a usage-only chunk. A typed
+    event (Responses API, Anthropic Messages): any but ``_NO_OUTPUT_TYPES`` (``response.output_item.added``,
+    ``response.output_text.delta``, ``content_block_start`` / ``_delta``... come once tokens do)."""
+    if type(obj) is not dict:
         return False
-    for choice in obj.get("choices") or ():
-        if not isinstance(choice, dict):
+    choices = obj.get("choices")
+    if choices is None:
+        kind = obj.get("type")  # (vLLM's older error event has one too: ``"object": "error"``)
+        return type(kind) is str and kind not in _NO_OUTPUT_TYPES and obj.get("object") != "error"
+    for choice in choices if type(choices) is list else ():
+        if type(choice) is not dict:
             continue
-        if choice.get("text"):
+        if choice.get("text") or choice.get("finish_reason"):
             return True
         delta = choice.get("delta")
-        if isinstance(delta, dict) and (delta.get("content") or delta.get("reasoning_content")):
-            return True
+        if type(delta) is dict:
+            for key, value in delta.items():
+                if value and key != "role":
+                    return True
     return False
 
 
