@@ -343,6 +343,11 @@ class FlowController:
         # looked at first (``homes_to_look``). ``_parked_at``: address -> the parked homes holding it.
         self._parked: dict[HomeKey, Home] = {}
         self._parked_at: dict[str, set[HomeKey]] = {}
+        # address -> band -> parked homes of that band holding it, and the highest such band (``_top_at``):
+        # ``waited_for`` asks it per candidate of every late pick, O(1) (review s20-fixes-b L1: a walk
+        # over the homes at the address before).
+        self._bands_at: dict[str, dict[int, int]] = {}
+        self._top_at: dict[str, int] = {}
         self._woken: set[HomeKey] = set()  # homes told of a freed slot (``freed``), looked at next pass
         # Heads back in line from a home found with room, in this pass: their spell without room ends only
         # if the pass does not park them again (``end_pass``; review s20-fc M2).
@@ -631,8 +636,8 @@ class FlowController:
         higher band's request off its home (review s20-fc M5): strict priority is the bands' order."""
         if address in self._pass_homes:
             return True
-        keys = self._parked_at.get(address)
-        return keys is not None and any(k[2] >= priority for k in keys)
+        top = self._top_at.get(address)
+        return top is not None and top >= priority
 
     def parked_above(self, req: InferenceRequest, priority: int) -> list[tuple[HomeKey, InferenceRequest]]:
         """The parked homes of bands above ``priority`` that ``req`` (about to be dispatched) could take a
@@ -686,8 +691,13 @@ class FlowController:
                 self._swept_at = now  # (just found full: the first sweep one interval on)
             probe = replace(item.req, fairness_id=ROOM_FLOW)
             home = self._parked[key] = Home(probe)  # (at the back: just looked at)
+            band, top_at = item.priority, self._top_at
             for addr in sub:
                 self._parked_at.setdefault(addr, set()).add(key)
+                bands = self._bands_at.setdefault(addr, {})
+                bands[band] = bands.get(band, 0) + 1
+                if top_at.get(addr, band) <= band:
+                    top_at[addr] = band
         home.items[item.seq] = (item, got[0], got[1])
         item.parked = key
         if item.full_since is None:  # (a new spell; one back in line only this pass keeps its own)
@@ -816,12 +826,25 @@ class FlowController:
         return None if got is None else (got[1], got[2])
 
     def _forget_home(self, key: HomeKey) -> None:
+        band = key[2]
         for addr in key[1]:
             keys = self._parked_at.get(addr)
             if keys is not None:
                 keys.discard(key)
                 if not keys:
                     del self._parked_at[addr]
+            bands = self._bands_at.get(addr)
+            if bands is None or band not in bands:
+                continue
+            if bands[band] > 1:
+                bands[band] -= 1
+                continue
+            del bands[band]
+            if not bands:
+                del self._bands_at[addr]
+                self._top_at.pop(addr, None)
+            elif self._top_at.get(addr) == band:
+                self._top_at[addr] = max(bands)  # (a few bands: the configured priorities)
 
     @property
     def parked(self) -> int:

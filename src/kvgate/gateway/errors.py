@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kvgate.httpfront.server import Response, json_error
 from kvgate.openai.protocol import CODES, RETRY_AFTER_DEFAULT, sse_error_event
-from kvgate.scheduling.types import SchedulingError
+from kvgate.scheduling.types import DrainEvictedError, SchedulingError
 
 
 class GatewayError(Exception):
@@ -46,6 +46,16 @@ def error_response(err: GatewayError, request_id: str | None = None) -> Response
     return json_error(err.status, err.message, param=err.param, code=err.code, headers=headers or None)
 
 
+def shutting_down(request_id: str | None = None) -> Response:
+    """The 503 of a request that arrives while the gateway drains (``Connection: close``), with the
+    ``Retry-After`` of the drain deadline's 503 to a queued request (``DrainEvictedError``): it never ran
+    anywhere, safe to retry at another replica."""
+    err = GatewayError(503, "gateway is shutting down", retry_after=DrainEvictedError.retry_after)
+    resp = error_response(err, request_id)
+    resp.force_close()
+    return resp
+
+
 def unauthorized(request_id: str | None = None) -> Response:
     """The 401 of a request without a valid API key (``auth``), from its head or from the proxy."""
     resp = error_response(GatewayError(401, "missing or invalid API key", code="invalid_api_key"), request_id)
@@ -53,4 +63,4 @@ def unauthorized(request_id: str | None = None) -> Response:
     return resp
 
 
-__all__ = ["GatewayError", "error_response", "sse_error_event", "unauthorized"]
+__all__ = ["GatewayError", "error_response", "shutting_down", "sse_error_event", "unauthorized"]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.gateway.bigbody import PieceRewriter
-from kvgate.gateway.errors import GatewayError, error_response, unauthorized
+from kvgate.gateway.errors import GatewayError, error_response, shutting_down, unauthorized
 from kvgate.gateway.stream import StreamRelay
 from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout
 from kvgate.httpfront.server import Request, Response, StreamResponse
@@ -64,9 +64,7 @@ class ResponseLookups:
             return resp
         response_id, method = got
         if proxy.draining:
-            resp = error_response(GatewayError(503, "gateway is shutting down"), rid)
-            resp.force_close()
-            return resp
+            return shutting_down(rid)  # (503, Retry-After, Connection: close)
         tenant = None if proxy.keys is None else proxy.keys.tenant(request.headers)
         if proxy.keys is not None and tenant is None:
             proxy.metrics.error("", "", "401")

@@ -30,7 +30,7 @@ from kvgate.config.rewrite import ModelRewriter, client_names
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER, flow_of
 from kvgate.gateway.bigbody import PieceRewriter
-from kvgate.gateway.errors import GatewayError, error_response, sse_error_event, unauthorized
+from kvgate.gateway.errors import GatewayError, error_response, shutting_down, sse_error_event, unauthorized
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
@@ -395,9 +395,7 @@ class Proxy:
             resp.headers["Allow"] = "POST"
             return resp
         if self.draining:
-            resp = error_response(GatewayError(503, "gateway is shutting down"), rid)
-            resp.force_close()
-            return resp
+            return shutting_down(rid)  # (503, Retry-After, Connection: close)
         tenant: str | None = None
         if self.keys is not None:
             tenant = self.keys.tenant(request.headers)
