@@ -80,7 +80,9 @@ def dispatch_ready(
     is found with room, and its band chooses again: the requests behind it go, and no later pass meets it
     (review s18-doors M3, s19-fc M1, s19-fixes-b L1). The parked homes asked about again are the ones told
     of a freed slot (``FlowController.freed``) and a bounded sweep (``homes_to_look``), each with one gate
-    call; one with room has its heads back in their places, before anything else is chosen. Before a head
+    call; one with room has the head its band would choose first back in its place (``FlowController.wake``),
+    before anything else is chosen, and after each request sent there the home is asked again (``_again``):
+    as many come back as can start, in order. Before a head
     is taken, the parked homes of higher bands where it could go are asked too (``_room_above``: strict
     priority holds for a home freed with no signal here, review s20-fc M1). ``home_full``:
     the gate those questions go to (default ``saturated``; the dispatcher's leaves out the other workers'
@@ -101,9 +103,9 @@ def dispatch_ready(
     for home, probe in ctl.homes_to_look(now):
         if not probe_full(probe):
             looked.add(home)
-            ctl.wake(home)
+            ctl.wake(home, now)
         elif preempt is not None and not probe.sheddable:
-            ctl.wake_first(home)  # (tried again as a head: it may stop a sheddable request there)
+            ctl.wake_first(home, now)  # (tried again as a head: it may stop a sheddable request there)
             retry.add(home)
         else:
             looked.add(home)
@@ -125,7 +127,7 @@ def dispatch_ready(
                         # back in their places and the walk starts again (they may come first).
                         looked.add(key)
                         if not probe_full(_room_probe(item.req)):
-                            ctl.wake(key)
+                            ctl.wake(key, now)
                             blocked = False
                             break
                         full.add(key)
@@ -136,19 +138,20 @@ def dispatch_ready(
                 # A higher band's heads parked where it would go are asked first (a home freed with no
                 # signal here, before the sweep: review s20-fc M1); one with room: back, walk again.
                 if not saturated(item.req):
-                    if _room_above(ctl, item, probe_full, full, clear):
+                    if _room_above(ctl, item, probe_full, full, clear, now):
                         blocked = False
                         break
                     ctl.take(item, now, record=False)
                     yield item
                     looked.intersection_update(full)  # (its load may have filled a home found with room)
+                    _again(ctl, key, now, probe_full, full, looked)
                     blocked = False
                     break
                 if preempt is not None and not item.req.sheddable and preempt(item.req):
                     ctl.take(item, now, record=False)
                     yield item
                     if key is not None and key in retry:
-                        ctl.wake_first(key)  # (it stopped one: the home's next head may too)
+                        ctl.wake_first(key, now)  # (it stopped one: the home's next head may too)
                     looked.intersection_update(full)  # (its load may have filled a home found with room)
                     blocked = False
                     break
@@ -156,12 +159,15 @@ def dispatch_ready(
                 # due head of another flow in the band goes through the whole gate if it has room.
                 due = _due_instead(ctl, item, now)
                 if due is not None and not saturated(due.req):
-                    if _room_above(ctl, due, probe_full, full, clear):
+                    if _room_above(ctl, due, probe_full, full, clear, now):
                         blocked = False
                         break
                     ctl.take(due, now, record=False)
                     yield due
                     looked.intersection_update(full)
+                    sub = due.req.subset
+                    _again(ctl, None if sub is None else (due.req.model, sub, due.priority), now, probe_full,
+                           full, looked)  # fmt: skip
                     blocked = False
                     break
                 if key is None or key in looked:
@@ -188,6 +194,7 @@ def _room_above(
     probe_full: Callable[[InferenceRequest], bool],
     full: set[HomeKey],
     clear: list[float],
+    now: float | None = None,
 ) -> bool:
     """Before ``item`` is dispatched: has a parked home of a higher band where it could go room (one gate
     call each, once a pass: one found full is in ``full`` and stays full while the pass only adds load)?
@@ -202,12 +209,35 @@ def _room_above(
         if key in full:
             continue
         if not probe_full(probe):
-            ctl.wake(key)
+            ctl.wake(key, now)
             return True
         full.add(key)
     if item.req.subset is None:  # (a subset's walk covers only the homes sharing its endpoints)
         clear[0] = item.priority
     return False
+
+
+def _again(
+    ctl: FlowController,
+    key: HomeKey | None,
+    now: float,
+    probe_full: Callable[[InferenceRequest], bool],
+    full: set[HomeKey],
+    looked: set[HomeKey],
+) -> None:
+    """A request just sent to home ``key`` (a pinned one): heads still parked there are woken one at a time
+    (``FlowController.wake``), so the home is asked again (one gate call, after the pick charged the load
+    sent): with room, its next head is back in line; else it is full for the rest of the pass."""
+    if key is None or key in full:
+        return
+    probe = ctl.home_probe(key)
+    if probe is None:
+        return
+    looked.add(key)
+    if probe_full(probe):
+        full.add(key)
+    else:
+        ctl.wake(key, now)
 
 
 def _room_probe(req: InferenceRequest) -> InferenceRequest:

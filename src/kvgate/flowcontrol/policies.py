@@ -56,9 +56,9 @@ def order_key(ordering: str, item: Any) -> float:
 class FlowQueue:
     """One flow's waiting requests, best first by the band's ordering policy."""
 
-    __slots__ = ("feasible", "heap", "late", "live", "served_at", "service")
+    __slots__ = ("feasible", "heap", "late", "live", "served_at", "service", "turn")
 
-    def __init__(self, service: float, feasible: bool = False) -> None:
+    def __init__(self, service: float, feasible: bool = False, turn: int = 0) -> None:
         self.heap: list[tuple[float, int, Any]] = []
         # slo-feasible: entries whose key (the SLO deadline) has passed move here, served after the rest
         self.feasible = feasible
@@ -66,6 +66,9 @@ class FlowQueue:
         self.live = 0  # entries not yet removed (cancelled/expired entries are dropped lazily)
         self.service = service  # tokens attained (least-attained-service)
         self.served_at = -1  # dispatch counter of its last dispatch: ties go to the least recent
+        # round-robin: its place in the turn order (the band's ``flows`` order: stamped when it enters the
+        # band and when it goes to the back), so the order of a few flows is read without a walk
+        self.turn = turn
 
     def push(self, key: float, item: Any) -> None:
         heapq.heappush(self.heap, (key, item.seq, item))
@@ -133,6 +136,7 @@ class Band:
         self.count = 0
         self.bytes = 0
         self._dispatches = 0
+        self._turns = 0  # (round-robin: the last turn stamp given, ``FlowQueue.turn``)
 
     def push(self, item: Any) -> bool:
         """Queue ``item``; True when its flow is new in the band."""
@@ -141,7 +145,8 @@ class Band:
         if q is None:
             # A (re)appearing flow starts at the least service among active flows.
             base = min((f.service for f in self.flows.values()), default=0.0)
-            q = self.flows[item.flow] = FlowQueue(base, self.ordering == "slo-feasible")
+            self._turns += 1
+            q = self.flows[item.flow] = FlowQueue(base, self.ordering == "slo-feasible", self._turns)
         q.push(order_key(self.ordering, item), item)
         self.count += 1
         self.bytes += item.size
@@ -228,6 +233,32 @@ class Band:
                 best, best_q = k, q
         return best_q.head(now) if best_q is not None else None
 
+    def first_of(
+        self, heads: Iterable[tuple[str, Any]], first: Callable[[str], bool] | None, reach: float | None
+    ) -> Any | None:
+        """Of ``heads`` (each a flow of this band and its best request among some set aside, as
+        (flow, (key, seq, item, late))), the one ``select`` would dispatch first were they its flows' heads:
+        the fairness policy's order (with ``first``, its flows first), one look per head. ``reach``: for
+        ``slo-feasible`` (a key before it is overdue, served after the rest). The whole entry, or None."""
+        best: tuple[Any, ...] | None = None
+        got = None
+        flows, fairness = self.flows, self.fairness
+        for flow, entry in heads:
+            q = flows.get(flow)
+            if q is None:
+                continue
+            later = first is not None and not first(flow)
+            if fairness == "round-robin":
+                rank: tuple[Any, ...] = (later, q.turn)
+            elif fairness == "least-attained-service":
+                rank = (later, q.service, q.served_at)
+            else:
+                key, seq, _item, late = entry
+                rank = (later, late or (q.feasible and reach is not None and key < reach), key, seq)
+            if best is None or rank < best:
+                best, got = rank, entry
+        return got
+
     def dispatched(self, item: Any, cost: float) -> None:
         """``item`` left for an endpoint: rotate round robin, charge its flow's service."""
         q = self.flows.get(item.flow)
@@ -237,3 +268,5 @@ class Band:
             q.served_at = self._dispatches
             if self.fairness == "round-robin":
                 self.flows.move_to_end(item.flow)
+                self._turns += 1
+                q.turn = self._turns
