@@ -27,8 +27,18 @@ from kvgate.extproc.metrics import EppMetrics
 from kvgate.extproc.session import ProtocolViolation, Session, SessionContext
 from kvgate.extproc.tls import KeyPair, server_credentials
 from kvgate.openai.progress import Progress, progress_events, progress_piece
+from kvgate.scheduling.types import DrainEvictedError
 
 log = logging.getLogger(__name__)
+
+# The stop's gRPC grace: requests still queued by flow control this long before its end leave the queue
+# (``EvictedOther``), each answered an ImmediateResponse 503 with ``Retry-After`` (at most half the grace
+# before it): at the end gRPC cancels the streams, and Envoy's failure mode would answer them instead.
+GRACE_EVICT_MARGIN_S = 0.5
+GRACE_EVICTED_MESSAGE = (
+    "the endpoint picker is shutting down: its grace ended while the request waited in the flow control "
+    "queue; it was not sent to any model server (safe to retry)"
+)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -284,13 +294,35 @@ class EppServer:
     async def _stop(self, g: float) -> None:
         await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
-            await self._grpc.stop(g)
+            # What flow control still queues near the grace's end is answered 503 (Retry-After) over its
+            # own stream, as ``kvgate serve`` answers its queue at its drain deadline (fc21).
+            at = max(0.0, g - min(GRACE_EVICT_MARGIN_S, g / 2))
+            evict = asyncio.get_running_loop().call_later(at, self.evict_queued)
+            try:
+                await self._grpc.stop(g)
+            finally:
+                evict.cancel()
         if self._sweeper is not None:
             await cancel_and_wait(self._sweeper, "the EPP's idle-stream sweeper", log)
         if self._health_server is not None:
             await self._health_server.stop(0)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+
+    def evict_queued(self) -> int:
+        """Every request still in the flow-control queue leaves it (``EvictedOther``), its stream answered an
+        ImmediateResponse 503 with ``Retry-After`` (``DrainEvictedError``); none is dispatched after this.
+        Returns how many were answered."""
+        flow = getattr(self.ctx.director, "flow", None)
+        if flow is None:
+            return 0
+        n = int(flow.evict_all(lambda: DrainEvictedError(GRACE_EVICTED_MESSAGE), flow.clock()))
+        if n:
+            log.warning(
+                "grace end: %d request%s still queued by flow control answered 503 (EvictedOther), never "
+                "sent to a model server", n, "" if n == 1 else "s",
+            )  # fmt: skip
+        return n
 
     async def wait(self) -> None:
         if self._grpc is not None:

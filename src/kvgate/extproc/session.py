@@ -194,15 +194,18 @@ def _streamed(body: bytes | bytearray, *, request: bool, end_of_stream: bool) ->
     return out
 
 
-def immediate(status: int, message: str, code: str, param: str | None = None) -> pb.ProcessingResponse:
+def immediate(
+    status: int, message: str, code: str, param: str | None = None, retry_after: str | None = None
+) -> pb.ProcessingResponse:
+    """An ``ImmediateResponse`` with the OpenAI error body; every 429 says when to come back, and so does an
+    error with a ``retry_after`` of its own (the 503 of a request still queued when the grace ends)."""
+    headers = {"content-type": "application/json"}
+    if status == 429 or retry_after is not None:
+        headers["retry-after"] = retry_after or RETRY_AFTER_DEFAULT
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=status),
-            headers=hdr.header_mutation(
-                {"content-type": "application/json", "retry-after": RETRY_AFTER_DEFAULT}
-                if status == 429
-                else {"content-type": "application/json"}
-            ),
+            headers=hdr.header_mutation(headers),
             body=error_body(status, message, param=param, code=code),
             details=f"kvgate_epp_{code}",
         )
@@ -322,19 +325,19 @@ class Session:
             out = self._schedule(req, body=body, body_changed=changed, body_eos=eos, result=result)
             return [*out, *self._after_admit]
         except SchedulingError as err:
-            return [self._reject(err.status, err.message, err.code)]
+            return [self._reject(err.status, err.message, err.code, retry_after=err.retry_after)]
         except Exception:
             log.exception("ext_proc admission failed")
             return [self._reject(500, "internal error in the endpoint picker", "internal_error")]
 
     def _reject(
-        self, status: int, message: str, code: str, param: str | None = None
+        self, status: int, message: str, code: str, param: str | None = None, retry_after: str | None = None
     ) -> pb.ProcessingResponse:
         self.done = True
         if self.ctx.observer is not None and not self._counted:
             self._counted = True
             self.ctx.observer.rejected(status, *(self._models or ("", "")), self._flow)
-        return immediate(status, message, code, param)
+        return immediate(status, message, code, param, retry_after)
 
     # ---- request path ---------------------------------------------------------------------------
     def _on_request_headers(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:

@@ -556,6 +556,19 @@ class FlowDispatcher:
                 exc_info=e if n == 1 else None,
             )  # fmt: skip
 
+    def evict_all(self, err: Callable[[], SchedulingError], now: float) -> int:
+        """The queue is closed (a front door's drain or grace ends): every queued request leaves it (held and
+        parked ones too), recorded ``EvictedOther`` (the reference's outcome of a queue evicted when its
+        controller stops), its waiter failed with a fresh ``err()``; none is dispatched after this. Returns
+        how many waiters were answered."""
+        n = 0
+        for item in self.ctl.evict_all(now):
+            fut = item.handle
+            if isinstance(fut, asyncio.Future) and not fut.done():
+                fut.set_exception(err())
+                n += 1
+        return n
+
     def fail_all(self, err: SchedulingError, now: float) -> int:
         """Remove every queued request (held ones too), each failed with ``err``; returns how many."""
         ctl, n = self.ctl, 0
