@@ -144,23 +144,27 @@ class WakeEvery(FlowController):
 
 
 @pytest.mark.parametrize(
-    "fairness,ordering",
+    "fairness,ordering,headroom",
     [
-        ("global-strict", "fcfs"),
-        ("global-strict", "edf"),
-        ("global-strict", "slo-feasible"),
-        ("round-robin", "fcfs"),
-        ("least-attained-service", "fcfs"),
-        ("least-attained-service", "slo-deadline"),
+        ("global-strict", "fcfs", 0.0),
+        ("global-strict", "edf", 0.0),
+        ("global-strict", "slo-feasible", 0.0),
+        ("round-robin", "fcfs", 0.0),
+        ("round-robin", "edf", 0.0),
+        ("round-robin", "fcfs", 0.2),
+        ("least-attained-service", "fcfs", 0.0),
+        ("least-attained-service", "slo-deadline", 0.0),
+        ("global-strict", "fcfs", 0.2),
     ],
 )
 @settings(max_examples=150, deadline=None)
 @given(ops=st.lists(op, max_size=60), bounds=st.lists(st.integers(1, 50), min_size=60, max_size=60))
 def test_one_head_at_a_time_keeps_the_order_of_waking_every_head(
-    ops: list[tuple[object, ...]], bounds: list[int], fairness: str, ordering: str
+    ops: list[tuple[object, ...]], bounds: list[int], fairness: str, ordering: str, headroom: float
 ) -> None:
-    """Told of every freed slot, the same requests leave in the same order as when every head is woken."""
-    cfg = FlowControlConfig(ttl=100.0, fairness=fairness, ordering=ordering)
+    """Told of every freed slot, the same requests leave in the same order as when every head is woken
+    (with ``fairShareHeadroom``: the flows under their share first)."""
+    cfg = FlowControlConfig(ttl=100.0, fairness=fairness, ordering=ordering, fair_share_headroom=headroom)
     mine, ref = FlowController(cfg), WakeEvery(cfg)
     w_mine, w_ref = World(), World()
     now = 0.0

@@ -323,70 +323,122 @@ Parked = tuple[float, int, QueuedRequest, bool]
 
 class Home:
     """The requests of one band waiting aside for one full subset (``FlowController.park``), in the order
-    they were parked, each with its flow-queue entry (put back as it was: the same place); and per flow, a
-    heap of them in the flow's order, so a freed slot wakes the one head its band would choose first
-    (``FlowController.wake``), not every head (fc21)."""
+    they were parked, each with its flow-queue entry (put back as it was: the same place); and the indexes a
+    freed slot reads to wake the one head its band would choose first (``FlowController.wake``), not every
+    head (fc21): per flow, a heap of its heads in the flow's order; all of them in one heap by ordering key
+    (global-strict: the band's choice is the least key); the flows by their round-robin turn (a lazy heap:
+    a flow's turn only moves back, so an entry found older than its flow's turn is pushed again). Entries of
+    requests that left (woken, cancelled, unpinned) are dropped lazily, everything rebuilt once they
+    outnumber the live ones (bounded memory)."""
 
-    __slots__ = ("flows", "items", "probe", "stale")
+    __slots__ = ("all", "flows", "items", "probe", "stale", "turns")
 
     def __init__(self, probe: InferenceRequest) -> None:
         self.items: dict[int, tuple[QueuedRequest, tuple[float, int, QueuedRequest], bool]] = {}
         self.flows: dict[str, list[Parked]] = {}
-        self.stale = 0  # entries in ``flows`` whose request left by another way (cancel, unpin)
+        self.all: list[Parked] = []
+        self.turns: list[tuple[int, str]] = []
+        self.stale = 0
         self.probe = probe  # asks the gate "has this home room?" (``ROOM_FLOW``: no fair-share rule)
 
-    def add(self, item: QueuedRequest, entry: tuple[float, int, QueuedRequest], late: bool) -> None:
+    def add(
+        self, item: QueuedRequest, entry: tuple[float, int, QueuedRequest], late: bool, turn: int
+    ) -> None:
         self.items[item.seq] = (item, entry, late)
-        heapq.heappush(self.flows.setdefault(item.flow, []), (entry[0], item.seq, item, late))
+        e = (entry[0], item.seq, item, late)
+        h = self.flows.get(item.flow)
+        if h is None:
+            h = self.flows[item.flow] = []
+            heapq.heappush(self.turns, (turn, item.flow))
+        heapq.heappush(h, e)
+        heapq.heappush(self.all, e)
 
     def _live(self, e: Parked) -> bool:
         got = self.items.get(e[1])
         return got is not None and got[0] is e[2]
 
     def left(self) -> None:
-        """A request left ``items`` by another way than ``take``: its entry is dropped lazily, the heaps
-        rebuilt once such entries outnumber the live ones (bounded memory)."""
+        """A request left ``items``: its entries are dropped lazily; past as many as the live ones (and 64),
+        the indexes are rebuilt from ``items`` (the turns at 0: each is corrected at its first look)."""
         self.stale += 1
         if self.stale > len(self.items) + 64:
-            self.flows = {}
             self.stale = 0
+            self.flows, self.all, self.turns = {}, [], []
             for item, entry, late in self.items.values():
-                heapq.heappush(self.flows.setdefault(item.flow, []), (entry[0], item.seq, item, late))
+                e = (entry[0], item.seq, item, late)
+                if item.flow not in self.flows:
+                    self.flows[item.flow] = []
+                    self.turns.append((0, item.flow))
+                self.flows[item.flow].append(e)
+                self.all.append(e)
+            for h in self.flows.values():
+                heapq.heapify(h)
+            heapq.heapify(self.all)
+            heapq.heapify(self.turns)
 
-    def bests(self, reach: float | None, feasible: bool) -> list[tuple[str, Parked]]:
-        """Each flow's first head here in its flow's order (``slo-feasible``: an entry keyed before
-        ``reach`` is overdue, after the rest)."""
-        out: list[tuple[str, Parked]] = []
-        live, empty = self._live, False
-        for flow, h in self.flows.items():
-            while h and not live(h[0]):
-                heapq.heappop(h)
-            if not h:
-                empty = True
-                continue
-            if feasible and reach is not None and h[0][0] < reach:
-                r = reach
-                out.append(
-                    (flow, min((e for e in h if live(e)), key=lambda e: (e[3] or e[0] < r, e[0], e[1])))
-                )
-            else:
-                out.append((flow, h[0]))
-        if empty:
-            self.flows = {f: h for f, h in self.flows.items() if h}
-        return out
-
-    def take(self, e: Parked) -> tuple[QueuedRequest, tuple[float, int, QueuedRequest], bool]:
-        """Head ``e`` (one of ``bests``) out of the home: its item, entry and lateness."""
-        flow = e[2].flow
-        h = self.flows[flow]
-        if h[0] is e:
+    def _flow_top(self, flow: str) -> list[Parked] | None:
+        """``flow``'s heap, its top live; None (and the flow forgotten) when none of it is left."""
+        h = self.flows.get(flow)
+        if h is None:
+            return None
+        live = self._live
+        while h and not live(h[0]):
             heapq.heappop(h)
-        else:
-            h.remove(e)
-            heapq.heapify(h)
         if not h:
             del self.flows[flow]
-        return self.items.pop(e[1])
+            return None
+        return h
+
+    def _best_in(self, h: list[Parked], reach: float | None, feasible: bool) -> Parked:
+        """The first of a flow's heads here in its order (``slo-feasible``: keyed before ``reach``, overdue:
+        after the rest)."""
+        if feasible and reach is not None and h[0][0] < reach:
+            live, r = self._live, reach
+            return min((e for e in h if live(e)), key=lambda e: (e[3] or e[0] < r, e[0], e[1]))
+        return h[0]
+
+    def bests(self, reach: float | None, feasible: bool) -> list[tuple[str, Parked]]:
+        """Each flow's first head here in its flow's order."""
+        out: list[tuple[str, Parked]] = []
+        for flow in list(self.flows):
+            h = self._flow_top(flow)
+            if h is not None:
+                out.append((flow, self._best_in(h, reach, feasible)))
+        return out
+
+    def first_key(self) -> Parked | None:
+        """The head with the least ordering key (global-strict's choice, an ordering with no overdue tier)."""
+        a, live = self.all, self._live
+        while a and not live(a[0]):
+            heapq.heappop(a)
+        return a[0] if a else None
+
+    def first_turn(
+        self, turn: Callable[[str], int | None], reach: float | None, feasible: bool
+    ) -> Parked | None:
+        """Round-robin's choice: the first head of the flow whose turn comes first (``turn``: a flow's turn
+        now, None when it has left its band)."""
+        t = self.turns
+        while t:
+            stamp, flow = t[0]
+            h = self._flow_top(flow)
+            if h is None:
+                heapq.heappop(t)
+                continue
+            now_turn = turn(flow)
+            if now_turn is None:
+                return None  # (not expected: a parked head's flow is in its band)
+            if now_turn != stamp:
+                heapq.heapreplace(t, (now_turn, flow))
+                continue
+            return self._best_in(h, reach, feasible)
+        return None
+
+    def take(self, e: Parked) -> tuple[QueuedRequest, tuple[float, int, QueuedRequest], bool]:
+        """Head ``e`` out of the home: its item, entry and lateness (its index entries dropped lazily)."""
+        got = self.items.pop(e[1])
+        self.left()
+        return got
 
 
 class FlowController:
@@ -759,7 +811,7 @@ class FlowController:
                 bands[band] = bands.get(band, 0) + 1
                 if top_at.get(addr, band) <= band:
                     top_at[addr] = band
-        home.add(item, got[0], got[1])
+        home.add(item, got[0], got[1], 0 if q is None else q.turn)
         item.parked = key
         if item.full_since is None:  # (a new spell; one back in line only this pass keeps its own)
             item.full_since = now
@@ -832,8 +884,17 @@ class FlowController:
             return False
         band = self.bands[key[2]]
         reach = None if now is None else now + self.service_ttft
-        under = self._under_share() if self.cfg.fair_share_headroom else None
-        e = band.first_of(home.bests(reach, band.ordering == "slo-feasible"), under, reach)
+        feasible = band.ordering == "slo-feasible"
+        e: Parked | None
+        if self.cfg.fair_share_headroom:  # (flows under their share first: one look per flow here)
+            e = band.first_of(home.bests(reach, feasible), self._under_share(), reach)
+        elif band.fairness == "global-strict" and not feasible:
+            e = home.first_key()
+        elif band.fairness == "round-robin":
+            flows = band.flows
+            e = home.first_turn(lambda f: None if (q := flows.get(f)) is None else q.turn, reach, feasible)
+        else:
+            e = band.first_of(home.bests(reach, feasible), None, reach)
         if e is None:  # (not expected: a parked head's flow is in its band while it is queued)
             self.wake_home(key)
             return True
