@@ -110,3 +110,10 @@ def test_max_pending_requests_on_the_concurrency_detector() -> None:
         saturationDetector={"type": "concurrency-detector", "parameters": {"maxPendingRequests": 2}}
     )
     assert d.detector.max_pending == 2
+
+
+def test_a_lower_bound_alone_is_said_in_words() -> None:
+    # Review s21-qa (noticed): "must be in [0, None]" for a negative maxRequests.
+    with pytest.raises(ConfigError) as e:
+        parse_config({**BASE, "featureGates": ["flowControl"], "flowControl": {"maxRequests": -1}})
+    assert "must be >= 0, got -1" in str(e.value) and "None" not in str(e.value), str(e.value)

@@ -96,7 +96,7 @@ def test_header_based_testing_filter() -> None:
 
 
 def test_params_reject_bad_values_naming_the_key() -> None:
-    with pytest.raises(ValueError, match=r"p\.maxNumOfEndpoints: must be in"):
+    with pytest.raises(ValueError, match=r"p\.maxNumOfEndpoints: must be >= 1"):
         MaxScorePicker.create("p", Params({"maxNumOfEndpoints": 0}, "p"), handle())
     with pytest.raises(ValueError, match=r"p\.bogus: unknown parameter"):
         MaxScorePicker.create("p", Params({"bogus": 1}, "p"), handle())

@@ -132,6 +132,15 @@ _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|us|µs)?\s*$")
 _UNITS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "m": 60.0, "h": 3600.0}
 
 
+def _range(low: float | None, high: float | None) -> str:
+    """The bound a number broke, in words: "must be >= 0", not "must be in [0, None]" (review s21-qa)."""
+    if high is None:
+        return f"must be >= {low}"
+    if low is None:
+        return f"must be <= {high}"
+    return f"must be in [{low}, {high}]"
+
+
 class Params:
     """Typed, strict reading of a plugin's ``parameters``: wrong types and unknown keys are ConfigErrors."""
 
@@ -156,7 +165,7 @@ class Params:
         if isinstance(v, bool) or not isinstance(v, int):
             raise self._err(key, "must be an integer", v)
         if (min is not None and v < min) or (max is not None and v > max):
-            raise self._err(key, f"must be in [{min}, {max}]", v)
+            raise self._err(key, _range(min, max), v)
         return v
 
     def get_float(
@@ -170,7 +179,7 @@ class Params:
         if not math.isfinite(v):  # NaN passes every range check below; no key means inf
             raise self._err(key, "must be a finite number", v)
         if (min is not None and v < min) or (max is not None and v > max):
-            raise self._err(key, f"must be in [{min}, {max}]", v)
+            raise self._err(key, _range(min, max), v)
         return float(v)
 
     def get_bool(self, key: str, default: bool) -> bool:
