@@ -84,7 +84,13 @@ async def test_404_unknown_path_and_405_wrong_method(backends):
             assert r.headers.get("Allow") == "POST"  # (RFC 9110 15.5.6; review s18-qa L2: there was none)
         async with s.post(base_url(gw) + "/v1/models") as r:
             assert r.status == 405
-            assert r.headers.get("Allow") == "GET"
+            assert r.headers.get("Allow") == "GET, HEAD"
+        # RFC 9110 §9.1: what takes GET takes HEAD: the headers of the GET answer, no body (review s21-qa).
+        for path in ("/v1/models", "/v1/models/m", "/v1/models/nope"):
+            async with s.get(base_url(gw) + path) as g, s.head(base_url(gw) + path) as h:
+                assert h.status == g.status, (path, h.status, g.status)
+                assert h.headers["Content-Length"] == g.headers["Content-Length"]
+                assert await h.read() == b""
 
 
 async def test_413_body_too_large(backends):

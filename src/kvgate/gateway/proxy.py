@@ -190,6 +190,17 @@ class PickLog:
 CONCURRENCY_RETRY_AFTER = "1"
 
 
+# RFC 9110 §9.1: a resource that takes GET takes HEAD (the front sends a HEAD answer's headers only).
+_READ_METHODS = ("GET", "HEAD")
+
+
+def _read_only(request: Request) -> Response:
+    why = f"{request.method} is not allowed on {request.path}; use GET"
+    resp = error_response(GatewayError(405, why))
+    resp.headers["Allow"] = "GET, HEAD"  # (RFC 9110 15.5.6: a 405 names the methods the resource takes)
+    return resp
+
+
 class Proxy:
     def __init__(
         self,
@@ -319,22 +330,16 @@ class Proxy:
         return self._entry(request.path, request)
 
     async def models(self, request: Request) -> Response | StreamResponse:
-        if request.method != "GET":
-            why = f"{request.method} is not allowed on {request.path}; use GET"
-            resp = error_response(GatewayError(405, why))
-            resp.headers["Allow"] = "GET"  # (RFC 9110 15.5.6: a 405 names the methods the resource takes)
-            return resp
+        if request.method not in _READ_METHODS:
+            return _read_only(request)
         data = self.model_list()
         return Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
     async def model(self, request: Request) -> Response | StreamResponse:
         """``GET /v1/models/{id}`` (the openai SDK's ``models.retrieve``): the entry ``/v1/models`` lists
         under that id (the first), else OpenAI's 404 ``model_not_found``."""
-        if request.method != "GET":
-            why = f"{request.method} is not allowed on {request.path}; use GET"
-            resp = error_response(GatewayError(405, why))
-            resp.headers["Allow"] = "GET"
-            return resp
+        if request.method not in _READ_METHODS:
+            return _read_only(request)
         wanted = unquote(request.path[len(MODELS_PREFIX) :])
         for entry in self.model_list():
             if entry["id"] == wanted:
