@@ -311,6 +311,7 @@ class Proxy:
         return n
 
     def _request_id(self) -> str:
+        # (``_entry`` inlines this: keep the two in step; review s21-cpu F2)
         self._rid_seq += 1
         return f"{self._rid_prefix}-{self._rid_seq:x}"
 
@@ -474,6 +475,7 @@ class Proxy:
     def _read_body(self, request: Request) -> bytes:
         # The front already refused bodies over the limit (413) while reading them, and has the whole
         # body before the handler runs (``request.body``: no coroutine to await for it).
+        # (``_prepare`` repeats this check inline: keep the two in step; review s21-cpu F2)
         limit = self.cfg.limits.max_body_bytes
         if request.content_length > limit:
             self.metrics.error("", "", "413")  # (counted here, like the 404: never in ``_entry``)

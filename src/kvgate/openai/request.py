@@ -67,6 +67,9 @@ MAX_TOKENS_KEYS = ("max_completion_tokens", "max_tokens")  # precedence order
 # An ``OTHER`` body's too: the Responses API (``/v1/responses``, vLLM's ``ResponsesRequest``) names its
 # limit ``max_output_tokens`` (review s17-qafix-d F4); Anthropic's ``/v1/messages`` says ``max_tokens``.
 OTHER_MAX_TOKENS_KEYS = (*MAX_TOKENS_KEYS, "max_output_tokens")
+# pydantic's lax ``int`` takes a whole float only below 2**63 (``1e19`` is vLLM's 400 too; orjson reads an
+# integer past 64 bits as a float): past it, a float stays refused (review s21-cpu F1).
+_LAX_INT_LIMIT = float(1 << 63)
 
 
 def _text(value: Any) -> str:
@@ -260,7 +263,7 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     for key in limit_keys:
         value = body.get(key)
         if value is not None:
-            if type(value) is float and value.is_integer():
+            if type(value) is float and value.is_integer() and abs(value) < _LAX_INT_LIMIT:
                 value = int(value)  # ``512.0``, ``1e2``: vLLM's lax pydantic ``int`` takes them
             if type(value) is not int or value < 0:
                 raise BodyError(f"'{key}' must be a non-negative integer", key)

@@ -221,7 +221,7 @@ class ReplicaState:
             return min(
                 self.cfg.default_chat_max_tokens if chat else self.cfg.default_max_tokens, limit - n_prompt
             )
-        if type(mt) is float and mt.is_integer():
+        if type(mt) is float and mt.is_integer() and abs(mt) < float(1 << 63):  # (pydantic's lax int)
             mt = int(mt)  # ``512.0``, ``1e2``: vLLM's lax pydantic ``int`` takes them
         if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
             raise ApiError(400, "max_tokens must be an integer >= 1", "max_tokens")
