@@ -51,16 +51,17 @@ class Recorder(RecordingPicker):
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "iVBOR" * 4000}}
 # (path, body, extra headers)
 BODIES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
     (COMPLETIONS, {"model": "m", "prompt": "Once upon a time", "max_tokens": 7}, {}),
-    (COMPLETIONS, {"model": "m", "prompt": ["first line", "second line"]}, {}),
+    (COMPLETIONS, {"model": "m", "prompt": ["first line", "second line"], "n": 3}, {}),  # (6 sequences)
     (COMPLETIONS, {"model": "m", "prompt": [101, 2023, 2003, 1037, 3231], "max_completion_tokens": 3}, {}),
     (COMPLETIONS, {"model": "m", "prompt": [[1, 2, 3], [4, 5]]}, {}),
     (CHAT, {"model": "m", "messages": [{"role": "user", "content": "hello"}], "stream": True}, {}),
     (
         CHAT,
-        {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+        {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, IMAGE]}]},
         {SESSION_HEADER: "conv-42"},
     ),
     (CHAT, {"model": "sql-lora", "messages": [{"role": "user", "content": "SELECT"}], "user": "u1"}, {}),
@@ -83,6 +84,7 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     (COMPLETIONS, b'{"model": "m", "prompt": [1, -2, 3]}', "prompt"),
     (COMPLETIONS, b'{"model": "m", "prompt": [1, 2147483648]}', "prompt"),
     (COMPLETIONS, b'{"model": "m", "prompt": [1, 2.5]}', "prompt"),
+    (COMPLETIONS, b'{"model": "m", "prompt": "x", "n": 0}', "n"),
     (CHAT, f'{{"model": "m", "messages": [{{"role": "user", "content": {DEEP}}}]}}'.encode(), "messages"),
     (
         CHAT,
@@ -179,6 +181,9 @@ async def test_same_bodies_give_identical_inference_requests(doors: Doors) -> No
     tokens = by_body[orjson.dumps(BODIES[2][1])]
     assert (tokens.token_ids, tokens.prompt_text, tokens.max_tokens) == ([101, 2023, 2003, 1037, 3231], "", 3)
     assert by_body[orjson.dumps(BODIES[3][1])].token_ids == [1, 2, 3]
+    assert by_body[orjson.dumps(BODIES[1][1])].sequences == 6  # (2 prompts x n: qa21 F5)
+    image = by_body[orjson.dumps(BODIES[5][1])]  # (a 20 KB image: a digest, 576 tokens: qa21 F4)
+    assert len(image.prompt_text) < 100 and image.prompt_tokens < 600
     assert by_body[orjson.dumps(BODIES[5][1])].session_key == "conv-42"
     lora = by_body[orjson.dumps(BODIES[6][1])]
     assert (lora.lora_adapter, lora.session_key) == ("sql-lora", "u1")

@@ -58,13 +58,18 @@ class EndpointMetrics:
 
 @dataclass(slots=True)
 class InFlight:
-    """The picker's own accounting of requests sent to an endpoint and not yet finished."""
+    """The picker's own accounting of requests sent to an endpoint and not yet finished.
+
+    Counted in sequences, as the server's running and waiting counts are: a request with ``n`` choices
+    (x the prompts of a completions batch) is ``InferenceRequest.sequences`` of them in ``requests``,
+    ``decoding`` and ``started``, and ``n`` x its output in ``pending_decode_tokens`` (review s21-qa F5).
+    Request counters (metrics, flow control's per-flow counts) still count it once."""
 
     requests: int = 0
     # Prompt tokens of dispatched requests that have not produced a first token yet (still in prefill
     # or queued), counting only tokens the picker expects to miss the prefix cache.
     pending_prefill_tokens: int = 0
-    # Expected decode tokens still to generate (max_tokens or an estimate) over running requests.
+    # Expected decode tokens still to generate (max_tokens or an estimate, per sequence) over those running.
     pending_decode_tokens: int = 0
     # Requests that have produced their first token and are decoding.
     decoding: int = 0

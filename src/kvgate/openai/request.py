@@ -10,6 +10,13 @@ body (orjson refuses to encode past 254 levels; a 500 is not an answer to a clie
 them in the same order); each must be a non-negative integer, written as one or as a whole-number float
 (``512.0``, ``1e2``: vLLM's lax pydantic models take them; ``512.5`` is refused). A body of another API
 (``OTHER``) may name it ``max_output_tokens`` (the Responses API), read and checked last.
+
+A request is as many sequences as vLLM runs for it (``sequences``): ``n`` choices of each prompt of a
+completions batch (a ``prompt`` list), so the in-flight accounting weighs it as the server will run it.
+``n`` must be an integer of at least 1 (as vLLM's ``SamplingParams``); the weight is counted up to
+``MAX_SEQUENCES``. A chat content part of a media type (an image, audio, a file: ``MEDIA_TYPES``) stands
+in the prefix text as a digest of the part and counts ``MEDIA_PART_TOKENS`` in the prompt estimate, not
+its bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import xxhash
 
 from kvgate.openai.protocol import DEFAULT_FAIRNESS_ID, DEFAULT_SESSION_HEADER
 from kvgate.scheduling.types import InferenceRequest
@@ -70,6 +78,24 @@ OTHER_MAX_TOKENS_KEYS = (*MAX_TOKENS_KEYS, "max_output_tokens")
 # pydantic's lax ``int`` takes a whole float only below 2**63 (``1e19`` is vLLM's 400 too; orjson reads an
 # integer past 64 bits as a float): past it, a float stays refused (review s21-cpu F1).
 _LAX_INT_LIMIT = float(1 << 63)
+# The most sequences one request is counted as (``n`` x prompts): vLLM's default bound on ``n``
+# (``VLLM_MAX_N_SEQUENCES``, 16,384: a larger ``n`` is its 400). Only the weight is bounded; the body goes
+# on as sent (a server configured for more decides).
+MAX_SEQUENCES = 16_384
+# A chat content part of a media type (``image_url`` with a base64 data URL, ``input_audio``, a video, a
+# file) in the prompt estimate: its bytes say nothing of its tokens (a 300 KB image is not 100k tokens:
+# review s21-qa F4). 576 is LLaVA-1.5's count for every image (a 336 px square in 14 px patches: 24 x 24;
+# llava-hf/llava-1.5-7b-hf ``config.json``); vision models range from under a hundred (low-detail tiles) to
+# thousands (Qwen2-VL's grow with the resolution). The server's usage, when it comes, is the real count.
+MEDIA_PART_TOKENS = 576
+# Those types: OpenAI chat's (``image_url``, ``input_audio``, ``file``), vLLM's own (``audio_url``,
+# ``video_url``, ``image_embeds``, ``audio_embeds``), the Responses API's (``input_image``, ``input_file``)
+# and Anthropic Messages' (``image``, ``document``). Other parts without text (``tool_use``,
+# ``tool_result``, ``refusal``) are text to a model: rendered as their JSON, as before.
+MEDIA_TYPES = frozenset({
+    "image_url", "input_audio", "file", "audio_url", "video_url", "image_embeds", "audio_embeds",
+    "input_image", "input_file", "image", "document",
+})  # fmt: skip
 
 
 def _text(value: Any) -> str:
@@ -81,19 +107,41 @@ def render_chat(messages: list[dict[str, Any]], tools: Any = None) -> str:
     the model's chat template, so two chats sharing a system prompt (or earlier turns) share a prefix.
 
     ``<|tools|>`` JSON first when present (templates put tools in the system prompt), then per message
-    ``<|role|>`` + newline + its text (content parts' texts joined; other parts and any other keys,
-    e.g. ``tool_calls``, as JSON) + newline. Earlier messages never depend on later ones.
+    ``<|role|>`` + newline + its text (content parts' texts joined; a media part, ``MEDIA_TYPES``: an image,
+    audio, as ``<|media:...|>`` with the xxh3 digest of its JSON: the same image the same prefix, another
+    image another, a few bytes whatever its size; other parts and keys, e.g. ``tool_calls``, as JSON) +
+    newline. Earlier messages never depend on later ones.
     """
+    return _render_chat(messages, tools)[0]
+
+
+def _media(part: dict[str, Any]) -> str:
+    return f"<|media:{xxhash.xxh3_64_hexdigest(orjson.dumps(part))}|>"
+
+
+def _render_chat(messages: list[dict[str, Any]], tools: Any) -> tuple[str, int]:
+    """``render_chat``'s text and the number of media parts in it (``MEDIA_PART_TOKENS`` each)."""
     out = []
+    media = 0
     if tools:
         out.append(f"<|tools|>\n{_text(tools)}\n")
     for m in messages:
         content = m.get("content")
         if isinstance(content, list):
-            text = "".join(
-                p["text"] if isinstance(p, dict) and isinstance(p.get("text"), str) else _text(p)
-                for p in content
-            )
+            parts = []
+            for p in content:
+                if isinstance(p, dict):
+                    t = p.get("text")
+                    if isinstance(t, str):
+                        parts.append(t)
+                    elif p.get("type") in MEDIA_TYPES:
+                        parts.append(_media(p))
+                        media += 1
+                    else:
+                        parts.append(_text(p))
+                else:
+                    parts.append(_text(p))
+            text = "".join(parts)
         elif content is None:
             text = ""
         else:
@@ -102,7 +150,7 @@ def render_chat(messages: list[dict[str, Any]], tools: Any = None) -> str:
         if extra:
             text += _text(extra)
         out.append(f"<|{_text(m.get('role', ''))}|>\n{text}\n")
-    return "".join(out)
+    return "".join(out), media
 
 
 class BodyError(ValueError):
@@ -129,8 +177,11 @@ class ParsedBody:
     user: str | None = None
     # The client asked for the final usage chunk itself (so it must not be stripped).
     client_wants_usage: bool = False
-    # Estimated prompt tokens: the token ids' count, else len(prompt_text) // 4.
+    # Estimated prompt tokens (every prompt of a batch): the token ids' count, else len(prompt_text) // 4
+    # (+ ``MEDIA_PART_TOKENS`` per chat media part).
     prompt_tokens: int = 0
+    # Sequences the server runs for it: ``n`` x the prompts of a completions batch (at most MAX_SEQUENCES).
+    sequences: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,26 +225,40 @@ def _token_ids(value: list[Any], param: str) -> list[int] | None:
     return value
 
 
-def _prompt(value: Any, param: str) -> tuple[str, list[int] | None, int]:
+def _prompt(value: Any, param: str) -> tuple[str, list[int] | None, int, int]:
     """Completions ``prompt`` / embeddings ``input``: a string, strings, token ids, or lists of ids.
 
-    Returns (text, token ids, estimated tokens). A batch of token prompts: prefix matching and the
-    estimate use the first.
+    Returns (text, token ids, estimated tokens, prompts). A batch (a list of strings or of token lists):
+    the estimate counts every prompt (the server computes them all); the token ids are the first's (prefix
+    matching hashes one prompt).
     """
     if isinstance(value, str):
-        return value, None, len(value) // 4
+        return value, None, len(value) // 4, 1
     if isinstance(value, list) and value:
         if all(isinstance(v, str) for v in value):
             text = "\n".join(value)
-            return text, None, len(text) // 4
+            return text, None, len(text) // 4, len(value)
         ids = _token_ids(value, param)
         if ids is not None:
-            return "", ids, len(ids)
+            return "", ids, len(ids), 1
         if all(isinstance(v, list) and v for v in value):
             batch = [_token_ids(v, param) for v in value]
             if all(b is not None for b in batch):
-                return "", batch[0], len(value[0])
+                return "", batch[0], sum(map(len, value)), len(value)
     raise BodyError(f"'{param}' must be a string, a list of strings, or token ids", param)
+
+
+def _choices(body: dict[str, Any]) -> int:
+    """``n``: the choices asked for each prompt (1 when absent or null); an integer of at least 1, written
+    as one or as a whole-number float (vLLM's lax pydantic ``int`` takes ``2.0``), else a 400."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if type(n) is float and n.is_integer():
+        n = int(n)
+    if type(n) is not int or n < 1:
+        raise BodyError("'n' must be an integer of at least 1", "n")
+    return n
 
 
 def _too_deep(body: dict[str, Any]) -> str | None:
@@ -234,6 +299,9 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     if not isinstance(stream, bool):
         raise BodyError("'stream' must be a boolean", "stream")
     limit_keys: tuple[str, ...] = MAX_TOKENS_KEYS
+    # ``n`` and a batch are the completions and chat APIs' (another API may use the names otherwise).
+    sequences = _choices(body) if kind in (COMPLETIONS, CHAT) and "n" in body else 1
+    api = kind
     if kind == OTHER:
         limit_keys = OTHER_MAX_TOKENS_KEYS
         # Unknown API: read the prompt the way its keys say, when it has one.
@@ -245,18 +313,20 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise BodyError("'messages' must be a non-empty list of message objects", "messages")
         try:
-            prompt_text = render_chat(messages, body.get("tools"))
+            prompt_text, media = _render_chat(messages, body.get("tools"))
         except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
             raise BodyError(f"'messages' cannot be encoded: {e}", "messages") from None
-        estimate = len(prompt_text) // 4
+        estimate = len(prompt_text) // 4 + media * MEDIA_PART_TOKENS
     elif kind == COMPLETIONS:
         if "prompt" not in body:
             raise BodyError("'prompt' is required", "prompt")
-        prompt_text, token_ids, estimate = _prompt(body["prompt"], "prompt")
+        prompt_text, token_ids, estimate, prompts = _prompt(body["prompt"], "prompt")
+        if api == COMPLETIONS:
+            sequences *= prompts
     elif kind == EMBEDDINGS:
         if "input" not in body:
             raise BodyError("'input' is required", "input")
-        prompt_text, token_ids, estimate = _prompt(body["input"], "input")
+        prompt_text, token_ids, estimate, _ = _prompt(body["input"], "input")
         if stream:
             raise BodyError("embeddings cannot be streamed", "stream")
     max_tokens: int | None = None
@@ -276,8 +346,9 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     if opts is not None and not isinstance(opts, dict):
         raise BodyError("'stream_options' must be an object", "stream_options")
     wants_usage = bool(opts and opts.get("include_usage"))
+    seqs = sequences if sequences <= MAX_SEQUENCES else MAX_SEQUENCES
     return ParsedBody(
-        kind, body, model, stream, prompt_text, token_ids, max_tokens, user, wants_usage, estimate
+        kind, body, model, stream, prompt_text, token_ids, max_tokens, user, wants_usage, estimate, seqs
     )
 
 
@@ -308,6 +379,7 @@ def inference_request(
         prompt_tokens=parsed.prompt_tokens,
         token_ids=parsed.token_ids,
         max_tokens=parsed.max_tokens,
+        sequences=parsed.sequences,
         stream=parsed.stream,
         lora_adapter=model if model in policy.adapters else None,
         session_key=session or parsed.user or None,

@@ -91,6 +91,7 @@ class _Track:
     batch_at_first: float = 0.0  # sequences decoding on the endpoint then (speed learning)
     flow: str | None = None  # its fairness flow, counted in flow control's in-flight per flow
     held: bool = False  # the fair-share headroom held it back at dispatch (fairShareRunningReserve)
+    seqs: int = 1  # the sequences it runs (``InferenceRequest.sequences``): its weight in the counts
 
 
 class Director:
@@ -569,7 +570,12 @@ class Director:
             p = prompt_tokens(p, req.prompt_text, req.token_ids)
         picked = self._picked.get(req.request_id)
         frac = picked[0].get(endpoint.address, 1.0) if picked is not None else 1.0
-        track = _Track(int(p * frac), req.max_tokens if req.max_tokens else int(self.mean_decode))
+        # ``n`` choices (x the prompts of a batch) run as that many sequences: each decodes its own output
+        # and takes a running slot; a prompt is computed once (the choices share its cached blocks).
+        s = req.sequences if req.sequences > 1 else 1
+        track = _Track(
+            int(p * frac), (req.max_tokens if req.max_tokens else int(self.mean_decode)) * s, seqs=s
+        )
         track.sent_at = self.clock()
         # The KV it takes there (the utilization detector's estimate): every prompt token (a hit on an
         # idle cached prefix takes those blocks back into use) except the prefix a request of its own in
@@ -580,7 +586,7 @@ class Director:
             keys = track.keys = picked[1]
             shared = min(p, keys.tokens(self._held.take(endpoint.address, keys.keys)))
         if self._kv_horizon:
-            out = min(out, self._decodable(endpoint, track.sent_at))
+            out = min(out, s * self._decodable(endpoint, track.sent_at, s))
         track.sent = p - shared + out
         self._tracks[key] = track
         if len(self._tracks) > MAX_TRACKED:  # a leaked request: forget the oldest, undo its counts
@@ -592,20 +598,20 @@ class Director:
             track.flow = flow_of(req)
             track.held = self.flow.ctl.started(track.flow, req, track.sent_at)
         inf = endpoint.inflight
-        inf.requests += 1
+        inf.requests += s
         inf.pending_prefill_tokens += track.prefill
         inf.pending_decode_tokens += track.decode
         inf.sent_tokens += track.sent
         inf.unstarted_tokens += track.sent
 
-    def _decodable(self, endpoint: Endpoint, now: float) -> int:
-        """Tokens one more sequence can decode at ``endpoint`` in ``_kv_horizon`` seconds: the horizon
-        over a step's time at its learned pace (seconds per token-slot, ``scheduling.speed``) with the
-        batch it joins; no limit until the pace is learned."""
+    def _decodable(self, endpoint: Endpoint, now: float, seqs: int = 1) -> int:
+        """Tokens each of ``seqs`` more sequences can decode at ``endpoint`` in ``_kv_horizon`` seconds:
+        the horizon over a step's time at its learned pace (seconds per token-slot,
+        ``scheduling.speed``) with the batch they join; no limit until the pace is learned."""
         pace = endpoint.inflight.pace
         if pace <= 0:
             return 1 << 62
-        return math.ceil(self._kv_horizon / (pace * (self._batch(endpoint, now) + 1 + BATCH_KNEE)))
+        return math.ceil(self._kv_horizon / (pace * (self._batch(endpoint, now) + seqs + BATCH_KNEE)))
 
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
         """``learn=False``: a first token whose time says nothing about prefill (a non-streamed reply,
@@ -619,7 +625,7 @@ class Director:
         if track.stop is not None:
             track.stop = None
             self._victims.pop((req.request_id, endpoint.address), None)
-        track.batch_at_first = self._batch(endpoint, track.first_at) + 1  # this one starts decoding now
+        track.batch_at_first = self._batch(endpoint, track.first_at) + track.seqs  # these start decoding now
         if learn:
             for obs in self._observers:
                 obs.on_first_token(req, endpoint, track.first_at)
@@ -629,8 +635,8 @@ class Director:
         inf.pending_prefill_tokens = left if left > 0 else 0
         left = inf.unstarted_tokens - track.sent
         inf.unstarted_tokens = left if left > 0 else 0
-        inf.decoding += 1
-        inf.started += 1
+        inf.decoding += track.seqs
+        inf.started += track.seqs
         if self.flow is not None and learn:  # (not a TTFT either for the flow's TTFT targets)
             if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
                 self.flow.ctl.observe_first_token(
@@ -663,15 +669,13 @@ class Director:
             for obs in self._observers:
                 obs.on_finished(req, endpoint, out, ok, now)
         if ok and usage is not None and usage.completion_tokens > 0:
+            per_seq = usage.completion_tokens // track.seqs  # (the usage sums every choice's)
             if track.first_token:
                 self.speed.observe(
-                    endpoint,
-                    now - track.first_at,
-                    usage.completion_tokens,
-                    (track.batch_at_first + batch_at_last) / 2,
+                    endpoint, now - track.first_at, per_seq, (track.batch_at_first + batch_at_last) / 2
                 )
             if not req.max_tokens:
-                self.mean_decode += 0.05 * (usage.completion_tokens - self.mean_decode)
+                self.mean_decode += 0.05 * (per_seq - self.mean_decode)
 
     def on_usage(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage) -> None:
         """The engine's usage for a request as soon as it is known (the simulator knows the cached tokens
@@ -703,10 +707,10 @@ class Director:
             return
         inf = endpoint.inflight
         # (``max(0, ...)`` as comparisons: these run on every request)
-        left = inf.requests - 1
+        left = inf.requests - track.seqs
         inf.requests = left if left > 0 else 0
         if track.first_token:
-            left = inf.decoding - 1
+            left = inf.decoding - track.seqs
             inf.decoding = left if left > 0 else 0
         else:
             left = inf.pending_prefill_tokens - track.prefill

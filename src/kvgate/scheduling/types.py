@@ -18,12 +18,16 @@ class InferenceRequest:
     model: str
     # Text that prefix matching hashes: completions -> the prompt; chat -> the JSON of ``messages``.
     prompt_text: str = ""
-    # Estimated prompt tokens (len(prompt_text) / 4 unless a tokenizer gave an exact count).
+    # Estimated prompt tokens (len(prompt_text) / 4 unless a tokenizer gave an exact count; every prompt of
+    # a batch; a chat's media parts at ``openai.request.MEDIA_PART_TOKENS`` each).
     prompt_tokens: int = 0
     # Exact token ids when known (precise prefix matching needs them); None otherwise. A list from a
     # request body, an ``array('I')`` from the scorers' tokenizer (``scheduling.tokenize``): never mutated.
     token_ids: Sequence[int] | None = None
     max_tokens: int | None = None
+    # Sequences the server runs for it (vLLM's running and waiting counts count each): ``n`` choices x the
+    # prompts of a completions batch. The in-flight accounting weighs the request by it (slots, decode).
+    sequences: int = 1
     # The client asked for a streamed response (its first byte is then its first token, a TTFT).
     stream: bool = False
     # Set when ``model`` names a LoRA adapter rather than a base model.

@@ -356,14 +356,15 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             if mean > 0.0:
                 low = min(rates)
                 spread = [miss_penalty * min(1.0, (r - low) / mean) for r in rates]
-        out_tokens = (req.max_tokens or 0) if self.output_displacement else 0
+        output = (req.max_tokens or 0) * req.sequences  # (each of ``n`` choices writes its own blocks)
+        out_tokens = output if self.output_displacement else 0
         evict: list[float] | None = None
         ledger = self.eviction
         if ledger is not None and not precise_src:  # (it learns from the approximate index's keys)
             unc = [p - get(ep.address, 0) * per_block if matched else float(p) for ep in endpoints]
             mh = prefix_match(cycle)
             hs = mh.hashes if mh is not None else ()
-            evict = ledger.prices(endpoints, unc, float(req.max_tokens or 0), miss_penalty, now, hs)
+            evict = ledger.prices(endpoints, unc, float(output), miss_penalty, now, hs)
         costs: list[float] = []
         sat_flags: list[bool] = []
         n_sat = 0

@@ -207,7 +207,9 @@ class PredictedLatencyScorer(Scorer, PostPick, ResponseObserver, TTFTOracle):
     def on_finished(
         self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
     ) -> None:
-        self.predictor.finished(request.request_id, endpoint.address, output_tokens, ok, now)
+        # (TPOT is a sequence's: the output of ``n`` choices is their sum, decoded side by side)
+        out = output_tokens // request.sequences if request.sequences > 1 else output_tokens
+        self.predictor.finished(request.request_id, endpoint.address, out, ok, now)
 
 
 @register("slo-headroom-tier-filter")

@@ -1,0 +1,106 @@
+"""CPU of reading one request body (``kvgate.openai.request.parse_body``: decode, render, estimate): this
+tree against another.
+
+    PYTHONPATH=src python scripts/parse_body_cost.py --base-src <other checkout>/src \\
+        [--requests 2000] [--rounds 5] [--repeats 3]
+
+Workloads, seeded: ``chat str``, a ~2k-token (~8k-character) system prompt and a short user turn as
+strings; ``chat parts``, the same as text content parts; ``chat 8 turns``, eight short turns; ``completions``,
+a ~2k-token prompt; and ``chat image``, a short question with a 100 KB image (a base64 data URL: the
+media-part path, review s21-qa F4). Each repeat runs the base tree then this tree in fresh processes: per
+cell, ``--rounds`` rounds of ``--requests`` bodies, CPU time (``process_time``) per body, a process's figure
+its fastest round. The text-only cells must read the same in both trees (a digest of their prompt texts and
+estimates is compared); ``chat image`` is expected to differ (its rendering is the change) and is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tree_runs import compare, run_in_tree
+
+WORDS = ("the", "of", "prefix", "cache", "block", "token", "model", "route", "engine", "queue", "tenant")
+
+
+def _bodies(kind: str, requests: int) -> tuple[str, list[bytes]]:
+    import base64
+    import random
+
+    import orjson
+
+    rng = random.Random(13)
+    system = " ".join(rng.choice(WORDS) for _ in range(1500))
+    out = []
+    for r in range(requests):
+        q = f"question {r}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randrange(5, 30)))
+        body: dict[str, Any] = {"model": "m", "max_tokens": 64}
+        if kind == "chat str":
+            body["messages"] = [{"role": "system", "content": system}, {"role": "user", "content": q}]
+        elif kind == "chat parts":
+            body["messages"] = [
+                {"role": "system", "content": [{"type": "text", "text": system}]},
+                {"role": "user", "content": [{"type": "text", "text": q}]},
+            ]
+        elif kind == "chat 8 turns":
+            body["messages"] = [
+                {"role": ("user", "assistant")[t % 2], "content": [{"type": "text", "text": f"{q} turn {t}"}]}
+                for t in range(8)
+            ]
+        elif kind == "completions":
+            body["prompt"] = system + " " + q
+        else:  # chat image
+            url = "data:image/png;base64," + base64.b64encode(rng.randbytes(100_000)).decode()
+            image = {"type": "image_url", "image_url": {"url": url}}
+            body["messages"] = [{"role": "user", "content": [{"type": "text", "text": q}, image]}]
+        out.append(orjson.dumps(body))
+    return ("completions" if kind == "completions" else "chat"), out
+
+
+def _measure(requests: int, rounds: int) -> dict[str, Any]:
+    import hashlib
+    import time
+
+    from kvgate.openai.request import parse_body
+
+    result: dict[str, Any] = {}
+    digest = hashlib.sha256()
+    for cell in ("chat str", "chat parts", "chat 8 turns", "completions", "chat image"):
+        kind, bodies = _bodies(cell, requests)
+        best = float("inf")
+        for k in range(rounds):
+            t0 = time.process_time()
+            got = [parse_body(kind, b) for b in bodies]
+            best = min(best, (time.process_time() - t0) / len(bodies) * 1e6)
+            if k == 0 and cell != "chat image":
+                digest.update(repr([(p.prompt_text, p.prompt_tokens) for p in got]).encode())
+        result[cell] = best
+    result["digest"] = digest.hexdigest()[:16]
+    return result
+
+
+def _run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return run_in_tree(__file__, src, ["--_measure", str(args.requests), str(args.rounds)], 900)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_measure":
+        print(json.dumps(_measure(int(sys.argv[2]), int(sys.argv[3]))))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--base-src", type=Path, required=True, help="the other tree's src/ (the baseline)")
+    p.add_argument("--requests", type=int, default=2000, help="bodies per round")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per process (its fastest counts)")
+    p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
+    args = p.parse_args()
+    return compare(
+        args.base_src, args.repeats, lambda src: _run(src, args),
+        unit="body", places=2, width=14, what="renderings",
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
