@@ -300,7 +300,7 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         raise BodyError("'stream' must be a boolean", "stream")
     limit_keys: tuple[str, ...] = MAX_TOKENS_KEYS
     # ``n`` and a batch are the completions and chat APIs' (another API may use the names otherwise).
-    sequences = _choices(body) if kind in (COMPLETIONS, CHAT) and "n" in body else 1
+    sequences = _choices(body) if "n" in body and kind in (COMPLETIONS, CHAT) else 1
     api = kind
     if kind == OTHER:
         limit_keys = OTHER_MAX_TOKENS_KEYS
@@ -316,7 +316,9 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
             prompt_text, media = _render_chat(messages, body.get("tools"))
         except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
             raise BodyError(f"'messages' cannot be encoded: {e}", "messages") from None
-        estimate = len(prompt_text) // 4 + media * MEDIA_PART_TOKENS
+        estimate = len(prompt_text) // 4
+        if media:
+            estimate += media * MEDIA_PART_TOKENS
     elif kind == COMPLETIONS:
         if "prompt" not in body:
             raise BodyError("'prompt' is required", "prompt")
@@ -346,9 +348,10 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     if opts is not None and not isinstance(opts, dict):
         raise BodyError("'stream_options' must be an object", "stream_options")
     wants_usage = bool(opts and opts.get("include_usage"))
-    seqs = sequences if sequences <= MAX_SEQUENCES else MAX_SEQUENCES
+    if sequences > MAX_SEQUENCES:
+        sequences = MAX_SEQUENCES
     return ParsedBody(
-        kind, body, model, stream, prompt_text, token_ids, max_tokens, user, wants_usage, estimate, seqs
+        kind, body, model, stream, prompt_text, token_ids, max_tokens, user, wants_usage, estimate, sequences
     )
 
 
