@@ -250,11 +250,11 @@ def _prompt(value: Any, param: str) -> tuple[str, list[int] | None, int, int]:
 
 def _choices(body: dict[str, Any]) -> int:
     """``n``: the choices asked for each prompt (1 when absent or null); an integer of at least 1, written
-    as one or as a whole-number float (vLLM's lax pydantic ``int`` takes ``2.0``), else a 400."""
+    as one or as a whole-number float below 2**63 (vLLM's lax pydantic ``int`` takes ``2.0``), else a 400."""
     n = body.get("n")
     if n is None:
         return 1
-    if type(n) is float and n.is_integer():
+    if type(n) is float and n.is_integer() and abs(n) < _LAX_INT_LIMIT:
         n = int(n)
     if type(n) is not int or n < 1:
         raise BodyError("'n' must be an integer of at least 1", "n")
