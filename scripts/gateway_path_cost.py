@@ -63,7 +63,7 @@ PATH_STAGES: list[tuple[str, str, str]] = [
     ("front: answer head, write", "kvgate.httpfront.server", "FrontProtocol.send"),
     ("prepare: body parse", "kvgate.gateway.proxy", "parse_body"),
     ("prepare: headers", "kvgate.gateway.proxy", "_filter_headers"),
-    ("prepare: inference request", "kvgate.gateway.proxy", "Proxy._inference_request"),
+    # (the ``InferenceRequest`` is built inline in ``_prepare`` since cpu21: "prepare (rest)" has it)
     ("prepare (rest)", "kvgate.gateway.proxy", "Proxy._prepare"),
     ("pick", "kvgate.requestcontrol.director", "Director.pick"),
     ("accounting", "kvgate.requestcontrol.director", "Director.on_dispatched"),
