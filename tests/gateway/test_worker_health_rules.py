@@ -44,6 +44,39 @@ def test_readyz_tells_busy_from_wedged_by_the_heartbeat() -> None:
     assert status == 503 and text.splitlines()[0] == "2/4 workers ready, 3 needed", text
 
 
+def test_readyz_a_refused_connection_is_not_ready_however_fresh_the_heartbeat() -> None:
+    """A worker whose admin port refused the connection (``REFUSED``: its process ended or is ending) is not
+    ready, though its heartbeat is fresh and its last answer was ready; one that did not answer in time
+    (``None``) still counts as its last answer (lead's finding W0, session 21: a SIGKILLed worker counted
+    as ready)."""
+    slots = [worker_health.Slot(0, 10, True, True, beat_age=0.2), worker_health.Slot(1, 11, True, True, 0.3)]
+    refused, late = worker_health.REFUSED, None
+    status, text = worker_health.readyz(slots, [refused, late], [True, True], 10.0, 2)
+    assert status == 503 and text.splitlines()[0] == "1/2 workers ready, 2 needed", text
+    assert "worker 0 (pid 10) not ready: its admin port refused the connection" in text, text
+    assert "worker 1 (pid 11) busy: no answer in time" in text, text
+
+
+def test_worker_timeout_zero_never_fails_liveness_for_loops_that_block_long() -> None:
+    """``workerTimeoutSeconds: 0`` is documented as "never" (no wedge kill): the operator keeps workers whose
+    loops may block long (a hot reload builds its pickers on the loop, in every worker at once: the
+    supervisor SIGHUPs them all). With both workers' loops blocked 11 s, ``/healthz`` stays 200 and names
+    them wedged (``/readyz`` takes them out of rotation); before: 503 ``no live worker``, so a liveness
+    probe restarted the whole pod, a harsher kill than the one the operator turned off (review s21-wrk
+    M1). A slot with no process (down, or waiting out a backoff) is still not live."""
+    bound = worker_health.wedge_bound(0)
+    slots = [
+        worker_health.Slot(0, 10, True, True, beat_age=11.0),
+        worker_health.Slot(1, 11, True, True, 11.0),
+    ]
+    status, text = worker_health.healthz(slots, bound)
+    assert status == 200 and text.splitlines()[0] == "ok (2/2 workers)", text
+    assert "worker 0 (pid 10) wedged: no heartbeat for 11.0s (bound 10s)" in text, text
+    assert worker_health.readyz(slots, [None, None], [True, True], bound, 1)[0] == 503
+    gone = [worker_health.Slot(0, 10, False, True, 11.0), worker_health.Slot(1, None, False, False, 0.0, 2.0)]
+    assert worker_health.healthz(gone, bound)[0] == 503
+
+
 class _FakeProc:
     """A worker process as the watch sees it."""
 
@@ -94,8 +127,109 @@ async def test_wedged_workers_killed_soon_after_their_start_back_off_and_are_no_
                 await asyncio.sleep(0.05)
             assert len(started) == k + 1, (started, sup.failed, watch.done())
         assert not sup.failed and not watch.done() and pauses == [1, 2, 4], (pauses, sup.failed)
-        assert sup.restarts == {"exited": 0, "wedged": 4}
+        assert sup.restarts == {"exited": 0, "wedged": 4, "start_timeout": 0}
     finally:
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
+
+
+async def test_restarts_total_counts_only_restarts_that_happened() -> None:
+    """``kvgate_gateway_worker_restarts_total`` ("Worker restarts by the supervisor") counts a restart once
+    the new worker is started, not when the old one ended: during a backoff wait (up to 60 s), and for
+    good if the gateway stops or gives up during it, it said a restart happened that did not (review
+    s21-wrk L2; before: 2 counted, 1 started)."""
+    from kvgate.config.gateway import parse_gateway_config
+    from kvgate.gateway.workers import Supervisor
+
+    pool = {"name": "p", "endpoints": ["127.0.0.1:9"], "models": ["m"]}
+    cfg = parse_gateway_config({"pools": [pool], "listen": {"workers": 2, "workerTimeoutSeconds": 0}})
+    sup = Supervisor(cfg, 2)
+    sup.procs = [_FakeProc(100), _FakeProc(101)]  # type: ignore[list-item]
+    sup.admin_ports = [1, None]
+    never = asyncio.Event()
+    waiting = asyncio.Event()
+    started: list[int] = []
+
+    async def sleep(s: float) -> None:
+        waiting.set()
+        await never.wait()
+
+    async def start_worker(i: int) -> None:
+        started.append(i)
+        sup.procs[i] = _FakeProc(200 + len(started))  # type: ignore[call-overload]
+        sup.admin_ports[i] = 1
+        sup.heartbeat[i] = sup.reported_at[i] = time.monotonic()
+
+    sup.sleep = sleep  # type: ignore[method-assign]
+    sup.start_worker = start_worker  # type: ignore[method-assign]
+    watch = asyncio.create_task(sup.watch())
+    try:
+        for k in range(2):  # ends 10 s after its start (no fast death), before serving 60 s: streak 1, 2
+            sup.started_at[0] = time.monotonic() - 10.0
+            sup.procs[0].alive = False  # type: ignore[union-attr]
+            for _ in range(600):  # 30 s: the watch polls every 0.2 s
+                if len(started) == k + 1 or waiting.is_set() or watch.done():
+                    break
+                await asyncio.sleep(0.05)
+        assert waiting.is_set() and len(started) == 1  # the second restart waits out its 1 s backoff
+        assert sum(sup.restarts.values()) == len(started), (sup.restarts, started)
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+
+
+async def test_a_restart_due_as_the_gateway_stops_spawns_nothing() -> None:
+    """A restart task that runs after the stop began (a death seen one loop turn before SIGTERM) starts no
+    worker: ``stop_workers`` already listed the ones it drains, so a new one would go unsignalled and
+    unjoined (review s21-wrk L3; before: started with no wait)."""
+    from kvgate.config.gateway import parse_gateway_config
+    from kvgate.gateway.workers import Supervisor
+
+    pool = {"name": "p", "endpoints": ["127.0.0.1:9"], "models": ["m"]}
+    sup = Supervisor(parse_gateway_config({"pools": [pool], "listen": {"workers": 2}}), 2)
+    started: list[int] = []
+
+    async def start_worker(i: int) -> None:
+        started.append(i)
+
+    sup.start_worker = start_worker  # type: ignore[method-assign]
+    sup.stopping = True
+    assert await sup._restart(0, 0.0) is False
+    assert started == [] and sum(sup.restarts.values()) == 0, (started, sup.restarts)
+
+
+async def test_a_worker_killed_for_its_start_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real worker process that does not report its start in time (the bound shrunk to 10 ms here; 60 s
+    in use) is killed; its end reads ``killed: did not start within ...`` and its slot's restart counts
+    as ``start_timeout``, not ``exit code -9`` / ``exited`` (review s21-wrk L2)."""
+    from kvgate.config.gateway import parse_gateway_config
+    from kvgate.gateway import workers
+
+    monkeypatch.setattr(workers, "_START_TIMEOUT_S", 0.01)
+    pool = {"name": "p", "endpoints": ["127.0.0.1:9"], "models": ["m"]}
+    cfg = parse_gateway_config({"pools": [pool], "listen": {"host": "127.0.0.1", "port": 0}})
+    sup = workers.Supervisor(cfg, 1)
+    sup.reserve_port()
+    try:
+        await sup.start_worker(0)
+        proc = sup.procs[0]
+        assert proc is not None and sup.admin_ports[0] is None
+        await asyncio.to_thread(proc.join, 30)
+        assert proc.exitcode == -9, proc.exitcode
+        assert sup._ended(0, proc, 0.01) == 0.0
+        assert sup.why[0] == "killed: did not start within 0.01s", sup.why[0]
+
+        async def start_worker(i: int) -> None:  # (the restart itself: not what is tested)
+            pass
+
+        sup.start_worker = start_worker  # type: ignore[method-assign]
+        assert await sup._restart(0)
+        assert sup.restarts == {"exited": 0, "wedged": 0, "start_timeout": 1}, sup.restarts
+    finally:
+        for end in sup._lifelines:
+            if end is not None:
+                end.close()
+        if sup._reserve is not None:
+            sup._reserve.close()

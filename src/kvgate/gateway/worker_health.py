@@ -7,7 +7,9 @@ it: a loop that turns writes it, a loop blocked (a long synchronous call, a stop
 Ages up to ``LATE_S`` are a loop turning; past it the worker is *busy* (its loop has not turned for a
 while: it may be doing legitimate work that blocks it) until the wedge bound (``listen.workerTimeoutSeconds``,
 where the supervisor kills it; ``WEDGED_S`` when that kill is off), past which it is *wedged*. A busy
-worker stays healthy and keeps its last readiness answer; a wedged one is neither."""
+worker stays healthy and keeps its last readiness answer; a wedged one is not ready, but its process still
+counts live on ``/healthz``: the supervisor kills it at ``workerTimeoutSeconds``, and where that is 0 the
+operator chose no kill, so liveness kills no pod for it either (review s21-wrk M1)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,12 @@ RESTART_MAX_S = 60.0
 # A worker that served this long (from its start report to its last heartbeat) ends its slot's streak.
 STABLE_S = 60.0
 
-LIVE = frozenset({"up", "busy", "starting"})  # /healthz counts these (the supervisor handles a start)
+# /healthz counts these: a process that runs (the supervisor handles a start, and kills a wedged one
+# unless workerTimeoutSeconds is 0); a slot down or waiting out a restart backoff is not live.
+LIVE = frozenset({"up", "busy", "wedged", "starting"})
+# A /readyz answer that is not an HTTP status: the worker's admin port refused the connection or dropped it
+# (its process ended or is ending: a busy loop's kernel still accepts and the answer only comes late).
+REFUSED = -1
 
 
 def restart_delay(streak: int) -> float:
@@ -94,8 +101,9 @@ def describe(slot: Slot, st: str, bound_s: float) -> str:
 
 
 def healthz(slots: list[Slot], bound_s: float) -> tuple[int, str]:
-    """200 while a worker is live (up, busy or starting), else 503; the first line counts them, one line
-    follows for each worker not plainly up (which, and why)."""
+    """200 while a worker is live (its process runs: up, busy, wedged or starting), else 503 (every slot
+    down or waiting out a restart backoff); the first line counts them, one line follows for each worker
+    not plainly up (which, and why)."""
     states = [state(s, bound_s) for s in slots]
     live = sum(1 for st in states if st in LIVE)
     lines = [describe(s, st, bound_s) for s, st in zip(slots, states, strict=True) if st != "up"]
@@ -114,15 +122,19 @@ def readyz(
     slots: list[Slot], answers: list[int | None], last_ready: list[bool], bound_s: float, need: int
 ) -> tuple[int, str]:
     """200 while at least ``need`` workers are ready. A worker asked that answered is ready on a 200; one
-    that did not answer within the bound (``None``) while its heartbeat is within the wedge bound is busy,
-    not wedged, and counts as its last answer (``last_ready``); the others are not ready. The first line
-    counts them (``ready (K/N workers)`` / ``K/N workers ready, M needed``), one line follows for each
-    worker not plainly up or not answering."""
+    whose admin port refused or dropped the connection (``REFUSED``) is not (its process is gone or going,
+    however fresh its last heartbeat); one that did not answer in time (``None``) while its heartbeat is
+    within the wedge bound (up or busy) counts as its last answer (``last_ready``); the others are not
+    ready. The first line counts them (``ready (K/N workers)`` / ``K/N workers ready, M needed``), one line
+    follows for each worker not plainly up or not answering."""
     ready = 0
     lines: list[str] = []
     for s, got, last in zip(slots, answers, last_ready, strict=True):
         st = state(s, bound_s)
-        if st in ("up", "busy") and got is not None:
+        if st in ("up", "busy") and got == REFUSED:
+            ok = False
+            lines.append(f"worker {s.index} (pid {s.pid}) not ready: its admin port refused the connection")
+        elif st in ("up", "busy") and got is not None:
             ok = got == 200
             if st == "busy":
                 lines.append(describe(s, st, bound_s))

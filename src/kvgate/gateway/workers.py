@@ -644,7 +644,11 @@ class Supervisor:
         self.restart_due: list[float | None] = [None] * workers
         self.why: list[str] = [""] * workers
         self.last_ready: list[bool] = [False] * workers
-        self.restarts: dict[str, int] = {"exited": 0, "wedged": 0}  # restarts by reason (admin /metrics)
+        # Restarts made, by what ended the worker before (admin /metrics): counted once the new worker is
+        # started, not when the old one ended (a backoff wait, a stop during it: review s21-wrk L2).
+        self.restarts: dict[str, int] = {"exited": 0, "wedged": 0, "start_timeout": 0}
+        self.start_killed: list[bool] = [False] * workers  # its worker was killed for not starting in time
+        self.ended_why: list[str] = ["exited"] * workers  # the reason of its last worker's end (a restart's)
         # When the supervisor's own watch resumed after standing still (the whole tree frozen: docker
         # pause, Ctrl-Z, a cgroup freezer): heartbeat ages count from then (review s20-fixes-b M2).
         self.awake_since = 0.0
@@ -772,6 +776,7 @@ class Supervisor:
             log.error("worker %d did not start within %.0fs; killing it", i, _START_TIMEOUT_S)
             proc.kill()
             self.admin_ports[i] = None
+            self.start_killed[i] = True
         finally:
             loop.remove_reader(recv.fileno())  # no-op once read; needed if cancelled or timed out
             recv.close()
@@ -889,8 +894,9 @@ class Supervisor:
             await asyncio.gather(*restarting.values(), return_exceptions=True)
 
     def _ended(self, i: int, proc: BaseProcess, lived: float) -> float:
-        """Worker ``i`` ended (died, or was killed for its heartbeat): counted by reason, its slot's streak
-        moved, logged with the reason and the restart's wait; that wait (``worker_health.restart_delay``)."""
+        """Worker ``i`` ended (died, or was killed for its heartbeat or its start): its reason kept for the
+        restart's count, its slot's streak moved, logged with the reason and the restart's wait; that wait
+        (``worker_health.restart_delay``)."""
         reported = self.admin_ports[i] is not None or self.killed_age[i] is not None
         served = max(0.0, self.heartbeat[i] - self.reported_at[i]) if reported else 0.0
         killed = self.killed_age[i]
@@ -899,12 +905,15 @@ class Supervisor:
             f"exit code {proc.exitcode} after {lived:.1f}s" if killed is None
             else f"killed: no heartbeat for {killed:.1f}s"
         )  # fmt: skip
+        if self.start_killed[i]:
+            reason, self.why[i] = "start_timeout", f"killed: did not start within {_START_TIMEOUT_S:g}s"
         self.admin_ports[i] = None
         self.killed_age[i] = None
+        self.start_killed[i] = False
         self.last_ready[i] = False
         self.streak[i] = worker_health.next_streak(self.streak[i], served)
         delay = worker_health.restart_delay(self.streak[i])
-        self.restarts[reason] += 1
+        self.ended_why[i] = reason
         log.error(
             "worker %d restarts %s (%s; streak %d: its slot's workers that ended before serving %gs; "
             "backoff 1s doubling to %gs)",
@@ -942,7 +951,10 @@ class Supervisor:
         (out of processes, descriptors or memory: OSError) is no death (no worker ran): it is tried again
         after a pause doubling from ``_SPAWN_RETRY_S`` to ``_SPAWN_RETRY_MAX_S`` while the other workers
         serve; once spawns have failed in a row for ``spawn_give_up_s`` the supervisor stops with an error
-        status, so a service manager restarts it (a watcher ended silently served on short-handed)."""
+        status, so a service manager restarts it (a watcher ended silently served on short-handed). Counted
+        in ``restarts`` once the new worker is started."""
+        if self.stopping:  # (a death seen one loop turn before SIGTERM: nothing spawned that no stop joins)
+            return False
         if delay > 0:
             self.restart_due[i] = self.clock() + delay
             try:
@@ -957,6 +969,7 @@ class Supervisor:
             while True:
                 try:
                     await self.start_worker(i)
+                    self.restarts[self.ended_why[i]] += 1
                     return True
                 except OSError as e:
                     failures += 1
@@ -1002,6 +1015,22 @@ class Supervisor:
         except (aiohttp.ClientError, TimeoutError):
             return None
 
+    async def _ask_ready(self, port: int | None) -> int | None:
+        """A worker's ``/readyz`` status; ``worker_health.REFUSED`` when its admin port refuses or drops the
+        connection (its process ended or is ending); None when no answer came in time (a busy loop: the
+        kernel accepts for it, the answer is late)."""
+        if port is None or self._session is None:
+            return None
+        limit = aiohttp.ClientTimeout(total=_READYZ_FETCH_TIMEOUT_S)
+        try:
+            async with self._session.get(f"http://127.0.0.1:{port}/readyz", timeout=limit) as r:
+                await r.read()
+                return r.status
+        except TimeoutError:  # (aiohttp's own time-outs are TimeoutErrors too)
+            return None
+        except aiohttp.ClientError:
+            return worker_health.REFUSED
+
     async def _all(self, path: str, limit_s: float | None = None) -> list[tuple[int, bytes] | None]:
         return list(await asyncio.gather(*(self._fetch(p, path, limit_s) for p in self.admin_ports)))
 
@@ -1011,7 +1040,8 @@ class Supervisor:
 
     def _own_metrics(self) -> str:
         lines = ["# HELP kvgate_gateway_worker_restarts_total Worker restarts by the supervisor, by reason "
-                 "(exited: the worker died; wedged: killed for a heartbeat older than workerTimeoutSeconds)",
+                 "(exited: the worker died; wedged: killed for a heartbeat older than workerTimeoutSeconds; "
+                 "start_timeout: killed for not starting within 60s)",
                  "# TYPE kvgate_gateway_worker_restarts_total counter"]  # fmt: skip
         restarts = self.restarts.items()
         lines += [f'kvgate_gateway_worker_restarts_total{{reason="{r}"}} {n}' for r, n in restarts]
@@ -1066,24 +1096,28 @@ class Supervisor:
             return Response(status=503, text="draining", content_type="text/plain")
         # The workers whose loop turns (or is busy) asked all at once, for _READYZ_FETCH_TIMEOUT_S in all,
         # so the answer comes within a probe's timeout; one that does not answer in time counts as its
-        # last answer while its heartbeat is within the wedge bound (busy), else as not ready.
+        # last answer while its heartbeat is within the wedge bound (busy), else as not ready; one whose
+        # admin port refuses the connection is not ready (``_ask_ready``).
         bound = worker_health.wedge_bound(self.cfg.worker_timeout_s)
         slots = self.slots()
         ask = worker_health.asked(slots, bound)
         tasks = {
-            i: asyncio.create_task(self._fetch(self.admin_ports[i], "/readyz", _READYZ_FETCH_TIMEOUT_S))
-            for i in range(self.n)
-            if ask[i]
+            i: asyncio.create_task(self._ask_ready(self.admin_ports[i])) for i in range(self.n) if ask[i]
         }
         if tasks:
             await asyncio.wait(tasks.values(), timeout=_READYZ_FETCH_TIMEOUT_S + 0.05)
         answers: list[int | None] = [None] * self.n
+        # Read again after the wait: a worker that died meanwhile (or was being killed as it was asked,
+        # its heartbeat still fresh) is down now, not busy (lead's finding W0, session 21); an answer from
+        # a worker since replaced is its predecessor's, dropped.
+        now = self.slots()
         for i, task in tasks.items():
             got = task.result() if task.done() else None
             task.cancel()
-            if got is not None:
-                answers[i] = got[0]
-                self.last_ready[i] = got[0] == 200
+            if got is not None and now[i].pid == slots[i].pid:
+                answers[i] = got
+                self.last_ready[i] = got == 200
+        slots = now
         need = self.cfg.min_ready_workers
         status, text = worker_health.readyz(slots, answers, self.last_ready, bound, need)
         return Response(status=status, text=text, content_type="text/plain")
