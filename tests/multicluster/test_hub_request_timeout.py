@@ -6,7 +6,8 @@ sweeper). Over real ext_proc gRPC (the Envoy-side test client), a real loopback 
 - before the response headers, at the bound: an ``ImmediateResponse`` 504 ``request_timeout`` naming the key
   and the cluster; the cluster is charged (the hub picks as the body arrives: it held the whole bound), and
   its gateway probed (``GET /healthz`` within ``probe_timeout_s``): no answer, hung;
-- after them: an event stream ends with the 504 error event (end of stream), charged only when it was not
+- after them: an event stream ends with the 504 error event (end of stream) once Envoy sent a body chunk of
+  it (else an ``ImmediateResponse``: test_hub_cut_before_body.py), charged only when it was not
   making progress (data events all through the later half); any other body gets the 504 as an
   ``ImmediateResponse`` (Envoy resets the stream: the client sees an incomplete body), charged.
 """

@@ -448,7 +448,8 @@ class Session:
         """A request about ``response_id`` (a follow-up, a lookup) picked among the endpoint that made it,
         while that one is known and healthy (elsewhere vLLM answers 404), as ``kvgate serve`` pins one:
         soft (``subset_soft``: dropped if the home leaves the pool before the pick). An Envoy subset hint
-        that leaves the home out wins."""
+        that leaves the home out wins. (The hub EPP's cluster endpoints are always healthy here: its home
+        cluster goes first even backing off or hung, as ``kvgate serve --clusters``'; review s21-mc L4.)"""
         home = self.ctx.responses.home(response_id)
         if home is None or (req.subset is not None and home not in req.subset):
             return
@@ -528,14 +529,17 @@ class Session:
         return self._finished or self.done
 
     def cut(self, steady: bool) -> list[pb.ProcessingResponse]:
-        """The request's bound (``bound_s``) passed before its end (the stream's timer, ``server``): the
+        """The request's bound (``bound_s``) passed before its end (the stream's reads, ``server``): the
         answers that end it, as ``kvgate serve --clusters`` ends one at ``limits.requestTimeoutSeconds``.
         Before the response headers: a 504 ``request_timeout`` (Envoy sends it and resets the upstream
-        request). After them, an event stream ends with the error event (end of stream; Envoy's upstream is
-        then reset with the finished downstream response); another body gets the 504 as an
-        ``ImmediateResponse``, which Envoy can no longer send whole: it resets the stream, so the client sees
-        an incomplete body (the JSON was held here: none of it went out). ``steady``: the answer made
-        progress all through the later half of the bound (``kvgate.openai.progress``); the director
+        request). After them, an event stream Envoy has sent a body chunk of ends with the error event (end
+        of stream; Envoy's upstream is then reset with the finished downstream response). Any other answer
+        gets the 504 as an ``ImmediateResponse``, which Envoy takes in any state but can no longer send whole:
+        it resets the stream, so the client sees a reset or an incomplete body. That includes an event stream
+        with no body chunk sent yet (a queued model server's SSE head): Envoy then waits on no body answer,
+        and an unasked ``response_body`` would be counted spurious, ending the ext_proc stream with the cut
+        lost (``ProcessorState::getCallbackStateAfterHeaderResp``, review s21-mc H1). ``steady``: the answer
+        made progress all through the later half of the bound (``kvgate.openai.progress``); the director
         (``on_cut``) charges the endpoint only if not, or before any head."""
         if self.done or self._finished or self.endpoint is None or self.request is None:
             return []
@@ -556,7 +560,7 @@ class Session:
         if obs is not None and not self._counted and self._models is not None:
             self._counted = True
             obs.error(*self._models, "stream_cut", self._flow)
-        streamed = self._scanner is not None
+        streamed = self._scanner is not None and self._gaps is not None  # (a body chunk seen: H1)
         self._scanner = None
         self._resp_buf = None
         self._release()
