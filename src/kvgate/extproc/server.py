@@ -74,28 +74,24 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         messages = request_iterator.__aiter__()
         try:
             while True:
-                if bound is not None and bound.fired:
-                    bound.fired = False  # (once: the timer has run)
-                    cut = session.cut(bound.progress.steady())
-                    for resp in cut:
-                        yield resp
-                    if cut or session.done:
-                        return
-                    # (nothing to cut: its answer ended just before the bound; the stream goes on)
-                try:
-                    if bound is not None:
-                        bound.reading = True
-                    msg = await messages.__anext__()
-                except StopAsyncIteration:
-                    break
-                except asyncio.CancelledError:
-                    # (our bound's timer cancels only this read: anything else is the stream's end)
-                    if bound is None or not bound.fired or task is None or task.uncancel() > 0:
-                        raise
-                    continue
-                finally:
-                    if bound is not None:
-                        bound.reading = False
+                if bound is None:
+                    try:
+                        msg = await messages.__anext__()
+                    except StopAsyncIteration:
+                        break
+                else:
+                    try:
+                        got = await bound.next(messages)
+                    except StopAsyncIteration:
+                        break
+                    if got is None:  # the bound passed first (a read in flight is kept)
+                        cut = session.cut(bound.progress.steady())
+                        for resp in cut:
+                            yield resp
+                        if cut or session.done:
+                            return
+                        continue  # (nothing to cut: its answer ended just before the bound; read on)
+                    msg = got
                 if task is not None:
                     active[task] = loop.time()
                 try:
@@ -107,8 +103,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                         bound.stop()  # (its answer ended: no read of the stream's rest is cut)
                     else:
                         bound.saw(msg, session.streaming, loop.time())
-                elif session.bound_s > 0 and task is not None and not session.done:
-                    bound = _Bound(loop, task, session.bound_s)  # (from the pick: the body's arrival)
+                elif session.bound_s > 0 and not session.done:
+                    bound = _Bound(loop, session.bound_s)  # (from the pick: the body's arrival)
                 for resp in out:
                     yield resp
                 if session.pending is not None:  # flow control: wait here for capacity
@@ -133,7 +129,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         finally:
             # Runs on normal end, on cancellation (client gone, idle) and on errors alike.
             if bound is not None:
-                bound.stop()
+                bound.close()  # (its reader, a read in flight, cancelled: the stream ends here)
             if task is not None:
                 active.pop(task, None)
             session.close(idle=idle)
@@ -156,29 +152,85 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
 
 
 class _Bound:
-    """A stream's request bound (the hub EPP's ``limits.requestTimeoutSeconds``): one timer at the due
-    time. The stream can only answer between Envoy's messages, so the timer cancels the stream's read of
-    the next one (only that read: ``reading``; a cancel landing in a write would end the stream), and the
-    loop then sends the session's cut (``Session.cut``). The answer's progress, for the charge: the
-    response body chunks Envoy sends, judged as ``kvgate serve`` judges a relayed answer's pieces
-    (``kvgate.openai.progress``: an event stream's data events, a body's non-blank pieces; here a chunk as
-    Envoy cut it, not whole events)."""
+    """A stream's request bound (the hub EPP's ``limits.requestTimeoutSeconds``). The stream can only
+    answer between Envoy's messages, so once bounded its messages are read by a reader task of its own
+    (``_pump``, one message ahead at most) and the stream's wait for the next one (``next``) also ends at
+    the bound; the loop then sends the session's cut (``Session.cut``). A read is never cancelled at the
+    bound and a message read by the time the wait returns is used (review s21-mc M2: the bound's timer
+    cancelled the stream task's read, and a message that arrived in the same loop turn was thrown away;
+    with grpc.aio a cancelled read also ends the request stream: the cancel finishes its async generator).
+    The answer's progress, for the charge: the response body chunks Envoy sends, judged as ``kvgate serve``
+    judges a relayed answer's pieces (``kvgate.openai.progress``: an event stream's data events, a body's
+    non-blank pieces; here a chunk as Envoy cut it, not whole events)."""
 
-    __slots__ = ("_task", "_timer", "fired", "progress", "reading")
+    __slots__ = ("_end", "_loop", "_owed", "_pump_task", "_ready", "_room", "_timer", "_waiter", "progress")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object], bound_s: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, bound_s: float) -> None:
         now = loop.time()
-        self._task = task
-        self.fired = False
-        self.reading = False
+        self._loop = loop
+        self._pump_task: asyncio.Task[None] | None = None
+        self._ready: pb.ProcessingRequest | None = None  # read, not taken yet
+        self._end: BaseException | None = None  # how the reads ended (StopAsyncIteration: the stream's end)
+        self._waiter: asyncio.Future[None] | None = None  # ``next`` waiting: a message, the end, the bound
+        self._room: asyncio.Future[None] | None = None  # the reader, holding one more, waiting for ``_ready``
+        self._owed = False  # the bound passed, not told to the loop yet
         self.progress = Progress(now, now + bound_s)
         self._timer: asyncio.TimerHandle | None = loop.call_at(now + bound_s, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        self.fired = True
-        if self.reading:
-            self._task.cancel()
+        self._owed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _pump(self, messages: AsyncIterator[pb.ProcessingRequest]) -> None:
+        """Reads the stream (a read in flight while the loop handles the message before: at most one held
+        besides ``_ready``), until its end or an error, which ``next`` raises in turn."""
+        try:
+            async for msg in messages:
+                if self._ready is not None:
+                    room = self._room = self._loop.create_future()
+                    await room
+                self._ready = msg
+                self._wake()
+            self._end = StopAsyncIteration()
+        except asyncio.CancelledError:  # (``close``: the stream ended)
+            self._end = asyncio.CancelledError()
+            raise
+        except Exception as e:  # (a failed read: the stream's error, raised by ``next``)
+            self._end = e
+        finally:
+            self._wake()
+
+    def _take(self) -> pb.ProcessingRequest | None:
+        msg, self._ready = self._ready, None
+        if msg is not None:
+            room, self._room = self._room, None
+            if room is not None and not room.done():
+                room.set_result(None)
+            return msg
+        if self._end is not None:
+            raise self._end
+        return None
+
+    async def next(self, messages: AsyncIterator[pb.ProcessingRequest]) -> pb.ProcessingRequest | None:
+        """The stream's next message, or None once when the bound passed with none read. A message read by
+        the time the wait returns is used, whatever woke the wait; the reads' end (StopAsyncIteration, or
+        a read's error) raised once no message is left."""
+        if self._pump_task is None:
+            self._pump_task = self._loop.create_task(self._pump(messages))
+        msg = self._take()
+        if msg is None and not self._owed:
+            waiter = self._waiter = self._loop.create_future()
+            await waiter
+            msg = self._take()
+        if msg is None:  # (the bound)
+            self._owed = False
+        return msg
 
     def saw(self, msg: pb.ProcessingRequest, streaming: bool, now: float) -> None:
         if msg.WhichOneof("request") != "response_body":
@@ -188,9 +240,17 @@ class _Bound:
             self.progress.seen(now)
 
     def stop(self) -> None:
+        """No bound any more (its answer ended): reads go on without one."""
+        self._owed = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def close(self) -> None:
+        """The stream ended: no bound, and the reader (a read in flight) cancelled."""
+        self.stop()
+        if self._pump_task is not None and not self._pump_task.done():
+            self._pump_task.cancel()
 
 
 @dataclass(slots=True)
