@@ -547,7 +547,7 @@ class Session:
         on_cut = getattr(self.ctx.director, "on_cut", None)
         # (the director's words name its key and endpoint: the hub EPP's, ``limits.requestTimeoutSeconds``)
         message = (
-            on_cut(self.request, self.endpoint, headed, steady, self.bound_s)
+            on_cut(self.request, self.endpoint, headed, steady, self.bound_s, self._fallbacks())
             if on_cut is not None
             else f"no answer within the request's bound ({self.bound_s:g}s)"
         )
@@ -569,6 +569,12 @@ class Session:
             event = sse_error_event(message, code="request_timeout", status=504)
             return _streamed(event, request=False, end_of_stream=True)
         return [immediate(504, message, "request_timeout")]
+
+    def _fallbacks(self) -> tuple[Endpoint, ...]:
+        """The destination's addresses after the one charged (Envoy's fallbacks, if it could not connect)."""
+        if self.result is None or self._headers_answered:  # (after the head: the served one is known)
+            return ()
+        return tuple(self.result.endpoints[1:])  # (before the head ``endpoint`` is the first)
 
     # ---- response path --------------------------------------------------------------------------
     def _stop(self) -> bool:

@@ -21,7 +21,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
@@ -242,16 +242,26 @@ class ClusterDirector:
         st.failed(now)
 
     def on_cut(
-        self, req: InferenceRequest, endpoint: Endpoint, headed: bool, steady: bool, bound_s: float
+        self,
+        req: InferenceRequest,
+        endpoint: Endpoint,
+        headed: bool,
+        steady: bool,
+        bound_s: float,
+        fallbacks: Sequence[Endpoint] = (),
     ) -> str:
-        """The request was cut at ``limits.requestTimeoutSeconds`` (the ext_proc stream's timer,
+        """The request was cut at ``limits.requestTimeoutSeconds`` (the ext_proc stream's reads,
         ``Session.cut``); the 504's message. As ``kvgate serve --clusters`` charges a cluster: before its
         response head, always (the hub picks the moment the body has arrived, so the cluster held the whole
         bound: it owned the deadline), after it only if the answer was not ``steady``. Its end
         (``on_finished``) then neither fails nor clears it again. A cut before the head is the evidence for
         a probe of the gateway (``GET /healthz`` within ``probe_timeout_s``, review s20-mc L4): no answer,
         the cluster is hung (marked until an aggregate is fetched from it again), as the global gateway's
-        probe finds one."""
+        probe finds one. Before the head the served address is not known yet: with ``fallbacks`` (the rest
+        of the destination list) Envoy may have failed to connect to ``endpoint`` and gone on to the next
+        (review s21-mc L3); ``endpoint`` is charged either way (it hung, or it refused Envoy), and when the
+        probe gets no connection to it the next address is taken as the one that held the bound
+        (``_live``)."""
         self.on_answered(req, endpoint, _CUT)
         st = self._state(endpoint)
         name = endpoint.labels.get(CLUSTER_LABEL, endpoint.address)
@@ -263,34 +273,50 @@ class ClusterDirector:
             st.failed(self.clock())
         if not headed and st.name not in self._live_probes:
             with contextlib.suppress(RuntimeError):  # (no loop: nothing to probe with)
-                task = asyncio.get_running_loop().create_task(self._live(st, endpoint.address))
+                task = asyncio.get_running_loop().create_task(self._live(st, endpoint.address, fallbacks))
                 self._live_probes[st.name] = task
         return message
 
-    async def _live(self, st: ClusterState, address: str) -> None:
+    async def _live(self, st: ClusterState, address: str, fallbacks: Sequence[Endpoint] = ()) -> None:
         """The gateway probed after a cut (``on_cut``): any answer to ``GET /healthz`` within
         ``probe_timeout_s`` means live; none, hung (with an aggregate fetched before: left out until the
-        next; it was charged at the cut)."""
+        next; it was charged at the cut). No connection to it at all (refused, no route, no name), with
+        ``fallbacks``: Envoy most likely could not connect either and went on to the next address, which
+        then held the whole bound: that cluster is charged and probed the same way (as far as the EPP's
+        network shows Envoy's: a refusal only the EPP sees charges a fallback Envoy never tried, once)."""
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=self.cfg.probe_timeout_s)
+        first = st.name
         try:
-            try:
-                async with (
-                    aiohttp.ClientSession(timeout=timeout) as http,
-                    http.get(f"http://{address}/healthz"),
-                ):
-                    return  # (its head came: the process answers)
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
-                pass
+            while True:
+                refused = False
+                try:
+                    async with (
+                        aiohttp.ClientSession(timeout=timeout) as http,
+                        http.get(f"http://{address}/healthz"),
+                    ):
+                        return  # (its head came: the process answers)
+                except aiohttp.ClientConnectorError:
+                    refused = True
+                except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+                    pass
+                if self.states.get(st.name) is st:
+                    if st.fetched_at is not None:
+                        st.hung_at = st.fetched_at
+                    log.info("cluster %s: cut at limits.%s before its head, and its gateway %s %s within "
+                             "%gs: hung", st.name, REQUEST_TIMEOUT_KEY, address,
+                             "took no connection" if refused else "answered no probe",
+                             self.cfg.probe_timeout_s)  # fmt: skip
+                nxt = self._state(fallbacks[0]) if refused and fallbacks else None
+                if nxt is None:
+                    return
+                nxt.failed(self.clock())  # (it held the bound: charged as the primary of a cut)
+                log.info("cluster %s: taken as the one Envoy waited on until the cut (the address before it "
+                         "took no connection): charged", nxt.name)  # fmt: skip
+                st, address, fallbacks = nxt, fallbacks[0].address, fallbacks[1:]
         finally:
-            self._live_probes.pop(st.name, None)
-        if self.states.get(st.name) is not st:
-            return
-        if st.fetched_at is not None:
-            st.hung_at = st.fetched_at
-        log.info("cluster %s: cut at limits.%s before its head, and its gateway %s answered no probe within "
-                 "%gs: hung", st.name, REQUEST_TIMEOUT_KEY, address, self.cfg.probe_timeout_s)  # fmt: skip
+            self._live_probes.pop(first, None)
 
     async def close(self) -> None:
         """Ends the connect probes in flight (``on_abandoned``) and the probes after a cut (``on_cut``)."""
