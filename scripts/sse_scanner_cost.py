@@ -33,6 +33,8 @@ from typing import Any
 
 from tree_runs import compare, run_in_tree, trees
 
+from kvgate import lifeline
+
 KINDS = ("content", "tool_calls", "reasoning", "completions", "responses", "anthropic")
 
 
@@ -163,7 +165,9 @@ def main() -> int:
         p.error("--base-src is required")
     for name, src in trees(args.base_src).items():  # (where each tree sees the first token: untimed)
         probe = subprocess.run(
-            [sys.executable, __file__, "--child", "--events", "50", "--rounds", "1"],
+            lifeline.die_with_parent_argv(
+                [sys.executable, __file__, "--child", "--events", "50", "--rounds", "1"]
+            ),
             env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True, check=True,
         )  # fmt: skip
         print(f"{name}: {probe.stderr.strip()}")

@@ -25,6 +25,8 @@ import statistics
 import sys
 import time
 
+from kvgate import lifeline
+
 BODY = json.dumps({"model": "m", "prompt": "x", "max_tokens": 2}).encode()
 REQUEST = (
     b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
@@ -78,12 +80,17 @@ async def main() -> int:
     sim_port, port, admin = args.base_port, args.base_port + 10, args.base_port + 11
     py = sys.executable
     sim = await asyncio.create_subprocess_exec(
-        py, "-m", "kvgate.cli", "sim", "--profile", "tiny", "--model", "m", "--base-port", str(sim_port),
+        *lifeline.die_with_parent_argv(
+            [py, "-m", "kvgate.cli", "sim", "--profile", "tiny", "--model", "m", "--base-port", str(sim_port)]
+        ),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     gw = await asyncio.create_subprocess_exec(
-        py, "-m", "kvgate.cli", "serve", "--endpoints", f"127.0.0.1:{sim_port}", "--model", "m", "--port",
-        str(port), "--admin-port", str(admin), "--workers", "2", "--worker-timeout", f"{args.timeout:g}",
+        *lifeline.die_with_parent_argv(
+            [py, "-m", "kvgate.cli", "serve", "--endpoints", f"127.0.0.1:{sim_port}", "--model", "m",
+             "--port", str(port), "--admin-port", str(admin), "--workers", "2",
+             "--worker-timeout", f"{args.timeout:g}"]
+        ),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     stopped = None
