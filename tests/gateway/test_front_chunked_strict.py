@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.test_hot_path import _parsed
-from kvgate.httpfront.server import FrontServer, Request, Response
+from kvgate.httpfront.server import LINGER_S, FrontServer, Request, Response
 
 _HEAD = b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -246,29 +246,44 @@ class _Transport:
 async def test_a_refused_connection_reads_a_bounded_amount_then_stops_reading(
     raw: bytes, status: int
 ) -> None:
-    """After a refusal the front half-closes, reads and drops what the client goes on sending, up to
-    what an accepted request could make it read (``max_body`` and a 64 KiB head), then stops reading
-    (FAILED before: a 431 closed at once; a 413 read and dropped without end for its whole linger)."""
+    """While an earlier pipelined answer is still going out (no linger yet, so no time bound), the front
+    reads and drops what follows a refusal up to what an accepted request could make it read
+    (``max_body`` and a 64 KiB head), then stops reading (before gw21: unbounded). Once the refusal
+    is out it half-closes and reads again, bounded by time only (review s21-gw M1: a byte cap there stalled
+    a client sending its whole body before reading), until the linger's end closes it (time injected).
+    FAILED on main before fixgw21: the earlier answer closed the connection, the refusal never went out."""
+    release = asyncio.Event()
 
-    async def handler(req: Request) -> Response:
+    async def slow(req: Request) -> Response:
+        await release.wait()
         return Response(body=b"ok")
 
-    front = FrontServer({"/a": handler}, handler, max_body=100_000)
+    front = FrontServer({"/slow": slow}, slow, max_body=100_000)
     proto = front.protocol()
     transport = _Transport()
     proto.connection_made(transport)  # type: ignore[arg-type]
     try:
-        proto.data_received(raw)
+        proto.data_received(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n" + raw)
         for _ in range(20):
             await asyncio.sleep(0)
-        assert transport.out.startswith(b"HTTP/1.1 %d " % status), transport.out[:60]
-        assert transport.eof and not transport.closed  # half-closed, lingering
+        assert not transport.out  # the first answer is still being made: the refusal waits
         sent = 0
         while transport.reading and sent < 100 << 20:
             proto.data_received(b"a" * 16384)
             sent += 16384
         assert not transport.reading
         assert sent <= 100_000 + (64 << 10) + 16384, sent
+        release.set()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert transport.out.startswith(b"HTTP/1.1 200 "), transport.out[:60]
+        assert b"HTTP/1.1 %d " % status in transport.out, transport.out[:200]
+        assert transport.eof and not transport.closed and transport.reading  # half-closed, lingering
+        for _ in range(64):  # 1 MiB more, ten times max_body: dropped, still reading
+            proto.data_received(b"a" * 16384)
+        assert transport.reading and not transport.closed
+        front.sweep(asyncio.get_running_loop().time() + LINGER_S + 0.01)
+        assert transport.closed  # the linger's end
     finally:
         front.close_all()
 

@@ -1,5 +1,6 @@
 """A non-streamed answer too large to hold whole (``Proxy.whole_max``): its model name put back as it
-is relayed, piece by piece (``BodyRewriter``'s rule on a body the gateway never holds whole).
+is relayed, piece by piece: ``BodyRewriter``'s spellings, but only the first match (``BodyRewriter``
+replaces every one), on a body the gateway never holds whole.
 
 Only the first ``window`` bytes are searched (the bytes the gateway would have held anyway): vLLM,
 SGLang and the OpenAI API put ``model`` near the start, before ``choices`` / ``data``; a name past the

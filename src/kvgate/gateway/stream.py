@@ -30,6 +30,8 @@ _ENDS = (b"\n\n", b"\n\r\n", b"\r\r")
 
 
 def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:
+    """The (old, new) byte pairs: the two plain spellings first, then (a name that has them) the escaped
+    ones (``StreamRelay`` tries those only where no plain one matched)."""
     s, c = orjson.dumps(sent), orjson.dumps(client)
     # Compact (vLLM, SGLang, orjson) and json.dumps-style spacing.
     pairs = [(b'"model":' + s, b'"model":' + c), (b'"model": ' + s, b'"model": ' + c)]
@@ -83,6 +85,11 @@ class StreamRelay:
         max_event_bytes: int = MAX_SSE_LINE,
     ) -> None:
         self._patterns = _model_patterns(sent_model, client_model) if sent_model else []
+        # The escaped spellings are tried only on a chunk where no plain one matched (one server, one
+        # encoder: vLLM and SGLang never write them, so a non-ASCII name costs two replaces a chunk that
+        # has the name, as an ASCII one; review s21-gw L3). (Checking for a ``\u`` first cost more than
+        # the four replaces: a two-byte search scans every byte, a long pattern's skips.)
+        self._plain, self._escaped = self._patterns[:2], self._patterns[2:]
         self._strip = strip_usage
         self._transform = bool(self._patterns) or strip_usage
         self._max = max_event_bytes
@@ -177,9 +184,14 @@ class StreamRelay:
         return n
 
     def _rewrite(self, data: bytes) -> bytes:
-        for old, new in self._patterns:
-            data = data.replace(old, new)
-        return data
+        out = data
+        for old, new in self._plain:
+            out = out.replace(old, new)
+        # (nothing matched: CPython's ``replace`` gives ``data`` itself back; ``==`` for any other)
+        if self._escaped and (out is data or out == data):
+            for old, new in self._escaped:
+                out = out.replace(old, new)
+        return out
 
     def _process(self, events: bytes) -> bytes:
         """Whole events (each up to its blank line; at the stream's end the last may lack it)."""

@@ -11,8 +11,8 @@ Robustness rules: anything malformed gets a 400 and the connection is closed; he
 (431), body <= the configured limit (413, checked on Content-Length before reading and while reading
 chunked bodies); a chunked body's lines end in CRLF only and follow RFC 9112 §7.1's grammar, its trailer
 lines are header lines, at most 64 KB of them (400, 431; read and dropped); every refusal but a 408
-lingers (half-close, read and drop for up to ``LINGER_S``, at most ``max_body`` and a head's worth) so
-the client reads the answer instead of a reset; CR, LF or NUL inside a header line is
+lingers (half-close, read and drop for up to ``LINGER_S``; over TLS, which cannot half-close, it closes at
+once) so the client reads the answer instead of a reset; CR, LF or NUL inside a header line is
 refused (no response splitting through echoed headers), and any other control character but HTAB in a
 value (RFC 9110 §5.5); header names must be RFC 9110 tokens,
 Content-Length ASCII digits, HTTP/1.1 requests must carry Host; Content-Length together with
@@ -631,7 +631,7 @@ class FrontServer:
                 self.timed_out["send"] += 1
                 c.abort()
             elif c.linger_until is not None and c.linger_until <= now:
-                c.abort()
+                c.linger_ended()
             elif c.idle_since is not None and c.idle_since <= idle_cut:
                 c.close()
             elif c._read_paused:
@@ -749,6 +749,7 @@ class FrontProtocol(asyncio.Protocol):
         self._reject_after = False  # stop parsing: an error response is queued and we close after it
         self._linger_after = False  # the refusal came before the body: linger (``_linger``), not close
         self._dropped = 0  # bytes read and dropped since a refusal (``_drop``)
+        self._linger_size = 0  # output buffered when the linger began (``linger_ended``)
         self._held = 0  # budget bytes the body being read holds (``FrontServer.budget``)
         # A parsed request head waiting for its body: (method, path, query, headers, keep-alive,
         # Content-Length or -1 for chunked), and the chunked decoder's state.
@@ -856,11 +857,14 @@ class FrontProtocol(asyncio.Protocol):
         self._refuse(_error(status, message), linger=status != 408)
 
     def _drop(self, size: int) -> None:
-        """``size`` bytes came after a refusal and were dropped. Past what an accepted request could
-        make the front read (``max_body`` and a head), reading pauses: the client's sends back up,
-        nothing more is read for it (qa20: a client could make a refused connection read for free)."""
+        """``size`` bytes came after a refusal and were dropped. Until the refusal goes out (earlier
+        pipelined answers are still being written: no time bound yet), past what an accepted request
+        could make the front read (``max_body`` and a head) reading pauses, the client's sends back up.
+        Once it is out, the linger bounds the dropping by time only (``LINGER_S``, as nginx's
+        lingering_time): a byte cap there stalled a client that sends its whole body before it reads,
+        and the linger's end then cut it off before it read its 413 (review s21-gw M1)."""
         self._dropped += size
-        over = self._dropped > self.server.max_body + _MAX_HEAD
+        over = self.linger_until is None and self._dropped > self.server.max_body + _MAX_HEAD
         if over and not self._read_paused and self.transport is not None and not self.closed:
             self._read_paused = True
             self.transport.pause_reading()
@@ -1261,7 +1265,9 @@ class FrontProtocol(asyncio.Protocol):
         if req.error is not None and self._linger_after and not self.closed:
             self._linger()
             return False
-        if close or self._reject_after:
+        if close or (self._reject_after and not self.queue):
+            # (a refusal queued behind this answer goes out next: closing here lost it, the client
+            # got the earlier answer and then the end; found fixing review s21-gw M1)
             self.close()
             return False
         if not self.queue:
@@ -1272,13 +1278,28 @@ class FrontProtocol(asyncio.Protocol):
         """After a refusal (400, 413, 431, 501, 503, 401) the client may still be sending its request:
         closing with its bytes unread resets the connection, and a reset can cost the client the answer.
         Half-close (the client reads the answer, then the end), keep reading (and dropping) for up to
-        ``LINGER_S`` and at most ``max_body`` and a head's worth (``_drop``), then close."""
+        ``LINGER_S`` (``_drop``), then close (``linger_ended``). Over TLS (no half-close) close now."""
         assert self.transport is not None
         self.linger_until = self._loop.time() + LINGER_S
+        self._linger_size = self.transport.get_write_buffer_size()
         if self.transport.can_write_eof():
             self.transport.write_eof()
+            if self._read_paused:  # (paused by ``_drop`` while earlier answers went out)
+                self._read_paused = False
+                self.transport.resume_reading()
         else:
             self.close()
+
+    def linger_ended(self) -> None:
+        """The linger's time is up (the sweeper). A client still taking output (the buffer shrank since
+        the linger began) gets a close, which flushes under the send deadline; one that took nothing is
+        aborted (review s21-gw L2: an abort cut a slow reader's earlier answers and the refusal)."""
+        size = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        if size and size < self._linger_size:
+            self.linger_until = None
+            self.close()
+        else:
+            self.abort()
 
     # --- output ---------------------------------------------------------------------------------
     def send(self, data: bytes | memoryview, more: bytes = b"") -> None:
