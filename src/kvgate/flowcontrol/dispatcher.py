@@ -293,6 +293,9 @@ class FlowDispatcher:
         self.fleet: PoolMark | None = None
         self._mark_failed = False
         self.gate_errors = 0  # passes in a row whose gate raised: what the log backs off on
+        # The queue closed (``evict_all``): the error each later admission is answered with at once
+        # (review s21-fc F2: a body completing after the EPP's grace eviction was queued, then cut by gRPC).
+        self.closed: Callable[[], SchedulingError] | None = None
 
     def __len__(self) -> int:
         return len(self.ctl)
@@ -391,7 +394,11 @@ class FlowDispatcher:
     ) -> PickResult:
         """``req`` picked, once its pool has room. ``wait_max`` (seconds from now; None: none): if it
         is still queued then, it leaves the queue with ``QueueTimeoutError`` (504), by the queue's own
-        expiry (no timer per request: most requests are not queued at all; review s18-gw L2)."""
+        expiry (no timer per request: most requests are not queued at all; review s18-gw L2). Once the
+        queue is closed (``evict_all``), answered at once with its error (recorded ``RejectedOther``)."""
+        if self.closed is not None:
+            self.ctl.metrics.outcome(req.priority, flow_of(req), REJECTED_OTHER, 0.0, req)
+            raise self.closed()
         now = self.clock()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[PickResult] = loop.create_future()
@@ -560,7 +567,8 @@ class FlowDispatcher:
         """The queue is closed (a front door's drain or grace ends): every queued request leaves it (held and
         parked ones too), recorded ``EvictedOther`` (the reference's outcome of a queue evicted when its
         controller stops), its waiter failed with a fresh ``err()``; none is dispatched after this. Returns
-        how many waiters were answered."""
+        how many waiters were answered. Closed for good: a later ``admit`` gets a fresh ``err()`` at once."""
+        self.closed = err
         n = 0
         for item in self.ctl.evict_all(now):
             fut = item.handle

@@ -1,0 +1,92 @@
+"""s21-fc review F2: ``kvgate epp``'s grace eviction (fc21, 96c539b1) ran once, half a second before the grace
+ends, and the queue stayed open after it: a stream opened before the stop whose body arrives after that moment
+(a slow upload) is queued again and, at the grace's end, cut by gRPC -- the case the change set out to fix
+(Envoy's failure mode answers it). Now the closed queue answers it 503 at once. Real gRPC on loopback, the
+test's own Envoy-playing writes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import orjson
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from flowcontrol.test_doors import WAIT, HeldBackend, eventually, picker_config
+from gateway.conftest import make_config
+from kvgate.datalayer.store import EndpointStore
+from kvgate.extproc.config import EppConfig
+from kvgate.extproc.context import build_context
+from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.testing import EnvoyHarness, Exchange, channel, header_map
+from kvgate.scheduling.types import DrainEvictedError
+
+pytestmark = pytest.mark.asyncio
+
+
+def _body(prompt: str) -> bytes:
+    return orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1})
+
+
+async def test_a_body_arriving_after_the_eviction_is_answered_503_not_cut() -> None:
+    backend = await HeldBackend().start()
+    cfg = make_config([backend.address], extra={})
+    cfg.pools[0].picker_config = picker_config()
+    store = EndpointStore.from_addresses([backend.address])
+    ctx = build_context(
+        EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=cfg.pools[0].picker_config), store,
+        clock=time.monotonic,
+    )  # fmt: skip
+    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
+    await epp.start()
+    flow = ctx.director.flow  # type: ignore[attr-defined]
+    evicted = asyncio.Event()
+    orig = epp.evict_queued
+
+    def evict() -> int:
+        n = orig()
+        evicted.set()
+        return n
+
+    epp.evict_queued = evict  # type: ignore[method-assign]
+    ch = channel(f"127.0.0.1:{epp.port}")
+    http = aiohttp.ClientSession()
+    stop: asyncio.Task[None] | None = None
+    try:
+        harness = EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http)
+        held = asyncio.ensure_future(harness.request("POST", "/v1/completions", _body("held")))
+        await eventually(lambda: backend.arrivals == ["held"], "the first request at the backend")
+        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=WAIT) as ex:
+            headers = {
+                ":method": "POST", ":path": "/v1/completions", ":authority": "gw", ":scheme": "http",
+                "content-type": "application/json",
+            }  # fmt: skip
+            await ex.write(pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map(headers))))
+            stop = asyncio.ensure_future(epp.stop(1.0))
+            await asyncio.wait_for(evicted.wait(), WAIT)
+            late = pb.HttpBody(body=_body("late"), end_of_stream=True)
+            await ex.write(pb.ProcessingRequest(request_body=late))
+            await eventually(lambda: len(flow) == 1 or stop.done(), "the late body queued")
+            try:
+                out = await ex.read_request_outcome(has_body=True)
+            except Exception as e:  # (the stream cut at the grace's end)
+                raise AssertionError(f"the late request got no answer: {type(e).__name__}: {e}") from None
+        assert out.immediate is not None and out.immediate.status.code == 503
+        got = {h.header.key: h.header.raw_value.decode() for h in out.immediate.headers.set_headers}
+        assert got.get("retry-after") == DrainEvictedError.retry_after, got
+        assert "not sent to any model server" in orjson.loads(out.immediate.body)["error"]["message"]
+        assert len(flow) == 0 and backend.arrivals == ["held"]  # (answered at once: never queued, never sent)
+    finally:
+        backend.release.release()
+        if stop is None:
+            await epp.stop(0)
+        elif not stop.done():
+            await asyncio.wait_for(stop, WAIT)
+        if not held.done():
+            held.cancel()
+        await ch.close()
+        await http.close()
+        await backend.stop()
