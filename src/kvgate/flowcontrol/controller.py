@@ -207,6 +207,9 @@ class QueuedRequest:
     bounded: bool = False  # ``deadline`` is the request's own (``enqueue``'s ``bound``), not the TTL
     parked: tuple[str, frozenset[str], int] | None = None  # waiting aside for its full home (``park``)
     full_since: float | None = None  # its home found full since then, never with room (``unpin_at``)
+    # the home it was woken from (``wake``) with heads still parked there, until it goes or is parked again:
+    # leaving otherwise (cancelled, expired, unpinned), it has that home looked at again (review s21-fc F1)
+    woken_from: tuple[str, frozenset[str], int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -327,15 +330,17 @@ class Home:
     freed slot reads to wake the one head its band would choose first (``FlowController.wake``), not every
     head (fc21): per flow, a heap of its heads in the flow's order; all of them in one heap by ordering key
     (global-strict: the band's choice is the least key); the flows by their round-robin turn (a lazy heap:
-    a flow's turn only moves back, so an entry found older than its flow's turn is pushed again). Entries of
-    requests that left (woken, cancelled, unpinned) are dropped lazily, everything rebuilt once they
-    outnumber the live ones (bounded memory)."""
+    a flow's turn only moves back, so an entry found older than its flow's turn is pushed again);
+    slo-feasible, per flow, the heads found overdue apart (``late``, as ``FlowQueue.late``: each moved once,
+    not a scan of the flow per wake, review s21-fc F3). Entries of requests that left (woken, cancelled,
+    unpinned) are dropped lazily, everything rebuilt once they outnumber the live ones (bounded memory)."""
 
-    __slots__ = ("all", "flows", "items", "probe", "stale", "turns")
+    __slots__ = ("all", "flows", "items", "late", "probe", "stale", "turns")
 
     def __init__(self, probe: InferenceRequest) -> None:
         self.items: dict[int, tuple[QueuedRequest, tuple[float, int, QueuedRequest], bool]] = {}
         self.flows: dict[str, list[Parked]] = {}
+        self.late: dict[str, list[Parked]] = {}
         self.all: list[Parked] = []
         self.turns: list[tuple[int, str]] = []
         self.stale = 0
@@ -363,7 +368,7 @@ class Home:
         self.stale += 1
         if self.stale > len(self.items) + 64:
             self.stale = 0
-            self.flows, self.all, self.turns = {}, [], []
+            self.flows, self.late, self.all, self.turns = {}, {}, [], []
             for item, entry, late in self.items.values():
                 e = (entry[0], item.seq, item, late)
                 if item.flow not in self.flows:
@@ -376,26 +381,34 @@ class Home:
             heapq.heapify(self.all)
             heapq.heapify(self.turns)
 
-    def _flow_top(self, flow: str) -> list[Parked] | None:
-        """``flow``'s heap, its top live; None (and the flow forgotten) when none of it is left."""
-        h = self.flows.get(flow)
-        if h is None:
-            return None
+    def _clean(self, h: list[Parked]) -> list[Parked]:
         live = self._live
         while h and not live(h[0]):
             heapq.heappop(h)
-        if not h:
-            del self.flows[flow]
-            return None
         return h
 
-    def _best_in(self, h: list[Parked], reach: float | None, feasible: bool) -> Parked:
-        """The first of a flow's heads here in its order (``slo-feasible``: keyed before ``reach``, overdue:
-        after the rest)."""
-        if feasible and reach is not None and h[0][0] < reach:
-            live, r = self._live, reach
-            return min((e for e in h if live(e)), key=lambda e: (e[3] or e[0] < r, e[0], e[1]))
-        return h[0]
+    def _flow_top(self, flow: str) -> list[Parked] | None:
+        """``flow``'s heap (its top live, or empty with live heads in ``late``); None (and the flow
+        forgotten) when none of it is left."""
+        h = self.flows.get(flow)
+        if h is None:
+            return None
+        if self._clean(h) or self._clean(self.late.get(flow, h)):
+            return h
+        del self.flows[flow]
+        self.late.pop(flow, None)
+        return None
+
+    def _best_in(self, flow: str, h: list[Parked], reach: float | None, feasible: bool) -> Parked:
+        """The first of ``flow``'s heads here (``h``: its heap, from ``_flow_top``) in its order
+        (``slo-feasible``: keyed before ``reach``, or parked overdue, after the rest: moved to ``late``)."""
+        if feasible and reach is not None:
+            live = self._live
+            while h and (h[0][3] or h[0][0] < reach or not live(h[0])):
+                e = heapq.heappop(h)
+                if live(e):
+                    heapq.heappush(self.late.setdefault(flow, []), e)
+        return h[0] if h else self._clean(self.late[flow])[0]
 
     def bests(self, reach: float | None, feasible: bool) -> list[tuple[str, Parked]]:
         """Each flow's first head here in its flow's order."""
@@ -403,7 +416,7 @@ class Home:
         for flow in list(self.flows):
             h = self._flow_top(flow)
             if h is not None:
-                out.append((flow, self._best_in(h, reach, feasible)))
+                out.append((flow, self._best_in(flow, h, reach, feasible)))
         return out
 
     def first_key(self) -> Parked | None:
@@ -431,7 +444,7 @@ class Home:
             if now_turn != stamp:
                 heapq.heapreplace(t, (now_turn, flow))
                 continue
-            return self._best_in(h, reach, feasible)
+            return self._best_in(flow, h, reach, feasible)
         return None
 
     def take(self, e: Parked) -> tuple[QueuedRequest, tuple[float, int, QueuedRequest], bool]:
@@ -625,6 +638,8 @@ class FlowController:
         item.outcome = outcome
         if item.parked is not None:
             self._unpark(item)
+        elif item.woken_from is not None:
+            self._left_woken(item, outcome == DISPATCHED)
         band = self.bands[item.priority]
         if item.held_until is not None:  # counted in its band, but in no flow queue
             item.held_until = None
@@ -812,7 +827,7 @@ class FlowController:
                 if top_at.get(addr, band) <= band:
                     top_at[addr] = band
         home.add(item, got[0], got[1], 0 if q is None else q.turn)
-        item.parked = key
+        item.parked, item.woken_from = key, None
         if item.full_since is None:  # (a new spell; one back in line only this pass keeps its own)
             item.full_since = now
             if item.req.subset_soft:
@@ -868,8 +883,10 @@ class FlowController:
         place in its band, where the band's own order decides (fc21: before, every head there was put back
         and those the room did not take were parked again in the same pass, O(its heads) per freeing, about
         2 ms at 1,000). The dispatch pass asks the home again after each request it sends there, and wakes
-        the next while it has room. A head parked again in the same pass (the room went to another) keeps its
-        spell without room (``end_pass``). False when nothing is parked there."""
+        the next while it has room; a woken head that leaves without going there (cancelled, expired, its soft
+        pin given up) has the home looked at in the next pass (``_left_woken``). A head parked again in the
+        same pass (the room went to another) keeps its spell without room (``end_pass``). False when nothing
+        is parked there."""
         return self._wake_one(key, now, True)
 
     def wake_first(self, key: HomeKey, now: float | None = None) -> bool:
@@ -902,6 +919,8 @@ class FlowController:
         if not home.items:
             del self._parked[key]
             self._forget_home(key)
+        else:
+            item.woken_from = key
         item.parked = None
         if spell_ends and item.full_since is not None:
             self._back.append(item)
@@ -949,6 +968,8 @@ class FlowController:
             if item.done or item.full_since != since:
                 continue  # (found with room since, or gone: a stale entry)
             got = self._unpark(item) if item.parked is not None else None
+            if item.woken_from is not None:  # (woken, it will not take its home's room)
+                self._left_woken(item, False)
             item.req.subset, item.req.subset_soft = None, False
             item.full_since = None
             q = self.bands[item.priority].flows.get(item.flow)
@@ -956,6 +977,15 @@ class FlowController:
                 q.put_back(*got)
             out.append(item)
         return out
+
+    def _left_woken(self, item: QueuedRequest, sent: bool) -> None:
+        """``item``, woken from its home (``wake``), leaves line: sent, the dispatch pass asks the home again
+        (``_again``); else nothing else may meet the home (its other heads are parked), so it is looked at in
+        the next pass, as one told of a freed slot: the heads behind wait one pass, not the sweep's turn of
+        the home (ceil(homes / PARK_SWEEP) intervals: review s21-fc F1)."""
+        key, item.woken_from = item.woken_from, None
+        if not sent and key is not None and key in self._parked:
+            self._woken.add(key)
 
     def _unpark(self, item: QueuedRequest) -> tuple[tuple[float, int, QueuedRequest], bool] | None:
         """``item`` out of its home's parked heads (its entry, to put back); the home forgotten once empty."""
