@@ -49,6 +49,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from _costkit import request_flow
 from tree_runs import HERE_SRC, alternate, run_in_tree, trees
 
 # ``--stages``: the request path's synchronous functions, each call's CPU charged to its stage exclusive of
@@ -337,7 +338,6 @@ def _measure_picks(
 
     from kvgate.bench.gateway_overhead import BODY
     from kvgate.gateway.cli import tune_gc
-    from kvgate.scheduling.types import InferenceRequest, Usage
 
     picktrace = _load_picktrace()
     prompt = json.loads(BODY)
@@ -348,15 +348,7 @@ def _measure_picks(
         with open(picker_file) as f:
             policy = trace_policy = yaml.safe_load(f)
     d, _store, _clock = picktrace.build(policy, 2, 0, scraped=False)
-
-    def one(i: int) -> None:
-        r = InferenceRequest(
-            f"b{i}", "m", prompt_text=prompt["prompt"], prompt_tokens=6, max_tokens=prompt["max_tokens"]
-        )
-        ep = d.pick(r).endpoints[0]
-        d.on_dispatched(r, ep)
-        d.on_first_token(r, ep, learn=False)
-        d.on_finished(r, ep, Usage(6, 8), True)
+    one = request_flow(d, prompt)  # (a fresh Usage(6, 8) each request)
 
     for i in range(2000):
         one(i)

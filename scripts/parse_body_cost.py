@@ -15,13 +15,11 @@ estimates is compared); ``chat image`` is expected to differ (its rendering is t
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from tree_runs import compare, run_in_tree
+from _costkit import fastest
+from tree_runs import requests_rounds_main
 
 WORDS = ("the", "of", "prefix", "cache", "block", "token", "model", "route", "engine", "queue", "tenant")
 
@@ -62,7 +60,6 @@ def _bodies(kind: str, requests: int) -> tuple[str, list[bytes]]:
 
 def _measure(requests: int, rounds: int) -> dict[str, Any]:
     import hashlib
-    import time
 
     from kvgate.openai.request import parse_body
 
@@ -70,36 +67,22 @@ def _measure(requests: int, rounds: int) -> dict[str, Any]:
     digest = hashlib.sha256()
     for cell in ("chat str", "chat parts", "chat 8 turns", "completions", "chat image"):
         kind, bodies = _bodies(cell, requests)
-        best = float("inf")
-        for k in range(rounds):
-            t0 = time.process_time()
-            got = [parse_body(kind, b) for b in bodies]
-            best = min(best, (time.process_time() - t0) / len(bodies) * 1e6)
-            if k == 0 and cell != "chat image":
-                digest.update(repr([(p.prompt_text, p.prompt_tokens) for p in got]).encode())
-        result[cell] = best
+
+        def parse_all(kind: str = kind, bodies: list[bytes] = bodies) -> list[Any]:
+            return [parse_body(kind, b) for b in bodies]
+
+        best, got = fastest(rounds, parse_all)
+        if cell != "chat image":
+            digest.update(repr([(p.prompt_text, p.prompt_tokens) for p in got]).encode())
+        result[cell] = best / len(bodies) * 1e6
     result["digest"] = digest.hexdigest()[:16]
     return result
 
 
-def _run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
-    return run_in_tree(__file__, src, ["--_measure", str(args.requests), str(args.rounds)], 900)
-
-
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--_measure":
-        print(json.dumps(_measure(int(sys.argv[2]), int(sys.argv[3]))))
-        return 0
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--base-src", type=Path, required=True, help="the other tree's src/ (the baseline)")
-    p.add_argument("--requests", type=int, default=2000, help="bodies per round")
-    p.add_argument("--rounds", type=int, default=5, help="rounds per process (its fastest counts)")
-    p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
-    args = p.parse_args()
-    return compare(
-        args.base_src, args.repeats, lambda src: _run(src, args),
-        unit="body", places=2, width=14, what="renderings",
-    )  # fmt: skip
+    return requests_rounds_main(
+        __file__, __doc__, _measure, per="bodies", unit="body", places=2, width=14, what="renderings"
+    )
 
 
 if __name__ == "__main__":

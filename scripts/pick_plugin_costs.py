@@ -18,10 +18,12 @@ import json
 import time
 from typing import Any
 
+from _costkit import request_flow
+
 from kvgate.bench.gateway_overhead import BODY
 from kvgate.config.gateway import config_from_flags
 from kvgate.gateway.cli import build_pools, tune_gc
-from kvgate.scheduling.types import InferenceRequest, Usage
+from kvgate.scheduling.types import Usage
 
 PC = time.perf_counter_ns
 
@@ -59,16 +61,7 @@ def main() -> int:
     for obs in d._usage_observers:
         hooks += [(f"on_usage {type(obs).__name__}", obs, "on_usage")]
     hooks += [("speed.observe", d.speed, "observe")]
-    usage = Usage(6, 8)
-
-    def one(i: int) -> None:
-        r = InferenceRequest(
-            f"b{i}", "m", prompt_text=prompt["prompt"], prompt_tokens=6, max_tokens=prompt["max_tokens"]
-        )
-        ep = d.pick(r).endpoints[0]
-        d.on_dispatched(r, ep)
-        d.on_first_token(r, ep, learn=False)
-        d.on_finished(r, ep, usage, True)
+    one = request_flow(d, prompt, Usage(6, 8))
 
     for i in range(3000):
         one(i)

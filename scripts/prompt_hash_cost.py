@@ -19,13 +19,12 @@ figures, the medians over repeats and the ratios (this / base). Both trees must 
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from tree_runs import compare, run_in_tree
+from _costkit import fastest_fresh
+from tree_runs import requests_rounds_main
 
 WORDS = ("the", "of", "prefix", "cache", "block", "token", "model", "route", "engine", "queue", "tenant")
 
@@ -52,7 +51,6 @@ def _workload(kind: str, requests: int) -> tuple[list[str], list[list[int]]]:
 
 def _measure(requests: int, rounds: int) -> dict[str, Any]:
     import hashlib
-    import time
     from functools import partial
 
     from kvgate.scheduling import blockhash, prefix
@@ -62,43 +60,28 @@ def _measure(requests: int, rounds: int) -> dict[str, Any]:
     for kind in ("shared", "unique"):
         texts, ids = _workload(kind, requests)
         for name in ("approx text", "vllm 16", "vllm 128"):
-            best = float("inf")
-            for k in range(rounds):
+            xs: list[Any] = texts if name == "approx text" else ids
+
+            def fresh(name: str = name, xs: list[Any] = xs) -> Callable[[], list[Any]]:
                 getattr(prefix, "clear_spans", lambda: None)()
                 # a fresh hasher (and span memo) each round
                 if name == "approx text":
                     fn: Any = partial(prefix.block_hashes, "m", chunk=64)
-                    xs: list[Any] = texts
                 else:
-                    fn, xs = blockhash.VLLMBlockHasher(int(name.split()[1])).external_hashes, ids
-                t0 = time.process_time()
-                got = [fn(x) for x in xs]
-                best = min(best, (time.process_time() - t0) / len(xs) * 1e6)
-                if k == 0:
-                    digest.update(repr(got).encode())
-            result[f"{kind} {name}"] = best
+                    fn = blockhash.VLLMBlockHasher(int(name.split()[1])).external_hashes
+                return lambda: [fn(x) for x in xs]
+
+            best, got = fastest_fresh(rounds, fresh)
+            digest.update(repr(got).encode())
+            result[f"{kind} {name}"] = best / len(xs) * 1e6
     result["digest"] = digest.hexdigest()[:16]
     return result
 
 
-def _run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
-    return run_in_tree(__file__, src, ["--_measure", str(args.requests), str(args.rounds)], 900)
-
-
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--_measure":
-        print(json.dumps(_measure(int(sys.argv[2]), int(sys.argv[3]))))
-        return 0
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--base-src", type=Path, required=True, help="the other tree's src/ (the baseline)")
-    p.add_argument("--requests", type=int, default=2000, help="requests per round")
-    p.add_argument("--rounds", type=int, default=5, help="rounds per process (its fastest counts)")
-    p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
-    args = p.parse_args()
-    return compare(
-        args.base_src, args.repeats, lambda src: _run(src, args),
-        unit="request", places=2, width=20, what="keys",
-    )  # fmt: skip
+    return requests_rounds_main(
+        __file__, __doc__, _measure, per="requests", unit="request", places=2, width=20, what="keys"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tree_runs import HERE_SRC, compare
+from tree_runs import HERE_SRC, add_rounds_repeats, compare_runs
 
 HERE = Path(__file__).resolve().parent
 
@@ -117,21 +117,18 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--_measure":
         print(json.dumps(_measure(sys.argv[2], int(sys.argv[3]))))
         return 0
-    from tree_runs import run_in_tree
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base-src", type=Path, required=True, help="the other tree's src/ (the baseline)")
     p.add_argument("--tokenizer", default=None)
-    p.add_argument("--rounds", type=int, default=5, help="rounds per process (its fastest counts)")
-    p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
+    add_rounds_repeats(p)
     args = p.parse_args()
     tok = _tokenizer(args.tokenizer)
     print(f"tokenizer {tok}", flush=True)
     argv = ["--_measure", tok, str(args.rounds)]
-    return compare(
-        args.base_src, args.repeats, lambda src: run_in_tree(__file__, src, argv, 900),
-        unit="prompt", places=1, width=18, what="ids",
-    )  # fmt: skip
+    return compare_runs(
+        __file__, argv, 900, args.base_src, args.repeats, unit="prompt", places=1, width=18, what="ids"
+    )
 
 
 if __name__ == "__main__":

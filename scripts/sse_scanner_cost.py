@@ -31,7 +31,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tree_runs import compare, run_in_tree, trees
+from _costkit import fastest
+from tree_runs import add_rounds_repeats, compare_runs, trees
 
 from kvgate import lifeline
 
@@ -114,7 +115,6 @@ def _stream(kind: str, events: int) -> list[bytes]:
 
 def _measure(events: int, rounds: int) -> dict[str, Any]:
     import hashlib
-    import time
 
     from kvgate.openai.sse import SSEScanner
 
@@ -124,22 +124,22 @@ def _measure(events: int, rounds: int) -> dict[str, Any]:
     for kind in KINDS:
         chunks = _stream(kind, events)
         for mode, rewrite in (("pass", None), ("rewrite", "m")):
-            best = float("inf")
-            first_at: int | None = None
-            for r in range(rounds):
+
+            def scan(rewrite: str | None = rewrite, chunks: list[bytes] = chunks) -> SSEScanner:
                 scanner = SSEScanner(rewrite_to=rewrite)
-                t = time.process_time()
                 for c in chunks:
                     scanner.feed(c)
                 scanner.finish()
-                best = min(best, time.process_time() - t)
-                if r == 0:  # (untimed: where the first token is seen)
-                    probe = SSEScanner(rewrite_to=rewrite)
-                    for i, c in enumerate(chunks):
-                        probe.feed(c)
-                        if probe.saw_output:
-                            first_at = i
-                            break
+                return scanner
+
+            best, scanner = fastest(rounds, scan)
+            first_at: int | None = None
+            probe = SSEScanner(rewrite_to=rewrite)  # (untimed: where the first token is seen)
+            for i, c in enumerate(chunks):
+                probe.feed(c)
+                if probe.saw_output:
+                    first_at = i
+                    break
             u = scanner.usage
             read = (u.prompt_tokens, u.completion_tokens) if u is not None else None
             digest.update(f"{kind}/{mode}:{read}".encode())
@@ -154,8 +154,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-src", type=Path, help="the other tree's src/ (the baseline)")
     p.add_argument("--events", type=int, default=2000, help="generated events per stream")
-    p.add_argument("--rounds", type=int, default=5, help="scans per process (its fastest counts)")
-    p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
+    add_rounds_repeats(p, "scans")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -172,10 +171,9 @@ def main() -> int:
         )  # fmt: skip
         print(f"{name}: {probe.stderr.strip()}")
     argv = ["--child", "--events", str(args.events), "--rounds", str(args.rounds)]
-    return compare(
-        args.base_src, args.repeats, lambda src: run_in_tree(__file__, src, argv, 600),
-        unit="event", places=2, width=22, what="usage",
-    )  # fmt: skip
+    return compare_runs(
+        __file__, argv, 600, args.base_src, args.repeats, unit="event", places=2, width=22, what="usage"
+    )
 
 
 if __name__ == "__main__":

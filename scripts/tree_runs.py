@@ -1,10 +1,12 @@
 """The before/after runs the tree-against-tree cost scripts share (``gateway_path_cost.py``,
-``prompt_hash_cost.py``, ``prompt_tokenize_cost.py``): the script runs itself in a fresh process on one
-tree's ``src/`` and prints its figures as JSON on its last line; each repeat runs the base tree, then
-this one; ``compare`` prints the runs, the medians and the ratios."""
+``prompt_hash_cost.py``, ``prompt_tokenize_cost.py``, ``parse_body_cost.py``, ``sse_scanner_cost.py``,
+``usage_scanner_cost.py``): the script runs itself in a fresh process on one tree's ``src/`` and prints
+its figures as JSON on its last line; each repeat runs the base tree, then this one; ``compare`` prints
+the runs, the medians and the ratios."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -31,6 +33,13 @@ def run_in_tree(script: str, src: Path, argv: Sequence[str], timeout: float) -> 
     )
     result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
     return result
+
+
+def add_rounds_repeats(p: argparse.ArgumentParser, rounds: str = "rounds") -> None:
+    """``--rounds`` (5; its help names them ``rounds``) and ``--repeats`` (3), as every such script
+    takes them."""
+    p.add_argument("--rounds", type=int, default=5, help=f"{rounds} per process (its fastest counts)")
+    p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
 
 
 def trees(base_src: Path) -> dict[str, Path]:
@@ -72,3 +81,36 @@ def compare(
         return 1
     print(f"same {what} in both trees (digest {digests.pop()})")
     return 0
+
+
+def compare_runs(
+    script: str, argv: Sequence[str], timeout: float, base_src: Path, repeats: int, *, unit: str,
+    places: int, width: int, what: str,
+) -> int:  # fmt: skip
+    """``compare`` of ``script argv`` run by ``run_in_tree`` (``timeout`` seconds) in each tree."""
+    return compare(
+        base_src, repeats, lambda src: run_in_tree(script, src, argv, timeout),
+        unit=unit, places=places, width=width, what=what,
+    )  # fmt: skip
+
+
+def requests_rounds_main(
+    script: str, doc: str, measure: Callable[[int, int], dict[str, Any]], *, per: str, unit: str,
+    places: int, width: int, what: str,
+) -> int:  # fmt: skip
+    """The ``main`` of a script whose figures are ``measure(requests, rounds)``: run as ``--_measure
+    REQUESTS ROUNDS`` it prints them as JSON; else it takes ``--base-src``, ``--requests`` (``per`` per
+    round; ``doc``'s first line describes the script), ``--rounds`` and ``--repeats``, and
+    ``compare_runs`` itself (``unit``, ``places``, ``width``, ``what``: as ``compare`` prints them)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "--_measure":
+        print(json.dumps(measure(int(sys.argv[2]), int(sys.argv[3]))))
+        return 0
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--base-src", type=Path, required=True, help="the other tree's src/ (the baseline)")
+    p.add_argument("--requests", type=int, default=2000, help=f"{per} per round")
+    add_rounds_repeats(p)
+    args = p.parse_args()
+    argv = ["--_measure", str(args.requests), str(args.rounds)]
+    return compare_runs(
+        script, argv, 900, args.base_src, args.repeats, unit=unit, places=places, width=width, what=what
+    )

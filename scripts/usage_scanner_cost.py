@@ -21,7 +21,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tree_runs import alternate, run_in_tree
+from _costkit import fastest
+from tree_runs import add_rounds_repeats, alternate, run_in_tree
 
 PIECES = (65536, 8192)
 
@@ -48,22 +49,20 @@ def _bodies() -> dict[str, bytes]:
 
 
 def _measure(rounds: int) -> dict[str, Any]:
-    import time
-
     from kvgate.openai.usage import BodyUsageScanner
 
     out: dict[str, Any] = {}
     for name, body in _bodies().items():
         for piece in PIECES:
             chunks = [body[i : i + piece] for i in range(0, len(body), piece)]
-            best = float("inf")
-            for _ in range(rounds):
-                t = time.process_time()
+
+            def read(chunks: list[bytes] = chunks) -> Any:
                 scan = BodyUsageScanner()
                 for c in chunks:
                     scan.feed(c)
-                usage = scan.usage()
-                best = min(best, time.process_time() - t)
+                return scan.usage()
+
+            best, usage = fastest(rounds, read)
             assert usage is not None and usage.prompt_tokens == 7, (name, usage)
             out[f"{name}/{piece}"] = best / len(body) * 2**20 * 1e3
     return out
@@ -72,8 +71,7 @@ def _measure(rounds: int) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-src", type=Path, help="the other tree's src/ (the baseline)")
-    p.add_argument("--rounds", type=int, default=5, help="runs per process (its fastest counts)")
-    p.add_argument("--repeats", type=int, default=3, help="processes per tree, alternating")
+    add_rounds_repeats(p, "runs")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
