@@ -162,11 +162,10 @@ def main() -> int:
         return 0
     if args.base_src is None:
         p.error("--base-src is required")
+    probe_argv = [sys.executable, __file__, "--child", "--events", "50", "--rounds", "1"]
     for name, src in trees(args.base_src).items():  # (where each tree sees the first token: untimed)
         probe = subprocess.run(
-            lifeline.die_with_parent_argv(
-                [sys.executable, __file__, "--child", "--events", "50", "--rounds", "1"]
-            ),
+            lifeline.die_with_parent_argv(probe_argv),
             env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True, check=True,
         )  # fmt: skip
         print(f"{name}: {probe.stderr.strip()}")
