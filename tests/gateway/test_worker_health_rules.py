@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -90,37 +92,60 @@ class _FakeProc:
         self.exitcode = -9
 
 
-async def test_wedged_workers_killed_soon_after_their_start_back_off_and_are_no_fast_deaths() -> None:
-    """A worker killed for its heartbeat 3 s after its start, four times in a row: restarted after 0, 1, 2
-    and 4 s; the supervisor does not give up as for workers dying at start (three within 5 s), since the
-    backoff is what answers a wedge loop. Time injected (the pauses are recorded, not slept)."""
+def _supervisor(**listen: object) -> Any:
+    """A 2-worker ``Supervisor`` of one pool (its ``listen``: ``workers: 2`` and ``listen``)."""
     from kvgate.config.gateway import parse_gateway_config
     from kvgate.gateway.workers import Supervisor
 
     pool = {"name": "p", "endpoints": ["127.0.0.1:9"], "models": ["m"]}
-    cfg = parse_gateway_config({"pools": [pool], "listen": {"workers": 2, "workerTimeoutSeconds": 2}})
-    sup = Supervisor(cfg, 2)
-    sup.procs = [_FakeProc(100), _FakeProc(101)]  # type: ignore[list-item]
-    pauses: list[float] = []
+    return Supervisor(parse_gateway_config({"pools": [pool], "listen": {"workers": 2, **listen}}), 2)
+
+
+def _fake_starts(sup: Any, sleep: Callable[[float], Awaitable[None]]) -> list[int]:
+    """``sup``'s pauses made ``sleep`` and its ``start_worker`` one that puts a live fake process with a
+    fresh heartbeat in the slot: the slots started, in order."""
     started: list[int] = []
+
+    async def start_worker(i: int) -> None:
+        started.append(i)
+        sup.procs[i] = _FakeProc(200 + len(started))
+        sup.admin_ports[i] = 1
+        sup.heartbeat[i] = sup.reported_at[i] = time.monotonic()
+
+    sup.sleep = sleep
+    sup.start_worker = start_worker
+    return started
+
+
+@contextlib.asynccontextmanager
+async def _watching(sup: Any) -> AsyncIterator[asyncio.Task[None]]:
+    """``sup.watch()`` running as a task, cancelled at the end."""
+    watch = asyncio.create_task(sup.watch())
+    try:
+        yield watch
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+
+
+async def test_wedged_workers_killed_soon_after_their_start_back_off_and_are_no_fast_deaths() -> None:
+    """A worker killed for its heartbeat 3 s after its start, four times in a row: restarted after 0, 1, 2
+    and 4 s; the supervisor does not give up as for workers dying at start (three within 5 s), since the
+    backoff is what answers a wedge loop. Time injected (the pauses are recorded, not slept)."""
+    sup = _supervisor(workerTimeoutSeconds=2)
+    sup.procs = [_FakeProc(100), _FakeProc(101)]
+    pauses: list[float] = []
 
     async def sleep(s: float) -> None:
         pauses.append(s)
 
-    async def start_worker(i: int) -> None:
-        started.append(i)
-        sup.procs[i] = _FakeProc(200 + len(started))  # type: ignore[call-overload]
-        sup.admin_ports[i] = 1
-        sup.heartbeat[i] = sup.reported_at[i] = time.monotonic()
-
-    sup.sleep = sleep  # type: ignore[method-assign]
-    sup.start_worker = start_worker  # type: ignore[method-assign]
-    watch = asyncio.create_task(sup.watch())
-    try:
+    started = _fake_starts(sup, sleep)
+    async with _watching(sup) as watch:
         for k in range(4):
             sup.started_at[0] = time.monotonic() - 3.0  # (a fast death, were it counted as one)
             sup.admin_ports[0], sup.killed_age[0] = None, 2.1  # (as check_heartbeat leaves it)
-            sup.procs[0].alive = False  # type: ignore[union-attr]
+            sup.procs[0].alive = False
             for _ in range(600):  # 30 s: the watch polls every 0.2 s
                 if len(started) == k + 1 or watch.done():
                     break
@@ -128,10 +153,6 @@ async def test_wedged_workers_killed_soon_after_their_start_back_off_and_are_no_
             assert len(started) == k + 1, (started, sup.failed, watch.done())
         assert not sup.failed and not watch.done() and pauses == [1, 2, 4], (pauses, sup.failed)
         assert sup.restarts == {"exited": 0, "wedged": 4, "start_timeout": 0}
-    finally:
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
 
 
 async def test_restarts_total_counts_only_restarts_that_happened() -> None:
@@ -139,62 +160,40 @@ async def test_restarts_total_counts_only_restarts_that_happened() -> None:
     the new worker is started, not when the old one ended: during a backoff wait (up to 60 s), and for
     good if the gateway stops or gives up during it, it said a restart happened that did not (review
     s21-wrk L2; before: 2 counted, 1 started)."""
-    from kvgate.config.gateway import parse_gateway_config
-    from kvgate.gateway.workers import Supervisor
-
-    pool = {"name": "p", "endpoints": ["127.0.0.1:9"], "models": ["m"]}
-    cfg = parse_gateway_config({"pools": [pool], "listen": {"workers": 2, "workerTimeoutSeconds": 0}})
-    sup = Supervisor(cfg, 2)
-    sup.procs = [_FakeProc(100), _FakeProc(101)]  # type: ignore[list-item]
+    sup = _supervisor(workerTimeoutSeconds=0)
+    sup.procs = [_FakeProc(100), _FakeProc(101)]
     sup.admin_ports = [1, None]
     never = asyncio.Event()
     waiting = asyncio.Event()
-    started: list[int] = []
 
     async def sleep(s: float) -> None:
         waiting.set()
         await never.wait()
 
-    async def start_worker(i: int) -> None:
-        started.append(i)
-        sup.procs[i] = _FakeProc(200 + len(started))  # type: ignore[call-overload]
-        sup.admin_ports[i] = 1
-        sup.heartbeat[i] = sup.reported_at[i] = time.monotonic()
-
-    sup.sleep = sleep  # type: ignore[method-assign]
-    sup.start_worker = start_worker  # type: ignore[method-assign]
-    watch = asyncio.create_task(sup.watch())
-    try:
+    started = _fake_starts(sup, sleep)
+    async with _watching(sup) as watch:
         for k in range(2):  # ends 10 s after its start (no fast death), before serving 60 s: streak 1, 2
             sup.started_at[0] = time.monotonic() - 10.0
-            sup.procs[0].alive = False  # type: ignore[union-attr]
+            sup.procs[0].alive = False
             for _ in range(600):  # 30 s: the watch polls every 0.2 s
                 if len(started) == k + 1 or waiting.is_set() or watch.done():
                     break
                 await asyncio.sleep(0.05)
         assert waiting.is_set() and len(started) == 1  # the second restart waits out its 1 s backoff
         assert sum(sup.restarts.values()) == len(started), (sup.restarts, started)
-    finally:
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
 
 
 async def test_a_restart_due_as_the_gateway_stops_spawns_nothing() -> None:
     """A restart task that runs after the stop began (a death seen one loop turn before SIGTERM) starts no
     worker: ``stop_workers`` already listed the ones it drains, so a new one would go unsignalled and
     unjoined (review s21-wrk L3; before: started with no wait)."""
-    from kvgate.config.gateway import parse_gateway_config
-    from kvgate.gateway.workers import Supervisor
-
-    pool = {"name": "p", "endpoints": ["127.0.0.1:9"], "models": ["m"]}
-    sup = Supervisor(parse_gateway_config({"pools": [pool], "listen": {"workers": 2}}), 2)
+    sup = _supervisor()
     started: list[int] = []
 
     async def start_worker(i: int) -> None:
         started.append(i)
 
-    sup.start_worker = start_worker  # type: ignore[method-assign]
+    sup.start_worker = start_worker
     sup.stopping = True
     assert await sup._restart(0, 0.0) is False
     assert started == [] and sum(sup.restarts.values()) == 0, (started, sup.restarts)
