@@ -38,6 +38,13 @@ def _hup_until(p: subprocess.Popen[bytes], seconds: float) -> None:
         time.sleep(0.03)
 
 
+def _stop_through_hups(p: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then SIGHUPs until it ends (20 s at most): its return code."""
+    p.send_signal(signal.SIGTERM)
+    _hup_until(p, 20.0)
+    return p.wait(timeout=20)
+
+
 @pytest.mark.parametrize("door", ["serve", "epp"])
 def test_sighup_during_the_start_and_through_the_stop_never_ends_it(door: str) -> None:
     p = _start(door)
@@ -46,9 +53,7 @@ def test_sighup_during_the_start_and_through_the_stop_never_ends_it(door: str) -
         _hup_until(p, 1.5)
         time.sleep(1.0)
         assert p.poll() is None, f"a SIGHUP during the start ended kvgate {door} ({p.returncode})"
-        p.send_signal(signal.SIGTERM)
-        _hup_until(p, 20.0)
-        rc = p.wait(timeout=20)
+        rc = _stop_through_hups(p)
     finally:
         if p.poll() is None:
             p.kill()
@@ -87,9 +92,7 @@ def test_sighup_never_ends_the_hub_controller(tmp_path) -> None:  # type: ignore
         _hup_until(p, 1.0)
         time.sleep(0.5)
         assert p.poll() is None, f"a SIGHUP ended kvgate hub-controller ({p.returncode})"
-        p.send_signal(signal.SIGTERM)
-        _hup_until(p, 20.0)
-        rc = p.wait(timeout=20)
+        rc = _stop_through_hups(p)
         assert rc == 0, f"kvgate hub-controller: a stop with SIGHUPs arriving ended with {rc}"
         err = (tmp_path / "stderr").read_text()
         assert "SIGHUP" in err, err  # (each one said: nothing to reload)
