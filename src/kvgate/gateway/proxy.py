@@ -50,6 +50,7 @@ from kvgate.openai.request import (
     MODELS_PREFIX,
     OTHER,
     PATHS,
+    STREAM_USAGE_PATHS,
     BodyError,
     RequestPolicy,
     inference_request,
@@ -58,6 +59,7 @@ from kvgate.openai.request import (
 )
 from kvgate.openai.requeststats import ChunkGaps, RequestEnd
 from kvgate.openai.responses import RESPONSES_PATH, ResponseHomes, ResponseIdReader, previous_response_id
+from kvgate.openai.sse import SSEScanner
 from kvgate.openai.usage import BodyUsageScanner, usage_from_body
 from kvgate.requestcontrol.director import Director, preempted_error
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage, prompt_tokens
@@ -785,6 +787,7 @@ class Proxy:
                         self._note_response(kind, resp, first, ep, sent_model, client_model),
                         sent_at,
                         start,
+                        kind,
                     )
                 held = 0
                 parts: list[bytes] = []
@@ -1297,6 +1300,7 @@ class Proxy:
         ids: ResponseIdReader | None = None,
         sent_at: float = 0.0,
         start: float = 0.0,
+        kind: str = "",
     ) -> Response | StreamResponse:
         """``owns_deadline=False``: the endpoint got the request with less than half of its time left (the
         rest spent in the gateway's queue or on other endpoints): a cut at the request's deadline is
@@ -1314,7 +1318,16 @@ class Proxy:
         ok = False
         upstream_ok = True
         drain_cut: bytes | None = None
-        director.on_first_token(ireq, ep, learn=resp.status < 400)  # (an error event is no first token)
+        # A typed stream (Responses API, Anthropic Messages) opens with lifecycle events
+        # (``response.created``, ``message_start``) a server may send before its prefill (vLLM's Responses
+        # path does): its first token is its first event carrying output, read as ``kvgate epp`` reads it
+        # (``openai.sse.has_output``; review s21-qa2 F1: the first byte marked it, a TTFT of ~0 learned).
+        # Until then its events are scanned (a few); chat and completions: the first byte, as before.
+        first_event: SSEScanner | None = None
+        if kind in STREAM_USAGE_PATHS and resp.status < 300:
+            first_event = SSEScanner()
+        else:
+            director.on_first_token(ireq, ep, learn=resp.status < 400)  # (an error event is no first token)
         cut: Exception | None = None
         late = False  # cut by the request's deadline (not the idle timeout)
         got_at = self._loop.time()  # the last chunk from the upstream came then
@@ -1333,6 +1346,11 @@ class Proxy:
             chunk = first
             while chunk:
                 gaps.tick(got_at)
+                if first_event is not None:
+                    first_event.feed(chunk)
+                    if first_event.saw_output:
+                        first_event = None
+                        director.on_first_token(ireq, ep)
                 data = relay.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                 if data:
                     sent += len(data)  # (a count, no copy)
