@@ -1,4 +1,5 @@
-"""Review s21-qa2 F1 (qa21b's test): `kvgate serve` marked a Responses stream's first token at `response.created`.
+"""Review s21-qa2 F1 (qa21b's test): `kvgate serve` marked a Responses stream's first token at its
+`response.created`.
 
 vLLM writes `response.created` and `response.in_progress` before it reads the engine's first output (so before
 the prefill; kvgate's own `openai/sse.py` says so and the EPP now waits for a generated event). `kvgate
