@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -151,14 +152,19 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                     task.cancel()
 
 
+# How many messages a bounded stream's reader reads ahead of the loop (``_Bound``).
+_AHEAD = 2
+
+
 class _Bound:
-    """A stream's request bound (the hub EPP's ``limits.requestTimeoutSeconds``). The stream can only
-    answer between Envoy's messages, so once bounded its messages are read by a reader task of its own
-    (``_pump``, one message ahead at most) and the stream's wait for the next one (``next``) also ends at
-    the bound; the loop then sends the session's cut (``Session.cut``). A read is never cancelled at the
-    bound and a message read by the time the wait returns is used (review s21-mc M2: the bound's timer
-    cancelled the stream task's read, and a message that arrived in the same loop turn was thrown away;
-    with grpc.aio a cancelled read also ends the request stream: the cancel finishes its async generator).
+    """A stream's request bound (the hub EPP's ``limits.requestTimeoutSeconds``). The stream can only answer
+    between Envoy's messages, so once bounded its messages are read by a reader task of its own (``_pump``,
+    ``_AHEAD`` messages ahead at most, each there to take once read) and the stream's wait for the next one
+    (``next``) also ends at the bound; the loop then sends the session's cut (``Session.cut``). A read is
+    never cancelled at the bound and a message read by the time the wait returns is used (review s21-mc M2:
+    the bound's timer cancelled the stream task's read, and a message that arrived in the same loop turn was
+    thrown away; with grpc.aio a cancelled read also ends the request stream: the cancel finishes its async
+    generator).
     The answer's progress, for the charge: the response body chunks Envoy sends, judged as ``kvgate serve``
     judges a relayed answer's pieces (``kvgate.openai.progress``: an event stream's data events, a body's
     non-blank pieces; here a chunk as Envoy cut it, not whole events)."""
@@ -169,10 +175,13 @@ class _Bound:
         now = loop.time()
         self._loop = loop
         self._pump_task: asyncio.Task[None] | None = None
-        self._ready: pb.ProcessingRequest | None = None  # read, not taken yet
+        # Read, not taken yet: at most ``_AHEAD`` (then the reader waits for room), each one there to take
+        # as soon as it is read (a message the reader held in a local while ``_ready`` was full was not,
+        # and was cut at the bound: review s21-fixes-b F1).
+        self._ready: deque[pb.ProcessingRequest] = deque()
         self._end: BaseException | None = None  # how the reads ended (StopAsyncIteration: the stream's end)
         self._waiter: asyncio.Future[None] | None = None  # ``next`` waiting: a message, the end, the bound
-        self._room: asyncio.Future[None] | None = None  # the reader, holding one more, waiting for ``_ready``
+        self._room: asyncio.Future[None] | None = None  # the reader, ``_ready`` full, waiting for room
         self._owed = False  # the bound passed, not told to the loop yet
         self.progress = Progress(now, now + bound_s)
         self._timer: asyncio.TimerHandle | None = loop.call_at(now + bound_s, self._fire)
@@ -188,15 +197,15 @@ class _Bound:
             waiter.set_result(None)
 
     async def _pump(self, messages: AsyncIterator[pb.ProcessingRequest]) -> None:
-        """Reads the stream (a read in flight while the loop handles the message before: at most one held
-        besides ``_ready``), until its end or an error, which ``next`` raises in turn."""
+        """Reads the stream (a read in flight while the loop handles the message before; at most
+        ``_AHEAD`` read and not taken), until its end or an error, which ``next`` raises in turn."""
         try:
             async for msg in messages:
-                if self._ready is not None:
+                self._ready.append(msg)
+                self._wake()
+                if len(self._ready) >= _AHEAD:
                     room = self._room = self._loop.create_future()
                     await room
-                self._ready = msg
-                self._wake()
             self._end = StopAsyncIteration()
         except asyncio.CancelledError:  # (``close``: the stream ended)
             self._end = asyncio.CancelledError()
@@ -207,8 +216,8 @@ class _Bound:
             self._wake()
 
     def _take(self) -> pb.ProcessingRequest | None:
-        msg, self._ready = self._ready, None
-        if msg is not None:
+        if self._ready:
+            msg = self._ready.popleft()
             room, self._room = self._room, None
             if room is not None and not room.done():
                 room.set_result(None)
@@ -227,6 +236,11 @@ class _Bound:
         if msg is None and not self._owed:
             waiter = self._waiter = self._loop.create_future()
             await waiter
+            msg = self._take()
+        if msg is None and self._owed:
+            # The bound, with nothing read: one loop turn first, so a read that completed meanwhile
+            # (its reader not resumed yet) is taken rather than cut (review s21-fixes-b F1).
+            await asyncio.sleep(0)
             msg = self._take()
         if msg is None:  # (the bound)
             self._owed = False
