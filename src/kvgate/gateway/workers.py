@@ -1078,8 +1078,10 @@ class Supervisor:
     async def _healthz(self, request: Request) -> Response:
         """200 while a worker is live: up, busy (its heartbeat late but within the wedge bound: a loop
         doing legitimate blocking work) or starting; each worker not plainly up gets a line saying which
-        and why (wedged, busy, restarting after a backoff and what ended the last one). 503 when none is:
-        every worker wedged (with ``workerTimeoutSeconds`` 0 nothing kills them) or waiting for a restart."""
+        and why (wedged, busy, restarting after a backoff and what ended the last one); a wedged worker's
+        process counts live too (review s21-wrk M1: with ``workerTimeoutSeconds`` 0, "never", liveness
+        must not kill the pod for a wedge either; with a bound the supervisor kills it). 503 when no
+        worker process runs (every slot ended or waiting out a restart's backoff)."""
         bound = worker_health.wedge_bound(self.cfg.worker_timeout_s)
         status, text = worker_health.healthz(self.slots(), bound)
         return Response(status=status, text=text, content_type="text/plain")
