@@ -62,7 +62,7 @@ from kvgate.flowcontrol.policies import SLO_TTFT_HEADERS, Band, header_ms
 from kvgate.scheduling.types import InferenceRequest, ShedError, prompt_tokens
 
 if TYPE_CHECKING:
-    from kvgate.flowcontrol.fleet import FleetShares
+    from kvgate.flowcontrol.fleet import FleetLimits, FleetShares
 
 LLMD_FAIRNESS_HEADER = "x-llm-d-inference-fairness-id"
 DEFAULT_OUTPUT_TOKENS = 128  # expected output when a request sets no max_tokens (service accounting)
@@ -303,6 +303,24 @@ def flow_of(req: InferenceRequest) -> str:
     if req.fairness_id and req.fairness_id != "default-flow":
         return req.fairness_id
     return req.headers.get(LLMD_FAIRNESS_HEADER) or req.fairness_id or "default-flow"
+
+
+def queue_full(
+    cfg: FlowControlConfig, band: Band, size: int, count: float, nbytes: float, band_count: float,
+    band_bytes: float,
+) -> str:  # fmt: skip
+    """Why a request of ``size`` bytes cannot be queued in ``band`` with ``count`` requests and ``nbytes``
+    bytes queued in all (``band_count``, ``band_bytes`` in the band): a band's or the global limit; ""
+    when it can."""
+    if band.max_requests and band_count + 1 > band.max_requests:
+        return f"priority band {band.priority} is full ({band.max_requests} requests)"
+    if band.max_bytes and band_bytes + size > band.max_bytes:
+        return f"priority band {band.priority} is full ({band.max_bytes} bytes)"
+    if cfg.max_requests and count + 1 > cfg.max_requests:
+        return f"flow control queue is full ({cfg.max_requests} requests)"
+    if cfg.max_bytes and nbytes + size > cfg.max_bytes:
+        return f"flow control queue is full ({cfg.max_bytes} bytes)"
+    return ""
 
 
 HomeKey = tuple[str, frozenset[str], int]  # (model, subset, band)
@@ -546,6 +564,9 @@ class FlowController:
         # ``kvgate serve --workers N``: the other workers' counts for this pool (``fleet.FleetShares``),
         # so the held-back test and the reserve decide on the fleet's (set by the in-flight sync)
         self.fleet: FleetShares | None = None
+        # ``kvgate serve --workers N``: the queue limits on the fleet's queued counts (``fleet.FleetLimits``:
+        # every change of ``count`` / ``bytes`` is added to this worker's row there)
+        self.fleet_limits: FleetLimits | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -574,21 +595,22 @@ class FlowController:
         band = self.band(req.priority)
         flow = flow_of(req)
         cfg = self.cfg
-        why = ""
-        if band.max_requests and band.count + 1 > band.max_requests:
-            why = f"priority band {req.priority} is full ({band.max_requests} requests)"
-        elif band.max_bytes and band.bytes + size > band.max_bytes:
-            why = f"priority band {req.priority} is full ({band.max_bytes} bytes)"
-        elif cfg.max_requests and self.count + 1 > cfg.max_requests:
-            why = f"flow control queue is full ({cfg.max_requests} requests)"
-        elif cfg.max_bytes and self.bytes + size > cfg.max_bytes:
-            why = f"flow control queue is full ({cfg.max_bytes} bytes)"
+        limits = self.fleet_limits
+        if limits is None:
+            why = queue_full(cfg, band, size, self.count, self.bytes, band.count, band.bytes)
+        else:  # (``--workers N``: on the fleet's counts, and counted there when admitted)
+            why = limits.admit(self, band, size, now)
         if why:
             self.metrics.outcome(req.priority, flow, REJECTED_CAPACITY, 0.0, req)
             raise ShedError(why)
-        slo_deadline = self.slo_deadline(req, now)  # once: ``due_head`` reads it on every blocked pass
+        try:  # (failing before it is in its band, it gives the fleet's place back; after, its removal does)
+            slo_deadline = self.slo_deadline(req, now)  # once: ``due_head`` reads it on every blocked pass
+            ptoks = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        except BaseException:
+            if limits is not None:
+                limits.add(band, -1, -size)
+            raise
         self._seq += 1
-        ptoks = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
         expiry = now + cfg.ttl
         if bound is not None and bound < expiry:  # (its own deadline: ``EvictedRequestTimeout`` then)
             expiry, bounded = bound, True
@@ -653,6 +675,8 @@ class FlowController:
                 self._leave(item.flow)
         self.count -= 1
         self.bytes -= item.size
+        if self.fleet_limits is not None:
+            self.fleet_limits.add(band, -1, -item.size)
         self._queue_count(item.flow, -1)
         self.metrics.queued(item.priority, item.flow, -1, item.req)
         if record:
@@ -693,6 +717,8 @@ class FlowController:
         band.bytes += item.size
         self.count += 1
         self.bytes += item.size
+        if self.fleet_limits is not None:  # (queued again, unchecked: as in one process)
+            self.fleet_limits.add(band, +1, item.size)
         self._queue_count(item.flow, +1)
         self.metrics.queued(item.priority, item.flow, +1, item.req)
         self.metrics.outcome(item.priority, item.flow, HELD, now - item.enqueued_at, item.req)

@@ -42,7 +42,21 @@ worker writes its row and folds the others' fresh rows into a snapshot; its cont
 ``rate_over``, fairness choice and ``free_reserve`` then add the snapshot to its own counts (exact for its
 own, one sync stale for the others', as the endpoints' in-flight counts): one process's test on the
 fleet's counts. A row is written under a sequence number (odd while written) and read again if it moved (a
-torn row is skipped for that sync); one older than ``MARK_TTL_S`` is ignored, as a mark."""
+torn row is skipped for that sync); one older than ``MARK_TTL_S`` is ignored, as a mark.
+
+The queue limits (session 21, ``FleetLimits``): ``maxRequests`` / ``maxBytes``, global and each band's,
+bound the fleet's queue for a pool, as one process's. Each worker keeps, per pool, a limit row
+(``LIMIT_FIELDS`` float64, exact integers): its controllers' queued requests and bytes for that pool, and
+per band with a limit (``LIMIT_BANDS`` bands at most, keyed by priority) the band's. Every change of a
+controller's ``count`` / ``bytes`` (queued, removed on any way out: dispatched, cancelled, expired, given up,
+evicted; queued again by ``hold``) is added to its worker's row at once, so a request's place is given back
+exactly once, when the controller's own count gives it back. An arrival is admitted on the sum of every
+worker's row under the segment's lock and counted in its own row under the same hold (check and count are
+one step for the fleet, as ``shared_tenants.SharedTenants.enter``); removals write the worker's own row
+without the lock (only it writes it: a check meanwhile sees one request too many, never one too few).
+No TTL: a live worker's queue counts however stale its marks; a dead worker's row is zeroed by the
+supervisor before it restarts that worker (``FleetMarks.clear_row``), which is how its share is reclaimed.
+A lock found stuck (``LOCK_WAIT_S`` in ``shared_tenants``) admits on the rows read without it."""
 
 from __future__ import annotations
 
@@ -51,7 +65,7 @@ import heapq
 import math
 from array import array
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvgate.flowcontrol.controller import (
     LOAD_WINDOW_S,
@@ -59,11 +73,13 @@ from kvgate.flowcontrol.controller import (
     PASS_OVER_MAX_HEADS,
     RATE_ACTIVE,
     RATE_OVERFLOW,
+    queue_full,
     rate_key,
 )
 
 if TYPE_CHECKING:
     from kvgate.flowcontrol.controller import FlowController
+    from kvgate.flowcontrol.policies import Band
     from kvgate.scheduling.types import InferenceRequest
 
 # stamp, pool key, top band's priority, its head held back (1.0) or not (0.0), requests waiting
@@ -89,8 +105,18 @@ SHARE_MIN_ARRIVED = 0.05
 SHARE_SCAN = 4 * SHARE_FLOWS
 
 
+# A limit row (``FleetLimits``): this worker's queued requests and bytes for one pool, then LIMIT_BANDS
+# entries of (claimed: 1.0, the band's priority, its queued requests, its bytes), claimed in order of use.
+LIMIT_BANDS = 16
+_LHEAD = 2
+_LCOUNT, _LBYTES = range(_LHEAD)
+_LENTRY = 4
+_LUSED, _LPRIO, _LBCOUNT, _LBBYTES = range(_LENTRY)
+LIMIT_FIELDS = _LHEAD + LIMIT_BANDS * _LENTRY
+
+
 def segment_size(workers: int, pools: int = POOLS) -> int:
-    return workers * pools * (FIELDS + SHARE_FIELDS) * 8
+    return workers * pools * (FIELDS + SHARE_FIELDS + LIMIT_FIELDS) * 8
 
 
 def pool_key(name: str) -> float:
@@ -106,13 +132,18 @@ class FleetMarks:
     a shared-memory segment, or a ``bytearray`` in tests)."""
 
     def __init__(
-        self, buf: memoryview, workers: int, worker: int, pools: int = POOLS, ttl: float = MARK_TTL_S
-    ) -> None:
+        self, buf: memoryview, workers: int, worker: int, pools: int = POOLS, ttl: float = MARK_TTL_S,
+        lock: Any = None,
+    ) -> None:  # fmt: skip
         self._m = memoryview(buf)[: segment_size(workers, pools)].cast("d")
         self.workers = workers
         self.worker = worker
         self.pools = pools
         self.ttl = ttl
+        # The segment's lock for the queue limits (``FleetLimits.admit``): ``acquire() -> bool`` (False:
+        # found stuck) and ``release()``, as ``shared_tenants.SharedTenants``'s; None: admitted on the rows
+        # read without it (tests of one process).
+        self.lock = lock
         self.closed = False
         self._own: dict[float, int] = {}  # pool key -> its mark's index in this worker's row
 
@@ -130,11 +161,19 @@ class FleetMarks:
         b = self.shares_at + worker * self.pools * SHARE_FIELDS
         for k in range(b, b + self.pools * SHARE_FIELDS):
             self._m[k] = 0.0
+        b = self.limits_at + worker * self.pools * LIMIT_FIELDS  # (its queue is gone: its places given back)
+        for k in range(b, b + self.pools * LIMIT_FIELDS):
+            self._m[k] = 0.0
 
     @property
     def shares_at(self) -> int:
         """Where the share rows start (after every worker's marks)."""
         return self.workers * self.pools * FIELDS
+
+    @property
+    def limits_at(self) -> int:
+        """Where the limit rows start (after every worker's share rows)."""
+        return self.workers * self.pools * (FIELDS + SHARE_FIELDS)
 
     def pool(self, name: str) -> PoolMark | None:
         """This worker's mark for pool ``name`` (claimed in its row if new); None past ``POOLS`` pools."""
@@ -152,13 +191,14 @@ class FleetMarks:
 class PoolMark:
     """One pool's mark in this worker's row, and the others' marks for the same pool."""
 
-    __slots__ = ("_held", "_missed", "_others", "_top", "base", "fleet", "key", "shares")
+    __slots__ = ("_held", "_missed", "_others", "_top", "base", "fleet", "key", "limits", "shares")
 
     def __init__(self, fleet: FleetMarks, key: float, base: int) -> None:
         self.fleet = fleet
         self.key = key
         self.base = base
         self.shares = FleetShares(self)  # the fleet's counts behind the held-back test and the reserve
+        self.limits = FleetLimits(self)  # the fleet's queued counts behind maxRequests / maxBytes
         # where the other workers' marks for this pool were last found (checked on every read)
         self._others: dict[int, int] = {}
         # the workers found without a mark for this pool: (how many pools their row held, when), so a
@@ -491,3 +531,133 @@ class FleetShares:
         """The reserve's learned free slots: the mean of every fresh worker's (each learns on its own
         first tokens, about 1 / N of the fleet's)."""
         return (ctl.free_extra + self.extra_sum) / (1 + self.extra_n)
+
+
+class FleetLimits:
+    """One pool's limit rows: this worker's (what its controllers of the pool have queued, added to at every
+    change: ``add``) and the others', summed under the segment's lock when a request arrives (``admit``)."""
+
+    __slots__ = ("_mine", "_theirs", "fleet", "mark", "own")
+
+    def __init__(self, mark: PoolMark) -> None:
+        self.mark = mark
+        self.fleet = mark.fleet
+        self.own = self._row(mark.base)
+        # priority -> its entry in this worker's row (-1: none left); stable while this process lives (only
+        # the supervisor zeroes the row, for the worker's next process)
+        self._mine: dict[int, int] = {}
+        self._theirs: dict[tuple[int, int], int] = {}  # (row, priority) -> its entry, where last found
+
+    def _row(self, mark_base: int) -> int:
+        """The limit row of the worker and pool whose mark starts at ``mark_base``."""
+        return self.fleet.limits_at + (mark_base // FIELDS) * LIMIT_FIELDS
+
+    def _claim(self, priority: int) -> int:
+        """Band ``priority``'s entry in this worker's row, claimed if new; -1 when none is left (more than
+        ``LIMIT_BANDS`` bands with a limit: that band's limit holds per worker)."""
+        m, row = self.fleet._m, self.own
+        e = -1
+        for at in range(row + _LHEAD, row + LIMIT_FIELDS, _LENTRY):
+            if m[at + _LUSED] != 1.0:  # (entries fill in order, zeroed only with the whole row)
+                m[at + _LPRIO] = float(priority)
+                m[at + _LBCOUNT] = m[at + _LBBYTES] = 0.0
+                m[at + _LUSED] = 1.0  # (last: a reader meets a claimed entry whole)
+                e = at
+                break
+            if m[at + _LPRIO] == priority:  # (another controller of this worker's claimed it)
+                e = at
+                break
+        self._mine[priority] = e
+        return e
+
+    def _entry(self, row: int, priority: int) -> int:
+        """Band ``priority``'s entry in another worker's ``row``, -1 when it has none."""
+        m = self.fleet._m
+        e = self._theirs.get((row, priority), -1)
+        if e >= 0 and m[e + _LUSED] == 1.0 and m[e + _LPRIO] == priority:
+            return e
+        for e in range(row + _LHEAD, row + LIMIT_FIELDS, _LENTRY):
+            if m[e + _LUSED] != 1.0:
+                return -1
+            if m[e + _LPRIO] == priority:
+                if len(self._theirs) >= 4 * LIMIT_BANDS * self.fleet.workers:
+                    self._theirs.clear()
+                self._theirs[(row, priority)] = e
+                return e
+        return -1
+
+    def attach(self, ctl: FlowController) -> None:
+        """Count ``ctl``'s queue (what it holds now, every change from now on) in this worker's row, and
+        check its arrivals on the fleet's counts (``ctl.fleet_limits``)."""
+        if ctl.fleet_limits is not None or self.fleet.closed:
+            return
+        for band in ctl.bands.values():
+            self.add(band, band.count, band.bytes, total=False)
+        m, b = self.fleet._m, self.own
+        m[b + _LCOUNT] += ctl.count
+        m[b + _LBYTES] += ctl.bytes
+        ctl.fleet_limits = self
+
+    def add(self, band: Band, n: int, size: int, total: bool = True) -> None:
+        """``n`` requests of ``size`` bytes in all queued (or, negative, gone) in ``band`` of a controller
+        of this worker's (its band entry only when the band has a limit; ``total``: the row's totals too).
+        This worker's row only: no lock."""
+        fleet = self.fleet
+        if fleet.closed:
+            return
+        m, b = fleet._m, self.own
+        if total:
+            m[b + _LCOUNT] += n
+            m[b + _LBYTES] += size
+        if band.max_requests or band.max_bytes:
+            e = self._mine.get(band.priority)
+            if e is None:
+                e = self._claim(band.priority)
+            if e >= 0:
+                m[e + _LBCOUNT] += n
+                m[e + _LBBYTES] += size
+
+    def admit(self, ctl: FlowController, band: Band, size: int, now: float) -> str:
+        """``controller.queue_full`` on the fleet's queued counts; "" when admitted, and then counted in this
+        worker's row (check and count under one hold of the segment's lock). ``now``: to find the others'
+        rows (``PoolMark._find``)."""
+        fleet = self.fleet
+        if fleet.closed:  # (the worker is stopping: its own counts)
+            return queue_full(ctl.cfg, band, size, ctl.count, ctl.bytes, band.count, band.bytes)
+        lock = fleet.lock
+        locked = lock is not None and lock.acquire()
+        try:
+            m, b, prio = fleet._m, self.own, band.priority
+            count, nbytes = m[b + _LCOUNT], m[b + _LBYTES]
+            limited = band.max_requests or band.max_bytes
+            bcount = bbytes = 0.0
+            mine = -1
+            if limited:
+                got = self._mine.get(prio)
+                mine = self._claim(prio) if got is None else got
+                if mine >= 0:
+                    bcount, bbytes = m[mine + _LBCOUNT], m[mine + _LBBYTES]
+                else:  # (no entry left in this worker's row: its own band only)
+                    bcount, bbytes = band.count, band.bytes
+            me, find, at = fleet.worker, self.mark._find, fleet.limits_at
+            for w in range(fleet.workers):
+                if w == me:
+                    continue
+                mb = find(w, now)
+                if mb is None:
+                    continue
+                b = at + (mb // FIELDS) * LIMIT_FIELDS  # (``_row``)
+                count += m[b + _LCOUNT]
+                nbytes += m[b + _LBYTES]
+                if mine >= 0:
+                    e = self._entry(b, prio)
+                    if e >= 0:
+                        bcount += m[e + _LBCOUNT]
+                        bbytes += m[e + _LBBYTES]
+            why = queue_full(ctl.cfg, band, size, count, nbytes, bcount, bbytes)
+            if not why:
+                self.add(band, 1, size)
+            return why
+        finally:
+            if locked:
+                lock.release()

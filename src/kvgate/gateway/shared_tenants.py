@@ -163,7 +163,8 @@ class SharedTenants:
         self._stuck_at = q[self._holds]
         log.warning(  # (once per episode: one starts here)
             "worker %d: the shared tenant table's lock was not free within %.0f ms; requests are "
-            "admitted without the fleet-wide rate limits and concurrency cap until it is",
+            "admitted without the fleet-wide rate limits and concurrency cap (and flow control's queue "
+            "limits on counts read without it) until it is",
             self.worker, self.wait_s * 1000,
         )  # fmt: skip
         return False

@@ -208,7 +208,7 @@ async def _worker(
 
     loop.add_reader(lifeline.fileno(), supervisor_gone)
     beat = asyncio.create_task(_beat(heartbeat, index)) if heartbeat is not None else None
-    sync = asyncio.create_task(_share_inflight(pools, index, shared)) if shared is not None else None
+    sync = asyncio.create_task(_share_inflight(pools, index, shared, tenants)) if shared is not None else None
     gossip = None
     if gossip_dir is not None and shared is not None:
         gossip = asyncio.create_task(_share_prefixes(pools, index, gossip_dir, shared[2], gossips))
@@ -269,13 +269,17 @@ def _attach_responses(shared: tuple[str, Any, int] | None, index: int) -> Any:
     return SharedResponses.attach(segment_name(shared[0]), shared[2], index)
 
 
-async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, int]) -> None:
+async def _share_inflight(
+    pools: list[Any], index: int, shared: tuple[str, Any, int], tenants: Any = None
+) -> None:
+    """``tenants``: the worker's ``SharedTenants``, whose lock (stuck-lock rules included) the flow control
+    queue limits take (``fleet.FleetLimits``)."""
     from kvgate.flowcontrol import fleet
     from kvgate.gateway.shared_inflight import SharedInFlight
 
     name, lock, workers = shared
     view = SharedInFlight.attach(name, lock, workers, index, extra=fleet.segment_size(workers))
-    marks = fleet.FleetMarks(view.extra, workers, index)
+    marks = fleet.FleetMarks(view.extra, workers, index, lock=tenants)
     failed = False
     try:
         while True:
@@ -285,6 +289,8 @@ async def _share_inflight(pools: list[Any], index: int, shared: tuple[str, Any, 
                 flow = getattr(pool.director, "flow", None)
                 if flow is not None and flow.fleet is None:
                     flow.fleet = marks.pool(pool.name)
+                    if flow.fleet is not None:  # its queue limits on the fleet's queued counts
+                        flow.fleet.limits.attach(flow.ctl)
                 if flow is not None and flow.fleet is not None:
                     # the held-back test and the reserve on the fleet's counts (``fleet.FleetShares``)
                     try:
