@@ -53,3 +53,20 @@ def test_bench_flowcontrol_live_workers(
     assert "gateway --workers 2" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([*args[:-4], "--workers", "0", "--out", str(tmp_path)])
+
+
+def test_bench_flowcontrol_live_timing(tmp_path: Path) -> None:
+    """``--timing`` (session 21's trace): every quiet request answered carries kvgate's marks, split into its
+    wait in kvgate and the rest (each part at least 0, together at most its TTFT), summarized."""
+    args = ["flowcontrol", "--live", "--replicas", "1", "--max-num-seqs", "16", "--duration", "2",
+            "--warmup", "0.5", "--base-rate", "0.5", "--arms", "kvgate", "--mixes", "flood",
+            "--time-scale", "1", "--timing", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    run = orjson.loads((tmp_path / "flowcontrol-live.json").read_bytes())["runs"]["kvgate/flood"]
+    q = run["quiet"]
+    quiet = q["requests"] - q["shed"] - q["unfinished"]  # (answered, measured)
+    rows = [r for r in run["trace"] if r[1] >= 0.5]
+    assert quiet > 0 and abs(len(rows) - quiet) <= 1  # (a start rounded across the warm-up line)
+    for _tenant, _start, ttft, epp, after, replica in run["trace"]:
+        assert epp >= 0 and after >= 0 and epp + after <= ttft + 0.001 and replica.startswith("cmpl-")
+    assert run["trace_summary"]["all"]["n"] == len(rows)

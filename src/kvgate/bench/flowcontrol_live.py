@@ -37,6 +37,7 @@ from kvgate.bench.report import write_json
 from kvgate.bench.workloads import RequestSpec
 
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
+TIMING_HEADER = "x-kvgate-timing"
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
 # Mean simulator step lag (simulated ms) above which a run's TTFTs say more about this machine's CPU
 # than about the gateway (as ``kvgate bench live``'s LAG_WARN_MS).
@@ -73,15 +74,18 @@ def gateway_config(
     }  # fmt: skip
 
 
-def specs(arrivals: list[fc.Arrival], time_scale: float) -> list[RequestSpec]:
+def specs(arrivals: list[fc.Arrival], time_scale: float, timing: bool = False) -> list[RequestSpec]:
     """The arrivals as requests at wall offsets; a distinct first token each (no shared prefix, as in
-    the simulator run), SLO headers in wall milliseconds."""
+    the simulator run), SLO headers in wall milliseconds; ``timing``: each asks kvgate for its
+    ``x-kvgate-timing`` marks (``trace``)."""
     out = []
     for n, a in enumerate(arrivals):
         headers = {
             FAIRNESS_HEADER: a.tenant,
             "x-slo-ttft-ms": str(int(fc._slo(a.tenant) * 1000 / time_scale)),
         }
+        if timing:
+            headers[TIMING_HEADER] = "1"
         if a.tenant in fc.PRIORITY:
             headers[OBJECTIVE_HEADER] = a.tenant
         ids = [1 + n % 17000, *([7] * (a.prompt - 1))]
@@ -124,6 +128,7 @@ async def run_arm(
     free_slot_pick: bool = False,
     ttft_confidence: float | None = None,
     workers: int = 1,
+    timing: bool = False,
 ) -> tuple[fc.Run, dict[str, Any]]:
     """A fresh fleet and gateway, the arrivals through it; outcomes in simulated seconds."""
     ts = spec.time_scale
@@ -135,7 +140,7 @@ async def run_arm(
             running_reserve, free_slot_pick, ttft_confidence,
         )  # fmt: skip
         gw, base = await start_gateway(doc, workers=workers)
-        reqs = specs(arrivals, ts)
+        reqs = specs(arrivals, ts, timing)
         cfg = loadgen.RunConfig(
             base_url=base, qps=1.0, concurrency=4096, max_requests=len(reqs), duration=duration / ts + 1,
             request_timeout=(ttl + 60.0) / ts,
@@ -160,7 +165,51 @@ async def run_arm(
             r.group, r.start * ts, None if r.ttft is None else r.ttft * ts, r.status if shed else 0,
             r.completion_tokens,
         ))  # fmt: skip
-    return run, {"errors": errors, "wall_s": wall, **lag_summary(before, after, ts)}
+    extra: dict[str, Any] = {"errors": errors, "wall_s": wall, **lag_summary(before, after, ts)}
+    if timing:
+        extra["trace"] = trace(results, ts)
+    return run, extra
+
+
+def trace(results: list[loadgen.RequestResult], ts: float) -> list[list[Any]]:
+    """Per quiet request answered: [tenant, start, TTFT, wait in kvgate (arrival to its pick), from the pick
+    to the first byte (the server's queue and prefill, and the relay), the replica], simulated seconds."""
+    out: list[list[Any]] = []
+    for r in results:
+        if r.group not in fc.QUIET or r.ttft is None or not r.timing:
+            continue
+        marks = dict(kv.split("=", 1) for kv in r.timing.split(","))
+        try:
+            recv, picked, first = float(marks["recv"]), float(marks["picked"]), float(marks["first"])
+        except (KeyError, ValueError):
+            continue
+        replica = (r.response_id or "").rsplit("-", 1)[0]
+        out.append([r.group, round(r.start * ts, 4), round(r.ttft * ts, 4), round((picked - recv) * ts, 4),
+                    round((first - picked) * ts, 4), replica])  # fmt: skip
+    return out
+
+
+def trace_summary(rows: list[list[Any]], measured_from: float) -> dict[str, Any]:
+    """Where the quiet requests' TTFT went: over all measured, and over those at or above their p90."""
+    kept = [r for r in rows if r[1] >= measured_from]
+    if not kept:
+        return {}
+    ttfts = sorted(r[2] for r in kept)
+    p90 = ttfts[min(len(ttfts) - 1, int(0.9 * len(ttfts)))]
+    slow = [r for r in kept if r[2] >= p90]
+
+    def part(rs: list[list[Any]]) -> dict[str, Any]:
+        n = len(rs)
+        epp = sorted(r[3] for r in rs)
+        srv = sorted(r[4] for r in rs)
+        return {
+            "n": n, "ttft_mean": sum(r[2] for r in rs) / n,
+            "epp_mean": sum(epp) / n, "epp_p90": epp[min(n - 1, int(0.9 * n))],
+            "server_mean": sum(srv) / n, "server_p90": srv[min(n - 1, int(0.9 * n))],
+            "epp_over_1ms": sum(1 for v in epp if v > 0.001) / n,
+        }  # fmt: skip
+
+    return {"p90_ttft": p90, "all": part(kept), "slowest_tenth": part(slow)}
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,8 +233,10 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             run, extra = await run_arm(
                 arm, arrivals, spec, args.duration, args.ttl,
                 args.headroom, args.headroom_on, args.ttft_target, args.slo_first, args.running_reserve,
-                args.free_slot_pick, args.ttft_confidence, args.workers,
+                args.free_slot_pick, args.ttft_confidence, args.workers, args.timing,
             )  # fmt: skip
+            if "trace" in extra:
+                extra["trace_summary"] = trace_summary(extra["trace"], args.warmup)
             rows["runs"][f"{arm}/{mode}"] = {**fc.summarize(run, args.warmup), **extra}
     for arm in arms:
         flood = rows["runs"].get(f"{arm}/flood")
@@ -232,6 +283,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_workers,
         default=1,
         help="live: kvgate serve --workers (gateway processes, default 1)",
+    )
+
+    p.add_argument(
+        "--timing",
+        action="store_true",
+        help="live: every request asks for x-kvgate-timing; the quiet requests' wait in kvgate and after "
+        "their pick go in the JSON (trace, trace_summary)",
     )
 
 

@@ -40,6 +40,7 @@ class RequestResult:
     # completion_tokens (content chunks seen) are lower bounds, prompt and cached tokens unknown.
     cut: bool = False
     response_id: str | None = None  # the first chunk's ``id`` (the simulator's names its replica)
+    timing: str | None = None  # kvgate's ``x-kvgate-timing`` answer, when the request asked for it
 
     @property
     def tpot(self) -> float | None:
@@ -105,6 +106,8 @@ async def send_one(
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
             res.status = resp.status
+            if "x-kvgate-timing" in spec.headers:
+                res.timing = resp.headers.get("x-kvgate-timing")
             if resp.status != 200:
                 res.error = f"http {resp.status}: {(await resp.text())[:200]}"
                 return res
