@@ -203,7 +203,7 @@ class SharedInFlight:
             self._sent[ep.address] = (inf, [mine[f] + remote[f] for f in _TOTALS])
 
     def clear_row(self, worker: int) -> None:
-        """Zero a worker's published counts (the supervisor, before it restarts that worker), except its
+        """Zero a worker's published counts (the supervisor, at its death and before its restart), except its
         running totals (tokens sent, first tokens), which the restarted worker continues."""
         b = worker * self.slots * _NF
         c = self._counts

@@ -178,7 +178,7 @@ class SharedTenants:
     # -- requests in flight (maxConcurrentRequests) ----------------------------------------------
 
     def clear_row(self, worker: int) -> None:
-        """Zero a worker's in-flight count (the supervisor, before it restarts that worker)."""
+        """Zero a worker's in-flight count (the supervisor, at its death and before its restart)."""
         self._q[worker] = 0
 
     def inflight(self) -> int:

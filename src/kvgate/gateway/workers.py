@@ -729,9 +729,7 @@ class Supervisor:
             raise
         shared = None
         if self.shared is not None:
-            self.shared.clear_row(i)  # a restarted worker starts with nothing in flight (running totals kept)
-            self.marks.clear_row(i)  # and no queue mark (a dead one's expires anyway: fleet.MARK_TTL_S)
-            self.tenants.clear_row(i)  # and nothing in flight against maxConcurrentRequests (buckets kept)
+            self._clear_rows(i)  # (done at its predecessor's death too: ``_ended``; again here, at no cost)
             shared = (self.shared.name, self.shared.lock, self.n)
         proc = self.ctx.Process(
             target=_worker_main,
@@ -899,10 +897,22 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(*restarting.values(), return_exceptions=True)
 
+    def _clear_rows(self, i: int) -> None:
+        """Zero worker ``i``'s rows of the shared segment: what it had in flight and queued died with it."""
+        if self.shared is None:
+            return
+        self.shared.clear_row(i)  # nothing in flight (running totals kept)
+        self.marks.clear_row(i)  # no queue mark, and its queue's places given back (fleet.FleetLimits)
+        self.tenants.clear_row(i)  # nothing in flight against maxConcurrentRequests (buckets kept)
+
     def _ended(self, i: int, proc: BaseProcess, lived: float) -> float:
-        """Worker ``i`` ended (died, or was killed for its heartbeat or its start): its reason kept for the
-        restart's count, its slot's streak moved, logged with the reason and the restart's wait; that wait
+        """Worker ``i`` ended (died, or was killed for its heartbeat or its start): its rows of the shared
+        segment cleared now, not at its restart, which may wait out a backoff of up to
+        ``worker_health.RESTART_MAX_S`` (meanwhile its dead queue held the fleet's ``maxRequests`` and every
+        other worker answered 429: review s21-wk M1); its reason kept for the restart's count, its slot's
+        streak moved, logged with the reason and the restart's wait; that wait
         (``worker_health.restart_delay``)."""
+        self._clear_rows(i)  # (``proc`` is joined: nothing of it writes its rows any more)
         reported = self.admin_ports[i] is not None or self.killed_age[i] is not None
         served = max(0.0, self.heartbeat[i] - self.reported_at[i]) if reported else 0.0
         killed = self.killed_age[i]
