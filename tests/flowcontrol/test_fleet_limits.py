@@ -225,9 +225,9 @@ def test_a_stuck_lock_admits_on_the_rows_read_without_it():
 def test_more_limited_bands_than_entries_keep_a_band_limit_per_worker():
     bands = {p: BandConfig(p, max_requests=1) for p in range(LIMIT_BANDS + 1)}
     f = Fleet(FlowControlConfig(bands=bands))
-    for p in range(LIMIT_BANDS):
+    for p in range(1, LIMIT_BANDS + 1):  # (claimed at attach, highest first: review s21-wk L4)
         f.put(0, p)
         assert f.room(1, p) == 0, p
-    last = LIMIT_BANDS  # (no entry left in worker 0's row: that band's limit holds in each worker)
+    last = 0  # (no entry left in the workers' rows: that band's limit holds in each worker)
     f.put(0, last)
     assert f.room(0, last) == 0 and f.room(1, last) == 1

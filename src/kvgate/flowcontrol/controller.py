@@ -603,30 +603,35 @@ class FlowController:
         if why:
             self.metrics.outcome(req.priority, flow, REJECTED_CAPACITY, 0.0, req)
             raise ShedError(why)
-        try:  # (failing before it is in its band, it gives the fleet's place back; after, its removal does)
+        # Admitted: with ``fleet_limits`` its place is counted in this worker's row. Until ``count`` has it
+        # (the ``try``'s last lines), a raise gives that place back, or the row would stay one above
+        # ``count`` for the process's life (review s21-wk L3). The callbacks (the latency model's, the
+        # Director's ``slo_known``) run before anything is queued, so a raise leaves no half-queued item.
+        try:
             slo_deadline = self.slo_deadline(req, now)  # once: ``due_head`` reads it on every blocked pass
             ptoks = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+            expiry = now + cfg.ttl
+            if bound is not None and bound < expiry:  # (its own deadline: ``EvictedRequestTimeout`` then)
+                expiry, bounded = bound, True
+            else:
+                bounded = False
+            gives_up = cfg.slo_admission and req.sheddable and (self.slo_known is None or self.slo_known(req))
+            self._seq += 1
+            item = QueuedRequest(
+                req, flow, req.priority, size, float(ptoks + (req.max_tokens or DEFAULT_OUTPUT_TOKENS)),
+                self._seq, now, expiry, slo_deadline, handle, explain=explain, bounded=bounded,
+            )  # fmt: skip
+            if band.push(item):
+                self._enter(flow)
+            heapq.heappush(self._expiry, (item.deadline, item.seq, item))
+            if gives_up:
+                self.give_up(item, item.slo_deadline)  # past its SLO deadline it cannot make it at all
+            self.count += 1
+            self.bytes += size
         except BaseException:
             if limits is not None:
                 limits.add(band, -1, -size)
             raise
-        self._seq += 1
-        expiry = now + cfg.ttl
-        if bound is not None and bound < expiry:  # (its own deadline: ``EvictedRequestTimeout`` then)
-            expiry, bounded = bound, True
-        else:
-            bounded = False
-        item = QueuedRequest(
-            req, flow, req.priority, size, float(ptoks + (req.max_tokens or DEFAULT_OUTPUT_TOKENS)),
-            self._seq, now, expiry, slo_deadline, handle, explain=explain, bounded=bounded,
-        )  # fmt: skip
-        if band.push(item):
-            self._enter(flow)
-        heapq.heappush(self._expiry, (item.deadline, item.seq, item))
-        if cfg.slo_admission and req.sheddable and (self.slo_known is None or self.slo_known(req)):
-            self.give_up(item, item.slo_deadline)  # past its SLO deadline it cannot make it at all
-        self.count += 1
-        self.bytes += size
         self._queue_count(flow, +1)
         self.metrics.queued(req.priority, flow, +1, req)
         return item
@@ -717,7 +722,11 @@ class FlowController:
         band.bytes += item.size
         self.count += 1
         self.bytes += item.size
-        if self.fleet_limits is not None:  # (queued again, unchecked: as in one process)
+        if self.fleet_limits is not None:
+            # Queued again unchecked, as in one process, though another worker may have admitted into its
+            # place during the pick: the fleet's queue may then hold up to ``workers - 1`` over a limit, and
+            # admits nothing until it is below it again (``fleet`` docstring). A check here could only refuse
+            # a request that has already waited its turn, in favour of a newer one (review s21-wk L2).
             self.fleet_limits.add(band, +1, item.size)
         self._queue_count(item.flow, +1)
         self.metrics.queued(item.priority, item.flow, +1, item.req)

@@ -55,13 +55,22 @@ worker's row under the segment's lock and counted in its own row under the same 
 one step for the fleet, as ``shared_tenants.SharedTenants.enter``); removals write the worker's own row
 without the lock (only it writes it: a check meanwhile sees one request too many, never one too few).
 No TTL: a live worker's queue counts however stale its marks; a dead worker's row is zeroed by the
-supervisor before it restarts that worker (``FleetMarks.clear_row``), which is how its share is reclaimed.
-A lock found stuck (``LOCK_WAIT_S`` in ``shared_tenants``) admits on the rows read without it."""
+supervisor as soon as it sees the death (``FleetMarks.clear_row``; not only at the restart, which may wait out
+a backoff of up to a minute: review s21-wk M1), which is how its share is reclaimed.
+Bounds on the excess, both short (no arrival is admitted until the fleet's queue is below the limit again):
+``hold`` counts a request its pick turned back again without a check (taken and held in one synchronous
+step, but another worker may admit into its place meanwhile: review s21-wk L2; a check could only refuse a
+request that has already waited), so the fleet may hold up to ``workers - 1`` over a limit, one per other
+worker in such a step at once; a lock found stuck (``LOCK_WAIT_S`` in ``shared_tenants``) admits on the
+rows read without it (each worker counts its request right after its read), up to ``workers - 1`` over.
+Past ``POOLS`` pools or ``LIMIT_BANDS`` limited bands a pool's (a band's) limits hold per worker, said once
+in the log (review s21-wk L4)."""
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import logging
 import math
 from array import array
 from collections.abc import Callable, Iterable
@@ -81,6 +90,8 @@ if TYPE_CHECKING:
     from kvgate.flowcontrol.controller import FlowController
     from kvgate.flowcontrol.policies import Band
     from kvgate.scheduling.types import InferenceRequest
+
+log = logging.getLogger("kvgate.flowcontrol")
 
 # stamp, pool key, top band's priority, its head held back (1.0) or not (0.0), requests waiting
 FIELDS = 5
@@ -106,7 +117,8 @@ SHARE_SCAN = 4 * SHARE_FLOWS
 
 
 # A limit row (``FleetLimits``): this worker's queued requests and bytes for one pool, then LIMIT_BANDS
-# entries of (claimed: 1.0, the band's priority, its queued requests, its bytes), claimed in order of use.
+# entries of (claimed: 1.0, the band's priority, its queued requests, its bytes), claimed at ``attach`` (the
+# configured limited bands, highest priority first: the same in every worker), else at first use.
 LIMIT_BANDS = 16
 _LHEAD = 2
 _LCOUNT, _LBYTES = range(_LHEAD)
@@ -146,6 +158,7 @@ class FleetMarks:
         self.lock = lock
         self.closed = False
         self._own: dict[float, int] = {}  # pool key -> its mark's index in this worker's row
+        self._unmarked: set[str] = set()  # the pools past ``pools`` (said once each in the log)
 
     def close(self) -> None:
         """Release the buffer (a shared-memory segment cannot close while it is exported); marks handed
@@ -154,7 +167,8 @@ class FleetMarks:
         self._m.release()
 
     def clear_row(self, worker: int) -> None:
-        """Zero ``worker``'s marks and share rows (the supervisor, before it restarts that worker)."""
+        """Zero ``worker``'s marks, share and limit rows (the supervisor, when it sees that worker die, and
+        again before its successor starts)."""
         b = worker * self.pools * FIELDS
         for k in range(b, b + self.pools * FIELDS):
             self._m[k] = 0.0
@@ -181,22 +195,30 @@ class FleetMarks:
         i = self._own.get(key)
         if i is None:
             if len(self._own) >= self.pools:
+                if name not in self._unmarked:  # (asked at every sync: said once)
+                    self._unmarked.add(name)
+                    log.warning(
+                        "pool %r: past %d pools under --workers, its flow control keeps this worker's own "
+                        "order and shares, and its maxRequests / maxBytes hold per worker (the gateway may "
+                        "queue --workers times them)", name, self.pools,
+                    )  # fmt: skip
                 return None
             i = self._own[key] = len(self._own)
             if not self.closed:  # claimed: the others find it (stamp 0: no mark yet), rows fill in order
                 self._m[(self.worker * self.pools + i) * FIELDS + _KEY] = key
-        return PoolMark(self, key, (self.worker * self.pools + i) * FIELDS)
+        return PoolMark(self, key, (self.worker * self.pools + i) * FIELDS, name)
 
 
 class PoolMark:
     """One pool's mark in this worker's row, and the others' marks for the same pool."""
 
-    __slots__ = ("_held", "_missed", "_others", "_top", "base", "fleet", "key", "limits", "shares")
+    __slots__ = ("_held", "_missed", "_others", "_top", "base", "fleet", "key", "limits", "name", "shares")
 
-    def __init__(self, fleet: FleetMarks, key: float, base: int) -> None:
+    def __init__(self, fleet: FleetMarks, key: float, base: int, name: str = "") -> None:
         self.fleet = fleet
         self.key = key
         self.base = base
+        self.name = name  # (the pool's: for the log)
         self.shares = FleetShares(self)  # the fleet's counts behind the held-back test and the reserve
         self.limits = FleetLimits(self)  # the fleet's queued counts behind maxRequests / maxBytes
         # where the other workers' marks for this pool were last found (checked on every read)
@@ -568,6 +590,13 @@ class FleetLimits:
                 e = at
                 break
         self._mine[priority] = e
+        if e < 0:  # (once per band: ``_mine`` keeps the -1)
+            log.warning(
+                "pool %r: priority band %d's maxRequests / maxBytes hold per worker under --workers (the "
+                "gateway may queue --workers times them): more than %d bands of the pool have a limit, and "
+                "the fleet-wide count keeps %d, the highest bands configured first",
+                self.mark.name, priority, LIMIT_BANDS, LIMIT_BANDS,
+            )  # fmt: skip
         return e
 
     def _entry(self, row: int, priority: int) -> int:
@@ -591,6 +620,12 @@ class FleetLimits:
         check its arrivals on the fleet's counts (``ctl.fleet_limits``)."""
         if ctl.fleet_limits is not None or self.fleet.closed:
             return
+        # The configured limited bands claim their entries first, highest priority first: every worker
+        # claims the same ones whatever its arrival order (past ``LIMIT_BANDS``, the same bands hold per
+        # worker in every worker: review s21-wk L4), and the ones past them are said in the log now.
+        for bc in sorted(ctl.cfg.bands.values(), key=lambda b: -b.priority):
+            if (bc.max_requests or bc.max_bytes) and bc.priority not in self._mine:
+                self._claim(bc.priority)
         for band in ctl.bands.values():
             self.add(band, band.count, band.bytes, total=False)
         m, b = self.fleet._m, self.own
