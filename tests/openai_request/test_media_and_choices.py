@@ -1,7 +1,8 @@
 """What a chat's media parts and a request's ``n`` / batch mean to the scheduler (reviews s21-qa F4, F5).
 
-F4: a media part (an image as a base64 data URL) is a short digest in the prefix text (the same image the
-same prefix, another image another) and ``MEDIA_PART_TOKENS`` in the estimate, not its bytes / 4.
+F4: a media part (an image as a base64 data URL) is a digest in the prefix text (the same image the same
+prefix, another image another), repeated to ``MEDIA_PART_CHARS``: ``MEDIA_PART_TOKENS`` in the estimate
+(review s21-fixes-a M1), not its bytes / 4.
 F5: ``n`` x a completions batch's prompts is ``sequences``; a bad ``n`` is a 400 naming it."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kvgate.openai.request import (
     COMPLETIONS,
     EMBEDDINGS,
     MAX_SEQUENCES,
+    MEDIA_PART_CHARS,
     MEDIA_PART_TOKENS,
     OTHER,
     BodyError,
@@ -43,13 +45,14 @@ def _chat(*parts: dict[str, Any]) -> list[dict[str, Any]]:
 def test_an_image_is_a_digest_in_the_prefix_and_a_bounded_estimate() -> None:
     img, other = _image(), _image()
     text = render_chat(_chat(img))
-    assert len(text) < 200  # (not the 400 KB of base64)
+    assert len(text) < MEDIA_PART_CHARS + 200  # (not the 400 KB of base64)
     assert render_chat(_chat(img)) == text  # the same image: the same prefix
     assert render_chat(_chat(other)) != text  # another image: another prefix, from the image on
     head = render_chat(_chat())[: -len("\n")]  # (the text before the image)
     assert text.startswith(head) and render_chat(_chat(other)).startswith(head)
     parsed = parse_body(CHAT, orjson.dumps({"model": "m", "messages": _chat(img, other)}))
-    assert parsed.prompt_tokens == len(parsed.prompt_text) // 4 + 2 * MEDIA_PART_TOKENS
+    base = parse_body(CHAT, orjson.dumps({"model": "m", "messages": _chat()}))
+    assert parsed.prompt_tokens == base.prompt_tokens + 2 * MEDIA_PART_TOKENS == len(parsed.prompt_text) // 4
 
 
 @pytest.mark.parametrize(
@@ -63,8 +66,9 @@ def test_an_image_is_a_digest_in_the_prefix_and_a_bounded_estimate() -> None:
 )
 def test_other_media_parts_alike(part: dict[str, Any]) -> None:
     parsed = parse_body(OTHER, orjson.dumps({"model": "m", "max_tokens": 5, "messages": _chat(part)}))
-    assert "<|media:" in parsed.prompt_text and len(parsed.prompt_text) < 200
-    assert parsed.prompt_tokens == len(parsed.prompt_text) // 4 + MEDIA_PART_TOKENS
+    assert "<|media:" in parsed.prompt_text and len(parsed.prompt_text) < MEDIA_PART_CHARS + 200
+    base = parse_body(OTHER, orjson.dumps({"model": "m", "max_tokens": 5, "messages": _chat()}))
+    assert parsed.prompt_tokens == base.prompt_tokens + MEDIA_PART_TOKENS
 
 
 def test_text_only_chats_render_as_before() -> None:

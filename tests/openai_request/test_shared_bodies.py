@@ -183,7 +183,8 @@ async def test_same_bodies_give_identical_inference_requests(doors: Doors) -> No
     assert by_body[orjson.dumps(BODIES[3][1])].token_ids == [1, 2, 3]
     assert by_body[orjson.dumps(BODIES[1][1])].sequences == 6  # (2 prompts x n: qa21 F5)
     image = by_body[orjson.dumps(BODIES[5][1])]  # (a 20 KB image: a digest, 576 tokens: qa21 F4)
-    assert len(image.prompt_text) < 100 and image.prompt_tokens < 600
+    assert len(image.prompt_text) < 2_500 and image.prompt_tokens < 600  # (its 576 tokens' characters)
+    assert image.body_bytes == len(orjson.dumps(BODIES[5][1]))  # (flow control's size: fixes-a M2)
     assert by_body[orjson.dumps(BODIES[5][1])].session_key == "conv-42"
     lora = by_body[orjson.dumps(BODIES[6][1])]
     assert (lora.lora_adapter, lora.session_key) == ("sql-lora", "u1")

@@ -190,7 +190,7 @@ class QueuedRequest:
     req: InferenceRequest
     flow: str
     priority: int
-    size: int  # bytes held (prompt characters): what maxBytes bounds
+    size: int  # bytes held (the body's; prompt characters without one): what maxBytes bounds
     cost: float  # tokens the request will take (prompt + expected output): least-attained-service
     seq: int
     enqueued_at: float
@@ -591,7 +591,13 @@ class FlowController:
         """Queue ``req`` or raise ``ShedError`` (a band or the global limit is full). ``bound``: the
         request's own deadline (the gateway's ``requestTimeoutSeconds``); ``expire`` removes it then if
         that comes before its TTL (``QueuedRequest.bounded``): no timer of its own per request."""
-        size = len(req.prompt_text) or 4 * prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        # The body's bytes, as GIE's ``ByteSize()``: what the queue holds (an image's base64 too); a request
+        # without a body (a simulator's) its prompt's characters.
+        size = (
+            req.body_bytes
+            or len(req.prompt_text)
+            or 4 * prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
+        )
         band = self.band(req.priority)
         flow = flow_of(req)
         cfg = self.cfg

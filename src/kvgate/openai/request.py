@@ -15,8 +15,8 @@ A request is as many sequences as vLLM runs for it (``sequences``): ``n`` choice
 completions batch (a ``prompt`` list), so the in-flight accounting weighs it as the server will run it.
 ``n`` must be an integer of at least 1 (as vLLM's ``SamplingParams``); the weight is counted up to
 ``MAX_SEQUENCES``. A chat content part of a media type (an image, audio, a file: ``MEDIA_TYPES``) stands
-in the prefix text as a digest of the part and counts ``MEDIA_PART_TOKENS`` in the prompt estimate, not
-its bytes.
+in the prefix text as a digest of the part repeated to ``MEDIA_PART_TOKENS``' worth of characters, so it
+counts that many in the prompt estimate (not its bytes) and fills as many prefix blocks.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import orjson
 import xxhash
 
 from kvgate.openai.protocol import DEFAULT_FAIRNESS_ID, DEFAULT_SESSION_HEADER
+from kvgate.scheduling.prefix import CHARS_PER_TOKEN
 from kvgate.scheduling.types import InferenceRequest
 
 COMPLETIONS = "completions"
@@ -88,6 +89,8 @@ MAX_SEQUENCES = 16_384
 # llava-hf/llava-1.5-7b-hf ``config.json``); vision models range from under a hundred (low-detail tiles) to
 # thousands (Qwen2-VL's grow with the resolution). The server's usage, when it comes, is the real count.
 MEDIA_PART_TOKENS = 576
+# Its rendering's length (``_media``): as many characters as the estimate reads as its tokens.
+MEDIA_PART_CHARS = MEDIA_PART_TOKENS * CHARS_PER_TOKEN
 # Those types: OpenAI chat's (``image_url``, ``input_audio``, ``file``), vLLM's own (``audio_url``,
 # ``video_url``, ``image_embeds``, ``audio_embeds``), the Responses API's (``input_image``, ``input_file``)
 # and Anthropic Messages' (``image``, ``document``). Other parts without text (``tool_use``,
@@ -108,39 +111,18 @@ def render_chat(messages: list[dict[str, Any]], tools: Any = None) -> str:
 
     ``<|tools|>`` JSON first when present (templates put tools in the system prompt), then per message
     ``<|role|>`` + newline + its text (content parts' texts joined; a media part, ``MEDIA_TYPES``: an image,
-    audio, as ``<|media:...|>`` with the xxh3 digest of its JSON: the same image the same prefix, another
-    image another, a few bytes whatever its size; other parts and keys, e.g. ``tool_calls``, as JSON) +
+    audio, as ``_media``; a part with a ``content`` list of its own, e.g. Anthropic's ``tool_result``, as
+    its other keys' JSON then its parts, read alike; other parts and keys, e.g. ``tool_calls``, as JSON) +
     newline. Earlier messages never depend on later ones.
     """
-    return _render_chat(messages, tools)[0]
-
-
-def _media(part: dict[str, Any]) -> str:
-    return f"<|media:{xxhash.xxh3_64_hexdigest(orjson.dumps(part))}|>"
-
-
-def _render_chat(messages: list[dict[str, Any]], tools: Any) -> tuple[str, int]:
-    """``render_chat``'s text and the number of media parts in it (``MEDIA_PART_TOKENS`` each)."""
     out = []
-    media = 0
     if tools:
         out.append(f"<|tools|>\n{_text(tools)}\n")
     for m in messages:
         content = m.get("content")
         if isinstance(content, list):
-            parts = []
-            for p in content:
-                if isinstance(p, dict):
-                    t = p.get("text")
-                    if isinstance(t, str):
-                        parts.append(t)
-                    elif p.get("type") in MEDIA_TYPES:
-                        parts.append(_media(p))
-                        media += 1
-                    else:
-                        parts.append(_text(p))
-                else:
-                    parts.append(_text(p))
+            parts: list[str] = []
+            _parts(content, parts)
             text = "".join(parts)
         elif content is None:
             text = ""
@@ -150,7 +132,36 @@ def _render_chat(messages: list[dict[str, Any]], tools: Any) -> tuple[str, int]:
         if extra:
             text += _text(extra)
         out.append(f"<|{_text(m.get('role', ''))}|>\n{text}\n")
-    return "".join(out), media
+    return "".join(out)
+
+
+def _media(part: dict[str, Any]) -> str:
+    """A media part as ``MEDIA_PART_CHARS`` of text: ``<|media:H|>`` repeated, ``H`` the xxh3-64 digest of
+    its JSON with sorted keys (the same image from two clients is one prefix; another image another). As
+    long as the estimate says (``MEDIA_PART_TOKENS`` at ``CHARS_PER_TOKEN``), so it fills the prefix blocks
+    its tokens fill at the server: the same image with another question shares them (review s21-fixes-a
+    M1), and the cost scorer's per-block weight stays the estimate's."""
+    tag = f"<|media:{xxhash.xxh3_64_hexdigest(orjson.dumps(part, option=orjson.OPT_SORT_KEYS))}|>"
+    return (tag * (MEDIA_PART_CHARS // len(tag) + 1))[:MEDIA_PART_CHARS]
+
+
+def _parts(content: list[Any], out: list[str]) -> None:
+    """A content list's parts into ``out`` (a part's own ``content`` list alike: nesting is bounded by
+    ``MAX_NESTING`` before any rendering)."""
+    for p in content:
+        if isinstance(p, dict):
+            t = p.get("text")
+            if isinstance(t, str):
+                out.append(t)
+            elif p.get("type") in MEDIA_TYPES:
+                out.append(_media(p))
+            elif isinstance(inner := p.get("content"), list):
+                out.append(_text({k: v for k, v in p.items() if k != "content"}))
+                _parts(inner, out)
+            else:
+                out.append(_text(p))
+        else:
+            out.append(_text(p))
 
 
 class BodyError(ValueError):
@@ -178,10 +189,12 @@ class ParsedBody:
     # The client asked for the final usage chunk itself (so it must not be stripped).
     client_wants_usage: bool = False
     # Estimated prompt tokens (every prompt of a batch): the token ids' count, else len(prompt_text) // 4
-    # (+ ``MEDIA_PART_TOKENS`` per chat media part).
+    # (a chat media part is ``MEDIA_PART_CHARS`` of it: ``MEDIA_PART_TOKENS``).
     prompt_tokens: int = 0
     # Sequences the server runs for it: ``n`` x the prompts of a completions batch (at most MAX_SEQUENCES).
     sequences: int = 1
+    # The body's length as received: flow control's size (``InferenceRequest.body_bytes``).
+    body_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,12 +326,10 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise BodyError("'messages' must be a non-empty list of message objects", "messages")
         try:
-            prompt_text, media = _render_chat(messages, body.get("tools"))
+            prompt_text = render_chat(messages, body.get("tools"))
         except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
             raise BodyError(f"'messages' cannot be encoded: {e}", "messages") from None
-        estimate = len(prompt_text) // 4
-        if media:
-            estimate += media * MEDIA_PART_TOKENS
+        estimate = len(prompt_text) // CHARS_PER_TOKEN  # (a media part's ``MEDIA_PART_TOKENS`` included)
     elif kind == COMPLETIONS:
         if "prompt" not in body:
             raise BodyError("'prompt' is required", "prompt")
@@ -351,7 +362,18 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     if sequences > MAX_SEQUENCES:
         sequences = MAX_SEQUENCES
     return ParsedBody(
-        kind, body, model, stream, prompt_text, token_ids, max_tokens, user, wants_usage, estimate, sequences
+        kind,
+        body,
+        model,
+        stream,
+        prompt_text,
+        token_ids,
+        max_tokens,
+        user,
+        wants_usage,
+        estimate,
+        sequences,
+        len(raw),
     )
 
 
@@ -392,4 +414,5 @@ def inference_request(
         headers=headers if headers is not None else {},
         arrival_time=arrival_time,
         client_model=parsed.model if parsed.model != model else "",
+        body_bytes=parsed.body_bytes,
     )

@@ -51,6 +51,9 @@ class InferenceRequest:
     # The model name the client sent, where a rewrite changed it to ``model`` ("": ``model`` itself): flow
     # control's ``model_name`` label (``target_model_name`` is ``model``).
     client_model: str = ""
+    # The body's length as received (bytes; 0 where no body came, e.g. a simulated request): what flow
+    # control's ``maxBytes`` counts, as GIE's ``ByteSize()`` (``RequestSize = len(body)``).
+    body_bytes: int = 0
 
     @property
     def sheddable(self) -> bool:
