@@ -180,7 +180,7 @@ async def test_same_bodies_give_identical_inference_requests(doors: Doors) -> No
     by_body = dict(zip((orjson.dumps(b) for _p, b, _h in BODIES), gw_reqs, strict=True))
     tokens = by_body[orjson.dumps(BODIES[2][1])]
     assert (tokens.token_ids, tokens.prompt_text, tokens.max_tokens) == ([101, 2023, 2003, 1037, 3231], "", 3)
-    assert by_body[orjson.dumps(BODIES[3][1])].token_ids == [1, 2, 3]
+    assert by_body[orjson.dumps(BODIES[3][1])].token_ids == [1, 2, 3, 4, 5]  # (a batch: its prompts joined)
     assert by_body[orjson.dumps(BODIES[1][1])].sequences == 6  # (2 prompts x n: qa21 F5)
     image = by_body[orjson.dumps(BODIES[5][1])]  # (a 20 KB image: a digest, 576 tokens: qa21 F4)
     assert len(image.prompt_text) < 2_500 and image.prompt_tokens < 600  # (its 576 tokens' characters)

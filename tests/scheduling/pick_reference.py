@@ -566,7 +566,7 @@ def cost_on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
         uncached = p - self._precise_cached(cycle, p).get(endpoint.address, 0)
     else:
         m = prefix_match(cycle)
-        uncached = p * (1.0 - m.ratio(endpoint.address)) if m is not None else p
+        uncached = p * m.uncached_fraction(endpoint.address) if m is not None else p
     if self.shared_copy:
         keys, _ = self._prompt_keys(cycle, endpoint.address)
         if keys:

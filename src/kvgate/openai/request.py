@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -242,8 +243,9 @@ def _prompt(value: Any, param: str) -> tuple[str, list[int] | None, int, int]:
     """Completions ``prompt`` / embeddings ``input``: a string, strings, token ids, or lists of ids.
 
     Returns (text, token ids, estimated tokens, prompts). A batch (a list of strings or of token lists):
-    the estimate counts every prompt (the server computes them all); the token ids are the first's (prefix
-    matching hashes one prompt).
+    the estimate counts every prompt (the server computes them all), and prefix matching hashes them all
+    joined, strings and token ids alike: a cached first prompt is its share of the batch cached, not the
+    whole batch (review s21-fixes-a L4).
     """
     if isinstance(value, str):
         return value, None, len(value) // 4, 1
@@ -257,7 +259,8 @@ def _prompt(value: Any, param: str) -> tuple[str, list[int] | None, int, int]:
         if all(isinstance(v, list) and v for v in value):
             batch = [_token_ids(v, param) for v in value]
             if all(b is not None for b in batch):
-                return "", batch[0], sum(map(len, value)), len(value)
+                joined = list(chain.from_iterable(value))
+                return "", joined, len(joined), len(value)
     raise BodyError(f"'{param}' must be a string, a list of strings, or token ids", param)
 
 

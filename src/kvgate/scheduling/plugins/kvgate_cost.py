@@ -291,14 +291,23 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         if p <= 0:
             p = prompt_tokens(p, req.prompt_text, req.token_ids)
         matched: dict[str, int]
+        held: dict[str, float] | dict[str, int]
         precise_src = (self._precise if self._resolved else self.precise) is not None
         if precise_src:
             matched, per_block = self._precise_cached(cycle, p), 1.0  # already in tokens
+            held = matched
         else:
             m = prefix_match(cycle)
             # Hot loop (once per endpoint per pick): locals only, freshness and match ratio inlined.
             matched = m.matched if m is not None and m.hashes else {}
             per_block = p / len(m.hashes) if matched and m is not None else 0.0
+            held = matched
+            if matched and m is not None and m.data:
+                # A prompt past the hashed window: a partial match is its blocks' share of the whole
+                # prompt, a whole-window one extrapolated (``PrefixMatch.held_share``; review s21-fixes-a L4).
+                n = len(m.hashes)
+                part = m.chunk * n / len(m.data)
+                held = {a: b if b >= n else b * part for a, b in matched.items()}
         miss_penalty = self.miss_penalty
         kv_scaled = self.kv_scaled_miss
         now = cycle.now
@@ -313,7 +322,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         )
         kv_scale = max(p, 1024) / (1.0 - kv_high + 1e-9)
         mqs = self.miss_queue_scale
-        get = matched.get
+        get = held.get
         # Fewest uncached tokens among these candidates (a filter may have removed the best holder):
         # what is lost by going elsewhere is the prefix beyond that.
         best_uncached = p - (max(get(ep.address, 0) for ep in endpoints) * per_block if matched else 0.0)
@@ -533,7 +542,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             uncached = p - self._precise_cached(cycle, p).get(endpoint.address, 0)
         else:
             m = prefix_match(cycle)
-            uncached = p * (1.0 - m.ratio(endpoint.address)) if m is not None else p
+            uncached = p * m.uncached_fraction(endpoint.address) if m is not None else p
         if self.shared_copy:
             # (``_prompt_keys`` inlined for the approximate source: its hashes)
             if precise is not None:

@@ -116,8 +116,22 @@ class PrefixMatch:
         n = len(self.hashes)
         return self.matched.get(address, 0) / n if n else 0.0
 
+    def held_share(self, address: str) -> float:
+        """The share of the whole prompt ``address`` holds. A prompt longer than the hashed window
+        (``data`` kept) held across the whole window counts as held throughout (burstTail's premise); held
+        short of it, only its held blocks count, over the whole prompt's length: the window's share would
+        read a long prompt's head as all of it (a token-id batch whose first prompt is cached read as
+        the whole batch cached: review s21-fixes-a L4)."""
+        n = len(self.hashes)
+        if not n:
+            return 0.0
+        b = self.matched.get(address, 0)
+        if b >= n or not self.data:
+            return b / n
+        return b * self.chunk / len(self.data)
+
     def uncached_fraction(self, address: str) -> float:  # framework.CacheExpectation
-        return 1.0 - self.ratio(address)
+        return 1.0 - self.held_share(address)
 
 
 def prefix_match(cycle: CycleState) -> PrefixMatch | None:
