@@ -672,6 +672,7 @@ class Supervisor:
         self.admin_port: int | None = None
         self._reserve: socket.socket | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._probe_session: aiohttp.ClientSession | None = None  # ``/readyz`` probes: no keep-alive
         self._admin: asyncio.Server | None = None
         self._admin_front: FrontServer | None = None
         self.shared: Any = None  # SharedInFlight (owner view) when workers > 1
@@ -1033,19 +1034,22 @@ class Supervisor:
 
     async def _ask_ready(self, port: int | None) -> int | None:
         """A worker's ``/readyz`` status; ``worker_health.REFUSED`` when its admin port refuses or drops the
-        connection (its process ended or is ending); None when no answer came in time (a busy loop: the
-        kernel accepts for it, the answer is late)."""
-        if port is None or self._session is None:
+        connection (its process ended or is ending: ``refused_or_dropped``); None when no answer came in
+        time (a busy loop: the kernel accepts for it, the answer is late) or the probe failed on the
+        supervisor's side. Each probe is a fresh connection (``_probe_session``), so a drop is the
+        worker's, never a pooled keep-alive connection it closed as the probe reused it."""
+        session = self._probe_session
+        if port is None or session is None:
             return None
         limit = aiohttp.ClientTimeout(total=_READYZ_FETCH_TIMEOUT_S)
         try:
-            async with self._session.get(f"http://127.0.0.1:{port}/readyz", timeout=limit) as r:
+            async with session.get(f"http://127.0.0.1:{port}/readyz", timeout=limit) as r:
                 await r.read()
                 return r.status
         except TimeoutError:  # (aiohttp's own time-outs are TimeoutErrors too)
             return None
-        except aiohttp.ClientError:
-            return worker_health.REFUSED
+        except aiohttp.ClientError as e:
+            return worker_health.REFUSED if refused_or_dropped(e) else None
 
     async def _all(self, path: str, limit_s: float | None = None) -> list[tuple[int, bytes] | None]:
         return list(await asyncio.gather(*(self._fetch(p, path, limit_s) for p in self.admin_ports)))
@@ -1194,6 +1198,7 @@ class Supervisor:
             timeout=aiohttp.ClientTimeout(total=_ADMIN_FETCH_TIMEOUT_S),
             connector=aiohttp.TCPConnector(limit=0),
         )
+        self._probe_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -1282,6 +1287,17 @@ class Supervisor:
                 os.close(lock)
             self._locks.clear()
             await self._session.close()
+            await self._probe_session.close()
+
+
+def refused_or_dropped(e: aiohttp.ClientError) -> bool:
+    """A ``/readyz`` probe's failure that is the worker's answer: its admin port refused the connection, or
+    reset or closed it unanswered (its process ended or is ending). Not the supervisor's own failures to
+    connect (out of file descriptors, ``EMFILE``; no local port, ``EADDRNOTAVAIL``): those say nothing of
+    the worker (review s21-fixes-a L8)."""
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(e, aiohttp.ClientOSError) and e.errno in (errno.ECONNREFUSED, errno.ECONNRESET)
 
 
 def _start_resource_tracker() -> None:
