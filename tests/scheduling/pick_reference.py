@@ -222,6 +222,7 @@ def on_dispatched(self, req: InferenceRequest, endpoint: Endpoint) -> None:
         self.flow.ctl.started(track.flow, req, track.sent_at)
     inf = endpoint.inflight
     inf.requests += 1
+    inf.calls += 1
     inf.pending_prefill_tokens += track.prefill
     inf.pending_decode_tokens += track.decode
     inf.sent_tokens += track.sent
@@ -266,6 +267,7 @@ def _release(self, address: str, endpoint: Endpoint | None, track: _Track) -> No
         return
     inf = endpoint.inflight
     inf.requests = max(0, inf.requests - 1)
+    inf.calls = max(0, inf.calls - 1)
     if track.first_token:
         inf.decoding = max(0, inf.decoding - 1)
     else:

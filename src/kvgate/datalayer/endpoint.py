@@ -63,7 +63,7 @@ class InFlight:
     Counted in sequences, as the server's running and waiting counts are: a request with ``n`` choices
     (x the prompts of a completions batch) is ``InferenceRequest.sequences`` of them in ``requests``,
     ``decoding`` and ``started``, and ``n`` x its output in ``pending_decode_tokens`` (review s21-qa F5).
-    Request counters (metrics, flow control's per-flow counts) still count it once."""
+    Request counters (metrics, flow control's per-flow counts, ``calls``) still count it once."""
 
     requests: int = 0
     # Prompt tokens of dispatched requests that have not produced a first token yet (still in prefill
@@ -95,6 +95,9 @@ class InFlight:
     # brought in (the fleet's lifetime totals): before any page this process read, never "since" one.
     sent_base: int = 0
     started_base: int = 0
+    # Requests, each once whatever its sequences: the peers' own load counts (sglang-router's in-flight
+    # requests, a least-request router's), which their baseline models read (review s21-fixes-a L7).
+    calls: int = 0
 
 
 @dataclass(slots=True, eq=False)

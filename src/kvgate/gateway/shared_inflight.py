@@ -42,6 +42,7 @@ FIELDS = (
     "sent_tokens",
     "unstarted_tokens",
     "started",
+    "calls",
 )
 _NF = len(FIELDS)
 _ZEROS: Sequence[int] = (0,) * _NF

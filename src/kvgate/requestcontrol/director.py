@@ -599,6 +599,7 @@ class Director:
             track.held = self.flow.ctl.started(track.flow, req, track.sent_at)
         inf = endpoint.inflight
         inf.requests += s
+        inf.calls += 1
         inf.pending_prefill_tokens += track.prefill
         inf.pending_decode_tokens += track.decode
         inf.sent_tokens += track.sent
@@ -709,6 +710,8 @@ class Director:
         # (``max(0, ...)`` as comparisons: these run on every request)
         left = inf.requests - track.seqs
         inf.requests = left if left > 0 else 0
+        left = inf.calls - 1
+        inf.calls = left if left > 0 else 0
         if track.first_token:
             left = inf.decoding - track.seqs
             inf.decoding = left if left > 0 else 0

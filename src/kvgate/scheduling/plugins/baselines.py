@@ -29,12 +29,13 @@ class RoundRobinPicker(Picker):
 
 @register("least-request")
 class LeastRequestPicker(Picker):
-    """Fewest of this picker's own in-flight requests (no scrape lag); ties broken at random."""
+    """Fewest of this picker's own in-flight requests (no scrape lag; each request once, whatever its ``n``,
+    as a least-request router counts: ``InFlight.calls``); ties broken at random."""
 
     def pick(
         self, cycle: CycleState, endpoints: Sequence[Endpoint], scores: Sequence[float]
     ) -> list[Endpoint]:
-        loads = [ep.inflight.requests for ep in endpoints]
+        loads = [ep.inflight.calls for ep in endpoints]
         low = min(loads)
         top = [i for i, x in enumerate(loads) if x == low]
         return [endpoints[top[0] if len(top) == 1 else self.handle.rng.choice(top)]]

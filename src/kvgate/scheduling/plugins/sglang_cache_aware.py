@@ -3,7 +3,8 @@ published description, so benchmarks can compare against it inside the fleet sim
 
 - One approximate radix tree over raw request characters; tenants = endpoints. After each pick the
   request text is inserted for the chosen endpoint.
-- Load = the router's own in-flight count per endpoint (``InFlight.requests`` here).
+- Load = the router's own in-flight request count per endpoint (``InFlight.calls`` here: a request once,
+  whatever its ``n``, as sglang-router counts; ``InFlight.requests`` counts sequences).
 - If (max_load - min_load) > ``balanceAbsThreshold`` AND max_load > min_load * ``balanceRelThreshold``:
   the least-loaded endpoint.
 - Else if the longest match covers > ``cacheThreshold`` of the text: the endpoint holding it.
@@ -190,7 +191,7 @@ class SGLangCacheAwarePicker(Picker):
         self._maybe_evict(now)
         text = cycle.request.prompt_text
         rng = self.handle.rng
-        loads = [ep.inflight.requests for ep in endpoints]
+        loads = [ep.inflight.calls for ep in endpoints]
         lo, hi = min(loads), max(loads)
         chosen: Endpoint
         if hi - lo > self.balance_abs_threshold and hi > lo * self.balance_rel_threshold:
