@@ -140,8 +140,9 @@ async def test_max_requests_bounds_the_whole_gateways_queue_and_a_cancel_gives_p
 async def test_max_bytes_ttl_and_a_dead_workers_queue_give_places_back(backends, tmp_path):
     (b,) = await backends(1)
     b.answer_delay = 60.0
-    # 100-byte prompts: 250 bytes hold two of them
-    cfg = drain_kit.flow_controlled_config(tmp_path, b.address, "maxBytes: 250, defaultRequestTTL: 2s")
+    # maxBytes counts each body's bytes (review s21-fixes-a M2): two and a half bodies hold two of them
+    cap = len(BODY) * 5 // 2
+    cfg = drain_kit.flow_controlled_config(tmp_path, b.address, f"maxBytes: {cap}, defaultRequestTTL: 2s")
     async with (
         workers_kit.serve_workers("--config", str(cfg), n=2) as (proc, port, admin),
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
