@@ -14,7 +14,7 @@ import os
 
 import orjson
 
-from kvgate.openai.request import CHAT, parse_body
+from kvgate.openai.request import CHAT, MAX_LONG_MEDIA_PARTS, MEDIA_PART_CHARS, parse_body
 from kvgate.scheduling.prefix import CHARS_PER_TOKEN, DEFAULT_BLOCK_TOKENS, block_hashes
 
 IMAGE_TOKENS = 576  # the estimate's MEDIA_PART_TOKENS (literal: main before 47de7fb has no constant)
@@ -42,3 +42,17 @@ def test_the_same_image_with_another_question_shares_the_images_blocks() -> None
     shared = _common(block_hashes("m", one.prompt_text, chunk), block_hashes("m", two.prompt_text, chunk))
     # vLLM holds the image's tokens for the second question: the index should see (about) as many blocks.
     assert shared >= IMAGE_TOKENS // DEFAULT_BLOCK_TOKENS, (shared, one.prompt_text[:80])
+
+
+def test_a_body_of_many_tiny_media_parts_renders_within_a_bound() -> None:
+    # Review s21-fixes-c F1: every media part rendered as 2,304 characters, however small (a 17-byte
+    # ``{"type":"image"}``): 50,000 of them were 115 M characters held for the request's life. Only a
+    # request's first MAX_LONG_MEDIA_PARTS are rendered at full length; later ones as their tag alone.
+    n = 50_000
+    raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": [{"type": "image"}] * n}]})
+    text = parse_body(CHAT, raw).prompt_text
+    assert len(text) <= MAX_LONG_MEDIA_PARTS * MEDIA_PART_CHARS + n * 40, len(text)
+    assert len(text) < 16 * len(raw), (len(text), len(raw))
+    # A usual request (a few images) is rendered as before: each at full length.
+    few = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": [{"type": "image"}] * 3}]})
+    assert len(parse_body(CHAT, few).prompt_text) >= 3 * MEDIA_PART_CHARS

@@ -82,8 +82,12 @@ def test_round_robin_and_least_request() -> None:
     eps = [ep(f"e{i}:1") for i in (2, 0, 1)]
     rr = RoundRobinPicker("rr", handle())
     assert [rr.pick(cycle(), eps, [0] * 3)[0].address for _ in range(4)] == ["e0:1", "e1:1", "e2:1", "e0:1"]
-    eps[0].inflight.requests, eps[1].inflight.requests, eps[2].inflight.requests = 3, 1, 2
-    assert LeastRequestPicker("lr", handle()).pick(cycle(), eps, [0] * 3)[0].address == "e0:1"
+    # The peers count requests (``InFlight.calls``, whatever their sequences: review s21-fixes-c F2, where
+    # setting ``requests`` left every load at 0 and the seeded tie-break chose); both orders checked.
+    for loads, want in (((3, 1, 2), "e0:1"), ((1, 3, 2), "e2:1")):
+        for e, n in zip(eps, loads, strict=True):
+            e.inflight.calls = n
+        assert LeastRequestPicker("lr", handle()).pick(cycle(), eps, [0] * 3)[0].address == want
 
 
 def test_header_based_testing_filter() -> None:

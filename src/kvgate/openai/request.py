@@ -92,6 +92,11 @@ MAX_SEQUENCES = 16_384
 MEDIA_PART_TOKENS = 576
 # Its rendering's length (``_media``): as many characters as the estimate reads as its tokens.
 MEDIA_PART_CHARS = MEDIA_PART_TOKENS * CHARS_PER_TOKEN
+# A request's first this many media parts are rendered that long, later ones as their tag alone: the
+# rendering of a body stays within a bound whatever its parts (``{"type":"image"}`` is 17 bytes of body and
+# was 2,304 characters of prompt text, 50,000 of them 115 M characters held for the request's life: review
+# s21-fixes-c F1); 64 x 2,304 characters is 147 KB at the most.
+MAX_LONG_MEDIA_PARTS = 64
 # Those types: OpenAI chat's (``image_url``, ``input_audio``, ``file``), vLLM's own (``audio_url``,
 # ``video_url``, ``image_embeds``, ``audio_embeds``), the Responses API's (``input_image``, ``input_file``)
 # and Anthropic Messages' (``image``, ``document``). Other parts without text (``tool_use``,
@@ -117,13 +122,14 @@ def render_chat(messages: list[dict[str, Any]], tools: Any = None) -> str:
     newline. Earlier messages never depend on later ones.
     """
     out = []
+    budget = [MAX_LONG_MEDIA_PARTS]  # (the media parts still rendered at full length: ``_media``)
     if tools:
         out.append(f"<|tools|>\n{_text(tools)}\n")
     for m in messages:
         content = m.get("content")
         if isinstance(content, list):
             parts: list[str] = []
-            _parts(content, parts)
+            _parts(content, parts, budget)
             text = "".join(parts)
         elif content is None:
             text = ""
@@ -136,17 +142,20 @@ def render_chat(messages: list[dict[str, Any]], tools: Any = None) -> str:
     return "".join(out)
 
 
-def _media(part: dict[str, Any]) -> str:
+def _media(part: dict[str, Any], budget: list[int]) -> str:
     """A media part as ``MEDIA_PART_CHARS`` of text: ``<|media:H|>`` repeated, ``H`` the xxh3-64 digest of
     its JSON with sorted keys (the same image from two clients is one prefix; another image another). As
     long as the estimate says (``MEDIA_PART_TOKENS`` at ``CHARS_PER_TOKEN``), so it fills the prefix blocks
     its tokens fill at the server: the same image with another question shares them (review s21-fixes-a
     M1), and the cost scorer's per-block weight stays the estimate's."""
     tag = f"<|media:{xxhash.xxh3_64_hexdigest(orjson.dumps(part, option=orjson.OPT_SORT_KEYS))}|>"
+    if budget[0] <= 0:  # past ``MAX_LONG_MEDIA_PARTS``: the tag alone (still one prefix per image)
+        return tag
+    budget[0] -= 1
     return (tag * (MEDIA_PART_CHARS // len(tag) + 1))[:MEDIA_PART_CHARS]
 
 
-def _parts(content: list[Any], out: list[str]) -> None:
+def _parts(content: list[Any], out: list[str], budget: list[int]) -> None:
     """A content list's parts into ``out`` (a part's own ``content`` list alike: nesting is bounded by
     ``MAX_NESTING`` before any rendering)."""
     for p in content:
@@ -155,10 +164,10 @@ def _parts(content: list[Any], out: list[str]) -> None:
             if isinstance(t, str):
                 out.append(t)
             elif p.get("type") in MEDIA_TYPES:
-                out.append(_media(p))
+                out.append(_media(p, budget))
             elif isinstance(inner := p.get("content"), list):
                 out.append(_text({k: v for k, v in p.items() if k != "content"}))
-                _parts(inner, out)
+                _parts(inner, out, budget)
             else:
                 out.append(_text(p))
         else:
