@@ -20,8 +20,10 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
   gives one), earlier once the model says how long it needs at best. ``give_ups(now)`` removes
   the ones past it (the caller sheds them: 429, ``RejectedPredictedMiss``), before their TTL.
 - in-flight requests per flow (``started`` / ``ended``, told by the Director from dispatch to finish,
-  whether or not the request waited) and queued ones: ``over_share`` says whether a flow's demand
-  (in flight + queued) is more than its fair share of all of it (``flowControl.fairShareHeadroom``).
+  whether or not the request waited) and queued ones, each weighed as its sequences (``seqs_of``: ``n``
+  choices x a batch's prompts, what a server's running slots count): ``over_share`` says whether a
+  flow's demand (in flight + queued) is more than its fair share of all of it
+  (``flowControl.fairShareHeadroom``).
   The queued part matters at the start of a burst: the pool is already full of other flows' requests,
   so a flood's excess is in the queue, not yet in flight.
 - with ``fairShareSLOFirst``, a request the headroom holds back is let through the whole gate once
@@ -191,7 +193,7 @@ class QueuedRequest:
     flow: str
     priority: int
     size: int  # bytes held (the body's; prompt characters without one): what maxBytes bounds
-    cost: float  # tokens the request will take (prompt + expected output): least-attained-service
+    cost: float  # tokens it will take (prompt + each sequence's expected output): least-attained-service
     seq: int
     enqueued_at: float
     deadline: float  # TTL expiry, or the request's own deadline when that comes first (``bounded``)
@@ -211,6 +213,15 @@ class QueuedRequest:
     # leaving otherwise (cancelled, expired, unpinned), it has that home looked at again (review s21-fc F1)
     woken_from: tuple[str, frozenset[str], int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    seqs: int = 1  # the sequences a server runs for it (``seqs_of``): its weight in the fair-share counts
+
+
+def seqs_of(req: InferenceRequest) -> int:
+    """The sequences a server runs for ``req`` (``n`` choices x the prompts of a batch; at least 1): what
+    flow control weighs it by where the server's capacity is meant (running slots, fair shares, service).
+    The queue limits (``maxRequests``, ``maxBytes``) and the queue metrics count it once, as upstream."""
+    s = req.sequences
+    return s if s > 1 else 1
 
 
 FREE_SLOTS_LOOP = 64  # free_slots: answers up to this come from the loop itself (review s11-fc L1)
@@ -510,9 +521,12 @@ class FlowController:
         self._seq = 0
         self.count = 0
         self.bytes = 0
-        self.inflight: dict[str, int] = {}  # flow -> requests dispatched and not finished (> 0 only)
+        # Sequences, not requests (``seqs_of``: a server's running slots count them), from here to
+        # ``_places``: flow -> sequences dispatched and not finished (> 0 only), and their sum
+        self.inflight: dict[str, int] = {}
         self.inflight_total = 0
-        self.queued: dict[str, int] = {}  # flow -> requests queued (held ones included; > 0 only)
+        self.queued: dict[str, int] = {}  # flow -> sequences queued (held ones included; > 0 only)
+        self.queued_total = 0  # their sum (``count`` is the requests queued: what maxRequests bounds)
         # flow -> the places it is active in: in flight (1), and each band it has a request queued in.
         # Its length is the active flows' count, kept at the 0 <-> 1 transitions (O(1) ``over_share``).
         self._places: dict[str, int] = {}
@@ -623,9 +637,11 @@ class FlowController:
                 bounded = False
             gives_up = cfg.slo_admission and req.sheddable and (self.slo_known is None or self.slo_known(req))
             self._seq += 1
+            seqs = seqs_of(req)  # (a prompt is computed once; each sequence decodes its own output)
             item = QueuedRequest(
-                req, flow, req.priority, size, float(ptoks + (req.max_tokens or DEFAULT_OUTPUT_TOKENS)),
-                self._seq, now, expiry, slo_deadline, handle, explain=explain, bounded=bounded,
+                req, flow, req.priority, size,
+                float(ptoks + seqs * (req.max_tokens or DEFAULT_OUTPUT_TOKENS)),
+                self._seq, now, expiry, slo_deadline, handle, explain=explain, bounded=bounded, seqs=seqs,
             )  # fmt: skip
             if band.push(item):
                 self._enter(flow)
@@ -638,7 +654,7 @@ class FlowController:
             if limits is not None:
                 limits.add(band, -1, -size)
             raise
-        self._queue_count(flow, +1)
+        self._queue_count(flow, item.seqs)
         self.metrics.queued(req.priority, flow, +1, req)
         return item
 
@@ -688,7 +704,7 @@ class FlowController:
         self.bytes -= item.size
         if self.fleet_limits is not None:
             self.fleet_limits.add(band, -1, -item.size)
-        self._queue_count(item.flow, -1)
+        self._queue_count(item.flow, -item.seqs)
         self.metrics.queued(item.priority, item.flow, -1, item.req)
         if record:
             self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at, item.req)
@@ -705,9 +721,7 @@ class FlowController:
         does, so a flow is not charged for work it never got."""
         if outcome != DISPATCHED and item.done and item.outcome == DISPATCHED:
             item.outcome = outcome
-            q = self.bands[item.priority].flows.get(item.flow)
-            if q is not None:
-                q.service -= item.cost
+            self.bands[item.priority].undo(item)
         self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at, item.req)
 
     def hold(self, item: QueuedRequest, now: float, until: float) -> None:
@@ -719,7 +733,7 @@ class FlowController:
         band = self.bands[item.priority]
         q = band.flows.get(item.flow)
         if q is not None:
-            q.service -= item.cost
+            band.undo(item)
             q.drop_head(item)  # its own entry (it was the head): no duplicate later
         item.done = False
         item.outcome = ""
@@ -734,7 +748,7 @@ class FlowController:
             # admits nothing until it is below it again (``fleet`` docstring). A check here could only refuse
             # a request that has already waited its turn, in favour of a newer one (review s21-wk L2).
             self.fleet_limits.add(band, +1, item.size)
-        self._queue_count(item.flow, +1)
+        self._queue_count(item.flow, item.seqs)
         self.metrics.queued(item.priority, item.flow, +1, item.req)
         self.metrics.outcome(item.priority, item.flow, HELD, now - item.enqueued_at, item.req)
         item.holds += 1
@@ -1129,6 +1143,7 @@ class FlowController:
             self._places[flow] = n - 1
 
     def _queue_count(self, flow: str, delta: int) -> None:
+        self.queued_total += delta
         n = self.queued.get(flow, 0) + delta
         if n > 0:
             self.queued[flow] = n
@@ -1160,8 +1175,9 @@ class FlowController:
         arrived = self._arrived
         if key not in arrived and len(arrived) >= RATE_FLOWS_MAX - 1:
             key = RATE_OVERFLOW  # (a bounded table: client-supplied ids, one per request in a spray)
-        arrived[key] = arrived.get(key, 0.0) + w
-        self._arrived_total += w
+        ws = w * seqs_of(req)  # (its sequences: the demand on the servers' slots)
+        arrived[key] = arrived.get(key, 0.0) + ws
+        self._arrived_total += ws
         self._since_count += 1
         at = self._rate_flows_at
         due = now >= at + RATE_FLOWS_EVERY_S and (
@@ -1210,51 +1226,56 @@ class FlowController:
         return mine * max(1, self._rate_flows) > self._over_factor * self._arrived_total
 
     def started(self, flow: str, req: InferenceRequest | None = None, now: float | None = None) -> bool:
-        """A request of ``flow`` was dispatched (``req`` at ``now``, when known). Returns whether the
-        headroom held it back then (``fairShareRunningReserve``: the others' dispatches are counted,
-        the rate at which they take free slots)."""
+        """A request of ``flow`` was dispatched (``req`` at ``now``, when known; counted as its sequences,
+        ``seqs_of``: 1 without ``req``). Returns whether the headroom held it back then
+        (``fairShareRunningReserve``: the others' dispatches are counted, the rate at which they take
+        free slots, one per sequence)."""
         held = False
+        s = 1 if req is None else seqs_of(req)
         if req is not None and now is not None and self.cfg.fair_share_running_reserve:
             held = self.held_back(req, now)  # (the gate's question: a due request is not held back)
             if not held:
-                self._rate = self._decayed(self._rate, self._rate_at, now) + 1.0
+                self._rate = self._decayed(self._rate, self._rate_at, now) + s
                 self._rate_at = now if self._rate_at is None else max(now, self._rate_at)
                 self._reserve_cache = (None, 0)
         n = self.inflight.get(flow, 0)
-        self.inflight[flow] = n + 1
-        self.inflight_total += 1
+        self.inflight[flow] = n + s
+        self.inflight_total += s
         if n == 0:
             self._enter(flow)
         return held
 
-    def ended(self, flow: str, now: float | None = None) -> None:
-        """A request of ``flow`` finished (at ``now``, when known: ``fairShareRunningReserve`` counts
-        the finishes, the rate at which slots come free)."""
-        if now is not None and self.cfg.fair_share_running_reserve and self.inflight.get(flow, 0) > 0:
-            self._finished = self._decayed(self._finished, self._finished_at, now) + 1.0
-            self._finished_at = now if self._finished_at is None else max(now, self._finished_at)
-            self._reserve_cache = (None, 0)
+    def ended(self, flow: str, now: float | None = None, seqs: int = 1) -> None:
+        """A request of ``flow`` of ``seqs`` sequences (what ``started`` counted it as) finished (at
+        ``now``, when known: ``fairShareRunningReserve`` counts the finishes, the rate at which slots
+        come free, one per sequence)."""
         n = self.inflight.get(flow, 0)
         if n <= 0:
             return
-        if n == 1:
+        s = seqs if seqs < n else n  # (never below 0: at most what the flow has in flight)
+        if now is not None and self.cfg.fair_share_running_reserve:
+            self._finished = self._decayed(self._finished, self._finished_at, now) + s
+            self._finished_at = now if self._finished_at is None else max(now, self._finished_at)
+            self._reserve_cache = (None, 0)
+        if n == s:
             del self.inflight[flow]
             self._leave(flow)
         else:
-            self.inflight[flow] = n - 1
-        self.inflight_total -= 1
+            self.inflight[flow] = n - s
+        self.inflight_total -= s
 
     def over_share(self, flow: str) -> bool:
-        """Is ``flow``'s demand (requests in flight and queued) more than the mean over the active
-        flows? One flow alone never is. Queued requests count: when a burst starts the pool is full of
-        the other flows' requests, so the flood's excess is in the queue while few of its requests are
-        in flight yet (measured: counting only those in flight, a flood was under its share for the
-        first second of its bursts in a 2 x 16 fleet, and took the slots kept for the others)."""
+        """Is ``flow``'s demand (sequences in flight and queued: ``seqs_of``, a server's slots count
+        them) more than the mean over the active flows? One flow alone never is. Queued requests
+        count: when a burst starts the pool is full of the other flows' requests, so the flood's
+        excess is in the queue while few of its requests are in flight yet (measured: counting only
+        those in flight, a flood was under its share for the first second of its bursts in a 2 x 16
+        fleet, and took the slots kept for the others)."""
         if self.fleet is not None:
             return self.fleet.over_share(self, flow)
         mine = self.inflight.get(flow, 0) + self.queued.get(flow, 0)
         # (a flow with a request in flight or queued, held or not, is active: counted already)
-        total = self.inflight_total + self.count
+        total = self.inflight_total + self.queued_total
         return bool(mine) and mine * len(self._places) > self._over_factor * total
 
     # -- fairShareRunningReserve -------------------------------------------------------------------
@@ -1313,7 +1334,8 @@ class FlowController:
         if not (self.cfg.fair_share_running_reserve and self.held_back(req, now)):
             return False
         cap = int(slots * self.cfg.fair_share_headroom)
-        return self.inflight_total >= slots - self.free_reserve(now, cap)
+        # (all of its sequences must leave the reserve's free slots free: for one, ``>= slots - F``)
+        return self.inflight_total + seqs_of(req) - 1 >= slots - self.free_reserve(now, cap)
 
     def held_back(
         self, req: InferenceRequest, now: float | None = None, slo_deadline: float | None = None
@@ -1440,7 +1462,7 @@ class FlowController:
         if self.fleet is not None:
             return self.fleet.under_share(self)
         n, inflight, queued = len(self._places), self.inflight, self.queued
-        total = self.inflight_total + self.count
+        total = self.inflight_total + self.queued_total
         if self.cfg.fair_share_running_reserve:  # (a flow over its share by its arrivals too)
             rate_over = self.rate_over
             return lambda f: (inflight.get(f, 0) + queued.get(f, 0)) * n <= total and not rate_over(f)

@@ -14,10 +14,13 @@ Ordering (a flow's queue is a heap on the policy's key, ties broken by arrival o
 Fairness (which flow's head leaves next):
 - ``global-strict``: the best head over all flows by the ordering key, as if the band were one queue
   (the reference default with fcfs: a flooding tenant takes the band in proportion to its arrivals);
-- ``round-robin``: flows take turns, one request each;
-- ``least-attained-service``: the flow that has been served the fewest tokens (prompt + expected output)
-  goes next; a flow that (re)appears starts at the least service of the active flows, so it cannot
-  claim a backlog of credit by having been idle (virtual token counter fairness).
+- ``round-robin``: flows take turns, one request each; a request of s sequences (``n`` choices x a
+  batch's prompts: a server runs s) uses s turns, its flow passing its next s - 1 (a deficit, repaid as
+  the others take theirs), so flows share the servers' running slots, not the request count (kvgate:
+  upstream's turns count requests; for n = 1 the same order);
+- ``least-attained-service``: the flow that has been served the fewest tokens (prompt + expected output,
+  of each sequence) goes next; a flow that (re)appears starts at the least service of the active
+  flows, so it cannot claim a backlog of credit by having been idle (virtual token counter fairness).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def order_key(ordering: str, item: Any) -> float:
 class FlowQueue:
     """One flow's waiting requests, best first by the band's ordering policy."""
 
-    __slots__ = ("feasible", "heap", "late", "live", "served_at", "service", "turn")
+    __slots__ = ("debt", "feasible", "heap", "late", "live", "served_at", "service", "turn")
 
     def __init__(self, service: float, feasible: bool = False, turn: int = 0) -> None:
         self.heap: list[tuple[float, int, Any]] = []
@@ -69,6 +72,8 @@ class FlowQueue:
         # round-robin: its place in the turn order (the band's ``flows`` order: stamped when it enters the
         # band and when it goes to the back), so the order of a few flows is read without a walk
         self.turn = turn
+        # round-robin: the turns it still passes for the sequences beyond the first of its requests sent
+        self.debt = 0
 
     def push(self, key: float, item: Any) -> None:
         heapq.heappush(self.heap, (key, item.seq, item))
@@ -137,6 +142,7 @@ class Band:
         self.bytes = 0
         self._dispatches = 0
         self._turns = 0  # (round-robin: the last turn stamp given, ``FlowQueue.turn``)
+        self._owed = 0  # (round-robin: the turns its flows owe, ``FlowQueue.debt``, in all: 0 for n = 1)
 
     def push(self, item: Any) -> bool:
         """Queue ``item``; True when its flow is new in the band."""
@@ -162,6 +168,9 @@ class Band:
             q.live -= 1
             if q.live <= 0:
                 del self.flows[item.flow]
+                if self._owed:
+                    self._owed -= q.debt
+                    self._repay()  # (the flow now at the front may be one that owes turns)
                 return True
         return False
 
@@ -270,3 +279,49 @@ class Band:
                 self.flows.move_to_end(item.flow)
                 self._turns += 1
                 q.turn = self._turns
+                seqs = getattr(item, "seqs", 1)
+                if seqs > 1:
+                    q.debt += seqs - 1
+                    self._owed += seqs - 1
+                if self._owed:
+                    self._repay()
+
+    def _repay(self) -> None:
+        """round-robin: a flow at the front that owes turns passes them, one each time it comes first
+        (to the back, its debt one less), until the front flow owes none. Each step repays a turn owed,
+        so the work is the sequences beyond each request's first, amortized, and at most two cycles of the
+        flows (a lone flow repays at once: no one waits for its turns)."""
+        flows = self.flows
+        steps = 0
+        while flows:
+            flow, q = next(iter(flows.items()))
+            if q.debt <= 0:
+                return
+            q.debt -= 1
+            self._owed -= 1
+            flows.move_to_end(flow)
+            self._turns += 1
+            q.turn = self._turns
+            steps += 1
+            if steps == len(flows):
+                # A whole cycle in which every flow owed: as many more whole cycles as the least owed leave
+                # the same order, taken at once (a lone flow's 16,383 turns owed are one step, not 16,383).
+                least = min(f.debt for f in flows.values())
+                if least > 0:
+                    for f in flows.values():
+                        f.debt -= least
+                    self._owed -= least * len(flows)
+                steps = 0
+
+    def undo(self, item: Any) -> None:
+        """``item``'s dispatch did not happen after all (held, its pick failed): its flow's charge back
+        (least-attained-service's service; round-robin's turns still owed)."""
+        q = self.flows.get(item.flow)
+        if q is None:
+            return
+        q.service -= item.cost
+        seqs = getattr(item, "seqs", 1)
+        if seqs > 1 and q.debt:
+            back = min(q.debt, seqs - 1)
+            q.debt -= back
+            self._owed -= back

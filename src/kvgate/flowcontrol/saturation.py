@@ -27,8 +27,16 @@ class SaturationDetector(Plugin):
             return float("inf")
         return sum(self.endpoint_saturation(ep, now, pending_scale) for ep in endpoints) / len(endpoints)
 
-    def saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
-        return self.saturation(endpoints, now) >= 1.0
+    def saturated(self, endpoints: Sequence[Endpoint], now: float, seqs: int = 1) -> bool:
+        """``seqs``: the sequences of the request asking (``n`` choices x a batch's prompts); a detector
+        that bounds running slots (``fits``) needs room for all of them on one endpoint."""
+        return self.saturation(endpoints, now) >= 1.0 or (seqs > 1 and not self.fits(endpoints, seqs))
+
+    def fits(self, endpoints: Sequence[Endpoint], seqs: int) -> bool:
+        """Has one of ``endpoints`` room for ``seqs`` more sequences? A detector without slot bounds
+        (the utilization detector: thresholds on the server's own queue and KV) does not judge a
+        request's size: always True."""
+        return True
 
     def scrape_bound(self) -> float:
         """How long this detector can go without a scrape of an endpoint whose last scraped load this
@@ -39,8 +47,9 @@ class SaturationDetector(Plugin):
         return REFERENCE_STALENESS_S
 
     def saturated_reserving(
-        self, endpoints: Sequence[Endpoint], now: float, headroom: float, pending_only: bool = False
-    ) -> bool:
+        self, endpoints: Sequence[Endpoint], now: float, headroom: float, pending_only: bool = False,
+        seqs: int = 1,
+    ) -> bool:  # fmt: skip
         """The gate for a flow over its fair share (``flowControl.fairShareHeadroom``): saturated
         already at ``1 - headroom``, so the rest stays free for the flows under their share.
 
@@ -50,7 +59,10 @@ class SaturationDetector(Plugin):
         kept free for them (a pending slot is no use without a running one: with small batches that is
         what binds); the token bound stays whole, and with big batches those few running slots cost
         next to nothing. Otherwise, or for a detector without a pending bound (the config refuses that
-        combination), it comes off the whole score (every bound, as a share of each)."""
+        combination), it comes off the whole score (every bound, as a share of each). ``seqs``: as
+        ``saturated``."""
+        if seqs > 1 and not self.fits(endpoints, seqs):
+            return True
         if pending_only and self.pending_bound:
             return self.saturation(endpoints, now, 1.0 - headroom) >= 1.0
         return self.saturation(endpoints, now) >= 1.0 - headroom
@@ -185,6 +197,12 @@ class ConcurrencyDetector(SaturationDetector):
     produced their first token yet: those wait in the server's own FCFS queue, where no fairness or
     priority applies. With flow control, keeping that number small holds the backlog in the EPP,
     which dispatches by band and fair share each time a server takes a request in.
+
+    Counted in sequences (``InFlight.requests``: a request with ``n`` choices x a batch's prompts is
+    that many, as vLLM's ``max_num_seqs`` counts; upstream GIE's detector counts requests, it knows no
+    ``n``). A request of several sequences also needs one endpoint with room for all of them
+    (``fits``; as many as a bound holds, for a request bigger than a server's bound: an endpoint with
+    nothing there), so the gate does not send it to overfill a server whose last slot is free.
     """
 
     def __init__(
@@ -212,6 +230,17 @@ class ConcurrencyDetector(SaturationDetector):
         )
         params.finish()
         return d
+
+    def fits(self, endpoints: Sequence[Endpoint], seqs: int) -> bool:
+        run = min(seqs, self.max_requests)
+        pend = min(seqs, self.max_pending)
+        for ep in endpoints:
+            inf = ep.inflight
+            if inf.requests + run <= self.max_requests and (
+                not pend or inf.requests - inf.decoding + pend <= self.max_pending
+            ):
+                return True
+        return False
 
     def endpoint_saturation(self, ep: Endpoint, now: float, pending_scale: float = 1.0) -> float:
         inf = ep.inflight

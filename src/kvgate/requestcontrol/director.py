@@ -273,13 +273,14 @@ class Director:
             and bool(flow.ctl.headroom or flow.ctl.cfg.fair_share_running_reserve)
             and flow.ctl.held_back(req, now)
         )
+        seqs = req.sequences  # (a request of several sequences needs room for all: ``fits``)
         if held and flow is not None and flow.ctl.headroom:
             # flowControl.fairShareHeadroom: the last part of the capacity is kept for flows at or
             # under their fair share, so one of theirs leaves at once instead of waiting for a slot.
             pending_only = flow.ctl.cfg.fair_share_headroom_on == "pending"
-            if self.detector.saturated_reserving(cands, now, flow.ctl.headroom, pending_only):
+            if self.detector.saturated_reserving(cands, now, flow.ctl.headroom, pending_only, seqs):
                 return True
-        elif self.detector.saturated(cands, now):
+        elif self.detector.saturated(cands, now, seqs):
             return True
         # flowControl.fairShareRunningReserve: free slots are kept for the others (checked last: it sums
         # the candidates' requests in flight, and a saturated pool needs no more)
@@ -300,7 +301,7 @@ class Director:
         if flow is None or not slots:
             return False
         total = slots * len(cands)
-        busy = sum(ep.inflight.requests for ep in cands)
+        busy = sum(ep.inflight.requests for ep in cands) + (req.sequences - 1 if req.sequences > 1 else 0)
         return busy >= total - flow.ctl.free_reserve(now, int(total * flow.ctl.cfg.fair_share_headroom))
 
     def _running_slots(self) -> int:
@@ -324,7 +325,11 @@ class Director:
             cands = self.candidates(req)
         except SchedulingError:
             return None  # (the pick fails with its own error)
-        free = [ep for ep in cands if ep.inflight.requests < slots]
+        if req.sequences > 1:  # (a running slot for each of its sequences, as the gate's ``fits``)
+            need = min(req.sequences, slots)
+            free = [ep for ep in cands if ep.inflight.requests + need <= slots]
+        else:
+            free = [ep for ep in cands if ep.inflight.requests < slots]
         return free if free and len(free) < len(cands) else None
 
     def _pick_late(self, req: InferenceRequest, explain: bool) -> PickResult:
@@ -699,7 +704,7 @@ class Director:
         """A tracked request ended: finished, a preempted victim or a forgotten track. Each end gives
         its slot back (``fairShareRunningReserve`` counts them all)."""
         if track.flow is not None and self.flow is not None:
-            self.flow.ctl.ended(track.flow, self.clock())
+            self.flow.ctl.ended(track.flow, self.clock(), track.seqs)
 
     def _release(self, address: str, endpoint: Endpoint | None, track: _Track) -> None:
         if track.keys is not None:
