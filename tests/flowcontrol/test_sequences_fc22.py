@@ -41,10 +41,10 @@ class Clock:
         return self.now
 
 
-def director(fairness: str, clock: Clock) -> Director:
+def director(fairness: str, clock: Clock, free_slot_pick: bool = True) -> Director:
     cfg: dict[str, Any] = {
         "featureGates": ["flowControl"],
-        "flowControl": {"fairnessPolicy": fairness, "freeSlotPick": True},
+        "flowControl": {"fairnessPolicy": fairness, "freeSlotPick": free_slot_pick},
         "saturationDetector": {
             "type": "concurrency-detector",
             "parameters": {"maxConcurrency": SLOTS, "maxPendingRequests": SLOTS},
@@ -60,13 +60,16 @@ def request(rid: str, flow: str, n: int) -> InferenceRequest:
     return InferenceRequest(rid, "m", prompt_tokens=PROMPT, max_tokens=OUT, fairness_id=flow, sequences=n)
 
 
-def simulate(fairness: str, backlog: int = 60) -> tuple[dict[str, int], dict[str, int], int]:
+def simulate(
+    fairness: str, backlog: int = 60, free_slot_pick: bool = True
+) -> tuple[dict[str, int], dict[str, int], int, int]:
     """Tenant ``big`` sends n=8, ``small`` n=1, both with a backlog queued at once; each request runs one
     second wherever it goes (a server runs a request's sequences side by side). Returns the sequences and
     the tokens (prompt + each sequence's output) dispatched per tenant while both still had requests
-    queued, and the most sequences any server held at once."""
+    queued, the most sequences any server held at once, and the most a server held just after an n=8
+    request was sent to it."""
     clock = Clock()
-    d = director(fairness, clock)
+    d = director(fairness, clock, free_slot_pick)
     flow = d.flow
     assert flow is not None
     eps: list[Endpoint] = list(d.store.all())
@@ -74,10 +77,10 @@ def simulate(fairness: str, backlog: int = 60) -> tuple[dict[str, int], dict[str
     left = {"big": backlog, "small": backlog}
     seqs = {"big": 0, "small": 0}
     tokens = {"big": 0, "small": 0}
-    peak = 0
+    peak = peak_multi = 0
 
     def sent(req: InferenceRequest, ep: Endpoint) -> None:
-        nonlocal peak
+        nonlocal peak, peak_multi
         tenant = req.fairness_id
         if min(left.values()) > 0:  # (both still had requests queued)
             seqs[tenant] += req.sequences
@@ -85,6 +88,8 @@ def simulate(fairness: str, backlog: int = 60) -> tuple[dict[str, int], dict[str
         left[tenant] -= 1
         running.append((clock.now + 1.0, req, ep))
         peak = max(peak, max(e.inflight.requests for e in eps))
+        if req.sequences > 1:
+            peak_multi = max(peak_multi, ep.inflight.requests)
 
     for i in range(backlog):
         for tenant, n in (("big", 8), ("small", 1)):
@@ -103,23 +108,31 @@ def simulate(fairness: str, backlog: int = 60) -> tuple[dict[str, int], dict[str
             assert isinstance(got, PickResult)
             sent(item.req, got.primary)
         assert clock.now < 1_000, "the queue stopped moving"
-    return seqs, tokens, peak
+    return seqs, tokens, peak, peak_multi
 
 
 @pytest.mark.parametrize("fairness", ["round-robin", "least-attained-service", "global-strict"])
 def test_no_server_holds_more_sequences_than_its_slots(fairness: str) -> None:
-    _seqs, _tokens, peak = simulate(fairness)
+    _seqs, _tokens, peak, _multi = simulate(fairness)
     assert peak <= SLOTS
 
 
+@pytest.mark.parametrize("fairness", ["round-robin", "global-strict"])
+def test_without_the_free_slot_pick_a_request_of_several_sequences_goes_where_they_fit(fairness: str) -> None:
+    # Without freeSlotPick the profile places an n=1 request as before (the gate is the pool's mean: it
+    # may go to a full server); an n=8 one goes to a server with a slot for each (before: 16 of 8).
+    _seqs, _tokens, _peak, multi = simulate(fairness, free_slot_pick=False)
+    assert multi <= SLOTS
+
+
 def test_round_robin_shares_the_servers_by_sequences() -> None:
-    seqs, _tokens, _peak = simulate("round-robin")
+    seqs, _tokens, _peak, _multi = simulate("round-robin")
     # before: one request a turn each, 8 sequences to 1 (the n=8 tenant took 8x the servers)
     assert 0.75 <= seqs["big"] / seqs["small"] <= 1.35, seqs
 
 
 def test_least_attained_service_charges_every_sequences_output() -> None:
-    _seqs, tokens, _peak = simulate("least-attained-service")
+    _seqs, tokens, _peak, _multi = simulate("least-attained-service")
     # before: an n=8 request charged one output (110 tokens, as an n=1 one): 7.4x the tokens served
     assert 0.75 <= tokens["big"] / tokens["small"] <= 1.35, tokens
 

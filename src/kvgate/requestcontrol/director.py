@@ -316,17 +316,28 @@ class Director:
         """``flowControl.freeSlotPick`` (or ``fairShareRunningReserve``): flow control's late pick goes to
         an endpoint with a free running slot when one has: the gate
         is the pool's mean, and sent to a full server a request waits in its queue for a whole
-        request to finish while another server could start it now. None: no restriction (no running
-        bound known, or every candidate is full: the profile chooses among all as before)."""
-        flow, slots = self.flow, self._running_slots()
-        if not slots or flow is None or not flow.ctl.cfg.picks_free_slot:
+        request to finish while another server could start it now. A request of several sequences
+        goes to an endpoint with a running slot for each (as many as ``maxConcurrency``) whenever the
+        gate counts running slots (``concurrency-detector``), key or not: the gate let it leave for
+        such an endpoint (``ConcurrencyDetector.fits``), and elsewhere it would overfill a server by
+        up to all but one of them. None: no restriction (no running bound known, or every candidate
+        is full, or every one has room: the profile chooses among all as before)."""
+        flow = self.flow
+        if flow is None:
             return None
+        det, seqs = self.detector, req.sequences
+        if seqs > 1 and isinstance(det, ConcurrencyDetector):
+            slots = det.max_requests
+        else:
+            slots = self._running_slots()
+            if not slots or not flow.ctl.cfg.picks_free_slot:
+                return None
         try:
             cands = self.candidates(req)
         except SchedulingError:
             return None  # (the pick fails with its own error)
-        if req.sequences > 1:  # (a running slot for each of its sequences, as the gate's ``fits``)
-            need = min(req.sequences, slots)
+        if seqs > 1:  # (a running slot for each of its sequences, as the gate's ``fits``)
+            need = min(seqs, slots)
             free = [ep for ep in cands if ep.inflight.requests + need <= slots]
         else:
             free = [ep for ep in cands if ep.inflight.requests < slots]
