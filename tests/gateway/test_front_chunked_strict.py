@@ -239,7 +239,8 @@ class _Transport:
     "raw,status",
     [
         (b"GET /a HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * (70 << 10), 431),
-        (b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 200000\r\n\r\n", 413),
+        # (announcing 2 MB: past its Content-Length and a head the linger closes, gw22)
+        (b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2000000\r\n\r\n", 413),
     ],
     ids=["431", "413"],
 )

@@ -22,3 +22,34 @@ class ByteBudget:
 
     def give(self, n: int) -> None:
         self.used = max(0, self.used - n)
+
+
+class ReadPace:
+    """Bytes per second for reads that serve no request (a refused request's linger), all connections
+    of one process together: a token bucket (``burst`` bytes, refilled at ``rate``). A take may overdraw
+    it (the read already happened); the debt is paid back before the next reader is let on. Time is
+    passed in (the event loop's clock)."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self.stamp is not None and now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now if self.stamp is None else max(self.stamp, now)
+
+    def take(self, n: int, now: float) -> bool:
+        """``n`` bytes were read: False when that leaves the bucket in debt (the reader should wait)."""
+        self._refill(now)
+        self.tokens -= n
+        return self.tokens >= 0
+
+    def due(self, now: float) -> float:
+        """Seconds from ``now`` until the debt is paid (0: not in debt)."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate

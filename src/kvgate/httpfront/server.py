@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol, cast
 
-from kvgate.httpfront.budget import ByteBudget
+from kvgate.httpfront.budget import ByteBudget, ReadPace
 from kvgate.openai.protocol import error_body
 
 log = logging.getLogger("kvgate.httpfront")
@@ -65,6 +65,12 @@ _BAD_HEADER_BYTES = (b"\r", b"\n", b"\x00")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # How long a refused request (not a 408) keeps reading (and discarding) so the client sees the answer.
 LINGER_S = 2.0
+# What lingering may read, all connections of a process together (bytes/s, and the bucket's size): an
+# honest client's refused body is read at up to this pace (128 MiB in ``LINGER_S`` alone), a flood of
+# lingering clients costs the loop no more than that (review s21-fixes-b F2: each flooder read at full
+# speed for the whole linger added ~0.4 ms to every other connection's latency).
+LINGER_RATE = 64 << 20
+LINGER_BURST = 8 << 20
 # SO_LINGER on, 0 s: closing the socket resets the connection (``FrontProtocol.abort(reset=True)``).
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -475,17 +481,19 @@ def _bare_lf(buf: bytearray) -> bool:
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, length: int = -1) -> None:
         super().__init__(message)
         self.status = status
+        self.length = length  # the refused request's Content-Length, when its head said it (else -1)
 
 
 class _Refused(Exception):
     """A request refused with ``resp`` before its body was read (the client may still be sending it)."""
 
-    def __init__(self, resp: Response) -> None:
+    def __init__(self, resp: Response, length: int = -1) -> None:
         super().__init__(resp.status)
         self.resp = resp
+        self.length = length  # its Content-Length (-1: chunked, or not known)
 
 
 # Seconds a client is told to wait (``Retry-After``) when the body budget is spent: bodies are given
@@ -493,13 +501,13 @@ class _Refused(Exception):
 BUDGET_RETRY_S = 1
 
 
-def _over_budget(limit: int) -> _Refused:
+def _over_budget(limit: int, length: int = -1) -> _Refused:
     resp = _error(
         503, f"the gateway holds {limit} bytes of request bodies (limits.maxBufferedBytes); retry",
         "service_unavailable",
     )  # fmt: skip
     resp.headers["Retry-After"] = str(BUDGET_RETRY_S)
-    return _Refused(resp)
+    return _Refused(resp, length)
 
 
 Handler = Callable[[Request], Awaitable["Response | StreamResponse"]]
@@ -571,6 +579,11 @@ class FrontServer:
         self.head_check: Callable[[str, str, dict[str, str]], Response | None] | None = None
         # One sweeper enforces every deadline, instead of a timer armed and cancelled per request.
         self._sweeper: asyncio.Task[None] | None = None
+        # Lingering reads' pace (``LINGER_RATE``): a lingering connection that overdraws it stops reading
+        # and waits here; one timer lets the waiters read again one at a time, once the debt is paid.
+        self.linger_pace = ReadPace(LINGER_RATE, LINGER_BURST)
+        self._pace_waiting: collections.deque[FrontProtocol] = collections.deque()
+        self._pace_timer: asyncio.TimerHandle | None = None
 
     @property
     def max_buffered(self) -> int:
@@ -643,6 +656,36 @@ class FrontServer:
                 self.timed_out["body"] += 1
                 c.deadline_passed("request body not complete in time")
 
+    def pace_wait(self, conn: FrontProtocol) -> None:
+        """``conn`` lingers with its reading paused: it reads again in its turn (``_pace_next``)."""
+        if conn._pacing:
+            return
+        conn._pacing = True
+        self._pace_waiting.append(conn)
+        if self._pace_timer is None:
+            loop = asyncio.get_running_loop()
+            self._pace_timer = loop.call_later(self.linger_pace.due(loop.time()), self._pace_next)
+
+    def _pace_next(self) -> None:
+        """The pace's debt is paid: the longest-waiting lingerer reads again (one per turn: each read
+        overdraws by at most one read, ~256 KiB), the next turn when the new debt is paid."""
+        self._pace_timer = None
+        loop = asyncio.get_running_loop()
+        waiting = self._pace_waiting
+        if self.linger_pace.due(loop.time()) == 0.0:
+            while waiting:
+                conn = waiting.popleft()
+                conn._pacing = False
+                if conn.linger_until is not None and not conn.closed and conn._read_paused:
+                    conn._read_paused = False
+                    assert conn.transport is not None
+                    conn.transport.resume_reading()
+                    break
+        if waiting and self._pace_timer is None:  # (set already if the reader paused at once again)
+            # (at least 1 ms apart: a turn that found no debt lets on the next one soon)
+            delay = max(self.linger_pace.due(loop.time()), 0.001)
+            self._pace_timer = loop.call_later(delay, self._pace_next)
+
     def handler_for(self, path: str) -> Handler:
         h = self.routes.get(path)
         if h is not None:
@@ -695,6 +738,10 @@ class FrontServer:
     def close_all(self) -> None:
         for conn in list(self.connections):
             conn.abort()
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
+        self._pace_waiting.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
 
@@ -749,6 +796,10 @@ class FrontProtocol(asyncio.Protocol):
         self._reject_after = False  # stop parsing: an error response is queued and we close after it
         self._linger_after = False  # the refusal came before the body: linger (``_linger``), not close
         self._dropped = 0  # bytes read and dropped since a refusal (``_drop``)
+        # What an honest client may still send after its refusal: the refused request's Content-Length
+        # and a head (inf: chunked, or a head refused before its length was read).
+        self._linger_cap = math.inf
+        self._pacing = False  # waiting its turn to read (``FrontServer.pace_wait``)
         self._linger_size = 0  # output buffered when the linger began (``linger_ended``)
         self._held = 0  # budget bytes the body being read holds (``FrontServer.budget``)
         # A parsed request head waiting for its body: (method, path, query, headers, keep-alive,
@@ -842,39 +893,58 @@ class FrontProtocol(asyncio.Protocol):
                 self.buf += data
                 self._parse()
         except _BadRequest as e:
-            self._reject(e.status, str(e))
+            self._reject(e.status, str(e), e.length)
         except _Refused as e:
-            self._refuse(e.resp, linger=True)
+            self._refuse(e.resp, linger=True, length=e.length)
         except (ValueError, UnicodeError) as e:
             self._reject(400, f"malformed HTTP request: {e}")
         if self.buf and self._pending is None and self.head_since is None and not self._reject_after:
             # A head has started: it must be complete by the header deadline, however it trickles in.
             self.head_since = self._loop.time()
 
-    def _reject(self, status: int, message: str) -> None:
+    def _reject(self, status: int, message: str, length: int = -1) -> None:
         # Every refusal of what the client sent lingers (its request may still be arriving: a 431's
         # head, a bad chunk's body); a 408's client is the slow one, closed at once.
-        self._refuse(_error(status, message), linger=status != 408)
+        self._refuse(_error(status, message), linger=status != 408, length=length)
 
     def _drop(self, size: int) -> None:
         """``size`` bytes came after a refusal and were dropped. Until the refusal goes out (earlier
         pipelined answers are still being written: no time bound yet), past what an accepted request
         could make the front read (``max_body`` and a head) reading pauses, the client's sends back up.
-        Once it is out, the linger bounds the dropping by time only (``LINGER_S``, as nginx's
-        lingering_time): a byte cap there stalled a client that sends its whole body before it reads,
-        and the linger's end then cut it off before it read its 413 (review s21-gw M1)."""
+        Once it is out, the linger bounds the dropping by time (``LINGER_S``, as nginx's
+        lingering_time), by what the refused request said it would send (its Content-Length and a
+        head: more is no request, the connection closes), and by the process's pace for lingering
+        reads (``LINGER_RATE``: over it, reading pauses until its turn). Not by a byte cap below what
+        the client announced: that stalled a client that sends its whole body before it reads, and the
+        linger's end then cut it off before it read its 413 (review s21-gw M1). Every dropped byte
+        takes from the pace, before the linger too (a flood behind a slow answer pauses there as well).
+        """
         self._dropped += size
-        over = self.linger_until is None and self._dropped > self.server.max_body + _MAX_HEAD
+        paced = self.server.linger_pace.take(size, self._loop.time())
+        if self.linger_until is not None:
+            if self._dropped > self._linger_cap:
+                self.linger_until = None
+                self.close()
+                return
+            over = not paced
+        else:
+            over = not paced or self._dropped > self.server.max_body + _MAX_HEAD
         if over and not self._read_paused and self.transport is not None and not self.closed:
             self._read_paused = True
             self.transport.pause_reading()
+            if self.linger_until is not None:
+                self.server.pace_wait(self)
 
-    def _refuse(self, resp: Response, *, linger: bool) -> None:
+    def _refuse(self, resp: Response, *, linger: bool, length: int = -1) -> None:
         """Answer ``resp`` (after the requests before it), read nothing more, then close; ``linger``:
         the body may still be arriving, keep reading (and dropping) it briefly so the client sees the
-        answer (``_linger``)."""
+        answer (``_linger``); ``length``: the Content-Length of a request refused from its head."""
         self._reject_after = True
         self._linger_after = linger
+        if self._pending is not None:  # (refused while its body arrived)
+            length = self._pending[5]
+        if length >= 0:
+            self._linger_cap = length + _MAX_HEAD
         resp.force_close()
         if self.server.on_reject is not None:
             self.server.on_reject(resp.status)
@@ -1044,7 +1114,9 @@ class FrontProtocol(asyncio.Protocol):
                 raise _BadRequest(400, "invalid Content-Length")
             length = int(cl) if cl else 0
             if length > self.server.max_body:
-                raise _BadRequest(413, f"request body of {length} bytes exceeds {self.server.max_body} bytes")
+                raise _BadRequest(
+                    413, f"request body of {length} bytes exceeds {self.server.max_body} bytes", length
+                )
         path, _, query = target.decode("latin-1").partition("?")
         if path[:1] != "/":
             path = _absolute_form(path, headers)
@@ -1053,12 +1125,12 @@ class FrontProtocol(asyncio.Protocol):
         if check is not None:
             refusal = check(method, path, headers)
             if refusal is not None:
-                raise _Refused(refusal)
+                raise _Refused(refusal, length)
         budget = self.server.budget
         if length > 0 and length > budget.limit - budget.used:
             # Does not fit in what is free now: refused before its body is read. Nothing is reserved
             # here (a head that only announces a body would hold budget for free: s17-qafix-bc B1).
-            raise _over_budget(budget.limit)
+            raise _over_budget(budget.limit, length)
         expect = headers.get("expect", "").lower() == "100-continue"
         if length and expect and not self.busy and not self.queue:
             # Only when nothing is being answered: never into the middle of an earlier pipelined
@@ -1284,9 +1356,8 @@ class FrontProtocol(asyncio.Protocol):
         self._linger_size = self.transport.get_write_buffer_size()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-            if self._read_paused:  # (paused by ``_drop`` while earlier answers went out)
-                self._read_paused = False
-                self.transport.resume_reading()
+            if self._read_paused:  # (paused by ``_drop`` while earlier answers went out: in its turn)
+                self.server.pace_wait(self)
         else:
             self.close()
 
