@@ -55,12 +55,15 @@ class ResponseLookups:
     async def __call__(self, request: Request) -> Response | StreamResponse:
         proxy = self.proxy
         rid = request.headers.get("x-request-id") or proxy._request_id()
-        got = lookup_target(request.method, request.path)
+        # HEAD is the GET's answer without its body (RFC 9110 §9.3.2): asked upstream as a GET (vLLM's
+        # routes take GET only), the front sends the head alone (``StreamResponse``).
+        head = request.method == "HEAD"
+        got = lookup_target("GET" if head else request.method, request.path)
         if isinstance(got, tuple) and isinstance(got[0], int):
             status, why, allow = got
             resp = error_response(GatewayError(status, why), rid)
             if allow:
-                resp.headers["Allow"] = allow
+                resp.headers["Allow"] = "GET, HEAD" if allow == "GET" else allow
             return resp
         response_id, method = got
         if proxy.draining:

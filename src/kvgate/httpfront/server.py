@@ -164,9 +164,14 @@ class StreamResponse:
 
     ``waits``: when set, told (event-loop time) when a ``write`` begins waiting on the client's
     back-pressure (its output buffer full) and when it goes on, so a relay can tell the client's stall
-    from its upstream's (``kvgate.openai.progress.Progress``)."""
+    from its upstream's (``kvgate.openai.progress.Progress``).
 
-    __slots__ = ("_chunked", "_length", "_proto", "ended", "headers", "prepared", "status", "waits")
+    A ``HEAD`` request's answer is its head alone (RFC 9110 §9.3.2): ``Content-Length`` the GET's body's
+    when ``length`` is known (else chunked, as the GET's), the writes dropped, no last chunk."""
+
+    __slots__ = (
+        "_bodiless", "_chunked", "_length", "_proto", "ended", "headers", "prepared", "status", "waits",
+    )  # fmt: skip
 
     def __init__(
         self, *, status: int = 200, headers: dict[str, str] | None = None, length: int | None = None
@@ -177,12 +182,18 @@ class StreamResponse:
         self.prepared = False
         self.ended = False
         self._chunked = True
+        self._bodiless = False
         self._length = length
         self.waits: WriteWaits | None = None
 
     async def prepare(self, request: Request) -> None:
         self._proto = request._proto
-        if request.http11:
+        if request.method == "HEAD":
+            self._bodiless = True
+            length = self._length if self._length is not None or request.http11 else -1  # (no chunks in 1.0)
+            close = not request.keep_alive or self._proto.server.draining
+            self._proto.send(_head(self.status, self.headers, None, length, close, not request.http11))
+        elif request.http11:
             # The connection closes after this answer (its client asked, or the drain began): said in
             # the head, as a whole ``Response``'s says it (``FrontProtocol._run``; doors18).
             close = not request.keep_alive or self._proto.server.draining
@@ -202,7 +213,7 @@ class StreamResponse:
         proto = self._proto
         if proto is None or proto.closed:
             raise ConnectionResetError("client connection closed")
-        if not data:
+        if not data or self._bodiless:
             return
         step = proto.server.write_buffer_bytes
         if len(data) <= step:
@@ -254,7 +265,7 @@ class StreamResponse:
         self.ended = True
         if self._proto.closed:
             raise ConnectionResetError("client connection closed")
-        if self._chunked:
+        if self._chunked and not self._bodiless:
             self._proto.send(b"0\r\n\r\n")
 
 
