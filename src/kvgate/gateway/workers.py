@@ -1081,14 +1081,18 @@ class Supervisor:
         return Response(body=merge_metrics(texts, own), content_type=CONTENT_TYPE_LATEST)
 
     def slots(self, now: float | None = None) -> list[worker_health.Slot]:
-        """Each worker slot as ``worker_health`` reads it: alive, started, its heartbeat's age (counted
-        from the supervisor's own thaw at most: ``check_heartbeat``), a backoff wait, its last end."""
+        """Each worker slot as ``worker_health`` reads it: alive (and not dying), started, its heartbeat's
+        age (counted from the supervisor's own thaw at most: ``check_heartbeat``), a backoff wait, its last
+        end."""
         now = time.monotonic() if now is None else now
         out = []
         for i, p in enumerate(self.procs):
             due = self.restart_due[i]
+            # (a killed process runs until it is a zombie, which ``is_alive``'s waitpid waits for: one
+            # killed, or exiting, is not live any more: ``dying``)
+            alive = p is not None and p.is_alive() and p.pid is not None and not dying(p.pid)
             out.append(worker_health.Slot(
-                i, p.pid if p is not None else None, p is not None and p.is_alive(),
+                i, p.pid if p is not None else None, alive,
                 self.admin_ports[i] is not None or self.killed_age[i] is not None,  # (killed: wedged still)
                 now - max(self.heartbeat[i], self.awake_since),
                 None if due is None else max(0.0, due - now), self.why[i],
@@ -1313,6 +1317,29 @@ def _start_resource_tracker() -> None:
         resource_tracker.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+# /proc/<pid>/stat's flags bit: the process has begun to exit (``do_exit``).
+_PF_EXITING = 0x4
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+
+def dying(pid: int) -> bool:
+    """Has the process ``pid`` (a child not yet reaped, so the pid is still its) been killed or begun to
+    exit? A SIGKILL is pending (``ShdPnd``/``SigPnd`` in /proc/<pid>/status) or it is exiting
+    (``PF_EXITING``): ``waitpid`` reports it only once it is a zombie, after its memory is freed, 1-70 ms
+    later (measured: a worker of 0-2 GiB, load 4). Linux (/proc); elsewhere, or when unreadable, False."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if int(f.read().rsplit(b")", 1)[1].split()[6]) & _PF_EXITING:
+                return True
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"ShdPnd:", b"SigPnd:")) and int(line.split()[1], 16) & _SIGKILL_BIT:
+                    return True
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def _zombie_children(parent: int) -> set[int]:
