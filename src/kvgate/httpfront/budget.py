@@ -26,9 +26,9 @@ class ByteBudget:
 
 class ReadPace:
     """Bytes per second for reads that serve no request (a refused request's linger), all connections
-    of one process together: a token bucket (``burst`` bytes, refilled at ``rate``). A take may overdraw
-    it (the read already happened); the debt is paid back before the next reader is let on. Time is
-    passed in (the event loop's clock)."""
+    of one front (a listening port) together: a token bucket (``burst`` bytes, refilled at ``rate``). A
+    take may overdraw it (the read already happened); the debt is paid back before the next reader is let
+    on. Time is passed in (the event loop's clock)."""
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 

@@ -65,10 +65,10 @@ _BAD_HEADER_BYTES = (b"\r", b"\n", b"\x00")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # How long a refused request (not a 408) keeps reading (and discarding) so the client sees the answer.
 LINGER_S = 2.0
-# What lingering may read, all connections of a process together (bytes/s, and the bucket's size): an
-# honest client's refused body is read at up to this pace (128 MiB in ``LINGER_S`` alone), a flood of
-# lingering clients costs the loop no more than that (review s21-fixes-b F2: each flooder read at full
-# speed for the whole linger added ~0.4 ms to every other connection's latency).
+# What lingering may read, all connections of a front (one listening port) together (bytes/s, and the
+# bucket's size): an honest client's refused body is read at up to this pace (128 MiB in ``LINGER_S``
+# alone), a flood of lingering clients costs the loop no more than that (review s21-fixes-b F2: each
+# flooder read at full speed for the whole linger added ~0.4 ms to every other connection's latency).
 LINGER_RATE = 64 << 20
 LINGER_BURST = 8 << 20
 # SO_LINGER on, 0 s: closing the socket resets the connection (``FrontProtocol.abort(reset=True)``).
