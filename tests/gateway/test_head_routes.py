@@ -101,3 +101,41 @@ async def test_other_methods_on_the_lookup_name_head_as_allowed(stores: list[Res
             assert r.status == 405 and r.headers["Allow"] == "GET, HEAD"
         async with s.head(base_url(gw) + "/v1/responses/resp_x/cancel") as r:
             assert r.status == 405 and r.headers["Allow"] == "POST"
+
+
+@pytest.mark.parametrize("length", [None, 5], ids=["length-unknown", "length-known"])
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+async def test_a_streamed_answer_to_head_is_its_head_alone(length: int | None, version: str) -> None:
+    """The front's ``StreamResponse`` (a relayed answer) for a ``HEAD``: its head (``Content-Length``
+    when known; else chunked for HTTP/1.1, neither for 1.0), no chunk, no last chunk; the connection
+    kept for the next request (FAILED before: the chunks and the last chunk were written)."""
+    from kvgate.httpfront.server import FrontServer, Request, Response, StreamResponse
+
+    async def handler(req: Request) -> Response | StreamResponse:
+        if req.method == "GET":
+            return Response(body=b"next")
+        out = StreamResponse(length=length)
+        await out.prepare(req)
+        await out.write(b"hello")
+        await out.write_eof()
+        return out
+
+    front = FrontServer({}, handler, max_body=1 << 20)
+    server = await asyncio.get_running_loop().create_server(front.protocol, "127.0.0.1", 0)
+    keep = "Connection: keep-alive\r\n" if version == "HTTP/1.0" else ""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        last = "GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        writer.write(f"HEAD /a {version}\r\nHost: x\r\n{keep}\r\n{last}".encode())
+        out = await asyncio.wait_for(reader.read(-1), 10)
+        writer.close()
+    finally:
+        front.close_all()
+        server.close()
+    head, _, rest = out.partition(b"\r\n\r\n")
+    assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"\r\n\r\nnext"), out
+    headers = head.lower()
+    if length is not None:
+        assert b"content-length: 5\r\n" in headers + b"\r\n", head
+    else:
+        assert (b"transfer-encoding: chunked" in headers) == (version == "HTTP/1.1"), head
