@@ -1,8 +1,9 @@
 """Session-21 closing note: a ``/healthz`` in the milliseconds between a worker's SIGKILL and its exit
 counted the process live. Real: a killed process runs on (freeing its memory) until it is a zombie, and
 ``Process.is_alive`` (``waitpid(WNOHANG)``) says alive until then: 1-70 ms for a process of 0-2 GiB
-(measured, load 4; /tmp/gw22_kill2.py in gw22's report). The supervisor's slots now read a pending SIGKILL
-or an exit begun (/proc) as not live. Real child processes (the supervisor's spawn context); Linux."""
+(measured, load 4: a spawned child of 0, 512 and 2048 MiB touched, SIGKILLed, ``is_alive`` polled until
+False). The supervisor's slots now read a pending SIGKILL or an exit begun (/proc) as not live. Real
+child processes (the supervisor's spawn context); Linux."""
 
 from __future__ import annotations
 
