@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 ACTIVE_PORTS = "inference.networking.k8s.io/active-ports"
 MAX_TARGET_PORTS = 8
+# A pod in these phases serves nothing, whatever its Ready condition says (as the EndpointSlice controller).
+TERMINAL_PHASES = ("Failed", "Succeeded")
 PolicyListener = Callable[[dict[str, int], list[RewriteRule]], None]
 
 
@@ -79,7 +81,8 @@ def pod_ready(pod: Obj) -> bool:
 
 
 def pod_endpoints(pod: Obj, pool: PoolSpec, store_pool: str | None = None) -> list[Endpoint]:
-    """The endpoints a pod contributes to ``pool`` now (none unless Ready, addressed and not terminating),
+    """The endpoints a pod contributes to ``pool`` now (none unless Ready, addressed, not terminating and
+    not in a terminal phase),
     named by ``store_pool`` (the gateway's name of the pool; the InferencePool's by default): the store
     syncs and labels by that name, so an endpoint named otherwise would never be removed by a sync."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
@@ -88,6 +91,8 @@ def pod_endpoints(pod: Obj, pool: PoolSpec, store_pool: str | None = None) -> li
         return []  # an empty selector selects nothing (the CRD requires one)
     ip = status.get("podIP")
     if not ip or meta.get("deletionTimestamp") or not pod_ready(pod):
+        return []
+    if status.get("phase") in TERMINAL_PHASES:  # Ready may still say True (an evicted pod, kubelet < 1.25)
         return []
     ports = pool.target_ports
     active = (meta.get("annotations") or {}).get(ACTIVE_PORTS)
@@ -129,7 +134,9 @@ class PoolDiscovery:
         self.store_pool = store_pool or pool_name
         self.on_policy = on_policy
         self.pool: PoolSpec | None = None
-        self._pod_addrs: dict[Key, set[str]] = {}
+        self._pod_addrs: dict[Key, set[str]] = {}  # pod -> the addresses it provides now
+        # address -> the pods providing it, with their labels (see _provide)
+        self._providers: dict[str, dict[Key, dict[str, str]]] = {}
         self.pool_reflector = Reflector(
             client, R.INFERENCE_POOL, namespace=namespace, field_selector=f"metadata.name={pool_name}",
             clock=clock, sleep=sleep,
@@ -220,32 +227,54 @@ class PoolDiscovery:
 
     def _resync(self) -> None:
         """Recompute every pod's endpoints (a pool change); the store keeps surviving endpoints' state."""
-        self._pod_addrs = {}
-        wanted: list[Endpoint] = []
+        self._pod_addrs, self._providers = {}, {}
         if self.pool is not None:
             # The pod reflector's copy is the one copy of the pods (updated before listeners run).
             for k, pod in self.pod_reflector.items.items():
-                eps = pod_endpoints(pod, self.pool, self.store_pool)
-                if eps:
-                    self._pod_addrs[k] = {e.address for e in eps}
-                wanted += eps
-        self.store.sync(wanted, pool=self.store_pool)
+                self._provide(k, pod_endpoints(pod, self.pool, self.store_pool))
+        self.store.sync([self._shared(addr) for addr in self._providers], pool=self.store_pool)
 
     def _on_pod(self, etype: str, pod: Obj) -> None:
+        """One pod's change: the addresses it adds, and those it gave up that no other pod provides."""
         k = key_of(pod)
-        if etype == "DELETED":
+        if etype == "DELETED" or self.pool is None:
             eps: list[Endpoint] = []
         else:
-            eps = pod_endpoints(pod, self.pool, self.store_pool) if self.pool is not None else []
-        new = {e.address for e in eps}
-        for addr in self._pod_addrs.get(k, set()) - new:
-            self.store.remove(addr)
+            eps = pod_endpoints(pod, self.pool, self.store_pool)
+        for addr in self._provide(k, eps):
+            # Another pod may hold the address too (pod IP reuse, hostNetwork): it stays while one does,
+            # carrying a remaining pod's labels (review s22-qa F1).
+            if addr in self._providers:
+                self.store.add(self._shared(addr))
+            else:
+                self.store.remove(addr)
         for ep in eps:
             self.store.add(ep)
+
+    def _provide(self, k: Key, eps: list[Endpoint]) -> set[str]:
+        """Record that pod ``k`` now provides ``eps`` (only them); returns the addresses it no longer
+        provides. The store keys an endpoint by address (one server, one scrape), so each address keeps
+        the pods providing it, and leaves the store only when none does (bounded: the pool's pods)."""
+        new = {e.address: e for e in eps}
+        gone = self._pod_addrs.pop(k, set()) - new.keys()
+        for addr in gone:
+            by_pod = self._providers.get(addr)
+            if by_pod is not None:
+                by_pod.pop(k, None)
+                if not by_pod:
+                    del self._providers[addr]
+        for addr, ep in new.items():
+            by_pod = self._providers.setdefault(addr, {})
+            by_pod.pop(k, None)  # (re-inserted last: the pod seen last gives the shared address its labels)
+            by_pod[k] = dict(ep.labels)  # (a copy: the store may keep ``ep`` and update it in place)
         if new:
-            self._pod_addrs[k] = new
-        else:
-            self._pod_addrs.pop(k, None)
+            self._pod_addrs[k] = set(new)
+        return gone
+
+    def _shared(self, addr: str) -> Endpoint:
+        """The endpoint at ``addr`` as its providers make it: the labels of the pod seen last."""
+        labels = next(reversed(self._providers[addr].values()))
+        return make_endpoint(addr, pool=self.store_pool, labels=dict(labels))
 
     def ready_pods(self) -> int:
         return len(self._pod_addrs)
