@@ -483,7 +483,7 @@ async def _serve(
     kube: KubePool | None = None,
 ) -> None:
     from kvgate.datalayer.scraper import MetricsScraper
-    from kvgate.extproc.server import EppServer, ServerOptions
+    from kvgate.extproc.server import EppServer, ListenError, ServerOptions
 
     opts = ServerOptions(
         host=args.host, port=args.port, health_port=args.grpc_health_port, metrics_port=args.metrics_port,
@@ -555,7 +555,12 @@ async def _serve(
     sources: list[Any] = getattr(ctx.director, "data_sources", list)()
     for source in sources:
         await source.start()
-    await server.start()
+    try:
+        await server.start()
+    except ListenError as e:  # a port taken (review s22-qa F3): one line, what started stopped, as serve
+        await _stop_all(server, kube, scraper, sources, grace=0)
+        print(f"kvgate epp: cannot start: {LISTEN_FLAGS[e.option]}: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     # One line a supervisor (or a test) can read: the ports actually bound.
     print(f"kvgate epp ready grpc={server.port} health={server.health_port} metrics={server.metrics_port} "
           f"tls={'on' if pair else 'off'} endpoints={len(store)}", flush=True)  # fmt: skip
@@ -563,13 +568,23 @@ async def _serve(
     pool_gauges = asyncio.create_task(_every_second(ctx.director, server, stop, kube, agg))
     await stop.wait()
     log.info("shutting down: draining streams")
-    await server.stop()
+    await _stop_all(server, kube, scraper, sources)
+    await pool_gauges
+
+
+# The flag that sets each listener's port (ListenError.option).
+LISTEN_FLAGS = {"port": "--port", "health_port": "--grpc-health-port", "metrics_port": "--metrics-port"}
+
+
+async def _stop_all(
+    server: EppServer, kube: KubePool | None, scraper: Any, sources: list[Any], grace: float | None = None
+) -> None:
+    await server.stop(grace)
     if kube is not None:
         await kube.stop()
     await scraper.stop()
     for source in sources:
         await source.stop()
-    await pool_gauges
 
 
 async def _every_second(

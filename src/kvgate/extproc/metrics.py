@@ -189,6 +189,11 @@ class EppMetrics:
         # Bind the socket ourselves so an ephemeral port can be read back.
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+        try:
+            sock.bind((host, port))
+            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+        except Exception:  # (a port in use: nothing of this listener left open)
+            sock.close()
+            await runner.cleanup()
+            raise
         return runner, sock.getsockname()[1]

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -267,6 +268,31 @@ class _Bound:
             self._pump_task.cancel()
 
 
+# gRPC sets SO_REUSEPORT by default: a second EPP on a port would bind beside the first and share its
+# connections, where a port in use must fail the start (review s22-qa F3).
+_NO_REUSEPORT = [("grpc.so_reuseport", 0)]
+
+
+class ListenError(OSError):
+    """A listener could not bind: ``option`` names the ``ServerOptions`` field (``port``, ``health_port``,
+    ``metrics_port``), ``address`` the host:port asked for."""
+
+    def __init__(self, option: str, address: str, cause: BaseException) -> None:
+        # (grpc's message names the address, and ends in advice on its debug logs: left out)
+        said = str(cause).split(";")[0] if isinstance(cause, RuntimeError) else f"{address}: {cause}"
+        super().__init__(said)
+        self.option, self.address = option, address
+
+
+@contextmanager
+def _listening(option: str, address: str) -> Iterator[None]:
+    # grpc says a failed bind with a RuntimeError ("Failed to bind to address"), the socket an OSError.
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        raise ListenError(option, address, e) from e
+
+
 @dataclass(slots=True)
 class ServerOptions:
     host: str = "0.0.0.0"
@@ -318,23 +344,26 @@ class EppServer:
     async def start(self) -> None:
         o = self.options
         # Envoy's keepalive and message sizes: chunks are <= 62 KB, but allow a large single message.
-        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
+                *_NO_REUSEPORT]  # fmt: skip
         self._grpc = grpc.aio.server(options=opts, maximum_concurrent_rpcs=o.max_concurrent_streams)
         self.servicer = ExtProcServicer(self.ctx, self.metrics, idle_timeout_s=o.stream_idle_timeout_s)
         pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, self._grpc)
         self._sweeper = asyncio.get_running_loop().create_task(self.servicer.sweep_idle())
         addr = f"{o.host}:{o.port}"
-        if o.tls is not None:
-            self.port = self._grpc.add_secure_port(addr, server_credentials(o.tls, o.client_ca))
-        else:
-            self.port = self._grpc.add_insecure_port(addr)
+        with _listening("port", addr):
+            if o.tls is not None:
+                self.port = self._grpc.add_secure_port(addr, server_credentials(o.tls, o.client_ca))
+            else:
+                self.port = self._grpc.add_insecure_port(addr)
         await self._grpc.start()
 
         if o.health_port is not None:
             # Plaintext like the reference: kubelet's gRPC probes do not speak TLS.
-            self._health_server = grpc.aio.server()
+            self._health_server = grpc.aio.server(options=_NO_REUSEPORT)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
-            self.health_port = self._health_server.add_insecure_port(f"{o.host}:{o.health_port}")
+            with _listening("health_port", f"{o.host}:{o.health_port}"):
+                self.health_port = self._health_server.add_insecure_port(f"{o.host}:{o.health_port}")
             await self._health_server.start()
         await self.refresh_health()
 
@@ -344,9 +373,10 @@ class EppServer:
                 from kvgate.extproc.tls import https_context
 
                 https = https_context(o.tls, o.client_ca)
-            self._metrics_runner, self.metrics_port = await self.metrics.serve(
-                o.host, o.metrics_port, self.aggregate, readyz=self.readyz, ssl_context=https
-            )
+            with _listening("metrics_port", f"{o.host}:{o.metrics_port}"):
+                self._metrics_runner, self.metrics_port = await self.metrics.serve(
+                    o.host, o.metrics_port, self.aggregate, readyz=self.readyz, ssl_context=https
+                )
         log.info(
             "kvgate epp: ext_proc on %s:%d (%s), health %s, metrics %s",
             o.host, self.port, "TLS" if o.tls else "plaintext", self.health_port, self.metrics_port,
