@@ -4,7 +4,13 @@ to east and went on to west, which hung, the cut charged and probed east alone: 
 the bound, stayed unprobed and uncharged. Now east is charged (it hung or refused Envoy either way); when
 the hub's probe gets no connection to east, west is taken as the one Envoy waited on: charged and probed
 (``GET /healthz``: no answer, hung). Over real ext_proc gRPC; east a loopback port that refuses
-connections (a bound socket that does not listen), west a real loopback gateway."""
+connections (a bound socket that does not listen), west a real loopback gateway.
+
+Review s21-fixes-b F3: a primary whose SYNs are dropped (blackholed: Envoy waits out its connect_timeout and
+goes on to the fallback) made the probe time out like a gateway that accepted and never answered, and the
+fallback was neither charged nor probed. Now a probe that times out is checked by a connect of its own
+(``connects``, the kernel's view): none within ``probe_timeout_s`` is "took no connection", as a refusal.
+East blackholed here: a loopback listener whose accept queue is full, so the kernel drops every new SYN."""
 
 from __future__ import annotations
 
@@ -36,18 +42,43 @@ def _refusing() -> Iterator[str]:
         yield f"127.0.0.1:{s.getsockname()[1]}"
 
 
-@pytest.mark.parametrize(("east_up", "west_hung"), [(False, True), (False, False), (True, True)])
+@contextlib.contextmanager
+def _blackholed() -> Iterator[str]:
+    """A loopback address that drops connections' SYNs: a listener (backlog 0) never accepting, its accept
+    queue filled by connects of its own, so the kernel drops every later SYN (tcp_abort_on_overflow 0, the
+    default): a connect to it neither completes nor is refused, as a firewall's silent drop."""
+    with contextlib.ExitStack() as stack:
+        ls = stack.enter_context(socket.socket())
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(0)
+        for _ in range(8):  # (the queue holds backlog + 1: one, two on older kernels)
+            c = stack.enter_context(socket.socket())
+            c.settimeout(0.2)
+            try:
+                c.connect(ls.getsockname())
+            except TimeoutError:
+                break  # (a SYN dropped: the queue is full)
+        else:
+            pytest.skip("this kernel does not drop SYNs to a full accept queue (tcp_abort_on_overflow?)")
+        yield f"127.0.0.1:{ls.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("east_kind", "west_hung"),
+    [("refused", True), ("refused", False), ("blackholed", True), ("blackholed", False), ("up", True)],
+)
 async def test_a_cut_before_the_head_charges_the_fallback_when_the_primary_takes_no_connection(
-    east_up: bool, west_hung: bool
+    east_kind: str, west_hung: bool
 ) -> None:
+    east_up = east_kind == "up"
     east_health, west_health = Healthz(), Healthz(5.0 if west_hung else 0.0)
     runners = []
     for h in (east_health, west_health):
         app = web.Application()
         app.router.add_get("/healthz", h._healthz)
         runners.append(await serve_app(app, shutdown_timeout=0.1))
-    with _refusing() as refused:
-        east_addr = f"127.0.0.1:{runners[0][1]}" if east_up else refused
+    with _blackholed() if east_kind == "blackholed" else _refusing() as unreachable:
+        east_addr = f"127.0.0.1:{runners[0][1]}" if east_up else unreachable
         west_addr = f"127.0.0.1:{runners[1][1]}"
         specs = (ClusterSpec("east", gateway=east_addr), ClusterSpec("west", gateway=west_addr, priority=1))
         cfg = ClustersConfig(specs, probe_timeout_s=0.3, request_timeout_s=0.6)

@@ -280,10 +280,15 @@ class ClusterDirector:
     async def _live(self, st: ClusterState, address: str, fallbacks: Sequence[Endpoint] = ()) -> None:
         """The gateway probed after a cut (``on_cut``): any answer to ``GET /healthz`` within
         ``probe_timeout_s`` means live; none, hung (with an aggregate fetched before: left out until the
-        next; it was charged at the cut). No connection to it at all (refused, no route, no name), with
-        ``fallbacks``: Envoy most likely could not connect either and went on to the next address, which
-        then held the whole bound: that cluster is charged and probed the same way (as far as the EPP's
-        network shows Envoy's: a refusal only the EPP sees charges a fallback Envoy never tried, once)."""
+        next; it was charged at the cut). No connection to it at all (refused, no route, no name; or
+        blackholed: its SYNs dropped, so the connect times out, review s21-fixes-b F3), with
+        ``fallbacks``: Envoy most likely could not connect either and went on to the next address (a
+        blackholed one after its connect_timeout), which then held the rest of the bound: that cluster is
+        charged and probed the same way (as far as the EPP's network shows Envoy's: a refusal only the EPP
+        sees charges a fallback Envoy never tried, once). A probe that timed out is told apart by a connect
+        of its own (``connects``: judged by the socket, not by which of the timer and the handshake the
+        loop ran first): none within ``probe_timeout_s`` is no connection; one is a gateway that took the
+        connection and did not answer (hung)."""
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=self.cfg.probe_timeout_s)
@@ -299,7 +304,9 @@ class ClusterDirector:
                         return  # (its head came: the process answers)
                 except aiohttp.ClientConnectorError:
                     refused = True
-                except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+                except TimeoutError:  # (aiohttp's ServerTimeoutError too): its connect, or its answer?
+                    refused = await connects(address, self.cfg.probe_timeout_s) is False
+                except (aiohttp.ClientError, OSError, ValueError):
                     pass
                 if self.states.get(st.name) is st:
                     if st.fetched_at is not None:
