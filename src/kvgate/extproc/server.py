@@ -94,8 +94,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                             return
                         continue  # (nothing to cut: its answer ended just before the bound; read on)
                     msg = got
+                now = loop.time()
                 if task is not None:
-                    active[task] = loop.time()
+                    active[task] = now
                 try:
                     out = session.handle(msg)
                 except ProtocolViolation as e:
@@ -103,8 +104,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 if bound is not None:
                     if session.ended:
                         bound.stop()  # (its answer ended: no read of the stream's rest is cut)
-                    else:
-                        bound.saw(msg, session.streaming, loop.time())
+                    elif now > bound.half:  # (progress counts in the bound's later half alone)
+                        bound.saw(msg, session.streaming, now)
                 elif session.bound_s > 0 and not session.done:
                     bound = _Bound(loop, session.bound_s)  # (from the pick: the body's arrival)
                 for resp in out:
@@ -170,7 +171,9 @@ class _Bound:
     judges a relayed answer's pieces (``kvgate.openai.progress``: an event stream's data events, a body's
     non-blank pieces; here a chunk as Envoy cut it, not whole events)."""
 
-    __slots__ = ("_end", "_loop", "_owed", "_pump_task", "_ready", "_room", "_timer", "_waiter", "progress")
+    __slots__ = (
+        "_end", "_loop", "_owed", "_pump_task", "_ready", "_room", "_timer", "_waiter", "half", "progress",
+    )  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop, bound_s: float) -> None:
         now = loop.time()
@@ -184,7 +187,11 @@ class _Bound:
         self._waiter: asyncio.Future[None] | None = None  # ``next`` waiting: a message, the end, the bound
         self._room: asyncio.Future[None] | None = None  # the reader, ``_ready`` full, waiting for room
         self._owed = False  # the bound passed, not told to the loop yet
-        self.progress = Progress(now, now + bound_s)
+        due = now + bound_s
+        self.progress = Progress(now, due)
+        # The bound's midpoint (``Progress``'s, the same sum): progress before it moves no verdict (``steady``
+        # reads the later half alone), so a message before it is not scanned for progress (``saw``).
+        self.half = (now + due) / 2
         self._timer: asyncio.TimerHandle | None = loop.call_at(now + bound_s, self._fire)
 
     def _fire(self) -> None:
@@ -201,10 +208,15 @@ class _Bound:
         """Reads the stream (a read in flight while the loop handles the message before; at most
         ``_AHEAD`` read and not taken), until its end or an error, which ``next`` raises in turn."""
         try:
+            ready = self._ready
             async for msg in messages:
-                self._ready.append(msg)
-                self._wake()
-                if len(self._ready) >= _AHEAD:
+                ready.append(msg)
+                waiter = self._waiter  # (``_wake``, inline: once per message)
+                if waiter is not None:
+                    self._waiter = None
+                    if not waiter.done():
+                        waiter.set_result(None)
+                if len(ready) >= _AHEAD:
                     room = self._room = self._loop.create_future()
                     await room
             self._end = StopAsyncIteration()
@@ -233,16 +245,16 @@ class _Bound:
         a read's error) raised once no message is left."""
         if self._pump_task is None:
             self._pump_task = self._loop.create_task(self._pump(messages))
+        ready = self._ready
+        if not ready and self._end is None:
+            if not self._owed:
+                waiter = self._waiter = self._loop.create_future()
+                await waiter
+            if not ready and self._end is None and self._owed:
+                # The bound, with nothing read: one loop turn first, so a read that completed meanwhile
+                # (its reader not resumed yet) is taken rather than cut (review s21-fixes-b F1).
+                await asyncio.sleep(0)
         msg = self._take()
-        if msg is None and not self._owed:
-            waiter = self._waiter = self._loop.create_future()
-            await waiter
-            msg = self._take()
-        if msg is None and self._owed:
-            # The bound, with nothing read: one loop turn first, so a read that completed meanwhile
-            # (its reader not resumed yet) is taken rather than cut (review s21-fixes-b F1).
-            await asyncio.sleep(0)
-            msg = self._take()
         if msg is None:  # (the bound)
             self._owed = False
         return msg
