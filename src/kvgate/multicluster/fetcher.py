@@ -239,7 +239,8 @@ class Fetcher:
         from the RPCs'): a channel per address family its name answered (``health_targets``), asked at
         once; healthy when one answers SERVING (the others cancelled then), else unhealthy."""
         addr = st.spec.health
-        if addr is None:
+        if addr is None:  # (none, or removed by a reload: the last verdict no longer stands)
+            st.healthy = None
             return
         try:
             targets, took = await health_targets(addr, self.timeout_s)
