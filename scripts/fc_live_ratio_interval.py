@@ -2,17 +2,24 @@
 quiet TTFTs (``kvgate bench flowcontrol --live --timing`` keeps them in the JSON's ``trace``).
 
     python scripts/fc_live_ratio_interval.py CALM.json [FLOOD.json] [--draws 4000] [--warmup 5]
+    python scripts/fc_live_ratio_interval.py --paired BASE.json NEW.json [BASE2.json NEW2.json ...]
 
 CALM.json holds a ``*/calm`` run (and its ``*/flood`` run, unless FLOOD.json, e.g. another ``--workers``,
 gives it). Each draw resamples both runs' measured quiet TTFTs (with replacement, as many as measured) and
 takes the ratio of their p90s (the bench's rank: ``int(0.9 n)`` of the sorted values); printed: the ratio
 of the runs themselves and the 5th-95th percentiles of the draws. Seeded (``random.Random(1)``).
+
+``--paired`` compares two codes' ``*/flood`` runs of the same seed (session 22): the workload is seeded, so
+the k-th quiet request of a tenant is the same request in both runs; each draw resamples those pairs (one
+draw for both runs: the workload's own spread cancels) and takes the ratio NEW p90 / BASE p90. With several
+pairs (seeds), a draw resamples each seed's pairs and takes the geometric mean of the seeds' ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 from typing import Any
 
@@ -29,13 +36,79 @@ def ttfts(doc: dict[str, Any], mix: str, warmup: float) -> list[float]:
     raise SystemExit(f"no */{mix} run with a trace (run the bench with --timing)")
 
 
+def matched(base: dict[str, Any], new: dict[str, Any], warmup: float) -> list[tuple[float, float]]:
+    """(BASE TTFT, NEW TTFT) of each quiet request answered in both ``*/flood`` runs, matched by tenant and
+    its rank among the tenant's requests by start (measured in BASE: its start at or after ``warmup``)."""
+
+    def by_tenant(doc: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
+        for name, run in doc["runs"].items():
+            if name.endswith("/flood"):
+                out: dict[str, list[tuple[float, float]]] = {}
+                for row in run["trace"]:
+                    out.setdefault(row[0], []).append((row[1], row[2]))
+                return {t: sorted(v) for t, v in out.items()}
+        raise SystemExit("no */flood run with a trace (run the bench with --timing)")
+
+    a, b = by_tenant(base), by_tenant(new)
+    return [
+        (x[1], y[1])
+        for t in sorted(a.keys() & b.keys())
+        for x, y in zip(a[t], b[t], strict=False)
+        if x[0] >= warmup and abs(x[0] - y[0]) < 0.5  # (the same request: its start within half a second)
+    ]
+
+
+def paired(paths: list[str], draws: int, warmup: float) -> None:
+    if len(paths) % 2:
+        raise SystemExit("--paired takes BASE.json NEW.json pairs")
+    seeds = []
+    for i in range(0, len(paths), 2):
+        with open(paths[i]) as f, open(paths[i + 1]) as g:
+            pairs = matched(json.load(f), json.load(g), warmup)
+        base, new = p90([p[0] for p in pairs]), p90([p[1] for p in pairs])
+        seeds.append(pairs)
+        print(
+            f"{paths[i + 1]} / {paths[i]}: {len(pairs)} quiet requests matched; p90 {new:.4f} / {base:.4f} "
+            f"= {new / base:.3f}",
+            end="",
+        )
+        one = _draws([pairs], draws)
+        print(f", 90% interval {one[int(0.05 * draws)]:.3f}-{one[int(0.95 * draws)]:.3f}")
+    if len(seeds) > 1:
+        got = _draws(seeds, draws)
+        point = math.prod(p90([p[1] for p in s]) / p90([p[0] for p in s]) for s in seeds) ** (1 / len(seeds))
+        print(
+            f"geometric mean over {len(seeds)} seeds: {point:.3f}, 90% interval "
+            f"{got[int(0.05 * draws)]:.3f}-{got[int(0.95 * draws)]:.3f}, "
+            f"share of draws under 1: {sum(1 for d in got if d < 1) / draws:.2f}"
+        )
+
+
+def _draws(seeds: list[list[tuple[float, float]]], draws: int) -> list[float]:
+    rnd = random.Random(1)
+    out = []
+    for _ in range(draws):
+        logs = 0.0
+        for pairs in seeds:
+            pick = [rnd.choice(pairs) for _ in pairs]
+            logs += math.log(p90([p[1] for p in pick]) / p90([p[0] for p in pick]))
+        out.append(math.exp(logs / len(seeds)))
+    return sorted(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("calm")
+    ap.add_argument("calm", nargs="?")
     ap.add_argument("flood", nargs="?")
     ap.add_argument("--draws", type=int, default=4000)
     ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--paired", nargs="+", metavar="JSON", help="BASE.json NEW.json pairs (same seed each)")
     a = ap.parse_args()
+    if a.paired:
+        paired(a.paired, a.draws, a.warmup)
+        return
+    if a.calm is None:
+        ap.error("CALM.json (or --paired) is required")
     with open(a.calm) as f:
         calm_doc = json.load(f)
     flood_doc = calm_doc

@@ -1,0 +1,27 @@
+"""``scripts/fc_live_ratio_interval.py --paired``: two codes' flood runs of one seed compared request by
+request (the k-th quiet request of a tenant is the same in both)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import fc_live_ratio_interval as ri
+
+
+def _doc(rows: list[list[Any]]) -> dict[str, Any]:
+    return {"runs": {"a/calm": {"trace": []}, "a/flood": {"trace": rows}}}
+
+
+def test_requests_are_matched_by_tenant_and_rank_and_the_paired_ratio_is_exact() -> None:
+    base = [[f"t{i % 3}", 4.0 + i * 0.1, 0.01 + 0.001 * i, 0, 0, "r"] for i in range(60)]
+    # NEW: every TTFT halved, starts a few ms later, listed in another order; one request unanswered
+    new = [[t, s + 0.004, ttft / 2, 0, 0, "r"] for t, s, ttft, *_ in reversed(base[:-1])]
+    pairs = ri.matched(_doc(base), _doc(new), warmup=5.0)
+    assert len(pairs) == 49  # (starts from 5.0 s: 50 measured, the last unanswered in NEW)
+    assert all(n == b / 2 for b, n in pairs)
+    draws = ri._draws([pairs, pairs], 200)
+    assert draws[0] == draws[-1] == 0.5  # (paired: every draw halves the p90)
