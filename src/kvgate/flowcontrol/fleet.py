@@ -44,6 +44,13 @@ own, one sync stale for the others', as the endpoints' in-flight counts): one pr
 fleet's counts. A row is written under a sequence number (odd while written) and read again if it moved (a
 torn row is skipped for that sync); one older than ``MARK_TTL_S`` is ignored, as a mark.
 
+The adaptive headroom on the fleet's first tokens (session 22, ``FleetShares._steer``): with
+``fairShareTTFTTarget`` each worker's headroom moved on its own first tokens only, so a quiet request's
+miss at one worker left the other dispatching the flood as before. The share row also carries the
+headroom's level and the sum of the worker's own moves of it; each sync adds the others' moves since the
+last one (one process's stochastic approximation on every first token, clamped alike; a controller joining
+a running fleet starts at the others' mean level; a row's epoch tells a restarted worker's sums apart).
+
 The queue limits (session 21, ``FleetLimits``): ``maxRequests`` / ``maxBytes``, global and each band's,
 bound the fleet's queue for a pool, as one process's. Each worker keeps, per pool, a limit row
 (``LIMIT_FIELDS`` float64, exact integers): its controllers' queued requests and bytes for that pool, and
