@@ -6,11 +6,15 @@ tree against another.
 
 Workloads, seeded: ``chat str``, a ~2k-token (~8k-character) system prompt and a short user turn as
 strings; ``chat parts``, the same as text content parts; ``chat 8 turns``, eight short turns; ``completions``,
-a ~2k-token prompt; and ``chat image``, a short question with a 100 KB image (a base64 data URL: the
-media-part path, review s21-qa F4). Each repeat runs the base tree then this tree in fresh processes: per
+a ~2k-token prompt; ``chat image``, a short question with a 100 KB image (a base64 data URL: the
+media-part path, review s21-qa F4); and ``responses``, a Responses API body (``/v1/responses``: the ~2k-token
+prompt as ``instructions``, then a user turn, the assistant's output message, a function call, its output
+and a new user turn as ``input`` items; its kind is ``kind_for_path``'s, so a tree that does not read it
+parses it as the doors did). Each repeat runs the base tree then this tree in fresh processes: per
 cell, ``--rounds`` rounds of ``--requests`` bodies, CPU time (``process_time``) per body, a process's figure
 its fastest round. The text-only cells must read the same in both trees (a digest of their prompt texts and
-estimates is compared); ``chat image`` is expected to differ (its rendering is the change) and is left out.
+estimates is compared); ``chat image`` and ``responses`` are left out (their renderings changed: review s21-qa
+F4, #16).
 """
 
 from __future__ import annotations
@@ -50,11 +54,31 @@ def _bodies(kind: str, requests: int) -> tuple[str, list[bytes]]:
             ]
         elif kind == "completions":
             body["prompt"] = system + " " + q
+        elif kind == "responses":
+            answer = [{"type": "output_text", "text": f"answer to {q}", "annotations": []}]
+            body["instructions"] = system
+            body["input"] = [
+                {"role": "user", "content": [{"type": "input_text", "text": q}]},
+                {
+                    "type": "message",
+                    "id": f"msg_{r}",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": answer,
+                },
+                {"type": "function_call", "call_id": f"c{r}", "name": "lookup", "arguments": '{"q": "x"}'},
+                {"type": "function_call_output", "call_id": f"c{r}", "output": "forty-two"},
+                {"role": "user", "content": "and then?"},
+            ]
         else:  # chat image
             url = "data:image/png;base64," + base64.b64encode(rng.randbytes(100_000)).decode()
             image = {"type": "image_url", "image_url": {"url": url}}
             body["messages"] = [{"role": "user", "content": [{"type": "text", "text": q}, image]}]
         out.append(orjson.dumps(body))
+    if kind == "responses":
+        from kvgate.openai.request import kind_for_path
+
+        return kind_for_path("/v1/responses"), out
     return ("completions" if kind == "completions" else "chat"), out
 
 
@@ -65,14 +89,14 @@ def _measure(requests: int, rounds: int) -> dict[str, Any]:
 
     result: dict[str, Any] = {}
     digest = hashlib.sha256()
-    for cell in ("chat str", "chat parts", "chat 8 turns", "completions", "chat image"):
+    for cell in ("chat str", "chat parts", "chat 8 turns", "completions", "chat image", "responses"):
         kind, bodies = _bodies(cell, requests)
 
         def parse_all(kind: str = kind, bodies: list[bytes] = bodies) -> list[Any]:
             return [parse_body(kind, b) for b in bodies]
 
         best, got = fastest(rounds, parse_all)
-        if cell != "chat image":
+        if cell not in ("chat image", "responses"):
             digest.update(repr([(p.prompt_text, p.prompt_tokens) for p in got]).encode())
         result[cell] = best / len(bodies) * 1e6
     result["digest"] = digest.hexdigest()[:16]

@@ -216,8 +216,9 @@ async def test_a_streams_unasked_usage_is_kept_for_its_class_where_its_prompt_is
     request's place for the hit or miss class its cached share gives (``ClusterState._usage``), as for a
     completion that asked, when its prompt (``messages``, one full block at least) gives it a prefix
     key, and classifies it at the stream's end by that usage (``finished(cached=)``: the backend reports
-    4 of 5 prompt tokens cached, a hit, counted once). A Responses request's ``input`` is no prompt to
-    the router: no key, nothing classified by its usage (review s18-doors L4: the test spied on the share
+    4 of 5 prompt tokens cached, a hit, counted once). A Responses request's ``input`` is a prompt too
+    since #16 (resp22: ``render_responses``): kept and classified alike (4 of 7 cached, a hit); a rerank
+    body has none: no key, nothing classified by its usage (review s18-doors L4: the test spied on the share
     passed to ``finished``, computed whatever happened to it, and the docs claimed Responses too; review
     s18-fixes-b I1: it checked only the place kept at dispatch, not the class counted at the end)."""
     from kvgate.multicluster import state
@@ -252,11 +253,12 @@ async def test_a_streams_unasked_usage_is_kept_for_its_class_where_its_prompt_is
                 assert r.status == 200
                 await r.read()
     await eventually(lambda: gw.inflight == 0 and len(ends) == 3, "the requests settled")
-    assert kept == [True, False, False]
-    # The Anthropic stream: classified at its end by its unasked usage (a hit, counted once); the others
-    # are classified by nothing at their end (the Responses stream's cached share, 4 of 7, is no class).
+    assert kept == [True, True, False], ends
+    # The Anthropic and Responses streams: classified at their end by their unasked usage (a hit each,
+    # counted once); the rerank by nothing.
     assert ends[0] == (True, 0.8, 1, 0)
-    assert [(e[0], e[2], e[3]) for e in ends[1:]] == [(False, 0, 0)] * 2
+    assert ends[1][0] and ends[1][1] == pytest.approx(4 / 7) and ends[1][2:] == (1, 0)
+    assert (ends[2][0], ends[2][2], ends[2][3]) == (False, 0, 0)
 
 
 async def test_errors_are_the_gateways(

@@ -10,7 +10,9 @@ from kvgate.openai.request import (
     COMPLETIONS,
     EMBEDDINGS,
     MAX_NESTING,
+    MESSAGES,
     OTHER,
+    RESPONSES,
     BodyError,
     RequestPolicy,
     inference_request,
@@ -120,7 +122,9 @@ def test_kind_for_path() -> None:
     assert kind_for_path("/v1/chat/completions?x=1") == CHAT
     assert kind_for_path("/v1/completions") == COMPLETIONS
     assert kind_for_path("/v1/embeddings") == EMBEDDINGS
-    assert kind_for_path("/v1/responses") == OTHER
+    assert kind_for_path("/v1/responses") == RESPONSES
+    assert kind_for_path("/v1/messages/") == MESSAGES
+    assert kind_for_path("/v1/rerank") == OTHER
 
 
 def test_unknown_api_needs_only_a_model() -> None:

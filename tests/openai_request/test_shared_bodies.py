@@ -76,6 +76,33 @@ BODIES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
     # qa21 F2: whole-number floats, as vLLM's lax pydantic takes them.
     (CHAT, {"model": "m", "messages": [{"role": "user", "content": "f"}], "max_completion_tokens": 64.0}, {}),
     ("/v1/responses", {"model": "m", "input": "hi", "max_output_tokens": 12.0}, {}),
+    # #16 (resp22): a Responses body's ``instructions`` + ``input`` items, Anthropic's ``system``.
+    (
+        "/v1/responses",
+        {
+            "model": "m",
+            "instructions": "Answer briefly.",
+            "input": [
+                {
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "look"}, {**IMAGE, "type": "input_image"}],
+                },
+                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c", "output": "done"},
+            ],
+        },
+        {},
+    ),
+    (
+        "/v1/messages",
+        {
+            "model": "m",
+            "system": [{"type": "text", "text": "Be terse."}],
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 9,
+        },
+        {},
+    ),
 ]
 
 DEEP = "[" * 1000 + "]" * 1000
@@ -95,6 +122,13 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     (CHAT, b'{"model": "m", "messages": []}', "messages"),
     (COMPLETIONS, b'{"model": "m", "prompt": "x", "stream": "yes"}', "stream"),
     ("/v1/responses", b'{"model": "m", "input": "x", "max_output_tokens": -1}', "max_output_tokens"),
+    ("/v1/responses", b'{"model": "m", "input": ["x"]}', "input"),  # (#16: vLLM refuses it too)
+    ("/v1/responses", b'{"model": "m", "input": "x", "instructions": 7}', "instructions"),
+    (
+        "/v1/messages",
+        b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "system": 7}',
+        "system",
+    ),
     (
         CHAT,
         b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 512.5}',
@@ -196,6 +230,13 @@ async def test_same_bodies_give_identical_inference_requests(doors: Doors) -> No
     assert by_body[orjson.dumps(BODIES[10][1])].max_tokens == 11
     assert by_body[orjson.dumps(BODIES[11][1])].max_tokens == 64  # (``64.0``: qa21 F2)
     assert by_body[orjson.dumps(BODIES[12][1])].max_tokens == 12
+    # #16: the Responses body's instructions and items, the Anthropic body's system, are its prompt.
+    resp = by_body[orjson.dumps(BODIES[13][1])]
+    assert resp.prompt_text.startswith("<|system|>\nAnswer briefly.\n<|user|>\nlook<|media:")
+    assert "done" in resp.prompt_text and "iVBOR" not in resp.prompt_text
+    assert 576 < resp.prompt_tokens < 700  # (the image's 576 and the text's)
+    anthropic = by_body[orjson.dumps(BODIES[14][1])]
+    assert (anthropic.prompt_text, anthropic.max_tokens) == ("<|system|>\nBe terse.\n<|user|>\nhi\n", 9)
 
 
 @pytest.mark.parametrize(("path", "raw", "param"), BAD_BODIES, ids=[f"{p}:{n}" for p, _r, n in BAD_BODIES])

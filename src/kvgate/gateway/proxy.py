@@ -48,12 +48,12 @@ from kvgate.openai.request import (
     COMPLETIONS,
     EMBEDDINGS,
     MODELS_PREFIX,
-    OTHER,
     PATHS,
     STREAM_USAGE_PATHS,
     BodyError,
     RequestPolicy,
     inference_request,
+    kind_for_path,
     parse_body,
     server_priority,
 )
@@ -495,7 +495,8 @@ class Proxy:
         fits = request.content_length <= self.cfg.limits.max_body_bytes
         raw = request.body if fits else self._read_body(request)
         try:
-            parsed = parse_body(kind if kind in PATHS else OTHER, raw)
+            # (an ``OTHER_PATHS`` kind is its path: ``/v1/responses`` and ``/v1/messages`` are read)
+            parsed = parse_body(kind if kind in PATHS else kind_for_path(kind), raw)
         except BodyError as e:
             # Counted once, unlabelled (no model yet), like the 404 below: ``_entry`` counts only what
             # ``_dispatch`` raises.

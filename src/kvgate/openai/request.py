@@ -11,6 +11,10 @@ them in the same order); each must be a non-negative integer, written as one or 
 (``512.0``, ``1e2``: vLLM's lax pydantic models take them; ``512.5`` is refused). A body of another API
 (``OTHER``) may name it ``max_output_tokens`` (the Responses API), read and checked last.
 
+The Responses API (``RESPONSES``: ``instructions`` + ``input``, ``render_responses``) and Anthropic
+Messages (``MESSAGES``: ``system`` + ``messages``) are rendered like chat, so both doors estimate and
+prefix-score them (they were ``OTHER`` bodies with no prompt text, no estimate, before).
+
 A request is as many sequences as vLLM runs for it (``sequences``): ``n`` choices of each prompt of a
 completions batch (a ``prompt`` list), so the in-flight accounting weighs it as the server will run it.
 ``n`` must be an integer of at least 1 (as vLLM's ``SamplingParams``); the weight is counted up to
@@ -66,7 +70,15 @@ ROUTED_PATHS = (*PATHS.values(), *OTHER_PATHS)
 STREAM_USAGE_PATHS = frozenset({"/v1/responses", "/v1/messages"})
 # ``GET /v1/models/{id}`` (the openai SDK's ``models.retrieve``): one entry of ``GET /v1/models``, both doors.
 MODELS_PREFIX = "/v1/models/"
-_KIND_BY_PATH = {path: kind for kind, path in PATHS.items()}
+# Two ``OTHER_PATHS`` whose prompt kvgate reads (``render_responses``; ``render_chat`` with ``system``):
+# kinds of their own, so a ``prompt`` or ``input`` key means what their API says (a Responses body's
+# ``prompt`` is a template object, not a completions prompt). Not in ``PATHS`` (routes, usage stripping).
+RESPONSES = "responses"
+MESSAGES = "messages"
+_KIND_BY_PATH = {path: kind for kind, path in PATHS.items()} | {
+    "/v1/responses": RESPONSES,
+    "/v1/messages": MESSAGES,
+}
 
 # Deepest JSON nesting accepted anywhere in a body. Real chat bodies (messages -> content parts -> image
 # url objects, tool schemas) stay well under it; orjson cannot re-encode past 254.
@@ -111,7 +123,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def render_chat(messages: list[dict[str, Any]], tools: Any = None) -> str:
+def render_chat(messages: list[dict[str, Any]], tools: Any = None, system: Any = None) -> str:
     """A chat request as the text the prefix scorers hash (and tokenize): a deterministic stand-in for
     the model's chat template, so two chats sharing a system prompt (or earlier turns) share a prefix.
 
@@ -119,27 +131,77 @@ def render_chat(messages: list[dict[str, Any]], tools: Any = None) -> str:
     ``<|role|>`` + newline + its text (content parts' texts joined; a media part, ``MEDIA_TYPES``: an image,
     audio, as ``_media``; a part with a ``content`` list of its own, e.g. Anthropic's ``tool_result``, as
     its other keys' JSON then its parts, read alike; other parts and keys, e.g. ``tool_calls``, as JSON) +
-    newline. Earlier messages never depend on later ones.
+    newline. Earlier messages never depend on later ones. Anthropic Messages' top-level ``system`` (a
+    string or text blocks) is a ``<|system|>`` message after the tools, as vLLM puts it first.
     """
     out = []
     budget = [MAX_LONG_MEDIA_PARTS]  # (the media parts still rendered at full length: ``_media``)
     if tools:
         out.append(f"<|tools|>\n{_text(tools)}\n")
+    if system:
+        out.append(f"<|system|>\n{_content(system, budget)}\n")
     for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):
-            parts: list[str] = []
-            _parts(content, parts, budget)
-            text = "".join(parts)
-        elif content is None:
-            text = ""
-        else:
-            text = _text(content)
+        text = _content(m.get("content"), budget)
         extra = {k: v for k, v in m.items() if k not in ("role", "content")}
         if extra:
             text += _text(extra)
         out.append(f"<|{_text(m.get('role', ''))}|>\n{text}\n")
     return "".join(out)
+
+
+# The keys of a Responses ``input`` item (not a message) that hold its text or parts, read in this order:
+# a reasoning item's ``summary`` and ``content``, a ``function_call_output``'s ``output`` (a string or
+# parts: an image in it is a media part, not its base64 as JSON).
+_ITEM_TEXT_KEYS = ("summary", "content", "output")
+
+
+def render_responses(instructions: str | None, items: str | list[dict[str, Any]], tools: Any = None) -> str:
+    """A Responses API request (``instructions`` + ``input``) as prefix text, on ``render_chat``'s
+    principles: ``<|tools|>`` first, ``instructions`` as a ``<|system|>`` message (vLLM makes it the
+    system message), a string ``input`` as one ``<|user|>`` message, then per item of an ``input`` list:
+
+    - a message (``type`` ``message`` or absent, with a ``role``): ``<|role|>`` + its content, as a chat
+      message's (``input_text`` / ``output_text`` parts' texts, ``input_image`` / ``input_file`` as
+      ``_media``). Its ``id``, ``status`` and ``type`` are left out: the model never sees them, and an
+      assistant turn sent back as an output item or as an easy message is one prefix.
+    - any other item (``function_call``, ``function_call_output``, ``reasoning``, ... and types kvgate does
+      not know): ``<|type|>`` + its other keys' JSON with sorted keys (a client rebuilding an item in
+      another key order keeps its prefix), then its ``_ITEM_TEXT_KEYS`` as content. Unknown types are
+      rendered, not refused or skipped: a newer server may take them, and what the model reads is priced.
+
+    Each item renders alone (earlier items never depend on later ones): a follow-up repeating the history
+    shares the first turn's prefix. The request's media budget (``MAX_LONG_MEDIA_PARTS``) spans all items.
+    """
+    out = []
+    budget = [MAX_LONG_MEDIA_PARTS]
+    if tools:
+        out.append(f"<|tools|>\n{_text(tools)}\n")
+    if instructions:
+        out.append(f"<|system|>\n{instructions}\n")
+    if isinstance(items, str):
+        out.append(f"<|user|>\n{items}\n")
+        return "".join(out)
+    for item in items:
+        role = item.get("role")
+        kind = item.get("type", "message")
+        if role is not None and kind == "message":
+            out.append(f"<|{_text(role)}|>\n{_content(item.get('content'), budget)}\n")
+            continue
+        rest = {k: v for k, v in item.items() if k != "type" and k not in _ITEM_TEXT_KEYS}
+        text = [orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode()] if rest else []
+        text.extend(_content(item[k], budget) for k in _ITEM_TEXT_KEYS if k in item)
+        out.append(f"<|{_text(kind)}|>\n{''.join(text)}\n")
+    return "".join(out)
+
+
+def _content(value: Any, budget: list[int]) -> str:
+    """A message's (or item's) content: a part list's texts joined (``_parts``), a string as is, null
+    empty, anything else its JSON."""
+    if isinstance(value, list):
+        parts: list[str] = []
+        _parts(value, parts, budget)
+        return "".join(parts)
+    return "" if value is None else _text(value)
 
 
 def _media(part: dict[str, Any], budget: list[int]) -> str:
@@ -232,7 +294,8 @@ def server_priority(body: dict[str, Any], policy: RequestPolicy, objective: str 
 
 
 def kind_for_path(path: str) -> str:
-    """The API a request path names (query string ignored); ``OTHER`` when it is none of the three."""
+    """The API a request path names (query string ignored): the three APIs', ``RESPONSES``,
+    ``MESSAGES``; ``OTHER`` for any other."""
     return _KIND_BY_PATH.get(path.split("?", 1)[0].rstrip("/"), OTHER)
 
 
@@ -301,9 +364,30 @@ def _too_deep(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _responses_prompt(body: dict[str, Any]) -> str:
+    """A Responses API body's prompt text (``render_responses``). Refused (400, the key named) only where
+    vLLM's ``ResponsesRequest`` refuses too: ``input`` neither a string nor a list, an item
+    that is not an object, ``instructions`` not a string. Items it would refuse for their shape (an
+    unknown ``type``, a message without content) are rendered: a newer server may take them."""
+    items = body.get("input")
+    if items == {}:  # (vLLM lists an iterable ``input``: ``{}`` is no items, a non-empty object its keys)
+        items = []
+    if not isinstance(items, str | list):
+        raise BodyError("'input' must be a string or a list of input items", "input")
+    if isinstance(items, list) and not all(isinstance(i, dict) for i in items):
+        raise BodyError("'input' items must be objects", "input")
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise BodyError("'instructions' must be a string", "instructions")
+    try:
+        return render_responses(instructions, items, body.get("tools"))
+    except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
+        raise BodyError(f"'input' cannot be encoded: {e}", "input") from None
+
+
 def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     """Decode (orjson, once) and validate; ``kind`` is one of ``COMPLETIONS``, ``CHAT``, ``EMBEDDINGS``,
-    ``OTHER``. Raises ``BodyError``."""
+    ``RESPONSES``, ``MESSAGES``, ``OTHER`` (``kind_for_path``). Raises ``BodyError``."""
     if not raw:
         raise BodyError("request body is empty; expected a JSON object")
     try:
@@ -331,17 +415,31 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         limit_keys = OTHER_MAX_TOKENS_KEYS
         # Unknown API: read the prompt the way its keys say, when it has one.
         kind = CHAT if "messages" in body else COMPLETIONS if "prompt" in body else OTHER
+    elif kind in (RESPONSES, MESSAGES):
+        limit_keys = OTHER_MAX_TOKENS_KEYS
+        # Without the key its prompt is in, no prompt (as an ``OTHER`` body: the server's 400 answers it).
+        if (kind == RESPONSES and "input" not in body) or (kind == MESSAGES and "messages" not in body):
+            kind = OTHER
     token_ids: list[int] | None = None
     prompt_text, estimate = "", 0
-    if kind == CHAT:
+    if kind in (CHAT, MESSAGES):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise BodyError("'messages' must be a non-empty list of message objects", "messages")
+        system = body.get("system") if kind == MESSAGES else None
+        # (vLLM's ``AnthropicMessagesRequest``: a string or a list of content blocks, else its 400)
+        if system is not None and not (
+            isinstance(system, str) or (isinstance(system, list) and all(isinstance(b, dict) for b in system))
+        ):
+            raise BodyError("'system' must be a string or a list of content blocks", "system")
         try:
-            prompt_text = render_chat(messages, body.get("tools"))
+            prompt_text = render_chat(messages, body.get("tools"), system)
         except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
             raise BodyError(f"'messages' cannot be encoded: {e}", "messages") from None
         estimate = len(prompt_text) // CHARS_PER_TOKEN  # (a media part's ``MEDIA_PART_TOKENS`` included)
+    elif kind == RESPONSES:
+        prompt_text = _responses_prompt(body)
+        estimate = len(prompt_text) // CHARS_PER_TOKEN
     elif kind == COMPLETIONS:
         if "prompt" not in body:
             raise BodyError("'prompt' is required", "prompt")
