@@ -6,9 +6,7 @@ Copied verbatim (dedented to module functions taking ``self``; names they use im
 the parts the cuts changed: ``Director.candidates`` / ``pick`` / ``_pick`` / ``on_dispatched`` /
 ``on_first_token`` / ``on_finished`` / ``on_usage`` / ``_release``, ``SchedulerProfile.run``,
 ``PrefixCacheScorer.prepare``, ``PrefixIndex.add`` / ``match``, ``datalayer.health.gate``,
-``scheduling.prefix.block_hashes``, and the cost scorer's ``on_picked``, ``_forget`` and
-``_waiting_on_prefix`` (the burst scan over a dict per endpoint, which session 22's ``WaitingIndex``
-replaced: the copy keeps the scan, so the test holds the index to its window's counts). Do
+``scheduling.prefix.block_hashes``, and the cost scorer's ``on_picked`` and ``_waiting_on_prefix``. Do
 not "fix" or speed up anything here: it is the yardstick.
 
 Flow control's change to ``on_dispatched`` (5169afe, after 6a5bcb1) is taken over here: this copy
@@ -562,16 +560,6 @@ def cost_waiting_on_prefix(
     return len(same)
 
 
-def cost_forget(self, request_id: str) -> None:
-    self._tails.pop(request_id, None)
-    addr = self._waiting.pop(request_id, None)
-    if addr is not None:
-        at = self._waiting_at[addr]
-        del at[request_id]
-        if not at:
-            del self._waiting_at[addr]
-
-
 def cost_on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
     req = cycle.request
     p = prompt_tokens(req.prompt_tokens, req.prompt_text, req.token_ids)
@@ -642,7 +630,6 @@ def use_reference(director: Director) -> Director:
             index.match = types.MethodType(index_match, index)  # type: ignore[method-assign]
         if isinstance(plugin, KVGateCostScorer):
             plugin.on_picked = types.MethodType(cost_on_picked, plugin)  # type: ignore[method-assign]
-            plugin._forget = types.MethodType(cost_forget, plugin)  # type: ignore[method-assign]
             plugin._waiting_on_prefix = types.MethodType(  # type: ignore[method-assign]
                 cost_waiting_on_prefix, plugin
             )

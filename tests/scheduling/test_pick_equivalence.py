@@ -367,39 +367,3 @@ def test_pick_metrics_count_as_before() -> None:
         return ok, {a: n - p0.get(a, 0.0) for a, n in picks.items() if n != p0.get(a, 0.0)}
 
     assert run(False) == run(True)
-
-
-@pytest.mark.parametrize("burst_tail", [False, True])
-def test_burst_counts_pick_as_the_scan_did_past_a_small_window(
-    monkeypatch: pytest.MonkeyPatch, burst_tail: bool
-) -> None:
-    """The cost scorer's count of requests waiting on the prompt's prefix (``sharedCopy``) comes from
-    ``WaitingIndex`` (session 22), the reference copy's from the scan of the holder's most recent
-    ``WAITING_SCAN``: with a window of 4 the trace's holders keep more waiting than that, so the window's
-    edges (requests leaving its middle, older ones coming back) decide counts, and picks stay equal;
-    ``burstTail`` reads the matching requests' tails too."""
-    from kvgate.scheduling.plugins import kvgate_cost
-
-    from . import pick_reference
-
-    monkeypatch.setattr(kvgate_cost, "WAITING_SCAN", 4)
-    monkeypatch.setattr(pick_reference, "WAITING_SCAN", 4)
-    doc = _kvgate_doc()
-    for plugin in doc["plugins"]:
-        if plugin["type"] == "kvgate-cost-scorer":
-            plugin.setdefault("parameters", {})["burstTail"] = burst_tail
-    seen = {"counted": 0, "past_window": 0, "tails": 0}
-    real = KVGateCostScorer._waiting_on_prefix
-
-    def spy(self: Any, cycle: Any, endpoints: Any, matched: Any, tail_shared: Any = None) -> int:
-        got = real(self, cycle, endpoints, matched, tail_shared)
-        seen["counted"] += got > 0
-        seen["past_window"] += any(len(w) > 4 for w in self._waiting_at.values())
-        seen["tails"] += bool(tail_shared)
-        return got
-
-    monkeypatch.setattr(KVGateCostScorer, "_waiting_on_prefix", spy)
-    got, want, _ = _both(doc, 2, 5)
-    assert got == want
-    assert seen["counted"] > 50 and seen["past_window"] > 50
-    assert (seen["tails"] > 0) == burst_tail

@@ -96,6 +96,7 @@ import math
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import islice
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.scheduling.framework import (
@@ -119,7 +120,6 @@ from kvgate.scheduling.plugins.prefix_cache import (
     UsesPrefixPlugin,
     prefix_match,
 )
-from kvgate.scheduling.plugins.waiting_index import WaitingIndex
 from kvgate.scheduling.registry import register
 from kvgate.scheduling.types import InferenceRequest, prompt_tokens
 
@@ -226,9 +226,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         # id -> endpoint, and per endpoint request id -> hashes (so a pick scans one endpoint's only).
         self._waiting: OrderedDict[str, str] = OrderedDict()
         # Hashes as 64-bit words (array 'Q': 8 bytes each, not a list of Python ints: up to 2,048 keys per
-        # request times MAX_WAITING_TRACKED requests), indexed by prefix over each endpoint's most recent
-        # WAITING_SCAN (``WaitingIndex``).
-        self._waiting_at: dict[str, WaitingIndex] = {}
+        # request times MAX_WAITING_TRACKED requests).
+        self._waiting_at: dict[str, dict[str, array[int]]] = {}
         # EWMA of the uncached prompt tokens per dispatched request: converts scraped queue lengths this
         # picker cannot explain (other gateways' traffic) into tokens.
         self.mean_uncached = 512.0
@@ -487,14 +486,13 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         depth = min(matched.get(best, 0) // block_tokens, len(keys))
         if not depth:
             return 0
-        # Chained hashes: equal at ``depth`` means the whole prefix is equal.
+        key = keys[depth - 1] & _U64  # chained hashes: equal here means the whole prefix is equal
         waiting = self._waiting_at.get(best)
-        if waiting is None:
+        if not waiting:
             return 0
-        if tail_shared is None or not self.burst_tail or self.precise is not None:
-            return waiting.count(keys, depth)
-        same = waiting.sharing(keys, depth)
-        if same:
+        recent = islice(reversed(waiting.items()), WAITING_SCAN)
+        same = [rid for rid, h in recent if len(h) >= depth and h[depth - 1] == key]
+        if same and tail_shared is not None and self.burst_tail and self.precise is None:
             m = prefix_match(cycle)
             if m is not None and m.data and depth == len(m.hashes):
                 mine = m.tail_keys()
@@ -528,9 +526,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         addr = self._waiting.pop(request_id, None)
         if addr is not None:
             at = self._waiting_at[addr]
-            at.remove(request_id)
-            if not len(at) and len(self._waiting_at) > MAX_ENDPOINTS_TRACKED:
-                del self._waiting_at[addr]  # (an emptied one is kept for the next pick there, up to this)
+            del at[request_id]
+            if not at:
+                del self._waiting_at[addr]
 
     def on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
         req = cycle.request
@@ -555,10 +553,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 self._forget(req.request_id)  # picked again (a retry): only the latest pick waits
                 self._waiting[req.request_id] = endpoint.address
                 compact = array("Q", [k & _U64 for k in keys])
-                at = self._waiting_at.get(endpoint.address)
-                if at is None:
-                    at = self._waiting_at[endpoint.address] = WaitingIndex(WAITING_SCAN)
-                at.add(req.request_id, compact)
+                self._waiting_at.setdefault(endpoint.address, {})[req.request_id] = compact
                 if self.burst_tail and self.precise is None:
                     m = prefix_match(cycle)
                     if m is not None and m.data:
