@@ -29,6 +29,17 @@ def _hold(mib: int, ready: Any) -> None:
     time.sleep(120)
 
 
+def _until_stopped(pid: int, within_s: float = 30.0) -> None:
+    """Poll /proc until ``pid``'s state is ``T`` (stopped)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"T":
+                return
+        assert time.monotonic() < deadline, f"{pid} not stopped in {within_s} s"
+        time.sleep(0.001)
+
+
 def _supervisor() -> Any:
     from kvgate.config.gateway import parse_gateway_config
     from kvgate.gateway.workers import Supervisor
@@ -74,6 +85,7 @@ def test_a_stopped_worker_is_not_dying() -> None:
     try:
         assert recv.poll(60) and recv.recv()
         os.kill(proc.pid, signal.SIGSTOP)
+        _until_stopped(proc.pid)  # (a SIGSTOP still pending is a running process: review s22-gw F6)
         sup.procs[0] = proc
         assert sup.slots()[0].alive
     finally:

@@ -163,6 +163,12 @@ class ResponseLookups:
                     length = int(resp.head.headers["content-length"])
             out = StreamResponse(status=resp.status, headers=headers, length=length)
             await out.prepare(request)
+            if request.method == "HEAD":
+                # (its head is all it answers: reading on would hold the client's connection, a slot and
+                # the upstream stream for as long as a background response generates, review s22-gw F3)
+                resp.close()
+                await out.write_eof()
+                return out
             while True:
                 try:
                     chunk = await resp.read_chunk()

@@ -27,8 +27,12 @@ class ByteBudget:
 class ReadPace:
     """Bytes per second for reads that serve no request (a refused request's linger), all connections
     of one front (a listening port) together: a token bucket (``burst`` bytes, refilled at ``rate``). A
-    take may overdraw it (the read already happened); the debt is paid back before the next reader is let
-    on. Time is passed in (the event loop's clock)."""
+    lingering read may overdraw it (the read already happened); the debt is paid back before the next
+    reader is let on, and it has a floor (one bucket): churn cannot pile up seconds of it. A read before
+    the linger (the bytes that came with or behind a refused request) takes what is left but makes no
+    debt: a new connection's first read cannot be paced (the kernel hands it over with the request), and
+    its debt would starve the lingerers waiting their turn (review s22-gw F1). Time is passed in (the
+    event loop's clock)."""
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
@@ -43,11 +47,13 @@ class ReadPace:
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now if self.stamp is None else max(self.stamp, now)
 
-    def take(self, n: int, now: float) -> bool:
-        """``n`` bytes were read: False when that leaves the bucket in debt (the reader should wait)."""
+    def take(self, n: int, now: float, owe: bool = True) -> bool:
+        """``n`` bytes were read: False when they did not fit (the reader should wait). ``owe``: what did
+        not fit is debt (down to ``-burst``); otherwise the bucket is only emptied (a debt stays as it is)."""
         self._refill(now)
-        self.tokens -= n
-        return self.tokens >= 0
+        left = self.tokens - n
+        self.tokens = max(left, -self.burst) if owe else max(left, min(self.tokens, 0.0))
+        return left >= 0
 
     def due(self, now: float) -> float:
         """Seconds from ``now`` until the debt is paid (0: not in debt)."""

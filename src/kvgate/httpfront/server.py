@@ -71,6 +71,8 @@ LINGER_S = 2.0
 # flooder read at full speed for the whole linger added ~0.4 ms to every other connection's latency).
 LINGER_RATE = 64 << 20
 LINGER_BURST = 8 << 20
+# What one read of a socket takes at most (asyncio's selector transports: ``max_size``).
+_READ = 256 << 10
 # SO_LINGER on, 0 s: closing the socket resets the connection (``FrontProtocol.abort(reset=True)``).
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -590,10 +592,12 @@ class FrontServer:
         self.head_check: Callable[[str, str, dict[str, str]], Response | None] | None = None
         # One sweeper enforces every deadline, instead of a timer armed and cancelled per request.
         self._sweeper: asyncio.Task[None] | None = None
-        # Lingering reads' pace (``LINGER_RATE``): a lingering connection that overdraws it stops reading
-        # and waits here; one timer lets the waiters read again one at a time, once the debt is paid.
+        # Lingering reads' pace (``LINGER_RATE``): a lingering connection that overdraws it, or that
+        # begins to linger while others wait or the pace is in debt, stops reading and waits here, in
+        # order; one timer lets the waiters read again once the debt is paid. Insertion-ordered, O(1)
+        # both ways: a closed connection leaves from anywhere (review s22-gw F2).
         self.linger_pace = ReadPace(LINGER_RATE, LINGER_BURST)
-        self._pace_waiting: collections.deque[FrontProtocol] = collections.deque()
+        self._pace_waiting: collections.OrderedDict[FrontProtocol, None] = collections.OrderedDict()
         self._pace_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -672,26 +676,30 @@ class FrontServer:
         if conn._pacing:
             return
         conn._pacing = True
-        self._pace_waiting.append(conn)
+        self._pace_waiting[conn] = None
         if self._pace_timer is None:
             loop = asyncio.get_running_loop()
             self._pace_timer = loop.call_later(self.linger_pace.due(loop.time()), self._pace_next)
 
     def _pace_next(self) -> None:
-        """The pace's debt is paid: the longest-waiting lingerer reads again (one per turn: each read
-        overdraws by at most one read, ~256 KiB), the next turn when the new debt is paid."""
+        """The pace's debt is paid: the longest-waiting lingerers read again, as many as the bucket holds
+        reads (``_READ``; at least one: each overdraws by at most one read), not one per timer: after a
+        flood, hundreds queued drain at the pace, not at the timer's (review s22-gw F5). The next turn
+        when the new debt is paid."""
         self._pace_timer = None
         loop = asyncio.get_running_loop()
         waiting = self._pace_waiting
-        if self.linger_pace.due(loop.time()) == 0.0:
-            while waiting:
-                conn = waiting.popleft()
+        pace = self.linger_pace
+        if pace.due(loop.time()) == 0.0:
+            expect = pace.tokens  # (what the let-on will read, before it has read it)
+            while waiting and expect >= 0 and pace.tokens >= 0:
+                conn, _ = waiting.popitem(last=False)
                 conn._pacing = False
                 if conn.linger_until is not None and not conn.closed and conn._read_paused:
                     conn._read_paused = False
                     assert conn.transport is not None
                     conn.transport.resume_reading()
-                    break
+                    expect -= _READ
         if waiting and self._pace_timer is None:  # (set already if the reader paused at once again)
             # (at least 1 ms apart: a turn that found no debt lets on the next one soon)
             delay = max(self.linger_pace.due(loop.time()), 0.001)
@@ -845,6 +853,9 @@ class FrontProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        if self._pacing:  # (leaves its turn: under churn the debt may not be paid for long)
+            self._pacing = False
+            self.server._pace_waiting.pop(self, None)  # (gone already after ``close_all``)
         self.server.read_done(self)
         self.idle_since = self.head_since = self.body_since = self.blocked_since = self.linger_until = None
         self._release()
@@ -931,7 +942,8 @@ class FrontProtocol(asyncio.Protocol):
         takes from the pace, before the linger too (a flood behind a slow answer pauses there as well).
         """
         self._dropped += size
-        paced = self.server.linger_pace.take(size, self._loop.time())
+        # (before the linger, no debt: the bytes came with the request; a debt would be paid by waiters)
+        paced = self.server.linger_pace.take(size, self._loop.time(), owe=self.linger_until is not None)
         if self.linger_until is not None:
             if self._dropped > self._linger_cap:
                 self.linger_until = None
@@ -1281,7 +1293,12 @@ class FrontProtocol(asyncio.Protocol):
                     await wake
                     continue
                 req = self.queue.popleft()
-                if self._read_paused and len(self.queue) <= _MAX_PIPELINE // 2 and self.transport is not None:
+                if (
+                    self._read_paused
+                    and not self._reject_after  # (after a refusal the pace lets it read: ``_linger``)
+                    and len(self.queue) <= _MAX_PIPELINE // 2
+                    and self.transport is not None
+                ):
                     self._read_paused = False
                     self.transport.resume_reading()
                 self.busy = True
@@ -1367,8 +1384,14 @@ class FrontProtocol(asyncio.Protocol):
         self._linger_size = self.transport.get_write_buffer_size()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-            if self._read_paused:  # (paused by ``_drop`` while earlier answers went out: in its turn)
-                self.server.pace_wait(self)
+            server = self.server
+            if not self._read_paused and (server._pace_waiting or server.linger_pace.due(self._loop.time())):
+                # (others wait, or the pace is in debt: reading at once would go ahead of them and add
+                # to the debt, review s22-gw F1; it waits its turn)
+                self._read_paused = True
+                self.transport.pause_reading()
+            if self._read_paused:  # (paused by ``_drop`` while earlier answers went out, or just now)
+                server.pace_wait(self)
         else:
             self.close()
 
