@@ -66,11 +66,13 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # How long a refused request (not a 408) keeps reading (and discarding) so the client sees the answer.
 LINGER_S = 2.0
 # What lingering may read, all connections of a front (one listening port) together (bytes/s, and the
-# bucket's size): an honest client's refused body is read at up to this pace (128 MiB in ``LINGER_S``
-# alone), a flood of lingering clients costs the loop no more than that (review s21-fixes-b F2: each
-# flooder read at full speed for the whole linger added ~0.4 ms to every other connection's latency).
+# bucket's size): an honest client's refused body is read at once up to the bucket, then at this pace
+# (160 MiB in ``LINGER_S`` alone), a flood of lingering clients costs the loop no more than that (review
+# s21-fixes-b F2: each flooder read at full speed for the whole linger added ~0.4 ms to every other
+# connection's latency). The bucket holds a 32 MiB body: its 413 in 0.01 s, not 0.3 s at 8 MiB, for no
+# more flood CPU; a faster rate costs the flood's CPU (review s22-gw F4; docs/hardening.md).
 LINGER_RATE = 64 << 20
-LINGER_BURST = 8 << 20
+LINGER_BURST = 32 << 20
 # What one read of a socket takes at most (asyncio's selector transports: ``max_size``).
 _READ = 256 << 10
 # SO_LINGER on, 0 s: closing the socket resets the connection (``FrontProtocol.abort(reset=True)``).
