@@ -44,6 +44,13 @@ own, one sync stale for the others', as the endpoints' in-flight counts): one pr
 fleet's counts. A row is written under a sequence number (odd while written) and read again if it moved (a
 torn row is skipped for that sync); one older than ``MARK_TTL_S`` is ignored, as a mark.
 
+The adaptive headroom on the fleet's first tokens (session 22, ``FleetShares._steer``): with
+``fairShareTTFTTarget`` each worker's headroom moved on its own first tokens only, so a quiet request's
+miss at one worker left the other dispatching the flood as before. The share row also carries the
+headroom's level and the sum of the worker's own moves of it; each sync adds the others' moves since the
+last one (one process's stochastic approximation on every first token, clamped alike; a controller joining
+a running fleet starts at the others' mean level; a row's epoch tells a restarted worker's sums apart).
+
 The queue limits (session 21, ``FleetLimits``): ``maxRequests`` / ``maxBytes``, global and each band's,
 bound the fleet's queue for a pool, as one process's. Each worker keeps, per pool, a limit row
 (``LIMIT_FIELDS`` float64, exact integers): its controllers' queued requests and bytes for that pool, and
@@ -105,9 +112,13 @@ NOTHING = -math.inf  # the top priority of a mark with no request that can leave
 
 # A share row (``FleetShares``): a head, then SHARE_FLOWS entries of (flow key, in flight + queued,
 # arrivals decayed to the row's stamp). Written every sync by its worker only, under its sequence number.
+# The head's last three: the adaptive headroom's level, the sum of this worker's own moves of it, and
+# the row's epoch (when its ``FleetShares`` first wrote: a restarted worker's, or a reload's, moves count
+# from a new start).
 SHARE_FLOWS = 64
-_HEAD = 9
-_SEQ, _SSTAMP, _SKEY, _SN, _SDEMAND, _SARRIVED, _STAKE, _SGIVE, _SEXTRA = range(_HEAD)
+_HEAD = 12
+(_SEQ, _SSTAMP, _SKEY, _SN, _SDEMAND, _SARRIVED, _STAKE, _SGIVE, _SEXTRA, _SHLEVEL, _SHMOVED,
+ _SEPOCH) = range(_HEAD)  # fmt: skip
 _ENTRY = 3
 SHARE_FIELDS = _HEAD + SHARE_FLOWS * _ENTRY
 # A flow's arrivals at least this (decayed) are published when the table is scanned (below RATE_ACTIVE:
@@ -357,6 +368,15 @@ class FleetShares:
         self._scale: tuple[float | None, float] = (None, 1.0)  # (the controller's arrival base, factor)
         self._keys: dict[str, tuple[float, str]] = {}  # flow -> (its key, its arrival-table key)
         self._seq = 0.0
+        # The adaptive headroom (``fairShareTTFTTarget``) on the fleet's first tokens: this row's epoch
+        # (set at its first write), the sum of this worker's own moves of its controller's headroom, the
+        # controller and its headroom after the last sync (what moved since is this worker's own), each
+        # other row's (epoch, moves) last folded, and whether a fold found another worker yet.
+        self._epoch = 0.0
+        self._moved = 0.0
+        self._hr_after: tuple[FlowController, float] | None = None
+        self._hr_seen: dict[int, tuple[float, float]] = {}
+        self._hr_joined = False
 
     def key(self, flow: str) -> float:
         """``flow``'s key in the rows (its arrival-table key's hash: ``rate_key``)."""
@@ -432,6 +452,14 @@ class FleetShares:
         m[b + _STAKE] = ctl._decayed(ctl._rate, ctl._rate_at, now)
         m[b + _SGIVE] = ctl._decayed(ctl._finished, ctl._finished_at, now)
         m[b + _SEXTRA] = ctl.free_extra
+        if not self._epoch:
+            self._epoch = now
+        after = self._hr_after
+        if after is not None and after[0] is ctl:
+            self._moved += ctl.headroom - after[1]
+        m[b + _SHLEVEL] = ctl.headroom
+        m[b + _SHMOVED] = self._moved
+        m[b + _SEPOCH] = self._epoch
         m[b + _SSTAMP] = now
         m[b + _SEQ] = seq + 2.0
         self._seq = seq + 2.0
@@ -457,6 +485,9 @@ class FleetShares:
         arrived: dict[float, float] = {}
         demand_total = arrived_total = take = give = extra = 0.0
         extra_n = 0
+        moves = 0.0  # the others' own moves of the headroom since this worker last folded them
+        levels: list[float] = []  # their headrooms, for a first fold
+        seen = self._hr_seen
         for w in range(fleet.workers):
             if w == fleet.worker:
                 continue
@@ -482,6 +513,14 @@ class FleetShares:
             give += row[_SGIVE] * down
             extra += row[_SEXTRA]
             extra_n += 1
+            epoch, moved = row[_SEPOCH], row[_SHMOVED]
+            last = seen.get(mb)
+            if last is not None and last[0] == epoch:
+                moves += moved - last[1]
+            levels.append(row[_SHLEVEL])
+            seen[mb] = (epoch, moved)
+        if ctl.cfg.fair_share_ttft_target:
+            self._steer(ctl, moves, levels)
         if not extra_n:
             return False
         none = (0.0, 0.0)
@@ -500,6 +539,23 @@ class FleetShares:
         self.at = now
         self._scale = (None, 1.0)
         return True
+
+    def _steer(self, ctl: FlowController, moves: float, levels: list[float]) -> None:
+        """The adaptive headroom as one process's on the fleet's first tokens: each worker moves its own
+        on its own first tokens (``FlowController.observe_first_token``) and adds the others' moves here,
+        so a quiet request's miss at one worker raises the headroom that holds the flood back at every
+        worker (per worker, each steered on half the misses, and a worker whose quiet requests met no miss
+        kept dispatching the flood into the slots the other's quiet requests needed). A controller that
+        joins a running fleet (a restarted worker, a reload's) starts at the others' mean level. Clamped
+        as one process's: levels that drift apart meet at a bound."""
+        if levels and not self._hr_joined:
+            self._hr_joined = True
+            if not self._moved and (self._hr_after is None or self._hr_after[1] == ctl.headroom):
+                moves = sum(levels) / len(levels) - ctl.headroom
+        if moves:
+            top = ctl.cfg.fair_share_headroom
+            ctl.headroom = min(top, max(0.0, ctl.headroom + moves))
+        self._hr_after = (ctl, ctl.headroom)
 
     # -- the controller's tests on the fleet's counts -----------------------------------------------
 
