@@ -44,7 +44,13 @@ class Clock:
 def director(fairness: str, clock: Clock, free_slot_pick: bool = True) -> Director:
     cfg: dict[str, Any] = {
         "featureGates": ["flowControl"],
-        "flowControl": {"fairnessPolicy": fairness, "freeSlotPick": free_slot_pick},
+        # (a TTL the backlog's waits stay in the first half of: past it, a request of several sequences
+        # stops waiting for a server with room for all, FlowController.fit_given_up, review s22-fc F1)
+        "flowControl": {
+            "fairnessPolicy": fairness,
+            "freeSlotPick": free_slot_pick,
+            "defaultRequestTTL": "600s",
+        },
         "saturationDetector": {
             "type": "concurrency-detector",
             "parameters": {"maxConcurrency": SLOTS, "maxPendingRequests": SLOTS},

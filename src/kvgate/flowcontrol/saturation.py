@@ -231,13 +231,16 @@ class ConcurrencyDetector(SaturationDetector):
         params.finish()
         return d
 
-    def fits(self, endpoints: Sequence[Endpoint], seqs: int) -> bool:
+    def fits(self, endpoints: Sequence[Endpoint], seqs: int, freed: str | None = None) -> bool:
+        """``freed``: as if a request waiting for its first token (a preemption's victim) left the endpoint
+        of that address."""
         run = min(seqs, self.max_requests)
         pend = min(seqs, self.max_pending)
         for ep in endpoints:
             inf = ep.inflight
-            if inf.requests + run <= self.max_requests and (
-                not pend or inf.requests - inf.decoding + pend <= self.max_pending
+            gone = 1 if ep.address == freed else 0
+            if inf.requests - gone + run <= self.max_requests and (
+                not pend or inf.requests - inf.decoding - gone + pend <= self.max_pending
             ):
                 return True
         return False

@@ -267,6 +267,10 @@ class Director:
             # (a health blip): its request waits for it, as for a busy home (review s19-fixes-b I1).
             return req.subset_soft and req.subset is not None
         flow, now = self.flow, self.clock()
+        if flow is not None and flow.ctl.draining:  # (held for a head of several sequences: wait_for_fit)
+            cands = [ep for ep in cands if ep.address not in flow.ctl.draining]
+            if not cands:
+                return True
         # (held back matters only with headroom to keep, or the running reserve: else not asked)
         held = (
             flow is not None
@@ -274,13 +278,22 @@ class Director:
             and flow.ctl.held_back(req, now)
         )
         seqs = req.sequences  # (a request of several sequences needs room for all: ``fits``)
+        if seqs > 1 and flow is not None and flow.ctl.fit_waived:
+            seqs = 1  # (its wait for a fit given up: gated as one sequence, FlowController.fit_given_up)
         if held and flow is not None and flow.ctl.headroom:
             # flowControl.fairShareHeadroom: the last part of the capacity is kept for flows at or
             # under their fair share, so one of theirs leaves at once instead of waiting for a slot.
             pending_only = flow.ctl.cfg.fair_share_headroom_on == "pending"
-            if self.detector.saturated_reserving(cands, now, flow.ctl.headroom, pending_only, seqs):
+            if self.detector.saturated_reserving(cands, now, flow.ctl.headroom, pending_only):
                 return True
-        elif self.detector.saturated(cands, now, seqs):
+        elif self.detector.saturated(cands, now):
+            return True
+        if seqs > 1 and not self.detector.fits(cands, seqs):
+            # Room in the pool, but no server for all its sequences: the dispatcher lets the requests
+            # behind it go while the candidate with the most free running slots drains for it.
+            if flow is not None and isinstance(self.detector, ConcurrencyDetector):
+                most = min(cands, key=lambda ep: ep.inflight.requests)
+                flow.ctl.unfit = (req, most.address)
             return True
         # flowControl.fairShareRunningReserve: free slots are kept for the others (checked last: it sums
         # the candidates' requests in flight, and a saturated pool needs no more)
@@ -336,9 +349,13 @@ class Director:
             cands = self.candidates(req)
         except SchedulingError:
             return None  # (the pick fails with its own error)
-        if seqs > 1:  # (a running slot for each of its sequences, as the gate's ``fits``)
-            need = min(seqs, slots)
-            free = [ep for ep in cands if ep.inflight.requests + need <= slots]
+        if seqs > 1 and isinstance(det, ConcurrencyDetector):
+            # a running (and pending) slot for each of its sequences, as the gate's ``fits``; none with
+            # room for all (its wait for a fit given up): the ones with the most free running slots
+            free = [ep for ep in cands if det.fits((ep,), seqs)]
+            if not free:
+                most = min(ep.inflight.requests for ep in cands)
+                free = [ep for ep in cands if ep.inflight.requests == most]
         else:
             free = [ep for ep in cands if ep.inflight.requests < slots]
         return free if free and len(free) < len(cands) else None
@@ -405,9 +422,14 @@ class Director:
         if self.predecessor is not None and self._behind():
             return False  # (not saturated: waiting for a predecessor's queue; nothing to stop for it)
         try:
-            cands = {ep.address for ep in self.candidates(req)}
+            eps = self.candidates(req)
         except SchedulingError:
             return False
+        cands = {ep.address for ep in eps}
+        # A request of several sequences: only a stop that gives one server room for all of them (review
+        # s22-fc F2: else a request is stopped for a head still not placed, sent to overfill a server).
+        det = self.detector if isinstance(self.detector, ConcurrencyDetector) else None
+        fit = det if req.sequences > 1 and det is not None and not det.fits(eps, req.sequences) else None
         # The newest PREEMPT_SCAN only: this runs for every blocked critical head on every dispatch pass,
         # and a victim leaves the map at its first token or finish, so older ones are rarely useful.
         for key in list(islice(reversed(self._victims), PREEMPT_SCAN)):
@@ -416,6 +438,8 @@ class Director:
                 del self._victims[key]
                 continue
             if key[1] not in cands:
+                continue
+            if fit is not None and not fit.fits(eps, req.sequences, freed=key[1]):
                 continue
             victim = self._victims.pop(key)
             if not track.stop():
