@@ -447,7 +447,7 @@ class FleetShares:
         m[b + _HEAD : b + _HEAD + len(flat)] = flat
         m[b + _SN] = float(len(own))
         m[b + _SKEY] = self.mark.key
-        m[b + _SDEMAND] = float(ctl.inflight_total + ctl.count)
+        m[b + _SDEMAND] = float(ctl.inflight_total + ctl.queued_total)
         m[b + _SARRIVED] = ctl._arrived_total * scale
         m[b + _STAKE] = ctl._decayed(ctl._rate, ctl._rate_at, now)
         m[b + _SGIVE] = ctl._decayed(ctl._finished, ctl._finished_at, now)
@@ -572,7 +572,7 @@ class FleetShares:
         """``FlowController.over_share`` on the fleet's counts: ``flow``'s requests in flight and queued
         in every worker against the mean over the flows active in any."""
         mine = ctl.inflight.get(flow, 0) + ctl.queued.get(flow, 0) + self.demand.get(self.key(flow), 0.0)
-        total = ctl.inflight_total + ctl.count + self.demand_total
+        total = ctl.inflight_total + ctl.queued_total + self.demand_total
         n = len(ctl._places) + self.active_extra
         return mine > 0.0 and mine * n > (ctl._over_factor if factor is None else factor) * total
 
