@@ -32,6 +32,8 @@ from typing import Any
 
 SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
 SLO_TPOT_HEADERS = ("x-slo-tpot-ms", "x-llm-d-slo-tpot-ms")
+# round-robin: the departed flows whose turns owed a band remembers (``Band.forget``), the oldest dropped
+GONE_DEBTS_MAX = 4096
 
 
 def header_ms(headers: Any, names: tuple[str, ...]) -> float | None:
@@ -143,6 +145,8 @@ class Band:
         self._dispatches = 0
         self._turns = 0  # (round-robin: the last turn stamp given, ``FlowQueue.turn``)
         self._owed = 0  # (round-robin: the turns its flows owe, ``FlowQueue.debt``, in all: 0 for n = 1)
+        # (round-robin: a flow that left owing turns: its debt and the band's dispatches then, ``forget``)
+        self._gone: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
     def push(self, item: Any) -> bool:
         """Queue ``item``; True when its flow is new in the band."""
@@ -153,6 +157,8 @@ class Band:
             base = min((f.service for f in self.flows.values()), default=0.0)
             self._turns += 1
             q = self.flows[item.flow] = FlowQueue(base, self.ordering == "slo-feasible", self._turns)
+            if self._gone:
+                self._returned(item.flow, q)
         q.push(order_key(self.ordering, item), item)
         self.count += 1
         self.bytes += item.size
@@ -170,9 +176,25 @@ class Band:
                 del self.flows[item.flow]
                 if self._owed:
                     self._owed -= q.debt
+                    if q.debt > 0:  # (kept: a paced sender whose queue empties still owes them)
+                        self._gone[item.flow] = (q.debt, self._dispatches)
+                        if len(self._gone) > GONE_DEBTS_MAX:
+                            self._gone.popitem(last=False)
                     self._repay()  # (the flow now at the front may be one that owes turns)
                 return True
         return False
+
+    def _returned(self, flow: str, q: FlowQueue) -> None:
+        """round-robin: a flow back in the band still owes the turns it left with, less one for each
+        dispatch of the others meanwhile (each a turn it passed; review s22-fc F4: a sender pacing one
+        request at a time escaped them all, n=8 then took 8x the servers of n=1)."""
+        got = self._gone.pop(flow, None)
+        if got is None:
+            return
+        debt = got[0] - (self._dispatches - got[1])
+        if debt > 0:
+            q.debt = debt
+            self._owed += debt
 
     def select(self, first: Callable[[str], bool] | None = None, now: float | None = None) -> Any | None:
         """The item the fairness policy dispatches next (not removed). With ``first``, the policy
