@@ -1,4 +1,5 @@
-"""Review s22-fc (fc22, main 206a4584): requests of several sequences in flow control.
+"""Review s22-fc (fc22, main 206a4584): requests of several sequences in flow control. Copied as written from
+/work/team/reviews/s22-fc-tests by fixfc22 (all 6 fail on main 2130af8f; fixed there).
 
 Run: PYTHONPATH=/work/main/src:/work/main/tests /work/main/.venv/bin/python -m pytest -q -p no:cacheprovider \
     /work/team/reviews/s22-fc-tests

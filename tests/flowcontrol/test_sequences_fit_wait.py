@@ -48,64 +48,83 @@ def request(rid: str, flow: str, n: int = 1, priority: int = 0, stream: bool = F
     )  # fmt: skip
 
 
-def test_the_server_with_the_most_free_slots_drains_for_it_and_it_goes_there_whole() -> None:
-    """A: 2 running, B: 3 (no server with 8 free). The n=8 head waits; the n=1 requests behind it go to B
-    only (A is held to drain), and when A's two finish the head goes to A: 8 of 8, no overfill."""
-    clock = Clock()
-    d = director(clock, defaultRequestTTL="60s")
+def run(d: Director, clock: Clock, queued: list[InferenceRequest], placed: list[tuple[InferenceRequest, int]],
+        ) -> dict[str, str]:  # fmt: skip
+    """``placed``: requests already running (on endpoint index), ``queued``: arrivals at 0 s."""
     flow = d.flow
     assert flow is not None
-    a, b = d.store.all()
-    running = [request(f"r{i}", "chat") for i in range(5)]
-    for i, r in enumerate(running):
-        d.on_dispatched(r, a if i < 2 else b)
-        d.on_first_token(r, a if i < 2 else b)
+    eps = list(d.store.all())
+    for r, i in placed:
+        d.on_dispatched(r, eps[i])
+        d.on_first_token(r, eps[i])
     sent: dict[str, str] = {}
-    big = request("big", "batch", n=SLOTS)
-    assert not isinstance(flow.arrive(big, 0.0, None), PickResult)
-    for i in range(4):
-        flow.arrive(request(f"s{i}", "small"), 0.0, None)
-    clock.now = 1.0
+    for r in queued:
+        got = flow.arrive(r, 0.0, None)
+        if isinstance(got, PickResult):
+            sent[r.request_id] = got.primary.address
+    return sent
+
+
+def dispatch(d: Director, clock: Clock, sent: dict[str, str]) -> None:
+    flow = d.flow
+    assert flow is not None
     for item in dispatch_ready(flow.ctl, clock.now, flow.saturated, flow.preempt):
         got = flow.settle(item, clock.now)
         assert isinstance(got, PickResult)
         sent[item.req.request_id] = got.primary.address
-    assert "big" not in sent and sorted(sent) == ["s0", "s1", "s2", "s3"]
+
+
+def test_the_server_with_the_most_free_slots_drains_for_it_and_it_goes_there_whole() -> None:
+    """A: 2 running, B: 3 (no server with 8 free), 8 n=1 requests queued behind the n=8 head. The head
+    waits; the n=1 requests go to B only (A is held to drain: 5 fill B, 3 wait), and when A's two finish
+    the head goes to A: 8 of 8, no overfill."""
+    clock = Clock()
+    d = director(clock, defaultRequestTTL="60s")
+    a, b = d.store.all()
+    running = [request(f"r{i}", "chat") for i in range(5)]
+    big = request("big", "batch", n=SLOTS)
+    sent = run(d, clock, [big] + [request(f"s{i}", "small") for i in range(8)],
+               [(r, 0 if i < 2 else 1) for i, r in enumerate(running)])  # fmt: skip
+    clock.now = 1.0
+    dispatch(d, clock, sent)
+    assert "big" not in sent and sorted(sent) == [f"s{i}" for i in range(5)]
     assert set(sent.values()) == {b.address}, sent  # (A held to drain for the head)
-    assert a.inflight.requests == 2
+    assert a.inflight.requests == 2 and b.inflight.requests == SLOTS
     for r in running[:2]:  # A's two finish
         d.on_finished(r, a, Usage(10, 100), True)
     clock.now = 2.0
-    for item in dispatch_ready(flow.ctl, clock.now, flow.saturated, flow.preempt):
-        got = flow.settle(item, clock.now)
-        assert isinstance(got, PickResult)
-        sent[item.req.request_id] = got.primary.address
+    dispatch(d, clock, sent)
     assert sent.get("big") == a.address and a.inflight.requests == SLOTS
 
 
 def test_it_stops_waiting_at_the_midpoint_of_its_wait_and_goes_where_most_slots_are_free() -> None:
-    """A: 1 long request, B: 3 (the pool 4/16). TTL 40 s: the n=8 head waits for a fit until 20 s (the
-    midpoint of its wait), then goes as a request of one sequence to A (7 free): 9 of 8, the rest in
-    A's own queue, as vLLM runs what fits."""
+    """A: 1 long request, B: 8 (full), n=1 requests waiting behind the n=8 head. TTL 40 s: the head waits
+    for a fit until 20 s (the midpoint of its wait), then goes as a request of one sequence to A (7 free):
+    9 of 8, the rest in A's own queue, as vLLM runs what fits."""
     clock = Clock()
     d = director(clock, defaultRequestTTL="40s")
-    flow = d.flow
-    assert flow is not None
-    a, b = d.store.all()
-    for i in range(4):
-        r = request(f"r{i}", "chat")
-        d.on_dispatched(r, a if i < 1 else b)
-        d.on_first_token(r, a if i < 1 else b)
+    a, _b = d.store.all()
     big = request("big", "batch", n=SLOTS)
-    assert not isinstance(flow.arrive(big, 0.0, None), PickResult)
-    at = None
-    while at is None and clock.now < 40.0:
+    sent = run(d, clock, [big] + [request(f"s{i}", "small") for i in range(3)],
+               [(request(f"r{i}", "chat"), 0 if i < 1 else 1) for i in range(9)])  # fmt: skip
+    while "big" not in sent and clock.now < 40.0:
         clock.now += 0.5
-        for item in dispatch_ready(flow.ctl, clock.now, flow.saturated, flow.preempt):
-            got = flow.settle(item, clock.now)
-            assert isinstance(got, PickResult) and item.req is big
-            at, where = clock.now, got.primary
-    assert at == 20.0 and where is a
+        dispatch(d, clock, sent)
+    assert clock.now == 20.0 and sent["big"] == a.address and a.inflight.requests == 9
+
+
+def test_alone_on_a_pool_with_room_it_goes_at_once_where_most_slots_are_free() -> None:
+    """A: 1 long request, B: 2, nothing else queued (14 of 16 slots free, no server with 8): no one else
+    would use the slots, so it goes at the first pass to A (7 free), as vLLM takes it (7 run, 1 waits)."""
+    clock = Clock()
+    d = director(clock, defaultRequestTTL="40s")
+    a, _b = d.store.all()
+    big = request("big", "batch", n=SLOTS)
+    sent = run(d, clock, [big], [(request(f"r{i}", "chat"), 0 if i < 1 else 1) for i in range(3)])
+    assert "big" not in sent  # (arrived: queued, no server for all of it)
+    clock.now = 0.02
+    dispatch(d, clock, sent)
+    assert sent.get("big") == a.address
 
 
 def test_a_critical_request_of_several_sequences_stops_the_one_that_gives_it_room() -> None:

@@ -111,6 +111,9 @@ def dispatch_ready(
             looked.add(home)
             full.add(home)
     ctl.unpin_due(now)  # (soft pins whose home stayed full too long: picked as any request from now on)
+    # A head of several sequences waits for a fit only while others wait (``wait_for_fit``): a walk that met
+    # no head but those waiting for one puts them back and sends the first as one sequence (``alone``).
+    alone = False
     try:
         while True:
             blocked = True
@@ -159,10 +162,10 @@ def dispatch_ready(
                     blocked = False
                     break
                 if unfit is not None:
-                    # Room in the pool but no server for all its sequences: past the midpoint of its wait
-                    # it goes as a request of one sequence would; before, the server with the most free
-                    # slots drains for it while the requests behind it go elsewhere (``wait_for_fit``).
-                    if ctl.fit_given_up(item, now):
+                    # Room in the pool but no server for all its sequences: past the midpoint of its wait,
+                    # or when no other request waits, it goes as a request of one sequence would; else the
+                    # server with the most free slots drains for it while the others go elsewhere.
+                    if alone or ctl.fit_given_up(item, now):
                         ctl.fit_waived = True
                         try:
                             waived = not saturated(item.req)
@@ -206,6 +209,10 @@ def dispatch_ready(
                     break
                 full.add(key)
                 ctl.park(item, now)
+            else:
+                if ctl.draining and not alone:  # (no one else waits: the pool is not near saturation)
+                    ctl.put_back()
+                    alone, blocked = True, False
             if blocked:
                 return
     finally:
