@@ -20,7 +20,9 @@ completions batch (a ``prompt`` list), so the in-flight accounting weighs it as 
 ``n`` must be an integer of at least 1 (as vLLM's ``SamplingParams``); the weight is counted up to
 ``MAX_SEQUENCES``. A chat content part of a media type (an image, audio, a file: ``MEDIA_TYPES``) stands
 in the prefix text as a digest of the part repeated to ``MEDIA_PART_TOKENS``' worth of characters, so it
-counts that many in the prompt estimate (not its bytes) and fills as many prefix blocks.
+counts that many in the prompt estimate (not its bytes) and fills as many prefix blocks; past a request's
+``MAX_LONG_MEDIA_PARTS``-th the digest alone stands in the text (a bound on it), and the estimate still
+counts ``MEDIA_PART_TOKENS`` for the part.
 """
 
 from __future__ import annotations
@@ -107,8 +109,12 @@ MEDIA_PART_CHARS = MEDIA_PART_TOKENS * CHARS_PER_TOKEN
 # A request's first this many media parts are rendered that long, later ones as their tag alone: the
 # rendering of a body stays within a bound whatever its parts (``{"type":"image"}`` is 17 bytes of body and
 # was 2,304 characters of prompt text, 50,000 of them 115 M characters held for the request's life: review
-# s21-fixes-c F1); 64 x 2,304 characters is 147 KB at the most.
+# s21-fixes-c F1): 64 x 2,304 characters (147 KB) + ``MEDIA_TAG_CHARS`` per later part (a part is at least
+# 17 bytes of body, so 1.6x its bytes at most). The estimate counts every part ``MEDIA_PART_TOKENS``
+# (``parse_body`` adds what a tag-only part's text lacks: review s22-rev22a F1).
 MAX_LONG_MEDIA_PARTS = 64
+# A media part's tag, ``<|media:H|>`` (``H`` 16 hex digits): its length whatever the part.
+MEDIA_TAG_CHARS = 26
 # Those types: OpenAI chat's (``image_url``, ``input_audio``, ``file``), vLLM's own (``audio_url``,
 # ``video_url``, ``image_embeds``, ``audio_embeds``), the Responses API's (``input_image``, ``input_file``)
 # and Anthropic Messages' (``image``, ``document``). Other parts without text (``tool_use``,
@@ -123,7 +129,15 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def render_chat(messages: list[dict[str, Any]], tools: Any = None, system: Any = None) -> str:
+def media_budget() -> list[int]:
+    """A request's media budget, shared by every part it renders: [full-length parts left, tag-only parts
+    rendered] (``_media``)."""
+    return [MAX_LONG_MEDIA_PARTS, 0]
+
+
+def render_chat(
+    messages: list[dict[str, Any]], tools: Any = None, system: Any = None, budget: list[int] | None = None
+) -> str:
     """A chat request as the text the prefix scorers hash (and tokenize): a deterministic stand-in for
     the model's chat template, so two chats sharing a system prompt (or earlier turns) share a prefix.
 
@@ -133,9 +147,12 @@ def render_chat(messages: list[dict[str, Any]], tools: Any = None, system: Any =
     its other keys' JSON then its parts, read alike; other parts and keys, e.g. ``tool_calls``, as JSON) +
     newline. Earlier messages never depend on later ones. Anthropic Messages' top-level ``system`` (a
     string or text blocks) is a ``<|system|>`` message after the tools, as vLLM puts it first.
+    ``budget`` (``media_budget``, a fresh one when None) counts the media parts left at full length and
+    the tag-only ones.
     """
     out = []
-    budget = [MAX_LONG_MEDIA_PARTS]  # (the media parts still rendered at full length: ``_media``)
+    if budget is None:
+        budget = media_budget()
     if tools:
         out.append(f"<|tools|>\n{_text(tools)}\n")
     if system:
@@ -155,7 +172,12 @@ def render_chat(messages: list[dict[str, Any]], tools: Any = None, system: Any =
 _ITEM_TEXT_KEYS = ("summary", "content", "output")
 
 
-def render_responses(instructions: str | None, items: str | list[dict[str, Any]], tools: Any = None) -> str:
+def render_responses(
+    instructions: str | None,
+    items: str | list[dict[str, Any]],
+    tools: Any = None,
+    budget: list[int] | None = None,
+) -> str:
     """A Responses API request (``instructions`` + ``input``) as prefix text, on ``render_chat``'s
     principles: ``<|tools|>`` first, ``instructions`` as a ``<|system|>`` message (vLLM makes it the
     system message), a string ``input`` as one ``<|user|>`` message, then per item of an ``input`` list:
@@ -170,10 +192,12 @@ def render_responses(instructions: str | None, items: str | list[dict[str, Any]]
       rendered, not refused or skipped: a newer server may take them, and what the model reads is priced.
 
     Each item renders alone (earlier items never depend on later ones): a follow-up repeating the history
-    shares the first turn's prefix. The request's media budget (``MAX_LONG_MEDIA_PARTS``) spans all items.
+    shares the first turn's prefix. The request's media budget (``MAX_LONG_MEDIA_PARTS``: ``budget``, as
+    ``render_chat``'s) spans all items.
     """
     out = []
-    budget = [MAX_LONG_MEDIA_PARTS]
+    if budget is None:
+        budget = media_budget()
     if tools:
         out.append(f"<|tools|>\n{_text(tools)}\n")
     if instructions:
@@ -212,6 +236,7 @@ def _media(part: dict[str, Any], budget: list[int]) -> str:
     M1), and the cost scorer's per-block weight stays the estimate's."""
     tag = f"<|media:{xxhash.xxh3_64_hexdigest(orjson.dumps(part, option=orjson.OPT_SORT_KEYS))}|>"
     if budget[0] <= 0:  # past ``MAX_LONG_MEDIA_PARTS``: the tag alone (still one prefix per image)
+        budget[1] += 1
         return tag
     budget[0] -= 1
     return (tag * (MEDIA_PART_CHARS // len(tag) + 1))[:MEDIA_PART_CHARS]
@@ -261,7 +286,8 @@ class ParsedBody:
     # The client asked for the final usage chunk itself (so it must not be stripped).
     client_wants_usage: bool = False
     # Estimated prompt tokens (every prompt of a batch): the token ids' count, else len(prompt_text) // 4
-    # (a chat media part is ``MEDIA_PART_CHARS`` of it: ``MEDIA_PART_TOKENS``).
+    # with every chat media part as ``MEDIA_PART_CHARS`` of it (``MEDIA_PART_TOKENS``; past the
+    # ``MAX_LONG_MEDIA_PARTS``-th its text is the tag alone, the estimate counts it full).
     prompt_tokens: int = 0
     # Sequences the server runs for it: ``n`` x the prompts of a completions batch (at most MAX_SEQUENCES).
     sequences: int = 1
@@ -364,7 +390,7 @@ def _too_deep(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _responses_prompt(body: dict[str, Any]) -> str:
+def _responses_prompt(body: dict[str, Any], budget: list[int]) -> str:
     """A Responses API body's prompt text (``render_responses``). Refused (400, the key named) only where
     vLLM's ``ResponsesRequest`` refuses too: ``input`` neither a string nor a list, an item
     that is not an object, ``instructions`` not a string. Items it would refuse for their shape (an
@@ -380,9 +406,15 @@ def _responses_prompt(body: dict[str, Any]) -> str:
     if instructions is not None and not isinstance(instructions, str):
         raise BodyError("'instructions' must be a string", "instructions")
     try:
-        return render_responses(instructions, items, body.get("tools"))
+        return render_responses(instructions, items, body.get("tools"), budget)
     except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
         raise BodyError(f"'input' cannot be encoded: {e}", "input") from None
+
+
+def _estimate(text: str, budget: list[int]) -> int:
+    """A rendered prompt's tokens: every media part ``MEDIA_PART_CHARS`` of it, a tag-only one too (as
+    if rendered at full length: review s22-rev22a F1)."""
+    return (len(text) + budget[1] * (MEDIA_PART_CHARS - MEDIA_TAG_CHARS)) // CHARS_PER_TOKEN
 
 
 def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
@@ -422,6 +454,7 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
             kind = OTHER
     token_ids: list[int] | None = None
     prompt_text, estimate = "", 0
+    budget = media_budget()
     if kind in (CHAT, MESSAGES):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
@@ -433,13 +466,13 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         ):
             raise BodyError("'system' must be a string or a list of content blocks", "system")
         try:
-            prompt_text = render_chat(messages, body.get("tools"), system)
+            prompt_text = render_chat(messages, body.get("tools"), system, budget)
         except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
             raise BodyError(f"'messages' cannot be encoded: {e}", "messages") from None
-        estimate = len(prompt_text) // CHARS_PER_TOKEN  # (a media part's ``MEDIA_PART_TOKENS`` included)
+        estimate = _estimate(prompt_text, budget)
     elif kind == RESPONSES:
-        prompt_text = _responses_prompt(body)
-        estimate = len(prompt_text) // CHARS_PER_TOKEN
+        prompt_text = _responses_prompt(body, budget)
+        estimate = _estimate(prompt_text, budget)
     elif kind == COMPLETIONS:
         if "prompt" not in body:
             raise BodyError("'prompt' is required", "prompt")
