@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any
 
 import orjson
@@ -158,11 +158,12 @@ def render_chat(
     if system:
         out.append(f"<|system|>\n{_content(system, budget)}\n")
     for m in messages:
-        text = _content(m.get("content"), budget)
-        extra = {k: v for k, v in m.items() if k not in ("role", "content")}
-        if extra:
-            text += _text(extra)
-        out.append(f"<|{_text(m.get('role', ''))}|>\n{text}\n")
+        # (the usual shapes without a call: string content and role, no other keys; review s22-rev22a F4)
+        content, role = m.get("content"), m.get("role", "")
+        text = content if type(content) is str else "" if content is None else _content(content, budget)
+        if len(m) > ("role" in m) + ("content" in m):
+            text += _text({k: v for k, v in m.items() if k not in ("role", "content")})
+        out.append(f"<|{role if type(role) is str else _text(role)}|>\n{text}\n")
     return "".join(out)
 
 
@@ -375,6 +376,31 @@ def _choices(body: dict[str, Any]) -> int:
     return n
 
 
+# ``_nested_over``'s tables: every byte but the brackets and quotes deleted; then an opening bracket as
+# byte 1 and a closing one as byte 255 (-1 as a signed byte).
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b'"[]{}')
+_AS_STEPS = bytes.maketrans(b"[]{}", b"\x01\xff\x01\xff")
+# Levels removed by whole-bytes passes first (most bodies' containers are leaves or one above: ``{}``
+# messages, ``{"type": ...}`` parts), before the running sum walks what is left.
+_LEAF_PASSES = 2
+
+
+def _nested_over(raw: bytes | bytearray, limit: int) -> bool:
+    """Whether valid JSON ``raw`` nests containers more than ``limit`` deep, in C-speed passes over its
+    bytes (``_too_deep`` walks every node in Python: 3 s for 2.8M ``{}``, review s22-rev22a F4): escaped
+    backslashes then escaped quotes dropped (left to right, as JSON pairs them), every byte but brackets
+    and quotes deleted, strings (now quotes around brackets alone) cut out. Each of ``_LEAF_PASSES``
+    passes removing the empty pairs (``[]``, ``{}``) takes off one level (the innermost containers), then
+    the running sum of +1 an opening and -1 a closing bracket peaks at what depth is left."""
+    s = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_BRACKETS)
+    if b'"' in s:
+        s = b"".join(s.split(b'"')[::2])  # (outside strings: the even pieces)
+    s = s.translate(_AS_STEPS)
+    for _ in range(_LEAF_PASSES):
+        s = s.replace(b"\x01\xff", b"")
+    return bool(s) and max(accumulate(memoryview(s).cast("b"))) > limit - _LEAF_PASSES
+
+
 def _too_deep(body: dict[str, Any]) -> str | None:
     """The top-level key under which nesting exceeds ``MAX_NESTING`` (None when it does not)."""
     for key, value in body.items():
@@ -428,8 +454,13 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         raise BodyError(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise BodyError("request body must be a JSON object")
-    # Cheap guard first: nesting deeper than the limit needs at least that many brackets.
-    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and (key := _too_deep(body)) is not None:
+    # Cheap guards first: nesting deeper than the limit needs at least that many brackets; the bytes' check
+    # (``_nested_over``), then the walk only to name the key.
+    if (
+        raw.count(b"[") + raw.count(b"{") > MAX_NESTING
+        and _nested_over(raw, MAX_NESTING)
+        and (key := _too_deep(body)) is not None
+    ):
         raise BodyError(f"'{key}' is nested more than {MAX_NESTING} levels deep", key)
     model = body.get("model")
     if not isinstance(model, str) or not model:
