@@ -485,7 +485,6 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
             kind = OTHER
     token_ids: list[int] | None = None
     prompt_text, estimate = "", 0
-    budget = media_budget()
     if kind in (CHAT, MESSAGES):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
@@ -496,12 +495,14 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
             isinstance(system, str) or (isinstance(system, list) and all(isinstance(b, dict) for b in system))
         ):
             raise BodyError("'system' must be a string or a list of content blocks", "system")
+        budget = media_budget()
         try:
             prompt_text = render_chat(messages, body.get("tools"), system, budget)
         except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
             raise BodyError(f"'messages' cannot be encoded: {e}", "messages") from None
         estimate = _estimate(prompt_text, budget)
     elif kind == RESPONSES:
+        budget = media_budget()
         prompt_text = _responses_prompt(body, budget)
         estimate = _estimate(prompt_text, budget)
     elif kind == COMPLETIONS:
