@@ -82,3 +82,32 @@ async def test_head_on_a_stream_still_generating_is_done_once_its_head_is_out(st
         finally:
             writer.close()
         await until(lambda: store.streams_open == 0, 5, "the upstream stream let go")
+
+
+class _Peers(ResponsesStore):
+    """The store, noting which upstream connection (the gateway's port) each lookup came on."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.peers: list[object] = []
+
+    async def _retrieve(self, request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        self.peers.append(request.transport.get_extra_info("peername"))
+        return await super()._retrieve(request)
+
+
+async def test_head_on_a_json_answer_keeps_the_upstream_connection() -> None:
+    """Review s22-late F4: a HEAD whose (small, known-length) JSON answer has all arrived drops it and
+    gives the upstream connection back to the pool; only an answer still coming is cut. Three HEADs and a
+    GET in turn come on one upstream connection (FAILS on aa45247f: every HEAD closed its connection, four
+    lookups on four connections)."""
+    async with serving(_Peers("s0")) as (peers,), running_gateway(make_config([peers.address])) as gw:
+        async with aiohttp.ClientSession() as s:
+            (rid,) = await make_responses(s, base_url(gw), 1)
+            for method in ("HEAD", "HEAD", "HEAD", "GET"):
+                async with s.request(method, f"{base_url(gw)}/v1/responses/{rid}") as r:
+                    assert r.status == 200, await r.text()
+                    await r.read()
+        assert len(peers.peers) == 4
+        assert len(set(peers.peers)) == 1, peers.peers

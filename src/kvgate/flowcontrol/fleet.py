@@ -457,7 +457,8 @@ class FleetShares:
         after = self._hr_after
         if after is not None and after[0] is ctl:
             self._moved += ctl.headroom - after[1]
-        m[b + _SHLEVEL] = ctl.headroom
+        # (NaN without the target: a fixed headroom is no adaptive level to join; review s22-late F1)
+        m[b + _SHLEVEL] = ctl.headroom if ctl.cfg.fair_share_ttft_target else math.nan
         m[b + _SHMOVED] = self._moved
         m[b + _SEPOCH] = self._epoch
         m[b + _SSTAMP] = now
@@ -517,7 +518,9 @@ class FleetShares:
             last = seen.get(mb)
             if last is not None and last[0] == epoch:
                 moves += moved - last[1]
-            levels.append(row[_SHLEVEL])
+            level = row[_SHLEVEL]
+            if level == level:  # (not NaN: that worker adapts its headroom)
+                levels.append(level)
             seen[mb] = (epoch, moved)
         if ctl.cfg.fair_share_ttft_target:
             self._steer(ctl, moves, levels)
@@ -550,8 +553,11 @@ class FleetShares:
         as one process's: levels that drift apart meet at a bound."""
         if levels and not self._hr_joined:
             self._hr_joined = True
-            if not self._moved and (self._hr_after is None or self._hr_after[1] == ctl.headroom):
-                moves = sum(levels) / len(levels) - ctl.headroom
+            # At the others' mean plus this worker's own moves so far (review s22-late F3: a worker that
+            # moved before it found a fresh row of another's never joined and stayed apart).
+            after = self._hr_after
+            own = self._moved if after is None or after[0] is ctl else 0.0
+            moves = sum(levels) / len(levels) + own - ctl.headroom
         if moves:
             top = ctl.cfg.fair_share_headroom
             ctl.headroom = min(top, max(0.0, ctl.headroom + moves))

@@ -165,8 +165,12 @@ class ResponseLookups:
             await out.prepare(request)
             if request.method == "HEAD":
                 # (its head is all it answers: reading on would hold the client's connection, a slot and
-                # the upstream stream for as long as a background response generates, review s22-gw F3)
-                resp.close()
+                # the upstream stream for as long as a background response generates, review s22-gw F3);
+                # an answer already all here is dropped and its connection kept (review s22-late F4)
+                if resp.received:
+                    resp.read_now()
+                else:
+                    resp.close()
                 await out.write_eof()
                 return out
             while True:
