@@ -1,6 +1,7 @@
 """#16: every Responses / Anthropic body ``parse_body`` refuses, vLLM's own request models refuse too
 (``ResponsesRequest``, ``AnthropicMessagesRequest``, validated in the vLLM CPU venv): kvgate's 400 is never
-an answer the server would not have given. Seeded shapes of ``input``, ``instructions`` and ``system``.
+an answer the server would not have given. Seeded shapes of ``input``, ``instructions``, ``system``,
+``messages`` and the other top-level keys kvgate reads (``_TOP_KEYS``).
 Needs the vLLM venv (``scripts/realvllm.sh``), not the servers: in the ``realvllm`` suite (``make
 test-realvllm``, CI), skipped without the venv."""
 
@@ -31,8 +32,9 @@ out = []
 for kind, body in json.load(sys.stdin):
     model = ResponsesRequest if kind == "responses" else AnthropicMessagesRequest
     try:
-        model.model_validate(body)
-        out.append(True)
+        req = model.model_validate(body)
+        # (its serving's SamplingParams then refuses a limit under 1: "max_tokens must be at least 1")
+        out.append(kind != "responses" or req.max_output_tokens is None or req.max_output_tokens >= 1)
     except Exception:
         out.append(False)
 print(json.dumps(out))
@@ -68,6 +70,20 @@ def _item(rng: random.Random) -> Any:
     return item
 
 
+# The other top-level keys kvgate reads, each API's own or another's (review s22-resp F3: a fuzz that
+# fixed them never drew a chat key on /v1/responses, which kvgate refused and vLLM ignores). Not
+# ``stream``, nor a boolean value: a non-bool ``stream`` and a boolean limit are kvgate's deliberate 400s
+# (vLLM's lax pydantic takes ``"yes"`` / ``true``: tests/openai_request/test_shared_bodies.py,
+# test_request.py::test_other_non_integers_stay_refused).
+_TOP_KEYS = ["max_tokens", "max_completion_tokens", "max_output_tokens", "user", "stream_options", "n"]
+
+
+def _top_keys(rng: random.Random, body: dict[str, Any]) -> dict[str, Any]:
+    for key in rng.sample(_TOP_KEYS, rng.randrange(3)):
+        body[key] = rng.choice([4, 4.0, 0, -1, 1.5, "u", None, [], {"include_usage": True}, {"k": 1}])
+    return body
+
+
 def _bodies(n: int) -> list[tuple[str, dict[str, Any]]]:
     rng = random.Random(22)
     out: list[tuple[str, dict[str, Any]]] = []
@@ -76,10 +92,11 @@ def _bodies(n: int) -> list[tuple[str, dict[str, Any]]]:
         body: dict[str, Any] = {"model": "m", "input": items}
         if rng.random() < 0.5:
             body["instructions"] = rng.choice(["be brief", _scalar(rng)])
-        out.append((RESPONSES, body))
+        out.append((RESPONSES, _top_keys(rng, body)))
         system = rng.choice(["be brief", [_part(rng) for _ in range(rng.randrange(3))], _scalar(rng)])
-        msgs = [{"role": "user", "content": "hi"}]
-        out.append((MESSAGES, {"model": "m", "max_tokens": 4, "messages": msgs, "system": system}))
+        msgs = rng.choice([[{"role": "user", "content": "hi"}], [], [_item(rng)], _scalar(rng)])
+        body = {"model": "m", "max_tokens": 4, "messages": msgs, "system": system}
+        out.append((MESSAGES, _top_keys(rng, body)))
     return out
 
 

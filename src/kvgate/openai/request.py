@@ -8,8 +8,9 @@ body (orjson refuses to encode past 254 levels; a 500 is not an answer to a clie
 
 ``max_completion_tokens`` wins over ``max_tokens`` when a body sets both (the newer OpenAI name; vLLM reads
 them in the same order); each must be a non-negative integer, written as one or as a whole-number float
-(``512.0``, ``1e2``: vLLM's lax pydantic models take them; ``512.5`` is refused). A body of another API
-(``OTHER``) may name it ``max_output_tokens`` (the Responses API), read and checked last.
+(``512.0``, ``1e2``: vLLM's lax pydantic models take them; ``512.5`` is refused). A body of
+another API (``OTHER``) may name it ``max_output_tokens``, read and checked last. The Responses API and
+Anthropic Messages read and check only their own keys (``_API_KEYS``): vLLM ignores the others.
 
 The Responses API (``RESPONSES``: ``instructions`` + ``input``, ``render_responses``) and Anthropic
 Messages (``MESSAGES``: ``system`` + ``messages``) are rendered like chat, so both doors estimate and
@@ -91,6 +92,15 @@ MAX_TOKENS_KEYS = ("max_completion_tokens", "max_tokens")  # precedence order
 # An ``OTHER`` body's too: the Responses API (``/v1/responses``, vLLM's ``ResponsesRequest``) names its
 # limit ``max_output_tokens`` (review s17-qafix-d F4); Anthropic's ``/v1/messages`` says ``max_tokens``.
 OTHER_MAX_TOKENS_KEYS = (*MAX_TOKENS_KEYS, "max_output_tokens")
+# The Responses API and Anthropic Messages: only the keys vLLM's own request model defines are read and
+# checked (``ResponsesRequest``: ``max_output_tokens``, ``user``; ``AnthropicMessagesRequest``:
+# ``max_tokens``; neither has ``stream_options``). vLLM ignores a key its model lacks, so a 400 on one
+# would refuse a body the server takes (review s22-resp F1). Per kind: (limit keys, check ``user``, read
+# ``stream_options``).
+_API_KEYS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
+    RESPONSES: (("max_output_tokens",), True, False),
+    MESSAGES: (("max_tokens",), False, False),
+}
 # pydantic's lax ``int`` takes a whole float only below 2**63 (``1e19`` is vLLM's 400 too; orjson reads an
 # integer past 64 bits as a float): past it, a float stays refused (review s21-cpu F1).
 _LAX_INT_LIMIT = float(1 << 63)
@@ -125,8 +135,28 @@ MEDIA_TYPES = frozenset({
 })  # fmt: skip
 
 
+class _RenderError(ValueError):
+    """A body's prompt cannot be rendered: the caller's 400, naming the key the prompt is in. Only these
+    (not any ``TypeError``: ``orjson.JSONEncodeError`` is ``TypeError``) are the client's mistake."""
+
+
+class _Unencodable(_RenderError):
+    pass
+
+
+class _PartTypeError(_RenderError):
+    pass
+
+
+def _dumps(value: Any, option: int = 0) -> bytes:
+    try:
+        return orjson.dumps(value, option=option)
+    except orjson.JSONEncodeError as e:  # (orjson's own error only: nothing else runs in this call)
+        raise _Unencodable(f"cannot be encoded: {e}") from None
+
+
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
+    return value if isinstance(value, str) else _dumps(value).decode()
 
 
 def media_budget() -> list[int]:
@@ -213,7 +243,7 @@ def render_responses(
             out.append(f"<|{_text(role)}|>\n{_content(item.get('content'), budget)}\n")
             continue
         rest = {k: v for k, v in item.items() if k != "type" and k not in _ITEM_TEXT_KEYS}
-        text = [orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode()] if rest else []
+        text = [_dumps(rest, orjson.OPT_SORT_KEYS).decode()] if rest else []
         text.extend(_content(item[k], budget) for k in _ITEM_TEXT_KEYS if k in item)
         out.append(f"<|{_text(kind)}|>\n{''.join(text)}\n")
     return "".join(out)
@@ -248,10 +278,13 @@ def _parts(content: list[Any], out: list[str], budget: list[int]) -> None:
     ``MAX_NESTING`` before any rendering)."""
     for p in content:
         if isinstance(p, dict):
+            kind = p.get("type")
+            if isinstance(kind, list | dict):  # (vLLM's models refuse it too; unhashable for the set)
+                raise _PartTypeError("a content part's 'type' must be a string")
             t = p.get("text")
             if isinstance(t, str):
                 out.append(t)
-            elif p.get("type") in MEDIA_TYPES:
+            elif kind in MEDIA_TYPES:
                 out.append(_media(p, budget))
             elif isinstance(inner := p.get("content"), list):
                 out.append(_text({k: v for k, v in p.items() if k != "content"}))
@@ -416,6 +449,18 @@ def _too_deep(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _fails(system: Any) -> bool:
+    """Whether Anthropic's ``system`` alone fails to render (which key a render error names: it is
+    rendered before the messages)."""
+    if not isinstance(system, list):
+        return False
+    try:
+        _content(system, [0, 0])
+    except _RenderError:
+        return True
+    return False
+
+
 def _responses_prompt(body: dict[str, Any], budget: list[int]) -> str:
     """A Responses API body's prompt text (``render_responses``). Refused (400, the key named) only where
     vLLM's ``ResponsesRequest`` refuses too: ``input`` neither a string nor a list, an item
@@ -433,8 +478,8 @@ def _responses_prompt(body: dict[str, Any], budget: list[int]) -> str:
         raise BodyError("'instructions' must be a string", "instructions")
     try:
         return render_responses(instructions, items, body.get("tools"), budget)
-    except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
-        raise BodyError(f"'input' cannot be encoded: {e}", "input") from None
+    except _RenderError as e:
+        raise BodyError(f"'input': {e}", "input") from None
 
 
 def _estimate(text: str, budget: list[int]) -> int:
@@ -471,6 +516,7 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     if not isinstance(stream, bool):
         raise BodyError("'stream' must be a boolean", "stream")
     limit_keys: tuple[str, ...] = MAX_TOKENS_KEYS
+    check_user = check_stream_options = True
     # ``n`` and a batch are the completions and chat APIs' (another API may use the names otherwise).
     sequences = _choices(body) if "n" in body and kind in (COMPLETIONS, CHAT) else 1
     api = kind
@@ -479,7 +525,7 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         # Unknown API: read the prompt the way its keys say, when it has one.
         kind = CHAT if "messages" in body else COMPLETIONS if "prompt" in body else OTHER
     elif kind in (RESPONSES, MESSAGES):
-        limit_keys = OTHER_MAX_TOKENS_KEYS
+        limit_keys, check_user, check_stream_options = _API_KEYS[kind]
         # Without the key its prompt is in, no prompt (as an ``OTHER`` body: the server's 400 answers it).
         if (kind == RESPONSES and "input" not in body) or (kind == MESSAGES and "messages" not in body):
             kind = OTHER
@@ -487,8 +533,14 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     prompt_text, estimate = "", 0
     if kind in (CHAT, MESSAGES):
         messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            raise BodyError("'messages' must be a non-empty list of message objects", "messages")
+        # (an empty list is vLLM's ``AnthropicMessagesRequest``'s to take, not chat's)
+        if (
+            not isinstance(messages, list)
+            or not (messages or kind == MESSAGES)
+            or not all(isinstance(m, dict) for m in messages)
+        ):
+            what = "a list" if kind == MESSAGES else "a non-empty list"
+            raise BodyError(f"'messages' must be {what} of message objects", "messages")
         system = body.get("system") if kind == MESSAGES else None
         # (vLLM's ``AnthropicMessagesRequest``: a string or a list of content blocks, else its 400)
         if system is not None and not (
@@ -498,8 +550,9 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         budget = media_budget()
         try:
             prompt_text = render_chat(messages, body.get("tools"), system, budget)
-        except orjson.JSONEncodeError as e:  # e.g. an integer orjson cannot write back
-            raise BodyError(f"'messages' cannot be encoded: {e}", "messages") from None
+        except _RenderError as e:
+            key = "system" if _fails(system) else "messages"
+            raise BodyError(f"'{key}': {e}", key) from None
         estimate = _estimate(prompt_text, budget)
     elif kind == RESPONSES:
         budget = media_budget()
@@ -529,8 +582,10 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
                 max_tokens = value
     user = body.get("user")
     if user is not None and not isinstance(user, str):
-        raise BodyError("'user' must be a string", "user")
-    opts = body.get("stream_options")
+        if check_user:
+            raise BodyError("'user' must be a string", "user")
+        user = None  # (not the API's key: the server ignores it, so does the session fallback)
+    opts = body.get("stream_options") if check_stream_options else None
     if opts is not None and not isinstance(opts, dict):
         raise BodyError("'stream_options' must be an object", "stream_options")
     wants_usage = bool(opts and opts.get("include_usage"))
