@@ -72,7 +72,7 @@ def test_the_limit_is_read_from_the_apis_own_key_only() -> None:
         assert err.value.param == key
 
 
-PART = {"type": ["image"], "text": "a"}
+PART = {"type": ["image"], "image_url": {"url": "data:image/png;base64,AAAA"}}
 
 
 @pytest.mark.parametrize(

@@ -135,6 +135,10 @@ MEDIA_TYPES = frozenset({
 })  # fmt: skip
 
 
+# A part ``type`` the ``MEDIA_TYPES`` lookup cannot hash: a 400 of its own (review s22-resp F5).
+_UNHASHABLE = (list, dict)
+
+
 class _RenderError(ValueError):
     """A body's prompt cannot be rendered: the caller's 400, naming the key the prompt is in. Only these
     (not any ``TypeError``: ``orjson.JSONEncodeError`` is ``TypeError``) are the client's mistake."""
@@ -278,12 +282,11 @@ def _parts(content: list[Any], out: list[str], budget: list[int]) -> None:
     ``MAX_NESTING`` before any rendering)."""
     for p in content:
         if isinstance(p, dict):
-            kind = p.get("type")
-            if isinstance(kind, list | dict):  # (vLLM's models refuse it too; unhashable for the set)
-                raise _PartTypeError("a content part's 'type' must be a string")
             t = p.get("text")
             if isinstance(t, str):
                 out.append(t)
+            elif isinstance(kind := p.get("type"), _UNHASHABLE):  # (vLLM's models refuse it too)
+                raise _PartTypeError("a content part's 'type' must be a string")
             elif kind in MEDIA_TYPES:
                 out.append(_media(p, budget))
             elif isinstance(inner := p.get("content"), list):
