@@ -269,7 +269,7 @@ def _media(part: dict[str, Any], budget: list[int]) -> str:
     long as the estimate says (``MEDIA_PART_TOKENS`` at ``CHARS_PER_TOKEN``), so it fills the prefix blocks
     its tokens fill at the server: the same image with another question shares them (review s21-fixes-a
     M1), and the cost scorer's per-block weight stays the estimate's."""
-    tag = f"<|media:{xxhash.xxh3_64_hexdigest(orjson.dumps(part, option=orjson.OPT_SORT_KEYS))}|>"
+    tag = f"<|media:{xxhash.xxh3_64_hexdigest(_dumps(part, orjson.OPT_SORT_KEYS))}|>"
     if budget[0] <= 0:  # past ``MAX_LONG_MEDIA_PARTS``: the tag alone (still one prefix per image)
         budget[1] += 1
         return tag
