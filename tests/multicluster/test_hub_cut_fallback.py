@@ -10,7 +10,11 @@ Review s21-fixes-b F3: a primary whose SYNs are dropped (blackholed: Envoy waits
 goes on to the fallback) made the probe time out like a gateway that accepted and never answered, and the
 fallback was neither charged nor probed. Now a probe that times out is checked by a connect of its own
 (``connects``, the kernel's view): none within ``probe_timeout_s`` is "took no connection", as a refusal.
-East blackholed here: a loopback listener whose accept queue is full, so the kernel drops every new SYN."""
+East blackholed here: a loopback listener whose accept queue is full, so the kernel drops every new SYN.
+
+Review s22-hubqa F1: the other side of that check, a primary that takes the connection and never answers
+(``hung``), stays "hung": the fallback neither charged nor probed (a mutant reading every timeout as "no
+connection" passed the other cases)."""
 
 from __future__ import annotations
 
@@ -65,13 +69,21 @@ def _blackholed() -> Iterator[str]:
 
 @pytest.mark.parametrize(
     ("east_kind", "west_hung"),
-    [("refused", True), ("refused", False), ("blackholed", True), ("blackholed", False), ("up", True)],
+    [
+        ("refused", True),
+        ("refused", False),
+        ("blackholed", True),
+        ("blackholed", False),
+        ("up", True),
+        ("hung", True),
+    ],
 )
 async def test_a_cut_before_the_head_charges_the_fallback_when_the_primary_takes_no_connection(
     east_kind: str, west_hung: bool
 ) -> None:
-    east_up = east_kind == "up"
-    east_health, west_health = Healthz(), Healthz(5.0 if west_hung else 0.0)
+    east_up = east_kind in ("up", "hung")  # (hung: it takes the connection and never answers the probe)
+    east_health = Healthz(5.0 if east_kind == "hung" else 0.0)
+    west_health = Healthz(5.0 if west_hung else 0.0)
     runners = []
     for h in (east_health, west_health):
         app = web.Application()
@@ -99,8 +111,9 @@ async def test_a_cut_before_the_head_charges_the_fallback_when_the_primary_takes
                 assert reply.immediate_response.status.code == 504, reply
             assert east.backoff_s > 0  # (it hung, or it refused Envoy: charged either way)
             await _until(lambda: not director._live_probes, "the probes after the cut did not end")
-            if east_up:  # (east answers the probe: it is the one Envoy waited on; west untouched)
+            if east_up:  # (east took the probe's connection: it is the one Envoy waited on; west untouched)
                 assert east_health.probes == 1 and west_health.probes == 0
+                assert (east.hung_at is not None) is (east_kind == "hung"), east.hung_at
                 assert west.backoff_s == 0 and west.hung_at is None
             else:
                 assert west_health.probes == 1, "the fallback Envoy waited on was not probed"

@@ -548,18 +548,29 @@ async def _serve(
         loop.add_signal_handler(signal.SIGHUP, reload_now)
     else:
         serve_on_sighup(loop, log, "kvgate epp (it reads its configuration once, at start)")
-    await scraper.start()
-    if kube is not None:
-        await kube.start()
     # The data layer's other feeds (KV events) start beside the scraper, never on a first pick.
     sources: list[Any] = getattr(ctx.director, "data_sources", list)()
-    for source in sources:
-        await source.start()
+    parts = [("metrics scraper", scraper)]
+    if kube is not None:
+        parts.append(("InferencePool discovery", kube))
+    parts += [(f"data source {type(s).__name__}", s) for s in sources]
+    # Every start failure ends in one line, what began its start stopped (one that raised part-way may hold
+    # something: a KV-event subscription), as for a port taken (reviews s22-qa F3, s22-hubqa F3).
+    started: list[Any] = []
+    what = "server"
     try:
+        for label, part in parts:
+            what = label
+            started.append(part)
+            await part.start()
+        what = "server"
         await server.start()
-    except ListenError as e:  # a port taken (review s22-qa F3): one line, what started stopped, as serve
-        await _stop_all(server, kube, scraper, sources, grace=0)
-        print(f"kvgate epp: cannot start: {LISTEN_FLAGS[e.option]}: {e}", file=sys.stderr, flush=True)
+    except Exception as e:
+        why = f"{LISTEN_FLAGS[e.option]}: {e}" if isinstance(e, ListenError) else f"{what}: {e}"
+        log.debug("start failed", exc_info=True)
+        await _stop_all(server, kube if kube in started else None, scraper,
+                        [s for s in sources if s in started], grace=0)  # fmt: skip
+        print(f"kvgate epp: cannot start: {why}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     # One line a supervisor (or a test) can read: the ports actually bound.
     print(f"kvgate epp ready grpc={server.port} health={server.health_port} metrics={server.metrics_port} "
