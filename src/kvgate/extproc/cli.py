@@ -484,6 +484,7 @@ async def _serve(
 ) -> None:
     from kvgate.datalayer.scraper import MetricsScraper
     from kvgate.extproc.server import EppServer, ListenError, ServerOptions
+    from kvgate.multicluster.clusters import ClustersError
 
     opts = ServerOptions(
         host=args.host, port=args.port, health_port=args.grpc_health_port, metrics_port=args.metrics_port,
@@ -550,7 +551,7 @@ async def _serve(
         serve_on_sighup(loop, log, "kvgate epp (it reads its configuration once, at start)")
     # The data layer's other feeds (KV events) start beside the scraper, never on a first pick.
     sources: list[Any] = getattr(ctx.director, "data_sources", list)()
-    parts = [("metrics scraper", scraper)]
+    parts = [("cluster feed" if feed else "metrics scraper", scraper)]
     if kube is not None:
         parts.append(("InferencePool discovery", kube))
     parts += [(f"data source {type(s).__name__}", s) for s in sources]
@@ -570,6 +571,8 @@ async def _serve(
         log.debug("start failed", exc_info=True)
         await _stop_all(server, kube if kube in started else None, scraper,
                         [s for s in sources if s in started], grace=0)  # fmt: skip
+        if isinstance(e, ClustersError):  # the clusters file's kubernetes section: the caller's exit 2
+            raise
         print(f"kvgate epp: cannot start: {why}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     # One line a supervisor (or a test) can read: the ports actually bound.
