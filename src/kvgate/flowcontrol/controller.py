@@ -494,13 +494,6 @@ class FlowController:
         # Heads passed over for one look (``pass_over``), with their entries, put back at its end.
         self._passed: list[tuple[QueuedRequest, tuple[float, int, QueuedRequest], bool]] = []
         self._pass_homes: frozenset[str] = frozenset()  # their subsets
-        # A head of several sequences waiting for a server with room for all of them (``wait_for_fit``):
-        # set by the gate (``Director.saturated``: the request, the endpoint it would drain), read by the
-        # dispatcher; and the endpoints held to drain for such heads in this pass (no other request's gate
-        # counts them nor does its late pick go there). ``fit_waived``: the gate asked with the fit waived.
-        self.unfit: tuple[InferenceRequest, str] | None = None
-        self.draining: frozenset[str] = frozenset()
-        self.fit_waived = False
         # Heads waiting aside for their full home (``park``), by home; insertion order: the least recently
         # looked at first (``homes_to_look``). ``_parked_at``: address -> the parked homes holding it.
         self._parked: dict[HomeKey, Home] = {}
@@ -805,27 +798,6 @@ class FlowController:
         self._aside, self._asides = item, self._asides + 1
         return True
 
-    def wait_for_fit(self, item: QueuedRequest, address: str) -> bool:
-        """``item`` (a head of several sequences the pool has room for, but no server for all of them)
-        waits for ``address`` (its candidate with the most free running slots) to drain, for the rest of
-        this pass: passed over (``pass_over``: the requests behind it go), and ``address`` held for it
-        (``draining``: the gate of the requests sent past it does not count it, their late pick keeps off
-        it). A pass meets it again first, so the drain lasts while it waits (``fit_given_up``)."""
-        if not self.pass_over(item):
-            return False
-        self.draining = self.draining | {address}
-        self._pass_homes = self._pass_homes | {address}
-        return True
-
-    @staticmethod
-    def fit_given_up(item: QueuedRequest, now: float) -> bool:
-        """A head of several sequences stops waiting for a server with room for all of them at the midpoint
-        of its wait (``unpin_at``'s rule, the delta-t argument: past it, the spell without a fit is more
-        likely than not to outlast its deadline); it is then gated as a request of one sequence and goes to
-        the server with the most free slots, the rest waiting in that server's own queue (as vLLM runs
-        what fits of a request and queues the rest)."""
-        return now >= unpin_at(item.enqueued_at, item.deadline)
-
     @property
     def passed(self) -> int:
         """Heads passed over (``pass_over``) and not put back yet."""
@@ -871,7 +843,6 @@ class FlowController:
 
     def put_back(self) -> None:
         """The heads passed over back in their places (``pass_over``), in the order they had."""
-        self.draining = frozenset()
         if not self._passed:
             return
         for item, entry, late in self._passed:

@@ -111,9 +111,6 @@ def dispatch_ready(
             looked.add(home)
             full.add(home)
     ctl.unpin_due(now)  # (soft pins whose home stayed full too long: picked as any request from now on)
-    # A head of several sequences waits for a fit only while others wait (``wait_for_fit``): a walk that met
-    # no head but those waiting for one puts them back and sends the first as one sequence (``alone``).
-    alone = False
     try:
         while True:
             blocked = True
@@ -150,9 +147,6 @@ def dispatch_ready(
                     _again(ctl, key, now, probe_full, full, looked)
                     blocked = False
                     break
-                unfit, ctl.unfit = ctl.unfit, None
-                if unfit is not None and unfit[0] is not item.req:
-                    unfit = None
                 if preempt is not None and not item.req.sheddable and preempt(item.req):
                     ctl.take(item, now, record=False)
                     yield item
@@ -161,28 +155,6 @@ def dispatch_ready(
                     looked.intersection_update(full)  # (its load may have filled a home found with room)
                     blocked = False
                     break
-                if unfit is not None:
-                    # Room in the pool but no server for all its sequences: past the midpoint of its wait,
-                    # or when no other request waits, it goes as a request of one sequence would; else the
-                    # server with the most free slots drains for it while the others go elsewhere.
-                    if alone or ctl.fit_given_up(item, now):
-                        ctl.fit_waived = True
-                        try:
-                            waived = not saturated(item.req)
-                        finally:
-                            ctl.fit_waived = False
-                        if waived and not _room_above(ctl, item, probe_full, full, clear, now):
-                            ctl.take(item, now, record=False)
-                            yield item
-                            looked.intersection_update(full)
-                            _again(ctl, key, now, probe_full, full, looked)
-                            blocked = False
-                            break
-                        if waived:
-                            blocked = False
-                            break
-                    elif ctl.wait_for_fit(item, unfit[1]):
-                        continue
                 # fairShareSLOFirst: the head the fairness policy chose is held back by the headroom; a
                 # due head of another flow in the band goes through the whole gate if it has room.
                 due = _due_instead(ctl, item, now)
@@ -209,10 +181,6 @@ def dispatch_ready(
                     break
                 full.add(key)
                 ctl.park(item, now)
-            else:
-                if ctl.draining and not alone:  # (no one else waits: the pool is not near saturation)
-                    ctl.put_back()
-                    alone, blocked = True, False
             if blocked:
                 return
     finally:

@@ -27,16 +27,8 @@ class SaturationDetector(Plugin):
             return float("inf")
         return sum(self.endpoint_saturation(ep, now, pending_scale) for ep in endpoints) / len(endpoints)
 
-    def saturated(self, endpoints: Sequence[Endpoint], now: float, seqs: int = 1) -> bool:
-        """``seqs``: the sequences of the request asking (``n`` choices x a batch's prompts); a detector
-        that bounds running slots (``fits``) needs room for all of them on one endpoint."""
-        return self.saturation(endpoints, now) >= 1.0 or (seqs > 1 and not self.fits(endpoints, seqs))
-
-    def fits(self, endpoints: Sequence[Endpoint], seqs: int) -> bool:
-        """Has one of ``endpoints`` room for ``seqs`` more sequences? A detector without slot bounds
-        (the utilization detector: thresholds on the server's own queue and KV) does not judge a
-        request's size: always True."""
-        return True
+    def saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
+        return self.saturation(endpoints, now) >= 1.0
 
     def scrape_bound(self) -> float:
         """How long this detector can go without a scrape of an endpoint whose last scraped load this
@@ -47,9 +39,8 @@ class SaturationDetector(Plugin):
         return REFERENCE_STALENESS_S
 
     def saturated_reserving(
-        self, endpoints: Sequence[Endpoint], now: float, headroom: float, pending_only: bool = False,
-        seqs: int = 1,
-    ) -> bool:  # fmt: skip
+        self, endpoints: Sequence[Endpoint], now: float, headroom: float, pending_only: bool = False
+    ) -> bool:
         """The gate for a flow over its fair share (``flowControl.fairShareHeadroom``): saturated
         already at ``1 - headroom``, so the rest stays free for the flows under their share.
 
@@ -59,10 +50,7 @@ class SaturationDetector(Plugin):
         kept free for them (a pending slot is no use without a running one: with small batches that is
         what binds); the token bound stays whole, and with big batches those few running slots cost
         next to nothing. Otherwise, or for a detector without a pending bound (the config refuses that
-        combination), it comes off the whole score (every bound, as a share of each). ``seqs``: as
-        ``saturated``."""
-        if seqs > 1 and not self.fits(endpoints, seqs):
-            return True
+        combination), it comes off the whole score (every bound, as a share of each)."""
         if pending_only and self.pending_bound:
             return self.saturation(endpoints, now, 1.0 - headroom) >= 1.0
         return self.saturation(endpoints, now) >= 1.0 - headroom
@@ -200,9 +188,9 @@ class ConcurrencyDetector(SaturationDetector):
 
     Counted in sequences (``InFlight.requests``: a request with ``n`` choices x a batch's prompts is
     that many, as vLLM's ``max_num_seqs`` counts; upstream GIE's detector counts requests, it knows no
-    ``n``). A request of several sequences also needs one endpoint with room for all of them
-    (``fits``; as many as a bound holds, for a request bigger than a server's bound: an endpoint with
-    nothing there), so the gate does not send it to overfill a server whose last slot is free.
+    ``n``). The gate asks one free slot of any request; flow control's late pick sends a request of
+    several sequences to an endpoint with room for all of them when one has (``fits``; as many as a
+    bound holds), else where the most running slots are free.
     """
 
     def __init__(
@@ -231,14 +219,15 @@ class ConcurrencyDetector(SaturationDetector):
         params.finish()
         return d
 
-    def fits(self, endpoints: Sequence[Endpoint], seqs: int, freed: str | None = None) -> bool:
-        """``freed``: as if a request waiting for its first token (a preemption's victim) left the endpoint
-        of that address."""
+    def fits(self, endpoints: Sequence[Endpoint], seqs: int, freed: tuple[str, int] | None = None) -> bool:
+        """Has one of ``endpoints`` a running (and pending) slot for each of ``seqs`` sequences (as many as
+        a bound holds)? ``freed``: (address, sequences): as if a request of that many sequences waiting
+        for its first token (a preemption's victim) left that endpoint."""
         run = min(seqs, self.max_requests)
         pend = min(seqs, self.max_pending)
         for ep in endpoints:
             inf = ep.inflight
-            gone = 1 if ep.address == freed else 0
+            gone = freed[1] if freed is not None and ep.address == freed[0] else 0
             if inf.requests - gone + run <= self.max_requests and (
                 not pend or inf.requests - inf.decoding - gone + pend <= self.max_pending
             ):

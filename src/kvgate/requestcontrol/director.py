@@ -267,19 +267,14 @@ class Director:
             # (a health blip): its request waits for it, as for a busy home (review s19-fixes-b I1).
             return req.subset_soft and req.subset is not None
         flow, now = self.flow, self.clock()
-        if flow is not None and flow.ctl.draining:  # (held for a head of several sequences: wait_for_fit)
-            cands = [ep for ep in cands if ep.address not in flow.ctl.draining]
-            if not cands:
-                return True
         # (held back matters only with headroom to keep, or the running reserve: else not asked)
         held = (
             flow is not None
             and bool(flow.ctl.headroom or flow.ctl.cfg.fair_share_running_reserve)
             and flow.ctl.held_back(req, now)
         )
-        seqs = req.sequences  # (a request of several sequences needs room for all: ``fits``)
-        if seqs > 1 and flow is not None and flow.ctl.fit_waived:
-            seqs = 1  # (its wait for a fit given up: gated as one sequence, FlowController.fit_given_up)
+        # One free slot lets any request leave, of one sequence or several: flow control never holds a
+        # request for a server with room for all its sequences (the late pick looks for one: _free_slot).
         if held and flow is not None and flow.ctl.headroom:
             # flowControl.fairShareHeadroom: the last part of the capacity is kept for flows at or
             # under their fair share, so one of theirs leaves at once instead of waiting for a slot.
@@ -287,13 +282,6 @@ class Director:
             if self.detector.saturated_reserving(cands, now, flow.ctl.headroom, pending_only):
                 return True
         elif self.detector.saturated(cands, now):
-            return True
-        if seqs > 1 and not self.detector.fits(cands, seqs):
-            # Room in the pool, but no server for all its sequences: the dispatcher lets the requests
-            # behind it go while the candidate with the most free running slots drains for it.
-            if flow is not None and isinstance(self.detector, ConcurrencyDetector):
-                most = min(cands, key=lambda ep: ep.inflight.requests)
-                flow.ctl.unfit = (req, most.address)
             return True
         # flowControl.fairShareRunningReserve: free slots are kept for the others (checked last: it sums
         # the candidates' requests in flight, and a saturated pool needs no more)
@@ -330,11 +318,12 @@ class Director:
         an endpoint with a free running slot when one has: the gate
         is the pool's mean, and sent to a full server a request waits in its queue for a whole
         request to finish while another server could start it now. A request of several sequences
-        goes to an endpoint with a running slot for each (as many as ``maxConcurrency``) whenever the
-        gate counts running slots (``concurrency-detector``), key or not: the gate let it leave for
-        such an endpoint (``ConcurrencyDetector.fits``), and elsewhere it would overfill a server by
-        up to all but one of them. None: no restriction (no running bound known, or every candidate
-        is full, or every one has room: the profile chooses among all as before)."""
+        goes to an endpoint with a running (and pending) slot for each (as many as ``maxConcurrency``)
+        whenever the gate counts running slots (``concurrency-detector``), key or not; with none such,
+        to those with the most free running slots: the rest of its sequences wait in that server's own
+        queue, as vLLM schedules sequences (the gate held it for no fit). None: no restriction (no
+        running bound known, or every candidate is full, or every one has room: the profile chooses
+        among all as before)."""
         flow = self.flow
         if flow is None:
             return None
@@ -350,8 +339,8 @@ class Director:
         except SchedulingError:
             return None  # (the pick fails with its own error)
         if seqs > 1 and isinstance(det, ConcurrencyDetector):
-            # a running (and pending) slot for each of its sequences, as the gate's ``fits``; none with
-            # room for all (its wait for a fit given up): the ones with the most free running slots
+            # a running (and pending) slot for each of its sequences (``fits``); none with room for
+            # all: the ones with the most free running slots
             free = [ep for ep in cands if det.fits((ep,), seqs)]
             if not free:
                 most = min(ep.inflight.requests for ep in cands)
@@ -426,10 +415,12 @@ class Director:
         except SchedulingError:
             return False
         cands = {ep.address for ep in eps}
-        # A request of several sequences: only a stop that gives one server room for all of them (review
-        # s22-fc F2: else a request is stopped for a head still not placed, sent to overfill a server).
+        # No candidate with room for all its sequences (one, for n=1; several can overfill a server, as
+        # vLLM queues what does not fit): only a stop that gives one server that room, the victim's
+        # sequences freed (review s22-fc F2, s22-fixfc R2, R3: else a request is stopped for nothing
+        # the head gains). On servers within their bounds an n=1 head finds one as before fc22.
         det = self.detector if isinstance(self.detector, ConcurrencyDetector) else None
-        fit = det if req.sequences > 1 and det is not None and not det.fits(eps, req.sequences) else None
+        fit = det if det is not None and not det.fits(eps, req.sequences) else None
         # The newest PREEMPT_SCAN only: this runs for every blocked critical head on every dispatch pass,
         # and a victim leaves the map at its first token or finish, so older ones are rarely useful.
         for key in list(islice(reversed(self._victims), PREEMPT_SCAN)):
@@ -439,7 +430,7 @@ class Director:
                 continue
             if key[1] not in cands:
                 continue
-            if fit is not None and not fit.fits(eps, req.sequences, freed=key[1]):
+            if fit is not None and not fit.fits(eps, req.sequences, freed=(key[1], track.seqs)):
                 continue
             victim = self._victims.pop(key)
             if not track.stop():
