@@ -414,7 +414,7 @@ class Director:
             eps = self.candidates(req)
         except SchedulingError:
             return False
-        cands = {ep.address for ep in eps}
+        cands = {ep.address: ep for ep in eps}
         # No candidate with room for all its sequences (one, for n=1; several can overfill a server, as
         # vLLM queues what does not fit): only a stop that gives one server that room, the victim's
         # sequences freed (review s22-fc F2, s22-fixfc R2, R3: else a request is stopped for nothing
@@ -430,7 +430,8 @@ class Director:
                 continue
             if key[1] not in cands:
                 continue
-            if fit is not None and not fit.fits(eps, req.sequences, freed=(key[1], track.seqs)):
+            # (no candidate fits: only the victim's endpoint can, once the victim leaves it)
+            if fit is not None and not fit.fits((cands[key[1]],), req.sequences, freed=(key[1], track.seqs)):
                 continue
             victim = self._victims.pop(key)
             if not track.stop():
