@@ -28,6 +28,7 @@ counts ``MEDIA_PART_TOKENS`` for the part.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
@@ -120,7 +121,8 @@ MEDIA_PART_CHARS = MEDIA_PART_TOKENS * CHARS_PER_TOKEN
 # rendering of a body stays within a bound whatever its parts (``{"type":"image"}`` is 17 bytes of body and
 # was 2,304 characters of prompt text, 50,000 of them 115 M characters held for the request's life: review
 # s21-fixes-c F1): 64 x 2,304 characters (147 KB) + ``MEDIA_TAG_CHARS`` per later part (a part is at least
-# 17 bytes of body, so 1.6x its bytes at most). The estimate counts every part ``MEDIA_PART_TOKENS``
+# 16 bytes of body with its comma, ``{"type":"file"}``, so about 1.65x its bytes at most: review s22-media
+# L4). The estimate counts every part ``MEDIA_PART_TOKENS``
 # (``parse_body`` adds what a tag-only part's text lacks: review s22-rev22a F1).
 MAX_LONG_MEDIA_PARTS = 64
 # A media part's tag, ``<|media:H|>`` (``H`` 16 hex digits): its length whatever the part.
@@ -419,6 +421,9 @@ _AS_STEPS = bytes.maketrans(b"[]{}", b"\x01\xff\x01\xff")
 # Levels removed by whole-bytes passes first (most bodies' containers are leaves or one above: ``{}``
 # messages, ``{"type": ...}`` parts), before the running sum walks what is left.
 _LEAF_PASSES = 2
+# A string once escapes are dropped (no quote inside): cut out in C, no object per string (review s22-media
+# M1: ``split`` made one per quote, 30x the body for 8 MiB of short strings).
+_STRING = re.compile(rb'"[^"]*"')
 
 
 def _nested_over(raw: bytes | bytearray, limit: int) -> bool:
@@ -427,18 +432,37 @@ def _nested_over(raw: bytes | bytearray, limit: int) -> bool:
     backslashes then escaped quotes dropped (left to right, as JSON pairs them), every byte but brackets
     and quotes deleted, strings (now quotes around brackets alone) cut out. Each of ``_LEAF_PASSES``
     passes removing the empty pairs (``[]``, ``{}``) takes off one level (the innermost containers), then
-    the running sum of +1 an opening and -1 a closing bracket peaks at what depth is left."""
+    the running sum of +1 an opening and -1 a closing bracket peaks at what depth is left. Exact for valid
+    JSON and ``limit`` >= 2 (review s22-media L5: at 1 a leaf pass takes an inner level too)."""
     s = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_BRACKETS)
     if b'"' in s:
-        s = b"".join(s.split(b'"')[::2])  # (outside strings: the even pieces)
+        # Strings without brackets (now ``""``) first, in one C pass: two adjacent strings merging keeps
+        # every bracket on its side of the quotes; then what strings are left (brackets inside them).
+        s = _STRING.sub(b"", s.replace(b'""', b""))
     s = s.translate(_AS_STEPS)
     for _ in range(_LEAF_PASSES):
         s = s.replace(b"\x01\xff", b"")
     return bool(s) and max(accumulate(memoryview(s).cast("b"))) > limit - _LEAF_PASSES
 
 
+def _deep_key(body: dict[str, Any]) -> str | None:
+    """The top-level key whose value nests past ``MAX_NESTING`` (the body's object is level 1), read from
+    each value's bytes as ``_nested_over`` reads a body's; None when none does (a repeated key's value,
+    which orjson dropped)."""
+    for key, value in body.items():
+        if isinstance(value, dict | list):
+            try:
+                enc = orjson.dumps(value)
+            except orjson.JSONEncodeError:  # (nested past what orjson writes: 254)
+                return key
+            if _nested_over(enc, MAX_NESTING - 1):
+                return key
+    return None
+
+
 def _too_deep(body: dict[str, Any]) -> str | None:
-    """The top-level key under which nesting exceeds ``MAX_NESTING`` (None when it does not)."""
+    """The top-level key under which nesting exceeds ``MAX_NESTING`` (None when it does not), by a walk
+    over the parsed body: the reference the tests hold the bytes' check (``_nested_over``) to."""
     for key, value in body.items():
         stack: list[tuple[Any, int]] = [(value, 2)]
         while stack:
@@ -503,13 +527,13 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     if not isinstance(body, dict):
         raise BodyError("request body must be a JSON object")
     # Cheap guards first: nesting deeper than the limit needs at least that many brackets; the bytes' check
-    # (``_nested_over``), then the walk only to name the key.
-    if (
-        raw.count(b"[") + raw.count(b"{") > MAX_NESTING
-        and _nested_over(raw, MAX_NESTING)
-        and (key := _too_deep(body)) is not None
-    ):
-        raise BodyError(f"'{key}' is nested more than {MAX_NESTING} levels deep", key)
+    # (``_nested_over``) decides (the bytes go upstream as sent; review s22-media M2: a repeated key, of
+    # which orjson keeps the last, hid a deep first one from the walk, which then ran in full and accepted),
+    # and each top-level value's bytes name the key, in C too.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nested_over(raw, MAX_NESTING):
+        key = _deep_key(body)
+        where = f"'{key}' is" if key is not None else "the body is"
+        raise BodyError(f"{where} nested more than {MAX_NESTING} levels deep", key)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BodyError("'model' is required and must be a non-empty string", "model")
