@@ -7,7 +7,9 @@ Shapes, each filling ``--bytes``: ``emptymsg`` (``{}`` messages), ``flat`` (one 
 ``{"type":"file"}`` parts), ``msgs`` (tool messages of one such part each), ``nested`` (``tool_result``
 parts of eight each), ``text`` (``{"text":"ab"}`` parts), ``chains64`` (lists nested 64 deep, the limit:
 accepted; the body has no ``messages``, so it is refused after the nesting check) and ``chains65`` (one
-level more: refused for its nesting). Per shape: the body, the rendering's length and estimate, and
+level more: refused for its nesting), ``dupkey`` (``"x"`` nested 65 deep, then ``"x": 1`` again, orjson
+keeping the last, then ``{}`` messages: refused since review s22-media M2) and ``deeplast`` (``{}``
+messages, then a key nested 65 deep: refused). Per shape: the body, the rendering's length and estimate, and
 ``parse_body``'s process CPU time (its fastest of ``--rounds``).
 """
 
@@ -56,7 +58,18 @@ def _body(shape: str, limit: int) -> dict[str, Any]:
     return {"model": "m", "x": chains}
 
 
-SHAPES = ("emptymsg", "flat", "msgs", "nested", "text", "chains64", "chains65")
+def _raw(shape: str, limit: int) -> bytes:
+    """The body's bytes (``dupkey`` repeats a key, which no dict can hold)."""
+    if shape in ("dupkey", "deeplast"):
+        chain = b"[" * 65 + b"]" * 65
+        msgs = b"{}," * ((limit - 200) // 3) + b"{}"
+        if shape == "dupkey":
+            return b'{"model":"m","x":' + chain + b',"x":1,"messages":[' + msgs + b"]}"
+        return b'{"model":"m","messages":[' + msgs + b'],"x":' + chain + b"}"
+    return orjson.dumps(_body(shape, limit))
+
+
+SHAPES = ("emptymsg", "flat", "msgs", "nested", "text", "chains64", "chains65", "dupkey", "deeplast")
 
 
 def main() -> int:
@@ -65,7 +78,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, help="parses per shape (the fastest is reported)")
     a = p.parse_args()
     for shape in SHAPES:
-        raw = orjson.dumps(_body(shape, a.bytes))
+        raw = _raw(shape, a.bytes)
         best, out = float("inf"), "refused"
         for _ in range(a.rounds):
             gc.collect()

@@ -553,11 +553,12 @@ class FleetShares:
         as one process's: levels that drift apart meet at a bound."""
         if levels and not self._hr_joined:
             self._hr_joined = True
-            # At the others' mean plus this worker's own moves so far (review s22-late F3: a worker that
-            # moved before it found a fresh row of another's never joined and stayed apart).
-            after = self._hr_after
-            own = self._moved if after is None or after[0] is ctl else 0.0
-            moves = sum(levels) / len(levels) + own - ctl.headroom
+            # Only a worker that has not moved yet joins: one that has may be the level the others joined
+            # at, and adding its moves again counts them twice (review s22-final F1, a start's few ms of
+            # busy loop). A worker that moved before it found a fresh row of another's (the others'
+            # rows stale past MARK_TTL_S) stays apart until a clamp (review s22-late F3, left open).
+            if not self._moved and (self._hr_after is None or self._hr_after[1] == ctl.headroom):
+                moves = sum(levels) / len(levels) - ctl.headroom
         if moves:
             top = ctl.cfg.fair_share_headroom
             ctl.headroom = min(top, max(0.0, ctl.headroom + moves))
