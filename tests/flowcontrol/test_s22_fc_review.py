@@ -11,47 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from flowcontrol.test_sequences_overflow import SLOTS, Clock, director, request
 from kvgate.config.director import build_director
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.config import FlowControlConfig, parse_flow_control
 from kvgate.flowcontrol.controller import FlowController
 from kvgate.flowcontrol.dispatcher import dispatch_ready
 from kvgate.flowcontrol.fleet import FleetMarks, PoolMark, segment_size
-from kvgate.requestcontrol.director import Director
-from kvgate.scheduling.types import InferenceRequest
-
-SLOTS = 8
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def director(clock: Clock, **flow_control: Any) -> Director:
-    cfg: dict[str, Any] = {
-        "featureGates": ["flowControl"],
-        "flowControl": {"fairnessPolicy": "round-robin", "freeSlotPick": True, **flow_control},
-        "saturationDetector": {
-            "type": "concurrency-detector",
-            "parameters": {"maxConcurrency": SLOTS, "maxPendingRequests": SLOTS},
-        },
-        "plugins": [{"type": "queue-scorer"}],
-        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}],
-    }
-    store = EndpointStore.from_addresses(["10.0.0.1:8000", "10.0.0.2:8000"])
-    return build_director(cfg, store, flow_metrics=False, clock=clock)
-
-
-def request(rid: str, flow: str, n: int = 1, priority: int = 0, stream: bool = False) -> InferenceRequest:
-    return InferenceRequest(
-        rid, "m", prompt_tokens=10, max_tokens=100, fairness_id=flow, sequences=n, priority=priority,
-        stream=stream,
-    )  # fmt: skip
-
 
 # -- F1 -------------------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from kvgate.openai.request import (
     parse_body,
 )
 from kvgate.scheduling.prefix import CHARS_PER_TOKEN, DEFAULT_BLOCK_TOKENS, block_hashes
+from openai_request.test_media_prefix_blocks import _common
 
 # (the kinds by their paths: main's src before #16 has no such constants, and reads both as OTHER)
 RESPONSES = kind_for_path("/v1/responses")
@@ -38,15 +39,6 @@ def _raw(body: dict[str, Any]) -> bytes:
 
 def _blocks(text: str) -> list[int]:
     return block_hashes("m", text, CHUNK)
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def test_a_responses_body_is_estimated_and_fills_prefix_blocks() -> None:
