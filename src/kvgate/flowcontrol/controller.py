@@ -731,9 +731,9 @@ class FlowController:
         if not item.done or item.outcome != DISPATCHED:
             return
         band = self.bands[item.priority]
+        band.undo(item)  # (its flow may have left the band with it: then off what the band keeps of it)
         q = band.flows.get(item.flow)
         if q is not None:
-            band.undo(item)
             q.drop_head(item)  # its own entry (it was the head): no duplicate later
         item.done = False
         item.outcome = ""

@@ -20,7 +20,13 @@ Fairness (which flow's head leaves next):
   upstream's turns count requests; for n = 1 the same order);
 - ``least-attained-service``: the flow that has been served the fewest tokens (prompt + expected output,
   of each sequence) goes next; a flow that (re)appears starts at the least service of the active
-  flows, so it cannot claim a backlog of credit by having been idle (virtual token counter fairness).
+  flows (the band's clock: with none active, the service of the last flow to leave), so it cannot claim
+  a backlog of credit by having been idle (virtual token counter fairness), and a flow that left keeps
+  what it was served beyond the clock (``Band._gone``, as round-robin's turns owed): back, it starts at
+  the clock plus that excess less the clock's advance meanwhile, the rest decayed by ``LAS_DECAY`` per
+  dispatch of the band (upstream's ``program-aware-fairness`` keeps a returning program's decayed
+  service too). Before, a sender with one costly request queued at a time had its charge forgiven at
+  each return and took a dispatch in every two (VTC's own rule: max(own counter, the active minimum)).
 """
 
 from __future__ import annotations
@@ -32,8 +38,14 @@ from typing import Any
 
 SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
 SLO_TPOT_HEADERS = ("x-slo-tpot-ms", "x-llm-d-slo-tpot-ms")
-# round-robin: the departed flows whose turns owed a band remembers (``Band.forget``), the oldest dropped
+# the departed flows a band remembers (``Band.forget``: round-robin's turns owed, least-attained-service's
+# service), the oldest dropped
 GONE_DEBTS_MAX = 4096
+# least-attained-service: a departed flow's service beyond the band's clock decays by this per dispatch of
+# the band while it is away (upstream ``program-aware-fairness``'s default ``lasDecayFactor``, which it
+# applies to an idle program at each pick: half of it gone after ~23,000 dispatches)
+LAS_DECAY = 0.99997
+LAS = "least-attained-service"
 
 
 def header_ms(headers: Any, names: tuple[str, ...]) -> float | None:
@@ -145,8 +157,11 @@ class Band:
         self._dispatches = 0
         self._turns = 0  # (round-robin: the last turn stamp given, ``FlowQueue.turn``)
         self._owed = 0  # (round-robin: the turns its flows owe, ``FlowQueue.debt``, in all: 0 for n = 1)
-        # (round-robin: a flow that left owing turns: its debt and the band's dispatches then, ``forget``)
-        self._gone: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # (a flow that left, ``forget``: round-robin, one owing turns: its debt; least-attained-service, every
+        # one: its service; and the band's dispatches then)
+        self._gone: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._las = fairness == LAS
+        self._floor = 0.0  # (least-attained-service: the clock with no flow active, the last one's service)
 
     def push(self, item: Any) -> bool:
         """Queue ``item``; True when its flow is new in the band."""
@@ -154,7 +169,7 @@ class Band:
         new = q is None
         if q is None:
             # A (re)appearing flow starts at the least service among active flows.
-            base = min((f.service for f in self.flows.values()), default=0.0)
+            base = min((f.service for f in self.flows.values()), default=self._floor)
             self._turns += 1
             q = self.flows[item.flow] = FlowQueue(base, self.ordering == "slo-feasible", self._turns)
             if self._gone:
@@ -174,24 +189,44 @@ class Band:
             q.live -= 1
             if q.live <= 0:
                 del self.flows[item.flow]
-                if self._owed:
+                if self._las:
+                    self._keep(item.flow, q.service)
+                    if not self.flows:
+                        self._floor = max(self._floor, q.service)
+                elif self._owed:
                     self._owed -= q.debt
                     if q.debt > 0:  # (kept: a paced sender whose queue empties still owes them)
-                        self._gone[item.flow] = (q.debt, self._dispatches)
-                        if len(self._gone) > GONE_DEBTS_MAX:
-                            self._gone.popitem(last=False)
+                        self._keep(item.flow, q.debt)
                     self._repay()  # (the flow now at the front may be one that owes turns)
                 return True
         return False
 
+    def _keep(self, flow: str, value: float) -> None:
+        """Remember what a departing flow leaves with (``_gone``: the newest last, at most
+        ``GONE_DEBTS_MAX``)."""
+        gone = self._gone
+        gone[flow] = (value, self._dispatches)
+        gone.move_to_end(flow)
+        if len(gone) > GONE_DEBTS_MAX:
+            gone.popitem(last=False)
+
     def _returned(self, flow: str, q: FlowQueue) -> None:
         """round-robin: a flow back in the band still owes the turns it left with, less one for each
         dispatch of the others meanwhile (each a turn it passed; review s22-fc F4: a sender pacing one
-        request at a time escaped them all, n=8 then took 8x the servers of n=1)."""
+        request at a time escaped them all, n=8 then took 8x the servers of n=1).
+        least-attained-service: its service, when above the clock it was lifted to (``q.service``), less
+        the clock's advance since it left (what the others were served meanwhile), the excess decayed by
+        ``LAS_DECAY`` per dispatch of the band since (fc23: a sender pacing one n=8 request at a time had
+        its charge forgiven at each return, 7.4x the tokens of a backlogged n=1 flow)."""
         got = self._gone.pop(flow, None)
         if got is None:
             return
-        debt = got[0] - (self._dispatches - got[1])
+        if self._las:
+            excess = got[0] - q.service
+            if excess > 0:
+                q.service += excess * LAS_DECAY ** (self._dispatches - got[1])
+            return
+        debt = int(got[0]) - (self._dispatches - got[1])
         if debt > 0:
             q.debt = debt
             self._owed += debt
@@ -340,6 +375,17 @@ class Band:
         (least-attained-service's service; round-robin's turns still owed)."""
         q = self.flows.get(item.flow)
         if q is None:
+            # Its flow left with the charge (the item was its last queued request): the charge comes off
+            # what the band remembers of it (``_gone``), or it would be charged on return for work it never
+            # got (fc23).
+            got = self._gone.get(item.flow)
+            if got is not None:
+                if self._las:
+                    self._gone[item.flow] = (got[0] - item.cost, got[1])
+                else:
+                    back = min(int(got[0]), getattr(item, "seqs", 1) - 1)
+                    if back > 0:
+                        self._gone[item.flow] = (got[0] - back, got[1])
             return
         q.service -= item.cost
         seqs = getattr(item, "seqs", 1)
