@@ -3,6 +3,7 @@ quiet TTFTs (``kvgate bench flowcontrol --live --timing`` keeps them in the JSON
 
     python scripts/fc_live_ratio_interval.py CALM.json [FLOOD.json] [--draws 4000] [--warmup 5]
     python scripts/fc_live_ratio_interval.py --paired BASE.json NEW.json [BASE2.json NEW2.json ...]
+    python scripts/fc_live_ratio_interval.py --goal CALM.json FLOOD.json [CALM2.json FLOOD2.json ...]
 
 CALM.json holds a ``*/calm`` run (and its ``*/flood`` run, unless FLOOD.json, e.g. another ``--workers``,
 gives it). Each draw resamples both runs' measured quiet TTFTs (with replacement, as many as measured) and
@@ -13,6 +14,12 @@ of the runs themselves and the 5th-95th percentiles of the draws. Seeded (``rand
 the k-th quiet request of a tenant is the same request in both runs; each draw resamples those pairs (one
 draw for both runs: the workload's own spread cancels) and takes the ratio NEW p90 / BASE p90. With several
 pairs (seeds), a draw resamples each seed's pairs and takes the geometric mean of the seeds' ratios.
+
+``--goal`` (session 23) is the goal's own figure, paired the same way: one seed's ``*/calm`` and ``*/flood``
+runs draw the same quiet arrivals (they are drawn before the flooder's), so each quiet request answered in
+both is a pair (matched by tenant and start, within ``GOAL_MATCH_S``: a request answered in one run only
+drops out, not its successors); each draw resamples the pairs and takes flood p90 / calm p90; several seeds:
+the geometric mean. Printed with the share of draws over 1.5 (the goal's bound).
 """
 
 from __future__ import annotations
@@ -56,6 +63,66 @@ def matched(base: dict[str, Any], new: dict[str, Any], warmup: float) -> list[tu
         for x, y in zip(a[t], b[t], strict=False)
         if x[0] >= warmup and abs(x[0] - y[0]) < 0.5  # (the same request: its start within half a second)
     ]
+
+
+# The same quiet request's start in a seed's calm and flood runs (simulated seconds): the load generator
+# sends each at its arrival's offset, so the two starts differ by the event loop's lateness only.
+GOAL_MATCH_S = 0.05
+
+
+def _quiet(doc: dict[str, Any], mix: str) -> dict[str, list[tuple[float, float]]]:
+    for name, run in doc["runs"].items():
+        if name.endswith("/" + mix):
+            out: dict[str, list[tuple[float, float]]] = {}
+            for row in run["trace"]:
+                out.setdefault(row[0], []).append((row[1], row[2]))
+            return {t: sorted(v) for t, v in out.items()}
+    raise SystemExit(f"no */{mix} run with a trace (run the bench with --timing)")
+
+
+def matched_goal(calm: dict[str, Any], flood: dict[str, Any], warmup: float) -> list[tuple[float, float]]:
+    """(calm TTFT, flood TTFT) of each quiet request answered in both runs, by tenant and start (within
+    ``GOAL_MATCH_S``), measured (calm start at or after ``warmup``)."""
+    a, b = _quiet(calm, "calm"), _quiet(flood, "flood")
+    out = []
+    for t in sorted(a.keys() & b.keys()):
+        xs, ys, j = a[t], b[t], 0
+        for start, ttft in xs:
+            while j < len(ys) and ys[j][0] < start - GOAL_MATCH_S:
+                j += 1
+            if j < len(ys) and abs(ys[j][0] - start) <= GOAL_MATCH_S:
+                if start >= warmup:
+                    out.append((ttft, ys[j][1]))
+                j += 1
+    return out
+
+
+def goal(paths: list[str], draws: int, warmup: float) -> None:
+    if len(paths) % 2:
+        raise SystemExit("--goal takes CALM.json FLOOD.json pairs")
+    seeds = []
+    for i in range(0, len(paths), 2):
+        with open(paths[i]) as f, open(paths[i + 1]) as g:
+            calm_doc, flood_doc = json.load(f), json.load(g)
+        pairs = matched_goal(calm_doc, flood_doc, warmup)
+        n_calm, n_flood = len(ttfts(calm_doc, "calm", warmup)), len(ttfts(flood_doc, "flood", warmup))
+        seeds.append(pairs)
+        calm, flood = p90([p[0] for p in pairs]), p90([p[1] for p in pairs])
+        one = _draws([pairs], draws)
+        print(
+            f"{paths[i + 1]} / {paths[i]}: {len(pairs)} quiet requests matched (measured: calm {n_calm}, "
+            f"flood {n_flood}); p90 {flood:.4f} / {calm:.4f} = {flood / calm:.3f}, 90% interval "
+            f"{one[int(0.05 * draws)]:.3f}-{one[int(0.95 * draws)]:.3f}, share of draws over 1.5: "
+            f"{sum(1 for d in one if d > 1.5) / draws:.2f}"
+        )
+    if len(seeds) > 1:
+        got = _draws(seeds, draws)
+        point = math.prod(p90([p[1] for p in s]) / p90([p[0] for p in s]) for s in seeds) ** (1 / len(seeds))
+        print(
+            f"geometric mean over {len(seeds)} seeds: {point:.3f}, 90% interval "
+            f"{got[int(0.05 * draws)]:.3f}-{got[int(0.95 * draws)]:.3f}, "
+            f"share of draws over 1.5: {sum(1 for d in got if d > 1.5) / draws:.2f}"
+        )
 
 
 def paired(paths: list[str], draws: int, warmup: float) -> None:
@@ -103,9 +170,13 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=4000)
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--paired", nargs="+", metavar="JSON", help="BASE.json NEW.json pairs (same seed each)")
+    ap.add_argument("--goal", nargs="+", metavar="JSON", help="CALM.json FLOOD.json pairs (same seed each)")
     a = ap.parse_args()
     if a.paired:
         paired(a.paired, a.draws, a.warmup)
+        return
+    if a.goal:
+        goal(a.goal, a.draws, a.warmup)
         return
     if a.calm is None:
         ap.error("CALM.json (or --paired) is required")

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 import fc_live_ratio_interval as ri
@@ -25,3 +27,20 @@ def test_requests_are_matched_by_tenant_and_rank_and_the_paired_ratio_is_exact()
     assert all(n == b / 2 for b, n in pairs)
     draws = ri._draws([pairs, pairs], 200)
     assert draws[0] == draws[-1] == 0.5  # (paired: every draw halves the p90)
+
+
+def test_goal_pairs_a_seeds_calm_and_flood_runs_by_start_and_a_missing_request_drops_alone() -> None:
+    """``--goal``: the calm and flood runs of one seed have the same quiet arrivals; a request answered in
+    one run only (shed in the flood) drops out alone, its successors still paired with themselves (a rank
+    match would shift them all by one)."""
+    calm = [[f"t{i % 2}", 4.0 + i * 0.3, 0.02, 0, 0, "r"] for i in range(40)]
+    flood = [[t, s + 0.003, 0.06, 0, 0, "r"] for t, s, *_ in calm if s != 4.0 + 10 * 0.3]  # one shed
+    pairs = ri.matched_goal(
+        {"runs": {"a/calm": {"trace": calm}}}, {"runs": {"a/flood": {"trace": flood}}}, 5.0
+    )
+    assert len(pairs) == 36 - 1  # (starts from 5.0 s: 36 measured, one of them shed in the flood)
+    assert all(p == (0.02, 0.06) for p in pairs)
+    draws = ri._draws([pairs], 100)
+    assert draws[0] == pytest.approx(3.0) and draws[-1] == pytest.approx(
+        3.0
+    )  # (flood p90 / calm p90, each draw)
