@@ -48,8 +48,10 @@ The adaptive headroom on the fleet's first tokens (session 22, ``FleetShares._st
 ``fairShareTTFTTarget`` each worker's headroom moved on its own first tokens only, so a quiet request's
 miss at one worker left the other dispatching the flood as before. The share row also carries the
 headroom's level and the sum of the worker's own moves of it; each sync adds the others' moves since the
-last one (one process's stochastic approximation on every first token, clamped alike; a controller joining
-a running fleet starts at the others' mean level; a row's epoch tells a restarted worker's sums apart).
+last one (one process's stochastic approximation on every first token, clamped alike; a row's epoch tells a
+restarted worker's sums apart). Two levels that meet (a controller joining a running fleet, a worker found
+only after both moved: session 23, review s22-late F3) join once, each holding the other's moves exactly
+once: each row records whose level it joined and how many of that worker's moves it holds (``_steer``).
 
 The queue limits (session 21, ``FleetLimits``): ``maxRequests`` / ``maxBytes``, global and each band's,
 bound the fleet's queue for a pool, as one process's. Each worker keeps, per pool, a limit row
@@ -112,13 +114,16 @@ NOTHING = -math.inf  # the top priority of a mark with no request that can leave
 
 # A share row (``FleetShares``): a head, then SHARE_FLOWS entries of (flow key, in flight + queued,
 # arrivals decayed to the row's stamp). Written every sync by its worker only, under its sequence number.
-# The head's last three: the adaptive headroom's level, the sum of this worker's own moves of it, and
-# the row's epoch (when its ``FleetShares`` first wrote: a restarted worker's, or a reload's, moves count
-# from a new start).
+# The head's last seven: the adaptive headroom's level, the sum of this worker's own moves of it, the
+# row's epoch (when its ``FleetShares`` first wrote: a restarted worker's, or a reload's, moves count from
+# a new start), the join record (the worker + 1 whose row this level last joined, 0: none; that row's
+# epoch; that worker's moves this level holds, kept current), and the layout's version (a row of another
+# is not folded).
 SHARE_FLOWS = 64
-_HEAD = 12
+SHARE_VERSION = 2.0  # (1: session 22's 12-field head, no join record and no version field)
+_HEAD = 16
 (_SEQ, _SSTAMP, _SKEY, _SN, _SDEMAND, _SARRIVED, _STAKE, _SGIVE, _SEXTRA, _SHLEVEL, _SHMOVED,
- _SEPOCH) = range(_HEAD)  # fmt: skip
+ _SEPOCH, _SJWORKER, _SJEPOCH, _SJMOVED, _SVERSION) = range(_HEAD)  # fmt: skip
 _ENTRY = 3
 SHARE_FIELDS = _HEAD + SHARE_FLOWS * _ENTRY
 # A flow's arrivals at least this (decayed) are published when the table is scanned (below RATE_ACTIVE:
@@ -340,6 +345,9 @@ class PoolMark:
 
 
 KEY_CACHE = 4096  # flow id -> its key, kept for this many ids (then started over)
+# A row a fold met for the first time: (worker, its row, epoch, its moves, its level, this worker's moves
+# its level holds: None unless its join record names this worker's row)
+_Found = tuple[int, int, float, float, float, float | None]
 
 
 class FleetShares:
@@ -371,12 +379,13 @@ class FleetShares:
         # The adaptive headroom (``fairShareTTFTTarget``) on the fleet's first tokens: this row's epoch
         # (set at its first write), the sum of this worker's own moves of its controller's headroom, the
         # controller and its headroom after the last sync (what moved since is this worker's own), each
-        # other row's (epoch, moves) last folded, and whether a fold found another worker yet.
+        # other row's (epoch, moves) last folded, and the join record: (worker, its row, its epoch) this
+        # level last joined (``_steer``).
         self._epoch = 0.0
         self._moved = 0.0
         self._hr_after: tuple[FlowController, float] | None = None
         self._hr_seen: dict[int, tuple[float, float]] = {}
-        self._hr_joined = False
+        self._hr_join: tuple[int, int, float] | None = None
 
     def key(self, flow: str) -> float:
         """``flow``'s key in the rows (its arrival-table key's hash: ``rate_key``)."""
@@ -455,12 +464,23 @@ class FleetShares:
         if not self._epoch:
             self._epoch = now
         after = self._hr_after
-        if after is not None and after[0] is ctl:
+        if after is None:  # (its moves before its first sync: the target's headroom starts at 0)
+            if ctl.cfg.fair_share_ttft_target:
+                self._moved = ctl.headroom
+        elif after[0] is ctl:
             self._moved += ctl.headroom - after[1]
         # (NaN without the target: a fixed headroom is no adaptive level to join; review s22-late F1)
         m[b + _SHLEVEL] = ctl.headroom if ctl.cfg.fair_share_ttft_target else math.nan
         m[b + _SHMOVED] = self._moved
         m[b + _SEPOCH] = self._epoch
+        join = self._hr_join
+        if join is None:
+            m[b + _SJWORKER] = 0.0
+        else:
+            m[b + _SJWORKER] = join[0] + 1.0
+            m[b + _SJEPOCH] = join[2]
+            m[b + _SJMOVED] = self._hr_seen[join[1]][1]  # (its moves folded in since: held too)
+        m[b + _SVERSION] = SHARE_VERSION
         m[b + _SSTAMP] = now
         m[b + _SEQ] = seq + 2.0
         self._seq = seq + 2.0
@@ -487,8 +507,9 @@ class FleetShares:
         demand_total = arrived_total = take = give = extra = 0.0
         extra_n = 0
         moves = 0.0  # the others' own moves of the headroom since this worker last folded them
-        levels: list[float] = []  # their headrooms, for a first fold
+        found: list[_Found] = []  # the rows met for the first time (``_steer``)
         seen = self._hr_seen
+        me, epoch0 = fleet.worker, self._epoch
         for w in range(fleet.workers):
             if w == fleet.worker:
                 continue
@@ -500,6 +521,8 @@ class FleetShares:
                 continue
             stamp = row[_SSTAMP]
             if not (-ttl <= now - stamp <= ttl) or row[_SKEY] != self.mark.key:
+                continue
+            if row[_SVERSION] != SHARE_VERSION:  # (another layout: its fields are not these)
                 continue
             down = math.exp(-max(0.0, now - stamp) / LOAD_WINDOW_S)  # (to ``now``)
             for i in range(_HEAD, len(row), _ENTRY):
@@ -518,12 +541,15 @@ class FleetShares:
             last = seen.get(mb)
             if last is not None and last[0] == epoch:
                 moves += moved - last[1]
-            level = row[_SHLEVEL]
-            if level == level:  # (not NaN: that worker adapts its headroom)
-                levels.append(level)
+            else:
+                level = row[_SHLEVEL]
+                if level == level:  # (not NaN: that worker adapts its headroom)
+                    # this worker's moves that row's level holds, if it joined this worker's row
+                    held = row[_SJMOVED] if row[_SJWORKER] == me + 1.0 and row[_SJEPOCH] == epoch0 else None
+                    found.append((w, mb, epoch, moved, level, held))
             seen[mb] = (epoch, moved)
         if ctl.cfg.fair_share_ttft_target:
-            self._steer(ctl, moves, levels)
+            self._steer(ctl, moves, found)
         if not extra_n:
             return False
         none = (0.0, 0.0)
@@ -543,25 +569,37 @@ class FleetShares:
         self._scale = (None, 1.0)
         return True
 
-    def _steer(self, ctl: FlowController, moves: float, levels: list[float]) -> None:
+    def _steer(self, ctl: FlowController, moves: float, found: list[_Found]) -> None:
         """The adaptive headroom as one process's on the fleet's first tokens: each worker moves its own
         on its own first tokens (``FlowController.observe_first_token``) and adds the others' moves here,
         so a quiet request's miss at one worker raises the headroom that holds the flood back at every
         worker (per worker, each steered on half the misses, and a worker whose quiet requests met no miss
-        kept dispatching the flood into the slots the other's quiet requests needed). A controller that
-        joins a running fleet (a restarted worker, a reload's) starts at the others' mean level. Clamped
-        as one process's: levels that drift apart meet at a bound."""
-        if levels and not self._hr_joined:
-            self._hr_joined = True
-            # Only a worker that has not moved yet joins: one that has may be the level the others joined
-            # at, and adding its moves again counts them twice (review s22-final F1, a start's few ms of
-            # busy loop). A worker that moved before it found a fresh row of another's (the others'
-            # rows stale past MARK_TTL_S) stays apart until a clamp (review s22-late F3, left open).
-            if not self._moved and (self._hr_after is None or self._hr_after[1] == ctl.headroom):
-                moves = sum(levels) / len(levels) - ctl.headroom
-        if moves:
-            top = ctl.cfg.fair_share_headroom
-            ctl.headroom = min(top, max(0.0, ctl.headroom + moves))
+        kept dispatching the flood into the slots the other's quiet requests needed). Clamped as one
+        process's: levels that drift apart meet at a bound.
+
+        The join (``found``: (worker, its row, epoch, its moves, its level, this worker's moves its level
+        holds or None), each other row met for the first time, a restarted worker's or a reload's too).
+        Two levels meet once, each holding the other's moves exactly once (review s22-late F3, s22-final
+        F1): a row whose level joined this one (its record names this worker and epoch) holds this
+        worker's moves up to its count, so this level becomes that level plus this worker's moves since;
+        otherwise the row that first wrote earlier (its epoch; then the lower worker) keeps its level and
+        adds the other's moves, and the later one joins that level with its own moves (a new controller,
+        at 0 and unmoved, starts at the fleet's level). Exact for two workers; past two, each row records
+        only the last level it joined, so a worker found late by several may count moves the others share
+        already (apart until a clamp)."""
+        h = ctl.headroom
+        mine = (self._epoch, self.mark.fleet.worker)
+        for w, mb, epoch, moved, level, held in found:
+            if held is not None:
+                h = level + self._moved - held
+            elif mine < (epoch, w):
+                h += moved
+            else:
+                h = level + self._moved
+            self._hr_join = (w, mb, epoch)
+        h += moves
+        if h != ctl.headroom:
+            ctl.headroom = min(ctl.cfg.fair_share_headroom, max(0.0, h))
         self._hr_after = (ctl, ctl.headroom)
 
     # -- the controller's tests on the fleet's counts -----------------------------------------------
