@@ -292,7 +292,7 @@ class ClusterDirector:
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=self.cfg.probe_timeout_s)
-        first = st.name
+        me = asyncio.current_task()
         try:
             while True:
                 refused = False
@@ -321,9 +321,22 @@ class ClusterDirector:
                 nxt.failed(self.clock())  # (it held the bound: charged as the primary of a cut)
                 log.info("cluster %s: taken as the one Envoy waited on until the cut (the address before it "
                          "took no connection): charged", nxt.name)  # fmt: skip
+                # One probe per cluster at a time, the walk's too: it moves to the cluster it probes now
+                # (a cut of that one meanwhile starts none), and ends where a probe is in flight already.
+                if nxt.name in self._live_probes:
+                    return
+                self._hold(st.name, me, nxt.name)
                 st, address, fallbacks = nxt, fallbacks[0].address, fallbacks[1:]
         finally:
-            self._live_probes.pop(first, None)
+            self._hold(st.name, me)
+
+    def _hold(self, name: str, task: asyncio.Task[Any] | None, to: str | None = None) -> None:
+        """``task``'s entry in ``_live_probes`` under ``name`` dropped (if it is ``task``'s: once moved on,
+        a cut of ``name`` may have started its own), and put under ``to``."""
+        if self._live_probes.get(name) is task:
+            del self._live_probes[name]
+        if to is not None and task is not None:
+            self._live_probes[to] = task
 
     async def close(self) -> None:
         """Ends the connect probes in flight (``on_abandoned``) and the probes after a cut (``on_cut``)."""
