@@ -114,7 +114,7 @@ class ClusterDirector:
             if spec.gateway is None:
                 continue  # Parent mode only: a cluster without a gateway cannot be sent to from here
             st = old.get(spec.name) or ClusterState(spec)
-            st.spec = spec
+            st.respec(spec)
             self.states[spec.name] = st
             eps.append(Endpoint(address=spec.gateway, pool=POOL, labels={CLUSTER_LABEL: spec.name}))
         self.store.sync(eps)

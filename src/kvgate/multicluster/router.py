@@ -277,7 +277,7 @@ class GlobalRouter:
         self.states = {}
         for spec in cfg.clusters:
             st = old.get(spec.name) or ClusterState(spec)
-            st.spec = spec
+            st.respec(spec)
             self.states[spec.name] = st
         for attr, value in (("ttl_s", cfg.ttl_s), ("local", cfg.local)):
             if hasattr(self.policy, attr):

@@ -171,6 +171,15 @@ class ClusterState:
             return False
         return a.metrics_age_s is None or a.metrics_age_s <= ttl_s
 
+    def respec(self, spec: ClusterSpec) -> None:
+        """A reload's spec for this cluster (its state kept). One that removes ``aggregate:`` drops what
+        the last fetch left: the snapshot, its time and the hung mark, which waited for a fetch nothing
+        makes any more (closing note s22: hung for good; a later hang was marked against the old fetch)."""
+        if spec.aggregate is None and self.spec.aggregate is not None:
+            self.aggregate = self.fetched_at = self.fetch_error = self.hung_at = None
+            self.sent_since_snapshot = 0
+        self.spec = spec
+
     def set_aggregate(self, agg: PoolAggregate, now: float) -> None:
         if self.aggregate is None or agg.snapshot_time != self.aggregate.snapshot_time:
             self.sent_since_snapshot = 0
