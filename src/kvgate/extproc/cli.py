@@ -560,6 +560,7 @@ async def _serve(
     started: list[Any] = []
     what = "server"
     try:
+        server.check_ports()  # (a port in use: one line, before the scraper's first round; ``ports``)
         for label, part in parts:
             what = label
             started.append(part)

@@ -9,6 +9,7 @@ and its in-flight accounting.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 from collections import deque
@@ -26,6 +27,7 @@ from grpc_health.v1.health import aio as health_aio
 from kvgate.aio import STOP_LIMIT_S, cancel_and_wait, stop_to_the_end
 from kvgate.extproc import keys
 from kvgate.extproc.metrics import EppMetrics
+from kvgate.extproc.ports import check_bindable
 from kvgate.extproc.session import ProtocolViolation, Session, SessionContext
 from kvgate.extproc.tls import KeyPair, server_credentials
 from kvgate.openai.progress import Progress, progress_events, progress_piece
@@ -364,6 +366,7 @@ class EppServer:
         self._sweeper = asyncio.get_running_loop().create_task(self.servicer.sweep_idle())
         addr = f"{o.host}:{o.port}"
         with _listening("port", addr):
+            check_bindable(o.host, o.port, any_address=True)  # (gRPC's core would log its own line first)
             if o.tls is not None:
                 self.port = self._grpc.add_secure_port(addr, server_credentials(o.tls, o.client_ca))
             else:
@@ -375,6 +378,7 @@ class EppServer:
             self._health_server = grpc.aio.server(options=_NO_REUSEPORT)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
             with _listening("health_port", f"{o.host}:{o.health_port}"):
+                check_bindable(o.host, o.health_port, any_address=True)
                 self.health_port = self._health_server.add_insecure_port(f"{o.host}:{o.health_port}")
             await self._health_server.start()
         await self.refresh_health()
@@ -393,6 +397,22 @@ class EppServer:
             "kvgate epp: ext_proc on %s:%d (%s), health %s, metrics %s",
             o.host, self.port, "TLS" if o.tls else "plaintext", self.health_port, self.metrics_port,
         )  # fmt: skip
+
+    def check_ports(self) -> None:
+        """``ListenError`` for the first listen port that cannot be bound (in use, the same as another of its
+        listeners, or not an address of this host), checked before anything starts (``kvgate epp``: no
+        scraper round, no gRPC core log line before the one-line refusal; ``ports``)."""
+        o = self.options
+        seen: set[int] = set()
+        for option, port, grpc_rule in (("port", o.port, True), ("health_port", o.health_port, True),
+                                        ("metrics_port", o.metrics_port, False)):  # fmt: skip
+            if not port:  # (None: not served; 0: ephemeral)
+                continue
+            with _listening(option, f"{o.host}:{port}"):
+                if port in seen:
+                    raise OSError(errno.EADDRINUSE, "Address already in use (by another of its listeners)")
+                seen.add(port)
+                check_bindable(o.host, port, any_address=grpc_rule)
 
     async def refresh_health(self) -> None:
         """Liveness is the process; readiness (and the service itself) needs endpoints to pick from."""
