@@ -62,6 +62,24 @@ MAX_LOOKUPS = 32  # host-name lookups no wait gave up on yet (the probe's and th
 MAX_LOOKUP_THREADS = 256
 LOOKUP_TTL_S = 10.0  # how long a lookup's answer is kept (aiohttp's ttl_dns_cache; ``_Lookups``)
 MAX_KEPT = 1024  # host names whose answers are kept at once (the oldest dropped first)
+# Envoy's default cluster ``connect_timeout``: a bound at or under it lets a cut come while Envoy still waits
+# on a blackholed primary, and the cut walk then charges a fallback Envoy never tried (``bound_warning``).
+ENVOY_CONNECT_TIMEOUT_S = 5.0
+
+
+def bound_warning(cfg: ClustersConfig) -> str | None:
+    """The start-up (and reload) warning for a request bound at or under Envoy's default ``connect_timeout``
+    where a destination can hold fallbacks (two gateways or more, or clusters from a ``kubernetes:``
+    section), else None: the hub cannot see Envoy's own setting, only that the default would be too long."""
+    bound = cfg.request_timeout_s
+    fallbacks = cfg.kubernetes is not None or sum(1 for c in cfg.clusters if c.gateway is not None) > 1
+    if not 0 < bound <= ENVOY_CONNECT_TIMEOUT_S or not fallbacks:
+        return None
+    return (f"limits.{REQUEST_TIMEOUT_KEY} ({bound:g}s) is at or under Envoy's default connect_timeout "
+            f"({ENVOY_CONNECT_TIMEOUT_S:g}s): unless the connect_timeout of the Envoy cluster that connects "
+            "to the cluster gateways is set well under the bound, a cut while Envoy still waits on a primary "
+            "that drops its SYNs charges (backs off) a fallback Envoy never tried (docs/multicluster.md, "
+            "'The hub EPP's request bound')")  # fmt: skip
 
 
 class ClusterDirector:
@@ -717,12 +735,22 @@ class HubFeed:
                                clock=director.clock, sleep=self.sleep)  # fmt: skip
         self._task: Any = None
         self.pool = POOL  # (before the first cluster is known, the store has no pool to name)
+        self._warned: str | None = None
+        self._warn_bound(cfg)
+
+    def _warn_bound(self, cfg: ClustersConfig) -> None:
+        """``bound_warning`` logged at start and at a reload that changes it (not at every reload)."""
+        why = bound_warning(cfg)
+        if why is not None and why != self._warned:
+            log.warning("clusters file: %s", why)
+        self._warned = why
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters (or the kubernetes section), TTL, locality, and the
         aggregate fetcher's TLS options and interval, live."""
         self.source.reload(cfg)
         self.fetcher.apply(cfg.tls, cfg.refresh_s)
+        self._warn_bound(cfg)
 
     async def start(self) -> None:
         import asyncio

@@ -1,0 +1,54 @@
+"""Closing note s22 / review s22-hubqa F2: with ``limits.requestTimeoutSeconds`` at or under the
+``connect_timeout`` of Envoy's cluster (5 s by default), a cut comes while Envoy still waits on a primary
+that drops its SYNs, and the hub's cut walk charges (backs off) the fallback, which Envoy never tried, at
+every such cut (the hub's side: ``test_hub_cut_fallback.py[blackholed-False]``, a 0.6 s bound, a live
+fallback charged and probed). The hub cannot see Envoy's setting, but it knows the default: ``kvgate epp
+--clusters`` now warns at start, and at a reload that sets such a bound, where a destination can hold
+fallbacks. The real subprocess; its stderr read line by line up to a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from extproc.test_cli import _launch, _stop
+
+WARNING = "is at or under Envoy's default connect_timeout (5s)"
+
+
+def _file(path: Path, bound: float, gateways: int = 2) -> None:
+    body = "".join(f"- name: c{i}\n  gateway: 127.0.0.1:{9 + i}\n" for i in range(gateways))
+    path.write_text(f"limits: {{requestTimeoutSeconds: {bound}}}\nclusters:\n{body}")
+
+
+async def _stderr(proc: asyncio.subprocess.Process) -> str:
+    assert await _stop(proc) == 0
+    assert proc.stderr is not None
+    return (await proc.stderr.read()).decode()
+
+
+async def test_a_bound_under_envoys_default_connect_timeout_is_warned_at_start(tmp_path: Path) -> None:
+    f = tmp_path / "clusters.yaml"
+    for bound, gateways, warned in ((2, 2, True), (5, 3, True), (30, 2, False), (2, 1, False), (0, 2, False)):
+        _file(f, bound, gateways)
+        proc, _ports = await _launch("--clusters", str(f), "--plaintext")
+        err = await _stderr(proc)
+        assert (WARNING.replace("(5s)", "") in err) is warned, (bound, gateways, err[-1500:])
+        if warned:
+            assert f"limits.requestTimeoutSeconds ({bound}s)" in err, err[-1500:]
+
+
+async def test_a_reload_setting_such_a_bound_warns(tmp_path: Path) -> None:
+    f = tmp_path / "clusters.yaml"
+    _file(f, 30)
+    proc, _ports = await _launch("--clusters", str(f), "--plaintext")
+    try:
+        _file(f, 3)
+        proc.send_signal(signal.SIGHUP)  # (the file read now)
+        assert proc.stderr is not None
+        async with asyncio.timeout(20):
+            while WARNING not in (await proc.stderr.readline()).decode():
+                pass
+    finally:
+        await _stderr(proc)
