@@ -517,7 +517,10 @@ async def _serve(
         hub = getattr(feed, "source", None)
         if hub is not None and (dead := hub.dead()) is not None:
             return f"import controller: {dead}"
-        if any(e.healthy for e in store.all()):
+        # (the hub's endpoints are its clusters' gateways, never marked unhealthy: its director says
+        # whether its policy would name one, as ``kvgate serve --clusters``'s router does)
+        hub_ready = getattr(ctx.director, "ready", None) if feed is not None else None
+        if hub_ready() if hub_ready is not None else any(e.healthy for e in store.all()):
             return None
         why = None if hub is None else hub.problem()
         return "no healthy endpoint" + ("" if why is None else f"; import controller: {why}")

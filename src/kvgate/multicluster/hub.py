@@ -28,7 +28,7 @@ from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.multicluster.clusters import REQUEST_TIMEOUT_KEY, ClustersConfig, idna_host
-from kvgate.multicluster.policies import ClusterRequest, Policy, make_policy, prompt_key
+from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy, prompt_key
 from kvgate.multicluster.state import ClusterState
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult
 
@@ -144,6 +144,16 @@ class ClusterDirector:
 
     def state_list(self) -> list[ClusterState]:
         return list(self.states.values())
+
+    def ready(self) -> bool:
+        """Whether ``pick`` would name a cluster, without ordering one (readiness; as the global gateway's
+        ``GlobalRouter.ready``): the kvgate policy names every cluster but one whose fresh aggregate shows
+        no ready endpoint, the others every cluster with a gateway."""
+        states = self.state_list()  # (Parent mode: each has a gateway)
+        if isinstance(self.policy, KvgatePolicy):
+            now = self.clock()
+            return any(not self.policy.dead(c, now) for c in states)
+        return bool(states)
 
     def _state(self, ep: Endpoint) -> ClusterState | None:
         return self.states.get(ep.labels.get(CLUSTER_LABEL, ""))
