@@ -306,6 +306,13 @@ def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | 
             self.mean_decode += 0.05 * (usage.completion_tokens - self.mean_decode)
 
 
+def _remember(self, request_id: str, uncached: dict[str, float], keys: Any = None) -> None:
+    # (the Director's own, inlined in its ``_pick`` by session 23's accounting cut, cpu23)
+    self._picked[request_id] = (uncached, keys)
+    if len(self._picked) > MAX_TRACKED:
+        self._picked.popitem(last=False)
+
+
 def on_usage(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage) -> None:
     """The engine's usage for a request as soon as it is known (the simulator knows the cached tokens
     at prefill; a door passes its final usage through ``on_finished``). Observers take the first
@@ -618,7 +625,7 @@ class RefProfile(SchedulerProfile):
 def use_reference(director: Director) -> Director:
     """Make ``director`` (freshly built) run the reference code; returns it."""
     patched = ("candidates", "pick", "_pick", "on_dispatched", "on_first_token", "on_finished", "on_usage")
-    for name in (*patched, "_release"):
+    for name in (*patched, "_release", "_remember"):
         setattr(director, name, types.MethodType(globals()[name], director))
     for name, p in list(director.profiles.items()):
         director.profiles[name] = RefProfile(p.name, p.filters, p.scorers, p.picker, p.producers, p.post_pick)

@@ -1263,9 +1263,12 @@ class Proxy:
         ok = resp.status < 500
         # The whole body at once: its time is the whole response's, not a first token's (nothing for
         # the latency models to learn; an error reply even less).
-        director.on_first_token(ireq, ep, learn=False)
         usage = usage_from_body(body) if resp.status < 300 else None
-        director.on_finished(ireq, ep, usage, ok)
+        if type(director) is Director:  # (the two calls below in one: ``Director.on_whole``)
+            director.on_whole(ireq, ep, usage, ok)
+        else:
+            director.on_first_token(ireq, ep, learn=False)
+            director.on_finished(ireq, ep, usage, ok)
         if self.limiter is not None:
             self._charge(ireq, usage, resp.status < 300)
         if ok:

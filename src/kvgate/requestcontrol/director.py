@@ -51,7 +51,7 @@ from kvgate.scheduling.plugins.handlers import SingleProfileHandler
 from kvgate.scheduling.plugins.prefix_cache import prefix_match
 from kvgate.scheduling.prefix import CHARS_PER_TOKEN
 from kvgate.scheduling.profile import SchedulerProfile
-from kvgate.scheduling.speed import BATCH_KNEE, SpeedEstimator
+from kvgate.scheduling.speed import BATCH_KNEE, MIN_S_PER_TOKEN, MIN_TOKENS, SpeedEstimator
 from kvgate.scheduling.types import (
     InferenceRequest,
     NoCapacityError,
@@ -534,9 +534,14 @@ class Director:
                 # (``m.data``: a prompt longer than the index's window, keyed on past it)
                 block = m.chunk // (4 if m.by_ids else CHARS_PER_TOKEN)
                 keys = chain_keys(m.hashes, block, m.data, m.chunk)
-            self._remember(
-                req.request_id, {ep.address: expected.uncached_fraction(ep.address) for ep in chosen}, keys
-            )
+            # (``_remember`` inlined, its dict built by a loop: a comprehension is a function call)
+            uncached: dict[str, float] = {}
+            for ep in chosen:
+                uncached[ep.address] = expected.uncached_fraction(ep.address)
+            picked = self._picked
+            picked[req.request_id] = (uncached, keys)
+            if len(picked) > MAX_TRACKED:
+                picked.popitem(last=False)
         explanation: dict[str, Any] = {}
         if cycle.explain:
             explanation = {
@@ -577,11 +582,6 @@ class Director:
                 oracle.on_picked(cycle, chosen[0])  # (the model learns from every pick)
         return chosen, first
 
-    def _remember(self, request_id: str, uncached: dict[str, float], keys: PrefixKeys | None = None) -> None:
-        self._picked[request_id] = (uncached, keys)
-        if len(self._picked) > MAX_TRACKED:
-            self._picked.popitem(last=False)
-
     def data_sources(self) -> list[DataSource]:
         """Data-layer feeds the configured plugins need (KV events), for the front door to start."""
         return [
@@ -618,7 +618,10 @@ class Director:
             keys = track.keys = picked[1]
             shared = min(p, keys.tokens(self._held.take(endpoint.address, keys.keys)))
         if self._kv_horizon:
-            out = min(out, s * self._decodable(endpoint, track.sent_at, s))
+            if endpoint.inflight.pace > 0:
+                out = min(out, s * self._decodable(endpoint, track.sent_at, s))
+            elif out > s << 62:  # (``_decodable``'s "no limit" before a pace is learned, without its call)
+                out = s << 62
         track.sent = p - shared + out
         self._tracks[key] = track
         if len(self._tracks) > MAX_TRACKED:  # a leaked request: forget the oldest, undo its counts
@@ -680,16 +683,61 @@ class Director:
             self._notify(endpoint.address)
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
-        rid, addr = req.request_id, endpoint.address
-        self._picked.pop(rid, None)
-        track = self._tracks.pop((rid, addr), None)
+        self._picked.pop(req.request_id, None)
+        track = self._tracks.pop((req.request_id, endpoint.address), None)
+        if track is not None:
+            self._end(req, endpoint, track, usage, ok)
+
+    def on_whole(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage | None, ok: bool) -> None:
+        """A reply read whole (a non-streamed answer, an error body): ``on_first_token(req, endpoint,
+        learn=False)`` then ``on_finished(req, endpoint, usage, ok)``, the same effects in one call (one
+        lookup of its track; the gateway's non-streamed path, once per request)."""
+        if self.flow is not None or self.predecessor is not None:
+            # (each call wakes flow control's dispatcher, which may pick between them: kept apart)
+            self.on_first_token(req, endpoint, learn=False)
+            self.on_finished(req, endpoint, usage, ok)
+            return
+        self._picked.pop(req.request_id, None)
+        track = self._tracks.pop((req.request_id, endpoint.address), None)
         if track is None:
             return
+        if not track.first_token:  # (``on_first_token``'s part for ``learn=False`` without flow control)
+            track.first_token = True
+            first = track.first_at = self.clock()
+            if track.stop is not None:
+                track.stop = None
+                self._victims.pop((req.request_id, endpoint.address), None)
+            track.batch_at_first = self._batch(endpoint, first) + track.seqs
+            inf = endpoint.inflight
+            left = inf.pending_prefill_tokens - track.prefill
+            inf.pending_prefill_tokens = left if left > 0 else 0
+            left = inf.unstarted_tokens - track.sent
+            inf.unstarted_tokens = left if left > 0 else 0
+            inf.decoding += track.seqs
+            inf.started += track.seqs
+        self._end(req, endpoint, track, usage, ok)
+
+    def _end(
+        self, req: InferenceRequest, endpoint: Endpoint, track: _Track, usage: Usage | None, ok: bool
+    ) -> None:
+        """``on_finished`` for ``track``, already taken out of ``_tracks``."""
         now = self.clock()  # (one reading for the whole finish)
-        batch_at_last = self._batch(endpoint, now) if track.first_token else 0.0
+        # The decode pace is learned from this response when ``SpeedEstimator.observe`` would use the
+        # sample (its guards, asked here: most answers are too short or too quick, and the batch is read
+        # only for a sample it takes), with the batch as it was before this request's release.
+        per_seq = -1  # (no usage to learn from)
+        batch_at_last: float | None = None
+        if ok and usage is not None and usage.completion_tokens > 0:
+            per_seq = usage.completion_tokens // track.seqs  # (the usage sums every choice's)
+            if (
+                track.first_token
+                and per_seq >= MIN_TOKENS
+                and (now - track.first_at) / (per_seq - 1) >= MIN_S_PER_TOKEN
+            ):
+                batch_at_last = self._batch(endpoint, now)
         if track.stop is not None:
-            self._victims.pop((rid, addr), None)
-        self._release(addr, endpoint, track)
+            self._victims.pop((req.request_id, endpoint.address), None)
+        self._release(endpoint.address, endpoint, track)
         if track.flow is not None:
             self._flow_ended(track)
         if self.flow is not None or self.predecessor is not None:
@@ -701,9 +749,8 @@ class Director:
                     obs.on_usage(req, endpoint, usage, now)
             for obs in self._observers:
                 obs.on_finished(req, endpoint, out, ok, now)
-        if ok and usage is not None and usage.completion_tokens > 0:
-            per_seq = usage.completion_tokens // track.seqs  # (the usage sums every choice's)
-            if track.first_token:
+        if per_seq >= 0:
+            if batch_at_last is not None:
                 self.speed.observe(
                     endpoint, now - track.first_at, per_seq, (track.batch_at_first + batch_at_last) / 2
                 )
