@@ -37,7 +37,7 @@ from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
 from kvgate.gateway.shared_responses import SharedResponses
 from kvgate.gateway.shared_tenants import SharedTenants
-from kvgate.httpfront.server import FrontServer, Handler, Request, Response
+from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
 from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.labels import ModelLabels
@@ -217,9 +217,11 @@ class GatewayServer:
             prefix[LOOKUP_PREFIX] = ResponseLookups(proxy)
             prefix[MODELS_PREFIX] = proxy.model  # GET /v1/models/{id}
         if admin:
-            routes.update({"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz})
-            routes[AGGREGATE_PATH] = self._aggregate
-            prefix["/debug/picks/"] = self._debug_pick
+            # GET (and HEAD) only: any other method gets 405 with ``Allow``, as the API routes answer.
+            admin_routes = {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz,
+                             AGGREGATE_PATH: self._aggregate}  # fmt: skip
+            routes.update({path: get_only(h) for path, h in admin_routes.items()})
+            prefix["/debug/picks/"] = get_only(self._debug_pick)
         front = FrontServer.with_limits(routes, self._not_found, self.cfg.limits, prefix_routes=prefix)
         if proxy is not None:
             # A request the front refuses (413 over maxBodyBytes, malformed HTTP, 408) is counted once,

@@ -72,7 +72,7 @@ from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway import worker_health
 from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.gateway.reload import ConfigWatch, check_pickers, take_applied
-from kvgate.httpfront.server import FrontServer, Handler, Request, Response
+from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
 
 log = logging.getLogger("kvgate.gateway.workers")
 
@@ -1180,15 +1180,16 @@ class Supervisor:
             return
         from kvgate.gateway.server import admin_ssl
 
-        routes: dict[str, Handler] = {
-            "/metrics": self._metrics,
-            "/healthz": self._healthz,
-            "/readyz": self._readyz,
-            AGGREGATE_PATH: self._aggregate,
+        routes: dict[str, Handler] = {  # (GET and HEAD only: 405 otherwise, as a single process's)
+            "/metrics": get_only(self._metrics),
+            "/healthz": get_only(self._healthz),
+            "/readyz": get_only(self._readyz),
+            AGGREGATE_PATH: get_only(self._aggregate),
         }
         front = FrontServer.with_limits(
-            routes, self._not_found, self.cfg.limits, prefix_routes={"/debug/picks/": self._debug_pick}
-        )  # (as a single process's admin port: every front limit, the same knobs on reload)
+            routes, self._not_found, self.cfg.limits,
+            prefix_routes={"/debug/picks/": get_only(self._debug_pick)},
+        )  # fmt: skip  # (as a single process's admin port: every front limit, the same knobs on reload)
         self._admin_front = front
         loop = asyncio.get_running_loop()
         self._admin = await loop.create_server(

@@ -527,6 +527,22 @@ def _over_budget(limit: int, length: int = -1) -> _Refused:
 
 Handler = Callable[[Request], Awaitable["Response | StreamResponse"]]
 
+# RFC 9110 §9.1: a resource that takes GET takes HEAD (the front sends a HEAD answer's head alone).
+READ_METHODS = ("GET", "HEAD")
+
+
+def get_only(handler: Handler) -> Handler:
+    """``handler`` for GET and HEAD; any other method gets 405 with ``Allow: GET, HEAD`` and an
+    OpenAI-style JSON error (the admin routes: ``POST /metrics`` answered 200 before session 23)."""
+
+    async def only_get(request: Request) -> Response | StreamResponse:
+        if request.method in READ_METHODS:
+            return await handler(request)
+        why = f"{request.method} is not allowed on {request.path}; use GET"
+        return json_error(405, why, headers={"Allow": "GET, HEAD"})
+
+    return only_get
+
 
 def _knobs(limits: LimitsLike) -> dict[str, Any]:
     """The front's attributes (and constructor keywords) each limit sets: one map for start and reload."""
@@ -1460,6 +1476,7 @@ __all__ = [
     "Response",
     "StreamResponse",
     "connection_cap",
+    "get_only",
     "json_error",
     "parse_limits",
 ]
