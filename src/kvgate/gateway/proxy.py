@@ -39,6 +39,7 @@ from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout, UpstreamPool, UpstreamResponse
 from kvgate.httpfront.budget import ByteBudget
+from kvgate.httpfront.offload import OFF_LOOP_BYTES, off_loop
 from kvgate.httpfront.server import Handler, Request, Response, StreamResponse
 from kvgate.multicluster.epp_client import retry_after_s
 from kvgate.openai import protocol as proto
@@ -51,6 +52,7 @@ from kvgate.openai.request import (
     PATHS,
     STREAM_USAGE_PATHS,
     BodyError,
+    ParsedBody,
     RequestPolicy,
     inference_request,
     kind_for_path,
@@ -431,9 +433,14 @@ class Proxy:
         held = None  # (bounded labels: a name not the config's, in flight; ``ModelLabels.hold``)
         running = None  # (the model label counted in ``inference_objective_running_requests``)
         try:
+            t0 = self.clock()
+            # A big body is parsed on the parse thread, not the loop (``httpfront.offload``): its parse
+            # stalled every other connection (up to seconds for a hostile 8 MiB body).
+            big = request.content_length > OFF_LOOP_BYTES
+            pre = await self._parse_off_loop(request, kind) if big else None
             # (the request is prepared by a plain call and dispatched from here: no coroutine layer)
             pool, ireq, out, header_block, client_model, strip_usage, explain, t0, marks = self._prepare(
-                request, kind, rid, self.clock(), tenant
+                request, kind, rid, t0, tenant, pre
             )
             models = self.metrics.models
             if models is not None and client_model not in models.known:
@@ -485,23 +492,44 @@ class Proxy:
         return request.body
 
     # --- one request --------------------------------------------------------------------------
+    async def _parse_off_loop(self, request: Request, kind: str) -> ParsedBody | None:
+        """A big body's ``parse_body`` on the parse thread (``httpfront.offload``); None: over the body
+        cap (``_prepare`` refuses it, unparsed). Raises ``GatewayError`` as ``_prepare`` does."""
+        if request.content_length > self.cfg.limits.max_body_bytes:
+            return None
+        parse = functools.partial(parse_body, kind if kind in PATHS else kind_for_path(kind))
+        try:
+            return await off_loop(parse, request.body)
+        except BodyError as e:
+            raise self._body_error(e) from None
+
+    def _body_error(self, e: BodyError) -> GatewayError:
+        # Counted once, unlabelled (no model yet), like the 404 in ``_prepare``: ``_entry`` counts only
+        # what ``_dispatch`` raises.
+        self.metrics.error("", "", str(e.status))
+        return GatewayError(e.status, e.message, param=e.param)
+
     def _prepare(
-        self, request: Request, kind: str, rid: str, t0: float, tenant: str | None = None
+        self,
+        request: Request,
+        kind: str,
+        rid: str,
+        t0: float,
+        tenant: str | None = None,
+        parsed: ParsedBody | None = None,
     ) -> tuple[Pool, InferenceRequest, bytes, bytes, str, bool, bool, float, dict[str, float] | None]:
-        """Parse, route and build what goes upstream: ``_dispatch``'s arguments after the request, kind
-        and id (pool, request, body, header block, client model, strip usage, explain, arrival, marks).
-        Raises ``GatewayError``."""
+        """Parse (unless ``parsed``: done off the loop), route and build what goes upstream:
+        ``_dispatch``'s arguments after the request, kind and id (pool, request, body, header block,
+        client model, strip usage, explain, arrival, marks). Raises ``GatewayError``."""
         # (``_read_body``'s check inlined: its refusal is its own call)
         fits = request.content_length <= self.cfg.limits.max_body_bytes
         raw = request.body if fits else self._read_body(request)
-        try:
-            # (an ``OTHER_PATHS`` kind is its path: ``/v1/responses`` and ``/v1/messages`` are read)
-            parsed = parse_body(kind if kind in PATHS else kind_for_path(kind), raw)
-        except BodyError as e:
-            # Counted once, unlabelled (no model yet), like the 404 below: ``_entry`` counts only what
-            # ``_dispatch`` raises.
-            self.metrics.error("", "", str(e.status))
-            raise GatewayError(e.status, e.message, param=e.param) from None
+        if parsed is None:
+            try:
+                # (an ``OTHER_PATHS`` kind is its path: ``/v1/responses`` and ``/v1/messages`` are read)
+                parsed = parse_body(kind if kind in PATHS else kind_for_path(kind), raw)
+            except BodyError as e:
+                raise self._body_error(e) from None
         client_model = parsed.model
         target = self.rewriter.rewrite(client_model) if self.rewriter.active else client_model
         pool = self.routes.get(target)
