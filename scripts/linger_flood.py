@@ -3,13 +3,17 @@ scripts/linger_flood.py; gw22). The front (``max_body`` 64 KiB) runs in a child 
 each send a POST announcing 100 MB (413 at its head), then 1 MiB writes without end for 6 s, reconnecting
 when cut; meanwhile a prober times 40 small GETs (one connection each, 0.1 s apart). Prints the probe's
 p50 / max latency, the bytes the flooders got sent, and the server's CPU seconds (``/proc``). Run it with
-the tree to measure first on the path given (SRC: a ``src`` directory).
+the tree to measure first on the path given (SRC: a ``src`` directory). With HONEST (bytes), an honest
+client (stdlib ``http.client``) sends a POST of that many bytes 1 s into the flood, whole before it reads,
+and what it got is printed: its 413 and when, or how it failed (gw23: the pace's turns, smallest refused
+body first).
 
-    python scripts/linger_flood.py SRC PORT K
+    python scripts/linger_flood.py SRC PORT K [HONEST]
 """
 
 from __future__ import annotations
 
+import http.client
 import socket
 import statistics
 import subprocess
@@ -43,6 +47,7 @@ def _cpu_s(pid: int) -> float:
 def main() -> None:
     usage_or_exit(__doc__, 3)
     src, port, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    honest_bytes = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     sys.path.insert(0, src)
     from kvgate import lifeline
 
@@ -67,8 +72,26 @@ def main() -> None:
                 pass
             s.close()
 
+    honest: list[str] = []
+
+    def post() -> None:
+        time.sleep(1.0)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        t0 = time.monotonic()
+        try:
+            conn.request("POST", "/v1/completions", body=b"x" * honest_bytes)
+            resp = conn.getresponse()
+            resp.read()
+            honest.append(f"{resp.status} in {time.monotonic() - t0:.3f} s")
+        except OSError as e:
+            honest.append(f"{type(e).__name__} at {time.monotonic() - t0:.3f} s")
+        finally:
+            conn.close()
+
     cpu0 = _cpu_s(proc.pid)
     threads = [threading.Thread(target=flood, args=(i,)) for i in range(k)]
+    if honest_bytes:
+        threads.append(threading.Thread(target=post))
     for t in threads:
         t.start()
     time.sleep(0.5)
@@ -90,6 +113,7 @@ def main() -> None:
     print(
         f"K={k} probe p50 {statistics.median(lat) * 1e3:.2f} ms max {max(lat) * 1e3:.1f} ms; "
         f"flooders sent {sum(sent) / 1e9:.2f} GB; server CPU {cpu:.2f} s"
+        + (f"; honest {honest_bytes / 2**20:g} MiB POST: {honest[0]}" if honest else "")
     )
 
 

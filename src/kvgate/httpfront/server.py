@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol, cast
 
-from kvgate.httpfront.budget import ByteBudget, ReadPace
+from kvgate.httpfront.budget import ByteBudget, ReadPace, TurnQueue
 from kvgate.openai.protocol import error_body
 
 log = logging.getLogger("kvgate.httpfront")
@@ -611,11 +611,14 @@ class FrontServer:
         # One sweeper enforces every deadline, instead of a timer armed and cancelled per request.
         self._sweeper: asyncio.Task[None] | None = None
         # Lingering reads' pace (``LINGER_RATE``): a lingering connection that overdraws it, or that
-        # begins to linger while others wait or the pace is in debt, stops reading and waits here, in
-        # order; one timer lets the waiters read again once the debt is paid. Insertion-ordered, O(1)
-        # both ways: a closed connection leaves from anywhere (review s22-gw F2).
+        # begins to linger while others wait or the pace is in debt, stops reading and waits here; one
+        # timer lets the waiters read again once the debt is paid, the smallest refused body first (what
+        # it may send: its Content-Length and a head, ``_linger_cap``; chunked: unknown, last), equal
+        # ones in turn (arrival order): an honest client with a small refused body reads before a flood
+        # announcing more (gw23; before, its turn came after every flooder's). A closed connection
+        # leaves from anywhere in O(1) (review s22-gw F2).
         self.linger_pace = ReadPace(LINGER_RATE, LINGER_BURST)
-        self._pace_waiting: collections.OrderedDict[FrontProtocol, None] = collections.OrderedDict()
+        self._pace_waiting: TurnQueue[FrontProtocol] = TurnQueue()
         self._pace_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -694,16 +697,16 @@ class FrontServer:
         if conn._pacing:
             return
         conn._pacing = True
-        self._pace_waiting[conn] = None
+        self._pace_waiting.push(conn, conn._linger_cap)
         if self._pace_timer is None:
             loop = asyncio.get_running_loop()
             self._pace_timer = loop.call_later(self.linger_pace.due(loop.time()), self._pace_next)
 
     def _pace_next(self) -> None:
-        """The pace's debt is paid: the longest-waiting lingerers read again, as many as the bucket holds
-        reads (``_READ``; at least one: each overdraws by at most one read), not one per timer: after a
-        flood, hundreds queued drain at the pace, not at the timer's (review s22-gw F5). The next turn
-        when the new debt is paid."""
+        """The pace's debt is paid: the first lingerers in the queue's order (the smallest refused body,
+        then the longest waiting) read again, as many as the bucket holds reads (``_READ``; at least one: each
+        overdraws by at most one read), not one per timer: after a flood, hundreds queued drain at the
+        pace, not at the timer's (review s22-gw F5). The next turn when the new debt is paid."""
         self._pace_timer = None
         loop = asyncio.get_running_loop()
         waiting = self._pace_waiting
@@ -711,7 +714,7 @@ class FrontServer:
         if pace.due(loop.time()) == 0.0:
             expect = pace.tokens  # (what the let-on will read, before it has read it)
             while waiting and expect >= 0 and pace.tokens >= 0:
-                conn, _ = waiting.popitem(last=False)
+                conn = waiting.pop()
                 conn._pacing = False
                 if conn.linger_until is not None and not conn.closed and conn._read_paused:
                     conn._read_paused = False
@@ -873,7 +876,7 @@ class FrontProtocol(asyncio.Protocol):
         self.server.connections.discard(self)
         if self._pacing:  # (leaves its turn: under churn the debt may not be paid for long)
             self._pacing = False
-            self.server._pace_waiting.pop(self, None)  # (gone already after ``close_all``)
+            self.server._pace_waiting.discard(self)  # (gone already after ``close_all``)
         self.server.read_done(self)
         self.idle_since = self.head_since = self.body_since = self.blocked_since = self.linger_until = None
         self._release()
