@@ -7,11 +7,14 @@ sent to 0.5 s after its answer (the stall other clients see: its read, parse, re
 release), and the big request's status and time.
 
     PYTHONPATH=src python scripts/parse_stall.py SRC PORT [--bytes 8388608] [--shapes chat,chains64,...]
+                                                [--unrouted]
 
 ``SRC``: the ``src`` directory of the tree whose gateway runs (this tree's or another checkout's, for a
 same-run baseline); ``PORT``: the backend's port, the gateway's is PORT + 1. Shapes: ``chat`` (one user
 message of plain words filling ``--bytes``: an honest big prompt), and ``hostile_body_cost.py``'s
-(``emptymsg``, ``chains64``, ...; each fills ``--bytes``).
+(``emptymsg``, ``chains64``, ...; each fills ``--bytes``). ``--unrouted``: the big body names a model no
+pool serves (a 404 after its whole parse), so the backend's own read of it (the probes' backend too) is
+not in the figure: the gateway's stall alone.
 """
 
 from __future__ import annotations
@@ -88,8 +91,10 @@ def _wait_ready(port: int, within_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def _one_shape(port: int, shape: str, size: int) -> str:
+def _one_shape(port: int, shape: str, size: int, unrouted: bool = False) -> str:
     path, body = _big(shape, size)
+    if unrouted:
+        body = body.replace(b'"model":"m"', b'"model":"unrouted"', 1)
     probes: list[tuple[float, float]] = []
     stop = threading.Event()
 
@@ -131,6 +136,7 @@ def main() -> int:
     p.add_argument("port", type=int, help="the backend's port (the gateway's: PORT + 1)")
     p.add_argument("--bytes", type=int, default=8 << 20, help="each big body's size (default 8 MiB)")
     p.add_argument("--shapes", default="chat,emptymsg,chains64", help="comma-separated")
+    p.add_argument("--unrouted", action="store_true", help="the big body names a model no pool serves (404)")
     a = p.parse_args()
     env = {**os.environ, "PYTHONPATH": os.path.abspath(a.src)}
     py = sys.executable
@@ -150,7 +156,7 @@ def main() -> int:
         assert backend.stdout is not None and backend.stdout.readline().strip() == b"ready"
         _wait_ready(gw_port)
         for shape in a.shapes.split(","):
-            print(_one_shape(gw_port, shape, a.bytes), flush=True)
+            print(_one_shape(gw_port, shape, a.bytes, a.unrouted), flush=True)
     finally:
         for proc in (gateway, backend):
             proc.kill()
