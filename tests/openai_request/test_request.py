@@ -13,6 +13,7 @@ from kvgate.openai.request import (
     MESSAGES,
     OTHER,
     RESPONSES,
+    SCORE,
     BodyError,
     RequestPolicy,
     inference_request,
@@ -74,11 +75,15 @@ def test_nesting_at_the_limit_is_accepted() -> None:
 
 
 def test_max_completion_tokens_wins_over_max_tokens() -> None:
-    both = parse_body(COMPLETIONS, b'{"model":"m","prompt":"x","max_tokens":5,"max_completion_tokens":9}')
+    """On chat, whose vLLM model defines both (``CompletionRequest`` defines only ``max_tokens``: #16,
+    tests/openai_request/test_keys_per_api.py)."""
+    msgs = '"messages":[{"role":"user","content":"x"}]'
+    both = parse_body(CHAT, b'{"model":"m",%s,"max_tokens":5,"max_completion_tokens":9}' % msgs.encode())
     assert both.max_tokens == 9
     assert parse_body(COMPLETIONS, b'{"model":"m","prompt":"x","max_tokens":5}').max_tokens == 5
     # Both are validated, even the one that loses.
-    err = _bad(COMPLETIONS, {"model": "m", "prompt": "x", "max_tokens": -1, "max_completion_tokens": 9})
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    err = _bad(CHAT, {**chat, "max_tokens": -1, "max_completion_tokens": 9})
     assert err.param == "max_tokens"
 
 
@@ -124,7 +129,8 @@ def test_kind_for_path() -> None:
     assert kind_for_path("/v1/embeddings") == EMBEDDINGS
     assert kind_for_path("/v1/responses") == RESPONSES
     assert kind_for_path("/v1/messages/") == MESSAGES
-    assert kind_for_path("/v1/rerank") == OTHER
+    assert kind_for_path("/v1/rerank") == SCORE  # (#16: its own keys)
+    assert kind_for_path("/v1/unknown") == OTHER
 
 
 def test_unknown_api_needs_only_a_model() -> None:

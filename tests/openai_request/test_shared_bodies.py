@@ -56,7 +56,7 @@ IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "i
 BODIES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
     (COMPLETIONS, {"model": "m", "prompt": "Once upon a time", "max_tokens": 7}, {}),
     (COMPLETIONS, {"model": "m", "prompt": ["first line", "second line"], "n": 3}, {}),  # (6 sequences)
-    (COMPLETIONS, {"model": "m", "prompt": [101, 2023, 2003, 1037, 3231], "max_completion_tokens": 3}, {}),
+    (COMPLETIONS, {"model": "m", "prompt": [101, 2023, 2003, 1037, 3231], "max_tokens": 3}, {}),
     (COMPLETIONS, {"model": "m", "prompt": [[1, 2, 3], [4, 5]]}, {}),
     (CHAT, {"model": "m", "messages": [{"role": "user", "content": "hello"}], "stream": True}, {}),
     (
@@ -65,7 +65,8 @@ BODIES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
         {SESSION_HEADER: "conv-42"},
     ),
     (CHAT, {"model": "sql-lora", "messages": [{"role": "user", "content": "SELECT"}], "user": "u1"}, {}),
-    (COMPLETIONS, {"model": "sql-lora", "prompt": "x", "max_tokens": 5, "max_completion_tokens": 9}, {}),
+    # (#16: ``max_completion_tokens`` is chat's, not in vLLM's ``CompletionRequest``: ignored, not read)
+    (COMPLETIONS, {"model": "sql-lora", "prompt": "x", "max_tokens": 5, "max_completion_tokens": -9}, {}),
     (
         COMPLETIONS,
         {"model": "m", "prompt": "urgent"},
@@ -103,6 +104,14 @@ BODIES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
         },
         {},
     ),
+    # #16: an embeddings conversation (vLLM's ``EmbeddingChatRequest``) with keys its model lacks (``stream``
+    # is not read: JSON comes back), a rerank body with chat keys (not read, not checked).
+    (
+        "/v1/embeddings",
+        {"model": "m", "messages": [{"role": "user", "content": "embed"}], "stream": True, "max_tokens": -1},
+        {},
+    ),
+    ("/v1/rerank", {"model": "m", "query": "q", "documents": ["a"], "messages": 5, "stream_options": 1}, {}),
 ]
 
 DEEP = "[" * 1000 + "]" * 1000
@@ -118,7 +127,13 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
         f'{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "tools": {DEEP}}}'.encode(),
         "tools",
     ),
-    (COMPLETIONS, b'{"model": "m", "prompt": "x", "max_completion_tokens": -3}', "max_completion_tokens"),
+    (
+        CHAT,
+        b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": -3}',
+        "max_completion_tokens",
+    ),
+    ("/v1/rerank", b'{"model": "m", "query": "q", "documents": ["a"], "user": 5}', "user"),
+    ("/v1/embeddings", b'{"model": "m", "messages": 5}', "messages"),
     (CHAT, b'{"model": "m", "messages": []}', "messages"),
     (COMPLETIONS, b'{"model": "m", "prompt": "x", "stream": "yes"}', "stream"),
     ("/v1/responses", b'{"model": "m", "input": "x", "max_output_tokens": -1}', "max_output_tokens"),
@@ -223,7 +238,7 @@ async def test_same_bodies_give_identical_inference_requests(doors: Doors) -> No
     lora = by_body[orjson.dumps(BODIES[6][1])]
     assert (lora.lora_adapter, lora.session_key) == ("sql-lora", "u1")
     both = by_body[orjson.dumps(BODIES[7][1])]
-    assert (both.lora_adapter, both.max_tokens) == ("sql-lora", 9)
+    assert (both.lora_adapter, both.max_tokens) == ("sql-lora", 5)
     gold = by_body[orjson.dumps(BODIES[8][1])]
     assert (gold.priority, gold.fairness_id) == (5, "tenant-a")
     assert by_body[orjson.dumps(BODIES[0][1])].prompt_text == "Once upon a time"
@@ -231,6 +246,9 @@ async def test_same_bodies_give_identical_inference_requests(doors: Doors) -> No
     assert by_body[orjson.dumps(BODIES[11][1])].max_tokens == 64  # (``64.0``: qa21 F2)
     assert by_body[orjson.dumps(BODIES[12][1])].max_tokens == 12
     # #16: the Responses body's instructions and items, the Anthropic body's system, are its prompt.
+    embed = by_body[orjson.dumps(BODIES[-2][1])]
+    assert (embed.prompt_text, embed.stream, embed.max_tokens) == ("<|user|>\nembed\n", False, None)
+    assert by_body[orjson.dumps(BODIES[-1][1])].prompt_text == ""
     resp = by_body[orjson.dumps(BODIES[13][1])]
     assert resp.prompt_text.startswith("<|system|>\nAnswer briefly.\n<|user|>\nlook<|media:")
     assert "done" in resp.prompt_text and "iVBOR" not in resp.prompt_text

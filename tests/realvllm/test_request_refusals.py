@@ -118,3 +118,148 @@ def test_what_kvgate_refuses_vllm_refuses() -> None:
     taken = orjson.loads(done.stdout.splitlines()[-1])
     wrong = [b for b, r, t in zip(bodies, refused, taken, strict=True) if r and t]
     assert not wrong, wrong[:5]
+
+
+# #16, every other path kvgate parses (tests/openai_request/test_keys_per_api.py's bodies, seeded): what
+# FastAPI validates each body with (the route's annotation: a union for most), and the union member each
+# base body is in (its errors say which top-level key vLLM refuses).
+_P = "vllm.entrypoints."
+_EMBED, _SCORE = _P + "pooling.embed.protocol.", _P + "pooling.scoring.protocol."
+_POOL, _CLS = _P + "pooling.pooling.protocol.", _P + "pooling.classify.protocol."
+_TOK = _P + "serve.tokenize.protocol."
+ROUTE_MODELS = {
+    "/v1/completions": _P + "openai.completion.protocol.CompletionRequest",
+    "/v1/chat/completions": _P + "openai.chat_completion.protocol.ChatCompletionRequest",
+    "/v1/embeddings": _EMBED + "EmbeddingRequest",
+    "/pooling": _POOL + "PoolingRequest",
+    "/classify": _CLS + "ClassificationRequest",
+    "/score": _SCORE + "ScoreRequest",
+    "/v1/score": _SCORE + "ScoreRequest",
+    "/rerank": _SCORE + "RerankRequest",
+    "/v1/rerank": _SCORE + "RerankRequest",
+    "/v2/rerank": _SCORE + "RerankRequest",
+    "/tokenize": _TOK + "TokenizeRequest",
+    "/detokenize": _TOK + "DetokenizeRequest",
+    "/v2/embed": _EMBED + "CohereEmbedRequest",
+    "/v1/responses": _P + "openai.responses.protocol.ResponsesRequest",
+    "/v1/messages": _P + "anthropic.protocol.AnthropicMessagesRequest",
+}
+# The union member of each of ``BASES[path]``, in order (a path of one model: that model).
+MEMBERS = {
+    "/v1/embeddings": [
+        _EMBED + n
+        for n in (
+            "EmbeddingCompletionRequest",
+            "EmbeddingCompletionRequest",
+            "EmbeddingChatRequest",
+            "EmbeddingBatchChatRequest",
+            "EmbeddingChatInputRequest",
+            "EmbeddingBatchChatInputRequest",
+        )
+    ],
+    "/pooling": [
+        _POOL + "PoolingCompletionRequest",
+        _POOL + "PoolingChatRequest",
+        _POOL + "IOProcessorRequest",
+    ],
+    "/classify": [_CLS + "ClassificationCompletionRequest", _CLS + "ClassificationChatRequest"],
+    "/score": [_SCORE + "ScoreQueriesDocumentsRequest", _SCORE + "ScoreTextRequest"],
+    "/v1/score": [_SCORE + "ScoreDataRequest"],
+    "/tokenize": [_TOK + "TokenizeCompletionRequest", _TOK + "TokenizeChatRequest"],
+}
+
+CHECK_PATHS = """
+import importlib, json, sys
+from pydantic import TypeAdapter
+def load(name):
+    mod, _, attr = name.rpartition(".")
+    return TypeAdapter(getattr(importlib.import_module(mod), attr))
+adapters = {}
+LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+out = []
+for route, member, body in json.load(sys.stdin):
+    route_ta = adapters.setdefault(route, load(route))
+    member_ta = adapters.setdefault(member, load(member))
+    try:
+        req = route_ta.validate_python(body)
+        # (the serving's ``SamplingParams`` then refuses ``n`` < 1 and a limit under 1)
+        n = getattr(req, "n", 1)
+        limits = [getattr(req, k, None) for k in LIMITS]
+        taken = (n is None or n >= 1) and all(v is None or v >= 1 for v in limits)
+    except Exception:
+        taken = False
+    keys = []
+    try:
+        member_ta.validate_python(body)
+    except Exception as e:
+        errors = getattr(e, "errors", lambda: [{"loc": ()}])()
+        keys = sorted({str(err["loc"][0]) if err["loc"] else "" for err in errors})
+    out.append([taken, keys])
+print(json.dumps(out))
+"""
+
+
+def _path_bodies(n: int) -> list[tuple[str, str, dict[str, Any]]]:
+    from openai_request.test_keys_per_api import _TOP, _VALUES, BASES
+
+    rng = random.Random(23)
+    out = []
+    paths = sorted(BASES)
+    for _ in range(n):
+        path = rng.choice(paths)
+        i = rng.randrange(len(BASES[path]))
+        body: dict[str, Any] = {"model": "m", **BASES[path][i]}
+        for key in rng.sample(_TOP, rng.randrange(4)):
+            body[key] = rng.choice(_VALUES)
+        out.append((path, MEMBERS.get(path, [ROUTE_MODELS[path]] * (i + 1))[i], body))
+    return out
+
+
+def _on_purpose(path: str, body: dict[str, Any], param: str | None) -> bool:
+    """kvgate's stricter 400s (docs/gateway.md "What the picker is told"): a count written as a boolean or
+    a string (vLLM's lax ``int`` takes ``true`` and ``"5"``), a ``stream`` that is not a boolean."""
+    value = body.get(param) if param else None
+    if param == "stream":
+        return True
+    return param in ("n", "max_tokens", "max_completion_tokens", "max_output_tokens") and isinstance(
+        value, bool | str
+    )
+
+
+def _left_to_vllm(path: str, body: dict[str, Any]) -> bool:
+    """A refusal kvgate leaves to the server: Anthropic's ``max_tokens`` null or missing (its model requires
+    it; kvgate does not, as before: bodies without it are routed and vLLM answers its 400)."""
+    return path == "/v1/messages" and body.get("max_tokens") is None
+
+
+def test_each_path_refuses_only_what_its_vllm_model_refuses() -> None:
+    """Each path's 400s (``parse_body``) against its route's model in the vLLM venv: a body vLLM takes is
+    never refused (but for kvgate's stricter rules, ``_on_purpose``), and a body the model refuses for a key
+    kvgate checks on that path (``VLLM_KEYS``) alone is refused."""
+    if not harness.is_installed():
+        pytest.skip("the vLLM venv is not installed (scripts/realvllm.sh)")
+    from openai_request.test_keys_per_api import VLLM_KEYS
+
+    bodies = _path_bodies(3000)
+    params: list[str | bool | None] = []
+    for path, _member, body in bodies:
+        try:
+            parse_body(kind_for_path(path), orjson.dumps(body))
+            params.append(False)
+        except BodyError as e:
+            params.append(e.param)
+    wire = orjson.dumps([[ROUTE_MODELS[p], m, b] for p, m, b in bodies])
+    argv = lifeline.die_with_parent_argv([str(harness.vllm_python()), "-c", CHECK_PATHS])
+    done = subprocess.run(argv, input=wire, capture_output=True, timeout=300, check=True)
+    verdicts = orjson.loads(done.stdout.splitlines()[-1])
+    lost, missed, refused = [], [], 0
+    for (path, _m, body), param, (taken, keys) in zip(bodies, params, verdicts, strict=True):
+        if param is not False:
+            refused += 1
+            if taken and not _on_purpose(path, body, param):  # type: ignore[arg-type]
+                lost.append((path, body, param))
+        elif keys and set(keys) <= VLLM_KEYS[path] and not _left_to_vllm(path, body):
+            missed.append((path, body, keys))
+    assert refused > 200  # (the values reach the refusals at all)
+    assert not lost, lost[:5]
+    assert not missed, missed[:5]

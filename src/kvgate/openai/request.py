@@ -6,11 +6,14 @@ way a body can be wrong is a ``BodyError`` (400) naming the parameter, never a c
 ids are checked to be what a tokenizer can emit, and nesting is bounded before anything re-encodes the
 body (orjson refuses to encode past 254 levels; a 500 is not an answer to a client's mistake).
 
-``max_completion_tokens`` wins over ``max_tokens`` when a body sets both (the newer OpenAI name; vLLM reads
-them in the same order); each must be a non-negative integer, written as one or as a whole-number float
-(``512.0``, ``1e2``: vLLM's lax pydantic models take them; ``512.5`` is refused). A body of
-another API (``OTHER``) may name it ``max_output_tokens``, read and checked last. The Responses API and
-Anthropic Messages read and check only their own keys (``_API_KEYS``): vLLM ignores the others.
+Each API path reads and checks only the top-level keys its vLLM request model defines (``_API_KEYS``; vLLM
+ignores the others, so a 400 on one would refuse a body the server takes): chat's limits are
+``max_completion_tokens`` then ``max_tokens`` (the newer OpenAI name wins; vLLM reads them in that order),
+completions' and Anthropic Messages' ``max_tokens``, the Responses API's ``max_output_tokens``; a limit must
+be a non-negative integer (Messages: positive), written as one or as a whole-number float (``512.0``,
+``1e2``: vLLM's lax pydantic models take them; ``512.5`` is refused). Embeddings, pooling, classify, score
+and rerank define ``user`` only (no ``stream``: their answer is JSON); tokenize, detokenize and Cohere's
+``/v2/embed`` none. A path kvgate does not know (``OTHER``) is read with every API's keys.
 
 The Responses API (``RESPONSES``: ``instructions`` + ``input``, ``render_responses``) and Anthropic
 Messages (``MESSAGES``: ``system`` + ``messages``) are rendered like chat, so both doors estimate and
@@ -79,9 +82,27 @@ MODELS_PREFIX = "/v1/models/"
 # ``prompt`` is a template object, not a completions prompt). Not in ``PATHS`` (routes, usage stripping).
 RESPONSES = "responses"
 MESSAGES = "messages"
+# The other ``OTHER_PATHS``, by what their vLLM request models define (#16: each path checks only those
+# keys): ``/pooling`` and ``/classify`` (``input`` or ``messages``, ``user``); the scoring APIs, score and
+# rerank (``user``; their texts are not read); and the ones whose models define none of the keys kvgate
+# reads (``/tokenize`` and ``/detokenize`` run no model, so no prompt is read; Cohere's ``/v2/embed``,
+# whose ``max_tokens`` truncates the input: it is no output limit).
+POOLING = "pooling"
+SCORE = "score"
+BARE = "bare"
 _KIND_BY_PATH = {path: kind for kind, path in PATHS.items()} | {
     "/v1/responses": RESPONSES,
     "/v1/messages": MESSAGES,
+    "/pooling": POOLING,
+    "/classify": POOLING,
+    "/v1/score": SCORE,
+    "/score": SCORE,
+    "/v1/rerank": SCORE,
+    "/v2/rerank": SCORE,
+    "/rerank": SCORE,
+    "/tokenize": BARE,
+    "/detokenize": BARE,
+    "/v2/embed": BARE,
 }
 
 # Deepest JSON nesting accepted anywhere in a body. Real chat bodies (messages -> content parts -> image
@@ -93,14 +114,37 @@ MAX_TOKENS_KEYS = ("max_completion_tokens", "max_tokens")  # precedence order
 # An ``OTHER`` body's too: the Responses API (``/v1/responses``, vLLM's ``ResponsesRequest``) names its
 # limit ``max_output_tokens`` (review s17-qafix-d F4); Anthropic's ``/v1/messages`` says ``max_tokens``.
 OTHER_MAX_TOKENS_KEYS = (*MAX_TOKENS_KEYS, "max_output_tokens")
-# The Responses API and Anthropic Messages: only the keys vLLM's own request model defines are read and
-# checked (``ResponsesRequest``: ``max_output_tokens``, ``user``; ``AnthropicMessagesRequest``:
-# ``max_tokens``; neither has ``stream_options``). vLLM ignores a key its model lacks, so a 400 on one
-# would refuse a body the server takes (review s22-resp F1). Per kind: (limit keys, check ``user``, read
-# ``stream_options``).
-_API_KEYS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
-    RESPONSES: (("max_output_tokens",), True, False),
-    MESSAGES: (("max_tokens",), False, False),
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """The top-level keys kvgate reads that an API's vLLM request model defines: only these are read and
+    checked. vLLM ignores a key its model lacks (``extra="allow"``, or pydantic's ``ignore``), so a 400 on
+    one refuses a body the server takes (review s22-resp F1; #16 for the other paths)."""
+
+    limits: tuple[str, ...] = ()  # output limits, in precedence order
+    user: bool = False  # a non-string ``user`` is a 400 (else ignored, as the session fallback)
+    stream: bool = False  # ``stream`` read (a boolean); else the answer is JSON, never a stream
+    stream_options: bool = False
+    choices: bool = False  # ``n``
+    null_n: bool = True  # ``n: null`` read as 1 (chat's ``int | None``; completions' ``int`` refuses it)
+    least: int = 0  # the smallest limit (Anthropic's ``max_tokens`` must be positive: its model's 400)
+
+
+# Read from vLLM 0.32's models (``CompletionRequest`` has no ``max_completion_tokens``; the pooling and
+# scoring models, ``PoolingBasicRequestMixin``, only ``user``; ``ResponsesRequest`` ``max_output_tokens``,
+# ``user``, ``stream``; ``AnthropicMessagesRequest`` ``max_tokens``, ``stream``). ``OTHER`` (a path kvgate
+# does not know, ``kvgate epp`` only) keeps every API's keys: its model is unknown.
+_API_KEYS: dict[str, _Keys] = {
+    COMPLETIONS: _Keys(("max_tokens",), True, True, True, True, null_n=False),
+    CHAT: _Keys(MAX_TOKENS_KEYS, True, True, True, True),
+    EMBEDDINGS: _Keys(user=True),
+    POOLING: _Keys(user=True),
+    SCORE: _Keys(user=True),
+    BARE: _Keys(),
+    RESPONSES: _Keys(("max_output_tokens",), user=True, stream=True),
+    MESSAGES: _Keys(("max_tokens",), stream=True, least=1),
+    OTHER: _Keys(OTHER_MAX_TOKENS_KEYS, True, True, True),
 }
 # pydantic's lax ``int`` takes a whole float only below 2**63 (``1e19`` is vLLM's 400 too; orjson reads an
 # integer past 64 bits as a float): past it, a float stays refused (review s21-cpu F1).
@@ -317,7 +361,8 @@ class ParsedBody:
     body: dict[str, Any]
     model: str
     stream: bool = False
-    # Text that prefix matching hashes (completions: prompt; chat: JSON of messages; embeddings: input).
+    # Text that prefix matching hashes (completions: prompt; chat: ``render_chat``; embeddings, pooling,
+    # classify: the input, or its conversations rendered as chats).
     prompt_text: str = ""
     token_ids: list[int] | None = None
     max_tokens: int | None = None
@@ -360,7 +405,7 @@ def server_priority(body: dict[str, Any], policy: RequestPolicy, objective: str 
 
 def kind_for_path(path: str) -> str:
     """The API a request path names (query string ignored): the three APIs', ``RESPONSES``,
-    ``MESSAGES``; ``OTHER`` for any other."""
+    ``MESSAGES``, ``POOLING``, ``SCORE``, ``BARE``; ``OTHER`` for any other."""
     return _KIND_BY_PATH.get(path.split("?", 1)[0].rstrip("/"), OTHER)
 
 
@@ -401,11 +446,12 @@ def _prompt(value: Any, param: str) -> tuple[str, list[int] | None, int, int]:
     raise BodyError(f"'{param}' must be a string, a list of strings, or token ids", param)
 
 
-def _choices(body: dict[str, Any]) -> int:
-    """``n``: the choices asked for each prompt (1 when absent or null); an integer of at least 1, written
-    as one or as a whole-number float below 2**63 (vLLM's lax pydantic ``int`` takes ``2.0``), else a 400."""
+def _choices(body: dict[str, Any], null: bool) -> int:
+    """``n``: the choices asked for each prompt (1 when absent, or null where ``null``); an integer of at
+    least 1, written as one or as a whole-number float below 2**63 (vLLM's lax pydantic ``int`` takes
+    ``2.0``), else a 400."""
     n = body.get("n")
-    if n is None:
+    if n is None and null:
         return 1
     if type(n) is float and n.is_integer() and abs(n) < _LAX_INT_LIMIT:
         n = int(n)
@@ -509,6 +555,50 @@ def _responses_prompt(body: dict[str, Any], budget: list[int]) -> str:
         raise BodyError(f"'input': {e}", "input") from None
 
 
+def _conversations(value: Any, batch: bool) -> list[list[Any]] | None:
+    """``value`` as chat conversations: one (a list of message objects), or with ``batch`` a non-empty list
+    of non-empty ones (vLLM's ``EmbeddingBatchChatRequest``); None when it is neither."""
+    if not isinstance(value, list):
+        return None
+    if all(isinstance(m, dict) for m in value):
+        return [value]
+    if (
+        batch
+        and value
+        and all(isinstance(c, list) and c and all(isinstance(m, dict) for m in c) for c in value)
+    ):
+        return value
+    return None
+
+
+def _pooling_prompt(body: dict[str, Any], embeddings: bool) -> tuple[str, list[int] | None, int]:
+    """An embeddings / pooling / classify body's prompt (text, token ids, estimate). vLLM's model for
+    these is a union: ``input`` as a completions prompt (a string, strings, token ids), or a conversation
+    in ``messages`` (rendered as a chat's); embeddings also take a batch of conversations in ``messages``
+    and one or a batch in ``input`` (``EmbeddingChatInputRequest``), ``/pooling`` a plugin's ``data``. The
+    first shape that reads is the prompt (an unreadable ``messages`` beside a good ``input`` is ignored,
+    as vLLM's union falls back to the ``input`` model); a 400 only when none does (vLLM refuses it too)."""
+    key = "messages"
+    convs = _conversations(body.get(key), embeddings)
+    if convs is None and embeddings and isinstance(inp := body.get("input"), list) and inp:
+        key, convs = "input", _conversations(inp, True)
+    if convs is not None:
+        budget = media_budget()
+        try:
+            text = "".join([render_chat(c, None, None, budget) for c in convs])
+        except _RenderError as e:
+            raise BodyError(f"'{key}': {e}", key) from None
+        return text, None, _estimate(text, budget)
+    if "input" in body:
+        text, token_ids, estimate, _ = _prompt(body["input"], "input")
+        return text, token_ids, estimate
+    if "messages" in body:
+        raise BodyError("'messages' must be a list of message objects", "messages")
+    if "data" in body:  # (``/pooling``'s plugin request: nothing to read; the server decides)
+        return "", None, 0
+    raise BodyError("'input' is required", "input")
+
+
 def _estimate(text: str, budget: list[int]) -> int:
     """A rendered prompt's tokens: every media part ``MEDIA_PART_CHARS`` of it, a tag-only one too (as
     if rendered at full length: review s22-rev22a F1)."""
@@ -517,7 +607,8 @@ def _estimate(text: str, budget: list[int]) -> int:
 
 def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     """Decode (orjson, once) and validate; ``kind`` is one of ``COMPLETIONS``, ``CHAT``, ``EMBEDDINGS``,
-    ``RESPONSES``, ``MESSAGES``, ``OTHER`` (``kind_for_path``). Raises ``BodyError``."""
+    ``RESPONSES``, ``MESSAGES``, ``POOLING``, ``SCORE``, ``BARE``, ``OTHER`` (``kind_for_path``). Raises
+    ``BodyError``."""
     if not raw:
         raise BodyError("request body is empty; expected a JSON object")
     try:
@@ -537,25 +628,21 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BodyError("'model' is required and must be a non-empty string", "model")
-    stream = body.get("stream", False)
+    keys = _API_KEYS[kind]
+    stream = body.get("stream", False) if keys.stream else False
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
         raise BodyError("'stream' must be a boolean", "stream")
-    limit_keys: tuple[str, ...] = MAX_TOKENS_KEYS
-    check_user = check_stream_options = True
     # ``n`` and a batch are the completions and chat APIs' (another API may use the names otherwise).
-    sequences = _choices(body) if "n" in body and kind in (COMPLETIONS, CHAT) else 1
+    sequences = _choices(body, keys.null_n) if keys.choices and "n" in body else 1
     api = kind
     if kind == OTHER:
-        limit_keys = OTHER_MAX_TOKENS_KEYS
         # Unknown API: read the prompt the way its keys say, when it has one.
         kind = CHAT if "messages" in body else COMPLETIONS if "prompt" in body else OTHER
-    elif kind in (RESPONSES, MESSAGES):
-        limit_keys, check_user, check_stream_options = _API_KEYS[kind]
+    elif (kind == RESPONSES and "input" not in body) or (kind == MESSAGES and "messages" not in body):
         # Without the key its prompt is in, no prompt (as an ``OTHER`` body: the server's 400 answers it).
-        if (kind == RESPONSES and "input" not in body) or (kind == MESSAGES and "messages" not in body):
-            kind = OTHER
+        kind = OTHER
     token_ids: list[int] | None = None
     prompt_text, estimate = "", 0
     if kind in (CHAT, MESSAGES):
@@ -591,28 +678,25 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         prompt_text, token_ids, estimate, prompts = _prompt(body["prompt"], "prompt")
         if api == COMPLETIONS:
             sequences *= prompts
-    elif kind == EMBEDDINGS:
-        if "input" not in body:
-            raise BodyError("'input' is required", "input")
-        prompt_text, token_ids, estimate, _ = _prompt(body["input"], "input")
-        if stream:
-            raise BodyError("embeddings cannot be streamed", "stream")
+    elif kind in (EMBEDDINGS, POOLING):
+        prompt_text, token_ids, estimate = _pooling_prompt(body, kind == EMBEDDINGS)
     max_tokens: int | None = None
-    for key in limit_keys:
+    for key in keys.limits:
         value = body.get(key)
         if value is not None:
             if type(value) is float and value.is_integer() and abs(value) < _LAX_INT_LIMIT:
                 value = int(value)  # ``512.0``, ``1e2``: vLLM's lax pydantic ``int`` takes them
-            if type(value) is not int or value < 0:
-                raise BodyError(f"'{key}' must be a non-negative integer", key)
+            if type(value) is not int or value < keys.least:
+                what = "a positive" if keys.least else "a non-negative"
+                raise BodyError(f"'{key}' must be {what} integer", key)
             if max_tokens is None:
                 max_tokens = value
     user = body.get("user")
     if user is not None and not isinstance(user, str):
-        if check_user:
+        if keys.user:
             raise BodyError("'user' must be a string", "user")
         user = None  # (not the API's key: the server ignores it, so does the session fallback)
-    opts = body.get("stream_options") if check_stream_options else None
+    opts = body.get("stream_options") if keys.stream_options else None
     if opts is not None and not isinstance(opts, dict):
         raise BodyError("'stream_options' must be an object", "stream_options")
     wants_usage = bool(opts and opts.get("include_usage"))
