@@ -1,7 +1,8 @@
 """#16: every Responses / Anthropic body ``parse_body`` refuses, vLLM's own request models refuse too
 (``ResponsesRequest``, ``AnthropicMessagesRequest``, validated in the vLLM CPU venv): kvgate's 400 is never
 an answer the server would not have given. Seeded shapes of ``input``, ``instructions``, ``system``,
-``messages`` and the other top-level keys kvgate reads (``_TOP_KEYS``).
+``messages`` and the other top-level keys kvgate reads (``_TOP_KEYS``). And on every other path kvgate
+parses (``test_each_path_refuses_only_what_its_vllm_model_refuses``: each route's model, FastAPI's union).
 Needs the vLLM venv (``scripts/realvllm.sh``), not the servers: in the ``realvllm`` suite (``make
 test-realvllm``, CI), skipped without the venv."""
 
