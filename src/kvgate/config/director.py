@@ -22,7 +22,7 @@ from kvgate.flowcontrol.metrics import FlowMetrics
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.requestcontrol.director import Director
 from kvgate.scheduling import registry
-from kvgate.scheduling.framework import ConfigError, Picker, PluginHandle, ProfileHandler
+from kvgate.scheduling.framework import ConfigError, Filter, Picker, PluginHandle, ProfileHandler
 from kvgate.scheduling.profile import SchedulerProfile
 
 DEFAULT_PICKER = "max-score-picker"
@@ -74,7 +74,10 @@ def build_director(
         prof = SchedulerProfile(ps.name)
         for ref in ps.plugins:
             plugin = handle.plugins[ref.plugin_ref]
-            if isinstance(plugin, SaturationDetector | ProfileHandler):
+            # A detector sits in a profile only as a filter (concurrency-detector, as GIE's).
+            if isinstance(plugin, ProfileHandler) or (
+                isinstance(plugin, SaturationDetector) and not isinstance(plugin, Filter)
+            ):
                 continue
             try:
                 prof.add(plugin, ref.weight)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from kvgate.datalayer.endpoint import METRICS_STALENESS_S as REFERENCE_STALENESS_S
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
-from kvgate.scheduling.framework import Params, Plugin, PluginHandle
+from kvgate.scheduling.framework import ConfigError, CycleState, Filter, Params, Plugin, PluginHandle
 from kvgate.scheduling.registry import register
 
 
@@ -176,15 +176,31 @@ class UtilizationDetector(SaturationDetector):
         return max(queue / self.queue_threshold, kv / self.kv_threshold)
 
 
+# A bound a ``concurrencyMode`` leaves out: never reached (an int, as the bounds' arithmetic expects).
+UNBOUNDED = 1 << 62
+
+MODES = ("requests", "tokens")
+
+
 @register("concurrency-detector")
-class ConcurrencyDetector(SaturationDetector):
-    """This picker's own in-flight load: max(requests / maxConcurrency, tokens / maxTokens,
+class ConcurrencyDetector(SaturationDetector, Filter):
+    """This picker's own in-flight load: max(requests / maxConcurrency, tokens / maxTokenConcurrency,
     pending / maxPendingRequests), lag-free (no scrape).
+
+    Upstream GIE's parameters, with their meaning: ``concurrencyMode`` ``requests`` counts requests only,
+    ``tokens`` tokens only (``maxTokenConcurrency``); unset, kvgate counts both, as it always has (the
+    token bound, 1,000,000 per endpoint by default, is the only difference from GIE's default
+    ``requests``). ``maxTokens`` is kvgate's older name of ``maxTokenConcurrency``. In-flight tokens are
+    the prompt and expected output of the requests in flight (``InFlight``), where GIE estimates them as
+    characters / 4 x 2.5. ``headroom`` (0, in [0, 1]): in a scheduling profile the detector is also a
+    filter, as GIE's: an endpoint at ``bound x (1 + headroom)`` in flight leaves the candidates, so a
+    pick can burst a little above the bound the gate keeps on the pool's mean, never further.
 
     ``maxPendingRequests`` (kvgate; 0 = off) bounds the requests sent to an endpoint that have not
     produced their first token yet: those wait in the server's own FCFS queue, where no fairness or
     priority applies. With flow control, keeping that number small holds the backlog in the EPP,
-    which dispatches by band and fair share each time a server takes a request in.
+    which dispatches by band and fair share each time a server takes a request in. It needs a request
+    bound (its ``maxConcurrency`` is then the servers' running-batch limit): refused in ``tokens`` mode.
 
     Counted in sequences (``InFlight.requests``: a request with ``n`` choices x a batch's prompts is
     that many, as vLLM's ``max_num_seqs`` counts; upstream GIE's detector counts requests, it knows no
@@ -200,24 +216,53 @@ class ConcurrencyDetector(SaturationDetector):
         max_requests: int = 100,
         max_tokens: int = 1_000_000,
         max_pending: int = 0,
+        headroom: float = 0.0,
     ) -> None:
         super().__init__(name, handle)
         self.max_requests = max_requests
         self.max_tokens = max_tokens
         self.max_pending = max_pending
         self.pending_bound = max_pending > 0
+        self.headroom = headroom
+        # The filter's limits (GIE: int64(bound x (1 + headroom)); an endpoint stays while below).
+        self.request_limit = int(max_requests * (1.0 + headroom))
+        self.token_limit = int(max_tokens * (1.0 + headroom))
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> ConcurrencyDetector:
+        mode = params.get_str("concurrencyMode", "", choices=MODES)
+        if params.raw.get("maxTokens") is not None and params.raw.get("maxTokenConcurrency") is not None:
+            raise ConfigError(
+                f"{params.path}.maxTokens: the same bound as maxTokenConcurrency (GIE's name); set one"
+            )
+        max_tokens = params.get_int("maxTokenConcurrency", 1_000_000, min=1)
+        max_tokens = params.get_int("maxTokens", max_tokens, min=1)
+        max_requests = params.get_int("maxConcurrency", 100, min=1)
+        max_pending = params.get_int("maxPendingRequests", 0, min=0)
+        if mode == "tokens" and max_pending:
+            raise ConfigError(
+                f"{params.path}.maxPendingRequests: needs a request bound; concurrencyMode 'tokens' has none"
+            )
         d = cls(
             name,
             handle,
-            max_requests=params.get_int("maxConcurrency", 100, min=1),
-            max_tokens=params.get_int("maxTokens", 1_000_000, min=1),
-            max_pending=params.get_int("maxPendingRequests", 0, min=0),
+            max_requests=UNBOUNDED if mode == "tokens" else max_requests,
+            max_tokens=UNBOUNDED if mode == "requests" else max_tokens,
+            max_pending=max_pending,
+            headroom=params.get_float("headroom", 0.0, min=0.0, max=1.0),
         )
         params.finish()
         return d
+
+    def filter(self, cycle: CycleState, endpoints: list[Endpoint]) -> list[Endpoint]:
+        """GIE's filter: the endpoints below ``bound x (1 + headroom)`` in flight (every bound counted)."""
+        rl, tl = self.request_limit, self.token_limit
+        kept = []
+        for ep in endpoints:
+            inf = ep.inflight
+            if inf.requests < rl and inf.pending_prefill_tokens + inf.pending_decode_tokens < tl:
+                kept.append(ep)
+        return kept
 
     def fits(self, endpoints: Sequence[Endpoint], seqs: int, freed: tuple[str, int] | None = None) -> bool:
         """Has one of ``endpoints`` a running (and pending) slot for each of ``seqs`` sequences (as many as
