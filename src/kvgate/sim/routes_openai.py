@@ -154,12 +154,17 @@ class OpenAIRoutes(ReplicaState):
         post, post_fin = post + b"\n\n", post_fin + b"\n\n"
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        if chat:
-            first = (
-                head + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
-                b'"finish_reason":null}]}'
-            )
-            await resp.write(b"data: " + first + b"\n\n")
+        # Chat's opening role chunk goes out with the first token, as vLLM's (written in its first
+        # ``async for res in result_generator`` iteration, that is after prefill): a gateway that marks
+        # a chat stream's first token at its first byte must see the prefill's wait (review s23-qa F2).
+        role = (
+            b"data: "
+            + head
+            + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
+            b'"finish_reason":null}]}\n\n'
+            if chat
+            else b""
+        )
         faults = self.faults
         cut_at = faults.cut_after_tokens if faults.cut_rate and faults.should_cut() else -1
         sent = 0
@@ -176,15 +181,18 @@ class OpenAIRoutes(ReplicaState):
                     fin = post_fin % (req.finish_reason or "length").encode()
                     parts[-1] = lead + words[toks[-1] % n] + fin
                 sent += len(toks)
+                if role:
+                    parts.insert(0, role)
+                    role = b""
                 await resp.write(b"".join(parts))
                 if 0 <= cut_at <= sent:
                     return self._cut(request)
             if p.done and not p.tokens:
                 break
-        tail_b = b""
+        tail_b = role  # (no token at all: the role chunk still opens the stream)
         if include_usage:
             usage = orjson.dumps(self._usage(req))
-            tail_b = b"data: " + head + b',"choices":[],"usage":' + usage + b"}\n\n"
+            tail_b += b"data: " + head + b',"choices":[],"usage":' + usage + b"}\n\n"
         await resp.write(tail_b + SSE_DONE)
         await resp.write_eof()
         return resp
