@@ -31,6 +31,7 @@ from envoy.type.v3 import http_status_pb2
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc import headers as hdr
 from kvgate.extproc import keys
+from kvgate.extproc.output_events import CountingScanner
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.openai.protocol import CODES, RETRY_AFTER_DEFAULT, error_body, sse_error_event, usage_from
 from kvgate.openai.request import (
@@ -622,7 +623,7 @@ class Session:
         if self._client_model is not None and self.status == 200:
             removes.append("content-length")  # the body's length changes when the model is put back
         if self.streaming:
-            self._scanner = SSEScanner(rewrite_to=self._client_model if self.status == 200 else None)
+            self._scanner = CountingScanner(rewrite_to=self._client_model if self.status == 200 else None)
         else:
             self._resp_buf = bytearray()
         if self._responses and 200 <= self.status < 300:
@@ -746,7 +747,11 @@ class Session:
         if self._finished or self.endpoint is None or self.request is None:
             return
         self._finished = True
-        self.ctx.director.on_finished(self.request, self.endpoint, self.usage, ok)
+        # Without a usage, a stream's output events teach the latency model and the decode pace as
+        # ``kvgate serve``'s usage does (review s23-qa F1); the token metrics still read usage only.
+        scanner = self._scanner
+        learned = scanner.learned_usage() if isinstance(scanner, CountingScanner) else self.usage
+        self.ctx.director.on_finished(self.request, self.endpoint, learned, ok)
         obs = self.ctx.observer
         if obs is not None:
             obs.finished(self.usage, ok, self.streaming)

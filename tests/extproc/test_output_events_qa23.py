@@ -1,0 +1,65 @@
+"""qa23 F1: without a usage chunk, ``kvgate epp`` counts a stream's output events as its completion
+tokens (one per chat / completions event with a choice, from the first with output), so its latency
+model and decode pace learn as ``kvgate serve``'s do from the usage it asks for."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from kvgate.extproc.output_events import CountingScanner
+from kvgate.scheduling.types import Usage
+
+
+def event(obj: object) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def chat(delta: dict[str, object], finish: str | None = None, index: int = 0) -> bytes:
+    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return event({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [choice]})
+
+
+STREAM = (
+    chat({"role": "assistant", "content": ""})
+    + chat({"content": "a"})
+    + chat({"content": " b"})
+    + chat({"content": " c"}, "length")
+)
+USAGE = event({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [],
+               "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})  # fmt: skip
+
+
+@pytest.mark.parametrize("rewrite", [None, "client-name"])
+@pytest.mark.parametrize("size", [1, 7, 10_000])
+def test_output_events_count_as_tokens_in_any_chunking(size: int, rewrite: str | None) -> None:
+    s = CountingScanner(rewrite)
+    raw = STREAM + b"data: [DONE]\n\n"
+    for i in range(0, len(raw), size):
+        s.feed(raw[i : i + size])
+    s.finish()
+    assert s.output_events == 3  # the role chunk and [DONE] are no output
+    assert s.learned_usage() == Usage(completion_tokens=3)
+
+
+def test_a_usage_chunk_wins_and_is_not_counted() -> None:
+    s = CountingScanner()
+    s.feed(STREAM + USAGE + b"data: [DONE]\n\n")
+    assert s.output_events == 3
+    usage = s.learned_usage()
+    assert usage is not None and usage.prompt_tokens == 7 and usage.completion_tokens == 3
+
+
+def test_completions_and_n_choices_count_every_choice() -> None:
+    s = CountingScanner()
+    for i in range(2):
+        for t in range(4):
+            s.feed(event({"id": "x", "object": "text_completion", "model": "m",
+                          "choices": [{"index": i, "text": f"t{t}", "finish_reason": None}]}))  # fmt: skip
+    assert s.learned_usage() == Usage(completion_tokens=8)  # (the Director divides by the sequences)
+
+
+def test_no_output_no_usage() -> None:
+    s = CountingScanner()
+    s.feed(chat({"role": "assistant", "content": ""}) + b"data: [DONE]\n\n")
+    assert s.output_events == 0 and s.learned_usage() is None
