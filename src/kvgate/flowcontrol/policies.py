@@ -47,9 +47,13 @@ GONE_DEBTS_MAX = 4096
 LAS_DECAY = 0.99997
 LAS = "least-attained-service"
 
+_INF = float("inf")
+
 
 def header_ms(headers: Any, names: tuple[str, ...]) -> float | None:
-    """The first of ``names`` present as a positive number of milliseconds, in seconds."""
+    """The first of ``names`` present as a positive finite number of milliseconds, in seconds. A value
+    that is not one (``inf``, ``1e400``, ``nan``, text) is no SLO, as the latency model reads it
+    (``predicted_latency._header_seconds``; review s23-qa F5: ``inf`` was an infinite SLO here)."""
     for n in names:
         v = headers.get(n)
         if v is not None:
@@ -57,7 +61,7 @@ def header_ms(headers: Any, names: tuple[str, ...]) -> float | None:
                 ms = float(v)
             except ValueError:
                 continue
-            if ms > 0:
+            if 0 < ms < _INF:
                 return ms / 1000.0
     return None
 

@@ -211,6 +211,8 @@ class Params:
             got = float(m.group(1)) * _UNITS[m.group(2)]
         if got is None:
             raise self._err(key, "must be a duration like 200ms or 2s", v)
+        if not math.isfinite(got):  # (YAML's ``.inf``: no bound at all where the key is one; s23-qa F6)
+            raise self._err(key, "must be a finite duration, like 200ms or 2s", v)
         if positive and not got > 0.0:
             raise self._err(key, "must be a duration above 0, like 200ms or 2s", v)
         return got
