@@ -63,3 +63,11 @@ def test_no_output_no_usage() -> None:
     s = CountingScanner()
     s.feed(chat({"role": "assistant", "content": ""}) + b"data: [DONE]\n\n")
     assert s.output_events == 0 and s.learned_usage() is None
+
+
+def test_a_typed_stream_without_usage_counts_nothing() -> None:
+    s = CountingScanner()
+    s.feed(event({"type": "response.created", "response": {"id": "r"}}))
+    for _ in range(3):
+        s.feed(event({"type": "response.output_text.delta", "delta": "a"}))
+    assert s.saw_output and s.output_events == 0 and s.learned_usage() is None

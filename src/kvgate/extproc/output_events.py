@@ -27,14 +27,17 @@ class CountingScanner(SSEScanner):
     def __init__(self, rewrite_to: str | None = None) -> None:
         super().__init__(rewrite_to)
         self.output_events = 0
+        self._counting = False
 
     def _line(self, line: bytes) -> bytes:
         if not self.saw_output:
             out = super()._line(line)
             if self.saw_output:
-                self.output_events = 1
+                # A typed stream's first output (no choices) starts no count: its events are no tokens.
+                self._counting = _CHOICE[0] in line or _CHOICE[1] in line
+                self.output_events = int(self._counting)
             return out
-        if line.startswith(b"data:") and (_CHOICE[0] in line or _CHOICE[1] in line):
+        if self._counting and line.startswith(b"data:") and (_CHOICE[0] in line or _CHOICE[1] in line):
             self.output_events += 1
         return super()._line(line)
 
