@@ -33,7 +33,7 @@ from kvgate.extproc import headers as hdr
 from kvgate.extproc import keys
 from kvgate.extproc.output_events import CountingScanner
 from kvgate.httpfront.budget import ByteBudget
-from kvgate.openai.protocol import CODES, RETRY_AFTER_DEFAULT, error_body, sse_error_event, usage_from
+from kvgate.openai.protocol import CODES, RETRY_AFTER_DEFAULT, api_error_body, sse_error_event, usage_from
 from kvgate.openai.request import (
     OTHER,
     BodyError,
@@ -196,10 +196,16 @@ def _streamed(body: bytes | bytearray, *, request: bool, end_of_stream: bool) ->
 
 
 def immediate(
-    status: int, message: str, code: str, param: str | None = None, retry_after: str | None = None
+    status: int,
+    message: str,
+    code: str,
+    param: str | None = None,
+    retry_after: str | None = None,
+    path: str = "",
 ) -> pb.ProcessingResponse:
-    """An ``ImmediateResponse`` with the OpenAI error body; every 429 says when to come back, and so does an
-    error with a ``retry_after`` of its own (the 503 of a request still queued when the grace ends)."""
+    """An ``ImmediateResponse`` with the OpenAI error body (on ``/v1/messages``, ``path``: Anthropic's, as
+    vLLM answers there); every 429 says when to come back, and so does an error with a ``retry_after`` of its
+    own (the 503 of a request still queued when the grace ends)."""
     headers = {"content-type": "application/json"}
     if status == 429 or retry_after is not None:
         headers["retry-after"] = retry_after or RETRY_AFTER_DEFAULT
@@ -207,7 +213,7 @@ def immediate(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=status),
             headers=hdr.header_mutation(headers),
-            body=error_body(status, message, param=param, code=code),
+            body=api_error_body(path, status, message, param, code),
             details=f"kvgate_epp_{code}",
         )
     )
@@ -338,7 +344,8 @@ class Session:
         if self.ctx.observer is not None and not self._counted:
             self._counted = True
             self.ctx.observer.rejected(status, *(self._models or ("", "")), self._flow)
-        return immediate(status, message, code, param, retry_after)
+        path = self.request_headers.get(":path", "").split("?", 1)[0]
+        return immediate(status, message, code, param, retry_after, path)
 
     # ---- request path ---------------------------------------------------------------------------
     def _on_request_headers(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -566,10 +573,11 @@ class Session:
         self._resp_buf = None
         self._release()
         self._finish(ok=False, complete=False)
+        path = self.request_headers.get(":path", "").split("?", 1)[0]  # (its API's shape: s23-qa F3)
         if streamed:
-            event = sse_error_event(message, code="request_timeout", status=504)
+            event = sse_error_event(message, code="request_timeout", status=504, path=path)
             return _streamed(event, request=False, end_of_stream=True)
-        return [immediate(504, message, "request_timeout")]
+        return [immediate(504, message, "request_timeout", path=path)]
 
     def _fallbacks(self) -> tuple[Endpoint, ...]:
         """The destination's addresses after the one charged (Envoy's fallbacks, if it could not connect)."""

@@ -1,13 +1,14 @@
 """OpenAI-style error responses: ``{"error": {"message", "type", "param", "code"}}`` (``config.protocol``).
 
 OpenAI SDKs read ``error.message`` into the exception they raise, so every refusal the gateway makes
-(and every picker error, mapped by its ``.status``) goes out in this shape with a JSON content type.
+(and every picker error, mapped by its ``.status``) goes out in this shape with a JSON content type; a
+request's refusal on ``/v1/messages`` in Anthropic's (``error_response``'s ``path``).
 """
 
 from __future__ import annotations
 
 from kvgate.httpfront.server import Response, json_error
-from kvgate.openai.protocol import CODES, RETRY_AFTER_DEFAULT, sse_error_event
+from kvgate.openai.protocol import CODES, MESSAGES_PATH, RETRY_AFTER_DEFAULT, api_error_body, sse_error_event
 from kvgate.scheduling.types import DrainEvictedError, SchedulingError
 
 
@@ -35,7 +36,9 @@ class GatewayError(Exception):
         return cls(err.status, err.message, code=err.code, retry_after=err.retry_after)
 
 
-def error_response(err: GatewayError, request_id: str | None = None) -> Response:
+def error_response(err: GatewayError, request_id: str | None = None, path: str = "") -> Response:
+    """``path``: the API refused; on ``/v1/messages`` the error is in Anthropic's shape
+    (``{"type": "error", "error": {"type", "message"}}``), as vLLM's ``/v1/messages`` answers its own."""
     headers = {"x-request-id": request_id} if request_id else {}
     if err.status == 429:
         # Every 429 says when to come back (a caller with a better estimate overwrites it): the flow
@@ -43,6 +46,11 @@ def error_response(err: GatewayError, request_id: str | None = None) -> Response
         headers["Retry-After"] = RETRY_AFTER_DEFAULT
     if err.retry_after is not None:  # (the error's own: a 503 at the drain deadline, ``DrainEvictedError``)
         headers["Retry-After"] = err.retry_after
+    if path == MESSAGES_PATH:
+        body = api_error_body(path, err.status, err.message)
+        return Response(
+            status=err.status, body=body, content_type="application/json", headers=headers or None
+        )
     return json_error(err.status, err.message, param=err.param, code=err.code, headers=headers or None)
 
 

@@ -19,7 +19,7 @@ import os
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 from urllib.parse import unquote
 
@@ -34,6 +34,7 @@ from kvgate.gateway.errors import GatewayError, error_response, shutting_down, s
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
+from kvgate.gateway.preemption import Stop
 from kvgate.gateway.shared_tenants import SharedRateLimiter, SharedTenants
 from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
@@ -100,8 +101,6 @@ _DROP = frozenset(
 _DROP_PREFIXES = ("x-gateway-", "x-kvgate-")
 _UPSTREAM_ERRORS = (TimeoutError, OSError)  # UpstreamError is an OSError
 _EXPLAIN_HEADER_MAX = 4096
-# ``_preemptible``'s flag for a request no one can stop.
-_NOT_PREEMPTED: Final[tuple[bool]] = (False,)
 _REQUEST_LINES_MAX = 4096  # cached upstream request lines (API x endpoint address)
 # A non-streamed answer held whole at most (``kvgate epp`` holds 16 MiB, but per request and with a
 # global cap; here 4 MiB: completions and chats are far smaller, and a bigger answer, an embeddings
@@ -274,9 +273,10 @@ class Proxy:
         # ``_relay_whole``): the drain's deadline cuts them (``cut_streams``), and those it cut, with the
         # reason their client is told.
         self.streams: set[Any] = set()
-        self._cut: dict[Any, bytes] = {}
-        # Set by ``cut_streams``: the event a stream that starts relaying after the cut is cut with at once.
-        self._cutting: bytes | None = None
+        self._cut: dict[Any, float] = {}
+        # Set by ``cut_streams``: its drain deadline, which a stream that starts relaying after the cut is
+        # cut with at once.
+        self._cutting: float | None = None
         self._rid_prefix = os.urandom(4).hex()
         # Responses API ids -> the endpoint that answered them: a follow-up (``previous_response_id``)
         # is picked there (vLLM keeps a stored response in the server that made it; ``_prepare``).
@@ -292,11 +292,11 @@ class Proxy:
         self.chat: Handler = functools.partial(self._entry, CHAT)
         self.embeddings: Handler = functools.partial(self._entry, EMBEDDINGS)
 
-    def cut_streams(self, event: bytes) -> int:
-        """The drain's deadline: abort the upstream request of every stream being relayed (the model
-        server stops generating); each one's relay then ends its client's stream with ``event``
-        (``protocol.drain_cut_event``: an error event as for an upstream cut, status 503) and a clean end
-        of the body, instead of the connection closing mid-body. Returns how many were cut.
+    def cut_streams(self, drain_s: float) -> int:
+        """The drain's deadline (``drain_s``): abort the upstream request of every stream being relayed (the
+        model server stops generating); each one's relay then ends its client's stream with
+        ``protocol.drain_cut_event`` (an error event as for an upstream cut, status 503, in its API's shape)
+        and a clean end of the body, instead of the connection closing mid-body. Returns how many were cut.
 
         A stream is marked cut here, explicitly (``_cut``), before its connection is aborted: a body
         framed by the close reads the abort as its clean end, so the relay asks ``_cut``, not the
@@ -304,12 +304,12 @@ class Proxy:
         that starts relaying after this (its first chunk came later) is cut at its start the same way.
         A non-streamed answer being relayed as it arrives (``_relay_whole``) is cut the same way; a JSON
         body cannot carry an event, so its client's connection is closed mid-body instead."""
-        self._cutting = event
+        self._cutting = drain_s
         n = 0
         for resp in self.streams:
             if resp.received:
                 continue
-            self._cut[resp] = event
+            self._cut[resp] = drain_s
             resp.close()
             n += 1
         return n
@@ -469,7 +469,7 @@ class Proxy:
                 self.metrics.error(client_model, ireq.model, str(e.status), (running[2], running[3]))
                 raise
         except GatewayError as e:
-            return error_response(e, rid)
+            return error_response(e, rid, kind)  # (``/v1/messages``: in Anthropic's shape)
         finally:
             if running is not None:
                 self.metrics.stop(running)
@@ -714,7 +714,7 @@ class Proxy:
             # owns it); the finally covers cancellation (client gone) and unexpected errors.
             finished = False
             resp: UpstreamResponse | None = None
-            preempted: Sequence[bool] = _NOT_PREEMPTED if no_flow else self._preemptible(director, ireq, ep)
+            preempted = None if no_flow else self._preemptible(director, ireq, ep)
             head = (
                 self._request_lines.get((kind, ep.address)) or self._request_line(kind, ep.address)
             ) + header_block
@@ -800,6 +800,8 @@ class Proxy:
                         self._failed(director, ireq, ep)
                         continue
                     finished = True
+                    if preempted is not None:  # (a typed stream stays preemptible past its head)
+                        preempted.relaying(resp)
                     return await self._relay_stream(
                         request,
                         resp,
@@ -817,6 +819,7 @@ class Proxy:
                         sent_at,
                         start,
                         kind,
+                        preempted,
                     )
                 held = 0
                 parts: list[bytes] = []
@@ -909,7 +912,7 @@ class Proxy:
                 # An earlier endpoint's 500, this one not answered yet: charged, as on the 503 path
                 # (review s17-qafix-d F5); only a second 500 clears it.
                 self._blame(suspect)
-                if preempted[0] and not finished:
+                if preempted is not None and preempted.hit and not finished:
                     # Stopped by flow control for a more important request (its slot is already
                     # released): the upstream connection is aborted below; the client gets a 429.
                     task = asyncio.current_task()
@@ -925,7 +928,7 @@ class Proxy:
             finally:
                 if not finished:
                     director.on_finished(ireq, ep, None, False)
-                    if not preempted[0]:  # (the client left, or an unexpected error: its prompt)
+                    if preempted is None or not preempted.hit:  # (the client left, or an error: its prompt)
                         self._charge(ireq, None, answered=True)
                 if resp is not None:
                     resp.release()
@@ -950,27 +953,20 @@ class Proxy:
         return line
 
     @staticmethod
-    def _preemptible(director: Any, ireq: InferenceRequest, ep: Endpoint) -> list[bool]:
+    def _preemptible(director: Any, ireq: InferenceRequest, ep: Endpoint) -> Stop | None:
         """Let flow control stop this request until its first token (``Director.offers_preemption``
-        says which): ``stop`` cancels this task; the returned flag tells the cancellation apart from
-        the client leaving."""
-        flag = [False]
+        says which): the ``Stop`` cancels this task (or, once a typed stream's head went out, ends its
+        relay: ``gateway.preemption``); its ``hit`` tells a stop apart from the client leaving. None: not
+        preemptible."""
         offers = getattr(director, "offers_preemption", None)  # (a multi-cluster pool's director: none)
         if offers is None or not offers(ireq):
-            return flag
+            return None
         task = asyncio.current_task()  # only now: a getpid() system call per call on Python 3.11
         if task is None:
-            return flag
-
-        def stop() -> bool:
-            if flag[0] or task.done():
-                return False
-            flag[0] = True
-            task.cancel()
-            return True
-
+            return None
+        stop = Stop(task)
         director.preemptible(ireq, ep, stop)
-        return flag
+        return stop
 
     def _marker(self, marks: dict[str, float], key: str) -> Callable[[], None]:
         def mark() -> None:
@@ -1044,8 +1040,10 @@ class Proxy:
         late: bool,
         resp: UpstreamResponse,
         start: float,
+        kind: str,
     ) -> bytes:
-        """The error event that ends a stream ``cut`` (logged). ``late``: the request's deadline ended it,
+        """The error event that ends a stream ``cut`` (logged), in its API's shape (``kind``: on
+        ``/v1/messages`` Anthropic's). ``late``: the request's deadline ended it,
         the gateway's own bound, named as the 504 of a request it ends before its answer does (504
         ``request_timeout``; review s19-qa L6: "upstream ... was cut: ReadTimeout" sent a client looking
         for a server fault); else the upstream's cut (502 ``upstream_error``)."""
@@ -1059,9 +1057,11 @@ class Proxy:
                 f"{self._name(ep)} at its bound",
                 code="request_timeout",
                 status=504,
+                path=kind,
             )
         log.warning("%s: stream from %s cut: %s: %s", ireq.request_id, ep.address, type(cut).__name__, cut)
-        return sse_error_event(f"upstream stream from {self._name(ep)} was cut: {type(cut).__name__}")
+        why = f"upstream stream from {self._name(ep)} was cut: {type(cut).__name__}"
+        return sse_error_event(why, path=kind)
 
     def _deadline_cut(self, cut: Exception, resp: UpstreamResponse) -> bool:
         """Did the request's deadline (not the idle timeout) end this read? (Asked as it ends.)"""
@@ -1333,13 +1333,16 @@ class Proxy:
         sent_at: float = 0.0,
         start: float = 0.0,
         kind: str = "",
+        stop: Stop | None = None,
     ) -> Response | StreamResponse:
         """``owns_deadline=False``: the endpoint got the request with less than half of its time left (the
         rest spent in the gateway's queue or on other endpoints): a cut at the request's deadline is
         not charged to it as a failure (review s17-fixes-b L6) but for the time it held the request,
         from ``sent_at`` (the request's ``start``: half the bound from it is the unit), as a head's
         timeout is (``HealthTracker.timed_out``; review s18-fixes-c L2). ``ids``: a Responses stream's
-        id reader, fed the chunks after ``first`` until it is done (``_note_response``)."""
+        id reader, fed the chunks after ``first`` until it is done (``_note_response``). ``stop``: flow
+        control's, while the stream is preemptible (a typed stream until its first output event): a
+        preemption aborts ``resp`` and the stream ends with the API's 429 error event."""
         relay = StreamRelay(sent_model, client_model, strip_usage)
         first_s = self.clock() - t0  # (its first byte is here: the TTFT llm-d's families observe)
         sent = 0  # body bytes written to the client (the response size families)
@@ -1349,7 +1352,8 @@ class Proxy:
         out = StreamResponse(status=resp.status, headers=headers)
         ok = False
         upstream_ok = True
-        drain_cut: bytes | None = None
+        drain_cut: bytes | None = None  # (or the preemption's event: the gateway's doing, as the drain's)
+        preempted = False
         # A typed stream (Responses API, Anthropic Messages) opens with lifecycle events
         # (``response.created``, ``message_start``) a server may send before its prefill (vLLM's Responses
         # path does): its first token is its first event carrying output, read as ``kvgate epp`` reads it
@@ -1400,8 +1404,17 @@ class Proxy:
                     if ids.done:
                         self._remember_response(ids, ep, sent_model, client_model)
                         ids = None
+            if stop is not None:
+                stop.ended = True  # (past its last read: a preemption now would end nothing)
             # The drain's mark, whatever the read said: a close-framed body's abort reads as its end.
-            drain_cut = self._cut.pop(resp, None)
+            drain_s = self._cut.pop(resp, None)
+            if drain_s is not None:
+                drain_cut = proto.drain_cut_event(drain_s, kind)
+            elif stop is not None and stop.hit:
+                # Preempted after its head went out (``gateway.preemption``): the 429 as an error event.
+                preempted = True
+                err = preempted_error()
+                drain_cut = sse_error_event(err.message, code=err.code, status=err.status, path=kind)
             after_done = relay.done and (drain_cut is not None or cut is not None)
             if after_done:
                 # ``[DONE]`` went out before the cut (the drain's or the upstream's): a complete answer,
@@ -1415,6 +1428,7 @@ class Proxy:
                         ireq.request_id, ep.address, type(cut).__name__, cut,
                     )  # fmt: skip
                 drain_cut = cut = None
+                preempted = False
             if drain_cut is not None:
                 # The drain's deadline cut it (``cut_streams``): the gateway's doing, not the upstream's
                 # (no health failure); the client is told, as for an upstream cut, by an error event.
@@ -1433,7 +1447,7 @@ class Proxy:
                 ok = True
             else:
                 upstream_ok = False
-                event = self._cut_event(ireq, ep, cut, late, resp, start)
+                event = self._cut_event(ireq, ep, cut, late, resp, start, kind)
                 if relay.mid_event:  # (as the drain's cut mid-event: closed mid-body, no event)
                     out.abort()
                 else:
@@ -1455,8 +1469,9 @@ class Proxy:
                 self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, progress)
             # A 2xx's usage only, as ``_whole`` reads it (an error stream that carries one: none).
             usage = relay.usage if resp.status < 300 else None
-            director.on_finished(ireq, ep, usage, ok)
-            self._charge(ireq, usage, resp.status < 300)
+            director.on_finished(ireq, ep, usage, ok)  # (preempted: released already, a no-op)
+            if not preempted:  # (as a request preempted before its head: not charged)
+                self._charge(ireq, usage, resp.status < 300)
             # Tokens observed only at the stream's normal end: a cut one, or one whose client left,
             # gives none, whether or not its usage event had passed (the transformed relay reads it as
             # it goes by, the pass-through one only at ``finish``), as ``kvgate serve --clusters``.
@@ -1473,6 +1488,8 @@ class Proxy:
                 # JSON one, also when its client leaves or it is cut before its end (the status was
                 # sent: the one rule of the three doors).
                 m.error(client_model, ireq.model, str(resp.status), flow)
+            elif preempted:  # (under the 429 its event says, as one preempted before its head)
+                m.error(client_model, ireq.model, "429", flow)
             elif not ok:
                 m.error(client_model, ireq.model, "stream_cut" if not upstream_ok else "client_gone", flow)
         return out

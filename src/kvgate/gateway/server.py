@@ -41,7 +41,7 @@ from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get
 from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.labels import ModelLabels
-from kvgate.openai.protocol import CUT_WRITE_S, drain_cut_event
+from kvgate.openai.protocol import CUT_WRITE_S
 from kvgate.openai.request import MODELS_PREFIX, OTHER_PATHS, RequestPolicy
 from kvgate.openai.responses import LOOKUP_PREFIX
 from kvgate.scheduling.metrics import POOL_READY
@@ -610,7 +610,7 @@ class GatewayServer:
                 # relay writes its own (bounded: a client not reading is cut with its connection below).
                 # A stream that starts relaying in that second is cut at once the same way (review
                 # s16-doors L6), so the wait is for every request in flight, not only the streams cut.
-                self.proxy.cut_streams(drain_cut_event(drain_s))
+                self.proxy.cut_streams(drain_s)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(CUT_WRITE_S):
                         await self.proxy.idle.wait()

@@ -65,6 +65,7 @@ from kvgate.openai.protocol import (
     FAIRNESS_ID,
     LLMD_FAIRNESS_ID,
     MODEL_REWRITE,
+    api_error_body,
     drain_cut_event,
     sse_error_event,
 )
@@ -280,12 +281,27 @@ def _event_stream(headers: dict[str, str]) -> bool:
 
 
 def _openai_error(body: bytes) -> bool:
-    """Whether a remote EPP's refusal body is an OpenAI-style error (passed on as it is), not text."""
+    """Whether a remote EPP's refusal body is an OpenAI-style error (passed on as it is), not text (or, on
+    ``/v1/messages``, Anthropic's, which has an ``error`` object too)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return False
     return isinstance(doc, dict) and isinstance(doc.get("error"), dict)
+
+
+def _refuse(
+    path: str,
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A request's refusal, in its API's shape (``/v1/messages``: Anthropic's, as ``kvgate serve``'s)."""
+    body = api_error_body(path, status, message, param, code)
+    return Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
 def _get_only(handler: Handler) -> Handler:
@@ -351,9 +367,9 @@ class _Late:
         if (progress_events(chunk) or edge.mid_event) if edge is not None else progress_piece(chunk):
             self.progress.seen(asyncio.get_running_loop().time())
 
-    def event(self) -> bytes:
+    def event(self, path: str) -> bytes:
         what = f"the gateway cut the stream from cluster {self._routed.cluster} at its bound"
-        return sse_error_event(self.deadline.message(what), code="request_timeout", status=504)
+        return sse_error_event(self.deadline.message(what), code="request_timeout", status=504, path=path)
 
     def stop(self) -> None:
         if self._timer is not None:
@@ -471,7 +487,7 @@ class GlobalGateway:
             parsed = parse_body(kind_for_path(path), raw)
         except BodyError as e:
             self.metrics.error("", str(e.status))  # (no model yet: empty labels, as kvgate serve)
-            return json_error(e.status, e.message, param=e.param)
+            return _refuse(path, e.status, e.message, param=e.param)
         # In flight: the model's name keeps its label (and series) to the request's end, a stream longer
         # than GRACE_S included (``ModelLabels.hold``; review s15-labels L2).
         self.metrics.models.hold(parsed.model)
@@ -520,11 +536,11 @@ class GlobalGateway:
             self.metrics.sized(parsed.model, len(raw), flow)
             self._count_failed(e.attempts)
             if e.status == 429:
-                return json_error(429, e.message, headers={"Retry-After": str(e.retry_after or 1)})
+                return _refuse(path, 429, e.message, headers={"Retry-After": str(e.retry_after or 1)})
             if e.error is not None and _openai_error(e.error):
                 # The refusing EPP's own error (its message, ``code``, ``param``), as through ``kvgate epp``.
                 return Response(status=e.status, body=e.error, content_type="application/json")
-            return json_error(e.status, e.message, code=e.code)
+            return _refuse(path, e.status, e.message, code=e.code)
         seen = _UsageSeen()
         # The name the model server was sent: the only one its 2xx says anything of
         # (kvgate.openai.labels). A client's rewrite header names it only where this gateway gave it to
@@ -631,7 +647,7 @@ class GlobalGateway:
                         if mid:  # no event glued onto the half event: closed mid-body
                             resp.abort()
                             return resp
-                        event = drain_cut_event(self.drain_s)
+                        event = drain_cut_event(self.drain_s, request.path)
                         seen.sent += len(event)
                         await resp.write(event)
                         break
@@ -639,7 +655,7 @@ class GlobalGateway:
                         if not sse or mid:
                             resp.abort()  # the client must see an incomplete body, not a short one
                             return resp
-                        event = late.event()
+                        event = late.event(request.path)
                         seen.sent += len(event)
                         await resp.write(event)
                         break
@@ -648,7 +664,7 @@ class GlobalGateway:
                     if not sse or mid:
                         resp.abort()  # the client must see an incomplete body, not a short one
                         return resp
-                    event = sse_error_event(f"cluster {routed.cluster} cut the stream")
+                    event = sse_error_event(f"cluster {routed.cluster} cut the stream", path=request.path)
                     seen.sent += len(event)
                     await resp.write(event)
                     break

@@ -154,11 +154,46 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     )
 
 
-def sse_error_event(message: str, code: str = "upstream_error", status: int = 502) -> bytes:
+# Anthropic Messages (``/v1/messages``): its errors are ``{"type": "error", "error": {"type", "message"}}``
+# (vLLM's ``AnthropicErrorResponse``), their ``type`` Anthropic's name for the status.
+MESSAGES_PATH = "/v1/messages"
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_body(status: int, message: str) -> bytes:
+    """An error in Anthropic's shape, as vLLM's ``/v1/messages`` answers one (its ``api_router``)."""
+    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def api_error_body(
+    path: str, status: int, message: str, param: str | None = None, code: str | None = None
+) -> bytes:
+    """A refusal's body in its API's shape (``path``): on ``/v1/messages`` Anthropic's, else OpenAI's."""
+    if path == MESSAGES_PATH:
+        return anthropic_error_body(status, message)
+    return error_body(status, message, param, code)
+
+
+def sse_error_event(message: str, code: str = "upstream_error", status: int = 502, path: str = "") -> bytes:
     """The event that ends a stream cut before its end (the upstream cut it: 502; the gateway's drain
     deadline: 503), ``data: {"error": {...}}`` as vLLM sends one mid-stream (its ``code`` is the status
     number; vLLM then sends ``data: [DONE]``, not sent here: the stream did not complete). The openai SDK
-    raises ``APIError`` with ``error.message`` on it."""
+    raises ``APIError`` with ``error.message`` on it. On ``/v1/messages`` (``path``): ``event: error`` +
+    Anthropic's body, as vLLM's ``/v1/messages`` ends a failed stream; the Anthropic SDK skips an event
+    with no ``event:`` line (a cut answer then read as a clean, short one: review s23-qa F3) and raises on
+    this one."""
+    if path == MESSAGES_PATH:
+        return b"event: error\ndata: " + anthropic_error_body(status, message) + b"\n\n"
     return b"data: " + error_body(status, message, None, code) + b"\n\n"
 
 
@@ -168,7 +203,8 @@ def sse_error_event(message: str, code: str = "upstream_error", status: int = 50
 CUT_WRITE_S = 1.0
 
 
-def drain_cut_event(drain_s: float) -> bytes:
-    """The error event of a stream the drain's deadline cut (503, ``service_unavailable``)."""
+def drain_cut_event(drain_s: float, path: str = "") -> bytes:
+    """The error event of a stream the drain's deadline cut (503, ``service_unavailable``; ``path``: as
+    ``sse_error_event``'s)."""
     message = f"the gateway is shutting down: its drain deadline ({drain_s:g}s) cut the stream before its end"
-    return sse_error_event(message, code="service_unavailable", status=503)
+    return sse_error_event(message, code="service_unavailable", status=503, path=path)
