@@ -57,9 +57,19 @@ from kvgate.realvllm.bench import reset_caches
 from kvgate.realvllm.harness import MODEL_NAME, ServerSpec, fleet, free_ports, prefix_cache_counters
 from kvgate.realvllm.paired import fit_miss_cost, hit_miss_split, paired_ratios, spread
 
-# Only the two prefix-cache counters (prometheus_client's name[] filter, as kvgate's own scrapes use).
+# vLLM's own per-request histograms read after each request (sum and count): time queued in the
+# engine, prefill, and TTFT as the server measured it. A request's delta is taken only where the served
+# server's count moved by exactly one (else a late observation would land on the next request).
+SERVER_SIDE = (
+    ("v_queue_ms", "vllm:request_queue_time_seconds"),
+    ("v_prefill_ms", "vllm:request_prefill_time_seconds"),
+    ("v_ttft_ms", "vllm:time_to_first_token_seconds"),
+)
+# The two prefix-cache counters and those histograms' series (prometheus_client's name[] filter, as
+# kvgate's own scrapes use; it matches sample names, so _sum and _count are named).
 COUNTERS_PATH = "/metrics/?" + urllib.parse.urlencode(
     [("name[]", "vllm:prefix_cache_queries_total"), ("name[]", "vllm:prefix_cache_hits_total")]
+    + [("name[]", f"{m}_{part}") for _, m in SERVER_SIDE for part in ("sum", "count")]
 )
 
 
@@ -213,27 +223,55 @@ def scrape_cost(server: Any, n: int = 100) -> None:
               flush=True)  # fmt: skip
 
 
-def counters(servers: list) -> list[tuple[float, float]]:
-    """Each server's (queries, hits) prefix-cache token counters, from a 2-series filtered GET."""
+def histogram_sums(text: str) -> tuple[float, ...]:
+    """(sum, count) of each ``SERVER_SIDE`` histogram, flattened in that order, summed over label sets."""
+    want = {f"{m}_{part}": 2 * i + j for i, (_, m) in enumerate(SERVER_SIDE)
+            for j, part in enumerate(("sum", "count"))}  # fmt: skip
+    out = [0.0] * (2 * len(SERVER_SIDE))
+    for line in text.splitlines():
+        at = want.get(line.split("{", 1)[0].split(" ", 1)[0])
+        if at is not None:
+            out[at] += float(line.rsplit(" ", 1)[1])
+    return tuple(out)
+
+
+def counters(servers: list) -> list[tuple[float, ...]]:
+    """Each server's (queries, hits) prefix-cache token counters, then ``histogram_sums``, from one
+    filtered GET."""
     out = []
     for s in servers:
         with urllib.request.urlopen(s.url + COUNTERS_PATH, timeout=10) as r:
-            out.append(prefix_cache_counters(r.read().decode()))
+            text = r.read().decode()
+        out.append(prefix_cache_counters(text) + histogram_sums(text))
     return out
 
 
-def placed(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> dict[str, float]:
+def placed(before: list[tuple[float, ...]], after: list[tuple[float, ...]]) -> dict[str, float]:
     """Which server one (sequential) request went to, its prompt tokens and its prefix-hit tokens;
-    server -1 if no server's counters moved (not seen yet) or more than one did."""
+    server -1 if no server's counters moved (not seen yet) or more than one did. With the histograms
+    (``counters``): the served server's queue, prefill and TTFT for the request (ms), where each one's
+    count moved by exactly one."""
     moved = [i for i, (a, b) in enumerate(zip(after, before, strict=True)) if a[0] > b[0]]
     if len(moved) != 1:
         return {"server": -1, "prompt_tokens": 0.0, "hit_tokens": 0.0}
     i = moved[0]
-    return {
+    out = {
         "server": i,
         "prompt_tokens": after[i][0] - before[i][0],
         "hit_tokens": after[i][1] - before[i][1],
     }
+    for k, (key, _) in enumerate(SERVER_SIDE):
+        at = 2 + 2 * k
+        if len(after[i]) > at + 1 and after[i][at + 1] - before[i][at + 1] == 1:
+            out[key] = 1000 * (after[i][at] - before[i][at])
+    return out
+
+
+def progress(name: str, done: int, total: int, records: list[dict[str, float]]) -> str:
+    """One line every 10 requests (stderr): how far the pass is, its mean TTFT and hits so far."""
+    ms = statistics.fmean(1000 * (r["c_first"] - r["send"]) for r in records)
+    hits = sum(1 for r in records if r["server"] >= 0 and r["hit_tokens"] >= 0.5 * r["prompt_tokens"])
+    return f"  .. {name}: {done}/{total} requests, mean TTFT so far {ms:.0f} ms, {hits} hits"
 
 
 def server_ttft(text: str) -> tuple[float, float]:
@@ -295,6 +333,8 @@ def run(
         rec.update(placed(seen, now))
         seen = now
         records.append(rec)
+        if len(records) % 10 == 0 or len(records) == len(prompts):
+            print(progress(name, len(records), len(prompts), records), file=sys.stderr, flush=True)
     times = [r["c_first"] - r["send"] for r in records]
     cpu1 = [cpu_s(router_pid, router_group), *(cpu_s(p) for p in pids), *(cpu_s(p, True) for p in pids)]
     cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
@@ -315,6 +355,11 @@ def run(
           f">=1 s: {res['stalls_1s']}  prompt tokens per server {per_server}", flush=True)  # fmt: skip
     for label, mean_ms, p90_ms in breakdown(records):
         print(f"    {label:40s} mean {mean_ms:7.1f} ms  p90 {p90_ms:7.1f} ms", flush=True)
+    side = {k: [r[k] for r in records if k in r] for k, _ in SERVER_SIDE}
+    if all(side.values()):
+        print("    vLLM per request (its own histograms): " + ", ".join(
+            f"{k[2:-3]} {statistics.fmean(v):.1f} ms" for k, v in side.items())
+            + f" ({len(side['v_ttft_ms'])} of {len(records)} requests)", flush=True)  # fmt: skip
     n = len(servers)
     api, whole = [round(c, 2) for c in cpu[1 : 1 + n]], [round(c, 2) for c in cpu[1 + n :]]
     print(f"    CPU during the pass: router {cpu[0]:.2f} s, vLLM API servers {api} s, servers {whole} s",
