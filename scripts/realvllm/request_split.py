@@ -29,7 +29,7 @@ from typing import Any
 SGLANG = "sglang-router cache_aware"
 DEFAULT = "kvgate (default, --kv-events auto)"
 CLASSES = ("both hit", "both miss", "kvgate hit only", "sglang hit only")
-FIELDS = ("ttft", "v_ttft_ms", "outside", "v_queue_ms", "v_prefill_ms")
+FIELDS = ("ttft", "v_ttft_ms", "outside", "v_queue_ms", "v_prefill_ms", "router_run_ms", "router_wait_ms")
 # kvgate's marks between the client's send and its first chunk (vs_sglang.KVGATE_STEPS, condensed).
 MARKS = (("in", "send", "recv"), ("parse+pick", "recv", "picked"), ("write", "picked", "sent"),
          ("vLLM", "sent", "first"), ("relay", "first", "c_first"))  # fmt: skip
@@ -44,9 +44,10 @@ def ttft(r: dict[str, float]) -> float:
 
 
 def values(r: dict[str, float]) -> dict[str, float]:
-    """A record's TTFT (ms) and, where recorded, vLLM's TTFT, queue and prefill and the time outside."""
+    """A record's TTFT (ms) and, where recorded, vLLM's TTFT, queue and prefill, the time outside, and
+    the router's CPU and its wait for a core (all its threads, send to end of stream; ``/proc``)."""
     out = {"ttft": ttft(r)}
-    for k in ("v_ttft_ms", "v_queue_ms", "v_prefill_ms"):
+    for k in ("v_ttft_ms", "v_queue_ms", "v_prefill_ms", "router_run_ms", "router_wait_ms"):
         if k in r:
             out[k] = r[k]
     if "v_ttft_ms" in r:
@@ -99,7 +100,7 @@ def fmt(row: dict[str, Any]) -> str:
     for f in FIELDS:
         if f in row:
             a, b = row[f]
-            cells.append(f"{f.removesuffix('_ms')} {a:5.1f} / {b:5.1f}")
+            cells.append(f"{f.removesuffix('_ms').removeprefix('router_')} {a:5.1f} / {b:5.1f}")
     return ", ".join(cells)
 
 
@@ -138,6 +139,11 @@ def main() -> int:
         marks = mark_means(kv_records[cls])
         if marks:
             print(f"    {'':16s} kvgate's steps: " + ", ".join(f"{k} {v:.1f}" for k, v in marks.items()))
+    for label, part in ((f"first {args.first} of each pass", first), ("the rest", rest)):
+        print(f"{label}:")
+        for cls, row in split(part).items():
+            if row["n"]:
+                print(f"    {cls:16s} {fmt(row)}")
     for label, part in (
         (f"first {args.first} of each pass", first),
         ("the rest", rest),
