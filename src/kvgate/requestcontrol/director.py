@@ -693,7 +693,8 @@ class Director:
         learn=False)`` then ``on_finished(req, endpoint, usage, ok)``, the same effects in one call (one
         lookup of its track; the gateway's non-streamed path, once per request)."""
         if self.flow is not None or self.predecessor is not None:
-            # (each call wakes flow control's dispatcher, which may pick between them: kept apart)
+            # (kept as the two calls out of caution: each notifies flow control's dispatcher; no await comes
+            # between them, so the dispatcher cannot pick in between, not measured merged)
             self.on_first_token(req, endpoint, learn=False)
             self.on_finished(req, endpoint, usage, ok)
             return
