@@ -31,7 +31,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvgate.aio import cancel_and_wait, stop_to_the_end
-from kvgate.datalayer.aggregate import MAX_RESPONSE_BYTES, decode
+from kvgate.datalayer.aggregate import MAX_RESPONSE_BYTES, PoolAggregate, decode
 from kvgate.k8s.lease import check_one_time
 from kvgate.multicluster.clusters import TlsOptions, idna_host
 from kvgate.multicluster.hub import _lookup, _NotTried
@@ -222,17 +222,24 @@ class Fetcher:
         url = st.spec.aggregate
         if url is None or self._session is None:
             return
+        got: PoolAggregate | str  # (the snapshot, or why there is none)
         try:
             timeout = aiohttp.ClientTimeout(total=self.timeout_s)
             async with self._session.get(url, timeout=timeout) as resp:
-                if resp.status != 200:
-                    st.fetch_error = f"HTTP {resp.status}"
-                    return
-                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-            st.set_aggregate(decode(raw), self.clock())
+                ok = resp.status == 200
+                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1) if ok else b""
+            got = decode(raw) if ok else f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError, msgspec.MsgspecError, ValueError) as e:
-            st.fetch_error = f"{type(e).__name__}: {e}"
-            log.debug("aggregate from %s failed: %s", st.name, st.fetch_error)
+            got = f"{type(e).__name__}: {e}"
+        if st.spec.aggregate != url:
+            # A reload removed (or changed) the URL meanwhile: the answer is no longer this cluster's, and
+            # would put back the snapshot and fetch time ``respec`` dropped (review s23-rev-hub23 F1).
+            log.debug("aggregate from %s dropped: %s is no longer its aggregate", st.name, url)
+        elif isinstance(got, str):
+            st.fetch_error = got
+            log.debug("aggregate from %s failed: %s", st.name, got)
+        else:
+            st.set_aggregate(got, self.clock())
 
     async def _health(self, st: ClusterState) -> None:
         """One round's EPP health check of ``st``, within ``timeout_s`` in all (the lookup's time is taken
