@@ -17,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from kvgate import __version__
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.extproc.ports import bind_one
 from kvgate.openai.labels import ModelLabels, ReportedNames, kept_per_source
 from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestEnd, RequestErrors, RequestStats
 from kvgate.scheduling.types import PickResult, Usage
@@ -186,14 +187,15 @@ class EppMetrics:
             app.router.add_get(AGGREGATE_PATH, pool_aggregate)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        # Bind the socket ourselves so an ephemeral port can be read back.
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Bind the socket ourselves so an ephemeral port can be read back; ``kvgate epp``'s check before
+        # anything starts makes this same bind (``check_bindable``).
+        sock: socket.socket | None = None
         try:
-            sock.bind((host, port))
+            sock = bind_one(host, port)
             await web.SockSite(runner, sock, ssl_context=ssl_context).start()
         except Exception:  # (a port in use: nothing of this listener left open)
-            sock.close()
+            if sock is not None:
+                sock.close()
             await runner.cleanup()
             raise
         return runner, sock.getsockname()[1]

@@ -17,26 +17,44 @@ _Addr = tuple[object, ...]
 
 def check_bindable(host: str, port: int, *, any_address: bool) -> None:
     """Raises the ``OSError`` of a bind of ``host:port`` that the listener would fail too; returns when it
-    would bind (or when this cannot tell: a name that does not resolve here is the listener's to refuse).
-    ``any_address``: gRPC's rule, bound when one address binds (a wildcard is ``[::]`` dual-stack, else
-    ``0.0.0.0``; a name, any of its addresses); else asyncio's ``create_server``, every address must bind.
-    Port 0 (ephemeral) always binds."""
+    would bind. ``any_address``: gRPC's rule, bound when one address binds (a wildcard is ``[::]``
+    dual-stack, else ``0.0.0.0``; a name, any of its addresses; a name that does not resolve here is left to
+    gRPC to refuse); else the metrics listener's own bind, ``bind_one`` (review s23-rev-hub23 F2/F3: it was
+    modelled as asyncio's ``create_server``, every address of a name bound, IPv6 ones v6-only). Port 0
+    (ephemeral) always binds."""
     if port == 0:
+        return
+    if not any_address:
+        bind_one(host, port).close()
         return
     h = host.strip("[]")
     tries: list[tuple[socket.AddressFamily, _Addr, bool | None]]
-    if any_address and h in _WILDCARDS:
+    if h in _WILDCARDS:
         tries = [(socket.AF_INET6, ("::", port), False), (socket.AF_INET, ("0.0.0.0", port), None)]
     else:
         try:
             infos = socket.getaddrinfo(h or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except (OSError, UnicodeError):
             return
-        # (asyncio's create_server sets IPV6_V6ONLY on its IPv6 sockets)
-        tries = [(f, a, True if f == socket.AF_INET6 else None) for f, _t, _p, _c, a in infos]
+        # (gRPC's IPv6 sockets are dual-stack: its core sets IPV6_V6ONLY 0 where it can)
+        tries = [(f, a, False if f == socket.AF_INET6 else None) for f, _t, _p, _c, a in infos]
     errors = [e for f, a, v6only in tries if (e := _bind_error(f, a, v6only)) is not None]
-    if errors and (len(errors) == len(tries) or not any_address):
+    if errors and len(errors) == len(tries):
         raise errors[0]
+
+
+def bind_one(host: str, port: int) -> socket.socket:
+    """The metrics listener's socket (``EppMetrics.serve``), bound and not listening; the caller closes it.
+    ONE socket: IPv6 when ``host`` has a ``:`` (``::`` dual-stack, the kernel's default, no
+    ``IPV6_V6ONLY``), else IPv4 (a name: its first IPv4 address); ``SO_REUSEADDR``."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _bind_error(family: socket.AddressFamily, addr: _Addr, v6only: bool | None) -> OSError | None:
