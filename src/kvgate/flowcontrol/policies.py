@@ -42,8 +42,9 @@ SLO_TPOT_HEADERS = ("x-slo-tpot-ms", "x-llm-d-slo-tpot-ms")
 # service), the oldest dropped
 GONE_DEBTS_MAX = 4096
 # least-attained-service: a departed flow's service beyond the band's clock decays by this per dispatch of
-# the band while it is away (upstream ``program-aware-fairness``'s default ``lasDecayFactor``, which it
-# applies to an idle program at each pick: half of it gone after ~23,000 dispatches)
+# the band while it is away (llm-d-router's ``program-aware-fairness`` as merged in its PR #1534: default
+# ``lasDecayFactor``, applied to an idle program at each pick; other versions decay by wall clock; half of
+# it gone after ~23,000 dispatches)
 LAS_DECAY = 0.99997
 LAS = "least-attained-service"
 
@@ -166,6 +167,8 @@ class Band:
         self._gone: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._las = fairness == LAS
         self._floor = 0.0  # (least-attained-service: the clock with no flow active, the last one's service)
+        # (the flow whose departure set ``_floor``, and the clock before it: ``undo``)
+        self._raised: tuple[str, float] | None = None
 
     def push(self, item: Any) -> bool:
         """Queue ``item``; True when its flow is new in the band."""
@@ -195,6 +198,7 @@ class Band:
                 del self.flows[item.flow]
                 if self._las:
                     self._keep(item.flow, q.service)
+                    self._raised = None if self.flows else (item.flow, self._floor)
                     if not self.flows:
                         self._floor = max(self._floor, q.service)
                 elif self._owed:
@@ -386,6 +390,14 @@ class Band:
             if got is not None:
                 if self._las:
                     self._gone[item.flow] = (got[0] - item.cost, got[1])
+                    raised = self._raised
+                    if raised is not None and raised[0] == item.flow:
+                        # Its departure set the clock (the band's last active flow: the pick runs between take
+                        # and undo, so that departure was this take's): the clock is what it would have been
+                        # had the flow left uncharged. Else each hold of a lone flow's request lifts the clock
+                        # by the request's cost and forgives departed flows' kept excess (s23-rev-flow23 F1).
+                        self._raised = None
+                        self._floor = max(raised[1], got[0] - item.cost)
                 else:
                     back = min(int(got[0]), getattr(item, "seqs", 1) - 1)
                     if back > 0:
