@@ -51,7 +51,9 @@ headroom's level and the sum of the worker's own moves of it; each sync adds the
 last one (one process's stochastic approximation on every first token, clamped alike; a row's epoch tells a
 restarted worker's sums apart). Two levels that meet (a controller joining a running fleet, a worker found
 only after both moved: session 23, review s22-late F3) join once, each holding the other's moves exactly
-once: each row records whose level it joined and how many of that worker's moves it holds (``_steer``).
+once: each row records whose level it joined and how many of that worker's moves it holds (``_steer``);
+the row is written after the sync's fold, so the level it shows holds the moves just folded (review
+s23-rev-flow23 F2). Exact for two workers, across reloads and restarts too; past two, approximate.
 
 The queue limits (session 21, ``FleetLimits``): ``maxRequests`` / ``maxBytes``, global and each band's,
 bound the fleet's queue for a pool, as one process's. Each worker keeps, per pool, a limit row
@@ -408,17 +410,25 @@ class FleetShares:
         if fleet.closed or fleet.workers < 2:
             ctl.fleet = None
             return
-        own = self._publish(ctl, now)
-        ctl.fleet = self if self._fold(ctl, now, own) else None
+        own, flat, scale = self._gather(ctl, now)
+        self._own_moves(ctl, now)
+        folded = self._fold(ctl, now, own)
+        # Written after the fold (review s23-rev-flow23 F2): the level a joiner reads holds the moves this
+        # worker folded in now, else a new controller (a reload's, a restart's) joining within one interval
+        # takes a level without them and the two workers stay apart by them.
+        self._publish(ctl, now, flat, scale)
+        ctl.fleet = self if folded else None
         ctl._reserve_cache = (None, 0)  # (asked again at the same instant: on the new counts)
 
     def _row(self, worker_mark: int) -> int:
         fleet = self.mark.fleet
         return fleet.shares_at + (worker_mark // FIELDS) * SHARE_FIELDS
 
-    def _publish(self, ctl: FlowController, now: float) -> dict[float, tuple[float, float]]:
-        """This worker's row; returns what it wrote: flow key -> (in flight + queued, arrivals as of
-        ``now``)."""
+    def _gather(
+        self, ctl: FlowController, now: float
+    ) -> tuple[dict[float, tuple[float, float]], array[float], float]:
+        """What this worker's row will say of its flows: flow key -> (in flight + queued, arrivals as of
+        ``now``), the same flattened, and the arrivals' scale to ``now``."""
         base = ctl._arrived_base
         scale = 0.0 if base is None else math.exp(-(now - base) / LOAD_WINDOW_S)
         arrived, inflight, queued = ctl._arrived, ctl.inflight, ctl.queued
@@ -450,17 +460,11 @@ class FleetShares:
         flat = array("d")
         for k, (d, a) in own.items():
             flat.extend((k, d, a))
-        m, b = self.mark.fleet._m, self._row(self.mark.base)
-        seq = self._seq
-        m[b + _SEQ] = seq + 1.0  # odd: being written
-        m[b + _HEAD : b + _HEAD + len(flat)] = flat
-        m[b + _SN] = float(len(own))
-        m[b + _SKEY] = self.mark.key
-        m[b + _SDEMAND] = float(ctl.inflight_total + ctl.queued_total)
-        m[b + _SARRIVED] = ctl._arrived_total * scale
-        m[b + _STAKE] = ctl._decayed(ctl._rate, ctl._rate_at, now)
-        m[b + _SGIVE] = ctl._decayed(ctl._finished, ctl._finished_at, now)
-        m[b + _SEXTRA] = ctl.free_extra
+        return own, flat, scale
+
+    def _own_moves(self, ctl: FlowController, now: float) -> None:
+        """Add this worker's own moves of the headroom since its last sync (before the fold adds the
+        others')."""
         if not self._epoch:
             self._epoch = now
         after = self._hr_after
@@ -469,6 +473,20 @@ class FleetShares:
                 self._moved = ctl.headroom
         elif after[0] is ctl:
             self._moved += ctl.headroom - after[1]
+
+    def _publish(self, ctl: FlowController, now: float, flat: array[float], scale: float) -> None:
+        """This worker's row (``_gather``'s flows, the counts, the headroom after the fold)."""
+        m, b = self.mark.fleet._m, self._row(self.mark.base)
+        seq = self._seq
+        m[b + _SEQ] = seq + 1.0  # odd: being written
+        m[b + _HEAD : b + _HEAD + len(flat)] = flat
+        m[b + _SN] = float(len(flat) // _ENTRY)
+        m[b + _SKEY] = self.mark.key
+        m[b + _SDEMAND] = float(ctl.inflight_total + ctl.queued_total)
+        m[b + _SARRIVED] = ctl._arrived_total * scale
+        m[b + _STAKE] = ctl._decayed(ctl._rate, ctl._rate_at, now)
+        m[b + _SGIVE] = ctl._decayed(ctl._finished, ctl._finished_at, now)
+        m[b + _SEXTRA] = ctl.free_extra
         # (NaN without the target: a fixed headroom is no adaptive level to join; review s22-late F1)
         m[b + _SHLEVEL] = ctl.headroom if ctl.cfg.fair_share_ttft_target else math.nan
         m[b + _SHMOVED] = self._moved
@@ -484,7 +502,6 @@ class FleetShares:
         m[b + _SSTAMP] = now
         m[b + _SEQ] = seq + 2.0
         self._seq = seq + 2.0
-        return own
 
     @staticmethod
     def _read(m: memoryview[float], b: int) -> list[float] | None:
@@ -584,9 +601,12 @@ class FleetShares:
         worker's moves up to its count, so this level becomes that level plus this worker's moves since;
         otherwise the row that first wrote earlier (its epoch; then the lower worker) keeps its level and
         adds the other's moves, and the later one joins that level with its own moves (a new controller,
-        at 0 and unmoved, starts at the fleet's level). Exact for two workers; past two, each row records
-        only the last level it joined, so a worker found late by several may count moves the others share
-        already (apart until a clamp)."""
+        at 0 and unmoved, starts at the fleet's level). Exact for two workers, a reload's or restart's
+        controller too (the level it joins is written after its worker's fold: review s23-rev-flow23 F2).
+        Past two, each row records only the last level it joined: in random start-up orders of three
+        workers (syncs, stalls, misses; docs/benchmarks/flowcontrol.md) about a third end apart and a sixth
+        above the sum of all moves (a move counted twice, up to 2x), until a clamp; a start where no worker
+        moves before all have met is exact."""
         h = ctl.headroom
         mine = (self._epoch, self.mark.fleet.worker)
         for w, mb, epoch, moved, level, held in found:
