@@ -44,3 +44,15 @@ def test_goal_pairs_a_seeds_calm_and_flood_runs_by_start_and_a_missing_request_d
     assert draws[0] == pytest.approx(3.0) and draws[-1] == pytest.approx(
         3.0
     )  # (flood p90 / calm p90, each draw)
+
+
+def test_a_dropped_request_does_not_take_its_neighbours_pair() -> None:
+    """Review s23-rev-flow23 F4 (its test, moved): two same-tenant requests start 20 ms apart and the first
+    is not answered in the flood run; the survivor keeps its own calm pair, the dropped one drops out
+    alone (FAILS on main 83f8785f: greedy matching within 50 ms paired it with the earlier one)."""
+    calm = [["t0", 10.000, 0.02, 0, 0, "r"], ["t0", 10.020, 0.03, 0, 0, "r"]]
+    flood = [["t0", 10.021, 0.09, 0, 0, "r"]]
+    pairs = ri.matched_goal(
+        {"runs": {"a/calm": {"trace": calm}}}, {"runs": {"a/flood": {"trace": flood}}}, 5.0
+    )
+    assert pairs == [(0.03, 0.09)], pairs
