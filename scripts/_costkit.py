@@ -1,8 +1,10 @@
-"""Pieces the CPU-cost scripts share: the fastest of a few timed rounds (``fastest``), and one request
-through a pool's director as ``gateway-overhead`` sends it (``request_flow``)."""
+"""Pieces the CPU-cost scripts share: the fastest of a few timed rounds (``fastest``), one request
+through a pool's director as ``gateway-overhead`` sends it (``request_flow``), and the whole gateway in one
+process with both sockets in memory (``in_memory_gateway``)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -43,3 +45,59 @@ def request_flow(director: Any, body: dict[str, Any], usage: Any = None) -> Call
         director.on_finished(r, ep, Usage(6, 8) if usage is None else usage, True)
 
     return one
+
+
+class MemoryTransport:
+    """Both sides' transport: writes are kept (client) or answered a loop turn later (upstream, ``conn``
+    given) with ``reply()``, as a reply from a socket would be."""
+
+    def __init__(self, conn: Any = None, reply: Callable[[], bytes] = bytes) -> None:
+        self.conn = conn
+        self.reply = reply
+        self.got: asyncio.Future[bytes] | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.loop.call_soon(self.conn.data_received, self.reply())
+        elif self.got is not None and not self.got.done():
+            self.got.set_result(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    abort = pause_reading = resume_reading = close
+
+    def can_write_eof(self) -> bool:
+        return False
+
+
+def in_memory_gateway(cfg: Any, gw: Any, reply: Callable[[], bytes]) -> tuple[Any, Any, MemoryTransport]:
+    """``gw`` (a ``GatewayServer`` of ``cfg``, no scrapes) given its ``Proxy`` (``gw.proxy``), whose upstream
+    connections are in memory, each write answered with ``reply()``, and one in-memory client connection
+    to its front (no admin routes): (the front, the client's protocol, the client's transport, whose
+    ``got`` future takes the next answer). It reaches into the upstream client's privates (``_Conn``,
+    ``_connect``, ``_open``) and the server's ``_front``."""
+    from kvgate.gateway import upstream
+    from kvgate.gateway.proxy import Proxy
+
+    proxy = gw.proxy = Proxy(cfg, gw.pools, gw.metrics, gw.health, gw.clock)
+
+    async def connect(address: str, tls: Any, *_: Any) -> Any:  # (deadline: unused)
+        conn = upstream._Conn(proxy.upstream, address)
+        conn.connection_made(MemoryTransport(conn, reply))
+        proxy.upstream._open.add(conn)
+        return conn
+
+    proxy.upstream._connect = connect
+    front = gw._front(proxy, admin=False)
+    proto = front.protocol()
+    client = MemoryTransport()
+    proto.connection_made(client)
+    return front, proto, client

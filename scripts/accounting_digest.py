@@ -4,11 +4,12 @@
     PYTHONPATH=src python scripts/accounting_digest.py sim FAMILY QPS SEED [--policy kvgate]
 
 ``metrics``: ``--requests`` non-streamed requests through the gateway's own code in one process
-(``gateway_path_cost.py``'s set-up: the real front, proxy, picker, upstream client and metrics, the two
-sockets in memory; every 37th upstream answer a 500, so retries and failed answers are counted too;
-the picker's tie-break seeded), then every endpoint's ``InFlight``, the Director's decode estimate and
-what it still tracks, and the ``/metrics`` text with time-valued samples masked (durations, ``_created``,
-process and GC figures): the digest of all of it, and the text itself with ``--print``.
+(``gateway_path_cost.py``'s set-up, ``_costkit.in_memory_gateway``: the real front, proxy, picker,
+upstream client and metrics, the two sockets in memory; every 37th upstream answer a 500, so retries and
+failed answers are counted too; the picker's tie-break seeded), then every endpoint's ``InFlight``, the
+Director's decode estimate and what it still tracks, and the ``/metrics`` text with time-valued samples
+masked (durations, ``_created``, process and GC figures): the digest of all of it, and the text itself
+with ``--print``.
 
 ``sim``: one mixed-workload fleet simulation (``kvgate.bench.multiturn.mixed_sim``, 15 s warm-up and
 60 s measured), every pick's endpoint hashed, then the endpoints' ``InFlight`` and learned paces and
@@ -27,6 +28,8 @@ import random
 import re
 from dataclasses import asdict
 from typing import Any
+
+from _costkit import in_memory_gateway
 
 
 def _masked(text: str) -> list[str]:
@@ -47,9 +50,7 @@ def metrics_run(requests: int, policy: str) -> list[str]:
 
     from kvgate.bench.gateway_overhead import _COMPLETION, BODY, _request_bytes
     from kvgate.config.gateway import config_from_flags
-    from kvgate.gateway import upstream
     from kvgate.gateway.cli import build_pools
-    from kvgate.gateway.proxy import Proxy
     from kvgate.gateway.server import GatewayServer
 
     def answer(status: bytes, body: bytes) -> bytes:
@@ -60,54 +61,17 @@ def metrics_run(requests: int, policy: str) -> list[str]:
     request = _request_bytes(18080, "/v1/completions", BODY)
     written = [0]
 
-    class Transport:
-        """Both sides' transport: writes kept (client) or answered a loop turn later (upstream)."""
-
-        def __init__(self, conn: Any = None) -> None:
-            self.conn = conn
-            self.got: asyncio.Future[bytes] | None = None
-            self.loop = asyncio.get_running_loop()
-
-        def write(self, data: bytes) -> None:
-            if self.conn is not None:
-                written[0] += 1
-                self.loop.call_soon(self.conn.data_received, bad if written[0] % 37 == 0 else good)
-            elif self.got is not None and not self.got.done():
-                self.got.set_result(data)
-
-        def get_write_buffer_size(self) -> int:
-            return 0
-
-        def set_write_buffer_limits(self, high: int | None = None) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-        abort = pause_reading = resume_reading = close
-
-        def can_write_eof(self) -> bool:
-            return False
+    def reply() -> bytes:
+        written[0] += 1
+        return bad if written[0] % 37 == 0 else good
 
     async def main() -> list[str]:
         cfg = config_from_flags("http://127.0.0.1:18001,http://127.0.0.1:18002", ["m"], policy)
         gw = GatewayServer(cfg, build_pools(cfg), scrape=False)
-        proxy = gw.proxy = Proxy(cfg, gw.pools, gw.metrics, gw.health, gw.clock)
-
-        async def connect(address: str, tls: Any, *_: Any) -> upstream._Conn:
-            conn = upstream._Conn(proxy.upstream, address)
-            conn.connection_made(Transport(conn))  # type: ignore[arg-type]
-            proxy.upstream._open.add(conn)
-            return conn
-
-        proxy.upstream._connect = connect  # type: ignore[method-assign,assignment]
+        front, proto, client = in_memory_gateway(cfg, gw, reply)
         for pool in gw.pools:  # (the max-score picker's tie-break: seeded, so both trees draw alike)
             director: Any = pool.director
             director.handle.rng.seed(7)
-        front = gw._front(proxy, admin=False)
-        proto = front.protocol()
-        client = Transport()
-        proto.connection_made(client)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
         statuses: dict[bytes, int] = {}
         for _ in range(requests):

@@ -49,7 +49,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _costkit import request_flow
+from _costkit import in_memory_gateway, request_flow
 from tree_runs import HERE_SRC, alternate, run_in_tree, trees
 
 # ``--stages``: the request path's synchronous functions, each call's CPU charged to its stage exclusive of
@@ -142,6 +142,7 @@ def _measure(
     requests: int, rounds: int, policy: str, flow: bool = False, stages: bool = False, picker_file: str = ""
 ) -> dict[str, Any]:
     import asyncio
+    import itertools
     import time
 
     import uvloop
@@ -153,9 +154,7 @@ def _measure(
     wrapped = [False]
     missing = _wrap_stages(totals, wrapped) if stages else []
     from kvgate.config.gateway import config_from_flags
-    from kvgate.gateway import upstream
     from kvgate.gateway.cli import build_pools, tune_gc
-    from kvgate.gateway.proxy import Proxy
     from kvgate.gateway.server import GatewayServer
 
     reply = (
@@ -166,34 +165,6 @@ def _measure(
     )
     request = _request_bytes(18080, "/v1/completions", BODY)
     picker_doc = yaml.safe_load(Path(picker_file).read_text()) if picker_file else None
-
-    class Transport:
-        """Both sides' transport: writes are kept (client) or answered a loop turn later (upstream)."""
-
-        def __init__(self, conn: Any = None) -> None:
-            self.conn = conn
-            self.got: asyncio.Future[bytes] | None = None
-            self.loop = asyncio.get_running_loop()
-
-        def write(self, data: bytes) -> None:
-            if self.conn is not None:
-                self.loop.call_soon(self.conn.data_received, reply)
-            elif self.got is not None and not self.got.done():
-                self.got.set_result(data)
-
-        def get_write_buffer_size(self) -> int:
-            return 0
-
-        def set_write_buffer_limits(self, high: int | None = None) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-        abort = pause_reading = resume_reading = close
-
-        def can_write_eof(self) -> bool:
-            return False
 
     async def main() -> dict[str, Any]:
         cfg = config_from_flags("http://127.0.0.1:18001,http://127.0.0.1:18002", ["m"], policy)
@@ -210,19 +181,7 @@ def _measure(
         if picker_doc is not None:  # --picker-config: the pool's picker from this file instead of --policy's
             cfg.pools[0].picker_config = picker_doc
         gw = GatewayServer(cfg, build_pools(cfg), scrape=False)
-        proxy = gw.proxy = Proxy(cfg, gw.pools, gw.metrics, gw.health, gw.clock)
-
-        async def connect(address: str, tls: Any, *_: Any) -> upstream._Conn:  # (deadline: unused)
-            conn = upstream._Conn(proxy.upstream, address)
-            conn.connection_made(Transport(conn))
-            proxy.upstream._open.add(conn)
-            return conn
-
-        proxy.upstream._connect = connect  # type: ignore[method-assign]
-        front = gw._front(proxy, admin=False)
-        proto = front.protocol()
-        client = Transport()
-        proto.connection_made(client)  # type: ignore[arg-type]
+        front, proto, client = in_memory_gateway(cfg, gw, itertools.repeat(reply).__next__)
         loop = asyncio.get_running_loop()
 
         async def one() -> bytes:
