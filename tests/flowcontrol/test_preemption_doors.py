@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -65,6 +65,45 @@ def gateway_config(port: int, model: str = "sim-model") -> dict[str, Any]:
 
 
 @asynccontextmanager
+async def serve_door() -> AsyncIterator[tuple[Replica, GatewayServer, Any]]:
+    """A simulated replica (``sim-model``, 50x slower than real time, 4 sequences) behind ``kvgate serve``
+    (``gateway_config``): the replica, the gateway and its pool's director; both stopped after."""
+    replica = Replica(ReplicaConfig(model="sim-model", time_scale=0.02, max_num_seqs=4, seed=0))
+    await replica.start()
+    gw: GatewayServer | None = None
+    try:
+        cfg = parse_gateway_config(gateway_config(replica.port))
+        pools = [build_pool(p) for p in cfg.pools]
+        gw = GatewayServer(cfg, pools, scrape=False)
+        await gw.start()
+        yield replica, gw, pools[0].director
+    finally:
+        if gw is not None:
+            await gw.stop(drain_timeout=1.0)
+        await replica.stop()
+
+
+async def critical_after_sheddable(
+    replica: Replica,
+    send: Callable[[str, str, int], Awaitable[tuple[int, Any]]],
+    batch_tokens: int,
+    wait: float,
+) -> tuple[int, Any]:
+    """``send(objective, text, max_tokens)``: a sheddable request of a long prompt (its prefill alone takes
+    about a second of wall time at the replica's time scale) and ``batch_tokens`` tokens, then, once the
+    replica has it, a critical one, which must succeed: the sheddable request's status and body."""
+    batch = asyncio.ensure_future(send("batch", "words " * 500, batch_tokens))
+    deadline = time.monotonic() + wait
+    while replica.engine.num_running + replica.engine.num_waiting == 0:
+        assert time.monotonic() < deadline, "the sheddable request never reached the replica"
+        await asyncio.sleep(0.01)
+    assert not batch.done()
+    status, _ = await asyncio.wait_for(send("critical", "hi", 1), wait)
+    assert status == 200
+    return await asyncio.wait_for(batch, wait)
+
+
+@asynccontextmanager
 async def epp_door(
     metrics: EppMetrics | None = None,
 ) -> AsyncIterator[tuple[HeldBackend, SessionContext, Any]]:
@@ -100,15 +139,7 @@ async def test_a_critical_request_preempts_a_sheddable_one_without_a_first_token
     """Streamed: the sheddable request is stopped. Not streamed: it shows no first token before its
     end, so it is never preemptible (it could be deep into generation): it completes, and the critical
     request waits for the capacity instead."""
-    replica = Replica(ReplicaConfig(model="sim-model", time_scale=0.02, max_num_seqs=4, seed=0))
-    await replica.start()
-    gw: GatewayServer | None = None
-    try:
-        cfg = parse_gateway_config(gateway_config(replica.port))
-        pools = [build_pool(p) for p in cfg.pools]
-        gw = GatewayServer(cfg, pools, scrape=False)
-        await gw.start()
-        director = pools[0].director
+    async with serve_door() as (replica, gw, director):
         url = f"http://127.0.0.1:{gw.port}/v1/completions"
 
         async def send(objective: str, prompt: str, max_tokens: int) -> tuple[int, dict[str, Any]]:
@@ -121,17 +152,9 @@ async def test_a_critical_request_preempts_a_sheddable_one_without_a_first_token
                 return r.status, {"body": raw.decode()}
 
         async with aiohttp.ClientSession() as http:
-            # A long prompt: its prefill step alone takes about a second of wall time at this time scale.
             # Not streamed: a few tokens, so the critical request's wait for it stays well within WAIT.
-            batch = asyncio.ensure_future(send("batch", "words " * 500, 64 if stream else 4))
             deadline = time.monotonic() + WAIT
-            while replica.engine.num_running + replica.engine.num_waiting == 0:
-                assert time.monotonic() < deadline, "the sheddable request never reached the replica"
-                await asyncio.sleep(0.01)
-            assert not batch.done()
-            status, _ = await asyncio.wait_for(send("critical", "hi", 1), WAIT)
-            assert status == 200
-            b_status, b_body = await asyncio.wait_for(batch, WAIT)
+            b_status, b_body = await critical_after_sheddable(replica, send, 64 if stream else 4, WAIT)
         if not stream:
             assert b_status == 200, b_body
             assert sum(replica.counters.finished.values()) == 2
@@ -146,10 +169,6 @@ async def test_a_critical_request_preempts_a_sheddable_one_without_a_first_token
             await asyncio.sleep(0.02)
         assert sum(replica.counters.finished.values()) == 1
         assert director.store.all()[0].inflight.requests == 0  # every charge released exactly once
-    finally:
-        if gw is not None:
-            await gw.stop(drain_timeout=1.0)
-        await replica.stop()
 
 
 async def test_the_epp_door_answers_the_preempted_requests_response_headers_with_a_429() -> None:

@@ -15,31 +15,19 @@ The test is the completions preemption test of tests/flowcontrol/test_preemption
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import aiohttp
 import orjson
 
-from flowcontrol.test_preemption_doors import gateway_config
-from kvgate.config.gateway import parse_gateway_config
-from kvgate.gateway.pools import build_pool
-from kvgate.gateway.server import GatewayServer
+from flowcontrol.test_preemption_doors import critical_after_sheddable, serve_door
 from kvgate.sim.server import Replica, ReplicaConfig
 
 WAIT = 30.0
 
 
 async def test_a_sheddable_chat_stream_on_the_simulator_is_preempted_like_a_completion() -> None:
-    replica = Replica(ReplicaConfig(model="sim-model", time_scale=0.02, max_num_seqs=4, seed=0))
-    await replica.start()
-    gw: GatewayServer | None = None
-    try:
-        cfg = parse_gateway_config(gateway_config(replica.port))
-        pools = [build_pool(p) for p in cfg.pools]
-        gw = GatewayServer(cfg, pools, scrape=False)
-        await gw.start()
-        director = pools[0].director
+    async with serve_door() as (replica, gw, director):
         url = f"http://127.0.0.1:{gw.port}/v1/chat/completions"
 
         async def send(objective: str, text: str, max_tokens: int) -> tuple[int, Any]:
@@ -50,26 +38,13 @@ async def test_a_sheddable_chat_stream_on_the_simulator_is_preempted_like_a_comp
                 return r.status, orjson.loads(raw) if r.status != 200 else raw.decode()[:200]
 
         async with aiohttp.ClientSession() as http:
-            # A long prompt: its prefill alone takes about a second of wall time at this time scale.
             # Few tokens, so on main (not preempted) it finishes within WAIT and the test fails on its status.
-            batch = asyncio.ensure_future(send("batch", "words " * 500, 4))
-            deadline = time.monotonic() + WAIT
-            while replica.engine.num_running + replica.engine.num_waiting == 0:
-                assert time.monotonic() < deadline, "the sheddable request never reached the replica"
-                await asyncio.sleep(0.01)
-            assert not batch.done()
-            status, _ = await asyncio.wait_for(send("critical", "hi", 1), WAIT)
-            assert status == 200
-            b_status, b_body = await asyncio.wait_for(batch, WAIT)
+            b_status, b_body = await critical_after_sheddable(replica, send, 4, WAIT)
         assert b_status == 429, (
             f"the sheddable chat stream was not preempted ({b_status}: {b_body!r}): the simulator's role "
             "chunk, sent before its prefill, counted as its first token"
         )
         assert director.store.all()[0].inflight.requests == 0
-    finally:
-        if gw is not None:
-            await gw.stop(drain_timeout=1.0)
-        await replica.stop()
 
 
 async def test_the_simulator_sends_the_chat_role_chunk_with_the_first_token() -> None:

@@ -30,6 +30,7 @@ import pytest
 
 from gateway.conftest import base_url, make_config, make_pools
 from gateway.sse_upstream import SSE_HEAD, chunk, listen_address, serve_raw
+from gateway.test_drain_cut_races import drain_cut_clusters
 from kvgate.gateway.server import GatewayServer
 from multicluster.test_hub_request_timeout import SSE, _hub
 
@@ -136,26 +137,8 @@ async def test_a_cut_responses_stream_keeps_the_openai_error_event() -> None:
 
 
 async def test_the_clusters_door_ends_a_drained_messages_stream_with_an_anthropic_error_event() -> None:
-    from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
-    from kvgate.multicluster.serve import GlobalGateway
-
     async with upstream(START, cut=False) as address:
-        gw = GlobalGateway(
-            ClustersConfig((ClusterSpec("c1", gateway=address),)), "round-robin", fetch=False, drain_s=0.3
-        )
-        await gw.start("127.0.0.1", 0)
-        stop = None
-        try:
-            async with aiohttp.ClientSession() as s:
-                async with s.post(f"http://127.0.0.1:{gw.port}/v1/messages", json=MESSAGES) as r:
-                    assert r.status == 200
-                    raw = await r.content.readuntil(b"\n\n")
-                    stop = asyncio.create_task(gw.stop())
-                    raw += await asyncio.wait_for(r.read(), 10)
-                await asyncio.wait_for(stop, 10)
-        finally:
-            if stop is None:
-                await gw.stop()
+        raw = await drain_cut_clusters(address, "/v1/messages", pause_s=0, post={"json": MESSAGES})
     error = anthropic_error(last_event(raw))
     assert error["type"] == "api_error" and "shutting down" in error["message"], error
 

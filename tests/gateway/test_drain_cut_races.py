@@ -177,9 +177,13 @@ async def test_a_close_framed_upstream_stream_cut_by_the_drain_tells_its_client(
     assert "error" in events[-1], events[-2:]
 
 
-async def _drain_cut_clusters(address: str) -> bytes:
+async def drain_cut_clusters(
+    address: str, path: str = "/v1/completions", pause_s: float = 0.3, post: dict[str, Any] | None = None
+) -> bytes:
     """The same through ``kvgate serve --clusters`` (``GlobalGateway``, drain 0.3 s), its one cluster's
-    gateway the raw upstream. Its relay always passes chunks through as they come."""
+    gateway the raw upstream: ``post`` (``aiohttp``'s arguments; default a streamed completion) to
+    ``path``, its first event read, then (``pause_s`` later) the stop: the whole body the client got. Its
+    relay always passes chunks through as they come."""
     from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
     from kvgate.multicluster.serve import GlobalGateway
 
@@ -187,14 +191,16 @@ async def _drain_cut_clusters(address: str) -> bytes:
         ClustersConfig((ClusterSpec("c1", gateway=address),)), "round-robin", fetch=False, drain_s=0.3
     )
     await gw.start("127.0.0.1", 0)
-    body = orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 50})
+    if post is None:
+        post = {"data": orjson.dumps({"model": "m", "prompt": "x", "stream": True, "max_tokens": 50})}
     stop = None
     try:
         async with aiohttp.ClientSession() as s:
-            async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=body) as r:
+            async with s.post(f"http://127.0.0.1:{gw.port}{path}", **post) as r:
                 assert r.status == 200
                 raw = await r.content.readuntil(b"\n\n")
-                await asyncio.sleep(0.3)
+                if pause_s:
+                    await asyncio.sleep(pause_s)
                 stop = asyncio.create_task(gw.stop())
                 raw += await asyncio.wait_for(r.read(), 10)
             await asyncio.wait_for(stop, 10)
@@ -208,7 +214,7 @@ async def test_clusters_a_drain_cut_between_two_halves_of_an_event_sends_a_well_
     """``kvgate serve --clusters`` (8e9cac0): the same corrupt last event. Fails on main."""
     half = len(EV) // 2
     async with _raw_upstream([EV, EV, EV[:half]]) as address:
-        raw = await _drain_cut_clusters(address)
+        raw = await drain_cut_clusters(address)
     events = _events(raw)
     assert events[-1]["error"]["code"] == "service_unavailable"
 
@@ -216,7 +222,7 @@ async def test_clusters_a_drain_cut_between_two_halves_of_an_event_sends_a_well_
 async def test_clusters_no_error_event_after_done() -> None:
     """``kvgate serve --clusters`` (8e9cac0): the drain's error event after ``[DONE]``. Fails on main."""
     async with _raw_upstream([EV, EV, b"data: [DONE]\n\n"]) as address:
-        raw = await _drain_cut_clusters(address)
+        raw = await drain_cut_clusters(address)
     events = _events(raw)
     assert events[-1] == {"done": True}, events[-2:]
 

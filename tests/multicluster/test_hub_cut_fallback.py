@@ -20,22 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
-from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from gateway.handler_server import serve_app
-from kvgate.datalayer.aggregate import PoolAggregate
-from kvgate.extproc.context import AddressIndex
-from kvgate.extproc.server import EppServer, ServerOptions
-from kvgate.extproc.session import SessionContext
-from kvgate.extproc.testing import Exchange, channel
+from kvgate.extproc.testing import Exchange
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.hub import ClusterDirector
-from multicluster.test_hub_request_timeout import BODY, HEADERS, Healthz, _until
+from multicluster.test_hub_request_timeout import BODY, HEADERS, Healthz, _until, hub_epp, serve_healthz
 
 
 @contextlib.contextmanager
@@ -44,6 +37,19 @@ def _refusing() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def active_passive(
+    primary: tuple[str, str], fallback: tuple[str, str], probe_timeout_s: float, request_timeout_s: float
+) -> ClusterDirector:
+    """An active-passive hub director (seeded) over two clusters, each ``(name, gateway address)``:
+    ``primary`` (priority 0) and ``fallback`` (priority 1)."""
+    specs = (
+        ClusterSpec(primary[0], gateway=primary[1]),
+        ClusterSpec(fallback[0], gateway=fallback[1], priority=1),
+    )
+    cfg = ClustersConfig(specs, probe_timeout_s=probe_timeout_s, request_timeout_s=request_timeout_s)
+    return ClusterDirector(cfg, "active-passive", seed=0)
 
 
 @contextlib.contextmanager
@@ -84,44 +90,28 @@ async def test_a_cut_before_the_head_charges_the_fallback_when_the_primary_takes
     east_up = east_kind in ("up", "hung")  # (hung: it takes the connection and never answers the probe)
     east_health = Healthz(5.0 if east_kind == "hung" else 0.0)
     west_health = Healthz(5.0 if west_hung else 0.0)
-    runners = []
-    for h in (east_health, west_health):
-        app = web.Application()
-        app.router.add_get("/healthz", h._healthz)
-        runners.append(await serve_app(app, shutdown_timeout=0.1))
-    with _blackholed() if east_kind == "blackholed" else _refusing() as unreachable:
-        east_addr = f"127.0.0.1:{runners[0][1]}" if east_up else unreachable
-        west_addr = f"127.0.0.1:{runners[1][1]}"
-        specs = (ClusterSpec("east", gateway=east_addr), ClusterSpec("west", gateway=west_addr, priority=1))
-        cfg = ClustersConfig(specs, probe_timeout_s=0.3, request_timeout_s=0.6)
-        director = ClusterDirector(cfg, "active-passive", seed=0)
-        east, west = director.states["east"], director.states["west"]
-        for st in (east, west):
-            st.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), time.monotonic())
-        ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic)
-        ctx.request_timeout_s = lambda: director.cfg.request_timeout_s
-        server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
-        await server.start()
-        ch = channel(f"127.0.0.1:{server.port}")
-        try:
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=5) as ex:
-                out = await ex.send_request(HEADERS, BODY)
-                assert out.destination == f"{east_addr},{west_addr}", out.destination
-                reply = await ex.read()  # (no head from whichever Envoy is waiting on)
-                assert reply.immediate_response.status.code == 504, reply
-            assert east.backoff_s > 0  # (it hung, or it refused Envoy: charged either way)
-            await _until(lambda: not director._live_probes, "the probes after the cut did not end")
-            if east_up:  # (east took the probe's connection: it is the one Envoy waited on; west untouched)
-                assert east_health.probes == 1 and west_health.probes == 0
-                assert (east.hung_at is not None) is (east_kind == "hung"), east.hung_at
-                assert west.backoff_s == 0 and west.hung_at is None
-            else:
-                assert west_health.probes == 1, "the fallback Envoy waited on was not probed"
-                assert west.backoff_s > 0, "the fallback that held the bound was not charged"
-                assert (west.hung_at is not None) is west_hung, west.hung_at
-        finally:
-            await ch.close()
-            await server.stop(0)
-            await director.close()
-            for runner, _port in runners:
-                await runner.cleanup()
+    async with serve_healthz(east_health) as east_port, serve_healthz(west_health) as west_port:
+        with _blackholed() if east_kind == "blackholed" else _refusing() as unreachable:
+            east_addr = f"127.0.0.1:{east_port}" if east_up else unreachable
+            west_addr = f"127.0.0.1:{west_port}"
+            director = active_passive(
+                ("east", east_addr), ("west", west_addr), probe_timeout_s=0.3, request_timeout_s=0.6
+            )
+            east, west = director.states["east"], director.states["west"]
+            async with hub_epp(director) as ch:
+                async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=5) as ex:
+                    out = await ex.send_request(HEADERS, BODY)
+                    assert out.destination == f"{east_addr},{west_addr}", out.destination
+                    reply = await ex.read()  # (no head from whichever Envoy is waiting on)
+                    assert reply.immediate_response.status.code == 504, reply
+                assert east.backoff_s > 0  # (it hung, or it refused Envoy: charged either way)
+                await _until(lambda: not director._live_probes, "the probes after the cut did not end")
+                # (east up: it took the probe's connection, it is the one Envoy waited on; west untouched)
+                if east_up:
+                    assert east_health.probes == 1 and west_health.probes == 0
+                    assert (east.hung_at is not None) is (east_kind == "hung"), east.hung_at
+                    assert west.backoff_s == 0 and west.hung_at is None
+                else:
+                    assert west_health.probes == 1, "the fallback Envoy waited on was not probed"
+                    assert west.backoff_s > 0, "the fallback that held the bound was not charged"
+                    assert (west.hung_at is not None) is west_hung, west.hung_at

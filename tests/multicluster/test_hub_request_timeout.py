@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import orjson
 import pytest
 from aiohttp import web
@@ -55,20 +56,24 @@ class Healthz:
 
 
 @contextlib.asynccontextmanager
-async def _hub(
-    bound_s: float, healthz_delay_s: float = 0.0
-) -> AsyncIterator[tuple[ClusterDirector, ClusterState, Healthz, Exchange]]:
-    """A hub EPP with one cluster, west, fresh with room, whose gateway serves ``/healthz``; the bound read
-    per request from the director's clusters file, as ``kvgate epp --clusters`` wires it."""
-    health = Healthz(healthz_delay_s)
+async def serve_healthz(health: Healthz) -> AsyncIterator[int]:
+    """``health``'s ``/healthz`` served on loopback: its port; the server cleaned up after."""
     app = web.Application()
     app.router.add_get("/healthz", health._healthz)
     runner, port = await serve_app(app, shutdown_timeout=0.1)
-    cfg = ClustersConfig((ClusterSpec("west", gateway=f"127.0.0.1:{port}"),), probe_timeout_s=0.3,
-                         request_timeout_s=bound_s)  # fmt: skip
-    director = ClusterDirector(cfg, "kvgate", seed=0)
-    west = director.states["west"]
-    west.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), time.monotonic())
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def hub_epp(director: ClusterDirector) -> AsyncIterator[grpc.aio.Channel]:
+    """``director``'s clusters, each fresh with room, behind a hub EPP on loopback, the bound read per
+    request from the director's clusters file, as ``kvgate epp --clusters`` wires it: a gRPC channel to
+    it; the channel, the EPP and the director closed after."""
+    for st in director.state_list():
+        st.set_aggregate(PoolAggregate("p", 1.0, 2, 2, capacity=2.0, headroom=1.5), time.monotonic())
     ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic)
     # (set after: main's SessionContext has no such argument, and its hub then shows what it did)
     ctx.request_timeout_s = lambda: director.cfg.request_timeout_s
@@ -76,13 +81,26 @@ async def _hub(
     await server.start()
     ch = channel(f"127.0.0.1:{server.port}")
     try:
-        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=5) as ex:
-            yield director, west, health, ex
+        yield ch
     finally:
         await ch.close()
         await server.stop(0)
         await director.close()
-        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _hub(
+    bound_s: float, healthz_delay_s: float = 0.0
+) -> AsyncIterator[tuple[ClusterDirector, ClusterState, Healthz, Exchange]]:
+    """A hub EPP with one cluster, west, fresh with room, whose gateway serves ``/healthz``; the bound read
+    per request from the director's clusters file (``hub_epp``)."""
+    health = Healthz(healthz_delay_s)
+    async with serve_healthz(health) as port:
+        cfg = ClustersConfig((ClusterSpec("west", gateway=f"127.0.0.1:{port}"),), probe_timeout_s=0.3,
+                             request_timeout_s=bound_s)  # fmt: skip
+        director = ClusterDirector(cfg, "kvgate", seed=0)
+        async with hub_epp(director) as ch, Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=5) as ex:
+            yield director, director.states["west"], health, ex
 
 
 async def _until(check: object, what: str) -> None:
