@@ -70,6 +70,7 @@ PATH_STAGES: list[tuple[str, str, str]] = [
     ("accounting", "kvgate.requestcontrol.director", "Director.on_dispatched"),
     ("accounting", "kvgate.requestcontrol.director", "Director.on_first_token"),
     ("accounting", "kvgate.requestcontrol.director", "Director.on_finished"),
+    ("accounting", "kvgate.requestcontrol.director", "Director.on_whole"),  # (a whole reply: one call)
     ("metrics", "kvgate.openai.requeststats", "RequestStats.start"),
     ("metrics", "kvgate.openai.requeststats", "RequestStats.stop"),
     ("metrics", "kvgate.openai.requeststats", "RequestStats.observe"),

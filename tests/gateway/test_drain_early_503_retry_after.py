@@ -92,7 +92,7 @@ async def test_every_workers_early_503_says_when_to_retry(backends, tmp_path) ->
             conns.append((r, w))
         await asyncio.sleep(0.5)  # (each worker has read its half request: the drain waits for it)
         os.kill(proc.pid, signal.SIGTERM)
-        await asyncio.sleep(0.5)  # (the drain has begun: the proxies answer 503 from now on)
+        await drain_kit._refused(port, within_s=10)  # (every worker closed its listener: each drains)
         for _, w in conns:
             w.write(BODY[5:])
             await w.drain()
