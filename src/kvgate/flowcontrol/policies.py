@@ -380,7 +380,14 @@ class Band:
 
     def undo(self, item: Any) -> None:
         """``item``'s dispatch did not happen after all (held, its pick failed): its flow's charge back
-        (least-attained-service's service; round-robin's turns still owed)."""
+        (least-attained-service's service; round-robin's turns still owed), and the dispatch it counted:
+        a hold or a failed pick sent nothing, so it neither repays a departed flow's turns nor decays its
+        kept service (s23-rev-fix23a F1: 7 rechecks of held requests forgave an n=8 request's 7 turns)."""
+        if self._dispatches > 0:
+            self._dispatches -= 1  # (``dispatched`` counted it: the undo directly follows its take)
+            got = self._gone.get(item.flow)
+            if got is not None and got[1] > self._dispatches:  # (it left on this take: as of before it)
+                self._gone[item.flow] = (got[0], self._dispatches)
         q = self.flows.get(item.flow)
         if q is None:
             # Its flow left with the charge (the item was its last queued request): the charge comes off
