@@ -28,8 +28,8 @@ from kvgate.scheduling.prefix import CHARS_PER_TOKEN
 
 # path -> the keys kvgate reads that its vLLM model defines (others are ignored by vLLM: ``extra="allow"``
 # or pydantic's default ``ignore``). ``user`` is ``PoolingBasicRequestMixin``'s on every pooling/scoring
-# model; ``TokenizeRequest``, ``DetokenizeRequest`` and ``CohereEmbedRequest`` define none of them
-# (Cohere's ``max_tokens`` is an input truncation, not an output limit: not read).
+# model; ``TokenizeRequest`` and ``DetokenizeRequest`` define none of them, ``CohereEmbedRequest``
+# ``max_tokens`` (an input truncation, not an output limit: not read, ``UNREAD``).
 _GEN = ("stream", "stream_options", "n", "user")
 VLLM_KEYS: dict[str, frozenset[str]] = {
     "/v1/completions": frozenset({*_GEN, "max_tokens"}),
@@ -44,10 +44,37 @@ VLLM_KEYS: dict[str, frozenset[str]] = {
     "/v2/rerank": frozenset({"user"}),
     "/tokenize": frozenset(),
     "/detokenize": frozenset(),
-    "/v2/embed": frozenset(),
+    "/v2/embed": frozenset({"max_tokens"}),  # (unread: ``UNREAD``)
     "/v1/responses": frozenset({"stream", "max_output_tokens", "user"}),
     "/v1/messages": frozenset({"stream", "max_tokens"}),
+    # vLLM 0.32's other routes (review s23-rev-keys23 F2; ``tests/realvllm/test_request_refusals.py``
+    # derives this table's paths and keys from vLLM's routers and holds it equal): the chat batch, the
+    # render paths (their parent API's model), Anthropic's token count, the token-in generate API (its
+    # limit is in ``sampling_params``), the derender paths, generative scoring, structured decisions.
+    "/v1/chat/completions/batch": frozenset({"n", "user", "max_tokens", "max_completion_tokens"}),
+    "/v1/chat/completions/render": frozenset({*_GEN, "max_tokens", "max_completion_tokens"}),
+    "/v1/completions/render": frozenset({*_GEN, "max_tokens"}),
+    "/v1/responses/render": frozenset({"stream", "max_output_tokens", "user"}),
+    "/v1/messages/render": frozenset({"stream", "max_tokens"}),
+    "/v1/messages/count_tokens": frozenset(),
+    "/inference/v1/generate": frozenset({"stream", "stream_options"}),
+    "/v1/chat/completions/derender": frozenset({"stream"}),
+    "/v1/completions/derender": frozenset({"stream"}),
+    "/generative_scoring": frozenset(),
+    "/v1/systemone": frozenset(),
 }
+# The keys of ``VLLM_KEYS`` kvgate leaves unread on purpose: Cohere's ``max_tokens`` truncates the input
+# (no output limit).
+UNREAD = {"/v2/embed": frozenset({"max_tokens"})}
+# The limit vLLM's model sets when none is sent (``CompletionRequest.max_tokens = 16``, null too: its
+# ``normalize_null_max_tokens``); the paths that decode nothing (limit 0: s23-rev-keys23 F4, F6).
+DEFAULT_LIMIT = {"/v1/completions": 16, "/inference/v1/generate": 16}
+NO_OUTPUT = frozenset({
+    "/v1/embeddings", "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank",
+    "/tokenize", "/detokenize", "/v2/embed", "/v1/messages/count_tokens", "/generative_scoring",
+    "/v1/chat/completions/derender", "/v1/completions/derender",
+    *(p for p in VLLM_KEYS if p.endswith("/render")),
+})  # fmt: skip
 MSGS = [{"role": "user", "content": "hi"}]
 # A body each path's model takes, its prompt in each shape the model's union reads.
 BASES: dict[str, list[dict[str, Any]]] = {
@@ -73,6 +100,17 @@ BASES: dict[str, list[dict[str, Any]]] = {
     "/v2/embed": [{"texts": ["a"]}],
     "/v1/responses": [{"input": "hi"}],
     "/v1/messages": [{"max_tokens": 4, "messages": MSGS}],
+    "/v1/chat/completions/batch": [{"messages": [MSGS, MSGS]}],
+    "/v1/chat/completions/render": [{"messages": MSGS}],
+    "/v1/completions/render": [{"prompt": "hi"}],
+    "/v1/responses/render": [{"input": "hi"}],
+    "/v1/messages/render": [{"max_tokens": 4, "messages": MSGS}],
+    "/v1/messages/count_tokens": [{"messages": MSGS}],
+    "/inference/v1/generate": [{"token_ids": [1, 2], "sampling_params": {}}],
+    "/v1/chat/completions/derender": [{"token_ids": [1, 2]}],
+    "/v1/completions/derender": [{"token_ids": [1, 2]}],
+    "/generative_scoring": [{"query": "q", "items": ["a"], "label_token_ids": [1]}],
+    "/v1/systemone": [{"state": "s", "questions": {}}],
 }
 _TOP = ("stream", "stream_options", "n", "max_tokens", "max_completion_tokens", "max_output_tokens", "user")
 _VALUES = [None, True, False, 0, 1, 4, -1, 2.0, 1.5, 1e19, "u", "5", [], {}, {"include_usage": True}, [1]]
@@ -92,10 +130,12 @@ def _refused_keys(path: str, body: dict[str, Any]) -> set[str]:
     purpose, for a boolean or string count and a non-boolean ``stream``) refuses. Not refused here, though
     vLLM does: a missing required key (Anthropic's ``max_tokens``), a limit of 0 (``SamplingParams``)."""
     out = set()
-    for key in VLLM_KEYS[path] & body.keys():
+    for key in (VLLM_KEYS[path] - UNREAD.get(path, frozenset())) & body.keys():
         v = body[key]
         if v is None:
-            if (path, key) == ("/v1/completions", "n"):  # (``n: int``, where chat's is ``int | None``)
+            if key == "n" and path.startswith(
+                "/v1/completions"
+            ):  # (``n: int``, where chat's is ``int | None``)
                 out.add(key)
             continue
         if key == "stream":
@@ -106,7 +146,7 @@ def _refused_keys(path: str, body: dict[str, Any]) -> set[str]:
             ok = isinstance(v, str)
         else:
             # (Anthropic's ``max_tokens`` must be positive: its model's own validator)
-            ok = _lax_int(v, 1 if key == "n" or path == "/v1/messages" else 0)
+            ok = _lax_int(v, 1 if key == "n" or path.startswith("/v1/messages") else 0)
         if not ok:
             out.add(key)
     return out
@@ -132,11 +172,12 @@ def test_each_api_checks_only_its_vllm_models_keys(data: st.DataObject) -> None:
         return
     assert not want, f"{path} {body}: taken, but vLLM refuses {want}"
     # What is read follows the same table: a key the model lacks never sets the limit or the stream.
-    if "stream" not in VLLM_KEYS[path]:
+    if "stream" not in VLLM_KEYS[path] or path.endswith("/render"):  # (a render's answer is JSON)
         assert parsed.stream is False
-    limits = [k for k in ("max_completion_tokens", "max_tokens", "max_output_tokens") if k in VLLM_KEYS[path]]
-    read = next((int(body[k]) for k in limits if body.get(k) is not None), None)
-    assert parsed.max_tokens == read, (path, body)
+    checked = VLLM_KEYS[path] - UNREAD.get(path, frozenset())
+    limits = [k for k in ("max_completion_tokens", "max_tokens", "max_output_tokens") if k in checked]
+    read = next((int(body[k]) for k in limits if body.get(k) is not None), DEFAULT_LIMIT.get(path))
+    assert parsed.max_tokens == (read if path not in NO_OUTPUT else 0), (path, body)
 
 
 @pytest.mark.parametrize(
@@ -198,7 +239,7 @@ def test_an_embeddings_stream_is_not_one_and_its_limit_is_not_read() -> None:
     """vLLM answers an embeddings body with ``stream: true`` in JSON (its model has no ``stream``): not a
     stream to the doors (no ``stream_options`` added, no stream relayed); ``max_tokens`` is no output."""
     parsed = _parse("/v1/embeddings", {"input": "hi", "stream": True, "max_tokens": 9})
-    assert (parsed.stream, parsed.max_tokens) == (False, None)
+    assert (parsed.stream, parsed.max_tokens) == (False, 0)  # (0: no output, s23-rev-keys23 F6)
     completions = _parse("/v1/completions", {"prompt": "hi", "max_completion_tokens": 9, "max_tokens": 5})
     assert completions.max_tokens == 5  # (chat's newer key is not the completions API's)
 

@@ -638,9 +638,9 @@ class FlowController:
             gives_up = cfg.slo_admission and req.sheddable and (self.slo_known is None or self.slo_known(req))
             self._seq += 1
             seqs = seqs_of(req)  # (a prompt is computed once; each sequence decodes its own output)
+            out = req.max_tokens if req.max_tokens is not None else DEFAULT_OUTPUT_TOKENS  # (0: none)
             item = QueuedRequest(
-                req, flow, req.priority, size,
-                float(ptoks + seqs * (req.max_tokens or DEFAULT_OUTPUT_TOKENS)),
+                req, flow, req.priority, size, float(ptoks + seqs * out),
                 self._seq, now, expiry, slo_deadline, handle, explain=explain, bounded=bounded, seqs=seqs,
             )  # fmt: skip
             if band.push(item):

@@ -13,7 +13,10 @@ completions' and Anthropic Messages' ``max_tokens``, the Responses API's ``max_o
 be a non-negative integer (Messages: positive), written as one or as a whole-number float (``512.0``,
 ``1e2``: vLLM's lax pydantic models take them; ``512.5`` is refused). Embeddings, pooling, classify, score
 and rerank define ``user`` only (no ``stream``: their answer is JSON); tokenize, detokenize and Cohere's
-``/v2/embed`` none. A path kvgate does not know (``OTHER``) is read with every API's keys.
+``/v2/embed`` none; vLLM 0.32's other routes (the chat batch, the render paths, ``/inference/v1/generate``,
+...: ``CHAT_BATCH`` and below) their own. A path kvgate does not know (``OTHER``) is read with every API's
+keys. The limit is the model's default when none is sent (completions' 16), and 0 on a path that decodes
+nothing (embeddings, pooling, scoring, tokenize, render: ``_Keys.output``), so it is charged no output.
 
 The Responses API (``RESPONSES``: ``instructions`` + ``input``, ``render_responses``) and Anthropic
 Messages (``MESSAGES``: ``system`` + ``messages``) are rendered like chat, so both doors estimate and
@@ -90,6 +93,24 @@ MESSAGES = "messages"
 POOLING = "pooling"
 SCORE = "score"
 BARE = "bare"
+# vLLM 0.32's paths outside ``ROUTED_PATHS`` (``kvgate epp`` parses every path; review s23-rev-keys23 F2):
+# ``/v1/chat/completions/batch`` (``BatchChatCompletionRequest``: ``messages`` is a list of conversations,
+# chat's limits, ``n``, ``user``, no ``stream``); the render paths (their parent API's model, its keys
+# checked, but they run no model: no prompt read, no output, the answer JSON whatever ``stream``);
+# ``/inference/v1/generate`` (``GenerateRequest``: ``token_ids`` the prompt, the limit in
+# ``sampling_params``, ``stream``). ``/v1/messages/count_tokens`` (``AnthropicCountTokensRequest``: none
+# of the keys kvgate reads; it runs no model) is ``BARE``, as is
+# ``/generative_scoring`` (label probabilities: no decode); the derender paths read ``stream`` only and run
+# no model; ``/v1/systemone`` (``StructuredDecisionRequest``) reads none but decodes (``PLAIN``).
+CHAT_BATCH = "chat-batch"
+GENERATE = "generate"
+RENDER_CHAT = "render-chat"
+RENDER_COMPLETIONS = "render-completions"
+RENDER_RESPONSES = "render-responses"
+RENDER_MESSAGES = "render-messages"
+_RENDERS = frozenset({RENDER_CHAT, RENDER_COMPLETIONS, RENDER_RESPONSES, RENDER_MESSAGES})
+DERENDER = "derender"
+PLAIN = "plain"
 _KIND_BY_PATH = {path: kind for kind, path in PATHS.items()} | {
     "/v1/responses": RESPONSES,
     "/v1/messages": MESSAGES,
@@ -103,6 +124,17 @@ _KIND_BY_PATH = {path: kind for kind, path in PATHS.items()} | {
     "/tokenize": BARE,
     "/detokenize": BARE,
     "/v2/embed": BARE,
+    "/v1/chat/completions/batch": CHAT_BATCH,
+    "/v1/chat/completions/render": RENDER_CHAT,
+    "/v1/completions/render": RENDER_COMPLETIONS,
+    "/v1/responses/render": RENDER_RESPONSES,
+    "/v1/messages/render": RENDER_MESSAGES,
+    "/v1/messages/count_tokens": BARE,
+    "/inference/v1/generate": GENERATE,
+    "/v1/chat/completions/derender": DERENDER,
+    "/v1/completions/derender": DERENDER,
+    "/generative_scoring": BARE,
+    "/v1/systemone": PLAIN,
 }
 
 # Deepest JSON nesting accepted anywhere in a body. Real chat bodies (messages -> content parts -> image
@@ -129,6 +161,10 @@ class _Keys:
     choices: bool = False  # ``n``
     null_n: bool = True  # ``n: null`` read as 1 (chat's ``int | None``; completions' ``int`` refuses it)
     least: int = 0  # the smallest limit (Anthropic's ``max_tokens`` must be positive: its model's 400)
+    # The limit when none is sent, as vLLM's model defaults it: ``CompletionRequest.max_tokens = 16`` (and
+    # its ``normalize_null_max_tokens`` maps null to 16); None: unknown (the picker's estimate).
+    default: int | None = None
+    output: bool = True  # False: the path decodes nothing (embeddings, pooling, score, render): limit 0
 
 
 # Read from vLLM 0.32's models (``CompletionRequest`` has no ``max_completion_tokens``; the pooling and
@@ -136,15 +172,23 @@ class _Keys:
 # ``user``, ``stream``; ``AnthropicMessagesRequest`` ``max_tokens``, ``stream``). ``OTHER`` (a path kvgate
 # does not know, ``kvgate epp`` only) keeps every API's keys: its model is unknown.
 _API_KEYS: dict[str, _Keys] = {
-    COMPLETIONS: _Keys(("max_tokens",), True, True, True, True, null_n=False),
+    COMPLETIONS: _Keys(("max_tokens",), True, True, True, True, null_n=False, default=16),
     CHAT: _Keys(MAX_TOKENS_KEYS, True, True, True, True),
-    EMBEDDINGS: _Keys(user=True),
-    POOLING: _Keys(user=True),
-    SCORE: _Keys(user=True),
-    BARE: _Keys(),
+    EMBEDDINGS: _Keys(user=True, output=False),
+    POOLING: _Keys(user=True, output=False),
+    SCORE: _Keys(user=True, output=False),
+    BARE: _Keys(output=False),
     RESPONSES: _Keys(("max_output_tokens",), user=True, stream=True),
     MESSAGES: _Keys(("max_tokens",), stream=True, least=1),
     OTHER: _Keys(OTHER_MAX_TOKENS_KEYS, True, True, True),
+    CHAT_BATCH: _Keys(MAX_TOKENS_KEYS, True, choices=True),
+    GENERATE: _Keys(stream=True, stream_options=True, default=16),
+    RENDER_CHAT: _Keys(MAX_TOKENS_KEYS, True, True, True, True, output=False),
+    RENDER_COMPLETIONS: _Keys(("max_tokens",), True, True, True, True, null_n=False, output=False),
+    RENDER_RESPONSES: _Keys(("max_output_tokens",), user=True, stream=True, output=False),
+    RENDER_MESSAGES: _Keys(("max_tokens",), stream=True, least=1, output=False),
+    DERENDER: _Keys(stream=True, output=False),
+    PLAIN: _Keys(),
 }
 # pydantic's lax ``int`` takes a whole float only below 2**63 (``1e19`` is vLLM's 400 too; orjson reads an
 # integer past 64 bits as a float): past it, a float stays refused (review s21-cpu F1).
@@ -414,8 +458,12 @@ def _token_ids(value: list[Any], param: str) -> list[int] | None:
     if not value:
         return value
     # C-speed passes (a 2k-token prompt: ~30 us instead of ~150 us with per-item generators).
-    if set(map(type, value)) != {int}:
-        return None
+    if (types := set(map(type, value))) != {int}:
+        # Whole-number floats (``[1.0, 2.0]``) are ids to vLLM's lax ``list[int]`` (review s23-rev-keys23
+        # F1); a boolean stays refused, as for a limit (stricter on purpose).
+        if not types <= {int, float} or not all(v.is_integer() for v in value if type(v) is float):
+            return None
+        value = [int(v) for v in value]
     if min(value) < 0 or max(value) >= TOKEN_ID_LIMIT:
         raise BodyError(f"'{param}' token ids must be integers in [0, {TOKEN_ID_LIMIT - 1}]", param)
     return value
@@ -441,7 +489,7 @@ def _prompt(value: Any, param: str) -> tuple[str, list[int] | None, int, int]:
         if all(isinstance(v, list) and v for v in value):
             batch = [_token_ids(v, param) for v in value]
             if all(b is not None for b in batch):
-                joined = list(chain.from_iterable(value))
+                joined = list(chain.from_iterable(b for b in batch if b is not None))
                 return "", joined, len(joined), len(value)
     raise BodyError(f"'{param}' must be a string, a list of strings, or token ids", param)
 
@@ -571,32 +619,56 @@ def _conversations(value: Any, batch: bool) -> list[list[Any]] | None:
     return None
 
 
+def _chat_like(convs: list[list[Any]]) -> bool:
+    """Whether vLLM's union would read these conversations as its chat member rather than fall back to
+    ``input`` (review s23-rev-keys23 F3): each non-empty, each message with a ``role`` and a string, list or
+    null ``content`` (``messages: []`` or ``content: 5`` beside a good ``input``: vLLM embeds ``input``)."""
+    return all(
+        c and all("role" in m and isinstance(m.get("content"), str | list | None) for m in c) for c in convs
+    )
+
+
 def _pooling_prompt(body: dict[str, Any], embeddings: bool) -> tuple[str, list[int] | None, int]:
     """An embeddings / pooling / classify body's prompt (text, token ids, estimate). vLLM's model for
     these is a union: ``input`` as a completions prompt (a string, strings, token ids), or a conversation
     in ``messages`` (rendered as a chat's); embeddings also take a batch of conversations in ``messages``
-    and one or a batch in ``input`` (``EmbeddingChatInputRequest``), ``/pooling`` a plugin's ``data``. The
-    first shape that reads is the prompt (an unreadable ``messages`` beside a good ``input`` is ignored,
-    as vLLM's union falls back to the ``input`` model); a 400 only when none does (vLLM refuses it too)."""
-    key = "messages"
-    convs = _conversations(body.get(key), embeddings)
-    if convs is None and embeddings and isinstance(inp := body.get("input"), list) and inp:
-        key, convs = "input", _conversations(inp, True)
-    if convs is not None:
-        budget = media_budget()
-        try:
-            text = "".join([render_chat(c, None, None, budget) for c in convs])
-        except _RenderError as e:
-            raise BodyError(f"'{key}': {e}", key) from None
-        return text, None, _estimate(text, budget)
+    and one or a batch in ``input`` (``EmbeddingChatInputRequest``), ``/pooling`` a plugin's ``data``
+    (``IOProcessorRequest``, any other keys allowed: no prompt). The member vLLM picks is the prompt: a
+    chat-like ``messages`` (``_chat_like``), else a readable ``input``, else any list of message objects
+    in ``messages``, else ``data``; a 400 (naming the key) only when none reads (review s23-rev-keys23 F1:
+    a stray ``input`` or ``messages`` beside ``data`` is vLLM's to take)."""
+    convs = _conversations(body.get("messages"), embeddings)
+    if convs is not None and ("input" not in body or _chat_like(convs)):
+        return _rendered(convs, "messages")
+    error: BodyError | None = None
     if "input" in body:
-        text, token_ids, estimate, _ = _prompt(body["input"], "input")
-        return text, token_ids, estimate
-    if "messages" in body:
-        raise BodyError("'messages' must be a list of message objects", "messages")
+        inp = body["input"]
+        if embeddings and isinstance(inp, list) and inp and (chats := _conversations(inp, True)) is not None:
+            return _rendered(chats, "input")
+        try:
+            text, token_ids, estimate, _ = _prompt(inp, "input")
+            return text, token_ids, estimate
+        except BodyError as e:
+            error = e
+    if convs is not None:
+        return _rendered(convs, "messages")
     if "data" in body:  # (``/pooling``'s plugin request: nothing to read; the server decides)
         return "", None, 0
+    if error is not None:
+        raise error
+    if "messages" in body:
+        raise BodyError("'messages' must be a list of message objects", "messages")
     raise BodyError("'input' is required", "input")
+
+
+def _rendered(convs: list[list[Any]], key: str) -> tuple[str, None, int]:
+    """Conversations rendered one after the other (``render_chat``), one media budget; a 400 names ``key``."""
+    budget = media_budget()
+    try:
+        text = "".join([render_chat(c, None, None, budget) for c in convs])
+    except _RenderError as e:
+        raise BodyError(f"'{key}': {e}", key) from None
+    return text, None, _estimate(text, budget)
 
 
 def _estimate(text: str, budget: list[int]) -> int:
@@ -634,6 +706,8 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         stream = False
     if not isinstance(stream, bool):
         raise BodyError("'stream' must be a boolean", "stream")
+    if kind in _RENDERS:
+        stream = False  # (checked as its model's, but a render's answer is JSON: it runs no model)
     # ``n`` and a batch are the completions and chat APIs' (another API may use the names otherwise).
     sequences = _choices(body, keys.null_n) if keys.choices and "n" in body else 1
     api = kind
@@ -680,6 +754,24 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
             sequences *= prompts
     elif kind in (EMBEDDINGS, POOLING):
         prompt_text, token_ids, estimate = _pooling_prompt(body, kind == EMBEDDINGS)
+    elif kind == CHAT_BATCH and "messages" in body:
+        convs = body["messages"]
+        if not isinstance(convs, list) or not all(
+            isinstance(c, list) and all(isinstance(m, dict) for m in c) for c in convs
+        ):
+            raise BodyError(
+                "'messages' must be a list of conversations (lists of message objects)", "messages"
+            )
+        prompt_text, _, estimate = _rendered(convs, "messages")
+        sequences *= max(len(convs), 1)
+    elif kind == GENERATE:
+        # (``token_ids`` as ids when they read; else no prompt: the server's 400 answers a bad one)
+        ids = body.get("token_ids")
+        try:
+            token_ids = _token_ids(ids, "token_ids") or None if isinstance(ids, list) else None
+        except BodyError:
+            token_ids = None
+        estimate = len(token_ids) if token_ids else 0
     max_tokens: int | None = None
     for key in keys.limits:
         value = body.get(key)
@@ -691,6 +783,15 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
                 raise BodyError(f"'{key}' must be {what} integer", key)
             if max_tokens is None:
                 max_tokens = value
+    if kind == GENERATE:
+        # (``SamplingParams.max_tokens``: 16 when absent, null no limit; read when a whole number)
+        params = body.get("sampling_params")
+        limit = params.get("max_tokens", 16) if isinstance(params, dict) else None
+        max_tokens = limit if type(limit) is int and limit >= 0 else None
+    elif max_tokens is None:
+        max_tokens = keys.default
+    if not keys.output:
+        max_tokens = 0  # (decodes nothing: no output charged, and no decode length learned from it)
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         if keys.user:

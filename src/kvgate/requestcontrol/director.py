@@ -606,7 +606,9 @@ class Director:
         # and takes a running slot; a prompt is computed once (the choices share its cached blocks).
         s = req.sequences if req.sequences > 1 else 1
         track = _Track(
-            int(p * frac), (req.max_tokens if req.max_tokens else int(self.mean_decode)) * s, seqs=s
+            int(p * frac),
+            (req.max_tokens if req.max_tokens is not None else int(self.mean_decode)) * s,
+            seqs=s,
         )
         track.sent_at = self.clock()
         # The KV it takes there (the utilization detector's estimate): every prompt token (a hit on an
@@ -755,7 +757,7 @@ class Director:
                 self.speed.observe(
                     endpoint, now - track.first_at, per_seq, (track.batch_at_first + batch_at_last) / 2
                 )
-            if not req.max_tokens:
+            if req.max_tokens is None:  # (0: a request that decodes nothing, e.g. embeddings)
                 self.mean_decode += 0.05 * (per_seq - self.mean_decode)
 
     def on_usage(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage) -> None:
