@@ -128,6 +128,7 @@ _P = "vllm.entrypoints."
 _EMBED, _SCORE = _P + "pooling.embed.protocol.", _P + "pooling.scoring.protocol."
 _POOL, _CLS = _P + "pooling.pooling.protocol.", _P + "pooling.classify.protocol."
 _TOK = _P + "serve.tokenize.protocol."
+_TIO = _P + "scale_out.token_in_token_out.protocol."
 ROUTE_MODELS = {
     "/v1/completions": _P + "openai.completion.protocol.CompletionRequest",
     "/v1/chat/completions": _P + "openai.chat_completion.protocol.ChatCompletionRequest",
@@ -144,6 +145,17 @@ ROUTE_MODELS = {
     "/v2/embed": _EMBED + "CohereEmbedRequest",
     "/v1/responses": _P + "openai.responses.protocol.ResponsesRequest",
     "/v1/messages": _P + "anthropic.protocol.AnthropicMessagesRequest",
+    "/v1/chat/completions/batch": _P + "openai.chat_completion.protocol.BatchChatCompletionRequest",
+    "/v1/chat/completions/render": _P + "openai.chat_completion.protocol.ChatCompletionRequest",
+    "/v1/completions/render": _P + "openai.completion.protocol.CompletionRequest",
+    "/v1/responses/render": _P + "openai.responses.protocol.ResponsesRequest",
+    "/v1/messages/render": _P + "anthropic.protocol.AnthropicMessagesRequest",
+    "/v1/messages/count_tokens": _P + "anthropic.protocol.AnthropicCountTokensRequest",
+    "/inference/v1/generate": _TIO + "GenerateRequest",
+    "/v1/chat/completions/derender": _TIO + "DerenderChatRequestUnion",
+    "/v1/completions/derender": _TIO + "DerenderCompletionRequestUnion",
+    "/generative_scoring": _P + "generate.generative_scoring.serving.GenerativeScoringRequest",
+    "/v1/systemone": _P + "generate.structured_decisions.protocol.StructuredDecisionRequest",
 }
 # The union member of each of ``BASES[path]``, in order (a path of one model: that model).
 MEMBERS = {
@@ -180,39 +192,64 @@ LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 out = []
 for route, member, body in json.load(sys.stdin):
     route_ta = adapters.setdefault(route, load(route))
-    member_ta = adapters.setdefault(member, load(member))
+    picked = None
     try:
         req = route_ta.validate_python(body)
+        picked = type(req).__name__
         # (the serving's ``SamplingParams`` then refuses ``n`` < 1 and a limit under 1)
-        n = getattr(req, "n", 1)
-        limits = [getattr(req, k, None) for k in LIMITS]
+        # (the model's own fields: ``extra="allow"`` keeps any other key as an attribute too)
+        fields = type(req).model_fields
+        n = getattr(req, "n", 1) if "n" in fields else 1
+        limits = [getattr(req, k, None) for k in LIMITS if k in fields]
         taken = (n is None or n >= 1) and all(v is None or v >= 1 for v in limits)
     except Exception:
         taken = False
     keys = []
     try:
-        member_ta.validate_python(body)
+        if member is not None:  # (None: a body whose prompt keys were drawn, its member unknown)
+            adapters.setdefault(member, load(member)).validate_python(body)
     except Exception as e:
         errors = getattr(e, "errors", lambda: [{"loc": ()}])()
         keys = sorted({str(err["loc"][0]) if err["loc"] else "" for err in errors})
-    out.append([taken, keys])
+    out.append([taken, keys, picked])
 print(json.dumps(out))
 """
 
 
-def _path_bodies(n: int) -> list[tuple[str, str, dict[str, Any]]]:
+# The prompt-carrying keys of the pooling paths' unions (``_pooling_prompt``: review s23-rev-keys23 F1, F3)
+# and values of each shape their members read, or not.
+_PROMPT_PATHS = ("/v1/embeddings", "/pooling", "/classify")
+_MSGS = [{"role": "user", "content": "hi"}]
+_PROMPT_VALUES: dict[str, list[Any]] = {
+    "input": [None, 5, "hi", [], [[]], [1, 2], [1.0, 2.0], [1.5], [True], [[1], [2.0]], ["a", "b"], _MSGS,
+              [_MSGS, _MSGS], {"x": 1}],
+    "messages": [None, 5, "x", [], _MSGS, [_MSGS, _MSGS], [{"role": "user", "content": 5}],
+                 [{"content": "x"}], [{"role": "user"}], [5], {"x": 1}],
+    "data": [None, {"x": 1}, 5, "x"],
+}  # fmt: skip
+
+
+def _path_bodies(n: int) -> list[tuple[str, str | None, dict[str, Any]]]:
     from openai_request.test_keys_per_api import _TOP, _VALUES, BASES
 
     rng = random.Random(23)
-    out = []
+    out: list[tuple[str, str | None, dict[str, Any]]] = []
     paths = sorted(BASES)
-    for _ in range(n):
-        path = rng.choice(paths)
+    for k in range(n):
+        # (every fourth body on a pooling path: their unions' prompt keys drawn below, half the time)
+        path = rng.choice(paths if k % 4 else _PROMPT_PATHS)
         i = rng.randrange(len(BASES[path]))
         body: dict[str, Any] = {"model": "m", **BASES[path][i]}
         for key in rng.sample(_TOP, rng.randrange(4)):
             body[key] = rng.choice(_VALUES)
-        out.append((path, MEMBERS.get(path, [ROUTE_MODELS[path]] * (i + 1))[i], body))
+        member: str | None = MEMBERS.get(path, [ROUTE_MODELS[path]] * (i + 1))[i]
+        if path in _PROMPT_PATHS and rng.random() < 0.5:
+            body = {k: v for k, v in body.items() if k not in _PROMPT_VALUES}
+            keys = rng.choice([["input"], ["messages"], ["input", "messages"], ["input", "messages"]])
+            for key in keys + (["data"] if rng.random() < 0.25 else []):
+                body[key] = rng.choice(_PROMPT_VALUES[key])
+            member = None
+        out.append((path, member, body))
     return out
 
 
@@ -222,6 +259,10 @@ def _on_purpose(path: str, body: dict[str, Any], param: str | None) -> bool:
     value = body.get(param) if param else None
     if param == "stream":
         return True
+    if param == "input" and isinstance(value, list):
+        # (token ids: an empty list or prompt, or a boolean id, stays a 400, as on completions)
+        flat = [w for v in value for w in (v if isinstance(v, list) else [v])]
+        return not value or [] in value or any(type(v) is bool for v in flat)
     return param in ("n", "max_tokens", "max_completion_tokens", "max_output_tokens") and isinstance(
         value, bool | str
     )
@@ -230,7 +271,7 @@ def _on_purpose(path: str, body: dict[str, Any], param: str | None) -> bool:
 def _left_to_vllm(path: str, body: dict[str, Any]) -> bool:
     """A refusal kvgate leaves to the server: Anthropic's ``max_tokens`` null or missing (its model requires
     it; kvgate does not, as before: bodies without it are routed and vLLM answers its 400)."""
-    return path == "/v1/messages" and body.get("max_tokens") is None
+    return path in ("/v1/messages", "/v1/messages/render") and body.get("max_tokens") is None
 
 
 def test_each_path_refuses_only_what_its_vllm_model_refuses() -> None:
@@ -239,7 +280,7 @@ def test_each_path_refuses_only_what_its_vllm_model_refuses() -> None:
     kvgate checks on that path (``VLLM_KEYS``) alone is refused."""
     if not harness.is_installed():
         pytest.skip("the vLLM venv is not installed (scripts/realvllm.sh)")
-    from openai_request.test_keys_per_api import VLLM_KEYS
+    from openai_request.test_keys_per_api import UNREAD, VLLM_KEYS
 
     bodies = _path_bodies(3000)
     params: list[str | bool | None] = []
@@ -253,14 +294,144 @@ def test_each_path_refuses_only_what_its_vllm_model_refuses() -> None:
     argv = lifeline.die_with_parent_argv([str(harness.vllm_python()), "-c", CHECK_PATHS])
     done = subprocess.run(argv, input=wire, capture_output=True, timeout=300, check=True)
     verdicts = orjson.loads(done.stdout.splitlines()[-1])
-    lost, missed, refused = [], [], 0
-    for (path, _m, body), param, (taken, keys) in zip(bodies, params, verdicts, strict=True):
+    lost, missed, refused, wrong_prompt, both = [], [], 0, [], 0
+    for (path, _m, body), param, (taken, keys, picked) in zip(bodies, params, verdicts, strict=True):
         if param is not False:
             refused += 1
             if taken and not _on_purpose(path, body, param):  # type: ignore[arg-type]
                 lost.append((path, body, param))
-        elif keys and set(keys) <= VLLM_KEYS[path] and not _left_to_vllm(path, body):
+            continue
+        checked = VLLM_KEYS[path] - UNREAD.get(path, frozenset())
+        if keys and set(keys) <= checked and not _left_to_vllm(path, body):
             missed.append((path, body, keys))
+        if path in _PROMPT_PATHS and picked and _plain(body) and {"input", "messages"} <= body.keys():
+            both += 1
+            if not _same_prompt(path, body, picked):
+                wrong_prompt.append((path, body, picked))
     assert refused > 200  # (the values reach the refusals at all)
+    assert both > 40, both  # (bodies with both prompt keys that vLLM takes: its union's pick is checked)
     assert not lost, lost[:5]
     assert not missed, missed[:5]
+    assert not wrong_prompt, [
+        (p, {k: b.get(k, "-") for k in _PROMPT_VALUES}, m) for p, b, m in wrong_prompt
+    ]  # (review s23-rev-keys23 F3)
+
+
+def _plain(body: dict[str, Any]) -> bool:
+    """A body whose union member kvgate means to pick as vLLM does: no ``data``, no whole-float ids, no
+    conversation in ``input``. With those, pydantic's smart union weighs each member's exactness (a lax
+    ``2.0`` id, an extra key kept by ``IOProcessorRequest``, the chat members' message models): a ``data``
+    beside a good prompt, float ids beside an empty ``messages``, a conversation in both keys may be
+    another member there; kvgate reads the prompt that reads (docs/scheduling.md)."""
+    inp = body.get("input")
+    flat = [w for v in inp for w in (v if isinstance(v, list) else [v])] if isinstance(inp, list) else []
+    # (a conversation in ``input`` beside a ``messages``: the chat members' exactness decides, left so)
+    return "data" not in body and not any(type(w) in (float, dict) for w in flat)
+
+
+def _same_prompt(path: str, body: dict[str, Any], picked: str) -> bool:
+    """Whether kvgate's prompt is the one of the union member vLLM picked: a completion member reads
+    ``input`` alone, a chat member ``messages`` (``*ChatInput*``: ``input``), a plugin ``data`` none."""
+    if picked.endswith("CompletionRequest") or "ChatInput" in picked:
+        keep = "input"
+    elif "Chat" in picked:
+        keep = "messages"
+    else:
+        keep = None
+    alone = {"model": "m", keep: body[keep]} if keep else {"model": "m", "data": {}}
+    got = parse_body(kind_for_path(path), orjson.dumps(body))
+    try:
+        want = parse_body(kind_for_path(path), orjson.dumps(alone))
+    except BodyError as e:
+        # (an empty prompt or a boolean id, kvgate's 400 on purpose alone, ``_on_purpose``: vLLM's picked
+        # prompt is empty, its serving's to refuse; kvgate reading the other key instead is left so)
+        assert _on_purpose(path, alone, e.param), (path, body, picked, e)
+        return True
+    return (got.prompt_text, got.token_ids) == (want.prompt_text, want.token_ids)
+
+
+ROUTES = """
+import importlib, inspect, json, pkgutil, sys, typing
+import vllm.entrypoints as ep
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+READ = set(json.loads(sys.argv[1]))
+def members(ann):
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) is typing.Annotated:
+        return members(args[0])
+    if args:
+        return [m for a in args for m in members(a)]
+    return [ann] if isinstance(ann, type) and issubclass(ann, BaseModel) else []
+def load(name):
+    mod, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(mod), attr)
+routes = {}
+for info in pkgutil.walk_packages(ep.__path__, ep.__name__ + "."):
+    if not info.name.endswith("api_router"):
+        continue
+    for obj in vars(importlib.import_module(info.name)).values():
+        if isinstance(obj, APIRouter):
+            for r in obj.routes:
+                if not isinstance(r, APIRoute) or "POST" not in r.methods:
+                    continue
+                p = inspect.signature(r.endpoint).parameters.get("request")
+                ms = members(p.annotation) if p is not None else []
+                if ms:
+                    keys = sorted(READ & {f for m in ms for f in m.model_fields})
+                    routes[r.path] = [sorted(m.__qualname__ for m in ms), keys]
+table = {p: sorted(m.__qualname__ for m in members(load(n))) for p, n in json.load(sys.stdin).items()}
+print(json.dumps([routes, table]))
+"""
+# vLLM routes kvgate does not parse as JSON: multipart forms (``/v1/audio/*``).
+NOT_JSON = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
+
+
+def test_the_key_table_is_vllms_routes() -> None:
+    """Every JSON POST route of vLLM's routers (its module-level ``APIRouter``s, each route's ``request``
+    annotation) is in kvgate's table (``kind_for_path`` knows it), the default suite's ``VLLM_KEYS`` holds
+    exactly those paths with the keys their models define among those kvgate reads, and ``ROUTE_MODELS``
+    names each route's own model (review s23-rev-keys23 F2, F5: the hand tables are checked here)."""
+    if not harness.is_installed():
+        pytest.skip("the vLLM venv is not installed (scripts/realvllm.sh)")
+    from openai_request.test_keys_per_api import VLLM_KEYS
+
+    read = [
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "n",
+        "user",
+        "stream",
+        "stream_options",
+    ]
+    argv = lifeline.die_with_parent_argv(
+        [str(harness.vllm_python()), "-c", ROUTES, orjson.dumps(read).decode()]
+    )
+    done = subprocess.run(
+        argv, input=orjson.dumps(ROUTE_MODELS), capture_output=True, timeout=300, check=True
+    )
+    routes, table = orjson.loads(done.stdout.splitlines()[-1])
+    json_routes = {p: v for p, v in routes.items() if p not in NOT_JSON}
+    assert set(json_routes) == set(VLLM_KEYS) == set(ROUTE_MODELS)
+    assert [p for p in json_routes if kind_for_path(p) == "other"] == []
+    assert {p: set(keys) for p, (_m, keys) in json_routes.items()} == VLLM_KEYS
+    assert {p: models for p, (models, _k) in json_routes.items()} == table
+
+
+def test_the_review_bodies_are_vllms_verdicts() -> None:
+    """tests/openai_request/test_s23_keys_review.py's bodies: ``TAKEN`` each taken by its route's model,
+    ``REFUSED`` each refused by it."""
+    if not harness.is_installed():
+        pytest.skip("the vLLM venv is not installed (scripts/realvllm.sh)")
+    from openai_request.test_s23_keys_review import REFUSED, TAKEN
+
+    bodies = [(p, None, {"model": "m", **b}) for p, b in TAKEN] + [
+        (p, None, {"model": "m", **b}) for p, b, _k in REFUSED
+    ]
+    wire = orjson.dumps([[ROUTE_MODELS[p], m, b] for p, m, b in bodies])
+    argv = lifeline.die_with_parent_argv([str(harness.vllm_python()), "-c", CHECK_PATHS])
+    done = subprocess.run(argv, input=wire, capture_output=True, timeout=300, check=True)
+    taken = [t for t, _k, _p in orjson.loads(done.stdout.splitlines()[-1])]
+    assert taken == [True] * len(TAKEN) + [False] * len(REFUSED), list(zip(bodies, taken, strict=True))
