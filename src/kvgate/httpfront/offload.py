@@ -7,9 +7,12 @@ on a worker thread instead; a smaller one stays on the loop, where its parse cos
 (docs/hardening.md, "Big bodies' parse off the event loop").
 
 Bounds: one thread, so one parse at a time, as on the loop (the memory of parses in progress is that of
-one); those waiting hold only their bodies, which the front's body budget (``maxBufferedBytes``) counts
-already, and each a ``maxConcurrentRequests`` slot. A wait cancelled (the client left) drops a parse not
-started yet; one started runs to its end (a thread cannot be stopped), its result dropped.
+one). The bodies waiting for it wait on the loop (``_Lane``), not in the executor's queue: the thread gets
+one body at a time, so a wait cancelled (the client left) drops its body at once, and the waiting bodies
+are those of requests in flight, which the front's body budget (``maxBufferedBytes``) and
+``maxConcurrentRequests`` count. (Handed to the executor, a body whose client left stayed referenced by
+its work item until the thread reached it, counted by no budget: review s23-rev-gw23 F1.) A parse started
+runs to its end (a thread cannot be stopped), its result dropped.
 
 The GIL: the thread's Python hands the loop its turn every switch interval (5 ms), but one C call
 (orjson's decode of the whole body, a regex pass over it) holds it to its end; the loop's stall is that
@@ -19,10 +22,13 @@ call's, not the whole parse's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import weakref
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -42,7 +48,75 @@ def _thread() -> ThreadPoolExecutor:
     return _executor[1]
 
 
+class _Wait:
+    """One body waiting for the thread; ``fn`` and ``body`` dropped when it is handed over or cancelled."""
+
+    __slots__ = ("body", "fn", "future")
+
+    def __init__(self, fn: Callable[[bytes], Any], body: bytes, future: asyncio.Future[Any]) -> None:
+        self.fn: Callable[[bytes], Any] | None = fn
+        self.body: bytes | None = body
+        self.future = future
+
+
+class _Lane:
+    """A loop's waiting list for the parse thread, in arrival order, with at most one of its bodies on the
+    thread (or in the executor's queue) at a time. Called on its loop only."""
+
+    def __init__(self) -> None:
+        self.waiting: deque[_Wait] = deque()
+        self.busy = False
+
+    def push(self, wait: _Wait) -> None:
+        self.waiting.append(wait)
+        if not self.busy:
+            self._next()
+
+    def _next(self) -> None:
+        while self.waiting:
+            wait = self.waiting.popleft()
+            fn, body = wait.fn, wait.body
+            if fn is None or body is None or wait.future.done():
+                continue  # (cancelled: its body is already dropped; the entry is what is left)
+            wait.fn = wait.body = None
+            self.busy = True
+            done = asyncio.get_running_loop().run_in_executor(_thread(), fn, body)
+            done.add_done_callback(functools.partial(self._finished, wait))
+            return
+
+    def _finished(self, wait: _Wait, done: asyncio.Future[Any]) -> None:
+        self.busy = False
+        if done.cancelled():
+            wait.future.cancel()
+        else:
+            exc = done.exception()  # (read even when dropped: no "never retrieved" log)
+            if wait.future.done():
+                pass  # (the client left while it ran: its result is dropped)
+            elif exc is not None:
+                wait.future.set_exception(exc)
+            else:
+                wait.future.set_result(done.result())
+        self._next()
+
+
+# (a lane per running loop: the thread is the process's, the waiting list the loop's; a lane holds no
+# reference to its loop, so a closed loop's entry goes with it)
+_lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] = weakref.WeakKeyDictionary()
+
+
 async def off_loop(fn: Callable[[bytes], T], body: bytes) -> T:
     """``fn(body)`` on the process's parse thread (after the bodies queued before it); what it raises is
     raised here."""
-    return await asyncio.get_running_loop().run_in_executor(_thread(), fn, body)
+    loop = asyncio.get_running_loop()
+    lane = _lanes.get(loop)
+    if lane is None:
+        lane = _lanes[loop] = _Lane()
+    wait = _Wait(fn, body, loop.create_future())
+    del body  # (the wait holds the only reference here: a cancel below drops it)
+    lane.push(wait)
+    try:
+        result: T = await wait.future
+    except asyncio.CancelledError:
+        wait.fn = wait.body = None  # (not handed over yet: drop the body now, not at the thread's turn)
+        raise
+    return result
