@@ -6,9 +6,10 @@ p50 / max latency, the bytes the flooders got sent, and the server's CPU seconds
 the tree to measure first on the path given (SRC: a ``src`` directory). With HONEST (bytes), an honest
 client (stdlib ``http.client``) sends a POST of that many bytes 1 s into the flood, whole before it reads,
 and what it got is printed: its 413 and when, or how it failed (gw23: the pace's turns, smallest refused
-body first).
+body first). ``chunked`` after it: the honest POST is sent chunked, 1 MiB chunks (a refusal of unknown
+length: the pace's largest key; review s23-rev-gw23 F2).
 
-    python scripts/linger_flood.py SRC PORT K [HONEST]
+    python scripts/linger_flood.py SRC PORT K [HONEST [chunked]]
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main() -> None:
     usage_or_exit(__doc__, 3)
     src, port, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     honest_bytes = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    chunked = len(sys.argv) > 5 and sys.argv[5] == "chunked"
     sys.path.insert(0, src)
     from kvgate import lifeline
 
@@ -79,7 +81,11 @@ def main() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
         t0 = time.monotonic()
         try:
-            conn.request("POST", "/v1/completions", body=b"x" * honest_bytes)
+            if chunked:
+                chunks = iter([b"x" * (1 << 20)] * (honest_bytes >> 20))
+                conn.request("POST", "/v1/completions", body=chunks, encode_chunked=True)
+            else:
+                conn.request("POST", "/v1/completions", body=b"x" * honest_bytes)
             resp = conn.getresponse()
             resp.read()
             honest.append(f"{resp.status} in {time.monotonic() - t0:.3f} s")
@@ -113,7 +119,7 @@ def main() -> None:
     print(
         f"K={k} probe p50 {statistics.median(lat) * 1e3:.2f} ms max {max(lat) * 1e3:.1f} ms; "
         f"flooders sent {sum(sent) / 1e9:.2f} GB; server CPU {cpu:.2f} s"
-        + (f"; honest {honest_bytes / 2**20:g} MiB POST: {honest[0]}" if honest else "")
+        + (f"; honest {honest_bytes / 2**20:g} MiB {'chunked ' * chunked}POST: {honest[0]}" if honest else "")
     )
 
 

@@ -4,6 +4,7 @@ gigabytes of RSS, so every buffer that holds a body also takes its bytes from a 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -67,16 +68,21 @@ class ReadPace:
 
 
 class TurnQueue(Generic[T]):
-    """Waiters taken smallest key first (equal keys in arrival order): O(log n) in and out, and any one
-    leaves in O(1) (its entry stays in the heap, skipped when popped; the heap is rebuilt once such
-    entries outnumber the waiters: bounded under churn, review s22-gw F2). ``len``: the waiters."""
+    """Waiters taken in turns: smallest key first (equal keys in arrival order), and every other turn the
+    one that waited longest, so no waiter waits for ever behind smaller keys that keep coming: one with W
+    waiters before it (in arrival order) has its turn within 2(W + 1) (review s23-rev-gw23 F2: strict
+    order starved the largest keys under a flood that re-queues). O(log n) in and out, and any one leaves in
+    O(1) (its entries stay, skipped when reached; both lists are rebuilt once such entries outnumber the
+    waiters: bounded under churn, review s22-gw F2). ``len``: the waiters."""
 
-    __slots__ = ("_heap", "_live", "_seq")
+    __slots__ = ("_arrival", "_heap", "_live", "_oldest_next", "_seq")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, T]] = []
-        self._live: dict[T, int] = {}  # waiter -> the sequence number of its entry
+        self._arrival: deque[tuple[int, T]] = deque()  # (seq, waiter), oldest first
+        self._live: dict[T, int] = {}  # waiter -> the sequence number of its entries
         self._seq = 0
+        self._oldest_next = False  # the next turn is the longest waiting one's
 
     def __len__(self) -> int:
         return len(self._live)
@@ -85,20 +91,36 @@ class TurnQueue(Generic[T]):
         self._seq += 1
         self._live[item] = self._seq
         heapq.heappush(self._heap, (key, self._seq, item))
+        self._arrival.append((self._seq, item))
 
     def pop(self) -> T:
-        """The waiter with the smallest key (``IndexError`` when none waits)."""
+        """The next waiter: by turns, the one with the smallest key and the one that waited longest
+        (``IndexError`` when none waits)."""
+        oldest, self._oldest_next = self._oldest_next, not self._oldest_next
+        live = self._live
         while True:
-            _, seq, item = heapq.heappop(self._heap)
-            if self._live.get(item) == seq:
-                del self._live[item]
+            if oldest:
+                seq, item = self._arrival.popleft()
+            else:
+                _, seq, item = heapq.heappop(self._heap)
+            if live.get(item) == seq:
+                del live[item]
+                self._compact()  # (its entry in the other list is stale now)
                 return item
 
     def discard(self, item: T) -> None:
-        if self._live.pop(item, None) is not None and len(self._heap) > 2 * len(self._live) + 64:
-            self._heap = [e for e in self._heap if self._live.get(e[2]) == e[1]]
+        if self._live.pop(item, None) is not None:
+            self._compact()
+
+    def _compact(self) -> None:
+        live, bound = self._live, 2 * len(self._live) + 64
+        if len(self._heap) > bound:
+            self._heap = [e for e in self._heap if live.get(e[2]) == e[1]]
             heapq.heapify(self._heap)
+        if len(self._arrival) > bound:
+            self._arrival = deque(e for e in self._arrival if live.get(e[1]) == e[0])
 
     def clear(self) -> None:
         self._heap.clear()
+        self._arrival.clear()
         self._live.clear()

@@ -615,8 +615,9 @@ class FrontServer:
         # timer lets the waiters read again once the debt is paid, the smallest refused body first (what
         # it may send: its Content-Length and a head, ``_linger_cap``; chunked: unknown, last), equal
         # ones in turn (arrival order): an honest client with a small refused body reads before a flood
-        # announcing more (gw23; before, its turn came after every flooder's). A closed connection
-        # leaves from anywhere in O(1) (review s22-gw F2).
+        # announcing more (gw23; before, its turn came after every flooder's); every other turn goes to
+        # the longest waiting, so none starves (a chunked refusal under a flood: review s23-rev-gw23 F2).
+        # A closed connection leaves from anywhere in O(1) (review s22-gw F2).
         self.linger_pace = ReadPace(LINGER_RATE, LINGER_BURST)
         self._pace_waiting: TurnQueue[FrontProtocol] = TurnQueue()
         self._pace_timer: asyncio.TimerHandle | None = None
@@ -703,10 +704,11 @@ class FrontServer:
             self._pace_timer = loop.call_later(self.linger_pace.due(loop.time()), self._pace_next)
 
     def _pace_next(self) -> None:
-        """The pace's debt is paid: the first lingerers in the queue's order (the smallest refused body,
-        then the longest waiting) read again, as many as the bucket holds reads (``_READ``; at least one: each
-        overdraws by at most one read), not one per timer: after a flood, hundreds queued drain at the
-        pace, not at the timer's (review s22-gw F5). The next turn when the new debt is paid."""
+        """The pace's debt is paid: the first lingerers in the queue's order (``TurnQueue``: by turns the
+        smallest refused body and the longest waiting) read again, as many as the bucket holds reads
+        (``_READ``; at least one: each overdraws by at most one read), not one per timer: after a flood,
+        hundreds queued drain at the pace, not at the timer's (review s22-gw F5). The next turn when the new
+        debt is paid."""
         self._pace_timer = None
         loop = asyncio.get_running_loop()
         waiting = self._pace_waiting
