@@ -41,7 +41,15 @@ import orjson
 
 from kvgate.aio import serve_on_sighup, stop_to_the_end
 from kvgate.entry import ArgumentParser, log_level, port_number, sighup_ignored
-from kvgate.httpfront.server import FrontServer, Handler, Request, Response, StreamResponse, json_error
+from kvgate.httpfront.server import (
+    FrontServer,
+    Handler,
+    Request,
+    Response,
+    StreamResponse,
+    get_only,
+    json_error,
+)
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.lease import LeaderElector, check_one_time
 from kvgate.k8s.runtime import default_identity
@@ -321,8 +329,13 @@ def _health(hc: HubController, follower: FileFollower | None = None) -> FrontSer
     async def not_found(request: Request) -> Response | StreamResponse:
         return json_error(404, f"no route for {request.method} {request.path}")
 
-    routes: dict[str, Handler] = {"/healthz": healthz, "/readyz": readyz, "/v1/status": status}
-    return FrontServer(routes, not_found, max_body=0)  # (GET only: no request body is read)
+    # (GET only: no request body is read; another method gets 405, review s23-rev-gw23 F4)
+    routes: dict[str, Handler] = {
+        "/healthz": get_only(healthz),
+        "/readyz": get_only(readyz),
+        "/v1/status": get_only(status),
+    }
+    return FrontServer(routes, not_found, max_body=0)
 
 
 def build_parser() -> argparse.ArgumentParser:

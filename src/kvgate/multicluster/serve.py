@@ -46,6 +46,7 @@ from kvgate.httpfront.server import (
     Request,
     Response,
     StreamResponse,
+    get_only,
     json_error,
 )
 from kvgate.k8s.lease import check_one_time
@@ -302,16 +303,6 @@ def _refuse(
     """A request's refusal, in its API's shape (``/v1/messages``: Anthropic's, as ``kvgate serve``'s)."""
     body = api_error_body(path, status, message, param, code)
     return Response(status=status, body=body, content_type="application/json", headers=headers)
-
-
-def _get_only(handler: Handler) -> Handler:
-    async def only_get(request: Request) -> Response | StreamResponse:
-        if request.method not in ("GET", "HEAD"):
-            return json_error(405, f"{request.method} is not allowed on {request.path}; use GET",
-                              headers={"Allow": "GET, HEAD"})  # fmt: skip
-        return await handler(request)
-
-    return only_get
 
 
 def _cut_abort(routed: Routed) -> Callable[[], None] | None:
@@ -793,16 +784,16 @@ class GlobalGateway:
         # The paths ``kvgate serve`` routes (completions, chat, embeddings and vLLM's other JSON APIs:
         # ``kvgate.openai.request.ROUTED_PATHS``), each sent to the same path in the chosen cluster.
         routes: dict[str, Handler] = dict.fromkeys(ROUTED_PATHS, self._proxy)
-        routes["/v1/models"] = _get_only(self._models)
+        routes["/v1/models"] = get_only(self._models)
         admin: dict[str, Handler] = {}
         for p, h in (("/metrics", self._metrics), ("/v1/clusters", self._clusters),
                      ("/healthz", self._healthz), ("/readyz", self._readyz)):  # fmt: skip
-            admin[p] = _get_only(h)
+            admin[p] = get_only(h)
         if admin_port is None:
             routes.update(admin)
         # GET /v1/responses/{id}, POST /v1/responses/{id}/cancel: where the response was made (``lookups``)
         prefix: dict[str, Handler] = {LOOKUP_PREFIX: lambda request: lookup(self, request)}
-        prefix[MODELS_PREFIX] = _get_only(self._model)  # GET /v1/models/{id}
+        prefix[MODELS_PREFIX] = get_only(self._model)  # GET /v1/models/{id}
         self.front = FrontServer.with_limits(routes, self._not_found, self.limits, prefix_routes=prefix)
         front = self.front
         # A request the front refuses (413 over maxBodyBytes, malformed HTTP, 408) is counted once, as the
