@@ -40,7 +40,7 @@ from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout, UpstreamPool, UpstreamResponse
 from kvgate.httpfront.budget import ByteBudget
-from kvgate.httpfront.offload import OFF_LOOP_BYTES, off_loop
+from kvgate.httpfront.offload import OFF_LOOP_BYTES, off_loop, worth_the_thread
 from kvgate.httpfront.server import Handler, Request, Response, StreamResponse
 from kvgate.multicluster.epp_client import retry_after_s
 from kvgate.openai import protocol as proto
@@ -435,8 +435,9 @@ class Proxy:
         try:
             t0 = self.clock()
             # A big body is parsed on the parse thread, not the loop (``httpfront.offload``): its parse
-            # stalled every other connection (up to seconds for a hostile 8 MiB body).
-            big = request.content_length > OFF_LOOP_BYTES
+            # stalled every other connection (up to seconds for a hostile 8 MiB body); one of few
+            # strings and containers up to 1 MiB stays (cheap: not queued behind slow parses).
+            big = request.content_length > OFF_LOOP_BYTES and worth_the_thread(request.body)
             pre = await self._parse_off_loop(request, kind) if big else None
             # (the request is prepared by a plain call and dispatched from here: no coroutine layer)
             pool, ireq, out, header_block, client_model, strip_usage, explain, t0, marks = self._prepare(

@@ -3,8 +3,9 @@
 Why: a body's parse (``kvgate.openai.request.parse_body``: decode, checks, rendering, estimate) is Python
 that runs ~0.2-2 s on a hostile 8 MiB body (``scripts/hostile_body_cost.py``); on the loop, every other
 connection waited that long (``scripts/parse_stall.py``). A body of more than ``OFF_LOOP_BYTES`` is parsed
-on a worker thread instead; a smaller one stays on the loop, where its parse costs less than the hop
-(docs/hardening.md, "Big bodies' parse off the event loop").
+on a worker thread instead; a smaller one stays on the loop, where its parse costs less than the hop, and
+so does one up to 1 MiB of few strings and containers (``worth_the_thread``: a long prompt, a few ms) that
+would otherwise wait behind slow parses (docs/hardening.md, "Big bodies' parse off the event loop").
 
 Bounds: one thread, so one parse at a time, as on the loop (the memory of parses in progress is that of
 one). The bodies waiting for it wait on the loop (``_Lane``), not in the executor's queue: the thread gets
@@ -36,6 +37,15 @@ T = TypeVar("T")
 # time; a 64 KiB chat body's parse about as much, a hostile one's ~15 ms (8 MiB: 2 s, scaled).
 OFF_LOOP_BYTES = 64 << 10
 
+# A body over OFF_LOOP_BYTES but at most this long, whose JSON has at most CHEAP_UNITS quotes, commas and
+# containers, is still parsed on the loop: its strings are decoded in C, so the count and the parse cost
+# ~2.5-5 ms at most (``scripts/cheap_body_cost.py``: 1 MiB of escapes, of non-ASCII text, at the cap), less
+# than a hostile 64 KiB body's parse there, and an honest long prompt waits behind no slow parse on the
+# thread (review s23-rev-gw23 F3). Longer bodies are not counted (8 MiB: 10-20 ms of counting alone).
+CHEAP_BYTES = 1 << 20
+CHEAP_UNITS = 1024
+_UNITS = (b'"', b",", b"{", b"[")
+
 # (the process's id with its executor: a forked child makes its own, its parent's thread is not in it)
 _executor: tuple[int, ThreadPoolExecutor] | None = None
 
@@ -46,6 +56,21 @@ def _thread() -> ThreadPoolExecutor:
     if _executor is None or _executor[0] != pid:
         _executor = (pid, ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvgate-parse"))
     return _executor[1]
+
+
+def worth_the_thread(body: bytes) -> bool:
+    """Whether ``body``'s parse goes to the thread: over ``OFF_LOOP_BYTES``, unless it is at most
+    ``CHEAP_BYTES`` and has at most ``CHEAP_UNITS`` quotes, commas and containers."""
+    if len(body) <= OFF_LOOP_BYTES:
+        return False
+    if len(body) > CHEAP_BYTES:
+        return True
+    units = 0
+    for unit in _UNITS:
+        units += body.count(unit)
+        if units > CHEAP_UNITS:
+            return True
+    return False
 
 
 class _Wait:
