@@ -39,7 +39,8 @@ OFF_LOOP_BYTES = 64 << 10
 
 # A body over OFF_LOOP_BYTES but at most this long, whose JSON has at most CHEAP_UNITS quotes, commas and
 # containers, is still parsed on the loop: its strings are decoded in C, so the count and the parse cost
-# ~2.5-5 ms at most (``scripts/cheap_body_cost.py``: 1 MiB of escapes, of non-ASCII text, at the cap), less
+# ~2.5-5 ms (``scripts/cheap_body_cost.py``: 1 MiB of escapes, of non-ASCII text, at the cap; a crafted one of
+# ``]`` or ``\\`` with 65 ``[]`` pairs 7-9 ms: review s23-rev-fix23c F3), less
 # than a hostile 64 KiB body's parse there, and an honest long prompt waits behind no slow parse on the
 # thread (review s23-rev-gw23 F3). Longer bodies are not counted (8 MiB: 10-20 ms of counting alone).
 CHEAP_BYTES = 1 << 20
@@ -91,6 +92,16 @@ class _Lane:
     def __init__(self) -> None:
         self.waiting: deque[_Wait] = deque()
         self.busy = False
+        self.dead = 0  # (entries of cancelled waits still in ``waiting``)
+
+    def cancelled(self) -> None:
+        """A wait in ``waiting`` was cancelled: its entry is dropped at its turn, or sooner, once dead
+        entries outnumber live ones (behind a slow parse, clients who leave would pile them up: review
+        s23-rev-fix23c F2), so the list stays within twice the live waits."""
+        self.dead += 1
+        if self.dead > 64 and 2 * self.dead > len(self.waiting):
+            self.waiting = deque(w for w in self.waiting if w.fn is not None and not w.future.done())
+            self.dead = 0
 
     def push(self, wait: _Wait) -> None:
         self.waiting.append(wait)
@@ -102,10 +113,18 @@ class _Lane:
             wait = self.waiting.popleft()
             fn, body = wait.fn, wait.body
             if fn is None or body is None or wait.future.done():
+                if self.dead:
+                    self.dead -= 1
                 continue  # (cancelled: its body is already dropped; the entry is what is left)
             wait.fn = wait.body = None
+            try:
+                done = asyncio.get_running_loop().run_in_executor(_thread(), fn, body)
+            except Exception as e:  # (no thread: this request fails, the next tries again)
+                # (a hand-off that raised left nothing in flight: ``busy`` stays False, or every later big
+                # body would wait for ever; review s23-rev-fix23c F1)
+                wait.future.set_exception(e)
+                continue
             self.busy = True
-            done = asyncio.get_running_loop().run_in_executor(_thread(), fn, body)
             done.add_done_callback(functools.partial(self._finished, wait))
             return
 
@@ -142,6 +161,8 @@ async def off_loop(fn: Callable[[bytes], T], body: bytes) -> T:
     try:
         result: T = await wait.future
     except asyncio.CancelledError:
-        wait.fn = wait.body = None  # (not handed over yet: drop the body now, not at the thread's turn)
+        if wait.fn is not None:  # (not handed over yet: drop the body now, not at the thread's turn)
+            wait.fn = wait.body = None
+            lane.cancelled()
         raise
     return result
