@@ -69,9 +69,16 @@ def test_the_mode_picks_the_bound_the_gate_counts() -> None:
     # tokens: the token bound only, whatever the request count
     tok = detector(maxConcurrency=1, concurrencyMode="tokens", maxTokenConcurrency=12000)
     assert tok.endpoint_saturation(busy, 0.0) == pytest.approx(0.5)
-    # unset: both (kvgate's, as before); maxTokens is kvgate's older name of the token bound
-    assert detector(maxConcurrency=8, maxTokenConcurrency=3000).endpoint_saturation(busy, 0.0) == 2.0
+    # unset: GIE's default, requests (its maxTokenConcurrency unused); kvgate's ``both``, or its older
+    # key maxTokens with no mode, the larger of the two (review s23-rev-fixqa23 R3)
+    assert detector(maxConcurrency=8, maxTokenConcurrency=3000).endpoint_saturation(busy, 0.0) == 0.5
+    both = detector(maxConcurrency=8, maxTokenConcurrency=3000, concurrencyMode="both")
+    assert both.endpoint_saturation(busy, 0.0) == 2.0
     assert detector(maxConcurrency=8, maxTokens=3000).endpoint_saturation(busy, 0.0) == 2.0
+    assert (
+        detector(maxConcurrency=8, maxTokens=3000, concurrencyMode="requests").endpoint_saturation(busy, 0.0)
+        == 0.5
+    )
 
 
 @pytest.mark.parametrize(

@@ -179,7 +179,8 @@ class UtilizationDetector(SaturationDetector):
 # A bound a ``concurrencyMode`` leaves out: never reached (an int, as the bounds' arithmetic expects).
 UNBOUNDED = 1 << 62
 
-MODES = ("requests", "tokens")
+# GIE's two modes, and kvgate's ``both`` (the larger of the two: its rule before the modes existed).
+MODES = ("requests", "tokens", "both")
 
 
 @register("concurrency-detector")
@@ -187,10 +188,10 @@ class ConcurrencyDetector(SaturationDetector, Filter):
     """This picker's own in-flight load: max(requests / maxConcurrency, tokens / maxTokenConcurrency,
     pending / maxPendingRequests), lag-free (no scrape).
 
-    Upstream GIE's parameters, with their meaning: ``concurrencyMode`` ``requests`` counts requests only,
-    ``tokens`` tokens only (``maxTokenConcurrency``); unset, kvgate counts both, as it always has (the
-    token bound, 1,000,000 per endpoint by default, is the only difference from GIE's default
-    ``requests``). ``maxTokens`` is kvgate's older name of ``maxTokenConcurrency``. In-flight tokens are
+    Upstream GIE's parameters, with their meaning: ``concurrencyMode`` ``requests`` (GIE's default, also
+    when unset) counts requests only, ``tokens`` tokens only (``maxTokenConcurrency``). kvgate's ``both``
+    counts the larger of the two, its rule before the modes existed; ``maxTokens`` (kvgate's older name
+    of ``maxTokenConcurrency``) with no mode asks for it too, as it always did. In-flight tokens are
     the prompt and expected output of the requests in flight (``InFlight``), where GIE estimates them as
     characters / 4 x 2.5. ``headroom`` (0, in [0, 1]): in a scheduling profile the detector is also a
     filter, as GIE's: an endpoint at ``bound x (1 + headroom)`` in flight leaves the candidates, so a
@@ -235,6 +236,10 @@ class ConcurrencyDetector(SaturationDetector, Filter):
             raise ConfigError(
                 f"{params.path}.maxTokens: the same bound as maxTokenConcurrency (GIE's name); set one"
             )
+        if not mode:
+            # GIE's default counts requests alone (its maxTokenConcurrency then unused); kvgate's older
+            # key keeps the meaning it had, a token bound beside the request bound (s23-rev-fixqa23 R3).
+            mode = "both" if params.raw.get("maxTokens") is not None else "requests"
         max_tokens = params.get_int("maxTokenConcurrency", 1_000_000, min=1)
         max_tokens = params.get_int("maxTokens", max_tokens, min=1)
         max_requests = params.get_int("maxConcurrency", 100, min=1)
@@ -253,6 +258,8 @@ class ConcurrencyDetector(SaturationDetector, Filter):
         )
         params.finish()
         return d
+
+    full_when_empty = True  # (every endpoint at its bound: GIE's 429, ``PoolBusyError``)
 
     def filter(self, cycle: CycleState, endpoints: list[Endpoint]) -> list[Endpoint]:
         """GIE's filter: the endpoints below ``bound x (1 + headroom)`` in flight (every bound counted)."""

@@ -313,6 +313,10 @@ class TTFTOracle(Plugin):
 
 
 class Filter(Plugin):
+    # True when the filter drops only endpoints at a load bound: none left means the pool is busy, a
+    # 429 (``PoolBusyError``), not an ineligible pool's 503 (``NoCapacityError``).
+    full_when_empty: ClassVar[bool] = False
+
     def filter(self, cycle: CycleState, endpoints: list[Endpoint]) -> list[Endpoint]:
         raise NotImplementedError
 

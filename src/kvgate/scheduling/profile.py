@@ -8,7 +8,7 @@ from typing import Any
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.scheduling.framework import CycleState, Filter, Picker, Plugin, PostPick, Producer, Scorer
-from kvgate.scheduling.types import NoCapacityError
+from kvgate.scheduling.types import NoCapacityError, PoolBusyError, SchedulingError
 
 
 def dependencies(plugin: Plugin) -> list[Plugin]:
@@ -63,9 +63,7 @@ class SchedulerProfile:
             for flt in self.filters:
                 eps = flt.filter(cycle, eps)
                 if not eps:
-                    raise NoCapacityError(
-                        f"no endpoint left after filter {flt.name!r} in profile {self.name!r}"
-                    )
+                    raise _emptied(flt, self.name)
             totals: list[float] = []
             for scorer, weight in self.scorers:
                 raw = scorer.score(cycle, eps)
@@ -104,7 +102,7 @@ class SchedulerProfile:
                 {"plugin": flt.name, "type": flt.type_name, "kept": [e.address for e in eps]}
             )
             if not eps:
-                raise NoCapacityError(f"no endpoint left after filter {flt.name!r} in profile {self.name!r}")
+                raise _emptied(flt, self.name)
         totals: list[float] = []
         scorers_info: list[dict[str, Any]] = []
         for scorer, weight in self.scorers:
@@ -139,3 +137,9 @@ class SchedulerProfile:
         for hook in self.post_pick:
             hook.on_picked(cycle, picked[0])
         return picked
+
+
+def _emptied(flt: Filter, profile: str) -> SchedulingError:
+    """The error of a filter that left no endpoint: a full pool's 429 or an ineligible one's 503."""
+    message = f"no endpoint left after filter {flt.name!r} in profile {profile!r}"
+    return PoolBusyError(message) if flt.full_when_empty else NoCapacityError(message)

@@ -143,6 +143,15 @@ class NoCapacityError(SchedulingError):
     code = "service_unavailable"
 
 
+class PoolBusyError(SchedulingError):
+    """A filter that drops full endpoints (``Filter.full_when_empty``) left none: every candidate is at
+    its bound, retry later (429, as GIE's director answers its scheduler's error:
+    ``InferencePoolResourceExhausted``; review s23-rev-fixqa23 R4)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+
 class DrainEvictedError(NoCapacityError):
     """``kvgate serve``'s drain deadline passed while flow control still held the request in its queue: it
     leaves it (``EvictedOther``, the reference's outcome of a queue evicted at shutdown) and is never sent
