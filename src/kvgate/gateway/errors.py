@@ -54,19 +54,21 @@ def error_response(err: GatewayError, request_id: str | None = None, path: str =
     return json_error(err.status, err.message, param=err.param, code=err.code, headers=headers or None)
 
 
-def shutting_down(request_id: str | None = None) -> Response:
+def shutting_down(request_id: str | None = None, path: str = "") -> Response:
     """The 503 of a request that arrives while the gateway drains (``Connection: close``), with the
     ``Retry-After`` of the drain deadline's 503 to a queued request (``DrainEvictedError``): it never ran
-    anywhere, safe to retry at another replica."""
+    anywhere, safe to retry at another replica. ``path``: as ``error_response``'s."""
     err = GatewayError(503, "gateway is shutting down", retry_after=DrainEvictedError.retry_after)
-    resp = error_response(err, request_id)
+    resp = error_response(err, request_id, path)
     resp.force_close()
     return resp
 
 
-def unauthorized(request_id: str | None = None) -> Response:
-    """The 401 of a request without a valid API key (``auth``), from its head or from the proxy."""
-    resp = error_response(GatewayError(401, "missing or invalid API key", code="invalid_api_key"), request_id)
+def unauthorized(request_id: str | None = None, path: str = "") -> Response:
+    """The 401 of a request without a valid API key (``auth``), from its head or from the proxy.
+    ``path``: as ``error_response``'s."""
+    err = GatewayError(401, "missing or invalid API key", code="invalid_api_key")
+    resp = error_response(err, request_id, path)
     resp.headers["WWW-Authenticate"] = "Bearer"
     return resp
 

@@ -368,10 +368,12 @@ class Proxy:
                              "parent": parent, "pool": pool.name})  # fmt: skip
         return data
 
-    def _rate_limited(self, request: Request, tenant: str | None, rid: str) -> Response | None:
+    def _rate_limited(
+        self, request: Request, tenant: str | None, rid: str, path: str = ""
+    ) -> Response | None:
         """The tenant's ``rateLimits`` at admission (one request taken from its requestsPerMinute): the
-        429 to answer, or None when admitted. Also for a Responses lookup (review s19-fc L2), which is
-        charged no tokens (it generates none)."""
+        429 to answer (``path``: its API's shape, ``error_response``), or None when admitted. Also for a
+        Responses lookup (review s19-fc L2), which is charged no tokens (it generates none)."""
         assert self.limiter is not None
         # The tenant as flow control names the flow (``flow_of``): the key's, else either fairness
         # header (GIE's, then llm-d's), else the default flow (review s18-qa L4: llm-d's was not read).
@@ -386,7 +388,7 @@ class Proxy:
         if wait is not None:
             self.metrics.error("", "", "429")
             resp = error_response(
-                GatewayError(429, f"rate limit exceeded for {who!r}", code="rate_limit_exceeded"), rid
+                GatewayError(429, f"rate limit exceeded for {who!r}", code="rate_limit_exceeded"), rid, path
             )
             resp.headers["Retry-After"] = retry_after(wait)
             resp.headers[proto.RATE_LIMITED] = "true"  # the tenant's limit, not the pool's capacity
@@ -394,25 +396,30 @@ class Proxy:
         return None
 
     async def _entry(self, kind: str, request: Request) -> Response | StreamResponse:
+        # Its refusals here in its API's shape (``kind`` is the path: Anthropic's on ``/v1/messages``,
+        # review s23-rev-fixqa23 R1), as the picker's and the model server's.
         rid = request.headers.get("x-request-id")
         if not rid:  # (``_request_id`` inlined: once per request)
             self._rid_seq += 1
             rid = f"{self._rid_prefix}-{self._rid_seq:x}"
         if request.method != "POST":
             resp = error_response(
-                GatewayError(405, f"{request.method} is not allowed on {request.path}; use POST"), rid
+                GatewayError(405, f"{request.method} is not allowed on {request.path}; use POST"), rid, kind
             )
             resp.headers["Allow"] = "POST"
             return resp
         if self.draining:
-            return shutting_down(rid)  # (503, Retry-After, Connection: close)
+            return shutting_down(rid, kind)  # (503, Retry-After, Connection: close)
         tenant: str | None = None
         if self.keys is not None:
             tenant = self.keys.tenant(request.headers)
             if tenant is None:
                 self.metrics.error("", "", "401")
-                return unauthorized(rid)
-        if self.limiter is not None and (limited := self._rate_limited(request, tenant, rid)) is not None:
+                return unauthorized(rid, kind)
+        if (
+            self.limiter is not None
+            and (limited := self._rate_limited(request, tenant, rid, kind)) is not None
+        ):
             return limited
         fleet = self.fleet_inflight
         if (
@@ -422,7 +429,7 @@ class Proxy:
         ):
             self.metrics.error("", "", "429")
             resp = error_response(
-                GatewayError(429, "too many concurrent requests", code="too_many_requests"), rid
+                GatewayError(429, "too many concurrent requests", code="too_many_requests"), rid, kind
             )
             # A slot frees as soon as any request in flight ends: retry soon (review s17-qa L8).
             resp.headers["Retry-After"] = CONCURRENCY_RETRY_AFTER
@@ -1462,7 +1469,11 @@ class Proxy:
         finally:
             self.streams.discard(resp)
             self._cut.pop(resp, None)
-            if drain_cut is not None:
+            if not ok and drain_cut is None and stop is not None and stop.hit:
+                # Preempted, its client gone before the relay could tell it (a write raised): the stop's
+                # own record decides, as the director has released it (review s23-rev-fixqa23 R6).
+                preempted = True
+            if drain_cut is not None or preempted:
                 upstream_ok = False  # (counted as a cut stream below; the endpoint is not blamed)
             elif upstream_ok:
                 self.health.success(ep)

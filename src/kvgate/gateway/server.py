@@ -113,7 +113,7 @@ def _key_check(proxy: Proxy) -> Callable[[str, str, dict[str, str]], Response | 
         body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
         if (method != "POST" and not body) or proxy.draining or keys.tenant(headers):
             return None
-        return unauthorized(headers.get("x-request-id"))
+        return unauthorized(headers.get("x-request-id"), path)  # (its API's shape: s23-rev-fixqa23 R1)
 
     return check
 
