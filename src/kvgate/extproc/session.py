@@ -709,6 +709,9 @@ class Session:
         if self._scanner is not None:
             rest = self._scanner.finish()
             self.usage = self._scanner.usage
+            # Finished before the scanner goes: ``_finish`` reads its output-event count (a stream that
+            # ends with trailers; review s23-rev-fixqa23 R2), as a buffered answer's finishes below.
+            self._finish(ok=self.status == 200)
             self._scanner = None
             return _streamed(rest, request=False, end_of_stream=end_of_stream) if rest else []
         if self._resp_buf is None:
