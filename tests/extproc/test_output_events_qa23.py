@@ -4,6 +4,8 @@ model and decode pace learn as ``kvgate serve``'s do from the usage it asks for.
 
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 
@@ -71,3 +73,46 @@ def test_a_typed_stream_without_usage_counts_nothing() -> None:
     for _ in range(3):
         s.feed(event({"type": "response.output_text.delta", "delta": "a"}))
     assert s.saw_output and s.output_events == 0 and s.learned_usage() is None
+
+
+def _random_stream(rng: random.Random) -> bytes:
+    nl = rng.choice([b"\n", b"\r\n"])
+    parts = [chat({"role": "assistant", "content": ""})]
+    for _ in range(rng.randint(0, 40)):
+        r = rng.random()
+        if r < 0.05:
+            parts.append(b": ping\n\n")
+        elif r < 0.1:
+            parts.append(event({"error": {"message": "x"}}))
+        elif r < 0.15:  # a token whose text holds the pattern (escaped in JSON: not a choice)
+            parts.append(chat({"content": '"choices":[{'}))
+        else:
+            parts.append(chat({"content": "t"}, index=rng.randint(0, 2)))
+    if rng.random() < 0.3:
+        parts.append(USAGE)
+    raw = b"".join(parts).replace(b"\n", nl) + b"data: [DONE]\n\n"
+    return raw.rstrip(b"\n") if rng.random() < 0.3 else raw  # (the last event without its newline)
+
+
+def test_the_per_chunk_count_equals_the_per_line_count() -> None:
+    """Review s23-rev-fixqa23 R5: past the first output event the count is taken per fed chunk (two
+    ``bytes.count`` over its complete lines), not per line; in any chunking it is the per-line count
+    (the stream fed in one piece is counted line by line)."""
+    rng = random.Random(23)
+    for _ in range(300):
+        raw = _random_stream(rng)
+        whole = CountingScanner()
+        whole.feed(raw)
+        whole.finish()
+        cuts = sorted(rng.sample(range(1, len(raw)), rng.randint(1, 12)))
+        pieces = CountingScanner()
+        for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True):
+            pieces.feed(raw[a:b])
+        pieces.finish()
+        assert (pieces.output_events, pieces.learned_usage()) == (
+            whole.output_events,
+            whole.learned_usage(),
+        ), (
+            cuts,
+            raw,
+        )

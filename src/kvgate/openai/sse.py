@@ -78,6 +78,11 @@ def rewrite_model(obj: Any, model: str) -> bool:
     return False
 
 
+# A chunk with at least one choice (the usage-only chunk's list is empty), as vLLM / orjson / pydantic
+# write it, and as Python's json module does. Never inside a JSON string (its quotes are escaped there).
+CHOICE_CHUNK = (b'"choices":[{', b'"choices": [{')
+
+
 class SSEScanner:
     """Incremental ``text/event-stream`` reader: feeds complete ``data:`` lines, keeps a bounded tail.
 
@@ -92,11 +97,16 @@ class SSEScanner:
         self.saw_output = False
         self._tail = bytearray()
         self._skipping = False  # inside an over-long line we gave up on
+        # Set by ``extproc.output_events.CountingScanner`` past a stream's first output: the choice chunks
+        # among each feed's complete lines are counted here, on the bytes the scan splits anyway.
+        self.choice_lines: int | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         buf = self._tail + chunk if self._tail else bytearray(chunk)
         end = buf.rfind(b"\n")
         complete, rest = (bytes(buf[: end + 1]), buf[end + 1 :]) if end >= 0 else (b"", buf)
+        if self.choice_lines is not None:
+            self.choice_lines += complete.count(CHOICE_CHUNK[0]) + complete.count(CHOICE_CHUNK[1])
         out = bytearray()
         for line in complete.splitlines(keepends=True):
             if self._skipping:
