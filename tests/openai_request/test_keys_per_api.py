@@ -67,8 +67,9 @@ VLLM_KEYS: dict[str, frozenset[str]] = {
 # (no output limit).
 UNREAD = {"/v2/embed": frozenset({"max_tokens"})}
 # The limit vLLM's model sets when none is sent (``CompletionRequest.max_tokens = 16``, null too: its
-# ``normalize_null_max_tokens``); the paths that decode nothing (limit 0: s23-rev-keys23 F4, F6).
-DEFAULT_LIMIT = {"/v1/completions": 16, "/inference/v1/generate": 16}
+# ``normalize_null_max_tokens``); the paths that decode nothing (limit 0: s23-rev-keys23 F4, F6). Generate's
+# absent ``sampling_params.max_tokens`` is the server's own (review s23-rev-fix23b F1): none here.
+DEFAULT_LIMIT = {"/v1/completions": 16}
 NO_OUTPUT = frozenset({
     "/v1/embeddings", "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank",
     "/tokenize", "/detokenize", "/v2/embed", "/v1/messages/count_tokens", "/generative_scoring",
@@ -172,7 +173,7 @@ def test_each_api_checks_only_its_vllm_models_keys(data: st.DataObject) -> None:
         return
     assert not want, f"{path} {body}: taken, but vLLM refuses {want}"
     # What is read follows the same table: a key the model lacks never sets the limit or the stream.
-    if "stream" not in VLLM_KEYS[path] or path.endswith("/render"):  # (a render's answer is JSON)
+    if "stream" not in VLLM_KEYS[path] or path.endswith(("/render", "/derender")):  # (their answer is JSON)
         assert parsed.stream is False
     checked = VLLM_KEYS[path] - UNREAD.get(path, frozenset())
     limits = [k for k in ("max_completion_tokens", "max_tokens", "max_output_tokens") if k in checked]

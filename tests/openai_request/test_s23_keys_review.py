@@ -8,8 +8,8 @@ the route's own ``TypeAdapter``). ``parse_body(kind_for_path(path))`` is what al
 - F2: vLLM 0.32 paths outside the table were read with every API's keys (``OTHER``, ``kvgate epp``).
 - F3: embeddings rendered ``messages`` where vLLM's union embeds ``input``.
 - F4: completions' limit is 16 when absent or null (``CompletionRequest.max_tokens``).
-- F6: paths that decode nothing were charged an output (the Director's mean decode, flow control's 128)
-  and taught the Director's mean decode length.
+- F6: paths that decode nothing were charged an output (the Director's mean decode, flow control's 128).
+  (A 0-token answer never taught the mean decode length: ``completion_tokens > 0`` gates it.)
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ def test_a_chat_batch_renders_its_conversations_and_runs_each() -> None:
 def test_generate_reads_its_token_ids_and_sampling_limit() -> None:
     got = _parse("/inference/v1/generate", {"token_ids": [1, 2, 3], "sampling_params": {"max_tokens": 9}})
     assert (got.token_ids, got.prompt_tokens, got.max_tokens) == ([1, 2, 3], 3, 9)
-    # (``SamplingParams.max_tokens`` is 16 when absent; null is no limit)
-    assert _parse("/inference/v1/generate", {"token_ids": [1], "sampling_params": {}}).max_tokens == 16
+    # (absent: the server's own limit, not ``SamplingParams``' 16 (review s23-rev-fix23b F1); null no limit)
+    assert _parse("/inference/v1/generate", {"token_ids": [1], "sampling_params": {}}).max_tokens is None
     assert (
         _parse(
             "/inference/v1/generate", {"token_ids": [1], "sampling_params": {"max_tokens": None}}
@@ -187,7 +187,7 @@ def test_a_request_that_decodes_nothing_is_charged_no_output_and_teaches_no_deco
     assert e.inflight.pending_decode_tokens == 0
     d.on_first_token(r, e)
     d.on_finished(r, e, Usage(prompt_tokens=10, completion_tokens=0), ok=True)
-    assert d.mean_decode == DEFAULT_DECODE_TOKENS  # (an embeddings' 0 output is no chat's decode length)
+    assert d.mean_decode == DEFAULT_DECODE_TOKENS  # (held before too: a 0-token answer teaches nothing)
     ctl = FlowController(FlowControlConfig(ttl=60.0))
     assert ctl.enqueue(r, 0.0).cost == prompt_tokens(
         r.prompt_tokens, r.prompt_text, r.token_ids

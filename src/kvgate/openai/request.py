@@ -501,10 +501,15 @@ def _choices(body: dict[str, Any], null: bool) -> int:
     n = body.get("n")
     if n is None and null:
         return 1
+    return _at_least_one(n, "n")
+
+
+def _at_least_one(n: Any, key: str) -> int:
+    """A count of sequences: an integer of at least 1 (or a whole-number float below 2**63), else a 400."""
     if type(n) is float and n.is_integer() and abs(n) < _LAX_INT_LIMIT:
         n = int(n)
     if type(n) is not int or n < 1:
-        raise BodyError("'n' must be an integer of at least 1", "n")
+        raise BodyError(f"'{key}' must be an integer of at least 1", key)
     return n
 
 
@@ -706,8 +711,10 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         stream = False
     if not isinstance(stream, bool):
         raise BodyError("'stream' must be a boolean", "stream")
-    if kind in _RENDERS:
-        stream = False  # (checked as its model's, but a render's answer is JSON: it runs no model)
+    if kind in _RENDERS or kind == DERENDER:
+        # (checked as its model's, but the answer is one JSON object: a render runs no model, a derender's
+        # ``stream: true`` is one ``DerenderChatStreamResponse``; never a preemption candidate)
+        stream = False
     # ``n`` and a batch are the completions and chat APIs' (another API may use the names otherwise).
     sequences = _choices(body, keys.null_n) if keys.choices and "n" in body else 1
     api = kind
@@ -772,6 +779,10 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         except BodyError:
             token_ids = None
         estimate = len(token_ids) if token_ids else 0
+        params = body.get("sampling_params")
+        if isinstance(params, dict) and "n" in params:
+            # (``SamplingParams.n``: n sequences, at least 1; null is its 400 too)
+            sequences = _at_least_one(params["n"], "sampling_params.n")
     max_tokens: int | None = None
     for key in keys.limits:
         value = body.get(key)
@@ -784,9 +795,10 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
             if max_tokens is None:
                 max_tokens = value
     if kind == GENERATE:
-        # (``SamplingParams.max_tokens``: 16 when absent, null no limit; read when a whole number)
+        # (``SamplingParams.max_tokens``, read when a whole number; absent, the server's own limit
+        # (``max_model_len`` - prompt: its ``is_sampling_param_provided``), not the model's 16: unknown)
         params = body.get("sampling_params")
-        limit = params.get("max_tokens", 16) if isinstance(params, dict) else None
+        limit = params.get("max_tokens") if isinstance(params, dict) else None
         max_tokens = limit if type(limit) is int and limit >= 0 else None
     elif max_tokens is None:
         max_tokens = keys.default

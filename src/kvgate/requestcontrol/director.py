@@ -757,7 +757,7 @@ class Director:
                 self.speed.observe(
                     endpoint, now - track.first_at, per_seq, (track.batch_at_first + batch_at_last) / 2
                 )
-            if req.max_tokens is None:  # (0: a request that decodes nothing, e.g. embeddings)
+            if req.max_tokens is None:  # (a limited one, e.g. completions' default 16, is no sample)
                 self.mean_decode += 0.05 * (per_seq - self.mean_decode)
 
     def on_usage(self, req: InferenceRequest, endpoint: Endpoint, usage: Usage) -> None:
