@@ -12,8 +12,6 @@ learned slower than it is). Typed streams (Responses, Anthropic) end with their 
 
 from __future__ import annotations
 
-from types import MethodType
-
 from kvgate.openai.sse import CHOICE_CHUNK, SSEScanner
 from kvgate.scheduling.types import Usage
 
@@ -37,9 +35,10 @@ class CountingScanner(SSEScanner):
     def feed(self, chunk: bytes) -> bytes:
         out = SSEScanner.feed(self, chunk)
         if self.saw_output:
-            # The base's own feed and line step from now on (instance attributes over these overrides).
-            self.feed = MethodType(SSEScanner.feed, self)  # type: ignore[method-assign]
-            self._line = MethodType(SSEScanner._line, self)  # type: ignore[method-assign]
+            # The base's own feed and line step from now on: the class switched, not methods bound on the
+            # instance (a bound method stored on it is a cycle: the scanner, and the partial line it
+            # buffers, outlived its stream until a gc pass; review s23-rev-final23 F1).
+            self.__class__ = _CountingTail
             if self._counting:
                 self.choice_lines = 0
         return out
@@ -72,3 +71,10 @@ class CountingScanner(SSEScanner):
             return self.usage
         n = self.output_events
         return Usage(completion_tokens=n) if n else None
+
+
+class _CountingTail(CountingScanner):
+    """A ``CountingScanner`` past its first output: the base's scan, which counts the choice lines."""
+
+    feed = SSEScanner.feed
+    _line = SSEScanner._line
