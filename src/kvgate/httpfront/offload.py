@@ -134,12 +134,11 @@ class _Lane:
             wait.future.cancel()
         else:
             exc = done.exception()  # (read even when dropped: no "never retrieved" log)
-            if wait.future.done():
-                pass  # (the client left while it ran: its result is dropped)
-            elif exc is not None:
-                wait.future.set_exception(exc)
-            else:
-                wait.future.set_result(done.result())
+            if not wait.future.done():  # (else the client left while it ran: its result is dropped)
+                if exc is not None:
+                    wait.future.set_exception(exc)
+                else:
+                    wait.future.set_result(done.result())
         self._next()
 
 
