@@ -9,38 +9,49 @@ listener (then after gRPC's line)."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
-_WILDCARDS = ("", "0.0.0.0", "::")
+_WILDCARDS = ("0.0.0.0", "::")
 _Addr = tuple[object, ...]
 
 
 def check_bindable(host: str, port: int, *, any_address: bool) -> None:
     """Raises the ``OSError`` of a bind of ``host:port`` that the listener would fail too; returns when it
     would bind. ``any_address``: gRPC's rule, bound when one address binds (a wildcard is ``[::]``
-    dual-stack, else ``0.0.0.0``; a name, any of its addresses; a name that does not resolve here is left to
-    gRPC to refuse); else the metrics listener's own bind, ``bind_one`` (review s23-rev-hub23 F2/F3: it was
-    modelled as asyncio's ``create_server``, every address of a name bound, IPv6 ones v6-only). Port 0
-    (ephemeral) always binds."""
+    dual-stack, else ``0.0.0.0``; a name, any of its addresses); an empty host (gRPC: "host must not be
+    empty") and a name that does not resolve (gRPC: "address lookup failed") bind nothing, whatever the port
+    (review s23-rev-fix23a F3/F4: both were left to gRPC, which logged its line first, or to the metrics
+    check, which refused under ``--metrics-port`` a host wrong for ``--port`` too). Else the metrics
+    listener's own bind, ``bind_one`` (review s23-rev-hub23 F2/F3: it was modelled as asyncio's
+    ``create_server``, every address of a name bound, IPv6 ones v6-only). Port 0 (ephemeral) binds
+    wherever the host is one."""
+    if not any_address:
+        if port:
+            bind_one(host, port).close()
+        return
+    tries = _grpc_addresses(host, port)
     if port == 0:
         return
-    if not any_address:
-        bind_one(host, port).close()
-        return
-    h = host.strip("[]")
-    tries: list[tuple[socket.AddressFamily, _Addr, bool | None]]
-    if h in _WILDCARDS:
-        tries = [(socket.AF_INET6, ("::", port), False), (socket.AF_INET, ("0.0.0.0", port), None)]
-    else:
-        try:
-            infos = socket.getaddrinfo(h or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except (OSError, UnicodeError):
-            return
-        # (gRPC's IPv6 sockets are dual-stack: its core sets IPV6_V6ONLY 0 where it can)
-        tries = [(f, a, False if f == socket.AF_INET6 else None) for f, _t, _p, _c, a in infos]
     errors = [e for f, a, v6only in tries if (e := _bind_error(f, a, v6only)) is not None]
     if errors and len(errors) == len(tries):
         raise errors[0]
+
+
+def _grpc_addresses(host: str, port: int) -> list[tuple[socket.AddressFamily, _Addr, bool | None]]:
+    """The (family, address, IPV6_V6ONLY) binds gRPC's core tries for ``host:port``, one of which must
+    succeed; ``OSError`` where it tries none."""
+    h = host.strip("[]")
+    if not h:
+        raise OSError(errno.EINVAL, "host must not be empty")
+    if h in _WILDCARDS:
+        return [(socket.AF_INET6, ("::", port), False), (socket.AF_INET, ("0.0.0.0", port), None)]
+    try:
+        infos = socket.getaddrinfo(h, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except UnicodeError as e:  # (a name IDNA cannot encode: no lookup, as gRPC's fails)
+        raise OSError(errno.EINVAL, f"address lookup failed: {e}") from e
+    # (gRPC's IPv6 sockets are dual-stack: its core sets IPV6_V6ONLY 0 where it can)
+    return [(f, a, False if f == socket.AF_INET6 else None) for f, _t, _p, _c, a in infos]
 
 
 def bind_one(host: str, port: int) -> socket.socket:

@@ -406,10 +406,10 @@ class EppServer:
         seen: set[int] = set()
         for option, port, grpc_rule in (("port", o.port, True), ("health_port", o.health_port, True),
                                         ("metrics_port", o.metrics_port, False)):  # fmt: skip
-            if not port:  # (None: not served; 0: ephemeral)
+            if port is None:  # (not served)
                 continue
             with _listening(option, f"{o.host}:{port}"):
-                if port in seen:
+                if port and port in seen:  # (0: ephemeral, each its own; its host is still checked)
                     raise OSError(errno.EADDRINUSE, "Address already in use (by another of its listeners)")
                 seen.add(port)
                 check_bindable(o.host, port, any_address=grpc_rule)
