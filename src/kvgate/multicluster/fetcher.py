@@ -244,7 +244,8 @@ class Fetcher:
     async def _health(self, st: ClusterState) -> None:
         """One round's EPP health check of ``st``, within ``timeout_s`` in all (the lookup's time is taken
         from the RPCs'): a channel per address family its name answered (``health_targets``), asked at
-        once; healthy when one answers SERVING (the others cancelled then), else unhealthy."""
+        once; healthy when one answers SERVING (the others cancelled then), else unhealthy. The verdict
+        lands only while ``st``'s spec still has the address checked (``_verdict``)."""
         addr = st.spec.health
         if addr is None:  # (none, or removed by a reload: the last verdict no longer stands)
             st.healthy = None
@@ -255,17 +256,17 @@ class Fetcher:
             log.debug("EPP health of %s: %s not looked up (the lookups' bounds)", st.name, addr)
             return
         except (TimeoutError, OSError, ValueError) as e:  # (gaierror; UnicodeError: a name IDNA refuses)
-            st.healthy = False
             log.debug("EPP health of %s: %s not resolved: %s", st.name, addr, e)
+            _verdict(st, addr, False)
             return
         left = self.timeout_s - took  # (> 0: a lookup that took the whole timeout raised TimeoutError)
         checks = [asyncio.ensure_future(self._check(t, left)) for t in targets]
         try:
             for done in asyncio.as_completed(checks):
                 if await done:
-                    st.healthy = True
+                    _verdict(st, addr, True)
                     return
-            st.healthy = False
+            _verdict(st, addr, False)
         finally:
             for c in checks:
                 c.cancel()
@@ -285,6 +286,16 @@ class Fetcher:
         except grpc.aio.AioRpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _verdict(st: ClusterState, addr: str, healthy: bool) -> None:
+    """``st``'s EPP health, from a check of ``addr``, unless a reload changed or removed its address while
+    the check was in flight (the aggregate's race, review s23-rev-hub23 F1, in the health check: the old
+    address's verdict stood on a cluster nothing checks, or on its new address, until the next round)."""
+    if st.spec.health == addr:
+        st.healthy = healthy
+    else:
+        log.debug("EPP health of %s dropped: %s is no longer its health address", st.name, addr)
 
 
 async def health_targets(addr: str, timeout_s: float) -> tuple[list[str], float]:
