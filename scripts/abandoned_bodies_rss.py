@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -26,8 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import parse_stall as ps
 from script_usage import usage_or_exit
-
-from kvgate import lifeline
+from tree_gateway import tree_gateway, unrouted
 
 
 def _rss_mib(pid: int) -> float:
@@ -40,29 +38,17 @@ def _rss_mib(pid: int) -> float:
 
 def _unrouted(shape: str) -> bytes:
     _, body = ps._big(shape, 8 << 20)
-    return ps._request(body.replace(b'"model":"m"', b'"model":"unrouted"', 1), b"/v1/chat/completions")
+    return ps._request(unrouted(body), b"/v1/chat/completions")
 
 
 def main() -> None:
     usage_or_exit(__doc__, 2)
     src, port = sys.argv[1], int(sys.argv[2])
     secs = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(src)}
-    py = sys.executable
-    backend = subprocess.Popen(
-        lifeline.die_with_parent_argv([py, "-m", "kvgate.bench.gateway_overhead", "--_backend", str(port)]),
-        env=env,
-        stdout=subprocess.PIPE,
-    )
     gw = port + 1
-    argv = [py, "-m", "kvgate.cli", "serve", "--endpoints", f"127.0.0.1:{port}", "--model", "m"]
-    argv += ["--policy", "round-robin", "--kv-events", "off", "--port", str(gw), "--log-level", "WARNING"]
-    gateway = subprocess.Popen(lifeline.die_with_parent_argv(argv), env=env)
     stop = threading.Event()
     left = [0]
-    try:
-        assert backend.stdout is not None and backend.stdout.readline().strip() == b"ready"
-        ps._wait_ready(gw)
+    with tree_gateway(src, port) as gateway:
         hostile, plain = _unrouted("emptymsg"), _unrouted("chat")
 
         def busy() -> None:
@@ -103,10 +89,6 @@ def main() -> None:
             f"{left[0]} 8 MiB bodies sent and left",
             flush=True,
         )
-    finally:
-        for proc in (gateway, backend):
-            proc.kill()
-            proc.wait()
 
 
 if __name__ == "__main__":

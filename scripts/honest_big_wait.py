@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,8 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import parse_stall as ps
 from script_usage import usage_or_exit
-
-from kvgate import lifeline
+from tree_gateway import tree_gateway, unrouted
 
 
 def _send(port: int, path: bytes, body: bytes, out: list[tuple[str, int, float]], key: str) -> None:
@@ -38,23 +36,10 @@ def _send(port: int, path: bytes, body: bytes, out: list[tuple[str, int, float]]
 def main() -> None:
     usage_or_exit(__doc__, 2)
     src, port = sys.argv[1], int(sys.argv[2])
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(src)}
-    py = sys.executable
-    backend = subprocess.Popen(
-        lifeline.die_with_parent_argv([py, "-m", "kvgate.bench.gateway_overhead", "--_backend", str(port)]),
-        env=env,
-        stdout=subprocess.PIPE,
-    )
     gw = port + 1
-    argv = [py, "-m", "kvgate.cli", "serve", "--endpoints", f"127.0.0.1:{port}", "--model", "m"]
-    argv += ["--policy", "round-robin", "--kv-events", "off", "--port", str(gw), "--log-level", "WARNING"]
-    gateway = subprocess.Popen(lifeline.die_with_parent_argv(argv), env=env)
     chat = b"/v1/chat/completions"
-    try:
-        assert backend.stdout is not None and backend.stdout.readline().strip() == b"ready"
-        ps._wait_ready(gw)
-        _, hostile = ps._big("emptymsg", 8 << 20)
-        hostile = hostile.replace(b'"model":"m"', b'"model":"unrouted"', 1)
+    with tree_gateway(src, port):
+        hostile = unrouted(ps._big("emptymsg", 8 << 20)[1])
         _, honest = ps._big("chat", 100_000)
         for k in (0, 1, 4):
             out: list[tuple[str, int, float]] = []
@@ -77,10 +62,6 @@ def main() -> None:
                 flush=True,
             )
             time.sleep(1.0)
-    finally:
-        for proc in (gateway, backend):
-            proc.kill()
-            proc.wait()
 
 
 if __name__ == "__main__":
