@@ -115,6 +115,10 @@ class Limits:
     # body taking it past it gets 503 with Retry-After (``kvgate epp --max-buffered-bytes``); bytes are
     # taken as they arrive, a head only checks that its Content-Length fits in what is free.
     max_buffered_bytes: int = 1 << 30
+    # Finished Responses API turns kept for their follow-ups' estimates (``previous_response_id``: the
+    # conversation's tokens and prefix blocks; ``openai.responses.ResponseTurns``, ~2.3 KB each at most;
+    # 0: none, a follow-up is estimated as its new input alone). ``kvgate serve --response-turns``.
+    response_turns: int = 10_000
 
 
 @dataclass(slots=True)
@@ -428,6 +432,7 @@ LIMIT_KEYS: dict[str, tuple[str, type | tuple[type, ...], bool]] = {
     "writeBufferBytes": ("write_buffer_bytes", int, False),
     "maxConnections": ("max_connections", int, False),
     "maxBufferedBytes": ("max_buffered_bytes", int, False),
+    "responseTurns": ("response_turns", int, True),
 }
 # Keys once accepted and ignored: refused with a reason rather than silently doing nothing.
 _UNSUPPORTED = {

@@ -50,6 +50,9 @@ from kvgate.openai.responses import (
     RESPONSES_PATH,
     ResponseHomes,
     ResponseIdReader,
+    ResponseTurns,
+    finished_turn,
+    follow_up,
     lookup_target,
     previous_response_id,
 )
@@ -149,6 +152,9 @@ class SessionContext:
         # gateway), read from the answers passing through; a follow-up naming one (``previous_response_id``)
         # or a lookup of one (``GET /v1/responses/{id}``) is pinned there (mc21; as ``kvgate serve``).
         self.responses: ResponseHomes[str] = ResponseHomes(clock=clock)
+        # And each finished turn's tokens and prefix blocks: a follow-up is estimated and prefix-scored
+        # as its conversation (``openai.responses.ResponseTurns``; as ``kvgate serve``).
+        self.turns = ResponseTurns(clock=clock)
         # Flow control (``Director.admit``): the stream waits for capacity before the pick.
         self.admit = admit
         self.endpoints = endpoints
@@ -430,8 +436,12 @@ class Session:
         req = self._build_request(parsed, model)
         path = self.request_headers.get(":path", "").split("?", 1)[0]
         self._responses = path == RESPONSES_PATH
-        if self._responses and (prev := previous_response_id(path, parsed.body)) is not None:
-            self._pin(req, prev)
+        if self._responses:
+            prev = previous_response_id(path, parsed.body)
+            turns = self.ctx.turns
+            follow_up(req, parsed.body.get("store"), turns.get(prev) if prev is not None else None)
+            if prev is not None:
+                self._pin(req, prev)
         self._use_models(client_model, model, size, req)  # (its flow known: fairness id, priority)
         # With request trailers the body's end is signalled by the trailers answer, not end_of_stream.
         return self._schedule(req, body=raw, body_changed=changed, body_eos=not trailers)
@@ -743,6 +753,8 @@ class Session:
         rid = ids.response_id()
         if rid is not None and self.endpoint is not None:
             self.ctx.responses.remember(rid, self.endpoint.address)
+            if self.request is not None and self.request.conversation is not None:
+                self.request.conversation.response_id = rid  # (its turn kept at its end: ``_finish``)
 
     # ---- accounting -----------------------------------------------------------------------------
     def _mark_first_token(self) -> None:
@@ -763,6 +775,9 @@ class Session:
         scanner = self._scanner
         learned = scanner.learned_usage() if isinstance(scanner, CountingScanner) else self.usage
         self.ctx.director.on_finished(self.request, self.endpoint, learned, ok)
+        conv = self.request.conversation
+        if conv is not None and conv.response_id is not None and ok and 200 <= self.status < 300:
+            self._keep_turn(conv.response_id)
         obs = self.ctx.observer
         if obs is not None:
             obs.finished(self.usage, ok, self.streaming)
@@ -788,6 +803,11 @@ class Session:
                     )
                 )
                 self._request_bytes = -1  # (observed: not again in ``close``)
+
+    def _keep_turn(self, response_id: str) -> None:
+        """A stored Responses turn answered whole (2xx): kept for its follow-up (``ResponseTurns``)."""
+        if self.request is not None and (turn := finished_turn(self.request, self.usage)) is not None:
+            self.ctx.turns.remember(response_id, turn)
 
     def _outcome(self, complete: bool, idle: bool = False) -> None:
         """Count the request's end once, as ``kvgate serve`` does: a model server's 4xx/5xx under its

@@ -82,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
         "(overrides limits.maxBufferedBytes; default 1073741824, 1 GiB; per worker with --workers)",
     )
     p.add_argument(
+        "--response-turns",
+        type=int,
+        default=None,
+        metavar="N",
+        help="finished Responses API turns each gateway process keeps, so a follow-up "
+        "(previous_response_id) is estimated and prefix-scored as the whole conversation, not its new "
+        "input alone (about 2.3 KB each at most; 0: none; overrides limits.responseTurns; default 10000)",
+    )
+    p.add_argument(
         "--min-ready-workers",
         type=int,
         default=None,
@@ -209,6 +218,10 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
         if args.max_buffered_bytes <= 0:
             raise GatewayConfigError("--max-buffered-bytes", f"must be > 0, got {args.max_buffered_bytes}")
         flag_budget(args, cfg)
+    if args.response_turns is not None:
+        if args.response_turns < 0:
+            raise GatewayConfigError("--response-turns", f"must be >= 0, got {args.response_turns}")
+        cfg.limits.response_turns = args.response_turns
     cfg.admin_tls = admin_tls(args, cfg)
     cfg.workers, cfg.min_ready_workers = final_workers(cfg, args)
     if args.worker_timeout is not None:

@@ -61,7 +61,15 @@ from kvgate.openai.request import (
     server_priority,
 )
 from kvgate.openai.requeststats import ChunkGaps, RequestEnd
-from kvgate.openai.responses import RESPONSES_PATH, ResponseHomes, ResponseIdReader, previous_response_id
+from kvgate.openai.responses import (
+    RESPONSES_PATH,
+    ResponseHomes,
+    ResponseIdReader,
+    ResponseTurns,
+    finished_turn,
+    follow_up,
+    previous_response_id,
+)
 from kvgate.openai.sse import SSEScanner
 from kvgate.openai.usage import BodyUsageScanner, usage_from_body
 from kvgate.requestcontrol.director import Director, preempted_error
@@ -284,6 +292,9 @@ class Proxy:
         # And, for an id made through a model rewrite, (the name sent, the client's): a lookup's answer
         # has the client's name put back, as the create's had (``gateway.lookups``, review s19-qa2 L2).
         self.response_models: ResponseHomes[tuple[str, str]] = ResponseHomes(clock=clock)
+        # And each finished turn's tokens and prefix blocks: a follow-up's estimate is the conversation's,
+        # not its new input's (``openai.responses.ResponseTurns``; ``--response-turns`` sizes it).
+        self.turns = ResponseTurns(cfg.limits.response_turns, clock=clock)
         self._request_lines: dict[tuple[str, str], bytes] = {}
         self._rid_seq = 0
         # The routes' handlers: ``_entry`` with its kind bound (a C-level partial, not a Python call per
@@ -580,14 +591,19 @@ class Proxy:
             headers=headers,
             arrival_time=t0,
         )
-        if kind == RESPONSES_PATH and (prev := previous_response_id(kind, parsed.body)) is not None:
-            # A Responses follow-up: picked among the endpoint that made the response it names, while
-            # that one is known and healthy (elsewhere vLLM answers 404); a retry may go elsewhere.
-            home = self.responses.home(prev)
-            # Soft: if the home leaves the pool while the request is queued, the pick drops the pin and
-            # picks it as any request, as on arrival then (review s19-qa L4; not ready: it waits, I1).
-            if home is not None and any(ep.address == home and ep.healthy for ep in pool.endpoints()):
-                ireq.subset, ireq.subset_soft = frozenset((home,)), True
+        if kind == RESPONSES_PATH:
+            prev = previous_response_id(kind, parsed.body)
+            # The earlier turn's tokens and blocks (a follow-up), and this turn's kept for the next.
+            follow_up(ireq, parsed.body.get("store"), self.turns.get(prev) if prev is not None else None)
+            if prev is not None:
+                # A Responses follow-up: picked among the endpoint that made the response it names, while
+                # that one is known and healthy (elsewhere vLLM answers 404); a retry may go elsewhere.
+                home = self.responses.home(prev)
+                # Soft: if the home leaves the pool while the request is queued, the pick drops the pin
+                # and picks it as any request, as on arrival then (review s19-qa L4; not ready: it
+                # waits, I1).
+                if home is not None and any(ep.address == home and ep.healthy for ep in pool.endpoints()):
+                    ireq.subset, ireq.subset_soft = frozenset((home,)), True
         headers["x-request-id"] = rid
         headers["content-type"] = "application/json"
         # Header block built once; each attempt only prepends its request line and Host.
@@ -823,7 +839,7 @@ class Proxy:
                         reply_headers,
                         t0,
                         owns_deadline,
-                        self._note_response(kind, resp, first, ep, sent_model, client_model),
+                        self._note_response(kind, resp, first, ep, sent_model, client_model, ireq),
                         sent_at,
                         start,
                         kind,
@@ -864,6 +880,7 @@ class Proxy:
                         ep,
                         sent_model,
                         client_model,
+                        ireq,
                     )
                 if marks is not None:
                     marks["first"] = self.clock()  # (the whole body: no earlier byte reaches the client)
@@ -1084,6 +1101,7 @@ class Proxy:
         ep: Endpoint,
         sent_model: str | None,
         client_model: str,
+        ireq: InferenceRequest,
     ) -> ResponseIdReader | None:
         """A 2xx Responses answer's id remembered with ``ep`` (``_prepare`` picks a follow-up there), read
         from ``head``: the whole held body, else the first piece of a relayed one (vLLM writes ``id``
@@ -1096,17 +1114,30 @@ class Proxy:
         ids = ResponseIdReader(sse)
         ids.feed(head)
         if ids.done or not sse:
-            self._remember_response(ids, ep, sent_model, client_model)
+            self._remember_response(ids, ep, sent_model, client_model, ireq)
             return None
         return ids
 
     def _remember_response(
-        self, ids: ResponseIdReader, ep: Endpoint, sent_model: str | None, client_model: str
+        self,
+        ids: ResponseIdReader,
+        ep: Endpoint,
+        sent_model: str | None,
+        client_model: str,
+        ireq: InferenceRequest,
     ) -> None:
         if (rid := ids.response_id()) is not None:
             self.responses.remember(rid, ep.address)
             if sent_model is not None:
                 self.response_models.remember(rid, (sent_model, client_model))
+            if ireq.conversation is not None:
+                ireq.conversation.response_id = rid  # (its turn is kept at its end: ``_keep_turn``)
+
+    def _keep_turn(self, ireq: InferenceRequest, usage: Usage | None) -> None:
+        """A stored Responses turn answered whole (2xx): kept for its follow-up (``ResponseTurns``)."""
+        conv = ireq.conversation
+        if conv is not None and conv.response_id is not None and (turn := finished_turn(ireq, usage)):
+            self.turns.remember(conv.response_id, turn)
 
     def _blame(self, ep: Endpoint | None) -> None:
         """Charge ``ep`` (if any) a failure: its 500 for a request no other endpoint answered a 500."""
@@ -1269,6 +1300,8 @@ class Proxy:
                 self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, progress)
             usage = scan.usage() if ok and resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok and resp.status < 500)
+            if ireq.conversation is not None and ok and resp.status < 300:
+                self._keep_turn(ireq, usage)
             self._charge(ireq, usage, resp.status < 300)
             m = self.metrics
             flow = m.flow(flow_of(ireq), ireq.priority)
@@ -1300,6 +1333,8 @@ class Proxy:
         # The whole body at once: its time is the whole response's, not a first token's (nothing for
         # the latency models to learn; an error reply even less).
         usage = usage_from_body(body) if resp.status < 300 else None
+        if ireq.conversation is not None and resp.status < 300:
+            self._keep_turn(ireq, usage)
         if type(director) is Director:  # (the two calls below in one: ``Director.on_whole``)
             director.on_whole(ireq, ep, usage, ok)
         else:
@@ -1410,7 +1445,7 @@ class Proxy:
                 if ids is not None and chunk:
                     ids.feed(chunk)
                     if ids.done:
-                        self._remember_response(ids, ep, sent_model, client_model)
+                        self._remember_response(ids, ep, sent_model, client_model, ireq)
                         ids = None
             if stop is not None:
                 stop.ended = True  # (past its last read: a preemption now would end nothing)
@@ -1482,6 +1517,8 @@ class Proxy:
             # A 2xx's usage only, as ``_whole`` reads it (an error stream that carries one: none).
             usage = relay.usage if resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok)  # (preempted: released already, a no-op)
+            if ireq.conversation is not None and ok and resp.status < 300:
+                self._keep_turn(ireq, usage)
             if not preempted:  # (as a request preempted before its head: not charged)
                 self._charge(ireq, usage, resp.status < 300)
             # Tokens observed only at the stream's normal end: a cut one, or one whose client left,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -21,6 +22,7 @@ import msgspec
 
 from kvgate.openai.sse import next_event_end
 from kvgate.openai.usage import event_obj
+from kvgate.scheduling.types import Conversation, InferenceRequest, Usage
 
 RESPONSES_PATH = "/v1/responses"
 # How many response ids a door remembers, and for how long (seconds since the answer).
@@ -60,6 +62,84 @@ def previous_response_id(path: str, body: dict[str, Any]) -> str | None:
 
 
 H = TypeVar("H")
+# How many earlier turns a door keeps for follow-ups' estimates (``ResponseTurns``; ``kvgate serve
+# --response-turns``): each at most ``MAX_PREFIX_BLOCKS`` block hashes (8 bytes each) and its token count,
+# about 2.3 KB at most, so ~23 MB for the default's 10,000 (a turn shorter than 256 blocks less).
+TURNS_MAX = 10_000
+
+
+class Turn:
+    """A finished Responses turn, kept for the follow-up naming it: the whole conversation's tokens as the
+    server holds it (that turn's prompt, the earlier turns included, plus its output: its usage, else the
+    prompt's estimate) and the prefix scorer's block chain of it (``scheduling.types.Conversation``)."""
+
+    __slots__ = ("by_ids", "chunk", "hashes", "model", "tokens")
+
+    def __init__(self, tokens: int, hashes: array[int], chunk: int, by_ids: bool, model: str) -> None:
+        self.tokens, self.hashes, self.chunk, self.by_ids, self.model = tokens, hashes, chunk, by_ids, model
+
+
+def finished_turn(req: InferenceRequest, usage: Usage | None) -> Turn | None:
+    """The turn ``req`` made (its answer done, 2xx), or None: not a stored Responses turn, or its id not
+    read."""
+    conv = req.conversation
+    if conv is None or conv.response_id is None:
+        return None
+    if usage is not None and usage.prompt_tokens > 0:
+        tokens = usage.prompt_tokens + usage.completion_tokens
+    else:  # (no usage: the estimate, the earlier turns included; its output unknown)
+        tokens = req.prompt_tokens
+    return Turn(tokens, array("Q", conv.chain), conv.chain_chunk, conv.chain_by_ids, req.model)
+
+
+def follow_up(req: InferenceRequest, store: Any, turn: Turn | None) -> None:
+    """Mark a Responses request: its earlier ``turn`` (None: none known) added to its estimate and handed
+    to the prefix scorer as its head; a ``Conversation`` set when the server keeps this turn (``store``
+    not false) or it follows one, so the turn it makes is kept in its turn (``finished_turn``)."""
+    if turn is None:
+        if store is not False:
+            req.conversation = Conversation()
+        return
+    req.prompt_tokens += turn.tokens
+    req.conversation = Conversation(turn.tokens, turn.hashes, turn.chunk, turn.by_ids, turn.model)
+
+
+class ResponseTurns:
+    """Response id -> its ``Turn``: the ``max_entries`` most recently kept or read (an LRU: a conversation
+    in use stays), each for ``ttl_s`` after it was kept. ``max_entries`` 0 keeps none (off)."""
+
+    __slots__ = ("_turns", "clock", "max_entries", "ttl_s")
+
+    def __init__(
+        self,
+        max_entries: int = TURNS_MAX,
+        ttl_s: float = HOMES_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries, self.ttl_s, self.clock = max_entries, ttl_s, clock
+        self._turns: OrderedDict[str, tuple[Turn, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    def remember(self, response_id: str, turn: Turn) -> None:
+        if not self.max_entries or not response_id or len(response_id) > _ID_MAX:
+            return
+        turns = self._turns
+        turns[response_id] = (turn, self.clock() + self.ttl_s)
+        turns.move_to_end(response_id)
+        while len(turns) > self.max_entries:
+            turns.popitem(last=False)
+
+    def get(self, response_id: str) -> Turn | None:
+        entry = self._turns.get(response_id)
+        if entry is None:
+            return None
+        if entry[1] <= self.clock():
+            del self._turns[response_id]
+            return None
+        self._turns.move_to_end(response_id)
+        return entry[0]
 
 
 class ResponseHomes(Generic[H]):

@@ -68,8 +68,12 @@ _spans: OrderedDict[tuple[int, bytes], list[int]] = OrderedDict()
 _span_bytes = 0  # the estimate for what ``_spans`` holds now
 
 
-def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MAX_PREFIX_BLOCKS) -> list[int]:
-    """Chained hashes of the full ``chunk``-sized blocks of ``data`` (chars for text, bytes otherwise)."""
+def block_hashes(
+    model: str, data: str | bytes, chunk: int, max_blocks: int = MAX_PREFIX_BLOCKS, seed: int | None = None
+) -> list[int]:
+    """Chained hashes of the full ``chunk``-sized blocks of ``data`` (chars for text, bytes otherwise).
+    ``seed``: the chain value to continue (the last hash of an earlier turn's blocks: a Responses
+    follow-up's new input), else the model's."""
     if isinstance(data, str):
         raw = data[: chunk * max_blocks].encode("utf-8", "surrogatepass")
     else:
@@ -77,7 +81,7 @@ def block_hashes(model: str, data: str | bytes, chunk: int, max_blocks: int = MA
     n = min(len(raw) // chunk, max_blocks)
     if not n:
         return []
-    prev = _h64(model.encode("utf-8", "surrogatepass"))
+    prev = _h64(model.encode("utf-8", "surrogatepass")) if seed is None else seed
     out: list[int] = []
     app = out.append
     fmt = f"{chunk}s"

@@ -54,10 +54,36 @@ class InferenceRequest:
     # The body's length as received (bytes; 0 where no body came, e.g. a simulated request): what flow
     # control's ``maxBytes`` counts, as GIE's ``ByteSize()`` (``RequestSize = len(body)``).
     body_bytes: int = 0
+    # A Responses API request the server keeps (``store``): what the front door knows of its conversation
+    # (``previous_response_id``'s earlier turn), and where the prefix scorer leaves this turn's blocks for
+    # the next one (``Conversation``). None for any other request.
+    conversation: Conversation | None = None
 
     @property
     def sheddable(self) -> bool:
         return self.priority < 0
+
+
+@dataclass(slots=True)
+class Conversation:
+    """A Responses API turn's conversation. A follow-up sends only ``previous_response_id`` and its new
+    input, but the server prefills the whole conversation: the door adds the earlier turn's tokens to the
+    prompt estimate (``head_tokens``, in ``InferenceRequest.prompt_tokens`` already) and hands the prefix
+    scorer that turn's block chain (``head``, keyed by ``chunk`` / ``by_ids`` / ``model`` as the scorer
+    keyed it), which the scorer continues with this turn's own blocks, so the follow-up matches the
+    endpoint holding the conversation. The scorer leaves the chain it recorded in ``chain`` (with its
+    ``chain_chunk`` / ``chain_by_ids``), which the door keeps for the next turn once this one's id
+    (``response_id``) and its usage are known."""
+
+    head_tokens: int = 0
+    head: Sequence[int] = ()
+    chunk: int = 0
+    by_ids: bool = False
+    model: str = ""
+    chain: Sequence[int] = ()
+    chain_chunk: int = 0
+    chain_by_ids: bool = False
+    response_id: str | None = None
 
 
 def prompt_tokens(req_tokens: int, text: str, token_ids: Sequence[int] | None) -> int:

@@ -254,6 +254,20 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             hashes = [] if short else block_hashes(req.model, text, chunk, self.max_blocks)
         else:
             chunk, hashes = tokens * CHARS_PER_TOKEN, []
+        conv = req.conversation
+        head = conv.head if conv is not None else ()
+        if (
+            head
+            and conv is not None
+            and (conv.chunk, conv.by_ids, conv.model) == (chunk, bool(ids), req.model)
+        ):
+            # A Responses follow-up: the earlier turn's chain, continued by this turn's own blocks (the
+            # server prefills the conversation, not only the new input), so the endpoint holding the
+            # conversation matches it. No tail keys: ``data`` is only the new input.
+            rest = self.max_blocks - len(head)
+            own = block_hashes(req.model, data or text, chunk, rest, seed=head[-1]) if rest > 0 else []
+            hashes = [*head[: self.max_blocks], *own]
+            data = ""
         window = chunk * len(hashes)
         matched: dict[str, int] = {}
         if hashes and self.index.total:
@@ -280,6 +294,9 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         m = prefix_match(cycle)
         if m is None or not m.hashes:
             return
+        if (conv := cycle.request.conversation) is not None:
+            # (this turn's chain, for the door to keep for the next one: ``Conversation``)
+            conv.chain, conv.chain_chunk, conv.chain_by_ids = m.hashes, m.chunk, m.by_ids
         ratio = m.ratio(endpoint.address)
         metrics.PREFIX_HIT_RATIO.observe(ratio)
         metrics.PREFIX_HIT_BYTES.observe(m.matched.get(endpoint.address, 0) * m.chunk)
