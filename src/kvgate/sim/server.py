@@ -8,13 +8,15 @@ the process cannot keep up the lag behind the wall clock grows and shows in ``kv
 and ``kvgate_sim_steps_late_total``.
 
 Endpoints (see docs/simulator-http.md): OpenAI ``/v1/completions``, ``/v1/chat/completions`` (SSE and
-JSON), ``/v1/models``, LoRA load/unload, ``/health``, ``/metrics``, the probes the peer routers use
-(``/server_info``, ``/model_info``, ``/get_server_info``, ``/get_model_info``, ``/get_load``, ``/tokenize``,
+JSON), ``/v1/responses`` (stored conversations: ``routes_responses``), ``/v1/models``, LoRA
+load/unload, ``/health``, ``/metrics``, the probes the peer routers use (``/server_info``,
+``/model_info``, ``/get_server_info``, ``/get_model_info``, ``/get_load``, ``/tokenize``,
 ``/detokenize``, ``/v1/completions/render``, ``/v1/chat/completions/render``, ``/kv_event_sources``) and
 admin endpoints under ``/sim/`` (faults, stop/start, state). Errors use vLLM's JSON error shape.
 
 This module is the replica's lifecycle (start/stop/crash, the engine driver, the app); the route groups
-live in ``routes_openai``, ``routes_probes`` and ``routes_admin``, their shared state in ``replica_base``.
+live in ``routes_openai``, ``routes_responses``, ``routes_probes`` and ``routes_admin``, their shared
+state in ``replica_base``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 import os
 import time
 import uuid
+from collections import OrderedDict
 
 from aiohttp import web
 
@@ -36,8 +39,8 @@ from kvgate.sim.kvevents import KVEventPublisher
 from kvgate.sim.metrics import ServerCounters
 from kvgate.sim.replica_base import MAX_LAG_S, MIN_SLEEP_S, ApiError, Handler, Pending, ReplicaConfig
 from kvgate.sim.routes_admin import AdminRoutes
-from kvgate.sim.routes_openai import OpenAIRoutes
 from kvgate.sim.routes_probes import ProbeRoutes
+from kvgate.sim.routes_responses import ResponsesRoutes
 from kvgate.sim.tokenizer import Tok, get_tokenizer
 from kvgate.sim.types import StepResult
 
@@ -46,7 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ApiError", "Replica", "ReplicaConfig"]
 
 
-class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
+class Replica(ResponsesRoutes, ProbeRoutes, AdminRoutes):
     """One simulated model server. ``await start()`` / ``await stop()`` (a crash: connections refused,
     in-flight requests cut, engine state lost) may be repeated; ``await close()`` at the end."""
 
@@ -72,6 +75,7 @@ class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
             self.kv = KVEventPublisher(cfg.host, cfg.kv_events_port, cfg.kv_replay_port, cfg.kv_topic)
         self.engine = self._new_engine()
         self._pending: dict[str, Pending] = {}
+        self._stored: OrderedDict[str, list[dict[str, str]]] = OrderedDict()  # (``routes_responses``)
         self._ids = itertools.count()
         self._id_prefix = f"{index}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
@@ -273,6 +277,7 @@ class Replica(OpenAIRoutes, ProbeRoutes, AdminRoutes):
         r = app.router
         r.add_post("/v1/completions", self._completions)
         r.add_post("/v1/chat/completions", self._chat)
+        r.add_post("/v1/responses", self._responses)
         r.add_get("/v1/models", self._models)
         r.add_post("/v1/load_lora_adapter", self._load_lora)
         r.add_post("/v1/unload_lora_adapter", self._unload_lora)

@@ -1,0 +1,194 @@
+"""The simulated replica's Responses API (``POST /v1/responses``), with vLLM's stored conversations.
+
+As vLLM with ``VLLM_ENABLE_RESPONSES_API_STORE=1``: an answer made with ``store`` (its default: true) is
+kept in this replica's memory with the conversation that made it (its messages and the output), and a
+follow-up naming it (``previous_response_id``) is prefilled as that conversation, then its own
+``instructions`` and ``input``: the engine sees (and its prefix cache may hold) the whole conversation,
+while the request's body carries only the new input. Anywhere else the id is vLLM's 404 (``Response with
+id '...' not found.``). Kept: the latest ``STORE_MAX`` answers (vLLM keeps all until restart; a bound
+here so a long benchmark does not grow the simulator).
+
+An answer is one JSON ``response`` object, or (``stream``) the events ``response.created``,
+``response.output_text.delta`` per token (the first marks the first token, as vLLM's), then
+``response.completed`` with its usage (``input_tokens``, ``input_tokens_details.cached_tokens``,
+``output_tokens``). Input: a string, or a list of message items (``role`` + a string or parts with
+``text``); other items are refused (400), as the simulator models text only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kvgate.sim.replica_base import ApiError, Pending, json_response
+from kvgate.sim.routes_openai import OpenAIRoutes
+from kvgate.sim.types import SimRequest
+
+STORE_MAX = 4096
+
+
+def _content(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    raise ApiError(400, "a message's 'content' must be a string or a list of parts", "input")
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    """The request's own messages: its ``instructions`` (a system message) and ``input``."""
+    out: list[dict[str, str]] = []
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise ApiError(400, "'instructions' must be a string", "instructions")
+        out.append({"role": "system", "content": instructions})
+    inp = body.get("input")
+    if isinstance(inp, str):
+        out.append({"role": "user", "content": inp})
+    elif isinstance(inp, list):
+        for item in inp:
+            if not isinstance(item, dict) or not isinstance(item.get("role"), str):
+                raise ApiError(400, "the simulator takes message items (with a 'role') only", "input")
+            out.append({"role": item["role"], "content": _content(item.get("content"))})
+    else:
+        raise ApiError(400, "'input' must be a string or a list of input items", "input")
+    return out
+
+
+class ResponsesRoutes(OpenAIRoutes):
+    """``POST /v1/responses`` (the replica's ``_stored`` answers: ``Replica`` makes it)."""
+
+    _stored: OrderedDict[str, list[dict[str, str]]]
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        lora = self._resolve_model(body)
+        model = lora or self.cfg.model
+        prev = body.get("previous_response_id")
+        messages: list[dict[str, str]] = []
+        if prev is not None:
+            earlier = self._stored.get(prev) if isinstance(prev, str) else None
+            if earlier is None:
+                raise ApiError(404, f"Response with id '{prev}' not found.", "response_id")
+            messages = list(earlier)
+        messages += _messages(body)
+        ids = self.tok.encode(self.tok.apply_chat_template(messages))
+        if not ids:
+            raise ApiError(400, "The prompt is empty", "input")
+        limit = body.get("max_output_tokens")
+        max_tokens = self._max_tokens({"max_tokens": limit}, False, len(ids))
+        stream = bool(body.get("stream"))
+        if not self.running or self._driver is None or self._driver.done():
+            raise ApiError(503, "The replica's engine is not running")
+        if self.faults.should_fail():
+            self.counters.errors_injected += 1
+            raise ApiError(self.faults.error_status, "Injected failure (simulator fault)")
+        rid = f"resp_{self._id_prefix}-{next(self._ids)}"
+        now = self.sim_now()
+        req = SimRequest(
+            request_id=rid, prompt_token_ids=ids, max_tokens=max_tokens, lora=lora, arrival_time=now
+        )
+        p = Pending(req, now, self.cfg.stream_interval if stream else 1 << 30)
+        try:
+            self.engine.add_request(req, now)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        self._pending[rid] = p
+        self._wake.set()
+        created = int(time.time())
+        try:
+            if stream:
+                resp = await self._response_events(request, p, model, created)
+            else:
+                while not p.done:
+                    await p.wait()
+                    if p.crashed:
+                        return self._cut(request)
+                    p.tokens.clear()
+                resp = json_response(self._response_doc(req, model, created))
+        except ConnectionResetError:
+            return self._cut(request)
+        finally:
+            self._pending.pop(rid, None)
+            if not p.done and not p.crashed:
+                self.engine.abort(rid)
+        if body.get("store", True) is not False:
+            text = "".join(self._text(req.output_token_ids))
+            self._stored[rid] = [*messages, {"role": "assistant", "content": text}]
+            while len(self._stored) > STORE_MAX:
+                self._stored.popitem(last=False)
+        return resp
+
+    def _response_doc(self, req: SimRequest, model: str, created: int, done: bool = True) -> dict[str, Any]:
+        text = "".join(self._text(req.output_token_ids)) if done else ""
+        n_in, n_out = req.num_prompt_tokens, len(req.output_token_ids)
+        message = {
+            "id": f"msg_{req.request_id}",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+        return {
+            "id": req.request_id,
+            "object": "response",
+            "created_at": created,
+            "model": model,
+            "status": "completed" if done else "in_progress",
+            "output": [message] if done else [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": {
+                "input_tokens": n_in,
+                "input_tokens_details": {"cached_tokens": req.num_cached_tokens},
+                "output_tokens": n_out,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": n_in + n_out,
+            }
+            if done
+            else None,
+        }
+
+    async def _response_events(
+        self, request: web.Request, p: Pending, model: str, created: int
+    ) -> web.StreamResponse:
+        req = p.req
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        seq = 0
+
+        def event(kind: str, data: dict[str, Any]) -> bytes:
+            nonlocal seq
+            seq += 1
+            body = orjson.dumps({"type": kind, "sequence_number": seq - 1, **data})
+            return b"event: " + kind.encode() + b"\ndata: " + body + b"\n\n"
+
+        await resp.write(
+            event("response.created", {"response": self._response_doc(req, model, created, False)})
+        )
+        item = f"msg_{req.request_id}"
+        while True:
+            await p.wait()
+            if p.crashed:
+                return self._cut(request)
+            toks = p.take()
+            if toks:
+                parts = [
+                    event(
+                        "response.output_text.delta",
+                        {"item_id": item, "output_index": 0, "content_index": 0, "delta": word},
+                    )
+                    for word in self._text(toks)
+                ]
+                await resp.write(b"".join(parts))
+            if p.done and not p.tokens:
+                break
+        await resp.write(event("response.completed", {"response": self._response_doc(req, model, created)}))
+        await resp.write_eof()
+        return resp
