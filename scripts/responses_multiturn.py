@@ -254,8 +254,8 @@ def main() -> None:
     p.add_argument("--replicas", type=int, default=4)
     p.add_argument("--profile", default="qwen3-32b-h100")
     p.add_argument("--blocks", type=int, default=1500, help="KV blocks (16 tokens) per replica: tight")
-    p.add_argument("--sessions", type=int, default=40)
-    p.add_argument("--window", type=float, default=15.0, help="seconds over which sessions start")
+    p.add_argument("--sessions", type=int, default=24)
+    p.add_argument("--window", type=float, default=8.0, help="seconds over which sessions start")
     p.add_argument("--think", type=float, default=1.5, help="mean think time between turns (s)")
     args = p.parse_args()
     trees = [os.path.abspath(t) for t in args.trees.split(",")]
