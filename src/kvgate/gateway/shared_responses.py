@@ -24,10 +24,11 @@ region per worker, written by that worker only (no lock: nothing a worker killed
   round robin (an entry naming a reused pair reads as no pair);
 - ``slots`` entries in sets of ``WAYS``: a sequence word, the id's key (64 bits of BLAKE2b, the same in
   every process), when it expires (microseconds of the gateway's clock, ``time.monotonic``: one clock for
-  every process on the host), the pair (slot and sequence, -1: none) and the address (``ADDR_BYTES``
-  NUL-padded). An id may be in either of two sets (from its key's low and high bits; a reader looks in
-  both): a new id takes an empty or expired entry of the emptier, else the one of the two that expires
-  first (the oldest).
+  every process on the host), the pair (slot and sequence, -1: none), the finished turn's tokens (0 until
+  the answer ends: ``remember_tokens``, read by ``FleetTurns``: a follow-up another worker takes is
+  estimated as its conversation, prev24) and the address (``ADDR_BYTES`` NUL-padded). An id may be in
+  either of two sets (from its key's low and high bits; a reader looks in both): a new id takes an empty
+  or expired entry of the emptier, else the one of the two that expires first (the oldest).
 A writer makes a sequence word odd, writes, then makes it even again (a word left odd by a writer killed
 mid-write stays odd through the next write, then even); a reader takes an entry only if its word was even
 and unchanged across the read (else: not found, as for an id never seen).
@@ -36,7 +37,7 @@ Bounded: each worker's latest ``HOMES_MAX / N`` ids (its share; the fleet's late
 kernel spreads connections evenly, as one process keeps ``HOMES_MAX``), each for ``HOMES_TTL_S``: a
 region has twice the share's entries (``slots``), so with two sets to choose from the latest share is
 held whole (review s20-gw M1: one set per id in a region of the share's size displaced ~14% of it);
-about 19.2 MB of ``/dev/shm`` whatever N. A worker keeps its own
+about 20.9 MB of ``/dev/shm`` (21.9 MB at 16 workers). A worker keeps its own
 ``ResponseHomes`` too, read first: an id it made is found as in one process, also one whose address
 (> 64 bytes) or model names (> 128 bytes) do not fit the table. A restarted worker continues its region:
 what its predecessor wrote is still true (the responses live in the model servers).
@@ -46,11 +47,12 @@ from __future__ import annotations
 
 import hashlib
 import time
+from array import array
 from collections.abc import Callable
 from multiprocessing import shared_memory
 from typing import TYPE_CHECKING
 
-from kvgate.openai.responses import HOMES_MAX, HOMES_TTL_S, ResponseHomes
+from kvgate.openai.responses import HOMES_MAX, HOMES_TTL_S, ResponseHomes, ResponseTurns, Turn
 
 if TYPE_CHECKING:
     from kvgate.gateway.proxy import Proxy
@@ -60,8 +62,8 @@ MODEL_BYTES = 128
 PAIRS = 256
 WAYS = 8
 _ADDR_WORDS = ADDR_BYTES // 8
-_E = 4 + _ADDR_WORDS  # words per entry: sequence, key, expires (us), pair, address
-_SEQ, _KEY, _EXP, _PAIR = range(4)
+_E = 5 + _ADDR_WORDS  # words per entry: sequence, key, expires (us), pair, the turn's tokens, address
+_SEQ, _KEY, _EXP, _PAIR, _TOK = range(5)
 _P = 1 + 2 * MODEL_BYTES // 8  # words per pair: sequence, the name sent, the client's
 _US = 1_000_000
 
@@ -187,7 +189,8 @@ class SharedResponses:
         c[b + _KEY] = key
         c[b + _EXP] = int((now + self.ttl_s) * _US)
         c[b + _PAIR] = -1
-        at = (b + 4) * 8
+        c[b + _TOK] = 0
+        at = (b + 5) * 8
         self._bytes[at : at + ADDR_BYTES] = addr.ljust(ADDR_BYTES, b"\0")
         c[b + _SEQ] = seq + 1
         return True
@@ -220,13 +223,42 @@ class SharedResponses:
                     if seq & 1 or c[b + _KEY] != key:
                         continue
                     exp, ref = c[b + _EXP], c[b + _PAIR]
-                    at = (b + 4) * 8
+                    at = (b + 5) * 8
                     addr = bytes(self._bytes[at : at + ADDR_BYTES]).rstrip(b"\0")
                     if c[b + _SEQ] != seq or exp <= now_us or not addr:
                         continue
                     pair = self._pair_at(w, ref) if ref >= 0 else None
                     return addr.decode("utf-8", "surrogateescape"), pair
         return None
+
+    def remember_tokens(self, response_id: str, tokens: int) -> bool:
+        """The finished turn's tokens of an id this worker remembered (``remember``: at the answer's start;
+        these at its end); False: not in this worker's region (displaced, or it did not fit)."""
+        b = self._own(response_key(response_id)) if self.worker >= 0 else None
+        if b is None or tokens <= 0:
+            return False
+        c = self._words
+        seq = c[b + _SEQ] | 1  # (as ``remember``)
+        c[b + _SEQ] = seq
+        c[b + _TOK] = tokens
+        c[b + _SEQ] = seq + 1
+        return True
+
+    def find_tokens(self, response_id: str, now: float) -> int:
+        """``response_id``'s finished turn's tokens (``remember_tokens``); 0: not known."""
+        key = response_key(response_id)
+        c = self._words
+        now_us = int(now * _US)
+        for w in range(self.workers):
+            for base in self._sets_of(w, key):
+                for b in range(base, base + WAYS * _E, _E):
+                    seq = c[b + _SEQ]
+                    if seq & 1 or c[b + _KEY] != key:
+                        continue
+                    tokens, exp = c[b + _TOK], c[b + _EXP]
+                    if c[b + _SEQ] == seq and exp > now_us:
+                        return tokens
+        return 0
 
     # -- model pairs ----------------------------------------------------------------------------
 
@@ -283,6 +315,7 @@ class SharedResponses:
         """``proxy.responses`` and ``proxy.response_models`` read and write this table too."""
         proxy.responses = FleetHomes(self, clock)
         proxy.response_models = FleetModels(self, clock)
+        proxy.turns = FleetTurns(self, proxy.turns.max_entries, clock)
 
 
 class FleetHomes(ResponseHomes[str]):
@@ -324,3 +357,29 @@ class FleetModels(ResponseHomes[tuple[str, str]]):
         if got is None and (found := self.table.find(response_id, self.clock())) is not None:
             got = found[1]
         return got
+
+
+class FleetTurns(ResponseTurns):
+    """``Proxy.turns`` under ``--workers``: this worker's own turns (tokens and prefix chain), then the
+    fleet's table for the tokens alone (a turn another worker finished: the follow-up's estimate counts
+    it; its chain stays in that worker, the home pin places the follow-up)."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: SharedResponses, max_entries: int, clock: Callable[[], float]) -> None:
+        super().__init__(max_entries, clock=clock)
+        self.table = table
+
+    def remember(self, response_id: str, turn: Turn) -> None:
+        super().remember(response_id, turn)
+        if self.max_entries:
+            self.table.remember_tokens(response_id, turn.tokens)
+
+    def get(self, response_id: str) -> Turn | None:
+        got = super().get(response_id)
+        if got is None and self.max_entries and (n := self.table.find_tokens(response_id, self.clock())):
+            got = Turn(n, _NO_CHAIN, 0, False, "")
+        return got
+
+
+_NO_CHAIN: array[int] = array("Q")
