@@ -87,9 +87,9 @@ RESPONSES = "responses"
 MESSAGES = "messages"
 # The other ``OTHER_PATHS``, by what their vLLM request models define (#16: each path checks only those
 # keys): ``/pooling`` and ``/classify`` (``input`` or ``messages``, ``user``); the scoring APIs, score and
-# rerank (``user``; their texts are not read); and the ones whose models define none of the keys kvgate
-# reads (``/tokenize`` and ``/detokenize`` run no model, so no prompt is read; Cohere's ``/v2/embed``,
-# whose ``max_tokens`` truncates the input: it is no output limit).
+# rerank (``user``; their texts estimated, never refused: ``_score_estimate``); and the ones whose models
+# define none of the keys kvgate reads (``/tokenize`` and ``/detokenize`` run no model, so no prompt is
+# read; Cohere's ``/v2/embed``, whose ``max_tokens`` truncates the input: it is no output limit).
 POOLING = "pooling"
 SCORE = "score"
 BARE = "bare"
@@ -666,6 +666,46 @@ def _pooling_prompt(body: dict[str, Any], embeddings: bool) -> tuple[str, list[i
     raise BodyError("'input' is required", "input")
 
 
+# The scoring APIs' pairs of inputs, in vLLM 0.32's ``ScoreRequest`` union order (``ScoreDataRequest``,
+# ``ScoreQueriesDocumentsRequest``, ``ScoreQueriesItemsRequest``, ``ScoreTextRequest``), then rerank's.
+_SCORE_PAIRS = (("data_1", "data_2"), ("queries", "documents"), ("queries", "items"), ("text_1", "text_2"))
+
+
+def _score_estimate(body: dict[str, Any]) -> tuple[int, int]:
+    """A score / rerank body's (prompt tokens, sequences), read, never refused (the server's 400 answers a
+    bad one: then 0, 1, as before). Each side a ``ScoreInput`` (a string, or a content object: its text
+    parts and ``MEDIA_PART_TOKENS`` per media part) or a list of them; the server scores one against each
+    of the other (1 to N) or pairwise (N to N): each pair is one sequence of both texts (a cross-encoder's
+    input; a bi-encoder embeds each text once: counted as its pairs too, an upper bound)."""
+    if "query" in body:
+        first, second = body.get("query"), body.get("documents")
+    else:
+        pair = next((p for p in _SCORE_PAIRS if p[0] in body and p[1] in body), None)
+        if pair is None:
+            return 0, 1
+        first, second = body[pair[0]], body[pair[1]]
+    budget = media_budget()
+    try:
+        a = [_score_text(x, budget) for x in (first if isinstance(first, list) else [first])]
+        b = [_score_text(x, budget) for x in (second if isinstance(second, list) else [second])]
+    except _RenderError:
+        return 0, 1
+    if not a or not b or (len(a) != 1 and len(a) != len(b)):
+        return 0, 1
+    chars = len(b) * a[0] + sum(b) if len(a) == 1 else sum(a) + sum(b)
+    tokens = (chars + budget[1] * (MEDIA_PART_CHARS - MEDIA_TAG_CHARS)) // CHARS_PER_TOKEN
+    return tokens, min(len(b), MAX_SEQUENCES)
+
+
+def _score_text(item: Any, budget: list[int]) -> int:
+    """One ``ScoreInput``'s characters (a media part as ``MEDIA_PART_CHARS``: ``_media``)."""
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, dict):
+        return len(_content(item.get("content"), budget))
+    raise _RenderError("not a score input")
+
+
 def _rendered(convs: list[list[Any]], key: str) -> tuple[str, None, int]:
     """Conversations rendered one after the other (``render_chat``), one media budget; a 400 names ``key``."""
     budget = media_budget()
@@ -761,6 +801,8 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
             sequences *= prompts
     elif kind in (EMBEDDINGS, POOLING):
         prompt_text, token_ids, estimate = _pooling_prompt(body, kind == EMBEDDINGS)
+    elif kind == SCORE:
+        estimate, sequences = _score_estimate(body)
     elif kind == CHAT_BATCH and "messages" in body:
         convs = body["messages"]
         if not isinstance(convs, list) or not all(
