@@ -96,3 +96,10 @@ def test_a_long_conversation_is_cut_at_the_scorers_window() -> None:
     s.prepare(c, [a])
     m = prefix_match(c)
     assert m is not None and m.hashes == list(range(1, 11))
+
+
+def test_a_kept_turn_holds_at_most_the_default_windows_blocks() -> None:
+    """The bound per turn (~2.3 KB) holds whatever ``maxPrefixBlocksToMatch`` a scorer was given."""
+    conv = Conversation(chain=list(range(1, 1001)), chain_chunk=64, response_id="resp_1")
+    turn = finished_turn(InferenceRequest("q", "m", prompt_tokens=5, conversation=conv), Usage(4000, 10))
+    assert turn is not None and list(turn.hashes) == list(range(1, 257))

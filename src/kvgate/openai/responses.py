@@ -22,6 +22,7 @@ import msgspec
 
 from kvgate.openai.sse import next_event_end
 from kvgate.openai.usage import event_obj
+from kvgate.scheduling.prefix import MAX_PREFIX_BLOCKS
 from kvgate.scheduling.types import Conversation, InferenceRequest, Usage
 
 RESPONSES_PATH = "/v1/responses"
@@ -89,7 +90,10 @@ def finished_turn(req: InferenceRequest, usage: Usage | None) -> Turn | None:
         tokens = usage.prompt_tokens + usage.completion_tokens
     else:  # (no usage: the estimate, the earlier turns included; its output unknown)
         tokens = req.prompt_tokens
-    return Turn(tokens, array("Q", conv.chain), conv.chain_chunk, conv.chain_by_ids, req.model)
+    # (at most the default window's blocks, whatever ``maxPrefixBlocksToMatch`` says: the bound per turn; a
+    # follow-up then continues from the last one kept, still a prefix of the conversation)
+    chain = array("Q", conv.chain[:MAX_PREFIX_BLOCKS])
+    return Turn(tokens, chain, conv.chain_chunk, conv.chain_by_ids, req.model)
 
 
 def follow_up(req: InferenceRequest, store: Any, turn: Turn | None) -> None:
