@@ -6,6 +6,13 @@ in its pauses regains at most its last request's cost that way, but a sender wit
 at a time (paced: a rate limiter, a closed-loop client) is forgiven every request's charge and takes every
 other dispatch. The first two tests fail on main's src (51c4190c); the others pin the bounds.
 No process is started; time is injected.
+
+Folded in (fc24): rev-flow23 F1's tests (``test_las_hold_floor_rev23.py``, moved from the review by
+fixflow23): a take + hold of the only active flow's request left the band's clock (``Band._floor``)
+raised by the charge ``undo`` took back; each such cycle lifted the clock by one request's cost, so a
+departed flow's kept excess was measured against an inflated clock and forgiven (all three fail on main
+83f8785f). And fc24's: an undone take left its flow's ``served_at`` (least-attained-service's tie-break)
+at the dispatch it never made (fails on main a6977267).
 """
 
 from __future__ import annotations
@@ -196,3 +203,85 @@ def test_other_policies_keep_no_service() -> None:
             ctl.enqueue(request(f"r{i}", f"f{i}"), 0.0)
         _drain_order(ctl, 10)
         assert not ctl.bands[0]._gone, fairness  # (round-robin: only turns owed, none for n = 1)
+
+
+def _big_back_behind(holds: int) -> float:
+    """big leaves 480 tokens above small (810 vs 330); the band empties; a lone flow 'h' is taken and
+    held ``holds`` times (its pick says "not now"); big returns beside a newcomer: big's service less
+    the newcomer's."""
+    ctl = _ctl()
+    for i in range(3):
+        ctl.enqueue(request(f"s{i}", "small"), 0.0)
+    ctl.enqueue(request("b0", "big", n=8), 0.0)
+    _drain_order(ctl, 4)  # all four: big leaves at 810, small at 330 (the band's clock)
+    assert not ctl.bands[0].flows and "big" in ctl.bands[0]._gone
+    ctl.enqueue(request("h0", "h", n=8), 0.0)
+    t = 0.0
+    for _ in range(holds):
+        item = ctl.head(t)
+        assert item is not None and item.flow == "h"
+        ctl.take(item, t, record=False)
+        ctl.hold(item, t, t + 1.0)
+        t += 1.0
+        ctl.unhold(t)
+    ctl.enqueue(request("b1", "big", n=8), t)
+    ctl.enqueue(request("n0", "new"), t)
+    band = ctl.bands[0]
+    return band.flows["big"].service - band.flows["new"].service
+
+
+def test_holds_of_a_lone_flow_do_not_erase_a_departed_flows_excess() -> None:
+    without = _big_back_behind(0)
+    assert without > 0  # (fc23: big comes back behind by its kept excess)
+    held = _big_back_behind(3)
+    assert held >= without - 1.0, (without, held)  # (3 more dispatches of decay: < 0.1 token)
+
+
+def test_an_undone_take_leaves_the_band_clock_where_it_was() -> None:
+    ctl = _ctl()
+    ctl.enqueue(request("h0", "h", n=8), 0.0)
+    floor = ctl.bands[0]._floor
+    item = ctl.head(0.0)
+    assert item is not None
+    ctl.take(item, 0.0, record=False)
+    ctl.record(item, "RejectedOther", 0.0)  # its pick failed: the charge undone
+    assert ctl.bands[0]._floor == floor
+
+
+def test_an_undone_take_leaves_the_clock_at_the_flows_uncharged_service() -> None:
+    # (the flow served before: the clock the band would have had, had the undone request left uncharged)
+    ctl = _ctl()
+    ctl.enqueue(request("h0", "h", n=8), 0.0)
+    ctl.enqueue(request("h1", "h", n=8), 0.0)
+    assert _drain_order(ctl, 1) == ["h0"]
+    served = ctl.bands[0].flows["h"].service
+    item = ctl.head(0.0)
+    assert item is not None
+    ctl.take(item, 0.0, record=False)
+    assert ctl.bands[0]._floor > served
+    ctl.record(item, "RejectedOther", 0.0)
+    assert ctl.bands[0]._floor == served
+
+
+def test_an_undone_take_leaves_the_flow_its_place_in_the_ties() -> None:
+    """Two flows at the same service: least-attained-service breaks the tie by ``served_at`` (the least
+    recently served first). A take whose pick failed (``record``) or said "not now" (``hold``) sent
+    nothing: the next choice is the one it would have been without that take (main a6977267 left the
+    flow's ``served_at`` at the undone dispatch, and the other flow won the tie)."""
+    for how in ("none", "record", "hold"):
+        ctl = _ctl()
+        for rid, f in (("a0", "a"), ("a1", "a"), ("b0", "b")):  # (a stays in the band after a0's take)
+            ctl.enqueue(request(rid, f), 0.0)
+        item = ctl.head(0.0)
+        assert item is not None and item.flow == "a"
+        t = 0.0
+        if how != "none":
+            ctl.take(item, t, record=False)
+            if how == "record":
+                ctl.record(item, "RejectedOther", t)
+            else:
+                ctl.hold(item, t, t + 1.0)
+                t += 1.0
+                ctl.unhold(t)
+        again = ctl.head(t)
+        assert again is not None and again.flow == "a", how

@@ -78,7 +78,7 @@ def order_key(ordering: str, item: Any) -> float:
 class FlowQueue:
     """One flow's waiting requests, best first by the band's ordering policy."""
 
-    __slots__ = ("debt", "feasible", "heap", "late", "live", "served_at", "service", "turn")
+    __slots__ = ("debt", "feasible", "heap", "late", "live", "served_at", "served_before", "service", "turn")
 
     def __init__(self, service: float, feasible: bool = False, turn: int = 0) -> None:
         self.heap: list[tuple[float, int, Any]] = []
@@ -88,6 +88,7 @@ class FlowQueue:
         self.live = 0  # entries not yet removed (cancelled/expired entries are dropped lazily)
         self.service = service  # tokens attained (least-attained-service)
         self.served_at = -1  # dispatch counter of its last dispatch: ties go to the least recent
+        self.served_before = -1  # ``served_at`` before the last take (``Band.undo`` puts it back)
         # round-robin: its place in the turn order (the band's ``flows`` order: stamped when it enters the
         # band and when it goes to the back), so the order of a few flows is read without a walk
         self.turn = turn
@@ -339,6 +340,7 @@ class Band:
         if q is not None:
             q.service += cost
             self._dispatches += 1
+            q.served_before = q.served_at
             q.served_at = self._dispatches
             if self.fairness == "round-robin":
                 self.flows.move_to_end(item.flow)
@@ -411,6 +413,8 @@ class Band:
                         self._gone[item.flow] = (got[0] - back, got[1])
             return
         q.service -= item.cost
+        # (and its place in the ties: a take that sent nothing does not make it the most recently served)
+        q.served_at = q.served_before
         seqs = getattr(item, "seqs", 1)
         if seqs > 1 and q.debt:
             back = min(q.debt, seqs - 1)
