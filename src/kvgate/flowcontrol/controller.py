@@ -3,7 +3,9 @@
 Pure data structure on an injected ``now`` (no asyncio, no clock of its own), so the front doors'
 asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchmark drive the same code.
 
-- strict priority bands: a band dispatches only when every higher band is empty (or blocked);
+- strict priority bands: a band dispatches only when every higher band is empty (or blocked); with
+  ``slo-feasible`` ordering, among the requests that can still meet their TTFT SLO (a band's overdue
+  choice is asked after the lower bands' feasible ones, ``heads``);
 - inside a band, the fairness policy picks the flow (fairness id) and the ordering policy the request
   (``policies``);
 - limits per band and global, in requests and bytes: over a limit, ``enqueue`` raises ``ShedError``
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
@@ -673,12 +676,27 @@ class FlowController:
         under = self._under_share() if self.cfg.fair_share_headroom else None
         # (slo-feasible: a deadline before this cannot be met by a request sent now)
         reach = None if now is None else now + self.service_ttft
+        # slo-feasible across bands: a band's choice that misses its SLO wherever it goes is asked after
+        # the lower bands' choices that can still make theirs (sent first, it would only turn their
+        # possible hits into misses: its own miss is certain). Its band chooses again from there.
+        late: list[tuple[QueuedRequest, Iterator[QueuedRequest]]] = []
         for prio in self._order:
-            for item in self.bands[prio].choices(under, reach):
+            band = self.bands[prio]
+            choices = band.choices(under, reach)
+            for item in choices:
+                if reach is not None and band.ordering == "slo-feasible" and item.slo_deadline < reach:
+                    late.append((item, choices))
+                    break
                 n = self._asides
                 yield item
                 if self._asides == n or self._aside is not item:
                     break  # (not passed over nor parked: the next band; else its band chooses again)
+        for first, choices in late:
+            for item in itertools.chain((first,), choices):
+                n = self._asides
+                yield item
+                if self._asides == n or self._aside is not item:
+                    break
 
     def _remove(self, item: QueuedRequest, outcome: str, now: float, record: bool = True) -> bool:
         if item.done:
