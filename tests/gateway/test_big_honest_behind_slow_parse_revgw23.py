@@ -1,15 +1,14 @@
 """Review s23-rev-gw23 F3: the parse thread is one FIFO for every body over 64 KiB, whoever sent it and
 whatever it costs: an honest 100 KB chat body (a ~1 ms parse) waits for every slow parse queued before it
 (a hostile 8 MiB ``emptymsg`` body: ~1 s each; at the default ``maxBufferedBytes`` 1 GiB, 128 of them).
-Here the slow parse is held by an event (as gw23's own test holds it); the honest body is not answered
+Here the slow parse is held (``held_parse``, as gw23's own test holds it); the honest body is not answered
 until it is released. FAILS at 83f8785f, on main 470c6a1c (and on 51c4190c); passes since fixgw23: a
 body up to 1 MiB of few strings and containers is parsed on the loop (``offload.worth_the_thread``). Real
-HTTP on loopback; no timing assert (the hold's timeout only ends a hold nothing else releases)."""
+HTTP on loopback; no timing assert."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import aiohttp
@@ -17,45 +16,28 @@ import orjson
 import pytest
 
 from gateway.conftest import base_url, make_config, running_gateway, until
+from gateway.held_parse import hold_parse, post, tagged
 from kvgate.gateway import proxy as proxy_module
-
-HOLD_S = 10.0
 
 
 async def test_an_honest_big_body_is_not_parsed_after_a_slow_one(
     backends: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (backend,) = await backends(1)
-    real = proxy_module.parse_body
-    entered, release = threading.Event(), threading.Event()
-    held_out: list[bool] = []
-
-    def parse_body(kind: str, raw: bytes) -> Any:
-        if b'"slow"' in raw[:64]:
-            entered.set()
-            held_out.append(not release.wait(HOLD_S))
-        return real(kind, raw)
-
-    monkeypatch.setattr(proxy_module, "parse_body", parse_body)
+    hp = hold_parse(monkeypatch, proxy_module, tagged("slow"))
     slow = orjson.dumps({"model": "slow", "messages": [{}] * 200_000})  # (another client's, held)
     honest = orjson.dumps(
         {"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "w " * 50_000}]}
     )
     async with running_gateway(make_config([backend.address])) as gw, aiohttp.ClientSession() as s:
         url = base_url(gw) + "/v1/chat/completions"
-
-        async def send(body: bytes) -> int:
-            async with s.post(url, data=body, headers={"content-type": "application/json"}) as r:
-                await r.read()
-                return r.status
-
-        slow_task = asyncio.create_task(send(slow))
+        slow_task = asyncio.create_task(post(s, url, slow))
         try:
-            await until(entered.is_set, what="the slow parse started")
-            assert await send(honest) == 200
+            await until(hp.entered.is_set, what="the slow parse started")
+            assert await post(s, url, honest) == 200
             # FAILS on main 470c6a1c (and at 83f8785f): the honest body's parse came after the slow one's
             # hold ran out
-            assert not release.is_set() and held_out == [], held_out
+            assert hp.still_held(), hp.held_out
         finally:
-            release.set()
+            hp.release.set()
             await slow_task
