@@ -112,6 +112,15 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                     bound = _Bound(loop, session.bound_s)  # (from the pick: the body's arrival)
                 for resp in out:
                     yield resp
+                if session.parsing is not None:  # a big body: parsed on the parse thread, the loop free
+                    if task is not None:
+                        active[task] = math.inf  # (its wait there is not an idle gateway)
+                    for resp in await session.parse_pending():
+                        yield resp
+                    if task is not None:
+                        active[task] = loop.time()
+                    if bound is None and session.bound_s > 0 and not session.done:
+                        bound = _Bound(loop, session.bound_s)  # (from the pick, as a small body's)
                 if session.pending is not None:  # flow control: wait here for capacity
                     if task is not None:
                         active[task] = math.inf  # waiting in the queue is not an idle gateway

@@ -18,6 +18,7 @@ accounting exactly once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -33,7 +34,15 @@ from kvgate.extproc import headers as hdr
 from kvgate.extproc import keys
 from kvgate.extproc.output_events import CountingScanner
 from kvgate.httpfront.budget import ByteBudget
-from kvgate.openai.protocol import CODES, RETRY_AFTER_DEFAULT, api_error_body, sse_error_event, usage_from
+from kvgate.httpfront.offload import off_loop, worth_the_thread
+from kvgate.openai.protocol import (
+    CODES,
+    LLMD_FAIRNESS_ID,
+    RETRY_AFTER_DEFAULT,
+    api_error_body,
+    sse_error_event,
+    usage_from,
+)
 from kvgate.openai.request import (
     OTHER,
     BodyError,
@@ -275,6 +284,9 @@ class Session:
         # Set when flow control must admit the request first (``admit_pending``, awaited by the server).
         self.pending: tuple[InferenceRequest, bytes | bytearray | None, bool, bool] | None = None
         self._after_admit: list[pb.ProcessingResponse] = []
+        # Set when its body's parse goes to the parse thread (``parse_pending``, awaited by the server): its
+        # body, and whether request trailers end it.
+        self.parsing: tuple[bytearray, bool] | None = None
         self._headers_answered = False  # response headers answered: too late to preempt
         self._preempted = False
         self.bound_s = 0.0  # the request's bound from its dispatch (``SessionContext.request_timeout_s``)
@@ -302,7 +314,7 @@ class Session:
             if kind == "request_trailers":
                 out = [] if self._body_finished else self._finish_request(trailers=True)
                 trailers = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
-                if self.pending is not None:  # answered in order once flow control admits it
+                if self.pending is not None or self.parsing is not None:  # answered in order after them
                     self._after_admit.append(trailers)
                     return out
                 return [*out, trailers]
@@ -315,16 +327,46 @@ class Session:
                 self._finish(ok=self.status == 200)
                 return [*out, pb.ProcessingResponse(response_trailers=pb.TrailersResponse())]
             return []
-        except _Reject as rej:
-            return [self._reject(rej.status, rej.message, rej.code, rej.param)]
-        except SchedulingError as err:
-            return [self._reject(err.status, err.message, err.code)]
         except ProtocolViolation:
             self.done = True
             raise
-        except Exception:
-            log.exception("ext_proc stream failed")
-            return [self._reject(500, "internal error in the endpoint picker", "internal_error")]
+        except Exception as exc:
+            return self._failed(exc)
+
+    def _failed(self, exc: Exception) -> list[pb.ProcessingResponse]:
+        """The answer to what handling a message raised (called in its ``except``)."""
+        if isinstance(exc, _Reject):
+            return [self._reject(exc.status, exc.message, exc.code, exc.param)]
+        if isinstance(exc, SchedulingError):
+            return [self._reject(exc.status, exc.message, exc.code)]
+        log.exception("ext_proc stream failed")
+        return [self._reject(500, "internal error in the endpoint picker", "internal_error")]
+
+    async def parse_pending(self) -> list[pb.ProcessingResponse]:
+        """Parse the held body on the parse thread (``httpfront.offload``; other streams are served
+        meanwhile), then answer as ``handle`` would have. Its bytes stay in the byte budget while it waits.
+        Clients take turns there by their fairness id (the flow control's key; without one, one client).
+
+        Cancellation (Envoy closed the stream) propagates: the body leaves the thread's waiting list."""
+        assert self.parsing is not None
+        raw, trailers = self.parsing
+        self.parsing = None
+        h = self.request_headers
+        client = h.get(keys.FAIRNESS_ID) or h.get(LLMD_FAIRNESS_ID) or keys.DEFAULT_FAIRNESS_ID
+        try:
+            try:
+                parsed = await off_loop(functools.partial(parse_body, self._kind()), raw, client)
+            except BodyError as exc:
+                raise _Reject(exc.status, exc.message, "invalid_request_error", exc.param) from None
+            finally:
+                self._release()
+            out = self._parsed_request(parsed, raw, trailers=trailers)
+        except Exception as exc:
+            return self._failed(exc)
+        if self.pending is not None:  # (the trailers' answer after flow control's)
+            return out
+        after, self._after_admit = self._after_admit, []
+        return [*out, *after]
 
     async def admit_pending(self) -> list[pb.ProcessingResponse]:
         """Wait in flow control for the held request, then answer as ``handle`` would have.
@@ -409,16 +451,27 @@ class Session:
             return self._finish_request(trailers=False)
         return []
 
+    def _kind(self) -> str:
+        return kind_for_path(self.request_headers.get(":path", ""))
+
     def _finish_request(self, *, trailers: bool) -> list[pb.ProcessingResponse]:
         self._body_finished = True
         # No copy: orjson reads the bytearray and the re-chunking slices it (one copy per chunk).
-        raw: bytes | bytearray = self._body
+        raw = self._body
         self._body = bytearray()
+        if worth_the_thread(raw):  # (its parse would stall every other stream: ``parse_pending``)
+            self.parsing = (raw, trailers)
+            return []
         self._release()  # (raw lives only until this call returns)
         try:
-            parsed = parse_body(kind_for_path(self.request_headers.get(":path", "")), raw)
+            parsed = parse_body(self._kind(), raw)
         except BodyError as exc:
             raise _Reject(exc.status, exc.message, "invalid_request_error", exc.param) from None
+        return self._parsed_request(parsed, raw, trailers=trailers)
+
+    def _parsed_request(
+        self, parsed: ParsedBody, raw: bytes | bytearray, *, trailers: bool
+    ) -> list[pb.ProcessingResponse]:
         model = parsed.model
         target = self.request_headers.get(keys.MODEL_REWRITE) or self.ctx.model_rewrite(model)
         changed = False

@@ -518,7 +518,7 @@ class Proxy:
             return None
         parse = functools.partial(parse_body, kind if kind in PATHS else kind_for_path(kind))
         try:
-            return await off_loop(parse, request.body)
+            return await off_loop(parse, request.body, request.peer)  # (clients take turns)
         except BodyError as e:
             raise self._body_error(e) from None
 

@@ -122,6 +122,14 @@ class Request:
     async def read(self) -> bytes:
         return self.body
 
+    @property
+    def peer(self) -> str:
+        """The client's address (its host, without the port: one client's many connections are one), ""
+        if unknown. Read for a big body's turn on the parse thread (``offload``), not per request."""
+        transport = getattr(self._proto, "transport", None)  # (a test's stand-in may have none)
+        name = transport.get_extra_info("peername") if transport is not None else None
+        return str(name[0]) if isinstance(name, tuple) and name else str(name or "")
+
 
 class Response:
     """A whole response (the aiohttp ``web.Response`` keywords the gateway uses)."""

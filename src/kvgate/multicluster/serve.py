@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import ssl
@@ -37,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.aio import STOP_LIMIT_S, cancel_and_wait, stop_to_the_end
+from kvgate.httpfront import offload
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.metrics import FrontGauges
 from kvgate.httpfront.server import (
@@ -475,7 +477,11 @@ class GlobalGateway:
         raw = request.body
         path = request.path
         try:
-            parsed = parse_body(kind_for_path(path), raw)
+            kind = kind_for_path(path)
+            if offload.worth_the_thread(raw):  # (on the parse thread, clients in turn, as ``kvgate serve``)
+                parsed = await offload.off_loop(functools.partial(parse_body, kind), raw, request.peer)
+            else:
+                parsed = parse_body(kind, raw)
         except BodyError as e:
             self.metrics.error("", str(e.status))  # (no model yet: empty labels, as kvgate serve)
             return _refuse(path, e.status, e.message, param=e.param)
