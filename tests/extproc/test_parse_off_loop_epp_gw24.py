@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import orjson
 import pytest
@@ -34,14 +35,14 @@ def _big(model: str = "m") -> bytes:
     return orjson.dumps({"model": model, "max_tokens": 4, "prompt": ["word"] * 30_000})
 
 
-async def _send(epp, body: bytes, tenant: str | None = None, **kw) -> RequestOutcome:  # type: ignore[no-untyped-def]
+async def _send(epp: Any, body: bytes, tenant: str | None = None, **kw: Any) -> RequestOutcome:
     headers = HEADERS if tenant is None else {**HEADERS, keys.FAIRNESS_ID: tenant}
     async with Exchange(epp.stub) as ex:
         return await ex.send_request(headers, body, **kw)
 
 
 async def test_another_stream_is_answered_while_a_big_bodys_parse_runs(
-    start_epp, monkeypatch: pytest.MonkeyPatch
+    start_epp: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     epp = await start_epp(ADDRS)
     hp = hold_parse(monkeypatch, session_module, lambda raw: len(raw) > offload.OFF_LOOP_BYTES)
@@ -63,7 +64,9 @@ async def test_another_stream_is_answered_while_a_big_bodys_parse_runs(
     assert epp.server.ctx.budget.used == 0
 
 
-async def test_tenants_take_turns_on_the_parse_thread(start_epp, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_tenants_take_turns_on_the_parse_thread(
+    start_epp: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     epp = await start_epp(ADDRS)
     hp = hold_parse(monkeypatch, session_module, tagged("slow"))
     slows = [asyncio.create_task(_send(epp, _big("slow"), "hostile"))]
@@ -84,7 +87,7 @@ async def test_tenants_take_turns_on_the_parse_thread(start_epp, monkeypatch: py
         await asyncio.gather(*slows)
 
 
-async def test_a_big_body_with_trailers_is_answered_in_order(start_epp) -> None:
+async def test_a_big_body_with_trailers_is_answered_in_order(start_epp: Any) -> None:
     epp = await start_epp(ADDRS)
     big = _big()
     out = await _send(epp, big, trailers={"x-trailer": "1"})  # (the harness checks the order)
@@ -92,7 +95,7 @@ async def test_a_big_body_with_trailers_is_answered_in_order(start_epp) -> None:
     assert epp.server.ctx.budget.used == 0
 
 
-async def test_a_big_body_that_is_not_json_is_a_400(start_epp) -> None:
+async def test_a_big_body_that_is_not_json_is_a_400(start_epp: Any) -> None:
     epp = await start_epp(ADDRS)
     out = await _send(epp, b'{"model": "m", "prompt": [' + b'"w",' * 30_000)
     assert out.status == 400 and out.immediate is not None
