@@ -51,19 +51,23 @@ def is_healthy(ep: Endpoint, now: float, policy: HealthPolicy) -> bool:
 
 def gate(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> Sequence[Endpoint]:
     """The healthy endpoints; failing open to the non-ejected ones when none is healthy."""
-    # (``is_healthy`` inlined: once per endpoint per pick)
+    # (``is_healthy`` inlined: once per endpoint per pick; a loop, not a comprehension: that is a function
+    # call in 3.11)
     failures, staleness = policy.scrape_failures, policy.metrics_staleness_s
-    healthy = [
-        ep
-        for ep in endpoints
-        if ep.healthy
-        and ep.scrape_failures < failures
-        and (t := ep.metrics.updated_at) is not None
-        and now - t <= staleness
-    ]
-    if healthy:
-        return healthy
-    return [ep for ep in endpoints if ep.healthy]
+    healthy = []
+    for ep in endpoints:
+        if (
+            ep.healthy
+            and ep.scrape_failures < failures
+            and (t := ep.metrics.updated_at) is not None
+            and now - t <= staleness
+        ):
+            healthy.append(ep)
+    if not healthy:  # (none with fresh metrics: every endpoint not ejected, e.g. none scraped yet)
+        for ep in endpoints:
+            if ep.healthy:
+                healthy.append(ep)
+    return healthy
 
 
 def ready_endpoints(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> list[Endpoint]:

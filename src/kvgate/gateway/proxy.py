@@ -606,10 +606,11 @@ class Proxy:
                     ireq.subset, ireq.subset_soft = frozenset((home,)), True
         headers["x-request-id"] = rid
         headers["content-type"] = "application/json"
-        # Header block built once; each attempt only prepends its request line and Host.
-        lines = [f"{k}: {v}\r\n" for k, v in headers.items()]
-        lines.append(f"content-length: {len(out)}\r\n\r\n")
-        header_block = "".join(lines).encode("utf-8", "surrogateescape")
+        # Header block built once; each attempt only prepends its request line and Host. (Joined in C:
+        # ``": ".join`` of each (name, value) pair, all str, without a comprehension or a string per line.)
+        header_block = (
+            "\r\n".join(map(": ".join, headers.items())) + f"\r\ncontent-length: {len(out)}\r\n\r\n"
+        ).encode("utf-8", "surrogateescape")
         # recv: the whole request is in (the front reads the body before the handler runs).
         marks = {"recv": t0, "parsed": self.clock()} if timing and not self.hide else None
         return pool, ireq, out, header_block, client_model, strip_usage, explain, t0, marks

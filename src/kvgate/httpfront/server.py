@@ -57,6 +57,10 @@ from kvgate.openai.protocol import error_body
 log = logging.getLogger("kvgate.httpfront")
 
 _MAX_HEAD = 64 * 1024
+# Heads read once and kept (``FrontProtocol._parse_head``), per front: at most this many (all dropped when
+# full: a flood of distinct heads costs a clear per HEAD_CACHE_MAX requests), each at most this long.
+HEAD_CACHE_MAX = 256
+HEAD_CACHE_BYTES = 2048
 _MAX_PIPELINE = 16
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _REASONS.items()}
@@ -598,6 +602,8 @@ class FrontServer:
         # bytes are taken from it at its head (Content-Length; chunk by chunk when chunked), so a
         # request over it gets 503 before its body is read, and given back once it is answered.
         self.budget = ByteBudget(max_buffered)
+        # Request heads already read: head bytes -> ``FrontProtocol._read_head``'s tuple (bounded).
+        self.heads: dict[bytes, tuple[str, str, str, dict[str, str], bool, int, bool, bool]] = {}
         self.connections: set[FrontProtocol] = set()
         self.draining = False
         # The drain: connections that had (part of) a request received, or readable bytes waiting, and
@@ -1126,7 +1132,53 @@ class FrontProtocol(asyncio.Protocol):
         return True
 
     def _parse_head(self, head: bytes) -> tuple[str, str, str, dict[str, str], bool, int, bool]:
-        """One request head (without its final CRLF CRLF), parsed: the ``_pending`` tuple."""
+        """One request head (without its final CRLF CRLF), parsed: the ``_pending`` tuple.
+
+        What depends on the head's bytes alone (``_read_head``) is read once per distinct head and kept
+        (``FrontServer.heads``, bounded): a client sends the same head request after request (a load
+        generator, an SDK: only the body changes, and its length seldom). What depends on the moment
+        (the body limit, ``head_check``, the budget, ``Expect``) is asked every time, in the same order."""
+        server = self.server
+        heads = server.heads
+        got = heads.get(head)
+        if got is None:
+            got = self._read_head(head)
+            method, path, query, headers, keep_alive, length, http11, expect = got
+            if length >= 0 and len(head) <= HEAD_CACHE_BYTES:  # (Content-Length framed: no chunk state)
+                if len(heads) >= HEAD_CACHE_MAX:
+                    heads.clear()
+                # (a copy kept: the request's own dict is its to change)
+                heads[head] = (method, path, query, headers.copy(), keep_alive, length, http11, expect)
+        else:
+            method, path, query, headers, keep_alive, length, http11, expect = got
+            headers = headers.copy()
+            if length > server.max_body:  # (read when the limit was larger: a reload lowered it)
+                raise _BadRequest(
+                    413, f"request body of {length} bytes exceeds {server.max_body} bytes", length
+                )
+        if length < 0:  # chunked
+            self._ctrailer, self._cparts, self._ctotal = -1, [], 0
+        check = server.head_check
+        if check is not None:
+            refusal = check(method, path, headers)
+            if refusal is not None:
+                raise _Refused(refusal, length)
+        budget = server.budget
+        if length > 0 and length > budget.limit - budget.used:
+            # Does not fit in what is free now: refused before its body is read. Nothing is reserved
+            # here (a head that only announces a body would hold budget for free: s17-qafix-bc B1).
+            raise _over_budget(budget.limit, length)
+        if length and expect and not self.busy and not self.queue:
+            # Only when nothing is being answered: never into the middle of an earlier pipelined
+            # response (the client sends the body anyway after its own short wait).
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if length:
+            self.body_since = self._loop.time()
+        return method, path, query, headers, keep_alive, length, http11
+
+    def _read_head(self, head: bytes) -> tuple[str, str, str, dict[str, str], bool, int, bool, bool]:
+        """What ``_parse_head`` reads from the head's bytes alone: the ``_pending`` tuple and whether it
+        says ``Expect: 100-continue``; raises ``_BadRequest`` for a head refused whenever it comes."""
         nl = head.find(b"\r\n")
         if nl > 0:
             line = head[:nl]
@@ -1161,7 +1213,6 @@ class FrontProtocol(asyncio.Protocol):
             if te.strip().lower() != "chunked":
                 raise _BadRequest(501, f"unsupported transfer-encoding {te!r}")
             length = -1
-            self._ctrailer, self._cparts, self._ctotal = -1, [], 0
         else:
             # ASCII digits only: str.isdigit() alone takes other scripts' digits ("\u0661").
             if cl is not None and not (cl.isascii() and cl.isdigit()):
@@ -1175,27 +1226,11 @@ class FrontProtocol(asyncio.Protocol):
         if path[:1] != "/":
             path = _absolute_form(path, headers)
         method = method_b.decode()
-        check = self.server.head_check
-        if check is not None:
-            refusal = check(method, path, headers)
-            if refusal is not None:
-                raise _Refused(refusal, length)
-        budget = self.server.budget
-        if length > 0 and length > budget.limit - budget.used:
-            # Does not fit in what is free now: refused before its body is read. Nothing is reserved
-            # here (a head that only announces a body would hold budget for free: s17-qafix-bc B1).
-            raise _over_budget(budget.limit, length)
         expect = headers.get("expect", "").lower() == "100-continue"
-        if length and expect and not self.busy and not self.queue:
-            # Only when nothing is being answered: never into the middle of an earlier pipelined
-            # response (the client sends the body anyway after its own short wait).
-            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if length:
-            self.body_since = self._loop.time()
         conn = headers.get("connection", "").lower()
         # ``close`` always wins (RFC 9112 9.6), beside ``keep-alive`` too (HTTP/1.0 "keep-alive, close").
         keep_alive = "close" not in conn and (version == b"HTTP/1.1" or "keep-alive" in conn)
-        return method, path, query, headers, keep_alive, length, version == b"HTTP/1.1"
+        return method, path, query, headers, keep_alive, length, version == b"HTTP/1.1", expect
 
     @staticmethod
     def _fields_slow(head: bytes) -> dict[str, str]:

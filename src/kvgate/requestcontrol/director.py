@@ -658,23 +658,10 @@ class Director:
         track = self._tracks.get((req.request_id, endpoint.address))
         if track is None or track.first_token:
             return
-        track.first_token = True
-        track.first_at = self.clock()
-        if track.stop is not None:
-            track.stop = None
-            self._victims.pop((req.request_id, endpoint.address), None)
-        track.batch_at_first = self._batch(endpoint, track.first_at) + track.seqs  # these start decoding now
+        self._started(req, endpoint, track)
         if learn:
             for obs in self._observers:
                 obs.on_first_token(req, endpoint, track.first_at)
-        inf = endpoint.inflight
-        # (``max(0, ...)`` as comparisons: these run on every request)
-        left = inf.pending_prefill_tokens - track.prefill
-        inf.pending_prefill_tokens = left if left > 0 else 0
-        left = inf.unstarted_tokens - track.sent
-        inf.unstarted_tokens = left if left > 0 else 0
-        inf.decoding += track.seqs
-        inf.started += track.seqs
         if self.flow is not None and learn:  # (not a TTFT either for the flow's TTFT targets)
             if track.flow is not None and req.arrival_time:  # (flowControl.fairShareTTFTTarget)
                 self.flow.ctl.observe_first_token(
@@ -705,20 +692,27 @@ class Director:
         if track is None:
             return
         if not track.first_token:  # (``on_first_token``'s part for ``learn=False`` without flow control)
-            track.first_token = True
-            first = track.first_at = self.clock()
-            if track.stop is not None:
-                track.stop = None
-                self._victims.pop((req.request_id, endpoint.address), None)
-            track.batch_at_first = self._batch(endpoint, first) + track.seqs
-            inf = endpoint.inflight
-            left = inf.pending_prefill_tokens - track.prefill
-            inf.pending_prefill_tokens = left if left > 0 else 0
-            left = inf.unstarted_tokens - track.sent
-            inf.unstarted_tokens = left if left > 0 else 0
-            inf.decoding += track.seqs
-            inf.started += track.seqs
+            self._started(req, endpoint, track)
         self._end(req, endpoint, track, usage, ok)
+
+    def _started(self, req: InferenceRequest, endpoint: Endpoint, track: _Track) -> None:
+        """``track``'s first token is here (now): its sequences start decoding, its prefill is done. The
+        part ``on_first_token`` and ``on_whole`` share; the observers learn nothing from it (none reads the
+        in-flight counts it moves)."""
+        track.first_token = True
+        first = track.first_at = self.clock()
+        if track.stop is not None:
+            track.stop = None
+            self._victims.pop((req.request_id, endpoint.address), None)
+        track.batch_at_first = self._batch(endpoint, first) + track.seqs  # these start decoding now
+        inf = endpoint.inflight
+        # (``max(0, ...)`` as comparisons: these run on every request)
+        left = inf.pending_prefill_tokens - track.prefill
+        inf.pending_prefill_tokens = left if left > 0 else 0
+        left = inf.unstarted_tokens - track.sent
+        inf.unstarted_tokens = left if left > 0 else 0
+        inf.decoding += track.seqs
+        inf.started += track.seqs
 
     def _end(
         self, req: InferenceRequest, endpoint: Endpoint, track: _Track, usage: Usage | None, ok: bool

@@ -69,10 +69,19 @@ class SchedulerProfile:
                 raw = scorer.score(cycle, eps)
                 if not scorer.bounded:
                     raw = [0.0 if s < 0.0 else 1.0 if s > 1.0 else s for s in raw]
+                # (weighed by plain loops, the same sums in the same order: a comprehension is a function
+                # call in 3.11, two of them per pick)
                 if not totals:
-                    totals = list(raw) if weight == 1.0 else [weight * s for s in raw]
+                    if weight == 1.0:
+                        totals = list(raw)
+                    else:
+                        for s in raw:
+                            totals.append(weight * s)
                 else:
-                    totals = [t + weight * s for t, s in zip(totals, raw, strict=True)]
+                    if len(raw) != len(totals):
+                        raise ValueError(f"scorer {scorer.name!r}: {len(raw)} scores for {len(totals)}")
+                    for i, s in enumerate(raw):
+                        totals[i] += weight * s
             picked = picker.pick(cycle, eps, totals or [0.0] * len(eps))
             if not picked:
                 raise NoCapacityError(f"picker {picker.name!r} returned no endpoint in profile {self.name!r}")

@@ -352,9 +352,14 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         # (cost in time = work / speed).
         fastest = 0.0
         if self.learn_pace:
-            paces = [ep.inflight.pace for ep in endpoints if ep.inflight.pace > 0.0]
-            if len(paces) == len(endpoints):  # only once every candidate's pace is known
-                fastest = min(paces)
+            # Only once every candidate's pace is known (a loop: a comprehension is a call in 3.11).
+            for ep in endpoints:
+                pace = ep.inflight.pace
+                if not pace > 0.0:
+                    fastest = 0.0
+                    break
+                if not fastest or pace < fastest:
+                    fastest = pace
         spt = self.spt if self.head_of_line else 0.0
         # coldSpread: a prompt no candidate holds costs more where the cache it evicts is reused more
         # (at most one more full-cache displacement per token).
@@ -651,4 +656,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             p = prompt_tokens(p, req.prompt_text, req.token_ids)
         s = float(p if p > 64 else 64)
         lo = min(costs)
-        return [(lo + s) / (c + s) for c in costs]
+        top = lo + s
+        out: list[float] = []  # (a loop: a comprehension is a function call in 3.11)
+        for c in costs:
+            out.append(top / (c + s))
+        return out

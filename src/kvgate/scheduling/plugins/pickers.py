@@ -35,7 +35,10 @@ class MaxScorePicker(_TopK):
             best = max(scores)
             if scores.count(best) == 1:  # the common case, at C speed
                 return [endpoints[scores.index(best)]]
-            top = [i for i, s in enumerate(scores) if s == best]
+            top = []  # (a loop: a comprehension is a function call in 3.11; ties are common when idle)
+            for i, s in enumerate(scores):
+                if s == best:
+                    top.append(i)
             return [endpoints[rng.choice(top)]]
         order = list(range(len(endpoints)))
         rng.shuffle(order)
