@@ -38,7 +38,13 @@ from kvgate.gateway.preemption import Stop
 from kvgate.gateway.shared_tenants import SharedRateLimiter, SharedTenants
 from kvgate.gateway.stream import BodyRewriter, StreamRelay
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
-from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout, UpstreamPool, UpstreamResponse
+from kvgate.gateway.upstream import (
+    DeadlinePassed,
+    ReadTimeout,
+    StaleConnection,
+    UpstreamPool,
+    UpstreamResponse,
+)
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.offload import OFF_LOOP_BYTES, off_loop, worth_the_thread
 from kvgate.httpfront.server import Handler, Request, Response, StreamResponse
@@ -674,6 +680,9 @@ class Proxy:
         # dispatcher passes over it, keeping its place (review s18-doors M3). ``pinned`` ends with the
         # first retry, which leaves the home (review s18-fixes-b L1).
         pinned = ireq.subset is not None
+        # An endpoint whose kept-alive connection closed before any answer byte (``StaleConnection``):
+        # the next attempt resends to it on a new connection, counted as any retry (qa24 F2).
+        again: Endpoint | None = None
         for attempt in range(self.cfg.limits.max_attempts):
             try:
                 if tried:
@@ -691,8 +700,11 @@ class Proxy:
                             code="request_timeout",
                         )
                     try:
-                        result = self._retry_pick(pool, director, ireq, tried, explain)
-                        ep = self._untried(result, tried)
+                        if again is not None:
+                            ep = again
+                        else:
+                            result = self._retry_pick(pool, director, ireq, tried, explain)
+                            ep = self._untried(result, tried)
                     except SchedulingError:
                         if took:  # (nowhere left to retry: as at the deadline)
                             self._charge(ireq, None, answered=True)
@@ -752,11 +764,21 @@ class Proxy:
                 sent_at, owns_deadline = 0.0, True
             try:
                 try:
+                    fresh, again = again is not None, None
                     resp = await self.upstream.request(
-                        ep.address, head, out, deadline, tls, on_sent, head_idle=ireq.stream
+                        ep.address, head, out, deadline, tls, on_sent, ireq.stream, False, fresh
                     )
                 except ReadTimeout:
                     raise
+                except StaleConnection:
+                    # Most likely the server closed it while idle as the request went out (it never
+                    # read it): not the endpoint's failure, so uncharged; resent to it on a new
+                    # connection as the next attempt, counted (``maxAttempts: 1``: none; qa24 F2).
+                    last_error = f"{self._name(ep)}: kept-alive connection closed before an answer"
+                    finished = True
+                    director.on_finished(ireq, ep, None, False)
+                    again = ep
+                    continue
                 except DeadlinePassed:
                     # The bound passed before the request was written (a connect that outlasted it):
                     # nothing sent, so no generation for nobody and no charge to the endpoint; the

@@ -58,6 +58,13 @@ class UpstreamTimeout(UpstreamError, TimeoutError):
     pass
 
 
+class StaleConnection(UpstreamError):
+    """A connection that had carried a request before failed (FIN or RST) before any byte of this
+    request's answer: most likely the server closed it while idle as the request was written, so it
+    never read it. Raised by ``request(..., resend=False)``: the caller resends it as an attempt of its
+    own (the proxy: on a new connection to the same endpoint, within ``maxAttempts``; qa24 F2)."""
+
+
 class ReadTimeout(UpstreamTimeout):
     """No answer byte in time after the request was written: the server may be working on it (a
     non-streamed generation sends nothing until it is done), so the proxy does not run it again
@@ -99,6 +106,10 @@ class _Conn(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, address: str) -> None:
         self.pool = pool
         self.address = address
+        # A request was written on it (not reset per exchange): only such a connection's failure before
+        # any answer byte is taken for the keep-alive race. One opened ahead (``warm``) has carried
+        # nothing; a server that closes it after reading its first request crashed (qa24 F2).
+        self.used = False
         self.transport: asyncio.Transport | None = None
         self.body: collections.deque[bytes] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
@@ -532,17 +543,22 @@ class UpstreamPool:
         tls: ssl.SSLContext | None = None,
         on_sent: Callable[[], None] | None = None,
         head_idle: bool = True,
+        resend: bool = True,
+        fresh: bool = False,
     ) -> UpstreamResponse:
         """Send ``head`` (request line + headers, ending in CRLF CRLF) and ``body``; wait for the head.
 
-        A request on a kept-alive connection that fails (FIN or RST) before any response byte is
-        resent once on a fresh connection. The case this is for: the server closed the connection
-        while idle (its keep-alive timeout) as the request was written, so it never read it. But the
-        gateway cannot tell that from a server that read the whole request and then crashed before
-        answering (an OOM kill); the resend then runs it again wherever that address now answers (a
-        restarted pod behind it, a proxy): a duplicate generation. It is the trade-off a proxy makes
-        when it retries on a connection reset (docs/gateway.md "Retries, ejection, probing"). A request
-        on a fresh connection, or one that got any byte of an answer, is never resent.
+        A request on a connection that carried an earlier request and fails (FIN or RST) before any
+        response byte is resent once on a new connection (``resend``; the proxy passes False and gets
+        ``StaleConnection`` instead, to resend it as a counted attempt). The case this is for: the
+        server closed the connection while idle (its keep-alive timeout) as the request was written, so
+        it never read it. But the gateway cannot tell that from a server that read the whole request and
+        then crashed before answering (an OOM kill); the resend then runs it again wherever that address
+        now answers (a restarted pod behind it, a proxy): a duplicate generation. It is the trade-off a
+        proxy makes when it retries on a connection reset (docs/gateway.md "Retries, ejection,
+        probing"). A request on a new connection, one opened ahead by ``warm`` included, or one that got
+        any byte of an answer, is never resent. ``fresh``: a new connection, not an idle one (which may
+        be just as stale).
         ``deadline`` (event-loop time) bounds the whole exchange on top of the idle timeout.
         ``head_idle=False``: the wait for the head is bounded by ``deadline`` only (a non-streamed
         answer's head comes when the whole generation is done); the body's reads by both.
@@ -553,8 +569,8 @@ class UpstreamPool:
         idle = self.idle_timeout if head_idle else None
         for attempt in range(2):
             # (an idle connection without a coroutine's await: the usual case; the resend: a new one)
-            conn = self._take_idle(address) if attempt == 0 else None
-            reused = conn is not None
+            conn = self._take_idle(address) if attempt == 0 and not fresh else None
+            reused = conn is not None and conn.used
             if conn is None:
                 conn = await self._connect(address, tls, deadline)
                 if deadline is not None and asyncio.get_running_loop().time() >= deadline:
@@ -564,7 +580,7 @@ class UpstreamPool:
                     self._put_idle(conn)
                     raise DeadlinePassed(f"{address}: the request's deadline passed before it was sent")
             assert conn.transport is not None
-            conn.busy = True
+            conn.busy = conn.used = True
             conn.transport.write(head + body)
             if on_sent is not None:
                 on_sent()
@@ -587,6 +603,9 @@ class UpstreamPool:
                 raise
             except UpstreamError:
                 if reused and attempt == 0 and not conn.got_any:
+                    if not resend:
+                        why = f"{address}: kept-alive connection closed before an answer"
+                        raise StaleConnection(why) from None
                     continue
                 raise
             except BaseException:
