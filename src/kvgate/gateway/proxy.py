@@ -815,21 +815,19 @@ class Proxy:
                     # lives at its home), which would read as "answered otherwise" and charge the home for
                     # a request that may be the culprit (review s18-doors M4): passed through, uncharged.
                     blame = False
-                # A 5xx with nowhere else to go is passed through rather than masked.
-                if (
-                    resp.status >= 500
-                    and blame
-                    and not (
-                        attempt == self.cfg.limits.max_attempts - 1
-                        or not any(e.healthy and e.address not in tried for e in pool.endpoints())
-                    )
+                # A 5xx with nowhere else to go is passed through rather than masked. A server's 429
+                # (at capacity: it ran nothing) is retried and charged as its 503 is (qa24 F1).
+                status = resp.status
+                if ((status >= 500 and blame) or status == 429) and not (
+                    attempt == self.cfg.limits.max_attempts - 1
+                    or not any(e.healthy and e.address not in tried for e in pool.endpoints())
                 ):
                     last_error = f"{self._name(ep)}: HTTP {resp.status}"
                     finished = True
                     if resp.status == 500:  # charged once another endpoint answers it otherwise
                         director.on_finished(ireq, ep, None, False)
                         suspect = ep
-                    else:  # 502/503/504: the server's state (overload, draining), not the request's
+                    else:  # 429/502/503/504: the server's state (overload, draining), not the request's
                         self._failed(director, ireq, ep)
                     continue
                 if resp.status == 429 or resp.status == 503:
@@ -1352,7 +1350,7 @@ class Proxy:
         blame: bool = True,
     ) -> Response:
         """``blame=False``: a 500 that another endpoint also answered this request, not charged."""
-        ok = resp.status < 500
+        ok = resp.status < 500 and resp.status != 429  # (a server's 429 is charged as its 503: qa24 F1)
         # The whole body at once: its time is the whole response's, not a first token's (nothing for
         # the latency models to learn; an error reply even less).
         usage = usage_from_body(body) if resp.status < 300 else None
