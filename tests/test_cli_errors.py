@@ -26,15 +26,15 @@ def _one_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
-# (``kvgate bench`` wants a scenario, ``kvgate hub-controller`` its clusters file.) ``kvgate epp`` is left
-# out: it ignores flags it does not know with a one-line warning, by design (the reference EPP's
-# ``--v``, ``--zap-*``, ... must not stop a drop-in replacement); its bad values are below.
+# (``kvgate bench`` wants a scenario, ``kvgate hub-controller`` its clusters file.) ``kvgate epp`` ignores
+# only the reference EPP's own flags (``--v``, ``--zap-*``, ...: a drop-in replacement) and refuses any
+# other unknown one since qa24 F3 (``tests/extproc/test_epp_unknown_flags_qa24.py``).
 COMMAND_ARGS = {"bench": ["list"], "hub-controller": ["--clusters", "c.yaml"]}
 
 
 @pytest.mark.parametrize(
     "args",
-    [[c, *COMMAND_ARGS.get(c, [])] for c in COMMANDS if c != "epp"] + [["bench", name] for name in DELEGATED],
+    [[c, *COMMAND_ARGS.get(c, [])] for c in COMMANDS] + [["bench", name] for name in DELEGATED],
     ids=lambda a: " ".join(a),
 )
 def test_an_unknown_flag_is_one_line_naming_it(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,6 +35,7 @@ from kvgate.entry import (
     sighup_ignored,
 )
 from kvgate.extproc import keys
+from kvgate.extproc.upstream_flags import split_unknown
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
 
@@ -222,12 +223,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args, unknown = parser().parse_known_args(argv)
+    p = parser()
+    args, unknown = p.parse_known_args(argv)
+    # The reference EPP's own flags (--v, --zap-*, --enable-pprof, ...) must not stop a drop-in
+    # replacement: ignored with a warning; anything else (a misspelt option of ours) is refused (qa24 F3).
+    ignored, refused_args = split_unknown(unknown)
+    if refused_args:
+        p.error(f"unrecognized arguments: {' '.join(refused_args)}")
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=args.log_level.upper(), format=fmt)
-    if unknown:
-        # Reference-only flags (--v, --zap-*, --enable-pprof, ...) must not stop a drop-in replacement.
-        log.warning("ignoring unsupported arguments: %s", " ".join(unknown))
+    if ignored:
+        log.warning("ignoring the reference EPP's arguments kvgate does not use: %s", " ".join(ignored))
     from kvgate.datalayer.store import EndpointStore, make_endpoint
     from kvgate.extproc.config import EppConfigError, load
     from kvgate.extproc.context import build_context
