@@ -67,6 +67,8 @@ from kvgate.openai.responses import (
 )
 from kvgate.openai.sse import SSEScanner, rewrite_model
 from kvgate.requestcontrol.director import flow_of, preempted_error
+from kvgate.requestid import acceptable as acceptable_rid
+from kvgate.requestid import shown as rid_shown
 from kvgate.scheduling.types import (
     InferenceRequest,
     NoCapacityError,
@@ -418,7 +420,10 @@ class Session:
             self._response_bodies = False
         self._t0 = self.ctx.clock()
         self.request_headers = hdr.header_dict(msg.request_headers.headers)
-        if not self.request_headers.get(keys.REQUEST_ID):
+        client_rid = self.request_headers.get(keys.REQUEST_ID)
+        if not client_rid or not acceptable_rid(client_rid):
+            if client_rid:  # over the bound or unprintable: replaced upstream (qa24 F6)
+                log.info("x-request-id %s replaced by a generated one", rid_shown(client_rid))
             self._generated_request_id = uuid.uuid4().hex
         if msg.request_headers.end_of_stream:
             # Body-less (GET /v1/models, health probes): pick at once on headers.

@@ -30,6 +30,7 @@ from kvgate.gateway.stream import StreamRelay
 from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout
 from kvgate.httpfront.server import Request, Response, StreamResponse
 from kvgate.openai.responses import lookup_target
+from kvgate.requestid import acceptable as acceptable_rid
 
 if TYPE_CHECKING:
     from kvgate.gateway.pools import Pool
@@ -54,7 +55,9 @@ class ResponseLookups:
 
     async def __call__(self, request: Request) -> Response | StreamResponse:
         proxy = self.proxy
-        rid = request.headers.get("x-request-id") or proxy._request_id()
+        rid = request.headers.get("x-request-id", "")
+        if not acceptable_rid(rid):  # (empty, or bounded as ``Proxy._entry`` bounds it: qa24 F6)
+            rid = proxy._request_id()
         # HEAD is the GET's answer without its body (RFC 9110 §9.3.2): asked upstream as a GET (vLLM's
         # routes take GET only), the front sends the head alone (``StreamResponse``).
         head = request.method == "HEAD"

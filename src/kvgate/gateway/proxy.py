@@ -79,6 +79,8 @@ from kvgate.openai.responses import (
 from kvgate.openai.sse import SSEScanner
 from kvgate.openai.usage import BodyUsageScanner, usage_from_body
 from kvgate.requestcontrol.director import Director, preempted_error
+from kvgate.requestid import MAX_LEN as RID_MAX
+from kvgate.requestid import shown as rid_shown
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage, prompt_tokens
 
 log = logging.getLogger("kvgate.gateway")
@@ -416,8 +418,10 @@ class Proxy:
         # Its refusals here in its API's shape (``kind`` is the path: Anthropic's on ``/v1/messages``,
         # review s23-rev-fixqa23 R1), as the picker's and the model server's.
         rid = request.headers.get("x-request-id")
-        if not rid:  # (``_request_id`` inlined: once per request)
-            self._rid_seq += 1
+        if not rid or len(rid) > RID_MAX or not (rid.isascii() and rid.isprintable()):
+            if rid:  # over the bound or unprintable: replaced, not forwarded (qa24 F6)
+                log.info("x-request-id %s replaced by a generated one", rid_shown(rid))
+            self._rid_seq += 1  # (``_request_id`` inlined: once per request)
             rid = f"{self._rid_prefix}-{self._rid_seq:x}"
         if request.method != "POST":
             resp = error_response(

@@ -44,6 +44,7 @@ from kvgate.openai.labels import ModelLabels
 from kvgate.openai.protocol import CUT_WRITE_S
 from kvgate.openai.request import MODELS_PREFIX, OTHER_PATHS, RequestPolicy
 from kvgate.openai.responses import LOOKUP_PREFIX
+from kvgate.requestid import acceptable as acceptable_rid
 from kvgate.scheduling.metrics import POOL_READY
 from kvgate.scheduling.types import DrainEvictedError
 
@@ -113,7 +114,8 @@ def _key_check(proxy: Proxy) -> Callable[[str, str, dict[str, str]], Response | 
         body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
         if (method != "POST" and not body) or proxy.draining or keys.tenant(headers):
             return None
-        return unauthorized(headers.get("x-request-id"), path)  # (its API's shape: s23-rev-fixqa23 R1)
+        rid = headers.get("x-request-id")  # (echoed only when acceptable: qa24 F6)
+        return unauthorized(rid if rid and acceptable_rid(rid) else None, path)  # (its API's shape: R1)
 
     return check
 
