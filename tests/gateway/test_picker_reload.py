@@ -463,7 +463,7 @@ def test_the_supervisor_refuses_a_file_whose_picker_no_worker_could_build(tmp_pa
         assert not watch.reload()
         assert "pools[0].endpointPickerConfig: plugins[1]" in caplog.text
         assert not os.path.exists(sup.snapshot) and sup.reloads == 0
-        assert sup.reload_failures == {"invalid": 1}  # counted here: no worker ever sees it
+        assert sup.reload_failures == {"invalid": 1, "failed": 0}  # counted here: no worker ever sees it
         merged = merge_metrics([None], {"supervisor": sup._own_metrics()}).decode()
         assert 'kvgate_gateway_config_reloads_total{result="invalid",worker="supervisor"} 1.0' in merged
         # A valid one is sent, and kept for a worker restarted later.

@@ -24,6 +24,9 @@ from kvgate.httpfront.metrics import FrontGauges
 from kvgate.openai.labels import ModelLabels
 from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestEnd, RequestErrors, RequestStats
 
+# ``kvgate_gateway_config_reloads_total``'s ``result`` values (``gateway.reload``).
+RELOAD_RESULTS = ("applied", "invalid", "failed")
+
 
 class GatewayMetrics:
     def __init__(self) -> None:
@@ -69,6 +72,8 @@ class GatewayMetrics:
         self.reloads = Counter(
             "kvgate_gateway_config_reloads_total", "Config file reloads by result", ["result"], registry=r
         )
+        for result in RELOAD_RESULTS:  # series from the start: the first refusal is an increase (qa24 F5)
+            self.reloads.labels(result=result)
 
         # Client-side protections (kvgate.httpfront.server), read from the fronts at scrape time.
         self.front = FrontGauges(r, "kvgate_gateway")

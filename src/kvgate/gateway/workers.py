@@ -634,7 +634,8 @@ class Supervisor:
         self.reloads = 0  # valid config reloads sent to the workers
         # Reloads that never reach a worker (a file refused here, a snapshot not written), by result, on
         # the admin /metrics as worker="supervisor" (the workers count what they apply).
-        self.reload_failures: dict[str, int] = {}
+        # (its own two results at 0 from the start, as the workers' ``applied``: qa24 F5)
+        self.reload_failures: dict[str, int] = {"invalid": 0, "failed": 0}
         self.n = workers
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[BaseProcess | None] = [None] * workers
@@ -1056,7 +1057,7 @@ class Supervisor:
 
     def reload_result(self, result: str) -> None:
         if result in ("invalid", "failed"):
-            self.reload_failures[result] = self.reload_failures.get(result, 0) + 1
+            self.reload_failures[result] += 1
 
     def _own_metrics(self) -> str:
         lines = ["# HELP kvgate_gateway_worker_restarts_total Worker restarts by the supervisor, by reason "
