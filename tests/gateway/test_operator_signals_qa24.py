@@ -63,3 +63,57 @@ async def test_reload_results_are_series_from_the_start(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
         await b.stop()
+
+
+# F4: no request left a line in the log at any level (``--log-level DEBUG`` included: only the picker's
+# ``pick`` debug line, not for a 404 or a 400), so a request id a client reports could not be found, nor a
+# status, latency or endpoint per request. Now one INFO line per finished request on ``kvgate.access``
+# (off with ``--no-access-log``), never a header other than the id, nor a body.
+async def _requests(s: aiohttp.ClientSession) -> None:
+    for rid, model in (("qa24-ok-1", "m"), ("qa24-404-1", "nobody")):
+        body = {"model": model, "prompt": "secret-prompt", "max_tokens": 1}
+        headers = {"x-request-id": rid, "Authorization": "Bearer sk-secret-key"}
+        async with s.post(f"http://127.0.0.1:{PORT}/v1/completions", json=body, headers=headers) as r:
+            await r.read()
+
+
+async def test_each_request_leaves_one_log_line_with_its_id(tmp_path: Path) -> None:
+    b = await Backend("b").start()
+    proc, log = _start(tmp_path, b.address, "INFO")
+    try:
+        async with aiohttp.ClientSession() as s:
+            await _ready(s)
+            await _requests(s)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5  # a line is written as the answer ends: poll for it
+            for _ in range(1000):
+                text = log.read_text()
+                if loop.time() >= deadline or ("qa24-ok-1" in text and "qa24-404-1" in text):
+                    break
+                await asyncio.sleep(0.05)
+        lines = [x for x in log.read_text().splitlines() if "kvgate.access" in x]
+        ok = [x for x in lines if "qa24-ok-1" in x]
+        missing = [x for x in lines if "qa24-404-1" in x]
+        assert len(ok) == 1 and len(missing) == 1, log.read_text()[-800:]
+        assert " 200 model=m endpoint=" + b.address + " attempts=1 " in ok[0], ok[0]
+        assert " 404 model=- " in missing[0], missing[0]
+        assert "secret" not in log.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+        await b.stop()
+
+
+async def test_no_access_log_turns_it_off(tmp_path: Path) -> None:
+    b = await Backend("b").start()
+    proc, log = _start(tmp_path, b.address, "INFO", "--no-access-log")
+    try:
+        async with aiohttp.ClientSession() as s:
+            await _ready(s)
+            await _requests(s)
+        assert len(b.received) == 1  # (the 200 went through: its line would have been written by now)
+        assert "kvgate.access" not in log.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+        await b.stop()

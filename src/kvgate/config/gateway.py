@@ -190,6 +190,8 @@ class GatewayConfig:
     rate_tokens_per_minute: float = 0.0
     # Error bodies and the explain header never name endpoint addresses.
     hide_internal_addresses: bool = False
+    # One line per finished request on the ``kvgate.access`` logger (``gateway.access``).
+    access_log: bool = True
 
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -499,6 +501,7 @@ def parse_gateway_config(raw: Any, base_dir: str = ".") -> GatewayConfig:
         "auth",
         "rateLimits",
         "hideInternalAddresses",
+        "accessLog",
         "kubernetes",
     )
     _check_keys(raw, allowed, "")
@@ -628,6 +631,7 @@ def _parse_access(cfg: GatewayConfig, raw: Mapping[str, Any], base_dir: str) -> 
             if value is not None:
                 setattr(cfg, attr, float(_positive(value, f"rateLimits.{key}", allow_zero=True)))
     cfg.hide_internal_addresses = bool(_get(raw, "hideInternalAddresses", "", bool, False))
+    cfg.access_log = bool(_get(raw, "accessLog", "", bool, True))
 
 
 MAX_WORKERS = 64

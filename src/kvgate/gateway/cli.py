@@ -177,6 +177,11 @@ def _parser() -> argparse.ArgumentParser:
         "--kube-stale-after)",
     )
     p.add_argument("--log-level", type=log_level, default="INFO")
+    p.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="no line per request on the kvgate.access logger (else the config file's accessLog, default on)",
+    )
     return p
 
 
@@ -208,6 +213,8 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     watched = any(pool.inference_pool is not None for pool in cfg.pools)
     staleness_settings(args, cfg, None if watched else "static")
     cfg.model_series_grace_s = series_grace(args.model_series_grace, watched)
+    if args.no_access_log:
+        cfg.access_log = False
     if args.host is not None:
         cfg.host = args.host
     if args.port is not None:

@@ -29,6 +29,7 @@ from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.rewrite import ModelRewriter, client_names
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER, flow_of
+from kvgate.gateway import access
 from kvgate.gateway.bigbody import PieceRewriter
 from kvgate.gateway.errors import GatewayError, error_response, shutting_down, sse_error_event, unauthorized
 from kvgate.gateway.health import HealthTracker
@@ -307,9 +308,17 @@ class Proxy:
         self._rid_seq = 0
         # The routes' handlers: ``_entry`` with its kind bound (a C-level partial, not a Python call per
         # request; each hands the front ``_entry``'s coroutine to await).
-        self.completions: Handler = functools.partial(self._entry, COMPLETIONS)
-        self.chat: Handler = functools.partial(self._entry, CHAT)
-        self.embeddings: Handler = functools.partial(self._entry, EMBEDDINGS)
+        # With the access log on (``accessLog``), each through ``access.logged`` (its line at the end);
+        # off, nothing of it runs (``notes`` None: qa24 F4).
+        self.notes: dict[int, access.Note] | None = {} if cfg.access_log else None
+        self._handle: Any = (
+            self._entry
+            if self.notes is None
+            else functools.partial(access.logged, self._entry, self.notes, self.clock)
+        )
+        self.completions: Handler = functools.partial(self._handle, COMPLETIONS)
+        self.chat: Handler = functools.partial(self._handle, CHAT)
+        self.embeddings: Handler = functools.partial(self._handle, EMBEDDINGS)
 
     def cut_streams(self, drain_s: float) -> int:
         """The drain's deadline (``drain_s``): abort the upstream request of every stream being relayed (the
@@ -351,7 +360,7 @@ class Proxy:
 
     def other(self, request: Request) -> Coroutine[Any, Any, Response | StreamResponse]:
         """``OTHER_PATHS`` (``/v1/responses``, ``/v1/rerank``, ...): the path is the kind (sent as is)."""
-        return self._entry(request.path, request)
+        return self._handle(request.path, request)
 
     async def models(self, request: Request) -> Response | StreamResponse:
         if request.method not in _READ_METHODS:
@@ -684,6 +693,9 @@ class Proxy:
         # dispatcher passes over it, keeping its place (review s18-doors M3). ``pinned`` ends with the
         # first retry, which leaves the home (review s18-fixes-b L1).
         pinned = ireq.subset is not None
+        note = self.notes.get(id(request)) if self.notes is not None else None  # (the access log's)
+        if note is not None:
+            note.model = client_model
         # An endpoint whose kept-alive connection closed before any answer byte (``StaleConnection``):
         # the next attempt resends to it on a new connection, counted as any retry (qa24 F2).
         again: Endpoint | None = None
@@ -739,6 +751,8 @@ class Proxy:
                     503, f"all attempts failed; last: {last_error}", code="upstream_unavailable"
                 ) from None
             tried.add(ep.address)
+            if note is not None:
+                note.endpoint, note.attempts = self._name(ep), attempt + 1
             on_sent = None
             if marks is not None:  # this attempt's steps replace an earlier attempt's
                 marks["picked"] = self.clock()
@@ -1333,6 +1347,8 @@ class Proxy:
             if not ok and cut is None and not drained:
                 sent = -1  # the client left (or the handler was cancelled): no size, as a gone stream's
             m.observe(RequestEnd(client_model, ireq.model, self.clock() - t0, usage, sent, -1, flow))
+            if self.notes is not None and (note := self.notes.get(id(request))) is not None:
+                note.sent = sent  # (the access log's bytes)
             if resp.status >= 400:
                 m.error(client_model, ireq.model, str(resp.status), flow)
             elif not ok:
@@ -1557,6 +1573,8 @@ class Proxy:
             m.observe(
                 RequestEnd(client_model, ireq.model, self.clock() - t0, usage, sent, -1, flow, first_s, gaps)
             )
+            if self.notes is not None and (note := self.notes.get(id(request))) is not None:
+                note.sent = sent  # (the access log's bytes)
             if resp.status >= 400:
                 # An error status with an event-stream body: under its status, as ``_whole`` counts a
                 # JSON one, also when its client leaves or it is cut before its end (the status was

@@ -70,7 +70,7 @@ _NAMES = {
     "api_keys_file": "auth.apiKeysFile", "api_keys_env": "auth.apiKeysEnv",
     "rate_requests_per_minute": "rateLimits.requestsPerMinute",
     "rate_tokens_per_minute": "rateLimits.tokensPerMinute",
-    "hide_internal_addresses": "hideInternalAddresses",
+    "hide_internal_addresses": "hideInternalAddresses", "access_log": "accessLog",
     "kube_stale_after_s": "kubernetes.staleAfterSeconds",
     "kube_stale_not_ready_after_s": "kubernetes.staleNotReadyAfterSeconds",
 }  # fmt: skip

@@ -430,9 +430,14 @@ def connection_cap(wanted: int, limits: tuple[int, int] | None = None) -> int:
     if soft == resource.RLIM_INFINITY:
         return wanted
     cap = max(1, (soft - FD_RESERVE) // 2)
-    if cap < wanted:
+    if cap < wanted and (wanted, cap, soft) not in _CLAMPS_LOGGED:
+        # Once per process for the same values (each listener asks: it was logged twice; qa24 F4).
+        _CLAMPS_LOGGED.add((wanted, cap, soft))
         log.info("limits.maxConnections %d clamped to %d by the open-file limit %d", wanted, cap, soft)
     return min(wanted, cap)
+
+
+_CLAMPS_LOGGED: set[tuple[int, int, int]] = set()
 
 
 # The header section of the usual request read in one pass: one regex finds each line that is a token
