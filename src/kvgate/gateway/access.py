@@ -1,10 +1,11 @@
 """The access log: one line per finished request on the ``kvgate.access`` logger, at INFO (qa24 F4).
 
 ``kvgate serve`` wraps its data routes with ``logged`` only while the log is on (``accessLog: true``,
-the default; off with ``accessLog: false`` or ``--no-access-log``, or by the logger's level), so a
-gateway without it pays nothing. A request's line is formatted once, by the logging call, from a few
-values (no dict); it never carries a header value other than the request id, nor a body: no prompt,
-no API key. The proxy fills the request's ``Note`` as it goes (the model, each attempt's endpoint)."""
+the default, and the logger enabled for INFO when the proxy is built; off with ``accessLog: false``,
+``--no-access-log`` or ``--log-level warning``), so a gateway without it pays nothing. A request's line
+is formatted once, by the logging call, from a few values (no dict); it never carries a header value
+other than the request id, nor a body: no prompt, no API key. The proxy fills the request's ``Note`` as
+it goes (the model, each attempt's endpoint)."""
 
 from __future__ import annotations
 
