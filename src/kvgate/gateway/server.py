@@ -45,6 +45,8 @@ from kvgate.openai.protocol import CUT_WRITE_S
 from kvgate.openai.request import MODELS_PREFIX, OTHER_PATHS, RequestPolicy
 from kvgate.openai.responses import LOOKUP_PREFIX
 from kvgate.requestid import acceptable as acceptable_rid
+
+from kvgate.scheduling import tokenize
 from kvgate.scheduling.metrics import POOL_READY
 from kvgate.scheduling.types import DrainEvictedError
 
@@ -362,6 +364,8 @@ class GatewayServer:
         if self._stopping:  # stop() ran meanwhile (it closed the listeners): end here, not listening
             return
         await self.proxy.warm_upstreams()
+        # What the first request would otherwise build inside its pick (the tokenizers' worker threads).
+        tokenize.warm()
         if self._stopping:
             return
         await self._listen_data()

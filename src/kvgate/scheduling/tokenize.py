@@ -85,6 +85,19 @@ def _checker() -> ThreadPoolExecutor:
     return _CHECKER
 
 
+def warm() -> None:
+    """Start now what the loaded tokenizers' first request would start (a server's start-up, before it
+    says ready): the self-check thread, which the first prompt's ``encode`` otherwise starts inside that
+    request's pick (a thread start and a wait for it, ~2 ms on a loaded 2-core machine:
+    ``scripts/realvllm/first_requests.py``), and the library's own thread pool, which a tokenizer whose
+    load-time probe did not run builds on its first ``encode_batch_fast``. Nothing without a tokenizer."""
+    loaded = list(_BY_PATH.values())
+    if any(t._checks_left > 0 and t.piecewise for t in loaded):
+        _checker().submit(int).result()  # (a ThreadPoolExecutor starts its thread on the first submit)
+    for t in loaded:
+        _ids(t._tok, "warm", False)
+
+
 class PromptTokenizer:
     """One ``tokenizers.Tokenizer`` plus a bounded cache of encoded prompts."""
 
