@@ -76,3 +76,10 @@ async def test_the_first_request_starts_no_thread_and_opens_no_connection(fresh_
     finally:
         for r in rs:
             await r.stop()
+
+
+def test_warm_starts_nothing_without_a_tokenizer(fresh_tokenizers: None) -> None:
+    """A gateway without a tokenizer (the approximate index's character estimate) starts no thread."""
+    before = _kvgate_threads()
+    tokenize.warm()
+    assert tokenize._CHECKER is None and _kvgate_threads() == before
