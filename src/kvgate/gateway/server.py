@@ -45,7 +45,6 @@ from kvgate.openai.protocol import CUT_WRITE_S
 from kvgate.openai.request import MODELS_PREFIX, OTHER_PATHS, RequestPolicy
 from kvgate.openai.responses import LOOKUP_PREFIX
 from kvgate.requestid import acceptable as acceptable_rid
-
 from kvgate.scheduling import tokenize
 from kvgate.scheduling.metrics import POOL_READY
 from kvgate.scheduling.types import DrainEvictedError
