@@ -21,6 +21,12 @@ both is a pair (matched by tenant and the nearest start, within ``GOAL_MATCH_S``
 run only drops out, not its successors nor its neighbour); each draw resamples the pairs and takes flood
 p90 / calm p90; several seeds: the geometric mean. Printed with the share of draws over 1.5 (the goal's
 bound).
+
+With several seeds, both print the geometric mean's interval twice (session 24): within the runs (the
+seeds' runs fixed, their pairs resampled), and over runs too (each draw first draws as many seeds as given
+with replacement, then resamples the drawn seeds' pairs), which holds the spread from one run, and seed,
+to the next that the first leaves out (review s23-rev-flow23 F5). With few seeds the second is wide: two
+seeds give each seed alone a quarter of the draws.
 """
 
 from __future__ import annotations
@@ -37,27 +43,30 @@ def p90(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, int(0.9 * len(xs)))]
 
 
-def ttfts(doc: dict[str, Any], mix: str, warmup: float) -> list[float]:
+def _trace(doc: dict[str, Any], mix: str) -> list[list[Any]]:
+    """The ``*/MIX`` run's trace rows: (tenant, start, TTFT, ...) of each quiet request."""
     for name, run in doc["runs"].items():
         if name.endswith("/" + mix):
-            return [row[2] for row in run["trace"] if row[1] >= warmup]
+            return run["trace"]  # type: ignore[no-any-return]
     raise SystemExit(f"no */{mix} run with a trace (run the bench with --timing)")
+
+
+def ttfts(doc: dict[str, Any], mix: str, warmup: float) -> list[float]:
+    return [row[2] for row in _trace(doc, mix) if row[1] >= warmup]
+
+
+def _quiet(doc: dict[str, Any], mix: str) -> dict[str, list[tuple[float, float]]]:
+    """Per tenant, its quiet requests' (start, TTFT) in start order."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for row in _trace(doc, mix):
+        out.setdefault(row[0], []).append((row[1], row[2]))
+    return {t: sorted(v) for t, v in out.items()}
 
 
 def matched(base: dict[str, Any], new: dict[str, Any], warmup: float) -> list[tuple[float, float]]:
     """(BASE TTFT, NEW TTFT) of each quiet request answered in both ``*/flood`` runs, matched by tenant and
     its rank among the tenant's requests by start (measured in BASE: its start at or after ``warmup``)."""
-
-    def by_tenant(doc: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
-        for name, run in doc["runs"].items():
-            if name.endswith("/flood"):
-                out: dict[str, list[tuple[float, float]]] = {}
-                for row in run["trace"]:
-                    out.setdefault(row[0], []).append((row[1], row[2]))
-                return {t: sorted(v) for t, v in out.items()}
-        raise SystemExit("no */flood run with a trace (run the bench with --timing)")
-
-    a, b = by_tenant(base), by_tenant(new)
+    a, b = _quiet(base, "flood"), _quiet(new, "flood")
     return [
         (x[1], y[1])
         for t in sorted(a.keys() & b.keys())
@@ -71,16 +80,6 @@ def matched(base: dict[str, Any], new: dict[str, Any], warmup: float) -> list[tu
 # 5.6 ms in session 23's runs, while 20-24 same-tenant neighbours per run start within 50 ms of each other:
 # review s23-rev-flow23 F4).
 GOAL_MATCH_S = 0.01
-
-
-def _quiet(doc: dict[str, Any], mix: str) -> dict[str, list[tuple[float, float]]]:
-    for name, run in doc["runs"].items():
-        if name.endswith("/" + mix):
-            out: dict[str, list[tuple[float, float]]] = {}
-            for row in run["trace"]:
-                out.setdefault(row[0], []).append((row[1], row[2]))
-            return {t: sorted(v) for t, v in out.items()}
-    raise SystemExit(f"no */{mix} run with a trace (run the bench with --timing)")
 
 
 def matched_goal(calm: dict[str, Any], flood: dict[str, Any], warmup: float) -> list[tuple[float, float]]:
@@ -137,66 +136,62 @@ def _aligned(xs: list[float], ys: list[float]) -> list[tuple[int, int]]:
     return pairs[::-1]
 
 
-def goal(paths: list[str], draws: int, warmup: float) -> None:
+def compare(paths: list[str], draws: int, warmup: float, goal: bool) -> None:
+    """``--goal`` (CALM.json FLOOD.json pairs: flood / calm) or ``--paired`` (BASE.json NEW.json pairs: new
+    / base): each seed's paired ratio and interval, then the geometric mean over the seeds, within the runs
+    and over runs too."""
     if len(paths) % 2:
-        raise SystemExit("--goal takes CALM.json FLOOD.json pairs")
+        raise SystemExit(
+            "--goal takes CALM.json FLOOD.json pairs" if goal else "--paired takes BASE.json NEW.json pairs"
+        )
+    bound, tail = (1.5, "over 1.5") if goal else (1.0, "under 1")
+
+    def share(got: list[float]) -> str:
+        n = sum(1 for d in got if (d > bound if goal else d < bound))
+        return f"share of draws {tail}: {n / len(got):.2f}"
+
+    def interval(got: list[float]) -> str:
+        return f"90% interval {got[int(0.05 * len(got))]:.3f}-{got[int(0.95 * len(got))]:.3f}"
+
     seeds = []
     for i in range(0, len(paths), 2):
         with open(paths[i]) as f, open(paths[i + 1]) as g:
-            calm_doc, flood_doc = json.load(f), json.load(g)
-        pairs = matched_goal(calm_doc, flood_doc, warmup)
-        n_calm, n_flood = len(ttfts(calm_doc, "calm", warmup)), len(ttfts(flood_doc, "flood", warmup))
+            base_doc, new_doc = json.load(f), json.load(g)
+        pairs = (matched_goal if goal else matched)(base_doc, new_doc, warmup)
         seeds.append(pairs)
-        calm, flood = p90([p[0] for p in pairs]), p90([p[1] for p in pairs])
-        one = _draws([pairs], draws)
-        print(
-            f"{paths[i + 1]} / {paths[i]}: {len(pairs)} quiet requests matched (measured: calm {n_calm}, "
-            f"flood {n_flood}); p90 {flood:.4f} / {calm:.4f} = {flood / calm:.3f}, 90% interval "
-            f"{one[int(0.05 * draws)]:.3f}-{one[int(0.95 * draws)]:.3f}, share of draws over 1.5: "
-            f"{sum(1 for d in one if d > 1.5) / draws:.2f}"
-        )
-    if len(seeds) > 1:
-        got = _draws(seeds, draws)
-        point = math.prod(p90([p[1] for p in s]) / p90([p[0] for p in s]) for s in seeds) ** (1 / len(seeds))
-        print(
-            f"geometric mean over {len(seeds)} seeds: {point:.3f}, 90% interval "
-            f"{got[int(0.05 * draws)]:.3f}-{got[int(0.95 * draws)]:.3f}, "
-            f"share of draws over 1.5: {sum(1 for d in got if d > 1.5) / draws:.2f}"
-        )
-
-
-def paired(paths: list[str], draws: int, warmup: float) -> None:
-    if len(paths) % 2:
-        raise SystemExit("--paired takes BASE.json NEW.json pairs")
-    seeds = []
-    for i in range(0, len(paths), 2):
-        with open(paths[i]) as f, open(paths[i + 1]) as g:
-            pairs = matched(json.load(f), json.load(g), warmup)
+        measured = ""
+        if goal:
+            n_calm, n_flood = len(ttfts(base_doc, "calm", warmup)), len(ttfts(new_doc, "flood", warmup))
+            measured = f" (measured: calm {n_calm}, flood {n_flood})"
         base, new = p90([p[0] for p in pairs]), p90([p[1] for p in pairs])
-        seeds.append(pairs)
-        print(
-            f"{paths[i + 1]} / {paths[i]}: {len(pairs)} quiet requests matched; p90 {new:.4f} / {base:.4f} "
-            f"= {new / base:.3f}",
-            end="",
-        )
         one = _draws([pairs], draws)
-        print(f", 90% interval {one[int(0.05 * draws)]:.3f}-{one[int(0.95 * draws)]:.3f}")
-    if len(seeds) > 1:
-        got = _draws(seeds, draws)
-        point = math.prod(p90([p[1] for p in s]) / p90([p[0] for p in s]) for s in seeds) ** (1 / len(seeds))
         print(
-            f"geometric mean over {len(seeds)} seeds: {point:.3f}, 90% interval "
-            f"{got[int(0.05 * draws)]:.3f}-{got[int(0.95 * draws)]:.3f}, "
-            f"share of draws under 1: {sum(1 for d in got if d < 1) / draws:.2f}"
+            f"{paths[i + 1]} / {paths[i]}: {len(pairs)} quiet requests matched{measured}; p90 {new:.4f} / "
+            f"{base:.4f} = {new / base:.3f}, {interval(one)}" + (f", {share(one)}" if goal else "")
+        )
+    if len(seeds) > 1:
+        point = math.prod(p90([p[1] for p in s]) / p90([p[0] for p in s]) for s in seeds) ** (1 / len(seeds))
+        got = _draws(seeds, draws)
+        print(
+            f"geometric mean over {len(seeds)} seeds: {point:.3f}, {interval(got)}, {share(got)} "
+            "(within the runs)"
+        )
+        got = _draws(seeds, draws, runs=True)
+        print(
+            f"  over runs too (seeds drawn with replacement, then their pairs): {interval(got)}, {share(got)}"
         )
 
 
-def _draws(seeds: list[list[tuple[float, float]]], draws: int) -> list[float]:
+def _draws(seeds: list[list[tuple[float, float]]], draws: int, runs: bool = False) -> list[float]:
+    """Sorted bootstrap draws of the geometric mean of the seeds' p90 ratios (NEW / BASE, flood / calm).
+    Each draw resamples each seed's pairs (the spread within a run); with ``runs``, it first draws as many
+    seeds as given with replacement (two levels: the spread from one run, and seed, to the next too, which
+    the first level leaves out: review s23-rev-flow23 F5)."""
     rnd = random.Random(1)
     out = []
     for _ in range(draws):
         logs = 0.0
-        for pairs in seeds:
+        for pairs in [rnd.choice(seeds) for _ in seeds] if runs else seeds:
             pick = [rnd.choice(pairs) for _ in pairs]
             logs += math.log(p90([p[1] for p in pick]) / p90([p[0] for p in pick]))
         out.append(math.exp(logs / len(seeds)))
@@ -212,11 +207,8 @@ def main() -> None:
     ap.add_argument("--paired", nargs="+", metavar="JSON", help="BASE.json NEW.json pairs (same seed each)")
     ap.add_argument("--goal", nargs="+", metavar="JSON", help="CALM.json FLOOD.json pairs (same seed each)")
     a = ap.parse_args()
-    if a.paired:
-        paired(a.paired, a.draws, a.warmup)
-        return
-    if a.goal:
-        goal(a.goal, a.draws, a.warmup)
+    if a.paired or a.goal:
+        compare(a.paired or a.goal, a.draws, a.warmup, goal=not a.paired)
         return
     if a.calm is None:
         ap.error("CALM.json (or --paired) is required")
